@@ -1,0 +1,587 @@
+//! Fd-relative file-system primitives used by every other module: stat, open, readdir,
+//! extended attributes, sparse-aware copy-with-hash, metadata application. All I/O in
+//! snapring goes through here; no `unsafe` (rustix does the syscalls).
+//!
+//! Everything works relative to an open directory (`openat`, `fstatat`, `linkat`, …),
+//! so paths of any depth work (no PATH_MAX limit) and no path is ever re-resolved
+//! through a symlink an attacker could swap in.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, SeekFrom, Timespec, Timestamps};
+
+/// The kind of a directory entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    Fifo,
+    Char,
+    Block,
+    Socket,
+}
+
+impl Kind {
+    pub fn from_mode(mode: u32) -> Kind {
+        match mode & 0o170000 {
+            0o040000 => Kind::Dir,
+            0o120000 => Kind::Symlink,
+            0o010000 => Kind::Fifo,
+            0o020000 => Kind::Char,
+            0o060000 => Kind::Block,
+            0o140000 => Kind::Socket,
+            _ => Kind::File,
+        }
+    }
+    /// One-letter code used in manifests and plans.
+    pub fn code(self) -> char {
+        match self {
+            Kind::File => 'f',
+            Kind::Dir => 'd',
+            Kind::Symlink => 'l',
+            Kind::Fifo => 'p',
+            Kind::Char => 'c',
+            Kind::Block => 'b',
+            Kind::Socket => 's',
+        }
+    }
+    pub fn from_code(c: char) -> Option<Kind> {
+        Some(match c {
+            'f' => Kind::File,
+            'd' => Kind::Dir,
+            'l' => Kind::Symlink,
+            'p' => Kind::Fifo,
+            'c' => Kind::Char,
+            'b' => Kind::Block,
+            's' => Kind::Socket,
+            _ => return None,
+        })
+    }
+    fn type_bits(self) -> u32 {
+        match self {
+            Kind::File => 0o100000,
+            Kind::Dir => 0o040000,
+            Kind::Symlink => 0o120000,
+            Kind::Fifo => 0o010000,
+            Kind::Char => 0o020000,
+            Kind::Block => 0o060000,
+            Kind::Socket => 0o140000,
+        }
+    }
+}
+
+/// A time with nanoseconds, as stored by the file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
+pub struct Time {
+    pub sec: i64,
+    pub nsec: u32,
+}
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:09}", self.sec, self.nsec)
+    }
+}
+
+impl std::str::FromStr for Time {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, b) = s.split_once('.').ok_or_else(|| format!("bad time {s:?}"))?;
+        let sec = a.parse().map_err(|_| format!("bad time {s:?}"))?;
+        let nsec: u32 = b.parse().map_err(|_| format!("bad time {s:?}"))?;
+        if b.len() != 9 || nsec >= 1_000_000_000 {
+            return Err(format!("bad time {s:?}"));
+        }
+        Ok(Time { sec, nsec })
+    }
+}
+
+/// The subset of `struct stat` snapshot cares about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Kind,
+    /// Permission and special bits (`0o7777`), without the type bits.
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: Time,
+    pub ctime: Time,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub rdev: u64,
+    /// Allocated 512-byte blocks (to tell a sparse file).
+    pub blocks: u64,
+}
+
+impl Meta {
+    pub fn from_stat(st: &rfs::Stat) -> Meta {
+        #[allow(clippy::unnecessary_cast)]
+        Meta {
+            kind: Kind::from_mode(st.st_mode as u32),
+            perm: st.st_mode as u32 & 0o7777,
+            uid: st.st_uid as u32,
+            gid: st.st_gid as u32,
+            size: st.st_size as u64,
+            mtime: Time { sec: st.st_mtime as i64, nsec: st.st_mtime_nsec as u32 },
+            ctime: Time { sec: st.st_ctime as i64, nsec: st.st_ctime_nsec as u32 },
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            nlink: st.st_nlink as u64,
+            rdev: st.st_rdev as u64,
+            blocks: st.st_blocks as u64,
+        }
+    }
+    /// The full `st_mode` (type and permission bits).
+    pub fn mode(&self) -> u32 {
+        self.kind.type_bits() | self.perm
+    }
+}
+
+/// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+pub fn lstat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Meta> {
+    Ok(Meta::from_stat(&rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?))
+}
+
+pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Meta> {
+    Ok(Meta::from_stat(&rfs::fstat(fd)?))
+}
+
+/// Opens a directory for reading and as an anchor for `*at` calls; never follows a symlink.
+pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    Ok(rfs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Opens a directory by a plain path (store roots, source roots).
+pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
+    Ok(rfs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+}
+
+/// Opens a regular file for reading without following symlinks. Tries `O_NOATIME`
+/// first (a backup should not disturb access times) and drops it where not permitted.
+pub fn open_read_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    match rfs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => Ok(rfs::openat(dir, name, base, Mode::empty())?),
+        r => Ok(r?),
+    }
+}
+
+/// Creates a new file for writing; fails if the name exists.
+pub fn create_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
+    Ok(rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )?)
+}
+
+/// The names in a directory (without `.` and `..`), in the order `readdir` gives them.
+pub fn read_dir_names(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
+    let mut d = rfs::Dir::read_from(dir)?;
+    let mut names = Vec::new();
+    while let Some(e) = d.read() {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            names.push(n.to_vec());
+        }
+    }
+    Ok(names)
+}
+
+/// True when the directory has at least one entry.
+pub fn dir_has_entries(dir: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut d = rfs::Dir::read_from(dir)?;
+    while let Some(e) = d.read() {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+pub fn read_link_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Vec<u8>> {
+    Ok(rfs::readlinkat(dir, name, Vec::new())?.into_bytes())
+}
+
+/// Extended attributes (name, value) sorted by name. ACLs are the `system.posix_acl_*`
+/// attributes, so they travel with the rest. A file system without xattr support
+/// yields an empty list.
+pub type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// How to reach an entry's xattrs: through an open fd (files, directories), or by the
+/// `/proc/self/fd/<dir>/<name>` path with the `l*` calls (symlinks, fifos, devices,
+/// which must not be opened).
+pub enum XattrTarget<'a> {
+    Fd(BorrowedFd<'a>),
+    At(BorrowedFd<'a>, &'a [u8]),
+}
+
+fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
+    use std::os::fd::AsRawFd;
+    let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
+    p.extend_from_slice(name);
+    p
+}
+
+fn unsupported(e: &rustix::io::Errno) -> bool {
+    *e == rustix::io::Errno::NOTSUP || *e == rustix::io::Errno::OPNOTSUPP
+}
+
+pub fn read_xattrs(t: &XattrTarget<'_>) -> io::Result<Xattrs> {
+    let mut list = vec![0u8; 1024];
+    loop {
+        let r = match t {
+            XattrTarget::Fd(fd) => rfs::flistxattr(fd, &mut list[..]),
+            XattrTarget::At(d, n) => rfs::llistxattr(proc_path(*d, n).as_slice(), &mut list[..]),
+        };
+        match r {
+            Ok(len) => {
+                list.truncate(len);
+                break;
+            }
+            Err(rustix::io::Errno::RANGE) => list.resize(list.len() * 4, 0),
+            Err(e) if unsupported(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut out = Vec::new();
+    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let mut val = vec![0u8; 256];
+        loop {
+            let r = match t {
+                XattrTarget::Fd(fd) => rfs::fgetxattr(fd, name, &mut val[..]),
+                XattrTarget::At(d, n) => rfs::lgetxattr(proc_path(*d, n).as_slice(), name, &mut val[..]),
+            };
+            match r {
+                Ok(len) => {
+                    val.truncate(len);
+                    out.push((name.to_vec(), val));
+                    break;
+                }
+                Err(rustix::io::Errno::RANGE) => val.resize(val.len() * 4, 0),
+                // Removed between list and get: it is simply not there any more.
+                Err(rustix::io::Errno::NODATA) => break,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Sets every attribute in `xs`. Returns the names the target file system refused as
+/// unsupported (for example `security.*` on a file system without them).
+pub fn write_xattrs(t: &XattrTarget<'_>, xs: &Xattrs) -> io::Result<Vec<Vec<u8>>> {
+    let mut refused = Vec::new();
+    for (name, val) in xs {
+        let r = match t {
+            XattrTarget::Fd(fd) => rfs::fsetxattr(fd, name.as_slice(), val, rfs::XattrFlags::empty()),
+            XattrTarget::At(d, n) => {
+                rfs::lsetxattr(proc_path(*d, n).as_slice(), name.as_slice(), val, rfs::XattrFlags::empty())
+            }
+        };
+        match r {
+            Ok(()) => {}
+            Err(e) if unsupported(&e) => refused.push(name.clone()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(refused)
+}
+
+/// A digest of an xattr list, stored in manifests to detect attribute-only changes.
+/// `None` when there are no attributes.
+pub fn xattr_digest(xs: &Xattrs) -> Option<String> {
+    if xs.is_empty() {
+        return None;
+    }
+    let mut h = blake3::Hasher::new();
+    for (n, v) in xs {
+        h.update(&(n.len() as u64).to_le_bytes());
+        h.update(n);
+        h.update(&(v.len() as u64).to_le_bytes());
+        h.update(v);
+    }
+    Some(h.finalize().to_hex()[..32].to_string())
+}
+
+const BUF: usize = 256 * 1024;
+static ZEROS: [u8; 64 * 1024] = [0u8; 64 * 1024];
+
+fn hash_zeros(h: &mut blake3::Hasher, mut n: u64) {
+    while n > 0 {
+        let k = n.min(ZEROS.len() as u64) as usize;
+        h.update(&ZEROS[..k]);
+        n -= k as u64;
+    }
+}
+
+fn pread_full(fd: BorrowedFd<'_>, buf: &mut [u8], off: u64) -> io::Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match rustix::io::pread(fd, &mut buf[got..], off + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(got)
+}
+
+fn pwrite_all(fd: BorrowedFd<'_>, mut buf: &[u8], mut off: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match rustix::io::pwrite(fd, buf, off) {
+            Ok(0) => return Err(io::Error::new(io::ErrorKind::WriteZero, "write returned 0")),
+            Ok(n) => {
+                buf = &buf[n..];
+                off += n as u64;
+            }
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Where a copy failed: reading the source (a per-file problem) or writing the
+/// destination (fatal for the run: disk full, I/O error, read-only).
+#[derive(Debug)]
+pub enum CopyError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// The data ranges of a file: `[(start, end)]`, found with SEEK_DATA/SEEK_HOLE when the
+/// file looks sparse (fewer blocks than its size), else the whole file. File systems
+/// without SEEK_DATA give the whole file.
+fn data_ranges(src: BorrowedFd<'_>, meta: &Meta) -> Vec<(u64, u64)> {
+    let size = meta.size;
+    if size == 0 {
+        return Vec::new();
+    }
+    if meta.blocks * 512 >= size {
+        return vec![(0, size)];
+    }
+    let mut ranges = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let data = match rfs::seek(src, SeekFrom::Data(off)) {
+            Ok(d) => d,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(_) => return vec![(0, size)],
+        };
+        let hole = match rfs::seek(src, SeekFrom::Hole(data)) {
+            Ok(h) => h.min(size),
+            Err(_) => return vec![(0, size)],
+        };
+        if hole > data {
+            ranges.push((data, hole));
+        }
+        off = hole.max(data + 1);
+    }
+    ranges
+}
+
+/// Copies a regular file's bytes from `src` to `dst` (a new, empty file), keeping holes
+/// as holes, and returns the BLAKE3 hash of the logical content and the bytes written.
+/// Reads up to `meta.size`; bytes appended meanwhile are caught by the caller's re-stat.
+pub fn copy_hash(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, meta: &Meta) -> Result<(blake3::Hash, u64), CopyError> {
+    thread_local!(static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF]));
+    let mut h = blake3::Hasher::new();
+    let mut written = 0u64;
+    let ranges = data_ranges(src, meta);
+    let sparse = ranges.len() != 1 || ranges.first() != Some(&(0, meta.size));
+    if sparse {
+        rfs::ftruncate(dst, meta.size).map_err(|e| CopyError::Write(e.into()))?;
+    }
+    BUFFER.with(|b| {
+        let buf = &mut b.borrow_mut()[..];
+        let mut pos = 0u64;
+        for (start, end) in ranges {
+            hash_zeros(&mut h, start - pos);
+            let mut off = start;
+            while off < end {
+                let want = ((end - off) as usize).min(buf.len());
+                let n = pread_full(src, &mut buf[..want], off).map_err(CopyError::Read)?;
+                if n == 0 {
+                    break; // truncated while we read; the re-stat will notice
+                }
+                h.update(&buf[..n]);
+                if !(sparse && buf[..n].iter().all(|b| *b == 0)) {
+                    pwrite_all(dst, &buf[..n], off).map_err(CopyError::Write)?;
+                    written += n as u64;
+                }
+                off += n as u64;
+            }
+            pos = off;
+        }
+        if pos < meta.size && !sparse {
+            // The file shrank while we read it; hash what is there.
+        } else if pos < meta.size {
+            hash_zeros(&mut h, meta.size - pos);
+        }
+        Ok::<(), CopyError>(())
+    })?;
+    Ok((h.finalize(), written))
+}
+
+/// Hashes a regular file's content (used for trees taken over without a manifest).
+pub fn hash_file(fd: BorrowedFd<'_>) -> io::Result<blake3::Hash> {
+    let mut h = blake3::Hasher::new();
+    let mut buf = vec![0u8; BUF];
+    let mut off = 0u64;
+    loop {
+        let n = pread_full(fd, &mut buf, off)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        off += n as u64;
+    }
+    Ok(h.finalize())
+}
+
+fn ts(t: Time) -> Timespec {
+    Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ }
+}
+
+fn times(m: &Meta) -> Timestamps {
+    // atime is set to mtime: snapshots do not preserve access times (reading them on the
+    // source would be a write), and a stable value keeps the tree reproducible.
+    Timestamps { last_access: ts(m.mtime), last_modification: ts(m.mtime) }
+}
+
+/// Owner, mode and times on an open file or directory, in the order that keeps
+/// setuid/setgid bits (chown clears them, so chmod comes after).
+pub fn apply_owner_mode(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
+    rfs::fchown(fd, Some(rfs::Uid::from_raw(m.uid)), Some(rfs::Gid::from_raw(m.gid)))?;
+    rfs::fchmod(fd, Mode::from_raw_mode(m.perm))?;
+    Ok(())
+}
+
+pub fn apply_times(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
+    Ok(rfs::futimens(fd, &times(m))?)
+}
+
+/// Owner, mode and times by name without following a symlink (symlinks, fifos, devices).
+pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<()> {
+    rfs::chownat(
+        dir,
+        name,
+        Some(rfs::Uid::from_raw(m.uid)),
+        Some(rfs::Gid::from_raw(m.gid)),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?;
+    if m.kind != Kind::Symlink {
+        rfs::chmodat(dir, name, Mode::from_raw_mode(m.perm), AtFlags::empty())?;
+    }
+    Ok(())
+}
+
+pub fn apply_times_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<()> {
+    Ok(rfs::utimensat(dir, name, &times(m), AtFlags::SYMLINK_NOFOLLOW)?)
+}
+
+/// Creates a special file (fifo, device, socket) like the source one.
+pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<()> {
+    let ft = match m.kind {
+        Kind::Fifo => rfs::FileType::Fifo,
+        Kind::Char => rfs::FileType::CharacterDevice,
+        Kind::Block => rfs::FileType::BlockDevice,
+        Kind::Socket => rfs::FileType::Socket,
+        _ => return Err(io::Error::other("mknod of a non-special file")),
+    };
+    Ok(rfs::mknodat(dir, name, ft, Mode::from_raw_mode(m.perm & 0o777), m.rdev as _)?)
+}
+
+pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    Ok(rfs::symlinkat(target, dir, name)?)
+}
+
+pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    Ok(rfs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?)
+}
+
+/// `linkat` without following symlinks (a symlink is linked as itself).
+pub fn link_at(from_dir: BorrowedFd<'_>, from: &[u8], to_dir: BorrowedFd<'_>, to: &[u8]) -> io::Result<()> {
+    Ok(rfs::linkat(from_dir, from, to_dir, to, AtFlags::empty())?)
+}
+
+pub fn unlink_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    Ok(rfs::unlinkat(dir, name, AtFlags::empty())?)
+}
+
+pub fn rmdir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
+    Ok(rfs::unlinkat(dir, name, AtFlags::REMOVEDIR)?)
+}
+
+/// Renames without replacing an existing target. Falls back to a check-then-rename on
+/// file systems without `RENAME_NOREPLACE` (NFS); callers hold the store lock.
+pub fn rename_noreplace(from_dir: BorrowedFd<'_>, from: &[u8], to_dir: BorrowedFd<'_>, to: &[u8]) -> io::Result<()> {
+    match rfs::renameat_with(from_dir, from, to_dir, to, rfs::RenameFlags::NOREPLACE) {
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
+            if exists_at(to_dir, to)? {
+                return Err(io::Error::from_raw_os_error(rustix::io::Errno::EXIST.raw_os_error()));
+            }
+            Ok(rfs::renameat(from_dir, from, to_dir, to)?)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Whether `name` exists in `dir` (without following symlinks).
+pub fn exists_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
+    match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(_) => Ok(true),
+        Err(rustix::io::Errno::NOENT) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Flushes the whole file system holding `fd` (one call instead of an fsync per file).
+pub fn sync_fs(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rfs::syncfs(fd)?)
+}
+
+pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
+    Ok(rfs::fsync(fd)?)
+}
+
+/// Raises the open-file limit to its hard maximum: the walker keeps a few descriptors
+/// per directory in flight.
+pub fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current != l.maximum {
+        l.current = l.maximum;
+        let _ = setrlimit(Resource::Nofile, l);
+    }
+}
+
+/// Is this error "no space left" or "quota exceeded"?
+pub fn is_disk_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::NOSPC.raw_os_error() || c == rustix::io::Errno::DQUOT.raw_os_error())
+}
+
+pub fn errno_is(e: &io::Error, errno: rustix::io::Errno) -> bool {
+    e.raw_os_error() == Some(errno.raw_os_error())
+}
+
+/// Borrow helper so callers can pass `&OwnedFd` where a `BorrowedFd` is wanted.
+pub fn b(fd: &OwnedFd) -> BorrowedFd<'_> {
+    fd.as_fd()
+}

@@ -1,0 +1,7 @@
+//! snapring: scheduled, incremental, rotating hard-link snapshots of file systems.
+//! The library does all the work; `main.rs` only parses arguments and maps outcomes to
+//! exit codes. See ARCHITECTURE.md for the code map and the invariants.
+
+pub mod fsx;
+pub mod manifest;
+pub mod relpath;

@@ -1,0 +1,393 @@
+//! The per-snapshot manifest: every entry's metadata and BLAKE3 hash, grouped in one
+//! block per directory, with an index for random access by directory. Does file I/O on
+//! `.snapring/manifests/<id>.mf` and `<id>.idx`; the format is in docs/format.md.
+//!
+//! The walker finishes directories in no fixed order, so blocks are appended as they
+//! come and found again through the index: fixed 24-byte records (path hash, offset,
+//! length) sorted by hash, searched with `pread`. Reading a directory's previous entries
+//! costs a few small reads and no memory beyond that one directory.
+
+use std::fs::File;
+use std::io::{self, BufRead, BufReader, BufWriter, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use crate::fsx::{Kind, Meta, Time};
+use crate::relpath::{RelPath, escape, unescape};
+
+pub const MAGIC: &str = "snapring-manifest 1";
+const IDX_MAGIC: &[u8; 8] = b"SRIDX01\n";
+const IDX_HEADER: u64 = 24;
+const IDX_REC: u64 = 24;
+
+/// One entry of a directory as recorded in a manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub name: Vec<u8>,
+    pub kind: Kind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: Time,
+    /// The *source's* ctime at backup time: unchanged ctime means unchanged inode.
+    pub ctime: Time,
+    /// BLAKE3 of the content (regular files).
+    pub hash: Option<blake3::Hash>,
+    /// Digest of the extended attributes (see `fsx::xattr_digest`), `None` if there are none.
+    pub xattrs: Option<String>,
+    /// Source inode number when the source file had several links: entries with the
+    /// same group in one snapshot are one inode.
+    pub group: Option<u64>,
+    /// Symlink target.
+    pub target: Option<Vec<u8>>,
+    /// Device number (character and block devices).
+    pub rdev: u64,
+}
+
+impl Entry {
+    pub fn from_meta(name: &[u8], m: &Meta) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            kind: m.kind,
+            perm: m.perm,
+            uid: m.uid,
+            gid: m.gid,
+            size: if matches!(m.kind, Kind::File | Kind::Symlink) { m.size } else { 0 },
+            mtime: m.mtime,
+            ctime: m.ctime,
+            hash: None,
+            xattrs: None,
+            group: (m.kind != Kind::Dir && m.nlink > 1).then_some(m.ino),
+            target: None,
+            rdev: if matches!(m.kind, Kind::Char | Kind::Block) { m.rdev } else { 0 },
+        }
+    }
+
+    /// The text line (without newline).
+    pub fn to_line(&self) -> String {
+        let hash = self.hash.map(|h| h.to_hex().to_string()).unwrap_or_else(|| "-".into());
+        let xat = self.xattrs.clone().unwrap_or_else(|| "-".into());
+        let group = self.group.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
+        let extra = match (self.kind, &self.target) {
+            (Kind::Symlink, Some(t)) => format!(":{}", escape(t)),
+            (Kind::Char | Kind::Block, _) => format!(":{}", self.rdev),
+            _ => "-".into(),
+        };
+        format!(
+            "{} {:o} {} {} {} {} {} {} {} {} {} {}",
+            self.kind.code(),
+            self.perm,
+            self.uid,
+            self.gid,
+            self.size,
+            self.mtime,
+            self.ctime,
+            hash,
+            xat,
+            group,
+            extra,
+            escape(&self.name)
+        )
+    }
+
+    pub fn parse_line(line: &str) -> Result<Entry, String> {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() != 12 {
+            return Err(format!("manifest line has {} fields, expected 12: {line:?}", f.len()));
+        }
+        let bad = |what: &str| format!("bad {what} in manifest line {line:?}");
+        let kind = f[0].chars().next().and_then(Kind::from_code).ok_or_else(|| bad("kind"))?;
+        let opt = |s: &str| if s == "-" { None } else { Some(s.to_string()) };
+        let hash = match opt(f[7]) {
+            Some(h) => Some(blake3::Hash::from_hex(&h).map_err(|_| bad("hash"))?),
+            None => None,
+        };
+        let (target, rdev) = match (kind, f[10].strip_prefix(':')) {
+            (Kind::Symlink, Some(t)) => (Some(unescape(t)?), 0),
+            (Kind::Char | Kind::Block, Some(r)) => (None, r.parse().map_err(|_| bad("rdev"))?),
+            _ => (None, 0),
+        };
+        Ok(Entry {
+            kind,
+            perm: u32::from_str_radix(f[1], 8).map_err(|_| bad("mode"))?,
+            uid: f[2].parse().map_err(|_| bad("uid"))?,
+            gid: f[3].parse().map_err(|_| bad("gid"))?,
+            size: f[4].parse().map_err(|_| bad("size"))?,
+            mtime: f[5].parse()?,
+            ctime: f[6].parse()?,
+            hash,
+            xattrs: opt(f[8]),
+            group: match opt(f[9]) {
+                Some(g) => Some(g.parse().map_err(|_| bad("group"))?),
+                None => None,
+            },
+            target,
+            rdev,
+            name: unescape(f[11])?,
+        })
+    }
+}
+
+fn path_key(dir: &RelPath) -> u64 {
+    let h = blake3::hash(dir.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// The two files of a manifest, by run id.
+pub fn paths(manifest_dir: &Path, id: &str) -> (PathBuf, PathBuf) {
+    (manifest_dir.join(format!("{id}.mf")), manifest_dir.join(format!("{id}.idx")))
+}
+
+/// Appends directory blocks as the walker finishes them. Holds one 24-byte index record
+/// per directory until `finish` sorts and writes them.
+pub struct Writer {
+    mf_path: PathBuf,
+    idx_path: PathBuf,
+    out: BufWriter<File>,
+    offset: u64,
+    index: Vec<(u64, u64, u64)>,
+    entries: u64,
+}
+
+impl Writer {
+    /// Starts `<id>.mf.tmp` / `<id>.idx.tmp`; `finish` renames them into place.
+    pub fn create(manifest_dir: &Path, id: &str) -> io::Result<Writer> {
+        let (mf, idx) = paths(manifest_dir, id);
+        let tmp = mf.with_extension("mf.tmp");
+        let mut out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+        let header = format!("{MAGIC}\n");
+        out.write_all(header.as_bytes())?;
+        Ok(Writer { mf_path: mf, idx_path: idx, out, offset: header.len() as u64, index: Vec::new(), entries: 0 })
+    }
+
+    /// Writes the block of `dir`'s children (sorted here by name).
+    pub fn write_block(&mut self, dir: &RelPath, entries: &mut [Entry]) -> io::Result<()> {
+        entries.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut s = format!("D {}\n", dir.escaped());
+        for e in entries.iter() {
+            s.push_str(&e.to_line());
+            s.push('\n');
+        }
+        self.out.write_all(s.as_bytes())?;
+        self.index.push((path_key(dir), self.offset, s.len() as u64));
+        self.offset += s.len() as u64;
+        self.entries += entries.len() as u64;
+        Ok(())
+    }
+
+    pub fn entries(&self) -> u64 {
+        self.entries
+    }
+
+    /// Writes the root directory's own metadata, sorts and writes the index, fsyncs
+    /// both files and renames them into place.
+    pub fn finish(mut self, root: &Entry) -> io::Result<()> {
+        let line = format!("R {}\n", root.to_line());
+        self.out.write_all(line.as_bytes())?;
+        let root_off = self.offset;
+        let file = self.out.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        self.index.sort_unstable();
+        let idx_tmp = self.idx_path.with_extension("idx.tmp");
+        let mut idx = BufWriter::new(File::create(&idx_tmp)?);
+        idx.write_all(IDX_MAGIC)?;
+        idx.write_all(&root_off.to_le_bytes())?;
+        idx.write_all(&(line.len() as u64).to_le_bytes())?;
+        for (k, o, l) in &self.index {
+            idx.write_all(&k.to_le_bytes())?;
+            idx.write_all(&o.to_le_bytes())?;
+            idx.write_all(&l.to_le_bytes())?;
+        }
+        let idx = idx.into_inner().map_err(|e| e.into_error())?;
+        idx.sync_all()?;
+        std::fs::rename(&idx_tmp, &self.idx_path)?;
+        std::fs::rename(self.mf_path.with_extension("mf.tmp"), &self.mf_path)?;
+        Ok(())
+    }
+
+    /// Removes the temporary files of an abandoned manifest.
+    pub fn abandon(self) {
+        let _ = std::fs::remove_file(self.mf_path.with_extension("mf.tmp"));
+        let _ = std::fs::remove_file(self.idx_path.with_extension("idx.tmp"));
+    }
+}
+
+/// Random access to a finished manifest.
+pub struct Reader {
+    mf: File,
+    idx: File,
+    records: u64,
+    root_off: u64,
+    root_len: u64,
+    pub mf_path: PathBuf,
+}
+
+fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("manifest {}: {what}", path.display()))
+}
+
+impl Reader {
+    pub fn open(manifest_dir: &Path, id: &str) -> io::Result<Reader> {
+        let (mf_path, idx_path) = paths(manifest_dir, id);
+        let mf = File::open(&mf_path)?;
+        let idx = File::open(&idx_path)?;
+        let mut head = [0u8; IDX_HEADER as usize];
+        idx.read_exact_at(&mut head, 0).map_err(|_| corrupt(&idx_path, "index too short"))?;
+        if &head[..8] != IDX_MAGIC {
+            return Err(corrupt(&idx_path, "not a snapring manifest index"));
+        }
+        let len = idx.metadata()?.len();
+        if (len - IDX_HEADER) % IDX_REC != 0 {
+            return Err(corrupt(&idx_path, "index length is not whole records"));
+        }
+        let mut magic = vec![0u8; MAGIC.len() + 1];
+        mf.read_exact_at(&mut magic, 0).map_err(|_| corrupt(&mf_path, "too short"))?;
+        if magic != format!("{MAGIC}\n").as_bytes() {
+            return Err(corrupt(&mf_path, "unknown manifest version"));
+        }
+        Ok(Reader {
+            mf,
+            idx,
+            records: (len - IDX_HEADER) / IDX_REC,
+            root_off: u64::from_le_bytes(head[8..16].try_into().expect("8")),
+            root_len: u64::from_le_bytes(head[16..24].try_into().expect("8")),
+            mf_path,
+        })
+    }
+
+    fn record(&self, i: u64) -> io::Result<(u64, u64, u64)> {
+        let mut r = [0u8; IDX_REC as usize];
+        self.idx.read_exact_at(&mut r, IDX_HEADER + i * IDX_REC)?;
+        let w = |k: usize| u64::from_le_bytes(r[k * 8..k * 8 + 8].try_into().expect("8"));
+        Ok((w(0), w(1), w(2)))
+    }
+
+    /// The root directory's own entry.
+    pub fn root(&self) -> io::Result<Entry> {
+        let mut buf = vec![0u8; self.root_len as usize];
+        self.mf.read_exact_at(&mut buf, self.root_off)?;
+        let s = String::from_utf8(buf).map_err(|_| corrupt(&self.mf_path, "root line is not text"))?;
+        let line = s.trim_end().strip_prefix("R ").ok_or_else(|| corrupt(&self.mf_path, "no root line"))?;
+        Entry::parse_line(line).map_err(|e| corrupt(&self.mf_path, e))
+    }
+
+    /// The entries of directory `dir`, sorted by name; `None` if the manifest has no
+    /// such directory.
+    pub fn lookup(&self, dir: &RelPath) -> io::Result<Option<Vec<Entry>>> {
+        let key = path_key(dir);
+        let (mut lo, mut hi) = (0u64, self.records);
+        while lo < hi {
+            let mid = (lo + hi) / 2;
+            if self.record(mid)?.0 < key {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        // Several directories may share a 64-bit key: check each block's header.
+        let mut i = lo;
+        while i < self.records {
+            let (k, off, len) = self.record(i)?;
+            if k != key {
+                break;
+            }
+            let mut buf = vec![0u8; len as usize];
+            self.mf.read_exact_at(&mut buf, off)?;
+            let text = String::from_utf8(buf).map_err(|_| corrupt(&self.mf_path, "block is not text"))?;
+            let mut lines = text.lines();
+            let head = lines.next().and_then(|l| l.strip_prefix("D ")).ok_or_else(|| corrupt(&self.mf_path, "block without header"))?;
+            if RelPath::from_escaped(head).map_err(|e| corrupt(&self.mf_path, e))? == *dir {
+                let entries = lines.map(Entry::parse_line).collect::<Result<Vec<_>, _>>().map_err(|e| corrupt(&self.mf_path, e))?;
+                return Ok(Some(entries));
+            }
+            i += 1;
+        }
+        Ok(None)
+    }
+
+    /// Every (directory, entry) in file order, streaming (for verify, list, diff).
+    pub fn for_each(&self, mut f: impl FnMut(&RelPath, Entry) -> io::Result<()>) -> io::Result<()> {
+        let r = BufReader::new(File::open(&self.mf_path)?);
+        let mut dir = RelPath::root();
+        for (n, line) in r.lines().enumerate() {
+            let line = line?;
+            if n == 0 {
+                continue;
+            }
+            if let Some(d) = line.strip_prefix("D ") {
+                dir = RelPath::from_escaped(d).map_err(|e| corrupt(&self.mf_path, e))?;
+            } else if line.starts_with("R ") {
+                continue;
+            } else {
+                f(&dir, Entry::parse_line(&line).map_err(|e| corrupt(&self.mf_path, e))?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Binary search by name in a directory's sorted entries.
+pub fn find<'a>(entries: &'a [Entry], name: &[u8]) -> Option<&'a Entry> {
+    entries.binary_search_by(|e| e.name.as_slice().cmp(name)).ok().map(|i| &entries[i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(name: &[u8], kind: Kind) -> Entry {
+        Entry {
+            name: name.to_vec(),
+            kind,
+            perm: 0o4755,
+            uid: 1000,
+            gid: 100,
+            size: 42,
+            mtime: Time { sec: -5, nsec: 123_456_789 },
+            ctime: Time { sec: 1_700_000_000, nsec: 1 },
+            hash: Some(blake3::hash(b"x")),
+            xattrs: Some("abc".into()),
+            group: Some(77),
+            target: (kind == Kind::Symlink).then(|| b"-".to_vec()),
+            rdev: if kind == Kind::Char { 0x0501 } else { 0 },
+        }
+    }
+
+    #[test]
+    fn line_round_trip_with_odd_names() {
+        for (n, k) in [(&b"a b\nc"[..], Kind::File), (b"\xff\"'%", Kind::Symlink), (b"-", Kind::Char)] {
+            let e = entry(n, k);
+            assert_eq!(Entry::parse_line(&e.to_line()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn write_then_look_up_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = Writer::create(dir.path(), "r1").unwrap();
+        let dirs: Vec<RelPath> = (0..500).map(|i| RelPath::new(format!("d{i}/x y").as_bytes()).unwrap()).collect();
+        for (i, d) in dirs.iter().enumerate() {
+            w.write_block(d, &mut [entry(format!("z{i}").as_bytes(), Kind::File), entry(b"a", Kind::Dir)]).unwrap();
+        }
+        w.write_block(&RelPath::root(), &mut []).unwrap();
+        w.finish(&entry(b".", Kind::Dir)).unwrap();
+        let r = Reader::open(dir.path(), "r1").unwrap();
+        for (i, d) in dirs.iter().enumerate() {
+            let es = r.lookup(d).unwrap().unwrap();
+            assert_eq!(es.len(), 2);
+            assert_eq!(es[0].name, b"a");
+            assert!(find(&es, format!("z{i}").as_bytes()).is_some());
+        }
+        assert_eq!(r.lookup(&RelPath::root()).unwrap(), Some(vec![]));
+        assert_eq!(r.lookup(&RelPath::new(b"nope").unwrap()).unwrap(), None);
+        assert_eq!(r.root().unwrap().name, b".");
+        let mut n = 0;
+        r.for_each(|_, _| {
+            n += 1;
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(n, 1000);
+    }
+}

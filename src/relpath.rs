@@ -1,0 +1,213 @@
+//! The one path type of snapring: a validated, byte-exact path relative to a tree root,
+//! and the escaping used wherever a path must be written as text. Pure; no I/O.
+//!
+//! Any byte string except NUL and `/` is a valid component (spaces, newlines, quotes,
+//! non-UTF-8). `.`/`..`/empty components and absolute paths are rejected, so a `RelPath`
+//! can never leave the tree it is joined to (DESIGN invariant 6).
+
+use std::cmp::Ordering;
+use std::fmt;
+
+/// A path relative to a tree root, stored as raw bytes with `/` separators.
+/// The empty path is the root itself.
+#[derive(Clone, PartialEq, Eq, Hash, Default)]
+pub struct RelPath(Vec<u8>);
+
+/// Why a byte string is not a valid relative path.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RelPathError {
+    #[error("absolute path {0:?} is not allowed here")]
+    Absolute(String),
+    #[error("path {0:?} has an empty, '.' or '..' component")]
+    BadComponent(String),
+    #[error("path {0:?} contains a NUL byte")]
+    Nul(String),
+}
+
+/// True when `name` is usable as a single directory-entry name.
+pub fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
+impl RelPath {
+    /// The root of the tree.
+    pub fn root() -> Self {
+        RelPath(Vec::new())
+    }
+
+    /// Validates `bytes` as a relative path (`a/b/c`, no leading `/`, no `.`/`..`).
+    pub fn new(bytes: &[u8]) -> Result<Self, RelPathError> {
+        let shown = || escape(bytes);
+        if bytes.is_empty() {
+            return Ok(Self::root());
+        }
+        if bytes[0] == b'/' {
+            return Err(RelPathError::Absolute(shown()));
+        }
+        if bytes.contains(&0) {
+            return Err(RelPathError::Nul(shown()));
+        }
+        if bytes.split(|b| *b == b'/').any(|c| !valid_name(c)) {
+            return Err(RelPathError::BadComponent(shown()));
+        }
+        Ok(RelPath(bytes.to_vec()))
+    }
+
+    /// This path with one more component. `name` must satisfy [`valid_name`]
+    /// (names come from `readdir`, which guarantees it).
+    pub fn join(&self, name: &[u8]) -> Self {
+        debug_assert!(valid_name(name), "invalid name {:?}", escape(name));
+        let mut v = Vec::with_capacity(self.0.len() + 1 + name.len());
+        v.extend_from_slice(&self.0);
+        if !v.is_empty() {
+            v.push(b'/');
+        }
+        v.extend_from_slice(name);
+        RelPath(v)
+    }
+
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    pub fn components(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.split(|b| *b == b'/').filter(|c| !c.is_empty())
+    }
+
+    /// The last component (empty for the root).
+    pub fn file_name(&self) -> &[u8] {
+        self.components().last().unwrap_or(b"")
+    }
+
+    /// The parent path (the root's parent is the root).
+    pub fn parent(&self) -> RelPath {
+        match self.0.iter().rposition(|b| *b == b'/') {
+            Some(i) => RelPath(self.0[..i].to_vec()),
+            None => RelPath::root(),
+        }
+    }
+
+    /// The text form used in manifests, logs and reports: see [`escape`]; the root is `.`.
+    pub fn escaped(&self) -> String {
+        if self.is_root() { ".".to_string() } else { escape(&self.0) }
+    }
+
+    /// Parses the text form written by [`RelPath::escaped`].
+    pub fn from_escaped(s: &str) -> Result<Self, String> {
+        if s == "." {
+            return Ok(Self::root());
+        }
+        let bytes = unescape(s)?;
+        RelPath::new(&bytes).map_err(|e| e.to_string())
+    }
+
+    /// A `std::path::Path` view (lossless on Unix), for messages and path-based APIs.
+    pub fn as_path(&self) -> &std::path::Path {
+        use std::os::unix::ffi::OsStrExt;
+        std::path::Path::new(std::ffi::OsStr::from_bytes(&self.0))
+    }
+}
+
+/// The one total order of paths: component by component, bytewise. A directory sorts
+/// immediately before its contents (`a` < `a/z` < `a b`), which `Vec<u8>` order does not give.
+impl Ord for RelPath {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.components().cmp(other.components())
+    }
+}
+impl PartialOrd for RelPath {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RelPath({})", self.escaped())
+    }
+}
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.escaped())
+    }
+}
+
+/// Escapes bytes so the result is printable ASCII with no spaces: bytes outside
+/// `!`..=`~`, and `%` itself, become `%XX` (upper-case hex). Reversible by [`unescape`].
+pub fn escape(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for &b in bytes {
+        if (0x21..=0x7e).contains(&b) && b != b'%' {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// Reverses [`escape`].
+pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("truncated escape in {s:?}"))?;
+            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape %{hex} in {s:?}"))?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_escapes_from_the_tree() {
+        assert!(matches!(RelPath::new(b"/etc/passwd"), Err(RelPathError::Absolute(_))));
+        assert!(matches!(RelPath::new(b"a/../../x"), Err(RelPathError::BadComponent(_))));
+        assert!(matches!(RelPath::new(b"a//b"), Err(RelPathError::BadComponent(_))));
+        assert!(matches!(RelPath::new(b"./a"), Err(RelPathError::BadComponent(_))));
+        assert!(matches!(RelPath::new(b"a\0b"), Err(RelPathError::Nul(_))));
+        assert!(RelPath::new(b"a b/\n/\xff\"'").is_ok());
+    }
+
+    #[test]
+    fn escape_round_trips_every_byte() {
+        let all: Vec<u8> = (1u8..=255).filter(|b| *b != b'/').collect();
+        let p = RelPath::new(&all).unwrap();
+        let text = p.escaped();
+        assert!(!text.contains(' ') && !text.contains('\n'));
+        assert_eq!(RelPath::from_escaped(&text).unwrap(), p);
+        assert_eq!(RelPath::from_escaped(".").unwrap(), RelPath::root());
+    }
+
+    #[test]
+    fn order_is_component_wise() {
+        let mut v: Vec<RelPath> = ["a b", "a/z", "a", "a-b", "b"]
+            .iter()
+            .map(|s| RelPath::new(s.as_bytes()).unwrap())
+            .collect();
+        v.sort();
+        let names: Vec<String> = v.iter().map(|p| p.escaped()).collect();
+        assert_eq!(names, ["a", "a/z", "a%20b", "a-b", "b"]);
+    }
+
+    #[test]
+    fn parent_and_join() {
+        let p = RelPath::root().join(b"x").join(b"y z");
+        assert_eq!(p.parent(), RelPath::new(b"x").unwrap());
+        assert_eq!(p.file_name(), b"y z");
+        assert_eq!(RelPath::root().parent(), RelPath::root());
+    }
+}
