@@ -5,3 +5,8 @@
 pub mod fsx;
 pub mod manifest;
 pub mod relpath;
+pub mod error;
+pub mod failpoint;
+pub mod pool;
+pub mod report;
+pub mod store;

@@ -1,0 +1,58 @@
+//! The library's typed errors. Every I/O error carries the action and the path, so a
+//! message says what snapring was doing, where, and why it failed. Pure; no I/O.
+
+use std::io;
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("source {} does not exist (is the file system mounted?)", .0.display())]
+    SourceMissing(PathBuf),
+    #[error("source {} is not a directory", .0.display())]
+    SourceNotDir(PathBuf),
+    #[error(
+        "source {} is not a mount point, but require_mount is set: mount the file system there, or drop --require-mount",
+        .0.display()
+    )]
+    NotMounted(PathBuf),
+    #[error(
+        "source {} is empty but the previous snapshot {prev} is not; refusing, because a failed mount looks exactly like this. Pass --allow-empty if the source really is empty",
+        path.display()
+    )]
+    EmptySource { path: PathBuf, prev: String },
+    #[error("store {} is in use: {holder}. Wait for that run to end; a lock left by a dead process is released by the kernel and taken over automatically", store.display())]
+    Locked { store: PathBuf, holder: String },
+    #[error("config: {0}")]
+    Config(String),
+    #[error("store {}: {msg}", path.display())]
+    Store { path: PathBuf, msg: String },
+    #[error("destination file system is full while writing {}: the run was abandoned, nothing was published and older snapshots are intact; free space and run again", .0.display())]
+    DiskFull(PathBuf),
+}
+
+/// Shorthand used everywhere: `io_result.ctx("read", &path)?`.
+pub trait Ctx<T> {
+    fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> Ctx<T> for io::Result<T> {
+    fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| {
+            let path = path.into();
+            if crate::fsx::is_disk_full(&source) {
+                Error::DiskFull(path)
+            } else {
+                Error::Io { action, path, source }
+            }
+        })
+    }
+}

@@ -1,0 +1,227 @@
+//! The run report: one JSON document per run (`.snapring/runs/<id>.json`) holding the
+//! KPIs of DESIGN.md, the status and every listed problem. The catalog, metrics and
+//! notifications are all fed from it. Pure data plus the atomic write of the file.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the run-record format; bumped only with a fixture of the old one.
+pub const RUN_FORMAT: u32 = 1;
+
+/// How many problems a report lists by name; the rest are counted.
+pub const MAX_LISTED_PROBLEMS: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Still going, or killed before it could say otherwise (repaired to `incomplete`).
+    Running,
+    Complete,
+    /// Finished and published; some entries were unreadable or vanished (listed).
+    Partial,
+    /// Interrupted or out of time; nothing published, nothing rotated.
+    Incomplete,
+    Failed,
+}
+
+impl Status {
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Status::Complete => 0,
+            Status::Failed | Status::Running => 1,
+            Status::Partial => 2,
+            Status::Incomplete => 3,
+        }
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Running => "running",
+            Status::Complete => "complete",
+            Status::Partial => "partial",
+            Status::Incomplete => "incomplete",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+/// Why an entry is not in the snapshot as the source has it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemKind {
+    /// The source entry could not be read (permission denied, I/O error).
+    Unreadable,
+    /// Listed in its directory, gone when we came to it.
+    Vanished,
+    /// Kept changing while it was copied, past every retry: the copy may be torn.
+    ChangedDuringCopy,
+    /// Some metadata could not be reproduced (for example an xattr the target refuses).
+    Metadata,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// Escaped path relative to the source root (see docs/format.md).
+    pub path: String,
+    pub kind: ProblemKind,
+    /// What snapring was doing: "stat", "read", "open directory", …
+    pub action: String,
+    pub error: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    pub start: Option<String>,
+    pub stop: Option<String>,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Phases {
+    /// Walk, compare, link and copy.
+    pub walk_copy: Phase,
+    /// Flush of the destination file system.
+    pub sync: Phase,
+    /// The journalled renames that publish the snapshot and shift the older ones.
+    pub rotation: Phase,
+    /// Deleting expired snapshots from `.snapring/trash/`.
+    pub remove_expired: Phase,
+}
+
+/// Every KPI of one run. Field names are the stable JSON API (docs/format.md).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub format: u32,
+    pub id: String,
+    pub job: Option<String>,
+    pub label: String,
+    pub retain: u32,
+    pub window: Option<String>,
+    pub prefix: Option<String>,
+    pub source: PathBuf,
+    pub store: PathBuf,
+    pub host: String,
+    pub version: String,
+    pub jobs: usize,
+    pub dry_run: bool,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub duration_seconds: f64,
+    pub status: Status,
+    pub exit_code: i32,
+    pub message: String,
+    /// The snapshot this run published (`daily.0`), if any.
+    pub snapshot: Option<String>,
+    /// The run whose snapshot unchanged files were linked from.
+    pub based_on: Option<String>,
+    /// Snapshots this run expired (moved to trash, then deleted).
+    pub expired: Vec<String>,
+    pub files_total: u64,
+    pub dirs_total: u64,
+    pub files_transferred: u64,
+    pub files_linked: u64,
+    pub link_fallbacks: u64,
+    pub changed_during_backup: u64,
+    pub errors: u64,
+    pub bytes_total: u64,
+    pub bytes_transferred: u64,
+    /// Sum of the source's regular-file sizes (the EFS-to-EFS "source size").
+    pub source_bytes: u64,
+    /// Bytes this run added to the backup file system (new copies only).
+    pub backup_bytes_added: u64,
+    pub throughput_files_per_second: f64,
+    pub throughput_bytes_per_second: f64,
+    pub peak_rss_bytes: u64,
+    pub phases: Phases,
+    pub problems: Vec<Problem>,
+    /// Problems counted but not listed (past `MAX_LISTED_PROBLEMS`).
+    pub problems_not_listed: u64,
+}
+
+/// Counters the workers bump while a run goes on.
+#[derive(Default)]
+pub struct Counters {
+    pub files_total: AtomicU64,
+    pub dirs_total: AtomicU64,
+    pub files_transferred: AtomicU64,
+    pub files_linked: AtomicU64,
+    pub link_fallbacks: AtomicU64,
+    pub changed_during_backup: AtomicU64,
+    pub bytes_total: AtomicU64,
+    pub bytes_transferred: AtomicU64,
+    pub problems: Mutex<Vec<Problem>>,
+    pub problems_total: AtomicU64,
+}
+
+impl Counters {
+    pub fn add(c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn problem(&self, p: Problem) {
+        tracing::warn!(path = %p.path, action = %p.action, error = %p.error, "{:?}", p.kind);
+        self.problems_total.fetch_add(1, Ordering::Relaxed);
+        let mut l = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        if l.len() < MAX_LISTED_PROBLEMS {
+            l.push(p);
+        }
+    }
+
+    /// Copies the counters into the report.
+    pub fn fill(&self, r: &mut RunReport) {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        r.files_total = g(&self.files_total);
+        r.dirs_total = g(&self.dirs_total);
+        r.files_transferred = g(&self.files_transferred);
+        r.files_linked = g(&self.files_linked);
+        r.link_fallbacks = g(&self.link_fallbacks);
+        r.changed_during_backup = g(&self.changed_during_backup);
+        r.bytes_total = g(&self.bytes_total);
+        r.bytes_transferred = g(&self.bytes_transferred);
+        r.source_bytes = r.bytes_total;
+        r.backup_bytes_added = r.bytes_transferred;
+        let mut problems = self.problems.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        problems.sort_by(|a, b| a.path.cmp(&b.path));
+        r.errors = g(&self.problems_total);
+        r.problems_not_listed = r.errors - problems.len() as u64;
+        r.problems = problems;
+    }
+}
+
+/// Now, as RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Peak resident set size of this process (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+pub fn hostname() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}
+
+/// Writes `bytes` to `path` crash-safely: temp file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,95 @@
+//! The rotation journal: a rotation's renames are written to `.snapring/journal` before
+//! the first one happens, then applied; any command that opens the store rolls an
+//! unfinished journal forward. Every step is idempotent ("target exists" means done),
+//! so a crash at any instant, even during repair, is repaired by the next command.
+
+use serde::{Deserialize, Serialize};
+
+use super::rotation::Step;
+use super::{State, Store};
+use crate::error::{Ctx, Error, Result};
+use crate::failpoint;
+use crate::fsx;
+use crate::report::{Status, write_atomic};
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Journal {
+    pub format: u32,
+    /// The run whose snapshot this rotation publishes.
+    pub run: String,
+    /// The final status of that run (written to its record once the renames are done).
+    pub status: Status,
+    pub steps: Vec<Step>,
+    /// The snapshot state once every step is done.
+    pub state_after: State,
+}
+
+impl Store {
+    pub fn journal_path(&self) -> std::path::PathBuf {
+        self.meta.join("journal")
+    }
+
+    /// Writes the journal, then applies it.
+    pub fn run_journal(&self, j: &Journal) -> Result<()> {
+        let path = self.journal_path();
+        failpoint::hit("journal.before_write").ctx("write journal", &path)?;
+        write_atomic(&path, &serde_json::to_vec_pretty(j).expect("journal serializes")).ctx("write journal", &path)?;
+        failpoint::hit("journal.after_write").ctx("write journal", &path)?;
+        self.apply_journal(j)
+    }
+
+    /// Rolls a journal found on disk forward, if there is one. Returns its run id.
+    pub fn recover_journal(&self) -> Result<Option<String>> {
+        let path = self.journal_path();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx("read journal", &path),
+        };
+        let j: Journal = serde_json::from_slice(&text)
+            .map_err(|e| Error::Store { path: path.clone(), msg: format!("journal is unreadable ({e}); move it aside only after checking the snapshots by hand") })?;
+        tracing::warn!(run = %j.run, "rolling an interrupted rotation forward");
+        self.apply_journal(&j)?;
+        Ok(Some(j.run))
+    }
+
+    fn apply_journal(&self, j: &Journal) -> Result<()> {
+        let root = fsx::b(&self.root_fd);
+        for step in &j.steps {
+            failpoint::hit("rotate.step").ctx("rename", self.root.join(&step.from))?;
+            let from = step.from.as_bytes();
+            let to = step.to.as_bytes();
+            if fsx::exists_at(root, to).ctx("check", self.root.join(&step.to))? {
+                continue;
+            }
+            if !fsx::exists_at(root, from).ctx("check", self.root.join(&step.from))? {
+                return Err(Error::Store {
+                    path: self.root.clone(),
+                    msg: format!("journal step {} -> {}: neither exists; the store was changed by hand during a rotation", step.from, step.to),
+                });
+            }
+            fsx::rename_noreplace(root, from, root, to).ctx("rename", self.root.join(&step.from))?;
+        }
+        for d in [&self.root, &self.meta.join("staging"), &self.meta.join("trash")] {
+            std::fs::File::open(d).and_then(|f| f.sync_all()).ctx("sync directory", d)?;
+        }
+        failpoint::hit("journal.before_state").ctx("write state", self.state_path())?;
+        self.write_state(&j.state_after)?;
+        self.finish_run_record(&j.run, j.status)?;
+        failpoint::hit("journal.before_remove").ctx("remove journal", self.journal_path())?;
+        std::fs::remove_file(self.journal_path()).ctx("remove journal", self.journal_path())?;
+        std::fs::File::open(&self.meta).and_then(|f| f.sync_all()).ctx("sync directory", &self.meta)?;
+        Ok(())
+    }
+
+    /// Sets a run record still saying `running` to `status` (used by repair paths).
+    fn finish_run_record(&self, id: &str, status: Status) -> Result<()> {
+        let Some(mut r) = self.read_run(id)? else { return Ok(()) };
+        if r.status == Status::Running {
+            r.status = status;
+            r.exit_code = status.exit_code();
+            self.write_run(&r)?;
+        }
+        Ok(())
+    }
+}

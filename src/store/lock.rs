@@ -1,0 +1,76 @@
+//! The store lock: `flock` on `.snapring/lock`, whose content names the holder (pid,
+//! host, run id, start time) so a refused second run can say who holds the store. The
+//! kernel drops the lock when its holder dies, so a stale lock recovers by itself; the
+//! holder text it leaves tells the next run which run to mark `incomplete`.
+
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Ctx, Error, Result};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub host: String,
+    pub run: Option<String>,
+    pub command: String,
+    pub since: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "snapring {} (pid {} on {}, since {}", self.command, self.pid, self.host, self.since)?;
+        if let Some(r) = &self.run {
+            write!(f, ", run {r}")?;
+        }
+        write!(f, ")")
+    }
+}
+
+/// Held for as long as this value lives.
+pub struct Lock {
+    file: File,
+    /// What the lock file said when we took it: a holder that died without cleaning up.
+    pub previous: Option<Holder>,
+}
+
+impl Lock {
+    pub fn acquire(store: &Path, path: &Path, holder: &Holder) -> Result<Lock> {
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .ctx("open lock file", path)?;
+        let mut text = String::new();
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let _ = file.read_to_string(&mut text);
+                let who = serde_json::from_str::<Holder>(&text)
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|_| "another snapring process".into());
+                return Err(Error::Locked { store: store.to_path_buf(), holder: who });
+            }
+            Err(e) => return Err(std::io::Error::from(e)).ctx("lock", path),
+        }
+        let _ = file.read_to_string(&mut text);
+        let previous = serde_json::from_str::<Holder>(&text).ok();
+        let body = serde_json::to_vec_pretty(holder).expect("holder serializes");
+        file.set_len(0).ctx("write lock file", path)?;
+        file.rewind().ctx("write lock file", path)?;
+        file.write_all(&body).ctx("write lock file", path)?;
+        file.sync_all().ctx("write lock file", path)?;
+        Ok(Lock { file, previous })
+    }
+
+    /// Marks a clean end: the next holder finds nothing to repair.
+    pub fn release(self) {
+        let _ = self.file.set_len(0);
+        let _ = self.file.sync_all();
+    }
+}
