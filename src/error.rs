@@ -51,7 +51,11 @@ impl<T> Ctx<T> for io::Result<T> {
             if crate::fsx::is_disk_full(&source) {
                 Error::DiskFull(path)
             } else {
-                Error::Io { action, path, source }
+                Error::Io {
+                    action,
+                    path,
+                    source,
+                }
             }
         })
     }

@@ -28,7 +28,9 @@ static ANY: AtomicBool = AtomicBool::new(true);
 fn armed() -> Option<&'static Armed> {
     ARMED
         .get_or_init(|| {
-            let spec = std::env::var("SNAPRING_FAILPOINTS").ok().filter(|s| !s.is_empty());
+            let spec = std::env::var("SNAPRING_FAILPOINTS")
+                .ok()
+                .filter(|s| !s.is_empty());
             let Some(spec) = spec else {
                 ANY.store(false, Ordering::Relaxed);
                 return None;
@@ -50,7 +52,10 @@ fn armed() -> Option<&'static Armed> {
                     Some((name.to_string(), action, nth))
                 })
                 .collect();
-            Some(Armed { points, hits: Mutex::new(HashMap::new()) })
+            Some(Armed {
+                points,
+                hits: Mutex::new(HashMap::new()),
+            })
         })
         .as_ref()
 }
@@ -71,7 +76,10 @@ pub fn hit(name: &str) -> io::Result<()> {
         if p == name && *nth == n {
             match action {
                 Action::Kill => {
-                    let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+                    let _ = rustix::process::kill_process(
+                        rustix::process::getpid(),
+                        rustix::process::Signal::KILL,
+                    );
                     std::thread::sleep(std::time::Duration::from_secs(60));
                 }
                 Action::Error => return Err(io::Error::other(format!("failpoint {name} fired"))),

@@ -126,8 +126,14 @@ impl Meta {
             uid: st.st_uid as u32,
             gid: st.st_gid as u32,
             size: st.st_size as u64,
-            mtime: Time { sec: st.st_mtime as i64, nsec: st.st_mtime_nsec as u32 },
-            ctime: Time { sec: st.st_ctime as i64, nsec: st.st_ctime_nsec as u32 },
+            mtime: Time {
+                sec: st.st_mtime as i64,
+                nsec: st.st_mtime_nsec as u32,
+            },
+            ctime: Time {
+                sec: st.st_ctime as i64,
+                nsec: st.st_ctime_nsec as u32,
+            },
             dev: st.st_dev as u64,
             ino: st.st_ino as u64,
             nlink: st.st_nlink as u64,
@@ -143,7 +149,11 @@ impl Meta {
 
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
 pub fn lstat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Meta> {
-    Ok(Meta::from_stat(&rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?))
+    Ok(Meta::from_stat(&rfs::statat(
+        dir,
+        name,
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?))
 }
 
 pub fn fstat(fd: BorrowedFd<'_>) -> io::Result<Meta> {
@@ -162,7 +172,11 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
 
 /// Opens a directory by a plain path (store roots, source roots).
 pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
-    Ok(rfs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+    Ok(rfs::open(
+        path,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Opens a regular file for reading without following symlinks. Tries `O_NOATIME`
@@ -263,7 +277,9 @@ pub fn read_xattrs(t: &XattrTarget<'_>) -> io::Result<Xattrs> {
         loop {
             let r = match t {
                 XattrTarget::Fd(fd) => rfs::fgetxattr(fd, name, &mut val[..]),
-                XattrTarget::At(d, n) => rfs::lgetxattr(proc_path(*d, n).as_slice(), name, &mut val[..]),
+                XattrTarget::At(d, n) => {
+                    rfs::lgetxattr(proc_path(*d, n).as_slice(), name, &mut val[..])
+                }
             };
             match r {
                 Ok(len) => {
@@ -288,10 +304,15 @@ pub fn write_xattrs(t: &XattrTarget<'_>, xs: &Xattrs) -> io::Result<Vec<Vec<u8>>
     let mut refused = Vec::new();
     for (name, val) in xs {
         let r = match t {
-            XattrTarget::Fd(fd) => rfs::fsetxattr(fd, name.as_slice(), val, rfs::XattrFlags::empty()),
-            XattrTarget::At(d, n) => {
-                rfs::lsetxattr(proc_path(*d, n).as_slice(), name.as_slice(), val, rfs::XattrFlags::empty())
+            XattrTarget::Fd(fd) => {
+                rfs::fsetxattr(fd, name.as_slice(), val, rfs::XattrFlags::empty())
             }
+            XattrTarget::At(d, n) => rfs::lsetxattr(
+                proc_path(*d, n).as_slice(),
+                name.as_slice(),
+                val,
+                rfs::XattrFlags::empty(),
+            ),
         };
         match r {
             Ok(()) => {}
@@ -399,7 +420,11 @@ fn data_ranges(src: BorrowedFd<'_>, meta: &Meta) -> Vec<(u64, u64)> {
 /// Copies a regular file's bytes from `src` to `dst` (a new, empty file), keeping holes
 /// as holes, and returns the BLAKE3 hash of the logical content and the bytes written.
 /// Reads up to `meta.size`; bytes appended meanwhile are caught by the caller's re-stat.
-pub fn copy_hash(src: BorrowedFd<'_>, dst: BorrowedFd<'_>, meta: &Meta) -> Result<(blake3::Hash, u64), CopyError> {
+pub fn copy_hash(
+    src: BorrowedFd<'_>,
+    dst: BorrowedFd<'_>,
+    meta: &Meta,
+) -> Result<(blake3::Hash, u64), CopyError> {
     thread_local!(static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF]));
     let mut h = blake3::Hasher::new();
     let mut written = 0u64;
@@ -456,19 +481,29 @@ pub fn hash_file(fd: BorrowedFd<'_>) -> io::Result<blake3::Hash> {
 }
 
 fn ts(t: Time) -> Timespec {
-    Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ }
+    Timespec {
+        tv_sec: t.sec,
+        tv_nsec: t.nsec as _,
+    }
 }
 
 fn times(m: &Meta) -> Timestamps {
     // atime is set to mtime: snapshots do not preserve access times (reading them on the
     // source would be a write), and a stable value keeps the tree reproducible.
-    Timestamps { last_access: ts(m.mtime), last_modification: ts(m.mtime) }
+    Timestamps {
+        last_access: ts(m.mtime),
+        last_modification: ts(m.mtime),
+    }
 }
 
 /// Owner, mode and times on an open file or directory, in the order that keeps
 /// setuid/setgid bits (chown clears them, so chmod comes after).
 pub fn apply_owner_mode(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
-    rfs::fchown(fd, Some(rfs::Uid::from_raw(m.uid)), Some(rfs::Gid::from_raw(m.gid)))?;
+    rfs::fchown(
+        fd,
+        Some(rfs::Uid::from_raw(m.uid)),
+        Some(rfs::Gid::from_raw(m.gid)),
+    )?;
     rfs::fchmod(fd, Mode::from_raw_mode(m.perm))?;
     Ok(())
 }
@@ -493,7 +528,12 @@ pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<(
 }
 
 pub fn apply_times_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<()> {
-    Ok(rfs::utimensat(dir, name, &times(m), AtFlags::SYMLINK_NOFOLLOW)?)
+    Ok(rfs::utimensat(
+        dir,
+        name,
+        &times(m),
+        AtFlags::SYMLINK_NOFOLLOW,
+    )?)
 }
 
 /// Creates a special file (fifo, device, socket) like the source one.
@@ -505,7 +545,13 @@ pub fn mknod_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<()> {
         Kind::Socket => rfs::FileType::Socket,
         _ => return Err(io::Error::other("mknod of a non-special file")),
     };
-    Ok(rfs::mknodat(dir, name, ft, Mode::from_raw_mode(m.perm & 0o777), m.rdev as _)?)
+    Ok(rfs::mknodat(
+        dir,
+        name,
+        ft,
+        Mode::from_raw_mode(m.perm & 0o777),
+        m.rdev as _,
+    )?)
 }
 
 pub fn symlink_at(target: &[u8], dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
@@ -517,7 +563,12 @@ pub fn mkdir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
 }
 
 /// `linkat` without following symlinks (a symlink is linked as itself).
-pub fn link_at(from_dir: BorrowedFd<'_>, from: &[u8], to_dir: BorrowedFd<'_>, to: &[u8]) -> io::Result<()> {
+pub fn link_at(
+    from_dir: BorrowedFd<'_>,
+    from: &[u8],
+    to_dir: BorrowedFd<'_>,
+    to: &[u8],
+) -> io::Result<()> {
     Ok(rfs::linkat(from_dir, from, to_dir, to, AtFlags::empty())?)
 }
 
@@ -531,11 +582,18 @@ pub fn rmdir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<()> {
 
 /// Renames without replacing an existing target. Falls back to a check-then-rename on
 /// file systems without `RENAME_NOREPLACE` (NFS); callers hold the store lock.
-pub fn rename_noreplace(from_dir: BorrowedFd<'_>, from: &[u8], to_dir: BorrowedFd<'_>, to: &[u8]) -> io::Result<()> {
+pub fn rename_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &[u8],
+    to_dir: BorrowedFd<'_>,
+    to: &[u8],
+) -> io::Result<()> {
     match rfs::renameat_with(from_dir, from, to_dir, to, rfs::RenameFlags::NOREPLACE) {
         Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
             if exists_at(to_dir, to)? {
-                return Err(io::Error::from_raw_os_error(rustix::io::Errno::EXIST.raw_os_error()));
+                return Err(io::Error::from_raw_os_error(
+                    rustix::io::Errno::EXIST.raw_os_error(),
+                ));
             }
             Ok(rfs::renameat(from_dir, from, to_dir, to)?)
         }

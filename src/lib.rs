@@ -2,11 +2,13 @@
 //! The library does all the work; `main.rs` only parses arguments and maps outcomes to
 //! exit codes. See ARCHITECTURE.md for the code map and the invariants.
 
-pub mod fsx;
-pub mod manifest;
-pub mod relpath;
+pub mod config;
+pub mod engine;
 pub mod error;
 pub mod failpoint;
+pub mod fsx;
+pub mod manifest;
 pub mod pool;
+pub mod relpath;
 pub mod report;
 pub mod store;

@@ -53,22 +53,36 @@ impl Entry {
             perm: m.perm,
             uid: m.uid,
             gid: m.gid,
-            size: if matches!(m.kind, Kind::File | Kind::Symlink) { m.size } else { 0 },
+            size: if matches!(m.kind, Kind::File | Kind::Symlink) {
+                m.size
+            } else {
+                0
+            },
             mtime: m.mtime,
             ctime: m.ctime,
             hash: None,
             xattrs: None,
             group: (m.kind != Kind::Dir && m.nlink > 1).then_some(m.ino),
             target: None,
-            rdev: if matches!(m.kind, Kind::Char | Kind::Block) { m.rdev } else { 0 },
+            rdev: if matches!(m.kind, Kind::Char | Kind::Block) {
+                m.rdev
+            } else {
+                0
+            },
         }
     }
 
     /// The text line (without newline).
     pub fn to_line(&self) -> String {
-        let hash = self.hash.map(|h| h.to_hex().to_string()).unwrap_or_else(|| "-".into());
+        let hash = self
+            .hash
+            .map(|h| h.to_hex().to_string())
+            .unwrap_or_else(|| "-".into());
         let xat = self.xattrs.clone().unwrap_or_else(|| "-".into());
-        let group = self.group.map(|g| g.to_string()).unwrap_or_else(|| "-".into());
+        let group = self
+            .group
+            .map(|g| g.to_string())
+            .unwrap_or_else(|| "-".into());
         let extra = match (self.kind, &self.target) {
             (Kind::Symlink, Some(t)) => format!(":{}", escape(t)),
             (Kind::Char | Kind::Block, _) => format!(":{}", self.rdev),
@@ -94,10 +108,17 @@ impl Entry {
     pub fn parse_line(line: &str) -> Result<Entry, String> {
         let f: Vec<&str> = line.split(' ').collect();
         if f.len() != 12 {
-            return Err(format!("manifest line has {} fields, expected 12: {line:?}", f.len()));
+            return Err(format!(
+                "manifest line has {} fields, expected 12: {line:?}",
+                f.len()
+            ));
         }
         let bad = |what: &str| format!("bad {what} in manifest line {line:?}");
-        let kind = f[0].chars().next().and_then(Kind::from_code).ok_or_else(|| bad("kind"))?;
+        let kind = f[0]
+            .chars()
+            .next()
+            .and_then(Kind::from_code)
+            .ok_or_else(|| bad("kind"))?;
         let opt = |s: &str| if s == "-" { None } else { Some(s.to_string()) };
         let hash = match opt(f[7]) {
             Some(h) => Some(blake3::Hash::from_hex(&h).map_err(|_| bad("hash"))?),
@@ -136,7 +157,10 @@ fn path_key(dir: &RelPath) -> u64 {
 
 /// The two files of a manifest, by run id.
 pub fn paths(manifest_dir: &Path, id: &str) -> (PathBuf, PathBuf) {
-    (manifest_dir.join(format!("{id}.mf")), manifest_dir.join(format!("{id}.idx")))
+    (
+        manifest_dir.join(format!("{id}.mf")),
+        manifest_dir.join(format!("{id}.idx")),
+    )
 }
 
 /// Appends directory blocks as the walker finishes them. Holds one 24-byte index record
@@ -158,7 +182,14 @@ impl Writer {
         let mut out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
         let header = format!("{MAGIC}\n");
         out.write_all(header.as_bytes())?;
-        Ok(Writer { mf_path: mf, idx_path: idx, out, offset: header.len() as u64, index: Vec::new(), entries: 0 })
+        Ok(Writer {
+            mf_path: mf,
+            idx_path: idx,
+            out,
+            offset: header.len() as u64,
+            index: Vec::new(),
+            entries: 0,
+        })
     }
 
     /// Writes the block of `dir`'s children (sorted here by name).
@@ -170,7 +201,8 @@ impl Writer {
             s.push('\n');
         }
         self.out.write_all(s.as_bytes())?;
-        self.index.push((path_key(dir), self.offset, s.len() as u64));
+        self.index
+            .push((path_key(dir), self.offset, s.len() as u64));
         self.offset += s.len() as u64;
         self.entries += entries.len() as u64;
         Ok(())
@@ -224,7 +256,10 @@ pub struct Reader {
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, format!("manifest {}: {what}", path.display()))
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("manifest {}: {what}", path.display()),
+    )
 }
 
 impl Reader {
@@ -233,7 +268,8 @@ impl Reader {
         let mf = File::open(&mf_path)?;
         let idx = File::open(&idx_path)?;
         let mut head = [0u8; IDX_HEADER as usize];
-        idx.read_exact_at(&mut head, 0).map_err(|_| corrupt(&idx_path, "index too short"))?;
+        idx.read_exact_at(&mut head, 0)
+            .map_err(|_| corrupt(&idx_path, "index too short"))?;
         if &head[..8] != IDX_MAGIC {
             return Err(corrupt(&idx_path, "not a snapring manifest index"));
         }
@@ -242,7 +278,8 @@ impl Reader {
             return Err(corrupt(&idx_path, "index length is not whole records"));
         }
         let mut magic = vec![0u8; MAGIC.len() + 1];
-        mf.read_exact_at(&mut magic, 0).map_err(|_| corrupt(&mf_path, "too short"))?;
+        mf.read_exact_at(&mut magic, 0)
+            .map_err(|_| corrupt(&mf_path, "too short"))?;
         if magic != format!("{MAGIC}\n").as_bytes() {
             return Err(corrupt(&mf_path, "unknown manifest version"));
         }
@@ -267,8 +304,12 @@ impl Reader {
     pub fn root(&self) -> io::Result<Entry> {
         let mut buf = vec![0u8; self.root_len as usize];
         self.mf.read_exact_at(&mut buf, self.root_off)?;
-        let s = String::from_utf8(buf).map_err(|_| corrupt(&self.mf_path, "root line is not text"))?;
-        let line = s.trim_end().strip_prefix("R ").ok_or_else(|| corrupt(&self.mf_path, "no root line"))?;
+        let s =
+            String::from_utf8(buf).map_err(|_| corrupt(&self.mf_path, "root line is not text"))?;
+        let line = s
+            .trim_end()
+            .strip_prefix("R ")
+            .ok_or_else(|| corrupt(&self.mf_path, "no root line"))?;
         Entry::parse_line(line).map_err(|e| corrupt(&self.mf_path, e))
     }
 
@@ -294,11 +335,18 @@ impl Reader {
             }
             let mut buf = vec![0u8; len as usize];
             self.mf.read_exact_at(&mut buf, off)?;
-            let text = String::from_utf8(buf).map_err(|_| corrupt(&self.mf_path, "block is not text"))?;
+            let text =
+                String::from_utf8(buf).map_err(|_| corrupt(&self.mf_path, "block is not text"))?;
             let mut lines = text.lines();
-            let head = lines.next().and_then(|l| l.strip_prefix("D ")).ok_or_else(|| corrupt(&self.mf_path, "block without header"))?;
+            let head = lines
+                .next()
+                .and_then(|l| l.strip_prefix("D "))
+                .ok_or_else(|| corrupt(&self.mf_path, "block without header"))?;
             if RelPath::from_escaped(head).map_err(|e| corrupt(&self.mf_path, e))? == *dir {
-                let entries = lines.map(Entry::parse_line).collect::<Result<Vec<_>, _>>().map_err(|e| corrupt(&self.mf_path, e))?;
+                let entries = lines
+                    .map(Entry::parse_line)
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| corrupt(&self.mf_path, e))?;
                 return Ok(Some(entries));
             }
             i += 1;
@@ -320,7 +368,10 @@ impl Reader {
             } else if line.starts_with("R ") {
                 continue;
             } else {
-                f(&dir, Entry::parse_line(&line).map_err(|e| corrupt(&self.mf_path, e))?)?;
+                f(
+                    &dir,
+                    Entry::parse_line(&line).map_err(|e| corrupt(&self.mf_path, e))?,
+                )?;
             }
         }
         Ok(())
@@ -329,7 +380,10 @@ impl Reader {
 
 /// Binary search by name in a directory's sorted entries.
 pub fn find<'a>(entries: &'a [Entry], name: &[u8]) -> Option<&'a Entry> {
-    entries.binary_search_by(|e| e.name.as_slice().cmp(name)).ok().map(|i| &entries[i])
+    entries
+        .binary_search_by(|e| e.name.as_slice().cmp(name))
+        .ok()
+        .map(|i| &entries[i])
 }
 
 #[cfg(test)]
@@ -344,8 +398,14 @@ mod tests {
             uid: 1000,
             gid: 100,
             size: 42,
-            mtime: Time { sec: -5, nsec: 123_456_789 },
-            ctime: Time { sec: 1_700_000_000, nsec: 1 },
+            mtime: Time {
+                sec: -5,
+                nsec: 123_456_789,
+            },
+            ctime: Time {
+                sec: 1_700_000_000,
+                nsec: 1,
+            },
             hash: Some(blake3::hash(b"x")),
             xattrs: Some("abc".into()),
             group: Some(77),
@@ -356,7 +416,11 @@ mod tests {
 
     #[test]
     fn line_round_trip_with_odd_names() {
-        for (n, k) in [(&b"a b\nc"[..], Kind::File), (b"\xff\"'%", Kind::Symlink), (b"-", Kind::Char)] {
+        for (n, k) in [
+            (&b"a b\nc"[..], Kind::File),
+            (b"\xff\"'%", Kind::Symlink),
+            (b"-", Kind::Char),
+        ] {
             let e = entry(n, k);
             assert_eq!(Entry::parse_line(&e.to_line()).unwrap(), e);
         }
@@ -366,9 +430,18 @@ mod tests {
     fn write_then_look_up_blocks() {
         let dir = tempfile::tempdir().unwrap();
         let mut w = Writer::create(dir.path(), "r1").unwrap();
-        let dirs: Vec<RelPath> = (0..500).map(|i| RelPath::new(format!("d{i}/x y").as_bytes()).unwrap()).collect();
+        let dirs: Vec<RelPath> = (0..500)
+            .map(|i| RelPath::new(format!("d{i}/x y").as_bytes()).unwrap())
+            .collect();
         for (i, d) in dirs.iter().enumerate() {
-            w.write_block(d, &mut [entry(format!("z{i}").as_bytes(), Kind::File), entry(b"a", Kind::Dir)]).unwrap();
+            w.write_block(
+                d,
+                &mut [
+                    entry(format!("z{i}").as_bytes(), Kind::File),
+                    entry(b"a", Kind::Dir),
+                ],
+            )
+            .unwrap();
         }
         w.write_block(&RelPath::root(), &mut []).unwrap();
         w.finish(&entry(b".", Kind::Dir)).unwrap();

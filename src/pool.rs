@@ -22,8 +22,16 @@ impl<T> Queue<T> {
 }
 
 /// Runs `work` on `threads` threads until all tasks (and those they push) are done.
-pub fn run<T: Send>(threads: usize, initial: Vec<T>, cancel: &AtomicBool, work: impl Fn(T, &Queue<T>) + Sync) {
-    let q = Queue { state: Mutex::new((initial, 0)), cv: Condvar::new() };
+pub fn run<T: Send>(
+    threads: usize,
+    initial: Vec<T>,
+    cancel: &AtomicBool,
+    work: impl Fn(T, &Queue<T>) + Sync,
+) {
+    let q = Queue {
+        state: Mutex::new((initial, 0)),
+        cv: Condvar::new(),
+    };
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
             s.spawn(|| {

@@ -93,7 +93,11 @@ impl RelPath {
 
     /// The text form used in manifests, logs and reports: see [`escape`]; the root is `.`.
     pub fn escaped(&self) -> String {
-        if self.is_root() { ".".to_string() } else { escape(&self.0) }
+        if self.is_root() {
+            ".".to_string()
+        } else {
+            escape(&self.0)
+        }
     }
 
     /// Parses the text form written by [`RelPath::escaped`].
@@ -157,8 +161,12 @@ pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s.get(i + 1..i + 3).ok_or_else(|| format!("truncated escape in {s:?}"))?;
-            out.push(u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape %{hex} in {s:?}"))?);
+            let hex = s
+                .get(i + 1..i + 3)
+                .ok_or_else(|| format!("truncated escape in {s:?}"))?;
+            out.push(
+                u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape %{hex} in {s:?}"))?,
+            );
             i += 3;
         } else {
             out.push(b[i]);
@@ -174,10 +182,22 @@ mod tests {
 
     #[test]
     fn rejects_escapes_from_the_tree() {
-        assert!(matches!(RelPath::new(b"/etc/passwd"), Err(RelPathError::Absolute(_))));
-        assert!(matches!(RelPath::new(b"a/../../x"), Err(RelPathError::BadComponent(_))));
-        assert!(matches!(RelPath::new(b"a//b"), Err(RelPathError::BadComponent(_))));
-        assert!(matches!(RelPath::new(b"./a"), Err(RelPathError::BadComponent(_))));
+        assert!(matches!(
+            RelPath::new(b"/etc/passwd"),
+            Err(RelPathError::Absolute(_))
+        ));
+        assert!(matches!(
+            RelPath::new(b"a/../../x"),
+            Err(RelPathError::BadComponent(_))
+        ));
+        assert!(matches!(
+            RelPath::new(b"a//b"),
+            Err(RelPathError::BadComponent(_))
+        ));
+        assert!(matches!(
+            RelPath::new(b"./a"),
+            Err(RelPathError::BadComponent(_))
+        ));
         assert!(matches!(RelPath::new(b"a\0b"), Err(RelPathError::Nul(_))));
         assert!(RelPath::new(b"a b/\n/\xff\"'").is_ok());
     }

@@ -182,7 +182,11 @@ impl Counters {
         r.bytes_transferred = g(&self.bytes_transferred);
         r.source_bytes = r.bytes_total;
         r.backup_bytes_added = r.bytes_transferred;
-        let mut problems = self.problems.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut problems = self
+            .problems
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         r.errors = g(&self.problems_total);
         r.problems_not_listed = r.errors - problems.len() as u64;
@@ -200,16 +204,21 @@ pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|k| k.parse::<u64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|k| k.parse::<u64>().ok())
+            })
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)
 }
 
 pub fn hostname() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// Writes `bytes` to `path` crash-safely: temp file, fsync, rename, fsync of the directory.

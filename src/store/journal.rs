@@ -33,7 +33,11 @@ impl Store {
     pub fn run_journal(&self, j: &Journal) -> Result<()> {
         let path = self.journal_path();
         failpoint::hit("journal.before_write").ctx("write journal", &path)?;
-        write_atomic(&path, &serde_json::to_vec_pretty(j).expect("journal serializes")).ctx("write journal", &path)?;
+        write_atomic(
+            &path,
+            &serde_json::to_vec_pretty(j).expect("journal serializes"),
+        )
+        .ctx("write journal", &path)?;
         failpoint::hit("journal.after_write").ctx("write journal", &path)?;
         self.apply_journal(j)
     }
@@ -65,26 +69,40 @@ impl Store {
             if !fsx::exists_at(root, from).ctx("check", self.root.join(&step.from))? {
                 return Err(Error::Store {
                     path: self.root.clone(),
-                    msg: format!("journal step {} -> {}: neither exists; the store was changed by hand during a rotation", step.from, step.to),
+                    msg: format!(
+                        "journal step {} -> {}: neither exists; the store was changed by hand during a rotation",
+                        step.from, step.to
+                    ),
                 });
             }
-            fsx::rename_noreplace(root, from, root, to).ctx("rename", self.root.join(&step.from))?;
+            fsx::rename_noreplace(root, from, root, to)
+                .ctx("rename", self.root.join(&step.from))?;
         }
-        for d in [&self.root, &self.meta.join("staging"), &self.meta.join("trash")] {
-            std::fs::File::open(d).and_then(|f| f.sync_all()).ctx("sync directory", d)?;
+        for d in [
+            &self.root,
+            &self.meta.join("staging"),
+            &self.meta.join("trash"),
+        ] {
+            std::fs::File::open(d)
+                .and_then(|f| f.sync_all())
+                .ctx("sync directory", d)?;
         }
         failpoint::hit("journal.before_state").ctx("write state", self.state_path())?;
         self.write_state(&j.state_after)?;
         self.finish_run_record(&j.run, j.status)?;
         failpoint::hit("journal.before_remove").ctx("remove journal", self.journal_path())?;
         std::fs::remove_file(self.journal_path()).ctx("remove journal", self.journal_path())?;
-        std::fs::File::open(&self.meta).and_then(|f| f.sync_all()).ctx("sync directory", &self.meta)?;
+        std::fs::File::open(&self.meta)
+            .and_then(|f| f.sync_all())
+            .ctx("sync directory", &self.meta)?;
         Ok(())
     }
 
     /// Sets a run record still saying `running` to `status` (used by repair paths).
     fn finish_run_record(&self, id: &str, status: Status) -> Result<()> {
-        let Some(mut r) = self.read_run(id)? else { return Ok(()) };
+        let Some(mut r) = self.read_run(id)? else {
+            return Ok(());
+        };
         if r.status == Status::Running {
             r.status = status;
             r.exit_code = status.exit_code();

@@ -22,7 +22,11 @@ pub struct Holder {
 
 impl std::fmt::Display for Holder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "snapring {} (pid {} on {}, since {}", self.command, self.pid, self.host, self.since)?;
+        write!(
+            f,
+            "snapring {} (pid {} on {}, since {}",
+            self.command, self.pid, self.host, self.since
+        )?;
         if let Some(r) = &self.run {
             write!(f, ", run {r}")?;
         }
@@ -54,7 +58,10 @@ impl Lock {
                 let who = serde_json::from_str::<Holder>(&text)
                     .map(|h| h.to_string())
                     .unwrap_or_else(|_| "another snapring process".into());
-                return Err(Error::Locked { store: store.to_path_buf(), holder: who });
+                return Err(Error::Locked {
+                    store: store.to_path_buf(),
+                    holder: who,
+                });
             }
             Err(e) => return Err(std::io::Error::from(e)).ctx("lock", path),
         }

@@ -70,25 +70,41 @@ impl Store {
     /// `create` is set and its parent exists).
     pub fn open(root: &Path, create: bool) -> Result<Store> {
         if create && !root.exists() {
-            let parent = root.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+            let parent = root
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
             if !parent.is_dir() {
                 return Err(Error::Store {
                     path: root.to_path_buf(),
-                    msg: format!("the destination {} does not exist (is the backup file system mounted?)", parent.display()),
+                    msg: format!(
+                        "the destination {} does not exist (is the backup file system mounted?)",
+                        parent.display()
+                    ),
                 });
             }
             std::fs::create_dir(root).ctx("create store directory", root)?;
         }
         let root_fd = fsx::open_dir(root).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Store { path: root.to_path_buf(), msg: "no such store (check --dest and --folder)".into() }
+                Error::Store {
+                    path: root.to_path_buf(),
+                    msg: "no such store (check --dest and --folder)".into(),
+                }
             } else {
-                Error::Io { action: "open store", path: root.to_path_buf(), source: e }
+                Error::Io {
+                    action: "open store",
+                    path: root.to_path_buf(),
+                    source: e,
+                }
             }
         })?;
         let meta = root.join(META_DIR);
         if !meta.is_dir() && !create {
-            return Err(Error::Store { path: root.to_path_buf(), msg: "not a snapring store (no .snapring directory)".into() });
+            return Err(Error::Store {
+                path: root.to_path_buf(),
+                msg: "not a snapring store (no .snapring directory)".into(),
+            });
         }
         for sub in ["", "staging", "trash", "runs", "manifests", "logs"] {
             let d = meta.join(sub);
@@ -98,16 +114,34 @@ impl Store {
         }
         let info = meta.join("store.json");
         if !info.exists() {
-            let i = StoreInfo { format: STORE_FORMAT, created_at: crate::report::now_rfc3339(), created_by: format!("snapring {}", env!("CARGO_PKG_VERSION")) };
-            write_atomic(&info, &serde_json::to_vec_pretty(&i).expect("serializes")).ctx("write", &info)?;
+            let i = StoreInfo {
+                format: STORE_FORMAT,
+                created_at: crate::report::now_rfc3339(),
+                created_by: format!("snapring {}", env!("CARGO_PKG_VERSION")),
+            };
+            write_atomic(&info, &serde_json::to_vec_pretty(&i).expect("serializes"))
+                .ctx("write", &info)?;
         } else {
             let i: StoreInfo = serde_json::from_slice(&std::fs::read(&info).ctx("read", &info)?)
-                .map_err(|e| Error::Store { path: info.clone(), msg: format!("unreadable store info: {e}") })?;
+                .map_err(|e| Error::Store {
+                    path: info.clone(),
+                    msg: format!("unreadable store info: {e}"),
+                })?;
             if i.format > STORE_FORMAT {
-                return Err(Error::Store { path: root.to_path_buf(), msg: format!("store format {} is newer than this snapring understands ({STORE_FORMAT}); upgrade snapring", i.format) });
+                return Err(Error::Store {
+                    path: root.to_path_buf(),
+                    msg: format!(
+                        "store format {} is newer than this snapring understands ({STORE_FORMAT}); upgrade snapring",
+                        i.format
+                    ),
+                });
             }
         }
-        Ok(Store { root: root.to_path_buf(), root_fd, meta })
+        Ok(Store {
+            root: root.to_path_buf(),
+            root_fd,
+            meta,
+        })
     }
 
     pub fn lock(&self, holder: &lock::Holder) -> Result<lock::Lock> {
@@ -126,7 +160,9 @@ impl Store {
                 if r.status == Status::Running {
                     r.status = Status::Incomplete;
                     r.exit_code = Status::Incomplete.exit_code();
-                    r.message = format!("interrupted: the process ended before finishing (repaired by {by}); nothing was published");
+                    r.message = format!(
+                        "interrupted: the process ended before finishing (repaired by {by}); nothing was published"
+                    );
                     self.write_run(&r)?;
                     did.push(format!("marked run {run} incomplete"));
                 }
@@ -145,8 +181,14 @@ impl Store {
     pub fn read_state(&self) -> Result<State> {
         let p = self.state_path();
         match std::fs::read(&p) {
-            Ok(t) => serde_json::from_slice(&t).map_err(|e| Error::Store { path: p, msg: format!("unreadable snapshot state: {e}") }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State { format: 1, snapshots: vec![] }),
+            Ok(t) => serde_json::from_slice(&t).map_err(|e| Error::Store {
+                path: p,
+                msg: format!("unreadable snapshot state: {e}"),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
+                format: 1,
+                snapshots: vec![],
+            }),
             Err(e) => Err(e).ctx("read", p),
         }
     }
@@ -162,18 +204,38 @@ impl Store {
         let state = self.read_state()?;
         let mut out = Vec::new();
         for name in fsx::read_dir_names(b(&self.root_fd)).ctx("read", &self.root)? {
-            let Ok(name) = String::from_utf8(name) else { continue };
-            let Some((label, slot)) = rotation::parse_slot(&name) else { continue };
+            let Ok(name) = String::from_utf8(name) else {
+                continue;
+            };
+            let Some((label, slot)) = rotation::parse_slot(&name) else {
+                continue;
+            };
             let m = match fsx::lstat_at(b(&self.root_fd), name.as_bytes()) {
                 Ok(m) if m.kind == fsx::Kind::Dir => m,
                 _ => continue,
             };
-            let rec = state.snapshots.iter().find(|r| r.ino == m.ino && r.name == name).or_else(|| state.snapshots.iter().find(|r| r.ino == m.ino)).cloned();
-            out.push(Snapshot { label: label.to_string(), slot, ino: m.ino, mtime: m.mtime.sec, rec, name });
+            let rec = state
+                .snapshots
+                .iter()
+                .find(|r| r.ino == m.ino && r.name == name)
+                .or_else(|| state.snapshots.iter().find(|r| r.ino == m.ino))
+                .cloned();
+            out.push(Snapshot {
+                label: label.to_string(),
+                slot,
+                ino: m.ino,
+                mtime: m.mtime.sec,
+                rec,
+                name,
+            });
         }
         out.sort_by(|a, b| {
             let key = |s: &Snapshot| (s.rec.as_ref().map(|r| r.finished_at.clone()), s.mtime);
-            if a.label == b.label { a.slot.cmp(&b.slot) } else { key(b).cmp(&key(a)) }
+            if a.label == b.label {
+                a.slot.cmp(&b.slot)
+            } else {
+                key(b).cmp(&key(a))
+            }
         });
         Ok(out)
     }
@@ -193,7 +255,8 @@ impl Store {
 
     pub fn write_run(&self, r: &RunReport) -> Result<()> {
         let p = self.run_path(&r.id);
-        write_atomic(&p, &serde_json::to_vec_pretty(r).expect("serializes")).ctx("write run record", p)
+        write_atomic(&p, &serde_json::to_vec_pretty(r).expect("serializes"))
+            .ctx("write run record", p)
     }
 
     /// Staging trees left by runs that did not finish (oldest first).
@@ -215,7 +278,8 @@ impl Store {
         let to = format!("{META_DIR}/trash/staging-{name}");
         let r = b(&self.root_fd);
         if fsx::exists_at(r, from.as_bytes()).ctx("check", self.root.join(&from))? {
-            fsx::rename_noreplace(r, from.as_bytes(), r, to.as_bytes()).ctx("move to trash", self.root.join(&from))?;
+            fsx::rename_noreplace(r, from.as_bytes(), r, to.as_bytes())
+                .ctx("move to trash", self.root.join(&from))?;
         }
         Ok(())
     }

@@ -22,7 +22,11 @@ pub fn valid_label(label: &str) -> bool {
 /// Splits `daily.3` into (`daily`, 3).
 pub fn parse_slot(name: &str) -> Option<(&str, u32)> {
     let (label, n) = name.rsplit_once('.')?;
-    if !valid_label(label) || n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) || (n.len() > 1 && n.starts_with('0')) {
+    if !valid_label(label)
+        || n.is_empty()
+        || !n.bytes().all(|b| b.is_ascii_digit())
+        || (n.len() > 1 && n.starts_with('0'))
+    {
         return None;
     }
     Some((label, n.parse().ok()?))
@@ -35,7 +39,13 @@ pub fn parse_slot(name: &str) -> Option<(&str, u32)> {
 /// every slot that would reach `retain` or beyond expires. Steps are ordered so no
 /// rename ever targets an existing name: expiries first, then shifts from the highest
 /// slot down, then the new snapshot. Returns the steps and the expired names.
-pub fn plan(label: &str, slots: &[u32], retain: u32, staging: &str, trash_prefix: &str) -> (Vec<Step>, Vec<String>) {
+pub fn plan(
+    label: &str,
+    slots: &[u32],
+    retain: u32,
+    staging: &str,
+    trash_prefix: &str,
+) -> (Vec<Step>, Vec<String>) {
     assert!(retain >= 1, "retain must be at least 1");
     let mut slots = slots.to_vec();
     slots.sort_unstable();
@@ -44,13 +54,22 @@ pub fn plan(label: &str, slots: &[u32], retain: u32, staging: &str, trash_prefix
     let mut expired = Vec::new();
     for &s in slots.iter().rev().filter(|&&s| s + 1 >= retain) {
         let name = format!("{label}.{s}");
-        steps.push(Step { from: name.clone(), to: format!("{trash_prefix}{name}") });
+        steps.push(Step {
+            from: name.clone(),
+            to: format!("{trash_prefix}{name}"),
+        });
         expired.push(name);
     }
     for &s in slots.iter().rev().filter(|&&s| s + 1 < retain) {
-        steps.push(Step { from: format!("{label}.{s}"), to: format!("{label}.{}", s + 1) });
+        steps.push(Step {
+            from: format!("{label}.{s}"),
+            to: format!("{label}.{}", s + 1),
+        });
     }
-    steps.push(Step { from: staging.to_string(), to: format!("{label}.0") });
+    steps.push(Step {
+        from: staging.to_string(),
+        to: format!("{label}.0"),
+    });
     (steps, expired)
 }
 
@@ -59,39 +78,73 @@ mod tests {
     use super::*;
 
     fn show(steps: &[Step]) -> Vec<String> {
-        steps.iter().map(|s| format!("{} -> {}", s.from, s.to)).collect()
+        steps
+            .iter()
+            .map(|s| format!("{} -> {}", s.from, s.to))
+            .collect()
     }
 
     #[test]
     fn full_ring_expires_the_oldest() {
         let (steps, expired) = plan("daily", &[0, 1, 2], 3, "S", "T/");
-        assert_eq!(show(&steps), ["daily.2 -> T/daily.2", "daily.1 -> daily.2", "daily.0 -> daily.1", "S -> daily.0"]);
+        assert_eq!(
+            show(&steps),
+            [
+                "daily.2 -> T/daily.2",
+                "daily.1 -> daily.2",
+                "daily.0 -> daily.1",
+                "S -> daily.0"
+            ]
+        );
         assert_eq!(expired, ["daily.2"]);
     }
 
     #[test]
     fn first_run_and_partial_ring() {
         assert_eq!(show(&plan("d", &[], 7, "S", "T/").0), ["S -> d.0"]);
-        assert_eq!(show(&plan("d", &[1, 0], 7, "S", "T/").0), ["d.1 -> d.2", "d.0 -> d.1", "S -> d.0"]);
+        assert_eq!(
+            show(&plan("d", &[1, 0], 7, "S", "T/").0),
+            ["d.1 -> d.2", "d.0 -> d.1", "S -> d.0"]
+        );
     }
 
     #[test]
     fn gaps_are_kept_and_lowered_retain_expires_everything_above() {
         let (steps, expired) = plan("d", &[0, 2, 5, 9], 3, "S", "T/");
-        assert_eq!(show(&steps), ["d.9 -> T/d.9", "d.5 -> T/d.5", "d.2 -> T/d.2", "d.0 -> d.1", "S -> d.0"]);
+        assert_eq!(
+            show(&steps),
+            [
+                "d.9 -> T/d.9",
+                "d.5 -> T/d.5",
+                "d.2 -> T/d.2",
+                "d.0 -> d.1",
+                "S -> d.0"
+            ]
+        );
         assert_eq!(expired.len(), 3);
     }
 
     #[test]
     fn retain_one_replaces() {
-        assert_eq!(show(&plan("d", &[0], 1, "S", "T/").0), ["d.0 -> T/d.0", "S -> d.0"]);
+        assert_eq!(
+            show(&plan("d", &[0], 1, "S", "T/").0),
+            ["d.0 -> T/d.0", "S -> d.0"]
+        );
     }
 
     #[test]
     fn slot_names() {
         assert_eq!(parse_slot("daily.10"), Some(("daily", 10)));
         assert_eq!(parse_slot("hourly.0"), Some(("hourly", 0)));
-        for bad in ["daily", "daily.", "daily.01", ".snapring", "daily.x", "1.2", "a b.1"] {
+        for bad in [
+            "daily",
+            "daily.",
+            "daily.01",
+            ".snapring",
+            "daily.x",
+            "1.2",
+            "a b.1",
+        ] {
             assert_eq!(parse_slot(bad), None, "{bad}");
         }
     }

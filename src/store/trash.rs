@@ -34,10 +34,20 @@ pub fn empty(store: &Store, threads: usize, cancel: &AtomicBool) -> Result<u64> 
     if names.is_empty() {
         return Ok(0);
     }
-    let root = Arc::new(Node { fd, up: None, pending: AtomicUsize::new(names.len()) });
+    let root = Arc::new(Node {
+        fd,
+        up: None,
+        pending: AtomicUsize::new(names.len()),
+    });
     let removed = AtomicU64::new(0);
     let first_error: std::sync::Mutex<Option<crate::error::Error>> = std::sync::Mutex::new(None);
-    let tasks = names.into_iter().map(|name| Task { parent: root.clone(), name }).collect();
+    let tasks = names
+        .into_iter()
+        .map(|name| Task {
+            parent: root.clone(),
+            name,
+        })
+        .collect();
     pool::run(threads, tasks, cancel, |t, q| {
         if let Err(e) = remove_dir(t, q, &removed) {
             cancel_with(&first_error, e);
@@ -69,7 +79,11 @@ fn remove_dir(t: Task, q: &pool::Queue<Task>, removed: &AtomicU64) -> Result<()>
         Err(e) => return Err(e).ctx("open", shown()),
     };
     let names = fsx::read_dir_names(b(&fd)).ctx("read", shown())?;
-    let node = Arc::new(Node { fd, up: Some((t.parent, t.name)), pending: AtomicUsize::new(1) });
+    let node = Arc::new(Node {
+        fd,
+        up: Some((t.parent, t.name)),
+        pending: AtomicUsize::new(1),
+    });
     for name in names {
         match unlink(&node.fd, &name) {
             Ok(()) => {
@@ -77,10 +91,18 @@ fn remove_dir(t: Task, q: &pool::Queue<Task>, removed: &AtomicU64) -> Result<()>
             }
             Err(e) if fsx::errno_is(&e, Errno::ISDIR) || fsx::errno_is(&e, Errno::PERM) => {
                 node.pending.fetch_add(1, Ordering::Relaxed);
-                q.push(Task { parent: node.clone(), name });
+                q.push(Task {
+                    parent: node.clone(),
+                    name,
+                });
             }
             Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
-            Err(e) => return Err(e).ctx("remove", std::path::PathBuf::from(crate::relpath::escape(&name))),
+            Err(e) => {
+                return Err(e).ctx(
+                    "remove",
+                    std::path::PathBuf::from(crate::relpath::escape(&name)),
+                );
+            }
         }
     }
     done(&node, removed)
@@ -103,16 +125,26 @@ fn done(node: &Arc<Node>, removed: &AtomicU64) -> Result<()> {
     if node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
         return Ok(());
     }
-    let Some((parent, name)) = &node.up else { return Ok(()) };
+    let Some((parent, name)) = &node.up else {
+        return Ok(());
+    };
     match fsx::rmdir_at(b(&parent.fd), name) {
         Ok(()) => {}
         Err(e) if fsx::errno_is(&e, Errno::ACCESS) => {
             rustix::fs::fchmod(&parent.fd, rustix::fs::Mode::from_raw_mode(0o700))
                 .map_err(std::io::Error::from)
                 .and_then(|_| fsx::rmdir_at(b(&parent.fd), name))
-                .ctx("remove directory", std::path::PathBuf::from(crate::relpath::escape(name)))?;
+                .ctx(
+                    "remove directory",
+                    std::path::PathBuf::from(crate::relpath::escape(name)),
+                )?;
         }
-        Err(e) => return Err(e).ctx("remove directory", std::path::PathBuf::from(crate::relpath::escape(name))),
+        Err(e) => {
+            return Err(e).ctx(
+                "remove directory",
+                std::path::PathBuf::from(crate::relpath::escape(name)),
+            );
+        }
     }
     removed.fetch_add(1, Ordering::Relaxed);
     done(parent, removed)

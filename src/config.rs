@@ -1,0 +1,199 @@
+//! The TOML config file: one `[job.NAME]` table per backup job. Unknown keys are errors
+//! and every error names its line. `resolve` merges a job with command-line flags
+//! (flags win) into `BackupOptions`. Reads the file; otherwise pure.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::engine::options::{BackupOptions, DEFAULT_JOBS, parse_duration};
+use crate::error::{Error, Result};
+use crate::relpath::RelPath;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub job: BTreeMap<String, JobConfig>,
+}
+
+/// One backup job; every field can also be given (and overridden) on the command line.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobConfig {
+    pub source: Option<PathBuf>,
+    pub dest: Option<PathBuf>,
+    pub folder: Option<String>,
+    pub label: Option<String>,
+    pub retain: Option<u32>,
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    pub jobs: Option<usize>,
+    pub require_mount: Option<bool>,
+    pub allow_empty: Option<bool>,
+    pub window: Option<String>,
+}
+
+pub fn load(path: &Path) -> Result<Config> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+pub fn parse(text: &str) -> std::result::Result<Config, String> {
+    toml::from_str(text).map_err(|e| e.to_string())
+}
+
+impl Config {
+    /// The job named `name`, or the only job when `name` is `None`.
+    pub fn pick(&self, name: Option<&str>) -> Result<(String, JobConfig)> {
+        match name {
+            Some(n) => self
+                .job
+                .get(n)
+                .map(|j| (n.to_string(), j.clone()))
+                .ok_or_else(|| {
+                    Error::Config(format!(
+                        "no job named {n:?}; the config has: {}",
+                        self.job.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ))
+                }),
+            None if self.job.len() == 1 => {
+                let (n, j) = self.job.iter().next().expect("one job");
+                Ok((n.clone(), j.clone()))
+            }
+            None => Err(Error::Config(format!(
+                "the config has {} jobs; name one with --job ({})",
+                self.job.len(),
+                self.job.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))),
+        }
+    }
+}
+
+/// Merges a job from the file (if any) with flags given as another `JobConfig` (whose
+/// set fields win), and checks the result.
+pub fn resolve(
+    name: Option<String>,
+    file: Option<JobConfig>,
+    flags: JobConfig,
+) -> Result<BackupOptions> {
+    let f = file.unwrap_or_default();
+    let source = flags
+        .source
+        .or(f.source)
+        .ok_or_else(|| Error::Config("no source: give --source or set source in the job".into()))?;
+    let dest = flags.dest.or(f.dest).ok_or_else(|| {
+        Error::Config("no destination: give --dest or set dest in the job".into())
+    })?;
+    let folder = flags.folder.or(f.folder);
+    let store = match &folder {
+        Some(name) => {
+            let p =
+                RelPath::new(name.as_bytes()).map_err(|e| Error::Config(format!("folder: {e}")))?;
+            dest.join(p.as_path())
+        }
+        None => dest,
+    };
+    let mut o = BackupOptions::new(source, store);
+    o.job = name;
+    if let Some(l) = flags.label.or(f.label) {
+        o.label = l;
+    }
+    if let Some(r) = flags.retain.or(f.retain) {
+        o.retain = r;
+    }
+    if let Some(p) = flags.prefix.or(f.prefix) {
+        let trimmed = p.trim_matches('/');
+        if !trimmed.is_empty() {
+            o.prefix = Some(
+                RelPath::new(trimmed.as_bytes())
+                    .map_err(|e| Error::Config(format!("prefix: {e}")))?,
+            );
+        }
+    }
+    o.excludes = f.exclude.into_iter().chain(flags.exclude).collect();
+    o.jobs = flags.jobs.or(f.jobs).unwrap_or(DEFAULT_JOBS);
+    o.require_mount = flags.require_mount.or(f.require_mount).unwrap_or(false);
+    o.allow_empty = flags.allow_empty.or(f.allow_empty).unwrap_or(false);
+    if let Some(w) = flags.window.or(f.window) {
+        o.window = Some(parse_duration(&w).map_err(|e| Error::Config(format!("window: {e}")))?);
+    }
+    o.validate()?;
+    Ok(o)
+}
+
+/// Checks a whole config file: every job must resolve. Returns one line per problem.
+pub fn check(path: &Path) -> Vec<String> {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(e) => return vec![e.to_string()],
+    };
+    if cfg.job.is_empty() {
+        return vec![format!("{}: no [job.NAME] table", path.display())];
+    }
+    cfg.job
+        .iter()
+        .filter_map(|(n, j)| {
+            resolve(Some(n.clone()), Some(j.clone()), JobConfig::default())
+                .err()
+                .map(|e| format!("job {n}: {e}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_errors_with_a_line() {
+        let e = parse("[job.a]\nsource = \"/x\"\nretian = 3\n").unwrap_err();
+        assert!(e.contains("retian"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cfg = parse("[job.efs]\nsource = \"/mnt/efs\"\ndest = \"/mnt/b\"\nfolder = \"fs-1\"\nretain = 3\nexclude = [\"*.tmp\"]\n").unwrap();
+        let (n, j) = cfg.pick(None).unwrap();
+        let flags = JobConfig {
+            retain: Some(9),
+            exclude: vec!["cache/".into()],
+            ..Default::default()
+        };
+        let o = resolve(Some(n), Some(j), flags).unwrap();
+        assert_eq!(o.store, PathBuf::from("/mnt/b/fs-1"));
+        assert_eq!(o.retain, 9);
+        assert_eq!(o.excludes, ["*.tmp", "cache/"]);
+        assert_eq!(o.job.as_deref(), Some("efs"));
+    }
+
+    #[test]
+    fn bad_values_are_explained() {
+        let j = JobConfig {
+            source: Some("/a".into()),
+            dest: Some("/b".into()),
+            label: Some("da ily".into()),
+            ..Default::default()
+        };
+        assert!(
+            resolve(None, Some(j.clone()), JobConfig::default())
+                .unwrap_err()
+                .to_string()
+                .contains("label")
+        );
+        let j2 = JobConfig {
+            folder: Some("../x".into()),
+            ..j
+        };
+        assert!(
+            resolve(None, Some(j2), JobConfig::default())
+                .unwrap_err()
+                .to_string()
+                .contains("folder")
+        );
+    }
+}

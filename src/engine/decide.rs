@@ -1,0 +1,225 @@
+//! Link or copy: the pure decision for one non-directory entry, given the source's
+//! `lstat` and what the previous snapshot says about the same name. No I/O.
+
+use crate::fsx::{Kind, Meta, Time};
+use crate::manifest::Entry;
+
+/// What the previous snapshot says about a name: from its manifest (with the source
+/// ctime recorded at that backup), or from `lstat` of the previous tree (a tree taken
+/// over from rsnapshot/`cp -a`/rsync, with no ctime to trust).
+#[derive(Clone, Copy, Debug)]
+pub struct PrevView<'a> {
+    pub kind: Kind,
+    pub perm: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    pub mtime: Time,
+    pub ctime: Option<Time>,
+    pub target: Option<&'a [u8]>,
+    pub rdev: u64,
+}
+
+impl<'a> PrevView<'a> {
+    pub fn from_entry(e: &'a Entry) -> Self {
+        PrevView {
+            kind: e.kind,
+            perm: e.perm,
+            uid: e.uid,
+            gid: e.gid,
+            size: e.size,
+            mtime: e.mtime,
+            ctime: Some(e.ctime),
+            target: e.target.as_deref(),
+            rdev: e.rdev,
+        }
+    }
+    pub fn from_stat(m: &Meta, target: Option<&'a [u8]>) -> Self {
+        PrevView {
+            kind: m.kind,
+            perm: m.perm,
+            uid: m.uid,
+            gid: m.gid,
+            size: m.size,
+            mtime: m.mtime,
+            ctime: None,
+            target,
+            rdev: m.rdev,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    New,
+    TypeChanged,
+    ContentChanged,
+    MetadataChanged,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::New => "new",
+            Reason::TypeChanged => "type changed",
+            Reason::ContentChanged => "content changed",
+            Reason::MetadataChanged => "metadata changed",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Unchanged: hard-link the previous snapshot's inode.
+    Link,
+    /// Everything compared is equal but the ctime moved (or is unknown): only the
+    /// extended attributes can differ, so compare them before linking.
+    CompareXattrs,
+    Copy(Reason),
+}
+
+/// Decides for one entry. `src_target` is the source symlink's target (symlinks only).
+///
+/// A changed mode, owner or group means a new inode even when the bytes are the same:
+/// linking would make the older snapshot's file show the new metadata (the `cp -al`
+/// bug). A content change that keeps size and mtime is not seen here (as with rsync's
+/// quick check); `verify --against` finds it.
+pub fn decide(src: &Meta, src_target: Option<&[u8]>, prev: Option<&PrevView<'_>>) -> Decision {
+    let Some(p) = prev else {
+        return Decision::Copy(Reason::New);
+    };
+    if p.kind != src.kind {
+        return Decision::Copy(Reason::TypeChanged);
+    }
+    match src.kind {
+        Kind::File if p.size != src.size || p.mtime != src.mtime => {
+            return Decision::Copy(Reason::ContentChanged);
+        }
+        Kind::Symlink if p.target != src_target => return Decision::Copy(Reason::ContentChanged),
+        _ => {}
+    }
+    if p.mtime != src.mtime || p.perm != src.perm || p.uid != src.uid || p.gid != src.gid {
+        return Decision::Copy(Reason::MetadataChanged);
+    }
+    if matches!(src.kind, Kind::Char | Kind::Block) && p.rdev != src.rdev {
+        return Decision::Copy(Reason::ContentChanged);
+    }
+    if p.ctime == Some(src.ctime) {
+        Decision::Link
+    } else {
+        Decision::CompareXattrs
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(kind: Kind) -> Meta {
+        Meta {
+            kind,
+            perm: 0o644,
+            uid: 1,
+            gid: 2,
+            size: 10,
+            mtime: Time { sec: 100, nsec: 5 },
+            ctime: Time { sec: 200, nsec: 7 },
+            dev: 1,
+            ino: 9,
+            nlink: 1,
+            rdev: 0,
+            blocks: 8,
+        }
+    }
+
+    #[test]
+    fn unchanged_with_same_ctime_links() {
+        let m = meta(Kind::File);
+        let p = PrevView::from_stat(&m, None);
+        let p = PrevView {
+            ctime: Some(m.ctime),
+            ..p
+        };
+        assert_eq!(decide(&m, None, Some(&p)), Decision::Link);
+    }
+
+    #[test]
+    fn ctime_change_or_unknown_checks_xattrs() {
+        let m = meta(Kind::File);
+        assert_eq!(
+            decide(&m, None, Some(&PrevView::from_stat(&m, None))),
+            Decision::CompareXattrs
+        );
+        let p = PrevView {
+            ctime: Some(Time { sec: 1, nsec: 0 }),
+            ..PrevView::from_stat(&m, None)
+        };
+        assert_eq!(decide(&m, None, Some(&p)), Decision::CompareXattrs);
+    }
+
+    #[test]
+    fn every_difference_copies_with_its_reason() {
+        let m = meta(Kind::File);
+        let base = PrevView {
+            ctime: Some(m.ctime),
+            ..PrevView::from_stat(&m, None)
+        };
+        let cases: Vec<(PrevView, Reason)> = vec![
+            (PrevView { size: 11, ..base }, Reason::ContentChanged),
+            (
+                PrevView {
+                    mtime: Time { sec: 100, nsec: 6 },
+                    ..base
+                },
+                Reason::ContentChanged,
+            ),
+            (
+                PrevView {
+                    perm: 0o4644,
+                    ..base
+                },
+                Reason::MetadataChanged,
+            ),
+            (PrevView { uid: 0, ..base }, Reason::MetadataChanged),
+            (PrevView { gid: 0, ..base }, Reason::MetadataChanged),
+            (
+                PrevView {
+                    kind: Kind::Symlink,
+                    ..base
+                },
+                Reason::TypeChanged,
+            ),
+        ];
+        for (p, why) in cases {
+            assert_eq!(decide(&m, None, Some(&p)), Decision::Copy(why), "{p:?}");
+        }
+        assert_eq!(decide(&m, None, None), Decision::Copy(Reason::New));
+    }
+
+    #[test]
+    fn symlink_target_and_device_numbers_count() {
+        let l = meta(Kind::Symlink);
+        let p = PrevView {
+            ctime: Some(l.ctime),
+            ..PrevView::from_stat(&l, Some(b"a"))
+        };
+        assert_eq!(
+            decide(&l, Some(b"b"), Some(&p)),
+            Decision::Copy(Reason::ContentChanged)
+        );
+        assert_eq!(decide(&l, Some(b"a"), Some(&p)), Decision::Link);
+        let c = Meta {
+            rdev: 5,
+            ..meta(Kind::Char)
+        };
+        let p = PrevView {
+            ctime: Some(c.ctime),
+            rdev: 6,
+            ..PrevView::from_stat(&c, None)
+        };
+        assert_eq!(
+            decide(&c, None, Some(&p)),
+            Decision::Copy(Reason::ContentChanged)
+        );
+    }
+}

@@ -1,0 +1,140 @@
+//! The resolved settings of one backup run (after config file and flags are merged).
+//! Pure data and validation; no I/O.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+use crate::relpath::RelPath;
+
+/// Default number of concurrent file-system calls: sized for NFS/EFS, where each call
+/// waits about a millisecond on the network and throughput grows with calls in flight.
+pub const DEFAULT_JOBS: usize = 32;
+
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    pub job: Option<String>,
+    pub source: PathBuf,
+    /// The store directory: `<dest>/<folder>`, or `<dest>` when no folder is given.
+    pub store: PathBuf,
+    pub label: String,
+    pub retain: u32,
+    /// Back up only this subdirectory of the source (its contents become the snapshot root).
+    pub prefix: Option<RelPath>,
+    pub excludes: Vec<String>,
+    pub jobs: usize,
+    pub dry_run: bool,
+    /// Refuse unless the source is a mount point (an unmounted EFS looks like an empty dir).
+    pub require_mount: bool,
+    /// Allow an empty source even when the previous snapshot is not empty.
+    pub allow_empty: bool,
+    /// Stop gracefully (status `incomplete`, nothing published) after this long.
+    pub window: Option<Duration>,
+    /// Show a progress line on a terminal.
+    pub progress: bool,
+}
+
+impl BackupOptions {
+    pub fn new(source: impl Into<PathBuf>, store: impl Into<PathBuf>) -> Self {
+        BackupOptions {
+            job: None,
+            source: source.into(),
+            store: store.into(),
+            label: "daily".into(),
+            retain: 7,
+            prefix: None,
+            excludes: vec![],
+            jobs: DEFAULT_JOBS,
+            dry_run: false,
+            require_mount: false,
+            allow_empty: false,
+            window: None,
+            progress: false,
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if !crate::store::rotation::valid_label(&self.label) {
+            return Err(Error::Config(format!(
+                "label {:?} is not valid: use letters, digits, '_' or '-', starting with a letter (daily, hourly, weekly)",
+                self.label
+            )));
+        }
+        if self.retain == 0 {
+            return Err(Error::Config("retain must be at least 1".into()));
+        }
+        if self.jobs == 0 || self.jobs > 4096 {
+            return Err(Error::Config(format!(
+                "jobs must be between 1 and 4096, not {}",
+                self.jobs
+            )));
+        }
+        let (s, d) = (absolute(&self.source), absolute(&self.store));
+        if d.starts_with(&s) || s.starts_with(&d) {
+            return Err(Error::Config(format!(
+                "source {} and store {} overlap: the backup would back itself up",
+                self.source.display(),
+                self.store.display()
+            )));
+        }
+        crate::engine::exclude::build(&self.excludes)?;
+        Ok(())
+    }
+}
+
+fn absolute(p: &std::path::Path) -> PathBuf {
+    std::fs::canonicalize(p)
+        .unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+}
+
+/// Parses `180m`, `3h`, `45s`, `1h30m`, `2d`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let mut total = 0u64;
+    let mut num = String::new();
+    if s.trim().is_empty() {
+        return Err("empty duration".into());
+    }
+    for c in s.trim().chars() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("bad duration {s:?}: use e.g. 180m, 3h, 1h30m"))?;
+        num.clear();
+        total += n * match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            'd' => 86400,
+            _ => return Err(format!("bad duration {s:?}: units are s, m, h, d")),
+        };
+    }
+    if !num.is_empty() {
+        return Err(format!(
+            "bad duration {s:?}: a number needs a unit (s, m, h, d)"
+        ));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("180m").unwrap(), Duration::from_secs(10800));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("3x").is_err());
+    }
+
+    #[test]
+    fn overlapping_source_and_store_are_refused() {
+        let o = BackupOptions::new("/data", "/data/backup");
+        assert!(o.validate().unwrap_err().to_string().contains("overlap"));
+        assert!(BackupOptions::new("/data", "/backup").validate().is_ok());
+    }
+}
