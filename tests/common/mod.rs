@@ -1,0 +1,227 @@
+//! Test helpers: build odd trees, describe a tree completely (content, type, mode,
+//! owner, ns times, symlink targets, xattrs, device numbers, hard-link groups) so two
+//! trees can be compared exactly, and run the real `snapring` binary.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// Everything a snapshot must reproduce about one entry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Desc {
+    pub kind: &'static str,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// mtime in ns (files, dirs, symlinks, specials)
+    pub mtime: i128,
+    pub content: Option<String>,
+    pub target: Option<Vec<u8>>,
+    pub xattrs: Vec<(Vec<u8>, Vec<u8>)>,
+    pub rdev: u64,
+    /// Index of the first path (in sorted order) sharing this inode, for nlink > 1.
+    pub link_group: Option<Vec<u8>>,
+}
+
+fn kind_of(m: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = m.file_type();
+    if t.is_dir() {
+        "dir"
+    } else if t.is_symlink() {
+        "symlink"
+    } else if t.is_fifo() {
+        "fifo"
+    } else if t.is_char_device() {
+        "char"
+    } else if t.is_block_device() {
+        "block"
+    } else if t.is_socket() {
+        "socket"
+    } else {
+        "file"
+    }
+}
+
+pub fn xattrs_of(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let mut v = Vec::new();
+    let mut list = vec![0u8; 65536];
+    let Ok(n) = rustix::fs::llistxattr(p, &mut list[..]) else { return v };
+    for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let mut val = vec![0u8; 65536];
+        if let Ok(k) = rustix::fs::lgetxattr(p, name, &mut val[..]) {
+            v.push((name.to_vec(), val[..k].to_vec()));
+        }
+    }
+    v.sort();
+    v
+}
+
+/// Describes every entry under `root` (root itself as ""), keyed by raw relative path.
+/// Uses chdir-free relative walking through std (paths here stay short enough), except
+/// for trees that the caller knows are deep: see `describe_deep`.
+pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<u8>> = BTreeMap::new();
+    let mut stack = vec![(root.to_path_buf(), Vec::<u8>::new())];
+    let mut all = Vec::new();
+    while let Some((p, rel)) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let e = e.unwrap();
+                let mut r = rel.clone();
+                if !r.is_empty() {
+                    r.push(b'/');
+                }
+                r.extend_from_slice(e.file_name().as_bytes());
+                stack.push((e.path(), r));
+            }
+        }
+        all.push((p, rel, m));
+    }
+    all.sort_by(|a, b| a.1.cmp(&b.1));
+    // A hard-link group is a set of paths *of this tree* sharing an inode (a snapshot's
+    // files also have links into other snapshots; those do not count).
+    let mut count: BTreeMap<(u64, u64), usize> = BTreeMap::new();
+    for (_, _, m) in &all {
+        if !m.is_dir() {
+            *count.entry((m.dev(), m.ino())).or_default() += 1;
+        }
+    }
+    for (p, rel, m) in all {
+        let kind = kind_of(&m);
+        let key = (m.dev(), m.ino());
+        let link_group = if kind != "dir" && count[&key] > 1 { Some(inodes.entry(key).or_insert_with(|| rel.clone()).clone()) } else { None };
+        out.insert(
+            rel,
+            Desc {
+                kind,
+                mode: m.mode() & 0o7777,
+                uid: m.uid(),
+                gid: m.gid(),
+                mtime: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+                content: (kind == "file").then(|| blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string()),
+                target: (kind == "symlink").then(|| std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()),
+                xattrs: xattrs_of(&p),
+                rdev: if kind == "char" || kind == "block" { m.rdev() } else { 0 },
+                link_group,
+            },
+        );
+    }
+    out
+}
+
+/// Asserts two trees are identical, naming the first differences.
+pub fn assert_same_tree(expected: &BTreeMap<Vec<u8>, Desc>, actual: &BTreeMap<Vec<u8>, Desc>, what: &str) {
+    let mut diffs = Vec::new();
+    for (k, v) in expected {
+        match actual.get(k) {
+            None => diffs.push(format!("missing {:?}", String::from_utf8_lossy(k))),
+            Some(a) if a != v => diffs.push(format!("differs {:?}:\n  expected {v:?}\n  actual   {a:?}", String::from_utf8_lossy(k))),
+            _ => {}
+        }
+    }
+    for k in actual.keys() {
+        if !expected.contains_key(k) {
+            diffs.push(format!("extra {:?}", String::from_utf8_lossy(k)));
+        }
+    }
+    assert!(diffs.is_empty(), "{what}: {} differences:\n{}", diffs.len(), diffs.iter().take(15).cloned().collect::<Vec<_>>().join("\n"));
+}
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_snapring"))
+}
+
+pub fn snapring(args: &[&OsStr], env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(args);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run snapring")
+}
+
+/// Runs `snapring backup --json` with the given extra args; returns (exit code, report).
+pub fn backup(src: &Path, dest: &Path, extra: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value, String) {
+    let mut args: Vec<&OsStr> = vec!["backup".as_ref(), "--source".as_ref(), src.as_os_str(), "--dest".as_ref(), dest.as_os_str(), "--json".as_ref()];
+    args.extend(extra.iter().map(|s| OsStr::new(*s)));
+    let out = snapring(&args, env);
+    let code = out.status.code().unwrap_or(-1);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let json = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (code, json, stderr)
+}
+
+pub fn ino(p: &Path) -> u64 {
+    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display())).ino()
+}
+
+pub fn write(p: &Path, data: &[u8]) {
+    if let Some(d) = p.parent() {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(p, data).unwrap();
+}
+
+pub fn set_mtime(p: &Path, sec: i64, nsec: i64) {
+    let t = rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec },
+        last_modification: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec },
+    };
+    rustix::fs::utimensat(rustix::fs::CWD, p, &t, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+}
+
+pub fn chown(p: &Path, uid: u32, gid: u32) {
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        p,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
+}
+
+pub fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+pub fn set_xattr(p: &Path, name: &str, val: &[u8]) {
+    rustix::fs::lsetxattr(p, name, val, rustix::fs::XattrFlags::empty()).unwrap();
+}
+
+/// A POSIX access ACL in the kernel's xattr form: user::rw-, user:<uid>:r--,
+/// group::r--, mask::r--, other::---.
+pub fn acl_bytes(uid: u32) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, uid), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)] {
+        v.extend_from_slice(&tag.to_le_bytes());
+        v.extend_from_slice(&perm.to_le_bytes());
+        v.extend_from_slice(&id.to_le_bytes());
+    }
+    v
+}
+
+/// Snapshot directory names in a store, sorted.
+pub fn snapshot_names(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(store)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    v.sort();
+    v
+}
+
+/// Path from raw bytes.
+pub fn pb(root: &Path, rel: &[u8]) -> PathBuf {
+    root.join(OsStr::from_bytes(rel))
+}
