@@ -68,8 +68,17 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
         },
         since: report::now_rfc3339(),
     };
-    let lock = store.lock(&holder)?;
-    store.repair(&lock, &id)?;
+    let lock = if opts.dry_run {
+        let l = store.lock_shared()?;
+        if store.needs_repair() {
+            println!("repair: an interrupted rotation will be rolled forward first (the plan below assumes it)");
+        }
+        l
+    } else {
+        let l = store.lock(&holder)?;
+        store.repair(&l, &id)?;
+        l
+    };
     let mut rep = new_report(opts, &id, &store.root);
     if !opts.dry_run {
         store.write_run(&rep)?;

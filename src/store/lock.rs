@@ -42,6 +42,28 @@ pub struct Lock {
 }
 
 impl Lock {
+    /// A shared lock for commands that only read (a dry run): several readers at once,
+    /// none while a backup holds the store. Writes nothing.
+    pub fn acquire_shared(store: &Path, path: &Path) -> Result<Lock> {
+        let mut file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Store { path: store.to_path_buf(), msg: "no lock file: not a snapring store".into() });
+            }
+            Err(e) => return Err(e).ctx("open lock file", path),
+        };
+        match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
+            Ok(()) => Ok(Lock { file, previous: None }),
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                let who = serde_json::from_str::<Holder>(&text).map(|h| h.to_string()).unwrap_or_else(|_| "another snapring process".into());
+                Err(Error::Locked { store: store.to_path_buf(), holder: who })
+            }
+            Err(e) => Err(std::io::Error::from(e)).ctx("lock", path),
+        }
+    }
+
     pub fn acquire(store: &Path, path: &Path, holder: &Holder) -> Result<Lock> {
         let mut file = std::fs::OpenOptions::new()
             .read(true)
@@ -77,7 +99,9 @@ impl Lock {
 
     /// Marks a clean end: the next holder finds nothing to repair.
     pub fn release(self) {
-        let _ = self.file.set_len(0);
-        let _ = self.file.sync_all();
+        if self.file.metadata().map(|m| m.len() > 0).unwrap_or(false) {
+            let _ = self.file.set_len(0);
+            let _ = self.file.sync_all();
+        }
     }
 }

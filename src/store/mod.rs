@@ -148,6 +148,16 @@ impl Store {
         lock::Lock::acquire(&self.root, &self.meta.join("lock"), holder)
     }
 
+    /// A shared lock for read-only commands (see `Lock::acquire_shared`).
+    pub fn lock_shared(&self) -> Result<lock::Lock> {
+        lock::Lock::acquire_shared(&self.root, &self.meta.join("lock"))
+    }
+
+    /// Whether an interrupted rotation waits to be rolled forward.
+    pub fn needs_repair(&self) -> bool {
+        self.journal_path().exists()
+    }
+
     /// Repairs what a dead run left: rolls an unfinished rotation forward and marks the
     /// dead run's record `incomplete`. Call with the lock held. Returns what it did.
     pub fn repair(&self, lock: &lock::Lock, by: &str) -> Result<Vec<String>> {
