@@ -12,3 +12,4 @@ pub mod pool;
 pub mod relpath;
 pub mod report;
 pub mod store;
+pub mod commands;

@@ -30,6 +30,14 @@ struct Cli {
 enum Cmd {
     /// Back up a source tree into <dest>/<folder>/<label>.0 and rotate older snapshots.
     Backup(BackupArgs),
+    /// List the snapshots of a store, newest first (also repairs an interrupted run).
+    List {
+        /// The store: <dest>/<folder>.
+        #[arg(long)]
+        dest: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Configuration files.
     Config {
         #[command(subcommand)]
@@ -129,6 +137,27 @@ fn main() {
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
         Cmd::Backup(a) => backup(a),
+        Cmd::List { dest, json } => {
+            let snaps = snapring::commands::list::list(&dest)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&snaps)?);
+            } else {
+                println!("{:<12} {:<24} {:<25} {:<10} {:>10} {:>10}", "SNAPSHOT", "RUN", "FINISHED", "STATUS", "FILES", "SIZE");
+                for s in snaps {
+                    let dash = || "-".to_string();
+                    println!(
+                        "{:<12} {:<24} {:<25} {:<10} {:>10} {:>10}",
+                        s.name,
+                        s.id.unwrap_or_else(dash),
+                        s.finished_at.unwrap_or_else(dash),
+                        s.status.map(|x| x.as_str().to_string()).unwrap_or_else(dash),
+                        s.files.map(|f| f.to_string()).unwrap_or_else(dash),
+                        s.bytes.map(human).unwrap_or_else(dash)
+                    );
+                }
+            }
+            Ok(0)
+        }
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => {

@@ -261,6 +261,7 @@ impl<'a> Walk<'a> {
             self.source_error(&rel, "read directory", &e);
             Vec::new()
         });
+        let _ = failpoint::hit("walk.after_readdir");
         let prev_entries = match (self.prev_manifest, &root.prev) {
             (Some(m), Some(_)) => m.lookup(&rel).unwrap_or_else(|e| {
                 tracing::warn!("previous manifest unusable for {rel}: {e}; comparing by stat");

@@ -1,0 +1,288 @@
+//! Guards and errors: bad sources are refused with a clear message and lose nothing; a
+//! second run is refused naming the holder; a dead holder's lock is recovered; EMLINK
+//! and EXDEV fall back to copies; unreadable and vanished entries give `partial`; a file
+//! changing during its copy is retried and counted; a full disk fails cleanly.
+
+mod common;
+use common::*;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&dest).unwrap();
+    for i in 0..20 {
+        write(&src.join(format!("d{}/f{i}", i % 4)), format!("content {i}").as_bytes());
+    }
+    (t, src, dest)
+}
+
+fn wait_for(p: &Path) {
+    let t0 = Instant::now();
+    while !p.exists() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "timed out waiting for {}", p.display());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn missing_source_is_refused_and_nothing_changes() {
+    let (t, src, dest) = setup();
+    backup(&src, &dest, &[], &[]);
+    let before = describe(&dest.join("daily.0"));
+    let (code, rep, _) = backup(&t.path().join("not-there"), &dest, &[], &[]);
+    assert_eq!(code, 1);
+    assert_eq!(rep["status"], "failed");
+    assert!(rep["message"].as_str().unwrap().contains("does not exist (is the file system mounted?)"), "{rep}");
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    assert_same_tree(&before, &describe(&dest.join("daily.0")), "snapshot after refused run");
+}
+
+#[test]
+fn source_that_should_be_a_mount_point_is_refused() {
+    let (_t, src, dest) = setup();
+    let (code, rep, _) = backup(&src, &dest, &["--require-mount"], &[]);
+    assert_eq!(code, 1);
+    assert!(rep["message"].as_str().unwrap().contains("is not a mount point"), "{rep}");
+    assert_eq!(snapshot_names(&dest), Vec::<String>::new());
+    // A real mount point passes.
+    let mnt = dest.parent().unwrap().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    assert!(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&mnt).status().unwrap().success());
+    write(&mnt.join("file"), b"on a mount");
+    let (code, rep, err) = backup(&mnt, &dest, &["--require-mount"], &[]);
+    Command::new("umount").arg(&mnt).status().unwrap();
+    assert_eq!(code, 0, "{err}\n{rep}");
+}
+
+#[test]
+fn empty_source_against_a_full_snapshot_is_refused_unless_allowed() {
+    let (t, src, dest) = setup();
+    backup(&src, &dest, &[], &[]);
+    let empty = t.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (code, rep, _) = backup(&empty, &dest, &[], &[]);
+    assert_eq!(code, 1);
+    assert!(rep["message"].as_str().unwrap().contains("is empty but the previous snapshot daily.0 is not"), "{rep}");
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    let (code, _, _) = backup(&empty, &dest, &["--allow-empty"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);
+}
+
+#[test]
+fn second_run_is_refused_naming_the_holder_and_a_dead_holder_is_recovered() {
+    let (t, src, dest) = setup();
+    let pause = t.path().join("paused");
+    let mut first = Command::new(bin())
+        .args(["backup", "--json", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dest)
+        .env("SNAPRING_FAILPOINTS", format!("walk.dir=pause:{}", pause.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("is in use: snapring backup (pid"), "{err}");
+    assert!(err.contains(&format!("pid {} on", first.id())), "{err}");
+
+    // Kill the holder: the kernel releases its lock; the next run repairs and proceeds.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let runs: Vec<serde_json::Value> = std::fs::read_dir(dest.join(".snapring/runs"))
+        .unwrap()
+        .map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap())
+        .collect();
+    assert_eq!(runs.len(), 2);
+    let dead = runs.iter().find(|r| r["id"] != rep["id"]).unwrap();
+    assert_eq!(dead["status"], "incomplete", "{dead}");
+    assert_eq!(dead["exit_code"], 3);
+}
+
+/// ext4 allows 65,000 links per inode (EFS 177): past that, link() fails with EMLINK and
+/// the file is copied instead, and counted.
+#[test]
+fn emlink_falls_back_to_a_copy() {
+    let (t, src, dest) = setup();
+    backup(&src, &dest, &[], &[]);
+    let target = dest.join("daily.0/d0/f0");
+    let scratch = t.path().join("links");
+    std::fs::create_dir(&scratch).unwrap();
+    let nlink = std::fs::metadata(&target).unwrap().nlink();
+    let mut i = 0;
+    loop {
+        match std::fs::hard_link(&target, scratch.join(i.to_string())) {
+            Ok(()) => i += 1,
+            Err(e) if e.raw_os_error() == Some(31) => break, // EMLINK
+            Err(e) => panic!("link: {e}"),
+        }
+        assert!(i < 70_000);
+    }
+    assert!(nlink + i >= 65_000);
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["link_fallbacks"], 1, "{rep}");
+    assert_eq!(rep["files_transferred"], 1);
+    assert_eq!(rep["files_linked"], 19);
+    assert_eq!(std::fs::read(dest.join("daily.0/d0/f0")).unwrap(), b"content 0");
+    std::fs::remove_dir_all(&scratch).unwrap();
+}
+
+/// A previous snapshot on another file system (here: a tmpfs mounted over a snapshot of
+/// another label) cannot be linked from: EXDEV, copied instead, counted.
+#[test]
+fn exdev_falls_back_to_a_copy() {
+    let (_t, src, dest) = setup();
+    let hourly = dest.join("hourly.0");
+    std::fs::create_dir(&hourly).unwrap();
+    assert!(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&hourly).status().unwrap().success());
+    let cp = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(&hourly).status().unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    Command::new("umount").arg(&hourly).status().unwrap();
+    assert!(cp.success());
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["based_on"], "hourly.0");
+    assert_eq!(rep["link_fallbacks"], 20, "{rep}");
+    assert_eq!(rep["files_transferred"], 20);
+    assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "snapshot after EXDEV fallbacks");
+}
+
+/// Unreadable entries (EACCES, here by running without CAP_DAC_OVERRIDE) are listed
+/// and give `partial` with exit code 2; everything else is backed up.
+#[test]
+fn unreadable_entries_give_partial() {
+    let (_t, src, dest) = setup();
+    chmod(&src.join("d1/f1"), 0o000);
+    chmod(&src.join("d2"), 0o000);
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"])
+        .arg(bin())
+        .args(["backup", "--json", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dest)
+        .output()
+        .unwrap();
+    chmod(&src.join("d2"), 0o755);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["status"], "partial");
+    let problems: Vec<(String, String, String)> = rep["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["path"].as_str().unwrap().into(), p["kind"].as_str().unwrap().into(), p["action"].as_str().unwrap().into()))
+        .collect();
+    assert_eq!(problems, [("d1/f1".to_string(), "unreadable".to_string(), "open".to_string()), ("d2".into(), "unreadable".into(), "open directory".into())]);
+    // Published, with everything readable in it; the unreadable directory is there, empty.
+    assert_eq!(std::fs::read(dest.join("daily.0/d0/f0")).unwrap(), b"content 0");
+    assert!(!dest.join("daily.0/d1/f1").exists());
+    assert!(dest.join("daily.0/d2").is_dir());
+}
+
+#[test]
+fn vanished_entries_give_partial() {
+    let (t, src, dest) = setup();
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args(["backup", "--json", "--jobs", "1", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dest)
+        .env("SNAPRING_FAILPOINTS", format!("walk.after_readdir=pause:{}", pause.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    // The root was listed; now its subdirectory d3 and its files disappear.
+    std::fs::remove_dir_all(src.join("d3")).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["problems"][0]["kind"], "vanished", "{rep}");
+    assert_eq!(rep["problems"][0]["path"], "d3");
+    assert_eq!(rep["snapshot"], "daily.0");
+}
+
+#[test]
+fn file_changed_while_copied_is_retried_and_counted() {
+    let (t, src, dest) = setup();
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args(["backup", "--json", "--jobs", "1", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dest)
+        .env("SNAPRING_FAILPOINTS", format!("walk.after_copy=pause:{}", pause.display()))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    // Exactly one file has just been copied; change every source file under it.
+    for i in 0..20 {
+        let p = src.join(format!("d{}/f{i}", i % 4));
+        std::fs::write(&p, format!("changed {i}")).unwrap();
+    }
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["changed_during_backup"], 1, "{rep}");
+    // Every file in the snapshot has the new content (the changed one was copied again).
+    assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "snapshot after retry");
+}
+
+#[test]
+fn full_disk_fails_cleanly_and_keeps_history() {
+    let (t, src, _) = setup();
+    let dest = t.path().join("small");
+    std::fs::create_dir(&dest).unwrap();
+    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&dest).status().unwrap().success());
+    let run = || {
+        let (code, rep, _) = backup(&src, &dest, &["--folder", "fs"], &[]);
+        (code, rep)
+    };
+    let (code, _) = run();
+    assert_eq!(code, 0);
+    let store = dest.join("fs");
+    let before = describe(&store.join("daily.0"));
+    write(&src.join("big"), &vec![1u8; 4 << 20]);
+    let (code, rep) = run();
+    let staging: Vec<_> = std::fs::read_dir(store.join(".snapring/staging")).unwrap().collect();
+    let names = snapshot_names(&store);
+    let after = describe(&store.join("daily.0"));
+    Command::new("umount").arg(&dest).status().unwrap();
+    assert_eq!(code, 1, "{rep}");
+    assert_eq!(rep["status"], "failed");
+    assert!(rep["message"].as_str().unwrap().contains("file system is full"), "{rep}");
+    assert_eq!(names, ["daily.0"], "nothing published or rotated");
+    assert!(staging.is_empty(), "the partial tree is removed");
+    assert_same_tree(&before, &after, "older snapshot after disk full");
+}
+
+#[test]
+fn bad_config_is_explained() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("c.toml");
+    std::fs::write(&cfg, "[job.efs]\nsource = \"/mnt/efs\"\ndest = \"/mnt/b\"\nretain = 0\nkeep = 3\n").unwrap();
+    let out = snapring(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text.contains("unknown field `keep`") && text.contains("line 5"), "{text}");
+    let (code, _, err) = backup(Path::new("/nonexistent"), t.path(), &["--label", "bad label"], &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("label \"bad label\" is not valid"), "{err}");
+}
