@@ -2,6 +2,7 @@
 //! The library does all the work; `main.rs` only parses arguments and maps outcomes to
 //! exit codes. See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -12,4 +13,3 @@ pub mod pool;
 pub mod relpath;
 pub mod report;
 pub mod store;
-pub mod commands;

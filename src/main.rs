@@ -142,7 +142,10 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&snaps)?);
             } else {
-                println!("{:<12} {:<24} {:<25} {:<10} {:>10} {:>10}", "SNAPSHOT", "RUN", "FINISHED", "STATUS", "FILES", "SIZE");
+                println!(
+                    "{:<12} {:<24} {:<25} {:<10} {:>10} {:>10}",
+                    "SNAPSHOT", "RUN", "FINISHED", "STATUS", "FILES", "SIZE"
+                );
                 for s in snaps {
                     let dash = || "-".to_string();
                     println!(
@@ -150,7 +153,9 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                         s.name,
                         s.id.unwrap_or_else(dash),
                         s.finished_at.unwrap_or_else(dash),
-                        s.status.map(|x| x.as_str().to_string()).unwrap_or_else(dash),
+                        s.status
+                            .map(|x| x.as_str().to_string())
+                            .unwrap_or_else(dash),
                         s.files.map(|f| f.to_string()).unwrap_or_else(dash),
                         s.bytes.map(human).unwrap_or_else(dash)
                     );

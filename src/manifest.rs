@@ -36,6 +36,9 @@ pub struct Entry {
     pub hash: Option<blake3::Hash>,
     /// Digest of the extended attributes (see `fsx::xattr_digest`), `None` if there are none.
     pub xattrs: Option<String>,
+    /// The source's inode number: a different one under the same name means the file
+    /// was replaced, even if size and times match.
+    pub ino: u64,
     /// Source inode number when the source file had several links: entries with the
     /// same group in one snapshot are one inode.
     pub group: Option<u64>,
@@ -62,6 +65,7 @@ impl Entry {
             ctime: m.ctime,
             hash: None,
             xattrs: None,
+            ino: m.ino,
             group: (m.kind != Kind::Dir && m.nlink > 1).then_some(m.ino),
             target: None,
             rdev: if matches!(m.kind, Kind::Char | Kind::Block) {
@@ -89,7 +93,7 @@ impl Entry {
             _ => "-".into(),
         };
         format!(
-            "{} {:o} {} {} {} {} {} {} {} {} {} {}",
+            "{} {:o} {} {} {} {} {} {} {} {} {} {} {}",
             self.kind.code(),
             self.perm,
             self.uid,
@@ -97,6 +101,7 @@ impl Entry {
             self.size,
             self.mtime,
             self.ctime,
+            self.ino,
             hash,
             xat,
             group,
@@ -107,9 +112,9 @@ impl Entry {
 
     pub fn parse_line(line: &str) -> Result<Entry, String> {
         let f: Vec<&str> = line.split(' ').collect();
-        if f.len() != 12 {
+        if f.len() != 13 {
             return Err(format!(
-                "manifest line has {} fields, expected 12: {line:?}",
+                "manifest line has {} fields, expected 13: {line:?}",
                 f.len()
             ));
         }
@@ -120,11 +125,11 @@ impl Entry {
             .and_then(Kind::from_code)
             .ok_or_else(|| bad("kind"))?;
         let opt = |s: &str| if s == "-" { None } else { Some(s.to_string()) };
-        let hash = match opt(f[7]) {
+        let hash = match opt(f[8]) {
             Some(h) => Some(blake3::Hash::from_hex(&h).map_err(|_| bad("hash"))?),
             None => None,
         };
-        let (target, rdev) = match (kind, f[10].strip_prefix(':')) {
+        let (target, rdev) = match (kind, f[11].strip_prefix(':')) {
             (Kind::Symlink, Some(t)) => (Some(unescape(t)?), 0),
             (Kind::Char | Kind::Block, Some(r)) => (None, r.parse().map_err(|_| bad("rdev"))?),
             _ => (None, 0),
@@ -137,15 +142,16 @@ impl Entry {
             size: f[4].parse().map_err(|_| bad("size"))?,
             mtime: f[5].parse()?,
             ctime: f[6].parse()?,
+            ino: f[7].parse().map_err(|_| bad("inode"))?,
             hash,
-            xattrs: opt(f[8]),
-            group: match opt(f[9]) {
+            xattrs: opt(f[9]),
+            group: match opt(f[10]) {
                 Some(g) => Some(g.parse().map_err(|_| bad("group"))?),
                 None => None,
             },
             target,
             rdev,
-            name: unescape(f[11])?,
+            name: unescape(f[12])?,
         })
     }
 }
@@ -176,11 +182,13 @@ pub struct Writer {
 
 impl Writer {
     /// Starts `<id>.mf.tmp` / `<id>.idx.tmp`; `finish` renames them into place.
-    pub fn create(manifest_dir: &Path, id: &str) -> io::Result<Writer> {
+    /// `started` is when the walk began: entries changed around then are "racy" for the
+    /// next run (see `Reader::started`).
+    pub fn create(manifest_dir: &Path, id: &str, started: Time) -> io::Result<Writer> {
         let (mf, idx) = paths(manifest_dir, id);
         let tmp = mf.with_extension("mf.tmp");
         let mut out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
-        let header = format!("{MAGIC}\n");
+        let header = format!("{MAGIC}\nS {started}\n");
         out.write_all(header.as_bytes())?;
         Ok(Writer {
             mf_path: mf,
@@ -253,6 +261,8 @@ pub struct Reader {
     root_off: u64,
     root_len: u64,
     pub mf_path: PathBuf,
+    /// When the walk that wrote this manifest began (wall clock of the backup host).
+    pub started: Time,
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
@@ -267,29 +277,36 @@ impl Reader {
         let (mf_path, idx_path) = paths(manifest_dir, id);
         let mf = File::open(&mf_path)?;
         let idx = File::open(&idx_path)?;
-        let mut head = [0u8; IDX_HEADER as usize];
-        idx.read_exact_at(&mut head, 0)
+        let mut idx_head = [0u8; IDX_HEADER as usize];
+        idx.read_exact_at(&mut idx_head, 0)
             .map_err(|_| corrupt(&idx_path, "index too short"))?;
-        if &head[..8] != IDX_MAGIC {
+        if &idx_head[..8] != IDX_MAGIC {
             return Err(corrupt(&idx_path, "not a snapring manifest index"));
         }
         let len = idx.metadata()?.len();
         if (len - IDX_HEADER) % IDX_REC != 0 {
             return Err(corrupt(&idx_path, "index length is not whole records"));
         }
-        let mut magic = vec![0u8; MAGIC.len() + 1];
-        mf.read_exact_at(&mut magic, 0)
-            .map_err(|_| corrupt(&mf_path, "too short"))?;
-        if magic != format!("{MAGIC}\n").as_bytes() {
+        let mut head = vec![0u8; 64];
+        let n = mf.read_at(&mut head, 0)?;
+        let head = String::from_utf8_lossy(&head[..n]).into_owned();
+        let mut lines = head.lines();
+        if lines.next() != Some(MAGIC) {
             return Err(corrupt(&mf_path, "unknown manifest version"));
         }
+        let started = lines
+            .next()
+            .and_then(|l| l.strip_prefix("S "))
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| corrupt(&mf_path, "no start time"))?;
         Ok(Reader {
             mf,
             idx,
             records: (len - IDX_HEADER) / IDX_REC,
-            root_off: u64::from_le_bytes(head[8..16].try_into().expect("8")),
-            root_len: u64::from_le_bytes(head[16..24].try_into().expect("8")),
+            root_off: u64::from_le_bytes(idx_head[8..16].try_into().expect("8")),
+            root_len: u64::from_le_bytes(idx_head[16..24].try_into().expect("8")),
             mf_path,
+            started,
         })
     }
 
@@ -360,7 +377,7 @@ impl Reader {
         let mut dir = RelPath::root();
         for (n, line) in r.lines().enumerate() {
             let line = line?;
-            if n == 0 {
+            if n == 0 || line.starts_with("S ") {
                 continue;
             }
             if let Some(d) = line.strip_prefix("D ") {
@@ -408,6 +425,7 @@ mod tests {
             },
             hash: Some(blake3::hash(b"x")),
             xattrs: Some("abc".into()),
+            ino: 77,
             group: Some(77),
             target: (kind == Kind::Symlink).then(|| b"-".to_vec()),
             rdev: if kind == Kind::Char { 0x0501 } else { 0 },
@@ -429,7 +447,7 @@ mod tests {
     #[test]
     fn write_then_look_up_blocks() {
         let dir = tempfile::tempdir().unwrap();
-        let mut w = Writer::create(dir.path(), "r1").unwrap();
+        let mut w = Writer::create(dir.path(), "r1", Time { sec: 5, nsec: 6 }).unwrap();
         let dirs: Vec<RelPath> = (0..500)
             .map(|i| RelPath::new(format!("d{i}/x y").as_bytes()).unwrap())
             .collect();
@@ -455,6 +473,7 @@ mod tests {
         assert_eq!(r.lookup(&RelPath::root()).unwrap(), Some(vec![]));
         assert_eq!(r.lookup(&RelPath::new(b"nope").unwrap()).unwrap(), None);
         assert_eq!(r.root().unwrap().name, b".");
+        assert_eq!(r.started, Time { sec: 5, nsec: 6 });
         let mut n = 0;
         r.for_each(|_, _| {
             n += 1;

@@ -13,12 +13,26 @@ use std::path::Path;
 type Model = BTreeMap<Vec<u8>, Desc>;
 
 fn list(store: &Path, failpoints: &str) -> std::process::Output {
-    snapring(&["list".as_ref(), "--json".as_ref(), "--dest".as_ref(), store.as_os_str()], &[("SNAPRING_FAILPOINTS", failpoints)])
+    snapring(
+        &[
+            "list".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+        ],
+        &[("SNAPRING_FAILPOINTS", failpoints)],
+    )
 }
 
 fn mutate(src: &Path, round: usize) {
-    write(&src.join(format!("new/round{round}")), format!("round {round}").as_bytes());
-    write(&src.join("d0/f0"), format!("changed in round {round}").as_bytes());
+    write(
+        &src.join(format!("new/round{round}")),
+        format!("round {round}").as_bytes(),
+    );
+    write(
+        &src.join("d0/f0"),
+        format!("changed in round {round}").as_bytes(),
+    );
     chmod(&src.join("d1/f1"), 0o600 + round as u32 % 2 * 0o40);
     let _ = std::fs::remove_file(src.join(format!("d2/f{}", 2 + 4 * round)));
 }
@@ -30,9 +44,16 @@ fn check_store(store: &Path, expected: &[&Model], what: &str) {
     let want: Vec<String> = (0..expected.len()).map(|i| format!("daily.{i}")).collect();
     assert_eq!(names, want, "{what}: snapshots");
     for (i, m) in expected.iter().enumerate() {
-        assert_same_tree(m, &describe(&store.join(format!("daily.{i}"))), &format!("{what}: daily.{i}"));
+        assert_same_tree(
+            m,
+            &describe(&store.join(format!("daily.{i}"))),
+            &format!("{what}: daily.{i}"),
+        );
     }
-    assert!(!store.join(".snapring/journal").exists(), "{what}: journal left behind");
+    assert!(
+        !store.join(".snapring/journal").exists(),
+        "{what}: journal left behind"
+    );
 }
 
 /// One crash scenario: three good runs (retain 3, so the next rotation expires one),
@@ -41,7 +62,10 @@ fn scenario(failpoint: &str, publishes: bool) {
     let t = tempfile::tempdir().unwrap();
     let (src, store) = (t.path().join("src"), t.path().join("store"));
     for i in 0..40 {
-        write(&src.join(format!("d{}/f{i}", i % 4)), format!("content {i}").as_bytes());
+        write(
+            &src.join(format!("d{}/f{i}", i % 4)),
+            format!("content {i}").as_bytes(),
+        );
     }
     let mut models: Vec<Model> = Vec::new();
     for round in 0..3 {
@@ -56,11 +80,20 @@ fn scenario(failpoint: &str, publishes: bool) {
         Some((name, nth)) => format!("{name}=kill@{nth}"),
         None => format!("{failpoint}=kill"),
     };
-    let (code, _, _) = backup(&src, &store, &["--retain", "3", "--jobs", "4"], &[("SNAPRING_FAILPOINTS", &spec)]);
+    let (code, _, _) = backup(
+        &src,
+        &store,
+        &["--retain", "3", "--jobs", "4"],
+        &[("SNAPRING_FAILPOINTS", &spec)],
+    );
     assert_eq!(code, -1, "{failpoint}: the run was not killed");
 
     let out = list(&store, "");
-    assert!(out.status.success(), "{failpoint}: list failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{failpoint}: list failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let what = format!("after kill at {failpoint}");
     if publishes {
         check_store(&store, &[&attempted, &models[0], &models[1]], &what);
@@ -69,7 +102,8 @@ fn scenario(failpoint: &str, publishes: bool) {
     }
     // The killed run's record is not left `running`.
     for e in std::fs::read_dir(store.join(".snapring/runs")).unwrap() {
-        let r: serde_json::Value = serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.unwrap().path()).unwrap()).unwrap();
         assert_ne!(r["status"], "running", "{what}: {r}");
     }
 
@@ -77,18 +111,39 @@ fn scenario(failpoint: &str, publishes: bool) {
     let (code, rep, err) = backup(&src, &store, &["--retain", "3", "--jobs", "4"], &[]);
     assert_eq!(code, 0, "{what}: next run: {err}");
     if publishes {
-        assert_eq!(rep["files_transferred"], 0, "{what}: nothing changed since the published run: {rep}");
+        assert_eq!(
+            rep["files_transferred"], 0,
+            "{what}: nothing changed since the published run: {rep}"
+        );
         check_store(&store, &[&attempted, &attempted, &models[0]], &what);
     } else {
         check_store(&store, &[&attempted, &models[0], &models[1]], &what);
     }
-    assert_eq!(std::fs::read_dir(store.join(".snapring/staging")).unwrap().count(), 0, "{what}: staging left");
-    assert_eq!(std::fs::read_dir(store.join(".snapring/trash")).unwrap().count(), 0, "{what}: trash left");
+    assert_eq!(
+        std::fs::read_dir(store.join(".snapring/staging"))
+            .unwrap()
+            .count(),
+        0,
+        "{what}: staging left"
+    );
+    assert_eq!(
+        std::fs::read_dir(store.join(".snapring/trash"))
+            .unwrap()
+            .count(),
+        0,
+        "{what}: trash left"
+    );
 }
 
 #[test]
 fn killed_during_the_walk_publishes_nothing() {
-    for fp in ["walk.dir", "walk.dir@3", "walk.copy", "walk.copy@3", "walk.after_copy@2"] {
+    for fp in [
+        "walk.dir",
+        "walk.dir@3",
+        "walk.copy",
+        "walk.copy@3",
+        "walk.after_copy@2",
+    ] {
         scenario(fp, false);
     }
 }
@@ -102,7 +157,17 @@ fn killed_before_the_journal_publishes_nothing() {
 
 #[test]
 fn killed_after_the_journal_is_rolled_forward() {
-    for fp in ["journal.after_write", "rotate.step", "rotate.step@2", "rotate.step@3", "rotate.step@4", "journal.before_state", "journal.before_remove", "trash.dir", "trash.dir@3"] {
+    for fp in [
+        "journal.after_write",
+        "rotate.step",
+        "rotate.step@2",
+        "rotate.step@3",
+        "rotate.step@4",
+        "journal.before_state",
+        "journal.before_remove",
+        "trash.dir",
+        "trash.dir@3",
+    ] {
         scenario(fp, true);
     }
 }
@@ -124,12 +189,21 @@ fn killed_repair_is_repaired() {
     write(&src.join("round"), b"2");
     let attempted = describe(&src);
     // Killed after the first rename of the rotation (expire daily.1).
-    let (code, _, _) = backup(&src, &store, &["--retain", "2"], &[("SNAPRING_FAILPOINTS", "rotate.step=kill@2")]);
+    let (code, _, _) = backup(
+        &src,
+        &store,
+        &["--retain", "2"],
+        &[("SNAPRING_FAILPOINTS", "rotate.step=kill@2")],
+    );
     assert_eq!(code, -1);
     // The repair is killed after its second step.
     let out = list(&store, "rotate.step=kill@3");
     assert_eq!(out.status.signal(), Some(9));
     let out = list(&store, "");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     check_store(&store, &[&attempted, &models[0]], "after a killed repair");
 }

@@ -15,7 +15,15 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// Builds a source with one of everything.
 fn odd_tree(src: &Path) {
-    let names: Vec<&[u8]> = vec![b"with space", b"new\nline", b"quote\"s'", b"\xff\xfe not utf8", b"-leading-dash", b"%41 percent", b"tab\there"];
+    let names: Vec<&[u8]> = vec![
+        b"with space",
+        b"new\nline",
+        b"quote\"s'",
+        b"\xff\xfe not utf8",
+        b"-leading-dash",
+        b"%41 percent",
+        b"tab\there",
+    ];
     for n in &names {
         write(&pb(src, &[b"names/", *n].concat()), n);
     }
@@ -45,7 +53,11 @@ fn odd_tree(src: &Path) {
     write(&src.join("attrs/file"), b"xattrs");
     set_xattr(&src.join("attrs/file"), "user.color", b"blue");
     set_xattr(&src.join("attrs/file"), "user.bin", b"\x00\x01\xff");
-    set_xattr(&src.join("attrs/file"), "system.posix_acl_access", &acl_bytes(4321));
+    set_xattr(
+        &src.join("attrs/file"),
+        "system.posix_acl_access",
+        &acl_bytes(4321),
+    );
     set_xattr(&src.join("attrs"), "user.dir", b"on a directory");
     // Sparse file: 64 MiB with 4 KiB of data in the middle.
     let f = std::fs::File::create(src.join("sparse")).unwrap();
@@ -54,8 +66,22 @@ fn odd_tree(src: &Path) {
     f.write_all_at(&[7u8; 4096], 32 << 20).unwrap();
     drop(f);
     // Special files and an empty directory.
-    rustix::fs::mknodat(rustix::fs::CWD, &src.join("fifo"), rustix::fs::FileType::Fifo, Mode::from_raw_mode(0o640), 0).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, &src.join("null-dev"), rustix::fs::FileType::CharacterDevice, Mode::from_raw_mode(0o666), rustix::fs::makedev(1, 3)).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &src.join("null-dev"),
+        rustix::fs::FileType::CharacterDevice,
+        Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
     std::fs::create_dir_all(src.join("empty/dir")).unwrap();
     // A default ACL on a directory, set after its children exist.
     let mut dflt = acl_bytes(99);
@@ -66,7 +92,18 @@ fn odd_tree(src: &Path) {
     set_mtime(&src.join("modes/dangling"), 1_500_000_000, 999_999_999);
     set_mtime(&src.join("modes/rel-link"), 1_400_000_000, 1);
     set_mtime(&src.join("fifo"), 1_300_000_000, 42);
-    for d in ["names", "modes/sticky", "modes/setgid-dir", "modes", "links/sub", "links", "attrs", "empty/dir", "empty", ""] {
+    for d in [
+        "names",
+        "modes/sticky",
+        "modes/setgid-dir",
+        "modes",
+        "links/sub",
+        "links",
+        "attrs",
+        "empty/dir",
+        "empty",
+        "",
+    ] {
         set_mtime(&src.join(d), 1_200_000_000, 987_654_321);
     }
 }
@@ -81,12 +118,20 @@ fn snapshot_equals_source_in_everything() {
     let (code, rep, err) = backup(&src, &dest, &["--folder", "fs-1"], &[]);
     assert_eq!(code, 0, "{err}\n{rep}");
     let store = dest.join("fs-1");
-    assert_same_tree(&describe(&src), &describe(&store.join("daily.0")), "first snapshot");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&store.join("daily.0")),
+        "first snapshot",
+    );
 
     // Sparse stays sparse: 64 MiB apparent, a few KiB allocated.
     let m = std::fs::metadata(store.join("daily.0/sparse")).unwrap();
     assert_eq!(m.len(), 64 << 20);
-    assert!(m.blocks() * 512 <= 64 * 1024, "sparse file uses {} bytes", m.blocks() * 512);
+    assert!(
+        m.blocks() * 512 <= 64 * 1024,
+        "sparse file uses {} bytes",
+        m.blocks() * 512
+    );
     // The hard-link group is one inode in the snapshot.
     let a = ino(&store.join("daily.0/links/a"));
     assert_eq!(a, ino(&store.join("daily.0/links/b")));
@@ -97,8 +142,16 @@ fn snapshot_equals_source_in_everything() {
     let (code, rep, err) = backup(&src, &dest, &["--folder", "fs-1"], &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["bytes_transferred"], 0, "{rep}");
-    assert_same_tree(&describe(&src), &describe(&store.join("daily.0")), "second snapshot");
-    assert_same_tree(&before, &describe(&store.join("daily.1")), "first snapshot after rotation");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&store.join("daily.0")),
+        "second snapshot",
+    );
+    assert_same_tree(
+        &before,
+        &describe(&store.join("daily.1")),
+        "first snapshot after rotation",
+    );
 }
 
 fn mkdir_open(dir: &OwnedFd, name: &[u8]) -> OwnedFd {
@@ -116,12 +169,19 @@ fn paths_longer_than_path_max() {
     let (src, dest) = (t.path().join("src"), t.path().join("backup"));
     std::fs::create_dir(&src).unwrap();
     let name = vec![b'd'; 200];
-    let mut cur = rustix::fs::open(&src, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let mut cur =
+        rustix::fs::open(&src, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
     let depth = 30; // 30 × 201 bytes > 4096
     for _ in 0..depth {
         cur = mkdir_open(&cur, &name);
     }
-    let f = rustix::fs::openat(&cur, "leaf", OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o600)).unwrap();
+    let f = rustix::fs::openat(
+        &cur,
+        "leaf",
+        OFlags::WRONLY | OFlags::CREATE,
+        Mode::from_raw_mode(0o600),
+    )
+    .unwrap();
     rustix::io::write(&f, b"deep content").unwrap();
     drop(f);
 
@@ -129,7 +189,12 @@ fn paths_longer_than_path_max() {
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["files_total"], 1);
     assert_eq!(rep["dirs_total"], depth);
-    let mut cur = rustix::fs::open(&dest.join("daily.0"), OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty()).unwrap();
+    let mut cur = rustix::fs::open(
+        &dest.join("daily.0"),
+        OFlags::RDONLY | OFlags::DIRECTORY,
+        Mode::empty(),
+    )
+    .unwrap();
     for _ in 0..depth {
         cur = open_dir(&cur, &name);
     }

@@ -17,7 +17,10 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     std::fs::create_dir(&src).unwrap();
     std::fs::create_dir(&dest).unwrap();
     for i in 0..20 {
-        write(&src.join(format!("d{}/f{i}", i % 4)), format!("content {i}").as_bytes());
+        write(
+            &src.join(format!("d{}/f{i}", i % 4)),
+            format!("content {i}").as_bytes(),
+        );
     }
     (t, src, dest)
 }
@@ -25,7 +28,11 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 fn wait_for(p: &Path) {
     let t0 = Instant::now();
     while !p.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "timed out waiting for {}", p.display());
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {}",
+            p.display()
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
 }
@@ -38,9 +45,19 @@ fn missing_source_is_refused_and_nothing_changes() {
     let (code, rep, _) = backup(&t.path().join("not-there"), &dest, &[], &[]);
     assert_eq!(code, 1);
     assert_eq!(rep["status"], "failed");
-    assert!(rep["message"].as_str().unwrap().contains("does not exist (is the file system mounted?)"), "{rep}");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not exist (is the file system mounted?)"),
+        "{rep}"
+    );
     assert_eq!(snapshot_names(&dest), ["daily.0"]);
-    assert_same_tree(&before, &describe(&dest.join("daily.0")), "snapshot after refused run");
+    assert_same_tree(
+        &before,
+        &describe(&dest.join("daily.0")),
+        "snapshot after refused run",
+    );
 }
 
 #[test]
@@ -48,12 +65,25 @@ fn source_that_should_be_a_mount_point_is_refused() {
     let (_t, src, dest) = setup();
     let (code, rep, _) = backup(&src, &dest, &["--require-mount"], &[]);
     assert_eq!(code, 1);
-    assert!(rep["message"].as_str().unwrap().contains("is not a mount point"), "{rep}");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .contains("is not a mount point"),
+        "{rep}"
+    );
     assert_eq!(snapshot_names(&dest), Vec::<String>::new());
     // A real mount point passes.
     let mnt = dest.parent().unwrap().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    assert!(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&mnt).status().unwrap().success());
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
     write(&mnt.join("file"), b"on a mount");
     let (code, rep, err) = backup(&mnt, &dest, &["--require-mount"], &[]);
     Command::new("umount").arg(&mnt).status().unwrap();
@@ -68,7 +98,13 @@ fn empty_source_against_a_full_snapshot_is_refused_unless_allowed() {
     std::fs::create_dir(&empty).unwrap();
     let (code, rep, _) = backup(&empty, &dest, &[], &[]);
     assert_eq!(code, 1);
-    assert!(rep["message"].as_str().unwrap().contains("is empty but the previous snapshot daily.0 is not"), "{rep}");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .contains("is empty but the previous snapshot daily.0 is not"),
+        "{rep}"
+    );
     assert_eq!(snapshot_names(&dest), ["daily.0"]);
     let (code, _, _) = backup(&empty, &dest, &["--allow-empty"], &[]);
     assert_eq!(code, 0);
@@ -84,7 +120,10 @@ fn second_run_is_refused_naming_the_holder_and_a_dead_holder_is_recovered() {
         .arg(&src)
         .arg("--dest")
         .arg(&dest)
-        .env("SNAPRING_FAILPOINTS", format!("walk.dir=pause:{}", pause.display()))
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("walk.dir=pause:{}", pause.display()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -136,7 +175,10 @@ fn emlink_falls_back_to_a_copy() {
     assert_eq!(rep["link_fallbacks"], 1, "{rep}");
     assert_eq!(rep["files_transferred"], 1);
     assert_eq!(rep["files_linked"], 19);
-    assert_eq!(std::fs::read(dest.join("daily.0/d0/f0")).unwrap(), b"content 0");
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/d0/f0")).unwrap(),
+        b"content 0"
+    );
     std::fs::remove_dir_all(&scratch).unwrap();
 }
 
@@ -147,8 +189,20 @@ fn exdev_falls_back_to_a_copy() {
     let (_t, src, dest) = setup();
     let hourly = dest.join("hourly.0");
     std::fs::create_dir(&hourly).unwrap();
-    assert!(Command::new("mount").args(["-t", "tmpfs", "tmpfs"]).arg(&hourly).status().unwrap().success());
-    let cp = Command::new("cp").arg("-a").arg(format!("{}/.", src.display())).arg(&hourly).status().unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "tmpfs"])
+            .arg(&hourly)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(&hourly)
+        .status()
+        .unwrap();
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
     Command::new("umount").arg(&hourly).status().unwrap();
     assert!(cp.success());
@@ -156,7 +210,11 @@ fn exdev_falls_back_to_a_copy() {
     assert_eq!(rep["based_on"], "hourly.0");
     assert_eq!(rep["link_fallbacks"], 20, "{rep}");
     assert_eq!(rep["files_transferred"], 20);
-    assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "snapshot after EXDEV fallbacks");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "snapshot after EXDEV fallbacks",
+    );
 }
 
 /// Unreadable entries (EACCES, here by running without CAP_DAC_OVERRIDE) are listed
@@ -167,7 +225,10 @@ fn unreadable_entries_give_partial() {
     chmod(&src.join("d1/f1"), 0o000);
     chmod(&src.join("d2"), 0o000);
     let out = Command::new("setpriv")
-        .args(["--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search"])
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ])
         .arg(bin())
         .args(["backup", "--json", "--source"])
         .arg(&src)
@@ -176,18 +237,42 @@ fn unreadable_entries_give_partial() {
         .output()
         .unwrap();
     chmod(&src.join("d2"), 0o755);
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rep["status"], "partial");
     let problems: Vec<(String, String, String)> = rep["problems"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|p| (p["path"].as_str().unwrap().into(), p["kind"].as_str().unwrap().into(), p["action"].as_str().unwrap().into()))
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().into(),
+                p["kind"].as_str().unwrap().into(),
+                p["action"].as_str().unwrap().into(),
+            )
+        })
         .collect();
-    assert_eq!(problems, [("d1/f1".to_string(), "unreadable".to_string(), "open".to_string()), ("d2".into(), "unreadable".into(), "open directory".into())]);
+    assert_eq!(
+        problems,
+        [
+            (
+                "d1/f1".to_string(),
+                "unreadable".to_string(),
+                "open".to_string()
+            ),
+            ("d2".into(), "unreadable".into(), "open directory".into())
+        ]
+    );
     // Published, with everything readable in it; the unreadable directory is there, empty.
-    assert_eq!(std::fs::read(dest.join("daily.0/d0/f0")).unwrap(), b"content 0");
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/d0/f0")).unwrap(),
+        b"content 0"
+    );
     assert!(!dest.join("daily.0/d1/f1").exists());
     assert!(dest.join("daily.0/d2").is_dir());
 }
@@ -201,7 +286,10 @@ fn vanished_entries_give_partial() {
         .arg(&src)
         .arg("--dest")
         .arg(&dest)
-        .env("SNAPRING_FAILPOINTS", format!("walk.after_readdir=pause:{}", pause.display()))
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("walk.after_readdir=pause:{}", pause.display()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -226,7 +314,10 @@ fn file_changed_while_copied_is_retried_and_counted() {
         .arg(&src)
         .arg("--dest")
         .arg(&dest)
-        .env("SNAPRING_FAILPOINTS", format!("walk.after_copy=pause:{}", pause.display()))
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("walk.after_copy=pause:{}", pause.display()),
+        )
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -238,11 +329,20 @@ fn file_changed_while_copied_is_retried_and_counted() {
     }
     std::fs::remove_file(&pause).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rep["changed_during_backup"], 1, "{rep}");
     // Every file in the snapshot has the new content (the changed one was copied again).
-    assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "snapshot after retry");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "snapshot after retry",
+    );
 }
 
 #[test]
@@ -250,7 +350,14 @@ fn full_disk_fails_cleanly_and_keeps_history() {
     let (t, src, _) = setup();
     let dest = t.path().join("small");
     std::fs::create_dir(&dest).unwrap();
-    assert!(Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&dest).status().unwrap().success());
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&dest)
+            .status()
+            .unwrap()
+            .success()
+    );
     let run = || {
         let (code, rep, _) = backup(&src, &dest, &["--folder", "fs"], &[]);
         (code, rep)
@@ -261,13 +368,21 @@ fn full_disk_fails_cleanly_and_keeps_history() {
     let before = describe(&store.join("daily.0"));
     write(&src.join("big"), &vec![1u8; 4 << 20]);
     let (code, rep) = run();
-    let staging: Vec<_> = std::fs::read_dir(store.join(".snapring/staging")).unwrap().collect();
+    let staging: Vec<_> = std::fs::read_dir(store.join(".snapring/staging"))
+        .unwrap()
+        .collect();
     let names = snapshot_names(&store);
     let after = describe(&store.join("daily.0"));
     Command::new("umount").arg(&dest).status().unwrap();
     assert_eq!(code, 1, "{rep}");
     assert_eq!(rep["status"], "failed");
-    assert!(rep["message"].as_str().unwrap().contains("file system is full"), "{rep}");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .contains("file system is full"),
+        "{rep}"
+    );
     assert_eq!(names, ["daily.0"], "nothing published or rotated");
     assert!(staging.is_empty(), "the partial tree is removed");
     assert_same_tree(&before, &after, "older snapshot after disk full");
@@ -277,12 +392,24 @@ fn full_disk_fails_cleanly_and_keeps_history() {
 fn bad_config_is_explained() {
     let t = tempfile::tempdir().unwrap();
     let cfg = t.path().join("c.toml");
-    std::fs::write(&cfg, "[job.efs]\nsource = \"/mnt/efs\"\ndest = \"/mnt/b\"\nretain = 0\nkeep = 3\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "[job.efs]\nsource = \"/mnt/efs\"\ndest = \"/mnt/b\"\nretain = 0\nkeep = 3\n",
+    )
+    .unwrap();
     let out = snapring(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
-    assert!(text.contains("unknown field `keep`") && text.contains("line 5"), "{text}");
-    let (code, _, err) = backup(Path::new("/nonexistent"), t.path(), &["--label", "bad label"], &[]);
+    assert!(
+        text.contains("unknown field `keep`") && text.contains("line 5"),
+        "{text}"
+    );
+    let (code, _, err) = backup(
+        Path::new("/nonexistent"),
+        t.path(),
+        &["--label", "bad label"],
+        &[],
+    );
     assert_eq!(code, 1);
     assert!(err.contains("label \"bad label\" is not valid"), "{err}");
 }

@@ -15,7 +15,10 @@ fn setup() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
     std::fs::create_dir(&src).unwrap();
     std::fs::create_dir(&dest).unwrap();
     for i in 0..50 {
-        write(&src.join(format!("d{}/f{i}", i % 5)), format!("content {i}").as_bytes());
+        write(
+            &src.join(format!("d{}/f{i}", i % 5)),
+            format!("content {i}").as_bytes(),
+        );
     }
     (t, src, dest)
 }
@@ -38,7 +41,11 @@ fn unchanged_tree_copies_nothing_and_shares_inodes() {
     assert_eq!(second["based_on"], first["id"]);
     for i in 0..50 {
         let rel = format!("d{}/f{i}", i % 5);
-        assert_eq!(ino(&dest.join("daily.0").join(&rel)), ino(&dest.join("daily.1").join(&rel)), "{rel}");
+        assert_eq!(
+            ino(&dest.join("daily.0").join(&rel)),
+            ino(&dest.join("daily.1").join(&rel)),
+            "{rel}"
+        );
     }
 }
 
@@ -62,10 +69,22 @@ fn metadata_change_makes_a_new_inode_and_spares_the_old_snapshot() {
     assert_eq!(rep["files_linked"], 46);
 
     // The older snapshot is exactly as it was: modes, owners, xattrs, content.
-    assert_same_tree(&old, &describe(&dest.join("daily.1")), "older snapshot after metadata changes");
-    assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "newest snapshot");
+    assert_same_tree(
+        &old,
+        &describe(&dest.join("daily.1")),
+        "older snapshot after metadata changes",
+    );
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "newest snapshot",
+    );
     for rel in ["d0/f0", "d1/f1", "d2/f2", "d3/f3"] {
-        assert_ne!(ino(&dest.join("daily.0").join(rel)), ino(&dest.join("daily.1").join(rel)), "{rel} must be a new inode");
+        assert_ne!(
+            ino(&dest.join("daily.0").join(rel)),
+            ino(&dest.join("daily.1").join(rel)),
+            "{rel} must be a new inode"
+        );
     }
     let m = std::fs::metadata(dest.join("daily.1/d0/f0")).unwrap();
     assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o600, 100, 200));
@@ -77,24 +96,63 @@ fn rotation_keeps_retain_snapshots_and_shifts_them() {
     let mut ids = Vec::new();
     for i in 0..5 {
         write(&src.join("counter"), format!("{i}").as_bytes());
-        ids.push(ok(&src, &dest, &["--retain", "3", "--folder", "fs-9"])["id"].as_str().unwrap().to_string());
+        ids.push(
+            ok(&src, &dest, &["--retain", "3", "--folder", "fs-9"])["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
     }
     let store = dest.join("fs-9");
     assert_eq!(snapshot_names(&store), ["daily.0", "daily.1", "daily.2"]);
     for (slot, want) in [(0, "4"), (1, "3"), (2, "2")] {
-        assert_eq!(std::fs::read_to_string(store.join(format!("daily.{slot}/counter"))).unwrap(), want);
+        assert_eq!(
+            std::fs::read_to_string(store.join(format!("daily.{slot}/counter"))).unwrap(),
+            want
+        );
     }
     // Expired snapshots and their manifests are gone; trash is empty.
-    assert_eq!(std::fs::read_dir(store.join(".snapring/trash")).unwrap().count(), 0);
-    let manifests: Vec<_> = std::fs::read_dir(store.join(".snapring/manifests")).unwrap().collect();
+    assert_eq!(
+        std::fs::read_dir(store.join(".snapring/trash"))
+            .unwrap()
+            .count(),
+        0
+    );
+    let manifests: Vec<_> = std::fs::read_dir(store.join(".snapring/manifests"))
+        .unwrap()
+        .collect();
     assert_eq!(manifests.len(), 6, "3 snapshots × (.mf + .idx)");
-    let state: serde_json::Value = serde_json::from_slice(&std::fs::read(store.join(".snapring/snapshots.json")).unwrap()).unwrap();
-    let recorded: Vec<(&str, &str)> = state["snapshots"].as_array().unwrap().iter().map(|s| (s["name"].as_str().unwrap(), s["id"].as_str().unwrap())).collect();
-    assert_eq!(recorded, [("daily.0", ids[4].as_str()), ("daily.1", ids[3].as_str()), ("daily.2", ids[2].as_str())]);
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(store.join(".snapring/snapshots.json")).unwrap())
+            .unwrap();
+    let recorded: Vec<(&str, &str)> = state["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap(), s["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        recorded,
+        [
+            ("daily.0", ids[4].as_str()),
+            ("daily.1", ids[3].as_str()),
+            ("daily.2", ids[2].as_str())
+        ]
+    );
     // Another label lives beside it and does not disturb the daily ring.
-    let rep = ok(&src, &dest, &["--retain", "2", "--folder", "fs-9", "--label", "weekly"]);
-    assert_eq!(rep["files_transferred"], 0, "weekly links against the newest daily");
-    assert_eq!(snapshot_names(&store), ["daily.0", "daily.1", "daily.2", "weekly.0"]);
+    let rep = ok(
+        &src,
+        &dest,
+        &["--retain", "2", "--folder", "fs-9", "--label", "weekly"],
+    );
+    assert_eq!(
+        rep["files_transferred"], 0,
+        "weekly links against the newest daily"
+    );
+    assert_eq!(
+        snapshot_names(&store),
+        ["daily.0", "daily.1", "daily.2", "weekly.0"]
+    );
 }
 
 #[test]
@@ -113,9 +171,15 @@ fn manifest_has_a_hash_for_every_file_inherited_when_linked() {
         assert!(text.starts_with("snapring-manifest 1\n"));
         for line in text.lines().filter(|l| l.starts_with("f ")) {
             let f: Vec<&str> = line.split(' ').collect();
-            let name = f[11];
+            let name = f[12];
             let i: usize = name.trim_start_matches('f').parse().unwrap();
-            assert_eq!(f[7], blake3::hash(format!("content {i}").as_bytes()).to_hex().as_str(), "{line}");
+            assert_eq!(
+                f[8],
+                blake3::hash(format!("content {i}").as_bytes())
+                    .to_hex()
+                    .as_str(),
+                "{line}"
+            );
             files += 1;
         }
     }
@@ -126,18 +190,34 @@ fn manifest_has_a_hash_for_every_file_inherited_when_linked() {
 #[test]
 fn takes_over_a_tree_without_manifest() {
     let (_t, src, dest) = setup();
-    let status = std::process::Command::new("cp").arg("-a").arg(&src).arg(dest.join("daily.0")).status().unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&src)
+        .arg(dest.join("daily.0"))
+        .status()
+        .unwrap();
     assert!(status.success());
     let rep = ok(&src, &dest, &[]);
     assert_eq!(rep["files_transferred"], 0, "{rep}");
     assert_eq!(rep["files_linked"], 50);
     assert_eq!(rep["based_on"], "daily.0");
-    assert_eq!(ino(&dest.join("daily.0/d0/f0")), ino(&dest.join("daily.1/d0/f0")));
+    assert_eq!(
+        ino(&dest.join("daily.0/d0/f0")),
+        ino(&dest.join("daily.1/d0/f0"))
+    );
     // The manifest still has every hash (read once from the linked files).
     let rep2 = ok(&src, &dest, &[]);
     assert_eq!(rep2["files_linked"], 50);
-    let mf = std::fs::read_to_string(dest.join(format!(".snapring/manifests/{}.mf", rep["id"].as_str().unwrap()))).unwrap();
-    let hashed = mf.lines().filter(|l| l.starts_with("f ")).filter(|l| l.split(' ').nth(7).is_some_and(|h| h.len() == 64)).count();
+    let mf = std::fs::read_to_string(dest.join(format!(
+        ".snapring/manifests/{}.mf",
+        rep["id"].as_str().unwrap()
+    )))
+    .unwrap();
+    let hashed = mf
+        .lines()
+        .filter(|l| l.starts_with("f "))
+        .filter(|l| l.split(' ').nth(8).is_some_and(|h| h.len() == 64))
+        .count();
     assert_eq!(hashed, 50, "{mf}");
 }
 
@@ -149,10 +229,24 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
     write(&src.join("d0/new"), b"new");
     let before = describe(&dest);
     let out = snapring(
-        &["backup".as_ref(), "--source".as_ref(), src.as_os_str(), "--dest".as_ref(), dest.as_os_str(), "--retain".as_ref(), "2".as_ref(), "--dry-run".as_ref()],
+        &[
+            "backup".as_ref(),
+            "--source".as_ref(),
+            src.as_os_str(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "--retain".as_ref(),
+            "2".as_ref(),
+            "--dry-run".as_ref(),
+        ],
         &[],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let plan = String::from_utf8(out.stdout).unwrap();
     assert!(plan.contains("copy d0/new (new)"), "{plan}");
     assert!(plan.contains("link d0/f0"), "{plan}");
@@ -163,7 +257,17 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
     // A dry run into a store that does not exist yet creates nothing.
     let fresh = dest.parent().unwrap().join("nothing-here");
     std::fs::create_dir(&fresh).unwrap();
-    let out = snapring(&["backup".as_ref(), "--source".as_ref(), src.as_os_str(), "--dest".as_ref(), fresh.as_os_str(), "--dry-run".as_ref()], &[]);
+    let out = snapring(
+        &[
+            "backup".as_ref(),
+            "--source".as_ref(),
+            src.as_os_str(),
+            "--dest".as_ref(),
+            fresh.as_os_str(),
+            "--dry-run".as_ref(),
+        ],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 0);
 }
@@ -182,4 +286,27 @@ fn excludes_and_prefix() {
     ok(&src, &store, &["--prefix", "/d2", "--label", "hourly"]);
     assert!(store.join("hourly.0/f2").is_file());
     assert_eq!(snapshot_names(&store), ["hourly.0"]);
+}
+
+/// A same-size rewrite that keeps the old mtime, right after a backup (the "racy"
+/// window, where equal timestamps prove nothing), is still caught: the file is re-hashed
+/// and copied because its bytes differ.
+#[test]
+fn same_size_rewrite_in_the_racy_window_is_caught() {
+    let (_t, src, dest) = setup();
+    let f = src.join("d0/f0");
+    ok(&src, &dest, &[]);
+    let m = std::fs::metadata(&f).unwrap();
+    std::fs::write(&f, b"CONTENT 0").unwrap(); // same length as "content 0"
+    set_mtime(&f, m.mtime(), m.mtime_nsec());
+    let rep = ok(&src, &dest, &[]);
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/d0/f0")).unwrap(),
+        b"CONTENT 0"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("daily.1/d0/f0")).unwrap(),
+        b"content 0"
+    );
+    assert_eq!(rep["files_transferred"], 1, "{rep}");
 }

@@ -26,7 +26,13 @@ pub struct Listed {
 /// Lists the store at `root` (repairing it first).
 pub fn list(root: &Path) -> Result<Vec<Listed>> {
     let store = Store::open(root, false)?;
-    let holder = Holder { pid: std::process::id(), host: report::hostname(), run: None, command: "list".into(), since: report::now_rfc3339() };
+    let holder = Holder {
+        pid: std::process::id(),
+        host: report::hostname(),
+        run: None,
+        command: "list".into(),
+        since: report::now_rfc3339(),
+    };
     let lock = store.lock(&holder)?;
     store.repair(&lock, "list")?;
     let mut out = Vec::new();

@@ -35,6 +35,16 @@ pub fn new_run_id() -> String {
     format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &salt.to_hex()[..6])
 }
 
+fn wall_clock() -> crate::fsx::Time {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    crate::fsx::Time {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}
+
 fn phase(start: &str, t0: Instant) -> Phase {
     Phase {
         start: Some(start.to_string()),
@@ -71,7 +81,9 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
     let lock = if opts.dry_run {
         let l = store.lock_shared()?;
         if store.needs_repair() {
-            println!("repair: an interrupted rotation will be rolled forward first (the plan below assumes it)");
+            println!(
+                "repair: an interrupted rotation will be rolled forward first (the plan below assumes it)"
+            );
         }
         l
     } else {
@@ -342,7 +354,7 @@ fn run(
         None
     } else {
         Some(Mutex::new(
-            manifest::Writer::create(&mdir, id).ctx("create manifest in", &mdir)?,
+            manifest::Writer::create(&mdir, id, wall_clock()).ctx("create manifest in", &mdir)?,
         ))
     };
     let plan: Option<Mutex<Box<dyn Write + Send>>> = opts.dry_run.then(|| {

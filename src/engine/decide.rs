@@ -18,11 +18,28 @@ pub struct PrevView<'a> {
     pub ctime: Option<Time>,
     pub target: Option<&'a [u8]>,
     pub rdev: u64,
+    /// The source inode it was copied from (manifest only).
+    pub ino: Option<u64>,
+    /// Changed so close to the previous walk that equal times prove nothing: timestamps
+    /// are coarse (ext4 ticks every few ms), so a rewrite in the same tick as our stat
+    /// keeps size, mtime and ctime. Such files are copied again ("racy", as in git).
+    pub racy: bool,
 }
 
+/// How close to the previous walk's start a change makes an entry racy. Generous, to
+/// cover timestamp granularity and modest clock skew between an NFS server and us.
+pub const RACY_MARGIN_SECS: i64 = 2;
+
 impl<'a> PrevView<'a> {
-    pub fn from_entry(e: &'a Entry) -> Self {
+    /// `walk_started`: when the walk that wrote the entry began.
+    pub fn from_entry(e: &'a Entry, walk_started: Time) -> Self {
+        let limit = Time {
+            sec: walk_started.sec - RACY_MARGIN_SECS,
+            nsec: walk_started.nsec,
+        };
         PrevView {
+            ino: Some(e.ino),
+            racy: e.kind == Kind::File && (e.mtime >= limit || e.ctime >= limit),
             kind: e.kind,
             perm: e.perm,
             uid: e.uid,
@@ -45,6 +62,8 @@ impl<'a> PrevView<'a> {
             ctime: None,
             target,
             rdev: m.rdev,
+            ino: None,
+            racy: false,
         }
     }
 }
@@ -52,6 +71,10 @@ impl<'a> PrevView<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Reason {
     New,
+    /// Another inode under the same name (replaced, e.g. by an editor's rename).
+    Replaced,
+    /// Changed within the previous backup's timestamp window, and the bytes differ.
+    Racy,
     TypeChanged,
     ContentChanged,
     MetadataChanged,
@@ -61,6 +84,8 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::New => "new",
+            Reason::Replaced => "replaced",
+            Reason::Racy => "changed during the previous backup",
             Reason::TypeChanged => "type changed",
             Reason::ContentChanged => "content changed",
             Reason::MetadataChanged => "metadata changed",
@@ -75,6 +100,10 @@ pub enum Decision {
     /// Everything compared is equal but the ctime moved (or is unknown): only the
     /// extended attributes can differ, so compare them before linking.
     CompareXattrs,
+    /// Everything compared is equal, but the entry changed so close to the previous walk
+    /// that equal times prove nothing: hash the source and compare it with the recorded
+    /// hash, and compare the xattrs, before linking (git's "racily clean" check).
+    VerifyContent,
     Copy(Reason),
 }
 
@@ -103,6 +132,12 @@ pub fn decide(src: &Meta, src_target: Option<&[u8]>, prev: Option<&PrevView<'_>>
     }
     if matches!(src.kind, Kind::Char | Kind::Block) && p.rdev != src.rdev {
         return Decision::Copy(Reason::ContentChanged);
+    }
+    if p.ino.is_some_and(|i| i != src.ino) {
+        return Decision::Copy(Reason::Replaced);
+    }
+    if p.racy {
+        return Decision::VerifyContent;
     }
     if p.ctime == Some(src.ctime) {
         Decision::Link
@@ -194,6 +229,37 @@ mod tests {
             assert_eq!(decide(&m, None, Some(&p)), Decision::Copy(why), "{p:?}");
         }
         assert_eq!(decide(&m, None, None), Decision::Copy(Reason::New));
+    }
+
+    #[test]
+    fn replaced_and_racy_files_are_copied() {
+        let m = meta(Kind::File);
+        let base = PrevView {
+            ctime: Some(m.ctime),
+            ino: Some(m.ino),
+            ..PrevView::from_stat(&m, None)
+        };
+        assert_eq!(decide(&m, None, Some(&base)), Decision::Link);
+        assert_eq!(
+            decide(
+                &m,
+                None,
+                Some(&PrevView {
+                    ino: Some(10),
+                    ..base
+                })
+            ),
+            Decision::Copy(Reason::Replaced)
+        );
+        assert_eq!(
+            decide(&m, None, Some(&PrevView { racy: true, ..base })),
+            Decision::VerifyContent
+        );
+        let mut e = Entry::from_meta(b"x", &m);
+        // Changed 1s before the previous walk began: racy. 10s before: trusted.
+        assert!(PrevView::from_entry(&e, Time { sec: 201, nsec: 0 }).racy);
+        e.ctime = Time { sec: 190, nsec: 0 };
+        assert!(!PrevView::from_entry(&e, Time { sec: 201, nsec: 0 }).racy);
     }
 
     #[test]

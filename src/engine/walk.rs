@@ -530,7 +530,10 @@ impl<'a> Walk<'a> {
         let prev_stat;
         let prev_target;
         let view = match (prev_entry, &dir.prev) {
-            (Some(e), _) => Some(PrevView::from_entry(e)),
+            (Some(e), _) => Some(PrevView::from_entry(
+                e,
+                self.prev_manifest.map(|m| m.started).unwrap_or_default(),
+            )),
             (None, Some(p)) if dir.prev_entries.is_none() => {
                 prev_stat = fsx::lstat_at(b(p), name).ok();
                 prev_target = match prev_stat {
@@ -545,6 +548,17 @@ impl<'a> Walk<'a> {
         };
         let mut decision = decide(m, target.as_deref(), view.as_ref());
         let mut src_xattrs: Option<Xattrs> = None;
+        if decision == Decision::VerifyContent {
+            let same = fsx::open_read_at(b(&dir.src), name).and_then(|fd| fsx::hash_file(b(&fd)));
+            decision = match (same, prev_entry.and_then(|e| e.hash)) {
+                (Ok(now), Some(before)) if now == before => Decision::CompareXattrs,
+                (Err(e), _) => {
+                    self.source_error(rel, "read", &e);
+                    return None;
+                }
+                _ => Decision::Copy(Reason::Racy),
+            };
+        }
         if decision == Decision::CompareXattrs {
             let at = XattrTarget::At(b(&dir.src), name);
             let xs = match fsx::read_xattrs(&at) {

@@ -48,17 +48,28 @@ impl Lock {
         let mut file = match std::fs::File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(Error::Store { path: store.to_path_buf(), msg: "no lock file: not a snapring store".into() });
+                return Err(Error::Store {
+                    path: store.to_path_buf(),
+                    msg: "no lock file: not a snapring store".into(),
+                });
             }
             Err(e) => return Err(e).ctx("open lock file", path),
         };
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockShared) {
-            Ok(()) => Ok(Lock { file, previous: None }),
+            Ok(()) => Ok(Lock {
+                file,
+                previous: None,
+            }),
             Err(rustix::io::Errno::WOULDBLOCK) => {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
-                let who = serde_json::from_str::<Holder>(&text).map(|h| h.to_string()).unwrap_or_else(|_| "another snapring process".into());
-                Err(Error::Locked { store: store.to_path_buf(), holder: who })
+                let who = serde_json::from_str::<Holder>(&text)
+                    .map(|h| h.to_string())
+                    .unwrap_or_else(|_| "another snapring process".into());
+                Err(Error::Locked {
+                    store: store.to_path_buf(),
+                    holder: who,
+                })
             }
             Err(e) => Err(std::io::Error::from(e)).ctx("lock", path),
         }

@@ -66,7 +66,8 @@ fn cancel_with(slot: &std::sync::Mutex<Option<crate::error::Error>>, e: crate::e
 
 /// Lists one directory, unlinks its non-directories and queues its subdirectories.
 fn remove_dir(t: Task, q: &pool::Queue<Task>, removed: &AtomicU64) -> Result<()> {
-    crate::failpoint::hit("trash.dir").ctx("remove", std::path::PathBuf::from(".snapring/trash"))?;
+    crate::failpoint::hit("trash.dir")
+        .ctx("remove", std::path::PathBuf::from(".snapring/trash"))?;
     let shown = || std::path::PathBuf::from(crate::relpath::escape(&t.name));
     let fd = match fsx::open_dir_at(b(&t.parent.fd), &t.name) {
         Ok(fd) => fd,

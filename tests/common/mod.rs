@@ -50,7 +50,9 @@ fn kind_of(m: &std::fs::Metadata) -> &'static str {
 pub fn xattrs_of(p: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let mut v = Vec::new();
     let mut list = vec![0u8; 65536];
-    let Ok(n) = rustix::fs::llistxattr(p, &mut list[..]) else { return v };
+    let Ok(n) = rustix::fs::llistxattr(p, &mut list[..]) else {
+        return v;
+    };
     for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let mut val = vec![0u8; 65536];
         if let Ok(k) = rustix::fs::lgetxattr(p, name, &mut val[..]) {
@@ -70,7 +72,8 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
     let mut stack = vec![(root.to_path_buf(), Vec::<u8>::new())];
     let mut all = Vec::new();
     while let Some((p, rel)) = stack.pop() {
-        let m = std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
+        let m =
+            std::fs::symlink_metadata(&p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display()));
         if m.is_dir() {
             for e in std::fs::read_dir(&p).unwrap() {
                 let e = e.unwrap();
@@ -96,7 +99,11 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
     for (p, rel, m) in all {
         let kind = kind_of(&m);
         let key = (m.dev(), m.ino());
-        let link_group = if kind != "dir" && count[&key] > 1 { Some(inodes.entry(key).or_insert_with(|| rel.clone()).clone()) } else { None };
+        let link_group = if kind != "dir" && count[&key] > 1 {
+            Some(inodes.entry(key).or_insert_with(|| rel.clone()).clone())
+        } else {
+            None
+        };
         out.insert(
             rel,
             Desc {
@@ -105,10 +112,24 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
                 uid: m.uid(),
                 gid: m.gid(),
                 mtime: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-                content: (kind == "file").then(|| blake3::hash(&std::fs::read(&p).unwrap()).to_hex().to_string()),
-                target: (kind == "symlink").then(|| std::fs::read_link(&p).unwrap().as_os_str().as_bytes().to_vec()),
+                content: (kind == "file").then(|| {
+                    blake3::hash(&std::fs::read(&p).unwrap())
+                        .to_hex()
+                        .to_string()
+                }),
+                target: (kind == "symlink").then(|| {
+                    std::fs::read_link(&p)
+                        .unwrap()
+                        .as_os_str()
+                        .as_bytes()
+                        .to_vec()
+                }),
                 xattrs: xattrs_of(&p),
-                rdev: if kind == "char" || kind == "block" { m.rdev() } else { 0 },
+                rdev: if kind == "char" || kind == "block" {
+                    m.rdev()
+                } else {
+                    0
+                },
                 link_group,
             },
         );
@@ -117,12 +138,19 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
 }
 
 /// Asserts two trees are identical, naming the first differences.
-pub fn assert_same_tree(expected: &BTreeMap<Vec<u8>, Desc>, actual: &BTreeMap<Vec<u8>, Desc>, what: &str) {
+pub fn assert_same_tree(
+    expected: &BTreeMap<Vec<u8>, Desc>,
+    actual: &BTreeMap<Vec<u8>, Desc>,
+    what: &str,
+) {
     let mut diffs = Vec::new();
     for (k, v) in expected {
         match actual.get(k) {
             None => diffs.push(format!("missing {:?}", String::from_utf8_lossy(k))),
-            Some(a) if a != v => diffs.push(format!("differs {:?}:\n  expected {v:?}\n  actual   {a:?}", String::from_utf8_lossy(k))),
+            Some(a) if a != v => diffs.push(format!(
+                "differs {:?}:\n  expected {v:?}\n  actual   {a:?}",
+                String::from_utf8_lossy(k)
+            )),
             _ => {}
         }
     }
@@ -131,7 +159,17 @@ pub fn assert_same_tree(expected: &BTreeMap<Vec<u8>, Desc>, actual: &BTreeMap<Ve
             diffs.push(format!("extra {:?}", String::from_utf8_lossy(k)));
         }
     }
-    assert!(diffs.is_empty(), "{what}: {} differences:\n{}", diffs.len(), diffs.iter().take(15).cloned().collect::<Vec<_>>().join("\n"));
+    assert!(
+        diffs.is_empty(),
+        "{what}: {} differences:\n{}",
+        diffs.len(),
+        diffs
+            .iter()
+            .take(15)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
 }
 
 pub fn bin() -> PathBuf {
@@ -148,8 +186,20 @@ pub fn snapring(args: &[&OsStr], env: &[(&str, &str)]) -> Output {
 }
 
 /// Runs `snapring backup --json` with the given extra args; returns (exit code, report).
-pub fn backup(src: &Path, dest: &Path, extra: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value, String) {
-    let mut args: Vec<&OsStr> = vec!["backup".as_ref(), "--source".as_ref(), src.as_os_str(), "--dest".as_ref(), dest.as_os_str(), "--json".as_ref()];
+pub fn backup(
+    src: &Path,
+    dest: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, serde_json::Value, String) {
+    let mut args: Vec<&OsStr> = vec![
+        "backup".as_ref(),
+        "--source".as_ref(),
+        src.as_os_str(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+        "--json".as_ref(),
+    ];
     args.extend(extra.iter().map(|s| OsStr::new(*s)));
     let out = snapring(&args, env);
     let code = out.status.code().unwrap_or(-1);
@@ -159,7 +209,9 @@ pub fn backup(src: &Path, dest: &Path, extra: &[&str], env: &[(&str, &str)]) -> 
 }
 
 pub fn ino(p: &Path) -> u64 {
-    std::fs::symlink_metadata(p).unwrap_or_else(|e| panic!("stat {}: {e}", p.display())).ino()
+    std::fs::symlink_metadata(p)
+        .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))
+        .ino()
 }
 
 pub fn write(p: &Path, data: &[u8]) {
@@ -171,10 +223,22 @@ pub fn write(p: &Path, data: &[u8]) {
 
 pub fn set_mtime(p: &Path, sec: i64, nsec: i64) {
     let t = rustix::fs::Timestamps {
-        last_access: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec },
-        last_modification: rustix::fs::Timespec { tv_sec: sec, tv_nsec: nsec },
+        last_access: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
     };
-    rustix::fs::utimensat(rustix::fs::CWD, p, &t, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &t,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 pub fn chown(p: &Path, uid: u32, gid: u32) {
@@ -201,7 +265,13 @@ pub fn set_xattr(p: &Path, name: &str, val: &[u8]) {
 /// group::r--, mask::r--, other::---.
 pub fn acl_bytes(uid: u32) -> Vec<u8> {
     let mut v = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in [(1u16, 6u16, u32::MAX), (2, 4, uid), (4, 4, u32::MAX), (0x10, 4, u32::MAX), (0x20, 0, u32::MAX)] {
+    for (tag, perm, id) in [
+        (1u16, 6u16, u32::MAX),
+        (2, 4, uid),
+        (4, 4, u32::MAX),
+        (0x10, 4, u32::MAX),
+        (0x20, 0, u32::MAX),
+    ] {
         v.extend_from_slice(&tag.to_le_bytes());
         v.extend_from_slice(&perm.to_le_bytes());
         v.extend_from_slice(&id.to_le_bytes());
