@@ -1,0 +1,139 @@
+//! Interrupted runs: SIGINT or an expired --window stops the backup at a safe point,
+//! status `incomplete` (exit 3), nothing published or rotated; the next run resumes
+//! from the staging tree and copies less than a fresh run would.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    for i in 0..20 {
+        write(&src.join(format!("f{i:02}")), &vec![i as u8; 100_000]);
+    }
+    std::fs::create_dir(&dest).unwrap();
+    (t, src, dest)
+}
+
+fn wait_for(p: &Path) {
+    let t0 = Instant::now();
+    while !p.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "timed out waiting for {}",
+            p.display()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Starts a backup that pauses after its 10th copy; returns the child and the pause file.
+fn paused_backup(
+    t: &Path,
+    src: &Path,
+    dest: &Path,
+    extra: &[&str],
+) -> (std::process::Child, PathBuf) {
+    let pause = t.join("paused");
+    let child = Command::new(bin())
+        .args(["backup", "--json", "--jobs", "1", "--source"])
+        .arg(src)
+        .arg("--dest")
+        .arg(dest)
+        .args(extra)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("walk.after_copy=pause:{}@10", pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    (child, pause)
+}
+
+fn resumes(src: &Path, dest: &Path) {
+    assert!(snapshot_names(dest).is_empty(), "nothing published");
+    assert_eq!(
+        std::fs::read_dir(dest.join(".snapring/staging"))
+            .unwrap()
+            .count(),
+        1,
+        "staging kept for resume"
+    );
+    let (code, rep, err) = backup(src, dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let copied = rep["bytes_transferred"].as_u64().unwrap();
+    assert!(
+        copied <= 11 * 100_000,
+        "resumed run copied {copied} bytes of 2,000,000"
+    );
+    assert!(rep["files_linked"].as_u64().unwrap() >= 9, "{rep}");
+    assert_same_tree(
+        &describe(src),
+        &describe(&dest.join("daily.0")),
+        "resumed snapshot",
+    );
+    assert_eq!(
+        std::fs::read_dir(dest.join(".snapring/staging"))
+            .unwrap()
+            .count(),
+        0,
+        "old staging cleaned up"
+    );
+}
+
+#[test]
+fn sigint_gives_incomplete_and_the_next_run_resumes() {
+    let (t, src, dest) = setup();
+    let (child, pause) = paused_backup(t.path(), &src, &dest, &[]);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["status"], "incomplete");
+    assert!(
+        rep["message"].as_str().unwrap().starts_with("interrupted"),
+        "{rep}"
+    );
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dest.join(format!(
+            ".snapring/runs/{}.json",
+            rep["id"].as_str().unwrap()
+        )))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["status"], "incomplete");
+    resumes(&src, &dest);
+}
+
+#[test]
+fn expired_window_gives_incomplete_and_the_next_run_resumes() {
+    let (t, src, dest) = setup();
+    let (child, pause) = paused_backup(t.path(), &src, &dest, &["--window", "1s"]);
+    std::thread::sleep(Duration::from_millis(1300));
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("backup window ended"),
+        "{rep}"
+    );
+    assert_eq!(rep["window"], "1s");
+    resumes(&src, &dest);
+}
