@@ -39,6 +39,20 @@ pub enum Error {
     DiskFull(PathBuf),
 }
 
+/// An I/O error with its action and path (disk full becomes `Error::DiskFull`).
+pub fn io_error(source: io::Error, action: &'static str, path: impl Into<PathBuf>) -> Error {
+    let path = path.into();
+    if crate::fsx::is_disk_full(&source) {
+        Error::DiskFull(path)
+    } else {
+        Error::Io {
+            action,
+            path,
+            source,
+        }
+    }
+}
+
 /// Shorthand used everywhere: `io_result.ctx("read", &path)?`.
 pub trait Ctx<T> {
     fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T>;

@@ -29,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Back up a source tree into <dest>/<folder>/<label>.0 and rotate older snapshots.
-    Backup(BackupArgs),
+    Backup(Box<BackupArgs>),
     /// List the snapshots of a store, newest first (also repairs an interrupted run).
     List {
         /// The store: <dest>/<folder>.
@@ -136,7 +136,7 @@ fn main() {
 
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
-        Cmd::Backup(a) => backup(a),
+        Cmd::Backup(a) => backup(*a),
         Cmd::List { dest, json } => {
             let snaps = snapring::commands::list::list(&dest)?;
             if json {
@@ -220,6 +220,13 @@ fn human(n: u64) -> String {
 }
 
 fn print_summary(r: &RunReport) {
+    if r.status == snapring::report::Status::Failed {
+        eprintln!("snapring: backup failed: {}", r.message);
+        eprintln!("  run {} recorded in {}", r.id, r.store.join(".snapring/runs").display());
+        if r.files_total == 0 {
+            return;
+        }
+    }
     let out: &mut dyn std::io::Write = if r.dry_run {
         &mut std::io::stderr()
     } else {

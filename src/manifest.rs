@@ -284,7 +284,7 @@ impl Reader {
             return Err(corrupt(&idx_path, "not a snapring manifest index"));
         }
         let len = idx.metadata()?.len();
-        if (len - IDX_HEADER) % IDX_REC != 0 {
+        if !(len - IDX_HEADER).is_multiple_of(IDX_REC) {
             return Err(corrupt(&idx_path, "index length is not whole records"));
         }
         let mut head = vec![0u8; 64];

@@ -68,7 +68,7 @@ fn odd_tree(src: &Path) {
     // Special files and an empty directory.
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("fifo"),
+        src.join("fifo"),
         rustix::fs::FileType::Fifo,
         Mode::from_raw_mode(0o640),
         0,
@@ -76,7 +76,7 @@ fn odd_tree(src: &Path) {
     .unwrap();
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("null-dev"),
+        src.join("null-dev"),
         rustix::fs::FileType::CharacterDevice,
         Mode::from_raw_mode(0o666),
         rustix::fs::makedev(1, 3),
@@ -190,7 +190,7 @@ fn paths_longer_than_path_max() {
     assert_eq!(rep["files_total"], 1);
     assert_eq!(rep["dirs_total"], depth);
     let mut cur = rustix::fs::open(
-        &dest.join("daily.0"),
+        dest.join("daily.0"),
         OFlags::RDONLY | OFlags::DIRECTORY,
         Mode::empty(),
     )

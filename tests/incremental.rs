@@ -310,3 +310,11 @@ fn same_size_rewrite_in_the_racy_window_is_caught() {
     );
     assert_eq!(rep["files_transferred"], 1, "{rep}");
 }
+
+/// The shipped example config parses and every job in it resolves.
+#[test]
+fn example_config_is_valid() {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snapring.toml");
+    let out = snapring(&["config".as_ref(), "check".as_ref(), p.as_os_str()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+}

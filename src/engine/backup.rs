@@ -106,10 +106,10 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
         }
     }
     finish_report(&mut rep, t0);
-    if !opts.dry_run {
-        if let Err(e) = store.write_run(&rep) {
-            tracing::error!("{e}");
-        }
+    if !opts.dry_run
+        && let Err(e) = store.write_run(&rep)
+    {
+        tracing::error!("{e}");
     }
     lock.release();
     Ok(rep)
@@ -233,7 +233,7 @@ fn unescape_mountinfo(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len() + 0
+            && i + 3 < b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
             out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
@@ -315,17 +315,15 @@ fn run(
             .map(|r| r.id.clone())
             .unwrap_or_else(|| p.snap.name.clone())
     });
-    if !opts.allow_empty {
-        if let Some(p) = &prev {
-            if !fsx::dir_has_entries(b(&src_fd)).ctx("read source", &src_root)?
-                && fsx::dir_has_entries(b(&p.fd)).ctx("read", store.root.join(&p.snap.name))?
-            {
-                return Err(Error::EmptySource {
-                    path: src_root,
-                    prev: p.snap.name.clone(),
-                });
-            }
-        }
+    if !opts.allow_empty
+        && let Some(p) = &prev
+        && !fsx::dir_has_entries(b(&src_fd)).ctx("read source", &src_root)?
+        && fsx::dir_has_entries(b(&p.fd)).ctx("read", store.root.join(&p.snap.name))?
+    {
+        return Err(Error::EmptySource {
+            path: src_root,
+            prev: p.snap.name.clone(),
+        });
     }
     let excludes = super::exclude::build(&opts.excludes)?;
     let leftovers = if opts.dry_run {

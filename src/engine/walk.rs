@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -19,7 +19,7 @@ use rustix::io::Errno;
 
 use super::decide::{Decision, PrevView, Reason, decide};
 use super::exclude::Excludes;
-use crate::error::{Ctx, Error};
+use crate::error::{Error, io_error};
 use crate::failpoint;
 use crate::fsx::{self, CopyError, Kind, Meta, XattrTarget, Xattrs, b};
 use crate::manifest::{self, Entry};
@@ -54,7 +54,7 @@ enum LinkState {
     /// The first path of this inode is being processed.
     Pending,
     /// Written at this staging path, with this manifest entry.
-    Done(RelPath, Entry),
+    Done(Box<(RelPath, Entry)>),
     /// The first path failed; later ones process themselves.
     Failed,
 }
@@ -62,7 +62,6 @@ enum LinkState {
 /// One directory being backed up.
 pub struct DirNode {
     rel: RelPath,
-    name: Vec<u8>,
     parent: Option<Arc<DirNode>>,
     src: OwnedFd,
     dst: Option<OwnedFd>,
@@ -127,7 +126,7 @@ impl<'a> Walk<'a> {
 
     /// Walks the whole tree from `root` on `threads` workers.
     pub fn run(&self, root: Root, threads: usize) {
-        let tasks = match self.start_dir(RelPath::root(), Vec::new(), None, root) {
+        let tasks = match self.start_dir(RelPath::root(), None, root) {
             Some(t) => t,
             None => return,
         };
@@ -174,7 +173,7 @@ impl<'a> Walk<'a> {
                 let rel = parent.rel.join(&name);
                 match self.open_dir(&parent, &name, &rel, meta) {
                     Some(root) => {
-                        if let Some(tasks) = self.start_dir(rel, name, Some(parent.clone()), root) {
+                        if let Some(tasks) = self.start_dir(rel, Some(parent.clone()), root) {
                             tasks.into_iter().for_each(|t| q.push(t));
                         }
                     }
@@ -198,18 +197,14 @@ impl<'a> Walk<'a> {
             Err(e) => {
                 self.source_error(rel, "open directory", &e);
                 // Keep the directory itself (empty) so the tree's shape is right.
-                if let Some(dst) = &parent.dst {
-                    if let Err(e) = fsx::mkdir_at(b(dst), name).and_then(|_| {
+                if let Some(dst) = &parent.dst
+                    && let Err(e) = fsx::mkdir_at(b(dst), name).and_then(|_| {
                         let fd = fsx::open_dir_at(b(dst), name)?;
                         fsx::apply_owner_mode(b(&fd), &meta)?;
                         fsx::apply_times(b(&fd), &meta)
-                    }) {
-                        self.fail(
-                            Err::<(), _>(e)
-                                .ctx("create directory", rel.as_path())
-                                .unwrap_err(),
-                        );
-                    }
+                    })
+                {
+                    self.fail(io_error(e, "create directory", rel.as_path()));
                 }
                 return None;
             }
@@ -219,11 +214,7 @@ impl<'a> Walk<'a> {
                 match fsx::mkdir_at(b(pd), name).and_then(|_| fsx::open_dir_at(b(pd), name)) {
                     Ok(fd) => Some(fd),
                     Err(e) => {
-                        self.fail(
-                            Err::<(), _>(e)
-                                .ctx("create directory in staging", rel.as_path())
-                                .unwrap_err(),
-                        );
+                        self.fail(io_error(e, "create directory in staging", rel.as_path()));
                         return None;
                     }
                 }
@@ -245,12 +236,11 @@ impl<'a> Walk<'a> {
     fn start_dir(
         &self,
         rel: RelPath,
-        name: Vec<u8>,
         parent: Option<Arc<DirNode>>,
         root: Root,
     ) -> Option<Vec<Task>> {
         if let Err(e) = failpoint::hit("walk.dir") {
-            self.fail(Err::<(), _>(e).ctx("walk", rel.as_path()).unwrap_err());
+            self.fail(io_error(e, "walk", rel.as_path()));
             return None;
         }
         let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&root.src))).unwrap_or_else(|e| {
@@ -276,7 +266,6 @@ impl<'a> Walk<'a> {
         };
         let node = Arc::new(DirNode {
             rel,
-            name,
             parent,
             src: root.src,
             dst: root.dst,
@@ -323,11 +312,7 @@ impl<'a> Walk<'a> {
                     .unwrap_or_else(|e| e.into_inner())
                     .write_block(&dir.rel, &mut block);
                 if let Err(e) = r {
-                    self.fail(
-                        Err::<(), _>(e)
-                            .ctx("write manifest for", dir.rel.as_path())
-                            .unwrap_err(),
-                    );
+                    self.fail(io_error(e, "write manifest for", dir.rel.as_path()));
                 }
             }
         }
@@ -356,7 +341,6 @@ impl<'a> Walk<'a> {
         if let Some(p) = &dir.parent {
             self.child_done(p);
         }
-        let _ = &dir.name;
     }
 
     /// An error on the destination: metadata the target refuses is a per-entry problem;
@@ -365,7 +349,7 @@ impl<'a> Walk<'a> {
         if fsx::errno_is(&e, Errno::PERM) {
             self.problem(rel, ProblemKind::Metadata, action, e);
         } else {
-            self.fail(Err::<(), _>(e).ctx(action, rel.as_path()).unwrap_err());
+            self.fail(io_error(e, action, rel.as_path()));
         }
     }
 
@@ -446,7 +430,8 @@ impl<'a> Walk<'a> {
                     Some(LinkState::Pending) => {
                         map = self.links_cv.wait(map).unwrap_or_else(|e| e.into_inner())
                     }
-                    Some(LinkState::Done(first, entry)) => {
+                    Some(LinkState::Done(done)) => {
+                        let (first, entry) = *done;
                         drop(map);
                         if let Some(e) = self.link_to_first(dir, name, rel, &first, &entry) {
                             return Some(e);
@@ -462,7 +447,7 @@ impl<'a> Walk<'a> {
         }
         let r = self.leaf(dir, name, rel, m);
         let state = match &r {
-            Some(e) => LinkState::Done(rel.clone(), e.clone()),
+            Some(e) => LinkState::Done(Box::new((rel.clone(), e.clone()))),
             None => LinkState::Failed,
         };
         self.links
@@ -583,10 +568,10 @@ impl<'a> Walk<'a> {
             };
             src_xattrs = Some(xs);
         }
-        if decision == Decision::Link {
-            if let Some(e) = self.link_prev(dir, name, rel, m, prev_entry, target.as_deref()) {
-                return Some(e);
-            }
+        if decision == Decision::Link
+            && let Some(e) = self.link_prev(dir, name, rel, m, prev_entry, target.as_deref())
+        {
+            return Some(e);
         }
         let reason = match decision {
             Decision::Copy(r) => r,
@@ -721,7 +706,7 @@ impl<'a> Walk<'a> {
             return Some(e);
         };
         if let Err(e) = failpoint::hit("walk.copy") {
-            self.fail(Err::<(), _>(e).ctx("copy", rel.as_path()).unwrap_err());
+            self.fail(io_error(e, "copy", rel.as_path()));
             return None;
         }
         let r = match m.kind {
@@ -875,6 +860,3 @@ pub fn open_parent(root: &OwnedFd, rel: &RelPath) -> std::io::Result<OwnedFd> {
     }
     Ok(cur)
 }
-
-#[allow(dead_code)]
-fn _assert_borrow(_: BorrowedFd<'_>) {}

@@ -165,18 +165,17 @@ impl Store {
         if let Some(run) = self.recover_journal()? {
             did.push(format!("rolled forward the rotation of run {run}"));
         }
-        if let Some(run) = lock.previous.as_ref().and_then(|h| h.run.clone()) {
-            if let Some(mut r) = self.read_run(&run)? {
-                if r.status == Status::Running {
-                    r.status = Status::Incomplete;
-                    r.exit_code = Status::Incomplete.exit_code();
-                    r.message = format!(
-                        "interrupted: the process ended before finishing (repaired by {by}); nothing was published"
-                    );
-                    self.write_run(&r)?;
-                    did.push(format!("marked run {run} incomplete"));
-                }
-            }
+        if let Some(run) = lock.previous.as_ref().and_then(|h| h.run.clone())
+            && let Some(mut r) = self.read_run(&run)?
+            && r.status == Status::Running
+        {
+            r.status = Status::Incomplete;
+            r.exit_code = Status::Incomplete.exit_code();
+            r.message = format!(
+                "interrupted: the process ended before finishing (repaired by {by}); nothing was published"
+            );
+            self.write_run(&r)?;
+            did.push(format!("marked run {run} incomplete"));
         }
         for d in &did {
             tracing::warn!("repair: {d}");
