@@ -203,6 +203,7 @@ fn backup(a: BackupArgs) -> anyhow::Result<i32> {
     };
     let mut opts = config::resolve(name, file_job, flags)?;
     opts.dry_run = a.dry_run;
+    opts.plan_on_stderr = a.json;
     opts.progress = !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal();
     let cancel = Arc::new(AtomicBool::new(false));
     snapring::engine::progress::install_signal_handlers(&cancel);
@@ -222,7 +223,11 @@ fn human(n: u64) -> String {
 fn print_summary(r: &RunReport) {
     if r.status == snapring::report::Status::Failed {
         eprintln!("snapring: backup failed: {}", r.message);
-        eprintln!("  run {} recorded in {}", r.id, r.store.join(".snapring/runs").display());
+        eprintln!(
+            "  run {} recorded in {}",
+            r.id,
+            r.store.join(".snapring/runs").display()
+        );
         if r.files_total == 0 {
             return;
         }

@@ -316,5 +316,21 @@ fn same_size_rewrite_in_the_racy_window_is_caught() {
 fn example_config_is_valid() {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snapring.toml");
     let out = snapring(&["config".as_ref(), "check".as_ref(), p.as_os_str()], &[]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+/// With --json, a dry run's plan goes to stderr so stdout stays one JSON document.
+#[test]
+fn dry_run_json_keeps_stdout_parseable() {
+    let (_t, src, dest) = setup();
+    let (code, rep, err) = backup(&src, &dest, &["--dry-run"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(rep["dry_run"], true, "stdout was not JSON");
+    assert_eq!(rep["files_transferred"], 50);
+    assert!(err.contains("copy d0/f0 (new)"), "{err}");
 }

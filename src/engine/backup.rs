@@ -35,6 +35,15 @@ pub fn new_run_id() -> String {
     format!("{}-{}", now.format("%Y%m%dT%H%M%SZ"), &salt.to_hex()[..6])
 }
 
+/// Where a dry run prints its plan.
+fn plan_sink(opts: &BackupOptions) -> Box<dyn Write + Send> {
+    if opts.plan_on_stderr {
+        Box::new(std::io::BufWriter::new(std::io::stderr()))
+    } else {
+        Box::new(std::io::BufWriter::new(std::io::stdout()))
+    }
+}
+
 fn wall_clock() -> crate::fsx::Time {
     let d = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -355,9 +364,9 @@ fn run(
             manifest::Writer::create(&mdir, id, wall_clock()).ctx("create manifest in", &mdir)?,
         ))
     };
-    let plan: Option<Mutex<Box<dyn Write + Send>>> = opts.dry_run.then(|| {
-        Mutex::new(Box::new(std::io::BufWriter::new(std::io::stdout())) as Box<dyn Write + Send>)
-    });
+    let plan: Option<Mutex<Box<dyn Write + Send>>> = opts
+        .dry_run
+        .then(|| Mutex::new(plan_sink(opts) as Box<dyn Write + Send>));
 
     let walk_start = report::now_rfc3339();
     let t_walk = Instant::now();
@@ -554,8 +563,7 @@ fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) ->
         let src_fd = fsx::open_dir(&src_root).ctx("open source", &src_root)?;
         let meta = fsx::fstat(b(&src_fd)).ctx("stat source", &src_root)?;
         let excludes = super::exclude::build(&opts.excludes)?;
-        let plan: Mutex<Box<dyn Write + Send>> =
-            Mutex::new(Box::new(std::io::BufWriter::new(std::io::stdout())));
+        let plan: Mutex<Box<dyn Write + Send>> = Mutex::new(plan_sink(opts));
         let walk = Walk::new(&counters, cancel, &excludes, None, None, None, Some(&plan));
         walk.run(
             Root {

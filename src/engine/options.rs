@@ -32,6 +32,8 @@ pub struct BackupOptions {
     pub window: Option<Duration>,
     /// Show a progress line on a terminal.
     pub progress: bool,
+    /// Dry run: print the plan on stderr instead of stdout (stdout carries JSON).
+    pub plan_on_stderr: bool,
 }
 
 impl BackupOptions {
@@ -50,6 +52,7 @@ impl BackupOptions {
             allow_empty: false,
             window: None,
             progress: false,
+            plan_on_stderr: false,
         }
     }
 
