@@ -60,17 +60,6 @@ pub trait Ctx<T> {
 
 impl<T> Ctx<T> for io::Result<T> {
     fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
-        self.map_err(|source| {
-            let path = path.into();
-            if crate::fsx::is_disk_full(&source) {
-                Error::DiskFull(path)
-            } else {
-                Error::Io {
-                    action,
-                    path,
-                    source,
-                }
-            }
-        })
+        self.map_err(|source| io_error(source, action, path))
     }
 }

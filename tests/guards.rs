@@ -8,8 +8,7 @@ use common::*;
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let t = tempfile::tempdir().unwrap();
@@ -23,18 +22,6 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
         );
     }
     (t, src, dest)
-}
-
-fn wait_for(p: &Path) {
-    let t0 = Instant::now();
-    while !p.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {}",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
@@ -113,22 +100,11 @@ fn empty_source_against_a_full_snapshot_is_refused_unless_allowed() {
 
 #[test]
 fn second_run_is_refused_naming_the_holder_and_a_dead_holder_is_recovered() {
-    let (t, src, dest) = setup();
-    let pause = t.path().join("paused");
-    let mut first = Command::new(bin())
-        .args(["backup", "--json", "--source"])
-        .arg(&src)
-        .arg("--dest")
-        .arg(&dest)
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("walk.dir=pause:{}", pause.display()),
-        )
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
+    let (_t, src, dest) = setup();
+    let Paused {
+        child: mut first,
+        pause,
+    } = spawn_paused(&src, &dest, &[], "walk.dir", 1);
     let (code, _, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 1);
     assert!(err.contains("is in use: snapring backup (pid"), "{err}");
@@ -279,27 +255,12 @@ fn unreadable_entries_give_partial() {
 
 #[test]
 fn vanished_entries_give_partial() {
-    let (t, src, dest) = setup();
-    let pause = t.path().join("paused");
-    let child = Command::new(bin())
-        .args(["backup", "--json", "--jobs", "1", "--source"])
-        .arg(&src)
-        .arg("--dest")
-        .arg(&dest)
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("walk.after_readdir=pause:{}", pause.display()),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
+    let (_t, src, dest) = setup();
+    let run = spawn_paused(&src, &dest, &[], "walk.after_readdir", 1);
     // The root was listed; now its subdirectory d3 and its files disappear.
     std::fs::remove_dir_all(src.join("d3")).unwrap();
-    std::fs::remove_file(&pause).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, rep) = run.resume();
+    assert_eq!(code, 2);
     assert_eq!(rep["problems"][0]["kind"], "vanished", "{rep}");
     assert_eq!(rep["problems"][0]["path"], "d3");
     assert_eq!(rep["snapshot"], "daily.0");
@@ -307,35 +268,15 @@ fn vanished_entries_give_partial() {
 
 #[test]
 fn file_changed_while_copied_is_retried_and_counted() {
-    let (t, src, dest) = setup();
-    let pause = t.path().join("paused");
-    let child = Command::new(bin())
-        .args(["backup", "--json", "--jobs", "1", "--source"])
-        .arg(&src)
-        .arg("--dest")
-        .arg(&dest)
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("walk.after_copy=pause:{}", pause.display()),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
+    let (_t, src, dest) = setup();
+    let run = spawn_paused(&src, &dest, &[], "walk.after_copy", 1);
     // Exactly one file has just been copied; change every source file under it.
     for i in 0..20 {
         let p = src.join(format!("d{}/f{i}", i % 4));
         std::fs::write(&p, format!("changed {i}")).unwrap();
     }
-    std::fs::remove_file(&pause).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (code, rep) = run.resume();
+    assert_eq!(code, 0, "{rep}");
     assert_eq!(rep["changed_during_backup"], 1, "{rep}");
     // Every file in the snapshot has the new content (the changed one was copied again).
     assert_same_tree(

@@ -6,8 +6,7 @@ mod common;
 use common::*;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     let t = tempfile::tempdir().unwrap();
@@ -17,43 +16,6 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     }
     std::fs::create_dir(&dest).unwrap();
     (t, src, dest)
-}
-
-fn wait_for(p: &Path) {
-    let t0 = Instant::now();
-    while !p.exists() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "timed out waiting for {}",
-            p.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Starts a backup that pauses after its 10th copy; returns the child and the pause file.
-fn paused_backup(
-    t: &Path,
-    src: &Path,
-    dest: &Path,
-    extra: &[&str],
-) -> (std::process::Child, PathBuf) {
-    let pause = t.join("paused");
-    let child = Command::new(bin())
-        .args(["backup", "--json", "--jobs", "1", "--source"])
-        .arg(src)
-        .arg("--dest")
-        .arg(dest)
-        .args(extra)
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("walk.after_copy=pause:{}@10", pause.display()),
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
-    (child, pause)
 }
 
 fn resumes(src: &Path, dest: &Path) {
@@ -89,8 +51,8 @@ fn resumes(src: &Path, dest: &Path) {
 
 #[test]
 fn sigint_gives_incomplete_and_the_next_run_resumes() {
-    let (t, src, dest) = setup();
-    let (child, pause) = paused_backup(t.path(), &src, &dest, &[]);
+    let (_t, src, dest) = setup();
+    let Paused { child, pause } = spawn_paused(&src, &dest, &[], "walk.after_copy", 10);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
         rustix::process::Signal::INT,
@@ -120,8 +82,9 @@ fn sigint_gives_incomplete_and_the_next_run_resumes() {
 
 #[test]
 fn expired_window_gives_incomplete_and_the_next_run_resumes() {
-    let (t, src, dest) = setup();
-    let (child, pause) = paused_backup(t.path(), &src, &dest, &["--window", "1s"]);
+    let (_t, src, dest) = setup();
+    let Paused { child, pause } =
+        spawn_paused(&src, &dest, &["--window", "1s"], "walk.after_copy", 10);
     std::thread::sleep(Duration::from_millis(1300));
     std::fs::remove_file(&pause).unwrap();
     let out = child.wait_with_output().unwrap();

@@ -106,15 +106,7 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
     }
     let counters = Counters::default();
     let outcome = run(opts, &store, &id, &counters, cancel, &mut rep);
-    counters.fill(&mut rep);
-    match outcome {
-        Ok(status) => rep.status = status,
-        Err(e) => {
-            rep.status = Status::Failed;
-            rep.message = e.to_string();
-        }
-    }
-    finish_report(&mut rep, t0);
+    conclude(&mut rep, &counters, outcome, t0);
     if !opts.dry_run
         && let Err(e) = store.write_run(&rep)
     {
@@ -166,6 +158,28 @@ fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         problems: vec![],
         problems_not_listed: 0,
     }
+}
+
+/// `complete`, or `partial` when any entry had a problem.
+fn walked_status(counters: &Counters) -> Status {
+    if counters.problems_total.load(Ordering::Relaxed) > 0 {
+        Status::Partial
+    } else {
+        Status::Complete
+    }
+}
+
+/// Fills the report from the counters and the run's outcome.
+fn conclude(rep: &mut RunReport, counters: &Counters, outcome: Result<Status>, t0: Instant) {
+    counters.fill(rep);
+    match outcome {
+        Ok(status) => rep.status = status,
+        Err(e) => {
+            rep.status = Status::Failed;
+            rep.message = e.to_string();
+        }
+    }
+    finish_report(rep, t0);
 }
 
 fn finish_report(rep: &mut RunReport, t0: Instant) {
@@ -433,11 +447,7 @@ fn run(
         };
         return Ok(Status::Incomplete);
     }
-    let status = if counters.problems_total.load(Ordering::Relaxed) > 0 {
-        Status::Partial
-    } else {
-        Status::Complete
-    };
+    let status = walked_status(counters);
 
     // Rotation plan (printed in a dry run).
     let snaps = store.snapshots()?;
@@ -578,20 +588,8 @@ fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) ->
         let mut w = plan.lock().unwrap_or_else(|e| e.into_inner());
         let _ = writeln!(w, "publish {}.0", opts.label);
         let _ = w.flush();
-        Ok::<_, Error>(if counters.problems_total.load(Ordering::Relaxed) > 0 {
-            Status::Partial
-        } else {
-            Status::Complete
-        })
+        Ok::<_, Error>(walked_status(&counters))
     })();
-    counters.fill(&mut rep);
-    match r {
-        Ok(s) => rep.status = s,
-        Err(e) => {
-            rep.status = Status::Failed;
-            rep.message = e.to_string();
-        }
-    }
-    finish_report(&mut rep, t0);
+    conclude(&mut rep, &counters, r, t0);
     Ok(rep)
 }

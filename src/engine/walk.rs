@@ -133,10 +133,16 @@ impl<'a> Walk<'a> {
         pool::run(threads, tasks, self.cancel, |task, q| self.task(task, q));
     }
 
+    /// Records the run's fatal error (the first one wins; later ones are usually the
+    /// same cause seen by other workers) and stops the walk.
     fn fail(&self, e: Error) {
-        tracing::error!("{e}");
         let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
-        f.get_or_insert(e);
+        if f.is_none() {
+            tracing::error!("{e}");
+            *f = Some(e);
+        } else {
+            tracing::debug!("after the first fatal error: {e}");
+        }
         self.cancel.store(true, Ordering::Relaxed);
     }
 

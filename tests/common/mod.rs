@@ -295,3 +295,56 @@ pub fn snapshot_names(store: &Path) -> Vec<String> {
 pub fn pb(root: &Path, rel: &[u8]) -> PathBuf {
     root.join(OsStr::from_bytes(rel))
 }
+
+/// Waits (up to 30 s) until `p` exists.
+pub fn wait_for(p: &Path) {
+    let t0 = std::time::Instant::now();
+    while !p.exists() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(30),
+            "timed out waiting for {}",
+            p.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// A paused backup: `snapring backup --json --jobs 1 --source SRC --dest DEST EXTRA…`
+/// with the failpoint `point` set to pause (on its `nth` hit) until the returned file is
+/// removed. Returns once the child is paused there.
+pub struct Paused {
+    pub child: std::process::Child,
+    pub pause: PathBuf,
+}
+
+pub fn spawn_paused(src: &Path, dest: &Path, extra: &[&str], point: &str, nth: u32) -> Paused {
+    let pause = dest.with_extension("paused");
+    let child = Command::new(bin())
+        .args(["backup", "--json", "--jobs", "1", "--source"])
+        .arg(src)
+        .arg("--dest")
+        .arg(dest)
+        .args(extra)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("{point}=pause:{}@{nth}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    Paused { child, pause }
+}
+
+impl Paused {
+    /// Lets the run go on and waits for it; returns (exit code, report).
+    pub fn resume(self) -> (i32, serde_json::Value) {
+        std::fs::remove_file(&self.pause).unwrap();
+        let out = self.child.wait_with_output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        )
+    }
+}
