@@ -98,12 +98,17 @@ impl Store {
         Ok(())
     }
 
-    /// Sets a run record still saying `running` to `status` (used by repair paths).
+    /// Gives the journal's run its final status once its snapshot is published: a record
+    /// still `running` (killed during the rotation), or `failed` (the rotation hit an
+    /// error and a later command finished it).
     fn finish_run_record(&self, id: &str, status: Status) -> Result<()> {
         let Some(mut r) = self.read_run(id)? else {
             return Ok(());
         };
-        if r.status == Status::Running {
+        if matches!(r.status, Status::Running | Status::Failed) {
+            if r.status == Status::Failed {
+                r.message = format!("published by a later repair after: {}", r.message);
+            }
             r.status = status;
             r.exit_code = status.exit_code();
             self.write_run(&r)?;

@@ -190,10 +190,16 @@ impl Store {
     pub fn read_state(&self) -> Result<State> {
         let p = self.state_path();
         match std::fs::read(&p) {
-            Ok(t) => serde_json::from_slice(&t).map_err(|e| Error::Store {
-                path: p,
-                msg: format!("unreadable snapshot state: {e}"),
-            }),
+            // Losing the state loses nothing but speed: without records, snapshots are
+            // compared by stat and linked files re-hashed, as for a taken-over tree. So a
+            // damaged state file is reported, not fatal; the next publish rewrites it.
+            Ok(t) => Ok(serde_json::from_slice(&t).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{}: unreadable snapshot state ({e}); comparing with snapshots by stat until the next backup rewrites it",
+                    p.display()
+                );
+                State { format: 1, snapshots: vec![] }
+            })),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
                 format: 1,
                 snapshots: vec![],
