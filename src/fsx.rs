@@ -471,11 +471,11 @@ pub fn hash_file(fd: BorrowedFd<'_>) -> io::Result<blake3::Hash> {
     let mut off = 0u64;
     loop {
         let n = pread_full(fd, &mut buf, off)?;
-        if n == 0 {
-            break;
-        }
         h.update(&buf[..n]);
         off += n as u64;
+        if n < buf.len() {
+            break; // pread_full only comes back short at end of file
+        }
     }
     Ok(h.finalize())
 }
