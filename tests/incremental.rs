@@ -334,3 +334,51 @@ fn dry_run_json_keeps_stdout_parseable() {
     assert_eq!(rep["files_transferred"], 50);
     assert!(err.contains("copy d0/f0 (new)"), "{err}");
 }
+
+/// A job from a config file, with a flag overriding one of its values.
+#[test]
+fn backup_from_a_config_job_with_flag_overrides() {
+    let (t, src, dest) = setup();
+    let cfg = t.path().join("snapring.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.home]\nsource = {:?}\ndest = {:?}\nfolder = \"fs-1\"\nlabel = \"hourly\"\nretain = 5\nexclude = [\"f1*\"]\n\n[job.other]\nsource = \"/nonexistent\"\ndest = \"/nonexistent\"\n",
+            src.display().to_string(),
+            dest.display().to_string()
+        ),
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "backup".as_ref(),
+            "--json".as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+        ];
+        args.extend(extra.iter().map(std::ffi::OsStr::new));
+        let out = snapring(&args, &[]);
+        (
+            out.status.code(),
+            serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap_or_default(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, _, err) = run(&[]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("the config has 2 jobs; name one with --job"),
+        "{err}"
+    );
+    let (code, rep, err) = run(&["--job", "home", "--retain", "1"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(rep["job"], "home");
+    assert_eq!(rep["label"], "hourly");
+    assert_eq!(rep["retain"], 1, "the flag wins over the file");
+    assert_eq!(snapshot_names(&dest.join("fs-1")), ["hourly.0"]);
+    assert!(
+        !dest.join("fs-1/hourly.0/d1/f1").exists(),
+        "excluded by the file's pattern"
+    );
+    assert!(dest.join("fs-1/hourly.0/d0/f0").exists());
+}
