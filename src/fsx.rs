@@ -615,10 +615,6 @@ pub fn sync_fs(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rfs::syncfs(fd)?)
 }
 
-pub fn fsync(fd: BorrowedFd<'_>) -> io::Result<()> {
-    Ok(rfs::fsync(fd)?)
-}
-
 /// Raises the open-file limit to its hard maximum: the walker keeps a few descriptors
 /// per directory in flight.
 pub fn raise_fd_limit() {
