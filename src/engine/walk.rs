@@ -575,7 +575,15 @@ impl<'a> Walk<'a> {
             src_xattrs = Some(xs);
         }
         if decision == Decision::Link
-            && let Some(e) = self.link_prev(dir, name, rel, m, prev_entry, target.as_deref())
+            && let Some(e) = self.link_prev(
+                dir,
+                name,
+                rel,
+                m,
+                prev_entry,
+                target.as_deref(),
+                src_xattrs.as_ref(),
+            )
         {
             return Some(e);
         }
@@ -590,6 +598,8 @@ impl<'a> Walk<'a> {
     }
 
     /// Links an unchanged entry from the previous snapshot. `None` means copy instead.
+    /// `xattrs`: the source's attributes when the decision already read them.
+    #[allow(clippy::too_many_arguments)]
     fn link_prev(
         &self,
         dir: &DirNode,
@@ -598,6 +608,7 @@ impl<'a> Walk<'a> {
         m: &Meta,
         prev_entry: Option<&Entry>,
         target: Option<&[u8]>,
+        xattrs: Option<&Xattrs>,
     ) -> Option<Entry> {
         let prev = dir.prev.as_ref()?;
         let mut entry = Entry::from_meta(name, m);
@@ -635,10 +646,14 @@ impl<'a> Walk<'a> {
             }
             None => {
                 // A tree taken over without a manifest: hash the linked file once (the
-                // manifest promises a checksum for every file) and record its xattrs.
-                entry.xattrs = fsx::read_xattrs(&XattrTarget::At(b(dst), name))
-                    .ok()
-                    .and_then(|x| fsx::xattr_digest(&x));
+                // manifest promises a checksum for every file) and record its xattrs
+                // (already read by the comparison, which always runs without a ctime).
+                entry.xattrs = match xattrs {
+                    Some(x) => fsx::xattr_digest(x),
+                    None => fsx::read_xattrs(&XattrTarget::At(b(dst), name))
+                        .ok()
+                        .and_then(|x| fsx::xattr_digest(&x)),
+                };
                 if m.kind == Kind::File {
                     entry.hash = fsx::open_read_at(b(dst), name)
                         .and_then(|fd| fsx::hash_file(b(&fd)))
@@ -716,7 +731,7 @@ impl<'a> Walk<'a> {
             return None;
         }
         let r = match m.kind {
-            Kind::File => self.copy_file(dir, dst, name, rel),
+            Kind::File => self.copy_file(dir, dst, name, rel, xattrs),
             _ => self.copy_special(dir, dst, name, rel, m, target, xattrs),
         };
         if r.is_some() {
@@ -725,12 +740,15 @@ impl<'a> Walk<'a> {
         r
     }
 
+    /// Copies a regular file. `xattrs`: the source's attributes when the decision
+    /// already read them (otherwise they are read here, through the open file).
     fn copy_file(
         &self,
         dir: &DirNode,
         dst_dir: &OwnedFd,
         name: &[u8],
         rel: &RelPath,
+        xattrs: Option<Xattrs>,
     ) -> Option<Entry> {
         let src = match fsx::open_read_at(b(&dir.src), name) {
             Ok(fd) => fd,
@@ -739,7 +757,10 @@ impl<'a> Walk<'a> {
                 return None;
             }
         };
-        let xattrs = match fsx::read_xattrs(&XattrTarget::Fd(b(&src))) {
+        let xattrs = match xattrs
+            .map(Ok)
+            .unwrap_or_else(|| fsx::read_xattrs(&XattrTarget::Fd(b(&src))))
+        {
             Ok(x) => x,
             Err(e) => {
                 self.problem(rel, ProblemKind::Metadata, "read extended attributes", e);
