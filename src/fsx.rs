@@ -601,6 +601,68 @@ pub fn rename_noreplace(
     }
 }
 
+/// Renames, replacing an existing non-directory target (the replacement is atomic).
+pub fn rename_at(
+    from_dir: BorrowedFd<'_>,
+    from: &[u8],
+    to_dir: BorrowedFd<'_>,
+    to: &[u8],
+) -> io::Result<()> {
+    Ok(rfs::renameat(from_dir, from, to_dir, to)?)
+}
+
+/// Opens directory `rel` under `root` without ever leaving `root` or following a
+/// symlink on the way (`openat2` with `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`; a
+/// component-by-component `O_NOFOLLOW` walk where the kernel lacks it).
+pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let path: &[u8] = if rel.is_empty() { b"." } else { rel };
+    match rfs::openat2(
+        root,
+        path,
+        flags,
+        Mode::empty(),
+        rfs::ResolveFlags::BENEATH | rfs::ResolveFlags::NO_SYMLINKS,
+    ) {
+        Err(rustix::io::Errno::NOSYS) => {
+            let mut cur = open_dir_at(root, b".")?;
+            for c in path
+                .split(|b| *b == b'/')
+                .filter(|c| !c.is_empty() && *c != b".")
+            {
+                cur = open_dir_at(cur.as_fd(), c)?;
+            }
+            Ok(cur)
+        }
+        r => Ok(r?),
+    }
+}
+
+/// Whether the file system holding `fd` is mounted read-only.
+pub fn is_read_only(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    Ok(rfs::fstatvfs(fd)?
+        .f_flag
+        .contains(rfs::StatVfsMountFlags::RDONLY))
+}
+
+/// Removes `name` in `dir` and, if it is a directory, everything under it (depth
+/// first, never following a symlink). Returns the number of entries removed.
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
+    match unlink_at(dir, name) {
+        Ok(()) => return Ok(1),
+        Err(e)
+            if errno_is(&e, rustix::io::Errno::ISDIR) || errno_is(&e, rustix::io::Errno::PERM) => {}
+        Err(e) => return Err(e),
+    }
+    let sub = open_dir_at(dir, name)?;
+    let mut n = 0;
+    for child in read_dir_names(sub.as_fd())? {
+        n += remove_tree_at(sub.as_fd(), &child)?;
+    }
+    rmdir_at(dir, name)?;
+    Ok(n + 1)
+}
+
 /// Whether `name` exists in `dir` (without following symlinks).
 pub fn exists_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
     match rfs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {

@@ -3,6 +3,7 @@
 //! exit codes. See ARCHITECTURE.md for the code map and the invariants.
 
 pub mod commands;
+pub mod compare;
 pub mod config;
 pub mod engine;
 pub mod error;
@@ -12,4 +13,5 @@ pub mod manifest;
 pub mod pool;
 pub mod relpath;
 pub mod report;
+pub mod restore;
 pub mod store;

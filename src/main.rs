@@ -35,6 +35,61 @@ enum Cmd {
         /// The store: <dest>/<folder>.
         #[arg(long)]
         dest: PathBuf,
+        /// Also compute the space only each snapshot uses (walks every snapshot).
+        #[arg(long)]
+        space: bool,
+        /// File-system calls in flight for --space.
+        #[arg(long, default_value_t = 32)]
+        jobs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a snapshot, a subdirectory or one file into a directory (never deletes or
+    /// overwrites unless told to).
+    Restore(RestoreArgs),
+    /// What changed between two snapshots, or between a snapshot and a live directory.
+    Diff {
+        /// The store: <dest>/<folder>.
+        #[arg(long)]
+        dest: PathBuf,
+        /// The older snapshot: name (daily.3), run id, `latest` or @TIME.
+        from: String,
+        /// The newer snapshot.
+        to: Option<String>,
+        /// Compare with this live directory instead of a second snapshot.
+        #[arg(long, value_name = "DIR")]
+        against: Option<PathBuf>,
+        #[arg(long, default_value_t = 32)]
+        jobs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-hash snapshots against their manifests (bit rot, tampering, missing files);
+    /// exit 0 when clean, 2 when something differs.
+    Verify {
+        /// The store: <dest>/<folder>.
+        #[arg(long)]
+        dest: PathBuf,
+        /// Snapshots to verify [default: the newest].
+        snapshots: Vec<String>,
+        /// Verify every snapshot.
+        #[arg(long, conflicts_with = "snapshots")]
+        all: bool,
+        /// Compare the snapshot's manifest with this live tree instead (hashing every file).
+        #[arg(long, value_name = "SRC")]
+        against: Option<PathBuf>,
+        #[arg(long, default_value_t = 32)]
+        jobs: usize,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every retained version of one path: when it changed, its size and hash.
+    History {
+        /// The store: <dest>/<folder>.
+        #[arg(long)]
+        dest: PathBuf,
+        /// Path relative to the snapshot root.
+        path: PathBuf,
         #[arg(long)]
         json: bool,
     },
@@ -49,6 +104,45 @@ enum Cmd {
 enum ConfigCmd {
     /// Check a config file; prints every problem with its line.
     Check { file: PathBuf },
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The store: <dest>/<folder>.
+    #[arg(long)]
+    dest: PathBuf,
+    /// Snapshot: name (daily.2), run id, `latest`, or @TIME (the newest taken at or
+    /// before TIME, e.g. @2026-11-20T02:00, UTC unless an offset is given).
+    snapshot: String,
+    /// Directory to restore into (created if missing).
+    #[arg(long)]
+    to: PathBuf,
+    /// Restore only this path of the snapshot (a directory or a file), to the same
+    /// relative place under --to.
+    #[arg(long)]
+    path: Option<PathBuf>,
+    /// Put --path straight into --to: a directory's contents, or the file itself.
+    #[arg(long, requires = "path")]
+    flat: bool,
+    /// Replace existing entries that differ from the snapshot.
+    #[arg(long)]
+    overwrite: bool,
+    /// Also delete what the snapshot does not have, inside the restored subtree only.
+    #[arg(long, conflicts_with = "overwrite")]
+    mirror: bool,
+    /// Print what would be created (+), replaced (~), deleted (-) and left as a
+    /// conflict (!); change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// File-system calls in flight.
+    #[arg(long, default_value_t = 32)]
+    jobs: usize,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    /// No progress line, even on a terminal.
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(Args)]
@@ -137,27 +231,155 @@ fn main() {
 fn run(cmd: Cmd) -> anyhow::Result<i32> {
     match cmd {
         Cmd::Backup(a) => backup(*a),
-        Cmd::List { dest, json } => {
-            let snaps = snapring::commands::list::list(&dest)?;
+        Cmd::Restore(a) => restore(a),
+        Cmd::Diff {
+            dest,
+            from,
+            to,
+            against,
+            jobs,
+            json,
+        } => {
+            let cancel = cancel_flag();
+            let r = snapring::commands::inspect::diff(
+                &dest,
+                &from,
+                to.as_deref(),
+                against.as_deref(),
+                jobs,
+                &cancel,
+            )?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                for d in &r.differences {
+                    println!("{} {}  {}", d.change.sign(), d.path, d.detail.join(", "));
+                }
+                for (p, e) in &r.problems {
+                    eprintln!("snapring: cannot read {p}: {e}");
+                }
+                println!(
+                    "{} -> {}: {} added, {} removed, {} changed, {} metadata only",
+                    r.from, r.to, r.added, r.removed, r.content_changed, r.metadata_changed
+                );
+            }
+            Ok(if r.problems.is_empty() { 0 } else { 2 })
+        }
+        Cmd::Verify {
+            dest,
+            snapshots,
+            all,
+            against,
+            jobs,
+            json,
+        } => {
+            let cancel = cancel_flag();
+            let v = snapring::commands::inspect::verify(
+                &dest,
+                &snapshots,
+                all,
+                against.as_deref(),
+                jobs,
+                &cancel,
+            )?;
+            let clean = v.iter().all(|x| x.clean);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                for x in &v {
+                    for d in &x.differences {
+                        println!(
+                            "{} {} {}  {}",
+                            x.snapshot,
+                            d.change.sign(),
+                            d.path,
+                            d.detail.join(", ")
+                        );
+                    }
+                    for (p, e) in &x.problems {
+                        println!("{} ? {}  unreadable: {e}", x.snapshot, p);
+                    }
+                    println!(
+                        "{}: {} against {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
+                        x.snapshot,
+                        if x.clean { "clean" } else { "DAMAGED" },
+                        x.against,
+                        x.totals.files_hashed,
+                        human(x.totals.bytes_hashed),
+                        x.corrupt,
+                        x.missing,
+                        x.unexpected,
+                        x.metadata
+                    );
+                }
+            }
+            Ok(if clean { 0 } else { 2 })
+        }
+        Cmd::History { dest, path, json } => {
+            let rel = snapring::restore::parse_path(&path).map_err(anyhow::Error::msg)?;
+            if rel.is_root() {
+                anyhow::bail!(
+                    "history needs a path inside the snapshot (for example users/alice/.profile)"
+                );
+            }
+            let v = snapring::commands::inspect::history(&dest, &rel)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "{:<12} {:<21} {:<9} {:<10} {:>10} {:<16} MTIME",
+                    "SNAPSHOT", "TAKEN", "CHANGE", "KIND", "SIZE", "HASH"
+                );
+                for x in v {
+                    let dash = || "-".to_string();
+                    println!(
+                        "{:<12} {:<21} {:<9} {:<10} {:>10} {:<16} {}",
+                        x.snapshot,
+                        x.taken_at,
+                        x.change,
+                        x.kind,
+                        x.size.map(|s| s.to_string()).unwrap_or_else(dash),
+                        x.hash.map(|h| h[..16].to_string()).unwrap_or_else(dash),
+                        x.mtime.unwrap_or_else(dash)
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Cmd::List {
+            dest,
+            space,
+            jobs,
+            json,
+        } => {
+            let snaps = snapring::commands::list::list(&dest, space, jobs)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&snaps)?);
             } else {
                 println!(
-                    "{:<12} {:<24} {:<25} {:<10} {:>10} {:>10}",
-                    "SNAPSHOT", "RUN", "FINISHED", "STATUS", "FILES", "SIZE"
+                    "{:<12} {:>4} {:<24} {:<21} {:<10} {:>9} {:>10} {:>10}",
+                    "SNAPSHOT", "SLOT", "RUN", "TAKEN", "STATUS", "FILES", "SIZE", "UNIQUE"
                 );
+                let any = !snaps.is_empty();
                 for s in snaps {
                     let dash = || "-".to_string();
                     println!(
-                        "{:<12} {:<24} {:<25} {:<10} {:>10} {:>10}",
+                        "{:<12} {:>4} {:<24} {:<21} {:<10} {:>9} {:>10} {:>10}",
                         s.name,
+                        s.slot,
                         s.id.unwrap_or_else(dash),
-                        s.finished_at.unwrap_or_else(dash),
+                        s.taken_at,
                         s.status
                             .map(|x| x.as_str().to_string())
                             .unwrap_or_else(dash),
                         s.files.map(|f| f.to_string()).unwrap_or_else(dash),
-                        s.bytes.map(human).unwrap_or_else(dash)
+                        s.bytes.map(human).unwrap_or_else(dash),
+                        s.unique_bytes.map(human).unwrap_or_else(dash)
+                    );
+                }
+                if any && !space {
+                    println!(
+                        "(UNIQUE: the space only that snapshot uses; add --space to compute it)"
                     );
                 }
             }
@@ -214,6 +436,87 @@ fn backup(a: BackupArgs) -> anyhow::Result<i32> {
         print_summary(&report);
     }
     Ok(report.exit_code)
+}
+
+fn cancel_flag() -> Arc<AtomicBool> {
+    let cancel = Arc::new(AtomicBool::new(false));
+    snapring::engine::progress::install_signal_handlers(&cancel);
+    cancel
+}
+
+fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
+    use snapring::restore::{Mode, RestoreOptions};
+    use std::io::IsTerminal;
+    let path = match &a.path {
+        Some(p) => {
+            let rel = snapring::restore::parse_path(p).map_err(anyhow::Error::msg)?;
+            (!rel.is_root()).then_some(rel)
+        }
+        None => None,
+    };
+    let opts = RestoreOptions {
+        store: a.dest,
+        snapshot: a.snapshot,
+        to: a.to,
+        flat: a.flat && path.is_some(),
+        path,
+        mode: if a.mirror {
+            Mode::Mirror
+        } else if a.overwrite {
+            Mode::Overwrite
+        } else {
+            Mode::Safe
+        },
+        dry_run: a.dry_run,
+        jobs: a.jobs,
+        progress: !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal(),
+    };
+    let cancel = cancel_flag();
+    let r = snapring::restore::restore(&opts, &cancel)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+        return Ok(r.exit_code);
+    }
+    let out: &mut dyn std::io::Write = if r.dry_run {
+        &mut std::io::stderr()
+    } else {
+        &mut std::io::stdout()
+    };
+    let _ = writeln!(
+        out,
+        "{}{}: restored {} of {} (run {}) into {}",
+        if r.dry_run { "dry run, " } else { "" },
+        r.status.as_str(),
+        r.path.as_deref().unwrap_or("all"),
+        r.snapshot,
+        r.run_id.as_deref().unwrap_or("-"),
+        r.to.display()
+    );
+    let _ = writeln!(
+        out,
+        "  files {} ({}, {} as hard links), directories {}, identical skipped {}, replaced {}, deleted {}",
+        r.files_restored,
+        human(r.bytes_restored),
+        r.hard_links,
+        r.dirs_created,
+        r.skipped_identical,
+        r.overwritten,
+        r.deleted
+    );
+    let _ = writeln!(out, "  took {:.2}s", r.duration_seconds);
+    if !r.message.is_empty() {
+        let _ = writeln!(out, "  {}", r.message);
+    }
+    for c in r.conflicts.iter().take(20) {
+        eprintln!("  conflict {}: {}", c.path, c.reason);
+    }
+    for p in r.problems.iter().take(20) {
+        eprintln!("  {:?}: {} ({}: {})", p.kind, p.path, p.action, p.error);
+    }
+    if r.conflicts_total + r.errors > 40 {
+        eprintln!("  … more in the --json report");
+    }
+    Ok(r.exit_code)
 }
 
 fn human(n: u64) -> String {

@@ -6,8 +6,18 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
 use crate::error::Result;
+use crate::fsx::{self, Kind, b};
+use crate::manifest;
+use crate::pool;
+use crate::relpath::RelPath;
 use crate::report::{self, Status};
+use crate::store::select::Selected;
 use crate::store::{Store, lock::Holder};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -20,11 +30,19 @@ pub struct Listed {
     pub finished_at: Option<String>,
     pub status: Option<Status>,
     pub files: Option<u64>,
+    /// Apparent size: the sum of its regular files' sizes.
     pub bytes: Option<u64>,
+    /// When its source was read (the run's start; the directory mtime for a tree
+    /// without a record).
+    pub taken_at: String,
+    /// Disk space only this snapshot uses (inodes linked from no other snapshot,
+    /// counted once, plus its directories); computed with `--space`.
+    pub unique_bytes: Option<u64>,
 }
 
-/// Lists the store at `root` (repairing it first).
-pub fn list(root: &Path) -> Result<Vec<Listed>> {
+/// Lists the store at `root` (repairing it first). `space`: also walk every snapshot
+/// for the space only it uses (one stat per entry; `jobs` in flight).
+pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
     let store = Store::open(root, false)?;
     let holder = Holder {
         pid: std::process::id(),
@@ -36,12 +54,17 @@ pub fn list(root: &Path) -> Result<Vec<Listed>> {
     let lock = store.lock(&holder)?;
     store.repair(&lock, "list")?;
     let mut out = Vec::new();
-    for s in store.snapshots()? {
-        let run = match &s.rec {
-            Some(r) => store.read_run(&r.id)?,
-            None => None,
+    lock.release();
+    for (s, run, taken) in store.snapshots_with_runs()? {
+        let unique_bytes = if space {
+            let sel = store.open_snapshot(s.clone(), None, taken)?;
+            Some(unique_bytes(&sel, jobs))
+        } else {
+            None
         };
         out.push(Listed {
+            taken_at: taken.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            unique_bytes,
             id: s.rec.as_ref().map(|r| r.id.clone()),
             finished_at: s.rec.as_ref().map(|r| r.finished_at.clone()),
             status: run.as_ref().map(|r| r.status),
@@ -52,6 +75,67 @@ pub fn list(root: &Path) -> Result<Vec<Listed>> {
             slot: s.slot,
         });
     }
-    lock.release();
     Ok(out)
+}
+
+/// Bytes of the inodes only this snapshot links to: regular files with one link (or
+/// whose every link is a hard link within the snapshot, the manifest's `group`), plus
+/// its directories, symlinks and other entries, all counted in allocated blocks.
+fn unique_bytes(sel: &Selected, jobs: usize) -> u64 {
+    struct Task {
+        fd: OwnedFd,
+        rel: RelPath,
+    }
+    let total = AtomicU64::new(0);
+    let groups: Mutex<HashMap<u64, (u64, u64, u64)>> = Mutex::new(HashMap::new());
+    let cancel = AtomicBool::new(false);
+    let Ok(root) = fsx::open_dir_at(b(&sel.fd), b".") else {
+        return 0;
+    };
+    let first = Task {
+        fd: root,
+        rel: RelPath::root(),
+    };
+    pool::run(jobs, vec![first], &cancel, |t, q| {
+        let grouped: Option<Vec<manifest::Entry>> = sel
+            .manifest
+            .as_ref()
+            .and_then(|m| m.lookup(&t.rel).ok().flatten());
+        let Ok(names) = fsx::read_dir_names(b(&t.fd)) else {
+            return;
+        };
+        for name in names {
+            let Ok(m) = fsx::lstat_at(b(&t.fd), &name) else {
+                continue;
+            };
+            let bytes = m.blocks * 512;
+            if m.kind == Kind::Dir {
+                total.fetch_add(bytes, Ordering::Relaxed);
+                if let Ok(fd) = fsx::open_dir_at(b(&t.fd), &name) {
+                    q.push(Task {
+                        fd,
+                        rel: t.rel.join(&name),
+                    });
+                }
+            } else if m.nlink == 1 {
+                total.fetch_add(bytes, Ordering::Relaxed);
+            } else if grouped
+                .as_deref()
+                .and_then(|es| manifest::find(es, &name))
+                .is_some_and(|e| e.group.is_some())
+            {
+                let mut g = groups.lock().unwrap_or_else(|e| e.into_inner());
+                let e = g.entry(m.ino).or_insert((0, m.nlink, bytes));
+                e.0 += 1;
+            }
+        }
+    });
+    let from_groups: u64 = groups
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|(seen, nlink, _)| seen == nlink)
+        .map(|(_, _, bytes)| bytes)
+        .sum();
+    total.into_inner() + from_groups
 }

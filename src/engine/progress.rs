@@ -33,13 +33,18 @@ fn line(c: &Counters) -> String {
 
 /// Shows a spinner with the counters on stderr until `done` is set.
 pub fn show(counters: &Counters, done: &AtomicBool) {
+    spin(done, || line(counters));
+}
+
+/// Shows a spinner with `msg()` on stderr, refreshed five times a second, until `done`.
+pub fn spin(done: &AtomicBool, msg: impl Fn() -> String) {
     let bar = indicatif::ProgressBar::new_spinner();
     bar.set_style(
         indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
             .expect("valid template"),
     );
     while !done.load(Ordering::Relaxed) {
-        bar.set_message(line(counters));
+        bar.set_message(msg());
         bar.tick();
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -5,6 +5,7 @@
 pub mod journal;
 pub mod lock;
 pub mod rotation;
+pub mod select;
 pub mod trash;
 
 use std::os::fd::OwnedFd;

@@ -348,3 +348,98 @@ impl Paused {
         )
     }
 }
+
+/// Builds a source with one of everything.
+pub fn odd_tree(src: &Path) {
+    let names: Vec<&[u8]> = vec![
+        b"with space",
+        b"new\nline",
+        b"quote\"s'",
+        b"\xff\xfe not utf8",
+        b"-leading-dash",
+        b"%41 percent",
+        b"tab\there",
+    ];
+    for n in &names {
+        write(&pb(src, &[b"names/", *n].concat()), n);
+    }
+    // Modes and owners (chown before chmod: chown clears setuid).
+    write(&src.join("modes/setuid"), b"su");
+    chown(&src.join("modes/setuid"), 1234, 5678);
+    chmod(&src.join("modes/setuid"), 0o4755);
+    write(&src.join("modes/setgid"), b"sg");
+    chmod(&src.join("modes/setgid"), 0o2711);
+    write(&src.join("modes/none"), b"");
+    chmod(&src.join("modes/none"), 0o000);
+    std::fs::create_dir_all(src.join("modes/sticky")).unwrap();
+    chmod(&src.join("modes/sticky"), 0o1777);
+    std::fs::create_dir_all(src.join("modes/setgid-dir")).unwrap();
+    chown(&src.join("modes/setgid-dir"), 42, 4242);
+    chmod(&src.join("modes/setgid-dir"), 0o2775);
+    // Symlinks, dangling and absolute, owned by someone.
+    std::os::unix::fs::symlink("../names/with space", src.join("modes/rel-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", src.join("modes/dangling")).unwrap();
+    chown(&src.join("modes/dangling"), 7, 8);
+    // Hard-link group of three names in two directories.
+    write(&src.join("links/a"), b"shared inode");
+    std::fs::create_dir_all(src.join("links/sub")).unwrap();
+    std::fs::hard_link(src.join("links/a"), src.join("links/b")).unwrap();
+    std::fs::hard_link(src.join("links/a"), src.join("links/sub/c")).unwrap();
+    // Extended attributes and ACLs.
+    write(&src.join("attrs/file"), b"xattrs");
+    set_xattr(&src.join("attrs/file"), "user.color", b"blue");
+    set_xattr(&src.join("attrs/file"), "user.bin", b"\x00\x01\xff");
+    set_xattr(
+        &src.join("attrs/file"),
+        "system.posix_acl_access",
+        &acl_bytes(4321),
+    );
+    set_xattr(&src.join("attrs"), "user.dir", b"on a directory");
+    // Sparse file: 64 MiB with 4 KiB of data in the middle.
+    let f = std::fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(64 << 20).unwrap();
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&[7u8; 4096], 32 << 20).unwrap();
+    drop(f);
+    // Special files and an empty directory.
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("null-dev"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    std::fs::create_dir_all(src.join("empty/dir")).unwrap();
+    // A default ACL on a directory, set after its children exist.
+    let mut dflt = acl_bytes(99);
+    dflt[4 + 2] = 7; // user:: rwx in the default ACL
+    set_xattr(&src.join("empty"), "system.posix_acl_default", &dflt);
+    // Nanosecond mtimes everywhere, directories last (children change them).
+    set_mtime(&src.join("sparse"), 1_600_000_000, 123_456_789);
+    set_mtime(&src.join("modes/dangling"), 1_500_000_000, 999_999_999);
+    set_mtime(&src.join("modes/rel-link"), 1_400_000_000, 1);
+    set_mtime(&src.join("fifo"), 1_300_000_000, 42);
+    for d in [
+        "names",
+        "modes/sticky",
+        "modes/setgid-dir",
+        "modes",
+        "links/sub",
+        "links",
+        "attrs",
+        "empty/dir",
+        "empty",
+        "",
+    ] {
+        set_mtime(&src.join(d), 1_200_000_000, 987_654_321);
+    }
+}

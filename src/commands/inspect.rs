@@ -1,0 +1,297 @@
+//! `snapring diff`, `verify` and `history` (of one path): read-only views of a store.
+//! They take no lock and never repair or write: a backup may run meanwhile (its
+//! rotation only renames, and the snapshots read here are held open by descriptor).
+
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+
+use serde::Serialize;
+
+use crate::compare::{self, Difference, Options, Side, Totals};
+use crate::error::{Ctx, Error, Result};
+use crate::fsx::{self, Kind, b};
+use crate::manifest::{self, Entry};
+use crate::relpath::RelPath;
+use crate::store::Store;
+use crate::store::select::Selected;
+
+#[derive(Serialize, Debug)]
+pub struct DiffReport {
+    /// The old side: a snapshot name.
+    pub from: String,
+    /// The new side: a snapshot name, or the live directory's path.
+    pub to: String,
+    pub added: u64,
+    pub removed: u64,
+    pub content_changed: u64,
+    pub metadata_changed: u64,
+    pub differences: Vec<Difference>,
+    pub totals: Totals,
+    pub problems: Vec<(String, String)>,
+}
+
+fn side<'a>(sel: &'a Selected) -> Side<'a> {
+    match &sel.manifest {
+        Some(m) => Side::Manifest(m),
+        None => Side::Tree(&sel.fd),
+    }
+}
+
+fn report(from: String, to: String, o: compare::Outcome) -> DiffReport {
+    let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
+    DiffReport {
+        from,
+        to,
+        added: n(compare::Change::Added),
+        removed: n(compare::Change::Removed),
+        content_changed: n(compare::Change::Content),
+        metadata_changed: n(compare::Change::Metadata),
+        differences: o.differences,
+        totals: o.totals,
+        problems: o.problems,
+    }
+}
+
+/// `diff OLD NEW` between two snapshots, or `diff OLD --against DIR` with a live tree.
+pub fn diff(
+    store: &Path,
+    old: &str,
+    new: Option<&str>,
+    against: Option<&Path>,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<DiffReport> {
+    let store = Store::open(store, false)?;
+    let a = store.select(old)?;
+    let opts = Options {
+        checksum: false,
+        dir_times: false,
+        jobs,
+    };
+    match (new, against) {
+        (Some(new), None) => {
+            let bsel = store.select(new)?;
+            let o = compare::compare(&side(&a), &side(&bsel), &opts, cancel);
+            Ok(report(a.snap.name.clone(), bsel.snap.name.clone(), o))
+        }
+        (None, Some(dir)) => {
+            let fd = fsx::open_dir(dir).map_err(|e| live_error(e, dir))?;
+            let o = compare::compare(&side(&a), &Side::Tree(&fd), &opts, cancel);
+            Ok(report(a.snap.name.clone(), dir.display().to_string(), o))
+        }
+        _ => Err(Error::Config(
+            "diff needs a second snapshot or --against DIR (not both)".into(),
+        )),
+    }
+}
+
+fn live_error(e: std::io::Error, dir: &Path) -> Error {
+    if e.kind() == std::io::ErrorKind::NotFound {
+        Error::SourceMissing(dir.to_path_buf())
+    } else {
+        crate::error::io_error(e, "open", dir)
+    }
+}
+
+#[derive(Serialize, Debug)]
+pub struct Verified {
+    pub snapshot: String,
+    pub run_id: Option<String>,
+    /// What the snapshot was checked against: `manifest`, or a live directory.
+    pub against: String,
+    pub clean: bool,
+    /// Files in the manifest whose bytes differ on disk (bit rot, tampering).
+    pub corrupt: u64,
+    pub missing: u64,
+    pub unexpected: u64,
+    pub metadata: u64,
+    pub differences: Vec<Difference>,
+    pub totals: Totals,
+    pub problems: Vec<(String, String)>,
+}
+
+/// Re-hashes every file of the chosen snapshots and compares them with their manifests
+/// (or, with `against`, compares the manifest with a live tree, hashing every file).
+pub fn verify(
+    store: &Path,
+    which: &[String],
+    all: bool,
+    against: Option<&Path>,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<Vec<Verified>> {
+    let store = Store::open(store, false)?;
+    let sels: Vec<Selected> = if all {
+        store
+            .snapshots_with_runs()?
+            .into_iter()
+            .map(|(s, r, t)| store.open_snapshot(s, r, t))
+            .collect::<Result<_>>()?
+    } else if which.is_empty() {
+        vec![store.select("latest")?]
+    } else {
+        which
+            .iter()
+            .map(|w| store.select(w))
+            .collect::<Result<_>>()?
+    };
+    let live = match against {
+        Some(dir) => Some(fsx::open_dir(dir).map_err(|e| live_error(e, dir))?),
+        None => None,
+    };
+    let opts = Options {
+        checksum: true,
+        dir_times: true,
+        jobs,
+    };
+    let mut out = Vec::new();
+    for sel in &sels {
+        let Some(m) = &sel.manifest else {
+            return Err(Error::Store {
+                path: sel.path.clone(),
+                msg: format!(
+                    "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against; `snapring diff {} --against SOURCE` compares it with a live tree",
+                    sel.snap.name, sel.snap.name
+                ),
+            });
+        };
+        let (b_side, against_name) = match &live {
+            Some(fd) => (
+                Side::Tree(fd),
+                against.expect("set with live").display().to_string(),
+            ),
+            None => (Side::Tree(&sel.fd), "manifest".to_string()),
+        };
+        let o = compare::compare(&Side::Manifest(m), &b_side, &opts, cancel);
+        let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
+        let corrupt = o
+            .differences
+            .iter()
+            .filter(|d| d.change == compare::Change::Content)
+            .count() as u64;
+        out.push(Verified {
+            snapshot: sel.snap.name.clone(),
+            run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),
+            against: against_name,
+            clean: o.differences.is_empty() && o.problems.is_empty(),
+            corrupt,
+            missing: n(compare::Change::Removed),
+            unexpected: n(compare::Change::Added),
+            metadata: n(compare::Change::Metadata),
+            differences: o.differences,
+            totals: o.totals,
+            problems: o.problems,
+        });
+    }
+    Ok(out)
+}
+
+#[derive(Serialize, Debug)]
+pub struct Version {
+    pub snapshot: String,
+    pub run_id: Option<String>,
+    pub taken_at: String,
+    /// `absent` when this snapshot does not have the path.
+    pub kind: String,
+    pub size: Option<u64>,
+    pub mtime: Option<String>,
+    pub hash: Option<String>,
+    /// Against the next older snapshot: `new`, `changed`, `metadata`, `same`, `absent`
+    /// (gone), or `first` for the oldest.
+    pub change: String,
+}
+
+/// Every retained version of one path, newest first.
+pub fn history(store: &Path, path: &RelPath) -> Result<Vec<Version>> {
+    let store = Store::open(store, false)?;
+    let mut found: Vec<(Version, Option<Entry>)> = Vec::new();
+    for (snap, run, taken) in store.snapshots_with_runs()? {
+        let sel = store.open_snapshot(snap, run, taken)?;
+        let e = lookup(&sel, path)?;
+        let fmt_t = |t: &fsx::Time| {
+            chrono::DateTime::from_timestamp(t.sec, t.nsec)
+                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
+                .unwrap_or_else(|| t.to_string())
+        };
+        found.push((
+            Version {
+                snapshot: sel.snap.name.clone(),
+                run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),
+                taken_at: sel
+                    .taken_at
+                    .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                kind: e
+                    .as_ref()
+                    .map(|e| crate::restore::kind_name(e.kind).to_string())
+                    .unwrap_or_else(|| "absent".into()),
+                size: e.as_ref().map(|e| e.size),
+                mtime: e.as_ref().map(|e| fmt_t(&e.mtime)),
+                hash: e
+                    .as_ref()
+                    .and_then(|e| e.hash)
+                    .map(|h| h.to_hex().to_string()),
+                change: String::new(),
+            },
+            e,
+        ));
+    }
+    for i in 0..found.len() {
+        let older = found.get(i + 1).map(|f| f.1.clone());
+        let change = match (&found[i].1, older) {
+            (None, None) | (None, Some(None)) => "absent",
+            (None, Some(Some(_))) => "deleted",
+            (Some(_), None) => "first",
+            (Some(_), Some(None)) => "new",
+            (Some(a), Some(Some(o))) => {
+                if a.kind != o.kind || a.size != o.size || a.hash != o.hash || a.target != o.target
+                {
+                    "changed"
+                } else if a.perm != o.perm
+                    || (a.uid, a.gid) != (o.uid, o.gid)
+                    || a.mtime != o.mtime
+                    || a.xattrs != o.xattrs
+                {
+                    "metadata"
+                } else {
+                    "same"
+                }
+            }
+        };
+        found[i].0.change = change.into();
+    }
+    if found.iter().all(|f| f.1.is_none()) {
+        return Err(Error::Store {
+            path: store.root.join(path.as_path()),
+            msg: format!(
+                "no retained snapshot has {path}; check the path (relative to the snapshot root)"
+            ),
+        });
+    }
+    Ok(found.into_iter().map(|f| f.0).collect())
+}
+
+/// One path's entry in a snapshot: from its manifest, else from the tree (hashed).
+fn lookup(sel: &Selected, path: &RelPath) -> Result<Option<Entry>> {
+    if let Some(m) = &sel.manifest
+        && let Some(es) = m.lookup(&path.parent()).ctx("read manifest", &m.mf_path)?
+    {
+        return Ok(manifest::find(&es, path.file_name()).cloned());
+    }
+    let dir = match fsx::open_dir_beneath(b(&sel.fd), path.parent().as_bytes()) {
+        Ok(d) => d,
+        Err(_) => return Ok(None),
+    };
+    let Ok(m) = fsx::lstat_at(b(&dir), path.file_name()) else {
+        return Ok(None);
+    };
+    let mut e = Entry::from_meta(path.file_name(), &m);
+    if m.kind == Kind::File {
+        e.hash = fsx::open_read_at(b(&dir), path.file_name())
+            .and_then(|f| fsx::hash_file(b(&f)))
+            .ok();
+    }
+    if m.kind == Kind::Symlink {
+        e.target = fsx::read_link_at(b(&dir), path.file_name()).ok();
+    }
+    Ok(Some(e))
+}

@@ -1,0 +1,178 @@
+//! Naming a snapshot on the command line: by directory name (`daily.2`), by the id of
+//! the run that made it, by `latest`, or by time (`@2026-11-20T02:00`: the newest
+//! snapshot taken at or before then). Reads the store's records; writes nothing.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+
+use super::{Snapshot, Store};
+use crate::error::{Ctx, Error, Result};
+use crate::fsx;
+use crate::manifest;
+use crate::report::RunReport;
+
+/// A snapshot picked by the user, opened for reading.
+pub struct Selected {
+    pub snap: Snapshot,
+    /// `<store>/<name>`
+    pub path: PathBuf,
+    /// The snapshot's root directory, held open: a rotation that renames it meanwhile
+    /// does not disturb a reader.
+    pub fd: OwnedFd,
+    pub run: Option<RunReport>,
+    /// `None` for a tree taken over without a manifest, or a damaged manifest (warned).
+    pub manifest: Option<manifest::Reader>,
+    /// When its source was read (the run's start), else the directory's mtime.
+    pub taken_at: DateTime<Utc>,
+}
+
+/// Parses a user-given time: RFC 3339, or `YYYY-MM-DD[ T]HH:MM[:SS]` or `YYYY-MM-DD`,
+/// taken as UTC when it names no offset.
+pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
+    let s = s.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&Utc));
+    }
+    for f in [
+        "%Y-%m-%d %H:%M:%S",
+        "%Y-%m-%d %H:%M",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%dT%H:%M",
+    ] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, f) {
+            return Some(t.and_utc());
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}
+
+/// When a snapshot's source was read: its run's start, else the root directory's mtime.
+pub fn taken_at(snap: &Snapshot, run: Option<&RunReport>) -> DateTime<Utc> {
+    run.and_then(|r| parse_time(&r.started_at))
+        .or_else(|| DateTime::from_timestamp(snap.mtime, 0))
+        .unwrap_or_default()
+}
+
+/// A snapshot with the record of the run that made it and when its source was read.
+pub type Dated = (Snapshot, Option<RunReport>, DateTime<Utc>);
+
+impl Store {
+    /// Every snapshot with its run record and time, newest first by time taken.
+    pub fn snapshots_with_runs(&self) -> Result<Vec<Dated>> {
+        let mut v = Vec::new();
+        for s in self.snapshots()? {
+            let run = match &s.rec {
+                Some(r) => self.read_run(&r.id)?,
+                None => None,
+            };
+            let t = taken_at(&s, run.as_ref());
+            v.push((s, run, t));
+        }
+        v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.slot.cmp(&b.0.slot)));
+        Ok(v)
+    }
+
+    /// Resolves `spec` (name, run id, `latest`, or `@TIME`/a bare time) to one snapshot.
+    pub fn select(&self, spec: &str) -> Result<Selected> {
+        let all = self.snapshots_with_runs()?;
+        let unknown = |why: String| Error::Store {
+            path: self.root.clone(),
+            msg: format!(
+                "{why}; `snapring list --dest {}` shows the snapshots there",
+                self.root.display()
+            ),
+        };
+        if all.is_empty() {
+            return Err(unknown("the store has no snapshots yet".into()));
+        }
+        let by_name = all.iter().position(|(s, _, _)| s.name == spec);
+        let by_id = || {
+            all.iter()
+                .position(|(s, _, _)| s.rec.as_ref().is_some_and(|r| r.id == spec))
+        };
+        let by_time = || {
+            let t = spec
+                .strip_prefix('@')
+                .or_else(|| spec.strip_prefix("before:"))
+                .unwrap_or(spec);
+            let t = parse_time(t)?;
+            Some(all.iter().position(|(_, _, at)| *at <= t).ok_or(t))
+        };
+        let i = if matches!(spec, "latest" | "newest") {
+            0
+        } else if let Some(i) = by_name.or_else(by_id) {
+            i
+        } else {
+            match by_time() {
+                Some(Ok(i)) => i,
+                Some(Err(t)) => {
+                    return Err(unknown(format!(
+                        "no snapshot was taken at or before {}",
+                        t.to_rfc3339()
+                    )));
+                }
+                None => {
+                    return Err(unknown(format!(
+                        "no snapshot named {spec:?} (give a name like daily.0, a run id, `latest` or @YYYY-MM-DDTHH:MM)"
+                    )));
+                }
+            }
+        };
+        let (snap, run, taken_at) = all.into_iter().nth(i).expect("index from the same list");
+        self.open_snapshot(snap, run, taken_at)
+    }
+
+    /// Opens a listed snapshot and its manifest (a damaged manifest is warned about).
+    pub fn open_snapshot(
+        &self,
+        snap: Snapshot,
+        run: Option<RunReport>,
+        taken_at: DateTime<Utc>,
+    ) -> Result<Selected> {
+        let path = self.root.join(&snap.name);
+        let fd = fsx::open_dir(&path).ctx("open snapshot", &path)?;
+        let manifest = snap.rec.as_ref().and_then(|r| {
+            manifest::Reader::open(&self.meta.join("manifests"), &r.id)
+                .map_err(|e| tracing::warn!("manifest of {} unusable: {e}", snap.name))
+                .ok()
+        });
+        Ok(Selected {
+            snap,
+            path,
+            fd,
+            run,
+            manifest,
+            taken_at,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_in_the_forms_users_type() {
+        let want = "2026-11-20T02:00:00+00:00";
+        for s in [
+            "2026-11-20T02:00:00Z",
+            "2026-11-20 02:00",
+            "2026-11-20T02:00",
+            "2026-11-20 02:00:00",
+            "2026-11-20T03:00:00+01:00",
+        ] {
+            assert_eq!(parse_time(s).unwrap().to_rfc3339(), want, "{s}");
+        }
+        assert_eq!(
+            parse_time("2026-11-20").unwrap().to_rfc3339(),
+            "2026-11-20T00:00:00+00:00"
+        );
+        assert!(parse_time("daily.2").is_none());
+        assert!(parse_time("yesterday").is_none());
+    }
+}

@@ -1,0 +1,709 @@
+//! Restore, diff, verify, history and list against real stores made by real backups:
+//! round trips in full fidelity, restores that touch nothing but what was asked,
+//! conflicts, bit rot, attempts to write outside the target, and bad input.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn run(args: &[&OsStr]) -> (i32, serde_json::Value, String, String) {
+    let out = snapring(args, &[]);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// `snapring restore --json --dest STORE SNAP --to TO EXTRA…`
+fn restore(
+    store: &Path,
+    snap: &str,
+    to: &Path,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let mut a: Vec<&OsStr> = vec![
+        "restore".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        snap.as_ref(),
+        "--to".as_ref(),
+        to.as_os_str(),
+    ];
+    a.extend(extra.iter().map(OsStr::new));
+    let (code, json, err, _) = run(&a);
+    (code, json, err)
+}
+
+fn ok_backup(src: &Path, store: &Path) -> serde_json::Value {
+    let (code, rep, err) = backup(src, store, &[], &[]);
+    assert!(code == 0, "backup failed: {err}\n{rep}");
+    rep
+}
+
+/// Every entry of the store's snapshots: inode, links, size, mtime, ctime, content hash.
+/// Equal before and after a command means the command did not touch the backup.
+type EntryState = (u64, u64, u64, i64, i64, i64, Option<String>);
+
+fn store_state(store: &Path) -> BTreeMap<PathBuf, EntryState> {
+    let mut out = BTreeMap::new();
+    let mut stack: Vec<PathBuf> = snapshot_names(store)
+        .into_iter()
+        .map(|n| store.join(n))
+        .collect();
+    while let Some(p) = stack.pop() {
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                stack.push(e.unwrap().path());
+            }
+        }
+        let hash = m.is_file().then(|| {
+            blake3::hash(&std::fs::read(&p).unwrap())
+                .to_hex()
+                .to_string()
+        });
+        out.insert(
+            p,
+            (
+                m.ino(),
+                m.nlink(),
+                m.len(),
+                m.mtime(),
+                m.mtime_nsec(),
+                m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+                hash,
+            ),
+        );
+    }
+    out
+}
+
+fn mutate(src: &Path, round: u32) {
+    write(&src.join("links/a"), format!("round {round}").as_bytes());
+    chmod(&src.join("modes/setgid"), 0o2700 + round);
+    write(&src.join(format!("added-{round}")), b"new file");
+    set_xattr(
+        &src.join("attrs/file"),
+        "user.color",
+        format!("c{round}").as_bytes(),
+    );
+    let _ = std::fs::remove_file(src.join("names/with space"));
+    std::fs::rename(src.join("empty"), src.join(format!("moved-{round}"))).unwrap_or_else(|_| {
+        std::fs::rename(
+            src.join(format!("moved-{}", round - 1)),
+            src.join(format!("moved-{round}")),
+        )
+        .unwrap()
+    });
+}
+
+#[test]
+fn every_snapshot_restores_to_its_source_exactly_and_the_store_is_untouched() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    odd_tree(&src);
+    let mut models = Vec::new();
+    for round in 0..3 {
+        if round > 0 {
+            mutate(&src, round);
+        }
+        models.push(describe(&src));
+        ok_backup(&src, &store);
+    }
+    let before = store_state(&store);
+    // daily.2 is the oldest (round 0), daily.0 the newest.
+    for (i, model) in models.iter().enumerate() {
+        let snap = format!("daily.{}", 2 - i);
+        let to = t.path().join(format!("restored-{i}"));
+        let (code, rep, err) = restore(&store, &snap, &to, &[]);
+        assert_eq!(code, 0, "{err}\n{rep}");
+        assert_eq!(rep["status"], "complete");
+        assert_eq!(rep["conflicts_total"], 0);
+        assert_same_tree(model, &describe(&to), &format!("restore of {snap}"));
+        // Copies, not links into the store.
+        assert_ne!(
+            ino(&to.join("links/a")),
+            ino(&store.join(&snap).join("links/a"))
+        );
+        assert!(rep["hard_links"].as_u64().unwrap() >= 2, "{rep}");
+        // Sparse stays sparse.
+        assert!(std::fs::metadata(to.join("sparse")).unwrap().blocks() * 512 <= 64 * 1024);
+    }
+    // Read-only commands too.
+    for args in [
+        vec!["diff", "daily.2", "daily.0"],
+        vec!["verify", "--all"],
+        vec!["history", "links/a"],
+        vec!["list", "--space"],
+    ] {
+        let mut a: Vec<&OsStr> = vec![OsStr::new(args[0]), "--dest".as_ref(), store.as_os_str()];
+        a.extend(args[1..].iter().map(OsStr::new));
+        let (code, _, err, out) = run(&a);
+        assert_eq!(code, 0, "{args:?}: {err}\n{out}");
+    }
+    assert_eq!(before, store_state(&store), "the store changed");
+}
+
+fn user_tree(src: &Path) {
+    write(&src.join("users/alice/.profile"), b"export A=1\n");
+    write(&src.join("users/alice/docs/a.txt"), b"alice's doc");
+    write(&src.join("users/bob/x"), b"bob's x");
+    chmod(&src.join("users/bob/x"), 0o600);
+    write(&src.join("etc/conf"), b"conf");
+}
+
+fn setup_users() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    user_tree(&src);
+    ok_backup(&src, &store);
+    (t, src, store)
+}
+
+#[test]
+fn subdirectory_and_file_restores_land_where_asked_and_touch_nothing_else() {
+    let (t, src, store) = setup_users();
+    let to = t.path().join("to");
+    write(&to.join("keep.txt"), b"mine");
+    write(&to.join("users/bob/mine"), b"bob's own");
+    chmod(&to.join("users"), 0o750);
+    let keep = (
+        ino(&to.join("keep.txt")),
+        std::fs::read(to.join("keep.txt")).unwrap(),
+    );
+    let users_before = std::fs::metadata(to.join("users")).unwrap();
+
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "users/alice"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_same_tree(
+        &describe(&src.join("users/alice")),
+        &describe(&to.join("users/alice")),
+        "subtree",
+    );
+    assert_eq!(
+        keep,
+        (
+            ino(&to.join("keep.txt")),
+            std::fs::read(to.join("keep.txt")).unwrap()
+        )
+    );
+    assert_eq!(
+        std::fs::read(to.join("users/bob/mine")).unwrap(),
+        b"bob's own"
+    );
+    assert!(!to.join("users/bob/x").exists(), "restored outside --path");
+    assert!(!to.join("etc").exists(), "restored outside --path");
+    let users_after = std::fs::metadata(to.join("users")).unwrap();
+    // Its mtime moves (it has a new child), but its mode and owner stay the user's.
+    assert_eq!(
+        (users_before.mode(), users_before.uid(), users_before.gid()),
+        (users_after.mode(), users_after.uid(), users_after.gid()),
+        "an existing parent directory's metadata was replaced"
+    );
+
+    // One file, at its relative place under a new target (parents created).
+    let to2 = t.path().join("to2");
+    let (code, rep, err) = restore(&store, "latest", &to2, &["--path", "users/bob/x"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["files_restored"], 1);
+    assert_same_tree(
+        &describe(&src.join("users/bob/x")),
+        &describe(&to2.join("users/bob/x")),
+        "file",
+    );
+    assert_eq!(std::fs::read_dir(&to2).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(to2.join("users")).unwrap().count(), 1);
+
+    // --flat: a file straight into --to, a directory's contents straight into --to.
+    let to3 = t.path().join("to3");
+    let (code, _, err) = restore(&store, "latest", &to3, &["--path", "users/bob/x", "--flat"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(to3.join("x")).unwrap(), b"bob's x");
+    let to4 = t.path().join("to4");
+    let (code, _, err) = restore(
+        &store,
+        "latest",
+        &to4,
+        &["--path", "users/alice/", "--flat"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_same_tree(
+        &describe(&src.join("users/alice")),
+        &describe(&to4),
+        "flat subtree",
+    );
+
+    // --mirror deletes only inside the restored subtree.
+    let to5 = t.path().join("to5");
+    write(&to5.join("users/alice/extra.txt"), b"not in the snapshot");
+    write(
+        &to5.join("users/alice/docs/old/deep"),
+        b"not in the snapshot",
+    );
+    write(&to5.join("users/bob/mine"), b"outside the subtree");
+    write(&to5.join("outside.txt"), b"outside the subtree");
+    let (code, rep, err) = restore(
+        &store,
+        "latest",
+        &to5,
+        &["--path", "users/alice", "--mirror"],
+    );
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["deleted"], 3, "{rep}");
+    assert_same_tree(
+        &describe(&src.join("users/alice")),
+        &describe(&to5.join("users/alice")),
+        "mirror",
+    );
+    assert!(to5.join("users/bob/mine").exists() && to5.join("outside.txt").exists());
+}
+
+#[test]
+fn non_empty_target_skips_identical_reports_conflicts_and_overwrites_on_request() {
+    let (t, src, store) = setup_users();
+    let to = t.path().join("to");
+    let (code, _, err) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 0, "{err}");
+    write(&to.join("users/alice/.profile"), b"edited by the user");
+    chmod(&to.join("users/bob/x"), 0o644);
+    write(&to.join("users/new.txt"), b"the user's new file");
+
+    // Dry run: the plan, and nothing changes.
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+            "--mirror".as_ref(),
+            "--dry-run".as_ref(),
+        ],
+        &[],
+    );
+    let plan = String::from_utf8_lossy(&out.stdout);
+    assert!(plan.contains("~ users/alice/.profile"), "{plan}");
+    assert!(plan.contains("- users/new.txt"), "{plan}");
+    assert_eq!(
+        std::fs::read(to.join("users/alice/.profile")).unwrap(),
+        b"edited by the user"
+    );
+    assert!(to.join("users/new.txt").exists());
+
+    let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(
+        code, 2,
+        "conflicts must show in the exit code: {err}\n{rep}"
+    );
+    assert_eq!(rep["status"], "partial");
+    assert_eq!(rep["skipped_identical"], 2, "{rep}");
+    let conflicts: Vec<(String, String)> = rep["conflicts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["path"].as_str().unwrap().to_string(),
+                c["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(conflicts.len(), 2, "{conflicts:?}");
+    assert_eq!(conflicts[0].0, "users/alice/.profile");
+    assert!(conflicts[0].1.contains("content differs"), "{conflicts:?}");
+    assert_eq!(conflicts[1].0, "users/bob/x");
+    assert!(conflicts[1].1.contains("mode differs"), "{conflicts:?}");
+    assert_eq!(
+        std::fs::read(to.join("users/alice/.profile")).unwrap(),
+        b"edited by the user"
+    );
+    assert_eq!(
+        std::fs::metadata(to.join("users/bob/x")).unwrap().mode() & 0o777,
+        0o644
+    );
+
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--overwrite"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["overwritten"], 2, "{rep}");
+    assert!(
+        to.join("users/new.txt").exists(),
+        "--overwrite must not delete"
+    );
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--mirror"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["deleted"], 1, "{rep}");
+    assert_same_tree(&describe(&src), &describe(&to), "after --mirror");
+}
+
+/// Flips one byte of a file in place, keeping its size and times.
+fn flip_byte(p: &Path) {
+    let m = std::fs::metadata(p).unwrap();
+    let mut data = std::fs::read(p).unwrap();
+    data[0] ^= 0x20;
+    std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
+    f.write_all(&data).unwrap();
+    drop(f);
+    set_mtime(p, m.mtime(), m.mtime_nsec());
+}
+
+#[test]
+fn verify_finds_bit_rot_and_changes_the_backup_did_not_see() {
+    let (t, src, store) = setup_users();
+    let (code, v, err, _) = run(&[
+        "verify".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(v[0]["clean"], true);
+    assert_eq!(v[0]["totals"]["files_hashed"], 4);
+
+    flip_byte(&store.join("daily.0/users/alice/docs/a.txt"));
+    let (code, v, err, _) = run(&[
+        "verify".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "daily.0".as_ref(),
+    ]);
+    assert_eq!(code, 2, "{err}\n{v}");
+    assert_eq!(v[0]["corrupt"], 1, "{v}");
+    assert_eq!(v[0]["differences"][0]["path"], "users/alice/docs/a.txt");
+    assert_eq!(v[0]["differences"][0]["change"], "content");
+    // A restore of the rotten file says so (and restores what it has).
+    let (code, rep, _) = restore(&store, "daily.0", &t.path().join("r"), &[]);
+    assert_eq!(code, 2, "{rep}");
+    assert_eq!(
+        rep["problems"][0]["path"], "users/alice/docs/a.txt",
+        "{rep}"
+    );
+    // Missing and unexpected files are damage too.
+    std::fs::remove_file(store.join("daily.0/users/bob/x")).unwrap();
+    write(&store.join("daily.0/etc/intruder"), b"x");
+    let (code, v, _, _) = run(&[
+        "verify".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 2);
+    assert_eq!(
+        (v[0]["missing"].as_u64(), v[0]["unexpected"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+
+    // A same-size edit with a forged mtime, long after the backup: a backup links it
+    // (as rsync would), verify --against reads it and reports it.
+    let (_, _, store2) = {
+        let s2 = t.path().join("store2");
+        ok_backup(&src, &s2);
+        (0, 0, s2)
+    };
+    set_mtime(&src.join("etc/conf"), 1_000_000_000, 0);
+    ok_backup(&src, &store2);
+    flip_byte(&src.join("etc/conf"));
+    let (code, v, err, _) = run(&[
+        "verify".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store2.as_os_str(),
+        "--against".as_ref(),
+        src.as_os_str(),
+    ]);
+    assert_eq!(code, 2, "{err}\n{v}");
+    assert_eq!(v[0]["differences"][0]["path"], "etc/conf", "{v}");
+    assert_eq!(v[0]["differences"][0]["change"], "content");
+}
+
+#[test]
+fn restore_never_writes_outside_the_target() {
+    let (t, src, store) = setup_users();
+    let outside = t.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+
+    // A symlink in the target where the snapshot has a directory.
+    let to = t.path().join("to");
+    std::fs::create_dir(&to).unwrap();
+    std::os::unix::fs::symlink(&outside, to.join("users")).unwrap();
+    let (code, _, err) = restore(&store, "daily.0", &to, &["--path", "users/alice"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("a symlink is where the snapshot has a directory"),
+        "{err}"
+    );
+    let (code, rep, _) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 2, "{rep}");
+    assert!(
+        rep["conflicts"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("symlink"),
+        "{rep}"
+    );
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--overwrite"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert!(
+        std::fs::symlink_metadata(to.join("users"))
+            .unwrap()
+            .is_dir()
+    );
+    assert_eq!(
+        std::fs::read_dir(&outside).unwrap().count(),
+        0,
+        "wrote through the symlink"
+    );
+    assert_same_tree(
+        &describe(&src),
+        &describe(&to),
+        "after replacing the symlink",
+    );
+
+    // A tampered manifest: a block for `../../outside` and entries named `..` and with
+    // slashes. Names come from the snapshot directory, so nothing follows them.
+    let mf = std::fs::read_dir(store.join(".snapring/manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension() == Some(OsStr::new("mf")))
+        .unwrap();
+    let text = std::fs::read_to_string(&mf).unwrap();
+    let evil = text
+        .replace("D users/alice\n", "D ../../outside\n")
+        .replace(" .profile\n", " ../../outside/pwned\n");
+    std::fs::write(&mf, evil).unwrap();
+    let to2 = t.path().join("to2");
+    let (code, rep, err) = restore(&store, "daily.0", &to2, &[]);
+    assert!(code == 0 || code == 2, "{err}\n{rep}");
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+    assert_same_tree(
+        &describe(&src),
+        &describe(&to2),
+        "restore with a tampered manifest",
+    );
+
+    // Paths that would leave the snapshot are refused.
+    for bad in ["../x", "/etc", "users/../../x"] {
+        let (code, _, err) = restore(&store, "daily.0", &t.path().join("to3"), &["--path", bad]);
+        assert_eq!(code, 1, "{bad}");
+        assert!(err.contains("--path"), "{bad}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert!(!t.path().join("to3").exists());
+}
+
+#[test]
+fn bad_input_gets_a_one_line_error_saying_what_to_do() {
+    let (t, _src, store) = setup_users();
+    let before = store_state(&store);
+    let one_line = |err: &str| assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, _, err) = restore(&store, "daily.9", &t.path().join("o"), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no snapshot named \"daily.9\"") && err.contains("snapring list"),
+        "{err}"
+    );
+    one_line(&err);
+    let (code, _, err) = restore(
+        &t.path().join("nostore"),
+        "daily.0",
+        &t.path().join("o"),
+        &[],
+    );
+    assert_eq!(code, 1);
+    assert!(err.contains("no such store"), "{err}");
+    one_line(&err);
+    let (code, _, err) = restore(
+        &store,
+        "daily.0",
+        &t.path().join("o"),
+        &["--path", "users/carol"],
+    );
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("has no users/carol") && err.contains("snapring history"),
+        "{err}"
+    );
+    one_line(&err);
+    let (code, _, err) = restore(&store, "daily.0", &store.join("daily.0/users"), &[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("refusing to restore into the store"), "{err}");
+    one_line(&err);
+
+    let ro = t.path().join("ro");
+    std::fs::create_dir(&ro).unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
+            .arg(&ro)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, _, err) = restore(&store, "daily.0", &ro.join("sub"), &[]);
+    Command::new("umount").arg(&ro).status().unwrap();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("read-only file system") && err.contains("remount"),
+        "{err}"
+    );
+    one_line(&err);
+    assert_eq!(before, store_state(&store));
+}
+
+#[test]
+fn snapshots_are_named_by_run_id_and_by_time() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("f"), b"one");
+    let r1 = ok_backup(&src, &store);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    write(&src.join("f"), b"two");
+    let r2 = ok_backup(&src, &store);
+    let id1 = r1["id"].as_str().unwrap();
+    let (code, rep, err) = restore(&store, id1, &t.path().join("a"), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["snapshot"], "daily.1");
+    assert_eq!(std::fs::read(t.path().join("a/f")).unwrap(), b"one");
+    // The newest taken at or before run 2's start is run 2; just before, run 1.
+    let at2 = r2["started_at"].as_str().unwrap();
+    let (_, rep, _) = restore(&store, &format!("@{at2}"), &t.path().join("b"), &[]);
+    assert_eq!(rep["run_id"], r2["id"]);
+    let before2 =
+        chrono::DateTime::parse_from_rfc3339(at2).unwrap() - chrono::Duration::milliseconds(500);
+    let (_, rep, err) = restore(
+        &store,
+        &format!("@{}", before2.to_rfc3339()),
+        &t.path().join("c"),
+        &[],
+    );
+    assert_eq!(rep["run_id"], r1["id"], "{err}");
+    let (code, _, err) = restore(&store, "@2000-01-01 00:00", &t.path().join("d"), &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no snapshot was taken at or before 2000-01-01"),
+        "{err}"
+    );
+}
+
+#[test]
+fn diff_history_and_list_report_what_changed() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    for f in ["content", "meta", "gone", "same"] {
+        write(&src.join("d").join(f), f.as_bytes());
+    }
+    ok_backup(&src, &store);
+    write(&src.join("d/content"), b"CONTENT");
+    chmod(&src.join("d/meta"), 0o600);
+    std::fs::remove_file(src.join("d/gone")).unwrap();
+    write(&src.join("d/new/file"), b"new");
+    ok_backup(&src, &store);
+
+    let (code, d, err, _) = run(&[
+        "diff".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "daily.1".as_ref(),
+        "daily.0".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let got: Vec<(String, String)> = d["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| {
+            (
+                x["path"].as_str().unwrap().into(),
+                x["change"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String)> = [
+        ("d/content", "content"),
+        ("d/gone", "removed"),
+        ("d/meta", "metadata"),
+        ("d/new", "added"),
+        ("d/new/file", "added"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(got, want);
+
+    // Against the live source: a touched file (same bytes) is metadata only.
+    set_mtime(&src.join("d/same"), 1_000_000_000, 0);
+    let (_, d, _, _) = run(&[
+        "diff".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "daily.0".as_ref(),
+        "--against".as_ref(),
+        src.as_os_str(),
+    ]);
+    assert_eq!(d["differences"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(d["differences"][0]["path"], "d/same");
+    assert_eq!(d["differences"][0]["change"], "metadata");
+
+    let (code, h, err, _) = run(&[
+        "history".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "d/content".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    assert_eq!(
+        (
+            h[0]["snapshot"].as_str(),
+            h[0]["change"].as_str(),
+            h[0]["size"].as_u64()
+        ),
+        (Some("daily.0"), Some("changed"), Some(7))
+    );
+    assert_eq!(h[1]["change"], "first");
+    assert_eq!(h[1]["size"], 7);
+    let (_, h, _, _) = run(&[
+        "history".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "d/gone".as_ref(),
+    ]);
+    assert_eq!(h[0]["change"], "deleted");
+
+    // list --space: the newest snapshot alone holds the new copies of `content`, `meta`
+    // and `new/file`; `same` is shared, so neither counts it.
+    let (code, l, err, _) = run(&[
+        "list".as_ref(),
+        "--json".as_ref(),
+        "--space".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(l[0]["name"], "daily.0");
+    let u0 = l[0]["unique_bytes"].as_u64().unwrap();
+    let block = std::fs::metadata(store.join("daily.0/d/content"))
+        .unwrap()
+        .blocks()
+        * 512;
+    let dirs = 2 * std::fs::metadata(store.join("daily.0/d")).unwrap().blocks() * 512;
+    assert_eq!(u0, dirs + 3 * block, "{l}");
+    assert_eq!(l[0]["files"], 4);
+}
