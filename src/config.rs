@@ -14,6 +14,8 @@ use crate::relpath::RelPath;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// The run catalog (SQLite); default: see `catalog::default_path`.
+    pub catalog: Option<PathBuf>,
     #[serde(default)]
     pub job: BTreeMap<String, JobConfig>,
 }

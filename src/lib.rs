@@ -2,6 +2,7 @@
 //! The library does all the work; `main.rs` only parses arguments and maps outcomes to
 //! exit codes. See ARCHITECTURE.md for the code map and the invariants.
 
+pub mod catalog;
 pub mod commands;
 pub mod compare;
 pub mod config;
@@ -14,4 +15,5 @@ pub mod pool;
 pub mod relpath;
 pub mod report;
 pub mod restore;
+pub mod runlog;
 pub mod store;

@@ -19,9 +19,16 @@ struct Cli {
     /// More log output on stderr (-v info, -vv debug).
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     verbose: u8,
-    /// Log lines as JSON.
+    /// Log lines (stderr and the run's log file) as JSON.
     #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
+    /// The run catalog (SQLite) [default: $XDG_STATE_HOME/snapring/catalog.db, or
+    /// /var/lib/snapring/catalog.db for a system service]; `off` disables it.
+    #[arg(long, global = true, env = "SNAPRING_CATALOG", value_name = "FILE")]
+    catalog: Option<PathBuf>,
+    /// Allow the catalog on NFS (SQLite locking is unreliable there).
+    #[arg(long, global = true, env = "SNAPRING_CATALOG_ON_NFS")]
+    catalog_on_nfs: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -83,20 +90,63 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
-    /// Every retained version of one path: when it changed, its size and hash.
+    /// Runs from the catalog (newest last); with a PATH and --dest, every retained
+    /// version of that path instead.
     History {
-        /// The store: <dest>/<folder>.
+        /// The store: <dest>/<folder> (filters runs; required with PATH).
         #[arg(long)]
-        dest: PathBuf,
-        /// Path relative to the snapshot root.
-        path: PathBuf,
+        dest: Option<PathBuf>,
+        /// Path relative to the snapshot root: list its versions across snapshots.
+        path: Option<PathBuf>,
+        /// Only runs of this job.
+        #[arg(long)]
+        job: Option<String>,
+        /// Only runs started within this long (30d, 12h) or since this time.
+        #[arg(long)]
+        since: Option<String>,
         #[arg(long)]
         json: bool,
+    },
+    /// One run from the catalog: its KPIs, errors and where its log is.
+    Show {
+        /// Run id (or a unique prefix of it).
+        run: String,
+        /// Look the run up in this store when the catalog does not have it.
+        #[arg(long)]
+        dest: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Summary of a job's runs over time: success rate, p50/p95 duration, trends.
+    Stats {
+        #[arg(long)]
+        job: Option<String>,
+        /// Only runs of this store.
+        #[arg(long)]
+        dest: Option<PathBuf>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The run catalog.
+    Catalog {
+        #[command(subcommand)]
+        cmd: CatalogCmd,
     },
     /// Configuration files.
     Config {
         #[command(subcommand)]
         cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CatalogCmd {
+    /// Recreate the catalog's rows for a store from its run records (.snapring/runs).
+    Rebuild {
+        #[arg(long)]
+        dest: PathBuf,
     },
 }
 
@@ -199,26 +249,63 @@ struct BackupArgs {
 }
 
 fn init_logging(verbose: u8, json: bool) {
+    use tracing_subscriber::filter::LevelFilter;
+    use tracing_subscriber::prelude::*;
     let level = match verbose {
-        0 => tracing::Level::WARN,
-        1 => tracing::Level::INFO,
-        _ => tracing::Level::DEBUG,
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
     };
-    let b = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_max_level(level)
-        .with_target(false);
-    if json {
-        b.json().init();
+    // Each run's log file in the store (see runlog.rs) gets INFO and up, no colours.
+    type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+    let fmt = tracing_subscriber::fmt::layer;
+    let layers: Vec<Boxed> = if json {
+        vec![
+            fmt()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .json()
+                .with_filter(level)
+                .boxed(),
+            fmt()
+                .with_writer(snapring::runlog::RunLog)
+                .with_ansi(false)
+                .with_target(false)
+                .json()
+                .with_filter(LevelFilter::INFO)
+                .boxed(),
+        ]
     } else {
-        b.init();
-    }
+        vec![
+            fmt()
+                .with_writer(std::io::stderr)
+                .with_target(false)
+                .with_filter(level)
+                .boxed(),
+            fmt()
+                .with_writer(snapring::runlog::RunLog)
+                .with_ansi(false)
+                .with_target(false)
+                .with_filter(LevelFilter::INFO)
+                .boxed(),
+        ]
+    };
+    tracing_subscriber::registry().with(layers).init();
 }
 
 fn main() {
     let cli = Cli::parse();
     init_logging(cli.verbose, cli.log_format == "json");
-    let code = match run(cli.cmd) {
+    let cat = CatalogChoice {
+        explicit: cli.catalog.is_some(),
+        path: match cli.catalog {
+            Some(p) if p.as_os_str() == "off" => None,
+            Some(p) => Some(p),
+            None => Some(snapring::catalog::default_path()),
+        },
+        on_nfs: cli.catalog_on_nfs,
+    };
+    let code = match run(cli.cmd, cat) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("snapring: error: {e:#}");
@@ -228,9 +315,126 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(cmd: Cmd) -> anyhow::Result<i32> {
+/// Where the catalog is, from --catalog/SNAPRING_CATALOG, else the default; `None`
+/// when turned off.
+struct CatalogChoice {
+    path: Option<PathBuf>,
+    /// Given by flag or environment (wins over a config file's `catalog`).
+    explicit: bool,
+    on_nfs: bool,
+}
+
+fn open_catalog(c: &CatalogChoice) -> anyhow::Result<snapring::catalog::Catalog> {
+    let Some(p) = &c.path else {
+        anyhow::bail!("the catalog is turned off (--catalog off); give it a file");
+    };
+    Ok(snapring::catalog::Catalog::open(p, c.on_nfs)?)
+}
+
+fn filter(
+    job: Option<String>,
+    dest: Option<&std::path::Path>,
+    since: Option<&str>,
+) -> anyhow::Result<snapring::catalog::Filter> {
+    let store = match dest {
+        Some(d) => Some(
+            std::fs::canonicalize(d)
+                .map_err(|e| anyhow::anyhow!("store {}: {e}", d.display()))?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        None => None,
+    };
+    let since = match since {
+        None => None,
+        Some(s) => Some(match snapring::engine::options::parse_duration(s) {
+            Ok(d) => (chrono::Utc::now() - chrono::Duration::from_std(d)?)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            Err(_) => snapring::store::select::parse_time(s)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--since {s:?}: give a duration (30d, 12h) or a time (2026-11-01)"
+                    )
+                })?
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        }),
+    };
+    Ok(snapring::catalog::Filter { job, store, since })
+}
+
+fn print_shown(s: &snapring::catalog::Shown) {
+    let r = &s.report;
+    println!("run {} ({})", r.id, r.status.as_str());
+    println!(
+        "  job {}  label {}  retain {}",
+        r.job.as_deref().unwrap_or("-"),
+        r.label,
+        r.retain
+    );
+    println!("  source {}", r.source.display());
+    println!(
+        "  store {}  snapshot {}",
+        r.store.display(),
+        r.snapshot.as_deref().unwrap_or("-")
+    );
+    println!("  host {}  snapring {}  jobs {}", r.host, r.version, r.jobs);
+    println!(
+        "  started {}  finished {}  took {:.2}s",
+        r.started_at,
+        r.finished_at.as_deref().unwrap_or("-"),
+        r.duration_seconds
+    );
+    println!(
+        "  files {} (copied {}, linked {}, link fallbacks {}, changed during backup {}), directories {}",
+        r.files_total,
+        r.files_transferred,
+        r.files_linked,
+        r.link_fallbacks,
+        r.changed_during_backup,
+        r.dirs_total
+    );
+    println!(
+        "  bytes {} in files, {} copied; {:.0} files/s, {}/s",
+        human(r.bytes_total),
+        human(r.bytes_transferred),
+        r.throughput_files_per_second,
+        human(r.throughput_bytes_per_second as u64)
+    );
+    let p = &r.phases;
+    println!(
+        "  phases: walk+copy {:.2}s, sync {:.2}s, rotation {:.2}s, remove expired {:.2}s; peak memory {}",
+        p.walk_copy.seconds,
+        p.sync.seconds,
+        p.rotation.seconds,
+        p.remove_expired.seconds,
+        human(r.peak_rss_bytes)
+    );
+    if !r.expired.is_empty() {
+        println!("  expired {}", r.expired.join(", "));
+    }
+    println!("  message: {}", r.message);
+    for w in &r.warnings {
+        println!("  warning: {w}");
+    }
+    println!("  errors {}", r.errors);
+    for pr in s.problems.iter().take(50) {
+        println!(
+            "    {:?}: {} ({}: {})",
+            pr.kind, pr.path, pr.action, pr.error
+        );
+    }
+    if let Some(l) = &s.log_path {
+        println!(
+            "  log {}{}",
+            l,
+            if s.log_exists { "" } else { " (missing)" }
+        );
+    }
+}
+
+fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
     match cmd {
-        Cmd::Backup(a) => backup(*a),
+        Cmd::Backup(a) => backup(*a, &cat),
         Cmd::Restore(a) => restore(a),
         Cmd::Diff {
             dest,
@@ -315,7 +519,17 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
             }
             Ok(if clean { 0 } else { 2 })
         }
-        Cmd::History { dest, path, json } => {
+        Cmd::History {
+            dest,
+            path: Some(path),
+            json,
+            ..
+        } => {
+            let Some(dest) = dest else {
+                anyhow::bail!(
+                    "history of a path needs --dest STORE (the store holding the snapshots)"
+                );
+            };
             let rel = snapring::restore::parse_path(&path).map_err(anyhow::Error::msg)?;
             if rel.is_root() {
                 anyhow::bail!(
@@ -344,6 +558,147 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
                     );
                 }
             }
+            Ok(0)
+        }
+        Cmd::History {
+            dest,
+            path: None,
+            job,
+            since,
+            json,
+        } => {
+            let mut c = open_catalog(&cat)?;
+            snapring::catalog::settle_running(&mut c);
+            let f = filter(job, dest.as_deref(), since.as_deref())?;
+            let rows = c.runs(&f)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                println!(
+                    "{:<24} {:<10} {:<10} {:<21} {:>9} {:>9} {:>9} {:>10} {:>6}  STORE",
+                    "RUN",
+                    "JOB",
+                    "STATUS",
+                    "STARTED",
+                    "SECONDS",
+                    "FILES",
+                    "COPIED",
+                    "BYTES",
+                    "ERRORS"
+                );
+                for r in &rows {
+                    println!(
+                        "{:<24} {:<10} {:<10} {:<21} {:>9.1} {:>9} {:>9} {:>10} {:>6}  {}",
+                        r.id,
+                        r.job.as_deref().unwrap_or("-"),
+                        r.status,
+                        r.started_at.get(..19).unwrap_or(&r.started_at).to_string() + "Z",
+                        r.duration_seconds,
+                        r.files_total,
+                        r.files_transferred,
+                        human(r.bytes_transferred),
+                        r.errors,
+                        r.store
+                    );
+                }
+                if rows.is_empty() {
+                    println!("(no runs in {})", c.path.display());
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Show { run, dest, json } => {
+            let mut c = open_catalog(&cat)?;
+            snapring::catalog::settle_running(&mut c);
+            let shown = match c.show(&run)? {
+                Some(s) => s,
+                None => {
+                    let from_store = dest.as_ref().and_then(|d| {
+                        let store = snapring::store::Store::open(d, false).ok()?;
+                        let r = store.read_run(&run).ok()??;
+                        c.record(&r).ok()?;
+                        c.show(&run).ok()?
+                    });
+                    match from_store {
+                        Some(s) => s,
+                        None => anyhow::bail!(
+                            "no run {run:?} in the catalog {}; `snapring history` lists runs, and `snapring catalog rebuild --dest STORE` imports a store's runs",
+                            c.path.display()
+                        ),
+                    }
+                }
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&shown)?);
+            } else {
+                print_shown(&shown);
+            }
+            Ok(0)
+        }
+        Cmd::Stats {
+            job,
+            dest,
+            since,
+            json,
+        } => {
+            let mut c = open_catalog(&cat)?;
+            snapring::catalog::settle_running(&mut c);
+            let f = filter(job, dest.as_deref(), since.as_deref())?;
+            let stats = c.stats(&f)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                for s in &stats {
+                    println!("{}", s.job);
+                    println!(
+                        "  runs {} from {} to {}: {} complete, {} partial, {} incomplete, {} failed, {} running; success rate {:.0}%",
+                        s.runs,
+                        s.first_started_at,
+                        s.last_started_at,
+                        s.complete,
+                        s.partial,
+                        s.incomplete,
+                        s.failed,
+                        s.running,
+                        s.success_rate * 100.0
+                    );
+                    let pct = |p: Option<f64>| {
+                        p.map(|p| format!("{p:+.0}% newer half vs older"))
+                            .unwrap_or_else(|| "trend needs 4 runs".into())
+                    };
+                    println!(
+                        "  duration p50 {:.2}s, p95 {:.2}s, mean {:.2}s ({})",
+                        s.duration_p50_seconds,
+                        s.duration_p95_seconds,
+                        s.duration_mean_seconds,
+                        pct(s.duration_trend_percent)
+                    );
+                    println!(
+                        "  copied per run: mean {} ({}); last run {} with {} files",
+                        human(s.bytes_transferred_mean as u64),
+                        pct(s.bytes_transferred_trend_percent),
+                        s.last_status,
+                        s.files_total_last
+                    );
+                }
+                if stats.is_empty() {
+                    println!("(no runs in {})", c.path.display());
+                }
+            }
+            Ok(0)
+        }
+        Cmd::Catalog {
+            cmd: CatalogCmd::Rebuild { dest },
+        } => {
+            let mut c = open_catalog(&cat)?;
+            let store = snapring::store::Store::open(&dest, false)?;
+            let key = std::fs::canonicalize(&store.root)?;
+            let n = c.rebuild(&key, &key.to_string_lossy())?;
+            println!(
+                "catalog {}: {n} runs of {} recorded from its run records",
+                c.path.display(),
+                key.display()
+            );
             Ok(0)
         }
         Cmd::List {
@@ -400,11 +755,13 @@ fn run(cmd: Cmd) -> anyhow::Result<i32> {
     }
 }
 
-fn backup(a: BackupArgs) -> anyhow::Result<i32> {
+fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<i32> {
     use std::io::IsTerminal;
+    let mut file_catalog = None;
     let (name, file_job) = match &a.config {
         Some(path) => {
             let cfg = config::load(path)?;
+            file_catalog = cfg.catalog.clone();
             let (n, j) = cfg.pick(a.job.as_deref())?;
             (Some(n), Some(j))
         }
@@ -426,6 +783,13 @@ fn backup(a: BackupArgs) -> anyhow::Result<i32> {
     let mut opts = config::resolve(name, file_job, flags)?;
     opts.dry_run = a.dry_run;
     opts.plan_on_stderr = a.json;
+    opts.catalog = match (&cat.path, file_catalog) {
+        (Some(p), _) if cat.explicit => Some(p.clone()),
+        (None, _) => None,
+        (_, Some(f)) => Some(f),
+        (Some(p), None) => Some(p.clone()),
+    };
+    opts.catalog_on_nfs = cat.on_nfs;
     opts.progress = !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal();
     let cancel = Arc::new(AtomicBool::new(false));
     snapring::engine::progress::install_signal_handlers(&cancel);

@@ -138,6 +138,10 @@ pub struct RunReport {
     pub problems: Vec<Problem>,
     /// Problems counted but not listed (past `MAX_LISTED_PROBLEMS`).
     pub problems_not_listed: u64,
+    /// Things that went wrong beside the backup itself and did not change its status
+    /// (for example the catalog could not be written).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// Counters the workers bump while a run goes on.

@@ -206,6 +206,7 @@ fn unreadable_entries_give_partial() {
             "--inh-caps=-dac_override,-dac_read_search",
         ])
         .arg(bin())
+        .env("SNAPRING_CATALOG", "off")
         .args(["backup", "--json", "--source"])
         .arg(&src)
         .arg("--dest")

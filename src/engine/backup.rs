@@ -100,20 +100,79 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
         store.repair(&l, &id)?;
         l
     };
-    let mut rep = new_report(opts, &id, &store.root);
+    let abs = std::fs::canonicalize(&store.root).unwrap_or_else(|_| store.root.clone());
+    let mut rep = new_report(opts, &id, &abs);
+    if let Ok(src) = std::fs::canonicalize(&opts.source) {
+        rep.source = src;
+    }
     if !opts.dry_run {
+        if opts.log_file {
+            let log = crate::catalog::log_path(&rep);
+            if let Err(e) = crate::runlog::start(&log) {
+                rep.warnings
+                    .push(format!("cannot write the run log {}: {e}", log.display()));
+            }
+        }
+        tracing::info!(
+            run = %id, source = %rep.source.display(), store = %abs.display(), label = %opts.label,
+            retain = opts.retain, jobs = opts.jobs, "backup started by snapring {} on {}", rep.version, rep.host
+        );
         store.write_run(&rep)?;
+        if let Some(c) = &opts.catalog {
+            sync_catalog(c, opts.catalog_on_nfs, &store, &mut rep);
+        }
     }
     let counters = Counters::default();
     let outcome = run(opts, &store, &id, &counters, cancel, &mut rep);
     conclude(&mut rep, &counters, outcome, t0);
-    if !opts.dry_run
-        && let Err(e) = store.write_run(&rep)
-    {
-        tracing::error!("{e}");
+    if !opts.dry_run {
+        tracing::info!(
+            status = rep.status.as_str(),
+            files = rep.files_total,
+            copied = rep.files_transferred,
+            linked = rep.files_linked,
+            bytes_copied = rep.bytes_transferred,
+            errors = rep.errors,
+            seconds = rep.duration_seconds,
+            "backup finished: {}",
+            rep.message
+        );
+        if let Some(c) = &opts.catalog
+            && let Some(w) = crate::catalog::record_quietly(c, opts.catalog_on_nfs, &rep)
+        {
+            rep.warnings.push(w);
+        }
+        if let Err(e) = store.write_run(&rep) {
+            tracing::error!("{e}");
+        }
+        crate::runlog::stop();
     }
     lock.release();
     Ok(rep)
+}
+
+/// Records the starting run in the catalog, with any run of this store the catalog
+/// still thinks is running (the repair above has settled those in the store).
+fn sync_catalog(path: &Path, on_nfs: bool, store: &Store, rep: &mut RunReport) {
+    let r = crate::catalog::Catalog::open(path, on_nfs).and_then(|mut c| {
+        for (id, s) in c.running_in()? {
+            if s == rep.store.to_string_lossy()
+                && id != rep.id
+                && let Ok(Some(old)) = store.read_run(&id)
+            {
+                c.record(&old)?;
+            }
+        }
+        c.record(rep)
+    });
+    if let Err(e) = r {
+        let msg = format!(
+            "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
+            rep.store.display()
+        );
+        tracing::error!("{msg}");
+        rep.warnings.push(msg);
+    }
 }
 
 fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
@@ -157,6 +216,7 @@ fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         phases: Phases::default(),
         problems: vec![],
         problems_not_listed: 0,
+        warnings: vec![],
     }
 }
 
@@ -360,6 +420,19 @@ fn run(
     if let Some(n) = leftovers.last() {
         tracing::info!("resuming from the staging tree of interrupted run {n}");
     }
+    match &prev {
+        Some(p) => tracing::info!(
+            "unchanged files are linked from {} (run {}{})",
+            p.snap.name,
+            rep.based_on.as_deref().unwrap_or("-"),
+            if p.manifest.is_some() {
+                ""
+            } else {
+                ", no manifest: compared by stat"
+            }
+        ),
+        None => tracing::info!("no previous snapshot: this is a full copy"),
+    }
 
     // Build the new snapshot.
     let staging_name = format!("{}/staging/{id}", crate::store::META_DIR);
@@ -421,6 +494,14 @@ fn run(
         done.store(true, Ordering::Relaxed);
     });
     rep.phases.walk_copy = phase(&walk_start, t_walk);
+    tracing::info!(
+        files = counters.files_total.load(Ordering::Relaxed),
+        copied = counters.files_transferred.load(Ordering::Relaxed),
+        linked = counters.files_linked.load(Ordering::Relaxed),
+        problems = counters.problems_total.load(Ordering::Relaxed),
+        "walk finished in {:.2}s",
+        rep.phases.walk_copy.seconds
+    );
     let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
 
     if let Some(e) = fatal {
@@ -531,6 +612,15 @@ fn run(
     store.run_journal(&journal)?;
     rep.phases.rotation = phase(&rot_start, t_rot);
     rep.snapshot = Some(format!("{}.0", opts.label));
+    tracing::info!(
+        "published {}.0; expired: {}",
+        opts.label,
+        if expired.is_empty() {
+            "none".to_string()
+        } else {
+            expired.join(", ")
+        }
+    );
 
     // Clean-up after publishing: it can fail or be cut short without losing anything.
     for n in &leftovers {

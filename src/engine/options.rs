@@ -34,6 +34,12 @@ pub struct BackupOptions {
     pub progress: bool,
     /// Dry run: print the plan on stderr instead of stdout (stdout carries JSON).
     pub plan_on_stderr: bool,
+    /// The run catalog to record the run in (`None`: no catalog).
+    pub catalog: Option<PathBuf>,
+    /// Allow the catalog on NFS.
+    pub catalog_on_nfs: bool,
+    /// Write the run's log to `.snapring/logs/<id>.log`.
+    pub log_file: bool,
 }
 
 impl BackupOptions {
@@ -53,6 +59,9 @@ impl BackupOptions {
             window: None,
             progress: false,
             plan_on_stderr: false,
+            catalog: None,
+            catalog_on_nfs: false,
+            log_file: true,
         }
     }
 

@@ -179,6 +179,9 @@ pub fn bin() -> PathBuf {
 pub fn snapring(args: &[&OsStr], env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(bin());
     c.args(args);
+    // No catalog unless a test asks for one (tests/catalog.rs): keeps the machine's
+    // own catalog out of the test suite.
+    c.env("SNAPRING_CATALOG", "off");
     for (k, v) in env {
         c.env(k, v);
     }
@@ -325,6 +328,7 @@ pub fn spawn_paused(src: &Path, dest: &Path, extra: &[&str], point: &str, nth: u
         .arg("--dest")
         .arg(dest)
         .args(extra)
+        .env("SNAPRING_CATALOG", "off")
         .env(
             "SNAPRING_FAILPOINTS",
             format!("{point}=pause:{}@{nth}", pause.display()),

@@ -1,0 +1,742 @@
+//! The run catalog: one SQLite file (rusqlite, bundled) holding a row per run with every
+//! KPI, its problems and where its log is, for `history`, `show` and `stats`. It is a
+//! cache of the run records in each store (`.snapring/runs/<id>.json`): `rebuild`
+//! recreates it from them, so losing the machine loses nothing. Does the database I/O.
+//!
+//! The schema is versioned by `PRAGMA user_version` and moved forward by frozen
+//! migrations, each in one transaction; a catalog from a newer snapring is refused.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use serde::Serialize;
+
+use crate::report::{Problem, RunReport, Status};
+
+/// The schema this snapring writes.
+pub const SCHEMA_VERSION: i64 = 2;
+
+/// Frozen migrations: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
+/// Never edit one that has shipped; add a new one.
+const MIGRATIONS: &[&str] = &[
+    // 1: runs with the headline KPIs and the full run record as JSON.
+    "CREATE TABLE runs (
+        id TEXT PRIMARY KEY,
+        job TEXT,
+        label TEXT NOT NULL,
+        store TEXT NOT NULL,
+        source TEXT NOT NULL,
+        host TEXT NOT NULL,
+        version TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        duration_seconds REAL NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER NOT NULL,
+        message TEXT NOT NULL,
+        snapshot TEXT,
+        files_total INTEGER NOT NULL,
+        files_transferred INTEGER NOT NULL,
+        files_linked INTEGER NOT NULL,
+        bytes_total INTEGER NOT NULL,
+        bytes_transferred INTEGER NOT NULL,
+        errors INTEGER NOT NULL,
+        report TEXT NOT NULL
+    );
+    CREATE INDEX runs_job_started ON runs(job, started_at);
+    CREATE INDEX runs_store_started ON runs(store, started_at);",
+    // 2: every other KPI as a column, problems as rows, the log's path. Backfilled from
+    // the stored run records.
+    "ALTER TABLE runs ADD COLUMN retain INTEGER;
+    ALTER TABLE runs ADD COLUMN window TEXT;
+    ALTER TABLE runs ADD COLUMN prefix TEXT;
+    ALTER TABLE runs ADD COLUMN based_on TEXT;
+    ALTER TABLE runs ADD COLUMN expired TEXT;
+    ALTER TABLE runs ADD COLUMN dirs_total INTEGER;
+    ALTER TABLE runs ADD COLUMN link_fallbacks INTEGER;
+    ALTER TABLE runs ADD COLUMN changed_during_backup INTEGER;
+    ALTER TABLE runs ADD COLUMN source_bytes INTEGER;
+    ALTER TABLE runs ADD COLUMN backup_bytes_added INTEGER;
+    ALTER TABLE runs ADD COLUMN throughput_files_per_second REAL;
+    ALTER TABLE runs ADD COLUMN throughput_bytes_per_second REAL;
+    ALTER TABLE runs ADD COLUMN peak_rss_bytes INTEGER;
+    ALTER TABLE runs ADD COLUMN walk_copy_seconds REAL;
+    ALTER TABLE runs ADD COLUMN sync_seconds REAL;
+    ALTER TABLE runs ADD COLUMN rotation_seconds REAL;
+    ALTER TABLE runs ADD COLUMN remove_expired_seconds REAL;
+    ALTER TABLE runs ADD COLUMN log_path TEXT;
+    UPDATE runs SET
+        retain = json_extract(report, '$.retain'),
+        window = json_extract(report, '$.window'),
+        prefix = json_extract(report, '$.prefix'),
+        based_on = json_extract(report, '$.based_on'),
+        expired = json_extract(report, '$.expired'),
+        dirs_total = json_extract(report, '$.dirs_total'),
+        link_fallbacks = json_extract(report, '$.link_fallbacks'),
+        changed_during_backup = json_extract(report, '$.changed_during_backup'),
+        source_bytes = json_extract(report, '$.source_bytes'),
+        backup_bytes_added = json_extract(report, '$.backup_bytes_added'),
+        throughput_files_per_second = json_extract(report, '$.throughput_files_per_second'),
+        throughput_bytes_per_second = json_extract(report, '$.throughput_bytes_per_second'),
+        peak_rss_bytes = json_extract(report, '$.peak_rss_bytes'),
+        walk_copy_seconds = json_extract(report, '$.phases.walk_copy.seconds'),
+        sync_seconds = json_extract(report, '$.phases.sync.seconds'),
+        rotation_seconds = json_extract(report, '$.phases.rotation.seconds'),
+        remove_expired_seconds = json_extract(report, '$.phases.remove_expired.seconds');
+    CREATE TABLE problems (
+        run_id TEXT NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        action TEXT NOT NULL,
+        error TEXT NOT NULL
+    );
+    CREATE INDEX problems_run ON problems(run_id);
+    INSERT INTO problems (run_id, path, kind, action, error)
+        SELECT runs.id, json_extract(p.value, '$.path'), json_extract(p.value, '$.kind'),
+               json_extract(p.value, '$.action'), json_extract(p.value, '$.error')
+        FROM runs, json_each(runs.report, '$.problems') AS p;",
+];
+
+/// Errors of the catalog: always with the file, and never fatal to a backup.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("catalog {}: {msg}", path.display())]
+    Db { path: PathBuf, msg: String },
+}
+
+pub type Result<T> = std::result::Result<T, CatalogError>;
+
+trait DbCtx<T> {
+    fn db(self, path: &Path, what: &str) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> DbCtx<T> for std::result::Result<T, E> {
+    fn db(self, path: &Path, what: &str) -> Result<T> {
+        self.map_err(|e| CatalogError::Db {
+            path: path.to_path_buf(),
+            msg: format!("{what}: {e}"),
+        })
+    }
+}
+
+/// Where the catalog lives unless told otherwise: `/var/lib/snapring/catalog.db` for a
+/// system service (root under systemd, or no home), else
+/// `$XDG_STATE_HOME/snapring/catalog.db` (default `~/.local/state/...`).
+pub fn default_path() -> PathBuf {
+    let root = rustix::process::geteuid().is_root();
+    let service = std::env::var_os("INVOCATION_ID").is_some();
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
+    if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty())
+        && !(root && service)
+    {
+        return PathBuf::from(x).join("snapring/catalog.db");
+    }
+    match home {
+        Some(h) if !(root && service) => PathBuf::from(h).join(".local/state/snapring/catalog.db"),
+        _ => PathBuf::from("/var/lib/snapring/catalog.db"),
+    }
+}
+
+const NFS_SUPER_MAGIC: u64 = 0x6969;
+
+/// One run as `history` lists it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RunRow {
+    pub id: String,
+    pub job: Option<String>,
+    pub label: String,
+    pub store: String,
+    pub snapshot: Option<String>,
+    pub started_at: String,
+    pub finished_at: Option<String>,
+    pub duration_seconds: f64,
+    pub status: String,
+    pub files_total: u64,
+    pub files_transferred: u64,
+    pub bytes_transferred: u64,
+    pub errors: u64,
+}
+
+/// One run as `show` prints it: the whole run record, its problems and its log.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Shown {
+    pub report: RunReport,
+    pub problems: Vec<Problem>,
+    pub log_path: Option<String>,
+    pub log_exists: bool,
+}
+
+/// Which runs a query covers.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub job: Option<String>,
+    pub store: Option<String>,
+    /// RFC 3339: runs started at or after.
+    pub since: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Stats {
+    /// The job name, or the store for runs without one.
+    pub job: String,
+    pub runs: u64,
+    pub complete: u64,
+    pub partial: u64,
+    pub incomplete: u64,
+    pub failed: u64,
+    pub running: u64,
+    /// complete / finished runs (running ones excluded).
+    pub success_rate: f64,
+    pub first_started_at: String,
+    pub last_started_at: String,
+    pub last_status: String,
+    pub duration_p50_seconds: f64,
+    pub duration_p95_seconds: f64,
+    pub duration_mean_seconds: f64,
+    /// Mean duration of the newer half of the finished runs against the older half, in
+    /// percent (+20 means 20% slower); `None` with fewer than 4 finished runs.
+    pub duration_trend_percent: Option<f64>,
+    /// Least-squares slope of duration over time in seconds per day (0 when the runs
+    /// span less than a day).
+    pub duration_slope_seconds_per_day: f64,
+    pub bytes_transferred_mean: f64,
+    /// As `duration_trend_percent`, for bytes copied per run.
+    pub bytes_transferred_trend_percent: Option<f64>,
+    pub files_total_last: u64,
+}
+
+pub struct Catalog {
+    conn: Connection,
+    pub path: PathBuf,
+}
+
+impl Catalog {
+    /// Opens (creating it and its directory) and migrates the catalog at `path`.
+    /// Refuses a file on NFS unless `allow_nfs`: SQLite's locking is unreliable there.
+    pub fn open(path: &Path, allow_nfs: bool) -> Result<Catalog> {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::create_dir_all(dir).db(dir, "create the catalog's directory")?;
+        if !allow_nfs
+            && let Ok(fs) = rustix::fs::statfs(dir)
+            && fs.f_type as u64 == NFS_SUPER_MAGIC
+        {
+            return Err(CatalogError::Db {
+                path: path.to_path_buf(),
+                msg: "is on NFS, where SQLite's locks are unreliable; put it on a local disk (--catalog), or set SNAPRING_CATALOG_ON_NFS=1 to insist".into(),
+            });
+        }
+        let conn = Connection::open(path).db(path, "open")?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .db(path, "set busy timeout")?;
+        conn.pragma_update(None, "foreign_keys", true)
+            .db(path, "enable foreign keys")?;
+        let mut c = Catalog {
+            conn,
+            path: path.to_path_buf(),
+        };
+        c.migrate()?;
+        Ok(c)
+    }
+
+    /// The schema version of the file.
+    pub fn version(&self) -> Result<i64> {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .db(&self.path, "read schema version (is it a SQLite file?)")
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let v = self.version()?;
+        if v > SCHEMA_VERSION {
+            return Err(CatalogError::Db {
+                path: self.path.clone(),
+                msg: format!(
+                    "schema version {v} is newer than this snapring understands ({SCHEMA_VERSION}); upgrade snapring"
+                ),
+            });
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(v as usize) {
+            let to = i as i64 + 1;
+            let tx = self.conn.transaction().db(&self.path, "begin migration")?;
+            tx.execute_batch(sql)
+                .db(&self.path, &format!("migrate to schema {to}"))?;
+            tx.pragma_update(None, "user_version", to)
+                .db(&self.path, "set schema version")?;
+            tx.commit().db(&self.path, "commit migration")?;
+            if v > 0 {
+                tracing::info!("{}: migrated catalog to schema {to}", self.path.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// Inserts or updates one run (and replaces its problems) in one transaction.
+    pub fn record(&mut self, r: &RunReport) -> Result<()> {
+        let path = self.path.clone();
+        let json = serde_json::to_string(r).db(&path, "encode run")?;
+        let log = log_path(r);
+        let tx = self.conn.transaction().db(&path, "begin")?;
+        tx.execute(
+            "INSERT INTO runs (id, job, label, store, source, host, version, started_at,
+                finished_at, duration_seconds, status, exit_code, message, snapshot,
+                files_total, files_transferred, files_linked, bytes_total, bytes_transferred,
+                errors, report, retain, window, prefix, based_on, expired, dirs_total,
+                link_fallbacks, changed_during_backup, source_bytes, backup_bytes_added,
+                throughput_files_per_second, throughput_bytes_per_second, peak_rss_bytes,
+                walk_copy_seconds, sync_seconds, rotation_seconds, remove_expired_seconds,
+                log_path)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
+                ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31,
+                ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39)
+             ON CONFLICT(id) DO UPDATE SET job=excluded.job, label=excluded.label,
+                store=excluded.store, source=excluded.source, host=excluded.host,
+                version=excluded.version, started_at=excluded.started_at,
+                finished_at=excluded.finished_at, duration_seconds=excluded.duration_seconds,
+                status=excluded.status, exit_code=excluded.exit_code, message=excluded.message,
+                snapshot=excluded.snapshot, files_total=excluded.files_total,
+                files_transferred=excluded.files_transferred, files_linked=excluded.files_linked,
+                bytes_total=excluded.bytes_total, bytes_transferred=excluded.bytes_transferred,
+                errors=excluded.errors, report=excluded.report, retain=excluded.retain,
+                window=excluded.window, prefix=excluded.prefix, based_on=excluded.based_on,
+                expired=excluded.expired, dirs_total=excluded.dirs_total,
+                link_fallbacks=excluded.link_fallbacks,
+                changed_during_backup=excluded.changed_during_backup,
+                source_bytes=excluded.source_bytes, backup_bytes_added=excluded.backup_bytes_added,
+                throughput_files_per_second=excluded.throughput_files_per_second,
+                throughput_bytes_per_second=excluded.throughput_bytes_per_second,
+                peak_rss_bytes=excluded.peak_rss_bytes, walk_copy_seconds=excluded.walk_copy_seconds,
+                sync_seconds=excluded.sync_seconds, rotation_seconds=excluded.rotation_seconds,
+                remove_expired_seconds=excluded.remove_expired_seconds, log_path=excluded.log_path",
+            params![
+                r.id,
+                r.job,
+                r.label,
+                r.store.to_string_lossy(),
+                r.source.to_string_lossy(),
+                r.host,
+                r.version,
+                r.started_at,
+                r.finished_at,
+                r.duration_seconds,
+                r.status.as_str(),
+                r.exit_code,
+                r.message,
+                r.snapshot,
+                r.files_total as i64,
+                r.files_transferred as i64,
+                r.files_linked as i64,
+                r.bytes_total as i64,
+                r.bytes_transferred as i64,
+                r.errors as i64,
+                json,
+                r.retain,
+                r.window,
+                r.prefix,
+                r.based_on,
+                serde_json::to_string(&r.expired).unwrap_or_default(),
+                r.dirs_total as i64,
+                r.link_fallbacks as i64,
+                r.changed_during_backup as i64,
+                r.source_bytes as i64,
+                r.backup_bytes_added as i64,
+                r.throughput_files_per_second,
+                r.throughput_bytes_per_second,
+                r.peak_rss_bytes as i64,
+                r.phases.walk_copy.seconds,
+                r.phases.sync.seconds,
+                r.phases.rotation.seconds,
+                r.phases.remove_expired.seconds,
+                log.to_string_lossy(),
+            ],
+        )
+        .db(&path, "record run")?;
+        tx.execute("DELETE FROM problems WHERE run_id = ?1", [&r.id])
+            .db(&path, "record problems")?;
+        {
+            let mut ins = tx
+                .prepare(
+                    "INSERT INTO problems (run_id, path, kind, action, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .db(&path, "record problems")?;
+            for p in &r.problems {
+                let kind = serde_json::to_value(p.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                ins.execute(params![r.id, p.path, kind, p.action, p.error])
+                    .db(&path, "record problems")?;
+            }
+        }
+        tx.commit().db(&path, "commit")?;
+        Ok(())
+    }
+
+    /// Runs matching `f`, oldest first.
+    pub fn runs(&self, f: &Filter) -> Result<Vec<RunRow>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, job, label, store, snapshot, started_at, finished_at,
+                    duration_seconds, status, files_total, files_transferred,
+                    bytes_transferred, errors
+                 FROM runs
+                 WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR store = ?2)
+                   AND (?3 IS NULL OR started_at >= ?3)
+                 ORDER BY started_at, id",
+            )
+            .db(&self.path, "query runs")?;
+        let rows = st
+            .query_map(params![f.job, f.store, f.since], |r| {
+                Ok(RunRow {
+                    id: r.get(0)?,
+                    job: r.get(1)?,
+                    label: r.get(2)?,
+                    store: r.get(3)?,
+                    snapshot: r.get(4)?,
+                    started_at: r.get(5)?,
+                    finished_at: r.get(6)?,
+                    duration_seconds: r.get(7)?,
+                    status: r.get(8)?,
+                    files_total: r.get::<_, i64>(9)? as u64,
+                    files_transferred: r.get::<_, i64>(10)? as u64,
+                    bytes_transferred: r.get::<_, i64>(11)? as u64,
+                    errors: r.get::<_, i64>(12)? as u64,
+                })
+            })
+            .db(&self.path, "query runs")?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "read runs")
+    }
+
+    /// The run with this id, or the only one whose id starts with it.
+    pub fn show(&self, id: &str) -> Result<Option<Shown>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM runs WHERE id = ?1 OR id LIKE ?2 || '%' ORDER BY id")
+            .db(&self.path, "find run")?;
+        let ids: Vec<String> = st
+            .query_map(params![id, id.replace(['%', '_'], "")], |r| r.get(0))
+            .db(&self.path, "find run")?
+            .collect::<std::result::Result<_, _>>()
+            .db(&self.path, "find run")?;
+        let found = if ids.iter().any(|i| i == id) {
+            id.to_string()
+        } else if ids.len() == 1 {
+            ids[0].clone()
+        } else if ids.is_empty() {
+            return Ok(None);
+        } else {
+            return Err(CatalogError::Db {
+                path: self.path.clone(),
+                msg: format!(
+                    "run id {id:?} is ambiguous ({} runs start with it); give more of it",
+                    ids.len()
+                ),
+            });
+        };
+        let (json, log): (String, Option<String>) = self
+            .conn
+            .query_row(
+                "SELECT report, log_path FROM runs WHERE id = ?1",
+                [&found],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .db(&self.path, "read run")?;
+        let report: RunReport = serde_json::from_str(&json).db(&self.path, "decode run")?;
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT path, kind, action, error FROM problems WHERE run_id = ?1 ORDER BY rowid",
+            )
+            .db(&self.path, "read problems")?;
+        let problems = st
+            .query_map([&found], |r| {
+                let kind: String = r.get(1)?;
+                Ok(Problem {
+                    path: r.get(0)?,
+                    kind: serde_json::from_value(serde_json::Value::String(kind))
+                        .unwrap_or(crate::report::ProblemKind::Unreadable),
+                    action: r.get(2)?,
+                    error: r.get(3)?,
+                })
+            })
+            .db(&self.path, "read problems")?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "read problems")?;
+        let log_exists = log.as_deref().is_some_and(|l| Path::new(l).exists());
+        Ok(Some(Shown {
+            report,
+            problems,
+            log_path: log,
+            log_exists,
+        }))
+    }
+
+    /// Run ids of `store` still marked `running`.
+    pub fn running_in(&self) -> Result<Vec<(String, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, store FROM runs WHERE status = 'running'")
+            .db(&self.path, "query runs")?;
+        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .db(&self.path, "query runs")?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "query runs")
+    }
+
+    /// Ids of every run recorded for `store`.
+    fn ids_of_store(&self, store: &str) -> Result<HashSet<String>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id FROM runs WHERE store = ?1")
+            .db(&self.path, "query runs")?;
+        st.query_map([store], |r| r.get(0))
+            .db(&self.path, "query runs")?
+            .collect::<std::result::Result<HashSet<_>, _>>()
+            .db(&self.path, "query runs")
+    }
+
+    /// Makes the catalog's rows for a store equal to its run records: every record
+    /// upserted, rows without a record removed. Returns how many runs it holds now.
+    pub fn rebuild(&mut self, store_root: &Path, store_key: &str) -> Result<u64> {
+        let runs = store_root.join(crate::store::META_DIR).join("runs");
+        let mut n = 0;
+        let mut seen = HashSet::new();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(&runs)
+            .db(&runs, "read run records")?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        entries.sort();
+        for p in entries {
+            let text = match std::fs::read(&p) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!("{}: unreadable run record ({e}); skipped", p.display());
+                    continue;
+                }
+            };
+            let r: RunReport = match serde_json::from_slice(&text) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!("{}: damaged run record ({e}); skipped", p.display());
+                    continue;
+                }
+            };
+            if r.dry_run {
+                continue;
+            }
+            seen.insert(r.id.clone());
+            self.record(&r)?;
+            n += 1;
+        }
+        for id in self.ids_of_store(store_key)? {
+            if !seen.contains(&id) {
+                self.conn
+                    .execute("DELETE FROM runs WHERE id = ?1", [&id])
+                    .db(&self.path, "remove run")?;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Summaries per job (or per store for runs without a job) over the runs in `f`.
+    pub fn stats(&self, f: &Filter) -> Result<Vec<Stats>> {
+        let rows = self.runs(f)?;
+        let mut groups: Vec<(String, Vec<RunRow>)> = Vec::new();
+        for r in rows {
+            let key = r.job.clone().unwrap_or_else(|| r.store.clone());
+            match groups.iter_mut().find(|g| g.0 == key) {
+                Some(g) => g.1.push(r),
+                None => groups.push((key, vec![r])),
+            }
+        }
+        Ok(groups.into_iter().map(|(k, v)| summarize(k, &v)).collect())
+    }
+}
+
+/// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
+pub fn log_path(r: &RunReport) -> PathBuf {
+    r.store
+        .join(crate::store::META_DIR)
+        .join("logs")
+        .join(format!("{}.log", r.id))
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    // Nearest rank.
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted[rank.min(sorted.len()) - 1]
+}
+
+/// Least-squares slope of `y` over `x` (0 with fewer than two distinct x).
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let mx = points.iter().map(|p| p.0).sum::<f64>() / n;
+    let my = points.iter().map(|p| p.1).sum::<f64>() / n;
+    let sxx: f64 = points.iter().map(|p| (p.0 - mx).powi(2)).sum();
+    if sxx == 0.0 {
+        return 0.0;
+    }
+    points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx
+}
+
+/// The newer half's mean against the older half's, in percent (oldest first input).
+fn half_over_half(v: &[f64]) -> Option<f64> {
+    if v.len() < 4 {
+        return None;
+    }
+    let h = v.len() / 2;
+    let old = v[..h].iter().sum::<f64>() / h as f64;
+    let new = v[v.len() - h..].iter().sum::<f64>() / h as f64;
+    (old > 0.0).then(|| (new - old) / old * 100.0)
+}
+
+fn summarize(job: String, runs: &[RunRow]) -> Stats {
+    let count = |s: Status| runs.iter().filter(|r| r.status == s.as_str()).count() as u64;
+    let (complete, partial, incomplete, failed, running) = (
+        count(Status::Complete),
+        count(Status::Partial),
+        count(Status::Incomplete),
+        count(Status::Failed),
+        count(Status::Running),
+    );
+    let finished = runs.len() as u64 - running;
+    let done: Vec<&RunRow> = runs.iter().filter(|r| r.status != "running").collect();
+    let mut durations: Vec<f64> = done.iter().map(|r| r.duration_seconds).collect();
+    durations.sort_by(|a, b| a.total_cmp(b));
+    let day = |r: &RunRow| {
+        chrono::DateTime::parse_from_rfc3339(&r.started_at)
+            .map(|t| t.timestamp_millis() as f64 / 86_400_000.0)
+            .unwrap_or(0.0)
+    };
+    let mean = |v: &[f64]| {
+        if v.is_empty() {
+            0.0
+        } else {
+            v.iter().sum::<f64>() / v.len() as f64
+        }
+    };
+    let bytes: Vec<f64> = done.iter().map(|r| r.bytes_transferred as f64).collect();
+    let last = runs.last();
+    Stats {
+        job,
+        runs: runs.len() as u64,
+        complete,
+        partial,
+        incomplete,
+        failed,
+        running,
+        success_rate: if finished == 0 {
+            0.0
+        } else {
+            complete as f64 / finished as f64
+        },
+        first_started_at: runs
+            .first()
+            .map(|r| r.started_at.clone())
+            .unwrap_or_default(),
+        last_started_at: last.map(|r| r.started_at.clone()).unwrap_or_default(),
+        last_status: last.map(|r| r.status.clone()).unwrap_or_default(),
+        duration_p50_seconds: percentile(&durations, 50.0),
+        duration_p95_seconds: percentile(&durations, 95.0),
+        duration_mean_seconds: mean(&durations),
+        duration_trend_percent: half_over_half(
+            &done.iter().map(|r| r.duration_seconds).collect::<Vec<_>>(),
+        ),
+        duration_slope_seconds_per_day: {
+            let pts: Vec<(f64, f64)> = done.iter().map(|r| (day(r), r.duration_seconds)).collect();
+            let span =
+                pts.last().map(|l| l.0).unwrap_or(0.0) - pts.first().map(|f| f.0).unwrap_or(0.0);
+            if span >= 1.0 { slope(&pts) } else { 0.0 }
+        },
+        bytes_transferred_mean: mean(&bytes),
+        bytes_transferred_trend_percent: half_over_half(&bytes),
+        files_total_last: done.last().map(|r| r.files_total).unwrap_or(0),
+    }
+}
+
+/// Records `r` in the catalog at `path`, never failing: a problem is returned as a
+/// message for the run's warnings (the run record in the store is what counts).
+pub fn record_quietly(path: &Path, allow_nfs: bool, r: &RunReport) -> Option<String> {
+    let res = Catalog::open(path, allow_nfs).and_then(|mut c| c.record(r));
+    match res {
+        Ok(()) => None,
+        Err(e) => {
+            let msg = format!(
+                "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
+                r.store.display()
+            );
+            tracing::error!("{msg}");
+            Some(msg)
+        }
+    }
+}
+
+/// Brings rows still marked `running` up to date: if their store can be locked (so no
+/// run is really going on), the store is repaired (which marks a dead run `incomplete`)
+/// and the row re-read from its run record.
+pub fn settle_running(c: &mut Catalog) {
+    let Ok(running) = c.running_in() else { return };
+    for (id, store) in running {
+        let root = PathBuf::from(&store);
+        let Ok(s) = crate::store::Store::open(&root, false) else {
+            continue;
+        };
+        let holder = crate::store::lock::Holder {
+            pid: std::process::id(),
+            host: crate::report::hostname(),
+            run: None,
+            command: "catalog".into(),
+            since: crate::report::now_rfc3339(),
+        };
+        let Ok(lock) = s.lock(&holder) else { continue };
+        let _ = s.repair(&lock, "catalog");
+        if let Ok(Some(r)) = s.read_run(&id)
+            && r.status == Status::Running
+        {
+            // The lock was free, so nothing is running it: it died before any command
+            // saw its lock. Record it as the repair would.
+            let mut r = r;
+            r.status = Status::Incomplete;
+            r.exit_code = Status::Incomplete.exit_code();
+            r.message =
+                "interrupted: the process ended before finishing; nothing was published".into();
+            let _ = s.write_run(&r);
+        }
+        lock.release();
+        if let Ok(Some(r)) = s.read_run(&id)
+            && let Err(e) = c.record(&r)
+        {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_and_slopes() {
+        let v: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 10.0);
+        assert_eq!(percentile(&v, 95.0), 19.0);
+        assert_eq!(percentile(&[3.0], 95.0), 3.0);
+        assert_eq!(slope(&[(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)]), 2.0);
+        assert_eq!(slope(&[(1.0, 1.0)]), 0.0);
+        assert_eq!(half_over_half(&[1.0, 1.0, 2.0, 2.0]), Some(100.0));
+        assert_eq!(half_over_half(&[1.0, 2.0, 3.0]), None);
+    }
+}

@@ -1,0 +1,342 @@
+//! The run catalog against real runs: history/show/stats, a killed run repaired to
+//! `incomplete`, rebuild from the store equal to the live catalog, migration of a frozen
+//! schema-1 file, and a corrupt or locked catalog that never fails a backup.
+
+mod common;
+use common::*;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+struct Env {
+    _t: tempfile::TempDir,
+    src: PathBuf,
+    store: PathBuf,
+    catalog: PathBuf,
+}
+
+fn setup() -> Env {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..5 {
+        write(
+            &src.join(format!("d{i}/f{i}")),
+            format!("content {i}").as_bytes(),
+        );
+    }
+    Env {
+        src,
+        store: t.path().join("store"),
+        catalog: t.path().join("state/catalog.db"),
+        _t: t,
+    }
+}
+
+impl Env {
+    /// Runs `snapring --catalog CATALOG ARGS…`; returns (exit, stdout JSON, stderr).
+    fn cli(&self, args: &[&str]) -> (i32, serde_json::Value, String) {
+        let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), self.catalog.as_os_str()];
+        a.extend(args.iter().map(OsStr::new));
+        let out = snapring(&a, &[]);
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn backup(&self, extra: &[&str]) -> (i32, serde_json::Value, String) {
+        let c = self.catalog.to_string_lossy().into_owned();
+        backup(&self.src, &self.store, extra, &[("SNAPRING_CATALOG", &c)])
+    }
+
+    /// A backup that cannot read `d1/f1` (DAC capabilities dropped): `partial`.
+    fn partial_backup(&self) -> serde_json::Value {
+        chmod(&self.src.join("d1/f1"), 0o000);
+        let out = Command::new("setpriv")
+            .args([
+                "--bounding-set=-dac_override,-dac_read_search",
+                "--inh-caps=-dac_override,-dac_read_search",
+            ])
+            .arg(bin())
+            .env("SNAPRING_CATALOG", &self.catalog)
+            .args(["backup", "--json", "--source"])
+            .arg(&self.src)
+            .arg("--dest")
+            .arg(&self.store)
+            .output()
+            .unwrap();
+        chmod(&self.src.join("d1/f1"), 0o644);
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    /// `history --json` plus `show --json` of every run: everything the catalog says.
+    fn dump(&self) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let (code, h, err) = self.cli(&["history", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let shows = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let (code, s, err) = self.cli(&["show", "--json", r["id"].as_str().unwrap()]);
+                assert_eq!(code, 0, "{err}");
+                s
+            })
+            .collect();
+        (h, shows)
+    }
+}
+
+#[test]
+fn complete_and_partial_runs_show_their_counts_statuses_times_and_errors() {
+    let e = setup();
+    let (code, r1, err) = e.backup(&[]);
+    assert_eq!(code, 0, "{err}");
+    let r2 = e.partial_backup();
+
+    let (h, shows) = e.dump();
+    let runs = h.as_array().unwrap();
+    assert_eq!(runs.len(), 2, "{h}");
+    assert_eq!(
+        (runs[0]["id"].clone(), runs[0]["status"].clone()),
+        (r1["id"].clone(), "complete".into())
+    );
+    assert_eq!(
+        (runs[1]["id"].clone(), runs[1]["status"].clone()),
+        (r2["id"].clone(), "partial".into())
+    );
+    assert_eq!(
+        (
+            runs[0]["files_total"].as_u64(),
+            runs[0]["files_transferred"].as_u64()
+        ),
+        (Some(5), Some(5))
+    );
+    assert_eq!(
+        (runs[1]["files_total"].as_u64(), runs[1]["errors"].as_u64()),
+        (Some(5), Some(1))
+    );
+    assert_eq!(runs[1]["files_transferred"], 0, "{h}");
+    for (run, rep) in runs.iter().zip([&r1, &r2]) {
+        assert_eq!(run["started_at"], rep["started_at"]);
+        assert_eq!(run["finished_at"], rep["finished_at"]);
+        assert!(run["started_at"].as_str() <= run["finished_at"].as_str());
+    }
+
+    // show: the whole run record, its errors and its log.
+    let s2 = &shows[1];
+    assert_eq!(
+        s2["report"], r2,
+        "show must give the run record as the backup reported it"
+    );
+    assert_eq!(s2["problems"].as_array().unwrap().len(), 1);
+    assert_eq!(s2["problems"][0]["path"], "d1/f1");
+    assert_eq!(s2["problems"][0]["kind"], "unreadable");
+    assert_eq!(s2["log_exists"], true);
+    let log = std::fs::read_to_string(s2["log_path"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("backup started") && log.contains("d1/f1") && log.contains("backup finished"),
+        "{log}"
+    );
+    assert!(
+        Path::new(s2["log_path"].as_str().unwrap())
+            .starts_with(std::fs::canonicalize(&e.store).unwrap())
+    );
+
+    // Filters and stats.
+    let (_, h, _) = e.cli(&[
+        "history",
+        "--json",
+        "--since",
+        "1h",
+        "--dest",
+        e.store.to_str().unwrap(),
+    ]);
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    let (_, h, _) = e.cli(&["history", "--json", "--job", "nope"]);
+    assert_eq!(h.as_array().unwrap().len(), 0);
+    let (code, st, err) = e.cli(&["stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (
+            st[0]["runs"].as_u64(),
+            st[0]["complete"].as_u64(),
+            st[0]["partial"].as_u64()
+        ),
+        (Some(2), Some(1), Some(1))
+    );
+    assert_eq!(st[0]["success_rate"], 0.5);
+    // A unique prefix of an id is enough; an unknown id is a clear error.
+    let id2 = r2["id"].as_str().unwrap();
+    let (code, s, _) = e.cli(&["show", "--json", &id2[..id2.len() - 2]]);
+    assert_eq!((code, s["report"]["id"].as_str()), (0, Some(id2)));
+    let (code, _, err) = e.cli(&["show", "20000101T000000Z-000000"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("snapring history") && err.contains("catalog rebuild"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_killed_run_is_repaired_to_incomplete_by_the_next_command() {
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let pause = e.store.with_extension("paused");
+    let mut child = Command::new(bin())
+        .args(["backup", "--json", "--jobs", "1", "--source"])
+        .arg(&e.src)
+        .arg("--dest")
+        .arg(&e.store)
+        .env("SNAPRING_CATALOG", &e.catalog)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("walk.dir=pause:{}@2", pause.display()),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let (_, h, _) = e.cli(&["history", "--json"]);
+    assert_eq!(
+        h[1]["status"], "running",
+        "a live run shows as running: {h}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The next command (here: history) repairs the store and the catalog.
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    assert_eq!(h[1]["status"], "incomplete", "{h}");
+    let id = h[1]["id"].as_str().unwrap();
+    let file: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.store.join(format!(".snapring/runs/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file["status"], "incomplete");
+    // And a backup after it records both properly.
+    assert_eq!(e.backup(&[]).0, 0);
+    let (_, h, _) = e.cli(&["history", "--json"]);
+    let statuses: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["complete", "incomplete", "complete"]);
+}
+
+#[test]
+fn rebuild_from_the_store_gives_the_same_rows() {
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    e.partial_backup();
+    write(&e.src.join("d0/new"), b"new");
+    assert_eq!(e.backup(&["--retain", "2"]).0, 0);
+    let (code, _, _) = e.backup(&["--require-mount"]);
+    assert_eq!(code, 1);
+    let live = e.dump();
+    assert_eq!(live.0.as_array().unwrap().len(), 4);
+
+    // The machine is lost: a new catalog, rebuilt from the store.
+    std::fs::remove_file(&e.catalog).unwrap();
+    let (code, _, err) = e.cli(&["catalog", "rebuild", "--dest", e.store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(e.dump(), live);
+    // Rebuilding again changes nothing, and drops rows whose record is gone.
+    let (code, _, _) = e.cli(&["catalog", "rebuild", "--dest", e.store.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert_eq!(e.dump(), live);
+    let gone = live.0[0]["id"].as_str().unwrap();
+    std::fs::remove_file(e.store.join(format!(".snapring/runs/{gone}.json"))).unwrap();
+    e.cli(&["catalog", "rebuild", "--dest", e.store.to_str().unwrap()]);
+    assert_eq!(e.dump().0.as_array().unwrap().len(), 3);
+}
+
+#[test]
+fn a_schema_1_catalog_opens_and_migrates() {
+    let e = setup();
+    std::fs::create_dir_all(e.catalog.parent().unwrap()).unwrap();
+    std::fs::copy("tests/fixtures/catalog-v1.db", &e.catalog).unwrap();
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h[0]["id"], "20251101T020000Z-0a1b2c");
+    assert_eq!(h[0]["status"], "partial");
+    assert_eq!(h[0]["files_total"], 120000);
+    let (code, s, err) = e.cli(&["show", "--json", "20251101T020000Z-0a1b2c"]);
+    assert_eq!(code, 0, "{err}");
+    // Schema 2's problems table was backfilled from the stored run record.
+    assert_eq!(s["problems"][0]["path"], "home/bob/secret");
+    let c = snapring::catalog::Catalog::open(&e.catalog, false).unwrap();
+    assert_eq!(c.version().unwrap(), snapring::catalog::SCHEMA_VERSION);
+    let conn = rusqlite::Connection::open(&e.catalog).unwrap();
+    let link_fallbacks: i64 = conn
+        .query_row("SELECT link_fallbacks FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(link_fallbacks, 0);
+    // New runs go in beside the old one.
+    assert_eq!(e.backup(&[]).0, 0);
+    let (_, h, _) = e.cli(&["history", "--json"]);
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    // A catalog from a newer snapring is refused, not damaged.
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    let (code, _, err) = e.cli(&["history"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("newer than this snapring"), "{err}");
+}
+
+#[test]
+fn a_corrupt_or_locked_catalog_never_fails_a_backup() {
+    let e = setup();
+    std::fs::create_dir_all(e.catalog.parent().unwrap()).unwrap();
+    std::fs::write(
+        &e.catalog,
+        b"this is not a database, it is a shopping list\n".repeat(100),
+    )
+    .unwrap();
+    let (code, rep, err) = e.backup(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["status"], "complete");
+    let w = rep["warnings"].as_array().unwrap();
+    assert!(
+        !w.is_empty() && w[0].as_str().unwrap().contains("catalog"),
+        "{rep}"
+    );
+    assert!(err.contains("catalog"), "the error is reported: {err}");
+    let id = rep["id"].as_str().unwrap();
+    let file: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.store.join(format!(".snapring/runs/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(file["status"], "complete");
+    assert!(e.store.join("daily.0/d0/f0").exists());
+
+    // Locked: another process holds a write transaction for the whole backup.
+    std::fs::remove_file(&e.catalog).unwrap();
+    assert_eq!(e.backup(&[]).0, 0);
+    let conn = rusqlite::Connection::open(&e.catalog).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (code, rep, err) = e.backup(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["status"], "complete");
+    assert!(
+        rep["warnings"][0].as_str().unwrap().contains("locked"),
+        "{rep}"
+    );
+    conn.execute_batch("ROLLBACK").unwrap();
+    // Rebuild brings the catalog level with the store again.
+    let (code, _, _) = e.cli(&["catalog", "rebuild", "--dest", e.store.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    let (_, h, _) = e.cli(&["history", "--json"]);
+    assert_eq!(h.as_array().unwrap().len(), 3);
+}
