@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::report::{Problem, RunReport, Status};
 
 /// The schema this snapring writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Frozen migrations: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 /// Never edit one that has shipped; add a new one.
@@ -97,6 +97,15 @@ const MIGRATIONS: &[&str] = &[
         SELECT runs.id, json_extract(p.value, '$.path'), json_extract(p.value, '$.kind'),
                json_extract(p.value, '$.action'), json_extract(p.value, '$.error')
         FROM runs, json_each(runs.report, '$.problems') AS p;",
+    // 3: daemon events that are not runs (a trigger skipped because the job was still
+    // running, a reload, a stop).
+    "CREATE TABLE events (
+        at TEXT NOT NULL,
+        job TEXT,
+        kind TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX events_job_at ON events(job, at);",
 ];
 
 /// Errors of the catalog: always with the file, and never fatal to a backup.
@@ -166,6 +175,15 @@ pub struct Shown {
     pub problems: Vec<Problem>,
     pub log_path: Option<String>,
     pub log_exists: bool,
+}
+
+/// Something the daemon did that is not a run.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Event {
+    pub at: String,
+    pub job: Option<String>,
+    pub kind: String,
+    pub message: String,
 }
 
 /// Which runs a query covers.
@@ -475,6 +493,47 @@ impl Catalog {
             log_path: log,
             log_exists,
         }))
+    }
+
+    /// Records a daemon event (`skipped`, `reload`, `stop`, ...).
+    pub fn event(&mut self, job: Option<&str>, kind: &str, message: &str) -> Result<()> {
+        self.conn
+            .execute(
+                "INSERT INTO events (at, job, kind, message) VALUES (?1, ?2, ?3, ?4)",
+                params![crate::report::now_rfc3339(), job, kind, message],
+            )
+            .db(&self.path, "record event")?;
+        Ok(())
+    }
+
+    /// Events, oldest first: (at, job, kind, message).
+    pub fn events(&self, job: Option<&str>) -> Result<Vec<Event>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT at, job, kind, message FROM events WHERE ?1 IS NULL OR job = ?1 ORDER BY rowid")
+            .db(&self.path, "query events")?;
+        st.query_map([job], |r| {
+            Ok(Event {
+                at: r.get(0)?,
+                job: r.get(1)?,
+                kind: r.get(2)?,
+                message: r.get(3)?,
+            })
+        })
+        .db(&self.path, "query events")?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .db(&self.path, "query events")
+    }
+
+    /// When the newest run of `job` started (RFC 3339), if any.
+    pub fn last_start(&self, job: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row(
+                "SELECT max(started_at) FROM runs WHERE job = ?1",
+                [job],
+                |r| r.get(0),
+            )
+            .db(&self.path, "query runs")
     }
 
     /// Run ids of `store` still marked `running`.

@@ -18,6 +18,9 @@ pub struct Config {
     pub catalog: Option<PathBuf>,
     #[serde(default)]
     pub job: BTreeMap<String, JobConfig>,
+    /// Notifiers by name; jobs refer to them in `notify = [...]`.
+    #[serde(default)]
+    pub notify: BTreeMap<String, crate::notify::NotifierConfig>,
 }
 
 /// One backup job; every field can also be given (and overridden) on the command line.
@@ -36,6 +39,42 @@ pub struct JobConfig {
     pub require_mount: Option<bool>,
     pub allow_empty: Option<bool>,
     pub window: Option<String>,
+    /// When the daemon runs it: 5-field cron, `@daily`, or the AWS `cron(0 2 * * ? *)`.
+    pub schedule: Option<String>,
+    /// IANA time zone for the schedule (default UTC).
+    pub timezone: Option<String>,
+    /// Runs missed while the daemon was down: `run-once` (default) or `skip`.
+    pub missed: Option<String>,
+    /// Names of `[notify.NAME]` tables to tell about this job's runs.
+    #[serde(default)]
+    pub notify: Vec<String>,
+    /// Also notify when a run is `complete` (failures, partial and incomplete runs
+    /// always notify).
+    pub notify_success: Option<bool>,
+}
+
+/// How the daemon treats a scheduled time that passed while it was not running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missed {
+    RunOnce,
+    Skip,
+}
+
+impl JobConfig {
+    pub fn missed(&self) -> std::result::Result<Missed, String> {
+        match self.missed.as_deref() {
+            None | Some("run-once") => Ok(Missed::RunOnce),
+            Some("skip") => Ok(Missed::Skip),
+            Some(x) => Err(format!("missed = {x:?}: use \"run-once\" or \"skip\"")),
+        }
+    }
+
+    pub fn schedule(&self) -> std::result::Result<Option<crate::schedule::Schedule>, String> {
+        self.schedule
+            .as_deref()
+            .map(|s| crate::schedule::parse(s, self.timezone.as_deref()))
+            .transpose()
+    }
 }
 
 pub fn load(path: &Path) -> Result<Config> {
@@ -127,23 +166,81 @@ pub fn resolve(
     Ok(o)
 }
 
-/// Checks a whole config file: every job must resolve. Returns one line per problem.
+/// The 1-based line of `key =` inside the table `[header]` of `text`, or of the header.
+fn line_of(text: &str, header: &str, key: Option<&str>) -> Option<usize> {
+    let mut in_table = false;
+    let mut header_line = None;
+    for (i, l) in text.lines().enumerate() {
+        let t = l.trim();
+        if t.starts_with('[') {
+            in_table = t.trim_start_matches('[').trim_end_matches(']').trim() == header;
+            if in_table {
+                header_line = Some(i + 1);
+            }
+            continue;
+        }
+        if in_table
+            && let Some(k) = key
+            && t.split('=').next().map(str::trim) == Some(k)
+        {
+            return Some(i + 1);
+        }
+    }
+    header_line
+}
+
+/// Checks a whole config file: every job must resolve, every schedule parse, every
+/// notifier be complete and every notifier a job names exist. Returns one line per
+/// problem, each with its line number where there is one.
 pub fn check(path: &Path) -> Vec<String> {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(e) => return vec![e.to_string()],
     };
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let at = |header: &str, key: Option<&str>| {
+        line_of(&text, header, key)
+            .map(|l| format!("{}:{l}: ", path.display()))
+            .unwrap_or_else(|| format!("{}: ", path.display()))
+    };
     if cfg.job.is_empty() {
         return vec![format!("{}: no [job.NAME] table", path.display())];
     }
-    cfg.job
-        .iter()
-        .filter_map(|(n, j)| {
-            resolve(Some(n.clone()), Some(j.clone()), JobConfig::default())
-                .err()
-                .map(|e| format!("job {n}: {e}"))
-        })
-        .collect()
+    let mut out = Vec::new();
+    for (n, j) in &cfg.job {
+        let h = format!("job.{n}");
+        if let Err(e) = resolve(Some(n.clone()), Some(j.clone()), JobConfig::default()) {
+            out.push(format!("{}job {n}: {e}", at(&h, None)));
+        }
+        if let Err(e) = j.schedule() {
+            let key = if e.contains("time zone") {
+                "timezone"
+            } else {
+                "schedule"
+            };
+            out.push(format!("{}job {n}: {e}", at(&h, Some(key))));
+        }
+        if let Err(e) = j.missed() {
+            out.push(format!("{}job {n}: {e}", at(&h, Some("missed"))));
+        }
+        for name in &j.notify {
+            if !cfg.notify.contains_key(name) {
+                out.push(format!(
+                    "{}job {n}: notify names {name:?}, but there is no [notify.{name}] table",
+                    at(&h, Some("notify"))
+                ));
+            }
+        }
+    }
+    for (n, c) in &cfg.notify {
+        for e in c.problems() {
+            out.push(format!(
+                "{}notify {n}: {e}",
+                at(&format!("notify.{n}"), None)
+            ));
+        }
+    }
+    out
 }
 
 #[cfg(test)]

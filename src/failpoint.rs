@@ -3,7 +3,8 @@
 //!
 //! Syntax: `name=action[@N]` separated by `;`, where the action fires on the N-th hit
 //! (default 1): `kill` (SIGKILL this process: the crash tests), `error` (the call
-//! returns an I/O error), `pause:PATH` (create PATH, wait until a test removes it).
+//! returns an I/O error), `pause:PATH` (create PATH, wait until a test removes it),
+//! `sleep:MS` (sleep MS milliseconds on every hit from the N-th on: a slow file system).
 
 use std::collections::HashMap;
 use std::io;
@@ -15,6 +16,7 @@ enum Action {
     Kill,
     Error,
     Pause(String),
+    Sleep(u64),
 }
 
 struct Armed {
@@ -47,6 +49,7 @@ fn armed() -> Option<&'static Armed> {
                     let action = match act {
                         "kill" => Action::Kill,
                         "error" => Action::Error,
+                        a if a.starts_with("sleep:") => Action::Sleep(a[6..].parse().ok()?),
                         a => Action::Pause(a.strip_prefix("pause:")?.to_string()),
                     };
                     Some((name.to_string(), action, nth))
@@ -73,6 +76,13 @@ pub fn hit(name: &str) -> io::Result<()> {
         *c
     };
     for (p, action, nth) in &a.points {
+        if p == name
+            && let Action::Sleep(ms) = action
+            && n >= *nth
+        {
+            std::thread::sleep(std::time::Duration::from_millis(*ms));
+            continue;
+        }
         if p == name && *nth == n {
             match action {
                 Action::Kill => {
@@ -83,6 +93,7 @@ pub fn hit(name: &str) -> io::Result<()> {
                     std::thread::sleep(std::time::Duration::from_secs(60));
                 }
                 Action::Error => return Err(io::Error::other(format!("failpoint {name} fired"))),
+                Action::Sleep(_) => {}
                 Action::Pause(path) => {
                     std::fs::write(path, std::process::id().to_string())?;
                     while std::path::Path::new(path).exists() {

@@ -134,6 +134,58 @@ enum Cmd {
         #[command(subcommand)]
         cmd: CatalogCmd,
     },
+    /// Run one job of a config file now (backup, then its notifications).
+    Run {
+        /// The job's name (a [job.NAME] table).
+        job: String,
+        #[arg(
+            long,
+            env = "SNAPRING_CONFIG",
+            default_value = "/etc/snapring/snapring.toml"
+        )]
+        config: PathBuf,
+        /// Print the run report as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        no_progress: bool,
+    },
+    /// Run every scheduled job of a config file at its times, until SIGTERM/SIGINT
+    /// (SIGHUP reloads the config).
+    Daemon {
+        #[arg(
+            long,
+            env = "SNAPRING_CONFIG",
+            default_value = "/etc/snapring/snapring.toml"
+        )]
+        config: PathBuf,
+    },
+    /// Print the next run times (RFC 3339, UTC) of a job or of a bare schedule.
+    Next {
+        /// A job of --config.
+        #[arg(long, conflicts_with = "schedule")]
+        job: Option<String>,
+        #[arg(
+            long,
+            env = "SNAPRING_CONFIG",
+            default_value = "/etc/snapring/snapring.toml"
+        )]
+        config: PathBuf,
+        /// A schedule: "0 2 * * *", "@daily" or "cron(0 2 * * ? *)".
+        #[arg(long)]
+        schedule: Option<String>,
+        /// IANA time zone for --schedule (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Count from this time instead of now (RFC 3339 or YYYY-MM-DD HH:MM, UTC).
+        #[arg(long)]
+        at: Option<String>,
+        /// How many times to print.
+        #[arg(long, default_value_t = 5)]
+        count: usize,
+        #[arg(long)]
+        json: bool,
+    },
     /// Configuration files.
     Config {
         #[command(subcommand)]
@@ -436,6 +488,94 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
     match cmd {
         Cmd::Backup(a) => backup(*a, &cat),
         Cmd::Restore(a) => restore(a),
+        Cmd::Run {
+            job,
+            config,
+            json,
+            no_progress,
+        } => backup(
+            BackupArgs {
+                config: Some(config),
+                job: Some(job),
+                source: None,
+                dest: None,
+                folder: None,
+                label: None,
+                retain: None,
+                prefix: None,
+                exclude: vec![],
+                jobs: None,
+                dry_run: false,
+                require_mount: false,
+                allow_empty: false,
+                window: None,
+                json,
+                no_progress,
+            },
+            &cat,
+        ),
+        Cmd::Daemon { config } => {
+            let catalog = match (&cat.path, config::load(&config)?.catalog) {
+                (Some(p), _) if cat.explicit => Some(p.clone()),
+                (None, _) => None,
+                (_, Some(f)) => Some(f),
+                (Some(p), None) => Some(p.clone()),
+            };
+            let opts = snapring::daemon::DaemonOptions {
+                config,
+                exe: std::env::current_exe()?,
+                catalog,
+                catalog_on_nfs: cat.on_nfs,
+                tick: std::time::Duration::from_millis(200),
+                env: vec![],
+            };
+            let stop = Arc::new(AtomicBool::new(false));
+            let reload = Arc::new(AtomicBool::new(false));
+            snapring::daemon::install_signals(&stop, &reload);
+            snapring::daemon::run(&opts, &stop, &reload).map_err(anyhow::Error::msg)?;
+            Ok(0)
+        }
+        Cmd::Next {
+            job,
+            config,
+            schedule,
+            timezone,
+            at,
+            count,
+            json,
+        } => {
+            let sched = match (job, schedule) {
+                (Some(j), None) => {
+                    let cfg = config::load(&config)?;
+                    let (_, jc) = cfg.pick(Some(&j))?;
+                    jc.schedule()
+                        .map_err(anyhow::Error::msg)?
+                        .ok_or_else(|| anyhow::anyhow!("job {j} has no schedule"))?
+                }
+                (None, Some(s)) => snapring::schedule::parse(&s, timezone.as_deref())
+                    .map_err(anyhow::Error::msg)?,
+                _ => anyhow::bail!("give --job NAME (with --config) or --schedule EXPR"),
+            };
+            let from = match at {
+                Some(t) => snapring::store::select::parse_time(&t).ok_or_else(|| {
+                    anyhow::anyhow!("--at {t:?}: give RFC 3339 or YYYY-MM-DD HH:MM")
+                })?,
+                None => chrono::Utc::now(),
+            };
+            let times: Vec<String> = sched
+                .upcoming(from, count)
+                .iter()
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&times)?);
+            } else {
+                for t in &times {
+                    println!("{t}");
+                }
+            }
+            Ok(0)
+        }
         Cmd::Diff {
             dest,
             from,
@@ -758,11 +898,15 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
 fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<i32> {
     use std::io::IsTerminal;
     let mut file_catalog = None;
+    let mut notifiers = Vec::new();
+    let mut notify_success = false;
     let (name, file_job) = match &a.config {
         Some(path) => {
             let cfg = config::load(path)?;
             file_catalog = cfg.catalog.clone();
             let (n, j) = cfg.pick(a.job.as_deref())?;
+            notifiers = snapring::job::notifiers(&cfg, &j);
+            notify_success = j.notify_success.unwrap_or(false);
             (Some(n), Some(j))
         }
         None => (a.job.clone(), None),
@@ -779,6 +923,7 @@ fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<i32> {
         require_mount: a.require_mount.then_some(true),
         allow_empty: a.allow_empty.then_some(true),
         window: a.window,
+        ..Default::default()
     };
     let mut opts = config::resolve(name, file_job, flags)?;
     opts.dry_run = a.dry_run;
@@ -793,7 +938,7 @@ fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<i32> {
     opts.progress = !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal();
     let cancel = Arc::new(AtomicBool::new(false));
     snapring::engine::progress::install_signal_handlers(&cancel);
-    let report = snapring::engine::backup(&opts, &cancel)?;
+    let report = snapring::job::run(&opts, &notifiers, notify_success, &cancel)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -142,6 +142,9 @@ pub struct RunReport {
     /// (for example the catalog could not be written).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Who was told about this run, and whether it worked (`snapring run`, the daemon).
+    #[serde(default)]
+    pub notifications: Vec<crate::notify::Outcome>,
 }
 
 /// Counters the workers bump while a run goes on.

@@ -8,7 +8,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use super::options::BackupOptions;
 use super::walk::{Root, Walk};
@@ -217,6 +217,7 @@ fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         problems: vec![],
         problems_not_listed: 0,
         warnings: vec![],
+        notifications: vec![],
     }
 }
 
@@ -631,11 +632,59 @@ fn run(
     remove_orphan_manifests(store, &state);
     let rm_start = report::now_rfc3339();
     let t_rm = Instant::now();
-    if let Err(e) = trash::empty(store, opts.jobs, cancel) {
-        tracing::warn!("expired snapshots not fully deleted yet ({e}); the next run continues");
+    // The backup window covers the deletion too: what it cuts off stays in trash and
+    // the next run goes on with it after publishing (it never delays a backup).
+    let left = opts.window.map(|w| w.saturating_sub(t_walk.elapsed()));
+    if left == Some(Duration::ZERO) {
+        tracing::warn!(
+            "backup window ended before expired snapshots could be deleted; the next run continues"
+        );
+    } else {
+        let (stop_rm, done_rm, ended) = (
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+            AtomicBool::new(false),
+        );
+        std::thread::scope(|s| {
+            if let Some(l) = left {
+                let (stop_rm, ended, done_rm) = (&stop_rm, &ended, &done_rm);
+                s.spawn(move || super::progress::watch_window(t_rm, l, stop_rm, ended, done_rm));
+            }
+            let r = pool_cancel_either(cancel, &stop_rm, |c| trash::empty(store, opts.jobs, c));
+            done_rm.store(true, Ordering::Relaxed);
+            if let Err(e) = r {
+                tracing::warn!(
+                    "expired snapshots not fully deleted yet ({e}); the next run continues"
+                );
+            } else if ended.load(Ordering::Relaxed) {
+                tracing::warn!(
+                    "backup window ended while deleting expired snapshots; the next run continues"
+                );
+            }
+        });
     }
     rep.phases.remove_expired = phase(&rm_start, t_rm);
     Ok(status)
+}
+
+/// Runs `f` with a flag that is set as soon as either `a` or `b` is.
+fn pool_cancel_either<T>(a: &AtomicBool, b: &AtomicBool, f: impl FnOnce(&AtomicBool) -> T) -> T {
+    let both = AtomicBool::new(false);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !done.load(Ordering::Relaxed) {
+                if a.load(Ordering::Relaxed) || b.load(Ordering::Relaxed) {
+                    both.store(true, Ordering::Relaxed);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let r = f(&both);
+        done.store(true, Ordering::Relaxed);
+        r
+    })
 }
 
 /// Deletes manifests whose snapshot no longer exists.

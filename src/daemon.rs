@@ -1,0 +1,289 @@
+//! `snapring daemon`: runs every scheduled job of a config file at its times. Each run
+//! is a child process (`snapring run JOB`), so runs keep their own logs, signals and
+//! crashes apart from the scheduler. One run per job at a time: a trigger that comes
+//! while the job still runs is skipped and recorded. SIGHUP reloads the config (a bad
+//! one is reported and the old one kept); SIGTERM/SIGINT stop it: running backups are
+//! sent SIGTERM, reach a safe point, record themselves `incomplete`, and the daemon
+//! waits for them before it exits.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::catalog::Catalog;
+use crate::config::{self, Config, Missed};
+use crate::schedule::Schedule;
+
+pub struct DaemonOptions {
+    pub config: PathBuf,
+    /// The `snapring` executable that runs each job (`snapring run`).
+    pub exe: PathBuf,
+    /// The catalog (also handed to each run); `None`: no catalog.
+    pub catalog: Option<PathBuf>,
+    pub catalog_on_nfs: bool,
+    /// How often the loop wakes up to look at the clock and the children.
+    pub tick: Duration,
+    /// Extra environment for each run (wrappers, tests).
+    pub env: Vec<(String, String)>,
+}
+
+struct Job {
+    schedule: Schedule,
+    missed: Missed,
+    next: Option<DateTime<Utc>>,
+}
+
+/// What the daemon did, for tests and the final log line.
+#[derive(Default, Debug, Clone)]
+pub struct Summary {
+    pub started: u64,
+    pub skipped: u64,
+    pub reloads: u64,
+}
+
+struct State<'a> {
+    opts: &'a DaemonOptions,
+    jobs: BTreeMap<String, Job>,
+    running: BTreeMap<String, Child>,
+    summary: Summary,
+}
+
+fn load(path: &Path) -> Result<(Config, BTreeMap<String, Job>), String> {
+    let problems = config::check(path);
+    if !problems.is_empty() {
+        return Err(problems.join("; "));
+    }
+    let cfg = config::load(path).map_err(|e| e.to_string())?;
+    let mut jobs = BTreeMap::new();
+    for (name, j) in &cfg.job {
+        if let Some(schedule) = j.schedule()? {
+            jobs.insert(
+                name.clone(),
+                Job {
+                    schedule,
+                    missed: j.missed()?,
+                    next: None,
+                },
+            );
+        }
+    }
+    if jobs.is_empty() {
+        return Err(format!(
+            "{}: no job has a schedule; add schedule = \"cron(0 2 * * ? *)\" (or use `snapring run JOB` from another scheduler)",
+            path.display()
+        ));
+    }
+    Ok((cfg, jobs))
+}
+
+impl State<'_> {
+    fn catalog(&self) -> Option<Catalog> {
+        let p = self.opts.catalog.as_ref()?;
+        match Catalog::open(p, self.opts.catalog_on_nfs) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::error!("{e}");
+                None
+            }
+        }
+    }
+
+    fn event(&self, job: Option<&str>, kind: &str, message: &str) {
+        if let Some(mut c) = self.catalog()
+            && let Err(e) = c.event(job, kind, message)
+        {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// Sets each job's next time. At start-up, `Missed::RunOnce` makes a job whose last
+    /// scheduled time passed without a run (the daemon was down) due now.
+    fn plan(&mut self, now: DateTime<Utc>, startup: bool) {
+        let cat = self.catalog();
+        for (name, j) in self.jobs.iter_mut() {
+            j.next = j.schedule.next_after(now);
+            if !startup || j.missed != Missed::RunOnce {
+                continue;
+            }
+            let Some(prev) = j.schedule.previous_at_or_before(now) else {
+                continue;
+            };
+            let last = cat.as_ref().and_then(|c| c.last_start(name).ok().flatten());
+            // Only a job with history can have missed a run; a new job waits.
+            if let Some(last) = last
+                && crate::store::select::parse_time(&last).is_some_and(|l| l < prev)
+            {
+                tracing::warn!(
+                    "job {name}: its run due at {} was missed while the daemon was down; running it now",
+                    prev.to_rfc3339()
+                );
+                j.next = Some(now);
+            }
+        }
+        for (name, j) in &self.jobs {
+            if let Some(n) = j.next {
+                tracing::info!("job {name}: next run at {}", n.to_rfc3339());
+            }
+        }
+    }
+
+    fn spawn(&mut self, name: &str) {
+        let mut c = Command::new(&self.opts.exe);
+        match &self.opts.catalog {
+            Some(p) => c.arg("--catalog").arg(p),
+            None => c.arg("--catalog").arg("off"),
+        };
+        if self.opts.catalog_on_nfs {
+            c.arg("--catalog-on-nfs");
+        }
+        c.arg("run")
+            .arg(name)
+            .arg("--config")
+            .arg(&self.opts.config)
+            .arg("--no-progress")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        match c.spawn() {
+            Ok(child) => {
+                tracing::info!("job {name}: started run (pid {})", child.id());
+                self.summary.started += 1;
+                self.running.insert(name.to_string(), child);
+            }
+            Err(e) => {
+                let msg = format!("cannot start {}: {e}", self.opts.exe.display());
+                tracing::error!("job {name}: {msg}");
+                self.event(Some(name), "error", &msg);
+            }
+        }
+    }
+
+    fn reap(&mut self) {
+        let done: Vec<String> = self
+            .running
+            .iter_mut()
+            .filter_map(|(n, c)| match c.try_wait() {
+                Ok(Some(st)) => {
+                    tracing::info!("job {n}: run ended ({st})");
+                    Some(n.clone())
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::error!("job {n}: {e}");
+                    Some(n.clone())
+                }
+            })
+            .collect();
+        for n in done {
+            self.running.remove(&n);
+        }
+    }
+
+    fn due(&mut self, now: DateTime<Utc>) {
+        let due: Vec<(String, DateTime<Utc>)> = self
+            .jobs
+            .iter()
+            .filter_map(|(n, j)| j.next.filter(|t| *t <= now).map(|t| (n.clone(), t)))
+            .collect();
+        for (name, at) in due {
+            if self.running.contains_key(&name) {
+                let msg = format!(
+                    "trigger at {} skipped: the previous run is still going",
+                    at.to_rfc3339()
+                );
+                tracing::warn!("job {name}: {msg}");
+                self.summary.skipped += 1;
+                self.event(Some(&name), "skipped", &msg);
+            } else {
+                self.spawn(&name);
+            }
+            let j = self.jobs.get_mut(&name).expect("listed above");
+            j.next = j.schedule.next_after(now.max(at));
+        }
+    }
+
+    /// Sends SIGTERM to every running backup and waits for them to record themselves.
+    fn stop_children(&mut self) {
+        for (n, c) in &self.running {
+            tracing::warn!(
+                "job {n}: stopping the running backup (it ends incomplete and resumes next time)"
+            );
+            if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+            }
+        }
+        for (n, mut c) in std::mem::take(&mut self.running) {
+            match c.wait() {
+                Ok(st) => tracing::info!("job {n}: run ended ({st})"),
+                Err(e) => tracing::error!("job {n}: {e}"),
+            }
+        }
+    }
+}
+
+/// Runs until `stop` is set; `reload` asks for the config to be read again.
+pub fn run(
+    opts: &DaemonOptions,
+    stop: &AtomicBool,
+    reload: &AtomicBool,
+) -> Result<Summary, String> {
+    let (_, jobs) = load(&opts.config)?;
+    let mut st = State {
+        opts,
+        jobs,
+        running: BTreeMap::new(),
+        summary: Summary::default(),
+    };
+    tracing::info!(
+        "daemon started with {} scheduled jobs from {}",
+        st.jobs.len(),
+        opts.config.display()
+    );
+    st.event(
+        None,
+        "start",
+        &format!("daemon started ({})", opts.config.display()),
+    );
+    st.plan(Utc::now(), true);
+    while !stop.load(Ordering::Relaxed) {
+        if reload.swap(false, Ordering::Relaxed) {
+            match load(&opts.config) {
+                Ok((_, jobs)) => {
+                    st.jobs = jobs;
+                    st.summary.reloads += 1;
+                    tracing::info!("reloaded {}", opts.config.display());
+                    st.event(None, "reload", "configuration reloaded");
+                    st.plan(Utc::now(), false);
+                }
+                Err(e) => {
+                    tracing::error!("reload failed, keeping the running configuration: {e}");
+                    st.event(None, "reload-failed", &e);
+                }
+            }
+        }
+        st.reap();
+        st.due(Utc::now());
+        std::thread::sleep(opts.tick);
+    }
+    st.stop_children();
+    st.event(None, "stop", "daemon stopped");
+    tracing::info!(
+        "daemon stopped: {} runs started, {} triggers skipped",
+        st.summary.started,
+        st.summary.skipped
+    );
+    Ok(st.summary)
+}
+
+/// SIGTERM/SIGINT set `stop`; SIGHUP sets `reload`.
+pub fn install_signals(stop: &std::sync::Arc<AtomicBool>, reload: &std::sync::Arc<AtomicBool>) {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    for s in [SIGINT, SIGTERM] {
+        let _ = signal_hook::flag::register(s, stop.clone());
+    }
+    let _ = signal_hook::flag::register(SIGHUP, reload.clone());
+}

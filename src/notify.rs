@@ -1,0 +1,406 @@
+//! Notifications about finished runs: a webhook (JSON POST, or Slack's `{"text"}`
+//! form), SMTP email (lettre, STARTTLS/TLS/plain, with auth), or a command that gets
+//! the run report as JSON on stdin. Failed, partial and incomplete runs always notify;
+//! complete ones only with `notify_success`. A notifier that fails is retried, logged and
+//! recorded, and never changes the run's outcome. Secrets come from the environment or
+//! files, and no URL or password is ever logged. Does network and process I/O.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::report::{RunReport, Status};
+
+/// One `[notify.NAME]` table.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifierConfig {
+    /// `webhook`, `email` or `command`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    // webhook
+    /// The URL itself (avoid: it usually holds a token); prefer `url_env`/`url_file`.
+    pub url: Option<String>,
+    /// Environment variable holding the URL.
+    pub url_env: Option<String>,
+    /// File holding the URL.
+    pub url_file: Option<PathBuf>,
+    /// `json` (default: the text plus the whole report) or `slack` (`{"text": ...}`).
+    pub format: Option<String>,
+    // email
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<u16>,
+    /// `starttls` (default), `tls` (implicit, port 465) or `none` (plain, local relays).
+    pub tls: Option<String>,
+    pub username: Option<String>,
+    pub password_env: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub from: Option<String>,
+    #[serde(default)]
+    pub to: Vec<String>,
+    // command
+    /// Program and arguments (no shell); the report arrives as JSON on stdin.
+    #[serde(default)]
+    pub command: Vec<String>,
+    // all
+    /// Attempts after the first (default 2).
+    pub retries: Option<u32>,
+    /// Per-attempt timeout (default 30s).
+    pub timeout: Option<String>,
+}
+
+impl NotifierConfig {
+    /// What is missing or wrong, one line each (for `config check`).
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        let secret_sources = |a: bool, b: bool, c: bool| [a, b, c].iter().filter(|x| **x).count();
+        match self.kind.as_str() {
+            "webhook" => {
+                if secret_sources(
+                    self.url.is_some(),
+                    self.url_env.is_some(),
+                    self.url_file.is_some(),
+                ) != 1
+                {
+                    p.push("a webhook needs exactly one of url, url_env, url_file".into());
+                }
+                if !matches!(self.format.as_deref(), None | Some("json") | Some("slack")) {
+                    p.push("format must be \"json\" or \"slack\"".into());
+                }
+            }
+            "email" => {
+                if self.smtp_host.is_none() {
+                    p.push("an email notifier needs smtp_host".into());
+                }
+                if self.from.is_none() || self.to.is_empty() {
+                    p.push("an email notifier needs from and to".into());
+                }
+                if !matches!(
+                    self.tls.as_deref(),
+                    None | Some("starttls") | Some("tls") | Some("none")
+                ) {
+                    p.push("tls must be \"starttls\", \"tls\" or \"none\"".into());
+                }
+                if self.username.is_some()
+                    && secret_sources(
+                        false,
+                        self.password_env.is_some(),
+                        self.password_file.is_some(),
+                    ) != 1
+                {
+                    p.push(
+                        "with a username, give exactly one of password_env, password_file".into(),
+                    );
+                }
+            }
+            "command" => {
+                if self.command.is_empty() {
+                    p.push("a command notifier needs command = [\"program\", \"arg\", ...]".into());
+                }
+            }
+            k => p.push(format!("unknown type {k:?}: use webhook, email or command")),
+        }
+        if let Some(t) = &self.timeout
+            && let Err(e) = crate::engine::options::parse_duration(t)
+        {
+            p.push(format!("timeout: {e}"));
+        }
+        p
+    }
+
+    fn timeout(&self) -> Duration {
+        self.timeout
+            .as_deref()
+            .and_then(|t| crate::engine::options::parse_duration(t).ok())
+            .unwrap_or(Duration::from_secs(30))
+    }
+}
+
+/// What happened when one notifier was tried.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Outcome {
+    pub notifier: String,
+    pub kind: String,
+    pub ok: bool,
+    pub attempts: u32,
+    /// The last error (secrets removed).
+    pub error: Option<String>,
+    pub at: String,
+}
+
+/// Whether a run with this status is notified.
+pub fn wanted(status: Status, notify_success: bool) -> bool {
+    match status {
+        Status::Complete => notify_success,
+        Status::Running => false,
+        _ => true,
+    }
+}
+
+/// The subject and text of a message about `r`.
+pub fn message(r: &RunReport) -> (String, String) {
+    let job = r
+        .job
+        .clone()
+        .unwrap_or_else(|| r.store.display().to_string());
+    let subject = format!(
+        "[snapring] {job}: {}{}",
+        r.status.as_str(),
+        r.snapshot
+            .as_deref()
+            .map(|s| format!(" ({s})"))
+            .unwrap_or_default()
+    );
+    let mut text = format!(
+        "snapring backup {job}: {}\nreason: {}\nrun: {} on {}\nsource: {}\nstore: {}\nstarted: {}, took {:.1}s\nfiles: {} ({} copied, {} linked), errors: {}\nbytes: {} in files, {} copied\nlog: {}\n",
+        r.status.as_str(),
+        r.message,
+        r.id,
+        r.host,
+        r.source.display(),
+        r.store.display(),
+        r.started_at,
+        r.duration_seconds,
+        r.files_total,
+        r.files_transferred,
+        r.files_linked,
+        r.errors,
+        indicatif::HumanBytes(r.bytes_total),
+        indicatif::HumanBytes(r.bytes_transferred),
+        crate::catalog::log_path(r).display()
+    );
+    for p in r.problems.iter().take(10) {
+        text.push_str(&format!(
+            "  {:?} {}: {} ({})\n",
+            p.kind, p.path, p.error, p.action
+        ));
+    }
+    if r.errors > 10 {
+        text.push_str(&format!("  … {} more in the run record\n", r.errors - 10));
+    }
+    (subject, text)
+}
+
+/// Sends `r` to every notifier of the job that wants it. Never fails.
+pub fn send_all(notifiers: &[(String, NotifierConfig)], r: &RunReport) -> Vec<Outcome> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    notifiers
+        .iter()
+        .map(|(name, c)| {
+            let attempts = 1 + c.retries.unwrap_or(2);
+            let mut last = None;
+            let mut n = 0;
+            for i in 0..attempts {
+                n = i + 1;
+                match send_one(c, r) {
+                    Ok(()) => {
+                        last = None;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!("notifier {name} ({}): attempt {n} of {attempts} failed: {e}", c.kind);
+                        last = Some(e);
+                        if n < attempts {
+                            std::thread::sleep(Duration::from_millis(250 * u64::from(n)));
+                        }
+                    }
+                }
+            }
+            match &last {
+                None => tracing::info!("notified {name} ({}) of run {}", c.kind, r.id),
+                Some(e) => tracing::error!("notifier {name} ({}) failed after {n} attempts: {e}; the run's status is unchanged", c.kind),
+            }
+            Outcome {
+                notifier: name.clone(),
+                kind: c.kind.clone(),
+                ok: last.is_none(),
+                attempts: n,
+                error: last,
+                at: crate::report::now_rfc3339(),
+            }
+        })
+        .collect()
+}
+
+/// A secret from an environment variable or a file (trailing newline removed).
+fn secret(
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    what: &str,
+) -> Result<Option<String>, String> {
+    if let Some(v) = env {
+        return std::env::var(v)
+            .map(Some)
+            .map_err(|_| format!("{what}: environment variable {v} is not set"));
+    }
+    if let Some(f) = file {
+        return std::fs::read_to_string(f)
+            .map(|s| Some(s.trim_end_matches(['\n', '\r']).to_string()))
+            .map_err(|e| format!("{what}: cannot read {}: {e}", f.display()));
+    }
+    Ok(None)
+}
+
+/// `scheme://host[:port]/…`: a URL without its path, query or credentials, for logs.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(u) => format!(
+            "{}://{}{}/…",
+            u.scheme(),
+            u.host_str().unwrap_or("?"),
+            u.port().map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+        Err(_) => "(unparseable URL)".into(),
+    }
+}
+
+fn send_one(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+    match c.kind.as_str() {
+        "webhook" => webhook(c, r),
+        "email" => email(c, r),
+        "command" => command(c, r),
+        k => Err(format!("unknown notifier type {k:?}")),
+    }
+}
+
+fn webhook(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+    let url = match &c.url {
+        Some(u) => u.clone(),
+        None => secret(&c.url_env, &c.url_file, "webhook url")?.ok_or("webhook without a url")?,
+    };
+    let shown = redact_url(&url);
+    let (subject, text) = message(r);
+    let body = if c.format.as_deref() == Some("slack") {
+        serde_json::json!({ "text": format!("*{subject}*\n{text}") })
+    } else {
+        serde_json::json!({
+            "text": format!("{subject}\n{text}"),
+            "job": r.job,
+            "status": r.status,
+            "run": r.id,
+            "log": crate::catalog::log_path(r),
+            "report": r,
+        })
+    };
+    let client = reqwest::blocking::Client::builder()
+        .timeout(c.timeout())
+        .build()
+        .map_err(|e| format!("webhook {shown}: {}", e.without_url()))?;
+    let resp = client
+        .post(&url)
+        .json(&body)
+        .send()
+        .map_err(|e| format!("webhook {shown}: {}", e.without_url()))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("webhook {shown}: HTTP {}", resp.status()))
+    }
+}
+
+fn email(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+    use lettre::transport::smtp::authentication::Credentials;
+    use lettre::{Message, SmtpTransport, Transport};
+    let host = c.smtp_host.as_deref().ok_or("email without smtp_host")?;
+    let (subject, text) = message(r);
+    let mut b = Message::builder()
+        .from(
+            c.from
+                .as_deref()
+                .ok_or("email without from")?
+                .parse()
+                .map_err(|e| format!("from: {e}"))?,
+        )
+        .subject(subject);
+    for t in &c.to {
+        b = b.to(t.parse().map_err(|e| format!("to {t:?}: {e}"))?);
+    }
+    let msg = b.body(text).map_err(|e| format!("email: {e}"))?;
+    let tls = c.tls.as_deref().unwrap_or("starttls");
+    let mut t = match tls {
+        "tls" => SmtpTransport::relay(host).map_err(|e| format!("smtp {host}: {e}"))?,
+        "none" => SmtpTransport::builder_dangerous(host),
+        _ => SmtpTransport::starttls_relay(host).map_err(|e| format!("smtp {host}: {e}"))?,
+    };
+    if let Some(p) = c.smtp_port {
+        t = t.port(p);
+    }
+    if let Some(user) = &c.username {
+        let pass = secret(&c.password_env, &c.password_file, "smtp password")?.unwrap_or_default();
+        t = t.credentials(Credentials::new(user.clone(), pass));
+    }
+    t.timeout(Some(c.timeout()))
+        .build()
+        .send(&msg)
+        .map(|_| ())
+        .map_err(|e| format!("smtp {host}: {e}"))
+}
+
+fn command(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+    use std::process::{Command, Stdio};
+    let (prog, args) = c.command.split_first().ok_or("empty command")?;
+    let mut child = Command::new(prog)
+        .args(args)
+        .env("SNAPRING_JOB", r.job.as_deref().unwrap_or(""))
+        .env("SNAPRING_STATUS", r.status.as_str())
+        .env("SNAPRING_RUN_ID", &r.id)
+        .env("SNAPRING_LOG", crate::catalog::log_path(r))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("command {prog}: {e}"))?;
+    let json = serde_json::to_vec_pretty(r).expect("report serializes");
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(&json);
+    }
+    let deadline = std::time::Instant::now() + c.timeout();
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(()),
+            Ok(Some(st)) => {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Err(format!("command {prog} exited with {st}: {}", err.trim()));
+            }
+            Ok(None) if std::time::Instant::now() > deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("command {prog} timed out"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("command {prog}: {e}")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_redacted_to_their_host() {
+        assert_eq!(
+            redact_url("https://hooks.slack.com/services/T000/B000/SECRETTOKEN"),
+            "https://hooks.slack.com/…"
+        );
+        assert_eq!(
+            redact_url("http://user:pw@127.0.0.1:8080/hook?token=x"),
+            "http://127.0.0.1:8080/…"
+        );
+    }
+
+    #[test]
+    fn only_failures_notify_by_default() {
+        assert!(!wanted(Status::Complete, false));
+        assert!(wanted(Status::Complete, true));
+        for s in [Status::Partial, Status::Incomplete, Status::Failed] {
+            assert!(wanted(s, false));
+        }
+    }
+}

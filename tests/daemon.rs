@@ -1,0 +1,712 @@
+//! Schedules, the daemon, backup windows and notifications, against real processes, a
+//! real HTTP receiver and a real SMTP sink started here, and a real SQLite catalog.
+
+mod common;
+use common::*;
+
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn tree(src: &Path, files: usize, size: usize) {
+    for i in 0..files {
+        write(
+            &src.join(format!("d{}/f{i}", i % 4)),
+            &vec![b'a' + (i % 26) as u8; size],
+        );
+    }
+}
+
+fn cli(
+    catalog: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, serde_json::Value, String, String) {
+    let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), catalog.as_os_str()];
+    a.extend(args.iter().map(OsStr::new));
+    let out = snapring(&a, env);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// A real HTTP server: records each request's path and body, answers 200.
+struct Http {
+    port: u16,
+    got: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+fn http_server() -> Http {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = BufReader::new(s.try_clone().unwrap());
+            let mut first = String::new();
+            r.read_line(&mut first).unwrap();
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h == "\r\n" || h.is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+            g.lock()
+                .unwrap()
+                .push((path, String::from_utf8_lossy(&body).into_owned()));
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    Http { port, got }
+}
+
+/// A real SMTP sink: speaks enough ESMTP (EHLO, AUTH PLAIN/LOGIN, MAIL, RCPT, DATA,
+/// QUIT) for a client to deliver; records the AUTH line and each message.
+struct Smtp {
+    port: u16,
+    auth: Arc<Mutex<Vec<String>>>,
+    mails: Arc<Mutex<Vec<String>>>,
+}
+
+fn smtp_sink() -> Smtp {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let (auth, mails) = (
+        Arc::new(Mutex::new(Vec::new())),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let (a, m) = (auth.clone(), mails.clone());
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut w) = s else { continue };
+            let mut r = BufReader::new(w.try_clone().unwrap());
+            let _ = w.write_all(b"220 sink ESMTP\r\n");
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let up = line.to_ascii_uppercase();
+                let reply: &[u8] = if up.starts_with("EHLO") {
+                    b"250-sink\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
+                } else if up.starts_with("AUTH") {
+                    a.lock().unwrap().push(line.trim().to_string());
+                    b"235 ok\r\n"
+                } else if up.starts_with("DATA") {
+                    let _ = w.write_all(b"354 go\r\n");
+                    let mut msg = String::new();
+                    loop {
+                        let mut l2 = String::new();
+                        if r.read_line(&mut l2).unwrap_or(0) == 0 || l2 == ".\r\n" {
+                            break;
+                        }
+                        msg.push_str(&l2);
+                    }
+                    m.lock().unwrap().push(msg);
+                    b"250 queued\r\n"
+                } else if up.starts_with("QUIT") {
+                    let _ = w.write_all(b"221 bye\r\n");
+                    break;
+                } else {
+                    b"250 ok\r\n"
+                };
+                let _ = w.write_all(reply);
+            }
+        }
+    });
+    Smtp { port, auth, mails }
+}
+
+fn b64(data: &[u8]) -> String {
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16
+            | (*c.get(1).unwrap_or(&0) as u32) << 8
+            | *c.get(2).unwrap_or(&0) as u32;
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn wait_until(what: &str, secs: u64, f: impl Fn() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn notifications_reach_a_real_http_server_smtp_sink_and_command() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 8, 100);
+    let (http, smtp) = (http_server(), smtp_sink());
+    let hook_out = t.path().join("hook.json");
+    let cfg = t.path().join("s.toml");
+    let write_cfg = |extra: &str, notify_success: bool| {
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[job.home]
+source = "{src}"
+dest = "{dest}"
+{extra}
+notify = ["hook", "mail", "cmd"]
+notify_success = {notify_success}
+
+[notify.hook]
+type = "webhook"
+url_env = "HOOK_URL"
+
+[notify.mail]
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {sport}
+tls = "none"
+username = "snapring"
+password_env = "SMTP_PW"
+from = "snapring <snapring@example.com>"
+to = ["ops@example.com"]
+
+[notify.cmd]
+type = "command"
+command = ["/bin/sh", "-c", "cat > {hook}"]
+"#,
+                src = src.display(),
+                dest = dest.display(),
+                sport = smtp.port,
+                hook = hook_out.display(),
+            ),
+        )
+        .unwrap();
+    };
+    let url = format!("http://127.0.0.1:{}/hook/T0KEN-SECRET", http.port);
+    let env = [("HOOK_URL", url.as_str()), ("SMTP_PW", "pa55-SECRET")];
+    let cfgs = cfg.to_str().unwrap();
+
+    // A failed run notifies all three.
+    write_cfg("require_mount = true", false);
+    let (code, rep, err, _) = cli(&catalog, &["run", "home", "--config", cfgs, "--json"], &env);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(rep["status"], "failed");
+    let n = rep["notifications"].as_array().unwrap();
+    assert!(n.iter().all(|o| o["ok"] == true), "{rep}");
+    let hooks = http.got.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 1);
+    assert_eq!(hooks[0].0, "/hook/T0KEN-SECRET");
+    let body: serde_json::Value = serde_json::from_str(&hooks[0].1).unwrap();
+    assert_eq!(body["status"], "failed");
+    assert_eq!(body["job"], "home");
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.contains("home: failed")
+            && text.contains("not a mount point")
+            && text.contains(".snapring/logs/"),
+        "{text}"
+    );
+    let mails = smtp.mails.lock().unwrap().clone();
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].contains("Subject: [snapring] home: failed"),
+        "{}",
+        mails[0]
+    );
+    assert!(mails[0].contains("files: 0"), "{}", mails[0]);
+    assert_eq!(
+        smtp.auth.lock().unwrap()[0],
+        format!("AUTH PLAIN {}", b64(b"\0snapring\0pa55-SECRET"))
+    );
+    let piped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&hook_out).unwrap()).unwrap();
+    assert_eq!(piped["id"], rep["id"]);
+    // Secrets appear in no log and no output.
+    let log = std::fs::read_to_string(dest.join(format!(
+        ".snapring/logs/{}.log",
+        rep["id"].as_str().unwrap()
+    )))
+    .unwrap();
+    for secret in ["T0KEN-SECRET", "pa55-SECRET"] {
+        assert!(
+            !log.contains(secret) && !err.contains(secret),
+            "{secret} leaked"
+        );
+    }
+    assert!(log.contains("notified hook"), "{log}");
+
+    // Success is quiet unless asked.
+    write_cfg("", false);
+    let (code, rep, _, _) = cli(&catalog, &["run", "home", "--config", cfgs, "--json"], &env);
+    assert_eq!(code, 0);
+    assert_eq!(rep["notifications"].as_array().unwrap().len(), 0);
+    assert_eq!(http.got.lock().unwrap().len(), 1);
+    write_cfg("", true);
+    let (code, _, _, _) = cli(&catalog, &["run", "home", "--config", cfgs], &env);
+    assert_eq!(code, 0);
+    assert_eq!(http.got.lock().unwrap().len(), 2);
+    assert_eq!(smtp.mails.lock().unwrap().len(), 2);
+
+    // A dead webhook and a failing command: retried, recorded, status unchanged.
+    let dead = "http://127.0.0.1:9/hook/T0KEN-SECRET";
+    std::fs::remove_file(&hook_out).unwrap();
+    write_cfg("", true);
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("cat > ", "exit 7; "),
+    )
+    .unwrap();
+    let (code, rep, err, _) = cli(
+        &catalog,
+        &["run", "home", "--config", cfgs, "--json"],
+        &[("HOOK_URL", dead), ("SMTP_PW", "pa55-SECRET")],
+    );
+    assert_eq!(
+        code, 0,
+        "a notifier must not change the run's outcome: {err}"
+    );
+    assert_eq!(rep["status"], "complete");
+    let n = rep["notifications"].as_array().unwrap();
+    let hook = n.iter().find(|o| o["notifier"] == "hook").unwrap();
+    assert_eq!(
+        (hook["ok"].as_bool(), hook["attempts"].as_u64()),
+        (Some(false), Some(3)),
+        "{rep}"
+    );
+    assert!(!hook["error"].as_str().unwrap().contains("T0KEN"), "{hook}");
+    let cmd = n.iter().find(|o| o["notifier"] == "cmd").unwrap();
+    assert_eq!(cmd["ok"], false);
+    assert!(!err.contains("T0KEN-SECRET"));
+    // Recorded in the store's run record and the catalog.
+    let (_, shown, _, _) = cli(
+        &catalog,
+        &["show", "--json", rep["id"].as_str().unwrap()],
+        &[],
+    );
+    assert_eq!(shown["report"]["notifications"], rep["notifications"]);
+}
+
+#[test]
+fn a_window_that_ends_mid_run_publishes_nothing_and_the_next_run_resumes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 40, 4096);
+    let http = http_server();
+    let cfg = t.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\njobs = 1\nwindow = \"1s\"\nnotify = [\"hook\"]\n\n[notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/w\"\n",
+            src.display(),
+            dest.display(),
+            http.port
+        ),
+    )
+    .unwrap();
+    let (code, rep, err, _) = cli(
+        &catalog,
+        &["run", "j", "--config", cfg.to_str().unwrap(), "--json"],
+        &[("SNAPRING_FAILPOINTS", "walk.copy=sleep:100")],
+    );
+    assert_eq!(code, 3, "{err}");
+    assert_eq!(rep["status"], "incomplete");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .contains("backup window ended"),
+        "{rep}"
+    );
+    assert!(snapshot_names(&dest).is_empty(), "nothing may be published");
+    let copied_first = rep["bytes_transferred"].as_u64().unwrap();
+    assert!(copied_first > 0 && copied_first < 40 * 4096, "{rep}");
+    // Notified (incomplete always notifies) and recorded.
+    let hooks = http.got.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 1);
+    assert!(hooks[0].1.contains("\"status\":\"incomplete\""));
+    let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
+    assert_eq!(h[0]["status"], "incomplete");
+
+    // The next run (no window) resumes: it copies only what the first did not.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("window = \"1s\"\n", ""),
+    )
+    .unwrap();
+    let (code, rep, err, _) = cli(
+        &catalog,
+        &["run", "j", "--config", cfg.to_str().unwrap(), "--json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let copied_second = rep["bytes_transferred"].as_u64().unwrap();
+    assert_eq!(copied_second, 40 * 4096 - copied_first, "{rep}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "resumed snapshot",
+    );
+
+    // Deleting an expired snapshot is cut off by the window too, after publishing, and
+    // finished by the next run.
+    for i in 0..12 {
+        write(&src.join(format!("many/d{i}/f")), b"x");
+    }
+    let run = |extra: &[&str], fp: &str| {
+        let mut a = vec![
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            dest.to_str().unwrap(),
+            "--retain",
+            "1",
+        ];
+        a.extend(extra);
+        backup(&src, &dest, &a[4..], &[("SNAPRING_FAILPOINTS", fp)])
+    };
+    let (code, _, err) = run(&[], "");
+    assert_eq!(code, 0, "{err}");
+    let (code, rep, err) = run(&["--window", "1s", "--jobs", "1"], "trash.dir=sleep:300");
+    assert_eq!(code, 0, "published before the window ended: {err}");
+    assert_eq!(rep["expired"].as_array().unwrap().len(), 1);
+    let trash = dest.join(".snapring/trash");
+    assert!(
+        std::fs::read_dir(&trash).unwrap().count() > 0,
+        "the window should have cut the deletion short"
+    );
+    assert!(
+        rep["phases"]["remove_expired"]["seconds"].as_f64().unwrap() < 3.0,
+        "{rep}"
+    );
+    let (code, _, _) = run(&[], "");
+    assert_eq!(code, 0);
+    assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0);
+}
+
+#[test]
+fn an_in_process_daemon_runs_records_skips_overlaps_and_stops_cleanly() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 30, 10);
+    let cfg = t.path().join("d.toml");
+    // Every second; each run takes about 3 s (a slow "file system": 0.6 s per directory),
+    // so triggers overlap.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.every-second]\nsource = \"{}\"\ndest = \"{}\"\njobs = 1\nretain = 50\nschedule = \"* * * * * *\"\n",
+            src.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    let opts = snapring::daemon::DaemonOptions {
+        config: cfg.clone(),
+        exe: bin(),
+        catalog: Some(catalog.clone()),
+        catalog_on_nfs: false,
+        tick: Duration::from_millis(50),
+        env: vec![("SNAPRING_FAILPOINTS".into(), "walk.dir=sleep:600".into())],
+    };
+    let stop = AtomicBool::new(false);
+    let reload = AtomicBool::new(false);
+    let summary = std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        // Let it finish one run and start another, then stop it mid-run.
+        wait_until("a published snapshot", 60, || dest.join("daily.0").exists());
+        wait_until("a second run", 60, || {
+            std::fs::read_dir(dest.join(".snapring/runs"))
+                .map(|d| d.count())
+                .unwrap_or(0)
+                >= 2
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap()
+    });
+    assert!(summary.started >= 2, "{summary:?}");
+    assert!(
+        summary.skipped >= 1,
+        "overlapping triggers must be skipped: {summary:?}"
+    );
+
+    let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
+    let runs = h.as_array().unwrap();
+    assert_eq!(runs.len() as u64, summary.started, "{h}");
+    // Never two runs at once.
+    for w in runs.windows(2) {
+        assert!(
+            w[0]["finished_at"].as_str().unwrap() <= w[1]["started_at"].as_str().unwrap(),
+            "runs overlap: {h}"
+        );
+    }
+    // The run that was going when the daemon stopped is incomplete, not half-published.
+    let last = runs.last().unwrap();
+    assert_eq!(last["status"], "incomplete", "{h}");
+    let complete = runs.iter().filter(|r| r["status"] == "complete").count();
+    assert_eq!(snapshot_names(&dest).len(), complete);
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "daemon snapshot",
+    );
+    // Skips are recorded.
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    let skipped = c
+        .events(Some("every-second"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "skipped")
+        .count();
+    assert_eq!(skipped as u64, summary.skipped);
+}
+
+#[test]
+fn the_daemon_binary_stops_on_sigterm_and_reloads_on_sighup() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 30, 10);
+    let cfg = t.path().join("d.toml");
+    let body = |sched: &str| {
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\njobs = 1\nschedule = \"{sched}\"\n",
+            src.display(),
+            dest.display()
+        )
+    };
+    std::fs::write(&cfg, body("*/2 * * * * *")).unwrap();
+    let mut child = Command::new(bin())
+        .args(["--catalog"])
+        .arg(&catalog)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    wait_until("a run to start", 30, || {
+        std::fs::read_dir(dest.join(".snapring/runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            >= 1
+    });
+    // A bad config on SIGHUP is refused; the daemon keeps going.
+    std::fs::write(&cfg, body("not a schedule")).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "a bad reload must not stop the daemon"
+    );
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let t0 = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(t0.elapsed() < Duration::from_secs(30));
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(err.contains("reload failed"), "{err}");
+    let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
+    for r in h.as_array().unwrap() {
+        assert_ne!(r["status"], "running", "{h}");
+    }
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    let kinds: Vec<String> = c
+        .events(None)
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert!(
+        kinds.contains(&"reload-failed".to_string())
+            && kinds.last().map(String::as_str) == Some("stop"),
+        "{kinds:?}"
+    );
+}
+
+#[test]
+fn examples_parse_and_next_previews_schedules() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let ex = root.join("examples/snapring.toml");
+    let (code, _, err, out) = cli(
+        Path::new("off"),
+        &["config", "check", ex.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}{out}");
+    // systemd units: every line a section, a comment or Key=Value; the keys that matter.
+    for (unit, must) in [
+        (
+            "snapring.service",
+            vec![
+                "ExecStart=/usr/local/bin/snapring daemon --config",
+                "ExecReload=/bin/kill -HUP $MAINPID",
+                "WantedBy=multi-user.target",
+            ],
+        ),
+        (
+            "snapring-run@.service",
+            vec![
+                "ExecStart=/usr/local/bin/snapring run %i --config",
+                "Type=oneshot",
+                "SuccessExitStatus=2 3",
+            ],
+        ),
+        (
+            "snapring-run@.timer",
+            vec![
+                "OnCalendar=*-*-* 02:00:00 UTC",
+                "Persistent=true",
+                "WantedBy=timers.target",
+            ],
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join("examples/systemd").join(unit)).unwrap();
+        let mut section = None;
+        for l in text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        {
+            if l.starts_with('[') {
+                assert!(l.ends_with(']'), "{unit}: {l}");
+                section = Some(l.to_string());
+            } else {
+                assert!(
+                    section.is_some() && l.contains('='),
+                    "{unit}: {l:?} outside a section or not Key=Value"
+                );
+            }
+        }
+        for m in must {
+            assert!(text.contains(m), "{unit} lacks {m}");
+        }
+    }
+    // The commented example's weekly job: Sundays 03:30 Berlin, across the October change.
+    let (code, v, err, _) = cli(
+        Path::new("off"),
+        &[
+            "next",
+            "--job",
+            "efs-weekly",
+            "--config",
+            ex.to_str().unwrap(),
+            "--at",
+            "2026-10-18T00:00:00Z",
+            "--count",
+            "2",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        v,
+        serde_json::json!(["2026-10-18T01:30:00Z", "2026-10-25T02:30:00Z"])
+    );
+    let (_, _, _, out) = cli(
+        Path::new("off"),
+        &[
+            "next",
+            "--schedule",
+            "cron(0 2 * * ? *)",
+            "--at",
+            "2026-11-22 03:00",
+            "--count",
+            "1",
+        ],
+        &[],
+    );
+    assert_eq!(out.trim(), "2026-11-23T02:00:00Z");
+
+    // config check: every problem, with its line.
+    let bad = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bad.path(),
+        "[job.a]\nsource = \"/s\"\ndest = \"/d\"\nschedule = \"cron(0 2 * * * *)\"\nnotify = [\"nobody\"]\n\n[job.b]\nsource = \"/s\"\ndest = \"/d\"\ntimezone = \"Mars/Base\"\nschedule = \"@daily\"\nmissed = \"sometimes\"\n\n[notify.x]\ntype = \"webhook\"\n",
+    )
+    .unwrap();
+    let (code, _, _, out) = cli(
+        Path::new("off"),
+        &["config", "check", bad.path().to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 1);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 5, "{out}");
+    assert!(
+        lines[0].contains(":4: job a") && lines[0].contains("exactly one"),
+        "{out}"
+    );
+    assert!(
+        lines[1].contains(":5: job a") && lines[1].contains("nobody"),
+        "{out}"
+    );
+    assert!(
+        lines[2].contains(":10: job b") && lines[2].contains("time zone"),
+        "{out}"
+    );
+    assert!(
+        lines[3].contains(":12: job b") && lines[3].contains("missed"),
+        "{out}"
+    );
+    assert!(
+        lines[4].contains(":14: notify x") && lines[4].contains("url"),
+        "{out}"
+    );
+}
