@@ -383,6 +383,26 @@ fn open_catalog(c: &CatalogChoice) -> anyhow::Result<snapring::catalog::Catalog>
     Ok(snapring::catalog::Catalog::open(p, c.on_nfs)?)
 }
 
+/// The catalog, with rows left `running` by dead runs settled first.
+fn settled_catalog(c: &CatalogChoice) -> anyhow::Result<snapring::catalog::Catalog> {
+    let mut cat = open_catalog(c)?;
+    snapring::catalog::settle_running(&mut cat);
+    Ok(cat)
+}
+
+impl CatalogChoice {
+    /// The catalog a job uses: a flag or environment value wins, then the config
+    /// file's `catalog`, then the default; `None` when turned off.
+    fn for_config(&self, from_file: Option<PathBuf>) -> Option<PathBuf> {
+        match (&self.path, from_file) {
+            (Some(p), _) if self.explicit => Some(p.clone()),
+            (None, _) => None,
+            (_, Some(f)) => Some(f),
+            (Some(p), None) => Some(p.clone()),
+        }
+    }
+}
+
 fn filter(
     job: Option<String>,
     dest: Option<&std::path::Path>,
@@ -515,12 +535,7 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
             &cat,
         ),
         Cmd::Daemon { config } => {
-            let catalog = match (&cat.path, config::load(&config)?.catalog) {
-                (Some(p), _) if cat.explicit => Some(p.clone()),
-                (None, _) => None,
-                (_, Some(f)) => Some(f),
-                (Some(p), None) => Some(p.clone()),
-            };
+            let catalog = cat.for_config(config::load(&config)?.catalog);
             let opts = snapring::daemon::DaemonOptions {
                 config,
                 exe: std::env::current_exe()?,
@@ -707,8 +722,7 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
             since,
             json,
         } => {
-            let mut c = open_catalog(&cat)?;
-            snapring::catalog::settle_running(&mut c);
+            let c = settled_catalog(&cat)?;
             let f = filter(job, dest.as_deref(), since.as_deref())?;
             let rows = c.runs(&f)?;
             if json {
@@ -748,8 +762,7 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
             Ok(0)
         }
         Cmd::Show { run, dest, json } => {
-            let mut c = open_catalog(&cat)?;
-            snapring::catalog::settle_running(&mut c);
+            let mut c = settled_catalog(&cat)?;
             let shown = match c.show(&run)? {
                 Some(s) => s,
                 None => {
@@ -781,8 +794,7 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
             since,
             json,
         } => {
-            let mut c = open_catalog(&cat)?;
-            snapring::catalog::settle_running(&mut c);
+            let c = settled_catalog(&cat)?;
             let f = filter(job, dest.as_deref(), since.as_deref())?;
             let stats = c.stats(&f)?;
             if json {
@@ -928,12 +940,7 @@ fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<i32> {
     let mut opts = config::resolve(name, file_job, flags)?;
     opts.dry_run = a.dry_run;
     opts.plan_on_stderr = a.json;
-    opts.catalog = match (&cat.path, file_catalog) {
-        (Some(p), _) if cat.explicit => Some(p.clone()),
-        (None, _) => None,
-        (_, Some(f)) => Some(f),
-        (Some(p), None) => Some(p.clone()),
-    };
+    opts.catalog = cat.for_config(file_catalog);
     opts.catalog_on_nfs = cat.on_nfs;
     opts.progress = !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal();
     let cancel = Arc::new(AtomicBool::new(false));

@@ -170,10 +170,7 @@ impl Counters {
     pub fn problem(&self, p: Problem) {
         tracing::warn!(path = %p.path, action = %p.action, error = %p.error, "{:?}", p.kind);
         self.problems_total.fetch_add(1, Ordering::Relaxed);
-        let mut l = self.problems.lock().unwrap_or_else(|e| e.into_inner());
-        if l.len() < MAX_LISTED_PROBLEMS {
-            l.push(p);
-        }
+        push_listed(&self.problems, p);
     }
 
     /// Copies the counters into the report.
@@ -198,6 +195,15 @@ impl Counters {
         r.errors = g(&self.problems_total);
         r.problems_not_listed = r.errors - problems.len() as u64;
         r.problems = problems;
+    }
+}
+
+/// Appends `item` unless the list already holds `MAX_LISTED_PROBLEMS` (the rest are
+/// only counted by the caller).
+pub fn push_listed<T>(list: &Mutex<Vec<T>>, item: T) {
+    let mut l = list.lock().unwrap_or_else(|e| e.into_inner());
+    if l.len() < MAX_LISTED_PROBLEMS {
+        l.push(item);
     }
 }
 

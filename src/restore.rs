@@ -462,35 +462,27 @@ impl Restore<'_> {
         tracing::info!("conflict at {rel}: {reason}");
         self.say('!', rel, &format!(" ({reason})"));
         add(&self.counts.conflicts_total, 1);
-        let mut l = self
-            .counts
-            .conflicts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if l.len() < report::MAX_LISTED_PROBLEMS {
-            l.push(Conflict {
+        report::push_listed(
+            &self.counts.conflicts,
+            Conflict {
                 path: rel.escaped(),
                 reason,
-            });
-        }
+            },
+        );
     }
 
     fn problem(&self, rel: &RelPath, kind: ProblemKind, action: &str, e: impl std::fmt::Display) {
         tracing::warn!(path = %rel, action, error = %e, "{kind:?}");
         add(&self.counts.errors, 1);
-        let mut l = self
-            .counts
-            .problems
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        if l.len() < report::MAX_LISTED_PROBLEMS {
-            l.push(Problem {
+        report::push_listed(
+            &self.counts.problems,
+            Problem {
                 path: rel.escaped(),
                 kind,
                 action: action.to_string(),
                 error: e.to_string(),
-            });
-        }
+            },
+        );
     }
 
     /// A target-side error: permission problems are per entry; anything else (disk

@@ -689,24 +689,13 @@ fn examples_parse_and_next_previews_schedules() {
     assert_eq!(code, 1);
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 5, "{out}");
-    assert!(
-        lines[0].contains(":4: job a") && lines[0].contains("exactly one"),
-        "{out}"
-    );
-    assert!(
-        lines[1].contains(":5: job a") && lines[1].contains("nobody"),
-        "{out}"
-    );
-    assert!(
-        lines[2].contains(":10: job b") && lines[2].contains("time zone"),
-        "{out}"
-    );
-    assert!(
-        lines[3].contains(":12: job b") && lines[3].contains("missed"),
-        "{out}"
-    );
-    assert!(
-        lines[4].contains(":14: notify x") && lines[4].contains("url"),
-        "{out}"
-    );
+    for (line, (at, what)) in lines.iter().zip([
+        (":4: job a", "exactly one"),
+        (":5: job a", "nobody"),
+        (":10: job b", "time zone"),
+        (":12: job b", "missed"),
+        (":14: notify x", "url"),
+    ]) {
+        assert!(line.contains(at) && line.contains(what), "{out}");
+    }
 }

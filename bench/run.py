@@ -1,0 +1,421 @@
+#!/usr/bin/env python3
+"""snapring benchmark: times snapring against rsync --link-dest, rsnapshot-style
+`cp -al` + rsync, fpsync (2 and 8 workers) and a parallel floor, on the same
+deterministic data, optionally behind a latency-injecting FUSE layer (latencyfs), and
+checks every result. See docs/performance.md.
+
+    sudo python3 bench/run.py --preset small --latency-us 1000 --runs 3
+
+Subcommands for pieces: `gen DIR --preset P`, `mutate DIR --fraction F --seed S`.
+Needs root (loop-mounted ext4, FUSE), rsync, fpsync (fpart), and builds snapring and
+bench/tools in release mode.
+"""
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRESETS = {
+    # name: (files, mean files per directory, depth)
+    "tiny": (2_000, 40, 3),
+    "small": (20_000, 60, 4),
+    "medium": (100_000, 80, 4),
+    "large": (500_000, 100, 5),
+    "xl": (1_000_000, 100, 5),
+}
+ODD = ["with space", "new\nline", "quote\"'", "tab\there", "-dash", "%41", "ünïcødé"]
+
+
+# ---------------------------------------------------------------- dataset generator
+
+def gen(root, preset, seed=1):
+    """Deterministic tree: realistic depth and fan-out, 0-16 KiB files plus a few large
+    ones, odd names (one not UTF-8), symlinks, hard links, one sparse file."""
+    files, per_dir, depth = PRESETS[preset]
+    rnd = random.Random(seed)
+    os.makedirs(root, exist_ok=True)
+    dirs = [root]
+    made = 0
+    ndirs = max(1, files // per_dir)
+    # Directories: a random tree, each new one under an existing one not too deep.
+    level = {root: 0}
+    for i in range(ndirs):
+        parent = rnd.choice([d for d in dirs[-200:] if level[d] < depth] or [root])
+        d = os.path.join(parent, f"d{i:05d}")
+        os.mkdir(d)
+        level[d] = level[parent] + 1
+        dirs.append(d)
+    big = {rnd.randrange(files) for _ in range(max(1, files // 5000))}
+    while made < files:
+        d = rnd.choice(dirs)
+        name = f"f{made:07d}"
+        if made % 997 == 0:
+            name += " " + ODD[(made // 997) % len(ODD)]
+        path = os.path.join(d, name)
+        size = rnd.randrange(4 << 20, 32 << 20) if made in big else int(rnd.expovariate(1 / 4096)) % (16 << 10)
+        with open(path, "wb") as f:
+            f.write(rnd.randbytes(min(size, 1 << 16)) * (size // (1 << 16)) + rnd.randbytes(size % (1 << 16)))
+        t = 1_600_000_000 + rnd.randrange(100_000_000)
+        os.utime(path, ns=(t * 10**9, t * 10**9 + rnd.randrange(10**9)))
+        made += 1
+    # Non-UTF-8 name, symlinks, hard links, a sparse file.
+    with open(os.path.join(os.fsencode(root), b"latin1-\xe9t\xe9"), "wb") as f:
+        f.write(b"odd name")
+    all_files = sorted(os.path.join(dp, n) for dp, _, fs in os.walk(root) for n in fs)
+    for i in range(max(1, files // 1000)):
+        target = rnd.choice(all_files)
+        os.symlink(os.path.relpath(target, root), os.path.join(rnd.choice(dirs), f"link{i}"))
+        os.link(rnd.choice(all_files), os.path.join(rnd.choice(dirs), f"hard{i}"))
+    with open(os.path.join(root, "sparse.img"), "wb") as f:
+        f.truncate(256 << 20)
+        f.seek(128 << 20)
+        f.write(b"x" * 4096)
+    return files
+
+
+def mutate(root, fraction=0.01, seed=2):
+    """Deterministic change of `fraction` of the files: modified, touched, added,
+    deleted, chmod-ed (a fifth each), and one directory renamed."""
+    rnd = random.Random(seed)
+    files = sorted(os.path.join(dp, n) for dp, _, fs in os.walk(root) for n in fs
+                   if not os.path.islink(os.path.join(dp, n)) and "sparse" not in n)
+    n = max(5, int(len(files) * fraction))
+    pick = rnd.sample(files, n)
+    for i, p in enumerate(pick):
+        kind = i % 5
+        if kind == 0:
+            with open(p, "ab") as f:
+                f.write(rnd.randbytes(100))
+        elif kind == 1:
+            os.utime(p)
+        elif kind == 2:
+            with open(p + ".new", "wb") as f:
+                f.write(rnd.randbytes(rnd.randrange(16 << 10)))
+        elif kind == 3:
+            os.unlink(p)
+        else:
+            os.chmod(p, 0o600)
+    dirs = sorted(dp for dp, ds, _ in os.walk(root) if dp != root)
+    d = rnd.choice(dirs)
+    os.rename(d, d + "-renamed")
+    return n
+
+
+# ---------------------------------------------------------------- measurement
+
+def run(cmd, **kw):
+    """Runs cmd under GNU time; returns (wall s, cpu s, peak RSS KiB). (wait4's maxrss
+    would include this Python process's memory, inherited at fork.)"""
+    import tempfile
+    with tempfile.NamedTemporaryFile("r") as tf, tempfile.TemporaryFile() as errf:
+        p = subprocess.run(["/usr/bin/time", "-q", "-f", "%e %U %S %M", "-o", tf.name] + cmd,
+                           stdout=subprocess.DEVNULL, stderr=errf, **kw)
+        errf.seek(0)
+        err = errf.read().decode(errors="replace")
+        fields = tf.read().split()
+    if p.returncode not in (0, 24):  # rsync 24: vanished files
+        raise SystemExit(f"{cmd[0]} failed ({p.returncode}): {err[-2000:]}")
+    wall, user, sys_, rss = fields[-4:]
+    return float(wall), float(user) + float(sys_), int(rss)
+
+
+def describe(root):
+    """(path -> (type, size, mode, uid, mtime_ns, content hash)) for checks."""
+    out = {}
+    for dp, ds, fs in os.walk(root):
+        for n in ds + fs:
+            p = os.path.join(dp, n)
+            st = os.lstat(p)
+            h = None
+            if os.path.isfile(p) and not os.path.islink(p):
+                with open(p, "rb") as f:
+                    h = hashlib.blake2b(f.read(), digest_size=16).hexdigest()
+            out[os.path.relpath(p, root)] = (st.st_mode, st.st_size if h else 0, st.st_uid,
+                                             st.st_mtime_ns if not os.path.isdir(p) else 0, h)
+    return out
+
+
+def check_same(src, dst, what):
+    a, b = describe(src), describe(dst)
+    if a != b:
+        diff = [k for k in set(a) | set(b) if a.get(k) != b.get(k)][:5]
+        raise SystemExit(f"{what}: result differs from the source: {diff}")
+
+
+def check_shared(prev, new, src_changed, what):
+    """Unchanged files of `new` share their inode with `prev`."""
+    shared = total = 0
+    for dp, _, fs in os.walk(new):
+        for n in fs:
+            p = os.path.join(dp, n)
+            rel = os.path.relpath(p, new)
+            q = os.path.join(prev, rel)
+            if os.path.islink(p) or rel in src_changed or not os.path.exists(q):
+                continue
+            total += 1
+            shared += os.lstat(p).st_ino == os.lstat(q).st_ino
+    if total and shared < total * 0.99:
+        raise SystemExit(f"{what}: only {shared} of {total} unchanged files share an inode")
+    return shared, total
+
+
+# ---------------------------------------------------------------- environment
+
+def sh(*cmd):
+    subprocess.run(cmd, check=True)
+
+
+class Env:
+    def __init__(self, work, latency_us, image_gb, jobs):
+        self.work, self.latency_us, self.jobs = work, latency_us, jobs
+        self.disk = os.path.join(work, "disk")
+        self.mnt = os.path.join(work, "mnt")
+        self.fuse = None
+        os.makedirs(self.disk, exist_ok=True)
+        if image_gb:
+            img = os.path.join(work, "ext4.img")
+            if not os.path.ismount(self.disk):
+                if os.path.exists(img):
+                    os.unlink(img)
+                sh("truncate", "-s", f"{image_gb}G", img)
+                sh("mkfs.ext4", "-q", "-F", "-N", str(4_000_000), img)
+                sh("mount", "-o", "loop", img, self.disk)
+        self.under = os.path.join(self.disk, "data")
+        shutil.rmtree(self.under, ignore_errors=True)
+        os.makedirs(self.under)
+        if latency_us:
+            # A mount left by an interrupted run: take it down first.
+            subprocess.run(["fusermount3", "-uz", self.mnt], stderr=subprocess.DEVNULL)
+            os.makedirs(self.mnt, exist_ok=True)
+            self.fuse = subprocess.Popen([os.path.join(ROOT, "bench/tools/target/release/latencyfs"),
+                                          "--delay-us", str(latency_us), "--threads", "128",
+                                          self.under, self.mnt])
+            for _ in range(100):
+                if os.path.ismount(self.mnt):
+                    break
+                time.sleep(0.05)
+            else:
+                raise SystemExit("latencyfs did not mount")
+            self.view = self.mnt
+        else:
+            self.view = self.under
+
+    def path(self, *p):
+        """(path seen by the tools, path on the underlying disk for checks)"""
+        return os.path.join(self.view, *p), os.path.join(self.under, *p)
+
+    def close(self):
+        if self.fuse:
+            subprocess.run(["fusermount3", "-u", self.mnt])
+            self.fuse.wait()
+        if os.path.ismount(self.disk):
+            subprocess.run(["umount", self.disk])
+
+
+def drop_caches():
+    subprocess.run(["sync"])
+    with open("/proc/sys/vm/drop_caches", "w") as f:
+        f.write("3")
+
+
+# ---------------------------------------------------------------- the tools
+
+def snapring_bin():
+    return os.path.join(ROOT, "target/release/snapring")
+
+
+def tools(env, jobs):
+    sr = snapring_bin()
+    floor = os.path.join(ROOT, "bench/tools/target/release/floor")
+    env_sr = dict(os.environ, SNAPRING_CATALOG="off")
+    # Each tool: full(src, dst_root) / incr(src, dst_root) build <dst_root>/snap.0 from
+    # snap.1; returns the commands to run (timed as one).
+    return {
+        "snapring": dict(
+            full=lambda s, d: [[sr, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", "--jobs", str(jobs), "--no-progress"]],
+            incr=lambda s, d: [[sr, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", "--jobs", str(jobs), "--no-progress"]],
+            env=env_sr),
+        "rsync": dict(
+            full=lambda s, d: [["mkdir", "-p", d], ["rsync", "-aH", "--numeric-ids", s + "/", d + "/snap.0/"]],
+            incr=lambda s, d: [["mv", d + "/snap.0", d + "/snap.1"],
+                               ["rsync", "-aH", "--numeric-ids", "--delete", "--link-dest=" + d + "/snap.1", s + "/", d + "/snap.0/"]]),
+        "cp-al+rsync": dict(
+            full=lambda s, d: [["mkdir", "-p", d], ["rsync", "-aH", "--numeric-ids", s + "/", d + "/snap.0/"]],
+            incr=lambda s, d: [["mv", d + "/snap.0", d + "/snap.1"], ["cp", "-al", d + "/snap.1", d + "/snap.0"],
+                               ["rsync", "-aH", "--numeric-ids", "--delete", s + "/", d + "/snap.0/"]]),
+        "fpsync-2": dict(
+            full=lambda s, d: [["mkdir", "-p", d + "/snap.0"], ["fpsync", "-n", "2", "-o", "-lptgoDH --numeric-ids", s + "/", d + "/snap.0/"]],
+            incr=lambda s, d: [["mv", d + "/snap.0", d + "/snap.1"], ["mkdir", d + "/snap.0"],
+                               ["fpsync", "-n", "2", "-o", "-lptgoDH --numeric-ids --link-dest=" + d + "/snap.1", s + "/", d + "/snap.0/"]]),
+        "fpsync-8": dict(
+            full=lambda s, d: [["mkdir", "-p", d + "/snap.0"], ["fpsync", "-n", "8", "-o", "-lptgoDH --numeric-ids", s + "/", d + "/snap.0/"]],
+            incr=lambda s, d: [["mv", d + "/snap.0", d + "/snap.1"], ["mkdir", d + "/snap.0"],
+                               ["fpsync", "-n", "8", "-o", "-lptgoDH --numeric-ids --link-dest=" + d + "/snap.1", s + "/", d + "/snap.0/"]]),
+        "cp-a": dict(
+            full=lambda s, d: [["mkdir", "-p", d], ["cp", "-a", s, d + "/snap.0"]],
+            incr=None),
+        "floor": dict(
+            full=None,
+            incr=lambda s, d: [["mv", d + "/snap.0", d + "/snap.1"], [floor, "--jobs", str(jobs), s, d + "/snap.1", d + "/snap.0"]]),
+    }
+
+
+def timed(cmds, env=None):
+    wall = cpu = rss = 0
+    for c in cmds:
+        w, u, r = run(c, env=env)
+        wall, cpu, rss = wall + w, cpu + u, max(rss, r)
+    return wall, cpu, rss
+
+
+def snap_dirs(store_view, store_under, tool):
+    """(newest, previous) snapshot directories on the underlying disk."""
+    if tool == "snapring":
+        return os.path.join(store_under, "snap.0"), os.path.join(store_under, "snap.1")
+    return os.path.join(store_under, "snap.0"), os.path.join(store_under, "snap.1")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd")
+    g = sub.add_parser("gen")
+    g.add_argument("dir")
+    g.add_argument("--preset", default="tiny", choices=PRESETS)
+    m = sub.add_parser("mutate")
+    m.add_argument("dir")
+    m.add_argument("--fraction", type=float, default=0.01)
+    m.add_argument("--seed", type=int, default=2)
+    ap.add_argument("--preset", default="small", choices=PRESETS)
+    ap.add_argument("--latency-us", type=int, default=1000, help="per metadata call; 0 = local disk, no FUSE")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--jobs", type=int, default=0, help="snapring --jobs and floor threads (0: snapring's default)")
+    ap.add_argument("--tools", default="snapring,rsync,cp-al+rsync,fpsync-2,fpsync-8,cp-a,floor")
+    ap.add_argument("--cases", default="full,incr,restore,expire")
+    ap.add_argument("--work", default="/var/tmp/snapring-bench")
+    ap.add_argument("--image-gb", type=int, default=0, help="put the data on a fresh journaled ext4 loop image of this size")
+    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--no-build", action="store_true")
+    a = ap.parse_args()
+    if a.cmd == "gen":
+        print(gen(a.dir, a.preset))
+        return
+    if a.cmd == "mutate":
+        print(mutate(a.dir, a.fraction, a.seed))
+        return
+    if not a.no_build:
+        sh("cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml"))
+        sh("cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "bench/tools/Cargo.toml"))
+    jobs = a.jobs or 32
+    env = Env(a.work, a.latency_us, a.image_gb, jobs)
+    results = {}
+    try:
+        src_v, src_u = env.path("src")
+        nfiles = gen(src_u, a.preset)
+        pristine = os.path.join(env.under, "pristine")
+        sh("cp", "-a", src_u, pristine)
+        names = a.tools.split(",")
+        cases = a.cases.split(",")
+        all_tools = tools(env, jobs)
+        sr_env = all_tools["snapring"]["env"]
+        for r in range(a.runs):
+            for name in names:
+                t = all_tools[name]
+                # Fresh source for every tool and run: the pristine tree, then 1% mutation.
+                shutil.rmtree(src_u)
+                sh("cp", "-a", pristine, src_u)
+                dst_v, dst_u = env.path("dst-" + name.replace("+", "_"))
+                shutil.rmtree(dst_u, ignore_errors=True)
+                if t["full"] is None:
+                    # floor: a previous snapshot made by cp -a, off the clock.
+                    os.makedirs(dst_u)
+                    sh("cp", "-a", src_u, os.path.join(dst_u, "snap.0"))
+                else:
+                    drop_caches()
+                    res = timed(t["full"](src_v, dst_v), env=t.get("env"))
+                    if "full" in cases:
+                        check_same(src_u, os.path.join(dst_u, "snap.0"), f"{name} full")
+                        results.setdefault(("full", name), []).append(res)
+                if t["incr"] is None or "incr" not in cases and "expire" not in cases:
+                    continue
+                changed = mutate(src_u, 0.01)
+                changed_set = set()
+                drop_caches()
+                res = timed(t["incr"](src_v, dst_v), env=t.get("env"))
+                new, prev = os.path.join(dst_u, "snap.0"), os.path.join(dst_u, "snap.1")
+                if name != "floor":
+                    check_same(src_u, new, f"{name} incremental")
+                shared, total = check_shared(prev, new, changed_set, f"{name} incremental")
+                results.setdefault(("incr", name), []).append(res)
+                if name == "snapring" and "restore" in cases:
+                    out_v, out_u = env.path("restore-snapring")
+                    shutil.rmtree(out_u, ignore_errors=True)
+                    drop_caches()
+                    res = timed([[snapring_bin(), "restore", "--dest", dst_v, "snap.0", "--to", out_v, "--jobs", str(jobs), "--no-progress"]], env=sr_env)
+                    check_same(src_u, out_u, "snapring restore")
+                    results.setdefault(("restore", "snapring"), []).append(res)
+                    shutil.rmtree(out_u)
+                    drop_caches()
+                    res = timed([["cp", "-a", os.path.join(dst_v, "snap.0"), out_v]])
+                    results.setdefault(("restore", "cp-a"), []).append(res)
+                    shutil.rmtree(out_u)
+                    drop_caches()
+                    res = timed([["rsync", "-aH", "--numeric-ids", os.path.join(dst_v, "snap.0") + "/", out_v + "/"]])
+                    results.setdefault(("restore", "rsync"), []).append(res)
+                    shutil.rmtree(out_u)
+                if name == "snapring" and "expire" in cases:
+                    # rm -rf of a copy of the oldest snapshot, then snapring expiring it.
+                    cp_v, cp_u = env.path("expire-copy")
+                    shutil.rmtree(cp_u, ignore_errors=True)
+                    sh("cp", "-al", prev, cp_u)
+                    drop_caches()
+                    results.setdefault(("expire", "rm -rf"), []).append(timed([["rm", "-rf", cp_v]]))
+                    drop_caches()
+                    t0 = time.monotonic()
+                    out = subprocess.run([snapring_bin(), "backup", "--json", "--source", src_v, "--dest", dst_v,
+                                          "--label", "snap", "--retain", "1", "--jobs", str(jobs), "--no-progress"],
+                                         env=sr_env, capture_output=True, check=True)
+                    rep = json.loads(out.stdout)
+                    assert len(rep["expired"]) == 2, rep["expired"]
+                    secs = rep["phases"]["remove_expired"]["seconds"]
+                    results.setdefault(("expire", "snapring"), []).append((secs, 0.0, rep["peak_rss_bytes"] // 1024))
+                    del t0
+                print(f"run {r + 1}/{a.runs}: {name} done ({shared}/{total} unchanged files share inodes)", file=sys.stderr)
+    finally:
+        env.close()
+    report(results, a, nfiles)
+
+
+def report(results, a, nfiles):
+    print(f"\npreset {a.preset} ({nfiles} files), latency {a.latency_us} us per metadata call, "
+          f"medians of {a.runs} runs")
+    rows = {}
+    for (case, tool), vals in sorted(results.items()):
+        med = lambda i: statistics.median(v[i] for v in vals)
+        rows[(case, tool)] = (med(0), med(1), med(2))
+    out = []
+    for case in ["full", "incr", "restore", "expire"]:
+        base = rows.get((case, "snapring"))
+        if not base:
+            continue
+        print(f"\n{case:8} {'tool':14} {'wall s':>9} {'cpu s':>9} {'peak RSS':>10} {'snapring is':>14}")
+        for (c, tool), (w, u, r) in sorted(rows.items(), key=lambda x: x[1][0]):
+            if c != case:
+                continue
+            ratio = "" if tool == "snapring" else f"{w / base[0]:.1f}x faster" if w >= base[0] else f"{base[0] / w:.2f}x slower"
+            print(f"{'':8} {tool:14} {w:9.2f} {u:9.2f} {r / 1024:8.1f}MiB {ratio:>14}")
+            out.append(dict(case=case, tool=tool, wall=w, cpu=u, rss_kib=r, runs=[list(v) for v in results[(c, tool)]]))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(dict(preset=a.preset, files=nfiles, latency_us=a.latency_us, runs=a.runs, results=out), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

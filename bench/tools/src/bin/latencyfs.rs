@@ -1,0 +1,732 @@
+//! latencyfs: a multi-threaded FUSE passthrough file system that adds a fixed delay to
+//! every metadata call (lookup, getattr, setattr, readdir, open, create, mkdir, mknod,
+//! symlink, readlink, link, unlink, rmdir, rename, statfs, xattrs), to emulate NFS/EFS
+//! latency on a local disk. Data reads and writes pass through without delay.
+//!
+//! Usage: latencyfs [--delay-us 1000] [--threads 64] [--ttl-ms 0] UNDERLYING MOUNTPOINT
+//! Runs in the foreground until the mount point is unmounted (`fusermount3 -u`).
+//! FUSE inode numbers are the underlying inode numbers (the root swapped with 1).
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
+    LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
+    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
+};
+
+struct LatFs {
+    root: PathBuf,
+    root_ino: u64,
+    delay: Duration,
+    ttl: Duration,
+    /// FUSE inode -> path relative to `root`.
+    paths: RwLock<HashMap<u64, PathBuf>>,
+    files: Mutex<HashMap<u64, File>>,
+    next_fh: AtomicU64,
+    calls: AtomicU64,
+}
+
+fn errno(e: &std::io::Error) -> Errno {
+    Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+fn time(sec: i64, nsec: i64) -> SystemTime {
+    if sec >= 0 {
+        UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs((-sec) as u64) + Duration::from_nanos(nsec as u64)
+    }
+}
+
+impl LatFs {
+    fn wait(&self) {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
+    }
+
+    fn fuse_ino(&self, st_ino: u64) -> u64 {
+        if st_ino == self.root_ino {
+            1
+        } else if st_ino == 1 {
+            self.root_ino
+        } else {
+            st_ino
+        }
+    }
+
+    fn rel(&self, ino: INodeNo) -> Option<PathBuf> {
+        if ino.0 == 1 {
+            return Some(PathBuf::new());
+        }
+        self.paths.read().unwrap().get(&ino.0).cloned()
+    }
+
+    fn full(&self, rel: &Path) -> PathBuf {
+        if rel.as_os_str().is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(rel)
+        }
+    }
+
+    fn attr(&self, m: &std::fs::Metadata) -> FileAttr {
+        let ft = m.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        let kind = if ft.is_dir() {
+            FileType::Directory
+        } else if ft.is_symlink() {
+            FileType::Symlink
+        } else if ft.is_fifo() {
+            FileType::NamedPipe
+        } else if ft.is_char_device() {
+            FileType::CharDevice
+        } else if ft.is_block_device() {
+            FileType::BlockDevice
+        } else if ft.is_socket() {
+            FileType::Socket
+        } else {
+            FileType::RegularFile
+        };
+        FileAttr {
+            ino: INodeNo(self.fuse_ino(m.ino())),
+            size: m.size(),
+            blocks: m.blocks(),
+            atime: time(m.atime(), m.atime_nsec()),
+            mtime: time(m.mtime(), m.mtime_nsec()),
+            ctime: time(m.ctime(), m.ctime_nsec()),
+            crtime: time(m.ctime(), m.ctime_nsec()),
+            kind,
+            perm: (m.mode() & 0o7777) as u16,
+            nlink: m.nlink() as u32,
+            uid: m.uid(),
+            gid: m.gid(),
+            rdev: m.rdev() as u32,
+            blksize: m.blksize() as u32,
+            flags: 0,
+        }
+    }
+
+    /// Stats `rel`, remembers its path, and replies with the entry.
+    fn entry(&self, rel: PathBuf, reply: ReplyEntry) {
+        match std::fs::symlink_metadata(self.full(&rel)) {
+            Ok(m) => {
+                let a = self.attr(&m);
+                self.paths.write().unwrap().insert(a.ino.0, rel);
+                reply.entry(&self.ttl, &a, Generation(0));
+            }
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
+        self.rel(parent).map(|p| p.join(name)).ok_or(Errno::ENOENT)
+    }
+}
+
+fn ts(t: TimeOrNow) -> rustix::fs::Timespec {
+    match t {
+        TimeOrNow::Now => rustix::fs::Timespec {
+            tv_sec: 0,
+            tv_nsec: rustix::fs::UTIME_NOW,
+        },
+        TimeOrNow::SpecificTime(s) => {
+            let (sec, nsec) = match s.duration_since(UNIX_EPOCH) {
+                Ok(d) => (d.as_secs() as i64, d.subsec_nanos() as i64),
+                Err(e) => {
+                    let d = e.duration();
+                    let mut sec = -(d.as_secs() as i64);
+                    let mut nsec = -(d.subsec_nanos() as i64);
+                    if nsec < 0 {
+                        sec -= 1;
+                        nsec += 1_000_000_000;
+                    }
+                    (sec, nsec)
+                }
+            };
+            rustix::fs::Timespec {
+                tv_sec: sec,
+                tv_nsec: nsec as _,
+            }
+        }
+    }
+}
+
+macro_rules! tryr {
+    ($reply:expr, $e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(e) => {
+                $reply.error(e);
+                return;
+            }
+        }
+    };
+}
+
+fn io<T>(r: std::io::Result<T>) -> Result<T, Errno> {
+    r.map_err(|e| errno(&e))
+}
+
+impl Filesystem for LatFs {
+    fn init(&mut self, _r: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // POSIX ACLs go to the underlying file system (as on NFSv4 with ACLs), so cp -a
+        // and snapring can read and write them through the mount.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL);
+        let _ = config.set_max_write(1 << 20);
+        Ok(())
+    }
+
+    fn lookup(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        self.wait();
+        let rel = tryr!(reply, self.child(parent, name));
+        self.entry(rel, reply);
+    }
+
+    fn getattr(&self, _r: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        self.wait();
+        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        match std::fs::symlink_metadata(self.full(&rel)) {
+            Ok(m) => reply.attr(&self.ttl, &self.attr(&m)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _r: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        atime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        self.wait();
+        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        let p = self.full(&rel);
+        if uid.is_some() || gid.is_some() {
+            tryr!(reply, io(std::os::unix::fs::lchown(&p, uid, gid)));
+        }
+        if let Some(m) = mode {
+            tryr!(
+                reply,
+                io(std::fs::set_permissions(
+                    &p,
+                    std::fs::Permissions::from_mode(m & 0o7777)
+                ))
+            );
+        }
+        if let Some(s) = size {
+            let r =
+                match fh.and_then(|f| self.files.lock().unwrap().get(&f.0).map(|f| f.set_len(s))) {
+                    Some(r) => r,
+                    None => std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&p)
+                        .and_then(|f| f.set_len(s)),
+                };
+            tryr!(reply, io(r));
+        }
+        if atime.is_some() || mtime.is_some() {
+            let omit = rustix::fs::Timespec {
+                tv_sec: 0,
+                tv_nsec: rustix::fs::UTIME_OMIT,
+            };
+            let t = rustix::fs::Timestamps {
+                last_access: atime.map(ts).unwrap_or(omit),
+                last_modification: mtime.map(ts).unwrap_or(omit),
+            };
+            tryr!(
+                reply,
+                io(rustix::fs::utimensat(
+                    rustix::fs::CWD,
+                    &p,
+                    &t,
+                    rustix::fs::AtFlags::SYMLINK_NOFOLLOW
+                )
+                .map_err(std::io::Error::from))
+            );
+        }
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) => reply.attr(&self.ttl, &self.attr(&m)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn readlink(&self, _r: &Request, ino: INodeNo, reply: ReplyData) {
+        self.wait();
+        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        match std::fs::read_link(self.full(&rel)) {
+            Ok(t) => reply.data(t.as_os_str().as_bytes()),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn mknod(
+        &self,
+        _r: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        self.wait();
+        let rel = tryr!(reply, self.child(parent, name));
+        let ft = match mode & libc::S_IFMT {
+            libc::S_IFIFO => rustix::fs::FileType::Fifo,
+            libc::S_IFCHR => rustix::fs::FileType::CharacterDevice,
+            libc::S_IFBLK => rustix::fs::FileType::BlockDevice,
+            libc::S_IFSOCK => rustix::fs::FileType::Socket,
+            _ => rustix::fs::FileType::RegularFile,
+        };
+        tryr!(
+            reply,
+            io(rustix::fs::mknodat(
+                rustix::fs::CWD,
+                self.full(&rel),
+                ft,
+                rustix::fs::Mode::from_raw_mode(mode & !umask & 0o7777),
+                rdev as u64,
+            )
+            .map_err(std::io::Error::from))
+        );
+        self.entry(rel, reply);
+    }
+
+    fn mkdir(
+        &self,
+        _r: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        self.wait();
+        let rel = tryr!(reply, self.child(parent, name));
+        let p = self.full(&rel);
+        tryr!(reply, io(std::fs::create_dir(&p)));
+        let _ =
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & !umask & 0o7777));
+        self.entry(rel, reply);
+    }
+
+    fn unlink(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.wait();
+        let rel = tryr!(reply, self.child(parent, name));
+        match std::fs::remove_file(self.full(&rel)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn rmdir(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.wait();
+        let rel = tryr!(reply, self.child(parent, name));
+        match std::fs::remove_dir(self.full(&rel)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _r: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        self.wait();
+        let rel = tryr!(reply, self.child(parent, link_name));
+        tryr!(
+            reply,
+            io(std::os::unix::fs::symlink(target, self.full(&rel)))
+        );
+        self.entry(rel, reply);
+    }
+
+    fn rename(
+        &self,
+        _r: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.wait();
+        let from = tryr!(reply, self.child(parent, name));
+        let to = tryr!(reply, self.child(newparent, newname));
+        let rflags = rustix::fs::RenameFlags::from_bits_truncate(flags.bits());
+        tryr!(
+            reply,
+            io(rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                self.full(&from),
+                rustix::fs::CWD,
+                self.full(&to),
+                rflags
+            )
+            .map_err(std::io::Error::from))
+        );
+        // Paths under a renamed directory move with it.
+        let mut paths = self.paths.write().unwrap();
+        for p in paths.values_mut() {
+            if let Ok(rest) = p.strip_prefix(&from) {
+                *p = if rest.as_os_str().is_empty() {
+                    to.clone()
+                } else {
+                    to.join(rest)
+                };
+            }
+        }
+        reply.ok();
+    }
+
+    fn link(
+        &self,
+        _r: &Request,
+        ino: INodeNo,
+        newparent: INodeNo,
+        newname: &OsStr,
+        reply: ReplyEntry,
+    ) {
+        self.wait();
+        let from = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        let to = tryr!(reply, self.child(newparent, newname));
+        tryr!(
+            reply,
+            io(std::fs::hard_link(self.full(&from), self.full(&to)))
+        );
+        match std::fs::symlink_metadata(self.full(&to)) {
+            Ok(m) => reply.entry(&self.ttl, &self.attr(&m), Generation(0)),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn open(&self, _r: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        self.wait();
+        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        let acc = flags.0 & libc::O_ACCMODE;
+        let f = tryr!(
+            reply,
+            io(std::fs::OpenOptions::new()
+                .read(acc != libc::O_WRONLY)
+                .write(acc != libc::O_RDONLY)
+                .custom_flags(flags.0 & (libc::O_TRUNC | libc::O_APPEND | libc::O_NOFOLLOW))
+                .open(self.full(&rel)))
+        );
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().unwrap().insert(fh, f);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn read(
+        &self,
+        _r: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let f = self.files.lock().unwrap().get(&fh.0).map(|f| f.try_clone());
+        let f = tryr!(reply, f.ok_or(Errno::EBADF).and_then(io));
+        let mut buf = vec![0u8; size as usize];
+        let mut got = 0;
+        while got < buf.len() {
+            match f.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
+            }
+        }
+        reply.data(&buf[..got]);
+    }
+
+    fn write(
+        &self,
+        _r: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _wf: WriteFlags,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let f = self.files.lock().unwrap().get(&fh.0).map(|f| f.try_clone());
+        let f = tryr!(reply, f.ok_or(Errno::EBADF).and_then(io));
+        match f.write_all_at(data, offset) {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(errno(&e)),
+        }
+    }
+
+    fn flush(
+        &self,
+        _r: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn release(
+        &self,
+        _r: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.files.lock().unwrap().remove(&fh.0);
+        reply.ok();
+    }
+
+    fn fsync(
+        &self,
+        _r: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        let f = self.files.lock().unwrap().get(&fh.0).map(|f| f.sync_all());
+        match f {
+            Some(Err(e)) => reply.error(errno(&e)),
+            _ => reply.ok(),
+        }
+    }
+
+    fn opendir(&self, _r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        self.wait();
+        match self.rel(ino) {
+            Some(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            None => reply.error(Errno::ENOENT),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _r: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        self.wait();
+        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        let rd = tryr!(reply, io(std::fs::read_dir(self.full(&rel))));
+        let mut entries: Vec<(OsString, u64, FileType)> = Vec::new();
+        for e in rd {
+            let e = tryr!(reply, io(e));
+            let ft = e.file_type().ok();
+            let kind = match ft {
+                Some(t) if t.is_dir() => FileType::Directory,
+                Some(t) if t.is_symlink() => FileType::Symlink,
+                _ => FileType::RegularFile,
+            };
+            entries.push((e.file_name(), self.fuse_ino(e.ino()), kind));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        for (i, (name, ino, kind)) in entries.into_iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn statfs(&self, _r: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        self.wait();
+        match rustix::fs::statvfs(&self.root) {
+            Ok(s) => reply.statfs(
+                s.f_blocks,
+                s.f_bfree,
+                s.f_bavail,
+                s.f_files,
+                s.f_ffree,
+                s.f_bsize as u32,
+                s.f_namemax as u32,
+                s.f_frsize as u32,
+            ),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+
+    fn setxattr(
+        &self,
+        _r: &Request,
+        ino: INodeNo,
+        name: &OsStr,
+        value: &[u8],
+        flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
+    ) {
+        self.wait();
+        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        match rustix::fs::lsetxattr(
+            self.full(&rel),
+            name,
+            value,
+            rustix::fs::XattrFlags::from_bits_truncate(flags as u32),
+        ) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+
+    fn getxattr(&self, _r: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        self.wait();
+        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        let mut buf = vec![0u8; 65536];
+        match rustix::fs::lgetxattr(self.full(&rel), name, &mut buf[..]) {
+            Ok(n) if size == 0 => reply.size(n as u32),
+            Ok(n) if n <= size as usize => reply.data(&buf[..n]),
+            Ok(_) => reply.error(Errno::ERANGE),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+
+    fn listxattr(&self, _r: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        self.wait();
+        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        let mut buf = vec![0u8; 65536];
+        match rustix::fs::llistxattr(self.full(&rel), &mut buf[..]) {
+            Ok(n) if size == 0 => reply.size(n as u32),
+            Ok(n) if n <= size as usize => reply.data(&buf[..n]),
+            Ok(_) => reply.error(Errno::ERANGE),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+
+    fn removexattr(&self, _r: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        self.wait();
+        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        match rustix::fs::lremovexattr(self.full(&rel), name) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+        }
+    }
+
+    fn create(
+        &self,
+        _r: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        self.wait();
+        let rel = tryr!(reply, self.child(parent, name));
+        let acc = flags & libc::O_ACCMODE;
+        let f = tryr!(
+            reply,
+            io(std::fs::OpenOptions::new()
+                .read(acc != libc::O_WRONLY)
+                .write(true)
+                .create(true)
+                .custom_flags(flags & (libc::O_EXCL | libc::O_TRUNC | libc::O_NOFOLLOW))
+                .mode(mode & !umask & 0o7777)
+                .open(self.full(&rel)))
+        );
+        let m = tryr!(reply, io(f.metadata()));
+        let a = self.attr(&m);
+        self.paths.write().unwrap().insert(a.ino.0, rel);
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.files.lock().unwrap().insert(fh, f);
+        reply.created(
+            &self.ttl,
+            &a,
+            Generation(0),
+            FileHandle(fh),
+            FopenFlags::empty(),
+        );
+    }
+}
+
+fn main() {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut opt = |name: &str, default: u64| -> u64 {
+        match args.iter().position(|a| a == name) {
+            Some(i) => {
+                let v = args[i + 1].parse().expect("a number");
+                args.drain(i..=i + 1);
+                v
+            }
+            None => default,
+        }
+    };
+    let delay_us = opt("--delay-us", 1000);
+    let threads = opt("--threads", 64);
+    let ttl_ms = opt("--ttl-ms", 0);
+    if args.len() != 2 {
+        eprintln!(
+            "usage: latencyfs [--delay-us N] [--threads N] [--ttl-ms N] UNDERLYING MOUNTPOINT"
+        );
+        std::process::exit(2);
+    }
+    let root = std::fs::canonicalize(&args[0]).expect("underlying directory");
+    let root_ino = std::fs::metadata(&root).expect("stat underlying").ino();
+    let fs = LatFs {
+        root,
+        root_ino,
+        delay: Duration::from_micros(delay_us),
+        ttl: Duration::from_millis(ttl_ms),
+        paths: RwLock::new(HashMap::new()),
+        files: Mutex::new(HashMap::new()),
+        next_fh: AtomicU64::new(1),
+        calls: AtomicU64::new(0),
+    };
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::FSName("latencyfs".into()),
+        MountOption::DefaultPermissions,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    cfg.acl = fuser::SessionACL::All;
+    cfg.n_threads = Some(threads as usize);
+    if let Err(e) = fuser::mount(fs, &args[1], &cfg) {
+        eprintln!("latencyfs: mount {}: {e}", args[1]);
+        std::process::exit(1);
+    }
+}
