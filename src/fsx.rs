@@ -199,6 +199,28 @@ pub fn create_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Creates a new file for writing with mode `perm` (less the umask); fails if the name
+/// exists. The creating open may write even when `perm` has no write bit.
+pub fn create_at_mode(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> io::Result<OwnedFd> {
+    Ok(rfs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(perm),
+    )?)
+}
+
+/// The process umask, read once (the first call sets and restores it, so make it before
+/// other threads create files).
+pub fn process_umask() -> u32 {
+    static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let old = rustix::process::umask(Mode::from_raw_mode(0o077));
+        rustix::process::umask(old);
+        old.bits()
+    })
+}
+
 /// The names in a directory (without `.` and `..`), in the order `readdir` gives them.
 pub fn read_dir_names(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     let mut d = rfs::Dir::read_from(dir)?;

@@ -47,6 +47,10 @@ pub struct Walk<'a> {
     pub fatal: Mutex<Option<Error>>,
     links: Mutex<HashMap<(u64, u64), LinkState>>,
     links_cv: Condvar,
+    /// The owner a file created in staging gets by itself (euid, egid), when the staging
+    /// root has no setgid bit; a copy of a file with that owner needs no `fchown`.
+    creates_as: Option<(u32, u32)>,
+    umask: u32,
 }
 
 #[derive(Clone)]
@@ -121,6 +125,16 @@ impl<'a> Walk<'a> {
             fatal: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
             links_cv: Condvar::new(),
+            creates_as: staging
+                .and_then(|s| fsx::fstat(b(s)).ok())
+                .filter(|m| m.perm & 0o2000 == 0)
+                .map(|_| {
+                    (
+                        rustix::process::geteuid().as_raw(),
+                        rustix::process::getegid().as_raw(),
+                    )
+                }),
+            umask: fsx::process_umask(),
         }
     }
 
@@ -731,7 +745,7 @@ impl<'a> Walk<'a> {
             return None;
         }
         let r = match m.kind {
-            Kind::File => self.copy_file(dir, dst, name, rel, xattrs),
+            Kind::File => self.copy_file(dir, dst, name, rel, m, xattrs),
             _ => self.copy_special(dir, dst, name, rel, m, target, xattrs),
         };
         if r.is_some() {
@@ -740,14 +754,23 @@ impl<'a> Walk<'a> {
         r
     }
 
-    /// Copies a regular file. `xattrs`: the source's attributes when the decision
-    /// already read them (otherwise they are read here, through the open file).
+    /// Copies a regular file. `m`: the walk's `lstat` of it. `xattrs`: the source's
+    /// attributes when the decision already read them (otherwise they are read here,
+    /// through the open file).
+    ///
+    /// Calls are what a backup over NFS pays for, so a copy makes only the ones it
+    /// needs: the walk's `lstat` serves as the "before" stat (the `fstat` after the copy
+    /// must match it, inode included), the file is created with its final mode (no
+    /// `fchmod` when the umask leaves it whole and there are no special bits), and
+    /// `fchown` is skipped when the file already has the owner it gets by creation.
+    #[allow(clippy::too_many_arguments)]
     fn copy_file(
         &self,
         dir: &DirNode,
         dst_dir: &OwnedFd,
         name: &[u8],
         rel: &RelPath,
+        m: &Meta,
         xattrs: Option<Xattrs>,
     ) -> Option<Entry> {
         let src = match fsx::open_read_at(b(&dir.src), name) {
@@ -767,7 +790,12 @@ impl<'a> Walk<'a> {
                 Vec::new()
             }
         };
-        let dst = match fsx::create_at(b(dst_dir), name) {
+        let create_perm = if m.perm & 0o7000 == 0 {
+            m.perm & 0o777
+        } else {
+            0o600
+        };
+        let dst = match fsx::create_at_mode(b(dst_dir), name, create_perm) {
             Ok(fd) => fd,
             Err(e) => {
                 self.dest_error(rel, "create file in staging", e);
@@ -777,11 +805,15 @@ impl<'a> Walk<'a> {
         let mut attempt = 0;
         let (meta, hash) = loop {
             attempt += 1;
-            let before = match fsx::fstat(b(&src)) {
-                Ok(m) => m,
-                Err(e) => {
-                    self.source_error(rel, "stat", &e);
-                    return None;
+            let before = if attempt == 1 {
+                *m
+            } else {
+                match fsx::fstat(b(&src)) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.source_error(rel, "stat", &e);
+                        return None;
+                    }
                 }
             };
             let hash = match fsx::copy_hash(b(&src), b(&dst), &before) {
@@ -801,7 +833,8 @@ impl<'a> Walk<'a> {
             };
             let _ = failpoint::hit("walk.after_copy");
             let after = fsx::fstat(b(&src)).unwrap_or(before);
-            if after.size == before.size
+            if after.ino == before.ino
+                && after.size == before.size
                 && after.mtime == before.mtime
                 && after.ctime == before.ctime
             {
@@ -820,8 +853,20 @@ impl<'a> Walk<'a> {
                 return None;
             }
         };
+        let need_chown = self.creates_as != Some((meta.uid, meta.gid));
+        let need_chmod =
+            create_perm & !self.umask != meta.perm || (need_chown && meta.perm & 0o6000 != 0);
         let r = (|| {
-            fsx::apply_owner_mode(b(&dst), &meta)?;
+            if need_chown {
+                rustix::fs::fchown(
+                    &dst,
+                    Some(rustix::fs::Uid::from_raw(meta.uid)),
+                    Some(rustix::fs::Gid::from_raw(meta.gid)),
+                )?;
+            }
+            if need_chmod {
+                rustix::fs::fchmod(&dst, rustix::fs::Mode::from_raw_mode(meta.perm))?;
+            }
             let refused = fsx::write_xattrs(&XattrTarget::Fd(b(&dst)), &xattrs)?;
             self.refused_xattrs(rel, &refused);
             fsx::apply_times(b(&dst), &meta)
