@@ -157,16 +157,8 @@ fn tree_entries(root: &OwnedFd, dir: &RelPath) -> std::io::Result<Option<(OwnedF
         if m.kind == Kind::Symlink {
             e.target = fsx::read_link_at(b(&fd), &name).ok();
         }
-        let xs = if m.kind == Kind::File || m.kind == Kind::Dir {
-            let f = if m.kind == Kind::Dir {
-                fsx::open_dir_at(b(&fd), &name)
-            } else {
-                fsx::open_read_at(b(&fd), &name)
-            };
-            f.and_then(|f| fsx::read_xattrs(&XattrTarget::Fd(b(&f))))
-        } else {
-            fsx::read_xattrs(&XattrTarget::At(b(&fd), &name))
-        };
+        // By name (one `llistxattr`), not by opening the file (open + list + close).
+        let xs = fsx::read_xattrs(&XattrTarget::At(b(&fd), &name));
         e.xattrs = xs.ok().and_then(|x| fsx::xattr_digest(&x));
         out.push(e);
     }

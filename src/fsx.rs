@@ -530,6 +530,15 @@ pub fn apply_owner_mode(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
     Ok(())
 }
 
+/// A directory's metadata, once its children are written: xattrs (default ACLs too),
+/// then owner and mode, then times. Returns the xattrs the file system refused.
+pub fn apply_dir_meta(fd: BorrowedFd<'_>, m: &Meta, xs: &Xattrs) -> io::Result<Vec<Vec<u8>>> {
+    let refused = write_xattrs(&XattrTarget::Fd(fd), xs)?;
+    apply_owner_mode(fd, m)?;
+    apply_times(fd, m)?;
+    Ok(refused)
+}
+
 pub fn apply_times(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
     Ok(rfs::futimens(fd, &times(m))?)
 }

@@ -137,6 +137,9 @@ struct Node {
     /// Give the target directory the snapshot's metadata when done (it was created by
     /// the restore, or the mode allows replacing metadata).
     apply_meta: bool,
+    /// The restore created the target directory: nothing is in it, so no entry needs a
+    /// look at what exists (one call per entry saved, a round trip each on NFS).
+    fresh: bool,
     meta: Meta,
     xattrs: Xattrs,
     /// This directory's own listing, plus subdirectories not yet finished.
@@ -154,7 +157,8 @@ enum Link {
 struct Restore<'a> {
     opts: &'a RestoreOptions,
     manifest: Option<&'a manifest::Reader>,
-    to_root: &'a OwnedFd,
+    /// The target (`None` only in a dry run of a target that does not exist yet).
+    to_root: Option<&'a OwnedFd>,
     counts: Counts,
     cancel: &'a AtomicBool,
     fatal: Mutex<Option<Error>>,
@@ -240,18 +244,10 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let root_meta = fsx::fstat(b(&src_fd)).ctx("stat", &sel.path)?;
     let root_xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&src_fd))).unwrap_or_default();
     let plan: Box<dyn Write + Send> = Box::new(std::io::stdout());
-    let placeholder;
-    let to_root = match &to_fd {
-        Some(fd) => fd,
-        None => {
-            placeholder = fsx::open_dir(Path::new("/")).ctx("open", "/")?;
-            &placeholder
-        }
-    };
     let r = Restore {
         opts,
         manifest: sel.manifest.as_ref(),
-        to_root,
+        to_root: to_fd.as_ref(),
         counts: Counts::default(),
         cancel,
         fatal: Mutex::new(None),
@@ -267,6 +263,8 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         dst_rel,
         only,
         apply_meta: apply_root_meta && !opts.dry_run,
+        // Restoring into a new or empty --to (not under existing ancestors of --path).
+        fresh: to_was_new && (opts.path.is_none() || opts.flat),
         meta: root_meta,
         xattrs: root_xattrs,
         pending: AtomicUsize::new(1),
@@ -281,9 +279,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     });
     // Ancestors the restore created get the snapshot's metadata, deepest first.
     for (fd, m, xs) in created_ancestors.iter().rev() {
-        let _ = fsx::write_xattrs(&XattrTarget::Fd(b(fd)), xs)
-            .and_then(|_| fsx::apply_owner_mode(b(fd), m))
-            .and_then(|_| fsx::apply_times(b(fd), m));
+        let _ = fsx::apply_dir_meta(b(fd), m, xs);
     }
     Ok(r.finish(&sel, &store, started_at, t0))
 }
@@ -524,7 +520,7 @@ impl Restore<'_> {
             }),
             _ => None,
         };
-        if self.opts.mode == Mode::Mirror && node.only.is_none() {
+        if self.opts.mode == Mode::Mirror && node.only.is_none() && !node.fresh {
             self.mirror_deletes(&node, &names);
         }
         for name in names {
@@ -571,13 +567,9 @@ impl Restore<'_> {
         if node.apply_meta
             && !self.cancel.load(Ordering::Relaxed)
             && let Some(dst) = &node.dst
+            && let Err(e) = fsx::apply_dir_meta(b(dst), &node.meta, &node.xattrs)
         {
-            let r = fsx::write_xattrs(&XattrTarget::Fd(b(dst)), &node.xattrs)
-                .and_then(|_| fsx::apply_owner_mode(b(dst), &node.meta))
-                .and_then(|_| fsx::apply_times(b(dst), &node.meta));
-            if let Err(e) = r {
-                self.dest_error(&node.dst_rel, "set directory metadata", e);
-            }
+            self.dest_error(&node.dst_rel, "set directory metadata", e);
         }
         if let Some(p) = &node.parent {
             self.child_done(p);
@@ -595,6 +587,7 @@ impl Restore<'_> {
             }
         };
         let existing = match &node.dst {
+            Some(_) if node.fresh => None,
             Some(d) => match fsx::lstat_at(b(d), name) {
                 Ok(x) => Some(x),
                 Err(e) if fsx::errno_is(&e, Errno::NOENT) => None,
@@ -684,6 +677,7 @@ impl Restore<'_> {
                 dst_rel: rel,
                 only: None,
                 apply_meta: apply_meta && !self.opts.dry_run,
+                fresh: create,
                 meta: m,
                 xattrs,
                 pending: AtomicUsize::new(1),
@@ -722,7 +716,7 @@ impl Restore<'_> {
             self.create(node, name, &src_rel, &rel, &m, me, None);
             return;
         }
-        match self.same(node, name, &src_rel, &rel, &m, me, &x) {
+        match self.same(node, name, &src_rel, &m, me, &x) {
             Same::Yes => {
                 add(&self.counts.identical, 1);
             }
@@ -748,7 +742,6 @@ impl Restore<'_> {
         node: &Node,
         name: &[u8],
         src_rel: &RelPath,
-        rel: &RelPath,
         m: &Meta,
         me: Option<&Entry>,
         x: &Meta,
@@ -813,16 +806,8 @@ impl Restore<'_> {
                 x.mtime, m.mtime
             ));
         }
-        let xa = |fd: &OwnedFd| {
-            if m.kind == Kind::File {
-                fsx::open_read_at(b(fd), name)
-                    .and_then(|f| fsx::read_xattrs(&XattrTarget::Fd(b(&f))))
-            } else {
-                fsx::read_xattrs(&XattrTarget::At(b(fd), name))
-            }
-        };
+        let xa = |fd: &OwnedFd| fsx::read_xattrs(&XattrTarget::At(b(fd), name));
         if xa(dst).ok() != xa(&node.src).ok() {
-            let _ = rel;
             return Same::No("extended attributes differ".into());
         }
         Same::Yes
@@ -871,7 +856,8 @@ impl Restore<'_> {
                     }
                     Some(Link::Done(first)) => {
                         drop(links);
-                        let r = fsx::open_dir_beneath(b(self.to_root), first.parent().as_bytes())
+                        let root = self.to_root.expect("links are made only when writing");
+                        let r = fsx::open_dir_beneath(b(root), first.parent().as_bytes())
                             .and_then(|d| fsx::link_at(d.as_fd(), first.file_name(), b(dst), at));
                         match r {
                             Ok(()) => {

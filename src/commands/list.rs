@@ -97,10 +97,8 @@ fn unique_bytes(sel: &Selected, jobs: usize) -> u64 {
         rel: RelPath::root(),
     };
     pool::run(jobs, vec![first], &cancel, |t, q| {
-        let grouped: Option<Vec<manifest::Entry>> = sel
-            .manifest
-            .as_ref()
-            .and_then(|m| m.lookup(&t.rel).ok().flatten());
+        // The manifest block is read only for a directory with a multiply-linked file.
+        let mut grouped: Option<Option<Vec<manifest::Entry>>> = None;
         let Ok(names) = fsx::read_dir_names(b(&t.fd)) else {
             return;
         };
@@ -120,6 +118,11 @@ fn unique_bytes(sel: &Selected, jobs: usize) -> u64 {
             } else if m.nlink == 1 {
                 total.fetch_add(bytes, Ordering::Relaxed);
             } else if grouped
+                .get_or_insert_with(|| {
+                    sel.manifest
+                        .as_ref()
+                        .and_then(|m| m.lookup(&t.rel).ok().flatten())
+                })
                 .as_deref()
                 .and_then(|es| manifest::find(es, &name))
                 .is_some_and(|e| e.group.is_some())

@@ -640,17 +640,15 @@ fn run(
             "backup window ended before expired snapshots could be deleted; the next run continues"
         );
     } else {
-        let (stop_rm, done_rm, ended) = (
-            AtomicBool::new(false),
-            AtomicBool::new(false),
-            AtomicBool::new(false),
-        );
+        // The run's own cancel flag stops the deletion, whether a signal or the window
+        // sets it; the status is settled already, so it cuts only this clean-up.
+        let (done_rm, ended) = (AtomicBool::new(false), AtomicBool::new(false));
         std::thread::scope(|s| {
             if let Some(l) = left {
-                let (stop_rm, ended, done_rm) = (&stop_rm, &ended, &done_rm);
-                s.spawn(move || super::progress::watch_window(t_rm, l, stop_rm, ended, done_rm));
+                let (ended, done_rm) = (&ended, &done_rm);
+                s.spawn(move || super::progress::watch_window(t_rm, l, cancel, ended, done_rm));
             }
-            let r = pool_cancel_either(cancel, &stop_rm, |c| trash::empty(store, opts.jobs, c));
+            let r = trash::empty(store, opts.jobs, cancel);
             done_rm.store(true, Ordering::Relaxed);
             if let Err(e) = r {
                 tracing::warn!(
@@ -665,26 +663,6 @@ fn run(
     }
     rep.phases.remove_expired = phase(&rm_start, t_rm);
     Ok(status)
-}
-
-/// Runs `f` with a flag that is set as soon as either `a` or `b` is.
-fn pool_cancel_either<T>(a: &AtomicBool, b: &AtomicBool, f: impl FnOnce(&AtomicBool) -> T) -> T {
-    let both = AtomicBool::new(false);
-    let done = AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            while !done.load(Ordering::Relaxed) {
-                if a.load(Ordering::Relaxed) || b.load(Ordering::Relaxed) {
-                    both.store(true, Ordering::Relaxed);
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        });
-        let r = f(&both);
-        done.store(true, Ordering::Relaxed);
-        r
-    })
 }
 
 /// Deletes manifests whose snapshot no longer exists.

@@ -348,14 +348,9 @@ impl<'a> Walk<'a> {
             return;
         }
         if let Some(dst) = &dir.dst {
-            let r = (|| {
-                let refused = fsx::write_xattrs(&XattrTarget::Fd(b(dst)), &dir.xattrs)?;
-                self.refused_xattrs(&dir.rel, &refused);
-                fsx::apply_owner_mode(b(dst), &dir.meta)?;
-                fsx::apply_times(b(dst), &dir.meta)
-            })();
-            if let Err(e) = r {
-                self.dest_error(&dir.rel, "set directory metadata", e);
+            match fsx::apply_dir_meta(b(dst), &dir.meta, &dir.xattrs) {
+                Ok(refused) => self.refused_xattrs(&dir.rel, &refused),
+                Err(e) => self.dest_error(&dir.rel, "set directory metadata", e),
             }
         }
         if let Some(p) = &dir.parent {

@@ -163,6 +163,17 @@ fn ts(t: TimeOrNow) -> rustix::fs::Timespec {
     }
 }
 
+/// Answers getxattr/listxattr: the size when asked for it (`size == 0`), else the
+/// bytes if they fit.
+fn xattr_reply(r: rustix::io::Result<usize>, buf: &[u8], size: u32, reply: ReplyXattr) {
+    match r {
+        Ok(n) if size == 0 => reply.size(n as u32),
+        Ok(n) if n <= size as usize => reply.data(&buf[..n]),
+        Ok(_) => reply.error(Errno::ERANGE),
+        Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
+    }
+}
+
 macro_rules! tryr {
     ($reply:expr, $e:expr) => {
         match $e {
@@ -616,24 +627,16 @@ impl Filesystem for LatFs {
         self.wait();
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let mut buf = vec![0u8; 65536];
-        match rustix::fs::lgetxattr(self.full(&rel), name, &mut buf[..]) {
-            Ok(n) if size == 0 => reply.size(n as u32),
-            Ok(n) if n <= size as usize => reply.data(&buf[..n]),
-            Ok(_) => reply.error(Errno::ERANGE),
-            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
-        }
+        let r = rustix::fs::lgetxattr(self.full(&rel), name, &mut buf[..]);
+        xattr_reply(r, &buf, size, reply);
     }
 
     fn listxattr(&self, _r: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.wait();
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let mut buf = vec![0u8; 65536];
-        match rustix::fs::llistxattr(self.full(&rel), &mut buf[..]) {
-            Ok(n) if size == 0 => reply.size(n as u32),
-            Ok(n) if n <= size as usize => reply.data(&buf[..n]),
-            Ok(_) => reply.error(Errno::ERANGE),
-            Err(e) => reply.error(Errno::from_i32(e.raw_os_error())),
-        }
+        let r = rustix::fs::llistxattr(self.full(&rel), &mut buf[..]);
+        xattr_reply(r, &buf, size, reply);
     }
 
     fn removexattr(&self, _r: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
