@@ -23,6 +23,9 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Cargo profile of the binaries: "release" for measurements; "debug" for CI's smoke run
+# (`--debug`), which checks that the harness works, not how fast anything is.
+PROFILE = "release"
 PRESETS = {
     # name: (files, mean files per directory, depth)
     "tiny": (2_000, 40, 3),
@@ -174,7 +177,7 @@ def sh(*cmd):
 
 
 class Env:
-    def __init__(self, work, latency_us, image_gb, jobs):
+    def __init__(self, work, latency_us, image_gb, jobs, ttl_ms=0):
         self.work, self.latency_us, self.jobs = work, latency_us, jobs
         self.disk = os.path.join(work, "disk")
         self.mnt = os.path.join(work, "mnt")
@@ -195,8 +198,9 @@ class Env:
             # A mount left by an interrupted run: take it down first.
             subprocess.run(["fusermount3", "-uz", self.mnt], stderr=subprocess.DEVNULL)
             os.makedirs(self.mnt, exist_ok=True)
-            self.fuse = subprocess.Popen([os.path.join(ROOT, "bench/tools/target/release/latencyfs"),
+            self.fuse = subprocess.Popen([os.path.join(ROOT, f"bench/tools/target/{PROFILE}/latencyfs"),
                                           "--delay-us", str(latency_us), "--threads", "128",
+                                          "--ttl-ms", str(ttl_ms),
                                           self.under, self.mnt])
             for _ in range(100):
                 if os.path.ismount(self.mnt):
@@ -222,19 +226,28 @@ class Env:
 
 def drop_caches():
     subprocess.run(["sync"])
-    with open("/proc/sys/vm/drop_caches", "w") as f:
-        f.write("3")
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+    except OSError as e:
+        # Not root, or a container with a read-only /proc/sys: runs start warm.
+        if not getattr(drop_caches, "warned", False):
+            print(f"warning: cannot drop the page cache ({e}); timings are warm-cache", file=sys.stderr)
+            drop_caches.warned = True
 
 
 # ---------------------------------------------------------------- the tools
 
 def snapring_bin():
-    return os.path.join(ROOT, "target/release/snapring")
+    return os.path.join(ROOT, f"target/{PROFILE}/snapring")
 
 
-def tools(env, jobs):
+def tools(env, jobs, nfiles):
     sr = snapring_bin()
-    floor = os.path.join(ROOT, "bench/tools/target/release/floor")
+    # fpsync: partitions of files/(4 x workers), so every worker has several to take
+    # (its default, 2,000 files per partition, would leave workers idle on small sets).
+    part = lambda n: str(max(100, nfiles // (4 * n)))
+    floor = os.path.join(ROOT, f"bench/tools/target/{PROFILE}/floor")
     env_sr = dict(os.environ, SNAPRING_CATALOG="off")
     # Each tool: full(src, dst_root) / incr(src, dst_root) build <dst_root>/snap.0 from
     # snap.1; returns the commands to run (timed as one).
@@ -252,13 +265,13 @@ def tools(env, jobs):
             incr=lambda s, d: [["mv", d + "/snap.0", d + "/snap.1"], ["cp", "-al", d + "/snap.1", d + "/snap.0"],
                                ["rsync", "-aH", "--numeric-ids", "--delete", s + "/", d + "/snap.0/"]]),
         "fpsync-2": dict(
-            full=lambda s, d: [["mkdir", "-p", d + "/snap.0"], ["fpsync", "-n", "2", "-o", "-lptgoDH --numeric-ids", s + "/", d + "/snap.0/"]],
+            full=lambda s, d: [["mkdir", "-p", d + "/snap.0"], ["fpsync", "-n", "2", "-f", part(2), "-o", "-lptgoDH --numeric-ids", s + "/", d + "/snap.0/"]],
             incr=lambda s, d: [["mv", d + "/snap.0", d + "/snap.1"], ["mkdir", d + "/snap.0"],
-                               ["fpsync", "-n", "2", "-o", "-lptgoDH --numeric-ids --link-dest=" + d + "/snap.1", s + "/", d + "/snap.0/"]]),
+                               ["fpsync", "-n", "2", "-f", part(2), "-o", "-lptgoDH --numeric-ids --link-dest=" + d + "/snap.1", s + "/", d + "/snap.0/"]]),
         "fpsync-8": dict(
-            full=lambda s, d: [["mkdir", "-p", d + "/snap.0"], ["fpsync", "-n", "8", "-o", "-lptgoDH --numeric-ids", s + "/", d + "/snap.0/"]],
+            full=lambda s, d: [["mkdir", "-p", d + "/snap.0"], ["fpsync", "-n", "8", "-f", part(8), "-o", "-lptgoDH --numeric-ids", s + "/", d + "/snap.0/"]],
             incr=lambda s, d: [["mv", d + "/snap.0", d + "/snap.1"], ["mkdir", d + "/snap.0"],
-                               ["fpsync", "-n", "8", "-o", "-lptgoDH --numeric-ids --link-dest=" + d + "/snap.1", s + "/", d + "/snap.0/"]]),
+                               ["fpsync", "-n", "8", "-f", part(8), "-o", "-lptgoDH --numeric-ids --link-dest=" + d + "/snap.1", s + "/", d + "/snap.0/"]]),
         "cp-a": dict(
             full=lambda s, d: [["mkdir", "-p", d], ["cp", "-a", s, d + "/snap.0"]],
             incr=None),
@@ -297,12 +310,15 @@ def main():
     ap.add_argument("--latency-us", type=int, default=1000, help="per metadata call; 0 = local disk, no FUSE")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=0, help="snapring --jobs and floor threads (0: snapring's default)")
+    ap.add_argument("--ttl-ms", type=int, default=0, help="latencyfs attribute/entry cache time (0: every call reaches it)")
+    ap.add_argument("--once", default="", help="tools timed in the first run only (the slow baselines)")
     ap.add_argument("--tools", default="snapring,rsync,cp-al+rsync,fpsync-2,fpsync-8,cp-a,floor")
     ap.add_argument("--cases", default="full,incr,restore,expire")
     ap.add_argument("--work", default="/var/tmp/snapring-bench")
     ap.add_argument("--image-gb", type=int, default=0, help="put the data on a fresh journaled ext4 loop image of this size")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--debug", action="store_true", help="debug builds: a smoke run of the harness, not a measurement")
     a = ap.parse_args()
     if a.cmd == "gen":
         print(gen(a.dir, a.preset))
@@ -310,11 +326,14 @@ def main():
     if a.cmd == "mutate":
         print(mutate(a.dir, a.fraction, a.seed))
         return
+    global PROFILE
+    PROFILE = "debug" if a.debug else "release"
     if not a.no_build:
-        sh("cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "Cargo.toml"))
-        sh("cargo", "build", "--release", "--quiet", "--manifest-path", os.path.join(ROOT, "bench/tools/Cargo.toml"))
+        release = [] if a.debug else ["--release"]
+        for manifest in ["Cargo.toml", "bench/tools/Cargo.toml"]:
+            sh("cargo", "build", *release, "--quiet", "--manifest-path", os.path.join(ROOT, manifest))
     jobs = a.jobs or 32
-    env = Env(a.work, a.latency_us, a.image_gb, jobs)
+    env = Env(a.work, a.latency_us, a.image_gb, jobs, a.ttl_ms)
     results = {}
     try:
         src_v, src_u = env.path("src")
@@ -323,18 +342,26 @@ def main():
         sh("cp", "-a", src_u, pristine)
         names = a.tools.split(",")
         cases = a.cases.split(",")
-        all_tools = tools(env, jobs)
+        all_tools = tools(env, jobs, nfiles)
+        once = set(filter(None, a.once.split(",")))
         sr_env = all_tools["snapring"]["env"]
         for r in range(a.runs):
             for name in names:
+                if r > 0 and name in once:
+                    continue
                 t = all_tools[name]
                 # Fresh source for every tool and run: the pristine tree, then 1% mutation.
                 shutil.rmtree(src_u)
                 sh("cp", "-a", pristine, src_u)
                 dst_v, dst_u = env.path("dst-" + name.replace("+", "_"))
-                shutil.rmtree(dst_u, ignore_errors=True)
-                if t["full"] is None:
-                    # floor: a previous snapshot made by cp -a, off the clock.
+                # Earlier tools' snapshots go, so the data set stays in the page cache.
+                for old in os.listdir(env.under):
+                    if old.startswith("dst-"):
+                        shutil.rmtree(os.path.join(env.under, old))
+                if t["full"] is None or "full" not in cases and name != "snapring":
+                    # The floor, or no full case: the previous snapshot is made by cp -a
+                    # on the underlying disk, off the clock (the baselines read only the
+                    # tree; snapring needs its manifest, so it makes its own, untimed).
                     os.makedirs(dst_u)
                     sh("cp", "-a", src_u, os.path.join(dst_u, "snap.0"))
                 else:
@@ -406,12 +433,12 @@ def report(results, a, nfiles):
         base = rows.get((case, "snapring"))
         if not base:
             continue
-        print(f"\n{case:8} {'tool':14} {'wall s':>9} {'cpu s':>9} {'peak RSS':>10} {'snapring is':>14}")
+        print(f"\n{case:8} {'tool':14} {'wall s':>9} {'cpu s':>9} {'peak RSS':>10} {'snapring is':>14} {'runs':>5}")
         for (c, tool), (w, u, r) in sorted(rows.items(), key=lambda x: x[1][0]):
             if c != case:
                 continue
             ratio = "" if tool == "snapring" else f"{w / base[0]:.1f}x faster" if w >= base[0] else f"{base[0] / w:.2f}x slower"
-            print(f"{'':8} {tool:14} {w:9.2f} {u:9.2f} {r / 1024:8.1f}MiB {ratio:>14}")
+            print(f"{'':8} {tool:14} {w:9.2f} {u:9.2f} {r / 1024:8.1f}MiB {ratio:>14} {len(results[(c, tool)]):>5}")
             out.append(dict(case=case, tool=tool, wall=w, cpu=u, rss_kib=r, runs=[list(v) for v in results[(c, tool)]]))
     if a.json:
         with open(a.json, "w") as f:

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::engine::options::{BackupOptions, DEFAULT_JOBS, parse_duration};
+use crate::engine::options::{AUTO_JOBS, BackupOptions, parse_duration};
 use crate::error::{Error, Result};
 use crate::relpath::RelPath;
 
@@ -156,7 +156,7 @@ pub fn resolve(
         }
     }
     o.excludes = f.exclude.into_iter().chain(flags.exclude).collect();
-    o.jobs = flags.jobs.or(f.jobs).unwrap_or(DEFAULT_JOBS);
+    o.jobs = flags.jobs.or(f.jobs).unwrap_or(AUTO_JOBS);
     o.require_mount = flags.require_mount.or(f.require_mount).unwrap_or(false);
     o.allow_empty = flags.allow_empty.or(f.allow_empty).unwrap_or(false);
     if let Some(w) = flags.window.or(f.window) {

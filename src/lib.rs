@@ -5,6 +5,7 @@
 pub mod catalog;
 pub mod commands;
 pub mod compare;
+pub mod concurrency;
 pub mod config;
 pub mod daemon;
 pub mod engine;

@@ -45,9 +45,10 @@ enum Cmd {
         /// Also compute the space only each snapshot uses (walks every snapshot).
         #[arg(long)]
         space: bool,
-        /// File-system calls in flight for --space.
-        #[arg(long, default_value_t = 32)]
-        jobs: usize,
+        /// File-system calls in flight for --space [default: 32 on NFS/FUSE, 4 per CPU
+        /// on local disks]
+        #[arg(long)]
+        jobs: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -66,8 +67,9 @@ enum Cmd {
         /// Compare with this live directory instead of a second snapshot.
         #[arg(long, value_name = "DIR")]
         against: Option<PathBuf>,
-        #[arg(long, default_value_t = 32)]
-        jobs: usize,
+        /// File-system calls in flight [default: 32 on NFS/FUSE, 4 per CPU on local disks]
+        #[arg(long)]
+        jobs: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -85,8 +87,9 @@ enum Cmd {
         /// Compare the snapshot's manifest with this live tree instead (hashing every file).
         #[arg(long, value_name = "SRC")]
         against: Option<PathBuf>,
-        #[arg(long, default_value_t = 32)]
-        jobs: usize,
+        /// File-system calls in flight [default: 32 on NFS/FUSE, 4 per CPU on local disks]
+        #[arg(long)]
+        jobs: Option<usize>,
         #[arg(long)]
         json: bool,
     },
@@ -236,9 +239,9 @@ struct RestoreArgs {
     /// conflict (!); change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// File-system calls in flight.
-    #[arg(long, default_value_t = 32)]
-    jobs: usize,
+    /// File-system calls in flight [default: 32 on NFS/FUSE, 4 per CPU on local disks]
+    #[arg(long)]
+    jobs: Option<usize>,
     /// Print the report as JSON on stdout.
     #[arg(long)]
     json: bool,
@@ -277,7 +280,8 @@ struct BackupArgs {
     /// the root, trailing / for directories only, ** across directories.
     #[arg(long = "exclude", value_name = "GLOB")]
     exclude: Vec<String>,
-    /// File-system calls in flight [default: 32, sized for NFS latency]
+    /// File-system calls in flight [default: 32 when the source or the store is on
+    /// NFS/FUSE, 4 per CPU (at most 32) when both are local]
     #[arg(long)]
     jobs: Option<usize>,
     /// Print what would be copied, linked and rotated; change nothing.
@@ -605,7 +609,7 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
                 &from,
                 to.as_deref(),
                 against.as_deref(),
-                jobs,
+                jobs.unwrap_or(0),
                 &cancel,
             )?;
             if json {
@@ -638,7 +642,7 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
                 &snapshots,
                 all,
                 against.as_deref(),
-                jobs,
+                jobs.unwrap_or(0),
                 &cancel,
             )?;
             let clean = v.iter().all(|x| x.clean);
@@ -859,7 +863,7 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
             jobs,
             json,
         } => {
-            let snaps = snapring::commands::list::list(&dest, space, jobs)?;
+            let snaps = snapring::commands::list::list(&dest, space, jobs.unwrap_or(0))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&snaps)?);
             } else {
@@ -984,7 +988,7 @@ fn restore(a: RestoreArgs) -> anyhow::Result<i32> {
             Mode::Safe
         },
         dry_run: a.dry_run,
-        jobs: a.jobs,
+        jobs: a.jobs.unwrap_or(0),
         progress: !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal(),
     };
     let cancel = cancel_flag();

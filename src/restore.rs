@@ -274,7 +274,8 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         if opts.progress {
             s.spawn(|| crate::engine::progress::spin(&done, || r.progress_line()));
         }
-        pool::run(opts.jobs.max(1), vec![node], cancel, |n, q| r.dir(n, q));
+        let jobs = crate::concurrency::resolve(opts.jobs, &[&opts.store, &opts.to]);
+        pool::run(jobs, vec![node], cancel, |n, q| r.dir(n, q));
         done.store(true, Ordering::Relaxed);
     });
     // Ancestors the restore created get the snapshot's metadata, deepest first.

@@ -63,10 +63,12 @@ pub fn diff(
 ) -> Result<DiffReport> {
     let store = Store::open(store, false)?;
     let a = store.select(old)?;
+    let mut paths = vec![store.root.as_path()];
+    paths.extend(against);
     let opts = Options {
         checksum: false,
         dir_times: false,
-        jobs,
+        jobs: crate::concurrency::resolve(jobs, &paths),
     };
     match (new, against) {
         (Some(new), None) => {
@@ -139,10 +141,12 @@ pub fn verify(
         Some(dir) => Some(fsx::open_dir(dir).map_err(|e| live_error(e, dir))?),
         None => None,
     };
+    let mut paths = vec![store.root.as_path()];
+    paths.extend(against);
     let opts = Options {
         checksum: true,
         dir_times: true,
-        jobs,
+        jobs: crate::concurrency::resolve(jobs, &paths),
     };
     let mut out = Vec::new();
     for sel in &sels {

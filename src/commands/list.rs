@@ -58,7 +58,10 @@ pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
     for (s, run, taken) in store.snapshots_with_runs()? {
         let unique_bytes = if space {
             let sel = store.open_snapshot(s.clone(), None, taken)?;
-            Some(unique_bytes(&sel, jobs))
+            Some(unique_bytes(
+                &sel,
+                crate::concurrency::resolve(jobs, &[root]),
+            ))
         } else {
             None
         };

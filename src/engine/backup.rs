@@ -68,6 +68,17 @@ fn phase(start: &str, t0: Instant) -> Phase {
 /// (status `incomplete`).
 pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
     opts.validate()?;
+    let resolved;
+    let opts = if opts.jobs == crate::engine::options::AUTO_JOBS {
+        let jobs = crate::concurrency::resolve(0, &[&opts.source, &opts.store]);
+        resolved = BackupOptions {
+            jobs,
+            ..opts.clone()
+        };
+        &resolved
+    } else {
+        opts
+    };
     fsx::raise_fd_limit();
     let id = new_run_id();
     let t0 = Instant::now();

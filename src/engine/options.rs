@@ -7,9 +7,9 @@ use std::time::Duration;
 use crate::error::{Error, Result};
 use crate::relpath::RelPath;
 
-/// Default number of concurrent file-system calls: sized for NFS/EFS, where each call
-/// waits about a millisecond on the network and throughput grows with calls in flight.
-pub const DEFAULT_JOBS: usize = 32;
+/// `jobs` when none is given: chosen per run from the file systems of the source and
+/// the store (`crate::concurrency::resolve`).
+pub const AUTO_JOBS: usize = 0;
 
 #[derive(Clone, Debug)]
 pub struct BackupOptions {
@@ -52,7 +52,7 @@ impl BackupOptions {
             retain: 7,
             prefix: None,
             excludes: vec![],
-            jobs: DEFAULT_JOBS,
+            jobs: AUTO_JOBS,
             dry_run: false,
             require_mount: false,
             allow_empty: false,
@@ -75,9 +75,9 @@ impl BackupOptions {
         if self.retain == 0 {
             return Err(Error::Config("retain must be at least 1".into()));
         }
-        if self.jobs == 0 || self.jobs > 4096 {
+        if self.jobs > 4096 {
             return Err(Error::Config(format!(
-                "jobs must be between 1 and 4096, not {}",
+                "jobs must be between 1 and 4096 (or 0 for the default), not {}",
                 self.jobs
             )));
         }

@@ -1,0 +1,85 @@
+//! How many file-system calls to keep in flight when the user does not say (`--jobs`):
+//! many on network and FUSE file systems, where each call waits a round trip, and few on
+//! local disks, where calls cost CPU and extra threads only contend.
+
+use std::path::Path;
+
+/// Calls in flight on a network (or FUSE) file system. Each call there waits about a
+/// millisecond, so throughput grows with the calls in flight until the server or the
+/// kernel's per-directory lock is the limit (docs/performance.md has the sweep).
+pub const NETWORK_JOBS: usize = 32;
+
+/// Calls in flight when every path is on a local file system: a few per CPU, enough to
+/// overlap the odd disk read, not so many that threads fight over two cores.
+pub fn local_jobs() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    (4 * cpus).clamp(4, NETWORK_JOBS)
+}
+
+/// `jobs` when the user gave one (non-zero), else the default for these paths: the
+/// network default if any of them is on a network or FUSE file system (or cannot be
+/// told), the local one otherwise. A path that does not exist yet (a new store, a
+/// restore target) is judged by its nearest existing ancestor.
+pub fn resolve(jobs: usize, paths: &[&Path]) -> usize {
+    if jobs != 0 {
+        return jobs;
+    }
+    if paths.iter().any(|p| is_remote(p)) {
+        NETWORK_JOBS
+    } else {
+        local_jobs()
+    }
+}
+
+/// Whether `path` (or its nearest existing ancestor) is on a network or FUSE file system.
+/// Unknown counts as remote: too many calls in flight costs a little CPU on a local disk;
+/// too few costs hours on NFS.
+pub fn is_remote(path: &Path) -> bool {
+    let path = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let fs = path
+        .ancestors()
+        .filter(|p| !p.as_os_str().is_empty())
+        .find_map(|p| rustix::fs::statfs(p).ok());
+    match fs {
+        Some(fs) => REMOTE_MAGIC.contains(&(fs.f_type as u64)),
+        None => true,
+    }
+}
+
+/// statfs(2) `f_type` of file systems whose metadata calls cross a network (or a FUSE
+/// daemon, which is how s3fs, sshfs, gcsfuse and the benchmark's latency layer appear).
+const REMOTE_MAGIC: &[u64] = &[
+    0x6969,     // NFS (also EFS)
+    0x517b,     // SMB
+    0xff534d42, // CIFS
+    0xfe534d42, // SMB2
+    0x65735546, // FUSE
+    0x00c36400, // Ceph
+    0x01021997, // 9p
+    0x5346414f, // AFS
+    0x6b414653, // kAFS
+    0x0bd00bd0, // Lustre
+    0x47504653, // GPFS
+    0x01161970, // GFS2
+    0x7461636f, // OCFS2
+    0x73757245, // Coda
+    0x564c,     // NCP
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explicit_jobs_win_and_local_paths_get_the_local_default() {
+        let dir = std::env::temp_dir();
+        assert_eq!(resolve(7, &[&dir]), 7);
+        // The test machine's temp dir is a local file system (ext4 or tmpfs).
+        assert!(!is_remote(&dir), "{} judged remote", dir.display());
+        assert_eq!(resolve(0, &[&dir]), local_jobs());
+        // A path that does not exist yet is judged by its nearest existing ancestor.
+        let missing = dir.join("snapring-no-such-dir/deeper");
+        assert_eq!(resolve(0, &[&missing]), local_jobs());
+        assert!((4..=NETWORK_JOBS).contains(&local_jobs()));
+    }
+}
