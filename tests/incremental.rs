@@ -34,7 +34,10 @@ fn unchanged_tree_copies_nothing_and_shares_inodes() {
     let (_t, src, dest) = setup();
     let first = ok(&src, &dest, &[]);
     assert_eq!(first["files_transferred"], 50);
-    let second = ok(&src, &dest, &[]);
+    // No --jobs: on local temp dirs the default is the local one (4 per CPU), recorded.
+    assert_eq!(first["jobs"], snapring::concurrency::local_jobs());
+    let second = ok(&src, &dest, &["--jobs", "3"]);
+    assert_eq!(second["jobs"], 3);
     assert_eq!(second["files_transferred"], 0);
     assert_eq!(second["bytes_transferred"], 0);
     assert_eq!(second["files_linked"], 50);
