@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Cargo profile of the binaries: "release" for measurements; "debug" for CI's smoke run
 # (`--debug`), which checks that the harness works, not how fast anything is.
 PROFILE = "release"
+SR_JOBS = []
 PRESETS = {
     # name: (files, mean files per directory, depth)
     "tiny": (2_000, 40, 3),
@@ -253,8 +254,8 @@ def tools(env, jobs, nfiles):
     # snap.1; returns the commands to run (timed as one).
     return {
         "snapring": dict(
-            full=lambda s, d: [[sr, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", "--jobs", str(jobs), "--no-progress"]],
-            incr=lambda s, d: [[sr, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", "--jobs", str(jobs), "--no-progress"]],
+            full=lambda s, d: [[sr, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", *SR_JOBS, "--no-progress"]],
+            incr=lambda s, d: [[sr, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", *SR_JOBS, "--no-progress"]],
             env=env_sr),
         "rsync": dict(
             full=lambda s, d: [["mkdir", "-p", d], ["rsync", "-aH", "--numeric-ids", s + "/", d + "/snap.0/"]],
@@ -309,7 +310,7 @@ def main():
     ap.add_argument("--preset", default="small", choices=PRESETS)
     ap.add_argument("--latency-us", type=int, default=1000, help="per metadata call; 0 = local disk, no FUSE")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=0, help="snapring --jobs and floor threads (0: snapring's default)")
+    ap.add_argument("--jobs", type=int, default=0, help="snapring --jobs and floor threads (0: snapring's own default, the floor 32)")
     ap.add_argument("--ttl-ms", type=int, default=0, help="latencyfs attribute/entry cache time (0: every call reaches it)")
     ap.add_argument("--once", default="", help="tools timed in the first run only (the slow baselines)")
     ap.add_argument("--tools", default="snapring,rsync,cp-al+rsync,fpsync-2,fpsync-8,cp-a,floor")
@@ -332,6 +333,10 @@ def main():
         release = [] if a.debug else ["--release"]
         for manifest in ["Cargo.toml", "bench/tools/Cargo.toml"]:
             sh("cargo", "build", *release, "--quiet", "--manifest-path", os.path.join(ROOT, manifest))
+    # snapring gets --jobs only when asked (else its own default, as a user would run it);
+    # the floor gets the same number, or 32.
+    global SR_JOBS
+    SR_JOBS = ["--jobs", str(a.jobs)] if a.jobs else []
     jobs = a.jobs or 32
     env = Env(a.work, a.latency_us, a.image_gb, jobs, a.ttl_ms)
     results = {}
@@ -385,7 +390,7 @@ def main():
                     out_v, out_u = env.path("restore-snapring")
                     shutil.rmtree(out_u, ignore_errors=True)
                     drop_caches()
-                    res = timed([[snapring_bin(), "restore", "--dest", dst_v, "snap.0", "--to", out_v, "--jobs", str(jobs), "--no-progress"]], env=sr_env)
+                    res = timed([[snapring_bin(), "restore", "--dest", dst_v, "snap.0", "--to", out_v, *SR_JOBS, "--no-progress"]], env=sr_env)
                     check_same(src_u, out_u, "snapring restore")
                     results.setdefault(("restore", "snapring"), []).append(res)
                     shutil.rmtree(out_u)
@@ -408,7 +413,7 @@ def main():
                     drop_caches()
                     t0 = time.monotonic()
                     out = subprocess.run([snapring_bin(), "backup", "--json", "--source", src_v, "--dest", dst_v,
-                                          "--label", "snap", "--retain", "2", "--jobs", str(jobs), "--no-progress"],
+                                          "--label", "snap", "--retain", "2", *SR_JOBS, "--no-progress"],
                                          env=sr_env, capture_output=True, check=True)
                     rep = json.loads(out.stdout)
                     assert len(rep["expired"]) == 1, rep["expired"]
