@@ -317,7 +317,7 @@ def main():
     ap.add_argument("--cases", default="full,incr,restore,expire")
     ap.add_argument("--work", default="/var/tmp/snapring-bench")
     ap.add_argument("--image-gb", type=int, default=0, help="put the data on a fresh journaled ext4 loop image of this size")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--json", help="write the results here (and each one as it lands to <json>l, JSON lines)")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--debug", action="store_true", help="debug builds: a smoke run of the harness, not a measurement")
     a = ap.parse_args()
@@ -335,6 +335,8 @@ def main():
             sh("cargo", "build", *release, "--quiet", "--manifest-path", os.path.join(ROOT, manifest))
     # snapring gets --jobs only when asked (else its own default, as a user would run it);
     # the floor gets the same number, or 32.
+    if a.json:
+        open(a.json + "l", "w").close()
     global SR_JOBS
     SR_JOBS = ["--jobs", str(a.jobs)] if a.jobs else []
     jobs = a.jobs or 32
@@ -374,7 +376,7 @@ def main():
                     res = timed(t["full"](src_v, dst_v), env=t.get("env"))
                     if "full" in cases:
                         check_same(src_u, os.path.join(dst_u, "snap.0"), f"{name} full")
-                        results.setdefault(("full", name), []).append(res)
+                        record(results, a, r, ("full", name), res)
                 if t["incr"] is None or "incr" not in cases and "expire" not in cases:
                     continue
                 changed = mutate(src_u, 0.01)
@@ -385,22 +387,22 @@ def main():
                 if name != "floor":
                     check_same(src_u, new, f"{name} incremental")
                 shared, total = check_shared(prev, new, changed_set, f"{name} incremental")
-                results.setdefault(("incr", name), []).append(res)
+                record(results, a, r, ("incr", name), res)
                 if name == "snapring" and "restore" in cases:
                     out_v, out_u = env.path("restore-snapring")
                     shutil.rmtree(out_u, ignore_errors=True)
                     drop_caches()
                     res = timed([[snapring_bin(), "restore", "--dest", dst_v, "snap.0", "--to", out_v, *SR_JOBS, "--no-progress"]], env=sr_env)
                     check_same(src_u, out_u, "snapring restore")
-                    results.setdefault(("restore", "snapring"), []).append(res)
+                    record(results, a, r, ("restore", "snapring"), res)
                     shutil.rmtree(out_u)
                     drop_caches()
                     res = timed([["cp", "-a", os.path.join(dst_v, "snap.0"), out_v]])
-                    results.setdefault(("restore", "cp-a"), []).append(res)
+                    record(results, a, r, ("restore", "cp-a"), res)
                     shutil.rmtree(out_u)
                     drop_caches()
                     res = timed([["rsync", "-aH", "--numeric-ids", os.path.join(dst_v, "snap.0") + "/", out_v + "/"]])
-                    results.setdefault(("restore", "rsync"), []).append(res)
+                    record(results, a, r, ("restore", "rsync"), res)
                     shutil.rmtree(out_u)
                 if name == "snapring" and "expire" in cases:
                     # rm -rf of a copy of the previous snapshot, then snapring expiring that
@@ -409,7 +411,7 @@ def main():
                     shutil.rmtree(cp_u, ignore_errors=True)
                     sh("cp", "-al", prev, cp_u)
                     drop_caches()
-                    results.setdefault(("expire", "rm -rf"), []).append(timed([["rm", "-rf", cp_v]]))
+                    record(results, a, r, ("expire", "rm -rf"), timed([["rm", "-rf", cp_v]]))
                     drop_caches()
                     t0 = time.monotonic()
                     out = subprocess.run([snapring_bin(), "backup", "--json", "--source", src_v, "--dest", dst_v,
@@ -418,12 +420,25 @@ def main():
                     rep = json.loads(out.stdout)
                     assert len(rep["expired"]) == 1, rep["expired"]
                     secs = rep["phases"]["remove_expired"]["seconds"]
-                    results.setdefault(("expire", "snapring"), []).append((secs, 0.0, rep["peak_rss_bytes"] // 1024))
+                    record(results, a, r, ("expire", "snapring"), (secs, 0.0, rep["peak_rss_bytes"] // 1024))
                     del t0
                 print(f"run {r + 1}/{a.runs}: {name} done ({shared}/{total} unchanged files share inodes)", file=sys.stderr)
     finally:
         env.close()
     report(results, a, nfiles)
+
+
+def record(results, a, run_no, key, res):
+    """Keeps one result and, with --json, appends it to <json>l at once, so an
+    interrupted multi-hour run keeps what it measured."""
+    results.setdefault(key, []).append(res)
+    case, tool = key
+    print(f"run {run_no + 1}/{a.runs}: {case} {tool}: {res[0]:.2f} s wall, {res[1]:.2f} s cpu, "
+          f"{res[2] / 1024:.1f} MiB", file=sys.stderr)
+    if a.json:
+        with open(a.json + "l", "a") as f:
+            f.write(json.dumps(dict(preset=a.preset, latency_us=a.latency_us, run=run_no + 1, case=case, tool=tool,
+                                    wall=round(res[0], 3), cpu=round(res[1], 3), rss_kib=res[2])) + "\n")
 
 
 def report(results, a, nfiles):
