@@ -310,7 +310,7 @@ def main():
     ap.add_argument("--preset", default="small", choices=PRESETS)
     ap.add_argument("--latency-us", type=int, default=1000, help="per metadata call; 0 = local disk, no FUSE")
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--jobs", type=int, default=0, help="snapring --jobs and floor threads (0: snapring's own default, the floor 32)")
+    ap.add_argument("--jobs", type=int, default=0, help="snapring --jobs and floor threads (0: snapring's own default, the floor 64)")
     ap.add_argument("--ttl-ms", type=int, default=0, help="latencyfs attribute/entry cache time (0: every call reaches it)")
     ap.add_argument("--once", default="", help="tools timed in the first run only (the slow baselines)")
     ap.add_argument("--tools", default="snapring,rsync,cp-al+rsync,fpsync-2,fpsync-8,cp-a,floor")
@@ -334,12 +334,12 @@ def main():
         for manifest in ["Cargo.toml", "bench/tools/Cargo.toml"]:
             sh("cargo", "build", *release, "--quiet", "--manifest-path", os.path.join(ROOT, manifest))
     # snapring gets --jobs only when asked (else its own default, as a user would run it);
-    # the floor gets the same number, or 32.
+    # the floor gets the same number, or 64 (snapring's default on FUSE).
     if a.json:
         open(a.json + "l", "w").close()
     global SR_JOBS
     SR_JOBS = ["--jobs", str(a.jobs)] if a.jobs else []
-    jobs = a.jobs or 32
+    jobs = a.jobs or 64
     env = Env(a.work, a.latency_us, a.image_gb, jobs, a.ttl_ms)
     results = {}
     try:

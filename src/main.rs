@@ -45,7 +45,7 @@ enum Cmd {
         /// Also compute the space only each snapshot uses (walks every snapshot).
         #[arg(long)]
         space: bool,
-        /// File-system calls in flight for --space [default: 32 on NFS/FUSE, 4 per CPU
+        /// File-system calls in flight for --space [default: 64 on NFS/FUSE, 4 per CPU
         /// on local disks]
         #[arg(long)]
         jobs: Option<usize>,
@@ -67,7 +67,7 @@ enum Cmd {
         /// Compare with this live directory instead of a second snapshot.
         #[arg(long, value_name = "DIR")]
         against: Option<PathBuf>,
-        /// File-system calls in flight [default: 32 on NFS/FUSE, 4 per CPU on local disks]
+        /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
         #[arg(long)]
         jobs: Option<usize>,
         #[arg(long)]
@@ -87,7 +87,7 @@ enum Cmd {
         /// Compare the snapshot's manifest with this live tree instead (hashing every file).
         #[arg(long, value_name = "SRC")]
         against: Option<PathBuf>,
-        /// File-system calls in flight [default: 32 on NFS/FUSE, 4 per CPU on local disks]
+        /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
         #[arg(long)]
         jobs: Option<usize>,
         #[arg(long)]
@@ -239,7 +239,7 @@ struct RestoreArgs {
     /// conflict (!); change nothing.
     #[arg(long)]
     dry_run: bool,
-    /// File-system calls in flight [default: 32 on NFS/FUSE, 4 per CPU on local disks]
+    /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
     #[arg(long)]
     jobs: Option<usize>,
     /// Print the report as JSON on stdout.
@@ -280,7 +280,7 @@ struct BackupArgs {
     /// the root, trailing / for directories only, ** across directories.
     #[arg(long = "exclude", value_name = "GLOB")]
     exclude: Vec<String>,
-    /// File-system calls in flight [default: 32 when the source or the store is on
+    /// File-system calls in flight [default: 64 when the source or the store is on
     /// NFS/FUSE, 4 per CPU (at most 32) when both are local]
     #[arg(long)]
     jobs: Option<usize>,
