@@ -20,5 +20,7 @@ pub mod relpath;
 pub mod report;
 pub mod restore;
 pub mod runlog;
+pub mod same;
 pub mod schedule;
 pub mod store;
+pub mod traverse;

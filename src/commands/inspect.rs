@@ -12,6 +12,7 @@ use crate::error::{Ctx, Error, Result};
 use crate::fsx::{self, Kind, b};
 use crate::manifest::{self, Entry};
 use crate::relpath::RelPath;
+use crate::same::{Delta, Facts};
 use crate::store::Store;
 use crate::store::select::Selected;
 
@@ -247,14 +248,10 @@ pub fn history(store: &Path, path: &RelPath) -> Result<Vec<Version>> {
             (Some(_), None) => "first",
             (Some(_), Some(None)) => "new",
             (Some(a), Some(Some(o))) => {
-                if a.kind != o.kind || a.size != o.size || a.hash != o.hash || a.target != o.target
-                {
+                let d = Delta::between(&Facts::of_entry(a), &Facts::of_entry(&o));
+                if d.content() || (d.bytes_undecided(&Facts::of_entry(a)) && a.hash != o.hash) {
                     "changed"
-                } else if a.perm != o.perm
-                    || (a.uid, a.gid) != (o.uid, o.gid)
-                    || a.mtime != o.mtime
-                    || a.xattrs != o.xattrs
-                {
+                } else if d.metadata() {
                     "metadata"
                 } else {
                     "same"

@@ -3,6 +3,7 @@
 
 use crate::fsx::{Kind, Meta, Time};
 use crate::manifest::Entry;
+use crate::same::{Delta, Facts};
 
 /// What the previous snapshot says about a name: from its manifest (with the source
 /// ctime recorded at that backup), or from `lstat` of the previous tree (a tree taken
@@ -51,6 +52,21 @@ impl<'a> PrevView<'a> {
             rdev: e.rdev,
         }
     }
+    /// The facts "same" compares (xattrs are compared separately, after the ctime).
+    fn facts(&self) -> Facts<'a> {
+        Facts {
+            kind: self.kind,
+            perm: self.perm,
+            uid: self.uid,
+            gid: self.gid,
+            size: self.size,
+            mtime: self.mtime,
+            rdev: self.rdev,
+            target: self.target,
+            xattrs: None,
+        }
+    }
+
     pub fn from_stat(m: &Meta, target: Option<&'a [u8]>) -> Self {
         PrevView {
             kind: m.kind,
@@ -117,20 +133,18 @@ pub fn decide(src: &Meta, src_target: Option<&[u8]>, prev: Option<&PrevView<'_>>
     let Some(p) = prev else {
         return Decision::Copy(Reason::New);
     };
-    if p.kind != src.kind {
+    let d = Delta::between(&Facts::of_meta(src, src_target), &p.facts());
+    if d.kind {
         return Decision::Copy(Reason::TypeChanged);
     }
-    match src.kind {
-        Kind::File if p.size != src.size || p.mtime != src.mtime => {
-            return Decision::Copy(Reason::ContentChanged);
-        }
-        Kind::Symlink if p.target != src_target => return Decision::Copy(Reason::ContentChanged),
-        _ => {}
+    // A regular file's new mtime counts as a content change (rsync's quick check).
+    if d.size || d.target || (src.kind == Kind::File && d.mtime) {
+        return Decision::Copy(Reason::ContentChanged);
     }
-    if p.mtime != src.mtime || p.perm != src.perm || p.uid != src.uid || p.gid != src.gid {
+    if d.mtime || d.perm || d.owner {
         return Decision::Copy(Reason::MetadataChanged);
     }
-    if matches!(src.kind, Kind::Char | Kind::Block) && p.rdev != src.rdev {
+    if d.rdev {
         return Decision::Copy(Reason::ContentChanged);
     }
     if p.ino.is_some_and(|i| i != src.ino) {
