@@ -732,3 +732,14 @@ pub fn errno_is(e: &io::Error, errno: rustix::io::Errno) -> bool {
 pub fn b(fd: &OwnedFd) -> BorrowedFd<'_> {
     fd.as_fd()
 }
+
+/// Opens the directory holding `rel` inside the tree at `root`, one component at a
+/// time (no path-length limit).
+pub fn open_parent(root: &OwnedFd, rel: &crate::relpath::RelPath) -> std::io::Result<OwnedFd> {
+    let comps: Vec<&[u8]> = rel.components().collect();
+    let mut cur = open_dir_at(b(root), b".")?;
+    for c in &comps[..comps.len().saturating_sub(1)] {
+        cur = open_dir_at(b(&cur), c)?;
+    }
+    Ok(cur)
+}

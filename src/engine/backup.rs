@@ -6,16 +6,18 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::options::BackupOptions;
-use super::walk::{Root, Walk};
+use super::plan::PlanSink;
+use super::walk::Walk;
 use crate::error::{Ctx, Error, Result};
 use crate::fsx::{self, b};
 use crate::manifest::{self, Entry};
 use crate::report::{self, Counters, Phase, Phases, RunReport, Status};
+use crate::sink::Sink;
+use crate::store::tree_sink::TreeSink;
 use crate::store::{
     SnapRec, Snapshot, State, Store, journal::Journal, lock::Holder, rotation, trash,
 };
@@ -391,14 +393,18 @@ fn open_previous(store: &Store, label: &str) -> Result<Option<Previous>> {
     Ok(Some(Previous { snap, fd, manifest }))
 }
 
-fn run(
-    opts: &BackupOptions,
-    store: &Store,
-    id: &str,
-    counters: &Counters,
-    cancel: &AtomicBool,
-    rep: &mut RunReport,
-) -> Result<Status> {
+/// What a run starts from, once the guards passed.
+struct Start {
+    src_fd: OwnedFd,
+    src_meta: fsx::Meta,
+    prev: Option<Previous>,
+    excludes: super::exclude::Excludes,
+    /// Staging trees of interrupted runs; the newest is the resume source.
+    leftovers: Vec<String>,
+}
+
+/// Checks the source, picks the previous snapshot and the resume source.
+fn start(opts: &BackupOptions, store: &Store, rep: &mut RunReport) -> Result<Start> {
     let src_root = check_source(opts)?;
     let src_fd = fsx::open_dir(&src_root).ctx("open source", &src_root)?;
     let src_meta = fsx::fstat(b(&src_fd)).ctx("stat source", &src_root)?;
@@ -426,9 +432,6 @@ fn run(
     } else {
         store.leftover_staging()?
     };
-    let resume_fd = leftovers
-        .last()
-        .and_then(|n| fsx::open_dir(&store.meta.join("staging").join(n)).ok());
     if let Some(n) = leftovers.last() {
         tracing::info!("resuming from the staging tree of interrupted run {n}");
     }
@@ -445,54 +448,34 @@ fn run(
         ),
         None => tracing::info!("no previous snapshot: this is a full copy"),
     }
+    Ok(Start {
+        src_fd,
+        src_meta,
+        prev,
+        excludes,
+        leftovers,
+    })
+}
 
-    // Build the new snapshot.
-    let staging_name = format!("{}/staging/{id}", crate::store::META_DIR);
-    let staging_path = store.root.join(&staging_name);
-    let staging = if opts.dry_run {
-        None
-    } else {
-        std::fs::create_dir(&staging_path).ctx("create staging directory", &staging_path)?;
-        Some(fsx::open_dir(&staging_path).ctx("open staging directory", &staging_path)?)
-    };
-    let mdir = store.meta.join("manifests");
-    let writer = if opts.dry_run {
-        None
-    } else {
-        Some(Mutex::new(
-            manifest::Writer::create(&mdir, id, wall_clock()).ctx("create manifest in", &mdir)?,
-        ))
-    };
-    let plan: Option<Mutex<Box<dyn Write + Send>>> = opts
-        .dry_run
-        .then(|| Mutex::new(plan_sink(opts) as Box<dyn Write + Send>));
-
+/// Walks the source into `sink` on the run's workers, with the progress line and the
+/// backup window beside it. Returns the first fatal error and whether the window ended.
+fn walk_into<S: Sink>(
+    opts: &BackupOptions,
+    st: Start,
+    sink: &S,
+    counters: &Counters,
+    cancel: &AtomicBool,
+    rep: &mut RunReport,
+) -> (Option<Error>, bool, Instant) {
     let walk_start = report::now_rfc3339();
     let t_walk = Instant::now();
     let walk = Walk::new(
         counters,
         cancel,
-        &excludes,
-        prev.as_ref().and_then(|p| p.manifest.as_ref()),
-        staging.as_ref(),
-        writer.as_ref(),
-        plan.as_ref(),
+        &st.excludes,
+        st.prev.as_ref().and_then(|p| p.manifest.as_ref()),
+        sink,
     );
-    let root = Root {
-        src: src_fd,
-        dst: staging
-            .as_ref()
-            .map(|s| fsx::open_dir_at(b(s), b"."))
-            .transpose()
-            .ctx("open staging directory", &staging_path)?,
-        prev: prev
-            .as_ref()
-            .map(|p| fsx::open_dir_at(b(&p.fd), b"."))
-            .transpose()
-            .ctx("open previous snapshot", &store.root)?,
-        resume: resume_fd,
-        meta: src_meta,
-    };
     let (done, window_ended) = (AtomicBool::new(false), AtomicBool::new(false));
     std::thread::scope(|s| {
         if opts.progress {
@@ -502,7 +485,7 @@ fn run(
             let (ended, done) = (&window_ended, &done);
             s.spawn(move || super::progress::watch_window(t_walk, w, cancel, ended, done));
         }
-        walk.run(root, opts.jobs);
+        walk.run(st.src_fd, st.src_meta, opts.jobs);
         done.store(true, Ordering::Relaxed);
     });
     rep.phases.walk_copy = phase(&walk_start, t_walk);
@@ -515,35 +498,27 @@ fn run(
         rep.phases.walk_copy.seconds
     );
     let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    (fatal, window_ended.load(Ordering::Relaxed), t_walk)
+}
 
-    if let Some(e) = fatal {
-        // Failed: discard the partial tree (frees the space a full disk needs back).
-        if let Some(w) = writer {
-            w.into_inner().unwrap_or_else(|e| e.into_inner()).abandon();
-        }
-        drop(staging);
-        if !opts.dry_run {
-            store.discard_staging(id)?;
-            let _ = trash::empty(store, opts.jobs, &AtomicBool::new(false));
-        }
-        return Err(e);
+/// The message of a run stopped before publishing.
+fn stopped_message(window_ended: bool) -> String {
+    if window_ended {
+        "backup window ended; nothing was published or rotated, the next run resumes from staging"
+            .into()
+    } else {
+        "interrupted; nothing was published or rotated, the next run resumes from staging".into()
     }
-    if cancel.load(Ordering::Relaxed) {
-        if let Some(w) = writer {
-            w.into_inner().unwrap_or_else(|e| e.into_inner()).abandon();
-        }
-        rep.message = if window_ended.load(Ordering::Relaxed) {
-            "backup window ended; nothing was published or rotated, the next run resumes from staging".into()
-        } else {
-            "interrupted; nothing was published or rotated, the next run resumes from staging"
-                .into()
-        };
-        return Ok(Status::Incomplete);
-    }
-    let status = walked_status(counters);
+}
 
-    // Rotation plan (printed in a dry run).
-    let snaps = store.snapshots()?;
+/// The rotation that publishing `staging_name` as `<label>.0` makes: its steps, and
+/// the snapshots it expires.
+fn rotation_plan(
+    opts: &BackupOptions,
+    snaps: &[Snapshot],
+    id: &str,
+    staging_name: &str,
+) -> (Vec<rotation::Step>, Vec<String>, String) {
     let slots: Vec<u32> = snaps
         .iter()
         .filter(|s| s.label == opts.label)
@@ -554,45 +529,166 @@ fn run(
         &opts.label,
         &slots,
         opts.retain,
-        &staging_name,
+        staging_name,
         &trash_prefix,
     );
-    rep.expired = expired.clone();
-    if let Some(p) = &plan {
-        let mut w = p.lock().unwrap_or_else(|e| e.into_inner());
-        for s in &steps {
-            let _ = match s.to.strip_prefix(&trash_prefix) {
-                Some(name) => writeln!(w, "expire {name}"),
-                None if s.from == staging_name => writeln!(w, "publish {}", s.to),
-                None => writeln!(w, "rename {} -> {}", s.from, s.to),
-            };
-        }
-        let _ = w.flush();
-        return Ok(status);
-    }
-    let (Some(writer), Some(staging)) = (writer, staging) else {
-        unreachable!("not a dry run")
-    };
+    (steps, expired, trash_prefix)
+}
 
-    let w = writer.into_inner().unwrap_or_else(|e| e.into_inner());
+/// A dry run: the same walk into a recording sink, and the rotation it would make,
+/// printed as a plan.
+fn run_dry(
+    opts: &BackupOptions,
+    store: Option<&Store>,
+    id: &str,
+    counters: &Counters,
+    cancel: &AtomicBool,
+    rep: &mut RunReport,
+) -> Result<Status> {
+    let st = match store {
+        Some(store) => start(opts, store, rep)?,
+        None => {
+            let src_root = check_source(opts)?;
+            let src_fd = fsx::open_dir(&src_root).ctx("open source", &src_root)?;
+            let src_meta = fsx::fstat(b(&src_fd)).ctx("stat source", &src_root)?;
+            let excludes = super::exclude::build(&opts.excludes)?;
+            Start {
+                src_fd,
+                src_meta,
+                prev: None,
+                excludes,
+                leftovers: vec![],
+            }
+        }
+    };
+    let prev_root = st
+        .prev
+        .as_ref()
+        .and_then(|p| fsx::open_dir_at(b(&p.fd), b".").ok());
+    let sink = PlanSink::new(prev_root);
+    let root = Entry::from_meta(b".", &st.src_meta);
+    let (fatal, _, _) = walk_into(opts, st, &sink, counters, cancel, rep);
+    if let Some(e) = fatal {
+        return Err(e);
+    }
+    let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
+    let staging_name = format!("{}/staging/{id}", crate::store::META_DIR);
+    match store {
+        Some(store) => {
+            let (steps, expired, trash_prefix) =
+                rotation_plan(opts, &store.snapshots()?, id, &staging_name);
+            rep.expired = expired;
+            for s in &steps {
+                plan.rotation.push(match s.to.strip_prefix(&trash_prefix) {
+                    Some(name) => format!("expire {name}"),
+                    None if s.from == staging_name => format!("publish {}", s.to),
+                    None => format!("rename {} -> {}", s.from, s.to),
+                });
+            }
+        }
+        None => plan.rotation.push(format!("publish {}.0", opts.label)),
+    }
+    let mut w = plan_sink(opts);
+    let _ = write!(w, "{plan}");
+    let _ = w.flush();
+    Ok(walked_status(counters))
+}
+
+fn run(
+    opts: &BackupOptions,
+    store: &Store,
+    id: &str,
+    counters: &Counters,
+    cancel: &AtomicBool,
+    rep: &mut RunReport,
+) -> Result<Status> {
+    if opts.dry_run {
+        return run_dry(opts, Some(store), id, counters, cancel, rep);
+    }
+    let st = start(opts, store, rep)?;
+    let leftovers = st.leftovers.clone();
+    let src_meta = st.src_meta;
+    let staging_name = format!("{}/staging/{id}", crate::store::META_DIR);
+    let staging_path = store.root.join(&staging_name);
+    let sink = {
+        std::fs::create_dir(&staging_path).ctx("create staging directory", &staging_path)?;
+        let staging = fsx::open_dir(&staging_path).ctx("open staging directory", &staging_path)?;
+        let mdir = store.meta.join("manifests");
+        let writer =
+            manifest::Writer::create(&mdir, id, wall_clock()).ctx("create manifest in", &mdir)?;
+        let prev = st
+            .prev
+            .as_ref()
+            .map(|p| fsx::open_dir_at(b(&p.fd), b"."))
+            .transpose()
+            .ctx("open previous snapshot", &store.root)?;
+        let resume = leftovers
+            .last()
+            .and_then(|n| fsx::open_dir(&store.meta.join("staging").join(n)).ok());
+        TreeSink::new(staging, prev, resume, writer)
+    };
+    let (fatal, window_ended, t_walk) = walk_into(opts, st, &sink, counters, cancel, rep);
+    if let Some(e) = fatal {
+        // Failed: discard the partial tree (frees the space a full disk needs back).
+        sink.abandon();
+        store.discard_staging(id)?;
+        let _ = trash::empty(store, opts.jobs, &AtomicBool::new(false));
+        return Err(e);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        sink.abandon();
+        rep.message = stopped_message(window_ended);
+        return Ok(Status::Incomplete);
+    }
+    let status = walked_status(counters);
+    let snaps = store.snapshots()?;
+    let (steps, expired, _) = rotation_plan(opts, &snaps, id, &staging_name);
+    rep.expired = expired.clone();
+
     let mut root_entry = Entry::from_meta(b".", &src_meta);
     root_entry.group = None;
-    w.finish(&root_entry).ctx("write manifest in", &mdir)?;
     let sync_start = report::now_rfc3339();
     let t_sync = Instant::now();
-    fsx::sync_fs(b(&staging)).ctx("flush", &staging_path)?;
+    let staging_ino = sink
+        .commit(&root_entry)
+        .ctx("seal the snapshot in", &staging_path)?;
     rep.phases.sync = phase(&sync_start, t_sync);
     crate::failpoint::hit("backup.before_publish").ctx("publish", &staging_path)?;
+    let state = publish(
+        opts,
+        store,
+        id,
+        status,
+        steps,
+        &snaps,
+        &expired,
+        staging_ino,
+        rep,
+    )?;
+    clean_up(opts, store, &leftovers, &state, t_walk, cancel, rep);
+    Ok(status)
+}
 
-    // Publish: the state after the rotation, then the journalled renames.
-    let staging_ino = fsx::fstat(b(&staging)).ctx("stat", &staging_path)?.ino;
-    drop(staging);
+/// Publishes the sealed staging tree as `<label>.0`: the state after the rotation, then
+/// the journalled renames. Returns that state.
+#[allow(clippy::too_many_arguments)]
+fn publish(
+    opts: &BackupOptions,
+    store: &Store,
+    id: &str,
+    status: Status,
+    steps: Vec<rotation::Step>,
+    snaps: &[Snapshot],
+    expired: &[String],
+    staging_ino: u64,
+    rep: &mut RunReport,
+) -> Result<State> {
     let mut state = State {
         format: 1,
         snapshots: Vec::new(),
     };
     let finished = report::now_rfc3339();
-    for s in &snaps {
+    for s in snaps {
         let Some(rec) = &s.rec else { continue };
         if s.label != opts.label {
             state.snapshots.push(rec.clone());
@@ -633,14 +729,25 @@ fn run(
             expired.join(", ")
         }
     );
+    Ok(state)
+}
 
-    // Clean-up after publishing: it can fail or be cut short without losing anything.
-    for n in &leftovers {
+/// Clean-up after publishing: it can fail or be cut short without losing anything.
+fn clean_up(
+    opts: &BackupOptions,
+    store: &Store,
+    leftovers: &[String],
+    state: &State,
+    t_walk: Instant,
+    cancel: &AtomicBool,
+    rep: &mut RunReport,
+) {
+    for n in leftovers {
         if let Err(e) = store.discard_staging(n) {
             tracing::warn!("{e}");
         }
     }
-    remove_orphan_manifests(store, &state);
+    remove_orphan_manifests(store, state);
     let rm_start = report::now_rfc3339();
     let t_rm = Instant::now();
     // The backup window covers the deletion too: what it cuts off stays in trash and
@@ -673,7 +780,6 @@ fn run(
         });
     }
     rep.phases.remove_expired = phase(&rm_start, t_rm);
-    Ok(status)
 }
 
 /// Deletes manifests whose snapshot no longer exists.
@@ -696,28 +802,7 @@ fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) ->
     let t0 = Instant::now();
     let mut rep = new_report(opts, id, &opts.store);
     let counters = Counters::default();
-    let r = (|| {
-        let src_root = check_source(opts)?;
-        let src_fd = fsx::open_dir(&src_root).ctx("open source", &src_root)?;
-        let meta = fsx::fstat(b(&src_fd)).ctx("stat source", &src_root)?;
-        let excludes = super::exclude::build(&opts.excludes)?;
-        let plan: Mutex<Box<dyn Write + Send>> = Mutex::new(plan_sink(opts));
-        let walk = Walk::new(&counters, cancel, &excludes, None, None, None, Some(&plan));
-        walk.run(
-            Root {
-                src: src_fd,
-                dst: None,
-                prev: None,
-                resume: None,
-                meta,
-            },
-            opts.jobs,
-        );
-        let mut w = plan.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = writeln!(w, "publish {}.0", opts.label);
-        let _ = w.flush();
-        Ok::<_, Error>(walked_status(&counters))
-    })();
+    let r = run_dry(opts, None, id, &counters, cancel, &mut rep);
     conclude(&mut rep, &counters, r, t0);
     Ok(rep)
 }

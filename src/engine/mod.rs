@@ -5,6 +5,7 @@ pub mod backup;
 pub mod decide;
 pub mod exclude;
 pub mod options;
+pub mod plan;
 pub mod progress;
 pub mod walk;
 

@@ -7,6 +7,7 @@ pub mod lock;
 pub mod rotation;
 pub mod select;
 pub mod trash;
+pub mod tree_sink;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};

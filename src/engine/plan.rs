@@ -1,0 +1,221 @@
+//! A dry run's sink: it writes nothing and records what a real run would do, as a
+//! [`Plan`] value the binary prints. The walk, the decisions and the rotation plan are
+//! the very ones of a real run (only the sink differs), so a dry run and a run cannot
+//! drift apart. It reads the previous snapshot (to compare by stat where there is no
+//! manifest) and nothing else of the store.
+//!
+//! A plan holds one line per entry that would change, so its memory grows with the
+//! tree, unlike a real run's: a dry run of 10^7 files holds 10^7 lines.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+
+use crate::fsx::{self, CopyError, Meta, Xattrs, b};
+use crate::manifest::Entry;
+use crate::relpath::RelPath;
+use crate::sink::{CopyReason, Linked, Refused, Sink};
+use crate::store::tree_sink::prev_stat;
+
+/// One thing a run would do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Mkdir,
+    /// Hard-link the previous snapshot's entry.
+    Link,
+    /// Hard-link to another name of the same source inode, written first.
+    LinkTo(RelPath),
+    /// Copy, and why.
+    Copy(CopyReason),
+}
+
+/// What a backup would do: the entries in path order, then the rotation.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub entries: Vec<(RelPath, Action)>,
+    /// `expire daily.6`, `rename daily.0 -> daily.1`, `publish daily.0`, in order.
+    pub rotation: Vec<String>,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (rel, a) in &self.entries {
+            match a {
+                Action::Mkdir => writeln!(f, "mkdir {rel}")?,
+                Action::Link => writeln!(f, "link {rel}")?,
+                Action::LinkTo(first) => writeln!(f, "link {rel} (same inode as {first})")?,
+                Action::Copy(why) => writeln!(f, "copy {rel} ({why})")?,
+            }
+        }
+        for r in &self.rotation {
+            writeln!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The recording sink.
+pub struct PlanSink {
+    prev: Option<OwnedFd>,
+    entries: Mutex<Vec<(RelPath, Action)>>,
+}
+
+/// A directory as the dry run sees it: only the previous snapshot's, to compare with.
+pub struct PlanDir {
+    prev: Option<OwnedFd>,
+}
+
+impl PlanSink {
+    /// `prev`: the previous snapshot's root, if any.
+    pub fn new(prev: Option<OwnedFd>) -> PlanSink {
+        PlanSink {
+            prev,
+            entries: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn record(&self, rel: &RelPath, a: Action) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((rel.clone(), a));
+    }
+}
+
+impl Sink for PlanSink {
+    type Dir = PlanDir;
+    type File = ();
+    type Sealed = Plan;
+
+    fn root(&self) -> io::Result<PlanDir> {
+        Ok(PlanDir {
+            prev: self
+                .prev
+                .as_ref()
+                .and_then(|p| fsx::open_dir_at(b(p), b".").ok()),
+        })
+    }
+
+    fn mkdir(&self, parent: &PlanDir, name: &[u8], rel: &RelPath) -> io::Result<PlanDir> {
+        self.record(rel, Action::Mkdir);
+        Ok(PlanDir {
+            prev: parent
+                .prev
+                .as_ref()
+                .and_then(|p| fsx::open_dir_at(b(p), name).ok()),
+        })
+    }
+
+    fn link_unchanged(&self, dir: &PlanDir, _name: &[u8], rel: &RelPath) -> Linked {
+        if dir.prev.is_none() {
+            return Linked::Fallback;
+        }
+        self.record(rel, Action::Link);
+        Linked::Done
+    }
+
+    fn link_within(&self, _dir: &PlanDir, _name: &[u8], rel: &RelPath, first: &RelPath) -> Linked {
+        self.record(rel, Action::LinkTo(first.clone()));
+        Linked::Done
+    }
+
+    fn resume(
+        &self,
+        _dir: &PlanDir,
+        _name: &[u8],
+        _m: &Meta,
+        _src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+    ) -> Option<blake3::Hash> {
+        None
+    }
+
+    fn create_file(
+        &self,
+        _dir: &PlanDir,
+        _name: &[u8],
+        rel: &RelPath,
+        _m: &Meta,
+        why: CopyReason,
+    ) -> io::Result<()> {
+        self.record(rel, Action::Copy(why));
+        Ok(())
+    }
+
+    /// Reads nothing: the plan counts the file's size as the bytes a run would copy.
+    fn write_file(
+        &self,
+        _file: &(),
+        _src: BorrowedFd<'_>,
+        before: &Meta,
+    ) -> Result<(blake3::Hash, u64), CopyError> {
+        Ok((blake3::Hash::from_bytes([0; 32]), before.size))
+    }
+
+    fn restart_file(&self, _file: &()) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn discard_file(&self, _dir: &PlanDir, _name: &[u8]) {}
+
+    fn finish_file(&self, _file: (), _m: &Meta, _xattrs: &Xattrs) -> io::Result<Refused> {
+        Ok(Vec::new())
+    }
+
+    fn put_special(
+        &self,
+        _dir: &PlanDir,
+        _name: &[u8],
+        rel: &RelPath,
+        _m: &Meta,
+        _target: Option<&[u8]>,
+        _xattrs: &Xattrs,
+        why: CopyReason,
+    ) -> io::Result<Refused> {
+        self.record(rel, Action::Copy(why));
+        Ok(Vec::new())
+    }
+
+    fn finish_dir(&self, _dir: &PlanDir, _m: &Meta, _xattrs: &Xattrs) -> io::Result<Refused> {
+        Ok(Vec::new())
+    }
+
+    fn write_block(&self, _rel: &RelPath, _entries: &mut [Entry]) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn prev_stat(&self, dir: &PlanDir, name: &[u8]) -> Option<(Meta, Option<Vec<u8>>)> {
+        prev_stat(dir.prev.as_ref(), name)
+    }
+
+    fn prev_xattrs(&self, dir: &PlanDir, name: &[u8]) -> Option<Xattrs> {
+        let p = dir.prev.as_ref()?;
+        fsx::read_xattrs(&fsx::XattrTarget::At(b(p), name)).ok()
+    }
+
+    fn has_prev(&self, dir: &PlanDir) -> bool {
+        dir.prev.is_some()
+    }
+
+    fn linked_facts(
+        &self,
+        _dir: &PlanDir,
+        _name: &[u8],
+        _m: &Meta,
+    ) -> (Option<blake3::Hash>, Option<String>) {
+        (None, None)
+    }
+
+    /// The entries in path order (the walk records them in whatever order its
+    /// workers reach them).
+    fn commit(self, _root: &Entry) -> io::Result<Plan> {
+        let mut entries = self.entries.into_inner().unwrap_or_else(|e| e.into_inner());
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(Plan {
+            entries,
+            rotation: Vec::new(),
+        })
+    }
+
+    fn abandon(self) {}
+}

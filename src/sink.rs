@@ -1,0 +1,151 @@
+//! The storage seam of a backup: everything the engine writes goes through a [`Sink`].
+//! The engine walks the source and decides (`decide.rs`, pure); a sink makes the new
+//! snapshot: make a directory, link an unchanged entry from the previous snapshot (or
+//! say it cannot), put a file and get its hash, put a special file, finish a directory,
+//! then commit or abandon. It also answers what the previous snapshot holds under a
+//! name when there is no manifest to ask (a tree taken over from rsnapshot or `cp -a`).
+//!
+//! The engine depends on this trait, the stores implement it; it depends on neither.
+//!
+//! Implementations: `store::tree_sink::TreeSink` (the hard-link tree store, the only
+//! real target today) and `engine::plan::PlanSink` (a dry run: it records the plan and
+//! writes nothing). An object-store sink and a shard worker's sink are the next ones.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+
+use crate::fsx::{CopyError, Meta, Xattrs};
+use crate::manifest::Entry;
+use crate::relpath::RelPath;
+
+/// Names of extended attributes the target refused to store.
+pub type Refused = Vec<Vec<u8>>;
+
+/// What linking an unchanged entry gave.
+pub enum Linked {
+    /// The new snapshot has the previous snapshot's entry under this name.
+    Done,
+    /// It cannot be linked (link limit, another file system, the previous copy is gone):
+    /// copy it instead. Counted as a link fallback.
+    Fallback,
+    /// A target-side error.
+    Failed(io::Error),
+}
+
+/// Why the engine copies an entry, in words (`engine::decide::Reason::as_str`), for
+/// a plan or a log.
+pub type CopyReason = &'static str;
+
+/// Where a backup writes. Methods are called from the walk's workers, concurrently;
+/// per-directory state lives in [`Sink::Dir`].
+pub trait Sink: Sync {
+    /// A directory of the new snapshot being written, with the same directory of the
+    /// previous snapshot (and of an interrupted run's tree) when the target has them.
+    type Dir: Send + Sync;
+    /// A regular file being written.
+    type File;
+    /// What a committed run leaves (the snapshot's identity, or a dry run's plan).
+    type Sealed;
+
+    /// The new snapshot's root directory.
+    fn root(&self) -> io::Result<Self::Dir>;
+
+    /// Makes directory `name` in `parent`. Its metadata comes with [`Sink::finish_dir`].
+    fn mkdir(&self, parent: &Self::Dir, name: &[u8], rel: &RelPath) -> io::Result<Self::Dir>;
+
+    /// Makes `name` in `dir` the previous snapshot's unchanged entry of that name.
+    fn link_unchanged(&self, dir: &Self::Dir, name: &[u8], rel: &RelPath) -> Linked;
+
+    /// Makes `name` in `dir` another name of the entry already written at `first` (a
+    /// hard-link group of the source).
+    fn link_within(&self, dir: &Self::Dir, name: &[u8], rel: &RelPath, first: &RelPath) -> Linked;
+
+    /// Reuses the copy an interrupted run left for `name`, when it is finished (its
+    /// metadata, set last, matches `m` and its attributes match the source's, read by
+    /// `src_xattrs` only when needed). Returns its hash.
+    fn resume(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        m: &Meta,
+        src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+    ) -> Option<blake3::Hash>;
+
+    /// Starts regular file `name` in `dir`; `m` is the source's `lstat`, `why` the
+    /// reason it is copied.
+    fn create_file(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        rel: &RelPath,
+        m: &Meta,
+        why: CopyReason,
+    ) -> io::Result<Self::File>;
+
+    /// Copies the open source file into `file` (sparse-aware); returns its BLAKE3 hash
+    /// and the bytes written. `before`: the source's stat the copy is checked against.
+    fn write_file(
+        &self,
+        file: &Self::File,
+        src: BorrowedFd<'_>,
+        before: &Meta,
+    ) -> Result<(blake3::Hash, u64), CopyError>;
+
+    /// Empties `file` for another attempt (the source changed while it was copied).
+    fn restart_file(&self, file: &Self::File) -> io::Result<()>;
+
+    /// Removes a file whose copy failed on the source side (best effort).
+    fn discard_file(&self, dir: &Self::Dir, name: &[u8]);
+
+    /// Gives `file` its metadata (owner, mode, xattrs, times: times last).
+    fn finish_file(&self, file: Self::File, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused>;
+
+    /// Puts a symlink (`target`), fifo, socket or device `name` with its metadata.
+    #[allow(clippy::too_many_arguments)]
+    fn put_special(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        rel: &RelPath,
+        m: &Meta,
+        target: Option<&[u8]>,
+        xattrs: &Xattrs,
+        why: CopyReason,
+    ) -> io::Result<Refused>;
+
+    /// Gives a directory its metadata once everything in it is written.
+    fn finish_dir(&self, dir: &Self::Dir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused>;
+
+    /// Records a directory's entries (the manifest block), once all of them are known.
+    fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()>;
+
+    /// The previous snapshot's `lstat` (and symlink target) of `name`, when there is no
+    /// manifest to ask.
+    fn prev_stat(&self, dir: &Self::Dir, name: &[u8]) -> Option<(Meta, Option<Vec<u8>>)>;
+
+    /// The previous snapshot's extended attributes of `name` (no manifest to ask).
+    fn prev_xattrs(&self, dir: &Self::Dir, name: &[u8]) -> Option<Xattrs>;
+
+    /// Whether the previous snapshot has this directory at all.
+    fn has_prev(&self, dir: &Self::Dir) -> bool;
+
+    /// The hash and xattrs of a linked entry that had no manifest entry (a taken-over
+    /// tree): read once from the new snapshot, so every snapshot has a full manifest.
+    fn linked_facts(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        m: &Meta,
+    ) -> (Option<blake3::Hash>, Option<String>);
+
+    /// Seals the new snapshot once the walk is done: its manifest finished with the root
+    /// entry, its data flushed. Publishing it is the repository's step, not the sink's.
+    fn commit(self, root: &Entry) -> io::Result<Self::Sealed>
+    where
+        Self: Sized;
+
+    /// Gives up on the new snapshot (a failure or a stop): nothing of it is published.
+    fn abandon(self)
+    where
+        Self: Sized;
+}

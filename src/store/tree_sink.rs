@@ -1,0 +1,319 @@
+//! The hard-link tree store as a backup [`Sink`]: the new snapshot is built in
+//! `.snapring/staging/<run>/`, unchanged entries are hard links into the previous
+//! snapshot, changed ones are copies made with as few calls as NFS allows, and the
+//! manifest is written beside it. Every call is relative to an open directory (no
+//! PATH_MAX, no symlink followed). Does the file I/O of a backup's writes.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Mutex;
+
+use rustix::io::Errno;
+
+use crate::fsx::{self, CopyError, Kind, Meta, XattrTarget, Xattrs, b};
+use crate::manifest::{self, Entry};
+use crate::relpath::RelPath;
+use crate::sink::{CopyReason, Linked, Refused, Sink};
+
+/// One directory of the new snapshot, with the same directory in the previous snapshot
+/// and in an interrupted run's staging tree, where they exist.
+pub struct TreeDir {
+    dst: OwnedFd,
+    prev: Option<OwnedFd>,
+    resume: Option<OwnedFd>,
+}
+
+/// A regular file being copied into staging.
+pub struct TreeFile {
+    fd: OwnedFd,
+    /// The mode it was created with.
+    created_perm: u32,
+}
+
+pub struct TreeSink {
+    staging: OwnedFd,
+    prev: Option<OwnedFd>,
+    resume: Option<OwnedFd>,
+    manifest: Mutex<manifest::Writer>,
+    /// The owner a file created in staging gets by itself (euid, egid), when the staging
+    /// root has no setgid bit; a copy of a file with that owner needs no `fchown`.
+    creates_as: Option<(u32, u32)>,
+    umask: u32,
+}
+
+impl TreeSink {
+    /// `staging`: the new snapshot's root, created empty; `prev`: the previous
+    /// snapshot's root; `resume`: an interrupted run's staging tree.
+    pub fn new(
+        staging: OwnedFd,
+        prev: Option<OwnedFd>,
+        resume: Option<OwnedFd>,
+        manifest: manifest::Writer,
+    ) -> TreeSink {
+        let creates_as = fsx::fstat(b(&staging))
+            .ok()
+            .filter(|m| m.perm & 0o2000 == 0)
+            .map(|_| {
+                (
+                    rustix::process::geteuid().as_raw(),
+                    rustix::process::getegid().as_raw(),
+                )
+            });
+        TreeSink {
+            staging,
+            prev,
+            resume,
+            manifest: Mutex::new(manifest),
+            creates_as,
+            umask: fsx::process_umask(),
+        }
+    }
+}
+
+fn side(parent: &Option<OwnedFd>, name: &[u8]) -> Option<OwnedFd> {
+    parent
+        .as_ref()
+        .and_then(|p| fsx::open_dir_at(b(p), name).ok())
+}
+
+fn dup(fd: &Option<OwnedFd>) -> Option<OwnedFd> {
+    fd.as_ref().and_then(|f| fsx::open_dir_at(b(f), b".").ok())
+}
+
+/// Reads the previous snapshot's facts of `name` in `prev` (shared with the dry run).
+pub fn prev_stat(prev: Option<&OwnedFd>, name: &[u8]) -> Option<(Meta, Option<Vec<u8>>)> {
+    let p = prev?;
+    let s = fsx::lstat_at(b(p), name).ok()?;
+    let target = match s.kind {
+        Kind::Symlink => fsx::read_link_at(b(p), name).ok(),
+        _ => None,
+    };
+    Some((s, target))
+}
+
+impl Sink for TreeSink {
+    type Dir = TreeDir;
+    type File = TreeFile;
+    type Sealed = u64;
+
+    fn root(&self) -> io::Result<TreeDir> {
+        Ok(TreeDir {
+            dst: fsx::open_dir_at(b(&self.staging), b".")?,
+            prev: dup(&self.prev),
+            resume: dup(&self.resume),
+        })
+    }
+
+    fn mkdir(&self, parent: &TreeDir, name: &[u8], _rel: &RelPath) -> io::Result<TreeDir> {
+        fsx::mkdir_at(b(&parent.dst), name)?;
+        Ok(TreeDir {
+            dst: fsx::open_dir_at(b(&parent.dst), name)?,
+            prev: side(&parent.prev, name),
+            resume: side(&parent.resume, name),
+        })
+    }
+
+    fn link_unchanged(&self, dir: &TreeDir, name: &[u8], rel: &RelPath) -> Linked {
+        let Some(prev) = &dir.prev else {
+            return Linked::Fallback;
+        };
+        match fsx::link_at(b(prev), name, b(&dir.dst), name) {
+            Ok(()) => Linked::Done,
+            Err(e) if fsx::errno_is(&e, Errno::MLINK) || fsx::errno_is(&e, Errno::XDEV) => {
+                tracing::debug!("{rel}: link failed ({e}); copying instead");
+                Linked::Fallback
+            }
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) || fsx::errno_is(&e, Errno::PERM) => {
+                tracing::warn!(
+                    "{rel}: previous snapshot's copy cannot be linked ({e}); copying instead"
+                );
+                Linked::Fallback
+            }
+            Err(e) => Linked::Failed(e),
+        }
+    }
+
+    fn link_within(&self, dir: &TreeDir, name: &[u8], _rel: &RelPath, first: &RelPath) -> Linked {
+        let r = match fsx::open_parent(&self.staging, first) {
+            Ok(pfd) => fsx::link_at(b(&pfd), first.file_name(), b(&dir.dst), name),
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => Linked::Done,
+            Err(e) if fsx::errno_is(&e, Errno::MLINK) => Linked::Fallback,
+            Err(e) => Linked::Failed(e),
+        }
+    }
+
+    fn resume(
+        &self,
+        dir: &TreeDir,
+        name: &[u8],
+        m: &Meta,
+        src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+    ) -> Option<blake3::Hash> {
+        let res = dir.resume.as_ref()?;
+        if m.kind != Kind::File {
+            return None;
+        }
+        let s = fsx::lstat_at(b(res), name).ok()?;
+        if s.kind != m.kind
+            || s.size != m.size
+            || s.mtime != m.mtime
+            || s.perm != m.perm
+            || s.uid != m.uid
+            || s.gid != m.gid
+        {
+            return None;
+        }
+        let xs = src_xattrs().ok()?;
+        if fsx::read_xattrs(&XattrTarget::At(b(res), name)).ok()? != xs {
+            return None;
+        }
+        let hash = fsx::open_read_at(b(res), name)
+            .and_then(|fd| fsx::hash_file(b(&fd)))
+            .ok()?;
+        fsx::link_at(b(res), name, b(&dir.dst), name).ok()?;
+        Some(hash)
+    }
+
+    /// Created with its final mode (no `fchmod` when the umask leaves it whole and there
+    /// are no special bits): calls are what a backup over NFS pays for.
+    fn create_file(
+        &self,
+        dir: &TreeDir,
+        name: &[u8],
+        _rel: &RelPath,
+        m: &Meta,
+        _why: CopyReason,
+    ) -> io::Result<TreeFile> {
+        let created_perm = if m.perm & 0o7000 == 0 {
+            m.perm & 0o777
+        } else {
+            0o600
+        };
+        Ok(TreeFile {
+            fd: fsx::create_at_mode(b(&dir.dst), name, created_perm)?,
+            created_perm,
+        })
+    }
+
+    fn write_file(
+        &self,
+        file: &TreeFile,
+        src: BorrowedFd<'_>,
+        before: &Meta,
+    ) -> Result<(blake3::Hash, u64), CopyError> {
+        fsx::copy_hash(src, b(&file.fd), before)
+    }
+
+    fn restart_file(&self, file: &TreeFile) -> io::Result<()> {
+        Ok(rustix::fs::ftruncate(&file.fd, 0)?)
+    }
+
+    fn discard_file(&self, dir: &TreeDir, name: &[u8]) {
+        let _ = fsx::unlink_at(b(&dir.dst), name);
+    }
+
+    /// `fchown` is skipped when the file already has the owner it gets by creation.
+    fn finish_file(&self, file: TreeFile, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
+        let need_chown = self.creates_as != Some((m.uid, m.gid));
+        let need_chmod =
+            file.created_perm & !self.umask != m.perm || (need_chown && m.perm & 0o6000 != 0);
+        if need_chown {
+            rustix::fs::fchown(
+                &file.fd,
+                Some(rustix::fs::Uid::from_raw(m.uid)),
+                Some(rustix::fs::Gid::from_raw(m.gid)),
+            )?;
+        }
+        if need_chmod {
+            rustix::fs::fchmod(&file.fd, rustix::fs::Mode::from_raw_mode(m.perm))?;
+        }
+        let refused = fsx::write_xattrs(&XattrTarget::Fd(b(&file.fd)), xattrs)?;
+        fsx::apply_times(b(&file.fd), m)?;
+        Ok(refused)
+    }
+
+    fn put_special(
+        &self,
+        dir: &TreeDir,
+        name: &[u8],
+        _rel: &RelPath,
+        m: &Meta,
+        target: Option<&[u8]>,
+        xattrs: &Xattrs,
+        _why: CopyReason,
+    ) -> io::Result<Refused> {
+        match (m.kind, target) {
+            (Kind::Symlink, Some(t)) => fsx::symlink_at(t, b(&dir.dst), name)?,
+            _ => fsx::mknod_at(b(&dir.dst), name, m)?,
+        }
+        fsx::apply_meta_at(b(&dir.dst), name, m)?;
+        let refused = fsx::write_xattrs(&XattrTarget::At(b(&dir.dst), name), xattrs)?;
+        fsx::apply_times_at(b(&dir.dst), name, m)?;
+        Ok(refused)
+    }
+
+    fn finish_dir(&self, dir: &TreeDir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
+        fsx::apply_dir_meta(b(&dir.dst), m, xattrs)
+    }
+
+    fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()> {
+        self.manifest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_block(rel, entries)
+    }
+
+    fn prev_stat(&self, dir: &TreeDir, name: &[u8]) -> Option<(Meta, Option<Vec<u8>>)> {
+        prev_stat(dir.prev.as_ref(), name)
+    }
+
+    fn prev_xattrs(&self, dir: &TreeDir, name: &[u8]) -> Option<Xattrs> {
+        let p = dir.prev.as_ref()?;
+        fsx::read_xattrs(&XattrTarget::At(b(p), name)).ok()
+    }
+
+    fn has_prev(&self, dir: &TreeDir) -> bool {
+        dir.prev.is_some()
+    }
+
+    fn linked_facts(
+        &self,
+        dir: &TreeDir,
+        name: &[u8],
+        m: &Meta,
+    ) -> (Option<blake3::Hash>, Option<String>) {
+        let xattrs = fsx::read_xattrs(&XattrTarget::At(b(&dir.dst), name))
+            .ok()
+            .and_then(|x| fsx::xattr_digest(&x));
+        let hash = (m.kind == Kind::File)
+            .then(|| {
+                fsx::open_read_at(b(&dir.dst), name)
+                    .and_then(|fd| fsx::hash_file(b(&fd)))
+                    .ok()
+            })
+            .flatten();
+        (hash, xattrs)
+    }
+
+    /// Finishes the manifest and flushes the backup file system; returns the staging
+    /// root's inode (the snapshot's identity in `snapshots.json`).
+    fn commit(self, root: &Entry) -> io::Result<u64> {
+        let w = self
+            .manifest
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        w.finish(root)?;
+        fsx::sync_fs(b(&self.staging))?;
+        Ok(fsx::fstat(b(&self.staging))?.ino)
+    }
+
+    fn abandon(self) {
+        self.manifest
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .abandon();
+    }
+}
