@@ -27,6 +27,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (`--debug`), which checks that the harness works, not how fast anything is.
 PROFILE = "release"
 SR_JOBS = []
+# --baseline: an earlier snapring binary, timed as the tool "snapring-base" beside the
+# current one in the same run (a refactor's before/after, interleaved run by run).
+BASELINE = None
 PRESETS = {
     # name: (files, mean files per directory, depth)
     "tiny": (2_000, 40, 3),
@@ -258,6 +261,10 @@ def tools(env, jobs, nfiles):
             full=lambda s, d: [[sr, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", *SR_JOBS, "--no-progress"]],
             incr=lambda s, d: [[sr, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", *SR_JOBS, "--no-progress"]],
             env=env_sr),
+        "snapring-base": dict(
+            full=lambda s, d: [[BASELINE, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", *SR_JOBS, "--no-progress"]],
+            incr=lambda s, d: [[BASELINE, "backup", "--source", s, "--dest", d, "--label", "snap", "--retain", "3", *SR_JOBS, "--no-progress"]],
+            env=env_sr),
         "rsync": dict(
             full=lambda s, d: [["mkdir", "-p", d], ["rsync", "-aH", "--numeric-ids", s + "/", d + "/snap.0/"]],
             incr=lambda s, d: [["mv", d + "/snap.0", d + "/snap.1"],
@@ -313,6 +320,7 @@ def main():
     ap.add_argument("--image-gb", type=int, default=0, help="put the data on a fresh journaled ext4 loop image of this size")
     ap.add_argument("--json", help="write the results here (and each one as it lands to <json>l, JSON lines)")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--baseline", help="an earlier snapring binary, timed as the tool snapring-base (add it to --tools)")
     ap.add_argument("--debug", action="store_true", help="debug builds: a smoke run of the harness, not a measurement")
     a = ap.parse_args()
     if a.cmd == "gen":
@@ -331,7 +339,8 @@ def main():
         open(a.json + "l", "w").close()
     # snapring gets --jobs only when asked (else its own default, as a user would run it);
     # the floor gets the same number, or 64 (snapring's default on FUSE).
-    global SR_JOBS
+    global SR_JOBS, BASELINE
+    BASELINE = a.baseline and os.path.abspath(a.baseline)
     SR_JOBS = ["--jobs", str(a.jobs)] if a.jobs else []
     jobs = a.jobs or 64
     env = Env(a.work, a.latency_us, a.image_gb, jobs, a.ttl_ms)
@@ -359,7 +368,7 @@ def main():
                 for old in os.listdir(env.under):
                     if old.startswith("dst-"):
                         shutil.rmtree(os.path.join(env.under, old))
-                if t["full"] is None or "full" not in cases and name != "snapring":
+                if t["full"] is None or "full" not in cases and not name.startswith("snapring"):
                     # The floor, or no full case: the previous snapshot is made by cp -a
                     # on the underlying disk, off the clock (the baselines read only the
                     # tree; snapring needs its manifest, so it makes its own, untimed).
