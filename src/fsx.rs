@@ -743,3 +743,14 @@ pub fn open_parent(root: &OwnedFd, rel: &crate::relpath::RelPath) -> std::io::Re
     }
     Ok(cur)
 }
+
+/// The wall clock as a [`Time`].
+pub fn wall_clock() -> Time {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Time {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}

@@ -17,6 +17,7 @@ pub mod manifest;
 pub mod notify;
 pub mod pool;
 pub mod relpath;
+pub mod repo;
 pub mod report;
 pub mod restore;
 pub mod runlog;

@@ -11,6 +11,7 @@
 //! real target today) and `engine::plan::PlanSink` (a dry run: it records the plan and
 //! writes nothing). An object-store sink and a shard worker's sink are the next ones.
 
+use std::fmt;
 use std::io;
 use std::os::fd::BorrowedFd;
 
@@ -148,4 +149,41 @@ pub trait Sink: Sync {
     fn abandon(self)
     where
         Self: Sized;
+}
+
+/// One thing a run would do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    Mkdir,
+    /// Hard-link the previous snapshot's entry.
+    Link,
+    /// Hard-link to another name of the same source inode, written first.
+    LinkTo(RelPath),
+    /// Copy, and why.
+    Copy(CopyReason),
+}
+
+/// What a backup would do: the entries in path order, then the rotation.
+#[derive(Clone, Debug, Default)]
+pub struct Plan {
+    pub entries: Vec<(RelPath, Action)>,
+    /// `expire daily.6`, `rename daily.0 -> daily.1`, `publish daily.0`, in order.
+    pub rotation: Vec<String>,
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (rel, a) in &self.entries {
+            match a {
+                Action::Mkdir => writeln!(f, "mkdir {rel}")?,
+                Action::Link => writeln!(f, "link {rel}")?,
+                Action::LinkTo(first) => writeln!(f, "link {rel} (same inode as {first})")?,
+                Action::Copy(why) => writeln!(f, "copy {rel} ({why})")?,
+            }
+        }
+        for r in &self.rotation {
+            writeln!(f, "{r}")?;
+        }
+        Ok(())
+    }
 }

@@ -1,7 +1,9 @@
 //! One backup run, start to end: lock and repair the store, check the source, pick the
 //! previous snapshot to link against, build the new snapshot in staging, flush, publish
 //! it through the journal, delete expired snapshots, and write the run record. The
-//! status rules of DESIGN.md live here. Does I/O through `store` and `walk`.
+//! status rules of ARCHITECTURE.md live here. It runs against the [`Repository`] and
+//! [`Sink`] seams (the hard-link store is their one implementation); it reads the
+//! source, and writes only through them.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -10,17 +12,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::options::BackupOptions;
-use super::plan::PlanSink;
 use super::walk::Walk;
 use crate::error::{Ctx, Error, Result};
 use crate::fsx::{self, b};
-use crate::manifest::{self, Entry};
+use crate::manifest::Entry;
+use crate::repo::{Previous, Repository, Rotation};
 use crate::report::{self, Counters, Phase, Phases, RunReport, Status};
-use crate::sink::Sink;
-use crate::store::tree_sink::TreeSink;
-use crate::store::{
-    SnapRec, Snapshot, State, Store, journal::Journal, lock::Holder, rotation, trash,
-};
+use crate::sink::{Plan, Sink};
+use crate::store::Store;
+use crate::store::plan_sink::PlanSink;
 
 /// A new run id: sortable by start time, unique across hosts and processes.
 pub fn new_run_id() -> String {
@@ -43,16 +43,6 @@ fn plan_sink(opts: &BackupOptions) -> Box<dyn Write + Send> {
         Box::new(std::io::BufWriter::new(std::io::stderr()))
     } else {
         Box::new(std::io::BufWriter::new(std::io::stdout()))
-    }
-}
-
-fn wall_clock() -> crate::fsx::Time {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    crate::fsx::Time {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos(),
     }
 }
 
@@ -89,29 +79,16 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
         return run_dry_without_store(opts, &id, cancel);
     }
     let store = Store::open(&opts.store, !opts.dry_run)?;
-    let holder = Holder {
-        pid: std::process::id(),
-        host: report::hostname(),
-        run: (!opts.dry_run).then(|| id.clone()),
-        command: if opts.dry_run {
-            "backup --dry-run".into()
-        } else {
-            "backup".into()
-        },
-        since: report::now_rfc3339(),
-    };
     let lock = if opts.dry_run {
-        let l = store.lock_shared()?;
-        if store.needs_repair() {
+        let l = Repository::lock_shared(&store, "backup --dry-run")?;
+        if Repository::needs_repair(&store) {
             println!(
                 "repair: an interrupted rotation will be rolled forward first (the plan below assumes it)"
             );
         }
         l
     } else {
-        let l = store.lock(&holder)?;
-        store.repair(&l, &id)?;
-        l
+        store.lock_and_repair(&id)?
     };
     let abs = std::fs::canonicalize(&store.root).unwrap_or_else(|_| store.root.clone());
     let mut rep = new_report(opts, &id, &abs);
@@ -343,102 +320,49 @@ fn unescape_mountinfo(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The snapshot to link against: the newest recorded one of this label, else the newest
-/// recorded of any label, else an unrecorded `<label>.0` (a taken-over rsnapshot tree),
-/// else any unrecorded one.
-fn pick_previous(snaps: &[Snapshot], label: &str) -> Option<Snapshot> {
-    let recorded = |s: &&Snapshot| s.rec.is_some();
-    snaps
-        .iter()
-        .filter(recorded)
-        .find(|s| s.label == label)
-        .or_else(|| {
-            snaps.iter().filter(recorded).max_by(|a, b| {
-                a.rec
-                    .as_ref()
-                    .map(|r| &r.finished_at)
-                    .cmp(&b.rec.as_ref().map(|r| &r.finished_at))
-            })
-        })
-        .or_else(|| snaps.iter().find(|s| s.label == label && s.slot == 0))
-        .or_else(|| snaps.iter().max_by_key(|s| s.mtime))
-        .cloned()
-}
-
-struct Previous {
-    snap: Snapshot,
-    fd: OwnedFd,
-    manifest: Option<manifest::Reader>,
-}
-
-fn open_previous(store: &Store, label: &str) -> Result<Option<Previous>> {
-    let snaps = store.snapshots()?;
-    let Some(snap) = pick_previous(&snaps, label) else {
-        return Ok(None);
-    };
-    let path = store.root.join(&snap.name);
-    let fd = fsx::open_dir(&path).ctx("open previous snapshot", &path)?;
-    let manifest = snap.rec.as_ref().and_then(|r| {
-        match manifest::Reader::open(&store.meta.join("manifests"), &r.id) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(
-                    "manifest of {} unusable ({e}); comparing with that snapshot by stat",
-                    snap.name
-                );
-                None
-            }
-        }
-    });
-    Ok(Some(Previous { snap, fd, manifest }))
-}
-
 /// What a run starts from, once the guards passed.
 struct Start {
     src_fd: OwnedFd,
     src_meta: fsx::Meta,
     prev: Option<Previous>,
     excludes: super::exclude::Excludes,
-    /// Staging trees of interrupted runs; the newest is the resume source.
-    leftovers: Vec<String>,
 }
 
-/// Checks the source, picks the previous snapshot and the resume source.
-fn start(opts: &BackupOptions, store: &Store, rep: &mut RunReport) -> Result<Start> {
+/// Checks the source and opens it.
+fn open_source(opts: &BackupOptions, prev: Option<Previous>) -> Result<Start> {
     let src_root = check_source(opts)?;
     let src_fd = fsx::open_dir(&src_root).ctx("open source", &src_root)?;
     let src_meta = fsx::fstat(b(&src_fd)).ctx("stat source", &src_root)?;
-    let prev = open_previous(store, &opts.label)?;
-    rep.based_on = prev.as_ref().map(|p| {
-        p.snap
-            .rec
-            .as_ref()
-            .map(|r| r.id.clone())
-            .unwrap_or_else(|| p.snap.name.clone())
-    });
     if !opts.allow_empty
         && let Some(p) = &prev
+        && p.has_entries
         && !fsx::dir_has_entries(b(&src_fd)).ctx("read source", &src_root)?
-        && fsx::dir_has_entries(b(&p.fd)).ctx("read", store.root.join(&p.snap.name))?
     {
         return Err(Error::EmptySource {
             path: src_root,
-            prev: p.snap.name.clone(),
+            prev: p.name.clone(),
         });
     }
     let excludes = super::exclude::build(&opts.excludes)?;
-    let leftovers = if opts.dry_run {
-        vec![]
-    } else {
-        store.leftover_staging()?
-    };
-    if let Some(n) = leftovers.last() {
-        tracing::info!("resuming from the staging tree of interrupted run {n}");
-    }
-    match &prev {
+    Ok(Start {
+        src_fd,
+        src_meta,
+        prev,
+        excludes,
+    })
+}
+
+/// Picks the previous snapshot, then checks the source against it.
+fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> Result<Start> {
+    let prev = repo.previous(&opts.label)?;
+    rep.based_on = prev
+        .as_ref()
+        .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
+    let st = open_source(opts, prev)?;
+    match &st.prev {
         Some(p) => tracing::info!(
             "unchanged files are linked from {} (run {}{})",
-            p.snap.name,
+            p.name,
             rep.based_on.as_deref().unwrap_or("-"),
             if p.manifest.is_some() {
                 ""
@@ -448,17 +372,12 @@ fn start(opts: &BackupOptions, store: &Store, rep: &mut RunReport) -> Result<Sta
         ),
         None => tracing::info!("no previous snapshot: this is a full copy"),
     }
-    Ok(Start {
-        src_fd,
-        src_meta,
-        prev,
-        excludes,
-        leftovers,
-    })
+    Ok(st)
 }
 
 /// Walks the source into `sink` on the run's workers, with the progress line and the
-/// backup window beside it. Returns the first fatal error and whether the window ended.
+/// backup window beside it. Returns the first fatal error, whether the window ended,
+/// and when the walk started.
 fn walk_into<S: Sink>(
     opts: &BackupOptions,
     st: Start,
@@ -511,128 +430,64 @@ fn stopped_message(window_ended: bool) -> String {
     }
 }
 
-/// The rotation that publishing `staging_name` as `<label>.0` makes: its steps, and
-/// the snapshots it expires.
-fn rotation_plan(
-    opts: &BackupOptions,
-    snaps: &[Snapshot],
-    id: &str,
-    staging_name: &str,
-) -> (Vec<rotation::Step>, Vec<String>, String) {
-    let slots: Vec<u32> = snaps
-        .iter()
-        .filter(|s| s.label == opts.label)
-        .map(|s| s.slot)
-        .collect();
-    let trash_prefix = format!("{}/trash/{id}-", crate::store::META_DIR);
-    let (steps, expired) = rotation::plan(
-        &opts.label,
-        &slots,
-        opts.retain,
-        staging_name,
-        &trash_prefix,
-    );
-    (steps, expired, trash_prefix)
+/// Prints a dry run's plan where the options say.
+fn print_plan(opts: &BackupOptions, plan: &Plan) {
+    let mut w = plan_sink(opts);
+    let _ = write!(w, "{plan}");
+    let _ = w.flush();
 }
 
 /// A dry run: the same walk into a recording sink, and the rotation it would make,
 /// printed as a plan.
-fn run_dry(
+fn run_dry<R: Repository>(
     opts: &BackupOptions,
-    store: Option<&Store>,
+    repo: &R,
     id: &str,
     counters: &Counters,
     cancel: &AtomicBool,
     rep: &mut RunReport,
 ) -> Result<Status> {
-    let st = match store {
-        Some(store) => start(opts, store, rep)?,
-        None => {
-            let src_root = check_source(opts)?;
-            let src_fd = fsx::open_dir(&src_root).ctx("open source", &src_root)?;
-            let src_meta = fsx::fstat(b(&src_fd)).ctx("stat source", &src_root)?;
-            let excludes = super::exclude::build(&opts.excludes)?;
-            Start {
-                src_fd,
-                src_meta,
-                prev: None,
-                excludes,
-                leftovers: vec![],
-            }
-        }
-    };
-    let prev_root = st
-        .prev
-        .as_ref()
-        .and_then(|p| fsx::open_dir_at(b(&p.fd), b".").ok());
-    let sink = PlanSink::new(prev_root);
+    let st = start(opts, repo, rep)?;
+    let sink = repo.dry_sink(st.prev.as_ref())?;
     let root = Entry::from_meta(b".", &st.src_meta);
     let (fatal, _, _) = walk_into(opts, st, &sink, counters, cancel, rep);
     if let Some(e) = fatal {
         return Err(e);
     }
     let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
-    let staging_name = format!("{}/staging/{id}", crate::store::META_DIR);
-    match store {
-        Some(store) => {
-            let (steps, expired, trash_prefix) =
-                rotation_plan(opts, &store.snapshots()?, id, &staging_name);
-            rep.expired = expired;
-            for s in &steps {
-                plan.rotation.push(match s.to.strip_prefix(&trash_prefix) {
-                    Some(name) => format!("expire {name}"),
-                    None if s.from == staging_name => format!("publish {}", s.to),
-                    None => format!("rename {} -> {}", s.from, s.to),
-                });
-            }
-        }
-        None => plan.rotation.push(format!("publish {}.0", opts.label)),
-    }
-    let mut w = plan_sink(opts);
-    let _ = write!(w, "{plan}");
-    let _ = w.flush();
+    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
+    rep.expired = rotation.expired().to_vec();
+    plan.rotation = rotation.describe();
+    print_plan(opts, &plan);
     Ok(walked_status(counters))
 }
 
-fn run(
+/// One run against `repo`, from the previous snapshot to the deletion of expired ones.
+fn run<R: Repository>(
     opts: &BackupOptions,
-    store: &Store,
+    repo: &R,
     id: &str,
     counters: &Counters,
     cancel: &AtomicBool,
     rep: &mut RunReport,
 ) -> Result<Status> {
     if opts.dry_run {
-        return run_dry(opts, Some(store), id, counters, cancel, rep);
+        return run_dry(opts, repo, id, counters, cancel, rep);
     }
-    let st = start(opts, store, rep)?;
-    let leftovers = st.leftovers.clone();
-    let src_meta = st.src_meta;
-    let staging_name = format!("{}/staging/{id}", crate::store::META_DIR);
-    let staging_path = store.root.join(&staging_name);
-    let sink = {
-        std::fs::create_dir(&staging_path).ctx("create staging directory", &staging_path)?;
-        let staging = fsx::open_dir(&staging_path).ctx("open staging directory", &staging_path)?;
-        let mdir = store.meta.join("manifests");
-        let writer =
-            manifest::Writer::create(&mdir, id, wall_clock()).ctx("create manifest in", &mdir)?;
-        let prev = st
-            .prev
-            .as_ref()
-            .map(|p| fsx::open_dir_at(b(&p.fd), b"."))
-            .transpose()
-            .ctx("open previous snapshot", &store.root)?;
-        let resume = leftovers
-            .last()
-            .and_then(|n| fsx::open_dir(&store.meta.join("staging").join(n)).ok());
-        TreeSink::new(staging, prev, resume, writer)
-    };
+    let st = start(opts, repo, rep)?;
+    let leftovers = repo.leftovers()?;
+    if let Some(n) = leftovers.last() {
+        tracing::info!("resuming from the staging tree of interrupted run {n}");
+    }
+    let mut root_entry = Entry::from_meta(b".", &st.src_meta);
+    root_entry.group = None;
+    let sink = repo.begin(id, st.prev.as_ref(), leftovers.last().map(String::as_str))?;
     let (fatal, window_ended, t_walk) = walk_into(opts, st, &sink, counters, cancel, rep);
     if let Some(e) = fatal {
         // Failed: discard the partial tree (frees the space a full disk needs back).
         sink.abandon();
-        store.discard_staging(id)?;
-        let _ = trash::empty(store, opts.jobs, &AtomicBool::new(false));
+        repo.discard(id)?;
+        let _ = repo.delete_expired(opts.jobs, &AtomicBool::new(false));
         return Err(e);
     }
     if cancel.load(Ordering::Relaxed) {
@@ -641,113 +496,42 @@ fn run(
         return Ok(Status::Incomplete);
     }
     let status = walked_status(counters);
-    let snaps = store.snapshots()?;
-    let (steps, expired, _) = rotation_plan(opts, &snaps, id, &staging_name);
-    rep.expired = expired.clone();
-
-    let mut root_entry = Entry::from_meta(b".", &src_meta);
-    root_entry.group = None;
+    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
+    rep.expired = rotation.expired().to_vec();
     let sync_start = report::now_rfc3339();
     let t_sync = Instant::now();
-    let staging_ino = sink
+    let sealed = sink
         .commit(&root_entry)
-        .ctx("seal the snapshot in", &staging_path)?;
+        .ctx("seal the new snapshot of", &opts.store)?;
     rep.phases.sync = phase(&sync_start, t_sync);
-    crate::failpoint::hit("backup.before_publish").ctx("publish", &staging_path)?;
-    let state = publish(
-        opts,
-        store,
-        id,
-        status,
-        steps,
-        &snaps,
-        &expired,
-        staging_ino,
-        rep,
-    )?;
-    clean_up(opts, store, &leftovers, &state, t_walk, cancel, rep);
+    crate::failpoint::hit("backup.before_publish").ctx("publish", &opts.store)?;
+    let rot_start = report::now_rfc3339();
+    let t_rot = Instant::now();
+    let name = repo.publish(id, status, &opts.label, rotation, sealed)?;
+    rep.phases.rotation = phase(&rot_start, t_rot);
+    tracing::info!(
+        "published {name}; expired: {}",
+        if rep.expired.is_empty() {
+            "none".to_string()
+        } else {
+            rep.expired.join(", ")
+        }
+    );
+    rep.snapshot = Some(name);
+    repo.tidy(&leftovers);
+    delete_expired(opts, repo, t_walk, cancel, rep);
     Ok(status)
 }
 
-/// Publishes the sealed staging tree as `<label>.0`: the state after the rotation, then
-/// the journalled renames. Returns that state.
-#[allow(clippy::too_many_arguments)]
-fn publish(
+/// Deletes expired snapshots after publishing: it can fail or be cut short without
+/// losing anything.
+fn delete_expired<R: Repository>(
     opts: &BackupOptions,
-    store: &Store,
-    id: &str,
-    status: Status,
-    steps: Vec<rotation::Step>,
-    snaps: &[Snapshot],
-    expired: &[String],
-    staging_ino: u64,
-    rep: &mut RunReport,
-) -> Result<State> {
-    let mut state = State {
-        format: 1,
-        snapshots: Vec::new(),
-    };
-    let finished = report::now_rfc3339();
-    for s in snaps {
-        let Some(rec) = &s.rec else { continue };
-        if s.label != opts.label {
-            state.snapshots.push(rec.clone());
-        } else if !expired.contains(&s.name) {
-            state.snapshots.push(SnapRec {
-                name: format!("{}.{}", s.label, s.slot + 1),
-                ..rec.clone()
-            });
-        }
-    }
-    state.snapshots.insert(
-        0,
-        SnapRec {
-            name: format!("{}.0", opts.label),
-            id: id.to_string(),
-            ino: staging_ino,
-            finished_at: finished,
-        },
-    );
-    let rot_start = report::now_rfc3339();
-    let t_rot = Instant::now();
-    let journal = Journal {
-        format: 1,
-        run: id.to_string(),
-        status,
-        steps,
-        state_after: state.clone(),
-    };
-    store.run_journal(&journal)?;
-    rep.phases.rotation = phase(&rot_start, t_rot);
-    rep.snapshot = Some(format!("{}.0", opts.label));
-    tracing::info!(
-        "published {}.0; expired: {}",
-        opts.label,
-        if expired.is_empty() {
-            "none".to_string()
-        } else {
-            expired.join(", ")
-        }
-    );
-    Ok(state)
-}
-
-/// Clean-up after publishing: it can fail or be cut short without losing anything.
-fn clean_up(
-    opts: &BackupOptions,
-    store: &Store,
-    leftovers: &[String],
-    state: &State,
+    repo: &R,
     t_walk: Instant,
     cancel: &AtomicBool,
     rep: &mut RunReport,
 ) {
-    for n in leftovers {
-        if let Err(e) = store.discard_staging(n) {
-            tracing::warn!("{e}");
-        }
-    }
-    remove_orphan_manifests(store, state);
     let rm_start = report::now_rfc3339();
     let t_rm = Instant::now();
     // The backup window covers the deletion too: what it cuts off stays in trash and
@@ -766,7 +550,7 @@ fn clean_up(
                 let (ended, done_rm) = (&ended, &done_rm);
                 s.spawn(move || super::progress::watch_window(t_rm, l, cancel, ended, done_rm));
             }
-            let r = trash::empty(store, opts.jobs, cancel);
+            let r = repo.delete_expired(opts.jobs, cancel);
             done_rm.store(true, Ordering::Relaxed);
             if let Err(e) = r {
                 tracing::warn!(
@@ -782,27 +566,24 @@ fn clean_up(
     rep.phases.remove_expired = phase(&rm_start, t_rm);
 }
 
-/// Deletes manifests whose snapshot no longer exists.
-fn remove_orphan_manifests(store: &Store, state: &State) {
-    let dir = store.meta.join("manifests");
-    let Ok(rd) = std::fs::read_dir(&dir) else {
-        return;
-    };
-    for e in rd.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let id = name.split('.').next().unwrap_or("");
-        if !state.snapshots.iter().any(|s| s.id == id) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 /// A dry run against a store that does not exist yet: everything would be copied.
 fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) -> Result<RunReport> {
     let t0 = Instant::now();
     let mut rep = new_report(opts, id, &opts.store);
     let counters = Counters::default();
-    let r = run_dry(opts, None, id, &counters, cancel, &mut rep);
+    let r = (|| {
+        let st = open_source(opts, None)?;
+        let sink = PlanSink::new(None);
+        let root = Entry::from_meta(b".", &st.src_meta);
+        let (fatal, _, _) = walk_into(opts, st, &sink, &counters, cancel, &mut rep);
+        if let Some(e) = fatal {
+            return Err(e);
+        }
+        let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
+        plan.rotation.push(format!("publish {}.0", opts.label));
+        print_plan(opts, &plan);
+        Ok(walked_status(&counters))
+    })();
     conclude(&mut rep, &counters, r, t0);
     Ok(rep)
 }

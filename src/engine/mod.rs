@@ -5,7 +5,6 @@ pub mod backup;
 pub mod decide;
 pub mod exclude;
 pub mod options;
-pub mod plan;
 pub mod progress;
 pub mod walk;
 

@@ -4,6 +4,8 @@
 
 pub mod journal;
 pub mod lock;
+pub mod plan_sink;
+pub mod repo;
 pub mod rotation;
 pub mod select;
 pub mod trash;

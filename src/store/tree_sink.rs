@@ -91,6 +91,11 @@ pub fn prev_stat(prev: Option<&OwnedFd>, name: &[u8]) -> Option<(Meta, Option<Ve
     Some((s, target))
 }
 
+/// Reads the previous snapshot's extended attributes of `name` in `prev`.
+pub fn prev_xattrs(prev: Option<&OwnedFd>, name: &[u8]) -> Option<Xattrs> {
+    fsx::read_xattrs(&XattrTarget::At(b(prev?), name)).ok()
+}
+
 impl Sink for TreeSink {
     type Dir = TreeDir;
     type File = TreeFile;
@@ -271,8 +276,7 @@ impl Sink for TreeSink {
     }
 
     fn prev_xattrs(&self, dir: &TreeDir, name: &[u8]) -> Option<Xattrs> {
-        let p = dir.prev.as_ref()?;
-        fsx::read_xattrs(&XattrTarget::At(b(p), name)).ok()
+        prev_xattrs(dir.prev.as_ref(), name)
     }
 
     fn has_prev(&self, dir: &TreeDir) -> bool {

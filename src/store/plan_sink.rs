@@ -1,5 +1,5 @@
-//! A dry run's sink: it writes nothing and records what a real run would do, as a
-//! [`Plan`] value the binary prints. The walk, the decisions and the rotation plan are
+//! A dry run's sink for the hard-link store: it writes nothing and records what a real
+//! run would do, as a [`Plan`] value that is printed. The walk, the decisions and the rotation plan are
 //! the very ones of a real run (only the sink differs), so a dry run and a run cannot
 //! drift apart. It reads the previous snapshot (to compare by stat where there is no
 //! manifest) and nothing else of the store.
@@ -7,53 +7,15 @@
 //! A plan holds one line per entry that would change, so its memory grows with the
 //! tree, unlike a real run's: a dry run of 10^7 files holds 10^7 lines.
 
-use std::fmt;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::sync::Mutex;
 
+use super::tree_sink::{prev_stat, prev_xattrs};
 use crate::fsx::{self, CopyError, Meta, Xattrs, b};
 use crate::manifest::Entry;
 use crate::relpath::RelPath;
-use crate::sink::{CopyReason, Linked, Refused, Sink};
-use crate::store::tree_sink::prev_stat;
-
-/// One thing a run would do.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    Mkdir,
-    /// Hard-link the previous snapshot's entry.
-    Link,
-    /// Hard-link to another name of the same source inode, written first.
-    LinkTo(RelPath),
-    /// Copy, and why.
-    Copy(CopyReason),
-}
-
-/// What a backup would do: the entries in path order, then the rotation.
-#[derive(Clone, Debug, Default)]
-pub struct Plan {
-    pub entries: Vec<(RelPath, Action)>,
-    /// `expire daily.6`, `rename daily.0 -> daily.1`, `publish daily.0`, in order.
-    pub rotation: Vec<String>,
-}
-
-impl fmt::Display for Plan {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (rel, a) in &self.entries {
-            match a {
-                Action::Mkdir => writeln!(f, "mkdir {rel}")?,
-                Action::Link => writeln!(f, "link {rel}")?,
-                Action::LinkTo(first) => writeln!(f, "link {rel} (same inode as {first})")?,
-                Action::Copy(why) => writeln!(f, "copy {rel} ({why})")?,
-            }
-        }
-        for r in &self.rotation {
-            writeln!(f, "{r}")?;
-        }
-        Ok(())
-    }
-}
+use crate::sink::{Action, CopyReason, Linked, Plan, Refused, Sink};
 
 /// The recording sink.
 pub struct PlanSink {
@@ -189,8 +151,7 @@ impl Sink for PlanSink {
     }
 
     fn prev_xattrs(&self, dir: &PlanDir, name: &[u8]) -> Option<Xattrs> {
-        let p = dir.prev.as_ref()?;
-        fsx::read_xattrs(&fsx::XattrTarget::At(b(p), name)).ok()
+        prev_xattrs(dir.prev.as_ref(), name)
     }
 
     fn has_prev(&self, dir: &PlanDir) -> bool {

@@ -1,0 +1,102 @@
+//! The repository seam: what a backup run needs of its target besides writing a tree
+//! (that is [`Sink`]'s): the lock, the repair of what a killed run left, the previous
+//! snapshot to compare with, a sink for the new snapshot (or a recording one for a dry
+//! run), the journalled publish with its rotation and retention, the deletion of
+//! expired snapshots, and the run record. The engine (`engine::backup`) runs a backup
+//! against this trait; it depends on no store. No I/O of its own.
+//!
+//! Implementation: `store::Store` (the hard-link tree store, `store/repo.rs`). An
+//! object-store repository and a shard worker's view of one are the next ones.
+
+use std::sync::atomic::AtomicBool;
+
+use crate::error::Result;
+use crate::manifest;
+use crate::report::{RunReport, Status};
+use crate::sink::{Plan, Sink};
+
+/// The snapshot a new one is compared with and linked against.
+pub struct Previous {
+    /// Its name (`daily.0`).
+    pub name: String,
+    /// The run that made it, when recorded (a taken-over tree has none).
+    pub run: Option<String>,
+    /// Its manifest, when it has a usable one (else entries are compared by stat).
+    pub manifest: Option<manifest::Reader>,
+    /// Whether its root has any entry (the empty-source guard compares with it).
+    pub has_entries: bool,
+}
+
+/// A rotation, planned before anything is published.
+pub trait Rotation {
+    /// The snapshots it expires.
+    fn expired(&self) -> &[String];
+    /// Its steps in words (`expire daily.6`, `rename daily.0 -> daily.1`,
+    /// `publish daily.0`), for a dry run's plan.
+    fn describe(&self) -> Vec<String>;
+}
+
+/// A backup target's bookkeeping. Calls come from the one thread that runs the backup.
+pub trait Repository {
+    /// Held for the whole run; released when dropped or by [`Repository::unlock`].
+    type Lock;
+    type Sink: Sink<Sealed = Self::Sealed>;
+    /// What sealing the new snapshot leaves for the publish step.
+    type Sealed;
+    /// A dry run's recording sink.
+    type DrySink: Sink<Sealed = Plan>;
+    type Rotation: Rotation;
+
+    /// The exclusive lock of run `run` (the lock names it, so a second run can say who
+    /// holds the store); the repair of what a dead holder left follows at once.
+    fn lock_and_repair(&self, run: &str) -> Result<Self::Lock>;
+
+    /// A shared lock for a dry run (no repair: it writes nothing).
+    fn lock_shared(&self, command: &str) -> Result<Self::Lock>;
+
+    fn unlock(&self, lock: Self::Lock);
+
+    /// Whether a crash left work for the repair (a dry run plans as if it were done).
+    fn needs_repair(&self) -> bool;
+
+    /// The snapshot of `label` (else of any label) to compare with.
+    fn previous(&self, label: &str) -> Result<Option<Previous>>;
+
+    /// Trees interrupted runs left, oldest first; the newest is resumed from.
+    fn leftovers(&self) -> Result<Vec<String>>;
+
+    /// Starts the new snapshot of run `id` in a staging area.
+    fn begin(&self, id: &str, prev: Option<&Previous>, resume: Option<&str>) -> Result<Self::Sink>;
+
+    /// A sink that records a dry run's plan.
+    fn dry_sink(&self, prev: Option<&Previous>) -> Result<Self::DrySink>;
+
+    /// Plans the rotation that publishing run `id` as `<label>.0` makes, keeping `retain`.
+    fn plan_rotation(&self, label: &str, retain: u32, id: &str) -> Result<Self::Rotation>;
+
+    /// Publishes the sealed snapshot with its rotation, atomically as far as a reader
+    /// can tell (journalled: a crash at any point is repaired by the next command).
+    /// Returns the new snapshot's name.
+    fn publish(
+        &self,
+        id: &str,
+        status: Status,
+        label: &str,
+        rotation: Self::Rotation,
+        sealed: Self::Sealed,
+    ) -> Result<String>;
+
+    /// Discards run `id`'s unpublished snapshot.
+    fn discard(&self, id: &str) -> Result<()>;
+
+    /// After a publish: discards the interrupted runs' trees and what no snapshot
+    /// refers to any more.
+    fn tidy(&self, leftovers: &[String]);
+
+    /// Deletes expired snapshots on `jobs` workers until done or `cancel`; what is left
+    /// is deleted by a later run. Returns the entries removed.
+    fn delete_expired(&self, jobs: usize, cancel: &AtomicBool) -> Result<u64>;
+
+    /// Writes the run record.
+    fn write_run(&self, rep: &RunReport) -> Result<()>;
+}

@@ -1,0 +1,263 @@
+//! The hard-link tree store as a [`Repository`]: the flock, the repair, the previous
+//! snapshot picked by label and record, staging trees under `.snapring/staging/`, the
+//! rotation planned by `rotation::plan` and published through the journal, expired
+//! snapshots deleted from `.snapring/trash/`, run records under `.snapring/runs/`.
+//! Does file I/O.
+
+use std::sync::atomic::AtomicBool;
+
+use super::lock::{Holder, Lock};
+use super::plan_sink::PlanSink;
+use super::tree_sink::TreeSink;
+use super::{SnapRec, Snapshot, State, Store, journal::Journal, rotation, trash};
+use crate::error::{Ctx, Result};
+use crate::fsx::{self, b};
+use crate::manifest;
+use crate::repo::{Previous, Repository, Rotation};
+use crate::report::{self, RunReport, Status};
+
+/// The renames that publish a run, and what they expire.
+pub struct TreeRotation {
+    steps: Vec<rotation::Step>,
+    expired: Vec<String>,
+    staging: String,
+    trash_prefix: String,
+    /// The snapshots before the rotation (their records move with them).
+    before: Vec<Snapshot>,
+}
+
+impl Rotation for TreeRotation {
+    fn expired(&self) -> &[String] {
+        &self.expired
+    }
+
+    fn describe(&self) -> Vec<String> {
+        self.steps
+            .iter()
+            .map(|s| match s.to.strip_prefix(&self.trash_prefix) {
+                Some(name) => format!("expire {name}"),
+                None if s.from == self.staging => format!("publish {}", s.to),
+                None => format!("rename {} -> {}", s.from, s.to),
+            })
+            .collect()
+    }
+}
+
+/// The snapshot to link against: the newest recorded one of this label, else the newest
+/// recorded one of any label, else an unrecorded `<label>.0` (a taken-over rsnapshot
+/// tree), else any unrecorded one.
+fn pick_previous(snaps: &[Snapshot], label: &str) -> Option<Snapshot> {
+    let recorded = |s: &&Snapshot| s.rec.is_some();
+    snaps
+        .iter()
+        .filter(recorded)
+        .find(|s| s.label == label)
+        .or_else(|| {
+            snaps.iter().filter(recorded).max_by(|a, b| {
+                a.rec
+                    .as_ref()
+                    .map(|r| &r.finished_at)
+                    .cmp(&b.rec.as_ref().map(|r| &r.finished_at))
+            })
+        })
+        .or_else(|| snaps.iter().find(|s| s.label == label && s.slot == 0))
+        .or_else(|| snaps.iter().max_by_key(|s| s.mtime))
+        .cloned()
+}
+
+fn staging_name(id: &str) -> String {
+    format!("{}/staging/{id}", super::META_DIR)
+}
+
+impl Store {
+    fn open_prev_root(&self, prev: Option<&Previous>) -> Result<Option<std::os::fd::OwnedFd>> {
+        prev.map(|p| {
+            let path = self.root.join(&p.name);
+            fsx::open_dir(&path).ctx("open previous snapshot", &path)
+        })
+        .transpose()
+    }
+
+    /// Deletes manifests whose snapshot no longer exists.
+    fn remove_orphan_manifests(&self, state: &State) {
+        let dir = self.meta.join("manifests");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let id = name.split('.').next().unwrap_or("");
+            if !state.snapshots.iter().any(|s| s.id == id) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}
+
+impl Repository for Store {
+    type Lock = Lock;
+    type Sink = TreeSink;
+    /// The staging root's inode: the new snapshot's identity in `snapshots.json`.
+    type Sealed = u64;
+    type DrySink = PlanSink;
+    type Rotation = TreeRotation;
+
+    fn lock_and_repair(&self, run: &str) -> Result<Lock> {
+        let holder = Holder {
+            pid: std::process::id(),
+            host: report::hostname(),
+            run: Some(run.to_string()),
+            command: "backup".into(),
+            since: report::now_rfc3339(),
+        };
+        let l = self.lock(&holder)?;
+        self.repair(&l, run)?;
+        Ok(l)
+    }
+
+    fn lock_shared(&self, _command: &str) -> Result<Lock> {
+        Store::lock_shared(self)
+    }
+
+    fn unlock(&self, lock: Lock) {
+        lock.release();
+    }
+
+    fn needs_repair(&self) -> bool {
+        Store::needs_repair(self)
+    }
+
+    fn previous(&self, label: &str) -> Result<Option<Previous>> {
+        let snaps = self.snapshots()?;
+        let Some(snap) = pick_previous(&snaps, label) else {
+            return Ok(None);
+        };
+        let path = self.root.join(&snap.name);
+        let fd = fsx::open_dir(&path).ctx("open previous snapshot", &path)?;
+        let manifest = snap.rec.as_ref().and_then(|r| {
+            match manifest::Reader::open(&self.meta.join("manifests"), &r.id) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    tracing::warn!(
+                        "manifest of {} unusable ({e}); comparing with that snapshot by stat",
+                        snap.name
+                    );
+                    None
+                }
+            }
+        });
+        Ok(Some(Previous {
+            has_entries: fsx::dir_has_entries(b(&fd)).ctx("read", &path)?,
+            run: snap.rec.as_ref().map(|r| r.id.clone()),
+            name: snap.name,
+            manifest,
+        }))
+    }
+
+    fn leftovers(&self) -> Result<Vec<String>> {
+        self.leftover_staging()
+    }
+
+    fn begin(&self, id: &str, prev: Option<&Previous>, resume: Option<&str>) -> Result<TreeSink> {
+        let staging_path = self.root.join(staging_name(id));
+        std::fs::create_dir(&staging_path).ctx("create staging directory", &staging_path)?;
+        let staging = fsx::open_dir(&staging_path).ctx("open staging directory", &staging_path)?;
+        let mdir = self.meta.join("manifests");
+        let writer = manifest::Writer::create(&mdir, id, fsx::wall_clock())
+            .ctx("create manifest in", &mdir)?;
+        let prev = self.open_prev_root(prev)?;
+        let resume = resume.and_then(|n| fsx::open_dir(&self.meta.join("staging").join(n)).ok());
+        Ok(TreeSink::new(staging, prev, resume, writer))
+    }
+
+    fn dry_sink(&self, prev: Option<&Previous>) -> Result<PlanSink> {
+        Ok(PlanSink::new(self.open_prev_root(prev)?))
+    }
+
+    fn plan_rotation(&self, label: &str, retain: u32, id: &str) -> Result<TreeRotation> {
+        let before = self.snapshots()?;
+        let slots: Vec<u32> = before
+            .iter()
+            .filter(|s| s.label == label)
+            .map(|s| s.slot)
+            .collect();
+        let staging = staging_name(id);
+        let trash_prefix = format!("{}/trash/{id}-", super::META_DIR);
+        let (steps, expired) = rotation::plan(label, &slots, retain, &staging, &trash_prefix);
+        Ok(TreeRotation {
+            steps,
+            expired,
+            staging,
+            trash_prefix,
+            before,
+        })
+    }
+
+    /// The state after the rotation, then the journalled renames.
+    fn publish(
+        &self,
+        id: &str,
+        status: Status,
+        label: &str,
+        rotation: TreeRotation,
+        staging_ino: u64,
+    ) -> Result<String> {
+        let mut state = State {
+            format: 1,
+            snapshots: Vec::new(),
+        };
+        for s in &rotation.before {
+            let Some(rec) = &s.rec else { continue };
+            if s.label != label {
+                state.snapshots.push(rec.clone());
+            } else if !rotation.expired.contains(&s.name) {
+                state.snapshots.push(SnapRec {
+                    name: format!("{}.{}", s.label, s.slot + 1),
+                    ..rec.clone()
+                });
+            }
+        }
+        let name = format!("{label}.0");
+        state.snapshots.insert(
+            0,
+            SnapRec {
+                name: name.clone(),
+                id: id.to_string(),
+                ino: staging_ino,
+                finished_at: report::now_rfc3339(),
+            },
+        );
+        self.run_journal(&Journal {
+            format: 1,
+            run: id.to_string(),
+            status,
+            steps: rotation.steps,
+            state_after: state,
+        })?;
+        Ok(name)
+    }
+
+    fn discard(&self, id: &str) -> Result<()> {
+        self.discard_staging(id)
+    }
+
+    fn tidy(&self, leftovers: &[String]) {
+        for n in leftovers {
+            if let Err(e) = self.discard_staging(n) {
+                tracing::warn!("{e}");
+            }
+        }
+        match self.read_state() {
+            Ok(state) => self.remove_orphan_manifests(&state),
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+
+    fn delete_expired(&self, jobs: usize, cancel: &AtomicBool) -> Result<u64> {
+        trash::empty(self, jobs, cancel)
+    }
+
+    fn write_run(&self, rep: &RunReport) -> Result<()> {
+        Store::write_run(self, rep)
+    }
+}
