@@ -1,0 +1,334 @@
+//! The command line, as clap definitions and nothing else: every command, flag,
+//! environment variable, default, value name and help text of `snapring`. The
+//! handlers in the sibling modules take these structs by value; nothing here does I/O.
+//! Doc comments (`///`) are the help text, so comments that are not meant for `--help`
+//! use `//`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "snapring",
+    version,
+    about = "Incremental, rotating hard-link snapshots of file systems (EFS/NFS or any POSIX tree)"
+)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log lines (stderr and the run's log file) as JSON.
+    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    pub log_format: String,
+    /// The run catalog (SQLite) [default: $XDG_STATE_HOME/snapring/catalog.db, or
+    /// /var/lib/snapring/catalog.db for a system service]; `off` disables it.
+    #[arg(long, global = true, env = "SNAPRING_CATALOG", value_name = "FILE")]
+    pub catalog: Option<PathBuf>,
+    /// Allow the catalog on NFS (SQLite locking is unreliable there).
+    #[arg(long, global = true, env = "SNAPRING_CATALOG_ON_NFS")]
+    pub catalog_on_nfs: bool,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+// Each variant's doc comment is its help text; the argument structs below carry none,
+// so the variant's text is the one clap shows.
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Back up a source tree into <dest>/<folder>/<label>.0 and rotate older snapshots.
+    Backup(Box<BackupArgs>),
+    /// List the snapshots of a store, newest first (also repairs an interrupted run).
+    List(ListArgs),
+    /// Restore a snapshot, a subdirectory or one file into a directory (never deletes or
+    /// overwrites unless told to).
+    Restore(RestoreArgs),
+    /// What changed between two snapshots, or between a snapshot and a live directory.
+    Diff(DiffArgs),
+    /// Re-hash snapshots against their manifests (bit rot, tampering, missing files);
+    /// exit 0 when clean, 2 when something differs.
+    Verify(VerifyArgs),
+    /// Runs from the catalog (newest last); with a PATH and --dest, every retained
+    /// version of that path instead.
+    History(HistoryArgs),
+    /// One run from the catalog: its KPIs, errors and where its log is.
+    Show(ShowArgs),
+    /// Summary of a job's runs over time: success rate, p50/p95 duration, trends.
+    Stats(StatsArgs),
+    /// The run catalog.
+    Catalog {
+        #[command(subcommand)]
+        cmd: CatalogCmd,
+    },
+    /// Run one job of a config file now (backup, then its notifications).
+    Run(RunArgs),
+    /// Run every scheduled job of a config file at its times, until SIGTERM/SIGINT
+    /// (SIGHUP reloads the config).
+    Daemon(DaemonArgs),
+    /// Print the next run times (RFC 3339, UTC) of a job or of a bare schedule.
+    Next(NextArgs),
+    /// Configuration files.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum CatalogCmd {
+    /// Recreate the catalog's rows for a store from its run records (.snapring/runs).
+    Rebuild {
+        #[arg(long)]
+        dest: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ConfigCmd {
+    /// Check a config file; prints every problem with its line.
+    Check { file: PathBuf },
+}
+
+// `Default` lets `snapring run` build the arguments of a backup of one configured job.
+#[derive(Args, Default)]
+pub struct BackupArgs {
+    /// TOML config file with [job.NAME] tables; flags override its values.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Job to run from the config (optional when it has one job).
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Directory to back up (an EFS/NFS mount or any directory).
+    #[arg(long)]
+    pub source: Option<PathBuf>,
+    /// Backup file system (where the store lives).
+    #[arg(long)]
+    pub dest: Option<PathBuf>,
+    /// Store folder under --dest (for example the file system id); default: --dest itself.
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// Interval label: snapshots are <label>.0 (newest) … <label>.N [default: daily]
+    #[arg(long)]
+    pub label: Option<String>,
+    /// How many snapshots of this label to keep [default: 7]
+    #[arg(long)]
+    pub retain: Option<u32>,
+    /// Back up only this subdirectory of the source.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// Leave out matching entries (repeatable): NAME-GLOB at any depth, /PATH-GLOB from
+    /// the root, trailing / for directories only, ** across directories.
+    #[arg(long = "exclude", value_name = "GLOB")]
+    pub exclude: Vec<String>,
+    /// File-system calls in flight [default: 64 when the source or the store is on
+    /// NFS/FUSE, 4 per CPU (at most 32) when both are local]
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Print what would be copied, linked and rotated; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Refuse unless the source is a mount point.
+    #[arg(long)]
+    pub require_mount: bool,
+    /// Allow an empty source even if the previous snapshot has files.
+    #[arg(long)]
+    pub allow_empty: bool,
+    /// Stop gracefully after this long (e.g. 180m); the run is `incomplete` and the next resumes.
+    #[arg(long)]
+    pub window: Option<String>,
+    /// Print the run report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// The store: <dest>/<folder>.
+    #[arg(long)]
+    pub dest: PathBuf,
+    /// Also compute the space only each snapshot uses (walks every snapshot).
+    #[arg(long)]
+    pub space: bool,
+    /// File-system calls in flight for --space [default: 64 on NFS/FUSE, 4 per CPU
+    /// on local disks]
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    /// The store: <dest>/<folder>.
+    #[arg(long)]
+    pub dest: PathBuf,
+    /// Snapshot: name (daily.2), run id, `latest`, or @TIME (the newest taken at or
+    /// before TIME, e.g. @2026-11-20T02:00, UTC unless an offset is given).
+    pub snapshot: String,
+    /// Directory to restore into (created if missing).
+    #[arg(long)]
+    pub to: PathBuf,
+    /// Restore only this path of the snapshot (a directory or a file), to the same
+    /// relative place under --to.
+    #[arg(long)]
+    pub path: Option<PathBuf>,
+    /// Put --path straight into --to: a directory's contents, or the file itself.
+    #[arg(long, requires = "path")]
+    pub flat: bool,
+    /// Replace existing entries that differ from the snapshot.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Also delete what the snapshot does not have, inside the restored subtree only.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub mirror: bool,
+    /// Print what would be created (+), replaced (~), deleted (-) and left as a
+    /// conflict (!); change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    /// Print the report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line, even on a terminal.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The store: <dest>/<folder>.
+    #[arg(long)]
+    pub dest: PathBuf,
+    /// The older snapshot: name (daily.3), run id, `latest` or @TIME.
+    pub from: String,
+    /// The newer snapshot.
+    pub to: Option<String>,
+    /// Compare with this live directory instead of a second snapshot.
+    #[arg(long, value_name = "DIR")]
+    pub against: Option<PathBuf>,
+    /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// The store: <dest>/<folder>.
+    #[arg(long)]
+    pub dest: PathBuf,
+    /// Snapshots to verify [default: the newest].
+    pub snapshots: Vec<String>,
+    /// Verify every snapshot.
+    #[arg(long, conflicts_with = "snapshots")]
+    pub all: bool,
+    /// Compare the snapshot's manifest with this live tree instead (hashing every file).
+    #[arg(long, value_name = "SRC")]
+    pub against: Option<PathBuf>,
+    /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct HistoryArgs {
+    /// The store: <dest>/<folder> (filters runs; required with PATH).
+    #[arg(long)]
+    pub dest: Option<PathBuf>,
+    /// Path relative to the snapshot root: list its versions across snapshots.
+    pub path: Option<PathBuf>,
+    /// Only runs of this job.
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only runs started within this long (30d, 12h) or since this time.
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// Run id (or a unique prefix of it).
+    pub run: String,
+    /// Look the run up in this store when the catalog does not have it.
+    #[arg(long)]
+    pub dest: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct StatsArgs {
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only runs of this store.
+    #[arg(long)]
+    pub dest: Option<PathBuf>,
+    #[arg(long)]
+    pub since: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The job's name (a [job.NAME] table).
+    pub job: String,
+    #[arg(
+        long,
+        env = "SNAPRING_CONFIG",
+        default_value = "/etc/snapring/snapring.toml"
+    )]
+    pub config: PathBuf,
+    /// Print the run report as JSON on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+#[derive(Args)]
+pub struct DaemonArgs {
+    #[arg(
+        long,
+        env = "SNAPRING_CONFIG",
+        default_value = "/etc/snapring/snapring.toml"
+    )]
+    pub config: PathBuf,
+}
+
+#[derive(Args)]
+pub struct NextArgs {
+    /// A job of --config.
+    #[arg(long, conflicts_with = "schedule")]
+    pub job: Option<String>,
+    #[arg(
+        long,
+        env = "SNAPRING_CONFIG",
+        default_value = "/etc/snapring/snapring.toml"
+    )]
+    pub config: PathBuf,
+    /// A schedule: "0 2 * * *", "@daily" or "cron(0 2 * * ? *)".
+    #[arg(long)]
+    pub schedule: Option<String>,
+    /// IANA time zone for --schedule (default UTC).
+    #[arg(long)]
+    pub timezone: Option<String>,
+    /// Count from this time instead of now (RFC 3339 or YYYY-MM-DD HH:MM, UTC).
+    #[arg(long)]
+    pub at: Option<String>,
+    /// How many times to print.
+    #[arg(long, default_value_t = 5)]
+    pub count: usize,
+    #[arg(long)]
+    pub json: bool,
+}

@@ -1,0 +1,170 @@
+//! `snapring backup` and `snapring run`: resolve a job's options (config file, then
+//! flags over it), run it through `snapring::job` (the backup, then its notifications)
+//! and print the run report as a summary or as JSON. The exit code is the run's status.
+
+use std::io::IsTerminal;
+
+use snapring::config::{self, JobConfig};
+use snapring::engine::BackupOptions;
+use snapring::notify::NotifierConfig;
+use snapring::report::{RunReport, Status};
+
+use super::args::{BackupArgs, RunArgs};
+use super::catalog_choice::CatalogChoice;
+use super::exit_code::ExitCode;
+use super::print::{self, human};
+
+/// `snapring run JOB`: a backup of one job of a config file, no flags over it.
+pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let args = BackupArgs {
+        config: Some(a.config),
+        job: Some(a.job),
+        json: a.json,
+        no_progress: a.no_progress,
+        ..Default::default()
+    };
+    backup(args, cat)
+}
+
+/// `snapring backup`.
+pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let job = resolve(&a, cat)?;
+    let cancel = super::cancel_on_signal();
+    let report = snapring::job::run(&job.opts, &job.notifiers, job.notify_success, &cancel)?;
+    if a.json {
+        print::json(&report)?;
+    } else {
+        print_summary(&report);
+    }
+    Ok(ExitCode::from(report.status))
+}
+
+/// A job ready to run: its resolved options and whom to notify.
+struct Job {
+    opts: BackupOptions,
+    /// By name, as the config file defines them.
+    notifiers: Vec<(String, NotifierConfig)>,
+    notify_success: bool,
+}
+
+/// The config file's job (if any) with the flags over it, plus the command-line-only
+/// settings: dry run, progress line, catalog.
+fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
+    let mut file_catalog = None;
+    let mut notifiers = Vec::new();
+    let mut notify_success = false;
+    let (name, file_job) = match &a.config {
+        Some(path) => {
+            let cfg = config::load(path)?;
+            file_catalog = cfg.catalog.clone();
+            let (n, j) = cfg.pick(a.job.as_deref())?;
+            notifiers = snapring::job::notifiers(&cfg, &j);
+            notify_success = j.notify_success.unwrap_or(false);
+            (Some(n), Some(j))
+        }
+        None => (a.job.clone(), None),
+    };
+    let mut opts = config::resolve(name, file_job, flags(a))?;
+    opts.dry_run = a.dry_run;
+    opts.plan_on_stderr = a.json;
+    opts.catalog = cat.for_config(file_catalog);
+    opts.catalog_on_nfs = cat.on_nfs;
+    opts.progress = !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal();
+    Ok(Job {
+        opts,
+        notifiers,
+        notify_success,
+    })
+}
+
+/// The job settings given as flags (they override the config file's).
+fn flags(a: &BackupArgs) -> JobConfig {
+    JobConfig {
+        source: a.source.clone(),
+        dest: a.dest.clone(),
+        folder: a.folder.clone(),
+        label: a.label.clone(),
+        retain: a.retain,
+        prefix: a.prefix.clone(),
+        exclude: a.exclude.clone(),
+        jobs: a.jobs,
+        require_mount: a.require_mount.then_some(true),
+        allow_empty: a.allow_empty.then_some(true),
+        window: a.window.clone(),
+        ..Default::default()
+    }
+}
+
+/// The human summary: a failure on stderr, then the counts (stdout, or stderr for a
+/// dry run), then up to 20 problems on stderr.
+fn print_summary(r: &RunReport) {
+    if r.status == Status::Failed {
+        eprintln!("snapring: backup failed: {}", r.message);
+        eprintln!(
+            "  run {} recorded in {}",
+            r.id,
+            r.store.join(".snapring/runs").display()
+        );
+        if r.files_total == 0 {
+            return;
+        }
+    }
+    let mut out = print::summary_stream(r.dry_run);
+    let _ = writeln!(
+        out,
+        "{}{}: {} (run {})",
+        if r.dry_run { "dry run, " } else { "" },
+        r.status.as_str(),
+        r.snapshot
+            .as_deref()
+            .map(|s| format!("{} in {}", s, r.store.display()))
+            .unwrap_or_else(|| r.store.display().to_string()),
+        r.id
+    );
+    let _ = writeln!(
+        out,
+        "  files {} (copied {}, linked {}, link fallbacks {}, changed during backup {}), directories {}",
+        r.files_total,
+        r.files_transferred,
+        r.files_linked,
+        r.link_fallbacks,
+        r.changed_during_backup,
+        r.dirs_total
+    );
+    let _ = writeln!(
+        out,
+        "  bytes {} in files, {} copied",
+        human(r.bytes_total),
+        human(r.bytes_transferred)
+    );
+    if !r.expired.is_empty() {
+        let _ = writeln!(out, "  expired {}", r.expired.join(", "));
+    }
+    let _ = writeln!(
+        out,
+        "  took {:.2}s, peak memory {}",
+        r.duration_seconds,
+        human(r.peak_rss_bytes)
+    );
+    if !r.message.is_empty() && r.status != Status::Complete {
+        let _ = writeln!(out, "  {}", r.message);
+    }
+    print_problems(r);
+}
+
+/// Up to 20 problems on stderr, then where the rest are.
+fn print_problems(r: &RunReport) {
+    for p in r.problems.iter().take(20) {
+        print::problem(p);
+    }
+    if r.errors > 20 {
+        eprintln!(
+            "  … {} more problems in {}",
+            r.errors - 20,
+            r.store
+                .join(".snapring/runs")
+                .join(format!("{}.json", r.id))
+                .display()
+        );
+    }
+}

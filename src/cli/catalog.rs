@@ -1,0 +1,250 @@
+//! The commands that read the run catalog: `history` (of runs), `show`, `stats` and
+//! `catalog rebuild`. Each opens the catalog (settling runs left `running` by dead
+//! processes), queries it and prints rows as a table or JSON.
+
+use std::path::Path;
+
+use chrono::SecondsFormat;
+use snapring::catalog::{Catalog, Filter, RunRow, Shown, Stats};
+
+use super::args::{HistoryArgs, ShowArgs, StatsArgs};
+use super::catalog_choice::CatalogChoice;
+use super::exit_code::ExitCode;
+use super::print::{self, human};
+
+/// `snapring history` without a path: the catalog's runs, newest last.
+pub fn history(a: HistoryArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let c = cat.open_settled()?;
+    let f = filter(a.job, a.dest.as_deref(), a.since.as_deref())?;
+    let rows = c.runs(&f)?;
+    if a.json {
+        print::json(&rows)?;
+    } else {
+        print_runs(&rows, &c.path);
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// `snapring show RUN`: from the catalog, else (with `--dest`) from the store's run
+/// record, which is then recorded in the catalog.
+pub fn show(a: ShowArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let mut c = cat.open_settled()?;
+    let shown = match c.show(&a.run)? {
+        Some(s) => s,
+        None => match a.dest.and_then(|d| import_run(&mut c, &d, &a.run)) {
+            Some(s) => s,
+            None => anyhow::bail!(
+                "no run {:?} in the catalog {}; `snapring history` lists runs, and `snapring catalog rebuild --dest STORE` imports a store's runs",
+                a.run,
+                c.path.display()
+            ),
+        },
+    };
+    if a.json {
+        print::json(&shown)?;
+    } else {
+        print_shown(&shown);
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// Records run `run` of the store at `dest` in the catalog and shows it; `None` when
+/// the store or the run record cannot be read.
+fn import_run(c: &mut Catalog, dest: &Path, run: &str) -> Option<Shown> {
+    let store = snapring::store::Store::open(dest, false).ok()?;
+    let r = store.read_run(run).ok()??;
+    c.record(&r).ok()?;
+    c.show(run).ok()?
+}
+
+/// `snapring stats`: per job, success rate, durations and trends.
+pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let c = cat.open_settled()?;
+    let f = filter(a.job, a.dest.as_deref(), a.since.as_deref())?;
+    let stats = c.stats(&f)?;
+    if a.json {
+        print::json(&stats)?;
+    } else {
+        print_stats(&stats, &c.path);
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// `snapring catalog rebuild --dest STORE`.
+pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let mut c = cat.open()?;
+    let store = snapring::store::Store::open(dest, false)?;
+    let key = std::fs::canonicalize(&store.root)?;
+    let n = c.rebuild(&key, &key.to_string_lossy())?;
+    println!(
+        "catalog {}: {n} runs of {} recorded from its run records",
+        c.path.display(),
+        key.display()
+    );
+    Ok(ExitCode::Complete)
+}
+
+/// The catalog filter from `--job`, `--dest` (canonicalized, as the catalog keys
+/// stores) and `--since` (a duration back from now, or a time).
+fn filter(job: Option<String>, dest: Option<&Path>, since: Option<&str>) -> anyhow::Result<Filter> {
+    let store = match dest {
+        Some(d) => Some(
+            std::fs::canonicalize(d)
+                .map_err(|e| anyhow::anyhow!("store {}: {e}", d.display()))?
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        None => None,
+    };
+    let since = match since {
+        None => None,
+        Some(s) => Some(since_time(s)?),
+    };
+    Ok(Filter { job, store, since })
+}
+
+/// `--since`: `30d`/`12h` back from now, or a time; RFC 3339 with milliseconds, UTC.
+fn since_time(s: &str) -> anyhow::Result<String> {
+    let t = match snapring::engine::options::parse_duration(s) {
+        Ok(d) => chrono::Utc::now() - chrono::Duration::from_std(d)?,
+        Err(_) => snapring::store::select::parse_time(s).ok_or_else(|| {
+            anyhow::anyhow!("--since {s:?}: give a duration (30d, 12h) or a time (2026-11-01)")
+        })?,
+    };
+    Ok(t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+fn print_runs(rows: &[RunRow], catalog: &Path) {
+    println!(
+        "{:<24} {:<10} {:<10} {:<21} {:>9} {:>9} {:>9} {:>10} {:>6}  STORE",
+        "RUN", "JOB", "STATUS", "STARTED", "SECONDS", "FILES", "COPIED", "BYTES", "ERRORS"
+    );
+    for r in rows {
+        println!(
+            "{:<24} {:<10} {:<10} {:<21} {:>9.1} {:>9} {:>9} {:>10} {:>6}  {}",
+            r.id,
+            r.job.as_deref().unwrap_or("-"),
+            r.status,
+            r.started_at.get(..19).unwrap_or(&r.started_at).to_string() + "Z",
+            r.duration_seconds,
+            r.files_total,
+            r.files_transferred,
+            human(r.bytes_transferred),
+            r.errors,
+            r.store
+        );
+    }
+    if rows.is_empty() {
+        println!("(no runs in {})", catalog.display());
+    }
+}
+
+fn print_stats(stats: &[Stats], catalog: &Path) {
+    let pct = |p: Option<f64>| {
+        p.map(|p| format!("{p:+.0}% newer half vs older"))
+            .unwrap_or_else(|| "trend needs 4 runs".into())
+    };
+    for s in stats {
+        println!("{}", s.job);
+        println!(
+            "  runs {} from {} to {}: {} complete, {} partial, {} incomplete, {} failed, {} running; success rate {:.0}%",
+            s.runs,
+            s.first_started_at,
+            s.last_started_at,
+            s.complete,
+            s.partial,
+            s.incomplete,
+            s.failed,
+            s.running,
+            s.success_rate * 100.0
+        );
+        println!(
+            "  duration p50 {:.2}s, p95 {:.2}s, mean {:.2}s ({})",
+            s.duration_p50_seconds,
+            s.duration_p95_seconds,
+            s.duration_mean_seconds,
+            pct(s.duration_trend_percent)
+        );
+        println!(
+            "  copied per run: mean {} ({}); last run {} with {} files",
+            human(s.bytes_transferred_mean as u64),
+            pct(s.bytes_transferred_trend_percent),
+            s.last_status,
+            s.files_total_last
+        );
+    }
+    if stats.is_empty() {
+        println!("(no runs in {})", catalog.display());
+    }
+}
+
+/// One run in full: settings, counts, phases, warnings, up to 50 problems, its log.
+fn print_shown(s: &Shown) {
+    let r = &s.report;
+    println!("run {} ({})", r.id, r.status.as_str());
+    println!(
+        "  job {}  label {}  retain {}",
+        r.job.as_deref().unwrap_or("-"),
+        r.label,
+        r.retain
+    );
+    println!("  source {}", r.source.display());
+    println!(
+        "  store {}  snapshot {}",
+        r.store.display(),
+        r.snapshot.as_deref().unwrap_or("-")
+    );
+    println!("  host {}  snapring {}  jobs {}", r.host, r.version, r.jobs);
+    println!(
+        "  started {}  finished {}  took {:.2}s",
+        r.started_at,
+        r.finished_at.as_deref().unwrap_or("-"),
+        r.duration_seconds
+    );
+    println!(
+        "  files {} (copied {}, linked {}, link fallbacks {}, changed during backup {}), directories {}",
+        r.files_total,
+        r.files_transferred,
+        r.files_linked,
+        r.link_fallbacks,
+        r.changed_during_backup,
+        r.dirs_total
+    );
+    println!(
+        "  bytes {} in files, {} copied; {:.0} files/s, {}/s",
+        human(r.bytes_total),
+        human(r.bytes_transferred),
+        r.throughput_files_per_second,
+        human(r.throughput_bytes_per_second as u64)
+    );
+    let p = &r.phases;
+    println!(
+        "  phases: walk+copy {:.2}s, sync {:.2}s, rotation {:.2}s, remove expired {:.2}s; peak memory {}",
+        p.walk_copy.seconds,
+        p.sync.seconds,
+        p.rotation.seconds,
+        p.remove_expired.seconds,
+        human(r.peak_rss_bytes)
+    );
+    if !r.expired.is_empty() {
+        println!("  expired {}", r.expired.join(", "));
+    }
+    println!("  message: {}", r.message);
+    for w in &r.warnings {
+        println!("  warning: {w}");
+    }
+    println!("  errors {}", r.errors);
+    for pr in s.problems.iter().take(50) {
+        println!(
+            "    {:?}: {} ({}: {})",
+            pr.kind, pr.path, pr.action, pr.error
+        );
+    }
+    if let Some(l) = &s.log_path {
+        println!(
+            "  log {}{}",
+            l,
+            if s.log_exists { "" } else { " (missing)" }
+        );
+    }
+}

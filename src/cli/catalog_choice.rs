@@ -1,0 +1,57 @@
+//! Which run catalog (SQLite file) a command uses: `--catalog`/`SNAPRING_CATALOG`, else
+//! a config file's `catalog`, else the default path; `off` turns it off. Also opening
+//! it for the catalog commands.
+
+use std::path::PathBuf;
+
+use snapring::catalog::{self, Catalog};
+
+/// Where the catalog is, from --catalog/SNAPRING_CATALOG, else the default; `None`
+/// when turned off.
+pub struct CatalogChoice {
+    pub path: Option<PathBuf>,
+    /// Given by flag or environment (wins over a config file's `catalog`).
+    pub explicit: bool,
+    pub on_nfs: bool,
+}
+
+impl CatalogChoice {
+    /// From the global `--catalog` and `--catalog-on-nfs` flags.
+    pub fn from_flags(flag: Option<PathBuf>, on_nfs: bool) -> CatalogChoice {
+        CatalogChoice {
+            explicit: flag.is_some(),
+            path: match flag {
+                Some(p) if p.as_os_str() == "off" => None,
+                Some(p) => Some(p),
+                None => Some(catalog::default_path()),
+            },
+            on_nfs,
+        }
+    }
+
+    /// The catalog a job uses: a flag or environment value wins, then the config
+    /// file's `catalog`, then the default; `None` when turned off.
+    pub fn for_config(&self, from_file: Option<PathBuf>) -> Option<PathBuf> {
+        match (&self.path, from_file) {
+            (Some(p), _) if self.explicit => Some(p.clone()),
+            (None, _) => None,
+            (_, Some(f)) => Some(f),
+            (Some(p), None) => Some(p.clone()),
+        }
+    }
+
+    /// Opens the catalog; an error when it is turned off.
+    pub fn open(&self) -> anyhow::Result<Catalog> {
+        let Some(p) = &self.path else {
+            anyhow::bail!("the catalog is turned off (--catalog off); give it a file");
+        };
+        Ok(Catalog::open(p, self.on_nfs)?)
+    }
+
+    /// The catalog, with rows left `running` by dead runs settled first.
+    pub fn open_settled(&self) -> anyhow::Result<Catalog> {
+        let mut cat = self.open()?;
+        catalog::settle_running(&mut cat);
+        Ok(cat)
+    }
+}

@@ -1,0 +1,80 @@
+//! `snapring daemon` and `snapring next`: the scheduling side. `daemon` hands a config
+//! file to `snapring::daemon` (which runs each due job as a child `snapring run`) until
+//! a stop signal; `next` prints when a job or a bare schedule would next run.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use chrono::{SecondsFormat, Utc};
+use snapring::config;
+use snapring::schedule::Schedule;
+
+use super::args::{DaemonArgs, NextArgs};
+use super::catalog_choice::CatalogChoice;
+use super::exit_code::ExitCode;
+use super::print;
+
+/// How often the daemon's loop wakes to check for due jobs and signals.
+const TICK: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// `snapring daemon`: runs until SIGTERM/SIGINT (SIGHUP reloads the config).
+pub fn daemon(a: DaemonArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let catalog = cat.for_config(config::load(&a.config)?.catalog);
+    let opts = snapring::daemon::DaemonOptions {
+        config: a.config,
+        exe: std::env::current_exe()?,
+        catalog,
+        catalog_on_nfs: cat.on_nfs,
+        tick: TICK,
+        env: vec![],
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload = Arc::new(AtomicBool::new(false));
+    snapring::daemon::install_signals(&stop, &reload);
+    snapring::daemon::run(&opts, &stop, &reload).map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::Complete)
+}
+
+/// `snapring next`: the next `--count` run times, one per line or as a JSON list.
+pub fn next(a: NextArgs) -> anyhow::Result<ExitCode> {
+    let sched = schedule(a.job, &a.config, a.schedule, a.timezone.as_deref())?;
+    let from = match a.at {
+        Some(t) => snapring::store::select::parse_time(&t)
+            .ok_or_else(|| anyhow::anyhow!("--at {t:?}: give RFC 3339 or YYYY-MM-DD HH:MM"))?,
+        None => Utc::now(),
+    };
+    let times: Vec<String> = sched
+        .upcoming(from, a.count)
+        .iter()
+        .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
+        .collect();
+    if a.json {
+        print::json(&times)?;
+    } else {
+        for t in &times {
+            println!("{t}");
+        }
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// The schedule of `--job` (from `config`) or the bare `--schedule` in `timezone`.
+fn schedule(
+    job: Option<String>,
+    config: &Path,
+    schedule: Option<String>,
+    timezone: Option<&str>,
+) -> anyhow::Result<Schedule> {
+    match (job, schedule) {
+        (Some(j), None) => {
+            let cfg = config::load(config)?;
+            let (_, jc) = cfg.pick(Some(&j))?;
+            jc.schedule()
+                .map_err(anyhow::Error::msg)?
+                .ok_or_else(|| anyhow::anyhow!("job {j} has no schedule"))
+        }
+        (None, Some(s)) => snapring::schedule::parse(&s, timezone).map_err(anyhow::Error::msg),
+        _ => anyhow::bail!("give --job NAME (with --config) or --schedule EXPR"),
+    }
+}

@@ -1,0 +1,66 @@
+//! The process exit codes, in one place: 0 complete, 2 partial, 3 incomplete, 1 failed.
+//! A backup or restore maps its run status here; `diff` and `verify` use `Partial` for
+//! "finished, but something could not be read or differs"; any error is `Failed`.
+
+use snapring::report::Status;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExitCode {
+    /// 0: done, nothing amiss (a clean `verify`, a config without problems).
+    Complete = 0,
+    /// 1: an error stopped the command, or a config check found problems.
+    Failed = 1,
+    /// 2: done, with per-entry problems (a `partial` run, unreadable entries, damage
+    /// found by `verify`).
+    Partial = 2,
+    /// 3: interrupted or out of time (an `incomplete` run); the next run resumes.
+    Incomplete = 3,
+}
+
+impl ExitCode {
+    /// The number handed to the operating system.
+    pub fn code(self) -> i32 {
+        self as i32
+    }
+
+    /// `Complete` when `ok`, else `Partial` (for the read-only checks).
+    pub fn clean_or_partial(ok: bool) -> ExitCode {
+        if ok {
+            ExitCode::Complete
+        } else {
+            ExitCode::Partial
+        }
+    }
+}
+
+impl From<Status> for ExitCode {
+    /// A run that never concluded (`running`) counts as failed.
+    fn from(s: Status) -> ExitCode {
+        match s {
+            Status::Complete => ExitCode::Complete,
+            Status::Partial => ExitCode::Partial,
+            Status::Incomplete => ExitCode::Incomplete,
+            Status::Failed | Status::Running => ExitCode::Failed,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The library writes `Status::exit_code` into run records; the process must exit
+    /// with the same number.
+    #[test]
+    fn agrees_with_the_library() {
+        for s in [
+            Status::Running,
+            Status::Complete,
+            Status::Partial,
+            Status::Incomplete,
+            Status::Failed,
+        ] {
+            assert_eq!(ExitCode::from(s).code(), s.exit_code(), "{s:?}");
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! `snapring diff`, `verify` and `history PATH`: the read-only views of a store's
+//! snapshots (`snapring::commands::inspect`), printed as lines or JSON. `diff` exits 2
+//! when something could not be read, `verify` when a snapshot is damaged.
+
+use std::path::Path;
+
+use snapring::commands::inspect::{DiffReport, Verified, Version};
+
+use super::args::{DiffArgs, HistoryArgs, VerifyArgs};
+use super::exit_code::ExitCode;
+use super::print::{self, dash, human};
+
+/// `snapring diff`.
+pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
+    let cancel = super::cancel_on_signal();
+    let r = snapring::commands::inspect::diff(
+        &a.dest,
+        &a.from,
+        a.to.as_deref(),
+        a.against.as_deref(),
+        a.jobs.unwrap_or(0),
+        &cancel,
+    )?;
+    if a.json {
+        print::json(&r)?;
+    } else {
+        print_diff(&r);
+    }
+    Ok(ExitCode::clean_or_partial(r.problems.is_empty()))
+}
+
+/// One line per difference, unreadable paths on stderr, then the counts.
+fn print_diff(r: &DiffReport) {
+    for d in &r.differences {
+        println!("{} {}  {}", d.change.sign(), d.path, d.detail.join(", "));
+    }
+    for (p, e) in &r.problems {
+        eprintln!("snapring: cannot read {p}: {e}");
+    }
+    println!(
+        "{} -> {}: {} added, {} removed, {} changed, {} metadata only",
+        r.from, r.to, r.added, r.removed, r.content_changed, r.metadata_changed
+    );
+}
+
+/// `snapring verify`.
+pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let cancel = super::cancel_on_signal();
+    let v = snapring::commands::inspect::verify(
+        &a.dest,
+        &a.snapshots,
+        a.all,
+        a.against.as_deref(),
+        a.jobs.unwrap_or(0),
+        &cancel,
+    )?;
+    if a.json {
+        print::json(&v)?;
+    } else {
+        v.iter().for_each(print_verified);
+    }
+    Ok(ExitCode::clean_or_partial(v.iter().all(|x| x.clean)))
+}
+
+/// A verified snapshot: its differences and unreadable files, then its verdict.
+fn print_verified(x: &Verified) {
+    for d in &x.differences {
+        println!(
+            "{} {} {}  {}",
+            x.snapshot,
+            d.change.sign(),
+            d.path,
+            d.detail.join(", ")
+        );
+    }
+    for (p, e) in &x.problems {
+        println!("{} ? {}  unreadable: {e}", x.snapshot, p);
+    }
+    println!(
+        "{}: {} against {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
+        x.snapshot,
+        if x.clean { "clean" } else { "DAMAGED" },
+        x.against,
+        x.totals.files_hashed,
+        human(x.totals.bytes_hashed),
+        x.corrupt,
+        x.missing,
+        x.unexpected,
+        x.metadata
+    );
+}
+
+/// `snapring history PATH --dest STORE`: every retained version of one path (the
+/// other fields of `a` filter catalog runs and do not apply).
+pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let Some(dest) = a.dest else {
+        anyhow::bail!("history of a path needs --dest STORE (the store holding the snapshots)");
+    };
+    let rel = snapring::restore::parse_path(path).map_err(anyhow::Error::msg)?;
+    if rel.is_root() {
+        anyhow::bail!(
+            "history needs a path inside the snapshot (for example users/alice/.profile)"
+        );
+    }
+    let versions = snapring::commands::inspect::history(&dest, &rel)?;
+    if a.json {
+        print::json(&versions)?;
+    } else {
+        print_versions(&versions);
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// One line per snapshot, newest first.
+fn print_versions(versions: &[Version]) {
+    println!(
+        "{:<12} {:<21} {:<9} {:<10} {:>10} {:<16} MTIME",
+        "SNAPSHOT", "TAKEN", "CHANGE", "KIND", "SIZE", "HASH"
+    );
+    for x in versions {
+        println!(
+            "{:<12} {:<21} {:<9} {:<10} {:>10} {:<16} {}",
+            x.snapshot,
+            x.taken_at,
+            x.change,
+            x.kind,
+            x.size.map(|s| s.to_string()).unwrap_or_else(dash),
+            x.hash
+                .as_ref()
+                .map(|h| h[..16].to_string())
+                .unwrap_or_else(dash),
+            x.mtime.clone().unwrap_or_else(dash)
+        );
+    }
+}

@@ -1,0 +1,45 @@
+//! `snapring list`: the snapshots of a store, newest first, as a table or JSON (the
+//! library repairs an interrupted run first and, with `--space`, walks every snapshot).
+
+use snapring::commands::list::Listed;
+
+use super::args::ListArgs;
+use super::exit_code::ExitCode;
+use super::print::{self, dash, human};
+
+/// `snapring list`.
+pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
+    let snaps = snapring::commands::list::list(&a.dest, a.space, a.jobs.unwrap_or(0))?;
+    if a.json {
+        print::json(&snaps)?;
+    } else {
+        print_table(&snaps, a.space);
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// One line per snapshot; without `--space`, a note on what UNIQUE means.
+fn print_table(snaps: &[Listed], space: bool) {
+    println!(
+        "{:<12} {:>4} {:<24} {:<21} {:<10} {:>9} {:>10} {:>10}",
+        "SNAPSHOT", "SLOT", "RUN", "TAKEN", "STATUS", "FILES", "SIZE", "UNIQUE"
+    );
+    for s in snaps {
+        println!(
+            "{:<12} {:>4} {:<24} {:<21} {:<10} {:>9} {:>10} {:>10}",
+            s.name,
+            s.slot,
+            s.id.clone().unwrap_or_else(dash),
+            s.taken_at,
+            s.status
+                .map(|x| x.as_str().to_string())
+                .unwrap_or_else(dash),
+            s.files.map(|f| f.to_string()).unwrap_or_else(dash),
+            s.bytes.map(human).unwrap_or_else(dash),
+            s.unique_bytes.map(human).unwrap_or_else(dash)
+        );
+    }
+    if !snaps.is_empty() && !space {
+        println!("(UNIQUE: the space only that snapshot uses; add --space to compute it)");
+    }
+}

@@ -1,0 +1,59 @@
+//! Log set-up: tracing lines on stderr at the level `-v` asks for, and INFO and up into
+//! each run's log file in the store (`snapring::runlog`), as text or JSON.
+
+use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::prelude::*;
+
+type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
+
+/// Installs the global subscriber: `verbose` 0 warn, 1 info, 2+ debug on stderr.
+pub fn init(verbose: u8, json: bool) {
+    let level = match verbose {
+        0 => LevelFilter::WARN,
+        1 => LevelFilter::INFO,
+        _ => LevelFilter::DEBUG,
+    };
+    let layers = if json {
+        json_layers(level)
+    } else {
+        text_layers(level)
+    };
+    tracing_subscriber::registry().with(layers).init();
+}
+
+fn text_layers(level: LevelFilter) -> Vec<Boxed> {
+    let fmt = tracing_subscriber::fmt::layer;
+    vec![
+        fmt()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_filter(level)
+            .boxed(),
+        // The run's log file: INFO and up, no colours.
+        fmt()
+            .with_writer(snapring::runlog::RunLog)
+            .with_ansi(false)
+            .with_target(false)
+            .with_filter(LevelFilter::INFO)
+            .boxed(),
+    ]
+}
+
+fn json_layers(level: LevelFilter) -> Vec<Boxed> {
+    let fmt = tracing_subscriber::fmt::layer;
+    vec![
+        fmt()
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .json()
+            .with_filter(level)
+            .boxed(),
+        fmt()
+            .with_writer(snapring::runlog::RunLog)
+            .with_ansi(false)
+            .with_target(false)
+            .json()
+            .with_filter(LevelFilter::INFO)
+            .boxed(),
+    ]
+}
