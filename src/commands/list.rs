@@ -84,8 +84,8 @@ pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
 /// Bytes of the inodes only this snapshot links to: regular files with one link (or
 /// whose every link is a hard link within the snapshot, the manifest's `group`), plus
 /// its directories, symlinks and other entries, all counted in allocated blocks. One
-/// `lstat` per entry on `jobs` workers ([`traverse::walk`]); an entry that cannot be read
-/// counts nothing.
+/// `lstat` per entry on `jobs` workers ([`traverse::walk`]); an entry that cannot be
+/// stat-ed counts nothing, a directory that cannot be listed only itself.
 fn unique_bytes(sel: &Selected, jobs: usize) -> u64 {
     let v = Space {
         sel,
