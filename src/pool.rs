@@ -1,7 +1,8 @@
-//! A bounded pool of worker threads over a shared LIFO stack of tasks. Tasks may push
-//! more tasks; `run` returns when the stack is empty and no worker is busy, or soon
-//! after `cancel` is set. Depth-first order keeps the frontier (and so memory and open
-//! descriptors) small. No I/O of its own.
+//! A bounded pool of worker threads over a shared LIFO stack of tasks: the scheduler
+//! under [`crate::traverse`], which is its user (tree walks go through `traverse`, not
+//! here). Tasks may push more tasks; `run` returns when the stack is empty and no worker
+//! is busy, or soon after `cancel` is set. Depth-first order keeps the frontier (and so
+//! memory and open descriptors) small. No I/O of its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};

@@ -355,3 +355,36 @@ fn bad_config_is_explained() {
     assert_eq!(code, 1);
     assert!(err.contains("label \"bad label\" is not valid"), "{err}");
 }
+
+#[test]
+fn a_directory_that_cannot_be_deleted_from_trash_keeps_its_ancestors_only() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &["--retain", "1"], &[]).0, 0);
+    write(&src.join("second"), b"2");
+    // The first directory opened under the expired snapshot fails.
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &["--retain", "1"],
+        &[("SNAPRING_FAILPOINTS", "trash.dir=error@2")],
+    );
+    assert_eq!(code, 0, "published before the deletion: {err}");
+    assert_eq!(rep["expired"].as_array().unwrap().len(), 1, "{rep}");
+    assert!(
+        err.contains("expired snapshots not fully deleted yet (cannot remove .snapring/trash/"),
+        "{err}"
+    );
+    // Left: the expired snapshot holding just the one directory, untouched.
+    let trash = dest.join(".snapring/trash");
+    let left: Vec<_> = std::fs::read_dir(&trash).unwrap().flatten().collect();
+    assert_eq!(left.len(), 1);
+    let inside: Vec<_> = std::fs::read_dir(left[0].path())
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(inside.len(), 1, "{inside:?}");
+    assert_eq!(std::fs::read_dir(inside[0].path()).unwrap().count(), 5);
+    // The next run deletes the rest.
+    assert_eq!(backup(&src, &dest, &["--retain", "1"], &[]).0, 0);
+    assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0);
+}

@@ -8,17 +8,17 @@ use serde::Serialize;
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::error::Result;
 use crate::fsx::{self, Kind, b};
 use crate::manifest;
-use crate::pool;
 use crate::relpath::RelPath;
 use crate::report::{self, Status};
 use crate::store::select::Selected;
 use crate::store::{Store, lock::Holder};
+use crate::traverse::{self, Dir, Opened, Step, Visitor};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Listed {
@@ -83,65 +83,93 @@ pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
 
 /// Bytes of the inodes only this snapshot links to: regular files with one link (or
 /// whose every link is a hard link within the snapshot, the manifest's `group`), plus
-/// its directories, symlinks and other entries, all counted in allocated blocks.
+/// its directories, symlinks and other entries, all counted in allocated blocks. One
+/// `lstat` per entry on `jobs` workers ([`traverse::walk`]); an entry that cannot be
+/// stat-ed counts nothing, a directory that cannot be listed only itself.
 fn unique_bytes(sel: &Selected, jobs: usize) -> u64 {
-    struct Task {
-        fd: OwnedFd,
-        rel: RelPath,
-    }
-    let total = AtomicU64::new(0);
-    let groups: Mutex<HashMap<u64, (u64, u64, u64)>> = Mutex::new(HashMap::new());
-    let cancel = AtomicBool::new(false);
-    let Ok(root) = fsx::open_dir_at(b(&sel.fd), b".") else {
-        return 0;
+    let v = Space {
+        sel,
+        total: AtomicU64::new(0),
+        groups: Mutex::new(HashMap::new()),
     };
-    let first = Task {
-        fd: root,
-        rel: RelPath::root(),
-    };
-    pool::run(jobs, vec![first], &cancel, |t, q| {
-        // The manifest block is read only for a directory with a multiply-linked file.
-        let mut grouped: Option<Option<Vec<manifest::Entry>>> = None;
-        let Ok(names) = fsx::read_dir_names(b(&t.fd)) else {
-            return;
-        };
-        for name in names {
-            let Ok(m) = fsx::lstat_at(b(&t.fd), &name) else {
-                continue;
-            };
-            let bytes = m.blocks * 512;
-            if m.kind == Kind::Dir {
-                total.fetch_add(bytes, Ordering::Relaxed);
-                if let Ok(fd) = fsx::open_dir_at(b(&t.fd), &name) {
-                    q.push(Task {
-                        fd,
-                        rel: t.rel.join(&name),
-                    });
-                }
-            } else if m.nlink == 1 {
-                total.fetch_add(bytes, Ordering::Relaxed);
-            } else if grouped
-                .get_or_insert_with(|| {
-                    sel.manifest
-                        .as_ref()
-                        .and_then(|m| m.lookup(&t.rel).ok().flatten())
-                })
-                .as_deref()
-                .and_then(|es| manifest::find(es, &name))
-                .is_some_and(|e| e.group.is_some())
-            {
-                let mut g = groups.lock().unwrap_or_else(|e| e.into_inner());
-                let e = g.entry(m.ino).or_insert((0, m.nlink, bytes));
-                e.0 += 1;
-            }
-        }
-    });
-    let from_groups: u64 = groups
+    traverse::walk(&v, (), jobs, &AtomicBool::new(false));
+    let from_groups: u64 = v
+        .groups
         .into_inner()
         .unwrap_or_else(|e| e.into_inner())
         .values()
         .filter(|(seen, nlink, _)| seen == nlink)
         .map(|(_, _, bytes)| bytes)
         .sum();
-    total.into_inner() + from_groups
+    v.total.into_inner() + from_groups
+}
+
+struct Space<'a> {
+    sel: &'a Selected,
+    total: AtomicU64,
+    /// Multiply-linked inodes in a manifest `group`: links seen, `nlink`, bytes.
+    groups: Mutex<HashMap<u64, (u64, u64, u64)>>,
+}
+
+struct SpaceDir {
+    fd: OwnedFd,
+    /// The directory's manifest block, read only once it has a multiply-linked file.
+    block: OnceLock<Option<Vec<manifest::Entry>>>,
+}
+
+impl Visitor for Space<'_> {
+    type State = SpaceDir;
+    type Item = Vec<u8>;
+    type Sub = ();
+
+    fn open(
+        &self,
+        parent: Option<&Dir<SpaceDir>>,
+        name: &[u8],
+        _: &RelPath,
+        _: (),
+    ) -> Opened<SpaceDir, Vec<u8>> {
+        let fd = match parent {
+            Some(p) => fsx::open_dir_at(b(&p.state.fd), name),
+            None => fsx::open_dir_at(b(&self.sel.fd), b"."),
+        };
+        match fd.and_then(|fd| Ok((fsx::read_dir_names(b(&fd))?, fd))) {
+            Ok((names, fd)) => Opened::Dir(
+                SpaceDir {
+                    fd,
+                    block: OnceLock::new(),
+                },
+                names,
+            ),
+            Err(_) => Opened::Skip,
+        }
+    }
+
+    fn visit(&self, dir: &Arc<Dir<SpaceDir>>, name: Vec<u8>) -> Step<()> {
+        let Ok(m) = fsx::lstat_at(b(&dir.state.fd), &name) else {
+            return Step::Next;
+        };
+        let bytes = m.blocks * 512;
+        if m.kind == Kind::Dir {
+            self.total.fetch_add(bytes, Ordering::Relaxed);
+            return Step::Descend(name, ());
+        }
+        if m.nlink == 1 {
+            self.total.fetch_add(bytes, Ordering::Relaxed);
+        } else if dir
+            .state
+            .block
+            .get_or_init(|| {
+                let m = self.sel.manifest.as_ref()?;
+                m.lookup(&dir.rel).ok().flatten()
+            })
+            .as_deref()
+            .and_then(|es| manifest::find(es, &name))
+            .is_some_and(|e| e.group.is_some())
+        {
+            let mut g = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+            g.entry(m.ino).or_insert((0, m.nlink, bytes)).0 += 1;
+        }
+        Step::Next
+    }
 }

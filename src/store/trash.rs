@@ -1,32 +1,24 @@
-//! Deletes expired snapshots from `.snapring/trash/` in parallel: many unlinks in flight
-//! instead of one `rm -rf`, depth-first, each directory removed once its last child is.
+//! Deletes expired snapshots from `.snapring/trash/` in parallel on the one traversal
+//! ([`crate::traverse`]): many unlinks in flight instead of one `rm -rf`, depth-first,
+//! each directory removed once everything under it is. The trash directory itself stays.
 //! Stops early when cancelled; what remains is deleted by a later run.
 
 use std::os::fd::OwnedFd;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustix::io::Errno;
 
 use super::Store;
-use crate::error::{Ctx, Result};
+use crate::error::{Ctx, Error, Result, io_error};
 use crate::fsx::{self, b};
-use crate::pool;
-
-struct Node {
-    fd: OwnedFd,
-    /// (parent, my name); `None` for the trash directory itself, which stays.
-    up: Option<(Arc<Node>, Vec<u8>)>,
-    /// Subdirectories not yet removed, plus one while this directory's own listing runs.
-    pending: AtomicUsize,
-}
-
-struct Task {
-    parent: Arc<Node>,
-    name: Vec<u8>,
-}
+use crate::relpath::RelPath;
+use crate::traverse::{self, Dir, Opened, Step, Visitor};
 
 /// Removes everything under `.snapring/trash`. Returns the number of entries removed.
+/// An entry that cannot be removed is left with its ancestors, the others go on; the
+/// first such error is returned.
 pub fn empty(store: &Store, threads: usize, cancel: &AtomicBool) -> Result<u64> {
     let trash = store.meta.join("trash");
     let fd = fsx::open_dir(&trash).ctx("open", &trash)?;
@@ -34,80 +26,137 @@ pub fn empty(store: &Store, threads: usize, cancel: &AtomicBool) -> Result<u64> 
     if names.is_empty() {
         return Ok(0);
     }
-    let root = Arc::new(Node {
-        fd,
-        up: None,
-        pending: AtomicUsize::new(names.len()),
-    });
-    let removed = AtomicU64::new(0);
-    let first_error: std::sync::Mutex<Option<crate::error::Error>> = std::sync::Mutex::new(None);
-    let tasks = names
-        .into_iter()
-        .map(|name| Task {
-            parent: root.clone(),
-            name,
-        })
-        .collect();
-    pool::run(threads, tasks, cancel, |t, q| {
-        if let Err(e) = remove_dir(t, q, &removed) {
-            cancel_with(&first_error, e);
-        }
-    });
-    if let Some(e) = first_error.into_inner().unwrap_or_else(|e| e.into_inner()) {
+    let v = Trash {
+        root: Mutex::new(Some((fd, names))),
+        removed: AtomicU64::new(0),
+        first_error: Mutex::new(None),
+    };
+    traverse::walk(&v, (), threads, cancel);
+    if let Some(e) = v
+        .first_error
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+    {
         return Err(e);
     }
-    Ok(removed.load(Ordering::Relaxed))
+    Ok(v.removed.into_inner())
 }
 
-fn cancel_with(slot: &std::sync::Mutex<Option<crate::error::Error>>, e: crate::error::Error) {
-    let mut s = slot.lock().unwrap_or_else(|e| e.into_inner());
-    s.get_or_insert(e);
+struct Trash {
+    /// The trash directory, opened and listed by `empty`; taken by the walk's first `open`.
+    root: Mutex<Option<(OwnedFd, Vec<Vec<u8>>)>>,
+    removed: AtomicU64,
+    first_error: Mutex<Option<Error>>,
 }
 
-/// Lists one directory, unlinks its non-directories and queues its subdirectories.
-fn remove_dir(t: Task, q: &pool::Queue<Task>, removed: &AtomicU64) -> Result<()> {
-    crate::failpoint::hit("trash.dir")
-        .ctx("remove", std::path::PathBuf::from(".snapring/trash"))?;
-    let shown = || std::path::PathBuf::from(crate::relpath::escape(&t.name));
-    let fd = match fsx::open_dir_at(b(&t.parent.fd), &t.name) {
-        Ok(fd) => fd,
-        // Not a directory (a file directly in trash) or already gone.
-        Err(e) if fsx::errno_is(&e, Errno::NOTDIR) || fsx::errno_is(&e, Errno::LOOP) => {
-            unlink(&t.parent.fd, &t.name).ctx("remove", shown())?;
-            removed.fetch_add(1, Ordering::Relaxed);
-            return done(&t.parent, removed);
+struct State {
+    fd: OwnedFd,
+    /// Something under this directory could not be removed, so it stays too.
+    kept: AtomicBool,
+}
+
+impl Visitor for Trash {
+    type State = State;
+    type Item = Vec<u8>;
+    type Sub = ();
+
+    fn open(
+        &self,
+        parent: Option<&Dir<State>>,
+        name: &[u8],
+        rel: &RelPath,
+        _: (),
+    ) -> Opened<State, Vec<u8>> {
+        let state = |fd| State {
+            fd,
+            kept: AtomicBool::new(false),
+        };
+        let Some(parent) = parent else {
+            let root = self.root.lock().unwrap_or_else(|e| e.into_inner()).take();
+            return match root {
+                Some((fd, names)) => Opened::Dir(state(fd), names),
+                None => Opened::Skip,
+            };
+        };
+        if let Err(e) = crate::failpoint::hit("trash.dir") {
+            self.fail(&parent.state, e, "remove", rel);
+            return Opened::Skip;
         }
-        Err(e) if fsx::errno_is(&e, Errno::NOENT) => return done(&t.parent, removed),
-        Err(e) => return Err(e).ctx("open", shown()),
-    };
-    let names = fsx::read_dir_names(b(&fd)).ctx("read", shown())?;
-    let node = Arc::new(Node {
-        fd,
-        up: Some((t.parent, t.name)),
-        pending: AtomicUsize::new(1),
-    });
-    for name in names {
-        match unlink(&node.fd, &name) {
-            Ok(()) => {
-                removed.fetch_add(1, Ordering::Relaxed);
+        match fsx::open_dir_at(b(&parent.state.fd), name) {
+            Ok(fd) => match fsx::read_dir_names(b(&fd)) {
+                Ok(names) => Opened::Dir(state(fd), names),
+                Err(e) => {
+                    self.fail(&parent.state, e, "read", rel);
+                    Opened::Skip
+                }
+            },
+            // Not a directory after all (unlink said EPERM for another reason).
+            Err(e) if fsx::errno_is(&e, Errno::NOTDIR) || fsx::errno_is(&e, Errno::LOOP) => {
+                match unlink(&parent.state.fd, name) {
+                    Ok(()) => {
+                        self.removed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => self.fail(&parent.state, e, "remove", rel),
+                }
+                Opened::Skip
             }
-            Err(e) if fsx::errno_is(&e, Errno::ISDIR) || fsx::errno_is(&e, Errno::PERM) => {
-                node.pending.fetch_add(1, Ordering::Relaxed);
-                q.push(Task {
-                    parent: node.clone(),
-                    name,
-                });
-            }
-            Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => Opened::Skip,
             Err(e) => {
-                return Err(e).ctx(
-                    "remove",
-                    std::path::PathBuf::from(crate::relpath::escape(&name)),
-                );
+                self.fail(&parent.state, e, "open", rel);
+                Opened::Skip
             }
         }
     }
-    done(&node, removed)
+
+    /// Unlinks a non-directory; a directory (EISDIR, or EPERM as POSIX allows) is walked.
+    fn visit(&self, dir: &Arc<Dir<State>>, name: Vec<u8>) -> Step<()> {
+        match unlink(&dir.state.fd, &name) {
+            Ok(()) => {
+                self.removed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if fsx::errno_is(&e, Errno::ISDIR) || fsx::errno_is(&e, Errno::PERM) => {
+                return Step::Descend(name, ());
+            }
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
+            Err(e) => self.fail(&dir.state, e, "remove", &dir.rel.join(&name)),
+        }
+        Step::Next
+    }
+
+    /// Everything under `dir` is gone: remove it from its parent (not the trash itself).
+    fn finish(&self, dir: &Dir<State>) {
+        let Some(parent) = &dir.parent else {
+            return;
+        };
+        if dir.state.kept.load(Ordering::Relaxed) {
+            parent.state.kept.store(true, Ordering::Relaxed);
+            return;
+        }
+        let name = dir.rel.file_name();
+        let fd = &parent.state.fd;
+        let r = match fsx::rmdir_at(b(fd), name) {
+            Err(e) if fsx::errno_is(&e, Errno::ACCESS) => make_writable(fd)
+                .map_err(std::io::Error::from)
+                .and_then(|()| fsx::rmdir_at(b(fd), name)),
+            r => r,
+        };
+        match r {
+            Ok(()) => {
+                self.removed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.fail(&parent.state, e, "remove directory", &dir.rel),
+        }
+    }
+}
+
+impl Trash {
+    /// `rel` could not be removed: keep `dir` (its parent) and remember the first error.
+    fn fail(&self, dir: &State, e: std::io::Error, action: &'static str, rel: &RelPath) {
+        dir.kept.store(true, Ordering::Relaxed);
+        let e = io_error(e, action, Path::new(".snapring/trash").join(rel.escaped()));
+        let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
+        first.get_or_insert(e);
+    }
 }
 
 /// Unlinks a non-directory; makes the directory writable first if that is what stops it
@@ -115,39 +164,13 @@ fn remove_dir(t: Task, q: &pool::Queue<Task>, removed: &AtomicU64) -> Result<()>
 fn unlink(dir: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
     match fsx::unlink_at(b(dir), name) {
         Err(e) if fsx::errno_is(&e, Errno::ACCESS) => {
-            rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(0o700))?;
+            make_writable(dir)?;
             fsx::unlink_at(b(dir), name)
         }
         r => r,
     }
 }
 
-/// One child of `node` is finished; when none are left, remove `node` and tell its parent.
-fn done(node: &Arc<Node>, removed: &AtomicU64) -> Result<()> {
-    if node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
-        return Ok(());
-    }
-    let Some((parent, name)) = &node.up else {
-        return Ok(());
-    };
-    match fsx::rmdir_at(b(&parent.fd), name) {
-        Ok(()) => {}
-        Err(e) if fsx::errno_is(&e, Errno::ACCESS) => {
-            rustix::fs::fchmod(&parent.fd, rustix::fs::Mode::from_raw_mode(0o700))
-                .map_err(std::io::Error::from)
-                .and_then(|_| fsx::rmdir_at(b(&parent.fd), name))
-                .ctx(
-                    "remove directory",
-                    std::path::PathBuf::from(crate::relpath::escape(name)),
-                )?;
-        }
-        Err(e) => {
-            return Err(e).ctx(
-                "remove directory",
-                std::path::PathBuf::from(crate::relpath::escape(name)),
-            );
-        }
-    }
-    removed.fetch_add(1, Ordering::Relaxed);
-    done(parent, removed)
+fn make_writable(dir: &OwnedFd) -> rustix::io::Result<()> {
+    rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(0o700))
 }

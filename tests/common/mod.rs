@@ -447,3 +447,15 @@ pub fn odd_tree(src: &Path) {
         set_mtime(&src.join(d), 1_200_000_000, 987_654_321);
     }
 }
+
+/// Runs `snapring` with at most `nofile` open descriptors (`ulimit -n`), as `snapring`
+/// does: no catalog.
+pub fn snapring_nofile(nofile: u32, args: &[&OsStr]) -> Output {
+    let mut c = Command::new("sh");
+    c.arg("-c")
+        .arg(format!("ulimit -n {nofile}; exec \"$0\" \"$@\""))
+        .arg(bin())
+        .args(args)
+        .env("SNAPRING_CATALOG", "off");
+    c.output().expect("run snapring")
+}
