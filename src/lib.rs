@@ -22,5 +22,6 @@ pub mod restore;
 pub mod runlog;
 pub mod same;
 pub mod schedule;
+pub mod snapshot;
 pub mod store;
 pub mod traverse;
