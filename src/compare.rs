@@ -321,6 +321,23 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         }
     }
 
+    /// Two regular files of the same length: whether their hashes differ (`content`) or
+    /// cannot both be had (`content unreadable`).
+    fn bytes_differ(
+        &self,
+        rel: &RelPath,
+        x: &Entry,
+        y: &Entry,
+        da: Option<&A::Dir>,
+        db: Option<&B::Dir>,
+    ) -> Option<&'static str> {
+        match (self.hash(self.a, da, x, rel), self.hash(self.b, db, y, rel)) {
+            (Some(a), Some(b)) if a != b => Some("content"),
+            (Some(_), Some(_)) => None,
+            _ => Some("content unreadable"),
+        }
+    }
+
     fn pair(
         &self,
         rel: &RelPath,
@@ -358,18 +375,10 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         }
         if d.bytes_undecided(&fx)
             && (self.opts.checksum || d.mtime || (x.hash.is_some() && y.hash.is_some()))
+            && let Some(why) = self.bytes_differ(rel, x, y, da, db)
         {
-            match (self.hash(self.a, da, x, rel), self.hash(self.b, db, y, rel)) {
-                (Some(a), Some(b)) if a != b => {
-                    content = true;
-                    detail.push("content".into());
-                }
-                (Some(_), Some(_)) => {}
-                _ => {
-                    content = true;
-                    detail.push("content unreadable".into());
-                }
-            }
+            content = true;
+            detail.push(why.into());
         }
         if d.target {
             detail.push("symlink target".into());
