@@ -275,7 +275,7 @@ fn lookup(sel: &Selected, path: &RelPath) -> Result<Option<Entry>> {
     {
         return Ok(manifest::find(&es, path.file_name()).cloned());
     }
-    let dir = match fsx::open_dir_beneath(b(&sel.fd), path.parent().as_bytes()) {
+    let dir = match crate::snapshot::open_beneath(b(&sel.fd), &path.parent()) {
         Ok(d) => d,
         Err(_) => return Ok(None),
     };
