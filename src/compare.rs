@@ -1,26 +1,24 @@
-//! Compares two trees directory by directory, in parallel, for `diff` and `verify`.
-//! A side is a snapshot's manifest (metadata and checksums as recorded at backup) or a
-//! tree on disk (a live source, or a snapshot read back), listed and stat-ed as it is.
-//! Reads only; memory is bounded by the directories in flight plus the differences.
+//! Compares two trees directory by directory, in parallel, for `diff` and `verify`, on
+//! the one traversal (`traverse::walk`). Each side is a [`SnapshotReader`]: a snapshot's
+//! manifest (metadata and checksums as recorded at backup), or a tree on disk (a live
+//! source, or a snapshot read back) listed and stat-ed as it is. Which facts of a pair
+//! differ is `same::Delta`'s answer; this module reads the bytes where only they can
+//! still differ, and words the details. Reads only; memory is bounded by the
+//! directories in flight plus the differences.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustix::io::Errno;
 use serde::Serialize;
 
-use crate::fsx::{self, Kind, XattrTarget, b};
-use crate::manifest::{self, Entry};
-use crate::pool;
+use crate::fsx::{self, Kind};
+use crate::manifest::Entry;
 use crate::relpath::RelPath;
-
-/// One side of a comparison.
-pub enum Side<'a> {
-    Manifest(&'a manifest::Reader),
-    /// A directory tree on disk, reached only through `openat2(RESOLVE_BENEATH)`.
-    Tree(&'a OwnedFd),
-}
+use crate::restore::kind_name;
+use crate::same::{Delta, Facts};
+use crate::snapshot::{Listed, SnapshotReader};
+use crate::traverse::{self, Dir, Opened, Step, Visitor};
 
 /// How an entry differs between the old side `a` and the new side `b`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
@@ -81,15 +79,18 @@ pub struct Outcome {
     pub problems: Vec<(String, String)>,
 }
 
-struct Task {
-    dir: RelPath,
-    in_a: bool,
-    in_b: bool,
+/// A directory's open directory on each side (`None`: not a directory there).
+struct Pair<A, B> {
+    a: Option<A>,
+    b: Option<B>,
 }
 
-struct Run<'a> {
-    a: &'a Side<'a>,
-    b: &'a Side<'a>,
+/// One name of a directory as listed on each side.
+type Item = (Option<Listed>, Option<Listed>);
+
+struct Run<'a, A, B> {
+    a: &'a A,
+    b: &'a B,
     opts: &'a Options,
     out: Mutex<Vec<Difference>>,
     problems: Mutex<Vec<(String, String)>>,
@@ -99,7 +100,12 @@ struct Run<'a> {
 }
 
 /// Compares side `a` (old, or expected) with side `b` (new, or actual) from the root.
-pub fn compare(a: &Side<'_>, b: &Side<'_>, opts: &Options, cancel: &AtomicBool) -> Outcome {
+pub fn compare<A: SnapshotReader, B: SnapshotReader>(
+    a: &A,
+    b: &B,
+    opts: &Options,
+    cancel: &AtomicBool,
+) -> Outcome {
     let run = Run {
         a,
         b,
@@ -110,12 +116,7 @@ pub fn compare(a: &Side<'_>, b: &Side<'_>, opts: &Options, cancel: &AtomicBool) 
         hashed: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
     };
-    let root = Task {
-        dir: RelPath::root(),
-        in_a: true,
-        in_b: true,
-    };
-    pool::run(opts.jobs.max(1), vec![root], cancel, |t, q| run.dir(t, q));
+    traverse::walk(&run, (true, true), opts.jobs.max(1), cancel);
     let mut differences = run.out.into_inner().unwrap_or_else(|e| e.into_inner());
     differences.sort_by(|x, y| {
         RelPath::from_escaped(&x.path)
@@ -136,54 +137,79 @@ pub fn compare(a: &Side<'_>, b: &Side<'_>, opts: &Options, cancel: &AtomicBool) 
     }
 }
 
-/// A directory's entries on a tree side, sorted by name, with xattr digests and
-/// symlink targets (hashes are computed on demand). `None` if it is not there.
-fn tree_entries(root: &OwnedFd, dir: &RelPath) -> std::io::Result<Option<(OwnedFd, Vec<Entry>)>> {
-    let fd = match fsx::open_dir_beneath(root.as_fd(), dir.as_bytes()) {
-        Ok(fd) => fd,
-        Err(e) if fsx::errno_is(&e, Errno::NOENT) || fsx::errno_is(&e, Errno::NOTDIR) => {
-            return Ok(None);
-        }
-        Err(e) => return Err(e),
-    };
-    let mut out = Vec::new();
-    for name in fsx::read_dir_names(b(&fd))? {
-        let m = match fsx::lstat_at(b(&fd), &name) {
-            Ok(m) => m,
-            Err(e) if fsx::errno_is(&e, Errno::NOENT) => continue,
-            Err(e) => return Err(e),
+/// Pairs two sorted listings by name.
+fn merge(a: Vec<Listed>, b: Vec<Listed>) -> Vec<Item> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut a, mut b) = (a.into_iter().peekable(), b.into_iter().peekable());
+    loop {
+        let ord = match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) => x.name().cmp(y.name()),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => return out,
         };
-        let mut e = Entry::from_meta(&name, &m);
-        if m.kind == Kind::Symlink {
-            e.target = fsx::read_link_at(b(&fd), &name).ok();
-        }
-        // By name (one `llistxattr`), not by opening the file (open + list + close).
-        let xs = fsx::read_xattrs(&XattrTarget::At(b(&fd), &name));
-        e.xattrs = xs.ok().and_then(|x| fsx::xattr_digest(&x));
-        out.push(e);
+        out.push(match ord {
+            std::cmp::Ordering::Less => (a.next(), None),
+            std::cmp::Ordering::Greater => (None, b.next()),
+            std::cmp::Ordering::Equal => (a.next(), b.next()),
+        });
     }
-    out.sort_by(|x, y| x.name.cmp(&y.name));
-    Ok(Some((fd, out)))
 }
 
-/// Entries of one directory on one side, and the open directory for a tree side.
-type Listing = Option<(Option<OwnedFd>, Vec<Entry>)>;
+/// Not there (any more), or not a directory: one side simply lacks it.
+fn absent(e: &std::io::Error) -> bool {
+    fsx::errno_is(e, Errno::NOENT) || fsx::errno_is(e, Errno::NOTDIR)
+}
 
-impl Run<'_> {
-    fn list(&self, side: &Side<'_>, dir: &RelPath, present: bool) -> Listing {
-        if !present {
-            return None;
-        }
-        let r = match side {
-            Side::Manifest(m) => m.lookup(dir).map(|o| o.map(|v| (None, v))),
-            Side::Tree(root) => tree_entries(root, dir).map(|o| o.map(|(fd, v)| (Some(fd), v))),
-        };
-        r.unwrap_or_else(|e| {
-            self.problem(dir, e);
-            None
-        })
+impl<A: SnapshotReader, B: SnapshotReader> Visitor for Run<'_, A, B> {
+    type State = Pair<A::Dir, B::Dir>;
+    type Item = Item;
+    /// Whether the directory is one on side `a`, on side `b`.
+    type Sub = (bool, bool);
+
+    fn open(
+        &self,
+        parent: Option<&Dir<Self::State>>,
+        name: &[u8],
+        rel: &RelPath,
+        (in_a, in_b): (bool, bool),
+    ) -> Opened<Self::State, Item> {
+        let pa = parent.map(|p| p.state.a.as_ref());
+        let pb = parent.map(|p| p.state.b.as_ref());
+        let a = self.open_side(self.a, in_a, pa, name, rel);
+        let b = self.open_side(self.b, in_b, pb, name, rel);
+        let la = self.list_side(self.a, a.as_ref(), rel);
+        let lb = self.list_side(self.b, b.as_ref(), rel);
+        Opened::Dir(Pair { a, b }, merge(la, lb))
     }
 
+    fn visit(&self, dir: &Arc<Dir<Self::State>>, (x, y): Item) -> Step<(bool, bool)> {
+        self.compared.fetch_add(1, Ordering::Relaxed);
+        let name = x.as_ref().or(y.as_ref()).map(|l| l.name().to_vec());
+        let rel = dir.rel.join(name.as_deref().unwrap_or_default());
+        let (da, db) = (dir.state.a.as_ref(), dir.state.b.as_ref());
+        let x = x.and_then(|l| self.stat_side(self.a, da, l, &rel));
+        let y = y.and_then(|l| self.stat_side(self.b, db, l, &rel));
+        match (x, y) {
+            (Some(x), None) => self.one_sided(rel, x, Change::Removed),
+            (None, Some(y)) => self.one_sided(rel, y, Change::Added),
+            (Some(x), Some(y)) => {
+                if let Some(d) = self.pair(&rel, &x, &y, da, db) {
+                    self.push(d);
+                }
+                let (in_a, in_b) = (x.kind == Kind::Dir, y.kind == Kind::Dir);
+                if in_a || in_b {
+                    Step::Descend(x.name, (in_a, in_b))
+                } else {
+                    Step::Next
+                }
+            }
+            (None, None) => Step::Next,
+        }
+    }
+}
+
+impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
     fn problem(&self, rel: &RelPath, e: impl std::fmt::Display) {
         self.problems
             .lock()
@@ -195,56 +221,65 @@ impl Run<'_> {
         self.out.lock().unwrap_or_else(|e| e.into_inner()).push(d);
     }
 
-    fn dir(&self, t: Task, q: &pool::Queue<Task>) {
-        let la = self.list(self.a, &t.dir, t.in_a);
-        let lb = self.list(self.b, &t.dir, t.in_b);
-        let empty = Vec::new();
-        let ea = la.as_ref().map(|l| &l.1).unwrap_or(&empty);
-        let eb = lb.as_ref().map(|l| &l.1).unwrap_or(&empty);
-        let fda = la.as_ref().and_then(|l| l.0.as_ref());
-        let fdb = lb.as_ref().and_then(|l| l.0.as_ref());
-        let (mut i, mut j) = (0, 0);
-        while i < ea.len() || j < eb.len() {
-            let ord = match (ea.get(i), eb.get(j)) {
-                (Some(x), Some(y)) => x.name.cmp(&y.name),
-                (Some(_), None) => std::cmp::Ordering::Less,
-                _ => std::cmp::Ordering::Greater,
-            };
-            self.compared.fetch_add(1, Ordering::Relaxed);
-            match ord {
-                std::cmp::Ordering::Less => {
-                    let x = &ea[i];
-                    self.one_sided(&t.dir, x, Change::Removed, q);
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    let y = &eb[j];
-                    self.one_sided(&t.dir, y, Change::Added, q);
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    let (x, y) = (&ea[i], &eb[j]);
-                    let rel = t.dir.join(&x.name);
-                    if let Some(d) = self.pair(&rel, x, y, fda, fdb) {
-                        self.push(d);
-                    }
-                    let (da, db) = (x.kind == Kind::Dir, y.kind == Kind::Dir);
-                    if da || db {
-                        q.push(Task {
-                            dir: rel,
-                            in_a: da,
-                            in_b: db,
-                        });
-                    }
-                    i += 1;
-                    j += 1;
-                }
+    /// Opens the directory on one side where it is one there: the root, or `name` in
+    /// the parent's directory on that side.
+    fn open_side<R: SnapshotReader>(
+        &self,
+        r: &R,
+        present: bool,
+        parent: Option<Option<&R::Dir>>,
+        name: &[u8],
+        rel: &RelPath,
+    ) -> Option<R::Dir> {
+        if !present {
+            return None;
+        }
+        let opened = match parent {
+            None => r.root(),
+            Some(p) => r.open_dir(p?, name),
+        };
+        match opened {
+            Ok(d) => Some(d),
+            Err(e) if absent(&e) => None,
+            Err(e) => {
+                self.problem(rel, e);
+                None
             }
         }
     }
 
-    fn one_sided(&self, dir: &RelPath, e: &Entry, change: Change, q: &pool::Queue<Task>) {
-        let rel = dir.join(&e.name);
+    fn list_side<R: SnapshotReader>(
+        &self,
+        r: &R,
+        dir: Option<&R::Dir>,
+        rel: &RelPath,
+    ) -> Vec<Listed> {
+        let Some(dir) = dir else { return Vec::new() };
+        r.list(dir).unwrap_or_else(|e| {
+            self.problem(rel, e);
+            Vec::new()
+        })
+    }
+
+    /// One side's entry, or `None` when it is gone since it was listed or unreadable.
+    fn stat_side<R: SnapshotReader>(
+        &self,
+        r: &R,
+        dir: Option<&R::Dir>,
+        item: Listed,
+        rel: &RelPath,
+    ) -> Option<Entry> {
+        match r.stat(dir?, item) {
+            Ok(s) => Some(s.entry),
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => None,
+            Err(e) => {
+                self.problem(rel, e);
+                None
+            }
+        }
+    }
+
+    fn one_sided(&self, rel: RelPath, e: Entry, change: Change) -> Step<(bool, bool)> {
         let mut detail = Vec::new();
         if e.kind == Kind::File {
             detail.push(format!("size {}", e.size));
@@ -252,34 +287,54 @@ impl Run<'_> {
         self.push(Difference {
             path: rel.escaped(),
             change,
-            kind: crate::restore::kind_name(e.kind).into(),
+            kind: kind_name(e.kind).into(),
             detail,
         });
         if e.kind == Kind::Dir {
-            q.push(Task {
-                dir: rel,
-                in_a: change == Change::Removed,
-                in_b: change == Change::Added,
-            });
+            Step::Descend(e.name, (change == Change::Removed, change == Change::Added))
+        } else {
+            Step::Next
         }
     }
 
-    /// The hash of a regular file: from the manifest, or read from the tree.
-    fn hash(&self, e: &Entry, fd: Option<&OwnedFd>, rel: &RelPath) -> Option<blake3::Hash> {
-        if let Some(h) = e.hash {
-            return Some(h);
-        }
-        let fd = fd?;
-        match fsx::open_read_at(b(fd), &e.name).and_then(|f| fsx::hash_file(b(&f))) {
-            Ok(h) => {
-                self.hashed.fetch_add(1, Ordering::Relaxed);
-                self.bytes.fetch_add(e.size, Ordering::Relaxed);
+    /// The hash of a regular file: recorded, or read from its tree (counted).
+    fn hash<R: SnapshotReader>(
+        &self,
+        r: &R,
+        dir: Option<&R::Dir>,
+        e: &Entry,
+        rel: &RelPath,
+    ) -> Option<blake3::Hash> {
+        match r.hash(dir?, e) {
+            Ok(Some(h)) => {
+                if e.hash.is_none() {
+                    self.hashed.fetch_add(1, Ordering::Relaxed);
+                    self.bytes.fetch_add(e.size, Ordering::Relaxed);
+                }
                 Some(h)
             }
+            Ok(None) => None,
             Err(err) => {
                 self.problem(rel, err);
                 None
             }
+        }
+    }
+
+    /// Two regular files of the same length: whether their hashes differ (`content`) or
+    /// cannot both be had (`content unreadable`).
+    fn bytes_differ(
+        &self,
+        rel: &RelPath,
+        x: &Entry,
+        y: &Entry,
+        da: Option<&A::Dir>,
+        db: Option<&B::Dir>,
+    ) -> Option<&'static str> {
+        match (self.hash(self.a, da, x, rel), self.hash(self.b, db, y, rel)) {
+            (Some(a), Some(b)) if a != b => Some("content"),
+            (Some(_), Some(_)) => None,
+            _ => Some("content unreadable"),
         }
     }
 
@@ -288,66 +343,62 @@ impl Run<'_> {
         rel: &RelPath,
         x: &Entry,
         y: &Entry,
-        fda: Option<&OwnedFd>,
-        fdb: Option<&OwnedFd>,
+        da: Option<&A::Dir>,
+        db: Option<&B::Dir>,
     ) -> Option<Difference> {
+        let (fx, fy) = (Facts::of_entry(x), Facts::of_entry(y));
+        let d = Delta::between(&fx, &fy);
+        // When the types differ `Delta` compares nothing else; mode, owner and extended
+        // attributes are still reported, so they are compared as between equal types.
+        let m = if d.kind {
+            Delta::between(
+                &fx,
+                &Facts {
+                    kind: fx.kind,
+                    ..fy
+                },
+            )
+        } else {
+            d
+        };
+        let mut content = d.content();
         let mut detail = Vec::new();
-        let mut content = false;
-        if x.kind != y.kind {
-            content = true;
+        if d.kind {
             detail.push(format!(
                 "type {} -> {}",
-                crate::restore::kind_name(x.kind),
-                crate::restore::kind_name(y.kind)
+                kind_name(x.kind),
+                kind_name(y.kind)
             ));
-        } else {
-            match x.kind {
-                Kind::File => {
-                    if x.size != y.size {
-                        content = true;
-                        detail.push(format!("size {} -> {}", x.size, y.size));
-                    } else if self.opts.checksum
-                        || x.mtime != y.mtime
-                        || (x.hash.is_some() && y.hash.is_some())
-                    {
-                        let (ha, hb) = (self.hash(x, fda, rel), self.hash(y, fdb, rel));
-                        match (ha, hb) {
-                            (Some(a), Some(b)) if a != b => {
-                                content = true;
-                                detail.push("content".into());
-                            }
-                            (Some(_), Some(_)) => {}
-                            _ => {
-                                content = true;
-                                detail.push("content unreadable".into());
-                            }
-                        }
-                    }
-                }
-                Kind::Symlink if x.target != y.target => {
-                    content = true;
-                    detail.push("symlink target".into());
-                }
-                Kind::Char | Kind::Block if x.rdev != y.rdev => {
-                    content = true;
-                    detail.push(format!("device {} -> {}", x.rdev, y.rdev));
-                }
-                _ => {}
-            }
         }
-        if x.perm != y.perm {
+        if d.size {
+            detail.push(format!("size {} -> {}", x.size, y.size));
+        }
+        if d.bytes_undecided(&fx)
+            && (self.opts.checksum || d.mtime || (x.hash.is_some() && y.hash.is_some()))
+            && let Some(why) = self.bytes_differ(rel, x, y, da, db)
+        {
+            content = true;
+            detail.push(why.into());
+        }
+        if d.target {
+            detail.push("symlink target".into());
+        }
+        if d.rdev {
+            detail.push(format!("device {} -> {}", x.rdev, y.rdev));
+        }
+        if m.perm {
             detail.push(format!("mode {:o} -> {:o}", x.perm, y.perm));
         }
-        if (x.uid, x.gid) != (y.uid, y.gid) {
+        if m.owner {
             detail.push(format!("owner {}:{} -> {}:{}", x.uid, x.gid, y.uid, y.gid));
         }
-        if x.mtime != y.mtime && x.kind == y.kind && (x.kind != Kind::Dir || self.opts.dir_times) {
+        if d.mtime && (x.kind != Kind::Dir || self.opts.dir_times) {
             detail.push(format!("mtime {} -> {}", x.mtime, y.mtime));
         }
         // Manifest v1 has no xattr digest for directories (a directory's entry is
         // written before its own attributes are read), so they are compared for files,
         // symlinks and special files only.
-        if x.xattrs != y.xattrs && x.kind != Kind::Dir {
+        if m.xattrs && x.kind != Kind::Dir {
             detail.push("extended attributes".into());
         }
         if detail.is_empty() {
@@ -360,7 +411,7 @@ impl Run<'_> {
             } else {
                 Change::Metadata
             },
-            kind: crate::restore::kind_name(y.kind).into(),
+            kind: kind_name(y.kind).into(),
             detail,
         })
     }

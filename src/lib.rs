@@ -24,5 +24,6 @@ pub mod runlog;
 pub mod same;
 pub mod schedule;
 pub mod sink;
+pub mod snapshot;
 pub mod store;
 pub mod traverse;

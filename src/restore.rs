@@ -1,6 +1,7 @@
 //! `snapring restore`: copies a whole snapshot, a subtree or one file out of the store
 //! into a target directory, with full fidelity, in parallel, without ever writing to
-//! the store. Does the restore's tree I/O.
+//! the store. Does the restore's tree I/O: it reads the snapshot through a
+//! [`SnapshotReader`] and walks it on the one traversal (`traverse::walk`).
 //!
 //! Safety rules (see docs/restore.md):
 //! - every restored file is a new inode (a copy); nothing is ever linked out of the
@@ -13,16 +14,20 @@
 //!   `readdir` of the snapshot (never from the manifest), so neither a symlink in the
 //!   target nor a tampered manifest can make a restore write outside the target.
 //!
-//! Directory metadata is applied last, when a directory's last child is done, as in the
-//! backup walk. Hard links within the restored set (the manifest's `group`) are
-//! recreated as hard links between restored files.
+//! A queued subdirectory holds its name, not descriptors: both sides are opened when a
+//! worker takes it, so a directory with 100,000 subdirectories does not need 200,000
+//! descriptors, and no path is resolved from the root, so depth is unlimited. Directory
+//! metadata is applied last, when a directory's subtree is done, as in the backup walk.
+//! Hard links within the restored set (the manifest's `group`) are recreated as hard
+//! links between restored files. Whether an existing entry is identical is
+//! `same::Delta`'s answer (content by hash).
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
@@ -31,11 +36,14 @@ use serde::Serialize;
 
 use crate::error::{Ctx, Error, Result, io_error};
 use crate::fsx::{self, CopyError, Kind, Meta, XattrTarget, Xattrs, b};
-use crate::manifest::{self, Entry};
-use crate::pool::{self, Queue};
+use crate::manifest::Entry;
 use crate::relpath::RelPath;
 use crate::report::{self, Problem, ProblemKind, Status};
+use crate::same::{Delta, Facts};
+use crate::snapshot::{self, Listed, SnapshotReader, Stat, TreeReader};
 use crate::store::Store;
+use crate::store::select::Selected;
+use crate::traverse::{self, Dir, Opened, Step, Visitor};
 
 /// What to do with entries that already exist under the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -122,18 +130,16 @@ fn add(c: &AtomicU64, n: u64) {
     c.fetch_add(n, Ordering::Relaxed);
 }
 
-/// One directory of the snapshot being restored into one directory of the target.
-struct Node {
-    parent: Option<Arc<Node>>,
-    src: OwnedFd,
+/// One directory of the snapshot being restored into one directory of the target: the
+/// walk's state for it, alive until its subtree is done.
+struct Node<D> {
+    src: D,
     /// `None` in a dry run when the target directory does not exist yet.
     dst: Option<OwnedFd>,
-    /// Path in the snapshot (the manifest's key).
+    /// Path in the snapshot.
     src_rel: RelPath,
     /// Path under the target.
     dst_rel: RelPath,
-    /// Restore only this name of the directory (the entry named by `--path`).
-    only: Option<Vec<u8>>,
     /// Give the target directory the snapshot's metadata when done (it was created by
     /// the restore, or the mode allows replacing metadata).
     apply_meta: bool,
@@ -142,8 +148,32 @@ struct Node {
     fresh: bool,
     meta: Meta,
     xattrs: Xattrs,
-    /// This directory's own listing, plus subdirectories not yet finished.
-    pending: AtomicUsize,
+}
+
+/// What a queued subdirectory carries besides its name (never a descriptor).
+struct Sub {
+    /// Its `lstat` in the snapshot.
+    meta: Meta,
+    /// The restore creates it in the target (else a directory is there already).
+    create: bool,
+    apply_meta: bool,
+}
+
+/// The walk's first directory, opened and planned before the walk.
+struct Start<D> {
+    node: Node<D>,
+    /// The one entry of it named by `--path`, when only that is restored.
+    only: Option<Listed>,
+}
+
+/// One entry being restored: its directory, its name, its paths on both sides.
+struct At<'a, D> {
+    node: &'a Node<D>,
+    name: &'a [u8],
+    /// In the snapshot.
+    src_rel: RelPath,
+    /// Under the target.
+    rel: RelPath,
 }
 
 #[derive(Clone)]
@@ -154,9 +184,19 @@ enum Link {
     Failed,
 }
 
-struct Restore<'a> {
+/// What joining a hard-link group gave.
+enum Joined {
+    /// The first member: restore it, then let the others link to it.
+    Leader,
+    /// Linked to the first member: done.
+    Linked,
+    /// Restore it on its own (the first member failed, or linking to it did).
+    Copy,
+}
+
+struct Restore<'a, R: SnapshotReader> {
     opts: &'a RestoreOptions,
-    manifest: Option<&'a manifest::Reader>,
+    reader: &'a R,
     /// The target (`None` only in a dry run of a target that does not exist yet).
     to_root: Option<&'a OwnedFd>,
     counts: Counts,
@@ -165,6 +205,8 @@ struct Restore<'a> {
     links: Mutex<HashMap<u64, Link>>,
     links_cv: Condvar,
     plan: Mutex<Box<dyn Write + Send>>,
+    /// Taken by the walk's first task.
+    start: Mutex<Option<Start<R::Dir>>>,
 }
 
 /// Restores per `opts`. `Err` only when nothing could start (unknown snapshot or path,
@@ -181,72 +223,22 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         );
     }
     let sel = store.select(&opts.snapshot)?;
-    let snap_name = sel.snap.name.clone();
-    // Where the restored entry is in the snapshot: (directory fd, its path, the name).
-    let (src_dir, src_dir_rel, only, entry_meta) = match &opts.path {
-        None => (
-            fsx::open_dir_at(b(&sel.fd), b".").ctx("open", &sel.path)?,
-            RelPath::root(),
-            None,
-            None,
-        ),
-        Some(p) => {
-            let parent = p.parent();
-            let shown = sel.path.join(p.as_path());
-            let fd = fsx::open_dir_beneath(b(&sel.fd), parent.as_bytes())
-                .map_err(|e| not_in_snapshot(e, &snap_name, p, "open", &shown))?;
-            let m = fsx::lstat_at(b(&fd), p.file_name())
-                .map_err(|e| not_in_snapshot(e, &snap_name, p, "stat", &shown))?;
-            (fd, parent, Some(p.file_name().to_vec()), Some(m))
-        }
-    };
+    let reader = TreeReader::for_restore(&sel);
+    let found = locate(opts, &sel, &reader)?;
     let (to_fd, to_was_new) = open_target(opts, &store)?;
-    // Where the restored entry lands: the target directory and its path under --to.
-    let is_dir = entry_meta.map(|m| m.kind == Kind::Dir).unwrap_or(true);
     let mut created_ancestors = Vec::new();
-    let (src_fd, src_rel, dst_fd, dst_rel, only, apply_root_meta) = match (&opts.path, opts.flat) {
-        (None, _) => (
-            src_dir,
-            RelPath::root(),
-            to_fd.as_ref().map(dup),
-            RelPath::root(),
-            None,
-            to_was_new || opts.mode != Mode::Safe,
-        ),
-        (Some(p), true) if is_dir => {
-            let fd = fsx::open_dir_at(b(&src_dir), p.file_name())
-                .ctx("open", sel.path.join(p.as_path()))?;
-            (
-                fd,
-                p.clone(),
-                to_fd.as_ref().map(dup),
-                RelPath::root(),
-                None,
-                to_was_new,
-            )
-        }
-        (Some(_), true) => (
-            src_dir,
-            src_dir_rel,
-            to_fd.as_ref().map(dup),
-            RelPath::root(),
-            only,
-            false,
-        ),
-        (Some(p), false) => {
-            let dst = match &to_fd {
-                Some(t) => make_ancestors(opts, &sel.fd, t, &p.parent(), &mut created_ancestors)?,
-                None => None,
-            };
-            (src_dir, src_dir_rel, dst, p.parent(), only, false)
-        }
-    };
-    let root_meta = fsx::fstat(b(&src_fd)).ctx("stat", &sel.path)?;
-    let root_xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&src_fd))).unwrap_or_default();
+    let start = plan_start(
+        opts,
+        &sel,
+        &reader,
+        found,
+        (to_fd.as_ref(), to_was_new),
+        &mut created_ancestors,
+    )?;
     let plan: Box<dyn Write + Send> = Box::new(std::io::stdout());
     let r = Restore {
         opts,
-        manifest: sel.manifest.as_ref(),
+        reader: &reader,
         to_root: to_fd.as_ref(),
         counts: Counts::default(),
         cancel,
@@ -254,35 +246,122 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         links: Mutex::new(HashMap::new()),
         links_cv: Condvar::new(),
         plan: Mutex::new(plan),
+        start: Mutex::new(Some(start)),
     };
-    let node = Arc::new(Node {
-        parent: None,
-        src: src_fd,
-        dst: dst_fd,
-        src_rel,
-        dst_rel,
-        only,
-        apply_meta: apply_root_meta && !opts.dry_run,
-        // Restoring into a new or empty --to (not under existing ancestors of --path).
-        fresh: to_was_new && (opts.path.is_none() || opts.flat),
-        meta: root_meta,
-        xattrs: root_xattrs,
-        pending: AtomicUsize::new(1),
-    });
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
         if opts.progress {
             s.spawn(|| crate::engine::progress::spin(&done, || r.progress_line()));
         }
         let jobs = crate::concurrency::resolve(opts.jobs, &[&opts.store, &opts.to]);
-        pool::run(jobs, vec![node], cancel, |n, q| r.dir(n, q));
+        traverse::walk(&r, None, jobs, cancel);
         done.store(true, Ordering::Relaxed);
     });
     // Ancestors the restore created get the snapshot's metadata, deepest first.
     for (fd, m, xs) in created_ancestors.iter().rev() {
         let _ = fsx::apply_dir_meta(b(fd), m, xs);
     }
-    Ok(r.finish(&sel, &store, started_at, t0))
+    Ok(r.report(&sel, &store, started_at, t0))
+}
+
+/// Where the restored entry is in the snapshot: the directory holding it (the root when
+/// the whole snapshot is restored), and the entry `--path` names in it.
+struct Found<D> {
+    dir: D,
+    dir_rel: RelPath,
+    named: Option<(RelPath, Listed, Kind)>,
+}
+
+/// Finds `--path` in the snapshot, one directory at a time (no path-length limit).
+fn locate<R: SnapshotReader>(
+    opts: &RestoreOptions,
+    sel: &Selected,
+    reader: &R,
+) -> Result<Found<R::Dir>> {
+    let root = reader.root().ctx("open", &sel.path)?;
+    let Some(p) = &opts.path else {
+        return Ok(Found {
+            dir: root,
+            dir_rel: RelPath::root(),
+            named: None,
+        });
+    };
+    let shown = sel.path.join(p.as_path());
+    let missing = |e, action| not_in_snapshot(e, &sel.snap.name, p, action, &shown);
+    let mut dir = root;
+    for c in p.parent().components() {
+        dir = reader.open_dir(&dir, c).map_err(|e| missing(e, "open"))?;
+    }
+    let listed = reader
+        .find(&dir, p.file_name())
+        .map_err(|e| missing(e, "stat"))?;
+    let st = reader
+        .stat(&dir, listed.clone())
+        .map_err(|e| missing(e, "stat"))?;
+    Ok(Found {
+        dir,
+        dir_rel: p.parent(),
+        named: Some((p.clone(), listed, st.entry.kind)),
+    })
+}
+
+/// Plans the walk's first directory: where it starts in the snapshot, where it lands
+/// under the target, whether the target directory gets the snapshot's metadata. For
+/// `--path` without `--flat`, creates the missing parents under the target.
+fn plan_start<R: SnapshotReader>(
+    opts: &RestoreOptions,
+    sel: &Selected,
+    reader: &R,
+    found: Found<R::Dir>,
+    (to_fd, to_was_new): (Option<&OwnedFd>, bool),
+    created: &mut Vec<(OwnedFd, Meta, Xattrs)>,
+) -> Result<Start<R::Dir>> {
+    let Found {
+        dir,
+        dir_rel,
+        named,
+    } = found;
+    let to = || to_fd.map(dup);
+    let (src, src_rel, dst, dst_rel, only, apply) = match named {
+        None => (
+            dir,
+            RelPath::root(),
+            to(),
+            RelPath::root(),
+            None,
+            to_was_new || opts.mode != Mode::Safe,
+        ),
+        Some((p, _, Kind::Dir)) if opts.flat => {
+            let src = reader
+                .open_dir(&dir, p.file_name())
+                .ctx("open", sel.path.join(p.as_path()))?;
+            (src, p, to(), RelPath::root(), None, to_was_new)
+        }
+        Some((_, listed, _)) if opts.flat => {
+            (dir, dir_rel, to(), RelPath::root(), Some(listed), false)
+        }
+        Some((p, listed, _)) => {
+            let dst = match to_fd {
+                Some(t) => make_ancestors(opts, reader, t, &p.parent(), created)?,
+                None => None,
+            };
+            (dir, dir_rel, dst, p.parent(), Some(listed), false)
+        }
+    };
+    let meta = reader.dir_meta(&src).ctx("stat", &sel.path)?;
+    let xattrs = reader.xattrs(&src, None).unwrap_or_default();
+    let node = Node {
+        src,
+        dst,
+        src_rel,
+        dst_rel,
+        apply_meta: apply && !opts.dry_run,
+        // Restoring into a new or empty --to (not under existing ancestors of --path).
+        fresh: to_was_new && (opts.path.is_none() || opts.flat),
+        meta,
+        xattrs,
+    };
+    Ok(Start { node, only })
 }
 
 fn dup(fd: &OwnedFd) -> OwnedFd {
@@ -373,20 +452,22 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
 /// Opens (creating the missing ones) the directories `rel` under the target, one
 /// component at a time without following symlinks. Created ones are returned with the
 /// snapshot's metadata for them, to apply once the restore is done.
-fn make_ancestors(
+fn make_ancestors<R: SnapshotReader>(
     opts: &RestoreOptions,
-    snap: &OwnedFd,
+    reader: &R,
     to: &OwnedFd,
     rel: &RelPath,
     created: &mut Vec<(OwnedFd, Meta, Xattrs)>,
 ) -> Result<Option<OwnedFd>> {
     let mut cur = dup(to);
-    let mut src = dup(snap);
+    let mut src = reader.root().ctx("open", &opts.store)?;
     let mut at = RelPath::root();
     for c in rel.components() {
         at = at.join(c);
         let shown = opts.to.join(at.as_path());
-        src = fsx::open_dir_at(b(&src), c).ctx("open in snapshot", at.as_path())?;
+        src = reader
+            .open_dir(&src, c)
+            .ctx("open in snapshot", at.as_path())?;
         match fsx::lstat_at(b(&cur), c) {
             Ok(m) if m.kind == Kind::Dir => {}
             Ok(m) => {
@@ -404,8 +485,10 @@ fn make_ancestors(
                 }
                 fsx::mkdir_at(b(&cur), c).ctx("create directory", &shown)?;
                 let fd = fsx::open_dir_at(b(&cur), c).ctx("open", &shown)?;
-                let m = fsx::fstat(b(&src)).ctx("stat in snapshot", at.as_path())?;
-                let xs = fsx::read_xattrs(&XattrTarget::Fd(b(&src))).unwrap_or_default();
+                let m = reader
+                    .dir_meta(&src)
+                    .ctx("stat in snapshot", at.as_path())?;
+                let xs = reader.xattrs(&src, None).unwrap_or_default();
                 created.push((dup(&fd), m, xs));
             }
             Err(e) => return Err(io_error(e, "stat", shown)),
@@ -433,7 +516,54 @@ enum Same {
     No(String),
 }
 
-impl Restore<'_> {
+impl<R: SnapshotReader> Visitor for Restore<'_, R> {
+    type State = Node<R::Dir>;
+    type Item = Listed;
+    /// `None` for the walk's first directory (planned before the walk).
+    type Sub = Option<Sub>;
+
+    fn open(
+        &self,
+        parent: Option<&Dir<Node<R::Dir>>>,
+        name: &[u8],
+        _rel: &RelPath,
+        sub: Option<Sub>,
+    ) -> Opened<Node<R::Dir>, Listed> {
+        let (Some(parent), Some(sub)) = (parent, sub) else {
+            let start = self.start.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let Start { node, only } = start.expect("the first directory is opened once");
+            let items = match only {
+                Some(listed) => vec![listed],
+                None => self.listing(&node),
+            };
+            return Opened::Dir(node, items);
+        };
+        match self.open_sub(&parent.state, name, sub) {
+            Some(node) => {
+                let items = self.listing(&node);
+                Opened::Dir(node, items)
+            }
+            None => Opened::Skip,
+        }
+    }
+
+    fn visit(&self, dir: &Arc<Dir<Node<R::Dir>>>, item: Listed) -> Step<Option<Sub>> {
+        self.entry(&dir.state, item)
+    }
+
+    fn finish(&self, dir: &Dir<Node<R::Dir>>) {
+        let node = &dir.state;
+        if node.apply_meta
+            && !self.cancel.load(Ordering::Relaxed)
+            && let Some(dst) = &node.dst
+            && let Err(e) = fsx::apply_dir_meta(b(dst), &node.meta, &node.xattrs)
+        {
+            self.dest_error(&node.dst_rel, "set directory metadata", e);
+        }
+    }
+}
+
+impl<R: SnapshotReader> Restore<'_, R> {
     fn progress_line(&self) -> String {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let c = &self.counts;
@@ -494,48 +624,75 @@ impl Restore<'_> {
         }
     }
 
-    /// Lists one snapshot directory and restores its entries; queues subdirectories.
-    fn dir(&self, node: Arc<Node>, q: &Queue<Arc<Node>>) {
-        let names = match &node.only {
-            Some(n) => vec![n.clone()],
-            None => match fsx::read_dir_names(b(&node.src)) {
-                Ok(mut v) => {
-                    v.sort();
-                    v
-                }
-                Err(e) => {
-                    self.problem(
-                        &node.src_rel,
-                        ProblemKind::Unreadable,
-                        "read snapshot directory",
-                        e,
-                    );
-                    Vec::new()
-                }
-            },
+    /// Opens subdirectory `name` of `parent` on both sides (creating it in the target
+    /// when planned) and reads its attributes. `None`: not walked (the reason is told).
+    fn open_sub(&self, parent: &Node<R::Dir>, name: &[u8], sub: Sub) -> Option<Node<R::Dir>> {
+        let src_rel = parent.src_rel.join(name);
+        let rel = parent.dst_rel.join(name);
+        let src = match self.reader.open_dir(&parent.src, name) {
+            Ok(d) => d,
+            Err(e) => {
+                let kind = ProblemKind::Unreadable;
+                self.problem(&src_rel, kind, "open snapshot directory", e);
+                return None;
+            }
         };
-        let mentries = match (self.manifest, &node.only) {
-            (Some(m), _) => m.lookup(&node.src_rel).unwrap_or_else(|e| {
-                tracing::warn!("manifest unusable for {}: {e}", node.src_rel);
-                None
-            }),
+        let dst = match &parent.dst {
+            Some(d) if !self.opts.dry_run => {
+                if sub.create
+                    && let Err(e) = fsx::mkdir_at(b(d), name)
+                {
+                    self.dest_error(&rel, "create directory", e);
+                    return None;
+                }
+                match fsx::open_dir_at(b(d), name) {
+                    Ok(fd) => Some(fd),
+                    Err(e) => {
+                        self.dest_error(&rel, "open target directory", e);
+                        return None;
+                    }
+                }
+            }
+            Some(d) if !sub.create => fsx::open_dir_at(b(d), name).ok(),
             _ => None,
         };
-        if self.opts.mode == Mode::Mirror && node.only.is_none() && !node.fresh {
-            self.mirror_deletes(&node, &names);
-        }
-        for name in names {
-            if self.cancel.load(Ordering::Relaxed) {
-                break;
+        let xattrs = self.reader.xattrs(&src, None).unwrap_or_else(|e| {
+            let kind = ProblemKind::Metadata;
+            self.problem(&src_rel, kind, "read extended attributes", e);
+            Vec::new()
+        });
+        Some(Node {
+            src,
+            dst,
+            src_rel,
+            dst_rel: rel,
+            apply_meta: sub.apply_meta,
+            fresh: sub.create,
+            meta: sub.meta,
+            xattrs,
+        })
+    }
+
+    /// Lists a snapshot directory; with `--mirror`, first deletes from the target
+    /// directory what the snapshot's does not have.
+    fn listing(&self, node: &Node<R::Dir>) -> Vec<Listed> {
+        match self.reader.list(&node.src) {
+            Ok(items) => {
+                if self.opts.mode == Mode::Mirror && !node.fresh {
+                    self.mirror_deletes(node, &items);
+                }
+                items
             }
-            let me = mentries.as_deref().and_then(|es| manifest::find(es, &name));
-            self.entry(&node, &name, me, q);
+            Err(e) => {
+                let kind = ProblemKind::Unreadable;
+                self.problem(&node.src_rel, kind, "read snapshot directory", e);
+                Vec::new()
+            }
         }
-        self.child_done(&node);
     }
 
     /// `--mirror`: deletes target entries the snapshot directory does not have.
-    fn mirror_deletes(&self, node: &Node, names: &[Vec<u8>]) {
+    fn mirror_deletes(&self, node: &Node<R::Dir>, items: &[Listed]) {
         let Some(dst) = &node.dst else { return };
         let existing = match fsx::read_dir_names(b(dst)) {
             Ok(v) => v,
@@ -545,7 +702,7 @@ impl Restore<'_> {
             }
         };
         for name in existing {
-            if names.binary_search(&name).is_ok() {
+            if items.binary_search_by(|l| l.name().cmp(&name)).is_ok() {
                 continue;
             }
             let rel = node.dst_rel.join(&name);
@@ -561,196 +718,149 @@ impl Restore<'_> {
         }
     }
 
-    fn child_done(&self, node: &Arc<Node>) {
-        if node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
-            return;
-        }
-        if node.apply_meta
-            && !self.cancel.load(Ordering::Relaxed)
-            && let Some(dst) = &node.dst
-            && let Err(e) = fsx::apply_dir_meta(b(dst), &node.meta, &node.xattrs)
-        {
-            self.dest_error(&node.dst_rel, "set directory metadata", e);
-        }
-        if let Some(p) = &node.parent {
-            self.child_done(p);
-        }
-    }
-
-    fn entry(&self, node: &Arc<Node>, name: &[u8], me: Option<&Entry>, q: &Queue<Arc<Node>>) {
-        let src_rel = node.src_rel.join(name);
-        let rel = node.dst_rel.join(name);
-        let m = match fsx::lstat_at(b(&node.src), name) {
-            Ok(m) => m,
-            Err(e) => {
-                self.problem(&src_rel, ProblemKind::Unreadable, "stat in snapshot", e);
-                return;
+    /// Restores one entry of a snapshot directory; a directory is planned here and
+    /// walked as a task of its own.
+    fn entry(&self, node: &Node<R::Dir>, item: Listed) -> Step<Option<Sub>> {
+        let name = item.name().to_vec();
+        let at = At {
+            node,
+            name: &name,
+            src_rel: node.src_rel.join(&name),
+            rel: node.dst_rel.join(&name),
+        };
+        let (e, m) = match self.reader.stat(&node.src, item) {
+            Ok(Stat {
+                entry,
+                meta: Some(m),
+            }) => (entry, m),
+            Ok(_) => {
+                let why = "the reader has no metadata of the tree";
+                self.problem(
+                    &at.src_rel,
+                    ProblemKind::Unreadable,
+                    "stat in snapshot",
+                    why,
+                );
+                return Step::Next;
+            }
+            Err(err) => {
+                let kind = ProblemKind::Unreadable;
+                self.problem(&at.src_rel, kind, "stat in snapshot", err);
+                return Step::Next;
             }
         };
         let existing = match &node.dst {
             Some(_) if node.fresh => None,
-            Some(d) => match fsx::lstat_at(b(d), name) {
+            Some(d) => match fsx::lstat_at(b(d), &name) {
                 Ok(x) => Some(x),
-                Err(e) if fsx::errno_is(&e, Errno::NOENT) => None,
-                Err(e) => {
-                    self.dest_error(&rel, "stat in target", e);
-                    return;
+                Err(err) if fsx::errno_is(&err, Errno::NOENT) => None,
+                Err(err) => {
+                    self.dest_error(&at.rel, "stat in target", err);
+                    return Step::Next;
                 }
             },
             None => None,
         };
-        let mode = self.opts.mode;
         if m.kind == Kind::Dir {
-            let (create, apply_meta) = match existing {
-                None => (true, true),
-                Some(x) if x.kind == Kind::Dir => (false, mode != Mode::Safe),
-                Some(x) if mode == Mode::Safe => {
-                    self.conflict(
-                        &rel,
-                        format!(
-                            "a {} is where the snapshot has a directory",
-                            kind_name(x.kind)
-                        ),
-                    );
-                    return;
-                }
-                Some(_) => {
-                    self.say('~', &rel, "/");
-                    add(&self.counts.overwritten, 1);
-                    if !self.opts.dry_run
-                        && let Some(d) = &node.dst
-                        && let Err(e) = fsx::unlink_at(b(d), name)
-                    {
-                        self.dest_error(&rel, "remove (overwrite)", e);
-                        return;
-                    }
-                    (true, true)
-                }
-            };
-            if create {
-                self.say('+', &rel, "/");
-                add(&self.counts.dirs, 1);
-            }
-            let src = match fsx::open_dir_at(b(&node.src), name) {
-                Ok(fd) => fd,
-                Err(e) => {
-                    self.problem(
-                        &src_rel,
-                        ProblemKind::Unreadable,
-                        "open snapshot directory",
-                        e,
-                    );
-                    return;
-                }
-            };
-            let dst = match &node.dst {
-                Some(d) if !self.opts.dry_run => {
-                    if create && let Err(e) = fsx::mkdir_at(b(d), name) {
-                        self.dest_error(&rel, "create directory", e);
-                        return;
-                    }
-                    match fsx::open_dir_at(b(d), name) {
-                        Ok(fd) => Some(fd),
-                        Err(e) => {
-                            self.dest_error(&rel, "open target directory", e);
-                            return;
-                        }
-                    }
-                }
-                Some(d) if !create => fsx::open_dir_at(b(d), name).ok(),
-                _ => None,
-            };
-            let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&src))).unwrap_or_else(|e| {
-                self.problem(
-                    &src_rel,
-                    ProblemKind::Metadata,
-                    "read extended attributes",
-                    e,
-                );
-                Vec::new()
-            });
-            node.pending.fetch_add(1, Ordering::AcqRel);
-            q.push(Arc::new(Node {
-                parent: Some(node.clone()),
-                src,
-                dst,
-                src_rel,
-                dst_rel: rel,
-                only: None,
-                apply_meta: apply_meta && !self.opts.dry_run,
-                fresh: create,
-                meta: m,
-                xattrs,
-                pending: AtomicUsize::new(1),
-            }));
-            return;
+            return self.dir_entry(&at, m, existing);
         }
+        self.other_entry(&at, &e, &m, existing);
+        Step::Next
+    }
+
+    /// A directory of the snapshot: decides whether to create it in the target (or
+    /// replace what is in the way) and queues it.
+    fn dir_entry(&self, at: &At<'_, R::Dir>, m: Meta, existing: Option<Meta>) -> Step<Option<Sub>> {
+        let mode = self.opts.mode;
+        let (create, apply_meta) = match existing {
+            None => (true, true),
+            Some(x) if x.kind == Kind::Dir => (false, mode != Mode::Safe),
+            Some(x) if mode == Mode::Safe => {
+                let why = format!(
+                    "a {} is where the snapshot has a directory",
+                    kind_name(x.kind)
+                );
+                self.conflict(&at.rel, why);
+                return Step::Next;
+            }
+            Some(_) => {
+                self.say('~', &at.rel, "/");
+                add(&self.counts.overwritten, 1);
+                if !self.opts.dry_run
+                    && let Some(d) = &at.node.dst
+                    && let Err(e) = fsx::unlink_at(b(d), at.name)
+                {
+                    self.dest_error(&at.rel, "remove (overwrite)", e);
+                    return Step::Next;
+                }
+                (true, true)
+            }
+        };
+        if create {
+            self.say('+', &at.rel, "/");
+            add(&self.counts.dirs, 1);
+        }
+        let sub = Sub {
+            meta: m,
+            create,
+            apply_meta: apply_meta && !self.opts.dry_run,
+        };
+        Step::Descend(at.name.to_vec(), Some(sub))
+    }
+
+    /// Anything but a directory: created, skipped as identical, reported as a conflict,
+    /// or replaced, per the mode.
+    fn other_entry(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, existing: Option<Meta>) {
+        let mode = self.opts.mode;
         let Some(x) = existing else {
-            self.say('+', &rel, "");
-            self.create(node, name, &src_rel, &rel, &m, me, None);
+            self.say('+', &at.rel, "");
+            self.create(at, e, m, None);
             return;
         };
         if x.kind == Kind::Dir {
             if mode != Mode::Mirror {
-                self.conflict(
-                    &rel,
-                    format!(
-                        "a directory is where the snapshot has a {} (only --mirror replaces a directory)",
-                        kind_name(m.kind)
-                    ),
+                let why = format!(
+                    "a directory is where the snapshot has a {} (only --mirror replaces a directory)",
+                    kind_name(m.kind)
                 );
+                self.conflict(&at.rel, why);
                 return;
             }
-            self.say('~', &rel, "");
+            self.say('~', &at.rel, "");
             if !self.opts.dry_run
-                && let Some(d) = &node.dst
+                && let Some(d) = &at.node.dst
             {
-                match fsx::remove_tree_at(b(d), name) {
+                match fsx::remove_tree_at(b(d), at.name) {
                     Ok(n) => add(&self.counts.deleted, n),
-                    Err(e) => {
-                        self.dest_error(&rel, "remove (mirror)", e);
+                    Err(err) => {
+                        self.dest_error(&at.rel, "remove (mirror)", err);
                         return;
                     }
                 }
             }
             add(&self.counts.overwritten, 1);
-            self.create(node, name, &src_rel, &rel, &m, me, None);
+            self.create(at, e, m, None);
             return;
         }
-        match self.same(node, name, &src_rel, &m, me, &x) {
-            Same::Yes => {
-                add(&self.counts.identical, 1);
-            }
-            Same::No(why) if mode == Mode::Safe => {
-                self.conflict(&rel, why);
-            }
+        match self.same(at, e, m, &x) {
+            Same::Yes => add(&self.counts.identical, 1),
+            Same::No(why) if mode == Mode::Safe => self.conflict(&at.rel, why),
             Same::No(why) => {
-                self.say('~', &rel, &format!(" ({why})"));
+                self.say('~', &at.rel, &format!(" ({why})"));
                 add(&self.counts.overwritten, 1);
                 let tmp = format!(
                     ".snapring-restore.{}.tmp",
                     crate::engine::backup::new_run_id()
                 );
-                self.create(node, name, &src_rel, &rel, &m, me, Some(tmp.as_bytes()));
+                self.create(at, e, m, Some(tmp.as_bytes()));
             }
         }
     }
 
-    /// Compares an existing target entry with the snapshot's (content by hash).
-    #[allow(clippy::too_many_arguments)]
-    fn same(
-        &self,
-        node: &Node,
-        name: &[u8],
-        src_rel: &RelPath,
-        m: &Meta,
-        me: Option<&Entry>,
-        x: &Meta,
-    ) -> Same {
-        let dst = node
-            .dst
-            .as_ref()
-            .expect("an existing entry has a target directory");
+    /// Compares an existing target entry `x` with the snapshot's (content by hash).
+    fn same(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, x: &Meta) -> Same {
+        let dst = at.node.dst.as_ref();
+        let dst = dst.expect("an existing entry has a target directory");
         if x.kind != m.kind {
             return Same::No(format!(
                 "a {} is where the snapshot has a {}",
@@ -758,74 +868,72 @@ impl Restore<'_> {
                 kind_name(m.kind)
             ));
         }
-        match m.kind {
-            Kind::File => {
-                if x.size != m.size {
-                    return Same::No(format!("content differs (size {} vs {})", x.size, m.size));
-                }
-                let theirs = fsx::open_read_at(b(dst), name).and_then(|fd| fsx::hash_file(b(&fd)));
-                let ours = match me.and_then(|e| e.hash) {
-                    Some(h) => Ok(h),
-                    None => {
-                        fsx::open_read_at(b(&node.src), name).and_then(|fd| fsx::hash_file(b(&fd)))
-                    }
-                };
-                match (theirs, ours) {
-                    (Ok(a), Ok(b)) if a == b => {}
-                    (Ok(_), Ok(_)) => return Same::No("content differs".into()),
-                    (Err(e), _) => return Same::No(format!("unreadable in the target ({e})")),
-                    (_, Err(e)) => {
-                        self.problem(src_rel, ProblemKind::Unreadable, "read snapshot file", e);
-                        return Same::No("the snapshot copy is unreadable".into());
-                    }
-                }
-            }
-            Kind::Symlink => {
-                let a = fsx::read_link_at(b(dst), name).ok();
-                let s = fsx::read_link_at(b(&node.src), name).ok();
-                if a != s {
-                    return Same::No("symlink target differs".into());
-                }
-            }
-            Kind::Char | Kind::Block if x.rdev != m.rdev => {
-                return Same::No("device number differs".into());
-            }
-            _ => {}
+        let (theirs, ours) = if m.kind == Kind::Symlink {
+            let ours = self.reader.read_link(&at.node.src, at.name);
+            (fsx::read_link_at(b(dst), at.name).ok(), ours.ok())
+        } else {
+            (None, None)
+        };
+        let fx = Facts::of_meta(x, theirs.as_deref());
+        let d = Delta::between(&fx, &Facts::of_meta(m, ours.as_deref()));
+        if d.size {
+            return Same::No(format!("content differs (size {} vs {})", x.size, m.size));
         }
-        if x.perm != m.perm {
+        if d.bytes_undecided(&fx)
+            && let Some(why) = self.bytes_differ(at, dst, e)
+        {
+            return Same::No(why);
+        }
+        if d.target {
+            return Same::No("symlink target differs".into());
+        }
+        if d.rdev {
+            return Same::No("device number differs".into());
+        }
+        if d.perm {
             return Same::No(format!("mode differs ({:o} vs {:o})", x.perm, m.perm));
         }
-        if (x.uid, x.gid) != (m.uid, m.gid) {
+        if d.owner {
             return Same::No(format!(
                 "owner differs ({}:{} vs {}:{})",
                 x.uid, x.gid, m.uid, m.gid
             ));
         }
-        if x.mtime != m.mtime && m.kind != Kind::Symlink {
+        if d.mtime && m.kind != Kind::Symlink {
             return Same::No(format!(
                 "modification time differs ({} vs {})",
                 x.mtime, m.mtime
             ));
         }
-        let xa = |fd: &OwnedFd| fsx::read_xattrs(&XattrTarget::At(b(fd), name));
-        if xa(dst).ok() != xa(&node.src).ok() {
+        let theirs = fsx::read_xattrs(&XattrTarget::At(b(dst), at.name));
+        if theirs.ok() != self.reader.xattrs(&at.node.src, Some(at.name)).ok() {
             return Same::No("extended attributes differ".into());
         }
         Same::Yes
     }
 
-    /// Creates `name` in the target (as `tmp`, renamed over `name`, when replacing).
-    #[allow(clippy::too_many_arguments)]
-    fn create(
-        &self,
-        node: &Node,
-        name: &[u8],
-        src_rel: &RelPath,
-        rel: &RelPath,
-        m: &Meta,
-        me: Option<&Entry>,
-        tmp: Option<&[u8]>,
-    ) {
+    /// Why the bytes of an existing target file differ from the snapshot's (hashed:
+    /// the target's read, the snapshot's recorded or read), or `None`.
+    fn bytes_differ(&self, at: &At<'_, R::Dir>, dst: &OwnedFd, e: &Entry) -> Option<String> {
+        let theirs = fsx::open_read_at(b(dst), at.name).and_then(|fd| fsx::hash_file(b(&fd)));
+        let ours = self
+            .reader
+            .hash(&at.node.src, e)
+            .and_then(|h| h.ok_or_else(|| std::io::Error::other("no content to read")));
+        match (theirs, ours) {
+            (Ok(a), Ok(b)) if a == b => None,
+            (Ok(_), Ok(_)) => Some("content differs".into()),
+            (Err(err), _) => Some(format!("unreadable in the target ({err})")),
+            (_, Err(err)) => {
+                let kind = ProblemKind::Unreadable;
+                self.problem(&at.src_rel, kind, "read snapshot file", err);
+                Some("the snapshot copy is unreadable".into())
+            }
+        }
+    }
+
+    /// Creates the entry in the target (as `tmp`, renamed over it, when replacing).
+    fn create(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, tmp: Option<&[u8]>) {
         if m.kind == Kind::File {
             add(&self.counts.files, 1);
         }
@@ -835,72 +943,82 @@ impl Restore<'_> {
             }
             return;
         }
-        let Some(dst) = &node.dst else { return };
-        let at = tmp.unwrap_or(name);
-        // A member of a hard-link group: link to the group's first restored path.
-        let grouped = match me {
-            Some(e) => e.group.is_some(),
-            None => self.manifest.is_none() && m.nlink > 1,
-        };
-        let mut leader = false;
-        if grouped && m.kind != Kind::Dir {
-            let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-            loop {
-                match links.get(&m.ino).cloned() {
-                    None => {
-                        links.insert(m.ino, Link::Pending);
-                        leader = true;
-                        break;
-                    }
-                    Some(Link::Pending) => {
-                        links = self.links_cv.wait(links).unwrap_or_else(|e| e.into_inner());
-                    }
-                    Some(Link::Done(first)) => {
-                        drop(links);
-                        let root = self.to_root.expect("links are made only when writing");
-                        let r = fsx::open_dir_beneath(b(root), first.parent().as_bytes())
-                            .and_then(|d| fsx::link_at(d.as_fd(), first.file_name(), b(dst), at));
-                        match r {
-                            Ok(()) => {
-                                add(&self.counts.hard_links, 1);
-                                self.finish_replace(dst, at, name, tmp, rel);
-                                return;
-                            }
-                            Err(e) => {
-                                tracing::info!("{rel}: cannot link to {first} ({e}); copying");
-                                break;
-                            }
-                        }
-                    }
-                    Some(Link::Failed) => break,
-                }
+        let Some(dst) = &at.node.dst else { return };
+        let to = tmp.unwrap_or(at.name);
+        let leader = if e.group.is_some() && m.kind != Kind::Dir {
+            match self.join_group(at, dst, to, tmp, m.ino) {
+                Joined::Linked => return,
+                Joined::Leader => true,
+                Joined::Copy => false,
             }
-        }
-        let ok = if m.kind == Kind::File {
-            self.copy_file(node, dst, name, at, src_rel, rel, m, me)
         } else {
-            self.copy_special(node, dst, name, at, src_rel, rel, m)
+            false
         };
-        let ok = ok && self.finish_replace(dst, at, name, tmp, rel);
+        let ok = if m.kind == Kind::File {
+            self.copy_file(at, dst, to, e, m)
+        } else {
+            self.copy_special(at, dst, to, m)
+        };
+        let ok = ok && self.finish_replace(dst, to, at.name, tmp, &at.rel);
         if leader {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-            links.insert(
-                m.ino,
-                if ok {
-                    Link::Done(rel.clone())
-                } else {
-                    Link::Failed
-                },
-            );
+            let link = if ok {
+                Link::Done(at.rel.clone())
+            } else {
+                Link::Failed
+            };
+            links.insert(m.ino, link);
             drop(links);
             self.links_cv.notify_all();
+        }
+    }
+
+    /// Joins the hard-link group of inode `ino` (of the snapshot): its first member is
+    /// restored by copy, the others wait for it and link to it.
+    fn join_group(
+        &self,
+        at: &At<'_, R::Dir>,
+        dst: &OwnedFd,
+        to: &[u8],
+        tmp: Option<&[u8]>,
+        ino: u64,
+    ) -> Joined {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            match links.get(&ino).cloned() {
+                None => {
+                    links.insert(ino, Link::Pending);
+                    return Joined::Leader;
+                }
+                Some(Link::Pending) => {
+                    links = self.links_cv.wait(links).unwrap_or_else(|e| e.into_inner());
+                }
+                Some(Link::Done(first)) => {
+                    drop(links);
+                    let root = self.to_root.expect("links are made only when writing");
+                    let r = snapshot::open_beneath(b(root), &first.parent())
+                        .and_then(|d| fsx::link_at(b(&d), first.file_name(), b(dst), to));
+                    return match r {
+                        Ok(()) => {
+                            add(&self.counts.hard_links, 1);
+                            self.finish_replace(dst, to, at.name, tmp, &at.rel);
+                            Joined::Linked
+                        }
+                        Err(e) => {
+                            tracing::info!("{}: cannot link to {first} ({e}); copying", at.rel);
+                            Joined::Copy
+                        }
+                    };
+                }
+                Some(Link::Failed) => return Joined::Copy,
+            }
         }
     }
 
     fn finish_replace(
         &self,
         dst: &OwnedFd,
-        at: &[u8],
+        to: &[u8],
         name: &[u8],
         tmp: Option<&[u8]>,
         rel: &RelPath,
@@ -908,29 +1026,26 @@ impl Restore<'_> {
         if tmp.is_none() {
             return true;
         }
-        match fsx::rename_at(b(dst), at, b(dst), name) {
+        match fsx::rename_at(b(dst), to, b(dst), name) {
             Ok(()) => true,
             Err(e) => {
-                let _ = fsx::unlink_at(b(dst), at);
+                let _ = fsx::unlink_at(b(dst), to);
                 self.dest_error(rel, "replace", e);
                 false
             }
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     fn copy_file(
         &self,
-        node: &Node,
+        at: &At<'_, R::Dir>,
         dst_dir: &OwnedFd,
-        name: &[u8],
-        at: &[u8],
-        src_rel: &RelPath,
-        rel: &RelPath,
+        to: &[u8],
+        e: &Entry,
         m: &Meta,
-        me: Option<&Entry>,
     ) -> bool {
-        let src = match fsx::open_read_at(b(&node.src), name) {
+        let src_rel = &at.src_rel;
+        let src = match self.reader.open_file(&at.node.src, at.name) {
             Ok(fd) => fd,
             Err(e) => {
                 self.problem(src_rel, ProblemKind::Unreadable, "open snapshot file", e);
@@ -946,7 +1061,8 @@ impl Restore<'_> {
             );
             Vec::new()
         });
-        let dst = match fsx::create_at(b(dst_dir), at) {
+        let rel = &at.rel;
+        let dst = match fsx::create_at(b(dst_dir), to) {
             Ok(fd) => fd,
             Err(e) => {
                 self.dest_error(rel, "create file", e);
@@ -956,7 +1072,7 @@ impl Restore<'_> {
         match fsx::copy_hash(b(&src), b(&dst), m) {
             Ok((hash, written)) => {
                 add(&self.counts.bytes, written);
-                if let Some(want) = me.and_then(|e| e.hash)
+                if let Some(want) = e.hash
                     && want != hash
                 {
                     self.problem(
@@ -969,11 +1085,11 @@ impl Restore<'_> {
             }
             Err(CopyError::Read(e)) => {
                 self.problem(src_rel, ProblemKind::Unreadable, "read snapshot file", e);
-                let _ = fsx::unlink_at(b(dst_dir), at);
+                let _ = fsx::unlink_at(b(dst_dir), to);
                 return false;
             }
             Err(CopyError::Write(e)) => {
-                let _ = fsx::unlink_at(b(dst_dir), at);
+                let _ = fsx::unlink_at(b(dst_dir), to);
                 self.dest_error(rel, "write", e);
                 return false;
             }
@@ -1000,45 +1116,36 @@ impl Restore<'_> {
         true
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn copy_special(
-        &self,
-        node: &Node,
-        dst: &OwnedFd,
-        name: &[u8],
-        at: &[u8],
-        src_rel: &RelPath,
-        rel: &RelPath,
-        m: &Meta,
-    ) -> bool {
-        let xattrs = fsx::read_xattrs(&XattrTarget::At(b(&node.src), name)).unwrap_or_default();
+    fn copy_special(&self, at: &At<'_, R::Dir>, dst: &OwnedFd, to: &[u8], m: &Meta) -> bool {
+        let (src, name) = (&at.node.src, at.name);
+        let xattrs = self.reader.xattrs(src, Some(name)).unwrap_or_default();
         let made = if m.kind == Kind::Symlink {
-            match fsx::read_link_at(b(&node.src), name) {
-                Ok(t) => fsx::symlink_at(&t, b(dst), at),
+            match self.reader.read_link(src, name) {
+                Ok(t) => fsx::symlink_at(&t, b(dst), to),
                 Err(e) => {
-                    self.problem(src_rel, ProblemKind::Unreadable, "read symlink", e);
+                    self.problem(&at.src_rel, ProblemKind::Unreadable, "read symlink", e);
                     return false;
                 }
             }
         } else {
-            fsx::mknod_at(b(dst), at, m)
+            fsx::mknod_at(b(dst), to, m)
         };
         if let Err(e) = made {
-            self.dest_error(rel, "create", e);
+            self.dest_error(&at.rel, "create", e);
             return false;
         }
-        let r = fsx::apply_meta_at(b(dst), at, m)
-            .and_then(|_| fsx::write_xattrs(&XattrTarget::At(b(dst), at), &xattrs))
-            .and_then(|_| fsx::apply_times_at(b(dst), at, m));
+        let r = fsx::apply_meta_at(b(dst), to, m)
+            .and_then(|_| fsx::write_xattrs(&XattrTarget::At(b(dst), to), &xattrs))
+            .and_then(|_| fsx::apply_times_at(b(dst), to, m));
         if let Err(e) = r {
-            self.dest_error(rel, "set metadata", e);
+            self.dest_error(&at.rel, "set metadata", e);
         }
         true
     }
 
-    fn finish(
+    fn report(
         self,
-        sel: &crate::store::select::Selected,
+        sel: &Selected,
         store: &Store,
         started_at: String,
         t0: Instant,
@@ -1100,7 +1207,6 @@ impl Restore<'_> {
         }
     }
 }
-
 /// A `--path` argument as the user typed it: relative to the snapshot root.
 pub fn parse_path(p: &Path) -> std::result::Result<RelPath, String> {
     let bytes = p.as_os_str().as_bytes();

@@ -707,3 +707,193 @@ fn diff_history_and_list_report_what_changed() {
     assert_eq!(u0, dirs + 3 * block, "{l}");
     assert_eq!(l[0]["files"], 4);
 }
+
+/// `depth` directory names of 250 bytes: nested, their path is far past PATH_MAX (4096).
+fn long_names(depth: usize) -> Vec<String> {
+    (0..depth)
+        .map(|i| format!("{i:02}{}", "x".repeat(248)))
+        .collect()
+}
+
+/// Opens the directories `names` under `root`, each relative to the one before (no path
+/// is ever resolved whole), creating them first when `create`.
+fn open_chain(root: &Path, names: &[String], create: bool) -> std::os::fd::OwnedFd {
+    use rustix::fs::{Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let mut fd = rustix::fs::open(root, flags, Mode::empty()).unwrap();
+    for n in names {
+        if create {
+            rustix::fs::mkdirat(&fd, n.as_str(), Mode::from_raw_mode(0o755)).unwrap();
+        }
+        fd = rustix::fs::openat(&fd, n.as_str(), flags, Mode::empty()).unwrap();
+    }
+    fd
+}
+
+fn write_at(dir: &std::os::fd::OwnedFd, name: &str, data: &[u8]) {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Write;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .unwrap();
+    std::fs::File::from(fd).write_all(data).unwrap();
+}
+
+fn read_at(dir: &std::os::fd::OwnedFd, name: &str) -> Vec<u8> {
+    use rustix::fs::{Mode, OFlags};
+    use std::io::Read;
+    let fd =
+        rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty()).unwrap();
+    let mut v = Vec::new();
+    std::fs::File::from(fd).read_to_end(&mut v).unwrap();
+    v
+}
+
+#[test]
+fn verify_diff_against_and_restore_path_work_past_path_max() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("top"), b"top");
+    let names = long_names(20);
+    let deep = open_chain(&src, &names, true);
+    write_at(&deep, "deep", b"deep file");
+    let rel = names.join("/");
+    assert!(rel.len() > 4096);
+    ok_backup(&src, &store);
+
+    // verify reads the snapshot down to the bottom: both files hashed, clean.
+    let (code, v, err, _) = run(&[
+        "verify".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    assert_eq!(v[0]["clean"], true, "{v}");
+    assert_eq!(v[0]["totals"]["files_hashed"], 2, "{v}");
+
+    // diff --against a live tree finds a change at the bottom.
+    write_at(&deep, "deep", b"deep file, changed");
+    let (code, d, err, _) = run(&[
+        "diff".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "daily.0".as_ref(),
+        "--against".as_ref(),
+        src.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}\n{d}");
+    assert_eq!(d["problems"].as_array().unwrap().len(), 0, "{d}");
+    assert_eq!(d["differences"].as_array().unwrap().len(), 1, "{d}");
+    assert_eq!(d["differences"][0]["path"], format!("{rel}/deep"));
+    assert_eq!(d["differences"][0]["change"], "content");
+
+    // restore --path of the deepest directory lands at the same place under --to.
+    let to = t.path().join("to");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", &rel]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(rep["files_restored"], 1, "{rep}");
+    assert_eq!(
+        read_at(&open_chain(&to, &names, false), "deep"),
+        b"deep file"
+    );
+    // And one file that deep, into an existing target (its parents exist).
+    let (code, rep, err) = restore(
+        &store,
+        "daily.0",
+        &to,
+        &["--path", &format!("{rel}/deep"), "--overwrite"],
+    );
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["skipped_identical"], 1, "{rep}");
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped (also when the test fails).
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        assert!(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "tmpfs"])
+                .arg(at)
+                .status()
+                .unwrap()
+                .success()
+        );
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// `snapring ARGS…` under `ulimit -n 256` (soft and hard: it cannot raise it back).
+fn run_with_256_descriptors(args: &[&OsStr]) -> (i32, serde_json::Value, String) {
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n 256 && exec "$0" "$@""#)
+        .arg(bin())
+        .args(args)
+        .env("SNAPRING_CATALOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn restore_and_verify_of_a_directory_with_100k_subdirectories_fit_in_256_descriptors() {
+    let t = tempfile::tempdir().unwrap();
+    // On a tmpfs: 100,000 mkdirs on a journalled disk take longer than the rest.
+    let fs = Tmpfs::mount(&t.path().join("fs"));
+    let (src, store, to) = (fs.0.join("src"), fs.0.join("store"), fs.0.join("to"));
+    let wide = src.join("wide");
+    std::fs::create_dir_all(&wide).unwrap();
+    for i in 0..100_000 {
+        std::fs::create_dir(wide.join(format!("d{i:06}"))).unwrap();
+    }
+    write(&wide.join("d050000/f"), b"one file");
+    ok_backup(&src, &store);
+
+    let (code, rep, err) = run_with_256_descriptors(&[
+        "restore".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "daily.0".as_ref(),
+        "--to".as_ref(),
+        to.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(rep["dirs_created"], 100_001, "{rep}");
+    assert_eq!(std::fs::read_dir(to.join("wide")).unwrap().count(), 100_000);
+    assert_eq!(
+        std::fs::read(to.join("wide/d050000/f")).unwrap(),
+        b"one file"
+    );
+
+    let (code, v, err) = run_with_256_descriptors(&[
+        "verify".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    assert_eq!(v[0]["clean"], true, "{v}");
+    assert_eq!(v[0]["totals"]["entries_compared"], 100_002, "{v}");
+}

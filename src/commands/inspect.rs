@@ -7,12 +7,13 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
-use crate::compare::{self, Difference, Options, Side, Totals};
+use crate::compare::{self, Difference, Options, Totals};
 use crate::error::{Ctx, Error, Result};
 use crate::fsx::{self, Kind, b};
 use crate::manifest::{self, Entry};
 use crate::relpath::RelPath;
 use crate::same::{Delta, Facts};
+use crate::snapshot::TreeReader;
 use crate::store::Store;
 use crate::store::select::Selected;
 
@@ -29,13 +30,6 @@ pub struct DiffReport {
     pub differences: Vec<Difference>,
     pub totals: Totals,
     pub problems: Vec<(String, String)>,
-}
-
-fn side<'a>(sel: &'a Selected) -> Side<'a> {
-    match &sel.manifest {
-        Some(m) => Side::Manifest(m),
-        None => Side::Tree(&sel.fd),
-    }
 }
 
 fn report(from: String, to: String, o: compare::Outcome) -> DiffReport {
@@ -74,12 +68,14 @@ pub fn diff(
     match (new, against) {
         (Some(new), None) => {
             let bsel = store.select(new)?;
-            let o = compare::compare(&side(&a), &side(&bsel), &opts, cancel);
+            let (ra, rb) = (TreeReader::recorded(&a), TreeReader::recorded(&bsel));
+            let o = compare::compare(&ra, &rb, &opts, cancel);
             Ok(report(a.snap.name.clone(), bsel.snap.name.clone(), o))
         }
         (None, Some(dir)) => {
             let fd = fsx::open_dir(dir).map_err(|e| live_error(e, dir))?;
-            let o = compare::compare(&side(&a), &Side::Tree(&fd), &opts, cancel);
+            let live = TreeReader::tree(b(&fd));
+            let o = compare::compare(&TreeReader::recorded(&a), &live, &opts, cancel);
             Ok(report(a.snap.name.clone(), dir.display().to_string(), o))
         }
         _ => Err(Error::Config(
@@ -151,7 +147,7 @@ pub fn verify(
     };
     let mut out = Vec::new();
     for sel in &sels {
-        let Some(m) = &sel.manifest else {
+        if sel.manifest.is_none() {
             return Err(Error::Store {
                 path: sel.path.clone(),
                 msg: format!(
@@ -159,15 +155,16 @@ pub fn verify(
                     sel.snap.name, sel.snap.name
                 ),
             });
-        };
-        let (b_side, against_name) = match &live {
+        }
+        // The manifest's record on one side, a tree read as it is on the other.
+        let (actual, against_name) = match &live {
             Some(fd) => (
-                Side::Tree(fd),
+                TreeReader::tree(b(fd)),
                 against.expect("set with live").display().to_string(),
             ),
-            None => (Side::Tree(&sel.fd), "manifest".to_string()),
+            None => (TreeReader::tree(b(&sel.fd)), "manifest".to_string()),
         };
-        let o = compare::compare(&Side::Manifest(m), &b_side, &opts, cancel);
+        let o = compare::compare(&TreeReader::recorded(sel), &actual, &opts, cancel);
         let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
         let corrupt = o
             .differences
@@ -278,7 +275,7 @@ fn lookup(sel: &Selected, path: &RelPath) -> Result<Option<Entry>> {
     {
         return Ok(manifest::find(&es, path.file_name()).cloned());
     }
-    let dir = match fsx::open_dir_beneath(b(&sel.fd), path.parent().as_bytes()) {
+    let dir = match crate::snapshot::open_beneath(b(&sel.fd), &path.parent()) {
         Ok(d) => d,
         Err(_) => return Ok(None),
     };

@@ -1,0 +1,382 @@
+//! Reading a snapshot directory by directory: the one seam through which restore, diff
+//! and verify read a snapshot, or a live tree. [`SnapshotReader`] names the operations;
+//! [`TreeReader`] implements them for a tree on disk: a hard-link store's snapshot (its
+//! directory, plus its manifest when it has one) or a live directory. It is the only
+//! implementation so far; a reader of a restic repository or of a shard fits the same
+//! trait. Reads only.
+//!
+//! A directory is opened by name relative to its parent's open directory, never by a
+//! path from the root: depth is unlimited (no PATH_MAX), no symlink is followed, and
+//! nothing outside the tree can be reached. Listing gives names only where a stat is
+//! needed, so the stats of one large directory are spread over the walk's workers
+//! (`traverse` chunks) instead of being made by the one worker that listed it.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+
+use rustix::io::Errno;
+
+use crate::fsx::{self, Kind, Meta, XattrTarget, Xattrs, b};
+use crate::manifest::{self, Entry};
+use crate::relpath::RelPath;
+use crate::store::select::Selected;
+
+/// One name of a directory's listing.
+#[derive(Clone, Debug)]
+pub enum Listed {
+    /// An entry the snapshot's record describes completely (a manifest entry): no tree
+    /// I/O is needed to know it.
+    Recorded(Entry),
+    /// A name read from the tree, with the record's entry for that name when the reader
+    /// keeps one beside the tree (for its hash and hard-link group).
+    Name(Vec<u8>, Option<Entry>),
+}
+
+impl Listed {
+    pub fn name(&self) -> &[u8] {
+        match self {
+            Listed::Recorded(e) => &e.name,
+            Listed::Name(n, _) => n,
+        }
+    }
+}
+
+/// What a reader knows about one entry.
+#[derive(Clone, Debug)]
+pub struct Stat {
+    /// The facts compared and restored: type, mode, owner, size, mtime, symlink target,
+    /// device number, xattr digest (as far as the reader reads them), recorded hash,
+    /// hard-link group.
+    pub entry: Entry,
+    /// The tree's own `lstat` (allocated blocks, link count, the tree's inode), when the
+    /// entry was read from a tree; `None` for an entry known from a record only.
+    pub meta: Option<Meta>,
+}
+
+/// Reads one snapshot (or tree). Methods run on the walk's workers, concurrently.
+pub trait SnapshotReader: Sync {
+    /// An open directory: a descriptor, a manifest block's path, a tree blob's id.
+    type Dir: Send + Sync;
+
+    /// Opens the root directory.
+    fn root(&self) -> io::Result<Self::Dir>;
+
+    /// Opens directory `name` of `parent`, relative to it. Never follows a symlink:
+    /// `ELOOP`/`ENOTDIR` when `name` is not a directory, `ENOENT` when it is not there.
+    fn open_dir(&self, parent: &Self::Dir, name: &[u8]) -> io::Result<Self::Dir>;
+
+    /// `dir`'s names, sorted by bytes.
+    fn list(&self, dir: &Self::Dir) -> io::Result<Vec<Listed>>;
+
+    /// One name of `dir` as [`list`](Self::list) would give it, without listing `dir`
+    /// (`ENOENT` when a record-only reader does not have it).
+    fn find(&self, dir: &Self::Dir, name: &[u8]) -> io::Result<Listed>;
+
+    /// The facts of one listed name (`ENOENT`: gone since it was listed).
+    fn stat(&self, dir: &Self::Dir, item: Listed) -> io::Result<Stat>;
+
+    /// The metadata of the open directory itself.
+    fn dir_meta(&self, dir: &Self::Dir) -> io::Result<Meta>;
+
+    /// The BLAKE3 of regular file `e` of `dir`: its recorded hash, else its bytes read
+    /// now; `None` when the reader has neither (a record without its tree).
+    fn hash(&self, dir: &Self::Dir, e: &Entry) -> io::Result<Option<blake3::Hash>>;
+
+    /// Opens regular file `name` of `dir` to read its bytes (without touching its atime).
+    fn open_file(&self, dir: &Self::Dir, name: &[u8]) -> io::Result<OwnedFd>;
+
+    /// The extended attributes of entry `name` of `dir`, or of `dir` itself (`None`).
+    fn xattrs(&self, dir: &Self::Dir, name: Option<&[u8]>) -> io::Result<Xattrs>;
+
+    /// The target of symlink `name` of `dir`.
+    fn read_link(&self, dir: &Self::Dir, name: &[u8]) -> io::Result<Vec<u8>>;
+}
+
+/// How a [`TreeReader`] reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The manifest's entries only; the tree is never touched.
+    Manifest,
+    /// The tree as it is: `lstat`, symlink targets, xattr digests; bytes hashed on demand.
+    Tree,
+    /// The tree's names and `lstat`, with the manifest's hash and hard-link group for
+    /// each name; symlink targets and xattrs are read only when asked for.
+    Restore,
+}
+
+/// A directory tree on disk: a snapshot of the hard-link store (with its manifest, when
+/// it has one) or a live directory.
+pub struct TreeReader<'a> {
+    root: BorrowedFd<'a>,
+    manifest: Option<&'a manifest::Reader>,
+    mode: Mode,
+}
+
+/// An open directory of a [`TreeReader`].
+pub struct TreeDir {
+    /// From the tree's root: the manifest's key for the directory.
+    rel: RelPath,
+    /// `None` when the directory is read from the manifest only.
+    fd: Option<OwnedFd>,
+}
+
+impl<'a> TreeReader<'a> {
+    /// What a snapshot records: its manifest's entries and hashes when it has a usable
+    /// manifest (the tree is not read at all), else its tree as it is.
+    pub fn recorded(sel: &'a Selected) -> Self {
+        match &sel.manifest {
+            Some(m) => TreeReader {
+                root: b(&sel.fd),
+                manifest: Some(m),
+                mode: Mode::Manifest,
+            },
+            None => TreeReader::tree(b(&sel.fd)),
+        }
+    }
+
+    /// A tree as it is now: a live directory, or a snapshot read back to be checked
+    /// against its manifest.
+    pub fn tree(root: BorrowedFd<'a>) -> Self {
+        TreeReader {
+            root,
+            manifest: None,
+            mode: Mode::Tree,
+        }
+    }
+
+    /// A snapshot to copy out: names and metadata from its tree, hashes and hard-link
+    /// groups from its manifest (a tree without one: groups from the link count).
+    pub fn for_restore(sel: &'a Selected) -> Self {
+        TreeReader {
+            root: b(&sel.fd),
+            manifest: sel.manifest.as_ref(),
+            mode: Mode::Restore,
+        }
+    }
+
+    /// The manifest's block for `dir`, when this reader keeps the manifest beside the
+    /// tree. A damaged block is warned about and read as absent.
+    fn block(&self, dir: &TreeDir) -> Option<Vec<Entry>> {
+        let m = self.manifest?;
+        m.lookup(&dir.rel).unwrap_or_else(|e| {
+            tracing::warn!("manifest unusable for {}: {e}", dir.rel);
+            None
+        })
+    }
+}
+
+fn fd(dir: &TreeDir) -> io::Result<BorrowedFd<'_>> {
+    dir.fd.as_ref().map(b).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::Unsupported,
+            "read from the manifest only: no tree to read",
+        )
+    })
+}
+
+impl SnapshotReader for TreeReader<'_> {
+    type Dir = TreeDir;
+
+    fn root(&self) -> io::Result<TreeDir> {
+        let fd = match self.mode {
+            Mode::Manifest => None,
+            _ => Some(fsx::open_dir_at(self.root, b".")?),
+        };
+        Ok(TreeDir {
+            rel: RelPath::root(),
+            fd,
+        })
+    }
+
+    fn open_dir(&self, parent: &TreeDir, name: &[u8]) -> io::Result<TreeDir> {
+        let fd = match self.mode {
+            Mode::Manifest => None,
+            _ => Some(fsx::open_dir_at(fd(parent)?, name)?),
+        };
+        Ok(TreeDir {
+            rel: parent.rel.join(name),
+            fd,
+        })
+    }
+
+    fn list(&self, dir: &TreeDir) -> io::Result<Vec<Listed>> {
+        if self.mode == Mode::Manifest {
+            let block = self.manifest.expect("manifest mode").lookup(&dir.rel)?;
+            return Ok(block
+                .unwrap_or_default()
+                .into_iter()
+                .map(Listed::Recorded)
+                .collect());
+        }
+        let mut names = fsx::read_dir_names(fd(dir)?)?;
+        names.sort();
+        let Some(block) = self.block(dir) else {
+            return Ok(names.into_iter().map(|n| Listed::Name(n, None)).collect());
+        };
+        // Both sorted by name: one merge, no lookups. Names come from the tree only.
+        let mut recs = block.into_iter().peekable();
+        Ok(names
+            .into_iter()
+            .map(|n| {
+                while recs.next_if(|r| r.name < n).is_some() {}
+                let rec = recs.next_if(|r| r.name == n);
+                Listed::Name(n, rec)
+            })
+            .collect())
+    }
+
+    fn find(&self, dir: &TreeDir, name: &[u8]) -> io::Result<Listed> {
+        let rec = || {
+            self.block(dir)
+                .and_then(|es| manifest::find(&es, name).cloned())
+        };
+        match self.mode {
+            Mode::Manifest => {
+                let es = self.manifest.expect("manifest mode").lookup(&dir.rel)?;
+                es.and_then(|es| manifest::find(&es, name).cloned())
+                    .map(Listed::Recorded)
+                    .ok_or_else(|| Errno::NOENT.into())
+            }
+            Mode::Tree => Ok(Listed::Name(name.to_vec(), None)),
+            Mode::Restore => Ok(Listed::Name(name.to_vec(), rec())),
+        }
+    }
+
+    fn stat(&self, dir: &TreeDir, item: Listed) -> io::Result<Stat> {
+        let (name, rec) = match item {
+            Listed::Recorded(e) => {
+                return Ok(Stat {
+                    entry: e,
+                    meta: None,
+                });
+            }
+            Listed::Name(n, rec) => (n, rec),
+        };
+        let d = fd(dir)?;
+        let m = fsx::lstat_at(d, &name)?;
+        let mut e = Entry::from_meta(&name, &m);
+        match self.mode {
+            Mode::Tree => {
+                if m.kind == Kind::Symlink {
+                    e.target = fsx::read_link_at(d, &name).ok();
+                }
+                // By name (one `llistxattr`), not by opening the file (open + list + close).
+                let xs = fsx::read_xattrs(&XattrTarget::At(d, &name));
+                e.xattrs = xs.ok().and_then(|x| fsx::xattr_digest(&x));
+            }
+            // With a manifest, its record says which entries were one inode at the
+            // source (every file of a snapshot has several links: the older snapshots').
+            Mode::Restore if self.manifest.is_some() => {
+                e.hash = rec.as_ref().and_then(|r| r.hash);
+                e.group = rec.and_then(|r| r.group);
+            }
+            _ => {}
+        }
+        Ok(Stat {
+            entry: e,
+            meta: Some(m),
+        })
+    }
+
+    fn dir_meta(&self, dir: &TreeDir) -> io::Result<Meta> {
+        fsx::fstat(fd(dir)?)
+    }
+
+    fn hash(&self, dir: &TreeDir, e: &Entry) -> io::Result<Option<blake3::Hash>> {
+        if e.hash.is_some() || self.mode == Mode::Manifest {
+            return Ok(e.hash);
+        }
+        let f = fsx::open_read_at(fd(dir)?, &e.name)?;
+        fsx::hash_file(b(&f)).map(Some)
+    }
+
+    fn open_file(&self, dir: &TreeDir, name: &[u8]) -> io::Result<OwnedFd> {
+        fsx::open_read_at(fd(dir)?, name)
+    }
+
+    fn xattrs(&self, dir: &TreeDir, name: Option<&[u8]>) -> io::Result<Xattrs> {
+        let d = fd(dir)?;
+        match name {
+            Some(n) => fsx::read_xattrs(&XattrTarget::At(d, n)),
+            None => fsx::read_xattrs(&XattrTarget::Fd(d)),
+        }
+    }
+
+    fn read_link(&self, dir: &TreeDir, name: &[u8]) -> io::Result<Vec<u8>> {
+        fsx::read_link_at(fd(dir)?, name)
+    }
+}
+
+/// Opens directory `rel` under `root` without leaving it or following a symlink, at any
+/// depth: one `openat2` per stretch of components shorter than PATH_MAX.
+pub fn open_beneath(root: BorrowedFd<'_>, rel: &RelPath) -> io::Result<OwnedFd> {
+    const STRETCH: usize = 3072;
+    if rel.as_bytes().len() <= STRETCH {
+        return fsx::open_dir_beneath(root, rel.as_bytes());
+    }
+    let mut cur = fsx::open_dir_at(root, b".")?;
+    let mut part: Vec<u8> = Vec::new();
+    for c in rel.components() {
+        if !part.is_empty() && part.len() + 1 + c.len() > STRETCH {
+            cur = fsx::open_dir_beneath(b(&cur), &part)?;
+            part.clear();
+        }
+        if !part.is_empty() {
+            part.push(b'/');
+        }
+        part.extend_from_slice(c);
+    }
+    fsx::open_dir_beneath(b(&cur), &part)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(l: &[Listed]) -> Vec<&[u8]> {
+        l.iter().map(Listed::name).collect()
+    }
+
+    #[test]
+    fn a_tree_is_listed_sorted_and_stat_ed_by_name_at_any_depth() {
+        let t = tempfile::tempdir().unwrap();
+        let root = fsx::open_dir(t.path()).unwrap();
+        let long = vec![b'n'; 250];
+        let mut cur = fsx::open_dir_at(b(&root), b".").unwrap();
+        let mut rel = RelPath::root();
+        for _ in 0..20 {
+            fsx::mkdir_at(b(&cur), &long).unwrap();
+            cur = fsx::open_dir_at(b(&cur), &long).unwrap();
+            rel = rel.join(&long);
+        }
+        assert!(rel.as_bytes().len() > 4096);
+        for n in [&b"b"[..], b"a", b"c"] {
+            fsx::create_at(b(&cur), n).unwrap();
+        }
+        rustix::fs::symlinkat("a", &cur, "l").unwrap();
+
+        let r = TreeReader::tree(b(&root));
+        let mut dir = r.root().unwrap();
+        for c in rel.components() {
+            dir = r.open_dir(&dir, c).unwrap();
+        }
+        let l = r.list(&dir).unwrap();
+        assert_eq!(names(&l), [&b"a"[..], b"b", b"c", b"l"]);
+        let s = r.stat(&dir, l[3].clone()).unwrap();
+        assert_eq!(s.entry.kind, Kind::Symlink);
+        assert_eq!(s.entry.target.as_deref(), Some(&b"a"[..]));
+        assert!(s.meta.is_some());
+        let h = r.hash(&dir, &r.stat(&dir, l[0].clone()).unwrap().entry);
+        assert_eq!(h.unwrap(), Some(blake3::hash(b"")));
+        // A symlink is never followed as a directory; a missing name is ENOENT.
+        let e = r.open_dir(&dir, b"l").err().unwrap();
+        assert!(fsx::errno_is(&e, Errno::LOOP) || fsx::errno_is(&e, Errno::NOTDIR));
+        let e = r.stat(&dir, r.find(&dir, b"zz").unwrap()).err().unwrap();
+        assert!(fsx::errno_is(&e, Errno::NOENT));
+
+        let deep = open_beneath(b(&root), &rel).unwrap();
+        assert_eq!(fsx::read_dir_names(b(&deep)).unwrap().len(), 4);
+        let e = open_beneath(b(&root), &rel.join(b"l")).err().unwrap();
+        assert!(fsx::errno_is(&e, Errno::LOOP) || fsx::errno_is(&e, Errno::NOTDIR));
+    }
+}
