@@ -1,6 +1,6 @@
 //! Faults under the real binary, injected by the FUSE fault layer of bench/tools
 //! (`latencyfs` with fault flags, docs/testing.md) mounted over a temporary directory:
-//! an I/O error reading a source file, I/O errors and a full disk writing the store,
+//! an I/O error reading a source file, a directory it may not open, I/O errors and a full disk writing the store,
 //! the EFS hard-link limit, and a stalled call against a backup window. Each test skips
 //! (and says why) where FUSE is not usable.
 
@@ -100,6 +100,32 @@ fn source_eio_gives_partial_and_names_the_file() {
         std::fs::read(dest.join("daily.1/d1/f1")).unwrap(),
         b"content 1"
     );
+}
+
+/// EACCES opening one source directory: `partial`, the directory listed, the rest
+/// published.
+#[test]
+fn eacces_on_a_directory_gives_partial() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    let Some(_fs) = FaultFs::mount(&src, &mnt, &["--eacces", "/d2"]) else {
+        return;
+    };
+    let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep}\n{err}");
+    assert_eq!(rep["status"], "partial");
+    assert_eq!(
+        problems(&rep),
+        [("d2".to_string(), "unreadable".to_string())],
+        "{rep}"
+    );
+    assert_eq!(rep["problems"][0]["action"], "open directory");
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/d0/f0")).unwrap(),
+        b"content 0"
+    );
+    assert!(dest.join("daily.0/d2").is_dir());
 }
 
 /// The wanted behaviour (the reliability issue): a file that cannot be read keeps its
