@@ -459,3 +459,118 @@ pub fn snapring_nofile(nofile: u32, args: &[&OsStr]) -> Output {
         .env("SNAPRING_CATALOG", "off");
     c.output().expect("run snapring")
 }
+
+/// The latencyfs binary of bench/tools (the FUSE latency and fault layer), built once
+/// per test binary with `cargo build --manifest-path bench/tools/Cargo.toml` (a no-op
+/// when it is up to date). `None`, with the reason printed, when FUSE is not usable
+/// here (no /dev/fuse or no fusermount3), so the caller can skip.
+pub fn latencyfs() -> Option<PathBuf> {
+    static BIN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let r = BIN.get_or_init(|| {
+        if !Path::new("/dev/fuse").exists() {
+            return Err("/dev/fuse is absent".into());
+        }
+        let fusermount = Command::new("fusermount3").arg("-V").output();
+        if !fusermount.is_ok_and(|o| o.status.success()) {
+            return Err("fusermount3 is not installed (Debian: fuse3)".into());
+        }
+        let tools = Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/tools");
+        let bin = tools.join("target/debug/latencyfs");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let built = Command::new(cargo)
+            .args([
+                "build",
+                "--quiet",
+                "--locked",
+                "--bin",
+                "latencyfs",
+                "--manifest-path",
+            ])
+            .arg(tools.join("Cargo.toml"))
+            .env_remove("CARGO_TARGET_DIR")
+            .status();
+        match built {
+            Ok(s) if s.success() => Ok(bin),
+            _ if bin.exists() => {
+                eprintln!(
+                    "building latencyfs failed; using the existing {}",
+                    bin.display()
+                );
+                Ok(bin)
+            }
+            _ => Err(format!("could not build {}", bin.display())),
+        }
+    });
+    match r {
+        Ok(p) => Some(p.clone()),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// A latencyfs mount of `under` at `mnt` (no added latency) with the given fault flags
+/// (docs/testing.md); unmounted when dropped.
+pub struct FaultFs {
+    child: std::process::Child,
+    pub mnt: PathBuf,
+}
+
+impl FaultFs {
+    /// Mounts, and waits until the mount is there. `None` (reason printed) where FUSE is
+    /// not usable.
+    pub fn mount(under: &Path, mnt: &Path, faults: &[&str]) -> Option<FaultFs> {
+        let bin = latencyfs()?;
+        std::fs::create_dir_all(mnt).unwrap();
+        let parent_dev = std::fs::metadata(mnt.parent().unwrap()).unwrap().dev();
+        let mut child = Command::new(bin)
+            .args(["--delay-us", "0", "--threads", "16"])
+            .args(faults)
+            .arg(under)
+            .arg(mnt)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start latencyfs");
+        let t0 = std::time::Instant::now();
+        while std::fs::metadata(mnt)
+            .map(|m| m.dev())
+            .unwrap_or(parent_dev)
+            == parent_dev
+        {
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("latencyfs exited: {s}");
+            }
+            assert!(
+                t0.elapsed() < std::time::Duration::from_secs(20),
+                "latencyfs did not mount {}",
+                mnt.display()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Some(FaultFs {
+            child,
+            mnt: mnt.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for FaultFs {
+    fn drop(&mut self) {
+        // Lazily: a call the layer is stalling must not keep the mount busy.
+        let _ = Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&self.mnt)
+            .status();
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < std::time::Duration::from_secs(2) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

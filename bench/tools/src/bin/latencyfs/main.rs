@@ -3,9 +3,17 @@
 //! symlink, readlink, link, unlink, rmdir, rename, statfs, xattrs), to emulate NFS/EFS
 //! latency on a local disk. Data reads and writes pass through without delay.
 //!
-//! Usage: latencyfs [--delay-us 1000] [--threads 64] [--ttl-ms 0] UNDERLYING MOUNTPOINT
+//! Usage: latencyfs [--delay-us 1000] [--threads 64] [--ttl-ms 0] [FAULTS] UNDERLYING MOUNTPOINT
 //! Runs in the foreground until the mount point is unmounted (`fusermount3 -u`).
 //! FUSE inode numbers are the underlying inode numbers (the root swapped with 1).
+//!
+//! FAULTS inject errors and stalls for reliability tests (tests/faults.rs): EIO on
+//! reads, EIO or ENOSPC on writes past a byte budget, EMLINK past a link limit, EACCES,
+//! and stalled calls. See `faults.rs` and docs/testing.md.
+
+mod faults;
+
+use faults::{Faults, Op};
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -34,6 +42,7 @@ struct LatFs {
     files: Mutex<HashMap<u64, File>>,
     next_fh: AtomicU64,
     calls: AtomicU64,
+    faults: Faults,
 }
 
 fn errno(e: &std::io::Error) -> Errno {
@@ -202,12 +211,14 @@ impl Filesystem for LatFs {
     fn lookup(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.wait();
         let rel = tryr!(reply, self.child(parent, name));
+        self.faults.stall(Op::Lookup, &rel);
         self.entry(rel, reply);
     }
 
     fn getattr(&self, _r: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.wait();
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        self.faults.stall(Op::Getattr, &rel);
         match std::fs::symlink_metadata(self.full(&rel)) {
             Ok(m) => reply.attr(&self.ttl, &self.attr(&m)),
             Err(e) => reply.error(errno(&e)),
@@ -305,6 +316,7 @@ impl Filesystem for LatFs {
     ) {
         self.wait();
         let rel = tryr!(reply, self.child(parent, name));
+        tryr!(reply, self.faults.create());
         let ft = match mode & libc::S_IFMT {
             libc::S_IFIFO => rustix::fs::FileType::Fifo,
             libc::S_IFCHR => rustix::fs::FileType::CharacterDevice,
@@ -337,6 +349,7 @@ impl Filesystem for LatFs {
     ) {
         self.wait();
         let rel = tryr!(reply, self.child(parent, name));
+        tryr!(reply, self.faults.create());
         let p = self.full(&rel);
         tryr!(reply, io(std::fs::create_dir(&p)));
         let _ =
@@ -372,6 +385,7 @@ impl Filesystem for LatFs {
     ) {
         self.wait();
         let rel = tryr!(reply, self.child(parent, link_name));
+        tryr!(reply, self.faults.create());
         tryr!(
             reply,
             io(std::os::unix::fs::symlink(target, self.full(&rel)))
@@ -429,6 +443,9 @@ impl Filesystem for LatFs {
         self.wait();
         let from = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let to = tryr!(reply, self.child(newparent, newname));
+        tryr!(reply, self.faults.create());
+        let nlink = tryr!(reply, io(std::fs::symlink_metadata(self.full(&from)))).nlink();
+        tryr!(reply, self.faults.link(nlink));
         tryr!(
             reply,
             io(std::fs::hard_link(self.full(&from), self.full(&to)))
@@ -442,6 +459,8 @@ impl Filesystem for LatFs {
     fn open(&self, _r: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.wait();
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        tryr!(reply, self.faults.open(&rel));
+        self.faults.stall(Op::Open, &rel);
         let acc = flags.0 & libc::O_ACCMODE;
         let f = tryr!(
             reply,
@@ -459,7 +478,7 @@ impl Filesystem for LatFs {
     fn read(
         &self,
         _r: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -467,6 +486,9 @@ impl Filesystem for LatFs {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        let rel = self.rel(ino).unwrap_or_default();
+        self.faults.stall(Op::Read, &rel);
+        tryr!(reply, self.faults.read(&rel));
         let f = self.files.lock().unwrap().get(&fh.0).map(|f| f.try_clone());
         let f = tryr!(reply, f.ok_or(Errno::EBADF).and_then(io));
         let mut buf = vec![0u8; size as usize];
@@ -487,7 +509,7 @@ impl Filesystem for LatFs {
     fn write(
         &self,
         _r: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         data: &[u8],
@@ -496,6 +518,11 @@ impl Filesystem for LatFs {
         _lock: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
+        if self.faults.stalls(Op::Write) {
+            let rel = self.rel(ino).unwrap_or_default();
+            self.faults.stall(Op::Write, &rel);
+        }
+        tryr!(reply, self.faults.write(ino.0, data.len()));
         let f = self.files.lock().unwrap().get(&fh.0).map(|f| f.try_clone());
         let f = tryr!(reply, f.ok_or(Errno::EBADF).and_then(io));
         match f.write_all_at(data, offset) {
@@ -547,7 +574,10 @@ impl Filesystem for LatFs {
     fn opendir(&self, _r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.wait();
         match self.rel(ino) {
-            Some(_) => reply.opened(FileHandle(0), FopenFlags::empty()),
+            Some(rel) => {
+                tryr!(reply, self.faults.open(&rel));
+                reply.opened(FileHandle(0), FopenFlags::empty())
+            }
             None => reply.error(Errno::ENOENT),
         }
     }
@@ -562,6 +592,7 @@ impl Filesystem for LatFs {
     ) {
         self.wait();
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
+        self.faults.stall(Op::Readdir, &rel);
         let rd = tryr!(reply, io(std::fs::read_dir(self.full(&rel))));
         let mut entries: Vec<(OsString, u64, FileType)> = Vec::new();
         for e in rd {
@@ -660,6 +691,8 @@ impl Filesystem for LatFs {
     ) {
         self.wait();
         let rel = tryr!(reply, self.child(parent, name));
+        tryr!(reply, self.faults.open(&rel));
+        tryr!(reply, self.faults.create());
         let acc = flags & libc::O_ACCMODE;
         let f = tryr!(
             reply,
@@ -688,6 +721,10 @@ impl Filesystem for LatFs {
 
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let faults = Faults::from_args(&mut args).unwrap_or_else(|e| {
+        eprintln!("latencyfs: {e}");
+        std::process::exit(2);
+    });
     let mut opt = |name: &str, default: u64| -> u64 {
         match args.iter().position(|a| a == name) {
             Some(i) => {
@@ -703,7 +740,10 @@ fn main() {
     let ttl_ms = opt("--ttl-ms", 0);
     if args.len() != 2 {
         eprintln!(
-            "usage: latencyfs [--delay-us N] [--threads N] [--ttl-ms N] UNDERLYING MOUNTPOINT"
+            "usage: latencyfs [--delay-us N] [--threads N] [--ttl-ms N] [--eio-read PATTERN] \
+             [--eio-after BYTES | --enospc-after BYTES] [--per-file] [--link-limit N] \
+             [--eacces PATTERN] [--stall PATTERN] [--stall-secs N] [--stall-ops LIST] \
+             UNDERLYING MOUNTPOINT"
         );
         std::process::exit(2);
     }
@@ -718,6 +758,7 @@ fn main() {
         files: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
         calls: AtomicU64::new(0),
+        faults,
     };
     let mut cfg = Config::default();
     cfg.mount_options = vec![

@@ -1,0 +1,228 @@
+//! Fault injection for latencyfs, configured by flags (see docs/testing.md):
+//!
+//! - `--eio-read PATTERN`: reads of matching files fail with EIO.
+//! - `--eio-after N` / `--enospc-after N`: writes fail with EIO / ENOSPC once N bytes
+//!   have been written through the mount (in total, or per file with `--per-file`).
+//!   Once an ENOSPC budget is used up, creating files, directories, symlinks, device
+//!   nodes and links fails with ENOSPC too, as on a full disk.
+//! - `--link-limit N`: `link` fails with EMLINK when the inode already has N links.
+//! - `--eacces PATTERN`: opening matching files or directories fails with EACCES.
+//! - `--stall PATTERN`, `--stall-secs N` (30), `--stall-ops LIST` (`read`): calls of the
+//!   listed kinds (`lookup`, `getattr`, `open`, `read`, `write`, `readdir`) on matching
+//!   paths sleep N seconds before they are answered.
+//!
+//! A PATTERN without `/` is a glob (`*`, `?`) on the file name; one with `/` is a
+//! substring of the path from the mount's root, which starts with `/` (`/dir/file`).
+//! Every pattern flag can be repeated.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use fuser::Errno;
+
+/// Which calls a stall applies to.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Op {
+    Lookup,
+    Getattr,
+    Open,
+    Read,
+    Write,
+    Readdir,
+}
+
+impl Op {
+    fn parse(s: &str) -> Result<Op, String> {
+        Ok(match s {
+            "lookup" => Op::Lookup,
+            "getattr" => Op::Getattr,
+            "open" => Op::Open,
+            "read" => Op::Read,
+            "write" => Op::Write,
+            "readdir" => Op::Readdir,
+            _ => return Err(format!("unknown call {s:?} in --stall-ops")),
+        })
+    }
+}
+
+#[derive(Default)]
+pub struct Faults {
+    eio_read: Vec<String>,
+    eacces: Vec<String>,
+    stall: Vec<String>,
+    stall_ops: Vec<Op>,
+    stall_for: Duration,
+    /// Write budget in bytes and the errno once it is used up.
+    write_limit: Option<(u64, Errno)>,
+    per_file: bool,
+    link_limit: Option<u64>,
+    /// Bytes written: in total (key 0) or per FUSE inode.
+    written: Mutex<HashMap<u64, u64>>,
+}
+
+/// `*` and `?` over bytes.
+fn glob(p: &[u8], s: &[u8]) -> bool {
+    match p.split_first() {
+        None => s.is_empty(),
+        Some((b'*', rest)) => (0..=s.len()).any(|i| glob(rest, &s[i..])),
+        Some((b'?', rest)) => !s.is_empty() && glob(rest, &s[1..]),
+        Some((c, rest)) => s.first() == Some(c) && glob(rest, &s[1..]),
+    }
+}
+
+fn matches(patterns: &[String], rel: &Path) -> bool {
+    if patterns.is_empty() {
+        return false;
+    }
+    let name = rel.file_name().map(OsStr::as_bytes).unwrap_or(b"");
+    let mut full = b"/".to_vec();
+    full.extend_from_slice(rel.as_os_str().as_bytes());
+    patterns.iter().any(|p| {
+        let p = p.as_bytes();
+        if p.contains(&b'/') {
+            full.windows(p.len()).any(|w| w == p)
+        } else {
+            glob(p, name)
+        }
+    })
+}
+
+impl Faults {
+    /// Takes the fault flags out of `args`, leaving the others.
+    pub fn from_args(args: &mut Vec<String>) -> Result<Faults, String> {
+        let mut f = Faults {
+            stall_ops: vec![Op::Read],
+            stall_for: Duration::from_secs(30),
+            ..Faults::default()
+        };
+        let mut rest = Vec::new();
+        let mut it = std::mem::take(args).into_iter();
+        while let Some(a) = it.next() {
+            let known = [
+                "--eio-read",
+                "--eacces",
+                "--stall",
+                "--stall-ops",
+                "--stall-secs",
+                "--eio-after",
+                "--enospc-after",
+                "--link-limit",
+            ];
+            if a == "--per-file" {
+                f.per_file = true;
+                continue;
+            }
+            if !known.contains(&a.as_str()) {
+                rest.push(a);
+                continue;
+            }
+            let v = it.next().ok_or(format!("{a} needs a value"))?;
+            let num = |v: &str| v.parse::<u64>().map_err(|_| format!("{a}: not a number"));
+            match a.as_str() {
+                "--eio-read" => f.eio_read.push(v),
+                "--eacces" => f.eacces.push(v),
+                "--stall" => f.stall.push(v),
+                "--stall-ops" => {
+                    f.stall_ops = v.split(',').map(Op::parse).collect::<Result<_, _>>()?
+                }
+                "--stall-secs" => f.stall_for = Duration::from_secs(num(&v)?),
+                "--eio-after" => f.write_limit = Some((num(&v)?, Errno::EIO)),
+                "--enospc-after" => f.write_limit = Some((num(&v)?, Errno::ENOSPC)),
+                "--link-limit" => f.link_limit = Some(num(&v)?),
+                _ => unreachable!(),
+            }
+        }
+        *args = rest;
+        Ok(f)
+    }
+
+    /// Can calls of kind `op` stall at all?
+    pub fn stalls(&self, op: Op) -> bool {
+        !self.stall.is_empty() && self.stall_ops.contains(&op)
+    }
+
+    /// Sleeps if `op` on `rel` is to stall.
+    pub fn stall(&self, op: Op, rel: &Path) {
+        if self.stall_ops.contains(&op) && matches(&self.stall, rel) {
+            eprintln!(
+                "latencyfs: stalling {op:?} of {} for {:?}",
+                rel.display(),
+                self.stall_for
+            );
+            std::thread::sleep(self.stall_for);
+        }
+    }
+
+    /// EIO for a read of `rel`?
+    pub fn read(&self, rel: &Path) -> Result<(), Errno> {
+        if matches(&self.eio_read, rel) {
+            return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+
+    /// EACCES for opening `rel`?
+    pub fn open(&self, rel: &Path) -> Result<(), Errno> {
+        if matches(&self.eacces, rel) {
+            return Err(Errno::EACCES);
+        }
+        Ok(())
+    }
+
+    /// Counts a write of `len` bytes to inode `ino`; the error once the budget is gone.
+    pub fn write(&self, ino: u64, len: usize) -> Result<(), Errno> {
+        let Some((limit, err)) = self.write_limit else {
+            return Ok(());
+        };
+        let mut w = self.written.lock().unwrap();
+        let n = w.entry(if self.per_file { ino } else { 0 }).or_default();
+        if *n + len as u64 > limit {
+            return Err(err);
+        }
+        *n += len as u64;
+        Ok(())
+    }
+
+    /// ENOSPC for creating an entry once a total ENOSPC budget is used up.
+    pub fn create(&self) -> Result<(), Errno> {
+        match self.write_limit {
+            Some((limit, e)) if e == Errno::ENOSPC && !self.per_file => {
+                let used = self.written.lock().unwrap().get(&0).copied().unwrap_or(0);
+                if used >= limit {
+                    return Err(Errno::ENOSPC);
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// EMLINK for a new link to an inode that has `nlink` links already?
+    pub fn link(&self, nlink: u64) -> Result<(), Errno> {
+        match self.link_limit {
+            Some(l) if nlink >= l => Err(Errno::EMLINK),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patterns() {
+        let p = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert!(matches(&p(&["f*"]), Path::new("d/f1")));
+        assert!(matches(&p(&["f?"]), Path::new("f1")));
+        assert!(!matches(&p(&["f?"]), Path::new("f10")));
+        assert!(matches(&p(&["/d/f1"]), Path::new("d/f1")));
+        assert!(matches(&p(&["d/"]), Path::new("x/d/f1")));
+        assert!(!matches(&p(&["/d/f1"]), Path::new("xd/f1")));
+        assert!(!matches(&[], Path::new("f")));
+    }
+}

@@ -1,0 +1,336 @@
+//! Faults under the real binary, injected by the FUSE fault layer of bench/tools
+//! (`latencyfs` with fault flags, docs/testing.md) mounted over a temporary directory:
+//! an I/O error reading a source file, a directory it may not open, I/O errors and a full disk writing the store,
+//! the EFS hard-link limit, and a stalled call against a backup window. Each test skips
+//! (and says why) where FUSE is not usable.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// 20 small files in four directories, with old mtimes; returns once they are old
+/// enough (2 s) not to count as "racy" for the next run, so an unchanged file is linked
+/// without being read.
+fn source(src: &Path) {
+    for i in 0..20 {
+        let p = src.join(format!("d{}/f{i}", i % 4));
+        write(&p, format!("content {i}").as_bytes());
+        set_mtime(&p, 1_600_000_000, i);
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+}
+
+/// A tree's entries without their hard-link groups: what "complete" means for a
+/// snapshot whose links had to become copies.
+fn contents(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
+    let mut d = describe(root);
+    for v in d.values_mut() {
+        v.link_group = None;
+        if v.kind == "dir" {
+            v.mtime = 0;
+        }
+    }
+    d
+}
+
+fn problems(rep: &serde_json::Value) -> Vec<(String, String)> {
+    rep["problems"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| {
+                    (
+                        p["path"].as_str().unwrap_or("").to_string(),
+                        p["kind"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `t/src` is the source as written, `t/src-fs` the same through the layer.
+fn dirs(t: &tempfile::TempDir) -> (PathBuf, PathBuf, PathBuf) {
+    let (src, mnt, dest) = (
+        t.path().join("src"),
+        t.path().join("src-fs"),
+        t.path().join("backup"),
+    );
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&dest).unwrap();
+    (src, mnt, dest)
+}
+
+/// An I/O error reading one changed source file: `partial` (exit 2), the file named
+/// among the problems, everything else published.
+#[test]
+fn source_eio_gives_partial_and_names_the_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    let Some(fs) = FaultFs::mount(&src, &mnt, &[]) else {
+        return;
+    };
+    let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    drop(fs);
+    write(&src.join("d1/f1"), b"changed content 1");
+    set_mtime(&src.join("d1/f1"), 1_700_000_000, 0);
+    let _fs = FaultFs::mount(&src, &mnt, &["--eio-read", "/d1/f1"]).unwrap();
+    let (code, rep2, err) = backup(&mnt, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep2}\n{err}");
+    assert_eq!(rep2["status"], "partial");
+    assert_eq!(
+        problems(&rep2),
+        [("d1/f1".to_string(), "unreadable".to_string())],
+        "{rep2}"
+    );
+    assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);
+    assert_eq!(rep2["files_linked"], 19, "{rep} {rep2}");
+    for i in (0..20).filter(|i| *i != 1) {
+        assert_eq!(
+            std::fs::read(dest.join(format!("daily.0/d{}/f{i}", i % 4))).unwrap(),
+            format!("content {i}").as_bytes()
+        );
+    }
+    assert_eq!(
+        std::fs::read(dest.join("daily.1/d1/f1")).unwrap(),
+        b"content 1"
+    );
+}
+
+/// EACCES opening one source directory: `partial`, the directory listed, the rest
+/// published.
+#[test]
+fn eacces_on_a_directory_gives_partial() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    let Some(_fs) = FaultFs::mount(&src, &mnt, &["--eacces", "/d2"]) else {
+        return;
+    };
+    let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep}\n{err}");
+    assert_eq!(rep["status"], "partial");
+    assert_eq!(
+        problems(&rep),
+        [("d2".to_string(), "unreadable".to_string())],
+        "{rep}"
+    );
+    assert_eq!(rep["problems"][0]["action"], "open directory");
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/d0/f0")).unwrap(),
+        b"content 0"
+    );
+    assert!(dest.join("daily.0/d2").is_dir());
+}
+
+/// The wanted behaviour (the reliability issue): a file that cannot be read keeps its
+/// previous version in the new snapshot. Today it is left out of the new snapshot.
+#[test]
+#[ignore = "snapring bug: an unreadable changed file is dropped from the new snapshot instead of keeping its previous version"]
+fn source_eio_keeps_the_previous_version() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    let Some(fs) = FaultFs::mount(&src, &mnt, &[]) else {
+        return;
+    };
+    assert_eq!(backup(&mnt, &dest, &[], &[]).0, 0);
+    drop(fs);
+    write(&src.join("d1/f1"), b"changed content 1");
+    set_mtime(&src.join("d1/f1"), 1_700_000_000, 0);
+    let _fs = FaultFs::mount(&src, &mnt, &["--eio-read", "/d1/f1"]).unwrap();
+    let (code, rep, _) = backup(&mnt, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep}");
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/d1/f1")).ok(),
+        Some(b"content 1".to_vec()),
+        "the previous version of d1/f1 is in the new snapshot"
+    );
+}
+
+/// The store behind the layer; `t/store` is the same store without it.
+fn store_dirs(t: &tempfile::TempDir) -> (PathBuf, PathBuf, PathBuf) {
+    let (src, under, mnt) = (
+        t.path().join("src"),
+        t.path().join("under"),
+        t.path().join("store-fs"),
+    );
+    std::fs::create_dir(&src).unwrap();
+    std::fs::create_dir(&under).unwrap();
+    (src, under, mnt)
+}
+
+/// Writes to the store fail with EIO after 4 KiB per file: `failed` (exit 1), nothing
+/// published or rotated, the previous snapshot untouched, no staging tree left.
+#[test]
+fn destination_eio_fails_and_publishes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, under, mnt) = store_dirs(&t);
+    source(&src);
+    let Some(fs) = FaultFs::mount(&under, &mnt, &[]) else {
+        return;
+    };
+    let dest = mnt.join("store");
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    drop(fs);
+    let before = describe(&under.join("store/daily.0"));
+    write(&src.join("big"), &vec![7u8; 256 << 10]);
+    let fs = FaultFs::mount(&under, &mnt, &["--eio-after", "4096", "--per-file"]).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    drop(fs);
+    assert_eq!(code, 1, "{rep}\n{err}");
+    assert_eq!(rep["status"], "failed");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("Input/output error"),
+        "{rep}"
+    );
+    let store = under.join("store");
+    assert_eq!(snapshot_names(&store), ["daily.0"], "nothing published");
+    assert_same_tree(&before, &describe(&store.join("daily.0")), "daily.0");
+    let staging: Vec<_> = std::fs::read_dir(store.join(".snapring/staging"))
+        .unwrap()
+        .collect();
+    assert!(
+        staging.is_empty(),
+        "the partial tree is removed: {staging:?}"
+    );
+}
+
+/// The store's file system fills up (ENOSPC after 64 KiB in total): `failed`, nothing
+/// published; once there is space again the next run completes.
+#[test]
+fn destination_enospc_fails_and_the_next_run_completes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, under, mnt) = store_dirs(&t);
+    source(&src);
+    let Some(fs) = FaultFs::mount(&under, &mnt, &[]) else {
+        return;
+    };
+    let dest = mnt.join("store");
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    drop(fs);
+    let store = under.join("store");
+    let before = describe(&store.join("daily.0"));
+    let first = contents(&src);
+    write(&src.join("big"), &vec![7u8; 1 << 20]);
+    let fs = FaultFs::mount(&under, &mnt, &["--enospc-after", "65536"]).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    drop(fs);
+    assert_eq!(code, 1, "{rep}\n{err}");
+    assert_eq!(rep["status"], "failed");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("file system is full"),
+        "{rep}"
+    );
+    assert_eq!(snapshot_names(&store), ["daily.0"], "nothing published");
+    assert_same_tree(&before, &describe(&store.join("daily.0")), "daily.0");
+    // Space is back.
+    let _fs = FaultFs::mount(&under, &mnt, &[]).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert_eq!(rep["status"], "complete");
+    assert_eq!(snapshot_names(&store), ["daily.0", "daily.1"]);
+    assert_same_tree(
+        &contents(&src),
+        &contents(&store.join("daily.0")),
+        "daily.0",
+    );
+    assert_same_tree(&first, &contents(&store.join("daily.1")), "daily.1");
+}
+
+/// EFS allows 177 links per file. A file already linked 177 times (as if by 177
+/// snapshots) and a source hard-link group of 200 names both run into the limit: the
+/// links past it become copies, counted in `link_fallbacks`, and every snapshot has
+/// every file with its content.
+#[test]
+fn efs_link_limit_falls_back_to_copies_and_snapshots_stay_complete() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, under, mnt) = store_dirs(&t);
+    source(&src);
+    write(&src.join("many/0"), b"one inode, 200 names");
+    for i in 1..200 {
+        std::fs::hard_link(src.join("many/0"), src.join(format!("many/{i}"))).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(2100));
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--link-limit", "177"]) else {
+        return;
+    };
+    let dest = mnt.join("store");
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert!(rep["link_fallbacks"].as_u64().unwrap() > 0, "{rep}");
+    let store = under.join("store");
+    assert_same_tree(&contents(&src), &contents(&store.join("daily.0")), "run 1");
+    // As if 177 snapshots held d0/f0 already.
+    let scratch = under.join("scratch");
+    std::fs::create_dir(&scratch).unwrap();
+    let f0 = store.join("daily.0/d0/f0");
+    let mut i = 0;
+    while std::os::unix::fs::MetadataExt::nlink(&std::fs::metadata(&f0).unwrap()) < 177 {
+        std::fs::hard_link(&f0, scratch.join(i.to_string())).unwrap();
+        i += 1;
+    }
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert_eq!(rep["status"], "complete");
+    assert!(rep["link_fallbacks"].as_u64().unwrap() > 0, "{rep}");
+    assert_eq!(snapshot_names(&store), ["daily.0", "daily.1"]);
+    for s in ["daily.0", "daily.1"] {
+        assert_same_tree(&contents(&src), &contents(&store.join(s)), s);
+    }
+}
+
+/// A call the layer stalls for 30 s does not hold a `--window 3s` run past its window:
+/// `incomplete` (exit 3), well before the stall ends.
+fn stalled(ops: &str) {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    let faults = [
+        "--stall",
+        "/d1/f1",
+        "--stall-secs",
+        "30",
+        "--stall-ops",
+        ops,
+    ];
+    let Some(fs) = FaultFs::mount(&src, &mnt, &faults) else {
+        return;
+    };
+    let t0 = Instant::now();
+    let (code, rep, err) = backup(&mnt, &dest, &["--window", "3s"], &[]);
+    let took = t0.elapsed();
+    drop(fs);
+    assert_eq!(code, 3, "{rep}\n{err}");
+    assert_eq!(rep["status"], "incomplete");
+    assert!(
+        took < Duration::from_secs(15),
+        "a 3 s window ended after {took:?}"
+    );
+    assert!(snapshot_names(&dest).is_empty(), "nothing published");
+}
+
+#[test]
+#[ignore = "snapring bug: the window ends the walk only once every in-flight call returns; a stalled read holds the run for the whole stall (30 s), then exit 3"]
+fn stalled_read_does_not_outlast_the_window() {
+    stalled("read");
+}
+
+#[test]
+#[ignore = "snapring bug: as for a stalled read; every lookup of the file stalls again, so the run takes a multiple of 30 s"]
+fn stalled_lookup_does_not_outlast_the_window() {
+    stalled("lookup");
+}
