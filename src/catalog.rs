@@ -500,7 +500,7 @@ impl Catalog {
         self.conn
             .execute(
                 "INSERT INTO events (at, job, kind, message) VALUES (?1, ?2, ?3, ?4)",
-                params![crate::report::now_rfc3339(), job, kind, message],
+                params![crate::util::now_rfc3339(), job, kind, message],
             )
             .db(&self.path, "record event")?;
         Ok(())
@@ -619,13 +619,8 @@ impl Catalog {
     }
 }
 
-/// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
-pub fn log_path(r: &RunReport) -> PathBuf {
-    r.store
-        .join(crate::store::META_DIR)
-        .join("logs")
-        .join(format!("{}.log", r.id))
-}
+/// Where a run's log is: `<store>/.snapring/logs/<id>.log` (the store owns its layout).
+pub use crate::store::log_path;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -755,10 +750,10 @@ pub fn settle_running(c: &mut Catalog) {
         };
         let holder = crate::store::lock::Holder {
             pid: std::process::id(),
-            host: crate::report::hostname(),
+            host: crate::util::hostname(),
             run: None,
             command: "catalog".into(),
-            since: crate::report::now_rfc3339(),
+            since: crate::util::now_rfc3339(),
         };
         let Ok(lock) = s.lock(&holder) else { continue };
         let _ = s.repair(&lock, "catalog");

@@ -22,3 +22,4 @@ pub mod restore;
 pub mod runlog;
 pub mod schedule;
 pub mod store;
+pub mod util;

@@ -10,7 +10,8 @@ use super::{State, Store};
 use crate::error::{Ctx, Error, Result};
 use crate::failpoint;
 use crate::fsx;
-use crate::report::{Status, write_atomic};
+use crate::report::Status;
+use crate::util::write_atomic;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Journal {

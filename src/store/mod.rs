@@ -15,7 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Ctx, Error, Result};
 use crate::fsx::{self, b};
-use crate::report::{RunReport, Status, write_atomic};
+use crate::report::{RunReport, Status};
+use crate::util::write_atomic;
 
 pub const META_DIR: &str = ".snapring";
 pub const STORE_FORMAT: u32 = 1;
@@ -57,6 +58,14 @@ pub struct Snapshot {
     pub mtime: i64,
     /// The record, when the state file knows this directory (not for taken-over trees).
     pub rec: Option<SnapRec>,
+}
+
+/// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
+pub fn log_path(r: &RunReport) -> PathBuf {
+    r.store
+        .join(META_DIR)
+        .join("logs")
+        .join(format!("{}.log", r.id))
 }
 
 pub struct Store {
@@ -117,7 +126,7 @@ impl Store {
         if !info.exists() {
             let i = StoreInfo {
                 format: STORE_FORMAT,
-                created_at: crate::report::now_rfc3339(),
+                created_at: crate::util::now_rfc3339(),
                 created_by: format!("snapring {}", env!("CARGO_PKG_VERSION")),
             };
             write_atomic(&info, &serde_json::to_vec_pretty(&i).expect("serializes"))
