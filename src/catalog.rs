@@ -725,17 +725,41 @@ fn summarize(job: String, runs: &[RunRow]) -> Stats {
 /// message for the run's warnings (the run record in the store is what counts).
 pub fn record_quietly(path: &Path, allow_nfs: bool, r: &RunReport) -> Option<String> {
     let res = Catalog::open(path, allow_nfs).and_then(|mut c| c.record(r));
-    match res {
-        Ok(()) => None,
-        Err(e) => {
-            let msg = format!(
-                "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
-                r.store.display()
-            );
-            tracing::error!("{msg}");
-            Some(msg)
+    res.err().map(|e| quiet_error(e, r))
+}
+
+/// Records a run that has just started (status `running`) in the catalog at `path`,
+/// with any run of the same store the catalog still thinks is running (the store's
+/// repair has settled those in their records). Never fails: a problem is returned as a
+/// message for the run's warnings.
+pub fn record_start(
+    path: &Path,
+    allow_nfs: bool,
+    store: &crate::store::Store,
+    r: &RunReport,
+) -> Option<String> {
+    let res = Catalog::open(path, allow_nfs).and_then(|mut c| {
+        for (id, s) in c.running_in()? {
+            if s == r.store.to_string_lossy()
+                && id != r.id
+                && let Ok(Some(old)) = store.read_run(&id)
+            {
+                c.record(&old)?;
+            }
         }
-    }
+        c.record(r)
+    });
+    res.err().map(|e| quiet_error(e, r))
+}
+
+/// The warning for a catalog that could not be written (also logged).
+fn quiet_error(e: CatalogError, r: &RunReport) -> String {
+    let msg = format!(
+        "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
+        r.store.display()
+    );
+    tracing::error!("{msg}");
+    msg
 }
 
 /// Brings rows still marked `running` up to date: if their store can be locked (so no

@@ -944,12 +944,16 @@ fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<i32> {
     let mut opts = config::resolve(name, file_job, flags)?;
     opts.dry_run = a.dry_run;
     opts.plan_on_stderr = a.json;
-    opts.catalog = cat.for_config(file_catalog);
-    opts.catalog_on_nfs = cat.on_nfs;
+    let catalog = cat
+        .for_config(file_catalog)
+        .map(|path| snapring::job::CatalogTarget {
+            path,
+            on_nfs: cat.on_nfs,
+        });
     opts.progress = !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal();
     let cancel = Arc::new(AtomicBool::new(false));
     snapring::engine::progress::install_signal_handlers(&cancel);
-    let report = snapring::job::run(&opts, &notifiers, notify_success, &cancel)?;
+    let report = snapring::job::run(&opts, catalog.as_ref(), &notifiers, notify_success, &cancel)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

@@ -34,10 +34,6 @@ pub struct BackupOptions {
     pub progress: bool,
     /// Dry run: print the plan on stderr instead of stdout (stdout carries JSON).
     pub plan_on_stderr: bool,
-    /// The run catalog to record the run in (`None`: no catalog).
-    pub catalog: Option<PathBuf>,
-    /// Allow the catalog on NFS.
-    pub catalog_on_nfs: bool,
     /// Write the run's log to `.snapring/logs/<id>.log`.
     pub log_file: bool,
 }
@@ -59,8 +55,6 @@ impl BackupOptions {
             window: None,
             progress: false,
             plan_on_stderr: false,
-            catalog: None,
-            catalog_on_nfs: false,
             log_file: true,
         }
     }
