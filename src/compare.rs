@@ -252,7 +252,7 @@ impl Run<'_> {
         self.push(Difference {
             path: rel.escaped(),
             change,
-            kind: crate::restore::kind_name(e.kind).into(),
+            kind: e.kind.name().into(),
             detail,
         });
         if e.kind == Kind::Dir {
@@ -295,11 +295,7 @@ impl Run<'_> {
         let mut content = false;
         if x.kind != y.kind {
             content = true;
-            detail.push(format!(
-                "type {} -> {}",
-                crate::restore::kind_name(x.kind),
-                crate::restore::kind_name(y.kind)
-            ));
+            detail.push(format!("type {} -> {}", x.kind.name(), y.kind.name()));
         } else {
             match x.kind {
                 Kind::File => {
@@ -360,7 +356,7 @@ impl Run<'_> {
             } else {
                 Change::Metadata
             },
-            kind: crate::restore::kind_name(y.kind).into(),
+            kind: y.kind.name().into(),
             detail,
         })
     }

@@ -416,15 +416,7 @@ fn make_ancestors(
 }
 
 pub fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::File => "file",
-        Kind::Dir => "directory",
-        Kind::Symlink => "symlink",
-        Kind::Fifo => "fifo",
-        Kind::Char => "character device",
-        Kind::Block => "block device",
-        Kind::Socket => "socket",
-    }
+    k.name()
 }
 
 /// Why an existing target entry is not identical to the snapshot's, or `None`.

@@ -226,7 +226,7 @@ pub fn history(store: &Path, path: &RelPath) -> Result<Vec<Version>> {
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 kind: e
                     .as_ref()
-                    .map(|e| crate::restore::kind_name(e.kind).to_string())
+                    .map(|e| e.kind.name().to_string())
                     .unwrap_or_else(|| "absent".into()),
                 size: e.as_ref().map(|e| e.size),
                 mtime: e.as_ref().map(|e| fmt_t(&e.mtime)),
