@@ -566,8 +566,14 @@ impl Catalog {
         let runs = store_root.join(crate::store::META_DIR).join("runs");
         let mut n = 0;
         let mut seen = HashSet::new();
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&runs)
-            .db(&runs, "read run records")?
+        // A store without a `runs` folder (never written, or a read-only copy) has no runs.
+        let listing = match std::fs::read_dir(&runs) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            r => Some(r.db(&runs, "read run records")?),
+        };
+        let mut entries: Vec<PathBuf> = listing
+            .into_iter()
+            .flatten()
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .collect();

@@ -771,7 +771,7 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
                 Some(s) => s,
                 None => {
                     let from_store = dest.as_ref().and_then(|d| {
-                        let store = snapring::store::Store::open(d, false).ok()?;
+                        let store = snapring::store::Store::open_read(d).ok()?;
                         let r = store.read_run(&run).ok()??;
                         c.record(&r).ok()?;
                         c.show(&run).ok()?
@@ -847,7 +847,7 @@ fn run(cmd: Cmd, cat: CatalogChoice) -> anyhow::Result<i32> {
             cmd: CatalogCmd::Rebuild { dest },
         } => {
             let mut c = open_catalog(&cat)?;
-            let store = snapring::store::Store::open(&dest, false)?;
+            let store = snapring::store::Store::open_read(&dest)?;
             let key = std::fs::canonicalize(&store.root)?;
             let n = c.rebuild(&key, &key.to_string_lossy())?;
             println!(

@@ -173,13 +173,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let t0 = Instant::now();
     let started_at = report::now_rfc3339();
     fsx::raise_fd_limit();
-    let store = Store::open(&opts.store, false)?;
-    if store.needs_repair() {
-        tracing::warn!(
-            "{}: a rotation was interrupted; snapshot names may be mid-shift until a backup or `snapring list` repairs it",
-            store.root.display()
-        );
-    }
+    let store = Store::open_read(&opts.store)?;
     let sel = store.select(&opts.snapshot)?;
     let snap_name = sel.snap.name.clone();
     // Where the restored entry is in the snapshot: (directory fd, its path, the name).

@@ -61,7 +61,7 @@ pub fn diff(
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<DiffReport> {
-    let store = Store::open(store, false)?;
+    let store = Store::open_read(store)?;
     let a = store.select(old)?;
     let mut paths = vec![store.root.as_path()];
     paths.extend(against);
@@ -122,7 +122,7 @@ pub fn verify(
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<Vec<Verified>> {
-    let store = Store::open(store, false)?;
+    let store = Store::open_read(store)?;
     let sels: Vec<Selected> = if all {
         store
             .snapshots_with_runs()?
@@ -207,7 +207,7 @@ pub struct Version {
 
 /// Every retained version of one path, newest first.
 pub fn history(store: &Path, path: &RelPath) -> Result<Vec<Version>> {
-    let store = Store::open(store, false)?;
+    let store = Store::open_read(store)?;
     let mut found: Vec<(Version, Option<Entry>)> = Vec::new();
     for (snap, run, taken) in store.snapshots_with_runs()? {
         let sel = store.open_snapshot(snap, run, taken)?;
