@@ -2,6 +2,7 @@
 //! `.snapring/` (lock, journal, staging/, trash/, runs/, manifests/, logs/, state).
 //! Opening a store repairs it; see DESIGN.md's invariants. Does file I/O.
 
+mod copied;
 pub mod journal;
 pub mod lock;
 pub mod rotation;
@@ -58,6 +59,10 @@ pub struct Snapshot {
     pub mtime: i64,
     /// The record, when the state file knows this directory (not for taken-over trees).
     pub rec: Option<SnapRec>,
+    /// The record names another inode: the store was copied (`cp -a`, a tar), and this
+    /// directory matched the record's manifest, so the record is kept, with `ino` set
+    /// to this directory's (see `copied.rs`).
+    pub copied: bool,
 }
 
 /// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
@@ -76,6 +81,8 @@ pub struct Store {
     /// Set by `open_read` when an interrupted rotation waits to be rolled forward: the
     /// store as the roll-forward will leave it (nothing is renamed).
     pending: Option<journal::Pending>,
+    /// Copied snapshot directories already checked against their manifests.
+    checked: copied::Checked,
 }
 
 /// Opens the store's root directory, naming a missing store plainly.
@@ -172,6 +179,7 @@ impl Store {
             root_fd,
             meta,
             pending: None,
+            checked: Default::default(),
         })
     }
 
@@ -196,6 +204,7 @@ impl Store {
             root_fd,
             meta,
             pending: None,
+            checked: Default::default(),
         };
         s.pending = s.pending_view();
         Ok(s)
@@ -289,7 +298,9 @@ impl Store {
     }
 
     /// Repairs what a dead run left: rolls an unfinished rotation forward and marks the
-    /// dead run's record `incomplete`. Call with the lock held. Returns what it did.
+    /// dead run's record `incomplete`; and, in a copied store, keeps the records of the
+    /// snapshots that match their manifests (`copied.rs`). Call with the lock held.
+    /// Returns what it did.
     pub fn repair(&self, lock: &lock::Lock, by: &str) -> Result<Vec<String>> {
         let mut did = Vec::new();
         if let Some(run) = self.recover_journal()? {
@@ -307,6 +318,7 @@ impl Store {
             self.write_run(&r)?;
             did.push(format!("marked run {run} incomplete"));
         }
+        did.extend(self.keep_copied_records()?);
         for d in &did {
             tracing::warn!("repair: {d}");
         }
@@ -358,27 +370,37 @@ impl Store {
                 (self.read_state()?, names)
             }
         };
-        let mut out = Vec::new();
+        let mut found = Vec::new();
         for (name, at) in names {
             let Some((label, slot)) = rotation::parse_slot(&name) else {
                 continue;
             };
-            let m = match fsx::lstat_at(b(&self.root_fd), at.as_bytes()) {
-                Ok(m) if m.kind == fsx::Kind::Dir => m,
+            let label = label.to_string();
+            match fsx::lstat_at(b(&self.root_fd), at.as_bytes()) {
+                Ok(m) if m.kind == fsx::Kind::Dir => found.push((name, at, label, slot, m)),
                 _ => continue,
-            };
-            let rec = state
+            }
+        }
+        let present: std::collections::HashSet<u64> = found.iter().map(|f| f.4.ino).collect();
+        let mut out = Vec::new();
+        for (name, at, label, slot, m) in found {
+            let by_ino = state
                 .snapshots
                 .iter()
                 .find(|r| r.ino == m.ino && r.name == name)
                 .or_else(|| state.snapshots.iter().find(|r| r.ino == m.ino))
                 .cloned();
+            let copied = match by_ino {
+                Some(_) => None,
+                None => self.copied_record(&state, &name, &at, &m, &present),
+            };
             out.push(Snapshot {
-                label: label.to_string(),
+                label,
                 slot,
                 ino: m.ino,
                 mtime: m.mtime.sec,
-                rec,
+                copied: copied.is_some(),
+                rec: by_ino.or(copied),
                 name,
             });
         }
