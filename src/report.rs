@@ -1,5 +1,5 @@
 //! The run report: one JSON document per run (`.snapring/runs/<id>.json`) holding the
-//! KPIs of DESIGN.md, the status and every listed problem. The catalog, metrics and
+//! KPIs (docs/format.md), the status and every listed problem. The catalog, metrics and
 //! notifications are all fed from it. Pure data plus the atomic write of the file.
 
 use std::path::PathBuf;

@@ -1,7 +1,7 @@
 //! One backup run, start to end: lock and repair the store, check the source, pick the
 //! previous snapshot to link against, build the new snapshot in staging, flush, publish
 //! it through the journal, delete expired snapshots, and write the run record. The
-//! status rules of DESIGN.md live here. Does I/O through `store` and `walk`.
+//! status rules of ARCHITECTURE.md live here. Does I/O through `store` and `walk`.
 
 use std::io::Write;
 use std::os::fd::OwnedFd;

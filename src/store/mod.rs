@@ -1,6 +1,7 @@
 //! The hard-link store at `<dest>/<folder>`: plain snapshot trees `<label>.<n>` beside
 //! `.snapring/` (lock, journal, staging/, trash/, runs/, manifests/, logs/, state).
-//! Opening a store repairs it; see DESIGN.md's invariants. Does file I/O.
+//! Writers open it with `open` (and repair it under the lock), readers with
+//! `open_read` (nothing written); see the invariants in ARCHITECTURE.md. Does file I/O.
 
 mod copied;
 pub mod journal;
