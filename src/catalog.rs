@@ -500,7 +500,7 @@ impl Catalog {
         self.conn
             .execute(
                 "INSERT INTO events (at, job, kind, message) VALUES (?1, ?2, ?3, ?4)",
-                params![crate::report::now_rfc3339(), job, kind, message],
+                params![crate::util::now_rfc3339(), job, kind, message],
             )
             .db(&self.path, "record event")?;
         Ok(())
@@ -566,8 +566,14 @@ impl Catalog {
         let runs = store_root.join(crate::store::META_DIR).join("runs");
         let mut n = 0;
         let mut seen = HashSet::new();
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(&runs)
-            .db(&runs, "read run records")?
+        // A store without a `runs` folder (never written, or a read-only copy) has no runs.
+        let listing = match std::fs::read_dir(&runs) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            r => Some(r.db(&runs, "read run records")?),
+        };
+        let mut entries: Vec<PathBuf> = listing
+            .into_iter()
+            .flatten()
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "json"))
             .collect();
@@ -619,13 +625,8 @@ impl Catalog {
     }
 }
 
-/// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
-pub fn log_path(r: &RunReport) -> PathBuf {
-    r.store
-        .join(crate::store::META_DIR)
-        .join("logs")
-        .join(format!("{}.log", r.id))
-}
+/// Where a run's log is: `<store>/.snapring/logs/<id>.log` (the store owns its layout).
+pub use crate::store::log_path;
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -730,17 +731,41 @@ fn summarize(job: String, runs: &[RunRow]) -> Stats {
 /// message for the run's warnings (the run record in the store is what counts).
 pub fn record_quietly(path: &Path, allow_nfs: bool, r: &RunReport) -> Option<String> {
     let res = Catalog::open(path, allow_nfs).and_then(|mut c| c.record(r));
-    match res {
-        Ok(()) => None,
-        Err(e) => {
-            let msg = format!(
-                "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
-                r.store.display()
-            );
-            tracing::error!("{msg}");
-            Some(msg)
+    res.err().map(|e| quiet_error(e, r))
+}
+
+/// Records a run that has just started (status `running`) in the catalog at `path`,
+/// with any run of the same store the catalog still thinks is running (the store's
+/// repair has settled those in their records). Never fails: a problem is returned as a
+/// message for the run's warnings.
+pub fn record_start(
+    path: &Path,
+    allow_nfs: bool,
+    store: &crate::store::Store,
+    r: &RunReport,
+) -> Option<String> {
+    let res = Catalog::open(path, allow_nfs).and_then(|mut c| {
+        for (id, s) in c.running_in()? {
+            if s == r.store.to_string_lossy()
+                && id != r.id
+                && let Ok(Some(old)) = store.read_run(&id)
+            {
+                c.record(&old)?;
+            }
         }
-    }
+        c.record(r)
+    });
+    res.err().map(|e| quiet_error(e, r))
+}
+
+/// The warning for a catalog that could not be written (also logged).
+fn quiet_error(e: CatalogError, r: &RunReport) -> String {
+    let msg = format!(
+        "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
+        r.store.display()
+    );
+    tracing::error!("{msg}");
+    msg
 }
 
 /// Brings rows still marked `running` up to date: if their store can be locked (so no
@@ -755,10 +780,10 @@ pub fn settle_running(c: &mut Catalog) {
         };
         let holder = crate::store::lock::Holder {
             pid: std::process::id(),
-            host: crate::report::hostname(),
+            host: crate::util::hostname(),
             run: None,
             command: "catalog".into(),
-            since: crate::report::now_rfc3339(),
+            since: crate::util::now_rfc3339(),
         };
         let Ok(lock) = s.lock(&holder) else { continue };
         let _ = s.repair(&lock, "catalog");

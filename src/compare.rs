@@ -15,7 +15,6 @@ use serde::Serialize;
 use crate::fsx::{self, Kind};
 use crate::manifest::Entry;
 use crate::relpath::RelPath;
-use crate::restore::kind_name;
 use crate::same::{Delta, Facts};
 use crate::snapshot::{Listed, SnapshotReader};
 use crate::traverse::{self, Dir, Opened, Step, Visitor};
@@ -287,7 +286,7 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         self.push(Difference {
             path: rel.escaped(),
             change,
-            kind: kind_name(e.kind).into(),
+            kind: e.kind.name().into(),
             detail,
         });
         if e.kind == Kind::Dir {
@@ -364,11 +363,7 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         let mut content = d.content();
         let mut detail = Vec::new();
         if d.kind {
-            detail.push(format!(
-                "type {} -> {}",
-                kind_name(x.kind),
-                kind_name(y.kind)
-            ));
+            detail.push(format!("type {} -> {}", x.kind.name(), y.kind.name()));
         }
         if d.size {
             detail.push(format!("size {} -> {}", x.size, y.size));
@@ -411,7 +406,7 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
             } else {
                 Change::Metadata
             },
-            kind: kind_name(y.kind).into(),
+            kind: y.kind.name().into(),
             detail,
         })
     }

@@ -47,6 +47,18 @@ impl Kind {
             Kind::Socket => 's',
         }
     }
+    /// The name reports use: `file`, `directory`, `symlink`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Char => "character device",
+            Kind::Block => "block device",
+            Kind::Socket => "socket",
+        }
+    }
     pub fn from_code(c: char) -> Option<Kind> {
         Some(match c {
             'f' => Kind::File,

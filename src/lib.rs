@@ -27,3 +27,4 @@ pub mod sink;
 pub mod snapshot;
 pub mod store;
 pub mod traverse;
+pub mod util;

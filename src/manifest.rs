@@ -263,6 +263,19 @@ pub struct Reader {
     pub mf_path: PathBuf,
     /// When the walk that wrote this manifest began (wall clock of the backup host).
     pub started: Time,
+    /// Whether the source inode numbers and ctimes it records still identify the
+    /// source's files. `false` once its snapshot was found copied (`<id>.copied`, see
+    /// `copied_marker`): a store copied with `cp -a` or restored from a tar may back up
+    /// a source that moved too. Entries then read with both unknown (0), and the
+    /// backup compares them by type, size, mtime, mode, owner and xattrs, as it does a
+    /// tree without a manifest.
+    pub source_ids: bool,
+}
+
+/// `<manifest_dir>/<id>.copied`: present once the snapshot of run `id` was found in a
+/// copied store (its directory had a new inode) and its tree matched this manifest.
+pub fn copied_marker(manifest_dir: &Path, id: &str) -> PathBuf {
+    manifest_dir.join(format!("{id}.copied"))
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
@@ -307,7 +320,18 @@ impl Reader {
             root_len: u64::from_le_bytes(idx_head[16..24].try_into().expect("8")),
             mf_path,
             started,
+            source_ids: !copied_marker(manifest_dir, id).exists(),
         })
+    }
+
+    /// An entry as read, with the source's ids forgotten when they are not valid.
+    fn read_entry(&self, line: &str) -> Result<Entry, String> {
+        let mut e = Entry::parse_line(line)?;
+        if !self.source_ids {
+            e.ino = 0;
+            e.ctime = Time::default();
+        }
+        Ok(e)
     }
 
     fn record(&self, i: u64) -> io::Result<(u64, u64, u64)> {
@@ -361,7 +385,7 @@ impl Reader {
                 .ok_or_else(|| corrupt(&self.mf_path, "block without header"))?;
             if RelPath::from_escaped(head).map_err(|e| corrupt(&self.mf_path, e))? == *dir {
                 let entries = lines
-                    .map(Entry::parse_line)
+                    .map(|l| self.read_entry(l))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| corrupt(&self.mf_path, e))?;
                 return Ok(Some(entries));
@@ -387,7 +411,8 @@ impl Reader {
             } else {
                 f(
                     &dir,
-                    Entry::parse_line(&line).map_err(|e| corrupt(&self.mf_path, e))?,
+                    self.read_entry(&line)
+                        .map_err(|e| corrupt(&self.mf_path, e))?,
                 )?;
             }
         }

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use crate::report::{RunReport, Status};
 
@@ -103,7 +103,7 @@ impl NotifierConfig {
             k => p.push(format!("unknown type {k:?}: use webhook, email or command")),
         }
         if let Some(t) = &self.timeout
-            && let Err(e) = crate::engine::options::parse_duration(t)
+            && let Err(e) = crate::util::parse_duration(t)
         {
             p.push(format!("timeout: {e}"));
         }
@@ -113,22 +113,13 @@ impl NotifierConfig {
     fn timeout(&self) -> Duration {
         self.timeout
             .as_deref()
-            .and_then(|t| crate::engine::options::parse_duration(t).ok())
+            .and_then(|t| crate::util::parse_duration(t).ok())
             .unwrap_or(Duration::from_secs(30))
     }
 }
 
-/// What happened when one notifier was tried.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct Outcome {
-    pub notifier: String,
-    pub kind: String,
-    pub ok: bool,
-    pub attempts: u32,
-    /// The last error (secrets removed).
-    pub error: Option<String>,
-    pub at: String,
-}
+/// What happened when one notifier was tried (defined beside the run report).
+pub use crate::report::NotifyOutcome as Outcome;
 
 /// Whether a run with this status is notified.
 pub fn wanted(status: Status, notify_success: bool) -> bool {
@@ -169,7 +160,7 @@ pub fn message(r: &RunReport) -> (String, String) {
         r.errors,
         indicatif::HumanBytes(r.bytes_total),
         indicatif::HumanBytes(r.bytes_transferred),
-        crate::catalog::log_path(r).display()
+        crate::store::log_path(r).display()
     );
     for p in r.problems.iter().take(10) {
         text.push_str(&format!(
@@ -218,7 +209,7 @@ pub fn send_all(notifiers: &[(String, NotifierConfig)], r: &RunReport) -> Vec<Ou
                 ok: last.is_none(),
                 attempts: n,
                 error: last,
-                at: crate::report::now_rfc3339(),
+                at: crate::util::now_rfc3339(),
             }
         })
         .collect()
@@ -280,7 +271,7 @@ fn webhook(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
             "job": r.job,
             "status": r.status,
             "run": r.id,
-            "log": crate::catalog::log_path(r),
+            "log": crate::store::log_path(r),
             "report": r,
         })
     };
@@ -346,7 +337,7 @@ fn command(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
         .env("SNAPRING_JOB", r.job.as_deref().unwrap_or(""))
         .env("SNAPRING_STATUS", r.status.as_str())
         .env("SNAPRING_RUN_ID", &r.id)
-        .env("SNAPRING_LOG", crate::catalog::log_path(r))
+        .env("SNAPRING_LOG", crate::store::log_path(r))
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -3,7 +3,7 @@
 //!
 //! Any byte string except NUL and `/` is a valid component (spaces, newlines, quotes,
 //! non-UTF-8). `.`/`..`/empty components and absolute paths are rejected, so a `RelPath`
-//! can never leave the tree it is joined to (DESIGN invariant 6).
+//! can never leave the tree it is joined to (invariant 6 in ARCHITECTURE.md).
 
 use std::cmp::Ordering;
 use std::fmt;

@@ -1,8 +1,8 @@
 //! The run report: one JSON document per run (`.snapring/runs/<id>.json`) holding the
-//! KPIs of DESIGN.md, the status and every listed problem. The catalog, metrics and
+//! KPIs (docs/format.md), the status and every listed problem. The catalog, metrics and
 //! notifications are all fed from it. Pure data plus the atomic write of the file.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -144,7 +144,20 @@ pub struct RunReport {
     pub warnings: Vec<String>,
     /// Who was told about this run, and whether it worked (`snapring run`, the daemon).
     #[serde(default)]
-    pub notifications: Vec<crate::notify::Outcome>,
+    pub notifications: Vec<NotifyOutcome>,
+}
+
+/// What happened when one notifier was tried (`notify` sends; the report only holds
+/// the outcome, so the report does not depend on the notifiers).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NotifyOutcome {
+    pub notifier: String,
+    pub kind: String,
+    pub ok: bool,
+    pub attempts: u32,
+    /// The last error (secrets removed).
+    pub error: Option<String>,
+    pub at: String,
 }
 
 /// Counters the workers bump while a run goes on.
@@ -207,43 +220,6 @@ pub fn push_listed<T>(list: &Mutex<Vec<T>>, item: T) {
     }
 }
 
-/// Now, as RFC 3339 UTC with milliseconds.
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-}
-
-/// Peak resident set size of this process (VmHWM), in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|k| k.parse::<u64>().ok())
-            })
-        })
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
-}
-
-pub fn hostname() -> String {
-    rustix::system::uname()
-        .nodename()
-        .to_string_lossy()
-        .into_owned()
-}
-
-/// Writes `bytes` to `path` crash-safely: temp file, fsync, rename, fsync of the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
+// The helpers below moved to `util` (no module of the crate below them); re-exported
+// for the callers that name them here.
+pub use crate::util::{hostname, now_rfc3339, peak_rss_bytes, write_atomic};

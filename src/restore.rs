@@ -215,15 +215,9 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let t0 = Instant::now();
     let started_at = report::now_rfc3339();
     fsx::raise_fd_limit();
-    let store = Store::open(&opts.store, false)?;
-    if store.needs_repair() {
-        tracing::warn!(
-            "{}: a rotation was interrupted; snapshot names may be mid-shift until a backup or `snapring list` repairs it",
-            store.root.display()
-        );
-    }
+    let store = Store::open_read(&opts.store)?;
     let sel = store.select(&opts.snapshot)?;
-    let reader = TreeReader::for_restore(&sel);
+    let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let found = locate(opts, &sel, &reader)?;
     let (to_fd, to_was_new) = open_target(opts, &store)?;
     let mut created_ancestors = Vec::new();
@@ -475,7 +469,7 @@ fn make_ancestors<R: SnapshotReader>(
                     path: shown,
                     msg: format!(
                         "a {} is where the snapshot has a directory; move it away or restore with --flat into another --to",
-                        kind_name(m.kind)
+                        m.kind.name()
                     ),
                 });
             }
@@ -496,18 +490,6 @@ fn make_ancestors<R: SnapshotReader>(
         cur = fsx::open_dir_at(b(&cur), c).ctx("open", &shown)?;
     }
     Ok(Some(cur))
-}
-
-pub fn kind_name(k: Kind) -> &'static str {
-    match k {
-        Kind::File => "file",
-        Kind::Dir => "directory",
-        Kind::Symlink => "symlink",
-        Kind::Fifo => "fifo",
-        Kind::Char => "character device",
-        Kind::Block => "block device",
-        Kind::Socket => "socket",
-    }
 }
 
 /// Why an existing target entry is not identical to the snapshot's, or `None`.
@@ -776,10 +758,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             None => (true, true),
             Some(x) if x.kind == Kind::Dir => (false, mode != Mode::Safe),
             Some(x) if mode == Mode::Safe => {
-                let why = format!(
-                    "a {} is where the snapshot has a directory",
-                    kind_name(x.kind)
-                );
+                let why = format!("a {} is where the snapshot has a directory", x.kind.name());
                 self.conflict(&at.rel, why);
                 return Step::Next;
             }
@@ -821,7 +800,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             if mode != Mode::Mirror {
                 let why = format!(
                     "a directory is where the snapshot has a {} (only --mirror replaces a directory)",
-                    kind_name(m.kind)
+                    m.kind.name()
                 );
                 self.conflict(&at.rel, why);
                 return;
@@ -864,8 +843,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if x.kind != m.kind {
             return Same::No(format!(
                 "a {} is where the snapshot has a {}",
-                kind_name(x.kind),
-                kind_name(m.kind)
+                x.kind.name(),
+                m.kind.name()
             ));
         }
         let (theirs, ours) = if m.kind == Kind::Symlink {

@@ -19,7 +19,6 @@ use rustix::io::Errno;
 use crate::fsx::{self, Kind, Meta, XattrTarget, Xattrs, b};
 use crate::manifest::{self, Entry};
 use crate::relpath::RelPath;
-use crate::store::select::Selected;
 
 /// One name of a directory's listing.
 #[derive(Clone, Debug)]
@@ -123,14 +122,15 @@ pub struct TreeDir {
 impl<'a> TreeReader<'a> {
     /// What a snapshot records: its manifest's entries and hashes when it has a usable
     /// manifest (the tree is not read at all), else its tree as it is.
-    pub fn recorded(sel: &'a Selected) -> Self {
-        match &sel.manifest {
+    /// `root`: the snapshot's tree; `manifest`: its manifest, if it has a usable one.
+    pub fn recorded(root: BorrowedFd<'a>, manifest: Option<&'a manifest::Reader>) -> Self {
+        match manifest {
             Some(m) => TreeReader {
-                root: b(&sel.fd),
+                root,
                 manifest: Some(m),
                 mode: Mode::Manifest,
             },
-            None => TreeReader::tree(b(&sel.fd)),
+            None => TreeReader::tree(root),
         }
     }
 
@@ -146,10 +146,10 @@ impl<'a> TreeReader<'a> {
 
     /// A snapshot to copy out: names and metadata from its tree, hashes and hard-link
     /// groups from its manifest (a tree without one: groups from the link count).
-    pub fn for_restore(sel: &'a Selected) -> Self {
+    pub fn for_restore(root: BorrowedFd<'a>, manifest: Option<&'a manifest::Reader>) -> Self {
         TreeReader {
-            root: b(&sel.fd),
-            manifest: sel.manifest.as_ref(),
+            root,
+            manifest,
             mode: Mode::Restore,
         }
     }

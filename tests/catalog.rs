@@ -340,3 +340,85 @@ fn a_corrupt_or_locked_catalog_never_fails_a_backup() {
     let (_, h, _) = e.cli(&["history", "--json"]);
     assert_eq!(h.as_array().unwrap().len(), 3);
 }
+
+/// The job layer records runs, not the engine: `engine::backup` leaves the catalog
+/// alone; `job::run_backup` records the run `running` once it has started (seen from
+/// inside the run through the same observer hook) and its outcome at the end; a catalog
+/// that cannot be written becomes a warning kept in the store's run record too.
+#[test]
+fn the_job_layer_records_runs_and_the_engine_does_not() {
+    use snapring::catalog::{Catalog, Filter};
+    use snapring::engine::{BackupOptions, Observer};
+    use snapring::job::{CatalogRecorder, CatalogTarget};
+    use snapring::report::RunReport;
+    use snapring::store::Store;
+    use std::sync::atomic::AtomicBool;
+
+    let e = setup();
+    let opts = BackupOptions::new(&e.src, &e.store);
+    let cancel = AtomicBool::new(false);
+    let rep = snapring::engine::backup(&opts, &cancel).unwrap();
+    assert_eq!(rep.status, snapring::report::Status::Complete);
+    assert!(!e.catalog.exists(), "the engine wrote a catalog");
+
+    let target = CatalogTarget {
+        path: e.catalog.clone(),
+        on_nfs: false,
+    };
+    let rep = snapring::job::run_backup(&opts, Some(&target), &cancel).unwrap();
+    let rows = Catalog::open(&e.catalog, false)
+        .unwrap()
+        .runs(&Filter::default())
+        .unwrap();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(
+        (rows[0].id.as_str(), rows[0].status.as_str()),
+        (rep.id.as_str(), "complete")
+    );
+
+    // While the run goes on, its row says `running`.
+    struct Probe<'a> {
+        inner: CatalogRecorder<'a>,
+        seen: std::sync::Mutex<Option<String>>,
+    }
+    impl Observer for Probe<'_> {
+        fn started(&self, store: &Store, rep: &mut RunReport) {
+            self.inner.started(store, rep);
+            let c = Catalog::open(&self.inner.0.path, false).unwrap();
+            *self.seen.lock().unwrap() = c
+                .show(&rep.id)
+                .unwrap()
+                .map(|s| format!("{:?}", s.report.status));
+        }
+        fn finished(&self, rep: &mut RunReport) {
+            self.inner.finished(rep);
+        }
+    }
+    let probe = Probe {
+        inner: CatalogRecorder(&target),
+        seen: Default::default(),
+    };
+    let rep = snapring::engine::backup_observed(&opts, &cancel, &probe).unwrap();
+    assert_eq!(probe.seen.lock().unwrap().as_deref(), Some("Running"));
+    let c = Catalog::open(&e.catalog, false).unwrap();
+    assert_eq!(
+        c.show(&rep.id).unwrap().unwrap().report.status,
+        snapring::report::Status::Complete
+    );
+
+    // A catalog that cannot be opened: a warning, in the report and in the store.
+    let bad = CatalogTarget {
+        path: e.src.join("d0"),
+        on_nfs: false,
+    };
+    let rep = snapring::job::run_backup(&BackupOptions::new(&e.src, &e.store), Some(&bad), &cancel)
+        .unwrap();
+    assert_eq!(rep.status, snapring::report::Status::Complete);
+    assert_eq!(rep.warnings.len(), 2, "{:?}", rep.warnings);
+    let stored = Store::open(&e.store, false)
+        .unwrap()
+        .read_run(&rep.id)
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.warnings, rep.warnings);
+}

@@ -30,7 +30,13 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let job = resolve(&a, cat)?;
     let cancel = super::cancel_on_signal();
-    let report = snapring::job::run(&job.opts, &job.notifiers, job.notify_success, &cancel)?;
+    let report = snapring::job::run(
+        &job.opts,
+        job.catalog.as_ref(),
+        &job.notifiers,
+        job.notify_success,
+        &cancel,
+    )?;
     if a.json {
         print::json(&report)?;
     } else {
@@ -42,6 +48,8 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 /// A job ready to run: its resolved options and whom to notify.
 struct Job {
     opts: BackupOptions,
+    /// Where the job layer records the run (`None`: no catalog).
+    catalog: Option<snapring::job::CatalogTarget>,
     /// By name, as the config file defines them.
     notifiers: Vec<(String, NotifierConfig)>,
     notify_success: bool,
@@ -67,11 +75,16 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
     let mut opts = config::resolve(name, file_job, flags(a))?;
     opts.dry_run = a.dry_run;
     opts.plan_on_stderr = a.json;
-    opts.catalog = cat.for_config(file_catalog);
-    opts.catalog_on_nfs = cat.on_nfs;
+    let catalog = cat
+        .for_config(file_catalog)
+        .map(|path| snapring::job::CatalogTarget {
+            path,
+            on_nfs: cat.on_nfs,
+        });
     opts.progress = !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal();
     Ok(Job {
         opts,
+        catalog,
         notifiers,
         notify_success,
     })

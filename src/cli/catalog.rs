@@ -51,7 +51,7 @@ pub fn show(a: ShowArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 /// Records run `run` of the store at `dest` in the catalog and shows it; `None` when
 /// the store or the run record cannot be read.
 fn import_run(c: &mut Catalog, dest: &Path, run: &str) -> Option<Shown> {
-    let store = snapring::store::Store::open(dest, false).ok()?;
+    let store = snapring::store::Store::open_read(dest).ok()?;
     let r = store.read_run(run).ok()??;
     c.record(&r).ok()?;
     c.show(run).ok()?
@@ -73,7 +73,7 @@ pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 /// `snapring catalog rebuild --dest STORE`.
 pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let mut c = cat.open()?;
-    let store = snapring::store::Store::open(dest, false)?;
+    let store = snapring::store::Store::open_read(dest)?;
     let key = std::fs::canonicalize(&store.root)?;
     let n = c.rebuild(&key, &key.to_string_lossy())?;
     println!(

@@ -56,7 +56,7 @@ pub fn diff(
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<DiffReport> {
-    let store = Store::open(store, false)?;
+    let store = Store::open_read(store)?;
     let a = store.select(old)?;
     let mut paths = vec![store.root.as_path()];
     paths.extend(against);
@@ -68,14 +68,14 @@ pub fn diff(
     match (new, against) {
         (Some(new), None) => {
             let bsel = store.select(new)?;
-            let (ra, rb) = (TreeReader::recorded(&a), TreeReader::recorded(&bsel));
+            let (ra, rb) = (recorded(&a), recorded(&bsel));
             let o = compare::compare(&ra, &rb, &opts, cancel);
             Ok(report(a.snap.name.clone(), bsel.snap.name.clone(), o))
         }
         (None, Some(dir)) => {
             let fd = fsx::open_dir(dir).map_err(|e| live_error(e, dir))?;
             let live = TreeReader::tree(b(&fd));
-            let o = compare::compare(&TreeReader::recorded(&a), &live, &opts, cancel);
+            let o = compare::compare(&recorded(&a), &live, &opts, cancel);
             Ok(report(a.snap.name.clone(), dir.display().to_string(), o))
         }
         _ => Err(Error::Config(
@@ -119,7 +119,7 @@ pub fn verify(
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<Vec<Verified>> {
-    let store = Store::open(store, false)?;
+    let store = Store::open_read(store)?;
     let sels: Vec<Selected> = if all {
         store
             .snapshots_with_runs()?
@@ -164,7 +164,7 @@ pub fn verify(
             ),
             None => (TreeReader::tree(b(&sel.fd)), "manifest".to_string()),
         };
-        let o = compare::compare(&TreeReader::recorded(sel), &actual, &opts, cancel);
+        let o = compare::compare(&recorded(sel), &actual, &opts, cancel);
         let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
         let corrupt = o
             .differences
@@ -205,7 +205,7 @@ pub struct Version {
 
 /// Every retained version of one path, newest first.
 pub fn history(store: &Path, path: &RelPath) -> Result<Vec<Version>> {
-    let store = Store::open(store, false)?;
+    let store = Store::open_read(store)?;
     let mut found: Vec<(Version, Option<Entry>)> = Vec::new();
     for (snap, run, taken) in store.snapshots_with_runs()? {
         let sel = store.open_snapshot(snap, run, taken)?;
@@ -224,7 +224,7 @@ pub fn history(store: &Path, path: &RelPath) -> Result<Vec<Version>> {
                     .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
                 kind: e
                     .as_ref()
-                    .map(|e| crate::restore::kind_name(e.kind).to_string())
+                    .map(|e| e.kind.name().to_string())
                     .unwrap_or_else(|| "absent".into()),
                 size: e.as_ref().map(|e| e.size),
                 mtime: e.as_ref().map(|e| fmt_t(&e.mtime)),
@@ -292,4 +292,9 @@ fn lookup(sel: &Selected, path: &RelPath) -> Result<Option<Entry>> {
         e.target = fsx::read_link_at(b(&dir), path.file_name()).ok();
     }
     Ok(Some(e))
+}
+
+/// What a selected snapshot records: its manifest, or its tree when it has none.
+fn recorded(sel: &Selected) -> TreeReader<'_> {
+    TreeReader::recorded(fsx::b(&sel.fd), sel.manifest.as_ref())
 }

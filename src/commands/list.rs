@@ -1,6 +1,7 @@
 //! `snapring list`: the snapshots of a store, newest first, with the run that made each.
-//! Opening the store repairs it (an interrupted rotation is rolled forward, a dead run
-//! is marked incomplete), so this is also the cheapest way to repair a store.
+//! A store that needs a repair (an interrupted rotation, a dead run still `running`) is
+//! repaired first where it can be written, so this is also the cheapest way to repair a
+//! store; a healthy store is only read.
 
 use std::path::Path;
 
@@ -15,9 +16,9 @@ use crate::error::Result;
 use crate::fsx::{self, Kind, b};
 use crate::manifest;
 use crate::relpath::RelPath;
-use crate::report::{self, Status};
+use crate::report::Status;
+use crate::store::Store;
 use crate::store::select::Selected;
-use crate::store::{Store, lock::Holder};
 use crate::traverse::{self, Dir, Opened, Step, Visitor};
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -40,21 +41,12 @@ pub struct Listed {
     pub unique_bytes: Option<u64>,
 }
 
-/// Lists the store at `root` (repairing it first). `space`: also walk every snapshot
+/// Lists the store at `root` (repairing it first if it needs it). `space`: also walk every snapshot
 /// for the space only it uses (one stat per entry; `jobs` in flight).
 pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
-    let store = Store::open(root, false)?;
-    let holder = Holder {
-        pid: std::process::id(),
-        host: report::hostname(),
-        run: None,
-        command: "list".into(),
-        since: report::now_rfc3339(),
-    };
-    let lock = store.lock(&holder)?;
-    store.repair(&lock, "list")?;
+    Store::repair_if_needed(root, "list")?;
+    let store = Store::open_read(root)?;
     let mut out = Vec::new();
-    lock.release();
     for (s, run, taken) in store.snapshots_with_runs()? {
         let unique_bytes = if space {
             let sel = store.open_snapshot(s.clone(), None, taken)?;

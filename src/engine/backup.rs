@@ -54,11 +54,37 @@ fn phase(start: &str, t0: Instant) -> Phase {
     }
 }
 
+/// What the layer above the engine does at two moments of a (not dry) run: the job
+/// layer records the run in the catalog there. The engine knows nothing of catalogs or
+/// notifiers; it only calls these.
+pub trait Observer {
+    /// The run has started: the store is locked and repaired, and the run's record
+    /// (status `running`) is written. Warnings pushed to `rep` are kept.
+    fn started(&self, _store: &Store, _rep: &mut RunReport) {}
+    /// The run has ended; called before its final record is written to the store (and
+    /// while its log is still open), so warnings pushed to `rep` are kept.
+    fn finished(&self, _rep: &mut RunReport) {}
+}
+
+/// Observes nothing.
+pub struct NoObserver;
+
+impl Observer for NoObserver {}
+
 /// Runs one backup. `Err` only when no run could start (bad options, the store is
 /// locked or cannot be opened); every run that starts ends with a report, also written
 /// to `.snapring/runs/<id>.json` (not for a dry run). `cancel` stops it gracefully
 /// (status `incomplete`).
 pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
+    backup_observed(opts, cancel, &NoObserver)
+}
+
+/// `backup`, telling `observer` when the run has started and when it has ended.
+pub fn backup_observed(
+    opts: &BackupOptions,
+    cancel: &AtomicBool,
+    observer: &dyn Observer,
+) -> Result<RunReport> {
     opts.validate()?;
     let resolved;
     let opts = if opts.jobs == crate::engine::options::AUTO_JOBS {
@@ -97,7 +123,7 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
     }
     if !opts.dry_run {
         if opts.log_file {
-            let log = crate::catalog::log_path(&rep);
+            let log = crate::store::log_path(&rep);
             if let Err(e) = crate::runlog::start(&log) {
                 rep.warnings
                     .push(format!("cannot write the run log {}: {e}", log.display()));
@@ -108,9 +134,7 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
             retain = opts.retain, jobs = opts.jobs, "backup started by snapring {} on {}", rep.version, rep.host
         );
         store.write_run(&rep)?;
-        if let Some(c) = &opts.catalog {
-            sync_catalog(c, opts.catalog_on_nfs, &store, &mut rep);
-        }
+        observer.started(&store, &mut rep);
     }
     let counters = Counters::default();
     let outcome = run(opts, &store, &id, &counters, cancel, &mut rep);
@@ -127,11 +151,7 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
             "backup finished: {}",
             rep.message
         );
-        if let Some(c) = &opts.catalog
-            && let Some(w) = crate::catalog::record_quietly(c, opts.catalog_on_nfs, &rep)
-        {
-            rep.warnings.push(w);
-        }
+        observer.finished(&mut rep);
         if let Err(e) = store.write_run(&rep) {
             tracing::error!("{e}");
         }
@@ -139,30 +159,6 @@ pub fn backup(opts: &BackupOptions, cancel: &AtomicBool) -> Result<RunReport> {
     }
     lock.release();
     Ok(rep)
-}
-
-/// Records the starting run in the catalog, with any run of this store the catalog
-/// still thinks is running (the repair above has settled those in the store).
-fn sync_catalog(path: &Path, on_nfs: bool, store: &Store, rep: &mut RunReport) {
-    let r = crate::catalog::Catalog::open(path, on_nfs).and_then(|mut c| {
-        for (id, s) in c.running_in()? {
-            if s == rep.store.to_string_lossy()
-                && id != rep.id
-                && let Ok(Some(old)) = store.read_run(&id)
-            {
-                c.record(&old)?;
-            }
-        }
-        c.record(rep)
-    });
-    if let Err(e) = r {
-        let msg = format!(
-            "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
-            rep.store.display()
-        );
-        tracing::error!("{msg}");
-        rep.warnings.push(msg);
-    }
 }
 
 fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {

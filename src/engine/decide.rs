@@ -38,16 +38,19 @@ impl<'a> PrevView<'a> {
             sec: walk_started.sec - RACY_MARGIN_SECS,
             nsec: walk_started.nsec,
         };
+        // 0 is no inode and no time: the manifest does not know them (a copied store,
+        // `manifest::Reader::source_ids`), so they are not compared.
+        let ctime = (e.ctime != Time::default()).then_some(e.ctime);
         PrevView {
-            ino: Some(e.ino),
-            racy: e.kind == Kind::File && (e.mtime >= limit || e.ctime >= limit),
+            ino: (e.ino != 0).then_some(e.ino),
+            racy: e.kind == Kind::File && (e.mtime >= limit || ctime.is_some_and(|c| c >= limit)),
             kind: e.kind,
             perm: e.perm,
             uid: e.uid,
             gid: e.gid,
             size: e.size,
             mtime: e.mtime,
-            ctime: Some(e.ctime),
+            ctime,
             target: e.target.as_deref(),
             rdev: e.rdev,
         }
@@ -274,6 +277,23 @@ mod tests {
         assert!(PrevView::from_entry(&e, Time { sec: 201, nsec: 0 }).racy);
         e.ctime = Time { sec: 190, nsec: 0 };
         assert!(!PrevView::from_entry(&e, Time { sec: 201, nsec: 0 }).racy);
+    }
+
+    #[test]
+    fn unknown_source_ids_compare_like_a_tree_without_manifest() {
+        let m = meta(Kind::File);
+        let mut e = Entry::from_meta(b"x", &m);
+        e.ino = 0;
+        e.ctime = Time::default();
+        let p = PrevView::from_entry(&e, Time { sec: 1000, nsec: 0 });
+        assert_eq!((p.ino, p.ctime, p.racy), (None, None, false));
+        // Another inode, unknown ctime: the xattrs are compared, then it is linked.
+        let moved = Meta { ino: 77, ..m };
+        assert_eq!(decide(&moved, None, Some(&p)), Decision::CompareXattrs);
+        assert_eq!(
+            decide(&Meta { size: 11, ..moved }, None, Some(&p)),
+            Decision::Copy(Reason::ContentChanged)
+        );
     }
 
     #[test]

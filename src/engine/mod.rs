@@ -8,5 +8,5 @@ pub mod options;
 pub mod progress;
 pub mod walk;
 
-pub use backup::backup;
+pub use backup::{NoObserver, Observer, backup, backup_observed};
 pub use options::BackupOptions;

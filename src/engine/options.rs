@@ -34,10 +34,6 @@ pub struct BackupOptions {
     pub progress: bool,
     /// Dry run: print the plan on stderr instead of stdout (stdout carries JSON).
     pub plan_on_stderr: bool,
-    /// The run catalog to record the run in (`None`: no catalog).
-    pub catalog: Option<PathBuf>,
-    /// Allow the catalog on NFS.
-    pub catalog_on_nfs: bool,
     /// Write the run's log to `.snapring/logs/<id>.log`.
     pub log_file: bool,
 }
@@ -59,8 +55,6 @@ impl BackupOptions {
             window: None,
             progress: false,
             plan_on_stderr: false,
-            catalog: None,
-            catalog_on_nfs: false,
             log_file: true,
         }
     }
@@ -99,49 +93,13 @@ fn absolute(p: &std::path::Path) -> PathBuf {
         .unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
 }
 
-/// Parses `180m`, `3h`, `45s`, `1h30m`, `2d`.
-pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    let mut total = 0u64;
-    let mut num = String::new();
-    if s.trim().is_empty() {
-        return Err("empty duration".into());
-    }
-    for c in s.trim().chars() {
-        if c.is_ascii_digit() {
-            num.push(c);
-            continue;
-        }
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("bad duration {s:?}: use e.g. 180m, 3h, 1h30m"))?;
-        num.clear();
-        total += n * match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
-            'd' => 86400,
-            _ => return Err(format!("bad duration {s:?}: units are s, m, h, d")),
-        };
-    }
-    if !num.is_empty() {
-        return Err(format!(
-            "bad duration {s:?}: a number needs a unit (s, m, h, d)"
-        ));
-    }
-    Ok(Duration::from_secs(total))
-}
+/// Parses `180m`, `3h`, `45s`, `1h30m`, `2d` (kept here for callers of
+/// `engine::options::parse_duration`; it lives in `util`).
+pub use crate::util::parse_duration;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("180m").unwrap(), Duration::from_secs(10800));
-        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert!(parse_duration("10").is_err());
-        assert!(parse_duration("3x").is_err());
-    }
 
     #[test]
     fn overlapping_source_and_store_are_refused() {

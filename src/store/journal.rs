@@ -3,6 +3,8 @@
 //! unfinished journal forward. Every step is idempotent ("target exists" means done),
 //! so a crash at any instant, even during repair, is repaired by the next command.
 
+use std::collections::HashMap;
+
 use serde::{Deserialize, Serialize};
 
 use super::rotation::Step;
@@ -10,7 +12,8 @@ use super::{State, Store};
 use crate::error::{Ctx, Error, Result};
 use crate::failpoint;
 use crate::fsx;
-use crate::report::{Status, write_atomic};
+use crate::report::{RunReport, Status};
+use crate::util::write_atomic;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Journal {
@@ -98,21 +101,124 @@ impl Store {
         Ok(())
     }
 
-    /// Gives the journal's run its final status once its snapshot is published: a record
-    /// still `running` (killed during the rotation), or `failed` (the rotation hit an
-    /// error and a later command finished it).
+    /// Gives the journal's run its final status once its snapshot is published (see
+    /// `settle_published`).
     fn finish_run_record(&self, id: &str, status: Status) -> Result<()> {
         let Some(mut r) = self.read_run(id)? else {
             return Ok(());
         };
-        if matches!(r.status, Status::Running | Status::Failed) {
-            if r.status == Status::Failed {
-                r.message = format!("published by a later repair after: {}", r.message);
-            }
-            r.status = status;
-            r.exit_code = status.exit_code();
+        if settle_published(&mut r, status) {
             self.write_run(&r)?;
         }
         Ok(())
     }
+
+    /// How rolling the journal forward will leave the store, worked out without
+    /// renaming anything (for `open_read`). `None` without a journal, or with one that
+    /// cannot be followed (unreadable, or a step whose source and target are both gone:
+    /// the repair would stop there too); those are warned about and the store is read
+    /// as it is.
+    pub(super) fn pending_view(&self) -> Option<Pending> {
+        let path = self.journal_path();
+        let text = match std::fs::read(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => {
+                tracing::warn!("{}: {e}; reading the store as it is", path.display());
+                return None;
+            }
+        };
+        let j: Journal = match serde_json::from_slice(&text) {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: unreadable journal ({e}); reading the store as it is",
+                    path.display()
+                );
+                return None;
+            }
+        };
+        let root = fsx::b(&self.root_fd);
+        // Virtual name -> where that entry is now (`None`: renamed away).
+        let mut moved: HashMap<String, Option<String>> = HashMap::new();
+        let exists = |moved: &HashMap<String, Option<String>>, n: &str| match moved.get(n) {
+            Some(at) => Ok(at.is_some()),
+            None => fsx::exists_at(root, n.as_bytes()),
+        };
+        for step in &j.steps {
+            match (exists(&moved, &step.to), exists(&moved, &step.from)) {
+                (Ok(true), _) => continue,
+                (Ok(false), Ok(true)) => {
+                    let at = match moved.insert(step.from.clone(), None) {
+                        Some(Some(at)) => at,
+                        _ => step.from.clone(),
+                    };
+                    moved.insert(step.to.clone(), Some(at));
+                }
+                (Ok(false), Ok(false)) => {
+                    tracing::warn!(
+                        "{}: journal step {} -> {}: neither exists; reading the store as it is",
+                        path.display(),
+                        step.from,
+                        step.to
+                    );
+                    return None;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!("{}: {e}; reading the store as it is", path.display());
+                    return None;
+                }
+            }
+        }
+        let on_disk = fsx::read_dir_names(root).ok()?;
+        let mut names: Vec<(String, String)> = on_disk
+            .into_iter()
+            .filter_map(|n| String::from_utf8(n).ok())
+            .filter(|n| !moved.contains_key(n))
+            .map(|n| (n.clone(), n))
+            .collect();
+        names.extend(
+            moved
+                .into_iter()
+                .filter(|(n, _)| !n.contains('/'))
+                .filter_map(|(n, at)| at.map(|at| (n, at))),
+        );
+        names.sort();
+        tracing::warn!(
+            run = %j.run,
+            "{}: a rotation was interrupted; reading the store as rolling it forward will leave it (the next backup, or `snapring list` where the store can be written, finishes it)",
+            self.root.display()
+        );
+        Some(Pending {
+            run: j.run,
+            status: j.status,
+            names,
+            state: j.state_after,
+        })
+    }
+}
+
+/// A rotation waiting to be rolled forward, as `open_read` shows it.
+pub(super) struct Pending {
+    pub run: String,
+    pub status: Status,
+    /// Top-level names once rolled forward, each with where (relative to the store
+    /// root) that entry is now.
+    pub names: Vec<(String, String)>,
+    pub state: State,
+}
+
+/// What publishing does to the record of the run a journal publishes: a record still
+/// `running` (killed during the rotation) or `failed` (the rotation hit an error and a
+/// later command finished it) gets the journal's status. Returns whether it changed.
+pub(super) fn settle_published(r: &mut RunReport, status: Status) -> bool {
+    if !matches!(r.status, Status::Running | Status::Failed) {
+        return false;
+    }
+    if r.status == Status::Failed {
+        r.message = format!("published by a later repair after: {}", r.message);
+    }
+    r.status = status;
+    r.exit_code = status.exit_code();
+    true
 }

@@ -1,7 +1,9 @@
 //! The hard-link store at `<dest>/<folder>`: plain snapshot trees `<label>.<n>` beside
 //! `.snapring/` (lock, journal, staging/, trash/, runs/, manifests/, logs/, state).
-//! Opening a store repairs it; see DESIGN.md's invariants. Does file I/O.
+//! Writers open it with `open` (and repair it under the lock), readers with
+//! `open_read` (nothing written); see the invariants in ARCHITECTURE.md. Does file I/O.
 
+mod copied;
 pub mod journal;
 pub mod lock;
 pub mod plan_sink;
@@ -18,7 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Ctx, Error, Result};
 use crate::fsx::{self, b};
-use crate::report::{RunReport, Status, write_atomic};
+use crate::report::{RunReport, Status};
+use crate::util::write_atomic;
 
 pub const META_DIR: &str = ".snapring";
 pub const STORE_FORMAT: u32 = 1;
@@ -60,6 +63,18 @@ pub struct Snapshot {
     pub mtime: i64,
     /// The record, when the state file knows this directory (not for taken-over trees).
     pub rec: Option<SnapRec>,
+    /// The record names another inode: the store was copied (`cp -a`, a tar), and this
+    /// directory matched the record's manifest, so the record is kept, with `ino` set
+    /// to this directory's (see `copied.rs`).
+    pub copied: bool,
+}
+
+/// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
+pub fn log_path(r: &RunReport) -> PathBuf {
+    r.store
+        .join(META_DIR)
+        .join("logs")
+        .join(format!("{}.log", r.id))
 }
 
 pub struct Store {
@@ -67,6 +82,57 @@ pub struct Store {
     pub root_fd: OwnedFd,
     /// `<root>/.snapring`
     pub meta: PathBuf,
+    /// Set by `open_read` when an interrupted rotation waits to be rolled forward: the
+    /// store as the roll-forward will leave it (nothing is renamed).
+    pending: Option<journal::Pending>,
+    /// Copied snapshot directories already checked against their manifests.
+    checked: copied::Checked,
+}
+
+/// Opens the store's root directory, naming a missing store plainly.
+fn open_root(root: &Path) -> Result<OwnedFd> {
+    fsx::open_dir(root).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            Error::Store {
+                path: root.to_path_buf(),
+                msg: "no such store (check --dest and --folder)".into(),
+            }
+        } else {
+            Error::Io {
+                action: "open store",
+                path: root.to_path_buf(),
+                source: e,
+            }
+        }
+    })
+}
+
+fn not_a_store(root: &Path) -> Error {
+    Error::Store {
+        path: root.to_path_buf(),
+        msg: "not a snapring store (no .snapring directory)".into(),
+    }
+}
+
+/// Reads `.snapring/store.json` and refuses a store of a newer format.
+fn check_info(root: &Path, info: &Path) -> Result<()> {
+    let i: StoreInfo =
+        serde_json::from_slice(&std::fs::read(info).ctx("read", info)?).map_err(|e| {
+            Error::Store {
+                path: info.to_path_buf(),
+                msg: format!("unreadable store info: {e}"),
+            }
+        })?;
+    if i.format > STORE_FORMAT {
+        return Err(Error::Store {
+            path: root.to_path_buf(),
+            msg: format!(
+                "store format {} is newer than this snapring understands ({STORE_FORMAT}); upgrade snapring",
+                i.format
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl Store {
@@ -89,26 +155,10 @@ impl Store {
             }
             std::fs::create_dir(root).ctx("create store directory", root)?;
         }
-        let root_fd = fsx::open_dir(root).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::Store {
-                    path: root.to_path_buf(),
-                    msg: "no such store (check --dest and --folder)".into(),
-                }
-            } else {
-                Error::Io {
-                    action: "open store",
-                    path: root.to_path_buf(),
-                    source: e,
-                }
-            }
-        })?;
+        let root_fd = open_root(root)?;
         let meta = root.join(META_DIR);
         if !meta.is_dir() && !create {
-            return Err(Error::Store {
-                path: root.to_path_buf(),
-                msg: "not a snapring store (no .snapring directory)".into(),
-            });
+            return Err(not_a_store(root));
         }
         for sub in ["", "staging", "trash", "runs", "manifests", "logs"] {
             let d = meta.join(sub);
@@ -120,32 +170,121 @@ impl Store {
         if !info.exists() {
             let i = StoreInfo {
                 format: STORE_FORMAT,
-                created_at: crate::report::now_rfc3339(),
+                created_at: crate::util::now_rfc3339(),
                 created_by: format!("snapring {}", env!("CARGO_PKG_VERSION")),
             };
             write_atomic(&info, &serde_json::to_vec_pretty(&i).expect("serializes"))
                 .ctx("write", &info)?;
         } else {
-            let i: StoreInfo = serde_json::from_slice(&std::fs::read(&info).ctx("read", &info)?)
-                .map_err(|e| Error::Store {
-                    path: info.clone(),
-                    msg: format!("unreadable store info: {e}"),
-                })?;
-            if i.format > STORE_FORMAT {
-                return Err(Error::Store {
-                    path: root.to_path_buf(),
-                    msg: format!(
-                        "store format {} is newer than this snapring understands ({STORE_FORMAT}); upgrade snapring",
-                        i.format
-                    ),
-                });
-            }
+            check_info(root, &info)?;
         }
         Ok(Store {
             root: root.to_path_buf(),
             root_fd,
             meta,
+            pending: None,
+            checked: Default::default(),
         })
+    }
+
+    /// Opens the store at `root` for reading only: creates nothing, writes nothing and
+    /// takes no lock, so it works on a read-only mount and beside a running backup.
+    /// Missing `.snapring/` subfolders or files read as empty. When a rotation was
+    /// interrupted (a journal waits), the store reads as rolling the journal forward
+    /// will leave it, without renaming anything; a journal that cannot be followed is
+    /// warned about and the store read as it is.
+    pub fn open_read(root: &Path) -> Result<Store> {
+        let root_fd = open_root(root)?;
+        let meta = root.join(META_DIR);
+        if !meta.is_dir() {
+            return Err(not_a_store(root));
+        }
+        let info = meta.join("store.json");
+        if info.exists() {
+            check_info(root, &info)?;
+        }
+        let mut s = Store {
+            root: root.to_path_buf(),
+            root_fd,
+            meta,
+            pending: None,
+            checked: Default::default(),
+        };
+        s.pending = s.pending_view();
+        Ok(s)
+    }
+
+    /// Repairs the store at `root` when, and only when, something needs it: a journal
+    /// waits to be rolled forward, or the lock file names a run that died while its
+    /// record still says `running`. A healthy store is not written at all (no lock is
+    /// taken). A store that cannot be written (read-only mount, no permission) or that a
+    /// live backup holds is left as it is: that backup repairs it, and `open_read`
+    /// shows it as the repair will leave it. Returns what it did.
+    pub fn repair_if_needed(root: &Path, by: &str) -> Result<Vec<String>> {
+        let probe = Store::open_read(root)?;
+        let dead = probe.dead_running_holder();
+        if !probe.needs_repair() && dead.is_none() {
+            return Ok(vec![]);
+        }
+        let read_only = fsx::is_read_only(b(&probe.root_fd)).unwrap_or(false)
+            || rustix::fs::access(&probe.meta, rustix::fs::Access::WRITE_OK).is_err();
+        if read_only {
+            tracing::warn!(
+                "{}: needs a repair{} but cannot be written; reading it as the repair will leave it",
+                root.display(),
+                dead.map(|r| format!(" (run {r} died)")).unwrap_or_default()
+            );
+            return Ok(vec![]);
+        }
+        drop(probe);
+        let store = Store::open(root, false)?;
+        let holder = lock::Holder {
+            pid: std::process::id(),
+            host: crate::util::hostname(),
+            run: None,
+            command: by.into(),
+            since: crate::util::now_rfc3339(),
+        };
+        let lock = match store.lock(&holder) {
+            Ok(l) => l,
+            Err(Error::Locked { holder, .. }) => {
+                tracing::info!(
+                    "{}: {holder} holds the store and repairs it",
+                    root.display()
+                );
+                return Ok(vec![]);
+            }
+            Err(e) => return Err(e),
+        };
+        let did = store.repair(&lock, by)?;
+        lock.release();
+        Ok(did)
+    }
+
+    /// The run the lock file names, if it died (nobody holds the lock) while its record
+    /// still says `running`. Reads only (a shared `flock` probes the lock).
+    fn dead_running_holder(&self) -> Option<String> {
+        let path = self.meta.join("lock");
+        let text = std::fs::read_to_string(&path).ok()?;
+        let run = serde_json::from_str::<lock::Holder>(&text).ok()?.run?;
+        if self.read_run(&run).ok()??.status != Status::Running {
+            return None;
+        }
+        let f = std::fs::File::open(&path).ok()?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).ok()?;
+        Some(run)
+    }
+
+    /// Where the snapshot directory `name` is now: `<root>/<name>`, or, while a rotation
+    /// waits to be rolled forward (`open_read`), wherever the roll-forward takes it from.
+    pub fn snapshot_path(&self, name: &str) -> PathBuf {
+        let at = self
+            .pending
+            .as_ref()
+            .and_then(|p| p.names.iter().find(|(n, _)| n == name))
+            .map(|(_, at)| at.as_str())
+            .unwrap_or(name);
+        self.root.join(at)
     }
 
     pub fn lock(&self, holder: &lock::Holder) -> Result<lock::Lock> {
@@ -163,7 +302,9 @@ impl Store {
     }
 
     /// Repairs what a dead run left: rolls an unfinished rotation forward and marks the
-    /// dead run's record `incomplete`. Call with the lock held. Returns what it did.
+    /// dead run's record `incomplete`; and, in a copied store, keeps the records of the
+    /// snapshots that match their manifests (`copied.rs`). Call with the lock held.
+    /// Returns what it did.
     pub fn repair(&self, lock: &lock::Lock, by: &str) -> Result<Vec<String>> {
         let mut did = Vec::new();
         if let Some(run) = self.recover_journal()? {
@@ -181,6 +322,7 @@ impl Store {
             self.write_run(&r)?;
             did.push(format!("marked run {run} incomplete"));
         }
+        did.extend(self.keep_copied_records()?);
         for d in &did {
             tracing::warn!("repair: {d}");
         }
@@ -220,31 +362,49 @@ impl Store {
     /// Every snapshot directory (`<label>.<n>`) with its record where one matches, newest
     /// first: by finish time where recorded, else by slot within a label, else mtime.
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let state = self.read_state()?;
-        let mut out = Vec::new();
-        for name in fsx::read_dir_names(b(&self.root_fd)).ctx("read", &self.root)? {
-            let Ok(name) = String::from_utf8(name) else {
-                continue;
-            };
+        let (state, names) = match &self.pending {
+            Some(p) => (p.state.clone(), p.names.clone()),
+            None => {
+                let names = fsx::read_dir_names(b(&self.root_fd))
+                    .ctx("read", &self.root)?
+                    .into_iter()
+                    .filter_map(|n| String::from_utf8(n).ok())
+                    .map(|n| (n.clone(), n))
+                    .collect();
+                (self.read_state()?, names)
+            }
+        };
+        let mut found = Vec::new();
+        for (name, at) in names {
             let Some((label, slot)) = rotation::parse_slot(&name) else {
                 continue;
             };
-            let m = match fsx::lstat_at(b(&self.root_fd), name.as_bytes()) {
-                Ok(m) if m.kind == fsx::Kind::Dir => m,
+            let label = label.to_string();
+            match fsx::lstat_at(b(&self.root_fd), at.as_bytes()) {
+                Ok(m) if m.kind == fsx::Kind::Dir => found.push((name, at, label, slot, m)),
                 _ => continue,
-            };
-            let rec = state
+            }
+        }
+        let present: std::collections::HashSet<u64> = found.iter().map(|f| f.4.ino).collect();
+        let mut out = Vec::new();
+        for (name, at, label, slot, m) in found {
+            let by_ino = state
                 .snapshots
                 .iter()
                 .find(|r| r.ino == m.ino && r.name == name)
                 .or_else(|| state.snapshots.iter().find(|r| r.ino == m.ino))
                 .cloned();
+            let copied = match by_ino {
+                Some(_) => None,
+                None => self.copied_record(&state, &name, &at, &m, &present),
+            };
             out.push(Snapshot {
-                label: label.to_string(),
+                label,
                 slot,
                 ino: m.ino,
                 mtime: m.mtime.sec,
-                rec,
+                copied: copied.is_some(),
+                rec: by_ino.or(copied),
                 name,
             });
         }
@@ -263,13 +423,22 @@ impl Store {
         self.meta.join("runs").join(format!("{id}.json"))
     }
 
+    /// The run record of `id` (`None` if there is none or it is damaged). While a
+    /// rotation waits to be rolled forward (`open_read`), its run reads as the
+    /// roll-forward will leave its record.
     pub fn read_run(&self, id: &str) -> Result<Option<RunReport>> {
         let p = self.run_path(id);
-        match std::fs::read(&p) {
-            Ok(t) => Ok(serde_json::from_slice(&t).ok()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).ctx("read", p),
+        let mut r: Option<RunReport> = match std::fs::read(&p) {
+            Ok(t) => serde_json::from_slice(&t).ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e).ctx("read", p),
+        };
+        if let (Some(pending), Some(r)) = (&self.pending, r.as_mut())
+            && pending.run == id
+        {
+            journal::settle_published(r, pending.status);
         }
+        Ok(r)
     }
 
     pub fn write_run(&self, r: &RunReport) -> Result<()> {

@@ -134,7 +134,7 @@ impl Store {
         run: Option<RunReport>,
         taken_at: DateTime<Utc>,
     ) -> Result<Selected> {
-        let path = self.root.join(&snap.name);
+        let path = self.snapshot_path(&snap.name);
         let fd = fsx::open_dir(&path).ctx("open snapshot", &path)?;
         let manifest = snap.rec.as_ref().and_then(|r| {
             manifest::Reader::open(&self.meta.join("manifests"), &r.id)
