@@ -1,0 +1,187 @@
+//! A hostile user's attempts: a store inside the source reached through `..` or a
+//! symlink, a prefix that leads out of the source, a notifier that does not exist, a
+//! zero backup window, a closed stdout, usage errors, colours in logs that are not on
+//! a terminal, and the daemon's JSON logs from its child runs.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A temp dir with `src/a/f` and an empty `other/`.
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("src/a/f"), b"hello");
+    std::fs::create_dir(t.path().join("other")).unwrap();
+    let root = t.path().to_path_buf();
+    (t, root)
+}
+
+/// Every path under `p` (relative), sorted.
+fn listing(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = describe(p)
+        .into_keys()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `snapring ARGS` run in `dir`, with a timeout (a recursive backup would not end soon).
+fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(bin());
+    c.current_dir(dir)
+        .args(args)
+        .env("SNAPRING_CATALOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        for _ in 0..300 {
+            if d2.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+        true
+    });
+    let out = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(!watchdog.join().unwrap(), "snapring {args:?} ran for 30 s");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_store_inside_the_source_through_dotdot_or_a_symlink_is_refused() {
+    let (_t, root) = setup();
+    std::os::unix::fs::symlink("src", root.join("linktosrc")).unwrap();
+    let before = listing(&root.join("src"));
+    for dest in [
+        "other/../src/store",
+        "missing/../src/store",
+        "linktosrc/bk",
+        "linktosrc/deeper/still/bk",
+    ] {
+        let (code, _, err) = run_in(
+            &root,
+            &["backup", "--source", "src", "--dest", dest, "--no-progress"],
+        );
+        assert_eq!(code, 1, "--dest {dest}: {err}");
+        assert!(err.contains("overlap"), "--dest {dest}: {err}");
+        assert!(
+            err.contains(dest) && err.contains("src"),
+            "names both paths: {err}"
+        );
+        assert_eq!(listing(&root.join("src")), before, "--dest {dest} created");
+    }
+    // The same through a config job and `--folder`.
+    let (code, _, err) = run_in(
+        &root,
+        &[
+            "backup",
+            "--source",
+            "src",
+            "--dest",
+            "linktosrc",
+            "--folder",
+            "bk",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(listing(&root.join("src")), before);
+    // A store beside the source is still fine.
+    let (code, _, err) = run_in(
+        &root,
+        &[
+            "backup",
+            "--source",
+            "src",
+            "--dest",
+            "other/../bk",
+            "--no-progress",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_prefix_through_a_symlink_out_of_the_source_is_refused() {
+    let (_t, root) = setup();
+    write(&root.join("other/secret"), b"not in the source");
+    std::os::unix::fs::symlink(root.join("other"), root.join("src/out")).unwrap();
+    std::os::unix::fs::symlink("../..", root.join("src/a/up")).unwrap();
+    for prefix in ["out", "a/up", "a/up/other"] {
+        let (code, _, err) = run_in(
+            &root,
+            &[
+                "backup", "--source", "src", "--dest", "bk", "--prefix", prefix,
+            ],
+        );
+        assert_eq!(code, 1, "--prefix {prefix}: {err}");
+        assert!(
+            err.contains("prefix") && err.contains(prefix),
+            "--prefix {prefix}: {err}"
+        );
+        assert!(!root.join("bk").exists(), "--prefix {prefix} created bk");
+    }
+    let (code, _, err) = run_in(
+        &root,
+        &["backup", "--source", "src", "--dest", "bk", "--prefix", "a"],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+fn config(root: &Path, extra: &str) -> PathBuf {
+    let cfg = root.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\n{extra}\n[notify.ops]\ntype = \"command\"\ncommand = [\"true\"]\n",
+            root.join("src").display(),
+            root.join("bk").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn a_zero_window_is_rejected() {
+    let (_t, root) = setup();
+    let cfg = config(&root, "window = \"0s\"");
+    let c = cfg.to_str().unwrap();
+    let (code, out, err) = run_in(&root, &["config", "check", c]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("c.toml:4:") && out.contains("window must be at least 1s"),
+        "{out}"
+    );
+    let (code, _, err) = run_in(&root, &["run", "j", "--config", c, "--no-progress"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("window"), "{err}");
+    assert!(!root.join("bk").exists());
+    for w in ["0m", "0h0s"] {
+        let (code, _, err) = run_in(
+            &root,
+            &["backup", "--source", "src", "--dest", "bk", "--window", w],
+        );
+        assert_eq!(code, 1, "--window {w}: {err}");
+    }
+    let mut o = snapring::engine::BackupOptions::new(root.join("src"), root.join("bk"));
+    o.window = Some(std::time::Duration::from_millis(500));
+    assert!(o.validate().is_err(), "a sub-second window");
+    o.window = Some(std::time::Duration::from_secs(1));
+    o.validate().unwrap();
+}
