@@ -158,6 +158,30 @@ fn config(root: &Path, extra: &str) -> PathBuf {
 }
 
 #[test]
+fn an_unknown_notifier_fails_config_check_and_the_run() {
+    let (_t, root) = setup();
+    let cfg = config(&root, "notify = [\"ops\", \"nope\"]");
+    let c = cfg.to_str().unwrap();
+    let (code, out, err) = run_in(&root, &["config", "check", c]);
+    assert_eq!(code, 1, "{out}{err}");
+    for part in ["job j", "notify", "\"nope\"", "ops"] {
+        assert!(out.contains(part), "config check names {part}: {out}");
+    }
+    let (code, out, err) = run_in(&root, &["run", "j", "--config", c, "--no-progress"]);
+    assert_eq!(code, 1, "{out}{err}");
+    for part in ["job j", "notify", "\"nope\"", "defined: ops"] {
+        assert!(err.contains(part), "run names {part}: {err}");
+    }
+    assert!(!root.join("bk").exists(), "the run started anyway");
+    let (code, _, err) = run_in(
+        &root,
+        &["backup", "--config", c, "--job", "j", "--no-progress"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("\"nope\""), "{err}");
+}
+
+#[test]
 fn a_zero_window_is_rejected() {
     let (_t, root) = setup();
     let cfg = config(&root, "window = \"0s\"");

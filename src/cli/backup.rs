@@ -58,7 +58,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
             let cfg = config::load(path)?;
             file_catalog = cfg.catalog.clone();
             let (n, j) = cfg.pick(a.job.as_deref())?;
-            notifiers = snapring::job::notifiers(&cfg, &j);
+            notifiers = cfg.notifiers_of(&n, &j)?;
             notify_success = j.notify_success.unwrap_or(false);
             (Some(n), Some(j))
         }
