@@ -6,6 +6,7 @@
 mod common;
 use common::*;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -208,4 +209,132 @@ fn a_zero_window_is_rejected() {
     assert!(o.validate().is_err(), "a sub-second window");
     o.window = Some(std::time::Duration::from_secs(1));
     o.validate().unwrap();
+}
+
+/// `snapring ARGS` with stdout a pipe nobody reads any more (`| head -1` after `head`
+/// exited): every write fails with EPIPE. Returns (exit code, stderr).
+fn with_closed_stdout(args: &[&OsStr], catalog: &Path) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin())
+        .args(args)
+        .env("SNAPRING_CATALOG", catalog)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_stops_the_output_quietly_and_keeps_the_exit_code() {
+    let (_t, root) = setup();
+    let catalog = root.join("cat.db");
+    let (src, bk) = (root.join("src"), root.join("bk"));
+    let cfg = config(&root, "schedule = \"@daily\"");
+    let s = |p: &Path| p.as_os_str().to_owned();
+    let o = |x: &str| OsStr::new(x).to_owned();
+    let backup = [
+        o("backup"),
+        o("--source"),
+        s(&src),
+        o("--dest"),
+        s(&bk),
+        o("--no-progress"),
+    ];
+    for json in [false, true] {
+        let mut args: Vec<&OsStr> = backup.iter().map(|a| a.as_os_str()).collect();
+        if json {
+            args.push(OsStr::new("--json"));
+        }
+        let (code, err) = with_closed_stdout(&args, &catalog);
+        assert_eq!(code, 0, "backup --json={json}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let runs: Vec<String> = std::fs::read_dir(bk.join(".snapring/runs"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .replace(".json", "")
+        })
+        .collect();
+    assert_eq!(runs.len(), 2, "both backups ran: {runs:?}");
+    let commands: Vec<Vec<std::ffi::OsString>> = vec![
+        vec![o("history")],
+        vec![o("history"), o("--json")],
+        vec![o("show"), o(&runs[0])],
+        vec![o("show"), o(&runs[0]), o("--json")],
+        vec![o("stats")],
+        vec![o("stats"), o("--json")],
+        vec![o("list"), o("--dest"), s(&bk)],
+        vec![o("list"), o("--dest"), s(&bk), o("--json")],
+        vec![o("diff"), o("--dest"), s(&bk), o("daily.1"), o("daily.0")],
+        vec![
+            o("diff"),
+            o("--dest"),
+            s(&bk),
+            o("daily.1"),
+            o("daily.0"),
+            o("--json"),
+        ],
+        vec![o("verify"), o("--dest"), s(&bk)],
+        vec![o("history"), o("a/f"), o("--dest"), s(&bk)],
+        vec![
+            o("next"),
+            o("--schedule"),
+            o("@hourly"),
+            o("--count"),
+            o("500"),
+        ],
+        vec![
+            o("next"),
+            o("--schedule"),
+            o("@hourly"),
+            o("--count"),
+            o("500"),
+            o("--json"),
+        ],
+        vec![o("next"), o("--job"), o("j"), o("--config"), s(&cfg)],
+        vec![o("config"), o("check"), s(&cfg)],
+        vec![o("--help")],
+        vec![o("--version")],
+    ];
+    for c in &commands {
+        let args: Vec<&OsStr> = c.iter().map(|a| a.as_os_str()).collect();
+        let (code, err) = with_closed_stdout(&args, &catalog);
+        assert!(!err.contains("panicked"), "{c:?}: {err}");
+        assert_eq!(code, 0, "{c:?}: {err}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_64_apart_from_partial() {
+    let (_t, root) = setup();
+    for args in [
+        &["--bogus"][..],
+        &["backup", "--retain", "many"],
+        &["restore"],
+        &["nosuchcommand"],
+        &["--log-format", "xml", "history"],
+    ] {
+        let (code, out, err) = run_in(&root, args);
+        assert_eq!(code, 64, "{args:?}: {out}{err}");
+        assert!(err.contains("error:"), "{err}");
+    }
+    for args in [&["--help"][..], &["--version"], &["backup", "--help"]] {
+        let (code, out, err) = run_in(&root, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!out.is_empty());
+    }
+    let (_, help, _) = run_in(&root, &["--help"]);
+    assert!(
+        help.contains("64"),
+        "--help documents the exit codes: {help}"
+    );
 }

@@ -12,7 +12,7 @@ use snapring::report::{RunReport, Status};
 use super::args::{BackupArgs, RunArgs};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
-use super::print::{self, human};
+use super::print::{self, errln, human};
 
 /// `snapring run JOB`: a backup of one job of a config file, no flags over it.
 pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
@@ -99,8 +99,8 @@ fn flags(a: &BackupArgs) -> JobConfig {
 /// dry run), then up to 20 problems on stderr.
 fn print_summary(r: &RunReport) {
     if r.status == Status::Failed {
-        eprintln!("snapring: backup failed: {}", r.message);
-        eprintln!(
+        errln!("snapring: backup failed: {}", r.message);
+        errln!(
             "  run {} recorded in {}",
             r.id,
             r.store.join(".snapring/runs").display()
@@ -158,7 +158,7 @@ fn print_problems(r: &RunReport) {
         print::problem(p);
     }
     if r.errors > 20 {
-        eprintln!(
+        errln!(
             "  … {} more problems in {}",
             r.errors - 20,
             r.store

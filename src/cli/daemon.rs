@@ -13,7 +13,7 @@ use snapring::schedule::Schedule;
 use super::args::{DaemonArgs, NextArgs};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
-use super::print;
+use super::print::{self, outln};
 
 /// How often the daemon's loop wakes to check for due jobs and signals.
 const TICK: std::time::Duration = std::time::Duration::from_millis(200);
@@ -53,7 +53,7 @@ pub fn next(a: NextArgs) -> anyhow::Result<ExitCode> {
         print::json(&times)?;
     } else {
         for t in &times {
-            println!("{t}");
+            outln!("{t}");
         }
     }
     Ok(ExitCode::Complete)
