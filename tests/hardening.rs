@@ -338,3 +338,12 @@ fn usage_errors_exit_64_apart_from_partial() {
         "--help documents the exit codes: {help}"
     );
 }
+
+#[test]
+fn log_lines_have_no_colours_when_stderr_is_not_a_terminal() {
+    let (_t, root) = setup();
+    let (code, _, err) = run_in(&root, &["-vv", "backup", "--source", "src", "--dest", "bk"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("INFO"), "there are log lines: {err}");
+    assert!(!err.contains('\x1b'), "ANSI escapes in a pipe: {err:?}");
+}

@@ -1,5 +1,8 @@
 //! Log set-up: tracing lines on stderr at the level `-v` asks for, and INFO and up into
-//! each run's log file in the store (`snapring::runlog`), as text or JSON.
+//! each run's log file in the store (`snapring::runlog`), as text or JSON. Colours only
+//! when stderr is a terminal (not in a pipe, a file or the journal).
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
@@ -26,6 +29,7 @@ fn text_layers(level: LevelFilter) -> Vec<Boxed> {
     vec![
         fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal())
             .with_target(false)
             .with_filter(level)
             .boxed(),
@@ -44,6 +48,7 @@ fn json_layers(level: LevelFilter) -> Vec<Boxed> {
     vec![
         fmt()
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .with_target(false)
             .json()
             .with_filter(level)
