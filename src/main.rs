@@ -28,9 +28,13 @@ fn main() {
             std::process::exit(code.code());
         }
     };
-    cli::logging::init(args.verbose, args.log_format == "json");
+    let log = cli::logging::LogFlags {
+        verbose: args.verbose,
+        json: args.log_format == "json",
+    };
+    cli::logging::init(log.verbose, log.json);
     let cat = CatalogChoice::from_flags(args.catalog, args.catalog_on_nfs);
-    let mut code = match run(args.cmd, &cat) {
+    let mut code = match run(args.cmd, &cat, &log) {
         Ok(code) => code,
         Err(e) => {
             errln!("snapring: error: {e:#}");
@@ -47,7 +51,7 @@ fn main() {
 }
 
 /// Runs one command.
-fn run(cmd: Cmd, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Backup(a) => backup::backup(*a, cat),
         Cmd::Run(a) => backup::run_job(a, cat),
@@ -64,7 +68,7 @@ fn run(cmd: Cmd, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         Cmd::Catalog {
             cmd: CatalogCmd::Rebuild { dest },
         } => catalog::rebuild(&dest, cat),
-        Cmd::Daemon(a) => daemon::daemon(a, cat),
+        Cmd::Daemon(a) => daemon::daemon(a, cat, log),
         Cmd::Next(a) => daemon::next(a),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },

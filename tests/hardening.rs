@@ -347,3 +347,38 @@ fn log_lines_have_no_colours_when_stderr_is_not_a_terminal() {
     assert!(err.contains("INFO"), "there are log lines: {err}");
     assert!(!err.contains('\x1b'), "ANSI escapes in a pipe: {err:?}");
 }
+
+#[test]
+fn the_daemon_passes_its_log_format_to_its_runs() {
+    let (_t, root) = setup();
+    let cfg = config(&root, "schedule = \"* * * * * *\"");
+    let log = root.join("daemon.log");
+    let mut child = Command::new(bin())
+        .args(["--catalog", "off", "--log-format", "json", "-v", "daemon"])
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !(root.join("bk/daily.0").exists()
+        && std::fs::read_to_string(&log).unwrap().contains("run ended"))
+    {
+        assert!(t0.elapsed().as_secs() < 60, "no run in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{text}"));
+    }
+    assert!(
+        text.contains("backup started"),
+        "the run's own lines are there, as JSON: {text}"
+    );
+}

@@ -9,6 +9,27 @@ use tracing_subscriber::prelude::*;
 
 type Boxed = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
+/// The logging flags as given, to hand on to a child `snapring` (the daemon's runs).
+#[derive(Clone, Debug, Default)]
+pub struct LogFlags {
+    pub verbose: u8,
+    pub json: bool,
+}
+
+impl LogFlags {
+    /// `--log-format json` and `-v`s, as arguments.
+    pub fn args(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if self.json {
+            v.extend(["--log-format".to_string(), "json".to_string()]);
+        }
+        if self.verbose > 0 {
+            v.push(format!("-{}", "v".repeat(self.verbose as usize)));
+        }
+        v
+    }
+}
+
 /// Installs the global subscriber: `verbose` 0 warn, 1 info, 2+ debug on stderr.
 pub fn init(verbose: u8, json: bool) {
     let level = match verbose {
