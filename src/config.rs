@@ -114,6 +114,42 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The notifiers job `name` refers to, by name, as this config defines them; an
+    /// error names the job, the key and every name without a `[notify.NAME]` table.
+    pub fn notifiers_of(
+        &self,
+        name: &str,
+        job: &JobConfig,
+    ) -> Result<Vec<(String, crate::notify::NotifierConfig)>> {
+        let unknown: Vec<String> = job
+            .notify
+            .iter()
+            .filter(|n| !self.notify.contains_key(*n))
+            .map(|n| format!("{n:?}"))
+            .collect();
+        if !unknown.is_empty() {
+            let defined = if self.notify.is_empty() {
+                "none is defined".to_string()
+            } else {
+                format!(
+                    "defined: {}",
+                    self.notify.keys().cloned().collect::<Vec<_>>().join(", ")
+                )
+            };
+            return Err(Error::Config(format!(
+                "job {name}: notify names {}, but there is no such [notify.NAME] table ({defined})",
+                unknown.join(", ")
+            )));
+        }
+        Ok(job
+            .notify
+            .iter()
+            .map(|n| (n.clone(), self.notify[n].clone()))
+            .collect())
+    }
+}
+
 /// Merges a job from the file (if any) with flags given as another `JobConfig` (whose
 /// set fields win), and checks the result.
 pub fn resolve(
@@ -210,7 +246,8 @@ pub fn check(path: &Path) -> Vec<String> {
     for (n, j) in &cfg.job {
         let h = format!("job.{n}");
         if let Err(e) = resolve(Some(n.clone()), Some(j.clone()), JobConfig::default()) {
-            out.push(format!("{}job {n}: {e}", at(&h, None)));
+            let key = e.to_string().contains("window").then_some("window");
+            out.push(format!("{}job {n}: {e}", at(&h, key)));
         }
         if let Err(e) = j.schedule() {
             let key = if e.contains("time zone") {
@@ -223,13 +260,8 @@ pub fn check(path: &Path) -> Vec<String> {
         if let Err(e) = j.missed() {
             out.push(format!("{}job {n}: {e}", at(&h, Some("missed"))));
         }
-        for name in &j.notify {
-            if !cfg.notify.contains_key(name) {
-                out.push(format!(
-                    "{}job {n}: notify names {name:?}, but there is no [notify.{name}] table",
-                    at(&h, Some("notify"))
-                ));
-            }
+        if let Err(Error::Config(e)) = cfg.notifiers_of(n, j) {
+            out.push(format!("{}{e}", at(&h, Some("notify"))));
         }
     }
     for (n, c) in &cfg.notify {

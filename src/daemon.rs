@@ -29,6 +29,9 @@ pub struct DaemonOptions {
     pub tick: Duration,
     /// Extra environment for each run (wrappers, tests).
     pub env: Vec<(String, String)>,
+    /// Global flags the daemon was started with that each run gets too, so its log
+    /// lines look like the daemon's (`--log-format json`, `-v`).
+    pub run_args: Vec<String>,
 }
 
 struct Job {
@@ -140,6 +143,7 @@ impl State<'_> {
         if self.opts.catalog_on_nfs {
             c.arg("--catalog-on-nfs");
         }
+        c.args(&self.opts.run_args);
         c.arg("run")
             .arg(name)
             .arg("--config")

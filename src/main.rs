@@ -1,6 +1,7 @@
 //! The `snapring` command: parses arguments, sets up logging, hands the command to its
 //! handler in `cli/` and maps the outcome to an exit code (0 complete, 2 partial,
-//! 3 incomplete, 1 failed; see `cli/exit_code.rs`). The work is in the library.
+//! 3 incomplete, 1 failed, 64 usage error; see `cli/exit_code.rs`). The work is in the
+//! library.
 
 mod cli;
 
@@ -9,24 +10,48 @@ use clap::Parser;
 use cli::args::{CatalogCmd, Cli, Cmd, ConfigCmd};
 use cli::catalog_choice::CatalogChoice;
 use cli::exit_code::ExitCode;
+use cli::print::errln;
 use cli::{backup, catalog, config, daemon, inspect, list, restore};
 
 fn main() {
-    let args = Cli::parse();
-    cli::logging::init(args.verbose, args.log_format == "json");
+    let args = match Cli::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            // `--help` and `--version` go to stdout and exit 0; a usage error has its own
+            // code, apart from the run statuses. A closed pipe is not worth a panic.
+            let _ = e.print();
+            let code = if e.use_stderr() {
+                ExitCode::Usage
+            } else {
+                ExitCode::Complete
+            };
+            std::process::exit(code.code());
+        }
+    };
+    let log = cli::logging::LogFlags {
+        verbose: args.verbose,
+        json: args.log_format == "json",
+    };
+    cli::logging::init(log.verbose, log.json);
     let cat = CatalogChoice::from_flags(args.catalog, args.catalog_on_nfs);
-    let code = match run(args.cmd, &cat) {
+    let mut code = match run(args.cmd, &cat, &log) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("snapring: error: {e:#}");
+            errln!("snapring: error: {e:#}");
             ExitCode::Failed
         }
     };
+    if let Some(e) = cli::print::stdout_error()
+        && code == ExitCode::Complete
+    {
+        errln!("snapring: error: cannot write to stdout: {e}");
+        code = ExitCode::Failed;
+    }
     std::process::exit(code.code());
 }
 
 /// Runs one command.
-fn run(cmd: Cmd, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Backup(a) => backup::backup(*a, cat),
         Cmd::Run(a) => backup::run_job(a, cat),
@@ -43,7 +68,7 @@ fn run(cmd: Cmd, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         Cmd::Catalog {
             cmd: CatalogCmd::Rebuild { dest },
         } => catalog::rebuild(&dest, cat),
-        Cmd::Daemon(a) => daemon::daemon(a, cat),
+        Cmd::Daemon(a) => daemon::daemon(a, cat, log),
         Cmd::Next(a) => daemon::next(a),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },

@@ -452,6 +452,7 @@ fn an_in_process_daemon_runs_records_skips_overlaps_and_stops_cleanly() {
         catalog_on_nfs: false,
         tick: Duration::from_millis(50),
         env: vec![("SNAPRING_FAILPOINTS".into(), "walk.dir=sleep:600".into())],
+        run_args: vec![],
     };
     let stop = AtomicBool::new(false);
     let reload = AtomicBool::new(false);

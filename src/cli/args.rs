@@ -12,7 +12,12 @@ use clap::{Args, Parser, Subcommand};
 #[command(
     name = "snapring",
     version,
-    about = "Incremental, rotating hard-link snapshots of file systems (EFS/NFS or any POSIX tree)"
+    about = "Incremental, rotating hard-link snapshots of file systems (EFS/NFS or any POSIX tree)",
+    after_help = "Exit codes: 0 complete, 1 failed or refused (nothing published), 2 partial \
+                  (published, but some entries could not be backed up; verify: damage \
+                  found; diff: something could not be read), 3 incomplete \
+                  (interrupted or out of time; the next run resumes), 64 usage error (bad \
+                  command line; nothing ran). A closed stdout (`| head`) is not an error."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug).

@@ -12,7 +12,7 @@ use snapring::report::{RunReport, Status};
 use super::args::{BackupArgs, RunArgs};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
-use super::print::{self, human};
+use super::print::{self, errln, human};
 
 /// `snapring run JOB`: a backup of one job of a config file, no flags over it.
 pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
@@ -66,7 +66,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
             let cfg = config::load(path)?;
             file_catalog = cfg.catalog.clone();
             let (n, j) = cfg.pick(a.job.as_deref())?;
-            notifiers = snapring::job::notifiers(&cfg, &j);
+            notifiers = cfg.notifiers_of(&n, &j)?;
             notify_success = j.notify_success.unwrap_or(false);
             (Some(n), Some(j))
         }
@@ -112,8 +112,8 @@ fn flags(a: &BackupArgs) -> JobConfig {
 /// dry run), then up to 20 problems on stderr.
 fn print_summary(r: &RunReport) {
     if r.status == Status::Failed {
-        eprintln!("snapring: backup failed: {}", r.message);
-        eprintln!(
+        errln!("snapring: backup failed: {}", r.message);
+        errln!(
             "  run {} recorded in {}",
             r.id,
             r.store.join(".snapring/runs").display()
@@ -171,7 +171,7 @@ fn print_problems(r: &RunReport) {
         print::problem(p);
     }
     if r.errors > 20 {
-        eprintln!(
+        errln!(
             "  … {} more problems in {}",
             r.errors - 20,
             r.store

@@ -10,7 +10,7 @@ use snapring::catalog::{Catalog, Filter, RunRow, Shown, Stats};
 use super::args::{HistoryArgs, ShowArgs, StatsArgs};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
-use super::print::{self, human};
+use super::print::{self, human, outln};
 
 /// `snapring history` without a path: the catalog's runs, newest last.
 pub fn history(a: HistoryArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
@@ -76,7 +76,7 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let store = snapring::store::Store::open_read(dest)?;
     let key = std::fs::canonicalize(&store.root)?;
     let n = c.rebuild(&key, &key.to_string_lossy())?;
-    println!(
+    outln!(
         "catalog {}: {n} runs of {} recorded from its run records",
         c.path.display(),
         key.display()
@@ -115,12 +115,20 @@ fn since_time(s: &str) -> anyhow::Result<String> {
 }
 
 fn print_runs(rows: &[RunRow], catalog: &Path) {
-    println!(
+    outln!(
         "{:<24} {:<10} {:<10} {:<21} {:>9} {:>9} {:>9} {:>10} {:>6}  STORE",
-        "RUN", "JOB", "STATUS", "STARTED", "SECONDS", "FILES", "COPIED", "BYTES", "ERRORS"
+        "RUN",
+        "JOB",
+        "STATUS",
+        "STARTED",
+        "SECONDS",
+        "FILES",
+        "COPIED",
+        "BYTES",
+        "ERRORS"
     );
     for r in rows {
-        println!(
+        outln!(
             "{:<24} {:<10} {:<10} {:<21} {:>9.1} {:>9} {:>9} {:>10} {:>6}  {}",
             r.id,
             r.job.as_deref().unwrap_or("-"),
@@ -135,7 +143,7 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
         );
     }
     if rows.is_empty() {
-        println!("(no runs in {})", catalog.display());
+        outln!("(no runs in {})", catalog.display());
     }
 }
 
@@ -145,8 +153,8 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
             .unwrap_or_else(|| "trend needs 4 runs".into())
     };
     for s in stats {
-        println!("{}", s.job);
-        println!(
+        outln!("{}", s.job);
+        outln!(
             "  runs {} from {} to {}: {} complete, {} partial, {} incomplete, {} failed, {} running; success rate {:.0}%",
             s.runs,
             s.first_started_at,
@@ -158,14 +166,14 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
             s.running,
             s.success_rate * 100.0
         );
-        println!(
+        outln!(
             "  duration p50 {:.2}s, p95 {:.2}s, mean {:.2}s ({})",
             s.duration_p50_seconds,
             s.duration_p95_seconds,
             s.duration_mean_seconds,
             pct(s.duration_trend_percent)
         );
-        println!(
+        outln!(
             "  copied per run: mean {} ({}); last run {} with {} files",
             human(s.bytes_transferred_mean as u64),
             pct(s.bytes_transferred_trend_percent),
@@ -174,34 +182,34 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
         );
     }
     if stats.is_empty() {
-        println!("(no runs in {})", catalog.display());
+        outln!("(no runs in {})", catalog.display());
     }
 }
 
 /// One run in full: settings, counts, phases, warnings, up to 50 problems, its log.
 fn print_shown(s: &Shown) {
     let r = &s.report;
-    println!("run {} ({})", r.id, r.status.as_str());
-    println!(
+    outln!("run {} ({})", r.id, r.status.as_str());
+    outln!(
         "  job {}  label {}  retain {}",
         r.job.as_deref().unwrap_or("-"),
         r.label,
         r.retain
     );
-    println!("  source {}", r.source.display());
-    println!(
+    outln!("  source {}", r.source.display());
+    outln!(
         "  store {}  snapshot {}",
         r.store.display(),
         r.snapshot.as_deref().unwrap_or("-")
     );
-    println!("  host {}  snapring {}  jobs {}", r.host, r.version, r.jobs);
-    println!(
+    outln!("  host {}  snapring {}  jobs {}", r.host, r.version, r.jobs);
+    outln!(
         "  started {}  finished {}  took {:.2}s",
         r.started_at,
         r.finished_at.as_deref().unwrap_or("-"),
         r.duration_seconds
     );
-    println!(
+    outln!(
         "  files {} (copied {}, linked {}, link fallbacks {}, changed during backup {}), directories {}",
         r.files_total,
         r.files_transferred,
@@ -210,7 +218,7 @@ fn print_shown(s: &Shown) {
         r.changed_during_backup,
         r.dirs_total
     );
-    println!(
+    outln!(
         "  bytes {} in files, {} copied; {:.0} files/s, {}/s",
         human(r.bytes_total),
         human(r.bytes_transferred),
@@ -218,7 +226,7 @@ fn print_shown(s: &Shown) {
         human(r.throughput_bytes_per_second as u64)
     );
     let p = &r.phases;
-    println!(
+    outln!(
         "  phases: walk+copy {:.2}s, sync {:.2}s, rotation {:.2}s, remove expired {:.2}s; peak memory {}",
         p.walk_copy.seconds,
         p.sync.seconds,
@@ -227,21 +235,24 @@ fn print_shown(s: &Shown) {
         human(r.peak_rss_bytes)
     );
     if !r.expired.is_empty() {
-        println!("  expired {}", r.expired.join(", "));
+        outln!("  expired {}", r.expired.join(", "));
     }
-    println!("  message: {}", r.message);
+    outln!("  message: {}", r.message);
     for w in &r.warnings {
-        println!("  warning: {w}");
+        outln!("  warning: {w}");
     }
-    println!("  errors {}", r.errors);
+    outln!("  errors {}", r.errors);
     for pr in s.problems.iter().take(50) {
-        println!(
+        outln!(
             "    {:?}: {} ({}: {})",
-            pr.kind, pr.path, pr.action, pr.error
+            pr.kind,
+            pr.path,
+            pr.action,
+            pr.error
         );
     }
     if let Some(l) = &s.log_path {
-        println!(
+        outln!(
             "  log {}{}",
             l,
             if s.log_exists { "" } else { " (missing)" }

@@ -4,15 +4,16 @@
 use std::path::Path;
 
 use super::exit_code::ExitCode;
+use super::print::outln;
 
 /// `snapring config check FILE`.
 pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
     let problems = snapring::config::check(file);
     for p in &problems {
-        println!("{p}");
+        outln!("{p}");
     }
     if problems.is_empty() {
-        println!("{}: ok", file.display());
+        outln!("{}: ok", file.display());
         Ok(ExitCode::Complete)
     } else {
         Ok(ExitCode::Failed)

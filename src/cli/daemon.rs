@@ -13,13 +13,15 @@ use snapring::schedule::Schedule;
 use super::args::{DaemonArgs, NextArgs};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
-use super::print;
+use super::logging::LogFlags;
+use super::print::{self, outln};
 
 /// How often the daemon's loop wakes to check for due jobs and signals.
 const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// `snapring daemon`: runs until SIGTERM/SIGINT (SIGHUP reloads the config).
-pub fn daemon(a: DaemonArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+/// `log` is the daemon's own logging (`--log-format`, `-v`), passed on to each run.
+pub fn daemon(a: DaemonArgs, cat: &CatalogChoice, log: &LogFlags) -> anyhow::Result<ExitCode> {
     let catalog = cat.for_config(config::load(&a.config)?.catalog);
     let opts = snapring::daemon::DaemonOptions {
         config: a.config,
@@ -28,6 +30,7 @@ pub fn daemon(a: DaemonArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         catalog_on_nfs: cat.on_nfs,
         tick: TICK,
         env: vec![],
+        run_args: log.args(),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -53,7 +56,7 @@ pub fn next(a: NextArgs) -> anyhow::Result<ExitCode> {
         print::json(&times)?;
     } else {
         for t in &times {
-            println!("{t}");
+            outln!("{t}");
         }
     }
     Ok(ExitCode::Complete)

@@ -1,6 +1,8 @@
-//! The process exit codes, in one place: 0 complete, 2 partial, 3 incomplete, 1 failed.
-//! A backup or restore maps its run status here; `diff` and `verify` use `Partial` for
-//! "finished, but something could not be read or differs"; any error is `Failed`.
+//! The process exit codes, in one place: 0 complete, 2 partial, 3 incomplete, 1 failed,
+//! 64 usage error. A backup or restore maps its run status here; `diff` and `verify` use
+//! `Partial` for "finished, but something could not be read or differs"; any error is
+//! `Failed`; a command line clap rejects is `Usage`. A closed stdout (`| head -1`) is
+//! not an error: the output stops and the command keeps its own code (`cli/print.rs`).
 
 use snapring::report::Status;
 
@@ -15,6 +17,9 @@ pub enum ExitCode {
     Partial = 2,
     /// 3: interrupted or out of time (an `incomplete` run); the next run resumes.
     Incomplete = 3,
+    /// 64 (EX_USAGE from sysexits.h): the command line is wrong (unknown flag, missing
+    /// or bad value); nothing ran. Apart from 2 so a script can tell it from `partial`.
+    Usage = 64,
 }
 
 impl ExitCode {

@@ -8,7 +8,7 @@ use snapring::commands::inspect::{DiffReport, Verified, Version};
 
 use super::args::{DiffArgs, HistoryArgs, VerifyArgs};
 use super::exit_code::ExitCode;
-use super::print::{self, dash, human};
+use super::print::{self, dash, errln, human, outln};
 
 /// `snapring diff`.
 pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
@@ -32,14 +32,19 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
 /// One line per difference, unreadable paths on stderr, then the counts.
 fn print_diff(r: &DiffReport) {
     for d in &r.differences {
-        println!("{} {}  {}", d.change.sign(), d.path, d.detail.join(", "));
+        outln!("{} {}  {}", d.change.sign(), d.path, d.detail.join(", "));
     }
     for (p, e) in &r.problems {
-        eprintln!("snapring: cannot read {p}: {e}");
+        errln!("snapring: cannot read {p}: {e}");
     }
-    println!(
+    outln!(
         "{} -> {}: {} added, {} removed, {} changed, {} metadata only",
-        r.from, r.to, r.added, r.removed, r.content_changed, r.metadata_changed
+        r.from,
+        r.to,
+        r.added,
+        r.removed,
+        r.content_changed,
+        r.metadata_changed
     );
 }
 
@@ -65,7 +70,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 /// A verified snapshot: its differences and unreadable files, then its verdict.
 fn print_verified(x: &Verified) {
     for d in &x.differences {
-        println!(
+        outln!(
             "{} {} {}  {}",
             x.snapshot,
             d.change.sign(),
@@ -74,9 +79,9 @@ fn print_verified(x: &Verified) {
         );
     }
     for (p, e) in &x.problems {
-        println!("{} ? {}  unreadable: {e}", x.snapshot, p);
+        outln!("{} ? {}  unreadable: {e}", x.snapshot, p);
     }
-    println!(
+    outln!(
         "{}: {} against {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
         x.snapshot,
         if x.clean { "clean" } else { "DAMAGED" },
@@ -113,12 +118,17 @@ pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
 
 /// One line per snapshot, newest first.
 fn print_versions(versions: &[Version]) {
-    println!(
+    outln!(
         "{:<12} {:<21} {:<9} {:<10} {:>10} {:<16} MTIME",
-        "SNAPSHOT", "TAKEN", "CHANGE", "KIND", "SIZE", "HASH"
+        "SNAPSHOT",
+        "TAKEN",
+        "CHANGE",
+        "KIND",
+        "SIZE",
+        "HASH"
     );
     for x in versions {
-        println!(
+        outln!(
             "{:<12} {:<21} {:<9} {:<10} {:>10} {:<16} {}",
             x.snapshot,
             x.taken_at,

@@ -5,7 +5,7 @@ use snapring::commands::list::Listed;
 
 use super::args::ListArgs;
 use super::exit_code::ExitCode;
-use super::print::{self, dash, human};
+use super::print::{self, dash, human, outln};
 
 /// `snapring list`.
 pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
@@ -20,12 +20,19 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
 
 /// One line per snapshot; without `--space`, a note on what UNIQUE means.
 fn print_table(snaps: &[Listed], space: bool) {
-    println!(
+    outln!(
         "{:<12} {:>4} {:<24} {:<21} {:<10} {:>9} {:>10} {:>10}",
-        "SNAPSHOT", "SLOT", "RUN", "TAKEN", "STATUS", "FILES", "SIZE", "UNIQUE"
+        "SNAPSHOT",
+        "SLOT",
+        "RUN",
+        "TAKEN",
+        "STATUS",
+        "FILES",
+        "SIZE",
+        "UNIQUE"
     );
     for s in snaps {
-        println!(
+        outln!(
             "{:<12} {:>4} {:<24} {:<21} {:<10} {:>9} {:>10} {:>10}",
             s.name,
             s.slot,
@@ -40,6 +47,6 @@ fn print_table(snaps: &[Listed], space: bool) {
         );
     }
     if !snaps.is_empty() && !space {
-        println!("(UNIQUE: the space only that snapshot uses; add --space to compute it)");
+        outln!("(UNIQUE: the space only that snapshot uses; add --space to compute it)");
     }
 }

@@ -1,15 +1,96 @@
 //! Rendering helpers shared by the command modules: JSON on stdout, byte sizes, the
 //! `-` for a missing value, the stream a report goes to, and one line per problem.
 //! Each command module keeps its own `print_*` functions for its tables and summaries.
+//!
+//! All output goes through `outln!`/`errln!` (or the `Out`/`Err` writers), never
+//! `println!`: a reader that goes away (`snapring history | head -1`) closes stdout, and
+//! `println!` would panic on the broken pipe. Here the rest of the output is dropped
+//! quietly and the command finishes with its usual exit code. Any other write error on
+//! stdout (a full disk behind `>`) is remembered and turns a clean exit into 1.
 
 use std::io::Write;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 use snapring::report::Problem;
 
+/// Set once stdout failed: nothing more is written to it.
+static STDOUT_CLOSED: AtomicBool = AtomicBool::new(false);
+/// The first stdout error that was not a broken pipe.
+static STDOUT_ERROR: OnceLock<String> = OnceLock::new();
+
+/// Stdout that never fails: after a broken pipe (or any error) the rest is dropped.
+pub struct Out;
+
+impl Write for Out {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if !STDOUT_CLOSED.load(Ordering::Relaxed)
+            && let Err(e) = std::io::stdout().write_all(buf)
+        {
+            closed(e);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if !STDOUT_CLOSED.load(Ordering::Relaxed)
+            && let Err(e) = std::io::stdout().flush()
+        {
+            closed(e);
+        }
+        Ok(())
+    }
+}
+
+fn closed(e: std::io::Error) {
+    STDOUT_CLOSED.store(true, Ordering::Relaxed);
+    if e.kind() != std::io::ErrorKind::BrokenPipe {
+        let _ = STDOUT_ERROR.set(e.to_string());
+    }
+}
+
+/// A stdout error other than a broken pipe, if there was one.
+pub fn stdout_error() -> Option<&'static str> {
+    STDOUT_ERROR.get().map(String::as_str)
+}
+
+/// Stderr that never fails (there is nowhere left to report a failure).
+pub struct ErrOut;
+
+impl Write for ErrOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
+/// `println!` that survives a closed stdout (see the module comment).
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!($crate::cli::print::Out, $($arg)*);
+    }};
+}
+pub(crate) use outln;
+
+/// `eprintln!` that survives a closed stderr.
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!($crate::cli::print::ErrOut, $($arg)*);
+    }};
+}
+pub(crate) use errln;
+
 /// Prints `value` as pretty JSON on stdout (the `--json` form of every command).
 pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -27,13 +108,13 @@ pub fn dash() -> String {
 /// stdout.
 pub fn summary_stream(dry_run: bool) -> Box<dyn Write> {
     if dry_run {
-        Box::new(std::io::stderr())
+        Box::new(ErrOut)
     } else {
-        Box::new(std::io::stdout())
+        Box::new(Out)
     }
 }
 
 /// `Unreadable: a/b (open: Permission denied)`, indented, on stderr.
 pub fn problem(p: &Problem) {
-    eprintln!("  {:?}: {} ({}: {})", p.kind, p.path, p.action, p.error);
+    errln!("  {:?}: {} ({}: {})", p.kind, p.path, p.action, p.error);
 }

@@ -8,7 +8,7 @@ use snapring::restore::{Mode, RestoreOptions, RestoreReport};
 
 use super::args::RestoreArgs;
 use super::exit_code::ExitCode;
-use super::print::{self, human};
+use super::print::{self, errln, human};
 
 /// `snapring restore`.
 pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
@@ -82,12 +82,12 @@ fn print_summary(r: &RestoreReport) {
         let _ = writeln!(out, "  {}", r.message);
     }
     for c in r.conflicts.iter().take(20) {
-        eprintln!("  conflict {}: {}", c.path, c.reason);
+        errln!("  conflict {}: {}", c.path, c.reason);
     }
     for p in r.problems.iter().take(20) {
         print::problem(p);
     }
     if r.conflicts_total + r.errors > 40 {
-        eprintln!("  … more in the --json report");
+        errln!("  … more in the --json report");
     }
 }

@@ -1,7 +1,8 @@
 //! The resolved settings of one backup run (after config file and flags are merged).
-//! Pure data and validation; no I/O.
+//! Data and validation; validation only reads the file system (to resolve symlinks and
+//! `..` in the source, store and prefix), it never writes.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -75,22 +76,68 @@ impl BackupOptions {
                 self.jobs
             )));
         }
-        let (s, d) = (absolute(&self.source), absolute(&self.store));
+        if let Some(w) = self.window
+            && w < Duration::from_secs(1)
+        {
+            return Err(Error::Config(format!(
+                "window must be at least 1s (e.g. 45s, 180m, 3h), not {}s: a shorter one ends every run before it can publish",
+                w.as_secs_f64()
+            )));
+        }
+        // Compare where the paths really lead: `dest/../src/x` or a symlink into the
+        // source must not slip past the check (the backup would copy itself forever).
+        let (s, d) = (resolve(&self.source), resolve(&self.store));
         if d.starts_with(&s) || s.starts_with(&d) {
             return Err(Error::Config(format!(
-                "source {} and store {} overlap: the backup would back itself up",
+                "source {} and store {} overlap (they resolve to {} and {}): the backup would back itself up",
                 self.source.display(),
-                self.store.display()
+                self.store.display(),
+                s.display(),
+                d.display()
             )));
+        }
+        if let Some(p) = &self.prefix {
+            let r = resolve(&self.source.join(p.as_path()));
+            if !r.starts_with(&s) {
+                return Err(Error::Config(format!(
+                    "prefix {} leads out of the source {} (it resolves to {}, a symlink): give a directory inside the source",
+                    p.as_path().display(),
+                    s.display(),
+                    r.display()
+                )));
+            }
         }
         crate::engine::exclude::build(&self.excludes)?;
         Ok(())
     }
 }
 
-fn absolute(p: &std::path::Path) -> PathBuf {
-    std::fs::canonicalize(p)
-        .unwrap_or_else(|_| std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf()))
+/// Where `p` really leads, whether or not it exists yet: absolute, with every symlink
+/// and `..` of its existing part resolved (as `canonicalize` does), and the part that
+/// does not exist yet appended (a `..` there drops the component before it, as a later
+/// `mkdir -p` would).
+pub fn resolve(p: &Path) -> PathBuf {
+    let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
+    let mut out = PathBuf::new();
+    // Whether `out` exists (so far every component did and `out` is canonical).
+    let mut exists = true;
+    for c in abs.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => out.push(c.as_os_str()),
+            Component::CurDir => {}
+            Component::ParentDir if !exists => {
+                out.pop();
+            }
+            _ => out.push(c.as_os_str()),
+        }
+        if let Ok(real) = std::fs::canonicalize(&out) {
+            out = real;
+            exists = true;
+        } else {
+            exists = false;
+        }
+    }
+    out
 }
 
 /// Parses `180m`, `3h`, `45s`, `1h30m`, `2d` (kept here for callers of
@@ -106,5 +153,18 @@ mod tests {
         let o = BackupOptions::new("/data", "/data/backup");
         assert!(o.validate().unwrap_err().to_string().contains("overlap"));
         assert!(BackupOptions::new("/data", "/backup").validate().is_ok());
+    }
+
+    #[test]
+    fn resolve_follows_dotdot_and_symlinks_into_paths_that_do_not_exist_yet() {
+        let t = std::env::temp_dir().join(format!("snapring-resolve-{}", std::process::id()));
+        let src = t.join("src");
+        std::fs::create_dir_all(&src).unwrap();
+        std::os::unix::fs::symlink(&src, t.join("link")).unwrap();
+        let real = std::fs::canonicalize(&src).unwrap();
+        assert_eq!(resolve(&t.join("link/new/bk")), real.join("new/bk"));
+        assert_eq!(resolve(&t.join("nope/../src/x")), real.join("x"));
+        assert_eq!(resolve(&t.join("src/./a/../b")), real.join("b"));
+        std::fs::remove_dir_all(&t).unwrap();
     }
 }

@@ -1,0 +1,384 @@
+//! A hostile user's attempts: a store inside the source reached through `..` or a
+//! symlink, a prefix that leads out of the source, a notifier that does not exist, a
+//! zero backup window, a closed stdout, usage errors, colours in logs that are not on
+//! a terminal, and the daemon's JSON logs from its child runs.
+
+mod common;
+use common::*;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// A temp dir with `src/a/f` and an empty `other/`.
+fn setup() -> (tempfile::TempDir, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("src/a/f"), b"hello");
+    std::fs::create_dir(t.path().join("other")).unwrap();
+    let root = t.path().to_path_buf();
+    (t, root)
+}
+
+/// Every path under `p` (relative), sorted.
+fn listing(p: &Path) -> Vec<String> {
+    let mut v: Vec<String> = describe(p)
+        .into_keys()
+        .map(|k| String::from_utf8_lossy(&k).into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `snapring ARGS` run in `dir`, with a timeout (a recursive backup would not end soon).
+fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    let mut c = Command::new(bin());
+    c.current_dir(dir)
+        .args(args)
+        .env("SNAPRING_CATALOG", "off")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().unwrap();
+    let pid = child.id();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let d2 = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        for _ in 0..300 {
+            if d2.load(std::sync::atomic::Ordering::Relaxed) {
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+        }
+        true
+    });
+    let out = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(!watchdog.join().unwrap(), "snapring {args:?} ran for 30 s");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_store_inside_the_source_through_dotdot_or_a_symlink_is_refused() {
+    let (_t, root) = setup();
+    std::os::unix::fs::symlink("src", root.join("linktosrc")).unwrap();
+    let before = listing(&root.join("src"));
+    for dest in [
+        "other/../src/store",
+        "missing/../src/store",
+        "linktosrc/bk",
+        "linktosrc/deeper/still/bk",
+    ] {
+        let (code, _, err) = run_in(
+            &root,
+            &["backup", "--source", "src", "--dest", dest, "--no-progress"],
+        );
+        assert_eq!(code, 1, "--dest {dest}: {err}");
+        assert!(err.contains("overlap"), "--dest {dest}: {err}");
+        assert!(
+            err.contains(dest) && err.contains("src"),
+            "names both paths: {err}"
+        );
+        assert_eq!(listing(&root.join("src")), before, "--dest {dest} created");
+    }
+    // The same through a config job and `--folder`.
+    let (code, _, err) = run_in(
+        &root,
+        &[
+            "backup",
+            "--source",
+            "src",
+            "--dest",
+            "linktosrc",
+            "--folder",
+            "bk",
+        ],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(listing(&root.join("src")), before);
+    // A store beside the source is still fine.
+    let (code, _, err) = run_in(
+        &root,
+        &[
+            "backup",
+            "--source",
+            "src",
+            "--dest",
+            "other/../bk",
+            "--no-progress",
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+#[test]
+fn a_prefix_through_a_symlink_out_of_the_source_is_refused() {
+    let (_t, root) = setup();
+    write(&root.join("other/secret"), b"not in the source");
+    std::os::unix::fs::symlink(root.join("other"), root.join("src/out")).unwrap();
+    std::os::unix::fs::symlink("../..", root.join("src/a/up")).unwrap();
+    for prefix in ["out", "a/up", "a/up/other"] {
+        let (code, _, err) = run_in(
+            &root,
+            &[
+                "backup", "--source", "src", "--dest", "bk", "--prefix", prefix,
+            ],
+        );
+        assert_eq!(code, 1, "--prefix {prefix}: {err}");
+        assert!(
+            err.contains("prefix") && err.contains(prefix),
+            "--prefix {prefix}: {err}"
+        );
+        assert!(!root.join("bk").exists(), "--prefix {prefix} created bk");
+    }
+    let (code, _, err) = run_in(
+        &root,
+        &["backup", "--source", "src", "--dest", "bk", "--prefix", "a"],
+    );
+    assert_eq!(code, 0, "{err}");
+}
+
+fn config(root: &Path, extra: &str) -> PathBuf {
+    let cfg = root.join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\n{extra}\n[notify.ops]\ntype = \"command\"\ncommand = [\"true\"]\n",
+            root.join("src").display(),
+            root.join("bk").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn an_unknown_notifier_fails_config_check_and_the_run() {
+    let (_t, root) = setup();
+    let cfg = config(&root, "notify = [\"ops\", \"nope\"]");
+    let c = cfg.to_str().unwrap();
+    let (code, out, err) = run_in(&root, &["config", "check", c]);
+    assert_eq!(code, 1, "{out}{err}");
+    for part in ["job j", "notify", "\"nope\"", "ops"] {
+        assert!(out.contains(part), "config check names {part}: {out}");
+    }
+    let (code, out, err) = run_in(&root, &["run", "j", "--config", c, "--no-progress"]);
+    assert_eq!(code, 1, "{out}{err}");
+    for part in ["job j", "notify", "\"nope\"", "defined: ops"] {
+        assert!(err.contains(part), "run names {part}: {err}");
+    }
+    assert!(!root.join("bk").exists(), "the run started anyway");
+    let (code, _, err) = run_in(
+        &root,
+        &["backup", "--config", c, "--job", "j", "--no-progress"],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("\"nope\""), "{err}");
+}
+
+#[test]
+fn a_zero_window_is_rejected() {
+    let (_t, root) = setup();
+    let cfg = config(&root, "window = \"0s\"");
+    let c = cfg.to_str().unwrap();
+    let (code, out, err) = run_in(&root, &["config", "check", c]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("c.toml:4:") && out.contains("window must be at least 1s"),
+        "{out}"
+    );
+    let (code, _, err) = run_in(&root, &["run", "j", "--config", c, "--no-progress"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("window"), "{err}");
+    assert!(!root.join("bk").exists());
+    for w in ["0m", "0h0s"] {
+        let (code, _, err) = run_in(
+            &root,
+            &["backup", "--source", "src", "--dest", "bk", "--window", w],
+        );
+        assert_eq!(code, 1, "--window {w}: {err}");
+    }
+    let mut o = snapring::engine::BackupOptions::new(root.join("src"), root.join("bk"));
+    o.window = Some(std::time::Duration::from_millis(500));
+    assert!(o.validate().is_err(), "a sub-second window");
+    o.window = Some(std::time::Duration::from_secs(1));
+    o.validate().unwrap();
+}
+
+/// `snapring ARGS` with stdout a pipe nobody reads any more (`| head -1` after `head`
+/// exited): every write fails with EPIPE. Returns (exit code, stderr).
+fn with_closed_stdout(args: &[&OsStr], catalog: &Path) -> (i32, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin())
+        .args(args)
+        .env("SNAPRING_CATALOG", catalog)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn a_closed_stdout_stops_the_output_quietly_and_keeps_the_exit_code() {
+    let (_t, root) = setup();
+    let catalog = root.join("cat.db");
+    let (src, bk) = (root.join("src"), root.join("bk"));
+    let cfg = config(&root, "schedule = \"@daily\"");
+    let s = |p: &Path| p.as_os_str().to_owned();
+    let o = |x: &str| OsStr::new(x).to_owned();
+    let backup = [
+        o("backup"),
+        o("--source"),
+        s(&src),
+        o("--dest"),
+        s(&bk),
+        o("--no-progress"),
+    ];
+    for json in [false, true] {
+        let mut args: Vec<&OsStr> = backup.iter().map(|a| a.as_os_str()).collect();
+        if json {
+            args.push(OsStr::new("--json"));
+        }
+        let (code, err) = with_closed_stdout(&args, &catalog);
+        assert_eq!(code, 0, "backup --json={json}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let runs: Vec<String> = std::fs::read_dir(bk.join(".snapring/runs"))
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .file_name()
+                .to_string_lossy()
+                .replace(".json", "")
+        })
+        .collect();
+    assert_eq!(runs.len(), 2, "both backups ran: {runs:?}");
+    let commands: Vec<Vec<std::ffi::OsString>> = vec![
+        vec![o("history")],
+        vec![o("history"), o("--json")],
+        vec![o("show"), o(&runs[0])],
+        vec![o("show"), o(&runs[0]), o("--json")],
+        vec![o("stats")],
+        vec![o("stats"), o("--json")],
+        vec![o("list"), o("--dest"), s(&bk)],
+        vec![o("list"), o("--dest"), s(&bk), o("--json")],
+        vec![o("diff"), o("--dest"), s(&bk), o("daily.1"), o("daily.0")],
+        vec![
+            o("diff"),
+            o("--dest"),
+            s(&bk),
+            o("daily.1"),
+            o("daily.0"),
+            o("--json"),
+        ],
+        vec![o("verify"), o("--dest"), s(&bk)],
+        vec![o("history"), o("a/f"), o("--dest"), s(&bk)],
+        vec![
+            o("next"),
+            o("--schedule"),
+            o("@hourly"),
+            o("--count"),
+            o("500"),
+        ],
+        vec![
+            o("next"),
+            o("--schedule"),
+            o("@hourly"),
+            o("--count"),
+            o("500"),
+            o("--json"),
+        ],
+        vec![o("next"), o("--job"), o("j"), o("--config"), s(&cfg)],
+        vec![o("config"), o("check"), s(&cfg)],
+        vec![o("--help")],
+        vec![o("--version")],
+    ];
+    for c in &commands {
+        let args: Vec<&OsStr> = c.iter().map(|a| a.as_os_str()).collect();
+        let (code, err) = with_closed_stdout(&args, &catalog);
+        assert!(!err.contains("panicked"), "{c:?}: {err}");
+        assert_eq!(code, 0, "{c:?}: {err}");
+    }
+}
+
+#[test]
+fn usage_errors_exit_64_apart_from_partial() {
+    let (_t, root) = setup();
+    for args in [
+        &["--bogus"][..],
+        &["backup", "--retain", "many"],
+        &["restore"],
+        &["nosuchcommand"],
+        &["--log-format", "xml", "history"],
+    ] {
+        let (code, out, err) = run_in(&root, args);
+        assert_eq!(code, 64, "{args:?}: {out}{err}");
+        assert!(err.contains("error:"), "{err}");
+    }
+    for args in [&["--help"][..], &["--version"], &["backup", "--help"]] {
+        let (code, out, err) = run_in(&root, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(!out.is_empty());
+    }
+    let (_, help, _) = run_in(&root, &["--help"]);
+    assert!(
+        help.contains("64"),
+        "--help documents the exit codes: {help}"
+    );
+}
+
+#[test]
+fn log_lines_have_no_colours_when_stderr_is_not_a_terminal() {
+    let (_t, root) = setup();
+    let (code, _, err) = run_in(&root, &["-vv", "backup", "--source", "src", "--dest", "bk"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("INFO"), "there are log lines: {err}");
+    assert!(!err.contains('\x1b'), "ANSI escapes in a pipe: {err:?}");
+}
+
+#[test]
+fn the_daemon_passes_its_log_format_to_its_runs() {
+    let (_t, root) = setup();
+    let cfg = config(&root, "schedule = \"* * * * * *\"");
+    let log = root.join("daemon.log");
+    let mut child = Command::new(bin())
+        .args(["--catalog", "off", "--log-format", "json", "-v", "daemon"])
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !(root.join("bk/daily.0").exists()
+        && std::fs::read_to_string(&log).unwrap().contains("run ended"))
+    {
+        assert!(t0.elapsed().as_secs() < 60, "no run in 60 s");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    for l in text.lines().filter(|l| !l.trim().is_empty()) {
+        serde_json::from_str::<serde_json::Value>(l)
+            .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\n{text}"));
+    }
+    assert!(
+        text.contains("backup started"),
+        "the run's own lines are there, as JSON: {text}"
+    );
+}
