@@ -254,6 +254,165 @@ fn unreadable_entries_give_partial() {
     assert!(dest.join("daily.0/d2").is_dir());
 }
 
+/// Runs `snapring backup --json` without the capabilities that let root read anything,
+/// so a mode-000 file is unreadable. Returns (exit code, report, stderr).
+fn backup_without_dac(src: &Path, dest: &Path) -> (Option<i32>, serde_json::Value, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ])
+        .arg(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["backup", "--json", "--source"])
+        .arg(src)
+        .arg("--dest")
+        .arg(dest)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `snapring verify SNAPSHOT` of the store reports it clean.
+fn assert_verify_clean(dest: &Path, snap: &str) {
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            snap.as_ref(),
+        ],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        (out.status.code(), &v[0]["clean"]),
+        (Some(0), &serde_json::Value::Bool(true)),
+        "verify {snap}: {v}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Old mtimes, and old enough (2 s) that the next run does not count them as racy.
+fn age(src: &Path) {
+    for i in 0..20 {
+        set_mtime(&src.join(format!("d{}/f{i}", i % 4)), 1_600_000_000, i);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+}
+
+/// A changed file that cannot be read keeps its previous
+/// version: linked from the previous snapshot with its previous manifest entry, listed
+/// as a problem that says so; the snapshot verifies clean. The next readable run copies.
+#[test]
+fn unreadable_changed_entry_keeps_the_previous_version() {
+    let (_t, src, dest) = setup();
+    age(&src);
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    write(&src.join("d1/f1"), b"changed 1");
+    set_mtime(&src.join("d1/f1"), 1_700_000_000, 0);
+    chmod(&src.join("d1/f1"), 0o000);
+    // A new unreadable file has no previous version: it stays out.
+    write(&src.join("d1/new"), b"new");
+    chmod(&src.join("d1/new"), 0o000);
+    let (code, rep, err) = backup_without_dac(&src, &dest);
+    chmod(&src.join("d1/f1"), 0o644);
+    assert_eq!(code, Some(2), "{rep}\n{err}");
+    assert_eq!(rep["status"], "partial");
+    let problems: Vec<(&str, &str, &str)> = rep["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap(),
+                p["kind"].as_str().unwrap(),
+                p["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            ("d1/f1", "unreadable", "open"),
+            ("d1/new", "unreadable", "open")
+        ],
+        "{rep}"
+    );
+    let kept = rep["problems"][0]["error"].as_str().unwrap();
+    let run = rep["based_on"].as_str().unwrap();
+    assert!(
+        kept.contains("Permission denied")
+            && kept.ends_with(&format!("; the previous version (from {run}) was kept")),
+        "{kept}"
+    );
+    assert!(
+        !rep["problems"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("previous version"),
+        "{rep}"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/d1/f1")).unwrap(),
+        b"content 1"
+    );
+    assert_eq!(
+        ino(&dest.join("daily.0/d1/f1")),
+        ino(&dest.join("daily.1/d1/f1"))
+    );
+    assert!(!dest.join("daily.0/d1/new").exists());
+    assert_verify_clean(&dest, "daily.0");
+    // Readable again: the next run sees the change (the kept entry is the old one).
+    chmod(&src.join("d1/new"), 0o644);
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/d1/f1")).unwrap(),
+        b"changed 1"
+    );
+    assert_eq!(std::fs::read(dest.join("daily.0/d1/new")).unwrap(), b"new");
+    assert_verify_clean(&dest, "daily.0");
+}
+
+/// A changed file deleted from the source between its listing and its copy is not
+/// kept from the previous snapshot: it disappears, as a `vanished` problem.
+#[test]
+fn file_deleted_before_its_copy_is_not_kept() {
+    let (_t, src, dest) = setup();
+    age(&src);
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    write(&src.join("d2/f2"), b"changed 2");
+    set_mtime(&src.join("d2/f2"), 1_700_000_000, 0);
+    // The only copy of the run: paused after its lstat, before its open.
+    let run = spawn_paused(&src, &dest, &[], "walk.copy", 1);
+    std::fs::remove_file(src.join("d2/f2")).unwrap();
+    let (code, rep) = run.resume();
+    assert_eq!(code, 2, "{rep}");
+    assert_eq!(rep["problems"].as_array().map(Vec::len), Some(1), "{rep}");
+    assert_eq!(rep["problems"][0]["path"], "d2/f2");
+    assert_eq!(rep["problems"][0]["kind"], "vanished");
+    assert_eq!(rep["problems"][0]["action"], "open");
+    assert!(
+        !rep["problems"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("previous version"),
+        "{rep}"
+    );
+    assert!(!dest.join("daily.0/d2/f2").exists());
+    assert_eq!(
+        std::fs::read(dest.join("daily.1/d2/f2")).unwrap(),
+        b"content 2"
+    );
+    assert_verify_clean(&dest, "daily.0");
+}
+
 #[test]
 fn vanished_entries_give_partial() {
     let (_t, src, dest) = setup();

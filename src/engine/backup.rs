@@ -390,7 +390,8 @@ fn walk_into<S: Sink>(
         &st.excludes,
         st.prev.as_ref().and_then(|p| p.manifest.as_ref()),
         sink,
-    );
+    )
+    .kept_from(rep.based_on.clone());
     let (done, window_ended) = (AtomicBool::new(false), AtomicBool::new(false));
     std::thread::scope(|s| {
         if opts.progress {

@@ -30,6 +30,29 @@ use crate::traverse::{self, Dir, Opened, Step, Visitor};
 /// Attempts to copy a file that keeps changing while it is read.
 const COPY_ATTEMPTS: u32 = 3;
 
+/// What backing up one non-directory gave.
+enum Leaf {
+    /// Linked or copied from the source: the new entry.
+    Written(Entry),
+    /// The source could not be read; the previous snapshot's version was linked instead,
+    /// with its previous manifest entry (the problem is reported).
+    Kept(Entry),
+    /// Left out of the new snapshot (the problem, if any, is reported).
+    Dropped,
+}
+
+impl Leaf {
+    fn entry(self) -> Option<Entry> {
+        match self {
+            Leaf::Written(e) | Leaf::Kept(e) => Some(e),
+            Leaf::Dropped => None,
+        }
+    }
+}
+
+/// A source-side error reading an entry that was to be copied: the action and the error.
+type SourceError = (&'static str, std::io::Error);
+
 /// A backup walk into sink `S`: state shared by all workers of one run.
 pub struct Walk<'a, S: Sink> {
     pub counters: &'a Counters,
@@ -37,6 +60,8 @@ pub struct Walk<'a, S: Sink> {
     pub excludes: &'a Excludes,
     pub prev_manifest: Option<&'a manifest::Reader>,
     pub sink: &'a S,
+    /// The previous snapshot, in words (its run id or its name), for problem texts.
+    prev_label: Option<String>,
     /// The first fatal error (destination side): the run stops and fails.
     pub fatal: Mutex<Option<Error>>,
     /// The source root, taken by the root's `open`.
@@ -83,11 +108,19 @@ impl<'a, S: Sink> Walk<'a, S> {
             excludes,
             prev_manifest,
             sink,
+            prev_label: None,
             fatal: Mutex::new(None),
             root: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
             links_cv: Condvar::new(),
         }
+    }
+
+    /// Names the previous snapshot (its run id, else its name) in the problem text of
+    /// an unreadable entry whose previous version is kept.
+    pub fn kept_from(mut self, label: Option<String>) -> Self {
+        self.prev_label = label;
+        self
     }
 
     /// Walks the whole source from its open root (`meta`: its `fstat`) on `threads`.
@@ -200,7 +233,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         if m.nlink > 1 {
             self.hard_linked(dir, name, rel, m)
         } else {
-            self.leaf(dir, name, rel, m)
+            self.leaf(dir, name, rel, m).entry()
         }
     }
 
@@ -231,26 +264,28 @@ impl<'a, S: Sink> Walk<'a, S> {
                         if let Some(e) = self.link_to_first(dir, name, rel, &first, &entry) {
                             return Some(e);
                         }
-                        return self.leaf(dir, name, rel, m);
+                        return self.leaf(dir, name, rel, m).entry();
                     }
                     Some(LinkState::Failed) => {
                         drop(map);
-                        return self.leaf(dir, name, rel, m);
+                        return self.leaf(dir, name, rel, m).entry();
                     }
                 }
             }
         }
         let r = self.leaf(dir, name, rel, m);
+        // A kept previous version is not this inode's new copy: the other names
+        // back themselves up (and each keeps its own previous version if unreadable).
         let state = match &r {
-            Some(e) => LinkState::Done(Box::new((rel.clone(), e.clone()))),
-            None => LinkState::Failed,
+            Leaf::Written(e) => LinkState::Done(Box::new((rel.clone(), e.clone()))),
+            Leaf::Kept(_) | Leaf::Dropped => LinkState::Failed,
         };
         self.links
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key, state);
         self.links_cv.notify_all();
-        r
+        r.entry()
     }
 
     fn link_to_first(
@@ -304,34 +339,31 @@ impl<'a, S: Sink> Walk<'a, S> {
     }
 
     /// Backs up one non-directory: link it from the previous snapshot if unchanged,
-    /// else copy it.
-    fn leaf(&self, dir: &Node<S::Dir>, name: &[u8], rel: &RelPath, m: &Meta) -> Option<Entry> {
-        let target = if m.kind == Kind::Symlink {
-            match fsx::read_link_at(b(&dir.state.src), name) {
-                Ok(t) => Some(t),
-                Err(e) => {
-                    self.source_error(rel, "read symlink", &e);
-                    return None;
-                }
-            }
-        } else {
-            None
-        };
+    /// else copy it; if the source cannot be read, keep the previous version.
+    fn leaf(&self, dir: &Node<S::Dir>, name: &[u8], rel: &RelPath, m: &Meta) -> Leaf {
         let prev_entry = dir
             .state
             .prev_entries
             .as_deref()
             .and_then(|es| manifest::find(es, name));
+        let unreadable = |action: &'static str, e: std::io::Error| {
+            self.unreadable(dir, name, rel, m, prev_entry, action, e)
+        };
+        let target = if m.kind == Kind::Symlink {
+            match fsx::read_link_at(b(&dir.state.src), name) {
+                Ok(t) => Some(t),
+                Err(e) => return unreadable("read symlink", e),
+            }
+        } else {
+            None
+        };
         let mut decision = self.decision(dir, name, m, target.as_deref(), prev_entry);
         if decision == Decision::VerifyContent {
             let same =
                 fsx::open_read_at(b(&dir.state.src), name).and_then(|fd| fsx::hash_file(b(&fd)));
             decision = match (same, prev_entry.and_then(|e| e.hash)) {
                 (Ok(now), Some(before)) if now == before => Decision::CompareXattrs,
-                (Err(e), _) => {
-                    self.source_error(rel, "read", &e);
-                    return None;
-                }
+                (Err(e), _) => return unreadable("read", e),
                 _ => Decision::Copy(Reason::Racy),
             };
         }
@@ -339,10 +371,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         if decision == Decision::CompareXattrs {
             let xs = match fsx::read_xattrs(&XattrTarget::At(b(&dir.state.src), name)) {
                 Ok(x) => x,
-                Err(e) => {
-                    self.source_error(rel, "read extended attributes", &e);
-                    return None;
-                }
+                Err(e) => return unreadable("read extended attributes", e),
             };
             let prev_digest = match prev_entry {
                 Some(e) => e.xattrs.clone(),
@@ -369,16 +398,98 @@ impl<'a, S: Sink> Walk<'a, S> {
                 src_xattrs.as_ref(),
             )
         {
-            return Some(e);
+            return Leaf::Written(e);
         }
         let reason = match decision {
             Decision::Copy(r) => r,
             _ => Reason::New,
         };
         if let Some(e) = self.resume(dir, name, rel, m, target.as_deref()) {
-            return Some(e);
+            return Leaf::Written(e);
         }
-        self.copy(dir, name, rel, m, target, src_xattrs, reason)
+        match self.copy(dir, name, rel, m, target, src_xattrs, reason) {
+            Ok(Some(e)) => Leaf::Written(e),
+            Ok(None) => Leaf::Dropped,
+            Err((action, e)) => unreadable(action, e),
+        }
+    }
+
+    /// The source of `name` could not be read (`action`, `e`). Unless it vanished, the
+    /// previous snapshot's version of the same type is linked into the new snapshot with
+    /// its previous manifest entry (which describes the linked inode), so an unreadable
+    /// file does not drop out of the history; the problem says so. Without a previous
+    /// version the entry is left out, as is an entry deleted from the source.
+    #[allow(clippy::too_many_arguments)]
+    fn unreadable(
+        &self,
+        dir: &Node<S::Dir>,
+        name: &[u8],
+        rel: &RelPath,
+        m: &Meta,
+        prev_entry: Option<&Entry>,
+        action: &'static str,
+        e: std::io::Error,
+    ) -> Leaf {
+        if fsx::errno_is(&e, Errno::NOENT) {
+            self.source_error(rel, action, &e);
+            return Leaf::Dropped;
+        }
+        // The previous version: its manifest entry, else (a tree without a manifest)
+        // its `lstat` in the previous snapshot.
+        let (prev, prev_meta) = match prev_entry {
+            Some(p) => (Some(p.clone()), None),
+            None if dir.state.prev_entries.is_none() => {
+                match self.sink.prev_stat(&dir.state.out, name) {
+                    Some((pm, t)) => {
+                        let mut p = Entry::from_meta(name, &pm);
+                        p.target = t;
+                        // The link count of a snapshot's inode counts the snapshots
+                        // that share it, not a hard-link group of the source.
+                        p.group = None;
+                        (Some(p), Some(pm))
+                    }
+                    None => (None, None),
+                }
+            }
+            None => (None, None),
+        };
+        let Some(mut prev) = prev.filter(|p| p.kind == m.kind) else {
+            self.source_error(rel, action, &e);
+            return Leaf::Dropped;
+        };
+        match self.sink.link_unchanged(&dir.state.out, name, rel) {
+            Linked::Done => {}
+            Linked::Fallback => {
+                Counters::add(&self.counters.link_fallbacks, 1);
+                self.source_error(rel, action, &e);
+                return Leaf::Dropped;
+            }
+            Linked::Failed(err) => {
+                self.source_error(rel, action, &e);
+                self.dest_error(rel, "hard-link from previous snapshot", err);
+                return Leaf::Dropped;
+            }
+        }
+        // Not counted as linked (that is for unchanged entries): it is a problem.
+        if let Some(pm) = prev_meta {
+            // No manifest entry: the linked file's hash and xattrs, read once.
+            let (hash, digest) = self.sink.linked_facts(&dir.state.out, name, &pm);
+            prev.hash = hash;
+            prev.xattrs = digest;
+        }
+        prev.name = name.to_vec();
+        let from = match &self.prev_label {
+            Some(l) => format!("from {l}"),
+            None => "from the previous snapshot".to_string(),
+        };
+        tracing::warn!("{rel}: {action}: {e}; keeping the previous version ({from})");
+        self.problem(
+            rel,
+            ProblemKind::Unreadable,
+            action,
+            format!("{e}; the previous version ({from}) was kept"),
+        );
+        Leaf::Kept(prev)
     }
 
     /// Links an unchanged entry from the previous snapshot. `None` means copy instead.
@@ -469,25 +580,27 @@ impl<'a, S: Sink> Walk<'a, S> {
         target: Option<Vec<u8>>,
         xattrs: Option<Xattrs>,
         reason: Reason,
-    ) -> Option<Entry> {
+    ) -> Result<Option<Entry>, SourceError> {
         if let Err(e) = failpoint::hit("walk.copy") {
             self.fail(io_error(e, "copy", rel.as_path()));
-            return None;
+            return Ok(None);
         }
         let r = match m.kind {
-            Kind::File => self.copy_file(dir, name, rel, m, xattrs, reason),
+            Kind::File => self.copy_file(dir, name, rel, m, xattrs, reason)?,
             _ => self.copy_special(dir, name, rel, m, target, xattrs, reason),
         };
         if r.is_some() {
             Counters::add(&self.counters.files_transferred, 1);
         }
-        r
+        Ok(r)
     }
 
     /// Copies a regular file. `m`: the walk's `lstat` of it, which serves as the
     /// "before" stat (the `fstat` after the copy must match it, inode included).
     /// `xattrs`: the source's attributes when the decision already read them (otherwise
-    /// they are read here, through the open file).
+    /// they are read here, through the open file). `Err`: the source could not be read
+    /// (nothing of it is left in the new snapshot); `Ok(None)`: a destination error,
+    /// already handled.
     fn copy_file(
         &self,
         dir: &Node<S::Dir>,
@@ -496,14 +609,8 @@ impl<'a, S: Sink> Walk<'a, S> {
         m: &Meta,
         xattrs: Option<Xattrs>,
         reason: Reason,
-    ) -> Option<Entry> {
-        let src = match fsx::open_read_at(b(&dir.state.src), name) {
-            Ok(fd) => fd,
-            Err(e) => {
-                self.source_error(rel, "open", &e);
-                return None;
-            }
-        };
+    ) -> Result<Option<Entry>, SourceError> {
+        let src = fsx::open_read_at(b(&dir.state.src), name).map_err(|e| ("open", e))?;
         let xattrs = match xattrs
             .map(Ok)
             .unwrap_or_else(|| fsx::read_xattrs(&XattrTarget::Fd(b(&src))))
@@ -521,10 +628,13 @@ impl<'a, S: Sink> Walk<'a, S> {
             Ok(f) => f,
             Err(e) => {
                 self.dest_error(rel, "create file in staging", e);
-                return None;
+                return Ok(None);
             }
         };
-        let (meta, hash) = self.copy_attempts(&dir.state.out, &file, &src, name, rel, m)?;
+        let Some((meta, hash)) = self.copy_attempts(&dir.state.out, &file, &src, name, rel, m)?
+        else {
+            return Ok(None);
+        };
         match self.sink.finish_file(file, &meta, &xattrs) {
             Ok(refused) => self.refused_xattrs(rel, &refused),
             Err(e) => self.dest_error(rel, "set file metadata", e),
@@ -532,11 +642,12 @@ impl<'a, S: Sink> Walk<'a, S> {
         let mut e = Entry::from_meta(name, &meta);
         e.hash = Some(hash);
         e.xattrs = fsx::xattr_digest(&xattrs);
-        Some(e)
+        Ok(Some(e))
     }
 
     /// Copies until the source stays the same during a copy (at most [`COPY_ATTEMPTS`]
-    /// times); returns the stat the copy matches and its hash.
+    /// times); returns the stat the copy matches and its hash. `Err`: the source could
+    /// not be read (the partial copy is removed); `Ok(None)`: a destination error.
     fn copy_attempts(
         &self,
         out: &S::Dir,
@@ -545,7 +656,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         name: &[u8],
         rel: &RelPath,
         m: &Meta,
-    ) -> Option<(Meta, blake3::Hash)> {
+    ) -> Result<Option<(Meta, blake3::Hash)>, SourceError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -555,8 +666,8 @@ impl<'a, S: Sink> Walk<'a, S> {
                 match fsx::fstat(b(src)) {
                     Ok(m) => m,
                     Err(e) => {
-                        self.source_error(rel, "stat", &e);
-                        return None;
+                        self.sink.discard_file(out, name);
+                        return Err(("stat", e));
                     }
                 }
             };
@@ -566,13 +677,12 @@ impl<'a, S: Sink> Walk<'a, S> {
                     h
                 }
                 Err(CopyError::Read(e)) => {
-                    self.source_error(rel, "read", &e);
                     self.sink.discard_file(out, name);
-                    return None;
+                    return Err(("read", e));
                 }
                 Err(CopyError::Write(e)) => {
                     self.dest_error(rel, "write to staging", e);
-                    return None;
+                    return Ok(None);
                 }
             };
             let _ = failpoint::hit("walk.after_copy");
@@ -582,19 +692,19 @@ impl<'a, S: Sink> Walk<'a, S> {
                 && after.mtime == before.mtime
                 && after.ctime == before.ctime
             {
-                return Some((before, hash));
+                return Ok(Some((before, hash)));
             }
             if attempt == 1 {
                 Counters::add(&self.counters.changed_during_backup, 1);
             }
             if attempt >= COPY_ATTEMPTS {
                 self.problem(rel, ProblemKind::ChangedDuringCopy, "copy", format!("still changing after {COPY_ATTEMPTS} attempts; the copy may mix old and new content"));
-                return Some((before, hash));
+                return Ok(Some((before, hash)));
             }
             tracing::info!("{rel} changed while it was copied; copying again");
             if let Err(e) = self.sink.restart_file(file) {
                 self.dest_error(rel, "truncate in staging", e);
-                return None;
+                return Ok(None);
             }
         }
     }
