@@ -538,6 +538,8 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
             };
             return Opened::Dir(node, items);
         };
+        // Tests hold a restore here (a pause) to race it or kill it mid-way.
+        let _ = crate::failpoint::hit("restore.dir");
         match self.open_sub(&parent.state, name, sub) {
             Some(node) => {
                 let items = self.listing(&node);
@@ -612,6 +614,24 @@ impl<R: SnapshotReader> Restore<'_, R> {
         );
     }
 
+    /// A snapshot-side error: a snapshot never changes, so anything gone from it (ENOENT)
+    /// means it is being deleted under the restore, which then fails (its tree would be
+    /// incomplete); anything else is a per-entry problem.
+    fn src_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
+        if !fsx::errno_is(&e, Errno::NOENT) {
+            self.problem(rel, ProblemKind::Unreadable, action, e);
+            return;
+        }
+        let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(Error::Store {
+            path: self.opts.store.join(rel.as_path()),
+            msg: format!(
+                "{action}: gone from the snapshot while it was being restored (deleted by hand, or expired on a file system without flock); the restored tree is incomplete"
+            ),
+        });
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
     /// A target-side error: permission problems are per entry; anything else (disk
     /// full, read-only, I/O error) stops the restore.
     fn dest_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
@@ -632,8 +652,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let src = match self.reader.open_dir(&parent.src, name) {
             Ok(d) => d,
             Err(e) => {
-                let kind = ProblemKind::Unreadable;
-                self.problem(&src_rel, kind, "open snapshot directory", e);
+                self.src_error(&src_rel, "open snapshot directory", e);
                 return None;
             }
         };
@@ -684,8 +703,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 items
             }
             Err(e) => {
-                let kind = ProblemKind::Unreadable;
-                self.problem(&node.src_rel, kind, "read snapshot directory", e);
+                self.src_error(&node.src_rel, "read snapshot directory", e);
                 Vec::new()
             }
         }
@@ -744,8 +762,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return Step::Next;
             }
             Err(err) => {
-                let kind = ProblemKind::Unreadable;
-                self.problem(&at.src_rel, kind, "stat in snapshot", err);
+                self.src_error(&at.src_rel, "stat in snapshot", err);
                 return Step::Next;
             }
         };
@@ -1048,7 +1065,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let src = match self.reader.open_file(&at.node.src, at.name) {
             Ok(fd) => fd,
             Err(e) => {
-                self.problem(src_rel, ProblemKind::Unreadable, "open snapshot file", e);
+                self.src_error(src_rel, "open snapshot file", e);
                 return false;
             }
         };
@@ -1094,6 +1111,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return false;
             }
         }
+        // Tests kill a restore here: bytes written, metadata not yet.
+        let _ = crate::failpoint::hit("restore.file");
         let r = fsx::apply_owner_mode(b(&dst), m)
             .and_then(|_| fsx::write_xattrs(&XattrTarget::Fd(b(&dst)), &xattrs))
             .and_then(|refused| {

@@ -2,6 +2,7 @@
 //! `.snapring/` (lock, journal, staging/, trash/, runs/, manifests/, logs/, state).
 //! Opening a store repairs it; see DESIGN.md's invariants. Does file I/O.
 
+pub mod hold;
 pub mod journal;
 pub mod lock;
 pub mod plan_sink;
