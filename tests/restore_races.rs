@@ -64,6 +64,28 @@ fn setup(dirs: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
     (t, src, store)
 }
 
+fn verify_against(store: &Path, snap: &str, to: &Path) {
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            snap.as_ref(),
+            "--against".as_ref(),
+            to.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify --against the restored tree: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn a_backup_defers_the_expiry_of_a_snapshot_a_restore_is_reading() {
     let (t, src, store) = setup(30);
@@ -121,4 +143,72 @@ fn a_restore_whose_snapshot_is_deleted_under_it_fails_instead_of_saying_complete
     // Never `complete`, and not a mere `partial` either: the tree is incomplete.
     assert_eq!(code, 1, "{err}\n{rep}");
     assert_eq!(rep["status"], "failed", "{rep}");
+}
+
+/// Kills a restore paused at its `nth` `point` with `signal`, then runs it again.
+fn interrupted_then_rerun(point: &str, nth: u32, signal: rustix::process::Signal) {
+    let (t, src, store) = setup(30);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("{point}=pause:{}@{nth}", pause.display()),
+    );
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, signal).unwrap();
+    if signal == rustix::process::Signal::TERM {
+        // The pause ends; the restore sees the signal and stops.
+        std::fs::remove_file(&pause).unwrap();
+    }
+    let (code, rep, _) = finish(child);
+    assert_ne!(rep["status"], "complete", "interrupted: {code} {rep}");
+    let _ = std::fs::remove_file(&pause);
+
+    let again = spawn_restore(&store, "daily.0", &to, "");
+    let (code, rep, err) = finish(again);
+    assert_eq!(code, 0, "rerun: {err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(rep["conflicts_total"], 0, "{rep}");
+    verify_against(&store, "daily.0", &to);
+    assert_same_tree(&describe(&src), &describe(&to), "rerun restore");
+}
+
+#[test]
+fn a_restore_rerun_after_sigterm_fixes_the_directories_it_left_unfinished() {
+    interrupted_then_rerun("restore.dir", 10, rustix::process::Signal::TERM);
+}
+
+#[test]
+fn a_restore_rerun_after_sigkill_replaces_its_own_half_written_file() {
+    interrupted_then_rerun("restore.file", 40, rustix::process::Signal::KILL);
+}
+
+#[test]
+fn a_restore_rerun_still_leaves_a_users_file_alone() {
+    let (t, src, store) = setup(5);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.file=pause:{}@3", pause.display()),
+    );
+    wait_for(&pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let _ = finish(child);
+    let _ = std::fs::remove_file(&pause);
+    // The user puts a file of their own where the snapshot has one.
+    write(&to.join("d04/f0"), b"mine");
+    let (code, rep, err) = finish(spawn_restore(&store, "daily.0", &to, ""));
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["conflicts"][0]["path"], "d04/f0", "{rep}");
+    assert_eq!(std::fs::read(to.join("d04/f0")).unwrap(), b"mine");
 }
