@@ -1019,7 +1019,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
             return;
         }
         match self.same(at, e, m, &x) {
-            Same::Yes => add(&self.counts.identical, 1),
+            Same::Yes => {
+                add(&self.counts.identical, 1);
+                self.adopt_leader(at, e, m);
+            }
             Same::No(why) if mode == Mode::Safe => self.conflict(&at.rel, why),
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
@@ -1155,6 +1158,21 @@ impl<R: SnapshotReader> Restore<'_, R> {
             drop(links);
             self.links_cv.notify_all();
         }
+    }
+
+    /// A rerun: an identical file already in the target, restored by the stopped run,
+    /// is its hard-link group's first member, so the rest link to it instead of being
+    /// copied apart.
+    fn adopt_leader(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta) {
+        if e.group.is_none() || self.opts.dry_run || !self.unfinished.rerun {
+            return;
+        }
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .entry(m.ino)
+            .or_insert_with(|| Link::Done(at.rel.clone()));
+        drop(links);
+        self.links_cv.notify_all();
     }
 
     /// Joins the hard-link group of inode `ino` (of the snapshot): its first member is

@@ -212,3 +212,30 @@ fn a_restore_rerun_still_leaves_a_users_file_alone() {
     assert_eq!(rep["conflicts"][0]["path"], "d04/f0", "{rep}");
     assert_eq!(std::fs::read(to.join("d04/f0")).unwrap(), b"mine");
 }
+
+#[test]
+fn a_restore_rerun_after_sigkill_keeps_hard_links_to_what_it_restored_before() {
+    let (t, src, store) = setup(30);
+    // Root entries come first: `a` is restored before any file of a subdirectory.
+    write(&src.join("a"), b"linked");
+    std::fs::hard_link(src.join("a"), src.join("d29/z")).unwrap();
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.file=pause:{}@2", pause.display()),
+    );
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let _ = finish(child);
+    let _ = std::fs::remove_file(&pause);
+    assert!(to.join("a").exists() && !to.join("d29/z").exists());
+
+    let (code, rep, err) = finish(spawn_restore(&store, "daily.0", &to, ""));
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(ino(&to.join("a")), ino(&to.join("d29/z")), "{rep}");
+    verify_against(&store, "daily.0", &to);
+}

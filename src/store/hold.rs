@@ -14,7 +14,10 @@
 //! open for writing, which a directory never is: the backup's `LOCK_EX` fails (EBADF),
 //! is taken as "not held", and expiry is not deferred there; a reader that loses its
 //! snapshot then ends `failed`, never `complete` (see `snapshot.rs`). With
-//! `local_lock=flock` the locks are local to one client. Does I/O (flock, stat).
+//! `local_lock=flock` the locks are local to one client. A backup killed after writing
+//! its journal leaves the expiry to the next command's roll-forward, which does not look
+//! at holds (the journal is replayed as written); a reader opening a snapshot in that
+//! window is not protected. Does I/O (flock, stat).
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
