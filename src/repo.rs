@@ -31,6 +31,11 @@ pub struct Previous {
 pub trait Rotation {
     /// The snapshots it expires.
     fn expired(&self) -> &[String];
+    /// The snapshots it would expire but keeps, because a reader holds them (the next
+    /// run expires them).
+    fn deferred(&self) -> &[String] {
+        &[]
+    }
     /// Its steps in words (`expire daily.6`, `rename daily.0 -> daily.1`,
     /// `publish daily.0`), for a dry run's plan.
     fn describe(&self) -> Vec<String>;

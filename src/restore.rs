@@ -207,6 +207,88 @@ struct Restore<'a, R: SnapshotReader> {
     plan: Mutex<Box<dyn Write + Send>>,
     /// Taken by the walk's first task.
     start: Mutex<Option<Start<R::Dir>>>,
+    /// What this restore leaves unfinished if it is stopped (see [`Unfinished`]).
+    unfinished: Unfinished,
+    /// Numbers the temporary names files are written under.
+    tmp_seq: AtomicU64,
+}
+
+/// The name, in the target root, of the record of a restore's unfinished work. Absent
+/// once a restore has walked the whole tree.
+const UNFINISHED: &[u8] = b".snapring-restore-unfinished";
+/// Files are written as `.snapring-restore.<tag>.tmp`, then renamed into place.
+const TMP_PREFIX: &[u8] = b".snapring-restore.";
+const TMP_SUFFIX: &[u8] = b".tmp";
+
+/// A restore's own unfinished work, so a rerun of a stopped restore (SIGTERM, SIGKILL,
+/// power loss aside) finishes it instead of taking it for the user's:
+/// - every file is written under a temporary name and renamed into place only when its
+///   bytes and metadata are done, so a killed restore leaves no half-written file under
+///   a real name, only temporary names, which a rerun deletes;
+/// - every directory the restore creates is appended to a record in the target root
+///   before it is made (its metadata is applied last, when its subtree is done); a
+///   rerun gives those directories the snapshot's metadata even though they exist now
+///   (a user's existing directory is still left alone in the default mode).
+///
+/// The record is removed when a restore has walked the whole tree (the target root's
+/// metadata is applied again after that, as removing an entry touches its mtime).
+#[derive(Default)]
+struct Unfinished {
+    /// The record, appended to (`None` in a dry run).
+    log: Option<Mutex<std::fs::File>>,
+    /// Directories an earlier, stopped restore created (escaped target paths).
+    ours: std::collections::HashSet<String>,
+    /// A record was there: an earlier restore into this target was stopped.
+    rerun: bool,
+}
+
+impl Unfinished {
+    fn open(to: &OwnedFd, to_path: &Path, to_was_new: bool) -> Result<Self> {
+        use std::io::Read;
+        let path = to_path.join(std::ffi::OsStr::from_bytes(UNFINISHED));
+        let mut u = Unfinished::default();
+        match fsx::open_read_at(b(to), UNFINISHED) {
+            Ok(fd) => {
+                let mut text = String::new();
+                std::fs::File::from(fd)
+                    .read_to_string(&mut text)
+                    .ctx("read", &path)?;
+                u.ours = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("d "))
+                    .map(str::to_string)
+                    .collect();
+                u.rerun = true;
+            }
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
+            Err(e) => return Err(io_error(e, "open", path)),
+        }
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .ctx("create", &path)?;
+        u.log = Some(Mutex::new(f));
+        if to_was_new {
+            u.record(&RelPath::root()).ctx("write", &path)?;
+        }
+        Ok(u)
+    }
+
+    /// Records that the restore is about to create directory `rel`.
+    fn record(&self, rel: &RelPath) -> std::io::Result<()> {
+        let Some(log) = &self.log else { return Ok(()) };
+        let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
+        f.write_all(format!("d {}\n", rel.escaped()).as_bytes())
+    }
+
+    fn created_before(&self, rel: &RelPath) -> bool {
+        self.rerun && self.ours.contains(&rel.escaped())
+    }
+}
+
+fn is_tmp_name(n: &[u8]) -> bool {
+    n.starts_with(TMP_PREFIX) && n.ends_with(TMP_SUFFIX)
 }
 
 /// Restores per `opts`. `Err` only when nothing could start (unknown snapshot or path,
@@ -220,8 +302,12 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let found = locate(opts, &sel, &reader)?;
     let (to_fd, to_was_new) = open_target(opts, &store)?;
+    let unfinished = match &to_fd {
+        Some(fd) if !opts.dry_run => Unfinished::open(fd, &opts.to, to_was_new)?,
+        _ => Unfinished::default(),
+    };
     let mut created_ancestors = Vec::new();
-    let start = plan_start(
+    let mut start = plan_start(
         opts,
         &sel,
         &reader,
@@ -229,6 +315,13 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         (to_fd.as_ref(), to_was_new),
         &mut created_ancestors,
     )?;
+    // A directory an earlier, stopped restore created gets the snapshot's metadata.
+    let whole_dir = start.only.is_none();
+    if whole_dir && !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
+        start.node.apply_meta = true;
+    }
+    let root_meta = (whole_dir && start.node.apply_meta && start.node.dst_rel.is_root())
+        .then(|| (start.node.meta, start.node.xattrs.clone()));
     let plan: Box<dyn Write + Send> = Box::new(std::io::stdout());
     let r = Restore {
         opts,
@@ -241,6 +334,8 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         links_cv: Condvar::new(),
         plan: Mutex::new(plan),
         start: Mutex::new(Some(start)),
+        unfinished,
+        tmp_seq: AtomicU64::new(0),
     };
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -255,6 +350,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     for (fd, m, xs) in created_ancestors.iter().rev() {
         let _ = fsx::apply_dir_meta(b(fd), m, xs);
     }
+    r.finish_unfinished(root_meta);
     Ok(r.report(&sel, &store, started_at, t0))
 }
 
@@ -520,6 +616,8 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
             };
             return Opened::Dir(node, items);
         };
+        // Tests hold a restore here (a pause) to race it or kill it mid-way.
+        let _ = crate::failpoint::hit("restore.dir");
         match self.open_sub(&parent.state, name, sub) {
             Some(node) => {
                 let items = self.listing(&node);
@@ -594,6 +692,24 @@ impl<R: SnapshotReader> Restore<'_, R> {
         );
     }
 
+    /// A snapshot-side error: a snapshot never changes, so anything gone from it (ENOENT)
+    /// means it is being deleted under the restore, which then fails (its tree would be
+    /// incomplete); anything else is a per-entry problem.
+    fn src_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
+        if !fsx::errno_is(&e, Errno::NOENT) {
+            self.problem(rel, ProblemKind::Unreadable, action, e);
+            return;
+        }
+        let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+        f.get_or_insert(Error::Store {
+            path: self.opts.store.join(rel.as_path()),
+            msg: format!(
+                "{action}: gone from the snapshot while it was being restored (deleted by hand, or expired on a file system without flock); the restored tree is incomplete"
+            ),
+        });
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
     /// A target-side error: permission problems are per entry; anything else (disk
     /// full, read-only, I/O error) stops the restore.
     fn dest_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
@@ -614,8 +730,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let src = match self.reader.open_dir(&parent.src, name) {
             Ok(d) => d,
             Err(e) => {
-                let kind = ProblemKind::Unreadable;
-                self.problem(&src_rel, kind, "open snapshot directory", e);
+                self.src_error(&src_rel, "open snapshot directory", e);
                 return None;
             }
         };
@@ -658,6 +773,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
     /// Lists a snapshot directory; with `--mirror`, first deletes from the target
     /// directory what the snapshot's does not have.
     fn listing(&self, node: &Node<R::Dir>) -> Vec<Listed> {
+        if self.unfinished.rerun && !node.fresh && !self.opts.dry_run {
+            self.remove_leftovers(node);
+        }
         match self.reader.list(&node.src) {
             Ok(items) => {
                 if self.opts.mode == Mode::Mirror && !node.fresh {
@@ -666,11 +784,59 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 items
             }
             Err(e) => {
-                let kind = ProblemKind::Unreadable;
-                self.problem(&node.src_rel, kind, "read snapshot directory", e);
+                self.src_error(&node.src_rel, "read snapshot directory", e);
                 Vec::new()
             }
         }
+    }
+
+    /// Deletes the temporary files a stopped restore left in a target directory.
+    fn remove_leftovers(&self, node: &Node<R::Dir>) {
+        let Some(dst) = &node.dst else { return };
+        let names = match fsx::read_dir_names(b(dst)) {
+            Ok(v) => v,
+            Err(e) => {
+                self.dest_error(&node.dst_rel, "read target directory", e);
+                return;
+            }
+        };
+        for n in names.iter().filter(|n| is_tmp_name(n)) {
+            if let Err(e) = fsx::unlink_at(b(dst), n) {
+                self.dest_error(&node.dst_rel.join(n), "remove a stopped restore's file", e);
+            }
+        }
+    }
+
+    /// After the walk: a restore that walked the whole tree removes its record of
+    /// unfinished work, then gives the target root its metadata again (`root_meta`).
+    fn finish_unfinished(&self, root_meta: Option<(Meta, Xattrs)>) {
+        let walked = !self.cancel.load(Ordering::Relaxed)
+            && self
+                .fatal
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none();
+        let (Some(to), true, Some(_)) = (self.to_root, walked, &self.unfinished.log) else {
+            return;
+        };
+        if let Err(e) = fsx::unlink_at(b(to), UNFINISHED) {
+            self.dest_error(&RelPath::root(), "remove the restore's record", e);
+            return;
+        }
+        if let Some((m, xs)) = root_meta
+            && let Err(e) = fsx::apply_dir_meta(b(to), &m, &xs)
+        {
+            self.dest_error(&RelPath::root(), "set directory metadata", e);
+        }
+    }
+
+    /// A temporary name for a file being written (see [`Unfinished`]).
+    fn tmp_name(&self) -> Vec<u8> {
+        let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let mut v = TMP_PREFIX.to_vec();
+        v.extend_from_slice(format!("{}-{n}", std::process::id()).as_bytes());
+        v.extend_from_slice(TMP_SUFFIX);
+        v
     }
 
     /// `--mirror`: deletes target entries the snapshot directory does not have.
@@ -684,7 +850,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
             }
         };
         for name in existing {
-            if items.binary_search_by(|l| l.name().cmp(&name)).is_ok() {
+            if items.binary_search_by(|l| l.name().cmp(&name)).is_ok()
+                || (node.dst_rel.is_root() && name == UNFINISHED)
+            {
                 continue;
             }
             let rel = node.dst_rel.join(&name);
@@ -726,8 +894,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return Step::Next;
             }
             Err(err) => {
-                let kind = ProblemKind::Unreadable;
-                self.problem(&at.src_rel, kind, "stat in snapshot", err);
+                self.src_error(&at.src_rel, "stat in snapshot", err);
                 return Step::Next;
             }
         };
@@ -756,7 +923,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let mode = self.opts.mode;
         let (create, apply_meta) = match existing {
             None => (true, true),
-            Some(x) if x.kind == Kind::Dir => (false, mode != Mode::Safe),
+            Some(x) if x.kind == Kind::Dir => (
+                false,
+                mode != Mode::Safe || self.unfinished.created_before(&at.rel),
+            ),
             Some(x) if mode == Mode::Safe => {
                 let why = format!("a {} is where the snapshot has a directory", x.kind.name());
                 self.conflict(&at.rel, why);
@@ -778,6 +948,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if create {
             self.say('+', &at.rel, "/");
             add(&self.counts.dirs, 1);
+            if !self.opts.dry_run
+                && let Err(e) = self.unfinished.record(&at.rel)
+            {
+                self.dest_error(&at.rel, "record the restore's progress", e);
+                return Step::Next;
+            }
         }
         let sub = Sub {
             meta: m,
@@ -822,7 +998,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
             return;
         }
         match self.same(at, e, m, &x) {
-            Same::Yes => add(&self.counts.identical, 1),
+            Same::Yes => {
+                add(&self.counts.identical, 1);
+                self.adopt_leader(at, e, m);
+            }
             Same::No(why) if mode == Mode::Safe => self.conflict(&at.rel, why),
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
@@ -923,9 +1102,17 @@ impl<R: SnapshotReader> Restore<'_, R> {
             return;
         }
         let Some(dst) = &at.node.dst else { return };
-        let to = tmp.unwrap_or(at.name);
+        // Written under a temporary name, renamed into place when done.
+        let own;
+        let (to, replace) = match tmp {
+            Some(t) => (t, true),
+            None => {
+                own = self.tmp_name();
+                (own.as_slice(), false)
+            }
+        };
         let leader = if e.group.is_some() && m.kind != Kind::Dir {
-            match self.join_group(at, dst, to, tmp, m.ino) {
+            match self.join_group(at, dst, to, replace, m.ino) {
                 Joined::Linked => return,
                 Joined::Leader => true,
                 Joined::Copy => false,
@@ -938,7 +1125,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         } else {
             self.copy_special(at, dst, to, m)
         };
-        let ok = ok && self.finish_replace(dst, to, at.name, tmp, &at.rel);
+        let ok = ok && self.finish_replace(dst, to, at.name, replace, &at.rel);
         if leader {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
             let link = if ok {
@@ -952,6 +1139,21 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
     }
 
+    /// A rerun: an identical file already in the target, restored by the stopped run,
+    /// is its hard-link group's first member, so the rest link to it instead of being
+    /// copied apart.
+    fn adopt_leader(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta) {
+        if e.group.is_none() || self.opts.dry_run || !self.unfinished.rerun {
+            return;
+        }
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        links
+            .entry(m.ino)
+            .or_insert_with(|| Link::Done(at.rel.clone()));
+        drop(links);
+        self.links_cv.notify_all();
+    }
+
     /// Joins the hard-link group of inode `ino` (of the snapshot): its first member is
     /// restored by copy, the others wait for it and link to it.
     fn join_group(
@@ -959,7 +1161,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         at: &At<'_, R::Dir>,
         dst: &OwnedFd,
         to: &[u8],
-        tmp: Option<&[u8]>,
+        replace: bool,
         ino: u64,
     ) -> Joined {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
@@ -980,7 +1182,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     return match r {
                         Ok(()) => {
                             add(&self.counts.hard_links, 1);
-                            self.finish_replace(dst, to, at.name, tmp, &at.rel);
+                            self.finish_replace(dst, to, at.name, replace, &at.rel);
                             Joined::Linked
                         }
                         Err(e) => {
@@ -994,22 +1196,38 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
     }
 
+    /// Renames the finished entry `to` to its name: over what is there when `replace`,
+    /// else only if nothing has appeared there meanwhile (then it is a conflict).
     fn finish_replace(
         &self,
         dst: &OwnedFd,
         to: &[u8],
         name: &[u8],
-        tmp: Option<&[u8]>,
+        replace: bool,
         rel: &RelPath,
     ) -> bool {
-        if tmp.is_none() {
-            return true;
-        }
-        match fsx::rename_at(b(dst), to, b(dst), name) {
+        let r = if replace {
+            fsx::rename_at(b(dst), to, b(dst), name)
+        } else {
+            fsx::rename_noreplace(b(dst), to, b(dst), name)
+        };
+        match r {
             Ok(()) => true,
             Err(e) => {
                 let _ = fsx::unlink_at(b(dst), to);
-                self.dest_error(rel, "replace", e);
+                if !replace && fsx::errno_is(&e, Errno::EXIST) {
+                    self.conflict(rel, "appeared in the target during the restore".into());
+                } else {
+                    self.dest_error(
+                        rel,
+                        if replace {
+                            "replace"
+                        } else {
+                            "rename into place"
+                        },
+                        e,
+                    );
+                }
                 false
             }
         }
@@ -1027,7 +1245,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let src = match self.reader.open_file(&at.node.src, at.name) {
             Ok(fd) => fd,
             Err(e) => {
-                self.problem(src_rel, ProblemKind::Unreadable, "open snapshot file", e);
+                self.src_error(src_rel, "open snapshot file", e);
                 return false;
             }
         };
@@ -1073,6 +1291,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return false;
             }
         }
+        // Tests kill a restore here: bytes written, metadata not yet.
+        let _ = crate::failpoint::hit("restore.file");
         let r = fsx::apply_owner_mode(b(&dst), m)
             .and_then(|_| fsx::write_xattrs(&XattrTarget::Fd(b(&dst)), &xattrs))
             .and_then(|refused| {

@@ -209,6 +209,11 @@ impl SnapshotReader for TreeReader<'_> {
                 .collect());
         }
         let mut names = fsx::read_dir_names(fd(dir)?)?;
+        // A removed directory lists as empty: say it is gone instead (an expiry
+        // deleting the snapshot under its reader must not pass for an empty directory).
+        if fsx::fstat(fd(dir)?)?.nlink == 0 {
+            return Err(io::Error::from_raw_os_error(Errno::NOENT.raw_os_error()));
+        }
         names.sort();
         let Some(block) = self.block(dir) else {
             return Ok(names.into_iter().map(|n| Listed::Name(n, None)).collect());

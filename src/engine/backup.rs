@@ -454,6 +454,7 @@ fn run_dry<R: Repository>(
     let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
     let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
     rep.expired = rotation.expired().to_vec();
+    rep.warnings.extend(deferred_warnings(rotation.deferred()));
     plan.rotation = rotation.describe();
     print_plan(opts, &plan);
     Ok(walked_status(counters))
@@ -495,6 +496,7 @@ fn run<R: Repository>(
     let status = walked_status(counters);
     let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
     rep.expired = rotation.expired().to_vec();
+    rep.warnings.extend(deferred_warnings(rotation.deferred()));
     let sync_start = report::now_rfc3339();
     let t_sync = Instant::now();
     let sealed = sink
@@ -518,6 +520,20 @@ fn run<R: Repository>(
     repo.tidy(&leftovers);
     delete_expired(opts, repo, t_walk, cancel, rep);
     Ok(status)
+}
+
+/// One warning per expiry a reader made the rotation defer.
+fn deferred_warnings(deferred: &[String]) -> Vec<String> {
+    deferred
+        .iter()
+        .map(|n| {
+            let w = format!(
+                "expiry of {n} deferred: a restore, diff, verify or list --space is reading it; kept one slot up, a later run expires it"
+            );
+            tracing::warn!("{w}");
+            w
+        })
+        .collect()
 }
 
 /// Deletes expired snapshots after publishing: it can fail or be cut short without

@@ -4,6 +4,7 @@
 //! `open_read` (nothing written); see the invariants in ARCHITECTURE.md. Does file I/O.
 
 mod copied;
+pub mod hold;
 pub mod journal;
 pub mod lock;
 pub mod plan_sink;

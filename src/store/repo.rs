@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use super::lock::{Holder, Lock};
 use super::plan_sink::PlanSink;
 use super::tree_sink::TreeSink;
-use super::{SnapRec, Snapshot, State, Store, journal::Journal, rotation, trash};
+use super::{SnapRec, Snapshot, State, Store, hold, journal::Journal, rotation, trash};
 use crate::error::{Ctx, Result};
 use crate::fsx::{self, b};
 use crate::manifest;
@@ -24,11 +24,19 @@ pub struct TreeRotation {
     trash_prefix: String,
     /// The snapshots before the rotation (their records move with them).
     before: Vec<Snapshot>,
+    /// Expiring snapshots a reader holds: kept, one slot up (see `hold.rs`).
+    deferred: Vec<String>,
+    /// The exclusive holds on the expiring snapshots, until they are in trash.
+    _holds: Vec<std::os::fd::OwnedFd>,
 }
 
 impl Rotation for TreeRotation {
     fn expired(&self) -> &[String] {
         &self.expired
+    }
+
+    fn deferred(&self) -> &[String] {
+        &self.deferred
     }
 
     fn describe(&self) -> Vec<String> {
@@ -37,6 +45,12 @@ impl Rotation for TreeRotation {
             .map(|s| match s.to.strip_prefix(&self.trash_prefix) {
                 Some(name) => format!("expire {name}"),
                 None if s.from == self.staging => format!("publish {}", s.to),
+                None if self.deferred.contains(&s.from) => {
+                    format!(
+                        "rename {} -> {} (expiry deferred: a reader holds it)",
+                        s.from, s.to
+                    )
+                }
                 None => format!("rename {} -> {}", s.from, s.to),
             })
             .collect()
@@ -183,13 +197,23 @@ impl Repository for Store {
             .collect();
         let staging = staging_name(id);
         let trash_prefix = format!("{}/trash/{id}-", super::META_DIR);
-        let (steps, expired) = rotation::plan(label, &slots, retain, &staging, &trash_prefix);
+        let mut held = Vec::new();
+        let mut holds = Vec::new();
+        for &s in slots.iter().filter(|&&s| s + 1 >= retain) {
+            match hold::try_expire(&self.root.join(format!("{label}.{s}"))) {
+                hold::Expiry::Held => held.push(s),
+                hold::Expiry::Free(fd) => holds.extend(fd),
+            }
+        }
+        let p = rotation::plan_holding(label, &slots, retain, &held, &staging, &trash_prefix);
         Ok(TreeRotation {
-            steps,
-            expired,
+            steps: p.steps,
+            expired: p.expired,
             staging,
             trash_prefix,
             before,
+            deferred: p.deferred,
+            _holds: holds,
         })
     }
 

@@ -46,31 +46,63 @@ pub fn plan(
     staging: &str,
     trash_prefix: &str,
 ) -> (Vec<Step>, Vec<String>) {
+    let p = plan_holding(label, slots, retain, &[], staging, trash_prefix);
+    (p.steps, p.expired)
+}
+
+/// A rotation plan: its renames, the snapshots it expires, and those it would expire
+/// but keeps because a reader holds them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Plan {
+    pub steps: Vec<Step>,
+    pub expired: Vec<String>,
+    /// Held by a reader: shifted one slot up like a kept snapshot (past `retain`), so
+    /// the next run that finds it free expires it as any slot at or past `retain`.
+    pub deferred: Vec<String>,
+}
+
+/// [`plan`], where the slots in `held` are read right now: their expiry is deferred
+/// (they shift up a slot instead of moving to trash; names stay in one rename chain).
+pub fn plan_holding(
+    label: &str,
+    slots: &[u32],
+    retain: u32,
+    held: &[u32],
+    staging: &str,
+    trash_prefix: &str,
+) -> Plan {
     assert!(retain >= 1, "retain must be at least 1");
     let mut slots = slots.to_vec();
     slots.sort_unstable();
     slots.dedup();
-    let mut steps = Vec::new();
-    let mut expired = Vec::new();
-    for &s in slots.iter().rev().filter(|&&s| s + 1 >= retain) {
+    let expires = |s: u32| s + 1 >= retain && !held.contains(&s);
+    let mut p = Plan {
+        steps: Vec::new(),
+        expired: Vec::new(),
+        deferred: Vec::new(),
+    };
+    for &s in slots.iter().rev().filter(|&&s| expires(s)) {
         let name = format!("{label}.{s}");
-        steps.push(Step {
+        p.steps.push(Step {
             from: name.clone(),
             to: format!("{trash_prefix}{name}"),
         });
-        expired.push(name);
+        p.expired.push(name);
     }
-    for &s in slots.iter().rev().filter(|&&s| s + 1 < retain) {
-        steps.push(Step {
+    for &s in slots.iter().rev().filter(|&&s| !expires(s)) {
+        if s + 1 >= retain {
+            p.deferred.push(format!("{label}.{s}"));
+        }
+        p.steps.push(Step {
             from: format!("{label}.{s}"),
             to: format!("{label}.{}", s + 1),
         });
     }
-    steps.push(Step {
+    p.steps.push(Step {
         from: staging.to_string(),
         to: format!("{label}.0"),
     });
-    (steps, expired)
+    p
 }
 
 #[cfg(test)]
@@ -130,6 +162,21 @@ mod tests {
             show(&plan("d", &[0], 1, "S", "T/").0),
             ["d.0 -> T/d.0", "S -> d.0"]
         );
+    }
+
+    #[test]
+    fn a_held_snapshot_shifts_past_retain_instead_of_expiring() {
+        let p = plan_holding("d", &[0, 1, 2], 3, &[2], "S", "T/");
+        assert_eq!(
+            show(&p.steps),
+            ["d.2 -> d.3", "d.1 -> d.2", "d.0 -> d.1", "S -> d.0"]
+        );
+        assert!(p.expired.is_empty());
+        assert_eq!(p.deferred, ["d.2"]);
+        // The next run, with no reader: both slots at or past retain expire.
+        let p = plan_holding("d", &[0, 1, 2, 3], 3, &[], "S", "T/");
+        assert_eq!(p.expired, ["d.3", "d.2"]);
+        assert!(p.deferred.is_empty());
     }
 
     #[test]

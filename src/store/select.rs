@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 
 use super::{Snapshot, Store};
-use crate::error::{Ctx, Error, Result};
+use crate::error::{Error, Result};
 use crate::fsx;
 use crate::manifest;
 use crate::report::RunReport;
@@ -77,8 +77,26 @@ impl Store {
         Ok(v)
     }
 
-    /// Resolves `spec` (name, run id, `latest`, or `@TIME`/a bare time) to one snapshot.
+    /// Resolves `spec` (name, run id, `latest`, or `@TIME`/a bare time) to one snapshot,
+    /// opened and held (see `hold.rs`): a backup defers its expiry while it is read.
     pub fn select(&self, spec: &str) -> Result<Selected> {
+        // A rotation between the listing and the hold renames it: resolve again.
+        for _ in 0..4 {
+            if let Some(sel) = self.select_once(spec)? {
+                return Ok(sel);
+            }
+        }
+        Err(self.rotated(spec))
+    }
+
+    fn rotated(&self, name: &str) -> Error {
+        Error::Store {
+            path: self.root.join(name),
+            msg: "backups kept rotating this snapshot while it was being opened; try again".into(),
+        }
+    }
+
+    fn select_once(&self, spec: &str) -> Result<Option<Selected>> {
         let all = self.snapshots_with_runs()?;
         let unknown = |why: String| Error::Store {
             path: self.root.clone(),
@@ -124,31 +142,52 @@ impl Store {
             }
         };
         let (snap, run, taken_at) = all.into_iter().nth(i).expect("index from the same list");
-        self.open_snapshot(snap, run, taken_at)
+        self.hold_snapshot(snap, run, taken_at)
     }
 
-    /// Opens a listed snapshot and its manifest (a damaged manifest is warned about).
+    /// Opens a listed snapshot, held for reading (see `hold.rs`), and its manifest (a
+    /// damaged manifest is warned about).
     pub fn open_snapshot(
         &self,
         snap: Snapshot,
         run: Option<RunReport>,
         taken_at: DateTime<Utc>,
     ) -> Result<Selected> {
+        let name = snap.name.clone();
+        self.hold_snapshot(snap, run, taken_at)?
+            .ok_or_else(|| self.rotated(&name))
+    }
+
+    /// `None`: a rotation moved it away from its name before the hold was taken.
+    fn hold_snapshot(
+        &self,
+        snap: Snapshot,
+        run: Option<RunReport>,
+        taken_at: DateTime<Utc>,
+    ) -> Result<Option<Selected>> {
         let path = self.snapshot_path(&snap.name);
-        let fd = fsx::open_dir(&path).ctx("open snapshot", &path)?;
+        let fd = match fsx::open_dir(&path) {
+            Ok(fd) => fd,
+            Err(e) if fsx::errno_is(&e, rustix::io::Errno::NOENT) => return Ok(None),
+            Err(e) => return Err(crate::error::io_error(e, "open snapshot", &path)),
+        };
+        super::hold::share(&fd);
+        if !super::hold::still_named(&path, &fd) {
+            return Ok(None);
+        }
         let manifest = snap.rec.as_ref().and_then(|r| {
             manifest::Reader::open(&self.meta.join("manifests"), &r.id)
                 .map_err(|e| tracing::warn!("manifest of {} unusable: {e}", snap.name))
                 .ok()
         });
-        Ok(Selected {
+        Ok(Some(Selected {
             snap,
             path,
             fd,
             run,
             manifest,
             taken_at,
-        })
+        }))
     }
 }
 

@@ -1,0 +1,241 @@
+//! Restores that race a backup's expiry, and restores interrupted (SIGTERM, SIGKILL)
+//! then run again: the result always equals the snapshot, or the restore does not say
+//! `complete`.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// A source of `dirs` directories of 5 files each, with modes and mtimes that a restore
+/// must set (not the defaults it creates with).
+fn tree(src: &Path, dirs: usize) {
+    for d in 0..dirs {
+        let dir = src.join(format!("d{d:02}"));
+        for f in 0..5 {
+            write(
+                &dir.join(format!("f{f}")),
+                format!("{d}/{f}").repeat(50).as_bytes(),
+            );
+            set_mtime(&dir.join(format!("f{f}")), 1_600_000_000 + f, 0);
+        }
+        chmod(&dir, 0o755);
+        set_mtime(&dir, 1_500_000_000 + d as i64, 0);
+    }
+}
+
+/// `snapring restore --json --jobs 1 --dest STORE SNAP --to TO`, with `failpoints`.
+fn spawn_restore(store: &Path, snap: &str, to: &Path, failpoints: &str) -> Child {
+    Command::new(bin())
+        .args(["restore", "--json", "--jobs", "1", "--dest"])
+        .arg(store)
+        .arg(snap)
+        .arg("--to")
+        .arg(to)
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_FAILPOINTS", failpoints)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn finish(child: Child) -> (i32, serde_json::Value, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn ok_backup(src: &Path, store: &Path) -> serde_json::Value {
+    let (code, rep, err) = backup(src, store, &["--retain", "3"], &[]);
+    assert_eq!(code, 0, "backup failed: {err}\n{rep}");
+    rep
+}
+
+fn setup(dirs: usize) -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    std::fs::create_dir(&src).unwrap();
+    tree(&src, dirs);
+    (t, src, store)
+}
+
+fn verify_against(store: &Path, snap: &str, to: &Path) {
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            snap.as_ref(),
+            "--against".as_ref(),
+            to.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify --against the restored tree: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_backup_defers_the_expiry_of_a_snapshot_a_restore_is_reading() {
+    let (t, src, store) = setup(30);
+    for _ in 0..3 {
+        ok_backup(&src, &store);
+    }
+    let want = describe(&store.join("daily.2"));
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.2",
+        &to,
+        &format!("restore.dir=pause:{}@3", pause.display()),
+    );
+    wait_for(&pause);
+
+    // The backup that would expire daily.2 keeps it, one slot up, and says so.
+    let rep = ok_backup(&src, &store);
+    assert_eq!(rep["expired"], serde_json::json!([]), "{rep}");
+    let warnings = rep["warnings"].to_string();
+    assert!(warnings.contains("expiry of daily.2 deferred"), "{rep}");
+    assert_eq!(
+        snapshot_names(&store),
+        ["daily.0", "daily.1", "daily.2", "daily.3"]
+    );
+
+    std::fs::remove_file(&pause).unwrap();
+    let (code, rep, err) = finish(child);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_same_tree(&want, &describe(&to), "restore raced by an expiry");
+
+    // No reader now: the next run expires it.
+    let rep = ok_backup(&src, &store);
+    assert!(rep["expired"].to_string().contains("daily.3"), "{rep}");
+    assert_eq!(snapshot_names(&store), ["daily.0", "daily.1", "daily.2"]);
+}
+
+#[test]
+fn a_restore_whose_snapshot_is_deleted_under_it_fails_instead_of_saying_complete() {
+    let (t, src, store) = setup(10);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.dir=pause:{}@3", pause.display()),
+    );
+    wait_for(&pause);
+    // Deleted by hand (or by an expiry on a file system without flock).
+    std::fs::remove_dir_all(store.join("daily.0")).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let (code, rep, err) = finish(child);
+    // Never `complete`, and not a mere `partial` either: the tree is incomplete.
+    assert_eq!(code, 1, "{err}\n{rep}");
+    assert_eq!(rep["status"], "failed", "{rep}");
+}
+
+/// Kills a restore paused at its `nth` `point` with `signal`, then runs it again.
+fn interrupted_then_rerun(point: &str, nth: u32, signal: rustix::process::Signal) {
+    let (t, src, store) = setup(30);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("{point}=pause:{}@{nth}", pause.display()),
+    );
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, signal).unwrap();
+    if signal == rustix::process::Signal::TERM {
+        // The pause ends; the restore sees the signal and stops.
+        std::fs::remove_file(&pause).unwrap();
+    }
+    let (code, rep, _) = finish(child);
+    assert_ne!(rep["status"], "complete", "interrupted: {code} {rep}");
+    let _ = std::fs::remove_file(&pause);
+
+    let again = spawn_restore(&store, "daily.0", &to, "");
+    let (code, rep, err) = finish(again);
+    assert_eq!(code, 0, "rerun: {err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(rep["conflicts_total"], 0, "{rep}");
+    verify_against(&store, "daily.0", &to);
+    assert_same_tree(&describe(&src), &describe(&to), "rerun restore");
+}
+
+#[test]
+fn a_restore_rerun_after_sigterm_fixes_the_directories_it_left_unfinished() {
+    interrupted_then_rerun("restore.dir", 10, rustix::process::Signal::TERM);
+}
+
+#[test]
+fn a_restore_rerun_after_sigkill_replaces_its_own_half_written_file() {
+    interrupted_then_rerun("restore.file", 40, rustix::process::Signal::KILL);
+}
+
+#[test]
+fn a_restore_rerun_still_leaves_a_users_file_alone() {
+    let (t, src, store) = setup(5);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.file=pause:{}@3", pause.display()),
+    );
+    wait_for(&pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let _ = finish(child);
+    let _ = std::fs::remove_file(&pause);
+    // The user puts a file of their own where the snapshot has one.
+    write(&to.join("d04/f0"), b"mine");
+    let (code, rep, err) = finish(spawn_restore(&store, "daily.0", &to, ""));
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["conflicts"][0]["path"], "d04/f0", "{rep}");
+    assert_eq!(std::fs::read(to.join("d04/f0")).unwrap(), b"mine");
+}
+
+#[test]
+fn a_restore_rerun_after_sigkill_keeps_hard_links_to_what_it_restored_before() {
+    let (t, src, store) = setup(30);
+    // Root entries come first: `a` is restored before any file of a subdirectory.
+    write(&src.join("a"), b"linked");
+    std::fs::hard_link(src.join("a"), src.join("d29/z")).unwrap();
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.file=pause:{}@2", pause.display()),
+    );
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    let _ = finish(child);
+    let _ = std::fs::remove_file(&pause);
+    assert!(to.join("a").exists() && !to.join("d29/z").exists());
+
+    let (code, rep, err) = finish(spawn_restore(&store, "daily.0", &to, ""));
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(ino(&to.join("a")), ino(&to.join("d29/z")), "{rep}");
+    verify_against(&store, "daily.0", &to);
+}
