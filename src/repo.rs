@@ -57,7 +57,7 @@ pub trait Repository {
     fn lock_and_repair(&self, run: &str) -> Result<Self::Lock>;
 
     /// A shared lock for a dry run (no repair: it writes nothing).
-    fn lock_shared(&self, command: &str) -> Result<Self::Lock>;
+    fn lock_shared(&self) -> Result<Self::Lock>;
 
     fn unlock(&self, lock: Self::Lock);
 

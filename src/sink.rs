@@ -8,7 +8,7 @@
 //! The engine depends on this trait, the stores implement it; it depends on neither.
 //!
 //! Implementations: `store::tree_sink::TreeSink` (the hard-link tree store, the only
-//! real target today) and `engine::plan::PlanSink` (a dry run: it records the plan and
+//! real target today) and `store::plan_sink::PlanSink` (a dry run: it records the plan and
 //! writes nothing). An object-store sink and a shard worker's sink are the next ones.
 
 use std::fmt;
@@ -101,8 +101,9 @@ pub trait Sink: Sync {
     /// Gives `file` its metadata (owner, mode, xattrs, times: times last).
     fn finish_file(&self, file: Self::File, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused>;
 
-    /// Puts a symlink (`target`), fifo, socket or device `name` with its metadata.
-    #[allow(clippy::too_many_arguments)]
+    /// Puts a symlink (`target`), fifo, socket or device `name`; its metadata comes
+    /// with [`Sink::finish_special`], so a refused owner is a problem of the entry, not
+    /// a missing entry.
     fn put_special(
         &self,
         dir: &Self::Dir,
@@ -110,8 +111,17 @@ pub trait Sink: Sync {
         rel: &RelPath,
         m: &Meta,
         target: Option<&[u8]>,
-        xattrs: &Xattrs,
         why: CopyReason,
+    ) -> io::Result<()>;
+
+    /// Gives a special file put by [`Sink::put_special`] its owner, mode, xattrs and
+    /// times (times last).
+    fn finish_special(
+        &self,
+        dir: &Self::Dir,
+        name: &[u8],
+        m: &Meta,
+        xattrs: &Xattrs,
     ) -> io::Result<Refused>;
 
     /// Gives a directory its metadata once everything in it is written.
@@ -130,13 +140,15 @@ pub trait Sink: Sync {
     /// Whether the previous snapshot has this directory at all.
     fn has_prev(&self, dir: &Self::Dir) -> bool;
 
-    /// The hash and xattrs of a linked entry that had no manifest entry (a taken-over
-    /// tree): read once from the new snapshot, so every snapshot has a full manifest.
+    /// The hash (and, unless `xattrs_known`, the xattrs' digest) of a linked entry that
+    /// had no manifest entry (a taken-over tree): read once from the new snapshot, so
+    /// every snapshot has a full manifest.
     fn linked_facts(
         &self,
         dir: &Self::Dir,
         name: &[u8],
         m: &Meta,
+        xattrs_known: bool,
     ) -> (Option<blake3::Hash>, Option<String>);
 
     /// Seals the new snapshot once the walk is done: its manifest finished with the root

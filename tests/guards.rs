@@ -547,3 +547,56 @@ fn a_directory_that_cannot_be_deleted_from_trash_keeps_its_ancestors_only() {
     assert_eq!(backup(&src, &dest, &["--retain", "1"], &[]).0, 0);
     assert_eq!(std::fs::read_dir(&trash).unwrap().count(), 0);
 }
+
+/// A symlink whose owner the backup may not set (no CAP_CHOWN here; a root-squashed NFS
+/// store likewise) stays in the snapshot and its manifest: the refused owner is a
+/// metadata problem of that entry, not a reason to leave the entry out.
+#[test]
+fn a_special_file_whose_owner_cannot_be_set_stays_in_the_snapshot() {
+    let (_t, src, dest) = setup();
+    let link = src.join("d0/link");
+    std::os::unix::fs::symlink("f0", &link).unwrap();
+    std::os::unix::fs::lchown(&link, Some(4321), Some(4321)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--bounding-set=-chown", "--inh-caps=-chown"])
+        .arg(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["backup", "--json", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dest)
+        .output()
+        .unwrap();
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        (out.status.code(), &rep["status"]),
+        (Some(2), &serde_json::Value::from("partial")),
+        "{rep}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let problems: Vec<(&str, &str)> = rep["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["path"].as_str().unwrap(), p["kind"].as_str().unwrap()))
+        .collect();
+    assert_eq!(problems, [("d0/link", "metadata")], "{rep}");
+    let made = std::fs::symlink_metadata(dest.join("daily.0/d0/link")).unwrap();
+    assert!(made.file_type().is_symlink());
+    // In the manifest too: the snapshot's record of the source has no difference with it.
+    let out = snapring(
+        &[
+            "diff".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--against".as_ref(),
+            src.as_os_str(),
+        ],
+        &[],
+    );
+    let diff = String::from_utf8_lossy(&out.stdout);
+    assert!(!diff.contains("d0/link"), "{diff}");
+    assert_eq!(out.status.code(), Some(0), "{diff}");
+}

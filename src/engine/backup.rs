@@ -106,7 +106,7 @@ pub fn backup_observed(
     }
     let store = Store::open(&opts.store, !opts.dry_run)?;
     let lock = if opts.dry_run {
-        let l = Repository::lock_shared(&store, "backup --dry-run")?;
+        let l = Repository::lock_shared(&store)?;
         if Repository::needs_repair(&store) {
             println!(
                 "repair: an interrupted rotation will be rolled forward first (the plan below assumes it)"
@@ -157,7 +157,7 @@ pub fn backup_observed(
         }
         crate::runlog::stop();
     }
-    lock.release();
+    Repository::unlock(&store, lock);
     Ok(rep)
 }
 
@@ -456,6 +456,9 @@ fn run_dry<R: Repository>(
     rep.expired = rotation.expired().to_vec();
     rep.warnings.extend(deferred_warnings(rotation.deferred()));
     plan.rotation = rotation.describe();
+    // The rotation holds the snapshots it would expire: let go before printing (a plan
+    // piped into a pager must not keep a restore waiting).
+    drop(rotation);
     print_plan(opts, &plan);
     Ok(walked_status(counters))
 }
@@ -494,9 +497,6 @@ fn run<R: Repository>(
         return Ok(Status::Incomplete);
     }
     let status = walked_status(counters);
-    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
-    rep.expired = rotation.expired().to_vec();
-    rep.warnings.extend(deferred_warnings(rotation.deferred()));
     let sync_start = report::now_rfc3339();
     let t_sync = Instant::now();
     let sealed = sink
@@ -504,6 +504,11 @@ fn run<R: Repository>(
         .ctx("seal the new snapshot of", &opts.store)?;
     rep.phases.sync = phase(&sync_start, t_sync);
     crate::failpoint::hit("backup.before_publish").ctx("publish", &opts.store)?;
+    // Planned after the flush: the rotation holds the snapshots it expires, and readers
+    // wait for that hold, so it is taken only for the renames themselves.
+    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
+    rep.expired = rotation.expired().to_vec();
+    rep.warnings.extend(deferred_warnings(rotation.deferred()));
     let rot_start = report::now_rfc3339();
     let t_rot = Instant::now();
     let name = repo.publish(id, status, &opts.label, rotation, sealed)?;

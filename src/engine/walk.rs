@@ -473,7 +473,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         // Not counted as linked (that is for unchanged entries): it is a problem.
         if let Some(pm) = prev_meta {
             // No manifest entry: the linked file's hash and xattrs, read once.
-            let (hash, digest) = self.sink.linked_facts(&dir.state.out, name, &pm);
+            let (hash, digest) = self.sink.linked_facts(&dir.state.out, name, &pm, false);
             prev.hash = hash;
             prev.xattrs = digest;
         }
@@ -528,7 +528,9 @@ impl<'a, S: Sink> Walk<'a, S> {
                 // A tree taken over without a manifest: hash the linked file once (the
                 // manifest promises a checksum for every file) and record its xattrs
                 // (already read by the comparison, which always runs without a ctime).
-                let (hash, digest) = self.sink.linked_facts(&dir.state.out, name, m);
+                let (hash, digest) =
+                    self.sink
+                        .linked_facts(&dir.state.out, name, m, xattrs.is_some());
                 entry.hash = hash;
                 entry.xattrs = match xattrs {
                     Some(x) => fsx::xattr_digest(x),
@@ -729,20 +731,17 @@ impl<'a, S: Sink> Walk<'a, S> {
                 })
             }
         };
-        match self.sink.put_special(
-            &dir.state.out,
-            name,
-            rel,
-            m,
-            target.as_deref(),
-            &xattrs,
-            reason.as_str(),
-        ) {
+        let out = &dir.state.out;
+        if let Err(e) = self
+            .sink
+            .put_special(out, name, rel, m, target.as_deref(), reason.as_str())
+        {
+            self.dest_error(rel, "create in staging", e);
+            return None;
+        }
+        match self.sink.finish_special(out, name, m, &xattrs) {
             Ok(refused) => self.refused_xattrs(rel, &refused),
-            Err(e) => {
-                self.dest_error(rel, "create in staging", e);
-                return None;
-            }
+            Err(e) => self.dest_error(rel, "set metadata", e),
         }
         let mut e = Entry::from_meta(name, m);
         e.target = target;

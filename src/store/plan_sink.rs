@@ -1,7 +1,7 @@
-//! A dry run's sink for the hard-link store: it writes nothing and records what a real
-//! run would do, as a [`Plan`] value that is printed. The walk, the decisions and the rotation plan are
-//! the very ones of a real run (only the sink differs), so a dry run and a run cannot
-//! drift apart. It reads the previous snapshot (to compare by stat where there is no
+//! A dry run's sink for the hard-link store: it writes nothing and records what a
+//! real run would do, as a [`Plan`] value that is printed. The walk, the decisions and
+//! the rotation plan are the very ones of a real run (only the sink differs), so a dry
+//! run and a run cannot drift apart. It reads the previous snapshot (to compare by stat where there is no
 //! manifest) and nothing else of the store.
 //!
 //! A plan holds one line per entry that would change, so its memory grows with the
@@ -131,10 +131,19 @@ impl Sink for PlanSink {
         rel: &RelPath,
         _m: &Meta,
         _target: Option<&[u8]>,
-        _xattrs: &Xattrs,
         why: CopyReason,
-    ) -> io::Result<Refused> {
+    ) -> io::Result<()> {
         self.record(rel, Action::Copy(why));
+        Ok(())
+    }
+
+    fn finish_special(
+        &self,
+        _dir: &PlanDir,
+        _name: &[u8],
+        _m: &Meta,
+        _xattrs: &Xattrs,
+    ) -> io::Result<Refused> {
         Ok(Vec::new())
     }
 
@@ -163,6 +172,7 @@ impl Sink for PlanSink {
         _dir: &PlanDir,
         _name: &[u8],
         _m: &Meta,
+        _xattrs_known: bool,
     ) -> (Option<blake3::Hash>, Option<String>) {
         (None, None)
     }

@@ -129,7 +129,7 @@ impl Repository for Store {
         Ok(l)
     }
 
-    fn lock_shared(&self, _command: &str) -> Result<Lock> {
+    fn lock_shared(&self) -> Result<Lock> {
         Store::lock_shared(self)
     }
 

@@ -247,13 +247,21 @@ impl Sink for TreeSink {
         _rel: &RelPath,
         m: &Meta,
         target: Option<&[u8]>,
-        xattrs: &Xattrs,
         _why: CopyReason,
-    ) -> io::Result<Refused> {
+    ) -> io::Result<()> {
         match (m.kind, target) {
-            (Kind::Symlink, Some(t)) => fsx::symlink_at(t, b(&dir.dst), name)?,
-            _ => fsx::mknod_at(b(&dir.dst), name, m)?,
+            (Kind::Symlink, Some(t)) => fsx::symlink_at(t, b(&dir.dst), name),
+            _ => fsx::mknod_at(b(&dir.dst), name, m),
         }
+    }
+
+    fn finish_special(
+        &self,
+        dir: &TreeDir,
+        name: &[u8],
+        m: &Meta,
+        xattrs: &Xattrs,
+    ) -> io::Result<Refused> {
         fsx::apply_meta_at(b(&dir.dst), name, m)?;
         let refused = fsx::write_xattrs(&XattrTarget::At(b(&dir.dst), name), xattrs)?;
         fsx::apply_times_at(b(&dir.dst), name, m)?;
@@ -288,10 +296,15 @@ impl Sink for TreeSink {
         dir: &TreeDir,
         name: &[u8],
         m: &Meta,
+        xattrs_known: bool,
     ) -> (Option<blake3::Hash>, Option<String>) {
-        let xattrs = fsx::read_xattrs(&XattrTarget::At(b(&dir.dst), name))
-            .ok()
-            .and_then(|x| fsx::xattr_digest(&x));
+        let xattrs = if xattrs_known {
+            None
+        } else {
+            fsx::read_xattrs(&XattrTarget::At(b(&dir.dst), name))
+                .ok()
+                .and_then(|x| fsx::xattr_digest(&x))
+        };
         let hash = (m.kind == Kind::File)
             .then(|| {
                 fsx::open_read_at(b(&dir.dst), name)
