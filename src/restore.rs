@@ -146,6 +146,10 @@ struct Node<D> {
     /// The restore created the target directory: nothing is in it, so no entry needs a
     /// look at what exists (one call per entry saved, a round trip each on NFS).
     fresh: bool,
+    /// The restore made this directory (now, or a stopped run recorded it in
+    /// [`Unfinished`]): its files are written under their own names, no temporary name
+    /// and rename (two round trips per file on NFS), and a rerun replaces what differs.
+    ours: bool,
     meta: Meta,
     xattrs: Xattrs,
 }
@@ -236,6 +240,9 @@ const TMP_SUFFIX: &[u8] = b".tmp";
 struct Unfinished {
     /// The record, appended to (`None` in a dry run).
     log: Option<Mutex<std::fs::File>>,
+    /// Lines not yet written: the directories of a listing are recorded in one write,
+    /// made before the first of them is created ([`Unfinished::flush`]).
+    pending: Mutex<Vec<u8>>,
     /// Directories an earlier, stopped restore created (escaped target paths).
     ours: std::collections::HashSet<String>,
     /// A record was there: an earlier restore into this target was stopped.
@@ -270,16 +277,34 @@ impl Unfinished {
             .ctx("create", &path)?;
         u.log = Some(Mutex::new(f));
         if to_was_new {
-            u.record(&RelPath::root()).ctx("write", &path)?;
+            u.record(&RelPath::root());
+            u.flush().ctx("write", &path)?;
         }
         Ok(u)
     }
 
-    /// Records that the restore is about to create directory `rel`.
-    fn record(&self, rel: &RelPath) -> std::io::Result<()> {
+    /// Notes that the restore will create directory `rel`; written by the next
+    /// [`Unfinished::flush`], which comes before the directory is made.
+    fn record(&self, rel: &RelPath) {
+        if self.log.is_none() {
+            return;
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.extend_from_slice(format!("d {}\n", rel.escaped()).as_bytes());
+    }
+
+    /// Writes what was noted, in one `write`. Kept for the next try if that fails (a
+    /// line written twice is harmless).
+    fn flush(&self) -> std::io::Result<()> {
         let Some(log) = &self.log else { return Ok(()) };
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_empty() {
+            return Ok(());
+        }
         let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(format!("d {}\n", rel.escaped()).as_bytes())
+        f.write_all(&p)?;
+        p.clear();
+        Ok(())
     }
 
     fn created_before(&self, rel: &RelPath) -> bool {
@@ -319,6 +344,9 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let whole_dir = start.only.is_none();
     if whole_dir && !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
         start.node.apply_meta = true;
+    }
+    if !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
+        start.node.ours = true;
     }
     let root_meta = (whole_dir && start.node.apply_meta && start.node.dst_rel.is_root())
         .then(|| (start.node.meta, start.node.xattrs.clone()));
@@ -448,6 +476,7 @@ fn plan_start<R: SnapshotReader>(
         apply_meta: apply && !opts.dry_run,
         // Restoring into a new or empty --to (not under existing ancestors of --path).
         fresh: to_was_new && (opts.path.is_none() || opts.flat),
+        ours: to_was_new && (opts.path.is_none() || opts.flat),
         meta,
         xattrs,
     };
@@ -736,11 +765,16 @@ impl<R: SnapshotReader> Restore<'_, R> {
         };
         let dst = match &parent.dst {
             Some(d) if !self.opts.dry_run => {
-                if sub.create
-                    && let Err(e) = fsx::mkdir_at(b(d), name)
-                {
-                    self.dest_error(&rel, "create directory", e);
-                    return None;
+                if sub.create {
+                    // Recorded before it is made (with its siblings noted meanwhile).
+                    if let Err(e) = self.unfinished.flush() {
+                        self.dest_error(&rel, "record the restore's progress", e);
+                        return None;
+                    }
+                    if let Err(e) = fsx::mkdir_at(b(d), name) {
+                        self.dest_error(&rel, "create directory", e);
+                        return None;
+                    }
                 }
                 match fsx::open_dir_at(b(d), name) {
                     Ok(fd) => Some(fd),
@@ -758,10 +792,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
             self.problem(&src_rel, kind, "read extended attributes", e);
             Vec::new()
         });
+        let ours = sub.create || self.unfinished.created_before(&rel);
         Some(Node {
             src,
             dst,
             src_rel,
+            ours,
             dst_rel: rel,
             apply_meta: sub.apply_meta,
             fresh: sub.create,
@@ -948,11 +984,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if create {
             self.say('+', &at.rel, "/");
             add(&self.counts.dirs, 1);
-            if !self.opts.dry_run
-                && let Err(e) = self.unfinished.record(&at.rel)
-            {
-                self.dest_error(&at.rel, "record the restore's progress", e);
-                return Step::Next;
+            if !self.opts.dry_run {
+                self.unfinished.record(&at.rel);
             }
         }
         let sub = Sub {
@@ -1002,7 +1035,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 add(&self.counts.identical, 1);
                 self.adopt_leader(at, e, m);
             }
-            Same::No(why) if mode == Mode::Safe => self.conflict(&at.rel, why),
+            // In a directory a stopped run of this restore made, what differs is its own
+            // half-done work, not the user's.
+            Same::No(why) if mode == Mode::Safe && !at.node.ours => self.conflict(&at.rel, why),
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
                 add(&self.counts.overwritten, 1);
@@ -1102,13 +1137,16 @@ impl<R: SnapshotReader> Restore<'_, R> {
             return;
         }
         let Some(dst) = &at.node.dst else { return };
-        // Written under a temporary name, renamed into place when done.
+        // Where the target directory was there before the restore, written under a
+        // temporary name, renamed into place when done; in the restore's own directories
+        // under the final name (a rerun replaces a half-written one).
         let own;
-        let (to, replace) = match tmp {
-            Some(t) => (t, true),
+        let (to, replace, direct) = match tmp {
+            Some(t) => (t, true, false),
+            None if at.node.ours => (at.name, false, true),
             None => {
                 own = self.tmp_name();
-                (own.as_slice(), false)
+                (own.as_slice(), false, false)
             }
         };
         let leader = if e.group.is_some() && m.kind != Kind::Dir {
@@ -1125,7 +1163,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         } else {
             self.copy_special(at, dst, to, m)
         };
-        let ok = ok && self.finish_replace(dst, to, at.name, replace, &at.rel);
+        let ok = ok && (direct || self.finish_replace(dst, to, at.name, replace, &at.rel));
         if leader {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
             let link = if ok {
@@ -1176,13 +1214,16 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 }
                 Some(Link::Done(first)) => {
                     drop(links);
+                    let direct = to == at.name;
                     let root = self.to_root.expect("links are made only when writing");
                     let r = snapshot::open_beneath(b(root), &first.parent())
                         .and_then(|d| fsx::link_at(b(&d), first.file_name(), b(dst), to));
                     return match r {
                         Ok(()) => {
                             add(&self.counts.hard_links, 1);
-                            self.finish_replace(dst, to, at.name, replace, &at.rel);
+                            if !direct {
+                                self.finish_replace(dst, to, at.name, replace, &at.rel);
+                            }
                             Joined::Linked
                         }
                         Err(e) => {

@@ -191,6 +191,8 @@ fn a_restore_rerun_still_leaves_a_users_file_alone() {
     let (t, src, store) = setup(5);
     ok_backup(&src, &store);
     let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    // d04 is the user's, there before the restore: not one the restore made.
+    write(&to.join("d04/other"), b"theirs");
     let child = spawn_restore(
         &store,
         "daily.0",
@@ -211,6 +213,34 @@ fn a_restore_rerun_still_leaves_a_users_file_alone() {
     assert_eq!(code, 2, "{err}\n{rep}");
     assert_eq!(rep["conflicts"][0]["path"], "d04/f0", "{rep}");
     assert_eq!(std::fs::read(to.join("d04/f0")).unwrap(), b"mine");
+}
+
+#[test]
+fn a_restore_rerun_replaces_what_differs_in_a_directory_the_stopped_run_made() {
+    let (t, src, store) = setup(5);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.file=pause:{}@3", pause.display()),
+    );
+    wait_for(&pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let _ = finish(child);
+    let _ = std::fs::remove_file(&pause);
+    // A file under its own name in a directory the stopped run recorded is that run's.
+    write(&to.join("d04/f0"), b"half-written");
+    let (code, rep, err) = finish(spawn_restore(&store, "daily.0", &to, ""));
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["conflicts_total"], 0, "{rep}");
+    verify_against(&store, "daily.0", &to);
+    assert_same_tree(&describe(&src), &describe(&to), "rerun restore");
 }
 
 #[test]
