@@ -269,3 +269,36 @@ fn a_restore_rerun_after_sigkill_keeps_hard_links_to_what_it_restored_before() {
     assert_eq!(ino(&to.join("a")), ino(&to.join("d29/z")), "{rep}");
     verify_against(&store, "daily.0", &to);
 }
+
+#[test]
+fn verify_all_checks_each_snapshot_by_its_run_even_when_a_backup_rotates_them_meanwhile() {
+    let (t, src, store) = setup(5);
+    let runs: Vec<String> = (0..2)
+        .map(|_| ok_backup(&src, &store)["id"].as_str().unwrap().to_string())
+        .collect();
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args(["verify", "--all", "--json", "--dest"])
+        .arg(&store)
+        .env("SNAPRING_CATALOG", "off")
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("verify.snapshot=pause:{}@2", pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    // daily.1 (runs[0]) becomes daily.2 between the listing and its turn.
+    ok_backup(&src, &store);
+    std::fs::remove_file(&pause).unwrap();
+    let (code, v, err) = finish(child);
+    assert_eq!(code, 0, "{err}\n{v}");
+    let v = v.as_array().unwrap();
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v.iter().all(|s| s["clean"] == true), "{v:?}");
+    assert_eq!(v[0]["run_id"], runs[1].as_str(), "{v:?}");
+    assert_eq!(v[1]["run_id"], runs[0].as_str(), "{v:?}");
+    assert_eq!(v[1]["snapshot"], "daily.2", "{v:?}");
+}
