@@ -220,15 +220,18 @@ struct Restore<'a, R: SnapshotReader> {
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
 /// once a restore has walked the whole tree.
 const UNFINISHED: &[u8] = b".snapring-restore-unfinished";
-/// Files are written as `.snapring-restore.<tag>.tmp`, then renamed into place.
+/// Files in directories that were there before are written as
+/// `.snapring-restore.<tag>.tmp`, then renamed into place.
 const TMP_PREFIX: &[u8] = b".snapring-restore.";
 const TMP_SUFFIX: &[u8] = b".tmp";
 
 /// A restore's own unfinished work, so a rerun of a stopped restore (SIGTERM, SIGKILL,
 /// power loss aside) finishes it instead of taking it for the user's:
-/// - every file is written under a temporary name and renamed into place only when its
-///   bytes and metadata are done, so a killed restore leaves no half-written file under
-///   a real name, only temporary names, which a rerun deletes;
+/// - in a directory that was there before the restore, every file is written under a
+///   temporary name and renamed into place only when its bytes and metadata are done, so
+///   a killed restore leaves no half-written file under a real name there, only
+///   temporary names, which a rerun deletes; in a directory the restore made (recorded
+///   below), files are written under their own names, and a rerun replaces what differs;
 /// - every directory the restore creates is appended to a record in the target root
 ///   before it is made (its metadata is applied last, when its subtree is done); a
 ///   rerun gives those directories the snapshot's metadata even though they exist now
@@ -640,7 +643,14 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
             let start = self.start.lock().unwrap_or_else(|e| e.into_inner()).take();
             let Start { node, only } = start.expect("the first directory is opened once");
             let items = match only {
-                Some(listed) => vec![listed],
+                Some(listed) => {
+                    // `--path FILE`: its directory is not listed, but a stopped run may
+                    // have left its temporary file there.
+                    if self.unfinished.rerun && !node.ours && !self.opts.dry_run {
+                        self.remove_leftovers(&node);
+                    }
+                    vec![listed]
+                }
                 None => self.listing(&node),
             };
             return Opened::Dir(node, items);

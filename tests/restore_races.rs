@@ -302,3 +302,42 @@ fn verify_all_checks_each_snapshot_by_its_run_even_when_a_backup_rotates_them_me
     assert_eq!(v[1]["run_id"], runs[0].as_str(), "{v:?}");
     assert_eq!(v[1]["snapshot"], "daily.2", "{v:?}");
 }
+
+#[test]
+fn a_rerun_of_a_stopped_single_file_restore_removes_its_temporary_file() {
+    let (t, src, store) = setup(2);
+    ok_backup(&src, &store);
+    let to = t.path().join("restored");
+    let run = |failpoints: &str| {
+        let out = Command::new(bin())
+            .args(["restore", "--json", "--dest"])
+            .arg(&store)
+            .args(["daily.0", "--path", "d01/f3", "--to"])
+            .arg(&to)
+            .env("SNAPRING_CATALOG", "off")
+            .env("SNAPRING_FAILPOINTS", failpoints)
+            .output()
+            .unwrap();
+        out.status.code().unwrap_or(-1)
+    };
+    assert_ne!(run("restore.file=kill"), 0);
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let left = names(&to.join("d01"));
+    assert!(
+        left.iter().any(|n| n.starts_with(".snapring-restore.")),
+        "the kill left no temporary file: {left:?}"
+    );
+    assert_eq!(run(""), 0);
+    assert_eq!(names(&to.join("d01")), ["f3"]);
+    assert_eq!(
+        std::fs::read(to.join("d01/f3")).unwrap(),
+        std::fs::read(src.join("d01/f3")).unwrap()
+    );
+}
