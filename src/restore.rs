@@ -215,6 +215,8 @@ struct Restore<'a, R: SnapshotReader> {
     unfinished: Unfinished,
     /// Numbers the temporary names files are written under.
     tmp_seq: AtomicU64,
+    /// This process's id, for temporary names (read once: `getpid` is a syscall).
+    pid: u32,
 }
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
@@ -367,6 +369,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         start: Mutex::new(Some(start)),
         unfinished,
         tmp_seq: AtomicU64::new(0),
+        pid: std::process::id(),
     };
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -880,7 +883,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
     fn tmp_name(&self) -> Vec<u8> {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let mut v = TMP_PREFIX.to_vec();
-        v.extend_from_slice(format!("{}-{n}", std::process::id()).as_bytes());
+        v.extend_from_slice(format!("{}-{n}", self.pid).as_bytes());
         v.extend_from_slice(TMP_SUFFIX);
         v
     }
@@ -1051,11 +1054,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
                 add(&self.counts.overwritten, 1);
-                let tmp = format!(
-                    ".snapring-restore.{}.tmp",
-                    crate::engine::backup::new_run_id()
-                );
-                self.create(at, e, m, Some(tmp.as_bytes()));
+                self.create(at, e, m, Some(&self.tmp_name()));
             }
         }
     }
