@@ -631,14 +631,25 @@ pub fn rename_noreplace(
     to_dir: BorrowedFd<'_>,
     to: &[u8],
 ) -> io::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // NFS and FUSE refuse the flag (EINVAL): after the first refusal, no more tries (a
+    // round trip each).
+    static UNSUPPORTED: AtomicBool = AtomicBool::new(false);
+    let fallback = || {
+        if exists_at(to_dir, to)? {
+            return Err(io::Error::from_raw_os_error(
+                rustix::io::Errno::EXIST.raw_os_error(),
+            ));
+        }
+        Ok(rfs::renameat(from_dir, from, to_dir, to)?)
+    };
+    if UNSUPPORTED.load(Ordering::Relaxed) {
+        return fallback();
+    }
     match rfs::renameat_with(from_dir, from, to_dir, to, rfs::RenameFlags::NOREPLACE) {
         Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
-            if exists_at(to_dir, to)? {
-                return Err(io::Error::from_raw_os_error(
-                    rustix::io::Errno::EXIST.raw_os_error(),
-                ));
-            }
-            Ok(rfs::renameat(from_dir, from, to_dir, to)?)
+            UNSUPPORTED.store(true, Ordering::Relaxed);
+            fallback()
         }
         r => Ok(r?),
     }

@@ -146,6 +146,10 @@ struct Node<D> {
     /// The restore created the target directory: nothing is in it, so no entry needs a
     /// look at what exists (one call per entry saved, a round trip each on NFS).
     fresh: bool,
+    /// The restore made this directory (now, or a stopped run recorded it in
+    /// [`Unfinished`]): its files are written under their own names, no temporary name
+    /// and rename (two round trips per file on NFS), and a rerun replaces what differs.
+    ours: bool,
     meta: Meta,
     xattrs: Xattrs,
 }
@@ -211,20 +215,25 @@ struct Restore<'a, R: SnapshotReader> {
     unfinished: Unfinished,
     /// Numbers the temporary names files are written under.
     tmp_seq: AtomicU64,
+    /// This process's id, for temporary names (read once: `getpid` is a syscall).
+    pid: u32,
 }
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
 /// once a restore has walked the whole tree.
 const UNFINISHED: &[u8] = b".snapring-restore-unfinished";
-/// Files are written as `.snapring-restore.<tag>.tmp`, then renamed into place.
+/// Files in directories that were there before are written as
+/// `.snapring-restore.<tag>.tmp`, then renamed into place.
 const TMP_PREFIX: &[u8] = b".snapring-restore.";
 const TMP_SUFFIX: &[u8] = b".tmp";
 
 /// A restore's own unfinished work, so a rerun of a stopped restore (SIGTERM, SIGKILL,
 /// power loss aside) finishes it instead of taking it for the user's:
-/// - every file is written under a temporary name and renamed into place only when its
-///   bytes and metadata are done, so a killed restore leaves no half-written file under
-///   a real name, only temporary names, which a rerun deletes;
+/// - in a directory that was there before the restore, every file is written under a
+///   temporary name and renamed into place only when its bytes and metadata are done, so
+///   a killed restore leaves no half-written file under a real name there, only
+///   temporary names, which a rerun deletes; in a directory the restore made (recorded
+///   below), files are written under their own names, and a rerun replaces what differs;
 /// - every directory the restore creates is appended to a record in the target root
 ///   before it is made (its metadata is applied last, when its subtree is done); a
 ///   rerun gives those directories the snapshot's metadata even though they exist now
@@ -236,6 +245,9 @@ const TMP_SUFFIX: &[u8] = b".tmp";
 struct Unfinished {
     /// The record, appended to (`None` in a dry run).
     log: Option<Mutex<std::fs::File>>,
+    /// Lines not yet written: the directories of a listing are recorded in one write,
+    /// made before the first of them is created ([`Unfinished::flush`]).
+    pending: Mutex<Vec<u8>>,
     /// Directories an earlier, stopped restore created (escaped target paths).
     ours: std::collections::HashSet<String>,
     /// A record was there: an earlier restore into this target was stopped.
@@ -270,16 +282,34 @@ impl Unfinished {
             .ctx("create", &path)?;
         u.log = Some(Mutex::new(f));
         if to_was_new {
-            u.record(&RelPath::root()).ctx("write", &path)?;
+            u.record(&RelPath::root());
+            u.flush().ctx("write", &path)?;
         }
         Ok(u)
     }
 
-    /// Records that the restore is about to create directory `rel`.
-    fn record(&self, rel: &RelPath) -> std::io::Result<()> {
+    /// Notes that the restore will create directory `rel`; written by the next
+    /// [`Unfinished::flush`], which comes before the directory is made.
+    fn record(&self, rel: &RelPath) {
+        if self.log.is_none() {
+            return;
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.extend_from_slice(format!("d {}\n", rel.escaped()).as_bytes());
+    }
+
+    /// Writes what was noted, in one `write`. Kept for the next try if that fails (a
+    /// line written twice is harmless).
+    fn flush(&self) -> std::io::Result<()> {
         let Some(log) = &self.log else { return Ok(()) };
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if p.is_empty() {
+            return Ok(());
+        }
         let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
-        f.write_all(format!("d {}\n", rel.escaped()).as_bytes())
+        f.write_all(&p)?;
+        p.clear();
+        Ok(())
     }
 
     fn created_before(&self, rel: &RelPath) -> bool {
@@ -320,6 +350,9 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     if whole_dir && !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
         start.node.apply_meta = true;
     }
+    if !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
+        start.node.ours = true;
+    }
     let root_meta = (whole_dir && start.node.apply_meta && start.node.dst_rel.is_root())
         .then(|| (start.node.meta, start.node.xattrs.clone()));
     let plan: Box<dyn Write + Send> = Box::new(std::io::stdout());
@@ -336,6 +369,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         start: Mutex::new(Some(start)),
         unfinished,
         tmp_seq: AtomicU64::new(0),
+        pid: std::process::id(),
     };
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -448,6 +482,7 @@ fn plan_start<R: SnapshotReader>(
         apply_meta: apply && !opts.dry_run,
         // Restoring into a new or empty --to (not under existing ancestors of --path).
         fresh: to_was_new && (opts.path.is_none() || opts.flat),
+        ours: to_was_new && (opts.path.is_none() || opts.flat),
         meta,
         xattrs,
     };
@@ -611,7 +646,14 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
             let start = self.start.lock().unwrap_or_else(|e| e.into_inner()).take();
             let Start { node, only } = start.expect("the first directory is opened once");
             let items = match only {
-                Some(listed) => vec![listed],
+                Some(listed) => {
+                    // `--path FILE`: its directory is not listed, but a stopped run may
+                    // have left its temporary file there.
+                    if self.unfinished.rerun && !node.ours && !self.opts.dry_run {
+                        self.remove_leftovers(&node);
+                    }
+                    vec![listed]
+                }
                 None => self.listing(&node),
             };
             return Opened::Dir(node, items);
@@ -736,11 +778,16 @@ impl<R: SnapshotReader> Restore<'_, R> {
         };
         let dst = match &parent.dst {
             Some(d) if !self.opts.dry_run => {
-                if sub.create
-                    && let Err(e) = fsx::mkdir_at(b(d), name)
-                {
-                    self.dest_error(&rel, "create directory", e);
-                    return None;
+                if sub.create {
+                    // Recorded before it is made (with its siblings noted meanwhile).
+                    if let Err(e) = self.unfinished.flush() {
+                        self.dest_error(&rel, "record the restore's progress", e);
+                        return None;
+                    }
+                    if let Err(e) = fsx::mkdir_at(b(d), name) {
+                        self.dest_error(&rel, "create directory", e);
+                        return None;
+                    }
                 }
                 match fsx::open_dir_at(b(d), name) {
                     Ok(fd) => Some(fd),
@@ -758,10 +805,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
             self.problem(&src_rel, kind, "read extended attributes", e);
             Vec::new()
         });
+        let ours = sub.create || self.unfinished.created_before(&rel);
         Some(Node {
             src,
             dst,
             src_rel,
+            ours,
             dst_rel: rel,
             apply_meta: sub.apply_meta,
             fresh: sub.create,
@@ -834,7 +883,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
     fn tmp_name(&self) -> Vec<u8> {
         let n = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let mut v = TMP_PREFIX.to_vec();
-        v.extend_from_slice(format!("{}-{n}", std::process::id()).as_bytes());
+        v.extend_from_slice(format!("{}-{n}", self.pid).as_bytes());
         v.extend_from_slice(TMP_SUFFIX);
         v
     }
@@ -948,11 +997,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if create {
             self.say('+', &at.rel, "/");
             add(&self.counts.dirs, 1);
-            if !self.opts.dry_run
-                && let Err(e) = self.unfinished.record(&at.rel)
-            {
-                self.dest_error(&at.rel, "record the restore's progress", e);
-                return Step::Next;
+            if !self.opts.dry_run {
+                self.unfinished.record(&at.rel);
             }
         }
         let sub = Sub {
@@ -1002,15 +1048,13 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 add(&self.counts.identical, 1);
                 self.adopt_leader(at, e, m);
             }
-            Same::No(why) if mode == Mode::Safe => self.conflict(&at.rel, why),
+            // In a directory a stopped run of this restore made, what differs is its own
+            // half-done work, not the user's.
+            Same::No(why) if mode == Mode::Safe && !at.node.ours => self.conflict(&at.rel, why),
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
                 add(&self.counts.overwritten, 1);
-                let tmp = format!(
-                    ".snapring-restore.{}.tmp",
-                    crate::engine::backup::new_run_id()
-                );
-                self.create(at, e, m, Some(tmp.as_bytes()));
+                self.create(at, e, m, Some(&self.tmp_name()));
             }
         }
     }
@@ -1102,13 +1146,16 @@ impl<R: SnapshotReader> Restore<'_, R> {
             return;
         }
         let Some(dst) = &at.node.dst else { return };
-        // Written under a temporary name, renamed into place when done.
+        // Where the target directory was there before the restore, written under a
+        // temporary name, renamed into place when done; in the restore's own directories
+        // under the final name (a rerun replaces a half-written one).
         let own;
-        let (to, replace) = match tmp {
-            Some(t) => (t, true),
+        let (to, replace, direct) = match tmp {
+            Some(t) => (t, true, false),
+            None if at.node.ours => (at.name, false, true),
             None => {
                 own = self.tmp_name();
-                (own.as_slice(), false)
+                (own.as_slice(), false, false)
             }
         };
         let leader = if e.group.is_some() && m.kind != Kind::Dir {
@@ -1125,7 +1172,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         } else {
             self.copy_special(at, dst, to, m)
         };
-        let ok = ok && self.finish_replace(dst, to, at.name, replace, &at.rel);
+        let ok = ok && (direct || self.finish_replace(dst, to, at.name, replace, &at.rel));
         if leader {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
             let link = if ok {
@@ -1176,13 +1223,16 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 }
                 Some(Link::Done(first)) => {
                     drop(links);
+                    let direct = to == at.name;
                     let root = self.to_root.expect("links are made only when writing");
                     let r = snapshot::open_beneath(b(root), &first.parent())
                         .and_then(|d| fsx::link_at(b(&d), first.file_name(), b(dst), to));
                     return match r {
                         Ok(()) => {
                             add(&self.counts.hard_links, 1);
-                            self.finish_replace(dst, to, at.name, replace, &at.rel);
+                            if !direct {
+                                self.finish_replace(dst, to, at.name, replace, &at.rel);
+                            }
                             Joined::Linked
                         }
                         Err(e) => {

@@ -211,7 +211,8 @@ impl SnapshotReader for TreeReader<'_> {
         let mut names = fsx::read_dir_names(fd(dir)?)?;
         // A removed directory lists as empty: say it is gone instead (an expiry
         // deleting the snapshot under its reader must not pass for an empty directory).
-        if fsx::fstat(fd(dir)?)?.nlink == 0 {
+        // Only an empty listing can be one, so only then the `fstat` (a round trip).
+        if names.is_empty() && fsx::fstat(fd(dir)?)?.nlink == 0 {
             return Err(io::Error::from_raw_os_error(Errno::NOENT.raw_os_error()));
         }
         names.sort();

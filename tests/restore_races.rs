@@ -191,6 +191,8 @@ fn a_restore_rerun_still_leaves_a_users_file_alone() {
     let (t, src, store) = setup(5);
     ok_backup(&src, &store);
     let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    // d04 is the user's, there before the restore: not one the restore made.
+    write(&to.join("d04/other"), b"theirs");
     let child = spawn_restore(
         &store,
         "daily.0",
@@ -211,6 +213,34 @@ fn a_restore_rerun_still_leaves_a_users_file_alone() {
     assert_eq!(code, 2, "{err}\n{rep}");
     assert_eq!(rep["conflicts"][0]["path"], "d04/f0", "{rep}");
     assert_eq!(std::fs::read(to.join("d04/f0")).unwrap(), b"mine");
+}
+
+#[test]
+fn a_restore_rerun_replaces_what_differs_in_a_directory_the_stopped_run_made() {
+    let (t, src, store) = setup(5);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.file=pause:{}@3", pause.display()),
+    );
+    wait_for(&pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let _ = finish(child);
+    let _ = std::fs::remove_file(&pause);
+    // A file under its own name in a directory the stopped run recorded is that run's.
+    write(&to.join("d04/f0"), b"half-written");
+    let (code, rep, err) = finish(spawn_restore(&store, "daily.0", &to, ""));
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["conflicts_total"], 0, "{rep}");
+    verify_against(&store, "daily.0", &to);
+    assert_same_tree(&describe(&src), &describe(&to), "rerun restore");
 }
 
 #[test]
@@ -238,4 +268,76 @@ fn a_restore_rerun_after_sigkill_keeps_hard_links_to_what_it_restored_before() {
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(ino(&to.join("a")), ino(&to.join("d29/z")), "{rep}");
     verify_against(&store, "daily.0", &to);
+}
+
+#[test]
+fn verify_all_checks_each_snapshot_by_its_run_even_when_a_backup_rotates_them_meanwhile() {
+    let (t, src, store) = setup(5);
+    let runs: Vec<String> = (0..2)
+        .map(|_| ok_backup(&src, &store)["id"].as_str().unwrap().to_string())
+        .collect();
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args(["verify", "--all", "--json", "--dest"])
+        .arg(&store)
+        .env("SNAPRING_CATALOG", "off")
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("verify.snapshot=pause:{}@2", pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    // daily.1 (runs[0]) becomes daily.2 between the listing and its turn.
+    ok_backup(&src, &store);
+    std::fs::remove_file(&pause).unwrap();
+    let (code, v, err) = finish(child);
+    assert_eq!(code, 0, "{err}\n{v}");
+    let v = v.as_array().unwrap();
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(v.iter().all(|s| s["clean"] == true), "{v:?}");
+    assert_eq!(v[0]["run_id"], runs[1].as_str(), "{v:?}");
+    assert_eq!(v[1]["run_id"], runs[0].as_str(), "{v:?}");
+    assert_eq!(v[1]["snapshot"], "daily.2", "{v:?}");
+}
+
+#[test]
+fn a_rerun_of_a_stopped_single_file_restore_removes_its_temporary_file() {
+    let (t, src, store) = setup(2);
+    ok_backup(&src, &store);
+    let to = t.path().join("restored");
+    let run = |failpoints: &str| {
+        let out = Command::new(bin())
+            .args(["restore", "--json", "--dest"])
+            .arg(&store)
+            .args(["daily.0", "--path", "d01/f3", "--to"])
+            .arg(&to)
+            .env("SNAPRING_CATALOG", "off")
+            .env("SNAPRING_FAILPOINTS", failpoints)
+            .output()
+            .unwrap();
+        out.status.code().unwrap_or(-1)
+    };
+    assert_ne!(run("restore.file=kill"), 0);
+    let names = |d: &Path| -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let left = names(&to.join("d01"));
+    assert!(
+        left.iter().any(|n| n.starts_with(".snapring-restore.")),
+        "the kill left no temporary file: {left:?}"
+    );
+    assert_eq!(run(""), 0);
+    assert_eq!(names(&to.join("d01")), ["f3"]);
+    assert_eq!(
+        std::fs::read(to.join("d01/f3")).unwrap(),
+        std::fs::read(src.join("d01/f3")).unwrap()
+    );
 }

@@ -120,18 +120,28 @@ pub fn verify(
     cancel: &AtomicBool,
 ) -> Result<Vec<Verified>> {
     let store = Store::open_read(store)?;
-    let sels: Vec<Selected> = if all {
+    // `--all`: each snapshot is selected (by its run id, which a rotation does not
+    // change) and held just before it is verified, released after; one expired
+    // meanwhile is skipped (warned). Named ones are selected up front.
+    let targets: Vec<Target> = if all {
         store
             .snapshots_with_runs()?
             .into_iter()
-            .map(|(s, r, t)| store.open_snapshot(s, r, t))
-            .collect::<Result<_>>()?
+            .map(|(s, _, _)| Target::Later {
+                spec: s
+                    .rec
+                    .as_ref()
+                    .map_or_else(|| s.name.clone(), |r| r.id.clone()),
+                by_run: s.rec.is_some(),
+                name: s.name,
+            })
+            .collect()
     } else if which.is_empty() {
-        vec![store.select("latest")?]
+        vec![Target::Held(Box::new(store.select("latest")?))]
     } else {
         which
             .iter()
-            .map(|w| store.select(w))
+            .map(|w| store.select(w).map(|s| Target::Held(Box::new(s))))
             .collect::<Result<_>>()?
     };
     let live = match against {
@@ -146,7 +156,19 @@ pub fn verify(
         jobs: crate::concurrency::resolve(jobs, &paths),
     };
     let mut out = Vec::new();
-    for sel in &sels {
+    for target in targets {
+        let sel = match target {
+            Target::Held(sel) => *sel,
+            Target::Later { spec, by_run, name } => match select_now(&store, &spec) {
+                Ok(sel) => sel,
+                Err(e) if by_run && !run_still_there(&store, &spec)? => {
+                    tracing::warn!("{name} (run {spec}) expired before it could be verified: {e}");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        let sel = &sel;
         if sel.manifest.is_none() {
             return Err(Error::Store {
                 path: sel.path.clone(),
@@ -186,6 +208,31 @@ pub fn verify(
         });
     }
     Ok(out)
+}
+
+/// A snapshot `verify` is to check: selected already, or selected when its turn comes.
+enum Target {
+    Held(Box<Selected>),
+    Later {
+        spec: String,
+        by_run: bool,
+        name: String,
+    },
+}
+
+/// Selects (and holds) snapshot `spec` when its turn comes; tests rotate the store
+/// just before.
+fn select_now(store: &Store, spec: &str) -> Result<Selected> {
+    let _ = crate::failpoint::hit("verify.snapshot");
+    store.select(spec)
+}
+
+/// Whether a snapshot of run `id` is still in the store.
+fn run_still_there(store: &Store, id: &str) -> Result<bool> {
+    Ok(store
+        .snapshots()?
+        .iter()
+        .any(|s| s.rec.as_ref().is_some_and(|r| r.id == id)))
 }
 
 #[derive(Serialize, Debug)]

@@ -172,7 +172,10 @@ impl Store {
             Err(e) => return Err(crate::error::io_error(e, "open snapshot", &path)),
         };
         super::hold::share(&fd);
-        if !super::hold::still_named(&path, &fd) {
+        // The name must still lead to this descriptor, and this descriptor must be the
+        // directory that was listed: a rotation between the listing and the open moves
+        // another run's tree under the name, which must not be read as `snap`'s run.
+        if !super::hold::still_named(&path, &fd) || !listed_here(&fd, snap.ino) {
             return Ok(None);
         }
         let manifest = snap.rec.as_ref().and_then(|r| {
@@ -189,6 +192,11 @@ impl Store {
             taken_at,
         }))
     }
+}
+
+/// Whether the opened directory is the inode seen when listing.
+fn listed_here(fd: &OwnedFd, ino: u64) -> bool {
+    fsx::fstat(fsx::b(fd)).is_ok_and(|m| m.ino == ino)
 }
 
 #[cfg(test)]
@@ -213,5 +221,34 @@ mod tests {
         );
         assert!(parse_time("daily.2").is_none());
         assert!(parse_time("yesterday").is_none());
+    }
+}
+
+#[cfg(test)]
+mod rotation_tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_rotated_between_listing_and_open_is_not_opened_under_its_old_listing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("store");
+        let store = Store::open(&root, true).unwrap();
+        std::fs::create_dir(root.join("daily.0")).unwrap();
+        std::fs::create_dir(root.join("daily.1")).unwrap();
+        let listed = store.snapshots_with_runs().unwrap();
+        assert_eq!(listed.len(), 2);
+        // A rotation swaps the trees under the names after the listing.
+        std::fs::rename(root.join("daily.0"), root.join("x")).unwrap();
+        std::fs::rename(root.join("daily.1"), root.join("daily.0")).unwrap();
+        std::fs::rename(root.join("x"), root.join("daily.1")).unwrap();
+        for (snap, run, at) in listed {
+            assert!(
+                store.hold_snapshot(snap, run, at).unwrap().is_none(),
+                "a listing taken before the rotation opened another tree"
+            );
+        }
+        // Resolving again finds each name's current tree.
+        let sel = store.select("daily.1").unwrap();
+        assert!(listed_here(&sel.fd, sel.snap.ino));
     }
 }
