@@ -35,15 +35,52 @@ pub enum Error {
     Config(String),
     #[error("store {}: {msg}", path.display())]
     Store { path: PathBuf, msg: String },
-    #[error("destination file system is full while writing {}: the run was abandoned, nothing was published and older snapshots are intact; free space and run again", .0.display())]
-    DiskFull(PathBuf),
+    #[error("destination file system is full ({}) while writing {}: the run was abandoned, nothing was published and older snapshots are intact; {} and run again", why.as_str(), path.display(), why.remedy())]
+    DiskFull { path: PathBuf, why: Full },
 }
 
-/// An I/O error with its action and path (disk full becomes `Error::DiskFull`).
+/// What ran out on a full file system.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Full {
+    /// No free blocks.
+    Space,
+    /// No free inodes: not even an empty file can be created.
+    Inodes,
+    /// The user's or group's quota (EDQUOT).
+    Quota,
+}
+
+impl Full {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Full::Space => "out of space",
+            Full::Inodes => "out of inodes: no file can be created",
+            Full::Quota => "disk quota exceeded",
+        }
+    }
+
+    fn remedy(self) -> &'static str {
+        match self {
+            Full::Space => "free space",
+            Full::Inodes => "free inodes (delete files) or grow the file system's inode count",
+            Full::Quota => "free space or raise the quota",
+        }
+    }
+}
+
+/// An I/O error with its action and path (disk full becomes `Error::DiskFull`, saying
+/// whether space, inodes or the quota ran out).
 pub fn io_error(source: io::Error, action: &'static str, path: impl Into<PathBuf>) -> Error {
     let path = path.into();
     if crate::fsx::is_disk_full(&source) {
-        Error::DiskFull(path)
+        let why = if crate::fsx::errno_is(&source, rustix::io::Errno::DQUOT) {
+            Full::Quota
+        } else if crate::fsx::out_of_inodes(&path) {
+            Full::Inodes
+        } else {
+            Full::Space
+        };
+        Error::DiskFull { path, why }
     } else {
         Error::Io {
             action,

@@ -747,6 +747,21 @@ pub fn is_disk_full(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(c) if c == rustix::io::Errno::NOSPC.raw_os_error() || c == rustix::io::Errno::DQUOT.raw_os_error())
 }
 
+/// Whether the file system holding `path` (or its nearest existing ancestor) has no
+/// free inodes left. `false` where it cannot tell (no inode count, e.g. btrfs).
+pub fn out_of_inodes(path: &std::path::Path) -> bool {
+    path.ancestors()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                p
+            }
+        })
+        .find_map(|p| rfs::statvfs(p).ok())
+        .is_some_and(|s| s.f_files > 0 && s.f_ffree == 0)
+}
+
 pub fn errno_is(e: &io::Error, errno: rustix::io::Errno) -> bool {
     e.raw_os_error() == Some(errno.raw_os_error())
 }

@@ -489,6 +489,181 @@ fn full_disk_fails_cleanly_and_keeps_history() {
     assert_same_tree(&before, &after, "older snapshot after disk full");
 }
 
+/// Unmounts a test's file system when dropped (also when the test fails).
+struct Mounted(PathBuf);
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn inodes_used(p: &Path) -> u64 {
+    let s = rustix::fs::statvfs(p).unwrap();
+    s.f_files - s.f_ffree
+}
+
+/// The store's file system (a real tmpfs) runs out of inodes just as the journal is to
+/// be written: the run waits there (a pause failpoint) while the tmpfs's inode limit is
+/// lowered to what is in use, then goes on into a real ENOSPC. The run fails naming the
+/// cause, its staging tree is discarded (trash emptied, inodes free again), its record
+/// and the catalog say `failed`; with inodes back the next run completes and is in the
+/// catalog too.
+#[test]
+fn out_of_inodes_at_the_journal_fails_the_run_discards_staging_and_the_next_run_completes() {
+    let (t, src, _) = setup();
+    let mnt = t.path().join("few-inodes");
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = |opts: &str| {
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success()
+    };
+    let remount = |inodes: u64| {
+        assert!(
+            Command::new("mount")
+                .args(["-o", &format!("remount,nr_inodes={inodes}")])
+                .arg(&mnt)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    assert!(mount("size=64m,nr_inodes=4096"));
+    let _mounted = Mounted(mnt.clone());
+    let catalog = t.path().join("catalog.db");
+    let cat = catalog.to_str().unwrap();
+    let store = mnt.join("fs");
+    let (code, first, err) = backup(
+        &src,
+        &mnt,
+        &["--folder", "fs"],
+        &[("SNAPRING_CATALOG", cat)],
+    );
+    assert_eq!(code, 0, "{first}\n{err}");
+    let before = describe(&store.join("daily.0"));
+    for i in 0..30 {
+        write(
+            &src.join(format!("new/f{i}")),
+            format!("new {i}").as_bytes(),
+        );
+    }
+
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args(["backup", "--json", "--folder", "fs", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&mnt)
+        .env("SNAPRING_CATALOG", &catalog)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("journal.before_write=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let used = inodes_used(&mnt);
+    remount(used);
+    assert_eq!(
+        rustix::fs::statvfs(&mnt).unwrap().f_ffree,
+        0,
+        "no inode left"
+    );
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "{rep}\n{err}");
+    assert_eq!(rep["status"], "failed", "{rep}");
+    let msg = rep["message"].as_str().unwrap();
+    assert!(
+        msg.contains("file system is full (out of inodes") && msg.contains("journal"),
+        "{msg}"
+    );
+    let id = rep["id"].as_str().unwrap();
+    let meta = store.join(".snapring");
+    let left = |d: &str| -> Vec<_> {
+        std::fs::read_dir(meta.join(d))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    assert_eq!(
+        left("staging"),
+        Vec::<std::ffi::OsString>::new(),
+        "staging tree discarded"
+    );
+    assert_eq!(
+        left("trash"),
+        Vec::<std::ffi::OsString>::new(),
+        "and deleted"
+    );
+    assert!(inodes_used(&mnt) < used, "its inodes are free again");
+    assert!(!meta.join("journal").exists());
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(meta.join(format!("runs/{id}.json"))).unwrap())
+            .unwrap();
+    assert_eq!(record["status"], "failed", "{record}");
+    assert_eq!(record["message"], rep["message"]);
+    assert_eq!(snapshot_names(&store), ["daily.0"], "nothing published");
+    assert_same_tree(&before, &describe(&store.join("daily.0")), "daily.0");
+
+    // Inodes are back: the next run completes.
+    remount(4096);
+    let (code, third, err) = backup(
+        &src,
+        &mnt,
+        &["--folder", "fs"],
+        &[("SNAPRING_CATALOG", cat)],
+    );
+    assert_eq!(code, 0, "{third}\n{err}");
+    assert_eq!(third["status"], "complete");
+    assert_eq!(snapshot_names(&store), ["daily.0", "daily.1"]);
+    assert_same_tree(&before, &describe(&store.join("daily.1")), "daily.1");
+
+    // Every run is in the catalog, with its outcome.
+    let out = snapring(
+        &[
+            "--catalog".as_ref(),
+            catalog.as_os_str(),
+            "history".as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let history: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut runs: Vec<(String, String)> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().into(),
+                r["status"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    runs.sort();
+    let mut want: Vec<(String, String)> =
+        [(&first, "complete"), (&rep, "failed"), (&third, "complete")]
+            .iter()
+            .map(|(r, s)| (r["id"].as_str().unwrap().into(), s.to_string()))
+            .collect();
+    want.sort();
+    assert_eq!(runs, want, "{history}");
+}
+
 #[test]
 fn bad_config_is_explained() {
     let t = tempfile::tempdir().unwrap();

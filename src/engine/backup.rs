@@ -59,7 +59,9 @@ fn phase(start: &str, t0: Instant) -> Phase {
 /// notifiers; it only calls these.
 pub trait Observer {
     /// The run has started: the store is locked and repaired, and the run's record
-    /// (status `running`) is written. Warnings pushed to `rep` are kept.
+    /// (status `running`) is written, or could not be (then the run fails at once, and
+    /// `finished` follows: the catalog is where such a run is recorded). Warnings pushed
+    /// to `rep` are kept.
     fn started(&self, _store: &Store, _rep: &mut RunReport) {}
     /// The run has ended; called before its final record is written to the store (and
     /// while its log is still open), so warnings pushed to `rep` are kept.
@@ -121,6 +123,7 @@ pub fn backup_observed(
     if let Ok(src) = std::fs::canonicalize(&opts.source) {
         rep.source = src;
     }
+    let mut recorded = Ok(());
     if !opts.dry_run {
         if opts.log_file {
             let log = crate::store::log_path(&rep);
@@ -133,11 +136,19 @@ pub fn backup_observed(
             run = %id, source = %rep.source.display(), store = %abs.display(), label = %opts.label,
             retain = opts.retain, jobs = opts.jobs, "backup started by snapring {} on {}", rep.version, rep.host
         );
-        store.write_run(&rep)?;
+        // A record that cannot be written (a full file system) fails the run, which
+        // still ends with a report and reaches the observer.
+        recorded = store.write_run(&rep);
+        if let Err(e) = &recorded {
+            tracing::error!("{e}");
+        }
         observer.started(&store, &mut rep);
     }
     let counters = Counters::default();
-    let outcome = run(opts, &store, &id, &counters, cancel, &mut rep);
+    let outcome = match recorded {
+        Ok(()) => run(opts, &store, &id, &counters, cancel, &mut rep),
+        Err(e) => Err(e),
+    };
     conclude(&mut rep, &counters, outcome, t0);
     if !opts.dry_run {
         tracing::info!(
@@ -152,8 +163,10 @@ pub fn backup_observed(
             rep.message
         );
         observer.finished(&mut rep);
+        // A failed run has discarded its staging tree by now, so a file system that
+        // was full has room again for the record.
         if let Err(e) = store.write_run(&rep) {
-            tracing::error!("{e}");
+            tracing::error!("the run record keeps its last state: {e}");
         }
         crate::runlog::stop();
     }
@@ -485,10 +498,8 @@ fn run<R: Repository>(
     let sink = repo.begin(id, st.prev.as_ref(), leftovers.last().map(String::as_str))?;
     let (fatal, window_ended, t_walk) = walk_into(opts, st, &sink, counters, cancel, rep);
     if let Some(e) = fatal {
-        // Failed: discard the partial tree (frees the space a full disk needs back).
         sink.abandon();
-        repo.discard(id)?;
-        let _ = repo.delete_expired(opts.jobs, &AtomicBool::new(false));
+        discard_unpublished(opts, repo, id);
         return Err(e);
     }
     if cancel.load(Ordering::Relaxed) {
@@ -497,22 +508,19 @@ fn run<R: Repository>(
         return Ok(Status::Incomplete);
     }
     let status = walked_status(counters);
-    let sync_start = report::now_rfc3339();
-    let t_sync = Instant::now();
-    let sealed = sink
-        .commit(&root_entry)
-        .ctx("seal the new snapshot of", &opts.store)?;
-    rep.phases.sync = phase(&sync_start, t_sync);
-    crate::failpoint::hit("backup.before_publish").ctx("publish", &opts.store)?;
-    // Planned after the flush: the rotation holds the snapshots it expires, and readers
-    // wait for that hold, so it is taken only for the renames themselves.
-    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
-    rep.expired = rotation.expired().to_vec();
-    rep.warnings.extend(deferred_warnings(rotation.deferred()));
-    let rot_start = report::now_rfc3339();
-    let t_rot = Instant::now();
-    let name = repo.publish(id, status, &opts.label, rotation, sealed)?;
-    rep.phases.rotation = phase(&rot_start, t_rot);
+    let name = match seal_and_publish(opts, repo, id, status, sink, &root_entry, rep) {
+        Ok(name) => name,
+        Err(e) => {
+            // Until the journal is written nothing is published: discard the new tree
+            // (a file system out of space or inodes gets them back for the run record
+            // and the next run). A written journal needs the tree; the next command
+            // rolls it forward.
+            if !repo.needs_repair() {
+                discard_unpublished(opts, repo, id);
+            }
+            return Err(e);
+        }
+    };
     tracing::info!(
         "published {name}; expired: {}",
         if rep.expired.is_empty() {
@@ -525,6 +533,49 @@ fn run<R: Repository>(
     repo.tidy(&leftovers);
     delete_expired(opts, repo, t_walk, cancel, rep);
     Ok(status)
+}
+
+/// Seals the walked snapshot and publishes it with its rotation; returns its name.
+fn seal_and_publish<R: Repository>(
+    opts: &BackupOptions,
+    repo: &R,
+    id: &str,
+    status: Status,
+    sink: R::Sink,
+    root_entry: &Entry,
+    rep: &mut RunReport,
+) -> Result<String> {
+    let sync_start = report::now_rfc3339();
+    let t_sync = Instant::now();
+    let sealed = sink
+        .commit(root_entry)
+        .ctx("seal the new snapshot of", &opts.store)?;
+    rep.phases.sync = phase(&sync_start, t_sync);
+    crate::failpoint::hit("backup.before_publish").ctx("publish", &opts.store)?;
+    // Planned after the flush: the rotation holds the snapshots it expires, and readers
+    // wait for that hold, so it is taken only for the renames themselves.
+    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
+    rep.expired = rotation.expired().to_vec();
+    rep.warnings.extend(deferred_warnings(rotation.deferred()));
+    let rot_start = report::now_rfc3339();
+    let t_rot = Instant::now();
+    let name = repo.publish(id, status, &opts.label, rotation, sealed)?;
+    rep.phases.rotation = phase(&rot_start, t_rot);
+    Ok(name)
+}
+
+/// A failed run's unpublished tree: moved to trash, and the trash emptied, so the space
+/// and inodes it took are free again. What cannot be done is left to the next run.
+fn discard_unpublished<R: Repository>(opts: &BackupOptions, repo: &R, id: &str) {
+    if let Err(e) = repo.discard(id) {
+        tracing::warn!(
+            "the failed run's staging tree stays for now ({e}); the next run resumes from it"
+        );
+        return;
+    }
+    if let Err(e) = repo.delete_expired(opts.jobs, &AtomicBool::new(false)) {
+        tracing::warn!("trash not fully emptied yet ({e}); the next run continues");
+    }
 }
 
 /// One warning per expiry a reader made the rotation defer.
