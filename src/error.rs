@@ -42,7 +42,10 @@ pub enum Error {
     Store { path: PathBuf, msg: String },
     /// The rotation failed after its journal was written: the run failed, but the next
     /// command that takes the store's lock rolls the journal forward and publishes it.
-    #[error("{source}; {}, so the next command that takes the store's lock (a backup, or `snapring list`) publishes {snapshot} and records the run as published", PUBLISH_PENDING)]
+    #[error(
+        "{source}; {}, so the next command that takes the store's lock (a backup, or `snapring list`) publishes {snapshot} and records the run as published",
+        PUBLISH_PENDING
+    )]
     PublishPending {
         snapshot: String,
         #[source]

@@ -449,7 +449,14 @@ fn bookkeeping_modes(dir: &Path, out: &mut Vec<(PathBuf, u32)>) {
 /// Runs `cat PATH` as user and group 65534 (nobody); whether it could read it.
 fn nobody_can_read(p: &Path) -> bool {
     Command::new("setpriv")
-        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups", "cat"])
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "cat",
+        ])
         .arg(p)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -488,7 +495,10 @@ fn store_bookkeeping_and_the_catalog_are_private_to_their_owner() {
         cat.push((f.path(), f.metadata().unwrap()));
     }
     use std::os::unix::fs::MetadataExt;
-    let cat: Vec<(PathBuf, u32)> = cat.into_iter().map(|(p, m)| (p, m.mode() & 0o777)).collect();
+    let cat: Vec<(PathBuf, u32)> = cat
+        .into_iter()
+        .map(|(p, m)| (p, m.mode() & 0o777))
+        .collect();
     assert_eq!(cat[0].1, 0o700, "{cat:?}");
     assert!(cat.iter().any(|(p, _)| p == &e.catalog), "{cat:?}");
     assert!(cat[1..].iter().all(|(_, m)| *m == 0o600), "{cat:?}");
@@ -508,7 +518,11 @@ fn store_bookkeeping_and_the_catalog_are_private_to_their_owner() {
         e.catalog.clone(),
     ] {
         assert!(p.exists(), "{}", p.display());
-        assert!(!nobody_can_read(&p), "{} is readable by others", p.display());
+        assert!(
+            !nobody_can_read(&p),
+            "{} is readable by others",
+            p.display()
+        );
     }
 
     // A store made before: its `.snapring/` open to others, closed by the next backup.
@@ -578,15 +592,22 @@ fn a_failed_rotation_published_later_reads_the_same_in_the_record_and_the_catalo
                 );
             }
             "list" => {
-                let out = snapring(&["list".as_ref(), "--dest".as_ref(), e.store.as_os_str()], &[]);
-                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let out = snapring(
+                    &["list".as_ref(), "--dest".as_ref(), e.store.as_os_str()],
+                    &[],
+                );
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             _ => {}
         }
         let (code, h, err) = e.cli(&["history", "--json"]);
         assert_eq!(code, 0, "{next}: {err}");
         assert!(!e.store.join(".snapring/journal").exists(), "{next}");
-        let (code, s, err) = e.cli(&["show", "--json", &id]);
+        let (code, s, err) = e.cli(&["show", "--json", id.as_str()]);
         assert_eq!(code, 0, "{next}: {err}");
         let rec: serde_json::Value = serde_json::from_slice(
             &std::fs::read(e.store.join(format!(".snapring/runs/{id}.json"))).unwrap(),
@@ -603,13 +624,28 @@ fn a_failed_rotation_published_later_reads_the_same_in_the_record_and_the_catalo
             serde_json::Value::from("complete"),
             serde_json::Value::from("daily.0"),
         );
-        assert_eq!((rec["status"].clone(), rec["snapshot"].clone()), want, "{next}: record {rec}");
-        assert_eq!((h["status"].clone(), h["snapshot"].clone()), want, "{next}: history {h}");
         assert_eq!(
-            (s["report"]["status"].clone(), s["report"]["snapshot"].clone()),
+            (rec["status"].clone(), rec["snapshot"].clone()),
+            want,
+            "{next}: record {rec}"
+        );
+        assert_eq!(
+            (h["status"].clone(), h["snapshot"].clone()),
+            want,
+            "{next}: history {h}"
+        );
+        assert_eq!(
+            (
+                s["report"]["status"].clone(),
+                s["report"]["snapshot"].clone()
+            ),
             want,
             "{next}: show {s}"
         );
-        assert_eq!(row(&id), ("complete".to_string(), Some("daily.0".to_string())), "{next}");
+        assert_eq!(
+            row(&id),
+            ("complete".to_string(), Some("daily.0".to_string())),
+            "{next}"
+        );
     }
 }
