@@ -238,7 +238,11 @@ impl Catalog {
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).db(dir, "create the catalog's directory")?;
+        // Private (0700/0600): the catalog holds every run's record, problems included
+        // (paths in directories other users may not read).
+        if !dir.is_dir() {
+            crate::util::create_private_dir(dir, true).db(dir, "create the catalog's directory")?;
+        }
         if !allow_nfs
             && let Ok(fs) = rustix::fs::statfs(dir)
             && fs.f_type as u64 == NFS_SUPER_MAGIC
@@ -248,6 +252,7 @@ impl Catalog {
                 msg: "is on NFS, where SQLite's locks are unreliable; put it on a local disk (--catalog), or set SNAPRING_CATALOG_ON_NFS=1 to insist".into(),
             });
         }
+        make_private(path)?;
         let conn = Connection::open(path).db(path, "open")?;
         conn.busy_timeout(Duration::from_secs(5))
             .db(path, "set busy timeout")?;
@@ -536,6 +541,24 @@ impl Catalog {
             .db(&self.path, "query runs")
     }
 
+    /// Runs (id, store) recorded `failed` after their rotation's journal was written
+    /// (`error::PUBLISH_PENDING`): the next repair publishes them.
+    pub fn publish_pending(&self) -> Result<Vec<(String, String)>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, store FROM runs
+                 WHERE status = 'failed' AND snapshot IS NULL AND instr(message, ?1) > 0",
+            )
+            .db(&self.path, "query runs")?;
+        st.query_map([crate::error::PUBLISH_PENDING], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .db(&self.path, "query runs")?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .db(&self.path, "query runs")
+    }
+
     /// Run ids of `store` still marked `running`.
     pub fn running_in(&self) -> Result<Vec<(String, String)>> {
         let mut st = self
@@ -623,6 +646,39 @@ impl Catalog {
         }
         Ok(groups.into_iter().map(|(k, v)| summarize(k, &v)).collect())
     }
+}
+
+/// Creates the catalog file private (0600) before SQLite opens it (SQLite would make it
+/// 0644, and gives its `-journal`, `-wal` and `-shm` files the database's mode), or
+/// makes an existing one of ours private if it is not (a catalog made before snapring
+/// created it 0600).
+fn make_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).db(path, "create"),
+    }
+    if let Ok(m) = std::fs::metadata(path)
+        && m.is_file()
+        && m.uid() == rustix::process::geteuid().as_raw()
+        && m.permissions().mode() & 0o077 != 0
+        && let Err(e) = std::fs::set_permissions(
+            path,
+            std::fs::Permissions::from_mode(m.permissions().mode() & 0o700),
+        )
+    {
+        tracing::warn!(
+            "catalog {}: other users can read it, and it cannot be made private ({e}); chmod 600 it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Where a run's log is: `<store>/.snapring/logs/<id>.log` (the store owns its layout).
@@ -735,9 +791,10 @@ pub fn record_quietly(path: &Path, allow_nfs: bool, r: &RunReport) -> Option<Str
 }
 
 /// Records a run that has just started (status `running`) in the catalog at `path`,
-/// with any run of the same store the catalog still thinks is running (the store's
-/// repair has settled those in their records). Never fails: a problem is returned as a
-/// message for the run's warnings.
+/// with the runs of the same store whose records the store's repair rewrote (a failed
+/// rotation it published, a dead run it marked `incomplete`) and any the catalog still
+/// thinks is running. Never fails: a problem is returned as a message for the run's
+/// warnings.
 pub fn record_start(
     path: &Path,
     allow_nfs: bool,
@@ -745,11 +802,14 @@ pub fn record_start(
     r: &RunReport,
 ) -> Option<String> {
     let res = Catalog::open(path, allow_nfs).and_then(|mut c| {
+        let mut ids = store.repaired_runs();
         for (id, s) in c.running_in()? {
-            if s == r.store.to_string_lossy()
-                && id != r.id
-                && let Ok(Some(old)) = store.read_run(&id)
-            {
+            if s == r.store.to_string_lossy() && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        for id in ids.iter().filter(|id| **id != r.id) {
+            if let Ok(Some(old)) = store.read_run(id) {
                 c.record(&old)?;
             }
         }
@@ -768,12 +828,14 @@ fn quiet_error(e: CatalogError, r: &RunReport) -> String {
     msg
 }
 
-/// Brings rows still marked `running` up to date: if their store can be locked (so no
-/// run is really going on), the store is repaired (which marks a dead run `incomplete`)
-/// and the row re-read from its run record.
+/// Brings rows still marked `running`, and rows `failed` after their rotation's journal
+/// was written, up to date: if their store can be locked (so no run is really going
+/// on), the store is repaired (which marks a dead run `incomplete` and publishes a
+/// journalled rotation) and the row re-read from its run record.
 pub fn settle_running(c: &mut Catalog) {
-    let Ok(running) = c.running_in() else { return };
-    for (id, store) in running {
+    let Ok(mut rows) = c.running_in() else { return };
+    rows.extend(c.publish_pending().unwrap_or_default());
+    for (id, store) in rows {
         let root = PathBuf::from(&store);
         let Ok(s) = crate::store::Store::open(&root, false) else {
             continue;

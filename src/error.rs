@@ -6,6 +6,11 @@ use std::path::PathBuf;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// In the message of a run whose rotation failed after its journal was written
+/// (`Error::PublishPending`): the catalog looks for it to re-read such runs once a
+/// repair has published them.
+pub const PUBLISH_PENDING: &str = "its rotation journal was written";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot {action} {}: {source}", path.display())]
@@ -35,6 +40,17 @@ pub enum Error {
     Config(String),
     #[error("store {}: {msg}", path.display())]
     Store { path: PathBuf, msg: String },
+    /// The rotation failed after its journal was written: the run failed, but the next
+    /// command that takes the store's lock rolls the journal forward and publishes it.
+    #[error(
+        "{source}; {}, so the next command that takes the store's lock (a backup, or `snapring list`) publishes {snapshot} and records the run as published",
+        PUBLISH_PENDING
+    )]
+    PublishPending {
+        snapshot: String,
+        #[source]
+        source: Box<Error>,
+    },
     #[error("destination file system is full ({}) while writing {}: the run was abandoned, nothing was published and older snapshots are intact; {} and run again", why.as_str(), path.display(), why.remedy())]
     DiskFull { path: PathBuf, why: Full },
 }

@@ -187,7 +187,7 @@ impl Writer {
     pub fn create(manifest_dir: &Path, id: &str, started: Time) -> io::Result<Writer> {
         let (mf, idx) = paths(manifest_dir, id);
         let tmp = mf.with_extension("mf.tmp");
-        let mut out = BufWriter::with_capacity(256 * 1024, File::create(&tmp)?);
+        let mut out = BufWriter::with_capacity(256 * 1024, crate::util::create_private(&tmp)?);
         let header = format!("{MAGIC}\nS {started}\n");
         out.write_all(header.as_bytes())?;
         Ok(Writer {
@@ -230,7 +230,7 @@ impl Writer {
         file.sync_all()?;
         self.index.sort_unstable();
         let idx_tmp = self.idx_path.with_extension("idx.tmp");
-        let mut idx = BufWriter::new(File::create(&idx_tmp)?);
+        let mut idx = BufWriter::new(crate::util::create_private(&idx_tmp)?);
         idx.write_all(IDX_MAGIC)?;
         idx.write_all(&root_off.to_le_bytes())?;
         idx.write_all(&(line.len() as u64).to_le_bytes())?;

@@ -13,9 +13,12 @@ static SINK: Mutex<Option<File>> = Mutex::new(None);
 
 /// Starts writing the log to `path` (appending: a resumed id never overwrites).
 pub fn start(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    // Private (0600), as all of the store's bookkeeping: a log names the source's files.
     let f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(path)?;
     *SINK.lock().unwrap_or_else(|e| e.into_inner()) = Some(f);
     Ok(())

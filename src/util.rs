@@ -32,12 +32,36 @@ pub fn peak_rss_bytes() -> u64 {
         .unwrap_or(0)
 }
 
+/// Creates (or truncates) `path` for writing, readable and writable by its owner only
+/// (0600). The store's bookkeeping and the catalog name the files inside directories
+/// other users may not read (names, sizes, owners, hashes), so they are private.
+pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Creates the directory `path` (and, with `recursive`, its missing parents) for its
+/// owner only (0700); see `create_private`.
+pub fn create_private_dir(path: &Path, recursive: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(recursive)
+        .mode(0o700)
+        .create(path)
+}
+
 /// Writes `bytes` to `path` crash-safely: temp file, fsync, rename, fsync of the directory.
 /// A temp file that could not be written in full is removed (a full disk keeps none).
+/// The file is private (0600, `create_private`): every caller writes bookkeeping.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
+    let mut f = create_private(&tmp)?;
     if let Err(e) = f
         .write_all(bytes)
         .and_then(|()| f.sync_all())

@@ -422,3 +422,230 @@ fn the_job_layer_records_runs_and_the_engine_does_not() {
         .unwrap();
     assert_eq!(stored.warnings, rep.warnings);
 }
+
+/// Every file and folder of `.snapring/` (not inside staging or trash trees, which
+/// carry the source's modes) with its mode.
+fn bookkeeping_modes(dir: &Path, out: &mut Vec<(PathBuf, u32)>) {
+    use std::os::unix::fs::MetadataExt;
+    out.push((dir.to_path_buf(), std::fs::metadata(dir).unwrap().mode()));
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let m = e.metadata().unwrap();
+        if m.is_dir() {
+            let inside_tree = ["staging", "trash"]
+                .iter()
+                .any(|t| dir.file_name() == Some(OsStr::new(t)));
+            if inside_tree {
+                out.push((e.path(), m.mode()));
+            } else {
+                bookkeeping_modes(&e.path(), out);
+            }
+        } else {
+            out.push((e.path(), m.mode()));
+        }
+    }
+}
+
+/// Runs `cat PATH` as user and group 65534 (nobody); whether it could read it.
+fn nobody_can_read(p: &Path) -> bool {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            "cat",
+        ])
+        .arg(p)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// The store's bookkeeping (manifests: names, sizes, owners and hashes of files in the
+/// source's private directories; run records, logs, journal, state, lock) and the
+/// catalog are private to their owner: `.snapring/` and what snapring makes in it are
+/// 0700/0600, the catalog and its folder too, and another local user reads none of it.
+/// An existing store whose `.snapring/` is open to others is closed by the next backup.
+#[test]
+fn store_bookkeeping_and_the_catalog_are_private_to_their_owner() {
+    let e = setup();
+    // The temp dir is 0700: open the way, so only snapring's own modes protect the store.
+    chmod(e._t.path(), 0o755);
+    chmod(&e.src.join("d1"), 0o700);
+    assert_eq!(e.backup(&[]).0, 0);
+    write(&e.src.join("d1/f1"), b"changed");
+    let (code, rep, err) = e.backup(&[]);
+    assert_eq!(code, 0, "{err}");
+    let meta = e.store.join(".snapring");
+    let mut modes = Vec::new();
+    bookkeeping_modes(&meta, &mut modes);
+    assert!(modes.len() > 10, "{modes:?}");
+    let open: Vec<_> = modes.iter().filter(|(_, m)| m & 0o077 != 0).collect();
+    assert!(open.is_empty(), "readable by others: {open:?}");
+    let mut cat = vec![(
+        e.catalog.parent().unwrap().to_path_buf(),
+        std::fs::metadata(e.catalog.parent().unwrap()).unwrap(),
+    )];
+    for f in std::fs::read_dir(e.catalog.parent().unwrap()).unwrap() {
+        let f = f.unwrap();
+        cat.push((f.path(), f.metadata().unwrap()));
+    }
+    use std::os::unix::fs::MetadataExt;
+    let cat: Vec<(PathBuf, u32)> = cat
+        .into_iter()
+        .map(|(p, m)| (p, m.mode() & 0o777))
+        .collect();
+    assert_eq!(cat[0].1, 0o700, "{cat:?}");
+    assert!(cat.iter().any(|(p, _)| p == &e.catalog), "{cat:?}");
+    assert!(cat[1..].iter().all(|(_, m)| *m == 0o600), "{cat:?}");
+
+    // Another user: reads the snapshot as the source allows, and nothing of the store's
+    // bookkeeping or the catalog.
+    assert!(
+        nobody_can_read(&e.store.join("daily.0/d0/f0")),
+        "the test's other user can reach the store"
+    );
+    let id = rep["id"].as_str().unwrap();
+    for p in [
+        meta.join(format!("manifests/{id}.mf")),
+        meta.join(format!("runs/{id}.json")),
+        meta.join(format!("logs/{id}.log")),
+        meta.join("snapshots.json"),
+        e.catalog.clone(),
+    ] {
+        assert!(p.exists(), "{}", p.display());
+        assert!(
+            !nobody_can_read(&p),
+            "{} is readable by others",
+            p.display()
+        );
+    }
+
+    // A store made before: its `.snapring/` open to others, closed by the next backup.
+    let mf = meta.join(format!("manifests/{id}.mf"));
+    chmod(&meta, 0o755);
+    chmod(&meta.join("manifests"), 0o755);
+    chmod(&mf, 0o644);
+    assert!(nobody_can_read(&mf), "the old store leaks");
+    assert_eq!(e.backup(&[]).0, 0);
+    assert_eq!(std::fs::metadata(&meta).unwrap().mode() & 0o777, 0o700);
+    assert!(!nobody_can_read(&mf), "the old store still leaks");
+}
+
+/// A rotation that fails after its journal was written fails the run (exit 1), says
+/// that the next command publishes it; the next command that takes the lock publishes
+/// it, and then the run record and the catalog say the same: the journal's status and
+/// the snapshot's name. Whether that command is a backup (which syncs the catalog when
+/// it starts), `list` (then `history` re-reads the record) or `history` itself.
+#[test]
+fn a_failed_rotation_published_later_reads_the_same_in_the_record_and_the_catalog() {
+    use snapring::catalog::{Catalog, Filter};
+    for next in ["backup", "list", "history"] {
+        let e = setup();
+        assert_eq!(e.backup(&[]).0, 0);
+        write(&e.src.join("d0/f0"), b"second version");
+        let c = e.catalog.to_string_lossy().into_owned();
+        let (code, rep, err) = backup(
+            &e.src,
+            &e.store,
+            &[],
+            &[
+                ("SNAPRING_CATALOG", &c),
+                ("SNAPRING_FAILPOINTS", "rotate.step=error@2"),
+            ],
+        );
+        assert_eq!(code, 1, "{next}: {err}");
+        assert_eq!(rep["status"], "failed", "{next}: {rep}");
+        assert_eq!(rep["snapshot"], serde_json::Value::Null, "{next}: {rep}");
+        let msg = rep["message"].as_str().unwrap();
+        assert!(
+            msg.contains("failpoint rotate.step fired")
+                && msg.contains("its rotation journal was written")
+                && msg.contains("publishes daily.0"),
+            "{next}: {msg}"
+        );
+        let id = rep["id"].as_str().unwrap().to_string();
+        let row = |id: &str| {
+            Catalog::open(&e.catalog, false)
+                .unwrap()
+                .runs(&Filter::default())
+                .unwrap()
+                .into_iter()
+                .find(|r| r.id == id)
+                .map(|r| (r.status, r.snapshot))
+                .unwrap()
+        };
+        assert_eq!(row(&id), ("failed".to_string(), None), "{next}");
+
+        match next {
+            "backup" => {
+                let (code, _, err) = e.backup(&[]);
+                assert_eq!(code, 0, "{err}");
+                // Synced by the backup itself, not by a catalog command.
+                assert_eq!(
+                    row(&id),
+                    ("complete".to_string(), Some("daily.0".to_string()))
+                );
+            }
+            "list" => {
+                let out = snapring(
+                    &["list".as_ref(), "--dest".as_ref(), e.store.as_os_str()],
+                    &[],
+                );
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            _ => {}
+        }
+        let (code, h, err) = e.cli(&["history", "--json"]);
+        assert_eq!(code, 0, "{next}: {err}");
+        assert!(!e.store.join(".snapring/journal").exists(), "{next}");
+        let (code, s, err) = e.cli(&["show", "--json", id.as_str()]);
+        assert_eq!(code, 0, "{next}: {err}");
+        let rec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(e.store.join(format!(".snapring/runs/{id}.json"))).unwrap(),
+        )
+        .unwrap();
+        let h = h
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["id"] == id.as_str())
+            .unwrap()
+            .clone();
+        let want = (
+            serde_json::Value::from("complete"),
+            serde_json::Value::from("daily.0"),
+        );
+        assert_eq!(
+            (rec["status"].clone(), rec["snapshot"].clone()),
+            want,
+            "{next}: record {rec}"
+        );
+        assert_eq!(
+            (h["status"].clone(), h["snapshot"].clone()),
+            want,
+            "{next}: history {h}"
+        );
+        assert_eq!(
+            (
+                s["report"]["status"].clone(),
+                s["report"]["snapshot"].clone()
+            ),
+            want,
+            "{next}: show {s}"
+        );
+        assert_eq!(
+            row(&id),
+            ("complete".to_string(), Some("daily.0".to_string())),
+            "{next}"
+        );
+    }
+}

@@ -559,7 +559,17 @@ fn seal_and_publish<R: Repository>(
     rep.warnings.extend(deferred_warnings(rotation.deferred()));
     let rot_start = report::now_rfc3339();
     let t_rot = Instant::now();
-    let name = repo.publish(id, status, &opts.label, rotation, sealed)?;
+    let name = match repo.publish(id, status, &opts.label, rotation, sealed) {
+        Ok(name) => name,
+        // The journal is written: the run failed, but the next command publishes it.
+        Err(e) if repo.needs_repair() => {
+            return Err(Error::PublishPending {
+                snapshot: format!("{}.0", opts.label),
+                source: Box::new(e),
+            });
+        }
+        Err(e) => return Err(e),
+    };
     rep.phases.rotation = phase(&rot_start, t_rot);
     Ok(name)
 }

@@ -27,6 +27,17 @@ pub struct Journal {
     pub state_after: State,
 }
 
+impl Journal {
+    /// The name this journal publishes its run's snapshot under.
+    fn published(&self) -> Option<String> {
+        self.state_after
+            .snapshots
+            .iter()
+            .find(|s| s.id == self.run)
+            .map(|s| s.name.clone())
+    }
+}
+
 impl Store {
     pub fn journal_path(&self) -> std::path::PathBuf {
         self.meta.join("journal")
@@ -57,6 +68,7 @@ impl Store {
             .map_err(|e| Error::Store { path: path.clone(), msg: format!("journal is unreadable ({e}); move it aside only after checking the snapshots by hand") })?;
         tracing::warn!(run = %j.run, "rolling an interrupted rotation forward");
         self.apply_journal(&j)?;
+        self.note_repaired(&j.run);
         Ok(Some(j.run))
     }
 
@@ -92,7 +104,7 @@ impl Store {
         }
         failpoint::hit("journal.before_state").ctx("write state", self.state_path())?;
         self.write_state(&j.state_after)?;
-        self.finish_run_record(&j.run, j.status)?;
+        self.finish_run_record(&j.run, j.status, j.published().as_deref())?;
         failpoint::hit("journal.before_remove").ctx("remove journal", self.journal_path())?;
         std::fs::remove_file(self.journal_path()).ctx("remove journal", self.journal_path())?;
         std::fs::File::open(&self.meta)
@@ -101,13 +113,13 @@ impl Store {
         Ok(())
     }
 
-    /// Gives the journal's run its final status once its snapshot is published (see
-    /// `settle_published`).
-    fn finish_run_record(&self, id: &str, status: Status) -> Result<()> {
+    /// Gives the journal's run its final status and snapshot once its snapshot is
+    /// published (see `settle_published`).
+    fn finish_run_record(&self, id: &str, status: Status, snapshot: Option<&str>) -> Result<()> {
         let Some(mut r) = self.read_run(id)? else {
             return Ok(());
         };
-        if settle_published(&mut r, status) {
+        if settle_published(&mut r, status, snapshot) {
             self.write_run(&r)?;
         }
         Ok(())
@@ -190,6 +202,7 @@ impl Store {
             self.root.display()
         );
         Some(Pending {
+            snapshot: j.published(),
             run: j.run,
             status: j.status,
             names,
@@ -202,6 +215,8 @@ impl Store {
 pub(super) struct Pending {
     pub run: String,
     pub status: Status,
+    /// The name the journal publishes the run's snapshot under (`daily.0`).
+    pub snapshot: Option<String>,
     /// Top-level names once rolled forward, each with where (relative to the store
     /// root) that entry is now.
     pub names: Vec<(String, String)>,
@@ -210,8 +225,9 @@ pub(super) struct Pending {
 
 /// What publishing does to the record of the run a journal publishes: a record still
 /// `running` (killed during the rotation) or `failed` (the rotation hit an error and a
-/// later command finished it) gets the journal's status. Returns whether it changed.
-pub(super) fn settle_published(r: &mut RunReport, status: Status) -> bool {
+/// later command finished it) gets the journal's status and the name it published the
+/// snapshot under, as the run would have had it finished. Returns whether it changed.
+pub(super) fn settle_published(r: &mut RunReport, status: Status, snapshot: Option<&str>) -> bool {
     if !matches!(r.status, Status::Running | Status::Failed) {
         return false;
     }
@@ -220,5 +236,8 @@ pub(super) fn settle_published(r: &mut RunReport, status: Status) -> bool {
     }
     r.status = status;
     r.exit_code = status.exit_code();
+    if r.snapshot.is_none() {
+        r.snapshot = snapshot.map(str::to_string);
+    }
     true
 }

@@ -88,6 +88,8 @@ pub struct Store {
     pending: Option<journal::Pending>,
     /// Copied snapshot directories already checked against their manifests.
     checked: copied::Checked,
+    /// Runs whose records a repair by this value rewrote (see `repaired_runs`).
+    repaired: std::sync::Mutex<Vec<String>>,
 }
 
 /// Opens the store's root directory, naming a missing store plainly.
@@ -136,6 +138,28 @@ fn check_info(root: &Path, info: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Makes an existing `.snapring/` private (0700) if it is not: stores made before
+/// snapring created it 0700 let any local user read every manifest (names, sizes,
+/// owners and hashes of files in directories they may not read). One `stat`, and one
+/// `chmod` the first time; a failure (not the owner) is only warned about.
+fn tighten_meta(meta: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(m) = std::fs::metadata(meta) else {
+        return;
+    };
+    let mode = m.permissions().mode();
+    if mode & 0o077 == 0 {
+        return;
+    }
+    let private = std::fs::Permissions::from_mode((mode & 0o7000) | 0o700);
+    if let Err(e) = std::fs::set_permissions(meta, private) {
+        tracing::warn!(
+            "{}: other users can read the store's bookkeeping, and it cannot be made private ({e}); chmod 700 it",
+            meta.display()
+        );
+    }
+}
+
 impl Store {
     /// Opens the store at `root`, creating `.snapring/` (and `root` itself when
     /// `create` is set and its parent exists).
@@ -161,12 +185,16 @@ impl Store {
         if !meta.is_dir() && !create {
             return Err(not_a_store(root));
         }
+        // Private (0700): the manifests, records and logs name what is inside the
+        // source's private directories. The staging trees below carry the source's own
+        // modes (they become the snapshots).
         for sub in ["", "staging", "trash", "runs", "manifests", "logs"] {
             let d = meta.join(sub);
             if !d.is_dir() {
-                std::fs::create_dir(&d).ctx("create", &d)?;
+                crate::util::create_private_dir(&d, false).ctx("create", &d)?;
             }
         }
+        tighten_meta(&meta);
         let info = meta.join("store.json");
         if !info.exists() {
             let i = StoreInfo {
@@ -185,6 +213,7 @@ impl Store {
             meta,
             pending: None,
             checked: Default::default(),
+            repaired: Default::default(),
         })
     }
 
@@ -210,6 +239,7 @@ impl Store {
             meta,
             pending: None,
             checked: Default::default(),
+            repaired: Default::default(),
         };
         s.pending = s.pending_view();
         Ok(s)
@@ -321,6 +351,7 @@ impl Store {
                 "interrupted: the process ended before finishing (repaired by {by}); nothing was published"
             );
             self.write_run(&r)?;
+            self.note_repaired(&run);
             did.push(format!("marked run {run} incomplete"));
         }
         did.extend(self.keep_copied_records()?);
@@ -328,6 +359,22 @@ impl Store {
             tracing::warn!("repair: {d}");
         }
         Ok(did)
+    }
+
+    /// The runs whose records a repair through this `Store` rewrote (a journal's run
+    /// published, a dead run marked `incomplete`), so a catalog can re-read them.
+    pub fn repaired_runs(&self) -> Vec<String> {
+        self.repaired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn note_repaired(&self, run: &str) {
+        let mut v = self.repaired.lock().unwrap_or_else(|e| e.into_inner());
+        if !v.iter().any(|r| r == run) {
+            v.push(run.to_string());
+        }
     }
 
     pub fn state_path(&self) -> PathBuf {
@@ -437,7 +484,7 @@ impl Store {
         if let (Some(pending), Some(r)) = (&self.pending, r.as_mut())
             && pending.run == id
         {
-            journal::settle_published(r, pending.status);
+            journal::settle_published(r, pending.status, pending.snapshot.as_deref());
         }
         Ok(r)
     }
