@@ -107,6 +107,29 @@ pub struct Verified {
     pub differences: Vec<Difference>,
     pub totals: Totals,
     pub problems: Vec<(String, String)>,
+    /// Why this snapshot could not be checked at all (`--all` goes on past it): it
+    /// has no usable manifest. Such a snapshot is not `clean`.
+    pub unchecked: Option<String>,
+}
+
+impl Verified {
+    /// A snapshot `verify --all` could not check, and why.
+    fn unchecked(sel: &Selected, why: String) -> Verified {
+        Verified {
+            snapshot: sel.snap.name.clone(),
+            run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),
+            against: "manifest".into(),
+            clean: false,
+            corrupt: 0,
+            missing: 0,
+            unexpected: 0,
+            metadata: 0,
+            differences: vec![],
+            totals: Totals::default(),
+            problems: vec![],
+            unchecked: Some(why),
+        }
+    }
 }
 
 /// Re-hashes every file of the chosen snapshots and compares them with their manifests
@@ -170,12 +193,18 @@ pub fn verify(
         };
         let sel = &sel;
         if sel.manifest.is_none() {
+            let why = format!(
+                "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against; `snapring diff {} --against SOURCE` compares it with a live tree",
+                sel.snap.name, sel.snap.name
+            );
+            if all {
+                tracing::warn!("{why}");
+                out.push(Verified::unchecked(sel, why));
+                continue;
+            }
             return Err(Error::Store {
                 path: sel.path.clone(),
-                msg: format!(
-                    "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against; `snapring diff {} --against SOURCE` compares it with a live tree",
-                    sel.snap.name, sel.snap.name
-                ),
+                msg: why,
             });
         }
         // The manifest's record on one side, a tree read as it is on the other.
@@ -205,6 +234,7 @@ pub fn verify(
             differences: o.differences,
             totals: o.totals,
             problems: o.problems,
+            unchecked: None,
         });
     }
     Ok(out)
