@@ -143,30 +143,7 @@ pub fn verify(
     cancel: &AtomicBool,
 ) -> Result<Vec<Verified>> {
     let store = Store::open_read(store)?;
-    // `--all`: each snapshot is selected (by its run id, which a rotation does not
-    // change) and held just before it is verified, released after; one expired
-    // meanwhile is skipped (warned). Named ones are selected up front.
-    let targets: Vec<Target> = if all {
-        store
-            .snapshots_with_runs()?
-            .into_iter()
-            .map(|(s, _, _)| Target::Later {
-                spec: s
-                    .rec
-                    .as_ref()
-                    .map_or_else(|| s.name.clone(), |r| r.id.clone()),
-                by_run: s.rec.is_some(),
-                name: s.name,
-            })
-            .collect()
-    } else if which.is_empty() {
-        vec![Target::Held(Box::new(store.select("latest")?))]
-    } else {
-        which
-            .iter()
-            .map(|w| store.select(w).map(|s| Target::Held(Box::new(s))))
-            .collect::<Result<_>>()?
-    };
+    let targets = targets(&store, which, all)?;
     let live = match against {
         Some(dir) => Some(fsx::open_dir(dir).map_err(|e| live_error(e, dir))?),
         None => None,
@@ -238,6 +215,33 @@ pub fn verify(
         });
     }
     Ok(out)
+}
+
+/// The snapshots `verify` checks. `--all`: each snapshot is selected (by its run id,
+/// which a rotation does not change) and held just before it is verified, released
+/// after; one expired meanwhile is skipped (warned). Named ones are selected up front.
+fn targets(store: &Store, which: &[String], all: bool) -> Result<Vec<Target>> {
+    Ok(if all {
+        store
+            .snapshots_with_runs()?
+            .into_iter()
+            .map(|(s, _, _)| Target::Later {
+                spec: s
+                    .rec
+                    .as_ref()
+                    .map_or_else(|| s.name.clone(), |r| r.id.clone()),
+                by_run: s.rec.is_some(),
+                name: s.name,
+            })
+            .collect()
+    } else if which.is_empty() {
+        vec![Target::Held(Box::new(store.select("latest")?))]
+    } else {
+        which
+            .iter()
+            .map(|w| store.select(w).map(|s| Target::Held(Box::new(s))))
+            .collect::<Result<_>>()?
+    })
 }
 
 /// A snapshot `verify` is to check: selected already, or selected when its turn comes.

@@ -171,14 +171,19 @@ pub fn backup_observed(
         }
         crate::runlog::stop();
     }
+    release(&store, lock, &counters);
+    Ok(rep)
+}
+
+/// Unlocks the store, unless the walk was left behind on a stalled call: its workers
+/// may still write into the staging tree when the call returns, so the store stays
+/// locked until this process exits (the lock is a `flock`).
+fn release(store: &Store, lock: <Store as Repository>::Lock, counters: &Counters) {
     if counters.walk_abandoned.load(Ordering::Relaxed) {
-        // Workers stuck in a stalled call may still write into the staging tree when
-        // it returns: the store stays locked until this process exits (a `flock`).
         std::mem::forget(lock);
     } else {
-        Repository::unlock(&store, lock);
+        Repository::unlock(store, lock);
     }
-    Ok(rep)
 }
 
 fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
@@ -426,40 +431,17 @@ fn walk_into<S: Sink + Send + 'static>(
     let walk_start = report::now_rfc3339();
     let t_walk = Instant::now();
     let stop = Arc::new(AtomicBool::new(false));
-    let (tx, rx) = std::sync::mpsc::channel();
-    let worker = {
-        let (counters, stop, based_on, jobs) = (
-            counters.clone(),
-            stop.clone(),
-            rep.based_on.clone(),
-            opts.jobs,
-        );
-        move || {
-            let manifest = st.prev.as_ref().and_then(|p| p.manifest.as_ref());
-            let walk =
-                Walk::new(&counters, &stop, &st.excludes, manifest, &sink).kept_from(based_on);
-            walk.run(st.src_fd, st.src_meta, jobs);
-            let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
-            drop(walk);
-            let _ = tx.send((sink, fatal));
+    let rx = match spawn_walk(opts, st, sink, counters, &stop, rep.based_on.clone()) {
+        Ok(rx) => rx,
+        Err(e) => {
+            return Walked {
+                sink: None,
+                fatal: Some(e),
+                window_ended: false,
+                t_walk,
+            };
         }
     };
-    if let Err(e) = std::thread::Builder::new()
-        .name("walk".into())
-        .spawn(worker)
-    {
-        let e = Error::Io {
-            action: "start the walk thread",
-            path: opts.source.clone(),
-            source: e,
-        };
-        return Walked {
-            sink: None,
-            fatal: Some(e),
-            window_ended: false,
-            t_walk,
-        };
-    }
     let (done, window_ended) = (AtomicBool::new(false), AtomicBool::new(false));
     let got = std::thread::scope(|s| {
         if opts.progress {
@@ -500,6 +482,36 @@ fn walk_into<S: Sink + Send + 'static>(
             }
         }
     }
+}
+
+/// What the walk thread hands back: the sink and the first fatal error.
+type WalkResult<S> = (S, Option<Error>);
+
+/// Starts the walk on a thread of its own, which owns everything it uses (see
+/// `walk_into`); its result arrives on the returned channel.
+fn spawn_walk<S: Sink + Send + 'static>(
+    opts: &BackupOptions,
+    st: Start,
+    sink: S,
+    counters: &Arc<Counters>,
+    stop: &Arc<AtomicBool>,
+    based_on: Option<String>,
+) -> Result<std::sync::mpsc::Receiver<WalkResult<S>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (counters, stop, jobs) = (counters.clone(), stop.clone(), opts.jobs);
+    let worker = move || {
+        let manifest = st.prev.as_ref().and_then(|p| p.manifest.as_ref());
+        let walk = Walk::new(&counters, &stop, &st.excludes, manifest, &sink).kept_from(based_on);
+        walk.run(st.src_fd, st.src_meta, jobs);
+        let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(walk);
+        let _ = tx.send((sink, fatal));
+    };
+    std::thread::Builder::new()
+        .name("walk".into())
+        .spawn(worker)
+        .ctx("start the walk thread for", &opts.source)?;
+    Ok(rx)
 }
 
 /// Waits for the walk thread's result, passing a cancel on to it (`stop`, which a
