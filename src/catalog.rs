@@ -395,7 +395,9 @@ impl Catalog {
                     .db(&path, "record problems")?;
             }
         }
+        crate::failpoint::hit("catalog.before_commit").db(&path, "commit")?;
         tx.commit().db(&path, "commit")?;
+        crate::failpoint::hit("catalog.after_commit").db(&path, "commit")?;
         Ok(())
     }
 
@@ -792,9 +794,10 @@ pub fn record_quietly(path: &Path, allow_nfs: bool, r: &RunReport) -> Option<Str
 
 /// Records a run that has just started (status `running`) in the catalog at `path`,
 /// with the runs of the same store whose records the store's repair rewrote (a failed
-/// rotation it published, a dead run it marked `incomplete`) and any the catalog still
-/// thinks is running. Never fails: a problem is returned as a message for the run's
-/// warnings.
+/// rotation it published, a dead run it marked `incomplete`), any the catalog still
+/// thinks is running, and any it has no row for (a run killed before it reached the
+/// catalog, or one whose catalog could not be written). Never fails: a problem is
+/// returned as a message for the run's warnings.
 pub fn record_start(
     path: &Path,
     allow_nfs: bool,
@@ -805,6 +808,12 @@ pub fn record_start(
         let mut ids = store.repaired_runs();
         for (id, s) in c.running_in()? {
             if s == r.store.to_string_lossy() && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let known = c.ids_of_store(&r.store.to_string_lossy())?;
+        for id in store.run_ids() {
+            if !known.contains(&id) && !ids.contains(&id) {
                 ids.push(id);
             }
         }

@@ -80,6 +80,7 @@ pub fn run(
     let log = crate::store::log_path(&rep);
     let logging = opts.log_file && crate::runlog::start(&log).is_ok();
     rep.notifications = notify::send_all(notifiers, &rep);
+    let _ = crate::failpoint::hit("job.after_notify");
     if let Ok(store) = Store::open(&opts.store, false)
         && let Err(e) = store.write_run(&rep)
     {

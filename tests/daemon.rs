@@ -460,9 +460,14 @@ fn an_in_process_daemon_runs_records_skips_overlaps_and_stops_cleanly() {
         let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
         // Let it finish one run and start another, then stop it mid-run.
         wait_until("a published snapshot", 60, || dest.join("daily.0").exists());
+        // Records only: a record being rewritten has a temporary file beside it.
         wait_until("a second run", 60, || {
             std::fs::read_dir(dest.join(".snapring/runs"))
-                .map(|d| d.count())
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                        .count()
+                })
                 .unwrap_or(0)
                 >= 2
         });

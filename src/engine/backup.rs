@@ -140,6 +140,7 @@ pub fn backup_observed(
         // A record that cannot be written (a full file system) fails the run, which
         // still ends with a report and reaches the observer.
         recorded = store.write_run(&rep);
+        let _ = crate::failpoint::hit("run.after_first_record");
         if let Err(e) = &recorded {
             tracing::error!("{e}");
         }
@@ -164,6 +165,7 @@ pub fn backup_observed(
             rep.message
         );
         observer.finished(&mut rep);
+        let _ = crate::failpoint::hit("run.before_final_record");
         // A failed run has discarded its staging tree by now, so a file system that
         // was full has room again for the record.
         if let Err(e) = store.write_run(&rep) {
@@ -672,6 +674,7 @@ fn run<R: Repository>(
         }
     );
     rep.snapshot = Some(name);
+    let _ = crate::failpoint::hit("backup.after_publish");
     repo.tidy(&leftovers);
     delete_expired(opts, repo, t_walk, cancel, rep);
     Ok(status)

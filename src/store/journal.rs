@@ -110,7 +110,10 @@ impl Store {
         }
         failpoint::hit("journal.before_state").ctx("write state", self.state_path())?;
         self.write_state(&j.state_after)?;
+        failpoint::hit("journal.after_state").ctx("write run record", self.run_path(&j.run))?;
         self.finish_run_record(&j.run, j.status, j.published().as_deref())?;
+        failpoint::hit("journal.after_record")
+            .ctx("remove manifests", self.meta.join("manifests"))?;
         for id in &j.drop_manifests {
             self.remove_manifest(id);
         }

@@ -388,6 +388,7 @@ impl Store {
                 "interrupted: the process ended before finishing (repaired by {by}); nothing was published"
             );
             self.write_run(&r)?;
+            crate::failpoint::hit("repair.marked").ctx("repair", &self.root)?;
             self.note_repaired(&run);
             did.push(format!("marked run {run} incomplete"));
         }
@@ -563,6 +564,18 @@ impl Store {
         Ok(r)
     }
 
+    /// The ids of every run record in the store (`.snapring/runs/<id>.json`); none when
+    /// the folder cannot be read.
+    pub fn run_ids(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.meta.join("runs")) else {
+            return vec![];
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+            .collect()
+    }
+
     pub fn write_run(&self, r: &RunReport) -> Result<()> {
         let p = self.run_path(&r.id);
         write_atomic(&p, &serde_json::to_vec_pretty(r).expect("serializes"))
@@ -607,6 +620,7 @@ impl Store {
             fsx::rename_noreplace(r, from.as_bytes(), r, to.as_bytes())
                 .ctx("move to trash", self.root.join(&from))?;
         }
+        crate::failpoint::hit("staging.discarded").ctx("move to trash", self.root.join(&from))?;
         self.remove_manifest(name);
         Ok(())
     }

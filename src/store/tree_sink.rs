@@ -269,10 +269,12 @@ impl Sink for TreeSink {
     }
 
     fn finish_dir(&self, dir: &TreeDir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
+        crate::failpoint::hit("staging.dir_meta")?;
         fsx::apply_dir_meta(b(&dir.dst), m, xattrs)
     }
 
     fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()> {
+        crate::failpoint::hit("manifest.block")?;
         self.manifest
             .lock()
             .unwrap_or_else(|e| e.into_inner())
