@@ -46,6 +46,7 @@ fn options(a: RestoreArgs) -> anyhow::Result<RestoreOptions> {
         } else {
             Mode::Safe
         },
+        to_is_dedicated: a.to_is_dedicated,
         dry_run: a.dry_run,
         jobs: a.jobs.unwrap_or(0),
         progress: !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal(),
@@ -63,7 +64,7 @@ fn print_summary(r: &RestoreReport) {
         r.status.as_str(),
         r.path.as_deref().unwrap_or("all"),
         r.snapshot,
-        r.run_id.as_deref().unwrap_or("-"),
+        r.run_id.as_deref().unwrap_or("- (taken over)"),
         r.to.display()
     );
     let _ = writeln!(

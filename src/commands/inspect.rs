@@ -110,7 +110,8 @@ pub struct Verified {
 }
 
 /// Re-hashes every file of the chosen snapshots and compares them with their manifests
-/// (or, with `against`, compares the manifest with a live tree, hashing every file).
+/// (or, with `against`, compares the manifest with a live tree, hashing every file; a
+/// snapshot without a manifest, taken over from another tool, is then read as a tree).
 pub fn verify(
     store: &Path,
     which: &[String],
@@ -169,7 +170,9 @@ pub fn verify(
             },
         };
         let sel = &sel;
-        if sel.manifest.is_none() {
+        // Without a manifest (a tree taken over from another tool), only `--against`
+        // has something to compare: the tree as it is, hashed file by file.
+        if sel.manifest.is_none() && live.is_none() {
             return Err(Error::Store {
                 path: sel.path.clone(),
                 msg: format!(
