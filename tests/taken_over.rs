@@ -214,6 +214,18 @@ fn check_verify(store: &Path, live: &Path, prefix: &str) {
     };
     let (code, out, err) = verify();
     assert_eq!(code, 0, "{out}{err}");
+    // Without --against there is no manifest to check the tree against: said so.
+    let (code, _, err) = run(&[
+        "verify".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "daily.0".as_ref(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("has no usable manifest") && err.contains("verify daily.0 --against"),
+        "{err}"
+    );
     let changed = live.join(prefix).join("sub/b");
     let m = std::fs::metadata(&changed).unwrap();
     std::fs::write(&changed, b"TWO\n").unwrap();
@@ -235,7 +247,7 @@ fn check_restore(store: &Path, t: &Path, prefix: &str) {
         out.as_os_str(),
     ]);
     assert_eq!(code, 0, "{o}{err}");
-    assert!(o.contains("(taken over)"), "{o}");
+    assert!(o.contains("of daily.1 (taken over, no run) into"), "{o}");
     assert_same_tree(
         &describe(&store.join("daily.1")),
         &describe(&out),

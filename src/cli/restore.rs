@@ -59,12 +59,15 @@ fn print_summary(r: &RestoreReport) {
     let mut out = print::summary_stream(r.dry_run);
     let _ = writeln!(
         out,
-        "{}{}: restored {} of {} (run {}) into {}",
+        "{}{}: restored {} of {} ({}) into {}",
         if r.dry_run { "dry run, " } else { "" },
         r.status.as_str(),
         r.path.as_deref().unwrap_or("all"),
         r.snapshot,
-        r.run_id.as_deref().unwrap_or("- (taken over)"),
+        r.run_id.as_ref().map_or_else(
+            || "taken over, no run".to_string(),
+            |id| format!("run {id}")
+        ),
         r.to.display()
     );
     let _ = writeln!(

@@ -176,8 +176,8 @@ pub fn verify(
             return Err(Error::Store {
                 path: sel.path.clone(),
                 msg: format!(
-                    "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against; `snapring diff {} --against SOURCE` compares it with a live tree",
-                    sel.snap.name, sel.snap.name
+                    "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against on its own; `snapring verify {} --against SOURCE` compares it with a live tree file by file, `snapring diff {} --against SOURCE` by stat",
+                    sel.snap.name, sel.snap.name, sel.snap.name
                 ),
             });
         }
