@@ -53,31 +53,46 @@ fn mutate(src: &Path, round: u32) {
     std::thread::sleep(std::time::Duration::from_millis(1100));
 }
 
-/// Three rounds of the real `rsnapshot` (`retain daily 3`, `backup SRC/ localhost/`,
-/// without `--relative` so the tree under `localhost/` is the source's); `None` when
-/// rsnapshot is not installed.
-fn rsnapshot_tree(t: &Path) -> Option<(PathBuf, PathBuf, &'static str)> {
-    if Command::new("rsnapshot").arg("-V").output().is_err() {
+/// Whether the real `rsnapshot` is installed (CI installs it); says so when not.
+fn have_rsnapshot() -> bool {
+    let ok = Command::new("rsnapshot").arg("-V").output().is_ok();
+    if !ok {
         println!("skipped: rsnapshot is not installed (apt-get install rsnapshot)");
-        return None;
     }
+    ok
+}
+
+/// Runs the real `rsnapshot` once per entry of `levels` (`daily`, `hourly`), with
+/// `retain` lines `retains`, `backup SRC/ localhost/` and no `--relative` (so the tree
+/// under `localhost/` is the source's); before each run the source is `mutate`d.
+fn rsnapshot_runs(t: &Path, retains: &str, levels: &[&str]) -> (PathBuf, PathBuf) {
     let (src, snaps) = (t.join("src"), t.join("snaps"));
     std::fs::create_dir_all(&snaps).unwrap();
     let conf = t.join("rsnapshot.conf");
     std::fs::write(
         &conf,
         format!(
-            "config_version\t1.2\nsnapshot_root\t{}/\ncmd_rsync\t/usr/bin/rsync\ncmd_cp\t/bin/cp\nlockfile\t{}\nrsync_long_args\t--delete --numeric-ids --delete-excluded\nretain\tdaily\t3\nbackup\t{}/\tlocalhost/\n",
+            "config_version\t1.2\nsnapshot_root\t{}/\ncmd_rsync\t/usr/bin/rsync\ncmd_cp\t/bin/cp\nlockfile\t{}\nrsync_long_args\t--delete --numeric-ids --delete-excluded\n{retains}backup\t{}/\tlocalhost/\n",
             snaps.display(),
             t.join("rsnapshot.pid").display(),
             src.display()
         ),
     )
     .unwrap();
-    for round in 0..3 {
-        mutate(&src, round);
-        sh(Command::new("rsnapshot").arg("-c").arg(&conf).arg("daily"));
+    for (round, level) in levels.iter().enumerate() {
+        mutate(&src, round as u32);
+        sh(Command::new("rsnapshot").arg("-c").arg(&conf).arg(level));
     }
+    (snaps, src)
+}
+
+/// Three rounds of the real `rsnapshot` (`retain daily 3`); `None` when rsnapshot is
+/// not installed.
+fn rsnapshot_tree(t: &Path) -> Option<(PathBuf, PathBuf, &'static str)> {
+    if !have_rsnapshot() {
+        return None;
+    }
+    let (snaps, src) = rsnapshot_runs(t, "retain\tdaily\t3\n", &["daily"; 3]);
     Some((snaps, src, "localhost/"))
 }
 
@@ -339,4 +354,53 @@ fn a_directory_without_snapshots_is_not_a_store() {
         "{err}"
     );
     assert!(!t.path().join(".snapring").exists());
+}
+
+/// rsnapshot with two levels (`retain hourly 2`, `retain daily 2`): three hourly runs,
+/// then a daily one, which moves the oldest hourly to `daily.0`. Both labels list,
+/// newest first by their directories' times, and each restores as it is.
+#[test]
+fn an_rsnapshot_tree_with_hourly_and_daily_levels_lists_and_restores() {
+    let t = tempfile::tempdir().unwrap();
+    if !have_rsnapshot() {
+        return;
+    }
+    let levels = ["hourly", "hourly", "hourly", "daily"];
+    let (store, _) = rsnapshot_runs(t.path(), "retain\thourly\t2\nretain\tdaily\t2\n", &levels);
+    let before = full_state(&store);
+    let (code, out, err) = run(&[
+        "list".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "--json".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<(&str, bool)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["taken_over"] == true))
+        .collect();
+    assert_eq!(names, [("hourly.0", true), ("daily.0", true)], "{out}");
+    for snap in ["hourly.0", "daily.0"] {
+        let to = t.path().join(format!("restored-{snap}"));
+        let (code, o, err) = run(&[
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            snap.as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ]);
+        assert_eq!(code, 0, "{o}{err}");
+        assert_same_tree(&describe(&store.join(snap)), &describe(&to), snap);
+    }
+    // daily.0 is the second hourly run (the oldest hourly kept): `a` has one round.
+    assert_eq!(
+        std::fs::read(t.path().join("restored-daily.0/localhost/a")).unwrap(),
+        b"one\nround 0\n"
+    );
+    assert_unchanged(&before, &full_state(&store), "list and restore");
+    assert!(!store.join(".snapring").exists());
 }
