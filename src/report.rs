@@ -163,6 +163,8 @@ pub struct NotifyOutcome {
 /// Counters the workers bump while a run goes on.
 #[derive(Default)]
 pub struct Counters {
+    /// The walk was left running on a stalled call (`engine::backup::walk_into`).
+    pub walk_abandoned: std::sync::atomic::AtomicBool,
     pub files_total: AtomicU64,
     pub dirs_total: AtomicU64,
     pub files_transferred: AtomicU64,
