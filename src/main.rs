@@ -38,7 +38,10 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             errln!("snapring: error: {e:#}");
-            ExitCode::Failed
+            match e.downcast_ref::<snapring::error::Error>() {
+                Some(snapring::error::Error::Refused(_)) => ExitCode::Usage,
+                _ => ExitCode::Failed,
+            }
         }
     };
     if let Some(e) = cli::print::stdout_error()

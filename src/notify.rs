@@ -52,60 +52,80 @@ pub struct NotifierConfig {
 }
 
 impl NotifierConfig {
-    /// What is missing or wrong, one line each (for `config check`).
-    pub fn problems(&self) -> Vec<String> {
+    /// What is missing or wrong, one line each, with the key it is about (`None`: the
+    /// table as a whole), for `config check`.
+    pub fn problems(&self) -> Vec<(Option<&'static str>, String)> {
         let mut p = Vec::new();
-        let secret_sources = |a: bool, b: bool, c: bool| [a, b, c].iter().filter(|x| **x).count();
+        let one_of = |xs: &[bool]| xs.iter().filter(|x| **x).count() == 1;
         match self.kind.as_str() {
             "webhook" => {
-                if secret_sources(
+                if !one_of(&[
                     self.url.is_some(),
                     self.url_env.is_some(),
                     self.url_file.is_some(),
-                ) != 1
-                {
-                    p.push("a webhook needs exactly one of url, url_env, url_file".into());
+                ]) {
+                    p.push((
+                        None,
+                        "a webhook needs exactly one of url, url_env, url_file".into(),
+                    ));
                 }
                 if !matches!(self.format.as_deref(), None | Some("json") | Some("slack")) {
-                    p.push("format must be \"json\" or \"slack\"".into());
+                    p.push((
+                        Some("format"),
+                        "format must be \"json\" or \"slack\"".into(),
+                    ));
                 }
             }
-            "email" => {
-                if self.smtp_host.is_none() {
-                    p.push("an email notifier needs smtp_host".into());
-                }
-                if self.from.is_none() || self.to.is_empty() {
-                    p.push("an email notifier needs from and to".into());
-                }
-                if !matches!(
-                    self.tls.as_deref(),
-                    None | Some("starttls") | Some("tls") | Some("none")
-                ) {
-                    p.push("tls must be \"starttls\", \"tls\" or \"none\"".into());
-                }
-                if self.username.is_some()
-                    && secret_sources(
-                        false,
-                        self.password_env.is_some(),
-                        self.password_file.is_some(),
-                    ) != 1
-                {
-                    p.push(
-                        "with a username, give exactly one of password_env, password_file".into(),
-                    );
-                }
-            }
+            "email" => p.extend(self.email_problems()),
             "command" => {
                 if self.command.is_empty() {
-                    p.push("a command notifier needs command = [\"program\", \"arg\", ...]".into());
+                    p.push((
+                        Some("command"),
+                        "a command notifier needs command = [\"program\", \"arg\", ...]".into(),
+                    ));
                 }
             }
-            k => p.push(format!("unknown type {k:?}: use webhook, email or command")),
+            k => p.push((
+                Some("type"),
+                format!("unknown type {k:?}: use webhook, email or command"),
+            )),
         }
         if let Some(t) = &self.timeout
             && let Err(e) = crate::util::parse_duration(t)
         {
-            p.push(format!("timeout: {e}"));
+            p.push((Some("timeout"), format!("timeout: {e}")));
+        }
+        p
+    }
+
+    fn email_problems(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut p = Vec::new();
+        if self.smtp_host.is_none() {
+            p.push((None, "an email notifier needs smtp_host".into()));
+        }
+        if self.from.is_none() || self.to.is_empty() {
+            p.push((None, "an email notifier needs from and to".into()));
+        }
+        if !matches!(
+            self.tls.as_deref(),
+            None | Some("starttls") | Some("tls") | Some("none")
+        ) {
+            p.push((
+                Some("tls"),
+                "tls must be \"starttls\", \"tls\" or \"none\"".into(),
+            ));
+        }
+        if self.username.is_some()
+            && [self.password_env.is_some(), self.password_file.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count()
+                != 1
+        {
+            p.push((
+                Some("username"),
+                "with a username, give exactly one of password_env, password_file".into(),
+            ));
         }
         p
     }

@@ -69,6 +69,9 @@ pub struct RestoreOptions {
     /// itself for a file) instead of at the same relative place under `to`.
     pub flat: bool,
     pub mode: Mode,
+    /// The user vouches that `to` holds nothing but this restore: `--flat --mirror` of a
+    /// directory may then delete whatever else `to` holds (see [`refuse_flat_mirror`]).
+    pub to_is_dedicated: bool,
     pub dry_run: bool,
     pub jobs: usize,
     pub progress: bool,
@@ -332,6 +335,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let sel = store.select(&opts.snapshot)?;
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let found = locate(opts, &sel, &reader)?;
+    refuse_flat_mirror(opts, &sel, &reader, &found)?;
     let (to_fd, to_was_new) = open_target(opts, &store)?;
     let unfinished = match &to_fd {
         Some(fd) if !opts.dry_run => Unfinished::open(fd, &opts.to, to_was_new)?,
@@ -428,6 +432,54 @@ fn locate<R: SnapshotReader>(
         dir_rel: p.parent(),
         named: Some((p.clone(), listed, st.entry.kind)),
     })
+}
+
+/// `--flat --mirror` of a directory makes `--to` equal to that directory, so it deletes
+/// every entry of `--to` the directory does not have: the siblings of the folder the
+/// user meant to restore, if `--to` is where that folder lives (`--path home/alice/docs
+/// --to /home/alice`). Refused, before anything is written, when `--to` holds such
+/// entries, unless `to_is_dedicated` says they may go. A new or empty `--to` loses
+/// nothing and is not refused.
+fn refuse_flat_mirror<R: SnapshotReader>(
+    opts: &RestoreOptions,
+    sel: &Selected,
+    reader: &R,
+    found: &Found<R::Dir>,
+) -> Result<()> {
+    let Some((p, _, Kind::Dir)) = &found.named else {
+        return Ok(());
+    };
+    if !opts.flat || opts.mode != Mode::Mirror || opts.to_is_dedicated {
+        return Ok(());
+    }
+    let theirs = match std::fs::read_dir(&opts.to) {
+        Ok(d) => d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).ctx("read target directory", &opts.to),
+    };
+    let dir = reader
+        .open_dir(&found.dir, p.file_name())
+        .ctx("open", sel.path.join(p.as_path()))?;
+    let ours = reader.list(&dir).ctx("list", sel.path.join(p.as_path()))?;
+    let mut others: Vec<String> = theirs
+        .iter()
+        .map(|n| n.as_bytes())
+        .filter(|n| *n != UNFINISHED && !ours.iter().any(|l| l.name() == *n))
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    others.sort();
+    let n = others.len();
+    others.truncate(3);
+    Err(Error::Refused(format!(
+        "--flat --mirror makes {to} an exact copy of {path}, so it would delete the {n} entries of {to} that {path} does not have ({names}{more}); nothing was changed. Restore without --flat (into {to}/{path}), choose an empty --to, or, if {to} holds nothing but this restore, add --to-is-dedicated (try it with --dry-run first)",
+        to = opts.to.display(),
+        path = p.as_path().display(),
+        names = others.join(", "),
+        more = if n > 3 { ", …" } else { "" },
+    )))
 }
 
 /// Plans the walk's first directory: where it starts in the snapshot, where it lands

@@ -694,13 +694,14 @@ fn examples_parse_and_next_previews_schedules() {
     );
     assert_eq!(code, 1);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(lines.len(), 6, "{out}");
+    assert!(lines[5].ends_with(": 5 problems"), "{out}");
     for (line, (at, what)) in lines.iter().zip([
-        (":4: job a", "exactly one"),
-        (":5: job a", "nobody"),
-        (":10: job b", "time zone"),
-        (":12: job b", "missed"),
-        (":14: notify x", "url"),
+        (":4:1: job.a.schedule", "exactly one"),
+        (":5:11: job.a.notify", "nobody"),
+        (":10:1: job.b.timezone", "time zone"),
+        (":12:1: job.b.missed", "missed"),
+        (":14:9: notify.x", "url"),
     ]) {
         assert!(line.contains(at) && line.contains(what), "{out}");
     }

@@ -189,6 +189,11 @@ pub struct RestoreArgs {
     /// Also delete what the snapshot does not have, inside the restored subtree only.
     #[arg(long, conflicts_with = "overwrite")]
     pub mirror: bool,
+    /// With --flat --mirror of a directory: --to holds nothing but this restore, so
+    /// whatever else is in it may be deleted. Without it that restore is refused when
+    /// --to has entries the directory does not have (they would be deleted).
+    #[arg(long)]
+    pub to_is_dedicated: bool,
     /// Print what would be created (+), replaced (~), deleted (-) and left as a
     /// conflict (!); change nothing.
     #[arg(long)]

@@ -16,6 +16,9 @@ use super::print::{self, errln, human};
 
 /// `snapring run JOB`: a backup of one job of a config file, no flags over it.
 pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    // No flags fill in a missing source or dest here: the whole file must be complete,
+    // as the daemon and `config check` require.
+    config::load_complete(&a.config)?;
     let args = BackupArgs {
         config: Some(a.config),
         job: Some(a.job),

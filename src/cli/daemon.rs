@@ -22,7 +22,7 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 /// `snapring daemon`: runs until SIGTERM/SIGINT (SIGHUP reloads the config).
 /// `log` is the daemon's own logging (`--log-format`, `-v`), passed on to each run.
 pub fn daemon(a: DaemonArgs, cat: &CatalogChoice, log: &LogFlags) -> anyhow::Result<ExitCode> {
-    let catalog = cat.for_config(config::load(&a.config)?.catalog);
+    let catalog = cat.for_config(config::load_complete(&a.config)?.catalog);
     let opts = snapring::daemon::DaemonOptions {
         config: a.config,
         exe: std::env::current_exe()?,

@@ -46,6 +46,7 @@ fn options(a: RestoreArgs) -> anyhow::Result<RestoreOptions> {
         } else {
             Mode::Safe
         },
+        to_is_dedicated: a.to_is_dedicated,
         dry_run: a.dry_run,
         jobs: a.jobs.unwrap_or(0),
         progress: !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal(),
@@ -58,12 +59,15 @@ fn print_summary(r: &RestoreReport) {
     let mut out = print::summary_stream(r.dry_run);
     let _ = writeln!(
         out,
-        "{}{}: restored {} of {} (run {}) into {}",
+        "{}{}: restored {} of {} ({}) into {}",
         if r.dry_run { "dry run, " } else { "" },
         r.status.as_str(),
         r.path.as_deref().unwrap_or("all"),
         r.snapshot,
-        r.run_id.as_deref().unwrap_or("-"),
+        r.run_id.as_ref().map_or_else(
+            || "taken over, no run".to_string(),
+            |id| format!("run {id}")
+        ),
         r.to.display()
     );
     let _ = writeln!(

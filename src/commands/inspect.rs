@@ -133,7 +133,8 @@ impl Verified {
 }
 
 /// Re-hashes every file of the chosen snapshots and compares them with their manifests
-/// (or, with `against`, compares the manifest with a live tree, hashing every file).
+/// (or, with `against`, compares the manifest with a live tree, hashing every file; a
+/// snapshot without a manifest, taken over from another tool, is then read as a tree).
 pub fn verify(
     store: &Path,
     which: &[String],
@@ -169,10 +170,12 @@ pub fn verify(
             },
         };
         let sel = &sel;
-        if sel.manifest.is_none() {
+        // Without a manifest (a tree taken over from another tool), only `--against`
+        // has something to compare: the tree as it is, hashed file by file.
+        if sel.manifest.is_none() && live.is_none() {
             let why = format!(
-                "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against; `snapring diff {} --against SOURCE` compares it with a live tree",
-                sel.snap.name, sel.snap.name
+                "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against on its own; `snapring verify {} --against SOURCE` compares it with a live tree file by file, `snapring diff {} --against SOURCE` by stat",
+                sel.snap.name, sel.snap.name, sel.snap.name
             );
             if all {
                 tracing::warn!("{why}");

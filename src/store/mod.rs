@@ -147,10 +147,20 @@ fn open_root(root: &Path) -> Result<OwnedFd> {
     })
 }
 
+/// Whether the directory holds at least one snapshot directory (`<label>.<n>`).
+fn has_snapshot_dirs(root: &OwnedFd) -> bool {
+    fsx::read_dir_names(b(root))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| std::str::from_utf8(n).ok())
+        .filter(|n| rotation::parse_slot(n).is_some())
+        .any(|n| matches!(fsx::lstat_at(b(root), n.as_bytes()), Ok(m) if m.kind == fsx::Kind::Dir))
+}
+
 fn not_a_store(root: &Path) -> Error {
     Error::Store {
         path: root.to_path_buf(),
-        msg: "not a snapring store (no .snapring directory)".into(),
+        msg: "not a snapring store (no .snapring directory, and no snapshot directory such as daily.0)".into(),
     }
 }
 
@@ -263,7 +273,10 @@ impl Store {
     pub fn open_read(root: &Path) -> Result<Store> {
         let root_fd = open_root(root)?;
         let meta = root.join(META_DIR);
-        if !meta.is_dir() {
+        // A tree another tool made (rsnapshot, EFSBackup: `daily.0 … daily.N`, no
+        // `.snapring/`) reads as a store whose snapshots all were taken over: no
+        // records, compared by stat. Nothing is created for it.
+        if !meta.is_dir() && !has_snapshot_dirs(&root_fd) {
             return Err(not_a_store(root));
         }
         let info = meta.join("store.json");

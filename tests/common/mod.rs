@@ -3,6 +3,8 @@
 //! trees can be compared exactly, and run the real `snapring` binary.
 #![allow(dead_code)]
 
+pub mod state;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
