@@ -145,6 +145,31 @@ pub struct RunReport {
     /// Who was told about this run, and whether it worked (`snapring run`, the daemon).
     #[serde(default)]
     pub notifications: Vec<NotifyOutcome>,
+    /// The bandwidth limit in bytes per second (`--bwlimit`), if one was set.
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
+    /// Wall-clock seconds during which at least one worker waited on the bandwidth limit.
+    #[serde(default)]
+    pub bwlimit_wait_seconds: f64,
+    /// The job's `pre_command`, run before the walk, if it has one.
+    #[serde(default)]
+    pub pre_command: Option<HookOutcome>,
+    /// The job's `post_command`, run after the run, if it has one.
+    #[serde(default)]
+    pub post_command: Option<HookOutcome>,
+}
+
+/// How a pre or post command went: how long it took and how it ended.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HookOutcome {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    pub seconds: f64,
+    /// Its exit code; `None` when it could not start, timed out or died of a signal.
+    pub exit_code: Option<i32>,
+    pub ok: bool,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
 }
 
 /// What happened when one notifier was tried (`notify` sends; the report only holds

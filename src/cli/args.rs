@@ -167,9 +167,16 @@ pub struct ListArgs {
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// The store: <dest>/<folder>.
+    /// The store: <dest>/<folder> [default with --config: the job's dest and folder].
+    #[arg(long, required_unless_present = "config")]
+    pub dest: Option<PathBuf>,
+    /// TOML config file: the restore runs for one of its jobs (its store, catalog and
+    /// notifiers).
     #[arg(long)]
-    pub dest: PathBuf,
+    pub config: Option<PathBuf>,
+    /// The job of --config (optional when it has one job).
+    #[arg(long, requires = "config")]
+    pub job: Option<String>,
     /// Snapshot: name (daily.2), run id, `latest`, or @TIME (the newest taken at or
     /// before TIME, e.g. @2026-11-20T02:00, UTC unless an offset is given).
     pub snapshot: String,
@@ -253,6 +260,9 @@ pub struct HistoryArgs {
     /// Only runs of this job.
     #[arg(long)]
     pub job: Option<String>,
+    /// Only backups or only restores.
+    #[arg(long, value_parser = ["backup", "restore"])]
+    pub kind: Option<String>,
     /// Only runs started within this long (30d, 12h) or since this time.
     #[arg(long)]
     pub since: Option<String>,

@@ -229,6 +229,10 @@ fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         problems_not_listed: 0,
         warnings: vec![],
         notifications: vec![],
+        bwlimit: None,
+        bwlimit_wait_seconds: 0.0,
+        pre_command: None,
+        post_command: None,
     }
 }
 

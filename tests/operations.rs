@@ -1,0 +1,216 @@
+//! Operations a run has around it, through the binary: a restore recorded as a run
+//! (run id, catalog row of kind `restore`, log beside the catalog, the job's webhook
+//! notified, the store untouched), pre and post commands, and the bandwidth limit.
+
+mod common;
+use common::*;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+struct Env {
+    t: tempfile::TempDir,
+    src: PathBuf,
+    store: PathBuf,
+    catalog: PathBuf,
+}
+
+fn setup(files: usize, size: usize) -> Env {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..files {
+        write(
+            &src.join(format!("d{}/f{i}", i % 3)),
+            &vec![b'a' + (i % 26) as u8; size],
+        );
+    }
+    Env {
+        src,
+        store: t.path().join("store"),
+        catalog: t.path().join("state/catalog.db"),
+        t,
+    }
+}
+
+impl Env {
+    /// `snapring --catalog CATALOG ARGS…`: (exit, stdout JSON, stderr, stdout).
+    fn cli(&self, args: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value, String, String) {
+        let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), self.catalog.as_os_str()];
+        a.extend(args.iter().map(OsStr::new));
+        let out = snapring(&a, env);
+        (
+            out.status.code().unwrap_or(-1),
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+
+    fn backup(&self, extra: &[&str]) -> (i32, serde_json::Value, String) {
+        let c = self.catalog.to_string_lossy().into_owned();
+        backup(&self.src, &self.store, extra, &[("SNAPRING_CATALOG", &c)])
+    }
+
+    fn s(&self, p: &Path) -> String {
+        p.to_str().unwrap().to_string()
+    }
+}
+
+/// Every file and directory under `p` with its size and mtime: a restore must leave
+/// the store exactly as it was.
+fn listing(p: &Path) -> Vec<(PathBuf, u64, i64, i64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![p.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            out.push((e.path(), m.len(), m.mtime(), m.mtime_nsec()));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_restore_is_a_run_in_the_catalog_with_its_log_and_the_jobs_notification() {
+    let e = setup(9, 1000);
+    assert_eq!(e.backup(&[]).0, 0);
+    let before = listing(&e.store);
+    let http = http_server();
+    let cfg = e.t.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.home]\nsource = \"{}\"\ndest = \"{}\"\nnotify = [\"hook\"]\nnotify_success = true\n\n[notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/restored\"\n",
+            e.s(&e.src),
+            e.s(&e.store),
+            http.port
+        ),
+    )
+    .unwrap();
+    let to = e.t.path().join("out");
+    // A plain restore (no config) records into the same catalog a backup uses.
+    let (code, plain, err, _) = e.cli(
+        &[
+            "restore",
+            "--dest",
+            &e.s(&e.store),
+            "latest",
+            "--to",
+            &e.s(&to),
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(plain["kind"], "restore");
+    assert_eq!(plain["files_restored"], 9);
+    // For a configured job: its store, and its notifier. A second restore into the same
+    // place finds every file there already (identical, skipped).
+    let (code, rep, err, _) = e.cli(
+        &[
+            "restore",
+            "--config",
+            &e.s(&cfg),
+            "--job",
+            "home",
+            "latest",
+            "--to",
+            &e.s(&to),
+            "--path",
+            "d1",
+            "--json",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let id = rep["id"].as_str().unwrap().to_string();
+    assert_ne!(id, plain["id"].as_str().unwrap());
+    assert_eq!(rep["job"], "home");
+    assert_eq!(rep["skipped_identical"], 3);
+    assert_eq!(rep["notifications"][0]["ok"], true, "{rep}");
+    let hooks = http.got.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 1);
+    let body: serde_json::Value = serde_json::from_str(&hooks[0].1).unwrap();
+    assert_eq!(
+        (body["run"].as_str(), body["status"].as_str()),
+        (Some(id.as_str()), Some("complete"))
+    );
+    assert!(
+        body["text"]
+            .as_str()
+            .unwrap()
+            .contains("home: restore complete"),
+        "{body}"
+    );
+
+    // The catalog has both, with their kind; --kind filters.
+    let (_, h, err, _) = e.cli(&["history", "--json"], &[]);
+    let kinds: Vec<&str> = h
+        .as_array()
+        .unwrap_or_else(|| panic!("{err}"))
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["backup", "restore", "restore"]);
+    let (_, h, _, _) = e.cli(&["history", "--json", "--kind", "restore"], &[]);
+    assert_eq!(h.as_array().unwrap().len(), 2);
+    assert_eq!(h[1]["id"], id.as_str());
+    assert_eq!(h[1]["job"], "home");
+    assert_eq!(h[0]["files_total"], 9);
+    let (_, h, _, _) = e.cli(&["history", "--json", "--kind", "backup"], &[]);
+    assert_eq!(h.as_array().unwrap().len(), 1);
+    let (_, _, _, table) = e.cli(&["history", "--kind", "restore"], &[]);
+    let line = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{table}"));
+    assert_eq!(line.split_whitespace().nth(1), Some("restore"), "{table}");
+    assert!(
+        table.starts_with("RUN") && table.contains("KIND"),
+        "{table}"
+    );
+
+    // `show` has the whole restore, with its notification and its log beside the
+    // catalog; the store was not written (not even its log folder).
+    let (code, shown, err, _) = e.cli(&["show", "--json", &id], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(shown["kind"], "restore");
+    assert_eq!(shown["report"]["notifications"][0]["notifier"], "hook");
+    let log = e.catalog.parent().unwrap().join(format!("logs/{id}.log"));
+    assert_eq!(shown["log_path"], log.to_str().unwrap());
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("restore started") && text.contains("restore finished"),
+        "{text}"
+    );
+    assert!(text.contains("notified hook"), "{text}");
+    assert_eq!(listing(&e.store), before, "a restore wrote into the store");
+
+    // A restore that cannot start is recorded (and notified) as failed.
+    let (code, _, err, _) = e.cli(
+        &[
+            "restore",
+            "--config",
+            &e.s(&cfg),
+            "daily.9",
+            "--to",
+            &e.s(&to),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    let (_, h, _, _) = e.cli(&["history", "--json", "--kind", "restore"], &[]);
+    assert_eq!(h[2]["status"], "failed");
+    assert_eq!(http.got.lock().unwrap().len(), 2);
+    // A rebuild from the store keeps the restores (they have no record there).
+    let (code, _, err, _) = e.cli(&["catalog", "rebuild", "--dest", &e.s(&e.store)], &[]);
+    assert_eq!(code, 0, "{err}");
+    let (_, h, _, _) = e.cli(&["history", "--json"], &[]);
+    assert_eq!(h.as_array().unwrap().len(), 4);
+}
