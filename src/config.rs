@@ -39,6 +39,9 @@ pub struct JobConfig {
     pub require_mount: Option<bool>,
     pub allow_empty: Option<bool>,
     pub window: Option<String>,
+    /// Bandwidth limit, bytes per second read plus written: `50MiB`, `800K` (1024-based,
+    /// as rsync), `0` for none.
+    pub bwlimit: Option<String>,
     /// When the daemon runs it: 5-field cron, `@daily`, or the AWS `cron(0 2 * * ? *)`.
     pub schedule: Option<String>,
     /// IANA time zone for the schedule (default UTC).
@@ -197,6 +200,9 @@ pub fn resolve(
     o.allow_empty = flags.allow_empty.or(f.allow_empty).unwrap_or(false);
     if let Some(w) = flags.window.or(f.window) {
         o.window = Some(parse_duration(&w).map_err(|e| Error::Config(format!("window: {e}")))?);
+    }
+    if let Some(b) = flags.bwlimit.or(f.bwlimit) {
+        o.bwlimit = crate::throttle::parse_rate(&b).map_err(Error::Config)?;
     }
     o.validate()?;
     Ok(o)

@@ -26,5 +26,6 @@ pub mod schedule;
 pub mod sink;
 pub mod snapshot;
 pub mod store;
+pub mod throttle;
 pub mod traverse;
 pub mod util;

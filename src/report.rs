@@ -200,6 +200,8 @@ pub struct Counters {
     pub bytes_transferred: AtomicU64,
     pub problems: Mutex<Vec<Problem>>,
     pub problems_total: AtomicU64,
+    /// The run's bandwidth limit, shared by its workers (`--bwlimit`).
+    pub throttle: Option<crate::throttle::Throttle>,
 }
 
 impl Counters {
@@ -226,6 +228,10 @@ impl Counters {
         r.bytes_transferred = g(&self.bytes_transferred);
         r.source_bytes = r.bytes_total;
         r.backup_bytes_added = r.bytes_transferred;
+        if let Some(t) = &self.throttle {
+            r.bwlimit = Some(t.rate());
+            r.bwlimit_wait_seconds = t.waited().as_secs_f64();
+        }
         let mut problems = self
             .problems
             .lock()

@@ -1392,7 +1392,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return false;
             }
         };
-        match fsx::copy_hash(b(&src), b(&dst), m) {
+        match fsx::copy_hash(b(&src), b(&dst), m, &|_| {}) {
             Ok((hash, written)) => {
                 add(&self.counts.bytes, written);
                 if let Some(want) = e.hash

@@ -23,6 +23,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "runlog",
             "schedule",
             "traverse",
+            "throttle",
         ],
     ),
     (

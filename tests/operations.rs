@@ -214,3 +214,85 @@ fn a_restore_is_a_run_in_the_catalog_with_its_log_and_the_jobs_notification() {
     let (_, h, _, _) = e.cli(&["history", "--json"], &[]);
     assert_eq!(h.as_array().unwrap().len(), 4);
 }
+
+#[test]
+fn a_bandwidth_limit_paces_the_copy_and_reports_the_wait() {
+    // 4 MiB copied = 4 MiB read + 4 MiB written = 8 MiB through a 4 MiB/s limit: at
+    // least 2 s, less the 100 ms burst.
+    let e = setup(16, 256 * 1024);
+    let t0 = std::time::Instant::now();
+    let (code, rep, err) = e.backup(&["--bwlimit", "4MiB", "--jobs", "4"]);
+    let took = t0.elapsed().as_secs_f64();
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["bytes_transferred"], 4 << 20);
+    assert_eq!(rep["bwlimit"], 4 << 20);
+    let waited = rep["bwlimit_wait_seconds"].as_f64().unwrap();
+    assert!(took >= 1.9, "8 MiB at 4 MiB/s took {took:.2}s");
+    assert!(
+        (1.5..=took).contains(&waited),
+        "waited {waited:.2}s of {took:.2}s"
+    );
+    // The catalog has the figure, and `show` says it.
+    let id = rep["id"].as_str().unwrap();
+    let (_, _, _, shown) = e.cli(&["show", id], &[]);
+    assert!(
+        shown.contains("bandwidth limit 4.00 MiB/s, waited"),
+        "{shown}"
+    );
+    let conn = rusqlite::Connection::open(&e.catalog).unwrap();
+    let w: f64 = conn
+        .query_row(
+            "SELECT bwlimit_wait_seconds FROM runs WHERE id = ?1",
+            [id],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(w, waited);
+
+    // Without a limit the same amount is not held back.
+    for i in 0..16 {
+        write(
+            &e.src.join(format!("d{}/f{i}", i % 3)),
+            &vec![b'z'; 256 * 1024],
+        );
+    }
+    let t0 = std::time::Instant::now();
+    let (code, rep, err) = e.backup(&["--jobs", "4"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["bytes_transferred"], 4 << 20);
+    assert_eq!(rep["bwlimit"], serde_json::Value::Null);
+    assert_eq!(rep["bwlimit_wait_seconds"], 0.0);
+    assert!(
+        t0.elapsed().as_secs_f64() < 1.5,
+        "unthrottled took {:?}",
+        t0.elapsed()
+    );
+
+    // A config's bwlimit, and a bad one explained.
+    let cfg = e.t.path().join("b.toml");
+    let job = |rate: &str| {
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\nbwlimit = \"{rate}\"\n",
+            e.s(&e.src),
+            e.s(&e.store)
+        )
+    };
+    std::fs::write(&cfg, job("8M")).unwrap();
+    for i in 0..16 {
+        write(
+            &e.src.join(format!("d{}/f{i}", i % 3)),
+            &vec![b'y'; 256 * 1024],
+        );
+    }
+    let (code, rep, err, _) = e.cli(&["backup", "--config", &e.s(&cfg), "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["bwlimit"], 8 << 20);
+    assert!(rep["bwlimit_wait_seconds"].as_f64().unwrap() > 0.5, "{rep}");
+    std::fs::write(&cfg, job("fast")).unwrap();
+    let (code, _, _, out) = e.cli(&["config", "check", &e.s(&cfg)], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("bwlimit \"fast\": give bytes per second"),
+        "{out}"
+    );
+}

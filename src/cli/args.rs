@@ -141,6 +141,11 @@ pub struct BackupArgs {
     /// Stop gracefully after this long (e.g. 180m); the run is `incomplete` and the next resumes.
     #[arg(long)]
     pub window: Option<String>,
+    /// Cap the bytes read from the source plus written to the backup, per second, across
+    /// all workers: 50MiB, 800K (K, M, G are 1024-based as in rsync; KB, MB, GB
+    /// 1000-based); 0 for no limit.
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

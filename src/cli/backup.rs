@@ -104,6 +104,7 @@ fn flags(a: &BackupArgs) -> JobConfig {
         require_mount: a.require_mount.then_some(true),
         allow_empty: a.allow_empty.then_some(true),
         window: a.window.clone(),
+        bwlimit: a.bwlimit.clone(),
         ..Default::default()
     }
 }
@@ -152,6 +153,14 @@ fn print_summary(r: &RunReport) {
     );
     if !r.expired.is_empty() {
         let _ = writeln!(out, "  expired {}", r.expired.join(", "));
+    }
+    if let Some(rate) = r.bwlimit {
+        let _ = writeln!(
+            out,
+            "  bandwidth limit {}/s: waited {:.2}s",
+            human(rate),
+            r.bwlimit_wait_seconds
+        );
     }
     let _ = writeln!(
         out,

@@ -145,7 +145,10 @@ pub fn backup_observed(
         }
         observer.started(&store, &mut rep);
     }
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters {
+        throttle: opts.bwlimit.map(crate::throttle::Throttle::new),
+        ..Counters::default()
+    });
     let outcome = match recorded {
         Ok(()) => run(opts, &store, &id, &counters, cancel, &mut rep),
         Err(e) => Err(e),
@@ -160,6 +163,7 @@ pub fn backup_observed(
             bytes_copied = rep.bytes_transferred,
             errors = rep.errors,
             seconds = rep.duration_seconds,
+            bwlimit_wait_seconds = rep.bwlimit_wait_seconds,
             "backup finished: {}",
             rep.message
         );

@@ -37,6 +37,9 @@ pub struct BackupOptions {
     pub plan_on_stderr: bool,
     /// Write the run's log to `.snapring/logs/<id>.log`.
     pub log_file: bool,
+    /// Bytes per second read from the source plus written to the store, across all
+    /// workers (`--bwlimit`); `None`: no limit.
+    pub bwlimit: Option<u64>,
 }
 
 impl BackupOptions {
@@ -57,6 +60,7 @@ impl BackupOptions {
             progress: false,
             plan_on_stderr: false,
             log_file: true,
+            bwlimit: None,
         }
     }
 
