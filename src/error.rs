@@ -38,6 +38,9 @@ pub enum Error {
     Locked { store: PathBuf, holder: String },
     #[error("config: {0}")]
     Config(String),
+    /// The job's `pre_command` failed: the run failed before reading anything.
+    #[error("{0}")]
+    Hook(String),
     #[error("store {}: {msg}", path.display())]
     Store { path: PathBuf, msg: String },
     /// The rotation failed after its journal was written: the run failed, but the next

@@ -64,10 +64,10 @@ pub fn run_backup(
     }
 }
 
-/// Runs the backup (`run_backup`), then notifies (failures always, success if
-/// `notify_success`). Notification outcomes go into the report's `notifications`, the
-/// run record, the catalog and the run log; they never change the run's status or exit
-/// code.
+/// Runs the backup (`run_backup`), then the job's `post_command` (whatever the status),
+/// then notifies (failures always, success if `notify_success`). The post command's and
+/// the notifications' outcomes go into the report, the run record, the catalog and the
+/// run log; they never change the run's status or exit code.
 pub fn run(
     opts: &BackupOptions,
     catalog: Option<&CatalogTarget>,
@@ -76,12 +76,18 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<RunReport> {
     let mut rep = run_backup(opts, catalog, cancel)?;
-    if opts.dry_run || notifiers.is_empty() || !notify::wanted(rep.status, notify_success) {
+    let notify = !notifiers.is_empty() && notify::wanted(rep.status, notify_success);
+    if opts.dry_run || (!notify && opts.post_command.is_none()) {
         return Ok(rep);
     }
     let log = crate::store::log_path(&rep);
     let logging = opts.log_file && crate::runlog::start(&log).is_ok();
-    rep.notifications = notify::send_all(notifiers, &rep);
+    if let Some(h) = &opts.post_command {
+        rep.post_command = Some(post_command(h, &rep));
+    }
+    if notify {
+        rep.notifications = notify::send_all(notifiers, &rep);
+    }
     if let Ok(store) = Store::open(&opts.store, false)
         && let Err(e) = store.write_run(&rep)
     {
@@ -96,6 +102,27 @@ pub fn run(
         crate::runlog::stop();
     }
     Ok(rep)
+}
+
+/// Runs `post_command` with the run's status, id, snapshot, job, store and log in its
+/// environment and the report as JSON on stdin.
+fn post_command(h: &crate::hooks::Hook, rep: &RunReport) -> crate::report::HookOutcome {
+    let env = [
+        ("SNAPRING_STATUS", rep.status.as_str().to_string()),
+        ("SNAPRING_RUN_ID", rep.id.clone()),
+        (
+            "SNAPRING_SNAPSHOT",
+            rep.snapshot.clone().unwrap_or_default(),
+        ),
+        ("SNAPRING_JOB", rep.job.clone().unwrap_or_default()),
+        ("SNAPRING_STORE", rep.store.to_string_lossy().into_owned()),
+        (
+            "SNAPRING_LOG",
+            crate::store::log_path(rep).to_string_lossy().into_owned(),
+        ),
+    ];
+    let json = serde_json::to_vec_pretty(rep).unwrap_or_default();
+    crate::hooks::run("post_command", h, &env, &json)
 }
 
 /// How a restore is recorded and told about: the catalog (`None`: not recorded), the

@@ -12,6 +12,7 @@ pub mod engine;
 pub mod error;
 pub mod failpoint;
 pub mod fsx;
+pub mod hooks;
 pub mod job;
 pub mod manifest;
 pub mod notify;

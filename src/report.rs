@@ -159,18 +159,8 @@ pub struct RunReport {
     pub post_command: Option<HookOutcome>,
 }
 
-/// How a pre or post command went: how long it took and how it ended.
-#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
-pub struct HookOutcome {
-    /// The program and its arguments.
-    pub command: Vec<String>,
-    pub seconds: f64,
-    /// Its exit code; `None` when it could not start, timed out or died of a signal.
-    pub exit_code: Option<i32>,
-    pub ok: bool,
-    /// Why it failed, when it did.
-    pub error: Option<String>,
-}
+/// How a pre or post command went (defined beside the commands that run them).
+pub use crate::hooks::HookOutcome;
 
 /// What happened when one notifier was tried (`notify` sends; the report only holds
 /// the outcome, so the report does not depend on the notifiers).

@@ -24,6 +24,7 @@ const LAYERS: &[(&str, &[&str])] = &[
             "schedule",
             "traverse",
             "throttle",
+            "hooks",
         ],
     ),
     (

@@ -296,3 +296,136 @@ fn a_bandwidth_limit_paces_the_copy_and_reports_the_wait() {
         "{out}"
     );
 }
+
+/// A config with one job `j` of `e` plus `extra` lines.
+fn job_config(e: &Env, extra: &str) -> PathBuf {
+    let cfg = e.t.path().join("hooks.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\n{extra}\n",
+            e.s(&e.src),
+            e.s(&e.store)
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn pre_and_post_commands_run_around_the_backup_and_a_failing_pre_command_publishes_nothing() {
+    let e = setup(6, 100);
+    let out = e.t.path().join("post");
+    std::fs::create_dir(&out).unwrap();
+    // The post command saves its environment and its stdin.
+    let post = format!(
+        "post_command = [\"/bin/sh\", \"-c\", \"cat > {o}/report.json; echo \\\"$SNAPRING_STATUS|$SNAPRING_RUN_ID|$SNAPRING_SNAPSHOT\\\" > {o}/env\"]",
+        o = e.s(&out)
+    );
+    // It runs before the walk: what it writes into the source is in the snapshot.
+    let pre = "pre_command = [\"/bin/sh\", \"-c\", \"echo frozen; date > \\\"$SNAPRING_SOURCE/marker\\\"\"]";
+    let cfg = job_config(&e, &format!("{pre}\n{post}"));
+    let (code, rep, err, _) = e.cli(&["backup", "--config", &e.s(&cfg), "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let id = rep["id"].as_str().unwrap();
+    assert!(e.store.join("daily.0/marker").is_file());
+    assert_eq!(rep["pre_command"]["exit_code"], 0, "{rep}");
+    assert_eq!(rep["post_command"]["ok"], true, "{rep}");
+    assert!(rep["post_command"]["seconds"].as_f64().unwrap() > 0.0);
+    let env = std::fs::read_to_string(out.join("env")).unwrap();
+    assert_eq!(env.trim(), format!("complete|{id}|daily.0"));
+    let piped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(piped["id"], id);
+    assert_eq!(piped["status"], "complete");
+    // Recorded in the store's run record and the catalog; the output is in the run log.
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.store.join(format!(".snapring/runs/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["post_command"], rep["post_command"]);
+    let (_, shown, _, _) = e.cli(&["show", "--json", id], &[]);
+    assert_eq!(shown["report"]["pre_command"], rep["pre_command"]);
+    let log = std::fs::read_to_string(e.store.join(format!(".snapring/logs/{id}.log"))).unwrap();
+    assert!(log.contains("pre_command: frozen"), "{log}");
+
+    // A failing pre command: the run fails, nothing is published, the output is in the
+    // log, and the post command still runs and hears `failed`.
+    let before = snapshot_names(&e.store);
+    write(&e.src.join("new-file"), b"not to be backed up");
+    let bad =
+        "pre_command = [\"/bin/sh\", \"-c\", \"echo about to fail; echo no-freeze >&2; exit 3\"]";
+    let cfg = job_config(&e, &format!("{bad}\n{post}"));
+    let (code, rep, err, _) = e.cli(&["backup", "--config", &e.s(&cfg), "--json"], &[]);
+    assert_eq!(code, 1, "{err}");
+    let id = rep["id"].as_str().unwrap();
+    assert_eq!(rep["status"], "failed");
+    assert_eq!(rep["pre_command"]["exit_code"], 3);
+    let msg = rep["message"].as_str().unwrap();
+    assert!(
+        msg.contains("pre_command") && msg.contains("no-freeze"),
+        "{msg}"
+    );
+    assert_eq!(snapshot_names(&e.store), before);
+    assert!(!e.store.join("daily.0/new-file").exists());
+    let log = std::fs::read_to_string(e.store.join(format!(".snapring/logs/{id}.log"))).unwrap();
+    assert!(
+        log.contains("about to fail") && log.contains("no-freeze"),
+        "{log}"
+    );
+    let env = std::fs::read_to_string(out.join("env")).unwrap();
+    assert_eq!(env.trim(), format!("failed|{id}|"));
+    let (_, h, _, _) = e.cli(&["history", "--json", "--kind", "backup"], &[]);
+    assert_eq!(h[1]["status"], "failed");
+}
+
+#[test]
+fn hook_commands_that_hang_or_do_not_exist_fail_the_run_and_flags_split_like_a_shell() {
+    let e = setup(3, 10);
+    // A pre command past its timeout is killed, with what it started.
+    let cfg = job_config(
+        &e,
+        "hook_timeout = \"1s\"\npre_command = [\"/bin/sh\", \"-c\", \"sleep 30; sleep 30\"]",
+    );
+    let t0 = std::time::Instant::now();
+    let (code, rep, err, _) = e.cli(&["backup", "--config", &e.s(&cfg), "--json"], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(t0.elapsed().as_secs() < 10, "took {:?}", t0.elapsed());
+    assert_eq!(rep["pre_command"]["exit_code"], serde_json::Value::Null);
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .contains("timed out after 1s"),
+        "{rep}"
+    );
+    // One that does not exist.
+    let cfg = job_config(&e, "pre_command = [\"/no/such/program\"]");
+    let (code, rep, _, _) = e.cli(&["backup", "--config", &e.s(&cfg), "--json"], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot start /no/such/program"),
+        "{rep}"
+    );
+    assert!(snapshot_names(&e.store).is_empty());
+    // The flags: one command line each, split as a shell would, run without one.
+    let done = e.t.path().join("post done");
+    let (code, rep, err) = e.backup(&[
+        "--pre-command",
+        "/bin/sh -c 'test -d \"$SNAPRING_SOURCE\"'",
+        "--post-command",
+        &format!("touch '{}'", e.s(&done)),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["post_command"]["command"][1], e.s(&done));
+    assert!(done.is_file());
+    let (code, _, err) = e.backup(&["--pre-command", "echo 'unbalanced"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("--pre-command") && err.contains("unbalanced quotes"),
+        "{err}"
+    );
+}

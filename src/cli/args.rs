@@ -146,6 +146,14 @@ pub struct BackupArgs {
     /// 1000-based); 0 for no limit.
     #[arg(long, value_name = "RATE")]
     pub bwlimit: Option<String>,
+    /// Run this before the walk; if it fails, the run fails and nothing is published.
+    /// A command line split as a shell would (quotes, backslashes), but run without one.
+    #[arg(long, value_name = "COMMAND")]
+    pub pre_command: Option<String>,
+    /// Run this after the run, whatever its status, with the report as JSON on stdin and
+    /// SNAPRING_STATUS, SNAPRING_RUN_ID, SNAPRING_SNAPSHOT set (split as --pre-command).
+    #[arg(long, value_name = "COMMAND")]
+    pub post_command: Option<String>,
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -150,7 +150,8 @@ pub fn backup_observed(
         ..Counters::default()
     });
     let outcome = match recorded {
-        Ok(()) => run(opts, &store, &id, &counters, cancel, &mut rep),
+        Ok(()) => pre_command(opts, &mut rep)
+            .and_then(|()| run(opts, &store, &id, &counters, cancel, &mut rep)),
         Err(e) => Err(e),
     };
     conclude(&mut rep, &counters, outcome, t0);
@@ -177,6 +178,31 @@ pub fn backup_observed(
     }
     release(&store, lock, &counters);
     Ok(rep)
+}
+
+/// Runs the job's `pre_command` (never in a dry run), before the source is looked at
+/// (it may be what mounts or freezes it). `Err` when it fails: the run fails with
+/// nothing read or published, and its output is in the run log.
+fn pre_command(opts: &BackupOptions, rep: &mut RunReport) -> Result<()> {
+    let Some(h) = opts.pre_command.as_ref().filter(|_| !opts.dry_run) else {
+        return Ok(());
+    };
+    let env = [
+        ("SNAPRING_RUN_ID", rep.id.clone()),
+        ("SNAPRING_JOB", rep.job.clone().unwrap_or_default()),
+        ("SNAPRING_SOURCE", rep.source.to_string_lossy().into_owned()),
+        ("SNAPRING_STORE", rep.store.to_string_lossy().into_owned()),
+    ];
+    let out = crate::hooks::run("pre_command", h, &env, b"");
+    let failed = out.error.clone();
+    rep.pre_command = Some(out);
+    match failed {
+        None => Ok(()),
+        Some(e) => Err(Error::Hook(format!(
+            "pre_command {:?} failed: {e}; nothing was backed up or published (its output is in the run log)",
+            h.argv
+        ))),
+    }
 }
 
 /// Unlocks the store, unless the walk was left behind on a stalled call: its workers
