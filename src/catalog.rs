@@ -418,7 +418,9 @@ impl Catalog {
     }
 
     /// Inserts or updates one restore (kind `restore`) and its problems. Its store and
-    /// target are keyed canonicalized, as backups' stores are.
+    /// target are keyed canonicalized, as backups' stores are. `files_total` counts the
+    /// restored set's files (restored, identical, in conflict), `files_transferred` and
+    /// `bytes_transferred` what was restored.
     pub fn record_restore(&mut self, r: &RestoreReport) -> Result<()> {
         let path = self.path.clone();
         let id = r.id.as_deref().ok_or_else(|| CatalogError::Db {
@@ -438,7 +440,7 @@ impl Catalog {
                 snapshot, files_total, files_transferred, files_linked, bytes_total,
                 bytes_transferred, errors, conflicts, report, log_path, dirs_total)
              VALUES (?1, 'restore', ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                ?14, ?15, ?15, 0, ?16, ?16, ?17, ?18, ?19, ?20, ?21)",
+                ?14, ?15, ?16, 0, ?17, ?17, ?18, ?19, ?20, ?21, ?22)",
             params![
                 id,
                 r.job,
@@ -454,6 +456,7 @@ impl Catalog {
                 r.exit_code,
                 r.message,
                 r.snapshot,
+                (r.files_restored + r.skipped_identical + r.conflicts_total) as i64,
                 r.files_restored as i64,
                 r.bytes_restored as i64,
                 r.errors as i64,

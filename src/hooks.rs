@@ -6,7 +6,7 @@
 
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,8 +52,15 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
 
 /// Runs `hook` (`name`: `pre_command` or `post_command`, for the log) with `env` added
 /// to the environment and `stdin` on its standard input; never fails, the outcome
-/// says how it went.
-pub fn run(name: &str, hook: &Hook, env: &[(&str, String)], stdin: &[u8]) -> HookOutcome {
+/// says how it went. `cancel` (SIGINT/SIGTERM) kills it as a timeout does: in a process
+/// group of its own, it does not get the terminal's Ctrl-C itself.
+pub fn run(
+    name: &str,
+    hook: &Hook,
+    env: &[(&str, String)],
+    stdin: &[u8],
+    cancel: &AtomicBool,
+) -> HookOutcome {
     let t0 = Instant::now();
     tracing::info!("{name}: running {:?}", hook.argv);
     let mut out = HookOutcome {
@@ -61,7 +68,7 @@ pub fn run(name: &str, hook: &Hook, env: &[(&str, String)], stdin: &[u8]) -> Hoo
         ..HookOutcome::default()
     };
     let (exit, error, tail) = match spawn(hook, env) {
-        Ok(child) => wait(name, child, hook.timeout, stdin),
+        Ok(child) => wait(name, child, (hook.timeout, cancel), stdin),
         Err(e) => (None, Some(e), Vec::new()),
     };
     out.seconds = t0.elapsed().as_secs_f64();
@@ -98,12 +105,13 @@ fn spawn(hook: &Hook, env: &[(&str, String)]) -> Result<Child, String> {
     c.spawn().map_err(|e| format!("cannot start {prog}: {e}"))
 }
 
-/// Feeds stdin, logs the output, waits until the command ends or `timeout` passes
-/// (then kills its process group). Returns (exit code, error, last lines of output).
+/// Feeds stdin, logs the output, waits until the command ends, `timeout` passes or
+/// `cancel` is set (then kills its process group). Returns (exit code, error, last
+/// lines of output).
 fn wait(
     name: &str,
     mut child: Child,
-    timeout: Duration,
+    (timeout, cancel): (Duration, &AtomicBool),
     stdin: &[u8],
 ) -> (Option<i32>, Option<String>, Vec<String>) {
     if let Some(mut w) = child.stdin.take() {
@@ -132,6 +140,11 @@ fn wait(
                     "timed out after {}s and was killed",
                     timeout.as_secs()
                 ));
+            }
+            Ok(None) if cancel.load(Ordering::Relaxed) => {
+                kill_group(&child);
+                let _ = child.wait();
+                break Err("killed: snapring was interrupted".to_string());
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => break Err(format!("cannot wait for it: {e}")),

@@ -83,6 +83,8 @@ pub fn run(
     let log = crate::store::log_path(&rep);
     let logging = opts.log_file && crate::runlog::start(&log).is_ok();
     if let Some(h) = &opts.post_command {
+        // Not stopped by the signal that may have ended the run: an interrupted run
+        // is one it must hear about. Its timeout bounds it.
         rep.post_command = Some(post_command(h, &rep));
     }
     if notify {
@@ -122,7 +124,7 @@ fn post_command(h: &crate::hooks::Hook, rep: &RunReport) -> crate::report::HookO
         ),
     ];
     let json = serde_json::to_vec_pretty(rep).unwrap_or_default();
-    crate::hooks::run("post_command", h, &env, &json)
+    crate::hooks::run("post_command", h, &env, &json, &AtomicBool::new(false))
 }
 
 /// How a restore is recorded and told about: the catalog (`None`: not recorded), the

@@ -163,6 +163,14 @@ fn a_restore_is_a_run_in_the_catalog_with_its_log_and_the_jobs_notification() {
     assert_eq!(h[1]["id"], id.as_str());
     assert_eq!(h[1]["job"], "home");
     assert_eq!(h[0]["files_total"], 9);
+    // The second found its 3 files identical: 3 in the set, none restored.
+    assert_eq!(
+        (
+            h[1]["files_total"].as_u64(),
+            h[1]["files_transferred"].as_u64()
+        ),
+        (Some(3), Some(0))
+    );
     let (_, h, _, _) = e.cli(&["history", "--json", "--kind", "backup"], &[]);
     assert_eq!(h.as_array().unwrap().len(), 1);
     let (_, _, _, table) = e.cli(&["history", "--kind", "restore"], &[]);
@@ -397,6 +405,29 @@ fn hook_commands_that_hang_or_do_not_exist_fail_the_run_and_flags_split_like_a_s
             .as_str()
             .unwrap()
             .contains("timed out after 1s"),
+        "{rep}"
+    );
+    // SIGTERM to snapring kills a running pre command too (it has its own process
+    // group, so it would not get the signal itself).
+    let cfg = job_config(
+        &e,
+        "pre_command = [\"/bin/sh\", \"-c\", \"sleep 30; sleep 30\"]",
+    );
+    let t0 = std::time::Instant::now();
+    let child = std::process::Command::new(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["backup", "--json", "--config", &e.s(&cfg)])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(t0.elapsed().as_secs() < 10, "took {:?}", t0.elapsed());
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        rep["message"].as_str().unwrap().contains("interrupted"),
         "{rep}"
     );
     // One that does not exist.

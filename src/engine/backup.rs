@@ -150,7 +150,7 @@ pub fn backup_observed(
         ..Counters::default()
     });
     let outcome = match recorded {
-        Ok(()) => pre_command(opts, &mut rep)
+        Ok(()) => pre_command(opts, &mut rep, cancel)
             .and_then(|()| run(opts, &store, &id, &counters, cancel, &mut rep)),
         Err(e) => Err(e),
     };
@@ -183,7 +183,7 @@ pub fn backup_observed(
 /// Runs the job's `pre_command` (never in a dry run), before the source is looked at
 /// (it may be what mounts or freezes it). `Err` when it fails: the run fails with
 /// nothing read or published, and its output is in the run log.
-fn pre_command(opts: &BackupOptions, rep: &mut RunReport) -> Result<()> {
+fn pre_command(opts: &BackupOptions, rep: &mut RunReport, cancel: &AtomicBool) -> Result<()> {
     let Some(h) = opts.pre_command.as_ref().filter(|_| !opts.dry_run) else {
         return Ok(());
     };
@@ -193,7 +193,7 @@ fn pre_command(opts: &BackupOptions, rep: &mut RunReport) -> Result<()> {
         ("SNAPRING_SOURCE", rep.source.to_string_lossy().into_owned()),
         ("SNAPRING_STORE", rep.store.to_string_lossy().into_owned()),
     ];
-    let out = crate::hooks::run("pre_command", h, &env, b"");
+    let out = crate::hooks::run("pre_command", h, &env, b"", cancel);
     let failed = out.error.clone();
     rep.pre_command = Some(out);
     match failed {
