@@ -14,9 +14,10 @@ use rusqlite::{Connection, params};
 use serde::Serialize;
 
 use crate::report::{Problem, RunReport, Status};
+use crate::restore::RestoreReport;
 
 /// The schema this snapring writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Frozen migrations: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 /// Never edit one that has shipped; add a new one.
@@ -106,6 +107,14 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
     );
     CREATE INDEX events_job_at ON events(job, at);",
+    // 4: restores are runs too (`kind`: `backup` or `restore`; every older row is a
+    // backup), with the directory a restore wrote into and its conflicts; the time a
+    // backup waited on its bandwidth limit.
+    "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';
+    ALTER TABLE runs ADD COLUMN target TEXT;
+    ALTER TABLE runs ADD COLUMN conflicts INTEGER;
+    ALTER TABLE runs ADD COLUMN bwlimit_wait_seconds REAL;
+    CREATE INDEX runs_kind_started ON runs(kind, started_at);",
 ];
 
 /// Errors of the catalog: always with the file, and never fatal to a backup.
@@ -154,6 +163,8 @@ const NFS_SUPER_MAGIC: u64 = 0x6969;
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct RunRow {
     pub id: String,
+    /// `backup` or `restore`.
+    pub kind: String,
     pub job: Option<String>,
     pub label: String,
     pub store: String,
@@ -171,10 +182,29 @@ pub struct RunRow {
 /// One run as `show` prints it: the whole run record, its problems and its log.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Shown {
-    pub report: RunReport,
+    /// `backup` or `restore`.
+    pub kind: String,
+    pub report: Record,
     pub problems: Vec<Problem>,
     pub log_path: Option<String>,
     pub log_exists: bool,
+}
+
+/// A run's whole record: a backup's run report, or a restore's report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Record {
+    Backup(Box<RunReport>),
+    Restore(Box<RestoreReport>),
+}
+
+impl Record {
+    pub fn status(&self) -> Status {
+        match self {
+            Record::Backup(r) => r.status,
+            Record::Restore(r) => r.status,
+        }
+    }
 }
 
 /// Something the daemon did that is not a run.
@@ -189,6 +219,8 @@ pub struct Event {
 /// Which runs a query covers.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
+    /// `backup` or `restore`; `None`: both.
+    pub kind: Option<String>,
     pub job: Option<String>,
     pub store: Option<String>,
     /// RFC 3339: runs started at or after.
@@ -312,10 +344,10 @@ impl Catalog {
                 link_fallbacks, changed_during_backup, source_bytes, backup_bytes_added,
                 throughput_files_per_second, throughput_bytes_per_second, peak_rss_bytes,
                 walk_copy_seconds, sync_seconds, rotation_seconds, remove_expired_seconds,
-                log_path)
+                log_path, bwlimit_wait_seconds, kind)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                 ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31,
-                ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39)
+                ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, 'backup')
              ON CONFLICT(id) DO UPDATE SET job=excluded.job, label=excluded.label,
                 store=excluded.store, source=excluded.source, host=excluded.host,
                 version=excluded.version, started_at=excluded.started_at,
@@ -334,7 +366,8 @@ impl Catalog {
                 throughput_bytes_per_second=excluded.throughput_bytes_per_second,
                 peak_rss_bytes=excluded.peak_rss_bytes, walk_copy_seconds=excluded.walk_copy_seconds,
                 sync_seconds=excluded.sync_seconds, rotation_seconds=excluded.rotation_seconds,
-                remove_expired_seconds=excluded.remove_expired_seconds, log_path=excluded.log_path",
+                remove_expired_seconds=excluded.remove_expired_seconds, log_path=excluded.log_path,
+                bwlimit_wait_seconds=excluded.bwlimit_wait_seconds",
             params![
                 r.id,
                 r.job,
@@ -375,29 +408,69 @@ impl Catalog {
                 r.phases.rotation.seconds,
                 r.phases.remove_expired.seconds,
                 log.to_string_lossy(),
+                r.bwlimit_wait_seconds,
             ],
         )
         .db(&path, "record run")?;
-        tx.execute("DELETE FROM problems WHERE run_id = ?1", [&r.id])
-            .db(&path, "record problems")?;
-        {
-            let mut ins = tx
-                .prepare(
-                    "INSERT INTO problems (run_id, path, kind, action, error) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .db(&path, "record problems")?;
-            for p in &r.problems {
-                let kind = serde_json::to_value(p.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                ins.execute(params![r.id, p.path, kind, p.action, p.error])
-                    .db(&path, "record problems")?;
-            }
-        }
+        insert_problems(&tx, &path, &r.id, &r.problems)?;
         crate::failpoint::hit("catalog.before_commit").db(&path, "commit")?;
         tx.commit().db(&path, "commit")?;
         crate::failpoint::hit("catalog.after_commit").db(&path, "commit")?;
+        Ok(())
+    }
+
+    /// Inserts or updates one restore (kind `restore`) and its problems. Its store and
+    /// target are keyed canonicalized, as backups' stores are. `files_total` counts the
+    /// restored set's files (restored, identical, in conflict), `files_transferred` and
+    /// `bytes_transferred` what was restored.
+    pub fn record_restore(&mut self, r: &RestoreReport) -> Result<()> {
+        let path = self.path.clone();
+        let id = r.id.as_deref().ok_or_else(|| CatalogError::Db {
+            path: path.clone(),
+            msg: "a restore without a run id cannot be recorded".into(),
+        })?;
+        let json = serde_json::to_string(r).db(&path, "encode restore")?;
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let store = canon(&r.store);
+        let source = store.join(&r.snapshot);
+        let tx = self.conn.transaction().db(&path, "begin")?;
+        tx.execute("DELETE FROM runs WHERE id = ?1", [id])
+            .db(&path, "record restore")?;
+        tx.execute(
+            "INSERT INTO runs (id, kind, job, label, store, source, target, host, version,
+                started_at, finished_at, duration_seconds, status, exit_code, message,
+                snapshot, files_total, files_transferred, files_linked, bytes_total,
+                bytes_transferred, errors, conflicts, report, log_path, dirs_total)
+             VALUES (?1, 'restore', ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+                ?14, ?15, ?16, 0, ?17, ?17, ?18, ?19, ?20, ?21, ?22)",
+            params![
+                id,
+                r.job,
+                store.to_string_lossy(),
+                source.to_string_lossy(),
+                canon(&r.to).to_string_lossy(),
+                r.host,
+                r.version,
+                r.started_at,
+                r.finished_at,
+                r.duration_seconds,
+                r.status.as_str(),
+                r.exit_code,
+                r.message,
+                r.snapshot,
+                (r.files_restored + r.skipped_identical + r.conflicts_total) as i64,
+                r.files_restored as i64,
+                r.bytes_restored as i64,
+                r.errors as i64,
+                r.conflicts_total as i64,
+                json,
+                r.log.as_ref().map(|l| l.to_string_lossy().into_owned()),
+                r.dirs_created as i64,
+            ],
+        )
+        .db(&path, "record restore")?;
+        insert_problems(&tx, &path, id, &r.problems)?;
+        tx.commit().db(&path, "commit")?;
         Ok(())
     }
 
@@ -408,17 +481,18 @@ impl Catalog {
             .prepare(
                 "SELECT id, job, label, store, snapshot, started_at, finished_at,
                     duration_seconds, status, files_total, files_transferred,
-                    bytes_transferred, errors
+                    bytes_transferred, errors, kind
                  FROM runs
                  WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR store = ?2)
-                   AND (?3 IS NULL OR started_at >= ?3)
+                   AND (?3 IS NULL OR started_at >= ?3) AND (?4 IS NULL OR kind = ?4)
                  ORDER BY started_at, id",
             )
             .db(&self.path, "query runs")?;
         let rows = st
-            .query_map(params![f.job, f.store, f.since], |r| {
+            .query_map(params![f.job, f.store, f.since, f.kind], |r| {
                 Ok(RunRow {
                     id: r.get(0)?,
+                    kind: r.get(13)?,
                     job: r.get(1)?,
                     label: r.get(2)?,
                     store: r.get(3)?,
@@ -464,15 +538,19 @@ impl Catalog {
                 ),
             });
         };
-        let (json, log): (String, Option<String>) = self
+        let (json, log, kind): (String, Option<String>, String) = self
             .conn
             .query_row(
-                "SELECT report, log_path FROM runs WHERE id = ?1",
+                "SELECT report, log_path, kind FROM runs WHERE id = ?1",
                 [&found],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .db(&self.path, "read run")?;
-        let report: RunReport = serde_json::from_str(&json).db(&self.path, "decode run")?;
+        let report = if kind == "restore" {
+            Record::Restore(serde_json::from_str(&json).db(&self.path, "decode restore")?)
+        } else {
+            Record::Backup(serde_json::from_str(&json).db(&self.path, "decode run")?)
+        };
         let mut st = self
             .conn
             .prepare(
@@ -495,6 +573,7 @@ impl Catalog {
             .db(&self.path, "read problems")?;
         let log_exists = log.as_deref().is_some_and(|l| Path::new(l).exists());
         Ok(Some(Shown {
+            kind,
             report,
             problems,
             log_path: log,
@@ -536,7 +615,7 @@ impl Catalog {
     pub fn last_start(&self, job: &str) -> Result<Option<String>> {
         self.conn
             .query_row(
-                "SELECT max(started_at) FROM runs WHERE job = ?1",
+                "SELECT max(started_at) FROM runs WHERE job = ?1 AND kind = 'backup'",
                 [job],
                 |r| r.get(0),
             )
@@ -550,7 +629,8 @@ impl Catalog {
             .conn
             .prepare(
                 "SELECT id, store FROM runs
-                 WHERE status = 'failed' AND snapshot IS NULL AND instr(message, ?1) > 0",
+                 WHERE kind = 'backup' AND status = 'failed' AND snapshot IS NULL
+                   AND instr(message, ?1) > 0",
             )
             .db(&self.path, "query runs")?;
         st.query_map([crate::error::PUBLISH_PENDING], |r| {
@@ -565,7 +645,7 @@ impl Catalog {
     pub fn running_in(&self) -> Result<Vec<(String, String)>> {
         let mut st = self
             .conn
-            .prepare("SELECT id, store FROM runs WHERE status = 'running'")
+            .prepare("SELECT id, store FROM runs WHERE status = 'running' AND kind = 'backup'")
             .db(&self.path, "query runs")?;
         st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .db(&self.path, "query runs")?
@@ -573,11 +653,11 @@ impl Catalog {
             .db(&self.path, "query runs")
     }
 
-    /// Ids of every run recorded for `store`.
+    /// Ids of every backup recorded for `store` (restores have no record in the store).
     fn ids_of_store(&self, store: &str) -> Result<HashSet<String>> {
         let mut st = self
             .conn
-            .prepare("SELECT id FROM runs WHERE store = ?1")
+            .prepare("SELECT id FROM runs WHERE store = ?1 AND kind = 'backup'")
             .db(&self.path, "query runs")?;
         st.query_map([store], |r| r.get(0))
             .db(&self.path, "query runs")?
@@ -648,6 +728,42 @@ impl Catalog {
         }
         Ok(groups.into_iter().map(|(k, v)| summarize(k, &v)).collect())
     }
+}
+
+/// Replaces the problems of run `id` (inside the caller's transaction).
+fn insert_problems(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    id: &str,
+    problems: &[Problem],
+) -> Result<()> {
+    tx.execute("DELETE FROM problems WHERE run_id = ?1", [id])
+        .db(path, "record problems")?;
+    let mut ins = tx
+        .prepare(
+            "INSERT INTO problems (run_id, path, kind, action, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .db(path, "record problems")?;
+    for p in problems {
+        let kind = serde_json::to_value(p.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        ins.execute(params![id, p.path, kind, p.action, p.error])
+            .db(path, "record problems")?;
+    }
+    Ok(())
+}
+
+/// Where a restore's log goes: `logs/<id>.log` beside the catalog file (a restore
+/// writes nothing into the store, so its log cannot live there).
+pub fn restore_log_path(catalog: &Path, id: &str) -> PathBuf {
+    catalog
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("logs")
+        .join(format!("{id}.log"))
 }
 
 /// Creates the catalog file private (0600) before SQLite opens it (SQLite would make it

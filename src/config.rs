@@ -43,6 +43,17 @@ pub struct JobConfig {
     pub require_mount: Option<bool>,
     pub allow_empty: Option<bool>,
     pub window: Option<String>,
+    /// Bandwidth limit, bytes per second read plus written: `50MiB`, `800K` (1024-based,
+    /// as rsync), `0` for none.
+    pub bwlimit: Option<String>,
+    /// Program and arguments run before the walk (no shell); if it fails, the run fails
+    /// and nothing is published.
+    pub pre_command: Option<Vec<String>>,
+    /// Program and arguments run after the run, whatever its status, with the report
+    /// on stdin and `SNAPRING_STATUS`, `SNAPRING_RUN_ID`, `SNAPRING_SNAPSHOT` set.
+    pub post_command: Option<Vec<String>>,
+    /// Timeout of each of them (default 10m); the command's process group is killed.
+    pub hook_timeout: Option<String>,
     /// When the daemon runs it: 5-field cron, `@daily`, or the AWS `cron(0 2 * * ? *)`.
     pub schedule: Option<String>,
     /// IANA time zone for the schedule (default UTC).
@@ -237,8 +248,43 @@ pub fn resolve(
     if let Some(w) = flags.window.or(f.window) {
         o.window = Some(parse_duration(&w).map_err(|e| Error::Config(format!("window: {e}")))?);
     }
+    if let Some(b) = flags.bwlimit.or(f.bwlimit) {
+        o.bwlimit = crate::throttle::parse_rate(&b).map_err(Error::Config)?;
+    }
+    let timeout = match flags.hook_timeout.or(f.hook_timeout) {
+        None => crate::hooks::DEFAULT_TIMEOUT,
+        Some(t) => crate::util::parse_duration(&t)
+            .ok()
+            .filter(|d| *d >= std::time::Duration::from_secs(1))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "hook_timeout {t:?}: give a duration of at least 1s (30s, 10m)"
+                ))
+            })?,
+    };
+    o.pre_command = hook("pre_command", flags.pre_command.or(f.pre_command), timeout)?;
+    o.post_command = hook(
+        "post_command",
+        flags.post_command.or(f.post_command),
+        timeout,
+    )?;
     o.validate()?;
     Ok(o)
+}
+
+/// A pre or post command from its argument list; an empty list is an error.
+fn hook(
+    key: &str,
+    argv: Option<Vec<String>>,
+    timeout: std::time::Duration,
+) -> Result<Option<crate::hooks::Hook>> {
+    match argv {
+        None => Ok(None),
+        Some(a) if a.first().is_none_or(|p| p.is_empty()) => Err(Error::Config(format!(
+            "{key} is empty: give [\"program\", \"arg\", ...]"
+        ))),
+        Some(argv) => Ok(Some(crate::hooks::Hook { argv, timeout })),
+    }
 }
 
 /// Checks a whole config file: one line per problem (`FILE:LINE:COL: KEY: MESSAGE`,

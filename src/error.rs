@@ -42,6 +42,9 @@ pub enum Error {
     /// was done, and the message says which flag allows it (exit 64, like a usage error).
     #[error("refused: {0}")]
     Refused(String),
+    /// The job's `pre_command` failed: the run failed before reading anything.
+    #[error("{0}")]
+    Hook(String),
     #[error("store {}: {msg}", path.display())]
     Store { path: PathBuf, msg: String },
     /// The rotation failed after its journal was written: the run failed, but the next

@@ -58,7 +58,7 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
     match cmd {
         Cmd::Backup(a) => backup::backup(*a, cat),
         Cmd::Run(a) => backup::run_job(a, cat),
-        Cmd::Restore(a) => restore::restore(a),
+        Cmd::Restore(a) => restore::restore(a, cat),
         Cmd::List(a) => list::list(a),
         Cmd::Diff(a) => inspect::diff(a),
         Cmd::Verify(a) => inspect::verify(a),

@@ -194,8 +194,86 @@ pub fn message(r: &RunReport) -> (String, String) {
     (subject, text)
 }
 
+/// What a notification says about one run, whatever its kind: the webhook's body
+/// fields, the mail's subject and text, the command's environment and stdin.
+pub struct Notice {
+    pub id: String,
+    pub job: Option<String>,
+    pub status: Status,
+    pub subject: String,
+    pub text: String,
+    pub log: PathBuf,
+    /// The whole report, as JSON.
+    pub report: serde_json::Value,
+}
+
+impl Notice {
+    /// A backup's notice.
+    pub fn backup(r: &RunReport) -> Notice {
+        let (subject, text) = message(r);
+        Notice {
+            id: r.id.clone(),
+            job: r.job.clone(),
+            status: r.status,
+            subject,
+            text,
+            log: crate::store::log_path(r),
+            report: serde_json::to_value(r).unwrap_or_default(),
+        }
+    }
+
+    /// A restore's notice (`log`: its log file beside the catalog).
+    pub fn restore(r: &crate::restore::RestoreReport) -> Notice {
+        let job = r
+            .job
+            .clone()
+            .unwrap_or_else(|| r.store.display().to_string());
+        let subject = format!(
+            "[snapring] {job}: restore {} ({})",
+            r.status.as_str(),
+            r.snapshot
+        );
+        let text = format!(
+            "snapring restore {job}: {}\nreason: {}\nrun: {} on {}\nrestored: {}{} of {} in {}\ninto: {}\nstarted: {}, took {:.1}s\nfiles: {} ({}), conflicts: {}, errors: {}\nlog: {}\n",
+            r.status.as_str(),
+            r.message,
+            r.id.as_deref().unwrap_or("-"),
+            r.host,
+            r.path.as_deref().unwrap_or("all"),
+            if r.dry_run { " (dry run)" } else { "" },
+            r.snapshot,
+            r.store.display(),
+            r.to.display(),
+            r.started_at,
+            r.duration_seconds,
+            r.files_restored,
+            indicatif::HumanBytes(r.bytes_restored),
+            r.conflicts_total,
+            r.errors,
+            r.log
+                .as_deref()
+                .map(|l| l.display().to_string())
+                .unwrap_or_else(|| "-".into()),
+        );
+        Notice {
+            id: r.id.clone().unwrap_or_default(),
+            job: r.job.clone(),
+            status: r.status,
+            subject,
+            text,
+            log: r.log.clone().unwrap_or_default(),
+            report: serde_json::to_value(r).unwrap_or_default(),
+        }
+    }
+}
+
 /// Sends `r` to every notifier of the job that wants it. Never fails.
 pub fn send_all(notifiers: &[(String, NotifierConfig)], r: &RunReport) -> Vec<Outcome> {
+    send_notice(notifiers, &Notice::backup(r))
+}
+
+/// Sends `n` to every notifier given. Never fails.
+pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Outcome> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     notifiers
         .iter()
@@ -267,7 +345,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn send_one(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+fn send_one(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     match c.kind.as_str() {
         "webhook" => webhook(c, r),
         "email" => email(c, r),
@@ -276,13 +354,13 @@ fn send_one(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
     }
 }
 
-fn webhook(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+fn webhook(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     let url = match &c.url {
         Some(u) => u.clone(),
         None => secret(&c.url_env, &c.url_file, "webhook url")?.ok_or("webhook without a url")?,
     };
     let shown = redact_url(&url);
-    let (subject, text) = message(r);
+    let (subject, text) = (&r.subject, &r.text);
     let body = if c.format.as_deref() == Some("slack") {
         serde_json::json!({ "text": format!("*{subject}*\n{text}") })
     } else {
@@ -291,8 +369,8 @@ fn webhook(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
             "job": r.job,
             "status": r.status,
             "run": r.id,
-            "log": crate::store::log_path(r),
-            "report": r,
+            "log": r.log,
+            "report": r.report,
         })
     };
     let client = reqwest::blocking::Client::builder()
@@ -311,11 +389,11 @@ fn webhook(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
     }
 }
 
-fn email(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+fn email(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::{Message, SmtpTransport, Transport};
     let host = c.smtp_host.as_deref().ok_or("email without smtp_host")?;
-    let (subject, text) = message(r);
+    let (subject, text) = (r.subject.clone(), r.text.clone());
     let mut b = Message::builder()
         .from(
             c.from
@@ -349,7 +427,7 @@ fn email(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
         .map_err(|e| format!("smtp {host}: {e}"))
 }
 
-fn command(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+fn command(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     use std::process::{Command, Stdio};
     let (prog, args) = c.command.split_first().ok_or("empty command")?;
     let mut child = Command::new(prog)
@@ -357,13 +435,13 @@ fn command(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
         .env("SNAPRING_JOB", r.job.as_deref().unwrap_or(""))
         .env("SNAPRING_STATUS", r.status.as_str())
         .env("SNAPRING_RUN_ID", &r.id)
-        .env("SNAPRING_LOG", crate::store::log_path(r))
+        .env("SNAPRING_LOG", &r.log)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("command {prog}: {e}"))?;
-    let json = serde_json::to_vec_pretty(r).expect("report serializes");
+    let json = serde_json::to_vec_pretty(&r.report).expect("report serializes");
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(&json);
     }

@@ -32,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use rustix::io::Errno;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Ctx, Error, Result, io_error};
 use crate::fsx::{self, CopyError, Kind, Meta, XattrTarget, Xattrs, b};
@@ -46,7 +46,7 @@ use crate::store::select::Selected;
 use crate::traverse::{self, Dir, Opened, Step, Visitor};
 
 /// What to do with entries that already exist under the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Never delete, never replace: report differing entries as conflicts.
@@ -77,16 +77,32 @@ pub struct RestoreOptions {
     pub progress: bool,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Conflict {
     /// Escaped path relative to the target.
     pub path: String,
     pub reason: String,
 }
 
-/// What a restore did (or, in a dry run, would do).
-#[derive(Clone, Debug, Serialize)]
+/// What a restore did (or, in a dry run, would do). The job layer (`job::restore`)
+/// gives a recorded restore its own run id, job, log and notifications.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RestoreReport {
+    /// `restore` (runs in the catalog are backups or restores).
+    #[serde(default = "restore_kind")]
+    pub kind: String,
+    /// This restore's own run id (`None` when it is not recorded: a dry run, or no
+    /// catalog).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The configured job it was run for (`restore --config FILE --job NAME`).
+    #[serde(default)]
+    pub job: Option<String>,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub version: String,
+    /// The snapshot restored from (its name when the restore began).
     pub snapshot: String,
     pub run_id: Option<String>,
     pub store: PathBuf,
@@ -95,6 +111,8 @@ pub struct RestoreReport {
     pub mode: Mode,
     pub dry_run: bool,
     pub started_at: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
     pub duration_seconds: f64,
     /// `complete`, `partial` (conflicts or per-entry problems) or `failed`.
     pub status: Status,
@@ -112,6 +130,64 @@ pub struct RestoreReport {
     pub conflicts: Vec<Conflict>,
     pub errors: u64,
     pub problems: Vec<Problem>,
+    /// This restore's log file (next to the catalog), when it is recorded.
+    #[serde(default)]
+    pub log: Option<PathBuf>,
+    /// What went wrong beside the restore itself (the catalog could not be written).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Who was told about this restore (a configured job's notifiers).
+    #[serde(default)]
+    pub notifications: Vec<crate::report::NotifyOutcome>,
+}
+
+fn restore_kind() -> String {
+    "restore".into()
+}
+
+impl RestoreReport {
+    /// The report of a restore that could not start (no such store or snapshot, a
+    /// target it cannot open): `failed` with `message`, nothing written.
+    pub fn not_started(opts: &RestoreOptions, started_at: String, message: String) -> Self {
+        let t0 = chrono::DateTime::parse_from_rfc3339(&started_at).ok();
+        let seconds = t0.map_or(0.0, |t| {
+            (chrono::Utc::now().timestamp_millis() - t.timestamp_millis()) as f64 / 1000.0
+        });
+        RestoreReport {
+            kind: restore_kind(),
+            id: None,
+            job: None,
+            host: report::hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            snapshot: opts.snapshot.clone(),
+            run_id: None,
+            store: opts.store.clone(),
+            to: opts.to.clone(),
+            path: opts.path.as_ref().map(|p| p.escaped()),
+            mode: opts.mode,
+            dry_run: opts.dry_run,
+            started_at,
+            finished_at: Some(report::now_rfc3339()),
+            duration_seconds: seconds.max(0.0),
+            status: Status::Failed,
+            exit_code: Status::Failed.exit_code(),
+            message,
+            files_restored: 0,
+            dirs_created: 0,
+            bytes_restored: 0,
+            hard_links: 0,
+            skipped_identical: 0,
+            overwritten: 0,
+            deleted: 0,
+            conflicts_total: 0,
+            conflicts: Vec::new(),
+            errors: 0,
+            problems: Vec::new(),
+            log: None,
+            warnings: Vec::new(),
+            notifications: Vec::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -1377,7 +1453,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return false;
             }
         };
-        match fsx::copy_hash(b(&src), b(&dst), m) {
+        match fsx::copy_hash(b(&src), b(&dst), m, &|_| {}) {
             Ok((hash, written)) => {
                 add(&self.counts.bytes, written);
                 if let Some(want) = e.hash
@@ -1493,6 +1569,15 @@ impl<R: SnapshotReader> Restore<'_, R> {
             std::mem::take(&mut *c.problems.lock().unwrap_or_else(|e| e.into_inner()));
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         RestoreReport {
+            kind: restore_kind(),
+            id: None,
+            job: None,
+            host: report::hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            finished_at: Some(report::now_rfc3339()),
+            log: None,
+            warnings: Vec::new(),
+            notifications: Vec::new(),
             snapshot: sel.snap.name.clone(),
             run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),
             store: store.root.clone(),

@@ -312,6 +312,10 @@ fn a_schema_1_catalog_opens_and_migrates() {
     assert_eq!(h[0]["id"], "20251101T020000Z-0a1b2c");
     assert_eq!(h[0]["status"], "partial");
     assert_eq!(h[0]["files_total"], 120000);
+    // Schema 4: every run from before restores were runs is a backup.
+    assert_eq!(h[0]["kind"], "backup");
+    let (_, only, _) = e.cli(&["history", "--json", "--kind", "restore"]);
+    assert_eq!(only.as_array().map(Vec::len), Some(0));
     let (code, s, err) = e.cli(&["show", "--json", "20251101T020000Z-0a1b2c"]);
     assert_eq!(code, 0, "{err}");
     // Schema 2's problems table was backfilled from the stored run record.
@@ -433,7 +437,7 @@ fn the_job_layer_records_runs_and_the_engine_does_not() {
             *self.seen.lock().unwrap() = c
                 .show(&rep.id)
                 .unwrap()
-                .map(|s| format!("{:?}", s.report.status));
+                .map(|s| format!("{:?}", s.report.status()));
         }
         fn finished(&self, rep: &mut RunReport) {
             self.inner.finished(rep);
@@ -447,7 +451,7 @@ fn the_job_layer_records_runs_and_the_engine_does_not() {
     assert_eq!(probe.seen.lock().unwrap().as_deref(), Some("Running"));
     let c = Catalog::open(&e.catalog, false).unwrap();
     assert_eq!(
-        c.show(&rep.id).unwrap().unwrap().report.status,
+        c.show(&rep.id).unwrap().unwrap().report.status(),
         snapring::report::Status::Complete
     );
 

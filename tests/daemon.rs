@@ -38,47 +38,6 @@ fn cli(
     )
 }
 
-/// A real HTTP server: records each request's path and body, answers 200.
-struct Http {
-    port: u16,
-    got: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-fn http_server() -> Http {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut first = String::new();
-            r.read_line(&mut first).unwrap();
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                r.read_line(&mut h).unwrap();
-                if h == "\r\n" || h.is_empty() {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-            g.lock()
-                .unwrap()
-                .push((path, String::from_utf8_lossy(&body).into_owned()));
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    Http { port, got }
-}
-
 /// A real SMTP sink: speaks enough ESMTP (EHLO, AUTH PLAIN/LOGIN, MAIL, RCPT, DATA,
 /// QUIT) for a client to deliver; records the AUTH line and each message.
 struct Smtp {

@@ -23,6 +23,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "runlog",
             "schedule",
             "traverse",
+            "throttle",
+            "hooks",
         ],
     ),
     (

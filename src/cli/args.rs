@@ -141,6 +141,19 @@ pub struct BackupArgs {
     /// Stop gracefully after this long (e.g. 180m); the run is `incomplete` and the next resumes.
     #[arg(long)]
     pub window: Option<String>,
+    /// Cap the bytes read from the source plus written to the backup, per second, across
+    /// all workers: 50MiB, 800K (K, M, G are 1024-based as in rsync; KB, MB, GB
+    /// 1000-based); 0 for no limit.
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
+    /// Run this before the walk; if it fails, the run fails and nothing is published.
+    /// A command line split as a shell would (quotes, backslashes), but run without one.
+    #[arg(long, value_name = "COMMAND")]
+    pub pre_command: Option<String>,
+    /// Run this after the run, whatever its status, with the report as JSON on stdin and
+    /// SNAPRING_STATUS, SNAPRING_RUN_ID, SNAPRING_SNAPSHOT set (split as --pre-command).
+    #[arg(long, value_name = "COMMAND")]
+    pub post_command: Option<String>,
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -167,9 +180,16 @@ pub struct ListArgs {
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// The store: <dest>/<folder>.
+    /// The store: <dest>/<folder> [default with --config: the job's dest and folder].
+    #[arg(long, required_unless_present = "config")]
+    pub dest: Option<PathBuf>,
+    /// TOML config file: the restore runs for one of its jobs (its store, catalog and
+    /// notifiers).
     #[arg(long)]
-    pub dest: PathBuf,
+    pub config: Option<PathBuf>,
+    /// The job of --config (optional when it has one job).
+    #[arg(long, requires = "config")]
+    pub job: Option<String>,
     /// Snapshot: name (daily.2), run id, `latest`, or @TIME (the newest taken at or
     /// before TIME, e.g. @2026-11-20T02:00, UTC unless an offset is given).
     pub snapshot: String,
@@ -258,6 +278,9 @@ pub struct HistoryArgs {
     /// Only runs of this job.
     #[arg(long)]
     pub job: Option<String>,
+    /// Only backups or only restores.
+    #[arg(long, value_parser = ["backup", "restore"])]
+    pub kind: Option<String>,
     /// Only runs started within this long (30d, 12h) or since this time.
     #[arg(long)]
     pub since: Option<String>,

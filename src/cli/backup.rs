@@ -75,7 +75,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         }
         None => (a.job.clone(), None),
     };
-    let mut opts = config::resolve(name, file_job, flags(a))?;
+    let mut opts = config::resolve(name, file_job, flags(a)?)?;
     opts.dry_run = a.dry_run;
     opts.plan_on_stderr = a.json;
     let catalog = cat
@@ -94,8 +94,16 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
 }
 
 /// The job settings given as flags (they override the config file's).
-fn flags(a: &BackupArgs) -> JobConfig {
-    JobConfig {
+fn flags(a: &BackupArgs) -> anyhow::Result<JobConfig> {
+    let split = |flag: &str, line: &Option<String>| {
+        line.as_deref()
+            .map(snapring::hooks::split)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+    };
+    Ok(JobConfig {
+        pre_command: split("pre-command", &a.pre_command)?,
+        post_command: split("post-command", &a.post_command)?,
         source: a.source.clone(),
         dest: a.dest.clone(),
         folder: a.folder.clone(),
@@ -107,8 +115,9 @@ fn flags(a: &BackupArgs) -> JobConfig {
         require_mount: a.require_mount.then_some(true),
         allow_empty: a.allow_empty.then_some(true),
         window: a.window.clone(),
+        bwlimit: a.bwlimit.clone(),
         ..Default::default()
-    }
+    })
 }
 
 /// The human summary: a failure on stderr, then the counts (stdout, or stderr for a
@@ -155,6 +164,23 @@ fn print_summary(r: &RunReport) {
     );
     if !r.expired.is_empty() {
         let _ = writeln!(out, "  expired {}", r.expired.join(", "));
+    }
+    for (what, h) in [("pre", &r.pre_command), ("post", &r.post_command)] {
+        if let Some(h) = h {
+            let how = match (&h.error, h.exit_code) {
+                (None, _) => "ok".to_string(),
+                (Some(e), _) => format!("failed: {e}"),
+            };
+            let _ = writeln!(out, "  {what}_command {how} ({:.2}s)", h.seconds);
+        }
+    }
+    if let Some(rate) = r.bwlimit {
+        let _ = writeln!(
+            out,
+            "  bandwidth limit {}/s: waited {:.2}s",
+            human(rate),
+            r.bwlimit_wait_seconds
+        );
     }
     let _ = writeln!(
         out,

@@ -68,6 +68,14 @@ pub const JOB_KEYS: &[Key] = &[
     key("missed", Kind::Str(missed), "\"run-once\""),
     key("notify", Kind::List(any), "[\"ops\"]"),
     key("notify_success", Kind::Bool, "true"),
+    key("bwlimit", Kind::Str(bwlimit), "\"50MiB\""),
+    key(
+        "pre_command",
+        Kind::List(any),
+        "[\"/usr/local/bin/freeze\", \"--on\"]",
+    ),
+    key("post_command", Kind::List(any), "[\"/usr/local/bin/thaw\"]"),
+    key("hook_timeout", Kind::Str(hook_timeout), "\"10m\""),
 ];
 
 /// The keys of a `[notify.NAME]` table (`notify::NotifierConfig`); their values are
@@ -162,6 +170,19 @@ fn exclude(p: &str) -> Check {
 fn window(w: &str) -> Check {
     let d = crate::util::parse_duration(w).map_err(|e| format!("window: {e}"))?;
     opt::check_window(d)
+}
+
+fn bwlimit(b: &str) -> Check {
+    crate::throttle::parse_rate(b).map(|_| ())
+}
+
+fn hook_timeout(t: &str) -> Check {
+    match crate::util::parse_duration(t) {
+        Ok(d) if d >= std::time::Duration::from_secs(1) => Ok(()),
+        _ => Err(format!(
+            "hook_timeout {t:?}: give a duration of at least 1s (30s, 10m)"
+        )),
+    }
 }
 
 fn schedule(s: &str) -> Check {

@@ -146,9 +146,13 @@ pub fn backup_observed(
         }
         observer.started(&store, &mut rep);
     }
-    let counters = Arc::new(Counters::default());
+    let counters = Arc::new(Counters {
+        throttle: opts.bwlimit.map(crate::throttle::Throttle::new),
+        ..Counters::default()
+    });
     let outcome = match recorded {
-        Ok(()) => run(opts, &store, &id, &counters, cancel, &mut rep),
+        Ok(()) => pre_command(opts, &mut rep, cancel)
+            .and_then(|()| run(opts, &store, &id, &counters, cancel, &mut rep)),
         Err(e) => Err(e),
     };
     conclude(&mut rep, &counters, outcome, t0);
@@ -161,6 +165,7 @@ pub fn backup_observed(
             bytes_copied = rep.bytes_transferred,
             errors = rep.errors,
             seconds = rep.duration_seconds,
+            bwlimit_wait_seconds = rep.bwlimit_wait_seconds,
             "backup finished: {}",
             rep.message
         );
@@ -175,6 +180,31 @@ pub fn backup_observed(
     }
     release(&store, lock, &counters);
     Ok(rep)
+}
+
+/// Runs the job's `pre_command` (never in a dry run), before the source is looked at
+/// (it may be what mounts or freezes it). `Err` when it fails: the run fails with
+/// nothing read or published, and its output is in the run log.
+fn pre_command(opts: &BackupOptions, rep: &mut RunReport, cancel: &AtomicBool) -> Result<()> {
+    let Some(h) = opts.pre_command.as_ref().filter(|_| !opts.dry_run) else {
+        return Ok(());
+    };
+    let env = [
+        ("SNAPRING_RUN_ID", rep.id.clone()),
+        ("SNAPRING_JOB", rep.job.clone().unwrap_or_default()),
+        ("SNAPRING_SOURCE", rep.source.to_string_lossy().into_owned()),
+        ("SNAPRING_STORE", rep.store.to_string_lossy().into_owned()),
+    ];
+    let out = crate::hooks::run("pre_command", h, &env, b"", cancel);
+    let failed = out.error.clone();
+    rep.pre_command = Some(out);
+    match failed {
+        None => Ok(()),
+        Some(e) => Err(Error::Hook(format!(
+            "pre_command {:?} failed: {e}; nothing was backed up or published (its output is in the run log)",
+            h.argv
+        ))),
+    }
 }
 
 /// Unlocks the store, unless the walk was left behind on a stalled call: its workers
@@ -231,6 +261,10 @@ fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         problems_not_listed: 0,
         warnings: vec![],
         notifications: vec![],
+        bwlimit: None,
+        bwlimit_wait_seconds: 0.0,
+        pre_command: None,
+        post_command: None,
     }
 }
 

@@ -37,6 +37,13 @@ pub struct BackupOptions {
     pub plan_on_stderr: bool,
     /// Write the run's log to `.snapring/logs/<id>.log`.
     pub log_file: bool,
+    /// Bytes per second read from the source plus written to the store, across all
+    /// workers (`--bwlimit`); `None`: no limit.
+    pub bwlimit: Option<u64>,
+    /// Run before the walk (not in a dry run); if it fails, so does the run.
+    pub pre_command: Option<crate::hooks::Hook>,
+    /// Run after the run, whatever its status (by the job layer, `job::run`).
+    pub post_command: Option<crate::hooks::Hook>,
 }
 
 impl BackupOptions {
@@ -57,6 +64,9 @@ impl BackupOptions {
             progress: false,
             plan_on_stderr: false,
             log_file: true,
+            bwlimit: None,
+            pre_command: None,
+            post_command: None,
         }
     }
 

@@ -208,8 +208,9 @@ impl Sink for TreeSink {
         file: &TreeFile,
         src: BorrowedFd<'_>,
         before: &Meta,
+        pace: &dyn Fn(u64),
     ) -> Result<(blake3::Hash, u64), CopyError> {
-        fsx::copy_hash(src, b(&file.fd), before)
+        fsx::copy_hash(src, b(&file.fd), before, pace)
     }
 
     fn restart_file(&self, file: &TreeFile) -> io::Result<()> {
