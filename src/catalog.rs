@@ -266,6 +266,37 @@ impl Catalog {
         Ok(c)
     }
 
+    /// Opens an existing catalog for reading only: creates, migrates and settles
+    /// nothing (`serve`, which must not write). `Ok(None)` when there is no file yet.
+    /// A catalog of another schema version is refused with what to do.
+    pub fn open_read(path: &Path) -> Result<Option<Catalog>> {
+        use rusqlite::OpenFlags;
+        if !path.exists() {
+            return Ok(None);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).db(path, "open read-only")?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .db(path, "set busy timeout")?;
+        let c = Catalog {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let v = c.version()?;
+        if v != SCHEMA_VERSION {
+            let what = if v < SCHEMA_VERSION {
+                "older; any snapring command that writes it (history, a backup) migrates it"
+            } else {
+                "newer than this snapring understands; upgrade snapring"
+            };
+            return Err(CatalogError::Db {
+                path: path.to_path_buf(),
+                msg: format!("schema version {v} (this snapring reads {SCHEMA_VERSION}) is {what}"),
+            });
+        }
+        Ok(Some(c))
+    }
+
     /// The schema version of the file.
     pub fn version(&self) -> Result<i64> {
         self.conn
@@ -414,26 +445,55 @@ impl Catalog {
             )
             .db(&self.path, "query runs")?;
         let rows = st
-            .query_map(params![f.job, f.store, f.since], |r| {
-                Ok(RunRow {
-                    id: r.get(0)?,
-                    job: r.get(1)?,
-                    label: r.get(2)?,
-                    store: r.get(3)?,
-                    snapshot: r.get(4)?,
-                    started_at: r.get(5)?,
-                    finished_at: r.get(6)?,
-                    duration_seconds: r.get(7)?,
-                    status: r.get(8)?,
-                    files_total: r.get::<_, i64>(9)? as u64,
-                    files_transferred: r.get::<_, i64>(10)? as u64,
-                    bytes_transferred: r.get::<_, i64>(11)? as u64,
-                    errors: r.get::<_, i64>(12)? as u64,
-                })
-            })
+            .query_map(params![f.job, f.store, f.since], run_row)
             .db(&self.path, "query runs")?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .db(&self.path, "read runs")
+    }
+
+    /// The newest `limit` runs of `job`, newest first (the dashboard's history and
+    /// charts, without reading every run).
+    pub fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, job, label, store, snapshot, started_at, finished_at,
+                    duration_seconds, status, files_total, files_transferred,
+                    bytes_transferred, errors
+                 FROM runs WHERE job = ?1
+                 ORDER BY started_at DESC, id DESC LIMIT ?2",
+            )
+            .db(&self.path, "query recent runs")?;
+        let rows = st
+            .query_map(params![job, limit as i64], run_row)
+            .db(&self.path, "query recent runs")?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "read recent runs")
+    }
+
+    /// How many runs of `job` ended with each status: (status, count).
+    pub fn status_counts(&self, job: &str) -> Result<Vec<(String, u64)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT status, count(*) FROM runs WHERE job = ?1 GROUP BY status")
+            .db(&self.path, "count runs")?;
+        let rows = st
+            .query_map([job], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .db(&self.path, "count runs")?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "count runs")
+    }
+
+    /// How many daemon events of `kind` (`skipped`, ...) `job` has.
+    pub fn event_count(&self, job: &str, kind: &str) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE job = ?1 AND kind = ?2",
+                [job, kind],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .db(&self.path, "count events")
     }
 
     /// The run with this id, or the only one whose id starts with it.
@@ -646,6 +706,25 @@ impl Catalog {
         }
         Ok(groups.into_iter().map(|(k, v)| summarize(k, &v)).collect())
     }
+}
+
+/// One `runs` row in the column order of the `SELECT`s of `runs` and `recent`.
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        job: r.get(1)?,
+        label: r.get(2)?,
+        store: r.get(3)?,
+        snapshot: r.get(4)?,
+        started_at: r.get(5)?,
+        finished_at: r.get(6)?,
+        duration_seconds: r.get(7)?,
+        status: r.get(8)?,
+        files_total: r.get::<_, i64>(9)? as u64,
+        files_transferred: r.get::<_, i64>(10)? as u64,
+        bytes_transferred: r.get::<_, i64>(11)? as u64,
+        errors: r.get::<_, i64>(12)? as u64,
+    })
 }
 
 /// Creates the catalog file private (0600) before SQLite opens it (SQLite would make it

@@ -70,6 +70,9 @@ pub enum Cmd {
     /// Run every scheduled job of a config file at its times, until SIGTERM/SIGINT
     /// (SIGHUP reloads the config).
     Daemon(DaemonArgs),
+    /// Serve a read-only dashboard, /metrics (Prometheus) and /api JSON over HTTP for
+    /// the jobs of a config file and their runs in the catalog.
+    Serve(ServeArgs),
     /// Print the next run times (RFC 3339, UTC) of a job or of a bare schedule.
     Next(NextArgs),
     /// Configuration files.
@@ -309,6 +312,23 @@ pub struct DaemonArgs {
         default_value = "/etc/snapring/snapring.toml"
     )]
     pub config: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(
+        long,
+        env = "SNAPRING_CONFIG",
+        default_value = "/etc/snapring/snapring.toml"
+    )]
+    pub config: PathBuf,
+    /// Address and port to listen on; any address but loopback needs a token.
+    #[arg(long, value_name = "ADDR:PORT", default_value = snapring::serve::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// A file holding the token clients must send as `Authorization: Bearer TOKEN`
+    /// [else the environment variable SNAPRING_SERVE_TOKEN, if set].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
