@@ -471,6 +471,16 @@ impl Catalog {
             .db(&self.path, "read recent runs")
     }
 
+    /// Whether a run with exactly this id is in the catalog.
+    pub fn has_run(&self, id: &str) -> Result<bool> {
+        self.conn
+            .query_row("SELECT count(*) FROM runs WHERE id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n > 0)
+            .db(&self.path, "find run")
+    }
+
     /// How many runs of `job` ended with each status: (status, count).
     pub fn status_counts(&self, job: &str) -> Result<Vec<(String, u64)>> {
         let mut st = self

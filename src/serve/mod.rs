@@ -255,8 +255,11 @@ fn run_reply(cat: Option<&Catalog>, id: &str, api: bool) -> Reply {
     let Some(cat) = cat else {
         return not_found();
     };
-    // Only whole ids: a prefix could name a run the user did not mean.
-    let shown = match cat.show(id) {
+    // Only whole ids (`show` also takes a prefix): a link names one run.
+    let found = cat
+        .has_run(id)
+        .and_then(|has| if has { cat.show(id) } else { Ok(None) });
+    let shown = match found {
         Ok(Some(s)) if s.report.id == id => s,
         Ok(_) => return not_found(),
         Err(e) => return Reply::text(500, &format!("{e}\n")),
