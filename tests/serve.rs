@@ -107,6 +107,7 @@ timeout = "2s"
     /// Fills the catalog: `home` complete, partial, incomplete (killed, settled by the
     /// next run), complete, failed; the evil job complete.
     fn fill(&self) {
+        std::fs::create_dir(self.t.path().join("textfile")).unwrap();
         assert_eq!(self.run("home", &self.cfg, &[]), 0);
         let src = self.t.path().join("src");
         chmod(&src.join("d1/f1"), 0o000);
@@ -132,7 +133,13 @@ timeout = "2s"
         let failing = self.t.path().join("failing.toml");
         self.write_cfg(&failing, "require_mount = true");
         assert_eq!(self.run("home", &failing, &[]), 1);
-        assert_eq!(self.run(EVIL, &self.cfg, &[]), 0);
+        let out = self
+            .run_cmd(EVIL, &self.cfg, &[], "")
+            .arg("--textfile")
+            .arg(self.t.path().join("textfile"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
     }
 }
 
@@ -318,6 +325,7 @@ fn every_page_and_endpoint_shows_real_runs_escaped_and_without_secrets() {
     metrics(&s.addr);
     errors(&s.addr);
     assert_eq!(json(&s.addr, "/api/jobs").as_array().unwrap().len(), 2);
+    textfile(&f);
     drop(s);
     assert!(
         file_digest(&f.catalog) == before,
@@ -456,6 +464,38 @@ fn promtool(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `run --textfile DIR` left one world-readable `.prom` file (and no temp file) that
+/// promtool accepts, with the job's figures.
+fn textfile(f: &Fixture) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = f.t.path().join("textfile");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["snapring-_script_alert_1___script_.prom"]);
+    let p = dir.join(&names[0]);
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let text = std::fs::read_to_string(&p).unwrap();
+    promtool(&text);
+    let labels = format!(
+        "job_name=\"{EVIL}\",store=\"{}/dest2\"",
+        f.t.path().display()
+    );
+    assert!(
+        text.contains(&format!("snapring_runs_started_total{{{labels}}} 1\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("snapring_snapshots{{{labels}}} 1")),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"));
 }
 
 fn errors(addr: &str) {

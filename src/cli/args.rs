@@ -103,6 +103,10 @@ pub struct BackupArgs {
     /// TOML config file with [job.NAME] tables; flags override its values.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// After the run, write its job's metrics to DIR/snapring-<job>.prom for
+    /// node_exporter's textfile collector (docs/monitoring.md).
+    #[arg(long, value_name = "DIR")]
+    pub textfile: Option<PathBuf>,
     /// Job to run from the config (optional when it has one job).
     #[arg(long)]
     pub job: Option<String>,
@@ -302,6 +306,10 @@ pub struct RunArgs {
     pub json: bool,
     #[arg(long)]
     pub no_progress: bool,
+    /// After the run, write its job's metrics to DIR/snapring-<job>.prom for
+    /// node_exporter's textfile collector (docs/monitoring.md).
+    #[arg(long, value_name = "DIR")]
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -21,6 +21,7 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         job: Some(a.job),
         json: a.json,
         no_progress: a.no_progress,
+        textfile: a.textfile,
         ..Default::default()
     };
     backup(args, cat)
@@ -37,6 +38,13 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         job.notify_success,
         &cancel,
     )?;
+    if let Some(dir) = &a.textfile {
+        // Monitoring that cannot be written never changes the run's outcome.
+        let cat = job.catalog.as_ref().map(|c| c.path.as_path());
+        if let Err(e) = snapring::serve::textfile::write(dir, &report, job.file_job.as_ref(), cat) {
+            errln!("snapring: warning: {e}");
+        }
+    }
     if a.json {
         print::json(&report)?;
     } else {
@@ -53,6 +61,8 @@ struct Job {
     /// By name, as the config file defines them.
     notifiers: Vec<(String, NotifierConfig)>,
     notify_success: bool,
+    /// The config file's job, if any (its schedule goes into `--textfile`).
+    file_job: Option<JobConfig>,
 }
 
 /// The config file's job (if any) with the flags over it, plus the command-line-only
@@ -72,7 +82,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         }
         None => (a.job.clone(), None),
     };
-    let mut opts = config::resolve(name, file_job, flags(a))?;
+    let mut opts = config::resolve(name, file_job.clone(), flags(a))?;
     opts.dry_run = a.dry_run;
     opts.plan_on_stderr = a.json;
     let catalog = cat
@@ -87,6 +97,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         catalog,
         notifiers,
         notify_success,
+        file_job,
     })
 }
 

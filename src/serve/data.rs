@@ -117,6 +117,47 @@ pub fn job(
     d: Depth,
 ) -> Option<JobView> {
     let jc = cfg.job.get(name)?;
+    Some(view(
+        name,
+        store_of(jc).unwrap_or_default(),
+        jc,
+        cat,
+        now,
+        d,
+    ))
+}
+
+/// The job of a run that just ended (`--textfile`): its config (if it has one), the
+/// catalog's counts, the store, and `r` as the newest run. A run without a job has the
+/// name `""` and no counts (the catalog counts runs by job).
+pub fn of_run(
+    r: &RunReport,
+    jc: Option<&crate::config::JobConfig>,
+    cat: Option<&Catalog>,
+    now: DateTime<Utc>,
+) -> JobView {
+    let none = crate::config::JobConfig::default();
+    let name = r.job.as_deref().unwrap_or("");
+    let mut v = view(
+        name,
+        r.store.clone(),
+        jc.unwrap_or(&none),
+        cat,
+        now,
+        Depth::Summary,
+    );
+    v.last = Some(r.clone());
+    v
+}
+
+fn view(
+    name: &str,
+    store: PathBuf,
+    jc: &crate::config::JobConfig,
+    cat: Option<&Catalog>,
+    now: DateTime<Utc>,
+    d: Depth,
+) -> JobView {
     let mut errors = Vec::new();
     let schedule = jc.schedule().unwrap_or_else(|e| {
         errors.push(e);
@@ -124,7 +165,7 @@ pub fn job(
     });
     let mut v = JobView {
         name: name.to_string(),
-        store: store_of(jc).unwrap_or_default(),
+        store,
         schedule: jc.schedule.clone(),
         next_run: schedule
             .and_then(|s| s.next_after(now))
@@ -140,6 +181,7 @@ pub fn job(
         errors,
     };
     if let Some(c) = cat
+        && !name.is_empty()
         && let Err(e) = from_catalog(&mut v, c, d)
     {
         v.errors.push(e.to_string());
@@ -147,7 +189,7 @@ pub fn job(
     if !v.store.as_os_str().is_empty() {
         from_store(&mut v, cat, now, d);
     }
-    Some(v)
+    v
 }
 
 /// Fills the runs, counts and last run of `v` from the catalog.

@@ -23,6 +23,7 @@ pub mod html;
 pub mod metrics;
 pub mod svg;
 pub mod text;
+pub mod textfile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
