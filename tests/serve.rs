@@ -326,6 +326,7 @@ fn every_page_and_endpoint_shows_real_runs_escaped_and_without_secrets() {
     errors(&s.addr);
     assert_eq!(json(&s.addr, "/api/jobs").as_array().unwrap().len(), 2);
     textfile(&f);
+    browser(&f, &s.addr, &home);
     drop(s);
     assert!(
         file_digest(&f.catalog) == before,
@@ -464,6 +465,85 @@ fn promtool(text: &str) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Headless Chromium (Debian's `chromium`) on `url`: `--dump-dom` (the DOM after
+/// rendering) or `--screenshot=PATH`. Returns (stdout, the console lines of its log).
+fn chromium(dir: &Path, url: &str, action: &str) -> (String, Vec<String>) {
+    let profile = tempfile::tempdir_in(dir).unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1280,1000",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(action)
+        .arg(url)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium {action} {url}: {out:?}");
+    let console = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+}
+
+/// The overview, a job and a partial run in a real browser: the DOM has the jobs, the
+/// charts as SVG with their points, the run's problem, no script; the console is
+/// silent (a CSP violation would show there). Screenshots go to a temp dir, or to
+/// `$SNAPRING_SCREENSHOTS` (how docs/images/ is made). Skipped without chromium.
+fn browser(f: &Fixture, addr: &str, home: &serde_json::Value) {
+    if Command::new("chromium").arg("--version").output().is_err() {
+        eprintln!("SKIPPED browser check: chromium is not installed (apt-get install chromium)");
+        return;
+    }
+    let partial = home["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "partial")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pages = [
+        ("overview", "/".to_string(), "<tr class=\"job\">", 2),
+        ("job", "/job/home".to_string(), "<circle class=\"pt\"", 20),
+        ("run", format!("/run/{partial}"), "<code>d1/f1</code>", 1),
+    ];
+    let shots = std::env::var_os("SNAPRING_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| f.t.path().join("shots"));
+    std::fs::create_dir_all(&shots).unwrap();
+    for (name, path, marker, n) in pages {
+        let url = format!("http://{addr}{path}");
+        let (dom, console) = chromium(f.t.path(), &url, "--dump-dom");
+        assert_eq!(dom.matches(marker).count(), n, "{name}: {dom}");
+        assert!(dom.contains("<svg") || name == "run", "{name}: {dom}");
+        assert!(!dom.contains("<script"), "{name}: {dom}");
+        assert!(console.is_empty(), "{name}: console says {console:?}");
+        let png = shots.join(format!("serve-{name}.png"));
+        let (_, console) = chromium(f.t.path(), &url, &format!("--screenshot={}", png.display()));
+        assert!(console.is_empty(), "{name}: console says {console:?}");
+        let bytes = std::fs::read(&png).unwrap();
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            "{name}"
+        );
+    }
 }
 
 /// `run --textfile DIR` left one world-readable `.prom` file (and no temp file) that
