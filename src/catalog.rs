@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::report::{Problem, RunReport, Status};
@@ -471,16 +471,6 @@ impl Catalog {
             .db(&self.path, "read recent runs")
     }
 
-    /// Whether a run with exactly this id is in the catalog.
-    pub fn has_run(&self, id: &str) -> Result<bool> {
-        self.conn
-            .query_row("SELECT count(*) FROM runs WHERE id = ?1", [id], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n > 0)
-            .db(&self.path, "find run")
-    }
-
     /// How many runs of `job` ended with each status: (status, count).
     pub fn status_counts(&self, job: &str) -> Result<Vec<(String, u64)>> {
         let mut st = self
@@ -532,14 +522,29 @@ impl Catalog {
                 ),
             });
         };
-        let (json, log): (String, Option<String>) = self
+        self.show_exact(&found)?
+            .ok_or_else(|| CatalogError::Db {
+                path: self.path.clone(),
+                msg: format!("run {found} vanished while it was read"),
+            })
+            .map(Some)
+    }
+
+    /// The run with exactly this id (by the primary key; `show` also takes a prefix,
+    /// which costs a scan of the table).
+    pub fn show_exact(&self, id: &str) -> Result<Option<Shown>> {
+        let row = self
             .conn
             .query_row(
                 "SELECT report, log_path FROM runs WHERE id = ?1",
-                [&found],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                [id],
+                |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?)),
             )
+            .optional()
             .db(&self.path, "read run")?;
+        let Some((json, log)) = row else {
+            return Ok(None);
+        };
         let report: RunReport = serde_json::from_str(&json).db(&self.path, "decode run")?;
         let mut st = self
             .conn
@@ -548,7 +553,7 @@ impl Catalog {
             )
             .db(&self.path, "read problems")?;
         let problems = st
-            .query_map([&found], |r| {
+            .query_map([id], |r| {
                 let kind: String = r.get(1)?;
                 Ok(Problem {
                     path: r.get(0)?,

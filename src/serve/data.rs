@@ -212,7 +212,7 @@ fn from_catalog(v: &mut JobView, c: &Catalog, d: Depth) -> crate::catalog::Resul
     v.counts.skipped = c.event_count(&v.name, "skipped")?;
     v.success_rate = v.counts.success_rate();
     if let Some(newest) = v.recent.first() {
-        v.last = c.show(&newest.id)?.map(|s| s.report);
+        v.last = c.show_exact(&newest.id)?.map(|s| s.report);
     }
     Ok(())
 }
@@ -259,7 +259,7 @@ fn from_store(v: &mut JobView, cat: Option<&Catalog>, now: DateTime<Utc>, d: Dep
 fn sizes(snaps: &mut [SnapView], c: &Catalog) {
     for s in snaps {
         if let Some(id) = &s.run_id
-            && let Ok(Some(shown)) = c.show(id)
+            && let Ok(Some(shown)) = c.show_exact(id)
         {
             s.bytes_total = Some(shown.report.bytes_total);
             s.bytes_added = Some(shown.report.bytes_transferred);

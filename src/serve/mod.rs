@@ -257,12 +257,9 @@ fn run_reply(cat: Option<&Catalog>, id: &str, api: bool) -> Reply {
         return not_found();
     };
     // Only whole ids (`show` also takes a prefix): a link names one run.
-    let found = cat
-        .has_run(id)
-        .and_then(|has| if has { cat.show(id) } else { Ok(None) });
-    let shown = match found {
-        Ok(Some(s)) if s.report.id == id => s,
-        Ok(_) => return not_found(),
+    let shown = match cat.show_exact(id) {
+        Ok(Some(s)) => s,
+        Ok(None) => return not_found(),
         Err(e) => return Reply::text(500, &format!("{e}\n")),
     };
     let tail = shown

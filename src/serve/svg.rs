@@ -21,6 +21,13 @@ pub fn sparkline(values: &[f64], w: f64, h: f64) -> String {
     } else {
         0.0
     };
+    if values.len() == 1 {
+        // One run: a dot, not an invisible one-point line.
+        return format!(
+            r##"<svg class="spark" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" aria-label="durations"><circle cx="2" cy="{:.1}" r="2" fill="#3b6ea8"/></svg>"##,
+            h / 2.0
+        );
+    }
     let mut pts = String::new();
     for (i, v) in values.iter().enumerate() {
         let x = 1.0 + i as f64 * step;
