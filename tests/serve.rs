@@ -659,3 +659,25 @@ fn with_a_token_every_request_needs_it_and_only_loopback_goes_without_one() {
     );
     assert_eq!(ok.status, 200);
 }
+
+#[test]
+fn an_old_catalog_is_refused_with_what_to_do_and_left_as_it_is() {
+    let f = fixture();
+    std::fs::create_dir_all(f.catalog.parent().unwrap()).unwrap();
+    std::fs::copy("tests/fixtures/catalog-v1.db", &f.catalog).unwrap();
+    let before = file_digest(&f.catalog);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let g = http(&s.addr, "GET", "/", &[]);
+    assert_eq!(g.status, 500);
+    assert!(
+        g.body.contains("schema version 1") && g.body.contains("migrates it"),
+        "{}",
+        g.body
+    );
+    check_headers("/", &g);
+    drop(s);
+    assert!(
+        file_digest(&f.catalog) == before,
+        "serve migrated the catalog"
+    );
+}
