@@ -430,6 +430,7 @@ fn metrics(addr: &str) {
         "label values are raw text"
     );
     promtool(m);
+    grafana_names_exist(m);
     let om = http(
         addr,
         "GET",
@@ -442,6 +443,32 @@ fn metrics(addr: &str) {
             .starts_with("application/openmetrics-text")
     );
     assert!(om.body.ends_with("# EOF\n"));
+}
+
+/// Every series examples/grafana/snapring.json queries is one `/metrics` has.
+fn grafana_names_exist(metrics: &str) {
+    let dash = std::fs::read_to_string("examples/grafana/snapring.json").unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dash).unwrap();
+    let mut names: Vec<&str> = dash
+        .match_indices("snapring_")
+        .map(|(i, _)| {
+            let rest = &dash[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|n| *n != "snapring_")
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for n in names {
+        assert!(
+            metrics.contains(&format!("\n{n}{{")),
+            "the dashboard queries {n}"
+        );
+    }
 }
 
 /// `promtool check metrics` on `text`; skipped (saying so) without promtool, which
