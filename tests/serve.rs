@@ -685,6 +685,25 @@ fn with_a_token_every_request_needs_it_and_only_loopback_goes_without_one() {
         &["Authorization: Bearer from-the-env-1234"],
     );
     assert_eq!(ok.status, 200);
+    // SIGTERM stops it cleanly.
+    let mut s = s;
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "serve did not stop on SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
 }
 
 #[test]
