@@ -297,6 +297,14 @@ impl Catalog {
         Ok(Some(c))
     }
 
+    /// SQLite's `PRAGMA data_version`: changes when another connection commits, so a
+    /// reader that keeps its connection knows when what it read is stale.
+    pub fn data_version(&self) -> Result<i64> {
+        self.conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .db(&self.path, "read data_version")
+    }
+
     /// The schema version of the file.
     pub fn version(&self) -> Result<i64> {
         self.conn

@@ -327,11 +327,28 @@ fn every_page_and_endpoint_shows_real_runs_escaped_and_without_secrets() {
     assert_eq!(json(&s.addr, "/api/jobs").as_array().unwrap().len(), 2);
     textfile(&f);
     browser(&f, &s.addr, &home);
-    drop(s);
     assert!(
         file_digest(&f.catalog) == before,
         "serve wrote to the catalog"
     );
+    // A run while it serves shows at once (the cached counts follow the catalog).
+    let runs_of_evil = |addr: &str| {
+        let jobs = json(addr, "/api/jobs");
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == EVIL)
+            .unwrap()["counts"]["runs"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(runs_of_evil(&s.addr), 1);
+    assert_eq!(f.run(EVIL, &f.cfg, &[]), 0);
+    assert_eq!(runs_of_evil(&s.addr), 2);
+    let m = get(&s.addr, "/metrics").body;
+    let evil_started = format!("snapring_runs_started_total{{job_name=\"{EVIL}\",");
+    let line = m.lines().find(|l| l.starts_with(&evil_started)).unwrap();
+    assert!(line.ends_with(" 2"), "{line}");
 }
 
 fn overview(addr: &str) {

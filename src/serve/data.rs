@@ -3,6 +3,7 @@
 //! (`Store::open_read`, `statvfs`). Reads only; never a notifier's settings, so no
 //! secret (webhook URL, SMTP password) can reach a page.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, Utc};
@@ -100,12 +101,66 @@ pub fn store_of(job: &crate::config::JobConfig) -> Option<PathBuf> {
     })
 }
 
-/// Every job of `cfg`, in name order.
-pub fn jobs(cfg: &Config, cat: Option<&Catalog>, now: DateTime<Utc>, d: Depth) -> Vec<JobView> {
-    cfg.job
-        .keys()
-        .map(|name| job(cfg, cat, name, now, d).expect("a job of the config"))
-        .collect()
+/// The jobs of the overview and `/metrics`, with each job's part from the catalog
+/// (newest runs, counts, last run) kept while the catalog is unchanged, which `PRAGMA
+/// data_version` of the server's one connection tells: counting a job's runs reads each
+/// of its rows, which is most of a scrape's cost with thousands of runs. The stores
+/// (snapshots, free space) are read afresh every time.
+#[derive(Default)]
+pub struct Summaries {
+    version: Option<i64>,
+    parts: HashMap<String, Part>,
+}
+
+impl Summaries {
+    /// Every job of `cfg`, in name order, at `Depth::Summary`.
+    pub fn jobs(
+        &mut self,
+        cfg: &Config,
+        cat: Option<&Catalog>,
+        now: DateTime<Utc>,
+    ) -> Vec<JobView> {
+        let version = cat.map(|c| c.data_version().unwrap_or(-1));
+        if version != self.version || version == Some(-1) {
+            self.parts.clear();
+            self.version = version;
+        }
+        cfg.job
+            .iter()
+            .map(|(name, jc)| {
+                let store = store_of(jc).unwrap_or_default();
+                let mut v = view(name, store, jc, None, now, Depth::Summary);
+                if let Some(c) = cat {
+                    let limit = OVERVIEW_RUNS;
+                    let p = self
+                        .parts
+                        .entry(name.clone())
+                        .or_insert_with(|| part(c, name, limit));
+                    p.apply(&mut v);
+                }
+                v
+            })
+            .collect()
+    }
+}
+
+/// What the catalog says about a job.
+#[derive(Clone, Default)]
+struct Part {
+    recent: Vec<RunRow>,
+    counts: Counts,
+    last: Option<RunReport>,
+    error: Option<String>,
+}
+
+impl Part {
+    fn apply(&self, v: &mut JobView) {
+        v.recent = self.recent.clone();
+        v.counts = self.counts.clone();
+        v.success_rate = self.counts.success_rate();
+        v.last = self.last.clone();
+        v.errors.extend(self.error.clone());
+    }
 }
 
 /// The job `name` of `cfg`, or `None` when the config has no such job.
@@ -182,9 +237,12 @@ fn view(
     };
     if let Some(c) = cat
         && !name.is_empty()
-        && let Err(e) = from_catalog(&mut v, c, d)
     {
-        v.errors.push(e.to_string());
+        let limit = match d {
+            Depth::Summary => OVERVIEW_RUNS,
+            Depth::Detail => JOB_RUNS,
+        };
+        part(c, name, limit).apply(&mut v);
     }
     if !v.store.as_os_str().is_empty() {
         from_store(&mut v, cat, now, d);
@@ -192,27 +250,30 @@ fn view(
     v
 }
 
-/// Fills the runs, counts and last run of `v` from the catalog.
-fn from_catalog(v: &mut JobView, c: &Catalog, d: Depth) -> crate::catalog::Result<()> {
-    let limit = match d {
-        Depth::Summary => OVERVIEW_RUNS,
-        Depth::Detail => JOB_RUNS,
-    };
-    v.recent = c.recent(&v.name, limit)?;
-    for (status, n) in c.status_counts(&v.name)? {
-        v.counts.runs += n;
+/// The newest `limit` runs, the counts and the last run of job `name`.
+fn part(c: &Catalog, name: &str, limit: usize) -> Part {
+    let mut p = Part::default();
+    if let Err(e) = fill(&mut p, c, name, limit) {
+        p.error = Some(e.to_string());
+    }
+    p
+}
+
+fn fill(p: &mut Part, c: &Catalog, name: &str, limit: usize) -> crate::catalog::Result<()> {
+    p.recent = c.recent(name, limit)?;
+    for (status, n) in c.status_counts(name)? {
+        p.counts.runs += n;
         match status.as_str() {
-            "complete" => v.counts.complete += n,
-            "partial" => v.counts.partial += n,
-            "incomplete" => v.counts.incomplete += n,
-            "failed" => v.counts.failed += n,
-            _ => v.counts.running += n,
+            "complete" => p.counts.complete += n,
+            "partial" => p.counts.partial += n,
+            "incomplete" => p.counts.incomplete += n,
+            "failed" => p.counts.failed += n,
+            _ => p.counts.running += n,
         }
     }
-    v.counts.skipped = c.event_count(&v.name, "skipped")?;
-    v.success_rate = v.counts.success_rate();
-    if let Some(newest) = v.recent.first() {
-        v.last = c.show_exact(&newest.id)?.map(|s| s.report);
+    p.counts.skipped = c.event_count(name, "skipped")?;
+    if let Some(newest) = p.recent.first() {
+        p.last = c.show_exact(&newest.id)?.map(|s| s.report);
     }
     Ok(())
 }

@@ -86,6 +86,39 @@ pub struct Server {
     http: tiny_http::Server,
     pub addr: SocketAddr,
     opts: ServeOptions,
+    state: std::cell::RefCell<State>,
+}
+
+/// What the server keeps between requests: one read-only connection to the catalog
+/// (with the file's identity, to reopen a catalog replaced under its name) and the
+/// summaries cached while the catalog is unchanged.
+#[derive(Default)]
+struct State {
+    cat: Option<(Catalog, (u64, u64))>,
+    summaries: data::Summaries,
+}
+
+impl State {
+    /// The catalog, opened (or reopened, when its file was replaced) as needed; `None`
+    /// when it is turned off or does not exist yet.
+    fn catalog(
+        &mut self,
+        path: Option<&std::path::Path>,
+    ) -> crate::catalog::Result<Option<&Catalog>> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let id = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        if self.cat.as_ref().map(|c| c.1) != id {
+            self.cat = None;
+            self.summaries = data::Summaries::default();
+            if let Some(id) = id {
+                self.cat = Catalog::open_read(path)?.map(|c| (c, id));
+            }
+        }
+        Ok(self.cat.as_ref().map(|c| &c.0))
+    }
 }
 
 /// Checks the access rule and binds.
@@ -96,7 +129,12 @@ pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
         msg: e.to_string(),
     })?;
     let addr = http.server_addr().to_ip().unwrap_or(opts.listen);
-    Ok(Server { http, addr, opts })
+    Ok(Server {
+        http,
+        addr,
+        opts,
+        state: Default::default(),
+    })
 }
 
 impl Server {
@@ -130,7 +168,7 @@ impl Server {
                     h.field.equiv("Accept")
                         && h.value.as_str().contains("application/openmetrics-text")
                 });
-                route(&self.opts, req.url(), om)
+                route(&self.opts, &mut self.state.borrow_mut(), req.url(), om)
             } else {
                 Reply::text(405, "read-only: GET and HEAD only\n").header("Allow", "GET, HEAD")
             }
@@ -194,32 +232,27 @@ impl Reply {
 }
 
 /// The answer to `GET url`; `openmetrics`: the client accepts OpenMetrics.
-fn route(o: &ServeOptions, url: &str, openmetrics: bool) -> Reply {
+fn route(o: &ServeOptions, st: &mut State, url: &str, openmetrics: bool) -> Reply {
     let path = url.split(['?', '#']).next().unwrap_or("");
-    let cat = match o.catalog.as_deref().map(Catalog::open_read).transpose() {
-        Ok(c) => c.flatten(),
-        Err(e) => return Reply::text(500, &format!("{e}\n")),
-    };
-    let cat = cat.as_ref();
+    if let Err(e) = st.catalog(o.catalog.as_deref()) {
+        return Reply::text(500, &format!("{e}\n"));
+    }
+    let cat = st.cat.as_ref().map(|c| &c.0);
+    let summaries = &mut st.summaries;
     let now = Utc::now();
     let seg = |p: &str| path.strip_prefix(p).and_then(text::url_decode);
     match path {
-        "/" => Reply::html(html::overview(&data::jobs(
-            &o.config,
-            cat,
-            now,
-            Depth::Summary,
-        ))),
+        "/" => Reply::html(html::overview(&summaries.jobs(&o.config, cat, now))),
         "/style.css" => Reply::new(200, "text/css; charset=utf-8", html::CSS),
         "/favicon.ico" => Reply::new(204, "text/plain", ""),
         "/metrics" => {
-            let m = metrics::render(&data::jobs(&o.config, cat, now, Depth::Summary));
+            let m = metrics::render(&summaries.jobs(&o.config, cat, now));
             match openmetrics {
                 true => Reply::new(200, metrics::CONTENT_TYPE, m),
                 false => Reply::new(200, metrics::CLASSIC_CONTENT_TYPE, metrics::classic(&m)),
             }
         }
-        "/api/jobs" => Reply::json(&data::jobs(&o.config, cat, now, Depth::Summary)),
+        "/api/jobs" => Reply::json(&summaries.jobs(&o.config, cat, now)),
         _ if path.starts_with("/job/") => match seg("/job/") {
             Some(n) => job_reply(o, cat, &n, false),
             None => not_found(),
