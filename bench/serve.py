@@ -9,7 +9,8 @@ under new ids and start times until the catalog holds --runs runs (a copy of a r
 is a real row; running 10,000 backups would only take longer). Then it starts the
 release binary's `serve` on a free port, times 200 requests of each page after 5 to
 warm up (median and p95, measured by the client over loopback, so they include HTTP),
-and reads VmRSS from /proc after the requests and after 2 s idle. Not part of the test
+then 50 of the overview and /metrics each right after a write to the catalog (nothing
+cached), and reads VmRSS from /proc after the requests and after 2 s idle. Not part of the test
 suite; it builds snapring in release mode (or debug with --debug).
 """
 
@@ -97,6 +98,21 @@ def timed(url, n=200, warm=5):
     return statistics.median(times), times[int(0.95 * len(times)) - 1]
 
 
+def timed_after_writes(url, catalog, n=50):
+    """Each request right after a commit to the catalog (so nothing is cached)."""
+    db = sqlite3.connect(catalog)
+    times = []
+    for i in range(n):
+        db.execute("INSERT INTO events (at, job, kind, message) VALUES (?, ?, ?, ?)",
+                   ("2026-01-01T00:00:00Z", "bench", "bench", str(i)))
+        db.commit()
+        t0 = time.perf_counter()
+        urllib.request.urlopen(url).read()
+        times.append((time.perf_counter() - t0) * 1e3)
+    times.sort()
+    return statistics.median(times), times[int(0.95 * len(times)) - 1]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=10000)
@@ -118,6 +134,9 @@ def main():
             for path in ["/", "/metrics", "/job/job0", "/api/jobs"]:
                 med, p95 = timed(f"http://{addr}{path}")
                 print(f"GET {path:12} median {med:7.2f} ms   p95 {p95:7.2f} ms")
+            for path in ["/", "/metrics"]:
+                med, p95 = timed_after_writes(f"http://{addr}{path}", catalog)
+                print(f"GET {path:12} median {med:7.2f} ms   p95 {p95:7.2f} ms  (after a catalog write)")
             time.sleep(2)
             print(f"idle RSS after the requests: {rss_kib(p.pid)} KiB")
         finally:
