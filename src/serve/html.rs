@@ -140,7 +140,7 @@ fn charts(b: &mut String, recent: &[RunRow]) {
                 let t = crate::store::select::parse_time(&r.started_at)?;
                 let v = value(r);
                 Some(Point {
-                    t: t.timestamp() as f64,
+                    t: t.timestamp_millis() as f64 / 1e3,
                     v,
                     tip: format!("{} {}: {}", when(&r.started_at), r.status, label(v)),
                 })
@@ -210,14 +210,33 @@ pub fn run(s: &Shown, log_tail: Option<&str>) -> String {
     let mut b = String::new();
     let _ = write!(
         b,
-        "<p>{} {}{}</p><h2>Figures</h2><table id=\"kpis\">",
+        "<p>{} {}{}</p><p>took {} · {} files: {} copied, {} linked · {} copied · {} problems</p>",
         badge(Some(r.status.as_str())),
         esc(&r.message),
         r.job
             .as_deref()
             .map(|j| format!(" · job {}", job_link(j)))
             .unwrap_or_default(),
+        duration(r.duration_seconds),
+        r.files_total,
+        r.files_transferred,
+        r.files_linked,
+        bytes(r.bytes_transferred as f64),
+        r.errors,
     );
+    problems(&mut b, s);
+    phases(&mut b, r);
+    notes(&mut b, r);
+    kpis(&mut b, r);
+    if let Some(t) = log_tail {
+        let _ = write!(b, "<h2>Log (end)</h2><pre id=\"log\">{}</pre>", esc(t));
+    }
+    page(&format!("Run {}", r.id), &b)
+}
+
+/// Every field of the run record but those with a section of their own.
+fn kpis(b: &mut String, r: &crate::report::RunReport) {
+    b.push_str("<h2>All figures</h2><table id=\"kpis\">");
     let skip = ["problems", "notifications", "phases", "warnings", "message"];
     if let Ok(serde_json::Value::Object(m)) = serde_json::to_value(r) {
         for (k, v) in m.iter().filter(|(k, _)| !skip.contains(&k.as_str())) {
@@ -230,13 +249,6 @@ pub fn run(s: &Shown, log_tail: Option<&str>) -> String {
         }
     }
     b.push_str("</table>");
-    phases(&mut b, r);
-    problems(&mut b, s);
-    notes(&mut b, r);
-    if let Some(t) = log_tail {
-        let _ = write!(b, "<h2>Log (end)</h2><pre id=\"log\">{}</pre>", esc(t));
-    }
-    page(&format!("Run {}", r.id), &b)
 }
 
 fn phases(b: &mut String, r: &crate::report::RunReport) {

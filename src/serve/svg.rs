@@ -96,9 +96,15 @@ pub fn chart(title: &str, points: &[Point], label: &dyn Fn(f64) -> String) -> St
 
 /// The frame, the y labels (0 and the maximum) and the x labels (first and last day).
 fn axes(s: &mut String, vmax: f64, t0: f64, t1: f64, label: &dyn Fn(f64) -> String) {
+    // Seconds only matter on a chart spanning less than an hour.
+    let fmt = if t1 - t0 < 3600.0 {
+        "%Y-%m-%d %H:%M:%S"
+    } else {
+        "%Y-%m-%d %H:%M"
+    };
     let day = |t: f64| {
         chrono::DateTime::from_timestamp(t as i64, 0)
-            .map(|d| d.format("%Y-%m-%d %H:%M").to_string())
+            .map(|d| d.format(fmt).to_string())
             .unwrap_or_default()
     };
     let _ = write!(
