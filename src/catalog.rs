@@ -267,7 +267,8 @@ impl Catalog {
     }
 
     /// Opens an existing catalog for reading only: creates, migrates and settles
-    /// nothing (`serve`, which must not write). `Ok(None)` when there is no file yet.
+    /// nothing (`serve`, which must not write). `Ok(None)` when there is no file yet, or
+    /// an empty one a writer has just created.
     /// A catalog of another schema version is refused with what to do.
     pub fn open_read(path: &Path) -> Result<Option<Catalog>> {
         use rusqlite::OpenFlags;
@@ -283,6 +284,10 @@ impl Catalog {
             path: path.to_path_buf(),
         };
         let v = c.version()?;
+        if v == 0 {
+            // Created, not yet migrated by the writer that is creating it: no runs yet.
+            return Ok(None);
+        }
         if v != SCHEMA_VERSION {
             let what = if v < SCHEMA_VERSION {
                 "older; any snapring command that writes it (history, a backup) migrates it"

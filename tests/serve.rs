@@ -750,3 +750,57 @@ fn an_old_catalog_is_refused_with_what_to_do_and_left_as_it_is() {
         "serve migrated the catalog"
     );
 }
+
+#[test]
+fn the_daemon_serves_when_its_config_has_a_server_table() {
+    let f = fixture();
+    let mut cfg = std::fs::read_to_string(&f.cfg).unwrap();
+    let bad = f.t.path().join("bad.toml");
+    std::fs::write(&bad, format!("{cfg}\n[server]\nlisten = \"localhost\"\n")).unwrap();
+    let out = snapring(&["config".as_ref(), "check".as_ref(), bad.as_os_str()], &[]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("listen = \"localhost\" is not ADDR:PORT"),
+        "{text}"
+    );
+    cfg.push_str("\n[server]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&f.cfg, cfg).unwrap();
+    let mut child = Command::new(bin())
+        .arg("--catalog")
+        .arg(&f.catalog)
+        .args(["daemon", "--config"])
+        .arg(&f.cfg)
+        .env_remove("SNAPRING_SERVE_TOKEN")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no address");
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("snapring daemon: serving on http://")
+        {
+            break a.trim_end_matches('/').to_string();
+        }
+    };
+    // Keep draining the daemon's log so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let s = Serve { child, addr };
+    // The daemon creates and migrates the catalog as it starts; until then a page may
+    // say the catalog's schema is older.
+    let t0 = std::time::Instant::now();
+    while http(&s.addr, "GET", "/", &[]).status != 200 {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the daemon's server never answered 200"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let b = get(&s.addr, "/").body;
+    assert_eq!(b.matches("<tr class=\"job\">").count(), 2, "{b}");
+    assert!(get(&s.addr, "/metrics").body.contains("snapring_snapshots"));
+    stop_with_sigterm(s);
+}
