@@ -283,7 +283,16 @@ impl Catalog {
             conn,
             path: path.to_path_buf(),
         };
-        let v = c.version()?;
+        let mut v = c.version()?;
+        // A writer that is creating the catalog migrates it a step per transaction;
+        // give it a moment rather than call a catalog in mid-migration old.
+        for _ in 0..20 {
+            if v == 0 || v >= SCHEMA_VERSION {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+            v = c.version()?;
+        }
         if v == 0 {
             // Created, not yet migrated by the writer that is creating it: no runs yet.
             return Ok(None);
