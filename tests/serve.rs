@@ -583,9 +583,15 @@ fn browser(f: &Fixture, addr: &str, home: &serde_json::Value) {
         let (_, console) = chromium(f.t.path(), &url, &format!("--screenshot={}", png.display()));
         assert!(console.is_empty(), "{name}: console says {console:?}");
         let bytes = std::fs::read(&png).unwrap();
+        // A PNG of the window's size (IHDR: width and height, big-endian).
         assert!(
-            bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000,
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000,
             "{name}"
+        );
+        assert_eq!(
+            bytes[16..24],
+            [0, 0, 5, 0, 0, 0, 3, 232],
+            "{name}: 1280x1000"
         );
     }
 }
