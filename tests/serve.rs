@@ -203,7 +203,10 @@ impl Got {
 /// `METHOD path` over HTTP/1.0, with extra header lines.
 fn http(addr: &str, method: &str, path: &str, headers: &[&str]) -> Got {
     let mut s = TcpStream::connect(addr).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\n");
+    let mut req = format!("{method} {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|h| h.starts_with("Host:")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
     for h in headers {
         req.push_str(h);
         req.push_str("\r\n");
@@ -629,6 +632,13 @@ fn textfile(f: &Fixture) {
 }
 
 fn errors(addr: &str) {
+    // DNS rebinding: without a token, a Host that is a name but localhost is refused.
+    let rebound = http(addr, "GET", "/", &["Host: evil.example"]);
+    assert_eq!(rebound.status, 403);
+    check_headers("Host: evil.example", &rebound);
+    let port = addr.rsplit(':').next().unwrap();
+    let local = format!("Host: localhost:{port}");
+    assert_eq!(http(addr, "GET", "/", &[local.as_str()]).status, 200);
     assert_eq!(http(addr, "GET", "/job/nope", &[]).status, 404);
     assert_eq!(http(addr, "GET", "/api/jobs/nope", &[]).status, 404);
     assert_eq!(http(addr, "GET", "/nothing", &[]).status, 404);

@@ -15,7 +15,8 @@
 //! token every request must carry `Authorization: Bearer TOKEN` (as Prometheus' scrape
 //! config sends it) or gets 401. The comparison is of BLAKE3 digests, whose equality is
 //! constant-time, so neither the token's bytes nor its length leak through timing.
-//! Every answer carries security headers (a CSP of `default-src 'self'`, no framing,
+//! Without a token, the `Host` header must be an IP address or `localhost`, against DNS
+//! rebinding. Every answer carries security headers (a CSP of `default-src 'self'`, no framing,
 //! no sniffing, no referrer). No page shows a notifier's settings.
 
 pub mod data;
@@ -155,7 +156,17 @@ impl Server {
             .iter()
             .find(|h| h.field.equiv("Authorization"))
             .map(|h| h.value.as_str().to_string());
-        let reply = if !authorized(self.opts.token.as_deref(), auth.as_deref()) {
+        let host = req
+            .headers()
+            .iter()
+            .find(|h| h.field.equiv("Host"))
+            .map(|h| h.value.as_str().to_string());
+        let reply = if self.opts.token.is_none() && !host_ok(host.as_deref()) {
+            Reply::text(
+                403,
+                "without a token, only localhost or an IP address as Host\n",
+            )
+        } else if !authorized(self.opts.token.as_deref(), auth.as_deref()) {
             Reply::text(401, "a token is needed: send Authorization: Bearer TOKEN\n")
                 .header("WWW-Authenticate", "Bearer realm=\"snapring\"")
         } else {
@@ -196,6 +207,20 @@ fn authorized(token: Option<&str>, auth: Option<&str>) -> bool {
     };
     let got = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
     blake3::hash(got.trim().as_bytes()) == blake3::hash(want.trim().as_bytes())
+}
+
+/// Without a token, a request must name the server by an IP address or `localhost`
+/// (or name none): a web page that points its own domain at 127.0.0.1 (DNS
+/// rebinding) must not read the dashboard through the user's browser.
+fn host_ok(host: Option<&str>) -> bool {
+    let Some(h) = host else {
+        return true;
+    };
+    let name = match h.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => h.rsplit_once(':').map_or(h, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
 /// An answer before it goes out.
@@ -327,6 +352,28 @@ mod tests {
         assert!(check_access(&a("10.1.2.3:9477"), None).is_err());
         assert!(check_access(&a("0.0.0.0:9477"), Some("s3cret-token-16ch")).is_ok());
         assert!(check_access(&a("127.0.0.1:9477"), Some(" \n")).is_err());
+    }
+
+    #[test]
+    fn without_a_token_the_host_must_be_an_address_or_localhost() {
+        for ok in [
+            None,
+            Some("localhost:9477"),
+            Some("127.0.0.1:9477"),
+            Some("[::1]:9477"),
+            Some("10.0.0.5"),
+            Some("LOCALHOST"),
+        ] {
+            assert!(host_ok(ok), "{ok:?}");
+        }
+        for bad in [
+            Some("evil.example:9477"),
+            Some("evil.example"),
+            Some("localhost.evil.example"),
+            Some(""),
+        ] {
+            assert!(!host_ok(bad), "{bad:?}");
+        }
     }
 
     #[test]
