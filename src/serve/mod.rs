@@ -151,39 +151,7 @@ impl Server {
     }
 
     fn answer(&self, req: tiny_http::Request) {
-        let auth = req
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Authorization"))
-            .map(|h| h.value.as_str().to_string());
-        let host = req
-            .headers()
-            .iter()
-            .find(|h| h.field.equiv("Host"))
-            .map(|h| h.value.as_str().to_string());
-        let reply = if self.opts.token.is_none() && !host_ok(host.as_deref()) {
-            Reply::text(
-                403,
-                "without a token, only localhost or an IP address as Host\n",
-            )
-        } else if !authorized(self.opts.token.as_deref(), auth.as_deref()) {
-            Reply::text(401, "a token is needed: send Authorization: Bearer TOKEN\n")
-                .header("WWW-Authenticate", "Bearer realm=\"snapring\"")
-        } else {
-            let get = matches!(
-                req.method(),
-                tiny_http::Method::Get | tiny_http::Method::Head
-            );
-            if get {
-                let om = req.headers().iter().any(|h| {
-                    h.field.equiv("Accept")
-                        && h.value.as_str().contains("application/openmetrics-text")
-                });
-                route(&self.opts, &mut self.state.borrow_mut(), req.url(), om)
-            } else {
-                Reply::text(405, "read-only: GET and HEAD only\n").header("Allow", "GET, HEAD")
-            }
-        };
+        let reply = self.reply(&req);
         let mut resp = tiny_http::Response::from_data(reply.body)
             .with_status_code(reply.status)
             .with_header(header("Content-Type", reply.content_type));
@@ -194,6 +162,40 @@ impl Server {
             tracing::debug!("serve: answering: {e}");
         }
     }
+}
+
+impl Server {
+    /// The answer to `req`: the access rules first, then the route.
+    fn reply(&self, req: &tiny_http::Request) -> Reply {
+        let token = self.opts.token.as_deref();
+        if token.is_none() && !host_ok(header_of(req, "Host")) {
+            return Reply::text(
+                403,
+                "without a token, only localhost or an IP address as Host\n",
+            );
+        }
+        if !authorized(token, header_of(req, "Authorization")) {
+            return Reply::text(401, "a token is needed: send Authorization: Bearer TOKEN\n")
+                .header("WWW-Authenticate", "Bearer realm=\"snapring\"");
+        }
+        if !matches!(
+            req.method(),
+            tiny_http::Method::Get | tiny_http::Method::Head
+        ) {
+            return Reply::text(405, "read-only: GET and HEAD only\n").header("Allow", "GET, HEAD");
+        }
+        let om =
+            header_of(req, "Accept").is_some_and(|a| a.contains("application/openmetrics-text"));
+        route(&self.opts, &mut self.state.borrow_mut(), req.url(), om)
+    }
+}
+
+/// The value of the first header `name` of `req`.
+fn header_of<'a>(req: &'a tiny_http::Request, name: &'static str) -> Option<&'a str> {
+    req.headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
 }
 
 fn header(k: &str, v: &str) -> tiny_http::Header {
