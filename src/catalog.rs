@@ -10,7 +10,7 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::report::{Problem, RunReport, Status};
@@ -199,6 +199,21 @@ pub enum Record {
 }
 
 impl Record {
+    /// The backup's report, if this is a backup.
+    pub fn backup(&self) -> Option<&RunReport> {
+        match self {
+            Record::Backup(r) => Some(r),
+            Record::Restore(_) => None,
+        }
+    }
+
+    pub fn into_backup(self) -> Option<RunReport> {
+        match self {
+            Record::Backup(r) => Some(*r),
+            Record::Restore(_) => None,
+        }
+    }
+
     pub fn status(&self) -> Status {
         match self {
             Record::Backup(r) => r.status,
@@ -296,6 +311,59 @@ impl Catalog {
         };
         c.migrate()?;
         Ok(c)
+    }
+
+    /// Opens an existing catalog for reading only: creates, migrates and settles
+    /// nothing (`serve`, which must not write). `Ok(None)` when there is no file yet, or
+    /// an empty one a writer has just created.
+    /// A catalog of another schema version is refused with what to do.
+    pub fn open_read(path: &Path) -> Result<Option<Catalog>> {
+        use rusqlite::OpenFlags;
+        if !path.exists() {
+            return Ok(None);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).db(path, "open read-only")?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .db(path, "set busy timeout")?;
+        let c = Catalog {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let mut v = c.version()?;
+        // A writer that is creating the catalog migrates it a step per transaction;
+        // give it a moment rather than call a catalog in mid-migration old.
+        for _ in 0..20 {
+            if v == 0 || v >= SCHEMA_VERSION {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+            v = c.version()?;
+        }
+        if v == 0 {
+            // Created, not yet migrated by the writer that is creating it: no runs yet.
+            return Ok(None);
+        }
+        if v != SCHEMA_VERSION {
+            let what = if v < SCHEMA_VERSION {
+                "older; any snapring command that writes it (history, a backup) migrates it"
+            } else {
+                "newer than this snapring understands; upgrade snapring"
+            };
+            return Err(CatalogError::Db {
+                path: path.to_path_buf(),
+                msg: format!("schema version {v} (this snapring reads {SCHEMA_VERSION}) is {what}"),
+            });
+        }
+        Ok(Some(c))
+    }
+
+    /// SQLite's `PRAGMA data_version`: changes when another connection commits, so a
+    /// reader that keeps its connection knows when what it read is stale.
+    pub fn data_version(&self) -> Result<i64> {
+        self.conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .db(&self.path, "read data_version")
     }
 
     /// The schema version of the file.
@@ -489,27 +557,55 @@ impl Catalog {
             )
             .db(&self.path, "query runs")?;
         let rows = st
-            .query_map(params![f.job, f.store, f.since, f.kind], |r| {
-                Ok(RunRow {
-                    id: r.get(0)?,
-                    kind: r.get(13)?,
-                    job: r.get(1)?,
-                    label: r.get(2)?,
-                    store: r.get(3)?,
-                    snapshot: r.get(4)?,
-                    started_at: r.get(5)?,
-                    finished_at: r.get(6)?,
-                    duration_seconds: r.get(7)?,
-                    status: r.get(8)?,
-                    files_total: r.get::<_, i64>(9)? as u64,
-                    files_transferred: r.get::<_, i64>(10)? as u64,
-                    bytes_transferred: r.get::<_, i64>(11)? as u64,
-                    errors: r.get::<_, i64>(12)? as u64,
-                })
-            })
+            .query_map(params![f.job, f.store, f.since, f.kind], run_row)
             .db(&self.path, "query runs")?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .db(&self.path, "read runs")
+    }
+
+    /// The newest `limit` runs of `job`, newest first (the dashboard's history and
+    /// charts, without reading every run).
+    pub fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, job, label, store, snapshot, started_at, finished_at,
+                    duration_seconds, status, files_total, files_transferred,
+                    bytes_transferred, errors, kind
+                 FROM runs WHERE job = ?1 AND kind = 'backup'
+                 ORDER BY started_at DESC, id DESC LIMIT ?2",
+            )
+            .db(&self.path, "query recent runs")?;
+        let rows = st
+            .query_map(params![job, limit as i64], run_row)
+            .db(&self.path, "query recent runs")?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "read recent runs")
+    }
+
+    /// How many runs of `job` ended with each status: (status, count).
+    pub fn status_counts(&self, job: &str) -> Result<Vec<(String, u64)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT status, count(*) FROM runs WHERE job = ?1 AND kind = 'backup' GROUP BY status")
+            .db(&self.path, "count runs")?;
+        let rows = st
+            .query_map([job], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .db(&self.path, "count runs")?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "count runs")
+    }
+
+    /// How many daemon events of `kind` (`skipped`, ...) `job` has.
+    pub fn event_count(&self, job: &str, kind: &str) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE job = ?1 AND kind = ?2",
+                [job, kind],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .db(&self.path, "count events")
     }
 
     /// The run with this id, or the only one whose id starts with it.
@@ -538,14 +634,35 @@ impl Catalog {
                 ),
             });
         };
-        let (json, log, kind): (String, Option<String>, String) = self
+        self.show_exact(&found)?
+            .ok_or_else(|| CatalogError::Db {
+                path: self.path.clone(),
+                msg: format!("run {found} vanished while it was read"),
+            })
+            .map(Some)
+    }
+
+    /// The run with exactly this id (by the primary key; `show` also takes a prefix,
+    /// which costs a scan of the table).
+    pub fn show_exact(&self, id: &str) -> Result<Option<Shown>> {
+        let row = self
             .conn
             .query_row(
                 "SELECT report, log_path, kind FROM runs WHERE id = ?1",
-                [&found],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
             )
+            .optional()
             .db(&self.path, "read run")?;
+        let Some((json, log, kind)) = row else {
+            return Ok(None);
+        };
         let report = if kind == "restore" {
             Record::Restore(serde_json::from_str(&json).db(&self.path, "decode restore")?)
         } else {
@@ -558,7 +675,7 @@ impl Catalog {
             )
             .db(&self.path, "read problems")?;
         let problems = st
-            .query_map([&found], |r| {
+            .query_map([id], |r| {
                 let kind: String = r.get(1)?;
                 Ok(Problem {
                     path: r.get(0)?,
@@ -764,6 +881,27 @@ pub fn restore_log_path(catalog: &Path, id: &str) -> PathBuf {
         .unwrap_or(Path::new("."))
         .join("logs")
         .join(format!("{id}.log"))
+}
+
+/// One `runs` row in the column order of the `SELECT`s of `runs` and `recent`
+/// (`kind` last, at 13).
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        kind: r.get(13)?,
+        job: r.get(1)?,
+        label: r.get(2)?,
+        store: r.get(3)?,
+        snapshot: r.get(4)?,
+        started_at: r.get(5)?,
+        finished_at: r.get(6)?,
+        duration_seconds: r.get(7)?,
+        status: r.get(8)?,
+        files_total: r.get::<_, i64>(9)? as u64,
+        files_transferred: r.get::<_, i64>(10)? as u64,
+        bytes_transferred: r.get::<_, i64>(11)? as u64,
+        errors: r.get::<_, i64>(12)? as u64,
+    })
 }
 
 /// Creates the catalog file private (0600) before SQLite opens it (SQLite would make it

@@ -25,6 +25,19 @@ pub struct Config {
     /// Notifiers by name; jobs refer to them in `notify = [...]`.
     #[serde(default)]
     pub notify: BTreeMap<String, crate::notify::NotifierConfig>,
+    /// When set, `snapring daemon` also serves the dashboard and `/metrics`, as
+    /// `snapring serve` does (docs/monitoring.md).
+    pub server: Option<ServerConfig>,
+}
+
+/// The `[server]` table: `snapring serve`'s flags for the daemon's own server.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `ADDR:PORT` (default `127.0.0.1:9477`); any address but loopback needs a token.
+    pub listen: Option<String>,
+    /// A file holding the bearer token (else `SNAPRING_SERVE_TOKEN`).
+    pub token_file: Option<PathBuf>,
 }
 
 /// One backup job; every field can also be given (and overridden) on the command line.

@@ -24,6 +24,7 @@ pub mod restore;
 pub mod runlog;
 pub mod same;
 pub mod schedule;
+pub mod serve;
 pub mod sink;
 pub mod snapshot;
 pub mod store;

@@ -70,6 +70,9 @@ pub enum Cmd {
     /// Run every scheduled job of a config file at its times, until SIGTERM/SIGINT
     /// (SIGHUP reloads the config).
     Daemon(DaemonArgs),
+    /// Serve a read-only dashboard, /metrics (Prometheus) and /api JSON over HTTP for
+    /// the jobs of a config file and their runs in the catalog.
+    Serve(ServeArgs),
     /// Print the next run times (RFC 3339, UTC) of a job or of a bare schedule.
     Next(NextArgs),
     /// Configuration files.
@@ -100,6 +103,10 @@ pub struct BackupArgs {
     /// TOML config file with [job.NAME] tables; flags override its values.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// After the run, write its job's metrics to DIR/snapring-<job>.prom for
+    /// node_exporter's textfile collector (docs/monitoring.md).
+    #[arg(long, value_name = "DIR")]
+    pub textfile: Option<PathBuf>,
     /// Job to run from the config (optional when it has one job).
     #[arg(long)]
     pub job: Option<String>,
@@ -327,6 +334,10 @@ pub struct RunArgs {
     pub json: bool,
     #[arg(long)]
     pub no_progress: bool,
+    /// After the run, write its job's metrics to DIR/snapring-<job>.prom for
+    /// node_exporter's textfile collector (docs/monitoring.md).
+    #[arg(long, value_name = "DIR")]
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -337,6 +348,23 @@ pub struct DaemonArgs {
         default_value = "/etc/snapring/snapring.toml"
     )]
     pub config: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(
+        long,
+        env = "SNAPRING_CONFIG",
+        default_value = "/etc/snapring/snapring.toml"
+    )]
+    pub config: PathBuf,
+    /// Address and port to listen on; any address but loopback needs a token.
+    #[arg(long, value_name = "ADDR:PORT", default_value = snapring::serve::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// A file holding the token clients must send as `Authorization: Bearer TOKEN`
+    /// [else the environment variable SNAPRING_SERVE_TOKEN, if set].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -24,6 +24,7 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         job: Some(a.job),
         json: a.json,
         no_progress: a.no_progress,
+        textfile: a.textfile,
         ..Default::default()
     };
     backup(args, cat)
@@ -40,6 +41,13 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         job.notify_success,
         &cancel,
     )?;
+    if let Some(dir) = &a.textfile {
+        // Monitoring that cannot be written never changes the run's outcome.
+        let cat = job.catalog.as_ref().map(|c| c.path.as_path());
+        if let Err(e) = snapring::serve::textfile::write(dir, &report, job.file_job.as_ref(), cat) {
+            errln!("snapring: warning: {e}");
+        }
+    }
     if a.json {
         print::json(&report)?;
     } else {
@@ -56,6 +64,8 @@ struct Job {
     /// By name, as the config file defines them.
     notifiers: Vec<(String, NotifierConfig)>,
     notify_success: bool,
+    /// The config file's job, if any (its schedule goes into `--textfile`).
+    file_job: Option<JobConfig>,
 }
 
 /// The config file's job (if any) with the flags over it, plus the command-line-only
@@ -75,7 +85,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         }
         None => (a.job.clone(), None),
     };
-    let mut opts = config::resolve(name, file_job, flags(a)?)?;
+    let mut opts = config::resolve(name, file_job.clone(), flags(a)?)?;
     opts.dry_run = a.dry_run;
     opts.plan_on_stderr = a.json;
     let catalog = cat
@@ -90,6 +100,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         catalog,
         notifiers,
         notify_success,
+        file_job,
     })
 }
 

@@ -19,6 +19,7 @@ pub mod list;
 pub mod logging;
 pub mod print;
 pub mod restore;
+pub mod serve;
 
 /// A flag that SIGINT/SIGTERM set, for the long-running commands to stop cleanly.
 pub fn cancel_on_signal() -> Arc<AtomicBool> {

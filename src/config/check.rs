@@ -32,6 +32,8 @@ pub enum Kind {
     List(fn(&str) -> Check),
     /// A table of named tables (`[job.NAME]`), each with these keys.
     Tables(&'static [Key]),
+    /// One table (`[server]`) with these keys.
+    Table(&'static [Key]),
 }
 
 /// One key a table may have.
@@ -116,7 +118,24 @@ pub const TOP_KEYS: &[Key] = &[
     ),
     key("job", Kind::Tables(JOB_KEYS), "{}"),
     key("notify", Kind::Tables(NOTIFY_KEYS), "{}"),
+    key("server", Kind::Table(SERVER_KEYS), "{}"),
 ];
+
+/// The keys of the `[server]` table (`config::ServerConfig`).
+pub const SERVER_KEYS: &[Key] = &[
+    key("listen", Kind::Str(listen), "\"127.0.0.1:9477\""),
+    key(
+        "token_file",
+        Kind::Str(path),
+        "\"/etc/snapring/serve-token\"",
+    ),
+];
+
+fn listen(l: &str) -> Check {
+    l.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("listen = {l:?} is not ADDR:PORT (such as 127.0.0.1:9477)"))
+}
 
 /// Other tools' names for snapring's keys, for "did you mean".
 const ALIASES: &[(&str, &str)] = &[
@@ -355,6 +374,7 @@ fn kind_name(k: Kind) -> &'static str {
         Kind::Bool => "true or false",
         Kind::List(_) => "an array of strings",
         Kind::Tables(_) => "a table of [NAME] tables",
+        Kind::Table(_) => "a table",
     }
 }
 
@@ -471,6 +491,10 @@ impl Checker<'_> {
                         self.push(e.span(), dk.to_string(), m, None);
                     }
                 }
+                Ok(())
+            }
+            (Kind::Table(keys), DeValue::Table(t)) => {
+                self.keys(t, dk, keys);
                 Ok(())
             }
             (Kind::Tables(keys), DeValue::Table(t)) => {
