@@ -229,13 +229,20 @@ fn line_of(text: &str, header: &str, key: Option<&str>) -> Option<usize> {
 /// notifier be complete and every notifier a job names exist. Returns one line per
 /// problem, each with its line number where there is one.
 pub fn check(path: &Path) -> Vec<String> {
-    let cfg = match load(path) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => check_text(path, &text),
+        Err(e) => vec![Error::Config(format!("cannot read {}: {e}", path.display())).to_string()],
+    }
+}
+
+/// [`check`] on the text of the file at `path` (named in the messages).
+pub fn check_text(path: &Path, text: &str) -> Vec<String> {
+    let cfg = match parse(text) {
         Ok(c) => c,
-        Err(e) => return vec![e.to_string()],
+        Err(e) => return vec![Error::Config(format!("{}: {e}", path.display())).to_string()],
     };
-    let text = std::fs::read_to_string(path).unwrap_or_default();
     let at = |header: &str, key: Option<&str>| {
-        line_of(&text, header, key)
+        line_of(text, header, key)
             .map(|l| format!("{}:{l}: ", path.display()))
             .unwrap_or_else(|| format!("{}: ", path.display()))
     };
