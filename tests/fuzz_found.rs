@@ -56,3 +56,47 @@ fn index_naming_a_root_line_past_the_manifest_is_an_error_not_an_allocation() {
         "{e}"
     );
 }
+
+/// `window = "213503982334602d6h"`: the seconds overflowed `u64` while the duration was
+/// added up, a panic in `config check` (and a window wrapped to a few hours in a
+/// release build).
+#[test]
+fn config_check_refuses_a_window_too_long_instead_of_panicking() {
+    let path = Path::new(FIXTURES).join("config-window-overflow.toml");
+    let problems = snapring::config::check(&path);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("window") && p.contains("longer than 100 years")),
+        "{problems:?}"
+    );
+}
+
+/// Durations below `u64` overflow but past the clock's range failed later, where they
+/// are added to the time: a notifier's `timeout` (`Instant::now() + timeout`) and
+/// `--since` (`now - since`), both panics. They are refused where they are parsed.
+#[test]
+fn durations_past_a_hundred_years_are_refused_where_they_are_parsed() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("c.toml");
+    let text = "[job.a]\nsource = \"/srv\"\ndest = \"/backup\"\nnotify = [\"hook\"]\n\
+                [notify.hook]\ntype = \"command\"\ncommand = [\"true\"]\ntimeout = \"213503982334601d\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let problems = snapring::config::check(&cfg);
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("timeout") && p.contains("longer than 100 years")),
+        "{problems:?}"
+    );
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_snapring"))
+        .args(["history", "--since", "99999999999d", "--catalog"])
+        .arg(t.path().join("catalog.db"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.contains("--since"), "{err}");
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert_ne!(out.status.code(), Some(101), "{err}");
+}
