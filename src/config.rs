@@ -304,12 +304,18 @@ fn hook(
 /// see `check::Problem::render`), in file order; empty when it is fine.
 pub fn check(path: &Path) -> Vec<String> {
     match read(path) {
-        Ok(text) => check::check_text(&text)
-            .iter()
-            .map(|p| p.render(path))
-            .collect(),
+        Ok(text) => check_text(path, &text),
         Err(e) => vec![e.to_string()],
     }
+}
+
+/// [`check`] on the text of the file at `path` (named in the messages): what the fuzz
+/// target `config` feeds.
+pub fn check_text(path: &Path, text: &str) -> Vec<String> {
+    check::check_text(text)
+        .iter()
+        .map(|p| p.render(path))
+        .collect()
 }
 
 #[cfg(test)]

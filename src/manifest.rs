@@ -156,7 +156,9 @@ impl Entry {
     }
 }
 
-fn path_key(dir: &RelPath) -> u64 {
+/// A directory's key in the index: the first 8 bytes of the BLAKE3 of its path (public
+/// for the fuzz targets, which build indexes for arbitrary manifest text).
+pub fn dir_key(dir: &RelPath) -> u64 {
     let h = blake3::hash(dir.as_bytes());
     u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
 }
@@ -209,8 +211,7 @@ impl Writer {
             s.push('\n');
         }
         self.out.write_all(s.as_bytes())?;
-        self.index
-            .push((path_key(dir), self.offset, s.len() as u64));
+        self.index.push((dir_key(dir), self.offset, s.len() as u64));
         self.offset += s.len() as u64;
         self.entries += entries.len() as u64;
         Ok(())
@@ -257,6 +258,8 @@ impl Writer {
 /// Random access to a finished manifest.
 pub struct Reader {
     mf: File,
+    /// The manifest's length when opened: every span the index names must lie inside.
+    mf_len: u64,
     idx: File,
     records: u64,
     root_off: u64,
@@ -298,7 +301,8 @@ impl Reader {
             return Err(corrupt(&idx_path, "not a snapring manifest index"));
         }
         let len = idx.metadata()?.len();
-        if !(len - IDX_HEADER).is_multiple_of(IDX_REC) {
+        let mf_len = mf.metadata()?.len();
+        if !(len.saturating_sub(IDX_HEADER)).is_multiple_of(IDX_REC) {
             return Err(corrupt(&idx_path, "index length is not whole records"));
         }
         let mut head = vec![0u8; 64];
@@ -315,8 +319,9 @@ impl Reader {
             .ok_or_else(|| corrupt(&mf_path, "no start time"))?;
         Ok(Reader {
             mf,
+            mf_len,
             idx,
-            records: (len - IDX_HEADER) / IDX_REC,
+            records: len.saturating_sub(IDX_HEADER) / IDX_REC,
             root_off: u64::from_le_bytes(idx_head[8..16].try_into().expect("8")),
             root_len: u64::from_le_bytes(idx_head[16..24].try_into().expect("8")),
             mf_path,
@@ -342,10 +347,27 @@ impl Reader {
         Ok((w(0), w(1), w(2)))
     }
 
+    /// The `len` bytes of the manifest at `off`, as the index names them. The index is
+    /// checked first: a damaged one naming a span past the end of the manifest is an
+    /// error, not an allocation of whatever length it holds.
+    fn span(&self, off: u64, len: u64) -> io::Result<Vec<u8>> {
+        if off.checked_add(len).is_none_or(|end| end > self.mf_len) {
+            return Err(corrupt(
+                &self.mf_path,
+                format!(
+                    "the index names bytes {off}+{len}, past the end of the manifest ({} bytes)",
+                    self.mf_len
+                ),
+            ));
+        }
+        let mut buf = vec![0u8; len as usize];
+        self.mf.read_exact_at(&mut buf, off)?;
+        Ok(buf)
+    }
+
     /// The root directory's own entry.
     pub fn root(&self) -> io::Result<Entry> {
-        let mut buf = vec![0u8; self.root_len as usize];
-        self.mf.read_exact_at(&mut buf, self.root_off)?;
+        let buf = self.span(self.root_off, self.root_len)?;
         let s =
             String::from_utf8(buf).map_err(|_| corrupt(&self.mf_path, "root line is not text"))?;
         let line = s
@@ -358,7 +380,7 @@ impl Reader {
     /// The entries of directory `dir`, sorted by name; `None` if the manifest has no
     /// such directory.
     pub fn lookup(&self, dir: &RelPath) -> io::Result<Option<Vec<Entry>>> {
-        let key = path_key(dir);
+        let key = dir_key(dir);
         let (mut lo, mut hi) = (0u64, self.records);
         while lo < hi {
             let mid = (lo + hi) / 2;
@@ -375,8 +397,7 @@ impl Reader {
             if k != key {
                 break;
             }
-            let mut buf = vec![0u8; len as usize];
-            self.mf.read_exact_at(&mut buf, off)?;
+            let buf = self.span(off, len)?;
             let text =
                 String::from_utf8(buf).map_err(|_| corrupt(&self.mf_path, "block is not text"))?;
             let mut lines = text.lines();

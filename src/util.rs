@@ -76,7 +76,12 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Parses `180m`, `3h`, `45s`, `1h30m`, `2d`.
+/// The longest duration [`parse_duration`] accepts: 100 years. Anything longer is a
+/// typo, and would overflow the clock arithmetic it feeds (`Instant + timeout`, `now -
+/// since`), which panics.
+pub const MAX_DURATION_SECS: u64 = 100 * 365 * 86400;
+
+/// Parses `180m`, `3h`, `45s`, `1h30m`, `2d` (at most [`MAX_DURATION_SECS`]).
 pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     let mut total = 0u64;
     let mut num = String::new();
@@ -92,13 +97,18 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
             .parse()
             .map_err(|_| format!("bad duration {s:?}: use e.g. 180m, 3h, 1h30m"))?;
         num.clear();
-        total += n * match c {
+        let unit = match c {
             's' => 1,
             'm' => 60,
             'h' => 3600,
             'd' => 86400,
             _ => return Err(format!("bad duration {s:?}: units are s, m, h, d")),
         };
+        total = n
+            .checked_mul(unit)
+            .and_then(|secs| total.checked_add(secs))
+            .filter(|t| *t <= MAX_DURATION_SECS)
+            .ok_or_else(|| format!("duration {s:?} is longer than 100 years"))?;
     }
     if !num.is_empty() {
         return Err(format!(
