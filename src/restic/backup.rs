@@ -20,7 +20,7 @@ use super::chunker::{Chunker, Tables};
 use super::pack::BlobType;
 use super::repo::{Packer, PackerStats, Repo};
 use super::snapshot::{self, Snapshot};
-use super::tree::{Node, Tree, encode_name, go_mode};
+use super::tree::{ExtendedAttribute, Node, Tree, encode_name, go_mode};
 use super::{Error, Id, Result, io_err};
 
 pub struct BackupOptions {
@@ -138,19 +138,31 @@ fn pick_parent(repo: &Repo, path: &str, host: &str, label: &str) -> Result<Optio
 }
 
 /// The tree under `comps` (directory names from the root), if the snapshot has it.
-pub fn descend(repo: &Repo, mut tree: Id, comps: &[&OsStr]) -> Result<Option<Id>> {
+pub fn descend(repo: &Repo, tree: Id, comps: &[&OsStr]) -> Result<Option<Id>> {
+    if comps.is_empty() {
+        return Ok(Some(tree));
+    }
+    Ok(dir_node(repo, tree, comps)?.and_then(|n| n.subtree))
+}
+
+/// The node of the directory at `comps` (not empty), if the snapshot has it.
+pub fn dir_node(repo: &Repo, mut tree: Id, comps: &[&OsStr]) -> Result<Option<Node>> {
+    let mut found = None;
     for c in comps {
         let t = Tree::from_blob(&repo.read_blob(BlobType::Tree, &tree)?, &tree)?;
         let hit = t
             .nodes
             .into_iter()
             .find(|n| n.kind == "dir" && n.name_bytes() == c.as_bytes());
-        match hit.and_then(|n| n.subtree) {
-            Some(sub) => tree = sub,
-            None => return Ok(None),
+        match hit {
+            Some(n) if n.subtree.is_some() => {
+                tree = n.subtree.expect("checked");
+                found = Some(n);
+            }
+            _ => return Ok(None),
         }
     }
-    Ok(Some(tree))
+    Ok(found)
 }
 
 /// A node's metadata from `lstat`.
@@ -212,6 +224,35 @@ impl Names {
     fn group(&self, gid: u32) -> String {
         self.groups.get(&gid).cloned().unwrap_or_default()
     }
+}
+
+/// The extended attributes of `p` (not following a symlink), sorted by name; none
+/// where the file system has none.
+fn xattrs(p: &Path) -> Result<Vec<ExtendedAttribute>> {
+    use base64::Engine;
+    let unsupported = |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP;
+    let mut list = vec![0u8; 64 * 1024];
+    let n = match rustix::fs::llistxattr(p, &mut list[..]) {
+        Ok(n) => n,
+        Err(e) if unsupported(e) => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("list the extended attributes of", p)(e.into())),
+    };
+    let mut out = Vec::new();
+    let mut val = vec![0u8; 64 * 1024];
+    for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let k = match rustix::fs::lgetxattr(p, name, &mut val[..]) {
+            Ok(k) => k,
+            // Removed since the listing.
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(io_err("read an extended attribute of", p)(e.into())),
+        };
+        out.push(ExtendedAttribute {
+            name: String::from_utf8_lossy(name).into_owned(),
+            value: base64::engine::general_purpose::STANDARD.encode(&val[..k]),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
 }
 
 /// The compare key: the parent's node is this file, unchanged.
@@ -280,6 +321,7 @@ impl Walker<'_> {
             Err(e) => return Err(io_err("stat", p)(e)),
         };
         let mut node = base_node(name, &md, &self.names);
+        node.extended_attributes = xattrs(p)?;
         match node.kind.as_str() {
             "dir" => {
                 let parent = prev.filter(|n| n.kind == "dir").and_then(|n| n.subtree);

@@ -192,7 +192,8 @@ pub struct Packer {
     pending: HashSet<(BlobType, Id)>,
     pub written: Vec<PackJson>,
     pub bytes_written: u64,
-    pub blobs_added: u64,
+    pub data_blobs: u64,
+    pub tree_blobs: u64,
 }
 
 impl Packer {
@@ -208,7 +209,10 @@ impl Packer {
         };
         b.add(&repo.key, kind, id, plain);
         self.pending.insert((kind, id));
-        self.blobs_added += 1;
+        match kind {
+            BlobType::Data => self.data_blobs += 1,
+            BlobType::Tree => self.tree_blobs += 1,
+        }
         if b.len() >= PACK_TARGET {
             self.flush(repo, kind)?;
         }
@@ -242,7 +246,8 @@ impl Packer {
         let stats = PackerStats {
             packs: self.written.len() as u64,
             bytes: self.bytes_written,
-            blobs: self.blobs_added,
+            data_blobs: self.data_blobs,
+            tree_blobs: self.tree_blobs,
         };
         // Keep each index file well below restic's 8 MiB limit.
         let mut packs = self.written;
@@ -264,5 +269,6 @@ impl Packer {
 pub struct PackerStats {
     pub packs: u64,
     pub bytes: u64,
-    pub blobs: u64,
+    pub data_blobs: u64,
+    pub tree_blobs: u64,
 }

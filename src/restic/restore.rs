@@ -12,6 +12,8 @@ use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
 use rustix::fs::{AtFlags, CWD, Mode, Timespec, Timestamps};
 use serde::Serialize;
 
@@ -44,13 +46,19 @@ struct Restorer<'a> {
 pub fn restore(repo: &Repo, name: &str, to: &Path) -> Result<RestoreReport> {
     let started = std::time::Instant::now();
     let (id, snap) = snapshot::find(repo, name)?;
-    let start = match snap.paths.as_slice() {
+    // The source directory's own node, when the snapshot is of one path: its tree is
+    // what is restored, and its metadata goes onto `to`.
+    let top = match snap.paths.as_slice() {
         [one] => {
             let comps: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
-            super::backup::descend(repo, snap.tree, &comps)?.unwrap_or(snap.tree)
+            match comps.is_empty() {
+                true => None,
+                false => super::backup::dir_node(repo, snap.tree, &comps)?,
+            }
         }
-        _ => snap.tree,
+        _ => None,
     };
+    let start = top.as_ref().and_then(|n| n.subtree).unwrap_or(snap.tree);
     prepare_target(to)?;
     let mut r = Restorer {
         repo,
@@ -63,6 +71,9 @@ pub fn restore(repo: &Repo, name: &str, to: &Path) -> Result<RestoreReport> {
         as_root: rustix::process::geteuid().is_root(),
     };
     r.tree(start, to)?;
+    if let Some(n) = &top {
+        r.metadata(n, to)?;
+    }
     r.report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(r.report)
 }
@@ -188,6 +199,16 @@ impl Restorer<'_> {
             let gid = rustix::fs::Gid::from_raw(n.gid);
             rustix::fs::chownat(CWD, p, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
                 .map_err(err("set the owner of"))?;
+        }
+        for x in &n.extended_attributes {
+            let v = B64.decode(&x.value).map_err(|e| {
+                corrupt(
+                    format!("extended attribute {} of {}", x.name, p.display()),
+                    e,
+                )
+            })?;
+            rustix::fs::lsetxattr(p, x.name.as_bytes(), &v, rustix::fs::XattrFlags::empty())
+                .map_err(err("set an extended attribute of"))?;
         }
         if n.kind != "symlink" {
             rustix::fs::chmod(p, Mode::from_raw_mode(unix_perm(n.mode)))

@@ -1,0 +1,366 @@
+//! snapring and restic on the same repositories (docs/format.md, "restic repositories"):
+//! what snapring writes passes `restic check --read-data` and restores with `restic
+//! restore` into a tree equal to the source; what restic writes, snapring restores;
+//! restic backing up the same data into a snapring-made repository adds no data blob
+//! (same chunker, same blob ids). Tests that need Debian's `restic` print a line and
+//! skip when it is not installed. Also snapring's own round trip (any byte-string
+//! name), the incremental that reads nothing unchanged, and the password errors.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn restic() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("restic"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED: `restic` is not installed (apt-get install restic); conformance not checked"
+        );
+    }
+    found
+}
+
+/// Runs restic on `repo` with the test password; panics with its output on failure.
+fn run_restic(restic: &Path, repo: &Path, args: &[&OsStr]) -> Output {
+    let out = Command::new(restic)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--no-cache")
+        .args(args)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .expect("run restic");
+    assert!(
+        out.status.success(),
+        "restic {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn url(repo: &Path) -> String {
+    format!("file://{}", repo.display())
+}
+
+/// Runs snapring with the test password in the environment; returns (code, stdout, stderr).
+fn sr(args: &[&str]) -> (i32, String, String) {
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = snapring(&a, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sr_ok(args: &[&str]) -> String {
+    let (code, out, err) = sr(args);
+    assert_eq!(code, 0, "snapring {args:?}: {out}\n{err}");
+    out
+}
+
+fn sr_backup(src: &Path, repo: &Path) -> serde_json::Value {
+    let out = sr_ok(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url(repo),
+        "--json",
+    ]);
+    serde_json::from_str(&out).unwrap()
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as u8
+        })
+        .collect()
+}
+
+/// A source of every kind of entry with names restic 0.14 writes and reads alike (it
+/// does not quote names: a name with `"`, `\`, control characters or bytes that are
+/// not UTF-8 survives only between snapring and restic 0.17 and later; see
+/// `snapring_round_trip_keeps_odd_names`). Multi-chunk files, so the chunker counts.
+fn conformance_tree(src: &Path) {
+    for n in [
+        "with space",
+        "caf\u{e9} \u{1f600}",
+        "-leading-dash",
+        "%41 percent",
+        "<html>&",
+    ] {
+        write(&src.join("names").join(n), n.as_bytes());
+    }
+    write(&src.join("big/random"), &pseudo_random(5 << 20, 1));
+    write(&src.join("big/zeros"), &vec![0u8; 3 << 20]);
+    let mut mixed = pseudo_random(2 << 20, 2);
+    mixed.extend(vec![b'x'; 1 << 20]);
+    write(&src.join("big/mixed"), &mixed);
+    write(&src.join("modes/setuid"), b"su");
+    chown(&src.join("modes/setuid"), 1234, 5678);
+    chmod(&src.join("modes/setuid"), 0o4755);
+    write(&src.join("modes/none"), b"");
+    chmod(&src.join("modes/none"), 0o000);
+    std::fs::create_dir_all(src.join("modes/sticky")).unwrap();
+    chmod(&src.join("modes/sticky"), 0o1777);
+    std::os::unix::fs::symlink("../names/with space", src.join("modes/rel-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", src.join("modes/dangling")).unwrap();
+    chown(&src.join("modes/dangling"), 7, 8);
+    write(&src.join("links/a"), b"shared inode");
+    std::fs::create_dir_all(src.join("links/sub")).unwrap();
+    std::fs::hard_link(src.join("links/a"), src.join("links/sub/c")).unwrap();
+    write(&src.join("attrs/file"), b"xattrs");
+    set_xattr(&src.join("attrs/file"), "user.color", b"blue");
+    set_xattr(&src.join("attrs/file"), "user.bin", b"\x00\x01\xff");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    std::fs::create_dir_all(src.join("empty/dir")).unwrap();
+    set_mtime(&src.join("modes/dangling"), 1_500_000_000, 999_999_999);
+    set_mtime(&src.join("fifo"), 1_300_000_000, 42);
+    set_mtime(&src.join("big/zeros"), 1_600_000_000, 123_456_789);
+    for d in [
+        "names",
+        "big",
+        "modes/sticky",
+        "modes",
+        "links/sub",
+        "links",
+        "attrs",
+        "empty/dir",
+        "empty",
+        "",
+    ] {
+        set_mtime(&src.join(d), 1_200_000_000, 987_654_321);
+    }
+}
+
+#[test]
+fn restic_checks_and_restores_what_snapring_wrote() {
+    let Some(restic) = restic() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, target) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("T"),
+    );
+    conformance_tree(&src);
+    let want = describe(&src);
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let r = sr_backup(&src, &repo);
+    assert_eq!(r["status"], "complete", "{r}");
+    run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    run_restic(
+        &restic,
+        &repo,
+        &[
+            "restore".as_ref(),
+            "latest".as_ref(),
+            "--target".as_ref(),
+            target.as_os_str(),
+        ],
+    );
+    // restic nests the source's absolute path under the target.
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_same_tree(
+        &want,
+        &describe(&restored),
+        "restic restore of a snapring backup",
+    );
+}
+
+#[test]
+fn restic_backup_of_the_same_data_adds_no_data_blobs() {
+    let Some(restic) = restic() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    conformance_tree(&src);
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let r = sr_backup(&src, &repo);
+    assert!(r["added"]["data_blobs"].as_u64().unwrap() > 10, "{r}");
+    // --force: restic reads and chunks every file again instead of trusting the parent.
+    let out = run_restic(
+        &restic,
+        &repo,
+        &[
+            "backup".as_ref(),
+            "--force".as_ref(),
+            "--json".as_ref(),
+            src.as_os_str(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message_type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in restic's output:\n{text}"));
+    assert_eq!(
+        summary["data_blobs"], 0,
+        "restic cut different chunks: {summary}"
+    );
+}
+
+#[test]
+fn snapring_restores_what_restic_wrote() {
+    let Some(restic) = restic() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, target) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("T"),
+    );
+    conformance_tree(&src);
+    let want = describe(&src);
+    run_restic(
+        &restic,
+        &repo,
+        &[
+            "init".as_ref(),
+            "--repository-version".as_ref(),
+            "2".as_ref(),
+        ],
+    );
+    run_restic(&restic, &repo, &["backup".as_ref(), src.as_os_str()]);
+    let list = sr_ok(&["list", "--dest", &url(&repo), "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["paths"][0], src.to_str().unwrap());
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &want,
+        &describe(&target),
+        "snapring restore of a restic backup",
+    );
+    // And a snapring backup on top of restic's uses restic's snapshot as its parent.
+    let r = sr_backup(&src, &repo);
+    assert_eq!(r["bytes_read"], 0, "{r}");
+    run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+}
+
+#[test]
+fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    odd_tree(&src);
+    write(&src.join("big/random"), &pseudo_random(3 << 20, 3));
+    set_mtime(&src.join("big"), 1_200_000_000, 5);
+    set_mtime(&src, 1_200_000_000, 987_654_321);
+    let want = describe(&src);
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let first = sr_backup(&src, &repo);
+    assert_eq!(first["status"], "complete", "{first}");
+    let target = t.path().join("T1");
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(&want, &describe(&target), "snapring round trip");
+
+    // Nothing changed: nothing read, no data added (trees may differ: reading the
+    // files and directories moved their access times).
+    let second = sr_backup(&src, &repo);
+    assert_eq!(second["bytes_read"], 0, "{second}");
+    assert_eq!(second["files_unchanged"], second["files"], "{second}");
+    assert_eq!(second["added"]["data_blobs"], 0, "{second}");
+    assert_eq!(second["parent"], first["snapshot"]);
+
+    // One file changed: only it is read.
+    write(&src.join("big/random"), &pseudo_random(3 << 20, 4));
+    let third = sr_backup(&src, &repo);
+    assert_eq!(third["files_read"], 1, "{third}");
+    assert_eq!(third["bytes_read"], 3 << 20, "{third}");
+    let want = describe(&src);
+    let target = t.path().join("T3");
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(&want, &describe(&target), "restore after an incremental");
+    let list: serde_json::Value =
+        serde_json::from_str(&sr_ok(&["list", "--dest", &url(&repo), "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list[0]["label"], "daily");
+}
+
+#[test]
+fn wrong_password_and_missing_repository_are_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"x");
+    let (code, _, err) = sr(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url(&repo),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not a restic repository") && err.contains("snapring init"),
+        "{err}"
+    );
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let pwfile = t.path().join("pw");
+    std::fs::write(&pwfile, "not it\n").unwrap();
+    let args = [
+        "list",
+        "--dest",
+        &url(&repo),
+        "--password-file",
+        pwfile.to_str().unwrap(),
+    ];
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("wrong password"), "{err}");
+    assert!(
+        !err.contains("not it") && !err.contains(PASSWORD),
+        "password in: {err}"
+    );
+    // The file's password with its newline stripped opens it.
+    std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = snapring(&a, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
