@@ -364,3 +364,75 @@ fn wrong_password_and_missing_repository_are_clear_errors() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    // 20 MiB: more than one pack (about 16 MiB each).
+    for i in 0..2u64 {
+        write(&src.join(format!("f{i}")), &pseudo_random(10 << 20, 10 + i));
+    }
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    // Paused right after its first pack is written; SIGTERM, then let it go on.
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args([
+            "backup",
+            "--json",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &url(&repo),
+        ])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.pack_written=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(3), "{r}");
+    assert_eq!(r["status"], "incomplete", "{r}");
+    let kept = r["added"]["data_blobs"].as_u64().unwrap();
+    assert!(kept >= 1, "{r}");
+    let count = |d: &str| std::fs::read_dir(repo.join(d)).unwrap().count();
+    assert_eq!(count("snapshots"), 0, "an interrupted run wrote a snapshot");
+    assert!(count("index") >= 1, "the packs it wrote are not indexed");
+    assert_eq!(count("locks"), 0, "the lock was left behind");
+    if let Some(restic) = restic() {
+        run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    }
+    // The next run completes and stores only what the first did not.
+    let full: u64 = 20 << 20;
+    let next = sr_backup(&src, &repo);
+    assert_eq!(next["status"], "complete", "{next}");
+    let added = next["added"]["data_blobs"].as_u64().unwrap();
+    assert!(
+        added > 0 && next["added"]["bytes"].as_u64().unwrap() < full,
+        "{next}"
+    );
+    let target = t.path().join("T");
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &describe(&src),
+        &describe(&target),
+        "restore after an interrupted run",
+    );
+}

@@ -73,11 +73,20 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     let opts = restic::backup::BackupOptions {
         source,
         label: a.label.unwrap_or_else(|| "daily".into()),
+        cancel: super::cancel_on_signal(),
     };
     let r = restic::backup::backup(&mut repo, &opts)?;
     if a.json {
         print::json(&r)?;
     } else {
+        if r.status == "incomplete" {
+            outln!(
+                "incomplete: interrupted, no snapshot written; {} in {} packs kept and indexed for the next run",
+                human(r.added.bytes),
+                r.added.packs
+            );
+            return Ok(ExitCode::Incomplete);
+        }
         outln!(
             "{}: snapshot {} of {} files ({}), {} read, {} unchanged; added {} in {} packs; took {:.2}s",
             r.status,
@@ -94,10 +103,10 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
             print::errln!("  problem: {p}");
         }
     }
-    Ok(if r.problems.is_empty() {
-        ExitCode::Complete
-    } else {
-        ExitCode::Partial
+    Ok(match r.status.as_str() {
+        "incomplete" => ExitCode::Incomplete,
+        "partial" => ExitCode::Partial,
+        _ => ExitCode::Complete,
     })
 }
 

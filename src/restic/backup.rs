@@ -13,6 +13,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -26,6 +28,9 @@ use super::{Error, Id, Result, io_err};
 pub struct BackupOptions {
     pub source: PathBuf,
     pub label: String,
+    /// Set by SIGINT/SIGTERM: the run stops as `incomplete`, its packs indexed, no
+    /// snapshot written.
+    pub cancel: Arc<AtomicBool>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -52,6 +57,7 @@ struct Walker<'a> {
     tables: std::sync::Arc<Tables>,
     report: BackupReport,
     names: Names,
+    cancel: Arc<AtomicBool>,
     /// A repository error: it ends the run (a source error only skips its entry).
     fatal: bool,
 }
@@ -86,15 +92,29 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         report: BackupReport::default(),
         fatal: false,
         names: Names::load(),
+        cancel: opts.cancel.clone(),
     };
-    let src_tree = w.dir(&source, parent_tree)?;
-    let root = w.wrap(&comps, src_tree)?;
+    let walked = w.dir(&source, parent_tree).and_then(|t| w.wrap(&comps, t));
     let Walker {
         repo,
         packer,
         mut report,
         ..
     } = w;
+    let root = match walked {
+        Ok(root) => root,
+        Err(Error::Cancelled) => {
+            report.added = packer.finish(repo)?;
+            report.status = "incomplete".into();
+            report.duration_seconds = started.elapsed().as_secs_f64();
+            lock.release()?;
+            return Ok(report);
+        }
+        Err(e) => {
+            let _ = packer.index_written(repo);
+            return Err(e);
+        }
+    };
     report.added = packer.finish(repo)?;
     let snap = Snapshot {
         time: super::go_time(start_time),
@@ -277,6 +297,7 @@ impl Walker<'_> {
         let prev = self.parent_nodes(parent)?;
         let mut tree = Tree::default();
         for name in names {
+            self.check_cancel()?;
             let p = path.join(OsStr::from_bytes(&name));
             match self.entry(&p, &name, prev.get(&name)) {
                 Ok(Some(node)) => tree.nodes.push(node),
@@ -287,6 +308,15 @@ impl Walker<'_> {
         }
         self.report.dirs += 1;
         self.save(BlobType::Tree, &tree.to_blob())
+    }
+
+    /// `Err(Cancelled)` once SIGINT/SIGTERM came.
+    fn check_cancel(&mut self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            self.fatal = true;
+            return Err(Error::Cancelled);
+        }
+        Ok(())
     }
 
     /// Packs a blob; a failure is the repository's, so it ends the run.
@@ -370,6 +400,7 @@ impl Walker<'_> {
         let mut ids = Vec::new();
         let mut total = 0u64;
         loop {
+            self.check_cancel()?;
             let n = f.read(&mut buf).map_err(io_err("read", p))?;
             if n == 0 {
                 break;

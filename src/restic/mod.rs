@@ -36,6 +36,8 @@ pub enum Error {
     WrongPassword(PathBuf),
     #[error("{what}: {why}")]
     Corrupt { what: String, why: String },
+    #[error("interrupted")]
+    Cancelled,
     #[error("{0}")]
     Other(String),
 }

@@ -229,6 +229,8 @@ impl Packer {
         }
         let (id, bytes, entries) = b.finish(&repo.key);
         repo.backend.write(Kind::Pack, &id, &bytes)?;
+        crate::failpoint::hit("restic.pack_written")
+            .map_err(io_err("write", repo.backend.path(Kind::Pack, &id)))?;
         self.bytes_written += bytes.len() as u64;
         repo.index.add_pack(id, &entries);
         for e in &entries {
@@ -243,6 +245,12 @@ impl Packer {
     pub fn finish(mut self, repo: &mut Repo) -> Result<PackerStats> {
         self.flush(repo, BlobType::Data)?;
         self.flush(repo, BlobType::Tree)?;
+        self.index_written(repo)
+    }
+
+    /// Writes the index of the packs written so far (the open ones are dropped): after a
+    /// failure, so the next run finds and reuses what reached the repository.
+    pub fn index_written(self, repo: &mut Repo) -> Result<PackerStats> {
         let stats = PackerStats {
             packs: self.written.len() as u64,
             bytes: self.bytes_written,
