@@ -436,3 +436,83 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
         "restore after an interrupted run",
     );
 }
+
+#[test]
+fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_completes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    for i in 0..2u64 {
+        write(&src.join(format!("f{i}")), &pseudo_random(10 << 20, 20 + i));
+    }
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let out = Command::new(bin())
+        .args([
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &url(&repo),
+        ])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_FAILPOINTS", "restic.pack_written=kill")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "not killed: {out:?}");
+    let count = |d: &str| std::fs::read_dir(repo.join(d)).unwrap().count();
+    assert_eq!(count("snapshots"), 0);
+    assert_eq!(
+        count("locks"),
+        1,
+        "the killed run's lock stays, as restic's would"
+    );
+    if let Some(restic) = restic() {
+        // restic 0.14 refuses any lock while another exists; `unlock` removes stale
+        // ones (same host, dead pid): it reads snapring's lock as restic's own.
+        run_restic(&restic, &repo, &["unlock".as_ref()]);
+        assert_eq!(count("locks"), 0, "restic did not take the lock for stale");
+        run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    }
+    // A shared lock, even a dead process's, does not block the next backup.
+    let next = sr_backup(&src, &repo);
+    assert_eq!(next["status"], "complete", "{next}");
+    let target = t.path().join("T");
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &describe(&src),
+        &describe(&target),
+        "restore after a killed run",
+    );
+    if let Some(restic) = restic() {
+        run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    }
+}
+
+#[test]
+fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
+    use snapring::restic::{lock, repo::Repo};
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"x");
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    // This test process holds it (as `restic prune` would).
+    let opened = Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
+    let held = lock::acquire(&opened, true).unwrap();
+    let (code, out, err) = sr(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url(&repo),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("locked exclusively by pid"), "{err}");
+    held.release().unwrap();
+    sr_backup(&src, &repo);
+}
