@@ -516,3 +516,53 @@ fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
     held.release().unwrap();
     sr_backup(&src, &repo);
 }
+
+#[test]
+fn restore_of_a_subdirectory_and_of_one_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("a/b/f"), b"deep file");
+    write(&src.join("a/g"), b"g");
+    write(&src.join("top"), b"top");
+    set_mtime(&src.join("a/b"), 1_300_000_000, 7);
+    set_mtime(&src.join("a"), 1_300_000_000, 8);
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_backup(&src, &repo);
+    let dest = url(&repo);
+    let restore = |to: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "restore",
+            "--dest",
+            &dest,
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        sr(&a)
+    };
+    // A subdirectory, at the same relative place.
+    let t1 = t.path().join("T1");
+    assert_eq!(restore(&t1, &["--path", "a/b"]).0, 0);
+    assert_same_tree(
+        &describe(&src.join("a/b")),
+        &describe(&t1.join("a/b")),
+        "--path a/b",
+    );
+    assert!(!t1.join("a/g").exists() && !t1.join("top").exists());
+    // Its contents straight into --to.
+    let t2 = t.path().join("T2");
+    assert_eq!(restore(&t2, &["--path", "a", "--flat"]).0, 0);
+    assert_same_tree(&describe(&src.join("a")), &describe(&t2), "--path a --flat");
+    // One file.
+    let t3 = t.path().join("T3");
+    assert_eq!(restore(&t3, &["--path", "a/b/f", "--flat"]).0, 0);
+    assert_eq!(std::fs::read(t3.join("f")).unwrap(), b"deep file");
+    // Missing and escaping paths are clear errors.
+    let (code, _, err) = restore(&t.path().join("T4"), &["--path", "a/nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("a/nope is not in the snapshot"), "{err}");
+    let (code, _, err) = restore(&t.path().join("T5"), &["--path", "a/../.."]);
+    assert_eq!(code, 1);
+    assert!(err.contains("leaves the snapshot"), "{err}");
+}

@@ -141,10 +141,31 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Complete)
 }
 
-/// `snapring restore --dest file:///PATH SNAPSHOT --to DIR`.
+/// `--path`'s components, relative to the snapshot's source; `..` and absolute paths
+/// are refused.
+fn components(p: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    if bytes.starts_with(b"/") {
+        bail!(
+            "--path {} is absolute; give it relative to the snapshot's source",
+            p.display()
+        );
+    }
+    let parts: Vec<Vec<u8>> = bytes
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .map(<[u8]>::to_vec)
+        .collect();
+    if parts.iter().any(|c| c == b"..") {
+        bail!("--path {} leaves the snapshot (..)", p.display());
+    }
+    Ok(parts)
+}
+
+/// `snapring restore --dest file:///PATH SNAPSHOT --to DIR [--path P [--flat]]`.
 pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let unsupported = [
-        (a.path.is_some(), "--path"),
         (a.overwrite, "--overwrite"),
         (a.mirror, "--mirror"),
         (a.dry_run, "--dry-run"),
@@ -153,7 +174,11 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         bail!("{flag} is not supported with a restic repository yet");
     }
     let repo = open(&a.dest, a.password_file.as_deref())?;
-    let r = restic::restore::restore(&repo, &a.snapshot, &a.to)?;
+    let sub = match &a.path {
+        Some(p) => components(p)?,
+        None => Vec::new(),
+    };
+    let r = restic::restore::restore(&repo, &a.snapshot, &a.to, &sub, a.flat)?;
     if a.json {
         print::json(&r)?;
     } else {

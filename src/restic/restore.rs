@@ -42,8 +42,17 @@ struct Restorer<'a> {
     as_root: bool,
 }
 
-/// Restores snapshot `name` (`latest`, an id or a prefix) into `to`.
-pub fn restore(repo: &Repo, name: &str, to: &Path) -> Result<RestoreReport> {
+/// Restores snapshot `name` (`latest`, an id or a prefix) into `to`: all of it, or only
+/// the entry at `sub` (components under the snapshot's source), at the same relative
+/// place under `to`, or (`flat`) a directory's contents straight into `to` and a file
+/// as `to/NAME`.
+pub fn restore(
+    repo: &Repo,
+    name: &str,
+    to: &Path,
+    sub: &[Vec<u8>],
+    flat: bool,
+) -> Result<RestoreReport> {
     let started = std::time::Instant::now();
     let (id, snap) = snapshot::find(repo, name)?;
     // The source directory's own node, when the snapshot is of one path: its tree is
@@ -70,12 +79,53 @@ pub fn restore(repo: &Repo, name: &str, to: &Path) -> Result<RestoreReport> {
         links: HashMap::new(),
         as_root: rustix::process::geteuid().is_root(),
     };
-    r.tree(start, to)?;
-    if let Some(n) = &top {
-        r.metadata(n, to)?;
+    match sub.split_last() {
+        None => {
+            r.tree(start, to)?;
+            if let Some(n) = &top {
+                r.metadata(n, to)?;
+            }
+        }
+        Some((last, parents)) => {
+            let n = find_node(repo, start, sub)?;
+            match (flat, n.subtree) {
+                (true, Some(t)) if n.kind == "dir" => {
+                    r.tree(t, to)?;
+                    r.metadata(&n, to)?;
+                }
+                (true, _) => r.node(&n, &to.join(OsStr::from_bytes(last)))?,
+                (false, _) => {
+                    let mut dir = to.to_path_buf();
+                    for c in parents {
+                        dir.push(OsStr::from_bytes(c));
+                    }
+                    std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+                    r.node(&n, &dir.join(OsStr::from_bytes(last)))?;
+                }
+            }
+        }
     }
     r.report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(r.report)
+}
+
+/// The node at `sub` (not empty) under the tree `start`.
+fn find_node(repo: &Repo, mut tree: Id, sub: &[Vec<u8>]) -> Result<Node> {
+    let shown = || String::from_utf8_lossy(&sub.join(&b'/')).into_owned();
+    for (i, c) in sub.iter().enumerate() {
+        let t = Tree::from_blob(&repo.read_blob(BlobType::Tree, &tree)?, &tree)?;
+        let Some(n) = t.nodes.into_iter().find(|n| n.name_bytes() == *c) else {
+            return Err(Error::Other(format!("{} is not in the snapshot", shown())));
+        };
+        if i + 1 == sub.len() {
+            return Ok(n);
+        }
+        match (n.kind.as_str(), n.subtree) {
+            ("dir", Some(t)) => tree = t,
+            _ => return Err(Error::Other(format!("{} is not in the snapshot", shown()))),
+        }
+    }
+    unreachable!("sub is not empty")
 }
 
 /// `to` must be missing or an empty directory: a restore never replaces anything.
