@@ -30,6 +30,7 @@ SR_JOBS = []
 # --baseline: an earlier snapring binary, timed as the tool "snapring-base" beside the
 # current one in the same run (a refactor's before/after, interleaved run by run).
 BASELINE = None
+ENTRIES = 1
 PRESETS = {
     # name: (files, mean files per directory, depth)
     "tiny": (2_000, 40, 3),
@@ -203,9 +204,10 @@ class Env:
             # A mount left by an interrupted run: take it down first.
             subprocess.run(["fusermount3", "-uz", self.mnt], stderr=subprocess.DEVNULL)
             os.makedirs(self.mnt, exist_ok=True)
+            self.stats = os.path.join(work, "latencyfs-stats.json")
             self.fuse = subprocess.Popen([os.path.join(ROOT, f"bench/tools/target/{PROFILE}/latencyfs"),
                                           "--delay-us", str(latency_us), "--threads", "128",
-                                          "--ttl-ms", str(ttl_ms),
+                                          "--ttl-ms", str(ttl_ms), "--stats", self.stats,
                                           self.under, self.mnt])
             for _ in range(100):
                 if os.path.ismount(self.mnt):
@@ -216,6 +218,18 @@ class Env:
             self.view = self.mnt
         else:
             self.view = self.under
+
+    def counts(self):
+        """latencyfs's delayed calls so far, by kind ({} without the layer); waits for
+        its stats file to catch up (it is rewritten within 50 ms of a change)."""
+        if not self.fuse:
+            return {}
+        time.sleep(0.2)
+        try:
+            with open(self.stats) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
 
     def path(self, *p):
         """(path seen by the tools, path on the underlying disk for checks)"""
@@ -290,12 +304,23 @@ def tools(env, jobs, nfiles):
     }
 
 
-def timed(cmds, env=None):
+def timed(cmds, env=None, fs=None):
+    """(wall s, cpu s, peak RSS KiB, delayed calls by kind) of cmds run one after another;
+    the calls (from latencyfs, when `fs` has it) are the difference across the run."""
+    before = fs.counts() if fs else {}
     wall = cpu = rss = 0
     for c in cmds:
         w, u, r = run(c, env=env)
         wall, cpu, rss = wall + w, cpu + u, max(rss, r)
-    return wall, cpu, rss
+    after = fs.counts() if fs else {}
+    calls = {k: after[k] - before.get(k, 0) for k in after if after[k] - before.get(k, 0)}
+    return wall, cpu, rss, calls
+
+
+def requests(res):
+    """Delayed requests of a result (a negative lookup is already a lookup)."""
+    calls = res[3] if len(res) > 3 else {}
+    return sum(v for k, v in calls.items() if k != "lookup_negative")
 
 
 def main():
@@ -348,6 +373,9 @@ def main():
     try:
         src_v, src_u = env.path("src")
         nfiles = gen(src_u, a.preset)
+        # Every entry of the source, the root included: the unit of "requests per entry".
+        global ENTRIES
+        ENTRIES = 1 + sum(len(d) + len(f) for _, d, f in os.walk(src_u))
         pristine = os.path.join(env.under, "pristine")
         sh("cp", "-a", src_u, pristine)
         names = a.tools.split(",")
@@ -376,7 +404,7 @@ def main():
                     sh("cp", "-a", src_u, os.path.join(dst_u, "snap.0"))
                 else:
                     drop_caches()
-                    res = timed(t["full"](src_v, dst_v), env=t.get("env"))
+                    res = timed(t["full"](src_v, dst_v), env=t.get("env"), fs=env)
                     if "full" in cases:
                         check_same(src_u, os.path.join(dst_u, "snap.0"), f"{name} full")
                         record(results, a, r, ("full", name), res)
@@ -384,7 +412,7 @@ def main():
                     continue
                 mutate(src_u, 0.01)
                 drop_caches()
-                res = timed(t["incr"](src_v, dst_v), env=t.get("env"))
+                res = timed(t["incr"](src_v, dst_v), env=t.get("env"), fs=env)
                 new, prev = os.path.join(dst_u, "snap.0"), os.path.join(dst_u, "snap.1")
                 if name != "floor":
                     check_same(src_u, new, f"{name} incremental")
@@ -394,16 +422,16 @@ def main():
                     out_v, out_u = env.path("restore-snapring")
                     shutil.rmtree(out_u, ignore_errors=True)
                     drop_caches()
-                    res = timed([[snapring_bin(), "restore", "--dest", dst_v, "snap.0", "--to", out_v, *SR_JOBS, "--no-progress"]], env=sr_env)
+                    res = timed([[snapring_bin(), "restore", "--dest", dst_v, "snap.0", "--to", out_v, *SR_JOBS, "--no-progress"]], env=sr_env, fs=env)
                     check_same(src_u, out_u, "snapring restore")
                     record(results, a, r, ("restore", "snapring"), res)
                     shutil.rmtree(out_u)
                     drop_caches()
-                    res = timed([["cp", "-a", os.path.join(dst_v, "snap.0"), out_v]])
+                    res = timed([["cp", "-a", os.path.join(dst_v, "snap.0"), out_v]], fs=env)
                     record(results, a, r, ("restore", "cp-a"), res)
                     shutil.rmtree(out_u)
                     drop_caches()
-                    res = timed([["rsync", "-aH", "--numeric-ids", os.path.join(dst_v, "snap.0") + "/", out_v + "/"]])
+                    res = timed([["rsync", "-aH", "--numeric-ids", os.path.join(dst_v, "snap.0") + "/", out_v + "/"]], fs=env)
                     record(results, a, r, ("restore", "rsync"), res)
                     shutil.rmtree(out_u)
                 if name == "snapring" and "expire" in cases:
@@ -413,7 +441,7 @@ def main():
                     shutil.rmtree(cp_u, ignore_errors=True)
                     sh("cp", "-al", prev, cp_u)
                     drop_caches()
-                    record(results, a, r, ("expire", "rm -rf"), timed([["rm", "-rf", cp_v]]))
+                    record(results, a, r, ("expire", "rm -rf"), timed([["rm", "-rf", cp_v]], fs=env))
                     drop_caches()
                     out = subprocess.run([snapring_bin(), "backup", "--json", "--source", src_v, "--dest", dst_v,
                                           "--label", "snap", "--retain", "2", *SR_JOBS, "--no-progress"],
@@ -433,33 +461,38 @@ def record(results, a, run_no, key, res):
     interrupted multi-hour run keeps what it measured."""
     results.setdefault(key, []).append(res)
     case, tool = key
+    calls = res[3] if len(res) > 3 else {}
+    per = f", {requests(res) / ENTRIES:.2f} requests/entry" if calls else ""
     print(f"run {run_no + 1}/{a.runs}: {case} {tool}: {res[0]:.2f} s wall, {res[1]:.2f} s cpu, "
-          f"{res[2] / 1024:.1f} MiB", file=sys.stderr)
+          f"{res[2] / 1024:.1f} MiB{per}", file=sys.stderr)
     if a.json:
         with open(a.json + "l", "a") as f:
             f.write(json.dumps(dict(preset=a.preset, latency_us=a.latency_us, run=run_no + 1, case=case, tool=tool,
-                                    wall=round(res[0], 3), cpu=round(res[1], 3), rss_kib=res[2])) + "\n")
+                                    wall=round(res[0], 3), cpu=round(res[1], 3), rss_kib=res[2],
+                                    entries=ENTRIES, requests=calls)) + "\n")
 
 
 def report(results, a, nfiles):
-    print(f"\npreset {a.preset} ({nfiles} files), latency {a.latency_us} us per metadata call, "
-          f"medians of {a.runs} runs")
+    print(f"\npreset {a.preset} ({nfiles} files, {ENTRIES} entries), latency {a.latency_us} us per metadata call, "
+          f"medians of {a.runs} runs; req/entry: delayed requests to latencyfs per source entry")
     rows = {}
     for (case, tool), vals in sorted(results.items()):
         med = lambda i: statistics.median(v[i] for v in vals)
-        rows[(case, tool)] = (med(0), med(1), med(2))
+        rows[(case, tool)] = (med(0), med(1), med(2), statistics.median(requests(v) for v in vals) / ENTRIES)
     out = []
     for case in ["full", "incr", "restore", "expire"]:
         base = rows.get((case, "snapring"))
         if not base:
             continue
-        print(f"\n{case:8} {'tool':14} {'wall s':>9} {'cpu s':>9} {'peak RSS':>10} {'snapring is':>14} {'runs':>5}")
-        for (c, tool), (w, u, r) in sorted(rows.items(), key=lambda x: x[1][0]):
+        print(f"\n{case:8} {'tool':14} {'wall s':>9} {'cpu s':>9} {'peak RSS':>10} {'req/entry':>10} {'snapring is':>14} {'runs':>5}")
+        for (c, tool), (w, u, r, q) in sorted(rows.items(), key=lambda x: x[1][0]):
             if c != case:
                 continue
             ratio = "" if tool == "snapring" else f"{w / base[0]:.1f}x faster" if w >= base[0] else f"{base[0] / w:.2f}x slower"
-            print(f"{'':8} {tool:14} {w:9.2f} {u:9.2f} {r / 1024:8.1f}MiB {ratio:>14} {len(results[(c, tool)]):>5}")
-            out.append(dict(case=case, tool=tool, wall=w, cpu=u, rss_kib=r, runs=[list(v) for v in results[(c, tool)]]))
+            req = f"{q:10.2f}" if q else f"{'-':>10}"
+            print(f"{'':8} {tool:14} {w:9.2f} {u:9.2f} {r / 1024:8.1f}MiB {req} {ratio:>14} {len(results[(c, tool)]):>5}")
+            out.append(dict(case=case, tool=tool, wall=w, cpu=u, rss_kib=r, requests_per_entry=round(q, 3),
+                            runs=[list(v) for v in results[(c, tool)]]))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(preset=a.preset, files=nfiles, latency_us=a.latency_us, runs=a.runs, results=out), f, indent=1)

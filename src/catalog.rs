@@ -10,13 +10,14 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 
 use crate::report::{Problem, RunReport, Status};
+use crate::restore::RestoreReport;
 
 /// The schema this snapring writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// Frozen migrations: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 /// Never edit one that has shipped; add a new one.
@@ -106,6 +107,14 @@ const MIGRATIONS: &[&str] = &[
         message TEXT NOT NULL
     );
     CREATE INDEX events_job_at ON events(job, at);",
+    // 4: restores are runs too (`kind`: `backup` or `restore`; every older row is a
+    // backup), with the directory a restore wrote into and its conflicts; the time a
+    // backup waited on its bandwidth limit.
+    "ALTER TABLE runs ADD COLUMN kind TEXT NOT NULL DEFAULT 'backup';
+    ALTER TABLE runs ADD COLUMN target TEXT;
+    ALTER TABLE runs ADD COLUMN conflicts INTEGER;
+    ALTER TABLE runs ADD COLUMN bwlimit_wait_seconds REAL;
+    CREATE INDEX runs_kind_started ON runs(kind, started_at);",
 ];
 
 /// Errors of the catalog: always with the file, and never fatal to a backup.
@@ -154,6 +163,8 @@ const NFS_SUPER_MAGIC: u64 = 0x6969;
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct RunRow {
     pub id: String,
+    /// `backup` or `restore`.
+    pub kind: String,
     pub job: Option<String>,
     pub label: String,
     pub store: String,
@@ -171,10 +182,44 @@ pub struct RunRow {
 /// One run as `show` prints it: the whole run record, its problems and its log.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Shown {
-    pub report: RunReport,
+    /// `backup` or `restore`.
+    pub kind: String,
+    pub report: Record,
     pub problems: Vec<Problem>,
     pub log_path: Option<String>,
     pub log_exists: bool,
+}
+
+/// A run's whole record: a backup's run report, or a restore's report.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+#[serde(untagged)]
+pub enum Record {
+    Backup(Box<RunReport>),
+    Restore(Box<RestoreReport>),
+}
+
+impl Record {
+    /// The backup's report, if this is a backup.
+    pub fn backup(&self) -> Option<&RunReport> {
+        match self {
+            Record::Backup(r) => Some(r),
+            Record::Restore(_) => None,
+        }
+    }
+
+    pub fn into_backup(self) -> Option<RunReport> {
+        match self {
+            Record::Backup(r) => Some(*r),
+            Record::Restore(_) => None,
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        match self {
+            Record::Backup(r) => r.status,
+            Record::Restore(r) => r.status,
+        }
+    }
 }
 
 /// Something the daemon did that is not a run.
@@ -189,6 +234,8 @@ pub struct Event {
 /// Which runs a query covers.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
+    /// `backup` or `restore`; `None`: both.
+    pub kind: Option<String>,
     pub job: Option<String>,
     pub store: Option<String>,
     /// RFC 3339: runs started at or after.
@@ -266,6 +313,59 @@ impl Catalog {
         Ok(c)
     }
 
+    /// Opens an existing catalog for reading only: creates, migrates and settles
+    /// nothing (`serve`, which must not write). `Ok(None)` when there is no file yet, or
+    /// an empty one a writer has just created.
+    /// A catalog of another schema version is refused with what to do.
+    pub fn open_read(path: &Path) -> Result<Option<Catalog>> {
+        use rusqlite::OpenFlags;
+        if !path.exists() {
+            return Ok(None);
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags).db(path, "open read-only")?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .db(path, "set busy timeout")?;
+        let c = Catalog {
+            conn,
+            path: path.to_path_buf(),
+        };
+        let mut v = c.version()?;
+        // A writer that is creating the catalog migrates it a step per transaction;
+        // give it a moment rather than call a catalog in mid-migration old.
+        for _ in 0..20 {
+            if v == 0 || v >= SCHEMA_VERSION {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+            v = c.version()?;
+        }
+        if v == 0 {
+            // Created, not yet migrated by the writer that is creating it: no runs yet.
+            return Ok(None);
+        }
+        if v != SCHEMA_VERSION {
+            let what = if v < SCHEMA_VERSION {
+                "older; any snapring command that writes it (history, a backup) migrates it"
+            } else {
+                "newer than this snapring understands; upgrade snapring"
+            };
+            return Err(CatalogError::Db {
+                path: path.to_path_buf(),
+                msg: format!("schema version {v} (this snapring reads {SCHEMA_VERSION}) is {what}"),
+            });
+        }
+        Ok(Some(c))
+    }
+
+    /// SQLite's `PRAGMA data_version`: changes when another connection commits, so a
+    /// reader that keeps its connection knows when what it read is stale.
+    pub fn data_version(&self) -> Result<i64> {
+        self.conn
+            .pragma_query_value(None, "data_version", |r| r.get(0))
+            .db(&self.path, "read data_version")
+    }
+
     /// The schema version of the file.
     pub fn version(&self) -> Result<i64> {
         self.conn
@@ -312,10 +412,10 @@ impl Catalog {
                 link_fallbacks, changed_during_backup, source_bytes, backup_bytes_added,
                 throughput_files_per_second, throughput_bytes_per_second, peak_rss_bytes,
                 walk_copy_seconds, sync_seconds, rotation_seconds, remove_expired_seconds,
-                log_path)
+                log_path, bwlimit_wait_seconds, kind)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                 ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31,
-                ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39)
+                ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, 'backup')
              ON CONFLICT(id) DO UPDATE SET job=excluded.job, label=excluded.label,
                 store=excluded.store, source=excluded.source, host=excluded.host,
                 version=excluded.version, started_at=excluded.started_at,
@@ -334,7 +434,8 @@ impl Catalog {
                 throughput_bytes_per_second=excluded.throughput_bytes_per_second,
                 peak_rss_bytes=excluded.peak_rss_bytes, walk_copy_seconds=excluded.walk_copy_seconds,
                 sync_seconds=excluded.sync_seconds, rotation_seconds=excluded.rotation_seconds,
-                remove_expired_seconds=excluded.remove_expired_seconds, log_path=excluded.log_path",
+                remove_expired_seconds=excluded.remove_expired_seconds, log_path=excluded.log_path,
+                bwlimit_wait_seconds=excluded.bwlimit_wait_seconds",
             params![
                 r.id,
                 r.job,
@@ -375,26 +476,68 @@ impl Catalog {
                 r.phases.rotation.seconds,
                 r.phases.remove_expired.seconds,
                 log.to_string_lossy(),
+                r.bwlimit_wait_seconds,
             ],
         )
         .db(&path, "record run")?;
-        tx.execute("DELETE FROM problems WHERE run_id = ?1", [&r.id])
-            .db(&path, "record problems")?;
-        {
-            let mut ins = tx
-                .prepare(
-                    "INSERT INTO problems (run_id, path, kind, action, error) VALUES (?1, ?2, ?3, ?4, ?5)",
-                )
-                .db(&path, "record problems")?;
-            for p in &r.problems {
-                let kind = serde_json::to_value(p.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default();
-                ins.execute(params![r.id, p.path, kind, p.action, p.error])
-                    .db(&path, "record problems")?;
-            }
-        }
+        insert_problems(&tx, &path, &r.id, &r.problems)?;
+        crate::failpoint::hit("catalog.before_commit").db(&path, "commit")?;
+        tx.commit().db(&path, "commit")?;
+        crate::failpoint::hit("catalog.after_commit").db(&path, "commit")?;
+        Ok(())
+    }
+
+    /// Inserts or updates one restore (kind `restore`) and its problems. Its store and
+    /// target are keyed canonicalized, as backups' stores are. `files_total` counts the
+    /// restored set's files (restored, identical, in conflict), `files_transferred` and
+    /// `bytes_transferred` what was restored.
+    pub fn record_restore(&mut self, r: &RestoreReport) -> Result<()> {
+        let path = self.path.clone();
+        let id = r.id.as_deref().ok_or_else(|| CatalogError::Db {
+            path: path.clone(),
+            msg: "a restore without a run id cannot be recorded".into(),
+        })?;
+        let json = serde_json::to_string(r).db(&path, "encode restore")?;
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        let store = canon(&r.store);
+        let source = store.join(&r.snapshot);
+        let tx = self.conn.transaction().db(&path, "begin")?;
+        tx.execute("DELETE FROM runs WHERE id = ?1", [id])
+            .db(&path, "record restore")?;
+        tx.execute(
+            "INSERT INTO runs (id, kind, job, label, store, source, target, host, version,
+                started_at, finished_at, duration_seconds, status, exit_code, message,
+                snapshot, files_total, files_transferred, files_linked, bytes_total,
+                bytes_transferred, errors, conflicts, report, log_path, dirs_total)
+             VALUES (?1, 'restore', ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
+                ?14, ?15, ?16, 0, ?17, ?17, ?18, ?19, ?20, ?21, ?22)",
+            params![
+                id,
+                r.job,
+                store.to_string_lossy(),
+                source.to_string_lossy(),
+                canon(&r.to).to_string_lossy(),
+                r.host,
+                r.version,
+                r.started_at,
+                r.finished_at,
+                r.duration_seconds,
+                r.status.as_str(),
+                r.exit_code,
+                r.message,
+                r.snapshot,
+                (r.files_restored + r.skipped_identical + r.conflicts_total) as i64,
+                r.files_restored as i64,
+                r.bytes_restored as i64,
+                r.errors as i64,
+                r.conflicts_total as i64,
+                json,
+                r.log.as_ref().map(|l| l.to_string_lossy().into_owned()),
+                r.dirs_created as i64,
+            ],
+        )
+        .db(&path, "record restore")?;
+        insert_problems(&tx, &path, id, &r.problems)?;
         tx.commit().db(&path, "commit")?;
         Ok(())
     }
@@ -406,34 +549,63 @@ impl Catalog {
             .prepare(
                 "SELECT id, job, label, store, snapshot, started_at, finished_at,
                     duration_seconds, status, files_total, files_transferred,
-                    bytes_transferred, errors
+                    bytes_transferred, errors, kind
                  FROM runs
                  WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR store = ?2)
-                   AND (?3 IS NULL OR started_at >= ?3)
+                   AND (?3 IS NULL OR started_at >= ?3) AND (?4 IS NULL OR kind = ?4)
                  ORDER BY started_at, id",
             )
             .db(&self.path, "query runs")?;
         let rows = st
-            .query_map(params![f.job, f.store, f.since], |r| {
-                Ok(RunRow {
-                    id: r.get(0)?,
-                    job: r.get(1)?,
-                    label: r.get(2)?,
-                    store: r.get(3)?,
-                    snapshot: r.get(4)?,
-                    started_at: r.get(5)?,
-                    finished_at: r.get(6)?,
-                    duration_seconds: r.get(7)?,
-                    status: r.get(8)?,
-                    files_total: r.get::<_, i64>(9)? as u64,
-                    files_transferred: r.get::<_, i64>(10)? as u64,
-                    bytes_transferred: r.get::<_, i64>(11)? as u64,
-                    errors: r.get::<_, i64>(12)? as u64,
-                })
-            })
+            .query_map(params![f.job, f.store, f.since, f.kind], run_row)
             .db(&self.path, "query runs")?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .db(&self.path, "read runs")
+    }
+
+    /// The newest `limit` runs of `job`, newest first (the dashboard's history and
+    /// charts, without reading every run).
+    pub fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRow>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, job, label, store, snapshot, started_at, finished_at,
+                    duration_seconds, status, files_total, files_transferred,
+                    bytes_transferred, errors, kind
+                 FROM runs WHERE job = ?1 AND kind = 'backup'
+                 ORDER BY started_at DESC, id DESC LIMIT ?2",
+            )
+            .db(&self.path, "query recent runs")?;
+        let rows = st
+            .query_map(params![job, limit as i64], run_row)
+            .db(&self.path, "query recent runs")?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "read recent runs")
+    }
+
+    /// How many runs of `job` ended with each status: (status, count).
+    pub fn status_counts(&self, job: &str) -> Result<Vec<(String, u64)>> {
+        let mut st = self
+            .conn
+            .prepare_cached("SELECT status, count(*) FROM runs WHERE job = ?1 AND kind = 'backup' GROUP BY status")
+            .db(&self.path, "count runs")?;
+        let rows = st
+            .query_map([job], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
+            .db(&self.path, "count runs")?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "count runs")
+    }
+
+    /// How many daemon events of `kind` (`skipped`, ...) `job` has.
+    pub fn event_count(&self, job: &str, kind: &str) -> Result<u64> {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM events WHERE job = ?1 AND kind = ?2",
+                [job, kind],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)
+            .db(&self.path, "count events")
     }
 
     /// The run with this id, or the only one whose id starts with it.
@@ -462,15 +634,40 @@ impl Catalog {
                 ),
             });
         };
-        let (json, log): (String, Option<String>) = self
+        self.show_exact(&found)?
+            .ok_or_else(|| CatalogError::Db {
+                path: self.path.clone(),
+                msg: format!("run {found} vanished while it was read"),
+            })
+            .map(Some)
+    }
+
+    /// The run with exactly this id (by the primary key; `show` also takes a prefix,
+    /// which costs a scan of the table).
+    pub fn show_exact(&self, id: &str) -> Result<Option<Shown>> {
+        let row = self
             .conn
             .query_row(
-                "SELECT report, log_path FROM runs WHERE id = ?1",
-                [&found],
-                |r| Ok((r.get(0)?, r.get(1)?)),
+                "SELECT report, log_path, kind FROM runs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, String>(2)?,
+                    ))
+                },
             )
+            .optional()
             .db(&self.path, "read run")?;
-        let report: RunReport = serde_json::from_str(&json).db(&self.path, "decode run")?;
+        let Some((json, log, kind)) = row else {
+            return Ok(None);
+        };
+        let report = if kind == "restore" {
+            Record::Restore(serde_json::from_str(&json).db(&self.path, "decode restore")?)
+        } else {
+            Record::Backup(serde_json::from_str(&json).db(&self.path, "decode run")?)
+        };
         let mut st = self
             .conn
             .prepare(
@@ -478,7 +675,7 @@ impl Catalog {
             )
             .db(&self.path, "read problems")?;
         let problems = st
-            .query_map([&found], |r| {
+            .query_map([id], |r| {
                 let kind: String = r.get(1)?;
                 Ok(Problem {
                     path: r.get(0)?,
@@ -493,6 +690,7 @@ impl Catalog {
             .db(&self.path, "read problems")?;
         let log_exists = log.as_deref().is_some_and(|l| Path::new(l).exists());
         Ok(Some(Shown {
+            kind,
             report,
             problems,
             log_path: log,
@@ -534,7 +732,7 @@ impl Catalog {
     pub fn last_start(&self, job: &str) -> Result<Option<String>> {
         self.conn
             .query_row(
-                "SELECT max(started_at) FROM runs WHERE job = ?1",
+                "SELECT max(started_at) FROM runs WHERE job = ?1 AND kind = 'backup'",
                 [job],
                 |r| r.get(0),
             )
@@ -548,7 +746,8 @@ impl Catalog {
             .conn
             .prepare(
                 "SELECT id, store FROM runs
-                 WHERE status = 'failed' AND snapshot IS NULL AND instr(message, ?1) > 0",
+                 WHERE kind = 'backup' AND status = 'failed' AND snapshot IS NULL
+                   AND instr(message, ?1) > 0",
             )
             .db(&self.path, "query runs")?;
         st.query_map([crate::error::PUBLISH_PENDING], |r| {
@@ -563,7 +762,7 @@ impl Catalog {
     pub fn running_in(&self) -> Result<Vec<(String, String)>> {
         let mut st = self
             .conn
-            .prepare("SELECT id, store FROM runs WHERE status = 'running'")
+            .prepare("SELECT id, store FROM runs WHERE status = 'running' AND kind = 'backup'")
             .db(&self.path, "query runs")?;
         st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .db(&self.path, "query runs")?
@@ -571,11 +770,11 @@ impl Catalog {
             .db(&self.path, "query runs")
     }
 
-    /// Ids of every run recorded for `store`.
+    /// Ids of every backup recorded for `store` (restores have no record in the store).
     fn ids_of_store(&self, store: &str) -> Result<HashSet<String>> {
         let mut st = self
             .conn
-            .prepare("SELECT id FROM runs WHERE store = ?1")
+            .prepare("SELECT id FROM runs WHERE store = ?1 AND kind = 'backup'")
             .db(&self.path, "query runs")?;
         st.query_map([store], |r| r.get(0))
             .db(&self.path, "query runs")?
@@ -646,6 +845,63 @@ impl Catalog {
         }
         Ok(groups.into_iter().map(|(k, v)| summarize(k, &v)).collect())
     }
+}
+
+/// Replaces the problems of run `id` (inside the caller's transaction).
+fn insert_problems(
+    tx: &rusqlite::Transaction<'_>,
+    path: &Path,
+    id: &str,
+    problems: &[Problem],
+) -> Result<()> {
+    tx.execute("DELETE FROM problems WHERE run_id = ?1", [id])
+        .db(path, "record problems")?;
+    let mut ins = tx
+        .prepare(
+            "INSERT INTO problems (run_id, path, kind, action, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .db(path, "record problems")?;
+    for p in problems {
+        let kind = serde_json::to_value(p.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        ins.execute(params![id, p.path, kind, p.action, p.error])
+            .db(path, "record problems")?;
+    }
+    Ok(())
+}
+
+/// Where a restore's log goes: `logs/<id>.log` beside the catalog file (a restore
+/// writes nothing into the store, so its log cannot live there).
+pub fn restore_log_path(catalog: &Path, id: &str) -> PathBuf {
+    catalog
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+        .join("logs")
+        .join(format!("{id}.log"))
+}
+
+/// One `runs` row in the column order of the `SELECT`s of `runs` and `recent`
+/// (`kind` last, at 13).
+fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    Ok(RunRow {
+        id: r.get(0)?,
+        kind: r.get(13)?,
+        job: r.get(1)?,
+        label: r.get(2)?,
+        store: r.get(3)?,
+        snapshot: r.get(4)?,
+        started_at: r.get(5)?,
+        finished_at: r.get(6)?,
+        duration_seconds: r.get(7)?,
+        status: r.get(8)?,
+        files_total: r.get::<_, i64>(9)? as u64,
+        files_transferred: r.get::<_, i64>(10)? as u64,
+        bytes_transferred: r.get::<_, i64>(11)? as u64,
+        errors: r.get::<_, i64>(12)? as u64,
+    })
 }
 
 /// Creates the catalog file private (0600) before SQLite opens it (SQLite would make it
@@ -792,9 +1048,10 @@ pub fn record_quietly(path: &Path, allow_nfs: bool, r: &RunReport) -> Option<Str
 
 /// Records a run that has just started (status `running`) in the catalog at `path`,
 /// with the runs of the same store whose records the store's repair rewrote (a failed
-/// rotation it published, a dead run it marked `incomplete`) and any the catalog still
-/// thinks is running. Never fails: a problem is returned as a message for the run's
-/// warnings.
+/// rotation it published, a dead run it marked `incomplete`), any the catalog still
+/// thinks is running, and any it has no row for (a run killed before it reached the
+/// catalog, or one whose catalog could not be written). Never fails: a problem is
+/// returned as a message for the run's warnings.
 pub fn record_start(
     path: &Path,
     allow_nfs: bool,
@@ -805,6 +1062,12 @@ pub fn record_start(
         let mut ids = store.repaired_runs();
         for (id, s) in c.running_in()? {
             if s == r.store.to_string_lossy() && !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let known = c.ids_of_store(&r.store.to_string_lossy())?;
+        for id in store.run_ids() {
+            if !known.contains(&id) && !ids.contains(&id) {
                 ids.push(id);
             }
         }

@@ -1,6 +1,10 @@
-//! The TOML config file: one `[job.NAME]` table per backup job. Unknown keys are errors
-//! and every error names its line. `resolve` merges a job with command-line flags
-//! (flags win) into `BackupOptions`. Reads the file; otherwise pure.
+//! The TOML config file: one `[job.NAME]` table per backup job. A file is checked
+//! whole before it is used (`check.rs`: every problem at once, each at its key's line),
+//! so `run`, the daemon and `config check` refuse it with the same list. `resolve`
+//! merges a job with command-line flags (flags win) into `BackupOptions`. Reads the
+//! file; otherwise pure.
+
+pub mod check;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -21,6 +25,19 @@ pub struct Config {
     /// Notifiers by name; jobs refer to them in `notify = [...]`.
     #[serde(default)]
     pub notify: BTreeMap<String, crate::notify::NotifierConfig>,
+    /// When set, `snapring daemon` also serves the dashboard and `/metrics`, as
+    /// `snapring serve` does (docs/monitoring.md).
+    pub server: Option<ServerConfig>,
+}
+
+/// The `[server]` table: `snapring serve`'s flags for the daemon's own server.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `ADDR:PORT` (default `127.0.0.1:9477`); any address but loopback needs a token.
+    pub listen: Option<String>,
+    /// A file holding the bearer token (else `SNAPRING_SERVE_TOKEN`).
+    pub token_file: Option<PathBuf>,
 }
 
 /// One backup job; every field can also be given (and overridden) on the command line.
@@ -39,6 +56,17 @@ pub struct JobConfig {
     pub require_mount: Option<bool>,
     pub allow_empty: Option<bool>,
     pub window: Option<String>,
+    /// Bandwidth limit, bytes per second read plus written: `50MiB`, `800K` (1024-based,
+    /// as rsync), `0` for none.
+    pub bwlimit: Option<String>,
+    /// Program and arguments run before the walk (no shell); if it fails, the run fails
+    /// and nothing is published.
+    pub pre_command: Option<Vec<String>>,
+    /// Program and arguments run after the run, whatever its status, with the report
+    /// on stdin and `SNAPRING_STATUS`, `SNAPRING_RUN_ID`, `SNAPRING_SNAPSHOT` set.
+    pub post_command: Option<Vec<String>>,
+    /// Timeout of each of them (default 10m); the command's process group is killed.
+    pub hook_timeout: Option<String>,
     /// When the daemon runs it: 5-field cron, `@daily`, or the AWS `cron(0 2 * * ? *)`.
     pub schedule: Option<String>,
     /// IANA time zone for the schedule (default UTC).
@@ -77,10 +105,45 @@ impl JobConfig {
     }
 }
 
+/// Reads and checks the config at `path`. Every problem of the file is the error
+/// (`check::check_text`), except a job's missing `source` or `dest`, which
+/// `backup --config` may get from a flag (`resolve` refuses it if not).
 pub fn load(path: &Path) -> Result<Config> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+    load_checked(path, false)
+}
+
+/// As [`load`], and a job without `source` or `dest` is a problem too (for `run` and
+/// the daemon, which take no flags).
+pub fn load_complete(path: &Path) -> Result<Config> {
+    load_checked(path, true)
+}
+
+fn load_checked(path: &Path, complete: bool) -> Result<Config> {
+    let text = read(path)?;
+    let problems: Vec<String> = check::check_text(&text)
+        .into_iter()
+        .filter(|p| complete || !p.missing)
+        .map(|p| p.render(path))
+        .collect();
+    if !problems.is_empty() {
+        return Err(Error::Config(format!(
+            "{} has {}:\n{}",
+            path.display(),
+            count(problems.len()),
+            problems.join("\n")
+        )));
+    }
     parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+fn read(path: &Path) -> Result<String> {
+    std::fs::read_to_string(path)
+        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
+}
+
+/// "1 problem", "3 problems".
+pub fn count(n: usize) -> String {
+    format!("{n} problem{}", if n == 1 { "" } else { "s" })
 }
 
 pub fn parse(text: &str) -> std::result::Result<Config, String> {
@@ -198,81 +261,55 @@ pub fn resolve(
     if let Some(w) = flags.window.or(f.window) {
         o.window = Some(parse_duration(&w).map_err(|e| Error::Config(format!("window: {e}")))?);
     }
+    if let Some(b) = flags.bwlimit.or(f.bwlimit) {
+        o.bwlimit = crate::throttle::parse_rate(&b).map_err(Error::Config)?;
+    }
+    let timeout = match flags.hook_timeout.or(f.hook_timeout) {
+        None => crate::hooks::DEFAULT_TIMEOUT,
+        Some(t) => crate::util::parse_duration(&t)
+            .ok()
+            .filter(|d| *d >= std::time::Duration::from_secs(1))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "hook_timeout {t:?}: give a duration of at least 1s (30s, 10m)"
+                ))
+            })?,
+    };
+    o.pre_command = hook("pre_command", flags.pre_command.or(f.pre_command), timeout)?;
+    o.post_command = hook(
+        "post_command",
+        flags.post_command.or(f.post_command),
+        timeout,
+    )?;
     o.validate()?;
     Ok(o)
 }
 
-/// The 1-based line of `key =` inside the table `[header]` of `text`, or of the header.
-fn line_of(text: &str, header: &str, key: Option<&str>) -> Option<usize> {
-    let mut in_table = false;
-    let mut header_line = None;
-    for (i, l) in text.lines().enumerate() {
-        let t = l.trim();
-        if t.starts_with('[') {
-            in_table = t.trim_start_matches('[').trim_end_matches(']').trim() == header;
-            if in_table {
-                header_line = Some(i + 1);
-            }
-            continue;
-        }
-        if in_table
-            && let Some(k) = key
-            && t.split('=').next().map(str::trim) == Some(k)
-        {
-            return Some(i + 1);
-        }
+/// A pre or post command from its argument list; an empty list is an error.
+fn hook(
+    key: &str,
+    argv: Option<Vec<String>>,
+    timeout: std::time::Duration,
+) -> Result<Option<crate::hooks::Hook>> {
+    match argv {
+        None => Ok(None),
+        Some(a) if a.first().is_none_or(|p| p.is_empty()) => Err(Error::Config(format!(
+            "{key} is empty: give [\"program\", \"arg\", ...]"
+        ))),
+        Some(argv) => Ok(Some(crate::hooks::Hook { argv, timeout })),
     }
-    header_line
 }
 
-/// Checks a whole config file: every job must resolve, every schedule parse, every
-/// notifier be complete and every notifier a job names exist. Returns one line per
-/// problem, each with its line number where there is one.
+/// Checks a whole config file: one line per problem (`FILE:LINE:COL: KEY: MESSAGE`,
+/// see `check::Problem::render`), in file order; empty when it is fine.
 pub fn check(path: &Path) -> Vec<String> {
-    let cfg = match load(path) {
-        Ok(c) => c,
-        Err(e) => return vec![e.to_string()],
-    };
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let at = |header: &str, key: Option<&str>| {
-        line_of(&text, header, key)
-            .map(|l| format!("{}:{l}: ", path.display()))
-            .unwrap_or_else(|| format!("{}: ", path.display()))
-    };
-    if cfg.job.is_empty() {
-        return vec![format!("{}: no [job.NAME] table", path.display())];
+    match read(path) {
+        Ok(text) => check::check_text(&text)
+            .iter()
+            .map(|p| p.render(path))
+            .collect(),
+        Err(e) => vec![e.to_string()],
     }
-    let mut out = Vec::new();
-    for (n, j) in &cfg.job {
-        let h = format!("job.{n}");
-        if let Err(e) = resolve(Some(n.clone()), Some(j.clone()), JobConfig::default()) {
-            let key = e.to_string().contains("window").then_some("window");
-            out.push(format!("{}job {n}: {e}", at(&h, key)));
-        }
-        if let Err(e) = j.schedule() {
-            let key = if e.contains("time zone") {
-                "timezone"
-            } else {
-                "schedule"
-            };
-            out.push(format!("{}job {n}: {e}", at(&h, Some(key))));
-        }
-        if let Err(e) = j.missed() {
-            out.push(format!("{}job {n}: {e}", at(&h, Some("missed"))));
-        }
-        if let Err(Error::Config(e)) = cfg.notifiers_of(n, j) {
-            out.push(format!("{}{e}", at(&h, Some("notify"))));
-        }
-    }
-    for (n, c) in &cfg.notify {
-        for e in c.problems() {
-            out.push(format!(
-                "{}notify {n}: {e}",
-                at(&format!("notify.{n}"), None)
-            ));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -56,11 +56,8 @@ struct State<'a> {
 }
 
 fn load(path: &Path) -> Result<(Config, BTreeMap<String, Job>), String> {
-    let problems = config::check(path);
-    if !problems.is_empty() {
-        return Err(problems.join("; "));
-    }
-    let cfg = config::load(path).map_err(|e| e.to_string())?;
+    // Every problem of the file, as `config check` lists them.
+    let cfg = config::load_complete(path).map_err(|e| e.to_string())?;
     let mut jobs = BTreeMap::new();
     for (name, j) in &cfg.job {
         if let Some(schedule) = j.schedule()? {

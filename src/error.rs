@@ -38,6 +38,13 @@ pub enum Error {
     Locked { store: PathBuf, holder: String },
     #[error("config: {0}")]
     Config(String),
+    /// The command as given would lose data the user probably means to keep; nothing
+    /// was done, and the message says which flag allows it (exit 64, like a usage error).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The job's `pre_command` failed: the run failed before reading anything.
+    #[error("{0}")]
+    Hook(String),
     #[error("store {}: {msg}", path.display())]
     Store { path: PathBuf, msg: String },
     /// The rotation failed after its journal was written: the run failed, but the next

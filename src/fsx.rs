@@ -454,10 +454,13 @@ fn data_ranges(src: BorrowedFd<'_>, meta: &Meta) -> Vec<(u64, u64)> {
 /// Copies a regular file's bytes from `src` to `dst` (a new, empty file), keeping holes
 /// as holes, and returns the BLAKE3 hash of the logical content and the bytes written.
 /// Reads up to `meta.size`; bytes appended meanwhile are caught by the caller's re-stat.
+/// `pace` hears of every read and every write before the next one (a bandwidth limit
+/// sleeps in it).
 pub fn copy_hash(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     meta: &Meta,
+    pace: &dyn Fn(u64),
 ) -> Result<(blake3::Hash, u64), CopyError> {
     thread_local!(static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF]));
     let mut h = blake3::Hasher::new();
@@ -479,10 +482,12 @@ pub fn copy_hash(
                 if n == 0 {
                     break; // truncated while we read; the re-stat will notice
                 }
+                pace(n as u64);
                 h.update(&buf[..n]);
                 if !(sparse && buf[..n].iter().all(|b| *b == 0)) {
                     pwrite_all(dst, &buf[..n], off).map_err(CopyError::Write)?;
                     written += n as u64;
+                    pace(n as u64);
                 }
                 off += n as u64;
             }

@@ -2,9 +2,10 @@
 //! notifications, then the outcome of those written back into the run record and the
 //! catalog. Used by `snapring backup`, `snapring run JOB` and (through `snapring run`)
 //! the daemon. The engine below knows nothing of the catalog or the notifiers: this
-//! layer hooks the catalog into a run through `engine::Observer`.
+//! layer hooks the catalog into a run through `engine::Observer`. A restore is a run
+//! too (`restore`): its own id, a log beside the catalog, a catalog row, notifications.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use crate::config::{Config, JobConfig};
@@ -12,6 +13,7 @@ use crate::engine::{BackupOptions, Observer};
 use crate::error::Result;
 use crate::notify;
 use crate::report::RunReport;
+use crate::restore::{RestoreOptions, RestoreReport};
 use crate::store::Store;
 
 /// The run catalog a job records its runs in.
@@ -62,10 +64,10 @@ pub fn run_backup(
     }
 }
 
-/// Runs the backup (`run_backup`), then notifies (failures always, success if
-/// `notify_success`). Notification outcomes go into the report's `notifications`, the
-/// run record, the catalog and the run log; they never change the run's status or exit
-/// code.
+/// Runs the backup (`run_backup`), then the job's `post_command` (whatever the status),
+/// then notifies (failures always, success if `notify_success`). The post command's and
+/// the notifications' outcomes go into the report, the run record, the catalog and the
+/// run log; they never change the run's status or exit code.
 pub fn run(
     opts: &BackupOptions,
     catalog: Option<&CatalogTarget>,
@@ -74,12 +76,21 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<RunReport> {
     let mut rep = run_backup(opts, catalog, cancel)?;
-    if opts.dry_run || notifiers.is_empty() || !notify::wanted(rep.status, notify_success) {
+    let notify = !notifiers.is_empty() && notify::wanted(rep.status, notify_success);
+    if opts.dry_run || (!notify && opts.post_command.is_none()) {
         return Ok(rep);
     }
     let log = crate::store::log_path(&rep);
     let logging = opts.log_file && crate::runlog::start(&log).is_ok();
-    rep.notifications = notify::send_all(notifiers, &rep);
+    if let Some(h) = &opts.post_command {
+        // Not stopped by the signal that may have ended the run: an interrupted run
+        // is one it must hear about. Its timeout bounds it.
+        rep.post_command = Some(post_command(h, &rep));
+    }
+    if notify {
+        rep.notifications = notify::send_all(notifiers, &rep);
+    }
+    let _ = crate::failpoint::hit("job.after_notify");
     if let Ok(store) = Store::open(&opts.store, false)
         && let Err(e) = store.write_run(&rep)
     {
@@ -94,4 +105,127 @@ pub fn run(
         crate::runlog::stop();
     }
     Ok(rep)
+}
+
+/// Runs `post_command` with the run's status, id, snapshot, job, store and log in its
+/// environment and the report as JSON on stdin.
+fn post_command(h: &crate::hooks::Hook, rep: &RunReport) -> crate::report::HookOutcome {
+    let env = [
+        ("SNAPRING_STATUS", rep.status.as_str().to_string()),
+        ("SNAPRING_RUN_ID", rep.id.clone()),
+        (
+            "SNAPRING_SNAPSHOT",
+            rep.snapshot.clone().unwrap_or_default(),
+        ),
+        ("SNAPRING_JOB", rep.job.clone().unwrap_or_default()),
+        ("SNAPRING_STORE", rep.store.to_string_lossy().into_owned()),
+        (
+            "SNAPRING_LOG",
+            crate::store::log_path(rep).to_string_lossy().into_owned(),
+        ),
+    ];
+    let json = serde_json::to_vec_pretty(rep).unwrap_or_default();
+    crate::hooks::run("post_command", h, &env, &json, &AtomicBool::new(false))
+}
+
+/// How a restore is recorded and told about: the catalog (`None`: not recorded), the
+/// configured job it runs for, and that job's notifiers.
+#[derive(Default)]
+pub struct RestoreRun<'a> {
+    pub catalog: Option<&'a CatalogTarget>,
+    pub job: Option<String>,
+    pub notifiers: &'a [(String, notify::NotifierConfig)],
+    pub notify_success: bool,
+}
+
+/// Runs one restore as a run: its own run id, a log file beside the catalog (the store
+/// is never written), a row of kind `restore` in the catalog, then the job's
+/// notifications (recorded too). A restore that cannot start (no such snapshot, a
+/// target it cannot open) is recorded and notified as `failed`, and its error
+/// returned. A dry run is only run: no id, no record, no log, no notification.
+pub fn restore(
+    opts: &RestoreOptions,
+    run: &RestoreRun<'_>,
+    cancel: &AtomicBool,
+) -> Result<RestoreReport> {
+    if opts.dry_run {
+        return crate::restore::restore(opts, cancel);
+    }
+    let id = crate::engine::backup::new_run_id();
+    let started_at = crate::util::now_rfc3339();
+    let log = run
+        .catalog
+        .map(|c| crate::catalog::restore_log_path(&c.path, &id))
+        .filter(|l| start_log(l));
+    tracing::info!(
+        run = %id, store = %opts.store.display(), snapshot = %opts.snapshot, to = %opts.to.display(),
+        "restore started by snapring {} on {}", env!("CARGO_PKG_VERSION"), crate::util::hostname()
+    );
+    let (mut r, err) = match crate::restore::restore(opts, cancel) {
+        Ok(r) => (r, None),
+        Err(e) => (
+            RestoreReport::not_started(opts, started_at, e.to_string()),
+            Some(e),
+        ),
+    };
+    r.id = Some(id);
+    r.job = run.job.clone();
+    r.log = log.clone();
+    log_restore(&r);
+    record_restore(run.catalog, &mut r);
+    if !run.notifiers.is_empty() && notify::wanted(r.status, run.notify_success) {
+        r.notifications = notify::send_notice(run.notifiers, &notify::Notice::restore(&r));
+        record_restore(run.catalog, &mut r);
+    }
+    if log.is_some() {
+        crate::runlog::stop();
+    }
+    match err {
+        Some(e) => Err(e),
+        None => Ok(r),
+    }
+}
+
+/// Starts a restore's log at `path` (its folder created private); false if it cannot.
+fn start_log(path: &Path) -> bool {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let made = dir.is_dir() || crate::util::create_private_dir(dir, true).is_ok();
+    match made.then(|| crate::runlog::start(path)) {
+        Some(Ok(())) => true,
+        _ => {
+            tracing::warn!("cannot write the restore's log {}", path.display());
+            false
+        }
+    }
+}
+
+/// The restore's outcome, conflicts and problems (the first 1,000 of each) in its log.
+fn log_restore(r: &RestoreReport) {
+    for c in r.conflicts.iter().take(1000) {
+        tracing::warn!(path = %c.path, "conflict: {}", c.reason);
+    }
+    for p in r.problems.iter().take(1000) {
+        tracing::warn!(path = %p.path, action = %p.action, error = %p.error, "{:?}", p.kind);
+    }
+    tracing::info!(
+        status = r.status.as_str(),
+        files = r.files_restored,
+        bytes = r.bytes_restored,
+        conflicts = r.conflicts_total,
+        errors = r.errors,
+        seconds = r.duration_seconds,
+        "restore finished: {}",
+        r.message
+    );
+}
+
+/// Records a restore in the catalog, if there is one; a failure becomes a warning.
+fn record_restore(catalog: Option<&CatalogTarget>, r: &mut RestoreReport) {
+    let Some(c) = catalog else { return };
+    let res =
+        crate::catalog::Catalog::open(&c.path, c.on_nfs).and_then(|mut cat| cat.record_restore(r));
+    if let Err(e) = res {
+        tracing::error!("{e}");
+        r.warnings.push(e.to_string());
+    }
 }

@@ -11,7 +11,7 @@ use cli::args::{CatalogCmd, Cli, Cmd, ConfigCmd};
 use cli::catalog_choice::CatalogChoice;
 use cli::exit_code::ExitCode;
 use cli::print::errln;
-use cli::{backup, catalog, config, daemon, inspect, list, restic, restore};
+use cli::{backup, catalog, config, daemon, inspect, list, restic, restore, serve};
 
 fn main() {
     let args = match Cli::try_parse() {
@@ -38,7 +38,10 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             errln!("snapring: error: {e:#}");
-            ExitCode::Failed
+            match e.downcast_ref::<snapring::error::Error>() {
+                Some(snapring::error::Error::Refused(_)) => ExitCode::Usage,
+                _ => ExitCode::Failed,
+            }
         }
     };
     if let Some(e) = cli::print::stdout_error()
@@ -57,8 +60,8 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
         Cmd::Backup(a) if restic::is_repo(a.dest.as_deref()) => restic::backup(*a),
         Cmd::Backup(a) => backup::backup(*a, cat),
         Cmd::Run(a) => backup::run_job(a, cat),
-        Cmd::Restore(a) if restic::is_repo(Some(&a.dest)) => restic::restore(a),
-        Cmd::Restore(a) => restore::restore(a),
+        Cmd::Restore(a) if restic::is_repo(a.dest.as_deref()) => restic::restore(a),
+        Cmd::Restore(a) => restore::restore(a, cat),
         Cmd::List(a) if restic::is_repo(Some(&a.dest)) => restic::list(a),
         Cmd::List(a) => list::list(a),
         Cmd::Diff(a) => inspect::diff(a),
@@ -74,6 +77,7 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
         } => catalog::rebuild(&dest, cat),
         Cmd::Daemon(a) => daemon::daemon(a, cat, log),
         Cmd::Next(a) => daemon::next(a),
+        Cmd::Serve(a) => serve::serve(a, cat),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },
         } => config::check(&file),

@@ -242,6 +242,7 @@ impl Writer {
         let idx = idx.into_inner().map_err(|e| e.into_error())?;
         idx.sync_all()?;
         std::fs::rename(&idx_tmp, &self.idx_path)?;
+        crate::failpoint::hit("manifest.between_renames")?;
         std::fs::rename(self.mf_path.with_extension("mf.tmp"), &self.mf_path)?;
         Ok(())
     }

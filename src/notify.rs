@@ -52,60 +52,80 @@ pub struct NotifierConfig {
 }
 
 impl NotifierConfig {
-    /// What is missing or wrong, one line each (for `config check`).
-    pub fn problems(&self) -> Vec<String> {
+    /// What is missing or wrong, one line each, with the key it is about (`None`: the
+    /// table as a whole), for `config check`.
+    pub fn problems(&self) -> Vec<(Option<&'static str>, String)> {
         let mut p = Vec::new();
-        let secret_sources = |a: bool, b: bool, c: bool| [a, b, c].iter().filter(|x| **x).count();
+        let one_of = |xs: &[bool]| xs.iter().filter(|x| **x).count() == 1;
         match self.kind.as_str() {
             "webhook" => {
-                if secret_sources(
+                if !one_of(&[
                     self.url.is_some(),
                     self.url_env.is_some(),
                     self.url_file.is_some(),
-                ) != 1
-                {
-                    p.push("a webhook needs exactly one of url, url_env, url_file".into());
+                ]) {
+                    p.push((
+                        None,
+                        "a webhook needs exactly one of url, url_env, url_file".into(),
+                    ));
                 }
                 if !matches!(self.format.as_deref(), None | Some("json") | Some("slack")) {
-                    p.push("format must be \"json\" or \"slack\"".into());
+                    p.push((
+                        Some("format"),
+                        "format must be \"json\" or \"slack\"".into(),
+                    ));
                 }
             }
-            "email" => {
-                if self.smtp_host.is_none() {
-                    p.push("an email notifier needs smtp_host".into());
-                }
-                if self.from.is_none() || self.to.is_empty() {
-                    p.push("an email notifier needs from and to".into());
-                }
-                if !matches!(
-                    self.tls.as_deref(),
-                    None | Some("starttls") | Some("tls") | Some("none")
-                ) {
-                    p.push("tls must be \"starttls\", \"tls\" or \"none\"".into());
-                }
-                if self.username.is_some()
-                    && secret_sources(
-                        false,
-                        self.password_env.is_some(),
-                        self.password_file.is_some(),
-                    ) != 1
-                {
-                    p.push(
-                        "with a username, give exactly one of password_env, password_file".into(),
-                    );
-                }
-            }
+            "email" => p.extend(self.email_problems()),
             "command" => {
                 if self.command.is_empty() {
-                    p.push("a command notifier needs command = [\"program\", \"arg\", ...]".into());
+                    p.push((
+                        Some("command"),
+                        "a command notifier needs command = [\"program\", \"arg\", ...]".into(),
+                    ));
                 }
             }
-            k => p.push(format!("unknown type {k:?}: use webhook, email or command")),
+            k => p.push((
+                Some("type"),
+                format!("unknown type {k:?}: use webhook, email or command"),
+            )),
         }
         if let Some(t) = &self.timeout
             && let Err(e) = crate::util::parse_duration(t)
         {
-            p.push(format!("timeout: {e}"));
+            p.push((Some("timeout"), format!("timeout: {e}")));
+        }
+        p
+    }
+
+    fn email_problems(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut p = Vec::new();
+        if self.smtp_host.is_none() {
+            p.push((None, "an email notifier needs smtp_host".into()));
+        }
+        if self.from.is_none() || self.to.is_empty() {
+            p.push((None, "an email notifier needs from and to".into()));
+        }
+        if !matches!(
+            self.tls.as_deref(),
+            None | Some("starttls") | Some("tls") | Some("none")
+        ) {
+            p.push((
+                Some("tls"),
+                "tls must be \"starttls\", \"tls\" or \"none\"".into(),
+            ));
+        }
+        if self.username.is_some()
+            && [self.password_env.is_some(), self.password_file.is_some()]
+                .iter()
+                .filter(|x| **x)
+                .count()
+                != 1
+        {
+            p.push((
+                Some("username"),
+                "with a username, give exactly one of password_env, password_file".into(),
+            ));
         }
         p
     }
@@ -174,8 +194,86 @@ pub fn message(r: &RunReport) -> (String, String) {
     (subject, text)
 }
 
+/// What a notification says about one run, whatever its kind: the webhook's body
+/// fields, the mail's subject and text, the command's environment and stdin.
+pub struct Notice {
+    pub id: String,
+    pub job: Option<String>,
+    pub status: Status,
+    pub subject: String,
+    pub text: String,
+    pub log: PathBuf,
+    /// The whole report, as JSON.
+    pub report: serde_json::Value,
+}
+
+impl Notice {
+    /// A backup's notice.
+    pub fn backup(r: &RunReport) -> Notice {
+        let (subject, text) = message(r);
+        Notice {
+            id: r.id.clone(),
+            job: r.job.clone(),
+            status: r.status,
+            subject,
+            text,
+            log: crate::store::log_path(r),
+            report: serde_json::to_value(r).unwrap_or_default(),
+        }
+    }
+
+    /// A restore's notice (`log`: its log file beside the catalog).
+    pub fn restore(r: &crate::restore::RestoreReport) -> Notice {
+        let job = r
+            .job
+            .clone()
+            .unwrap_or_else(|| r.store.display().to_string());
+        let subject = format!(
+            "[snapring] {job}: restore {} ({})",
+            r.status.as_str(),
+            r.snapshot
+        );
+        let text = format!(
+            "snapring restore {job}: {}\nreason: {}\nrun: {} on {}\nrestored: {}{} of {} in {}\ninto: {}\nstarted: {}, took {:.1}s\nfiles: {} ({}), conflicts: {}, errors: {}\nlog: {}\n",
+            r.status.as_str(),
+            r.message,
+            r.id.as_deref().unwrap_or("-"),
+            r.host,
+            r.path.as_deref().unwrap_or("all"),
+            if r.dry_run { " (dry run)" } else { "" },
+            r.snapshot,
+            r.store.display(),
+            r.to.display(),
+            r.started_at,
+            r.duration_seconds,
+            r.files_restored,
+            indicatif::HumanBytes(r.bytes_restored),
+            r.conflicts_total,
+            r.errors,
+            r.log
+                .as_deref()
+                .map(|l| l.display().to_string())
+                .unwrap_or_else(|| "-".into()),
+        );
+        Notice {
+            id: r.id.clone().unwrap_or_default(),
+            job: r.job.clone(),
+            status: r.status,
+            subject,
+            text,
+            log: r.log.clone().unwrap_or_default(),
+            report: serde_json::to_value(r).unwrap_or_default(),
+        }
+    }
+}
+
 /// Sends `r` to every notifier of the job that wants it. Never fails.
 pub fn send_all(notifiers: &[(String, NotifierConfig)], r: &RunReport) -> Vec<Outcome> {
+    send_notice(notifiers, &Notice::backup(r))
+}
+
+/// Sends `n` to every notifier given. Never fails.
+pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Outcome> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     notifiers
         .iter()
@@ -247,7 +345,7 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn send_one(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+fn send_one(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     match c.kind.as_str() {
         "webhook" => webhook(c, r),
         "email" => email(c, r),
@@ -256,13 +354,13 @@ fn send_one(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
     }
 }
 
-fn webhook(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+fn webhook(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     let url = match &c.url {
         Some(u) => u.clone(),
         None => secret(&c.url_env, &c.url_file, "webhook url")?.ok_or("webhook without a url")?,
     };
     let shown = redact_url(&url);
-    let (subject, text) = message(r);
+    let (subject, text) = (&r.subject, &r.text);
     let body = if c.format.as_deref() == Some("slack") {
         serde_json::json!({ "text": format!("*{subject}*\n{text}") })
     } else {
@@ -271,8 +369,8 @@ fn webhook(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
             "job": r.job,
             "status": r.status,
             "run": r.id,
-            "log": crate::store::log_path(r),
-            "report": r,
+            "log": r.log,
+            "report": r.report,
         })
     };
     let client = reqwest::blocking::Client::builder()
@@ -291,11 +389,11 @@ fn webhook(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
     }
 }
 
-fn email(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+fn email(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::{Message, SmtpTransport, Transport};
     let host = c.smtp_host.as_deref().ok_or("email without smtp_host")?;
-    let (subject, text) = message(r);
+    let (subject, text) = (r.subject.clone(), r.text.clone());
     let mut b = Message::builder()
         .from(
             c.from
@@ -329,7 +427,7 @@ fn email(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
         .map_err(|e| format!("smtp {host}: {e}"))
 }
 
-fn command(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
+fn command(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     use std::process::{Command, Stdio};
     let (prog, args) = c.command.split_first().ok_or("empty command")?;
     let mut child = Command::new(prog)
@@ -337,13 +435,13 @@ fn command(c: &NotifierConfig, r: &RunReport) -> Result<(), String> {
         .env("SNAPRING_JOB", r.job.as_deref().unwrap_or(""))
         .env("SNAPRING_STATUS", r.status.as_str())
         .env("SNAPRING_RUN_ID", &r.id)
-        .env("SNAPRING_LOG", crate::store::log_path(r))
+        .env("SNAPRING_LOG", &r.log)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("command {prog}: {e}"))?;
-    let json = serde_json::to_vec_pretty(r).expect("report serializes");
+    let json = serde_json::to_vec_pretty(&r.report).expect("report serializes");
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(&json);
     }

@@ -45,11 +45,11 @@ pub trait Rotation {
 pub trait Repository {
     /// Held for the whole run; released when dropped or by [`Repository::unlock`].
     type Lock;
-    type Sink: Sink<Sealed = Self::Sealed>;
+    type Sink: Sink<Sealed = Self::Sealed> + Send + 'static;
     /// What sealing the new snapshot leaves for the publish step.
     type Sealed;
     /// A dry run's recording sink.
-    type DrySink: Sink<Sealed = Plan>;
+    type DrySink: Sink<Sealed = Plan> + Send + 'static;
     type Rotation: Rotation;
 
     /// The exclusive lock of run `run` (the lock names it, so a second run can say who

@@ -145,7 +145,22 @@ pub struct RunReport {
     /// Who was told about this run, and whether it worked (`snapring run`, the daemon).
     #[serde(default)]
     pub notifications: Vec<NotifyOutcome>,
+    /// The bandwidth limit in bytes per second (`--bwlimit`), if one was set.
+    #[serde(default)]
+    pub bwlimit: Option<u64>,
+    /// Wall-clock seconds during which at least one worker waited on the bandwidth limit.
+    #[serde(default)]
+    pub bwlimit_wait_seconds: f64,
+    /// The job's `pre_command`, run before the walk, if it has one.
+    #[serde(default)]
+    pub pre_command: Option<HookOutcome>,
+    /// The job's `post_command`, run after the run, if it has one.
+    #[serde(default)]
+    pub post_command: Option<HookOutcome>,
 }
+
+/// How a pre or post command went (defined beside the commands that run them).
+pub use crate::hooks::HookOutcome;
 
 /// What happened when one notifier was tried (`notify` sends; the report only holds
 /// the outcome, so the report does not depend on the notifiers).
@@ -163,6 +178,8 @@ pub struct NotifyOutcome {
 /// Counters the workers bump while a run goes on.
 #[derive(Default)]
 pub struct Counters {
+    /// The walk was left running on a stalled call (`engine::backup::walk_into`).
+    pub walk_abandoned: std::sync::atomic::AtomicBool,
     pub files_total: AtomicU64,
     pub dirs_total: AtomicU64,
     pub files_transferred: AtomicU64,
@@ -173,6 +190,8 @@ pub struct Counters {
     pub bytes_transferred: AtomicU64,
     pub problems: Mutex<Vec<Problem>>,
     pub problems_total: AtomicU64,
+    /// The run's bandwidth limit, shared by its workers (`--bwlimit`).
+    pub throttle: Option<crate::throttle::Throttle>,
 }
 
 impl Counters {
@@ -199,6 +218,10 @@ impl Counters {
         r.bytes_transferred = g(&self.bytes_transferred);
         r.source_bytes = r.bytes_total;
         r.backup_bytes_added = r.bytes_transferred;
+        if let Some(t) = &self.throttle {
+            r.bwlimit = Some(t.rate());
+            r.bwlimit_wait_seconds = t.waited().as_secs_f64();
+        }
         let mut problems = self
             .problems
             .lock()

@@ -32,7 +32,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use rustix::io::Errno;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Ctx, Error, Result, io_error};
 use crate::fsx::{self, CopyError, Kind, Meta, XattrTarget, Xattrs, b};
@@ -46,7 +46,7 @@ use crate::store::select::Selected;
 use crate::traverse::{self, Dir, Opened, Step, Visitor};
 
 /// What to do with entries that already exist under the target.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Never delete, never replace: report differing entries as conflicts.
@@ -69,21 +69,40 @@ pub struct RestoreOptions {
     /// itself for a file) instead of at the same relative place under `to`.
     pub flat: bool,
     pub mode: Mode,
+    /// The user vouches that `to` holds nothing but this restore: `--flat --mirror` of a
+    /// directory may then delete whatever else `to` holds (see [`refuse_flat_mirror`]).
+    pub to_is_dedicated: bool,
     pub dry_run: bool,
     pub jobs: usize,
     pub progress: bool,
 }
 
-#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Conflict {
     /// Escaped path relative to the target.
     pub path: String,
     pub reason: String,
 }
 
-/// What a restore did (or, in a dry run, would do).
-#[derive(Clone, Debug, Serialize)]
+/// What a restore did (or, in a dry run, would do). The job layer (`job::restore`)
+/// gives a recorded restore its own run id, job, log and notifications.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct RestoreReport {
+    /// `restore` (runs in the catalog are backups or restores).
+    #[serde(default = "restore_kind")]
+    pub kind: String,
+    /// This restore's own run id (`None` when it is not recorded: a dry run, or no
+    /// catalog).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The configured job it was run for (`restore --config FILE --job NAME`).
+    #[serde(default)]
+    pub job: Option<String>,
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub version: String,
+    /// The snapshot restored from (its name when the restore began).
     pub snapshot: String,
     pub run_id: Option<String>,
     pub store: PathBuf,
@@ -92,6 +111,8 @@ pub struct RestoreReport {
     pub mode: Mode,
     pub dry_run: bool,
     pub started_at: String,
+    #[serde(default)]
+    pub finished_at: Option<String>,
     pub duration_seconds: f64,
     /// `complete`, `partial` (conflicts or per-entry problems) or `failed`.
     pub status: Status,
@@ -109,6 +130,64 @@ pub struct RestoreReport {
     pub conflicts: Vec<Conflict>,
     pub errors: u64,
     pub problems: Vec<Problem>,
+    /// This restore's log file (next to the catalog), when it is recorded.
+    #[serde(default)]
+    pub log: Option<PathBuf>,
+    /// What went wrong beside the restore itself (the catalog could not be written).
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Who was told about this restore (a configured job's notifiers).
+    #[serde(default)]
+    pub notifications: Vec<crate::report::NotifyOutcome>,
+}
+
+fn restore_kind() -> String {
+    "restore".into()
+}
+
+impl RestoreReport {
+    /// The report of a restore that could not start (no such store or snapshot, a
+    /// target it cannot open): `failed` with `message`, nothing written.
+    pub fn not_started(opts: &RestoreOptions, started_at: String, message: String) -> Self {
+        let t0 = chrono::DateTime::parse_from_rfc3339(&started_at).ok();
+        let seconds = t0.map_or(0.0, |t| {
+            (chrono::Utc::now().timestamp_millis() - t.timestamp_millis()) as f64 / 1000.0
+        });
+        RestoreReport {
+            kind: restore_kind(),
+            id: None,
+            job: None,
+            host: report::hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            snapshot: opts.snapshot.clone(),
+            run_id: None,
+            store: opts.store.clone(),
+            to: opts.to.clone(),
+            path: opts.path.as_ref().map(|p| p.escaped()),
+            mode: opts.mode,
+            dry_run: opts.dry_run,
+            started_at,
+            finished_at: Some(report::now_rfc3339()),
+            duration_seconds: seconds.max(0.0),
+            status: Status::Failed,
+            exit_code: Status::Failed.exit_code(),
+            message,
+            files_restored: 0,
+            dirs_created: 0,
+            bytes_restored: 0,
+            hard_links: 0,
+            skipped_identical: 0,
+            overwritten: 0,
+            deleted: 0,
+            conflicts_total: 0,
+            conflicts: Vec::new(),
+            errors: 0,
+            problems: Vec::new(),
+            log: None,
+            warnings: Vec::new(),
+            notifications: Vec::new(),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -309,6 +388,7 @@ impl Unfinished {
         let mut f = log.lock().unwrap_or_else(|e| e.into_inner());
         f.write_all(&p)?;
         p.clear();
+        crate::failpoint::hit("restore.recorded")?;
         Ok(())
     }
 
@@ -331,6 +411,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let sel = store.select(&opts.snapshot)?;
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let found = locate(opts, &sel, &reader)?;
+    refuse_flat_mirror(opts, &sel, &reader, &found)?;
     let (to_fd, to_was_new) = open_target(opts, &store)?;
     let unfinished = match &to_fd {
         Some(fd) if !opts.dry_run => Unfinished::open(fd, &opts.to, to_was_new)?,
@@ -427,6 +508,54 @@ fn locate<R: SnapshotReader>(
         dir_rel: p.parent(),
         named: Some((p.clone(), listed, st.entry.kind)),
     })
+}
+
+/// `--flat --mirror` of a directory makes `--to` equal to that directory, so it deletes
+/// every entry of `--to` the directory does not have: the siblings of the folder the
+/// user meant to restore, if `--to` is where that folder lives (`--path home/alice/docs
+/// --to /home/alice`). Refused, before anything is written, when `--to` holds such
+/// entries, unless `to_is_dedicated` says they may go. A new or empty `--to` loses
+/// nothing and is not refused.
+fn refuse_flat_mirror<R: SnapshotReader>(
+    opts: &RestoreOptions,
+    sel: &Selected,
+    reader: &R,
+    found: &Found<R::Dir>,
+) -> Result<()> {
+    let Some((p, _, Kind::Dir)) = &found.named else {
+        return Ok(());
+    };
+    if !opts.flat || opts.mode != Mode::Mirror || opts.to_is_dedicated {
+        return Ok(());
+    }
+    let theirs = match std::fs::read_dir(&opts.to) {
+        Ok(d) => d.filter_map(|e| e.ok()).map(|e| e.file_name()).collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).ctx("read target directory", &opts.to),
+    };
+    let dir = reader
+        .open_dir(&found.dir, p.file_name())
+        .ctx("open", sel.path.join(p.as_path()))?;
+    let ours = reader.list(&dir).ctx("list", sel.path.join(p.as_path()))?;
+    let mut others: Vec<String> = theirs
+        .iter()
+        .map(|n| n.as_bytes())
+        .filter(|n| *n != UNFINISHED && !ours.iter().any(|l| l.name() == *n))
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    others.sort();
+    let n = others.len();
+    others.truncate(3);
+    Err(Error::Refused(format!(
+        "--flat --mirror makes {to} an exact copy of {path}, so it would delete the {n} entries of {to} that {path} does not have ({names}{more}); nothing was changed. Restore without --flat (into {to}/{path}), choose an empty --to, or, if {to} holds nothing but this restore, add --to-is-dedicated (try it with --dry-run first)",
+        to = opts.to.display(),
+        path = p.as_path().display(),
+        names = others.join(", "),
+        more = if n > 3 { ", …" } else { "" },
+    )))
 }
 
 /// Plans the walk's first directory: where it starts in the snapshot, where it lands
@@ -675,6 +804,7 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
 
     fn finish(&self, dir: &Dir<Node<R::Dir>>) {
         let node = &dir.state;
+        let _ = crate::failpoint::hit("restore.dir_meta");
         if node.apply_meta
             && !self.cancel.load(Ordering::Relaxed)
             && let Some(dst) = &node.dst
@@ -868,10 +998,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let (Some(to), true, Some(_)) = (self.to_root, walked, &self.unfinished.log) else {
             return;
         };
+        let _ = crate::failpoint::hit("restore.before_done");
         if let Err(e) = fsx::unlink_at(b(to), UNFINISHED) {
             self.dest_error(&RelPath::root(), "remove the restore's record", e);
             return;
         }
+        let _ = crate::failpoint::hit("restore.after_done");
         if let Some((m, xs)) = root_meta
             && let Err(e) = fsx::apply_dir_meta(b(to), &m, &xs)
         {
@@ -1101,7 +1233,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 x.uid, x.gid, m.uid, m.gid
             ));
         }
-        if d.mtime && m.kind != Kind::Symlink {
+        // A symlink's time is not the user's concern, except in a directory a stopped run
+        // of this restore made: there a symlink created but not yet given its time is
+        // that run's unfinished work.
+        if d.mtime && (m.kind != Kind::Symlink || at.node.ours) {
             return Same::No(format!(
                 "modification time differs ({} vs {})",
                 x.mtime, m.mtime
@@ -1256,6 +1391,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
         replace: bool,
         rel: &RelPath,
     ) -> bool {
+        // Tests kill a restore here: the temporary file done, not yet renamed.
+        let _ = crate::failpoint::hit("restore.before_rename");
         let r = if replace {
             fsx::rename_at(b(dst), to, b(dst), name)
         } else {
@@ -1316,7 +1453,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return false;
             }
         };
-        match fsx::copy_hash(b(&src), b(&dst), m) {
+        match fsx::copy_hash(b(&src), b(&dst), m, &|_| {}) {
             Ok((hash, written)) => {
                 add(&self.counts.bytes, written);
                 if let Some(want) = e.hash
@@ -1383,6 +1520,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
             self.dest_error(&at.rel, "create", e);
             return false;
         }
+        // Tests kill a restore here: the entry made, its metadata not yet set.
+        let _ = crate::failpoint::hit("restore.special");
         let r = fsx::apply_meta_at(b(dst), to, m)
             .and_then(|_| fsx::write_xattrs(&XattrTarget::At(b(dst), to), &xattrs))
             .and_then(|_| fsx::apply_times_at(b(dst), to, m));
@@ -1430,6 +1569,15 @@ impl<R: SnapshotReader> Restore<'_, R> {
             std::mem::take(&mut *c.problems.lock().unwrap_or_else(|e| e.into_inner()));
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         RestoreReport {
+            kind: restore_kind(),
+            id: None,
+            job: None,
+            host: report::hostname(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            finished_at: Some(report::now_rfc3339()),
+            log: None,
+            warnings: Vec::new(),
+            notifications: Vec::new(),
             snapshot: sel.snap.name.clone(),
             run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),
             store: store.root.clone(),

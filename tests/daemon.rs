@@ -38,47 +38,6 @@ fn cli(
     )
 }
 
-/// A real HTTP server: records each request's path and body, answers 200.
-struct Http {
-    port: u16,
-    got: Arc<Mutex<Vec<(String, String)>>>,
-}
-
-fn http_server() -> Http {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let g = got.clone();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            let mut r = BufReader::new(s.try_clone().unwrap());
-            let mut first = String::new();
-            r.read_line(&mut first).unwrap();
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                r.read_line(&mut h).unwrap();
-                if h == "\r\n" || h.is_empty() {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
-            g.lock()
-                .unwrap()
-                .push((path, String::from_utf8_lossy(&body).into_owned()));
-            let _ =
-                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
-        }
-    });
-    Http { port, got }
-}
-
 /// A real SMTP sink: speaks enough ESMTP (EHLO, AUTH PLAIN/LOGIN, MAIL, RCPT, DATA,
 /// QUIT) for a client to deliver; records the AUTH line and each message.
 struct Smtp {
@@ -460,9 +419,14 @@ fn an_in_process_daemon_runs_records_skips_overlaps_and_stops_cleanly() {
         let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
         // Let it finish one run and start another, then stop it mid-run.
         wait_until("a published snapshot", 60, || dest.join("daily.0").exists());
+        // Records only: a record being rewritten has a temporary file beside it.
         wait_until("a second run", 60, || {
             std::fs::read_dir(dest.join(".snapring/runs"))
-                .map(|d| d.count())
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                        .count()
+                })
                 .unwrap_or(0)
                 >= 2
         });
@@ -689,13 +653,14 @@ fn examples_parse_and_next_previews_schedules() {
     );
     assert_eq!(code, 1);
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 5, "{out}");
+    assert_eq!(lines.len(), 6, "{out}");
+    assert!(lines[5].ends_with(": 5 problems"), "{out}");
     for (line, (at, what)) in lines.iter().zip([
-        (":4: job a", "exactly one"),
-        (":5: job a", "nobody"),
-        (":10: job b", "time zone"),
-        (":12: job b", "missed"),
-        (":14: notify x", "url"),
+        (":4:1: job.a.schedule", "exactly one"),
+        (":5:11: job.a.notify", "nobody"),
+        (":10:1: job.b.timezone", "time zone"),
+        (":12:1: job.b.missed", "missed"),
+        (":14:9: notify.x", "url"),
     ]) {
         assert!(line.contains(at) && line.contains(what), "{out}");
     }

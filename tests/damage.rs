@@ -113,3 +113,147 @@ fn failed_rotation_is_finished_by_the_next_command() {
         "{rec}"
     );
 }
+
+fn manifest_ids(store: &Path) -> Vec<String> {
+    let mut v: Vec<String> = manifest_files(store, "mf")
+        .iter()
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// The run id `snapshots.json` records for snapshot `name`.
+fn id_of(dest: &Path, name: &str) -> String {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest.join(".snapring/snapshots.json")).unwrap())
+            .unwrap();
+    state["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+fn verify_all(dest: &Path) -> (i32, String) {
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--all".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &[],
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+/// Three backups, then garbage in `snapshots.json` (a `cp -a` of the store on top):
+/// the next backup keeps every manifest whose snapshot is still there, recovers the
+/// records by matching trees to manifests, deletes only the expired snapshot's
+/// manifest, keeps the damaged file aside, and `verify --all` checks every snapshot.
+#[test]
+fn a_damaged_snapshot_state_loses_no_manifest_and_verify_checks_every_snapshot() {
+    for copied in [false, true] {
+        let (t, src, dest0) = setup();
+        for i in 0..3 {
+            write(&src.join("d0/f0"), format!("version {i}").as_bytes());
+            assert_eq!(backup(&src, &dest0, &["--retain", "3"], &[]).0, 0);
+        }
+        let dest = if copied {
+            let d = t.path().join("copy");
+            let st = std::process::Command::new("cp")
+                .args(["-a".as_ref(), dest0.as_os_str(), d.as_os_str()])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            d
+        } else {
+            dest0.clone()
+        };
+        let before = manifest_ids(&dest);
+        assert_eq!(before.len(), 3);
+        let oldest = id_of(&dest, "daily.2");
+        std::fs::write(
+            dest.join(".snapring/snapshots.json"),
+            b"{\"format\": 1, \"snap",
+        )
+        .unwrap();
+        write(&src.join("d0/f0"), b"version 3");
+        let (code, rep, err) = backup(&src, &dest, &["--retain", "3"], &[]);
+        assert_eq!(code, 0, "copied {copied}: {err}");
+        assert_eq!(rep["expired"], serde_json::json!(["daily.2"]), "{rep}");
+        assert_eq!(
+            rep["files_linked"], 29,
+            "records recovered: linked by manifest: {rep}"
+        );
+        // The expired snapshot (the oldest run) took its manifest; the others kept theirs.
+        let after = manifest_ids(&dest);
+        let new_id = rep["id"].as_str().unwrap().to_string();
+        let mut expect: Vec<String> = before.into_iter().filter(|i| *i != oldest).collect();
+        expect.push(new_id);
+        expect.sort();
+        assert_eq!(after, expect, "copied {copied}");
+        let aside: Vec<_> = std::fs::read_dir(dest.join(".snapring"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .starts_with("snapshots.json.damaged-")
+            })
+            .collect();
+        assert_eq!(aside.len(), 1, "the damaged state is kept aside");
+        let (code, out) = verify_all(&dest);
+        assert_eq!(code, 0, "{out}");
+        assert_eq!(out.matches(": clean against manifest").count(), 3, "{out}");
+    }
+}
+
+/// A snapshot whose manifest is gone does not stop `verify --all`: it says what it
+/// could not check, checks the others, and exits `partial` (2).
+#[test]
+fn verify_all_goes_on_past_a_snapshot_without_a_manifest() {
+    let (_t, src, dest) = setup();
+    for i in 0..3 {
+        write(&src.join("d0/f0"), format!("version {i}").as_bytes());
+        assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    }
+    // The middle snapshot's manifest is lost.
+    let mid = id_of(&dest, "daily.1");
+    std::fs::remove_file(dest.join(format!(".snapring/manifests/{mid}.mf"))).unwrap();
+    let (code, out) = verify_all(&dest);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("daily.1: NOT CHECKED: daily.1 has no usable manifest"),
+        "{out}"
+    );
+    assert!(out.contains("daily.0: clean against manifest"), "{out}");
+    assert!(out.contains("daily.2: clean against manifest"), "{out}");
+}
+
+/// A `snapshots.json` of a newer format is refused by writers and readers, and left
+/// byte for byte as it was.
+#[test]
+fn a_newer_snapshot_state_format_is_refused_not_rewritten() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let p = dest.join(".snapring/snapshots.json");
+    let newer = br#"{"format": 2, "snapshots": [], "generations": {"daily": 7}}"#;
+    std::fs::write(&p, newer).unwrap();
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("snapshot state format 2 is newer"), "{err}");
+    let out = snapring(&["list".as_ref(), "--dest".as_ref(), dest.as_os_str()], &[]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("format 2 is newer"));
+    assert_eq!(std::fs::read(&p).unwrap(), newer);
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+}

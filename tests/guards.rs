@@ -676,8 +676,11 @@ fn bad_config_is_explained() {
     let out = snapring(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()], &[]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1));
+    // Both problems, each at its key's line.
     assert!(
-        text.contains("unknown field `keep`") && text.contains("line 5"),
+        text.contains("c.toml:4:1: job.efs.retain: retain must be at least 1")
+            && text.contains("c.toml:5:1: job.efs.keep: unknown key (did you mean `retain`?)")
+            && text.contains("c.toml: 2 problems"),
         "{text}"
     );
     let (code, _, err) = backup(

@@ -165,12 +165,12 @@ fn an_unknown_notifier_fails_config_check_and_the_run() {
     let c = cfg.to_str().unwrap();
     let (code, out, err) = run_in(&root, &["config", "check", c]);
     assert_eq!(code, 1, "{out}{err}");
-    for part in ["job j", "notify", "\"nope\"", "ops"] {
+    for part in ["c.toml:4:18: job.j.notify:", "\"nope\"", "defined: ops"] {
         assert!(out.contains(part), "config check names {part}: {out}");
     }
     let (code, out, err) = run_in(&root, &["run", "j", "--config", c, "--no-progress"]);
     assert_eq!(code, 1, "{out}{err}");
-    for part in ["job j", "notify", "\"nope\"", "defined: ops"] {
+    for part in ["c.toml:4:18: job.j.notify:", "\"nope\"", "defined: ops"] {
         assert!(err.contains(part), "run names {part}: {err}");
     }
     assert!(!root.join("bk").exists(), "the run started anyway");

@@ -346,7 +346,7 @@ fn backup_from_a_config_job_with_flag_overrides() {
     std::fs::write(
         &cfg,
         format!(
-            "[job.home]\nsource = {:?}\ndest = {:?}\nfolder = \"fs-1\"\nlabel = \"hourly\"\nretain = 5\nexclude = [\"f1*\"]\n\n[job.other]\nsource = \"/nonexistent\"\ndest = \"/nonexistent\"\n",
+            "[job.home]\nsource = {:?}\ndest = {:?}\nfolder = \"fs-1\"\nlabel = \"hourly\"\nretain = 5\nexclude = [\"f1*\"]\n\n[job.other]\nsource = \"/nonexistent\"\ndest = \"/nonexistent-backup\"\n",
             src.display().to_string(),
             dest.display().to_string()
         ),

@@ -23,6 +23,8 @@ const LAYERS: &[(&str, &[&str])] = &[
             "runlog",
             "schedule",
             "traverse",
+            "throttle",
+            "hooks",
         ],
     ),
     (
@@ -37,7 +39,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("operations", &["engine", "restore", "commands"]),
     ("bookkeeping", &["catalog", "notify", "config"]),
     ("job", &["job"]),
-    ("service", &["daemon"]),
+    ("service", &["daemon", "serve"]),
     // The binary's own modules (src/main.rs, src/cli/).
     ("binary", &["cli"]),
 ];

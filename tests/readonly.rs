@@ -4,110 +4,12 @@
 //! as rolling it forward will leave it, without writing.
 
 mod common;
+use common::state::*;
 use common::*;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-
-/// Everything about one entry of the store that a write could change (atime aside).
-#[derive(Debug, PartialEq, Eq)]
-struct Full {
-    kind: &'static str,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime_ns: i128,
-    ctime_ns: i128,
-    ino: u64,
-    nlink: u64,
-    size: u64,
-    content: Option<String>,
-    target: Option<Vec<u8>>,
-    xattrs: Vec<(Vec<u8>, Vec<u8>)>,
-}
-
-/// Every entry under `root` (root itself as ""), `.snapring/` included.
-fn full_state(root: &Path) -> BTreeMap<Vec<u8>, Full> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![(root.to_path_buf(), Vec::<u8>::new())];
-    while let Some((p, rel)) = stack.pop() {
-        let m = std::fs::symlink_metadata(&p).unwrap();
-        let ft = m.file_type();
-        if ft.is_dir() {
-            for e in std::fs::read_dir(&p).unwrap() {
-                let e = e.unwrap();
-                let mut r = rel.clone();
-                if !r.is_empty() {
-                    r.push(b'/');
-                }
-                r.extend_from_slice(e.file_name().as_bytes());
-                stack.push((e.path(), r));
-            }
-        }
-        out.insert(
-            rel,
-            Full {
-                kind: if ft.is_dir() {
-                    "dir"
-                } else if ft.is_symlink() {
-                    "symlink"
-                } else if ft.is_file() {
-                    "file"
-                } else {
-                    "special"
-                },
-                mode: m.mode(),
-                uid: m.uid(),
-                gid: m.gid(),
-                mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
-                ctime_ns: m.ctime() as i128 * 1_000_000_000 + m.ctime_nsec() as i128,
-                ino: m.ino(),
-                nlink: m.nlink(),
-                size: m.len(),
-                content: ft.is_file().then(|| {
-                    blake3::hash(&std::fs::read(&p).unwrap())
-                        .to_hex()
-                        .to_string()
-                }),
-                target: ft.is_symlink().then(|| {
-                    std::fs::read_link(&p)
-                        .unwrap()
-                        .as_os_str()
-                        .as_bytes()
-                        .to_vec()
-                }),
-                xattrs: xattrs_of(&p),
-            },
-        );
-    }
-    out
-}
-
-fn assert_unchanged(before: &BTreeMap<Vec<u8>, Full>, after: &BTreeMap<Vec<u8>, Full>, what: &str) {
-    let mut diffs = Vec::new();
-    for (k, v) in before {
-        match after.get(k) {
-            None => diffs.push(format!("removed {}", String::from_utf8_lossy(k))),
-            Some(a) if a != v => diffs.push(format!(
-                "changed {}:\n  before {v:?}\n  after  {a:?}",
-                String::from_utf8_lossy(k)
-            )),
-            _ => {}
-        }
-    }
-    for k in after.keys().filter(|k| !before.contains_key(*k)) {
-        diffs.push(format!("added {}", String::from_utf8_lossy(k)));
-    }
-    assert!(
-        diffs.is_empty(),
-        "{what}: the store changed:\n{}",
-        diffs.join("\n")
-    );
-}
 
 /// Runs `snapring CMD --dest STORE ARGS…`; returns (exit, stdout JSON, stderr).
 fn cmd(store: &Path, c: &str, args: &[&OsStr]) -> (i32, serde_json::Value, String) {
@@ -277,53 +179,6 @@ fn read_commands_change_nothing_in_the_store() {
         &full_state(&store),
         "after list, diff, verify, history, restore",
     );
-}
-
-/// Bind-mounts `from` read-only at `to`; unmounts when dropped.
-struct RoMount(PathBuf);
-
-impl RoMount {
-    fn new(from: &Path, to: &Path) -> Result<RoMount, String> {
-        std::fs::create_dir_all(to).unwrap();
-        let run = |args: &[&OsStr]| -> Result<(), String> {
-            let out = Command::new("mount")
-                .args(args)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if out.status.success() {
-                Ok(())
-            } else {
-                Err(String::from_utf8_lossy(&out.stderr).into_owned())
-            }
-        };
-        run(&["--bind".as_ref(), from.as_os_str(), to.as_os_str()])?;
-        let m = RoMount(to.to_path_buf());
-        run(&["-o".as_ref(), "remount,bind,ro".as_ref(), to.as_os_str()])?;
-        Ok(m)
-    }
-}
-
-impl Drop for RoMount {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
-
-fn ro_mount_or_skip(from: &Path, to: &Path) -> Option<RoMount> {
-    match RoMount::new(from, to) {
-        Ok(m) => {
-            let probe = to.join(".snapring/probe");
-            assert!(
-                std::fs::write(&probe, b"x").is_err(),
-                "the mount is not read-only"
-            );
-            Some(m)
-        }
-        Err(e) => {
-            println!("skipped: cannot bind-mount read-only here ({})", e.trim());
-            None
-        }
-    }
 }
 
 #[test]

@@ -187,6 +187,29 @@ fn a_restore_rerun_after_sigkill_replaces_its_own_half_written_file() {
 }
 
 #[test]
+fn a_restore_rerun_gives_a_symlink_the_killed_run_made_its_time() {
+    let (t, src, store) = setup(5);
+    std::os::unix::fs::symlink("f0", src.join("d02/link")).unwrap();
+    set_mtime(&src.join("d02/link"), 1_400_000_000, 7);
+    set_mtime(&src.join("d02"), 1_500_000_002, 0);
+    ok_backup(&src, &store);
+    let to = t.path().join("restored");
+    // Killed with the symlink made and its time not yet set.
+    let (code, _, _) = finish(spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        "restore.special=kill",
+    ));
+    assert_eq!(code, -1, "the failpoint fired");
+    assert!(to.join("d02/link").symlink_metadata().is_ok());
+    let (code, rep, err) = finish(spawn_restore(&store, "daily.0", &to, ""));
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_same_tree(&describe(&src), &describe(&to), "rerun restore");
+}
+
+#[test]
 fn a_restore_rerun_still_leaves_a_users_file_alone() {
     let (t, src, store) = setup(5);
     ok_backup(&src, &store);

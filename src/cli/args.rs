@@ -72,6 +72,9 @@ pub enum Cmd {
     /// Run every scheduled job of a config file at its times, until SIGTERM/SIGINT
     /// (SIGHUP reloads the config).
     Daemon(DaemonArgs),
+    /// Serve a read-only dashboard, /metrics (Prometheus) and /api JSON over HTTP for
+    /// the jobs of a config file and their runs in the catalog.
+    Serve(ServeArgs),
     /// Print the next run times (RFC 3339, UTC) of a job or of a bare schedule.
     Next(NextArgs),
     /// Configuration files.
@@ -102,6 +105,10 @@ pub struct BackupArgs {
     /// TOML config file with [job.NAME] tables; flags override its values.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// After the run, write its job's metrics to DIR/snapring-<job>.prom for
+    /// node_exporter's textfile collector (docs/monitoring.md).
+    #[arg(long, value_name = "DIR")]
+    pub textfile: Option<PathBuf>,
     /// Job to run from the config (optional when it has one job).
     #[arg(long)]
     pub job: Option<String>,
@@ -143,6 +150,19 @@ pub struct BackupArgs {
     /// Stop gracefully after this long (e.g. 180m); the run is `incomplete` and the next resumes.
     #[arg(long)]
     pub window: Option<String>,
+    /// Cap the bytes read from the source plus written to the backup, per second, across
+    /// all workers: 50MiB, 800K (K, M, G are 1024-based as in rsync; KB, MB, GB
+    /// 1000-based); 0 for no limit.
+    #[arg(long, value_name = "RATE")]
+    pub bwlimit: Option<String>,
+    /// Run this before the walk; if it fails, the run fails and nothing is published.
+    /// A command line split as a shell would (quotes, backslashes), but run without one.
+    #[arg(long, value_name = "COMMAND")]
+    pub pre_command: Option<String>,
+    /// Run this after the run, whatever its status, with the report as JSON on stdin and
+    /// SNAPRING_STATUS, SNAPRING_RUN_ID, SNAPRING_SNAPSHOT set (split as --pre-command).
+    #[arg(long, value_name = "COMMAND")]
+    pub post_command: Option<String>,
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -193,9 +213,17 @@ pub struct ListArgs {
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// The store: <dest>/<folder>, or a restic repository: file:///PATH.
+    /// The store: <dest>/<folder> [default with --config: the job's dest and folder], or a
+    /// restic repository: file:///PATH.
+    #[arg(long, required_unless_present = "config")]
+    pub dest: Option<PathBuf>,
+    /// TOML config file: the restore runs for one of its jobs (its store, catalog and
+    /// notifiers).
     #[arg(long)]
-    pub dest: PathBuf,
+    pub config: Option<PathBuf>,
+    /// The job of --config (optional when it has one job).
+    #[arg(long, requires = "config")]
+    pub job: Option<String>,
     /// Snapshot: name (daily.2), run id, `latest`, or @TIME (the newest taken at or
     /// before TIME, e.g. @2026-11-20T02:00, UTC unless an offset is given).
     pub snapshot: String,
@@ -215,6 +243,11 @@ pub struct RestoreArgs {
     /// Also delete what the snapshot does not have, inside the restored subtree only.
     #[arg(long, conflicts_with = "overwrite")]
     pub mirror: bool,
+    /// With --flat --mirror of a directory: --to holds nothing but this restore, so
+    /// whatever else is in it may be deleted. Without it that restore is refused when
+    /// --to has entries the directory does not have (they would be deleted).
+    #[arg(long)]
+    pub to_is_dedicated: bool,
     /// Print what would be created (+), replaced (~), deleted (-) and left as a
     /// conflict (!); change nothing.
     #[arg(long)]
@@ -284,6 +317,9 @@ pub struct HistoryArgs {
     /// Only runs of this job.
     #[arg(long)]
     pub job: Option<String>,
+    /// Only backups or only restores.
+    #[arg(long, value_parser = ["backup", "restore"])]
+    pub kind: Option<String>,
     /// Only runs started within this long (30d, 12h) or since this time.
     #[arg(long)]
     pub since: Option<String>,
@@ -330,6 +366,10 @@ pub struct RunArgs {
     pub json: bool,
     #[arg(long)]
     pub no_progress: bool,
+    /// After the run, write its job's metrics to DIR/snapring-<job>.prom for
+    /// node_exporter's textfile collector (docs/monitoring.md).
+    #[arg(long, value_name = "DIR")]
+    pub textfile: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -340,6 +380,23 @@ pub struct DaemonArgs {
         default_value = "/etc/snapring/snapring.toml"
     )]
     pub config: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(
+        long,
+        env = "SNAPRING_CONFIG",
+        default_value = "/etc/snapring/snapring.toml"
+    )]
+    pub config: PathBuf,
+    /// Address and port to listen on; any address but loopback needs a token.
+    #[arg(long, value_name = "ADDR:PORT", default_value = snapring::serve::DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// A file holding the token clients must send as `Authorization: Bearer TOKEN`
+    /// [else the environment variable SNAPRING_SERVE_TOKEN, if set].
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -16,11 +16,15 @@ use super::print::{self, errln, human};
 
 /// `snapring run JOB`: a backup of one job of a config file, no flags over it.
 pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    // No flags fill in a missing source or dest here: the whole file must be complete,
+    // as the daemon and `config check` require.
+    config::load_complete(&a.config)?;
     let args = BackupArgs {
         config: Some(a.config),
         job: Some(a.job),
         json: a.json,
         no_progress: a.no_progress,
+        textfile: a.textfile,
         ..Default::default()
     };
     backup(args, cat)
@@ -37,6 +41,13 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         job.notify_success,
         &cancel,
     )?;
+    if let Some(dir) = &a.textfile {
+        // Monitoring that cannot be written never changes the run's outcome.
+        let cat = job.catalog.as_ref().map(|c| c.path.as_path());
+        if let Err(e) = snapring::serve::textfile::write(dir, &report, job.file_job.as_ref(), cat) {
+            errln!("snapring: warning: {e}");
+        }
+    }
     if a.json {
         print::json(&report)?;
     } else {
@@ -53,6 +64,8 @@ struct Job {
     /// By name, as the config file defines them.
     notifiers: Vec<(String, NotifierConfig)>,
     notify_success: bool,
+    /// The config file's job, if any (its schedule goes into `--textfile`).
+    file_job: Option<JobConfig>,
 }
 
 /// The config file's job (if any) with the flags over it, plus the command-line-only
@@ -72,7 +85,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         }
         None => (a.job.clone(), None),
     };
-    let mut opts = config::resolve(name, file_job, flags(a))?;
+    let mut opts = config::resolve(name, file_job.clone(), flags(a)?)?;
     opts.dry_run = a.dry_run;
     opts.plan_on_stderr = a.json;
     let catalog = cat
@@ -87,12 +100,21 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         catalog,
         notifiers,
         notify_success,
+        file_job,
     })
 }
 
 /// The job settings given as flags (they override the config file's).
-fn flags(a: &BackupArgs) -> JobConfig {
-    JobConfig {
+fn flags(a: &BackupArgs) -> anyhow::Result<JobConfig> {
+    let split = |flag: &str, line: &Option<String>| {
+        line.as_deref()
+            .map(snapring::hooks::split)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+    };
+    Ok(JobConfig {
+        pre_command: split("pre-command", &a.pre_command)?,
+        post_command: split("post-command", &a.post_command)?,
         source: a.source.clone(),
         dest: a.dest.clone(),
         folder: a.folder.clone(),
@@ -104,8 +126,9 @@ fn flags(a: &BackupArgs) -> JobConfig {
         require_mount: a.require_mount.then_some(true),
         allow_empty: a.allow_empty.then_some(true),
         window: a.window.clone(),
+        bwlimit: a.bwlimit.clone(),
         ..Default::default()
-    }
+    })
 }
 
 /// The human summary: a failure on stderr, then the counts (stdout, or stderr for a
@@ -152,6 +175,23 @@ fn print_summary(r: &RunReport) {
     );
     if !r.expired.is_empty() {
         let _ = writeln!(out, "  expired {}", r.expired.join(", "));
+    }
+    for (what, h) in [("pre", &r.pre_command), ("post", &r.post_command)] {
+        if let Some(h) = h {
+            let how = match (&h.error, h.exit_code) {
+                (None, _) => "ok".to_string(),
+                (Some(e), _) => format!("failed: {e}"),
+            };
+            let _ = writeln!(out, "  {what}_command {how} ({:.2}s)", h.seconds);
+        }
+    }
+    if let Some(rate) = r.bwlimit {
+        let _ = writeln!(
+            out,
+            "  bandwidth limit {}/s: waited {:.2}s",
+            human(rate),
+            r.bwlimit_wait_seconds
+        );
     }
     let _ = writeln!(
         out,

@@ -5,7 +5,8 @@
 use std::path::Path;
 
 use chrono::SecondsFormat;
-use snapring::catalog::{Catalog, Filter, RunRow, Shown, Stats};
+use snapring::catalog::{Catalog, Filter, Record, RunRow, Shown, Stats};
+use snapring::restore::RestoreReport;
 
 use super::args::{HistoryArgs, ShowArgs, StatsArgs};
 use super::catalog_choice::CatalogChoice;
@@ -15,7 +16,8 @@ use super::print::{self, human, outln};
 /// `snapring history` without a path: the catalog's runs, newest last.
 pub fn history(a: HistoryArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let c = cat.open_settled()?;
-    let f = filter(a.job, a.dest.as_deref(), a.since.as_deref())?;
+    let mut f = filter(a.job, a.dest.as_deref(), a.since.as_deref())?;
+    f.kind = a.kind;
     let rows = c.runs(&f)?;
     if a.json {
         print::json(&rows)?;
@@ -60,7 +62,9 @@ fn import_run(c: &mut Catalog, dest: &Path, run: &str) -> Option<Shown> {
 /// `snapring stats`: per job, success rate, durations and trends.
 pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let c = cat.open_settled()?;
-    let f = filter(a.job, a.dest.as_deref(), a.since.as_deref())?;
+    let mut f = filter(a.job, a.dest.as_deref(), a.since.as_deref())?;
+    // Success rates and durations are the backups' (restores are listed by `history`).
+    f.kind = Some("backup".into());
     let stats = c.stats(&f)?;
     if a.json {
         print::json(&stats)?;
@@ -100,7 +104,12 @@ fn filter(job: Option<String>, dest: Option<&Path>, since: Option<&str>) -> anyh
         None => None,
         Some(s) => Some(since_time(s)?),
     };
-    Ok(Filter { job, store, since })
+    Ok(Filter {
+        kind: None,
+        job,
+        store,
+        since,
+    })
 }
 
 /// `--since`: `30d`/`12h` back from now, or a time; RFC 3339 with milliseconds, UTC.
@@ -116,8 +125,9 @@ fn since_time(s: &str) -> anyhow::Result<String> {
 
 fn print_runs(rows: &[RunRow], catalog: &Path) {
     outln!(
-        "{:<24} {:<10} {:<10} {:<21} {:>9} {:>9} {:>9} {:>10} {:>6}  STORE",
+        "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9} {:>9} {:>9} {:>10} {:>6}  STORE",
         "RUN",
+        "KIND",
         "JOB",
         "STATUS",
         "STARTED",
@@ -129,8 +139,9 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
     );
     for r in rows {
         outln!(
-            "{:<24} {:<10} {:<10} {:<21} {:>9.1} {:>9} {:>9} {:>10} {:>6}  {}",
+            "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9.1} {:>9} {:>9} {:>10} {:>6}  {}",
             r.id,
+            r.kind,
             r.job.as_deref().unwrap_or("-"),
             r.status,
             r.started_at.get(..19).unwrap_or(&r.started_at).to_string() + "Z",
@@ -188,7 +199,10 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
 
 /// One run in full: settings, counts, phases, warnings, up to 50 problems, its log.
 fn print_shown(s: &Shown) {
-    let r = &s.report;
+    let r = match &s.report {
+        Record::Backup(r) => r,
+        Record::Restore(r) => return print_restore(r, s),
+    };
     outln!("run {} ({})", r.id, r.status.as_str());
     outln!(
         "  job {}  label {}  retain {}",
@@ -241,7 +255,89 @@ fn print_shown(s: &Shown) {
     for w in &r.warnings {
         outln!("  warning: {w}");
     }
-    outln!("  errors {}", r.errors);
+    if let Some(w) = r.bwlimit {
+        outln!(
+            "  bandwidth limit {}/s, waited {:.2}s",
+            human(w),
+            r.bwlimit_wait_seconds
+        );
+    }
+    for (what, h) in [("pre", &r.pre_command), ("post", &r.post_command)] {
+        if let Some(h) = h {
+            outln!("  {what}_command {}", hook_line(h));
+        }
+    }
+    print_problems_and_log(r.errors, s);
+}
+
+/// A pre or post command's outcome on one line.
+fn hook_line(h: &snapring::report::HookOutcome) -> String {
+    format!(
+        "{:?}: {} in {:.2}s{}",
+        h.command,
+        match h.exit_code {
+            Some(c) => format!("exit {c}"),
+            None => "no exit code".into(),
+        },
+        h.seconds,
+        h.error
+            .as_deref()
+            .map(|e| format!(" ({e})"))
+            .unwrap_or_default()
+    )
+}
+
+/// A restore in full: what, from where, into where, its counts, conflicts, problems.
+fn print_restore(r: &RestoreReport, s: &Shown) {
+    outln!(
+        "restore {} ({})",
+        r.id.as_deref().unwrap_or("-"),
+        r.status.as_str()
+    );
+    outln!(
+        "  job {}  mode {:?}",
+        r.job.as_deref().unwrap_or("-"),
+        r.mode
+    );
+    outln!(
+        "  store {}  snapshot {} (run {})  path {}",
+        r.store.display(),
+        r.snapshot,
+        r.run_id.as_deref().unwrap_or("-"),
+        r.path.as_deref().unwrap_or("all")
+    );
+    outln!("  into {}", r.to.display());
+    outln!("  host {}  snapring {}", r.host, r.version);
+    outln!(
+        "  started {}  finished {}  took {:.2}s",
+        r.started_at,
+        r.finished_at.as_deref().unwrap_or("-"),
+        r.duration_seconds
+    );
+    outln!(
+        "  files {} ({}, {} as hard links), directories {}, identical skipped {}, replaced {}, deleted {}",
+        r.files_restored,
+        human(r.bytes_restored),
+        r.hard_links,
+        r.dirs_created,
+        r.skipped_identical,
+        r.overwritten,
+        r.deleted
+    );
+    outln!("  message: {}", r.message);
+    for w in &r.warnings {
+        outln!("  warning: {w}");
+    }
+    outln!("  conflicts {}", r.conflicts_total);
+    for c in r.conflicts.iter().take(50) {
+        outln!("    {}: {}", c.path, c.reason);
+    }
+    print_problems_and_log(r.errors, s);
+}
+
+/// The problems (up to 50) and the log of a shown run.
+fn print_problems_and_log(errors: u64, s: &Shown) {
+    outln!("  errors {}", errors);
     for pr in s.problems.iter().take(50) {
         outln!(
             "    {:?}: {} ({}: {})",

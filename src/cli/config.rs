@@ -1,5 +1,6 @@
-//! `snapring config check FILE`: every problem of a config file with its line, or
-//! `FILE: ok`; exit 1 when there are problems.
+//! `snapring config check FILE`: every problem of a config file, one line each
+//! (`FILE:LINE:COL: KEY: MESSAGE`), then their count; or `FILE: ok`. Exit 1 when there
+//! are problems.
 
 use std::path::Path;
 
@@ -16,6 +17,11 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
         outln!("{}: ok", file.display());
         Ok(ExitCode::Complete)
     } else {
+        outln!(
+            "{}: {}",
+            file.display(),
+            snapring::config::count(problems.len())
+        );
         Ok(ExitCode::Failed)
     }
 }

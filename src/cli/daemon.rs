@@ -22,7 +22,8 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 /// `snapring daemon`: runs until SIGTERM/SIGINT (SIGHUP reloads the config).
 /// `log` is the daemon's own logging (`--log-format`, `-v`), passed on to each run.
 pub fn daemon(a: DaemonArgs, cat: &CatalogChoice, log: &LogFlags) -> anyhow::Result<ExitCode> {
-    let catalog = cat.for_config(config::load(&a.config)?.catalog);
+    let cfg = config::load_complete(&a.config)?;
+    let catalog = cat.for_config(cfg.catalog.clone());
     let opts = snapring::daemon::DaemonOptions {
         config: a.config,
         exe: std::env::current_exe()?,
@@ -35,7 +36,13 @@ pub fn daemon(a: DaemonArgs, cat: &CatalogChoice, log: &LogFlags) -> anyhow::Res
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
     snapring::daemon::install_signals(&stop, &reload);
-    snapring::daemon::run(&opts, &stop, &reload).map_err(anyhow::Error::msg)?;
+    let server = super::serve::for_daemon(&opts.config, cfg.server.as_ref(), cat, &stop)?;
+    let ran = snapring::daemon::run(&opts, &stop, &reload).map_err(anyhow::Error::msg);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(t) = server {
+        let _ = t.join();
+    }
+    ran?;
     Ok(ExitCode::Complete)
 }
 

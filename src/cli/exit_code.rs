@@ -18,7 +18,9 @@ pub enum ExitCode {
     /// 3: interrupted or out of time (an `incomplete` run); the next run resumes.
     Incomplete = 3,
     /// 64 (EX_USAGE from sysexits.h): the command line is wrong (unknown flag, missing
-    /// or bad value); nothing ran. Apart from 2 so a script can tell it from `partial`.
+    /// or bad value), or it asks for something refused because it would lose data
+    /// (`Error::Refused`: `restore --flat --mirror` into a `--to` holding other
+    /// entries); nothing ran. Apart from 2 so a script can tell it from `partial`.
     Usage = 64,
 }
 

@@ -36,7 +36,11 @@ fn print_table(snaps: &[Listed], space: bool) {
             "{:<12} {:>4} {:<24} {:<21} {:<10} {:>9} {:>10} {:>10}",
             s.name,
             s.slot,
-            s.id.clone().unwrap_or_else(dash),
+            s.id.clone().unwrap_or_else(|| if s.taken_over {
+                "(taken over)".into()
+            } else {
+                dash()
+            }),
             s.taken_at,
             s.status
                 .map(|x| x.as_str().to_string())
@@ -44,6 +48,11 @@ fn print_table(snaps: &[Listed], space: bool) {
             s.files.map(|f| f.to_string()).unwrap_or_else(dash),
             s.bytes.map(human).unwrap_or_else(dash),
             s.unique_bytes.map(human).unwrap_or_else(dash)
+        );
+    }
+    if snaps.iter().any(|s| s.taken_over) {
+        outln!(
+            "(taken over: made by another tool such as rsnapshot; no manifest, compared by stat, TAKEN is its directory's mtime)"
         );
     }
     if !snaps.is_empty() && !space {

@@ -20,6 +20,7 @@ pub mod logging;
 pub mod print;
 pub mod restic;
 pub mod restore;
+pub mod serve;
 
 /// A flag that SIGINT/SIGTERM set, for the long-running commands to stop cleanly.
 pub fn cancel_on_signal() -> Arc<AtomicBool> {

@@ -166,6 +166,9 @@ fn components(p: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 /// `snapring restore --dest file:///PATH SNAPSHOT --to DIR [--path P [--flat]]`.
 pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let unsupported = [
+        (a.config.is_some(), "--config"),
+        (a.job.is_some(), "--job"),
+        (a.to_is_dedicated, "--to-is-dedicated"),
         (a.overwrite, "--overwrite"),
         (a.mirror, "--mirror"),
         (a.dry_run, "--dry-run"),
@@ -173,7 +176,8 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
         bail!("{flag} is not supported with a restic repository yet");
     }
-    let repo = open(&a.dest, a.password_file.as_deref())?;
+    let dest = a.dest.as_deref().context("--dest is required")?;
+    let repo = open(dest, a.password_file.as_deref())?;
     let sub = match &a.path {
         Some(p) => components(p)?,
         None => Vec::new(),

@@ -1,21 +1,36 @@
-//! `snapring restore`: turns the flags into `snapring::restore::RestoreOptions`, runs
-//! the restore and prints its report (a summary, conflicts and problems, or JSON). The
-//! exit code is the restore's status.
+//! `snapring restore`: turns the flags (and, with `--config`, a job's store, catalog and
+//! notifiers) into `snapring::restore::RestoreOptions`, runs the restore as a run
+//! (`snapring::job::restore`: run id, catalog row, log, notifications) and prints its
+//! report (a summary, conflicts and problems, or JSON). The exit code is the restore's
+//! status.
 
 use std::io::IsTerminal;
 
+use std::path::PathBuf;
+
+use snapring::config;
+use snapring::job::{CatalogTarget, RestoreRun};
+use snapring::notify::NotifierConfig;
 use snapring::restore::{Mode, RestoreOptions, RestoreReport};
 
 use super::args::RestoreArgs;
+use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
 use super::print::{self, errln, human};
 
 /// `snapring restore`.
-pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
+pub fn restore(a: RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let json = a.json;
-    let opts = options(a)?;
+    let job = for_job(&a, cat)?;
+    let opts = options(a, job.store)?;
     let cancel = super::cancel_on_signal();
-    let r = snapring::restore::restore(&opts, &cancel)?;
+    let run = RestoreRun {
+        catalog: job.catalog.as_ref(),
+        job: job.name,
+        notifiers: &job.notifiers,
+        notify_success: job.notify_success,
+    };
+    let r = snapring::job::restore(&opts, &run, &cancel)?;
     if json {
         print::json(&r)?;
     } else {
@@ -24,8 +39,57 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(r.status))
 }
 
+/// What a restore takes from its job (none without `--config`): the store, the
+/// catalog (as a backup of the job chooses it), the notifiers.
+struct ForJob {
+    name: Option<String>,
+    store: Option<PathBuf>,
+    catalog: Option<CatalogTarget>,
+    notifiers: Vec<(String, NotifierConfig)>,
+    notify_success: bool,
+}
+
+fn for_job(a: &RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<ForJob> {
+    let target = |path| CatalogTarget {
+        path,
+        on_nfs: cat.on_nfs,
+    };
+    let Some(cfg_path) = &a.config else {
+        return Ok(ForJob {
+            name: None,
+            store: None,
+            catalog: cat.for_config(None).map(target),
+            notifiers: Vec::new(),
+            notify_success: false,
+        });
+    };
+    let cfg = config::load(cfg_path)?;
+    let (name, j) = cfg.pick(a.job.as_deref())?;
+    let store = match (&j.dest, &j.folder) {
+        (Some(d), Some(f)) => Some(
+            d.join(
+                snapring::relpath::RelPath::new(f.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("job {name}: folder: {e}"))?
+                    .as_path(),
+            ),
+        ),
+        (d, _) => d.clone(),
+    };
+    Ok(ForJob {
+        notifiers: cfg.notifiers_of(&name, &j)?,
+        notify_success: j.notify_success.unwrap_or(false),
+        name: Some(name),
+        store,
+        catalog: cat.for_config(cfg.catalog.clone()).map(target),
+    })
+}
+
 /// The restore's options from the flags; `--path` must lie inside the snapshot.
-fn options(a: RestoreArgs) -> anyhow::Result<RestoreOptions> {
+/// `--dest` wins over the job's store.
+fn options(a: RestoreArgs, job_store: Option<PathBuf>) -> anyhow::Result<RestoreOptions> {
+    let Some(store) = a.dest.clone().or(job_store) else {
+        anyhow::bail!("no store: give --dest, or a job with dest (and folder) in --config");
+    };
     let path = match &a.path {
         Some(p) => {
             let rel = snapring::restore::parse_path(p).map_err(anyhow::Error::msg)?;
@@ -34,7 +98,7 @@ fn options(a: RestoreArgs) -> anyhow::Result<RestoreOptions> {
         None => None,
     };
     Ok(RestoreOptions {
-        store: a.dest,
+        store,
         snapshot: a.snapshot,
         to: a.to,
         flat: a.flat && path.is_some(),
@@ -46,6 +110,7 @@ fn options(a: RestoreArgs) -> anyhow::Result<RestoreOptions> {
         } else {
             Mode::Safe
         },
+        to_is_dedicated: a.to_is_dedicated,
         dry_run: a.dry_run,
         jobs: a.jobs.unwrap_or(0),
         progress: !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal(),
@@ -58,13 +123,19 @@ fn print_summary(r: &RestoreReport) {
     let mut out = print::summary_stream(r.dry_run);
     let _ = writeln!(
         out,
-        "{}{}: restored {} of {} (run {}) into {}",
+        "{}{}: restored {} of {} ({}) into {}{}",
         if r.dry_run { "dry run, " } else { "" },
         r.status.as_str(),
         r.path.as_deref().unwrap_or("all"),
         r.snapshot,
-        r.run_id.as_deref().unwrap_or("-"),
-        r.to.display()
+        r.run_id.as_ref().map_or_else(
+            || "taken over, no run".to_string(),
+            |id| format!("run {id}")
+        ),
+        r.to.display(),
+        r.id.as_deref()
+            .map(|id| format!(" (restore {id})"))
+            .unwrap_or_default()
     );
     let _ = writeln!(
         out,

@@ -107,10 +107,34 @@ pub struct Verified {
     pub differences: Vec<Difference>,
     pub totals: Totals,
     pub problems: Vec<(String, String)>,
+    /// Why this snapshot could not be checked at all (`--all` goes on past it): it
+    /// has no usable manifest. Such a snapshot is not `clean`.
+    pub unchecked: Option<String>,
+}
+
+impl Verified {
+    /// A snapshot `verify --all` could not check, and why.
+    fn unchecked(sel: &Selected, why: String) -> Verified {
+        Verified {
+            snapshot: sel.snap.name.clone(),
+            run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),
+            against: "manifest".into(),
+            clean: false,
+            corrupt: 0,
+            missing: 0,
+            unexpected: 0,
+            metadata: 0,
+            differences: vec![],
+            totals: Totals::default(),
+            problems: vec![],
+            unchecked: Some(why),
+        }
+    }
 }
 
 /// Re-hashes every file of the chosen snapshots and compares them with their manifests
-/// (or, with `against`, compares the manifest with a live tree, hashing every file).
+/// (or, with `against`, compares the manifest with a live tree, hashing every file; a
+/// snapshot without a manifest, taken over from another tool, is then read as a tree).
 pub fn verify(
     store: &Path,
     which: &[String],
@@ -120,30 +144,7 @@ pub fn verify(
     cancel: &AtomicBool,
 ) -> Result<Vec<Verified>> {
     let store = Store::open_read(store)?;
-    // `--all`: each snapshot is selected (by its run id, which a rotation does not
-    // change) and held just before it is verified, released after; one expired
-    // meanwhile is skipped (warned). Named ones are selected up front.
-    let targets: Vec<Target> = if all {
-        store
-            .snapshots_with_runs()?
-            .into_iter()
-            .map(|(s, _, _)| Target::Later {
-                spec: s
-                    .rec
-                    .as_ref()
-                    .map_or_else(|| s.name.clone(), |r| r.id.clone()),
-                by_run: s.rec.is_some(),
-                name: s.name,
-            })
-            .collect()
-    } else if which.is_empty() {
-        vec![Target::Held(Box::new(store.select("latest")?))]
-    } else {
-        which
-            .iter()
-            .map(|w| store.select(w).map(|s| Target::Held(Box::new(s))))
-            .collect::<Result<_>>()?
-    };
+    let targets = targets(&store, which, all)?;
     let live = match against {
         Some(dir) => Some(fsx::open_dir(dir).map_err(|e| live_error(e, dir))?),
         None => None,
@@ -169,13 +170,21 @@ pub fn verify(
             },
         };
         let sel = &sel;
-        if sel.manifest.is_none() {
+        // Without a manifest (a tree taken over from another tool), only `--against`
+        // has something to compare: the tree as it is, hashed file by file.
+        if sel.manifest.is_none() && live.is_none() {
+            let why = format!(
+                "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against on its own; `snapring verify {} --against SOURCE` compares it with a live tree file by file, `snapring diff {} --against SOURCE` by stat",
+                sel.snap.name, sel.snap.name, sel.snap.name
+            );
+            if all {
+                tracing::warn!("{why}");
+                out.push(Verified::unchecked(sel, why));
+                continue;
+            }
             return Err(Error::Store {
                 path: sel.path.clone(),
-                msg: format!(
-                    "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against; `snapring diff {} --against SOURCE` compares it with a live tree",
-                    sel.snap.name, sel.snap.name
-                ),
+                msg: why,
             });
         }
         // The manifest's record on one side, a tree read as it is on the other.
@@ -205,9 +214,37 @@ pub fn verify(
             differences: o.differences,
             totals: o.totals,
             problems: o.problems,
+            unchecked: None,
         });
     }
     Ok(out)
+}
+
+/// The snapshots `verify` checks. `--all`: each snapshot is selected (by its run id,
+/// which a rotation does not change) and held just before it is verified, released
+/// after; one expired meanwhile is skipped (warned). Named ones are selected up front.
+fn targets(store: &Store, which: &[String], all: bool) -> Result<Vec<Target>> {
+    Ok(if all {
+        store
+            .snapshots_with_runs()?
+            .into_iter()
+            .map(|(s, _, _)| Target::Later {
+                spec: s
+                    .rec
+                    .as_ref()
+                    .map_or_else(|| s.name.clone(), |r| r.id.clone()),
+                by_run: s.rec.is_some(),
+                name: s.name,
+            })
+            .collect()
+    } else if which.is_empty() {
+        vec![Target::Held(Box::new(store.select("latest")?))]
+    } else {
+        which
+            .iter()
+            .map(|w| store.select(w).map(|s| Target::Held(Box::new(s))))
+            .collect::<Result<_>>()?
+    })
 }
 
 /// A snapshot `verify` is to check: selected already, or selected when its turn comes.

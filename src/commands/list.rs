@@ -28,6 +28,10 @@ pub struct Listed {
     pub slot: u32,
     /// The run that made it; `None` for a tree taken over from rsnapshot/cp -a.
     pub id: Option<String>,
+    /// Made by another tool (rsnapshot, EFSBackup's `cp -al` + rsync) or by hand: no run
+    /// record and no manifest, so it is compared by stat and `taken_at` is its
+    /// directory's mtime.
+    pub taken_over: bool,
     pub finished_at: Option<String>,
     pub status: Option<Status>,
     pub files: Option<u64>,
@@ -61,6 +65,7 @@ pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
             taken_at: taken.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             unique_bytes,
             id: s.rec.as_ref().map(|r| r.id.clone()),
+            taken_over: s.rec.is_none(),
             finished_at: s.rec.as_ref().map(|r| r.finished_at.clone()),
             status: run.as_ref().map(|r| r.status),
             files: run.as_ref().map(|r| r.files_total),

@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -139,14 +140,19 @@ pub fn backup_observed(
         // A record that cannot be written (a full file system) fails the run, which
         // still ends with a report and reaches the observer.
         recorded = store.write_run(&rep);
+        let _ = crate::failpoint::hit("run.after_first_record");
         if let Err(e) = &recorded {
             tracing::error!("{e}");
         }
         observer.started(&store, &mut rep);
     }
-    let counters = Counters::default();
+    let counters = Arc::new(Counters {
+        throttle: opts.bwlimit.map(crate::throttle::Throttle::new),
+        ..Counters::default()
+    });
     let outcome = match recorded {
-        Ok(()) => run(opts, &store, &id, &counters, cancel, &mut rep),
+        Ok(()) => pre_command(opts, &mut rep, cancel)
+            .and_then(|()| run(opts, &store, &id, &counters, cancel, &mut rep)),
         Err(e) => Err(e),
     };
     conclude(&mut rep, &counters, outcome, t0);
@@ -159,10 +165,12 @@ pub fn backup_observed(
             bytes_copied = rep.bytes_transferred,
             errors = rep.errors,
             seconds = rep.duration_seconds,
+            bwlimit_wait_seconds = rep.bwlimit_wait_seconds,
             "backup finished: {}",
             rep.message
         );
         observer.finished(&mut rep);
+        let _ = crate::failpoint::hit("run.before_final_record");
         // A failed run has discarded its staging tree by now, so a file system that
         // was full has room again for the record.
         if let Err(e) = store.write_run(&rep) {
@@ -170,8 +178,44 @@ pub fn backup_observed(
         }
         crate::runlog::stop();
     }
-    Repository::unlock(&store, lock);
+    release(&store, lock, &counters);
     Ok(rep)
+}
+
+/// Runs the job's `pre_command` (never in a dry run), before the source is looked at
+/// (it may be what mounts or freezes it). `Err` when it fails: the run fails with
+/// nothing read or published, and its output is in the run log.
+fn pre_command(opts: &BackupOptions, rep: &mut RunReport, cancel: &AtomicBool) -> Result<()> {
+    let Some(h) = opts.pre_command.as_ref().filter(|_| !opts.dry_run) else {
+        return Ok(());
+    };
+    let env = [
+        ("SNAPRING_RUN_ID", rep.id.clone()),
+        ("SNAPRING_JOB", rep.job.clone().unwrap_or_default()),
+        ("SNAPRING_SOURCE", rep.source.to_string_lossy().into_owned()),
+        ("SNAPRING_STORE", rep.store.to_string_lossy().into_owned()),
+    ];
+    let out = crate::hooks::run("pre_command", h, &env, b"", cancel);
+    let failed = out.error.clone();
+    rep.pre_command = Some(out);
+    match failed {
+        None => Ok(()),
+        Some(e) => Err(Error::Hook(format!(
+            "pre_command {:?} failed: {e}; nothing was backed up or published (its output is in the run log)",
+            h.argv
+        ))),
+    }
+}
+
+/// Unlocks the store, unless the walk was left behind on a stalled call: its workers
+/// may still write into the staging tree when the call returns, so the store stays
+/// locked until this process exits (the lock is a `flock`).
+fn release(store: &Store, lock: <Store as Repository>::Lock, counters: &Counters) {
+    if counters.walk_abandoned.load(Ordering::Relaxed) {
+        std::mem::forget(lock);
+    } else {
+        Repository::unlock(store, lock);
+    }
 }
 
 fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
@@ -217,6 +261,10 @@ fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         problems_not_listed: 0,
         warnings: vec![],
         notifications: vec![],
+        bwlimit: None,
+        bwlimit_wait_seconds: 0.0,
+        pre_command: None,
+        post_command: None,
     }
 }
 
@@ -384,29 +432,54 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
     Ok(st)
 }
 
+/// How long a stopped walk (window ended, signal, fatal error) may take to return
+/// before the run ends without it: a call stalled on a hung mount can take minutes,
+/// and a backup window is a promise to the file system's other users.
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How a walk ended.
+struct Walked<S> {
+    /// The sink back; `None` when the walk was abandoned on a stalled call (its
+    /// workers still hold the sink; see `walk_into`).
+    sink: Option<S>,
+    fatal: Option<Error>,
+    window_ended: bool,
+    t_walk: Instant,
+}
+
 /// Walks the source into `sink` on the run's workers, with the progress line and the
-/// backup window beside it. Returns the first fatal error, whether the window ended,
-/// and when the walk started.
-fn walk_into<S: Sink>(
+/// backup window beside it.
+///
+/// The walk runs on a thread of its own that owns what it uses, so that the run can
+/// end without it: once asked to stop, it has `STOP_GRACE` to return; a walk whose
+/// workers are still stuck in a call then (a stalled NFS or FUSE server) is abandoned.
+/// Its staging tree stays for the next run to resume, and `counters.walk_abandoned`
+/// tells the caller to keep the store locked until the process exits (the stuck
+/// workers may still write into staging when their call returns).
+fn walk_into<S: Sink + Send + 'static>(
     opts: &BackupOptions,
     st: Start,
-    sink: &S,
-    counters: &Counters,
+    sink: S,
+    counters: &Arc<Counters>,
     cancel: &AtomicBool,
     rep: &mut RunReport,
-) -> (Option<Error>, bool, Instant) {
+) -> Walked<S> {
     let walk_start = report::now_rfc3339();
     let t_walk = Instant::now();
-    let walk = Walk::new(
-        counters,
-        cancel,
-        &st.excludes,
-        st.prev.as_ref().and_then(|p| p.manifest.as_ref()),
-        sink,
-    )
-    .kept_from(rep.based_on.clone());
+    let stop = Arc::new(AtomicBool::new(false));
+    let rx = match spawn_walk(opts, st, sink, counters, &stop, rep.based_on.clone()) {
+        Ok(rx) => rx,
+        Err(e) => {
+            return Walked {
+                sink: None,
+                fatal: Some(e),
+                window_ended: false,
+                t_walk,
+            };
+        }
+    };
     let (done, window_ended) = (AtomicBool::new(false), AtomicBool::new(false));
-    std::thread::scope(|s| {
+    let got = std::thread::scope(|s| {
         if opts.progress {
             s.spawn(|| super::progress::show(counters, &done));
         }
@@ -414,8 +487,9 @@ fn walk_into<S: Sink>(
             let (ended, done) = (&window_ended, &done);
             s.spawn(move || super::progress::watch_window(t_walk, w, cancel, ended, done));
         }
-        walk.run(st.src_fd, st.src_meta, opts.jobs);
+        let got = wait_for_walk(&rx, cancel, &stop);
         done.store(true, Ordering::Relaxed);
+        got
     });
     rep.phases.walk_copy = phase(&walk_start, t_walk);
     tracing::info!(
@@ -426,8 +500,96 @@ fn walk_into<S: Sink>(
         "walk finished in {:.2}s",
         rep.phases.walk_copy.seconds
     );
-    let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
-    (fatal, window_ended.load(Ordering::Relaxed), t_walk)
+    let window_ended = window_ended.load(Ordering::Relaxed);
+    match got {
+        Some((sink, fatal)) => Walked {
+            sink: Some(sink),
+            fatal,
+            window_ended,
+            t_walk,
+        },
+        None => {
+            counters.walk_abandoned.store(true, Ordering::Relaxed);
+            Walked {
+                sink: None,
+                fatal: None,
+                window_ended,
+                t_walk,
+            }
+        }
+    }
+}
+
+/// What the walk thread hands back: the sink and the first fatal error.
+type WalkResult<S> = (S, Option<Error>);
+
+/// Starts the walk on a thread of its own, which owns everything it uses (see
+/// `walk_into`); its result arrives on the returned channel.
+fn spawn_walk<S: Sink + Send + 'static>(
+    opts: &BackupOptions,
+    st: Start,
+    sink: S,
+    counters: &Arc<Counters>,
+    stop: &Arc<AtomicBool>,
+    based_on: Option<String>,
+) -> Result<std::sync::mpsc::Receiver<WalkResult<S>>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (counters, stop, jobs) = (counters.clone(), stop.clone(), opts.jobs);
+    let worker = move || {
+        let manifest = st.prev.as_ref().and_then(|p| p.manifest.as_ref());
+        let walk = Walk::new(&counters, &stop, &st.excludes, manifest, &sink).kept_from(based_on);
+        walk.run(st.src_fd, st.src_meta, jobs);
+        let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+        drop(walk);
+        let _ = tx.send((sink, fatal));
+    };
+    std::thread::Builder::new()
+        .name("walk".into())
+        .spawn(worker)
+        .ctx("start the walk thread for", &opts.source)?;
+    Ok(rx)
+}
+
+/// Waits for the walk thread's result, passing a cancel on to it (`stop`, which a
+/// fatal error also sets); `None` if it has not returned `STOP_GRACE` after a stop.
+fn wait_for_walk<T>(
+    rx: &std::sync::mpsc::Receiver<T>,
+    cancel: &AtomicBool,
+    stop: &AtomicBool,
+) -> Option<T> {
+    let mut stopping: Option<Instant> = None;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(20)) {
+            Ok(v) => return Some(v),
+            // The walk thread panicked: its workers are gone, nothing holds the sink.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return None,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        if cancel.load(Ordering::Relaxed) {
+            stop.store(true, Ordering::Relaxed);
+        }
+        if stop.load(Ordering::Relaxed) {
+            let since = *stopping.get_or_insert_with(Instant::now);
+            if since.elapsed() >= STOP_GRACE {
+                tracing::error!(
+                    "the walk did not stop within {}s of being asked to (a call to the source or the backup file system is stalled); ending the run without it",
+                    STOP_GRACE.as_secs()
+                );
+                return None;
+            }
+        }
+    }
+}
+
+/// A walk that stopped on a fatal error and did not return (its error is in the log).
+fn stalled_error(opts: &BackupOptions) -> Error {
+    Error::Store {
+        path: opts.source.clone(),
+        msg: format!(
+            "the walk was stopped and did not return within {}s: a call to the source or the backup file system is stalled (see the log)",
+            STOP_GRACE.as_secs()
+        ),
+    }
 }
 
 /// The message of a run stopped before publishing.
@@ -453,17 +615,20 @@ fn run_dry<R: Repository>(
     opts: &BackupOptions,
     repo: &R,
     id: &str,
-    counters: &Counters,
+    counters: &Arc<Counters>,
     cancel: &AtomicBool,
     rep: &mut RunReport,
 ) -> Result<Status> {
     let st = start(opts, repo, rep)?;
     let sink = repo.dry_sink(st.prev.as_ref())?;
     let root = Entry::from_meta(b".", &st.src_meta);
-    let (fatal, _, _) = walk_into(opts, st, &sink, counters, cancel, rep);
-    if let Some(e) = fatal {
+    let w = walk_into(opts, st, sink, counters, cancel, rep);
+    if let Some(e) = w.fatal {
         return Err(e);
     }
+    let Some(sink) = w.sink else {
+        return Err(stalled_error(opts));
+    };
     let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
     let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
     rep.expired = rotation.expired().to_vec();
@@ -481,7 +646,7 @@ fn run<R: Repository>(
     opts: &BackupOptions,
     repo: &R,
     id: &str,
-    counters: &Counters,
+    counters: &Arc<Counters>,
     cancel: &AtomicBool,
     rep: &mut RunReport,
 ) -> Result<Status> {
@@ -496,8 +661,21 @@ fn run<R: Repository>(
     let mut root_entry = Entry::from_meta(b".", &st.src_meta);
     root_entry.group = None;
     let sink = repo.begin(id, st.prev.as_ref(), leftovers.last().map(String::as_str))?;
-    let (fatal, window_ended, t_walk) = walk_into(opts, st, &sink, counters, cancel, rep);
-    if let Some(e) = fatal {
+    let w = walk_into(opts, st, sink, counters, cancel, rep);
+    let (window_ended, t_walk) = (w.window_ended, w.t_walk);
+    let Some(sink) = w.sink else {
+        // Stuck workers still hold the staging tree: leave it for the next run.
+        if !window_ended && !cancel.load(Ordering::Relaxed) {
+            return Err(stalled_error(opts));
+        }
+        rep.message = format!(
+            "{}; a call to the file system was still stalled {}s later and was left behind",
+            stopped_message(window_ended),
+            STOP_GRACE.as_secs()
+        );
+        return Ok(Status::Incomplete);
+    };
+    if let Some(e) = w.fatal {
         sink.abandon();
         discard_unpublished(opts, repo, id);
         return Err(e);
@@ -530,6 +708,7 @@ fn run<R: Repository>(
         }
     );
     rep.snapshot = Some(name);
+    let _ = crate::failpoint::hit("backup.after_publish");
     repo.tidy(&leftovers);
     delete_expired(opts, repo, t_walk, cancel, rep);
     Ok(status)
@@ -649,15 +828,18 @@ fn delete_expired<R: Repository>(
 fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) -> Result<RunReport> {
     let t0 = Instant::now();
     let mut rep = new_report(opts, id, &opts.store);
-    let counters = Counters::default();
+    let counters = Arc::new(Counters::default());
     let r = (|| {
         let st = open_source(opts, None)?;
         let sink = PlanSink::new(None);
         let root = Entry::from_meta(b".", &st.src_meta);
-        let (fatal, _, _) = walk_into(opts, st, &sink, &counters, cancel, &mut rep);
-        if let Some(e) = fatal {
+        let w = walk_into(opts, st, sink, &counters, cancel, &mut rep);
+        if let Some(e) = w.fatal {
             return Err(e);
         }
+        let Some(sink) = w.sink else {
+            return Err(stalled_error(opts));
+        };
         let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
         plan.rotation.push(format!("publish {}.0", opts.label));
         print_plan(opts, &plan);

@@ -37,6 +37,13 @@ pub struct BackupOptions {
     pub plan_on_stderr: bool,
     /// Write the run's log to `.snapring/logs/<id>.log`.
     pub log_file: bool,
+    /// Bytes per second read from the source plus written to the store, across all
+    /// workers (`--bwlimit`); `None`: no limit.
+    pub bwlimit: Option<u64>,
+    /// Run before the walk (not in a dry run); if it fails, so does the run.
+    pub pre_command: Option<crate::hooks::Hook>,
+    /// Run after the run, whatever its status (by the job layer, `job::run`).
+    pub post_command: Option<crate::hooks::Hook>,
 }
 
 impl BackupOptions {
@@ -57,59 +64,98 @@ impl BackupOptions {
             progress: false,
             plan_on_stderr: false,
             log_file: true,
+            bwlimit: None,
+            pre_command: None,
+            post_command: None,
         }
     }
 
+    /// Checks every setting; the first problem is the error (`config check` asks the
+    /// `check_*` functions one by one, to report every problem of a file at once).
     pub fn validate(&self) -> Result<()> {
-        if !crate::store::rotation::valid_label(&self.label) {
-            return Err(Error::Config(format!(
-                "label {:?} is not valid: use letters, digits, '_' or '-', starting with a letter (daily, hourly, weekly)",
-                self.label
-            )));
+        let c = |r: std::result::Result<(), String>| r.map_err(Error::Config);
+        c(check_label(&self.label))?;
+        c(check_retain(self.retain.into()))?;
+        c(check_jobs(self.jobs as i64))?;
+        if let Some(w) = self.window {
+            c(check_window(w))?;
         }
-        if self.retain == 0 {
-            return Err(Error::Config("retain must be at least 1".into()));
-        }
-        if self.jobs > 4096 {
-            return Err(Error::Config(format!(
-                "jobs must be between 1 and 4096 (or 0 for the default), not {}",
-                self.jobs
-            )));
-        }
-        if let Some(w) = self.window
-            && w < Duration::from_secs(1)
-        {
-            return Err(Error::Config(format!(
-                "window must be at least 1s (e.g. 45s, 180m, 3h), not {}s: a shorter one ends every run before it can publish",
-                w.as_secs_f64()
-            )));
-        }
-        // Compare where the paths really lead: `dest/../src/x` or a symlink into the
-        // source must not slip past the check (the backup would copy itself forever).
-        let (s, d) = (resolve(&self.source), resolve(&self.store));
-        if d.starts_with(&s) || s.starts_with(&d) {
-            return Err(Error::Config(format!(
-                "source {} and store {} overlap (they resolve to {} and {}): the backup would back itself up",
-                self.source.display(),
-                self.store.display(),
-                s.display(),
-                d.display()
-            )));
-        }
+        c(check_overlap(&self.source, &self.store))?;
         if let Some(p) = &self.prefix {
-            let r = resolve(&self.source.join(p.as_path()));
-            if !r.starts_with(&s) {
-                return Err(Error::Config(format!(
-                    "prefix {} leads out of the source {} (it resolves to {}, a symlink): give a directory inside the source",
-                    p.as_path().display(),
-                    s.display(),
-                    r.display()
-                )));
-            }
+            c(check_prefix(&self.source, p))?;
         }
         crate::engine::exclude::build(&self.excludes)?;
         Ok(())
     }
+}
+
+pub fn check_label(label: &str) -> std::result::Result<(), String> {
+    if crate::store::rotation::valid_label(label) {
+        return Ok(());
+    }
+    Err(format!(
+        "label {label:?} is not valid: use letters, digits, '_' or '-', starting with a letter (daily, hourly, weekly)"
+    ))
+}
+
+pub fn check_retain(retain: i64) -> std::result::Result<(), String> {
+    match retain {
+        1..=0xFFFF_FFFF => Ok(()),
+        0 => Err("retain must be at least 1: 0 would keep no snapshot".into()),
+        n => Err(format!("retain must be between 1 and 4294967295, not {n}")),
+    }
+}
+
+pub fn check_jobs(jobs: i64) -> std::result::Result<(), String> {
+    if (0..=4096).contains(&jobs) {
+        return Ok(());
+    }
+    Err(format!(
+        "jobs must be between 1 and 4096 (or 0 for the default), not {jobs}"
+    ))
+}
+
+/// A window shorter than 1 s ends every run before it can publish.
+pub fn check_window(w: Duration) -> std::result::Result<(), String> {
+    if w >= Duration::from_secs(1) {
+        return Ok(());
+    }
+    Err(format!(
+        "window must be at least 1s (e.g. 45s, 180m, 3h), not {}s: a shorter one ends every run before it can publish",
+        w.as_secs_f64()
+    ))
+}
+
+/// The store must not be inside the source, nor the source inside the store. Compares
+/// where the paths really lead: `dest/../src/x` or a symlink into the source must not
+/// slip past (the backup would copy itself forever). Reads only.
+pub fn check_overlap(source: &Path, store: &Path) -> std::result::Result<(), String> {
+    let (s, d) = (resolve(source), resolve(store));
+    if !(d.starts_with(&s) || s.starts_with(&d)) {
+        return Ok(());
+    }
+    Err(format!(
+        "source {} and store {} overlap (they resolve to {} and {}): the backup would back itself up",
+        source.display(),
+        store.display(),
+        s.display(),
+        d.display()
+    ))
+}
+
+/// The prefix must stay inside the source (not through a symlink out of it). Reads only.
+pub fn check_prefix(source: &Path, prefix: &RelPath) -> std::result::Result<(), String> {
+    let s = resolve(source);
+    let r = resolve(&source.join(prefix.as_path()));
+    if r.starts_with(&s) {
+        return Ok(());
+    }
+    Err(format!(
+        "prefix {} leads out of the source {} (it resolves to {}, a symlink): give a directory inside the source",
+        prefix.as_path().display(),
+        s.display(),
+        r.display()
+    ))
 }
 
 /// Where `p` really leads, whether or not it exists yet: absolute, with every symlink

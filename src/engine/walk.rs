@@ -673,7 +673,12 @@ impl<'a, S: Sink> Walk<'a, S> {
                     }
                 }
             };
-            let hash = match self.sink.write_file(file, b(src), &before) {
+            let pace = |n| {
+                if let Some(t) = &self.counters.throttle {
+                    t.take(n, self.cancel);
+                }
+            };
+            let hash = match self.sink.write_file(file, b(src), &before, &pace) {
                 Ok((h, written)) => {
                     Counters::add(&self.counters.bytes_transferred, written);
                     h

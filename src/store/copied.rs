@@ -49,38 +49,52 @@ impl Store {
             .snapshots
             .iter()
             .find(|r| r.name == name && !present.contains(&r.ino))?;
-        let key = (name.to_string(), m.ino, r.id.clone());
+        let ok = self.matches_once(name, m.ino, &r.id, at, |ok| match ok {
+            Ok(()) => tracing::info!(
+                "{name}: the store was copied (its record names inode {}, it has {}); its tree matches run {}'s manifest, so the record is kept",
+                r.ino,
+                m.ino,
+                r.id
+            ),
+            Err(why) => tracing::warn!(
+                "{name}: its record names inode {} (it has {}) and its tree does not match run {}'s manifest ({why}); it is read as a tree without a manifest",
+                r.ino,
+                m.ino,
+                r.id
+            ),
+        });
+        ok.then(|| SnapRec {
+            ino: m.ino,
+            ..r.clone()
+        })
+    }
+
+    /// Whether the snapshot directory `name` (inode `ino`, now at `at`) matches run
+    /// `id`'s manifest (`matches_manifest`), checked once per (name, inode, run) for the
+    /// life of this `Store`; `log` sees the result of the first check.
+    pub(super) fn matches_once(
+        &self,
+        name: &str,
+        ino: u64,
+        id: &str,
+        at: &str,
+        log: impl FnOnce(&std::result::Result<(), String>),
+    ) -> bool {
+        let key = (name.to_string(), ino, id.to_string());
         let cached = self
             .checked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
             .copied();
-        let ok = cached.unwrap_or_else(|| {
-            let ok = self.matches_manifest(at, &r.id);
-            match &ok {
-                Ok(()) => tracing::info!(
-                    "{name}: the store was copied (its record names inode {}, it has {}); its tree matches run {}'s manifest, so the record is kept",
-                    r.ino,
-                    m.ino,
-                    r.id
-                ),
-                Err(why) => tracing::warn!(
-                    "{name}: its record names inode {} (it has {}) and its tree does not match run {}'s manifest ({why}); it is read as a tree without a manifest",
-                    r.ino,
-                    m.ino,
-                    r.id
-                ),
-            }
+        cached.unwrap_or_else(|| {
+            let ok = self.matches_manifest(at, id);
+            log(&ok);
             self.checked
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key, ok.is_ok());
             ok.is_ok()
-        });
-        ok.then(|| SnapRec {
-            ino: m.ino,
-            ..r.clone()
         })
     }
 
@@ -149,9 +163,15 @@ impl Store {
                 .ctx("write", &p)?;
         }
         let mut state = self.read_state()?;
-        for s in state.snapshots.iter_mut() {
-            if let Some(r) = copied.iter().find(|r| r.id == s.id && r.name == s.name) {
-                s.ino = r.ino;
+        for r in &copied {
+            match state
+                .snapshots
+                .iter_mut()
+                .find(|s| r.id == s.id && r.name == s.name)
+            {
+                Some(s) => s.ino = r.ino,
+                // Recovered from a damaged state (`recover.rs`).
+                None => state.snapshots.push(r.clone()),
             }
         }
         self.write_state(&state)?;
@@ -159,7 +179,7 @@ impl Store {
             .iter()
             .map(|r| {
                 format!(
-                    "kept the record of {} (run {}) in a copied store: its tree matches its manifest",
+                    "kept the record of {} (run {}) in a copied store or a damaged state: its tree matches its manifest",
                     r.name, r.id
                 )
             })

@@ -25,6 +25,12 @@ pub struct Journal {
     pub steps: Vec<Step>,
     /// The snapshot state once every step is done.
     pub state_after: State,
+    /// The runs whose snapshots this rotation expires: their manifests are deleted
+    /// once the state no longer names them. A manifest is deleted only with its
+    /// snapshot (or with the staging tree of a run never published), never because a
+    /// state file fails to name it.
+    #[serde(default)]
+    pub drop_manifests: Vec<String>,
 }
 
 impl Journal {
@@ -104,7 +110,13 @@ impl Store {
         }
         failpoint::hit("journal.before_state").ctx("write state", self.state_path())?;
         self.write_state(&j.state_after)?;
+        failpoint::hit("journal.after_state").ctx("write run record", self.run_path(&j.run))?;
         self.finish_run_record(&j.run, j.status, j.published().as_deref())?;
+        failpoint::hit("journal.after_record")
+            .ctx("remove manifests", self.meta.join("manifests"))?;
+        for id in &j.drop_manifests {
+            self.remove_manifest(id);
+        }
         failpoint::hit("journal.before_remove").ctx("remove journal", self.journal_path())?;
         std::fs::remove_file(self.journal_path()).ctx("remove journal", self.journal_path())?;
         std::fs::File::open(&self.meta)

@@ -8,6 +8,7 @@ pub mod hold;
 pub mod journal;
 pub mod lock;
 pub mod plan_sink;
+mod recover;
 pub mod repo;
 pub mod rotation;
 pub mod select;
@@ -51,6 +52,42 @@ pub struct SnapRec {
 pub struct State {
     pub format: u32,
     pub snapshots: Vec<SnapRec>,
+}
+
+/// The format of `snapshots.json` this snapring writes and understands.
+pub const STATE_FORMAT: u32 = 1;
+
+impl State {
+    pub fn empty() -> State {
+        State {
+            format: STATE_FORMAT,
+            snapshots: vec![],
+        }
+    }
+}
+
+/// Why `snapshots.json` could not be read.
+#[derive(Debug)]
+pub enum StateError {
+    /// Not a state file of any format (garbage, truncated, wrong shape).
+    Damaged(String),
+    /// A state of this newer format: a newer snapring wrote it.
+    Newer(u64),
+}
+
+/// Parses `snapshots.json`: its `format` first, so that a newer format is refused
+/// whatever its shape, then the records.
+pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, StateError> {
+    #[derive(Deserialize)]
+    struct Head {
+        format: u64,
+    }
+    let head: Head =
+        serde_json::from_slice(bytes).map_err(|e| StateError::Damaged(e.to_string()))?;
+    if head.format > u64::from(STATE_FORMAT) {
+        return Err(StateError::Newer(head.format));
+    }
+    serde_json::from_slice(bytes).map_err(|e| StateError::Damaged(e.to_string()))
 }
 
 /// A snapshot directory found in the store.
@@ -110,10 +147,20 @@ fn open_root(root: &Path) -> Result<OwnedFd> {
     })
 }
 
+/// Whether the directory holds at least one snapshot directory (`<label>.<n>`).
+fn has_snapshot_dirs(root: &OwnedFd) -> bool {
+    fsx::read_dir_names(b(root))
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|n| std::str::from_utf8(n).ok())
+        .filter(|n| rotation::parse_slot(n).is_some())
+        .any(|n| matches!(fsx::lstat_at(b(root), n.as_bytes()), Ok(m) if m.kind == fsx::Kind::Dir))
+}
+
 fn not_a_store(root: &Path) -> Error {
     Error::Store {
         path: root.to_path_buf(),
-        msg: "not a snapring store (no .snapring directory)".into(),
+        msg: "not a snapring store (no .snapring directory, and no snapshot directory such as daily.0)".into(),
     }
 }
 
@@ -226,7 +273,10 @@ impl Store {
     pub fn open_read(root: &Path) -> Result<Store> {
         let root_fd = open_root(root)?;
         let meta = root.join(META_DIR);
-        if !meta.is_dir() {
+        // A tree another tool made (rsnapshot, EFSBackup: `daily.0 … daily.N`, no
+        // `.snapring/`) reads as a store whose snapshots all were taken over: no
+        // records, compared by stat. Nothing is created for it.
+        if !meta.is_dir() && !has_snapshot_dirs(&root_fd) {
             return Err(not_a_store(root));
         }
         let info = meta.join("store.json");
@@ -351,6 +401,7 @@ impl Store {
                 "interrupted: the process ended before finishing (repaired by {by}); nothing was published"
             );
             self.write_run(&r)?;
+            crate::failpoint::hit("repair.marked").ctx("repair", &self.root)?;
             self.note_repaired(&run);
             did.push(format!("marked run {run} incomplete"));
         }
@@ -382,36 +433,63 @@ impl Store {
     }
 
     pub fn read_state(&self) -> Result<State> {
+        Ok(self.read_state_checked()?.0)
+    }
+
+    /// The snapshot state and whether `snapshots.json` was damaged (then the state is
+    /// empty and `snapshots` recovers what records it can; see `recover.rs`). A state of
+    /// a newer format than this snapring understands is refused, never read or rewritten.
+    pub fn read_state_checked(&self) -> Result<(State, bool)> {
         let p = self.state_path();
         match std::fs::read(&p) {
             // Losing the state loses nothing but speed: without records, snapshots are
             // compared by stat and linked files re-hashed, as for a taken-over tree. So a
-            // damaged state file is reported, not fatal; the next publish rewrites it.
-            Ok(t) => Ok(serde_json::from_slice(&t).unwrap_or_else(|e| {
-                tracing::warn!(
-                    "{}: unreadable snapshot state ({e}); comparing with snapshots by stat until the next backup rewrites it",
-                    p.display()
-                );
-                State { format: 1, snapshots: vec![] }
-            })),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State {
-                format: 1,
-                snapshots: vec![],
-            }),
+            // damaged state file is reported, not fatal; records are recovered from the
+            // run records and manifests where a tree matches, and the damaged file is
+            // kept aside when the state is next written.
+            Ok(t) => match parse_state(&t) {
+                Ok(s) => Ok((s, false)),
+                Err(StateError::Newer(f)) => Err(Error::Store {
+                    path: p,
+                    msg: format!(
+                        "snapshot state format {f} is newer than this snapring understands ({STATE_FORMAT}); upgrade snapring (the file is left as it is)"
+                    ),
+                }),
+                Err(StateError::Damaged(e)) => {
+                    tracing::warn!(
+                        "{}: unreadable snapshot state ({e}); recovering records from run records and manifests, comparing by stat where none matches",
+                        p.display()
+                    );
+                    Ok((State::empty(), true))
+                }
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((State::empty(), false)),
             Err(e) => Err(e).ctx("read", p),
         }
     }
 
+    /// Writes `snapshots.json`. A damaged one is first kept aside as
+    /// `snapshots.json.damaged-<time>` (evidence for whoever damaged it).
     pub fn write_state(&self, s: &State) -> Result<()> {
         let p = self.state_path();
+        if let Ok(t) = std::fs::read(&p)
+            && matches!(parse_state(&t), Err(StateError::Damaged(_)))
+        {
+            let aside = self.meta.join(format!(
+                "snapshots.json.damaged-{}",
+                crate::util::now_rfc3339().replace(':', "")
+            ));
+            std::fs::rename(&p, &aside).ctx("keep the damaged state aside at", &aside)?;
+            tracing::warn!("kept the damaged snapshot state as {}", aside.display());
+        }
         write_atomic(&p, &serde_json::to_vec_pretty(s).expect("serializes")).ctx("write", p)
     }
 
     /// Every snapshot directory (`<label>.<n>`) with its record where one matches, newest
     /// first: by finish time where recorded, else by slot within a label, else mtime.
     pub fn snapshots(&self) -> Result<Vec<Snapshot>> {
-        let (state, names) = match &self.pending {
-            Some(p) => (p.state.clone(), p.names.clone()),
+        let (state, damaged, names) = match &self.pending {
+            Some(p) => (p.state.clone(), false, p.names.clone()),
             None => {
                 let names = fsx::read_dir_names(b(&self.root_fd))
                     .ctx("read", &self.root)?
@@ -419,7 +497,8 @@ impl Store {
                     .filter_map(|n| String::from_utf8(n).ok())
                     .map(|n| (n.clone(), n))
                     .collect();
-                (self.read_state()?, names)
+                let (state, damaged) = self.read_state_checked()?;
+                (state, damaged, names)
             }
         };
         let mut found = Vec::new();
@@ -434,6 +513,10 @@ impl Store {
             }
         }
         let present: std::collections::HashSet<u64> = found.iter().map(|f| f.4.ino).collect();
+        // Newest slot first, so that records recovered from a damaged state pair
+        // directories with runs in order (`recover.rs`).
+        found.sort_by(|a, b| (&a.2, a.3).cmp(&(&b.2, b.3)));
+        let mut recovery = damaged.then(|| self.recovery());
         let mut out = Vec::new();
         for (name, at, label, slot, m) in found {
             let by_ino = state
@@ -444,7 +527,12 @@ impl Store {
                 .cloned();
             let copied = match by_ino {
                 Some(_) => None,
-                None => self.copied_record(&state, &name, &at, &m, &present),
+                None => self
+                    .copied_record(&state, &name, &at, &m, &present)
+                    .or_else(|| {
+                        let r = recovery.as_mut()?;
+                        self.recovered_record(r, &name, &label, &at, &m)
+                    }),
             };
             out.push(Snapshot {
                 label,
@@ -489,6 +577,18 @@ impl Store {
         Ok(r)
     }
 
+    /// The ids of every run record in the store (`.snapring/runs/<id>.json`); none when
+    /// the folder cannot be read.
+    pub fn run_ids(&self) -> Vec<String> {
+        let Ok(rd) = std::fs::read_dir(self.meta.join("runs")) else {
+            return vec![];
+        };
+        rd.filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".json").map(str::to_string))
+            .collect()
+    }
+
     pub fn write_run(&self, r: &RunReport) -> Result<()> {
         let p = self.run_path(&r.id);
         write_atomic(&p, &serde_json::to_vec_pretty(r).expect("serializes"))
@@ -508,7 +608,23 @@ impl Store {
         Ok(v)
     }
 
-    /// Moves `.snapring/staging/<name>` to trash (for deletion by `trash::empty`).
+    /// Deletes run `id`'s manifest (and its index, `.copied` marker and leftover
+    /// temporaries). Only for a snapshot that is expired or was never published; a
+    /// failure is warned about (it leaves a file, loses nothing).
+    pub fn remove_manifest(&self, id: &str) {
+        let mdir = self.meta.join("manifests");
+        for ext in ["mf", "idx", "copied", "mf.tmp", "idx.tmp"] {
+            let p = mdir.join(format!("{id}.{ext}"));
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("{}: cannot delete ({e})", p.display()),
+            }
+        }
+    }
+
+    /// Moves `.snapring/staging/<name>` to trash (for deletion by `trash::empty`), and
+    /// deletes the manifest of that run, never published.
     pub fn discard_staging(&self, name: &str) -> Result<()> {
         let from = format!("{META_DIR}/staging/{name}");
         let to = format!("{META_DIR}/trash/staging-{name}");
@@ -517,6 +633,8 @@ impl Store {
             fsx::rename_noreplace(r, from.as_bytes(), r, to.as_bytes())
                 .ctx("move to trash", self.root.join(&from))?;
         }
+        crate::failpoint::hit("staging.discarded").ctx("move to trash", self.root.join(&from))?;
+        self.remove_manifest(name);
         Ok(())
     }
 }

@@ -91,21 +91,6 @@ impl Store {
         })
         .transpose()
     }
-
-    /// Deletes manifests whose snapshot no longer exists.
-    fn remove_orphan_manifests(&self, state: &State) {
-        let dir = self.meta.join("manifests");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return;
-        };
-        for e in rd.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let id = name.split('.').next().unwrap_or("");
-            if !state.snapshots.iter().any(|s| s.id == id) {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-    }
 }
 
 impl Repository for Store {
@@ -251,12 +236,19 @@ impl Repository for Store {
                 finished_at: report::now_rfc3339(),
             },
         );
+        let drop_manifests = rotation
+            .before
+            .iter()
+            .filter(|s| s.label == label && rotation.expired.contains(&s.name))
+            .filter_map(|s| s.rec.as_ref().map(|r| r.id.clone()))
+            .collect();
         self.run_journal(&Journal {
             format: 1,
             run: id.to_string(),
             status,
             steps: rotation.steps,
             state_after: state,
+            drop_manifests,
         })?;
         Ok(name)
     }
@@ -270,10 +262,6 @@ impl Repository for Store {
             if let Err(e) = self.discard_staging(n) {
                 tracing::warn!("{e}");
             }
-        }
-        match self.read_state() {
-            Ok(state) => self.remove_orphan_manifests(&state),
-            Err(e) => tracing::warn!("{e}"),
         }
     }
 

@@ -110,6 +110,10 @@ impl Visitor for Trash {
 
     /// Unlinks a non-directory; a directory (EISDIR, or EPERM as POSIX allows) is walked.
     fn visit(&self, dir: &Arc<Dir<State>>, name: Vec<u8>) -> Step<()> {
+        if let Err(e) = crate::failpoint::hit("trash.file") {
+            self.fail(&dir.state, e, "remove", &dir.rel.join(&name));
+            return Step::Next;
+        }
         match unlink(&dir.state.fd, &name) {
             Ok(()) => {
                 self.removed.fetch_add(1, Ordering::Relaxed);

@@ -208,8 +208,9 @@ impl Sink for TreeSink {
         file: &TreeFile,
         src: BorrowedFd<'_>,
         before: &Meta,
+        pace: &dyn Fn(u64),
     ) -> Result<(blake3::Hash, u64), CopyError> {
-        fsx::copy_hash(src, b(&file.fd), before)
+        fsx::copy_hash(src, b(&file.fd), before, pace)
     }
 
     fn restart_file(&self, file: &TreeFile) -> io::Result<()> {
@@ -269,10 +270,12 @@ impl Sink for TreeSink {
     }
 
     fn finish_dir(&self, dir: &TreeDir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
+        crate::failpoint::hit("staging.dir_meta")?;
         fsx::apply_dir_meta(b(&dir.dst), m, xattrs)
     }
 
     fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()> {
+        crate::failpoint::hit("manifest.block")?;
         self.manifest
             .lock()
             .unwrap_or_else(|e| e.into_inner())

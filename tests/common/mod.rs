@@ -1,7 +1,10 @@
 //! Test helpers: build odd trees, describe a tree completely (content, type, mode,
 //! owner, ns times, symlink targets, xattrs, device numbers, hard-link groups) so two
-//! trees can be compared exactly, and run the real `snapring` binary.
+//! trees can be compared exactly, run the real `snapring` binary, and a real HTTP
+//! receiver for webhooks.
 #![allow(dead_code)]
+
+pub mod state;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -573,4 +576,46 @@ impl Drop for FaultFs {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A real HTTP server: records each request's path and body, answers 200.
+pub struct Http {
+    pub port: u16,
+    pub got: std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>,
+}
+
+pub fn http_server() -> Http {
+    use std::io::{BufRead, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let got = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let g = got.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            let mut r = std::io::BufReader::new(s.try_clone().unwrap());
+            let mut first = String::new();
+            r.read_line(&mut first).unwrap();
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h == "\r\n" || h.is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let path = first.split_whitespace().nth(1).unwrap_or("").to_string();
+            g.lock()
+                .unwrap()
+                .push((path, String::from_utf8_lossy(&body).into_owned()));
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        }
+    });
+    Http { port, got }
 }

@@ -3,7 +3,8 @@
 //! symlink, readlink, link, unlink, rmdir, rename, statfs, xattrs), to emulate NFS/EFS
 //! latency on a local disk. Data reads and writes pass through without delay.
 //!
-//! Usage: latencyfs [--delay-us 1000] [--threads 64] [--ttl-ms 0] [FAULTS] UNDERLYING MOUNTPOINT
+//! Usage: latencyfs [--delay-us 1000] [--threads 64] [--ttl-ms 0] [--stats FILE] [FAULTS]
+//! UNDERLYING MOUNTPOINT. `--stats FILE` keeps FILE at the count of delayed calls by kind.
 //! Runs in the foreground until the mount point is unmounted (`fusermount3 -u`).
 //! FUSE inode numbers are the underlying inode numbers (the root swapped with 1).
 //!
@@ -32,6 +33,57 @@ use fuser::{
     Request, TimeOrNow, WriteFlags,
 };
 
+/// The delayed calls, counted one by one for `--stats` (a negative lookup, one that
+/// answers ENOENT, is also counted as `lookup_negative`).
+#[derive(Clone, Copy)]
+enum Call {
+    Lookup,
+    LookupNegative,
+    Getattr,
+    Setattr,
+    Readlink,
+    Mknod,
+    Mkdir,
+    Unlink,
+    Rmdir,
+    Symlink,
+    Rename,
+    Link,
+    Open,
+    Opendir,
+    Readdir,
+    Statfs,
+    Setxattr,
+    Getxattr,
+    Listxattr,
+    Removexattr,
+    Create,
+}
+
+const CALLS: [&str; 21] = [
+    "lookup",
+    "lookup_negative",
+    "getattr",
+    "setattr",
+    "readlink",
+    "mknod",
+    "mkdir",
+    "unlink",
+    "rmdir",
+    "symlink",
+    "rename",
+    "link",
+    "open",
+    "opendir",
+    "readdir",
+    "statfs",
+    "setxattr",
+    "getxattr",
+    "listxattr",
+    "removexattr",
+    "create",
+];
+
 struct LatFs {
     root: PathBuf,
     root_ino: u64,
@@ -41,7 +93,8 @@ struct LatFs {
     paths: RwLock<HashMap<u64, PathBuf>>,
     files: Mutex<HashMap<u64, File>>,
     next_fh: AtomicU64,
-    calls: AtomicU64,
+    /// Delayed calls by kind (`Call`), shared with the `--stats` writer.
+    calls: std::sync::Arc<[AtomicU64; CALLS.len()]>,
     faults: Faults,
 }
 
@@ -58,8 +111,8 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
 }
 
 impl LatFs {
-    fn wait(&self) {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+    fn wait(&self, call: Call) {
+        self.calls[call as usize].fetch_add(1, Ordering::Relaxed);
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
@@ -127,15 +180,20 @@ impl LatFs {
         }
     }
 
-    /// Stats `rel`, remembers its path, and replies with the entry.
-    fn entry(&self, rel: PathBuf, reply: ReplyEntry) {
+    /// Stats `rel`, remembers its path, and replies with the entry; `false` when it
+    /// does not exist.
+    fn entry(&self, rel: PathBuf, reply: ReplyEntry) -> bool {
         match std::fs::symlink_metadata(self.full(&rel)) {
             Ok(m) => {
                 let a = self.attr(&m);
                 self.paths.write().unwrap().insert(a.ino.0, rel);
                 reply.entry(&self.ttl, &a, Generation(0));
+                true
             }
-            Err(e) => reply.error(errno(&e)),
+            Err(e) => {
+                reply.error(errno(&e));
+                e.kind() != std::io::ErrorKind::NotFound
+            }
         }
     }
 
@@ -209,14 +267,16 @@ impl Filesystem for LatFs {
     }
 
     fn lookup(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        self.wait();
+        self.wait(Call::Lookup);
         let rel = tryr!(reply, self.child(parent, name));
         self.faults.stall(Op::Lookup, &rel);
-        self.entry(rel, reply);
+        if !self.entry(rel, reply) {
+            self.calls[Call::LookupNegative as usize].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     fn getattr(&self, _r: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        self.wait();
+        self.wait(Call::Getattr);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         self.faults.stall(Op::Getattr, &rel);
         match std::fs::symlink_metadata(self.full(&rel)) {
@@ -243,7 +303,7 @@ impl Filesystem for LatFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        self.wait();
+        self.wait(Call::Setattr);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let p = self.full(&rel);
         if uid.is_some() || gid.is_some() {
@@ -296,7 +356,7 @@ impl Filesystem for LatFs {
     }
 
     fn readlink(&self, _r: &Request, ino: INodeNo, reply: ReplyData) {
-        self.wait();
+        self.wait(Call::Readlink);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         match std::fs::read_link(self.full(&rel)) {
             Ok(t) => reply.data(t.as_os_str().as_bytes()),
@@ -314,7 +374,7 @@ impl Filesystem for LatFs {
         rdev: u32,
         reply: ReplyEntry,
     ) {
-        self.wait();
+        self.wait(Call::Mknod);
         let rel = tryr!(reply, self.child(parent, name));
         tryr!(reply, self.faults.create());
         let ft = match mode & libc::S_IFMT {
@@ -347,7 +407,7 @@ impl Filesystem for LatFs {
         umask: u32,
         reply: ReplyEntry,
     ) {
-        self.wait();
+        self.wait(Call::Mkdir);
         let rel = tryr!(reply, self.child(parent, name));
         tryr!(reply, self.faults.create());
         let p = self.full(&rel);
@@ -358,7 +418,7 @@ impl Filesystem for LatFs {
     }
 
     fn unlink(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.wait();
+        self.wait(Call::Unlink);
         let rel = tryr!(reply, self.child(parent, name));
         match std::fs::remove_file(self.full(&rel)) {
             Ok(()) => reply.ok(),
@@ -367,7 +427,7 @@ impl Filesystem for LatFs {
     }
 
     fn rmdir(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.wait();
+        self.wait(Call::Rmdir);
         let rel = tryr!(reply, self.child(parent, name));
         match std::fs::remove_dir(self.full(&rel)) {
             Ok(()) => reply.ok(),
@@ -383,7 +443,7 @@ impl Filesystem for LatFs {
         target: &Path,
         reply: ReplyEntry,
     ) {
-        self.wait();
+        self.wait(Call::Symlink);
         let rel = tryr!(reply, self.child(parent, link_name));
         tryr!(reply, self.faults.create());
         tryr!(
@@ -403,7 +463,7 @@ impl Filesystem for LatFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        self.wait();
+        self.wait(Call::Rename);
         let from = tryr!(reply, self.child(parent, name));
         let to = tryr!(reply, self.child(newparent, newname));
         let rflags = rustix::fs::RenameFlags::from_bits_truncate(flags.bits());
@@ -440,7 +500,7 @@ impl Filesystem for LatFs {
         newname: &OsStr,
         reply: ReplyEntry,
     ) {
-        self.wait();
+        self.wait(Call::Link);
         let from = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let to = tryr!(reply, self.child(newparent, newname));
         tryr!(reply, self.faults.create());
@@ -457,7 +517,7 @@ impl Filesystem for LatFs {
     }
 
     fn open(&self, _r: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        self.wait();
+        self.wait(Call::Open);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         tryr!(reply, self.faults.open(&rel));
         self.faults.stall(Op::Open, &rel);
@@ -572,7 +632,7 @@ impl Filesystem for LatFs {
     }
 
     fn opendir(&self, _r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        self.wait();
+        self.wait(Call::Opendir);
         match self.rel(ino) {
             Some(rel) => {
                 tryr!(reply, self.faults.open(&rel));
@@ -590,7 +650,7 @@ impl Filesystem for LatFs {
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        self.wait();
+        self.wait(Call::Readdir);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         self.faults.stall(Op::Readdir, &rel);
         let rd = tryr!(reply, io(std::fs::read_dir(self.full(&rel))));
@@ -615,7 +675,7 @@ impl Filesystem for LatFs {
     }
 
     fn statfs(&self, _r: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        self.wait();
+        self.wait(Call::Statfs);
         match rustix::fs::statvfs(&self.root) {
             Ok(s) => reply.statfs(
                 s.f_blocks,
@@ -641,7 +701,7 @@ impl Filesystem for LatFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        self.wait();
+        self.wait(Call::Setxattr);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         match rustix::fs::lsetxattr(
             self.full(&rel),
@@ -655,7 +715,7 @@ impl Filesystem for LatFs {
     }
 
     fn getxattr(&self, _r: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        self.wait();
+        self.wait(Call::Getxattr);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let mut buf = vec![0u8; 65536];
         let r = rustix::fs::lgetxattr(self.full(&rel), name, &mut buf[..]);
@@ -663,7 +723,7 @@ impl Filesystem for LatFs {
     }
 
     fn listxattr(&self, _r: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
-        self.wait();
+        self.wait(Call::Listxattr);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let mut buf = vec![0u8; 65536];
         let r = rustix::fs::llistxattr(self.full(&rel), &mut buf[..]);
@@ -671,7 +731,7 @@ impl Filesystem for LatFs {
     }
 
     fn removexattr(&self, _r: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.wait();
+        self.wait(Call::Removexattr);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         match rustix::fs::lremovexattr(self.full(&rel), name) {
             Ok(()) => reply.ok(),
@@ -689,7 +749,7 @@ impl Filesystem for LatFs {
         flags: i32,
         reply: ReplyCreate,
     ) {
-        self.wait();
+        self.wait(Call::Create);
         let rel = tryr!(reply, self.child(parent, name));
         tryr!(reply, self.faults.open(&rel));
         tryr!(reply, self.faults.create());
@@ -719,11 +779,40 @@ impl Filesystem for LatFs {
     }
 }
 
+/// `--stats FILE`: keeps FILE at the counts of delayed calls by kind, as a JSON object
+/// (rewritten atomically within 50 ms of a change), for the benchmark to read before and
+/// after each timed command.
+fn write_stats(file: &Path, calls: &[AtomicU64; CALLS.len()]) {
+    let mut last = None;
+    loop {
+        let now: Vec<u64> = calls.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+        if last.as_ref() != Some(&now) {
+            let body = CALLS
+                .iter()
+                .zip(&now)
+                .map(|(k, v)| format!("\"{k}\": {v}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let tmp = file.with_extension("tmp");
+            if std::fs::write(&tmp, format!("{{{body}}}\n")).is_ok() {
+                let _ = std::fs::rename(&tmp, file);
+            }
+            last = Some(now);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn main() {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let faults = Faults::from_args(&mut args).unwrap_or_else(|e| {
         eprintln!("latencyfs: {e}");
         std::process::exit(2);
+    });
+    let stats = args.iter().position(|a| a == "--stats").map(|i| {
+        let f = PathBuf::from(&args[i + 1]);
+        args.drain(i..=i + 1);
+        f
     });
     let mut opt = |name: &str, default: u64| -> u64 {
         match args.iter().position(|a| a == name) {
@@ -743,7 +832,7 @@ fn main() {
             "usage: latencyfs [--delay-us N] [--threads N] [--ttl-ms N] [--eio-read PATTERN] \
              [--eio-after BYTES | --enospc-after BYTES] [--per-file] [--link-limit N] \
              [--eacces PATTERN] [--stall PATTERN] [--stall-secs N] [--stall-ops LIST] \
-             UNDERLYING MOUNTPOINT"
+             [--stats FILE] UNDERLYING MOUNTPOINT"
         );
         std::process::exit(2);
     }
@@ -757,9 +846,13 @@ fn main() {
         paths: RwLock::new(HashMap::new()),
         files: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
-        calls: AtomicU64::new(0),
+        calls: std::sync::Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
         faults,
     };
+    if let Some(file) = stats {
+        let calls = fs.calls.clone();
+        std::thread::spawn(move || write_stats(&file, &calls));
+    }
     let mut cfg = Config::default();
     cfg.mount_options = vec![
         MountOption::FSName("latencyfs".into()),

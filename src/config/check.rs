@@ -1,0 +1,709 @@
+//! Checks a config file's text and reports every problem at once, each at the line and
+//! column of the key it is about (of the table header for a key that is missing): keys
+//! no table knows (with a "did you mean" among the keys of that table), values of the
+//! wrong type, values that make every run fail (`retain = 0`, `window = "0s"`, an empty
+//! source, a schedule that never fires, a store inside the source), and names of
+//! notifiers no `[notify.NAME]` table defines. The known keys of each table are one list
+//! each (`JOB_KEYS`, `NOTIFY_KEYS`, `TOP_KEYS`): a new key is one line there (and its
+//! field in `JobConfig`/`NotifierConfig`; a test keeps the two in step). Reads the file
+//! system only to resolve where the source and store really lead.
+
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use serde::de::IntoDeserializer;
+use toml::Spanned;
+use toml::de::{DeTable, DeValue};
+
+use crate::engine::options as opt;
+use crate::notify::NotifierConfig;
+use crate::relpath::RelPath;
+
+type Check = Result<(), String>;
+
+/// What a key's value must be, and the check of its value.
+#[derive(Clone, Copy)]
+pub enum Kind {
+    Str(fn(&str) -> Check),
+    Int(fn(i64) -> Check),
+    Bool,
+    /// An array of strings, each checked (and reported at its own place).
+    List(fn(&str) -> Check),
+    /// A table of named tables (`[job.NAME]`), each with these keys.
+    Tables(&'static [Key]),
+    /// One table (`[server]`) with these keys.
+    Table(&'static [Key]),
+}
+
+/// One key a table may have.
+pub struct Key {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// A valid value, as written in TOML (shown in type errors).
+    pub example: &'static str,
+}
+
+const fn key(name: &'static str, kind: Kind, example: &'static str) -> Key {
+    Key {
+        name,
+        kind,
+        example,
+    }
+}
+
+/// The keys of a `[job.NAME]` table (`config::JobConfig`).
+pub const JOB_KEYS: &[Key] = &[
+    key("source", Kind::Str(path), "\"/mnt/efs\""),
+    key("dest", Kind::Str(path), "\"/mnt/backup\""),
+    key("folder", Kind::Str(folder), "\"fs-12345678\""),
+    key("label", Kind::Str(opt::check_label), "\"daily\""),
+    key("retain", Kind::Int(opt::check_retain), "7"),
+    key("prefix", Kind::Str(prefix), "\"home\""),
+    key("exclude", Kind::List(exclude), "[\"*.tmp\", \"cache/\"]"),
+    key("jobs", Kind::Int(opt::check_jobs), "64"),
+    key("require_mount", Kind::Bool, "true"),
+    key("allow_empty", Kind::Bool, "false"),
+    key("window", Kind::Str(window), "\"3h\""),
+    key("schedule", Kind::Str(schedule), "\"cron(0 2 * * ? *)\""),
+    key("timezone", Kind::Str(timezone), "\"Europe/Berlin\""),
+    key("missed", Kind::Str(missed), "\"run-once\""),
+    key("notify", Kind::List(any), "[\"ops\"]"),
+    key("notify_success", Kind::Bool, "true"),
+    key("bwlimit", Kind::Str(bwlimit), "\"50MiB\""),
+    key(
+        "pre_command",
+        Kind::List(any),
+        "[\"/usr/local/bin/freeze\", \"--on\"]",
+    ),
+    key("post_command", Kind::List(any), "[\"/usr/local/bin/thaw\"]"),
+    key("hook_timeout", Kind::Str(hook_timeout), "\"10m\""),
+];
+
+/// The keys of a `[notify.NAME]` table (`notify::NotifierConfig`); their values are
+/// checked together by `NotifierConfig::problems`.
+pub const NOTIFY_KEYS: &[Key] = &[
+    key("type", Kind::Str(any), "\"webhook\""),
+    key("url", Kind::Str(any), "\"https://hooks.example.com/x\""),
+    key("url_env", Kind::Str(any), "\"SNAPRING_WEBHOOK_URL\""),
+    key("url_file", Kind::Str(any), "\"/etc/snapring/webhook-url\""),
+    key("format", Kind::Str(any), "\"slack\""),
+    key("smtp_host", Kind::Str(any), "\"smtp.example.com\""),
+    key("smtp_port", Kind::Int(port), "587"),
+    key("tls", Kind::Str(any), "\"starttls\""),
+    key("username", Kind::Str(any), "\"backup\""),
+    key("password_env", Kind::Str(any), "\"SMTP_PASSWORD\""),
+    key(
+        "password_file",
+        Kind::Str(any),
+        "\"/etc/snapring/smtp-password\"",
+    ),
+    key("from", Kind::Str(any), "\"backup@example.com\""),
+    key("to", Kind::List(any), "[\"ops@example.com\"]"),
+    key(
+        "command",
+        Kind::List(any),
+        "[\"/usr/local/bin/page\", \"--team\", \"ops\"]",
+    ),
+    key("retries", Kind::Int(retries), "2"),
+    key("timeout", Kind::Str(any), "\"30s\""),
+];
+
+/// The top level of the file (`config::Config`).
+pub const TOP_KEYS: &[Key] = &[
+    key(
+        "catalog",
+        Kind::Str(path),
+        "\"/var/lib/snapring/catalog.db\"",
+    ),
+    key("job", Kind::Tables(JOB_KEYS), "{}"),
+    key("notify", Kind::Tables(NOTIFY_KEYS), "{}"),
+    key("server", Kind::Table(SERVER_KEYS), "{}"),
+];
+
+/// The keys of the `[server]` table (`config::ServerConfig`).
+pub const SERVER_KEYS: &[Key] = &[
+    key("listen", Kind::Str(listen), "\"127.0.0.1:9477\""),
+    key(
+        "token_file",
+        Kind::Str(path),
+        "\"/etc/snapring/serve-token\"",
+    ),
+];
+
+fn listen(l: &str) -> Check {
+    l.parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| format!("listen = {l:?} is not ADDR:PORT (such as 127.0.0.1:9477)"))
+}
+
+/// Other tools' names for snapring's keys, for "did you mean".
+const ALIASES: &[(&str, &str)] = &[
+    ("keep", "retain"),
+    ("interval", "label"),
+    ("destination", "dest"),
+    ("target", "dest"),
+    ("src", "source"),
+    ("cron", "schedule"),
+    ("tz", "timezone"),
+    ("concurrency", "jobs"),
+    ("threads", "jobs"),
+    ("excludes", "exclude"),
+    ("jobs", "job"),
+    ("notifiers", "notify"),
+];
+
+fn any(_: &str) -> Check {
+    Ok(())
+}
+
+fn path(p: &str) -> Check {
+    if p.is_empty() {
+        return Err("an empty path: every run would fail; give a directory".into());
+    }
+    Ok(())
+}
+
+fn folder(f: &str) -> Check {
+    RelPath::new(f.as_bytes())
+        .map(|_| ())
+        .map_err(|e| format!("folder {f:?}: {e}"))
+}
+
+fn prefix(p: &str) -> Check {
+    let t = p.trim_matches('/');
+    if t.is_empty() {
+        return Ok(());
+    }
+    RelPath::new(t.as_bytes())
+        .map(|_| ())
+        .map_err(|e| format!("prefix {p:?}: {e}"))
+}
+
+fn exclude(p: &str) -> Check {
+    crate::engine::exclude::build(&[p.to_string()])
+        .map(|_| ())
+        .map_err(|e| e.to_string().trim_start_matches("config: ").to_string())
+}
+
+fn window(w: &str) -> Check {
+    let d = crate::util::parse_duration(w).map_err(|e| format!("window: {e}"))?;
+    opt::check_window(d)
+}
+
+fn bwlimit(b: &str) -> Check {
+    crate::throttle::parse_rate(b).map(|_| ())
+}
+
+fn hook_timeout(t: &str) -> Check {
+    match crate::util::parse_duration(t) {
+        Ok(d) if d >= std::time::Duration::from_secs(1) => Ok(()),
+        _ => Err(format!(
+            "hook_timeout {t:?}: give a duration of at least 1s (30s, 10m)"
+        )),
+    }
+}
+
+fn schedule(s: &str) -> Check {
+    crate::schedule::parse(s, None).map(|_| ())
+}
+
+fn timezone(tz: &str) -> Check {
+    crate::schedule::parse("@daily", Some(tz)).map(|_| ())
+}
+
+fn missed(m: &str) -> Check {
+    match m {
+        "run-once" | "skip" => Ok(()),
+        x => Err(format!("missed = {x:?}: use \"run-once\" or \"skip\"")),
+    }
+}
+
+fn port(p: i64) -> Check {
+    match p {
+        1..=65535 => Ok(()),
+        _ => Err(format!("smtp_port must be between 1 and 65535, not {p}")),
+    }
+}
+
+fn retries(r: i64) -> Check {
+    match r {
+        0..=1000 => Ok(()),
+        _ => Err(format!("retries must be between 0 and 1000, not {r}")),
+    }
+}
+
+/// One problem of a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// 1-based line and column (in characters) of the key, of the element of a list, or
+    /// of the table header for a key that is missing; 0 when there is no place.
+    pub line: usize,
+    pub col: usize,
+    /// The dotted key (`job.home.retain`); empty for the file as a whole.
+    pub key: String,
+    pub message: String,
+    /// What was probably meant (a known key, a defined notifier).
+    pub suggestion: Option<String>,
+    /// A required key (source, dest) is missing: `backup --config` may still get it
+    /// from a flag, so only `config check`, `run` and the daemon count it.
+    pub missing: bool,
+}
+
+impl Problem {
+    /// `FILE:LINE:COL: KEY: MESSAGE (did you mean `X`?)`.
+    pub fn render(&self, file: &Path) -> String {
+        let mut s = file.display().to_string();
+        if self.line > 0 {
+            s.push_str(&format!(":{}:{}", self.line, self.col));
+        }
+        s.push_str(": ");
+        if !self.key.is_empty() {
+            s.push_str(&self.key);
+            s.push_str(": ");
+        }
+        s.push_str(&self.message);
+        if let Some(x) = &self.suggestion {
+            s.push_str(&format!(" (did you mean `{x}`?)"));
+        }
+        s
+    }
+}
+
+/// Every problem of the config `text`, in file order.
+pub fn check_text(text: &str) -> Vec<Problem> {
+    let mut c = Checker {
+        starts: std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect(),
+        text,
+        out: Vec::new(),
+    };
+    let (doc, errors) = DeTable::parse_recoverable(text);
+    if !errors.is_empty() {
+        // A syntax error makes the rest of the file's meaning a guess: report only these.
+        for e in errors {
+            let span = e.span().unwrap_or(0..0);
+            c.push(span, String::new(), e.message().trim().to_string(), None);
+        }
+        return c.out;
+    }
+    let doc = doc.get_ref();
+    c.keys(doc, "", TOP_KEYS);
+    let notifiers: Vec<String> = table_of(doc, "notify")
+        .map(|t| t.iter().map(|(k, _)| k.get_ref().to_string()).collect())
+        .unwrap_or_default();
+    match table_of(doc, "job") {
+        Some(jobs) if !jobs.is_empty() => {
+            for (name, job) in jobs.iter() {
+                if let DeValue::Table(t) = job.get_ref() {
+                    let at = name.span();
+                    c.job(at, &dotted("job", name.get_ref()), t, &notifiers);
+                }
+            }
+        }
+        _ => c.push(0..0, String::new(), "no [job.NAME] table".into(), None),
+    }
+    if let Some(ns) = table_of(doc, "notify") {
+        for (name, n) in ns.iter() {
+            c.notifier(name.span(), &dotted("notify", name.get_ref()), n);
+        }
+    }
+    c.out.sort_by_key(|p| (p.line, p.col));
+    c.out
+}
+
+fn table_of<'a, 'i>(t: &'a DeTable<'i>, name: &str) -> Option<&'a DeTable<'i>> {
+    entry(t, name).and_then(|(_, v)| match v.get_ref() {
+        DeValue::Table(t) => Some(t),
+        _ => None,
+    })
+}
+
+fn entry<'a, 'i>(
+    t: &'a DeTable<'i>,
+    name: &str,
+) -> Option<(Range<usize>, &'a Spanned<DeValue<'i>>)> {
+    t.iter()
+        .find(|(k, _)| k.get_ref() == name)
+        .map(|(k, v)| (k.span(), v))
+}
+
+/// The string value of key `name` of `t`, with the key's place.
+fn str_of<'a>(t: &'a DeTable<'_>, name: &str) -> Option<(&'a str, Range<usize>)> {
+    entry(t, name).and_then(|(at, v)| match v.get_ref() {
+        DeValue::String(s) => Some((s.as_ref(), at)),
+        _ => None,
+    })
+}
+
+/// `parent.name`, quoting a name that is not a bare TOML key.
+fn dotted(parent: &str, name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let name = if bare {
+        name.to_string()
+    } else {
+        format!("{name:?}")
+    };
+    if parent.is_empty() {
+        name
+    } else {
+        format!("{parent}.{name}")
+    }
+}
+
+fn type_name(v: &DeValue<'_>) -> &'static str {
+    match v {
+        DeValue::String(_) => "a string",
+        DeValue::Integer(_) => "an integer",
+        DeValue::Float(_) => "a float",
+        DeValue::Boolean(_) => "a boolean",
+        DeValue::Datetime(_) => "a date-time",
+        DeValue::Array(_) => "an array",
+        DeValue::Table(_) => "a table",
+    }
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Str(_) => "a string",
+        Kind::Int(_) => "an integer",
+        Kind::Bool => "true or false",
+        Kind::List(_) => "an array of strings",
+        Kind::Tables(_) => "a table of [NAME] tables",
+        Kind::Table(_) => "a table",
+    }
+}
+
+/// The closest of `known` to `name`: another tool's name for it, or one within a small
+/// edit distance (a typo, two swapped letters).
+pub fn suggest<'a>(name: &str, known: impl IntoIterator<Item = &'a str> + Clone) -> Option<String> {
+    if let Some((_, to)) = ALIASES.iter().find(|(from, _)| *from == name)
+        && known.clone().into_iter().any(|k| k == *to)
+    {
+        return Some(to.to_string());
+    }
+    let limit = (name.chars().count() / 3).max(1);
+    known
+        .into_iter()
+        .map(|k| (edit_distance(name, k), k))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, k)| k.to_string())
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and
+/// swaps of two neighbouring characters each cost 1.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let w = b.len() + 1;
+    let mut d = vec![0usize; (a.len() + 1) * w];
+    for i in 0..=a.len() {
+        for j in 0..=b.len() {
+            d[i * w + j] = if i == 0 || j == 0 {
+                i + j
+            } else {
+                let sub = d[(i - 1) * w + j - 1] + usize::from(a[i - 1] != b[j - 1]);
+                let mut best = sub.min(d[(i - 1) * w + j] + 1).min(d[i * w + j - 1] + 1);
+                if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                    best = best.min(d[(i - 2) * w + j - 2] + 1);
+                }
+                best
+            };
+        }
+    }
+    d[a.len() * w + b.len()]
+}
+
+struct Checker<'t> {
+    /// Byte offset of each line's start.
+    starts: Vec<usize>,
+    text: &'t str,
+    out: Vec<Problem>,
+}
+
+impl Checker<'_> {
+    fn push(&mut self, at: Range<usize>, key: String, message: String, suggestion: Option<String>) {
+        let (line, col) = self.place(at.start);
+        self.out.push(Problem {
+            line,
+            col,
+            key,
+            message,
+            suggestion,
+            missing: false,
+        });
+    }
+
+    /// 1-based line and column of byte `offset`; (0, 0) for an empty span at 0 of an
+    /// empty file.
+    fn place(&self, offset: usize) -> (usize, usize) {
+        if self.text.is_empty() {
+            return (0, 0);
+        }
+        let line = self.starts.partition_point(|s| *s <= offset);
+        let start = self.starts[line - 1];
+        let col = self
+            .text
+            .get(start..offset)
+            .map_or(1, |s| s.chars().count() + 1);
+        (line, col)
+    }
+
+    /// Checks every key of table `t` (at `path`) against `known`.
+    fn keys(&mut self, t: &DeTable<'_>, path: &str, known: &'static [Key]) {
+        for (k, v) in t.iter() {
+            let name = k.get_ref().as_ref();
+            let dk = dotted(path, name);
+            match known.iter().find(|x| x.name == name) {
+                None => {
+                    let s = suggest(name, known.iter().map(|x| x.name));
+                    self.push(k.span(), dk, "unknown key".into(), s);
+                }
+                Some(kd) => self.value(kd, &dk, k.span(), v),
+            }
+        }
+    }
+
+    /// Checks one value's type and, through its key's check, the value itself.
+    fn value(&mut self, kd: &Key, dk: &str, at: Range<usize>, v: &Spanned<DeValue<'_>>) {
+        let r = match (kd.kind, v.get_ref()) {
+            (Kind::Str(f), DeValue::String(s)) => f(s),
+            (Kind::Int(f), DeValue::Integer(i)) => match i64::from_str_radix(i.as_str(), i.radix())
+            {
+                Ok(n) => f(n),
+                Err(_) => Err(format!("{} is out of range", i.as_str())),
+            },
+            (Kind::Bool, DeValue::Boolean(_)) => Ok(()),
+            (Kind::List(f), DeValue::Array(a)) => {
+                for e in a.iter() {
+                    let r = match e.get_ref() {
+                        DeValue::String(s) => f(s),
+                        other => Err(format!(
+                            "each entry must be a string, not {}",
+                            type_name(other)
+                        )),
+                    };
+                    if let Err(m) = r {
+                        self.push(e.span(), dk.to_string(), m, None);
+                    }
+                }
+                Ok(())
+            }
+            (Kind::Table(keys), DeValue::Table(t)) => {
+                self.keys(t, dk, keys);
+                Ok(())
+            }
+            (Kind::Tables(keys), DeValue::Table(t)) => {
+                for (name, sub) in t.iter() {
+                    let sk = dotted(dk, name.get_ref());
+                    match sub.get_ref() {
+                        DeValue::Table(st) => self.keys(st, &sk, keys),
+                        other => self.push(
+                            name.span(),
+                            sk,
+                            format!("must be a table ([{dk}.NAME]), not {}", type_name(other)),
+                            None,
+                        ),
+                    }
+                }
+                Ok(())
+            }
+            (k, other) => Err(format!(
+                "must be {} (e.g. {} = {}), not {}",
+                kind_name(k),
+                kd.name,
+                kd.example,
+                type_name(other)
+            )),
+        };
+        if let Err(m) = r {
+            self.push(at, dk.to_string(), m, None);
+        }
+    }
+
+    /// What only the job as a whole can say: a missing source or dest, a store inside
+    /// the source, a prefix leading out of it, notifiers no table defines.
+    fn job(&mut self, at: Range<usize>, dk: &str, t: &DeTable<'_>, notifiers: &[String]) {
+        for (k, example) in [("source", "\"/mnt/efs\""), ("dest", "\"/mnt/backup\"")] {
+            if entry(t, k).is_none() {
+                self.push(
+                    at.clone(),
+                    dk.to_string(),
+                    format!("no {k}: set {k} = {example}"),
+                    None,
+                );
+                self.out.last_mut().expect("pushed").missing = true;
+            }
+        }
+        let good = |k: &str, f: fn(&str) -> Check| str_of(t, k).filter(|(v, _)| f(v).is_ok());
+        if let (Some((src, _)), Some((dest, dest_at))) = (good("source", path), good("dest", path))
+        {
+            let mut store = PathBuf::from(dest);
+            if let Some((f, _)) = good("folder", folder) {
+                store.push(f);
+            }
+            if let Err(m) = opt::check_overlap(Path::new(src), &store) {
+                self.push(dest_at, dotted(dk, "dest"), m, None);
+            }
+            if let Some((p, p_at)) = good("prefix", prefix)
+                && let Ok(rel) = RelPath::new(p.trim_matches('/').as_bytes())
+                && let Err(m) = opt::check_prefix(Path::new(src), &rel)
+            {
+                self.push(p_at, dotted(dk, "prefix"), m, None);
+            }
+        }
+        self.job_notifiers(dk, t, notifiers);
+    }
+
+    /// Each name in a job's `notify` that no `[notify.NAME]` table defines.
+    fn job_notifiers(&mut self, dk: &str, t: &DeTable<'_>, notifiers: &[String]) {
+        let Some((_, v)) = entry(t, "notify") else {
+            return;
+        };
+        let DeValue::Array(a) = v.get_ref() else {
+            return;
+        };
+        let defined = if notifiers.is_empty() {
+            "none is defined".to_string()
+        } else {
+            format!("defined: {}", notifiers.join(", "))
+        };
+        for e in a.iter() {
+            if let DeValue::String(n) = e.get_ref()
+                && !notifiers.iter().any(|x| x == n.as_ref())
+            {
+                let s = suggest(n, notifiers.iter().map(String::as_str));
+                let m =
+                    format!("notify names {n:?}, but there is no [notify.{n}] table ({defined})");
+                self.push(e.span(), dotted(dk, "notify"), m, s);
+            }
+        }
+    }
+
+    /// A notifier's values together (`NotifierConfig::problems`), once every key of it
+    /// is known and of the right type.
+    fn notifier(&mut self, at: Range<usize>, dk: &str, v: &Spanned<DeValue<'_>>) {
+        let DeValue::Table(t) = v.get_ref() else {
+            return;
+        };
+        let prefix = format!("{dk}.");
+        if self.out.iter().any(|p| p.key.starts_with(&prefix)) {
+            return;
+        }
+        if entry(t, "type").is_none() {
+            let m = "no type: set type = \"webhook\", \"email\" or \"command\"".to_string();
+            self.push(at, dk.to_string(), m, None);
+            return;
+        }
+        let c = match NotifierConfig::deserialize(v.clone().into_deserializer()) {
+            Ok(c) => c,
+            Err(e) => return self.push(at, dk.to_string(), e.message().to_string(), None),
+        };
+        for (k, m) in c.problems() {
+            match k.and_then(|k| entry(t, k)) {
+                Some((kat, _)) => self.push(kat, dotted(dk, k.expect("some")), m, None),
+                None => self.push(at.clone(), dk.to_string(), m, None),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(text: &str) -> Vec<String> {
+        check_text(text)
+            .iter()
+            .map(|p| p.render(Path::new("c.toml")))
+            .collect()
+    }
+
+    #[test]
+    fn typos_get_a_suggestion_at_their_own_line_and_column() {
+        let got = lines(
+            "[job.a]\nsource = \"/s\"\ndest = \"/d\"\n  retian = 3\nshedule = \"@daily\"\nkeep = 2\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "c.toml:4:3: job.a.retian: unknown key (did you mean `retain`?)",
+                "c.toml:5:1: job.a.shedule: unknown key (did you mean `schedule`?)",
+                "c.toml:6:1: job.a.keep: unknown key (did you mean `retain`?)",
+            ]
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_reported() {
+        let got = lines(
+            "[job.a]\nsource = \"\"\ndest = \"/d\"\nretain = 0\nwindow = \"0s\"\nlabel = \"da ily\"\nschedule = \"0 0 31 2 *\"\njobs = \"8\"\nexclude = [\"ok\", \"a[\"]\n",
+        );
+        let want = [
+            ("c.toml:2:1: job.a.source:", "empty path"),
+            ("c.toml:4:1: job.a.retain:", "at least 1"),
+            ("c.toml:5:1: job.a.window:", "at least 1s"),
+            ("c.toml:6:1: job.a.label:", "not valid"),
+            ("c.toml:7:1: job.a.schedule:", "never fires"),
+            (
+                "c.toml:8:1: job.a.jobs:",
+                "must be an integer (e.g. jobs = 64), not a string",
+            ),
+            ("c.toml:9:18: job.a.exclude:", "unclosed character class"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (g, (at, what)) in got.iter().zip(want) {
+            assert!(g.starts_with(at) && g.contains(what), "{g} vs {at} {what}");
+        }
+    }
+
+    #[test]
+    fn edit_distance_counts_a_swap_as_one() {
+        assert_eq!(edit_distance("retian", "retain"), 1);
+        assert_eq!(edit_distance("", "abc"), 3);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(suggest("zzz", ["retain", "dest"]), None);
+    }
+
+    /// `JOB_KEYS` and `JobConfig` name the same keys: every example deserializes, and
+    /// serde's list of the struct's fields is the table's.
+    #[test]
+    fn the_key_tables_match_the_structs() {
+        fn fields(err: &str) -> Vec<String> {
+            let list = err.split("expected one of ").nth(1).expect(err);
+            let mut v: Vec<String> = list
+                .split(',')
+                .map(|s| {
+                    s.trim()
+                        .trim_matches(|c: char| c == '`' || c.is_whitespace())
+                        .to_string()
+                })
+                .filter(|s| !s.is_empty())
+                .map(|s| {
+                    s.lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim_end_matches('`')
+                        .to_string()
+                })
+                .collect();
+            v.sort();
+            v
+        }
+        for (table, keys) in [("job", JOB_KEYS), ("notify", NOTIFY_KEYS)] {
+            let mut text = format!("[{table}.x]\n");
+            for k in keys {
+                text.push_str(&format!("{} = {}\n", k.name, k.example));
+            }
+            crate::config::parse(&text).unwrap_or_else(|e| panic!("{text}: {e}"));
+            let err = crate::config::parse(&format!("{text}zz_unknown = 1\n")).unwrap_err();
+            let mut names: Vec<String> = keys.iter().map(|k| k.name.to_string()).collect();
+            names.sort();
+            assert_eq!(fields(&err), names, "{err}");
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! A job's pre and post commands (`pre_command`, `post_command`, as rsnapshot's
+//! `cmd_preexec`/`cmd_postexec`): a program and its arguments run without a shell, in a
+//! process group of its own, with a timeout (the whole group is killed when it passes),
+//! given environment variables and optionally bytes on stdin. Every line it prints goes
+//! into the run's log (through tracing) as it comes. Does process I/O.
+
+use std::io::{BufRead, Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+/// The timeout when a job sets none (`hook_timeout`).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How many of its last output lines a failed command's error quotes.
+const TAIL_LINES: usize = 5;
+
+/// A command to run: the program, its arguments, its timeout.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hook {
+    pub argv: Vec<String>,
+    pub timeout: Duration,
+}
+
+/// How a pre or post command went: how long it took and how it ended.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct HookOutcome {
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    pub seconds: f64,
+    /// Its exit code; `None` when it could not start, timed out or died of a signal.
+    pub exit_code: Option<i32>,
+    pub ok: bool,
+    /// Why it failed, when it did (with its last lines of output).
+    pub error: Option<String>,
+}
+
+/// Splits a command line the way a POSIX shell would (quotes, backslashes), without
+/// running a shell: `--pre-command 'fsfreeze --freeze "/mnt/my data"'`.
+pub fn split(line: &str) -> Result<Vec<String>, String> {
+    match shlex::split(line) {
+        Some(v) if !v.is_empty() => Ok(v),
+        Some(_) => Err(format!("command {line:?} is empty")),
+        None => Err(format!(
+            "command {line:?}: unbalanced quotes or a trailing backslash"
+        )),
+    }
+}
+
+/// Runs `hook` (`name`: `pre_command` or `post_command`, for the log) with `env` added
+/// to the environment and `stdin` on its standard input; never fails, the outcome
+/// says how it went. `cancel` (SIGINT/SIGTERM) kills it as a timeout does: in a process
+/// group of its own, it does not get the terminal's Ctrl-C itself.
+pub fn run(
+    name: &str,
+    hook: &Hook,
+    env: &[(&str, String)],
+    stdin: &[u8],
+    cancel: &AtomicBool,
+) -> HookOutcome {
+    let t0 = Instant::now();
+    tracing::info!("{name}: running {:?}", hook.argv);
+    let mut out = HookOutcome {
+        command: hook.argv.clone(),
+        ..HookOutcome::default()
+    };
+    let (exit, error, tail) = match spawn(hook, env) {
+        Ok(child) => wait(name, child, (hook.timeout, cancel), stdin),
+        Err(e) => (None, Some(e), Vec::new()),
+    };
+    out.seconds = t0.elapsed().as_secs_f64();
+    out.exit_code = exit;
+    out.ok = error.is_none();
+    out.error = error.map(|e| match tail.is_empty() {
+        true => e,
+        false => format!("{e}; last output: {}", tail.join(" | ")),
+    });
+    match &out.error {
+        None => tracing::info!("{name}: exited 0 after {:.2}s", out.seconds),
+        Some(e) => tracing::error!(
+            "{name} {:?} failed after {:.2}s: {e}",
+            hook.argv,
+            out.seconds
+        ),
+    }
+    out
+}
+
+fn spawn(hook: &Hook, env: &[(&str, String)]) -> Result<Child, String> {
+    use std::os::unix::process::CommandExt;
+    let (prog, args) = hook.argv.split_first().ok_or("no program given")?;
+    let mut c = Command::new(prog);
+    c.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills whatever it started too.
+        .process_group(0);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().map_err(|e| format!("cannot start {prog}: {e}"))
+}
+
+/// Feeds stdin, logs the output, waits until the command ends, `timeout` passes or
+/// `cancel` is set (then kills its process group). Returns (exit code, error, last
+/// lines of output).
+fn wait(
+    name: &str,
+    mut child: Child,
+    (timeout, cancel): (Duration, &AtomicBool),
+    stdin: &[u8],
+) -> (Option<i32>, Option<String>, Vec<String>) {
+    if let Some(mut w) = child.stdin.take() {
+        let data = stdin.to_vec();
+        // A command that does not read its stdin must not block us (EPIPE is ignored).
+        std::thread::spawn(move || {
+            let _ = w.write_all(&data);
+        });
+    }
+    let tail = Arc::new(Mutex::new(Vec::new()));
+    let open = Arc::new(AtomicUsize::new(0));
+    if let Some(s) = child.stdout.take() {
+        read_lines(name, s, &tail, &open);
+    }
+    if let Some(s) = child.stderr.take() {
+        read_lines(name, s, &tail, &open);
+    }
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break Ok(st),
+            Ok(None) if Instant::now() >= deadline => {
+                kill_group(&child);
+                let _ = child.wait();
+                break Err(format!(
+                    "timed out after {}s and was killed",
+                    timeout.as_secs()
+                ));
+            }
+            Ok(None) if cancel.load(Ordering::Relaxed) => {
+                kill_group(&child);
+                let _ = child.wait();
+                break Err("killed: snapring was interrupted".to_string());
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => break Err(format!("cannot wait for it: {e}")),
+        }
+    };
+    // Let the readers drain what is left (a process it left behind may hold the pipes).
+    let drained = Instant::now() + Duration::from_secs(1);
+    while open.load(Ordering::Relaxed) > 0 && Instant::now() < drained {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    match status {
+        Ok(st) if st.success() => (Some(0), None, tail),
+        Ok(st) => (st.code(), Some(format!("exited with {st}")), tail),
+        Err(e) => (None, Some(e), tail),
+    }
+}
+
+/// Logs every line of `stream` as it comes and keeps the last few in `tail`.
+fn read_lines(
+    name: &str,
+    stream: impl Read + Send + 'static,
+    tail: &Arc<Mutex<Vec<String>>>,
+    open: &Arc<AtomicUsize>,
+) {
+    let (name, tail, open) = (name.to_string(), tail.clone(), open.clone());
+    open.fetch_add(1, Ordering::Relaxed);
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stream)
+            .split(b'\n')
+            .map_while(Result::ok)
+        {
+            let line = String::from_utf8_lossy(&line).trim_end().to_string();
+            tracing::info!("{name}: {line}");
+            let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
+            if t.len() == TAIL_LINES {
+                t.remove(0);
+            }
+            t.push(line);
+        }
+        open.fetch_sub(1, Ordering::Relaxed);
+    });
+}
+
+fn kill_group(child: &Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_split_as_a_shell_would() {
+        assert_eq!(
+            split(r#"fsfreeze --freeze "/mnt/my data" it\'s"#).unwrap(),
+            ["fsfreeze", "--freeze", "/mnt/my data", "it's"]
+        );
+        assert!(split("echo 'open").is_err());
+        assert!(split("  ").is_err());
+    }
+}

@@ -1,0 +1,346 @@
+//! What the dashboard, `/api/…` and `/metrics` show, gathered afresh for each request
+//! from the config's jobs, the run catalog (opened read-only) and each job's store
+//! (`Store::open_read`, `statvfs`). Reads only; never a notifier's settings, so no
+//! secret (webhook URL, SMTP password) can reach a page.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::catalog::{Catalog, RunRow};
+use crate::config::Config;
+use crate::report::RunReport;
+use crate::store::Store;
+
+/// How many of a job's newest runs the overview reads (its sparkline and success rate
+/// over the recent past).
+pub const OVERVIEW_RUNS: usize = 30;
+/// How many of a job's newest runs its page and `/api/jobs/NAME` read.
+pub const JOB_RUNS: usize = 500;
+
+/// How much of a job to gather.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Depth {
+    /// The overview and `/metrics`: newest runs for a sparkline, counts, last run.
+    Summary,
+    /// A job's page: more runs, and each snapshot's size from its run.
+    Detail,
+}
+
+/// Runs of one job by status, over the whole catalog.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Counts {
+    pub runs: u64,
+    pub complete: u64,
+    pub partial: u64,
+    pub incomplete: u64,
+    pub failed: u64,
+    pub running: u64,
+    /// Daemon triggers skipped because the job was still running.
+    pub skipped: u64,
+}
+
+impl Counts {
+    /// complete / finished runs, or `None` before the first finished run.
+    pub fn success_rate(&self) -> Option<f64> {
+        let finished = self.runs - self.running;
+        (finished > 0).then(|| self.complete as f64 / finished as f64)
+    }
+}
+
+/// The store's file system: free and total bytes and inodes.
+#[derive(Clone, Debug, Serialize)]
+pub struct Space {
+    pub free_bytes: u64,
+    pub total_bytes: u64,
+    pub free_inodes: u64,
+    pub total_inodes: u64,
+}
+
+/// One snapshot of a job's store.
+#[derive(Clone, Debug, Serialize)]
+pub struct SnapView {
+    pub name: String,
+    /// The run that made it (none for a tree taken over from rsnapshot or by hand).
+    pub run_id: Option<String>,
+    pub finished_at: Option<String>,
+    /// Its logical size (the source's bytes) and what its run added, from the run.
+    pub bytes_total: Option<u64>,
+    pub bytes_added: Option<u64>,
+}
+
+/// Everything shown about one job.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView {
+    pub name: String,
+    pub store: PathBuf,
+    pub schedule: Option<String>,
+    pub next_run: Option<String>,
+    /// The newest run's whole record.
+    pub last: Option<RunReport>,
+    /// Newest runs, newest first.
+    pub recent: Vec<RunRow>,
+    pub counts: Counts,
+    pub success_rate: Option<f64>,
+    pub snapshots: Vec<SnapView>,
+    pub newest_snapshot_at: Option<String>,
+    pub newest_snapshot_age_seconds: Option<f64>,
+    pub space: Option<Space>,
+    /// Why the store or the catalog could not be read, if so.
+    pub errors: Vec<String>,
+}
+
+/// The store of a job: `dest`, or `dest/folder`; `None` without a `dest`.
+pub fn store_of(job: &crate::config::JobConfig) -> Option<PathBuf> {
+    let dest = job.dest.as_ref()?;
+    Some(match &job.folder {
+        Some(f) => dest.join(f),
+        None => dest.clone(),
+    })
+}
+
+/// The jobs of the overview and `/metrics`, with each job's part from the catalog
+/// (newest runs, counts, last run) kept while the catalog is unchanged, which `PRAGMA
+/// data_version` of the server's one connection tells: counting a job's runs reads each
+/// of its rows, which is most of a scrape's cost with thousands of runs. The stores
+/// (snapshots, free space) are read afresh every time.
+#[derive(Default)]
+pub struct Summaries {
+    version: Option<i64>,
+    parts: HashMap<String, Part>,
+}
+
+impl Summaries {
+    /// Every job of `cfg`, in name order, at `Depth::Summary`.
+    pub fn jobs(
+        &mut self,
+        cfg: &Config,
+        cat: Option<&Catalog>,
+        now: DateTime<Utc>,
+    ) -> Vec<JobView> {
+        let version = cat.map(|c| c.data_version().unwrap_or(-1));
+        if version != self.version || version == Some(-1) {
+            self.parts.clear();
+            self.version = version;
+        }
+        cfg.job
+            .iter()
+            .map(|(name, jc)| {
+                let store = store_of(jc).unwrap_or_default();
+                let mut v = view(name, store, jc, None, now, Depth::Summary);
+                if let Some(c) = cat {
+                    let limit = OVERVIEW_RUNS;
+                    let p = self
+                        .parts
+                        .entry(name.clone())
+                        .or_insert_with(|| part(c, name, limit));
+                    p.apply(&mut v);
+                }
+                v
+            })
+            .collect()
+    }
+}
+
+/// What the catalog says about a job.
+#[derive(Clone, Default)]
+struct Part {
+    recent: Vec<RunRow>,
+    counts: Counts,
+    last: Option<RunReport>,
+    error: Option<String>,
+}
+
+impl Part {
+    fn apply(&self, v: &mut JobView) {
+        v.recent = self.recent.clone();
+        v.counts = self.counts.clone();
+        v.success_rate = self.counts.success_rate();
+        v.last = self.last.clone();
+        v.errors.extend(self.error.clone());
+    }
+}
+
+/// The job `name` of `cfg`, or `None` when the config has no such job.
+pub fn job(
+    cfg: &Config,
+    cat: Option<&Catalog>,
+    name: &str,
+    now: DateTime<Utc>,
+    d: Depth,
+) -> Option<JobView> {
+    let jc = cfg.job.get(name)?;
+    Some(view(
+        name,
+        store_of(jc).unwrap_or_default(),
+        jc,
+        cat,
+        now,
+        d,
+    ))
+}
+
+/// The job of a run that just ended (`--textfile`): its config (if it has one), the
+/// catalog's counts, the store, and `r` as the newest run. A run without a job has the
+/// name `""` and no counts (the catalog counts runs by job).
+pub fn of_run(
+    r: &RunReport,
+    jc: Option<&crate::config::JobConfig>,
+    cat: Option<&Catalog>,
+    now: DateTime<Utc>,
+) -> JobView {
+    let none = crate::config::JobConfig::default();
+    let name = r.job.as_deref().unwrap_or("");
+    let mut v = view(
+        name,
+        r.store.clone(),
+        jc.unwrap_or(&none),
+        cat,
+        now,
+        Depth::Summary,
+    );
+    v.last = Some(r.clone());
+    v
+}
+
+fn view(
+    name: &str,
+    store: PathBuf,
+    jc: &crate::config::JobConfig,
+    cat: Option<&Catalog>,
+    now: DateTime<Utc>,
+    d: Depth,
+) -> JobView {
+    let mut errors = Vec::new();
+    let schedule = jc.schedule().unwrap_or_else(|e| {
+        errors.push(e);
+        None
+    });
+    let mut v = JobView {
+        name: name.to_string(),
+        store,
+        schedule: jc.schedule.clone(),
+        next_run: schedule
+            .and_then(|s| s.next_after(now))
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+        last: None,
+        recent: vec![],
+        counts: Counts::default(),
+        success_rate: None,
+        snapshots: vec![],
+        newest_snapshot_at: None,
+        newest_snapshot_age_seconds: None,
+        space: None,
+        errors,
+    };
+    if let Some(c) = cat
+        && !name.is_empty()
+    {
+        let limit = match d {
+            Depth::Summary => OVERVIEW_RUNS,
+            Depth::Detail => JOB_RUNS,
+        };
+        part(c, name, limit).apply(&mut v);
+    }
+    if !v.store.as_os_str().is_empty() {
+        from_store(&mut v, cat, now, d);
+    }
+    v
+}
+
+/// The newest `limit` runs, the counts and the last run of job `name`.
+fn part(c: &Catalog, name: &str, limit: usize) -> Part {
+    let mut p = Part::default();
+    if let Err(e) = fill(&mut p, c, name, limit) {
+        p.error = Some(e.to_string());
+    }
+    p
+}
+
+fn fill(p: &mut Part, c: &Catalog, name: &str, limit: usize) -> crate::catalog::Result<()> {
+    p.recent = c.recent(name, limit)?;
+    for (status, n) in c.status_counts(name)? {
+        p.counts.runs += n;
+        match status.as_str() {
+            "complete" => p.counts.complete += n,
+            "partial" => p.counts.partial += n,
+            "incomplete" => p.counts.incomplete += n,
+            "failed" => p.counts.failed += n,
+            _ => p.counts.running += n,
+        }
+    }
+    p.counts.skipped = c.event_count(name, "skipped")?;
+    if let Some(newest) = p.recent.first() {
+        p.last = c
+            .show_exact(&newest.id)?
+            .and_then(|s| s.report.into_backup());
+    }
+    Ok(())
+}
+
+/// Fills the snapshots and the free space of `v` from its store, read-only.
+fn from_store(v: &mut JobView, cat: Option<&Catalog>, now: DateTime<Utc>, d: Depth) {
+    v.space = space(&v.store);
+    let snaps = match Store::open_read(&v.store).and_then(|s| s.snapshots()) {
+        Ok(s) => s,
+        Err(e) => {
+            // No store yet is normal before the first run.
+            if v.store.join(".snapring").exists() {
+                v.errors.push(e.to_string());
+            }
+            return;
+        }
+    };
+    v.snapshots = snaps
+        .iter()
+        .map(|s| SnapView {
+            name: s.name.clone(),
+            run_id: s.rec.as_ref().map(|r| r.id.clone()),
+            finished_at: s.rec.as_ref().map(|r| r.finished_at.clone()),
+            bytes_total: None,
+            bytes_added: None,
+        })
+        .collect();
+    if let Some(newest) = snaps.first() {
+        let at = match &newest.rec {
+            Some(r) => crate::store::select::parse_time(&r.finished_at),
+            None => DateTime::from_timestamp(newest.mtime, 0),
+        };
+        v.newest_snapshot_at = at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+        v.newest_snapshot_age_seconds = at.map(|t| (now - t).num_milliseconds() as f64 / 1e3);
+    }
+    if d == Depth::Detail
+        && let Some(c) = cat
+    {
+        sizes(&mut v.snapshots, c);
+    }
+}
+
+/// Each snapshot's size and what its run added, from its run in the catalog.
+fn sizes(snaps: &mut [SnapView], c: &Catalog) {
+    for s in snaps {
+        if let Some(id) = &s.run_id
+            && let Ok(Some(shown)) = c.show_exact(id)
+            && let Some(r) = shown.report.backup()
+        {
+            s.bytes_total = Some(r.bytes_total);
+            s.bytes_added = Some(r.bytes_transferred);
+        }
+    }
+}
+
+/// Free and total bytes and inodes of the file system holding `store` (or its nearest
+/// existing parent, before the first run).
+pub fn space(store: &Path) -> Option<Space> {
+    let s = store
+        .ancestors()
+        .find_map(|p| rustix::fs::statvfs(p).ok())?;
+    Some(Space {
+        free_bytes: s.f_bavail.saturating_mul(s.f_frsize),
+        total_bytes: s.f_blocks.saturating_mul(s.f_frsize),
+        free_inodes: s.f_favail,
+        total_inodes: s.f_files,
+    })
+}

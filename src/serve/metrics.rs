@@ -1,0 +1,231 @@
+//! `/metrics`: the jobs' figures in the Prometheus/OpenMetrics text format, encoded by
+//! `prometheus-client` from a registry built afresh for each scrape from `JobView`s
+//! (the catalog and the stores are the state; nothing is kept between scrapes). Every
+//! series is named `snapring_…` and labelled `job_name` and `store`: not `job`, which
+//! Prometheus sets to the scrape job's name and would rename ours to `exported_job`.
+//! Pure apart from the encoding.
+
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::data::JobView;
+
+type Labels = Vec<(String, String)>;
+type GaugeFam = Family<Labels, Gauge<f64, AtomicU64>>;
+type CounterFam = Family<Labels, Counter<u64>>;
+
+/// The content type of what `render` returns.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of what `classic` returns (Prometheus' text format 0.0.4).
+pub const CLASSIC_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A gauge per job: its name (after `snapring_`), help, and value (none: no series).
+type GaugeDef = (&'static str, &'static str, fn(&JobView) -> Option<f64>);
+
+const GAUGES: &[GaugeDef] = &[
+    (
+        "last_run_start_timestamp_seconds",
+        "When the newest run started (Unix time)",
+        |j| {
+            let t = crate::store::select::parse_time(&j.last.as_ref()?.started_at)?;
+            Some(t.timestamp_millis() as f64 / 1e3)
+        },
+    ),
+    (
+        "last_run_duration_seconds",
+        "How long the newest run took",
+        |j| Some(j.last.as_ref()?.duration_seconds),
+    ),
+    (
+        "last_run_files",
+        "Files the newest run found in the source",
+        |j| Some(j.last.as_ref()?.files_total as f64),
+    ),
+    (
+        "last_run_files_copied",
+        "Files the newest run copied (new or changed)",
+        |j| Some(j.last.as_ref()?.files_transferred as f64),
+    ),
+    (
+        "last_run_bytes_copied",
+        "Bytes the newest run copied",
+        |j| Some(j.last.as_ref()?.bytes_transferred as f64),
+    ),
+    (
+        "last_run_files_linked",
+        "Unchanged files the newest run hard-linked",
+        |j| Some(j.last.as_ref()?.files_linked as f64),
+    ),
+    (
+        "last_run_link_fallbacks",
+        "Links that failed (EMLINK, EXDEV) and were copied instead",
+        |j| Some(j.last.as_ref()?.link_fallbacks as f64),
+    ),
+    (
+        "last_run_problems",
+        "Entries the newest run could not back up as the source has them",
+        |j| Some(j.last.as_ref()?.errors as f64),
+    ),
+    (
+        "last_run_throughput_bytes_per_second",
+        "Bytes per second of the newest run",
+        |j| Some(j.last.as_ref()?.throughput_bytes_per_second),
+    ),
+    (
+        "last_run_throughput_files_per_second",
+        "Files per second of the newest run",
+        |j| Some(j.last.as_ref()?.throughput_files_per_second),
+    ),
+    (
+        "next_run_timestamp_seconds",
+        "When the schedule runs the job next (Unix time)",
+        |j| {
+            let t = crate::store::select::parse_time(j.next_run.as_ref()?)?;
+            Some(t.timestamp() as f64)
+        },
+    ),
+    ("snapshots", "Snapshots in the job's store", |j| {
+        Some(j.snapshots.len() as f64)
+    }),
+    (
+        "newest_snapshot_age_seconds",
+        "Age of the newest snapshot in the store",
+        |j| j.newest_snapshot_age_seconds,
+    ),
+    (
+        "store_free_bytes",
+        "Bytes free (to unprivileged users) on the store's file system",
+        |j| Some(j.space.as_ref()?.free_bytes as f64),
+    ),
+    ("store_size_bytes", "Size of the store's file system", |j| {
+        Some(j.space.as_ref()?.total_bytes as f64)
+    }),
+    (
+        "store_free_inodes",
+        "Inodes free on the store's file system",
+        |j| Some(j.space.as_ref()?.free_inodes as f64),
+    ),
+    ("store_inodes", "Inodes of the store's file system", |j| {
+        Some(j.space.as_ref()?.total_inodes as f64)
+    }),
+];
+
+/// A counter per job, from the catalog's runs (monotonic while runs are kept).
+type CounterDef = (&'static str, &'static str, fn(&JobView) -> u64);
+
+const COUNTERS: &[CounterDef] = &[
+    ("runs_started", "Runs started", |j| j.counts.runs),
+    ("runs_failed", "Runs that ended failed", |j| j.counts.failed),
+    ("runs_partial", "Runs that ended partial", |j| {
+        j.counts.partial
+    }),
+    ("runs_incomplete", "Runs that ended incomplete", |j| {
+        j.counts.incomplete
+    }),
+    (
+        "runs_skipped",
+        "Daemon triggers skipped because the job was still running",
+        |j| j.counts.skipped,
+    ),
+];
+
+const STATUSES: [&str; 5] = ["running", "complete", "partial", "incomplete", "failed"];
+
+fn labels(j: &JobView) -> Labels {
+    vec![
+        ("job_name".into(), j.name.clone()),
+        ("store".into(), j.store.to_string_lossy().into_owned()),
+    ]
+}
+
+/// The metrics of `jobs` as OpenMetrics text (ends with `# EOF`).
+pub fn render(jobs: &[JobView]) -> String {
+    let mut reg = Registry::with_prefix("snapring");
+    let status = GaugeFam::default();
+    reg.register(
+        "last_run_status",
+        "The newest run's status: 1 for the status it has, 0 for the others",
+        status.clone(),
+    );
+    for j in jobs.iter().filter(|j| j.last.is_some()) {
+        let last = j.last.as_ref().map(|l| l.status.as_str());
+        for s in STATUSES {
+            let mut l = labels(j);
+            l.push(("status".into(), s.into()));
+            status.get_or_create(&l).set(f64::from(last == Some(s)));
+        }
+    }
+    for (name, help, value) in GAUGES {
+        let fam = GaugeFam::default();
+        reg.register(*name, *help, fam.clone());
+        for j in jobs {
+            if let Some(v) = value(j) {
+                fam.get_or_create(&labels(j)).set(v);
+            }
+        }
+    }
+    for (name, help, value) in COUNTERS {
+        let fam = CounterFam::default();
+        reg.register(*name, *help, fam.clone());
+        for j in jobs {
+            fam.get_or_create(&labels(j)).inc_by(value(j));
+        }
+    }
+    let mut out = String::new();
+    encode(&mut out, &reg).expect("encoding into a String cannot fail");
+    out
+}
+
+/// OpenMetrics text (from `render`) in Prometheus' classic text format 0.0.4, for
+/// scrapers that do not ask for OpenMetrics, `promtool check metrics` and
+/// node_exporter's textfile collector: a counter's `# HELP` and `# TYPE` name its
+/// samples' `_total` name, and there is no `# EOF`.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len() + 16 * counters.len());
+    for line in openmetrics.lines().filter(|l| *l != "# EOF") {
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| Some((p, line.strip_prefix(p)?)));
+        match meta {
+            Some((p, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let total = if counters.contains(name) {
+                    "_total"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("{p}{name}{total} {tail}\n"));
+            }
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_form_names_counters_by_their_samples() {
+        let om = "# HELP x_runs Runs.\n# TYPE x_runs counter\nx_runs_total{a=\"1\"} 2\n\
+                  # HELP x_g G.\n# TYPE x_g gauge\nx_g 1.0\n# EOF\n";
+        assert_eq!(
+            classic(om),
+            "# HELP x_runs_total Runs.\n# TYPE x_runs_total counter\nx_runs_total{a=\"1\"} 2\n\
+             # HELP x_g G.\n# TYPE x_g gauge\nx_g 1.0\n"
+        );
+    }
+}

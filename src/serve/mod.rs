@@ -1,0 +1,390 @@
+//! `snapring serve`: a small, read-only HTTP server showing the config's jobs and every
+//! run in the catalog: the dashboard (`html`, charts in `svg`), `/metrics` for
+//! Prometheus (`metrics`) and `/api/…` JSON, all gathered per request by `data` (the
+//! catalog opened read-only, stores by `Store::open_read`). Does network I/O.
+//!
+//! **Why tiny_http, not axum:** the server answers a handful of GETs from one operator's
+//! browser and one Prometheus every 15 s or so; every answer is a few SQLite reads and
+//! string formatting on the sync core. tiny_http is a synchronous server with four small
+//! dependencies and no runtime, so it adds ~100 KiB to the binary and nothing to the
+//! idle footprint, where axum brings tokio's runtime, hyper and tower for concurrency
+//! this server has no use for. TLS is left to a reverse proxy.
+//!
+//! **Access:** bound to a loopback address by default. Any other address needs a token
+//! (a file, or `SNAPRING_SERVE_TOKEN`), and `serve` refuses to start without one; with a
+//! token every request must carry `Authorization: Bearer TOKEN` (as Prometheus' scrape
+//! config sends it) or gets 401. The comparison is of BLAKE3 digests, whose equality is
+//! constant-time, so neither the token's bytes nor its length leak through timing.
+//! Without a token, the `Host` header must be an IP address or `localhost`, against DNS
+//! rebinding. Every answer carries security headers (a CSP of `default-src 'self'`, no framing,
+//! no sniffing, no referrer). No page shows a notifier's settings.
+
+pub mod data;
+pub mod html;
+pub mod metrics;
+pub mod svg;
+pub mod text;
+pub mod textfile;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use data::Depth;
+
+/// Where `serve` listens unless told otherwise.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:9477";
+
+/// Headers on every answer.
+const SECURITY_HEADERS: &[(&str, &str)] = &[
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "no-referrer"),
+    ("Cache-Control", "no-store"),
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(
+        "refusing to listen on {0} without a token: any address but loopback needs one (--token-file FILE or SNAPRING_SERVE_TOKEN), which clients send as `Authorization: Bearer TOKEN`"
+    )]
+    NoToken(SocketAddr),
+    #[error("the token is empty; put at least 16 characters in it")]
+    EmptyToken,
+    #[error("cannot listen on {addr}: {msg}")]
+    Bind { addr: SocketAddr, msg: String },
+}
+
+/// What `serve` serves.
+pub struct ServeOptions {
+    pub config: Config,
+    /// The catalog; `None` when turned off (pages then show jobs and stores only).
+    pub catalog: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub token: Option<String>,
+}
+
+/// Checks the access rule: a non-loopback address needs a token; a token is not empty.
+pub fn check_access(listen: &SocketAddr, token: Option<&str>) -> Result<(), ServeError> {
+    match token {
+        Some(t) if t.trim().is_empty() => Err(ServeError::EmptyToken),
+        None if !listen.ip().is_loopback() => Err(ServeError::NoToken(*listen)),
+        _ => Ok(()),
+    }
+}
+
+/// A bound server: `addr` is where it listens (the port chosen when 0 was asked for).
+pub struct Server {
+    http: tiny_http::Server,
+    pub addr: SocketAddr,
+    opts: ServeOptions,
+    state: std::cell::RefCell<State>,
+}
+
+/// What the server keeps between requests: one read-only connection to the catalog
+/// (with the file's identity, to reopen a catalog replaced under its name) and the
+/// summaries cached while the catalog is unchanged.
+#[derive(Default)]
+struct State {
+    cat: Option<(Catalog, (u64, u64))>,
+    summaries: data::Summaries,
+}
+
+impl State {
+    /// The catalog, opened (or reopened, when its file was replaced) as needed; `None`
+    /// when it is turned off or does not exist yet.
+    fn catalog(
+        &mut self,
+        path: Option<&std::path::Path>,
+    ) -> crate::catalog::Result<Option<&Catalog>> {
+        use std::os::unix::fs::MetadataExt;
+        let Some(path) = path else {
+            return Ok(None);
+        };
+        let id = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
+        if self.cat.as_ref().map(|c| c.1) != id {
+            self.cat = None;
+            self.summaries = data::Summaries::default();
+            if let Some(id) = id {
+                self.cat = Catalog::open_read(path)?.map(|c| (c, id));
+            }
+        }
+        Ok(self.cat.as_ref().map(|c| &c.0))
+    }
+}
+
+/// Checks the access rule and binds.
+pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
+    check_access(&opts.listen, opts.token.as_deref())?;
+    let http = tiny_http::Server::http(opts.listen).map_err(|e| ServeError::Bind {
+        addr: opts.listen,
+        msg: e.to_string(),
+    })?;
+    let addr = http.server_addr().to_ip().unwrap_or(opts.listen);
+    Ok(Server {
+        http,
+        addr,
+        opts,
+        state: Default::default(),
+    })
+}
+
+impl Server {
+    /// Answers requests, one at a time, until `stop` is set.
+    pub fn run(&self, stop: &AtomicBool) {
+        while !stop.load(Ordering::Relaxed) {
+            match self.http.recv_timeout(Duration::from_millis(200)) {
+                Ok(Some(req)) => self.answer(req),
+                Ok(None) => {}
+                Err(e) => tracing::warn!("serve: receiving a request: {e}"),
+            }
+        }
+    }
+
+    fn answer(&self, req: tiny_http::Request) {
+        let reply = self.reply(&req);
+        let mut resp = tiny_http::Response::from_data(reply.body)
+            .with_status_code(reply.status)
+            .with_header(header("Content-Type", reply.content_type));
+        for (k, v) in SECURITY_HEADERS.iter().chain(&reply.extra) {
+            resp.add_header(header(k, v));
+        }
+        if let Err(e) = req.respond(resp) {
+            tracing::debug!("serve: answering: {e}");
+        }
+    }
+}
+
+impl Server {
+    /// The answer to `req`: the access rules first, then the route.
+    fn reply(&self, req: &tiny_http::Request) -> Reply {
+        let token = self.opts.token.as_deref();
+        if token.is_none() && !host_ok(header_of(req, "Host")) {
+            return Reply::text(
+                403,
+                "without a token, only localhost or an IP address as Host\n",
+            );
+        }
+        if !authorized(token, header_of(req, "Authorization")) {
+            return Reply::text(401, "a token is needed: send Authorization: Bearer TOKEN\n")
+                .header("WWW-Authenticate", "Bearer realm=\"snapring\"");
+        }
+        if !matches!(
+            req.method(),
+            tiny_http::Method::Get | tiny_http::Method::Head
+        ) {
+            return Reply::text(405, "read-only: GET and HEAD only\n").header("Allow", "GET, HEAD");
+        }
+        let om =
+            header_of(req, "Accept").is_some_and(|a| a.contains("application/openmetrics-text"));
+        route(&self.opts, &mut self.state.borrow_mut(), req.url(), om)
+    }
+}
+
+/// The value of the first header `name` of `req`.
+fn header_of<'a>(req: &'a tiny_http::Request, name: &'static str) -> Option<&'a str> {
+    req.headers()
+        .iter()
+        .find(|h| h.field.equiv(name))
+        .map(|h| h.value.as_str())
+}
+
+fn header(k: &str, v: &str) -> tiny_http::Header {
+    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
+}
+
+/// Whether a request with this `Authorization` value may pass.
+fn authorized(token: Option<&str>, auth: Option<&str>) -> bool {
+    let Some(want) = token else {
+        return true;
+    };
+    let got = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
+    blake3::hash(got.trim().as_bytes()) == blake3::hash(want.trim().as_bytes())
+}
+
+/// Without a token, a request must name the server by an IP address or `localhost`
+/// (or name none): a web page that points its own domain at 127.0.0.1 (DNS
+/// rebinding) must not read the dashboard through the user's browser.
+fn host_ok(host: Option<&str>) -> bool {
+    let Some(h) = host else {
+        return true;
+    };
+    let name = match h.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => h.rsplit_once(':').map_or(h, |(n, _)| n),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// An answer before it goes out.
+struct Reply {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    extra: Vec<(&'static str, &'static str)>,
+}
+
+impl Reply {
+    fn new(status: u16, content_type: &'static str, body: impl Into<Vec<u8>>) -> Reply {
+        Reply {
+            status,
+            content_type,
+            body: body.into(),
+            extra: vec![],
+        }
+    }
+    fn text(status: u16, body: &str) -> Reply {
+        Reply::new(status, "text/plain; charset=utf-8", body)
+    }
+    fn html(body: String) -> Reply {
+        Reply::new(200, "text/html; charset=utf-8", body)
+    }
+    fn json(v: &impl serde::Serialize) -> Reply {
+        let body = serde_json::to_vec_pretty(v).expect("serializes");
+        Reply::new(200, "application/json", body)
+    }
+    fn header(mut self, k: &'static str, v: &'static str) -> Reply {
+        self.extra.push((k, v));
+        self
+    }
+}
+
+/// The answer to `GET url`; `openmetrics`: the client accepts OpenMetrics.
+fn route(o: &ServeOptions, st: &mut State, url: &str, openmetrics: bool) -> Reply {
+    let path = url.split(['?', '#']).next().unwrap_or("");
+    if let Err(e) = st.catalog(o.catalog.as_deref()) {
+        return Reply::text(500, &format!("{e}\n"));
+    }
+    let cat = st.cat.as_ref().map(|c| &c.0);
+    let summaries = &mut st.summaries;
+    let now = Utc::now();
+    let seg = |p: &str| path.strip_prefix(p).and_then(text::url_decode);
+    match path {
+        "/" => Reply::html(html::overview(&summaries.jobs(&o.config, cat, now))),
+        "/style.css" => Reply::new(200, "text/css; charset=utf-8", html::CSS),
+        "/favicon.ico" => Reply::new(204, "text/plain", ""),
+        "/metrics" => {
+            let m = metrics::render(&summaries.jobs(&o.config, cat, now));
+            match openmetrics {
+                true => Reply::new(200, metrics::CONTENT_TYPE, m),
+                false => Reply::new(200, metrics::CLASSIC_CONTENT_TYPE, metrics::classic(&m)),
+            }
+        }
+        "/api/jobs" => Reply::json(&summaries.jobs(&o.config, cat, now)),
+        _ if path.starts_with("/job/") => match seg("/job/") {
+            Some(n) => job_reply(o, cat, &n, false),
+            None => not_found(),
+        },
+        _ if path.starts_with("/api/jobs/") => match seg("/api/jobs/") {
+            Some(n) => job_reply(o, cat, &n, true),
+            None => not_found(),
+        },
+        _ if path.starts_with("/run/") || path.starts_with("/api/runs/") => {
+            let api = path.starts_with("/api/");
+            match seg(if api { "/api/runs/" } else { "/run/" }) {
+                Some(id) => run_reply(cat, &id, api),
+                None => not_found(),
+            }
+        }
+        _ => not_found(),
+    }
+}
+
+fn not_found() -> Reply {
+    Reply::text(404, "not found\n")
+}
+
+fn job_reply(o: &ServeOptions, cat: Option<&Catalog>, name: &str, api: bool) -> Reply {
+    match data::job(&o.config, cat, name, Utc::now(), Depth::Detail) {
+        Some(j) if api => Reply::json(&j),
+        Some(j) => Reply::html(html::job(&j)),
+        None => not_found(),
+    }
+}
+
+/// A run's page or JSON: its record, problems and the tail of its log.
+fn run_reply(cat: Option<&Catalog>, id: &str, api: bool) -> Reply {
+    let Some(cat) = cat else {
+        return not_found();
+    };
+    // Only whole ids (`show` also takes a prefix): a link names one run.
+    let shown = match cat.show_exact(id) {
+        Ok(Some(s)) => s,
+        Ok(None) => return not_found(),
+        Err(e) => return Reply::text(500, &format!("{e}\n")),
+    };
+    let tail = shown
+        .log_path
+        .as_deref()
+        .and_then(|p| html::log_tail(std::path::Path::new(p)));
+    if api {
+        #[derive(serde::Serialize)]
+        struct Run<'a> {
+            #[serde(flatten)]
+            shown: &'a crate::catalog::Shown,
+            log_tail: Option<String>,
+        }
+        return Reply::json(&Run {
+            shown: &shown,
+            log_tail: tail,
+        });
+    }
+    Reply::html(html::run(&shown, tail.as_deref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_goes_without_a_token() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(check_access(&a("127.0.0.1:9477"), None).is_ok());
+        assert!(check_access(&a("[::1]:9477"), None).is_ok());
+        assert!(check_access(&a("0.0.0.0:9477"), None).is_err());
+        assert!(check_access(&a("10.1.2.3:9477"), None).is_err());
+        assert!(check_access(&a("0.0.0.0:9477"), Some("s3cret-token-16ch")).is_ok());
+        assert!(check_access(&a("127.0.0.1:9477"), Some(" \n")).is_err());
+    }
+
+    #[test]
+    fn without_a_token_the_host_must_be_an_address_or_localhost() {
+        for ok in [
+            None,
+            Some("localhost:9477"),
+            Some("127.0.0.1:9477"),
+            Some("[::1]:9477"),
+            Some("10.0.0.5"),
+            Some("LOCALHOST"),
+        ] {
+            assert!(host_ok(ok), "{ok:?}");
+        }
+        for bad in [
+            Some("evil.example:9477"),
+            Some("evil.example"),
+            Some("localhost.evil.example"),
+            Some(""),
+        ] {
+            assert!(!host_ok(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_token_must_match() {
+        assert!(authorized(None, None));
+        assert!(authorized(Some("abc"), Some("Bearer abc")));
+        assert!(!authorized(Some("abc"), Some("Bearer abd")));
+        assert!(!authorized(Some("abc"), Some("Bearer ab")));
+        assert!(!authorized(Some("abc"), Some("abc")));
+        assert!(!authorized(Some("abc"), None));
+    }
+}

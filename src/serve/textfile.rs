@@ -1,0 +1,70 @@
+//! `--textfile DIR` on `backup` and `run`: after a run, the same figures `/metrics`
+//! has for its job, written for node_exporter's textfile collector as
+//! `DIR/snapring-<job>.prom` (Prometheus' classic text format), atomically: a temp file
+//! not ending in `.prom` (the collector skips it), fsync, rename, fsync of the
+//! directory. World-readable (0644), as the collector often runs as another user; it
+//! holds no secret. Writes that one file.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::catalog::Catalog;
+use crate::config::JobConfig;
+use crate::report::RunReport;
+
+/// The file a run's figures go to: `snapring-<job>.prom`, the job's name with anything
+/// but `[A-Za-z0-9_-]` as `_`; a run without a job is named by its store's digest.
+pub fn file_name(r: &RunReport) -> String {
+    let stem = match r.job.as_deref() {
+        Some(j) => j
+            .chars()
+            .map(|c| match c {
+                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
+                _ => '_',
+            })
+            .collect(),
+        None => {
+            let h = blake3::hash(r.store.as_os_str().as_encoded_bytes());
+            format!("store-{}", &h.to_hex()[..12])
+        }
+    };
+    format!("snapring-{stem}.prom")
+}
+
+/// Writes the figures of the run `r` (its job `jc`, the catalog at `catalog`) into
+/// `dir`; returns the file written.
+pub fn write(
+    dir: &Path,
+    r: &RunReport,
+    jc: Option<&JobConfig>,
+    catalog: Option<&Path>,
+) -> Result<PathBuf, String> {
+    let cat = match catalog.map(Catalog::open_read).transpose() {
+        Ok(c) => c.flatten(),
+        Err(e) => return Err(e.to_string()),
+    };
+    let view = super::data::of_run(r, jc, cat.as_ref(), chrono::Utc::now());
+    let text = super::metrics::classic(&super::metrics::render(&[view]));
+    let path = dir.join(file_name(r));
+    write_atomic_public(&path, text.as_bytes())
+        .map_err(|e| format!("cannot write the metrics textfile {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+fn write_atomic_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let done = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = done {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
+    std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}

@@ -1,0 +1,822 @@
+//! `snapring serve` as a user meets it: the binary on a free port over a catalog filled
+//! by real runs (complete, partial, incomplete, failed) of a config whose notifiers
+//! hold secrets; every page and endpoint, the escaping of a hostile job name, the
+//! security headers, `promtool check metrics` on `/metrics`, that serving writes
+//! nothing to the catalog, and the token rules.
+
+mod common;
+use common::*;
+
+use std::io::{BufRead, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+const EVIL: &str = "<script>alert(1)</script>";
+const SECRETS: [&str; 2] = ["T0KEN-SECRET", "pa55-SECRET"];
+
+struct Fixture {
+    t: tempfile::TempDir,
+    cfg: PathBuf,
+    catalog: PathBuf,
+}
+
+/// A config with two jobs, `home` (webhook and mail notifiers holding secrets) and one
+/// named `EVIL`, over two sources.
+fn fixture() -> Fixture {
+    let t = tempfile::tempdir().unwrap();
+    for i in 0..5 {
+        write(&t.path().join(format!("src/d{i}/f{i}")), b"content");
+    }
+    write(&t.path().join("src2/a"), b"a");
+    let cfg = t.path().join("snapring.toml");
+    let f = Fixture {
+        cfg,
+        catalog: t.path().join("state/catalog.db"),
+        t,
+    };
+    f.write_cfg(&f.cfg, "");
+    f
+}
+
+impl Fixture {
+    fn write_cfg(&self, path: &Path, home_extra: &str) {
+        let p = self.t.path().display();
+        std::fs::write(
+            path,
+            format!(
+                r#"
+[job.home]
+source = "{p}/src"
+dest = "{p}/dest"
+schedule = "0 2 * * *"
+notify = ["hook", "mail"]
+notify_success = true
+{home_extra}
+
+[job."{EVIL}"]
+source = "{p}/src2"
+dest = "{p}/dest2"
+
+[notify.hook]
+type = "webhook"
+url = "http://127.0.0.1:1/hook/T0KEN-SECRET"
+retries = 0
+timeout = "2s"
+
+[notify.mail]
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = 1
+tls = "none"
+username = "snapring"
+password_env = "SMTP_PW"
+from = "snapring <snapring@example.com>"
+to = ["ops@example.com"]
+retries = 0
+timeout = "2s"
+"#
+            ),
+        )
+        .unwrap();
+    }
+
+    /// `snapring run JOB --config CFG --json` (optionally under `setpriv ARGS`, with
+    /// failpoints); returns the child.
+    fn run_cmd(&self, job: &str, cfg: &Path, setpriv: &[&str], failpoints: &str) -> Command {
+        let mut c = if setpriv.is_empty() {
+            Command::new(bin())
+        } else {
+            let mut c = Command::new("setpriv");
+            c.args(setpriv).arg(bin());
+            c
+        };
+        c.env("SNAPRING_CATALOG", &self.catalog)
+            .env("SMTP_PW", "pa55-SECRET")
+            .env("SNAPRING_FAILPOINTS", failpoints)
+            .args(["run", job, "--json", "--config"])
+            .arg(cfg);
+        c
+    }
+
+    fn run(&self, job: &str, cfg: &Path, setpriv: &[&str]) -> i32 {
+        let out = self.run_cmd(job, cfg, setpriv, "").output().unwrap();
+        out.status.code().unwrap_or(-1)
+    }
+
+    /// Fills the catalog: `home` complete, partial, incomplete (killed, settled by the
+    /// next run), complete, failed; the evil job complete.
+    fn fill(&self) {
+        std::fs::create_dir(self.t.path().join("textfile")).unwrap();
+        assert_eq!(self.run("home", &self.cfg, &[]), 0);
+        let src = self.t.path().join("src");
+        chmod(&src.join("d1/f1"), 0o000);
+        let drop_caps = [
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ];
+        assert_eq!(self.run("home", &self.cfg, &drop_caps), 2);
+        chmod(&src.join("d1/f1"), 0o644);
+        let pause = self.t.path().join("paused");
+        let fp = format!("walk.dir=pause:{}@2", pause.display());
+        let mut child = self
+            .run_cmd("home", &self.cfg, &[], &fp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(&pause);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        write(&src.join("d0/new"), b"a new file");
+        assert_eq!(self.run("home", &self.cfg, &[]), 0);
+        let failing = self.t.path().join("failing.toml");
+        self.write_cfg(&failing, "require_mount = true");
+        assert_eq!(self.run("home", &failing, &[]), 1);
+        let out = self
+            .run_cmd(EVIL, &self.cfg, &[], "")
+            .arg("--textfile")
+            .arg(self.t.path().join("textfile"))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0));
+    }
+}
+
+/// A running `snapring serve`, killed when dropped.
+struct Serve {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `snapring serve ARGS --listen LISTEN` and waits for its address.
+fn serve(f: &Fixture, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Serve {
+    let mut c = Command::new(bin());
+    c.arg("--catalog")
+        .arg(&f.catalog)
+        .args(["serve", "--listen", listen, "--config"])
+        .arg(&f.cfg)
+        .args(args)
+        .env_remove("SNAPRING_SERVE_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let mut child = c.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("snapring serve: listening on http://")
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .trim_end_matches('/')
+        .to_string();
+    Serve { child, addr }
+}
+
+/// An answer: status, headers (lower-case names), body.
+struct Got {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: String,
+}
+
+impl Got {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// `METHOD path` over HTTP/1.0, with extra header lines.
+fn http(addr: &str, method: &str, path: &str, headers: &[&str]) -> Got {
+    let mut s = TcpStream::connect(addr).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|h| h.starts_with("Host:")) {
+        req.push_str(&format!("Host: {addr}\r\n"));
+    }
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8(raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    Got {
+        status,
+        headers,
+        body: body.to_string(),
+    }
+}
+
+fn get(addr: &str, path: &str) -> Got {
+    let g = http(addr, "GET", path, &[]);
+    assert_eq!(g.status, 200, "GET {path}: {}", g.body);
+    check_headers(path, &g);
+    g
+}
+
+fn check_headers(path: &str, g: &Got) {
+    let csp = g.header("content-security-policy").unwrap_or("");
+    assert!(csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"));
+    assert_eq!(
+        g.header("x-content-type-options"),
+        Some("nosniff"),
+        "{path}"
+    );
+    assert_eq!(g.header("x-frame-options"), Some("DENY"), "{path}");
+    assert_eq!(g.header("referrer-policy"), Some("no-referrer"), "{path}");
+    for s in SECRETS {
+        assert!(!g.body.contains(s), "{path} shows the secret {s}");
+    }
+    // Only HTML is markup; JSON and the metrics carry the name as data (with nosniff).
+    if g.header("content-type")
+        .is_some_and(|t| t.starts_with("text/html"))
+    {
+        assert!(
+            !g.body.contains(EVIL),
+            "{path} shows the job name unescaped"
+        );
+    }
+}
+
+fn json(addr: &str, path: &str) -> serde_json::Value {
+    let g = get(addr, path);
+    assert_eq!(g.header("content-type"), Some("application/json"), "{path}");
+    serde_json::from_str(&g.body).unwrap()
+}
+
+/// The percent-encoded form the pages use in links.
+fn seg(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn file_digest(p: &Path) -> (Vec<u8>, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (
+        std::fs::read(p).unwrap(),
+        std::fs::metadata(p).unwrap().mtime_nsec(),
+    )
+}
+
+#[test]
+fn every_page_and_endpoint_shows_real_runs_escaped_and_without_secrets() {
+    let f = fixture();
+    f.fill();
+    let cfg_text = std::fs::read_to_string(&f.cfg).unwrap();
+    assert!(cfg_text.contains(SECRETS[0]), "the config holds a secret");
+    let before = file_digest(&f.catalog);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+
+    let home = json(&s.addr, "/api/jobs/home");
+    let c = &home["counts"];
+    let counts: Vec<u64> = ["runs", "complete", "partial", "incomplete", "failed"]
+        .iter()
+        .map(|k| c[k].as_u64().unwrap())
+        .collect();
+    assert_eq!(counts, [5, 2, 1, 1, 1], "{c}");
+    assert_eq!(home["last"]["status"], "failed");
+    assert_eq!(home["snapshots"].as_array().unwrap().len(), 3, "{home}");
+    assert!(home["snapshots"][0]["bytes_total"].as_u64().unwrap() > 0);
+    assert!(home["next_run"].as_str().unwrap().ends_with("T02:00:00Z"));
+    assert!(home["space"]["free_bytes"].as_u64().unwrap() > 0);
+    let last_notes = &home["last"]["notifications"];
+    assert_eq!(
+        last_notes.as_array().unwrap().len(),
+        2,
+        "notifiers ran: {home}"
+    );
+
+    overview(&s.addr);
+    job_page(&s.addr);
+    run_pages(&s.addr, &home);
+    metrics(&s.addr);
+    errors(&s.addr);
+    assert_eq!(json(&s.addr, "/api/jobs").as_array().unwrap().len(), 2);
+    textfile(&f);
+    browser(&f, &s.addr, &home);
+    assert!(
+        file_digest(&f.catalog) == before,
+        "serve wrote to the catalog"
+    );
+    // A run while it serves shows at once (the cached counts follow the catalog).
+    let runs_of_evil = |addr: &str| {
+        let jobs = json(addr, "/api/jobs");
+        jobs.as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == EVIL)
+            .unwrap()["counts"]["runs"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(runs_of_evil(&s.addr), 1);
+    assert_eq!(f.run(EVIL, &f.cfg, &[]), 0);
+    assert_eq!(runs_of_evil(&s.addr), 2);
+    let m = get(&s.addr, "/metrics").body;
+    let evil_started = format!("snapring_runs_started_total{{job_name=\"{EVIL}\",");
+    let line = m.lines().find(|l| l.starts_with(&evil_started)).unwrap();
+    assert!(line.ends_with(" 2"), "{line}");
+}
+
+fn overview(addr: &str) {
+    let g = get(addr, "/");
+    assert_eq!(g.header("content-type"), Some("text/html; charset=utf-8"));
+    let b = &g.body;
+    assert!(b.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{b}");
+    assert!(b.contains(&format!("href=\"/job/{}\"", seg(EVIL))), "{b}");
+    assert!(b.contains("href=\"/job/home\""));
+    assert!(b.contains("class=\"status failed\"") && b.contains("class=\"status complete\""));
+    assert_eq!(b.matches("<tr class=\"job\">").count(), 2);
+    assert_eq!(b.matches("<svg class=\"spark\"").count(), 2);
+    assert!(b.contains("40%"), "success rate 2 of 5: {b}");
+    assert!(
+        !b.contains("<script") && !b.contains("style="),
+        "no script, no inline style"
+    );
+    let css = get(addr, "/style.css");
+    assert!(css.header("content-type").unwrap().starts_with("text/css"));
+    let evil = get(addr, &format!("/job/{}", seg(EVIL)));
+    assert!(evil.body.contains("Job &lt;script&gt;"), "{}", evil.body);
+}
+
+fn job_page(addr: &str) {
+    let b = get(addr, "/job/home").body;
+    for st in ["complete", "partial", "incomplete", "failed"] {
+        assert!(b.contains(&format!("class=\"status {st}\"")), "{st}: {b}");
+    }
+    assert_eq!(b.matches("<svg class=\"chart\"").count(), 4);
+    assert_eq!(
+        b.matches("<circle class=\"pt\"").count(),
+        4 * 5,
+        "a point per run"
+    );
+    assert_eq!(b.matches("<tr class=\"run\">").count(), 5);
+    for snap in ["daily.0", "daily.1", "daily.2"] {
+        assert!(b.contains(&format!("<td>{snap}</td>")), "{snap}");
+    }
+}
+
+fn run_pages(addr: &str, home: &serde_json::Value) {
+    let runs = home["recent"].as_array().unwrap();
+    for r in runs {
+        let id = r["id"].as_str().unwrap();
+        let b = get(addr, &format!("/run/{}", seg(id))).body;
+        assert!(b.contains(&format!("Run {id}")));
+        for t in ["kpis", "phases", "problems", "notifications"] {
+            assert!(b.contains(&format!("id=\"{t}\"")), "{t} on {id}");
+        }
+        let api = json(addr, &format!("/api/runs/{id}"));
+        assert_eq!(api["report"]["status"], r["status"]);
+        if r["status"] == "partial" {
+            assert!(b.contains("<code>d1/f1</code>"), "the unreadable file: {b}");
+            assert!(b.contains("<pre id=\"log\">") && b.contains("backup finished"));
+            assert_eq!(api["problems"][0]["path"], "d1/f1");
+        }
+    }
+    assert_eq!(http(addr, "GET", "/run/no-such-run", &[]).status, 404);
+    // A prefix names no run here (`show` accepts one; a link must be exact).
+    let id = runs[0]["id"].as_str().unwrap();
+    assert_eq!(
+        http(addr, "GET", &format!("/run/{}", &id[..8]), &[]).status,
+        404
+    );
+}
+
+fn metrics(addr: &str) {
+    let g = get(addr, "/metrics");
+    assert!(
+        g.header("content-type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let m = &g.body;
+    let home = "job_name=\"home\"";
+    let line = |name: &str| {
+        m.lines()
+            .find(|l| l.starts_with(name) && l.contains(home))
+            .unwrap_or_else(|| panic!("no {name} for home in\n{m}"))
+            .rsplit(' ')
+            .next()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap()
+    };
+    assert_eq!(line("snapring_runs_started_total{"), 5.0);
+    assert_eq!(line("snapring_runs_failed_total{"), 1.0);
+    assert_eq!(line("snapring_snapshots{"), 3.0);
+    assert!(line("snapring_store_free_bytes{") > 0.0);
+    assert!(line("snapring_next_run_timestamp_seconds{") > 1.7e9);
+    assert!(line("snapring_newest_snapshot_age_seconds{") >= 0.0);
+    assert!(m.contains("snapring_last_run_status{job_name=\"home\""));
+    assert!(m.contains(",status=\"failed\"} 1"), "{m}");
+    assert!(
+        m.contains("job_name=\"<script>alert(1)</script>\""),
+        "label values are raw text"
+    );
+    promtool(m);
+    grafana_names_exist(m);
+    let om = http(
+        addr,
+        "GET",
+        "/metrics",
+        &["Accept: application/openmetrics-text; version=1.0.0"],
+    );
+    assert!(
+        om.header("content-type")
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    assert!(om.body.ends_with("# EOF\n"));
+}
+
+/// Every series examples/grafana/snapring.json queries is one `/metrics` has.
+fn grafana_names_exist(metrics: &str) {
+    let dash = std::fs::read_to_string("examples/grafana/snapring.json").unwrap();
+    let _: serde_json::Value = serde_json::from_str(&dash).unwrap();
+    let mut names: Vec<&str> = dash
+        .match_indices("snapring_")
+        .map(|(i, _)| {
+            let rest = &dash[i..];
+            let end = rest
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(rest.len());
+            &rest[..end]
+        })
+        .filter(|n| *n != "snapring_")
+        .collect();
+    names.sort();
+    names.dedup();
+    assert!(names.len() >= 10, "{names:?}");
+    for n in names {
+        assert!(
+            metrics.contains(&format!("\n{n}{{")),
+            "the dashboard queries {n}"
+        );
+    }
+}
+
+/// `promtool check metrics` on `text`; skipped (saying so) without promtool, which
+/// `.ci/run` installs.
+fn promtool(text: &str) {
+    let Ok(mut c) = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIPPED promtool check: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Headless Chromium (Debian's `chromium`) on `url`: `--dump-dom` (the DOM after
+/// rendering) or `--screenshot=PATH`. Returns (stdout, the console lines of its log).
+fn chromium(dir: &Path, url: &str, action: &str) -> (String, Vec<String>) {
+    let profile = tempfile::tempdir_in(dir).unwrap();
+    let out = Command::new("chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            "--window-size=1280,1000",
+            "--enable-logging=stderr",
+            "--v=0",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg(action)
+        .arg(url)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "chromium {action} {url}: {out:?}");
+    let console = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .filter(|l| l.contains(":CONSOLE"))
+        .map(str::to_string)
+        .collect();
+    (String::from_utf8_lossy(&out.stdout).into_owned(), console)
+}
+
+/// The overview, a job and a partial run in a real browser: the DOM has the jobs, the
+/// charts as SVG with their points, the run's problem, no script; the console is
+/// silent (a CSP violation would show there). Screenshots go to a temp dir, or to
+/// `$SNAPRING_SCREENSHOTS` (how docs/images/ is made). Skipped without chromium.
+fn browser(f: &Fixture, addr: &str, home: &serde_json::Value) {
+    if Command::new("chromium").arg("--version").output().is_err() {
+        eprintln!("SKIPPED browser check: chromium is not installed (apt-get install chromium)");
+        return;
+    }
+    let partial = home["recent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["status"] == "partial")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pages = [
+        ("overview", "/".to_string(), "<tr class=\"job\">", 2),
+        ("job", "/job/home".to_string(), "<circle class=\"pt\"", 20),
+        ("run", format!("/run/{partial}"), "<code>d1/f1</code>", 1),
+    ];
+    let shots = std::env::var_os("SNAPRING_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| f.t.path().join("shots"));
+    std::fs::create_dir_all(&shots).unwrap();
+    for (name, path, marker, n) in pages {
+        let url = format!("http://{addr}{path}");
+        let (dom, console) = chromium(f.t.path(), &url, "--dump-dom");
+        assert_eq!(dom.matches(marker).count(), n, "{name}: {dom}");
+        assert!(dom.contains("<svg") || name == "run", "{name}: {dom}");
+        assert!(!dom.contains("<script"), "{name}: {dom}");
+        assert!(console.is_empty(), "{name}: console says {console:?}");
+        let png = shots.join(format!("serve-{name}.png"));
+        let (_, console) = chromium(f.t.path(), &url, &format!("--screenshot={}", png.display()));
+        assert!(console.is_empty(), "{name}: console says {console:?}");
+        let bytes = std::fs::read(&png).unwrap();
+        // A PNG of the window's size (IHDR: width and height, big-endian).
+        assert!(
+            bytes.starts_with(b"\x89PNG") && bytes.len() > 5_000,
+            "{name}"
+        );
+        assert_eq!(
+            bytes[16..24],
+            [0, 0, 5, 0, 0, 0, 3, 232],
+            "{name}: 1280x1000"
+        );
+    }
+}
+
+/// `run --textfile DIR` left one world-readable `.prom` file (and no temp file) that
+/// promtool accepts, with the job's figures.
+fn textfile(f: &Fixture) {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = f.t.path().join("textfile");
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, ["snapring-_script_alert_1___script_.prom"]);
+    let p = dir.join(&names[0]);
+    assert_eq!(
+        std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+        0o644
+    );
+    let text = std::fs::read_to_string(&p).unwrap();
+    promtool(&text);
+    let labels = format!(
+        "job_name=\"{EVIL}\",store=\"{}/dest2\"",
+        f.t.path().display()
+    );
+    assert!(
+        text.contains(&format!("snapring_runs_started_total{{{labels}}} 1\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("snapring_snapshots{{{labels}}} 1")),
+        "{text}"
+    );
+    assert!(!text.contains("# EOF"));
+}
+
+fn errors(addr: &str) {
+    // DNS rebinding: without a token, a Host that is a name but localhost is refused.
+    let rebound = http(addr, "GET", "/", &["Host: evil.example"]);
+    assert_eq!(rebound.status, 403);
+    check_headers("Host: evil.example", &rebound);
+    let port = addr.rsplit(':').next().unwrap();
+    let local = format!("Host: localhost:{port}");
+    assert_eq!(http(addr, "GET", "/", &[local.as_str()]).status, 200);
+    assert_eq!(http(addr, "GET", "/job/nope", &[]).status, 404);
+    assert_eq!(http(addr, "GET", "/api/jobs/nope", &[]).status, 404);
+    assert_eq!(http(addr, "GET", "/nothing", &[]).status, 404);
+    assert_eq!(http(addr, "GET", "/job/%zz", &[]).status, 404);
+    let post = http(addr, "POST", "/", &[]);
+    assert_eq!(post.status, 405);
+    check_headers("POST /", &post);
+}
+
+#[test]
+fn with_a_token_every_request_needs_it() {
+    let f = fixture();
+    let token = f.t.path().join("token");
+    std::fs::write(&token, "correct-horse-battery-staple\n").unwrap();
+    let tf = token.to_str().unwrap();
+    let s = serve(&f, "127.0.0.1:0", &["--token-file", tf], &[]);
+    for path in ["/", "/metrics", "/api/jobs", "/job/home", "/style.css"] {
+        let none = http(&s.addr, "GET", path, &[]);
+        assert_eq!(none.status, 401, "{path}");
+        assert!(
+            none.header("www-authenticate")
+                .unwrap()
+                .starts_with("Bearer")
+        );
+        check_headers(path, &none);
+        let wrong = http(
+            &s.addr,
+            "GET",
+            path,
+            &["Authorization: Bearer correct-horse"],
+        );
+        assert_eq!(wrong.status, 401, "{path}");
+        let ok = http(
+            &s.addr,
+            "GET",
+            path,
+            &["Authorization: Bearer correct-horse-battery-staple"],
+        );
+        assert_eq!(ok.status, 200, "{path}");
+    }
+}
+
+#[test]
+fn only_loopback_goes_without_a_token_and_sigterm_stops_serve() {
+    let f = fixture();
+    // Any address but loopback: refused without a token, before listening.
+    let out = Command::new(bin())
+        .args([
+            "--catalog",
+            "off",
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--config",
+        ])
+        .arg(&f.cfg)
+        .env_remove("SNAPRING_SERVE_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refusing to listen on 0.0.0.0:0 without a token"),
+        "{err}"
+    );
+    // With one from the environment it starts, and wants it.
+    let s = serve(
+        &f,
+        "0.0.0.0:0",
+        &[],
+        &[("SNAPRING_SERVE_TOKEN", "from-the-env-1234")],
+    );
+    let port = s.addr.rsplit(':').next().unwrap();
+    let local = format!("127.0.0.1:{port}");
+    assert_eq!(http(&local, "GET", "/", &[]).status, 401);
+    let ok = http(
+        &local,
+        "GET",
+        "/",
+        &["Authorization: Bearer from-the-env-1234"],
+    );
+    assert_eq!(ok.status, 200);
+    stop_with_sigterm(s);
+}
+
+/// SIGTERM stops `serve` with exit 0 within a few ticks.
+fn stop_with_sigterm(mut s: Serve) {
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = s.child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t0.elapsed().as_secs() < 10, "serve did not stop on SIGTERM");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn an_old_catalog_is_refused_with_what_to_do_and_left_as_it_is() {
+    let f = fixture();
+    std::fs::create_dir_all(f.catalog.parent().unwrap()).unwrap();
+    std::fs::copy("tests/fixtures/catalog-v1.db", &f.catalog).unwrap();
+    let before = file_digest(&f.catalog);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let g = http(&s.addr, "GET", "/", &[]);
+    assert_eq!(g.status, 500);
+    assert!(
+        g.body.contains("schema version 1") && g.body.contains("migrates it"),
+        "{}",
+        g.body
+    );
+    check_headers("/", &g);
+    drop(s);
+    assert!(
+        file_digest(&f.catalog) == before,
+        "serve migrated the catalog"
+    );
+}
+
+#[test]
+fn the_daemon_serves_when_its_config_has_a_server_table() {
+    let f = fixture();
+    let mut cfg = std::fs::read_to_string(&f.cfg).unwrap();
+    let bad = f.t.path().join("bad.toml");
+    std::fs::write(&bad, format!("{cfg}\n[server]\nlisten = \"localhost\"\n")).unwrap();
+    let out = snapring(&["config".as_ref(), "check".as_ref(), bad.as_os_str()], &[]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("listen = \"localhost\" is not ADDR:PORT"),
+        "{text}"
+    );
+    cfg.push_str("\n[server]\nlisten = \"127.0.0.1:0\"\n");
+    std::fs::write(&f.cfg, cfg).unwrap();
+    let mut child = Command::new(bin())
+        .arg("--catalog")
+        .arg(&f.catalog)
+        .args(["daemon", "--config"])
+        .arg(&f.cfg)
+        .env_remove("SNAPRING_SERVE_TOKEN")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no address");
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("snapring daemon: serving on http://")
+        {
+            break a.trim_end_matches('/').to_string();
+        }
+    };
+    // Keep draining the daemon's log so it never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let s = Serve { child, addr };
+    // The daemon creates and migrates the catalog as it starts; until then a page may
+    // say the catalog's schema is older.
+    let t0 = std::time::Instant::now();
+    while http(&s.addr, "GET", "/", &[]).status != 200 {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the daemon's server never answered 200"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let b = get(&s.addr, "/").body;
+    assert_eq!(b.matches("<tr class=\"job\">").count(), 2, "{b}");
+    assert!(get(&s.addr, "/metrics").body.contains("snapring_snapshots"));
+    stop_with_sigterm(s);
+}
