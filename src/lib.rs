@@ -20,6 +20,7 @@ pub mod pool;
 pub mod relpath;
 pub mod repo;
 pub mod report;
+pub mod restic;
 pub mod restore;
 pub mod runlog;
 pub mod same;

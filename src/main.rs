@@ -11,7 +11,7 @@ use cli::args::{CatalogCmd, Cli, Cmd, ConfigCmd};
 use cli::catalog_choice::CatalogChoice;
 use cli::exit_code::ExitCode;
 use cli::print::errln;
-use cli::{backup, catalog, config, daemon, inspect, list, restore, serve};
+use cli::{backup, catalog, config, daemon, inspect, list, restic, restore, serve};
 
 fn main() {
     let args = match Cli::try_parse() {
@@ -56,9 +56,13 @@ fn main() {
 /// Runs one command.
 fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::Result<ExitCode> {
     match cmd {
+        Cmd::Init(a) => restic::init(a),
+        Cmd::Backup(a) if restic::is_repo(a.dest.as_deref()) => restic::backup(*a),
         Cmd::Backup(a) => backup::backup(*a, cat),
         Cmd::Run(a) => backup::run_job(a, cat),
+        Cmd::Restore(a) if restic::is_repo(a.dest.as_deref()) => restic::restore(a),
         Cmd::Restore(a) => restore::restore(a, cat),
+        Cmd::List(a) if restic::is_repo(Some(&a.dest)) => restic::list(a),
         Cmd::List(a) => list::list(a),
         Cmd::Diff(a) => inspect::diff(a),
         Cmd::Verify(a) => inspect::verify(a),

@@ -34,7 +34,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     // The storage seams: what the engine writes through and runs against; the stores
     // implement them.
     ("seams", &["sink", "repo"]),
-    ("store", &["store"]),
+    // The restic repository format (src/restic/), a store beside the hard-link store.
+    ("store", &["store", "restic"]),
     ("operations", &["engine", "restore", "commands"]),
     ("bookkeeping", &["catalog", "notify", "config"]),
     ("job", &["job"]),

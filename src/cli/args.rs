@@ -41,6 +41,8 @@ pub struct Cli {
 // so the variant's text is the one clap shows.
 #[derive(Subcommand)]
 pub enum Cmd {
+    /// Create a restic repository (format version 2) at --dest file:///PATH.
+    Init(InitArgs),
     /// Back up a source tree into <dest>/<folder>/<label>.0 and rotate older snapshots.
     Backup(Box<BackupArgs>),
     /// List the snapshots of a store, newest first (also repairs an interrupted run).
@@ -113,7 +115,7 @@ pub struct BackupArgs {
     /// Directory to back up (an EFS/NFS mount or any directory).
     #[arg(long)]
     pub source: Option<PathBuf>,
-    /// Backup file system (where the store lives).
+    /// Backup file system (where the store lives), or a restic repository: file:///PATH.
     #[arg(long)]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (for example the file system id); default: --dest itself.
@@ -167,11 +169,30 @@ pub struct BackupArgs {
     /// No progress line, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// The repository password's file, for a restic repository (--dest file:///PATH)
+    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
+    /// RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Where: file:///PATH (a local directory).
+    #[arg(long)]
+    pub dest: String,
+    /// The repository password's file, for a restic repository (--dest file:///PATH)
+    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
+    /// RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]
 pub struct ListArgs {
-    /// The store: <dest>/<folder>.
+    /// The store: <dest>/<folder>, or a restic repository: file:///PATH.
     #[arg(long)]
     pub dest: PathBuf,
     /// Also compute the space only each snapshot uses (walks every snapshot).
@@ -183,11 +204,17 @@ pub struct ListArgs {
     pub jobs: Option<usize>,
     #[arg(long)]
     pub json: bool,
+    /// The repository password's file, for a restic repository (--dest file:///PATH)
+    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
+    /// RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct RestoreArgs {
-    /// The store: <dest>/<folder> [default with --config: the job's dest and folder].
+    /// The store: <dest>/<folder> [default with --config: the job's dest and folder], or a
+    /// restic repository: file:///PATH.
     #[arg(long, required_unless_present = "config")]
     pub dest: Option<PathBuf>,
     /// TOML config file: the restore runs for one of its jobs (its store, catalog and
@@ -234,6 +261,11 @@ pub struct RestoreArgs {
     /// No progress line, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// The repository password's file, for a restic repository (--dest file:///PATH)
+    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
+    /// RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args)]

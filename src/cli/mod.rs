@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod list;
 pub mod logging;
 pub mod print;
+pub mod restic;
 pub mod restore;
 pub mod serve;
 

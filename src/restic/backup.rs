@@ -1,0 +1,441 @@
+//! `snapring backup --dest file:///…`: one snapshot of a source tree into a restic
+//! repository. The walk reads each directory in name order and writes a tree blob per
+//! directory, bottom-up; a file whose compare key (type, size, mtime, ctime, inode) is
+//! the parent snapshot's, with every blob still indexed, keeps its blob list unread;
+//! any other file is read, cut with the repository's chunker and its new blobs packed.
+//! Packs, then the index, then the snapshot are written (restic's write order), under a
+//! shared lock. Per-entry problems (unreadable, vanished) leave the entry out and make
+//! the run `partial`. Reads the source, writes the repository.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use super::chunker::{Chunker, Tables};
+use super::pack::BlobType;
+use super::repo::{Packer, PackerStats, Repo};
+use super::snapshot::{self, Snapshot};
+use super::tree::{ExtendedAttribute, Node, Tree, encode_name, go_mode};
+use super::{Error, Id, Result, io_err};
+
+pub struct BackupOptions {
+    pub source: PathBuf,
+    pub label: String,
+    /// Set by SIGINT/SIGTERM: the run stops as `incomplete`, its packs indexed, no
+    /// snapshot written.
+    pub cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct BackupReport {
+    pub snapshot: String,
+    pub parent: Option<String>,
+    pub status: String,
+    pub files: u64,
+    pub dirs: u64,
+    /// Files whose blob list came from the parent snapshot, unread.
+    pub files_unchanged: u64,
+    pub files_read: u64,
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    /// Packs, blobs and bytes this run added to the repository.
+    pub added: PackerStats,
+    pub problems: Vec<String>,
+    pub duration_seconds: f64,
+}
+
+struct Walker<'a> {
+    repo: &'a mut Repo,
+    packer: Packer,
+    tables: std::sync::Arc<Tables>,
+    report: BackupReport,
+    names: Names,
+    cancel: Arc<AtomicBool>,
+    /// A repository error: it ends the run (a source error only skips its entry).
+    fatal: bool,
+}
+
+/// Backs `opts.source` up into the repository `repo`.
+pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
+    let started = std::time::Instant::now();
+    let start_time = chrono::Local::now();
+    repo.check_writable()?;
+    let source =
+        std::fs::canonicalize(&opts.source).map_err(io_err("open the source", &opts.source))?;
+    if !source.is_dir() {
+        return Err(Error::Other(format!(
+            "the source {} is not a directory",
+            source.display()
+        )));
+    }
+    let lock = super::lock::acquire(repo, false)?;
+    let path_str = source.to_string_lossy().into_owned();
+    let host = crate::util::hostname();
+    let parent = pick_parent(repo, &path_str, &host, &opts.label)?;
+    let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+    let parent_tree = match &parent {
+        Some((_, p)) => descend(repo, p.tree, &comps)?,
+        None => None,
+    };
+    let tables = std::sync::Arc::new(repo.tables());
+    let mut w = Walker {
+        repo,
+        packer: Packer::default(),
+        tables,
+        report: BackupReport::default(),
+        fatal: false,
+        names: Names::load(),
+        cancel: opts.cancel.clone(),
+    };
+    let walked = w.dir(&source, parent_tree).and_then(|t| w.wrap(&comps, t));
+    let Walker {
+        repo,
+        packer,
+        mut report,
+        ..
+    } = w;
+    let root = match walked {
+        Ok(root) => root,
+        Err(Error::Cancelled) => {
+            report.added = packer.finish(repo)?;
+            report.status = "incomplete".into();
+            report.duration_seconds = started.elapsed().as_secs_f64();
+            lock.release()?;
+            return Ok(report);
+        }
+        Err(e) => {
+            let _ = packer.index_written(repo);
+            return Err(e);
+        }
+    };
+    report.added = packer.finish(repo)?;
+    let snap = Snapshot {
+        time: super::go_time(start_time),
+        parent: parent.as_ref().map(|(id, _)| *id),
+        tree: root,
+        paths: vec![path_str],
+        hostname: host,
+        username: std::env::var("USER").unwrap_or_default(),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        tags: vec!["snapring".into(), format!("label={}", opts.label)],
+        program_version: Some(format!("snapring {}", env!("CARGO_PKG_VERSION"))),
+        ..Default::default()
+    };
+    let id = repo.save_json(super::backend::Kind::Snapshot, &snap)?;
+    lock.release()?;
+    report.snapshot = id.hex();
+    report.parent = parent.map(|(id, _)| id.hex());
+    report.status = if report.problems.is_empty() {
+        "complete"
+    } else {
+        "partial"
+    }
+    .into();
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The newest snapshot of the same paths and host, preferring one of the same label.
+fn pick_parent(repo: &Repo, path: &str, host: &str, label: &str) -> Result<Option<(Id, Snapshot)>> {
+    let all = snapshot::load_all(repo)?;
+    let same: Vec<_> = all
+        .into_iter()
+        .filter(|(_, s)| s.paths == [path] && s.hostname == host)
+        .collect();
+    let labelled = same
+        .iter()
+        .rev()
+        .find(|(_, s)| s.tag("label") == Some(label));
+    Ok(labelled.or(same.last()).cloned())
+}
+
+/// The tree under `comps` (directory names from the root), if the snapshot has it.
+pub fn descend(repo: &Repo, tree: Id, comps: &[&OsStr]) -> Result<Option<Id>> {
+    if comps.is_empty() {
+        return Ok(Some(tree));
+    }
+    Ok(dir_node(repo, tree, comps)?.and_then(|n| n.subtree))
+}
+
+/// The node of the directory at `comps` (not empty), if the snapshot has it.
+pub fn dir_node(repo: &Repo, mut tree: Id, comps: &[&OsStr]) -> Result<Option<Node>> {
+    let mut found = None;
+    for c in comps {
+        let t = Tree::from_blob(&repo.read_blob(BlobType::Tree, &tree)?, &tree)?;
+        let hit = t
+            .nodes
+            .into_iter()
+            .find(|n| n.kind == "dir" && n.name_bytes() == c.as_bytes());
+        match hit {
+            Some(n) if n.subtree.is_some() => {
+                tree = n.subtree.expect("checked");
+                found = Some(n);
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(found)
+}
+
+/// A node's metadata from `lstat`.
+fn base_node(name: &[u8], md: &std::fs::Metadata, names: &Names) -> Node {
+    let (kind, mode) = go_mode(md.mode());
+    let t = |s, ns| super::go_time(super::local_time(s, ns as u32));
+    Node {
+        name: encode_name(name),
+        kind: kind.into(),
+        mode,
+        mtime: t(md.mtime(), md.mtime_nsec()),
+        atime: t(md.atime(), md.atime_nsec()),
+        ctime: t(md.ctime(), md.ctime_nsec()),
+        uid: md.uid(),
+        gid: md.gid(),
+        user: names.user(md.uid()),
+        group: names.group(md.gid()),
+        inode: md.ino(),
+        device_id: md.dev(),
+        // restic records the link count of these types only.
+        links: if matches!(kind, "file" | "symlink" | "dev" | "chardev") {
+            md.nlink()
+        } else {
+            0
+        },
+        ..Default::default()
+    }
+}
+
+/// User and group names by id, from /etc/passwd and /etc/group (as restic records
+/// them; an id without a name gets none).
+#[derive(Default)]
+pub struct Names {
+    users: HashMap<u32, String>,
+    groups: HashMap<u32, String>,
+}
+
+impl Names {
+    pub fn load() -> Names {
+        let read = |p: &str| -> HashMap<u32, String> {
+            let text = std::fs::read_to_string(p).unwrap_or_default();
+            text.lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    Some((f.get(2)?.parse().ok()?, f.first()?.to_string()))
+                })
+                .collect()
+        };
+        Names {
+            users: read("/etc/passwd"),
+            groups: read("/etc/group"),
+        }
+    }
+
+    fn user(&self, uid: u32) -> String {
+        self.users.get(&uid).cloned().unwrap_or_default()
+    }
+
+    fn group(&self, gid: u32) -> String {
+        self.groups.get(&gid).cloned().unwrap_or_default()
+    }
+}
+
+/// The extended attributes of `p` (not following a symlink), sorted by name; none
+/// where the file system has none.
+fn xattrs(p: &Path) -> Result<Vec<ExtendedAttribute>> {
+    use base64::Engine;
+    let unsupported = |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP;
+    let mut list = vec![0u8; 64 * 1024];
+    let n = match rustix::fs::llistxattr(p, &mut list[..]) {
+        Ok(n) => n,
+        Err(e) if unsupported(e) => return Ok(Vec::new()),
+        Err(e) => return Err(io_err("list the extended attributes of", p)(e.into())),
+    };
+    let mut out = Vec::new();
+    let mut val = vec![0u8; 64 * 1024];
+    for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
+        let k = match rustix::fs::lgetxattr(p, name, &mut val[..]) {
+            Ok(k) => k,
+            // Removed since the listing.
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(io_err("read an extended attribute of", p)(e.into())),
+        };
+        out.push(ExtendedAttribute {
+            name: String::from_utf8_lossy(name).into_owned(),
+            value: base64::engine::general_purpose::STANDARD.encode(&val[..k]),
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// The compare key: the parent's node is this file, unchanged.
+fn unchanged(prev: &Node, md: &std::fs::Metadata, now: &Node) -> bool {
+    prev.kind == "file"
+        && prev.size == md.len()
+        && prev.inode == md.ino()
+        && super::parse_time(&prev.mtime).ok() == super::parse_time(&now.mtime).ok()
+        && super::parse_time(&prev.ctime).ok() == super::parse_time(&now.ctime).ok()
+}
+
+impl Walker<'_> {
+    /// Saves a directory's tree (and its subtrees); returns the tree's id.
+    fn dir(&mut self, path: &Path, parent: Option<Id>) -> Result<Id> {
+        let mut names: Vec<Vec<u8>> = Vec::new();
+        let rd = std::fs::read_dir(path).map_err(io_err("list", path))?;
+        for e in rd {
+            let e = e.map_err(io_err("list", path))?;
+            names.push(e.file_name().as_bytes().to_vec());
+        }
+        names.sort();
+        let prev = self.parent_nodes(parent)?;
+        let mut tree = Tree::default();
+        for name in names {
+            self.check_cancel()?;
+            let p = path.join(OsStr::from_bytes(&name));
+            match self.entry(&p, &name, prev.get(&name)) {
+                Ok(Some(node)) => tree.nodes.push(node),
+                Ok(None) => {}
+                Err(e) if self.fatal => return Err(e),
+                Err(e) => self.report.problems.push(e.to_string()),
+            }
+        }
+        self.report.dirs += 1;
+        self.save(BlobType::Tree, &tree.to_blob())
+    }
+
+    /// `Err(Cancelled)` once SIGINT/SIGTERM came.
+    fn check_cancel(&mut self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            self.fatal = true;
+            return Err(Error::Cancelled);
+        }
+        Ok(())
+    }
+
+    /// Packs a blob; a failure is the repository's, so it ends the run.
+    fn save(&mut self, kind: BlobType, plain: &[u8]) -> Result<Id> {
+        let r = self.packer.save(self.repo, kind, plain);
+        self.fatal |= r.is_err();
+        r
+    }
+
+    fn parent_nodes(&mut self, parent: Option<Id>) -> Result<HashMap<Vec<u8>, Node>> {
+        let Some(id) = parent else {
+            return Ok(HashMap::new());
+        };
+        let t = self
+            .repo
+            .read_blob(BlobType::Tree, &id)
+            .and_then(|b| Tree::from_blob(&b, &id))
+            .inspect_err(|_| self.fatal = true)?;
+        Ok(t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect())
+    }
+
+    /// One entry's node; `Err` is a problem with this entry only.
+    fn entry(&mut self, p: &Path, name: &[u8], prev: Option<&Node>) -> Result<Option<Node>> {
+        let md = match std::fs::symlink_metadata(p) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.report
+                    .problems
+                    .push(format!("vanished: {}", p.display()));
+                return Ok(None);
+            }
+            Err(e) => return Err(io_err("stat", p)(e)),
+        };
+        let mut node = base_node(name, &md, &self.names);
+        node.extended_attributes = xattrs(p)?;
+        match node.kind.as_str() {
+            "dir" => {
+                let parent = prev.filter(|n| n.kind == "dir").and_then(|n| n.subtree);
+                node.subtree = Some(self.dir(p, parent)?);
+            }
+            "file" => {
+                self.report.files += 1;
+                match prev.filter(|n| unchanged(n, &md, &node) && self.all_indexed(n)) {
+                    Some(n) => {
+                        node.content = n.content.clone();
+                        node.size = n.size;
+                        self.report.files_unchanged += 1;
+                    }
+                    None => {
+                        let (content, size) = self.file(p)?;
+                        node.content = Some(content);
+                        node.size = size;
+                    }
+                }
+                self.report.bytes_total += node.size;
+            }
+            "symlink" => {
+                let t = std::fs::read_link(p).map_err(io_err("read the link", p))?;
+                node.set_link_target(t.as_os_str().as_bytes());
+            }
+            "dev" | "chardev" => node.device = md.rdev(),
+            _ => {}
+        }
+        Ok(Some(node))
+    }
+
+    fn all_indexed(&self, n: &Node) -> bool {
+        n.content
+            .iter()
+            .flatten()
+            .all(|id| self.repo.index.contains(BlobType::Data, id))
+    }
+
+    /// Reads, chunks and packs a file; its blob ids and the bytes read.
+    fn file(&mut self, p: &Path) -> Result<(Vec<Id>, u64)> {
+        let mut f = std::fs::File::open(p).map_err(io_err("open", p))?;
+        let tables = self.tables.clone();
+        let mut chunker = Chunker::new(&tables);
+        let mut buf = vec![0u8; 512 * 1024];
+        let mut chunk: Vec<u8> = Vec::new();
+        let mut ids = Vec::new();
+        let mut total = 0u64;
+        loop {
+            self.check_cancel()?;
+            let n = f.read(&mut buf).map_err(io_err("read", p))?;
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+            let mut rest = &buf[..n];
+            while let Some(cut) = chunker.next_cut(rest) {
+                chunk.extend_from_slice(&rest[..cut]);
+                ids.push(self.save(BlobType::Data, &chunk)?);
+                chunk.clear();
+                rest = &rest[cut..];
+            }
+            chunk.extend_from_slice(rest);
+        }
+        if !chunk.is_empty() {
+            ids.push(self.save(BlobType::Data, &chunk)?);
+        }
+        self.report.files_read += 1;
+        self.report.bytes_read += total;
+        Ok((ids, total))
+    }
+
+    /// Wraps the source's tree in one tree per ancestor directory, up to `/`, as
+    /// restic records `restic backup /a/b` (a tree with `a`, holding `b`).
+    fn wrap(&mut self, comps: &[&OsStr], mut tree: Id) -> Result<Id> {
+        for i in (0..comps.len()).rev() {
+            let dir: PathBuf = std::iter::once(OsStr::new("/"))
+                .chain(comps[..=i].iter().copied())
+                .collect();
+            let md = std::fs::symlink_metadata(&dir).map_err(io_err("stat", &dir))?;
+            let mut node = base_node(comps[i].as_bytes(), &md, &self.names);
+            node.subtree = Some(tree);
+            let t = Tree { nodes: vec![node] };
+            tree = self.save(BlobType::Tree, &t.to_blob())?;
+        }
+        Ok(tree)
+    }
+}

@@ -1,0 +1,44 @@
+//! The small operations on a repository: `init` and `list` (its snapshots, oldest
+//! first, with snapring's label from the tags). Reads and writes through `repo`.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::Result;
+use super::crypto::DEFAULT_KDF;
+use super::repo::{self, Config, Repo};
+use super::snapshot;
+
+/// Creates a repository at `root`.
+pub fn init(root: &Path, password: &[u8]) -> Result<Config> {
+    repo::init(root, password, DEFAULT_KDF)
+}
+
+/// One snapshot as `snapring list` shows it.
+#[derive(Debug, Serialize)]
+pub struct Listed {
+    pub id: String,
+    pub short_id: String,
+    pub time: String,
+    pub hostname: String,
+    pub paths: Vec<String>,
+    pub tags: Vec<String>,
+    /// snapring's label tag, if snapring wrote the snapshot.
+    pub label: Option<String>,
+}
+
+pub fn list(repo: &Repo) -> Result<Vec<Listed>> {
+    Ok(snapshot::load_all(repo)?
+        .into_iter()
+        .map(|(id, s)| Listed {
+            id: id.hex(),
+            short_id: id.hex()[..8].to_string(),
+            label: s.tag("label").map(str::to_string),
+            time: s.time,
+            hostname: s.hostname,
+            paths: s.paths,
+            tags: s.tags,
+        })
+        .collect())
+}

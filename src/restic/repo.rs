@@ -1,0 +1,282 @@
+//! An opened repository: `init` (layout, master key, key file, config), `open` (find
+//! the key the password opens, read the config), unpacked files (index, snapshots,
+//! locks: `0x02 || zstd(JSON)`, sealed, named by the SHA-256 of the sealed bytes), the
+//! in-memory index, reading blobs, and the `Packer` that collects new blobs into packs
+//! (data and tree blobs in separate packs) and writes their index file. Does file I/O
+//! through `backend`.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::{Kind, Local, not_a_repository};
+use super::chunker::{Pol, Tables};
+use super::crypto::{DEFAULT_KDF, KdfParams, Key, KeyFile};
+use super::index::{Index, IndexFile, PackJson};
+use super::pack::{BlobType, PackBuilder, open_blob};
+use super::{Error, Id, Result, corrupt, io_err};
+
+/// The decrypted `config` file.
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub struct Config {
+    pub version: u32,
+    pub id: String,
+    pub chunker_polynomial: String,
+}
+
+pub struct Repo {
+    pub backend: Local,
+    pub key: Key,
+    pub config: Config,
+    pub pol: Pol,
+    pub index: Index,
+}
+
+/// Creates a repository (format version 2) in `root`, which must not hold one yet.
+pub fn init(root: &Path, password: &[u8], kdf: KdfParams) -> Result<Config> {
+    let b = Local::new(root);
+    if b.config_path().exists() {
+        return Err(Error::Other(format!(
+            "{} already holds a repository (config exists)",
+            root.display()
+        )));
+    }
+    b.create_layout()?;
+    let master = Key::random();
+    let kf = KeyFile::new(&master, password, kdf)?;
+    let kf_bytes = serde_json::to_vec(&kf).expect("key file serialises");
+    b.write(Kind::Key, &Id::hash(&kf_bytes), &kf_bytes)?;
+    let config = Config {
+        version: 2,
+        id: hex::encode(super::random_bytes::<32>()),
+        chunker_polynomial: Pol::random().to_hex(),
+    };
+    // The config stays plain JSON (no compression header): a reader learns the
+    // version from it.
+    let json = serde_json::to_vec(&config).expect("config serialises");
+    b.write_config(&master.seal(&json))?;
+    Ok(config)
+}
+
+/// `init` with snapring's scrypt cost.
+pub fn init_default(root: &Path, password: &[u8]) -> Result<Config> {
+    init(root, password, DEFAULT_KDF)
+}
+
+impl Repo {
+    /// Opens the repository in `root` with `password` and loads its index.
+    pub fn open(root: &Path, password: &[u8]) -> Result<Repo> {
+        let backend = Local::new(root);
+        let cpath = backend.config_path();
+        if !cpath.exists() {
+            return Err(not_a_repository(root));
+        }
+        let key = find_key(&backend, password)?;
+        let sealed = std::fs::read(&cpath).map_err(io_err("read", &cpath))?;
+        let plain = key.open(&sealed, "config")?;
+        let config: Config = decode_json(&plain, "config")?;
+        if config.version != 1 && config.version != 2 {
+            return Err(corrupt(
+                "config",
+                format!("unknown version {}", config.version),
+            ));
+        }
+        let pol = u64::from_str_radix(&config.chunker_polynomial, 16)
+            .map_err(|e| corrupt("config chunker_polynomial", e))?;
+        let mut repo = Repo {
+            backend,
+            key,
+            config,
+            pol: Pol(pol),
+            index: Index::default(),
+        };
+        repo.load_index()?;
+        Ok(repo)
+    }
+
+    fn load_index(&mut self) -> Result<()> {
+        for id in self.backend.list(Kind::Index)? {
+            let f: IndexFile = self.load_json(Kind::Index, &id)?;
+            self.index.add_file(&f);
+        }
+        Ok(())
+    }
+
+    /// Reads, checks and decrypts an unpacked file, then parses its JSON.
+    pub fn load_json<T: serde::de::DeserializeOwned>(&self, kind: Kind, id: &Id) -> Result<T> {
+        let what = format!("{} file {id}", kind.dir());
+        let sealed = self.backend.read(kind, id)?;
+        if Id::hash(&sealed) != *id {
+            return Err(corrupt(&what, "content does not match its name"));
+        }
+        let plain = self.key.open(&sealed, &what)?;
+        decode_json(&plain, &what)
+    }
+
+    /// Writes a JSON document as an unpacked file; returns its id.
+    pub fn save_json<T: Serialize>(&self, kind: Kind, value: &T) -> Result<Id> {
+        let json = serde_json::to_vec(value).expect("JSON serialises");
+        let mut plain = vec![2u8];
+        plain.extend(zstd::bulk::compress(&json, 3).map_err(io_err("compress", "JSON"))?);
+        let sealed = self.key.seal(&plain);
+        let id = Id::hash(&sealed);
+        self.backend.write(kind, &id, &sealed)?;
+        Ok(id)
+    }
+
+    /// A blob's plaintext, checked against its id.
+    pub fn read_blob(&self, kind: BlobType, id: &Id) -> Result<Vec<u8>> {
+        let loc = self
+            .index
+            .get(kind, id)
+            .ok_or_else(|| corrupt(format!("{kind:?} blob {id}"), "not in any index"))?;
+        let e = &loc.entry;
+        let sealed = self
+            .backend
+            .read_range(&loc.pack, e.offset as u64, e.length as usize)?;
+        open_blob(&self.key, &sealed, e)
+    }
+
+    pub fn tables(&self) -> Tables {
+        Tables::new(self.pol)
+    }
+
+    /// Refuses to write into a format version 1 repository.
+    pub fn check_writable(&self) -> Result<()> {
+        if self.config.version != 2 {
+            return Err(Error::Other(format!(
+                "{} is a format version {} repository; snapring writes version 2 only \
+                 (`restic migrate upgrade_repo_v2` upgrades it)",
+                self.backend.root.display(),
+                self.config.version
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn find_key(b: &Local, password: &[u8]) -> Result<Key> {
+    for id in b.list(Kind::Key)? {
+        let what = format!("key file {id}");
+        let bytes = b.read(Kind::Key, &id)?;
+        let kf: KeyFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(&what, e))?;
+        if let Some(k) = kf.open(password, &what)? {
+            return Ok(k);
+        }
+    }
+    Err(Error::WrongPassword(b.root.join("keys")))
+}
+
+/// Parses an unpacked file's plaintext: JSON as it is (`{` or `[` first, format 1), or
+/// `0x02 || zstd(JSON)`.
+fn decode_json<T: serde::de::DeserializeOwned>(plain: &[u8], what: &str) -> Result<T> {
+    let json = match plain.first() {
+        Some(b'{') | Some(b'[') => plain.to_vec(),
+        Some(2) => zstd::stream::decode_all(&plain[1..]).map_err(|e| corrupt(what, e))?,
+        Some(v) => return Err(corrupt(what, format!("unknown encoding version {v}"))),
+        None => return Err(corrupt(what, "empty")),
+    };
+    serde_json::from_slice(&json).map_err(|e| corrupt(what, e))
+}
+
+/// Packs at least this big are written out.
+const PACK_TARGET: usize = 16 * 1024 * 1024;
+
+/// Collects new blobs into packs, one pack per blob type at a time.
+#[derive(Default)]
+pub struct Packer {
+    data: PackBuilder,
+    tree: PackBuilder,
+    /// Blobs in the packs not yet written.
+    pending: HashSet<(BlobType, Id)>,
+    pub written: Vec<PackJson>,
+    pub bytes_written: u64,
+    pub data_blobs: u64,
+    pub tree_blobs: u64,
+}
+
+impl Packer {
+    /// Stores a blob unless the repository or this run already has it; returns its id.
+    pub fn save(&mut self, repo: &mut Repo, kind: BlobType, plain: &[u8]) -> Result<Id> {
+        let id = Id::hash(plain);
+        if repo.index.contains(kind, &id) || self.pending.contains(&(kind, id)) {
+            return Ok(id);
+        }
+        let b = match kind {
+            BlobType::Data => &mut self.data,
+            BlobType::Tree => &mut self.tree,
+        };
+        b.add(&repo.key, kind, id, plain);
+        self.pending.insert((kind, id));
+        match kind {
+            BlobType::Data => self.data_blobs += 1,
+            BlobType::Tree => self.tree_blobs += 1,
+        }
+        if b.len() >= PACK_TARGET {
+            self.flush(repo, kind)?;
+        }
+        Ok(id)
+    }
+
+    fn flush(&mut self, repo: &mut Repo, kind: BlobType) -> Result<()> {
+        let b = std::mem::take(match kind {
+            BlobType::Data => &mut self.data,
+            BlobType::Tree => &mut self.tree,
+        });
+        if b.is_empty() {
+            return Ok(());
+        }
+        let (id, bytes, entries) = b.finish(&repo.key);
+        repo.backend.write(Kind::Pack, &id, &bytes)?;
+        crate::failpoint::hit("restic.pack_written")
+            .map_err(io_err("write", repo.backend.path(Kind::Pack, &id)))?;
+        self.bytes_written += bytes.len() as u64;
+        repo.index.add_pack(id, &entries);
+        for e in &entries {
+            self.pending.remove(&(e.kind, e.id));
+        }
+        self.written.push(PackJson::new(id, &entries));
+        Ok(())
+    }
+
+    /// Writes the open packs, then one index file for every pack written (packs before
+    /// the index that names them, as the design's write order asks).
+    pub fn finish(mut self, repo: &mut Repo) -> Result<PackerStats> {
+        self.flush(repo, BlobType::Data)?;
+        self.flush(repo, BlobType::Tree)?;
+        self.index_written(repo)
+    }
+
+    /// Writes the index of the packs written so far (the open ones are dropped): after a
+    /// failure, so the next run finds and reuses what reached the repository.
+    pub fn index_written(self, repo: &mut Repo) -> Result<PackerStats> {
+        let stats = PackerStats {
+            packs: self.written.len() as u64,
+            bytes: self.bytes_written,
+            data_blobs: self.data_blobs,
+            tree_blobs: self.tree_blobs,
+        };
+        // Keep each index file well below restic's 8 MiB limit.
+        let mut packs = self.written;
+        while !packs.is_empty() {
+            let rest = packs.split_off(packs.len().min(2000));
+            let f = IndexFile {
+                supersedes: vec![],
+                packs,
+            };
+            repo.save_json(Kind::Index, &f)?;
+            packs = rest;
+        }
+        Ok(stats)
+    }
+}
+
+/// What a `Packer` wrote.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct PackerStats {
+    pub packs: u64,
+    pub bytes: u64,
+    pub data_blobs: u64,
+    pub tree_blobs: u64,
+}

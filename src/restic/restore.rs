@@ -1,0 +1,281 @@
+//! `snapring restore --dest file:///… SNAPSHOT --to DIR`: a whole snapshot of a restic
+//! repository (written by snapring or by restic) into a new or empty directory. A
+//! snapshot of one path restores that path's contents into DIR (restic nests the
+//! path's ancestors; they are skipped); one of several paths restores from the root.
+//! Files, directories, symlinks, FIFOs and device nodes, with mode, owner (when root),
+//! and times; hard links (same inode and device, more than one link) are made again.
+//! Directory metadata is applied last. Reads the repository, writes only under DIR.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use rustix::fs::{AtFlags, CWD, Mode, Timespec, Timestamps};
+use serde::Serialize;
+
+use super::pack::BlobType;
+use super::repo::Repo;
+use super::snapshot;
+use super::tree::{Node, Tree, unix_perm};
+use super::{Error, Id, Result, corrupt, io_err};
+
+#[derive(Debug, Default, Serialize)]
+pub struct RestoreReport {
+    pub snapshot: String,
+    pub to: PathBuf,
+    pub files: u64,
+    pub dirs: u64,
+    pub symlinks: u64,
+    pub hard_links: u64,
+    pub bytes: u64,
+    pub duration_seconds: f64,
+}
+
+struct Restorer<'a> {
+    repo: &'a Repo,
+    report: RestoreReport,
+    links: HashMap<(u64, u64), PathBuf>,
+    as_root: bool,
+}
+
+/// Restores snapshot `name` (`latest`, an id or a prefix) into `to`: all of it, or only
+/// the entry at `sub` (components under the snapshot's source), at the same relative
+/// place under `to`, or (`flat`) a directory's contents straight into `to` and a file
+/// as `to/NAME`.
+pub fn restore(
+    repo: &Repo,
+    name: &str,
+    to: &Path,
+    sub: &[Vec<u8>],
+    flat: bool,
+) -> Result<RestoreReport> {
+    let started = std::time::Instant::now();
+    let (id, snap) = snapshot::find(repo, name)?;
+    // The source directory's own node, when the snapshot is of one path: its tree is
+    // what is restored, and its metadata goes onto `to`.
+    let top = match snap.paths.as_slice() {
+        [one] => {
+            let comps: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
+            match comps.is_empty() {
+                true => None,
+                false => super::backup::dir_node(repo, snap.tree, &comps)?,
+            }
+        }
+        _ => None,
+    };
+    let start = top.as_ref().and_then(|n| n.subtree).unwrap_or(snap.tree);
+    prepare_target(to)?;
+    let mut r = Restorer {
+        repo,
+        report: RestoreReport {
+            snapshot: id.hex(),
+            to: to.to_path_buf(),
+            ..Default::default()
+        },
+        links: HashMap::new(),
+        as_root: rustix::process::geteuid().is_root(),
+    };
+    match sub.split_last() {
+        None => {
+            r.tree(start, to)?;
+            if let Some(n) = &top {
+                r.metadata(n, to)?;
+            }
+        }
+        Some((last, parents)) => {
+            let n = find_node(repo, start, sub)?;
+            match (flat, n.subtree) {
+                (true, Some(t)) if n.kind == "dir" => {
+                    r.tree(t, to)?;
+                    r.metadata(&n, to)?;
+                }
+                (true, _) => r.node(&n, &to.join(OsStr::from_bytes(last)))?,
+                (false, _) => {
+                    let mut dir = to.to_path_buf();
+                    for c in parents {
+                        dir.push(OsStr::from_bytes(c));
+                    }
+                    std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+                    r.node(&n, &dir.join(OsStr::from_bytes(last)))?;
+                }
+            }
+        }
+    }
+    r.report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(r.report)
+}
+
+/// The node at `sub` (not empty) under the tree `start`.
+fn find_node(repo: &Repo, mut tree: Id, sub: &[Vec<u8>]) -> Result<Node> {
+    let shown = || String::from_utf8_lossy(&sub.join(&b'/')).into_owned();
+    for (i, c) in sub.iter().enumerate() {
+        let t = Tree::from_blob(&repo.read_blob(BlobType::Tree, &tree)?, &tree)?;
+        let Some(n) = t.nodes.into_iter().find(|n| n.name_bytes() == *c) else {
+            return Err(Error::Other(format!("{} is not in the snapshot", shown())));
+        };
+        if i + 1 == sub.len() {
+            return Ok(n);
+        }
+        match (n.kind.as_str(), n.subtree) {
+            ("dir", Some(t)) => tree = t,
+            _ => return Err(Error::Other(format!("{} is not in the snapshot", shown()))),
+        }
+    }
+    unreachable!("sub is not empty")
+}
+
+/// `to` must be missing or an empty directory: a restore never replaces anything.
+fn prepare_target(to: &Path) -> Result<()> {
+    match std::fs::read_dir(to) {
+        Ok(mut rd) => {
+            if rd.next().is_some() {
+                return Err(Error::Other(format!(
+                    "{} is not empty; restore into a new or empty directory",
+                    to.display()
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(to).map_err(io_err("create directory", to))
+        }
+        Err(e) => Err(io_err("open", to)(e)),
+    }
+}
+
+/// A name from a tree must be one path component.
+fn checked_name(n: &Node) -> Result<Vec<u8>> {
+    let name = n.name_bytes();
+    if name.is_empty() || name == b"." || name == b".." || name.contains(&b'/') || name.contains(&0)
+    {
+        return Err(corrupt("tree", format!("unsafe name {:?}", n.name)));
+    }
+    Ok(name)
+}
+
+impl Restorer<'_> {
+    fn tree(&mut self, id: Id, dir: &Path) -> Result<()> {
+        let t = Tree::from_blob(&self.repo.read_blob(BlobType::Tree, &id)?, &id)?;
+        for n in &t.nodes {
+            let p = dir.join(OsStr::from_bytes(&checked_name(n)?));
+            self.node(n, &p)?;
+        }
+        Ok(())
+    }
+
+    fn node(&mut self, n: &Node, p: &Path) -> Result<()> {
+        match n.kind.as_str() {
+            "dir" => {
+                std::fs::create_dir(p).map_err(io_err("create directory", p))?;
+                self.report.dirs += 1;
+                if let Some(sub) = n.subtree {
+                    self.tree(sub, p)?;
+                }
+            }
+            "file" => {
+                if self.hard_link(n, p)? {
+                    return Ok(());
+                }
+                self.file(n, p)?;
+            }
+            "symlink" => {
+                let t = n.link_target_bytes()?;
+                std::os::unix::fs::symlink(OsStr::from_bytes(&t), p)
+                    .map_err(io_err("create symlink", p))?;
+                self.report.symlinks += 1;
+            }
+            "fifo" | "dev" | "chardev" => {
+                let ft = match n.kind.as_str() {
+                    "fifo" => rustix::fs::FileType::Fifo,
+                    "dev" => rustix::fs::FileType::BlockDevice,
+                    _ => rustix::fs::FileType::CharacterDevice,
+                };
+                rustix::fs::mknodat(CWD, p, ft, Mode::from_raw_mode(unix_perm(n.mode)), n.device)
+                    .map_err(|e| io_err("create special file", p)(e.into()))?;
+            }
+            // Sockets are not restored (as restic does not).
+            _ => return Ok(()),
+        }
+        self.metadata(n, p)
+    }
+
+    /// Makes `p` a hard link to an earlier restored name of the same inode.
+    fn hard_link(&mut self, n: &Node, p: &Path) -> Result<bool> {
+        if n.links < 2 || n.inode == 0 {
+            return Ok(false);
+        }
+        let key = (n.device_id, n.inode);
+        if let Some(first) = self.links.get(&key) {
+            std::fs::hard_link(first, p).map_err(io_err("create hard link", p))?;
+            self.report.hard_links += 1;
+            return Ok(true);
+        }
+        self.links.insert(key, p.to_path_buf());
+        Ok(false)
+    }
+
+    fn file(&mut self, n: &Node, p: &Path) -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(p)
+            .map_err(io_err("create", p))?;
+        let mut size = 0u64;
+        for id in n.content.iter().flatten() {
+            let data = self.repo.read_blob(BlobType::Data, id)?;
+            f.write_all(&data).map_err(io_err("write", p))?;
+            size += data.len() as u64;
+        }
+        if size != n.size {
+            return Err(corrupt(
+                format!("file {}", p.display()),
+                format!("{size} bytes from its blobs, {} recorded", n.size),
+            ));
+        }
+        self.report.files += 1;
+        self.report.bytes += size;
+        Ok(())
+    }
+
+    /// Owner (as root), mode (not for symlinks), then times.
+    fn metadata(&self, n: &Node, p: &Path) -> Result<()> {
+        let err = |a| move |e: rustix::io::Errno| io_err(a, p)(e.into());
+        if self.as_root {
+            let uid = rustix::fs::Uid::from_raw(n.uid);
+            let gid = rustix::fs::Gid::from_raw(n.gid);
+            rustix::fs::chownat(CWD, p, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(err("set the owner of"))?;
+        }
+        for x in &n.extended_attributes {
+            let v = B64.decode(&x.value).map_err(|e| {
+                corrupt(
+                    format!("extended attribute {} of {}", x.name, p.display()),
+                    e,
+                )
+            })?;
+            rustix::fs::lsetxattr(p, x.name.as_bytes(), &v, rustix::fs::XattrFlags::empty())
+                .map_err(err("set an extended attribute of"))?;
+        }
+        if n.kind != "symlink" {
+            rustix::fs::chmod(p, Mode::from_raw_mode(unix_perm(n.mode)))
+                .map_err(err("set the mode of"))?;
+        }
+        let ts = |s: &str| -> Timespec {
+            let (secs, nanos) = super::parse_time(s).unwrap_or((0, 0));
+            Timespec {
+                tv_sec: secs,
+                tv_nsec: nanos as _,
+            }
+        };
+        let times = Timestamps {
+            last_access: ts(&n.atime),
+            last_modification: ts(&n.mtime),
+        };
+        rustix::fs::utimensat(CWD, p, &times, AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(err("set the times of"))
+    }
+}

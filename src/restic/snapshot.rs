@@ -1,0 +1,87 @@
+//! Snapshot files: the JSON restic writes for a backup (time, root tree, paths, host,
+//! user, tags, parent), loading them all, and naming one (`latest`, an id or a unique
+//! id prefix). snapring's own facts ride in tags (docs/format.md). Reads through `repo`.
+
+use serde::{Deserialize, Serialize};
+
+use super::backend::Kind;
+use super::repo::Repo;
+use super::{Error, Id, Result};
+
+#[derive(Serialize, Deserialize, Debug, Clone, Default)]
+pub struct Snapshot {
+    pub time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<Id>,
+    pub tree: Id,
+    pub paths: Vec<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub username: String,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub uid: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub gid: u32,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excludes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original: Option<Id>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub program_version: Option<String>,
+}
+
+fn is_zero(x: &u32) -> bool {
+    *x == 0
+}
+
+impl Snapshot {
+    /// The value of a `key=value` tag.
+    pub fn tag(&self, key: &str) -> Option<&str> {
+        self.tags
+            .iter()
+            .find_map(|t| t.strip_prefix(key)?.strip_prefix('='))
+    }
+
+    /// Seconds since the epoch (0 if the time does not parse).
+    pub fn unix_time(&self) -> (i64, u32) {
+        super::parse_time(&self.time).unwrap_or((0, 0))
+    }
+}
+
+/// Every snapshot, oldest first.
+pub fn load_all(repo: &Repo) -> Result<Vec<(Id, Snapshot)>> {
+    let mut out = Vec::new();
+    for id in repo.backend.list(Kind::Snapshot)? {
+        let s: Snapshot = repo.load_json(Kind::Snapshot, &id)?;
+        out.push((id, s));
+    }
+    out.sort_by_key(|(id, s)| (s.unix_time(), *id));
+    Ok(out)
+}
+
+/// Names a snapshot: `latest`, or its id or a unique prefix of it.
+pub fn find(repo: &Repo, name: &str) -> Result<(Id, Snapshot)> {
+    let all = load_all(repo)?;
+    if name == "latest" {
+        return all
+            .into_iter()
+            .next_back()
+            .ok_or_else(|| Error::Other("the repository has no snapshots".into()));
+    }
+    let mut hits: Vec<_> = all
+        .into_iter()
+        .filter(|(id, _)| id.hex().starts_with(name))
+        .collect();
+    match hits.len() {
+        1 => Ok(hits.remove(0)),
+        0 => Err(Error::Other(format!(
+            "no snapshot {name:?} in the repository"
+        ))),
+        n => Err(Error::Other(format!(
+            "{n} snapshots start with {name:?}; give more of the id"
+        ))),
+    }
+}

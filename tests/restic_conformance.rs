@@ -1,0 +1,568 @@
+//! snapring and restic on the same repositories (docs/format.md, "restic repositories"):
+//! what snapring writes passes `restic check --read-data` and restores with `restic
+//! restore` into a tree equal to the source; what restic writes, snapring restores;
+//! restic backing up the same data into a snapring-made repository adds no data blob
+//! (same chunker, same blob ids). Tests that need Debian's `restic` print a line and
+//! skip when it is not installed. Also snapring's own round trip (any byte-string
+//! name), the incremental that reads nothing unchanged, and the password errors.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::*;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn restic() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("restic"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED: `restic` is not installed (apt-get install restic); conformance not checked"
+        );
+    }
+    found
+}
+
+/// Runs restic on `repo` with the test password; panics with its output on failure.
+fn run_restic(restic: &Path, repo: &Path, args: &[&OsStr]) -> Output {
+    let out = Command::new(restic)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--no-cache")
+        .args(args)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .expect("run restic");
+    assert!(
+        out.status.success(),
+        "restic {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn url(repo: &Path) -> String {
+    format!("file://{}", repo.display())
+}
+
+/// Runs snapring with the test password in the environment; returns (code, stdout, stderr).
+fn sr(args: &[&str]) -> (i32, String, String) {
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = snapring(&a, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sr_ok(args: &[&str]) -> String {
+    let (code, out, err) = sr(args);
+    assert_eq!(code, 0, "snapring {args:?}: {out}\n{err}");
+    out
+}
+
+fn sr_backup(src: &Path, repo: &Path) -> serde_json::Value {
+    let out = sr_ok(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url(repo),
+        "--json",
+    ]);
+    serde_json::from_str(&out).unwrap()
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as u8
+        })
+        .collect()
+}
+
+/// A source of every kind of entry with names restic 0.14 writes and reads alike (it
+/// does not quote names: a name with `"`, `\`, control characters or bytes that are
+/// not UTF-8 survives only between snapring and restic 0.17 and later; see
+/// `snapring_round_trip_keeps_odd_names`). Multi-chunk files, so the chunker counts.
+fn conformance_tree(src: &Path) {
+    for n in [
+        "with space",
+        "caf\u{e9} \u{1f600}",
+        "-leading-dash",
+        "%41 percent",
+        "<html>&",
+    ] {
+        write(&src.join("names").join(n), n.as_bytes());
+    }
+    write(&src.join("big/random"), &pseudo_random(5 << 20, 1));
+    write(&src.join("big/zeros"), &vec![0u8; 3 << 20]);
+    let mut mixed = pseudo_random(2 << 20, 2);
+    mixed.extend(vec![b'x'; 1 << 20]);
+    write(&src.join("big/mixed"), &mixed);
+    write(&src.join("modes/setuid"), b"su");
+    chown(&src.join("modes/setuid"), 1234, 5678);
+    chmod(&src.join("modes/setuid"), 0o4755);
+    write(&src.join("modes/none"), b"");
+    chmod(&src.join("modes/none"), 0o000);
+    std::fs::create_dir_all(src.join("modes/sticky")).unwrap();
+    chmod(&src.join("modes/sticky"), 0o1777);
+    std::os::unix::fs::symlink("../names/with space", src.join("modes/rel-link")).unwrap();
+    std::os::unix::fs::symlink("/nonexistent/target", src.join("modes/dangling")).unwrap();
+    chown(&src.join("modes/dangling"), 7, 8);
+    write(&src.join("links/a"), b"shared inode");
+    std::fs::create_dir_all(src.join("links/sub")).unwrap();
+    std::fs::hard_link(src.join("links/a"), src.join("links/sub/c")).unwrap();
+    write(&src.join("attrs/file"), b"xattrs");
+    set_xattr(&src.join("attrs/file"), "user.color", b"blue");
+    set_xattr(&src.join("attrs/file"), "user.bin", b"\x00\x01\xff");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o640),
+        0,
+    )
+    .unwrap();
+    std::fs::create_dir_all(src.join("empty/dir")).unwrap();
+    set_mtime(&src.join("modes/dangling"), 1_500_000_000, 999_999_999);
+    set_mtime(&src.join("fifo"), 1_300_000_000, 42);
+    set_mtime(&src.join("big/zeros"), 1_600_000_000, 123_456_789);
+    for d in [
+        "names",
+        "big",
+        "modes/sticky",
+        "modes",
+        "links/sub",
+        "links",
+        "attrs",
+        "empty/dir",
+        "empty",
+        "",
+    ] {
+        set_mtime(&src.join(d), 1_200_000_000, 987_654_321);
+    }
+}
+
+#[test]
+fn restic_checks_and_restores_what_snapring_wrote() {
+    let Some(restic) = restic() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, target) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("T"),
+    );
+    conformance_tree(&src);
+    let want = describe(&src);
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let r = sr_backup(&src, &repo);
+    assert_eq!(r["status"], "complete", "{r}");
+    run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    run_restic(
+        &restic,
+        &repo,
+        &[
+            "restore".as_ref(),
+            "latest".as_ref(),
+            "--target".as_ref(),
+            target.as_os_str(),
+        ],
+    );
+    // restic nests the source's absolute path under the target.
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    assert_same_tree(
+        &want,
+        &describe(&restored),
+        "restic restore of a snapring backup",
+    );
+}
+
+#[test]
+fn restic_backup_of_the_same_data_adds_no_data_blobs() {
+    let Some(restic) = restic() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    conformance_tree(&src);
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let r = sr_backup(&src, &repo);
+    assert!(r["added"]["data_blobs"].as_u64().unwrap() > 10, "{r}");
+    // --force: restic reads and chunks every file again instead of trusting the parent.
+    let out = run_restic(
+        &restic,
+        &repo,
+        &[
+            "backup".as_ref(),
+            "--force".as_ref(),
+            "--json".as_ref(),
+            src.as_os_str(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message_type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in restic's output:\n{text}"));
+    assert_eq!(
+        summary["data_blobs"], 0,
+        "restic cut different chunks: {summary}"
+    );
+}
+
+#[test]
+fn snapring_restores_what_restic_wrote() {
+    let Some(restic) = restic() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, target) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("T"),
+    );
+    conformance_tree(&src);
+    let want = describe(&src);
+    run_restic(
+        &restic,
+        &repo,
+        &[
+            "init".as_ref(),
+            "--repository-version".as_ref(),
+            "2".as_ref(),
+        ],
+    );
+    run_restic(&restic, &repo, &["backup".as_ref(), src.as_os_str()]);
+    let list = sr_ok(&["list", "--dest", &url(&repo), "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list[0]["paths"][0], src.to_str().unwrap());
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &want,
+        &describe(&target),
+        "snapring restore of a restic backup",
+    );
+    // And a snapring backup on top of restic's uses restic's snapshot as its parent.
+    let r = sr_backup(&src, &repo);
+    assert_eq!(r["bytes_read"], 0, "{r}");
+    run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+}
+
+#[test]
+fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    odd_tree(&src);
+    write(&src.join("big/random"), &pseudo_random(3 << 20, 3));
+    set_mtime(&src.join("big"), 1_200_000_000, 5);
+    set_mtime(&src, 1_200_000_000, 987_654_321);
+    let want = describe(&src);
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let first = sr_backup(&src, &repo);
+    assert_eq!(first["status"], "complete", "{first}");
+    let target = t.path().join("T1");
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(&want, &describe(&target), "snapring round trip");
+
+    // Nothing changed: nothing read, no data added (trees may differ: reading the
+    // files and directories moved their access times).
+    let second = sr_backup(&src, &repo);
+    assert_eq!(second["bytes_read"], 0, "{second}");
+    assert_eq!(second["files_unchanged"], second["files"], "{second}");
+    assert_eq!(second["added"]["data_blobs"], 0, "{second}");
+    assert_eq!(second["parent"], first["snapshot"]);
+
+    // One file changed: only it is read.
+    write(&src.join("big/random"), &pseudo_random(3 << 20, 4));
+    let third = sr_backup(&src, &repo);
+    assert_eq!(third["files_read"], 1, "{third}");
+    assert_eq!(third["bytes_read"], 3 << 20, "{third}");
+    let want = describe(&src);
+    let target = t.path().join("T3");
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(&want, &describe(&target), "restore after an incremental");
+    let list: serde_json::Value =
+        serde_json::from_str(&sr_ok(&["list", "--dest", &url(&repo), "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 3);
+    assert_eq!(list[0]["label"], "daily");
+}
+
+#[test]
+fn wrong_password_and_missing_repository_are_clear_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"x");
+    let (code, _, err) = sr(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url(&repo),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not a restic repository") && err.contains("snapring init"),
+        "{err}"
+    );
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let pwfile = t.path().join("pw");
+    std::fs::write(&pwfile, "not it\n").unwrap();
+    let args = [
+        "list",
+        "--dest",
+        &url(&repo),
+        "--password-file",
+        pwfile.to_str().unwrap(),
+    ];
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("wrong password"), "{err}");
+    assert!(
+        !err.contains("not it") && !err.contains(PASSWORD),
+        "password in: {err}"
+    );
+    // The file's password with its newline stripped opens it.
+    std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = snapring(&a, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    // 20 MiB: more than one pack (about 16 MiB each).
+    for i in 0..2u64 {
+        write(&src.join(format!("f{i}")), &pseudo_random(10 << 20, 10 + i));
+    }
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    // Paused right after its first pack is written; SIGTERM, then let it go on.
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args([
+            "backup",
+            "--json",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &url(&repo),
+        ])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.pack_written=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(3), "{r}");
+    assert_eq!(r["status"], "incomplete", "{r}");
+    let kept = r["added"]["data_blobs"].as_u64().unwrap();
+    assert!(kept >= 1, "{r}");
+    let count = |d: &str| std::fs::read_dir(repo.join(d)).unwrap().count();
+    assert_eq!(count("snapshots"), 0, "an interrupted run wrote a snapshot");
+    assert!(count("index") >= 1, "the packs it wrote are not indexed");
+    assert_eq!(count("locks"), 0, "the lock was left behind");
+    if let Some(restic) = restic() {
+        run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    }
+    // The next run completes and stores only what the first did not.
+    let full: u64 = 20 << 20;
+    let next = sr_backup(&src, &repo);
+    assert_eq!(next["status"], "complete", "{next}");
+    let added = next["added"]["data_blobs"].as_u64().unwrap();
+    assert!(
+        added > 0 && next["added"]["bytes"].as_u64().unwrap() < full,
+        "{next}"
+    );
+    let target = t.path().join("T");
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &describe(&src),
+        &describe(&target),
+        "restore after an interrupted run",
+    );
+}
+
+#[test]
+fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_completes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    for i in 0..2u64 {
+        write(&src.join(format!("f{i}")), &pseudo_random(10 << 20, 20 + i));
+    }
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let out = Command::new(bin())
+        .args([
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &url(&repo),
+        ])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_FAILPOINTS", "restic.pack_written=kill")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "not killed: {out:?}");
+    let count = |d: &str| std::fs::read_dir(repo.join(d)).unwrap().count();
+    assert_eq!(count("snapshots"), 0);
+    assert_eq!(
+        count("locks"),
+        1,
+        "the killed run's lock stays, as restic's would"
+    );
+    if let Some(restic) = restic() {
+        // restic 0.14 refuses any lock while another exists; `unlock` removes stale
+        // ones (same host, dead pid): it reads snapring's lock as restic's own.
+        run_restic(&restic, &repo, &["unlock".as_ref()]);
+        assert_eq!(count("locks"), 0, "restic did not take the lock for stale");
+        run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    }
+    // A shared lock, even a dead process's, does not block the next backup.
+    let next = sr_backup(&src, &repo);
+    assert_eq!(next["status"], "complete", "{next}");
+    let target = t.path().join("T");
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &describe(&src),
+        &describe(&target),
+        "restore after a killed run",
+    );
+    if let Some(restic) = restic() {
+        run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    }
+}
+
+#[test]
+fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
+    use snapring::restic::{lock, repo::Repo};
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"x");
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    // This test process holds it (as `restic prune` would).
+    let opened = Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
+    let held = lock::acquire(&opened, true).unwrap();
+    let (code, out, err) = sr(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url(&repo),
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("locked exclusively by pid"), "{err}");
+    held.release().unwrap();
+    sr_backup(&src, &repo);
+}
+
+#[test]
+fn restore_of_a_subdirectory_and_of_one_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("a/b/f"), b"deep file");
+    write(&src.join("a/g"), b"g");
+    write(&src.join("top"), b"top");
+    set_mtime(&src.join("a/b"), 1_300_000_000, 7);
+    set_mtime(&src.join("a"), 1_300_000_000, 8);
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_backup(&src, &repo);
+    let dest = url(&repo);
+    let restore = |to: &Path, extra: &[&str]| {
+        let mut a = vec![
+            "restore",
+            "--dest",
+            &dest,
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ];
+        a.extend_from_slice(extra);
+        sr(&a)
+    };
+    // A subdirectory, at the same relative place.
+    let t1 = t.path().join("T1");
+    assert_eq!(restore(&t1, &["--path", "a/b"]).0, 0);
+    assert_same_tree(
+        &describe(&src.join("a/b")),
+        &describe(&t1.join("a/b")),
+        "--path a/b",
+    );
+    assert!(!t1.join("a/g").exists() && !t1.join("top").exists());
+    // Its contents straight into --to.
+    let t2 = t.path().join("T2");
+    assert_eq!(restore(&t2, &["--path", "a", "--flat"]).0, 0);
+    assert_same_tree(&describe(&src.join("a")), &describe(&t2), "--path a --flat");
+    // One file.
+    let t3 = t.path().join("T3");
+    assert_eq!(restore(&t3, &["--path", "a/b/f", "--flat"]).0, 0);
+    assert_eq!(std::fs::read(t3.join("f")).unwrap(), b"deep file");
+    // Missing and escaping paths are clear errors.
+    let (code, _, err) = restore(&t.path().join("T4"), &["--path", "a/nope"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("a/nope is not in the snapshot"), "{err}");
+    let (code, _, err) = restore(&t.path().join("T5"), &["--path", "a/../.."]);
+    assert_eq!(code, 1);
+    assert!(err.contains("leaves the snapshot"), "{err}");
+}
