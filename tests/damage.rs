@@ -257,3 +257,77 @@ fn a_newer_snapshot_state_format_is_refused_not_rewritten() {
     assert_eq!(std::fs::read(&p).unwrap(), newer);
     assert_eq!(snapshot_names(&dest), ["daily.0"]);
 }
+
+/// Names read from the store's own files never become paths outside it: a
+/// `snapshots.json` whose record names run `../../outside` (in a copied store, where
+/// the record would be kept and marked) is read as damaged, and a journal whose step
+/// leads out of the store is refused, not followed.
+#[test]
+fn names_in_the_stores_own_files_never_lead_outside_it() {
+    let (t, src, dest0) = setup();
+    assert_eq!(backup(&src, &dest0, &[], &[]).0, 0);
+    let id = id_of(&dest0, "daily.0");
+    let copy = t.path().join("copy");
+    assert!(
+        std::process::Command::new("cp")
+            .args(["-a".as_ref(), dest0.as_os_str(), copy.as_os_str()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // The record's run is moved "outside": its manifest and run record copied there.
+    let out = t.path().join("outside");
+    std::fs::create_dir(&out).unwrap();
+    for (from, to) in [
+        (format!("manifests/{id}.mf"), "outside.mf"),
+        (format!("manifests/{id}.idx"), "outside.idx"),
+    ] {
+        std::fs::copy(copy.join(".snapring").join(from), out.join(to)).unwrap();
+    }
+    let state = std::fs::read_to_string(copy.join(".snapring/snapshots.json")).unwrap();
+    std::fs::write(
+        copy.join(".snapring/snapshots.json"),
+        state.replace(&id, "../../outside"),
+    )
+    .unwrap();
+    let (code, _, err) = backup(&src, &copy, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let leaked: Vec<_> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leaked.len(),
+        2,
+        "nothing written outside the store: {leaked:?}"
+    );
+    assert!(!t.path().join("outside.copied").exists());
+
+    // A journal with a step out of the store.
+    let victim = t.path().join("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(
+        dest0.join(".snapring/journal"),
+        serde_json::json!({
+            "format": 1, "run": "x", "status": "complete",
+            "steps": [{"from": "../victim", "to": "daily.5"}],
+            "state_after": {"format": 1, "snapshots": []}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let out = snapring(
+        &["list".as_ref(), "--dest".as_ref(), dest0.as_os_str()],
+        &[],
+    );
+    assert!(
+        victim.is_dir(),
+        "the journal was not followed out of the store"
+    );
+    assert!(!dest0.join("daily.5").exists());
+    let (code, _, err) = backup(&src, &dest0, &[], &[]);
+    assert_eq!(code, 1, "a backup refuses the journal: {err}");
+    assert!(err.contains("leads outside"), "{err}");
+    assert!(victim.is_dir());
+    let _ = out;
+}

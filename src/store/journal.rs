@@ -33,6 +33,32 @@ pub struct Journal {
     pub drop_manifests: Vec<String>,
 }
 
+/// Parses a journal and checks every name in it: run ids plain, each step's ends a
+/// snapshot name or a plain name in `.snapring/staging/` or `.snapring/trash/`, its
+/// state a valid one (`parse_state`). A journal is followed blindly by the repair, so a
+/// damaged or hostile one must not name anything outside the store.
+pub fn parse_journal(bytes: &[u8]) -> std::result::Result<Journal, String> {
+    let j: Journal = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let end_ok = |n: &str| {
+        super::rotation::parse_slot(n).is_some()
+            || [".snapring/staging/", ".snapring/trash/"]
+                .iter()
+                .any(|d| n.strip_prefix(d).is_some_and(super::plain_name))
+    };
+    if !super::plain_name(&j.run) || !j.drop_manifests.iter().all(|i| super::plain_name(i)) {
+        return Err("a run id that is not a plain name".into());
+    }
+    if let Some(s) = j.steps.iter().find(|s| !end_ok(&s.from) || !end_ok(&s.to)) {
+        return Err(format!(
+            "step {:?} -> {:?} leads outside the store's snapshots, staging and trash",
+            s.from, s.to
+        ));
+    }
+    let state = serde_json::to_vec(&j.state_after).map_err(|e| e.to_string())?;
+    super::parse_state(&state).map_err(|e| format!("its state: {e:?}"))?;
+    Ok(j)
+}
+
 impl Journal {
     /// The name this journal publishes its run's snapshot under.
     fn published(&self) -> Option<String> {
@@ -70,7 +96,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).ctx("read journal", &path),
         };
-        let j: Journal = serde_json::from_slice(&text)
+        let j: Journal = parse_journal(&text)
             .map_err(|e| Error::Store { path: path.clone(), msg: format!("journal is unreadable ({e}); move it aside only after checking the snapshots by hand") })?;
         tracing::warn!(run = %j.run, "rolling an interrupted rotation forward");
         self.apply_journal(&j)?;
@@ -152,7 +178,7 @@ impl Store {
                 return None;
             }
         };
-        let j: Journal = match serde_json::from_slice(&text) {
+        let j: Journal = match parse_journal(&text) {
             Ok(j) => j,
             Err(e) => {
                 tracing::warn!(

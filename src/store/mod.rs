@@ -75,8 +75,20 @@ pub enum StateError {
     Newer(u64),
 }
 
+/// Whether `s` can name a file inside a `.snapring/` folder as it is: letters, digits,
+/// `.`, `_` and `-`, not starting with `.`. Run ids and snapshot names read from the
+/// store's own files are checked with it before they become paths, so that a damaged or
+/// hostile `snapshots.json`, journal or run record can never lead outside the store.
+pub fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 200
+        && !s.starts_with('.')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
 /// Parses `snapshots.json`: its `format` first, so that a newer format is refused
-/// whatever its shape, then the records.
+/// whatever its shape, then the records, each with a plain run id and a snapshot name.
 pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, StateError> {
     #[derive(Deserialize)]
     struct Head {
@@ -87,7 +99,19 @@ pub fn parse_state(bytes: &[u8]) -> std::result::Result<State, StateError> {
     if head.format > u64::from(STATE_FORMAT) {
         return Err(StateError::Newer(head.format));
     }
-    serde_json::from_slice(bytes).map_err(|e| StateError::Damaged(e.to_string()))
+    let state: State =
+        serde_json::from_slice(bytes).map_err(|e| StateError::Damaged(e.to_string()))?;
+    if let Some(r) = state
+        .snapshots
+        .iter()
+        .find(|r| !plain_name(&r.id) || rotation::parse_slot(&r.name).is_none())
+    {
+        return Err(StateError::Damaged(format!(
+            "a record names run {:?} and snapshot {:?}, which are not a plain run id and a <label>.<n>",
+            r.id, r.name
+        )));
+    }
+    Ok(state)
 }
 
 /// A snapshot directory found in the store.
@@ -563,9 +587,15 @@ impl Store {
     /// rotation waits to be rolled forward (`open_read`), its run reads as the
     /// roll-forward will leave its record.
     pub fn read_run(&self, id: &str) -> Result<Option<RunReport>> {
+        if !plain_name(id) {
+            return Ok(None);
+        }
         let p = self.run_path(id);
         let mut r: Option<RunReport> = match std::fs::read(&p) {
-            Ok(t) => serde_json::from_slice(&t).ok(),
+            // A record must be the one of its file name (it is written back under it).
+            Ok(t) => serde_json::from_slice::<RunReport>(&t)
+                .ok()
+                .filter(|r| r.id == id),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(e).ctx("read", p),
         };
