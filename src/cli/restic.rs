@@ -1,8 +1,9 @@
-//! The commands on a restic repository (`--dest file:///PATH`): `init`, `backup`,
+//! The commands on a restic repository (`--dest file:///PATH` or `s3://BUCKET/PREFIX`):
+//! `init`, `backup`,
 //! `list`, `restore`. Flags a restic repository does not take yet are refused rather
 //! than ignored. The password comes from `snapring::restic::password`, never printed.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, bail};
 use snapring::restic::{self, backend, ops, repo::Repo};
@@ -17,36 +18,24 @@ pub fn is_repo(dest: Option<&Path>) -> bool {
         .is_some_and(|d| d.starts_with("file://") || d.starts_with("s3://"))
 }
 
-fn repo_dir(dest: &str) -> anyhow::Result<PathBuf> {
-    if dest.starts_with("s3://") {
-        bail!("s3:// repositories are not supported yet; use file:///PATH");
-    }
-    backend::parse_file_url(dest)
-        .filter(|p| p.is_absolute())
-        .with_context(|| format!("--dest {dest:?}: expected file:///ABSOLUTE/PATH"))
-}
-
 fn open(dest: &Path, password_file: Option<&Path>) -> anyhow::Result<Repo> {
-    let dir = repo_dir(&dest.to_string_lossy())?;
+    let b = backend::from_dest(&dest.to_string_lossy())?;
     let pw = restic::password::resolve(password_file)?;
-    Ok(Repo::open(&dir, &pw)?)
+    Ok(Repo::open_in(b, &pw)?)
 }
 
 /// `snapring init --dest file:///PATH`.
 pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
-    let dir = repo_dir(&a.dest)?;
+    let b = backend::from_dest(&a.dest)?;
     let pw = restic::password::resolve(a.password_file.as_deref())?;
-    let config = ops::init(&dir, &pw)?;
+    let config = ops::init(b.as_ref(), &pw)?;
+    let at = b.location();
     if a.json {
         print::json(
-            &serde_json::json!({ "repository": dir, "id": config.id, "version": config.version }),
+            &serde_json::json!({ "repository": at, "id": config.id, "version": config.version }),
         )?;
     } else {
-        outln!(
-            "created restic repository {} at {}",
-            &config.id[..10],
-            dir.display()
-        );
+        outln!("created restic repository {} at {at}", &config.id[..10]);
     }
     Ok(ExitCode::Complete)
 }

@@ -1,7 +1,9 @@
-//! A repository on a local directory (`file:///PATH`): restic's layout, `config`,
-//! `keys/`, `data/xx/` (packs under the first two hex digits of their id), `index/`,
-//! `snapshots/`, `locks/`. Every file is written once, crash-safely (temp file, fsync,
-//! rename), and named by the SHA-256 of its bytes (except `config`). Does file I/O.
+//! Where a repository's files live: the `Backend` trait (write-once files named by
+//! id, `config`, listing, ranged reads), its local-directory implementation (`file:///PATH`)
+//! and the parsing of `--dest` into one (`s3://` goes to `super::s3`). restic's layout:
+//! `config`, `keys/`, `data/xx/` (packs under the first two hex digits of their id),
+//! `index/`, `snapshots/`, `locks/`. Every file is written once, crash-safely (temp file,
+//! fsync, rename), and named by the SHA-256 of its bytes (except `config`). Does file I/O.
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
@@ -30,6 +32,51 @@ impl Kind {
     }
 }
 
+/// A repository's storage. Files other than `config` are content-addressed, so writing
+/// one that exists already (a retry, a second run) is harmless.
+pub trait Backend: Send + Sync {
+    /// Where the repository is, for messages (`/path` or `s3://bucket/prefix`).
+    fn location(&self) -> String;
+    /// Where one file is, for messages.
+    fn file_location(&self, kind: Kind, id: &Id) -> String;
+    /// The `config` file, or `None` if there is none (no repository here).
+    fn read_config(&self) -> Result<Option<Vec<u8>>>;
+    /// Creates `config`; fails if one exists.
+    fn create_config(&self, bytes: &[u8]) -> Result<()>;
+    /// Prepares an empty repository's layout (directories, where there are any).
+    fn create_layout(&self) -> Result<()>;
+    fn write(&self, kind: Kind, id: &Id, bytes: &[u8]) -> Result<()>;
+    fn read(&self, kind: Kind, id: &Id) -> Result<Vec<u8>>;
+    /// `len` bytes at `offset` of a pack.
+    fn read_range(&self, pack: &Id, offset: u64, len: usize) -> Result<Vec<u8>>;
+    fn remove(&self, kind: Kind, id: &Id) -> Result<()>;
+    /// The ids of every file of a kind, sorted (names that are not ids are left out).
+    fn list(&self, kind: Kind) -> Result<Vec<Id>>;
+}
+
+/// The path (object key) of a file relative to the repository's root, restic's layout.
+pub fn rel_path(kind: Kind, id: &Id) -> String {
+    let hex = id.hex();
+    if kind == Kind::Pack {
+        format!("data/{}/{hex}", &hex[..2])
+    } else {
+        format!("{}/{hex}", kind.dir())
+    }
+}
+
+/// Opens the storage `--dest` names: `file:///ABSOLUTE/PATH` or `s3://BUCKET/PREFIX`.
+pub fn from_dest(dest: &str) -> Result<std::sync::Arc<dyn Backend>> {
+    if dest.starts_with("s3://") {
+        return Ok(std::sync::Arc::new(super::s3::S3::from_url(dest)?));
+    }
+    match parse_file_url(dest).filter(|p| p.is_absolute()) {
+        Some(p) => Ok(std::sync::Arc::new(Local::new(&p))),
+        None => Err(Error::Other(format!(
+            "--dest {dest:?}: expected file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX"
+        ))),
+    }
+}
+
 /// A repository's directory.
 #[derive(Clone, Debug)]
 pub struct Local {
@@ -53,17 +100,30 @@ impl Local {
     }
 
     pub fn path(&self, kind: Kind, id: &Id) -> PathBuf {
-        let hex = id.hex();
-        let dir = self.root.join(kind.dir());
-        if kind == Kind::Pack {
-            dir.join(&hex[..2]).join(hex)
-        } else {
-            dir.join(hex)
+        self.root.join(rel_path(kind, id))
+    }
+}
+
+impl Backend for Local {
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn file_location(&self, kind: Kind, id: &Id) -> String {
+        self.path(kind, id).display().to_string()
+    }
+
+    fn read_config(&self) -> Result<Option<Vec<u8>>> {
+        let p = self.config_path();
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &p)(e)),
         }
     }
 
     /// Creates the directories of a new repository (256 under `data/`, as restic does).
-    pub fn create_layout(&self) -> Result<()> {
+    fn create_layout(&self) -> Result<()> {
         for d in ["keys", "index", "snapshots", "locks"] {
             let p = self.root.join(d);
             std::fs::create_dir_all(&p).map_err(io_err("create directory", &p))?;
@@ -76,7 +136,7 @@ impl Local {
     }
 
     /// Writes a file under its id; an existing file of that id is already right.
-    pub fn write(&self, kind: Kind, id: &Id, bytes: &[u8]) -> Result<()> {
+    fn write(&self, kind: Kind, id: &Id, bytes: &[u8]) -> Result<()> {
         let p = self.path(kind, id);
         if p.exists() {
             return Ok(());
@@ -87,18 +147,20 @@ impl Local {
         crate::util::write_atomic(&p, bytes).map_err(io_err("write", &p))
     }
 
-    pub fn write_config(&self, bytes: &[u8]) -> Result<()> {
+    fn create_config(&self, bytes: &[u8]) -> Result<()> {
         let p = self.config_path();
+        if p.exists() {
+            return Err(already_a_repository(&self.location()));
+        }
         crate::util::write_atomic(&p, bytes).map_err(io_err("write", &p))
     }
 
-    pub fn read(&self, kind: Kind, id: &Id) -> Result<Vec<u8>> {
+    fn read(&self, kind: Kind, id: &Id) -> Result<Vec<u8>> {
         let p = self.path(kind, id);
         std::fs::read(&p).map_err(io_err("read", &p))
     }
 
-    /// `len` bytes at `offset` of a pack.
-    pub fn read_range(&self, pack: &Id, offset: u64, len: usize) -> Result<Vec<u8>> {
+    fn read_range(&self, pack: &Id, offset: u64, len: usize) -> Result<Vec<u8>> {
         let p = self.path(Kind::Pack, pack);
         let mut f = std::fs::File::open(&p).map_err(io_err("open", &p))?;
         f.seek(SeekFrom::Start(offset))
@@ -108,14 +170,12 @@ impl Local {
         Ok(buf)
     }
 
-    pub fn remove(&self, kind: Kind, id: &Id) -> Result<()> {
+    fn remove(&self, kind: Kind, id: &Id) -> Result<()> {
         let p = self.path(kind, id);
         std::fs::remove_file(&p).map_err(io_err("remove", &p))
     }
 
-    /// The ids of every file of a kind (names that are not ids are left out: a temp
-    /// file of an interrupted write).
-    pub fn list(&self, kind: Kind) -> Result<Vec<Id>> {
+    fn list(&self, kind: Kind) -> Result<Vec<Id>> {
         let dir = self.root.join(kind.dir());
         let mut out = Vec::new();
         if kind == Kind::Pack {
@@ -151,11 +211,21 @@ fn ids_in(dir: &Path) -> Result<Vec<Id>> {
 }
 
 /// Says a destination is not a repository, and how to make one.
-pub fn not_a_repository(root: &Path) -> Error {
+pub fn not_a_repository(location: &str) -> Error {
+    let url = if location.starts_with("s3://") {
+        location.to_string()
+    } else {
+        format!("file://{location}")
+    };
     Error::Other(format!(
-        "{} is not a restic repository (no config file); create one with \
-         `snapring init --dest file://{}`",
-        root.display(),
-        root.display()
+        "{location} is not a restic repository (no config file); create one with \
+         `snapring init --dest {url}`"
+    ))
+}
+
+/// Says a destination holds a repository already.
+pub fn already_a_repository(location: &str) -> Error {
+    Error::Other(format!(
+        "{location} already holds a repository (config exists)"
     ))
 }

@@ -25,7 +25,7 @@ pub struct LockFile {
 
 /// A lock this process holds.
 pub struct Guard {
-    root: std::path::PathBuf,
+    backend: std::sync::Arc<dyn super::backend::Backend>,
     id: Option<Id>,
 }
 
@@ -91,7 +91,7 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
     };
     let id = repo.save_json(Kind::Lock, &lf)?;
     let guard = Guard {
-        root: repo.backend.root.clone(),
+        backend: repo.backend.clone(),
         id: Some(id),
     };
     if let Some(l) = conflict(repo, exclusive, Some(id))? {
@@ -103,7 +103,7 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
 impl Guard {
     pub fn release(mut self) -> Result<()> {
         match self.id.take() {
-            Some(id) => super::backend::Local::new(&self.root).remove(Kind::Lock, &id),
+            Some(id) => self.backend.remove(Kind::Lock, &id),
             None => Ok(()),
         }
     }
@@ -112,7 +112,7 @@ impl Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         if let Some(id) = self.id.take() {
-            let _ = super::backend::Local::new(&self.root).remove(Kind::Lock, &id);
+            let _ = self.backend.remove(Kind::Lock, &id);
         }
     }
 }

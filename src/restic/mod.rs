@@ -1,6 +1,6 @@
 //! restic repositories, format version 2 (restic's `doc/design.rst`), written and read by
 //! snapring's own code: the crypto (`crypto`), the chunker with the repository's
-//! polynomial (`chunker`), the local layout (`backend`), packs and index files (`pack`,
+//! polynomial (`chunker`), the storage (`backend`: a local directory; `s3`), packs and index files (`pack`,
 //! `index`), trees and snapshots (`tree`, `snapshot`), locks (`lock`), the opened
 //! repository (`repo`), and the operations on it: `init`, `backup`, `list`, `restore`
 //! (`ops`, `backup`, `restore`). The repository password comes from `password`.
@@ -17,6 +17,7 @@ pub mod pack;
 pub mod password;
 pub mod repo;
 pub mod restore;
+pub mod s3;
 pub mod snapshot;
 pub mod tree;
 
@@ -33,7 +34,7 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error("wrong password: no key in {0} opens with it")]
-    WrongPassword(PathBuf),
+    WrongPassword(String),
     #[error("{what}: {why}")]
     Corrupt { what: String, why: String },
     #[error("interrupted")]

@@ -1,18 +1,17 @@
 //! The small operations on a repository: `init` and `list` (its snapshots, oldest
 //! first, with snapring's label from the tags). Reads and writes through `repo`.
 
-use std::path::Path;
-
 use serde::Serialize;
 
 use super::Result;
+use super::backend::Backend;
 use super::crypto::DEFAULT_KDF;
 use super::repo::{self, Config, Repo};
 use super::snapshot;
 
-/// Creates a repository at `root`.
-pub fn init(root: &Path, password: &[u8]) -> Result<Config> {
-    repo::init(root, password, DEFAULT_KDF)
+/// Creates a repository in `backend`.
+pub fn init(backend: &dyn Backend, password: &[u8]) -> Result<Config> {
+    repo::init_in(backend, password, DEFAULT_KDF)
 }
 
 /// One snapshot as `snapring list` shows it.

@@ -7,10 +7,11 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::backend::{Kind, Local, not_a_repository};
+use super::backend::{Backend, Kind, Local, already_a_repository, not_a_repository};
 use super::chunker::{Pol, Tables};
 use super::crypto::{DEFAULT_KDF, KdfParams, Key, KeyFile};
 use super::index::{Index, IndexFile, PackJson};
@@ -26,21 +27,23 @@ pub struct Config {
 }
 
 pub struct Repo {
-    pub backend: Local,
+    pub backend: Arc<dyn Backend>,
     pub key: Key,
     pub config: Config,
     pub pol: Pol,
     pub index: Index,
 }
 
-/// Creates a repository (format version 2) in `root`, which must not hold one yet.
+/// Creates a repository (format version 2) in the directory `root`, which must not
+/// hold one yet.
 pub fn init(root: &Path, password: &[u8], kdf: KdfParams) -> Result<Config> {
-    let b = Local::new(root);
-    if b.config_path().exists() {
-        return Err(Error::Other(format!(
-            "{} already holds a repository (config exists)",
-            root.display()
-        )));
+    init_in(&Local::new(root), password, kdf)
+}
+
+/// Creates a repository (format version 2) in `b`, which must not hold one yet.
+pub fn init_in(b: &dyn Backend, password: &[u8], kdf: KdfParams) -> Result<Config> {
+    if b.read_config()?.is_some() {
+        return Err(already_a_repository(&b.location()));
     }
     b.create_layout()?;
     let master = Key::random();
@@ -55,7 +58,7 @@ pub fn init(root: &Path, password: &[u8], kdf: KdfParams) -> Result<Config> {
     // The config stays plain JSON (no compression header): a reader learns the
     // version from it.
     let json = serde_json::to_vec(&config).expect("config serialises");
-    b.write_config(&master.seal(&json))?;
+    b.create_config(&master.seal(&json))?;
     Ok(config)
 }
 
@@ -65,15 +68,17 @@ pub fn init_default(root: &Path, password: &[u8]) -> Result<Config> {
 }
 
 impl Repo {
-    /// Opens the repository in `root` with `password` and loads its index.
+    /// Opens the repository in the directory `root` with `password`.
     pub fn open(root: &Path, password: &[u8]) -> Result<Repo> {
-        let backend = Local::new(root);
-        let cpath = backend.config_path();
-        if !cpath.exists() {
-            return Err(not_a_repository(root));
-        }
-        let key = find_key(&backend, password)?;
-        let sealed = std::fs::read(&cpath).map_err(io_err("read", &cpath))?;
+        Repo::open_in(Arc::new(Local::new(root)), password)
+    }
+
+    /// Opens the repository in `backend` with `password` and loads its index.
+    pub fn open_in(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repo> {
+        let Some(sealed) = backend.read_config()? else {
+            return Err(not_a_repository(&backend.location()));
+        };
+        let key = find_key(backend.as_ref(), password)?;
         let plain = key.open(&sealed, "config")?;
         let config: Config = decode_json(&plain, "config")?;
         if config.version != 1 && config.version != 2 {
@@ -148,7 +153,7 @@ impl Repo {
             return Err(Error::Other(format!(
                 "{} is a format version {} repository; snapring writes version 2 only \
                  (`restic migrate upgrade_repo_v2` upgrades it)",
-                self.backend.root.display(),
+                self.backend.location(),
                 self.config.version
             )));
         }
@@ -156,7 +161,7 @@ impl Repo {
     }
 }
 
-fn find_key(b: &Local, password: &[u8]) -> Result<Key> {
+fn find_key(b: &dyn Backend, password: &[u8]) -> Result<Key> {
     for id in b.list(Kind::Key)? {
         let what = format!("key file {id}");
         let bytes = b.read(Kind::Key, &id)?;
@@ -165,7 +170,7 @@ fn find_key(b: &Local, password: &[u8]) -> Result<Key> {
             return Ok(k);
         }
     }
-    Err(Error::WrongPassword(b.root.join("keys")))
+    Err(Error::WrongPassword(format!("{}/keys", b.location())))
 }
 
 /// Parses an unpacked file's plaintext: JSON as it is (`{` or `[` first, format 1), or
@@ -230,7 +235,7 @@ impl Packer {
         let (id, bytes, entries) = b.finish(&repo.key);
         repo.backend.write(Kind::Pack, &id, &bytes)?;
         crate::failpoint::hit("restic.pack_written")
-            .map_err(io_err("write", repo.backend.path(Kind::Pack, &id)))?;
+            .map_err(io_err("write", repo.backend.file_location(Kind::Pack, &id)))?;
         self.bytes_written += bytes.len() as u64;
         repo.index.add_pack(id, &entries);
         for e in &entries {
