@@ -41,7 +41,7 @@ pub struct Cli {
 // so the variant's text is the one clap shows.
 #[derive(Subcommand)]
 pub enum Cmd {
-    /// Create a restic repository (format version 2) at --dest file:///PATH.
+    /// Create a restic repository (format version 2) at --dest file:///PATH or s3://BUCKET/PREFIX.
     Init(InitArgs),
     /// Back up a source tree into <dest>/<folder>/<label>.0 and rotate older snapshots.
     Backup(Box<BackupArgs>),
@@ -115,7 +115,7 @@ pub struct BackupArgs {
     /// Directory to back up (an EFS/NFS mount or any directory).
     #[arg(long)]
     pub source: Option<PathBuf>,
-    /// Backup file system (where the store lives), or a restic repository: file:///PATH.
+    /// Backup file system (where the store lives), or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (for example the file system id); default: --dest itself.
@@ -169,7 +169,7 @@ pub struct BackupArgs {
     /// No progress line, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
-    /// The repository password's file, for a restic repository (--dest file:///PATH)
+    /// The repository password's file, for a restic repository (--dest file:// or s3://)
     /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
     /// RESTIC_PASSWORD_FILE]
     #[arg(long, value_name = "FILE")]
@@ -178,10 +178,10 @@ pub struct BackupArgs {
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// Where: file:///PATH (a local directory).
+    /// Where: file:///PATH (a local directory) or s3://BUCKET/PREFIX (AWS_* settings: docs/format.md).
     #[arg(long)]
     pub dest: String,
-    /// The repository password's file, for a restic repository (--dest file:///PATH)
+    /// The repository password's file, for a restic repository (--dest file:// or s3://)
     /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
     /// RESTIC_PASSWORD_FILE]
     #[arg(long, value_name = "FILE")]
@@ -192,7 +192,7 @@ pub struct InitArgs {
 
 #[derive(Args)]
 pub struct ListArgs {
-    /// The store: <dest>/<folder>, or a restic repository: file:///PATH.
+    /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub dest: PathBuf,
     /// Also compute the space only each snapshot uses (walks every snapshot).
@@ -204,7 +204,7 @@ pub struct ListArgs {
     pub jobs: Option<usize>,
     #[arg(long)]
     pub json: bool,
-    /// The repository password's file, for a restic repository (--dest file:///PATH)
+    /// The repository password's file, for a restic repository (--dest file:// or s3://)
     /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
     /// RESTIC_PASSWORD_FILE]
     #[arg(long, value_name = "FILE")]
@@ -214,7 +214,7 @@ pub struct ListArgs {
 #[derive(Args)]
 pub struct RestoreArgs {
     /// The store: <dest>/<folder> [default with --config: the job's dest and folder], or a
-    /// restic repository: file:///PATH.
+    /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long, required_unless_present = "config")]
     pub dest: Option<PathBuf>,
     /// TOML config file: the restore runs for one of its jobs (its store, catalog and
@@ -261,7 +261,7 @@ pub struct RestoreArgs {
     /// No progress line, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
-    /// The repository password's file, for a restic repository (--dest file:///PATH)
+    /// The repository password's file, for a restic repository (--dest file:// or s3://)
     /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
     /// RESTIC_PASSWORD_FILE]
     #[arg(long, value_name = "FILE")]
