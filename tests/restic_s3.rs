@@ -21,20 +21,30 @@ const SECRET_KEY: &str = "snapring-test-secret";
 const BUCKET: &str = "backups";
 
 /// An s3s-fs server on 127.0.0.1, serving the directory `root` (a bucket is a
-/// directory in it), until dropped. With `fail_every` = N > 0 every Nth request is
-/// answered 503 instead of being served.
+/// directory in it), until dropped. With `Fault` every Nth request is answered 503 or
+/// has its connection dropped instead of being served.
 struct Server {
     port: u16,
     _runtime: tokio::runtime::Runtime,
     pub requests: Arc<AtomicU64>,
 }
 
-/// Wraps the S3 service to answer every Nth request 503 (Slow Down), as an overloaded
-/// S3 does.
+/// What the server does to every Nth request (N = the number; 0: nothing).
+#[derive(Clone, Copy)]
+enum Fault {
+    /// Answers 503 Slow Down, as an overloaded S3 does.
+    Status503(u64),
+    /// Closes the connection without an answer.
+    Drop(u64),
+}
+
+const NONE: Fault = Fault::Status503(0);
+
+/// Wraps the S3 service to inject a `Fault`.
 #[derive(Clone)]
 struct Flaky {
     inner: s3s::service::S3Service,
-    fail_every: u64,
+    fault: Fault,
     count: Arc<AtomicU64>,
 }
 
@@ -47,7 +57,16 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
 
     fn call(&self, req: hyper::Request<hyper::body::Incoming>) -> Self::Future {
         let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
-        if self.fail_every > 0 && n.is_multiple_of(self.fail_every) {
+        let hit = |every: u64| every > 0 && n.is_multiple_of(every);
+        if let Fault::Drop(every) = self.fault
+            && hit(every)
+        {
+            // An error from the service makes hyper close the connection unanswered.
+            return Box::pin(async move { Err(s3s::HttpError::new("test fault: dropped".into())) });
+        }
+        if let Fault::Status503(every) = self.fault
+            && hit(every)
+        {
             let body = "<Error><Code>SlowDown</Code><Message>test fault</Message></Error>";
             let resp = hyper::Response::builder()
                 .status(503)
@@ -102,7 +121,7 @@ delegating_impl! {
     put_object: PutObjectInput => PutObjectOutput,
 }
 
-fn start_server(root: &Path, fail_every: u64) -> Server {
+fn start_server(root: &Path, fault: Fault) -> Server {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -115,7 +134,7 @@ fn start_server(root: &Path, fail_every: u64) -> Server {
     let count = Arc::new(AtomicU64::new(0));
     let service = Flaky {
         inner: b.build(),
-        fail_every,
+        fault,
         count: count.clone(),
     };
     let listener = runtime
@@ -149,11 +168,11 @@ struct Setup {
     t: tempfile::TempDir,
 }
 
-fn setup(fail_every: u64) -> Setup {
+fn setup(fault: Fault) -> Setup {
     let t = tempfile::tempdir().unwrap();
     let root = t.path().join("s3");
     std::fs::create_dir_all(root.join(BUCKET)).unwrap();
-    let server = start_server(&root, fail_every);
+    let server = start_server(&root, fault);
     Setup { server, t }
 }
 
@@ -258,7 +277,7 @@ fn source(src: &Path) {
 
 #[test]
 fn init_backup_incremental_list_restore_on_s3() {
-    let s = setup(0);
+    let s = setup(NONE);
     let src = s.t.path().join("src");
     source(&src);
     let dest = format!("s3://{BUCKET}/repos/one");
@@ -309,7 +328,7 @@ fn init_backup_incremental_list_restore_on_s3() {
 
 #[test]
 fn wrong_password_and_missing_bucket_fail_clearly() {
-    let s = setup(0);
+    let s = setup(NONE);
     let dest = format!("s3://{BUCKET}/p");
     s.sr_ok(&["init", "--dest", &dest]);
     let (code, _, err) = s.sr_with(&["list", "--dest", &dest], "not the password");
@@ -360,7 +379,7 @@ fn lib_s3(s: &Setup, prefix: &str) -> snapring::restic::s3::S3 {
 #[test]
 fn config_is_created_only_once() {
     use snapring::restic::backend::Backend;
-    let s = setup(0);
+    let s = setup(NONE);
     let b = lib_s3(&s, "race");
     b.create_config(b"first").unwrap();
     let err = b.create_config(b"second").unwrap_err().to_string();
@@ -368,11 +387,17 @@ fn config_is_created_only_once() {
     assert_eq!(b.read_config().unwrap().as_deref(), Some(&b"first"[..]));
 }
 
-/// A server answering every third request 503: the whole cycle still completes, by
-/// retrying (and the retries are real: the server saw the failures).
+/// A server answering every third request 503, or dropping every third connection:
+/// the whole cycle still completes, by retrying.
 #[test]
 fn server_errors_are_retried() {
-    let s = setup(3);
+    for fault in [Fault::Status503(3), Fault::Drop(3)] {
+        retried_through(fault);
+    }
+}
+
+fn retried_through(fault: Fault) {
+    let s = setup(fault);
     let src = s.t.path().join("src");
     source(&src);
     let dest = format!("s3://{BUCKET}/flaky");
@@ -430,7 +455,7 @@ fn run_restic(s: &Setup, restic: &Path, repo: &str, args: &[&OsStr]) -> Output {
 #[test]
 fn restic_checks_and_restores_what_snapring_wrote_to_s3() {
     let Some(restic) = restic() else { return };
-    let s = setup(0);
+    let s = setup(NONE);
     let src = s.t.path().join("src");
     source(&src);
     let dest = format!("s3://{BUCKET}/conf");
@@ -463,5 +488,53 @@ fn restic_checks_and_restores_what_snapring_wrote_to_s3() {
         &describe(&src),
         &describe(&restored),
         "restic restore of a snapring backup on S3",
+    );
+}
+
+#[test]
+fn snapring_restores_what_restic_wrote_to_s3() {
+    let Some(restic) = restic() else { return };
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    source(&src);
+    let repo = format!("s3:{}/{BUCKET}/by-restic", s.endpoint());
+    run_restic(
+        &s,
+        &restic,
+        &repo,
+        &[
+            "init".as_ref(),
+            "--repository-version".as_ref(),
+            "2".as_ref(),
+        ],
+    );
+    run_restic(&s, &restic, &repo, &["backup".as_ref(), src.as_os_str()]);
+    let dest = format!("s3://{BUCKET}/by-restic");
+    let list: serde_json::Value =
+        serde_json::from_str(&s.sr_ok(&["list", "--dest", &dest, "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+    let to = s.t.path().join("restored");
+    s.sr_ok(&[
+        "restore",
+        "--dest",
+        &dest,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_same_tree(
+        &describe(&src),
+        &describe(&to),
+        "snapring restore of restic's S3 backup",
+    );
+    // A snapring backup on top reads nothing (restic's tree is the parent) and restic
+    // still checks the repository.
+    let r = s.backup(&src, &dest);
+    assert_eq!(r["bytes_read"], 0, "{r}");
+    run_restic(
+        &s,
+        &restic,
+        &repo,
+        &["check".as_ref(), "--read-data".as_ref()],
     );
 }

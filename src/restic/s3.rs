@@ -190,9 +190,9 @@ impl S3 {
         for (k, v) in r.headers.iter().chain(signed.iter()) {
             rb = rb.header(k.as_str(), v.as_str());
         }
-        let resp = rb.body(r.body.to_vec()).send().map_err(|e| e.to_string())?;
+        let resp = rb.body(r.body.to_vec()).send().map_err(|e| chain(&e))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().map_err(|e| e.to_string())?.to_vec();
+        let body = resp.bytes().map_err(|e| chain(&e))?.to_vec();
         Ok(Resp { status, body })
     }
 
@@ -436,6 +436,17 @@ impl Backend for S3 {
         out.dedup();
         Ok(out)
     }
+}
+
+/// An error and its causes, `: `-separated (reqwest's own message hides the cause).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    out
 }
 
 /// Credentials from the environment, else from the shared credentials file.
