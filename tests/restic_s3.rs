@@ -364,6 +364,49 @@ fn wrong_password_and_missing_bucket_fail_clearly() {
     assert!(err.contains("already holds a repository"), "{err}");
 }
 
+/// No server listening, or no credentials: a clear error, exit 1 (the unreachable
+/// endpoint after the retries).
+#[test]
+fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
+    let s = setup(NONE);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let run = |endpoint: String, with_keys: bool| {
+        let mut c = Command::new(bin());
+        c.args(["list", "--dest", "s3://backups/p"]);
+        for (k, v) in s.env() {
+            c.env(k, v);
+        }
+        c.env("AWS_ENDPOINT_URL", endpoint)
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_CATALOG", "off");
+        if !with_keys {
+            c.env_remove("AWS_ACCESS_KEY_ID")
+                .env_remove("AWS_SECRET_ACCESS_KEY");
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), err)
+    };
+    let started = std::time::Instant::now();
+    let (code, err) = run(format!("http://127.0.0.1:{port}"), true);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("cannot read s3://backups/p/config"), "{err}");
+    assert!(err.contains("after 6 attempts"), "{err}");
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    // Backed off between the attempts: 0.2 + 0.4 + 0.8 + 1.6 + 3.2 s.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(6),
+        "{err}"
+    );
+
+    let (code, err) = run(s.endpoint(), false);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("no S3 credentials"), "{err}");
+    assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+}
+
 /// Settings for the library's S3 backend pointed at the test server.
 fn lib_s3(s: &Setup, prefix: &str) -> snapring::restic::s3::S3 {
     let creds = snapring::restic::s3::Credentials {
