@@ -437,6 +437,33 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
 /// and a backup window is a promise to the file system's other users.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// What the walk's waiting loop calls on each turn: `publish` with the walk's progress,
+/// at most once per `PROGRESS_EVERY`.
+fn ticker<'a>(
+    id: String,
+    started_at: String,
+    counters: &'a Counters,
+    expected: Option<u64>,
+    t_walk: Instant,
+    publish: &'a mut dyn FnMut(&RunProgress),
+) -> impl FnMut() + 'a {
+    let mut last: Option<Instant> = None;
+    move || {
+        if last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        last = Some(Instant::now());
+        let e = t_walk.elapsed();
+        publish(&super::progress::snapshot(
+            &id,
+            &started_at,
+            counters,
+            expected,
+            e,
+        ));
+    }
+}
+
 /// How a walk ended.
 struct Walked<S> {
     /// The sink back; `None` when the walk was abandoned on a stalled call (its
@@ -472,21 +499,8 @@ fn walk_into<S: Sink + Send + 'static>(
     let walk_start = report::now_rfc3339();
     let t_walk = Instant::now();
     let expected = st.prev.as_ref().and_then(|p| p.expected_files);
-    let mut last: Option<Instant> = None;
-    let mut tick = || {
-        if last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
-            return;
-        }
-        last = Some(Instant::now());
-        let e = t_walk.elapsed();
-        publish(&super::progress::snapshot(
-            &rep.id,
-            &walk_start,
-            counters,
-            expected,
-            e,
-        ));
-    };
+    let (id, started) = (rep.id.clone(), walk_start.clone());
+    let mut tick = ticker(id, started, counters, expected, t_walk, publish);
     let stop = Arc::new(AtomicBool::new(false));
     let rx = match spawn_walk(opts, st, sink, counters, &stop, rep.based_on.clone()) {
         Ok(rx) => rx,
