@@ -2,13 +2,15 @@
 //! (that is [`Sink`]'s): the lock, the repair of what a killed run left, the previous
 //! snapshot to compare with, a sink for the new snapshot (or a recording one for a dry
 //! run), the journalled publish with its rotation and retention, the deletion of
-//! expired snapshots, and the run record. The engine (`engine::backup`) runs a backup
+//! expired snapshots, the run record, and the progress of the walk under way. The engine (`engine::backup`) runs a backup
 //! against this trait; it depends on no store. No I/O of its own.
 //!
 //! Implementation: `store::Store` (the hard-link tree store, `store/repo.rs`). An
 //! object-store repository and a shard worker's view of one are the next ones.
 
 use std::sync::atomic::AtomicBool;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::manifest;
@@ -25,6 +27,30 @@ pub struct Previous {
     pub manifest: Option<manifest::Reader>,
     /// Whether its root has any entry (the empty-source guard compares with it).
     pub has_entries: bool,
+    /// The files its run walked (its record's `files_total`): what the progress line
+    /// and `serve` measure a running walk against. `None` without a record.
+    pub expected_files: Option<u64>,
+}
+
+/// How far the walk of a running backup is, rewritten about once a second while it
+/// walks (`snapring serve` shows it). Figures of the moment, never a record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RunProgress {
+    pub run: String,
+    pub started_at: String,
+    pub updated_at: String,
+    pub files_done: u64,
+    pub dirs_done: u64,
+    pub bytes_copied: u64,
+    /// The previous snapshot's file count, if known.
+    pub files_expected: Option<u64>,
+    /// Files walked per second since the walk started.
+    pub files_per_second: f64,
+    /// `files_done / files_expected` in percent, capped at 99 while running.
+    pub percent: Option<f64>,
+    /// Seconds until `files_expected` at the current rate; `None` in the first seconds
+    /// or once past the expected count.
+    pub eta_seconds: Option<u64>,
 }
 
 /// A rotation, planned before anything is published.
@@ -104,4 +130,11 @@ pub trait Repository {
 
     /// Writes the run record.
     fn write_run(&self, rep: &RunReport) -> Result<()>;
+
+    /// Replaces the progress of the walk under way (one backup at a time holds the
+    /// store, so there is one).
+    fn write_progress(&self, p: &RunProgress) -> Result<()>;
+
+    /// Removes the progress once the walk has ended; a missing one is fine.
+    fn clear_progress(&self);
 }

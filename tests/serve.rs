@@ -820,3 +820,85 @@ fn the_daemon_serves_when_its_config_has_a_server_table() {
     assert!(get(&s.addr, "/metrics").body.contains("snapring_snapshots"));
     stop_with_sigterm(s);
 }
+
+/// The `home` job's series `name` in `metrics`, if it has one.
+fn home_series(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains("job_name=\"home\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// Waits until the progress file has an ETA (the walk has run `ETA_AFTER`); returns it.
+fn progress_with_eta(p: &Path) -> serde_json::Value {
+    let t0 = std::time::Instant::now();
+    loop {
+        if let Ok(t) = std::fs::read(p)
+            && let Ok(v) = serde_json::from_slice::<serde_json::Value>(&t)
+            && v["eta_seconds"].is_u64()
+        {
+            return v;
+        }
+        assert!(t0.elapsed().as_secs() < 30, "no ETA in {}", p.display());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_running_backup_shows_its_progress_against_the_previous_snapshot() {
+    let f = fixture();
+    f.write_cfg(&f.cfg, "jobs = 1");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0, "the first run: 5 files");
+    for i in 0..5 {
+        write(&f.t.path().join(format!("src/d{i}/f{i}")), b"changed!");
+    }
+    // One worker, paused in its third copy: three files walked of the five expected.
+    let pause = f.t.path().join("paused");
+    let fp = format!("walk.copy=pause:{}@3", pause.display());
+    let mut child = f
+        .run_cmd("home", &f.cfg, &[], &fp)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let file = f.t.path().join("dest/.snapring/progress.json");
+    let p = progress_with_eta(&file);
+    assert_eq!(
+        (p["files_done"].as_u64(), p["files_expected"].as_u64()),
+        (Some(3), Some(5))
+    );
+    assert_eq!(p["percent"].as_f64(), Some(60.0));
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let page = get(&s.addr, "/").body;
+    assert!(
+        page.contains("3/5 files (60%)") && page.contains("ETA"),
+        "{page}"
+    );
+    let page = get(&s.addr, "/job/home").body;
+    assert!(
+        page.contains("<p id=\"progress\">Walking: <span class=\"progress\">3/5 files (60%)"),
+        "{page}"
+    );
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["last"]["status"], "running");
+    assert_eq!(api["progress"]["files_done"], 3);
+    assert_eq!(api["progress"]["files_expected"], 5);
+    assert!(api["progress"]["eta_seconds"].is_u64(), "{api}");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(
+        home_series(&m, "snapring_run_progress_files"),
+        Some(3.0),
+        "{m}"
+    );
+    assert_eq!(home_series(&m, "snapring_run_expected_files"), Some(5.0));
+    assert!(home_series(&m, "snapring_run_eta_seconds").is_some_and(|e| e >= 0.0));
+    promtool(&m);
+    std::fs::remove_file(&pause).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    assert!(!file.exists(), "the progress file outlived the walk");
+    let page = get(&s.addr, "/job/home").body;
+    assert!(!page.contains("id=\"progress\""), "{page}");
+    assert!(json(&s.addr, "/api/jobs/home")["progress"].is_null());
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(home_series(&m, "snapring_run_progress_files"), None, "{m}");
+}

@@ -17,7 +17,7 @@ use super::walk::Walk;
 use crate::error::{Ctx, Error, Result};
 use crate::fsx::{self, b};
 use crate::manifest::Entry;
-use crate::repo::{Previous, Repository, Rotation};
+use crate::repo::{Previous, Repository, Rotation, RunProgress};
 use crate::report::{self, Counters, Phase, Phases, RunReport, Status};
 use crate::sink::{Plan, Sink};
 use crate::store::Store;
@@ -437,6 +437,33 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
 /// and a backup window is a promise to the file system's other users.
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 
+/// What the walk's waiting loop calls on each turn: `publish` with the walk's progress,
+/// at most once per `PROGRESS_EVERY`.
+fn ticker<'a>(
+    id: String,
+    started_at: String,
+    counters: &'a Counters,
+    expected: Option<u64>,
+    t_walk: Instant,
+    publish: &'a mut dyn FnMut(&RunProgress),
+) -> impl FnMut() + 'a {
+    let mut last: Option<Instant> = None;
+    move || {
+        if last.is_some_and(|t| t.elapsed() < PROGRESS_EVERY) {
+            return;
+        }
+        last = Some(Instant::now());
+        let e = t_walk.elapsed();
+        publish(&super::progress::snapshot(
+            &id,
+            &started_at,
+            counters,
+            expected,
+            e,
+        ));
+    }
+}
+
 /// How a walk ended.
 struct Walked<S> {
     /// The sink back; `None` when the walk was abandoned on a stalled call (its
@@ -447,8 +474,12 @@ struct Walked<S> {
     t_walk: Instant,
 }
 
+/// How often a run rewrites its progress file while it walks.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
 /// Walks the source into `sink` on the run's workers, with the progress line and the
-/// backup window beside it.
+/// backup window beside it; `publish` gets the walk's progress about once a second
+/// (from this thread).
 ///
 /// The walk runs on a thread of its own that owns what it uses, so that the run can
 /// end without it: once asked to stop, it has `STOP_GRACE` to return; a walk whose
@@ -463,9 +494,13 @@ fn walk_into<S: Sink + Send + 'static>(
     counters: &Arc<Counters>,
     cancel: &AtomicBool,
     rep: &mut RunReport,
+    publish: &mut dyn FnMut(&RunProgress),
 ) -> Walked<S> {
     let walk_start = report::now_rfc3339();
     let t_walk = Instant::now();
+    let expected = st.prev.as_ref().and_then(|p| p.expected_files);
+    let (id, started) = (rep.id.clone(), walk_start.clone());
+    let mut tick = ticker(id, started, counters, expected, t_walk, publish);
     let stop = Arc::new(AtomicBool::new(false));
     let rx = match spawn_walk(opts, st, sink, counters, &stop, rep.based_on.clone()) {
         Ok(rx) => rx,
@@ -481,13 +516,13 @@ fn walk_into<S: Sink + Send + 'static>(
     let (done, window_ended) = (AtomicBool::new(false), AtomicBool::new(false));
     let got = std::thread::scope(|s| {
         if opts.progress {
-            s.spawn(|| super::progress::show(counters, &done));
+            s.spawn(|| super::progress::show(counters, expected, &done));
         }
         if let Some(w) = opts.window {
             let (ended, done) = (&window_ended, &done);
             s.spawn(move || super::progress::watch_window(t_walk, w, cancel, ended, done));
         }
-        let got = wait_for_walk(&rx, cancel, &stop);
+        let got = wait_for_walk(&rx, cancel, &stop, &mut tick);
         done.store(true, Ordering::Relaxed);
         got
     });
@@ -556,9 +591,11 @@ fn wait_for_walk<T>(
     rx: &std::sync::mpsc::Receiver<T>,
     cancel: &AtomicBool,
     stop: &AtomicBool,
+    tick: &mut dyn FnMut(),
 ) -> Option<T> {
     let mut stopping: Option<Instant> = None;
     loop {
+        tick();
         match rx.recv_timeout(Duration::from_millis(20)) {
             Ok(v) => return Some(v),
             // The walk thread panicked: its workers are gone, nothing holds the sink.
@@ -622,7 +659,7 @@ fn run_dry<R: Repository>(
     let st = start(opts, repo, rep)?;
     let sink = repo.dry_sink(st.prev.as_ref())?;
     let root = Entry::from_meta(b".", &st.src_meta);
-    let w = walk_into(opts, st, sink, counters, cancel, rep);
+    let w = walk_into(opts, st, sink, counters, cancel, rep, &mut |_| {});
     if let Some(e) = w.fatal {
         return Err(e);
     }
@@ -661,7 +698,7 @@ fn run<R: Repository>(
     let mut root_entry = Entry::from_meta(b".", &st.src_meta);
     root_entry.group = None;
     let sink = repo.begin(id, st.prev.as_ref(), leftovers.last().map(String::as_str))?;
-    let w = walk_into(opts, st, sink, counters, cancel, rep);
+    let w = walk_with_progress(opts, repo, st, sink, counters, cancel, rep);
     let (window_ended, t_walk) = (w.window_ended, w.t_walk);
     let Some(sink) = w.sink else {
         // Stuck workers still hold the staging tree: leave it for the next run.
@@ -712,6 +749,29 @@ fn run<R: Repository>(
     repo.tidy(&leftovers);
     delete_expired(opts, repo, t_walk, cancel, rep);
     Ok(status)
+}
+
+/// `walk_into`, with its progress written to `repo` while it walks and removed after.
+fn walk_with_progress<R: Repository>(
+    opts: &BackupOptions,
+    repo: &R,
+    st: Start,
+    sink: R::Sink,
+    counters: &Arc<Counters>,
+    cancel: &AtomicBool,
+    rep: &mut RunReport,
+) -> Walked<R::Sink> {
+    let mut warned = false;
+    let mut publish = |p: &RunProgress| {
+        if let Err(e) = repo.write_progress(p)
+            && !std::mem::replace(&mut warned, true)
+        {
+            tracing::warn!("{e}; the run goes on without a progress file");
+        }
+    };
+    let w = walk_into(opts, st, sink, counters, cancel, rep, &mut publish);
+    repo.clear_progress();
+    w
 }
 
 /// Seals the walked snapshot and publishes it with its rotation; returns its name.
@@ -833,7 +893,7 @@ fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) ->
         let st = open_source(opts, None)?;
         let sink = PlanSink::new(None);
         let root = Entry::from_meta(b".", &st.src_meta);
-        let w = walk_into(opts, st, sink, &counters, cancel, &mut rep);
+        let w = walk_into(opts, st, sink, &counters, cancel, &mut rep, &mut |_| {});
         if let Some(e) = w.fatal {
             return Err(e);
         }

@@ -1,11 +1,13 @@
 //! What runs beside the walk: the progress line on a terminal (fed from the run's
-//! counters), the backup window's deadline, and SIGINT/SIGTERM handling. Each of them
-//! only reads the counters or sets the run's cancel flag.
+//! counters, measured against the previous snapshot's file count), the figures of the
+//! progress file `serve` shows, the backup window's deadline, and SIGINT/SIGTERM
+//! handling. Each of them only reads the counters or sets the run's cancel flag.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crate::repo::RunProgress;
 use crate::report::Counters;
 
 /// Sets `cancel` on SIGINT/SIGTERM; a second signal ends the process at once (exit 130).
@@ -18,11 +20,81 @@ pub fn install_signal_handlers(cancel: &Arc<AtomicBool>) {
     }
 }
 
-fn line(c: &Counters) -> String {
+/// No ETA before the walk has run this long: the first seconds' rate says little.
+pub const ETA_AFTER: Duration = Duration::from_secs(3);
+
+/// How far a walk is against the previous snapshot's file count.
+#[derive(Debug, PartialEq)]
+pub struct Estimate {
+    /// Files per second since the walk started.
+    pub rate: f64,
+    /// Percent of the expected files, at most 99 (the walk is not done yet).
+    pub percent: Option<f64>,
+    /// Seconds left at `rate`; `None` early on, or once past the expected count.
+    pub eta: Option<u64>,
+}
+
+pub fn estimate(done: u64, expected: Option<u64>, elapsed: Duration) -> Estimate {
+    let secs = elapsed.as_secs_f64();
+    let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+    let expected = expected.filter(|&e| e > 0);
+    Estimate {
+        rate,
+        percent: expected.map(|e| (done as f64 * 100.0 / e as f64).min(99.0)),
+        eta: expected
+            .filter(|&e| elapsed >= ETA_AFTER && rate > 0.0 && done < e)
+            .map(|e| ((e - done) as f64 / rate).ceil() as u64),
+    }
+}
+
+/// `1h02m`, `4m05s`, `12s`.
+pub fn eta_words(secs: u64) -> String {
+    match secs {
+        s if s >= 3600 => format!("{}h{:02}m", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{}m{:02}s", s / 60, s % 60),
+        s => format!("{s}s"),
+    }
+}
+
+/// The progress file's figures of the moment.
+pub fn snapshot(
+    run: &str,
+    started_at: &str,
+    c: &Counters,
+    expected: Option<u64>,
+    elapsed: Duration,
+) -> RunProgress {
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let files_done = g(&c.files_total);
+    let e = estimate(files_done, expected, elapsed);
+    RunProgress {
+        run: run.to_string(),
+        started_at: started_at.to_string(),
+        updated_at: crate::report::now_rfc3339(),
+        files_done,
+        dirs_done: g(&c.dirs_total),
+        bytes_copied: g(&c.bytes_transferred),
+        files_expected: expected,
+        files_per_second: e.rate,
+        percent: e.percent,
+        eta_seconds: e.eta,
+    }
+}
+
+fn line(c: &Counters, expected: Option<u64>, elapsed: Duration) -> String {
+    let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    let files = g(&c.files_total);
+    let e = estimate(files, expected, elapsed);
+    let files = match (expected, e.percent) {
+        (Some(n), Some(p)) => format!("{files}/{n} files ({p:.0}%)"),
+        _ => format!("{files} files"),
+    };
+    let eta = e
+        .eta
+        .map(|s| format!(" | ETA {}", eta_words(s)))
+        .unwrap_or_default();
     format!(
-        "{} files, {} dirs | {} linked, {} copied ({}) | {} problems",
-        g(&c.files_total),
+        "{files}, {} dirs | {} linked, {} copied ({}) | {} problems{eta}",
         g(&c.dirs_total),
         g(&c.files_linked),
         g(&c.files_transferred),
@@ -31,9 +103,11 @@ fn line(c: &Counters) -> String {
     )
 }
 
-/// Shows a spinner with the counters on stderr until `done` is set.
-pub fn show(counters: &Counters, done: &AtomicBool) {
-    spin(done, || line(counters));
+/// Shows a spinner with the counters on stderr until `done` is set; with the previous
+/// snapshot's file count, a percentage and an ETA.
+pub fn show(counters: &Counters, expected: Option<u64>, done: &AtomicBool) {
+    let t0 = Instant::now();
+    spin(done, || line(counters, expected, t0.elapsed()));
 }
 
 /// Shows a spinner with `msg()` on stderr, refreshed five times a second, until `done`.
@@ -71,5 +145,35 @@ pub fn watch_window(
             return;
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_is_capped_and_eta_waits_and_stops_past_the_expected_count() {
+        let s = Duration::from_secs;
+        let e = estimate(50, Some(200), s(10));
+        assert_eq!((e.rate, e.percent, e.eta), (5.0, Some(25.0), Some(30)));
+        assert_eq!(estimate(50, Some(200), s(1)).eta, None);
+        assert_eq!(estimate(300, Some(200), s(10)).percent, Some(99.0));
+        assert_eq!(estimate(300, Some(200), s(10)).eta, None);
+        assert_eq!(estimate(5, None, s(10)).percent, None);
+        assert_eq!(estimate(5, Some(0), s(10)).eta, None);
+        assert_eq!(eta_words(3725), "1h02m");
+        assert_eq!(eta_words(245), "4m05s");
+    }
+
+    #[test]
+    fn the_line_shows_a_percentage_and_an_eta_when_the_count_is_known() {
+        let c = Counters::default();
+        c.files_total.store(50, Ordering::Relaxed);
+        let l = line(&c, Some(200), Duration::from_secs(10));
+        assert!(l.starts_with("50/200 files (25%)"), "{l}");
+        assert!(l.ends_with("| ETA 30s"), "{l}");
+        let l = line(&c, None, Duration::from_secs(10));
+        assert!(l.starts_with("50 files,") && !l.contains("ETA"), "{l}");
     }
 }

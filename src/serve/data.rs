@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::catalog::{Catalog, RunRow};
 use crate::config::Config;
-use crate::report::RunReport;
+use crate::repo::RunProgress;
+use crate::report::{RunReport, Status};
 use crate::store::Store;
 
 /// How many of a job's newest runs the overview reads (its sparkline and success rate
@@ -88,6 +89,8 @@ pub struct JobView {
     pub newest_snapshot_at: Option<String>,
     pub newest_snapshot_age_seconds: Option<f64>,
     pub space: Option<Space>,
+    /// How far the newest run's walk is, while that run is running and writing it.
+    pub progress: Option<RunProgress>,
     /// Why the store or the catalog could not be read, if so.
     pub errors: Vec<String>,
 }
@@ -137,6 +140,7 @@ impl Summaries {
                         .entry(name.clone())
                         .or_insert_with(|| part(c, name, limit));
                     p.apply(&mut v);
+                    live_progress(&mut v);
                 }
                 v
             })
@@ -233,6 +237,7 @@ fn view(
         newest_snapshot_at: None,
         newest_snapshot_age_seconds: None,
         space: None,
+        progress: None,
         errors,
     };
     if let Some(c) = cat
@@ -247,7 +252,21 @@ fn view(
     if !v.store.as_os_str().is_empty() {
         from_store(&mut v, cat, now, d);
     }
+    live_progress(&mut v);
     v
+}
+
+/// The progress file of the job's store, when the newest run is running and the file
+/// is that run's; a missing or unreadable one is no progress.
+fn live_progress(v: &mut JobView) {
+    let Some(last) = v.last.as_ref().filter(|l| l.status == Status::Running) else {
+        v.progress = None;
+        return;
+    };
+    v.progress = Store::open_read(&v.store)
+        .ok()
+        .and_then(|s| s.read_progress())
+        .filter(|p| p.run == last.id);
 }
 
 /// The newest `limit` runs, the counts and the last run of job `name`.

@@ -73,7 +73,7 @@ pub fn overview(jobs: &[JobView]) -> String {
             "<tr class=\"job\"><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td>\
              <td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             job_link(&j.name),
-            badge(last.map(|l| l.status.as_str())),
+            badge(last.map(|l| l.status.as_str())) + &progress(j),
             opt(last.map(|l| run_link(&l.id, &when(&l.started_at)))),
             opt(last.map(|l| duration(l.duration_seconds))),
             opt(j.next_run.as_deref().map(|t| esc(&when(t)))),
@@ -88,6 +88,26 @@ pub fn overview(jobs: &[JobView]) -> String {
     b.push_str("</table>");
     errors(&mut b, jobs.iter().flat_map(|j| &j.errors));
     page("Backup jobs", &b)
+}
+
+/// A running run's walk in words (` 120/200 files (60%) · 40 files/s · ETA 2s`), or
+/// nothing.
+fn progress(j: &JobView) -> String {
+    let Some(p) = &j.progress else {
+        return String::new();
+    };
+    let files = match (p.files_expected, p.percent) {
+        (Some(n), Some(pc)) => format!("{}/{n} files ({pc:.0}%)", p.files_done),
+        _ => format!("{} files", p.files_done),
+    };
+    let eta = p
+        .eta_seconds
+        .map(|s| format!(" · ETA {}", crate::engine::progress::eta_words(s)))
+        .unwrap_or_default();
+    format!(
+        " <span class=\"progress\">{files} · {:.0} files/s{eta}</span>",
+        p.files_per_second
+    )
 }
 
 fn errors<'a>(b: &mut String, errs: impl Iterator<Item = &'a String>) {
@@ -111,6 +131,9 @@ pub fn job(j: &JobView) -> String {
         opt(j.success_rate.map(|r| format!("{:.0}%", r * 100.0))),
         j.counts.skipped,
     );
+    if j.progress.is_some() {
+        let _ = write!(b, "<p id=\"progress\">Walking:{}</p>", progress(j));
+    }
     errors(&mut b, j.errors.iter());
     charts(&mut b, &j.recent);
     snapshots(&mut b, j);

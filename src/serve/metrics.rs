@@ -113,6 +113,21 @@ const GAUGES: &[GaugeDef] = &[
     ("store_inodes", "Inodes of the store's file system", |j| {
         Some(j.space.as_ref()?.total_inodes as f64)
     }),
+    (
+        "run_progress_files",
+        "Files the running run has walked so far",
+        |j| Some(j.progress.as_ref()?.files_done as f64),
+    ),
+    (
+        "run_expected_files",
+        "Files the running run expects to walk (the previous snapshot's count)",
+        |j| Some(j.progress.as_ref()?.files_expected? as f64),
+    ),
+    (
+        "run_eta_seconds",
+        "Seconds until the running run has walked the expected files, at its rate so far",
+        |j| Some(j.progress.as_ref()?.eta_seconds? as f64),
+    ),
 ];
 
 /// A counter per job, from the catalog's runs (monotonic while runs are kept).

@@ -13,7 +13,7 @@ use super::{SnapRec, Snapshot, State, Store, hold, journal::Journal, rotation, t
 use crate::error::{Ctx, Result};
 use crate::fsx::{self, b};
 use crate::manifest;
-use crate::repo::{Previous, Repository, Rotation};
+use crate::repo::{Previous, Repository, Rotation, RunProgress};
 use crate::report::{self, RunReport, Status};
 
 /// The renames that publish a run, and what they expire.
@@ -145,7 +145,13 @@ impl Repository for Store {
                 }
             }
         });
+        let expected_files = snap
+            .rec
+            .as_ref()
+            .and_then(|r| self.read_run(&r.id).ok().flatten())
+            .map(|r| r.files_total);
         Ok(Some(Previous {
+            expected_files,
             has_entries: fsx::dir_has_entries(b(&fd)).ctx("read", &path)?,
             run: snap.rec.as_ref().map(|r| r.id.clone()),
             name: snap.name,
@@ -271,5 +277,32 @@ impl Repository for Store {
 
     fn write_run(&self, rep: &RunReport) -> Result<()> {
         Store::write_run(self, rep)
+    }
+
+    fn write_progress(&self, p: &RunProgress) -> Result<()> {
+        let path = self.progress_path();
+        crate::util::write_atomic(&path, &serde_json::to_vec(p).expect("serializes"))
+            .ctx("write progress", path)
+    }
+
+    fn clear_progress(&self) {
+        let path = self.progress_path();
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("remove {}: {e}", path.display());
+        }
+    }
+}
+
+impl Store {
+    fn progress_path(&self) -> std::path::PathBuf {
+        self.meta.join("progress.json")
+    }
+
+    /// The progress of the walk under way, if one is writing it; a missing or
+    /// unreadable file is no progress.
+    pub fn read_progress(&self) -> Option<RunProgress> {
+        serde_json::from_slice(&std::fs::read(self.progress_path()).ok()?).ok()
     }
 }
