@@ -10,8 +10,8 @@ mod common;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use common::*;
 
@@ -27,7 +27,11 @@ struct Server {
     port: u16,
     _runtime: tokio::runtime::Runtime,
     pub requests: Arc<AtomicU64>,
+    /// The uploads served: (path, x-amz-server-side-encryption, x-amz-storage-class).
+    pub puts: Arc<Mutex<Vec<Put>>>,
 }
+
+type Put = (String, Option<String>, Option<String>);
 
 /// What the server does to every Nth request (N = the number; 0: nothing).
 #[derive(Clone, Copy)]
@@ -46,6 +50,7 @@ struct Flaky {
     inner: s3s::service::S3Service,
     fault: Fault,
     count: Arc<AtomicU64>,
+    puts: Arc<Mutex<Vec<Put>>>,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
@@ -73,6 +78,19 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
                 .body(s3s::Body::from(body.to_string()))
                 .unwrap();
             return Box::pin(async move { Ok(resp) });
+        }
+        if req.method() == hyper::Method::PUT {
+            let h = |name: &str| {
+                req.headers()
+                    .get(name)
+                    .map(|v| v.to_str().unwrap().to_string())
+            };
+            let put = (
+                req.uri().path().to_string(),
+                h("x-amz-server-side-encryption"),
+                h("x-amz-storage-class"),
+            );
+            self.puts.lock().unwrap().push(put);
         }
         hyper::service::Service::call(&self.inner, req)
     }
@@ -132,10 +150,12 @@ fn start_server(root: &Path, fault: Fault) -> Server {
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
     let count = Arc::new(AtomicU64::new(0));
+    let puts = Arc::new(Mutex::new(Vec::new()));
     let service = Flaky {
         inner: b.build(),
         fault,
         count: count.clone(),
+        puts: puts.clone(),
     };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -159,6 +179,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
         port,
         _runtime: runtime,
         requests: count,
+        puts,
     }
 }
 
@@ -166,6 +187,8 @@ fn start_server(root: &Path, fault: Fault) -> Server {
 struct Setup {
     server: Server,
     t: tempfile::TempDir,
+    /// More environment for snapring.
+    extra_env: Vec<(String, String)>,
 }
 
 fn setup(fault: Fault) -> Setup {
@@ -173,7 +196,11 @@ fn setup(fault: Fault) -> Setup {
     let root = t.path().join("s3");
     std::fs::create_dir_all(root.join(BUCKET)).unwrap();
     let server = start_server(&root, fault);
-    Setup { server, t }
+    Setup {
+        server,
+        t,
+        extra_env: Vec::new(),
+    }
 }
 
 impl Setup {
@@ -182,7 +209,7 @@ impl Setup {
     }
 
     fn env(&self) -> Vec<(String, String)> {
-        vec![
+        let mut env = vec![
             ("AWS_ENDPOINT_URL".into(), self.endpoint()),
             ("AWS_REGION".into(), "us-east-1".into()),
             ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
@@ -190,7 +217,9 @@ impl Setup {
             ("SNAPRING_S3_PATH_STYLE".into(), "true".into()),
             // No credentials file of the machine's user.
             ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
-        ]
+        ];
+        env.extend(self.extra_env.iter().cloned());
+        env
     }
 
     /// Runs snapring with the S3 settings and `password`; returns (code, stdout, stderr).
@@ -405,6 +434,40 @@ fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("no S3 credentials"), "{err}");
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+}
+
+/// Server-side encryption on every upload, the storage class on packs only; the
+/// server checked the signature over these headers (s3s-fs takes STANDARD and
+/// REDUCED_REDUNDANCY only, and refuses others: so the class reached it). Classes that need a restore request
+/// before a read are refused.
+#[test]
+fn encryption_and_storage_class_headers_are_sent() {
+    let mut s = setup(NONE);
+    s.extra_env = vec![
+        ("SNAPRING_S3_SSE".into(), "AES256".into()),
+        (
+            "SNAPRING_S3_STORAGE_CLASS".into(),
+            "REDUCED_REDUNDANCY".into(),
+        ),
+    ];
+    let src = s.t.path().join("src");
+    source(&src);
+    let dest = format!("s3://{BUCKET}/sse");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let r = s.backup(&src, &dest);
+    assert_eq!(r["status"], "complete", "{r}");
+    let puts = s.server.puts.lock().unwrap().clone();
+    assert!(puts.iter().any(|p| p.0.contains("/data/")), "{puts:?}");
+    assert!(puts.iter().any(|p| p.0.contains("/snapshots/")), "{puts:?}");
+    for (path, sse, class) in &puts {
+        assert_eq!(sse.as_deref(), Some("AES256"), "{path}");
+        let want = path.contains("/data/").then_some("REDUCED_REDUNDANCY");
+        assert_eq!(class.as_deref(), want, "{path}");
+    }
+    s.extra_env = vec![("SNAPRING_S3_STORAGE_CLASS".into(), "GLACIER".into())];
+    let (code, _, err) = s.sr_with(&["list", "--dest", &dest], PASSWORD);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("SNAPRING_S3_STORAGE_CLASS=GLACIER"), "{err}");
 }
 
 /// Settings for the library's S3 backend pointed at the test server.

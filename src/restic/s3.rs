@@ -17,6 +17,9 @@
 //! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`). Path-style addressing
 //! (`ENDPOINT/BUCKET/KEY`) is used with a custom endpoint, virtual-hosted style
 //! (`BUCKET.ENDPOINT/KEY`) with AWS's; `SNAPRING_S3_PATH_STYLE=true|false` overrides.
+//! `SNAPRING_S3_SSE` (`AES256` or `aws:kms`, with `SNAPRING_S3_SSE_KMS_KEY_ID`) asks for
+//! server-side encryption of every object; `SNAPRING_S3_STORAGE_CLASS` stores packs in
+//! a storage class (the small files stay in the default one).
 
 use std::time::Duration;
 
@@ -50,6 +53,74 @@ pub struct S3 {
     region: String,
     path_style: bool,
     creds: Credentials,
+    pub options: PutOptions,
+}
+
+/// What uploads ask of the server besides storing the bytes.
+#[derive(Clone, Debug, Default)]
+pub struct PutOptions {
+    /// `x-amz-server-side-encryption`: `AES256` or `aws:kms`.
+    pub sse: Option<String>,
+    /// `x-amz-server-side-encryption-aws-kms-key-id`, with `aws:kms`.
+    pub sse_kms_key_id: Option<String>,
+    /// `x-amz-storage-class` of packs.
+    pub storage_class: Option<String>,
+}
+
+impl PutOptions {
+    /// From `SNAPRING_S3_SSE`, `SNAPRING_S3_SSE_KMS_KEY_ID`, `SNAPRING_S3_STORAGE_CLASS`.
+    pub fn from_env() -> Result<PutOptions> {
+        let o = PutOptions {
+            sse: env("SNAPRING_S3_SSE"),
+            sse_kms_key_id: env("SNAPRING_S3_SSE_KMS_KEY_ID"),
+            storage_class: env("SNAPRING_S3_STORAGE_CLASS"),
+        };
+        if let Some(v) = o
+            .sse
+            .as_deref()
+            .filter(|v| !matches!(*v, "AES256" | "aws:kms"))
+        {
+            return Err(Error::Other(format!(
+                "SNAPRING_S3_SSE={v:?}: expected AES256 or aws:kms"
+            )));
+        }
+        if o.sse_kms_key_id.is_some() && o.sse.as_deref() != Some("aws:kms") {
+            return Err(Error::Other(
+                "SNAPRING_S3_SSE_KMS_KEY_ID needs SNAPRING_S3_SSE=aws:kms".into(),
+            ));
+        }
+        // Objects in these must be restored before a GET: restore and backup would fail.
+        if let Some(c) = o
+            .storage_class
+            .as_deref()
+            .filter(|c| matches!(*c, "GLACIER" | "DEEP_ARCHIVE"))
+        {
+            return Err(Error::Other(format!(
+                "SNAPRING_S3_STORAGE_CLASS={c}: objects in it cannot be read without a \
+                 restore request; use e.g. STANDARD_IA, ONEZONE_IA, INTELLIGENT_TIERING or \
+                 GLACIER_IR"
+            )));
+        }
+        Ok(o)
+    }
+
+    /// The headers of an upload of a file of `kind`.
+    fn headers(&self, kind: Option<Kind>) -> Vec<(String, String)> {
+        let mut h = Vec::new();
+        if let Some(v) = &self.sse {
+            h.push(("x-amz-server-side-encryption".into(), v.clone()));
+        }
+        if let Some(v) = &self.sse_kms_key_id {
+            h.push((
+                "x-amz-server-side-encryption-aws-kms-key-id".into(),
+                v.clone(),
+            ));
+        }
+        if let (Some(v), Some(Kind::Pack)) = (&self.storage_class, kind) {
+            h.push(("x-amz-storage-class".into(), v.clone()));
+        }
+        h
+    }
 }
 
 /// One HTTP request to send, before signing.
@@ -98,7 +169,9 @@ impl S3 {
         };
         let endpoint = custom.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
         let creds = credentials()?;
-        S3::new(&endpoint, bucket, prefix, &region, path_style, creds)
+        let mut s3 = S3::new(&endpoint, bucket, prefix, &region, path_style, creds)?;
+        s3.options = PutOptions::from_env()?;
+        Ok(s3)
     }
 
     pub fn new(
@@ -129,6 +202,7 @@ impl S3 {
             region: region.to_string(),
             path_style,
             creds,
+            options: PutOptions::default(),
         })
     }
 
@@ -340,7 +414,9 @@ impl Backend for S3 {
     /// has checked for a `config` before.
     fn create_config(&self, bytes: &[u8]) -> Result<()> {
         let key = self.key("config");
-        let resp = self.put(&key, bytes, vec![("if-none-match".into(), "*".into())])?;
+        let mut headers = self.options.headers(None);
+        headers.push(("if-none-match".into(), "*".into()));
+        let resp = self.put(&key, bytes, headers)?;
         match resp.status {
             200 => Ok(()),
             412 => Err(already_a_repository(&self.location())),
@@ -356,7 +432,7 @@ impl Backend for S3 {
 
     fn write(&self, kind: Kind, id: &Id, bytes: &[u8]) -> Result<()> {
         let key = self.key(&rel_path(kind, id));
-        let resp = self.put(&key, bytes, vec![])?;
+        let resp = self.put(&key, bytes, self.options.headers(Some(kind)))?;
         if resp.status != 200 {
             return Err(self.failed(&format!("write {}", self.url_of(&key)), &resp));
         }
