@@ -411,7 +411,7 @@ impl Backend for S3 {
     }
 
     /// A conditional create (`If-None-Match: *`) where the server honours it; `init`
-    /// has checked for a `config` before.
+    /// has checked for a `config` before. The same bytes there already are no error.
     fn create_config(&self, bytes: &[u8]) -> Result<()> {
         let key = self.key("config");
         let mut headers = self.options.headers(None);
@@ -419,6 +419,8 @@ impl Backend for S3 {
         let resp = self.put(&key, bytes, headers)?;
         match resp.status {
             200 => Ok(()),
+            // A retried PUT whose first try did land finds its own bytes there.
+            412 if self.read_config()?.as_deref() == Some(bytes) => Ok(()),
             412 => Err(already_a_repository(&self.location())),
             _ => Err(self.failed(&format!("write {}", self.url_of(&key)), &resp)),
         }
