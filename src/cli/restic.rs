@@ -1,7 +1,7 @@
 //! The commands on a restic repository (`--dest file:///PATH` or `s3://BUCKET/PREFIX`):
-//! `init`, `backup`,
-//! `list`, `restore`. Flags a restic repository does not take yet are refused rather
-//! than ignored. The password comes from `snapring::restic::password`, never printed.
+//! `init`, `backup`, `list`, `restore`. Flags a restic repository does not take yet are
+//! refused rather than ignored. The password comes from `snapring::restic::password`,
+//! never printed.
 
 use std::path::Path;
 
@@ -24,7 +24,7 @@ fn open(dest: &Path, password_file: Option<&Path>) -> anyhow::Result<Repo> {
     Ok(Repo::open_in(b, &pw)?)
 }
 
-/// `snapring init --dest file:///PATH`.
+/// `snapring init --dest file:///PATH|s3://BUCKET/PREFIX`.
 pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let b = backend::from_dest(&a.dest)?;
     let pw = restic::password::resolve(a.password_file.as_deref())?;
