@@ -140,28 +140,38 @@ pub fn describe(root: &Path) -> BTreeMap<Vec<u8>, Desc> {
     out
 }
 
+/// The differences between two described trees, path by path: `missing` (in
+/// `expected` only), `differs` (both, unequal), `extra` (in `actual` only), each named
+/// by the given words (`["missing", "differs", "extra"]`, or `removed`/`changed`/`added`).
+pub fn tree_diffs<T: PartialEq + std::fmt::Debug>(
+    expected: &BTreeMap<Vec<u8>, T>,
+    actual: &BTreeMap<Vec<u8>, T>,
+    [missing, differs, extra]: [&str; 3],
+) -> Vec<String> {
+    let mut diffs = Vec::new();
+    for (k, v) in expected {
+        match actual.get(k) {
+            None => diffs.push(format!("{missing} {:?}", String::from_utf8_lossy(k))),
+            Some(a) if a != v => diffs.push(format!(
+                "{differs} {:?}:\n  expected {v:?}\n  actual   {a:?}",
+                String::from_utf8_lossy(k)
+            )),
+            _ => {}
+        }
+    }
+    for k in actual.keys().filter(|k| !expected.contains_key(*k)) {
+        diffs.push(format!("{extra} {:?}", String::from_utf8_lossy(k)));
+    }
+    diffs
+}
+
 /// Asserts two trees are identical, naming the first differences.
 pub fn assert_same_tree(
     expected: &BTreeMap<Vec<u8>, Desc>,
     actual: &BTreeMap<Vec<u8>, Desc>,
     what: &str,
 ) {
-    let mut diffs = Vec::new();
-    for (k, v) in expected {
-        match actual.get(k) {
-            None => diffs.push(format!("missing {:?}", String::from_utf8_lossy(k))),
-            Some(a) if a != v => diffs.push(format!(
-                "differs {:?}:\n  expected {v:?}\n  actual   {a:?}",
-                String::from_utf8_lossy(k)
-            )),
-            _ => {}
-        }
-    }
-    for k in actual.keys() {
-        if !expected.contains_key(k) {
-            diffs.push(format!("extra {:?}", String::from_utf8_lossy(k)));
-        }
-    }
+    let diffs = tree_diffs(expected, actual, ["missing", "differs", "extra"]);
     assert!(
         diffs.is_empty(),
         "{what}: {} differences:\n{}",

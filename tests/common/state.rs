@@ -89,20 +89,7 @@ pub fn assert_unchanged(
     after: &BTreeMap<Vec<u8>, Full>,
     what: &str,
 ) {
-    let mut diffs = Vec::new();
-    for (k, v) in before {
-        match after.get(k) {
-            None => diffs.push(format!("removed {}", String::from_utf8_lossy(k))),
-            Some(a) if a != v => diffs.push(format!(
-                "changed {}:\n  before {v:?}\n  after  {a:?}",
-                String::from_utf8_lossy(k)
-            )),
-            _ => {}
-        }
-    }
-    for k in after.keys().filter(|k| !before.contains_key(*k)) {
-        diffs.push(format!("added {}", String::from_utf8_lossy(k)));
-    }
+    let diffs = super::tree_diffs(before, after, ["removed", "changed", "added"]);
     assert!(
         diffs.is_empty(),
         "{what}: the store changed:\n{}",
