@@ -26,6 +26,7 @@ pub mod runlog;
 pub mod same;
 pub mod schedule;
 pub mod serve;
+pub mod shard;
 pub mod sink;
 pub mod snapshot;
 pub mod store;

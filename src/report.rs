@@ -157,6 +157,32 @@ pub struct RunReport {
     /// The job's `post_command`, run after the run, if it has one.
     #[serde(default)]
     pub post_command: Option<HookOutcome>,
+    /// A run split across shard workers (`snapring backup --shard`): its workers'
+    /// figures. Absent for a single-node run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shards: Option<ShardSummary>,
+}
+
+/// The workers of a shard run, as finalize found them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ShardSummary {
+    pub workers: usize,
+    pub units: usize,
+    /// Units whose claim was taken over from a stalled or dead worker.
+    pub takeovers: u64,
+    pub per_worker: Vec<WorkerKpi>,
+}
+
+/// One worker's committed units and their figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct WorkerKpi {
+    pub index: usize,
+    pub units: usize,
+    pub files_total: u64,
+    pub files_transferred: u64,
+    pub bytes_transferred: u64,
+    /// Seconds its committed units' walks took, added up.
+    pub seconds: f64,
 }
 
 /// How a pre or post command went (defined beside the commands that run them).

@@ -101,18 +101,36 @@ enum Task<V: Visitor> {
 /// Walks from the root on `threads` workers until every directory is done or `cancel`
 /// is set (by the caller, or by a visitor's [`Step::Quit`]).
 pub fn walk<V: Visitor>(visitor: &V, root: V::Sub, threads: usize, cancel: &AtomicBool) {
+    walk_at(visitor, root, RelPath::root(), threads, cancel)
+}
+
+/// [`walk`], with the root directory at `root_rel` of a larger tree (a shard worker
+/// walks one unit of the source): every `rel` the visitor sees is a path of that tree.
+pub fn walk_at<V: Visitor>(
+    visitor: &V,
+    root: V::Sub,
+    root_rel: RelPath,
+    threads: usize,
+    cancel: &AtomicBool,
+) {
     let first = Task::<V>::Dir {
         parent: None,
         name: Vec::new(),
         sub: root,
     };
-    let w = Walker { visitor, cancel };
+    let w = Walker {
+        visitor,
+        cancel,
+        root_rel,
+    };
     pool::run(threads, vec![first], cancel, |t, q| w.task(t, q));
 }
 
 struct Walker<'a, V> {
     visitor: &'a V,
     cancel: &'a AtomicBool,
+    /// The root's path (empty for a whole walk).
+    root_rel: RelPath,
 }
 
 impl<V: Visitor> Walker<'_, V> {
@@ -132,7 +150,7 @@ impl<V: Visitor> Walker<'_, V> {
     ) {
         let rel = match &parent {
             Some(p) => p.rel.join(&name),
-            None => RelPath::root(),
+            None => self.root_rel.clone(),
         };
         let (state, items) = match self.visitor.open(parent.as_deref(), &name, &rel, sub) {
             Opened::Dir(state, items) => (state, items),

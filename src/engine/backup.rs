@@ -218,7 +218,7 @@ fn release(store: &Store, lock: <Store as Repository>::Lock, counters: &Counters
     }
 }
 
-fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
+pub(crate) fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
     RunReport {
         format: report::RUN_FORMAT,
         id: id.to_string(),
@@ -265,6 +265,7 @@ fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         bwlimit_wait_seconds: 0.0,
         pre_command: None,
         post_command: None,
+        shards: None,
     }
 }
 
@@ -290,7 +291,7 @@ fn conclude(rep: &mut RunReport, counters: &Counters, outcome: Result<Status>, t
     finish_report(rep, t0);
 }
 
-fn finish_report(rep: &mut RunReport, t0: Instant) {
+pub(crate) fn finish_report(rep: &mut RunReport, t0: Instant) {
     let secs = t0.elapsed().as_secs_f64();
     rep.finished_at = Some(report::now_rfc3339());
     rep.duration_seconds = secs;
@@ -318,7 +319,7 @@ fn finish_report(rep: &mut RunReport, t0: Instant) {
 }
 
 /// The source directory to back up (`source/prefix`), after the guards.
-fn check_source(opts: &BackupOptions) -> Result<PathBuf> {
+pub(crate) fn check_source(opts: &BackupOptions) -> Result<PathBuf> {
     let s = &opts.source;
     match std::fs::symlink_metadata(s) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -68,7 +68,13 @@ pub struct Walk<'a, S: Sink> {
     root: Mutex<Option<OwnedFd>>,
     links: Mutex<HashMap<(u64, u64), LinkState>>,
     links_cv: Condvar,
+    /// Which names of the root's listing are walked (a shard worker's unit: a name
+    /// range of one directory); `None`: all of them.
+    root_names: Option<RootFilter<'a>>,
 }
+
+/// Keeps a name of the root directory's listing.
+pub type RootFilter<'a> = Box<dyn Fn(&[u8]) -> bool + Send + Sync + 'a>;
 
 #[derive(Clone)]
 enum LinkState {
@@ -113,7 +119,15 @@ impl<'a, S: Sink> Walk<'a, S> {
             root: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
             links_cv: Condvar::new(),
+            root_names: None,
         }
+    }
+
+    /// Walks only the names of the root's listing that `keep` accepts (its manifest
+    /// block then holds only those).
+    pub fn only_root_names(mut self, keep: RootFilter<'a>) -> Self {
+        self.root_names = Some(keep);
+        self
     }
 
     /// Names the previous snapshot (its run id, else its name) in the problem text of
@@ -125,8 +139,15 @@ impl<'a, S: Sink> Walk<'a, S> {
 
     /// Walks the whole source from its open root (`meta`: its `fstat`) on `threads`.
     pub fn run(&self, src: OwnedFd, meta: Meta, threads: usize) {
+        self.run_at(src, meta, RelPath::root(), threads);
+    }
+
+    /// Walks from the open directory at `rel` of the source (a shard worker's unit):
+    /// every path it reports, looks up in the previous manifest or writes into the new
+    /// one is a path from the source's root.
+    pub fn run_at(&self, src: OwnedFd, meta: Meta, rel: RelPath, threads: usize) {
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = Some(src);
-        traverse::walk(self, meta, threads, self.cancel);
+        traverse::walk_at(self, meta, rel, threads, self.cancel);
     }
 
     /// Records the run's fatal error (the first one wins; later ones are usually the
@@ -794,10 +815,15 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             self.problem(rel, ProblemKind::Metadata, "read extended attributes", e);
             Vec::new()
         });
-        let names = fsx::read_dir_names(b(&src)).unwrap_or_else(|e| {
+        let mut names = fsx::read_dir_names(b(&src)).unwrap_or_else(|e| {
             self.source_error(rel, "read directory", &e);
             Vec::new()
         });
+        if parent.is_none()
+            && let Some(keep) = &self.root_names
+        {
+            names.retain(|n| keep(n));
+        }
         let _ = failpoint::hit("walk.after_readdir");
         let prev_entries = match self.prev_manifest {
             Some(m) if self.sink.has_prev(&out) => m.lookup(rel).unwrap_or_else(|e| {

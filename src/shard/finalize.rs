@@ -1,0 +1,432 @@
+//! Finalize of a shard run, exactly once: under the store's exclusive lock, and only
+//! while `finalized` is absent. It completes the move of every committed unit, joins
+//! hard-link groups that crossed units (one inode for every name, as a single-node run
+//! makes), merges the units' manifest parts into the run's manifest (the spine
+//! directories' blocks put together, their entries and metadata taken from the source),
+//! moves the tree to `.snapring/staging/<run-id>` and publishes it through the same
+//! `Repository::publish` (journal, rotation, retention) as a single-node run; then the
+//! run record with every worker's figures, the `finalized` marker, and the deletion of
+//! expired snapshots. Each step can be repeated after a crash. Does file I/O.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::BufRead;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use super::plan::Cut;
+use super::state::{Commit, RunDir, UnitCounts, create_exclusive};
+use super::{ShardError, sort_err};
+use crate::engine::BackupOptions;
+use crate::error::{Ctx, Error, io_error};
+use crate::fsx::{self, Kind, Time, XattrTarget, b};
+use crate::manifest::{self, Entry};
+use crate::relpath::RelPath;
+use crate::repo::Repository;
+use crate::report::{self, Counters, RunReport, ShardSummary, Status, WorkerKpi};
+use crate::store::Store;
+
+/// What finalize found.
+pub enum Finalized {
+    /// Published now: the run's report.
+    Done(Box<RunReport>),
+    /// Published before (its report, if readable).
+    Already(Option<Box<RunReport>>),
+    /// Another process holds the store (who).
+    Busy(String),
+    /// Units not committed yet (how many).
+    NotReady(usize),
+}
+
+/// Finalizes run `rd` of `store`, waiting up to `wait` for the store's lock.
+pub fn finalize(
+    store: &Store,
+    rd: &RunDir,
+    jobs: usize,
+    cancel: &AtomicBool,
+    wait: Duration,
+) -> Result<Finalized, ShardError> {
+    if rd.is_finalized() {
+        return Ok(Finalized::Already(read_finalized(rd)));
+    }
+    let t0 = Instant::now();
+    let lock = loop {
+        match Repository::lock_and_repair(store, &rd.run) {
+            Ok(l) => break l,
+            Err(Error::Locked { holder, .. }) => {
+                if t0.elapsed() >= wait || rd.is_finalized() {
+                    if rd.is_finalized() {
+                        return Ok(Finalized::Already(read_finalized(rd)));
+                    }
+                    return Ok(Finalized::Busy(holder));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(sort_err(e)),
+        }
+    };
+    let r = locked(store, rd, jobs, cancel);
+    Repository::unlock(store, lock);
+    r
+}
+
+fn read_finalized(rd: &RunDir) -> Option<Box<RunReport>> {
+    let bytes = std::fs::read(rd.finalized_path()).ok()?;
+    serde_json::from_slice(&bytes).ok().map(Box::new)
+}
+
+fn locked(
+    store: &Store,
+    rd: &RunDir,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<Finalized, ShardError> {
+    if rd.is_finalized() {
+        return Ok(Finalized::Already(read_finalized(rd)));
+    }
+    let t_fin = Instant::now();
+    let fin_start = report::now_rfc3339();
+    let Some((plan, hash)) = rd.read_plan()? else {
+        return Err(ShardError::Failed(Error::Store {
+            path: rd.root.clone(),
+            msg: format!("no shard run {} here (no worker has started it)", rd.run),
+        }));
+    };
+    let cut = plan.cut().map_err(|m| {
+        ShardError::Failed(Error::Store {
+            path: rd.plan_path(),
+            msg: m,
+        })
+    })?;
+    let commits = rd.commits()?;
+    let missing = cut
+        .units
+        .iter()
+        .filter(|u| !commits.contains_key(&u.id))
+        .count();
+    if missing > 0 {
+        return Ok(Finalized::NotReady(missing));
+    }
+    if let Some((u, _)) = commits.iter().find(|(_, c)| c.plan != hash) {
+        return Err(ShardError::Failed(Error::Store {
+            path: rd.done_path(u),
+            msg: "unit committed for another plan than plan.json".into(),
+        }));
+    }
+    let mut opts = BackupOptions::new(plan.source.clone(), store.root.clone());
+    opts.label = plan.label.clone();
+    opts.retain = plan.retain;
+    let abs = std::fs::canonicalize(&store.root).unwrap_or_else(|_| store.root.clone());
+    let mut rep = crate::engine::backup::new_report(&opts, &rd.run, &abs);
+    rep.started_at = plan.created_at.clone();
+    rep.based_on = plan.prev_run.clone().or(plan.prev.clone());
+    let counters = Counters::default();
+    let mut per_worker: BTreeMap<usize, WorkerKpi> = BTreeMap::new();
+    for u in &cut.units {
+        let c = &commits[&u.id];
+        let n: UnitCounts = rd.read_counts(&u.id, c.generation)?;
+        add(&counters, &n);
+        let k = per_worker.entry(c.worker).or_insert_with(|| WorkerKpi {
+            index: c.worker,
+            ..WorkerKpi::default()
+        });
+        k.units += 1;
+        k.files_total += n.files_total;
+        k.files_transferred += n.files_transferred;
+        k.bytes_transferred += n.bytes_transferred;
+        k.seconds += n.seconds;
+    }
+    rep.shards = Some(ShardSummary {
+        workers: plan.workers,
+        units: cut.units.len(),
+        takeovers: commits.values().filter(|c| c.generation > 1).count() as u64,
+        per_worker: per_worker.into_values().collect(),
+    });
+    let published = store.read_state()?.snapshots.iter().any(|s| s.id == rd.run);
+    let staging = store.meta.join("staging").join(&rd.run);
+    if !published {
+        if rd.tree().is_dir() || !staging.is_dir() {
+            for u in &cut.units {
+                super::worker::move_unit(rd, u, commits[&u.id].generation)?;
+            }
+            let root_fd = super::worker::make_dirs(&rd.tree(), &RelPath::root())?;
+            assemble(store, rd, &cut, &commits, &plan.source, &counters)?;
+            fsx::sync_fs(b(&root_fd)).ctx("flush", rd.tree())?;
+            crate::failpoint::hit("shard.finalize.before_staging")
+                .ctx("finalize", rd.tree())?;
+            std::fs::rename(rd.tree(), &staging).ctx("move the run's tree to", &staging)?;
+        }
+        let status = if counters_errors(&counters) > 0 {
+            Status::Partial
+        } else {
+            Status::Complete
+        };
+        counters.fill(&mut rep);
+        rep.status = Status::Running;
+        store.write_run(&rep)?;
+        crate::failpoint::hit("shard.finalize.before_publish").ctx("publish", &staging)?;
+        let ino = fsx::fstat(b(&fsx::open_dir(&staging).ctx("open", &staging)?))
+            .ctx("stat", &staging)?
+            .ino;
+        let rotation = Repository::plan_rotation(store, &plan.label, plan.retain, &rd.run)?;
+        rep.expired = crate::repo::Rotation::expired(&rotation).to_vec();
+        let t_rot = Instant::now();
+        let rot_start = report::now_rfc3339();
+        let name = Repository::publish(store, &rd.run, status, &plan.label, rotation, ino)?;
+        rep.phases.rotation = report::Phase {
+            start: Some(rot_start),
+            stop: Some(report::now_rfc3339()),
+            seconds: t_rot.elapsed().as_secs_f64(),
+        };
+        rep.snapshot = Some(name);
+        rep.status = status;
+    } else {
+        // Published by an earlier finalize (or the repair of its journal).
+        counters.fill(&mut rep);
+        rep.status = if counters_errors(&counters) > 0 {
+            Status::Partial
+        } else {
+            Status::Complete
+        };
+        rep.snapshot = Some(format!("{}.0", plan.label));
+    }
+    let _ = crate::failpoint::hit("shard.finalize.after_publish");
+    let created = chrono::DateTime::parse_from_rfc3339(&plan.created_at)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .unwrap_or_else(|_| chrono::Utc::now());
+    rep.phases.walk_copy = report::Phase {
+        start: Some(plan.created_at.clone()),
+        stop: Some(fin_start),
+        seconds: (chrono::Utc::now() - created).num_milliseconds().max(0) as f64 / 1000.0
+            - t_fin.elapsed().as_secs_f64(),
+    };
+    crate::engine::backup::finish_report(&mut rep, Instant::now());
+    rep.duration_seconds = (chrono::Utc::now() - created).num_milliseconds().max(0) as f64 / 1000.0;
+    store.write_run(&rep)?;
+    let body = serde_json::to_vec_pretty(&rep).expect("report serializes");
+    create_exclusive(&rd.finalized_path(), &body).ctx("write", rd.finalized_path())?;
+    tracing::info!(
+        "shard run {} finalized: {} ({} files, {} copied, {} linked)",
+        rd.run,
+        rep.snapshot.as_deref().unwrap_or("-"),
+        rep.files_total,
+        rep.files_transferred,
+        rep.files_linked
+    );
+    // Clean-up; what is left is removed by a later finalize or by hand.
+    for d in ["work", "parts", "tree"] {
+        let _ = std::fs::remove_dir_all(rd.root.join(d));
+    }
+    if let Err(e) = Repository::delete_expired(store, jobs, cancel) {
+        tracing::warn!("expired snapshots not fully deleted yet ({e}); the next run continues");
+    }
+    Ok(Finalized::Done(Box::new(rep)))
+}
+
+fn counters_errors(c: &Counters) -> u64 {
+    c.problems_total.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+fn add(c: &Counters, n: &UnitCounts) {
+    Counters::add(&c.files_total, n.files_total);
+    Counters::add(&c.dirs_total, n.dirs_total);
+    Counters::add(&c.files_transferred, n.files_transferred);
+    Counters::add(&c.files_linked, n.files_linked);
+    Counters::add(&c.link_fallbacks, n.link_fallbacks);
+    Counters::add(&c.changed_during_backup, n.changed_during_backup);
+    Counters::add(&c.bytes_total, n.bytes_total);
+    Counters::add(&c.bytes_transferred, n.bytes_transferred);
+    Counters::add(&c.problems_total, n.errors);
+    for p in &n.problems {
+        report::push_listed(&c.problems, p.clone());
+    }
+}
+
+/// Reads a manifest file block by block (a block with no entries included), with the
+/// time its walk started.
+fn for_each_block(
+    path: &Path,
+    mut f: impl FnMut(&RelPath, Vec<Entry>) -> Result<(), ShardError>,
+) -> Result<Option<Time>, ShardError> {
+    let file = std::fs::File::open(path).ctx("open manifest part", path)?;
+    let bad = |m: String| {
+        ShardError::Failed(Error::Store {
+            path: path.to_path_buf(),
+            msg: m,
+        })
+    };
+    let mut started = None;
+    let mut cur: Option<(RelPath, Vec<Entry>)> = None;
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.ctx("read manifest part", path)?;
+        if n == 0 {
+            continue;
+        }
+        if let Some(s) = line.strip_prefix("S ") {
+            started = s.parse::<Time>().ok();
+        } else if let Some(d) = line.strip_prefix("D ") {
+            if let Some((dir, es)) = cur.take() {
+                f(&dir, es)?;
+            }
+            cur = Some((RelPath::from_escaped(d).map_err(bad)?, Vec::new()));
+        } else if line.starts_with("R ") {
+            continue;
+        } else if let Some((_, es)) = cur.as_mut() {
+            es.push(Entry::parse_line(&line).map_err(bad)?);
+        }
+    }
+    if let Some((dir, es)) = cur.take() {
+        f(&dir, es)?;
+    }
+    Ok(started)
+}
+
+/// One name of a hard-link group: its directory, its entry, its unit.
+struct Member {
+    dir: RelPath,
+    entry: Entry,
+}
+
+/// The run's manifest from the parts, the spine's entries and metadata, and hard-link
+/// groups joined across units.
+fn assemble(
+    store: &Store,
+    rd: &RunDir,
+    cut: &Cut,
+    commits: &BTreeMap<String, Commit>,
+    source: &Path,
+    counters: &Counters,
+) -> Result<(), ShardError> {
+    let part = |u: &str| manifest::paths(&rd.parts(), &format!("{u}.g{}", commits[u].generation)).0;
+    // Pass 1: the groups (source inodes with several names) and the earliest start.
+    let mut groups: HashMap<u64, Vec<Member>> = HashMap::new();
+    let mut started: Option<Time> = None;
+    for u in &cut.units {
+        let s = for_each_block(&part(&u.id), |dir, es| {
+            for e in es.into_iter().filter(|e| e.group.is_some()) {
+                groups.entry(e.group.unwrap_or(0)).or_default().push(Member {
+                    dir: dir.clone(),
+                    entry: e,
+                });
+            }
+            Ok(())
+        })?;
+        started = match (started, s) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+    let tree = fsx::open_dir(&rd.tree()).ctx("open", rd.tree())?;
+    // Every name of a group becomes the first name's inode (as a single-node run's
+    // `link_within` makes it); the manifest entries follow the first.
+    let mut patched: HashMap<(RelPath, Vec<u8>), Entry> = HashMap::new();
+    for (_, mut ms) in groups {
+        if ms.len() < 2 {
+            continue;
+        }
+        ms.sort_by(|a, b| (&a.dir, &a.entry.name).cmp(&(&b.dir, &b.entry.name)));
+        let first = &ms[0];
+        let Ok(first_dir) = fsx::open_dir_beneath(b(&tree), first.dir.as_bytes()) else {
+            continue;
+        };
+        let Ok(first_meta) = fsx::lstat_at(b(&first_dir), &first.entry.name) else {
+            continue;
+        };
+        for m in &ms[1..] {
+            let Ok(d) = fsx::open_dir_beneath(b(&tree), m.dir.as_bytes()) else {
+                continue;
+            };
+            let Ok(meta) = fsx::lstat_at(b(&d), &m.entry.name) else {
+                continue;
+            };
+            if meta.ino == first_meta.ino {
+                continue;
+            }
+            let tmp = [b".snapring-link-".as_slice(), &m.entry.name[..m.entry.name.len().min(200)]].concat();
+            let _ = fsx::unlink_at(b(&d), &tmp);
+            // The directory's times were set by its unit: kept across the swap.
+            let dir_meta = fsx::fstat(b(&d)).ctx("stat", rd.tree().join(m.dir.as_path()))?;
+            match fsx::link_at(b(&first_dir), &first.entry.name, b(&d), &tmp) {
+                Ok(()) => {
+                    fsx::rename_at(b(&d), &tmp, b(&d), &m.entry.name)
+                        .ctx("join a hard-link group in", rd.tree().join(m.dir.as_path()))?;
+                    fsx::apply_times(b(&d), &dir_meta)
+                        .ctx("set directory times", rd.tree().join(m.dir.as_path()))?;
+                    let mut e = first.entry.clone();
+                    e.name = m.entry.name.clone();
+                    patched.insert((m.dir.clone(), m.entry.name.clone()), e);
+                }
+                Err(e) if fsx::errno_is(&e, Errno::MLINK) || fsx::errno_is(&e, Errno::XDEV) => {
+                    Counters::add(&counters.link_fallbacks, 1);
+                }
+                Err(e) => {
+                    return Err(io_error(e, "join a hard-link group in", rd.tree().join(m.dir.as_path())).into());
+                }
+            }
+        }
+    }
+    // Pass 2: the blocks; a spine directory's pieces are put together.
+    let spine: HashSet<&RelPath> = cut.spine.iter().collect();
+    let mut spine_blocks: BTreeMap<RelPath, Vec<Entry>> = BTreeMap::new();
+    let mdir = store.meta.join("manifests");
+    let mut w = manifest::Writer::create(&mdir, &rd.run, started.unwrap_or_else(fsx::wall_clock))
+        .ctx("create manifest in", &mdir)?;
+    for u in &cut.units {
+        for_each_block(&part(&u.id), |dir, mut es| {
+            for e in es.iter_mut() {
+                if let Some(p) = patched.get(&(dir.clone(), e.name.clone())) {
+                    *e = p.clone();
+                }
+            }
+            if spine.contains(dir) {
+                spine_blocks.entry(dir.clone()).or_default().extend(es);
+                Ok(())
+            } else {
+                w.write_block(dir, &mut es).ctx("write manifest", &mdir)?;
+                Ok(())
+            }
+        })?;
+    }
+    // The spine, deepest first: each directory's entries for its spine children and
+    // its own metadata, from the source now (the units did not carry them).
+    let mut order: Vec<&RelPath> = cut.spine.iter().collect();
+    order.sort_by_key(|r| std::cmp::Reverse(r.components().count()));
+    let mut root_entry = None;
+    for d in order {
+        let src = source.join(d.as_path());
+        let Ok(sfd) = fsx::open_dir(&src) else {
+            tracing::warn!("spine directory {} is gone from the source", src.display());
+            continue;
+        };
+        let meta = fsx::fstat(b(&sfd)).ctx("stat", &src)?;
+        let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&sfd))).unwrap_or_default();
+        let mut es = spine_blocks.remove(d).unwrap_or_default();
+        for kid in cut.spine_children(d) {
+            if let Ok(m) = fsx::lstat_at(b(&sfd), &kid)
+                && m.kind == Kind::Dir
+            {
+                es.push(Entry::from_meta(&kid, &m));
+                Counters::add(&counters.dirs_total, 1);
+            }
+        }
+        w.write_block(d, &mut es).ctx("write manifest", &mdir)?;
+        let out: OwnedFd = super::worker::make_dirs(&rd.tree(), d)?;
+        fsx::apply_dir_meta(b(&out), &meta, &xattrs).ctx("set directory metadata", rd.tree().join(d.as_path()))?;
+        if d.is_root() {
+            let mut e = Entry::from_meta(b".", &meta);
+            e.group = None;
+            root_entry = Some(e);
+        }
+    }
+    let root = match root_entry {
+        Some(e) => e,
+        None => {
+            return Err(ShardError::Failed(Error::SourceMissing(source.to_path_buf())));
+        }
+    };
+    w.finish(&root).ctx("finish manifest", &mdir)?;
+    Ok(())
+}

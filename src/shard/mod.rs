@@ -1,0 +1,228 @@
+//! Scale-out: one backup run of the hard-link store split across N worker processes
+//! (Kubernetes Indexed Jobs, Slurm job arrays, AWS Batch arrays, or by hand), with no
+//! coordinator: the workers meet only in files on the backup file system, under
+//! `<store>/.snapring/shards/<run-id>/` (docs/scale-out.md).
+//!
+//! - `plan.rs` (pure): the cut of the source into units and the home set of each worker;
+//! - `sizes.rs`: the weights the cut needs, from the previous manifest or a quick walk;
+//! - `state.rs`: the run's files (plan, claims with leases and generations, commit
+//!   markers, counters), every create exclusive;
+//! - `worker.rs`: one worker: claim a unit, back it up with the engine's walk into a
+//!   private directory, commit it exactly once, move it into the run's tree;
+//! - `finalize.rs`: merge the manifest parts, apply the spine's metadata, join hard-link
+//!   groups across units, publish through the store's journal exactly once;
+//! - `status.rs`: what `snapring status` shows.
+//!
+//! This file: which worker this process is (flags or the engines' variables) and the
+//! errors, with the exit code each maps to. No I/O beyond reading the environment
+//! through the caller's function.
+
+pub mod finalize;
+pub mod plan;
+pub mod sizes;
+pub mod state;
+pub mod status;
+pub mod worker;
+
+/// Exit code of a failure worth retrying (EX_TEMPFAIL): the store is held by another
+/// run, the finalize lock is busy, units are still being worked on.
+pub const EXIT_RETRY: i32 = 75;
+
+/// Which worker this process is, of how many, in which run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Spec {
+    /// 0-based.
+    pub index: usize,
+    pub count: usize,
+    pub run_id: String,
+}
+
+/// What went wrong in a shard command, by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum ShardError {
+    /// The command line or the environment is wrong (exit 64): nothing was done.
+    #[error("{0}")]
+    Usage(String),
+    /// Try again later (exit 75): nothing was lost.
+    #[error("{0}")]
+    Retry(String),
+    /// Will not get better by retrying (exit 1).
+    #[error(transparent)]
+    Failed(#[from] crate::error::Error),
+}
+
+impl ShardError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            ShardError::Usage(_) => 64,
+            ShardError::Retry(_) => EXIT_RETRY,
+            ShardError::Failed(_) => 1,
+        }
+    }
+}
+
+/// A store error, sorted: a store held by another run is worth a retry.
+pub(crate) fn sort_err(e: crate::error::Error) -> ShardError {
+    match e {
+        crate::error::Error::Locked { .. } => ShardError::Retry(e.to_string()),
+        e => ShardError::Failed(e),
+    }
+}
+
+/// A run id names a directory and a run record: letters, digits, `.`, `_`, `-`, at
+/// most 100, not starting with `.`.
+pub fn check_run_id(id: &str) -> Result<(), String> {
+    let ok = !id.is_empty()
+        && id.len() <= 100
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "run id {id:?}: use 1 to 100 letters, digits, '.', '_' or '-', not starting with '.'"
+        ))
+    }
+}
+
+/// Which worker this is, from `--shard I/N` (`shard`), `--shards N` (`shards`),
+/// `--run-id` (`run_id`) and, where no `--shard` is given, the engines' variables
+/// (read through `env`): `JOB_COMPLETION_INDEX` (Kubernetes Indexed Job),
+/// `SLURM_ARRAY_TASK_ID` with `SLURM_ARRAY_TASK_COUNT`/`_MIN`/`SLURM_ARRAY_JOB_ID`,
+/// `AWS_BATCH_JOB_ARRAY_INDEX`; the count from `--shards` or `SNAPRING_SHARDS` where
+/// the engine does not give it, the run id from `--run-id` or `SNAPRING_RUN_ID`.
+/// `Ok(None)`: not a shard run. An index without a count, or without a run id, is an
+/// error (a usage error: exit 64).
+pub fn detect(
+    shard: Option<&str>,
+    shards: Option<usize>,
+    run_id: Option<&str>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<Spec>, String> {
+    let var = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+    let num = |k: &str, v: &str| -> Result<usize, String> {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{k}={v:?} is not a number"))
+    };
+    let count_flag = || -> Result<Option<usize>, String> {
+        match (shards, var("SNAPRING_SHARDS")) {
+            (Some(n), _) => Ok(Some(n)),
+            (None, Some(v)) => num("SNAPRING_SHARDS", &v).map(Some),
+            (None, None) => Ok(None),
+        }
+    };
+    let run_flag = run_id.map(str::to_string).or_else(|| var("SNAPRING_RUN_ID"));
+    let (index, count, run, from) = if let Some(s) = shard {
+        let (i, n) = s
+            .split_once('/')
+            .ok_or_else(|| format!("--shard {s:?}: expected I/N, like 0/4"))?;
+        let i = num("--shard", i)?;
+        let n = num("--shard", n)?;
+        (i, Some(n), run_flag, "--shard")
+    } else if let Some(v) = var("JOB_COMPLETION_INDEX") {
+        (num("JOB_COMPLETION_INDEX", &v)?, count_flag()?, run_flag, "JOB_COMPLETION_INDEX")
+    } else if let Some(v) = var("SLURM_ARRAY_TASK_ID") {
+        let id = num("SLURM_ARRAY_TASK_ID", &v)?;
+        let min = match var("SLURM_ARRAY_TASK_MIN") {
+            Some(m) => num("SLURM_ARRAY_TASK_MIN", &m)?,
+            None => 0,
+        };
+        let count = match var("SLURM_ARRAY_TASK_COUNT") {
+            Some(c) => Some(num("SLURM_ARRAY_TASK_COUNT", &c)?),
+            None => count_flag()?,
+        };
+        let run = run_flag.or_else(|| var("SLURM_ARRAY_JOB_ID").map(|j| format!("slurm-{}", j.trim())));
+        let index = id
+            .checked_sub(min)
+            .ok_or_else(|| format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"))?;
+        (index, count, run, "SLURM_ARRAY_TASK_ID")
+    } else if let Some(v) = var("AWS_BATCH_JOB_ARRAY_INDEX") {
+        (num("AWS_BATCH_JOB_ARRAY_INDEX", &v)?, count_flag()?, run_flag, "AWS_BATCH_JOB_ARRAY_INDEX")
+    } else {
+        if shards.is_some() {
+            return Err(
+                "--shards needs a worker index: --shard I/N, or JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX".into(),
+            );
+        }
+        return Ok(None);
+    };
+    let count = count.ok_or_else(|| {
+        format!("{from} gives the worker index {index} but nothing gives the number of workers: pass --shards N or set SNAPRING_SHARDS")
+    })?;
+    if count == 0 || index >= count {
+        return Err(format!("worker index {index} is not below the number of workers {count}"));
+    }
+    let run_id = run.ok_or_else(|| {
+        format!("{from}: a shard run needs a run id shared by all its workers: pass --run-id ID or set SNAPRING_RUN_ID (for a Kubernetes CronJob, the Job's name)")
+    })?;
+    check_run_id(&run_id)?;
+    Ok(Some(Spec {
+        index,
+        count,
+        run_id,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn with(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| m.get(k).cloned()
+    }
+
+    fn spec(i: usize, n: usize, run: &str) -> Option<Spec> {
+        Some(Spec {
+            index: i,
+            count: n,
+            run_id: run.into(),
+        })
+    }
+
+    #[test]
+    fn flags_and_each_engines_variables_name_the_worker() {
+        assert_eq!(detect(Some("2/4"), None, Some("r1"), &with(&[])), Ok(spec(2, 4, "r1")));
+        assert_eq!(detect(None, None, None, &with(&[])), Ok(None));
+        let k8s = with(&[("JOB_COMPLETION_INDEX", "3"), ("SNAPRING_RUN_ID", "backup-2912")]);
+        assert_eq!(detect(None, Some(4), None, &k8s), Ok(spec(3, 4, "backup-2912")));
+        let k8s_env = with(&[
+            ("JOB_COMPLETION_INDEX", "1"),
+            ("SNAPRING_SHARDS", "2"),
+            ("SNAPRING_RUN_ID", "j"),
+        ]);
+        assert_eq!(detect(None, None, None, &k8s_env), Ok(spec(1, 2, "j")));
+        let slurm = with(&[
+            ("SLURM_ARRAY_TASK_ID", "7"),
+            ("SLURM_ARRAY_TASK_MIN", "5"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_JOB_ID", "1234"),
+        ]);
+        assert_eq!(detect(None, None, None, &slurm), Ok(spec(2, 4, "slurm-1234")));
+        let batch = with(&[("AWS_BATCH_JOB_ARRAY_INDEX", "0")]);
+        assert_eq!(detect(None, Some(3), Some("b"), &batch), Ok(spec(0, 3, "b")));
+        // The flag wins over the environment.
+        assert_eq!(detect(Some("0/2"), None, Some("x"), &k8s), Ok(spec(0, 2, "x")));
+    }
+
+    #[test]
+    fn an_index_without_a_count_or_a_run_id_is_refused() {
+        let e = detect(None, None, Some("r"), &with(&[("JOB_COMPLETION_INDEX", "0")])).unwrap_err();
+        assert!(e.contains("--shards N"), "{e}");
+        let e = detect(None, None, Some("r"), &with(&[("AWS_BATCH_JOB_ARRAY_INDEX", "1")])).unwrap_err();
+        assert!(e.contains("SNAPRING_SHARDS"), "{e}");
+        let e = detect(None, Some(2), None, &with(&[("JOB_COMPLETION_INDEX", "0")])).unwrap_err();
+        assert!(e.contains("--run-id"), "{e}");
+        assert!(detect(Some("4/4"), None, Some("r"), &with(&[])).is_err());
+        assert!(detect(Some("1"), None, Some("r"), &with(&[])).is_err());
+        assert!(detect(Some("0/2"), None, Some("../x"), &with(&[])).is_err());
+        assert!(detect(None, Some(2), Some("r"), &with(&[])).is_err());
+    }
+}

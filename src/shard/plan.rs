@@ -1,0 +1,384 @@
+//! A shard run's plan, pure: how the source tree is cut into work units and which
+//! worker starts with which. No I/O (the sizes come in through [`Sizes`]; `sizes.rs`
+//! reads them from the previous manifest or a quick walk).
+//!
+//! A **unit** is a name range `[lo, hi)` of one directory of the source, its **spine
+//! directory**: the unit backs up every entry of that directory whose name falls in the
+//! range, with everything below it, except the spine's own subdirectories that are spine
+//! directories themselves (cut further). The ranges of one spine directory follow each
+//! other with no gap (the first starts at `None`, the last ends at `None`), so a name
+//! that appears after planning still lands in exactly one unit. A tree no bigger than a
+//! unit is one unit: the root, all names.
+//!
+//! Sizes are weights: one per entry plus one per MiB ([`weight`]). A directory heavier
+//! than `cap` is cut: its heavy subdirectories become spine directories in turn (down to
+//! [`MAX_DEPTH`]), the rest of its names are packed into consecutive ranges of at most
+//! `cap` (one entry heavier than `cap` is a range of its own).
+//!
+//! Assignment: largest unit first, onto the least-loaded worker (LPT). That is each
+//! worker's home set; a worker that is done with it claims units nobody has started
+//! (`worker.rs`), which absorbs what the weights got wrong.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::relpath::RelPath;
+
+/// Units per worker the cap aims at: small enough that stealing evens out the end of
+/// the run, few enough that claims cost little.
+pub const UNITS_PER_WORKER: u64 = 8;
+/// At most this many units (claim and commit files on the backup file system).
+pub const MAX_UNITS: u64 = 10_000;
+/// Spine directories are not cut below this depth (the weights of deeper directories
+/// are not kept; memory stays bounded by the directories near the top).
+pub const MAX_DEPTH: usize = 6;
+
+/// The weight of one entry: one, plus one per MiB of a regular file (a copy costs its
+/// bytes; a link costs a call, like a directory entry).
+pub fn weight(size: u64) -> u64 {
+    1 + size / (1 << 20)
+}
+
+/// One entry of a directory as the planner sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Child {
+    pub name: Vec<u8>,
+    /// The entry's weight, with everything below it for a directory.
+    pub weight: u64,
+    pub dir: bool,
+}
+
+/// Where the planner gets weights from.
+pub trait Sizes {
+    /// The whole tree's weight.
+    fn total(&self) -> u64;
+    /// The entries of directory `dir` with their weights (called only for directories
+    /// heavier than the cap).
+    fn children(&self, dir: &RelPath) -> Vec<Child>;
+}
+
+/// One unit of work.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Unit {
+    /// `u0000`, `u0001`, … in plan order.
+    pub id: String,
+    /// The spine directory whose names it covers.
+    pub dir: RelPath,
+    /// First name covered (`None`: from the start).
+    pub lo: Option<Vec<u8>>,
+    /// First name no longer covered (`None`: to the end).
+    pub hi: Option<Vec<u8>>,
+    pub weight: u64,
+    /// The worker that starts with it.
+    pub home: usize,
+}
+
+impl Unit {
+    /// Whether `name` of the spine directory is in this unit's range.
+    pub fn covers(&self, name: &[u8]) -> bool {
+        self.lo.as_deref().is_none_or(|lo| name >= lo) && self.hi.as_deref().is_none_or(|hi| name < hi)
+    }
+}
+
+/// The cut and the assignment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cut {
+    /// Spine directories, sorted: made by the workers, their metadata applied by
+    /// finalize. Always holds the root.
+    pub spine: Vec<RelPath>,
+    pub units: Vec<Unit>,
+    pub cap: u64,
+}
+
+impl Cut {
+    /// The names of `dir`'s subdirectories that are spine directories (its units skip
+    /// them).
+    pub fn spine_children(&self, dir: &RelPath) -> BTreeSet<Vec<u8>> {
+        self.spine
+            .iter()
+            .filter(|s| !s.is_root() && s.parent() == *dir)
+            .map(|s| s.file_name().to_vec())
+            .collect()
+    }
+
+    /// Worker `w`'s home units, in the order it takes them (largest first).
+    pub fn home(&self, w: usize) -> Vec<&Unit> {
+        let mut v: Vec<&Unit> = self.units.iter().filter(|u| u.home == w).collect();
+        v.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
+        v
+    }
+}
+
+/// The cap for `workers` workers over a tree of weight `total`.
+pub fn cap_for(total: u64, workers: usize) -> u64 {
+    let by_workers = total / (workers as u64 * UNITS_PER_WORKER).max(1);
+    let by_count = total.div_ceil(MAX_UNITS);
+    by_workers.max(by_count).max(1)
+}
+
+/// Cuts the tree into units of at most `cap` (where it can) and assigns them to
+/// `workers` workers.
+pub fn cut(sizes: &dyn Sizes, workers: usize, cap: u64) -> Cut {
+    let mut spine = Vec::new();
+    let mut ranges = Vec::new();
+    cut_dir(sizes, &RelPath::root(), sizes.total(), 0, cap, &mut spine, &mut ranges);
+    spine.sort();
+    let mut units: Vec<Unit> = ranges
+        .into_iter()
+        .enumerate()
+        .map(|(i, (dir, lo, hi, weight))| Unit {
+            id: format!("u{i:04}"),
+            dir,
+            lo,
+            hi,
+            weight,
+            home: 0,
+        })
+        .collect();
+    assign(&mut units, workers);
+    Cut { spine, units, cap }
+}
+
+type Range = (RelPath, Option<Vec<u8>>, Option<Vec<u8>>, u64);
+
+fn cut_dir(
+    sizes: &dyn Sizes,
+    dir: &RelPath,
+    w: u64,
+    depth: usize,
+    cap: u64,
+    spine: &mut Vec<RelPath>,
+    out: &mut Vec<Range>,
+) {
+    spine.push(dir.clone());
+    if w <= cap || depth >= MAX_DEPTH {
+        out.push((dir.clone(), None, None, w));
+        return;
+    }
+    let mut children = sizes.children(dir);
+    children.sort_by(|a, b| a.name.cmp(&b.name));
+    let first = out.len();
+    let mut lo: Option<Vec<u8>> = None;
+    let mut acc = 0u64;
+    let mut has_any = false;
+    for c in &children {
+        if c.dir && c.weight > cap && depth + 1 < MAX_DEPTH {
+            cut_dir(sizes, &dir.join(&c.name), c.weight, depth + 1, cap, spine, out);
+            continue;
+        }
+        if has_any && acc + c.weight > cap {
+            out.push((dir.clone(), lo.take(), Some(c.name.clone()), acc));
+            lo = Some(c.name.clone());
+            acc = 0;
+        }
+        acc += c.weight;
+        has_any = true;
+    }
+    // The last range runs to the end (names that appear later land there); a spine
+    // directory has at least one range.
+    let _ = first;
+    out.push((dir.clone(), lo, None, acc));
+}
+
+/// Longest processing time first: each unit, largest first, goes to the worker with
+/// the least weight so far (the lowest index on a tie).
+fn assign(units: &mut [Unit], workers: usize) {
+    let mut order: Vec<usize> = (0..units.len()).collect();
+    order.sort_by(|&a, &b| units[b].weight.cmp(&units[a].weight).then(a.cmp(&b)));
+    let mut load = vec![0u64; workers.max(1)];
+    for i in order {
+        let w = (0..load.len()).min_by_key(|&w| (load[w], w)).unwrap_or(0);
+        load[w] += units[i].weight;
+        units[i].home = w;
+    }
+}
+
+/// A [`Sizes`] held in memory: every directory's children (tests, the simulation).
+#[derive(Default)]
+pub struct MemSizes {
+    pub dirs: BTreeMap<RelPath, Vec<Child>>,
+}
+
+impl Sizes for MemSizes {
+    fn total(&self) -> u64 {
+        self.dirs
+            .get(&RelPath::root())
+            .map(|c| c.iter().map(|c| c.weight).sum())
+            .unwrap_or(0)
+    }
+
+    fn children(&self, dir: &RelPath) -> Vec<Child> {
+        self.dirs.get(dir).cloned().unwrap_or_default()
+    }
+}
+
+/// The time the slowest of `workers` workers takes when each works through its home
+/// units (largest first) and then takes the largest unit nobody has started, one unit
+/// costing its weight. (The model of the run `worker.rs` makes.)
+pub fn simulate(cut: &Cut, workers: usize) -> u64 {
+    let mut queues: Vec<Vec<&Unit>> = (0..workers).map(|w| cut.home(w)).collect();
+    for q in &mut queues {
+        q.reverse(); // pop() takes the largest first
+    }
+    let mut clock = vec![0u64; workers];
+    loop {
+        // The worker free earliest takes its next unit: its own, else the largest
+        // unstarted one of another worker.
+        let w = (0..workers).min_by_key(|&w| (clock[w], w)).unwrap_or(0);
+        let next = match queues[w].pop() {
+            Some(u) => Some(u),
+            None => {
+                let from = (0..workers)
+                    .filter(|&o| !queues[o].is_empty())
+                    .max_by_key(|&o| queues[o].last().map(|u| u.weight));
+                from.and_then(|o| queues[o].pop())
+            }
+        };
+        match next {
+            Some(u) => clock[w] += u.weight,
+            None => break,
+        }
+    }
+    clock.into_iter().max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(name: &str, weight: u64) -> Child {
+        Child {
+            name: name.as_bytes().to_vec(),
+            weight,
+            dir: false,
+        }
+    }
+
+    fn dir(name: &str, weight: u64) -> Child {
+        Child {
+            name: name.as_bytes().to_vec(),
+            weight,
+            dir: true,
+        }
+    }
+
+    fn rel(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn a_small_tree_is_one_unit_of_the_whole_root() {
+        let mut s = MemSizes::default();
+        s.dirs.insert(RelPath::root(), vec![file("a", 3), dir("b", 4)]);
+        let c = cut(&s, 4, 100);
+        assert_eq!(c.spine, vec![RelPath::root()]);
+        assert_eq!(c.units.len(), 1);
+        assert!(c.units[0].lo.is_none() && c.units[0].hi.is_none());
+        assert!(c.units[0].covers(b"anything"));
+    }
+
+    #[test]
+    fn heavy_directories_become_spine_and_the_rest_is_packed_into_ranges_without_gaps() {
+        let mut s = MemSizes::default();
+        s.dirs.insert(
+            RelPath::root(),
+            vec![file("a", 4), dir("big", 30), file("c", 4), file("d", 4), file("e", 4)],
+        );
+        s.dirs.insert(rel("big"), vec![file("x", 10), file("y", 10), file("z", 10)]);
+        let c = cut(&s, 2, 10);
+        assert_eq!(c.spine, vec![RelPath::root(), rel("big")]);
+        assert_eq!(c.spine_children(&RelPath::root()), BTreeSet::from([b"big".to_vec()]));
+        // Every name of a spine directory is covered by exactly one of its ranges,
+        // including names the plan never saw.
+        for d in [RelPath::root(), rel("big")] {
+            let units: Vec<&Unit> = c.units.iter().filter(|u| u.dir == d).collect();
+            for name in ["", "a", "b", "big", "c", "d", "e", "f", "x", "y", "z", "zz"] {
+                let n = units.iter().filter(|u| u.covers(name.as_bytes())).count();
+                assert_eq!(n, 1, "{d} {name}");
+            }
+        }
+        assert!(c.units.iter().all(|u| u.weight <= 10));
+        let total: u64 = c.units.iter().map(|u| u.weight).sum();
+        // "big" itself is an entry of the root that no unit carries (finalize does).
+        assert_eq!(total, 16 + 30);
+    }
+
+    #[test]
+    fn lpt_gives_each_worker_about_the_same_weight() {
+        let mut s = MemSizes::default();
+        let kids: Vec<Child> = (0..40).map(|i| file(&format!("f{i:02}"), 1 + i % 7)).collect();
+        s.dirs.insert(RelPath::root(), kids);
+        let c = cut(&s, 4, 3);
+        let loads: Vec<u64> = (0..4)
+            .map(|w| c.home(w).iter().map(|u| u.weight).sum())
+            .collect();
+        let (min, max) = (loads.iter().min().unwrap(), loads.iter().max().unwrap());
+        assert!(max - min <= 3, "{loads:?}");
+    }
+
+    /// A deterministic generator (no dependency for one test).
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+        /// A standard normal (Box-Muller).
+        fn normal(&mut self) -> f64 {
+            let (u1, u2) = (self.next().max(1e-12), self.next());
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        }
+    }
+
+    /// 50 top-level directories with log-normal sizes, each holding its weight as
+    /// 1,000 files of equal weight (enough to cut).
+    fn skewed_tree(seed: u64) -> (MemSizes, Vec<u64>) {
+        let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+        let mut s = MemSizes::default();
+        let mut top = Vec::new();
+        let mut sizes = Vec::new();
+        for d in 0..50 {
+            let size = ((rng.normal() * 1.5).exp() * 10_000.0) as u64 + 1_000;
+            let name = format!("d{d:02}");
+            let per = size / 1000;
+            let files: Vec<Child> = (0..1000).map(|i| file(&format!("f{i:04}"), per)).collect();
+            let w: u64 = files.iter().map(|c| c.weight).sum();
+            s.dirs.insert(rel(&name), files);
+            top.push(dir(&name, w));
+            sizes.push(w);
+        }
+        s.dirs.insert(RelPath::root(), top);
+        (s, sizes)
+    }
+
+    /// The balance claim: 8 workers over 50 top-level directories of log-normal
+    /// sizes. The modulus split (directory i to worker i mod 8) leaves the slowest worker
+    /// at ~3x the ideal; units plus claiming unstarted units stay within 1.1x.
+    #[test]
+    fn units_and_stealing_stay_within_1_1x_of_ideal_where_the_modulus_split_is_about_3x() {
+        let workers = 8;
+        let (mut worst_units, mut sum_modulus) = (0.0f64, 0.0f64);
+        let seeds = 200;
+        for seed in 1..=seeds {
+            let (s, sizes) = skewed_tree(seed);
+            let total: u64 = sizes.iter().sum();
+            let ideal = total as f64 / workers as f64;
+            let mut modulus = vec![0u64; workers];
+            for (i, w) in sizes.iter().enumerate() {
+                modulus[i % workers] += w;
+            }
+            sum_modulus += *modulus.iter().max().unwrap() as f64 / ideal;
+            let c = cut(&s, workers, cap_for(total, workers));
+            let slowest = simulate(&c, workers) as f64 / ideal;
+            worst_units = worst_units.max(slowest);
+        }
+        let mean_modulus = sum_modulus / seeds as f64;
+        assert!(worst_units <= 1.1, "units + stealing: worst {worst_units:.3}x of ideal");
+        assert!(
+            (2.2..4.5).contains(&mean_modulus),
+            "modulus split: mean {mean_modulus:.2}x of ideal"
+        );
+        eprintln!("worst units+stealing {worst_units:.3}x, mean modulus {mean_modulus:.2}x");
+    }
+}

@@ -1,0 +1,423 @@
+//! The files of one shard run, under `<store>/.snapring/shards/<run-id>/`, and the
+//! atomic steps on them (docs/scale-out.md has the layout). Every file another worker
+//! may race for is made by an exclusive create of its complete content (written under
+//! a private name, then `link`ed to its final name, which fails if it exists): the plan,
+//! each claim generation, each commit marker, the finalized marker. Does file I/O.
+//!
+//! - `plan.json`: the cut (`plan.rs`), the run's parameters, the previous snapshot;
+//! - `claims/<unit>.g<generation>`: who works on a unit; the lease is the file's mtime plus the
+//!   lease length, renewed by touching it; a claim past its lease is taken over by
+//!   creating generation `generation+1`;
+//! - `done/<unit>`: the unit's commit, naming the generation whose work counts;
+//! - `parts/<unit>.g<generation>.mf|.idx`: that generation's manifest part;
+//! - `counts/<unit>.g<generation>.json`: its counters and problems;
+//! - `work/<unit>.g<generation>/`: where it is built; `tree/`: the run's tree once committed
+//!   units are moved in; `finalized`: the run's report, once published.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::plan::{Cut, Unit};
+use crate::error::{Ctx, Error, Result};
+use crate::relpath::{RelPath, escape, unescape};
+use crate::report::Problem;
+
+/// The lease of a claim when `SNAPRING_SHARD_LEASE` does not say (renewed every third
+/// of it while the unit is worked on).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+
+/// The lease length: `SNAPRING_SHARD_LEASE` (`2s`, `5m`), else [`DEFAULT_LEASE`].
+pub fn lease() -> Duration {
+    std::env::var("SNAPRING_SHARD_LEASE")
+        .ok()
+        .and_then(|v| crate::util::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_LEASE)
+}
+
+/// One unit as `plan.json` holds it (names `%XX`-escaped).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnitRec {
+    pub id: String,
+    pub dir: String,
+    pub lo: Option<String>,
+    pub hi: Option<String>,
+    pub weight: u64,
+    pub home: usize,
+}
+
+/// `plan.json`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PlanFile {
+    pub format: u32,
+    pub run: String,
+    pub workers: usize,
+    /// The source directory backed up (after `--prefix`), canonical.
+    pub source: PathBuf,
+    pub label: String,
+    pub retain: u32,
+    /// The snapshot every worker links against, and its run.
+    pub prev: Option<String>,
+    pub prev_run: Option<String>,
+    /// Where the weights came from: `manifest` or `walk`.
+    pub sized_by: String,
+    pub created_at: String,
+    pub created_by: String,
+    pub cap: u64,
+    pub spine: Vec<String>,
+    pub units: Vec<UnitRec>,
+}
+
+impl PlanFile {
+    pub fn cut(&self) -> std::result::Result<Cut, String> {
+        let rel = |s: &str| RelPath::from_escaped(s);
+        let name = |s: &Option<String>| s.as_deref().map(unescape).transpose();
+        let units = self
+            .units
+            .iter()
+            .map(|u| {
+                Ok(Unit {
+                    id: u.id.clone(),
+                    dir: rel(&u.dir)?,
+                    lo: name(&u.lo)?,
+                    hi: name(&u.hi)?,
+                    weight: u.weight,
+                    home: u.home,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()?;
+        for u in &units {
+            if !plain(&u.id) || u.home >= self.workers {
+                return Err(format!("bad unit {:?} in plan", u.id));
+            }
+        }
+        Ok(Cut {
+            spine: self
+                .spine
+                .iter()
+                .map(|s| rel(s))
+                .collect::<std::result::Result<_, _>>()?,
+            units,
+            cap: self.cap,
+        })
+    }
+
+    pub fn units_of(cut: &Cut) -> Vec<UnitRec> {
+        cut.units
+            .iter()
+            .map(|u| UnitRec {
+                id: u.id.clone(),
+                dir: u.dir.escaped(),
+                lo: u.lo.as_deref().map(escape),
+                hi: u.hi.as_deref().map(escape),
+                weight: u.weight,
+                home: u.home,
+            })
+            .collect()
+    }
+}
+
+/// A name read from a file that becomes a path component: letters, digits, `.`, `_`,
+/// `-`, not starting with `.`.
+fn plain(s: &str) -> bool {
+    super::check_run_id(s).is_ok()
+}
+
+/// Who holds a claim (the file's content; its mtime is the lease).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    pub worker: usize,
+    pub host: String,
+    pub pid: u32,
+    pub at: String,
+}
+
+impl Holder {
+    pub fn me(worker: usize) -> Holder {
+        Holder {
+            worker,
+            host: crate::util::hostname(),
+            pid: std::process::id(),
+            at: crate::util::now_rfc3339(),
+        }
+    }
+
+    /// Whether this is a process of this host that has exited.
+    pub fn is_dead_here(&self) -> bool {
+        if self.host != crate::util::hostname() {
+            return false;
+        }
+        let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) else {
+            return true;
+        };
+        matches!(
+            rustix::process::test_kill_process(pid),
+            Err(rustix::io::Errno::SRCH)
+        )
+    }
+}
+
+/// The newest claim of a unit.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    pub generation: u32,
+    pub holder: Holder,
+    /// When its lease was last renewed.
+    pub renewed: SystemTime,
+}
+
+impl Claim {
+    pub fn expired(&self, lease: Duration) -> bool {
+        SystemTime::now()
+            .duration_since(self.renewed)
+            .is_ok_and(|d| d > lease)
+    }
+}
+
+/// `done/<unit>`: the generation whose work the run keeps.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Commit {
+    pub generation: u32,
+    pub worker: usize,
+    pub host: String,
+    pub pid: u32,
+    pub at: String,
+    /// BLAKE3 of `plan.json`: every commit of a run is for the same plan.
+    pub plan: String,
+}
+
+/// A unit's figures, written by the worker before it commits.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct UnitCounts {
+    pub files_total: u64,
+    pub dirs_total: u64,
+    pub files_transferred: u64,
+    pub files_linked: u64,
+    pub link_fallbacks: u64,
+    pub changed_during_backup: u64,
+    pub bytes_total: u64,
+    pub bytes_transferred: u64,
+    pub errors: u64,
+    pub problems: Vec<Problem>,
+    pub seconds: f64,
+    pub started_at: String,
+}
+
+/// One run's directory.
+pub struct RunDir {
+    pub root: PathBuf,
+    pub run: String,
+}
+
+impl RunDir {
+    pub fn new(meta: &Path, run: &str) -> RunDir {
+        RunDir {
+            root: meta.join("shards").join(run),
+            run: run.to_string(),
+        }
+    }
+
+    pub fn plan_path(&self) -> PathBuf {
+        self.root.join("plan.json")
+    }
+    pub fn finalized_path(&self) -> PathBuf {
+        self.root.join("finalized")
+    }
+    pub fn tree(&self) -> PathBuf {
+        self.root.join("tree")
+    }
+    pub fn parts(&self) -> PathBuf {
+        self.root.join("parts")
+    }
+    pub fn work(&self, unit: &str, generation: u32) -> PathBuf {
+        self.root.join("work").join(format!("{unit}.g{generation}"))
+    }
+    pub fn counts_path(&self, unit: &str, generation: u32) -> PathBuf {
+        self.root.join("counts").join(format!("{unit}.g{generation}.json"))
+    }
+    pub fn claim_path(&self, unit: &str, generation: u32) -> PathBuf {
+        self.root.join("claims").join(format!("{unit}.g{generation}"))
+    }
+    pub fn done_path(&self, unit: &str) -> PathBuf {
+        self.root.join("done").join(unit)
+    }
+
+    /// Makes the run's directories (each step tolerates another worker's).
+    pub fn create(&self) -> Result<()> {
+        for d in ["claims", "done", "counts", "parts", "work"] {
+            let p = self.root.join(d);
+            crate::util::create_private_dir(&p, true)
+                .or_else(|e| if p.is_dir() { Ok(()) } else { Err(e) })
+                .ctx("create", &p)?;
+        }
+        Ok(())
+    }
+
+    pub fn exists(&self) -> bool {
+        self.root.is_dir()
+    }
+
+    pub fn is_finalized(&self) -> bool {
+        self.finalized_path().exists()
+    }
+
+    /// The plan and its hash, if written.
+    pub fn read_plan(&self) -> Result<Option<(PlanFile, String)>> {
+        let p = self.plan_path();
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx("read", &p),
+        };
+        let plan: PlanFile = serde_json::from_slice(&bytes).map_err(|e| Error::Store {
+            path: p.clone(),
+            msg: format!("unreadable shard plan: {e}"),
+        })?;
+        Ok(Some((plan, blake3::hash(&bytes).to_hex().to_string())))
+    }
+
+    /// Writes the plan unless one exists; returns the plan that counts and its hash.
+    pub fn create_plan(&self, plan: &PlanFile) -> Result<(PlanFile, String)> {
+        let bytes = serde_json::to_vec_pretty(plan).expect("plan serializes");
+        create_exclusive(&self.plan_path(), &bytes).ctx("write", self.plan_path())?;
+        self.read_plan()?.ok_or_else(|| Error::Store {
+            path: self.plan_path(),
+            msg: "the shard plan vanished just after it was written".into(),
+        })
+    }
+
+    /// The newest claim of each unit.
+    pub fn claims(&self) -> Result<BTreeMap<String, Claim>> {
+        let dir = self.root.join("claims");
+        let mut out: BTreeMap<String, Claim> = BTreeMap::new();
+        for e in std::fs::read_dir(&dir).ctx("read", &dir)? {
+            let e = e.ctx("read", &dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((unit, generation)) = name
+                .rsplit_once(".g")
+                .and_then(|(u, g)| Some((u.to_string(), g.parse::<u32>().ok()?)))
+            else {
+                continue;
+            };
+            if out.get(&unit).is_some_and(|c| c.generation >= generation) {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(e.path()) else {
+                continue;
+            };
+            let Ok(holder) = serde_json::from_slice::<Holder>(&bytes) else {
+                continue;
+            };
+            let renewed = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            out.insert(
+                unit,
+                Claim {
+                    generation,
+                    holder,
+                    renewed,
+                },
+            );
+        }
+        Ok(out)
+    }
+
+    /// Claims generation `generation` of `unit`; `false` if another process got it first.
+    pub fn claim(&self, unit: &str, generation: u32, holder: &Holder) -> Result<bool> {
+        let p = self.claim_path(unit, generation);
+        let bytes = serde_json::to_vec(holder).expect("holder serializes");
+        create_exclusive(&p, &bytes).ctx("claim", &p)
+    }
+
+    /// Renews a claim's lease.
+    pub fn renew(&self, unit: &str, generation: u32) -> std::io::Result<()> {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(self.claim_path(unit, generation))?;
+        f.set_modified(SystemTime::now())
+    }
+
+    /// The commit of each unit.
+    pub fn commits(&self) -> Result<BTreeMap<String, Commit>> {
+        let dir = self.root.join("done");
+        let mut out = BTreeMap::new();
+        for e in std::fs::read_dir(&dir).ctx("read", &dir)? {
+            let e = e.ctx("read", &dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') || !plain(&name) {
+                continue;
+            }
+            let bytes = std::fs::read(e.path()).ctx("read", e.path())?;
+            let c: Commit = serde_json::from_slice(&bytes).map_err(|err| Error::Store {
+                path: e.path(),
+                msg: format!("unreadable commit marker: {err}"),
+            })?;
+            out.insert(name, c);
+        }
+        Ok(out)
+    }
+
+    /// Commits `unit` for generation `c.generation`, unless a newer generation claimed it
+    /// (this one's lease was lost) or another generation committed first. `true`: this
+    /// generation's work is the unit's.
+    pub fn commit(&self, unit: &str, c: &Commit) -> Result<bool> {
+        if self.claim_path(unit, c.generation + 1).exists() {
+            return Ok(false);
+        }
+        let p = self.done_path(unit);
+        let bytes = serde_json::to_vec_pretty(c).expect("commit serializes");
+        create_exclusive(&p, &bytes).ctx("commit", &p)
+    }
+
+    pub fn write_counts(&self, unit: &str, generation: u32, c: &UnitCounts) -> Result<()> {
+        let p = self.counts_path(unit, generation);
+        crate::util::write_atomic(&p, &serde_json::to_vec(c).expect("counts serialize"))
+            .ctx("write", &p)
+    }
+
+    pub fn read_counts(&self, unit: &str, generation: u32) -> Result<UnitCounts> {
+        let p = self.counts_path(unit, generation);
+        let bytes = std::fs::read(&p).ctx("read", &p)?;
+        serde_json::from_slice(&bytes).map_err(|e| Error::Store {
+            path: p,
+            msg: format!("unreadable unit counters: {e}"),
+        })
+    }
+
+    /// The newest generation below `generation` whose work directory is still there (a
+    /// killed or stalled attempt: the new one reuses its finished copies).
+    pub fn older_work(&self, unit: &str, generation: u32) -> Option<PathBuf> {
+        (1..generation).rev().map(|g| self.work(unit, g)).find(|p| p.is_dir())
+    }
+}
+
+/// Creates `path` with `bytes` as its complete content, only if it does not exist:
+/// written and flushed under a private name, then hard-linked to `path` (which fails if
+/// it exists, atomically, on local file systems and NFS alike). `false`: it existed.
+pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        crate::util::hostname()
+    ));
+    {
+        let mut f = crate::util::create_private(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    let r = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,126 @@
+//! `snapring status --run-id`: what the files of a shard run say, as a value (the CLI
+//! prints it or its JSON): the plan, each unit's state (committed, claimed with a live
+//! lease, claimed with a lapsed lease, pending), each worker's units, and whether the
+//! run is finalized. Reads the run's directory only; takes no lock, writes nothing.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::state::RunDir;
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct UnitStatus {
+    pub id: String,
+    pub dir: String,
+    pub weight: u64,
+    pub home: usize,
+    /// `done`, `claimed`, `stale` (claimed, lease lapsed) or `pending`.
+    pub state: String,
+    /// The generation committed or claimed.
+    pub generation: Option<u32>,
+    /// The worker that committed or holds it.
+    pub worker: Option<usize>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct WorkerStatus {
+    pub index: usize,
+    pub home_units: usize,
+    pub committed: usize,
+    pub claimed: usize,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct RunStatus {
+    pub run: String,
+    pub source: String,
+    pub label: String,
+    pub workers: usize,
+    pub units: usize,
+    pub done: usize,
+    pub claimed: usize,
+    pub stale: usize,
+    pub pending: usize,
+    pub finalized: bool,
+    /// The published snapshot, once finalized.
+    pub snapshot: Option<String>,
+    pub per_worker: Vec<WorkerStatus>,
+    pub unit_list: Vec<UnitStatus>,
+}
+
+/// The state of run `run` in the store whose `.snapring/` is `meta`.
+pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
+    super::check_run_id(run).map_err(Error::Config)?;
+    let rd = RunDir::new(meta, run);
+    let Some((plan, _)) = rd.read_plan()? else {
+        return Err(Error::Store {
+            path: rd.root.clone(),
+            msg: format!("no shard run {run} here (no worker has written its plan)"),
+        });
+    };
+    let lease = super::state::lease();
+    let commits = rd.commits()?;
+    let claims = rd.claims()?;
+    let mut per: BTreeMap<usize, WorkerStatus> = (0..plan.workers)
+        .map(|i| {
+            (
+                i,
+                WorkerStatus {
+                    index: i,
+                    ..WorkerStatus::default()
+                },
+            )
+        })
+        .collect();
+    let mut list = Vec::new();
+    for u in &plan.units {
+        if let Some(w) = per.get_mut(&u.home) {
+            w.home_units += 1;
+        }
+        let (state, generation, worker) = match (commits.get(&u.id), claims.get(&u.id)) {
+            (Some(c), _) => ("done", Some(c.generation), Some(c.worker)),
+            (None, Some(c)) if c.expired(lease) => ("stale", Some(c.generation), Some(c.holder.worker)),
+            (None, Some(c)) => ("claimed", Some(c.generation), Some(c.holder.worker)),
+            (None, None) => ("pending", None, None),
+        };
+        if let Some(w) = worker.and_then(|w| per.get_mut(&w)) {
+            match state {
+                "done" => w.committed += 1,
+                "claimed" => w.claimed += 1,
+                _ => {}
+            }
+        }
+        list.push(UnitStatus {
+            id: u.id.clone(),
+            dir: u.dir.clone(),
+            weight: u.weight,
+            home: u.home,
+            state: state.into(),
+            generation,
+            worker,
+        });
+    }
+    let count = |s: &str| list.iter().filter(|u| u.state == s).count();
+    let snapshot = std::fs::read(rd.finalized_path())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::report::RunReport>(&b).ok())
+        .and_then(|r| r.snapshot);
+    Ok(RunStatus {
+        run: run.into(),
+        source: plan.source.display().to_string(),
+        label: plan.label.clone(),
+        workers: plan.workers,
+        units: list.len(),
+        done: count("done"),
+        claimed: count("claimed"),
+        stale: count("stale"),
+        pending: count("pending"),
+        finalized: rd.is_finalized(),
+        snapshot,
+        per_worker: per.into_values().collect(),
+        unit_list: list,
+    })
+}

@@ -1,0 +1,557 @@
+//! One shard worker: joins run `<run-id>` (writing its plan if it is the first), then
+//! claims units (its home set first, then units nobody has started, then units whose
+//! lease ran out), backs each up with the engine's own walk (`engine::walk::Walk`, the
+//! store's `TreeSink`: hard links into the previous snapshot, copies, a manifest part)
+//! into a private directory `work/<unit>.g<generation>/`, commits it exactly once (an
+//! exclusive create of `done/<unit>` naming the generation, refused once a newer
+//! generation has claimed the unit), and only then moves its entries into the run's
+//! tree. When every unit is committed it tries to finalize (`finalize.rs`).
+//!
+//! Locks: a worker holds the store's lock *shared* for its lifetime, so workers do not
+//! block each other while a single-node backup (exclusive) is refused as long as any
+//! worker lives, and finalize (exclusive) waits for the last worker to let go. Does
+//! file I/O on the source and the store.
+
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+
+use super::plan::{self, Cut, Unit};
+use super::sizes::{ManifestSizes, WalkSizes};
+use super::state::{Commit, Holder, PlanFile, RunDir, UnitCounts};
+use super::{ShardError, Spec, sort_err};
+use crate::engine::BackupOptions;
+use crate::engine::walk::Walk;
+use crate::error::{Ctx, Error, io_error};
+use crate::fsx::{self, b};
+use crate::manifest::{self, Entry};
+use crate::relpath::RelPath;
+use crate::repo::{Previous, Repository};
+use crate::report::{Counters, Problem, ProblemKind};
+use crate::store::Store;
+use crate::store::tree_sink::TreeSink;
+
+/// What a worker did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub index: usize,
+    pub run_id: String,
+    /// Units this process committed.
+    pub committed: Vec<String>,
+    /// Units this process built but another generation had claimed or committed.
+    pub lost: Vec<String>,
+    /// SIGTERM/SIGINT stopped it; its unit stays claimed until the lease runs out.
+    pub interrupted: bool,
+    /// The run was finalized by this process (its report) …
+    pub finalized: Option<crate::report::RunReport>,
+    /// … or had been already.
+    pub already_finalized: bool,
+    /// Every unit is committed but another process holds the store: the last worker
+    /// to let go, or `snapring finalize`, publishes the run.
+    pub finalize_pending: bool,
+}
+
+/// What one worker needs to build units.
+struct Worker<'a> {
+    opts: &'a BackupOptions,
+    spec: &'a Spec,
+    rd: &'a RunDir,
+    cut: &'a Cut,
+    plan_hash: &'a str,
+    source: PathBuf,
+    prev: Option<Previous>,
+    prev_root: Option<OwnedFd>,
+    excludes: crate::engine::exclude::Excludes,
+    cancel: &'a AtomicBool,
+    lease: Duration,
+}
+
+/// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
+pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Outcome, ShardError> {
+    if opts.dry_run {
+        return Err(ShardError::Usage("--dry-run cannot be combined with --shard".into()));
+    }
+    if opts.pre_command.is_some() || opts.post_command.is_some() || opts.window.is_some() {
+        return Err(ShardError::Usage(
+            "pre_command, post_command and window are not supported for shard runs yet".into(),
+        ));
+    }
+    opts.validate().map_err(|e| match e {
+        Error::Config(m) => ShardError::Usage(m),
+        e => ShardError::Failed(e),
+    })?;
+    let resolved;
+    let opts = if opts.jobs == crate::engine::options::AUTO_JOBS {
+        resolved = BackupOptions {
+            jobs: crate::concurrency::resolve(0, &[&opts.source, &opts.store]),
+            ..opts.clone()
+        };
+        &resolved
+    } else {
+        opts
+    };
+    fsx::raise_fd_limit();
+    let mut out = Outcome {
+        index: spec.index,
+        run_id: spec.run_id.clone(),
+        ..Outcome::default()
+    };
+    let store = Store::open(&opts.store, true).map_err(sort_err)?;
+    let rd = RunDir::new(&store.meta, &spec.run_id);
+    if rd.is_finalized() {
+        out.already_finalized = true;
+        return Ok(out);
+    }
+    if Repository::needs_repair(&store) {
+        let l = Repository::lock_and_repair(&store, &spec.run_id).map_err(sort_err)?;
+        Repository::unlock(&store, l);
+    }
+    let shared = store.lock_shared().map_err(sort_err)?;
+    rd.create()?;
+    let source = crate::engine::backup::check_source(opts)?;
+    let prev = Repository::previous(&store, &opts.label)?;
+    let (plan, plan_hash) = join_plan(opts, spec, &rd, &source, prev.as_ref())?;
+    check_plan(opts, spec, &plan, &source, prev.as_ref())?;
+    let cut = plan.cut().map_err(|m| {
+        ShardError::Failed(Error::Store {
+            path: rd.plan_path(),
+            msg: m,
+        })
+    })?;
+    let src_fd = fsx::open_dir(&source).ctx("open source", &source)?;
+    if !opts.allow_empty
+        && let Some(p) = &prev
+        && p.has_entries
+        && !fsx::dir_has_entries(b(&src_fd)).ctx("read source", &source)?
+    {
+        return Err(Error::EmptySource {
+            path: source,
+            prev: p.name.clone(),
+        }
+        .into());
+    }
+    let prev_root = match &prev {
+        Some(p) => {
+            let path = store.root.join(&p.name);
+            Some(fsx::open_dir(&path).ctx("open previous snapshot", &path)?)
+        }
+        None => None,
+    };
+    let ctx = Worker {
+        opts,
+        spec,
+        rd: &rd,
+        cut: &cut,
+        plan_hash: &plan_hash,
+        source,
+        prev,
+        prev_root,
+        excludes: crate::engine::exclude::build(&opts.excludes)?,
+        cancel,
+        lease: super::state::lease(),
+    };
+    tracing::info!(
+        run = %spec.run_id, worker = spec.index, workers = spec.count, units = cut.units.len(),
+        "shard worker started ({} units, {} at home)", cut.units.len(), cut.home(spec.index).len()
+    );
+    let all_done = work(&ctx, &mut out)?;
+    drop(shared);
+    if !all_done {
+        out.interrupted = true;
+        return Ok(out);
+    }
+    match super::finalize::finalize(&store, &rd, opts.jobs, cancel, finalize_wait(ctx.lease)) {
+        Ok(super::finalize::Finalized::Done(rep)) => out.finalized = Some(*rep),
+        Ok(super::finalize::Finalized::Already(_)) => out.already_finalized = true,
+        Ok(super::finalize::Finalized::Busy(_)) => out.finalize_pending = true,
+        Ok(super::finalize::Finalized::NotReady(_)) => out.finalize_pending = true,
+        Err(e) => return Err(e),
+    }
+    Ok(out)
+}
+
+/// How long a worker that committed the last unit waits for the others to let go of
+/// the store before it leaves finalize to them.
+fn finalize_wait(lease: Duration) -> Duration {
+    lease.clamp(Duration::from_secs(5), Duration::from_secs(30))
+}
+
+/// The run's plan: read, or made and written by this worker if it is the first.
+fn join_plan(
+    opts: &BackupOptions,
+    spec: &Spec,
+    rd: &RunDir,
+    source: &std::path::Path,
+    prev: Option<&Previous>,
+) -> Result<(PlanFile, String), ShardError> {
+    if let Some(p) = rd.read_plan()? {
+        return Ok(p);
+    }
+    let t0 = Instant::now();
+    let (cut, sized_by) = match prev.and_then(|p| p.manifest.as_ref()) {
+        Some(m) => {
+            let sizes = ManifestSizes::read(m).ctx("read manifest", &m.mf_path)?;
+            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
+            (plan::cut(&sizes, spec.count, cap), "manifest")
+        }
+        None => {
+            let fd = fsx::open_dir(source).ctx("open source", source)?;
+            let sizes = WalkSizes::walk(source.to_path_buf(), fd, opts.jobs);
+            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
+            (plan::cut(&sizes, spec.count, cap), "walk")
+        }
+    };
+    let plan = PlanFile {
+        format: 1,
+        run: spec.run_id.clone(),
+        workers: spec.count,
+        source: source.to_path_buf(),
+        label: opts.label.clone(),
+        retain: opts.retain,
+        prev: prev.map(|p| p.name.clone()),
+        prev_run: prev.and_then(|p| p.run.clone()),
+        sized_by: sized_by.into(),
+        created_at: crate::util::now_rfc3339(),
+        created_by: format!("snapring {} worker {}", env!("CARGO_PKG_VERSION"), spec.index),
+        cap: cut.cap,
+        spine: cut.spine.iter().map(RelPath::escaped).collect(),
+        units: PlanFile::units_of(&cut),
+    };
+    tracing::info!(
+        "shard plan: {} units (cap {}), {} spine directories, sized by {sized_by} in {:.2}s",
+        cut.units.len(),
+        cut.cap,
+        cut.spine.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(rd.create_plan(&plan)?)
+}
+
+/// Every worker of a run must back up the same source into the same label with the
+/// same number of workers, against the same previous snapshot.
+fn check_plan(
+    opts: &BackupOptions,
+    spec: &Spec,
+    plan: &PlanFile,
+    source: &std::path::Path,
+    prev: Option<&Previous>,
+) -> Result<(), ShardError> {
+    let mut diffs = Vec::new();
+    if plan.workers != spec.count {
+        diffs.push(format!("{} workers, not {}", plan.workers, spec.count));
+    }
+    if plan.source != source {
+        diffs.push(format!("source {}, not {}", plan.source.display(), source.display()));
+    }
+    if plan.label != opts.label || plan.retain != opts.retain {
+        diffs.push(format!(
+            "label {} retain {}, not {} {}",
+            plan.label, plan.retain, opts.label, opts.retain
+        ));
+    }
+    if !diffs.is_empty() {
+        return Err(ShardError::Usage(format!(
+            "run {} was planned with {}: every worker of a run needs the same settings (or use a new --run-id)",
+            spec.run_id,
+            diffs.join(", ")
+        )));
+    }
+    let now = prev.map(|p| (p.name.clone(), p.run.clone()));
+    if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
+        return Err(ShardError::Failed(Error::Store {
+            path: opts.store.clone(),
+            msg: format!(
+                "run {} was planned against {:?}, but the store's previous snapshot is now {:?} (another backup published meanwhile); start a new run id",
+                spec.run_id, plan.prev, now.map(|n| n.0)
+            ),
+        }));
+    }
+    Ok(())
+}
+
+/// Claims and builds units until every unit is committed (`true`) or the worker is
+/// stopped (`false`).
+fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
+    let current: Arc<Mutex<Option<(String, u32)>>> = Arc::default();
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Renews the lease of the unit being built, every third of the lease.
+        s.spawn(|| {
+            let every = (ctx.lease / 3).max(Duration::from_millis(50));
+            let mut last = Instant::now();
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(20).min(every));
+                if last.elapsed() < every {
+                    continue;
+                }
+                last = Instant::now();
+                let cur = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some((unit, generation)) = cur
+                    && let Err(e) = ctx.rd.renew(&unit, generation)
+                {
+                    tracing::warn!("cannot renew the lease of unit {unit}: {e}");
+                }
+            }
+        });
+        let r = claim_loop(ctx, out, &current);
+        stop.store(true, Ordering::Relaxed);
+        r
+    })
+}
+
+fn claim_loop(
+    ctx: &Worker,
+    out: &mut Outcome,
+    current: &Mutex<Option<(String, u32)>>,
+) -> Result<bool, ShardError> {
+    let me = Holder::me(ctx.spec.index);
+    let home: Vec<&Unit> = ctx.cut.home(ctx.spec.index);
+    let mut others: Vec<&Unit> = ctx
+        .cut
+        .units
+        .iter()
+        .filter(|u| u.home != ctx.spec.index)
+        .collect();
+    others.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
+    loop {
+        if ctx.cancel.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let done = ctx.rd.commits()?;
+        if done.len() >= ctx.cut.units.len() && ctx.cut.units.iter().all(|u| done.contains_key(&u.id)) {
+            return Ok(true);
+        }
+        let claims = ctx.rd.claims()?;
+        // Home units first, then others nobody has claimed, then takeovers of lapsed
+        // leases (and of this index's own claims left by a dead or earlier process).
+        let mut pick = None;
+        for u in home.iter().chain(others.iter()) {
+            if done.contains_key(&u.id) {
+                continue;
+            }
+            let generation = match claims.get(&u.id) {
+                None => 1,
+                Some(c) if c.expired(ctx.lease) => c.generation + 1,
+                Some(c)
+                    if c.holder.worker == ctx.spec.index
+                        && (c.holder.host != me.host || c.holder.is_dead_here()) =>
+                {
+                    c.generation + 1
+                }
+                Some(_) => continue,
+            };
+            if ctx.rd.claim(&u.id, generation, &Holder::me(ctx.spec.index))? {
+                if generation > 1 {
+                    tracing::info!("unit {} taken over at generation {generation}", u.id);
+                }
+                pick = Some((*u, generation));
+                break;
+            }
+        }
+        let Some((unit, generation)) = pick else {
+            // Everything left is claimed by live workers: wait, to take over if one
+            // stalls, and to finalize when the last one commits.
+            std::thread::sleep((ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(500)));
+            continue;
+        };
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((unit.id.clone(), generation));
+        let built = build(ctx, unit, generation);
+        *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let Some(_counts) = built? else {
+            return Ok(false);
+        };
+        crate::failpoint::hit("shard.before_commit").ctx("commit", ctx.rd.done_path(&unit.id))?;
+        let c = Commit {
+            generation,
+            worker: ctx.spec.index,
+            host: me.host.clone(),
+            pid: me.pid,
+            at: crate::util::now_rfc3339(),
+            plan: ctx.plan_hash.to_string(),
+        };
+        if ctx.rd.commit(&unit.id, &c)? {
+            let _ = crate::failpoint::hit("shard.after_commit");
+            move_unit(ctx.rd, unit, generation)?;
+            tracing::info!("unit {} committed (generation {generation})", unit.id);
+            out.committed.push(unit.id.clone());
+        } else {
+            tracing::warn!(
+                "unit {} was taken over by another worker while this one built it (its lease lapsed); this copy is discarded",
+                unit.id
+            );
+            discard(ctx.rd, &unit.id, generation);
+            out.lost.push(unit.id.clone());
+        }
+    }
+}
+
+/// Removes a generation that lost its unit.
+fn discard(rd: &RunDir, unit: &str, generation: u32) {
+    let _ = std::fs::remove_dir_all(rd.work(unit, generation));
+    let _ = std::fs::remove_file(rd.counts_path(unit, generation));
+    let (mf, idx) = manifest::paths(&rd.parts(), &format!("{unit}.g{generation}"));
+    let _ = std::fs::remove_file(mf);
+    let _ = std::fs::remove_file(idx);
+}
+
+/// Builds generation `generation` of `unit` in its work directory; `None` when stopped.
+fn build(ctx: &Worker, unit: &Unit, generation: u32) -> Result<Option<UnitCounts>, ShardError> {
+    let t0 = Instant::now();
+    let started_at = crate::util::now_rfc3339();
+    let rd = ctx.rd;
+    let work = rd.work(&unit.id, generation);
+    if work.exists() {
+        std::fs::remove_dir_all(&work).ctx("remove", &work)?;
+    }
+    crate::util::create_private_dir(&work, true).ctx("create", &work)?;
+    let work_fd = fsx::open_dir(&work).ctx("open", &work)?;
+    let resume = rd.older_work(&unit.id, generation).and_then(|p| fsx::open_dir(&p).ok());
+    let part_id = format!("{}.g{generation}", unit.id);
+    let writer = manifest::Writer::create(&rd.parts(), &part_id, fsx::wall_clock())
+        .ctx("create manifest part in", rd.parts())?;
+    let src_path = ctx.source.join(unit.dir.as_path());
+    let counters = Counters {
+        throttle: ctx.opts.bwlimit.map(crate::throttle::Throttle::new),
+        ..Counters::default()
+    };
+    let src = match fsx::open_dir(&src_path) {
+        Ok(fd) => fd,
+        Err(e) if fsx::errno_is(&e, Errno::NOENT) || fsx::errno_is(&e, Errno::NOTDIR) => {
+            // A directory the plan cut is gone from the source: nothing to back up.
+            counters.problem(Problem {
+                path: unit.dir.escaped(),
+                kind: ProblemKind::Vanished,
+                action: "open directory".into(),
+                error: e.to_string(),
+            });
+            let sink = TreeSink::new(work_fd, None, None, writer);
+            let root = Entry::from_meta(b".", &fsx::fstat(b(&sink_root(&work)?)).ctx("stat", &work)?);
+            crate::sink::Sink::commit(sink, &root).ctx("seal", &work)?;
+            return finish_counts(rd, unit, generation, &counters, t0, started_at).map(Some);
+        }
+        Err(e) => return Err(io_error(e, "open source directory", &src_path).into()),
+    };
+    let src_meta = fsx::fstat(b(&src)).ctx("stat", &src_path)?;
+    let prev_dir = ctx
+        .prev_root
+        .as_ref()
+        .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
+    let sink = TreeSink::new(work_fd, prev_dir, resume, writer);
+    let spine_kids = ctx.cut.spine_children(&unit.dir);
+    let keep = move |n: &[u8]| unit.covers(n) && !spine_kids.contains(n);
+    let manifest = ctx.prev.as_ref().and_then(|p| p.manifest.as_ref());
+    let kept_from = ctx.prev.as_ref().map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
+    let walk = Walk::new(&counters, ctx.cancel, &ctx.excludes, manifest, &sink)
+        .kept_from(kept_from)
+        .only_root_names(Box::new(keep));
+    walk.run_at(src, src_meta, unit.dir.clone(), ctx.opts.jobs);
+    let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(walk);
+    if let Some(e) = fatal {
+        crate::sink::Sink::abandon(sink);
+        return Err(ShardError::Failed(e));
+    }
+    if ctx.cancel.load(Ordering::Relaxed) {
+        crate::sink::Sink::abandon(sink);
+        return Ok(None);
+    }
+    let mut root = Entry::from_meta(b".", &src_meta);
+    root.group = None;
+    crate::sink::Sink::commit(sink, &root).ctx("seal unit", &work)?;
+    finish_counts(rd, unit, generation, &counters, t0, started_at).map(Some)
+}
+
+fn sink_root(work: &std::path::Path) -> Result<OwnedFd, ShardError> {
+    Ok(fsx::open_dir(work).ctx("open", work)?)
+}
+
+fn finish_counts(
+    rd: &RunDir,
+    unit: &Unit,
+    generation: u32,
+    c: &Counters,
+    t0: Instant,
+    started_at: String,
+) -> Result<UnitCounts, ShardError> {
+    let mut r = crate::engine::backup::new_report(
+        &BackupOptions::new("", ""),
+        "",
+        std::path::Path::new(""),
+    );
+    c.fill(&mut r);
+    let counts = UnitCounts {
+        files_total: r.files_total,
+        dirs_total: r.dirs_total,
+        files_transferred: r.files_transferred,
+        files_linked: r.files_linked,
+        link_fallbacks: r.link_fallbacks,
+        changed_during_backup: r.changed_during_backup,
+        bytes_total: r.bytes_total,
+        bytes_transferred: r.bytes_transferred,
+        errors: r.errors,
+        problems: r.problems,
+        seconds: t0.elapsed().as_secs_f64(),
+        started_at,
+    };
+    rd.write_counts(&unit.id, generation, &counts)?;
+    Ok(counts)
+}
+
+/// Moves a committed unit's entries from its work directory into the run's tree
+/// (`tree/<spine dir>/<name>`), making the spine directories on the way. Idempotent:
+/// a name already moved is gone from the work directory, so a crash at any point is
+/// completed by the next call (the worker's retry, or finalize).
+pub fn move_unit(rd: &RunDir, unit: &Unit, generation: u32) -> Result<(), ShardError> {
+    let work = rd.work(&unit.id, generation);
+    let wfd = match fsx::open_dir(&work) {
+        Ok(fd) => fd,
+        Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(()),
+        Err(e) => return Err(io_error(e, "open", &work).into()),
+    };
+    let names = fsx::read_dir_names(b(&wfd)).ctx("read", &work)?;
+    if !names.is_empty() {
+        let dst = make_dirs(&rd.tree(), &unit.dir)?;
+        for (i, n) in names.iter().enumerate() {
+            if i == 1 {
+                crate::failpoint::hit("shard.move").ctx("move into the run's tree", &work)?;
+            }
+            match fsx::rename_noreplace(b(&wfd), n, b(&dst), n) {
+                Ok(()) => {}
+                Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
+                Err(e) => {
+                    let p = rd.tree().join(unit.dir.as_path()).join(RelPath::new(n).map(|r| r.as_path().to_path_buf()).unwrap_or_default());
+                    return Err(io_error(e, "move a committed unit's entry to", p).into());
+                }
+            }
+        }
+    }
+    match std::fs::remove_dir(&work) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_error(e, "remove", &work).into()),
+    }
+}
+
+/// Opens `rel` under `root`, making every missing directory on the way (another
+/// worker making the same one at the same time is fine).
+pub fn make_dirs(root: &std::path::Path, rel: &RelPath) -> Result<OwnedFd, ShardError> {
+    match std::fs::create_dir(root) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error(e, "create", root).into()),
+    }
+    let mut cur = fsx::open_dir(root).ctx("open", root)?;
+    for c in rel.components() {
+        match fsx::mkdir_at(b(&cur), c) {
+            Ok(()) => {}
+            Err(e) if fsx::errno_is(&e, Errno::EXIST) => {}
+            Err(e) => return Err(io_error(e, "create", root.join(rel.as_path())).into()),
+        }
+        cur = fsx::open_dir_at(b(&cur), c).ctx("open", root.join(rel.as_path()))?;
+    }
+    Ok(cur)
+}
