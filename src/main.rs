@@ -11,7 +11,7 @@ use cli::args::{CatalogCmd, Cli, Cmd, ConfigCmd};
 use cli::catalog_choice::CatalogChoice;
 use cli::exit_code::ExitCode;
 use cli::print::errln;
-use cli::{backup, catalog, config, daemon, inspect, list, restic, restore, serve};
+use cli::{backup, catalog, config, daemon, inspect, list, restic, restore, serve, shard};
 
 fn main() {
     let args = match Cli::try_parse() {
@@ -77,6 +77,8 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
         } => catalog::rebuild(&dest, cat),
         Cmd::Daemon(a) => daemon::daemon(a, cat, log),
         Cmd::Next(a) => daemon::next(a),
+        Cmd::Finalize(a) => shard::finalize(a, cat),
+        Cmd::Status(a) => shard::status(a),
         Cmd::Serve(a) => serve::serve(a, cat),
         Cmd::Config {
             cmd: ConfigCmd::Check { file },

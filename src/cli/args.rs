@@ -77,6 +77,12 @@ pub enum Cmd {
     Serve(ServeArgs),
     /// Print the next run times (RFC 3339, UTC) of a job or of a bare schedule.
     Next(NextArgs),
+    /// Publish a shard run whose units are all committed (the last worker does this
+    /// itself; safe to repeat).
+    Finalize(ShardRunArgs),
+    /// A shard run's workers, units (done, claimed, stale, pending) and whether it is
+    /// finalized.
+    Status(ShardRunArgs),
     /// Configuration files.
     Config {
         #[command(subcommand)]
@@ -169,6 +175,19 @@ pub struct BackupArgs {
     /// No progress line, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
+    /// Run as worker I (0-based) of N of one backup split across N processes
+    /// (docs/scale-out.md); needs --run-id. Without it, JOB_COMPLETION_INDEX,
+    /// SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX name the worker.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<String>,
+    /// The number of workers, where the engine's index variable does not give it
+    /// [or SNAPRING_SHARDS].
+    #[arg(long, value_name = "N")]
+    pub shards: Option<usize>,
+    /// The id shared by all workers of one shard run (a Kubernetes Job's name, say)
+    /// [or SNAPRING_RUN_ID; on Slurm: slurm-$SLURM_ARRAY_JOB_ID].
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
     /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
     /// RESTIC_PASSWORD_FILE]
@@ -422,6 +441,25 @@ pub struct NextArgs {
     /// How many times to print.
     #[arg(long, default_value_t = 5)]
     pub count: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ShardRunArgs {
+    /// Backup file system (where the store lives).
+    #[arg(long)]
+    pub dest: PathBuf,
+    /// Store folder under --dest.
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// The shard run [or SNAPRING_RUN_ID].
+    #[arg(long, env = "SNAPRING_RUN_ID")]
+    pub run_id: String,
+    /// Deleting expired snapshots: file-system calls in flight.
+    #[arg(long, default_value_t = 16)]
+    pub jobs: usize,
+    /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }

@@ -32,7 +32,34 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 
 /// `snapring backup`.
 pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let spec = match snapring::shard::detect(
+        a.shard.as_deref(),
+        a.shards,
+        a.run_id.as_deref(),
+        &|k| std::env::var(k).ok(),
+    ) {
+        Ok(s) => s,
+        Err(e) => {
+            errln!("snapring: {e}");
+            return Ok(ExitCode::Usage);
+        }
+    };
+    if spec.is_none() && a.run_id.is_some() {
+        errln!(
+            "snapring: --run-id names a shard run: give --shard I/N too (or the engine's index variable)"
+        );
+        return Ok(ExitCode::Usage);
+    }
     let job = resolve(&a, cat)?;
+    if let Some(spec) = spec {
+        return super::shard::worker(
+            &job.opts,
+            &spec,
+            job.catalog.as_ref().map(|c| &c.path),
+            cat.on_nfs,
+            a.json,
+        );
+    }
     let cancel = super::cancel_on_signal();
     let report = snapring::job::run(
         &job.opts,

@@ -22,6 +22,10 @@ pub enum ExitCode {
     /// (`Error::Refused`: `restore --flat --mirror` into a `--to` holding other
     /// entries); nothing ran. Apart from 2 so a script can tell it from `partial`.
     Usage = 64,
+    /// 75 (EX_TEMPFAIL): try again later, nothing was lost: a shard worker or
+    /// `finalize` found the store held by another run, or units still being worked on
+    /// (docs/scale-out.md). A retry policy may retry this one; not 1 or 64.
+    Retry = 75,
 }
 
 impl ExitCode {

@@ -21,6 +21,7 @@ pub mod print;
 pub mod restic;
 pub mod restore;
 pub mod serve;
+pub mod shard;
 
 /// A flag that SIGINT/SIGTERM set, for the long-running commands to stop cleanly.
 pub fn cancel_on_signal() -> Arc<AtomicBool> {

@@ -345,6 +345,9 @@ fn assemble(
             if meta.ino == first_meta.ino {
                 continue;
             }
+            // A copy of its own (one link): a single-node run would have linked it to
+            // the first name instead, and counted it so.
+            let was_copy = meta.nlink == 1 && meta.kind == Kind::File;
             let tmp = [b".snapring-link-".as_slice(), &m.entry.name[..m.entry.name.len().min(200)]].concat();
             let _ = fsx::unlink_at(b(&d), &tmp);
             // The directory's times were set by its unit: kept across the swap.
@@ -355,6 +358,12 @@ fn assemble(
                         .ctx("join a hard-link group in", rd.tree().join(m.dir.as_path()))?;
                     fsx::apply_times(b(&d), &dir_meta)
                         .ctx("set directory times", rd.tree().join(m.dir.as_path()))?;
+                    if was_copy {
+                        use std::sync::atomic::Ordering::Relaxed;
+                        counters.files_transferred.fetch_sub(1, Relaxed);
+                        counters.bytes_transferred.fetch_sub(meta.size.min(counters.bytes_transferred.load(Relaxed)), Relaxed);
+                        Counters::add(&counters.files_linked, 1);
+                    }
                     let mut e = first.entry.clone();
                     e.name = m.entry.name.clone();
                     patched.insert((m.dir.clone(), m.entry.name.clone()), e);

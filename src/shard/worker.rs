@@ -110,9 +110,24 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         let l = Repository::lock_and_repair(&store, &spec.run_id).map_err(sort_err)?;
         Repository::unlock(&store, l);
     }
+    // The lock file exists once any writer has opened the store (a new store's
+    // workers come first).
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let lp = store.meta.join("lock");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lp)
+            .ctx("create", &lp)?;
+    }
     let shared = store.lock_shared().map_err(sort_err)?;
     rd.create()?;
     let source = crate::engine::backup::check_source(opts)?;
+    // Canonical: `snapring finalize` may run from another directory.
+    let source = std::fs::canonicalize(&source).ctx("resolve source", &source)?;
     let prev = Repository::previous(&store, &opts.label)?;
     let (plan, plan_hash) = join_plan(opts, spec, &rd, &source, prev.as_ref())?;
     check_plan(opts, spec, &plan, &source, prev.as_ref())?;

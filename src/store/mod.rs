@@ -249,7 +249,13 @@ impl Store {
                     ),
                 });
             }
-            std::fs::create_dir(root).ctx("create store directory", root)?;
+            // Shard workers open a new store at the same moment: one of them makes it.
+            match std::fs::create_dir(root) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(e).ctx("create store directory", root);
+                }
+                _ => {}
+            }
         }
         let root_fd = open_root(root)?;
         let meta = root.join(META_DIR);
@@ -262,7 +268,12 @@ impl Store {
         for sub in ["", "staging", "trash", "runs", "manifests", "logs"] {
             let d = meta.join(sub);
             if !d.is_dir() {
-                crate::util::create_private_dir(&d, false).ctx("create", &d)?;
+                match crate::util::create_private_dir(&d, false) {
+                    Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                        return Err(e).ctx("create", &d);
+                    }
+                    _ => {}
+                }
             }
         }
         tighten_meta(&meta);

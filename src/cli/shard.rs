@@ -1,0 +1,230 @@
+//! The shard commands: `snapring backup --shard I/N --run-id ID` (one worker of a run
+//! split across processes), `snapring finalize` and `snapring status` of such a run.
+//! They call `snapring::shard` and print what it returns; a finalized run is recorded
+//! in the catalog here, like a single-node run. Exit codes: docs/scale-out.md.
+
+use std::path::PathBuf;
+
+use snapring::engine::BackupOptions;
+use snapring::report::RunReport;
+use snapring::shard::finalize::Finalized;
+use snapring::shard::{ShardError, Spec};
+
+use super::args::ShardRunArgs;
+use super::catalog_choice::CatalogChoice;
+use super::exit_code::ExitCode;
+use super::print::{self, errln, outln};
+
+fn exit_of(e: &ShardError) -> ExitCode {
+    match e.exit_code() {
+        64 => ExitCode::Usage,
+        75 => ExitCode::Retry,
+        _ => ExitCode::Failed,
+    }
+}
+
+/// Records a finalized run in the catalog (never fails the command).
+fn record(rep: &RunReport, catalog: Option<&PathBuf>, on_nfs: bool) {
+    if let Some(path) = catalog
+        && let Some(w) = snapring::catalog::record_quietly(path, on_nfs, rep)
+    {
+        errln!("snapring: warning: {w}");
+    }
+}
+
+/// One worker of a shard run.
+pub fn worker(
+    opts: &BackupOptions,
+    spec: &Spec,
+    catalog: Option<&PathBuf>,
+    on_nfs: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let cancel = super::cancel_on_signal();
+    let out = match snapring::shard::worker::run(opts, spec, &cancel) {
+        Ok(o) => o,
+        Err(e) => {
+            errln!("snapring: shard worker {}/{} of run {}: {e}", spec.index, spec.count, spec.run_id);
+            return Ok(exit_of(&e));
+        }
+    };
+    if let Some(rep) = &out.finalized {
+        record(rep, catalog, on_nfs);
+    }
+    let code = match (&out.finalized, out.interrupted) {
+        (Some(rep), _) => ExitCode::from(rep.status),
+        (None, true) => ExitCode::Incomplete,
+        (None, false) => ExitCode::Complete,
+    };
+    let what = if let Some(rep) = &out.finalized {
+        format!(
+            "finalized: {} {} ({} files, {} copied, {} linked)",
+            rep.status.as_str(),
+            rep.snapshot.as_deref().unwrap_or("-"),
+            rep.files_total,
+            rep.files_transferred,
+            rep.files_linked
+        )
+    } else if out.already_finalized {
+        "the run is already finalized".into()
+    } else if out.finalize_pending {
+        "every unit is committed; finalize is left to the worker still holding the store (or run `snapring finalize`)".into()
+    } else if out.interrupted {
+        "interrupted; this worker's unit is taken over when its lease lapses, or resumed by a rerun".into()
+    } else {
+        "done".into()
+    };
+    if json {
+        print::json(&serde_json::json!({
+            "run": spec.run_id,
+            "worker": spec.index,
+            "workers": spec.count,
+            "committed": out.committed,
+            "lost": out.lost,
+            "interrupted": out.interrupted,
+            "already_finalized": out.already_finalized,
+            "finalize_pending": out.finalize_pending,
+            "report": out.finalized,
+            "exit_code": code.code(),
+        }))?;
+    } else {
+        outln!(
+            "shard run {} worker {}/{}: {} units committed{}; {what}",
+            spec.run_id,
+            spec.index,
+            spec.count,
+            out.committed.len(),
+            if out.lost.is_empty() {
+                String::new()
+            } else {
+                format!(", {} lost to a takeover", out.lost.len())
+            }
+        );
+    }
+    Ok(code)
+}
+
+fn store_of(dest: &std::path::Path, folder: &Option<String>) -> anyhow::Result<PathBuf> {
+    Ok(match folder {
+        Some(f) => {
+            let p = snapring::relpath::RelPath::new(f.as_bytes())
+                .map_err(|e| anyhow::anyhow!("--folder: {e}"))?;
+            dest.join(p.as_path())
+        }
+        None => dest.to_path_buf(),
+    })
+}
+
+/// `snapring finalize`.
+pub fn finalize(a: ShardRunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    if let Err(e) = snapring::shard::check_run_id(&a.run_id) {
+        errln!("snapring: {e}");
+        return Ok(ExitCode::Usage);
+    }
+    let root = store_of(&a.dest, &a.folder)?;
+    if !root.join(".snapring").is_dir() {
+        errln!("snapring: {} is not a snapring store", root.display());
+        return Ok(ExitCode::Failed);
+    }
+    let store = snapring::store::Store::open(&root, false)?;
+    let rd = snapring::shard::state::RunDir::new(&store.meta, &a.run_id);
+    let cancel = super::cancel_on_signal();
+    let r = snapring::shard::finalize::finalize(
+        &store,
+        &rd,
+        a.jobs.max(1),
+        &cancel,
+        std::time::Duration::ZERO,
+    );
+    let (code, msg, rep) = match r {
+        Ok(Finalized::Done(rep)) => {
+            record(&rep, cat.for_config(None).as_ref(), cat.on_nfs);
+            (
+                ExitCode::from(rep.status),
+                format!(
+                    "finalized run {}: {} {}",
+                    a.run_id,
+                    rep.status.as_str(),
+                    rep.snapshot.as_deref().unwrap_or("-")
+                ),
+                Some(rep),
+            )
+        }
+        Ok(Finalized::Already(rep)) => (
+            ExitCode::Complete,
+            format!("run {} is already finalized", a.run_id),
+            rep,
+        ),
+        Ok(Finalized::Busy(who)) => (
+            ExitCode::Retry,
+            format!("the store is held by {who}; try again when it ends"),
+            None,
+        ),
+        Ok(Finalized::NotReady(n)) => (
+            ExitCode::Retry,
+            format!(
+                "run {}: {n} units are not committed yet; rerun their workers (same index and run id), then finalize",
+                a.run_id
+            ),
+            None,
+        ),
+        Err(e) => {
+            errln!("snapring: finalize of run {}: {e}", a.run_id);
+            return Ok(exit_of(&e));
+        }
+    };
+    if a.json {
+        print::json(&serde_json::json!({
+            "run": a.run_id, "message": msg, "report": rep, "exit_code": code.code()
+        }))?;
+    } else if code == ExitCode::Retry {
+        errln!("snapring: {msg}");
+    } else {
+        outln!("{msg}");
+    }
+    Ok(code)
+}
+
+/// `snapring status`.
+pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
+    let root = store_of(&a.dest, &a.folder)?;
+    let st = snapring::shard::status::status(&root.join(".snapring"), &a.run_id)?;
+    if a.json {
+        print::json(&st)?;
+        return Ok(ExitCode::Complete);
+    }
+    outln!(
+        "shard run {}: {} workers, {} units: {} done, {} claimed, {} stale, {} pending; {}",
+        st.run,
+        st.workers,
+        st.units,
+        st.done,
+        st.claimed,
+        st.stale,
+        st.pending,
+        if st.finalized {
+            format!("finalized ({})", st.snapshot.as_deref().unwrap_or("-"))
+        } else {
+            "not finalized".into()
+        }
+    );
+    for w in &st.per_worker {
+        outln!(
+            "  worker {}: {} home units, {} committed, {} claimed now",
+            w.index,
+            w.home_units,
+            w.committed,
+            w.claimed
+        );
+    }
+    for u in st.unit_list.iter().filter(|u| u.state == "stale") {
+        outln!(
+            "  stale lease: unit {} ({}) generation {} of worker {}",
+            u.id,
+            u.dir,
+            u.generation.unwrap_or(0),
+            u.worker.unwrap_or(0)
+        );
+    }
+    Ok(ExitCode::Complete)
+}

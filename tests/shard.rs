@@ -1,0 +1,516 @@
+//! Scale-out (docs/scale-out.md): one backup run split across worker processes of the
+//! real binary, named by `--shard` and by the engines' variables (Kubernetes, Slurm,
+//! AWS Batch). Each time the snapshot must equal the source (content, modes, owners, ns
+//! times, xattrs, hard links, including links between units) and what a single-node run
+//! makes, the previous snapshot must be untouched, every unit committed once and the run
+//! finalized once: with all workers at once, a worker SIGKILLed mid-unit and rerun, two
+//! processes for one index, crashes during finalize followed by `snapring finalize`, and
+//! a worker SIGSTOPped past its lease whose late commit is refused.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A source with one of everything (`odd_tree`), a directory heavy enough to be cut
+/// into name ranges, nested directories, and hard links between directories that land
+/// in different units.
+fn source(src: &Path) {
+    odd_tree(src);
+    for d in 0..4 {
+        for f in 0..25 {
+            write(
+                &src.join(format!("deep/d{d}/s{}/f{f:02}", f % 3)),
+                format!("deep {d} {f} {}", "x".repeat(f * 37)).as_bytes(),
+            );
+        }
+    }
+    for f in 0..150 {
+        write(
+            &src.join(format!("flat/n{f:03} with space")),
+            format!("flat {f}").repeat(f % 7 + 1).as_bytes(),
+        );
+    }
+    std::fs::hard_link(src.join("deep/d0/s0/f00"), src.join("flat/zz-link-to-deep")).unwrap();
+    std::fs::hard_link(src.join("deep/d0/s0/f00"), src.join("deep/d3/s1/link-too")).unwrap();
+    std::fs::hard_link(src.join("links/a"), src.join("flat/n000-link-to-links")).unwrap();
+    chown(&src.join("deep/d2"), 321, 654);
+    chmod(&src.join("deep/d2"), 0o750);
+    for d in ["deep/d2", "deep", "flat", ""] {
+        set_mtime(&src.join(d), 1_100_000_000, 5_000 + d.len() as i64);
+    }
+}
+
+struct Env {
+    _t: tempfile::TempDir,
+    src: PathBuf,
+    dest: PathBuf,
+}
+
+fn env() -> Env {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    source(&src);
+    let dest = t.path().join("dest");
+    Env { src, dest, _t: t }
+}
+
+/// `snapring backup` as a worker: `args` name it, `vars` are its environment.
+fn worker(e: &Env, args: &[&str], vars: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["backup", "--jobs", "2", "--source"])
+        .arg(&e.src)
+        .arg("--dest")
+        .arg(&e.dest)
+        .args(args)
+        .env("SNAPRING_CATALOG", "off")
+        .env_remove("SNAPRING_FAILPOINTS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for v in [
+        "JOB_COMPLETION_INDEX",
+        "SLURM_ARRAY_TASK_ID",
+        "AWS_BATCH_JOB_ARRAY_INDEX",
+        "SNAPRING_RUN_ID",
+        "SNAPRING_SHARDS",
+    ] {
+        c.env_remove(v);
+    }
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c
+}
+
+fn spawn(e: &Env, i: usize, n: usize, run: &str, vars: &[(&str, &str)]) -> Child {
+    let shard = format!("{i}/{n}");
+    worker(e, &["--shard", &shard, "--run-id", run], vars)
+        .spawn()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn run_dir(e: &Env, run: &str) -> PathBuf {
+    e.dest.join(".snapring/shards").join(run)
+}
+
+fn plan_units(e: &Env, run: &str) -> Vec<String> {
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(e, run).join("plan.json")).unwrap())
+            .unwrap();
+    p["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Every unit of the plan committed exactly once (one marker each, nothing else), the
+/// run finalized once, the run record published; returns the commit markers.
+fn check_run(e: &Env, run: &str) -> Vec<serde_json::Value> {
+    let units = plan_units(e, run);
+    assert!(units.len() > 4, "the test tree should be cut into several units: {units:?}");
+    let mut done: Vec<String> = std::fs::read_dir(run_dir(e, run).join("done"))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    done.sort();
+    assert_eq!(done, units, "each unit committed once");
+    assert!(run_dir(e, run).join("finalized").is_file());
+    for d in ["work", "parts", "tree"] {
+        assert!(!run_dir(e, run).join(d).exists(), "{d} left behind");
+    }
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert_eq!(rec["snapshot"], "daily.0");
+    assert_eq!(rec["shards"]["units"], units.len());
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.dest.join(".snapring/snapshots.json")).unwrap())
+            .unwrap();
+    let published: Vec<&serde_json::Value> = state["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["id"] == run)
+        .collect();
+    assert_eq!(published.len(), 1, "published once: {state}");
+    units
+        .iter()
+        .map(|u| {
+            serde_json::from_slice(&std::fs::read(run_dir(e, run).join("done").join(u)).unwrap())
+                .unwrap()
+        })
+        .collect()
+}
+
+/// The snapshot equals the source, and `verify` finds it clean against its manifest.
+fn check_snapshot(e: &Env, what: &str) {
+    assert_same_tree(&describe(&e.src), &describe(&e.dest.join("daily.0")), what);
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "daily.0".as_ref(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{what}: verify: {}", text(&out));
+}
+
+/// A single-node run of the same source, for comparison.
+fn single_node(e: &Env) -> PathBuf {
+    let other = e.dest.with_file_name("single");
+    let (code, rep, err) = backup(&e.src, &other, &["--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    other.join("daily.0")
+}
+
+#[test]
+fn four_workers_named_by_flag_and_by_each_engines_variables_make_the_single_node_snapshot() {
+    let e = env();
+    let run = "slurm-77";
+    // Worker 0 by flag, 1 as a Kubernetes Indexed Job, 2 as a Slurm array element
+    // (its run id from SLURM_ARRAY_JOB_ID), 3 as an AWS Batch array child.
+    let kids = vec![
+        worker(&e, &["--shard", "0/4", "--run-id", run], &[]).spawn().unwrap(),
+        worker(&e, &["--shards", "4"], &[("JOB_COMPLETION_INDEX", "1"), ("SNAPRING_RUN_ID", run)])
+            .spawn()
+            .unwrap(),
+        worker(
+            &e,
+            &[],
+            &[
+                ("SLURM_ARRAY_TASK_ID", "12"),
+                ("SLURM_ARRAY_TASK_MIN", "10"),
+                ("SLURM_ARRAY_TASK_COUNT", "4"),
+                ("SLURM_ARRAY_JOB_ID", "77"),
+            ],
+        )
+        .spawn()
+        .unwrap(),
+        worker(
+            &e,
+            &[],
+            &[
+                ("AWS_BATCH_JOB_ARRAY_INDEX", "3"),
+                ("SNAPRING_SHARDS", "4"),
+                ("SNAPRING_RUN_ID", run),
+            ],
+        )
+        .spawn()
+        .unwrap(),
+    ];
+    let outs: Vec<Output> = kids.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for o in &outs {
+        assert_eq!(o.status.code(), Some(0), "{}", text(o));
+    }
+    let finalizers = outs
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stdout).contains("finalized: complete"))
+        .count();
+    assert_eq!(finalizers, 1, "one worker finalizes");
+    let commits = check_run(&e, run);
+    let workers: std::collections::BTreeSet<u64> =
+        commits.iter().map(|c| c["worker"].as_u64().unwrap()).collect();
+    assert_eq!(workers.len(), 4, "every worker committed units: {commits:?}");
+    check_snapshot(&e, "4 workers");
+    // Links between units are one inode, as a single-node run makes them.
+    let s = e.dest.join("daily.0");
+    assert_eq!(ino(&s.join("deep/d0/s0/f00")), ino(&s.join("flat/zz-link-to-deep")));
+    assert_eq!(ino(&s.join("links/a")), ino(&s.join("flat/n000-link-to-links")));
+    let single = single_node(&e);
+    assert_same_tree(&describe(&single), &describe(&s), "shard run vs single-node run");
+    let status = snapring(
+        &["status".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), run.as_ref(), "--json".as_ref()],
+        &[],
+    );
+    let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(st["finalized"], true);
+    assert_eq!(st["done"], st["units"]);
+    assert_eq!(st["pending"], 0);
+
+    // A second run, incremental: the previous snapshot stays as it was, unchanged
+    // files are linked, and the result is again the source.
+    let before = common::state::full_state(&s);
+    write(&e.src.join("flat/n010 with space"), b"changed");
+    std::fs::remove_file(e.src.join("deep/d1/s1/f01")).unwrap();
+    write(&e.src.join("deep/d3/new file"), b"new");
+    let kids: Vec<Child> = (0..3).map(|i| spawn(&e, i, 3, "second", &[])).collect();
+    for c in kids {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    check_run(&e, "second");
+    check_snapshot(&e, "second run");
+    let mut after = common::state::full_state(&e.dest.join("daily.1"));
+    let mut before = before;
+    // The rename to daily.1 changes its root's ctime; the new snapshot's links change
+    // link counts and ctimes; nothing else may change.
+    before.remove(&Vec::new());
+    after.remove(&Vec::new());
+    for f in before.values_mut().chain(after.values_mut()) {
+        f.ctime_ns = 0;
+        f.nlink = 0;
+    }
+    common::state::assert_unchanged(&before, &after, "the previous snapshot");
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.dest.join(".snapring/runs/second.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["files_transferred"], 2, "{rec}");
+    assert_eq!(rec["based_on"], run);
+    // Finalize again by hand: nothing to do.
+    let out = snapring(
+        &["finalize".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), "second".as_ref()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already finalized"));
+}
+
+#[test]
+fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_workers() {
+    let e = env();
+    for (args, vars) in [
+        (vec!["--run-id", "r"], vec![("JOB_COMPLETION_INDEX", "0")]),
+        (vec![], vec![("AWS_BATCH_JOB_ARRAY_INDEX", "1"), ("SNAPRING_RUN_ID", "r")]),
+        (vec!["--shards", "2"], vec![("JOB_COMPLETION_INDEX", "0")]),
+        (vec!["--shard", "2/2", "--run-id", "r"], vec![]),
+        (vec!["--shard", "0/2", "--run-id", "../x"], vec![]),
+        (vec!["--run-id", "r"], vec![]),
+    ] {
+        let o = worker(&e, &args, &vars).output().unwrap();
+        assert_eq!(o.status.code(), Some(64), "{args:?} {vars:?}: {}", text(&o));
+    }
+    assert!(!e.dest.exists(), "nothing written");
+    // A worker that stalls holds the store: a single-node backup is refused (not
+    // corrupting the run), and after the run it works.
+    let pause = e.dest.with_file_name("pause");
+    let mut w0 = spawn(
+        &e,
+        0,
+        1,
+        "r",
+        &[("SNAPRING_FAILPOINTS", &format!("walk.copy=pause:{}@3", pause.display()))],
+    );
+    wait_for(&pause);
+    let (code, _, err) = backup(&e.src, &e.dest, &[], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in use"), "{err}");
+    std::fs::remove_file(&pause).unwrap();
+    let o = w0.wait().unwrap();
+    assert_eq!(o.code(), Some(0));
+    check_run(&e, "r");
+    check_snapshot(&e, "one worker");
+    let (code, rep, err) = backup(&e.src, &e.dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["files_transferred"], 0, "{rep}");
+    // A finalized run's worker has nothing to do.
+    let o = worker(&e, &["--shard", "0/2", "--run-id", "r"], &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "a finalized run: {}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already finalized"));
+    // A worker of a run that was planned with other settings is refused.
+    let o = worker(
+        &e,
+        &["--shard", "0/3", "--run-id", "other"],
+        &[("SNAPRING_FAILPOINTS", "walk.dir=kill@1")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), None, "{}", text(&o));
+    for args in [
+        vec!["--shard", "1/2", "--run-id", "other"],
+        vec!["--shard", "1/3", "--run-id", "other", "--label", "weekly"],
+    ] {
+        let o = worker(&e, &args, &[]).output().unwrap();
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("was planned with"), "{}", text(&o));
+    }
+}
+
+/// Kills `failpoint` in worker 0 while workers 1 and 2 run, reruns worker 0 (same
+/// index, same run), and checks the result.
+fn killed_and_rerun(failpoint: &str) {
+    let e = env();
+    let run = "killed";
+    let lease = [("SNAPRING_SHARD_LEASE", "20s")];
+    let o = worker(&e, &["--shard", "0/3", "--run-id", run], &[("SNAPRING_FAILPOINTS", failpoint)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "{failpoint}: killed: {}", text(&o));
+    let others: Vec<Child> = (1..3).map(|i| spawn(&e, i, 3, run, &lease)).collect();
+    // Worker 0's unit is claimed by a dead process of this host: the rerun takes it
+    // over at once (no lease to wait for) and reuses what the dead one copied.
+    let o = worker(&e, &["--shard", "0/3", "--run-id", run], &lease).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{failpoint}: rerun: {}", text(&o));
+    for c in others {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{failpoint}: {}", text(&o));
+    }
+    let commits = check_run(&e, run);
+    check_snapshot(&e, failpoint);
+    if failpoint.starts_with("walk") {
+        assert!(
+            commits.iter().any(|c| c["generation"] == 2),
+            "{failpoint}: the killed unit is committed by its second generation: {commits:?}"
+        );
+    }
+}
+
+#[test]
+fn a_worker_killed_mid_unit_is_resumed_by_its_rerun() {
+    killed_and_rerun("walk.copy=kill@20");
+}
+
+#[test]
+fn a_worker_killed_between_commit_and_move_leaves_the_move_to_its_rerun_or_finalize() {
+    killed_and_rerun("shard.after_commit=kill@2");
+    killed_and_rerun("shard.move=kill@1");
+}
+
+#[test]
+fn two_processes_for_one_index_commit_every_unit_once() {
+    let e = env();
+    let run = "dup";
+    let kids: Vec<Child> = [0, 0, 1, 1, 2]
+        .iter()
+        .map(|&i| spawn(&e, i, 3, run, &[]))
+        .collect();
+    for c in kids {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    check_run(&e, run);
+    check_snapshot(&e, "duplicate workers");
+}
+
+#[test]
+fn a_crash_during_finalize_is_finished_by_snapring_finalize_once() {
+    for point in [
+        "shard.finalize.before_staging",
+        "shard.finalize.before_publish",
+        "shard.finalize.after_publish",
+    ] {
+        let e = env();
+        let run = "fin";
+        let fp = format!("{point}=kill");
+        let kids: Vec<Child> = (0..3)
+            .map(|i| spawn(&e, i, 3, run, &[("SNAPRING_FAILPOINTS", &fp)]))
+            .collect();
+        let outs: Vec<Output> = kids.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        assert!(
+            outs.iter().any(|o| o.status.code().is_none()),
+            "{point}: a finalizing worker was killed"
+        );
+        assert!(!run_dir(&e, run).join("finalized").exists(), "{point}");
+        let fin = |e: &Env| {
+            snapring(
+                &["finalize".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), run.as_ref()],
+                &[],
+            )
+        };
+        let o = fin(&e);
+        assert_eq!(o.status.code(), Some(0), "{point}: {}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("finalized run fin: complete"), "{point}: {}", text(&o));
+        check_run(&e, run);
+        check_snapshot(&e, point);
+        assert_eq!(snapshot_names(&e.dest), vec!["daily.0"], "{point}");
+        let o = fin(&e);
+        assert_eq!(o.status.code(), Some(0), "{point}: {}", text(&o));
+        assert!(String::from_utf8_lossy(&o.stdout).contains("already finalized"));
+    }
+}
+
+#[test]
+fn finalize_before_every_unit_is_committed_is_a_retry() {
+    let e = env();
+    let o = worker(&e, &["--shard", "0/3", "--run-id", "early"], &[("SNAPRING_FAILPOINTS", "walk.copy=kill@1")])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None);
+    let o = snapring(
+        &["finalize".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), "early".as_ref()],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("not committed yet"), "{}", text(&o));
+    let o = snapring(
+        &["status".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), "early".as_ref()],
+        &[],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("0 done") && s.contains("1 claimed") && s.contains("not finalized"), "{s}");
+}
+
+#[test]
+fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused() {
+    let e = env();
+    let run = "stopped";
+    let lease = "1s";
+    let pause = e.dest.with_file_name("pause");
+    let mut w0 = spawn(
+        &e,
+        0,
+        2,
+        run,
+        &[
+            ("SNAPRING_SHARD_LEASE", lease),
+            ("SNAPRING_FAILPOINTS", &format!("walk.copy=pause:{}@3", pause.display())),
+        ],
+    );
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&w0);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // Worker 1 does everything else, takes over worker 0's unit once its lease lapsed,
+    // and commits it; it cannot finalize while worker 0 holds the store.
+    let t0 = Instant::now();
+    let o = spawn(&e, 1, 2, run, &[("SNAPRING_SHARD_LEASE", lease)])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("finalize is left"),
+        "{}",
+        text(&o)
+    );
+    assert!(t0.elapsed() < Duration::from_secs(60));
+    assert!(!run_dir(&e, run).join("finalized").exists());
+    // Worker 0 wakes up: its commit is refused, it finalizes the run as the last one.
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = w0.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(w0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(out.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("1 lost to a takeover"), "{stdout}");
+    assert!(stdout.contains("finalized: complete"), "{stdout}");
+    let commits = check_run(&e, run);
+    let taken: Vec<&serde_json::Value> = commits.iter().filter(|c| c["generation"] == 2).collect();
+    assert_eq!(taken.len(), 1, "{commits:?}");
+    assert_eq!(taken[0]["worker"], 1);
+    check_snapshot(&e, "after a takeover");
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["shards"]["takeovers"], 1);
+}
