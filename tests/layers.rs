@@ -36,7 +36,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("seams", &["sink", "repo"]),
     // The restic repository format (src/restic/), a store beside the hard-link store.
     ("store", &["store", "restic"]),
-    ("operations", &["engine", "restore", "commands"]),
+    // `shard` runs the engine's walk into the store for one unit at a time.
+    ("operations", &["engine", "restore", "commands", "shard"]),
     ("bookkeeping", &["catalog", "notify", "config"]),
     ("job", &["job"]),
     ("service", &["daemon", "serve"]),

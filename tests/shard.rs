@@ -108,8 +108,7 @@ fn run_dir(e: &Env, run: &str) -> PathBuf {
 
 fn plan_units(e: &Env, run: &str) -> Vec<String> {
     let p: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(run_dir(e, run).join("plan.json")).unwrap())
-            .unwrap();
+        serde_json::from_slice(&std::fs::read(run_dir(e, run).join("plan.json")).unwrap()).unwrap();
     p["units"]
         .as_array()
         .unwrap()
@@ -122,7 +121,10 @@ fn plan_units(e: &Env, run: &str) -> Vec<String> {
 /// run finalized once, the run record published; returns the commit markers.
 fn check_run(e: &Env, run: &str) -> Vec<serde_json::Value> {
     let units = plan_units(e, run);
-    assert!(units.len() > 4, "the test tree should be cut into several units: {units:?}");
+    assert!(
+        units.len() > 4,
+        "the test tree should be cut into several units: {units:?}"
+    );
     let mut done: Vec<String> = std::fs::read_dir(run_dir(e, run).join("done"))
         .unwrap()
         .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
@@ -190,10 +192,16 @@ fn four_workers_named_by_flag_and_by_each_engines_variables_make_the_single_node
     // Worker 0 by flag, 1 as a Kubernetes Indexed Job, 2 as a Slurm array element
     // (its run id from SLURM_ARRAY_JOB_ID), 3 as an AWS Batch array child.
     let kids = vec![
-        worker(&e, &["--shard", "0/4", "--run-id", run], &[]).spawn().unwrap(),
-        worker(&e, &["--shards", "4"], &[("JOB_COMPLETION_INDEX", "1"), ("SNAPRING_RUN_ID", run)])
+        worker(&e, &["--shard", "0/4", "--run-id", run], &[])
             .spawn()
             .unwrap(),
+        worker(
+            &e,
+            &["--shards", "4"],
+            &[("JOB_COMPLETION_INDEX", "1"), ("SNAPRING_RUN_ID", run)],
+        )
+        .spawn()
+        .unwrap(),
         worker(
             &e,
             &[],
@@ -218,7 +226,10 @@ fn four_workers_named_by_flag_and_by_each_engines_variables_make_the_single_node
         .spawn()
         .unwrap(),
     ];
-    let outs: Vec<Output> = kids.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    let outs: Vec<Output> = kids
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
     for o in &outs {
         assert_eq!(o.status.code(), Some(0), "{}", text(o));
     }
@@ -228,18 +239,41 @@ fn four_workers_named_by_flag_and_by_each_engines_variables_make_the_single_node
         .count();
     assert_eq!(finalizers, 1, "one worker finalizes");
     let commits = check_run(&e, run);
-    let workers: std::collections::BTreeSet<u64> =
-        commits.iter().map(|c| c["worker"].as_u64().unwrap()).collect();
-    assert_eq!(workers.len(), 4, "every worker committed units: {commits:?}");
+    let workers: std::collections::BTreeSet<u64> = commits
+        .iter()
+        .map(|c| c["worker"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        workers.len(),
+        4,
+        "every worker committed units: {commits:?}"
+    );
     check_snapshot(&e, "4 workers");
     // Links between units are one inode, as a single-node run makes them.
     let s = e.dest.join("daily.0");
-    assert_eq!(ino(&s.join("deep/d0/s0/f00")), ino(&s.join("flat/zz-link-to-deep")));
-    assert_eq!(ino(&s.join("links/a")), ino(&s.join("flat/n000-link-to-links")));
+    assert_eq!(
+        ino(&s.join("deep/d0/s0/f00")),
+        ino(&s.join("flat/zz-link-to-deep"))
+    );
+    assert_eq!(
+        ino(&s.join("links/a")),
+        ino(&s.join("flat/n000-link-to-links"))
+    );
     let single = single_node(&e);
-    assert_same_tree(&describe(&single), &describe(&s), "shard run vs single-node run");
+    assert_same_tree(
+        &describe(&single),
+        &describe(&s),
+        "shard run vs single-node run",
+    );
     let status = snapring(
-        &["status".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), run.as_ref(), "--json".as_ref()],
+        &[
+            "status".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "--run-id".as_ref(),
+            run.as_ref(),
+            "--json".as_ref(),
+        ],
         &[],
     );
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -271,15 +305,20 @@ fn four_workers_named_by_flag_and_by_each_engines_variables_make_the_single_node
         f.nlink = 0;
     }
     common::state::assert_unchanged(&before, &after, "the previous snapshot");
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(e.dest.join(".snapring/runs/second.json")).unwrap(),
-    )
-    .unwrap();
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.dest.join(".snapring/runs/second.json")).unwrap())
+            .unwrap();
     assert_eq!(rec["files_transferred"], 2, "{rec}");
     assert_eq!(rec["based_on"], run);
     // Finalize again by hand: nothing to do.
     let out = snapring(
-        &["finalize".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), "second".as_ref()],
+        &[
+            "finalize".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "--run-id".as_ref(),
+            "second".as_ref(),
+        ],
         &[],
     );
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -291,7 +330,10 @@ fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_work
     let e = env();
     for (args, vars) in [
         (vec!["--run-id", "r"], vec![("JOB_COMPLETION_INDEX", "0")]),
-        (vec![], vec![("AWS_BATCH_JOB_ARRAY_INDEX", "1"), ("SNAPRING_RUN_ID", "r")]),
+        (
+            vec![],
+            vec![("AWS_BATCH_JOB_ARRAY_INDEX", "1"), ("SNAPRING_RUN_ID", "r")],
+        ),
         (vec!["--shards", "2"], vec![("JOB_COMPLETION_INDEX", "0")]),
         (vec!["--shard", "2/2", "--run-id", "r"], vec![]),
         (vec!["--shard", "0/2", "--run-id", "../x"], vec![]),
@@ -301,6 +343,19 @@ fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_work
         assert_eq!(o.status.code(), Some(64), "{args:?} {vars:?}: {}", text(&o));
     }
     assert!(!e.dest.exists(), "nothing written");
+    // A worker that finds a single-node backup holding the store may retry later.
+    let single = spawn_paused(&e.src, &e.dest, &[], "walk.copy", 2);
+    let o = worker(&e, &["--shard", "0/2", "--run-id", "busy"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("in use"),
+        "{}",
+        text(&o)
+    );
+    let (code, _) = single.resume();
+    assert_eq!(code, 0);
     // A worker that stalls holds the store: a single-node backup is refused (not
     // corrupting the run), and after the run it works.
     let pause = e.dest.with_file_name("pause");
@@ -309,7 +364,10 @@ fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_work
         0,
         1,
         "r",
-        &[("SNAPRING_FAILPOINTS", &format!("walk.copy=pause:{}@3", pause.display()))],
+        &[(
+            "SNAPRING_FAILPOINTS",
+            &format!("walk.dir=pause:{}@3", pause.display()),
+        )],
     );
     wait_for(&pause);
     let (code, _, err) = backup(&e.src, &e.dest, &[], &[]);
@@ -323,8 +381,14 @@ fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_work
     let (code, rep, err) = backup(&e.src, &e.dest, &[], &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["files_transferred"], 0, "{rep}");
+    assert_eq!(
+        snapshot_names(&e.dest),
+        vec!["daily.0", "daily.1", "daily.2"]
+    );
     // A finalized run's worker has nothing to do.
-    let o = worker(&e, &["--shard", "0/2", "--run-id", "r"], &[]).output().unwrap();
+    let o = worker(&e, &["--shard", "0/2", "--run-id", "r"], &[])
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "a finalized run: {}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("already finalized"));
     // A worker of a run that was planned with other settings is refused.
@@ -342,7 +406,11 @@ fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_work
     ] {
         let o = worker(&e, &args, &[]).output().unwrap();
         assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
-        assert!(String::from_utf8_lossy(&o.stderr).contains("was planned with"), "{}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("was planned with"),
+            "{}",
+            text(&o)
+        );
     }
 }
 
@@ -352,14 +420,20 @@ fn killed_and_rerun(failpoint: &str) {
     let e = env();
     let run = "killed";
     let lease = [("SNAPRING_SHARD_LEASE", "20s")];
-    let o = worker(&e, &["--shard", "0/3", "--run-id", run], &[("SNAPRING_FAILPOINTS", failpoint)])
-        .output()
-        .unwrap();
+    let o = worker(
+        &e,
+        &["--shard", "0/3", "--run-id", run],
+        &[("SNAPRING_FAILPOINTS", failpoint)],
+    )
+    .output()
+    .unwrap();
     assert_eq!(o.status.code(), None, "{failpoint}: killed: {}", text(&o));
     let others: Vec<Child> = (1..3).map(|i| spawn(&e, i, 3, run, &lease)).collect();
     // Worker 0's unit is claimed by a dead process of this host: the rerun takes it
     // over at once (no lease to wait for) and reuses what the dead one copied.
-    let o = worker(&e, &["--shard", "0/3", "--run-id", run], &lease).output().unwrap();
+    let o = worker(&e, &["--shard", "0/3", "--run-id", run], &lease)
+        .output()
+        .unwrap();
     assert_eq!(o.status.code(), Some(0), "{failpoint}: rerun: {}", text(&o));
     for c in others {
         let o = c.wait_with_output().unwrap();
@@ -384,6 +458,7 @@ fn a_worker_killed_mid_unit_is_resumed_by_its_rerun() {
 fn a_worker_killed_between_commit_and_move_leaves_the_move_to_its_rerun_or_finalize() {
     killed_and_rerun("shard.after_commit=kill@2");
     killed_and_rerun("shard.move=kill@1");
+    killed_and_rerun("shard.before_commit=kill@1");
 }
 
 #[test]
@@ -415,7 +490,10 @@ fn a_crash_during_finalize_is_finished_by_snapring_finalize_once() {
         let kids: Vec<Child> = (0..3)
             .map(|i| spawn(&e, i, 3, run, &[("SNAPRING_FAILPOINTS", &fp)]))
             .collect();
-        let outs: Vec<Output> = kids.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+        let outs: Vec<Output> = kids
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
         assert!(
             outs.iter().any(|o| o.status.code().is_none()),
             "{point}: a finalizing worker was killed"
@@ -423,13 +501,23 @@ fn a_crash_during_finalize_is_finished_by_snapring_finalize_once() {
         assert!(!run_dir(&e, run).join("finalized").exists(), "{point}");
         let fin = |e: &Env| {
             snapring(
-                &["finalize".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), run.as_ref()],
+                &[
+                    "finalize".as_ref(),
+                    "--dest".as_ref(),
+                    e.dest.as_os_str(),
+                    "--run-id".as_ref(),
+                    run.as_ref(),
+                ],
                 &[],
             )
         };
         let o = fin(&e);
         assert_eq!(o.status.code(), Some(0), "{point}: {}", text(&o));
-        assert!(String::from_utf8_lossy(&o.stdout).contains("finalized run fin: complete"), "{point}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("finalized run fin: complete"),
+            "{point}: {}",
+            text(&o)
+        );
         check_run(&e, run);
         check_snapshot(&e, point);
         assert_eq!(snapshot_names(&e.dest), vec!["daily.0"], "{point}");
@@ -442,23 +530,46 @@ fn a_crash_during_finalize_is_finished_by_snapring_finalize_once() {
 #[test]
 fn finalize_before_every_unit_is_committed_is_a_retry() {
     let e = env();
-    let o = worker(&e, &["--shard", "0/3", "--run-id", "early"], &[("SNAPRING_FAILPOINTS", "walk.copy=kill@1")])
-        .output()
-        .unwrap();
+    let o = worker(
+        &e,
+        &["--shard", "0/3", "--run-id", "early"],
+        &[("SNAPRING_FAILPOINTS", "walk.copy=kill@1")],
+    )
+    .output()
+    .unwrap();
     assert_eq!(o.status.code(), None);
     let o = snapring(
-        &["finalize".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), "early".as_ref()],
+        &[
+            "finalize".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "--run-id".as_ref(),
+            "early".as_ref(),
+        ],
         &[],
     );
     assert_eq!(o.status.code(), Some(75), "{}", text(&o));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("not committed yet"), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("not committed yet"),
+        "{}",
+        text(&o)
+    );
     let o = snapring(
-        &["status".as_ref(), "--dest".as_ref(), e.dest.as_os_str(), "--run-id".as_ref(), "early".as_ref()],
+        &[
+            "status".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "--run-id".as_ref(),
+            "early".as_ref(),
+        ],
         &[],
     );
     assert!(o.status.success(), "{}", text(&o));
     let s = String::from_utf8_lossy(&o.stdout);
-    assert!(s.contains("0 done") && s.contains("1 claimed") && s.contains("not finalized"), "{s}");
+    assert!(
+        s.contains("0 done") && s.contains("1 claimed") && s.contains("not finalized"),
+        "{s}"
+    );
 }
 
 #[test]
@@ -474,7 +585,10 @@ fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused
         run,
         &[
             ("SNAPRING_SHARD_LEASE", lease),
-            ("SNAPRING_FAILPOINTS", &format!("walk.copy=pause:{}@3", pause.display())),
+            (
+                "SNAPRING_FAILPOINTS",
+                &format!("walk.copy=pause:{}@3", pause.display()),
+            ),
         ],
     );
     wait_for(&pause);

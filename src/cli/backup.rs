@@ -32,18 +32,16 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 
 /// `snapring backup`.
 pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
-    let spec = match snapring::shard::detect(
-        a.shard.as_deref(),
-        a.shards,
-        a.run_id.as_deref(),
-        &|k| std::env::var(k).ok(),
-    ) {
-        Ok(s) => s,
-        Err(e) => {
-            errln!("snapring: {e}");
-            return Ok(ExitCode::Usage);
-        }
-    };
+    let spec =
+        match snapring::shard::detect(a.shard.as_deref(), a.shards, a.run_id.as_deref(), &|k| {
+            std::env::var(k).ok()
+        }) {
+            Ok(s) => s,
+            Err(e) => {
+                errln!("snapring: {e}");
+                return Ok(ExitCode::Usage);
+            }
+        };
     if spec.is_none() && a.run_id.is_some() {
         errln!(
             "snapring: --run-id names a shard run: give --shard I/N too (or the engine's index variable)"

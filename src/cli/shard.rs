@@ -44,7 +44,12 @@ pub fn worker(
     let out = match snapring::shard::worker::run(opts, spec, &cancel) {
         Ok(o) => o,
         Err(e) => {
-            errln!("snapring: shard worker {}/{} of run {}: {e}", spec.index, spec.count, spec.run_id);
+            errln!(
+                "snapring: shard worker {}/{} of run {}: {e}",
+                spec.index,
+                spec.count,
+                spec.run_id
+            );
             return Ok(exit_of(&e));
         }
     };
@@ -70,7 +75,8 @@ pub fn worker(
     } else if out.finalize_pending {
         "every unit is committed; finalize is left to the worker still holding the store (or run `snapring finalize`)".into()
     } else if out.interrupted {
-        "interrupted; this worker's unit is taken over when its lease lapses, or resumed by a rerun".into()
+        "interrupted; this worker's unit is taken over when its lease lapses, or resumed by a rerun"
+            .into()
     } else {
         "done".into()
     };

@@ -155,8 +155,7 @@ fn locked(
             let root_fd = super::worker::make_dirs(&rd.tree(), &RelPath::root())?;
             assemble(store, rd, &cut, &commits, &plan.source, &counters)?;
             fsx::sync_fs(b(&root_fd)).ctx("flush", rd.tree())?;
-            crate::failpoint::hit("shard.finalize.before_staging")
-                .ctx("finalize", rd.tree())?;
+            crate::failpoint::hit("shard.finalize.before_staging").ctx("finalize", rd.tree())?;
             std::fs::rename(rd.tree(), &staging).ctx("move the run's tree to", &staging)?;
         }
         let status = if counters_errors(&counters) > 0 {
@@ -307,10 +306,13 @@ fn assemble(
     for u in &cut.units {
         let s = for_each_block(&part(&u.id), |dir, es| {
             for e in es.into_iter().filter(|e| e.group.is_some()) {
-                groups.entry(e.group.unwrap_or(0)).or_default().push(Member {
-                    dir: dir.clone(),
-                    entry: e,
-                });
+                groups
+                    .entry(e.group.unwrap_or(0))
+                    .or_default()
+                    .push(Member {
+                        dir: dir.clone(),
+                        entry: e,
+                    });
             }
             Ok(())
         })?;
@@ -348,7 +350,11 @@ fn assemble(
             // A copy of its own (one link): a single-node run would have linked it to
             // the first name instead, and counted it so.
             let was_copy = meta.nlink == 1 && meta.kind == Kind::File;
-            let tmp = [b".snapring-link-".as_slice(), &m.entry.name[..m.entry.name.len().min(200)]].concat();
+            let tmp = [
+                b".snapring-link-".as_slice(),
+                &m.entry.name[..m.entry.name.len().min(200)],
+            ]
+            .concat();
             let _ = fsx::unlink_at(b(&d), &tmp);
             // The directory's times were set by its unit: kept across the swap.
             let dir_meta = fsx::fstat(b(&d)).ctx("stat", rd.tree().join(m.dir.as_path()))?;
@@ -361,7 +367,10 @@ fn assemble(
                     if was_copy {
                         use std::sync::atomic::Ordering::Relaxed;
                         counters.files_transferred.fetch_sub(1, Relaxed);
-                        counters.bytes_transferred.fetch_sub(meta.size.min(counters.bytes_transferred.load(Relaxed)), Relaxed);
+                        counters.bytes_transferred.fetch_sub(
+                            meta.size.min(counters.bytes_transferred.load(Relaxed)),
+                            Relaxed,
+                        );
                         Counters::add(&counters.files_linked, 1);
                     }
                     let mut e = first.entry.clone();
@@ -372,7 +381,12 @@ fn assemble(
                     Counters::add(&counters.link_fallbacks, 1);
                 }
                 Err(e) => {
-                    return Err(io_error(e, "join a hard-link group in", rd.tree().join(m.dir.as_path())).into());
+                    return Err(io_error(
+                        e,
+                        "join a hard-link group in",
+                        rd.tree().join(m.dir.as_path()),
+                    )
+                    .into());
                 }
             }
         }
@@ -407,7 +421,12 @@ fn assemble(
     for d in order {
         let src = source.join(d.as_path());
         let Ok(sfd) = fsx::open_dir(&src) else {
+            // Gone from the source (its unit reported it): gone from the snapshot too.
             tracing::warn!("spine directory {} is gone from the source", src.display());
+            if !d.is_root() {
+                let _ = std::fs::remove_dir_all(rd.tree().join(d.as_path()));
+            }
+            spine_blocks.remove(d);
             continue;
         };
         let meta = fsx::fstat(b(&sfd)).ctx("stat", &src)?;
@@ -423,7 +442,8 @@ fn assemble(
         }
         w.write_block(d, &mut es).ctx("write manifest", &mdir)?;
         let out: OwnedFd = super::worker::make_dirs(&rd.tree(), d)?;
-        fsx::apply_dir_meta(b(&out), &meta, &xattrs).ctx("set directory metadata", rd.tree().join(d.as_path()))?;
+        fsx::apply_dir_meta(b(&out), &meta, &xattrs)
+            .ctx("set directory metadata", rd.tree().join(d.as_path()))?;
         if d.is_root() {
             let mut e = Entry::from_meta(b".", &meta);
             e.group = None;
@@ -433,7 +453,9 @@ fn assemble(
     let root = match root_entry {
         Some(e) => e,
         None => {
-            return Err(ShardError::Failed(Error::SourceMissing(source.to_path_buf())));
+            return Err(ShardError::Failed(Error::SourceMissing(
+                source.to_path_buf(),
+            )));
         }
     };
     w.finish(&root).ctx("finish manifest", &mdir)?;

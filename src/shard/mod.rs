@@ -114,7 +114,9 @@ pub fn detect(
             (None, None) => Ok(None),
         }
     };
-    let run_flag = run_id.map(str::to_string).or_else(|| var("SNAPRING_RUN_ID"));
+    let run_flag = run_id
+        .map(str::to_string)
+        .or_else(|| var("SNAPRING_RUN_ID"));
     let (index, count, run, from) = if let Some(s) = shard {
         let (i, n) = s
             .split_once('/')
@@ -123,7 +125,12 @@ pub fn detect(
         let n = num("--shard", n)?;
         (i, Some(n), run_flag, "--shard")
     } else if let Some(v) = var("JOB_COMPLETION_INDEX") {
-        (num("JOB_COMPLETION_INDEX", &v)?, count_flag()?, run_flag, "JOB_COMPLETION_INDEX")
+        (
+            num("JOB_COMPLETION_INDEX", &v)?,
+            count_flag()?,
+            run_flag,
+            "JOB_COMPLETION_INDEX",
+        )
     } else if let Some(v) = var("SLURM_ARRAY_TASK_ID") {
         let id = num("SLURM_ARRAY_TASK_ID", &v)?;
         let min = match var("SLURM_ARRAY_TASK_MIN") {
@@ -134,13 +141,19 @@ pub fn detect(
             Some(c) => Some(num("SLURM_ARRAY_TASK_COUNT", &c)?),
             None => count_flag()?,
         };
-        let run = run_flag.or_else(|| var("SLURM_ARRAY_JOB_ID").map(|j| format!("slurm-{}", j.trim())));
-        let index = id
-            .checked_sub(min)
-            .ok_or_else(|| format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"))?;
+        let run =
+            run_flag.or_else(|| var("SLURM_ARRAY_JOB_ID").map(|j| format!("slurm-{}", j.trim())));
+        let index = id.checked_sub(min).ok_or_else(|| {
+            format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")
+        })?;
         (index, count, run, "SLURM_ARRAY_TASK_ID")
     } else if let Some(v) = var("AWS_BATCH_JOB_ARRAY_INDEX") {
-        (num("AWS_BATCH_JOB_ARRAY_INDEX", &v)?, count_flag()?, run_flag, "AWS_BATCH_JOB_ARRAY_INDEX")
+        (
+            num("AWS_BATCH_JOB_ARRAY_INDEX", &v)?,
+            count_flag()?,
+            run_flag,
+            "AWS_BATCH_JOB_ARRAY_INDEX",
+        )
     } else {
         if shards.is_some() {
             return Err(
@@ -153,7 +166,9 @@ pub fn detect(
         format!("{from} gives the worker index {index} but nothing gives the number of workers: pass --shards N or set SNAPRING_SHARDS")
     })?;
     if count == 0 || index >= count {
-        return Err(format!("worker index {index} is not below the number of workers {count}"));
+        return Err(format!(
+            "worker index {index} is not below the number of workers {count}"
+        ));
     }
     let run_id = run.ok_or_else(|| {
         format!("{from}: a shard run needs a run id shared by all its workers: pass --run-id ID or set SNAPRING_RUN_ID (for a Kubernetes CronJob, the Job's name)")
@@ -189,10 +204,19 @@ mod tests {
 
     #[test]
     fn flags_and_each_engines_variables_name_the_worker() {
-        assert_eq!(detect(Some("2/4"), None, Some("r1"), &with(&[])), Ok(spec(2, 4, "r1")));
+        assert_eq!(
+            detect(Some("2/4"), None, Some("r1"), &with(&[])),
+            Ok(spec(2, 4, "r1"))
+        );
         assert_eq!(detect(None, None, None, &with(&[])), Ok(None));
-        let k8s = with(&[("JOB_COMPLETION_INDEX", "3"), ("SNAPRING_RUN_ID", "backup-2912")]);
-        assert_eq!(detect(None, Some(4), None, &k8s), Ok(spec(3, 4, "backup-2912")));
+        let k8s = with(&[
+            ("JOB_COMPLETION_INDEX", "3"),
+            ("SNAPRING_RUN_ID", "backup-2912"),
+        ]);
+        assert_eq!(
+            detect(None, Some(4), None, &k8s),
+            Ok(spec(3, 4, "backup-2912"))
+        );
         let k8s_env = with(&[
             ("JOB_COMPLETION_INDEX", "1"),
             ("SNAPRING_SHARDS", "2"),
@@ -205,18 +229,39 @@ mod tests {
             ("SLURM_ARRAY_TASK_COUNT", "4"),
             ("SLURM_ARRAY_JOB_ID", "1234"),
         ]);
-        assert_eq!(detect(None, None, None, &slurm), Ok(spec(2, 4, "slurm-1234")));
+        assert_eq!(
+            detect(None, None, None, &slurm),
+            Ok(spec(2, 4, "slurm-1234"))
+        );
         let batch = with(&[("AWS_BATCH_JOB_ARRAY_INDEX", "0")]);
-        assert_eq!(detect(None, Some(3), Some("b"), &batch), Ok(spec(0, 3, "b")));
+        assert_eq!(
+            detect(None, Some(3), Some("b"), &batch),
+            Ok(spec(0, 3, "b"))
+        );
         // The flag wins over the environment.
-        assert_eq!(detect(Some("0/2"), None, Some("x"), &k8s), Ok(spec(0, 2, "x")));
+        assert_eq!(
+            detect(Some("0/2"), None, Some("x"), &k8s),
+            Ok(spec(0, 2, "x"))
+        );
     }
 
     #[test]
     fn an_index_without_a_count_or_a_run_id_is_refused() {
-        let e = detect(None, None, Some("r"), &with(&[("JOB_COMPLETION_INDEX", "0")])).unwrap_err();
+        let e = detect(
+            None,
+            None,
+            Some("r"),
+            &with(&[("JOB_COMPLETION_INDEX", "0")]),
+        )
+        .unwrap_err();
         assert!(e.contains("--shards N"), "{e}");
-        let e = detect(None, None, Some("r"), &with(&[("AWS_BATCH_JOB_ARRAY_INDEX", "1")])).unwrap_err();
+        let e = detect(
+            None,
+            None,
+            Some("r"),
+            &with(&[("AWS_BATCH_JOB_ARRAY_INDEX", "1")]),
+        )
+        .unwrap_err();
         assert!(e.contains("SNAPRING_SHARDS"), "{e}");
         let e = detect(None, Some(2), None, &with(&[("JOB_COMPLETION_INDEX", "0")])).unwrap_err();
         assert!(e.contains("--run-id"), "{e}");

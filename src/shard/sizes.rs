@@ -110,7 +110,13 @@ impl Visitor for Counting {
     type Item = Vec<u8>;
     type Sub = ();
 
-    fn open(&self, parent: Option<&Dir<Node>>, name: &[u8], _rel: &RelPath, _: ()) -> Opened<Node, Vec<u8>> {
+    fn open(
+        &self,
+        parent: Option<&Dir<Node>>,
+        name: &[u8],
+        _rel: &RelPath,
+        _: (),
+    ) -> Opened<Node, Vec<u8>> {
         let fd = match parent {
             None => self.root.lock().unwrap_or_else(|e| e.into_inner()).take(),
             Some(p) => fsx::open_dir_at(b(&p.state.fd), name).ok(),

@@ -237,10 +237,14 @@ impl RunDir {
         self.root.join("work").join(format!("{unit}.g{generation}"))
     }
     pub fn counts_path(&self, unit: &str, generation: u32) -> PathBuf {
-        self.root.join("counts").join(format!("{unit}.g{generation}.json"))
+        self.root
+            .join("counts")
+            .join(format!("{unit}.g{generation}.json"))
     }
     pub fn claim_path(&self, unit: &str, generation: u32) -> PathBuf {
-        self.root.join("claims").join(format!("{unit}.g{generation}"))
+        self.root
+            .join("claims")
+            .join(format!("{unit}.g{generation}"))
     }
     pub fn done_path(&self, unit: &str) -> PathBuf {
         self.root.join("done").join(unit)
@@ -393,7 +397,10 @@ impl RunDir {
     /// The newest generation below `generation` whose work directory is still there (a
     /// killed or stalled attempt: the new one reuses its finished copies).
     pub fn older_work(&self, unit: &str, generation: u32) -> Option<PathBuf> {
-        (1..generation).rev().map(|g| self.work(unit, g)).find(|p| p.is_dir())
+        (1..generation)
+            .rev()
+            .map(|g| self.work(unit, g))
+            .find(|p| p.is_dir())
     }
 }
 

@@ -82,7 +82,9 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         }
         let (state, generation, worker) = match (commits.get(&u.id), claims.get(&u.id)) {
             (Some(c), _) => ("done", Some(c.generation), Some(c.worker)),
-            (None, Some(c)) if c.expired(lease) => ("stale", Some(c.generation), Some(c.holder.worker)),
+            (None, Some(c)) if c.expired(lease) => {
+                ("stale", Some(c.generation), Some(c.holder.worker))
+            }
             (None, Some(c)) => ("claimed", Some(c.generation), Some(c.holder.worker)),
             (None, None) => ("pending", None, None),
         };

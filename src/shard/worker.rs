@@ -73,7 +73,9 @@ struct Worker<'a> {
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
 pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Outcome, ShardError> {
     if opts.dry_run {
-        return Err(ShardError::Usage("--dry-run cannot be combined with --shard".into()));
+        return Err(ShardError::Usage(
+            "--dry-run cannot be combined with --shard".into(),
+        ));
     }
     if opts.pre_command.is_some() || opts.post_command.is_some() || opts.window.is_some() {
         return Err(ShardError::Usage(
@@ -231,7 +233,11 @@ fn join_plan(
         prev_run: prev.and_then(|p| p.run.clone()),
         sized_by: sized_by.into(),
         created_at: crate::util::now_rfc3339(),
-        created_by: format!("snapring {} worker {}", env!("CARGO_PKG_VERSION"), spec.index),
+        created_by: format!(
+            "snapring {} worker {}",
+            env!("CARGO_PKG_VERSION"),
+            spec.index
+        ),
         cap: cut.cap,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
@@ -260,7 +266,11 @@ fn check_plan(
         diffs.push(format!("{} workers, not {}", plan.workers, spec.count));
     }
     if plan.source != source {
-        diffs.push(format!("source {}, not {}", plan.source.display(), source.display()));
+        diffs.push(format!(
+            "source {}, not {}",
+            plan.source.display(),
+            source.display()
+        ));
     }
     if plan.label != opts.label || plan.retain != opts.retain {
         diffs.push(format!(
@@ -281,7 +291,9 @@ fn check_plan(
             path: opts.store.clone(),
             msg: format!(
                 "run {} was planned against {:?}, but the store's previous snapshot is now {:?} (another backup published meanwhile); start a new run id",
-                spec.run_id, plan.prev, now.map(|n| n.0)
+                spec.run_id,
+                plan.prev,
+                now.map(|n| n.0)
             ),
         }));
     }
@@ -337,7 +349,9 @@ fn claim_loop(
             return Ok(false);
         }
         let done = ctx.rd.commits()?;
-        if done.len() >= ctx.cut.units.len() && ctx.cut.units.iter().all(|u| done.contains_key(&u.id)) {
+        if done.len() >= ctx.cut.units.len()
+            && ctx.cut.units.iter().all(|u| done.contains_key(&u.id))
+        {
             return Ok(true);
         }
         let claims = ctx.rd.claims()?;
@@ -359,7 +373,10 @@ fn claim_loop(
                 }
                 Some(_) => continue,
             };
-            if ctx.rd.claim(&u.id, generation, &Holder::me(ctx.spec.index))? {
+            if ctx
+                .rd
+                .claim(&u.id, generation, &Holder::me(ctx.spec.index))?
+            {
                 if generation > 1 {
                     tracing::info!("unit {} taken over at generation {generation}", u.id);
                 }
@@ -370,7 +387,9 @@ fn claim_loop(
         let Some((unit, generation)) = pick else {
             // Everything left is claimed by live workers: wait, to take over if one
             // stalls, and to finalize when the last one commits.
-            std::thread::sleep((ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(500)));
+            std::thread::sleep(
+                (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(500)),
+            );
             continue;
         };
         *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((unit.id.clone(), generation));
@@ -424,7 +443,9 @@ fn build(ctx: &Worker, unit: &Unit, generation: u32) -> Result<Option<UnitCounts
     }
     crate::util::create_private_dir(&work, true).ctx("create", &work)?;
     let work_fd = fsx::open_dir(&work).ctx("open", &work)?;
-    let resume = rd.older_work(&unit.id, generation).and_then(|p| fsx::open_dir(&p).ok());
+    let resume = rd
+        .older_work(&unit.id, generation)
+        .and_then(|p| fsx::open_dir(&p).ok());
     let part_id = format!("{}.g{generation}", unit.id);
     let writer = manifest::Writer::create(&rd.parts(), &part_id, fsx::wall_clock())
         .ctx("create manifest part in", rd.parts())?;
@@ -444,7 +465,8 @@ fn build(ctx: &Worker, unit: &Unit, generation: u32) -> Result<Option<UnitCounts
                 error: e.to_string(),
             });
             let sink = TreeSink::new(work_fd, None, None, writer);
-            let root = Entry::from_meta(b".", &fsx::fstat(b(&sink_root(&work)?)).ctx("stat", &work)?);
+            let root =
+                Entry::from_meta(b".", &fsx::fstat(b(&sink_root(&work)?)).ctx("stat", &work)?);
             crate::sink::Sink::commit(sink, &root).ctx("seal", &work)?;
             return finish_counts(rd, unit, generation, &counters, t0, started_at).map(Some);
         }
@@ -459,7 +481,10 @@ fn build(ctx: &Worker, unit: &Unit, generation: u32) -> Result<Option<UnitCounts
     let spine_kids = ctx.cut.spine_children(&unit.dir);
     let keep = move |n: &[u8]| unit.covers(n) && !spine_kids.contains(n);
     let manifest = ctx.prev.as_ref().and_then(|p| p.manifest.as_ref());
-    let kept_from = ctx.prev.as_ref().map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
+    let kept_from = ctx
+        .prev
+        .as_ref()
+        .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
     let walk = Walk::new(&counters, ctx.cancel, &ctx.excludes, manifest, &sink)
         .kept_from(kept_from)
         .only_root_names(Box::new(keep));
@@ -538,7 +563,11 @@ pub fn move_unit(rd: &RunDir, unit: &Unit, generation: u32) -> Result<(), ShardE
                 Ok(()) => {}
                 Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
                 Err(e) => {
-                    let p = rd.tree().join(unit.dir.as_path()).join(RelPath::new(n).map(|r| r.as_path().to_path_buf()).unwrap_or_default());
+                    let p = rd.tree().join(unit.dir.as_path()).join(
+                        RelPath::new(n)
+                            .map(|r| r.as_path().to_path_buf())
+                            .unwrap_or_default(),
+                    );
                     return Err(io_error(e, "move a committed unit's entry to", p).into());
                 }
             }
