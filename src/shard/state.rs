@@ -294,40 +294,61 @@ impl RunDir {
         })
     }
 
-    /// The newest claim of each unit.
-    pub fn claims(&self) -> Result<BTreeMap<String, Claim>> {
+    /// The newest claim generation of each unit, from the names alone (one listing).
+    pub fn claim_gens(&self) -> Result<BTreeMap<String, u32>> {
         let dir = self.root.join("claims");
-        let mut out: BTreeMap<String, Claim> = BTreeMap::new();
+        let mut out: BTreeMap<String, u32> = BTreeMap::new();
         for e in std::fs::read_dir(&dir).ctx("read", &dir)? {
             let e = e.ctx("read", &dir)?;
             let name = e.file_name().to_string_lossy().into_owned();
             let Some((unit, generation)) = name
                 .rsplit_once(".g")
+                .filter(|(u, _)| plain(u))
                 .and_then(|(u, g)| Some((u.to_string(), g.parse::<u32>().ok()?)))
             else {
                 continue;
             };
-            if out.get(&unit).is_some_and(|c| c.generation >= generation) {
-                continue;
+            let g = out.entry(unit).or_insert(generation);
+            *g = (*g).max(generation);
+        }
+        Ok(out)
+    }
+
+    /// Claim `generation` of `unit`: its holder and when its lease was renewed.
+    pub fn claim_at(&self, unit: &str, generation: u32) -> Option<Claim> {
+        let p = self.claim_path(unit, generation);
+        let f = std::fs::File::open(&p).ok()?;
+        let renewed = f.metadata().and_then(|m| m.modified()).ok()?;
+        let holder = serde_json::from_reader::<_, Holder>(std::io::BufReader::new(f)).ok()?;
+        Some(Claim {
+            generation,
+            holder,
+            renewed,
+        })
+    }
+
+    /// The newest claim of each unit.
+    pub fn claims(&self) -> Result<BTreeMap<String, Claim>> {
+        Ok(self
+            .claim_gens()?
+            .into_iter()
+            .filter_map(|(u, g)| Some((u.clone(), self.claim_at(&u, g)?)))
+            .collect())
+    }
+
+    /// The units committed, from the names alone (one listing).
+    pub fn done_names(&self) -> Result<std::collections::BTreeSet<String>> {
+        let dir = self.root.join("done");
+        let mut out = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(&dir).ctx("read", &dir)? {
+            let name = e
+                .ctx("read", &dir)?
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            if plain(&name) {
+                out.insert(name);
             }
-            let Ok(bytes) = std::fs::read(e.path()) else {
-                continue;
-            };
-            let Ok(holder) = serde_json::from_slice::<Holder>(&bytes) else {
-                continue;
-            };
-            let renewed = e
-                .metadata()
-                .and_then(|m| m.modified())
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            out.insert(
-                unit,
-                Claim {
-                    generation,
-                    holder,
-                    renewed,
-                },
-            );
         }
         Ok(out)
     }

@@ -14,8 +14,8 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -300,78 +300,90 @@ fn check_plan(
     Ok(())
 }
 
+/// The unit being built, shared with the thread that renews its lease.
+#[derive(Default)]
+struct Current {
+    unit: Mutex<Option<(String, u32)>>,
+    /// Stops the unit's walk: the worker is stopped, or the unit was taken over.
+    stop: AtomicBool,
+    /// A newer generation claimed the unit: its lease lapsed (the process was stopped
+    /// or starved), so its work will not count.
+    lost: AtomicBool,
+}
+
 /// Claims and builds units until every unit is committed (`true`) or the worker is
 /// stopped (`false`).
 fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
-    let current: Arc<Mutex<Option<(String, u32)>>> = Arc::default();
-    let stop = AtomicBool::new(false);
+    let current = Current::default();
+    let done = AtomicBool::new(false);
     std::thread::scope(|s| {
-        // Renews the lease of the unit being built, every third of the lease.
+        // Renews the lease of the unit being built every third of the lease, and stops
+        // its walk when the worker is stopped or a newer generation has taken it over.
         s.spawn(|| {
             let every = (ctx.lease / 3).max(Duration::from_millis(50));
             let mut last = Instant::now();
-            while !stop.load(Ordering::Relaxed) {
+            while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20).min(every));
+                if ctx.cancel.load(Ordering::Relaxed) {
+                    current.stop.store(true, Ordering::Relaxed);
+                }
                 if last.elapsed() < every {
                     continue;
                 }
                 last = Instant::now();
-                let cur = current.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some((unit, generation)) = cur
-                    && let Err(e) = ctx.rd.renew(&unit, generation)
-                {
+                let cur = current
+                    .unit
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                let Some((unit, generation)) = cur else {
+                    continue;
+                };
+                if ctx.rd.claim_path(&unit, generation + 1).exists() {
+                    current.lost.store(true, Ordering::Relaxed);
+                    current.stop.store(true, Ordering::Relaxed);
+                } else if let Err(e) = ctx.rd.renew(&unit, generation) {
                     tracing::warn!("cannot renew the lease of unit {unit}: {e}");
                 }
             }
         });
         let r = claim_loop(ctx, out, &current);
-        stop.store(true, Ordering::Relaxed);
+        done.store(true, Ordering::Relaxed);
         r
     })
 }
 
-fn claim_loop(
-    ctx: &Worker,
-    out: &mut Outcome,
-    current: &Mutex<Option<(String, u32)>>,
-) -> Result<bool, ShardError> {
-    let me = Holder::me(ctx.spec.index);
-    let home: Vec<&Unit> = ctx.cut.home(ctx.spec.index);
-    let mut others: Vec<&Unit> = ctx
-        .cut
-        .units
-        .iter()
-        .filter(|u| u.home != ctx.spec.index)
-        .collect();
-    others.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
-    loop {
-        if ctx.cancel.load(Ordering::Relaxed) {
-            return Ok(false);
-        }
-        let done = ctx.rd.commits()?;
-        if done.len() >= ctx.cut.units.len()
-            && ctx.cut.units.iter().all(|u| done.contains_key(&u.id))
-        {
-            return Ok(true);
-        }
-        let claims = ctx.rd.claims()?;
-        // Home units first, then others nobody has claimed, then takeovers of lapsed
-        // leases (and of this index's own claims left by a dead or earlier process).
-        let mut pick = None;
-        for u in home.iter().chain(others.iter()) {
-            if done.contains_key(&u.id) {
+/// The next unit this worker may take, claimed: its home units first (largest
+/// first), then others nobody has claimed (largest first), then takeovers of lapsed
+/// leases and of this index's own claims left by a dead or earlier process. Costs two
+/// listings plus a read of each live claim.
+fn pick<'c>(
+    ctx: &Worker<'c>,
+    order: &[&'c Unit],
+    done: &std::collections::BTreeSet<String>,
+    me: &Holder,
+) -> Result<Option<(&'c Unit, u32)>, ShardError> {
+    let claimed = ctx.rd.claim_gens()?;
+    for pass in [false, true] {
+        for u in order {
+            if done.contains(&u.id) {
                 continue;
             }
-            let generation = match claims.get(&u.id) {
-                None => 1,
-                Some(c) if c.expired(ctx.lease) => c.generation + 1,
-                Some(c)
-                    if c.holder.worker == ctx.spec.index
-                        && (c.holder.host != me.host || c.holder.is_dead_here()) =>
-                {
-                    c.generation + 1
-                }
-                Some(_) => continue,
+            let generation = match (claimed.get(&u.id), pass) {
+                (None, _) => 1,
+                (Some(_), false) => continue,
+                (Some(&g), true) => match ctx.rd.claim_at(&u.id, g) {
+                    // Unreadable (being written): its lease counts from now.
+                    None => continue,
+                    Some(c) if c.expired(ctx.lease) => g + 1,
+                    Some(c)
+                        if c.holder.worker == ctx.spec.index
+                            && (c.holder.host != me.host || c.holder.is_dead_here()) =>
+                    {
+                        g + 1
+                    }
+                    Some(_) => continue,
+                },
             };
             if ctx
                 .rd
@@ -380,11 +392,33 @@ fn claim_loop(
                 if generation > 1 {
                     tracing::info!("unit {} taken over at generation {generation}", u.id);
                 }
-                pick = Some((*u, generation));
-                break;
+                return Ok(Some((u, generation)));
             }
         }
-        let Some((unit, generation)) = pick else {
+    }
+    Ok(None)
+}
+
+fn claim_loop(ctx: &Worker, out: &mut Outcome, current: &Current) -> Result<bool, ShardError> {
+    let me = Holder::me(ctx.spec.index);
+    let mut order: Vec<&Unit> = ctx.cut.home(ctx.spec.index);
+    let mut others: Vec<&Unit> = ctx
+        .cut
+        .units
+        .iter()
+        .filter(|u| u.home != ctx.spec.index)
+        .collect();
+    others.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
+    order.extend(others);
+    loop {
+        if ctx.cancel.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let done = ctx.rd.done_names()?;
+        if ctx.cut.units.iter().all(|u| done.contains(&u.id)) {
+            return Ok(true);
+        }
+        let Some((unit, generation)) = pick(ctx, &order, &done, &me)? else {
             // Everything left is claimed by live workers: wait, to take over if one
             // stalls, and to finalize when the last one commits.
             std::thread::sleep(
@@ -392,34 +426,41 @@ fn claim_loop(
             );
             continue;
         };
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = Some((unit.id.clone(), generation));
-        let built = build(ctx, unit, generation);
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let Some(_counts) = built? else {
+        current.stop.store(false, Ordering::Relaxed);
+        current.lost.store(false, Ordering::Relaxed);
+        *current.unit.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((unit.id.clone(), generation));
+        let built = build(ctx, unit, generation, &current.stop);
+        *current.unit.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let finished = built?;
+        if ctx.cancel.load(Ordering::Relaxed) {
             return Ok(false);
-        };
-        crate::failpoint::hit("shard.before_commit").ctx("commit", ctx.rd.done_path(&unit.id))?;
-        let c = Commit {
-            generation,
-            worker: ctx.spec.index,
-            host: me.host.clone(),
-            pid: me.pid,
-            at: crate::util::now_rfc3339(),
-            plan: ctx.plan_hash.to_string(),
-        };
-        if ctx.rd.commit(&unit.id, &c)? {
-            let _ = crate::failpoint::hit("shard.after_commit");
-            move_unit(ctx.rd, unit, generation)?;
-            tracing::info!("unit {} committed (generation {generation})", unit.id);
-            out.committed.push(unit.id.clone());
-        } else {
-            tracing::warn!(
-                "unit {} was taken over by another worker while this one built it (its lease lapsed); this copy is discarded",
-                unit.id
-            );
-            discard(ctx.rd, &unit.id, generation);
-            out.lost.push(unit.id.clone());
         }
+        if finished && !current.lost.load(Ordering::Relaxed) {
+            crate::failpoint::hit("shard.before_commit")
+                .ctx("commit", ctx.rd.done_path(&unit.id))?;
+            let c = Commit {
+                generation,
+                worker: ctx.spec.index,
+                host: me.host.clone(),
+                pid: me.pid,
+                at: crate::util::now_rfc3339(),
+                plan: ctx.plan_hash.to_string(),
+            };
+            if ctx.rd.commit(&unit.id, &c)? {
+                let _ = crate::failpoint::hit("shard.after_commit");
+                move_unit(ctx.rd, unit, generation)?;
+                tracing::info!("unit {} committed (generation {generation})", unit.id);
+                out.committed.push(unit.id.clone());
+                continue;
+            }
+        }
+        tracing::warn!(
+            "unit {} was taken over by another worker while this one built it (its lease lapsed); this copy is discarded",
+            unit.id
+        );
+        discard(ctx.rd, &unit.id, generation);
+        out.lost.push(unit.id.clone());
     }
 }
 
@@ -432,8 +473,14 @@ fn discard(rd: &RunDir, unit: &str, generation: u32) {
     let _ = std::fs::remove_file(idx);
 }
 
-/// Builds generation `generation` of `unit` in its work directory; `None` when stopped.
-fn build(ctx: &Worker, unit: &Unit, generation: u32) -> Result<Option<UnitCounts>, ShardError> {
+/// Builds generation `generation` of `unit` in its work directory; `false` when
+/// `stop` stopped it (the worker was stopped, or the unit taken over).
+fn build(
+    ctx: &Worker,
+    unit: &Unit,
+    generation: u32,
+    stop: &AtomicBool,
+) -> Result<bool, ShardError> {
     let t0 = Instant::now();
     let started_at = crate::util::now_rfc3339();
     let rd = ctx.rd;
@@ -468,7 +515,7 @@ fn build(ctx: &Worker, unit: &Unit, generation: u32) -> Result<Option<UnitCounts
             let root =
                 Entry::from_meta(b".", &fsx::fstat(b(&sink_root(&work)?)).ctx("stat", &work)?);
             crate::sink::Sink::commit(sink, &root).ctx("seal", &work)?;
-            return finish_counts(rd, unit, generation, &counters, t0, started_at).map(Some);
+            return finish_counts(rd, unit, generation, &counters, t0, started_at).map(|_| true);
         }
         Err(e) => return Err(io_error(e, "open source directory", &src_path).into()),
     };
@@ -485,7 +532,7 @@ fn build(ctx: &Worker, unit: &Unit, generation: u32) -> Result<Option<UnitCounts
         .prev
         .as_ref()
         .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
-    let walk = Walk::new(&counters, ctx.cancel, &ctx.excludes, manifest, &sink)
+    let walk = Walk::new(&counters, stop, &ctx.excludes, manifest, &sink)
         .kept_from(kept_from)
         .only_root_names(Box::new(keep));
     walk.run_at(src, src_meta, unit.dir.clone(), ctx.opts.jobs);
@@ -495,14 +542,14 @@ fn build(ctx: &Worker, unit: &Unit, generation: u32) -> Result<Option<UnitCounts
         crate::sink::Sink::abandon(sink);
         return Err(ShardError::Failed(e));
     }
-    if ctx.cancel.load(Ordering::Relaxed) {
+    if stop.load(Ordering::Relaxed) {
         crate::sink::Sink::abandon(sink);
-        return Ok(None);
+        return Ok(false);
     }
     let mut root = Entry::from_meta(b".", &src_meta);
     root.group = None;
     crate::sink::Sink::commit(sink, &root).ctx("seal unit", &work)?;
-    finish_counts(rd, unit, generation, &counters, t0, started_at).map(Some)
+    finish_counts(rd, unit, generation, &counters, t0, started_at).map(|_| true)
 }
 
 fn sink_root(work: &std::path::Path) -> Result<OwnedFd, ShardError> {
