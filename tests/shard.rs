@@ -37,6 +37,10 @@ fn source(src: &Path) {
     std::fs::hard_link(src.join("deep/d0/s0/f00"), src.join("flat/zz-link-to-deep")).unwrap();
     std::fs::hard_link(src.join("deep/d0/s0/f00"), src.join("deep/d3/s1/link-too")).unwrap();
     std::fs::hard_link(src.join("links/a"), src.join("flat/n000-link-to-links")).unwrap();
+    // Links within one unit whose walk starts below the root (a name range of `flat`,
+    // and a subdirectory of `deep`).
+    std::fs::hard_link(src.join("flat/n001 with space"), src.join("flat/n001 twin")).unwrap();
+    std::fs::hard_link(src.join("deep/d1/s2/f02"), src.join("deep/d1/s2/f02 twin")).unwrap();
     chown(&src.join("deep/d2"), 321, 654);
     chmod(&src.join("deep/d2"), 0o750);
     for d in ["deep/d2", "deep", "flat", ""] {

@@ -524,7 +524,7 @@ fn build(
         .prev_root
         .as_ref()
         .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
-    let sink = TreeSink::new(work_fd, prev_dir, resume, writer);
+    let sink = TreeSink::new(work_fd, prev_dir, resume, writer).rooted_at(unit.dir.clone());
     let spine_kids = ctx.cut.spine_children(&unit.dir);
     let keep = move |n: &[u8]| unit.covers(n) && !spine_kids.contains(n);
     let manifest = ctx.prev.as_ref().and_then(|p| p.manifest.as_ref());

@@ -39,6 +39,9 @@ pub struct TreeSink {
     /// root has no setgid bit; a copy of a file with that owner needs no `fchown`.
     creates_as: Option<(u32, u32)>,
     umask: u32,
+    /// The path the staging root has in the snapshot (a shard worker's unit starts at
+    /// a directory of the source; the walk's paths are from the source's root).
+    base: RelPath,
 }
 
 impl TreeSink {
@@ -66,7 +69,15 @@ impl TreeSink {
             manifest: Mutex::new(manifest),
             creates_as,
             umask: fsx::process_umask(),
+            base: RelPath::root(),
         }
+    }
+
+    /// The staging root is directory `base` of the snapshot being built: paths the
+    /// walk gives (`link_within`'s first name) are made relative to it.
+    pub fn rooted_at(mut self, base: RelPath) -> TreeSink {
+        self.base = base;
+        self
     }
 }
 
@@ -139,6 +150,23 @@ impl Sink for TreeSink {
     }
 
     fn link_within(&self, dir: &TreeDir, name: &[u8], _rel: &RelPath, first: &RelPath) -> Linked {
+        let rel;
+        let first = if self.base.is_root() {
+            first
+        } else {
+            match first
+                .as_bytes()
+                .strip_prefix(self.base.as_bytes())
+                .and_then(|r| r.strip_prefix(b"/"))
+                .map(RelPath::new)
+            {
+                Some(Ok(r)) => {
+                    rel = r;
+                    &rel
+                }
+                _ => return Linked::Fallback,
+            }
+        };
         let r = match fsx::open_parent(&self.staging, first) {
             Ok(pfd) => fsx::link_at(b(&pfd), first.file_name(), b(&dir.dst), name),
             Err(e) => Err(e),
