@@ -171,8 +171,13 @@ const CASES: &[Case] = &[
 
 /// Failpoints that are not kill points of a writer (a reader's pause).
 /// `restic.pack_written`: the restic repository's kill point, killed and checked with
-/// `restic check` in tests/restic_conformance.rs (the matrix covers the hard-link store).
-const NOT_IN_MATRIX: &[&str] = &["verify.snapshot", "restic.pack_written"];
+/// `restic check` in tests/restic_conformance.rs (the matrix covers the hard-link store);
+/// `restic.prune_pack_written` likewise, for `prune` (tests/restic_prune.rs).
+const NOT_IN_MATRIX: &[&str] = &[
+    "verify.snapshot",
+    "restic.pack_written",
+    "restic.prune_pack_written",
+];
 
 /// One case's files: a source, a store, a catalog, a job config and a restore target.
 struct Env {

@@ -1,7 +1,8 @@
 //! restic repositories on S3 (`--dest s3://BUCKET/PREFIX`, docs/format.md), against a
 //! real S3 server started in the test (s3s-fs, in-process, on 127.0.0.1): init, backup,
 //! incremental backup, list, restore equal to the source; the wrong password and a
-//! missing bucket fail clearly; `config` is created conditionally; 503s are retried.
+//! missing bucket fail clearly; `config` is created conditionally; 503s are retried;
+//! `--retain` and `prune` thin the repository out over S3.
 //! Conformance: Debian's `restic` checks (`check --read-data`) and restores what snapring
 //! wrote to S3 (skipped with a printed line when `restic` is not installed).
 
@@ -645,4 +646,75 @@ fn snapring_restores_what_restic_wrote_to_s3() {
         &repo,
         &["check".as_ref(), "--read-data".as_ref()],
     );
+}
+
+#[test]
+fn retain_and_prune_on_s3() {
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    source(&src);
+    let dest = format!("s3://{BUCKET}/pruned");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let mut ids = Vec::new();
+    for i in 0..3u8 {
+        // A new 1 MiB file each run, the previous run's removed.
+        let _ = std::fs::remove_file(src.join(format!("big/run-{}", i.wrapping_sub(1))));
+        let data: Vec<u8> = (0..(1u32 << 20))
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
+            .collect();
+        write(&src.join(format!("big/run-{i}")), &data);
+        let out = s.sr_ok(&[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &dest,
+            "--retain",
+            "1",
+            "--json",
+        ]);
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["retention"]["removed"], u64::from(i.min(1)), "{r}");
+        ids.push(r["snapshot"].as_str().unwrap().to_string());
+    }
+    let snaps: Vec<String> = s
+        .objects("pruned")
+        .into_iter()
+        .filter(|o| o.starts_with("snapshots/"))
+        .collect();
+    assert_eq!(snaps, vec![format!("snapshots/{}", ids[2])]);
+    let data_before = s
+        .objects("pruned")
+        .iter()
+        .filter(|o| o.starts_with("data/"))
+        .count();
+    let out = s.sr_ok(&["prune", "--dest", &dest, "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(p["packs_removed"].as_u64().unwrap() >= 2, "{p}");
+    let objs = s.objects("pruned");
+    assert_eq!(objs.iter().filter(|o| o.starts_with("index/")).count(), 1);
+    assert!(objs.iter().all(|o| !o.starts_with("locks/")), "{objs:?}");
+    assert!(
+        objs.iter().filter(|o| o.starts_with("data/")).count() < data_before,
+        "{p}"
+    );
+    let to = s.t.path().join("restored");
+    s.sr_ok(&[
+        "restore",
+        "--dest",
+        &dest,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_same_tree(&describe(&src), &describe(&to), "restore after prune on S3");
+    if let Some(restic) = restic() {
+        let repo = format!("s3:{}/{BUCKET}/pruned", s.endpoint());
+        run_restic(
+            &s,
+            &restic,
+            &repo,
+            &["check".as_ref(), "--read-data".as_ref()],
+        );
+    }
 }

@@ -67,6 +67,12 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: CatalogCmd,
     },
+    /// Forget old snapshots of a label in a restic repository (restic `forget
+    /// --keep-last N` per host and paths); their data stays until `prune`.
+    Forget(ForgetArgs),
+    /// Remove the data no snapshot of a restic repository references (deletes or
+    /// repacks packs, rewrites the index) under an exclusive lock.
+    Prune(PruneArgs),
     /// Run one job of a config file now (backup, then its notifications).
     Run(RunArgs),
     /// Run every scheduled job of a config file at its times, until SIGTERM/SIGINT
@@ -188,6 +194,44 @@ pub struct InitArgs {
     pub password_file: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
+    #[arg(long)]
+    pub dest: String,
+    /// The label whose snapshots to thin out (snapring's `label=L` tag).
+    #[arg(long)]
+    pub label: String,
+    /// Keep the newest N snapshots of the label in each host/paths group.
+    #[arg(long, value_name = "N")]
+    pub retain: u32,
+    /// Print each snapshot's verdict and reason; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
+    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
+    #[arg(long)]
+    pub dest: String,
+    /// Print what would be kept, repacked and deleted; change nothing (takes no lock).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
+    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -1,5 +1,5 @@
 //! The commands on a restic repository (`--dest file:///PATH` or `s3://BUCKET/PREFIX`):
-//! `init`, `backup`, `list`, `restore`. Flags a restic repository does not take yet are
+//! `init`, `backup` (with `--retain`), `list`, `restore`, `forget`, `prune`. Flags a restic repository does not take yet are
 //! refused rather than ignored. The password comes from `snapring::restic::password`,
 //! never printed.
 
@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use snapring::restic::{self, backend, ops, repo::Repo};
 
-use super::args::{BackupArgs, InitArgs, ListArgs, RestoreArgs};
+use super::args::{BackupArgs, ForgetArgs, InitArgs, ListArgs, PruneArgs, RestoreArgs};
 use super::exit_code::ExitCode;
 use super::print::{self, human, outln};
 
@@ -46,7 +46,6 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
         (a.config.is_some(), "--config"),
         (a.job.is_some(), "--job"),
         (a.folder.is_some(), "--folder"),
-        (a.retain.is_some(), "--retain"),
         (a.prefix.is_some(), "--prefix"),
         (!a.exclude.is_empty(), "--exclude"),
         (a.dry_run, "--dry-run"),
@@ -58,10 +57,14 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
     }
     let source = a.source.context("--source is required")?;
     let dest = a.dest.context("--dest is required")?;
+    if a.retain == Some(0) {
+        bail!("--retain 0 would forget every snapshot of the label; give 1 or more");
+    }
     let mut repo = open(&dest, a.password_file.as_deref())?;
     let opts = restic::backup::BackupOptions {
         source,
         label: a.label.unwrap_or_else(|| "daily".into()),
+        retain: a.retain,
         cancel: super::cancel_on_signal(),
     };
     let r = restic::backup::backup(&mut repo, &opts)?;
@@ -90,6 +93,12 @@ pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
         );
         for p in r.problems.iter().take(20) {
             print::errln!("  problem: {p}");
+        }
+        if let Some(f) = &r.retention {
+            print_forget(f);
+        }
+        if let Some(why) = &r.retention_skipped {
+            print::errln!("retention skipped this time (the next run catches up): {why}");
         }
     }
     Ok(match r.status.as_str() {
@@ -184,6 +193,77 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
             r.dirs,
             r.symlinks,
             r.hard_links,
+            r.duration_seconds
+        );
+    }
+    Ok(ExitCode::Complete)
+}
+
+fn print_forget(r: &restic::forget::ForgetReport) {
+    for v in &r.plan.verdicts {
+        outln!("  {} {}  {}", v.short_id, v.time, v.reason);
+    }
+    let n = r.plan.forgotten().count();
+    if r.dry_run {
+        outln!("dry run: would forget {n} snapshots; nothing removed");
+    } else {
+        outln!(
+            "forgot {} snapshots (their data stays until `snapring prune`)",
+            r.removed
+        );
+    }
+}
+
+/// `snapring forget --dest URL --label L --retain N [--dry-run]`.
+pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
+    let policy = restic::forget::Policy {
+        label: a.label,
+        keep_last: a.retain,
+        group: None,
+    };
+    let r = restic::forget::forget(&repo, &policy, a.dry_run)?;
+    if a.json {
+        print::json(&r)?;
+    } else {
+        print_forget(&r);
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// `snapring prune --dest URL [--dry-run]`.
+pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
+    let r = restic::prune::prune(&repo, a.dry_run)?;
+    if a.json {
+        print::json(&r)?;
+        return Ok(ExitCode::Complete);
+    }
+    let p = &r.plan;
+    outln!(
+        "{} snapshots use {} blobs; {} blobs ({}) unused",
+        p.snapshots,
+        p.blobs_used,
+        p.blobs_unused,
+        human(p.bytes_unused)
+    );
+    outln!(
+        "packs: {} kept, {} to repack ({} copied), {} to delete, {} not in any index",
+        p.packs_kept,
+        p.packs_repacked,
+        human(p.bytes_to_repack),
+        p.packs_deleted,
+        p.packs_unindexed
+    );
+    if r.dry_run {
+        outln!("dry run: nothing changed");
+    } else {
+        outln!(
+            "complete: wrote {} packs ({}), removed {} packs and {} index files; took {:.2}s",
+            r.packs_written,
+            human(r.bytes_written),
+            r.packs_removed,
+            r.index_files_removed,
             r.duration_seconds
         );
     }

@@ -28,6 +28,9 @@ use super::{Error, Id, Result, io_err};
 pub struct BackupOptions {
     pub source: PathBuf,
     pub label: String,
+    /// Keep the newest N snapshots of the label in this host/paths group after a run
+    /// that wrote a snapshot (restic `forget --keep-last N`); `None` keeps all.
+    pub retain: Option<u32>,
     /// Set by SIGINT/SIGTERM: the run stops as `incomplete`, its packs indexed, no
     /// snapshot written.
     pub cancel: Arc<AtomicBool>,
@@ -48,6 +51,13 @@ pub struct BackupReport {
     /// Packs, blobs and bytes this run added to the repository.
     pub added: PackerStats,
     pub problems: Vec<String>,
+    /// Retention after the snapshot (with `retain`): each verdict with its reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<super::forget::ForgetReport>,
+    /// Why retention did not run this time (another process held a lock); the next
+    /// run's retention catches up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_skipped: Option<String>,
     pub duration_seconds: f64,
 }
 
@@ -129,8 +139,25 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         program_version: Some(format!("snapring {}", env!("CARGO_PKG_VERSION"))),
         ..Default::default()
     };
+    let group = super::forget::Group::of(&snap);
     let id = repo.save_json(super::backend::Kind::Snapshot, &snap)?;
     lock.release()?;
+    if let Some(n) = opts.retain {
+        // restic's `forget` takes an exclusive lock; a concurrent backup's shared lock
+        // makes it wait for the next run rather than fail this one.
+        let policy = super::forget::Policy {
+            label: opts.label.clone(),
+            keep_last: n.max(1),
+            group: Some(group),
+        };
+        match super::lock::acquire(repo, true) {
+            Ok(ex) => {
+                report.retention = Some(super::forget::forget_locked(repo, &policy)?);
+                ex.release()?;
+            }
+            Err(e) => report.retention_skipped = Some(e.to_string()),
+        }
+    }
     report.snapshot = id.hex();
     report.parent = parent.map(|(id, _)| id.hex());
     report.status = if report.problems.is_empty() {

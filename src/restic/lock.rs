@@ -66,8 +66,8 @@ fn conflict(repo: &Repo, exclusive: bool, ours: Option<Id>) -> Result<Option<Loc
 
 fn refused(l: &LockFile) -> Error {
     Error::Other(format!(
-        "the repository is locked {} by pid {} on {} since {}",
-        if l.exclusive { "exclusively" } else { "" },
+        "the repository is locked {}by pid {} on {} since {}",
+        if l.exclusive { "exclusively " } else { "" },
         l.pid,
         l.hostname,
         l.time
