@@ -57,7 +57,6 @@ fn main() {
 fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Init(a) => restic::init(a),
-        Cmd::Backup(a) if restic::is_repo(a.dest.as_deref()) => restic::backup(*a),
         Cmd::Backup(a) => backup::backup(*a, cat),
         Cmd::Run(a) => backup::run_job(a, cat),
         Cmd::Forget(a) => restic::forget(a),

@@ -185,7 +185,9 @@ fn retain_then_prune_keeps_exactly_the_newest_and_shrinks_the_repository() {
         let r = backup(&src, &repo, &["--label", "daily", "--retain", "2"]);
         assert_eq!(r["status"], "complete", "{r}");
         let id = r["snapshot"].as_str().unwrap().to_string();
-        let verdicts = r["retention"]["plan"]["verdicts"].as_array().unwrap();
+        let verdicts = r["repository"]["retention"]["plan"]["verdicts"]
+            .as_array()
+            .unwrap();
         assert_eq!(verdicts.len() as u64, (i + 1).min(3), "{r}");
         assert_eq!(verdicts[0]["id"], id.as_str(), "{r}");
         assert_eq!(
@@ -193,7 +195,7 @@ fn retain_then_prune_keeps_exactly_the_newest_and_shrinks_the_repository() {
             "{r}"
         );
         if i >= 2 {
-            assert_eq!(r["retention"]["removed"], 1, "{r}");
+            assert_eq!(r["repository"]["retention"]["removed"], 1, "{r}");
             assert_eq!(verdicts[2]["id"], daily[i as usize - 2], "{r}");
             assert_eq!(
                 verdicts[2]["reason"], "forgotten: older than the newest 2 of label daily",
@@ -264,8 +266,8 @@ fn retain_then_prune_keeps_exactly_the_newest_and_shrinks_the_repository() {
     // The next backup still finds its parent and reads only what changed.
     change_source(&src, 4);
     let next = backup(&src, &repo, &["--label", "daily", "--retain", "2"]);
-    assert_eq!(next["parent"], ids[4].as_str(), "{next}");
-    assert_eq!(next["files_read"], 3, "{next}");
+    assert_eq!(next["based_on"], ids[4].as_str(), "{next}");
+    assert_eq!(next["repository"]["files_read"], 3, "{next}");
     if let Some(restic) = &restic {
         run_restic(restic, &repo, &["check", "--read-data"]);
     }
@@ -390,6 +392,7 @@ fn prune_refuses_while_restic_or_snapring_back_up_and_backup_retention_waits() {
     // snapring's own backup, paused after its packs are written: its shared lock stays.
     let pause = t.path().join("paused");
     let child = Command::new(bin())
+        .env("SNAPRING_CATALOG", "off")
         .args(["backup", "--json", "--source"])
         .arg(&src)
         .args(["--dest", &u])
@@ -423,16 +426,16 @@ fn prune_refuses_while_restic_or_snapring_back_up_and_backup_retention_waits() {
     let r = backup(&src, &repo, &["--retain", "1"]);
     assert_eq!(r["status"], "complete", "{r}");
     assert!(
-        r["retention_skipped"]
+        r["repository"]["retention_skipped"]
             .as_str()
             .is_some_and(|s| s.contains("locked")),
         "{r}"
     );
-    assert!(r.get("retention").is_none(), "{r}");
+    assert!(r["repository"].get("retention").is_none(), "{r}");
     held.finish();
     // restic's snapshot has no label: retention leaves it; snapring's are thinned.
     let r = backup(&src, &repo, &["--retain", "1"]);
-    assert_eq!(r["retention"]["removed"], 4, "{r}");
+    assert_eq!(r["repository"]["retention"]["removed"], 4, "{r}");
     let p = sr_json(&["prune", "--dest", &u, "--json"]);
     assert!(p["packs_removed"].as_u64().unwrap() >= 1, "{p}");
     run_restic(&restic, &repo, &["check", "--read-data"]);
@@ -452,6 +455,7 @@ fn restic_refuses_while_snapring_prunes_and_a_killed_prune_leaves_a_checked_repo
     }
     let prune_with = |failpoint: String| {
         Command::new(bin())
+            .env("SNAPRING_CATALOG", "off")
             .args(["prune", "--json", "--dest", &u])
             .env("SNAPRING_PASSWORD", PASSWORD)
             .env("SNAPRING_FAILPOINTS", failpoint)

@@ -319,7 +319,10 @@ fn init_backup_incremental_list_restore_on_s3() {
 
     let r1 = s.backup(&src, &dest);
     assert_eq!(r1["status"], "complete", "{r1}");
-    assert!(r1["added"]["packs"].as_u64().unwrap() >= 1, "{r1}");
+    assert!(
+        r1["repository"]["packs_written"].as_u64().unwrap() >= 1,
+        "{r1}"
+    );
     assert!(
         s.objects("repos/one")
             .iter()
@@ -330,8 +333,14 @@ fn init_backup_incremental_list_restore_on_s3() {
     write(&src.join("small/f3"), b"changed\n");
     let r2 = s.backup(&src, &dest);
     assert_eq!(r2["status"], "complete", "{r2}");
-    assert!(r2["bytes_read"].as_u64().unwrap() < 100, "{r2}");
-    assert!(r2["files_unchanged"].as_u64().unwrap() >= 20, "{r2}");
+    assert!(
+        r2["repository"]["bytes_read"].as_u64().unwrap() < 100,
+        "{r2}"
+    );
+    assert!(
+        r2["repository"]["files_unchanged"].as_u64().unwrap() >= 20,
+        "{r2}"
+    );
 
     let list: serde_json::Value =
         serde_json::from_str(&s.sr_ok(&["list", "--dest", &dest, "--json"])).unwrap();
@@ -639,7 +648,7 @@ fn snapring_restores_what_restic_wrote_to_s3() {
     // A snapring backup on top reads nothing (restic's tree is the parent) and restic
     // still checks the repository.
     let r = s.backup(&src, &dest);
-    assert_eq!(r["bytes_read"], 0, "{r}");
+    assert_eq!(r["repository"]["bytes_read"], 0, "{r}");
     run_restic(
         &s,
         &restic,
@@ -674,7 +683,11 @@ fn retain_and_prune_on_s3() {
             "--json",
         ]);
         let r: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(r["retention"]["removed"], u64::from(i.min(1)), "{r}");
+        assert_eq!(
+            r["repository"]["retention"]["removed"],
+            u64::from(i.min(1)),
+            "{r}"
+        );
         ids.push(r["snapshot"].as_str().unwrap().to_string());
     }
     let snaps: Vec<String> = s

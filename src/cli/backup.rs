@@ -32,6 +32,9 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 
 /// `snapring backup`.
 pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    if let Some(code) = super::restic::backup_job(&a, cat)? {
+        return Ok(code);
+    }
     let job = resolve(&a, cat)?;
     let cancel = super::cancel_on_signal();
     let report = snapring::job::run(

@@ -239,6 +239,17 @@ fn print_shown(s: &Shown) {
         r.throughput_files_per_second,
         human(r.throughput_bytes_per_second as u64)
     );
+    if let Some(k) = &r.repository {
+        outln!(
+            "  repository: uploaded {} in {} objects ({} packs), dedup ratio {:.2}; {} files read, {} unchanged",
+            human(k.bytes_uploaded),
+            k.objects_written,
+            k.packs_written,
+            k.dedup_ratio,
+            k.files_read,
+            k.files_unchanged
+        );
+    }
     let p = &r.phases;
     outln!(
         "  phases: walk+copy {:.2}s, sync {:.2}s, rotation {:.2}s, remove expired {:.2}s; peak memory {}",

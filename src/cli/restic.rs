@@ -8,7 +8,11 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use snapring::restic::{self, backend, ops, repo::Repo};
 
+use snapring::config;
+use snapring::report::{RunReport, Status};
+
 use super::args::{BackupArgs, ForgetArgs, InitArgs, ListArgs, PruneArgs, RestoreArgs};
+use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
 use super::print::{self, human, outln};
 
@@ -40,72 +44,177 @@ pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Complete)
 }
 
-/// `snapring backup --source S --dest file:///PATH`.
-pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
-    let unsupported = [
-        (a.config.is_some(), "--config"),
-        (a.job.is_some(), "--job"),
-        (a.folder.is_some(), "--folder"),
-        (a.prefix.is_some(), "--prefix"),
-        (!a.exclude.is_empty(), "--exclude"),
-        (a.dry_run, "--dry-run"),
-        (a.window.is_some(), "--window"),
-        (a.require_mount, "--require-mount"),
-    ];
-    if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
-        bail!("{flag} is not supported with a restic repository yet");
+/// `snapring backup` or `snapring run` of a job whose `dest` (flag, else the config
+/// file's job) is a restic repository; `None` when it is not one. The run goes through
+/// `snapring::job::run_repository`: catalog, run log and notifications as for any run.
+/// Settings a repository does not take yet are refused rather than ignored.
+pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<ExitCode>> {
+    let mut file_catalog = None;
+    let mut notifiers = Vec::new();
+    let mut notify_success = false;
+    let (name, file) = match &a.config {
+        Some(path) => {
+            let cfg = config::load(path)?;
+            let (n, j) = cfg.pick(a.job.as_deref())?;
+            file_catalog = cfg.catalog.clone();
+            notifiers = cfg.notifiers_of(&n, &j)?;
+            notify_success = j.notify_success.unwrap_or(false);
+            (Some(n), j)
+        }
+        None => (a.job.clone(), Default::default()),
+    };
+    let f: config::JobConfig = file;
+    let dest = a.dest.clone().or(f.dest.clone());
+    if !is_repo(dest.as_deref()) {
+        return Ok(None);
     }
-    let source = a.source.context("--source is required")?;
-    let dest = a.dest.context("--dest is required")?;
-    if a.retain == Some(0) {
+    let unsupported = [
+        (a.folder.is_some() || f.folder.is_some(), "folder"),
+        (a.prefix.is_some() || f.prefix.is_some(), "prefix"),
+        (!a.exclude.is_empty() || !f.exclude.is_empty(), "exclude"),
+        (a.dry_run, "dry-run"),
+        (a.window.is_some() || f.window.is_some(), "window"),
+        (
+            a.require_mount || f.require_mount == Some(true),
+            "require_mount",
+        ),
+        (a.bwlimit.is_some() || f.bwlimit.is_some(), "bwlimit"),
+        (a.jobs.is_some() || f.jobs.is_some(), "jobs"),
+        (
+            a.pre_command.is_some() || f.pre_command.is_some(),
+            "pre_command",
+        ),
+        (
+            a.post_command.is_some() || f.post_command.is_some(),
+            "post_command",
+        ),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+        bail!(
+            "{what} (--{} or the job's `{what}`) is not supported with a restic repository yet",
+            what.replace('_', "-")
+        );
+    }
+    let file_job = a.config.as_ref().map(|_| f.clone());
+    let source = a
+        .source
+        .clone()
+        .or(f.source)
+        .context("no source: give --source or set source in the job")?;
+    let retain = a.retain.or(f.retain);
+    if retain == Some(0) {
         bail!("--retain 0 would forget every snapshot of the label; give 1 or more");
     }
-    let mut repo = open(&dest, a.password_file.as_deref())?;
-    let opts = restic::backup::BackupOptions {
+    let job = snapring::job::RepositoryJob {
+        job: name,
         source,
-        label: a.label.unwrap_or_else(|| "daily".into()),
-        retain: a.retain,
-        cancel: super::cancel_on_signal(),
+        dest: dest.expect("is_repo").to_string_lossy().into_owned(),
+        label: a
+            .label
+            .clone()
+            .or(f.label)
+            .unwrap_or_else(|| "daily".into()),
+        retain,
+        password_file: a.password_file.clone().or(f.password_file),
     };
-    let r = restic::backup::backup(&mut repo, &opts)?;
-    if a.json {
-        print::json(&r)?;
-    } else {
-        if r.status == "incomplete" {
-            outln!(
-                "incomplete: interrupted, no snapshot written; {} in {} packs kept and indexed for the next run",
-                human(r.added.bytes),
-                r.added.packs
-            );
-            return Ok(ExitCode::Incomplete);
-        }
-        outln!(
-            "{}: snapshot {} of {} files ({}), {} read, {} unchanged; added {} in {} packs; took {:.2}s",
-            r.status,
-            &r.snapshot[..8],
-            r.files,
-            human(r.bytes_total),
-            human(r.bytes_read),
-            r.files_unchanged,
-            human(r.added.bytes),
-            r.added.packs,
-            r.duration_seconds
-        );
-        for p in r.problems.iter().take(20) {
-            print::errln!("  problem: {p}");
-        }
-        if let Some(f) = &r.retention {
-            print_forget(f);
-        }
-        if let Some(why) = &r.retention_skipped {
-            print::errln!("retention skipped this time (the next run catches up): {why}");
+    let catalog = cat
+        .for_config(file_catalog)
+        .map(|path| snapring::job::CatalogTarget {
+            path,
+            on_nfs: cat.on_nfs,
+        });
+    let r = snapring::job::run_repository(
+        &job,
+        catalog.as_ref(),
+        &notifiers,
+        notify_success,
+        super::cancel_on_signal(),
+    );
+    if let Some(dir) = &a.textfile {
+        let cat = catalog.as_ref().map(|c| c.path.as_path());
+        if let Err(e) = snapring::serve::textfile::write(dir, &r, file_job.as_ref(), cat) {
+            print::errln!("snapring: warning: {e}");
         }
     }
-    Ok(match r.status.as_str() {
-        "incomplete" => ExitCode::Incomplete,
-        "partial" => ExitCode::Partial,
-        _ => ExitCode::Complete,
-    })
+    if a.json {
+        print::json(&r)?;
+        if r.status == Status::Failed {
+            print::errln!("snapring: backup failed: {}", r.message);
+        }
+    } else {
+        print_run(&r);
+    }
+    Ok(Some(ExitCode::from(r.status)))
+}
+
+/// The human summary of a run into a repository.
+fn print_run(r: &RunReport) {
+    let Some(k) = &r.repository else {
+        print::errln!("snapring: backup failed: {}", r.message);
+        return;
+    };
+    if r.status == Status::Incomplete {
+        outln!(
+            "incomplete: interrupted, no snapshot written; {} in {} packs kept and indexed for the next run (run {})",
+            human(k.bytes_uploaded),
+            k.packs_written,
+            r.id
+        );
+        return;
+    }
+    outln!(
+        "{}: snapshot {} of {} files ({}), {} read, {} unchanged; uploaded {} in {} objects, dedup ratio {:.2}; took {:.2}s (run {})",
+        r.status.as_str(),
+        &k.snapshot_id[..8.min(k.snapshot_id.len())],
+        r.files_total,
+        human(r.bytes_total),
+        human(k.bytes_read),
+        k.files_unchanged,
+        human(k.bytes_uploaded),
+        k.objects_written,
+        k.dedup_ratio,
+        r.duration_seconds,
+        r.id
+    );
+    for p in r.problems.iter().take(20) {
+        print::errln!("  problem: {}", p.error);
+    }
+    if let Some(v) = &k.retention
+        && let Ok(f) = serde_json::from_value::<RetentionShown>(v.clone())
+    {
+        for v in &f.plan.verdicts {
+            outln!("  {} {}  {}", v.short_id, v.time, v.reason);
+        }
+        outln!(
+            "forgot {} snapshots (their data stays until `snapring prune`)",
+            f.removed
+        );
+    }
+    if let Some(why) = &k.retention_skipped {
+        print::errln!("retention skipped this time (the next run catches up): {why}");
+    }
+    for w in &r.warnings {
+        print::errln!("snapring: warning: {w}");
+    }
+}
+
+/// The parts of a retention report the summary prints.
+#[derive(serde::Deserialize)]
+struct RetentionShown {
+    plan: PlanShown,
+    removed: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct PlanShown {
+    verdicts: Vec<VerdictShown>,
+}
+
+#[derive(serde::Deserialize)]
+struct VerdictShown {
+    short_id: String,
+    time: String,
+    reason: String,
 }
 
 /// `snapring list --dest file:///PATH`.

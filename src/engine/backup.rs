@@ -218,7 +218,7 @@ fn release(store: &Store, lock: <Store as Repository>::Lock, counters: &Counters
     }
 }
 
-fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
+pub fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
     RunReport {
         format: report::RUN_FORMAT,
         id: id.to_string(),
@@ -265,6 +265,8 @@ fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         bwlimit_wait_seconds: 0.0,
         pre_command: None,
         post_command: None,
+        repository: None,
+        log: None,
     }
 }
 

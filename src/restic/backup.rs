@@ -50,6 +50,14 @@ pub struct BackupReport {
     pub bytes_total: u64,
     /// Packs, blobs and bytes this run added to the repository.
     pub added: PackerStats,
+    /// Bytes of every file this run wrote to the repository (packs, index files, the
+    /// snapshot file; not its lock).
+    pub bytes_uploaded: u64,
+    /// Files (objects, on S3) this run wrote: packs, index files, the snapshot file.
+    pub objects_written: u64,
+    /// The share of the bytes read this run that the repository had already (0: all
+    /// new, 1: all found); 0 when nothing was read.
+    pub dedup_ratio: f64,
     pub problems: Vec<String>,
     /// Retention after the snapshot (with `retain`): each verdict with its reason.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -115,6 +123,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         Ok(root) => root,
         Err(Error::Cancelled) => {
             report.added = packer.finish(repo)?;
+            report.count_uploads(0, 0);
             report.status = "incomplete".into();
             report.duration_seconds = started.elapsed().as_secs_f64();
             lock.release()?;
@@ -140,7 +149,8 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         ..Default::default()
     };
     let group = super::forget::Group::of(&snap);
-    let id = repo.save_json(super::backend::Kind::Snapshot, &snap)?;
+    let (id, snap_len) = repo.save_json_len(super::backend::Kind::Snapshot, &snap)?;
+    report.count_uploads(1, snap_len);
     lock.release()?;
     if let Some(n) = opts.retain {
         // restic's `forget` takes an exclusive lock; a concurrent backup's shared lock
@@ -168,6 +178,20 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     .into();
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+impl BackupReport {
+    /// Sets the upload KPIs from `added` plus `files` more files of `bytes`.
+    fn count_uploads(&mut self, files: u64, bytes: u64) {
+        let a = &self.added;
+        self.objects_written = a.packs + a.index_files + files;
+        self.bytes_uploaded = a.bytes + a.index_bytes + bytes;
+        self.dedup_ratio = if self.bytes_read == 0 {
+            0.0
+        } else {
+            1.0 - (a.data_bytes_new as f64 / self.bytes_read as f64).min(1.0)
+        };
+    }
 }
 
 /// The newest snapshot of the same paths and host, preferring one of the same label.
