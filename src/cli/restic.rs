@@ -1,5 +1,6 @@
 //! The commands on a restic repository (`--dest file:///PATH` or `s3://BUCKET/PREFIX`):
-//! `init`, `backup` (with `--retain`), `list`, `restore`, `forget`, `prune`. Flags a restic repository does not take yet are
+//! `init`, `backup` (with `--retain`), `list`, `restore`, `forget`, `prune`, and `copy`
+//! from a hard-link store. Flags a restic repository does not take yet are
 //! refused rather than ignored. The password comes from `snapring::restic::password`,
 //! never printed.
 
@@ -11,7 +12,7 @@ use snapring::restic::{self, backend, ops, repo::Repo};
 use snapring::config;
 use snapring::report::{RunReport, Status};
 
-use super::args::{BackupArgs, ForgetArgs, InitArgs, ListArgs, PruneArgs, RestoreArgs};
+use super::args::{BackupArgs, CopyArgs, ForgetArgs, InitArgs, ListArgs, PruneArgs, RestoreArgs};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
 use super::print::{self, human, outln};
@@ -377,4 +378,69 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::Complete)
+}
+
+/// `snapring copy --dest D [--folder F] SNAPSHOT --to URL`.
+pub fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
+    if a.retain == Some(0) {
+        bail!("--retain 0 would forget every snapshot of the label; give 1 or more");
+    }
+    let root = match &a.folder {
+        Some(f) => {
+            let rel = snapring::relpath::RelPath::new(f.as_bytes())
+                .map_err(|e| anyhow::anyhow!("--folder {f:?}: {e}"))?;
+            a.dest.join(rel.as_path())
+        }
+        None => a.dest.clone(),
+    };
+    let store = snapring::store::Store::open_read(&root)?;
+    let mut repo = open(Path::new(&a.to), a.password_file.as_deref())?;
+    let opts = restic::copy::CopyOptions {
+        snapshot: a.snapshot,
+        label: a.label,
+        retain: a.retain,
+        cancel: super::cancel_on_signal(),
+    };
+    let r = restic::copy::copy(&store, &mut repo, &opts)?;
+    let b = &r.backup;
+    if a.json {
+        print::json(&r)?;
+    } else if r.already_copied {
+        outln!(
+            "{} (run {}) is in the repository already as snapshot {}; nothing copied",
+            r.store_snapshot,
+            r.run,
+            &b.snapshot[..8]
+        );
+    } else if b.status == "incomplete" {
+        outln!(
+            "incomplete: interrupted, no snapshot written; {} in {} packs kept and indexed for the next copy",
+            human(b.added.bytes),
+            b.added.packs
+        );
+    } else {
+        outln!(
+            "{}: copied {} (run {}) as snapshot {}: {} files, {} read, {} reused ({} by the manifests, {} by inode); uploaded {} in {} objects; took {:.2}s",
+            b.status,
+            r.store_snapshot,
+            r.run,
+            &b.snapshot[..8],
+            b.files,
+            human(b.bytes_read),
+            b.files_unchanged,
+            r.reused_by_manifest,
+            r.reused_by_inode,
+            human(b.bytes_uploaded),
+            b.objects_written,
+            b.duration_seconds
+        );
+        for p in b.problems.iter().take(20) {
+            print::errln!("  problem: {p}");
+        }
+    }
+    Ok(match b.status.as_str() {
+        "incomplete" => ExitCode::Incomplete,
+        "partial" => ExitCode::Partial,
+        _ => ExitCode::Complete,
+    })
 }

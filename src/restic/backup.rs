@@ -78,12 +78,38 @@ struct Walker<'a> {
     cancel: Arc<AtomicBool>,
     /// A repository error: it ends the run (a source error only skips its entry).
     fatal: bool,
+    /// Decides whether a file is the parent's, unchanged (`None`: restic's compare key).
+    reuse: Option<&'a mut (dyn Reuse + 'static)>,
+}
+
+/// Another rule than restic's compare key for "this file is the parent snapshot's
+/// entry, unchanged, so its blob list is reused unread" (`copy` asks the manifests).
+pub trait Reuse {
+    /// `path` is the file as the walk reads it, `prev` the parent snapshot's node of
+    /// the same name, `md` the file's `lstat`.
+    fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool;
+}
+
+/// What one snapshot is made of: where to read, what to record, which parent.
+pub struct Spec<'a> {
+    /// The directory the walk reads (may be a `/proc/self/fd/N` path of a held one).
+    pub walk_root: PathBuf,
+    /// The snapshot's path (absolute, canonical): its ancestors wrap the tree, as
+    /// restic's do, with their metadata from this machine.
+    pub path: PathBuf,
+    pub parent: Option<(Id, Snapshot)>,
+    pub tags: Vec<String>,
+    /// Retention after the snapshot, on this label.
+    pub label: String,
+    pub retain: Option<u32>,
+    pub cancel: Arc<AtomicBool>,
+    pub reuse: Option<&'a mut (dyn Reuse + 'static)>,
+    /// The snapshot's time (`None`: now, the run's start).
+    pub time: Option<chrono::DateTime<chrono::Local>>,
 }
 
 /// Backs `opts.source` up into the repository `repo`.
 pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
-    let started = std::time::Instant::now();
-    let start_time = chrono::Local::now();
     repo.check_writable()?;
     let source =
         std::fs::canonicalize(&opts.source).map_err(io_err("open the source", &opts.source))?;
@@ -97,9 +123,43 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let path_str = source.to_string_lossy().into_owned();
     let host = crate::util::hostname();
     let parent = pick_parent(repo, &path_str, &host, &opts.label)?;
-    let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+    let spec = Spec {
+        walk_root: source.clone(),
+        path: source,
+        parent,
+        tags: vec!["snapring".into(), format!("label={}", opts.label)],
+        label: opts.label.clone(),
+        retain: opts.retain,
+        cancel: opts.cancel.clone(),
+        reuse: None,
+        time: None,
+    };
+    snapshot_locked(repo, spec, lock)
+}
+
+/// Writes one snapshot as `spec` says, under the shared `lock` (released here), then
+/// applies retention.
+pub fn snapshot_locked(
+    repo: &mut Repo,
+    spec: Spec<'_>,
+    lock: super::lock::Guard,
+) -> Result<BackupReport> {
+    let started = std::time::Instant::now();
+    let start_time = spec.time.unwrap_or_else(chrono::Local::now);
+    let path_str = spec.path.to_string_lossy().into_owned();
+    let host = crate::util::hostname();
+    let parent = spec.parent;
+    let comps: Vec<&OsStr> = spec.path.iter().skip(1).collect();
+    // The parent's tree of its own path (a copy's parent may be of another snapshot
+    // directory; a backup's parent has the same path).
     let parent_tree = match &parent {
-        Some((_, p)) => descend(repo, p.tree, &comps)?,
+        Some((_, p)) => match p.paths.as_slice() {
+            [one] => {
+                let pc: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
+                descend(repo, p.tree, &pc)?
+            }
+            _ => None,
+        },
         None => None,
     };
     let tables = std::sync::Arc::new(repo.tables());
@@ -110,9 +170,12 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         report: BackupReport::default(),
         fatal: false,
         names: Names::load(),
-        cancel: opts.cancel.clone(),
+        cancel: spec.cancel.clone(),
+        reuse: spec.reuse,
     };
-    let walked = w.dir(&source, parent_tree).and_then(|t| w.wrap(&comps, t));
+    let walked = w
+        .dir(&spec.walk_root, parent_tree)
+        .and_then(|t| w.wrap(&comps, t));
     let Walker {
         repo,
         packer,
@@ -144,7 +207,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         username: std::env::var("USER").unwrap_or_default(),
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
-        tags: vec!["snapring".into(), format!("label={}", opts.label)],
+        tags: spec.tags,
         program_version: Some(format!("snapring {}", env!("CARGO_PKG_VERSION"))),
         ..Default::default()
     };
@@ -152,11 +215,11 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let (id, snap_len) = repo.save_json_len(super::backend::Kind::Snapshot, &snap)?;
     report.count_uploads(1, snap_len);
     lock.release()?;
-    if let Some(n) = opts.retain {
+    if let Some(n) = spec.retain {
         // restic's `forget` takes an exclusive lock; a concurrent backup's shared lock
         // makes it wait for the next run rather than fail this one.
         let policy = super::forget::Policy {
-            label: opts.label.clone(),
+            label: spec.label.clone(),
             keep_last: n.max(1),
             group: Some(group),
         };
@@ -410,7 +473,11 @@ impl Walker<'_> {
             }
             "file" => {
                 self.report.files += 1;
-                match prev.filter(|n| unchanged(n, &md, &node) && self.all_indexed(n)) {
+                let same = |w: &mut Self, n: &Node| match w.reuse.as_deref_mut() {
+                    Some(r) => r.unchanged(p, n, &md),
+                    None => unchanged(n, &md, &node),
+                };
+                match prev.filter(|n| same(self, n) && self.all_indexed(n)) {
                     Some(n) => {
                         node.content = n.content.clone();
                         node.size = n.size;

@@ -3,13 +3,15 @@
 //! polynomial (`chunker`), the storage (`backend`: a local directory; `s3`), packs and index files (`pack`,
 //! `index`), trees and snapshots (`tree`, `snapshot`), locks (`lock`), the opened
 //! repository (`repo`), and the operations on it: `init`, `backup`, `list`, `restore`,
-//! `forget` (retention, a pure plan with reasons) and `prune` (`ops`, `backup`,
-//! `restore`, `forget`, `prune`). The repository password comes from `password`.
+//! `forget` (retention, a pure plan with reasons), `prune`, and `copy` (a hard-link
+//! store's snapshot pushed into a repository) (`ops`, `backup`, `restore`, `forget`,
+//! `prune`, `copy`). The repository password comes from `password`.
 //! docs/format.md, "restic repositories", says how snapring maps its runs onto it.
 
 pub mod backend;
 pub mod backup;
 pub mod chunker;
+pub mod copy;
 pub mod crypto;
 pub mod forget;
 pub mod index;
