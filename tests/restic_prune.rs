@@ -506,3 +506,43 @@ fn restic_refuses_while_snapring_prunes_and_a_killed_prune_leaves_a_checked_repo
         "restic restore after snapring's prune",
     );
 }
+
+#[test]
+fn a_held_lock_is_refreshed_as_a_new_file_and_removed_on_release() {
+    use snapring::restic::backend::Kind;
+    use snapring::restic::{lock, repo::Repo};
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    sr_json(&["init", "--dest", &url(&repo), "--json"]);
+    let opened = Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
+    let held = lock::acquire(&opened, false).unwrap();
+    let first = held.id().unwrap();
+    let before: lock::LockFile = opened.load_json(Kind::Lock, &first).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    held.refresh().unwrap();
+    let second = held.id().unwrap();
+    assert_ne!(first, second);
+    assert_eq!(opened.backend.list(Kind::Lock).unwrap(), vec![second]);
+    let after: lock::LockFile = opened.load_json(Kind::Lock, &second).unwrap();
+    let t0 = chrono::DateTime::parse_from_rfc3339(&before.time).unwrap();
+    let t1 = chrono::DateTime::parse_from_rfc3339(&after.time).unwrap();
+    assert!(t1 > t0, "{} -> {}", before.time, after.time);
+    assert_eq!((after.pid, after.exclusive), (before.pid, before.exclusive));
+    if let Some(restic) = restic() {
+        let out = run_restic(&restic, &repo, &["list", "locks", "--no-lock"]);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            second.hex(),
+            "restic reads the refreshed lock"
+        );
+    }
+    held.release().unwrap();
+    assert!(opened.backend.list(Kind::Lock).unwrap().is_empty());
+    // Releasing at once does not wait for the refresher's first 5 minutes (a release
+    // before the thread first waited was a lost wake-up).
+    let t0 = std::time::Instant::now();
+    for _ in 0..50 {
+        lock::acquire(&opened, true).unwrap().release().unwrap();
+    }
+    assert!(t0.elapsed().as_secs() < 20, "{:?}", t0.elapsed());
+}

@@ -320,6 +320,11 @@ fn backup_with_dest_flag_is_recorded_too() {
         .query_row("SELECT label FROM runs", [], |r| r.get(0))
         .unwrap();
     assert_eq!(label, "hourly");
+    // `history --dest URL` finds it by the URL (not a directory to canonicalize).
+    let (code, rows, err) = cli(&catalog, &["history", "--dest", &url, "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["id"], r["id"], "{rows}");
 }
 
 #[test]

@@ -89,9 +89,11 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 }
 
 /// The catalog filter from `--job`, `--dest` (canonicalized, as the catalog keys
-/// stores) and `--since` (a duration back from now, or a time).
+/// stores; a restic repository's URL as it is) and `--since` (a duration back from
+/// now, or a time).
 fn filter(job: Option<String>, dest: Option<&Path>, since: Option<&str>) -> anyhow::Result<Filter> {
     let store = match dest {
+        Some(d) if super::restic::is_repo(Some(d)) => Some(d.to_string_lossy().into_owned()),
         Some(d) => Some(
             std::fs::canonicalize(d)
                 .map_err(|e| anyhow::anyhow!("store {}: {e}", d.display()))?
