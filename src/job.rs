@@ -320,10 +320,14 @@ pub fn run_repository(
                 .problems
                 .iter()
                 .map(|p| Problem {
-                    path: String::new(),
-                    kind: ProblemKind::Unreadable,
-                    action: "back up".into(),
-                    error: p.clone(),
+                    path: p.path.clone(),
+                    kind: if p.kind == "vanished" {
+                        ProblemKind::Vanished
+                    } else {
+                        ProblemKind::Unreadable
+                    },
+                    action: p.action.clone(),
+                    error: p.error.clone(),
                 })
                 .collect();
             if let Some(f) = &r.retention {
@@ -364,7 +368,7 @@ pub fn run_repository(
         rep.throughput_bytes_per_second = rep.bytes_transferred as f64 / secs;
     }
     for p in rep.problems.iter().take(1000) {
-        tracing::warn!("{}", p.error);
+        tracing::warn!(path = %p.path, action = %p.action, error = %p.error, "{:?}", p.kind);
     }
     tracing::info!(
         status = rep.status.as_str(),

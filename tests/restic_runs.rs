@@ -347,3 +347,100 @@ fn a_schema_1_catalog_gains_the_repository_columns_empty() {
     assert!(rows > 0, "the fixture has runs");
     assert_eq!(filled, 0, "store runs have no repository KPIs");
 }
+
+/// Unreadable entries (EACCES, by running without CAP_DAC_OVERRIDE) make a `partial`
+/// repository run (exit 2) whose problems name each entry relative to the source, in
+/// the report and the catalog's `problems` table; the rest is in the snapshot.
+#[test]
+fn unreadable_entries_make_a_partial_repository_run_naming_them() {
+    use std::process::Command;
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("catalog.db");
+    write(&src.join("ok"), b"fine");
+    write(&src.join("d1/secret file"), b"no");
+    write(&src.join("d2/inner"), b"no");
+    let url = format!("file://{}", repo.display());
+    assert_eq!(
+        cli(
+            &catalog,
+            &["init", "--dest", &url],
+            &[("SNAPRING_PASSWORD", PASSWORD)]
+        )
+        .0,
+        0
+    );
+    chmod(&src.join("d1/secret file"), 0o000);
+    chmod(&src.join("d2"), 0o000);
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ])
+        .arg(bin())
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["backup", "--json", "--source"])
+        .arg(&src)
+        .args(["--dest", &url])
+        .output()
+        .unwrap();
+    chmod(&src.join("d2"), 0o755);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(2), "{r}");
+    assert_eq!(r["status"], "partial", "{r}");
+    let mut problems: Vec<(String, String, String)> = r["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().into(),
+                p["kind"].as_str().unwrap().into(),
+                p["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    problems.sort();
+    assert_eq!(
+        problems,
+        vec![
+            (
+                "d1/secret%20file".into(),
+                "unreadable".into(),
+                "open".into()
+            ),
+            ("d2".into(), "unreadable".into(), "list".into()),
+        ],
+        "{r}"
+    );
+    assert_eq!(r["errors"], 2, "{r}");
+    let c = rusqlite::Connection::open(&catalog).unwrap();
+    let mut paths: Vec<String> = c
+        .prepare("SELECT path FROM problems WHERE run_id = ?1")
+        .unwrap()
+        .query_map([r["id"].as_str().unwrap()], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    paths.sort();
+    assert_eq!(paths, vec!["d1/secret%20file", "d2"]);
+    let to = t.path().join("T");
+    let (code, _, err) = cli(
+        &catalog,
+        &[
+            "restore",
+            "--dest",
+            &url,
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+        &[("SNAPRING_PASSWORD", PASSWORD)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(to.join("ok")).unwrap(), b"fine");
+    assert!(!to.join("d1/secret file").exists());
+}

@@ -178,7 +178,7 @@ fn print_run(r: &RunReport) {
         r.id
     );
     for p in r.problems.iter().take(20) {
-        print::errln!("  problem: {}", p.error);
+        print::problem(p);
     }
     if let Some(v) = &k.retention
         && let Ok(f) = serde_json::from_value::<RetentionShown>(v.clone())
@@ -435,7 +435,7 @@ pub fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
             b.duration_seconds
         );
         for p in b.problems.iter().take(20) {
-            print::errln!("  problem: {p}");
+            print::errln!("  {} {}: cannot {}: {}", p.kind, p.path, p.action, p.error);
         }
     }
     Ok(match b.status.as_str() {

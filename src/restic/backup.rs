@@ -58,7 +58,7 @@ pub struct BackupReport {
     /// The share of the bytes read this run that the repository had already (0: all
     /// new, 1: all found); 0 when nothing was read.
     pub dedup_ratio: f64,
-    pub problems: Vec<String>,
+    pub problems: Vec<EntryProblem>,
     /// Retention after the snapshot (with `retain`): each verdict with its reason.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention: Option<super::forget::ForgetReport>,
@@ -69,7 +69,21 @@ pub struct BackupReport {
     pub duration_seconds: f64,
 }
 
+/// An entry left out of the snapshot, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryProblem {
+    /// The entry relative to the source, `%XX`-escaped as in manifests.
+    pub path: String,
+    /// `unreadable` or `vanished`.
+    pub kind: String,
+    /// What was being done: `stat`, `open`, `read`, `list`, …
+    pub action: String,
+    pub error: String,
+}
+
 struct Walker<'a> {
+    /// The directory the walk reads (problems are named relative to it).
+    root: PathBuf,
     repo: &'a mut Repo,
     packer: Packer,
     tables: std::sync::Arc<Tables>,
@@ -164,6 +178,7 @@ pub fn snapshot_locked(
     };
     let tables = std::sync::Arc::new(repo.tables());
     let mut w = Walker {
+        root: spec.walk_root.clone(),
         repo,
         packer: Packer::default(),
         tables,
@@ -417,11 +432,30 @@ impl Walker<'_> {
                 Ok(Some(node)) => tree.nodes.push(node),
                 Ok(None) => {}
                 Err(e) if self.fatal => return Err(e),
-                Err(e) => self.report.problems.push(e.to_string()),
+                Err(e) => self.problem(&p, "unreadable", e),
             }
         }
         self.report.dirs += 1;
         self.save(BlobType::Tree, &tree.to_blob())
+    }
+
+    /// Records a problem with the entry at `p` (the error's own path where it has one).
+    fn problem(&mut self, p: &Path, kind: &str, e: Error) {
+        let (at, action, error) = match e {
+            Error::Io {
+                action,
+                path,
+                source,
+            } => (path, action.to_string(), source.to_string()),
+            other => (p.to_path_buf(), "back up".to_string(), other.to_string()),
+        };
+        let rel = at.strip_prefix(&self.root).unwrap_or(&at);
+        self.report.problems.push(EntryProblem {
+            path: crate::relpath::escape(rel.as_os_str().as_bytes()),
+            kind: kind.into(),
+            action,
+            error,
+        });
     }
 
     /// `Err(Cancelled)` once SIGINT/SIGTERM came.
@@ -457,9 +491,7 @@ impl Walker<'_> {
         let md = match std::fs::symlink_metadata(p) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.report
-                    .problems
-                    .push(format!("vanished: {}", p.display()));
+                self.problem(p, "vanished", io_err("stat", p)(e));
                 return Ok(None);
             }
             Err(e) => return Err(io_err("stat", p)(e)),
