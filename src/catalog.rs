@@ -17,7 +17,7 @@ use crate::report::{Problem, RunReport, Status};
 use crate::restore::RestoreReport;
 
 /// The schema this snapring writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// Frozen migrations: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 /// Never edit one that has shipped; add a new one.
@@ -118,6 +118,16 @@ const MIGRATIONS: &[&str] = &[
     // 5: a job's runs counted by status (`status_counts`, every `/metrics` scrape after
     // a write) from the index alone, not from each of the job's rows.
     "CREATE INDEX runs_job_kind_status ON runs(job, kind, status);",
+    // 6: backups into a restic repository: bytes uploaded, objects written and the
+    // dedup ratio (NULL for the hard-link store's runs). Backfilled from the records.
+    "ALTER TABLE runs ADD COLUMN bytes_uploaded INTEGER;
+    ALTER TABLE runs ADD COLUMN objects_written INTEGER;
+    ALTER TABLE runs ADD COLUMN dedup_ratio REAL;
+    UPDATE runs SET
+        bytes_uploaded = json_extract(report, '$.repository.bytes_uploaded'),
+        objects_written = json_extract(report, '$.repository.objects_written'),
+        dedup_ratio = json_extract(report, '$.repository.dedup_ratio')
+    WHERE kind = 'backup';",
 ];
 
 /// Errors of the catalog: always with the file, and never fatal to a backup.
@@ -415,10 +425,11 @@ impl Catalog {
                 link_fallbacks, changed_during_backup, source_bytes, backup_bytes_added,
                 throughput_files_per_second, throughput_bytes_per_second, peak_rss_bytes,
                 walk_copy_seconds, sync_seconds, rotation_seconds, remove_expired_seconds,
-                log_path, bwlimit_wait_seconds, kind)
+                log_path, bwlimit_wait_seconds, bytes_uploaded, objects_written, dedup_ratio,
+                kind)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
                 ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31,
-                ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, 'backup')
+                ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, 'backup')
              ON CONFLICT(id) DO UPDATE SET job=excluded.job, label=excluded.label,
                 store=excluded.store, source=excluded.source, host=excluded.host,
                 version=excluded.version, started_at=excluded.started_at,
@@ -438,7 +449,9 @@ impl Catalog {
                 peak_rss_bytes=excluded.peak_rss_bytes, walk_copy_seconds=excluded.walk_copy_seconds,
                 sync_seconds=excluded.sync_seconds, rotation_seconds=excluded.rotation_seconds,
                 remove_expired_seconds=excluded.remove_expired_seconds, log_path=excluded.log_path,
-                bwlimit_wait_seconds=excluded.bwlimit_wait_seconds",
+                bwlimit_wait_seconds=excluded.bwlimit_wait_seconds,
+                bytes_uploaded=excluded.bytes_uploaded, objects_written=excluded.objects_written,
+                dedup_ratio=excluded.dedup_ratio",
             params![
                 r.id,
                 r.job,
@@ -480,6 +493,9 @@ impl Catalog {
                 r.phases.remove_expired.seconds,
                 log.to_string_lossy(),
                 r.bwlimit_wait_seconds,
+                r.repository.as_ref().map(|k| k.bytes_uploaded as i64),
+                r.repository.as_ref().map(|k| k.objects_written as i64),
+                r.repository.as_ref().map(|k| k.dedup_ratio),
             ],
         )
         .db(&path, "record run")?;
@@ -1086,10 +1102,14 @@ pub fn record_start(
 
 /// The warning for a catalog that could not be written (also logged).
 fn quiet_error(e: CatalogError, r: &RunReport) -> String {
-    let msg = format!(
-        "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
-        r.store.display()
-    );
+    let msg = if r.repository.is_some() || r.log.is_some() {
+        format!("{e}; this run into a repository is not in the catalog (its snapshot is)")
+    } else {
+        format!(
+            "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
+            r.store.display()
+        )
+    };
     tracing::error!("{msg}");
     msg
 }
@@ -1102,6 +1122,10 @@ pub fn settle_running(c: &mut Catalog) {
     let Ok(mut rows) = c.running_in() else { return };
     rows.extend(c.publish_pending().unwrap_or_default());
     for (id, store) in rows {
+        // A restic repository's run has no store to repair or record to re-read.
+        if store.starts_with("s3://") || store.starts_with("file://") {
+            continue;
+        }
         let root = PathBuf::from(&store);
         let Ok(s) = crate::store::Store::open(&root, false) else {
             continue;

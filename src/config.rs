@@ -79,6 +79,9 @@ pub struct JobConfig {
     /// Also notify when a run is `complete` (failures, partial and incomplete runs
     /// always notify).
     pub notify_success: Option<bool>,
+    /// The repository password's file, for a `dest` that is a restic repository
+    /// (`file:///PATH` or `s3://BUCKET/PREFIX`).
+    pub password_file: Option<PathBuf>,
 }
 
 /// How the daemon treats a scheduled time that passed while it was not running.

@@ -229,3 +229,177 @@ fn record_restore(catalog: Option<&CatalogTarget>, r: &mut RestoreReport) {
         r.warnings.push(e.to_string());
     }
 }
+
+/// A backup into a restic repository, as a job runs it.
+#[derive(Clone, Debug)]
+pub struct RepositoryJob {
+    pub job: Option<String>,
+    pub source: PathBuf,
+    /// `file:///PATH` or `s3://BUCKET/PREFIX`.
+    pub dest: String,
+    pub label: String,
+    /// `--retain N`: restic `forget --keep-last N` on the label after the run.
+    pub retain: Option<u32>,
+    /// The password's file (else the environment, `restic::password`). The password
+    /// itself is never in the report, the log or the catalog.
+    pub password_file: Option<PathBuf>,
+}
+
+/// Runs a backup into a restic repository as a run like any other: its own run id, a
+/// log beside the catalog (a repository has no `.snapring/`), a `running` row in the
+/// catalog, then the final row with the repository's KPIs (bytes uploaded, objects
+/// written, dedup ratio), then the job's notifications (recorded too). A repository
+/// that cannot be opened (wrong password, no repository, no network) makes a `failed`
+/// run, recorded and notified. Never fails itself: the outcome is the report.
+pub fn run_repository(
+    j: &RepositoryJob,
+    catalog: Option<&CatalogTarget>,
+    notifiers: &[(String, notify::NotifierConfig)],
+    notify_success: bool,
+    cancel: std::sync::Arc<AtomicBool>,
+) -> RunReport {
+    use crate::report::{Problem, ProblemKind, RepositoryKpis, Status};
+    use crate::restic;
+    let id = crate::engine::backup::new_run_id();
+    let log = catalog
+        .map(|c| crate::catalog::restore_log_path(&c.path, &id))
+        .filter(|l| start_log(l));
+    let mut rep = repository_report(j, &id);
+    rep.log = log.clone();
+    tracing::info!(
+        run = %id, source = %j.source.display(), repository = %j.dest,
+        "backup into a repository started by snapring {} on {}", env!("CARGO_PKG_VERSION"), rep.host
+    );
+    if let Some(c) = catalog
+        && let Some(w) = crate::catalog::record_quietly(&c.path, c.on_nfs, &rep)
+    {
+        rep.warnings.push(w);
+    }
+    let started = std::time::Instant::now();
+    let outcome = (|| -> restic::Result<restic::backup::BackupReport> {
+        let backend = restic::backend::from_dest(&j.dest)?;
+        let password = restic::password::resolve(j.password_file.as_deref())?;
+        let mut repo = restic::repo::Repo::open_in(backend, &password)?;
+        drop(password);
+        let opts = restic::backup::BackupOptions {
+            source: j.source.clone(),
+            label: j.label.clone(),
+            retain: j.retain,
+            cancel,
+        };
+        restic::backup::backup(&mut repo, &opts)
+    })();
+    match outcome {
+        Ok(r) => {
+            rep.status = match r.status.as_str() {
+                "complete" => Status::Complete,
+                "partial" => Status::Partial,
+                _ => Status::Incomplete,
+            };
+            rep.message = match rep.status {
+                Status::Partial => format!("{} entries could not be backed up", r.problems.len()),
+                Status::Incomplete => format!(
+                    "interrupted: no snapshot written; {} packs kept and indexed for the next run",
+                    r.added.packs
+                ),
+                _ => String::new(),
+            };
+            let written = !r.snapshot.is_empty();
+            rep.snapshot = written.then(|| r.snapshot.clone());
+            rep.based_on = r.parent.clone();
+            rep.files_total = r.files;
+            rep.dirs_total = r.dirs;
+            rep.files_transferred = r.files_read;
+            rep.files_linked = r.files_unchanged;
+            rep.bytes_total = r.bytes_total;
+            rep.source_bytes = r.bytes_total;
+            rep.bytes_transferred = r.bytes_read;
+            rep.backup_bytes_added = r.bytes_uploaded;
+            rep.errors = r.problems.len() as u64;
+            rep.problems = r
+                .problems
+                .iter()
+                .map(|p| Problem {
+                    path: p.path.clone(),
+                    kind: if p.kind == "vanished" {
+                        ProblemKind::Vanished
+                    } else {
+                        ProblemKind::Unreadable
+                    },
+                    action: p.action.clone(),
+                    error: p.error.clone(),
+                })
+                .collect();
+            if let Some(f) = &r.retention {
+                rep.expired = f.plan.forgotten().map(|v| v.id.clone()).collect();
+            }
+            rep.repository = Some(RepositoryKpis {
+                snapshot_id: r.snapshot.clone(),
+                parent: r.parent.clone(),
+                files_read: r.files_read,
+                files_unchanged: r.files_unchanged,
+                bytes_read: r.bytes_read,
+                bytes_uploaded: r.bytes_uploaded,
+                objects_written: r.objects_written,
+                packs_written: r.added.packs,
+                data_blobs_added: r.added.data_blobs,
+                tree_blobs_added: r.added.tree_blobs,
+                dedup_ratio: r.dedup_ratio,
+                retention: r
+                    .retention
+                    .as_ref()
+                    .and_then(|f| serde_json::to_value(f).ok()),
+                retention_skipped: r.retention_skipped.clone(),
+            });
+        }
+        Err(e) => {
+            rep.status = Status::Failed;
+            rep.message = e.to_string();
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    rep.exit_code = rep.status.exit_code();
+    rep.finished_at = Some(crate::util::now_rfc3339());
+    rep.duration_seconds = secs;
+    rep.phases.walk_copy.seconds = secs;
+    rep.peak_rss_bytes = crate::util::peak_rss_bytes();
+    if secs > 0.0 {
+        rep.throughput_files_per_second = rep.files_total as f64 / secs;
+        rep.throughput_bytes_per_second = rep.bytes_transferred as f64 / secs;
+    }
+    for p in rep.problems.iter().take(1000) {
+        tracing::warn!(path = %p.path, action = %p.action, error = %p.error, "{:?}", p.kind);
+    }
+    tracing::info!(
+        status = rep.status.as_str(),
+        files = rep.files_total,
+        bytes_uploaded = rep.backup_bytes_added,
+        seconds = secs,
+        "backup into a repository finished: {}",
+        rep.message
+    );
+    if !notifiers.is_empty() && notify::wanted(rep.status, notify_success) {
+        rep.notifications = notify::send_all(notifiers, &rep);
+    }
+    if let Some(c) = catalog
+        && let Some(w) = crate::catalog::record_quietly(&c.path, c.on_nfs, &rep)
+    {
+        rep.warnings.push(w);
+    }
+    if log.is_some() {
+        crate::runlog::stop();
+    }
+    rep
+}
+
+/// A repository run's report as it starts (`running`).
+fn repository_report(j: &RepositoryJob, id: &str) -> RunReport {
+    let mut o = BackupOptions::new(j.source.clone(), PathBuf::from(&j.dest));
+    o.job = j.job.clone();
+    o.label = j.label.clone();
+    o.retain = j.retain.unwrap_or(0);
+    o.jobs = 1;
+    let mut r = crate::engine::backup::new_report(&o, id, Path::new(&j.dest));
+    r.source = std::fs::canonicalize(&j.source).unwrap_or_else(|_| j.source.clone());
+    r
+}

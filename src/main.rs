@@ -57,9 +57,11 @@ fn main() {
 fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::Result<ExitCode> {
     match cmd {
         Cmd::Init(a) => restic::init(a),
-        Cmd::Backup(a) if restic::is_repo(a.dest.as_deref()) => restic::backup(*a),
         Cmd::Backup(a) => backup::backup(*a, cat),
         Cmd::Run(a) => backup::run_job(a, cat),
+        Cmd::Forget(a) => restic::forget(a),
+        Cmd::Prune(a) => restic::prune(a),
+        Cmd::Copy(a) => restic::copy(a),
         Cmd::Restore(a) if restic::is_repo(a.dest.as_deref()) => restic::restore(a),
         Cmd::Restore(a) => restore::restore(a, cat),
         Cmd::List(a) if restic::is_repo(Some(&a.dest)) => restic::list(a),

@@ -182,6 +182,16 @@ pub fn message(r: &RunReport) -> (String, String) {
         indicatif::HumanBytes(r.bytes_transferred),
         crate::store::log_path(r).display()
     );
+    if let Some(k) = &r.repository {
+        text.push_str(&format!(
+            "repository: uploaded {} in {} objects, dedup ratio {:.2}, {} files read, {} unchanged\n",
+            indicatif::HumanBytes(k.bytes_uploaded),
+            k.objects_written,
+            k.dedup_ratio,
+            k.files_read,
+            k.files_unchanged
+        ));
+    }
     for p in r.problems.iter().take(10) {
         text.push_str(&format!(
             "  {:?} {}: {} ({})\n",

@@ -161,6 +161,46 @@ pub struct RunReport {
     /// figures. Absent for a single-node run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shards: Option<ShardSummary>,
+    /// A backup into a restic repository: what it uploaded (`None` for the hard-link
+    /// store). `store` is then the repository's URL and `snapshot` the snapshot's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<RepositoryKpis>,
+    /// The run's log, where it is not `<store>/.snapring/logs/<id>.log` (a repository
+    /// run's log is beside the catalog).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<PathBuf>,
+}
+
+/// The KPIs of a backup into a restic repository (docs/format.md, "Runs into a
+/// repository"). The run's common KPIs map onto the store's: `files_transferred` are
+/// the files read, `files_linked` the files whose blob list came from the parent
+/// snapshot unread, `backup_bytes_added` is `bytes_uploaded`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RepositoryKpis {
+    /// The snapshot's full id (`snapshot` has it too).
+    pub snapshot_id: String,
+    /// The snapshot the run compared against.
+    pub parent: Option<String>,
+    pub files_read: u64,
+    pub files_unchanged: u64,
+    pub bytes_read: u64,
+    /// Bytes of the files the run wrote to the repository (packs, index files, the
+    /// snapshot file; not its lock).
+    pub bytes_uploaded: u64,
+    /// Files (S3 objects) the run wrote: packs, index files, the snapshot file.
+    pub objects_written: u64,
+    pub packs_written: u64,
+    pub data_blobs_added: u64,
+    pub tree_blobs_added: u64,
+    /// The share of the bytes read that the repository had already: 0 all new, 1 all
+    /// found (0 when nothing was read).
+    pub dedup_ratio: f64,
+    /// Retention after the run (`--retain`): every verdict with its reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<serde_json::Value>,
+    /// Why retention did not run this time (another process held a lock).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_skipped: Option<String>,
 }
 
 /// The workers of a shard run, as finalize found them.

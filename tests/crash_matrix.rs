@@ -171,13 +171,15 @@ const CASES: &[Case] = &[
 
 /// Failpoints that are not kill points of a writer (a reader's pause).
 /// `restic.pack_written`: the restic repository's kill point, killed and checked with
-/// `restic check` in tests/restic_conformance.rs (the matrix covers the hard-link store).
+/// `restic check` in tests/restic_conformance.rs (the matrix covers the hard-link store);
+/// `restic.prune_pack_written` likewise, for `prune` (tests/restic_prune.rs).
 /// `shard.*`: a shard run's kill points, killed among several worker processes and
 /// checked (every unit committed once, finalize once, the snapshot equal to the
 /// source) in tests/shard.rs.
 const NOT_IN_MATRIX: &[&str] = &[
     "verify.snapshot",
     "restic.pack_written",
+    "restic.prune_pack_written",
     "shard.before_commit",
     "shard.after_commit",
     "shard.move",

@@ -199,7 +199,10 @@ fn restic_backup_of_the_same_data_adds_no_data_blobs() {
     conformance_tree(&src);
     sr_ok(&["init", "--dest", &url(&repo)]);
     let r = sr_backup(&src, &repo);
-    assert!(r["added"]["data_blobs"].as_u64().unwrap() > 10, "{r}");
+    assert!(
+        r["repository"]["data_blobs_added"].as_u64().unwrap() > 10,
+        "{r}"
+    );
     // --force: restic reads and chunks every file again instead of trusting the parent.
     let out = run_restic(
         &restic,
@@ -263,7 +266,7 @@ fn snapring_restores_what_restic_wrote() {
     );
     // And a snapring backup on top of restic's uses restic's snapshot as its parent.
     let r = sr_backup(&src, &repo);
-    assert_eq!(r["bytes_read"], 0, "{r}");
+    assert_eq!(r["repository"]["bytes_read"], 0, "{r}");
     run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
 }
 
@@ -293,16 +296,19 @@ fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() 
     // Nothing changed: nothing read, no data added (trees may differ: reading the
     // files and directories moved their access times).
     let second = sr_backup(&src, &repo);
-    assert_eq!(second["bytes_read"], 0, "{second}");
-    assert_eq!(second["files_unchanged"], second["files"], "{second}");
-    assert_eq!(second["added"]["data_blobs"], 0, "{second}");
-    assert_eq!(second["parent"], first["snapshot"]);
+    assert_eq!(second["repository"]["bytes_read"], 0, "{second}");
+    assert_eq!(
+        second["repository"]["files_unchanged"], second["files_total"],
+        "{second}"
+    );
+    assert_eq!(second["repository"]["data_blobs_added"], 0, "{second}");
+    assert_eq!(second["based_on"], first["snapshot"]);
 
     // One file changed: only it is read.
     write(&src.join("big/random"), &pseudo_random(3 << 20, 4));
     let third = sr_backup(&src, &repo);
-    assert_eq!(third["files_read"], 1, "{third}");
-    assert_eq!(third["bytes_read"], 3 << 20, "{third}");
+    assert_eq!(third["repository"]["files_read"], 1, "{third}");
+    assert_eq!(third["repository"]["bytes_read"], 3 << 20, "{third}");
     let want = describe(&src);
     let target = t.path().join("T3");
     sr_ok(&[
@@ -377,6 +383,7 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
     // Paused right after its first pack is written; SIGTERM, then let it go on.
     let pause = t.path().join("paused");
     let child = Command::new(bin())
+        .env("SNAPRING_CATALOG", "off")
         .args([
             "backup",
             "--json",
@@ -403,7 +410,7 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
         .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
     assert_eq!(out.status.code(), Some(3), "{r}");
     assert_eq!(r["status"], "incomplete", "{r}");
-    let kept = r["added"]["data_blobs"].as_u64().unwrap();
+    let kept = r["repository"]["data_blobs_added"].as_u64().unwrap();
     assert!(kept >= 1, "{r}");
     let count = |d: &str| std::fs::read_dir(repo.join(d)).unwrap().count();
     assert_eq!(count("snapshots"), 0, "an interrupted run wrote a snapshot");
@@ -416,9 +423,9 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
     let full: u64 = 20 << 20;
     let next = sr_backup(&src, &repo);
     assert_eq!(next["status"], "complete", "{next}");
-    let added = next["added"]["data_blobs"].as_u64().unwrap();
+    let added = next["repository"]["data_blobs_added"].as_u64().unwrap();
     assert!(
-        added > 0 && next["added"]["bytes"].as_u64().unwrap() < full,
+        added > 0 && next["repository"]["bytes_uploaded"].as_u64().unwrap() < full,
         "{next}"
     );
     let target = t.path().join("T");
@@ -446,6 +453,7 @@ fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_compl
     }
     sr_ok(&["init", "--dest", &url(&repo)]);
     let out = Command::new(bin())
+        .env("SNAPRING_CATALOG", "off")
         .args([
             "backup",
             "--source",

@@ -1,9 +1,13 @@
 //! restic repositories on S3 (`--dest s3://BUCKET/PREFIX`, docs/format.md), against a
 //! real S3 server started in the test (s3s-fs, in-process, on 127.0.0.1): init, backup,
 //! incremental backup, list, restore equal to the source; the wrong password and a
-//! missing bucket fail clearly; `config` is created conditionally; 503s are retried.
+//! missing bucket fail clearly; `config` is created conditionally; 503s are retried;
+//! `--retain` and `prune` thin the repository out over S3.
 //! Conformance: Debian's `restic` checks (`check --read-data`) and restores what snapring
 //! wrote to S3 (skipped with a printed line when `restic` is not installed).
+//! With `SNAPRING_TEST_S3_ENDPOINT=http://HOST:PORT` the same tests run against that
+//! server instead (`.ci/run` runs them a second time against moto's); the two that need
+//! the in-process server's fault injection or its view of the headers are skipped.
 
 mod common;
 
@@ -185,19 +189,65 @@ fn start_server(root: &Path, fault: Fault) -> Server {
 
 /// A server with the bucket made, its temp dir, and a source dir.
 struct Setup {
-    server: Server,
+    /// The in-process s3s-fs server, or `None` with `SNAPRING_TEST_S3_ENDPOINT`.
+    server: Option<Server>,
+    /// `SNAPRING_TEST_S3_ENDPOINT`: another S3 implementation (`.ci/run` starts moto's).
+    external: Option<String>,
     t: tempfile::TempDir,
     /// More environment for snapring.
     extra_env: Vec<(String, String)>,
 }
 
+/// The S3 server another implementation runs, if `SNAPRING_TEST_S3_ENDPOINT` names one
+/// (`http://127.0.0.1:PORT`; it must accept the test's keys, as moto's server does).
+fn external_endpoint() -> Option<String> {
+    std::env::var("SNAPRING_TEST_S3_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+}
+
+/// With an external server, a test that needs the in-process one (its faults, the
+/// headers it saw) says so and is skipped.
+fn needs_in_process_server(what: &str) -> bool {
+    if let Some(e) = external_endpoint() {
+        eprintln!("SKIPPED against {e}: {what} needs the in-process s3s-fs server");
+        return true;
+    }
+    false
+}
+
 fn setup(fault: Fault) -> Setup {
     let t = tempfile::tempdir().unwrap();
+    if let Some(endpoint) = external_endpoint() {
+        // The bucket, made once per server (made again, it is already ours): a plain
+        // unsigned PUT, which moto's server takes.
+        use std::io::{Read, Write};
+        let host = endpoint.trim_start_matches("http://").trim_end_matches('/');
+        let mut c = std::net::TcpStream::connect(host).expect("reach SNAPRING_TEST_S3_ENDPOINT");
+        write!(
+            c,
+            "PUT /{BUCKET} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = c.read_to_string(&mut answer);
+        assert!(
+            answer.starts_with("HTTP/1.1 200") || answer.contains("BucketAlreadyOwnedByYou"),
+            "creating the bucket at {endpoint}: {answer}"
+        );
+        return Setup {
+            server: None,
+            external: Some(endpoint),
+            t,
+            extra_env: Vec::new(),
+        };
+    }
     let root = t.path().join("s3");
     std::fs::create_dir_all(root.join(BUCKET)).unwrap();
     let server = start_server(&root, fault);
     Setup {
-        server,
+        server: Some(server),
+        external: None,
         t,
         extra_env: Vec::new(),
     }
@@ -205,7 +255,16 @@ fn setup(fault: Fault) -> Setup {
 
 impl Setup {
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.server.port)
+        match (&self.external, &self.server) {
+            (Some(e), _) => e.clone(),
+            (None, Some(server)) => format!("http://127.0.0.1:{}", server.port),
+            (None, None) => unreachable!("a setup has a server"),
+        }
+    }
+
+    /// The in-process server (tests that need it are skipped against another).
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("the in-process server")
     }
 
     fn env(&self) -> Vec<(String, String)> {
@@ -255,11 +314,31 @@ impl Setup {
         serde_json::from_str(&out).unwrap()
     }
 
-    /// The objects the server holds under the bucket's `prefix`, relative paths.
+    /// The objects the server holds under the bucket's `prefix`, relative paths: the
+    /// in-process server's files, or an external server's listing of each kind.
     fn objects(&self, prefix: &str) -> Vec<String> {
-        let root = self.t.path().join("s3").join(BUCKET).join(prefix);
         let mut out = Vec::new();
-        walk(&root, &root, &mut out);
+        if self.external.is_some() {
+            use snapring::restic::backend::{Backend, Kind, rel_path};
+            let b = lib_s3(self, prefix);
+            if b.read_config().unwrap().is_some() {
+                out.push("config".to_string());
+            }
+            for kind in [
+                Kind::Key,
+                Kind::Pack,
+                Kind::Index,
+                Kind::Snapshot,
+                Kind::Lock,
+            ] {
+                for id in b.list(kind).unwrap() {
+                    out.push(rel_path(kind, &id));
+                }
+            }
+        } else {
+            let root = self.t.path().join("s3").join(BUCKET).join(prefix);
+            walk(&root, &root, &mut out);
+        }
         out.sort();
         out
     }
@@ -318,7 +397,10 @@ fn init_backup_incremental_list_restore_on_s3() {
 
     let r1 = s.backup(&src, &dest);
     assert_eq!(r1["status"], "complete", "{r1}");
-    assert!(r1["added"]["packs"].as_u64().unwrap() >= 1, "{r1}");
+    assert!(
+        r1["repository"]["packs_written"].as_u64().unwrap() >= 1,
+        "{r1}"
+    );
     assert!(
         s.objects("repos/one")
             .iter()
@@ -329,8 +411,14 @@ fn init_backup_incremental_list_restore_on_s3() {
     write(&src.join("small/f3"), b"changed\n");
     let r2 = s.backup(&src, &dest);
     assert_eq!(r2["status"], "complete", "{r2}");
-    assert!(r2["bytes_read"].as_u64().unwrap() < 100, "{r2}");
-    assert!(r2["files_unchanged"].as_u64().unwrap() >= 20, "{r2}");
+    assert!(
+        r2["repository"]["bytes_read"].as_u64().unwrap() < 100,
+        "{r2}"
+    );
+    assert!(
+        r2["repository"]["files_unchanged"].as_u64().unwrap() >= 20,
+        "{r2}"
+    );
 
     let list: serde_json::Value =
         serde_json::from_str(&s.sr_ok(&["list", "--dest", &dest, "--json"])).unwrap();
@@ -442,6 +530,9 @@ fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
 /// before a read are refused.
 #[test]
 fn encryption_and_storage_class_headers_are_sent() {
+    if needs_in_process_server("seeing the headers of each upload") {
+        return;
+    }
     let mut s = setup(NONE);
     s.extra_env = vec![
         ("SNAPRING_S3_SSE".into(), "AES256".into()),
@@ -456,7 +547,7 @@ fn encryption_and_storage_class_headers_are_sent() {
     s.sr_ok(&["init", "--dest", &dest]);
     let r = s.backup(&src, &dest);
     assert_eq!(r["status"], "complete", "{r}");
-    let puts = s.server.puts.lock().unwrap().clone();
+    let puts = s.server().puts.lock().unwrap().clone();
     assert!(puts.iter().any(|p| p.0.contains("/data/")), "{puts:?}");
     assert!(puts.iter().any(|p| p.0.contains("/snapshots/")), "{puts:?}");
     for (path, sse, class) in &puts {
@@ -499,6 +590,9 @@ fn config_is_created_only_once() {
 /// the whole cycle still completes, by retrying.
 #[test]
 fn server_errors_are_retried() {
+    if needs_in_process_server("injecting 503s and dropped connections") {
+        return;
+    }
     for fault in [Fault::Status503(3), Fault::Drop(3)] {
         retried_through(fault);
     }
@@ -522,7 +616,7 @@ fn retried_through(fault: Fault) {
         to.to_str().unwrap(),
     ]);
     assert_same_tree(&describe(&src), &describe(&to), "restore through 503s");
-    assert!(s.server.requests.load(Ordering::SeqCst) >= 9);
+    assert!(s.server().requests.load(Ordering::SeqCst) >= 9);
 }
 
 fn restic() -> Option<PathBuf> {
@@ -638,11 +732,86 @@ fn snapring_restores_what_restic_wrote_to_s3() {
     // A snapring backup on top reads nothing (restic's tree is the parent) and restic
     // still checks the repository.
     let r = s.backup(&src, &dest);
-    assert_eq!(r["bytes_read"], 0, "{r}");
+    assert_eq!(r["repository"]["bytes_read"], 0, "{r}");
     run_restic(
         &s,
         &restic,
         &repo,
         &["check".as_ref(), "--read-data".as_ref()],
     );
+}
+
+#[test]
+fn retain_and_prune_on_s3() {
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    source(&src);
+    let dest = format!("s3://{BUCKET}/pruned");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let mut ids = Vec::new();
+    for i in 0..3u8 {
+        // A new 1 MiB file each run, the previous run's removed.
+        let _ = std::fs::remove_file(src.join(format!("big/run-{}", i.wrapping_sub(1))));
+        let data: Vec<u8> = (0..(1u32 << 20))
+            .map(|n| (n.wrapping_mul(2_654_435_761) >> 13) as u8 ^ i)
+            .collect();
+        write(&src.join(format!("big/run-{i}")), &data);
+        let out = s.sr_ok(&[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &dest,
+            "--retain",
+            "1",
+            "--json",
+        ]);
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            r["repository"]["retention"]["removed"],
+            u64::from(i.min(1)),
+            "{r}"
+        );
+        ids.push(r["snapshot"].as_str().unwrap().to_string());
+    }
+    let snaps: Vec<String> = s
+        .objects("pruned")
+        .into_iter()
+        .filter(|o| o.starts_with("snapshots/"))
+        .collect();
+    assert_eq!(snaps, vec![format!("snapshots/{}", ids[2])]);
+    let data_before = s
+        .objects("pruned")
+        .iter()
+        .filter(|o| o.starts_with("data/"))
+        .count();
+    let out = s.sr_ok(&["prune", "--dest", &dest, "--json"]);
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(p["packs_removed"].as_u64().unwrap() >= 2, "{p}");
+    let objs = s.objects("pruned");
+    assert_eq!(objs.iter().filter(|o| o.starts_with("index/")).count(), 1);
+    assert!(objs.iter().all(|o| !o.starts_with("locks/")), "{objs:?}");
+    assert!(
+        objs.iter().filter(|o| o.starts_with("data/")).count() < data_before,
+        "{p}"
+    );
+    let to = s.t.path().join("restored");
+    s.sr_ok(&[
+        "restore",
+        "--dest",
+        &dest,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_same_tree(&describe(&src), &describe(&to), "restore after prune on S3");
+    if let Some(restic) = restic() {
+        let repo = format!("s3:{}/{BUCKET}/pruned", s.endpoint());
+        run_restic(
+            &s,
+            &restic,
+            &repo,
+            &["check".as_ref(), "--read-data".as_ref()],
+        );
+    }
 }

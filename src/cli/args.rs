@@ -67,6 +67,15 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: CatalogCmd,
     },
+    /// Forget old snapshots of a label in a restic repository (restic `forget
+    /// --keep-last N` per host and paths); their data stays until `prune`.
+    Forget(ForgetArgs),
+    /// Remove the data no snapshot of a restic repository references (deletes or
+    /// repacks packs, rewrites the index) under an exclusive lock.
+    Prune(PruneArgs),
+    /// Push a snapshot of a hard-link store into a restic repository, reading only the
+    /// files that changed since the last snapshot copied there (as the manifests tell).
+    Copy(CopyArgs),
     /// Run one job of a config file now (backup, then its notifications).
     Run(RunArgs),
     /// Run every scheduled job of a config file at its times, until SIGTERM/SIGINT
@@ -207,6 +216,71 @@ pub struct InitArgs {
     pub password_file: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ForgetArgs {
+    /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
+    #[arg(long)]
+    pub dest: String,
+    /// The label whose snapshots to thin out (snapring's `label=L` tag).
+    #[arg(long)]
+    pub label: String,
+    /// Keep the newest N snapshots of the label in each host/paths group.
+    #[arg(long, value_name = "N")]
+    pub retain: u32,
+    /// Print each snapshot's verdict and reason; remove nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
+    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct CopyArgs {
+    /// The backup file system of the store (as for `backup --dest`).
+    #[arg(long)]
+    pub dest: PathBuf,
+    /// The store folder under --dest; default: --dest itself.
+    #[arg(long)]
+    pub folder: Option<String>,
+    /// The snapshot to copy: name (daily.0), run id, `latest` or @TIME.
+    pub snapshot: String,
+    /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
+    #[arg(long)]
+    pub to: String,
+    /// The label tag in the repository [default: the snapshot's label].
+    #[arg(long)]
+    pub label: Option<String>,
+    /// After the copy, keep the newest N copies of the label (restic forget --keep-last).
+    #[arg(long, value_name = "N")]
+    pub retain: Option<u32>,
+    #[arg(long)]
+    pub json: bool,
+    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
+    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
+    #[arg(long)]
+    pub dest: String,
+    /// Print what would be kept, repacked and deleted; change nothing (takes no lock).
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
+    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args)]

@@ -32,6 +32,9 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 
 /// `snapring backup`.
 pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    if let Some(code) = super::restic::backup_job(&a, cat)? {
+        return Ok(code);
+    }
     let spec =
         match snapring::shard::detect(a.shard.as_deref(), a.shards, a.run_id.as_deref(), &|k| {
             std::env::var(k).ok()

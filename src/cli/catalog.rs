@@ -89,9 +89,11 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 }
 
 /// The catalog filter from `--job`, `--dest` (canonicalized, as the catalog keys
-/// stores) and `--since` (a duration back from now, or a time).
+/// stores; a restic repository's URL as it is) and `--since` (a duration back from
+/// now, or a time).
 fn filter(job: Option<String>, dest: Option<&Path>, since: Option<&str>) -> anyhow::Result<Filter> {
     let store = match dest {
+        Some(d) if super::restic::is_repo(Some(d)) => Some(d.to_string_lossy().into_owned()),
         Some(d) => Some(
             std::fs::canonicalize(d)
                 .map_err(|e| anyhow::anyhow!("store {}: {e}", d.display()))?
@@ -239,6 +241,17 @@ fn print_shown(s: &Shown) {
         r.throughput_files_per_second,
         human(r.throughput_bytes_per_second as u64)
     );
+    if let Some(k) = &r.repository {
+        outln!(
+            "  repository: uploaded {} in {} objects ({} packs), dedup ratio {:.2}; {} files read, {} unchanged",
+            human(k.bytes_uploaded),
+            k.objects_written,
+            k.packs_written,
+            k.dedup_ratio,
+            k.files_read,
+            k.files_unchanged
+        );
+    }
     let p = &r.phases;
     outln!(
         "  phases: walk+copy {:.2}s, sync {:.2}s, rotation {:.2}s, remove expired {:.2}s; peak memory {}",

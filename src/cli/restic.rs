@@ -1,5 +1,6 @@
 //! The commands on a restic repository (`--dest file:///PATH` or `s3://BUCKET/PREFIX`):
-//! `init`, `backup`, `list`, `restore`. Flags a restic repository does not take yet are
+//! `init`, `backup` (with `--retain`), `list`, `restore`, `forget`, `prune`, and `copy`
+//! from a hard-link store. Flags a restic repository does not take yet are
 //! refused rather than ignored. The password comes from `snapring::restic::password`,
 //! never printed.
 
@@ -8,7 +9,11 @@ use std::path::Path;
 use anyhow::{Context, bail};
 use snapring::restic::{self, backend, ops, repo::Repo};
 
-use super::args::{BackupArgs, InitArgs, ListArgs, RestoreArgs};
+use snapring::config;
+use snapring::report::{RunReport, Status};
+
+use super::args::{BackupArgs, CopyArgs, ForgetArgs, InitArgs, ListArgs, PruneArgs, RestoreArgs};
+use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
 use super::print::{self, human, outln};
 
@@ -40,63 +45,177 @@ pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Complete)
 }
 
-/// `snapring backup --source S --dest file:///PATH`.
-pub fn backup(a: BackupArgs) -> anyhow::Result<ExitCode> {
-    let unsupported = [
-        (a.config.is_some(), "--config"),
-        (a.job.is_some(), "--job"),
-        (a.folder.is_some(), "--folder"),
-        (a.retain.is_some(), "--retain"),
-        (a.prefix.is_some(), "--prefix"),
-        (!a.exclude.is_empty(), "--exclude"),
-        (a.dry_run, "--dry-run"),
-        (a.window.is_some(), "--window"),
-        (a.require_mount, "--require-mount"),
-    ];
-    if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
-        bail!("{flag} is not supported with a restic repository yet");
-    }
-    let source = a.source.context("--source is required")?;
-    let dest = a.dest.context("--dest is required")?;
-    let mut repo = open(&dest, a.password_file.as_deref())?;
-    let opts = restic::backup::BackupOptions {
-        source,
-        label: a.label.unwrap_or_else(|| "daily".into()),
-        cancel: super::cancel_on_signal(),
+/// `snapring backup` or `snapring run` of a job whose `dest` (flag, else the config
+/// file's job) is a restic repository; `None` when it is not one. The run goes through
+/// `snapring::job::run_repository`: catalog, run log and notifications as for any run.
+/// Settings a repository does not take yet are refused rather than ignored.
+pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<ExitCode>> {
+    let mut file_catalog = None;
+    let mut notifiers = Vec::new();
+    let mut notify_success = false;
+    let (name, file) = match &a.config {
+        Some(path) => {
+            let cfg = config::load(path)?;
+            let (n, j) = cfg.pick(a.job.as_deref())?;
+            file_catalog = cfg.catalog.clone();
+            notifiers = cfg.notifiers_of(&n, &j)?;
+            notify_success = j.notify_success.unwrap_or(false);
+            (Some(n), j)
+        }
+        None => (a.job.clone(), Default::default()),
     };
-    let r = restic::backup::backup(&mut repo, &opts)?;
+    let f: config::JobConfig = file;
+    let dest = a.dest.clone().or(f.dest.clone());
+    if !is_repo(dest.as_deref()) {
+        return Ok(None);
+    }
+    let unsupported = [
+        (a.folder.is_some() || f.folder.is_some(), "folder"),
+        (a.prefix.is_some() || f.prefix.is_some(), "prefix"),
+        (!a.exclude.is_empty() || !f.exclude.is_empty(), "exclude"),
+        (a.dry_run, "dry-run"),
+        (a.window.is_some() || f.window.is_some(), "window"),
+        (
+            a.require_mount || f.require_mount == Some(true),
+            "require_mount",
+        ),
+        (a.bwlimit.is_some() || f.bwlimit.is_some(), "bwlimit"),
+        (a.jobs.is_some() || f.jobs.is_some(), "jobs"),
+        (
+            a.pre_command.is_some() || f.pre_command.is_some(),
+            "pre_command",
+        ),
+        (
+            a.post_command.is_some() || f.post_command.is_some(),
+            "post_command",
+        ),
+    ];
+    if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
+        bail!(
+            "{what} (--{} or the job's `{what}`) is not supported with a restic repository yet",
+            what.replace('_', "-")
+        );
+    }
+    let file_job = a.config.as_ref().map(|_| f.clone());
+    let source = a
+        .source
+        .clone()
+        .or(f.source)
+        .context("no source: give --source or set source in the job")?;
+    let retain = a.retain.or(f.retain);
+    if retain == Some(0) {
+        bail!("--retain 0 would forget every snapshot of the label; give 1 or more");
+    }
+    let job = snapring::job::RepositoryJob {
+        job: name,
+        source,
+        dest: dest.expect("is_repo").to_string_lossy().into_owned(),
+        label: a
+            .label
+            .clone()
+            .or(f.label)
+            .unwrap_or_else(|| "daily".into()),
+        retain,
+        password_file: a.password_file.clone().or(f.password_file),
+    };
+    let catalog = cat
+        .for_config(file_catalog)
+        .map(|path| snapring::job::CatalogTarget {
+            path,
+            on_nfs: cat.on_nfs,
+        });
+    let r = snapring::job::run_repository(
+        &job,
+        catalog.as_ref(),
+        &notifiers,
+        notify_success,
+        super::cancel_on_signal(),
+    );
+    if let Some(dir) = &a.textfile {
+        let cat = catalog.as_ref().map(|c| c.path.as_path());
+        if let Err(e) = snapring::serve::textfile::write(dir, &r, file_job.as_ref(), cat) {
+            print::errln!("snapring: warning: {e}");
+        }
+    }
     if a.json {
         print::json(&r)?;
+        if r.status == Status::Failed {
+            print::errln!("snapring: backup failed: {}", r.message);
+        }
     } else {
-        if r.status == "incomplete" {
-            outln!(
-                "incomplete: interrupted, no snapshot written; {} in {} packs kept and indexed for the next run",
-                human(r.added.bytes),
-                r.added.packs
-            );
-            return Ok(ExitCode::Incomplete);
+        print_run(&r);
+    }
+    Ok(Some(ExitCode::from(r.status)))
+}
+
+/// The human summary of a run into a repository.
+fn print_run(r: &RunReport) {
+    let Some(k) = &r.repository else {
+        print::errln!("snapring: backup failed: {}", r.message);
+        return;
+    };
+    if r.status == Status::Incomplete {
+        outln!(
+            "incomplete: interrupted, no snapshot written; {} in {} packs kept and indexed for the next run (run {})",
+            human(k.bytes_uploaded),
+            k.packs_written,
+            r.id
+        );
+        return;
+    }
+    outln!(
+        "{}: snapshot {} of {} files ({}), {} read, {} unchanged; uploaded {} in {} objects, dedup ratio {:.2}; took {:.2}s (run {})",
+        r.status.as_str(),
+        &k.snapshot_id[..8.min(k.snapshot_id.len())],
+        r.files_total,
+        human(r.bytes_total),
+        human(k.bytes_read),
+        k.files_unchanged,
+        human(k.bytes_uploaded),
+        k.objects_written,
+        k.dedup_ratio,
+        r.duration_seconds,
+        r.id
+    );
+    for p in r.problems.iter().take(20) {
+        print::problem(p);
+    }
+    if let Some(v) = &k.retention
+        && let Ok(f) = serde_json::from_value::<RetentionShown>(v.clone())
+    {
+        for v in &f.plan.verdicts {
+            outln!("  {} {}  {}", v.short_id, v.time, v.reason);
         }
         outln!(
-            "{}: snapshot {} of {} files ({}), {} read, {} unchanged; added {} in {} packs; took {:.2}s",
-            r.status,
-            &r.snapshot[..8],
-            r.files,
-            human(r.bytes_total),
-            human(r.bytes_read),
-            r.files_unchanged,
-            human(r.added.bytes),
-            r.added.packs,
-            r.duration_seconds
+            "forgot {} snapshots (their data stays until `snapring prune`)",
+            f.removed
         );
-        for p in r.problems.iter().take(20) {
-            print::errln!("  problem: {p}");
-        }
     }
-    Ok(match r.status.as_str() {
-        "incomplete" => ExitCode::Incomplete,
-        "partial" => ExitCode::Partial,
-        _ => ExitCode::Complete,
-    })
+    if let Some(why) = &k.retention_skipped {
+        print::errln!("retention skipped this time (the next run catches up): {why}");
+    }
+    for w in &r.warnings {
+        print::errln!("snapring: warning: {w}");
+    }
+}
+
+/// The parts of a retention report the summary prints.
+#[derive(serde::Deserialize)]
+struct RetentionShown {
+    plan: PlanShown,
+    removed: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct PlanShown {
+    verdicts: Vec<VerdictShown>,
+}
+
+#[derive(serde::Deserialize)]
+struct VerdictShown {
+    short_id: String,
+    time: String,
+    reason: String,
 }
 
 /// `snapring list --dest file:///PATH`.
@@ -188,4 +307,140 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::Complete)
+}
+
+fn print_forget(r: &restic::forget::ForgetReport) {
+    for v in &r.plan.verdicts {
+        outln!("  {} {}  {}", v.short_id, v.time, v.reason);
+    }
+    let n = r.plan.forgotten().count();
+    if r.dry_run {
+        outln!("dry run: would forget {n} snapshots; nothing removed");
+    } else {
+        outln!(
+            "forgot {} snapshots (their data stays until `snapring prune`)",
+            r.removed
+        );
+    }
+}
+
+/// `snapring forget --dest URL --label L --retain N [--dry-run]`.
+pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
+    let policy = restic::forget::Policy {
+        label: a.label,
+        keep_last: a.retain,
+        group: None,
+    };
+    let r = restic::forget::forget(&repo, &policy, a.dry_run)?;
+    if a.json {
+        print::json(&r)?;
+    } else {
+        print_forget(&r);
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// `snapring prune --dest URL [--dry-run]`.
+pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
+    let r = restic::prune::prune(&repo, a.dry_run)?;
+    if a.json {
+        print::json(&r)?;
+        return Ok(ExitCode::Complete);
+    }
+    let p = &r.plan;
+    outln!(
+        "{} snapshots use {} blobs; {} blobs ({}) unused",
+        p.snapshots,
+        p.blobs_used,
+        p.blobs_unused,
+        human(p.bytes_unused)
+    );
+    outln!(
+        "packs: {} kept, {} to repack ({} copied), {} to delete, {} not in any index",
+        p.packs_kept,
+        p.packs_repacked,
+        human(p.bytes_to_repack),
+        p.packs_deleted,
+        p.packs_unindexed
+    );
+    if r.dry_run {
+        outln!("dry run: nothing changed");
+    } else {
+        outln!(
+            "complete: wrote {} packs ({}), removed {} packs and {} index files; took {:.2}s",
+            r.packs_written,
+            human(r.bytes_written),
+            r.packs_removed,
+            r.index_files_removed,
+            r.duration_seconds
+        );
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// `snapring copy --dest D [--folder F] SNAPSHOT --to URL`.
+pub fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
+    if a.retain == Some(0) {
+        bail!("--retain 0 would forget every snapshot of the label; give 1 or more");
+    }
+    let root = match &a.folder {
+        Some(f) => {
+            let rel = snapring::relpath::RelPath::new(f.as_bytes())
+                .map_err(|e| anyhow::anyhow!("--folder {f:?}: {e}"))?;
+            a.dest.join(rel.as_path())
+        }
+        None => a.dest.clone(),
+    };
+    let store = snapring::store::Store::open_read(&root)?;
+    let mut repo = open(Path::new(&a.to), a.password_file.as_deref())?;
+    let opts = restic::copy::CopyOptions {
+        snapshot: a.snapshot,
+        label: a.label,
+        retain: a.retain,
+        cancel: super::cancel_on_signal(),
+    };
+    let r = restic::copy::copy(&store, &mut repo, &opts)?;
+    let b = &r.backup;
+    if a.json {
+        print::json(&r)?;
+    } else if r.already_copied {
+        outln!(
+            "{} (run {}) is in the repository already as snapshot {}; nothing copied",
+            r.store_snapshot,
+            r.run,
+            &b.snapshot[..8]
+        );
+    } else if b.status == "incomplete" {
+        outln!(
+            "incomplete: interrupted, no snapshot written; {} in {} packs kept and indexed for the next copy",
+            human(b.added.bytes),
+            b.added.packs
+        );
+    } else {
+        outln!(
+            "{}: copied {} (run {}) as snapshot {}: {} files, {} read, {} reused ({} by the manifests, {} by inode); uploaded {} in {} objects; took {:.2}s",
+            b.status,
+            r.store_snapshot,
+            r.run,
+            &b.snapshot[..8],
+            b.files,
+            human(b.bytes_read),
+            b.files_unchanged,
+            r.reused_by_manifest,
+            r.reused_by_inode,
+            human(b.bytes_uploaded),
+            b.objects_written,
+            b.duration_seconds
+        );
+        for p in b.problems.iter().take(20) {
+            print::errln!("  {} {}: cannot {}: {}", p.kind, p.path, p.action, p.error);
+        }
+    }
+    Ok(match b.status.as_str() {
+        "incomplete" => ExitCode::Incomplete,
+        "partial" => ExitCode::Partial,
+        _ => ExitCode::Complete,
+    })
 }

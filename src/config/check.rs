@@ -78,6 +78,11 @@ pub const JOB_KEYS: &[Key] = &[
     ),
     key("post_command", Kind::List(any), "[\"/usr/local/bin/thaw\"]"),
     key("hook_timeout", Kind::Str(hook_timeout), "\"10m\""),
+    key(
+        "password_file",
+        Kind::Str(path),
+        "\"/etc/snapring/repo-password\"",
+    ),
 ];
 
 /// The keys of a `[notify.NAME]` table (`notify::NotifierConfig`); their values are

@@ -218,7 +218,7 @@ fn release(store: &Store, lock: <Store as Repository>::Lock, counters: &Counters
     }
 }
 
-pub(crate) fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
+pub fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
     RunReport {
         format: report::RUN_FORMAT,
         id: id.to_string(),
@@ -266,6 +266,8 @@ pub(crate) fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunRep
         pre_command: None,
         post_command: None,
         shards: None,
+        repository: None,
+        log: None,
     }
 }
 

@@ -28,6 +28,9 @@ use super::{Error, Id, Result, io_err};
 pub struct BackupOptions {
     pub source: PathBuf,
     pub label: String,
+    /// Keep the newest N snapshots of the label in this host/paths group after a run
+    /// that wrote a snapshot (restic `forget --keep-last N`); `None` keeps all.
+    pub retain: Option<u32>,
     /// Set by SIGINT/SIGTERM: the run stops as `incomplete`, its packs indexed, no
     /// snapshot written.
     pub cancel: Arc<AtomicBool>,
@@ -47,11 +50,40 @@ pub struct BackupReport {
     pub bytes_total: u64,
     /// Packs, blobs and bytes this run added to the repository.
     pub added: PackerStats,
-    pub problems: Vec<String>,
+    /// Bytes of every file this run wrote to the repository (packs, index files, the
+    /// snapshot file; not its lock).
+    pub bytes_uploaded: u64,
+    /// Files (objects, on S3) this run wrote: packs, index files, the snapshot file.
+    pub objects_written: u64,
+    /// The share of the bytes read this run that the repository had already (0: all
+    /// new, 1: all found); 0 when nothing was read.
+    pub dedup_ratio: f64,
+    pub problems: Vec<EntryProblem>,
+    /// Retention after the snapshot (with `retain`): each verdict with its reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<super::forget::ForgetReport>,
+    /// Why retention did not run this time (another process held a lock); the next
+    /// run's retention catches up.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_skipped: Option<String>,
     pub duration_seconds: f64,
 }
 
+/// An entry left out of the snapshot, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryProblem {
+    /// The entry relative to the source, `%XX`-escaped as in manifests.
+    pub path: String,
+    /// `unreadable` or `vanished`.
+    pub kind: String,
+    /// What was being done: `stat`, `open`, `read`, `list`, …
+    pub action: String,
+    pub error: String,
+}
+
 struct Walker<'a> {
+    /// The directory the walk reads (problems are named relative to it).
+    root: PathBuf,
     repo: &'a mut Repo,
     packer: Packer,
     tables: std::sync::Arc<Tables>,
@@ -60,12 +92,38 @@ struct Walker<'a> {
     cancel: Arc<AtomicBool>,
     /// A repository error: it ends the run (a source error only skips its entry).
     fatal: bool,
+    /// Decides whether a file is the parent's, unchanged (`None`: restic's compare key).
+    reuse: Option<&'a mut (dyn Reuse + 'static)>,
+}
+
+/// Another rule than restic's compare key for "this file is the parent snapshot's
+/// entry, unchanged, so its blob list is reused unread" (`copy` asks the manifests).
+pub trait Reuse {
+    /// `path` is the file as the walk reads it, `prev` the parent snapshot's node of
+    /// the same name, `md` the file's `lstat`.
+    fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool;
+}
+
+/// What one snapshot is made of: where to read, what to record, which parent.
+pub struct Spec<'a> {
+    /// The directory the walk reads (may be a `/proc/self/fd/N` path of a held one).
+    pub walk_root: PathBuf,
+    /// The snapshot's path (absolute, canonical): its ancestors wrap the tree, as
+    /// restic's do, with their metadata from this machine.
+    pub path: PathBuf,
+    pub parent: Option<(Id, Snapshot)>,
+    pub tags: Vec<String>,
+    /// Retention after the snapshot, on this label.
+    pub label: String,
+    pub retain: Option<u32>,
+    pub cancel: Arc<AtomicBool>,
+    pub reuse: Option<&'a mut (dyn Reuse + 'static)>,
+    /// The snapshot's time (`None`: now, the run's start).
+    pub time: Option<chrono::DateTime<chrono::Local>>,
 }
 
 /// Backs `opts.source` up into the repository `repo`.
 pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
-    let started = std::time::Instant::now();
-    let start_time = chrono::Local::now();
     repo.check_writable()?;
     let source =
         std::fs::canonicalize(&opts.source).map_err(io_err("open the source", &opts.source))?;
@@ -79,22 +137,60 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let path_str = source.to_string_lossy().into_owned();
     let host = crate::util::hostname();
     let parent = pick_parent(repo, &path_str, &host, &opts.label)?;
-    let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+    let spec = Spec {
+        walk_root: source.clone(),
+        path: source,
+        parent,
+        tags: vec!["snapring".into(), format!("label={}", opts.label)],
+        label: opts.label.clone(),
+        retain: opts.retain,
+        cancel: opts.cancel.clone(),
+        reuse: None,
+        time: None,
+    };
+    snapshot_locked(repo, spec, lock)
+}
+
+/// Writes one snapshot as `spec` says, under the shared `lock` (released here), then
+/// applies retention.
+pub fn snapshot_locked(
+    repo: &mut Repo,
+    spec: Spec<'_>,
+    lock: super::lock::Guard,
+) -> Result<BackupReport> {
+    let started = std::time::Instant::now();
+    let start_time = spec.time.unwrap_or_else(chrono::Local::now);
+    let path_str = spec.path.to_string_lossy().into_owned();
+    let host = crate::util::hostname();
+    let parent = spec.parent;
+    let comps: Vec<&OsStr> = spec.path.iter().skip(1).collect();
+    // The parent's tree of its own path (a copy's parent may be of another snapshot
+    // directory; a backup's parent has the same path).
     let parent_tree = match &parent {
-        Some((_, p)) => descend(repo, p.tree, &comps)?,
+        Some((_, p)) => match p.paths.as_slice() {
+            [one] => {
+                let pc: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
+                descend(repo, p.tree, &pc)?
+            }
+            _ => None,
+        },
         None => None,
     };
     let tables = std::sync::Arc::new(repo.tables());
     let mut w = Walker {
+        root: spec.walk_root.clone(),
         repo,
         packer: Packer::default(),
         tables,
         report: BackupReport::default(),
         fatal: false,
         names: Names::load(),
-        cancel: opts.cancel.clone(),
+        cancel: spec.cancel.clone(),
+        reuse: spec.reuse,
     };
-    let walked = w.dir(&source, parent_tree).and_then(|t| w.wrap(&comps, t));
+    let walked = w
+        .dir(&spec.walk_root, parent_tree)
+        .and_then(|t| w.wrap(&comps, t));
     let Walker {
         repo,
         packer,
@@ -105,6 +201,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         Ok(root) => root,
         Err(Error::Cancelled) => {
             report.added = packer.finish(repo)?;
+            report.count_uploads(0, 0);
             report.status = "incomplete".into();
             report.duration_seconds = started.elapsed().as_secs_f64();
             lock.release()?;
@@ -125,12 +222,30 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         username: std::env::var("USER").unwrap_or_default(),
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
-        tags: vec!["snapring".into(), format!("label={}", opts.label)],
+        tags: spec.tags,
         program_version: Some(format!("snapring {}", env!("CARGO_PKG_VERSION"))),
         ..Default::default()
     };
-    let id = repo.save_json(super::backend::Kind::Snapshot, &snap)?;
+    let group = super::forget::Group::of(&snap);
+    let (id, snap_len) = repo.save_json_len(super::backend::Kind::Snapshot, &snap)?;
+    report.count_uploads(1, snap_len);
     lock.release()?;
+    if let Some(n) = spec.retain {
+        // restic's `forget` takes an exclusive lock; a concurrent backup's shared lock
+        // makes it wait for the next run rather than fail this one.
+        let policy = super::forget::Policy {
+            label: spec.label.clone(),
+            keep_last: n.max(1),
+            group: Some(group),
+        };
+        match super::lock::acquire(repo, true) {
+            Ok(ex) => {
+                report.retention = Some(super::forget::forget_locked(repo, &policy)?);
+                ex.release()?;
+            }
+            Err(e) => report.retention_skipped = Some(e.to_string()),
+        }
+    }
     report.snapshot = id.hex();
     report.parent = parent.map(|(id, _)| id.hex());
     report.status = if report.problems.is_empty() {
@@ -141,6 +256,20 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     .into();
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+impl BackupReport {
+    /// Sets the upload KPIs from `added` plus `files` more files of `bytes`.
+    fn count_uploads(&mut self, files: u64, bytes: u64) {
+        let a = &self.added;
+        self.objects_written = a.packs + a.index_files + files;
+        self.bytes_uploaded = a.bytes + a.index_bytes + bytes;
+        self.dedup_ratio = if self.bytes_read == 0 {
+            0.0
+        } else {
+            1.0 - (a.data_bytes_new as f64 / self.bytes_read as f64).min(1.0)
+        };
+    }
 }
 
 /// The newest snapshot of the same paths and host, preferring one of the same label.
@@ -303,11 +432,30 @@ impl Walker<'_> {
                 Ok(Some(node)) => tree.nodes.push(node),
                 Ok(None) => {}
                 Err(e) if self.fatal => return Err(e),
-                Err(e) => self.report.problems.push(e.to_string()),
+                Err(e) => self.problem(&p, "unreadable", e),
             }
         }
         self.report.dirs += 1;
         self.save(BlobType::Tree, &tree.to_blob())
+    }
+
+    /// Records a problem with the entry at `p` (the error's own path where it has one).
+    fn problem(&mut self, p: &Path, kind: &str, e: Error) {
+        let (at, action, error) = match e {
+            Error::Io {
+                action,
+                path,
+                source,
+            } => (path, action.to_string(), source.to_string()),
+            other => (p.to_path_buf(), "back up".to_string(), other.to_string()),
+        };
+        let rel = at.strip_prefix(&self.root).unwrap_or(&at);
+        self.report.problems.push(EntryProblem {
+            path: crate::relpath::escape(rel.as_os_str().as_bytes()),
+            kind: kind.into(),
+            action,
+            error,
+        });
     }
 
     /// `Err(Cancelled)` once SIGINT/SIGTERM came.
@@ -343,9 +491,7 @@ impl Walker<'_> {
         let md = match std::fs::symlink_metadata(p) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                self.report
-                    .problems
-                    .push(format!("vanished: {}", p.display()));
+                self.problem(p, "vanished", io_err("stat", p)(e));
                 return Ok(None);
             }
             Err(e) => return Err(io_err("stat", p)(e)),
@@ -359,7 +505,11 @@ impl Walker<'_> {
             }
             "file" => {
                 self.report.files += 1;
-                match prev.filter(|n| unchanged(n, &md, &node) && self.all_indexed(n)) {
+                let same = |w: &mut Self, n: &Node| match w.reuse.as_deref_mut() {
+                    Some(r) => r.unchanged(p, n, &md),
+                    None => unchanged(n, &md, &node),
+                };
+                match prev.filter(|n| same(self, n) && self.all_indexed(n)) {
                     Some(n) => {
                         node.content = n.content.clone();
                         node.size = n.size;

@@ -1,7 +1,13 @@
 //! Repository locks as restic takes them: a file in `locks/` (sealed JSON: time,
-//! exclusive, host, user, pid). A backup holds a shared lock; an exclusive lock of a
-//! live process (younger than 30 minutes, or on this host with its pid alive) refuses
-//! it. The lock file is removed when the guard is released or dropped.
+//! exclusive, host, user, pid). A backup holds a shared lock; `forget` and `prune` an
+//! exclusive one. A lock of a live process (younger than 30 minutes, or on this host
+//! with its pid alive) refuses a conflicting one. While held, a lock is refreshed every
+//! 5 minutes as restic refreshes its own (a new file with the current time, then the
+//! old one removed), so a long run never looks stale to another host. The lock file is
+//! removed when the guard is released or dropped.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,11 +29,25 @@ pub struct LockFile {
     pub gid: u32,
 }
 
-/// A lock this process holds.
+/// A lock this process holds; a thread refreshes it until it is released.
 pub struct Guard {
-    backend: std::sync::Arc<dyn super::backend::Backend>,
-    id: Option<Id>,
+    inner: Arc<Held>,
+    refresher: Option<std::thread::JoinHandle<()>>,
 }
+
+/// What refreshing a lock needs, shared with the refreshing thread.
+struct Held {
+    backend: Arc<dyn super::backend::Backend>,
+    key: super::crypto::Key,
+    lock: LockFile,
+    /// The current lock file (`None` once released).
+    id: Mutex<Option<Id>>,
+    /// Set on release; the thread waits on it between refreshes.
+    stop: (Mutex<bool>, Condvar),
+}
+
+/// How often a held lock is refreshed (restic: 5 minutes; stale after 30).
+const REFRESH: Duration = Duration::from_secs(5 * 60);
 
 const STALE_SECS: i64 = 30 * 60;
 
@@ -66,8 +86,8 @@ fn conflict(repo: &Repo, exclusive: bool, ours: Option<Id>) -> Result<Option<Loc
 
 fn refused(l: &LockFile) -> Error {
     Error::Other(format!(
-        "the repository is locked {} by pid {} on {} since {}",
-        if l.exclusive { "exclusively" } else { "" },
+        "the repository is locked {}by pid {} on {} since {}",
+        if l.exclusive { "exclusively " } else { "" },
         l.pid,
         l.hostname,
         l.time
@@ -90,29 +110,102 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
         gid: rustix::process::getgid().as_raw(),
     };
     let id = repo.save_json(Kind::Lock, &lf)?;
-    let guard = Guard {
+    let inner = Arc::new(Held {
         backend: repo.backend.clone(),
-        id: Some(id),
+        key: repo.key.clone(),
+        lock: lf,
+        id: Mutex::new(Some(id)),
+        stop: (Mutex::new(false), Condvar::new()),
+    });
+    let mut guard = Guard {
+        inner,
+        refresher: None,
     };
     if let Some(l) = conflict(repo, exclusive, Some(id))? {
         return Err(refused(&l));
     }
+    let held = guard.inner.clone();
+    guard.refresher = std::thread::Builder::new()
+        .name("restic-lock".into())
+        .spawn(move || held.refresh_until_stopped())
+        .ok();
     Ok(guard)
 }
 
-impl Guard {
-    pub fn release(mut self) -> Result<()> {
-        match self.id.take() {
+impl Held {
+    fn refresh_until_stopped(&self) {
+        let (stopped, cv) = &self.stop;
+        let mut s = stopped.lock().expect("lock state");
+        loop {
+            // Released before this thread first got here: no wake-up will come.
+            if *s {
+                return;
+            }
+            let (next, timeout) = cv.wait_timeout(s, REFRESH).expect("lock state");
+            s = next;
+            if *s {
+                return;
+            }
+            if timeout.timed_out()
+                && let Err(e) = self.refresh()
+            {
+                tracing::warn!("cannot refresh the repository lock: {e}");
+            }
+        }
+    }
+
+    /// Writes the lock anew with the current time, then removes the old file.
+    fn refresh(&self) -> Result<()> {
+        let mut id = self.id.lock().expect("lock id");
+        let Some(old) = *id else { return Ok(()) };
+        let mut lf = self.lock.clone();
+        lf.time = super::go_time(chrono::Local::now());
+        let json = serde_json::to_vec(&lf).expect("JSON serialises");
+        let mut plain = vec![2u8];
+        plain
+            .extend(zstd::bulk::compress(&json, 3).map_err(super::io_err("compress", "the lock"))?);
+        let sealed = self.key.seal(&plain);
+        let new = Id::hash(&sealed);
+        self.backend.write(Kind::Lock, &new, &sealed)?;
+        *id = Some(new);
+        self.backend.remove(Kind::Lock, &old)
+    }
+
+    fn release(&self) -> Result<()> {
+        *self.stop.0.lock().expect("lock state") = true;
+        self.stop.1.notify_all();
+        match self.id.lock().expect("lock id").take() {
             Some(id) => self.backend.remove(Kind::Lock, &id),
             None => Ok(()),
         }
     }
 }
 
+impl Guard {
+    pub fn release(mut self) -> Result<()> {
+        let r = self.inner.release();
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
+        }
+        r
+    }
+
+    /// Refreshes the lock now (the thread does it every 5 minutes).
+    pub fn refresh(&self) -> Result<()> {
+        self.inner.refresh()
+    }
+
+    /// The current lock file.
+    pub fn id(&self) -> Option<Id> {
+        *self.inner.id.lock().expect("lock id")
+    }
+}
+
 impl Drop for Guard {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            let _ = self.backend.remove(Kind::Lock, &id);
+        let _ = self.inner.release();
+        if let Some(t) = self.refresher.take() {
+            let _ = t.join();
         }
     }
 }

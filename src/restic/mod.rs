@@ -2,19 +2,24 @@
 //! snapring's own code: the crypto (`crypto`), the chunker with the repository's
 //! polynomial (`chunker`), the storage (`backend`: a local directory; `s3`), packs and index files (`pack`,
 //! `index`), trees and snapshots (`tree`, `snapshot`), locks (`lock`), the opened
-//! repository (`repo`), and the operations on it: `init`, `backup`, `list`, `restore`
-//! (`ops`, `backup`, `restore`). The repository password comes from `password`.
+//! repository (`repo`), and the operations on it: `init`, `backup`, `list`, `restore`,
+//! `forget` (retention, a pure plan with reasons), `prune`, and `copy` (a hard-link
+//! store's snapshot pushed into a repository) (`ops`, `backup`, `restore`, `forget`,
+//! `prune`, `copy`). The repository password comes from `password`.
 //! docs/format.md, "restic repositories", says how snapring maps its runs onto it.
 
 pub mod backend;
 pub mod backup;
 pub mod chunker;
+pub mod copy;
 pub mod crypto;
+pub mod forget;
 pub mod index;
 pub mod lock;
 pub mod ops;
 pub mod pack;
 pub mod password;
+pub mod prune;
 pub mod repo;
 pub mod restore;
 pub mod s3;

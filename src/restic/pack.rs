@@ -57,6 +57,16 @@ impl PackBuilder {
         self.bytes.extend_from_slice(&sealed);
     }
 
+    /// Adds a blob sealed already (copied from another pack by `prune`), as `e`
+    /// describes it.
+    pub fn add_sealed(&mut self, e: &Entry, sealed: &[u8]) {
+        self.entries.push(Entry {
+            offset: self.bytes.len() as u32,
+            ..e.clone()
+        });
+        self.bytes.extend_from_slice(sealed);
+    }
+
     pub fn len(&self) -> usize {
         self.bytes.len()
     }

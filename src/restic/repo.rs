@@ -121,13 +121,18 @@ impl Repo {
 
     /// Writes a JSON document as an unpacked file; returns its id.
     pub fn save_json<T: Serialize>(&self, kind: Kind, value: &T) -> Result<Id> {
+        Ok(self.save_json_len(kind, value)?.0)
+    }
+
+    /// `save_json`, also returning the file's size (what was uploaded).
+    pub fn save_json_len<T: Serialize>(&self, kind: Kind, value: &T) -> Result<(Id, u64)> {
         let json = serde_json::to_vec(value).expect("JSON serialises");
         let mut plain = vec![2u8];
         plain.extend(zstd::bulk::compress(&json, 3).map_err(io_err("compress", "JSON"))?);
         let sealed = self.key.seal(&plain);
         let id = Id::hash(&sealed);
         self.backend.write(kind, &id, &sealed)?;
-        Ok(id)
+        Ok((id, sealed.len() as u64))
     }
 
     /// A blob's plaintext, checked against its id.
@@ -199,6 +204,8 @@ pub struct Packer {
     pub bytes_written: u64,
     pub data_blobs: u64,
     pub tree_blobs: u64,
+    /// Plaintext bytes of the new data blobs (what deduplication did not find).
+    pub data_bytes_new: u64,
 }
 
 impl Packer {
@@ -215,7 +222,10 @@ impl Packer {
         b.add(&repo.key, kind, id, plain);
         self.pending.insert((kind, id));
         match kind {
-            BlobType::Data => self.data_blobs += 1,
+            BlobType::Data => {
+                self.data_blobs += 1;
+                self.data_bytes_new += plain.len() as u64;
+            }
             BlobType::Tree => self.tree_blobs += 1,
         }
         if b.len() >= PACK_TARGET {
@@ -256,11 +266,14 @@ impl Packer {
     /// Writes the index of the packs written so far (the open ones are dropped): after a
     /// failure, so the next run finds and reuses what reached the repository.
     pub fn index_written(self, repo: &mut Repo) -> Result<PackerStats> {
-        let stats = PackerStats {
+        let mut stats = PackerStats {
             packs: self.written.len() as u64,
             bytes: self.bytes_written,
             data_blobs: self.data_blobs,
             tree_blobs: self.tree_blobs,
+            data_bytes_new: self.data_bytes_new,
+            index_files: 0,
+            index_bytes: 0,
         };
         // Keep each index file well below restic's 8 MiB limit.
         let mut packs = self.written;
@@ -270,7 +283,9 @@ impl Packer {
                 supersedes: vec![],
                 packs,
             };
-            repo.save_json(Kind::Index, &f)?;
+            let (_, len) = repo.save_json_len(Kind::Index, &f)?;
+            stats.index_files += 1;
+            stats.index_bytes += len;
             packs = rest;
         }
         Ok(stats)
@@ -280,8 +295,14 @@ impl Packer {
 /// What a `Packer` wrote.
 #[derive(Debug, Default, Clone, Copy, Serialize)]
 pub struct PackerStats {
+    /// Pack files written, and their bytes.
     pub packs: u64,
     pub bytes: u64,
     pub data_blobs: u64,
     pub tree_blobs: u64,
+    /// Plaintext bytes of the new data blobs.
+    pub data_bytes_new: u64,
+    /// Index files written, and their bytes.
+    pub index_files: u64,
+    pub index_bytes: u64,
 }

@@ -133,6 +133,9 @@ pub struct Snapshot {
 
 /// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
 pub fn log_path(r: &RunReport) -> PathBuf {
+    if let Some(l) = &r.log {
+        return l.clone();
+    }
     r.store
         .join(META_DIR)
         .join("logs")
@@ -614,6 +617,10 @@ impl Store {
             && pending.run == id
         {
             journal::settle_published(r, pending.status, pending.snapshot.as_deref());
+        }
+        if let Some(r) = r.as_mut() {
+            // A store run's log is in the store: a record never points elsewhere.
+            r.log = None;
         }
         Ok(r)
     }

@@ -1,0 +1,215 @@
+//! `snapring copy --dest STORE_DEST [--folder F] SNAPSHOT --to URL`: one snapshot of a
+//! hard-link store pushed into a restic repository, reading only the files that changed
+//! since the last snapshot of the same store copied there. The parent is the newest
+//! repository snapshot tagged `copy` and `store=<store>`; a file is reused unread
+//! (its parent node's blob list) when the two snapshots' manifests give it the same
+//! size and BLAKE3 hash, or, where the parent's manifest is gone (its snapshot expired
+//! from the store), when it is the same inode with the same size and mtime as the
+//! parent's node: a file linked into a store snapshot is never changed in place
+//! (ARCHITECTURE.md, invariant 2). restic's own compare key cannot be used: every
+//! rotation's new hard links change each file's ctime. A snapshot already copied (tag
+//! `run=<id>`) is not copied again. Reads the store, writes the repository.
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use serde::Serialize;
+
+use super::backup::{BackupReport, Reuse, Spec};
+use super::repo::Repo;
+use super::snapshot::{self, Snapshot};
+use super::tree::Node;
+use super::{Error, Id, Result};
+use crate::manifest;
+use crate::relpath::RelPath;
+
+pub struct CopyOptions {
+    /// The store snapshot: a name (`daily.0`), a run id, `latest` or `@TIME`.
+    pub snapshot: String,
+    /// The label tag (default: the store snapshot's label).
+    pub label: Option<String>,
+    /// Keep the newest N copies of the label (restic `forget --keep-last N`).
+    pub retain: Option<u32>,
+    pub cancel: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct CopyReport {
+    /// The store snapshot copied, and the run that made it.
+    pub store_snapshot: String,
+    pub run: String,
+    /// It was copied before: `backup.snapshot` is that copy, nothing was written.
+    pub already_copied: bool,
+    /// Files reused because the manifests give them the same hash.
+    pub reused_by_manifest: u64,
+    /// Files reused because they are the parent's inode, size and mtime.
+    pub reused_by_inode: u64,
+    pub backup: BackupReport,
+}
+
+/// The tag values of a copy.
+fn tag_is(s: &Snapshot, key: &str, value: &str) -> bool {
+    s.tag(key) == Some(value)
+}
+
+/// Copies one snapshot of the store `store` into `repo`.
+pub fn copy(
+    store: &crate::store::Store,
+    repo: &mut Repo,
+    opts: &CopyOptions,
+) -> Result<CopyReport> {
+    repo.check_writable()?;
+    let other = |e: crate::error::Error| Error::Other(e.to_string());
+    let sel = store.select(&opts.snapshot).map_err(other)?;
+    let run = sel.snap.rec.as_ref().map(|r| r.id.clone()).ok_or_else(|| {
+        Error::Other(format!(
+            "{} has no run record (a tree taken over from another tool): copy needs its manifest",
+            sel.path.display()
+        ))
+    })?;
+    let store_root =
+        std::fs::canonicalize(&store.root).map_err(super::io_err("open the store", &store.root))?;
+    let store_tag = store_root.to_string_lossy().into_owned();
+    let label = opts.label.clone().unwrap_or_else(|| sel.snap.label.clone());
+    let lock = super::lock::acquire(repo, false)?;
+    let all = snapshot::load_all(repo)?;
+    let copies: Vec<&(Id, Snapshot)> = all
+        .iter()
+        .filter(|(_, s)| s.tags.iter().any(|t| t == "copy") && tag_is(s, "store", &store_tag))
+        .collect();
+    let mut report = CopyReport {
+        store_snapshot: sel.snap.name.clone(),
+        run: run.clone(),
+        already_copied: false,
+        reused_by_manifest: 0,
+        reused_by_inode: 0,
+        backup: BackupReport::default(),
+    };
+    if let Some((id, _)) = copies.iter().find(|(_, s)| tag_is(s, "run", &run)) {
+        lock.release()?;
+        report.already_copied = true;
+        report.backup.snapshot = id.hex();
+        report.backup.status = "complete".into();
+        return Ok(report);
+    }
+    let parent = copies
+        .iter()
+        .rev()
+        .find(|(_, s)| tag_is(s, "label", &label))
+        .or(copies.last())
+        .map(|e| (*e).clone());
+    let mdir = store.meta.join("manifests");
+    let prev = parent
+        .as_ref()
+        .and_then(|(_, s)| s.tag("run"))
+        .and_then(|r| manifest::Reader::open(&mdir, r).ok());
+    let walk_root = PathBuf::from(format!("/proc/self/fd/{}", sel.fd.as_raw_fd()));
+    let mut reuse = ManifestReuse {
+        root: walk_root.clone(),
+        cur: sel.manifest,
+        prev,
+        cache: HashMap::new(),
+        by_manifest: 0,
+        by_inode: 0,
+    };
+    let mut tags = vec![
+        "snapring".to_string(),
+        format!("label={label}"),
+        "copy".into(),
+        format!("run={run}"),
+        format!("store={store_tag}"),
+    ];
+    if let Some(r) = &sel.run {
+        tags.push(format!("source={}", r.source.display()));
+    }
+    let spec = Spec {
+        walk_root,
+        path: store_root.join(&sel.snap.name),
+        parent,
+        tags,
+        label,
+        retain: opts.retain,
+        cancel: opts.cancel.clone(),
+        reuse: Some(&mut reuse),
+        time: Some(sel.taken_at.with_timezone(&chrono::Local)),
+    };
+    report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
+    report.reused_by_manifest = reuse.by_manifest;
+    report.reused_by_inode = reuse.by_inode;
+    Ok(report)
+}
+
+/// "Unchanged" for a store snapshot: the manifests' hashes, else the store's invariant.
+struct ManifestReuse {
+    root: PathBuf,
+    cur: Option<manifest::Reader>,
+    prev: Option<manifest::Reader>,
+    /// Both manifests' blocks of recently seen directories.
+    cache: HashMap<Vec<u8>, (Vec<manifest::Entry>, Vec<manifest::Entry>)>,
+    by_manifest: u64,
+    by_inode: u64,
+}
+
+impl ManifestReuse {
+    fn blocks(&mut self, dir: &[u8]) -> &(Vec<manifest::Entry>, Vec<manifest::Entry>) {
+        if !self.cache.contains_key(dir) {
+            if self.cache.len() >= 64 {
+                self.cache.clear();
+            }
+            let rel = if dir.is_empty() {
+                Some(RelPath::root())
+            } else {
+                RelPath::new(dir).ok()
+            };
+            let look = |m: &Option<manifest::Reader>| {
+                m.as_ref()
+                    .zip(rel.as_ref())
+                    .and_then(|(m, r)| m.lookup(r).ok().flatten())
+                    .unwrap_or_default()
+            };
+            let v = (look(&self.cur), look(&self.prev));
+            self.cache.insert(dir.to_vec(), v);
+        }
+        &self.cache[dir]
+    }
+}
+
+impl Reuse for ManifestReuse {
+    fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool {
+        let Ok(rel) = path.strip_prefix(&self.root) else {
+            return false;
+        };
+        let rel = rel.as_os_str().as_bytes();
+        let (dir, name) = match rel.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&rel[..0], rel),
+        };
+        let (cur, old) = self.blocks(dir);
+        match (manifest::find(cur, name), manifest::find(old, name)) {
+            (Some(c), Some(o)) => {
+                let same = c.hash.is_some()
+                    && c.hash == o.hash
+                    && c.size == o.size
+                    && c.size == md.len()
+                    && prev.size == md.len();
+                self.by_manifest += u64::from(same);
+                same
+            }
+            _ => {
+                let mtime = super::local_time(md.mtime(), md.mtime_nsec() as u32);
+                let same = prev.kind == "file"
+                    && prev.inode == md.ino()
+                    && prev.size == md.len()
+                    && super::parse_time(&prev.mtime).ok()
+                        == Some((mtime.timestamp(), mtime.timestamp_subsec_nanos()));
+                self.by_inode += u64::from(same);
+                same
+            }
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Retention on a repository with restic's `forget` semantics: snapshots of one label
+//! (snapring's `label=L` tag) are grouped by host and paths (restic's default
+//! `--group-by host,paths`), and the newest N of each group are kept (`--keep-last N`).
+//! `plan` is a pure function of the snapshots and the policy that returns a verdict
+//! with its reason for every snapshot of the label; `apply` removes the snapshot files
+//! of the ones it forgets (nothing else: their data stays until `prune`), under an
+//! exclusive lock as restic's `forget` takes one. Only `apply` does I/O.
+
+use serde::Serialize;
+
+use super::backend::Kind;
+use super::repo::Repo;
+use super::snapshot::{self, Snapshot};
+use super::{Error, Id, Result};
+
+/// What to keep: the newest `keep_last` snapshots of `label` in each host/paths group;
+/// with `group`, only that one group is considered (a backup's own).
+#[derive(Clone, Debug)]
+pub struct Policy {
+    pub label: String,
+    pub keep_last: u32,
+    pub group: Option<Group>,
+}
+
+/// restic's default grouping: the host and the paths of a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Group {
+    pub hostname: String,
+    pub paths: Vec<String>,
+}
+
+impl Group {
+    pub fn of(s: &Snapshot) -> Group {
+        let mut paths = s.paths.clone();
+        paths.sort();
+        Group {
+            hostname: s.hostname.clone(),
+            paths,
+        }
+    }
+}
+
+/// The verdict on one snapshot, with its reason.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    pub id: String,
+    pub short_id: String,
+    pub time: String,
+    pub group: Group,
+    pub keep: bool,
+    /// Why: `kept: newest 3 of label daily (1 of 3)` or `forgotten: older than the
+    /// newest 3 of label daily`.
+    pub reason: String,
+}
+
+/// Every verdict, newest first within each group, groups in order.
+#[derive(Clone, Debug, Serialize)]
+pub struct Plan {
+    pub verdicts: Vec<Verdict>,
+}
+
+impl Plan {
+    pub fn forgotten(&self) -> impl Iterator<Item = &Verdict> {
+        self.verdicts.iter().filter(|v| !v.keep)
+    }
+
+    pub fn kept(&self) -> impl Iterator<Item = &Verdict> {
+        self.verdicts.iter().filter(|v| v.keep)
+    }
+}
+
+/// Decides which snapshots of `policy.label` to keep. Snapshots of other labels, and of
+/// other groups when `policy.group` is set, get no verdict: they are left alone. Within
+/// a group, newer means a later time, then a greater id (the order `load_all` gives).
+pub fn plan(snaps: &[(Id, Snapshot)], policy: &Policy) -> Plan {
+    let mut of_label: Vec<(Group, &(Id, Snapshot))> = snaps
+        .iter()
+        .filter(|(_, s)| s.tag("label") == Some(policy.label.as_str()))
+        .map(|e| (Group::of(&e.1), e))
+        .filter(|(g, _)| policy.group.as_ref().is_none_or(|want| want == g))
+        .collect();
+    // Group by group, newest first within each.
+    of_label.sort_by(|(ga, (ia, sa)), (gb, (ib, sb))| {
+        ga.cmp(gb)
+            .then_with(|| (sb.unix_time(), ib).cmp(&(sa.unix_time(), ia)))
+    });
+    let n = policy.keep_last;
+    let mut verdicts = Vec::with_capacity(of_label.len());
+    let mut rank = 0u32;
+    let mut prev: Option<&Group> = None;
+    for (g, (id, s)) in &of_label {
+        if prev != Some(g) {
+            rank = 0;
+        }
+        prev = Some(g);
+        rank += 1;
+        let keep = rank <= n;
+        let reason = if keep {
+            format!("kept: newest {n} of label {} ({rank} of {n})", policy.label)
+        } else {
+            format!(
+                "forgotten: older than the newest {n} of label {}",
+                policy.label
+            )
+        };
+        verdicts.push(Verdict {
+            id: id.hex(),
+            short_id: id.hex()[..8].to_string(),
+            time: s.time.clone(),
+            group: g.clone(),
+            keep,
+            reason,
+        });
+    }
+    Plan { verdicts }
+}
+
+/// What `forget` did (or, in a dry run, would do).
+#[derive(Debug, Serialize)]
+pub struct ForgetReport {
+    pub dry_run: bool,
+    pub plan: Plan,
+    /// Snapshot files removed.
+    pub removed: u64,
+}
+
+/// Loads the snapshots, plans, and unless `dry_run` removes the forgotten snapshots'
+/// files under an exclusive lock.
+pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetReport> {
+    if policy.keep_last == 0 {
+        return Err(Error::Other(
+            "--retain 0 would forget every snapshot of the label; give 1 or more".into(),
+        ));
+    }
+    if dry_run {
+        let plan = plan(&snapshot::load_all(repo)?, policy);
+        return Ok(ForgetReport {
+            dry_run,
+            plan,
+            removed: 0,
+        });
+    }
+    repo.check_writable()?;
+    let lock = super::lock::acquire(repo, true)?;
+    let report = forget_locked(repo, policy)?;
+    lock.release()?;
+    Ok(report)
+}
+
+/// `forget` for a caller that holds a lock already.
+pub fn forget_locked(repo: &Repo, policy: &Policy) -> Result<ForgetReport> {
+    let plan = plan(&snapshot::load_all(repo)?, policy);
+    let mut removed = 0;
+    for v in plan.forgotten() {
+        repo.backend.remove(Kind::Snapshot, &Id::parse(&v.id)?)?;
+        removed += 1;
+    }
+    Ok(ForgetReport {
+        dry_run: false,
+        plan,
+        removed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(time: &str, host: &str, path: &str, label: &str) -> Snapshot {
+        Snapshot {
+            time: time.into(),
+            paths: vec![path.into()],
+            hostname: host.into(),
+            tags: vec!["snapring".into(), format!("label={label}")],
+            ..Default::default()
+        }
+    }
+
+    fn id(n: u8) -> Id {
+        Id([n; 32])
+    }
+
+    fn policy(label: &str, n: u32) -> Policy {
+        Policy {
+            label: label.into(),
+            keep_last: n,
+            group: None,
+        }
+    }
+
+    #[test]
+    fn keeps_the_newest_n_of_each_group_of_the_label_with_reasons() {
+        let snaps = vec![
+            (id(1), snap("2026-11-01T02:00:00Z", "h", "/src", "daily")),
+            (id(2), snap("2026-11-02T02:00:00Z", "h", "/src", "daily")),
+            (id(3), snap("2026-11-03T02:00:00Z", "h", "/src", "daily")),
+            (id(4), snap("2026-11-04T02:00:00Z", "h", "/src", "daily")),
+            (id(5), snap("2026-11-01T03:00:00Z", "h", "/src", "weekly")),
+            (
+                id(6),
+                snap("2026-11-01T02:00:00Z", "other", "/src", "daily"),
+            ),
+            (id(7), snap("2026-11-01T02:00:00Z", "h", "/else", "daily")),
+            (id(8), snap("2026-11-02T02:00:00Z", "h", "/else", "daily")),
+        ];
+        let p = plan(&snaps, &policy("daily", 2));
+        let show: Vec<(u8, bool, &str)> = p
+            .verdicts
+            .iter()
+            .map(|v| (Id::parse(&v.id).unwrap().0[0], v.keep, v.reason.as_str()))
+            .collect();
+        assert_eq!(
+            show,
+            vec![
+                (8, true, "kept: newest 2 of label daily (1 of 2)"),
+                (7, true, "kept: newest 2 of label daily (2 of 2)"),
+                (4, true, "kept: newest 2 of label daily (1 of 2)"),
+                (3, true, "kept: newest 2 of label daily (2 of 2)"),
+                (
+                    2,
+                    false,
+                    "forgotten: older than the newest 2 of label daily"
+                ),
+                (
+                    1,
+                    false,
+                    "forgotten: older than the newest 2 of label daily"
+                ),
+                (6, true, "kept: newest 2 of label daily (1 of 2)"),
+            ]
+        );
+        // The weekly snapshot has no verdict: other labels are left alone.
+        assert!(p.verdicts.iter().all(|v| v.id != id(5).hex()));
+    }
+
+    #[test]
+    fn a_group_limits_the_plan_to_it() {
+        let snaps = vec![
+            (id(1), snap("2026-11-01T02:00:00Z", "h", "/src", "daily")),
+            (id(2), snap("2026-11-02T02:00:00Z", "h", "/src", "daily")),
+            (id(3), snap("2026-11-01T02:00:00Z", "h", "/else", "daily")),
+            (id(4), snap("2026-11-02T02:00:00Z", "h", "/else", "daily")),
+        ];
+        let mut pol = policy("daily", 1);
+        pol.group = Some(Group::of(&snaps[0].1));
+        let p = plan(&snaps, &pol);
+        let forgotten: Vec<String> = p.forgotten().map(|v| v.id.clone()).collect();
+        assert_eq!(forgotten, vec![id(1).hex()]);
+        assert_eq!(p.verdicts.len(), 2);
+    }
+
+    #[test]
+    fn same_time_orders_by_id_and_fewer_than_n_keeps_all() {
+        let snaps = vec![
+            (id(9), snap("2026-11-01T02:00:00Z", "h", "/src", "daily")),
+            (id(2), snap("2026-11-01T02:00:00Z", "h", "/src", "daily")),
+        ];
+        let p = plan(&snaps, &policy("daily", 1));
+        assert_eq!(p.kept().next().unwrap().id, id(9).hex());
+        assert_eq!(plan(&snaps, &policy("daily", 5)).forgotten().count(), 0);
+        assert_eq!(plan(&snaps, &policy("hourly", 1)).verdicts.len(), 0);
+    }
+}

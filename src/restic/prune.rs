@@ -1,0 +1,298 @@
+//! `snapring prune --dest …`: removes the data no snapshot references, under an
+//! exclusive lock (restic's rule: it refuses while any live lock of another process,
+//! shared or exclusive, exists). First a plan, a value: every tree of every snapshot is
+//! read once to mark the blobs in use; each indexed pack is then kept (every blob used),
+//! deleted (none used) or repacked (some used: the used blobs, checked, are copied as
+//! they are sealed into new packs); packs that no index names (left by a killed run)
+//! are deleted too. Then the plan is carried out in restic's order: new packs, one new
+//! index (superseding every old index file), the old index files, the old packs.
+//! A crash at any point leaves a repository that `restic check` accepts: until the old
+//! index files go, they still name every pack that is still there. Does I/O through
+//! `repo`.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use super::backend::Kind;
+use super::index::{IndexFile, PackJson};
+use super::pack::{BlobType, Entry, PackBuilder, open_blob};
+use super::repo::Repo;
+use super::snapshot;
+use super::tree::Tree;
+use super::{Id, Result, corrupt};
+
+/// What becomes of one pack.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackFate {
+    Keep,
+    Repack,
+    Delete,
+}
+
+/// The prune plan: what is used and what each pack becomes.
+#[derive(Debug, Default, Serialize)]
+pub struct PrunePlan {
+    pub snapshots: u64,
+    pub blobs_used: u64,
+    pub blobs_unused: u64,
+    pub packs_kept: u64,
+    pub packs_repacked: u64,
+    pub packs_deleted: u64,
+    /// Packs in `data/` that no index file names.
+    pub packs_unindexed: u64,
+    /// Sealed bytes of the blobs the repacked packs keep (copied into new packs).
+    pub bytes_to_repack: u64,
+    /// Sealed bytes of the blobs no snapshot uses.
+    pub bytes_unused: u64,
+    #[serde(skip)]
+    fates: Vec<(Id, PackFate)>,
+    #[serde(skip)]
+    unindexed: Vec<Id>,
+    /// The blobs to keep, by pack: exactly one location for each used blob.
+    #[serde(skip)]
+    keep: HashMap<Id, Vec<Entry>>,
+    #[serde(skip)]
+    old_indexes: Vec<Id>,
+}
+
+/// What `prune` did.
+#[derive(Debug, Serialize)]
+pub struct PruneReport {
+    pub dry_run: bool,
+    pub plan: PrunePlan,
+    pub packs_written: u64,
+    pub bytes_written: u64,
+    pub packs_removed: u64,
+    pub index_files_removed: u64,
+    pub duration_seconds: f64,
+}
+
+/// Marks every blob the snapshots use, reading each tree once.
+fn used_blobs(repo: &Repo) -> Result<(u64, HashSet<(BlobType, Id)>)> {
+    let snaps = snapshot::load_all(repo)?;
+    let mut used = HashSet::new();
+    let mut todo: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
+    while let Some(t) = todo.pop() {
+        if !used.insert((BlobType::Tree, t)) {
+            continue;
+        }
+        let tree = Tree::from_blob(&repo.read_blob(BlobType::Tree, &t)?, &t)?;
+        for n in tree.nodes {
+            if let Some(sub) = n.subtree {
+                todo.push(sub);
+            }
+            for c in n.content.unwrap_or_default() {
+                if !repo.index.contains(BlobType::Data, &c) {
+                    return Err(corrupt(
+                        format!("data blob {c} of tree {t}"),
+                        "not in any index; prune would lose data, so it stops \
+                         (`restic check` says more)",
+                    ));
+                }
+                used.insert((BlobType::Data, c));
+            }
+        }
+    }
+    Ok((snaps.len() as u64, used))
+}
+
+/// Plans a prune: reads the snapshots, their trees and every index file.
+pub fn plan(repo: &Repo) -> Result<PrunePlan> {
+    let (snapshots, used) = used_blobs(repo)?;
+    let mut p = PrunePlan {
+        snapshots,
+        blobs_used: used.len() as u64,
+        ..Default::default()
+    };
+    // Every pack the index files name, with its entries (a pack named by two index
+    // files is listed once).
+    let mut packs: Vec<(Id, Vec<Entry>)> = Vec::new();
+    let mut seen_pack = HashSet::new();
+    for idx in repo.backend.list(Kind::Index)? {
+        let f: IndexFile = repo.load_json(Kind::Index, &idx)?;
+        p.old_indexes.push(idx);
+        for pj in f.packs {
+            if !seen_pack.insert(pj.id) {
+                continue;
+            }
+            let entries = pj
+                .blobs
+                .iter()
+                .map(|b| Entry {
+                    kind: b.kind,
+                    id: b.id,
+                    offset: b.offset,
+                    length: b.length,
+                    uncompressed_length: b.uncompressed_length,
+                })
+                .collect();
+            packs.push((pj.id, entries));
+        }
+    }
+    let present: HashSet<Id> = repo.backend.list(Kind::Pack)?.into_iter().collect();
+    // Packs whose blobs are all used come first, so a blob stored twice is kept where
+    // no copying is needed.
+    let mut taken: HashSet<(BlobType, Id)> = HashSet::new();
+    let fully_used = |entries: &[Entry]| entries.iter().all(|e| used.contains(&(e.kind, e.id)));
+    packs.sort_by_key(|(id, e)| (!fully_used(e), *id));
+    for (pack, entries) in packs {
+        if !present.contains(&pack) {
+            return Err(corrupt(
+                format!("pack {pack}"),
+                "named by the index but missing; prune stops (`restic check` says more)",
+            ));
+        }
+        let mut keep = Vec::new();
+        for e in &entries {
+            if used.contains(&(e.kind, e.id)) && taken.insert((e.kind, e.id)) {
+                keep.push(e.clone());
+            } else {
+                p.blobs_unused += 1;
+                p.bytes_unused += e.length as u64;
+            }
+        }
+        let fate = if keep.len() == entries.len() {
+            p.packs_kept += 1;
+            PackFate::Keep
+        } else if keep.is_empty() {
+            p.packs_deleted += 1;
+            PackFate::Delete
+        } else {
+            p.packs_repacked += 1;
+            p.bytes_to_repack += keep.iter().map(|e| e.length as u64).sum::<u64>();
+            PackFate::Repack
+        };
+        p.fates.push((pack, fate));
+        p.keep.insert(pack, keep);
+    }
+    if let Some((kind, id)) = used.iter().find(|b| !taken.contains(b)) {
+        return Err(corrupt(
+            format!("{kind:?} blob {id}"),
+            "used by a snapshot but in no pack an index names; prune stops",
+        ));
+    }
+    p.unindexed = present
+        .into_iter()
+        .filter(|id| !seen_pack.contains(id))
+        .collect();
+    p.unindexed.sort();
+    p.packs_unindexed = p.unindexed.len() as u64;
+    Ok(p)
+}
+
+/// Packs at least this big are written out while repacking.
+const PACK_TARGET: usize = 16 * 1024 * 1024;
+
+/// Prunes the repository (or, with `dry_run`, only plans it, under no lock).
+pub fn prune(repo: &Repo, dry_run: bool) -> Result<PruneReport> {
+    let started = std::time::Instant::now();
+    if dry_run {
+        return Ok(PruneReport {
+            dry_run,
+            plan: plan(repo)?,
+            packs_written: 0,
+            bytes_written: 0,
+            packs_removed: 0,
+            index_files_removed: 0,
+            duration_seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+    repo.check_writable()?;
+    let lock = super::lock::acquire(repo, true)?;
+    let p = plan(repo)?;
+    let mut report = PruneReport {
+        dry_run,
+        packs_written: 0,
+        bytes_written: 0,
+        packs_removed: 0,
+        index_files_removed: 0,
+        duration_seconds: 0.0,
+        plan: PrunePlan::default(),
+    };
+    let nothing_to_do = p.packs_repacked == 0 && p.packs_deleted == 0 && p.packs_unindexed == 0;
+    if !nothing_to_do {
+        carry_out(repo, &p, &mut report)?;
+    }
+    lock.release()?;
+    report.plan = p;
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn carry_out(repo: &Repo, p: &PrunePlan, report: &mut PruneReport) -> Result<()> {
+    let mut new_index: Vec<PackJson> = Vec::new();
+    let mut builder: [PackBuilder; 2] = Default::default();
+    let slot = |k: BlobType| match k {
+        BlobType::Data => 0,
+        BlobType::Tree => 1,
+    };
+    let mut write_pack = |b: PackBuilder, new_index: &mut Vec<PackJson>| -> Result<()> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        let (id, bytes, entries) = b.finish(&repo.key);
+        repo.backend.write(Kind::Pack, &id, &bytes)?;
+        crate::failpoint::hit("restic.prune_pack_written").map_err(super::io_err(
+            "write",
+            repo.backend.file_location(Kind::Pack, &id),
+        ))?;
+        report.packs_written += 1;
+        report.bytes_written += bytes.len() as u64;
+        new_index.push(PackJson::new(id, &entries));
+        Ok(())
+    };
+    for (pack, fate) in &p.fates {
+        let keep = &p.keep[pack];
+        match fate {
+            PackFate::Keep => new_index.push(PackJson::new(*pack, keep)),
+            PackFate::Delete => {}
+            PackFate::Repack => {
+                for e in keep {
+                    let sealed =
+                        repo.backend
+                            .read_range(pack, e.offset as u64, e.length as usize)?;
+                    // Checked before it is copied: a damaged blob is not carried on.
+                    open_blob(&repo.key, &sealed, e)?;
+                    let b = &mut builder[slot(e.kind)];
+                    b.add_sealed(e, &sealed);
+                    if b.len() >= PACK_TARGET {
+                        let full = std::mem::take(b);
+                        write_pack(full, &mut new_index)?;
+                    }
+                }
+            }
+        }
+    }
+    for b in builder {
+        write_pack(b, &mut new_index)?;
+    }
+    // One index for everything kept, in files below restic's size limit; each names
+    // the old index files it supersedes.
+    let mut packs = new_index;
+    while !packs.is_empty() {
+        let rest = packs.split_off(packs.len().min(2000));
+        let f = IndexFile {
+            supersedes: p.old_indexes.clone(),
+            packs,
+        };
+        repo.save_json(Kind::Index, &f)?;
+        packs = rest;
+    }
+    for idx in &p.old_indexes {
+        repo.backend.remove(Kind::Index, idx)?;
+        report.index_files_removed += 1;
+    }
+    let gone = p
+        .fates
+        .iter()
+        .filter(|(_, f)| *f != PackFate::Keep)
+        .map(|(id, _)| id)
+        .chain(&p.unindexed);
+    for pack in gone {
+        repo.backend.remove(Kind::Pack, pack)?;
+        report.packs_removed += 1;
+    }
+    Ok(())
+}

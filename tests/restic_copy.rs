@@ -1,0 +1,248 @@
+//! `snapring copy` (docs/format.md, "Copying a store's snapshots"): a hard-link store's
+//! snapshot pushed into a restic repository restores equal to the snapshot and passes
+//! `restic check --read-data`; copying a snapshot of an unchanged source reads no file
+//! and uploads only tree and snapshot data (counted); a changed file is the only one
+//! read; a snapshot already copied is not copied again; once the parent copy's snapshot
+//! has expired from the store (its manifest gone), unchanged files are still reused by
+//! inode. Tests that need Debian's `restic` skip those checks without it.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+const PASSWORD: &str = "correct horse battery staple";
+
+fn restic() -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("restic"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!("SKIPPED: `restic` is not installed; conformance of copies not checked");
+    }
+    found
+}
+
+fn run_restic(restic: &Path, repo: &Path, args: &[&OsStr]) {
+    let out = Command::new(restic)
+        .arg("--repo")
+        .arg(repo)
+        .arg("--no-cache")
+        .args(args)
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "restic {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn sr(args: &[&str]) -> (i32, serde_json::Value, String) {
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = snapring(&a, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as u8
+        })
+        .collect()
+}
+
+struct Fixture {
+    t: tempfile::TempDir,
+    src: PathBuf,
+    backups: PathBuf,
+    repo: PathBuf,
+}
+
+impl Fixture {
+    fn new() -> Fixture {
+        let t = tempfile::tempdir().unwrap();
+        let f = Fixture {
+            src: t.path().join("src"),
+            backups: t.path().join("backups"),
+            repo: t.path().join("repo"),
+            t,
+        };
+        for i in 0..30u64 {
+            write(
+                &f.src.join(format!("d{}/f{i}", i % 3)),
+                &pseudo_random(20_000 + i as usize * 1000, i),
+            );
+        }
+        write(&f.src.join("big"), &pseudo_random(2 << 20, 99));
+        std::os::unix::fs::symlink("big", f.src.join("link")).unwrap();
+        std::fs::hard_link(f.src.join("d0/f0"), f.src.join("d1/hard")).unwrap();
+        std::fs::create_dir_all(&f.backups).unwrap();
+        let (code, _, err) = sr(&["init", "--dest", &f.url()]);
+        assert_eq!(code, 0, "{err}");
+        f
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.repo.display())
+    }
+
+    /// A store backup of the source into `backups/fs-1`.
+    fn store_backup(&self, retain: &str) {
+        let (code, r, err) = backup(
+            &self.src,
+            &self.backups,
+            &["--folder", "fs-1", "--retain", retain],
+            &[],
+        );
+        assert_eq!(code, 0, "{r}{err}");
+    }
+
+    fn copy(&self, snapshot: &str) -> serde_json::Value {
+        let (code, r, err) = sr(&[
+            "copy",
+            "--dest",
+            self.backups.to_str().unwrap(),
+            "--folder",
+            "fs-1",
+            snapshot,
+            "--to",
+            &self.url(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{r}{err}");
+        r
+    }
+
+    fn restore(&self, id: &str, name: &str) -> PathBuf {
+        let to = self.t.path().join(name);
+        let (code, _, err) = sr(&[
+            "restore",
+            "--dest",
+            &self.url(),
+            id,
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_eq!(code, 0, "{err}");
+        to
+    }
+}
+
+#[test]
+fn copies_read_only_what_changed_and_restore_equal_to_the_store_snapshot() {
+    let f = Fixture::new();
+    let daily0 = f.backups.join("fs-1/daily.0");
+    f.store_backup("7");
+    let first = f.copy("daily.0");
+    let b = &first["backup"];
+    assert_eq!(b["status"], "complete", "{first}");
+    assert_eq!(
+        b["files_read"], 32,
+        "every file read the first time: {first}"
+    );
+    let restored = f.restore(b["snapshot"].as_str().unwrap(), "r1");
+    assert_same_tree(&describe(&daily0), &describe(&restored), "copy of daily.0");
+
+    // The same snapshot again: nothing is copied.
+    let again = f.copy("daily.0");
+    assert_eq!(again["already_copied"], true, "{again}");
+    assert_eq!(again["backup"]["snapshot"], b["snapshot"], "{again}");
+
+    // An unchanged source: the store's new daily.0 is all hard links (every ctime
+    // changed); the copy reads nothing and uploads only tree and snapshot data.
+    f.store_backup("7");
+    let second = f.copy("daily.0");
+    let b2 = &second["backup"];
+    assert_eq!(b2["parent"], b["snapshot"], "{second}");
+    assert_eq!(b2["files_read"], 0, "{second}");
+    assert_eq!(b2["bytes_read"], 0, "{second}");
+    assert_eq!(second["reused_by_manifest"], 32, "{second}");
+    assert_eq!(b2["added"]["data_blobs"], 0, "{second}");
+    // Tree blobs only: at most one tree pack, one index file, the snapshot file.
+    assert!(b2["objects_written"].as_u64().unwrap() <= 3, "{second}");
+    assert!(b2["bytes_uploaded"].as_u64().unwrap() < 20_000, "{second}");
+
+    // One changed file is the only one read.
+    write(&f.src.join("d2/f2"), b"changed");
+    f.store_backup("7");
+    let third = f.copy("daily.0");
+    let b3 = &third["backup"];
+    assert_eq!(b3["files_read"], 1, "{third}");
+    assert_eq!(b3["bytes_read"], 7, "{third}");
+    let restored = f.restore(b3["snapshot"].as_str().unwrap(), "r3");
+    assert_same_tree(&describe(&daily0), &describe(&restored), "third copy");
+
+    // An older snapshot copied later is its own copy.
+    let older = f.copy("daily.2");
+    assert_eq!(
+        older["already_copied"], true,
+        "daily.2 is the first copy's run: {older}"
+    );
+
+    if let Some(restic) = restic() {
+        run_restic(
+            &restic,
+            &f.repo,
+            &["check".as_ref(), "--read-data".as_ref()],
+        );
+        let target = f.t.path().join("by-restic");
+        run_restic(
+            &restic,
+            &f.repo,
+            &[
+                "restore".as_ref(),
+                "latest".as_ref(),
+                "--target".as_ref(),
+                target.as_os_str(),
+            ],
+        );
+        let daily0_real = std::fs::canonicalize(&daily0).unwrap();
+        assert_same_tree(
+            &describe(&daily0),
+            &describe(&target.join(daily0_real.strip_prefix("/").unwrap())),
+            "restic restore of a copy",
+        );
+    }
+}
+
+#[test]
+fn without_the_parents_manifest_unchanged_files_are_reused_by_inode() {
+    let f = Fixture::new();
+    // retain 1: each store run expires the previous snapshot and its manifest.
+    f.store_backup("1");
+    f.copy("daily.0");
+    f.store_backup("1");
+    let r = f.copy("daily.0");
+    let b = &r["backup"];
+    assert_eq!(b["files_read"], 0, "{r}");
+    assert_eq!(r["reused_by_manifest"], 0, "{r}");
+    assert_eq!(r["reused_by_inode"], 32, "{r}");
+    assert_eq!(b["added"]["data_blobs"], 0, "{r}");
+    // A file the store copied anew (new inode) is read.
+    write(&f.src.join("d0/f3"), b"new content");
+    f.store_backup("1");
+    let r = f.copy("latest");
+    assert_eq!(r["backup"]["files_read"], 1, "{r}");
+    let restored = f.restore(r["backup"]["snapshot"].as_str().unwrap(), "r");
+    assert_same_tree(
+        &describe(&f.backups.join("fs-1/daily.0")),
+        &describe(&restored),
+        "copy after expiry",
+    );
+}

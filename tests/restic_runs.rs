@@ -1,0 +1,446 @@
+//! Backups into a restic repository are runs like any other (docs/format.md, "Runs into
+//! a repository"): `snapring run JOB --config` with `dest = "file://…"` and
+//! `password_file`, and `snapring backup --dest`, land in a real SQLite catalog with
+//! bytes uploaded, objects written and the dedup ratio, and notify a real HTTP webhook;
+//! a wrong password is a recorded, notified `failed` run. The password is nowhere in
+//! the catalog, the run log or the notification. An old catalog migrates to the new
+//! columns.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::Path;
+
+use common::*;
+
+const PASSWORD: &str = "repo-secret-5d1e0c";
+
+fn cli(catalog: &Path, args: &[&str], env: &[(&str, &str)]) -> (i32, serde_json::Value, String) {
+    let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), catalog.as_os_str()];
+    a.extend(args.iter().map(OsStr::new));
+    let out = snapring(&a, env);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The catalog's row for run `id`: status, kind, job, store, snapshot, bytes uploaded,
+/// objects written, dedup ratio, log path.
+type Row = (
+    String,
+    String,
+    Option<String>,
+    String,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    Option<f64>,
+    Option<String>,
+);
+
+fn row(catalog: &Path, id: &str) -> Row {
+    let c = rusqlite::Connection::open(catalog).unwrap();
+    c.query_row(
+        "SELECT status, kind, job, store, snapshot, bytes_uploaded, objects_written,
+                dedup_ratio, log_path FROM runs WHERE id = ?1",
+        [id],
+        |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+            ))
+        },
+    )
+    .unwrap()
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as u8
+        })
+        .collect()
+}
+
+/// The webhook bodies received so far, parsed.
+fn hooks(http: &Http) -> Vec<serde_json::Value> {
+    http.got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| serde_json::from_str(b).unwrap())
+        .collect()
+}
+
+#[test]
+fn repository_runs_land_in_the_catalog_and_the_webhook_without_the_password() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("state/catalog.db");
+    let pw = t.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    write(&src.join("a"), &pseudo_random(3 << 20, 1));
+    write(&src.join("b"), b"small");
+    let url = format!("file://{}", repo.display());
+    let (code, _, err) = cli(
+        &catalog,
+        &[
+            "init",
+            "--dest",
+            &url,
+            "--password-file",
+            pw.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    let http = http_server();
+    let cfg = t.path().join("s.toml");
+    let write_cfg = |password_file: &Path, extra: &str| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[job.offsite]\nsource = \"{}\"\ndest = \"{url}\"\npassword_file = \"{}\"\nretain = 2\nnotify = [\"hook\"]\nnotify_success = true\n{extra}\n[notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/w\"\n",
+                src.display(),
+                password_file.display(),
+                http.port
+            ),
+        )
+        .unwrap();
+    };
+    write_cfg(&pw, "");
+    let (code, _, err) = cli(&catalog, &["config", "check", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "config check: {err}");
+    let run = |catalog: &Path| {
+        cli(
+            catalog,
+            &[
+                "run",
+                "offsite",
+                "--config",
+                cfg.to_str().unwrap(),
+                "--json",
+            ],
+            &[],
+        )
+    };
+
+    // The first run: everything new.
+    let (code, r1, err) = run(&catalog);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r1["status"], "complete", "{r1}");
+    let k = &r1["repository"];
+    let (up1, obj1) = (
+        k["bytes_uploaded"].as_u64().unwrap(),
+        k["objects_written"].as_u64().unwrap(),
+    );
+    // At least a data pack, a tree pack, an index file and the snapshot file.
+    assert!(obj1 >= 4, "{r1}");
+    assert!(up1 > 3 << 20, "{r1}");
+    assert_eq!(k["dedup_ratio"], 0.0, "{r1}");
+    assert_eq!(r1["backup_bytes_added"], up1, "{r1}");
+    let id1 = r1["id"].as_str().unwrap();
+    let (status, kind, job, store, snap, up, obj, ratio, log) = row(&catalog, id1);
+    assert_eq!(
+        (
+            status.as_str(),
+            kind.as_str(),
+            job.as_deref(),
+            store.as_str()
+        ),
+        ("complete", "backup", Some("offsite"), url.as_str())
+    );
+    assert_eq!(snap.as_deref(), r1["snapshot"].as_str());
+    assert_eq!(snap.as_deref(), k["snapshot_id"].as_str());
+    assert_eq!(
+        (up, obj, ratio),
+        (Some(up1 as i64), Some(obj1 as i64), Some(0.0))
+    );
+    let log = log.unwrap();
+    assert!(
+        Path::new(&log).starts_with(catalog.parent().unwrap()),
+        "the log is beside the catalog: {log}"
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log_text.contains("backup into a repository finished"),
+        "{log_text}"
+    );
+
+    // An unchanged run reads nothing; then a copy of a stored file deduplicates fully.
+    let (_, r2, _) = run(&catalog);
+    assert_eq!(r2["repository"]["bytes_read"], 0, "{r2}");
+    assert_eq!(r2["repository"]["data_blobs_added"], 0, "{r2}");
+    assert!(
+        r2["repository"]["bytes_uploaded"].as_u64().unwrap() < 10_000,
+        "{r2}"
+    );
+    std::fs::copy(src.join("a"), src.join("a-copy")).unwrap();
+    let (_, r3, _) = run(&catalog);
+    assert_eq!(r3["repository"]["bytes_read"], 3 << 20, "{r3}");
+    assert_eq!(r3["repository"]["dedup_ratio"], 1.0, "{r3}");
+    assert_eq!(r3["repository"]["data_blobs_added"], 0, "{r3}");
+    // retain = 2: the third run forgot the first snapshot.
+    assert_eq!(r3["expired"], serde_json::json!([r1["snapshot"]]), "{r3}");
+    let (.., ratio3, _) = row(&catalog, r3["id"].as_str().unwrap());
+    assert_eq!(ratio3, Some(1.0));
+
+    // `show` has the KPIs.
+    let out = snapring(
+        &[
+            "--catalog".as_ref(),
+            catalog.as_os_str(),
+            "show".as_ref(),
+            OsStr::new(r3["id"].as_str().unwrap()),
+        ],
+        &[],
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        shown.contains("repository: uploaded") && shown.contains("dedup ratio 1.00"),
+        "{shown}"
+    );
+
+    // A wrong password: a failed run, recorded and notified.
+    let wrong = t.path().join("wrong");
+    std::fs::write(&wrong, "not it").unwrap();
+    write_cfg(&wrong, "");
+    let (code, rf, err) = run(&catalog);
+    assert_eq!(code, 1, "{rf}{err}");
+    assert_eq!(rf["status"], "failed", "{rf}");
+    assert!(
+        rf["message"].as_str().unwrap().contains("wrong password"),
+        "{rf}"
+    );
+    assert!(err.contains("wrong password"), "{err}");
+    let (status, ..) = row(&catalog, rf["id"].as_str().unwrap());
+    assert_eq!(status, "failed");
+
+    let got = hooks(&http);
+    assert_eq!(got.len(), 4, "one notification per run: {got:?}");
+    let first = got
+        .iter()
+        .find(|b| b.to_string().contains(id1))
+        .expect("the first run's notification");
+    assert!(
+        first.to_string().contains("\"bytes_uploaded\""),
+        "the webhook has the repository KPIs: {first}"
+    );
+    assert!(
+        got.last().unwrap().to_string().contains("failed"),
+        "{got:?}"
+    );
+
+    // The password is nowhere: catalog (with its journal files), logs, notifications.
+    let mut seen = Vec::new();
+    let mut stack = vec![catalog.parent().unwrap().to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                seen.push(p);
+            }
+        }
+    }
+    assert!(seen.len() >= 5, "catalog and four logs: {seen:?}");
+    for p in &seen {
+        let bytes = std::fs::read(p).unwrap();
+        assert!(
+            !bytes
+                .windows(PASSWORD.len())
+                .any(|w| w == PASSWORD.as_bytes()),
+            "the password is in {}",
+            p.display()
+        );
+    }
+    for (_, body) in http.got.lock().unwrap().iter() {
+        assert!(
+            !body.contains(PASSWORD),
+            "the password is in a notification"
+        );
+    }
+
+    // Settings a repository does not take are refused, naming them.
+    write_cfg(&pw, "exclude = [\"*.tmp\"]\n");
+    let (code, _, err) = run(&catalog);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("exclude") && err.contains("not supported with a restic repository"),
+        "{err}"
+    );
+    assert_eq!(hooks(&http).len(), 4, "a refused run notifies nobody");
+}
+
+#[test]
+fn backup_with_dest_flag_is_recorded_too() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("catalog.db");
+    write(&src.join("f"), b"data");
+    let url = format!("file://{}", repo.display());
+    let env = [("SNAPRING_PASSWORD", PASSWORD)];
+    assert_eq!(cli(&catalog, &["init", "--dest", &url], &env).0, 0);
+    let (code, r, err) = cli(
+        &catalog,
+        &[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &url,
+            "--label",
+            "hourly",
+            "--json",
+        ],
+        &env,
+    );
+    assert_eq!(code, 0, "{err}");
+    let (status, _, job, _, snap, up, ..) = row(&catalog, r["id"].as_str().unwrap());
+    assert_eq!(status, "complete");
+    assert_eq!(job, None);
+    assert_eq!(snap.as_deref(), r["snapshot"].as_str());
+    assert!(up.unwrap() > 0);
+    let c = rusqlite::Connection::open(&catalog).unwrap();
+    let label: String = c
+        .query_row("SELECT label FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(label, "hourly");
+    // `history --dest URL` finds it by the URL (not a directory to canonicalize).
+    let (code, rows, err) = cli(&catalog, &["history", "--dest", &url, "--json"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{rows}");
+    assert_eq!(rows[0]["id"], r["id"], "{rows}");
+}
+
+#[test]
+fn a_schema_1_catalog_gains_the_repository_columns_empty() {
+    let t = tempfile::tempdir().unwrap();
+    let db = t.path().join("catalog.db");
+    std::fs::copy("tests/fixtures/catalog-v1.db", &db).unwrap();
+    let c = snapring::catalog::Catalog::open(&db, false).unwrap();
+    assert_eq!(c.version().unwrap(), snapring::catalog::SCHEMA_VERSION);
+    drop(c);
+    let c = rusqlite::Connection::open(&db).unwrap();
+    let (rows, filled): (i64, i64) = c
+        .query_row(
+            "SELECT count(*), count(bytes_uploaded) + count(objects_written) + count(dedup_ratio)
+             FROM runs",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert!(rows > 0, "the fixture has runs");
+    assert_eq!(filled, 0, "store runs have no repository KPIs");
+}
+
+/// Unreadable entries (EACCES, by running without CAP_DAC_OVERRIDE) make a `partial`
+/// repository run (exit 2) whose problems name each entry relative to the source, in
+/// the report and the catalog's `problems` table; the rest is in the snapshot.
+#[test]
+fn unreadable_entries_make_a_partial_repository_run_naming_them() {
+    use std::process::Command;
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("catalog.db");
+    write(&src.join("ok"), b"fine");
+    write(&src.join("d1/secret file"), b"no");
+    write(&src.join("d2/inner"), b"no");
+    let url = format!("file://{}", repo.display());
+    assert_eq!(
+        cli(
+            &catalog,
+            &["init", "--dest", &url],
+            &[("SNAPRING_PASSWORD", PASSWORD)]
+        )
+        .0,
+        0
+    );
+    chmod(&src.join("d1/secret file"), 0o000);
+    chmod(&src.join("d2"), 0o000);
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ])
+        .arg(bin())
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["backup", "--json", "--source"])
+        .arg(&src)
+        .args(["--dest", &url])
+        .output()
+        .unwrap();
+    chmod(&src.join("d2"), 0o755);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(2), "{r}");
+    assert_eq!(r["status"], "partial", "{r}");
+    let mut problems: Vec<(String, String, String)> = r["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().into(),
+                p["kind"].as_str().unwrap().into(),
+                p["action"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    problems.sort();
+    assert_eq!(
+        problems,
+        vec![
+            (
+                "d1/secret%20file".into(),
+                "unreadable".into(),
+                "open".into()
+            ),
+            ("d2".into(), "unreadable".into(), "list".into()),
+        ],
+        "{r}"
+    );
+    assert_eq!(r["errors"], 2, "{r}");
+    let c = rusqlite::Connection::open(&catalog).unwrap();
+    let mut paths: Vec<String> = c
+        .prepare("SELECT path FROM problems WHERE run_id = ?1")
+        .unwrap()
+        .query_map([r["id"].as_str().unwrap()], |row| row.get(0))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    paths.sort();
+    assert_eq!(paths, vec!["d1/secret%20file", "d2"]);
+    let to = t.path().join("T");
+    let (code, _, err) = cli(
+        &catalog,
+        &[
+            "restore",
+            "--dest",
+            &url,
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ],
+        &[("SNAPRING_PASSWORD", PASSWORD)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(to.join("ok")).unwrap(), b"fine");
+    assert!(!to.join("d1/secret file").exists());
+}
