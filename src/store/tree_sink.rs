@@ -39,6 +39,8 @@ pub struct TreeSink {
     /// root has no setgid bit; a copy of a file with that owner needs no `fchown`.
     creates_as: Option<(u32, u32)>,
     umask: u32,
+    /// List each previous-snapshot directory as it is opened ([`TreeSink::listing_prev`]).
+    list_prev: bool,
 }
 
 impl TreeSink {
@@ -66,7 +68,29 @@ impl TreeSink {
             manifest: Mutex::new(manifest),
             creates_as,
             umask: fsx::process_umask(),
+            list_prev: false,
         }
+    }
+
+    /// `on`: list each previous-snapshot directory when it is opened, before its names
+    /// are linked. On NFS (and FUSE with READDIRPLUS) a listing fills the client's
+    /// entry and attribute cache, one round trip per batch of names, so the `linkat` of
+    /// each unchanged file then finds its previous version without a LOOKUP of its own.
+    /// Worth it where calls cross a network; on a local disk it is only more work.
+    pub fn listing_prev(mut self, on: bool) -> TreeSink {
+        self.list_prev = on;
+        self
+    }
+
+    /// Opens `name` in the previous snapshot's directory `parent` (see
+    /// [`TreeSink::listing_prev`]).
+    fn open_prev(&self, parent: &Option<OwnedFd>, name: &[u8]) -> Option<OwnedFd> {
+        let fd = side(parent, name)?;
+        if self.list_prev {
+            // Only to fill the client's cache: a failure costs a LOOKUP per link later.
+            let _ = fsx::list_dir(b(&fd));
+        }
+        Some(fd)
     }
 }
 
@@ -104,7 +128,7 @@ impl Sink for TreeSink {
     fn root(&self) -> io::Result<TreeDir> {
         Ok(TreeDir {
             dst: fsx::open_dir_at(b(&self.staging), b".")?,
-            prev: dup(&self.prev),
+            prev: self.open_prev(&self.prev, b"."),
             resume: dup(&self.resume),
         })
     }
@@ -113,7 +137,7 @@ impl Sink for TreeSink {
         fsx::mkdir_at(b(&parent.dst), name)?;
         Ok(TreeDir {
             dst: fsx::open_dir_at(b(&parent.dst), name)?,
-            prev: side(&parent.prev, name),
+            prev: self.open_prev(&parent.prev, name),
             resume: side(&parent.resume, name),
         })
     }
