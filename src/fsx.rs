@@ -853,6 +853,10 @@ mod tests {
             assert_eq!(got, want);
         }
         let empty = tempfile::tempdir().unwrap();
-        assert!(list_dir(b(&open_dir(empty.path()).unwrap())).unwrap().is_empty());
+        assert!(
+            list_dir(b(&open_dir(empty.path()).unwrap()))
+                .unwrap()
+                .is_empty()
+        );
     }
 }
