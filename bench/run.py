@@ -183,7 +183,7 @@ def sh(*cmd):
 
 
 class Env:
-    def __init__(self, work, latency_us, image_gb, jobs, ttl_ms=0):
+    def __init__(self, work, latency_us, image_gb, jobs, ttl_ms=0, readdirplus=False):
         self.work, self.latency_us, self.jobs = work, latency_us, jobs
         self.disk = os.path.join(work, "disk")
         self.mnt = os.path.join(work, "mnt")
@@ -208,6 +208,7 @@ class Env:
             self.fuse = subprocess.Popen([os.path.join(ROOT, f"bench/tools/target/{PROFILE}/latencyfs"),
                                           "--delay-us", str(latency_us), "--threads", "128",
                                           "--ttl-ms", str(ttl_ms), "--stats", self.stats,
+                                          *(["--readdirplus"] if readdirplus else []),
                                           self.under, self.mnt])
             for _ in range(100):
                 if os.path.ismount(self.mnt):
@@ -338,6 +339,8 @@ def main():
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--jobs", type=int, default=0, help="snapring --jobs and floor threads (0: snapring's own default, the floor 64)")
     ap.add_argument("--ttl-ms", type=int, default=0, help="latencyfs attribute/entry cache time (0: every call reaches it)")
+    ap.add_argument("--readdirplus", action="store_true",
+                    help="latencyfs lists directories with READDIRPLUS (attributes with every entry, cached for --ttl-ms), as an NFS client does")
     ap.add_argument("--once", default="", help="tools timed in the first run only (the slow baselines)")
     ap.add_argument("--tools", default="snapring,rsync,cp-al+rsync,fpsync-2,fpsync-8,cp-a,floor")
     ap.add_argument("--cases", default="full,incr,restore,expire")
@@ -368,7 +371,7 @@ def main():
     BASELINE = a.baseline and os.path.abspath(a.baseline)
     SR_JOBS = ["--jobs", str(a.jobs)] if a.jobs else []
     jobs = a.jobs or 64
-    env = Env(a.work, a.latency_us, a.image_gb, jobs, a.ttl_ms)
+    env = Env(a.work, a.latency_us, a.image_gb, jobs, a.ttl_ms, a.readdirplus)
     results = {}
     try:
         src_v, src_u = env.path("src")
@@ -473,13 +476,15 @@ def record(results, a, run_no, key, res):
           f"{res[2] / 1024:.1f} MiB{per}", file=sys.stderr)
     if a.json:
         with open(a.json + "l", "a") as f:
-            f.write(json.dumps(dict(preset=a.preset, latency_us=a.latency_us, run=run_no + 1, case=case, tool=tool,
+            f.write(json.dumps(dict(preset=a.preset, latency_us=a.latency_us, ttl_ms=a.ttl_ms, readdirplus=a.readdirplus,
+                                    run=run_no + 1, case=case, tool=tool,
                                     wall=round(res[0], 3), cpu=round(res[1], 3), rss_kib=res[2],
                                     entries=ENTRIES, requests=calls)) + "\n")
 
 
 def report(results, a, nfiles):
-    print(f"\npreset {a.preset} ({nfiles} files, {ENTRIES} entries), latency {a.latency_us} us per metadata call, "
+    mode = f", ttl {a.ttl_ms} ms{', READDIRPLUS' if a.readdirplus else ''}" if a.latency_us else ""
+    print(f"\npreset {a.preset} ({nfiles} files, {ENTRIES} entries), latency {a.latency_us} us per metadata call{mode}, "
           f"medians of {a.runs} runs; req/entry: delayed requests to latencyfs per source entry")
     rows = {}
     for (case, tool), vals in sorted(results.items()):
@@ -501,7 +506,8 @@ def report(results, a, nfiles):
                             runs=[list(v) for v in results[(c, tool)]]))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump(dict(preset=a.preset, files=nfiles, latency_us=a.latency_us, runs=a.runs, results=out), f, indent=1)
+            json.dump(dict(preset=a.preset, files=nfiles, latency_us=a.latency_us, ttl_ms=a.ttl_ms,
+                           readdirplus=a.readdirplus, runs=a.runs, results=out), f, indent=1)
 
 
 if __name__ == "__main__":

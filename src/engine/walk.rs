@@ -815,7 +815,7 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             self.problem(rel, ProblemKind::Metadata, "read extended attributes", e);
             Vec::new()
         });
-        let mut names = fsx::read_dir_names(b(&src)).unwrap_or_else(|e| {
+        let mut names = fsx::list_dir(b(&src)).unwrap_or_else(|e| {
             self.source_error(rel, "read directory", &e);
             Vec::new()
         });

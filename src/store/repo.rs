@@ -172,7 +172,8 @@ impl Repository for Store {
             .ctx("create manifest in", &mdir)?;
         let prev = self.open_prev_root(prev)?;
         let resume = resume.and_then(|n| fsx::open_dir(&self.meta.join("staging").join(n)).ok());
-        Ok(TreeSink::new(staging, prev, resume, writer))
+        let remote = crate::concurrency::is_remote(&self.root);
+        Ok(TreeSink::new(staging, prev, resume, writer).listing_prev(remote))
     }
 
     fn dry_sink(&self, prev: Option<&Previous>) -> Result<PlanSink> {

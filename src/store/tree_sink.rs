@@ -42,6 +42,8 @@ pub struct TreeSink {
     /// The path the staging root has in the snapshot (a shard worker's unit starts at
     /// a directory of the source; the walk's paths are from the source's root).
     base: RelPath,
+    /// List each previous-snapshot directory as it is opened ([`TreeSink::listing_prev`]).
+    list_prev: bool,
 }
 
 impl TreeSink {
@@ -70,6 +72,7 @@ impl TreeSink {
             creates_as,
             umask: fsx::process_umask(),
             base: RelPath::root(),
+            list_prev: false,
         }
     }
 
@@ -78,6 +81,27 @@ impl TreeSink {
     pub fn rooted_at(mut self, base: RelPath) -> TreeSink {
         self.base = base;
         self
+    }
+
+    /// `on`: list each previous-snapshot directory when it is opened, before its names
+    /// are linked. On NFS (and FUSE with READDIRPLUS) a listing fills the client's
+    /// entry and attribute cache, one round trip per batch of names, so the `linkat` of
+    /// each unchanged file then finds its previous version without a LOOKUP of its own.
+    /// Worth it where calls cross a network; on a local disk it is only more work.
+    pub fn listing_prev(mut self, on: bool) -> TreeSink {
+        self.list_prev = on;
+        self
+    }
+
+    /// Opens `name` in the previous snapshot's directory `parent` (see
+    /// [`TreeSink::listing_prev`]).
+    fn open_prev(&self, parent: &Option<OwnedFd>, name: &[u8]) -> Option<OwnedFd> {
+        let fd = side(parent, name)?;
+        if self.list_prev {
+            // Only to fill the client's cache: a failure costs a LOOKUP per link later.
+            let _ = fsx::list_dir(b(&fd));
+        }
+        Some(fd)
     }
 }
 
@@ -115,7 +139,7 @@ impl Sink for TreeSink {
     fn root(&self) -> io::Result<TreeDir> {
         Ok(TreeDir {
             dst: fsx::open_dir_at(b(&self.staging), b".")?,
-            prev: dup(&self.prev),
+            prev: self.open_prev(&self.prev, b"."),
             resume: dup(&self.resume),
         })
     }
@@ -124,7 +148,7 @@ impl Sink for TreeSink {
         fsx::mkdir_at(b(&parent.dst), name)?;
         Ok(TreeDir {
             dst: fsx::open_dir_at(b(&parent.dst), name)?,
-            prev: side(&parent.prev, name),
+            prev: self.open_prev(&parent.prev, name),
             resume: side(&parent.resume, name),
         })
     }

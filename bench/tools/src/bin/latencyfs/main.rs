@@ -3,8 +3,16 @@
 //! symlink, readlink, link, unlink, rmdir, rename, statfs, xattrs), to emulate NFS/EFS
 //! latency on a local disk. Data reads and writes pass through without delay.
 //!
-//! Usage: latencyfs [--delay-us 1000] [--threads 64] [--ttl-ms 0] [--stats FILE] [FAULTS]
-//! UNDERLYING MOUNTPOINT. `--stats FILE` keeps FILE at the count of delayed calls by kind.
+//! Usage: latencyfs [--delay-us 1000] [--threads 64] [--ttl-ms 0] [--readdirplus]
+//! [--stats FILE] [FAULTS] UNDERLYING MOUNTPOINT. `--stats FILE` keeps FILE at the count
+//! of delayed calls by kind.
+//!
+//! `--ttl-ms N` lets the kernel cache attributes and entries for N ms, like an NFS
+//! client's attribute cache (0: every stat and lookup reaches latencyfs).
+//! `--readdirplus` models NFS's READDIRPLUS: the kernel lists directories with
+//! READDIRPLUS (`FUSE_DO_READDIRPLUS`), and each batch, one delayed reply, carries every
+//! entry's attributes with the TTL, so a stat or lookup of a listed name within the TTL
+//! costs no round trip (at TTL 0 the attributes expire at once and it changes nothing).
 //! Runs in the foreground until the mount point is unmounted (`fusermount3 -u`).
 //! FUSE inode numbers are the underlying inode numbers (the root swapped with 1).
 //!
@@ -29,8 +37,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fuser::{
     Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo,
     LockOwner, MountOption, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData,
-    ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
-    Request, TimeOrNow, WriteFlags,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite,
+    ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 
 /// The delayed calls, counted one by one for `--stats` (a negative lookup, one that
@@ -52,6 +60,7 @@ enum Call {
     Open,
     Opendir,
     Readdir,
+    Readdirplus,
     Statfs,
     Setxattr,
     Getxattr,
@@ -60,7 +69,7 @@ enum Call {
     Create,
 }
 
-const CALLS: [&str; 21] = [
+const CALLS: [&str; 22] = [
     "lookup",
     "lookup_negative",
     "getattr",
@@ -76,6 +85,7 @@ const CALLS: [&str; 21] = [
     "open",
     "opendir",
     "readdir",
+    "readdirplus",
     "statfs",
     "setxattr",
     "getxattr",
@@ -84,11 +94,16 @@ const CALLS: [&str; 21] = [
     "create",
 ];
 
+/// A directory entry as listed: name, FUSE inode, type.
+type Listed = (OsString, u64, FileType);
+
 struct LatFs {
     root: PathBuf,
     root_ino: u64,
     delay: Duration,
     ttl: Duration,
+    /// `--readdirplus`: ask the kernel for READDIRPLUS and answer it.
+    readdirplus: bool,
     /// FUSE inode -> path relative to `root`.
     paths: RwLock<HashMap<u64, PathBuf>>,
     files: Mutex<HashMap<u64, File>>,
@@ -200,6 +215,26 @@ impl LatFs {
     fn child(&self, parent: INodeNo, name: &OsStr) -> Result<PathBuf, Errno> {
         self.rel(parent).map(|p| p.join(name)).ok_or(Errno::ENOENT)
     }
+
+    /// The directory `ino` (its path) and its entries sorted by name: the offset of an
+    /// entry is its place in this order, so a listing continues where the last batch
+    /// stopped.
+    fn list(&self, ino: INodeNo) -> Result<(PathBuf, Vec<Listed>), Errno> {
+        let rel = self.rel(ino).ok_or(Errno::ENOENT)?;
+        self.faults.stall(Op::Readdir, &rel);
+        let mut entries = Vec::new();
+        for e in io(std::fs::read_dir(self.full(&rel)))? {
+            let e = io(e)?;
+            let kind = match e.file_type().ok() {
+                Some(t) if t.is_dir() => FileType::Directory,
+                Some(t) if t.is_symlink() => FileType::Symlink,
+                _ => FileType::RegularFile,
+            };
+            entries.push((e.file_name(), self.fuse_ino(e.ino()), kind));
+        }
+        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok((rel, entries))
+    }
 }
 
 fn ts(t: TimeOrNow) -> rustix::fs::Timespec {
@@ -263,6 +298,13 @@ impl Filesystem for LatFs {
         // and snapring can read and write them through the mount.
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_POSIX_ACL);
         let _ = config.set_max_write(1 << 20);
+        if self.readdirplus {
+            // Always READDIRPLUS (not the kernel's adaptive choice): an NFS client
+            // uses it for every listing of a directory it has not cached.
+            config
+                .add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS)
+                .map_err(|_| std::io::Error::other("the kernel has no FUSE READDIRPLUS"))?;
+        }
         Ok(())
     }
 
@@ -651,23 +693,37 @@ impl Filesystem for LatFs {
         mut reply: ReplyDirectory,
     ) {
         self.wait(Call::Readdir);
-        let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
-        self.faults.stall(Op::Readdir, &rel);
-        let rd = tryr!(reply, io(std::fs::read_dir(self.full(&rel))));
-        let mut entries: Vec<(OsString, u64, FileType)> = Vec::new();
-        for e in rd {
-            let e = tryr!(reply, io(e));
-            let ft = e.file_type().ok();
-            let kind = match ft {
-                Some(t) if t.is_dir() => FileType::Directory,
-                Some(t) if t.is_symlink() => FileType::Symlink,
-                _ => FileType::RegularFile,
-            };
-            entries.push((e.file_name(), self.fuse_ino(e.ino()), kind));
-        }
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        let (_, entries) = tryr!(reply, self.list(ino));
         for (i, (name, ino, kind)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    /// One delayed reply per batch, as `readdir`, but every entry carries its
+    /// attributes and the TTL (the server stats them locally, at no extra delay).
+    fn readdirplus(
+        &self,
+        _r: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        self.wait(Call::Readdirplus);
+        let (rel, entries) = tryr!(reply, self.list(ino));
+        for (i, (name, _, _)) in entries.into_iter().enumerate().skip(offset as usize) {
+            let child = rel.join(&name);
+            // Gone since the listing: left out, as a server would.
+            let Ok(m) = std::fs::symlink_metadata(self.full(&child)) else {
+                continue;
+            };
+            let a = self.attr(&m);
+            // The kernel now holds this inode: remember its path, as a lookup does.
+            self.paths.write().unwrap().insert(a.ino.0, child);
+            if reply.add(a.ino, (i + 1) as u64, &name, &self.ttl, &a, Generation(0)) {
                 break;
             }
         }
@@ -827,9 +883,17 @@ fn main() {
     let delay_us = opt("--delay-us", 1000);
     let threads = opt("--threads", 64);
     let ttl_ms = opt("--ttl-ms", 0);
+    let readdirplus = match args.iter().position(|a| a == "--readdirplus") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
     if args.len() != 2 {
         eprintln!(
-            "usage: latencyfs [--delay-us N] [--threads N] [--ttl-ms N] [--eio-read PATTERN] \
+            "usage: latencyfs [--delay-us N] [--threads N] [--ttl-ms N] [--readdirplus] \
+             [--eio-read PATTERN] \
              [--eio-after BYTES | --enospc-after BYTES] [--per-file] [--link-limit N] \
              [--eacces PATTERN] [--stall PATTERN] [--stall-secs N] [--stall-ops LIST] \
              [--stats FILE] UNDERLYING MOUNTPOINT"
@@ -843,6 +907,7 @@ fn main() {
         root_ino,
         delay: Duration::from_micros(delay_us),
         ttl: Duration::from_millis(ttl_ms),
+        readdirplus,
         paths: RwLock::new(HashMap::new()),
         files: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),

@@ -1,0 +1,90 @@
+//! Round trips per file, counted by the FUSE layer of bench/tools (`latencyfs --stats`,
+//! docs/performance.md): the source and the store both on one mount, as in EFS-to-EFS,
+//! with an NFS-like attribute cache and READDIRPLUS. Each test skips (and says why)
+//! where FUSE is not usable.
+
+mod common;
+use common::*;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+const DIRS: usize = 4;
+const PER_DIR: usize = 50;
+
+/// Delayed calls by kind so far (`--stats`, rewritten within 50 ms of a change).
+fn counts(stats: &Path) -> BTreeMap<String, u64> {
+    std::thread::sleep(Duration::from_millis(200));
+    let text = std::fs::read_to_string(stats).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn diff(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after
+        .iter()
+        .map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0)))
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// An incremental of an unchanged tree, on a fresh mount (a cold client cache) with a
+/// 60 s TTL and READDIRPLUS: an unchanged file costs its link, the negative lookup of
+/// the new name and the directory's attributes (FUSE drops them after every link). Its
+/// source `lstat` and the lookup of its previous version come from the listings (the
+/// previous snapshot's directory is listed too), so there is no positive LOOKUP per
+/// file.
+#[test]
+fn unchanged_files_cost_no_lookup_with_readdirplus() {
+    let t = tempfile::tempdir().unwrap();
+    let (under, mnt, stats) = (
+        t.path().join("under"),
+        t.path().join("mnt"),
+        t.path().join("stats.json"),
+    );
+    for i in 0..DIRS * PER_DIR {
+        let p = under.join(format!("src/d{}/f{i:04}", i % DIRS));
+        write(&p, format!("content {i}").as_bytes());
+        set_mtime(&p, 1_600_000_000, i as i64);
+    }
+    std::fs::create_dir(under.join("backup")).unwrap();
+    // Old enough (2 s) not to be "racy" for the next run: unchanged files are linked
+    // without being read.
+    std::thread::sleep(Duration::from_millis(2100));
+    let args = ["--ttl-ms", "60000", "--readdirplus", "--stats"];
+    let mut args: Vec<&str> = args.to_vec();
+    let stats_arg = stats.to_str().unwrap();
+    args.push(stats_arg);
+    let Some(fs) = FaultFs::mount(&under, &mnt, &args) else {
+        return;
+    };
+    let (code, _, err) = backup(&mnt.join("src"), &mnt.join("backup"), &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    drop(fs);
+    let _fs = FaultFs::mount(&under, &mnt, &args).unwrap();
+    let before = counts(&stats);
+    let (code, rep, err) = backup(&mnt.join("src"), &mnt.join("backup"), &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let calls = diff(&before, &counts(&stats));
+    let files = (DIRS * PER_DIR) as u64;
+    assert_eq!(rep["files_linked"], files, "{rep}");
+    let get = |k: &str| calls.get(k).copied().unwrap_or(0);
+    let positive_lookups = get("lookup") - get("lookup_negative");
+    // A handful for the paths to the roots and the store's own files; none per file.
+    assert!(
+        positive_lookups < files / 10,
+        "{positive_lookups} positive lookups for {files} unchanged files: {calls:?}"
+    );
+    let total: u64 = calls
+        .iter()
+        .filter(|(k, _)| k.as_str() != "lookup_negative")
+        .map(|(_, v)| v)
+        .sum();
+    // 3 per file (negative lookup, the directory's getattr, link) and the store's
+    // bookkeeping (a few hundred calls at most).
+    assert!(
+        total < 3 * files + 400,
+        "{total} calls for {files} unchanged files: {calls:?}"
+    );
+    assert_eq!(get("link"), files, "{calls:?}");
+}
