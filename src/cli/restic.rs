@@ -49,6 +49,19 @@ pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
 /// file's job) is a restic repository; `None` when it is not one. The run goes through
 /// `snapring::job::run_repository`: catalog, run log and notifications as for any run.
 /// Settings a repository does not take yet are refused rather than ignored.
+/// A scale-out worker (`--shard`, `--run-id`, or an engine's index variable): shard runs
+/// write the hard-link store only so far (docs/scale-out.md), so a repository refuses one
+/// rather than letting every worker make a snapshot of the whole source.
+fn is_shard_worker(a: &BackupArgs) -> bool {
+    let env = |k: &str| std::env::var(k).ok();
+    a.shard.is_some()
+        || a.run_id.is_some()
+        || !matches!(
+            snapring::shard::detect(a.shard.as_deref(), a.shards, a.run_id.as_deref(), &env),
+            Ok(None)
+        )
+}
+
 pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<ExitCode>> {
     let mut file_catalog = None;
     let mut notifiers = Vec::new();
@@ -80,6 +93,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
             "require_mount",
         ),
         (a.bwlimit.is_some() || f.bwlimit.is_some(), "bwlimit"),
+        (is_shard_worker(a), "shard"),
         (a.jobs.is_some() || f.jobs.is_some(), "jobs"),
         (
             a.pre_command.is_some() || f.pre_command.is_some(),
