@@ -234,12 +234,17 @@ fn record_restore(catalog: Option<&CatalogTarget>, r: &mut RestoreReport) {
 #[derive(Clone, Debug)]
 pub struct RepositoryJob {
     pub job: Option<String>,
+    /// The directory to back up, or with `copy_of` the hard-link store to copy from.
     pub source: PathBuf,
+    /// `snapring copy`: the store snapshot to copy (a name, run id, `latest`, @TIME).
+    pub copy_of: Option<String>,
     /// `file:///PATH` or `s3://BUCKET/PREFIX`.
     pub dest: String,
     pub label: String,
     /// `--retain N`: restic `forget --keep-last N` on the label after the run.
     pub retain: Option<u32>,
+    /// A copy's label when not given: the store snapshot's own.
+    pub label_given: bool,
     /// The password's file (else the environment, `restic::password`). The password
     /// itself is never in the report, the log or the catalog.
     pub password_file: Option<PathBuf>,
@@ -276,19 +281,50 @@ pub fn run_repository(
         rep.warnings.push(w);
     }
     let started = std::time::Instant::now();
+    let mut copied = None;
     let outcome = (|| -> restic::Result<restic::backup::BackupReport> {
         let backend = restic::backend::from_dest(&j.dest)?;
         let password = restic::password::resolve(j.password_file.as_deref())?;
         let mut repo = restic::repo::Repo::open_in(backend, &password)?;
         drop(password);
-        let opts = restic::backup::BackupOptions {
-            source: j.source.clone(),
-            label: j.label.clone(),
+        let Some(spec) = &j.copy_of else {
+            let opts = restic::backup::BackupOptions {
+                source: j.source.clone(),
+                label: j.label.clone(),
+                retain: j.retain,
+                cancel,
+            };
+            return restic::backup::backup(&mut repo, &opts);
+        };
+        let store = crate::store::Store::open_read(&j.source)
+            .map_err(|e| restic::Error::Other(e.to_string()))?;
+        let opts = restic::copy::CopyOptions {
+            snapshot: spec.clone(),
+            label: j.label_given.then(|| j.label.clone()),
             retain: j.retain,
             cancel,
         };
-        restic::backup::backup(&mut repo, &opts)
+        let r = restic::copy::copy(&store, &mut repo, &opts)?;
+        copied = Some((
+            crate::report::CopiedFrom {
+                store_snapshot: r.store_snapshot,
+                run: r.run,
+                already_copied: r.already_copied,
+                reused_by_manifest: r.reused_by_manifest,
+                reused_by_inode: r.reused_by_inode,
+            },
+            r.label,
+        ));
+        Ok(r.backup)
     })();
+    if let Some((c, label)) = &copied {
+        rep.label = label.clone();
+        rep.message = if c.already_copied {
+            format!("{} (run {}) was copied before", c.store_snapshot, c.run)
+        } else {
+            String::new()
+        };
+    }
     match outcome {
         Ok(r) => {
             rep.status = match r.status.as_str() {
@@ -298,6 +334,7 @@ pub fn run_repository(
             };
             rep.message = match rep.status {
                 Status::Partial => format!("{} entries could not be backed up", r.problems.len()),
+                _ if !rep.message.is_empty() => rep.message.clone(),
                 Status::Incomplete => format!(
                     "interrupted: no snapshot written; {} packs kept and indexed for the next run",
                     r.added.packs
@@ -350,6 +387,7 @@ pub fn run_repository(
                     .as_ref()
                     .and_then(|f| serde_json::to_value(f).ok()),
                 retention_skipped: r.retention_skipped.clone(),
+                copied_from: copied.map(|(c, _)| c),
             });
         }
         Err(e) => {

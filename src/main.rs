@@ -61,7 +61,7 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
         Cmd::Run(a) => backup::run_job(a, cat),
         Cmd::Forget(a) => restic::forget(a),
         Cmd::Prune(a) => restic::prune(a),
-        Cmd::Copy(a) => restic::copy(a),
+        Cmd::Copy(a) => restic::copy(a, cat),
         Cmd::Restore(a) if restic::is_repo(a.dest.as_deref()) => restic::restore(a),
         Cmd::Restore(a) => restore::restore(a, cat),
         Cmd::List(a) if restic::is_repo(Some(&a.dest)) => restic::list(a),

@@ -201,6 +201,23 @@ pub struct RepositoryKpis {
     /// Why retention did not run this time (another process held a lock).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_skipped: Option<String>,
+    /// A `snapring copy`: the store snapshot it copied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<CopiedFrom>,
+}
+
+/// What a `snapring copy` run copied, and how it found the unchanged files.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CopiedFrom {
+    /// The store snapshot (`daily.0`) and the run that made it.
+    pub store_snapshot: String,
+    pub run: String,
+    /// It was in the repository already (`snapshot` is that copy; nothing written).
+    pub already_copied: bool,
+    /// Files reused unread because both manifests give the same hash…
+    pub reused_by_manifest: u64,
+    /// …or because they are the parent copy's inode, size and mtime.
+    pub reused_by_inode: u64,
 }
 
 /// The workers of a shard run, as finalize found them.

@@ -150,30 +150,33 @@ fn copies_read_only_what_changed_and_restore_equal_to_the_store_snapshot() {
     let daily0 = f.backups.join("fs-1/daily.0");
     f.store_backup("7");
     let first = f.copy("daily.0");
-    let b = &first["backup"];
-    assert_eq!(b["status"], "complete", "{first}");
+    let b = &first["repository"];
+    assert_eq!(first["status"], "complete", "{first}");
     assert_eq!(
         b["files_read"], 32,
         "every file read the first time: {first}"
     );
-    let restored = f.restore(b["snapshot"].as_str().unwrap(), "r1");
+    let restored = f.restore(first["snapshot"].as_str().unwrap(), "r1");
     assert_same_tree(&describe(&daily0), &describe(&restored), "copy of daily.0");
 
     // The same snapshot again: nothing is copied.
     let again = f.copy("daily.0");
-    assert_eq!(again["already_copied"], true, "{again}");
-    assert_eq!(again["backup"]["snapshot"], b["snapshot"], "{again}");
+    assert_eq!(
+        again["repository"]["copied_from"]["already_copied"], true,
+        "{again}"
+    );
+    assert_eq!(again["snapshot"], first["snapshot"], "{again}");
 
     // An unchanged source: the store's new daily.0 is all hard links (every ctime
     // changed); the copy reads nothing and uploads only tree and snapshot data.
     f.store_backup("7");
     let second = f.copy("daily.0");
-    let b2 = &second["backup"];
-    assert_eq!(b2["parent"], b["snapshot"], "{second}");
+    let b2 = &second["repository"];
+    assert_eq!(second["based_on"], first["snapshot"], "{second}");
     assert_eq!(b2["files_read"], 0, "{second}");
     assert_eq!(b2["bytes_read"], 0, "{second}");
-    assert_eq!(second["reused_by_manifest"], 32, "{second}");
-    assert_eq!(b2["added"]["data_blobs"], 0, "{second}");
+    assert_eq!(b2["copied_from"]["reused_by_manifest"], 32, "{second}");
+    assert_eq!(b2["data_blobs_added"], 0, "{second}");
     // Tree blobs only: at most one tree pack, one index file, the snapshot file.
     assert!(b2["objects_written"].as_u64().unwrap() <= 3, "{second}");
     assert!(b2["bytes_uploaded"].as_u64().unwrap() < 20_000, "{second}");
@@ -182,16 +185,16 @@ fn copies_read_only_what_changed_and_restore_equal_to_the_store_snapshot() {
     write(&f.src.join("d2/f2"), b"changed");
     f.store_backup("7");
     let third = f.copy("daily.0");
-    let b3 = &third["backup"];
+    let b3 = &third["repository"];
     assert_eq!(b3["files_read"], 1, "{third}");
     assert_eq!(b3["bytes_read"], 7, "{third}");
-    let restored = f.restore(b3["snapshot"].as_str().unwrap(), "r3");
+    let restored = f.restore(third["snapshot"].as_str().unwrap(), "r3");
     assert_same_tree(&describe(&daily0), &describe(&restored), "third copy");
 
     // An older snapshot copied later is its own copy.
     let older = f.copy("daily.2");
     assert_eq!(
-        older["already_copied"], true,
+        older["repository"]["copied_from"]["already_copied"], true,
         "daily.2 is the first copy's run: {older}"
     );
 
@@ -229,17 +232,58 @@ fn without_the_parents_manifest_unchanged_files_are_reused_by_inode() {
     f.copy("daily.0");
     f.store_backup("1");
     let r = f.copy("daily.0");
-    let b = &r["backup"];
+    let b = &r["repository"];
     assert_eq!(b["files_read"], 0, "{r}");
-    assert_eq!(r["reused_by_manifest"], 0, "{r}");
-    assert_eq!(r["reused_by_inode"], 32, "{r}");
-    assert_eq!(b["added"]["data_blobs"], 0, "{r}");
-    // A file the store copied anew (new inode) is read.
+    assert_eq!(b["copied_from"]["reused_by_manifest"], 0, "{r}");
+    assert_eq!(b["copied_from"]["reused_by_inode"], 32, "{r}");
+    assert_eq!(b["data_blobs_added"], 0, "{r}");
+    // A file the store copied anew (new inode) is read; the copy is a run in the
+    // catalog, with the repository's KPIs.
     write(&f.src.join("d0/f3"), b"new content");
     f.store_backup("1");
-    let r = f.copy("latest");
-    assert_eq!(r["backup"]["files_read"], 1, "{r}");
-    let restored = f.restore(r["backup"]["snapshot"].as_str().unwrap(), "r");
+    let catalog = f.t.path().join("catalog.db");
+    let out = snapring(
+        &[
+            "--catalog".as_ref(),
+            catalog.as_os_str(),
+            "copy".as_ref(),
+            "--dest".as_ref(),
+            f.backups.as_os_str(),
+            "--folder".as_ref(),
+            "fs-1".as_ref(),
+            "latest".as_ref(),
+            "--to".as_ref(),
+            OsStr::new(&f.url()),
+            "--json".as_ref(),
+        ],
+        &[("SNAPRING_PASSWORD", PASSWORD)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let c = rusqlite::Connection::open(&catalog).unwrap();
+    let (status, label, store, snapshot, up): (String, String, String, String, i64) = c
+        .query_row(
+            "SELECT status, label, store, snapshot, bytes_uploaded FROM runs WHERE id = ?1",
+            [r["id"].as_str().unwrap()],
+            |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        (status.as_str(), label.as_str(), store.as_str()),
+        ("complete", "daily", f.url().as_str())
+    );
+    assert_eq!(Some(snapshot.as_str()), r["snapshot"].as_str());
+    assert_eq!(Some(up as u64), r["repository"]["bytes_uploaded"].as_u64());
+    assert_eq!(r["repository"]["files_read"], 1, "{r}");
+    let restored = f.restore(r["snapshot"].as_str().unwrap(), "r");
     assert_same_tree(
         &describe(&f.backups.join("fs-1/daily.0")),
         &describe(&restored),

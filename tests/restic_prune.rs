@@ -546,3 +546,35 @@ fn a_held_lock_is_refreshed_as_a_new_file_and_removed_on_release() {
     }
     assert!(t0.elapsed().as_secs() < 20, "{:?}", t0.elapsed());
 }
+
+#[test]
+fn snapring_prunes_a_repository_restic_wrote_and_forgot_in() {
+    let Some(restic) = restic() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    run_restic(&restic, &repo, &["init", "--repository-version", "2"]);
+    for i in 0..3 {
+        change_source(&src, i);
+        run_restic(&restic, &repo, &["backup", src.to_str().unwrap()]);
+    }
+    run_restic(&restic, &repo, &["forget", "--keep-last", "1"]);
+    let before = size_of(&repo);
+    let r = sr_json(&["prune", "--dest", &url(&repo), "--json"]);
+    assert_eq!(r["plan"]["snapshots"], 1, "{r}");
+    assert!(r["packs_removed"].as_u64().unwrap() >= 1, "{r}");
+    let after = size_of(&repo);
+    // tmp-0 and tmp-1 (1 MiB each) are in no kept snapshot.
+    assert!(after + (2 << 20) <= before, "{before} -> {after}: {r}");
+    run_restic(&restic, &repo, &["check", "--read-data"]);
+    let to = t.path().join("T");
+    run_restic(
+        &restic,
+        &repo,
+        &["restore", "latest", "--target", to.to_str().unwrap()],
+    );
+    assert_same_tree(
+        &describe(&src),
+        &describe(&to.join(src.strip_prefix("/").unwrap())),
+        "restic restore after snapring pruned restic's repository",
+    );
+}

@@ -130,6 +130,8 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
             .or(f.label)
             .unwrap_or_else(|| "daily".into()),
         retain,
+        copy_of: None,
+        label_given: true,
         password_file: a.password_file.clone().or(f.password_file),
     };
     let catalog = cat
@@ -394,10 +396,17 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Complete)
 }
 
-/// `snapring copy --dest D [--folder F] SNAPSHOT --to URL`.
-pub fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
+/// `snapring copy --dest D [--folder F] SNAPSHOT --to URL`: a run like a backup into
+/// the repository (`snapring::job::run_repository`), recorded in the catalog.
+pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     if a.retain == Some(0) {
         bail!("--retain 0 would forget every snapshot of the label; give 1 or more");
+    }
+    if !is_repo(Some(Path::new(&a.to))) {
+        bail!(
+            "--to {:?}: expected a restic repository, file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX",
+            a.to
+        );
     }
     let root = match &a.folder {
         Some(f) => {
@@ -407,54 +416,58 @@ pub fn copy(a: CopyArgs) -> anyhow::Result<ExitCode> {
         }
         None => a.dest.clone(),
     };
-    let store = snapring::store::Store::open_read(&root)?;
-    let mut repo = open(Path::new(&a.to), a.password_file.as_deref())?;
-    let opts = restic::copy::CopyOptions {
-        snapshot: a.snapshot,
-        label: a.label,
+    let job = snapring::job::RepositoryJob {
+        job: None,
+        source: root,
+        copy_of: Some(a.snapshot),
+        dest: a.to,
+        label_given: a.label.is_some(),
+        label: a.label.unwrap_or_default(),
         retain: a.retain,
-        cancel: super::cancel_on_signal(),
+        password_file: a.password_file,
     };
-    let r = restic::copy::copy(&store, &mut repo, &opts)?;
-    let b = &r.backup;
+    let catalog = cat
+        .for_config(None)
+        .map(|path| snapring::job::CatalogTarget {
+            path,
+            on_nfs: cat.on_nfs,
+        });
+    let r = snapring::job::run_repository(
+        &job,
+        catalog.as_ref(),
+        &[],
+        false,
+        super::cancel_on_signal(),
+    );
     if a.json {
         print::json(&r)?;
-    } else if r.already_copied {
-        outln!(
-            "{} (run {}) is in the repository already as snapshot {}; nothing copied",
-            r.store_snapshot,
-            r.run,
-            &b.snapshot[..8]
-        );
-    } else if b.status == "incomplete" {
-        outln!(
-            "incomplete: interrupted, no snapshot written; {} in {} packs kept and indexed for the next copy",
-            human(b.added.bytes),
-            b.added.packs
-        );
-    } else {
-        outln!(
-            "{}: copied {} (run {}) as snapshot {}: {} files, {} read, {} reused ({} by the manifests, {} by inode); uploaded {} in {} objects; took {:.2}s",
-            b.status,
-            r.store_snapshot,
-            r.run,
-            &b.snapshot[..8],
-            b.files,
-            human(b.bytes_read),
-            b.files_unchanged,
-            r.reused_by_manifest,
-            r.reused_by_inode,
-            human(b.bytes_uploaded),
-            b.objects_written,
-            b.duration_seconds
-        );
-        for p in b.problems.iter().take(20) {
-            print::errln!("  {} {}: cannot {}: {}", p.kind, p.path, p.action, p.error);
+        if r.status == Status::Failed {
+            print::errln!("snapring: copy failed: {}", r.message);
         }
+        return Ok(ExitCode::from(r.status));
     }
-    Ok(match b.status.as_str() {
-        "incomplete" => ExitCode::Incomplete,
-        "partial" => ExitCode::Partial,
-        _ => ExitCode::Complete,
-    })
+    if r.status == Status::Failed {
+        print::errln!("snapring: copy failed: {}", r.message);
+        return Ok(ExitCode::from(r.status));
+    }
+    match r.repository.as_ref().and_then(|k| k.copied_from.as_ref()) {
+        Some(c) if c.already_copied => outln!(
+            "{} (run {}) is in the repository already as snapshot {}; nothing copied",
+            c.store_snapshot,
+            c.run,
+            r.snapshot.as_deref().map_or("", |s| &s[..8.min(s.len())])
+        ),
+        Some(c) => {
+            outln!(
+                "copied {} (run {}): {} by the manifests and {} by inode reused unread",
+                c.store_snapshot,
+                c.run,
+                c.reused_by_manifest,
+                c.reused_by_inode
+            );
+            print_run(&r);
+        }
+        None => print_run(&r),
+    }
+    Ok(ExitCode::from(r.status))
 }

@@ -85,6 +85,20 @@ pub const JOB_KEYS: &[Key] = &[
     ),
 ];
 
+/// The keys of a job that a restic repository `dest` does not take (yet); the binary
+/// refuses them too (`cli/restic.rs`).
+pub const REPOSITORY_REFUSES: &[&str] = &[
+    "folder",
+    "prefix",
+    "exclude",
+    "window",
+    "require_mount",
+    "bwlimit",
+    "jobs",
+    "pre_command",
+    "post_command",
+];
+
 /// The keys of a `[notify.NAME]` table (`notify::NotifierConfig`); their values are
 /// checked together by `NotifierConfig::problems`.
 pub const NOTIFY_KEYS: &[Key] = &[
@@ -545,6 +559,25 @@ impl Checker<'_> {
             }
         }
         let good = |k: &str, f: fn(&str) -> Check| str_of(t, k).filter(|(v, _)| f(v).is_ok());
+        if let Some((dest, _)) = good("dest", path)
+            && (dest.starts_with("s3://") || dest.starts_with("file://"))
+        {
+            // A restic repository: the store's own settings do not apply (yet).
+            for k in REPOSITORY_REFUSES {
+                if let Some((at, _)) = entry(t, k) {
+                    self.push(
+                        at,
+                        dotted(dk, k),
+                        format!(
+                            "{k} is not supported with a restic repository dest yet; remove it"
+                        ),
+                        None,
+                    );
+                }
+            }
+            self.job_notifiers(dk, t, notifiers);
+            return;
+        }
         if let (Some((src, _)), Some((dest, dest_at))) = (good("source", path), good("dest", path))
         {
             let mut store = PathBuf::from(dest);

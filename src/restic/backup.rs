@@ -4,8 +4,11 @@
 //! the parent snapshot's, with every blob still indexed, keeps its blob list unread;
 //! any other file is read, cut with the repository's chunker and its new blobs packed.
 //! Packs, then the index, then the snapshot are written (restic's write order), under a
-//! shared lock. Per-entry problems (unreadable, vanished) leave the entry out and make
-//! the run `partial`. Reads the source, writes the repository.
+//! shared lock; then, with `retain`, retention (`forget`) under an exclusive one.
+//! Per-entry problems (unreadable, vanished) leave the entry out and make the run
+//! `partial`. `snapshot_locked` is the walk itself, given where to read, what to
+//! record and, for `copy`, another rule for "unchanged" (`Reuse`). Reads the source,
+//! writes the repository.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;

@@ -43,6 +43,8 @@ pub struct CopyReport {
     /// The store snapshot copied, and the run that made it.
     pub store_snapshot: String,
     pub run: String,
+    /// The label tag the copy got.
+    pub label: String,
     /// It was copied before: `backup.snapshot` is that copy, nothing was written.
     pub already_copied: bool,
     /// Files reused because the manifests give them the same hash.
@@ -85,6 +87,7 @@ pub fn copy(
     let mut report = CopyReport {
         store_snapshot: sel.snap.name.clone(),
         run: run.clone(),
+        label: label.clone(),
         already_copied: false,
         reused_by_manifest: 0,
         reused_by_inode: 0,
