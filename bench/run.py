@@ -6,7 +6,9 @@ checks every result. See docs/performance.md.
 
     sudo python3 bench/run.py --preset small --latency-us 1000 --runs 3
 
-Subcommands for pieces: `gen DIR --preset P`, `mutate DIR --fraction F --seed S`.
+Subcommands for pieces: `gen DIR --preset P`, `mutate DIR --fraction F --seed S`, and
+`calls [--ttl-ms N] [--readdirplus]`: the delayed calls the kernel makes for each system
+call of an unchanged file (lstat of the source, linkat from the previous snapshot).
 Needs root (loop-mounted ext4, FUSE), rsync, fpsync (fpart), and builds snapring and
 bench/tools in release mode.
 """
@@ -324,6 +326,43 @@ def requests(res):
     return sum(v for k, v in calls.items() if k != "lookup_negative")
 
 
+def calls(work, ttl_ms, readdirplus):
+    """Mounts latencyfs (no delay) over a small tree and prints the delayed calls the
+    kernel sends for each system call of a hard-link snapshot of one unchanged file:
+    list the source and previous directories, lstat the source, linkat the previous
+    version into the new snapshot (three files, so a steady state shows)."""
+    env = Env(work, 1, 0, 1, ttl_ms, readdirplus)
+    try:
+        for d in ["src", "prev", "new"]:
+            os.makedirs(os.path.join(env.under, d))
+        for i in range(3):
+            for d in ["src", "prev"]:
+                with open(os.path.join(env.under, d, f"f{i}"), "w") as f:
+                    f.write("x")
+        fds = {}
+
+        def step(what, fn):
+            before = env.counts()
+            fn()
+            after = env.counts()
+            got = {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+            print(f"{what:32} {sum(v for k, v in got.items() if k != 'lookup_negative'):3}  {got}")
+
+        for d in ["src", "prev", "new"]:
+            step(f"open {d}/", lambda d=d: fds.__setitem__(d, os.open(os.path.join(env.mnt, d), os.O_RDONLY | os.O_DIRECTORY)))
+        for d in ["src", "prev"]:
+            step(f"list {d}/", lambda d=d: os.listdir(fds[d]))
+        for i in range(3):
+            step(f"lstat src/f{i}", lambda i=i: os.stat(f"f{i}", dir_fd=fds["src"], follow_symlinks=False))
+            step(f"linkat prev/f{i} new/f{i}", lambda i=i: os.link(f"f{i}", f"f{i}", src_dir_fd=fds["prev"],
+                                                                   dst_dir_fd=fds["new"], follow_symlinks=False))
+        for fd in fds.values():
+            os.close(fd)
+    finally:
+        env.close()
+        shutil.rmtree(env.under, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd")
@@ -334,6 +373,10 @@ def main():
     m.add_argument("dir")
     m.add_argument("--fraction", type=float, default=0.01)
     m.add_argument("--seed", type=int, default=2)
+    c = sub.add_parser("calls")
+    c.add_argument("--ttl-ms", type=int, default=0)
+    c.add_argument("--readdirplus", action="store_true")
+    c.add_argument("--work", default="/var/tmp/snapring-calls")
     ap.add_argument("--preset", default="small", choices=PRESETS)
     ap.add_argument("--latency-us", type=int, default=1000, help="per metadata call; 0 = local disk, no FUSE")
     ap.add_argument("--runs", type=int, default=3)
@@ -356,6 +399,9 @@ def main():
         return
     if a.cmd == "mutate":
         print(mutate(a.dir, a.fraction, a.seed))
+        return
+    if a.cmd == "calls":
+        calls(a.work, a.ttl_ms, a.readdirplus)
         return
     global PROFILE
     PROFILE = "debug" if a.debug else "release"

@@ -258,12 +258,21 @@ const LIST_BUF: usize = 32 * 1024;
 /// ".", which costs a round trip and a permission check over NFS or FUSE) and reads
 /// with a large buffer. `dir`'s offset is shared by its duplicates: the caller must be
 /// the only one listing it at a time (the backup walk lists each directory once, from
-/// the worker that opened it).
+/// the worker that opened it, on a descriptor fresh from `openat`).
 pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
-    rfs::seek(dir, SeekFrom::Start(0))?;
+    let mut names = Vec::new();
+    read_dir_with(dir, |n| names.push(n.to_vec()))?;
+    Ok(names)
+}
+
+/// [`list_dir`] giving each name to `f` instead of collecting them (a listing made
+/// only to fill an NFS client's cache keeps none of them).
+pub fn read_dir_with(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    // Back to the start for a descriptor listed before; a fresh one is there already,
+    // so a file system that cannot seek a directory still lists it whole.
+    let _ = rfs::seek(dir, SeekFrom::Start(0));
     let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); LIST_BUF];
     let mut d = rfs::RawDir::new(dir, &mut buf);
-    let mut names = Vec::new();
     while let Some(e) = d.next() {
         let e = match e {
             Ok(e) => e,
@@ -273,10 +282,10 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
         };
         let n = e.file_name().to_bytes();
         if n != b"." && n != b".." {
-            names.push(n.to_vec());
+            f(n);
         }
     }
-    Ok(names)
+    Ok(())
 }
 
 /// True when the directory has at least one entry.

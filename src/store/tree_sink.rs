@@ -99,7 +99,7 @@ impl TreeSink {
         let fd = side(parent, name)?;
         if self.list_prev {
             // Only to fill the client's cache: a failure costs a LOOKUP per link later.
-            let _ = fsx::list_dir(b(&fd));
+            let _ = fsx::read_dir_with(b(&fd), |_| {});
         }
         Some(fd)
     }
