@@ -454,3 +454,42 @@ fn unreadable_entries_make_a_partial_repository_run_naming_them() {
     assert_eq!(std::fs::read(to.join("ok")).unwrap(), b"fine");
     assert!(!to.join("d1/secret file").exists());
 }
+
+/// Shard runs write the hard-link store only: a worker told to back up into a repository
+/// (by `--shard` or by an engine's index variable) is refused before it reads anything,
+/// instead of each worker writing a snapshot of the whole source.
+#[test]
+fn a_shard_worker_into_a_repository_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("catalog.db");
+    write(&src.join("f"), b"data");
+    let url = format!("file://{}", repo.display());
+    let env = [("SNAPRING_PASSWORD", PASSWORD)];
+    assert_eq!(cli(&catalog, &["init", "--dest", &url], &env).0, 0);
+    let base = ["backup", "--source", src.to_str().unwrap(), "--dest", &url];
+    let by_flag: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--shard", "0/2", "--run-id", "r1"])
+        .collect();
+    let (code, _, err) = cli(&catalog, &by_flag, &env);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("shard") && err.contains("not supported with a restic repository"),
+        "{err}"
+    );
+    let slurm = [
+        ("SNAPRING_PASSWORD", PASSWORD),
+        ("SLURM_ARRAY_TASK_ID", "1"),
+        ("SLURM_ARRAY_TASK_COUNT", "2"),
+        ("SLURM_ARRAY_TASK_MIN", "1"),
+        ("SLURM_ARRAY_JOB_ID", "77"),
+    ];
+    let (code, _, err) = cli(&catalog, &base, &slurm);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("shard"), "{err}");
+    // Nothing was written: no snapshot in the repository.
+    let snaps = std::fs::read_dir(repo.join("snapshots")).unwrap().count();
+    assert_eq!(snaps, 0);
+}
