@@ -395,6 +395,17 @@ fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_work
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "a finalized run: {}", text(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("already finalized"));
+    // A run id a single-node run or a removed shard run used is not taken again.
+    std::fs::remove_dir_all(run_dir(&e, "r")).unwrap();
+    let o = worker(&e, &["--shard", "0/2", "--run-id", "r"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("new one"),
+        "{}",
+        text(&o)
+    );
     // A worker of a run that was planned with other settings is refused.
     let o = worker(
         &e,

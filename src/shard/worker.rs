@@ -126,6 +126,13 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             .ctx("create", &lp)?;
     }
     let shared = store.lock_shared().map_err(sort_err)?;
+    if !rd.exists() && store.run_path(&spec.run_id).exists() {
+        return Err(ShardError::Usage(format!(
+            "run id {} was used by an earlier run of this store ({}); give this run a new one",
+            spec.run_id,
+            store.run_path(&spec.run_id).display()
+        )));
+    }
     rd.create()?;
     // A rerun after every unit was committed (a finalize that crashed, perhaps after
     // publishing, so the store's previous snapshot is this run's): finalize only.
