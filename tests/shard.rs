@@ -597,6 +597,23 @@ fn finalize_before_every_unit_is_committed_is_a_retry() {
         s.contains("0 done") && s.contains("1 claimed") && s.contains("not finalized"),
         "{s}"
     );
+    // Past the lease, the dead worker's claim shows as stale.
+    std::thread::sleep(Duration::from_millis(1100));
+    let o = snapring(
+        &[
+            "status".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "--run-id".as_ref(),
+            "early".as_ref(),
+        ],
+        &[("SNAPRING_SHARD_LEASE", "1s")],
+    );
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        s.contains("1 stale") && s.contains("stale lease: unit u"),
+        "{s}"
+    );
 }
 
 #[test]
