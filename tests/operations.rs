@@ -255,7 +255,9 @@ fn a_bandwidth_limit_paces_the_copy_and_reports_the_wait() {
             |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(w, waited);
+    // serde_json's default float parsing may land one ULP off the value the catalog
+    // stored from the report in memory (seen: 1.8996634669999999 vs 1.899663467).
+    assert!((w - waited).abs() < 1e-9, "{w} vs {waited}");
 
     // Without a limit the same amount is not held back.
     for i in 0..16 {

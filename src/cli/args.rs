@@ -17,7 +17,9 @@ use clap::{Args, Parser, Subcommand};
                   (published, but some entries could not be backed up; verify: damage \
                   found; diff: something could not be read), 3 incomplete \
                   (interrupted or out of time; the next run resumes), 64 usage error (bad \
-                  command line; nothing ran). A closed stdout (`| head`) is not an error."
+                  command line; nothing ran), 75 try again later (a shard worker or finalize \
+                  found the store busy or units not yet committed; docs/scale-out.md). A \
+                  closed stdout (`| head`) is not an error."
 )]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug).

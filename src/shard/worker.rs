@@ -126,7 +126,27 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             .ctx("create", &lp)?;
     }
     let shared = store.lock_shared().map_err(sort_err)?;
+    if !rd.exists() && store.run_path(&spec.run_id).exists() {
+        return Err(ShardError::Usage(format!(
+            "run id {} was used by an earlier run of this store ({}); give this run a new one",
+            spec.run_id,
+            store.run_path(&spec.run_id).display()
+        )));
+    }
     rd.create()?;
+    // A rerun after every unit was committed (a finalize that crashed, perhaps after
+    // publishing, so the store's previous snapshot is this run's): finalize only.
+    if let Some((plan, _)) = rd.read_plan()?
+        && let Ok(cut) = plan.cut()
+    {
+        let done = rd.done_names()?;
+        if cut.units.iter().all(|u| done.contains(&u.id)) {
+            drop(shared);
+            let wait = finalize_wait(super::state::lease());
+            finish(&store, &rd, opts.jobs, cancel, wait, &mut out)?;
+            return Ok(out);
+        }
+    }
     let source = crate::engine::backup::check_source(opts)?;
     // Canonical: `snapring finalize` may run from another directory.
     let source = std::fs::canonicalize(&source).ctx("resolve source", &source)?;
@@ -181,14 +201,33 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         out.interrupted = true;
         return Ok(out);
     }
-    match super::finalize::finalize(&store, &rd, opts.jobs, cancel, finalize_wait(ctx.lease)) {
-        Ok(super::finalize::Finalized::Done(rep)) => out.finalized = Some(*rep),
-        Ok(super::finalize::Finalized::Already(_)) => out.already_finalized = true,
-        Ok(super::finalize::Finalized::Busy(_)) => out.finalize_pending = true,
-        Ok(super::finalize::Finalized::NotReady(_)) => out.finalize_pending = true,
-        Err(e) => return Err(e),
-    }
+    finish(
+        &store,
+        &rd,
+        opts.jobs,
+        cancel,
+        finalize_wait(ctx.lease),
+        &mut out,
+    )?;
     Ok(out)
+}
+
+/// Tries to finalize once every unit is committed.
+fn finish(
+    store: &Store,
+    rd: &RunDir,
+    jobs: usize,
+    cancel: &AtomicBool,
+    wait: Duration,
+    out: &mut Outcome,
+) -> Result<(), ShardError> {
+    use super::finalize::Finalized;
+    match super::finalize::finalize(store, rd, jobs, cancel, wait)? {
+        Finalized::Done(rep) => out.finalized = Some(*rep),
+        Finalized::Already(_) => out.already_finalized = true,
+        Finalized::Busy(_) | Finalized::NotReady(_) => out.finalize_pending = true,
+    }
+    Ok(())
 }
 
 /// How long a worker that committed the last unit waits for the others to let go of
