@@ -2,9 +2,10 @@
 the rules Kubernetes applies when a Job is created (podFailurePolicy needs
 restartPolicy Never; backoffLimitPerIndex needs completionMode Indexed; an Indexed
 Job's parallelism fits its completions) and the rules of snapring's scale-out (the pods
-get SNAPRING_SHARDS equal to completions and the Job's name as the run id; the exit
-codes the failure policy names are the ones snapring documents as final in
-src/cli/exit_code.rs, and the retryable code is not among them). Exits 1 on the first
+get SNAPRING_SHARDS equal to completions and the Job's name as the run id; the failure
+policy treats snapring's exit codes, read from src/cli/exit_code.rs, as
+docs/scale-out.md says: 1 and 64 fail the Job, 2 fails the index, 3 and 75 are retried;
+no flag a shard worker refuses). Exits 1 on the first
 problem, naming the file and the rule."""
 import pathlib
 import re
@@ -45,20 +46,29 @@ def check_job(path, spec, codes):
     run_id = env.get("SNAPRING_RUN_ID", {}).get("valueFrom", {}).get("fieldRef", {})
     if run_id.get("fieldPath") != "metadata.labels['batch.kubernetes.io/job-name']":
         fail(path, "SNAPRING_RUN_ID must come from the Job's name (batch.kubernetes.io/job-name)")
-    final = {codes[n] for n in ("Failed", "Partial", "Incomplete", "Usage")}
-    named = set()
+    # docs/scale-out.md, "Exit codes": 1 and 64 fail every worker alike (FailJob); 2 is
+    # a published partial snapshot (not retried: FailIndex); 3 and 75 are retried.
+    want = {
+        "FailJob": {codes["Failed"], codes["Usage"]},
+        "FailIndex": {codes["Partial"]},
+    }
+    named = {"FailJob": set(), "FailIndex": set()}
     for rule in spec.get("podFailurePolicy", {}).get("rules", []):
         on = rule.get("onExitCodes")
         if not on:
             continue
-        if on.get("containerName") != "snapring":
-            fail(path, "an onExitCodes rule must name the snapring container")
-        if rule["action"] == "FailIndex":
-            named |= set(on["values"])
-    if named != final:
-        fail(path, f"FailIndex must name exactly snapring's final exit codes {sorted(final)}, not {sorted(named)}")
-    if codes["Retry"] in named:
-        fail(path, "the retryable exit code must be retried, not fail the index")
+        if on.get("containerName") != "snapring" or on.get("operator") != "In":
+            fail(path, "an onExitCodes rule must be `In` on the snapring container")
+        if rule["action"] not in named:
+            fail(path, f"exit codes with action {rule['action']}: only FailJob and FailIndex are expected")
+        named[rule["action"]] |= set(on["values"])
+    if "podFailurePolicy" in spec and named != want:
+        fail(path, f"podFailurePolicy must be {want} by snapring's exit codes, not {named}")
+    retried = {codes["Retry"], codes["Incomplete"]}
+    if retried & (named["FailJob"] | named["FailIndex"]):
+        fail(path, f"exit codes {sorted(retried)} must be retried")
+    if "--window" in container.get("args", []):
+        fail(path, "--window is refused with --shard (docs/scale-out.md)")
 
 
 def main():
