@@ -9,60 +9,11 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Command;
 
+use common::restic::*;
 use common::*;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-fn restic() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("restic"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED: `restic` is not installed (apt-get install restic); conformance not checked"
-        );
-    }
-    found
-}
-
-/// Runs restic on `repo` with the test password; panics with its output on failure.
-fn run_restic(restic: &Path, repo: &Path, args: &[&OsStr]) -> Output {
-    let out = Command::new(restic)
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache")
-        .args(args)
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .expect("run restic");
-    assert!(
-        out.status.success(),
-        "restic {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn url(repo: &Path) -> String {
-    format!("file://{}", repo.display())
-}
-
-/// Runs snapring with the test password in the environment; returns (code, stdout, stderr).
-fn sr(args: &[&str]) -> (i32, String, String) {
-    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    let out = snapring(&a, &[("SNAPRING_PASSWORD", PASSWORD)]);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn sr_ok(args: &[&str]) -> String {
     let (code, out, err) = sr(args);
@@ -76,22 +27,10 @@ fn sr_backup(src: &Path, repo: &Path) -> serde_json::Value {
         "--source",
         src.to_str().unwrap(),
         "--dest",
-        &url(repo),
+        &file_url(repo),
         "--json",
     ]);
     serde_json::from_str(&out).unwrap()
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as u8
-        })
-        .collect()
 }
 
 /// A source of every kind of entry with names restic 0.14 writes and reads alike (it
@@ -159,7 +98,9 @@ fn conformance_tree(src: &Path) {
 
 #[test]
 fn restic_checks_and_restores_what_snapring_wrote() {
-    let Some(restic) = restic() else { return };
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (src, repo, target) = (
         t.path().join("src"),
@@ -168,17 +109,21 @@ fn restic_checks_and_restores_what_snapring_wrote() {
     );
     conformance_tree(&src);
     let want = describe(&src);
-    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
     let r = sr_backup(&src, &repo);
     assert_eq!(r["status"], "complete", "{r}");
-    run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    run_restic(
+        &restic,
+        &repo,
+        &[OsStr::new("check"), OsStr::new("--read-data")],
+    );
     run_restic(
         &restic,
         &repo,
         &[
-            "restore".as_ref(),
-            "latest".as_ref(),
-            "--target".as_ref(),
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
             target.as_os_str(),
         ],
     );
@@ -193,11 +138,13 @@ fn restic_checks_and_restores_what_snapring_wrote() {
 
 #[test]
 fn restic_backup_of_the_same_data_adds_no_data_blobs() {
-    let Some(restic) = restic() else { return };
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
     conformance_tree(&src);
-    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
     let r = sr_backup(&src, &repo);
     assert!(
         r["repository"]["data_blobs_added"].as_u64().unwrap() > 10,
@@ -208,9 +155,9 @@ fn restic_backup_of_the_same_data_adds_no_data_blobs() {
         &restic,
         &repo,
         &[
-            "backup".as_ref(),
-            "--force".as_ref(),
-            "--json".as_ref(),
+            OsStr::new("backup"),
+            OsStr::new("--force"),
+            OsStr::new("--json"),
             src.as_os_str(),
         ],
     );
@@ -228,7 +175,9 @@ fn restic_backup_of_the_same_data_adds_no_data_blobs() {
 
 #[test]
 fn snapring_restores_what_restic_wrote() {
-    let Some(restic) = restic() else { return };
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (src, repo, target) = (
         t.path().join("src"),
@@ -241,20 +190,20 @@ fn snapring_restores_what_restic_wrote() {
         &restic,
         &repo,
         &[
-            "init".as_ref(),
-            "--repository-version".as_ref(),
-            "2".as_ref(),
+            OsStr::new("init"),
+            OsStr::new("--repository-version"),
+            OsStr::new("2"),
         ],
     );
-    run_restic(&restic, &repo, &["backup".as_ref(), src.as_os_str()]);
-    let list = sr_ok(&["list", "--dest", &url(&repo), "--json"]);
+    run_restic(&restic, &repo, &[OsStr::new("backup"), src.as_os_str()]);
+    let list = sr_ok(&["list", "--dest", &file_url(&repo), "--json"]);
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["paths"][0], src.to_str().unwrap());
     sr_ok(&[
         "restore",
         "--dest",
-        &url(&repo),
+        &file_url(&repo),
         "latest",
         "--to",
         target.to_str().unwrap(),
@@ -267,7 +216,11 @@ fn snapring_restores_what_restic_wrote() {
     // And a snapring backup on top of restic's uses restic's snapshot as its parent.
     let r = sr_backup(&src, &repo);
     assert_eq!(r["repository"]["bytes_read"], 0, "{r}");
-    run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    run_restic(
+        &restic,
+        &repo,
+        &[OsStr::new("check"), OsStr::new("--read-data")],
+    );
 }
 
 #[test]
@@ -279,14 +232,14 @@ fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() 
     set_mtime(&src.join("big"), 1_200_000_000, 5);
     set_mtime(&src, 1_200_000_000, 987_654_321);
     let want = describe(&src);
-    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
     let first = sr_backup(&src, &repo);
     assert_eq!(first["status"], "complete", "{first}");
     let target = t.path().join("T1");
     sr_ok(&[
         "restore",
         "--dest",
-        &url(&repo),
+        &file_url(&repo),
         "latest",
         "--to",
         target.to_str().unwrap(),
@@ -314,14 +267,14 @@ fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() 
     sr_ok(&[
         "restore",
         "--dest",
-        &url(&repo),
+        &file_url(&repo),
         "latest",
         "--to",
         target.to_str().unwrap(),
     ]);
     assert_same_tree(&want, &describe(&target), "restore after an incremental");
     let list: serde_json::Value =
-        serde_json::from_str(&sr_ok(&["list", "--dest", &url(&repo), "--json"])).unwrap();
+        serde_json::from_str(&sr_ok(&["list", "--dest", &file_url(&repo), "--json"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 3);
     assert_eq!(list[0]["label"], "daily");
 }
@@ -336,20 +289,20 @@ fn wrong_password_and_missing_repository_are_clear_errors() {
         "--source",
         src.to_str().unwrap(),
         "--dest",
-        &url(&repo),
+        &file_url(&repo),
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("not a restic repository") && err.contains("snapring init"),
         "{err}"
     );
-    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
     let pwfile = t.path().join("pw");
     std::fs::write(&pwfile, "not it\n").unwrap();
     let args = [
         "list",
         "--dest",
-        &url(&repo),
+        &file_url(&repo),
         "--password-file",
         pwfile.to_str().unwrap(),
     ];
@@ -379,7 +332,7 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
     for i in 0..2u64 {
         write(&src.join(format!("f{i}")), &pseudo_random(10 << 20, 10 + i));
     }
-    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
     // Paused right after its first pack is written; SIGTERM, then let it go on.
     let pause = t.path().join("paused");
     let child = Command::new(bin())
@@ -390,7 +343,7 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
             "--source",
             src.to_str().unwrap(),
             "--dest",
-            &url(&repo),
+            &file_url(&repo),
         ])
         .env("SNAPRING_PASSWORD", PASSWORD)
         .env(
@@ -416,8 +369,12 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
     assert_eq!(count("snapshots"), 0, "an interrupted run wrote a snapshot");
     assert!(count("index") >= 1, "the packs it wrote are not indexed");
     assert_eq!(count("locks"), 0, "the lock was left behind");
-    if let Some(restic) = restic() {
-        run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    if let Some(restic) = restic_binary("conformance") {
+        run_restic(
+            &restic,
+            &repo,
+            &[OsStr::new("check"), OsStr::new("--read-data")],
+        );
     }
     // The next run completes and stores only what the first did not.
     let full: u64 = 20 << 20;
@@ -432,7 +389,7 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
     sr_ok(&[
         "restore",
         "--dest",
-        &url(&repo),
+        &file_url(&repo),
         "latest",
         "--to",
         target.to_str().unwrap(),
@@ -451,7 +408,7 @@ fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_compl
     for i in 0..2u64 {
         write(&src.join(format!("f{i}")), &pseudo_random(10 << 20, 20 + i));
     }
-    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
     let out = Command::new(bin())
         .env("SNAPRING_CATALOG", "off")
         .args([
@@ -459,7 +416,7 @@ fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_compl
             "--source",
             src.to_str().unwrap(),
             "--dest",
-            &url(&repo),
+            &file_url(&repo),
         ])
         .env("SNAPRING_PASSWORD", PASSWORD)
         .env("SNAPRING_FAILPOINTS", "restic.pack_written=kill")
@@ -473,12 +430,16 @@ fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_compl
         1,
         "the killed run's lock stays, as restic's would"
     );
-    if let Some(restic) = restic() {
+    if let Some(restic) = restic_binary("conformance") {
         // restic 0.14 refuses any lock while another exists; `unlock` removes stale
         // ones (same host, dead pid): it reads snapring's lock as restic's own.
-        run_restic(&restic, &repo, &["unlock".as_ref()]);
+        run_restic(&restic, &repo, &[OsStr::new("unlock")]);
         assert_eq!(count("locks"), 0, "restic did not take the lock for stale");
-        run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+        run_restic(
+            &restic,
+            &repo,
+            &[OsStr::new("check"), OsStr::new("--read-data")],
+        );
     }
     // A shared lock, even a dead process's, does not block the next backup.
     let next = sr_backup(&src, &repo);
@@ -487,7 +448,7 @@ fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_compl
     sr_ok(&[
         "restore",
         "--dest",
-        &url(&repo),
+        &file_url(&repo),
         "latest",
         "--to",
         target.to_str().unwrap(),
@@ -497,8 +458,12 @@ fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_compl
         &describe(&target),
         "restore after a killed run",
     );
-    if let Some(restic) = restic() {
-        run_restic(&restic, &repo, &["check".as_ref(), "--read-data".as_ref()]);
+    if let Some(restic) = restic_binary("conformance") {
+        run_restic(
+            &restic,
+            &repo,
+            &[OsStr::new("check"), OsStr::new("--read-data")],
+        );
     }
 }
 
@@ -508,7 +473,7 @@ fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
     write(&src.join("f"), b"x");
-    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
     // This test process holds it (as `restic prune` would).
     let opened = Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
     let held = lock::acquire(&opened, true).unwrap();
@@ -517,7 +482,7 @@ fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
         "--source",
         src.to_str().unwrap(),
         "--dest",
-        &url(&repo),
+        &file_url(&repo),
     ]);
     assert_eq!(code, 1, "{out}{err}");
     assert!(err.contains("locked exclusively by pid"), "{err}");
@@ -534,9 +499,9 @@ fn restore_of_a_subdirectory_and_of_one_file() {
     write(&src.join("top"), b"top");
     set_mtime(&src.join("a/b"), 1_300_000_000, 7);
     set_mtime(&src.join("a"), 1_300_000_000, 8);
-    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
     sr_backup(&src, &repo);
-    let dest = url(&repo);
+    let dest = file_url(&repo);
     let restore = |to: &Path, extra: &[&str]| {
         let mut a = vec![
             "restore",

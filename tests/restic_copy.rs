@@ -9,41 +9,10 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
+use common::restic::*;
 use common::*;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-fn restic() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("restic"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        eprintln!("SKIPPED: `restic` is not installed; conformance of copies not checked");
-    }
-    found
-}
-
-fn run_restic(restic: &Path, repo: &Path, args: &[&OsStr]) {
-    let out = Command::new(restic)
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache")
-        .args(args)
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "restic {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn sr(args: &[&str]) -> (i32, serde_json::Value, String) {
     let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
@@ -53,18 +22,6 @@ fn sr(args: &[&str]) -> (i32, serde_json::Value, String) {
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as u8
-        })
-        .collect()
 }
 
 struct Fixture {
@@ -198,20 +155,20 @@ fn copies_read_only_what_changed_and_restore_equal_to_the_store_snapshot() {
         "daily.2 is the first copy's run: {older}"
     );
 
-    if let Some(restic) = restic() {
+    if let Some(restic) = restic_binary("conformance of copies") {
         run_restic(
             &restic,
             &f.repo,
-            &["check".as_ref(), "--read-data".as_ref()],
+            &[OsStr::new("check"), OsStr::new("--read-data")],
         );
         let target = f.t.path().join("by-restic");
         run_restic(
             &restic,
             &f.repo,
             &[
-                "restore".as_ref(),
-                "latest".as_ref(),
-                "--target".as_ref(),
+                OsStr::new("restore"),
+                OsStr::new("latest"),
+                OsStr::new("--target"),
                 target.as_os_str(),
             ],
         );
@@ -244,17 +201,17 @@ fn without_the_parents_manifest_unchanged_files_are_reused_by_inode() {
     let catalog = f.t.path().join("catalog.db");
     let out = snapring(
         &[
-            "--catalog".as_ref(),
+            OsStr::new("--catalog"),
             catalog.as_os_str(),
-            "copy".as_ref(),
-            "--dest".as_ref(),
+            OsStr::new("copy"),
+            OsStr::new("--dest"),
             f.backups.as_os_str(),
-            "--folder".as_ref(),
-            "fs-1".as_ref(),
-            "latest".as_ref(),
-            "--to".as_ref(),
+            OsStr::new("--folder"),
+            OsStr::new("fs-1"),
+            OsStr::new("latest"),
+            OsStr::new("--to"),
             OsStr::new(&f.url()),
-            "--json".as_ref(),
+            OsStr::new("--json"),
         ],
         &[("SNAPRING_PASSWORD", PASSWORD)],
     );

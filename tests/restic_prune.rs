@@ -10,63 +10,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::ffi::OsStr;
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 
+use common::restic::*;
 use common::*;
-
-const PASSWORD: &str = "correct horse battery staple";
-
-fn restic() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("restic"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED: `restic` is not installed (apt-get install restic); conformance not checked"
-        );
-    }
-    found
-}
-
-fn restic_cmd(restic: &Path, repo: &Path) -> Command {
-    let mut c = Command::new(restic);
-    c.arg("--repo")
-        .arg(repo)
-        .arg("--no-cache")
-        .env("RESTIC_PASSWORD", PASSWORD);
-    c
-}
-
-/// Runs restic on `repo`; panics with its output on failure.
-fn run_restic(restic: &Path, repo: &Path, args: &[&str]) -> Output {
-    let out = restic_cmd(restic, repo).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "restic {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn url(repo: &Path) -> String {
-    format!("file://{}", repo.display())
-}
-
-fn sr(args: &[&str]) -> (i32, String, String) {
-    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    let out = snapring(&a, &[("SNAPRING_PASSWORD", PASSWORD)]);
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn sr_json(args: &[&str]) -> serde_json::Value {
     let (code, out, err) = sr(args);
@@ -82,22 +31,10 @@ fn backup(src: &Path, repo: &Path, extra: &[&str]) -> serde_json::Value {
         src.to_str().unwrap(),
         "--dest",
     ];
-    let u = url(repo);
+    let u = file_url(repo);
     a.push(&u);
     a.extend_from_slice(extra);
     sr_json(&a)
-}
-
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as u8
-        })
-        .collect()
 }
 
 /// Total bytes of the files under `p`.
@@ -171,10 +108,10 @@ fn change_source(src: &Path, i: u64) {
 
 #[test]
 fn retain_then_prune_keeps_exactly_the_newest_and_shrinks_the_repository() {
-    let restic = restic();
+    let restic = restic_binary("conformance");
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    let u = url(&repo);
+    let u = file_url(&repo);
     sr_json(&["init", "--dest", &u, "--json"]);
     // Four runs of `daily` with --retain 2, one `weekly` that retention leaves alone.
     let mut wanted: BTreeMap<String, _> = BTreeMap::new();
@@ -277,7 +214,7 @@ fn retain_then_prune_keeps_exactly_the_newest_and_shrinks_the_repository() {
 fn forget_standalone_plans_with_reasons_and_leaves_other_labels() {
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    let u = url(&repo);
+    let u = file_url(&repo);
     sr_json(&["init", "--dest", &u, "--json"]);
     write(&src.join("f"), b"x");
     let mut daily = Vec::new();
@@ -382,7 +319,7 @@ impl ResticHolding {
 fn prune_refuses_while_restic_or_snapring_back_up_and_backup_retention_waits() {
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    let u = url(&repo);
+    let u = file_url(&repo);
     sr_json(&["init", "--dest", &u, "--json"]);
     write(&src.join("f"), &pseudo_random(100 << 10, 1));
     backup(&src, &repo, &[]);
@@ -416,7 +353,9 @@ fn prune_refuses_while_restic_or_snapring_back_up_and_backup_retention_waits() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{out:?}");
 
-    let Some(restic) = restic() else { return };
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
     // A real, running `restic backup`.
     let held = ResticHolding::start(&restic, &repo);
     let (code, out, err) = sr(&["prune", "--dest", &u]);
@@ -444,10 +383,12 @@ fn prune_refuses_while_restic_or_snapring_back_up_and_backup_retention_waits() {
 
 #[test]
 fn restic_refuses_while_snapring_prunes_and_a_killed_prune_leaves_a_checked_repository() {
-    let Some(restic) = restic() else { return };
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    let u = url(&repo);
+    let u = file_url(&repo);
     sr_json(&["init", "--dest", &u, "--json"]);
     for i in 0..3 {
         change_source(&src, i);
@@ -513,7 +454,7 @@ fn a_held_lock_is_refreshed_as_a_new_file_and_removed_on_release() {
     use snapring::restic::{lock, repo::Repo};
     let t = tempfile::tempdir().unwrap();
     let repo = t.path().join("repo");
-    sr_json(&["init", "--dest", &url(&repo), "--json"]);
+    sr_json(&["init", "--dest", &file_url(&repo), "--json"]);
     let opened = Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
     let held = lock::acquire(&opened, false).unwrap();
     let first = held.id().unwrap();
@@ -528,7 +469,7 @@ fn a_held_lock_is_refreshed_as_a_new_file_and_removed_on_release() {
     let t1 = chrono::DateTime::parse_from_rfc3339(&after.time).unwrap();
     assert!(t1 > t0, "{} -> {}", before.time, after.time);
     assert_eq!((after.pid, after.exclusive), (before.pid, before.exclusive));
-    if let Some(restic) = restic() {
+    if let Some(restic) = restic_binary("conformance") {
         let out = run_restic(&restic, &repo, &["list", "locks", "--no-lock"]);
         assert_eq!(
             String::from_utf8_lossy(&out.stdout).trim(),
@@ -549,7 +490,9 @@ fn a_held_lock_is_refreshed_as_a_new_file_and_removed_on_release() {
 
 #[test]
 fn snapring_prunes_a_repository_restic_wrote_and_forgot_in() {
-    let Some(restic) = restic() else { return };
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
     run_restic(&restic, &repo, &["init", "--repository-version", "2"]);
@@ -559,7 +502,7 @@ fn snapring_prunes_a_repository_restic_wrote_and_forgot_in() {
     }
     run_restic(&restic, &repo, &["forget", "--keep-last", "1"]);
     let before = size_of(&repo);
-    let r = sr_json(&["prune", "--dest", &url(&repo), "--json"]);
+    let r = sr_json(&["prune", "--dest", &file_url(&repo), "--json"]);
     assert_eq!(r["plan"]["snapshots"], 1, "{r}");
     assert!(r["packs_removed"].as_u64().unwrap() >= 1, "{r}");
     let after = size_of(&repo);

@@ -63,18 +63,6 @@ fn row(catalog: &Path, id: &str) -> Row {
     .unwrap()
 }
 
-fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 11) as u8
-        })
-        .collect()
-}
-
 /// The webhook bodies received so far, parsed.
 fn hooks(http: &Http) -> Vec<serde_json::Value> {
     http.got
@@ -92,7 +80,7 @@ fn repository_runs_land_in_the_catalog_and_the_webhook_without_the_password() {
     let catalog = t.path().join("state/catalog.db");
     let pw = t.path().join("pw");
     std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
-    write(&src.join("a"), &pseudo_random(3 << 20, 1));
+    write(&src.join("a"), &common::restic::pseudo_random(3 << 20, 1));
     write(&src.join("b"), b"small");
     let url = format!("file://{}", repo.display());
     let (code, _, err) = cli(

@@ -12,14 +12,14 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use common::restic::*;
 use common::*;
 
-const PASSWORD: &str = "correct horse battery staple";
 const ACCESS_KEY: &str = "snapring-test";
 const SECRET_KEY: &str = "snapring-test-secret";
 const BUCKET: &str = "backups";
@@ -619,44 +619,19 @@ fn retried_through(fault: Fault) {
     assert!(s.server().requests.load(Ordering::SeqCst) >= 9);
 }
 
-fn restic() -> Option<PathBuf> {
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("restic"))
-            .find(|p| p.is_file())
-    });
-    if found.is_none() {
-        eprintln!(
-            "SKIPPED: `restic` is not installed (apt-get install restic); S3 conformance not checked"
-        );
-    }
-    found
-}
-
 fn run_restic(s: &Setup, restic: &Path, repo: &str, args: &[&OsStr]) -> Output {
-    let out = Command::new(restic)
-        .arg("--repo")
-        .arg(repo)
-        .arg("--no-cache")
-        .args(args)
-        .env("RESTIC_PASSWORD", PASSWORD)
-        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+    let mut c = restic_cmd(restic, repo);
+    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
         .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("HOME", s.t.path())
-        .output()
-        .expect("run restic");
-    assert!(
-        out.status.success(),
-        "restic {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+        .env("HOME", s.t.path());
+    restic_ok(c, args)
 }
 
 #[test]
 fn restic_checks_and_restores_what_snapring_wrote_to_s3() {
-    let Some(restic) = restic() else { return };
+    let Some(restic) = restic_binary("S3 conformance") else {
+        return;
+    };
     let s = setup(NONE);
     let src = s.t.path().join("src");
     source(&src);
@@ -695,7 +670,9 @@ fn restic_checks_and_restores_what_snapring_wrote_to_s3() {
 
 #[test]
 fn snapring_restores_what_restic_wrote_to_s3() {
-    let Some(restic) = restic() else { return };
+    let Some(restic) = restic_binary("S3 conformance") else {
+        return;
+    };
     let s = setup(NONE);
     let src = s.t.path().join("src");
     source(&src);
@@ -805,7 +782,7 @@ fn retain_and_prune_on_s3() {
         to.to_str().unwrap(),
     ]);
     assert_same_tree(&describe(&src), &describe(&to), "restore after prune on S3");
-    if let Some(restic) = restic() {
+    if let Some(restic) = restic_binary("S3 conformance") {
         let repo = format!("s3:{}/{BUCKET}/pruned", s.endpoint());
         run_restic(
             &s,

@@ -4,6 +4,7 @@
 //! receiver for webhooks.
 #![allow(dead_code)]
 
+pub mod restic;
 pub mod state;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,93 @@
+//! Helpers for the tests on restic repositories (restic_conformance, restic_copy,
+//! restic_prune, restic_runs, restic_s3): the test password, Debian's `restic` found on
+//! the PATH (or a printed SKIPPED line), a `restic` command on a repository that panics
+//! with restic's output when it fails, snapring run with the password, and deterministic
+//! pseudo-random content (so files cut into several chunks). Runs processes.
+
+use std::ffi::OsStr;
+use std::fmt::Debug;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use super::snapring;
+
+/// The repositories' password in these tests (restic_runs has its own, to look for it).
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Debian's `restic`, when installed; otherwise prints that `what` is not checked.
+pub fn restic_binary(what: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join("restic"))
+            .find(|p| p.is_file())
+    });
+    if found.is_none() {
+        eprintln!(
+            "SKIPPED: `restic` is not installed (apt-get install restic); {what} not checked"
+        );
+    }
+    found
+}
+
+/// `restic --repo REPO --no-cache` with the test password.
+pub fn restic_cmd(restic: &Path, repo: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new(restic);
+    c.arg("--repo")
+        .arg(repo)
+        .arg("--no-cache")
+        .env("RESTIC_PASSWORD", PASSWORD);
+    c
+}
+
+/// Runs `cmd` with `args`; panics with restic's output unless it succeeds.
+pub fn restic_ok<S: AsRef<OsStr> + Debug>(mut cmd: Command, args: &[S]) -> Output {
+    let out = cmd.args(args).output().expect("run restic");
+    assert!(
+        out.status.success(),
+        "restic {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs restic on the repository at `repo` (a path or URL); panics with its output on
+/// failure.
+pub fn run_restic<S: AsRef<OsStr> + Debug>(
+    restic: &Path,
+    repo: impl AsRef<OsStr>,
+    args: &[S],
+) -> Output {
+    restic_ok(restic_cmd(restic, repo), args)
+}
+
+/// The `--dest` URL of a local repository.
+pub fn file_url(repo: &Path) -> String {
+    format!("file://{}", repo.display())
+}
+
+/// Runs snapring with the test password in the environment; returns (code, stdout,
+/// stderr).
+pub fn sr(args: &[&str]) -> (i32, String, String) {
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = snapring(&a, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `n` bytes of xorshift output from `seed` (any seed, 0 too): incompressible content
+/// that the chunker cuts differently for each seed.
+pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 11) as u8
+        })
+        .collect()
+}
