@@ -9,6 +9,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -104,6 +105,14 @@ fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// `snapring CMD --dest STORE --run-id RUN [EXTRA…]` (`finalize` or `status`).
+fn run_cmd(e: &Env, cmd: &str, run: &str, extra: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut a: Vec<&OsStr> = vec![cmd.as_ref(), "--dest".as_ref(), e.dest.as_os_str()];
+    a.extend([OsStr::new("--run-id"), OsStr::new(run)]);
+    a.extend(extra.iter().map(OsStr::new));
+    snapring(&a, vars)
 }
 
 fn run_dir(e: &Env, run: &str) -> PathBuf {
@@ -271,17 +280,7 @@ fn four_workers_named_by_flag_and_by_each_engines_variables_make_the_single_node
         &describe(&s),
         "shard run vs single-node run",
     );
-    let status = snapring(
-        &[
-            "status".as_ref(),
-            "--dest".as_ref(),
-            e.dest.as_os_str(),
-            "--run-id".as_ref(),
-            run.as_ref(),
-            "--json".as_ref(),
-        ],
-        &[],
-    );
+    let status = run_cmd(&e, "status", run, &["--json"], &[]);
     let st: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(st["finalized"], true);
     assert_eq!(st["done"], st["units"]);
@@ -317,16 +316,7 @@ fn four_workers_named_by_flag_and_by_each_engines_variables_make_the_single_node
     assert_eq!(rec["files_transferred"], 2, "{rec}");
     assert_eq!(rec["based_on"], run);
     // Finalize again by hand: nothing to do.
-    let out = snapring(
-        &[
-            "finalize".as_ref(),
-            "--dest".as_ref(),
-            e.dest.as_os_str(),
-            "--run-id".as_ref(),
-            "second".as_ref(),
-        ],
-        &[],
-    );
+    let out = run_cmd(&e, "finalize", "second", &[], &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains("already finalized"));
 }
@@ -516,18 +506,7 @@ fn a_crash_during_finalize_is_finished_by_snapring_finalize_once() {
             "{point}: a finalizing worker was killed"
         );
         assert!(!run_dir(&e, run).join("finalized").exists(), "{point}");
-        let fin = |e: &Env| {
-            snapring(
-                &[
-                    "finalize".as_ref(),
-                    "--dest".as_ref(),
-                    e.dest.as_os_str(),
-                    "--run-id".as_ref(),
-                    run.as_ref(),
-                ],
-                &[],
-            )
-        };
+        let fin = |e: &Env| run_cmd(e, "finalize", run, &[], &[]);
         if point.ends_with("after_publish") {
             // A rerun worker finds every unit committed and finalizes (the store's
             // previous snapshot is now this run's own: no plan check stands in its way).
@@ -567,32 +546,14 @@ fn finalize_before_every_unit_is_committed_is_a_retry() {
     .output()
     .unwrap();
     assert_eq!(o.status.code(), None);
-    let o = snapring(
-        &[
-            "finalize".as_ref(),
-            "--dest".as_ref(),
-            e.dest.as_os_str(),
-            "--run-id".as_ref(),
-            "early".as_ref(),
-        ],
-        &[],
-    );
+    let o = run_cmd(&e, "finalize", "early", &[], &[]);
     assert_eq!(o.status.code(), Some(75), "{}", text(&o));
     assert!(
         String::from_utf8_lossy(&o.stderr).contains("not committed yet"),
         "{}",
         text(&o)
     );
-    let o = snapring(
-        &[
-            "status".as_ref(),
-            "--dest".as_ref(),
-            e.dest.as_os_str(),
-            "--run-id".as_ref(),
-            "early".as_ref(),
-        ],
-        &[],
-    );
+    let o = run_cmd(&e, "status", "early", &[], &[]);
     assert!(o.status.success(), "{}", text(&o));
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -601,14 +562,11 @@ fn finalize_before_every_unit_is_committed_is_a_retry() {
     );
     // Past the lease, the dead worker's claim shows as stale.
     std::thread::sleep(Duration::from_millis(1100));
-    let o = snapring(
-        &[
-            "status".as_ref(),
-            "--dest".as_ref(),
-            e.dest.as_os_str(),
-            "--run-id".as_ref(),
-            "early".as_ref(),
-        ],
+    let o = run_cmd(
+        &e,
+        "status",
+        "early",
+        &[],
         &[("SNAPRING_SHARD_LEASE", "1s")],
     );
     let s = String::from_utf8_lossy(&o.stdout);
