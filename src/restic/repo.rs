@@ -2,12 +2,13 @@
 //! the key the password opens, read the config), unpacked files (index, snapshots,
 //! locks: `0x02 || zstd(JSON)`, sealed, named by the SHA-256 of the sealed bytes), the
 //! in-memory index, reading blobs, and the `Packer` that collects new blobs into packs
-//! (data and tree blobs in separate packs) and writes their index file. Does file I/O
+//! (data and tree blobs in separate packs, filled and uploaded by many workers at once) and
+//! writes their index file. Does file I/O
 //! through `backend`.
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,7 @@ use super::backend::{Backend, Kind, Local, already_a_repository, not_a_repositor
 use super::chunker::{Pol, Tables};
 use super::crypto::{DEFAULT_KDF, KdfParams, Key, KeyFile};
 use super::index::{Index, IndexFile, PackJson};
-use super::pack::{BlobType, PackBuilder, open_blob};
+use super::pack::{BlobType, Entry, PackBuilder, open_blob, seal_blob};
 use super::{Error, Id, Result, corrupt, io_err};
 
 /// The decrypted `config` file.
@@ -193,90 +194,121 @@ fn decode_json<T: serde::de::DeserializeOwned>(plain: &[u8], what: &str) -> Resu
 /// Packs at least this big are written out.
 const PACK_TARGET: usize = 16 * 1024 * 1024;
 
-/// Collects new blobs into packs, one pack per blob type at a time.
+/// Full packs being uploaded at once, at most: the memory they hold is bounded by this
+/// many times [`PACK_TARGET`] (a worker that fills one more waits for a slot).
+pub const UPLOADS_IN_FLIGHT: usize = 4;
+
+/// Collects new blobs into packs, one pack per blob type at a time, for many workers at
+/// once: a blob is hashed, compressed and sealed by the worker that saves it, outside
+/// the lock; the lock covers only adding it to the open pack. The worker whose blob
+/// fills a pack uploads it, outside the lock, while the others go on filling the next
+/// one; at most [`UPLOADS_IN_FLIGHT`] uploads run at once. The index gets the new packs
+/// (in memory and as index files) at `finish`, after every pack is written.
 #[derive(Default)]
 pub struct Packer {
+    state: Mutex<PackerState>,
+    uploads: crate::concurrency::Slots,
+}
+
+#[derive(Default)]
+struct PackerState {
     data: PackBuilder,
     tree: PackBuilder,
-    /// Blobs in the packs not yet written.
-    pending: HashSet<(BlobType, Id)>,
-    pub written: Vec<PackJson>,
-    pub bytes_written: u64,
-    pub data_blobs: u64,
-    pub tree_blobs: u64,
-    /// Plaintext bytes of the new data blobs (what deduplication did not find).
-    pub data_bytes_new: u64,
+    /// Blobs this run added: in an open pack, being uploaded, or written.
+    added: HashSet<(BlobType, Id)>,
+    /// Packs written, with their entries.
+    written: Vec<(Id, Vec<Entry>)>,
+    stats: PackerStats,
 }
 
 impl Packer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PackerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Stores a blob unless the repository or this run already has it; returns its id.
-    pub fn save(&mut self, repo: &mut Repo, kind: BlobType, plain: &[u8]) -> Result<Id> {
+    /// A write failure is returned (the run cannot go on).
+    pub fn save(&self, repo: &Repo, kind: BlobType, plain: &[u8]) -> Result<Id> {
         let id = Id::hash(plain);
-        if repo.index.contains(kind, &id) || self.pending.contains(&(kind, id)) {
+        if repo.index.contains(kind, &id) || self.lock().added.contains(&(kind, id)) {
             return Ok(id);
         }
-        let b = match kind {
-            BlobType::Data => &mut self.data,
-            BlobType::Tree => &mut self.tree,
-        };
-        b.add(&repo.key, kind, id, plain);
-        self.pending.insert((kind, id));
-        match kind {
-            BlobType::Data => {
-                self.data_blobs += 1;
-                self.data_bytes_new += plain.len() as u64;
+        let (sealed, uncompressed_length) = seal_blob(&repo.key, plain);
+        let full = {
+            let mut s = self.lock();
+            if !s.added.insert((kind, id)) {
+                // Another worker saved the same blob meanwhile.
+                return Ok(id);
             }
-            BlobType::Tree => self.tree_blobs += 1,
-        }
-        if b.len() >= PACK_TARGET {
-            self.flush(repo, kind)?;
+            match kind {
+                BlobType::Data => {
+                    s.stats.data_blobs += 1;
+                    s.stats.data_bytes_new += plain.len() as u64;
+                }
+                BlobType::Tree => s.stats.tree_blobs += 1,
+            }
+            let b = match kind {
+                BlobType::Data => &mut s.data,
+                BlobType::Tree => &mut s.tree,
+            };
+            let e = Entry {
+                kind,
+                id,
+                offset: 0,
+                length: sealed.len() as u32,
+                uncompressed_length,
+            };
+            b.add_sealed(&e, &sealed);
+            (b.len() >= PACK_TARGET).then(|| std::mem::take(b))
+        };
+        if let Some(b) = full {
+            let _slot = self.uploads.take(UPLOADS_IN_FLIGHT);
+            self.upload(repo, b)?;
         }
         Ok(id)
     }
 
-    fn flush(&mut self, repo: &mut Repo, kind: BlobType) -> Result<()> {
-        let b = std::mem::take(match kind {
-            BlobType::Data => &mut self.data,
-            BlobType::Tree => &mut self.tree,
-        });
-        if b.is_empty() {
-            return Ok(());
-        }
+    /// Writes one pack and records it.
+    fn upload(&self, repo: &Repo, b: PackBuilder) -> Result<()> {
         let (id, bytes, entries) = b.finish(&repo.key);
         repo.backend.write(Kind::Pack, &id, &bytes)?;
         crate::failpoint::hit("restic.pack_written")
             .map_err(io_err("write", repo.backend.file_location(Kind::Pack, &id)))?;
-        self.bytes_written += bytes.len() as u64;
-        repo.index.add_pack(id, &entries);
-        for e in &entries {
-            self.pending.remove(&(e.kind, e.id));
-        }
-        self.written.push(PackJson::new(id, &entries));
+        let mut s = self.lock();
+        s.stats.packs += 1;
+        s.stats.bytes += bytes.len() as u64;
+        s.written.push((id, entries));
         Ok(())
     }
 
     /// Writes the open packs, then one index file for every pack written (packs before
-    /// the index that names them, as the design's write order asks).
-    pub fn finish(mut self, repo: &mut Repo) -> Result<PackerStats> {
-        self.flush(repo, BlobType::Data)?;
-        self.flush(repo, BlobType::Tree)?;
+    /// the index that names them, as the design's write order asks). Call it after every
+    /// `save` returned.
+    pub fn finish(self, repo: &mut Repo) -> Result<PackerStats> {
+        let (data, tree) = {
+            let mut s = self.lock();
+            (std::mem::take(&mut s.data), std::mem::take(&mut s.tree))
+        };
+        for b in [data, tree] {
+            if !b.is_empty() {
+                self.upload(repo, b)?;
+            }
+        }
         self.index_written(repo)
     }
 
     /// Writes the index of the packs written so far (the open ones are dropped): after a
-    /// failure, so the next run finds and reuses what reached the repository.
+    /// failure, so the next run finds and reuses what reached the repository. Adds them
+    /// to `repo`'s index in memory too.
     pub fn index_written(self, repo: &mut Repo) -> Result<PackerStats> {
-        let mut stats = PackerStats {
-            packs: self.written.len() as u64,
-            bytes: self.bytes_written,
-            data_blobs: self.data_blobs,
-            tree_blobs: self.tree_blobs,
-            data_bytes_new: self.data_bytes_new,
-            index_files: 0,
-            index_bytes: 0,
-        };
+        let s = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut stats = s.stats;
+        let mut packs = Vec::with_capacity(s.written.len());
+        for (id, entries) in &s.written {
+            repo.index.add_pack(*id, entries);
+            packs.push(PackJson::new(*id, entries));
+        }
         // Keep each index file well below restic's 8 MiB limit.
-        let mut packs = self.written;
         while !packs.is_empty() {
             let rest = packs.split_off(packs.len().min(2000));
             let f = IndexFile {
