@@ -563,9 +563,9 @@ impl crate::traverse::Visitor for Run<'_> {
     }
 
     fn finish(&self, dir: &crate::traverse::Dir<DirState>) {
-        let mut nodes = std::mem::take(&mut *lock(&dir.state.nodes));
-        // restic's trees list their nodes sorted by name.
-        nodes.sort_by_cached_key(Node::name_bytes);
+        // In the order workers finished them; `to_blob` sorts them by name, as restic's
+        // trees are.
+        let nodes = std::mem::take(&mut *lock(&dir.state.nodes));
         // A failure has stopped the walk already (`save`).
         let Ok(id) = self.save(BlobType::Tree, &Tree { nodes }.to_blob()) else {
             return;
