@@ -595,7 +595,10 @@ fn the_snapshot_does_not_depend_on_how_many_calls_are_in_flight() {
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
     for i in 0..600 {
-        write(&src.join(format!("wide/f{i:03}")), format!("{i}").as_bytes());
+        write(
+            &src.join(format!("wide/f{i:03}")),
+            format!("{i}").as_bytes(),
+        );
     }
     for i in 0..40 {
         write(&src.join(format!("wide/d{i:02}/x")), b"x");
@@ -628,7 +631,11 @@ fn the_snapshot_does_not_depend_on_how_many_calls_are_in_flight() {
     assert_eq!(tree_of(&repo, &many), tree, "jobs 16 vs jobs 1");
     assert_eq!(tree_of(&repo, &three), tree, "jobs 3 vs jobs 1");
     if let Some(restic) = restic() {
-        run_restic(&restic, &repo, &[OsStr::new("check"), OsStr::new("--read-data")]);
+        run_restic(
+            &restic,
+            &repo,
+            &[OsStr::new("check"), OsStr::new("--read-data")],
+        );
     }
     let target = t.path().join("T");
     sr_ok(&[

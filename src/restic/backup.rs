@@ -617,7 +617,10 @@ impl Run<'_> {
     fn into_report(self) -> BackupReport {
         let c = &self.counts;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let mut problems = self.problems.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut problems = self
+            .problems
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
         problems.sort_by(|a, b| a.path.cmp(&b.path));
         BackupReport {
             files: get(&c.files),
@@ -788,9 +791,7 @@ impl Run<'_> {
             let mut node = base_node(comps[i].as_bytes(), &md, &self.names);
             node.subtree = Some(tree);
             let t = Tree { nodes: vec![node] };
-            tree = self
-                .packer
-                .save(self.repo, BlobType::Tree, &t.to_blob())?;
+            tree = self.packer.save(self.repo, BlobType::Tree, &t.to_blob())?;
         }
         Ok(tree)
     }
