@@ -195,19 +195,21 @@ fn decode_json<T: serde::de::DeserializeOwned>(plain: &[u8], what: &str) -> Resu
 const PACK_TARGET: usize = 16 * 1024 * 1024;
 
 /// Full packs being uploaded at once, at most: the memory they hold is bounded by this
-/// many times [`PACK_TARGET`] (a worker that fills one more waits for a slot).
+/// many times [`PACK_TARGET`]. While that many are out, a worker with a new blob waits
+/// before adding it, so no more full packs pile up.
 pub const UPLOADS_IN_FLIGHT: usize = 4;
 
 /// Collects new blobs into packs, one pack per blob type at a time, for many workers at
 /// once: a blob is hashed, compressed and sealed by the worker that saves it, outside
 /// the lock; the lock covers only adding it to the open pack. The worker whose blob
 /// fills a pack uploads it, outside the lock, while the others go on filling the next
-/// one; at most [`UPLOADS_IN_FLIGHT`] uploads run at once. The index gets the new packs
+/// one; at most [`UPLOADS_IN_FLIGHT`] full packs are out at once. The index gets the new packs
 /// (in memory and as index files) at `finish`, after every pack is written.
 #[derive(Default)]
 pub struct Packer {
     state: Mutex<PackerState>,
-    uploads: crate::concurrency::Slots,
+    /// Signalled when a full pack's upload ends.
+    uploaded: std::sync::Condvar,
 }
 
 #[derive(Default)]
@@ -218,6 +220,8 @@ struct PackerState {
     added: HashSet<(BlobType, Id)>,
     /// Packs written, with their entries.
     written: Vec<(Id, Vec<Entry>)>,
+    /// Full packs taken out of the builders and not yet uploaded (or failed).
+    out: usize,
     stats: PackerStats,
 }
 
@@ -236,6 +240,9 @@ impl Packer {
         let (sealed, uncompressed_length) = seal_blob(&repo.key, plain);
         let full = {
             let mut s = self.lock();
+            while s.out >= UPLOADS_IN_FLIGHT {
+                s = self.uploaded.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
             if !s.added.insert((kind, id)) {
                 // Another worker saved the same blob meanwhile.
                 return Ok(id);
@@ -259,11 +266,15 @@ impl Packer {
                 uncompressed_length,
             };
             b.add_sealed(&e, &sealed);
-            (b.len() >= PACK_TARGET).then(|| std::mem::take(b))
+            let full = (b.len() >= PACK_TARGET).then(|| std::mem::take(b));
+            s.out += usize::from(full.is_some());
+            full
         };
         if let Some(b) = full {
-            let _slot = self.uploads.take(UPLOADS_IN_FLIGHT);
-            self.upload(repo, b)?;
+            let r = self.upload(repo, b);
+            self.lock().out -= 1;
+            self.uploaded.notify_all();
+            r?;
         }
         Ok(id)
     }
@@ -337,4 +348,63 @@ pub struct PackerStats {
     /// Index files written, and their bytes.
     pub index_files: u64,
     pub index_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restic::crypto::KdfParams;
+
+    /// `n` bytes from a seed (xorshift), so blobs are distinct and incompressible.
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 11) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_workers_share_a_packer_and_every_blob_lands_once() {
+        let t = tempfile::tempdir().unwrap();
+        let cheap = KdfParams {
+            n: 1024,
+            r: 8,
+            p: 1,
+        };
+        init(t.path(), b"pw", cheap).unwrap();
+        let mut repo = Repo::open(t.path(), b"pw").unwrap();
+        let packer = Packer::default();
+        // 8 workers, 40 blobs of 128 KiB each (180 distinct, 22.5 MiB: two packs), half of each
+        // worker's blobs shared with another worker: saved twice, stored once.
+        let seeds =
+            |w: u64| (0..40u64).map(move |i| if i % 2 == 0 { 1000 + i } else { w * 100 + i });
+        std::thread::scope(|s| {
+            for w in 0..8u64 {
+                let (packer, repo) = (&packer, &repo);
+                s.spawn(move || {
+                    for seed in seeds(w) {
+                        let b = bytes(128 * 1024, seed);
+                        let id = packer.save(repo, BlobType::Data, &b).unwrap();
+                        assert_eq!(id, Id::hash(&b));
+                    }
+                    assert!(packer.lock().out <= UPLOADS_IN_FLIGHT);
+                });
+            }
+        });
+        let stats = packer.finish(&mut repo).unwrap();
+        let distinct: HashSet<u64> = (0..8).flat_map(seeds).collect();
+        assert_eq!(stats.data_blobs, distinct.len() as u64);
+        assert_eq!(stats.packs, 2, "{stats:?}");
+        // What a new reader of the repository finds: every blob, once, intact.
+        let again = Repo::open(t.path(), b"pw").unwrap();
+        for seed in distinct {
+            let b = bytes(128 * 1024, seed);
+            assert_eq!(again.read_blob(BlobType::Data, &Id::hash(&b)).unwrap(), b);
+        }
+    }
 }
