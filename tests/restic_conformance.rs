@@ -575,8 +575,9 @@ fn restore_of_a_subdirectory_and_of_one_file() {
     assert!(err.contains("leaves the snapshot"), "{err}");
 }
 
-/// The snapshot's tree of the backup report `r` (`snapshot` is its id).
-fn tree_of(repo: &Path, r: &serde_json::Value) -> String {
+/// The tree of the source `src` in the snapshot of the backup report `r` (`snapshot` is
+/// its id); not the snapshot's root, whose ancestors (`/tmp`) other tests change.
+fn tree_of(repo: &Path, src: &Path, r: &serde_json::Value) -> String {
     let repo = snapring::restic::repo::Repo::open(repo, PASSWORD.as_bytes()).unwrap();
     let id = r["snapshot"].as_str().unwrap();
     let all = snapring::restic::snapshot::load_all(&repo).unwrap();
@@ -584,7 +585,12 @@ fn tree_of(repo: &Path, r: &serde_json::Value) -> String {
         .iter()
         .find(|(i, _)| i.hex().starts_with(id))
         .unwrap_or_else(|| panic!("snapshot {id} not in the repository"));
-    s.tree.hex()
+    let src = std::fs::canonicalize(src).unwrap();
+    let comps: Vec<&OsStr> = src.iter().skip(1).collect();
+    snapring::restic::backup::descend(&repo, s.tree, &comps)
+        .unwrap()
+        .expect("the source's tree")
+        .hex()
 }
 
 #[test]
@@ -627,9 +633,9 @@ fn the_snapshot_does_not_depend_on_how_many_calls_are_in_flight() {
     let many = backup("16");
     let three = backup("3");
     assert_eq!(many["repository"]["files_unchanged"], 642, "{many}");
-    let tree = tree_of(&repo, &one);
-    assert_eq!(tree_of(&repo, &many), tree, "jobs 16 vs jobs 1");
-    assert_eq!(tree_of(&repo, &three), tree, "jobs 3 vs jobs 1");
+    let tree = tree_of(&repo, &src, &one);
+    assert_eq!(tree_of(&repo, &src, &many), tree, "jobs 16 vs jobs 1");
+    assert_eq!(tree_of(&repo, &src, &three), tree, "jobs 3 vs jobs 1");
     if let Some(restic) = restic() {
         run_restic(
             &restic,
