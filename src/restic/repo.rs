@@ -271,10 +271,10 @@ impl Packer {
             full
         };
         if let Some(b) = full {
-            let r = self.upload(repo, b);
-            self.lock().out -= 1;
-            self.uploaded.notify_all();
-            r?;
+            // Given back however the upload ends (even by a panic), or the workers
+            // waiting for it would wait for ever.
+            let _out = OutGuard(self);
+            self.upload(repo, b)?;
         }
         Ok(id)
     }
@@ -332,6 +332,16 @@ impl Packer {
             packs = rest;
         }
         Ok(stats)
+    }
+}
+
+/// One full pack out of a `Packer`'s builders; dropped when its upload ended.
+struct OutGuard<'a>(&'a Packer);
+
+impl Drop for OutGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().out -= 1;
+        self.0.uploaded.notify_all();
     }
 }
 
