@@ -1,6 +1,7 @@
 //! How many file-system calls to keep in flight when the user does not say (`--jobs`):
 //! many on network and FUSE file systems, where each call waits a round trip, and few on
-//! local disks, where calls cost CPU and extra threads only contend.
+//! local disks, where calls cost CPU and extra threads only contend; and `Slots`, which
+//! bounds the memory-heavy part of that work. Reads file-system types (statfs).
 
 use std::path::Path;
 
@@ -70,6 +71,39 @@ const REMOTE_MAGIC: &[u64] = &[
     0x564c,     // NCP
 ];
 
+/// A counting semaphore: at most N holders at once, the others wait. Bounds work that
+/// holds memory (packs being uploaded, large files being read) below the calls in
+/// flight.
+#[derive(Default)]
+pub struct Slots {
+    taken: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+}
+
+/// One slot of [`Slots`], given back when dropped.
+pub struct Slot<'a>(&'a Slots);
+
+impl Slots {
+    /// Waits until fewer than `max` slots are taken, then takes one.
+    pub fn take(&self, max: usize) -> Slot<'_> {
+        let mut n = self.taken.lock().unwrap_or_else(|e| e.into_inner());
+        while *n >= max.max(1) {
+            n = self.freed.wait(n).unwrap_or_else(|e| e.into_inner());
+        }
+        *n += 1;
+        Slot(self)
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        let mut n = self.0.taken.lock().unwrap_or_else(|e| e.into_inner());
+        *n -= 1;
+        drop(n);
+        self.0.freed.notify_one();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -85,5 +119,26 @@ mod tests {
         let missing = dir.join("snapring-no-such-dir/deeper");
         assert_eq!(resolve(0, &[&missing]), local_jobs());
         assert!((4..=LOCAL_MAX_JOBS).contains(&local_jobs()));
+    }
+
+    #[test]
+    fn slots_never_let_more_than_max_holders_in() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let slots = Slots::default();
+        let (now, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..20 {
+                        let _slot = slots.take(3);
+                        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(n, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_micros(200));
+                        now.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert_eq!(peak.load(Ordering::SeqCst), 3);
     }
 }

@@ -248,6 +248,8 @@ pub struct RepositoryJob {
     /// The password's file (else the environment, `restic::password`). The password
     /// itself is never in the report, the log or the catalog.
     pub password_file: Option<PathBuf>,
+    /// File-system calls in flight on the source (`--jobs`); 0: the default.
+    pub jobs: usize,
 }
 
 /// Runs a backup into a restic repository as a run like any other: its own run id, a
@@ -293,6 +295,7 @@ pub fn run_repository(
                 label: j.label.clone(),
                 retain: j.retain,
                 cancel,
+                jobs: j.jobs,
             };
             return restic::backup::backup(&mut repo, &opts);
         };
@@ -303,6 +306,7 @@ pub fn run_repository(
             label: j.label_given.then(|| j.label.clone()),
             retain: j.retain,
             cancel,
+            jobs: j.jobs,
         };
         let r = restic::copy::copy(&store, &mut repo, &opts)?;
         copied = Some((

@@ -539,3 +539,83 @@ fn restore_of_a_subdirectory_and_of_one_file() {
     assert_eq!(code, 1);
     assert!(err.contains("leaves the snapshot"), "{err}");
 }
+
+/// The tree of the source `src` in the snapshot of the backup report `r` (`snapshot` is
+/// its id); not the snapshot's root, whose ancestors (`/tmp`) other tests change.
+fn tree_of(repo: &Path, src: &Path, r: &serde_json::Value) -> String {
+    let repo = snapring::restic::repo::Repo::open(repo, PASSWORD.as_bytes()).unwrap();
+    let id = r["snapshot"].as_str().unwrap();
+    let all = snapring::restic::snapshot::load_all(&repo).unwrap();
+    let (_, s) = all
+        .iter()
+        .find(|(i, _)| i.hex().starts_with(id))
+        .unwrap_or_else(|| panic!("snapshot {id} not in the repository"));
+    let src = std::fs::canonicalize(src).unwrap();
+    let comps: Vec<&OsStr> = src.iter().skip(1).collect();
+    snapring::restic::backup::descend(&repo, s.tree, &comps)
+        .unwrap()
+        .expect("the source's tree")
+        .hex()
+}
+
+#[test]
+fn the_snapshot_does_not_depend_on_how_many_calls_are_in_flight() {
+    // Directories wider than one listing chunk (256 items, so several workers share
+    // one), deep ones, and files of several chunks: the trees are built bottom-up as
+    // workers finish directories in any order, yet must come out the same.
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    for i in 0..600 {
+        write(
+            &src.join(format!("wide/f{i:03}")),
+            format!("{i}").as_bytes(),
+        );
+    }
+    for i in 0..40 {
+        write(&src.join(format!("wide/d{i:02}/x")), b"x");
+    }
+    write(&src.join("a/b/c/d/e/f/deep"), b"deep");
+    write(&src.join("a/b/big"), &pseudo_random(3 << 20, 9));
+    sr_ok(&["init", "--dest", &url(&repo)]);
+    let backup = |jobs: &str| -> serde_json::Value {
+        let out = sr_ok(&[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &url(&repo),
+            "--jobs",
+            jobs,
+            "--json",
+        ]);
+        serde_json::from_str(&out).unwrap()
+    };
+    let full = backup("16");
+    assert_eq!(full["status"], "complete", "{full}");
+    assert_eq!(full["files_total"], 600 + 40 + 2, "{full}");
+    // The first run's reads moved access times; from here on nothing changes.
+    let one = backup("1");
+    let many = backup("16");
+    let three = backup("3");
+    assert_eq!(many["repository"]["files_unchanged"], 642, "{many}");
+    let tree = tree_of(&repo, &src, &one);
+    assert_eq!(tree_of(&repo, &src, &many), tree, "jobs 16 vs jobs 1");
+    assert_eq!(tree_of(&repo, &src, &three), tree, "jobs 3 vs jobs 1");
+    if let Some(restic) = restic() {
+        run_restic(
+            &restic,
+            &repo,
+            &[OsStr::new("check"), OsStr::new("--read-data")],
+        );
+    }
+    let target = t.path().join("T");
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &url(&repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+    assert_same_tree(&describe(&src), &describe(&target), "restore after jobs 3");
+}

@@ -94,7 +94,6 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         ),
         (a.bwlimit.is_some() || f.bwlimit.is_some(), "bwlimit"),
         (is_shard_worker(a), "shard"),
-        (a.jobs.is_some() || f.jobs.is_some(), "jobs"),
         (
             a.pre_command.is_some() || f.pre_command.is_some(),
             "pre_command",
@@ -133,6 +132,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         copy_of: None,
         label_given: true,
         password_file: a.password_file.clone().or(f.password_file),
+        jobs: a.jobs.or(f.jobs).unwrap_or(0),
     };
     let catalog = cat
         .for_config(file_catalog)
@@ -425,6 +425,7 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         label: a.label.unwrap_or_default(),
         retain: a.retain,
         password_file: a.password_file,
+        jobs: 0,
     };
     let catalog = cat
         .for_config(None)

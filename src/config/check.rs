@@ -94,7 +94,6 @@ pub const REPOSITORY_REFUSES: &[&str] = &[
     "window",
     "require_mount",
     "bwlimit",
-    "jobs",
     "pre_command",
     "post_command",
 ];

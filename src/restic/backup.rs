@@ -1,14 +1,18 @@
 //! `snapring backup --dest file:///…`: one snapshot of a source tree into a restic
-//! repository. The walk reads each directory in name order and writes a tree blob per
-//! directory, bottom-up; a file whose compare key (type, size, mtime, ctime, inode) is
+//! repository. The source is walked on `traverse` (the one parallel traversal), with
+//! `jobs` file-system calls in flight: workers list directories, `lstat` entries and
+//! read files at once. A file whose compare key (type, size, mtime, ctime, inode) is
 //! the parent snapshot's, with every blob still indexed, keeps its blob list unread;
-//! any other file is read, cut with the repository's chunker and its new blobs packed.
-//! Packs, then the index, then the snapshot are written (restic's write order), under a
-//! shared lock; then, with `retain`, retention (`forget`) under an exclusive one.
-//! Per-entry problems (unreadable, vanished) leave the entry out and make the run
-//! `partial`. `snapshot_locked` is the walk itself, given where to read, what to
-//! record and, for `copy`, another rule for "unchanged" (`Reuse`). Reads the source,
-//! writes the repository.
+//! any other file is read by the worker that met it, cut with the repository's chunker
+//! and its new blobs packed (a shared `Packer`). Trees are built bottom-up: each
+//! directory collects its children's nodes, and when its whole subtree is done
+//! (`Visitor::finish`) it sorts them by name, saves its tree blob and hands its node,
+//! with the tree's id, to its parent. Packs, then the index, then the snapshot are
+//! written (restic's write order), under a shared lock; then, with `retain`, retention
+//! (`forget`) under an exclusive one. Per-entry problems (unreadable, vanished) leave
+//! the entry out and make the run `partial`. `snapshot_locked` is the walk itself,
+//! given where to read, what to record and, for `copy`, another rule for "unchanged"
+//! (`Reuse`). Reads the source, writes the repository.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -16,8 +20,8 @@ use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -37,6 +41,9 @@ pub struct BackupOptions {
     /// Set by SIGINT/SIGTERM: the run stops as `incomplete`, its packs indexed, no
     /// snapshot written.
     pub cancel: Arc<AtomicBool>,
+    /// File-system calls in flight (`--jobs`); 0: the default for the source's file
+    /// system (`concurrency::resolve`).
+    pub jobs: usize,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -84,24 +91,9 @@ pub struct EntryProblem {
     pub error: String,
 }
 
-struct Walker<'a> {
-    /// The directory the walk reads (problems are named relative to it).
-    root: PathBuf,
-    repo: &'a mut Repo,
-    packer: Packer,
-    tables: std::sync::Arc<Tables>,
-    report: BackupReport,
-    names: Names,
-    cancel: Arc<AtomicBool>,
-    /// A repository error: it ends the run (a source error only skips its entry).
-    fatal: bool,
-    /// Decides whether a file is the parent's, unchanged (`None`: restic's compare key).
-    reuse: Option<&'a mut (dyn Reuse + 'static)>,
-}
-
 /// Another rule than restic's compare key for "this file is the parent snapshot's
 /// entry, unchanged, so its blob list is reused unread" (`copy` asks the manifests).
-pub trait Reuse {
+pub trait Reuse: Send {
     /// `path` is the file as the walk reads it, `prev` the parent snapshot's node of
     /// the same name, `md` the file's `lstat`.
     fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool;
@@ -121,6 +113,8 @@ pub struct Spec<'a> {
     pub retain: Option<u32>,
     pub cancel: Arc<AtomicBool>,
     pub reuse: Option<&'a mut (dyn Reuse + 'static)>,
+    /// File-system calls in flight (resolved: not 0).
+    pub jobs: usize,
     /// The snapshot's time (`None`: now, the run's start).
     pub time: Option<chrono::DateTime<chrono::Local>>,
 }
@@ -149,6 +143,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         retain: opts.retain,
         cancel: opts.cancel.clone(),
         reuse: None,
+        jobs: crate::concurrency::resolve(opts.jobs, &[&opts.source]),
         time: None,
     };
     snapshot_locked(repo, spec, lock)
@@ -179,27 +174,31 @@ pub fn snapshot_locked(
         },
         None => None,
     };
-    let tables = std::sync::Arc::new(repo.tables());
-    let mut w = Walker {
+    let tables = repo.tables();
+    let packer = Packer::default();
+    let stop = AtomicBool::new(false);
+    let run = Run {
         root: spec.walk_root.clone(),
-        repo,
-        packer: Packer::default(),
-        tables,
-        report: BackupReport::default(),
-        fatal: false,
+        repo: &*repo,
+        packer: &packer,
+        tables: &tables,
         names: Names::load(),
         cancel: spec.cancel.clone(),
-        reuse: spec.reuse,
+        stop: &stop,
+        fatal: Mutex::default(),
+        reuse: spec.reuse.map(Mutex::new),
+        counts: Counts::default(),
+        big_reads: Default::default(),
+        problems: Mutex::default(),
+        root_tree: Mutex::default(),
     };
-    let walked = w
-        .dir(&spec.walk_root, parent_tree)
-        .and_then(|t| w.wrap(&comps, t));
-    let Walker {
-        repo,
-        packer,
-        mut report,
-        ..
-    } = w;
+    let root_sub = Sub {
+        node: None,
+        parent_tree,
+    };
+    crate::traverse::walk(&run, root_sub, spec.jobs.max(1), &stop);
+    let walked = run.outcome().and_then(|t| run.wrap(&comps, t));
+    let mut report = run.into_report();
     let root = match walked {
         Ok(root) => root,
         Err(Error::Cancelled) => {
@@ -416,34 +415,242 @@ fn unchanged(prev: &Node, md: &std::fs::Metadata, now: &Node) -> bool {
         && super::parse_time(&prev.ctime).ok() == super::parse_time(&now.ctime).ok()
 }
 
-impl Walker<'_> {
-    /// Saves a directory's tree (and its subtrees); returns the tree's id.
-    fn dir(&mut self, path: &Path, parent: Option<Id>) -> Result<Id> {
-        let mut names: Vec<Vec<u8>> = Vec::new();
-        let rd = std::fs::read_dir(path).map_err(io_err("list", path))?;
-        for e in rd {
-            let e = e.map_err(io_err("list", path))?;
-            names.push(e.file_name().as_bytes().to_vec());
+/// One backup's walk: the `traverse::Visitor` and what its workers share.
+struct Run<'a> {
+    /// The directory the walk reads (problems are named relative to it).
+    root: PathBuf,
+    repo: &'a Repo,
+    packer: &'a Packer,
+    tables: &'a Tables,
+    names: Names,
+    /// Set by SIGINT/SIGTERM.
+    cancel: Arc<AtomicBool>,
+    /// The walk's own stop flag: set on SIGINT/SIGTERM or a repository error.
+    stop: &'a AtomicBool,
+    /// The repository error that ended the run (a source error only skips its entry).
+    fatal: Mutex<Option<Error>>,
+    reuse: Option<Mutex<&'a mut (dyn Reuse + 'static)>>,
+    counts: Counts,
+    /// Big files being read ([`BIG_READS`] at most).
+    big_reads: crate::concurrency::Slots,
+    problems: Mutex<Vec<EntryProblem>>,
+    /// The source's tree, once its root directory is finished.
+    root_tree: Mutex<Option<Id>>,
+}
+
+#[derive(Default)]
+struct Counts {
+    files: AtomicU64,
+    dirs: AtomicU64,
+    files_unchanged: AtomicU64,
+    files_read: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_total: AtomicU64,
+}
+
+/// A directory being walked.
+struct DirState {
+    path: PathBuf,
+    /// The parent snapshot's nodes of this directory, by name.
+    prev: HashMap<Vec<u8>, Node>,
+    /// This directory's own node, for its parent's tree (none for the root); its
+    /// subtree is set when the directory finishes.
+    node: Mutex<Option<Node>>,
+    /// The nodes of the children done so far, in no order.
+    nodes: Mutex<Vec<Node>>,
+}
+
+/// What a queued subdirectory carries: its node (from `lstat`) and the parent
+/// snapshot's tree of the same directory.
+struct Sub {
+    node: Option<Node>,
+    parent_tree: Option<Id>,
+}
+
+/// Why an entry was not recorded.
+enum Fail {
+    /// A problem with this entry only: it is left out, the run goes on as `partial`.
+    Entry(Error),
+    /// The run stops (a repository error or a signal, already recorded).
+    Stop,
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        Fail::Entry(e)
+    }
+}
+
+type Visited = std::result::Result<Option<(Node, Option<Option<Id>>)>, Fail>;
+
+impl crate::traverse::Visitor for Run<'_> {
+    type State = DirState;
+    type Item = Vec<u8>;
+    type Sub = Sub;
+
+    fn open(
+        &self,
+        parent: Option<&crate::traverse::Dir<DirState>>,
+        name: &[u8],
+        _rel: &crate::relpath::RelPath,
+        sub: Sub,
+    ) -> crate::traverse::Opened<DirState, Vec<u8>> {
+        use crate::traverse::Opened;
+        if self.cancelled() {
+            return Opened::Skip;
         }
-        names.sort();
-        let prev = self.parent_nodes(parent)?;
-        let mut tree = Tree::default();
-        for name in names {
-            self.check_cancel()?;
-            let p = path.join(OsStr::from_bytes(&name));
-            match self.entry(&p, &name, prev.get(&name)) {
-                Ok(Some(node)) => tree.nodes.push(node),
-                Ok(None) => {}
-                Err(e) if self.fatal => return Err(e),
-                Err(e) => self.problem(&p, "unreadable", e),
+        let path = match parent {
+            Some(p) => p.state.path.join(OsStr::from_bytes(name)),
+            None => self.root.clone(),
+        };
+        let names = match list(&path) {
+            Ok(n) => n,
+            // The source itself must be readable.
+            Err(e) if parent.is_none() => {
+                self.fail(e);
+                return Opened::Skip;
+            }
+            Err(e) => {
+                self.problem(&path, "unreadable", e);
+                return Opened::Skip;
+            }
+        };
+        let prev = match self.parent_nodes(sub.parent_tree) {
+            Ok(p) => p,
+            Err(e) => {
+                self.fail(e);
+                return Opened::Skip;
+            }
+        };
+        let state = DirState {
+            path,
+            prev,
+            node: Mutex::new(sub.node),
+            nodes: Mutex::new(Vec::with_capacity(names.len())),
+        };
+        Opened::Dir(state, names)
+    }
+
+    fn visit(
+        &self,
+        dir: &Arc<crate::traverse::Dir<DirState>>,
+        name: Vec<u8>,
+    ) -> crate::traverse::Step<Sub> {
+        use crate::traverse::Step;
+        if self.cancelled() {
+            return Step::Quit;
+        }
+        let p = dir.state.path.join(OsStr::from_bytes(&name));
+        match self.entry(&p, &name, dir.state.prev.get(&name)) {
+            Ok(None) => Step::Next,
+            Ok(Some((node, None))) => {
+                lock(&dir.state.nodes).push(node);
+                Step::Next
+            }
+            Ok(Some((node, Some(parent_tree)))) => Step::Descend(
+                name,
+                Sub {
+                    node: Some(node),
+                    parent_tree,
+                },
+            ),
+            Err(Fail::Stop) => Step::Quit,
+            Err(Fail::Entry(e)) => {
+                self.problem(&p, "unreadable", e);
+                Step::Next
             }
         }
-        self.report.dirs += 1;
-        self.save(BlobType::Tree, &tree.to_blob())
+    }
+
+    fn finish(&self, dir: &crate::traverse::Dir<DirState>) {
+        // In the order workers finished them; `to_blob` sorts them by name, as restic's
+        // trees are.
+        let nodes = std::mem::take(&mut *lock(&dir.state.nodes));
+        // A failure has stopped the walk already (`save`).
+        let Ok(id) = self.save(BlobType::Tree, &Tree { nodes }.to_blob()) else {
+            return;
+        };
+        self.counts.dirs.fetch_add(1, Ordering::Relaxed);
+        match (lock(&dir.state.node).take(), &dir.parent) {
+            (Some(mut node), Some(parent)) => {
+                node.subtree = Some(id);
+                lock(&parent.state.nodes).push(node);
+            }
+            _ => *lock(&self.root_tree) = Some(id),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A directory's entry names.
+fn list(path: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut names = Vec::new();
+    for e in std::fs::read_dir(path).map_err(io_err("list", path))? {
+        let e = e.map_err(io_err("list", path))?;
+        names.push(e.file_name().as_bytes().to_vec());
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Files at least this big are read a few at a time ([`BIG_READS`]): each holds a read
+/// buffer and a chunk of up to 8 MiB while it is cut.
+const BIG_FILE: u64 = 1024 * 1024;
+/// Big files read at once, at most.
+const BIG_READS: usize = 8;
+
+impl Run<'_> {
+    /// The source's tree, or why the walk ended without one.
+    fn outcome(&self) -> Result<Id> {
+        if let Some(e) = lock(&self.fatal).take() {
+            return Err(e);
+        }
+        match *lock(&self.root_tree) {
+            Some(id) if !self.stop.load(Ordering::Relaxed) => Ok(id),
+            _ => Err(Error::Cancelled),
+        }
+    }
+
+    fn into_report(self) -> BackupReport {
+        let c = &self.counts;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut problems = self
+            .problems
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        problems.sort_by(|a, b| a.path.cmp(&b.path));
+        BackupReport {
+            files: get(&c.files),
+            dirs: get(&c.dirs),
+            files_unchanged: get(&c.files_unchanged),
+            files_read: get(&c.files_read),
+            bytes_read: get(&c.bytes_read),
+            bytes_total: get(&c.bytes_total),
+            problems,
+            ..Default::default()
+        }
+    }
+
+    /// Whether SIGINT/SIGTERM came (or the walk stopped); stops the walk if so.
+    fn cancelled(&self) -> bool {
+        if self.cancel.load(Ordering::Relaxed) {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Records a repository error and stops the walk (the first error is kept).
+    fn fail(&self, e: Error) -> Fail {
+        lock(&self.fatal).get_or_insert(e);
+        self.stop.store(true, Ordering::Relaxed);
+        Fail::Stop
     }
 
     /// Records a problem with the entry at `p` (the error's own path where it has one).
-    fn problem(&mut self, p: &Path, kind: &str, e: Error) {
+    fn problem(&self, p: &Path, kind: &str, e: Error) {
         let (at, action, error) = match e {
             Error::Io {
                 action,
@@ -453,7 +660,7 @@ impl Walker<'_> {
             other => (p.to_path_buf(), "back up".to_string(), other.to_string()),
         };
         let rel = at.strip_prefix(&self.root).unwrap_or(&at);
-        self.report.problems.push(EntryProblem {
+        lock(&self.problems).push(EntryProblem {
             path: crate::relpath::escape(rel.as_os_str().as_bytes()),
             kind: kind.into(),
             action,
@@ -461,70 +668,63 @@ impl Walker<'_> {
         });
     }
 
-    /// `Err(Cancelled)` once SIGINT/SIGTERM came.
-    fn check_cancel(&mut self) -> Result<()> {
-        if self.cancel.load(Ordering::Relaxed) {
-            self.fatal = true;
-            return Err(Error::Cancelled);
-        }
-        Ok(())
-    }
-
     /// Packs a blob; a failure is the repository's, so it ends the run.
-    fn save(&mut self, kind: BlobType, plain: &[u8]) -> Result<Id> {
-        let r = self.packer.save(self.repo, kind, plain);
-        self.fatal |= r.is_err();
-        r
+    fn save(&self, kind: BlobType, plain: &[u8]) -> std::result::Result<Id, Fail> {
+        self.packer
+            .save(self.repo, kind, plain)
+            .map_err(|e| self.fail(e))
     }
 
-    fn parent_nodes(&mut self, parent: Option<Id>) -> Result<HashMap<Vec<u8>, Node>> {
+    fn parent_nodes(&self, parent: Option<Id>) -> Result<HashMap<Vec<u8>, Node>> {
         let Some(id) = parent else {
             return Ok(HashMap::new());
         };
         let t = self
             .repo
             .read_blob(BlobType::Tree, &id)
-            .and_then(|b| Tree::from_blob(&b, &id))
-            .inspect_err(|_| self.fatal = true)?;
+            .and_then(|b| Tree::from_blob(&b, &id))?;
         Ok(t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect())
     }
 
-    /// One entry's node; `Err` is a problem with this entry only.
-    fn entry(&mut self, p: &Path, name: &[u8], prev: Option<&Node>) -> Result<Option<Node>> {
+    /// One entry's node, and for a directory the parent snapshot's tree of it (the
+    /// directory is walked next, its subtree set when it finishes).
+    fn entry(&self, p: &Path, name: &[u8], prev: Option<&Node>) -> Visited {
         let md = match std::fs::symlink_metadata(p) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.problem(p, "vanished", io_err("stat", p)(e));
                 return Ok(None);
             }
-            Err(e) => return Err(io_err("stat", p)(e)),
+            Err(e) => return Err(io_err("stat", p)(e).into()),
         };
         let mut node = base_node(name, &md, &self.names);
         node.extended_attributes = xattrs(p)?;
         match node.kind.as_str() {
             "dir" => {
                 let parent = prev.filter(|n| n.kind == "dir").and_then(|n| n.subtree);
-                node.subtree = Some(self.dir(p, parent)?);
+                return Ok(Some((node, Some(parent))));
             }
             "file" => {
-                self.report.files += 1;
-                let same = |w: &mut Self, n: &Node| match w.reuse.as_deref_mut() {
-                    Some(r) => r.unchanged(p, n, &md),
+                self.counts.files.fetch_add(1, Ordering::Relaxed);
+                let same = |n: &Node| match &self.reuse {
+                    Some(r) => lock(r).unchanged(p, n, &md),
                     None => unchanged(n, &md, &node),
                 };
-                match prev.filter(|n| same(self, n) && self.all_indexed(n)) {
+                match prev.filter(|n| same(n) && self.all_indexed(n)) {
                     Some(n) => {
                         node.content = n.content.clone();
                         node.size = n.size;
-                        self.report.files_unchanged += 1;
+                        self.counts.files_unchanged.fetch_add(1, Ordering::Relaxed);
                     }
                     None => {
-                        let (content, size) = self.file(p)?;
+                        let (content, size) = self.file(p, md.len())?;
                         node.content = Some(content);
                         node.size = size;
                     }
                 }
-                self.report.bytes_total += node.size;
+                self.counts
+                    .bytes_total
+                    .fetch_add(node.size, Ordering::Relaxed);
             }
             "symlink" => {
                 let t = std::fs::read_link(p).map_err(io_err("read the link", p))?;
@@ -533,7 +733,7 @@ impl Walker<'_> {
             "dev" | "chardev" => node.device = md.rdev(),
             _ => {}
         }
-        Ok(Some(node))
+        Ok(Some((node, None)))
     }
 
     fn all_indexed(&self, n: &Node) -> bool {
@@ -543,17 +743,21 @@ impl Walker<'_> {
             .all(|id| self.repo.index.contains(BlobType::Data, id))
     }
 
-    /// Reads, chunks and packs a file; its blob ids and the bytes read.
-    fn file(&mut self, p: &Path) -> Result<(Vec<Id>, u64)> {
+    /// Reads, chunks and packs a file of about `len` bytes; its blob ids and the bytes
+    /// read.
+    fn file(&self, p: &Path, len: u64) -> std::result::Result<(Vec<Id>, u64), Fail> {
+        let _slot = (len >= BIG_FILE).then(|| self.big_reads.take(BIG_READS));
         let mut f = std::fs::File::open(p).map_err(io_err("open", p))?;
-        let tables = self.tables.clone();
-        let mut chunker = Chunker::new(&tables);
-        let mut buf = vec![0u8; 512 * 1024];
+        let mut chunker = Chunker::new(self.tables);
+        // A small file gets a buffer of its size (one more byte to see the end).
+        let mut buf = vec![0u8; (len as usize).saturating_add(1).clamp(4096, 512 * 1024)];
         let mut chunk: Vec<u8> = Vec::new();
         let mut ids = Vec::new();
         let mut total = 0u64;
         loop {
-            self.check_cancel()?;
+            if self.cancelled() {
+                return Err(Fail::Stop);
+            }
             let n = f.read(&mut buf).map_err(io_err("read", p))?;
             if n == 0 {
                 break;
@@ -571,14 +775,14 @@ impl Walker<'_> {
         if !chunk.is_empty() {
             ids.push(self.save(BlobType::Data, &chunk)?);
         }
-        self.report.files_read += 1;
-        self.report.bytes_read += total;
+        self.counts.files_read.fetch_add(1, Ordering::Relaxed);
+        self.counts.bytes_read.fetch_add(total, Ordering::Relaxed);
         Ok((ids, total))
     }
 
     /// Wraps the source's tree in one tree per ancestor directory, up to `/`, as
     /// restic records `restic backup /a/b` (a tree with `a`, holding `b`).
-    fn wrap(&mut self, comps: &[&OsStr], mut tree: Id) -> Result<Id> {
+    fn wrap(&self, comps: &[&OsStr], mut tree: Id) -> Result<Id> {
         for i in (0..comps.len()).rev() {
             let dir: PathBuf = std::iter::once(OsStr::new("/"))
                 .chain(comps[..=i].iter().copied())
@@ -587,7 +791,7 @@ impl Walker<'_> {
             let mut node = base_node(comps[i].as_bytes(), &md, &self.names);
             node.subtree = Some(tree);
             let t = Tree { nodes: vec![node] };
-            tree = self.save(BlobType::Tree, &t.to_blob())?;
+            tree = self.packer.save(self.repo, BlobType::Tree, &t.to_blob())?;
         }
         Ok(tree)
     }

@@ -36,6 +36,8 @@ pub struct CopyOptions {
     /// Keep the newest N copies of the label (restic `forget --keep-last N`).
     pub retain: Option<u32>,
     pub cancel: Arc<AtomicBool>,
+    /// File-system calls in flight reading the store (`--jobs`); 0: the default.
+    pub jobs: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -139,6 +141,7 @@ pub fn copy(
         retain: opts.retain,
         cancel: opts.cancel.clone(),
         reuse: Some(&mut reuse),
+        jobs: crate::concurrency::resolve(opts.jobs, &[&store_root]),
         time: Some(sel.taken_at.with_timezone(&chrono::Local)),
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;

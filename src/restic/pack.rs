@@ -41,20 +41,17 @@ const ZSTD_LEVEL: i32 = 3;
 impl PackBuilder {
     /// Adds a blob; its id is the SHA-256 of `plain`.
     pub fn add(&mut self, key: &Key, kind: BlobType, id: Id, plain: &[u8]) {
-        let compressed = zstd::bulk::compress(plain, ZSTD_LEVEL).ok();
-        let (body, uncompressed_length) = match &compressed {
-            Some(c) if c.len() < plain.len() => (&c[..], Some(plain.len() as u32)),
-            _ => (plain, None),
-        };
-        let sealed = key.seal(body);
-        self.entries.push(Entry {
-            kind,
-            id,
-            offset: self.bytes.len() as u32,
-            length: sealed.len() as u32,
-            uncompressed_length,
-        });
-        self.bytes.extend_from_slice(&sealed);
+        let (sealed, uncompressed_length) = seal_blob(key, plain);
+        self.add_sealed(
+            &Entry {
+                kind,
+                id,
+                offset: 0,
+                length: sealed.len() as u32,
+                uncompressed_length,
+            },
+            &sealed,
+        );
     }
 
     /// Adds a blob sealed already (copied from another pack by `prune`), as `e`
@@ -98,6 +95,18 @@ impl PackBuilder {
             .extend_from_slice(&(sealed.len() as u32).to_le_bytes());
         (Id::hash(&self.bytes), self.bytes, self.entries)
     }
+}
+
+/// A blob as it goes into a pack: compressed when that makes it smaller, then sealed;
+/// with its plaintext length when compressed. Pure CPU, so callers run it outside any
+/// lock.
+pub fn seal_blob(key: &Key, plain: &[u8]) -> (Vec<u8>, Option<u32>) {
+    let compressed = zstd::bulk::compress(plain, ZSTD_LEVEL).ok();
+    let (body, uncompressed_length) = match &compressed {
+        Some(c) if c.len() < plain.len() => (&c[..], Some(plain.len() as u32)),
+        _ => (plain, None),
+    };
+    (key.seal(body), uncompressed_length)
 }
 
 /// The entries of a whole pack's header; `what` names the pack in errors.

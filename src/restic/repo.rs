@@ -2,12 +2,13 @@
 //! the key the password opens, read the config), unpacked files (index, snapshots,
 //! locks: `0x02 || zstd(JSON)`, sealed, named by the SHA-256 of the sealed bytes), the
 //! in-memory index, reading blobs, and the `Packer` that collects new blobs into packs
-//! (data and tree blobs in separate packs) and writes their index file. Does file I/O
+//! (data and tree blobs in separate packs, filled and uploaded by many workers at once) and
+//! writes their index file. Does file I/O
 //! through `backend`.
 
 use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
@@ -15,7 +16,7 @@ use super::backend::{Backend, Kind, Local, already_a_repository, not_a_repositor
 use super::chunker::{Pol, Tables};
 use super::crypto::{DEFAULT_KDF, KdfParams, Key, KeyFile};
 use super::index::{Index, IndexFile, PackJson};
-use super::pack::{BlobType, PackBuilder, open_blob};
+use super::pack::{BlobType, Entry, PackBuilder, open_blob, seal_blob};
 use super::{Error, Id, Result, corrupt, io_err};
 
 /// The decrypted `config` file.
@@ -193,90 +194,132 @@ fn decode_json<T: serde::de::DeserializeOwned>(plain: &[u8], what: &str) -> Resu
 /// Packs at least this big are written out.
 const PACK_TARGET: usize = 16 * 1024 * 1024;
 
-/// Collects new blobs into packs, one pack per blob type at a time.
+/// Full packs being uploaded at once, at most: the memory they hold is bounded by this
+/// many times [`PACK_TARGET`]. While that many are out, a worker with a new blob waits
+/// before adding it, so no more full packs pile up.
+pub const UPLOADS_IN_FLIGHT: usize = 4;
+
+/// Collects new blobs into packs, one pack per blob type at a time, for many workers at
+/// once: a blob is hashed, compressed and sealed by the worker that saves it, outside
+/// the lock; the lock covers only adding it to the open pack. The worker whose blob
+/// fills a pack uploads it, outside the lock, while the others go on filling the next
+/// one; at most [`UPLOADS_IN_FLIGHT`] full packs are out at once. The index gets the new packs
+/// (in memory and as index files) at `finish`, after every pack is written.
 #[derive(Default)]
 pub struct Packer {
+    state: Mutex<PackerState>,
+    /// Signalled when a full pack's upload ends.
+    uploaded: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct PackerState {
     data: PackBuilder,
     tree: PackBuilder,
-    /// Blobs in the packs not yet written.
-    pending: HashSet<(BlobType, Id)>,
-    pub written: Vec<PackJson>,
-    pub bytes_written: u64,
-    pub data_blobs: u64,
-    pub tree_blobs: u64,
-    /// Plaintext bytes of the new data blobs (what deduplication did not find).
-    pub data_bytes_new: u64,
+    /// Blobs this run added: in an open pack, being uploaded, or written.
+    added: HashSet<(BlobType, Id)>,
+    /// Packs written, with their entries.
+    written: Vec<(Id, Vec<Entry>)>,
+    /// Full packs taken out of the builders and not yet uploaded (or failed).
+    out: usize,
+    stats: PackerStats,
 }
 
 impl Packer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PackerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Stores a blob unless the repository or this run already has it; returns its id.
-    pub fn save(&mut self, repo: &mut Repo, kind: BlobType, plain: &[u8]) -> Result<Id> {
+    /// A write failure is returned (the run cannot go on).
+    pub fn save(&self, repo: &Repo, kind: BlobType, plain: &[u8]) -> Result<Id> {
         let id = Id::hash(plain);
-        if repo.index.contains(kind, &id) || self.pending.contains(&(kind, id)) {
+        if repo.index.contains(kind, &id) || self.lock().added.contains(&(kind, id)) {
             return Ok(id);
         }
-        let b = match kind {
-            BlobType::Data => &mut self.data,
-            BlobType::Tree => &mut self.tree,
-        };
-        b.add(&repo.key, kind, id, plain);
-        self.pending.insert((kind, id));
-        match kind {
-            BlobType::Data => {
-                self.data_blobs += 1;
-                self.data_bytes_new += plain.len() as u64;
+        let (sealed, uncompressed_length) = seal_blob(&repo.key, plain);
+        let full = {
+            let mut s = self.lock();
+            while s.out >= UPLOADS_IN_FLIGHT {
+                s = self.uploaded.wait(s).unwrap_or_else(|e| e.into_inner());
             }
-            BlobType::Tree => self.tree_blobs += 1,
-        }
-        if b.len() >= PACK_TARGET {
-            self.flush(repo, kind)?;
+            if !s.added.insert((kind, id)) {
+                // Another worker saved the same blob meanwhile.
+                return Ok(id);
+            }
+            match kind {
+                BlobType::Data => {
+                    s.stats.data_blobs += 1;
+                    s.stats.data_bytes_new += plain.len() as u64;
+                }
+                BlobType::Tree => s.stats.tree_blobs += 1,
+            }
+            let b = match kind {
+                BlobType::Data => &mut s.data,
+                BlobType::Tree => &mut s.tree,
+            };
+            let e = Entry {
+                kind,
+                id,
+                offset: 0,
+                length: sealed.len() as u32,
+                uncompressed_length,
+            };
+            b.add_sealed(&e, &sealed);
+            let full = (b.len() >= PACK_TARGET).then(|| std::mem::take(b));
+            s.out += usize::from(full.is_some());
+            full
+        };
+        if let Some(b) = full {
+            // Given back however the upload ends (even by a panic), or the workers
+            // waiting for it would wait for ever.
+            let _out = OutGuard(self);
+            self.upload(repo, b)?;
         }
         Ok(id)
     }
 
-    fn flush(&mut self, repo: &mut Repo, kind: BlobType) -> Result<()> {
-        let b = std::mem::take(match kind {
-            BlobType::Data => &mut self.data,
-            BlobType::Tree => &mut self.tree,
-        });
-        if b.is_empty() {
-            return Ok(());
-        }
+    /// Writes one pack and records it.
+    fn upload(&self, repo: &Repo, b: PackBuilder) -> Result<()> {
         let (id, bytes, entries) = b.finish(&repo.key);
         repo.backend.write(Kind::Pack, &id, &bytes)?;
         crate::failpoint::hit("restic.pack_written")
             .map_err(io_err("write", repo.backend.file_location(Kind::Pack, &id)))?;
-        self.bytes_written += bytes.len() as u64;
-        repo.index.add_pack(id, &entries);
-        for e in &entries {
-            self.pending.remove(&(e.kind, e.id));
-        }
-        self.written.push(PackJson::new(id, &entries));
+        let mut s = self.lock();
+        s.stats.packs += 1;
+        s.stats.bytes += bytes.len() as u64;
+        s.written.push((id, entries));
         Ok(())
     }
 
     /// Writes the open packs, then one index file for every pack written (packs before
-    /// the index that names them, as the design's write order asks).
-    pub fn finish(mut self, repo: &mut Repo) -> Result<PackerStats> {
-        self.flush(repo, BlobType::Data)?;
-        self.flush(repo, BlobType::Tree)?;
+    /// the index that names them, as the design's write order asks). Call it after every
+    /// `save` returned.
+    pub fn finish(self, repo: &mut Repo) -> Result<PackerStats> {
+        let (data, tree) = {
+            let mut s = self.lock();
+            (std::mem::take(&mut s.data), std::mem::take(&mut s.tree))
+        };
+        for b in [data, tree] {
+            if !b.is_empty() {
+                self.upload(repo, b)?;
+            }
+        }
         self.index_written(repo)
     }
 
     /// Writes the index of the packs written so far (the open ones are dropped): after a
-    /// failure, so the next run finds and reuses what reached the repository.
+    /// failure, so the next run finds and reuses what reached the repository. Adds them
+    /// to `repo`'s index in memory too.
     pub fn index_written(self, repo: &mut Repo) -> Result<PackerStats> {
-        let mut stats = PackerStats {
-            packs: self.written.len() as u64,
-            bytes: self.bytes_written,
-            data_blobs: self.data_blobs,
-            tree_blobs: self.tree_blobs,
-            data_bytes_new: self.data_bytes_new,
-            index_files: 0,
-            index_bytes: 0,
-        };
+        let s = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut stats = s.stats;
+        let mut packs = Vec::with_capacity(s.written.len());
+        for (id, entries) in &s.written {
+            repo.index.add_pack(*id, entries);
+            packs.push(PackJson::new(*id, entries));
+        }
         // Keep each index file well below restic's 8 MiB limit.
-        let mut packs = self.written;
         while !packs.is_empty() {
             let rest = packs.split_off(packs.len().min(2000));
             let f = IndexFile {
@@ -289,6 +332,16 @@ impl Packer {
             packs = rest;
         }
         Ok(stats)
+    }
+}
+
+/// One full pack out of a `Packer`'s builders; dropped when its upload ended.
+struct OutGuard<'a>(&'a Packer);
+
+impl Drop for OutGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().out -= 1;
+        self.0.uploaded.notify_all();
     }
 }
 
@@ -305,4 +358,63 @@ pub struct PackerStats {
     /// Index files written, and their bytes.
     pub index_files: u64,
     pub index_bytes: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restic::crypto::KdfParams;
+
+    /// `n` bytes from a seed (xorshift), so blobs are distinct and incompressible.
+    fn bytes(n: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 11) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn many_workers_share_a_packer_and_every_blob_lands_once() {
+        let t = tempfile::tempdir().unwrap();
+        let cheap = KdfParams {
+            n: 1024,
+            r: 8,
+            p: 1,
+        };
+        init(t.path(), b"pw", cheap).unwrap();
+        let mut repo = Repo::open(t.path(), b"pw").unwrap();
+        let packer = Packer::default();
+        // 8 workers, 40 blobs of 128 KiB each (180 distinct, 22.5 MiB: two packs), half of each
+        // worker's blobs shared with another worker: saved twice, stored once.
+        let seeds =
+            |w: u64| (0..40u64).map(move |i| if i % 2 == 0 { 1000 + i } else { w * 100 + i });
+        std::thread::scope(|s| {
+            for w in 0..8u64 {
+                let (packer, repo) = (&packer, &repo);
+                s.spawn(move || {
+                    for seed in seeds(w) {
+                        let b = bytes(128 * 1024, seed);
+                        let id = packer.save(repo, BlobType::Data, &b).unwrap();
+                        assert_eq!(id, Id::hash(&b));
+                    }
+                    assert!(packer.lock().out <= UPLOADS_IN_FLIGHT);
+                });
+            }
+        });
+        let stats = packer.finish(&mut repo).unwrap();
+        let distinct: HashSet<u64> = (0..8).flat_map(seeds).collect();
+        assert_eq!(stats.data_blobs, distinct.len() as u64);
+        assert_eq!(stats.packs, 2, "{stats:?}");
+        // What a new reader of the repository finds: every blob, once, intact.
+        let again = Repo::open(t.path(), b"pw").unwrap();
+        for seed in distinct {
+            let b = bytes(128 * 1024, seed);
+            assert_eq!(again.read_blob(BlobType::Data, &Id::hash(&b)).unwrap(), b);
+        }
+    }
 }
