@@ -576,14 +576,14 @@ fn the_snapshot_does_not_depend_on_how_many_calls_are_in_flight() {
     }
     write(&src.join("a/b/c/d/e/f/deep"), b"deep");
     write(&src.join("a/b/big"), &pseudo_random(3 << 20, 9));
-    sr_ok(&["init", "--dest", &url(&repo)]);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
     let backup = |jobs: &str| -> serde_json::Value {
         let out = sr_ok(&[
             "backup",
             "--source",
             src.to_str().unwrap(),
             "--dest",
-            &url(&repo),
+            &file_url(&repo),
             "--jobs",
             jobs,
             "--json",
@@ -601,7 +601,7 @@ fn the_snapshot_does_not_depend_on_how_many_calls_are_in_flight() {
     let tree = tree_of(&repo, &src, &one);
     assert_eq!(tree_of(&repo, &src, &many), tree, "jobs 16 vs jobs 1");
     assert_eq!(tree_of(&repo, &src, &three), tree, "jobs 3 vs jobs 1");
-    if let Some(restic) = restic() {
+    if let Some(restic) = restic_binary("conformance") {
         run_restic(
             &restic,
             &repo,
@@ -612,7 +612,7 @@ fn the_snapshot_does_not_depend_on_how_many_calls_are_in_flight() {
     sr_ok(&[
         "restore",
         "--dest",
-        &url(&repo),
+        &file_url(&repo),
         "latest",
         "--to",
         target.to_str().unwrap(),
