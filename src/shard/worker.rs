@@ -438,7 +438,44 @@ fn pick<'c>(
     Ok(None)
 }
 
+/// The committed unit whose entries are being moved into the run's tree.
+type Moving<'s> = Option<std::thread::ScopedJoinHandle<'s, Result<(), ShardError>>>;
+
+/// Waits for the move in flight, if any; `true` if there was one.
+fn settle(moving: &mut Moving) -> Result<bool, ShardError> {
+    match moving.take() {
+        Some(h) => h
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+            .map(|()| true),
+        None => Ok(false),
+    }
+}
+
+/// Claims, builds and commits units, one at a time. Moving a committed unit's entries
+/// into the run's tree is a rename per entry, each a few sequential metadata calls (on
+/// NFS, round trips), so it runs in a thread of its own while the next unit is claimed
+/// and walked. The move needs no lease (the unit is committed, and the move is
+/// idempotent); at most one is in flight, and it is waited for before this returns, so
+/// it ends while the worker still holds the store's lock (finalize cannot start).
 fn claim_loop(ctx: &Worker, out: &mut Outcome, current: &Current) -> Result<bool, ShardError> {
+    std::thread::scope(|s| {
+        let mut moving: Moving = None;
+        let r = claim_units(ctx, out, current, s, &mut moving);
+        let last = settle(&mut moving);
+        let r = r?;
+        last?;
+        Ok(r)
+    })
+}
+
+fn claim_units<'s>(
+    ctx: &'s Worker,
+    out: &mut Outcome,
+    current: &Current,
+    s: &'s std::thread::Scope<'s, '_>,
+    moving: &mut Moving<'s>,
+) -> Result<bool, ShardError> {
     let me = Holder::me(ctx.spec.index);
     let mut order: Vec<&Unit> = ctx.cut.home(ctx.spec.index);
     let mut others: Vec<&Unit> = ctx
@@ -460,6 +497,7 @@ fn claim_loop(ctx: &Worker, out: &mut Outcome, current: &Current) -> Result<bool
         let Some((unit, generation)) = pick(ctx, &order, &done, &me)? else {
             // Everything left is claimed by live workers: wait, to take over if one
             // stalls, and to finalize when the last one commits.
+            settle(moving)?;
             std::thread::sleep(
                 (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(500)),
             );
@@ -488,8 +526,9 @@ fn claim_loop(ctx: &Worker, out: &mut Outcome, current: &Current) -> Result<bool
             };
             if ctx.rd.commit(&unit.id, &c)? {
                 let _ = crate::failpoint::hit("shard.after_commit");
-                move_unit(ctx.rd, unit, generation)?;
                 tracing::info!("unit {} committed (generation {generation})", unit.id);
+                settle(moving)?;
+                *moving = Some(s.spawn(move || move_unit(ctx.rd, unit, generation)));
                 out.committed.push(unit.id.clone());
                 continue;
             }

@@ -14,7 +14,11 @@
 //! entry's attributes with the TTL, so a stat or lookup of a listed name within the TTL
 //! costs no round trip (at TTL 0 the attributes expire at once and it changes nothing).
 //! Runs in the foreground until the mount point is unmounted (`fusermount3 -u`).
-//! FUSE inode numbers are the underlying inode numbers (the root swapped with 1).
+//! FUSE inode numbers are the underlying inode numbers (the root swapped with 1). Each
+//! inode the kernel knows is kept as (parent inode, name), the name it was last seen
+//! under, and its path is built on demand from these links: a rename updates one link
+//! (O(1), as one round trip on NFS), and what lies under a renamed directory moves with
+//! it.
 //!
 //! FAULTS inject errors and stalls for reliability tests (tests/faults.rs): EIO on
 //! reads, EIO or ENOSPC on writes past a byte budget, EMLINK past a link limit, EACCES,
@@ -104,8 +108,8 @@ struct LatFs {
     ttl: Duration,
     /// `--readdirplus`: ask the kernel for READDIRPLUS and answer it.
     readdirplus: bool,
-    /// FUSE inode -> path relative to `root`.
-    paths: RwLock<HashMap<u64, PathBuf>>,
+    /// FUSE inode -> (parent FUSE inode, name): where the kernel last saw it.
+    names: RwLock<HashMap<u64, (u64, OsString)>>,
     files: Mutex<HashMap<u64, File>>,
     next_fh: AtomicU64,
     /// Delayed calls by kind (`Call`), shared with the `--stats` writer.
@@ -143,11 +147,33 @@ impl LatFs {
         }
     }
 
+    /// The path of `ino` relative to `root`, built from the (parent, name) links up to
+    /// the root; `None` for an inode the kernel was never given, or one whose chain does
+    /// not reach the root (a stale link to a reused inode number).
     fn rel(&self, ino: INodeNo) -> Option<PathBuf> {
-        if ino.0 == 1 {
-            return Some(PathBuf::new());
+        let names = self.names.read().unwrap();
+        let mut parts: Vec<&OsStr> = Vec::new();
+        let mut at = ino.0;
+        while at != 1 {
+            // Deeper than any real tree: a cycle of stale links.
+            if parts.len() > 4096 {
+                return None;
+            }
+            let (parent, name) = names.get(&at)?;
+            parts.push(name);
+            at = *parent;
         }
-        self.paths.read().unwrap().get(&ino.0).cloned()
+        Some(parts.iter().rev().collect())
+    }
+
+    /// Remembers that `ino` is `name` in `parent`.
+    fn remember(&self, ino: u64, parent: INodeNo, name: &OsStr) {
+        if ino != 1 {
+            self.names
+                .write()
+                .unwrap()
+                .insert(ino, (parent.0, name.to_os_string()));
+        }
     }
 
     fn full(&self, rel: &Path) -> PathBuf {
@@ -195,13 +221,13 @@ impl LatFs {
         }
     }
 
-    /// Stats `rel`, remembers its path, and replies with the entry; `false` when it
-    /// does not exist.
-    fn entry(&self, rel: PathBuf, reply: ReplyEntry) -> bool {
-        match std::fs::symlink_metadata(self.full(&rel)) {
+    /// Stats `rel` (`name` in `parent`), remembers where it is, and replies with the
+    /// entry; `false` when it does not exist.
+    fn entry(&self, rel: &Path, parent: INodeNo, name: &OsStr, reply: ReplyEntry) -> bool {
+        match std::fs::symlink_metadata(self.full(rel)) {
             Ok(m) => {
                 let a = self.attr(&m);
-                self.paths.write().unwrap().insert(a.ino.0, rel);
+                self.remember(a.ino.0, parent, name);
                 reply.entry(&self.ttl, &a, Generation(0));
                 true
             }
@@ -312,7 +338,7 @@ impl Filesystem for LatFs {
         self.wait(Call::Lookup);
         let rel = tryr!(reply, self.child(parent, name));
         self.faults.stall(Op::Lookup, &rel);
-        if !self.entry(rel, reply) {
+        if !self.entry(&rel, parent, name, reply) {
             self.calls[Call::LookupNegative as usize].fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -437,7 +463,7 @@ impl Filesystem for LatFs {
             )
             .map_err(std::io::Error::from))
         );
-        self.entry(rel, reply);
+        self.entry(&rel, parent, name, reply);
     }
 
     fn mkdir(
@@ -456,7 +482,7 @@ impl Filesystem for LatFs {
         tryr!(reply, io(std::fs::create_dir(&p)));
         let _ =
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode & !umask & 0o7777));
-        self.entry(rel, reply);
+        self.entry(&rel, parent, name, reply);
     }
 
     fn unlink(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
@@ -492,7 +518,7 @@ impl Filesystem for LatFs {
             reply,
             io(std::os::unix::fs::symlink(target, self.full(&rel)))
         );
-        self.entry(rel, reply);
+        self.entry(&rel, parent, link_name, reply);
     }
 
     fn rename(
@@ -520,16 +546,17 @@ impl Filesystem for LatFs {
             )
             .map_err(std::io::Error::from))
         );
-        // Paths under a renamed directory move with it.
-        let mut paths = self.paths.write().unwrap();
-        for p in paths.values_mut() {
-            if let Ok(rest) = p.strip_prefix(&from) {
-                *p = if rest.as_os_str().is_empty() {
-                    to.clone()
-                } else {
-                    to.join(rest)
-                };
-            }
+        // The moved inode is now `newname` in `newparent` (what lies under it follows
+        // through its link); with RENAME_EXCHANGE the other one moved the other way. An
+        // inode the rename replaced keeps its old link, a name that is gone, as the
+        // kernel forgets it.
+        if let Ok(m) = std::fs::symlink_metadata(self.full(&to)) {
+            self.remember(self.fuse_ino(m.ino()), newparent, newname);
+        }
+        if flags.contains(RenameFlags::RENAME_EXCHANGE)
+            && let Ok(m) = std::fs::symlink_metadata(self.full(&from))
+        {
+            self.remember(self.fuse_ino(m.ino()), parent, name);
         }
         reply.ok();
     }
@@ -721,8 +748,8 @@ impl Filesystem for LatFs {
                 continue;
             };
             let a = self.attr(&m);
-            // The kernel now holds this inode: remember its path, as a lookup does.
-            self.paths.write().unwrap().insert(a.ino.0, child);
+            // The kernel now holds this inode: remember where it is, as a lookup does.
+            self.remember(a.ino.0, ino, &name);
             if reply.add(a.ino, (i + 1) as u64, &name, &self.ttl, &a, Generation(0)) {
                 break;
             }
@@ -822,7 +849,7 @@ impl Filesystem for LatFs {
         );
         let m = tryr!(reply, io(f.metadata()));
         let a = self.attr(&m);
-        self.paths.write().unwrap().insert(a.ino.0, rel);
+        self.remember(a.ino.0, parent, name);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         self.files.lock().unwrap().insert(fh, f);
         reply.created(
@@ -908,7 +935,7 @@ fn main() {
         delay: Duration::from_micros(delay_us),
         ttl: Duration::from_millis(ttl_ms),
         readdirplus,
-        paths: RwLock::new(HashMap::new()),
+        names: RwLock::new(HashMap::new()),
         files: Mutex::new(HashMap::new()),
         next_fh: AtomicU64::new(1),
         calls: std::sync::Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),

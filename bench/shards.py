@@ -1,0 +1,111 @@
+#!/usr/bin/env python3
+"""Scale-out benchmark (docs/scale-out.md, "Measured"): one single-node snapring run
+with `--jobs W*J` against W shard workers (`--shard I/W`, each `--jobs J`) started
+together, a full backup and then an unchanged incremental, source and store both
+behind latencyfs (or on the local disk with --delay-us 0). Wall time of the whole run,
+finalize included; every snapshot is compared with the source.
+
+    sudo python3 bench/shards.py --preset small --delay-us 1000 --runs 3
+
+Uses the release binaries (target/release/snapring, bench/tools/target/release/
+latencyfs) unless --snapring/--latencyfs name others (a before/after of either).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run as harness  # noqa: E402  (bench/run.py: gen, drop_caches, checks)
+
+
+def timed(cmds, env):
+    """Wall seconds of the commands run together; every one must exit 0."""
+    t0 = time.monotonic()
+    procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
+    errs = [p.communicate()[1] for p in procs]
+    wall = time.monotonic() - t0
+    for c, p, e in zip(cmds, procs, errs):
+        if p.returncode != 0:
+            raise SystemExit(f"{' '.join(c)} failed ({p.returncode}): {e.decode(errors='replace')[-2000:]}")
+    return wall
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="small", choices=harness.PRESETS)
+    ap.add_argument("--delay-us", type=int, default=1000, help="latencyfs delay per metadata call; 0: local disk, no FUSE")
+    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--jobs", type=int, default=4, help="--jobs per worker; the single-node run gets workers x jobs")
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--modes", default="single,shards")
+    ap.add_argument("--snapring", default=os.path.join(harness.ROOT, "target/release/snapring"))
+    ap.add_argument("--latencyfs", default=os.path.join(harness.ROOT, "bench/tools/target/release/latencyfs"))
+    ap.add_argument("--work", default="/var/tmp/snapring-shards")
+    ap.add_argument("--json", help="append each result here as a JSON line")
+    a = ap.parse_args()
+    under = os.path.join(a.work, "data")
+    mnt = os.path.join(a.work, "mnt")
+    shutil.rmtree(under, ignore_errors=True)
+    os.makedirs(under)
+    fuse = None
+    if a.delay_us:
+        subprocess.run(["fusermount3", "-uz", mnt], stderr=subprocess.DEVNULL)
+        os.makedirs(mnt, exist_ok=True)
+        fuse = subprocess.Popen([a.latencyfs, "--delay-us", str(a.delay_us), "--threads", "128", under, mnt])
+        for _ in range(100):
+            if os.path.ismount(mnt):
+                break
+            time.sleep(0.05)
+        else:
+            raise SystemExit("latencyfs did not mount")
+    view = mnt if fuse else under
+    env = dict(os.environ, SNAPRING_CATALOG="off")
+    results = {}
+    try:
+        nfiles = harness.gen(os.path.join(under, "src"), a.preset)
+        print(f"{a.preset}: {nfiles} files", file=sys.stderr)
+        # Past snapring's 2 s window for entries changed just before a walk ("racy").
+        time.sleep(2.1)
+        src = os.path.join(view, "src")
+        for r in range(a.runs):
+            for mode in a.modes.split(","):
+                dst_u = os.path.join(under, "dst-" + mode)
+                shutil.rmtree(dst_u, ignore_errors=True)
+                dst = os.path.join(view, "dst-" + mode)
+                base = [a.snapring, "backup", "--source", src, "--dest", dst, "--label", "snap",
+                        "--retain", "3", "--no-progress"]
+                for case in ["full", "incr"]:
+                    if mode == "single":
+                        cmds = [base + ["--jobs", str(a.workers * a.jobs)]]
+                    else:
+                        cmds = [base + ["--jobs", str(a.jobs), "--shard", f"{i}/{a.workers}",
+                                        "--run-id", f"{case}-{r}"] for i in range(a.workers)]
+                    harness.drop_caches()
+                    wall = timed(cmds, env)
+                    harness.check_same(os.path.join(under, "src"), os.path.join(dst_u, "snap.0"), f"{mode} {case}")
+                    if case == "incr":
+                        harness.check_shared(os.path.join(dst_u, "snap.1"), os.path.join(dst_u, "snap.0"),
+                                             f"{mode} {case}")
+                    results.setdefault((mode, case), []).append(wall)
+                    print(f"run {r + 1}/{a.runs}: {mode} {case} {wall:.1f} s", file=sys.stderr)
+                    if a.json:
+                        with open(a.json, "a") as f:
+                            f.write(json.dumps(dict(mode=mode, case=case, run=r, wall=wall, delay_us=a.delay_us,
+                                                    workers=a.workers, jobs=a.jobs, preset=a.preset)) + "\n")
+    finally:
+        if fuse:
+            subprocess.run(["fusermount3", "-u", mnt])
+            fuse.wait()
+    print(f"{'mode':8} {'case':5} {'median s':>9}  runs")
+    for (mode, case), v in results.items():
+        print(f"{mode:8} {case:5} {statistics.median(v):9.1f}  {', '.join(f'{x:.1f}' for x in v)}")
+
+
+if __name__ == "__main__":
+    main()
