@@ -21,6 +21,18 @@ fn sr_ok(args: &[&str]) -> String {
     out
 }
 
+/// `snapring restore --dest file://REPO latest --to TARGET`, which must succeed.
+fn restore_latest(repo: &Path, target: &Path) {
+    sr_ok(&[
+        "restore",
+        "--dest",
+        &file_url(repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+    ]);
+}
+
 fn sr_backup(src: &Path, repo: &Path) -> serde_json::Value {
     let out = sr_ok(&[
         "backup",
@@ -200,14 +212,7 @@ fn snapring_restores_what_restic_wrote() {
     let list: serde_json::Value = serde_json::from_str(&list).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["paths"][0], src.to_str().unwrap());
-    sr_ok(&[
-        "restore",
-        "--dest",
-        &file_url(&repo),
-        "latest",
-        "--to",
-        target.to_str().unwrap(),
-    ]);
+    restore_latest(&repo, &target);
     assert_same_tree(
         &want,
         &describe(&target),
@@ -236,14 +241,7 @@ fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() 
     let first = sr_backup(&src, &repo);
     assert_eq!(first["status"], "complete", "{first}");
     let target = t.path().join("T1");
-    sr_ok(&[
-        "restore",
-        "--dest",
-        &file_url(&repo),
-        "latest",
-        "--to",
-        target.to_str().unwrap(),
-    ]);
+    restore_latest(&repo, &target);
     assert_same_tree(&want, &describe(&target), "snapring round trip");
 
     // Nothing changed: nothing read, no data added (trees may differ: reading the
@@ -264,14 +262,7 @@ fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() 
     assert_eq!(third["repository"]["bytes_read"], 3 << 20, "{third}");
     let want = describe(&src);
     let target = t.path().join("T3");
-    sr_ok(&[
-        "restore",
-        "--dest",
-        &file_url(&repo),
-        "latest",
-        "--to",
-        target.to_str().unwrap(),
-    ]);
+    restore_latest(&repo, &target);
     assert_same_tree(&want, &describe(&target), "restore after an incremental");
     let list: serde_json::Value =
         serde_json::from_str(&sr_ok(&["list", "--dest", &file_url(&repo), "--json"])).unwrap();
@@ -386,14 +377,7 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
         "{next}"
     );
     let target = t.path().join("T");
-    sr_ok(&[
-        "restore",
-        "--dest",
-        &file_url(&repo),
-        "latest",
-        "--to",
-        target.to_str().unwrap(),
-    ]);
+    restore_latest(&repo, &target);
     assert_same_tree(
         &describe(&src),
         &describe(&target),
@@ -445,14 +429,7 @@ fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_compl
     let next = sr_backup(&src, &repo);
     assert_eq!(next["status"], "complete", "{next}");
     let target = t.path().join("T");
-    sr_ok(&[
-        "restore",
-        "--dest",
-        &file_url(&repo),
-        "latest",
-        "--to",
-        target.to_str().unwrap(),
-    ]);
+    restore_latest(&repo, &target);
     assert_same_tree(
         &describe(&src),
         &describe(&target),
@@ -609,13 +586,6 @@ fn the_snapshot_does_not_depend_on_how_many_calls_are_in_flight() {
         );
     }
     let target = t.path().join("T");
-    sr_ok(&[
-        "restore",
-        "--dest",
-        &file_url(&repo),
-        "latest",
-        "--to",
-        target.to_str().unwrap(),
-    ]);
+    restore_latest(&repo, &target);
     assert_same_tree(&describe(&src), &describe(&target), "restore after jobs 3");
 }
