@@ -1119,11 +1119,13 @@ fn quiet_error(e: CatalogError, r: &RunReport) -> String {
 /// on), the store is repaired (which marks a dead run `incomplete` and publishes a
 /// journalled rotation) and the row re-read from its run record.
 pub fn settle_running(c: &mut Catalog) {
+    settle_repository_runs(c);
     let Ok(mut rows) = c.running_in() else { return };
     rows.extend(c.publish_pending().unwrap_or_default());
     for (id, store) in rows {
-        // A restic repository's run has no store to repair or record to re-read.
-        if store.starts_with("s3://") || store.starts_with("file://") {
+        // A restic repository's run has no store to repair or record to re-read: its
+        // marker says whether it is alive (`settle_repository_runs`).
+        if is_repository(&store) {
             continue;
         }
         let root = PathBuf::from(&store);
@@ -1156,6 +1158,84 @@ pub fn settle_running(c: &mut Catalog) {
             && let Err(e) = c.record(&r)
         {
             tracing::warn!("{e}");
+        }
+    }
+}
+
+/// Is a run's `store` a restic repository's URL?
+fn is_repository(store: &str) -> bool {
+    store.starts_with("s3://") || store.starts_with("file://")
+}
+
+/// The marker a run into a repository holds a `flock` on while it runs
+/// (`logs/<id>.running` beside the catalog): a repository has no store whose lock
+/// would tell a live run from a dead one.
+pub fn running_marker_path(catalog: &Path, id: &str) -> PathBuf {
+    restore_log_path(catalog, id).with_extension("running")
+}
+
+/// A run into a repository, marked alive: the marker file, created and locked
+/// (`flock`, exclusive) until `finish`; the lock goes with the process however it ends.
+pub struct RunningMarker {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl RunningMarker {
+    /// Creates and locks the marker of run `id` of the catalog at `catalog`; `None` if
+    /// it cannot (the run then cannot be settled if it dies, as before markers).
+    pub fn take(catalog: &Path, id: &str) -> Option<RunningMarker> {
+        let path = running_marker_path(catalog, id);
+        let file = std::fs::File::create(&path).ok()?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+        Some(RunningMarker { path, _file: file })
+    }
+
+    /// Removes the marker (after the run's final row is recorded); the lock goes with
+    /// the file's descriptor.
+    pub fn finish(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Settles the runs into a repository that the catalog still thinks are running but
+/// whose process is gone (its marker's `flock` is free): `incomplete`, as a killed
+/// store run is. No snapshot of theirs is visible (a snapshot file is written last);
+/// packs they uploaded without an index are left for `snapring prune`. A run without
+/// a marker (from a version before markers) is left as it is.
+pub fn settle_repository_runs(c: &mut Catalog) {
+    let Ok(rows) = c.running_in() else { return };
+    for (id, store) in rows.into_iter().filter(|(_, s)| is_repository(s)) {
+        let marker = running_marker_path(&c.path, &id);
+        let Ok(file) = std::fs::File::open(&marker) else {
+            continue;
+        };
+        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+            continue;
+        }
+        // Re-read under the lock: a run that just ended recorded its outcome before
+        // it let go of the marker.
+        let Ok(Some(Shown {
+            report: Record::Backup(mut r),
+            ..
+        })) = c.show_exact(&id)
+        else {
+            continue;
+        };
+        if r.status != Status::Running {
+            continue;
+        }
+        r.status = Status::Incomplete;
+        r.exit_code = Status::Incomplete.exit_code();
+        r.message = format!(
+            "interrupted: the process ended before finishing; no snapshot written into {store} \
+             (packs it uploaded without an index are left for `snapring prune`)"
+        );
+        match c.record(&r) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(&marker);
+            }
+            Err(e) => tracing::warn!("{e}"),
         }
     }
 }

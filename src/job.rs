@@ -250,6 +250,9 @@ pub struct RepositoryJob {
     pub password_file: Option<PathBuf>,
     /// File-system calls in flight on the source (`--jobs`); 0: the default.
     pub jobs: usize,
+    /// `--window`: the run stops at a safe point this long after it started, as on
+    /// SIGTERM (`incomplete`, its packs indexed, no snapshot written).
+    pub window: Option<std::time::Duration>,
 }
 
 /// Runs a backup into a restic repository as a run like any other: its own run id, a
@@ -277,12 +280,28 @@ pub fn run_repository(
         run = %id, source = %j.source.display(), repository = %j.dest,
         "backup into a repository started by snapring {} on {}", env!("CARGO_PKG_VERSION"), rep.host
     );
+    // Dead runs into repositories left `running` are settled first; this one holds its
+    // marker while it runs, so that a later run can tell if it dies.
+    let marker = catalog.and_then(|c| {
+        if let Ok(mut cat) = crate::catalog::Catalog::open(&c.path, c.on_nfs) {
+            crate::catalog::settle_repository_runs(&mut cat);
+        }
+        crate::catalog::RunningMarker::take(&c.path, &id)
+    });
     if let Some(c) = catalog
         && let Some(w) = crate::catalog::record_quietly(&c.path, c.on_nfs, &rep)
     {
         rep.warnings.push(w);
     }
     let started = std::time::Instant::now();
+    let window_ended = std::sync::Arc::new(AtomicBool::new(false));
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    if let Some(w) = j.window {
+        let (cancel, ended, done) = (cancel.clone(), window_ended.clone(), done.clone());
+        std::thread::spawn(move || {
+            crate::engine::progress::watch_window(started, w, &cancel, &ended, &done)
+        });
+    }
     let mut copied = None;
     let outcome = (|| -> restic::Result<restic::backup::BackupReport> {
         let backend = restic::backend::from_dest(&j.dest)?;
@@ -321,6 +340,8 @@ pub fn run_repository(
         ));
         Ok(r.backup)
     })();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let window_ended = window_ended.load(std::sync::atomic::Ordering::Relaxed);
     if let Some((c, label)) = &copied {
         rep.label = label.clone();
         rep.message = if c.already_copied {
@@ -340,7 +361,12 @@ pub fn run_repository(
                 Status::Partial => format!("{} entries could not be backed up", r.problems.len()),
                 _ if !rep.message.is_empty() => rep.message.clone(),
                 Status::Incomplete => format!(
-                    "interrupted: no snapshot written; {} packs kept and indexed for the next run",
+                    "{}: no snapshot written; {} packs kept and indexed for the next run",
+                    if window_ended {
+                        "backup window ended"
+                    } else {
+                        "interrupted"
+                    },
                     r.added.packs
                 ),
                 _ => String::new(),
@@ -428,6 +454,9 @@ pub fn run_repository(
     {
         rep.warnings.push(w);
     }
+    if let Some(m) = marker {
+        m.finish();
+    }
     if log.is_some() {
         crate::runlog::stop();
     }
@@ -441,6 +470,7 @@ fn repository_report(j: &RepositoryJob, id: &str) -> RunReport {
     o.label = j.label.clone();
     o.retain = j.retain.unwrap_or(0);
     o.jobs = 1;
+    o.window = j.window;
     let mut r = crate::engine::backup::new_report(&o, id, Path::new(&j.dest));
     r.source = std::fs::canonicalize(&j.source).unwrap_or_else(|_| j.source.clone());
     r

@@ -1,5 +1,6 @@
 //! restic repositories on S3 (`--dest s3://BUCKET/PREFIX`, docs/format.md), against a
-//! real S3 server started in the test (s3s-fs, in-process, on 127.0.0.1): init, backup,
+//! real S3 server started in the test (s3s-fs, in-process, on 127.0.0.1, from
+//! tests/common/s3.rs; restic_faults puts a faulty proxy in front of it): init, backup,
 //! incremental backup, list, restore equal to the source; the wrong password and a
 //! missing bucket fail clearly; `config` is created conditionally; 503s are retried;
 //! `--retain` and `prune` thin the repository out over S3.
@@ -10,6 +11,8 @@
 //! the in-process server's fault injection or its view of the headers are skipped.
 
 mod common;
+#[path = "common/s3.rs"]
+mod s3;
 
 use std::ffi::OsStr;
 use std::path::Path;
@@ -20,8 +23,7 @@ use std::sync::{Arc, Mutex};
 use common::restic::*;
 use common::*;
 
-const ACCESS_KEY: &str = "snapring-test";
-const SECRET_KEY: &str = "snapring-test-secret";
+use s3::{ACCESS_KEY, SECRET_KEY};
 const BUCKET: &str = "backups";
 
 /// An s3s-fs server on 127.0.0.1, serving the directory `root` (a bucket is a
@@ -100,49 +102,6 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
     }
 }
 
-/// s3s-fs with one fix: ListObjectsV2 with an empty `delimiter=` lists recursively, as
-/// AWS does (s3s-fs 0.14 takes it as a delimiter and lists nothing under `data/`;
-/// restic's S3 client sends it).
-struct Fs(s3s_fs::FileSystem);
-
-/// The `s3s::S3` impl of `Fs`: the methods listed are passed to s3s-fs as they are.
-macro_rules! delegating_impl {
-    ($($name:ident: $input:ident => $output:ident),* $(,)?) => {
-        #[async_trait::async_trait]
-        impl s3s::S3 for Fs {
-            $(
-                async fn $name(
-                    &self,
-                    req: s3s::S3Request<s3s::dto::$input>,
-                ) -> s3s::S3Result<s3s::S3Response<s3s::dto::$output>> {
-                    self.0.$name(req).await
-                }
-            )*
-
-            async fn list_objects_v2(
-                &self,
-                mut req: s3s::S3Request<s3s::dto::ListObjectsV2Input>,
-            ) -> s3s::S3Result<s3s::S3Response<s3s::dto::ListObjectsV2Output>> {
-                if req.input.delimiter.as_deref() == Some("") {
-                    req.input.delimiter = None;
-                }
-                self.0.list_objects_v2(req).await
-            }
-        }
-    };
-}
-
-delegating_impl! {
-    delete_object: DeleteObjectInput => DeleteObjectOutput,
-    get_bucket_location: GetBucketLocationInput => GetBucketLocationOutput,
-    get_object: GetObjectInput => GetObjectOutput,
-    head_bucket: HeadBucketInput => HeadBucketOutput,
-    head_object: HeadObjectInput => HeadObjectOutput,
-    list_buckets: ListBucketsInput => ListBucketsOutput,
-    list_objects: ListObjectsInput => ListObjectsOutput,
-    put_object: PutObjectInput => PutObjectOutput,
-}
-
 fn start_server(root: &Path, fault: Fault) -> Server {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -150,13 +109,10 @@ fn start_server(root: &Path, fault: Fault) -> Server {
         .enable_all()
         .build()
         .unwrap();
-    let fs = Fs(s3s_fs::FileSystem::new(root).unwrap());
-    let mut b = s3s::service::S3ServiceBuilder::new(fs);
-    b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
     let count = Arc::new(AtomicU64::new(0));
     let puts = Arc::new(Mutex::new(Vec::new()));
     let service = Flaky {
-        inner: b.build(),
+        inner: s3::service(root),
         fault,
         count: count.clone(),
         puts: puts.clone(),

@@ -87,7 +87,6 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         (a.prefix.is_some() || f.prefix.is_some(), "prefix"),
         (!a.exclude.is_empty() || !f.exclude.is_empty(), "exclude"),
         (a.dry_run, "dry-run"),
-        (a.window.is_some() || f.window.is_some(), "window"),
         (
             a.require_mount || f.require_mount == Some(true),
             "require_mount",
@@ -115,6 +114,16 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         .clone()
         .or(f.source)
         .context("no source: give --source or set source in the job")?;
+    let window = match a.window.as_deref().or(f.window.as_deref()) {
+        Some(w) => {
+            let d =
+                snapring::util::parse_duration(w).map_err(|e| anyhow::anyhow!("--window: {e}"))?;
+            snapring::engine::options::check_window(d)
+                .map_err(|e| anyhow::anyhow!("--window: {e}"))?;
+            Some(d)
+        }
+        None => None,
+    };
     let retain = a.retain.or(f.retain);
     if retain == Some(0) {
         bail!("--retain 0 would forget every snapshot of the label; give 1 or more");
@@ -133,6 +142,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         label_given: true,
         password_file: a.password_file.clone().or(f.password_file),
         jobs: a.jobs.or(f.jobs).unwrap_or(0),
+        window,
     };
     let catalog = cat
         .for_config(file_catalog)
@@ -426,6 +436,7 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         retain: a.retain,
         password_file: a.password_file,
         jobs: 0,
+        window: None,
     };
     let catalog = cat
         .for_config(None)

@@ -91,7 +91,6 @@ pub const REPOSITORY_REFUSES: &[&str] = &[
     "folder",
     "prefix",
     "exclude",
-    "window",
     "require_mount",
     "bwlimit",
     "pre_command",

@@ -4,7 +4,8 @@
 //! with its pid alive) refuses a conflicting one. While held, a lock is refreshed every
 //! 5 minutes as restic refreshes its own (a new file with the current time, then the
 //! old one removed), so a long run never looks stale to another host. The lock file is
-//! removed when the guard is released or dropped.
+//! removed when the guard is released or dropped. Taking a lock first removes the
+//! locks of dead processes of this host (a killed run's), as `restic unlock` does.
 
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -56,14 +57,44 @@ fn is_stale(l: &LockFile) -> bool {
     if chrono::Utc::now().timestamp() - t > STALE_SECS {
         return true;
     }
-    if l.hostname == crate::util::hostname() {
-        let alive = i32::try_from(l.pid)
-            .ok()
-            .and_then(rustix::process::Pid::from_raw)
-            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
-        return !alive;
+    is_dead_here(l)
+}
+
+/// Is `l` the lock of a process of this host that no longer runs (killed, or the
+/// machine restarted)?
+fn is_dead_here(l: &LockFile) -> bool {
+    if l.hostname != crate::util::hostname() {
+        return false;
     }
-    false
+    let alive = i32::try_from(l.pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+    !alive
+}
+
+/// Removes the locks of dead processes of this host (a SIGKILLed run's), as `restic
+/// unlock` would: restic refuses an exclusive lock (`check`, `prune`) while one is
+/// there. Locks of other hosts are left (their age is all that can be judged, and
+/// clocks differ); a lock that cannot be removed now is left for the next run.
+fn remove_dead_locks(repo: &Repo) -> Result<()> {
+    for id in repo.backend.list(Kind::Lock)? {
+        let Ok(l) = repo.load_json::<LockFile>(Kind::Lock, &id) else {
+            continue;
+        };
+        if is_dead_here(&l) {
+            tracing::info!(
+                "removing the stale lock {id} of pid {} on {} (since {}): the process is gone",
+                l.pid,
+                l.hostname,
+                l.time
+            );
+            if let Err(e) = repo.backend.remove(Kind::Lock, &id) {
+                tracing::warn!("cannot remove the stale lock {id}: {e}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The first live lock that conflicts with taking one (`exclusive` or not), other
@@ -97,6 +128,7 @@ fn refused(l: &LockFile) -> Error {
 /// Takes a lock: checks the others, writes ours, checks again (a writer that raced us
 /// makes both back off).
 pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
+    remove_dead_locks(repo)?;
     if let Some(l) = conflict(repo, exclusive, None)? {
         return Err(refused(&l));
     }

@@ -38,7 +38,7 @@ pub enum Error {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("wrong password: no key in {0} opens with it")]
+    #[error("cannot open the repository: wrong password: no key in {0} opens with it")]
     WrongPassword(String),
     #[error("{what}: {why}")]
     Corrupt { what: String, why: String },

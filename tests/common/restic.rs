@@ -1,5 +1,5 @@
 //! Helpers for the tests on restic repositories (restic_conformance, restic_copy,
-//! restic_prune, restic_runs, restic_s3): the test password, Debian's `restic` found on
+//! restic_faults, restic_prune, restic_runs, restic_s3): the test password, Debian's `restic` found on
 //! the PATH (or a printed SKIPPED line), a `restic` command on a repository that panics
 //! with restic's output when it fails, snapring run with the password, and deterministic
 //! pseudo-random content (so files cut into several chunks). Runs processes.

@@ -1,0 +1,610 @@
+//! Faults between snapring and a repository in S3 (docs/format.md, "Faults and
+//! retries"): the real binary talks to a real S3 server (s3s-fs, in-process) through a
+//! proxy (tests/common/s3.rs) that answers 500/503, delays replies and drops
+//! connections mid-request and mid-response. A fault that heals is retried with
+//! backoff and the backup is whole (`restic check --read-data` passes, the restore
+//! equals the source); one that never heals fails the run clearly, exit 1, with no
+//! snapshot visible and a repository `restic check` still passes. SIGKILL during the
+//! upload leaves a checkable repository and the next run completes; its catalog row,
+//! left `running`, is settled `incomplete` by the next run. SIGTERM and `--window` stop
+//! the run as `incomplete` with its packs indexed and reused by the next run. Wrong
+//! password, missing bucket and no network fail quickly, exit 1, naming the repository.
+
+mod common;
+#[path = "common/s3.rs"]
+mod s3;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::restic::*;
+use common::*;
+use s3::{Fault, Proxy, Rule};
+
+const BUCKET: &str = "backups";
+const MIB: usize = 1 << 20;
+
+/// An S3 server, a proxy in front of it, a temp dir with a source.
+struct Setup {
+    t: tempfile::TempDir,
+    server: s3::Server,
+    proxy: Proxy,
+    src: PathBuf,
+}
+
+fn setup(rules: Vec<Rule>) -> Setup {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path().join("s3");
+    std::fs::create_dir_all(root.join(BUCKET)).unwrap();
+    let server = s3::start(&root);
+    let proxy = Proxy::start(server.port, rules);
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    Setup {
+        t,
+        server,
+        proxy,
+        src,
+    }
+}
+
+impl Setup {
+    fn env(&self, endpoint: &str) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), endpoint.into()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), s3::ACCESS_KEY.into()),
+            ("AWS_SECRET_ACCESS_KEY".into(), s3::SECRET_KEY.into()),
+            ("SNAPRING_S3_PATH_STYLE".into(), "true".into()),
+            ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+            ("SNAPRING_PASSWORD".into(), PASSWORD.into()),
+            ("SNAPRING_CATALOG".into(), "off".into()),
+        ]
+    }
+
+    /// snapring through the proxy.
+    fn cmd(&self, args: &[&str]) -> Command {
+        self.cmd_at(&self.proxy.endpoint(), args)
+    }
+
+    fn cmd_at(&self, endpoint: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args);
+        for (k, v) in self.env(endpoint) {
+            c.env(k, v);
+        }
+        c
+    }
+
+    /// Runs snapring through the proxy: (code, stdout, stderr).
+    fn sr(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.cmd(args).output().unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    fn sr_ok(&self, args: &[&str]) -> String {
+        let (code, out, err) = self.sr(args);
+        assert_eq!(code, 0, "snapring {args:?}: {out}\n{err}");
+        out
+    }
+
+    fn dest(&self, prefix: &str) -> String {
+        format!("s3://{BUCKET}/{prefix}")
+    }
+
+    fn backup_args<'a>(&'a self, dest: &'a str) -> Vec<&'a str> {
+        vec![
+            "backup",
+            "--source",
+            self.src.to_str().unwrap(),
+            "--dest",
+            dest,
+            "--json",
+        ]
+    }
+
+    /// A backup through the proxy: (code, report, stderr).
+    fn backup(&self, dest: &str) -> (i32, serde_json::Value, String) {
+        let (code, out, err) = self.sr(&self.backup_args(dest));
+        (
+            code,
+            serde_json::from_str(&out).unwrap_or(serde_json::Value::Null),
+            err,
+        )
+    }
+
+    /// The objects of the repository under `prefix` of kind `dir` (`snapshots`, ...).
+    fn objects(&self, prefix: &str, dir: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        let root = self.t.path().join("s3").join(BUCKET).join(prefix).join(dir);
+        walk(&root, &mut out);
+        out.sort();
+        out
+    }
+
+    /// `restic check --read-data` straight at the server (not through the proxy).
+    fn restic_check(&self, prefix: &str) {
+        self.restic_check_with(prefix, &[]);
+    }
+
+    /// `restic check --read-data` with restic's global flags `flags` first.
+    fn restic_check_with(&self, prefix: &str, flags: &[&str]) {
+        let Some(restic) = restic_binary("restic check of the repository") else {
+            return;
+        };
+        let repo = format!("s3:http://127.0.0.1:{}/{BUCKET}/{prefix}", self.server.port);
+        let mut c = restic_cmd(&restic, repo);
+        c.env("AWS_ACCESS_KEY_ID", s3::ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", s3::SECRET_KEY)
+            .env("HOME", self.t.path());
+        c.args(flags);
+        restic_ok(c, &["check", "--read-data"]);
+    }
+
+    /// Restores the latest snapshot through the proxy and compares it with the source.
+    fn restore_equals_source(&self, dest: &str, what: &str) {
+        let to = self.t.path().join(format!("restored-{}", unique()));
+        self.sr_ok(&[
+            "restore",
+            "--dest",
+            dest,
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_same_tree(&describe(&self.src), &describe(&to), what);
+        std::fs::remove_dir_all(&to).unwrap();
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+fn walk(dir: &Path, out: &mut Vec<String>) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out);
+        } else {
+            out.push(p.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+}
+
+/// A source of `mib` MiB of incompressible data in 4 MiB files (several chunks each),
+/// small files and a subdirectory.
+fn source(src: &Path, mib: usize, seed: u64) {
+    for i in 0..mib.div_ceil(4) {
+        let n = (mib - 4 * i).min(4) * MIB;
+        write(
+            &src.join(format!("big/f{i}")),
+            &pseudo_random(n, seed + i as u64),
+        );
+    }
+    for i in 0..10 {
+        write(
+            &src.join(format!("small/s{i}")),
+            format!("small {i}\n").as_bytes(),
+        );
+    }
+    std::fs::create_dir_all(src.join("empty")).unwrap();
+}
+
+/// A backup through `rules` completes, retried; the proxy saw every fault it was
+/// given; restic checks the repository and the restore (through the same faults)
+/// equals the source.
+fn retried_through(prefix: &str, rules: Vec<Rule>) -> (Setup, serde_json::Value) {
+    let s = setup(Vec::new());
+    source(&s.src, 3, 1);
+    let dest = s.dest(prefix);
+    s.sr_ok(&["init", "--dest", &dest]);
+    let wanted: u64 = rules.iter().map(|r| r.times).sum();
+    s.proxy.set_rules(rules);
+    let (code, r, err) = s.backup(&dest);
+    assert_eq!(code, 0, "{r}\n{err}");
+    assert_eq!(r["status"], "complete", "{r}");
+    s.restore_equals_source(&dest, prefix);
+    let faults = s.proxy.seen().iter().filter(|x| x.fault.is_some()).count() as u64;
+    assert_eq!(faults, wanted, "{:?}", s.proxy.seen());
+    assert_eq!(s.objects(prefix, "snapshots").len(), 1);
+    s.restic_check(prefix);
+    (s, r)
+}
+
+#[test]
+fn server_errors_on_pack_uploads_are_retried() {
+    for (prefix, code) in [("e500", 500), ("e503", 503)] {
+        let (s, r) = retried_through(
+            prefix,
+            vec![Rule::new("PUT", "/data/", Fault::Status(code), 3)],
+        );
+        let packs = r["repository"]["packs_written"].as_u64().unwrap() as usize;
+        // Three refused, then each pack once.
+        assert_eq!(s.proxy.count("PUT", "/data/"), packs + 3, "{r}");
+        assert_eq!(s.proxy.served("PUT", "/data/"), packs, "{r}");
+    }
+}
+
+#[test]
+fn errors_on_index_snapshot_lock_and_reads_are_retried() {
+    let (s, _) = retried_through(
+        "small-files",
+        vec![
+            Rule::new("PUT", "/index/", Fault::Status(500), 2),
+            Rule::new("PUT", "/snapshots/", Fault::Status(503), 2),
+            Rule::new("PUT", "/locks/", Fault::Status(503), 1),
+            Rule::new("DELETE", "/locks/", Fault::DropResponse, 1),
+            Rule::new("GET", "/data/", Fault::DropResponse, 2),
+            Rule::new("GET", "list-type", Fault::Status(500), 1),
+        ],
+    );
+    // The lock's DELETE landed before its answer was lost: the retry finds it gone, and
+    // no lock is left.
+    assert!(s.objects("small-files", "locks").is_empty());
+}
+
+#[test]
+fn dropped_connections_are_retried() {
+    // Mid-request: the server never saw the first try. Mid-response: it stored the
+    // pack, the client did not hear so; the retry writes the same object again.
+    let (s, r) = retried_through(
+        "dropped",
+        vec![
+            Rule::new("PUT", "/data/", Fault::DropRequest, 1),
+            Rule::new("PUT", "/data/", Fault::DropResponse, 1),
+        ],
+    );
+    let packs = r["repository"]["packs_written"].as_u64().unwrap() as usize;
+    assert_eq!(s.proxy.count("PUT", "/data/"), packs + 2, "{r}");
+    assert_eq!(s.proxy.served("PUT", "/data/"), packs + 1, "{r}");
+    assert_eq!(
+        s.objects("dropped", "data").len(),
+        packs,
+        "one object per pack"
+    );
+}
+
+/// A slow server is waited for, not retried (the request timeout is 300 s).
+#[test]
+fn slow_replies_are_waited_for() {
+    let started = Instant::now();
+    let (s, r) = retried_through(
+        "slow",
+        vec![
+            Rule::new("PUT", "/data/", Fault::Delay(Duration::from_secs(2)), 1),
+            Rule::new(
+                "PUT",
+                "/snapshots/",
+                Fault::Delay(Duration::from_secs(2)),
+                1,
+            ),
+        ],
+    );
+    assert!(started.elapsed() >= Duration::from_secs(4));
+    let packs = r["repository"]["packs_written"].as_u64().unwrap() as usize;
+    assert_eq!(s.proxy.count("PUT", "/data/"), packs, "no retry: {r}");
+}
+
+/// 503 on every pack upload: the run fails after the bounded retries (6 attempts,
+/// 6.2 s of backoff), exit 1, naming the object and the action; no snapshot is
+/// visible; restic checks the repository; healed, the next run completes.
+#[test]
+fn a_fault_that_never_heals_fails_the_run_clearly() {
+    let s = setup(Vec::new());
+    source(&s.src, 3, 2);
+    let dest = s.dest("never");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.proxy.set_rules(vec![Rule::new(
+        "PUT",
+        "/data/",
+        Fault::Status(503),
+        u64::MAX,
+    )]);
+    let started = Instant::now();
+    let (code, r, err) = s.backup(&dest);
+    let took = started.elapsed();
+    assert_eq!(code, 1, "{r}\n{err}");
+    assert_eq!(r["status"], "failed", "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot write s3://backups/never/data/"),
+        "{msg}"
+    );
+    assert!(msg.contains("after 6 attempts"), "{msg}");
+    assert!(msg.contains("HTTP 503: SlowDown"), "{msg}");
+    assert!(err.contains("backup failed"), "{err}");
+    assert!(took >= Duration::from_millis(6200), "{took:?}");
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    assert!(s.objects("never", "snapshots").is_empty());
+    assert!(s.objects("never", "data").is_empty());
+    assert!(
+        s.objects("never", "locks").is_empty(),
+        "the lock is released"
+    );
+    s.restic_check("never");
+
+    // The snapshot's upload never heals: packs and index are written, the snapshot is
+    // not, and the next run finds the packs indexed.
+    s.proxy.set_rules(vec![Rule::new(
+        "PUT",
+        "/snapshots/",
+        Fault::Status(500),
+        u64::MAX,
+    )]);
+    let (code, r, _) = s.backup(&dest);
+    assert_eq!(code, 1, "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot write s3://backups/never/snapshots/"),
+        "{msg}"
+    );
+    assert!(s.objects("never", "snapshots").is_empty());
+    assert!(!s.objects("never", "index").is_empty());
+    s.restic_check("never");
+
+    s.proxy.set_rules(Vec::new());
+    let (code, r, err) = s.backup(&dest);
+    assert_eq!(code, 0, "{r}\n{err}");
+    assert!(
+        r["repository"]["packs_written"].as_u64().unwrap() <= 1,
+        "at most the trees: {r}"
+    );
+    assert!(
+        r["repository"]["bytes_uploaded"].as_u64().unwrap() < MIB as u64 / 4,
+        "{r}"
+    );
+    s.restore_equals_source(&dest, "after the faults healed");
+    s.restic_check("never");
+}
+
+/// Spawns a backup through the proxy with its output piped.
+fn spawn_backup(s: &Setup, dest: &str, extra: &[&str], catalog: Option<&Path>) -> Child {
+    let mut args = s.backup_args(dest);
+    args.extend_from_slice(extra);
+    let mut c = s.cmd(&args);
+    if let Some(cat) = catalog {
+        c.env("SNAPRING_CATALOG", cat);
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.spawn().unwrap()
+}
+
+/// Waits until the server has stored `n` packs through the proxy.
+fn wait_for_packs(s: &Setup, n: usize, child: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.proxy.served("PUT", "/data/") < n {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the backup ended before {n} packs were stored"
+        );
+        assert!(Instant::now() < deadline, "no {n} packs in 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The runs in the catalog: (id, status, message).
+fn catalog_runs(catalog: &Path) -> Vec<(String, String, String)> {
+    let c = rusqlite::Connection::open(catalog).unwrap();
+    let mut st = c
+        .prepare("SELECT id, status, message FROM runs ORDER BY started_at")
+        .unwrap();
+    st.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+/// SIGKILL once a pack is stored: restic checks the repository (the pack is in no
+/// index: restic calls that non-critical; the dead process's lock is stale), the next
+/// run completes and restores equal to the source; the killed run's catalog row,
+/// left `running`, is settled `incomplete` by the next run.
+#[test]
+fn sigkill_during_the_upload_leaves_a_checkable_repository() {
+    // Each pack upload slowed, so the kill lands while more are to come.
+    let s = setup(Vec::new());
+    source(&s.src, 32, 3);
+    let dest = s.dest("killed");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.proxy.set_rules(vec![Rule::new(
+        "PUT",
+        "/data/",
+        Fault::Delay(Duration::from_millis(500)),
+        u64::MAX,
+    )]);
+    let catalog = s.t.path().join("state/catalog.db");
+    let mut child = spawn_backup(&s, &dest, &[], Some(&catalog));
+    wait_for_packs(&s, 1, &mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(s.objects("killed", "snapshots").is_empty());
+    assert_eq!(s.objects("killed", "locks").len(), 1, "the dead run's lock");
+    let runs = catalog_runs(&catalog);
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].1, "running", "{runs:?}");
+    // restic's `check` takes an exclusive lock, refused while the dead run's is there
+    // (restic's own killed backups leave the same; `restic unlock` removes it).
+    s.restic_check_with("killed", &["--no-lock"]);
+
+    s.proxy.set_rules(Vec::new());
+    let mut child = spawn_backup(&s, &dest, &[], Some(&catalog));
+    let out = std::mem::take(&mut child.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_reader(out).unwrap();
+    assert!(child.wait().unwrap().success(), "{r}");
+    assert_eq!(r["status"], "complete", "{r}");
+    s.restore_equals_source(&dest, "the run after a SIGKILL");
+    // The next run removed the dead run's lock, and released its own.
+    assert!(s.objects("killed", "locks").is_empty());
+    s.restic_check("killed");
+    let runs = catalog_runs(&catalog);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].1, "incomplete", "the killed run, settled: {runs:?}");
+    assert!(runs[0].2.contains("ended before finishing"), "{runs:?}");
+    assert_eq!(runs[1].1, "complete", "{runs:?}");
+}
+
+/// Stops a run (by `stop`, once `packs` packs are stored), then checks it ended
+/// `incomplete` (exit 3) with its packs indexed and no snapshot, and that the next run
+/// uploads the rest only.
+fn stopped_then_resumed(
+    prefix: &str,
+    extra: &[&str],
+    delay: Duration,
+    min_uploaded: u64,
+    stop: impl FnOnce(&Setup, &mut Child),
+) {
+    let s = setup(Vec::new());
+    source(&s.src, 32, 4);
+    let dest = s.dest(prefix);
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.proxy.set_rules(vec![Rule::new(
+        "PUT",
+        "/data/",
+        Fault::Delay(delay),
+        u64::MAX,
+    )]);
+    let mut child = spawn_backup(&s, &dest, extra, None);
+    stop(&s, &mut child);
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{r}\n{err}");
+    // It stops at a safe point, promptly: the packs in flight and the open ones are
+    // uploaded, then the index.
+    assert!(started.elapsed() < Duration::from_secs(30), "{r}");
+    assert_eq!(r["status"], "incomplete", "{r}");
+    assert!(r["snapshot"].is_null(), "{r}");
+    let k = &r["repository"];
+    let packs = k["packs_written"].as_u64().unwrap();
+    assert!(packs >= 1, "{r}");
+    let first_upload = k["bytes_uploaded"].as_u64().unwrap();
+    assert!(first_upload >= min_uploaded, "{r}");
+    assert!(s.objects(prefix, "snapshots").is_empty());
+    assert_eq!(s.objects(prefix, "index").len(), 1, "its packs indexed");
+    assert!(s.objects(prefix, "locks").is_empty(), "its lock released");
+    s.restic_check(prefix);
+
+    s.proxy.set_rules(Vec::new());
+    let (code, r2, err) = s.backup(&dest);
+    assert_eq!(code, 0, "{r2}\n{err}");
+    let second_upload = r2["repository"]["bytes_uploaded"].as_u64().unwrap();
+    let total = r2["bytes_total"].as_u64().unwrap();
+    // What the first run uploaded is not uploaded again.
+    assert!(
+        second_upload + first_upload <= total + MIB as u64,
+        "second {second_upload} + first {first_upload} > source {total}: {r2}"
+    );
+    assert!(
+        r2["repository"]["dedup_ratio"].as_f64().unwrap() > 0.0,
+        "{r2}"
+    );
+    s.restore_equals_source(&dest, prefix);
+    s.restic_check(prefix);
+}
+
+#[test]
+fn sigterm_stops_the_run_incomplete_and_the_next_reuses_its_packs() {
+    // Once the first full pack (16 MiB) is on its way, held 2 s by the proxy: the
+    // walk has half the source still to read.
+    let delay = Duration::from_secs(2);
+    stopped_then_resumed("term", &[], delay, 15 * MIB as u64, |s, child| {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while s.proxy.count("PUT", "/data/") == 0 {
+            assert!(child.try_wait().unwrap().is_none(), "ended before a pack");
+            assert!(Instant::now() < deadline, "no pack in 120 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    });
+}
+
+#[test]
+fn a_window_stops_the_run_incomplete_and_the_next_reuses_its_packs() {
+    // Each pack's upload held 3 s: the window ends before the run could (on a slow
+    // machine while the big files are still being read); what was packed by then is
+    // uploaded and indexed.
+    let delay = Duration::from_secs(3);
+    stopped_then_resumed(
+        "window",
+        &["--window", "3s"],
+        delay,
+        2 * MIB as u64,
+        |_, _| {},
+    );
+}
+
+/// The run's error names the repository and what was being done, exit 1, well
+/// within the retry bound.
+fn fails_quickly(s: &Setup, endpoint: &str, dest: &str, password: &str, wanted: &[&str]) {
+    let mut args = s.backup_args(dest);
+    args.retain(|a| *a != "--json");
+    let mut c = s.cmd_at(endpoint, &args);
+    c.env("SNAPRING_PASSWORD", password);
+    let started = Instant::now();
+    let out = c.output().unwrap();
+    let took = started.elapsed();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for w in wanted {
+        assert!(err.contains(w), "{w:?} in {err}");
+    }
+    assert!(took < Duration::from_secs(20), "{took:?}: {err}");
+}
+
+#[test]
+fn wrong_password_missing_bucket_and_no_network_fail_quickly() {
+    let s = setup(Vec::new());
+    source(&s.src, 1, 5);
+    let dest = s.dest("p");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let ep = s.proxy.endpoint();
+    fails_quickly(
+        &s,
+        &ep,
+        &dest,
+        "not the password",
+        &[
+            "cannot open the repository: wrong password",
+            "s3://backups/p/keys",
+        ],
+    );
+    fails_quickly(
+        &s,
+        &ep,
+        "s3://no-such-bucket/p",
+        PASSWORD,
+        &[
+            "bucket \"no-such-bucket\" does not exist",
+            "create it first",
+        ],
+    );
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    fails_quickly(
+        &s,
+        &format!("http://127.0.0.1:{port}"),
+        &dest,
+        PASSWORD,
+        &[
+            "cannot read s3://backups/p/config",
+            "after 6 attempts",
+            "Connection refused",
+        ],
+    );
+    // Nothing was written by the failed runs.
+    assert!(s.objects("p", "snapshots").is_empty());
+    assert!(s.objects("p", "locks").is_empty());
+}
