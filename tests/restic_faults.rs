@@ -608,3 +608,46 @@ fn wrong_password_missing_bucket_and_no_network_fail_quickly() {
     assert!(s.objects("p", "snapshots").is_empty());
     assert!(s.objects("p", "locks").is_empty());
 }
+
+/// A run that is alive is not settled: while one run into a repository waits on its
+/// first pack upload (held by the proxy), another run with the same catalog
+/// completes, and the first one's row is still `running`; released, the first
+/// completes.
+#[test]
+fn a_live_run_is_not_settled_by_another() {
+    let s = setup(Vec::new());
+    source(&s.src, 2, 6);
+    let (a, b) = (s.dest("live-a"), s.dest("live-b"));
+    s.sr_ok(&["init", "--dest", &a]);
+    s.sr_ok(&["init", "--dest", &b]);
+    let catalog = s.t.path().join("state/catalog.db");
+    s.proxy
+        .set_rules(vec![Rule::new("PUT", "/live-a/data/", Fault::Hold, 1)]);
+    let mut first = spawn_backup(&s, &a, &[], Some(&catalog));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.proxy.count("PUT", "/live-a/data/") == 0 {
+        assert!(first.try_wait().unwrap().is_none(), "ended before its pack");
+        assert!(Instant::now() < deadline, "no pack in 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut c = s.cmd(&s.backup_args(&b));
+    c.env("SNAPRING_CATALOG", &catalog);
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        first.try_wait().unwrap().is_none(),
+        "the first run is still going"
+    );
+    let runs = catalog_runs(&catalog);
+    assert_eq!(runs.len(), 2, "{runs:?}");
+    assert_eq!(runs[0].1, "running", "the live run is left alone: {runs:?}");
+    assert_eq!(runs[1].1, "complete", "{runs:?}");
+    s.proxy.release();
+    assert!(first.wait().unwrap().success());
+    let runs = catalog_runs(&catalog);
+    assert_eq!(runs[0].1, "complete", "{runs:?}");
+}

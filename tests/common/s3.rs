@@ -1,8 +1,8 @@
 //! A real S3 server and a faulty network in front of it, for the tests on repositories
 //! in S3 (restic_s3, restic_faults): the s3s-fs server on 127.0.0.1 (in-process, a
 //! directory per bucket), with one fix to its listing, and `Proxy`, a plain HTTP/1.1
-//! relay between snapring and that server that, by rule, answers 500/503, delays
-//! replies, or drops the connection mid-request or mid-response, and logs every request
+//! relay between snapring and that server that, by rule, answers 500/503, delays or
+//! holds replies, or drops the connection mid-request or mid-response, and logs every request
 //! it saw. Included with `#[path = "common/s3.rs"]` by the tests that need it (the
 //! others are not built with the server). Does network I/O.
 #![allow(dead_code)]
@@ -115,6 +115,8 @@ pub enum Fault {
     Status(u16),
     /// Waits this long, then forwards the request.
     Delay(Duration),
+    /// Waits until `Proxy::release` (at most 120 s), then forwards the request.
+    Hold,
     /// Reads half the request's body, then closes the connection: the server never
     /// sees the request.
     DropRequest,
@@ -149,7 +151,7 @@ impl Rule {
     }
 }
 
-/// One request the proxy saw.
+/// One request the proxy saw (logged as it arrives).
 #[derive(Clone, Debug)]
 pub struct Seen {
     pub method: String,
@@ -171,6 +173,8 @@ struct ProxyState {
     rules: Mutex<Vec<Rule>>,
     seen: Mutex<Vec<Seen>>,
     stop: AtomicBool,
+    /// Lets held requests (`Fault::Hold`) go.
+    released: AtomicBool,
 }
 
 impl Proxy {
@@ -184,6 +188,7 @@ impl Proxy {
             rules: Mutex::new(rules),
             seen: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
+            released: AtomicBool::new(false),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -225,6 +230,11 @@ impl Proxy {
             .iter()
             .filter(|s| s.method == method && s.path.contains(path) && s.status == Some(200))
             .count()
+    }
+
+    /// Lets the requests held by `Fault::Hold` go on, and those to come.
+    pub fn release(&self) {
+        self.state.released.store(true, Ordering::SeqCst);
     }
 
     /// Replaces the rules (the faults heal, or start).
@@ -305,22 +315,26 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                     rule.fault
                 })
         };
-        let mut seen = Seen {
-            method: req.method.clone(),
-            path: req.path.clone(),
-            fault,
-            status: None,
+        // Logged as it arrives (a held or delayed request is seen at once); the
+        // server's status is filled in when it answers.
+        let at = {
+            let mut seen = st.seen.lock().unwrap();
+            seen.push(Seen {
+                method: req.method.clone(),
+                path: req.path.clone(),
+                fault,
+                status: None,
+            });
+            seen.len() - 1
         };
         if fault == Some(Fault::DropRequest) {
             let mut half = vec![0u8; req.length / 2];
             r.read_exact(&mut half)?;
-            st.seen.lock().unwrap().push(seen);
             return Ok(());
         }
         let mut body = vec![0u8; req.length];
         r.read_exact(&mut body)?;
         if let Some(Fault::Status(code)) = fault {
-            st.seen.lock().unwrap().push(seen);
             let (name, reason) = if code == 503 {
                 ("SlowDown", "Service Unavailable")
             } else {
@@ -337,12 +351,17 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
         if let Some(Fault::Delay(d)) = fault {
             std::thread::sleep(d);
         }
+        if fault == Some(Fault::Hold) {
+            let until = std::time::Instant::now() + Duration::from_secs(120);
+            while !st.released.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
         let answer = forward(st.upstream, &req, &body)?;
-        seen.status = std::str::from_utf8(&answer[..answer.len().min(16)])
+        st.seen.lock().unwrap()[at].status = std::str::from_utf8(&answer[..answer.len().min(16)])
             .ok()
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|c| c.parse().ok());
-        st.seen.lock().unwrap().push(seen);
         if fault == Some(Fault::DropResponse) {
             out.write_all(&answer[..answer.len() / 2])?;
             return Ok(());
