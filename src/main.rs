@@ -66,9 +66,12 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
         Cmd::Restore(a) => restore::restore(a, cat),
         Cmd::List(a) if restic::is_repo(Some(&a.dest)) => restic::list(a),
         Cmd::List(a) => list::list(a),
+        Cmd::Diff(a) if restic::is_repo(Some(&a.dest)) => restic::diff(a),
         Cmd::Diff(a) => inspect::diff(a),
+        Cmd::Verify(a) if restic::is_repo(Some(&a.dest)) => restic::verify(a),
         Cmd::Verify(a) => inspect::verify(a),
         Cmd::History(mut a) => match a.path.take() {
+            Some(path) if restic::is_repo(a.dest.as_deref()) => restic::path_history(&path, a),
             Some(path) => inspect::path_history(&path, a),
             None => catalog::history(a, cat),
         },

@@ -5,7 +5,9 @@
 //! repository (`repo`), and the operations on it: `init`, `backup`, `list`, `restore`,
 //! `forget` (retention, a pure plan with reasons), `prune`, and `copy` (a hard-link
 //! store's snapshot pushed into a repository) (`ops`, `backup`, `restore`, `forget`,
-//! `prune`, `copy`). The repository password comes from `password`.
+//! `prune`, `copy`), and the read-only views `verify` (every blob re-read and re-hashed),
+//! `diff` (two snapshots, by subtree ids) and `history` (one path across snapshots).
+//! The repository password comes from `password`.
 //! docs/format.md, "restic repositories", says how snapring maps its runs onto it.
 
 pub mod backend;
@@ -13,7 +15,9 @@ pub mod backup;
 pub mod chunker;
 pub mod copy;
 pub mod crypto;
+pub mod diff;
 pub mod forget;
+pub mod history;
 pub mod index;
 pub mod lock;
 pub mod ops;
@@ -25,6 +29,7 @@ pub mod restore;
 pub mod s3;
 pub mod snapshot;
 pub mod tree;
+pub mod verify;
 
 use std::fmt;
 use std::path::PathBuf;
