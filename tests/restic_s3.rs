@@ -792,3 +792,58 @@ fn retain_and_prune_on_s3() {
         );
     }
 }
+
+/// `verify` over S3: a clean repository passes; a byte flipped in the bucket's copy of
+/// a pack (the server's file on disk), inside a blob of `big/random`, is caught and
+/// names that file, exit 2.
+#[test]
+fn verify_on_s3_catches_a_flipped_byte_in_a_pack() {
+    if needs_in_process_server("damaging an object on the server's disk") {
+        return;
+    }
+    use snapring::restic::backend::rel_path;
+    use snapring::restic::{Id, backend::Kind, pack::BlobType, repo::Repo, snapshot};
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    source(&src);
+    let dest = format!("s3://{BUCKET}/verify");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.backup(&src, &dest);
+    let out = s.sr_ok(&["verify", "--dest", &dest]);
+    assert!(out.contains(": clean against repository: 24 files"), "{out}");
+
+    // Where big/random's first blob is, by the repository's own index.
+    let repo = Repo::open_in(Arc::new(lib_s3(&s, "verify")), PASSWORD.as_bytes()).unwrap();
+    let (_, snap) = snapshot::find(&repo, "latest").unwrap();
+    let (start, _) = snapshot::source_tree(&repo, &snap).unwrap();
+    let node = |tree: Id, name: &str| {
+        repo.read_tree(&tree)
+            .unwrap()
+            .nodes
+            .into_iter()
+            .find(|n| n.name == name)
+            .unwrap()
+    };
+    let big = node(start, "big").subtree.unwrap();
+    let blob = node(big, "random").content.unwrap()[0];
+    let loc = repo.index.get(BlobType::Data, &blob).unwrap().clone();
+    let file = s
+        .t
+        .path()
+        .join("s3")
+        .join(BUCKET)
+        .join("verify")
+        .join(rel_path(Kind::Pack, &loc.pack));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[(loc.entry.offset + loc.entry.length / 2) as usize] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+
+    let (code, out, err) = s.sr_with(&["verify", "--dest", &dest, "--json"], PASSWORD);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["clean"], false, "{v}");
+    assert_eq!(v[0]["corrupt"], 1, "{v}");
+    assert_eq!(v[0]["damaged"][0]["path"], "big/random", "{v}");
+    let why = v[0]["damaged"][0]["reason"].as_str().unwrap();
+    assert!(why.contains(&loc.pack.hex()) && why.contains("MAC check failed"), "{why}");
+}
