@@ -810,7 +810,10 @@ fn verify_on_s3_catches_a_flipped_byte_in_a_pack() {
     s.sr_ok(&["init", "--dest", &dest]);
     s.backup(&src, &dest);
     let out = s.sr_ok(&["verify", "--dest", &dest]);
-    assert!(out.contains(": clean against repository: 24 files"), "{out}");
+    assert!(
+        out.contains(": clean against repository: 24 files"),
+        "{out}"
+    );
 
     // Where big/random's first blob is, by the repository's own index.
     let repo = Repo::open_in(Arc::new(lib_s3(&s, "verify")), PASSWORD.as_bytes()).unwrap();
@@ -827,13 +830,12 @@ fn verify_on_s3_catches_a_flipped_byte_in_a_pack() {
     let big = node(start, "big").subtree.unwrap();
     let blob = node(big, "random").content.unwrap()[0];
     let loc = repo.index.get(BlobType::Data, &blob).unwrap().clone();
-    let file = s
-        .t
-        .path()
-        .join("s3")
-        .join(BUCKET)
-        .join("verify")
-        .join(rel_path(Kind::Pack, &loc.pack));
+    let file =
+        s.t.path()
+            .join("s3")
+            .join(BUCKET)
+            .join("verify")
+            .join(rel_path(Kind::Pack, &loc.pack));
     let mut bytes = std::fs::read(&file).unwrap();
     bytes[(loc.entry.offset + loc.entry.length / 2) as usize] ^= 1;
     std::fs::write(&file, bytes).unwrap();
@@ -845,5 +847,8 @@ fn verify_on_s3_catches_a_flipped_byte_in_a_pack() {
     assert_eq!(v[0]["corrupt"], 1, "{v}");
     assert_eq!(v[0]["damaged"][0]["path"], "big/random", "{v}");
     let why = v[0]["damaged"][0]["reason"].as_str().unwrap();
-    assert!(why.contains(&loc.pack.hex()) && why.contains("MAC check failed"), "{why}");
+    assert!(
+        why.contains(&loc.pack.hex()) && why.contains("MAC check failed"),
+        "{why}"
+    );
 }

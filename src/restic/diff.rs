@@ -257,3 +257,79 @@ pub fn compare_nodes(x: &Node, y: &Node, dir_times: bool) -> (bool, Vec<String>)
     }
     (content, detail)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(content: &[u8], mode: u32, mtime: &str) -> Node {
+        Node {
+            name: "f".into(),
+            kind: "file".into(),
+            mode,
+            mtime: mtime.into(),
+            size: content.len() as u64,
+            content: Some(vec![Id::hash(content)]),
+            ..Default::default()
+        }
+    }
+
+    const T1: &str = "2026-12-01T10:00:00.5Z";
+
+    #[test]
+    fn nodes_compare_in_the_stores_words() {
+        let a = file(b"one", 0o644, T1);
+        assert_eq!(compare_nodes(&a, &a.clone(), false), (false, vec![]));
+        // The same instant in another zone is the same time.
+        let same_time = file(b"one", 0o644, "2026-12-01T11:00:00.5+01:00");
+        assert_eq!(compare_nodes(&a, &same_time, false), (false, vec![]));
+        let b = file(b"three", 0o600, "2026-12-01T10:00:01Z");
+        let (content, detail) = compare_nodes(&a, &b, false);
+        assert!(content);
+        assert_eq!(
+            detail,
+            [
+                "size 3 -> 5",
+                "content",
+                "mode 644 -> 600",
+                "mtime 2026-12-01T10:00:00.5Z -> 2026-12-01T10:00:01Z"
+            ]
+        );
+        let mut owner = a.clone();
+        owner.uid = 7;
+        assert_eq!(
+            compare_nodes(&a, &owner, false),
+            (false, vec!["owner 0:0 -> 7:0".to_string()])
+        );
+        let mut dir = Node {
+            kind: "dir".into(),
+            mtime: T1.into(),
+            ..Default::default()
+        };
+        let dir2 = Node {
+            mtime: "2026-12-01T10:00:09Z".into(),
+            ..dir.clone()
+        };
+        assert_eq!(compare_nodes(&dir, &dir2, false), (false, vec![]));
+        assert_eq!(compare_nodes(&dir, &dir2, true).1.len(), 1);
+        dir.name = "f".into();
+        dir.mode = 0o644 | 1 << 31;
+        assert_eq!(
+            compare_nodes(&a, &dir, false),
+            (true, vec!["type file -> dir".to_string()])
+        );
+        let link = |t: &[u8]| {
+            let mut n = Node {
+                kind: "symlink".into(),
+                mtime: T1.into(),
+                ..Default::default()
+            };
+            n.set_link_target(t);
+            n
+        };
+        assert_eq!(
+            compare_nodes(&link(b"a"), &link(b"\xffb"), false),
+            (true, vec!["symlink target".to_string()])
+        );
+    }
+}
