@@ -62,8 +62,10 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
         Cmd::Forget(a) => restic::forget(a),
         Cmd::Prune(a) => restic::prune(a),
         Cmd::Copy(a) => restic::copy(a, cat),
-        Cmd::Restore(a) if restic::is_repo(a.dest.as_deref()) => restic::restore(a),
-        Cmd::Restore(a) => restore::restore(a, cat),
+        Cmd::Restore(a) => match restic::restore_source(&a)? {
+            Some((dest, pw)) => restic::restore(a, &dest, pw.as_deref()),
+            None => restore::restore(a, cat),
+        },
         Cmd::List(a) if restic::is_repo(Some(&a.dest)) => restic::list(a),
         Cmd::List(a) => list::list(a),
         Cmd::Diff(a) if restic::is_repo(Some(&a.dest)) => restic::diff(a),

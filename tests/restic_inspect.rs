@@ -3,7 +3,7 @@
 //! clean repository and one `restic backup` wrote (exit 0); `diff` between two real
 //! backups lists what changed in the store's shape, skipping unchanged subtrees unread;
 //! `history PATH` lists one path's versions across snapshots. The S3 case of verify is
-//! in restic_s3.rs.
+//! in restic_s3.rs. Also `restore --config` of a job whose `dest` is a repository.
 
 mod common;
 
@@ -343,4 +343,52 @@ fn history_lists_one_path_across_snapshots() {
         err.contains("no snapshot in") && err.contains("has no/such"),
         "{err}"
     );
+}
+
+/// `restore --config FILE --job J` of a job whose `dest` is a repository restores from
+/// it, with the job's `password_file` (no password in the environment).
+#[test]
+fn restore_from_a_jobs_repository_with_its_password_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("to"),
+    );
+    source(&src);
+    let url = file_url(&repo);
+    sr_ok(&["init", "--dest", &url]);
+    backup(&src, &url);
+    let pw = t.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    let cfg = t.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.offsite]\nsource = \"{}\"\ndest = \"{url}\"\npassword_file = \"{}\"\n",
+            src.display(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let args = [
+        "restore",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--job",
+        "offsite",
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    let out = snapring(
+        &args.map(OsStr::new),
+        &[("SNAPRING_PASSWORD", ""), ("RESTIC_PASSWORD", "")],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_same_tree(&describe(&src), &describe(&to), "restore by the job");
 }

@@ -4,7 +4,7 @@
 //! refused rather than ignored. The password comes from `snapring::restic::password`,
 //! never printed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use snapring::restic::{self, backend, ops, repo::Repo};
@@ -290,11 +290,37 @@ fn components(p: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(parts)
 }
 
-/// `snapring restore --dest file:///PATH SNAPSHOT --to DIR [--path P [--flat]]`.
-pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
+/// Where `snapring restore` restores from when that is a repository: `--dest`, else
+/// (with `--config`) the job's `dest`; with the job's `password_file` unless
+/// `--password-file` is given. `None`: a hard-link store (`cli::restore`).
+pub fn restore_source(a: &RestoreArgs) -> anyhow::Result<Option<(PathBuf, Option<PathBuf>)>> {
+    let job = match &a.config {
+        Some(path) => Some(config::load(path)?.pick(a.job.as_deref())?.1),
+        None => None,
+    };
+    let dest = a
+        .dest
+        .clone()
+        .or_else(|| job.as_ref().and_then(|j| j.dest.clone()));
+    if !is_repo(dest.as_deref()) {
+        return Ok(None);
+    }
+    let password_file = a
+        .password_file
+        .clone()
+        .or_else(|| job.and_then(|j| j.password_file));
+    Ok(dest.map(|d| (d, password_file)))
+}
+
+/// `snapring restore --dest file:///PATH SNAPSHOT --to DIR [--path P [--flat]]`, or
+/// `--config FILE [--job J]` of a job whose `dest` is a repository (`restore_source`).
+/// No run record: a restore from a repository is not a catalog run yet.
+pub fn restore(
+    a: RestoreArgs,
+    dest: &Path,
+    password_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let unsupported = [
-        (a.config.is_some(), "--config"),
-        (a.job.is_some(), "--job"),
         (a.to_is_dedicated, "--to-is-dedicated"),
         (a.overwrite, "--overwrite"),
         (a.mirror, "--mirror"),
@@ -303,8 +329,7 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
         bail!("{flag} is not supported with a restic repository yet");
     }
-    let dest = a.dest.as_deref().context("--dest is required")?;
-    let repo = open(dest, a.password_file.as_deref())?;
+    let repo = open(dest, password_file)?;
     let sub = match &a.path {
         Some(p) => components(p)?,
         None => Vec::new(),
