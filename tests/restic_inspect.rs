@@ -292,13 +292,72 @@ fn diff_between_two_backups_lists_the_changes_and_skips_unchanged_subtrees() {
     assert_eq!(same["differences"], serde_json::json!([]), "{same}");
     assert_eq!(same["trees_read"], 0, "{same}");
 
-    // Refused rather than ignored; one snapshot is not enough.
+    // One snapshot is not enough.
     let (code, _, err) = sr(&["diff", "--dest", &url, "latest"]);
     assert_eq!(code, 1);
-    assert!(err.contains("needs two snapshots"), "{err}");
-    let (code, _, err) = sr(&["diff", "--dest", &url, "latest", "--against", "/tmp"]);
-    assert_eq!(code, 1);
-    assert!(err.contains("--against is not supported"), "{err}");
+    assert!(
+        err.contains("needs a second snapshot or --against DIR"),
+        "{err}"
+    );
+}
+
+#[test]
+fn verify_and_diff_against_the_live_source() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    source(&src);
+    let url = file_url(&repo);
+    sr_ok(&["init", "--dest", &url]);
+    backup(&src, &url);
+    let s = src.to_str().unwrap();
+    let v = sr_json(&["verify", "--dest", &url, "--against", s, "--json"]);
+    assert_eq!(v[0]["clean"], true, "{v}");
+    assert_eq!(v[0]["against"], s, "{v}");
+    assert_eq!(
+        v[0]["totals"]["files_hashed"], 12,
+        "both sides of 6 files: {v}"
+    );
+    let d = sr_json(&["diff", "--dest", &url, "latest", "--against", s, "--json"]);
+    assert_eq!(d["differences"], serde_json::json!([]), "{d}");
+
+    // Same size and mtime, other bytes (only verify sees it); a chmod; one gone; one new.
+    let f0 = src.join("small/f0");
+    let mtime = std::fs::metadata(&f0).unwrap().modified().unwrap();
+    write(&f0, b"SMALL 0\n");
+    std::fs::File::options()
+        .write(true)
+        .open(&f0)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    chmod(&src.join("small/f1"), 0o600);
+    std::fs::remove_file(src.join("small/f2")).unwrap();
+    write(&src.join("small/new"), b"new\n");
+    let (code, out, err) = sr(&["verify", "--dest", &url, "--against", s]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    for want in [
+        " M small/f0  content",
+        " m small/f1  mode 644 -> 600",
+        " - small/f2  size 8",
+        " + small/new  size 4",
+        &format!("DAMAGED against {s}: "),
+        // The directory's mtime too (verify reports directory times, as the store's).
+        " m small  mtime ",
+        "1 corrupt, 1 missing, 1 unexpected, 2 metadata",
+    ] {
+        assert!(out.contains(want), "{want:?} in {out}");
+    }
+    let (code, out, err) = sr(&["diff", "--dest", &url, "latest", "--against", s]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        !out.contains("small/f0"),
+        "same size and mtime: diff does not read: {out}"
+    );
+    assert!(out.contains("m small/f1  mode 644 -> 600"), "{out}");
+    assert!(
+        out.contains(&format!(": 1 added, 1 removed, 0 changed, 1 metadata only")),
+        "{out}"
+    );
 }
 
 #[test]

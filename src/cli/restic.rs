@@ -516,14 +516,16 @@ fn interrupted<T>(r: restic::Result<T>) -> anyhow::Result<Result<T, ExitCode>> {
 /// `snapring verify --dest URL [SNAPSHOT…|--all] [--jobs N]`: every blob re-read and
 /// re-hashed; exit 2 when a snapshot is damaged.
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    if a.against.is_some() {
-        bail!(
-            "--against is not supported with a restic repository yet; `snapring restore` the snapshot and compare the trees"
-        );
-    }
     let repo = open(&a.dest, a.password_file.as_deref())?;
     let cancel = super::cancel_on_signal();
-    let r = restic::verify::verify(&repo, &a.snapshots, a.all, a.jobs.unwrap_or(0), &cancel);
+    let r = restic::verify::verify(
+        &repo,
+        &a.snapshots,
+        a.all,
+        a.against.as_deref(),
+        a.jobs.unwrap_or(0),
+        &cancel,
+    );
     let v = match interrupted(r)? {
         Ok(v) => v,
         Err(code) => return Ok(code),
@@ -532,6 +534,10 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         print::json(&v)?;
     } else {
         for x in &v {
+            if a.against.is_some() {
+                print_against(x);
+                continue;
+            }
             for d in &x.damaged {
                 outln!("{} ! {}  {}", x.snapshot, d.path, d.reason);
             }
@@ -554,22 +560,54 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::clean_or_partial(v.iter().all(|x| x.clean)))
 }
 
-/// `snapring diff --dest URL A B`: exit 2 when a tree could not be read.
-pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
-    if a.against.is_some() {
-        bail!("--against is not supported with a restic repository yet; give two snapshots");
-    }
-    if a.jobs.is_some() {
-        bail!("--jobs is not supported by diff with a restic repository (it reads trees only)");
-    }
-    let Some(to) = a.to.as_deref() else {
-        bail!(
-            "diff of a restic repository needs two snapshots: A B (`latest`, ids or id prefixes)"
+/// A snapshot verified against a live tree, in the store's verify shape.
+fn print_against(x: &restic::verify::RepoVerified) {
+    for d in &x.differences {
+        outln!(
+            "{} {} {}  {}",
+            x.snapshot,
+            d.change.sign(),
+            d.path,
+            d.detail.join(", ")
         );
-    };
+    }
+    for (p, e) in &x.problems {
+        outln!("{} ? {}  unreadable: {e}", x.snapshot, p);
+    }
+    outln!(
+        "{}: {} against {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
+        x.snapshot,
+        if x.clean { "clean" } else { "DAMAGED" },
+        x.against,
+        x.totals.files_hashed,
+        human(x.totals.bytes_hashed),
+        x.corrupt,
+        x.missing,
+        x.unexpected,
+        x.metadata
+    );
+}
+
+/// `snapring diff --dest URL A B|--against DIR`: exit 2 when something could not be
+/// read.
+pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
+    if a.to.is_some() && a.jobs.is_some() {
+        bail!(
+            "--jobs is not supported by diff between two repository snapshots (it reads trees only)"
+        );
+    }
     let repo = open(&a.dest, a.password_file.as_deref())?;
     let cancel = super::cancel_on_signal();
-    let r = match interrupted(restic::diff::diff(&repo, &a.from, to, &cancel))? {
+    let r = match (a.to.as_deref(), a.against.as_deref()) {
+        (Some(to), None) => restic::diff::diff(&repo, &a.from, to, &cancel),
+        (None, Some(dir)) => {
+            restic::diff::diff_against(&repo, &a.from, dir, a.jobs.unwrap_or(0), &cancel)
+        }
+        _ => bail!(
+            "diff needs a second snapshot or --against DIR (not both); snapshots are `latest`, ids or id prefixes"
+        ),
+    };
+    let r = match interrupted(r)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };

@@ -7,16 +7,18 @@
 //! comparison of two nodes, which `history` uses too. Reads tree blobs only.
 
 use std::collections::HashSet;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
+use super::reader::RepoReader;
 use super::repo::Repo;
 use super::snapshot;
 use super::tree::{Node, unix_perm};
 use super::verify::{Visit, walk};
 use super::{Error, Id, Result};
-use crate::compare::{Change, Difference, Totals};
+use crate::compare::{self, Change, Difference, Totals};
 use crate::relpath::{RelPath, valid_name};
 
 /// `diff`'s report: the store's `DiffReport` fields, plus the snapshots' full ids and
@@ -68,6 +70,62 @@ pub fn diff(repo: &Repo, old: &str, new: &str, cancel: &AtomicBool) -> Result<Re
         n(Change::Metadata),
     );
     Ok(d.r)
+}
+
+/// Compares snapshot `old` with the live directory `dir` through the store's `compare`
+/// walk (`jobs` calls in flight): by type, size, mtime, mode, owner, target, xattrs;
+/// a file of equal size whose mtime differs has its bytes hashed on both sides (the
+/// repository's blobs read and checked).
+pub fn diff_against(
+    repo: &Repo,
+    old: &str,
+    dir: &Path,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<RepoDiff> {
+    let (ia, sa) = snapshot::find(repo, old)?;
+    let (ta, _) = snapshot::source_tree(repo, &sa)?;
+    let o = compare_live(repo, ta, dir, false, jobs, cancel)?;
+    let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
+    Ok(RepoDiff {
+        from: ia.hex()[..8].to_string(),
+        to: dir.display().to_string(),
+        from_id: ia.hex(),
+        to_id: String::new(),
+        added: n(Change::Added),
+        removed: n(Change::Removed),
+        content_changed: n(Change::Content),
+        metadata_changed: n(Change::Metadata),
+        differences: o.differences,
+        totals: o.totals,
+        problems: o.problems,
+        trees_read: 0,
+        subtrees_skipped: 0,
+    })
+}
+
+/// The store's `compare` of the snapshot tree `root` (side a) with the live directory
+/// `dir` (side b); `checksum`: hash every file on both sides (verify).
+pub(crate) fn compare_live(
+    repo: &Repo,
+    root: Id,
+    dir: &Path,
+    checksum: bool,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<compare::Outcome> {
+    let fd = crate::fsx::open_dir(dir).map_err(super::io_err("open", dir))?;
+    let live = crate::snapshot::TreeReader::tree(crate::fsx::b(&fd));
+    let opts = compare::Options {
+        checksum,
+        dir_times: checksum,
+        jobs: crate::concurrency::resolve(jobs, &[dir]),
+    };
+    let o = compare::compare(&RepoReader::new(repo, root), &live, &opts, cancel);
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    Ok(o)
 }
 
 struct Differ<'a> {

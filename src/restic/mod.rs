@@ -6,7 +6,8 @@
 //! `forget` (retention, a pure plan with reasons), `prune`, and `copy` (a hard-link
 //! store's snapshot pushed into a repository) (`ops`, `backup`, `restore`, `forget`,
 //! `prune`, `copy`), and the read-only views `verify` (every blob re-read and re-hashed),
-//! `diff` (two snapshots, by subtree ids) and `history` (one path across snapshots).
+//! `diff` (two snapshots, by subtree ids) and `history` (one path across snapshots);
+//! `reader` lets the store's `compare` walk read a snapshot (`--against DIR`).
 //! The repository password comes from `password`.
 //! docs/format.md, "restic repositories", says how snapring maps its runs onto it.
 
@@ -24,6 +25,7 @@ pub mod ops;
 pub mod pack;
 pub mod password;
 pub mod prune;
+pub mod reader;
 pub mod repo;
 pub mod restore;
 pub mod s3;

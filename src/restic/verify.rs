@@ -54,17 +54,30 @@ pub struct RepoVerified {
     pub data_blobs_read: u64,
     pub data_bytes_read: u64,
     /// Damaged files (a data blob does not check), and damaged directories (a tree blob).
+    /// With `--against`: files whose bytes differ from the live tree's.
     pub corrupt: u64,
     pub damaged_dirs: u64,
     pub damaged: Vec<Damaged>,
+    /// With `--against DIR` only (the store's verify fields): entries of the snapshot
+    /// not in DIR, entries of DIR not in the snapshot, metadata differences, every
+    /// difference, and what could not be read (a damaged blob among them).
+    pub missing: u64,
+    pub unexpected: u64,
+    pub metadata: u64,
+    pub differences: Vec<crate::compare::Difference>,
+    pub totals: crate::compare::Totals,
+    pub problems: Vec<(String, String)>,
 }
 
 /// Snapshots (`latest`, ids or id prefixes; none: `latest`; `all`: every one, oldest
-/// first) verified one after another; `jobs` packs read at once (0: 4).
+/// first) verified one after another; `jobs` packs read at once (0: 4). With `against`,
+/// each is compared instead with that live tree through the store's `compare` walk,
+/// every file hashed on both sides (the repository's blobs read and checked).
 pub fn verify(
     repo: &Repo,
     which: &[String],
     all: bool,
+    against: Option<&std::path::Path>,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<Vec<RepoVerified>> {
@@ -78,6 +91,12 @@ pub fn verify(
             .map(|w| snapshot::find(repo, w))
             .collect::<Result<_>>()?
     };
+    if let Some(dir) = against {
+        return targets
+            .iter()
+            .map(|(id, snap)| one_against(repo, *id, snap, dir, jobs, cancel))
+            .collect();
+    }
     let jobs = if jobs == 0 { 4 } else { jobs };
     // Every data blob checked so far: `None` good, `Some(why)` damaged.
     let mut verdicts: HashMap<Id, Option<String>> = HashMap::new();
@@ -86,6 +105,38 @@ pub fn verify(
         out.push(one(repo, id, &snap, &mut verdicts, jobs, cancel)?);
     }
     Ok(out)
+}
+
+fn one_against(
+    repo: &Repo,
+    id: Id,
+    snap: &Snapshot,
+    dir: &std::path::Path,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<RepoVerified> {
+    use crate::compare::Change;
+    let (root, _) = snapshot::source_tree(repo, snap)?;
+    let o = super::diff::compare_live(repo, root, dir, true, jobs, cancel)?;
+    let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
+    Ok(RepoVerified {
+        snapshot: id.hex()[..8].to_string(),
+        id: id.hex(),
+        time: snap.time.clone(),
+        label: snap.tag("label").map(str::to_string),
+        against: dir.display().to_string(),
+        clean: o.differences.is_empty() && o.problems.is_empty(),
+        corrupt: n(Change::Content),
+        missing: n(Change::Removed),
+        unexpected: n(Change::Added),
+        metadata: n(Change::Metadata),
+        files: o.totals.files_hashed,
+        bytes: o.totals.bytes_hashed,
+        differences: o.differences,
+        totals: o.totals,
+        problems: o.problems,
+        ..Default::default()
+    })
 }
 
 fn one(
