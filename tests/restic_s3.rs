@@ -518,10 +518,164 @@ fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
         "{err}"
     );
 
-    let (code, err) = run(s.endpoint(), false);
-    assert_eq!(code, Some(1), "{err}");
+    // No keys, and no instance metadata (a closed port stands for 169.254.169.254 off
+    // EC2, so an EC2 test machine's own role does not count).
+    let mut c = Command::new(bin());
+    c.args(["list", "--dest", "s3://backups/p"]);
+    for (k, v) in s.env() {
+        c.env(k, v);
+    }
+    let out = c
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no S3 credentials"), "{err}");
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+    assert!(
+        err.contains(&format!("no instance role at http://127.0.0.1:{port}")),
+        "{err}"
+    );
+    // Off entirely: said so.
+    let (code, err) = {
+        let mut c = Command::new(bin());
+        c.args(["list", "--dest", "s3://backups/p"]);
+        for (k, v) in s.env() {
+            c.env(k, v);
+        }
+        let out = c
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_CATALOG", "off")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("AWS_EC2_METADATA_DISABLED"), "{err}");
+}
+
+/// A stand-in for the EC2 instance metadata service (IMDSv2) on 127.0.0.1: a token for
+/// a PUT, then the role's name and its keys for GETs that carry the token; keys that
+/// expire `valid` from now. Counts the tokens handed out.
+fn fake_imds(valid: chrono::TimeDelta) -> (u16, Arc<AtomicU64>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let tokens = Arc::new(AtomicU64::new(0));
+    let count = tokens.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            r.read_line(&mut first).unwrap();
+            let mut token_ok = false;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                    break;
+                }
+                token_ok |= h.to_lowercase() == "x-aws-ec2-metadata-token: t0k3n\r\n";
+            }
+            let path = first.split(' ').nth(1).unwrap_or("");
+            let creds = "/latest/meta-data/iam/security-credentials/";
+            let (status, body) = if first.starts_with("PUT /latest/api/token ") {
+                count.fetch_add(1, Ordering::SeqCst);
+                ("200 OK", "t0k3n".to_string())
+            } else if !token_ok {
+                ("401 Unauthorized", String::new())
+            } else if path == creds {
+                ("200 OK", "backup-role\n".to_string())
+            } else if path == format!("{creds}backup-role") {
+                let expires = (chrono::Utc::now() + valid).to_rfc3339();
+                (
+                    "200 OK",
+                    format!(
+                        "{{\"Code\":\"Success\",\"AccessKeyId\":\"{ACCESS_KEY}\",\"SecretAccessKey\":\"{SECRET_KEY}\",\"Token\":\"session\",\"Expiration\":\"{expires}\"}}"
+                    ),
+                )
+            } else {
+                ("404 Not Found", String::new())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, tokens)
+}
+
+/// No keys in the environment or a credentials file: the instance role's, from the
+/// instance metadata, sign the requests; keys about to expire are renewed before
+/// requests (here every time, as they expire within the renewal margin).
+#[test]
+fn credentials_from_the_instance_metadata_are_used_and_renewed() {
+    if needs_in_process_server("the test's keys behind a stand-in instance metadata") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    write(&src.join("f"), b"from an instance role\n");
+    let run = |imds: u16, args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args);
+        for (k, v) in s.env() {
+            c.env(k, v);
+        }
+        let out = c
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_CATALOG", "off")
+            .env(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                format!("http://127.0.0.1:{imds}"),
+            )
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        text
+    };
+    let dest = format!("s3://{BUCKET}/imds");
+    let (fresh, tokens) = fake_imds(chrono::TimeDelta::hours(6));
+    run(fresh, &["init", "--dest", &dest]);
+    assert_eq!(
+        tokens.load(Ordering::SeqCst),
+        1,
+        "fetched once, not renewed"
+    );
+    let (expiring, renewed) = fake_imds(chrono::TimeDelta::minutes(1));
+    run(
+        expiring,
+        &["backup", "--source", src.to_str().unwrap(), "--dest", &dest],
+    );
+    assert!(
+        renewed.load(Ordering::SeqCst) >= 3,
+        "renewed before requests"
+    );
+    let out = run(fresh, &["list", "--dest", &dest]);
+    assert_eq!(out.lines().count(), 2, "{out}");
 }
 
 /// Server-side encryption on every upload, the storage class on packs only; the

@@ -14,7 +14,10 @@
 //! (default `https://s3.REGION.amazonaws.com`), `AWS_REGION` / `AWS_DEFAULT_REGION`
 //! (default `us-east-1`), `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
 //! `AWS_SESSION_TOKEN`, else the `AWS_PROFILE` (or `default`) section of
-//! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`). Path-style addressing
+//! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`), else the EC2 instance role's
+//! from the instance metadata (IMDSv2 at `AWS_EC2_METADATA_SERVICE_ENDPOINT`, default
+//! `http://169.254.169.254`; off with `AWS_EC2_METADATA_DISABLED=true`), renewed before
+//! they expire. Path-style addressing
 //! (`ENDPOINT/BUCKET/KEY`) is used with a custom endpoint, virtual-hosted style
 //! (`BUCKET.ENDPOINT/KEY`) with AWS's; `SNAPRING_S3_PATH_STYLE=true|false` overrides.
 //! `SNAPRING_S3_SSE` (`AES256` or `aws:kms`, with `SNAPRING_S3_SSE_KMS_KEY_ID`) asks for
@@ -52,9 +55,22 @@ pub struct S3 {
     prefix: String,
     region: String,
     path_style: bool,
-    creds: Credentials,
+    /// The credentials requests are signed with now; refreshed from the instance
+    /// metadata before they expire when they came from there.
+    creds: std::sync::Mutex<Held>,
     pub options: PutOptions,
 }
+
+/// Credentials in use, and where to renew them.
+struct Held {
+    creds: Credentials,
+    /// Instance-metadata credentials: the endpoint and when they expire.
+    imds: Option<(String, chrono::DateTime<chrono::Utc>)>,
+}
+
+/// Instance-metadata credentials are renewed this long before they expire (AWS makes
+/// new ones available at least 5 minutes before).
+const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// What uploads ask of the server besides storing the bytes.
 #[derive(Clone, Debug, Default)]
@@ -168,8 +184,9 @@ impl S3 {
             None => custom.is_some() || bucket.contains('.'),
         };
         let endpoint = custom.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        let creds = credentials()?;
+        let (creds, imds) = credentials()?;
         let mut s3 = S3::new(&endpoint, bucket, prefix, &region, path_style, creds)?;
+        s3.creds.get_mut().unwrap_or_else(|e| e.into_inner()).imds = imds;
         s3.options = PutOptions::from_env()?;
         Ok(s3)
     }
@@ -201,9 +218,28 @@ impl S3 {
             prefix: prefix.trim_matches('/').to_string(),
             region: region.to_string(),
             path_style,
-            creds,
+            creds: std::sync::Mutex::new(Held { creds, imds: None }),
             options: PutOptions::default(),
         })
+    }
+
+    /// The credentials to sign with now: instance-metadata ones renewed first when they
+    /// expire within [`RENEW_BEFORE`] (a failed renewal keeps the old ones while they
+    /// last, so the request's own error says what went wrong).
+    fn current_creds(&self) -> Credentials {
+        let mut h = self.creds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((endpoint, expires)) = h.imds.clone()
+            && expires - chrono::Utc::now() < RENEW_BEFORE
+        {
+            match imds_credentials(&endpoint) {
+                Ok((c, e)) => {
+                    h.creds = c;
+                    h.imds = Some((endpoint, e));
+                }
+                Err(e) => tracing::warn!("cannot renew the instance-metadata credentials: {e}"),
+            }
+        }
+        h.creds.clone()
     }
 
     /// The object key of a path relative to the repository's root.
@@ -252,7 +288,7 @@ impl S3 {
                 amz_date: &now,
                 region: &self.region,
             },
-            &self.creds,
+            &self.current_creds(),
         );
         let scheme = self.endpoint.split_once("://").expect("checked in new").0;
         let mut url = format!("{scheme}://{host}{path}");
@@ -527,16 +563,23 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Credentials from the environment, else from the shared credentials file.
-fn credentials() -> Result<Credentials> {
+/// Instance-metadata credentials: their endpoint and expiry.
+type FromImds = Option<(String, chrono::DateTime<chrono::Utc>)>;
+
+/// Credentials from the environment, else from the shared credentials file, else from
+/// the EC2 instance metadata (IMDSv2: the instance role's, with their expiry).
+fn credentials() -> Result<(Credentials, FromImds)> {
     if let (Some(access_key), Some(secret_key)) =
         (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
     {
-        return Ok(Credentials {
-            access_key,
-            secret_key,
-            session_token: env("AWS_SESSION_TOKEN"),
-        });
+        return Ok((
+            Credentials {
+                access_key,
+                secret_key,
+                session_token: env("AWS_SESSION_TOKEN"),
+            },
+            None,
+        ));
     }
     let file = env("AWS_SHARED_CREDENTIALS_FILE")
         .map(std::path::PathBuf::from)
@@ -546,14 +589,84 @@ fn credentials() -> Result<Credentials> {
         .as_deref()
         .and_then(|f| profile_credentials(f, &profile))
     {
-        return Ok(c);
+        return Ok((c, None));
     }
+    let imds = match env("AWS_EC2_METADATA_DISABLED").as_deref() {
+        Some(v) if v.eq_ignore_ascii_case("true") => {
+            "the instance metadata is off (AWS_EC2_METADATA_DISABLED)".to_string()
+        }
+        _ => {
+            let endpoint = env("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+                .unwrap_or_else(|| "http://169.254.169.254".into());
+            let endpoint = endpoint.trim_end_matches('/').to_string();
+            match imds_credentials(&endpoint) {
+                Ok((c, expires)) => return Ok((c, Some((endpoint, expires)))),
+                Err(e) => format!("no instance role at {endpoint}: {e}"),
+            }
+        }
+    };
     Err(Error::Other(format!(
         "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put them \
-         in the [{profile}] section of {}",
+         in the [{profile}] section of {}, or run on EC2 with an instance role ({imds})",
         file.map(|f| f.display().to_string())
             .unwrap_or_else(|| "~/.aws/credentials".into())
     )))
+}
+
+/// The instance role's credentials from the EC2 instance metadata at `endpoint`
+/// (IMDSv2: a session token first, then the role's name, then its keys), with their
+/// expiry. Short timeouts: off EC2 nothing answers.
+fn imds_credentials(
+    endpoint: &str,
+) -> std::result::Result<(Credentials, chrono::DateTime<chrono::Utc>), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let fail = |what: &str, e: &dyn std::error::Error| format!("{what}: {}", chain(e));
+    let token = client
+        .put(format!("{endpoint}/latest/api/token"))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.text())
+        .map_err(|e| fail("token", &e))?;
+    let base = format!("{endpoint}/latest/meta-data/iam/security-credentials/");
+    let get = |url: &str| {
+        client
+            .get(url)
+            .header("X-aws-ec2-metadata-token", &token)
+            .send()
+            .and_then(|r| r.error_for_status())
+    };
+    let roles = get(&base)
+        .and_then(|r| r.text())
+        .map_err(|e| fail("role", &e))?;
+    let Some(role) = roles.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return Err("the instance has no role".into());
+    };
+    let doc: serde_json::Value = get(&format!("{base}{role}"))
+        .and_then(|r| r.json())
+        .map_err(|e| fail("credentials", &e))?;
+    let field = |k: &str| {
+        doc[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("role {role}: no {k} in the answer"))
+    };
+    let expires = chrono::DateTime::parse_from_rfc3339(&field("Expiration")?)
+        .map_err(|e| format!("role {role}: Expiration: {e}"))?
+        .with_timezone(&chrono::Utc);
+    Ok((
+        Credentials {
+            access_key: field("AccessKeyId")?,
+            secret_key: field("SecretAccessKey")?,
+            session_token: field("Token").ok(),
+        },
+        expires,
+    ))
 }
 
 /// The keys of one `[profile]` section of an AWS credentials file (INI).
