@@ -355,7 +355,7 @@ fn verify_and_diff_against_the_live_source() {
     );
     assert!(out.contains("m small/f1  mode 644 -> 600"), "{out}");
     assert!(
-        out.contains(&format!(": 1 added, 1 removed, 0 changed, 1 metadata only")),
+        out.contains(": 1 added, 1 removed, 0 changed, 1 metadata only"),
         "{out}"
     );
 }
