@@ -274,8 +274,9 @@ impl Setup {
             ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
             ("SNAPRING_S3_PATH_STYLE".into(), "true".into()),
-            // No credentials file of the machine's user.
+            // No credentials or config file of the machine's user.
             ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
         ];
         env.extend(self.extra_env.iter().cloned());
         env
@@ -1005,4 +1006,55 @@ fn verify_on_s3_catches_a_flipped_byte_in_a_pack() {
         why.contains(&loc.pack.hex()) && why.contains("MAC check failed"),
         "{why}"
     );
+}
+
+/// No S3 variables but `AWS_PROFILE` and `AWS_CONFIG_FILE`: the profile's
+/// `[profile NAME]` section in the config file gives the endpoint (so path-style), the
+/// region and the keys, as AWS's tools read it.
+#[test]
+fn endpoint_region_and_keys_from_the_config_files_profile() {
+    let s = setup(NONE);
+    let cfg = s.t.path().join("aws-config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[default]\nregion = eu-north-1\n\n[profile backup]\nregion = us-east-1\nendpoint_url = {}\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n",
+            s.endpoint()
+        ),
+    )
+    .unwrap();
+    let src = s.t.path().join("src");
+    write(&src.join("f"), b"configured by profile\n");
+    let dest = format!("s3://{BUCKET}/profile");
+    let run = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args);
+        for (k, v) in s.env() {
+            c.env(k, v);
+        }
+        let out = c
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_CATALOG", "off")
+            .env("AWS_PROFILE", "backup")
+            .env("AWS_CONFIG_FILE", &cfg)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_REGION")
+            .env_remove("SNAPRING_S3_PATH_STYLE")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        text
+    };
+    run(&["init", "--dest", &dest]);
+    run(&["backup", "--source", src.to_str().unwrap(), "--dest", &dest]);
+    let out = run(&["list", "--dest", &dest]);
+    assert_eq!(out.lines().count(), 2, "{out}");
 }

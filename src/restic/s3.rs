@@ -14,7 +14,9 @@
 //! (default `https://s3.REGION.amazonaws.com`), `AWS_REGION` / `AWS_DEFAULT_REGION`
 //! (default `us-east-1`), `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
 //! `AWS_SESSION_TOKEN`, else the `AWS_PROFILE` (or `default`) section of
-//! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`), else the EC2 instance role's
+//! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`), else the profile's keys in
+//! `~/.aws/config` (`AWS_CONFIG_FILE`; its `region` and `endpoint_url` are read there
+//! too, after the variables), else the EC2 instance role's
 //! from the instance metadata (IMDSv2 at `AWS_EC2_METADATA_SERVICE_ENDPOINT`, default
 //! `http://169.254.169.254`; off with `AWS_EC2_METADATA_DISABLED=true`), renewed before
 //! they expire. Path-style addressing
@@ -169,10 +171,12 @@ impl S3 {
                 "--dest {url:?}: expected s3://BUCKET/PREFIX"
             )));
         }
+        let profile = config_profile();
         let region = env("AWS_REGION")
             .or_else(|| env("AWS_DEFAULT_REGION"))
+            .or_else(|| profile.get("region").cloned())
             .unwrap_or_else(|| "us-east-1".into());
-        let custom = env("AWS_ENDPOINT_URL");
+        let custom = env("AWS_ENDPOINT_URL").or_else(|| profile.get("endpoint_url").cloned());
         let path_style = match env("SNAPRING_S3_PATH_STYLE").as_deref() {
             Some("1" | "true" | "yes") => true,
             Some("0" | "false" | "no") => false,
@@ -184,7 +188,7 @@ impl S3 {
             None => custom.is_some() || bucket.contains('.'),
         };
         let endpoint = custom.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        let (creds, imds) = credentials()?;
+        let (creds, imds) = credentials(&profile)?;
         let mut s3 = S3::new(&endpoint, bucket, prefix, &region, path_style, creds)?;
         s3.creds.get_mut().unwrap_or_else(|e| e.into_inner()).imds = imds;
         s3.options = PutOptions::from_env()?;
@@ -566,9 +570,58 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Instance-metadata credentials: their endpoint and expiry.
 type FromImds = Option<(String, chrono::DateTime<chrono::Utc>)>;
 
+/// The `AWS_PROFILE` (or default) profile's settings in the shared config file
+/// (`AWS_CONFIG_FILE`, else `~/.aws/config`): its `[default]` or `[profile NAME]`
+/// section; empty when there is none.
+fn config_profile() -> std::collections::HashMap<String, String> {
+    let file = env("AWS_CONFIG_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| env("HOME").map(|h| std::path::Path::new(&h).join(".aws/config")));
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    let section = match profile.as_str() {
+        "default" => profile,
+        p => format!("profile {p}"),
+    };
+    file.and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|text| ini_section(&text, &section))
+        .unwrap_or_default()
+}
+
+/// The `key = value` pairs of section `[name]` of an INI text (AWS's files), keys in
+/// lower case.
+fn ini_section(text: &str, name: &str) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(n) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = n.split_whitespace().collect::<Vec<_>>().join(" ") == name;
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=').filter(|_| inside) {
+            out.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    out
+}
+
+/// Keys in an INI section, if it has both.
+fn keys_in(s: &std::collections::HashMap<String, String>) -> Option<Credentials> {
+    Some(Credentials {
+        access_key: s.get("aws_access_key_id")?.clone(),
+        secret_key: s.get("aws_secret_access_key")?.clone(),
+        session_token: s.get("aws_session_token").cloned(),
+    })
+}
+
 /// Credentials from the environment, else from the shared credentials file, else from
-/// the EC2 instance metadata (IMDSv2: the instance role's, with their expiry).
-fn credentials() -> Result<(Credentials, FromImds)> {
+/// the profile in the shared config file (`profile`), else from the EC2 instance
+/// metadata (IMDSv2: the instance role's, with their expiry).
+fn credentials(
+    profile_config: &std::collections::HashMap<String, String>,
+) -> Result<(Credentials, FromImds)> {
     if let (Some(access_key), Some(secret_key)) =
         (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
     {
@@ -589,6 +642,9 @@ fn credentials() -> Result<(Credentials, FromImds)> {
         .as_deref()
         .and_then(|f| profile_credentials(f, &profile))
     {
+        return Ok((c, None));
+    }
+    if let Some(c) = keys_in(profile_config) {
         return Ok((c, None));
     }
     let imds = match env("AWS_EC2_METADATA_DISABLED").as_deref() {
@@ -671,30 +727,7 @@ fn imds_credentials(
 
 /// The keys of one `[profile]` section of an AWS credentials file (INI).
 fn profile_credentials(file: &std::path::Path, profile: &str) -> Option<Credentials> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let mut in_section = false;
-    let (mut ak, mut sk, mut token) = (None, None, None);
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            in_section = name.trim() == profile;
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=').filter(|_| in_section) else {
-            continue;
-        };
-        let v = Some(v.trim().to_string());
-        match k.trim() {
-            "aws_access_key_id" => ak = v,
-            "aws_secret_access_key" => sk = v,
-            "aws_session_token" => token = v,
-            _ => {}
-        }
-    }
-    Some(Credentials {
-        access_key: ak?,
-        secret_key: sk?,
-        session_token: token,
-    })
+    keys_in(&ini_section(&std::fs::read_to_string(file).ok()?, profile))
 }
 
 /// What SigV4 signs.
@@ -906,5 +939,16 @@ mod tests {
         let c = profile_credentials(&f, "default").unwrap();
         assert_eq!((c.access_key.as_str(), c.secret_key.as_str()), ("AK", "SK"));
         assert!(profile_credentials(&f, "other").is_none());
+    }
+
+    #[test]
+    fn config_file_sections_are_read() {
+        let text = "# comment\n[default]\nregion = eu-west-1\n[profile  ci]\nRegion=us-west-2\nendpoint_url = http://127.0.0.1:9000\n[ci]\nregion = no\n";
+        assert_eq!(ini_section(text, "default")["region"], "eu-west-1");
+        let ci = ini_section(text, "profile ci");
+        assert_eq!(ci["region"], "us-west-2");
+        assert_eq!(ci["endpoint_url"], "http://127.0.0.1:9000");
+        assert!(keys_in(&ci).is_none());
+        assert!(ini_section(text, "profile other").is_empty());
     }
 }
