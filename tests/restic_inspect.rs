@@ -65,7 +65,7 @@ fn flip_middle_byte(p: &Path) {
 }
 
 /// A source whose only big file is `big/random` (3 MiB, several chunks): the largest
-/// pack holds its blobs and almost nothing else.
+/// pack holds its blobs and almost nothing else. Also an empty file.
 fn source(src: &Path) {
     write(&src.join("big/random"), &pseudo_random(3 << 20, 1));
     for i in 0..5 {
@@ -76,6 +76,7 @@ fn source(src: &Path) {
     }
     std::os::unix::fs::symlink("../small/f1", src.join("big/link")).unwrap();
     std::fs::create_dir_all(src.join("empty")).unwrap();
+    write(&src.join("zero"), b"");
 }
 
 #[test]
@@ -94,7 +95,7 @@ fn verify_passes_a_clean_repository_and_names_the_file_a_flipped_byte_damaged() 
     assert_eq!(v.len(), 2, "{v:?}");
     for x in v {
         assert_eq!(x["clean"], true, "{x}");
-        assert_eq!(x["files"], 6, "{x}");
+        assert_eq!(x["files"], 7, "{x}");
         assert_eq!(x["bytes"], (3 << 20) + 5 * 8, "{x}");
         assert!(x["data_blobs"].as_u64().unwrap() >= 4, "{x}");
         assert!(x["tree_blobs"].as_u64().unwrap() >= 4, "{x}");
@@ -108,7 +109,7 @@ fn verify_passes_a_clean_repository_and_names_the_file_a_flipped_byte_damaged() 
     let out = sr_ok(&["verify", "--dest", &url]);
     let short = &second["snapshot"].as_str().unwrap()[..8];
     assert!(
-        out.starts_with(&format!("{short}: clean against repository: 6 files")),
+        out.starts_with(&format!("{short}: clean against repository: 7 files")),
         "{out}"
     );
 
@@ -206,7 +207,7 @@ fn verify_passes_a_repository_restic_wrote() {
     let v = sr_json(&["verify", "--dest", &file_url(&repo), "--json"]);
     let x = &v[0];
     assert_eq!(x["clean"], true, "{x}");
-    assert_eq!(x["files"], 6, "{x}");
+    assert_eq!(x["files"], 7, "{x}");
     assert!(x["data_bytes_read"].as_u64().unwrap() >= 3 << 20, "{x}");
     // And a byte flipped in restic's pack is caught the same way.
     flip_middle_byte(&largest_file(&repo.join("data")));
@@ -314,8 +315,8 @@ fn verify_and_diff_against_the_live_source() {
     assert_eq!(v[0]["clean"], true, "{v}");
     assert_eq!(v[0]["against"], s, "{v}");
     assert_eq!(
-        v[0]["totals"]["files_hashed"], 12,
-        "both sides of 6 files: {v}"
+        v[0]["totals"]["files_hashed"], 14,
+        "both sides of 7 files: {v}"
     );
     let d = sr_json(&["diff", "--dest", &url, "latest", "--against", s, "--json"]);
     assert_eq!(d["differences"], serde_json::json!([]), "{d}");

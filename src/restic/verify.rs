@@ -42,7 +42,8 @@ pub struct RepoVerified {
     /// What the snapshot was checked against: `repository` (its own blob ids).
     pub against: String,
     pub clean: bool,
-    /// Regular files in the snapshot, and their bytes.
+    /// Regular files in the snapshot, and their bytes (these and the blob counts are
+    /// 0 with `--against`, whose counts are in `totals`).
     pub files: u64,
     pub bytes: u64,
     pub dirs: u64,
@@ -130,8 +131,6 @@ fn one_against(
         missing: n(Change::Removed),
         unexpected: n(Change::Added),
         metadata: n(Change::Metadata),
-        files: o.totals.files_hashed,
-        bytes: o.totals.bytes_hashed,
         differences: o.differences,
         totals: o.totals,
         problems: o.problems,
@@ -180,10 +179,11 @@ fn one(
         cancel,
         &mut |ev| match ev {
             Visit::Node(_, n) => match (n.kind.as_str(), &n.content) {
-                ("file", Some(content)) => {
+                // An empty file's content may be `null`.
+                ("file", content) => {
                     v.files += 1;
                     v.bytes += n.size;
-                    blobs.extend(content.iter().copied());
+                    blobs.extend(content.iter().flatten().copied());
                 }
                 ("dir", _) => v.dirs += 1,
                 _ => {}
