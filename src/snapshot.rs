@@ -1,9 +1,8 @@
 //! Reading a snapshot directory by directory: the one seam through which restore, diff
 //! and verify read a snapshot, or a live tree. [`SnapshotReader`] names the operations;
 //! [`TreeReader`] implements them for a tree on disk: a hard-link store's snapshot (its
-//! directory, plus its manifest when it has one) or a live directory. It is the only
-//! implementation so far; a reader of a restic repository or of a shard fits the same
-//! trait. Reads only.
+//! directory, plus its manifest when it has one) or a live directory; `restic::reader`
+//! implements them for a snapshot of a restic repository. Reads only.
 //!
 //! A directory is opened by name relative to its parent's open directory, never by a
 //! path from the root: depth is unlimited (no PATH_MAX), no symlink is followed, and

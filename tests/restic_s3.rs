@@ -230,8 +230,9 @@ impl Setup {
             ("AWS_ACCESS_KEY_ID".into(), ACCESS_KEY.into()),
             ("AWS_SECRET_ACCESS_KEY".into(), SECRET_KEY.into()),
             ("SNAPRING_S3_PATH_STYLE".into(), "true".into()),
-            // No credentials file of the machine's user.
+            // No credentials or config file of the machine's user.
             ("AWS_SHARED_CREDENTIALS_FILE".into(), "/nonexistent".into()),
+            ("AWS_CONFIG_FILE".into(), "/nonexistent".into()),
         ];
         env.extend(self.extra_env.iter().cloned());
         env
@@ -474,10 +475,164 @@ fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
         "{err}"
     );
 
-    let (code, err) = run(s.endpoint(), false);
-    assert_eq!(code, Some(1), "{err}");
+    // No keys, and no instance metadata (a closed port stands for 169.254.169.254 off
+    // EC2, so an EC2 test machine's own role does not count).
+    let mut c = Command::new(bin());
+    c.args(["list", "--dest", "s3://backups/p"]);
+    for (k, v) in s.env() {
+        c.env(k, v);
+    }
+    let out = c
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env(
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+            format!("http://127.0.0.1:{port}"),
+        )
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("no S3 credentials"), "{err}");
     assert!(err.contains("AWS_ACCESS_KEY_ID"), "{err}");
+    assert!(
+        err.contains(&format!("no instance role at http://127.0.0.1:{port}")),
+        "{err}"
+    );
+    // Off entirely: said so.
+    let (code, err) = {
+        let mut c = Command::new(bin());
+        c.args(["list", "--dest", "s3://backups/p"]);
+        for (k, v) in s.env() {
+            c.env(k, v);
+        }
+        let out = c
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_CATALOG", "off")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("AWS_EC2_METADATA_DISABLED"), "{err}");
+}
+
+/// A stand-in for the EC2 instance metadata service (IMDSv2) on 127.0.0.1: a token for
+/// a PUT, then the role's name and its keys for GETs that carry the token; keys that
+/// expire `valid` from now. Counts the tokens handed out.
+fn fake_imds(valid: chrono::TimeDelta) -> (u16, Arc<AtomicU64>) {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let tokens = Arc::new(AtomicU64::new(0));
+    let count = tokens.clone();
+    std::thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            let mut first = String::new();
+            r.read_line(&mut first).unwrap();
+            let mut token_ok = false;
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
+                    break;
+                }
+                token_ok |= h.to_lowercase() == "x-aws-ec2-metadata-token: t0k3n\r\n";
+            }
+            let path = first.split(' ').nth(1).unwrap_or("");
+            let creds = "/latest/meta-data/iam/security-credentials/";
+            let (status, body) = if first.starts_with("PUT /latest/api/token ") {
+                count.fetch_add(1, Ordering::SeqCst);
+                ("200 OK", "t0k3n".to_string())
+            } else if !token_ok {
+                ("401 Unauthorized", String::new())
+            } else if path == creds {
+                ("200 OK", "backup-role\n".to_string())
+            } else if path == format!("{creds}backup-role") {
+                let expires = (chrono::Utc::now() + valid).to_rfc3339();
+                (
+                    "200 OK",
+                    format!(
+                        "{{\"Code\":\"Success\",\"AccessKeyId\":\"{ACCESS_KEY}\",\"SecretAccessKey\":\"{SECRET_KEY}\",\"Token\":\"session\",\"Expiration\":\"{expires}\"}}"
+                    ),
+                )
+            } else {
+                ("404 Not Found", String::new())
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, tokens)
+}
+
+/// No keys in the environment or a credentials file: the instance role's, from the
+/// instance metadata, sign the requests; keys about to expire are renewed before
+/// requests (here every time, as they expire within the renewal margin).
+#[test]
+fn credentials_from_the_instance_metadata_are_used_and_renewed() {
+    if needs_in_process_server("the test's keys behind a stand-in instance metadata") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    write(&src.join("f"), b"from an instance role\n");
+    let run = |imds: u16, args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args);
+        for (k, v) in s.env() {
+            c.env(k, v);
+        }
+        let out = c
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_CATALOG", "off")
+            .env(
+                "AWS_EC2_METADATA_SERVICE_ENDPOINT",
+                format!("http://127.0.0.1:{imds}"),
+            )
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        text
+    };
+    let dest = format!("s3://{BUCKET}/imds");
+    let (fresh, tokens) = fake_imds(chrono::TimeDelta::hours(6));
+    run(fresh, &["init", "--dest", &dest]);
+    assert_eq!(
+        tokens.load(Ordering::SeqCst),
+        1,
+        "fetched once, not renewed"
+    );
+    let (expiring, renewed) = fake_imds(chrono::TimeDelta::minutes(1));
+    run(
+        expiring,
+        &["backup", "--source", src.to_str().unwrap(), "--dest", &dest],
+    );
+    assert!(
+        renewed.load(Ordering::SeqCst) >= 3,
+        "renewed before requests"
+    );
+    let out = run(fresh, &["list", "--dest", &dest]);
+    assert_eq!(out.lines().count(), 2, "{out}");
 }
 
 /// Server-side encryption on every upload, the storage class on packs only; the
@@ -747,4 +902,115 @@ fn retain_and_prune_on_s3() {
             &["check".as_ref(), "--read-data".as_ref()],
         );
     }
+}
+
+/// `verify` over S3: a clean repository passes; a byte flipped in the bucket's copy of
+/// a pack (the server's file on disk), inside a blob of `big/random`, is caught and
+/// names that file, exit 2.
+#[test]
+fn verify_on_s3_catches_a_flipped_byte_in_a_pack() {
+    if needs_in_process_server("damaging an object on the server's disk") {
+        return;
+    }
+    use snapring::restic::backend::rel_path;
+    use snapring::restic::{Id, backend::Kind, pack::BlobType, repo::Repo, snapshot};
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    source(&src);
+    let dest = format!("s3://{BUCKET}/verify");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.backup(&src, &dest);
+    let out = s.sr_ok(&["verify", "--dest", &dest]);
+    assert!(
+        out.contains(": clean against repository: 24 files"),
+        "{out}"
+    );
+
+    // Where big/random's first blob is, by the repository's own index.
+    let repo = Repo::open_in(Arc::new(lib_s3(&s, "verify")), PASSWORD.as_bytes()).unwrap();
+    let (_, snap) = snapshot::find(&repo, "latest").unwrap();
+    let (start, _) = snapshot::source_tree(&repo, &snap).unwrap();
+    let node = |tree: Id, name: &str| {
+        repo.read_tree(&tree)
+            .unwrap()
+            .nodes
+            .into_iter()
+            .find(|n| n.name == name)
+            .unwrap()
+    };
+    let big = node(start, "big").subtree.unwrap();
+    let blob = node(big, "random").content.unwrap()[0];
+    let loc = repo.index.get(BlobType::Data, &blob).unwrap().clone();
+    let file =
+        s.t.path()
+            .join("s3")
+            .join(BUCKET)
+            .join("verify")
+            .join(rel_path(Kind::Pack, &loc.pack));
+    let mut bytes = std::fs::read(&file).unwrap();
+    bytes[(loc.entry.offset + loc.entry.length / 2) as usize] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+
+    let (code, out, err) = s.sr_with(&["verify", "--dest", &dest, "--json"], PASSWORD);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["clean"], false, "{v}");
+    assert_eq!(v[0]["corrupt"], 1, "{v}");
+    assert_eq!(v[0]["damaged"][0]["path"], "big/random", "{v}");
+    let why = v[0]["damaged"][0]["reason"].as_str().unwrap();
+    assert!(
+        why.contains(&loc.pack.hex()) && why.contains("MAC check failed"),
+        "{why}"
+    );
+}
+
+/// No S3 variables but `AWS_PROFILE` and `AWS_CONFIG_FILE`: the profile's
+/// `[profile NAME]` section in the config file gives the endpoint (so path-style), the
+/// region and the keys, as AWS's tools read it.
+#[test]
+fn endpoint_region_and_keys_from_the_config_files_profile() {
+    let s = setup(NONE);
+    let cfg = s.t.path().join("aws-config");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[default]\nregion = eu-north-1\n\n[profile backup]\nregion = us-east-1\nendpoint_url = {}\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n",
+            s.endpoint()
+        ),
+    )
+    .unwrap();
+    let src = s.t.path().join("src");
+    write(&src.join("f"), b"configured by profile\n");
+    let dest = format!("s3://{BUCKET}/profile");
+    let run = |args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args);
+        for (k, v) in s.env() {
+            c.env(k, v);
+        }
+        let out = c
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_CATALOG", "off")
+            .env("AWS_PROFILE", "backup")
+            .env("AWS_CONFIG_FILE", &cfg)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_REGION")
+            .env_remove("SNAPRING_S3_PATH_STYLE")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "{args:?}: {text}");
+        text
+    };
+    run(&["init", "--dest", &dest]);
+    run(&["backup", "--source", src.to_str().unwrap(), "--dest", &dest]);
+    let out = run(&["list", "--dest", &dest]);
+    assert_eq!(out.lines().count(), 2, "{out}");
 }

@@ -365,10 +365,11 @@ pub struct RestoreArgs {
 
 #[derive(Args)]
 pub struct DiffArgs {
-    /// The store: <dest>/<folder>.
+    /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub dest: PathBuf,
-    /// The older snapshot: name (daily.3), run id, `latest` or @TIME.
+    /// The older snapshot: name (daily.3), run id, `latest` or @TIME (in a repository:
+    /// `latest`, an id or a unique id prefix).
     pub from: String,
     /// The newer snapshot.
     pub to: Option<String>,
@@ -380,11 +381,17 @@ pub struct DiffArgs {
     pub jobs: Option<usize>,
     #[arg(long)]
     pub json: bool,
+    /// The repository password's file, for a restic repository (--dest file:// or s3://)
+    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
+    /// RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct VerifyArgs {
-    /// The store: <dest>/<folder>.
+    /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX
+    /// (every blob the snapshots use is re-read and re-hashed).
     #[arg(long)]
     pub dest: PathBuf,
     /// Snapshots to verify [default: the newest].
@@ -400,14 +407,21 @@ pub struct VerifyArgs {
     pub jobs: Option<usize>,
     #[arg(long)]
     pub json: bool,
+    /// The repository password's file, for a restic repository (--dest file:// or s3://)
+    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
+    /// RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
 pub struct HistoryArgs {
-    /// The store: <dest>/<folder> (filters runs; required with PATH).
+    /// The store: <dest>/<folder> (filters runs; required with PATH), or with PATH a
+    /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub dest: Option<PathBuf>,
-    /// Path relative to the snapshot root: list its versions across snapshots.
+    /// Path relative to the snapshot root (in a repository: to the snapshot's source):
+    /// list its versions across snapshots.
     pub path: Option<PathBuf>,
     /// Only runs of this job.
     #[arg(long)]
@@ -420,6 +434,11 @@ pub struct HistoryArgs {
     pub since: Option<String>,
     #[arg(long)]
     pub json: bool,
+    /// The repository password's file, for a restic repository (--dest file:// or s3://)
+    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
+    /// RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args)]

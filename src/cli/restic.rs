@@ -1,10 +1,10 @@
 //! The commands on a restic repository (`--dest file:///PATH` or `s3://BUCKET/PREFIX`):
-//! `init`, `backup` (with `--retain`), `list`, `restore`, `forget`, `prune`, and `copy`
-//! from a hard-link store. Flags a restic repository does not take yet are
+//! `init`, `backup` (with `--retain`), `list`, `restore`, `forget`, `prune`, `copy`
+//! from a hard-link store, and the read-only `verify`, `diff` and `history PATH`. Flags a restic repository does not take yet are
 //! refused rather than ignored. The password comes from `snapring::restic::password`,
 //! never printed.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use snapring::restic::{self, backend, ops, repo::Repo};
@@ -12,7 +12,10 @@ use snapring::restic::{self, backend, ops, repo::Repo};
 use snapring::config;
 use snapring::report::{RunReport, Status};
 
-use super::args::{BackupArgs, CopyArgs, ForgetArgs, InitArgs, ListArgs, PruneArgs, RestoreArgs};
+use super::args::{
+    BackupArgs, CopyArgs, DiffArgs, ForgetArgs, HistoryArgs, InitArgs, ListArgs, PruneArgs,
+    RestoreArgs, VerifyArgs,
+};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
 use super::print::{self, human, outln};
@@ -297,11 +300,37 @@ fn components(p: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     Ok(parts)
 }
 
-/// `snapring restore --dest file:///PATH SNAPSHOT --to DIR [--path P [--flat]]`.
-pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
+/// Where `snapring restore` restores from when that is a repository: `--dest`, else
+/// (with `--config`) the job's `dest`; with the job's `password_file` unless
+/// `--password-file` is given. `None`: a hard-link store (`cli::restore`).
+pub fn restore_source(a: &RestoreArgs) -> anyhow::Result<Option<(PathBuf, Option<PathBuf>)>> {
+    let job = match &a.config {
+        Some(path) => Some(config::load(path)?.pick(a.job.as_deref())?.1),
+        None => None,
+    };
+    let dest = a
+        .dest
+        .clone()
+        .or_else(|| job.as_ref().and_then(|j| j.dest.clone()));
+    if !is_repo(dest.as_deref()) {
+        return Ok(None);
+    }
+    let password_file = a
+        .password_file
+        .clone()
+        .or_else(|| job.and_then(|j| j.password_file));
+    Ok(dest.map(|d| (d, password_file)))
+}
+
+/// `snapring restore --dest file:///PATH SNAPSHOT --to DIR [--path P [--flat]]`, or
+/// `--config FILE [--job J]` of a job whose `dest` is a repository (`restore_source`).
+/// No run record: a restore from a repository is not a catalog run yet.
+pub fn restore(
+    a: RestoreArgs,
+    dest: &Path,
+    password_file: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
     let unsupported = [
-        (a.config.is_some(), "--config"),
-        (a.job.is_some(), "--job"),
         (a.to_is_dedicated, "--to-is-dedicated"),
         (a.overwrite, "--overwrite"),
         (a.mirror, "--mirror"),
@@ -310,8 +339,7 @@ pub fn restore(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
         bail!("{flag} is not supported with a restic repository yet");
     }
-    let dest = a.dest.as_deref().context("--dest is required")?;
-    let repo = open(dest, a.password_file.as_deref())?;
+    let repo = open(dest, password_file)?;
     let sub = match &a.path {
         Some(p) => components(p)?,
         None => Vec::new(),
@@ -482,4 +510,178 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         None => print_run(&r),
     }
     Ok(ExitCode::from(r.status))
+}
+
+/// An interrupted read-only command exits 3 (`incomplete`), as an interrupted run does.
+fn interrupted<T>(r: restic::Result<T>) -> anyhow::Result<Result<T, ExitCode>> {
+    match r {
+        Ok(x) => Ok(Ok(x)),
+        Err(restic::Error::Cancelled) => {
+            print::errln!("snapring: interrupted; nothing was written");
+            Ok(Err(ExitCode::Incomplete))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// `snapring verify --dest URL [SNAPSHOT…|--all] [--jobs N]`: every blob re-read and
+/// re-hashed; exit 2 when a snapshot is damaged.
+pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let repo = open(&a.dest, a.password_file.as_deref())?;
+    let cancel = super::cancel_on_signal();
+    let r = restic::verify::verify(
+        &repo,
+        &a.snapshots,
+        a.all,
+        a.against.as_deref(),
+        a.jobs.unwrap_or(0),
+        &cancel,
+    );
+    let v = match interrupted(r)? {
+        Ok(v) => v,
+        Err(code) => return Ok(code),
+    };
+    if a.json {
+        print::json(&v)?;
+    } else {
+        for x in &v {
+            if a.against.is_some() {
+                print_against(x);
+                continue;
+            }
+            for d in &x.damaged {
+                outln!("{} ! {}  {}", x.snapshot, d.path, d.reason);
+            }
+            outln!(
+                "{}: {} against repository: {} files ({}), {} dirs; {} data blobs ({} read now, {}), {} tree blobs; {} damaged files, {} damaged directories",
+                x.snapshot,
+                if x.clean { "clean" } else { "DAMAGED" },
+                x.files,
+                human(x.bytes),
+                x.dirs,
+                x.data_blobs,
+                x.data_blobs_read,
+                human(x.data_bytes_read),
+                x.tree_blobs,
+                x.corrupt,
+                x.damaged_dirs
+            );
+        }
+    }
+    Ok(ExitCode::clean_or_partial(v.iter().all(|x| x.clean)))
+}
+
+/// A snapshot verified against a live tree, in the store's verify shape.
+fn print_against(x: &restic::verify::RepoVerified) {
+    for d in &x.differences {
+        outln!(
+            "{} {} {}  {}",
+            x.snapshot,
+            d.change.sign(),
+            d.path,
+            d.detail.join(", ")
+        );
+    }
+    for (p, e) in &x.problems {
+        outln!("{} ? {}  unreadable: {e}", x.snapshot, p);
+    }
+    outln!(
+        "{}: {} against {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
+        x.snapshot,
+        if x.clean { "clean" } else { "DAMAGED" },
+        x.against,
+        x.totals.files_hashed,
+        human(x.totals.bytes_hashed),
+        x.corrupt,
+        x.missing,
+        x.unexpected,
+        x.metadata
+    );
+}
+
+/// `snapring diff --dest URL A B|--against DIR`: exit 2 when something could not be
+/// read.
+pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
+    if a.to.is_some() && a.jobs.is_some() {
+        bail!(
+            "--jobs is not supported by diff between two repository snapshots (it reads trees only)"
+        );
+    }
+    let repo = open(&a.dest, a.password_file.as_deref())?;
+    let cancel = super::cancel_on_signal();
+    let r = match (a.to.as_deref(), a.against.as_deref()) {
+        (Some(to), None) => restic::diff::diff(&repo, &a.from, to, &cancel),
+        (None, Some(dir)) => {
+            restic::diff::diff_against(&repo, &a.from, dir, a.jobs.unwrap_or(0), &cancel)
+        }
+        _ => bail!(
+            "diff needs a second snapshot or --against DIR (not both); snapshots are `latest`, ids or id prefixes"
+        ),
+    };
+    let r = match interrupted(r)? {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    if a.json {
+        print::json(&r)?;
+    } else {
+        for d in &r.differences {
+            outln!("{} {}  {}", d.change.sign(), d.path, d.detail.join(", "));
+        }
+        for (p, e) in &r.problems {
+            print::errln!("snapring: cannot read {p}: {e}");
+        }
+        outln!(
+            "{} -> {}: {} added, {} removed, {} changed, {} metadata only",
+            r.from,
+            r.to,
+            r.added,
+            r.removed,
+            r.content_changed,
+            r.metadata_changed
+        );
+    }
+    Ok(ExitCode::clean_or_partial(r.problems.is_empty()))
+}
+
+/// `snapring history --dest URL PATH`: one line per snapshot, newest first (the other
+/// flags filter catalog runs and do not apply, as with a store).
+pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
+    let dest = a.dest.as_deref().context("--dest is required")?;
+    let rel = snapring::restore::parse_path(path).map_err(anyhow::Error::msg)?;
+    if rel.is_root() {
+        bail!("history needs a path inside the snapshot (for example users/alice/.profile)");
+    }
+    let repo = open(dest, a.password_file.as_deref())?;
+    let versions = restic::history::history(&repo, &rel)?;
+    if a.json {
+        print::json(&versions)?;
+        return Ok(ExitCode::Complete);
+    }
+    outln!(
+        "{:<10} {:<32} {:<9} {:<10} {:>10} {:<16} MTIME",
+        "SNAPSHOT",
+        "TAKEN",
+        "CHANGE",
+        "KIND",
+        "SIZE",
+        "HASH"
+    );
+    let dash = || "-".to_string();
+    for x in &versions {
+        outln!(
+            "{:<10} {:<32} {:<9} {:<10} {:>10} {:<16} {}",
+            x.snapshot,
+            x.taken_at,
+            x.change,
+            x.kind,
+            x.size.map(|s| s.to_string()).unwrap_or_else(dash),
+            x.hash
+                .as_ref()
+                .map(|h| h[..16].to_string())
+                .unwrap_or_else(dash),
+            x.mtime.clone().unwrap_or_else(dash)
+        );
+    }
+    Ok(ExitCode::Complete)
 }

@@ -5,7 +5,10 @@
 //! repository (`repo`), and the operations on it: `init`, `backup`, `list`, `restore`,
 //! `forget` (retention, a pure plan with reasons), `prune`, and `copy` (a hard-link
 //! store's snapshot pushed into a repository) (`ops`, `backup`, `restore`, `forget`,
-//! `prune`, `copy`). The repository password comes from `password`.
+//! `prune`, `copy`), and the read-only views `verify` (every blob re-read and re-hashed),
+//! `diff` (two snapshots, by subtree ids) and `history` (one path across snapshots);
+//! `reader` lets the store's `compare` walk read a snapshot (`--against DIR`).
+//! The repository password comes from `password`.
 //! docs/format.md, "restic repositories", says how snapring maps its runs onto it.
 
 pub mod backend;
@@ -13,18 +16,22 @@ pub mod backup;
 pub mod chunker;
 pub mod copy;
 pub mod crypto;
+pub mod diff;
 pub mod forget;
+pub mod history;
 pub mod index;
 pub mod lock;
 pub mod ops;
 pub mod pack;
 pub mod password;
 pub mod prune;
+pub mod reader;
 pub mod repo;
 pub mod restore;
 pub mod s3;
 pub mod snapshot;
 pub mod tree;
+pub mod verify;
 
 use std::fmt;
 use std::path::PathBuf;

@@ -149,6 +149,11 @@ impl Repo {
         open_blob(&self.key, &sealed, e)
     }
 
+    /// A tree blob, checked against its id and parsed.
+    pub fn read_tree(&self, id: &Id) -> Result<super::tree::Tree> {
+        super::tree::Tree::from_blob(&self.read_blob(BlobType::Tree, id)?, id)
+    }
+
     pub fn tables(&self) -> Tables {
         Tables::new(self.pol)
     }

@@ -57,17 +57,7 @@ pub fn restore(
     let (id, snap) = snapshot::find(repo, name)?;
     // The source directory's own node, when the snapshot is of one path: its tree is
     // what is restored, and its metadata goes onto `to`.
-    let top = match snap.paths.as_slice() {
-        [one] => {
-            let comps: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
-            match comps.is_empty() {
-                true => None,
-                false => super::backup::dir_node(repo, snap.tree, &comps)?,
-            }
-        }
-        _ => None,
-    };
-    let start = top.as_ref().and_then(|n| n.subtree).unwrap_or(snap.tree);
+    let (start, top) = snapshot::source_tree(repo, &snap)?;
     prepare_target(to)?;
     let mut r = Restorer {
         repo,

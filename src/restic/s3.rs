@@ -14,7 +14,12 @@
 //! (default `https://s3.REGION.amazonaws.com`), `AWS_REGION` / `AWS_DEFAULT_REGION`
 //! (default `us-east-1`), `AWS_ACCESS_KEY_ID` / `AWS_SECRET_ACCESS_KEY` /
 //! `AWS_SESSION_TOKEN`, else the `AWS_PROFILE` (or `default`) section of
-//! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`). Path-style addressing
+//! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`), else the profile's keys in
+//! `~/.aws/config` (`AWS_CONFIG_FILE`; its `region` and `endpoint_url` are read there
+//! too, after the variables), else the EC2 instance role's
+//! from the instance metadata (IMDSv2 at `AWS_EC2_METADATA_SERVICE_ENDPOINT`, default
+//! `http://169.254.169.254`; off with `AWS_EC2_METADATA_DISABLED=true`), renewed before
+//! they expire. Path-style addressing
 //! (`ENDPOINT/BUCKET/KEY`) is used with a custom endpoint, virtual-hosted style
 //! (`BUCKET.ENDPOINT/KEY`) with AWS's; `SNAPRING_S3_PATH_STYLE=true|false` overrides.
 //! `SNAPRING_S3_SSE` (`AES256` or `aws:kms`, with `SNAPRING_S3_SSE_KMS_KEY_ID`) asks for
@@ -52,9 +57,22 @@ pub struct S3 {
     prefix: String,
     region: String,
     path_style: bool,
-    creds: Credentials,
+    /// The credentials requests are signed with now; refreshed from the instance
+    /// metadata before they expire when they came from there.
+    creds: std::sync::Mutex<Held>,
     pub options: PutOptions,
 }
+
+/// Credentials in use, and where to renew them.
+struct Held {
+    creds: Credentials,
+    /// Instance-metadata credentials: the endpoint and when they expire.
+    imds: Option<(String, chrono::DateTime<chrono::Utc>)>,
+}
+
+/// Instance-metadata credentials are renewed this long before they expire (AWS makes
+/// new ones available at least 5 minutes before).
+const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
 /// What uploads ask of the server besides storing the bytes.
 #[derive(Clone, Debug, Default)]
@@ -153,10 +171,12 @@ impl S3 {
                 "--dest {url:?}: expected s3://BUCKET/PREFIX"
             )));
         }
+        let profile = config_profile();
         let region = env("AWS_REGION")
             .or_else(|| env("AWS_DEFAULT_REGION"))
+            .or_else(|| profile.get("region").cloned())
             .unwrap_or_else(|| "us-east-1".into());
-        let custom = env("AWS_ENDPOINT_URL");
+        let custom = env("AWS_ENDPOINT_URL").or_else(|| profile.get("endpoint_url").cloned());
         let path_style = match env("SNAPRING_S3_PATH_STYLE").as_deref() {
             Some("1" | "true" | "yes") => true,
             Some("0" | "false" | "no") => false,
@@ -168,8 +188,9 @@ impl S3 {
             None => custom.is_some() || bucket.contains('.'),
         };
         let endpoint = custom.unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
-        let creds = credentials()?;
+        let (creds, imds) = credentials(&profile)?;
         let mut s3 = S3::new(&endpoint, bucket, prefix, &region, path_style, creds)?;
+        s3.creds.get_mut().unwrap_or_else(|e| e.into_inner()).imds = imds;
         s3.options = PutOptions::from_env()?;
         Ok(s3)
     }
@@ -201,9 +222,28 @@ impl S3 {
             prefix: prefix.trim_matches('/').to_string(),
             region: region.to_string(),
             path_style,
-            creds,
+            creds: std::sync::Mutex::new(Held { creds, imds: None }),
             options: PutOptions::default(),
         })
+    }
+
+    /// The credentials to sign with now: instance-metadata ones renewed first when they
+    /// expire within [`RENEW_BEFORE`] (a failed renewal keeps the old ones while they
+    /// last, so the request's own error says what went wrong).
+    fn current_creds(&self) -> Credentials {
+        let mut h = self.creds.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((endpoint, expires)) = h.imds.clone()
+            && expires - chrono::Utc::now() < RENEW_BEFORE
+        {
+            match imds_credentials(&endpoint) {
+                Ok((c, e)) => {
+                    h.creds = c;
+                    h.imds = Some((endpoint, e));
+                }
+                Err(e) => tracing::warn!("cannot renew the instance-metadata credentials: {e}"),
+            }
+        }
+        h.creds.clone()
     }
 
     /// The object key of a path relative to the repository's root.
@@ -252,7 +292,7 @@ impl S3 {
                 amz_date: &now,
                 region: &self.region,
             },
-            &self.creds,
+            &self.current_creds(),
         );
         let scheme = self.endpoint.split_once("://").expect("checked in new").0;
         let mut url = format!("{scheme}://{host}{path}");
@@ -527,16 +567,72 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Credentials from the environment, else from the shared credentials file.
-fn credentials() -> Result<Credentials> {
+/// Instance-metadata credentials: their endpoint and expiry.
+type FromImds = Option<(String, chrono::DateTime<chrono::Utc>)>;
+
+/// The `AWS_PROFILE` (or default) profile's settings in the shared config file
+/// (`AWS_CONFIG_FILE`, else `~/.aws/config`): its `[default]` or `[profile NAME]`
+/// section; empty when there is none.
+fn config_profile() -> std::collections::HashMap<String, String> {
+    let file = env("AWS_CONFIG_FILE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| env("HOME").map(|h| std::path::Path::new(&h).join(".aws/config")));
+    let profile = env("AWS_PROFILE").unwrap_or_else(|| "default".into());
+    let section = match profile.as_str() {
+        "default" => profile,
+        p => format!("profile {p}"),
+    };
+    file.and_then(|f| std::fs::read_to_string(f).ok())
+        .map(|text| ini_section(&text, &section))
+        .unwrap_or_default()
+}
+
+/// The `key = value` pairs of section `[name]` of an INI text (AWS's files), keys in
+/// lower case.
+fn ini_section(text: &str, name: &str) -> std::collections::HashMap<String, String> {
+    let mut out = std::collections::HashMap::new();
+    let mut inside = false;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(n) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            inside = n.split_whitespace().collect::<Vec<_>>().join(" ") == name;
+            continue;
+        }
+        if let Some((k, v)) = line.split_once('=').filter(|_| inside) {
+            out.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    out
+}
+
+/// Keys in an INI section, if it has both.
+fn keys_in(s: &std::collections::HashMap<String, String>) -> Option<Credentials> {
+    Some(Credentials {
+        access_key: s.get("aws_access_key_id")?.clone(),
+        secret_key: s.get("aws_secret_access_key")?.clone(),
+        session_token: s.get("aws_session_token").cloned(),
+    })
+}
+
+/// Credentials from the environment, else from the shared credentials file, else from
+/// the profile in the shared config file (`profile`), else from the EC2 instance
+/// metadata (IMDSv2: the instance role's, with their expiry).
+fn credentials(
+    profile_config: &std::collections::HashMap<String, String>,
+) -> Result<(Credentials, FromImds)> {
     if let (Some(access_key), Some(secret_key)) =
         (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY"))
     {
-        return Ok(Credentials {
-            access_key,
-            secret_key,
-            session_token: env("AWS_SESSION_TOKEN"),
-        });
+        return Ok((
+            Credentials {
+                access_key,
+                secret_key,
+                session_token: env("AWS_SESSION_TOKEN"),
+            },
+            None,
+        ));
     }
     let file = env("AWS_SHARED_CREDENTIALS_FILE")
         .map(std::path::PathBuf::from)
@@ -546,42 +642,92 @@ fn credentials() -> Result<Credentials> {
         .as_deref()
         .and_then(|f| profile_credentials(f, &profile))
     {
-        return Ok(c);
+        return Ok((c, None));
     }
+    if let Some(c) = keys_in(profile_config) {
+        return Ok((c, None));
+    }
+    let imds = match env("AWS_EC2_METADATA_DISABLED").as_deref() {
+        Some(v) if v.eq_ignore_ascii_case("true") => {
+            "the instance metadata is off (AWS_EC2_METADATA_DISABLED)".to_string()
+        }
+        _ => {
+            let endpoint = env("AWS_EC2_METADATA_SERVICE_ENDPOINT")
+                .unwrap_or_else(|| "http://169.254.169.254".into());
+            let endpoint = endpoint.trim_end_matches('/').to_string();
+            match imds_credentials(&endpoint) {
+                Ok((c, expires)) => return Ok((c, Some((endpoint, expires)))),
+                Err(e) => format!("no instance role at {endpoint}: {e}"),
+            }
+        }
+    };
     Err(Error::Other(format!(
         "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put them \
-         in the [{profile}] section of {}",
+         in the [{profile}] section of {}, or run on EC2 with an instance role ({imds})",
         file.map(|f| f.display().to_string())
             .unwrap_or_else(|| "~/.aws/credentials".into())
     )))
 }
 
+/// The instance role's credentials from the EC2 instance metadata at `endpoint`
+/// (IMDSv2: a session token first, then the role's name, then its keys), with their
+/// expiry. Short timeouts: off EC2 nothing answers.
+fn imds_credentials(
+    endpoint: &str,
+) -> std::result::Result<(Credentials, chrono::DateTime<chrono::Utc>), String> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let fail = |what: &str, e: &dyn std::error::Error| format!("{what}: {}", chain(e));
+    let token = client
+        .put(format!("{endpoint}/latest/api/token"))
+        .header("X-aws-ec2-metadata-token-ttl-seconds", "21600")
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.text())
+        .map_err(|e| fail("token", &e))?;
+    let base = format!("{endpoint}/latest/meta-data/iam/security-credentials/");
+    let get = |url: &str| {
+        client
+            .get(url)
+            .header("X-aws-ec2-metadata-token", &token)
+            .send()
+            .and_then(|r| r.error_for_status())
+    };
+    let roles = get(&base)
+        .and_then(|r| r.text())
+        .map_err(|e| fail("role", &e))?;
+    let Some(role) = roles.lines().map(str::trim).find(|l| !l.is_empty()) else {
+        return Err("the instance has no role".into());
+    };
+    let doc: serde_json::Value = get(&format!("{base}{role}"))
+        .and_then(|r| r.json())
+        .map_err(|e| fail("credentials", &e))?;
+    let field = |k: &str| {
+        doc[k]
+            .as_str()
+            .map(str::to_string)
+            .ok_or_else(|| format!("role {role}: no {k} in the answer"))
+    };
+    let expires = chrono::DateTime::parse_from_rfc3339(&field("Expiration")?)
+        .map_err(|e| format!("role {role}: Expiration: {e}"))?
+        .with_timezone(&chrono::Utc);
+    Ok((
+        Credentials {
+            access_key: field("AccessKeyId")?,
+            secret_key: field("SecretAccessKey")?,
+            session_token: field("Token").ok(),
+        },
+        expires,
+    ))
+}
+
 /// The keys of one `[profile]` section of an AWS credentials file (INI).
 fn profile_credentials(file: &std::path::Path, profile: &str) -> Option<Credentials> {
-    let text = std::fs::read_to_string(file).ok()?;
-    let mut in_section = false;
-    let (mut ak, mut sk, mut token) = (None, None, None);
-    for line in text.lines().map(str::trim) {
-        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            in_section = name.trim() == profile;
-            continue;
-        }
-        let Some((k, v)) = line.split_once('=').filter(|_| in_section) else {
-            continue;
-        };
-        let v = Some(v.trim().to_string());
-        match k.trim() {
-            "aws_access_key_id" => ak = v,
-            "aws_secret_access_key" => sk = v,
-            "aws_session_token" => token = v,
-            _ => {}
-        }
-    }
-    Some(Credentials {
-        access_key: ak?,
-        secret_key: sk?,
-        session_token: token,
-    })
+    keys_in(&ini_section(&std::fs::read_to_string(file).ok()?, profile))
 }
 
 /// What SigV4 signs.
@@ -793,5 +939,16 @@ mod tests {
         let c = profile_credentials(&f, "default").unwrap();
         assert_eq!((c.access_key.as_str(), c.secret_key.as_str()), ("AK", "SK"));
         assert!(profile_credentials(&f, "other").is_none());
+    }
+
+    #[test]
+    fn config_file_sections_are_read() {
+        let text = "# comment\n[default]\nregion = eu-west-1\n[profile  ci]\nRegion=us-west-2\nendpoint_url = http://127.0.0.1:9000\n[ci]\nregion = no\n";
+        assert_eq!(ini_section(text, "default")["region"], "eu-west-1");
+        let ci = ini_section(text, "profile ci");
+        assert_eq!(ci["region"], "us-west-2");
+        assert_eq!(ci["endpoint_url"], "http://127.0.0.1:9000");
+        assert!(keys_in(&ci).is_none());
+        assert!(ini_section(text, "profile other").is_empty());
     }
 }

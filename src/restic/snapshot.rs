@@ -4,8 +4,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::ffi::OsStr;
+use std::path::Path;
+
 use super::backend::Kind;
 use super::repo::Repo;
+use super::tree::Node;
 use super::{Error, Id, Result};
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -84,4 +88,25 @@ pub fn find(repo: &Repo, name: &str) -> Result<(Id, Snapshot)> {
             "{n} snapshots start with {name:?}; give more of the id"
         ))),
     }
+}
+
+/// The tree a snapshot's paths are relative to, and the source directory's own node:
+/// for a snapshot of one path, that path's tree (restic nests the path's ancestors as
+/// trees of their own); for one of several paths (or of `/`), the root tree and `None`.
+/// Restore, diff, verify and history all name paths from here.
+pub fn source_tree(repo: &Repo, snap: &Snapshot) -> Result<(Id, Option<Node>)> {
+    let top = match snap.paths.as_slice() {
+        [one] => {
+            let comps: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
+            match comps.is_empty() {
+                true => None,
+                false => super::backup::dir_node(repo, snap.tree, &comps)?,
+            }
+        }
+        _ => None,
+    };
+    Ok((
+        top.as_ref().and_then(|n| n.subtree).unwrap_or(snap.tree),
+        top,
+    ))
 }

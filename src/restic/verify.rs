@@ -1,0 +1,388 @@
+//! `snapring verify --dest REPO [SNAPSHOT…|--all]`: re-reads every blob the chosen
+//! snapshots reference and checks it as restic's `check --read-data` does for them: each
+//! tree blob read while walking the trees, then each data blob from its pack (one ranged
+//! read per pack, several packs at once), decrypted (MAC checked), decompressed and its
+//! SHA-256 compared with its id. A damaged blob is mapped back to the files (and
+//! directories) that use it, each listed with the reason. Blobs shared by several
+//! snapshots are read once. Reads the repository; writes nothing, takes no lock (packs
+//! are written once and only `prune` removes them).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use super::index::Location;
+use super::pack::{BlobType, Entry, open_blob};
+use super::repo::Repo;
+use super::snapshot::{self, Snapshot};
+use super::tree::Node;
+use super::{Error, Id, Result};
+use crate::relpath::{RelPath, valid_name};
+
+/// One file or directory `verify` found damaged, and why.
+#[derive(Serialize, Debug, Clone, PartialEq, Eq)]
+pub struct Damaged {
+    /// Escaped path, relative to the snapshot's source (docs/format.md).
+    pub path: String,
+    /// `file`, or `dir` when its tree blob is damaged (nothing below it was checked).
+    pub kind: String,
+    pub reason: String,
+}
+
+/// The verdict on one snapshot.
+#[derive(Serialize, Debug, Default)]
+pub struct RepoVerified {
+    /// The short id (8 hex digits), as `list` shows it.
+    pub snapshot: String,
+    pub id: String,
+    pub time: String,
+    pub label: Option<String>,
+    /// What the snapshot was checked against: `repository` (its own blob ids).
+    pub against: String,
+    pub clean: bool,
+    /// Regular files in the snapshot, and their bytes (these and the blob counts are
+    /// 0 with `--against`, whose counts are in `totals`).
+    pub files: u64,
+    pub bytes: u64,
+    pub dirs: u64,
+    /// Distinct tree and data blobs the snapshot references.
+    pub tree_blobs: u64,
+    pub data_blobs: u64,
+    /// Of the data blobs, those read here (the others were read for an earlier
+    /// snapshot of the same `verify`), and their plaintext bytes.
+    pub data_blobs_read: u64,
+    pub data_bytes_read: u64,
+    /// Damaged files (a data blob does not check), and damaged directories (a tree blob).
+    /// With `--against`: files whose bytes differ from the live tree's.
+    pub corrupt: u64,
+    pub damaged_dirs: u64,
+    pub damaged: Vec<Damaged>,
+    /// With `--against DIR` only (the store's verify fields): entries of the snapshot
+    /// not in DIR, entries of DIR not in the snapshot, metadata differences, every
+    /// difference, and what could not be read (a damaged blob among them).
+    pub missing: u64,
+    pub unexpected: u64,
+    pub metadata: u64,
+    pub differences: Vec<crate::compare::Difference>,
+    pub totals: crate::compare::Totals,
+    pub problems: Vec<(String, String)>,
+}
+
+/// Snapshots (`latest`, ids or id prefixes; none: `latest`; `all`: every one, oldest
+/// first) verified one after another; `jobs` packs read at once (0: 4). With `against`,
+/// each is compared instead with that live tree through the store's `compare` walk,
+/// every file hashed on both sides (the repository's blobs read and checked).
+pub fn verify(
+    repo: &Repo,
+    which: &[String],
+    all: bool,
+    against: Option<&std::path::Path>,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<Vec<RepoVerified>> {
+    let targets: Vec<(Id, Snapshot)> = if all {
+        snapshot::load_all(repo)?
+    } else if which.is_empty() {
+        vec![snapshot::find(repo, "latest")?]
+    } else {
+        which
+            .iter()
+            .map(|w| snapshot::find(repo, w))
+            .collect::<Result<_>>()?
+    };
+    if let Some(dir) = against {
+        return targets
+            .iter()
+            .map(|(id, snap)| one_against(repo, *id, snap, dir, jobs, cancel))
+            .collect();
+    }
+    let jobs = if jobs == 0 { 4 } else { jobs };
+    // Every data blob checked so far: `None` good, `Some(why)` damaged.
+    let mut verdicts: HashMap<Id, Option<String>> = HashMap::new();
+    let mut out = Vec::new();
+    for (id, snap) in targets {
+        out.push(one(repo, id, &snap, &mut verdicts, jobs, cancel)?);
+    }
+    Ok(out)
+}
+
+fn one_against(
+    repo: &Repo,
+    id: Id,
+    snap: &Snapshot,
+    dir: &std::path::Path,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<RepoVerified> {
+    use crate::compare::Change;
+    let (root, _) = snapshot::source_tree(repo, snap)?;
+    let o = super::diff::compare_live(repo, root, dir, true, jobs, cancel)?;
+    let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
+    Ok(RepoVerified {
+        snapshot: id.hex()[..8].to_string(),
+        id: id.hex(),
+        time: snap.time.clone(),
+        label: snap.tag("label").map(str::to_string),
+        against: dir.display().to_string(),
+        clean: o.differences.is_empty() && o.problems.is_empty(),
+        corrupt: n(Change::Content),
+        missing: n(Change::Removed),
+        unexpected: n(Change::Added),
+        metadata: n(Change::Metadata),
+        differences: o.differences,
+        totals: o.totals,
+        problems: o.problems,
+        ..Default::default()
+    })
+}
+
+fn one(
+    repo: &Repo,
+    id: Id,
+    snap: &Snapshot,
+    verdicts: &mut HashMap<Id, Option<String>>,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<RepoVerified> {
+    let mut v = RepoVerified {
+        snapshot: id.hex()[..8].to_string(),
+        id: id.hex(),
+        time: snap.time.clone(),
+        label: snap.tag("label").map(str::to_string),
+        against: "repository".into(),
+        ..Default::default()
+    };
+    // The source's ancestors are read (and so checked) on the way to its tree.
+    let start = match snapshot::source_tree(repo, snap) {
+        Ok((t, _)) => t,
+        Err(e @ (Error::Corrupt { .. } | Error::Io { .. })) => {
+            v.damaged.push(Damaged {
+                path: ".".into(),
+                kind: "dir".into(),
+                reason: format!("the snapshot's tree above its source: {e}"),
+            });
+            v.damaged_dirs = 1;
+            return Ok(v);
+        }
+        Err(e) => return Err(e),
+    };
+    // 1. The trees: every tree blob read and checked; the data blobs collected.
+    let mut trees = HashSet::new();
+    let mut blobs: HashSet<Id> = HashSet::new();
+    walk(
+        repo,
+        start,
+        &RelPath::root(),
+        &mut trees,
+        cancel,
+        &mut |ev| match ev {
+            Visit::Node(_, n) => match (n.kind.as_str(), &n.content) {
+                // An empty file's content may be `null`.
+                ("file", content) => {
+                    v.files += 1;
+                    v.bytes += n.size;
+                    blobs.extend(content.iter().flatten().copied());
+                }
+                ("dir", _) => v.dirs += 1,
+                _ => {}
+            },
+            Visit::BadTree(rel, why) => {
+                v.damaged_dirs += 1;
+                v.damaged.push(Damaged {
+                    path: rel.escaped(),
+                    kind: "dir".into(),
+                    reason: why,
+                });
+            }
+        },
+    )?;
+    v.tree_blobs = trees.len() as u64;
+    v.data_blobs = blobs.len() as u64;
+    // 2. The data blobs not checked yet, pack by pack.
+    let mut by_pack: HashMap<Id, Vec<Entry>> = HashMap::new();
+    let unchecked: Vec<Id> = blobs
+        .iter()
+        .filter(|b| !verdicts.contains_key(*b))
+        .copied()
+        .collect();
+    for b in &unchecked {
+        match repo.index.get(BlobType::Data, b) {
+            Some(Location { pack, entry }) => by_pack.entry(*pack).or_default().push(entry.clone()),
+            None => {
+                verdicts.insert(*b, Some(format!("data blob {b} is not in any index")));
+            }
+        }
+    }
+    let (read, bytes) = read_packs(repo, by_pack, verdicts, jobs, cancel)?;
+    v.data_blobs_read = read;
+    v.data_bytes_read = bytes;
+    // 3. Damage found: which files use the damaged blobs (the trees again, from the
+    // repository; a damaged tree is listed already).
+    if blobs
+        .iter()
+        .any(|b| matches!(verdicts.get(b), Some(Some(_))))
+    {
+        let mut seen = HashSet::new();
+        walk(
+            repo,
+            start,
+            &RelPath::root(),
+            &mut seen,
+            cancel,
+            &mut |ev| {
+                let Visit::Node(rel, n) = ev else { return };
+                let bad = n
+                    .content
+                    .iter()
+                    .flatten()
+                    .find_map(|b| verdicts.get(b).cloned().flatten());
+                if let (true, Some(why)) = (n.kind == "file", bad) {
+                    v.corrupt += 1;
+                    v.damaged.push(Damaged {
+                        path: rel.escaped(),
+                        kind: "file".into(),
+                        reason: why,
+                    });
+                }
+            },
+        )?;
+    }
+    v.damaged.sort_by(|a, b| {
+        RelPath::from_escaped(&a.path)
+            .ok()
+            .cmp(&RelPath::from_escaped(&b.path).ok())
+    });
+    v.clean = v.damaged.is_empty();
+    Ok(v)
+}
+
+/// What `walk` reports: a node (with its path), or a tree blob that does not check.
+pub(crate) enum Visit<'a> {
+    Node(&'a RelPath, &'a Node),
+    BadTree(&'a RelPath, String),
+}
+
+/// Depth first, names in tree order, from tree `id` at `rel`. A tree that does not
+/// read or check is reported (`BadTree`) and not descended into; a name that is not one
+/// path component is reported the same way. `trees` collects the tree ids read.
+pub(crate) fn walk(
+    repo: &Repo,
+    id: Id,
+    rel: &RelPath,
+    trees: &mut HashSet<Id>,
+    cancel: &AtomicBool,
+    f: &mut dyn FnMut(Visit<'_>),
+) -> Result<()> {
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    trees.insert(id);
+    let t = match repo.read_tree(&id) {
+        Ok(t) => t,
+        Err(e @ (Error::Corrupt { .. } | Error::Io { .. })) => {
+            f(Visit::BadTree(rel, e.to_string()));
+            return Ok(());
+        }
+        Err(e) => return Err(e),
+    };
+    for n in &t.nodes {
+        let name = n.name_bytes();
+        if !valid_name(&name) {
+            f(Visit::BadTree(
+                rel,
+                format!("tree {id} has an unsafe name {:?}", n.name),
+            ));
+            continue;
+        }
+        let child = rel.join(&name);
+        f(Visit::Node(&child, n));
+        if let ("dir", Some(sub)) = (n.kind.as_str(), n.subtree) {
+            walk(repo, sub, &child, trees, cancel, f)?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the blobs `by_pack` names, each pack's span in one read, `jobs` packs at once;
+/// records a verdict for each blob. Returns the blobs read and their plaintext bytes.
+/// Memory: one span (at most a pack, ~16 MiB) per worker.
+fn read_packs(
+    repo: &Repo,
+    by_pack: HashMap<Id, Vec<Entry>>,
+    verdicts: &mut HashMap<Id, Option<String>>,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<(u64, u64)> {
+    let queue = Mutex::new(by_pack.into_iter().collect::<Vec<_>>());
+    let found = Mutex::new(Vec::new());
+    let plain = std::sync::atomic::AtomicU64::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    if cancel.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                    let Some((pack, mut entries)) = next else {
+                        return;
+                    };
+                    entries.sort_by_key(|e| e.offset);
+                    let got = check_pack(repo, &pack, &entries);
+                    let bytes: u64 = got.iter().map(|(_, _, n)| n).sum();
+                    plain.fetch_add(bytes, Ordering::Relaxed);
+                    found
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(got.into_iter().map(|(id, v, _)| (id, v)));
+                }
+            });
+        }
+    });
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    let found = found.into_inner().unwrap_or_else(|e| e.into_inner());
+    let n = found.len() as u64;
+    verdicts.extend(found);
+    Ok((n, plain.into_inner()))
+}
+
+/// Each entry's verdict and plaintext length, from one read of the pack's span.
+fn check_pack(repo: &Repo, pack: &Id, entries: &[Entry]) -> Vec<(Id, Option<String>, u64)> {
+    let start = entries.first().map_or(0, |e| e.offset as u64);
+    let end = entries
+        .iter()
+        .map(|e| e.offset as u64 + e.length as u64)
+        .max()
+        .unwrap_or(start);
+    let span = match repo.backend.read_range(pack, start, (end - start) as usize) {
+        Ok(s) => s,
+        Err(e) => {
+            let why = format!("pack {pack}: {e}");
+            return entries
+                .iter()
+                .map(|e| (e.id, Some(why.clone()), 0))
+                .collect();
+        }
+    };
+    entries
+        .iter()
+        .map(|e| {
+            let at = (e.offset as u64 - start) as usize;
+            let Some(sealed) = span.get(at..at + e.length as usize) else {
+                return (
+                    e.id,
+                    Some(format!("pack {pack} is shorter than the index says")),
+                    0,
+                );
+            };
+            match open_blob(&repo.key, sealed, e) {
+                Ok(plain) => (e.id, None, plain.len() as u64),
+                Err(x) => (e.id, Some(format!("in pack {pack}: {x}")), 0),
+            }
+        })
+        .collect()
+}
