@@ -589,7 +589,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// files are: a backup leaves access times alone, so the next one finds the same nodes
 /// (restic's trees record them) and uploads no tree for an unchanged directory.
 fn list(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let fd = open_noatime(path, rustix::fs::OFlags::DIRECTORY).map_err(io_err("open", path))?;
+    let fd = open_noatime(path, rustix::fs::OFlags::DIRECTORY).map_err(io_err("list", path))?;
     let mut names =
         crate::fsx::list_dir(std::os::fd::AsFd::as_fd(&fd)).map_err(io_err("list", path))?;
     names.sort();
