@@ -207,7 +207,7 @@ class Env:
             subprocess.run(["fusermount3", "-uz", self.mnt], stderr=subprocess.DEVNULL)
             os.makedirs(self.mnt, exist_ok=True)
             self.stats = os.path.join(work, "latencyfs-stats.json")
-            self.fuse = subprocess.Popen([os.path.join(ROOT, f"bench/tools/target/{PROFILE}/latencyfs"),
+            self.fuse = subprocess.Popen([tools_bin("latencyfs"),
                                           "--delay-us", str(latency_us), "--threads", "128",
                                           "--ttl-ms", str(ttl_ms), "--stats", self.stats,
                                           *(["--readdirplus"] if readdirplus else []),
@@ -260,8 +260,19 @@ def drop_caches():
 
 # ---------------------------------------------------------------- the tools
 
+def target_dir(crate):
+    """Where cargo puts the binaries of `crate` ("" the main one, "bench/tools"): under
+    $CARGO_TARGET_DIR when set (as cargo itself does), else the crate's own target/."""
+    return os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, crate, "target")
+
+
 def snapring_bin():
-    return os.path.join(ROOT, f"target/{PROFILE}/snapring")
+    return os.path.join(target_dir(""), PROFILE, "snapring")
+
+
+def tools_bin(name):
+    """A binary of bench/tools (latencyfs, floor, s3server)."""
+    return os.path.join(target_dir("bench/tools"), PROFILE, name)
 
 
 def tools(env, jobs, nfiles):
@@ -269,7 +280,7 @@ def tools(env, jobs, nfiles):
     # fpsync: partitions of files/(4 x workers), so every worker has several to take
     # (its default, 2,000 files per partition, would leave workers idle on small sets).
     part = lambda n: str(max(100, nfiles // (4 * n)))
-    floor = os.path.join(ROOT, f"bench/tools/target/{PROFILE}/floor")
+    floor = tools_bin("floor")
     env_sr = dict(os.environ, SNAPRING_CATALOG="off")
     # Each tool: full(src, dst_root) / incr(src, dst_root) build <dst_root>/snap.0 from
     # snap.1; returns the commands to run (timed as one).

@@ -307,6 +307,7 @@ pub fn run_repository(
         let backend = restic::backend::from_dest(&j.dest)?;
         let password = restic::password::resolve(j.password_file.as_deref())?;
         let mut repo = restic::repo::Repo::open_in(backend, &password)?;
+        repo.use_user_cache();
         drop(password);
         let Some(spec) = &j.copy_of else {
             let opts = restic::backup::BackupOptions {

@@ -238,15 +238,27 @@ fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() 
     set_mtime(&src, 1_200_000_000, 987_654_321);
     let want = describe(&src);
     sr_ok(&["init", "--dest", &file_url(&repo)]);
+    let atime = |p: &Path| std::fs::symlink_metadata(p).unwrap().accessed().unwrap();
+    let before = (atime(&src.join("big/random")), atime(&src.join("big")));
     let first = sr_backup(&src, &repo);
     assert_eq!(first["status"], "complete", "{first}");
     let target = t.path().join("T1");
     restore_latest(&repo, &target);
     assert_same_tree(&want, &describe(&target), "snapring round trip");
 
-    // Nothing changed: nothing read, no data added (trees may differ: reading the
-    // files and directories moved their access times).
+    // Nothing changed: nothing read, nothing added; reading the files and listing the
+    // directories (O_NOATIME) left their access times, so the trees are the same too.
     let second = sr_backup(&src, &repo);
+    assert_eq!(
+        (atime(&src.join("big/random")), atime(&src.join("big"))),
+        before
+    );
+    // At most the trees wrapping the source that changed meanwhile: the temp dir's (it
+    // gained T1) and the root's (/tmp's times move with other tests' temp dirs).
+    assert!(
+        second["repository"]["tree_blobs_added"].as_u64().unwrap() <= 2,
+        "{second}"
+    );
     assert_eq!(second["repository"]["bytes_read"], 0, "{second}");
     assert_eq!(
         second["repository"]["files_unchanged"], second["files_total"],

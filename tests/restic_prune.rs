@@ -327,6 +327,8 @@ fn prune_refuses_while_restic_or_snapring_back_up_and_backup_retention_waits() {
     backup(&src, &repo, &[]);
 
     // snapring's own backup, paused after its packs are written: its shared lock stays.
+    // (A changed file, so it writes a pack: an unchanged tree writes none.)
+    write(&src.join("f"), &pseudo_random(100 << 10, 3));
     let pause = t.path().join("paused");
     let child = Command::new(bin())
         .env("SNAPRING_CATALOG", "off")

@@ -35,6 +35,8 @@ struct Server {
     pub requests: Arc<AtomicU64>,
     /// The uploads served: (path, x-amz-server-side-encryption, x-amz-storage-class).
     pub puts: Arc<Mutex<Vec<Put>>>,
+    /// The paths of the GET requests served.
+    pub gets: Arc<Mutex<Vec<String>>>,
 }
 
 type Put = (String, Option<String>, Option<String>);
@@ -57,6 +59,7 @@ struct Flaky {
     fault: Fault,
     count: Arc<AtomicU64>,
     puts: Arc<Mutex<Vec<Put>>>,
+    gets: Arc<Mutex<Vec<String>>>,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
@@ -98,6 +101,9 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
             );
             self.puts.lock().unwrap().push(put);
         }
+        if req.method() == hyper::Method::GET {
+            self.gets.lock().unwrap().push(req.uri().path().to_string());
+        }
         hyper::service::Service::call(&self.inner, req)
     }
 }
@@ -111,11 +117,13 @@ fn start_server(root: &Path, fault: Fault) -> Server {
         .unwrap();
     let count = Arc::new(AtomicU64::new(0));
     let puts = Arc::new(Mutex::new(Vec::new()));
+    let gets = Arc::new(Mutex::new(Vec::new()));
     let service = Flaky {
         inner: s3::service(root),
         fault,
         count: count.clone(),
         puts: puts.clone(),
+        gets: gets.clone(),
     };
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
@@ -140,6 +148,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
         _runtime: runtime,
         requests: count,
         puts,
+        gets,
     }
 }
 
@@ -398,6 +407,88 @@ fn init_backup_incremental_list_restore_on_s3() {
         to.to_str().unwrap(),
     ]);
     assert_same_tree(&describe(&src), &describe(&to), "restore from S3");
+}
+
+/// The parent snapshot's trees come from the local cache (`$XDG_CACHE_HOME/snapring`):
+/// an incremental backup reads no tree blob (no pack GET) from the server. Deleted or
+/// damaged, the cache costs only reads: the trees come from the server again and the
+/// snapshot restores equal to the source.
+#[test]
+fn parent_trees_come_from_the_local_cache() {
+    if needs_in_process_server("counting the GETs") {
+        return;
+    }
+    let mut s = setup(NONE);
+    let cache = s.t.path().join("cache");
+    s.extra_env
+        .push(("XDG_CACHE_HOME".into(), cache.to_str().unwrap().into()));
+    let src = s.t.path().join("src");
+    source(&src);
+    for i in 0..5 {
+        write(&src.join(format!("deep/d{i}/e/f")), b"nested\n");
+    }
+    let dest = format!("s3://{BUCKET}/cached");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let pack_gets = || {
+        let gets = s.server().gets.lock().unwrap();
+        let data = format!("/{BUCKET}/cached/data/");
+        gets.iter().filter(|p| p.starts_with(&data)).count()
+    };
+    let backup = |what: &str, n: u32| {
+        write(&src.join("small/f3"), format!("change {n}\n").as_bytes());
+        s.server().gets.lock().unwrap().clear();
+        let r = s.backup(&src, &dest);
+        assert_eq!(r["status"], "complete", "{what}: {r}");
+        assert!(
+            n == 0 || r["repository"]["files_unchanged"].as_u64().unwrap() >= 20,
+            "{what}: {r}"
+        );
+        let read = pack_gets();
+        let to = s.t.path().join(format!("restored-{n}"));
+        s.sr_ok(&[
+            "restore",
+            "--dest",
+            &dest,
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ]);
+        assert_same_tree(&describe(&src), &describe(&to), what);
+        read
+    };
+    backup("full", 0);
+    let trees = s.t.path().join("cache/snapring/restic");
+    assert!(trees.is_dir(), "no cache under {}", trees.display());
+    assert_eq!(
+        backup("first incremental", 1),
+        0,
+        "trees read from the server"
+    );
+    assert_eq!(
+        backup("second incremental", 2),
+        0,
+        "trees read from the server"
+    );
+
+    // Deleted: read from the server again (and cached again).
+    std::fs::remove_dir_all(&trees).unwrap();
+    assert!(backup("without the cache", 3) > 0);
+    assert_eq!(backup("cache filled again", 4), 0);
+
+    // Every entry damaged: each is found out and read from the server.
+    let mut entries = Vec::new();
+    walk(&trees, &trees, &mut entries);
+    let entries: Vec<_> = entries.iter().filter(|e| e.contains("trees/")).collect();
+    assert!(entries.len() >= 8, "{entries:?}");
+    for e in &entries {
+        let p = trees.join(e);
+        let mut b = std::fs::read(&p).unwrap();
+        let mid = b.len() / 2;
+        b[mid] ^= 0x40;
+        std::fs::write(&p, b).unwrap();
+    }
+    assert!(backup("damaged cache", 5) > 0);
+    assert_eq!(backup("cache repaired", 6), 0);
 }
 
 #[test]

@@ -29,7 +29,9 @@ pub fn is_repo(dest: Option<&Path>) -> bool {
 fn open(dest: &Path, password_file: Option<&Path>) -> anyhow::Result<Repo> {
     let b = backend::from_dest(&dest.to_string_lossy())?;
     let pw = restic::password::resolve(password_file)?;
-    Ok(Repo::open_in(b, &pw)?)
+    let mut repo = Repo::open_in(b, &pw)?;
+    repo.use_user_cache();
+    Ok(repo)
 }
 
 /// `snapring init --dest file:///PATH|s3://BUCKET/PREFIX`.

@@ -585,15 +585,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A directory's entry names.
+/// A directory's entry names, sorted. Opened with `O_NOATIME` where permitted, as
+/// files are: a backup leaves access times alone, so the next one finds the same nodes
+/// (restic's trees record them) and uploads no tree for an unchanged directory.
 fn list(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let mut names = Vec::new();
-    for e in std::fs::read_dir(path).map_err(io_err("list", path))? {
-        let e = e.map_err(io_err("list", path))?;
-        names.push(e.file_name().as_bytes().to_vec());
-    }
+    let fd = open_noatime(path, rustix::fs::OFlags::DIRECTORY).map_err(io_err("list", path))?;
+    let mut names =
+        crate::fsx::list_dir(std::os::fd::AsFd::as_fd(&fd)).map_err(io_err("list", path))?;
     names.sort();
     Ok(names)
+}
+
+/// Opens `path` read-only with `extra` flags, with `O_NOATIME` where the caller may (it
+/// owns the file, or has CAP_FOWNER), else without.
+fn open_noatime(path: &Path, extra: rustix::fs::OFlags) -> std::io::Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{Mode, OFlags, open};
+    let base = OFlags::RDONLY | OFlags::CLOEXEC | extra;
+    match open(path, base | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => Ok(open(path, base, Mode::empty())?),
+        r => Ok(r?),
+    }
 }
 
 /// Files at least this big are read a few at a time ([`BIG_READS`]): each holds a read
@@ -747,7 +758,9 @@ impl Run<'_> {
     /// read.
     fn file(&self, p: &Path, len: u64) -> std::result::Result<(Vec<Id>, u64), Fail> {
         let _slot = (len >= BIG_FILE).then(|| self.big_reads.take(BIG_READS));
-        let mut f = std::fs::File::open(p).map_err(io_err("open", p))?;
+        let mut f = std::fs::File::from(
+            open_noatime(p, rustix::fs::OFlags::NOFOLLOW).map_err(io_err("open", p))?,
+        );
         let mut chunker = Chunker::new(self.tables);
         // A small file gets a buffer of its size (one more byte to see the end).
         let mut buf = vec![0u8; (len as usize).saturating_add(1).clamp(4096, 512 * 1024)];

@@ -13,6 +13,7 @@
 
 pub mod backend;
 pub mod backup;
+pub mod cache;
 pub mod chunker;
 pub mod copy;
 pub mod crypto;

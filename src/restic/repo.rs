@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 
 use super::backend::{Backend, Kind, Local, already_a_repository, not_a_repository};
+use super::cache::TreeCache;
 use super::chunker::{Pol, Tables};
 use super::crypto::{DEFAULT_KDF, KdfParams, Key, KeyFile};
 use super::index::{Index, IndexFile, PackJson};
@@ -33,6 +34,8 @@ pub struct Repo {
     pub config: Config,
     pub pol: Pol,
     pub index: Index,
+    /// The local cache of tree blobs (`cache`); `None` unless `use_user_cache` set one.
+    pub tree_cache: Option<TreeCache>,
 }
 
 /// Creates a repository (format version 2) in the directory `root`, which must not
@@ -96,9 +99,16 @@ impl Repo {
             config,
             pol: Pol(pol),
             index: Index::default(),
+            tree_cache: None,
         };
         repo.load_index()?;
         Ok(repo)
+    }
+
+    /// Keeps trees in the user's cache directory (`TreeCache::for_repository`), as the
+    /// commands do; a library caller (a test) has none unless it asks.
+    pub fn use_user_cache(&mut self) {
+        self.tree_cache = TreeCache::for_repository(&self.config.id);
     }
 
     fn load_index(&mut self) -> Result<()> {
@@ -136,17 +146,26 @@ impl Repo {
         Ok((id, sealed.len() as u64))
     }
 
-    /// A blob's plaintext, checked against its id.
+    /// A blob's plaintext, checked against its id. A tree comes from the local cache
+    /// when it has it intact, else from the repository (and is cached).
     pub fn read_blob(&self, kind: BlobType, id: &Id) -> Result<Vec<u8>> {
         let loc = self
             .index
             .get(kind, id)
             .ok_or_else(|| corrupt(format!("{kind:?} blob {id}"), "not in any index"))?;
+        let cache = self.tree_cache.as_ref().filter(|_| kind == BlobType::Tree);
+        if let Some(plain) = cache.and_then(|c| c.get(&self.key, id)) {
+            return Ok(plain);
+        }
         let e = &loc.entry;
         let sealed = self
             .backend
             .read_range(&loc.pack, e.offset as u64, e.length as usize)?;
-        open_blob(&self.key, &sealed, e)
+        let plain = open_blob(&self.key, &sealed, e)?;
+        if let Some(c) = cache {
+            c.put(id, &sealed, e.uncompressed_length);
+        }
+        Ok(plain)
     }
 
     /// A tree blob, checked against its id and parsed.
@@ -243,6 +262,10 @@ impl Packer {
             return Ok(id);
         }
         let (sealed, uncompressed_length) = seal_blob(&repo.key, plain);
+        if let (BlobType::Tree, Some(c)) = (kind, &repo.tree_cache) {
+            // Cached before it is packed: the next backup's parent trees are all local.
+            c.put(&id, &sealed, uncompressed_length);
+        }
         let full = {
             let mut s = self.lock();
             while s.out >= UPLOADS_IN_FLIGHT {

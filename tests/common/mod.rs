@@ -196,6 +196,11 @@ pub fn snapring(args: &[&OsStr], env: &[(&str, &str)]) -> Output {
     // No catalog unless a test asks for one (tests/catalog.rs): keeps the machine's
     // own catalog out of the test suite.
     c.env("SNAPRING_CATALOG", "off");
+    // restic repositories' tree cache: under the target directory, not the user's.
+    c.env(
+        "XDG_CACHE_HOME",
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+    );
     for (k, v) in env {
         c.env(k, v);
     }
