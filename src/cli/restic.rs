@@ -26,12 +26,20 @@ pub fn is_repo(dest: Option<&Path>) -> bool {
         .is_some_and(|d| d.starts_with("file://") || d.starts_with("s3://"))
 }
 
+/// Opens the repository with the user's tree cache (`restic::cache`).
 fn open(dest: &Path, password_file: Option<&Path>) -> anyhow::Result<Repo> {
-    let b = backend::from_dest(&dest.to_string_lossy())?;
-    let pw = restic::password::resolve(password_file)?;
-    let mut repo = Repo::open_in(b, &pw)?;
+    let mut repo = open_uncached(dest, password_file)?;
     repo.use_user_cache();
     Ok(repo)
+}
+
+/// Opens the repository without the tree cache: `verify` re-reads every blob from the
+/// repository itself, so a tree whose pack is damaged or gone is found even when a
+/// good copy sits in the cache.
+fn open_uncached(dest: &Path, password_file: Option<&Path>) -> anyhow::Result<Repo> {
+    let b = backend::from_dest(&dest.to_string_lossy())?;
+    let pw = restic::password::resolve(password_file)?;
+    Ok(Repo::open_in(b, &pw)?)
 }
 
 /// `snapring init --dest file:///PATH|s3://BUCKET/PREFIX`.
@@ -529,7 +537,7 @@ fn interrupted<T>(r: restic::Result<T>) -> anyhow::Result<Result<T, ExitCode>> {
 /// `snapring verify --dest URL [SNAPSHOT…|--all] [--jobs N]`: every blob re-read and
 /// re-hashed; exit 2 when a snapshot is damaged.
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let repo = open(&a.dest, a.password_file.as_deref())?;
+    let repo = open_uncached(&a.dest, a.password_file.as_deref())?;
     let cancel = super::cancel_on_signal();
     let r = restic::verify::verify(
         &repo,
