@@ -326,7 +326,7 @@ fn read_dir_typed(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8], Option<Kind>)) -
         if n != b"." && n != b".." {
             let kind = match e.file_type() {
                 rfs::FileType::Unknown => None,
-                t => Some(Kind::from_mode(t.as_raw_mode() as u32)),
+                t => Some(Kind::from_mode(t.as_raw_mode())),
             };
             f(n, kind);
         }

@@ -100,7 +100,7 @@ fn unchanged_files_cost_no_lookup_with_readdirplus() {
 /// checks), the kernel's `security.capability` read before the write, and `futimens`:
 /// about 12 calls per file, 20 before.
 #[test]
-fn a_restored_file_costs_no_stat_by_name_no_xattr_listing_and_no_chown() {
+fn a_restored_file_needs_no_stat_by_name_xattr_listing_chown_or_chmod() {
     let t = tempfile::tempdir().unwrap();
     let (under, mnt, stats) = (
         t.path().join("under"),
