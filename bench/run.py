@@ -337,11 +337,13 @@ def requests(res):
     return sum(v for k, v in calls.items() if k != "lookup_negative")
 
 
-def calls(work, ttl_ms, readdirplus):
+def calls(work, ttl_ms, readdirplus, restore=False):
     """Mounts latencyfs (no delay) over a small tree and prints the delayed calls the
     kernel sends for each system call of a hard-link snapshot of one unchanged file:
     list the source and previous directories, lstat the source, linkat the previous
-    version into the new snapshot (three files, so a steady state shows)."""
+    version into the new snapshot (three files, so a steady state shows). With
+    `restore`: the calls of restoring one file instead (open, fstat, create, write,
+    owner, mode, times)."""
     env = Env(work, 1, 0, 1, ttl_ms, readdirplus)
     try:
         for d in ["src", "prev", "new"]:
@@ -363,7 +365,24 @@ def calls(work, ttl_ms, readdirplus):
             step(f"open {d}/", lambda d=d: fds.__setitem__(d, os.open(os.path.join(env.mnt, d), os.O_RDONLY | os.O_DIRECTORY)))
         for d in ["src", "prev"]:
             step(f"list {d}/", lambda d=d: os.listdir(fds[d]))
-        for i in range(3):
+        if restore:
+            # What a restore makes per file: the snapshot's file (prev/) copied into a new
+            # directory (new/), fd-relative, with owner, mode and times.
+            for i in range(3):
+                st = {}
+                rd = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_NOATIME", 0)
+                step(f"lstat prev/f{i}", lambda i=i: os.stat(f"f{i}", dir_fd=fds["prev"], follow_symlinks=False))
+                step(f"open prev/f{i}", lambda i=i: st.__setitem__("src", os.open(f"f{i}", rd, dir_fd=fds["prev"])))
+                step("fstat", lambda: st.__setitem__("st", os.fstat(st["src"])))
+                step("flistxattr", lambda: os.listxattr(st["src"]))
+                step(f"create new/f{i}", lambda i=i: st.__setitem__("dst", os.open(
+                    f"f{i}", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=fds["new"])))
+                step("read + write", lambda: os.write(st["dst"], os.read(st["src"], 4096)))
+                step("fchown", lambda: os.fchown(st["dst"], st["st"].st_uid, st["st"].st_gid))
+                step("fchmod", lambda: os.fchmod(st["dst"], 0o640))
+                step("futimens", lambda: os.utime(st["dst"], ns=(st["st"].st_mtime_ns, st["st"].st_mtime_ns)))
+                step("close both", lambda: (os.close(st["src"]), os.close(st["dst"])))
+        for i in range(0 if restore else 3):
             step(f"lstat src/f{i}", lambda i=i: os.stat(f"f{i}", dir_fd=fds["src"], follow_symlinks=False))
             step(f"linkat prev/f{i} new/f{i}", lambda i=i: os.link(f"f{i}", f"f{i}", src_dir_fd=fds["prev"],
                                                                    dst_dir_fd=fds["new"], follow_symlinks=False))
@@ -387,6 +406,7 @@ def main():
     c = sub.add_parser("calls")
     c.add_argument("--ttl-ms", type=int, default=0)
     c.add_argument("--readdirplus", action="store_true")
+    c.add_argument("--restore", action="store_true", help="the calls of restoring a file instead")
     c.add_argument("--work", default="/var/tmp/snapring-calls")
     ap.add_argument("--preset", default="small", choices=PRESETS)
     ap.add_argument("--latency-us", type=int, default=1000, help="per metadata call; 0 = local disk, no FUSE")
@@ -398,6 +418,8 @@ def main():
     ap.add_argument("--once", default="", help="tools timed in the first run only (the slow baselines)")
     ap.add_argument("--tools", default="snapring,rsync,cp-al+rsync,fpsync-2,fpsync-8,cp-a,floor")
     ap.add_argument("--cases", default="full,incr,restore,expire")
+    ap.add_argument("--restore-tools", default="cp-a,rsync",
+                    help="baselines of the restore case (cp-a, rsync; --once applies to them too)")
     ap.add_argument("--work", default="/var/tmp/snapring-bench")
     ap.add_argument("--image-gb", type=int, default=0, help="put the data on a fresh journaled ext4 loop image of this size")
     ap.add_argument("--json", help="write the results here (and each one as it lands to <json>l, JSON lines)")
@@ -412,7 +434,7 @@ def main():
         print(mutate(a.dir, a.fraction, a.seed))
         return
     if a.cmd == "calls":
-        calls(a.work, a.ttl_ms, a.readdirplus)
+        calls(a.work, a.ttl_ms, a.readdirplus, a.restore)
         return
     global PROFILE
     PROFILE = "debug" if a.debug else "release"
@@ -484,22 +506,28 @@ def main():
                     check_same(src_u, new, f"{name} incremental")
                 shared, total = check_shared(prev, new, f"{name} incremental")
                 record(results, a, r, ("incr", name), res)
-                if name == "snapring" and "restore" in cases:
+                if name.startswith("snapring") and "restore" in cases:
                     out_v, out_u = env.path("restore-snapring")
                     shutil.rmtree(out_u, ignore_errors=True)
                     drop_caches()
-                    res = timed([[snapring_bin(), "restore", "--dest", dst_v, "snap.0", "--to", out_v, *SR_JOBS, "--no-progress"]], env=sr_env, fs=env)
-                    check_same(src_u, out_u, "snapring restore")
-                    record(results, a, r, ("restore", "snapring"), res)
+                    exe = BASELINE if name == "snapring-base" else snapring_bin()
+                    res = timed([[exe, "restore", "--dest", dst_v, "snap.0", "--to", out_v, *SR_JOBS, "--no-progress"]], env=sr_env, fs=env)
+                    check_same(src_u, out_u, f"{name} restore")
+                    record(results, a, r, ("restore", name), res)
                     shutil.rmtree(out_u)
-                    drop_caches()
-                    res = timed([["cp", "-a", os.path.join(dst_v, "snap.0"), out_v]], fs=env)
-                    record(results, a, r, ("restore", "cp-a"), res)
-                    shutil.rmtree(out_u)
-                    drop_caches()
-                    res = timed([["rsync", "-aH", "--numeric-ids", os.path.join(dst_v, "snap.0") + "/", out_v + "/"]], fs=env)
-                    record(results, a, r, ("restore", "rsync"), res)
-                    shutil.rmtree(out_u)
+                # The restore baselines once per run, after snapring's own restore.
+                if name == "snapring" and "restore" in cases:
+                    snap_v = os.path.join(dst_v, "snap.0")
+                    baselines = {"cp-a": ["cp", "-a", snap_v, out_v],
+                                 "rsync": ["rsync", "-aH", "--numeric-ids", snap_v + "/", out_v + "/"]}
+                    for tool in filter(None, a.restore_tools.split(",")):
+                        if r > 0 and tool in once:
+                            continue
+                        drop_caches()
+                        res = timed([baselines[tool]], fs=env)
+                        check_same(src_u, out_u, f"{tool} restore")
+                        record(results, a, r, ("restore", tool), res)
+                        shutil.rmtree(out_u)
                 if name == "snapring" and "expire" in cases:
                     # rm -rf of a copy of the previous snapshot, then snapring expiring that
                     # one snapshot (--retain 2 after two snapshots: exactly one expires).

@@ -159,6 +159,36 @@ impl Meta {
     }
 }
 
+/// The attributes of open file `fd` as the kernel has them cached (`statx` with
+/// `AT_STATX_DONT_SYNC`): no round trip over NFS or FUSE, where an `fstat` with expired
+/// attributes costs one. Only for a descriptor whose attributes the kernel was just
+/// given and that nobody else changes: a file just created (the create's reply carries
+/// them), or a snapshot's file just opened (the open checked them; a snapshot does
+/// not change). `None` where `statx` is missing.
+pub fn fstat_cached(fd: BorrowedFd<'_>) -> Option<Meta> {
+    let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
+    let x = rfs::statx(fd, c"", flags, rfs::StatxFlags::BASIC_STATS).ok()?;
+    let t = |t: rfs::StatxTimestamp| Time {
+        sec: t.tv_sec,
+        nsec: t.tv_nsec,
+    };
+    let mode = u32::from(x.stx_mode);
+    Some(Meta {
+        kind: Kind::from_mode(mode),
+        perm: mode & 0o7777,
+        uid: x.stx_uid,
+        gid: x.stx_gid,
+        size: x.stx_size,
+        mtime: t(x.stx_mtime),
+        ctime: t(x.stx_ctime),
+        dev: rfs::makedev(x.stx_dev_major, x.stx_dev_minor),
+        ino: x.stx_ino,
+        nlink: u64::from(x.stx_nlink),
+        rdev: rfs::makedev(x.stx_rdev_major, x.stx_rdev_minor),
+        blocks: x.stx_blocks,
+    })
+}
+
 /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
 pub fn lstat_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<Meta> {
     Ok(Meta::from_stat(&rfs::statat(
@@ -265,9 +295,21 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
     Ok(names)
 }
 
+/// [`list_dir`] with the kind of each entry as the listing gives it (`d_type`; `None`
+/// where the file system does not say, as an NFSv3 client without READDIRPLUS).
+pub fn list_dir_typed(dir: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Option<Kind>)>> {
+    let mut names = Vec::new();
+    read_dir_typed(dir, |n, t| names.push((n.to_vec(), t)))?;
+    Ok(names)
+}
+
 /// [`list_dir`] giving each name to `f` instead of collecting them (a listing made
 /// only to fill an NFS client's cache keeps none of them).
 pub fn read_dir_with(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8])) -> io::Result<()> {
+    read_dir_typed(dir, |n, _| f(n))
+}
+
+fn read_dir_typed(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8], Option<Kind>)) -> io::Result<()> {
     // Back to the start for a descriptor listed before; a fresh one is there already,
     // so a file system that cannot seek a directory still lists it whole.
     let _ = rfs::seek(dir, SeekFrom::Start(0));
@@ -282,7 +324,11 @@ pub fn read_dir_with(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8])) -> io::Resul
         };
         let n = e.file_name().to_bytes();
         if n != b"." && n != b".." {
-            f(n);
+            let kind = match e.file_type() {
+                rfs::FileType::Unknown => None,
+                t => Some(Kind::from_mode(t.as_raw_mode())),
+            };
+            f(n, kind);
         }
     }
     Ok(())

@@ -277,6 +277,14 @@ enum Joined {
     Copy,
 }
 
+/// What is known of a snapshot entry's source beyond its facts.
+struct Source {
+    /// The file, opened already (`SnapshotReader::stat_open`).
+    fd: Option<OwnedFd>,
+    /// The snapshot's record says the entry has no extended attributes: none to list.
+    no_xattrs: bool,
+}
+
 struct Restore<'a, R: SnapshotReader> {
     opts: &'a RestoreOptions,
     reader: &'a R,
@@ -1059,11 +1067,29 @@ impl<R: SnapshotReader> Restore<'_, R> {
             src_rel: node.src_rel.join(&name),
             rel: node.dst_rel.join(&name),
         };
-        let (e, m) = match self.reader.stat(&node.src, item) {
-            Ok(Stat {
-                entry,
-                meta: Some(m),
-            }) => (entry, m),
+        // Into a directory the restore made (nothing to compare with), a regular file the
+        // listing names as one is opened at once and stated through the descriptor: no
+        // stat by name before the open. A member of a hard-link group is stated only:
+        // all but the first are linked, not read.
+        let linked = |r: &Option<Entry>| r.as_ref().is_some_and(|r| r.group.is_some());
+        let open_first = node.fresh
+            && !self.opts.dry_run
+            && node.dst.is_some()
+            && matches!(&item, Listed::Name(_, rec, _) if !linked(rec));
+        let stated = if open_first {
+            self.reader.stat_open(&node.src, item)
+        } else {
+            self.reader.stat(&node.src, item).map(|s| (s, None))
+        };
+        let (e, m, src, recorded) = match stated {
+            Ok((
+                Stat {
+                    entry,
+                    meta: Some(m),
+                    recorded,
+                },
+                src,
+            )) => (entry, m, src, recorded),
             Ok(_) => {
                 let why = "the reader has no metadata of the tree";
                 self.problem(
@@ -1094,7 +1120,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if m.kind == Kind::Dir {
             return self.dir_entry(&at, m, existing);
         }
-        self.other_entry(&at, &e, &m, existing);
+        let src = Source {
+            fd: src,
+            no_xattrs: recorded && e.xattrs.is_none(),
+        };
+        self.other_entry(&at, &e, &m, existing, src);
         Step::Next
     }
 
@@ -1143,11 +1173,18 @@ impl<R: SnapshotReader> Restore<'_, R> {
 
     /// Anything but a directory: created, skipped as identical, reported as a conflict,
     /// or replaced, per the mode.
-    fn other_entry(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, existing: Option<Meta>) {
+    fn other_entry(
+        &self,
+        at: &At<'_, R::Dir>,
+        e: &Entry,
+        m: &Meta,
+        existing: Option<Meta>,
+        src: Source,
+    ) {
         let mode = self.opts.mode;
         let Some(x) = existing else {
             self.say('+', &at.rel, "");
-            self.create(at, e, m, None);
+            self.create(at, e, m, None, src);
             return;
         };
         if x.kind == Kind::Dir {
@@ -1172,7 +1209,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 }
             }
             add(&self.counts.overwritten, 1);
-            self.create(at, e, m, None);
+            self.create(at, e, m, None, src);
             return;
         }
         match self.same(at, e, m, &x) {
@@ -1186,7 +1223,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
                 add(&self.counts.overwritten, 1);
-                self.create(at, e, m, Some(&self.tmp_name()));
+                self.create(at, e, m, Some(&self.tmp_name()), src);
             }
         }
     }
@@ -1270,7 +1307,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
     }
 
     /// Creates the entry in the target (as `tmp`, renamed over it, when replacing).
-    fn create(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, tmp: Option<&[u8]>) {
+    fn create(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, tmp: Option<&[u8]>, src: Source) {
         if m.kind == Kind::File {
             add(&self.counts.files, 1);
         }
@@ -1303,9 +1340,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
             false
         };
         let ok = if m.kind == Kind::File {
-            self.copy_file(at, dst, to, e, m)
+            self.copy_file(at, dst, to, e, m, src)
         } else {
-            self.copy_special(at, dst, to, m)
+            self.copy_special(at, dst, to, m, src.no_xattrs)
         };
         let ok = ok && (direct || self.finish_replace(dst, to, at.name, replace, &at.rel));
         if leader {
@@ -1427,26 +1464,42 @@ impl<R: SnapshotReader> Restore<'_, R> {
         to: &[u8],
         e: &Entry,
         m: &Meta,
+        source: Source,
     ) -> bool {
         let src_rel = &at.src_rel;
-        let src = match self.reader.open_file(&at.node.src, at.name) {
+        let opened = match source.fd {
+            Some(fd) => Ok(fd),
+            None => self.reader.open_file(&at.node.src, at.name),
+        };
+        let src = match opened {
             Ok(fd) => fd,
             Err(e) => {
                 self.src_error(src_rel, "open snapshot file", e);
                 return false;
             }
         };
-        let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&src))).unwrap_or_else(|e| {
-            self.problem(
-                src_rel,
-                ProblemKind::Metadata,
-                "read extended attributes",
-                e,
-            );
+        let xattrs = if source.no_xattrs {
             Vec::new()
-        });
+        } else {
+            fsx::read_xattrs(&XattrTarget::Fd(b(&src))).unwrap_or_else(|e| {
+                self.problem(
+                    src_rel,
+                    ProblemKind::Metadata,
+                    "read extended attributes",
+                    e,
+                );
+                Vec::new()
+            })
+        };
         let rel = &at.rel;
-        let dst = match fsx::create_at(b(dst_dir), to) {
+        // Created with its final mode when it has no special bits (and its owner may
+        // write it), so that no `fchmod` is needed when the umask leaves it whole.
+        let created_perm = if m.perm & 0o7000 == 0 && m.perm & 0o200 != 0 {
+            m.perm & 0o777
+        } else {
+            0o600
+        };
+        let dst = match fsx::create_at_mode(b(dst_dir), to, created_perm) {
             Ok(fd) => fd,
             Err(e) => {
                 self.dest_error(rel, "create file", e);
@@ -1480,7 +1533,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
         // Tests kill a restore here: bytes written, metadata not yet.
         let _ = crate::failpoint::hit("restore.file");
-        let r = fsx::apply_owner_mode(b(&dst), m)
+        let r = self
+            .owner_mode(b(&dst), m)
             .and_then(|_| fsx::write_xattrs(&XattrTarget::Fd(b(&dst)), &xattrs))
             .and_then(|refused| {
                 for n in refused {
@@ -1502,9 +1556,43 @@ impl<R: SnapshotReader> Restore<'_, R> {
         true
     }
 
-    fn copy_special(&self, at: &At<'_, R::Dir>, dst: &OwnedFd, to: &[u8], m: &Meta) -> bool {
+    /// Gives a file this restore created the snapshot's owner and mode. The owner and
+    /// mode it was created with are read from what the create's reply left in the
+    /// kernel's cache (no round trip), and only what differs is set: over NFS or FUSE a
+    /// `fchown` costs two round trips (the kernel refetches the attributes first) and
+    /// a `fchmod` one. Set in the order that keeps setuid and setgid bits.
+    fn owner_mode(&self, fd: std::os::fd::BorrowedFd<'_>, m: &Meta) -> std::io::Result<()> {
+        let Some(now) = fsx::fstat_cached(fd) else {
+            return fsx::apply_owner_mode(fd, m);
+        };
+        let chown = (now.uid, now.gid) != (m.uid, m.gid);
+        if chown {
+            rustix::fs::fchown(
+                fd,
+                Some(rustix::fs::Uid::from_raw(m.uid)),
+                Some(rustix::fs::Gid::from_raw(m.gid)),
+            )?;
+        }
+        if now.perm != m.perm || (chown && m.perm & 0o6000 != 0) {
+            rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(m.perm))?;
+        }
+        Ok(())
+    }
+
+    fn copy_special(
+        &self,
+        at: &At<'_, R::Dir>,
+        dst: &OwnedFd,
+        to: &[u8],
+        m: &Meta,
+        no_xattrs: bool,
+    ) -> bool {
         let (src, name) = (&at.node.src, at.name);
-        let xattrs = self.reader.xattrs(src, Some(name)).unwrap_or_default();
+        let xattrs = if no_xattrs {
+            Vec::new()
+        } else {
+            self.reader.xattrs(src, Some(name)).unwrap_or_default()
+        };
         let made = if m.kind == Kind::Symlink {
             match self.reader.read_link(src, name) {
                 Ok(t) => fsx::symlink_at(&t, b(dst), to),

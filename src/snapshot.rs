@@ -26,15 +26,16 @@ pub enum Listed {
     /// I/O is needed to know it.
     Recorded(Entry),
     /// A name read from the tree, with the record's entry for that name when the reader
-    /// keeps one beside the tree (for its hash and hard-link group).
-    Name(Vec<u8>, Option<Entry>),
+    /// keeps one beside the tree (for its hash and hard-link group), and its kind when
+    /// the listing gave it (`d_type`).
+    Name(Vec<u8>, Option<Entry>, Option<Kind>),
 }
 
 impl Listed {
     pub fn name(&self) -> &[u8] {
         match self {
             Listed::Recorded(e) => &e.name,
-            Listed::Name(n, _) => n,
+            Listed::Name(n, ..) => n,
         }
     }
 }
@@ -49,6 +50,10 @@ pub struct Stat {
     /// The tree's own `lstat` (allocated blocks, link count, the tree's inode), when the
     /// entry was read from a tree; `None` for an entry known from a record only.
     pub meta: Option<Meta>,
+    /// The entry's hash, hard-link group and xattr digest are the snapshot's record
+    /// (its manifest): `entry.xattrs == None` then means the entry has no extended
+    /// attributes, with no need to list them.
+    pub recorded: bool,
 }
 
 /// Reads one snapshot (or tree). Methods run on the walk's workers, concurrently.
@@ -72,6 +77,15 @@ pub trait SnapshotReader: Sync {
 
     /// The facts of one listed name (`ENOENT`: gone since it was listed).
     fn stat(&self, dir: &Self::Dir, item: Listed) -> io::Result<Stat>;
+
+    /// [`stat`](Self::stat) of a listed name, with a regular file opened to read (as
+    /// [`open_file`](Self::open_file)) when the listing said it is one: its facts then
+    /// come from the open descriptor, which over NFS or FUSE saves the lookup and
+    /// permission checks of a stat by name before the open. No descriptor when the
+    /// reader does not know the kind from the listing; the caller opens it if it must.
+    fn stat_open(&self, dir: &Self::Dir, item: Listed) -> io::Result<(Stat, Option<OwnedFd>)> {
+        Ok((self.stat(dir, item)?, None))
+    }
 
     /// The metadata of the open directory itself.
     fn dir_meta(&self, dir: &Self::Dir) -> io::Result<Meta>;
@@ -162,6 +176,40 @@ impl<'a> TreeReader<'a> {
             None
         })
     }
+
+    /// What [`SnapshotReader::stat`] says of entry `name` of `d`, whose `lstat` is `m`
+    /// and whose record (in Restore mode) is `rec`.
+    fn facts(&self, d: BorrowedFd<'_>, name: &[u8], m: Meta, rec: Option<Entry>) -> Stat {
+        let mut e = Entry::from_meta(name, &m);
+        let mut recorded = false;
+        match self.mode {
+            Mode::Tree => {
+                if m.kind == Kind::Symlink {
+                    e.target = fsx::read_link_at(d, name).ok();
+                }
+                // By name (one `llistxattr`), not by opening the file (open + list + close).
+                let xs = fsx::read_xattrs(&XattrTarget::At(d, name));
+                e.xattrs = xs.ok().and_then(|x| fsx::xattr_digest(&x));
+            }
+            // With a manifest, its record says which entries were one inode at the
+            // source (every file of a snapshot has several links: the older snapshots'),
+            // and whether the entry has extended attributes at all.
+            Mode::Restore => {
+                if let Some(r) = rec {
+                    e.hash = r.hash;
+                    e.group = r.group;
+                    e.xattrs = r.xattrs;
+                    recorded = true;
+                }
+            }
+            Mode::Manifest => {}
+        }
+        Stat {
+            entry: e,
+            meta: Some(m),
+            recorded,
+        }
+    }
 }
 
 fn fd(dir: &TreeDir) -> io::Result<BorrowedFd<'_>> {
@@ -207,25 +255,30 @@ impl SnapshotReader for TreeReader<'_> {
                 .map(Listed::Recorded)
                 .collect());
         }
-        let mut names = fsx::read_dir_names(fd(dir)?)?;
+        // Through the directory's own descriptor (listed once, by the worker that opened
+        // it): no second open of it, and a large buffer (fewer READDIR round trips).
+        let mut names = fsx::list_dir_typed(fd(dir)?)?;
         // A removed directory lists as empty: say it is gone instead (an expiry
         // deleting the snapshot under its reader must not pass for an empty directory).
         // Only an empty listing can be one, so only then the `fstat` (a round trip).
         if names.is_empty() && fsx::fstat(fd(dir)?)?.nlink == 0 {
             return Err(io::Error::from_raw_os_error(Errno::NOENT.raw_os_error()));
         }
-        names.sort();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
         let Some(block) = self.block(dir) else {
-            return Ok(names.into_iter().map(|n| Listed::Name(n, None)).collect());
+            return Ok(names
+                .into_iter()
+                .map(|(n, k)| Listed::Name(n, None, k))
+                .collect());
         };
         // Both sorted by name: one merge, no lookups. Names come from the tree only.
         let mut recs = block.into_iter().peekable();
         Ok(names
             .into_iter()
-            .map(|n| {
+            .map(|(n, k)| {
                 while recs.next_if(|r| r.name < n).is_some() {}
                 let rec = recs.next_if(|r| r.name == n);
-                Listed::Name(n, rec)
+                Listed::Name(n, rec, k)
             })
             .collect())
     }
@@ -242,8 +295,8 @@ impl SnapshotReader for TreeReader<'_> {
                     .map(Listed::Recorded)
                     .ok_or_else(|| Errno::NOENT.into())
             }
-            Mode::Tree => Ok(Listed::Name(name.to_vec(), None)),
-            Mode::Restore => Ok(Listed::Name(name.to_vec(), rec())),
+            Mode::Tree => Ok(Listed::Name(name.to_vec(), None, None)),
+            Mode::Restore => Ok(Listed::Name(name.to_vec(), rec(), None)),
         }
     }
 
@@ -253,34 +306,36 @@ impl SnapshotReader for TreeReader<'_> {
                 return Ok(Stat {
                     entry: e,
                     meta: None,
+                    recorded: true,
                 });
             }
-            Listed::Name(n, rec) => (n, rec),
+            Listed::Name(n, rec, _) => (n, rec),
         };
         let d = fd(dir)?;
         let m = fsx::lstat_at(d, &name)?;
-        let mut e = Entry::from_meta(&name, &m);
-        match self.mode {
-            Mode::Tree => {
-                if m.kind == Kind::Symlink {
-                    e.target = fsx::read_link_at(d, &name).ok();
-                }
-                // By name (one `llistxattr`), not by opening the file (open + list + close).
-                let xs = fsx::read_xattrs(&XattrTarget::At(d, &name));
-                e.xattrs = xs.ok().and_then(|x| fsx::xattr_digest(&x));
-            }
-            // With a manifest, its record says which entries were one inode at the
-            // source (every file of a snapshot has several links: the older snapshots').
-            Mode::Restore if self.manifest.is_some() => {
-                e.hash = rec.as_ref().and_then(|r| r.hash);
-                e.group = rec.and_then(|r| r.group);
-            }
-            _ => {}
+        Ok(self.facts(d, &name, m, rec))
+    }
+
+    fn stat_open(&self, dir: &TreeDir, item: Listed) -> io::Result<(Stat, Option<OwnedFd>)> {
+        let Listed::Name(name, rec, Some(Kind::File)) = item else {
+            return Ok((self.stat(dir, item)?, None));
+        };
+        if self.mode != Mode::Restore {
+            return Ok((self.stat(dir, Listed::Name(name, rec, None))?, None));
         }
-        Ok(Stat {
-            entry: e,
-            meta: Some(m),
-        })
+        let d = fd(dir)?;
+        // O_NOFOLLOW and O_NONBLOCK: whatever the name is now, the open neither follows
+        // a symlink nor waits on a fifo; anything but a regular file is stated by name.
+        // The attributes the open has just checked (a snapshot's file does not change).
+        let opened = fsx::open_read_at(d, &name).and_then(|f| {
+            let m = fsx::fstat_cached(b(&f)).map_or_else(|| fsx::fstat(b(&f)), Ok)?;
+            Ok((m, f))
+        });
+        match opened {
+            Ok((m, f)) if m.kind == Kind::File => Ok((self.facts(d, &name, m, rec), Some(f))),
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => Err(e),
+            _ => Ok((self.stat(dir, Listed::Name(name, rec, None))?, None)),
+        }
     }
 
     fn dir_meta(&self, dir: &TreeDir) -> io::Result<Meta> {

@@ -88,3 +88,78 @@ fn unchanged_files_cost_no_lookup_with_readdirplus() {
     );
     assert_eq!(get("link"), files, "{calls:?}");
 }
+
+/// A restore of a snapshot into a new directory, the store and the target on one
+/// mount at TTL 0 (every call the kernel makes reaches latencyfs). Per restored file
+/// there is no `lstat` by name before its open (the listing's `d_type` says it is a
+/// file; its attributes are the ones the open fetched), no xattr listing (the manifest
+/// records that it has none), and no `fchown` or `fchmod` (it is created with its mode,
+/// and the create's reply says it has the snapshot's owner and mode already; a FUSE
+/// `fchown` is two calls, a getattr and the setattr). What is left per file is the
+/// open of the snapshot's file, the create (with FUSE's negative lookup and permission
+/// checks), the kernel's `security.capability` read before the write, and `futimens`:
+/// about 12 calls per file, 20 before.
+#[test]
+fn a_restored_file_needs_no_stat_by_name_xattr_listing_chown_or_chmod() {
+    let t = tempfile::tempdir().unwrap();
+    let (under, mnt, stats) = (
+        t.path().join("under"),
+        t.path().join("mnt"),
+        t.path().join("stats.json"),
+    );
+    for i in 0..DIRS * PER_DIR {
+        let p = under.join(format!("src/d{}/f{i:04}", i % DIRS));
+        write(&p, format!("content {i}").as_bytes());
+        chmod(&p, 0o640);
+        set_mtime(&p, 1_600_000_000, i as i64);
+    }
+    std::fs::create_dir(under.join("backup")).unwrap();
+    let stats_arg = stats.to_str().unwrap();
+    let args = ["--stats", stats_arg];
+    let Some(fs) = FaultFs::mount(&under, &mnt, &args) else {
+        return;
+    };
+    let (code, _, err) = backup(&mnt.join("src"), &mnt.join("backup"), &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    drop(fs);
+    let _fs = FaultFs::mount(&under, &mnt, &args).unwrap();
+    let before = counts(&stats);
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            mnt.join("backup").as_os_str(),
+            "latest".as_ref(),
+            "--to".as_ref(),
+            mnt.join("out").as_os_str(),
+            "--json".as_ref(),
+            "--no-progress".as_ref(),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let calls = diff(&before, &counts(&stats));
+    let (want, got) = (describe(&under.join("src")), describe(&under.join("out")));
+    assert_same_tree(&want, &got, "restored");
+    let files = (DIRS * PER_DIR) as u64;
+    let get = |k: &str| calls.get(k).copied().unwrap_or(0);
+    // The store's own files (snapshot list, manifest, lock) and the directories: a
+    // few dozen calls of each kind; none of these kinds per file.
+    assert!(get("listxattr") < files / 10, "{calls:?}");
+    // futimens per file (no fchown, no fchmod: 3 more before), and owner, mode and
+    // times per directory.
+    assert!(get("setattr") <= files + 40, "{calls:?}");
+    let total: u64 = calls
+        .iter()
+        .filter(|(k, _)| k.as_str() != "lookup_negative")
+        .map(|(_, v)| v)
+        .sum();
+    assert!(
+        total < 14 * files,
+        "{total} calls for {files} restored files: {calls:?}"
+    );
+}
