@@ -193,7 +193,10 @@ fn locked(
         };
         rep.snapshot = Some(name);
         rep.status = status;
-        tracing::info!("finalize: published by {:.2}s", t_fin.elapsed().as_secs_f64());
+        tracing::info!(
+            "finalize: published by {:.2}s",
+            t_fin.elapsed().as_secs_f64()
+        );
     } else {
         // Published by an earlier finalize (or the repair of its journal).
         counters.fill(&mut rep);
