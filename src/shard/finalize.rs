@@ -346,6 +346,7 @@ fn assemble(
             (a, b) => a.or(b),
         };
     }
+    let t_join = Instant::now();
     let tree = fsx::open_dir(&rd.tree()).ctx("open", rd.tree())?;
     // Every name of a group becomes the first name's inode (as a single-node run's
     // `link_within` makes it); the manifest entries follow the first.
@@ -416,30 +417,48 @@ fn assemble(
             }
         }
     }
+    let t_groups = t_join.elapsed();
     // Pass 2: the blocks; a spine directory's pieces are put together.
     let spine: HashSet<&RelPath> = cut.spine.iter().collect();
     let mut spine_blocks: BTreeMap<RelPath, Vec<Entry>> = BTreeMap::new();
     let mdir = store.meta.join("manifests");
     let mut w = manifest::Writer::create(&mdir, &rd.run, started.unwrap_or_else(fsx::wall_clock))
         .ctx("create manifest in", &mdir)?;
-    for u in &cut.units {
-        for_each_block(&part(&u.id), |dir, mut es| {
-            for e in es.iter_mut() {
-                if let Some(p) = patched.get(&(dir.clone(), e.name.clone())) {
-                    *e = p.clone();
+    // The parts are read `threads` at a time (each read a few round trips on NFS) and
+    // written in plan order: at most `threads` parts are held in memory.
+    let t_pass2 = Instant::now();
+    for window in cut.units.chunks(threads) {
+        let read = super::par_map(threads, window, |u| {
+            let mut blocks: Vec<(RelPath, Vec<Entry>)> = Vec::new();
+            for_each_block(&part(&u.id), |dir, es| {
+                blocks.push((dir.clone(), es));
+                Ok(())
+            })?;
+            Ok::<_, ShardError>(blocks)
+        });
+        for blocks in read {
+            for (dir, mut es) in blocks? {
+                for e in es.iter_mut() {
+                    if let Some(p) = patched.get(&(dir.clone(), e.name.clone())) {
+                        *e = p.clone();
+                    }
+                }
+                if spine.contains(&dir) {
+                    spine_blocks.entry(dir).or_default().extend(es);
+                } else {
+                    w.write_block(&dir, &mut es).ctx("write manifest", &mdir)?;
                 }
             }
-            if spine.contains(dir) {
-                spine_blocks.entry(dir.clone()).or_default().extend(es);
-                Ok(())
-            } else {
-                w.write_block(dir, &mut es).ctx("write manifest", &mdir)?;
-                Ok(())
-            }
-        })?;
+        }
     }
+    tracing::info!(
+        "finalize: groups joined in {:.2}s, manifest parts merged in {:.2}s",
+        t_groups.as_secs_f64(),
+        t_pass2.elapsed().as_secs_f64()
+    );
     // The spine, deepest first: each directory's entries for its spine children and
     // its own metadata, from the source now (the units did not carry them).
+    let t_spine = Instant::now();
     let mut order: Vec<&RelPath> = cut.spine.iter().collect();
     order.sort_by_key(|r| std::cmp::Reverse(r.components().count()));
     let mut root_entry = None;
@@ -483,6 +502,11 @@ fn assemble(
             )));
         }
     };
+    let spine_s = t_spine.elapsed().as_secs_f64();
     w.finish(&root).ctx("finish manifest", &mdir)?;
+    tracing::info!(
+        "finalize: {} spine directories applied in {spine_s:.2}s",
+        cut.spine.len()
+    );
     Ok(())
 }

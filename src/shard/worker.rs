@@ -632,7 +632,7 @@ fn claim_units<'s>(
             // stalls, and to finalize when the last one commits.
             settle(moving)?;
             std::thread::sleep(
-                (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(500)),
+                (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(150)),
             );
             continue;
         };
