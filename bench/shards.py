@@ -24,8 +24,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as harness  # noqa: E402  (bench/run.py: gen, drop_caches, checks)
 
 
-def timed(cmds, env):
-    """Wall seconds of the commands run together; every one must exit 0."""
+def timed(cmds, env, logs=None):
+    """Wall seconds of the commands run together; every one must exit 0. With `logs`
+    (a path prefix), each command's stderr is kept in `<logs>-<i>.log`."""
     t0 = time.monotonic()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
     errs = [p.communicate()[1] for p in procs]
@@ -33,6 +34,10 @@ def timed(cmds, env):
     for c, p, e in zip(cmds, procs, errs):
         if p.returncode != 0:
             raise SystemExit(f"{' '.join(c)} failed ({p.returncode}): {e.decode(errors='replace')[-2000:]}")
+    if logs:
+        for i, e in enumerate(errs):
+            with open(f"{logs}-{i}.log", "wb") as f:
+                f.write(e)
     return wall
 
 
@@ -48,6 +53,7 @@ def main():
     ap.add_argument("--latencyfs", default=os.path.join(harness.ROOT, "bench/tools/target/release/latencyfs"))
     ap.add_argument("--work", default="/var/tmp/snapring-shards")
     ap.add_argument("--json", help="append each result here as a JSON line")
+    ap.add_argument("--logs", help="keep each process's -v log (stderr) in this directory")
     a = ap.parse_args()
     under = os.path.join(a.work, "data")
     mnt = os.path.join(a.work, "mnt")
@@ -79,7 +85,7 @@ def main():
                 shutil.rmtree(dst_u, ignore_errors=True)
                 dst = os.path.join(view, "dst-" + mode)
                 base = [a.snapring, "backup", "--source", src, "--dest", dst, "--label", "snap",
-                        "--retain", "3", "--no-progress"]
+                        "--retain", "3", "--no-progress"] + (["-v"] if a.logs else [])
                 for case in ["full", "incr"]:
                     if mode == "single":
                         cmds = [base + ["--jobs", str(a.workers * a.jobs)]]
@@ -87,7 +93,11 @@ def main():
                         cmds = [base + ["--jobs", str(a.jobs), "--shard", f"{i}/{a.workers}",
                                         "--run-id", f"{case}-{r}"] for i in range(a.workers)]
                     harness.drop_caches()
-                    wall = timed(cmds, env)
+                    logs = None
+                    if a.logs:
+                        os.makedirs(a.logs, exist_ok=True)
+                        logs = os.path.join(a.logs, f"{mode}-{case}-{r}")
+                    wall = timed(cmds, env, logs)
                     harness.check_same(os.path.join(under, "src"), os.path.join(dst_u, "snap.0"), f"{mode} {case}")
                     if case == "incr":
                         harness.check_shared(os.path.join(dst_u, "snap.1"), os.path.join(dst_u, "snap.0"),

@@ -180,6 +180,7 @@ const NOT_IN_MATRIX: &[&str] = &[
     "verify.snapshot",
     "restic.pack_written",
     "restic.prune_pack_written",
+    "shard.size",
     "shard.before_commit",
     "shard.after_commit",
     "shard.move",

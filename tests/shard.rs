@@ -632,3 +632,150 @@ fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused
     .unwrap();
     assert_eq!(rec["shards"]["takeovers"], 1);
 }
+
+fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn only_one_worker_sizes_the_source_and_the_others_wait_for_its_plan() {
+    let e = env();
+    let run = "one-plan";
+    // A slow source (each directory's listing takes 100 ms while sizing): workers that
+    // sized it each on their own would all be at it at once.
+    let slow = [("SNAPRING_FAILPOINTS", "shard.size=sleep:100")];
+    let kids: Vec<Child> = (0..4)
+        .map(|i| {
+            let shard = format!("{i}/4");
+            worker(&e, &["-v", "--shard", &shard, "--run-id", run], &slow)
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = kids
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        assert_eq!(o.status.code(), Some(0), "{}", text(o));
+    }
+    let sized = outs
+        .iter()
+        .filter(|o| stderr_of(o).contains("sized by walk"))
+        .count();
+    assert_eq!(
+        sized,
+        1,
+        "one worker sizes the source: {}",
+        outs.iter().map(text).collect::<Vec<_>>().join("\n")
+    );
+    let waited = outs
+        .iter()
+        .filter(|o| stderr_of(o).contains("waiting for another worker's shard plan"))
+        .count();
+    assert_eq!(waited, 3);
+    check_run(&e, run);
+    check_snapshot(&e, "one planner");
+}
+
+#[test]
+fn a_planner_that_dies_or_stalls_is_taken_over() {
+    // Killed while sizing: its claim names a dead process of this host, so the next
+    // worker takes the planning over at once (the lease is long).
+    let e = env();
+    let run = "dead-planner";
+    let long = ("SNAPRING_SHARD_LEASE", "10m");
+    let o = worker(
+        &e,
+        &["--shard", "0/2", "--run-id", run],
+        &[long, ("SNAPRING_FAILPOINTS", "shard.size=kill@2")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), None, "killed: {}", text(&o));
+    assert!(run_dir(&e, run).join("planning.g1").is_file());
+    assert!(!run_dir(&e, run).join("plan.json").exists());
+    let t0 = Instant::now();
+    let kids: Vec<Child> = (0..2).map(|i| spawn(&e, i, 2, run, &[long])).collect();
+    for c in kids {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    assert!(t0.elapsed() < Duration::from_secs(60));
+    assert!(run_dir(&e, run).join("planning.g2").is_file());
+    check_run(&e, run);
+    check_snapshot(&e, "after a dead planner");
+
+    // Stopped past its lease while sizing: another worker plans instead; when the
+    // stopped one wakes up its plan is not the one written, and it works to the one
+    // that was.
+    let e = env();
+    let run = "stalled-planner";
+    let lease = ("SNAPRING_SHARD_LEASE", "1s");
+    let pause = e.dest.with_file_name("pause");
+    let fp = format!("shard.size=pause:{}@2", pause.display());
+    let mut w0 = spawn(&e, 0, 2, run, &[lease, ("SNAPRING_FAILPOINTS", &fp)]);
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&w0);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let o = spawn(&e, 1, 2, run, &[lease]).wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(run_dir(&e, run).join("planning.g2").is_file());
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, run).join("plan.json")).unwrap())
+            .unwrap();
+    assert!(
+        plan["created_by"].as_str().unwrap().ends_with("worker 1"),
+        "{plan}"
+    );
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = w0.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(w0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(out.code(), Some(0), "{stdout}");
+    check_run(&e, run);
+    check_snapshot(&e, "after a stalled planner");
+}
+
+#[test]
+fn a_worker_with_four_jobs_builds_two_units_at_once() {
+    let e = env();
+    let run = "lanes";
+    let pause = e.dest.with_file_name("pause");
+    let fp = format!("walk.copy=pause:{}@1", pause.display());
+    let mut c = Command::new(bin());
+    c.args(["backup", "--jobs", "4", "--source"])
+        .arg(&e.src)
+        .arg("--dest")
+        .arg(&e.dest)
+        .args(["--shard", "0/1", "--run-id", run])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_FAILPOINTS", &fp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut w = c.spawn().unwrap();
+    wait_for(&pause);
+    let done = || {
+        std::fs::read_dir(run_dir(&e, run).join("done"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    // One unit's walk is held in its first copy; the other lane goes on committing.
+    let at_pause = done();
+    let t0 = Instant::now();
+    while done() < at_pause + 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "no unit was committed while one unit's walk was held"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&pause).unwrap();
+    let o = w.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(w.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(o.code(), Some(0), "{err}");
+    check_run(&e, run);
+    check_snapshot(&e, "two lanes");
+}

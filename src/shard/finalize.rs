@@ -101,7 +101,8 @@ fn locked(
             msg: m,
         })
     })?;
-    let commits = rd.commits()?;
+    let threads = jobs.max(1);
+    let commits = rd.commits(threads)?;
     let missing = cut
         .units
         .iter()
@@ -125,9 +126,12 @@ fn locked(
     rep.based_on = plan.prev_run.clone().or(plan.prev.clone());
     let counters = Counters::default();
     let mut per_worker: BTreeMap<usize, WorkerKpi> = BTreeMap::new();
-    for u in &cut.units {
+    let counts = super::par_map(threads, &cut.units, |u| {
+        rd.read_counts(&u.id, commits[&u.id].generation)
+    });
+    for (u, n) in cut.units.iter().zip(counts) {
         let c = &commits[&u.id];
-        let n: UnitCounts = rd.read_counts(&u.id, c.generation)?;
+        let n: UnitCounts = n?;
         add(&counters, &n);
         let k = per_worker.entry(c.worker).or_insert_with(|| WorkerKpi {
             index: c.worker,
@@ -149,12 +153,19 @@ fn locked(
     let staging = store.meta.join("staging").join(&rd.run);
     if !published {
         if rd.tree().is_dir() || !staging.is_dir() {
-            for u in &cut.units {
-                super::worker::move_unit(rd, u, commits[&u.id].generation)?;
+            for r in super::par_map(threads, &cut.units, |u| {
+                super::worker::move_unit(rd, u, commits[&u.id].generation)
+            }) {
+                r?;
             }
+            let t_moved = t_fin.elapsed().as_secs_f64();
             let root_fd = super::worker::make_dirs(&rd.tree(), &RelPath::root())?;
-            assemble(store, rd, &cut, &commits, &plan.source, &counters)?;
+            assemble(store, rd, threads, &cut, &commits, &plan.source, &counters)?;
             fsx::sync_fs(b(&root_fd)).ctx("flush", rd.tree())?;
+            tracing::info!(
+                "finalize: units read and moved in {t_moved:.2}s, manifest merged and spine applied by {:.2}s",
+                t_fin.elapsed().as_secs_f64()
+            );
             crate::failpoint::hit("shard.finalize.before_staging").ctx("finalize", rd.tree())?;
             std::fs::rename(rd.tree(), &staging).ctx("move the run's tree to", &staging)?;
         }
@@ -182,6 +193,10 @@ fn locked(
         };
         rep.snapshot = Some(name);
         rep.status = status;
+        tracing::info!(
+            "finalize: published by {:.2}s",
+            t_fin.elapsed().as_secs_f64()
+        );
     } else {
         // Published by an earlier finalize (or the repair of its journal).
         counters.fill(&mut rep);
@@ -294,33 +309,44 @@ struct Member {
 fn assemble(
     store: &Store,
     rd: &RunDir,
+    threads: usize,
     cut: &Cut,
     commits: &BTreeMap<String, Commit>,
     source: &Path,
     counters: &Counters,
 ) -> Result<(), ShardError> {
     let part = |u: &str| manifest::paths(&rd.parts(), &format!("{u}.g{}", commits[u].generation)).0;
-    // Pass 1: the groups (source inodes with several names) and the earliest start.
-    let mut groups: HashMap<u64, Vec<Member>> = HashMap::new();
-    let mut started: Option<Time> = None;
-    for u in &cut.units {
+    // Pass 1: the groups (source inodes with several names) and the earliest start,
+    // the parts read at once.
+    let firsts = super::par_map(threads, &cut.units, |u| {
+        let mut ms: Vec<(u64, Member)> = Vec::new();
         let s = for_each_block(&part(&u.id), |dir, es| {
             for e in es.into_iter().filter(|e| e.group.is_some()) {
-                groups
-                    .entry(e.group.unwrap_or(0))
-                    .or_default()
-                    .push(Member {
+                ms.push((
+                    e.group.unwrap_or(0),
+                    Member {
                         dir: dir.clone(),
                         entry: e,
-                    });
+                    },
+                ));
             }
             Ok(())
         })?;
+        Ok::<_, ShardError>((ms, s))
+    });
+    let mut groups: HashMap<u64, Vec<Member>> = HashMap::new();
+    let mut started: Option<Time> = None;
+    for r in firsts {
+        let (ms, s) = r?;
+        for (g, m) in ms {
+            groups.entry(g).or_default().push(m);
+        }
         started = match (started, s) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
     }
+    let t_join = Instant::now();
     let tree = fsx::open_dir(&rd.tree()).ctx("open", rd.tree())?;
     // Every name of a group becomes the first name's inode (as a single-node run's
     // `link_within` makes it); the manifest entries follow the first.
@@ -391,30 +417,48 @@ fn assemble(
             }
         }
     }
+    let t_groups = t_join.elapsed();
     // Pass 2: the blocks; a spine directory's pieces are put together.
     let spine: HashSet<&RelPath> = cut.spine.iter().collect();
     let mut spine_blocks: BTreeMap<RelPath, Vec<Entry>> = BTreeMap::new();
     let mdir = store.meta.join("manifests");
     let mut w = manifest::Writer::create(&mdir, &rd.run, started.unwrap_or_else(fsx::wall_clock))
         .ctx("create manifest in", &mdir)?;
-    for u in &cut.units {
-        for_each_block(&part(&u.id), |dir, mut es| {
-            for e in es.iter_mut() {
-                if let Some(p) = patched.get(&(dir.clone(), e.name.clone())) {
-                    *e = p.clone();
+    // The parts are read `threads` at a time (each read a few round trips on NFS) and
+    // written in plan order: at most `threads` parts are held in memory.
+    let t_pass2 = Instant::now();
+    for window in cut.units.chunks(threads) {
+        let read = super::par_map(threads, window, |u| {
+            let mut blocks: Vec<(RelPath, Vec<Entry>)> = Vec::new();
+            for_each_block(&part(&u.id), |dir, es| {
+                blocks.push((dir.clone(), es));
+                Ok(())
+            })?;
+            Ok::<_, ShardError>(blocks)
+        });
+        for blocks in read {
+            for (dir, mut es) in blocks? {
+                for e in es.iter_mut() {
+                    if let Some(p) = patched.get(&(dir.clone(), e.name.clone())) {
+                        *e = p.clone();
+                    }
+                }
+                if spine.contains(&dir) {
+                    spine_blocks.entry(dir).or_default().extend(es);
+                } else {
+                    w.write_block(&dir, &mut es).ctx("write manifest", &mdir)?;
                 }
             }
-            if spine.contains(dir) {
-                spine_blocks.entry(dir.clone()).or_default().extend(es);
-                Ok(())
-            } else {
-                w.write_block(dir, &mut es).ctx("write manifest", &mdir)?;
-                Ok(())
-            }
-        })?;
+        }
     }
+    tracing::info!(
+        "finalize: groups joined in {:.2}s, manifest parts merged in {:.2}s",
+        t_groups.as_secs_f64(),
+        t_pass2.elapsed().as_secs_f64()
+    );
     // The spine, deepest first: each directory's entries for its spine children and
     // its own metadata, from the source now (the units did not carry them).
+    let t_spine = Instant::now();
     let mut order: Vec<&RelPath> = cut.spine.iter().collect();
     order.sort_by_key(|r| std::cmp::Reverse(r.components().count()));
     let mut root_entry = None;
@@ -458,6 +502,11 @@ fn assemble(
             )));
         }
     };
+    let spine_s = t_spine.elapsed().as_secs_f64();
     w.finish(&root).ctx("finish manifest", &mdir)?;
+    tracing::info!(
+        "finalize: {} spine directories applied in {spine_s:.2}s",
+        cut.spine.len()
+    );
     Ok(())
 }

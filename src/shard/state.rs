@@ -5,6 +5,8 @@
 //! each claim generation, each commit marker, the finalized marker. Does file I/O.
 //!
 //! - `plan.json`: the cut (`plan.rs`), the run's parameters, the previous snapshot;
+//! - `planning.g<generation>`: who makes the plan (one worker sizes the source, the
+//!   others wait for `plan.json`); a lease like a unit's, taken over the same way;
 //! - `claims/<unit>.g<generation>`: who works on a unit; the lease is the file's mtime plus the
 //!   lease length, renewed by touching it; a claim past its lease is taken over by
 //!   creating generation `generation+1`;
@@ -249,6 +251,10 @@ impl RunDir {
     pub fn done_path(&self, unit: &str) -> PathBuf {
         self.root.join("done").join(unit)
     }
+    /// Generation `generation` of the claim to make the plan.
+    pub fn plan_claim_path(&self, generation: u32) -> PathBuf {
+        self.root.join(format!("planning.g{generation}"))
+    }
 
     /// Makes the run's directories (each step tolerates another worker's).
     pub fn create(&self) -> Result<()> {
@@ -316,15 +322,29 @@ impl RunDir {
 
     /// Claim `generation` of `unit`: its holder and when its lease was renewed.
     pub fn claim_at(&self, unit: &str, generation: u32) -> Option<Claim> {
-        let p = self.claim_path(unit, generation);
-        let f = std::fs::File::open(&p).ok()?;
-        let renewed = f.metadata().and_then(|m| m.modified()).ok()?;
-        let holder = serde_json::from_reader::<_, Holder>(std::io::BufReader::new(f)).ok()?;
-        Some(Claim {
-            generation,
-            holder,
-            renewed,
-        })
+        read_claim(&self.claim_path(unit, generation), generation)
+    }
+
+    /// The newest claim to make the plan: its generation and, if readable, the claim.
+    pub fn plan_claim(&self) -> Result<Option<(u32, Option<Claim>)>> {
+        let mut newest = None;
+        for e in std::fs::read_dir(&self.root).ctx("read", &self.root)? {
+            let name = e.ctx("read", &self.root)?.file_name();
+            let g = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("planning.g"))
+                .and_then(|g| g.parse::<u32>().ok());
+            newest = newest.max(g);
+        }
+        Ok(newest.map(|g| (g, read_claim(&self.plan_claim_path(g), g))))
+    }
+
+    /// Claims generation `generation` of the right to make the plan; `false` if another
+    /// process got it first.
+    pub fn claim_plan(&self, generation: u32, holder: &Holder) -> Result<bool> {
+        let p = self.plan_claim_path(generation);
+        let bytes = serde_json::to_vec(holder).expect("holder serializes");
+        create_exclusive(&p, &bytes).ctx("claim", &p)
     }
 
     /// The newest claim of each unit.
@@ -362,30 +382,35 @@ impl RunDir {
 
     /// Renews a claim's lease.
     pub fn renew(&self, unit: &str, generation: u32) -> std::io::Result<()> {
-        let f = std::fs::File::options()
-            .write(true)
-            .open(self.claim_path(unit, generation))?;
-        f.set_modified(SystemTime::now())
+        touch(&self.claim_path(unit, generation))
     }
 
-    /// The commit of each unit.
-    pub fn commits(&self) -> Result<BTreeMap<String, Commit>> {
+    /// The commit of each unit (the markers read on `threads` threads).
+    pub fn commits(&self, threads: usize) -> Result<BTreeMap<String, Commit>> {
         let dir = self.root.join("done");
-        let mut out = BTreeMap::new();
+        let mut names = Vec::new();
         for e in std::fs::read_dir(&dir).ctx("read", &dir)? {
             let e = e.ctx("read", &dir)?;
             let name = e.file_name().to_string_lossy().into_owned();
             if name.starts_with('.') || !plain(&name) {
                 continue;
             }
-            let bytes = std::fs::read(e.path()).ctx("read", e.path())?;
-            let c: Commit = serde_json::from_slice(&bytes).map_err(|err| Error::Store {
-                path: e.path(),
-                msg: format!("unreadable commit marker: {err}"),
-            })?;
-            out.insert(name, c);
+            names.push(name);
         }
-        Ok(out)
+        let read = |name: &String| -> Result<Commit> {
+            let p = dir.join(name);
+            let bytes = std::fs::read(&p).ctx("read", &p)?;
+            serde_json::from_slice(&bytes).map_err(|err| Error::Store {
+                path: p,
+                msg: format!("unreadable commit marker: {err}"),
+            })
+        };
+        let commits = super::par_map(threads, &names, read);
+        names
+            .into_iter()
+            .zip(commits)
+            .map(|(n, c)| Ok((n, c?)))
+            .collect()
     }
 
     /// Commits `unit` for generation `c.generation`, unless a newer generation claimed it
@@ -425,15 +450,37 @@ impl RunDir {
     }
 }
 
+/// The claim in file `path`, if it is there and readable.
+fn read_claim(path: &Path, generation: u32) -> Option<Claim> {
+    let f = std::fs::File::open(path).ok()?;
+    let renewed = f.metadata().and_then(|m| m.modified()).ok()?;
+    let holder = serde_json::from_reader::<_, Holder>(std::io::BufReader::new(f)).ok()?;
+    Some(Claim {
+        generation,
+        holder,
+        renewed,
+    })
+}
+
+/// Touches a claim file: its lease runs from now.
+pub fn touch(path: &Path) -> std::io::Result<()> {
+    let f = std::fs::File::options().write(true).open(path)?;
+    f.set_modified(SystemTime::now())
+}
+
 /// Creates `path` with `bytes` as its complete content, only if it does not exist:
 /// written and flushed under a private name, then hard-linked to `path` (which fails if
 /// it exists, atomically, on local file systems and NFS alike). `false`: it existed.
 pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    // Private to this call: two threads of one process (a worker's two lanes) may race
+    // for the same name.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
-        ".{}.{}.{}.tmp",
+        ".{}.{}.{}.{}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         crate::util::hostname()
     ));
     {
@@ -447,5 +494,35 @@ pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_of_one_process_racing_for_a_name_get_it_once_and_no_error() {
+        let t = tempfile::tempdir().unwrap();
+        for round in 0..50 {
+            let p = t.path().join(format!("u{round}.g1"));
+            let won = std::sync::atomic::AtomicUsize::new(0);
+            std::thread::scope(|s| {
+                for _ in 0..8 {
+                    s.spawn(|| {
+                        if create_exclusive(&p, b"claim").unwrap() {
+                            won.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    });
+                }
+            });
+            assert_eq!(won.into_inner(), 1);
+        }
+        let left: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|n| n.to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -62,7 +62,7 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         });
     };
     let lease = super::state::lease();
-    let commits = rd.commits()?;
+    let commits = rd.commits(8)?;
     let claims = rd.claims()?;
     let mut per: BTreeMap<usize, WorkerStatus> = (0..plan.workers)
         .map(|i| {

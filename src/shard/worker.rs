@@ -151,7 +151,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     // Canonical: `snapring finalize` may run from another directory.
     let source = std::fs::canonicalize(&source).ctx("resolve source", &source)?;
     let prev = Repository::previous(&store, &opts.label)?;
-    let (plan, plan_hash) = join_plan(opts, spec, &rd, &source, prev.as_ref())?;
+    let (plan, plan_hash) = join_plan(opts, spec, &rd, &source, prev.as_ref(), cancel)?;
     check_plan(opts, spec, &plan, &source, prev.as_ref())?;
     let cut = plan.cut().map_err(|m| {
         ShardError::Failed(Error::Store {
@@ -236,17 +236,96 @@ fn finalize_wait(lease: Duration) -> Duration {
     lease.clamp(Duration::from_secs(5), Duration::from_secs(30))
 }
 
-/// The run's plan: read, or made and written by this worker if it is the first.
+/// The run's plan: read, or made and written by this worker if it is the first to
+/// claim the making of it (`planning.g<generation>`, exclusive). The others wait for
+/// `plan.json` instead of sizing the source too (a walk of the whole source when there
+/// is no previous snapshot: four at once cost four times the calls, and the plan that
+/// counts is the first one written anyway). A planner whose lease lapsed (stopped, or
+/// on an unreachable host) or that died on this host is taken over by the next
+/// generation; two planners are harmless, since `plan.json` is created exclusively and
+/// every worker uses the one that was written.
 fn join_plan(
     opts: &BackupOptions,
     spec: &Spec,
     rd: &RunDir,
     source: &std::path::Path,
     prev: Option<&Previous>,
+    cancel: &AtomicBool,
 ) -> Result<(PlanFile, String), ShardError> {
-    if let Some(p) = rd.read_plan()? {
-        return Ok(p);
+    let lease = super::state::lease();
+    let me = Holder::me(spec.index);
+    let t0 = Instant::now();
+    let mut waiting = false;
+    loop {
+        if let Some(p) = rd.read_plan()? {
+            if waiting {
+                tracing::info!(
+                    "shard plan of {} read after waiting {:.2}s",
+                    p.0.created_by,
+                    t0.elapsed().as_secs_f64()
+                );
+            }
+            return Ok(p);
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Err(ShardError::Retry(format!(
+                "stopped while waiting for the plan of run {}",
+                spec.run_id
+            )));
+        }
+        let next = match rd.plan_claim()? {
+            None => Some(1),
+            Some((g, Some(c)))
+                if c.expired(lease) || (c.holder.host == me.host && c.holder.is_dead_here()) =>
+            {
+                Some(g + 1)
+            }
+            // Live, or being written.
+            Some(_) => None,
+        };
+        if let Some(g) = next
+            && rd.claim_plan(g, &me)?
+        {
+            if g > 1 {
+                tracing::info!("making the shard plan, taken over at generation {g}");
+            }
+            let path = rd.plan_claim_path(g);
+            let done = AtomicBool::new(false);
+            return std::thread::scope(|s| {
+                s.spawn(|| {
+                    let every = (lease / 3).max(Duration::from_millis(50));
+                    let mut last = Instant::now();
+                    while !done.load(Ordering::Relaxed) {
+                        std::thread::sleep(Duration::from_millis(20).min(every));
+                        if last.elapsed() >= every {
+                            last = Instant::now();
+                            if let Err(e) = super::state::touch(&path) {
+                                tracing::warn!("cannot renew the lease of {}: {e}", path.display());
+                            }
+                        }
+                    }
+                });
+                let r = make_plan(opts, spec, rd, source, prev);
+                done.store(true, Ordering::Relaxed);
+                r
+            });
+        }
+        if !waiting {
+            tracing::info!("waiting for another worker's shard plan");
+            waiting = true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Sizes the source, cuts it and writes `plan.json` (unless another planner was first).
+fn make_plan(
+    opts: &BackupOptions,
+    spec: &Spec,
+    rd: &RunDir,
+    source: &std::path::Path,
+    prev: Option<&Previous>,
+) -> Result<(PlanFile, String), ShardError> {
     let t0 = Instant::now();
     let (cut, sized_by) = match prev.and_then(|p| p.manifest.as_ref()) {
         Some(m) => {
@@ -350,45 +429,90 @@ struct Current {
     lost: AtomicBool,
 }
 
+/// How a worker's `jobs` are split between units built at once: two lanes of half the
+/// jobs each from 4 jobs on, else one. A unit's walk starts from one directory, ramps
+/// up, drains on its own, and is followed by tens of sequential calls (seal, counters,
+/// commit, the next claim): with one lane those leave the worker's jobs idle each
+/// time, with two the other lane's walk keeps going meanwhile. The total of calls in
+/// flight stays `jobs`.
+fn lanes(jobs: usize) -> Vec<usize> {
+    if jobs >= 4 {
+        vec![jobs - jobs / 2, jobs / 2]
+    } else {
+        vec![jobs.max(1)]
+    }
+}
+
 /// Claims and builds units until every unit is committed (`true`) or the worker is
-/// stopped (`false`).
+/// stopped (`false`), in one or two lanes ([`lanes`]).
 fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
-    let current = Current::default();
+    let lanes = lanes(ctx.opts.jobs);
+    let currents: Vec<Current> = lanes.iter().map(|_| Current::default()).collect();
     let done = AtomicBool::new(false);
+    // A lane that failed stops the others from claiming more.
+    let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
-        // Renews the lease of the unit being built every third of the lease, and stops
+        // Renews the lease of each unit being built every third of the lease, and stops
         // its walk when the worker is stopped or a newer generation has taken it over.
         s.spawn(|| {
             let every = (ctx.lease / 3).max(Duration::from_millis(50));
             let mut last = Instant::now();
             while !done.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(20).min(every));
-                if ctx.cancel.load(Ordering::Relaxed) {
-                    current.stop.store(true, Ordering::Relaxed);
+                if ctx.cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
+                    for c in &currents {
+                        c.stop.store(true, Ordering::Relaxed);
+                    }
                 }
                 if last.elapsed() < every {
                     continue;
                 }
                 last = Instant::now();
-                let cur = current
-                    .unit
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let Some((unit, generation)) = cur else {
-                    continue;
-                };
-                if ctx.rd.claim_path(&unit, generation + 1).exists() {
-                    current.lost.store(true, Ordering::Relaxed);
-                    current.stop.store(true, Ordering::Relaxed);
-                } else if let Err(e) = ctx.rd.renew(&unit, generation) {
-                    tracing::warn!("cannot renew the lease of unit {unit}: {e}");
+                for current in &currents {
+                    let cur = current
+                        .unit
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .clone();
+                    let Some((unit, generation)) = cur else {
+                        continue;
+                    };
+                    if ctx.rd.claim_path(&unit, generation + 1).exists() {
+                        current.lost.store(true, Ordering::Relaxed);
+                        current.stop.store(true, Ordering::Relaxed);
+                    } else if let Err(e) = ctx.rd.renew(&unit, generation) {
+                        tracing::warn!("cannot renew the lease of unit {unit}: {e}");
+                    }
                 }
             }
         });
-        let r = claim_loop(ctx, out, &current);
+        let handles: Vec<_> = lanes
+            .iter()
+            .zip(&currents)
+            .map(|(&jobs, current)| {
+                let failed = &failed;
+                s.spawn(move || {
+                    let mut o = Outcome::default();
+                    let r = claim_loop(ctx, jobs, &mut o, current, failed);
+                    if r.is_err() {
+                        failed.store(true, Ordering::Relaxed);
+                    }
+                    (r, o)
+                })
+            })
+            .collect();
+        let mut all: Result<bool, ShardError> = Ok(true);
+        for h in handles {
+            let (r, o) = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            out.committed.extend(o.committed);
+            out.lost.extend(o.lost);
+            all = match (all, r) {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                (Ok(a), Ok(b)) => Ok(a && b),
+            };
+        }
         done.store(true, Ordering::Relaxed);
-        r
+        all
     })
 }
 
@@ -452,16 +576,23 @@ fn settle(moving: &mut Moving) -> Result<bool, ShardError> {
     }
 }
 
-/// Claims, builds and commits units, one at a time. Moving a committed unit's entries
+/// Claims, builds and commits units, one at a time in this lane, each walked on `jobs`
+/// threads. Moving a committed unit's entries
 /// into the run's tree is a rename per entry, each a few sequential metadata calls (on
 /// NFS, round trips), so it runs in a thread of its own while the next unit is claimed
 /// and walked. The move needs no lease (the unit is committed, and the move is
 /// idempotent); at most one is in flight, and it is waited for before this returns, so
 /// it ends while the worker still holds the store's lock (finalize cannot start).
-fn claim_loop(ctx: &Worker, out: &mut Outcome, current: &Current) -> Result<bool, ShardError> {
+fn claim_loop(
+    ctx: &Worker,
+    jobs: usize,
+    out: &mut Outcome,
+    current: &Current,
+    failed: &AtomicBool,
+) -> Result<bool, ShardError> {
     std::thread::scope(|s| {
         let mut moving: Moving = None;
-        let r = claim_units(ctx, out, current, s, &mut moving);
+        let r = claim_units(ctx, jobs, out, current, failed, s, &mut moving);
         let last = settle(&mut moving);
         let r = r?;
         last?;
@@ -471,8 +602,10 @@ fn claim_loop(ctx: &Worker, out: &mut Outcome, current: &Current) -> Result<bool
 
 fn claim_units<'s>(
     ctx: &'s Worker,
+    jobs: usize,
     out: &mut Outcome,
     current: &Current,
+    failed: &AtomicBool,
     s: &'s std::thread::Scope<'s, '_>,
     moving: &mut Moving<'s>,
 ) -> Result<bool, ShardError> {
@@ -487,7 +620,7 @@ fn claim_units<'s>(
     others.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
     order.extend(others);
     loop {
-        if ctx.cancel.load(Ordering::Relaxed) {
+        if ctx.cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
             return Ok(false);
         }
         let done = ctx.rd.done_names()?;
@@ -499,7 +632,7 @@ fn claim_units<'s>(
             // stalls, and to finalize when the last one commits.
             settle(moving)?;
             std::thread::sleep(
-                (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(500)),
+                (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(150)),
             );
             continue;
         };
@@ -507,10 +640,10 @@ fn claim_units<'s>(
         current.lost.store(false, Ordering::Relaxed);
         *current.unit.lock().unwrap_or_else(|e| e.into_inner()) =
             Some((unit.id.clone(), generation));
-        let built = build(ctx, unit, generation, &current.stop);
+        let built = build(ctx, unit, generation, jobs, &current.stop);
         *current.unit.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let finished = built?;
-        if ctx.cancel.load(Ordering::Relaxed) {
+        if ctx.cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
             return Ok(false);
         }
         if finished && !current.lost.load(Ordering::Relaxed) {
@@ -557,6 +690,7 @@ fn build(
     ctx: &Worker,
     unit: &Unit,
     generation: u32,
+    jobs: usize,
     stop: &AtomicBool,
 ) -> Result<bool, ShardError> {
     let t0 = Instant::now();
@@ -613,7 +747,7 @@ fn build(
     let walk = Walk::new(&counters, stop, &ctx.excludes, manifest, &sink)
         .kept_from(kept_from)
         .only_root_names(Box::new(keep));
-    walk.run_at(src, src_meta, unit.dir.clone(), ctx.opts.jobs);
+    walk.run_at(src, src_meta, unit.dir.clone(), jobs);
     let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
     drop(walk);
     if let Some(e) = fatal {
