@@ -296,7 +296,9 @@ pub fn list_dir(dir: BorrowedFd<'_>) -> io::Result<Vec<Vec<u8>>> {
 }
 
 /// [`list_dir`] with the kind of each entry as the listing gives it (`d_type`; `None`
-/// where the file system does not say, as an NFSv3 client without READDIRPLUS).
+/// where the file system does not say, as an NFSv3 client without READDIRPLUS: the
+/// caller `lstat`s those). No call per entry: a walk that needs only names and types
+/// (the shard planner's, a restore's) costs one listing per directory.
 pub fn list_dir_typed(dir: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Option<Kind>)>> {
     let mut names = Vec::new();
     read_dir_typed(dir, |n, t| names.push((n.to_vec(), t)))?;
@@ -332,41 +334,6 @@ fn read_dir_typed(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8], Option<Kind>)) -
         }
     }
     Ok(())
-}
-
-/// [`list_dir`] with each entry's type as `readdir` reports it (`d_type`), `None` where
-/// the file system does not say (the caller `lstat`s those). No call per entry: a walk
-/// that needs only names and types (the shard planner's) costs one listing per
-/// directory.
-pub fn list_dir_typed(dir: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Option<Kind>)>> {
-    use rustix::fs::FileType;
-    let _ = rfs::seek(dir, SeekFrom::Start(0));
-    let mut buf = vec![std::mem::MaybeUninit::<u8>::uninit(); LIST_BUF];
-    let mut d = rfs::RawDir::new(dir, &mut buf);
-    let mut out = Vec::new();
-    while let Some(e) = d.next() {
-        let e = match e {
-            Ok(e) => e,
-            Err(rustix::io::Errno::NOENT) => break,
-            Err(e) => return Err(e.into()),
-        };
-        let n = e.file_name().to_bytes();
-        if n == b"." || n == b".." {
-            continue;
-        }
-        let kind = match e.file_type() {
-            FileType::RegularFile => Some(Kind::File),
-            FileType::Directory => Some(Kind::Dir),
-            FileType::Symlink => Some(Kind::Symlink),
-            FileType::Fifo => Some(Kind::Fifo),
-            FileType::CharacterDevice => Some(Kind::Char),
-            FileType::BlockDevice => Some(Kind::Block),
-            FileType::Socket => Some(Kind::Socket),
-            _ => None,
-        };
-        out.push((n.to_vec(), kind));
-    }
-    Ok(out)
 }
 
 /// True when the directory has at least one entry.
