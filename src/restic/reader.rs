@@ -152,9 +152,14 @@ impl SnapshotReader for RepoReader<'_> {
     fn stat(&self, dir: &RepoDir, item: Listed) -> io::Result<Stat> {
         let entry = match item {
             Listed::Recorded(e) => e,
-            Listed::Name(name, _) => entry_of(&name, dir.node(&name)?),
+            Listed::Name(name, ..) => entry_of(&name, dir.node(&name)?),
         };
-        Ok(Stat { entry, meta: None })
+        // The tree node is the whole record: its xattrs are in `entry.xattrs`.
+        Ok(Stat {
+            entry,
+            meta: None,
+            recorded: true,
+        })
     }
 
     fn dir_meta(&self, _dir: &RepoDir) -> io::Result<Meta> {
