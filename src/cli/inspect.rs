@@ -68,7 +68,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// A verified snapshot: its differences and unreadable files, then its verdict.
-fn print_verified(x: &Verified) {
+pub(super) fn print_verified(x: &Verified) {
     if let Some(why) = &x.unchecked {
         outln!("{}: NOT CHECKED: {why}", x.snapshot);
         return;

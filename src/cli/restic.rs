@@ -581,32 +581,22 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::clean_or_partial(v.iter().all(|x| x.clean)))
 }
 
-/// A snapshot verified against a live tree, in the store's verify shape.
+/// A snapshot verified against a live tree, printed as the store's verify prints one.
 fn print_against(x: &restic::verify::RepoVerified) {
-    for d in &x.differences {
-        outln!(
-            "{} {} {}  {}",
-            x.snapshot,
-            d.change.sign(),
-            d.path,
-            d.detail.join(", ")
-        );
-    }
-    for (p, e) in &x.problems {
-        outln!("{} ? {}  unreadable: {e}", x.snapshot, p);
-    }
-    outln!(
-        "{}: {} against {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
-        x.snapshot,
-        if x.clean { "clean" } else { "DAMAGED" },
-        x.against,
-        x.totals.files_hashed,
-        human(x.totals.bytes_hashed),
-        x.corrupt,
-        x.missing,
-        x.unexpected,
-        x.metadata
-    );
+    super::inspect::print_verified(&snapring::commands::inspect::Verified {
+        snapshot: x.snapshot.clone(),
+        run_id: None,
+        against: x.against.clone(),
+        clean: x.clean,
+        corrupt: x.corrupt,
+        missing: x.missing,
+        unexpected: x.unexpected,
+        metadata: x.metadata,
+        differences: x.differences.clone(),
+        totals: x.totals.clone(),
+        problems: x.problems.clone(),
+        unchecked: None,
+    });
 }
 
 /// `snapring diff --dest URL A B|--against DIR`: exit 2 when something could not be
