@@ -109,7 +109,6 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
 }
 
 fn start_server(root: &Path, fault: Fault) -> Server {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -125,24 +124,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
         puts: puts.clone(),
         gets: gets.clone(),
     };
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
-    let port = listener.local_addr().unwrap().port();
-    runtime.spawn(async move {
-        let http = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        loop {
-            let Ok((socket, _)) = listener.accept().await else {
-                continue;
-            };
-            let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
-    });
+    let port = s3::serve_http(&runtime, service);
     Server {
         port,
         _runtime: runtime,

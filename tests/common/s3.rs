@@ -75,15 +75,19 @@ pub struct Server {
     _runtime: tokio::runtime::Runtime,
 }
 
-/// Serves `root` (buckets are its directories) with s3s-fs.
-pub fn start(root: &Path) -> Server {
+/// Serves `service` over HTTP on 127.0.0.1 from `runtime`'s threads; its port.
+pub fn serve_http<S>(runtime: &tokio::runtime::Runtime, service: S) -> u16
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = s3s::HttpResponse,
+            Error = s3s::HttpError,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
     use hyper_util::rt::{TokioExecutor, TokioIo};
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let service = service(root);
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .unwrap();
@@ -102,6 +106,17 @@ pub fn start(root: &Path) -> Server {
             });
         }
     });
+    port
+}
+
+/// Serves `root` (buckets are its directories) with s3s-fs.
+pub fn start(root: &Path) -> Server {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let port = serve_http(&runtime, service(root));
     Server {
         port,
         _runtime: runtime,
