@@ -122,6 +122,10 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", choices=harness.PRESETS)
     ap.add_argument("--latency-us", type=int, default=1000)
+    ap.add_argument("--ttl-ms", type=int, default=0,
+                    help="latencyfs attribute/entry cache time (0: every call reaches it), as run.py")
+    ap.add_argument("--readdirplus", action="store_true",
+                    help="latencyfs lists directories with READDIRPLUS, as an NFS client does")
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--tools", default="snapring,restic")
     ap.add_argument("--work", default="/var/tmp/snapring-repobench")
@@ -133,7 +137,7 @@ def main():
             harness.sh("cargo", "build", "--release", "--quiet", "-j", "2", "--manifest-path",
                        os.path.join(harness.ROOT, manifest))
     load = [os.getloadavg()]
-    env = harness.Env(a.work, a.latency_us, 0, 64)
+    env = harness.Env(a.work, a.latency_us, 0, 64, a.ttl_ms, a.readdirplus)
     server = Server(a.work)
     results = {}
     try:
@@ -193,7 +197,7 @@ def report(r, case, tool, res, stored, entries):
 
 def summary(results, a, nfiles, entries, source_bytes, load):
     print(f"\npreset {a.preset} ({nfiles} files, {entries} entries, {source_bytes / 1e6:.0f} MB), latency "
-          f"{a.latency_us} us per metadata call, medians of {a.runs} runs; load average before "
+          f"{a.latency_us} us per metadata call, ttl {a.ttl_ms} ms{', READDIRPLUS' if a.readdirplus else ''}, medians of {a.runs} runs; load average before "
           f"{' '.join(f'{x:.2f}' for x in load[0])}, after {' '.join(f'{x:.2f}' for x in load[-1])}")
     out = []
     for case in ["full", "incr"]:
@@ -214,7 +218,8 @@ def summary(results, a, nfiles, entries, source_bytes, load):
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(preset=a.preset, files=nfiles, entries=entries, source_bytes=source_bytes,
-                           latency_us=a.latency_us, runs=a.runs, load=load, results=out), f, indent=1)
+                           latency_us=a.latency_us, ttl_ms=a.ttl_ms, readdirplus=a.readdirplus, runs=a.runs,
+                           load=load, results=out), f, indent=1)
 
 
 if __name__ == "__main__":

@@ -282,6 +282,75 @@ fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() 
     assert_eq!(list[0]["label"], "daily");
 }
 
+/// Reads by others move access times and nothing else (an NFS or EFS server moves them
+/// on every read, whatever the client opens with). An entry of the parent snapshot's
+/// kind, inode, mtime and ctime keeps the access time recorded there, so the next
+/// backup writes no new tree; an entry that did change gets its access time of now.
+#[test]
+fn access_times_moved_by_reads_alone_make_no_new_trees() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    for d in 0..5 {
+        let dir = src.join(format!("d{d}"));
+        for f in 0..3 {
+            write(&dir.join(format!("f{f}")), format!("{d}/{f}").as_bytes());
+            set_mtime(&dir.join(format!("f{f}")), 1_200_000_000, 0);
+        }
+        std::os::unix::fs::symlink("f0", dir.join("l")).unwrap();
+        set_mtime(&dir.join("l"), 1_200_000_000, 0);
+        set_mtime(&dir, 1_200_000_000, 0);
+    }
+    // Access times not after the mtime: a plain read moves them (relatime).
+    set_mtime(&src, 1_200_000_000, 0);
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
+    let first = sr_backup(&src, &repo);
+    assert_eq!(first["status"], "complete", "{first}");
+
+    let atime = |p: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::symlink_metadata(p).unwrap().atime()
+    };
+    for d in 0..5 {
+        let dir = src.join(format!("d{d}"));
+        std::fs::read_dir(&dir).unwrap().for_each(drop);
+        for f in 0..3 {
+            std::fs::read(dir.join(format!("f{f}"))).unwrap();
+        }
+        std::fs::read_link(dir.join("l")).unwrap();
+    }
+    std::fs::read_dir(&src).unwrap().for_each(drop);
+    for p in ["d1/f2", "d1/l", "d1", ""] {
+        assert!(
+            atime(&src.join(p)) > 1_200_000_000,
+            "reading {p:?} did not move its access time: the file system must update them \
+             (relatime or strictatime) for this test"
+        );
+    }
+
+    let second = sr_backup(&src, &repo);
+    assert_eq!(second["status"], "complete", "{second}");
+    // At most the trees wrapping the source: the temp dir's and the root's (/tmp's
+    // times move with other tests' temp dirs). Six directories with moved access times
+    // would be six more.
+    assert!(
+        second["repository"]["tree_blobs_added"].as_u64().unwrap() <= 2,
+        "{second}"
+    );
+
+    // A changed entry (here its mode, so its ctime) records its access time of now.
+    chmod(&src.join("d0/f0"), 0o600);
+    let third = sr_backup(&src, &repo);
+    assert_eq!(third["status"], "complete", "{third}");
+    let target = t.path().join("T");
+    restore_latest(&repo, &target);
+    let restored = &target;
+    assert_eq!(atime(&restored.join("d0/f0")), atime(&src.join("d0/f0")));
+    assert!(atime(&src.join("d0/f0")) > 1_200_000_000);
+    // An unchanged one, the access time of the first backup.
+    assert_eq!(atime(&restored.join("d1/f2")), 1_200_000_000);
+    assert_eq!(atime(&restored.join("d1")), 1_200_000_000);
+}
+
 #[test]
 fn wrong_password_and_missing_repository_are_clear_errors() {
     let t = tempfile::tempdir().unwrap();

@@ -191,6 +191,7 @@ pub fn snapshot_locked(
         big_reads: Default::default(),
         problems: Mutex::default(),
         root_tree: Mutex::default(),
+        parent_root: parent.as_ref().map(|(_, p)| p.tree),
     };
     let root_sub = Sub {
         node: None,
@@ -406,6 +407,29 @@ fn xattrs(p: &Path) -> Result<Vec<ExtendedAttribute>> {
     Ok(out)
 }
 
+/// An entry of the parent snapshot's kind, inode, mtime and ctime keeps the access time
+/// recorded there. Reading moves access times and changes nothing else (not the ctime):
+/// an NFS or EFS server moves them on every read, whatever flags the client opens with,
+/// and so does any other reader of the source. Recording each new one would make every
+/// directory's tree new on every run (all trees uploaded again). An entry that did
+/// change since gets the access time of now. (restic 0.14 records the mtime as the
+/// access time; this keeps the real one, as of the entry's last change.)
+fn keep_recorded_atime(node: &mut Node, prev: Option<&Node>) {
+    let same = |a: &str, b: &str| {
+        super::parse_time(a)
+            .ok()
+            .is_some_and(|t| super::parse_time(b).ok() == Some(t))
+    };
+    if let Some(p) = prev
+        && p.kind == node.kind
+        && p.inode == node.inode
+        && same(&p.mtime, &node.mtime)
+        && same(&p.ctime, &node.ctime)
+    {
+        node.atime.clone_from(&p.atime);
+    }
+}
+
 /// The compare key: the parent's node is this file, unchanged.
 fn unchanged(prev: &Node, md: &std::fs::Metadata, now: &Node) -> bool {
     prev.kind == "file"
@@ -436,6 +460,8 @@ struct Run<'a> {
     problems: Mutex<Vec<EntryProblem>>,
     /// The source's tree, once its root directory is finished.
     root_tree: Mutex<Option<Id>>,
+    /// The parent snapshot's whole tree (from `/`), for the nodes wrapping the source.
+    parent_root: Option<Id>,
 }
 
 #[derive(Default)]
@@ -709,6 +735,7 @@ impl Run<'_> {
             Err(e) => return Err(io_err("stat", p)(e).into()),
         };
         let mut node = base_node(name, &md, &self.names);
+        keep_recorded_atime(&mut node, prev);
         node.extended_attributes = xattrs(p)?;
         match node.kind.as_str() {
             "dir" => {
@@ -802,6 +829,12 @@ impl Run<'_> {
                 .collect();
             let md = std::fs::symlink_metadata(&dir).map_err(io_err("stat", &dir))?;
             let mut node = base_node(comps[i].as_bytes(), &md, &self.names);
+            if let Some(parent) = self.parent_root {
+                keep_recorded_atime(
+                    &mut node,
+                    dir_node(self.repo, parent, &comps[..=i])?.as_ref(),
+                );
+            }
             node.subtree = Some(tree);
             let t = Tree { nodes: vec![node] };
             tree = self.packer.save(self.repo, BlobType::Tree, &t.to_blob())?;
