@@ -452,3 +452,27 @@ fn restore_from_a_jobs_repository_with_its_password_file() {
     );
     assert_same_tree(&describe(&src), &describe(&to), "restore by the job");
 }
+
+/// A blob that fails its check fails the restore (exit 1, the blob named), though the
+/// file is written by one of the restore's fill threads, not the walk.
+#[test]
+fn a_restore_from_a_damaged_pack_fails_clearly() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    source(&src);
+    let url = file_url(&repo);
+    sr_ok(&["init", "--dest", &url]);
+    backup(&src, &url);
+    flip_middle_byte(&largest_file(&repo.join("data")));
+    let to = t.path().join("T");
+    let (code, out, err) = sr(&[
+        "restore",
+        "--dest",
+        &url,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("blob"), "{err}");
+}

@@ -4,7 +4,10 @@
 //! path's ancestors; they are skipped); one of several paths restores from the root.
 //! Files, directories, symlinks, FIFOs and device nodes, with mode, owner (when root),
 //! and times; hard links (same inode and device, more than one link) are made again.
-//! Directory metadata is applied last. Reads the repository, writes only under DIR.
+//! One thread walks the trees and creates every entry (files empty); [`FILL_THREADS`]
+//! threads fetch the files' blobs (a ranged read each, many in flight, as a repository
+//! on S3 needs) and write them, each file's metadata after its contents. Directory
+//! metadata is applied last, deepest first. Reads the repository, writes only under DIR.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -35,11 +38,39 @@ pub struct RestoreReport {
     pub duration_seconds: f64,
 }
 
+/// Threads that fetch file contents at once. Each holds one blob (at most the chunker's
+/// 8 MiB) at a time, so memory stays bounded; on S3 each fetch is a round trip, and
+/// this many overlap.
+const FILL_THREADS: usize = 8;
+/// Files created and waiting for their contents, at most (open descriptors).
+const FILL_QUEUE: usize = 256;
+
+/// A created file, empty, for a fill thread: its contents and then its metadata.
+struct Fill {
+    file: std::fs::File,
+    path: PathBuf,
+    node: Node,
+}
+
 struct Restorer<'a> {
     repo: &'a Repo,
     report: RestoreReport,
     links: HashMap<(u64, u64), PathBuf>,
     as_root: bool,
+    /// To the fill threads.
+    fills: std::sync::mpsc::SyncSender<Fill>,
+    /// The first fill error; set, the walk stops.
+    failed: &'a std::sync::Mutex<Option<Error>>,
+    /// Directories (and `to`) whose metadata waits until every file is written, in
+    /// the order their subtrees finished (children before parents).
+    dirs: Vec<(PathBuf, Node)>,
+}
+
+/// What the fill threads did.
+#[derive(Default)]
+struct Filled {
+    files: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Restores snapshot `name` (`latest`, an id or a prefix) into `to`: all of it, or only
@@ -59,44 +90,100 @@ pub fn restore(
     // what is restored, and its metadata goes onto `to`.
     let (start, top) = snapshot::source_tree(repo, &snap)?;
     prepare_target(to)?;
-    let mut r = Restorer {
-        repo,
-        report: RestoreReport {
-            snapshot: id.hex(),
-            to: to.to_path_buf(),
-            ..Default::default()
-        },
-        links: HashMap::new(),
-        as_root: rustix::process::geteuid().is_root(),
-    };
-    match sub.split_last() {
-        None => {
-            r.tree(start, to)?;
-            if let Some(n) = &top {
-                r.metadata(n, to)?;
-            }
+    let as_root = rustix::process::geteuid().is_root();
+    let failed = std::sync::Mutex::new(None);
+    let filled = Filled::default();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Fill>(FILL_QUEUE);
+    let rx = std::sync::Mutex::new(rx);
+    let walked = std::thread::scope(|s| {
+        for _ in 0..FILL_THREADS {
+            s.spawn(|| fill_files(repo, as_root, &rx, &failed, &filled));
         }
-        Some((last, parents)) => {
-            let n = find_node(repo, start, sub)?;
-            match (flat, n.subtree) {
-                (true, Some(t)) if n.kind == "dir" => {
-                    r.tree(t, to)?;
-                    r.metadata(&n, to)?;
-                }
-                (true, _) => r.node(&n, &to.join(OsStr::from_bytes(last)))?,
-                (false, _) => {
-                    let mut dir = to.to_path_buf();
-                    for c in parents {
-                        dir.push(OsStr::from_bytes(c));
-                    }
-                    std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
-                    r.node(&n, &dir.join(OsStr::from_bytes(last)))?;
-                }
+        let mut r = Restorer {
+            repo,
+            report: RestoreReport {
+                snapshot: id.hex(),
+                to: to.to_path_buf(),
+                ..Default::default()
+            },
+            links: HashMap::new(),
+            as_root,
+            fills: tx,
+            failed: &failed,
+            dirs: Vec::new(),
+        };
+        let walked = r.start(start, top, sub, flat, to);
+        // Closing the channel ends the fill threads once the queue is drained.
+        let Restorer { report, dirs, .. } = r;
+        walked.map(|()| (report, dirs))
+    });
+    if let Some(e) = lock(&failed).take() {
+        return Err(e);
+    }
+    let (mut report, dirs) = walked?;
+    for (p, n) in &dirs {
+        metadata(as_root, n, p)?;
+    }
+    report.files = filled.files.into_inner();
+    report.bytes = filled.bytes.into_inner();
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A fill thread: writes the files the walk created, until the walk ends or a fill
+/// fails (the first error is kept; the others stop).
+fn fill_files(
+    repo: &Repo,
+    as_root: bool,
+    rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Fill>>,
+    failed: &std::sync::Mutex<Option<Error>>,
+    filled: &Filled,
+) {
+    use std::sync::atomic::Ordering;
+    loop {
+        let Ok(f) = lock(rx).recv() else { return };
+        if lock(failed).is_some() {
+            continue;
+        }
+        match fill(repo, as_root, f) {
+            Ok(size) => {
+                filled.files.fetch_add(1, Ordering::Relaxed);
+                filled.bytes.fetch_add(size, Ordering::Relaxed);
+            }
+            Err(e) => {
+                lock(failed).get_or_insert(e);
             }
         }
     }
-    r.report.duration_seconds = started.elapsed().as_secs_f64();
-    Ok(r.report)
+}
+
+/// One file's contents from its blobs, checked against the recorded size, then its
+/// metadata.
+fn fill(repo: &Repo, as_root: bool, f: Fill) -> Result<u64> {
+    let Fill {
+        mut file,
+        path,
+        node,
+    } = f;
+    let mut size = 0u64;
+    for id in node.content.iter().flatten() {
+        let data = repo.read_blob(BlobType::Data, id)?;
+        file.write_all(&data).map_err(io_err("write", &path))?;
+        size += data.len() as u64;
+    }
+    drop(file);
+    if size != node.size {
+        return Err(corrupt(
+            format!("file {}", path.display()),
+            format!("{size} bytes from its blobs, {} recorded", node.size),
+        ));
+    }
+    metadata(as_root, &node, &path)?;
+    Ok(size)
 }
 
 /// The node at `sub` (not empty) under the tree `start`.
@@ -148,11 +235,53 @@ fn checked_name(n: &Node) -> Result<Vec<u8>> {
 }
 
 impl Restorer<'_> {
+    /// The walk: all of the snapshot, or the entry at `sub` (see [`restore`]).
+    fn start(
+        &mut self,
+        start: Id,
+        top: Option<Node>,
+        sub: &[Vec<u8>],
+        flat: bool,
+        to: &Path,
+    ) -> Result<()> {
+        match sub.split_last() {
+            None => {
+                self.tree(start, to)?;
+                if let Some(n) = top {
+                    self.dirs.push((to.to_path_buf(), n));
+                }
+            }
+            Some((last, parents)) => {
+                let n = find_node(self.repo, start, sub)?;
+                match (flat, n.subtree) {
+                    (true, Some(t)) if n.kind == "dir" => {
+                        self.tree(t, to)?;
+                        self.dirs.push((to.to_path_buf(), n));
+                    }
+                    (true, _) => self.node(&n, &to.join(OsStr::from_bytes(last)))?,
+                    (false, _) => {
+                        let mut dir = to.to_path_buf();
+                        for c in parents {
+                            dir.push(OsStr::from_bytes(c));
+                        }
+                        std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
+                        self.node(&n, &dir.join(OsStr::from_bytes(last)))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn tree(&mut self, id: Id, dir: &Path) -> Result<()> {
         let t = Tree::from_blob(&self.repo.read_blob(BlobType::Tree, &id)?, &id)?;
-        for n in &t.nodes {
-            let p = dir.join(OsStr::from_bytes(&checked_name(n)?));
-            self.node(n, &p)?;
+        for n in t.nodes {
+            if lock(self.failed).is_some() {
+                // A fill thread failed: its error is the restore's.
+                return Ok(());
+            }
+            let p = dir.join(OsStr::from_bytes(&checked_name(&n)?));
+            self.node(&n, &p)?;
         }
         Ok(())
     }
@@ -165,12 +294,29 @@ impl Restorer<'_> {
                 if let Some(sub) = n.subtree {
                     self.tree(sub, p)?;
                 }
+                // Its metadata after every file under it is written.
+                let mut meta = n.clone();
+                meta.subtree = None;
+                self.dirs.push((p.to_path_buf(), meta));
+                return Ok(());
             }
             "file" => {
                 if self.hard_link(n, p)? {
                     return Ok(());
                 }
-                self.file(n, p)?;
+                let file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .open(p)
+                    .map_err(io_err("create", p))?;
+                let fill = Fill {
+                    file,
+                    path: p.to_path_buf(),
+                    node: n.clone(),
+                };
+                // The fill threads are gone only after a failure (already recorded).
+                let _ = self.fills.send(fill);
+                return Ok(());
             }
             "symlink" => {
                 let t = n.link_target_bytes()?;
@@ -190,7 +336,7 @@ impl Restorer<'_> {
             // Sockets are not restored (as restic does not).
             _ => return Ok(()),
         }
-        self.metadata(n, p)
+        metadata(self.as_root, n, p)
     }
 
     /// Makes `p` a hard link to an earlier restored name of the same inode.
@@ -207,65 +353,42 @@ impl Restorer<'_> {
         self.links.insert(key, p.to_path_buf());
         Ok(false)
     }
+}
 
-    fn file(&mut self, n: &Node, p: &Path) -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(p)
-            .map_err(io_err("create", p))?;
-        let mut size = 0u64;
-        for id in n.content.iter().flatten() {
-            let data = self.repo.read_blob(BlobType::Data, id)?;
-            f.write_all(&data).map_err(io_err("write", p))?;
-            size += data.len() as u64;
-        }
-        if size != n.size {
-            return Err(corrupt(
-                format!("file {}", p.display()),
-                format!("{size} bytes from its blobs, {} recorded", n.size),
-            ));
-        }
-        self.report.files += 1;
-        self.report.bytes += size;
-        Ok(())
+/// Owner (as root), mode (not for symlinks), then times.
+fn metadata(as_root: bool, n: &Node, p: &Path) -> Result<()> {
+    let err = |a| move |e: rustix::io::Errno| io_err(a, p)(e.into());
+    if as_root {
+        let uid = rustix::fs::Uid::from_raw(n.uid);
+        let gid = rustix::fs::Gid::from_raw(n.gid);
+        rustix::fs::chownat(CWD, p, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(err("set the owner of"))?;
     }
-
-    /// Owner (as root), mode (not for symlinks), then times.
-    fn metadata(&self, n: &Node, p: &Path) -> Result<()> {
-        let err = |a| move |e: rustix::io::Errno| io_err(a, p)(e.into());
-        if self.as_root {
-            let uid = rustix::fs::Uid::from_raw(n.uid);
-            let gid = rustix::fs::Gid::from_raw(n.gid);
-            rustix::fs::chownat(CWD, p, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(err("set the owner of"))?;
-        }
-        for x in &n.extended_attributes {
-            let v = B64.decode(&x.value).map_err(|e| {
-                corrupt(
-                    format!("extended attribute {} of {}", x.name, p.display()),
-                    e,
-                )
-            })?;
-            rustix::fs::lsetxattr(p, x.name.as_bytes(), &v, rustix::fs::XattrFlags::empty())
-                .map_err(err("set an extended attribute of"))?;
-        }
-        if n.kind != "symlink" {
-            rustix::fs::chmod(p, Mode::from_raw_mode(unix_perm(n.mode)))
-                .map_err(err("set the mode of"))?;
-        }
-        let ts = |s: &str| -> Timespec {
-            let (secs, nanos) = super::parse_time(s).unwrap_or((0, 0));
-            Timespec {
-                tv_sec: secs,
-                tv_nsec: nanos as _,
-            }
-        };
-        let times = Timestamps {
-            last_access: ts(&n.atime),
-            last_modification: ts(&n.mtime),
-        };
-        rustix::fs::utimensat(CWD, p, &times, AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(err("set the times of"))
+    for x in &n.extended_attributes {
+        let v = B64.decode(&x.value).map_err(|e| {
+            corrupt(
+                format!("extended attribute {} of {}", x.name, p.display()),
+                e,
+            )
+        })?;
+        rustix::fs::lsetxattr(p, x.name.as_bytes(), &v, rustix::fs::XattrFlags::empty())
+            .map_err(err("set an extended attribute of"))?;
     }
+    if n.kind != "symlink" {
+        rustix::fs::chmod(p, Mode::from_raw_mode(unix_perm(n.mode)))
+            .map_err(err("set the mode of"))?;
+    }
+    let ts = |s: &str| -> Timespec {
+        let (secs, nanos) = super::parse_time(s).unwrap_or((0, 0));
+        Timespec {
+            tv_sec: secs,
+            tv_nsec: nanos as _,
+        }
+    };
+    let times = Timestamps {
+        last_access: ts(&n.atime),
+        last_modification: ts(&n.mtime),
+    };
+    rustix::fs::utimensat(CWD, p, &times, AtFlags::SYMLINK_NOFOLLOW)
+        .map_err(err("set the times of"))
 }
