@@ -68,6 +68,11 @@ impl PackBuilder {
         self.bytes.len()
     }
 
+    /// Blobs in the pack so far.
+    pub fn blobs(&self) -> usize {
+        self.entries.len()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

@@ -218,6 +218,11 @@ fn decode_json<T: serde::de::DeserializeOwned>(plain: &[u8], what: &str) -> Resu
 /// Packs at least this big are written out.
 const PACK_TARGET: usize = 16 * 1024 * 1024;
 
+/// Blobs per pack and per index file, at most (restic's own index files hold 50,000):
+/// a million small files make a million blobs, and an index file of all of them
+/// is a 170 MB JSON document to write now and to read on every later run.
+const MAX_BLOBS: usize = 50_000;
+
 /// Full packs being uploaded at once, at most: the memory they hold is bounded by this
 /// many times [`PACK_TARGET`]. While that many are out, a worker with a new blob waits
 /// before adding it, so no more full packs pile up.
@@ -294,7 +299,8 @@ impl Packer {
                 uncompressed_length,
             };
             b.add_sealed(&e, &sealed);
-            let full = (b.len() >= PACK_TARGET).then(|| std::mem::take(b));
+            let full =
+                (b.len() >= PACK_TARGET || b.blobs() >= MAX_BLOBS).then(|| std::mem::take(b));
             s.out += usize::from(full.is_some());
             full
         };
@@ -340,24 +346,34 @@ impl Packer {
     /// failure, so the next run finds and reuses what reached the repository. Adds them
     /// to `repo`'s index in memory too.
     pub fn index_written(self, repo: &mut Repo) -> Result<PackerStats> {
-        let s = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
-        let mut stats = s.stats;
-        let mut packs = Vec::with_capacity(s.written.len());
-        for (id, entries) in &s.written {
-            repo.index.add_pack(*id, entries);
-            packs.push(PackJson::new(*id, entries));
-        }
-        // Keep each index file well below restic's 8 MiB limit.
-        while !packs.is_empty() {
-            let rest = packs.split_off(packs.len().min(2000));
-            let f = IndexFile {
-                supersedes: vec![],
-                packs,
-            };
-            let (_, len) = repo.save_json_len(Kind::Index, &f)?;
-            stats.index_files += 1;
-            stats.index_bytes += len;
-            packs = rest;
+        let PackerState {
+            added,
+            written,
+            mut stats,
+            ..
+        } = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        drop(added);
+        // Index files of at most MAX_BLOBS blobs (a pack is never split), each built,
+        // written and dropped before the next: memory for one file's JSON at a time.
+        let mut packs: Vec<PackJson> = Vec::new();
+        let mut blobs = 0;
+        let mut written = written.into_iter().peekable();
+        while let Some((id, entries)) = written.next() {
+            repo.index.add_pack(id, &entries);
+            blobs += entries.len();
+            packs.push(PackJson::new(id, &entries));
+            drop(entries);
+            let next = written.peek().map_or(0, |(_, e)| e.len());
+            if next == 0 || blobs + next > MAX_BLOBS {
+                let f = IndexFile {
+                    supersedes: vec![],
+                    packs: std::mem::take(&mut packs),
+                };
+                let (_, len) = repo.save_json_len(Kind::Index, &f)?;
+                stats.index_files += 1;
+                stats.index_bytes += len;
+                blobs = 0;
+            }
         }
         Ok(stats)
     }
@@ -443,6 +459,47 @@ mod tests {
         for seed in distinct {
             let b = bytes(128 * 1024, seed);
             assert_eq!(again.read_blob(BlobType::Data, &Id::hash(&b)).unwrap(), b);
+        }
+    }
+
+    /// A million small files make a million blobs: packs and index files hold at most
+    /// 50,000 each, so no later run reads a 170 MB index document whole, and every
+    /// blob is still found by a new reader.
+    #[test]
+    fn packs_and_index_files_hold_at_most_fifty_thousand_blobs() {
+        let t = tempfile::tempdir().unwrap();
+        let cheap = KdfParams {
+            n: 1024,
+            r: 8,
+            p: 1,
+        };
+        init(t.path(), b"pw", cheap).unwrap();
+        let mut repo = Repo::open(t.path(), b"pw").unwrap();
+        let packer = Packer::default();
+        let n = 2 * MAX_BLOBS as u64 + 7;
+        for i in 0..n {
+            packer
+                .save(&repo, BlobType::Data, &i.to_le_bytes())
+                .unwrap();
+        }
+        let stats = packer.finish(&mut repo).unwrap();
+        assert_eq!(stats.data_blobs, n);
+        assert_eq!(stats.packs, 3, "{stats:?}");
+        assert_eq!(stats.index_files, 3, "{stats:?}");
+        let again = Repo::open(t.path(), b"pw").unwrap();
+        assert_eq!(again.index.len() as u64, n);
+        for id in again.backend.list(Kind::Index).unwrap() {
+            let f: IndexFile = again.load_json(Kind::Index, &id).unwrap();
+            let blobs: usize = f.packs.iter().map(|p| p.blobs.len()).sum();
+            assert!(blobs <= MAX_BLOBS, "{blobs} blobs in one index file");
+        }
+        for i in [0, MAX_BLOBS as u64, n - 1] {
+            assert_eq!(
+                again
+                    .read_blob(BlobType::Data, &Id::hash(&i.to_le_bytes()))
+                    .unwrap(),
+                i.to_le_bytes()
+            );
         }
     }
 }

@@ -209,7 +209,7 @@ fn one(
         .collect();
     for b in &unchecked {
         match repo.index.get(BlobType::Data, b) {
-            Some(Location { pack, entry }) => by_pack.entry(*pack).or_default().push(entry.clone()),
+            Some(Location { pack, entry }) => by_pack.entry(pack).or_default().push(entry),
             None => {
                 verdicts.insert(*b, Some(format!("data blob {b} is not in any index")));
             }
