@@ -46,6 +46,11 @@ pub trait Backend: Send + Sync {
     /// Prepares an empty repository's layout (directories, where there are any).
     fn create_layout(&self) -> Result<()>;
     fn write(&self, kind: Kind, id: &Id, bytes: &[u8]) -> Result<()>;
+    /// `write`, given the bytes to keep: a backend that would copy them (an HTTP
+    /// request's body) sends them as they are, so a 16 MiB pack is held once.
+    fn write_vec(&self, kind: Kind, id: &Id, bytes: Vec<u8>) -> Result<()> {
+        self.write(kind, id, &bytes)
+    }
     fn read(&self, kind: Kind, id: &Id) -> Result<Vec<u8>>;
     /// `len` bytes at `offset` of a pack.
     fn read_range(&self, pack: &Id, offset: u64, len: usize) -> Result<Vec<u8>>;

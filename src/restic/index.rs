@@ -92,6 +92,9 @@ struct Slot {
 
 const NOT_COMPRESSED: u32 = u32::MAX;
 
+/// The id of a pack not written yet (no pack's SHA-256 is all zeros).
+const UNWRITTEN: Id = Id([0; 32]);
+
 impl Index {
     fn pack_number(&mut self, pack: Id) -> u32 {
         *self.pack_no.entry(pack).or_insert_with(|| {
@@ -119,6 +122,54 @@ impl Index {
             length,
             uncompressed: u.unwrap_or(NOT_COMPRESSED),
         });
+    }
+
+    /// A pack number for a pack not written yet (its id is the hash of all its bytes):
+    /// its blobs can be added now, and [`Index::set_pack`] names it once written.
+    pub fn unwritten_pack(&mut self) -> u32 {
+        self.packs.push(UNWRITTEN);
+        (self.packs.len() - 1) as u32
+    }
+
+    /// Names the pack `number` (from [`Index::unwritten_pack`]), now written.
+    pub fn set_pack(&mut self, number: u32, id: Id) {
+        self.packs[number as usize] = id;
+        self.pack_no.insert(id, number);
+    }
+
+    /// Adds one blob of the pack `number`.
+    pub fn add_entry(&mut self, number: u32, e: &Entry) {
+        self.insert(
+            number,
+            e.kind,
+            e.id,
+            e.offset,
+            e.length,
+            e.uncompressed_length,
+        );
+    }
+
+    /// Adds `other`'s blobs in written packs (those of packs never named by
+    /// [`Index::set_pack`] are left out). Into an empty index, `other` is moved whole.
+    pub fn absorb(&mut self, other: Index) {
+        let all_written = !other.packs.contains(&UNWRITTEN);
+        if self.packs.is_empty() && all_written {
+            *self = other;
+            return;
+        }
+        let numbers: Vec<Option<u32>> = other
+            .packs
+            .iter()
+            .map(|id| (*id != UNWRITTEN).then(|| self.pack_number(*id)))
+            .collect();
+        for (kind, map) in [(BlobType::Data, other.data), (BlobType::Tree, other.tree)] {
+            for (id, s) in map {
+                if let Some(n) = numbers[s.pack as usize] {
+                    let u = (s.uncompressed != NOT_COMPRESSED).then_some(s.uncompressed);
+                    self.insert(n, kind, id, s.offset, s.length, u);
+                }
+            }
+        }
     }
 
     pub fn add_pack(&mut self, pack: Id, entries: &[Entry]) {

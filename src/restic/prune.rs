@@ -182,9 +182,6 @@ pub fn plan(repo: &Repo) -> Result<PrunePlan> {
     Ok(p)
 }
 
-/// Packs at least this big are written out while repacking.
-const PACK_TARGET: usize = 16 * 1024 * 1024;
-
 /// Prunes the repository (or, with `dry_run`, only plans it, under no lock).
 pub fn prune(repo: &Repo, dry_run: bool) -> Result<PruneReport> {
     let started = std::time::Instant::now();
@@ -257,7 +254,7 @@ fn carry_out(repo: &Repo, p: &PrunePlan, report: &mut PruneReport) -> Result<()>
                     open_blob(&repo.key, &sealed, e)?;
                     let b = &mut builder[slot(e.kind)];
                     b.add_sealed(e, &sealed);
-                    if b.len() >= PACK_TARGET {
+                    if super::repo::pack_full(b) {
                         let full = std::mem::take(b);
                         write_pack(full, &mut new_index)?;
                     }
@@ -268,17 +265,14 @@ fn carry_out(repo: &Repo, p: &PrunePlan, report: &mut PruneReport) -> Result<()>
     for b in builder {
         write_pack(b, &mut new_index)?;
     }
-    // One index for everything kept, in files below restic's size limit; each names
-    // the old index files it supersedes.
-    let mut packs = new_index;
-    while !packs.is_empty() {
-        let rest = packs.split_off(packs.len().min(2000));
+    // One index for everything kept, in files of at most 50,000 blobs (as the backup
+    // writes them); each names the old index files it supersedes.
+    for packs in super::repo::index_file_groups(new_index) {
         let f = IndexFile {
             supersedes: p.old_indexes.clone(),
             packs,
         };
         repo.save_json(Kind::Index, &f)?;
-        packs = rest;
     }
     for idx in &p.old_indexes {
         repo.backend.remove(Kind::Index, idx)?;

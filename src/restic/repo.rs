@@ -6,7 +6,6 @@
 //! writes their index file. Does file I/O
 //! through `backend`.
 
-use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -142,8 +141,9 @@ impl Repo {
         plain.extend(zstd::bulk::compress(&json, 3).map_err(io_err("compress", "JSON"))?);
         let sealed = self.key.seal(&plain);
         let id = Id::hash(&sealed);
-        self.backend.write(kind, &id, &sealed)?;
-        Ok((id, sealed.len() as u64))
+        let len = sealed.len() as u64;
+        self.backend.write_vec(kind, &id, sealed)?;
+        Ok((id, len))
     }
 
     /// A blob's plaintext, checked against its id. A tree comes from the local cache
@@ -221,7 +221,28 @@ const PACK_TARGET: usize = 16 * 1024 * 1024;
 /// Blobs per pack and per index file, at most (restic's own index files hold 50,000):
 /// a million small files make a million blobs, and an index file of all of them
 /// is a 170 MB JSON document to write now and to read on every later run.
-const MAX_BLOBS: usize = 50_000;
+pub const MAX_BLOBS: usize = 50_000;
+
+/// Whether a pack being built is full: [`PACK_TARGET`] bytes or [`MAX_BLOBS`] blobs.
+pub fn pack_full(b: &PackBuilder) -> bool {
+    b.len() >= PACK_TARGET || b.blobs() >= MAX_BLOBS
+}
+
+/// Packs grouped into index files of at most [`MAX_BLOBS`] blobs (a pack is never
+/// split, so one of more blobs gets a file of its own), in order.
+pub fn index_file_groups(packs: Vec<PackJson>) -> Vec<Vec<PackJson>> {
+    let mut out: Vec<Vec<PackJson>> = Vec::new();
+    let mut blobs = 0;
+    for p in packs {
+        if out.is_empty() || blobs + p.blobs.len() > MAX_BLOBS {
+            out.push(Vec::new());
+            blobs = 0;
+        }
+        blobs += p.blobs.len();
+        out.last_mut().expect("pushed").push(p);
+    }
+    out
+}
 
 /// Full packs being uploaded at once, at most: the memory they hold is bounded by this
 /// many times [`PACK_TARGET`]. While that many are out, a worker with a new blob waits
@@ -232,8 +253,10 @@ pub const UPLOADS_IN_FLIGHT: usize = 4;
 /// once: a blob is hashed, compressed and sealed by the worker that saves it, outside
 /// the lock; the lock covers only adding it to the open pack. The worker whose blob
 /// fills a pack uploads it, outside the lock, while the others go on filling the next
-/// one; at most [`UPLOADS_IN_FLIGHT`] full packs are out at once. The index gets the new packs
-/// (in memory and as index files) at `finish`, after every pack is written.
+/// one; at most [`UPLOADS_IN_FLIGHT`] full packs are out at once. Each [`MAX_BLOBS`]
+/// blobs of written packs go into an index file as soon as their packs are written
+/// (packs before the index that names them, as restic does); `finish` writes the rest
+/// and adds the run's blobs to the repository's index in memory.
 #[derive(Default)]
 pub struct Packer {
     state: Mutex<PackerState>,
@@ -245,13 +268,25 @@ pub struct Packer {
 struct PackerState {
     data: PackBuilder,
     tree: PackBuilder,
-    /// Blobs this run added: in an open pack, being uploaded, or written.
-    added: HashSet<(BlobType, Id)>,
-    /// Packs written, with their entries.
-    written: Vec<(Id, Vec<Entry>)>,
+    /// The numbers in `new` of the open packs (data, tree), once they have a blob.
+    open: [Option<u32>; 2],
+    /// Blobs this run added, and where: in an open pack, being uploaded (a pack number
+    /// without an id yet) or written. One compact entry per blob: a full backup of a
+    /// million small files holds a million.
+    new: Index,
+    /// Written packs, with their entries, not in an index file yet.
+    pending: Vec<(Id, Vec<Entry>)>,
+    pending_blobs: usize,
     /// Full packs taken out of the builders and not yet uploaded (or failed).
     out: usize,
     stats: PackerStats,
+}
+
+fn slot(kind: BlobType) -> usize {
+    match kind {
+        BlobType::Data => 0,
+        BlobType::Tree => 1,
+    }
 }
 
 impl Packer {
@@ -263,7 +298,7 @@ impl Packer {
     /// A write failure is returned (the run cannot go on).
     pub fn save(&self, repo: &Repo, kind: BlobType, plain: &[u8]) -> Result<Id> {
         let id = Id::hash(plain);
-        if repo.index.contains(kind, &id) || self.lock().added.contains(&(kind, id)) {
+        if repo.index.contains(kind, &id) || self.lock().new.contains(kind, &id) {
             return Ok(id);
         }
         let (sealed, uncompressed_length) = seal_blob(&repo.key, plain);
@@ -276,7 +311,7 @@ impl Packer {
             while s.out >= UPLOADS_IN_FLIGHT {
                 s = self.uploaded.wait(s).unwrap_or_else(|e| e.into_inner());
             }
-            if !s.added.insert((kind, id)) {
+            if s.new.contains(kind, &id) {
                 // Another worker saved the same blob meanwhile.
                 return Ok(id);
             }
@@ -287,6 +322,8 @@ impl Packer {
                 }
                 BlobType::Tree => s.stats.tree_blobs += 1,
             }
+            let s = &mut *s;
+            let number = *s.open[slot(kind)].get_or_insert_with(|| s.new.unwritten_pack());
             let b = match kind {
                 BlobType::Data => &mut s.data,
                 BlobType::Tree => &mut s.tree,
@@ -299,82 +336,97 @@ impl Packer {
                 uncompressed_length,
             };
             b.add_sealed(&e, &sealed);
-            let full =
-                (b.len() >= PACK_TARGET || b.blobs() >= MAX_BLOBS).then(|| std::mem::take(b));
-            s.out += usize::from(full.is_some());
+            s.new
+                .add_entry(number, b.entries.last().expect("just added"));
+            let full = pack_full(b).then(|| (std::mem::take(b), number));
+            if full.is_some() {
+                s.open[slot(kind)] = None;
+                s.out += 1;
+            }
             full
         };
-        if let Some(b) = full {
+        if let Some((b, number)) = full {
             // Given back however the upload ends (even by a panic), or the workers
             // waiting for it would wait for ever.
             let _out = OutGuard(self);
-            self.upload(repo, b)?;
+            self.upload(repo, b, number)?;
         }
         Ok(id)
     }
 
-    /// Writes one pack and records it.
-    fn upload(&self, repo: &Repo, b: PackBuilder) -> Result<()> {
+    /// Writes one pack and records it; writes an index file when enough blobs of
+    /// written packs wait for one.
+    fn upload(&self, repo: &Repo, b: PackBuilder, number: u32) -> Result<()> {
         let (id, bytes, entries) = b.finish(&repo.key);
-        repo.backend.write(Kind::Pack, &id, &bytes)?;
+        let len = bytes.len() as u64;
+        repo.backend.write_vec(Kind::Pack, &id, bytes)?;
         crate::failpoint::hit("restic.pack_written")
             .map_err(io_err("write", repo.backend.file_location(Kind::Pack, &id)))?;
-        let mut s = self.lock();
-        s.stats.packs += 1;
-        s.stats.bytes += bytes.len() as u64;
-        s.written.push((id, entries));
+        let ready = {
+            let mut s = self.lock();
+            s.stats.packs += 1;
+            s.stats.bytes += len;
+            s.new.set_pack(number, id);
+            s.pending_blobs += entries.len();
+            s.pending.push((id, entries));
+            if s.pending_blobs >= MAX_BLOBS {
+                s.pending_blobs = 0;
+                std::mem::take(&mut s.pending)
+            } else {
+                Vec::new()
+            }
+        };
+        self.write_index(repo, ready)
+    }
+
+    /// Writes index files naming `packs` (already written), at most [`MAX_BLOBS`] blobs
+    /// each.
+    fn write_index(&self, repo: &Repo, packs: Vec<(Id, Vec<Entry>)>) -> Result<()> {
+        let json: Vec<PackJson> = packs.iter().map(|(id, e)| PackJson::new(*id, e)).collect();
+        drop(packs);
+        for packs in index_file_groups(json) {
+            let f = IndexFile {
+                supersedes: vec![],
+                packs,
+            };
+            let (_, len) = repo.save_json_len(Kind::Index, &f)?;
+            let mut s = self.lock();
+            s.stats.index_files += 1;
+            s.stats.index_bytes += len;
+        }
         Ok(())
     }
 
-    /// Writes the open packs, then one index file for every pack written (packs before
-    /// the index that names them, as the design's write order asks). Call it after every
-    /// `save` returned.
+    /// Writes the open packs, then the index files of every pack written not yet in
+    /// one (packs before the index that names them, as the design's write order asks).
+    /// Call it after every `save` returned.
     pub fn finish(self, repo: &mut Repo) -> Result<PackerStats> {
-        let (data, tree) = {
+        let (data, tree, open) = {
             let mut s = self.lock();
-            (std::mem::take(&mut s.data), std::mem::take(&mut s.tree))
+            (
+                std::mem::take(&mut s.data),
+                std::mem::take(&mut s.tree),
+                std::mem::take(&mut s.open),
+            )
         };
-        for b in [data, tree] {
-            if !b.is_empty() {
-                self.upload(repo, b)?;
+        for (b, number) in [(data, open[0]), (tree, open[1])] {
+            if let (false, Some(n)) = (b.is_empty(), number) {
+                self.upload(repo, b, n)?;
             }
         }
         self.index_written(repo)
     }
 
-    /// Writes the index of the packs written so far (the open ones are dropped): after a
-    /// failure, so the next run finds and reuses what reached the repository. Adds them
-    /// to `repo`'s index in memory too.
+    /// Writes the index of the packs written so far not yet in an index file (the open
+    /// ones are dropped): also after a failure, so the next run finds and reuses what
+    /// reached the repository. Adds the written packs' blobs to `repo`'s index in
+    /// memory.
     pub fn index_written(self, repo: &mut Repo) -> Result<PackerStats> {
-        let PackerState {
-            added,
-            written,
-            mut stats,
-            ..
-        } = self.state.into_inner().unwrap_or_else(|e| e.into_inner());
-        drop(added);
-        // Index files of at most MAX_BLOBS blobs (a pack is never split), each built,
-        // written and dropped before the next: memory for one file's JSON at a time.
-        let mut packs: Vec<PackJson> = Vec::new();
-        let mut blobs = 0;
-        let mut written = written.into_iter().peekable();
-        while let Some((id, entries)) = written.next() {
-            repo.index.add_pack(id, &entries);
-            blobs += entries.len();
-            packs.push(PackJson::new(id, &entries));
-            drop(entries);
-            let next = written.peek().map_or(0, |(_, e)| e.len());
-            if next == 0 || blobs + next > MAX_BLOBS {
-                let f = IndexFile {
-                    supersedes: vec![],
-                    packs: std::mem::take(&mut packs),
-                };
-                let (_, len) = repo.save_json_len(Kind::Index, &f)?;
-                stats.index_files += 1;
-                stats.index_bytes += len;
-                blobs = 0;
-            }
-        }
+        let pending = std::mem::take(&mut self.lock().pending);
+        self.write_index(repo, pending)?;
+        let PackerState { new, stats, .. } =
+            self.state.into_inner().unwrap_or_else(|e| e.into_inner());
+        repo.index.absorb(new);
         Ok(stats)
     }
 }
@@ -408,6 +460,7 @@ pub struct PackerStats {
 mod tests {
     use super::*;
     use crate::restic::crypto::KdfParams;
+    use std::collections::HashSet;
 
     /// `n` bytes from a seed (xorshift), so blobs are distinct and incompressible.
     fn bytes(n: usize, seed: u64) -> Vec<u8> {
@@ -501,5 +554,38 @@ mod tests {
                 i.to_le_bytes()
             );
         }
+    }
+
+    #[test]
+    fn index_files_group_whole_packs_up_to_fifty_thousand_blobs() {
+        let pack = |n: usize| PackJson {
+            id: Id::hash(&n.to_le_bytes()),
+            blobs: (0..n)
+                .map(|i| crate::restic::index::BlobJson {
+                    id: Id::hash(&i.to_le_bytes()),
+                    kind: BlobType::Data,
+                    offset: 0,
+                    length: 40,
+                    uncompressed_length: None,
+                })
+                .collect(),
+        };
+        let sizes = |g: Vec<Vec<PackJson>>| -> Vec<Vec<usize>> {
+            g.iter()
+                .map(|f| f.iter().map(|p| p.blobs.len()).collect())
+                .collect()
+        };
+        let g = index_file_groups(vec![
+            pack(30_000),
+            pack(20_000),
+            pack(1),
+            pack(60_000),
+            pack(7),
+        ]);
+        assert_eq!(
+            sizes(g),
+            vec![vec![30_000, 20_000], vec![1], vec![60_000], vec![7]]
+        );
+        assert!(index_file_groups(vec![]).is_empty());
     }
 }

@@ -148,7 +148,8 @@ struct Req<'a> {
     key: Option<&'a str>,
     query: Vec<(String, String)>,
     headers: Vec<(String, String)>,
-    body: &'a [u8],
+    /// Shared, not copied, by each attempt.
+    body: bytes::Bytes,
 }
 
 /// A response: status, body.
@@ -288,7 +289,7 @@ impl S3 {
                 path: &path,
                 query: &r.query,
                 headers: &r.headers,
-                payload: r.body,
+                payload: &r.body,
                 amz_date: &now,
                 region: &self.region,
             },
@@ -304,7 +305,7 @@ impl S3 {
         for (k, v) in r.headers.iter().chain(signed.iter()) {
             rb = rb.header(k.as_str(), v.as_str());
         }
-        let resp = rb.body(r.body.to_vec()).send().map_err(|e| chain(&e))?;
+        let resp = rb.body(r.body.clone()).send().map_err(|e| chain(&e))?;
         let status = resp.status().as_u16();
         let body = resp.bytes().map_err(|e| chain(&e))?.to_vec();
         Ok(Resp { status, body })
@@ -353,7 +354,7 @@ impl S3 {
             key: None,
             query: vec![],
             headers: vec![],
-            body: &[],
+            body: bytes::Bytes::new(),
         };
         let what = format!("check the bucket {}", self.url_of(""));
         let resp = self.send(&r, &what)?;
@@ -377,12 +378,12 @@ impl S3 {
             key: Some(key),
             query: vec![],
             headers,
-            body: &[],
+            body: bytes::Bytes::new(),
         };
         self.send(&r, what)
     }
 
-    fn put(&self, key: &str, bytes: &[u8], headers: Vec<(String, String)>) -> Result<Resp> {
+    fn put(&self, key: &str, bytes: bytes::Bytes, headers: Vec<(String, String)>) -> Result<Resp> {
         let r = Req {
             method: reqwest::Method::PUT,
             key: Some(key),
@@ -411,7 +412,7 @@ impl S3 {
             key: None,
             query,
             headers: vec![],
-            body: &[],
+            body: bytes::Bytes::new(),
         };
         let what = format!("list {}", self.url_of(prefix));
         let resp = self.send(&r, &what)?;
@@ -456,7 +457,7 @@ impl Backend for S3 {
         let key = self.key("config");
         let mut headers = self.options.headers(None);
         headers.push(("if-none-match".into(), "*".into()));
-        let resp = self.put(&key, bytes, headers)?;
+        let resp = self.put(&key, bytes::Bytes::copy_from_slice(bytes), headers)?;
         match resp.status {
             200 => Ok(()),
             // A retried PUT whose first try did land finds its own bytes there.
@@ -473,8 +474,12 @@ impl Backend for S3 {
     }
 
     fn write(&self, kind: Kind, id: &Id, bytes: &[u8]) -> Result<()> {
+        self.write_vec(kind, id, bytes.to_vec())
+    }
+
+    fn write_vec(&self, kind: Kind, id: &Id, bytes: Vec<u8>) -> Result<()> {
         let key = self.key(&rel_path(kind, id));
-        let resp = self.put(&key, bytes, self.options.headers(Some(kind)))?;
+        let resp = self.put(&key, bytes.into(), self.options.headers(Some(kind)))?;
         if resp.status != 200 {
             return Err(self.failed(&format!("write {}", self.url_of(&key)), &resp));
         }
@@ -526,7 +531,7 @@ impl Backend for S3 {
             key: Some(&key),
             query: vec![],
             headers: vec![],
-            body: &[],
+            body: bytes::Bytes::new(),
         };
         let resp = self.send(&r, &what)?;
         match resp.status {
