@@ -79,14 +79,21 @@ fn source(src: &Path) {
     write(&src.join("zero"), b"");
 }
 
-#[test]
-fn verify_passes_a_clean_repository_and_names_the_file_a_flipped_byte_damaged() {
+/// A temp dir with [`source`] backed up once into a new repository in it: (the temp
+/// dir, the source, the repository, its URL).
+fn backed_up() -> (tempfile::TempDir, PathBuf, PathBuf, String) {
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
     source(&src);
     let url = file_url(&repo);
     sr_ok(&["init", "--dest", &url]);
     backup(&src, &url);
+    (t, src, repo, url)
+}
+
+#[test]
+fn verify_passes_a_clean_repository_and_names_the_file_a_flipped_byte_damaged() {
+    let (_t, src, repo, url) = backed_up();
     write(&src.join("small/f0"), b"changed\n");
     let second = backup(&src, &url);
 
@@ -148,12 +155,7 @@ fn verify_passes_a_clean_repository_and_names_the_file_a_flipped_byte_damaged() 
 
 #[test]
 fn verify_reports_a_snapshot_whose_tree_pack_is_gone() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    source(&src);
-    let url = file_url(&repo);
-    sr_ok(&["init", "--dest", &url]);
-    backup(&src, &url);
+    let (_t, _src, repo, url) = backed_up();
     // Packs hold either data or tree blobs; the smallest pack is the trees'.
     let mut packs = Vec::new();
     let mut stack = vec![repo.join("data")];
@@ -304,12 +306,7 @@ fn diff_between_two_backups_lists_the_changes_and_skips_unchanged_subtrees() {
 
 #[test]
 fn verify_and_diff_against_the_live_source() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    source(&src);
-    let url = file_url(&repo);
-    sr_ok(&["init", "--dest", &url]);
-    backup(&src, &url);
+    let (_t, src, _repo, url) = backed_up();
     let s = src.to_str().unwrap();
     let v = sr_json(&["verify", "--dest", &url, "--against", s, "--json"]);
     assert_eq!(v[0]["clean"], true, "{v}");
@@ -457,12 +454,7 @@ fn restore_from_a_jobs_repository_with_its_password_file() {
 /// file is written by one of the restore's fill threads, not the walk.
 #[test]
 fn a_restore_from_a_damaged_pack_fails_clearly() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    source(&src);
-    let url = file_url(&repo);
-    sr_ok(&["init", "--dest", &url]);
-    backup(&src, &url);
+    let (t, _src, repo, url) = backed_up();
     flip_middle_byte(&largest_file(&repo.join("data")));
     let to = t.path().join("T");
     let (code, out, err) = sr(&[

@@ -475,16 +475,21 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn many_workers_share_a_packer_and_every_blob_lands_once() {
-        let t = tempfile::tempdir().unwrap();
+    /// A new repository in `dir` (password `pw`, a cheap key derivation), opened.
+    fn fresh_repo(dir: &Path) -> Repo {
         let cheap = KdfParams {
             n: 1024,
             r: 8,
             p: 1,
         };
-        init(t.path(), b"pw", cheap).unwrap();
-        let mut repo = Repo::open(t.path(), b"pw").unwrap();
+        init(dir, b"pw", cheap).unwrap();
+        Repo::open(dir, b"pw").unwrap()
+    }
+
+    #[test]
+    fn many_workers_share_a_packer_and_every_blob_lands_once() {
+        let t = tempfile::tempdir().unwrap();
+        let mut repo = fresh_repo(t.path());
         let packer = Packer::default();
         // 8 workers, 40 blobs of 128 KiB each (180 distinct, 22.5 MiB: two packs), half of each
         // worker's blobs shared with another worker: saved twice, stored once.
@@ -521,13 +526,7 @@ mod tests {
     #[test]
     fn packs_and_index_files_hold_at_most_fifty_thousand_blobs() {
         let t = tempfile::tempdir().unwrap();
-        let cheap = KdfParams {
-            n: 1024,
-            r: 8,
-            p: 1,
-        };
-        init(t.path(), b"pw", cheap).unwrap();
-        let mut repo = Repo::open(t.path(), b"pw").unwrap();
+        let mut repo = fresh_repo(t.path());
         let packer = Packer::default();
         let n = 2 * MAX_BLOBS as u64 + 7;
         for i in 0..n {
