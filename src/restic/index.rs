@@ -92,6 +92,21 @@ struct Slot {
 
 const NOT_COMPRESSED: u32 = u32::MAX;
 
+impl Slot {
+    fn new(pack: u32, offset: u32, length: u32, uncompressed_length: Option<u32>) -> Slot {
+        Slot {
+            pack,
+            offset,
+            length,
+            uncompressed: uncompressed_length.unwrap_or(NOT_COMPRESSED),
+        }
+    }
+
+    fn uncompressed_length(&self) -> Option<u32> {
+        (self.uncompressed != NOT_COMPRESSED).then_some(self.uncompressed)
+    }
+}
+
 /// The id of a pack not written yet (no pack's SHA-256 is all zeros).
 const UNWRITTEN: Id = Id([0; 32]);
 
@@ -103,25 +118,12 @@ impl Index {
         })
     }
 
-    fn insert(
-        &mut self,
-        pack: u32,
-        kind: BlobType,
-        id: Id,
-        offset: u32,
-        length: u32,
-        u: Option<u32>,
-    ) {
+    fn insert(&mut self, kind: BlobType, id: Id, slot: Slot) {
         let map = match kind {
             BlobType::Data => &mut self.data,
             BlobType::Tree => &mut self.tree,
         };
-        map.entry(id).or_insert(Slot {
-            pack,
-            offset,
-            length,
-            uncompressed: u.unwrap_or(NOT_COMPRESSED),
-        });
+        map.entry(id).or_insert(slot);
     }
 
     /// A pack number for a pack not written yet (its id is the hash of all its bytes):
@@ -139,14 +141,8 @@ impl Index {
 
     /// Adds one blob of the pack `number`.
     pub fn add_entry(&mut self, number: u32, e: &Entry) {
-        self.insert(
-            number,
-            e.kind,
-            e.id,
-            e.offset,
-            e.length,
-            e.uncompressed_length,
-        );
+        let slot = Slot::new(number, e.offset, e.length, e.uncompressed_length);
+        self.insert(e.kind, e.id, slot);
     }
 
     /// Adds `other`'s blobs in written packs (those of packs never named by
@@ -165,8 +161,7 @@ impl Index {
         for (kind, map) in [(BlobType::Data, other.data), (BlobType::Tree, other.tree)] {
             for (id, s) in map {
                 if let Some(n) = numbers[s.pack as usize] {
-                    let u = (s.uncompressed != NOT_COMPRESSED).then_some(s.uncompressed);
-                    self.insert(n, kind, id, s.offset, s.length, u);
+                    self.insert(kind, id, Slot { pack: n, ..s });
                 }
             }
         }
@@ -175,7 +170,7 @@ impl Index {
     pub fn add_pack(&mut self, pack: Id, entries: &[Entry]) {
         let n = self.pack_number(pack);
         for e in entries {
-            self.insert(n, e.kind, e.id, e.offset, e.length, e.uncompressed_length);
+            self.add_entry(n, e);
         }
     }
 
@@ -183,7 +178,8 @@ impl Index {
         for p in &f.packs {
             let n = self.pack_number(p.id);
             for b in &p.blobs {
-                self.insert(n, b.kind, b.id, b.offset, b.length, b.uncompressed_length);
+                let slot = Slot::new(n, b.offset, b.length, b.uncompressed_length);
+                self.insert(b.kind, b.id, slot);
             }
         }
     }
@@ -203,7 +199,7 @@ impl Index {
                 id: *id,
                 offset: s.offset,
                 length: s.length,
-                uncompressed_length: (s.uncompressed != NOT_COMPRESSED).then_some(s.uncompressed),
+                uncompressed_length: s.uncompressed_length(),
             },
         })
     }
