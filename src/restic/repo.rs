@@ -486,6 +486,23 @@ mod tests {
         Repo::open(dir, b"pw").unwrap()
     }
 
+    /// A pack's buffer is reserved once, above glibc's mmap threshold cap, and never
+    /// grows while it fills (see `PACK_CAPACITY`).
+    #[test]
+    fn a_pack_buffer_is_reserved_once_and_never_grows() {
+        let key = crate::restic::crypto::Key::random();
+        let mut b = PackBuilder::default();
+        let mut seed = 1;
+        while !pack_full(&b) {
+            let blob = bytes(1 << 20, seed);
+            b.add(&key, BlobType::Data, Id::hash(&blob), &blob);
+            assert_eq!(b.bytes.capacity(), crate::restic::pack::PACK_CAPACITY);
+            seed += 1;
+        }
+        let (_, packed, _) = b.finish(&key);
+        assert_eq!(packed.capacity(), crate::restic::pack::PACK_CAPACITY);
+    }
+
     #[test]
     fn many_workers_share_a_packer_and_every_blob_lands_once() {
         let t = tempfile::tempdir().unwrap();
