@@ -598,49 +598,27 @@ fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
     assert!(err.contains("AWS_EC2_METADATA_DISABLED"), "{err}");
 }
 
-/// A stand-in for the EC2 instance metadata service (IMDSv2) on 127.0.0.1: a token for
-/// a PUT, then the role's name and its keys for GETs that carry the token; keys that
-/// expire `valid` from now. Counts the tokens handed out.
-fn fake_imds(valid: chrono::TimeDelta) -> (u16, Arc<AtomicU64>) {
+/// A one-thread HTTP server on 127.0.0.1 for credential endpoints: `answer` gets the
+/// request line and the lower-cased header lines, and gives the status and body.
+fn fake_http(answer: impl Fn(&str, &[String]) -> (&'static str, String) + Send + 'static) -> u16 {
     use std::io::{BufRead, BufReader, Write};
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
-    let tokens = Arc::new(AtomicU64::new(0));
-    let count = tokens.clone();
     std::thread::spawn(move || {
         for conn in l.incoming() {
             let Ok(mut conn) = conn else { continue };
             let mut r = BufReader::new(conn.try_clone().unwrap());
             let mut first = String::new();
             r.read_line(&mut first).unwrap();
-            let mut token_ok = false;
+            let mut headers = Vec::new();
             loop {
                 let mut h = String::new();
                 if r.read_line(&mut h).unwrap() == 0 || h == "\r\n" {
                     break;
                 }
-                token_ok |= h.to_lowercase() == "x-aws-ec2-metadata-token: t0k3n\r\n";
+                headers.push(h.to_lowercase());
             }
-            let path = first.split(' ').nth(1).unwrap_or("");
-            let creds = "/latest/meta-data/iam/security-credentials/";
-            let (status, body) = if first.starts_with("PUT /latest/api/token ") {
-                count.fetch_add(1, Ordering::SeqCst);
-                ("200 OK", "t0k3n".to_string())
-            } else if !token_ok {
-                ("401 Unauthorized", String::new())
-            } else if path == creds {
-                ("200 OK", "backup-role\n".to_string())
-            } else if path == format!("{creds}backup-role") {
-                let expires = (chrono::Utc::now() + valid).to_rfc3339();
-                (
-                    "200 OK",
-                    format!(
-                        "{{\"Code\":\"Success\",\"AccessKeyId\":\"{ACCESS_KEY}\",\"SecretAccessKey\":\"{SECRET_KEY}\",\"Token\":\"session\",\"Expiration\":\"{expires}\"}}"
-                    ),
-                )
-            } else {
-                ("404 Not Found", String::new())
-            };
+            let (status, body) = answer(&first, &headers);
             let _ = write!(
                 conn,
                 "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -648,7 +626,148 @@ fn fake_imds(valid: chrono::TimeDelta) -> (u16, Arc<AtomicU64>) {
             );
         }
     });
+    port
+}
+
+/// The test's keys as an instance-metadata or container credentials answer, expiring
+/// `valid` from now.
+fn role_answer(valid: chrono::TimeDelta) -> String {
+    let expires = (chrono::Utc::now() + valid).to_rfc3339();
+    format!(
+        "{{\"Code\":\"Success\",\"AccessKeyId\":\"{ACCESS_KEY}\",\"SecretAccessKey\":\"{SECRET_KEY}\",\"Token\":\"session\",\"Expiration\":\"{expires}\"}}"
+    )
+}
+
+/// A stand-in for the EC2 instance metadata service (IMDSv2) on 127.0.0.1: a token for
+/// a PUT, then the role's name and its keys for GETs that carry the token; keys that
+/// expire `valid` from now. Counts the tokens handed out.
+fn fake_imds(valid: chrono::TimeDelta) -> (u16, Arc<AtomicU64>) {
+    let tokens = Arc::new(AtomicU64::new(0));
+    let count = tokens.clone();
+    let port = fake_http(move |first, headers| {
+        let token_ok = headers
+            .iter()
+            .any(|h| h == "x-aws-ec2-metadata-token: t0k3n\r\n");
+        let path = first.split(' ').nth(1).unwrap_or("");
+        let creds = "/latest/meta-data/iam/security-credentials/";
+        if first.starts_with("PUT /latest/api/token ") {
+            count.fetch_add(1, Ordering::SeqCst);
+            ("200 OK", "t0k3n".to_string())
+        } else if !token_ok {
+            ("401 Unauthorized", String::new())
+        } else if path == creds {
+            ("200 OK", "backup-role\n".to_string())
+        } else if path == format!("{creds}backup-role") {
+            ("200 OK", role_answer(valid))
+        } else {
+            ("404 Not Found", String::new())
+        }
+    });
     (port, tokens)
+}
+
+/// A stand-in for a container credentials endpoint (ECS task role, EKS Pod Identity) on
+/// 127.0.0.1: the keys, expiring `valid` from now, for a GET of `/creds` that carries
+/// `Authorization: pod-token`; 401 without it. Counts the keys handed out.
+fn fake_container_role(valid: chrono::TimeDelta) -> (u16, Arc<AtomicU64>) {
+    let served = Arc::new(AtomicU64::new(0));
+    let count = served.clone();
+    let port = fake_http(move |first, headers| {
+        if !headers.iter().any(|h| h == "authorization: pod-token\r\n") {
+            ("401 Unauthorized", String::new())
+        } else if first.starts_with("GET /creds ") {
+            count.fetch_add(1, Ordering::SeqCst);
+            ("200 OK", role_answer(valid))
+        } else {
+            ("404 Not Found", String::new())
+        }
+    });
+    (port, served)
+}
+
+/// No keys in the environment or a credentials file, in a container with a role: the
+/// container credentials endpoint's keys sign the requests, with the token from
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`, and are renewed before they expire. A wrong
+/// token, and a plain-HTTP endpoint that is not local, are clear errors.
+#[test]
+fn credentials_from_a_container_role_are_used_and_renewed() {
+    if needs_in_process_server("the test's keys behind a stand-in container endpoint") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    write(&src.join("f"), b"from a pod's role\n");
+    let token = s.t.path().join("eks-pod-identity-token");
+    std::fs::write(&token, "pod-token\n").unwrap();
+    let run = |uri: String, args: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(args);
+        for (k, v) in s.env() {
+            c.env(k, v);
+        }
+        let out = c
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_CATALOG", "off")
+            .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri)
+            .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code(), text)
+    };
+    let dest = format!("s3://{BUCKET}/pod");
+    let (fresh, served) = fake_container_role(chrono::TimeDelta::hours(6));
+    let (code, out) = run(
+        format!("http://127.0.0.1:{fresh}/creds"),
+        &["init", "--dest", &dest],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        1,
+        "fetched once, not renewed"
+    );
+    let (expiring, renewed) = fake_container_role(chrono::TimeDelta::minutes(1));
+    let (code, out) = run(
+        format!("http://127.0.0.1:{expiring}/creds"),
+        &["backup", "--source", src.to_str().unwrap(), "--dest", &dest],
+    );
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        renewed.load(Ordering::SeqCst) >= 3,
+        "renewed before requests"
+    );
+    let (code, out) = run(
+        format!("http://127.0.0.1:{fresh}/creds"),
+        &["list", "--dest", &dest],
+    );
+    assert_eq!((code, out.lines().count()), (Some(0), 2), "{out}");
+
+    std::fs::write(&token, "someone-else\n").unwrap();
+    let (code, out) = run(
+        format!("http://127.0.0.1:{fresh}/creds"),
+        &["list", "--dest", &dest],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "no S3 credentials from the container credentials endpoint http://127.0.0.1:{fresh}/creds"
+        )) && out.contains("401"),
+        "{out}"
+    );
+    let (code, out) = run(
+        "http://203.0.113.9/creds".into(),
+        &["list", "--dest", &dest],
+    );
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("use https://"), "{out}");
 }
 
 /// No keys in the environment or a credentials file: the instance role's, from the

@@ -16,7 +16,10 @@
 //! `AWS_SESSION_TOKEN`, else the `AWS_PROFILE` (or `default`) section of
 //! `~/.aws/credentials` (`AWS_SHARED_CREDENTIALS_FILE`), else the profile's keys in
 //! `~/.aws/config` (`AWS_CONFIG_FILE`; its `region` and `endpoint_url` are read there
-//! too, after the variables), else the EC2 instance role's
+//! too, after the variables), else a container's role (ECS task roles and EKS Pod
+//! Identity: `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` on `http://169.254.170.2`, or
+//! `AWS_CONTAINER_CREDENTIALS_FULL_URI`, with `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE`
+//! or `AWS_CONTAINER_AUTHORIZATION_TOKEN`), else the EC2 instance role's
 //! from the instance metadata (IMDSv2 at `AWS_EC2_METADATA_SERVICE_ENDPOINT`, default
 //! `http://169.254.169.254`; off with `AWS_EC2_METADATA_DISABLED=true`), renewed before
 //! they expire. Path-style addressing
@@ -66,11 +69,21 @@ pub struct S3 {
 /// Credentials in use, and where to renew them.
 struct Held {
     creds: Credentials,
-    /// Instance-metadata credentials: the endpoint and when they expire.
-    imds: Option<(String, chrono::DateTime<chrono::Utc>)>,
+    /// Credentials that expire: where they came from and when they expire.
+    imds: FromImds,
 }
 
-/// Instance-metadata credentials are renewed this long before they expire (AWS makes
+/// Where expiring credentials come from, to renew them there.
+#[derive(Clone, Debug)]
+enum Renew {
+    /// The EC2 instance metadata at this endpoint.
+    Imds(String),
+    /// A container credentials endpoint (the URL; the token is read again each time,
+    /// as EKS rotates its file).
+    Container(String),
+}
+
+/// Instance-metadata and container credentials are renewed this long before they expire (AWS makes
 /// new ones available at least 5 minutes before).
 const RENEW_BEFORE: chrono::TimeDelta = chrono::TimeDelta::minutes(10);
 
@@ -233,15 +246,19 @@ impl S3 {
     /// last, so the request's own error says what went wrong).
     fn current_creds(&self) -> Credentials {
         let mut h = self.creds.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((endpoint, expires)) = h.imds.clone()
+        if let Some((source, expires)) = h.imds.clone()
             && expires - chrono::Utc::now() < RENEW_BEFORE
         {
-            match imds_credentials(&endpoint) {
+            let renewed = match &source {
+                Renew::Imds(endpoint) => imds_credentials(endpoint),
+                Renew::Container(url) => container_credentials(url),
+            };
+            match renewed {
                 Ok((c, e)) => {
                     h.creds = c;
-                    h.imds = Some((endpoint, e));
+                    h.imds = Some((source, e));
                 }
-                Err(e) => tracing::warn!("cannot renew the instance-metadata credentials: {e}"),
+                Err(e) => tracing::warn!("cannot renew the S3 credentials from {source:?}: {e}"),
             }
         }
         h.creds.clone()
@@ -573,7 +590,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Instance-metadata credentials: their endpoint and expiry.
-type FromImds = Option<(String, chrono::DateTime<chrono::Utc>)>;
+type FromImds = Option<(Renew, chrono::DateTime<chrono::Utc>)>;
 
 /// The `AWS_PROFILE` (or default) profile's settings in the shared config file
 /// (`AWS_CONFIG_FILE`, else `~/.aws/config`): its `[default]` or `[profile NAME]`
@@ -622,8 +639,9 @@ fn keys_in(s: &std::collections::HashMap<String, String>) -> Option<Credentials>
 }
 
 /// Credentials from the environment, else from the shared credentials file, else from
-/// the profile in the shared config file (`profile`), else from the EC2 instance
-/// metadata (IMDSv2: the instance role's, with their expiry).
+/// the profile in the shared config file (`profile`), else from the container
+/// credentials endpoint when one is set, else from the EC2 instance metadata (IMDSv2:
+/// the instance role's); the last two with their expiry.
 fn credentials(
     profile_config: &std::collections::HashMap<String, String>,
 ) -> Result<(Credentials, FromImds)> {
@@ -652,6 +670,14 @@ fn credentials(
     if let Some(c) = keys_in(profile_config) {
         return Ok((c, None));
     }
+    if let Some(url) = container_url()? {
+        return match container_credentials(&url) {
+            Ok((c, expires)) => Ok((c, Some((Renew::Container(url), expires)))),
+            Err(e) => Err(Error::Other(format!(
+                "no S3 credentials from the container credentials endpoint {url}: {e}"
+            ))),
+        };
+    }
     let imds = match env("AWS_EC2_METADATA_DISABLED").as_deref() {
         Some(v) if v.eq_ignore_ascii_case("true") => {
             "the instance metadata is off (AWS_EC2_METADATA_DISABLED)".to_string()
@@ -661,14 +687,15 @@ fn credentials(
                 .unwrap_or_else(|| "http://169.254.169.254".into());
             let endpoint = endpoint.trim_end_matches('/').to_string();
             match imds_credentials(&endpoint) {
-                Ok((c, expires)) => return Ok((c, Some((endpoint, expires)))),
+                Ok((c, expires)) => return Ok((c, Some((Renew::Imds(endpoint), expires)))),
                 Err(e) => format!("no instance role at {endpoint}: {e}"),
             }
         }
     };
     Err(Error::Other(format!(
         "no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or put them \
-         in the [{profile}] section of {}, or run on EC2 with an instance role ({imds})",
+         in the [{profile}] section of {}, or run in a container with a role (AWS_CONTAINER_CREDENTIALS_RELATIVE_URI or \
+         _FULL_URI) or on EC2 with an instance role ({imds})",
         file.map(|f| f.display().to_string())
             .unwrap_or_else(|| "~/.aws/credentials".into())
     )))
@@ -711,14 +738,23 @@ fn imds_credentials(
     let doc: serde_json::Value = get(&format!("{base}{role}"))
         .and_then(|r| r.json())
         .map_err(|e| fail("credentials", &e))?;
+    role_keys(&doc, &format!("role {role}"))
+}
+
+/// The keys and their expiry in an instance-metadata or container credentials answer
+/// (`AccessKeyId`, `SecretAccessKey`, `Token`, `Expiration`).
+fn role_keys(
+    doc: &serde_json::Value,
+    what: &str,
+) -> std::result::Result<(Credentials, chrono::DateTime<chrono::Utc>), String> {
     let field = |k: &str| {
         doc[k]
             .as_str()
             .map(str::to_string)
-            .ok_or_else(|| format!("role {role}: no {k} in the answer"))
+            .ok_or_else(|| format!("{what}: no {k} in the answer"))
     };
     let expires = chrono::DateTime::parse_from_rfc3339(&field("Expiration")?)
-        .map_err(|e| format!("role {role}: Expiration: {e}"))?
+        .map_err(|e| format!("{what}: Expiration: {e}"))?
         .with_timezone(&chrono::Utc);
     Ok((
         Credentials {
@@ -728,6 +764,81 @@ fn imds_credentials(
         },
         expires,
     ))
+}
+
+/// The container credentials endpoint, when the environment names one: ECS's
+/// `AWS_CONTAINER_CREDENTIALS_RELATIVE_URI` (on `http://169.254.170.2`), else
+/// `AWS_CONTAINER_CREDENTIALS_FULL_URI` (EKS Pod Identity, or any), which over plain
+/// HTTP must be a loopback or the ECS/EKS agent's address, as AWS's SDKs require (the
+/// answer is a secret).
+fn container_url() -> Result<Option<String>> {
+    if let Some(rel) = env("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI") {
+        return Ok(Some(format!("http://169.254.170.2{rel}")));
+    }
+    let Some(full) = env("AWS_CONTAINER_CREDENTIALS_FULL_URI") else {
+        return Ok(None);
+    };
+    if let Some(rest) = full.strip_prefix("http://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        };
+        let allowed = host == "localhost"
+            || host == "169.254.170.2"
+            || host == "169.254.170.23"
+            || host.eq_ignore_ascii_case("fd00:ec2::23")
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !allowed {
+            return Err(Error::Other(format!(
+                "AWS_CONTAINER_CREDENTIALS_FULL_URI={full:?}: plain http:// only to a \
+                 loopback address or the ECS/EKS agent (169.254.170.2, 169.254.170.23); \
+                 use https://"
+            )));
+        }
+    } else if !full.starts_with("https://") {
+        return Err(Error::Other(format!(
+            "AWS_CONTAINER_CREDENTIALS_FULL_URI={full:?}: expected an http:// or https:// URL"
+        )));
+    }
+    Ok(Some(full))
+}
+
+/// A container role's credentials from `url`, with the authorization token from
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE` (read each time) or
+/// `AWS_CONTAINER_AUTHORIZATION_TOKEN`, and their expiry.
+fn container_credentials(
+    url: &str,
+) -> std::result::Result<(Credentials, chrono::DateTime<chrono::Utc>), String> {
+    let token = match env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE") {
+        Some(f) => Some(
+            std::fs::read_to_string(&f)
+                .map_err(|e| {
+                    format!("cannot read AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE {f}: {e}")
+                })?
+                .trim()
+                .to_string(),
+        ),
+        None => env("AWS_CONTAINER_AUTHORIZATION_TOKEN"),
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let mut req = client.get(url);
+    if let Some(t) = &token {
+        req = req.header("Authorization", t);
+    }
+    let doc: serde_json::Value = req
+        .send()
+        .and_then(|r| r.error_for_status())
+        .and_then(|r| r.json())
+        .map_err(|e| chain(&e))?;
+    role_keys(&doc, "the container role")
 }
 
 /// The keys of one `[profile]` section of an AWS credentials file (INI).
