@@ -47,6 +47,9 @@ pub enum Error {
     Hook(String),
     #[error("store {}: {msg}", path.display())]
     Store { path: PathBuf, msg: String },
+    /// A restic repository's error, as its message says (it names the repository).
+    #[error("{0}")]
+    Repository(String),
     /// The rotation failed after its journal was written: the run failed, but the next
     /// command that takes the store's lock rolls the journal forward and publishes it.
     #[error(

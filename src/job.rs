@@ -151,6 +151,16 @@ pub fn restore(
     if opts.dry_run {
         return crate::restore::restore(opts, cancel);
     }
+    recorded_restore(opts, run, || crate::restore::restore(opts, cancel))
+}
+
+/// [`restore`]'s run around `body`, the restore itself: also a restore from a restic
+/// repository (`opts.store` is then its URL), which the binary runs.
+pub fn recorded_restore(
+    opts: &RestoreOptions,
+    run: &RestoreRun<'_>,
+    body: impl FnOnce() -> Result<RestoreReport>,
+) -> Result<RestoreReport> {
     let id = crate::engine::backup::new_run_id();
     let started_at = crate::util::now_rfc3339();
     let log = run
@@ -161,7 +171,7 @@ pub fn restore(
         run = %id, store = %opts.store.display(), snapshot = %opts.snapshot, to = %opts.to.display(),
         "restore started by snapring {} on {}", env!("CARGO_PKG_VERSION"), crate::util::hostname()
     );
-    let (mut r, err) = match crate::restore::restore(opts, cancel) {
+    let (mut r, err) = match body() {
         Ok(r) => (r, None),
         Err(e) => (
             RestoreReport::not_started(opts, started_at, e.to_string()),

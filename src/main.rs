@@ -63,7 +63,7 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
         Cmd::Prune(a) => restic::prune(a),
         Cmd::Copy(a) => restic::copy(a, cat),
         Cmd::Restore(a) => match restic::restore_source(&a)? {
-            Some((dest, pw)) => restic::restore(a, &dest, pw.as_deref()),
+            Some((dest, pw)) => restic::restore(a, &dest, pw.as_deref(), cat),
             None => restore::restore(a, cat),
         },
         Cmd::List(a) if restic::is_repo(Some(&a.dest)) => restic::list(a),

@@ -325,6 +325,82 @@ fn backup_with_dest_flag_is_recorded_too() {
     assert_eq!(rows[0]["id"], r["id"], "{rows}");
 }
 
+/// A restore from a repository is a run like a restore from a store: its own run id,
+/// a catalog row of kind `restore` with the repository's URL and the counts; one that
+/// cannot start (no such snapshot) is recorded as `failed`, with the error.
+#[test]
+fn restores_from_a_repository_are_recorded_in_the_catalog() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("catalog.db");
+    write(&src.join("d/f"), b"restored and recorded");
+    write(&src.join("g"), b"two");
+    let url = format!("file://{}", repo.display());
+    let env = [("SNAPRING_PASSWORD", PASSWORD)];
+    assert_eq!(cli(&catalog, &["init", "--dest", &url], &env).0, 0);
+    let backup = [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url,
+        "--json",
+    ];
+    let (code, b, err) = cli(&catalog, &backup, &env);
+    assert_eq!(code, 0, "{err}");
+    let to = t.path().join("to");
+    let restore = [
+        "restore",
+        "--dest",
+        &url,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+        "--json",
+    ];
+    let (code, r, err) = cli(&catalog, &restore, &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read(to.join("d/f")).unwrap(),
+        b"restored and recorded"
+    );
+    let id = r["id"].as_str().unwrap_or_else(|| panic!("a run id: {r}"));
+    assert_ne!(Some(id), b["id"].as_str());
+    let (status, kind, job, store, snap, ..) = row(&catalog, id);
+    assert_eq!((status.as_str(), kind.as_str()), ("complete", "restore"));
+    assert_eq!((job, store.as_str()), (None, url.as_str()));
+    assert_eq!(snap.as_deref(), Some("latest"));
+    let c = rusqlite::Connection::open(&catalog).unwrap();
+    let (files, bytes): (i64, i64) = c
+        .query_row(
+            "SELECT files_transferred, bytes_transferred FROM runs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((files, bytes), (2, 24));
+
+    let missing = [
+        "restore",
+        "--dest",
+        &url,
+        "no-such",
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    let (code, _, err) = cli(&catalog, &missing, &env);
+    assert_eq!(code, 1, "{err}");
+    let (status, message): (String, String) = c
+        .query_row(
+            "SELECT status, message FROM runs WHERE kind = 'restore' AND snapshot = 'no-such'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "failed");
+    assert!(message.contains("no-such"), "{message}");
+}
+
 #[test]
 fn a_schema_1_catalog_gains_the_repository_columns_empty() {
     let t = tempfile::tempdir().unwrap();

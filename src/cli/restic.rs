@@ -334,11 +334,15 @@ pub fn restore_source(a: &RestoreArgs) -> anyhow::Result<Option<(PathBuf, Option
 
 /// `snapring restore --dest file:///PATH SNAPSHOT --to DIR [--path P [--flat]]`, or
 /// `--config FILE [--job J]` of a job whose `dest` is a repository (`restore_source`).
-/// No run record: a restore from a repository is not a catalog run yet.
+/// A run like a restore from a store (`snapring::job::recorded_restore`): its own run
+/// id, a log beside the catalog, a catalog row of kind `restore` (the store column
+/// holds the repository's URL), the job's notifications; a restore that cannot start
+/// (wrong password, no such snapshot) is recorded as `failed`.
 pub fn restore(
     a: RestoreArgs,
     dest: &Path,
     password_file: Option<&Path>,
+    cat: &CatalogChoice,
 ) -> anyhow::Result<ExitCode> {
     let unsupported = [
         (a.to_is_dedicated, "--to-is-dedicated"),
@@ -349,17 +353,68 @@ pub fn restore(
     if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
         bail!("{flag} is not supported with a restic repository yet");
     }
-    let repo = open(dest, password_file)?;
     let sub = match &a.path {
         Some(p) => components(p)?,
         None => Vec::new(),
     };
-    let r = restic::restore::restore(&repo, &a.snapshot, &a.to, &sub, a.flat)?;
+    let path = match &a.path {
+        Some(p) => {
+            let rel = snapring::restore::parse_path(p).map_err(anyhow::Error::msg)?;
+            (!rel.is_root()).then_some(rel)
+        }
+        None => None,
+    };
+    let job = super::restore::for_job(&a, cat)?;
+    let opts = snapring::restore::RestoreOptions {
+        store: dest.to_path_buf(),
+        snapshot: a.snapshot.clone(),
+        to: a.to.clone(),
+        path,
+        flat: a.flat,
+        mode: snapring::restore::Mode::Safe,
+        to_is_dedicated: false,
+        dry_run: false,
+        jobs: 0,
+        progress: false,
+    };
+    let run = snapring::job::RestoreRun {
+        catalog: job.catalog.as_ref(),
+        job: job.name,
+        notifiers: &job.notifiers,
+        notify_success: job.notify_success,
+    };
+    let started_at = snapring::util::now_rfc3339();
+    let mut restored = None;
+    let result = snapring::job::recorded_restore(&opts, &run, || {
+        let failed = |e: &dyn std::fmt::Display| snapring::error::Error::Repository(e.to_string());
+        let repo = open(dest, password_file).map_err(|e| failed(&format!("{e:#}")))?;
+        let r = restic::restore::restore(&repo, &a.snapshot, &a.to, &sub, a.flat)
+            .map_err(|e| failed(&e))?;
+        let mut out =
+            snapring::restore::RestoreReport::not_started(&opts, started_at.clone(), String::new());
+        out.status = Status::Complete;
+        out.exit_code = Status::Complete.exit_code();
+        out.run_id = Some(r.snapshot.clone());
+        out.message = format!(
+            "restored snapshot {} into {}",
+            &r.snapshot[..8.min(r.snapshot.len())],
+            r.to.display()
+        );
+        out.files_restored = r.files;
+        out.dirs_created = r.dirs;
+        out.bytes_restored = r.bytes;
+        out.hard_links = r.hard_links;
+        out.duration_seconds = r.duration_seconds;
+        restored = Some(r);
+        Ok(out)
+    });
+    let report = result?;
+    let r = restored.expect("a complete restore has its report");
     if a.json {
-        print::json(&r)?;
+        print::json(&report)?;
     } else {
         outln!(
-            "complete: restored snapshot {} into {}: {} files ({}), {} directories, {} symlinks, {} hard links; took {:.2}s",
+            "complete: restored snapshot {} into {}: {} files ({}), {} directories, {} symlinks, {} hard links; took {:.2}s{}",
             &r.snapshot[..8],
             r.to.display(),
             r.files,
@@ -367,7 +422,12 @@ pub fn restore(
             r.dirs,
             r.symlinks,
             r.hard_links,
-            r.duration_seconds
+            r.duration_seconds,
+            report
+                .id
+                .as_ref()
+                .map(|id| format!(" (run {id})"))
+                .unwrap_or_default()
         );
     }
     Ok(ExitCode::Complete)

@@ -41,15 +41,15 @@ pub fn restore(a: RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> 
 
 /// What a restore takes from its job (none without `--config`): the store, the
 /// catalog (as a backup of the job chooses it), the notifiers.
-struct ForJob {
-    name: Option<String>,
+pub(super) struct ForJob {
+    pub name: Option<String>,
     store: Option<PathBuf>,
-    catalog: Option<CatalogTarget>,
-    notifiers: Vec<(String, NotifierConfig)>,
-    notify_success: bool,
+    pub catalog: Option<CatalogTarget>,
+    pub notifiers: Vec<(String, NotifierConfig)>,
+    pub notify_success: bool,
 }
 
-fn for_job(a: &RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<ForJob> {
+pub(super) fn for_job(a: &RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<ForJob> {
     let target = |path| CatalogTarget {
         path,
         on_nfs: cat.on_nfs,
