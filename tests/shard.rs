@@ -809,8 +809,10 @@ fn all_ok(outs: &[Output], what: &str) {
 }
 
 fn run_record(e: &Env, run: &str) -> serde_json::Value {
-    serde_json::from_slice(&std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap())
-        .unwrap()
+    serde_json::from_slice(
+        &std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
+    )
+    .unwrap()
 }
 
 fn is_empty_dir(p: &Path) -> bool {
@@ -974,7 +976,11 @@ fn snapring_finalize_takes_over_the_pieces_of_workers_killed_while_deleting() {
     // Once finished, finalize has nothing more to do.
     let o = run_cmd(&e, "finalize", "t2", &["-v"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert!(!stderr_of(&o).contains("completing the deletion"), "{}", text(&o));
+    assert!(
+        !stderr_of(&o).contains("completing the deletion"),
+        "{}",
+        text(&o)
+    );
 }
 
 #[test]

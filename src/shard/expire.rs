@@ -161,11 +161,7 @@ fn order(cut: &Cut, me: Option<usize>) -> Vec<&Unit> {
         Some(i) => cut.home(i),
         None => Vec::new(),
     };
-    let mut others: Vec<&Unit> = cut
-        .units
-        .iter()
-        .filter(|u| Some(u.home) != me)
-        .collect();
+    let mut others: Vec<&Unit> = cut.units.iter().filter(|u| Some(u.home) != me).collect();
     others.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
     v.extend(others);
     v
@@ -179,7 +175,11 @@ fn names_in(dir: &Path) -> Result<BTreeSet<String>> {
         Err(e) => return Err(e).ctx("read", dir),
     };
     for e in rd {
-        let n = e.ctx("read", dir)?.file_name().to_string_lossy().into_owned();
+        let n = e
+            .ctx("read", dir)?
+            .file_name()
+            .to_string_lossy()
+            .into_owned();
         if !n.starts_with('.') {
             out.insert(n);
         }
@@ -480,11 +480,8 @@ fn settle(store: &Store, rd: &RunDir, jobs: usize, cancel: &AtomicBool) -> Resul
             let claim: Option<PieceClaim> = std::fs::read(&p)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            let lapsed = renewed.is_none_or(|r| {
-                SystemTime::now()
-                    .duration_since(r)
-                    .is_ok_and(|d| d > lease)
-            });
+            let lapsed = renewed
+                .is_none_or(|r| SystemTime::now().duration_since(r).is_ok_and(|d| d > lease));
             let dead = claim.as_ref().is_some_and(|c| {
                 Holder {
                     worker: 0,

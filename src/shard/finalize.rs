@@ -268,8 +268,7 @@ fn expire_and_record(
 ) {
     let rm_start = report::now_rfc3339();
     let t_rm = Instant::now();
-    let swept = match super::expire::finalize(store, rd, cut, worker, &rep.expired, jobs, cancel)
-    {
+    let swept = match super::expire::finalize(store, rd, cut, worker, &rep.expired, jobs, cancel) {
         Ok(n) => n,
         Err(e) => {
             tracing::warn!("expired snapshots not fully deleted yet ({e}); the next run continues");
@@ -341,7 +340,10 @@ fn resume_expiry(
         let Some(mut rep) = store.read_run(&rd.run)? else {
             return Ok(Finalized::Already(read_finalized(rd)));
         };
-        tracing::info!("run {} is finalized; completing the deletion of its expired snapshots", rd.run);
+        tracing::info!(
+            "run {} is finalized; completing the deletion of its expired snapshots",
+            rd.run
+        );
         expire_and_record(store, rd, &cut, None, jobs, cancel, &mut rep);
         Ok(Finalized::Already(Some(Box::new(rep))))
     })();

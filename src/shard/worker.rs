@@ -241,7 +241,12 @@ fn finish(
 /// while any is left to claim (`expire.rs`). A failure here costs the run nothing (the
 /// finalizer, or the next run, deletes what is left), so it is only logged.
 fn help_expire(store: &Store, rd: &RunDir, jobs: usize, cancel: &AtomicBool, out: &mut Outcome) {
-    let Some(cut) = rd.read_plan().ok().flatten().and_then(|(p, _)| p.cut().ok()) else {
+    let Some(cut) = rd
+        .read_plan()
+        .ok()
+        .flatten()
+        .and_then(|(p, _)| p.cut().ok())
+    else {
         return;
     };
     match super::expire::help(store, rd, &cut, Some(out.index), jobs, cancel) {
