@@ -228,6 +228,12 @@ pub struct ShardSummary {
     /// Units whose claim was taken over from a stalled or dead worker.
     pub takeovers: u64,
     pub per_worker: Vec<WorkerKpi>,
+    /// Entries of expired snapshots the finalizing process deleted outside the pieces
+    /// counted per worker: what was left in trash once every piece was claimed (the
+    /// spine directories, leftovers of earlier runs), the pieces of claimers that died,
+    /// and the pieces of a `snapring finalize` run by hand.
+    #[serde(default)]
+    pub expired_by_finalize: u64,
 }
 
 /// One worker's committed units and their figures.
@@ -240,6 +246,12 @@ pub struct WorkerKpi {
     pub bytes_transferred: u64,
     /// Seconds its committed units' walks took, added up.
     pub seconds: f64,
+    /// Pieces of the expired snapshots it claimed and deleted after the publish
+    /// (`shard::expire`), and the entries it removed there.
+    #[serde(default)]
+    pub expired_pieces: usize,
+    #[serde(default)]
+    pub expired_entries: u64,
 }
 
 /// How a pre or post command went (defined beside the commands that run them).

@@ -175,7 +175,8 @@ const CASES: &[Case] = &[
 /// `restic.prune_pack_written` likewise, for `prune` (tests/restic_prune.rs).
 /// `shard.*`: a shard run's kill points, killed among several worker processes and
 /// checked (every unit committed once, finalize once, the snapshot equal to the
-/// source) in tests/shard.rs.
+/// source) in tests/shard.rs; `shard.expire_piece` kills workers deleting pieces of an
+/// expired snapshot there, and the next run or `snapring finalize` removes the rest.
 const NOT_IN_MATRIX: &[&str] = &[
     "verify.snapshot",
     "restic.pack_written",
@@ -187,6 +188,7 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.finalize.before_staging",
     "shard.finalize.before_publish",
     "shard.finalize.after_publish",
+    "shard.expire_piece",
 ];
 
 /// One case's files: a source, a store, a catalog, a job config and a restore target.

@@ -779,3 +779,236 @@ fn a_worker_with_four_jobs_builds_two_units_at_once() {
     check_run(&e, run);
     check_snapshot(&e, "two lanes");
 }
+
+/// Runs workers `0..n` of run `run` with `extra` flags, worker `i` with `vars(i)`, and
+/// waits for them.
+fn run_workers(
+    e: &Env,
+    n: usize,
+    run: &str,
+    extra: &[&str],
+    vars: impl Fn(usize) -> Vec<(&'static str, &'static str)>,
+) -> Vec<Output> {
+    let kids: Vec<Child> = (0..n)
+        .map(|i| {
+            let shard = format!("{i}/{n}");
+            let mut a = vec!["-v", "--shard", &shard, "--run-id", run];
+            a.extend(extra);
+            worker(e, &a, &vars(i)).spawn().unwrap()
+        })
+        .collect();
+    kids.into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect()
+}
+
+fn all_ok(outs: &[Output], what: &str) {
+    for o in outs {
+        assert_eq!(o.status.code(), Some(0), "{what}: {}", text(o));
+    }
+}
+
+fn run_record(e: &Env, run: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
+    )
+    .unwrap()
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).map_or(true, |mut d| d.next().is_none())
+}
+
+/// Each worker's expired pieces and entries from the run record, and the finalizer's.
+fn expiry_counts(rec: &serde_json::Value) -> (Vec<(u64, u64)>, u64) {
+    let per: Vec<(u64, u64)> = rec["shards"]["per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| {
+            (
+                w["expired_pieces"].as_u64().unwrap(),
+                w["expired_entries"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    (per, rec["shards"]["expired_by_finalize"].as_u64().unwrap())
+}
+
+#[test]
+fn workers_still_alive_share_the_deletion_of_the_expired_snapshot() {
+    let e = env();
+    let retain = ["--retain", "2"];
+    all_ok(&run_workers(&e, 4, "r1", &retain, |_| vec![]), "r1");
+    write(&e.src.join("flat/n020 with space"), b"second");
+    all_ok(&run_workers(&e, 4, "r2", &retain, |_| vec![]), "r2");
+    // The third run expires the first one's snapshot (daily.1). Each piece takes 300 ms more to delete, so that the workers waiting
+    // for the end of the run join in.
+    let expired_entries = describe(&e.dest.join("daily.1")).len() as u64;
+    let kept = common::state::full_state(&e.dest.join("daily.0"));
+    write(&e.src.join("deep/d3/third"), b"third");
+    let slow = |_| vec![("SNAPRING_FAILPOINTS", "shard.expire_piece=sleep:300")];
+    let outs = run_workers(&e, 4, "r3", &retain, slow);
+    all_ok(&outs, "r3");
+    check_run(&e, "r3");
+    check_snapshot(&e, "r3");
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0", "daily.1"]);
+    // The previous snapshot (r2's) is untouched by the deletion and verifies.
+    let mut after = common::state::full_state(&e.dest.join("daily.1"));
+    let mut before = kept;
+    before.remove(&Vec::new());
+    after.remove(&Vec::new());
+    for f in before.values_mut().chain(after.values_mut()) {
+        f.ctime_ns = 0;
+        f.nlink = 0;
+    }
+    common::state::assert_unchanged(&before, &after, "the previous snapshot");
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "daily.1".as_ref(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "verify daily.1: {}", text(&out));
+    // Nothing of the expired snapshot is left, and more than one worker deleted part
+    // of it: the run record says how much each did.
+    assert!(is_empty_dir(&e.dest.join(".snapring/trash")));
+    assert!(is_empty_dir(&e.dest.join(".snapring/expiring")));
+    let rec = run_record(&e, "r3");
+    assert_eq!(rec["expired"], serde_json::json!(["daily.1"]), "{rec}");
+    let (per, by_finalize) = expiry_counts(&rec);
+    let helpers = per.iter().filter(|(p, _)| *p > 0).count();
+    let logs = outs.iter().map(text).collect::<Vec<_>>().join("\n");
+    assert!(helpers >= 2, "{per:?} {rec}\n{logs}");
+    let total: u64 = per.iter().map(|(_, n)| n).sum::<u64>() + by_finalize;
+    assert_eq!(total, expired_entries, "{per:?} {by_finalize}");
+    let helped = outs
+        .iter()
+        .filter(|o| String::from_utf8_lossy(&o.stdout).contains("pieces of the expired snapshots"))
+        .count();
+    assert!(helped >= 1, "{logs}");
+    // `status` shows it too.
+    let st = run_cmd(&e, "status", "r3", &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["expiry"], "finished", "{st}");
+    let pieces: u64 = st["per_worker"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["expired_pieces"].as_u64().unwrap())
+        .sum();
+    assert_eq!(pieces, per.iter().map(|(p, _)| p).sum::<u64>(), "{st}");
+    assert_eq!(st["expiry_done"], st["expiry_claimed"], "{st}");
+    let human = run_cmd(&e, "status", "r3", &[], &[]);
+    assert!(
+        String::from_utf8_lossy(&human.stdout).contains("expiry of old snapshots finished"),
+        "{}",
+        text(&human)
+    );
+}
+
+#[test]
+fn workers_killed_while_deleting_expired_pieces_leave_what_the_next_run_removes() {
+    let e = env();
+    let retain = ["--retain", "1"];
+    all_ok(&run_workers(&e, 3, "k1", &retain, |_| vec![]), "k1");
+    write(&e.src.join("flat/n030 with space"), b"k2");
+    // Every process that claims a piece is killed once it has moved the piece out of
+    // trash: the finalizer is one of them.
+    let kill = |_| vec![("SNAPRING_FAILPOINTS", "shard.expire_piece=kill")];
+    let outs = run_workers(&e, 3, "k2", &retain, kill);
+    assert!(
+        outs.iter().any(|o| o.status.code().is_none()),
+        "{}",
+        outs.iter().map(text).collect::<Vec<_>>().join("\n")
+    );
+    // The run is published and finalized all the same; the expired snapshot is partly
+    // in trash, partly in killed workers' claims.
+    check_run(&e, "k2");
+    check_snapshot(&e, "k2");
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    assert!(!is_empty_dir(&e.dest.join(".snapring/expiring")));
+    let st = run_cmd(&e, "status", "k2", &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["expiry"], "open", "{st}");
+    // The next run (a single-node one) deletes what they left.
+    write(&e.src.join("flat/n031 with space"), b"k3");
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    assert!(is_empty_dir(&e.dest.join(".snapring/trash")));
+    assert!(is_empty_dir(&e.dest.join(".snapring/expiring")));
+    check_snapshot(&e, "after the next run");
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+}
+
+#[test]
+fn snapring_finalize_takes_over_the_pieces_of_workers_killed_while_deleting() {
+    let e = env();
+    let retain = ["--retain", "1"];
+    all_ok(&run_workers(&e, 3, "t1", &retain, |_| vec![]), "t1");
+    let expired_entries = describe(&e.dest.join("daily.0")).len() as u64;
+    write(&e.src.join("flat/n040 with space"), b"t2");
+    let kill = |_| vec![("SNAPRING_FAILPOINTS", "shard.expire_piece=kill")];
+    let outs = run_workers(&e, 3, "t2", &retain, kill);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    check_run(&e, "t2");
+    assert!(!is_empty_dir(&e.dest.join(".snapring/expiring")));
+    // `snapring finalize` of the finalized run completes the deletion: the claimers
+    // are dead (this host), so their pieces are taken over at once.
+    let o = run_cmd(&e, "finalize", "t2", &["-v", "--jobs", "2"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("already finalized"));
+    assert!(stderr_of(&o).contains("taken over"), "{}", text(&o));
+    assert!(is_empty_dir(&e.dest.join(".snapring/trash")));
+    assert!(is_empty_dir(&e.dest.join(".snapring/expiring")));
+    let rec = run_record(&e, "t2");
+    assert_eq!(rec["status"], "complete");
+    let (per, by_finalize) = expiry_counts(&rec);
+    let total: u64 = per.iter().map(|(_, n)| n).sum::<u64>() + by_finalize;
+    assert_eq!(total, expired_entries, "{per:?} {by_finalize} {rec}");
+    let st = run_cmd(&e, "status", "t2", &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["expiry"], "finished", "{st}");
+    check_snapshot(&e, "t2");
+    // Once finished, finalize has nothing more to do.
+    let o = run_cmd(&e, "finalize", "t2", &["-v"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        !stderr_of(&o).contains("completing the deletion"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn the_finalizer_alone_expires_everything_when_the_workers_are_gone() {
+    let e = env();
+    let retain = ["--retain", "1"];
+    all_ok(&run_workers(&e, 3, "f1", &retain, |_| vec![]), "f1");
+    let expired_entries = describe(&e.dest.join("daily.0")).len() as u64;
+    write(&e.src.join("flat/n050 with space"), b"f2");
+    // Every worker that tries to finalize dies before publishing; the others have
+    // left. `snapring finalize` then does it all.
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
+    let outs = run_workers(&e, 3, "f2", &retain, die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    assert!(!run_dir(&e, "f2").join("finalized").exists());
+    let o = run_cmd(&e, "finalize", "f2", &["-v", "--jobs", "2"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, "f2");
+    check_snapshot(&e, "finalized by hand");
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    assert!(is_empty_dir(&e.dest.join(".snapring/trash")));
+    assert!(is_empty_dir(&e.dest.join(".snapring/expiring")));
+    let rec = run_record(&e, "f2");
+    let (per, by_finalize) = expiry_counts(&rec);
+    assert!(per.iter().all(|(p, _)| *p == 0), "{rec}");
+    assert_eq!(by_finalize, expired_entries, "{rec}");
+    assert!(rec["phases"]["remove_expired"]["seconds"].as_f64().unwrap() > 0.0);
+    let st = run_cmd(&e, "status", "f2", &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["expiry"], "finished", "{st}");
+}

@@ -70,6 +70,11 @@ pub fn worker(
             rep.files_transferred,
             rep.files_linked
         )
+    } else if out.already_finalized && out.expired.pieces > 0 {
+        format!(
+            "the run is finalized; deleted {} pieces of the expired snapshots ({} entries)",
+            out.expired.pieces, out.expired.entries
+        )
     } else if out.already_finalized {
         "the run is already finalized".into()
     } else if out.finalize_pending {
@@ -90,6 +95,8 @@ pub fn worker(
             "interrupted": out.interrupted,
             "already_finalized": out.already_finalized,
             "finalize_pending": out.finalize_pending,
+            "expired_pieces": out.expired.pieces,
+            "expired_entries": out.expired.entries,
             "report": out.finalized,
             "exit_code": code.code(),
         }))?;
@@ -138,6 +145,7 @@ pub fn finalize(a: ShardRunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
     let r = snapring::shard::finalize::finalize(
         &store,
         &rd,
+        None,
         a.jobs.max(1),
         &cancel,
         std::time::Duration::ZERO,
@@ -214,13 +222,29 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
             "not finalized".into()
         }
     );
+    if st.expiry != "none" {
+        outln!(
+            "  expiry of old snapshots {}: {} pieces claimed, {} deleted",
+            st.expiry,
+            st.expiry_claimed,
+            st.expiry_done
+        );
+    }
     for w in &st.per_worker {
         outln!(
-            "  worker {}: {} home units, {} committed, {} claimed now",
+            "  worker {}: {} home units, {} committed, {} claimed now{}",
             w.index,
             w.home_units,
             w.committed,
-            w.claimed
+            w.claimed,
+            if w.expired_pieces > 0 {
+                format!(
+                    "; deleted {} expired pieces ({} entries)",
+                    w.expired_pieces, w.expired_entries
+                )
+            } else {
+                String::new()
+            }
         );
     }
     for u in st.unit_list.iter().filter(|u| u.state == "stale") {

@@ -5,8 +5,10 @@
 //! directories' blocks put together, their entries and metadata taken from the source),
 //! moves the tree to `.snapring/staging/<run-id>` and publishes it through the same
 //! `Repository::publish` (journal, rotation, retention) as a single-node run; then the
-//! run record with every worker's figures, the `finalized` marker, and the deletion of
-//! expired snapshots. Each step can be repeated after a crash. Does file I/O.
+//! run record with every worker's figures, the `expiring` marker that opens the
+//! deletion of the expired snapshots to the workers still alive (`expire.rs`), the
+//! `finalized` marker, and the finalizer's own part of that deletion. Each step can be
+//! repeated after a crash. Does file I/O.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::BufRead;
@@ -41,15 +43,23 @@ pub enum Finalized {
     NotReady(usize),
 }
 
-/// Finalizes run `rd` of `store`, waiting up to `wait` for the store's lock.
+/// Finalizes run `rd` of `store`, waiting up to `wait` for the store's lock: worker
+/// `worker`, or `snapring finalize` (none).
 pub fn finalize(
     store: &Store,
     rd: &RunDir,
+    worker: Option<usize>,
     jobs: usize,
     cancel: &AtomicBool,
     wait: Duration,
 ) -> Result<Finalized, ShardError> {
     if rd.is_finalized() {
+        if worker.is_none()
+            && super::expire::read_marker(rd).is_some()
+            && !super::expire::is_finished(rd)
+        {
+            return resume_expiry(store, rd, jobs, cancel);
+        }
         return Ok(Finalized::Already(read_finalized(rd)));
     }
     let t0 = Instant::now();
@@ -68,7 +78,7 @@ pub fn finalize(
             Err(e) => return Err(sort_err(e)),
         }
     };
-    let r = locked(store, rd, jobs, cancel);
+    let r = locked(store, rd, worker, jobs, cancel);
     Repository::unlock(store, lock);
     r
 }
@@ -81,6 +91,7 @@ fn read_finalized(rd: &RunDir) -> Option<Box<RunReport>> {
 fn locked(
     store: &Store,
     rd: &RunDir,
+    worker: Option<usize>,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<Finalized, ShardError> {
@@ -148,6 +159,7 @@ fn locked(
         units: cut.units.len(),
         takeovers: commits.values().filter(|c| c.generation > 1).count() as u64,
         per_worker: per_worker.into_values().collect(),
+        expired_by_finalize: 0,
     });
     let published = store.read_state()?.snapshots.iter().any(|s| s.id == rd.run);
     let staging = store.meta.join("staging").join(&rd.run);
@@ -220,6 +232,11 @@ fn locked(
     crate::engine::backup::finish_report(&mut rep, Instant::now());
     rep.duration_seconds = (chrono::Utc::now() - created).num_milliseconds().max(0) as f64 / 1000.0;
     store.write_run(&rep)?;
+    // The expiry opens to the workers still alive before they see `finalized`.
+    let expiring = super::expire::open(store, rd, &rep.expired);
+    if let Err(e) = &expiring {
+        tracing::warn!("expiry not shared with the workers ({e}); this process deletes alone");
+    }
     let body = serde_json::to_vec_pretty(&rep).expect("report serializes");
     create_exclusive(&rd.finalized_path(), &body).ctx("write", rd.finalized_path())?;
     tracing::info!(
@@ -234,10 +251,104 @@ fn locked(
     for d in ["work", "parts", "tree"] {
         let _ = std::fs::remove_dir_all(rd.root.join(d));
     }
-    if let Err(e) = Repository::delete_expired(store, jobs, cancel) {
-        tracing::warn!("expired snapshots not fully deleted yet ({e}); the next run continues");
-    }
+    expire_and_record(store, rd, &cut, worker, jobs, cancel, &mut rep);
     Ok(Finalized::Done(Box::new(rep)))
+}
+
+/// The finalizer's part of the deletion of the expired snapshots (`expire.rs`), then
+/// the run record again, with each worker's part of it.
+fn expire_and_record(
+    store: &Store,
+    rd: &RunDir,
+    cut: &Cut,
+    worker: Option<usize>,
+    jobs: usize,
+    cancel: &AtomicBool,
+    rep: &mut RunReport,
+) {
+    let rm_start = report::now_rfc3339();
+    let t_rm = Instant::now();
+    let swept = match super::expire::finalize(store, rd, cut, worker, &rep.expired, jobs, cancel) {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("expired snapshots not fully deleted yet ({e}); the next run continues");
+            0
+        }
+    };
+    rep.phases.remove_expired = report::Phase {
+        start: Some(rm_start),
+        stop: Some(report::now_rfc3339()),
+        seconds: t_rm.elapsed().as_secs_f64(),
+    };
+    let tally = super::expire::tally(rd);
+    if let Some(sh) = rep.shards.as_mut() {
+        for (&i, h) in &tally.per_worker {
+            let pos = match sh.per_worker.iter().position(|k| k.index == i) {
+                Some(p) => p,
+                None => {
+                    sh.per_worker.push(WorkerKpi {
+                        index: i,
+                        ..WorkerKpi::default()
+                    });
+                    sh.per_worker.sort_by_key(|k| k.index);
+                    sh.per_worker.iter().position(|k| k.index == i).unwrap_or(0)
+                }
+            };
+            sh.per_worker[pos].expired_pieces = h.pieces;
+            sh.per_worker[pos].expired_entries = h.entries;
+        }
+        sh.expired_by_finalize = swept + tally.by_finalize.entries;
+    }
+    if tally.state != "none" || swept > 0 {
+        tracing::info!(
+            "expiry: {} pieces by {} workers, {} entries swept by this process, in {:.2}s",
+            tally.done,
+            tally.per_worker.len(),
+            swept + tally.by_finalize.entries,
+            t_rm.elapsed().as_secs_f64()
+        );
+    }
+    if let Err(e) = store.write_run(rep) {
+        tracing::warn!("run record not updated with the expiry's figures: {e}");
+    }
+}
+
+/// `snapring finalize` of a finalized run whose finalizer died while expired snapshots
+/// were being deleted: takes over the pieces of dead claimers, deletes what is left in
+/// trash, and completes the run record.
+fn resume_expiry(
+    store: &Store,
+    rd: &RunDir,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<Finalized, ShardError> {
+    let lock = match Repository::lock_and_repair(store, &rd.run) {
+        Ok(l) => l,
+        Err(Error::Locked { holder, .. }) => return Ok(Finalized::Busy(holder)),
+        Err(e) => return Err(sort_err(e)),
+    };
+    let r = (|| {
+        let Some((plan, _)) = rd.read_plan()? else {
+            return Ok(Finalized::Already(read_finalized(rd)));
+        };
+        let cut = plan.cut().map_err(|m| {
+            ShardError::Failed(Error::Store {
+                path: rd.plan_path(),
+                msg: m,
+            })
+        })?;
+        let Some(mut rep) = store.read_run(&rd.run)? else {
+            return Ok(Finalized::Already(read_finalized(rd)));
+        };
+        tracing::info!(
+            "run {} is finalized; completing the deletion of its expired snapshots",
+            rd.run
+        );
+        expire_and_record(store, rd, &cut, None, jobs, cancel, &mut rep);
+        Ok(Finalized::Already(Some(Box::new(rep))))
+    })();
+    Repository::unlock(store, lock);
+    r
 }
 
 fn counters_errors(c: &Counters) -> u64 {

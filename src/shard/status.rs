@@ -1,7 +1,8 @@
 //! `snapring status --run-id`: what the files of a shard run say, as a value (the CLI
 //! prints it or its JSON): the plan, each unit's state (committed, claimed with a live
-//! lease, claimed with a lapsed lease, pending), each worker's units, and whether the
-//! run is finalized. Reads the run's directory only; takes no lock, writes nothing.
+//! lease, claimed with a lapsed lease, pending), each worker's units, whether the
+//! run is finalized, and how the shared deletion of its expired snapshots went
+//! (`expire.rs`). Reads the run's directory only; takes no lock, writes nothing.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -31,6 +32,9 @@ pub struct WorkerStatus {
     pub home_units: usize,
     pub committed: usize,
     pub claimed: usize,
+    /// Pieces of the expired snapshots it deleted, and their entries.
+    pub expired_pieces: usize,
+    pub expired_entries: u64,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq)]
@@ -47,6 +51,12 @@ pub struct RunStatus {
     pub finalized: bool,
     /// The published snapshot, once finalized.
     pub snapshot: Option<String>,
+    /// The deletion of the expired snapshots: `none` (nothing expired, or not opened
+    /// yet), `open` (workers claim pieces), `finished`.
+    pub expiry: String,
+    /// Pieces claimed so far, and of those deleted.
+    pub expiry_claimed: usize,
+    pub expiry_done: usize,
     pub per_worker: Vec<WorkerStatus>,
     pub unit_list: Vec<UnitStatus>,
 }
@@ -105,6 +115,13 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
             worker,
         });
     }
+    let tally = super::expire::tally(&rd);
+    for (i, h) in &tally.per_worker {
+        if let Some(w) = per.get_mut(i) {
+            w.expired_pieces = h.pieces;
+            w.expired_entries = h.entries;
+        }
+    }
     let count = |s: &str| list.iter().filter(|u| u.state == s).count();
     let snapshot = std::fs::read(rd.finalized_path())
         .ok()
@@ -122,6 +139,9 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         pending: count("pending"),
         finalized: rd.is_finalized(),
         snapshot,
+        expiry: tally.state.into(),
+        expiry_claimed: tally.claimed,
+        expiry_done: tally.done,
         per_worker: per.into_values().collect(),
         unit_list: list,
     })

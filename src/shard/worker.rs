@@ -53,6 +53,9 @@ pub struct Outcome {
     /// Every unit is committed but another process holds the store: the last worker
     /// to let go, or `snapring finalize`, publishes the run.
     pub finalize_pending: bool,
+    /// Pieces of the expired snapshots this process deleted after the publish
+    /// (`expire.rs`).
+    pub expired: super::expire::Helped,
 }
 
 /// What one worker needs to build units.
@@ -106,6 +109,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     let rd = RunDir::new(&store.meta, &spec.run_id);
     if rd.is_finalized() {
         out.already_finalized = true;
+        help_expire(&store, &rd, opts.jobs, cancel, &mut out);
         return Ok(out);
     }
     if Repository::needs_repair(&store) {
@@ -222,12 +226,33 @@ fn finish(
     out: &mut Outcome,
 ) -> Result<(), ShardError> {
     use super::finalize::Finalized;
-    match super::finalize::finalize(store, rd, jobs, cancel, wait)? {
+    match super::finalize::finalize(store, rd, Some(out.index), jobs, cancel, wait)? {
         Finalized::Done(rep) => out.finalized = Some(*rep),
-        Finalized::Already(_) => out.already_finalized = true,
+        Finalized::Already(_) => {
+            out.already_finalized = true;
+            help_expire(store, rd, jobs, cancel, out);
+        }
         Finalized::Busy(_) | Finalized::NotReady(_) => out.finalize_pending = true,
     }
     Ok(())
+}
+
+/// Once another process has finalized the run: deletes pieces of the expired snapshots
+/// while any is left to claim (`expire.rs`). A failure here costs the run nothing (the
+/// finalizer, or the next run, deletes what is left), so it is only logged.
+fn help_expire(store: &Store, rd: &RunDir, jobs: usize, cancel: &AtomicBool, out: &mut Outcome) {
+    let Some(cut) = rd
+        .read_plan()
+        .ok()
+        .flatten()
+        .and_then(|(p, _)| p.cut().ok())
+    else {
+        return;
+    };
+    match super::expire::help(store, rd, &cut, Some(out.index), jobs, cancel) {
+        Ok(h) => out.expired = h,
+        Err(e) => tracing::warn!("expired snapshots: this worker's part stopped ({e})"),
+    }
 }
 
 /// How long a worker that committed the last unit waits for the others to let go of

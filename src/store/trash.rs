@@ -1,10 +1,13 @@
 //! Deletes expired snapshots from `.snapring/trash/` in parallel on the one traversal
 //! ([`crate::traverse`]): many unlinks in flight instead of one `rm -rf`, depth-first,
 //! each directory removed once everything under it is. The trash directory itself stays.
-//! Stops early when cancelled; what remains is deleted by a later run.
+//! Also the pieces of expired snapshots that shard workers claimed for deletion
+//! (`.snapring/expiring/<claim>/`, `shard::expire`): one such directory with everything
+//! under it ([`remove`]), and the leftovers of killed workers ([`empty`]). Stops early
+//! when cancelled; what remains is deleted by a later run.
 
 use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,18 +19,84 @@ use crate::fsx::{self, b};
 use crate::relpath::RelPath;
 use crate::traverse::{self, Dir, Opened, Step, Visitor};
 
-/// Removes everything under `.snapring/trash`. Returns the number of entries removed.
-/// An entry that cannot be removed is left with its ancestors, the others go on; the
-/// first such error is returned.
+/// Removes everything under `.snapring/trash`, and under `.snapring/expiring` (pieces
+/// of expired snapshots that shard workers claimed and did not finish deleting).
+/// Returns the number of entries removed. An entry that cannot be removed is left with
+/// its ancestors, the others go on; the first such error is returned.
 pub fn empty(store: &Store, threads: usize, cancel: &AtomicBool) -> Result<u64> {
+    empty_except(store, None, threads, cancel)
+}
+
+/// [`empty`], except the claimed pieces under `.snapring/expiring` whose names start
+/// with `keep` (a shard run's own claims, which live workers are deleting).
+pub fn empty_except(
+    store: &Store,
+    keep: Option<&str>,
+    threads: usize,
+    cancel: &AtomicBool,
+) -> Result<u64> {
     let trash = store.meta.join("trash");
-    let fd = fsx::open_dir(&trash).ctx("open", &trash)?;
-    let names = fsx::read_dir_names(b(&fd)).ctx("read", &trash)?;
+    let shown = Path::new(super::META_DIR);
+    let mut n = empty_dir(&trash, &shown.join("trash"), &|_| true, threads, cancel);
+    let expiring = store.meta.join(EXPIRING);
+    if expiring.is_dir() {
+        let keep = keep.map(str::as_bytes);
+        let pick = |name: &[u8]| keep.is_none_or(|k| !name.starts_with(k));
+        let m = empty_dir(&expiring, &shown.join(EXPIRING), &pick, threads, cancel);
+        n = match (n, m) {
+            (Ok(a), Ok(b)) => Ok(a + b),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+    }
+    n
+}
+
+/// Where shard workers put the pieces of expired snapshots they claimed, under `.snapring`.
+pub const EXPIRING: &str = "expiring";
+
+/// Removes directory `dir` and everything under it (a claimed piece of an expired
+/// snapshot, `.snapring/expiring/<claim>`, as errors name it). Returns the number of entries removed, `dir` included; a missing `dir`
+/// is 0.
+pub fn remove(dir: &Path, threads: usize, cancel: &AtomicBool) -> Result<u64> {
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let shown = Path::new(super::META_DIR)
+        .join(EXPIRING)
+        .join(dir.file_name().unwrap_or_default());
+    let n = empty_dir(dir, &shown, &|_| true, threads, cancel)?;
+    if cancel.load(Ordering::Relaxed) {
+        return Ok(n);
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(n + 1),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(n),
+        Err(e) => Err(io_error(e, "remove directory", dir)),
+    }
+}
+
+/// Removes everything under `dir` whose top-level name `pick` accepts; `shown` names
+/// `dir` in errors.
+fn empty_dir(
+    dir: &Path,
+    shown: &Path,
+    pick: &dyn Fn(&[u8]) -> bool,
+    threads: usize,
+    cancel: &AtomicBool,
+) -> Result<u64> {
+    let fd = match fsx::open_dir(dir) {
+        Ok(fd) => fd,
+        Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(0),
+        Err(e) => return Err(io_error(e, "open", dir)),
+    };
+    let mut names = fsx::read_dir_names(b(&fd)).ctx("read", dir)?;
+    names.retain(|n| pick(n));
     if names.is_empty() {
         return Ok(0);
     }
     let v = Trash {
         root: Mutex::new(Some((fd, names))),
+        shown: shown.to_path_buf(),
         removed: AtomicU64::new(0),
         first_error: Mutex::new(None),
     };
@@ -45,6 +114,8 @@ pub fn empty(store: &Store, threads: usize, cancel: &AtomicBool) -> Result<u64> 
 struct Trash {
     /// The trash directory, opened and listed by `empty`; taken by the walk's first `open`.
     root: Mutex<Option<(OwnedFd, Vec<Vec<u8>>)>>,
+    /// The directory being emptied, as errors name it.
+    shown: PathBuf,
     removed: AtomicU64,
     first_error: Mutex<Option<Error>>,
 }
@@ -148,6 +219,9 @@ impl Visitor for Trash {
             Ok(()) => {
                 self.removed.fetch_add(1, Ordering::Relaxed);
             }
+            // Removed by another process deleting the same tree (a shard worker's claim
+            // taken over, or a later run cleaning up after it).
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
             Err(e) => self.fail(&parent.state, e, "remove directory", &dir.rel),
         }
     }
@@ -157,7 +231,7 @@ impl Trash {
     /// `rel` could not be removed: keep `dir` (its parent) and remember the first error.
     fn fail(&self, dir: &State, e: std::io::Error, action: &'static str, rel: &RelPath) {
         dir.kept.store(true, Ordering::Relaxed);
-        let e = io_error(e, action, Path::new(".snapring/trash").join(rel.escaped()));
+        let e = io_error(e, action, self.shown.join(rel.escaped()));
         let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
         first.get_or_insert(e);
     }
@@ -175,6 +249,6 @@ fn unlink(dir: &OwnedFd, name: &[u8]) -> std::io::Result<()> {
     }
 }
 
-fn make_writable(dir: &OwnedFd) -> rustix::io::Result<()> {
+pub(crate) fn make_writable(dir: &OwnedFd) -> rustix::io::Result<()> {
     rustix::fs::fchmod(dir, rustix::fs::Mode::from_raw_mode(0o700))
 }
