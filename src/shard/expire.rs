@@ -187,9 +187,15 @@ fn names_in(dir: &Path) -> Result<BTreeSet<String>> {
     Ok(out)
 }
 
+/// Pieces one process deletes at once, at most: each piece's walk thins out at its end
+/// (a last deep directory), and the next piece's fills those threads. One piece at a
+/// time made the finalizer alone 1.25x slower than the single walk it replaced.
+const PIECES_AT_ONCE: usize = 4;
+
 /// Claims and deletes pieces until none is left to claim, the finalizer has finished,
-/// or `cancel` is set: worker `me` (none for `snapring finalize`). Does nothing when
-/// expiry is not open.
+/// or `cancel` is set: worker `me` (none for `snapring finalize`), up to
+/// [`PIECES_AT_ONCE`] pieces at a time, `jobs` deletions in flight in all. Does nothing
+/// when expiry is not open.
 pub fn help(
     store: &Store,
     rd: &RunDir,
@@ -198,16 +204,66 @@ pub fn help(
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<Helped> {
-    let mut out = Helped::default();
     let Some(marker) = read_marker(rd) else {
-        return Ok(out);
+        return Ok(Helped::default());
     };
     if is_finished(rd) {
-        return Ok(out);
+        return Ok(Helped::default());
     }
     make_dirs(store, rd)?;
-    let lease = super::state::lease();
     let t0 = Instant::now();
+    let lanes = PIECES_AT_ONCE.min(jobs.max(1));
+    let per_lane = (jobs.max(1) / lanes).max(1);
+    let results: Vec<Result<Helped>> = std::thread::scope(|s| {
+        let lanes: Vec<_> = (0..lanes)
+            .map(|_| s.spawn(|| lane(store, rd, cut, me, &marker, per_lane, cancel)))
+            .collect();
+        lanes
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut out = Helped::default();
+    let mut first_error = None;
+    for r in results {
+        match r {
+            Ok(h) => {
+                out.pieces += h.pieces;
+                out.entries += h.entries;
+            }
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    if out.pieces > 0 {
+        tracing::info!(
+            "expiry: {} pieces of the expired snapshots deleted ({} entries) in {:.2}s",
+            out.pieces,
+            out.entries,
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// One of [`help`]'s lanes: claims the next unclaimed piece in this worker's order and
+/// deletes it with `jobs` threads, until none is left. Lanes of one process, like
+/// processes, meet only at the exclusive create of a claim.
+fn lane(
+    store: &Store,
+    rd: &RunDir,
+    cut: &Cut,
+    me: Option<usize>,
+    marker: &Marker,
+    jobs: usize,
+    cancel: &AtomicBool,
+) -> Result<Helped> {
+    let mut out = Helped::default();
+    let lease = super::state::lease();
     let mut claimed = names_in(&claims_dir(rd))?;
     for u in order(cut, me) {
         if cancel.load(Ordering::Relaxed) || is_finished(rd) {
@@ -228,7 +284,7 @@ pub fn help(
         if won {
             let t = Instant::now();
             let (n, err) = renewing(&path, lease, || {
-                piece(store, rd, &marker, cut, u, jobs, cancel)
+                piece(store, rd, marker, cut, u, jobs, cancel)
             });
             if let Some(e) = &err {
                 tracing::warn!(
@@ -252,14 +308,6 @@ pub fn help(
             out.entries += n;
         }
         claimed = names_in(&claims_dir(rd))?;
-    }
-    if out.pieces > 0 {
-        tracing::info!(
-            "expiry: {} pieces of the expired snapshots deleted ({} entries) in {:.2}s",
-            out.pieces,
-            out.entries,
-            t0.elapsed().as_secs_f64()
-        );
     }
     Ok(out)
 }
