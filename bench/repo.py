@@ -131,6 +131,9 @@ def main():
     ap.add_argument("--work", default="/var/tmp/snapring-repobench")
     ap.add_argument("--json", help="write the results here")
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="move each repository here (DIR/<tool>-<run>, a local restic repository) instead of "
+                         "deleting it, to inspect its trees with `restic -r DIR/<tool>-<run> cat blob ID`")
     a = ap.parse_args()
     if not a.no_build:
         for manifest in ["Cargo.toml", "bench/tools/Cargo.toml"]:
@@ -147,6 +150,7 @@ def main():
         source_bytes = sum(os.lstat(os.path.join(dp, n)).st_size for dp, _, fs in os.walk(src_u) for n in fs)
         pristine = os.path.join(env.under, "pristine")
         harness.sh("cp", "-a", src_u, pristine)
+        settle_access_times(pristine)
         checked = False
         for r in range(a.runs):
             for tool in a.tools.split(","):
@@ -179,14 +183,37 @@ def main():
                         subprocess.run(["restic", "-r", repo, "--no-cache", "check"], env=e, check=True,
                                        stdout=subprocess.DEVNULL)
                         checked = True
-                # The repository stays for the byte counts above only.
-                shutil.rmtree(os.path.join(server.root, BUCKET, prefix))
+                # The repository stays for the byte counts above only (or --keep).
+                if a.keep:
+                    os.makedirs(a.keep, exist_ok=True)
+                    shutil.rmtree(os.path.join(a.keep, prefix), ignore_errors=True)
+                    shutil.move(os.path.join(server.root, BUCKET, prefix), os.path.join(a.keep, prefix))
+                else:
+                    shutil.rmtree(os.path.join(server.root, BUCKET, prefix))
         load.append(os.getloadavg())
     finally:
         server.close()
         env.close()
         shutil.rmtree(env.under, ignore_errors=True)
     summary(results, a, nfiles, entries, source_bytes, load)
+
+
+def settle_access_times(root):
+    """Reads every entry under `root` once. Under relatime the first read moves an access
+    time that is not after the mtime (every generated file's), later ones do not; and
+    `cp -a` gives the copy the access time from before its own read. Without this the
+    first copy (run 1's first tool) had the generated access times, whole seconds, and
+    every later copy those of the first `cp`, with nanoseconds: 10 more bytes per node in
+    a tool's trees that records access times, so run 1 favoured whichever tool ran first."""
+    for dp, ds, fs in os.walk(root):
+        for n in ds + fs:
+            p = os.path.join(dp, n)
+            if os.path.islink(p):
+                os.readlink(p)
+            elif os.path.isfile(p):
+                with open(p, "rb") as f:
+                    while f.read(1 << 20):
+                        pass
 
 
 def report(r, case, tool, res, stored, entries):

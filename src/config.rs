@@ -59,6 +59,9 @@ pub struct JobConfig {
     /// Bandwidth limit, bytes per second read plus written: `50MiB`, `800K` (1024-based,
     /// as rsync), `0` for none.
     pub bwlimit: Option<String>,
+    /// Into a restic repository: record real access times (restic's `--with-atime`);
+    /// by default the mtime is recorded as the access time, as restic does.
+    pub with_atime: Option<bool>,
     /// Program and arguments run before the walk (no shell); if it fails, the run fails
     /// and nothing is published.
     pub pre_command: Option<Vec<String>>,

@@ -263,6 +263,8 @@ pub struct RepositoryJob {
     /// `--window`: the run stops at a safe point this long after it started, as on
     /// SIGTERM (`incomplete`, its packs indexed, no snapshot written).
     pub window: Option<std::time::Duration>,
+    /// `--with-atime`: record real access times (else the mtime, as restic's default).
+    pub with_atime: bool,
 }
 
 /// Runs a backup into a restic repository as a run like any other: its own run id, a
@@ -326,6 +328,7 @@ pub fn run_repository(
                 retain: j.retain,
                 cancel,
                 jobs: j.jobs,
+                with_atime: j.with_atime,
             };
             return restic::backup::backup(&mut repo, &opts);
         };

@@ -34,14 +34,21 @@ fn restore_latest(repo: &Path, target: &Path) {
 }
 
 fn sr_backup(src: &Path, repo: &Path) -> serde_json::Value {
-    let out = sr_ok(&[
+    sr_backup_with(src, repo, &[])
+}
+
+fn sr_backup_with(src: &Path, repo: &Path, extra: &[&str]) -> serde_json::Value {
+    let url = file_url(repo);
+    let mut args = vec![
         "backup",
         "--source",
         src.to_str().unwrap(),
         "--dest",
-        &file_url(repo),
+        &url,
         "--json",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let out = sr_ok(&args);
     serde_json::from_str(&out).unwrap()
 }
 
@@ -303,7 +310,7 @@ fn access_times_moved_by_reads_alone_make_no_new_trees() {
     // Access times not after the mtime: a plain read moves them (relatime).
     set_mtime(&src, 1_200_000_000, 0);
     sr_ok(&["init", "--dest", &file_url(&repo)]);
-    let first = sr_backup(&src, &repo);
+    let first = sr_backup_with(&src, &repo, &["--with-atime"]);
     assert_eq!(first["status"], "complete", "{first}");
 
     let atime = |p: &Path| {
@@ -327,7 +334,7 @@ fn access_times_moved_by_reads_alone_make_no_new_trees() {
         );
     }
 
-    let second = sr_backup(&src, &repo);
+    let second = sr_backup_with(&src, &repo, &["--with-atime"]);
     assert_eq!(second["status"], "complete", "{second}");
     // At most the trees wrapping the source: the temp dir's and the root's (/tmp's
     // times move with other tests' temp dirs). Six directories with moved access times
@@ -339,7 +346,7 @@ fn access_times_moved_by_reads_alone_make_no_new_trees() {
 
     // A changed entry (here its mode, so its ctime) records its access time of now.
     chmod(&src.join("d0/f0"), 0o600);
-    let third = sr_backup(&src, &repo);
+    let third = sr_backup_with(&src, &repo, &["--with-atime"]);
     assert_eq!(third["status"], "complete", "{third}");
     let target = t.path().join("T");
     restore_latest(&repo, &target);
@@ -349,6 +356,117 @@ fn access_times_moved_by_reads_alone_make_no_new_trees() {
     // An unchanged one, the access time of the first backup.
     assert_eq!(atime(&restored.join("d1/f2")), 1_200_000_000);
     assert_eq!(atime(&restored.join("d1")), 1_200_000_000);
+}
+
+/// By default the access time recorded is the mtime, as `restic backup` records
+/// without `--with-atime`, so both write the same tree blob for the same directory:
+/// restic backing up a tree snapring backed up adds only the trees wrapping it (whose
+/// directories' times may have moved), none of the source's own. Real access times,
+/// unlike mtimes, made every tree differ, and compress worse (docs/performance.md,
+/// issue 14's bytes).
+#[test]
+fn restic_finds_every_tree_of_the_source_that_snapring_wrote() {
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    conformance_tree(&src);
+    // Access times apart from the mtimes, deepest first (setting a directory's times
+    // after its entries').
+    let mut all: Vec<_> = walkdir(&src);
+    all.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in all.iter().chain([&src]) {
+        set_times(
+            p,
+            (1_300_000_000, 123_456_789),
+            (1_200_000_000, 987_654_321),
+        );
+    }
+    let dirs = all.iter().filter(|p| p.is_dir() && !p.is_symlink()).count();
+    assert!(dirs >= 2, "the test tree has subdirectories");
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
+    let r = sr_backup(&src, &repo);
+    assert_eq!(r["status"], "complete", "{r}");
+    let out = run_restic(
+        &restic,
+        &repo,
+        &[OsStr::new("backup"), OsStr::new("--json"), src.as_os_str()],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let summary: serde_json::Value = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message_type"] == "summary")
+        .unwrap_or_else(|| panic!("no summary in restic's output:\n{text}"));
+    // The trees of `/`, of each ancestor of src, none of src's own (1 + `dirs`).
+    let wrapping = std::fs::canonicalize(t.path())
+        .unwrap()
+        .components()
+        .count() as u64;
+    assert!(
+        summary["tree_blobs"].as_u64().unwrap() <= wrapping,
+        "restic wrote trees of the source anew ({wrapping} wrap it): {summary}"
+    );
+    assert_eq!(summary["data_blobs"], 0, "{summary}");
+}
+
+/// `--with-atime` is a repository setting; a hard-link store refuses it.
+#[test]
+fn with_atime_is_refused_for_a_hard_link_store() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("f"), b"x");
+    let dest = t.path().join("store");
+    let (code, out, err) = sr(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        dest.to_str().unwrap(),
+        "--with-atime",
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("with_atime") && err.contains("restic repository"),
+        "{err}"
+    );
+    assert!(!dest.join("daily.0").exists());
+}
+
+/// Every entry under `root` (not `root`), symlinks not followed.
+fn walkdir(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() && !p.is_symlink() {
+                todo.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Sets the access and modification times of `p` (not following a symlink).
+fn set_times(p: &Path, atime: (i64, i64), mtime: (i64, i64)) {
+    let ts = |(s, n)| rustix::fs::Timespec {
+        tv_sec: s,
+        tv_nsec: n,
+    };
+    let t = rustix::fs::Timestamps {
+        last_access: ts(atime),
+        last_modification: ts(mtime),
+    };
+    rustix::fs::utimensat(
+        rustix::fs::CWD,
+        p,
+        &t,
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .unwrap();
 }
 
 #[test]

@@ -230,8 +230,8 @@ fn diff_between_two_backups_lists_the_changes_and_skips_unchanged_subtrees() {
     }
     let url = file_url(&repo);
     sr_ok(&["init", "--dest", &url]);
-    // The first backup reads every file, which sets their access times (relatime), so
-    // the trees of a second backup differ in `atime`; the third's match the second's.
+    // A second backup of the unchanged source (its trees are the first's: the mtime
+    // is recorded as the access time), then the changes.
     backup(&src, &url);
     let one = backup(&src, &url);
     write(&src.join("a"), b"second, longer\n");

@@ -204,6 +204,11 @@ pub struct BackupArgs {
     /// RESTIC_PASSWORD_FILE]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Into a restic repository: record each entry's real access time, as restic's
+    /// --with-atime (by default the modification time is recorded as the access time,
+    /// as restic does).
+    #[arg(long)]
+    pub with_atime: bool,
 }
 
 #[derive(Args)]

@@ -93,6 +93,12 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     let f: config::JobConfig = file;
     let dest = a.dest.clone().or(f.dest.clone());
     if !is_repo(dest.as_deref()) {
+        if a.with_atime || f.with_atime.is_some() {
+            bail!(
+                "with_atime (--with-atime or the job's `with_atime`) applies to a restic \
+                 repository (--dest file:///PATH or s3://BUCKET/PREFIX) only"
+            );
+        }
         return Ok(None);
     }
     let unsupported = [
@@ -156,6 +162,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         password_file: a.password_file.clone().or(f.password_file),
         jobs: a.jobs.or(f.jobs).unwrap_or(0),
         window,
+        with_atime: a.with_atime || f.with_atime.unwrap_or(false),
     };
     let catalog = cat
         .for_config(file_catalog)
@@ -535,6 +542,7 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         password_file: a.password_file,
         jobs: 0,
         window: None,
+        with_atime: false,
     };
     let catalog = cat
         .for_config(None)

@@ -71,6 +71,7 @@ pub const JOB_KEYS: &[Key] = &[
     key("notify", Kind::List(any), "[\"ops\"]"),
     key("notify_success", Kind::Bool, "true"),
     key("bwlimit", Kind::Str(bwlimit), "\"50MiB\""),
+    key("with_atime", Kind::Bool, "true"),
     key(
         "pre_command",
         Kind::List(any),
@@ -576,6 +577,17 @@ impl Checker<'_> {
             self.job_notifiers(dk, t, notifiers);
             return;
         }
+        if good("dest", path).is_some()
+            && let Some((at, _)) = entry(t, "with_atime")
+        {
+            self.push(
+                at,
+                dotted(dk, "with_atime"),
+                "with_atime applies to a restic repository dest (file:// or s3://) only; remove it"
+                    .into(),
+                None,
+            );
+        }
         if let (Some((src, _)), Some((dest, dest_at))) = (good("source", path), good("dest", path))
         {
             let mut store = PathBuf::from(dest);
@@ -695,6 +707,19 @@ mod tests {
         for (g, (at, what)) in got.iter().zip(want) {
             assert!(g.starts_with(at) && g.contains(what), "{g} vs {at} {what}");
         }
+    }
+
+    #[test]
+    fn with_atime_belongs_to_a_repository_dest() {
+        let store = lines("[job.a]\nsource = \"/s\"\ndest = \"/d\"\nwith_atime = true\n");
+        assert_eq!(store.len(), 1, "{store:#?}");
+        assert!(
+            store[0].starts_with("c.toml:4:1: job.a.with_atime:")
+                && store[0].contains("restic repository"),
+            "{store:#?}"
+        );
+        let repo = lines("[job.a]\nsource = \"/s\"\ndest = \"s3://b/p\"\nwith_atime = true\n");
+        assert_eq!(repo, Vec::<String>::new());
     }
 
     #[test]

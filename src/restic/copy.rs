@@ -143,6 +143,9 @@ pub fn copy(
         reuse: Some(&mut reuse),
         jobs: crate::concurrency::resolve(opts.jobs, &[&store_root]),
         time: Some(sel.taken_at.with_timezone(&chrono::Local)),
+        // A store snapshot's access times are the copy's and restores', not the
+        // source's: the mtime, as restic records by default.
+        with_atime: false,
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
     report.reused_by_manifest = reuse.by_manifest;

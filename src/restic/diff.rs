@@ -310,10 +310,21 @@ pub fn compare_nodes(x: &Node, y: &Node, dir_times: bool) -> (bool, Vec<String>)
     if time(&x.mtime) != time(&y.mtime) && (y.kind != "dir" || dir_times) {
         detail.push(format!("mtime {} -> {}", x.mtime, y.mtime));
     }
-    if x.extended_attributes != y.extended_attributes && y.kind != "dir" {
+    // As sets: the order is the file system's listing order (restic's, too).
+    if sorted_xattrs(x) != sorted_xattrs(y) && y.kind != "dir" {
         detail.push("extended attributes".into());
     }
     (content, detail)
+}
+
+fn sorted_xattrs(n: &Node) -> Vec<(&str, &str)> {
+    let mut v: Vec<(&str, &str)> = n
+        .extended_attributes
+        .iter()
+        .map(|a| (a.name.as_str(), a.value.as_str()))
+        .collect();
+    v.sort_unstable();
+    v
 }
 
 #[cfg(test)]
@@ -333,6 +344,26 @@ mod tests {
     }
 
     const T1: &str = "2026-12-01T10:00:00.5Z";
+
+    #[test]
+    fn extended_attributes_compare_as_sets() {
+        use super::super::tree::ExtendedAttribute;
+        let x = |n: &str, v: &str| ExtendedAttribute {
+            name: n.into(),
+            value: v.into(),
+        };
+        let mut a = file(b"one", 0o644, T1);
+        a.extended_attributes = vec![x("user.b", "Mg=="), x("user.a", "MQ==")];
+        let mut listed_otherwise = a.clone();
+        listed_otherwise.extended_attributes.reverse();
+        assert_eq!(compare_nodes(&a, &listed_otherwise, false), (false, vec![]));
+        let mut changed = a.clone();
+        changed.extended_attributes[0].value = "Mw==".into();
+        assert_eq!(
+            compare_nodes(&a, &changed, false),
+            (false, vec!["extended attributes".to_string()])
+        );
+    }
 
     #[test]
     fn nodes_compare_in_the_stores_words() {
