@@ -229,6 +229,17 @@ impl Setup {
         env
     }
 
+    /// snapring with `args`, the S3 settings, the test's password and no catalog, for a
+    /// test to add its own environment to.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.args(args)
+            .envs(self.env())
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env("SNAPRING_CATALOG", "off");
+        c
+    }
+
     /// Runs snapring with the S3 settings and `password`; returns (code, stdout, stderr).
     fn sr_with(&self, args: &[&str], password: &str) -> (i32, String, String) {
         let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
@@ -520,14 +531,8 @@ fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let run = |endpoint: String, with_keys: bool| {
-        let mut c = Command::new(bin());
-        c.args(["list", "--dest", "s3://backups/p"]);
-        for (k, v) in s.env() {
-            c.env(k, v);
-        }
-        c.env("AWS_ENDPOINT_URL", endpoint)
-            .env("SNAPRING_PASSWORD", PASSWORD)
-            .env("SNAPRING_CATALOG", "off");
+        let mut c = s.command(&["list", "--dest", "s3://backups/p"]);
+        c.env("AWS_ENDPOINT_URL", endpoint);
         if !with_keys {
             c.env_remove("AWS_ACCESS_KEY_ID")
                 .env_remove("AWS_SECRET_ACCESS_KEY");
@@ -550,14 +555,8 @@ fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
 
     // No keys, and no instance metadata (a closed port stands for 169.254.169.254 off
     // EC2, so an EC2 test machine's own role does not count).
-    let mut c = Command::new(bin());
-    c.args(["list", "--dest", "s3://backups/p"]);
-    for (k, v) in s.env() {
-        c.env(k, v);
-    }
-    let out = c
-        .env("SNAPRING_PASSWORD", PASSWORD)
-        .env("SNAPRING_CATALOG", "off")
+    let out = s
+        .command(&["list", "--dest", "s3://backups/p"])
         .env(
             "AWS_EC2_METADATA_SERVICE_ENDPOINT",
             format!("http://127.0.0.1:{port}"),
@@ -576,14 +575,8 @@ fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
     );
     // Off entirely: said so.
     let (code, err) = {
-        let mut c = Command::new(bin());
-        c.args(["list", "--dest", "s3://backups/p"]);
-        for (k, v) in s.env() {
-            c.env(k, v);
-        }
-        let out = c
-            .env("SNAPRING_PASSWORD", PASSWORD)
-            .env("SNAPRING_CATALOG", "off")
+        let out = s
+            .command(&["list", "--dest", "s3://backups/p"])
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_ACCESS_KEY_ID")
             .env_remove("AWS_SECRET_ACCESS_KEY")
@@ -700,14 +693,8 @@ fn credentials_from_a_container_role_are_used_and_renewed() {
     let token = s.t.path().join("eks-pod-identity-token");
     std::fs::write(&token, "pod-token\n").unwrap();
     let run = |uri: String, args: &[&str]| {
-        let mut c = Command::new(bin());
-        c.args(args);
-        for (k, v) in s.env() {
-            c.env(k, v);
-        }
-        let out = c
-            .env("SNAPRING_PASSWORD", PASSWORD)
-            .env("SNAPRING_CATALOG", "off")
+        let out = s
+            .command(args)
             .env("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri)
             .env("AWS_CONTAINER_AUTHORIZATION_TOKEN_FILE", &token)
             .env("AWS_EC2_METADATA_DISABLED", "true")
@@ -782,14 +769,8 @@ fn credentials_from_the_instance_metadata_are_used_and_renewed() {
     let src = s.t.path().join("src");
     write(&src.join("f"), b"from an instance role\n");
     let run = |imds: u16, args: &[&str]| {
-        let mut c = Command::new(bin());
-        c.args(args);
-        for (k, v) in s.env() {
-            c.env(k, v);
-        }
-        let out = c
-            .env("SNAPRING_PASSWORD", PASSWORD)
-            .env("SNAPRING_CATALOG", "off")
+        let out = s
+            .command(args)
             .env(
                 "AWS_EC2_METADATA_SERVICE_ENDPOINT",
                 format!("http://127.0.0.1:{imds}"),
@@ -1175,14 +1156,8 @@ fn endpoint_region_and_keys_from_the_config_files_profile() {
     write(&src.join("f"), b"configured by profile\n");
     let dest = format!("s3://{BUCKET}/profile");
     let run = |args: &[&str]| {
-        let mut c = Command::new(bin());
-        c.args(args);
-        for (k, v) in s.env() {
-            c.env(k, v);
-        }
-        let out = c
-            .env("SNAPRING_PASSWORD", PASSWORD)
-            .env("SNAPRING_CATALOG", "off")
+        let out = s
+            .command(args)
             .env("AWS_PROFILE", "backup")
             .env("AWS_CONFIG_FILE", &cfg)
             .env("AWS_EC2_METADATA_DISABLED", "true")
