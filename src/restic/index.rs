@@ -102,9 +102,14 @@ fn id_hash(id: &Id) -> u64 {
     u64::from_le_bytes(id.0[..8].try_into().expect("eight bytes"))
 }
 
+/// Entry `n` of a [`BlobMap`]'s chunks.
+fn entry_in(chunks: &[Vec<(Id, Slot)>], n: u32) -> &(Id, Slot) {
+    &chunks[(n >> CHUNK_BITS) as usize][(n & ((1 << CHUNK_BITS) - 1)) as usize]
+}
+
 impl BlobMap {
     fn entry(&self, n: u32) -> &(Id, Slot) {
-        &self.chunks[(n >> CHUNK_BITS) as usize][(n & ((1 << CHUNK_BITS) - 1)) as usize]
+        entry_in(&self.chunks, n)
     }
 
     fn get(&self, id: &Id) -> Option<&Slot> {
@@ -116,13 +121,14 @@ impl BlobMap {
     /// Adds `id` unless it is in the map already (the first place stays).
     fn insert(&mut self, id: Id, slot: Slot) {
         let Self { table, chunks, len } = self;
-        let at =
-            |n: u32| &chunks[(n >> CHUNK_BITS) as usize][(n & ((1 << CHUNK_BITS) - 1)) as usize];
-        if table.find(id_hash(&id), |&n| at(n).0 == id).is_some() {
+        if table
+            .find(id_hash(&id), |&n| entry_in(chunks, n).0 == id)
+            .is_some()
+        {
             return;
         }
         let n = u32::try_from(*len).expect("fewer than 2^32 blobs");
-        table.insert_unique(id_hash(&id), n, |&m| id_hash(&at(m).0));
+        table.insert_unique(id_hash(&id), n, |&m| id_hash(&entry_in(chunks, m).0));
         if chunks.last().is_none_or(|c| c.len() == 1 << CHUNK_BITS) {
             chunks.push(Vec::with_capacity(1 << CHUNK_BITS));
         }

@@ -282,20 +282,21 @@ fn expire_and_record(
     };
     let tally = super::expire::tally(rd);
     if let Some(sh) = rep.shards.as_mut() {
-        for (&i, h) in &tally.per_worker {
-            let pos = match sh.per_worker.iter().position(|k| k.index == i) {
-                Some(p) => p,
-                None => {
-                    sh.per_worker.push(WorkerKpi {
-                        index: i,
-                        ..WorkerKpi::default()
-                    });
-                    sh.per_worker.sort_by_key(|k| k.index);
-                    sh.per_worker.iter().position(|k| k.index == i).unwrap_or(0)
-                }
-            };
-            sh.per_worker[pos].expired_pieces = h.pieces;
-            sh.per_worker[pos].expired_entries = h.entries;
+        // A worker that only deleted (it built no unit) gets a row too.
+        for &i in tally.per_worker.keys() {
+            if !sh.per_worker.iter().any(|k| k.index == i) {
+                sh.per_worker.push(WorkerKpi {
+                    index: i,
+                    ..WorkerKpi::default()
+                });
+            }
+        }
+        sh.per_worker.sort_by_key(|k| k.index);
+        for k in &mut sh.per_worker {
+            if let Some(h) = tally.per_worker.get(&k.index) {
+                k.expired_pieces = h.pieces;
+                k.expired_entries = h.entries;
+            }
         }
         sh.expired_by_finalize = swept + tally.by_finalize.entries;
     }
