@@ -14,6 +14,7 @@ latencyfs) unless --snapring/--latencyfs name others (a before/after of either).
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -24,13 +25,26 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import run as harness  # noqa: E402  (bench/run.py: gen, drop_caches, checks)
 
 
+def proc_cpu(pid):
+    """User + system CPU seconds of process `pid` so far (0 without one)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def timed(cmds, env, logs=None):
-    """Wall seconds of the commands run together; every one must exit 0. With `logs`
-    (a path prefix), each command's stderr is kept in `<logs>-<i>.log`."""
+    """Wall seconds of the commands run together, and their CPU seconds (user +
+    system, every process); every one must exit 0. With `logs` (a path prefix), each
+    command's stderr is kept in `<logs>-<i>.log`."""
+    ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
     procs = [subprocess.Popen(c, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for c in cmds]
     errs = [p.communicate()[1] for p in procs]
     wall = time.monotonic() - t0
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (ru1.ru_utime - ru0.ru_utime) + (ru1.ru_stime - ru0.ru_stime)
     for c, p, e in zip(cmds, procs, errs):
         if p.returncode != 0:
             raise SystemExit(f"{' '.join(c)} failed ({p.returncode}): {e.decode(errors='replace')[-2000:]}")
@@ -38,13 +52,16 @@ def timed(cmds, env, logs=None):
         for i, e in enumerate(errs):
             with open(f"{logs}-{i}.log", "wb") as f:
                 f.write(e)
-    return wall
+    return wall, cpu
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", choices=harness.PRESETS)
     ap.add_argument("--delay-us", type=int, default=1000, help="latencyfs delay per metadata call; 0: local disk, no FUSE")
+    ap.add_argument("--ttl-ms", type=int, default=0,
+                    help="latencyfs attribute/entry cache time (0: every call reaches it; NFS caches for seconds)")
+    ap.add_argument("--readdirplus", action="store_true", help="latencyfs answers listings with attributes, as NFS does")
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--jobs", type=int, default=4, help="--jobs per worker; the single-node run gets workers x jobs")
     ap.add_argument("--runs", type=int, default=3)
@@ -63,7 +80,8 @@ def main():
     if a.delay_us:
         subprocess.run(["fusermount3", "-uz", mnt], stderr=subprocess.DEVNULL)
         os.makedirs(mnt, exist_ok=True)
-        fuse = subprocess.Popen([a.latencyfs, "--delay-us", str(a.delay_us), "--threads", "128", under, mnt])
+        fuse = subprocess.Popen([a.latencyfs, "--delay-us", str(a.delay_us), "--threads", "128",
+                                 "--ttl-ms", str(a.ttl_ms), *(["--readdirplus"] if a.readdirplus else []), under, mnt])
         for _ in range(100):
             if os.path.ismount(mnt):
                 break
@@ -73,6 +91,7 @@ def main():
     view = mnt if fuse else under
     env = dict(os.environ, SNAPRING_CATALOG="off")
     results = {}
+    cpus = {}
     try:
         nfiles = harness.gen(os.path.join(under, "src"), a.preset)
         print(f"{a.preset}: {nfiles} files", file=sys.stderr)
@@ -97,24 +116,32 @@ def main():
                     if a.logs:
                         os.makedirs(a.logs, exist_ok=True)
                         logs = os.path.join(a.logs, f"{mode}-{case}-{r}")
-                    wall = timed(cmds, env, logs)
+                    fs0 = proc_cpu(fuse.pid if fuse else None)
+                    wall, cpu = timed(cmds, env, logs)
+                    fs_cpu = proc_cpu(fuse.pid if fuse else None) - fs0
                     harness.check_same(os.path.join(under, "src"), os.path.join(dst_u, "snap.0"), f"{mode} {case}")
                     if case == "incr":
                         harness.check_shared(os.path.join(dst_u, "snap.1"), os.path.join(dst_u, "snap.0"),
                                              f"{mode} {case}")
                     results.setdefault((mode, case), []).append(wall)
-                    print(f"run {r + 1}/{a.runs}: {mode} {case} {wall:.1f} s", file=sys.stderr)
+                    cpus.setdefault((mode, case), []).append((cpu, fs_cpu))
+                    print(f"run {r + 1}/{a.runs}: {mode} {case} {wall:.1f} s, CPU snapring {cpu:.1f} s, "
+                          f"latencyfs {fs_cpu:.1f} s", file=sys.stderr)
                     if a.json:
                         with open(a.json, "a") as f:
                             f.write(json.dumps(dict(mode=mode, case=case, run=r, wall=wall, delay_us=a.delay_us,
-                                                    workers=a.workers, jobs=a.jobs, preset=a.preset)) + "\n")
+                                                    workers=a.workers, jobs=a.jobs, preset=a.preset,
+                                                    ttl_ms=a.ttl_ms, readdirplus=a.readdirplus,
+                                                    cpu=cpu, latencyfs_cpu=fs_cpu)) + "\n")
     finally:
         if fuse:
             subprocess.run(["fusermount3", "-u", mnt])
             fuse.wait()
-    print(f"{'mode':8} {'case':5} {'median s':>9}  runs")
+    print(f"{'mode':8} {'case':5} {'median s':>9} {'CPU s':>6} {'fs CPU s':>8}  runs")
     for (mode, case), v in results.items():
-        print(f"{mode:8} {case:5} {statistics.median(v):9.1f}  {', '.join(f'{x:.1f}' for x in v)}")
+        c = cpus[(mode, case)]
+        print(f"{mode:8} {case:5} {statistics.median(v):9.1f} {statistics.median(x for x, _ in c):6.1f} "
+              f"{statistics.median(y for _, y in c):8.1f}  {', '.join(f'{x:.1f}' for x in v)}")
 
 
 if __name__ == "__main__":

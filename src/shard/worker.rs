@@ -71,6 +71,8 @@ struct Worker<'a> {
     excludes: crate::engine::exclude::Excludes,
     cancel: &'a AtomicBool,
     lease: Duration,
+    /// The store is on NFS or FUSE ([`crate::concurrency::is_remote`]).
+    remote: bool,
 }
 
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
@@ -194,6 +196,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         excludes: crate::engine::exclude::build(&opts.excludes)?,
         cancel,
         lease: super::state::lease(),
+        remote: crate::concurrency::is_remote(&store.root),
     };
     tracing::info!(
         run = %spec.run_id, worker = spec.index, workers = spec.count, units = cut.units.len(),
@@ -761,7 +764,12 @@ fn build(
         .prev_root
         .as_ref()
         .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
-    let sink = TreeSink::new(work_fd, prev_dir, resume, writer).rooted_at(unit.dir.clone());
+    // Over NFS each previous directory is listed as it is opened, as a single-node
+    // run's sink does (`Repository::begin`): the `linkat` of an unchanged file then
+    // finds its previous version in the client's cache, with no LOOKUP of its own.
+    let sink = TreeSink::new(work_fd, prev_dir, resume, writer)
+        .rooted_at(unit.dir.clone())
+        .listing_prev(ctx.remote);
     let spine_kids = ctx.cut.spine_children(&unit.dir);
     let keep = move |n: &[u8]| unit.covers(n) && !spine_kids.contains(n);
     let manifest = ctx.prev.as_ref().and_then(|p| p.manifest.as_ref());

@@ -580,7 +580,14 @@ impl Filesystem for LatFs {
             io(std::fs::hard_link(self.full(&from), self.full(&to)))
         );
         match std::fs::symlink_metadata(self.full(&to)) {
-            Ok(m) => reply.entry(&self.ttl, &self.attr(&m), Generation(0)),
+            Ok(m) => {
+                // The inode is reached by its newest name from now on: the old one may
+                // be unlinked next (a file written under a temporary name and linked
+                // into place), and the kernel keeps using the inode, as an NFS client
+                // keeps using the file handle.
+                self.remember(self.fuse_ino(m.ino()), newparent, newname);
+                reply.entry(&self.ttl, &self.attr(&m), Generation(0))
+            }
             Err(e) => reply.error(errno(&e)),
         }
     }
