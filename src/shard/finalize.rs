@@ -31,6 +31,9 @@ use crate::repo::Repository;
 use crate::report::{self, Counters, RunReport, ShardSummary, Status, WorkerKpi};
 use crate::store::Store;
 
+/// Most threads finalize's round trips run on.
+const FINALIZE_THREADS: usize = 64;
+
 /// What finalize found.
 pub enum Finalized {
     /// Published now: the run's report.
@@ -112,7 +115,9 @@ fn locked(
             msg: m,
         })
     })?;
-    let threads = jobs.max(1);
+    // Finalize runs once every unit is built: the other workers only wait for it, so
+    // its reads and writes (a round trip each on NFS) take the whole run's `--jobs`.
+    let threads = (jobs.max(1) * plan.workers.max(1)).min(FINALIZE_THREADS);
     let commits = rd.commits(threads)?;
     let missing = cut
         .units
@@ -416,6 +421,75 @@ struct Member {
     entry: Entry,
 }
 
+/// Joins the names of one hard-link group (sorted, the first name first) to the first
+/// name's inode: the entries it changed, by directory. The directories' times are the
+/// caller's to put back.
+fn join_group(
+    rd: &RunDir,
+    tree: std::os::fd::BorrowedFd<'_>,
+    ms: &[Member],
+    counters: &Counters,
+) -> Result<Vec<(RelPath, Entry)>, ShardError> {
+    let mut out = Vec::new();
+    let first = &ms[0];
+    let Ok(first_dir) = fsx::open_dir_beneath(tree, first.dir.as_bytes()) else {
+        return Ok(out);
+    };
+    let Ok(first_meta) = fsx::lstat_at(b(&first_dir), &first.entry.name) else {
+        return Ok(out);
+    };
+    for m in &ms[1..] {
+        let Ok(d) = fsx::open_dir_beneath(tree, m.dir.as_bytes()) else {
+            continue;
+        };
+        let Ok(meta) = fsx::lstat_at(b(&d), &m.entry.name) else {
+            continue;
+        };
+        if meta.ino == first_meta.ino {
+            continue;
+        }
+        // A copy of its own (one link): a single-node run would have linked it to the
+        // first name instead, and counted it so.
+        let was_copy = meta.nlink == 1 && meta.kind == Kind::File;
+        let tmp = [
+            b".snapring-link-".as_slice(),
+            &m.entry.name[..m.entry.name.len().min(200)],
+        ]
+        .concat();
+        let _ = fsx::unlink_at(b(&d), &tmp);
+        match fsx::link_at(b(&first_dir), &first.entry.name, b(&d), &tmp) {
+            Ok(()) => {
+                fsx::rename_at(b(&d), &tmp, b(&d), &m.entry.name)
+                    .ctx("join a hard-link group in", rd.tree().join(m.dir.as_path()))?;
+                if was_copy {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    counters.files_transferred.fetch_sub(1, Relaxed);
+                    counters.bytes_transferred.fetch_sub(
+                        meta.size.min(counters.bytes_transferred.load(Relaxed)),
+                        Relaxed,
+                    );
+                    Counters::add(&counters.files_linked, 1);
+                }
+                let mut e = first.entry.clone();
+                e.name = m.entry.name.clone();
+                out.push((m.dir.clone(), e));
+            }
+            Err(e) if fsx::errno_is(&e, Errno::MLINK) || fsx::errno_is(&e, Errno::XDEV) => {
+                Counters::add(&counters.link_fallbacks, 1);
+            }
+            Err(e) => {
+                return Err(io_error(
+                    e,
+                    "join a hard-link group in",
+                    rd.tree().join(m.dir.as_path()),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The run's manifest from the parts, the spine's entries and metadata, and hard-link
 /// groups joined across units.
 fn assemble(
@@ -460,74 +534,53 @@ fn assemble(
     }
     let t_join = Instant::now();
     let tree = fsx::open_dir(&rd.tree()).ctx("open", rd.tree())?;
+    let groups: Vec<Vec<Member>> = groups
+        .into_values()
+        .filter(|ms| ms.len() > 1)
+        .map(|mut ms| {
+            ms.sort_by(|a, b| (&a.dir, &a.entry.name).cmp(&(&b.dir, &b.entry.name)));
+            ms
+        })
+        .collect();
+    // The joins run on the pool, so two may swap names in one directory at once: the
+    // times its unit set are read for every such directory first and put back once
+    // every join is done.
+    let dirs: Vec<RelPath> = groups
+        .iter()
+        .flat_map(|ms| ms[1..].iter().map(|m| m.dir.clone()))
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let dir_times: HashMap<RelPath, fsx::Meta> = super::par_map(threads, &dirs, |d| {
+        let fd = fsx::open_dir_beneath(b(&tree), d.as_bytes()).ok()?;
+        Some((d.clone(), fsx::fstat(b(&fd)).ok()?))
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let joined = super::par_map(threads, &groups, |ms| {
+        join_group(rd, b(&tree), ms, counters)
+    });
     // Every name of a group becomes the first name's inode (as a single-node run's
     // `link_within` makes it); the manifest entries follow the first.
     let mut patched: HashMap<(RelPath, Vec<u8>), Entry> = HashMap::new();
-    for (_, mut ms) in groups {
-        if ms.len() < 2 {
-            continue;
+    let mut swapped: HashSet<RelPath> = HashSet::new();
+    for r in joined {
+        for (dir, e) in r? {
+            swapped.insert(dir.clone());
+            patched.insert((dir, e.name.clone()), e);
         }
-        ms.sort_by(|a, b| (&a.dir, &a.entry.name).cmp(&(&b.dir, &b.entry.name)));
-        let first = &ms[0];
-        let Ok(first_dir) = fsx::open_dir_beneath(b(&tree), first.dir.as_bytes()) else {
-            continue;
+    }
+    let swapped: Vec<RelPath> = swapped.into_iter().collect();
+    for r in super::par_map(threads, &swapped, |d| {
+        let Some(m) = dir_times.get(d) else {
+            return Ok(());
         };
-        let Ok(first_meta) = fsx::lstat_at(b(&first_dir), &first.entry.name) else {
-            continue;
-        };
-        for m in &ms[1..] {
-            let Ok(d) = fsx::open_dir_beneath(b(&tree), m.dir.as_bytes()) else {
-                continue;
-            };
-            let Ok(meta) = fsx::lstat_at(b(&d), &m.entry.name) else {
-                continue;
-            };
-            if meta.ino == first_meta.ino {
-                continue;
-            }
-            // A copy of its own (one link): a single-node run would have linked it to
-            // the first name instead, and counted it so.
-            let was_copy = meta.nlink == 1 && meta.kind == Kind::File;
-            let tmp = [
-                b".snapring-link-".as_slice(),
-                &m.entry.name[..m.entry.name.len().min(200)],
-            ]
-            .concat();
-            let _ = fsx::unlink_at(b(&d), &tmp);
-            // The directory's times were set by its unit: kept across the swap.
-            let dir_meta = fsx::fstat(b(&d)).ctx("stat", rd.tree().join(m.dir.as_path()))?;
-            match fsx::link_at(b(&first_dir), &first.entry.name, b(&d), &tmp) {
-                Ok(()) => {
-                    fsx::rename_at(b(&d), &tmp, b(&d), &m.entry.name)
-                        .ctx("join a hard-link group in", rd.tree().join(m.dir.as_path()))?;
-                    fsx::apply_times(b(&d), &dir_meta)
-                        .ctx("set directory times", rd.tree().join(m.dir.as_path()))?;
-                    if was_copy {
-                        use std::sync::atomic::Ordering::Relaxed;
-                        counters.files_transferred.fetch_sub(1, Relaxed);
-                        counters.bytes_transferred.fetch_sub(
-                            meta.size.min(counters.bytes_transferred.load(Relaxed)),
-                            Relaxed,
-                        );
-                        Counters::add(&counters.files_linked, 1);
-                    }
-                    let mut e = first.entry.clone();
-                    e.name = m.entry.name.clone();
-                    patched.insert((m.dir.clone(), m.entry.name.clone()), e);
-                }
-                Err(e) if fsx::errno_is(&e, Errno::MLINK) || fsx::errno_is(&e, Errno::XDEV) => {
-                    Counters::add(&counters.link_fallbacks, 1);
-                }
-                Err(e) => {
-                    return Err(io_error(
-                        e,
-                        "join a hard-link group in",
-                        rd.tree().join(m.dir.as_path()),
-                    )
-                    .into());
-                }
-            }
-        }
+        let fd = fsx::open_dir_beneath(b(&tree), d.as_bytes())
+            .ctx("open", rd.tree().join(d.as_path()))?;
+        fsx::apply_times(b(&fd), m).ctx("set directory times", rd.tree().join(d.as_path()))
+    }) {
+        r?;
     }
     let t_groups = t_join.elapsed();
     // Pass 2: the blocks; a spine directory's pieces are put together.
@@ -568,43 +621,71 @@ fn assemble(
         t_groups.as_secs_f64(),
         t_pass2.elapsed().as_secs_f64()
     );
-    // The spine, deepest first: each directory's entries for its spine children and
-    // its own metadata, from the source now (the units did not carry them).
+    // The spine: each directory's entries for its spine children and its own metadata,
+    // from the source now (the units did not carry them), on the pool in three rounds:
+    // the source read, then every spine directory made (a missing one changes its
+    // parent's times), then each one's metadata applied. The blocks are written deepest
+    // first, as before.
     let t_spine = Instant::now();
     let mut order: Vec<&RelPath> = cut.spine.iter().collect();
     order.sort_by_key(|r| std::cmp::Reverse(r.components().count()));
-    let mut root_entry = None;
-    for d in order {
+    let read = super::par_map(threads, &order, |d| {
         let src = source.join(d.as_path());
         let Ok(sfd) = fsx::open_dir(&src) else {
-            // Gone from the source (its unit reported it): gone from the snapshot too.
-            tracing::warn!("spine directory {} is gone from the source", src.display());
-            if !d.is_root() {
-                let _ = std::fs::remove_dir_all(rd.tree().join(d.as_path()));
-            }
-            spine_blocks.remove(d);
-            continue;
+            return Ok(None);
         };
         let meta = fsx::fstat(b(&sfd)).ctx("stat", &src)?;
         let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&sfd))).unwrap_or_default();
-        let mut es = spine_blocks.remove(d).unwrap_or_default();
-        for kid in cut.spine_children(d) {
-            if let Ok(m) = fsx::lstat_at(b(&sfd), &kid)
-                && m.kind == Kind::Dir
-            {
-                es.push(Entry::from_meta(&kid, &m));
-                Counters::add(&counters.dirs_total, 1);
+        let kids: Vec<Entry> = cut
+            .spine_children(d)
+            .into_iter()
+            .filter_map(|kid| {
+                fsx::lstat_at(b(&sfd), &kid)
+                    .ok()
+                    .filter(|m| m.kind == Kind::Dir)
+                    .map(|m| Entry::from_meta(&kid, &m))
+            })
+            .collect();
+        Ok::<_, ShardError>(Some((meta, xattrs, kids)))
+    });
+    let mut present: Vec<(&RelPath, fsx::Meta, fsx::Xattrs)> = Vec::new();
+    let mut root_entry = None;
+    for (d, r) in order.iter().zip(read) {
+        let Some((meta, xattrs, kids)) = r? else {
+            // Gone from the source (its unit reported it): gone from the snapshot too.
+            tracing::warn!(
+                "spine directory {} is gone from the source",
+                source.join(d.as_path()).display()
+            );
+            if !d.is_root() {
+                let _ = std::fs::remove_dir_all(rd.tree().join(d.as_path()));
             }
-        }
+            spine_blocks.remove(*d);
+            continue;
+        };
+        let mut es = spine_blocks.remove(*d).unwrap_or_default();
+        Counters::add(&counters.dirs_total, kids.len() as u64);
+        es.extend(kids);
         w.write_block(d, &mut es).ctx("write manifest", &mdir)?;
-        let out: OwnedFd = super::worker::make_dirs(&rd.tree(), d)?;
-        fsx::apply_dir_meta(b(&out), &meta, &xattrs)
-            .ctx("set directory metadata", rd.tree().join(d.as_path()))?;
         if d.is_root() {
             let mut e = Entry::from_meta(b".", &meta);
             e.group = None;
             root_entry = Some(e);
         }
+        present.push((d, meta, xattrs));
+    }
+    let made = super::par_map(threads, &present, |(d, _, _)| {
+        super::worker::make_dirs(&rd.tree(), d)
+    });
+    let made: Vec<OwnedFd> = made.into_iter().collect::<Result<_, _>>()?;
+    let pairs: Vec<(&OwnedFd, &(&RelPath, fsx::Meta, fsx::Xattrs))> =
+        made.iter().zip(&present).collect();
+    for r in super::par_map(threads, &pairs, |(out, (d, meta, xattrs))| {
+        fsx::apply_dir_meta(b(out), meta, xattrs)
+            .map(|_| ())
+            .ctx("set directory metadata", rd.tree().join(d.as_path()))
+    }) {
+        r?;
     }
     let root = match root_entry {
         Some(e) => e,
