@@ -81,6 +81,10 @@ pub fn finalize(
             Err(e) => return Err(sort_err(e)),
         }
     };
+    tracing::info!(
+        "finalize: the store is locked after waiting {:.2}s",
+        t0.elapsed().as_secs_f64()
+    );
     let r = locked(store, rd, worker, jobs, cancel);
     Repository::unlock(store, lock);
     r

@@ -27,7 +27,7 @@ use super::{ShardError, Spec, sort_err};
 use crate::engine::BackupOptions;
 use crate::engine::walk::Walk;
 use crate::error::{Ctx, Error, io_error};
-use crate::fsx::{self, b};
+use crate::fsx::{self, Kind, b};
 use crate::manifest::{self, Entry};
 use crate::relpath::RelPath;
 use crate::repo::{Previous, Repository};
@@ -208,6 +208,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         out.interrupted = true;
         return Ok(out);
     }
+    tracing::info!("every unit is committed; finalizing");
     finish(
         &store,
         &rd,
@@ -837,6 +838,13 @@ fn finish_counts(
 /// (`tree/<spine dir>/<name>`), making the spine directories on the way. Idempotent:
 /// a name already moved is gone from the work directory, so a crash at any point is
 /// completed by the next call (the worker's retry, or finalize).
+///
+/// A file (anything but a directory) is linked into the tree, then unlinked from the
+/// work directory; only directories are renamed. A rename across directories takes
+/// the mount's one rename lock in the kernel (`lock_rename`), so on NFS or FUSE every
+/// worker's moves on a host went one round trip at a time: 50 names took 0.7 s at the
+/// end of a unit (about 14 ms each, 1 ms latency) and delayed finalize by as much. A
+/// link locks only the two directories.
 pub fn move_unit(rd: &RunDir, unit: &Unit, generation: u32) -> Result<(), ShardError> {
     let work = rd.work(&unit.id, generation);
     let wfd = match fsx::open_dir(&work) {
@@ -844,31 +852,82 @@ pub fn move_unit(rd: &RunDir, unit: &Unit, generation: u32) -> Result<(), ShardE
         Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(()),
         Err(e) => return Err(io_error(e, "open", &work).into()),
     };
-    let names = fsx::read_dir_names(b(&wfd)).ctx("read", &work)?;
+    let names = fsx::list_dir_typed(b(&wfd)).ctx("read", &work)?;
     if !names.is_empty() {
         let dst = make_dirs(&rd.tree(), &unit.dir)?;
-        for (i, n) in names.iter().enumerate() {
+        let target = |n: &[u8]| {
+            rd.tree().join(unit.dir.as_path()).join(
+                RelPath::new(n)
+                    .map(|r| r.as_path().to_path_buf())
+                    .unwrap_or_default(),
+            )
+        };
+        for (i, (n, kind)) in names.iter().enumerate() {
             if i == 1 {
                 crate::failpoint::hit("shard.move").ctx("move into the run's tree", &work)?;
             }
-            match fsx::rename_noreplace(b(&wfd), n, b(&dst), n) {
-                Ok(()) => {}
-                Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
-                Err(e) => {
-                    let p = rd.tree().join(unit.dir.as_path()).join(
-                        RelPath::new(n)
-                            .map(|r| r.as_path().to_path_buf())
-                            .unwrap_or_default(),
-                    );
-                    return Err(io_error(e, "move a committed unit's entry to", p).into());
-                }
-            }
+            move_entry(b(&wfd), b(&dst), n, *kind)
+                .map_err(|e| io_error(e, "move a committed unit's entry to", target(n)))?;
         }
     }
     match std::fs::remove_dir(&work) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(io_error(e, "remove", &work).into()),
+    }
+}
+
+/// Moves `name` from `from` to `to` (see [`move_unit`]): a link and an unlink, or a
+/// rename for a directory (or where the link is refused: too many links, a file system
+/// without them). A name already in `to` as the same inode was linked by an earlier
+/// call that died before the unlink.
+fn move_entry(
+    from: std::os::fd::BorrowedFd<'_>,
+    to: std::os::fd::BorrowedFd<'_>,
+    name: &[u8],
+    kind: Option<Kind>,
+) -> std::io::Result<()> {
+    let kind = match kind {
+        Some(k) => k,
+        None => match fsx::lstat_at(from, name) {
+            Ok(m) => m.kind,
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(()),
+            Err(e) => return Err(e),
+        },
+    };
+    if kind != Kind::Dir {
+        match fsx::link_at(from, name, to, name) {
+            Ok(()) => return unlinked(fsx::unlink_at(from, name)),
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(()),
+            Err(e) if fsx::errno_is(&e, Errno::EXIST) => {
+                let (a, z) = (fsx::lstat_at(from, name), fsx::lstat_at(to, name));
+                if let (Ok(a), Ok(z)) = (&a, &z)
+                    && a.ino == z.ino
+                {
+                    return unlinked(fsx::unlink_at(from, name));
+                }
+                return Err(e);
+            }
+            Err(e)
+                if fsx::errno_is(&e, Errno::MLINK)
+                    || fsx::errno_is(&e, Errno::PERM)
+                    || fsx::errno_is(&e, Errno::XDEV)
+                    || fsx::errno_is(&e, Errno::OPNOTSUPP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match fsx::rename_noreplace(from, name, to, name) {
+        Ok(()) => Ok(()),
+        Err(e) if fsx::errno_is(&e, Errno::NOENT) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// An unlink that found the name gone already (another call finished it) did its job.
+fn unlinked(r: std::io::Result<()>) -> std::io::Result<()> {
+    match r {
+        Err(e) if fsx::errno_is(&e, Errno::NOENT) => Ok(()),
+        r => r,
     }
 }
 
@@ -890,4 +949,52 @@ pub fn make_dirs(root: &std::path::Path, rel: &RelPath) -> Result<OwnedFd, Shard
         cur = fsx::open_dir_at(b(&cur), c).ctx("open", root.join(rel.as_path()))?;
     }
     Ok(cur)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn fd(p: &std::path::Path) -> OwnedFd {
+        fsx::open_dir(p).unwrap()
+    }
+
+    #[test]
+    fn an_entry_is_moved_once_and_a_move_cut_short_after_its_link_is_completed() {
+        let t = tempfile::tempdir().unwrap();
+        let (from, to) = (t.path().join("work"), t.path().join("tree"));
+        std::fs::create_dir_all(from.join("sub")).unwrap();
+        std::fs::create_dir(&to).unwrap();
+        std::fs::write(from.join("sub/inner"), b"inner").unwrap();
+        for n in ["a", "b"] {
+            std::fs::write(from.join(n), n.as_bytes()).unwrap();
+        }
+        std::os::unix::fs::symlink("a", from.join("ln")).unwrap();
+        let ino_a = std::fs::metadata(from.join("a")).unwrap().ino();
+        // "b" was linked into the tree by a move that died before its unlink.
+        std::fs::hard_link(from.join("b"), to.join("b")).unwrap();
+        let (f, d) = (fd(&from), fd(&to));
+        for (n, k) in fsx::list_dir_typed(b(&f)).unwrap() {
+            move_entry(b(&f), b(&d), &n, k).unwrap();
+        }
+        // A name already moved (gone from the work directory) is nothing to do.
+        move_entry(b(&f), b(&d), b"a", Some(Kind::File)).unwrap();
+        assert!(fsx::list_dir(b(&f)).unwrap().is_empty());
+        let a = std::fs::metadata(to.join("a")).unwrap();
+        assert_eq!((a.ino(), a.nlink()), (ino_a, 1), "a file keeps its inode");
+        assert_eq!(std::fs::read(to.join("b")).unwrap(), b"b");
+        assert_eq!(std::fs::metadata(to.join("b")).unwrap().nlink(), 1);
+        assert_eq!(std::fs::read(to.join("sub/inner")).unwrap(), b"inner");
+        assert_eq!(
+            std::fs::read_link(to.join("ln")).unwrap(),
+            std::path::Path::new("a")
+        );
+        // Another file under a name the tree has already is an error, not a loss.
+        std::fs::write(from.join("c"), b"new").unwrap();
+        std::fs::write(to.join("c"), b"other").unwrap();
+        assert!(move_entry(b(&f), b(&d), b"c", Some(Kind::File)).is_err());
+        assert_eq!(std::fs::read(from.join("c")).unwrap(), b"new");
+        assert_eq!(std::fs::read(to.join("c")).unwrap(), b"other");
+    }
 }

@@ -121,6 +121,21 @@ fn errno(e: &std::io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
 }
 
+/// The FUSE generation of an inode: its birth time in nanoseconds. The FUSE inode is
+/// the underlying inode number, which ext4 hands to a new file as soon as the old one
+/// is deleted; the kernel takes an inode number it still holds with the same
+/// generation for the same file, with its cached entries below it (a directory made
+/// where a deleted one's number was free showed the old one's children: `mkdir` failed
+/// with EEXIST). An NFS file handle carries a generation for the same reason.
+fn generation(m: &std::fs::Metadata) -> Generation {
+    let ns = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as u64);
+    Generation(ns)
+}
+
 fn time(sec: i64, nsec: i64) -> SystemTime {
     if sec >= 0 {
         UNIX_EPOCH + Duration::new(sec as u64, nsec as u32)
@@ -228,7 +243,7 @@ impl LatFs {
             Ok(m) => {
                 let a = self.attr(&m);
                 self.remember(a.ino.0, parent, name);
-                reply.entry(&self.ttl, &a, Generation(0));
+                reply.entry(&self.ttl, &a, generation(&m));
                 true
             }
             Err(e) => {
@@ -586,7 +601,7 @@ impl Filesystem for LatFs {
                 // into place), and the kernel keeps using the inode, as an NFS client
                 // keeps using the file handle.
                 self.remember(self.fuse_ino(m.ino()), newparent, newname);
-                reply.entry(&self.ttl, &self.attr(&m), Generation(0))
+                reply.entry(&self.ttl, &self.attr(&m), generation(&m))
             }
             Err(e) => reply.error(errno(&e)),
         }
@@ -757,7 +772,7 @@ impl Filesystem for LatFs {
             let a = self.attr(&m);
             // The kernel now holds this inode: remember where it is, as a lookup does.
             self.remember(a.ino.0, ino, &name);
-            if reply.add(a.ino, (i + 1) as u64, &name, &self.ttl, &a, Generation(0)) {
+            if reply.add(a.ino, (i + 1) as u64, &name, &self.ttl, &a, generation(&m)) {
                 break;
             }
         }
@@ -862,7 +877,7 @@ impl Filesystem for LatFs {
         reply.created(
             &self.ttl,
             &a,
-            Generation(0),
+            generation(&m),
             FileHandle(fh),
             FopenFlags::empty(),
         );
