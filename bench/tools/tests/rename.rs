@@ -176,3 +176,32 @@ fn renames_keep_paths_under_them() {
 fn renames_keep_paths_under_them_with_readdirplus() {
     renames(&["--readdirplus", "--ttl-ms", "1000"], "plus");
 }
+
+/// A file written under a temporary name, linked into place and its temporary name
+/// removed (how snapring creates a file exclusively), then read under a 60 s TTL: the
+/// kernel keeps using the inode it was given by the link, which latencyfs must reach by
+/// its new name (it reached it by the removed one: ENOENT, "the shard plan vanished just
+/// after it was written").
+#[test]
+fn a_file_linked_into_place_is_read_after_its_temporary_name_is_removed() {
+    let base = std::env::temp_dir().join(format!("latencyfs-link-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let under = base.join("under");
+    std::fs::create_dir_all(under.join("d")).unwrap();
+    let Some(fs) = Mount::new(
+        &under,
+        &base.join("mnt"),
+        &["--ttl-ms", "60000", "--readdirplus"],
+    ) else {
+        return;
+    };
+    let d = base.join("mnt/d");
+    // Looked up first (as a reader that found no plan does): a cached negative entry.
+    assert!(!d.join("plan.json").exists());
+    write(&d.join(".plan.json.tmp"), "plan");
+    std::fs::hard_link(d.join(".plan.json.tmp"), d.join("plan.json")).unwrap();
+    std::fs::remove_file(d.join(".plan.json.tmp")).unwrap();
+    assert_eq!(read(&d.join("plan.json")), "plan");
+    drop(fs);
+    std::fs::remove_dir_all(&base).unwrap();
+}
