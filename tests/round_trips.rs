@@ -36,19 +36,19 @@ fn diff(before: &BTreeMap<String, u64>, after: &BTreeMap<String, u64>) -> BTreeM
 /// file.
 #[test]
 fn unchanged_files_cost_no_lookup_with_readdirplus() {
-    let Some((rep, calls)) = unchanged_incremental_calls(&[], |out| out.clone()) else {
+    let Some(calls) = unchanged_incremental_calls(&[], |out| out.clone()) else {
         return;
     };
     let files = (DIRS * PER_DIR) as u64;
-    assert_eq!(rep["files_linked"], files, "{rep}");
-    let get = |k: &str| calls.get(k).copied().unwrap_or(0);
-    let positive_lookups = get("lookup") - get("lookup_negative");
+    let get = |k: &str| calls.get(k);
+    let positive_lookups = calls.positive_lookups();
     // A handful for the paths to the roots and the store's own files; none per file.
     assert!(
         positive_lookups < files / 10,
         "{positive_lookups} positive lookups for {files} unchanged files: {calls:?}"
     );
     let total: u64 = calls
+        .0
         .iter()
         .filter(|(k, _)| k.as_str() != "lookup_negative")
         .map(|(_, v)| v)
@@ -72,7 +72,7 @@ fn unchanged_files_cost_no_lookup_with_readdirplus() {
 /// them fixed costs per unit), so there is no bound on the total here.
 #[test]
 fn a_shard_worker_links_unchanged_files_with_no_lookup_each() {
-    let Some((rep, calls)) =
+    let Some(calls) =
         unchanged_incremental_calls(&["--shard", "0/1", "--run-id", "second"], |out| {
             out["report"].clone()
         })
@@ -80,9 +80,8 @@ fn a_shard_worker_links_unchanged_files_with_no_lookup_each() {
         return;
     };
     let files = (DIRS * PER_DIR) as u64;
-    assert_eq!(rep["files_linked"], files, "{rep}");
-    let get = |k: &str| calls.get(k).copied().unwrap_or(0);
-    let positive_lookups = get("lookup") - get("lookup_negative");
+    let get = |k: &str| calls.get(k);
+    let positive_lookups = calls.positive_lookups();
     assert!(
         positive_lookups < files / 2,
         "{positive_lookups} positive lookups for {files} unchanged files: {calls:?}"
@@ -103,12 +102,13 @@ fn a_shard_worker_links_unchanged_files_with_no_lookup_each() {
 }
 
 /// Backs up a tree twice through latencyfs (60 s TTL, READDIRPLUS), the second time
-/// with `extra` arguments on a fresh mount: the second run's report (`report` finds it
-/// in the `--json` output) and the calls it made; `None` where FUSE is not usable.
+/// with `extra` arguments on a fresh mount, and checks that the second run linked every
+/// file (`report` finds its report in the `--json` output): the calls it made; `None`
+/// where FUSE is not usable.
 fn unchanged_incremental_calls(
     extra: &[&str],
     report: impl Fn(&serde_json::Value) -> serde_json::Value,
-) -> Option<(serde_json::Value, BTreeMap<String, u64>)> {
+) -> Option<Calls> {
     let t = tempfile::tempdir().unwrap();
     let (under, mnt, stats) = (
         t.path().join("under"),
@@ -137,7 +137,24 @@ fn unchanged_incremental_calls(
     let (code, out, err) = backup(&mnt.join("src"), &mnt.join("backup"), extra, &[]);
     assert_eq!(code, 0, "{err}");
     let calls = diff(&before, &counts(&stats));
-    Some((report(&out), calls))
+    let rep = report(&out);
+    assert_eq!(rep["files_linked"], (DIRS * PER_DIR) as u64, "{rep}");
+    Some(Calls(calls))
+}
+
+/// The calls a run made, by kind.
+#[derive(Debug)]
+struct Calls(BTreeMap<String, u64>);
+
+impl Calls {
+    fn get(&self, kind: &str) -> u64 {
+        self.0.get(kind).copied().unwrap_or(0)
+    }
+
+    /// LOOKUPs that found the name.
+    fn positive_lookups(&self) -> u64 {
+        self.get("lookup") - self.get("lookup_negative")
+    }
 }
 
 /// A restore of a snapshot into a new directory, the store and the target on one
