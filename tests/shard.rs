@@ -1012,3 +1012,43 @@ fn the_finalizer_alone_expires_everything_when_the_workers_are_gone() {
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["expiry"], "finished", "{st}");
 }
+
+/// Each worker writes its own log file in the store (one file per worker: appends from
+/// several NFS clients to one file can overwrite each other), and finalize puts them
+/// together as the run's log, where `snapring show` and the catalog look for it.
+#[test]
+fn each_worker_logs_to_its_own_file_and_finalize_makes_the_run_log_of_them() {
+    let e = env();
+    let run = "logged";
+    let outs = run_workers(&e, 2, run, &[], |_| vec![]);
+    all_ok(&outs, "two workers");
+    let logs = e.dest.join(".snapring/logs");
+    let mut finalized = 0;
+    for i in 0..2 {
+        let p = logs.join(format!("{run}.w{i}.log"));
+        let text = std::fs::read_to_string(&p)
+            .unwrap_or_else(|err| panic!("worker {i}'s log {}: {err}", p.display()));
+        assert!(
+            text.contains("shard worker started") && text.contains(&format!("worker={i}")),
+            "worker {i}'s log: {text}"
+        );
+        finalized += text.matches(&format!("shard run {run} finalized")).count();
+    }
+    assert_eq!(
+        finalized, 1,
+        "one of the two logs says the run was finalized"
+    );
+    let all = std::fs::read_to_string(logs.join(format!("{run}.log"))).unwrap();
+    for i in 0..2 {
+        assert!(all.contains(&format!("worker={i}")), "run log: {all}");
+    }
+    assert!(
+        all.contains(&format!("shard run {run} finalized")),
+        "run log: {all}"
+    );
+    assert_eq!(
+        run_record(&e, run)["log"],
+        serde_json::Value::Null,
+        "the record names no other log than the run's own"
+    );
+}

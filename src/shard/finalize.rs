@@ -261,7 +261,29 @@ fn locked(
         let _ = std::fs::remove_dir_all(rd.root.join(d));
     }
     expire_and_record(store, rd, &cut, worker, jobs, cancel, &mut rep);
+    merge_logs(store, &rd.run, plan.workers);
     Ok(Finalized::Done(Box::new(rep)))
+}
+
+/// The run's log, `logs/<run-id>.log` (where `snapring show` and the catalog look for
+/// it): the workers' log files one after the other, each starting with its `shard
+/// worker started … worker=I` line. Written as finalize ends; what the workers log
+/// after that (their part of the expiry) is in their own files only.
+fn merge_logs(store: &Store, run: &str, workers: usize) {
+    let dir = store.meta.join("logs");
+    let mut all = Vec::new();
+    for i in 0..workers {
+        if let Ok(b) = std::fs::read(dir.join(super::worker::worker_log_name(run, i))) {
+            all.extend(b);
+        }
+    }
+    if all.is_empty() {
+        return;
+    }
+    let path = dir.join(format!("{run}.log"));
+    if let Err(e) = crate::util::write_atomic(&path, &all) {
+        tracing::warn!("cannot write the run's log {}: {e}", path.display());
+    }
 }
 
 /// The finalizer's part of the deletion of the expired snapshots (`expire.rs`), then

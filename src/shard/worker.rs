@@ -108,6 +108,10 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         ..Outcome::default()
     };
     let store = Store::open(&opts.store, true).map_err(sort_err)?;
+    let _log = opts
+        .log_file
+        .then(|| WorkerLog::start(&store, spec))
+        .flatten();
     let rd = RunDir::new(&store.meta, &spec.run_id);
     if rd.is_finalized() {
         out.already_finalized = true;
@@ -218,6 +222,37 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         &mut out,
     )?;
     Ok(out)
+}
+
+/// The worker's own log file, `.snapring/logs/<run-id>.w<index>.log` (appended to by a
+/// rerun): one file per worker, since appends from several NFS clients to one file can
+/// overwrite each other. Finalize puts them together as the run's log. Stopped when
+/// dropped.
+struct WorkerLog;
+
+impl WorkerLog {
+    fn start(store: &Store, spec: &Spec) -> Option<WorkerLog> {
+        let dir = store.meta.join("logs");
+        let path = dir.join(worker_log_name(&spec.run_id, spec.index));
+        match std::fs::create_dir_all(&dir).and_then(|()| crate::runlog::start(&path)) {
+            Ok(()) => Some(WorkerLog),
+            Err(e) => {
+                tracing::warn!("cannot write the worker's log {}: {e}", path.display());
+                None
+            }
+        }
+    }
+}
+
+impl Drop for WorkerLog {
+    fn drop(&mut self) {
+        crate::runlog::stop();
+    }
+}
+
+/// The file name of worker `index`'s log of run `run`.
+pub fn worker_log_name(run: &str, index: usize) -> String {
+    format!("{run}.w{index}.log")
 }
 
 /// Tries to finalize once every unit is committed.
