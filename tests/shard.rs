@@ -1052,3 +1052,50 @@ fn each_worker_logs_to_its_own_file_and_finalize_makes_the_run_log_of_them() {
         "the record names no other log than the run's own"
     );
 }
+
+/// `--window` with `--shard` counts from the worker's start. When it ends the worker
+/// leaves the unit it is building, commits nothing more and exits "incomplete" (3,
+/// retryable) saying so; a rerun of the same worker (same run id) resumes and
+/// finalizes, and the snapshot is the source.
+#[test]
+fn a_worker_whose_window_ends_leaves_its_units_to_a_rerun() {
+    let e = env();
+    let run = "windowed";
+    let pause = e.dest.with_file_name("pause");
+    let fp = format!("walk.copy=pause:{}@1", pause.display());
+    let t0 = Instant::now();
+    let w = worker(
+        &e,
+        &["--shard", "0/1", "--run-id", run, "--window", "1s"],
+        &[("SNAPRING_FAILPOINTS", fp.as_str())],
+    )
+    .spawn()
+    .unwrap();
+    // One unit's walk is held in its first copy until the window has ended.
+    wait_for(&pause);
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(t0.elapsed()));
+    std::fs::remove_file(&pause).unwrap();
+    let o = w.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("the backup window ended"),
+        "{}",
+        text(&o)
+    );
+    let units = plan_units(&e, run);
+    let done = std::fs::read_dir(run_dir(&e, run).join("done"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert!(
+        done < units.len(),
+        "{done} of {} units committed",
+        units.len()
+    );
+    assert!(!run_dir(&e, run).join("finalized").exists());
+    let o = worker(&e, &["--shard", "0/1", "--run-id", run], &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, run);
+    check_snapshot(&e, "a rerun after the window");
+}

@@ -79,6 +79,9 @@ pub fn worker(
         "the run is already finalized".into()
     } else if out.finalize_pending {
         "every unit is committed; finalize is left to the worker still holding the store (or run `snapring finalize`)".into()
+    } else if out.interrupted && out.window_ended {
+        "the backup window ended; this worker's unit is resumed by a rerun with the same run id, or taken over when its lease lapses"
+            .into()
     } else if out.interrupted {
         "interrupted; this worker's unit is taken over when its lease lapses, or resumed by a rerun"
             .into()
@@ -93,6 +96,7 @@ pub fn worker(
             "committed": out.committed,
             "lost": out.lost,
             "interrupted": out.interrupted,
+            "window_ended": out.window_ended,
             "already_finalized": out.already_finalized,
             "finalize_pending": out.finalize_pending,
             "expired_pieces": out.expired.pieces,

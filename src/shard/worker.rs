@@ -44,8 +44,12 @@ pub struct Outcome {
     pub committed: Vec<String>,
     /// Units this process built but another generation had claimed or committed.
     pub lost: Vec<String>,
-    /// SIGTERM/SIGINT stopped it; its unit stays claimed until the lease runs out.
+    /// SIGTERM/SIGINT or the end of its backup window stopped it; its unit stays
+    /// claimed until the lease runs out (a rerun takes its own claims over at once).
     pub interrupted: bool,
+    /// The backup window (`--window`, from the worker's start) ended before its part
+    /// of the run did.
+    pub window_ended: bool,
     /// The run was finalized by this process (its report) …
     pub finalized: Option<crate::report::RunReport>,
     /// … or had been already.
@@ -82,11 +86,12 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             "--dry-run cannot be combined with --shard".into(),
         ));
     }
-    if opts.pre_command.is_some() || opts.post_command.is_some() || opts.window.is_some() {
+    if opts.pre_command.is_some() || opts.post_command.is_some() {
         return Err(ShardError::Usage(
-            "pre_command, post_command and window are not supported for shard runs yet".into(),
+            "pre_command and post_command are not supported for shard runs yet".into(),
         ));
     }
+    let t_start = Instant::now();
     opts.validate().map_err(|e| match e {
         Error::Config(m) => ShardError::Usage(m),
         e => ShardError::Failed(e),
@@ -206,21 +211,38 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         run = %spec.run_id, worker = spec.index, workers = spec.count, units = cut.units.len(),
         "shard worker started ({} units, {} at home)", cut.units.len(), cut.home(spec.index).len()
     );
-    let all_done = work(&ctx, &mut out)?;
-    drop(shared);
-    if !all_done {
-        out.interrupted = true;
-        return Ok(out);
-    }
-    tracing::info!("every unit is committed; finalizing");
-    finish(
-        &store,
-        &rd,
-        opts.jobs,
-        cancel,
-        finalize_wait(ctx.lease),
-        &mut out,
-    )?;
+    // The backup window counts from the worker's start. When it ends the worker stops
+    // as on SIGTERM: units being built are left to a rerun (or to a takeover once their
+    // lease lapses), and it exits "incomplete". A finalize under way publishes anyway;
+    // the window cuts only its deletion of expired snapshots, which the next run goes
+    // on with, as a single-node run's window does.
+    let (window_ended, ended_run) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        if let Some(w) = opts.window {
+            let (ended, over) = (&window_ended, &ended_run);
+            s.spawn(move || crate::engine::progress::watch_window(t_start, w, cancel, ended, over));
+        }
+        let r = (|| {
+            let all_done = work(&ctx, &mut out)?;
+            drop(shared);
+            if !all_done {
+                out.interrupted = true;
+                return Ok(());
+            }
+            tracing::info!("every unit is committed; finalizing");
+            finish(
+                &store,
+                &rd,
+                opts.jobs,
+                cancel,
+                finalize_wait(ctx.lease),
+                &mut out,
+            )
+        })();
+        ended_run.store(true, Ordering::Relaxed);
+        r
+    })?;
+    out.window_ended = window_ended.load(Ordering::Relaxed);
     Ok(out)
 }
 
