@@ -43,12 +43,7 @@ fn unchanged_files_cost_no_lookup_with_readdirplus() {
     let get = |k: &str| calls.get(k);
     // A handful for the paths to the roots and the store's own files; none per file.
     calls.assert_positive_lookups_below(files / 10);
-    let total: u64 = calls
-        .0
-        .iter()
-        .filter(|(k, _)| k.as_str() != "lookup_negative")
-        .map(|(_, v)| v)
-        .sum();
+    let total = calls.total();
     // 3 per file (negative lookup, the directory's getattr, link) and the store's
     // bookkeeping (a few hundred calls at most).
     assert!(
@@ -143,6 +138,15 @@ impl Calls {
         self.0.get(kind).copied().unwrap_or(0)
     }
 
+    /// Every call but the negative LOOKUPs (counted among the LOOKUPs already).
+    fn total(&self) -> u64 {
+        self.0
+            .iter()
+            .filter(|(k, _)| k.as_str() != "lookup_negative")
+            .map(|(_, v)| v)
+            .sum()
+    }
+
     /// Fewer than `limit` LOOKUPs found their name.
     fn assert_positive_lookups_below(&self, limit: u64) {
         let n = self.get("lookup") - self.get("lookup_negative");
@@ -207,22 +211,18 @@ fn a_restored_file_needs_no_stat_by_name_xattr_listing_chown_or_chmod() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let calls = diff(&before, &counts(&stats));
+    let calls = Calls(diff(&before, &counts(&stats)));
     let (want, got) = (describe(&under.join("src")), describe(&under.join("out")));
     assert_same_tree(&want, &got, "restored");
     let files = (DIRS * PER_DIR) as u64;
-    let get = |k: &str| calls.get(k).copied().unwrap_or(0);
+    let get = |k: &str| calls.get(k);
     // The store's own files (snapshot list, manifest, lock) and the directories: a
     // few dozen calls of each kind; none of these kinds per file.
     assert!(get("listxattr") < files / 10, "{calls:?}");
     // futimens per file (no fchown, no fchmod: 3 more before), and owner, mode and
     // times per directory.
     assert!(get("setattr") <= files + 40, "{calls:?}");
-    let total: u64 = calls
-        .iter()
-        .filter(|(k, _)| k.as_str() != "lookup_negative")
-        .map(|(_, v)| v)
-        .sum();
+    let total = calls.total();
     assert!(
         total < 14 * files,
         "{total} calls for {files} restored files: {calls:?}"

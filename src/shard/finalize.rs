@@ -490,10 +490,10 @@ fn join_group(
                 if was_copy {
                     use std::sync::atomic::Ordering::Relaxed;
                     counters.files_transferred.fetch_sub(1, Relaxed);
-                    counters.bytes_transferred.fetch_sub(
-                        meta.size.min(counters.bytes_transferred.load(Relaxed)),
-                        Relaxed,
-                    );
+                    // Joins run at once on the pool: never below zero, whatever the order.
+                    let _ = counters
+                        .bytes_transferred
+                        .fetch_update(Relaxed, Relaxed, |n| Some(n.saturating_sub(meta.size)));
                     Counters::add(&counters.files_linked, 1);
                 }
                 let mut e = first.entry.clone();
