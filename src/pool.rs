@@ -22,11 +22,60 @@ impl<T> Queue<T> {
     }
 }
 
+/// A limit on the tasks running at once, shared by several pools: a shard worker
+/// walks two or more units at once, each on a pool of its own, and together they run
+/// at most `--jobs` tasks. A pool whose unit is draining (its last directories, then
+/// the unit's seal and commit) leaves its share to the others instead of idling it.
+pub struct Gate {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+impl Gate {
+    pub fn new(permits: usize) -> Gate {
+        Gate {
+            free: Mutex::new(permits.max(1)),
+            cv: Condvar::new(),
+        }
+    }
+
+    /// Waits for a permit; it is given back when the pass is dropped.
+    fn enter(&self) -> Pass<'_> {
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        while *free == 0 {
+            free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
+        }
+        *free -= 1;
+        Pass(self)
+    }
+}
+
+/// One permit of a [`Gate`].
+struct Pass<'a>(&'a Gate);
+
+impl Drop for Pass<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.0.cv.notify_one();
+    }
+}
+
 /// Runs `work` on `threads` threads until all tasks (and those they push) are done.
 pub fn run<T: Send>(
     threads: usize,
     initial: Vec<T>,
     cancel: &AtomicBool,
+    work: impl Fn(T, &Queue<T>) + Sync,
+) {
+    run_gated(threads, initial, cancel, None, work)
+}
+
+/// [`run`], each task waiting for a permit of `gate` (if any) first.
+pub fn run_gated<T: Send>(
+    threads: usize,
+    initial: Vec<T>,
+    cancel: &AtomicBool,
+    gate: Option<&Gate>,
     work: impl Fn(T, &Queue<T>) + Sync,
 ) {
     let q = Queue {
@@ -57,7 +106,10 @@ pub fn run<T: Send>(
                         q.cv.notify_all();
                         return;
                     };
-                    work(task, &q);
+                    {
+                        let _pass = gate.map(Gate::enter);
+                        work(task, &q);
+                    }
                     let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
                     st.1 -= 1;
                     let idle = st.1 == 0 && st.0.is_empty();
@@ -91,6 +143,27 @@ mod tests {
             });
             assert_eq!(seen.load(Ordering::Relaxed), (1 << 13) - 1);
         }
+    }
+
+    #[test]
+    fn pools_sharing_a_gate_run_no_more_tasks_at_once_than_its_permits() {
+        let gate = Gate::new(3);
+        let (now, peak) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let cancel = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            for _ in 0..2 {
+                s.spawn(|| {
+                    run_gated(4, (0..40u32).collect(), &cancel, Some(&gate), |_, _| {
+                        let n = now.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(n, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(2));
+                        now.fetch_sub(1, Ordering::SeqCst);
+                    })
+                });
+            }
+        });
+        // Eight threads over 80 tasks of 2 ms: without the gate they run 8 at once.
+        assert_eq!(peak.into_inner(), 3);
     }
 
     #[test]

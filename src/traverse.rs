@@ -101,16 +101,19 @@ enum Task<V: Visitor> {
 /// Walks from the root on `threads` workers until every directory is done or `cancel`
 /// is set (by the caller, or by a visitor's [`Step::Quit`]).
 pub fn walk<V: Visitor>(visitor: &V, root: V::Sub, threads: usize, cancel: &AtomicBool) {
-    walk_at(visitor, root, RelPath::root(), threads, cancel)
+    walk_at(visitor, root, RelPath::root(), threads, None, cancel)
 }
 
 /// [`walk`], with the root directory at `root_rel` of a larger tree (a shard worker
 /// walks one unit of the source): every `rel` the visitor sees is a path of that tree.
+/// With a `gate`, each task waits for one of its permits (the walks of one shard
+/// worker's units share `--jobs`).
 pub fn walk_at<V: Visitor>(
     visitor: &V,
     root: V::Sub,
     root_rel: RelPath,
     threads: usize,
+    gate: Option<&pool::Gate>,
     cancel: &AtomicBool,
 ) {
     let first = Task::<V>::Dir {
@@ -123,7 +126,7 @@ pub fn walk_at<V: Visitor>(
         cancel,
         root_rel,
     };
-    pool::run(threads, vec![first], cancel, |t, q| w.task(t, q));
+    pool::run_gated(threads, vec![first], cancel, gate, |t, q| w.task(t, q));
 }
 
 struct Walker<'a, V> {

@@ -71,6 +71,8 @@ pub struct Walk<'a, S: Sink> {
     /// Which names of the root's listing are walked (a shard worker's unit: a name
     /// range of one directory); `None`: all of them.
     root_names: Option<RootFilter<'a>>,
+    /// Shared with the walks of the shard worker's other units (see [`Walk::gate`]).
+    gate: Option<&'a crate::pool::Gate>,
 }
 
 /// Keeps a name of the root directory's listing.
@@ -120,6 +122,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             links: Mutex::new(HashMap::new()),
             links_cv: Condvar::new(),
             root_names: None,
+            gate: None,
         }
     }
 
@@ -127,6 +130,14 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// block then holds only those).
     pub fn only_root_names(mut self, keep: RootFilter<'a>) -> Self {
         self.root_names = Some(keep);
+        self
+    }
+
+    /// Runs each task of the walk under a permit of `gate`, which the walks of a shard
+    /// worker's other units share: together they keep at most its `--jobs` tasks
+    /// running.
+    pub fn gate(mut self, gate: &'a crate::pool::Gate) -> Self {
+        self.gate = Some(gate);
         self
     }
 
@@ -147,7 +158,7 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// one is a path from the source's root.
     pub fn run_at(&self, src: OwnedFd, meta: Meta, rel: RelPath, threads: usize) {
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = Some(src);
-        traverse::walk_at(self, meta, rel, threads, self.cancel);
+        traverse::walk_at(self, meta, rel, threads, self.gate, self.cancel);
     }
 
     /// Records the run's fatal error (the first one wins; later ones are usually the

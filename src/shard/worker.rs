@@ -77,6 +77,8 @@ struct Worker<'a> {
     lease: Duration,
     /// The store is on NFS or FUSE ([`crate::concurrency::is_remote`]).
     remote: bool,
+    /// `--jobs` permits, shared by the walks of the units built at once ([`lanes`]).
+    gate: crate::pool::Gate,
 }
 
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
@@ -206,6 +208,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         cancel,
         lease: super::state::lease(),
         remote: crate::concurrency::is_remote(&store.root),
+        gate: crate::pool::Gate::new(opts.jobs.max(1)),
     };
     tracing::info!(
         run = %spec.run_id, worker = spec.index, workers = spec.count, units = cut.units.len(),
@@ -515,25 +518,24 @@ struct Current {
     lost: AtomicBool,
 }
 
-/// How a worker's `jobs` are split between units built at once: two lanes of half the
-/// jobs each from 4 jobs on, else one. A unit's walk starts from one directory, ramps
-/// up, drains on its own, and is followed by tens of sequential calls (seal, counters,
-/// commit, the next claim): with one lane those leave the worker's jobs idle each
-/// time, with two the other lane's walk keeps going meanwhile. The total of calls in
-/// flight stays `jobs`.
-fn lanes(jobs: usize) -> Vec<usize> {
-    if jobs >= 4 {
-        vec![jobs - jobs / 2, jobs / 2]
-    } else {
-        vec![jobs.max(1)]
-    }
+/// Units a worker builds at once (its *lanes*): two from 4 jobs on, else one. Every
+/// lane walks its unit on a pool of `jobs` threads, and the lanes share `jobs` permits
+/// ([`crate::pool::Gate`]): at most `jobs` tasks run at once, as in a single-node run.
+/// A unit's walk starts from one directory, ramps up, drains on its own (its last
+/// directories, one thread each), and is followed by tens of sequential calls (seal,
+/// counters, commit, the next claim). With one lane those leave the worker's jobs idle
+/// each time. Two lanes of half the jobs each still idled the draining lane's half;
+/// sharing the permits, the other lane's walk takes them up. Below 4 jobs a worker
+/// holds one claim at a time: if it stalls, one unit waits for its lease to lapse.
+fn lanes(jobs: usize) -> usize {
+    if jobs >= 4 { 2 } else { 1 }
 }
 
 /// Claims and builds units until every unit is committed (`true`) or the worker is
 /// stopped (`false`), in one or two lanes ([`lanes`]).
 fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
-    let lanes = lanes(ctx.opts.jobs);
-    let currents: Vec<Current> = lanes.iter().map(|_| Current::default()).collect();
+    let jobs = ctx.opts.jobs.max(1);
+    let currents: Vec<Current> = (0..lanes(jobs)).map(|_| Current::default()).collect();
     let done = AtomicBool::new(false);
     // A lane that failed stops the others from claiming more.
     let failed = AtomicBool::new(false);
@@ -572,10 +574,9 @@ fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
                 }
             }
         });
-        let handles: Vec<_> = lanes
+        let handles: Vec<_> = currents
             .iter()
-            .zip(&currents)
-            .map(|(&jobs, current)| {
+            .map(|current| {
                 let failed = &failed;
                 s.spawn(move || {
                     let mut o = Outcome::default();
@@ -663,9 +664,9 @@ fn settle(moving: &mut Moving) -> Result<bool, ShardError> {
 }
 
 /// Claims, builds and commits units, one at a time in this lane, each walked on `jobs`
-/// threads. Moving a committed unit's entries
-/// into the run's tree is a rename per entry, each a few sequential metadata calls (on
-/// NFS, round trips), so it runs in a thread of its own while the next unit is claimed
+/// threads under the worker's gate. Moving a committed unit's entries into the run's
+/// tree is a link or a rename per entry, each a few sequential metadata calls (on NFS,
+/// round trips), so it runs in a thread of its own while the next unit is claimed
 /// and walked. The move needs no lease (the unit is committed, and the move is
 /// idempotent); at most one is in flight, and it is waited for before this returns, so
 /// it ends while the worker still holds the store's lock (finalize cannot start).
@@ -837,7 +838,8 @@ fn build(
         .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
     let walk = Walk::new(&counters, stop, &ctx.excludes, manifest, &sink)
         .kept_from(kept_from)
-        .only_root_names(Box::new(keep));
+        .only_root_names(Box::new(keep))
+        .gate(&ctx.gate);
     walk.run_at(src, src_meta, unit.dir.clone(), jobs);
     let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
     drop(walk);
