@@ -76,41 +76,81 @@ pub fn run(
     cancel: &AtomicBool,
 ) -> Result<RunReport> {
     let mut rep = run_backup(opts, catalog, cancel)?;
-    let notify = !notifiers.is_empty() && notify::wanted(rep.status, notify_success);
-    if opts.dry_run || (!notify && opts.post_command.is_none()) {
+    if opts.dry_run {
         return Ok(rep);
     }
-    let log = crate::store::log_path(&rep);
-    let logging = opts.log_file && crate::runlog::start(&log).is_ok();
+    let after = After {
+        log: crate::store::log_path(&rep),
+        record: true,
+        env: Vec::new(),
+    };
+    conclude(opts, &mut rep, &after, catalog, notifiers, notify_success);
+    Ok(rep)
+}
+
+/// Where [`conclude`] logs, and whether it records what it did.
+pub struct After {
+    /// The log its lines are appended to, and `SNAPRING_LOG` of the post command.
+    pub log: PathBuf,
+    /// Write the outcomes into the store's run record and the catalog. Not for a
+    /// shard worker's own failure: the run's record is the finalizer's.
+    pub record: bool,
+    /// More variables for the post command (a shard worker's index and count).
+    pub env: Vec<(&'static str, String)>,
+}
+
+/// Once a run (or a shard worker's part of one) has ended: the job's `post_command`
+/// (whatever the status), then the notifications (failures always, success if
+/// `notify_success`), their outcomes into `rep` and, with `after.record`, into the run
+/// record and the catalog. Never changes the status.
+pub fn conclude(
+    opts: &BackupOptions,
+    rep: &mut RunReport,
+    after: &After,
+    catalog: Option<&CatalogTarget>,
+    notifiers: &[(String, notify::NotifierConfig)],
+    notify_success: bool,
+) {
+    let notify = !notifiers.is_empty() && notify::wanted(rep.status, notify_success);
+    if !notify && opts.post_command.is_none() {
+        return;
+    }
+    let logging = opts.log_file && crate::runlog::start(&after.log).is_ok();
     if let Some(h) = &opts.post_command {
         // Not stopped by the signal that may have ended the run: an interrupted run
         // is one it must hear about. Its timeout bounds it.
-        rep.post_command = Some(post_command(h, &rep));
+        rep.post_command = Some(post_command(h, rep, after));
     }
     if notify {
-        rep.notifications = notify::send_all(notifiers, &rep);
+        rep.notifications =
+            notify::send_notice(notifiers, &notify::Notice::backup_logged(rep, &after.log));
     }
     let _ = crate::failpoint::hit("job.after_notify");
-    if let Ok(store) = Store::open(&opts.store, false)
-        && let Err(e) = store.write_run(&rep)
-    {
-        tracing::error!("{e}");
-    }
-    if let Some(c) = catalog
-        && let Some(w) = crate::catalog::record_quietly(&c.path, c.on_nfs, &rep)
-    {
-        rep.warnings.push(w);
+    if after.record {
+        if let Ok(store) = Store::open(&opts.store, false)
+            && let Err(e) = store.write_run(rep)
+        {
+            tracing::error!("{e}");
+        }
+        if let Some(c) = catalog
+            && let Some(w) = crate::catalog::record_quietly(&c.path, c.on_nfs, rep)
+        {
+            rep.warnings.push(w);
+        }
     }
     if logging {
         crate::runlog::stop();
     }
-    Ok(rep)
 }
 
-/// Runs `post_command` with the run's status, id, snapshot, job, store and log in its
-/// environment and the report as JSON on stdin.
-fn post_command(h: &crate::hooks::Hook, rep: &RunReport) -> crate::report::HookOutcome {
-    let env = [
+/// Runs `post_command` with the run's status, id, snapshot, job, store and log (and
+/// `after.env`) in its environment and the report as JSON on stdin.
+fn post_command(
+    h: &crate::hooks::Hook,
+    rep: &RunReport,
+    after: &After,
+) -> crate::report::HookOutcome {
+    let mut env = vec![
         ("SNAPRING_STATUS", rep.status.as_str().to_string()),
         ("SNAPRING_RUN_ID", rep.id.clone()),
         (
@@ -119,11 +159,9 @@ fn post_command(h: &crate::hooks::Hook, rep: &RunReport) -> crate::report::HookO
         ),
         ("SNAPRING_JOB", rep.job.clone().unwrap_or_default()),
         ("SNAPRING_STORE", rep.store.to_string_lossy().into_owned()),
-        (
-            "SNAPRING_LOG",
-            crate::store::log_path(rep).to_string_lossy().into_owned(),
-        ),
+        ("SNAPRING_LOG", after.log.to_string_lossy().into_owned()),
     ];
+    env.extend(after.env.iter().cloned());
     let json = serde_json::to_vec_pretty(rep).unwrap_or_default();
     crate::hooks::run("post_command", h, &env, &json, &AtomicBool::new(false))
 }

@@ -152,6 +152,11 @@ pub fn wanted(status: Status, notify_success: bool) -> bool {
 
 /// The subject and text of a message about `r`.
 pub fn message(r: &RunReport) -> (String, String) {
+    message_with_log(r, &crate::store::log_path(r))
+}
+
+/// [`message`], naming `log` as the run's log.
+fn message_with_log(r: &RunReport, log: &std::path::Path) -> (String, String) {
     let job = r
         .job
         .clone()
@@ -180,7 +185,7 @@ pub fn message(r: &RunReport) -> (String, String) {
         r.errors,
         indicatif::HumanBytes(r.bytes_total),
         indicatif::HumanBytes(r.bytes_transferred),
-        crate::store::log_path(r).display()
+        log.display()
     );
     if let Some(k) = &r.repository {
         text.push_str(&format!(
@@ -220,14 +225,19 @@ pub struct Notice {
 impl Notice {
     /// A backup's notice.
     pub fn backup(r: &RunReport) -> Notice {
-        let (subject, text) = message(r);
+        Notice::backup_logged(r, &crate::store::log_path(r))
+    }
+
+    /// A backup's notice, naming `log` as its log (a shard worker's own).
+    pub fn backup_logged(r: &RunReport, log: &std::path::Path) -> Notice {
+        let (subject, text) = message_with_log(r, log);
         Notice {
             id: r.id.clone(),
             job: r.job.clone(),
             status: r.status,
             subject,
             text,
-            log: crate::store::log_path(r),
+            log: log.to_path_buf(),
             report: serde_json::to_value(r).unwrap_or_default(),
         }
     }

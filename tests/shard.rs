@@ -1063,10 +1063,25 @@ fn a_worker_whose_window_ends_leaves_its_units_to_a_rerun() {
     let run = "windowed";
     let pause = e.dest.with_file_name("pause");
     let fp = format!("walk.copy=pause:{}@1", pause.display());
+    // The interrupted worker's post command hears of its part.
+    let heard = e.dest.with_file_name("heard");
+    let post = format!(
+        "sh -c 'echo \"$SNAPRING_STATUS $SNAPRING_SHARD_INDEX/$SNAPRING_SHARD_COUNT\" > {}'",
+        heard.display()
+    );
     let t0 = Instant::now();
     let w = worker(
         &e,
-        &["--shard", "0/1", "--run-id", run, "--window", "1s"],
+        &[
+            "--shard",
+            "0/1",
+            "--run-id",
+            run,
+            "--window",
+            "1s",
+            "--post-command",
+            &post,
+        ],
         &[("SNAPRING_FAILPOINTS", fp.as_str())],
     )
     .spawn()
@@ -1092,10 +1107,175 @@ fn a_worker_whose_window_ends_leaves_its_units_to_a_rerun() {
         units.len()
     );
     assert!(!run_dir(&e, run).join("finalized").exists());
+    assert_eq!(
+        std::fs::read_to_string(&heard).unwrap().trim(),
+        "incomplete 0/1"
+    );
     let o = worker(&e, &["--shard", "0/1", "--run-id", run], &[])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     check_run(&e, run);
     check_snapshot(&e, "a rerun after the window");
+}
+
+/// A config with one job `j` for `e` plus `extra` lines.
+fn job_config(e: &Env, extra: &str) -> PathBuf {
+    let cfg = e.dest.with_file_name("job.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\n{extra}\n",
+            e.src.display(),
+            e.dest.display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn every_worker_runs_the_pre_command_and_the_run_its_post_command_and_notification_once() {
+    let e = env();
+    let out = e.dest.with_file_name("hooks");
+    std::fs::create_dir(&out).unwrap();
+    let http = http_server();
+    // The pre command leaves one file per worker; the post command appends a line per
+    // call (status, run, snapshot, worker index, count) and keeps its stdin.
+    let cfg = job_config(
+        &e,
+        &format!(
+            "pre_command = [\"/bin/sh\", \"-c\", \"[ \\\"$SNAPRING_RUN_ID\\\" != bad ] || [ \\\"$SNAPRING_SHARD_INDEX\\\" != 1 ] || exit 7; echo \\\"$SNAPRING_SHARD_INDEX/$SNAPRING_SHARD_COUNT $SNAPRING_RUN_ID\\\" > {o}/pre-$SNAPRING_RUN_ID-$SNAPRING_SHARD_INDEX\"]\n\
+             post_command = [\"/bin/sh\", \"-c\", \"cat > {o}/stdin-$SNAPRING_RUN_ID-${{SNAPRING_SHARD_INDEX:-run}}; echo \\\"$SNAPRING_STATUS|$SNAPRING_RUN_ID|$SNAPRING_SNAPSHOT|$SNAPRING_SHARD_INDEX|$SNAPRING_SHARD_COUNT|$SNAPRING_LOG\\\" >> {o}/post\"]\n\
+             notify = [\"hook\"]\nnotify_success = true\n\n[notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/n\"\n",
+            http.port,
+            o = out.display()
+        ),
+    );
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    let run_all = |run: &str| -> Vec<Output> {
+        let kids: Vec<Child> = (0..3)
+            .map(|i| {
+                let shard = format!("{i}/3");
+                worker(
+                    &e,
+                    &["--config", &cfg_s, "--shard", &shard, "--run-id", run],
+                    &[],
+                )
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        kids.into_iter()
+            .map(|k| k.wait_with_output().unwrap())
+            .collect()
+    };
+    let lines = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_to_string(out.join("post"))
+            .unwrap_or_default()
+            .lines()
+            .map(String::from)
+            .collect();
+        v.sort();
+        v
+    };
+    let logs = e.dest.join(".snapring/logs");
+
+    for o in run_all("good") {
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    for i in 0..3 {
+        let pre = std::fs::read_to_string(out.join(format!("pre-good-{i}"))).unwrap();
+        assert_eq!(pre.trim(), format!("{i}/3 good"));
+    }
+    check_snapshot(&e, "a run with hooks");
+    // One post command for the run, by the finalizer, with the run's report.
+    assert_eq!(
+        lines(),
+        vec![format!(
+            "complete|good|daily.0||3|{}",
+            logs.join("good.log").display()
+        )]
+    );
+    let piped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("stdin-good-run")).unwrap()).unwrap();
+    assert_eq!(piped["id"], "good");
+    assert_eq!(piped["shards"]["workers"], 3);
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.dest.join(".snapring/runs/good.json")).unwrap())
+            .unwrap();
+    assert_eq!(record["post_command"]["ok"], true, "{record}");
+    assert_eq!(record["notifications"][0]["ok"], true, "{record}");
+    let got = http.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(
+        (body["status"].as_str(), body["run"].as_str()),
+        (Some("complete"), Some("good"))
+    );
+
+    // Worker 1's pre command fails: it claims nothing, exits 1, and its post command
+    // and notification say so for its part; workers 0 and 2 back up its units too,
+    // and the run is published, with its own post command and notification.
+    let outs = run_all("bad");
+    assert_eq!(outs[1].status.code(), Some(1), "{}", text(&outs[1]));
+    let err = stderr_of(&outs[1]);
+    assert!(
+        err.contains("worker 1/3 of run bad") && err.contains("pre_command"),
+        "{err}"
+    );
+    for i in [0, 2] {
+        assert_eq!(outs[i].status.code(), Some(0), "{}", text(&outs[i]));
+    }
+    assert!(!out.join("pre-bad-1").exists());
+    let claims: Vec<String> = std::fs::read_dir(run_dir(&e, "bad").join("claims"))
+        .unwrap()
+        .map(|d| std::fs::read_to_string(d.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        claims.iter().all(|c| !c.contains("\"worker\":1")),
+        "{claims:?}"
+    );
+    check_run(&e, "bad");
+    check_snapshot(&e, "a run one of whose workers' pre command failed");
+    let l = lines();
+    assert_eq!(l.len(), 3, "{l:?}");
+    assert_eq!(
+        l[0],
+        format!("complete|bad|daily.0||3|{}", logs.join("bad.log").display())
+    );
+    assert_eq!(
+        l[2],
+        format!("failed|bad||1|3|{}", logs.join("bad.w1.log").display())
+    );
+    let piped: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("stdin-bad-1")).unwrap()).unwrap();
+    assert!(
+        piped["message"].as_str().unwrap().contains("exit"),
+        "{piped}"
+    );
+    let got = http.got.lock().unwrap().clone();
+    let mut seen: Vec<(String, String)> = got[1..]
+        .iter()
+        .map(|(_, b)| {
+            let v: serde_json::Value = serde_json::from_str(b).unwrap();
+            (
+                v["status"].as_str().unwrap().into(),
+                v["run"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        vec![
+            ("complete".into(), "bad".into()),
+            ("failed".into(), "bad".into())
+        ]
+    );
+    assert!(
+        std::fs::read_to_string(logs.join("bad.w1.log"))
+            .unwrap()
+            .contains("pre_command")
+    );
 }

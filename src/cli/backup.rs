@@ -56,8 +56,8 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         return super::shard::worker(
             &job.opts,
             &spec,
-            job.catalog.as_ref().map(|c| &c.path),
-            cat.on_nfs,
+            job.catalog.as_ref(),
+            (&job.notifiers, job.notify_success),
             a.json,
         );
     }

@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 
 use snapring::engine::BackupOptions;
-use snapring::report::RunReport;
+use snapring::job::{After, CatalogTarget};
+use snapring::notify::NotifierConfig;
+use snapring::report::{RunReport, Status};
 use snapring::shard::finalize::Finalized;
 use snapring::shard::{ShardError, Spec};
 
@@ -32,29 +34,58 @@ fn record(rep: &RunReport, catalog: Option<&PathBuf>, on_nfs: bool) {
     }
 }
 
-/// One worker of a shard run.
+/// The job's notifiers and whether a complete run is notified too.
+type Notify<'a> = (&'a [(String, NotifierConfig)], bool);
+
+/// One worker of a shard run. The job's `post_command` and notifications: the worker
+/// that finalizes the run runs and sends them for the run (as a single-node run does);
+/// a worker that fails (exit 1), or is interrupted, for its own part (its index and
+/// count in `SNAPRING_SHARD_INDEX`/`_COUNT`, its log in `SNAPRING_LOG`). A worker that
+/// just did its part, finds the store held by another run (exit 75, retried) or was
+/// called wrongly (exit 64, as a single-node run's usage errors) says nothing.
 pub fn worker(
     opts: &BackupOptions,
     spec: &Spec,
-    catalog: Option<&PathBuf>,
-    on_nfs: bool,
+    catalog: Option<&CatalogTarget>,
+    notify: Notify,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let cancel = super::cancel_on_signal();
-    let out = match snapring::shard::worker::run(opts, spec, &cancel) {
+    let mut out = match snapring::shard::worker::run(opts, spec, &cancel) {
         Ok(o) => o,
         Err(e) => {
-            errln!(
-                "snapring: shard worker {}/{} of run {}: {e}",
-                spec.index,
-                spec.count,
-                spec.run_id
+            let msg = format!(
+                "shard worker {}/{} of run {}: {e}",
+                spec.index, spec.count, spec.run_id
             );
+            errln!("snapring: {msg}");
+            if matches!(e, ShardError::Failed(_)) {
+                worker_ended(opts, spec, Status::Failed, msg, catalog, notify);
+            }
             return Ok(exit_of(&e));
         }
     };
-    if let Some(rep) = &out.finalized {
-        record(rep, catalog, on_nfs);
+    if let Some(rep) = &mut out.finalized {
+        if let Some(c) = catalog {
+            record(rep, Some(&c.path), c.on_nfs);
+        }
+        let after = After {
+            log: snapring::store::log_path(rep),
+            record: true,
+            env: vec![("SNAPRING_SHARD_COUNT", spec.count.to_string())],
+        };
+        snapring::job::conclude(opts, rep, &after, catalog, notify.0, notify.1);
+    } else if out.interrupted {
+        let why = if out.window_ended {
+            "the backup window ended"
+        } else {
+            "interrupted"
+        };
+        let msg = format!(
+            "shard worker {}/{} of run {}: {why}; its unit is resumed by a rerun with the same run id, or taken over when its lease lapses",
+            spec.index, spec.count, spec.run_id
+        );
+        worker_ended(opts, spec, Status::Incomplete, msg, catalog, notify);
     }
     let code = match (&out.finalized, out.interrupted) {
         (Some(rep), _) => ExitCode::from(rep.status),
@@ -119,6 +150,39 @@ pub fn worker(
         );
     }
     Ok(code)
+}
+
+/// The post command and notifications of a worker that failed or was interrupted: a
+/// report of its part (status, message, the run's id), not written to the store or the
+/// catalog (the run's record is the finalizer's).
+fn worker_ended(
+    opts: &BackupOptions,
+    spec: &Spec,
+    status: Status,
+    msg: String,
+    catalog: Option<&CatalogTarget>,
+    notify: Notify,
+) {
+    if opts.post_command.is_none() && notify.0.is_empty() {
+        return;
+    }
+    let store = std::fs::canonicalize(&opts.store).unwrap_or_else(|_| opts.store.clone());
+    let mut rep = snapring::engine::backup::new_report(opts, &spec.run_id, &store);
+    rep.status = status;
+    rep.message = msg;
+    rep.finished_at = Some(snapring::report::now_rfc3339());
+    let log = store.join(snapring::store::META_DIR).join("logs").join(
+        snapring::shard::worker::worker_log_name(&spec.run_id, spec.index),
+    );
+    let after = After {
+        log,
+        record: false,
+        env: vec![
+            ("SNAPRING_SHARD_INDEX", spec.index.to_string()),
+            ("SNAPRING_SHARD_COUNT", spec.count.to_string()),
+        ],
+    };
+    snapring::job::conclude(opts, &mut rep, &after, catalog, notify.0, notify.1);
 }
 
 fn store_of(dest: &std::path::Path, folder: &Option<String>) -> anyhow::Result<PathBuf> {

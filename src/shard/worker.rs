@@ -60,6 +60,9 @@ pub struct Outcome {
     /// Pieces of the expired snapshots this process deleted after the publish
     /// (`expire.rs`).
     pub expired: super::expire::Helped,
+    /// How the job's `pre_command` went (each worker runs it before it looks at the
+    /// source).
+    pub pre_command: Option<crate::report::HookOutcome>,
 }
 
 /// What one worker needs to build units.
@@ -86,11 +89,6 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     if opts.dry_run {
         return Err(ShardError::Usage(
             "--dry-run cannot be combined with --shard".into(),
-        ));
-    }
-    if opts.pre_command.is_some() || opts.post_command.is_some() {
-        return Err(ShardError::Usage(
-            "pre_command and post_command are not supported for shard runs yet".into(),
         ));
     }
     let t_start = Instant::now();
@@ -164,6 +162,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             return Ok(out);
         }
     }
+    pre_command(opts, spec, &store, cancel, &mut out)?;
     let source = crate::engine::backup::check_source(opts)?;
     // Canonical: `snapring finalize` may run from another directory.
     let source = std::fs::canonicalize(&source).ctx("resolve source", &source)?;
@@ -247,6 +246,44 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     })?;
     out.window_ended = window_ended.load(Ordering::Relaxed);
     Ok(out)
+}
+
+/// Runs the job's `pre_command` in this worker, before it looks at the source (it may be
+/// what mounts or freezes the source on this node): every worker runs it, with the run
+/// id and its index and count in its environment. A failure stops the worker with
+/// nothing claimed (its home units go to the others) and is permanent (exit 1), as a
+/// single-node run's is.
+fn pre_command(
+    opts: &BackupOptions,
+    spec: &Spec,
+    store: &Store,
+    cancel: &AtomicBool,
+    out: &mut Outcome,
+) -> Result<(), ShardError> {
+    let Some(h) = &opts.pre_command else {
+        return Ok(());
+    };
+    let env = [
+        ("SNAPRING_RUN_ID", spec.run_id.clone()),
+        ("SNAPRING_JOB", opts.job.clone().unwrap_or_default()),
+        (
+            "SNAPRING_SOURCE",
+            opts.source.to_string_lossy().into_owned(),
+        ),
+        ("SNAPRING_STORE", store.root.to_string_lossy().into_owned()),
+        ("SNAPRING_SHARD_INDEX", spec.index.to_string()),
+        ("SNAPRING_SHARD_COUNT", spec.count.to_string()),
+    ];
+    let o = crate::hooks::run("pre_command", h, &env, b"", cancel);
+    let failed = o.error.clone();
+    out.pre_command = Some(o);
+    match failed {
+        None => Ok(()),
+        Some(e) => Err(ShardError::Failed(Error::Hook(format!(
+            "pre_command {:?} failed: {e}; this worker claimed nothing (its output is in its log)",
+            h.argv
+        )))),
+    }
 }
 
 /// The worker's own log file, `.snapring/logs/<run-id>.w<index>.log` (appended to by a
