@@ -1279,3 +1279,60 @@ fn every_worker_runs_the_pre_command_and_the_run_its_post_command_and_notificati
             .contains("pre_command")
     );
 }
+
+#[test]
+fn snapring_finalize_with_the_job_runs_its_post_command_and_notification_for_the_run() {
+    let e = env();
+    let run = "byhand";
+    let heard = e.dest.with_file_name("heard");
+    let http = http_server();
+    let cfg = job_config(
+        &e,
+        &format!(
+            "post_command = [\"/bin/sh\", \"-c\", \"echo \\\"$SNAPRING_STATUS|$SNAPRING_RUN_ID|$SNAPRING_SNAPSHOT|$SNAPRING_SHARD_COUNT\\\" >> {}\"]\n\
+             notify = [\"hook\"]\nnotify_success = true\n\n[notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/n\"\n",
+            heard.display(),
+            http.port
+        ),
+    );
+    let cfg_s = cfg.to_string_lossy().into_owned();
+    // The finalizing worker dies before it publishes: nothing is heard of the run.
+    let kids: Vec<Child> = (0..2)
+        .map(|i| {
+            let shard = format!("{i}/2");
+            worker(
+                &e,
+                &["--config", &cfg_s, "--shard", &shard, "--run-id", run],
+                &[("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for k in kids {
+        k.wait_with_output().unwrap();
+    }
+    assert!(!run_dir(&e, run).join("finalized").exists());
+    assert!(!heard.exists());
+    assert!(http.got.lock().unwrap().is_empty());
+    // `snapring finalize --config` publishes it with the job's post command and
+    // notifier; a second one finds it finalized and says nothing more.
+    for _ in 0..2 {
+        let o = run_cmd(&e, "finalize", run, &["--config", &cfg_s], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    check_snapshot(&e, "finalized by hand");
+    assert_eq!(
+        std::fs::read_to_string(&heard).unwrap(),
+        "complete|byhand|daily.0|2\n"
+    );
+    let got = http.got.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let body: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
+    assert_eq!(body["status"], "complete");
+    let record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(record["post_command"]["ok"], true, "{record}");
+}

@@ -90,7 +90,7 @@ pub enum Cmd {
     Next(NextArgs),
     /// Publish a shard run whose units are all committed (the last worker does this
     /// itself; safe to repeat).
-    Finalize(ShardRunArgs),
+    Finalize(FinalizeArgs),
     /// A shard run's workers, units (done, claimed, stale, pending) and whether it is
     /// finalized.
     Status(ShardRunArgs),
@@ -543,6 +543,19 @@ pub struct NextArgs {
     pub count: usize,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args)]
+pub struct FinalizeArgs {
+    #[command(flatten)]
+    pub run: ShardRunArgs,
+    /// Config file whose job's post_command, notifiers and catalog serve the run when
+    /// this command publishes it (as the last worker's would).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The job in --config (needed when it has several).
+    #[arg(long, requires = "config")]
+    pub job: Option<String>,
 }
 
 #[derive(Args)]

@@ -12,7 +12,7 @@ use snapring::report::{RunReport, Status};
 use snapring::shard::finalize::Finalized;
 use snapring::shard::{ShardError, Spec};
 
-use super::args::ShardRunArgs;
+use super::args::{FinalizeArgs, ShardRunArgs};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
 use super::print::{self, errln, outln};
@@ -197,7 +197,46 @@ fn store_of(dest: &std::path::Path, folder: &Option<String>) -> anyhow::Result<P
 }
 
 /// `snapring finalize`.
-pub fn finalize(a: ShardRunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+/// What `snapring finalize --config FILE [--job NAME]` takes from the job: its
+/// options (post command, log), notifiers and catalog.
+struct FinalizeJob {
+    opts: BackupOptions,
+    notifiers: Vec<(String, NotifierConfig)>,
+    notify_success: bool,
+    catalog: Option<CatalogTarget>,
+}
+
+fn finalize_job(f: &FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<Option<FinalizeJob>> {
+    let Some(path) = &f.config else {
+        return Ok(None);
+    };
+    let cfg = snapring::config::load(path)?;
+    let (name, job) = cfg.pick(f.job.as_deref())?;
+    let notifiers = cfg.notifiers_of(&name, &job)?;
+    let notify_success = job.notify_success.unwrap_or(false);
+    let flags = snapring::config::JobConfig {
+        dest: Some(f.run.dest.clone()),
+        folder: f.run.folder.clone(),
+        ..Default::default()
+    };
+    let opts = snapring::config::resolve(Some(name), Some(job), flags)?;
+    let catalog = cat
+        .for_config(cfg.catalog.clone())
+        .map(|path| CatalogTarget {
+            path,
+            on_nfs: cat.on_nfs,
+        });
+    Ok(Some(FinalizeJob {
+        opts,
+        notifiers,
+        notify_success,
+        catalog,
+    }))
+}
+
+pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let job = finalize_job(&f, cat)?;
+    let a = f.run;
     if let Err(e) = snapring::shard::check_run_id(&a.run_id) {
         errln!("snapring: {e}");
         return Ok(ExitCode::Usage);
@@ -219,8 +258,35 @@ pub fn finalize(a: ShardRunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         std::time::Duration::ZERO,
     );
     let (code, msg, rep) = match r {
-        Ok(Finalized::Done(rep)) => {
-            record(&rep, cat.for_config(None).as_ref(), cat.on_nfs);
+        Ok(Finalized::Done(mut rep)) => {
+            match &job {
+                Some(j) => {
+                    if let Some(c) = &j.catalog {
+                        record(&rep, Some(&c.path), c.on_nfs);
+                    }
+                    let after = After {
+                        log: snapring::store::log_path(&rep),
+                        record: true,
+                        env: vec![(
+                            "SNAPRING_SHARD_COUNT",
+                            rep.shards
+                                .as_ref()
+                                .map(|s| s.workers)
+                                .unwrap_or(0)
+                                .to_string(),
+                        )],
+                    };
+                    snapring::job::conclude(
+                        &j.opts,
+                        &mut rep,
+                        &after,
+                        j.catalog.as_ref(),
+                        &j.notifiers,
+                        j.notify_success,
+                    );
+                }
+                None => record(&rep, cat.for_config(None).as_ref(), cat.on_nfs),
+            }
             (
                 ExitCode::from(rep.status),
                 format!(
