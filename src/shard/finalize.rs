@@ -447,6 +447,38 @@ struct Member {
     entry: Entry,
 }
 
+/// What the names of one source inode share: its number (the manifest's `group`) and
+/// the inode's own metadata, change time included. The manifest keeps no device
+/// number, so on a source spanning several file systems two inodes with the same
+/// number would otherwise be joined (the single-node walk keys by device and inode);
+/// with the times and size as well they are not. Names of one inode read before and
+/// after a change to it (a new link or write between two units' reads) are two groups,
+/// each joined within itself.
+type GroupKey = (u64, Time, Time, u64, u32, u32, u32);
+
+fn group_key(e: &Entry) -> Option<GroupKey> {
+    Some((e.group?, e.ctime, e.mtime, e.size, e.perm, e.uid, e.gid))
+}
+
+/// The hard-link groups with more than one name, each sorted by path (the first name
+/// first).
+fn link_groups(members: Vec<Member>) -> Vec<Vec<Member>> {
+    let mut groups: HashMap<GroupKey, Vec<Member>> = HashMap::new();
+    for m in members {
+        if let Some(k) = group_key(&m.entry) {
+            groups.entry(k).or_default().push(m);
+        }
+    }
+    groups
+        .into_values()
+        .filter(|ms| ms.len() > 1)
+        .map(|mut ms| {
+            ms.sort_by(|a, b| (&a.dir, &a.entry.name).cmp(&(&b.dir, &b.entry.name)));
+            ms
+        })
+        .collect()
+}
+
 /// Joins the names of one hard-link group (sorted, the first name first) to the first
 /// name's inode: the entries it changed, by directory. The directories' times are the
 /// caller's to put back.
@@ -531,28 +563,23 @@ fn assemble(
     // Pass 1: the groups (source inodes with several names) and the earliest start,
     // the parts read at once.
     let firsts = super::par_map(threads, &cut.units, |u| {
-        let mut ms: Vec<(u64, Member)> = Vec::new();
+        let mut ms: Vec<Member> = Vec::new();
         let s = for_each_block(&part(&u.id), |dir, es| {
             for e in es.into_iter().filter(|e| e.group.is_some()) {
-                ms.push((
-                    e.group.unwrap_or(0),
-                    Member {
-                        dir: dir.clone(),
-                        entry: e,
-                    },
-                ));
+                ms.push(Member {
+                    dir: dir.clone(),
+                    entry: e,
+                });
             }
             Ok(())
         })?;
         Ok::<_, ShardError>((ms, s))
     });
-    let mut groups: HashMap<u64, Vec<Member>> = HashMap::new();
+    let mut members: Vec<Member> = Vec::new();
     let mut started: Option<Time> = None;
     for r in firsts {
         let (ms, s) = r?;
-        for (g, m) in ms {
-            groups.entry(g).or_default().push(m);
-        }
+        members.extend(ms);
         started = match (started, s) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -560,14 +587,7 @@ fn assemble(
     }
     let t_join = Instant::now();
     let tree = fsx::open_dir(&rd.tree()).ctx("open", rd.tree())?;
-    let groups: Vec<Vec<Member>> = groups
-        .into_values()
-        .filter(|ms| ms.len() > 1)
-        .map(|mut ms| {
-            ms.sort_by(|a, b| (&a.dir, &a.entry.name).cmp(&(&b.dir, &b.entry.name)));
-            ms
-        })
-        .collect();
+    let groups = link_groups(members);
     // The joins run on the pool, so two may swap names in one directory at once: the
     // times its unit set are read for every such directory first and put back once
     // every join is done.
@@ -728,4 +748,69 @@ fn assemble(
         cut.spine.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn member(path: &str, ino: u64, ctime: i64, size: u64) -> Member {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        let t = |sec| Time { sec, nsec: 7 };
+        Member {
+            dir: RelPath::new(dir.as_bytes()).unwrap(),
+            entry: Entry {
+                name: name.as_bytes().to_vec(),
+                kind: Kind::File,
+                perm: 0o644,
+                uid: 1,
+                gid: 1,
+                size,
+                mtime: t(1_000),
+                ctime: t(ctime),
+                hash: None,
+                xattrs: None,
+                ino,
+                group: Some(ino),
+                target: None,
+                rdev: 0,
+            },
+        }
+    }
+
+    fn paths(groups: &[Vec<Member>]) -> Vec<Vec<String>> {
+        let mut v: Vec<Vec<String>> = groups
+            .iter()
+            .map(|ms| {
+                ms.iter()
+                    .map(|m| m.dir.join(&m.entry.name).escaped())
+                    .collect()
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn only_names_of_one_inode_are_joined_not_other_inodes_with_the_same_number() {
+        let groups = link_groups(vec![
+            // Inode 7 of the source's file system, three names in two units.
+            member("b/y", 7, 50, 10),
+            member("a/x", 7, 50, 10),
+            member("c/z", 7, 50, 10),
+            // Inode 7 of a file system mounted at `mnt`: same number, its own times
+            // and size; its two names are one group of their own.
+            member("mnt/p", 7, 60, 99),
+            member("mnt/q", 7, 60, 99),
+            // A name whose group has no other name here: nothing to join.
+            member("d/alone", 9, 50, 10),
+        ]);
+        assert_eq!(
+            paths(&groups),
+            vec![
+                vec!["a/x".to_string(), "b/y".into(), "c/z".into()],
+                vec!["mnt/p".to_string(), "mnt/q".into()],
+            ]
+        );
+    }
 }
