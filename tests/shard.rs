@@ -1336,3 +1336,142 @@ fn snapring_finalize_with_the_job_runs_its_post_command_and_notification_for_the
     .unwrap();
     assert_eq!(record["post_command"]["ok"], true, "{record}");
 }
+
+/// Every path under `root` with its mtime and link count (what a dry run must leave
+/// as it was).
+fn store_listing(root: &Path) -> Vec<(PathBuf, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let m = e.path().symlink_metadata().unwrap();
+            out.push((
+                e.path(),
+                m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                m.nlink(),
+            ));
+            if m.is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The plan lines of a dry run's stdout: (copies, links, the copy lines).
+fn plan_lines(stdout: &[u8]) -> (u64, u64, Vec<String>) {
+    let s = String::from_utf8_lossy(stdout);
+    let copies: Vec<String> = s
+        .lines()
+        .filter(|l| l.starts_with("copy "))
+        .map(String::from)
+        .collect();
+    let links = s.lines().filter(|l| l.starts_with("link ")).count() as u64;
+    (copies.len() as u64, links, copies)
+}
+
+#[test]
+fn a_dry_run_of_each_worker_covers_its_home_units_and_all_of_them_the_single_node_plan() {
+    let e = env();
+    let (code, _, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err}");
+    write(
+        &e.src.join("flat/n005 with space"),
+        b"changed since the backup",
+    );
+    write(
+        &e.src.join("deep/d2/s1/f04"),
+        b"changed too, and longer than before",
+    );
+    write(&e.src.join("deep/d1/new file"), b"new");
+    let before = store_listing(&e.dest);
+    let single = snapring(
+        &[
+            "backup".as_ref(),
+            "--dry-run".as_ref(),
+            "--source".as_ref(),
+            e.src.as_os_str(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+        ],
+        &[("SNAPRING_CATALOG", "off")],
+    );
+    assert_eq!(single.status.code(), Some(0), "{}", text(&single));
+    let (copies, links, _) = plan_lines(&single.stdout);
+    assert_eq!(copies, 3, "{}", text(&single));
+    let (mut c, mut l, mut lines, mut units) = (0, 0, Vec::new(), 0);
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let o = worker(
+            &e,
+            &["--dry-run", "--shard", &shard, "--run-id", "dry"],
+            &[],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains(&format!("worker {i}/3"))
+                && out.contains("cut from manifest")
+                && out.contains("nothing written"),
+            "{out}"
+        );
+        // Each worker plans its home units; the rotation finalize would make is there.
+        assert!(out.contains("publish daily.0"), "{out}");
+        let (ci, li, ls) = plan_lines(&o.stdout);
+        c += ci;
+        l += li;
+        lines.extend(ls);
+        let j: serde_json::Value = {
+            let o = worker(
+                &e,
+                &["--dry-run", "--json", "--shard", &shard, "--run-id", "dry"],
+                &[],
+            )
+            .output()
+            .unwrap();
+            serde_json::from_slice(&o.stdout).unwrap()
+        };
+        units += j["dry_run"]["units"].as_array().unwrap().len();
+        assert_eq!(j["dry_run"]["copies"], ci);
+    }
+    // Together the workers' home units are the whole tree: the same copies and links
+    // as the single-node plan, each changed file in exactly one worker's plan.
+    assert_eq!((c, l), (copies, links));
+    // (Paths escaped, as plans print them.)
+    for p in [
+        "flat/n005%20with%20space",
+        "deep/d2/s1/f04",
+        "deep/d1/new%20file",
+    ] {
+        let n = lines
+            .iter()
+            .filter(|x| x.starts_with(&format!("copy {p} (")))
+            .count();
+        assert_eq!(n, 1, "{p}: {lines:?}");
+    }
+    // Nothing written: no run directory, the store as it was.
+    assert!(!run_dir(&e, "dry").exists());
+    assert!(
+        store_listing(&e.dest) == before,
+        "a dry run changed the store"
+    );
+    // The home units of the three are every unit of the run's real cut.
+    assert_eq!(units, plan_units_of_cut(&e));
+}
+
+/// How many units a real run of 3 workers makes of `e`'s source (it writes its plan).
+fn plan_units_of_cut(e: &Env) -> usize {
+    for i in 0..3 {
+        let shard = format!("{i}/3");
+        let o = worker(e, &["--shard", &shard, "--run-id", "real"], &[])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    plan_units(e, "real").len()
+}

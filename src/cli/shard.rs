@@ -65,6 +65,33 @@ pub fn worker(
             return Ok(exit_of(&e));
         }
     };
+    if let Some(d) = &out.dry_run {
+        if json {
+            print::json(&serde_json::json!({
+                "run": spec.run_id,
+                "worker": spec.index,
+                "workers": spec.count,
+                "dry_run": d,
+            }))?;
+        } else {
+            outln!(
+                "dry run of shard run {} worker {}/{}: {} home units of {} (cut from {}): {} to copy, {} to link; nothing written (a real run's workers also take units left by others)",
+                spec.run_id,
+                spec.index,
+                spec.count,
+                d.units.len(),
+                d.units_total,
+                d.cut_from,
+                d.copies,
+                d.links
+            );
+        }
+        return Ok(if out.interrupted {
+            ExitCode::Incomplete
+        } else {
+            ExitCode::Complete
+        });
+    }
     if let Some(rep) = &mut out.finalized {
         if let Some(c) = catalog {
             record(rep, Some(&c.path), c.on_nfs);

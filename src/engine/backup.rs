@@ -643,7 +643,7 @@ fn stopped_message(window_ended: bool) -> String {
 }
 
 /// Prints a dry run's plan where the options say.
-fn print_plan(opts: &BackupOptions, plan: &Plan) {
+pub fn print_plan(opts: &BackupOptions, plan: &Plan) {
     let mut w = plan_sink(opts);
     let _ = write!(w, "{plan}");
     let _ = w.flush();

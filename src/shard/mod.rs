@@ -17,6 +17,7 @@
 //! errors with the exit code each maps to, and a parallel map for the other files. No
 //! I/O beyond reading the environment through the caller's function.
 
+pub mod dry;
 pub mod expire;
 pub mod finalize;
 pub mod plan;

@@ -63,6 +63,8 @@ pub struct Outcome {
     /// How the job's `pre_command` went (each worker runs it before it looks at the
     /// source).
     pub pre_command: Option<crate::report::HookOutcome>,
+    /// A dry run (`--dry-run`): what this worker's home units hold (`dry.rs`).
+    pub dry_run: Option<super::dry::DryRun>,
 }
 
 /// What one worker needs to build units.
@@ -86,11 +88,6 @@ struct Worker<'a> {
 
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
 pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Outcome, ShardError> {
-    if opts.dry_run {
-        return Err(ShardError::Usage(
-            "--dry-run cannot be combined with --shard".into(),
-        ));
-    }
     let t_start = Instant::now();
     opts.validate().map_err(|e| match e {
         Error::Config(m) => ShardError::Usage(m),
@@ -107,6 +104,9 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         opts
     };
     fsx::raise_fd_limit();
+    if opts.dry_run {
+        return super::dry::run(opts, spec, cancel);
+    }
     let mut out = Outcome {
         index: spec.index,
         run_id: spec.run_id.clone(),
@@ -453,19 +453,7 @@ fn make_plan(
     prev: Option<&Previous>,
 ) -> Result<(PlanFile, String), ShardError> {
     let t0 = Instant::now();
-    let (cut, sized_by) = match prev.and_then(|p| p.manifest.as_ref()) {
-        Some(m) => {
-            let sizes = ManifestSizes::read(m).ctx("read manifest", &m.mf_path)?;
-            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-            (plan::cut(&sizes, spec.count, cap), "manifest")
-        }
-        None => {
-            let fd = fsx::open_dir(source).ctx("open source", source)?;
-            let sizes = WalkSizes::walk(source.to_path_buf(), fd, opts.jobs);
-            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-            (plan::cut(&sizes, spec.count, cap), "walk")
-        }
-    };
+    let (cut, sized_by) = cut_source(opts, spec, source, prev)?;
     let plan = PlanFile {
         format: 1,
         run: spec.run_id.clone(),
@@ -494,6 +482,29 @@ fn make_plan(
         t0.elapsed().as_secs_f64()
     );
     Ok(rd.create_plan(&plan)?)
+}
+
+/// Sizes the source (from the previous snapshot's manifest, else by a walk of names)
+/// and cuts it for `spec.count` workers; also how it was sized.
+pub fn cut_source(
+    opts: &BackupOptions,
+    spec: &Spec,
+    source: &std::path::Path,
+    prev: Option<&Previous>,
+) -> Result<(Cut, &'static str), ShardError> {
+    Ok(match prev.and_then(|p| p.manifest.as_ref()) {
+        Some(m) => {
+            let sizes = ManifestSizes::read(m).ctx("read manifest", &m.mf_path)?;
+            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
+            (plan::cut(&sizes, spec.count, cap), "manifest")
+        }
+        None => {
+            let fd = fsx::open_dir(source).ctx("open source", source)?;
+            let sizes = WalkSizes::walk(source.to_path_buf(), fd, opts.jobs);
+            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
+            (plan::cut(&sizes, spec.count, cap), "walk")
+        }
+    })
 }
 
 /// Every worker of a run must back up the same source into the same label with the
