@@ -41,12 +41,33 @@ impl Gate {
 
     /// Waits for a permit; it is given back when the pass is dropped.
     fn enter(&self) -> Pass<'_> {
+        self.take();
+        Pass(self)
+    }
+
+    fn take(&self) {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
         while *free == 0 {
             free = self.cv.wait(free).unwrap_or_else(|e| e.into_inner());
         }
         *free -= 1;
-        Pass(self)
+    }
+
+    fn give(&self) {
+        *self.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.cv.notify_one();
+    }
+
+    /// Runs `wait` with the calling task's permit lent to the others: for a task that
+    /// blocks on another task's work (a name of a hard-linked inode waiting for its
+    /// first name's copy), so that the permits of a gate are never all held by
+    /// waiters. Only from within a task of a pool under this gate; `wait` must hold no
+    /// lock that a task needs (the permit is taken back after it returns).
+    pub fn lend<T>(&self, wait: impl FnOnce() -> T) -> T {
+        self.give();
+        let r = wait();
+        self.take();
+        r
     }
 }
 
@@ -55,8 +76,7 @@ struct Pass<'a>(&'a Gate);
 
 impl Drop for Pass<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        self.0.cv.notify_one();
+        self.0.give();
     }
 }
 
@@ -164,6 +184,41 @@ mod tests {
         });
         // Eight threads over 80 tasks of 2 ms: without the gate they run 8 at once.
         assert_eq!(peak.into_inner(), 3);
+    }
+
+    #[test]
+    fn a_task_that_lends_its_permit_while_waiting_lets_another_pool_run() {
+        let gate = Gate::new(1);
+        let cancel = AtomicBool::new(false);
+        let (started, flag) = (AtomicBool::new(false), AtomicBool::new(false));
+        let saw = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            // Pool A's one task takes the one permit and waits (up to 5 s) for pool
+            // B's task, which needs a permit to run.
+            s.spawn(|| {
+                run_gated(1, vec![()], &cancel, Some(&gate), |_, _| {
+                    started.store(true, Ordering::SeqCst);
+                    let t0 = std::time::Instant::now();
+                    gate.lend(|| {
+                        while !flag.load(Ordering::SeqCst)
+                            && t0.elapsed() < std::time::Duration::from_secs(5)
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(1));
+                        }
+                    });
+                    saw.store(flag.load(Ordering::SeqCst), Ordering::SeqCst);
+                })
+            });
+            while !started.load(Ordering::SeqCst) {
+                std::thread::yield_now();
+            }
+            s.spawn(|| {
+                run_gated(1, vec![()], &cancel, Some(&gate), |_, _| {
+                    flag.store(true, Ordering::SeqCst);
+                })
+            });
+        });
+        assert!(saw.into_inner(), "pool B ran only after pool A's wait");
     }
 
     #[test]

@@ -285,8 +285,9 @@ pub struct Counters {
     pub bytes_transferred: AtomicU64,
     pub problems: Mutex<Vec<Problem>>,
     pub problems_total: AtomicU64,
-    /// The run's bandwidth limit, shared by its workers (`--bwlimit`).
-    pub throttle: Option<crate::throttle::Throttle>,
+    /// The run's bandwidth limit, shared by its workers (`--bwlimit`; a shard
+    /// worker's units share one).
+    pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
 }
 
 impl Counters {

@@ -1286,16 +1286,25 @@ fn snapring_finalize_with_the_job_runs_its_post_command_and_notification_for_the
     let run = "byhand";
     let heard = e.dest.with_file_name("heard");
     let http = http_server();
-    let cfg = job_config(
-        &e,
-        &format!(
-            "post_command = [\"/bin/sh\", \"-c\", \"echo \\\"$SNAPRING_STATUS|$SNAPRING_RUN_ID|$SNAPRING_SNAPSHOT|$SNAPRING_SHARD_COUNT\\\" >> {}\"]\n\
+    // A job with no source of its own (its workers are given `--source`) and a
+    // folder: `finalize --config` needs neither `--source` nor `--folder`.
+    let cfg = e.dest.with_file_name("job.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\ndest = \"{}\"\nfolder = \"sub\"\n\
+             post_command = [\"/bin/sh\", \"-c\", \"echo \\\"$SNAPRING_STATUS|$SNAPRING_RUN_ID|$SNAPRING_SNAPSHOT|$SNAPRING_SHARD_COUNT\\\" >> {}\"]\n\
              notify = [\"hook\"]\nnotify_success = true\n\n[notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/n\"\n",
+            e.dest.display(),
             heard.display(),
             http.port
         ),
-    );
+    )
+    .unwrap();
     let cfg_s = cfg.to_string_lossy().into_owned();
+    // The backup file system is there; the job's folder in it is made by the run.
+    std::fs::create_dir(&e.dest).unwrap();
+    let store = e.dest.join("sub");
     // The finalizing worker dies before it publishes: nothing is heard of the run.
     let kids: Vec<Child> = (0..2)
         .map(|i| {
@@ -1310,9 +1319,17 @@ fn snapring_finalize_with_the_job_runs_its_post_command_and_notification_for_the
         })
         .collect();
     for k in kids {
-        k.wait_with_output().unwrap();
+        let o = k.wait_with_output().unwrap();
+        assert!(matches!(o.status.code(), None | Some(0)), "{}", text(&o));
     }
-    assert!(!run_dir(&e, run).join("finalized").exists());
+    assert!(store.join(".snapring/shards").join(run).is_dir());
+    assert!(
+        !store
+            .join(".snapring/shards")
+            .join(run)
+            .join("finalized")
+            .exists()
+    );
     assert!(!heard.exists());
     assert!(http.got.lock().unwrap().is_empty());
     // `snapring finalize --config` publishes it with the job's post command and
@@ -1321,7 +1338,11 @@ fn snapring_finalize_with_the_job_runs_its_post_command_and_notification_for_the
         let o = run_cmd(&e, "finalize", run, &["--config", &cfg_s], &[]);
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     }
-    check_snapshot(&e, "finalized by hand");
+    assert_same_tree(
+        &describe(&e.src),
+        &describe(&store.join("daily.0")),
+        "finalized by hand",
+    );
     assert_eq!(
         std::fs::read_to_string(&heard).unwrap(),
         "complete|byhand|daily.0|2\n"
@@ -1331,7 +1352,7 @@ fn snapring_finalize_with_the_job_runs_its_post_command_and_notification_for_the
     let body: serde_json::Value = serde_json::from_str(&got[0].1).unwrap();
     assert_eq!(body["status"], "complete");
     let record: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
+        &std::fs::read(store.join(format!(".snapring/runs/{run}.json"))).unwrap(),
     )
     .unwrap();
     assert_eq!(record["post_command"]["ok"], true, "{record}");
@@ -1474,4 +1495,95 @@ fn plan_units_of_cut(e: &Env) -> usize {
         assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     }
     plan_units(e, "real").len()
+}
+
+#[test]
+fn a_workers_bandwidth_limit_holds_for_the_units_it_builds_at_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    // Two directories of one 3 MiB file each: two units (the largest), built at once
+    // by a worker's two lanes.
+    for d in ["a", "b"] {
+        write(&src.join(d).join("big"), &vec![d.as_bytes()[0]; 3 << 20]);
+    }
+    let t0 = Instant::now();
+    let o = Command::new(bin())
+        .args(["backup", "--jobs", "4", "--bwlimit", "4MiB", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dest)
+        .args(["--shard", "0/1", "--run-id", "bw"])
+        .env("SNAPRING_CATALOG", "off")
+        .env_remove("SNAPRING_FAILPOINTS")
+        .output()
+        .unwrap();
+    let took = t0.elapsed();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // 6 MiB read and 6 MiB written at 4 MiB/s: 3 s through one bucket (less its
+    // 0.1 s burst). A bucket per unit let the two lanes go at twice the rate (about
+    // 2 s here, start and finalize included).
+    assert!(took >= Duration::from_millis(2600), "took {took:?}");
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/b/big")).unwrap().len(),
+        3 << 20
+    );
+}
+
+#[test]
+fn a_worker_stopped_while_it_only_waits_for_the_others_reports_nothing() {
+    let e = env();
+    let run = "waiting";
+    let heard = e.dest.with_file_name("heard");
+    let post = format!(
+        "sh -c 'echo \"$SNAPRING_STATUS ${{SNAPRING_SHARD_INDEX:-run}}\" >> {}'",
+        heard.display()
+    );
+    let pause = e.dest.with_file_name("pause");
+    let fp = format!("walk.copy=pause:{}@1", pause.display());
+    let with_post = |i: usize, vars: &[(&str, &str)]| {
+        let shard = format!("{i}/2");
+        worker(
+            &e,
+            &["--shard", &shard, "--run-id", run, "--post-command", &post],
+            vars,
+        )
+        .spawn()
+        .unwrap()
+    };
+    // Worker 1 holds a unit, held in its first copy; worker 0 backs up every other
+    // unit and then only waits for it.
+    let w1 = with_post(1, &[("SNAPRING_FAILPOINTS", fp.as_str())]);
+    wait_for(&pause);
+    let w0 = with_post(0, &[]);
+    let units = plan_units(&e, run).len();
+    let t0 = Instant::now();
+    while std::fs::read_dir(run_dir(&e, run).join("done"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+        < units - 1
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "worker 0 did not finish its part"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let pid = rustix::process::Pid::from_child(&w0);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let o = w0.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("held no unit"),
+        "{}",
+        text(&o)
+    );
+    // Nothing to report for it: no post command ran.
+    assert!(!heard.exists());
+    std::fs::remove_file(&pause).unwrap();
+    let o = w1.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, run);
+    check_snapshot(&e, "after a waiting worker was stopped");
+    assert_eq!(std::fs::read_to_string(&heard).unwrap(), "complete run\n");
 }

@@ -39,9 +39,10 @@ type Notify<'a> = (&'a [(String, NotifierConfig)], bool);
 
 /// One worker of a shard run. The job's `post_command` and notifications: the worker
 /// that finalizes the run runs and sends them for the run (as a single-node run does);
-/// a worker that fails (exit 1), or is interrupted, for its own part (its index and
-/// count in `SNAPRING_SHARD_INDEX`/`_COUNT`, its log in `SNAPRING_LOG`). A worker that
-/// just did its part, finds the store held by another run (exit 75, retried) or was
+/// a worker that fails (exit 1), or is interrupted while it builds units, for its own
+/// part (its index and count in `SNAPRING_SHARD_INDEX`/`_COUNT`, its log in
+/// `SNAPRING_LOG`). A worker that just did its part (or is stopped while it waits for
+/// the others), finds the store held by another run (exit 75, retried) or was
 /// called wrongly (exit 64, as a single-node run's usage errors) says nothing.
 pub fn worker(
     opts: &BackupOptions,
@@ -102,15 +103,19 @@ pub fn worker(
             env: vec![("SNAPRING_SHARD_COUNT", spec.count.to_string())],
         };
         snapring::job::conclude(opts, rep, &after, catalog, notify.0, notify.1);
-    } else if out.interrupted {
+    } else if out.interrupted && !out.left.is_empty() {
+        // Stopped holding nothing (it only waited for the others): nothing to report.
         let why = if out.window_ended {
             "the backup window ended"
         } else {
             "interrupted"
         };
         let msg = format!(
-            "shard worker {}/{} of run {}: {why}; its unit is resumed by a rerun with the same run id, or taken over when its lease lapses",
-            spec.index, spec.count, spec.run_id
+            "shard worker {}/{} of run {}: {why}; its units {} are resumed by a rerun with the same run id, or taken over when their lease lapses",
+            spec.index,
+            spec.count,
+            spec.run_id,
+            out.left.join(", ")
         );
         worker_ended(opts, spec, Status::Incomplete, msg, catalog, notify);
     }
@@ -137,6 +142,8 @@ pub fn worker(
         "the run is already finalized".into()
     } else if out.finalize_pending {
         "every unit is committed; finalize is left to the worker still holding the store (or run `snapring finalize`)".into()
+    } else if out.interrupted && out.left.is_empty() {
+        "stopped while it held no unit; the other workers finish the run".into()
     } else if out.interrupted && out.window_ended {
         "the backup window ended; this worker's unit is resumed by a rerun with the same run id, or taken over when its lease lapses"
             .into()
@@ -153,6 +160,8 @@ pub fn worker(
             "workers": spec.count,
             "committed": out.committed,
             "lost": out.lost,
+            "left": out.left,
+            "pre_command": out.pre_command,
             "interrupted": out.interrupted,
             "window_ended": out.window_ended,
             "already_finalized": out.already_finalized,
@@ -223,14 +232,33 @@ fn store_of(dest: &std::path::Path, folder: &Option<String>) -> anyhow::Result<P
     })
 }
 
-/// `snapring finalize`.
-/// What `snapring finalize --config FILE [--job NAME]` takes from the job: its
-/// options (post command, log), notifiers and catalog.
+/// What `snapring finalize --config FILE [--job NAME]` takes from the job: the job
+/// (its post command and log, resolved once the run's source is known), its store,
+/// notifiers and catalog.
 struct FinalizeJob {
-    opts: BackupOptions,
+    name: String,
+    job: snapring::config::JobConfig,
+    /// The job's store: `--dest`, and `--folder` or else the job's folder.
+    store: PathBuf,
     notifiers: Vec<(String, NotifierConfig)>,
     notify_success: bool,
     catalog: Option<CatalogTarget>,
+}
+
+impl FinalizeJob {
+    /// The job's options, for a run of `source`. A job whose workers were given
+    /// `--source` has none of its own: the run's (from its plan) stands in.
+    fn opts(&self, source: &std::path::Path) -> snapring::error::Result<BackupOptions> {
+        let flags = snapring::config::JobConfig {
+            dest: Some(self.store.clone()),
+            folder: None,
+            source: self.job.source.is_none().then(|| source.to_path_buf()),
+            ..Default::default()
+        };
+        let mut job = self.job.clone();
+        job.folder = None;
+        snapring::config::resolve(Some(self.name.clone()), Some(job), flags)
+    }
 }
 
 fn finalize_job(f: &FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<Option<FinalizeJob>> {
@@ -241,12 +269,7 @@ fn finalize_job(f: &FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     let (name, job) = cfg.pick(f.job.as_deref())?;
     let notifiers = cfg.notifiers_of(&name, &job)?;
     let notify_success = job.notify_success.unwrap_or(false);
-    let flags = snapring::config::JobConfig {
-        dest: Some(f.run.dest.clone()),
-        folder: f.run.folder.clone(),
-        ..Default::default()
-    };
-    let opts = snapring::config::resolve(Some(name), Some(job), flags)?;
+    let store = store_of(&f.run.dest, &f.run.folder.clone().or(job.folder.clone()))?;
     let catalog = cat
         .for_config(cfg.catalog.clone())
         .map(|path| CatalogTarget {
@@ -254,13 +277,16 @@ fn finalize_job(f: &FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
             on_nfs: cat.on_nfs,
         });
     Ok(Some(FinalizeJob {
-        opts,
+        name,
+        job,
+        store,
         notifiers,
         notify_success,
         catalog,
     }))
 }
 
+/// `snapring finalize`.
 pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let job = finalize_job(&f, cat)?;
     let a = f.run;
@@ -268,7 +294,11 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         errln!("snapring: {e}");
         return Ok(ExitCode::Usage);
     }
-    let root = store_of(&a.dest, &a.folder)?;
+    // With a job, its store: its `folder` unless `--folder` is given.
+    let root = match &job {
+        Some(j) => j.store.clone(),
+        None => store_of(&a.dest, &a.folder)?,
+    };
     if !root.join(".snapring").is_dir() {
         errln!("snapring: {} is not a snapring store", root.display());
         return Ok(ExitCode::Failed);
@@ -303,14 +333,20 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
                                 .to_string(),
                         )],
                     };
-                    snapring::job::conclude(
-                        &j.opts,
-                        &mut rep,
-                        &after,
-                        j.catalog.as_ref(),
-                        &j.notifiers,
-                        j.notify_success,
-                    );
+                    match j.opts(&rep.source) {
+                        Ok(opts) => snapring::job::conclude(
+                            &opts,
+                            &mut rep,
+                            &after,
+                            j.catalog.as_ref(),
+                            &j.notifiers,
+                            j.notify_success,
+                        ),
+                        Err(e) => errln!(
+                            "snapring: warning: the run is published, but job {}'s post command and notifications did not run: {e}",
+                            j.name
+                        ),
+                    }
                 }
                 None => record(&rep, cat.for_config(None).as_ref(), cat.on_nfs),
             }

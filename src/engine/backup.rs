@@ -147,7 +147,9 @@ pub fn backup_observed(
         observer.started(&store, &mut rep);
     }
     let counters = Arc::new(Counters {
-        throttle: opts.bwlimit.map(crate::throttle::Throttle::new),
+        throttle: opts
+            .bwlimit
+            .map(|r| Arc::new(crate::throttle::Throttle::new(r))),
         ..Counters::default()
     });
     let outcome = match recorded {

@@ -287,9 +287,17 @@ impl<'a, S: Sink> Walk<'a, S> {
                         map.insert(key, LinkState::Pending);
                         break;
                     }
-                    Some(LinkState::Pending) => {
-                        map = self.links_cv.wait(map).unwrap_or_else(|e| e.into_inner())
-                    }
+                    Some(LinkState::Pending) => match self.gate {
+                        // The first name's copy may be long: this task's permit goes
+                        // to the shard worker's other unit meanwhile (`jobs` names
+                        // of one inode would otherwise hold every permit). Taken back
+                        // with the map unlocked: the first name's task needs it.
+                        Some(g) => {
+                            g.lend(|| drop(self.links_cv.wait(map)));
+                            map = self.links.lock().unwrap_or_else(|e| e.into_inner());
+                        }
+                        None => map = self.links_cv.wait(map).unwrap_or_else(|e| e.into_inner()),
+                    },
                     Some(LinkState::Done(done)) => {
                         let (first, entry) = *done;
                         drop(map);

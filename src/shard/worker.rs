@@ -44,6 +44,9 @@ pub struct Outcome {
     pub committed: Vec<String>,
     /// Units this process built but another generation had claimed or committed.
     pub lost: Vec<String>,
+    /// Units it was building when it was stopped, left claimed (to a rerun of this
+    /// index, or to a takeover when the lease lapses).
+    pub left: Vec<String>,
     /// SIGTERM/SIGINT or the end of its backup window stopped it; its unit stays
     /// claimed until the lease runs out (a rerun takes its own claims over at once).
     pub interrupted: bool,
@@ -84,6 +87,8 @@ struct Worker<'a> {
     remote: bool,
     /// `--jobs` permits, shared by the walks of the units built at once ([`lanes`]).
     gate: crate::pool::Gate,
+    /// `--bwlimit`: one bucket for the worker, whatever units it builds at once.
+    throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
 }
 
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
@@ -208,6 +213,9 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         lease: super::state::lease(),
         remote: crate::concurrency::is_remote(&store.root),
         gate: crate::pool::Gate::new(opts.jobs.max(1)),
+        throttle: opts
+            .bwlimit
+            .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
     };
     tracing::info!(
         run = %spec.run_id, worker = spec.index, workers = spec.count, units = cut.units.len(),
@@ -641,6 +649,7 @@ fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
             let (r, o) = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             out.committed.extend(o.committed);
             out.lost.extend(o.lost);
+            out.left.extend(o.left);
             all = match (all, r) {
                 (Err(e), _) | (Ok(_), Err(e)) => Err(e),
                 (Ok(a), Ok(b)) => Ok(a && b),
@@ -779,6 +788,7 @@ fn claim_units<'s>(
         *current.unit.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let finished = built?;
         if ctx.cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
+            out.left.push(unit.id.clone());
             return Ok(false);
         }
         if finished && !current.lost.load(Ordering::Relaxed) {
@@ -845,7 +855,7 @@ fn build(
         .ctx("create manifest part in", rd.parts())?;
     let src_path = ctx.source.join(unit.dir.as_path());
     let counters = Counters {
-        throttle: ctx.opts.bwlimit.map(crate::throttle::Throttle::new),
+        throttle: ctx.throttle.clone(),
         ..Counters::default()
     };
     let src = match fsx::open_dir(&src_path) {
