@@ -1587,3 +1587,67 @@ fn a_worker_stopped_while_it_only_waits_for_the_others_reports_nothing() {
     check_snapshot(&e, "after a waiting worker was stopped");
     assert_eq!(std::fs::read_to_string(&heard).unwrap(), "complete run\n");
 }
+
+#[test]
+fn names_waiting_for_their_inodes_first_copy_leave_the_jobs_to_the_other_lane() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    // One inode with 8 names in 8 directories of one unit: the first name's copy is
+    // held, and the other names' tasks wait for it. Every other unit holds only
+    // symlinks (no copy to hold).
+    write(&src.join("big/s0/f"), b"the one inode");
+    for i in 1..8 {
+        std::fs::create_dir_all(src.join(format!("big/s{i}"))).unwrap();
+        std::fs::hard_link(src.join("big/s0/f"), src.join(format!("big/s{i}/f"))).unwrap();
+    }
+    for d in 0..30 {
+        let dir = src.join(format!("small{d:02}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        for l in 0..10 {
+            std::os::unix::fs::symlink("target", dir.join(format!("l{l}"))).unwrap();
+        }
+    }
+    let pause = t.path().join("pause");
+    let fp = format!("walk.copy=pause:{}@1", pause.display());
+    let w = Command::new(bin())
+        .args(["backup", "--jobs", "4", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dest)
+        .args(["--shard", "0/1", "--run-id", "lend"])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_FAILPOINTS", &fp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    // While the copy is held, the worker's other lane commits every other unit: the
+    // waiting names lend it their permits (held, they took all 4 and it stalled).
+    let rd = dest.join(".snapring/shards/lend");
+    let units = {
+        let p: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(rd.join("plan.json")).unwrap()).unwrap();
+        p["units"].as_array().unwrap().len()
+    };
+    assert!(units > 4, "{units} units");
+    let t0 = Instant::now();
+    let done = || {
+        std::fs::read_dir(rd.join("done"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    while done() < units - 1 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let committed = done();
+    std::fs::remove_file(&pause).unwrap();
+    let o = w.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(
+        committed,
+        units - 1,
+        "units committed while the copy was held"
+    );
+    assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "lend");
+}
