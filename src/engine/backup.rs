@@ -191,22 +191,46 @@ fn pre_command(opts: &BackupOptions, rep: &mut RunReport, cancel: &AtomicBool) -
     let Some(h) = opts.pre_command.as_ref().filter(|_| !opts.dry_run) else {
         return Ok(());
     };
-    let env = [
-        ("SNAPRING_RUN_ID", rep.id.clone()),
-        ("SNAPRING_JOB", rep.job.clone().unwrap_or_default()),
-        ("SNAPRING_SOURCE", rep.source.to_string_lossy().into_owned()),
-        ("SNAPRING_STORE", rep.store.to_string_lossy().into_owned()),
-    ];
-    let out = crate::hooks::run("pre_command", h, &env, b"", cancel);
-    let failed = out.error.clone();
+    let (out, r) = run_pre_command(
+        h,
+        [&rep.id, rep.job.as_deref().unwrap_or_default()],
+        [&rep.source, &rep.store],
+        &[],
+        "nothing was backed up or published (its output is in the run log)",
+        cancel,
+    );
     rep.pre_command = Some(out);
-    match failed {
+    r
+}
+
+/// Runs pre command `h` with `SNAPRING_RUN_ID` and `SNAPRING_JOB` (`ids`),
+/// `SNAPRING_SOURCE` and `SNAPRING_STORE` (`paths`) and `extra` in its environment:
+/// its outcome, and the run's error if it failed (`then`: what that means for the run).
+/// A single-node run and every shard worker run it so.
+pub fn run_pre_command(
+    h: &crate::hooks::Hook,
+    ids: [&str; 2],
+    paths: [&Path; 2],
+    extra: &[(&'static str, String)],
+    then: &str,
+    cancel: &AtomicBool,
+) -> (crate::report::HookOutcome, Result<()>) {
+    let mut env = vec![
+        ("SNAPRING_RUN_ID", ids[0].to_string()),
+        ("SNAPRING_JOB", ids[1].to_string()),
+        ("SNAPRING_SOURCE", paths[0].to_string_lossy().into_owned()),
+        ("SNAPRING_STORE", paths[1].to_string_lossy().into_owned()),
+    ];
+    env.extend(extra.iter().cloned());
+    let out = crate::hooks::run("pre_command", h, &env, b"", cancel);
+    let r = match &out.error {
         None => Ok(()),
         Some(e) => Err(Error::Hook(format!(
-            "pre_command {:?} failed: {e}; nothing was backed up or published (its output is in the run log)",
+            "pre_command {:?} failed: {e}; {then}",
             h.argv
         ))),
-    }
+    };
+    (out, r)
 }
 
 /// Unlocks the store, unless the walk was left behind on a stalled call: its workers

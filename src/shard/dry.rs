@@ -119,8 +119,7 @@ fn walk_home(
             .as_ref()
             .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
         let sink = PlanSink::new(prev_dir);
-        let spine_kids = cut.spine_children(&unit.dir);
-        let keep = move |n: &[u8]| unit.covers(n) && !spine_kids.contains(n);
+        let keep = cut.unit_names(unit);
         let walk = Walk::new(&counters, cancel, &excludes, manifest, &sink)
             .only_root_names(Box::new(keep));
         walk.run_at(src, src_meta, unit.dir.clone(), opts.jobs);

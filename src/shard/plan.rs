@@ -101,6 +101,13 @@ impl Cut {
             .collect()
     }
 
+    /// Which names of `unit.dir`'s listing the unit's walk takes: those in its range
+    /// that are not spine directories themselves (their own units cover them).
+    pub fn unit_names<'u>(&self, unit: &'u Unit) -> impl Fn(&[u8]) -> bool + Send + Sync + 'u {
+        let spine_kids = self.spine_children(&unit.dir);
+        move |n: &[u8]| unit.covers(n) && !spine_kids.contains(n)
+    }
+
     /// Worker `w`'s home units, in the order it takes them (largest first).
     pub fn home(&self, w: usize) -> Vec<&Unit> {
         let mut v: Vec<&Unit> = self.units.iter().filter(|u| u.home == w).collect();

@@ -271,27 +271,19 @@ fn pre_command(
     let Some(h) = &opts.pre_command else {
         return Ok(());
     };
-    let env = [
-        ("SNAPRING_RUN_ID", spec.run_id.clone()),
-        ("SNAPRING_JOB", opts.job.clone().unwrap_or_default()),
-        (
-            "SNAPRING_SOURCE",
-            opts.source.to_string_lossy().into_owned(),
-        ),
-        ("SNAPRING_STORE", store.root.to_string_lossy().into_owned()),
-        ("SNAPRING_SHARD_INDEX", spec.index.to_string()),
-        ("SNAPRING_SHARD_COUNT", spec.count.to_string()),
-    ];
-    let o = crate::hooks::run("pre_command", h, &env, b"", cancel);
-    let failed = o.error.clone();
+    let (o, r) = crate::engine::backup::run_pre_command(
+        h,
+        [&spec.run_id, opts.job.as_deref().unwrap_or_default()],
+        [&opts.source, &store.root],
+        &[
+            ("SNAPRING_SHARD_INDEX", spec.index.to_string()),
+            ("SNAPRING_SHARD_COUNT", spec.count.to_string()),
+        ],
+        "this worker claimed nothing (its output is in its log)",
+        cancel,
+    );
     out.pre_command = Some(o);
-    match failed {
-        None => Ok(()),
-        Some(e) => Err(ShardError::Failed(Error::Hook(format!(
-            "pre_command {:?} failed: {e}; this worker claimed nothing (its output is in its log)",
-            h.argv
-        )))),
-    }
+    Ok(r?)
 }
 
 /// The worker's own log file, `.snapring/logs/<run-id>.w<index>.log` (appended to by a
@@ -887,8 +879,7 @@ fn build(
     let sink = TreeSink::new(work_fd, prev_dir, resume, writer)
         .rooted_at(unit.dir.clone())
         .listing_prev(ctx.remote);
-    let spine_kids = ctx.cut.spine_children(&unit.dir);
-    let keep = move |n: &[u8]| unit.covers(n) && !spine_kids.contains(n);
+    let keep = ctx.cut.unit_names(unit);
     let manifest = ctx.prev.as_ref().and_then(|p| p.manifest.as_ref());
     let kept_from = ctx
         .prev
