@@ -118,6 +118,36 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
     Ok(Duration::from_secs(total))
 }
 
+/// Creates `path` with `bytes` as its complete content, only if it does not exist:
+/// written and flushed under a private name, then hard-linked to `path` (which fails if
+/// it exists, atomically, on local file systems and NFS alike). `false`: it existed.
+pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    // Private to this call: two threads of one process (a worker's two lanes) may race
+    // for the same name.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.{}.{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        std::process::id(),
+        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        hostname()
+    ));
+    {
+        use std::io::Write;
+        let mut f = create_private(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    let r = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    match r {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

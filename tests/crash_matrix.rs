@@ -189,6 +189,10 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.finalize.before_publish",
     "shard.finalize.after_publish",
     "shard.expire_piece",
+    // A shard run into a restic repository: tests/restic_shard.rs.
+    "shard.repo.before_commit",
+    "shard.repo.before_finalize",
+    "shard.repo.before_snapshot",
 ];
 
 /// One case's files: a source, a store, a catalog, a job config and a restore target.

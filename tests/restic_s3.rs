@@ -870,6 +870,124 @@ fn config_is_created_only_once() {
     assert_eq!(b.read_config().unwrap().as_deref(), Some(&b"first"[..]));
 }
 
+/// A shard run's files beside the repository (`shard::repository`): each is created
+/// once, by a conditional write (`If-None-Match: *`) that the server refuses when the
+/// key exists, and the loser is told so; a retry of a create that landed finds its own
+/// bytes; the rest are read, listed, replaced and removed.
+#[test]
+fn run_files_are_created_once_by_conditional_writes() {
+    use snapring::restic::backend::Backend;
+    let s = setup(NONE);
+    let b = lib_s3(&s, "runfiles");
+    let claim = "snapring/shards/r/claims/u0001.g1";
+    assert!(b.create_extra(claim, b"first").unwrap());
+    assert!(!b.create_extra(claim, b"second").unwrap());
+    assert_eq!(b.read_extra(claim).unwrap().as_deref(), Some(&b"first"[..]));
+    assert!(b.create_extra(claim, b"first").unwrap());
+    assert!(b.create_extra("snapring/shards/r/claims/u0002.g1", b"x").unwrap());
+    assert!(b.create_extra("snapring/shards/r/claims/sub/deeper", b"x").unwrap());
+    assert_eq!(
+        b.list_extra("snapring/shards/r/claims").unwrap(),
+        ["u0001.g1", "u0002.g1"]
+    );
+    assert!(b.list_extra("snapring/shards/none").unwrap().is_empty());
+    let beat = "snapring/shards/r/beats/u0001.g1";
+    b.put_extra(beat, b"1").unwrap();
+    b.put_extra(beat, b"2").unwrap();
+    assert_eq!(b.read_extra(beat).unwrap().as_deref(), Some(&b"2"[..]));
+    b.remove_extra(beat).unwrap();
+    assert_eq!(b.read_extra(beat).unwrap(), None);
+    b.remove_extra(beat).unwrap();
+}
+
+/// Three shard workers into one repository on S3: one snapshot, published once, each
+/// unit committed once (as objects under `snapring/shards/RUN/`), restored equal to
+/// the source.
+#[test]
+fn shard_workers_on_s3_make_one_snapshot() {
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    source(&src);
+    for d in 0..6 {
+        for f in 0..10 {
+            write(
+                &src.join(format!("d{d}/f{f}")),
+                format!("{d}/{f}\n").as_bytes(),
+            );
+        }
+    }
+    let dest = format!("s3://{BUCKET}/sharded");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let kids: Vec<std::process::Child> = (0..3)
+        .map(|i| {
+            let shard = format!("{i}/3");
+            s.command(&[
+                "backup",
+                "--source",
+                src.to_str().unwrap(),
+                "--dest",
+                &dest,
+                "--json",
+                "--jobs",
+                "2",
+                "--shard",
+                &shard,
+                "--run-id",
+                "s3run",
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    let reports: Vec<serde_json::Value> = kids
+        .into_iter()
+        .map(|k| {
+            let o = k.wait_with_output().unwrap();
+            assert_eq!(
+                o.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            serde_json::from_slice(&o.stdout).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        reports.iter().filter(|r| r["finalized"] == true).count(),
+        1,
+        "{reports:?}"
+    );
+    let list: serde_json::Value =
+        serde_json::from_str(&s.sr_ok(&["list", "--dest", &dest, "--json"])).unwrap();
+    let snaps = list.as_array().unwrap();
+    assert_eq!(snaps.len(), 1, "{list}");
+    assert!(reports.iter().all(|r| r["snapshot"] == snaps[0]["id"]));
+    let mut built: Vec<String> = reports
+        .iter()
+        .flat_map(|r| r["units"].as_array().unwrap().clone())
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    built.sort();
+    use snapring::restic::backend::Backend;
+    let done = lib_s3(&s, "sharded")
+        .list_extra("snapring/shards/s3run/done")
+        .unwrap();
+    assert!(done.len() >= 4, "{done:?}");
+    assert_eq!(built, done);
+    let to = s.t.path().join("restored");
+    s.sr_ok(&[
+        "restore",
+        "--dest",
+        &dest,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_same_tree(&describe(&src), &describe(&to), "a shard run on S3, restored");
+}
+
 /// A server answering every third request 503, or dropping every third connection:
 /// the whole cycle still completes, by retrying.
 #[test]

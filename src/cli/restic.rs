@@ -111,7 +111,10 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
             "require_mount",
         ),
         (a.bwlimit.is_some() || f.bwlimit.is_some(), "bwlimit"),
-        (is_shard_worker(a), "shard"),
+        (
+            is_shard_worker(a) && (a.with_atime || f.with_atime == Some(true)),
+            "with_atime",
+        ),
         (
             a.pre_command.is_some() || f.pre_command.is_some(),
             "pre_command",
@@ -164,6 +167,9 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         window,
         with_atime: a.with_atime || f.with_atime.unwrap_or(false),
     };
+    if is_shard_worker(a) {
+        return shard_worker(a, &job).map(Some);
+    }
     let catalog = cat
         .for_config(file_catalog)
         .map(|path| snapring::job::CatalogTarget {
@@ -192,6 +198,105 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         print_run(&r);
     }
     Ok(Some(ExitCode::from(r.status)))
+}
+
+/// One worker of a shard run into a repository (`shard::repository`): its report on
+/// stdout (`--json`: the JSON document), exit 0 once the run is published (2 if entries
+/// were left out), 3 when interrupted or out of its window, 75 when the repository is
+/// locked exclusively, 64 for a worker started with other parameters than the run's.
+fn shard_worker(a: &BackupArgs, job: &snapring::job::RepositoryJob) -> anyhow::Result<ExitCode> {
+    use snapring::shard::{self, repository};
+    let env = |k: &str| std::env::var(k).ok();
+    let spec = match shard::detect(a.shard.as_deref(), a.shards, a.run_id.as_deref(), &env) {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            print::errln!("snapring: --run-id names a shard run: give --shard I/N too (or the engine's index variable)");
+            return Ok(ExitCode::Usage);
+        }
+        Err(e) => {
+            print::errln!("snapring: {e}");
+            return Ok(ExitCode::Usage);
+        }
+    };
+    let mut repo = open(Path::new(&job.dest), job.password_file.as_deref())?;
+    let cancel = super::cancel_on_signal();
+    if let Some(w) = job.window {
+        let c = cancel.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(w);
+            c.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+    let opts = repository::Options {
+        source: job.source.clone(),
+        label: job.label.clone(),
+        retain: job.retain,
+        jobs: snapring::concurrency::resolve(job.jobs, &[&job.source]),
+        cancel,
+    };
+    let r = match repository::work(&mut repo, &spec, &opts) {
+        Ok(r) => r,
+        Err(e) => {
+            let code = match e.exit_code() {
+                64 => ExitCode::Usage,
+                75 => ExitCode::Retry,
+                _ => ExitCode::Failed,
+            };
+            if a.json {
+                print::json(&serde_json::json!({
+                    "run": spec.run_id, "worker": spec.index, "status": "failed",
+                    "message": e.to_string(), "exit_code": code.code()
+                }))?;
+            }
+            print::errln!("snapring: worker {} of run {}: {e}", spec.index, spec.run_id);
+            return Ok(code);
+        }
+    };
+    let code = match r.status.as_str() {
+        "complete" => ExitCode::Complete,
+        "partial" => ExitCode::Partial,
+        _ => ExitCode::Incomplete,
+    };
+    if a.json {
+        print::json(&r)?;
+    } else {
+        outln!(
+            "worker {}/{} of run {}: {}; units built: {}{}",
+            r.worker,
+            r.workers,
+            r.run,
+            r.status,
+            r.units.len(),
+            if r.units_refused.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} built again by another worker first)", r.units_refused.len())
+            }
+        );
+        if let Some(s) = &r.snapshot {
+            outln!(
+                "snapshot {} {}",
+                &s[..8.min(s.len())],
+                if r.finalized {
+                    "published by this worker"
+                } else {
+                    "published by another worker"
+                }
+            );
+        }
+        if let Some(t) = &r.totals {
+            outln!(
+                "run: {} units, {} files ({} unchanged, {} read, {}), {} left out",
+                t.units,
+                t.files,
+                t.files_unchanged,
+                t.files_read,
+                human(t.bytes_read),
+                t.problems.len()
+            );
+        }
+    }
+    Ok(code)
 }
 
 /// The human summary of a run into a repository.

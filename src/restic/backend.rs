@@ -57,6 +57,22 @@ pub trait Backend: Send + Sync {
     fn remove(&self, kind: Kind, id: &Id) -> Result<()>;
     /// The ids of every file of a kind, sorted (names that are not ids are left out).
     fn list(&self, kind: Kind) -> Result<Vec<Id>>;
+
+    /// snapring's own files beside restic's, under `snapring/` (a shard run's plan,
+    /// claims and commits, `shard::repository`): `rel` is relative to the repository's
+    /// root. restic leaves directories it does not know alone.
+    /// The file `rel`, or `None` if there is none.
+    fn read_extra(&self, rel: &str) -> Result<Option<Vec<u8>>>;
+    /// Creates `rel` with `bytes` only if nothing is there (an exclusive create; a
+    /// conditional `If-None-Match: *` write on S3); `false`: something was.
+    fn create_extra(&self, rel: &str, bytes: &[u8]) -> Result<bool>;
+    /// Writes `rel`, replacing what is there.
+    fn put_extra(&self, rel: &str, bytes: &[u8]) -> Result<()>;
+    /// The names of the files in the folder `rel` (one level), sorted; none if it does
+    /// not exist.
+    fn list_extra(&self, rel: &str) -> Result<Vec<String>>;
+    /// Removes `rel`; a file already gone is no error.
+    fn remove_extra(&self, rel: &str) -> Result<()>;
 }
 
 /// The path (object key) of a file relative to the repository's root, restic's layout.
@@ -192,6 +208,58 @@ impl Backend for Local {
         }
         out.sort();
         Ok(out)
+    }
+
+    fn read_extra(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let p = self.root.join(rel);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io_err("read", &p)(e)),
+        }
+    }
+
+    /// Written under a private name, then hard-linked to `rel` (which fails if it
+    /// exists, atomically, on local file systems and NFS alike).
+    fn create_extra(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        let p = self.root.join(rel);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        crate::util::create_exclusive(&p, bytes).map_err(io_err("create", &p))
+    }
+
+    fn put_extra(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let p = self.root.join(rel);
+        if let Some(dir) = p.parent() {
+            std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        }
+        crate::util::write_atomic(&p, bytes).map_err(io_err("write", &p))
+    }
+
+    fn list_extra(&self, rel: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = names_if_any(&self.root.join(rel))?
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    fn remove_extra(&self, rel: &str) -> Result<()> {
+        let p = self.root.join(rel);
+        match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &p)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The names in `dir`; none if it does not exist.
+fn names_if_any(dir: &Path) -> Result<Vec<String>> {
+    match std::fs::metadata(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        _ => read_names(dir),
     }
 }
 

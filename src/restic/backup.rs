@@ -83,7 +83,7 @@ pub struct BackupReport {
 }
 
 /// An entry left out of the snapshot, and why.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct EntryProblem {
     /// The entry relative to the source, `%XX`-escaped as in manifests.
     pub path: String,
@@ -199,6 +199,8 @@ pub fn snapshot_locked(
         root_tree: Mutex::default(),
         parent_root: parent.as_ref().map(|(_, p)| p.tree),
         with_atime: spec.with_atime,
+        root_names: None,
+        root_nodes: Mutex::default(),
     };
     let root_sub = Sub {
         node: None,
@@ -484,6 +486,10 @@ struct Run<'a> {
     parent_root: Option<Id>,
     /// Record real access times (else the mtime, as restic's default).
     with_atime: bool,
+    /// A shard unit's walk (`unit`): the names of the root it takes; the root's nodes
+    /// go to `root_nodes`, not into a tree.
+    root_names: Option<&'a (dyn Fn(&[u8]) -> bool + Sync)>,
+    root_nodes: Mutex<Option<Vec<Node>>>,
 }
 
 #[derive(Default)]
@@ -552,7 +558,21 @@ impl crate::traverse::Visitor for Run<'_> {
             None => self.root.clone(),
         };
         let names = match list(&path) {
-            Ok(n) => n,
+            Ok(mut n) => {
+                if let (None, Some(take)) = (parent, self.root_names) {
+                    n.retain(|name| take(name));
+                }
+                n
+            }
+            // A unit's directory gone since the plan: the unit has nothing.
+            Err(Error::Io { source, .. })
+                if parent.is_none()
+                    && self.root_names.is_some()
+                    && source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                *lock(&self.root_nodes) = Some(Vec::new());
+                return Opened::Skip;
+            }
             // The source itself must be readable.
             Err(e) if parent.is_none() => {
                 self.fail(e);
@@ -614,6 +634,10 @@ impl crate::traverse::Visitor for Run<'_> {
         // In the order workers finished them; `to_blob` sorts them by name, as restic's
         // trees are.
         let nodes = std::mem::take(&mut *lock(&dir.state.nodes));
+        if dir.parent.is_none() && self.root_names.is_some() {
+            *lock(&self.root_nodes) = Some(nodes);
+            return;
+        }
         // A failure has stopped the walk already (`save`).
         let Ok(id) = self.save(BlobType::Tree, &Tree { nodes }.to_blob()) else {
             return;
@@ -844,13 +868,39 @@ impl Run<'_> {
 
     /// Wraps the source's tree in one tree per ancestor directory, up to `/`, as
     /// restic records `restic backup /a/b` (a tree with `a`, holding `b`).
-    fn wrap(&self, comps: &[&OsStr], mut tree: Id) -> Result<Id> {
+    fn wrap(&self, comps: &[&OsStr], tree: Id) -> Result<Id> {
+        let w = Wrap {
+            repo: self.repo,
+            packer: self.packer,
+            names: &self.names,
+            with_atime: self.with_atime,
+            parent_root: self.parent_root,
+        };
+        w.wrap(comps, tree)
+    }
+}
+
+/// What wrapping a source's tree in its ancestors needs.
+pub struct Wrap<'a> {
+    pub repo: &'a Repo,
+    pub packer: &'a Packer,
+    pub names: &'a Names,
+    pub with_atime: bool,
+    /// The parent snapshot's whole tree, for the access times it recorded.
+    pub parent_root: Option<Id>,
+}
+
+impl Wrap<'_> {
+    /// Wraps the source's tree in one tree per ancestor directory (`comps`, from the
+    /// root), up to `/`, as restic records `restic backup /a/b` (a tree with `a`,
+    /// holding `b`).
+    pub fn wrap(&self, comps: &[&OsStr], mut tree: Id) -> Result<Id> {
         for i in (0..comps.len()).rev() {
             let dir: PathBuf = std::iter::once(OsStr::new("/"))
                 .chain(comps[..=i].iter().copied())
                 .collect();
             let md = std::fs::symlink_metadata(&dir).map_err(io_err("stat", &dir))?;
-            let mut node = base_node(comps[i].as_bytes(), &md, &self.names);
+            let mut node = base_node(comps[i].as_bytes(), &md, self.names);
             let prev = match self.parent_root {
                 Some(parent) if self.with_atime => dir_node(self.repo, parent, &comps[..=i])?,
                 _ => None,
@@ -861,5 +911,89 @@ impl Run<'_> {
             tree = self.packer.save(self.repo, BlobType::Tree, &t.to_blob())?;
         }
         Ok(tree)
+    }
+}
+
+/// The node of the directory at `path`, named `name`, from its `lstat` and extended
+/// attributes, its access time recorded as its modification time (restic's default);
+/// its subtree is the caller's to set (a shard run's spine directories).
+pub fn dir_node_at(path: &Path, name: &[u8], names: &Names) -> Result<Node> {
+    let md = std::fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+    let mut node = base_node(name, &md, names);
+    record_atime(false, &mut node, None);
+    node.extended_attributes = xattrs(path)?;
+    Ok(node)
+}
+
+/// One unit of a shard run (`shard::repository`): where it reads, which names of that
+/// directory it takes, the parent snapshot's tree of that directory.
+pub struct UnitSpec<'a> {
+    pub walk_root: PathBuf,
+    pub names: &'a (dyn Fn(&[u8]) -> bool + Sync),
+    pub parent_tree: Option<Id>,
+    pub cancel: Arc<AtomicBool>,
+    /// File-system calls in flight (resolved: not 0).
+    pub jobs: usize,
+}
+
+/// A unit backed up: the nodes of the names it took (each directory's subtree saved),
+/// its packs and index written; the counts and problems in `report`.
+pub struct UnitBuilt {
+    pub nodes: Vec<Node>,
+    pub report: BackupReport,
+}
+
+/// Backs one unit up with the same walk as a whole snapshot's, except that the unit's
+/// directory is not a tree of its own: finalize makes one tree of it from every unit's
+/// nodes. The packs and the index are written before this returns, so a commit that
+/// names the nodes points only at indexed blobs. `Error::Cancelled` on SIGINT/SIGTERM.
+pub fn unit(repo: &mut Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
+    let started = std::time::Instant::now();
+    let tables = repo.tables();
+    let packer = Packer::default();
+    let stop = AtomicBool::new(false);
+    let run = Run {
+        root: spec.walk_root.clone(),
+        repo: &*repo,
+        packer: &packer,
+        tables: &tables,
+        names: Names::load(),
+        cancel: spec.cancel.clone(),
+        stop: &stop,
+        fatal: Mutex::default(),
+        reuse: None,
+        counts: Counts::default(),
+        big_reads: Default::default(),
+        problems: Mutex::default(),
+        root_tree: Mutex::default(),
+        parent_root: None,
+        with_atime: false,
+        root_names: Some(spec.names),
+        root_nodes: Mutex::default(),
+    };
+    let root_sub = Sub {
+        node: None,
+        parent_tree: spec.parent_tree,
+    };
+    crate::traverse::walk(&run, root_sub, spec.jobs.max(1), &stop);
+    let walked = match lock(&run.fatal).take() {
+        Some(e) => Err(e),
+        None => match lock(&run.root_nodes).take() {
+            Some(nodes) if !stop.load(Ordering::Relaxed) => Ok(nodes),
+            _ => Err(Error::Cancelled),
+        },
+    };
+    let mut report = run.into_report();
+    match walked {
+        Ok(nodes) => {
+            report.added = packer.finish(repo)?;
+            report.count_uploads(0, 0);
+            report.duration_seconds = started.elapsed().as_secs_f64();
+            Ok(UnitBuilt { nodes, report })
+        }
+        Err(e) => {
+            let _ = packer.index_written(repo);
+            Err(e)
+        }
     }
 }

@@ -136,14 +136,26 @@ impl Repo {
 
     /// `save_json`, also returning the file's size (what was uploaded).
     pub fn save_json_len<T: Serialize>(&self, kind: Kind, value: &T) -> Result<(Id, u64)> {
+        let (id, sealed) = self.seal_json(value)?;
+        let len = sealed.len() as u64;
+        self.backend.write_vec(kind, &id, sealed)?;
+        Ok((id, len))
+    }
+
+    /// A JSON document as an unpacked file's bytes (`0x02 || zstd(JSON)`, encrypted)
+    /// and the id they would be saved under; nothing is written.
+    pub fn seal_json<T: Serialize>(&self, value: &T) -> Result<(Id, Vec<u8>)> {
         let json = serde_json::to_vec(value).expect("JSON serialises");
         let mut plain = vec![2u8];
         plain.extend(zstd::bulk::compress(&json, 3).map_err(io_err("compress", "JSON"))?);
         let sealed = self.key.seal(&plain);
-        let id = Id::hash(&sealed);
-        let len = sealed.len() as u64;
-        self.backend.write_vec(kind, &id, sealed)?;
-        Ok((id, len))
+        Ok((Id::hash(&sealed), sealed))
+    }
+
+    /// The JSON document in bytes `seal_json` made (`what` names them in errors).
+    pub fn open_json<T: serde::de::DeserializeOwned>(&self, sealed: &[u8], what: &str) -> Result<T> {
+        let plain = self.key.open(sealed, what)?;
+        decode_json(&plain, what)
     }
 
     /// A blob's plaintext, checked against its id. A tree comes from the local cache
@@ -442,7 +454,7 @@ impl Drop for OutGuard<'_> {
 }
 
 /// What a `Packer` wrote.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize, serde::Deserialize)]
 pub struct PackerStats {
     /// Pack files written, and their bytes.
     pub packs: u64,

@@ -576,6 +576,88 @@ impl Backend for S3 {
         out.dedup();
         Ok(out)
     }
+
+    fn read_extra(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.key(rel);
+        let what = format!("read {}", self.url_of(&key));
+        let resp = self.get(&key, vec![], &what)?;
+        match resp.status {
+            200 => Ok(Some(resp.body)),
+            404 => Ok(None),
+            _ => Err(self.failed(&what, &resp)),
+        }
+    }
+
+    /// A conditional write (`If-None-Match: *`): the server refuses it (412) when the
+    /// key exists, atomically. A retried PUT whose first try did land finds its own
+    /// bytes there.
+    fn create_extra(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
+        let key = self.key(rel);
+        let mut headers = self.options.headers(None);
+        headers.push(("if-none-match".into(), "*".into()));
+        for _ in 0..5 {
+            let resp = self.put(&key, bytes::Bytes::copy_from_slice(bytes), headers.clone())?;
+            match resp.status {
+                200 => return Ok(true),
+                412 => return Ok(self.read_extra(rel)?.as_deref() == Some(bytes)),
+                // Another conditional write of the key is in flight (AWS answers 409
+                // ConditionalRequestConflict): ask again.
+                409 => std::thread::sleep(std::time::Duration::from_millis(200)),
+                _ => return Err(self.failed(&format!("write {}", self.url_of(&key)), &resp)),
+            }
+        }
+        Ok(false)
+    }
+
+    fn put_extra(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        let key = self.key(rel);
+        let resp = self.put(
+            &key,
+            bytes::Bytes::copy_from_slice(bytes),
+            self.options.headers(None),
+        )?;
+        if resp.status != 200 {
+            return Err(self.failed(&format!("write {}", self.url_of(&key)), &resp));
+        }
+        Ok(())
+    }
+
+    fn list_extra(&self, rel: &str) -> Result<Vec<String>> {
+        let prefix = format!("{}/", self.key(rel));
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (keys, next) = self.list_page(&prefix, token.as_deref())?;
+            out.extend(keys.iter().filter_map(|k| {
+                let name = k.strip_prefix(&prefix)?;
+                (!name.is_empty() && !name.contains('/')).then(|| name.to_string())
+            }));
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
+    fn remove_extra(&self, rel: &str) -> Result<()> {
+        let key = self.key(rel);
+        let what = format!("remove {}", self.url_of(&key));
+        let r = Req {
+            method: reqwest::Method::DELETE,
+            key: Some(&key),
+            query: vec![],
+            headers: vec![],
+            body: bytes::Bytes::new(),
+        };
+        let resp = self.send(&r, &what)?;
+        match resp.status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.failed(&what, &resp)),
+        }
+    }
 }
 
 /// An error and its causes, `: `-separated (reqwest's own message hides the cause).

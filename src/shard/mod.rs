@@ -11,7 +11,9 @@
 //!   private directory, commit it exactly once, move it into the run's tree;
 //! - `finalize.rs`: merge the manifest parts, apply the spine's metadata, join hard-link
 //!   groups across units, publish through the store's journal exactly once;
-//! - `status.rs`: what `snapring status` shows.
+//! - `status.rs`: what `snapring status` shows;
+//! - `repository.rs`: the same run into a restic repository (state as objects beside
+//!   restic's files, claims by conditional writes, one snapshot made by finalize).
 //!
 //! This file: which worker this process is (flags or the engines' variables), the
 //! errors with the exit code each maps to, and a parallel map for the other files. No
@@ -21,6 +23,7 @@ pub mod dry;
 pub mod expire;
 pub mod finalize;
 pub mod plan;
+pub mod repository;
 pub mod sizes;
 pub mod state;
 pub mod status;

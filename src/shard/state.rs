@@ -17,7 +17,6 @@
 //!   units are moved in; `finalized`: the run's report, once published.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -468,34 +467,7 @@ pub fn touch(path: &Path) -> std::io::Result<()> {
     f.set_modified(SystemTime::now())
 }
 
-/// Creates `path` with `bytes` as its complete content, only if it does not exist:
-/// written and flushed under a private name, then hard-linked to `path` (which fails if
-/// it exists, atomically, on local file systems and NFS alike). `false`: it existed.
-pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
-    // Private to this call: two threads of one process (a worker's two lanes) may race
-    // for the same name.
-    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.{}.{}.{}.tmp",
-        path.file_name().unwrap_or_default().to_string_lossy(),
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-        crate::util::hostname()
-    ));
-    {
-        let mut f = crate::util::create_private(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    let r = std::fs::hard_link(&tmp, path);
-    let _ = std::fs::remove_file(&tmp);
-    match r {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e),
-    }
-}
+pub use crate::util::create_exclusive;
 
 #[cfg(test)]
 mod tests {

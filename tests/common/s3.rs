@@ -17,10 +17,14 @@ use std::time::Duration;
 pub const ACCESS_KEY: &str = "snapring-test";
 pub const SECRET_KEY: &str = "snapring-test-secret";
 
-/// s3s-fs with one fix: ListObjectsV2 with an empty `delimiter=` lists recursively, as
-/// AWS does (s3s-fs 0.14 takes it as a delimiter and lists nothing under `data/`;
-/// restic's S3 client sends it).
-pub struct Fs(s3s_fs::FileSystem);
+/// s3s-fs with two fixes:
+/// - ListObjectsV2 with an empty `delimiter=` lists recursively, as AWS does (s3s-fs
+///   0.14 takes it as a delimiter and lists nothing under `data/`; restic's S3 client
+///   sends it);
+/// - a conditional PutObject (`If-None-Match: *`) is atomic, as on AWS: s3s-fs checks
+///   that the key is free, then receives the body, so two such writes racing for a key
+///   would both succeed; here they take turns (a shard run's claims and commits).
+pub struct Fs(s3s_fs::FileSystem, tokio::sync::Mutex<()>);
 
 /// The `s3s::S3` impl of `Fs`: the methods listed are passed to s3s-fs as they are.
 macro_rules! delegating_impl {
@@ -35,6 +39,17 @@ macro_rules! delegating_impl {
                     self.0.$name(req).await
                 }
             )*
+
+            async fn put_object(
+                &self,
+                req: s3s::S3Request<s3s::dto::PutObjectInput>,
+            ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+                let _turn = match req.input.if_none_match {
+                    Some(_) => Some(self.1.lock().await),
+                    None => None,
+                };
+                self.0.put_object(req).await
+            }
 
             async fn list_objects_v2(
                 &self,
@@ -57,13 +72,12 @@ delegating_impl! {
     head_object: HeadObjectInput => HeadObjectOutput,
     list_buckets: ListBucketsInput => ListBucketsOutput,
     list_objects: ListObjectsInput => ListObjectsOutput,
-    put_object: PutObjectInput => PutObjectOutput,
 }
 
 /// The S3 service on the directory `root` (a bucket is a directory in it), taking the
 /// test's keys.
 pub fn service(root: &Path) -> s3s::service::S3Service {
-    let fs = Fs(s3s_fs::FileSystem::new(root).unwrap());
+    let fs = Fs(s3s_fs::FileSystem::new(root).unwrap(), Default::default());
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
     b.build()

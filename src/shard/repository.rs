@@ -1,0 +1,915 @@
+//! Scale-out into a restic repository (`--dest file://…` or `s3://…` with `--shard`):
+//! the hard-link store's plan and units (`plan.rs`), the run's state kept as snapring's
+//! own files in the repository, every one another worker may race for made by an
+//! exclusive create (`Backend::create_extra`: `link` on a file system, a conditional
+//! `If-None-Match: *` write on S3), each unit's nodes committed once, and a finalize
+//! that makes the spine directories' trees from the units' nodes and writes the run's
+//! one snapshot. Does I/O (the source, the repository).
+//!
+//! Under `snapring/shards/<run-id>/` (names of the source are sealed with the
+//! repository's key, as everything restic writes):
+//! - `plan`: the cut, the run's parameters, the parent snapshot (sealed JSON);
+//! - `claims/<unit>.g<generation>`: who works on a unit (a `Holder`, plain JSON); its
+//!   lease runs from the newer of its own time and that of
+//!   `beats/<unit>.g<generation>`, rewritten every third of the lease while the unit is
+//!   built; a claim past its lease, or of a process of this host that has exited, is
+//!   taken over by creating the next generation;
+//! - `done/<unit>`: the unit's commit (sealed JSON: the nodes of its names, its counts
+//!   and problems), written after its packs and index; the first commit of a unit is
+//!   the one kept, any later one (a stalled generation's, a duplicate worker's) is
+//!   refused by the exclusive create;
+//! - `claims/finalize.g<generation>`: who publishes (the first worker to find every
+//!   unit committed; the same lease and takeover);
+//! - `final`: the run's snapshot, its id and its sealed bytes, created *before* the
+//!   snapshot file: whoever finds `final` without that file writes those same bytes,
+//!   so a run makes one snapshot whatever crashes.
+//!
+//! Nothing is moved, unlike in the hard-link store: blobs are content-addressed, so a
+//! unit built twice leaves only unreferenced blobs, for `prune`. Hard links need no
+//! join either: restic's nodes carry their inode and device, and a restore links the
+//! names of one inode wherever they are.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use super::plan::{self, Cut, Unit};
+use super::state::{Holder, PlanFile, lease};
+use super::{ShardError, Spec};
+use crate::relpath::RelPath;
+use crate::restic::backend::{Backend, Kind};
+use crate::restic::backup::{EntryProblem, Names, UnitSpec, Wrap, dir_node_at};
+use crate::restic::pack::BlobType;
+use crate::restic::repo::{Packer, PackerStats, Repo};
+use crate::restic::snapshot::Snapshot;
+use crate::restic::tree::{Node, Tree};
+use crate::restic::{self, Id};
+
+/// The plan's format.
+const FORMAT: u32 = 1;
+
+/// The claim of finalizing the run (`claims/finalize.g<generation>`; unit ids are
+/// `u0000`…).
+const FINALIZE: &str = "finalize";
+
+/// What a worker backs up, and how.
+pub struct Options {
+    pub source: PathBuf,
+    pub label: String,
+    /// Keep the newest N snapshots of the label after the run (restic `forget
+    /// --keep-last N`), applied by the worker that publishes.
+    pub retain: Option<u32>,
+    /// File-system calls in flight while a unit is built (resolved: not 0).
+    pub jobs: usize,
+    /// Set by SIGINT/SIGTERM.
+    pub cancel: Arc<AtomicBool>,
+}
+
+/// A unit's figures, as its commit records them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UnitFigures {
+    pub files: u64,
+    pub dirs: u64,
+    pub files_unchanged: u64,
+    pub files_read: u64,
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    pub added: PackerStats,
+    pub seconds: f64,
+}
+
+/// `done/<unit>`.
+#[derive(Debug, Serialize, Deserialize)]
+struct UnitDone {
+    generation: u32,
+    worker: usize,
+    host: String,
+    pid: u32,
+    at: String,
+    /// BLAKE3 of the plan's plain JSON: every commit of a run is for the same plan.
+    plan: String,
+    nodes: Vec<Node>,
+    figures: UnitFigures,
+    problems: Vec<EntryProblem>,
+}
+
+/// `final`.
+#[derive(Debug, Serialize, Deserialize)]
+struct FinalFile {
+    snapshot: String,
+    /// The snapshot file's bytes (already encrypted), base64.
+    sealed: String,
+    worker: usize,
+    at: String,
+}
+
+/// One worker's share of the run, in the run's totals.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct WorkerTotals {
+    pub worker: usize,
+    pub units: u64,
+    pub files: u64,
+    pub bytes_read: u64,
+    pub seconds: f64,
+}
+
+/// The whole run's figures, summed over the committed units (by the worker that
+/// publishes).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct RunTotals {
+    pub units: u64,
+    pub files: u64,
+    pub dirs: u64,
+    pub files_unchanged: u64,
+    pub files_read: u64,
+    pub bytes_read: u64,
+    pub bytes_total: u64,
+    pub packs_added: u64,
+    pub bytes_added: u64,
+    pub problems: Vec<EntryProblem>,
+    pub per_worker: Vec<WorkerTotals>,
+}
+
+/// What one worker did (its `--json` output).
+#[derive(Debug, Default, Serialize)]
+pub struct WorkerReport {
+    pub run: String,
+    pub worker: usize,
+    pub workers: usize,
+    /// `complete`, `partial` (published, with entries left out), `incomplete`
+    /// (interrupted: the units it did not commit are left to a rerun).
+    pub status: String,
+    /// Units this worker committed.
+    pub units: Vec<String>,
+    /// Units it built whose commit another worker made first (its work is dropped).
+    pub units_refused: Vec<String>,
+    /// Whether this worker published the snapshot.
+    pub finalized: bool,
+    pub snapshot: Option<String>,
+    pub parent: Option<String>,
+    /// The run's figures (from the worker that published).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub totals: Option<RunTotals>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention: Option<restic::forget::ForgetReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retention_skipped: Option<String>,
+    pub duration_seconds: f64,
+}
+
+/// The run's files in the repository.
+struct State<'a> {
+    b: &'a dyn Backend,
+    base: String,
+}
+
+impl<'a> State<'a> {
+    fn new(b: &'a dyn Backend, run: &str) -> State<'a> {
+        State {
+            b,
+            base: format!("snapring/shards/{run}"),
+        }
+    }
+
+    fn key(&self, rel: &str) -> String {
+        format!("{}/{rel}", self.base)
+    }
+
+    fn claim_key(&self, unit: &str, generation: u32) -> String {
+        self.key(&format!("claims/{unit}.g{generation}"))
+    }
+
+    fn beat_key(&self, unit: &str, generation: u32) -> String {
+        self.key(&format!("beats/{unit}.g{generation}"))
+    }
+
+    fn done_key(&self, unit: &str) -> String {
+        self.key(&format!("done/{unit}"))
+    }
+
+    /// The newest generation claimed of each unit.
+    fn claim_gens(&self) -> restic::Result<BTreeMap<String, u32>> {
+        let mut out = BTreeMap::new();
+        for name in self.b.list_extra(&self.key("claims"))? {
+            let Some((unit, g)) = name.rsplit_once(".g") else {
+                continue;
+            };
+            let Ok(g) = g.parse::<u32>() else { continue };
+            let e = out.entry(unit.to_string()).or_insert(g);
+            *e = (*e).max(g);
+        }
+        Ok(out)
+    }
+
+    /// Who holds a claim, and when its lease was last renewed.
+    fn claim_at(&self, unit: &str, generation: u32) -> restic::Result<Option<(Holder, SystemTime)>> {
+        let Some(bytes) = self.b.read_extra(&self.claim_key(unit, generation))? else {
+            return Ok(None);
+        };
+        let Ok(holder) = serde_json::from_slice::<Holder>(&bytes) else {
+            return Ok(None);
+        };
+        let mut at = parse_at(&holder.at);
+        if let Some(beat) = self.b.read_extra(&self.beat_key(unit, generation))?
+            && let Ok(h) = serde_json::from_slice::<Holder>(&beat)
+        {
+            at = at.max(parse_at(&h.at));
+        }
+        Ok(Some((holder, at)))
+    }
+
+    fn claim(&self, unit: &str, generation: u32, worker: usize) -> restic::Result<bool> {
+        let body = serde_json::to_vec(&Holder::me(worker)).expect("a claim serializes");
+        self.b.create_extra(&self.claim_key(unit, generation), &body)
+    }
+
+    fn done(&self) -> restic::Result<BTreeSet<String>> {
+        Ok(self
+            .b
+            .list_extra(&self.key("done"))?
+            .into_iter()
+            .collect())
+    }
+
+    fn read_final(&self) -> restic::Result<Option<FinalFile>> {
+        let Some(bytes) = self.b.read_extra(&self.key("final"))? else {
+            return Ok(None);
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| restic::corrupt(self.key("final"), e))
+    }
+}
+
+/// A holder's time; the epoch when it cannot be read (so the claim counts as old).
+fn parse_at(at: &str) -> SystemTime {
+    chrono::DateTime::parse_from_rfc3339(at)
+        .map(SystemTime::from)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+fn failed(e: restic::Error) -> ShardError {
+    ShardError::Failed(crate::error::Error::Repository(e.to_string()))
+}
+
+/// One worker of a shard run into `repo`: makes or reads the plan, builds units (its
+/// home units first, then any nobody has started, then any whose claim is past its
+/// lease) until every unit is committed, and the worker that sees that publishes
+/// (`finalize`). Returns when the run is published, or on SIGINT/SIGTERM.
+pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport, ShardError> {
+    let started = Instant::now();
+    repo.check_writable().map_err(failed)?;
+    let source = std::fs::canonicalize(&opts.source).map_err(|e| {
+        ShardError::Failed(crate::error::Error::Repository(format!(
+            "cannot open the source {}: {e}",
+            opts.source.display()
+        )))
+    })?;
+    if !source.is_dir() {
+        return Err(ShardError::Usage(format!(
+            "the source {} is not a directory",
+            source.display()
+        )));
+    }
+    let lock = restic::lock::acquire(repo, false).map_err(|e| match &e {
+        restic::Error::Other(m) if m.starts_with("the repository is locked") => {
+            ShardError::Retry(m.clone())
+        }
+        _ => failed(e),
+    })?;
+    let backend = repo.backend.clone();
+    let st = State::new(backend.as_ref(), &spec.run_id);
+    let mut report = WorkerReport {
+        run: spec.run_id.clone(),
+        worker: spec.index,
+        workers: spec.count,
+        ..Default::default()
+    };
+    let (plan_file, plan_hash) = plan_of(repo, &st, spec, opts, &source)?;
+    let cut = plan_file
+        .cut()
+        .map_err(|e| failed(restic::corrupt(st.key("plan"), e)))?;
+    report.parent = plan_file.prev.clone();
+    let parent_tree = match &plan_file.prev {
+        Some(id) => {
+            let id = Id::parse(id).map_err(failed)?;
+            let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
+            let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+            restic::backup::descend(repo, snap.tree, &comps).map_err(failed)?
+        }
+        None => None,
+    };
+
+    // The lease of the unit being built is renewed by this thread.
+    let held: Arc<Mutex<Option<(String, u32)>>> = Arc::default();
+    let beating = Arc::new(AtomicBool::new(true));
+    let beat = {
+        let (held, beating, b, run) = (
+            held.clone(),
+            beating.clone(),
+            backend.clone(),
+            spec.run_id.clone(),
+        );
+        let worker = spec.index;
+        std::thread::spawn(move || {
+            let st = State::new(b.as_ref(), &run);
+            let every = lease() / 3;
+            let mut last = Instant::now();
+            while beating.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(100).min(every));
+                if last.elapsed() < every {
+                    continue;
+                }
+                last = Instant::now();
+                let now = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some((unit, g)) = now {
+                    let body = serde_json::to_vec(&Holder::me(worker)).expect("serializes");
+                    if let Err(e) = st.b.put_extra(&st.beat_key(&unit, g), &body) {
+                        tracing::warn!("cannot renew the claim of {unit}: {e}");
+                    }
+                }
+            }
+        })
+    };
+    let result = build_units(
+        repo,
+        &st,
+        spec,
+        opts,
+        &source,
+        &cut,
+        &plan_hash,
+        parent_tree,
+        &held,
+        &mut report,
+    )
+    .and_then(|all_done| match all_done {
+        true => publish(repo, &st, spec, opts, &held, |repo| {
+            finalize(repo, &st, &plan_file, &plan_hash, &cut, &source, spec)
+        }),
+        false => Ok(None),
+    });
+    beating.store(false, Ordering::Relaxed);
+    let _ = beat.join();
+    let Some(fin) = result? else {
+        report.status = "incomplete".into();
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        let _ = lock.release();
+        return Ok(report);
+    };
+    lock.release().map_err(failed)?;
+    report.snapshot = Some(fin.snapshot.clone());
+    report.finalized = fin.won;
+    report.status = match &fin.totals {
+        Some(t) if !t.problems.is_empty() => "partial",
+        _ => "complete",
+    }
+    .into();
+    report.totals = fin.totals;
+    if fin.won
+        && let Some(n) = opts.retain
+    {
+        let policy = restic::forget::Policy {
+            label: plan_file.label.clone(),
+            keep_last: n.max(1),
+            group: Some(fin.group),
+        };
+        match restic::lock::acquire(repo, true) {
+            Ok(ex) => {
+                report.retention =
+                    Some(restic::forget::forget_locked(repo, &policy).map_err(failed)?);
+                ex.release().map_err(failed)?;
+            }
+            Err(e) => report.retention_skipped = Some(e.to_string()),
+        }
+    }
+    report.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(report)
+}
+
+/// The run's plan: read, or made by this worker (a quick walk of the source for the
+/// weights) and created exclusively; a worker that loses the race reads the winner's.
+/// Its parameters must be this worker's.
+fn plan_of(
+    repo: &Repo,
+    st: &State<'_>,
+    spec: &Spec,
+    opts: &Options,
+    source: &Path,
+) -> Result<(PlanFile, String), ShardError> {
+    let read = || -> Result<Option<(PlanFile, String)>, ShardError> {
+        let Some(sealed) = st.b.read_extra(&st.key("plan")).map_err(failed)? else {
+            return Ok(None);
+        };
+        let p: PlanFile = repo
+            .open_json(&sealed, &st.key("plan"))
+            .map_err(failed)?;
+        let hash = blake3::hash(&serde_json::to_vec(&p).expect("serializes"))
+            .to_hex()
+            .to_string();
+        Ok(Some((p, hash)))
+    };
+    let (p, hash) = match read()? {
+        Some(x) => x,
+        None => {
+            let made = make_plan(repo, spec, opts, source)?;
+            let (_, sealed) = repo.seal_json(&made).map_err(failed)?;
+            st.b.create_extra(&st.key("plan"), &sealed)
+                .map_err(failed)?;
+            read()?.ok_or_else(|| failed(restic::Error::Other("the plan vanished".into())))?
+        }
+    };
+    if p.workers != spec.count {
+        return Err(ShardError::Usage(format!(
+            "run {}: its plan is for {} workers, this worker was started as one of {}",
+            spec.run_id, p.workers, spec.count
+        )));
+    }
+    if p.source != source || p.label != opts.label {
+        return Err(ShardError::Usage(format!(
+            "run {}: its plan backs up {} as {:?}, this worker was given {} as {:?}",
+            spec.run_id,
+            p.source.display(),
+            p.label,
+            source.display(),
+            opts.label
+        )));
+    }
+    Ok((p, hash))
+}
+
+/// A new plan: weights from a quick walk of the source, the newest snapshot of the
+/// same path and label as the parent.
+fn make_plan(
+    repo: &Repo,
+    spec: &Spec,
+    opts: &Options,
+    source: &Path,
+) -> Result<PlanFile, ShardError> {
+    let fd = rustix::fs::open(
+        source,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map_err(|e| {
+        ShardError::Failed(crate::error::Error::Repository(format!(
+            "cannot open the source {}: {e}",
+            source.display()
+        )))
+    })?;
+    let sizes = super::sizes::WalkSizes::walk(source.to_path_buf(), fd, opts.jobs.max(1));
+    let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
+    let cut = plan::cut(&sizes, spec.count, cap);
+    let path = source.to_string_lossy().into_owned();
+    let parent = restic::snapshot::load_all(repo)
+        .map_err(failed)?
+        .into_iter()
+        .filter(|(_, s)| s.paths == [path.as_str()] && s.tag("label") == Some(&opts.label))
+        .max_by(|a, b| a.1.time.cmp(&b.1.time));
+    Ok(PlanFile {
+        format: FORMAT,
+        run: spec.run_id.clone(),
+        workers: spec.count,
+        source: source.to_path_buf(),
+        label: opts.label.clone(),
+        retain: opts.retain.unwrap_or(0),
+        prev: parent.map(|(id, _)| id.hex()),
+        prev_run: None,
+        sized_by: "walk".into(),
+        created_at: crate::util::now_rfc3339(),
+        created_by: crate::util::hostname(),
+        cap: cut.cap,
+        spine: cut.spine.iter().map(RelPath::escaped).collect(),
+        units: PlanFile::units_of(&cut),
+    })
+}
+
+/// The next unit to claim, and its generation: a home unit nobody has claimed, else
+/// anyone's, largest first; else one whose claim is past its lease or whose holder
+/// is a process of this host that has exited (a retried worker takes its own units
+/// back at once).
+fn next_unit<'c>(
+    st: &State<'_>,
+    cut: &'c Cut,
+    me: usize,
+    done: &BTreeSet<String>,
+) -> restic::Result<Option<(&'c Unit, u32)>> {
+    let gens = st.claim_gens()?;
+    let open: Vec<&Unit> = cut
+        .units
+        .iter()
+        .filter(|u| !done.contains(&u.id))
+        .collect();
+    let mut fresh: Vec<&Unit> = open
+        .iter()
+        .copied()
+        .filter(|u| !gens.contains_key(&u.id))
+        .collect();
+    fresh.sort_by(|a, b| {
+        (b.home == me)
+            .cmp(&(a.home == me))
+            .then(b.weight.cmp(&a.weight))
+            .then(a.id.cmp(&b.id))
+    });
+    if let Some(u) = fresh.first() {
+        return Ok(Some((u, 1)));
+    }
+    for u in open {
+        let g = gens[&u.id];
+        match st.claim_at(&u.id, g)? {
+            Some((h, at)) => {
+                if past_lease(at) || h.is_dead_here() {
+                    return Ok(Some((u, g + 1)));
+                }
+            }
+            // Unreadable or gone: the next generation settles it.
+            None => return Ok(Some((u, g + 1))),
+        }
+    }
+    Ok(None)
+}
+
+/// Who finalizes: the worker that claims `finalize` (a claim like a unit's, with its
+/// lease, taken over the same way when its holder stalls or dies), so that normally one
+/// worker builds the spine's trees; `final` still settles a race. Waits for the
+/// holder's `final` otherwise. `None` on SIGINT/SIGTERM.
+fn publish(
+    repo: &mut Repo,
+    st: &State<'_>,
+    spec: &Spec,
+    opts: &Options,
+    held: &Mutex<Option<(String, u32)>>,
+    finalize: impl Fn(&mut Repo) -> Result<Finalized, ShardError>,
+) -> Result<Option<Finalized>, ShardError> {
+    let poll = (lease() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        if st.read_final().map_err(failed)?.is_some() {
+            return finalize(repo).map(Some);
+        }
+        if opts.cancel.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        let g = match st.claim_gens().map_err(failed)?.get(FINALIZE) {
+            None => 1,
+            Some(&g) => match st.claim_at(FINALIZE, g).map_err(failed)? {
+                Some((h, at)) if !h.is_dead_here() && !past_lease(at) => {
+                    std::thread::sleep(poll);
+                    continue;
+                }
+                _ => g + 1,
+            },
+        };
+        if !st.claim(FINALIZE, g, spec.index).map_err(failed)? {
+            continue;
+        }
+        *held.lock().unwrap_or_else(|e| e.into_inner()) = Some((FINALIZE.to_string(), g));
+        crate::failpoint::hit("shard.repo.before_finalize").map_err(|e| {
+            ShardError::Failed(crate::error::Error::Repository(format!("finalize: {e}")))
+        })?;
+        let r = finalize(repo);
+        *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        return r.map(Some);
+    }
+}
+
+/// Whether a lease renewed at `at` has run out.
+fn past_lease(at: SystemTime) -> bool {
+    SystemTime::now()
+        .duration_since(at)
+        .is_ok_and(|d| d > lease())
+}
+
+/// Builds units until every unit is committed (`true`) or SIGINT/SIGTERM (`false`).
+#[allow(clippy::too_many_arguments)]
+fn build_units(
+    repo: &mut Repo,
+    st: &State<'_>,
+    spec: &Spec,
+    opts: &Options,
+    source: &Path,
+    cut: &Cut,
+    plan_hash: &str,
+    parent_tree: Option<Id>,
+    held: &Mutex<Option<(String, u32)>>,
+    report: &mut WorkerReport,
+) -> Result<bool, ShardError> {
+    let poll = (lease() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    loop {
+        if opts.cancel.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if st.read_final().map_err(failed)?.is_some() {
+            return Ok(true);
+        }
+        let done = st.done().map_err(failed)?;
+        if cut.units.iter().all(|u| done.contains(&u.id)) {
+            return Ok(true);
+        }
+        let Some((unit, g)) = next_unit(st, cut, spec.index, &done).map_err(failed)? else {
+            std::thread::sleep(poll);
+            continue;
+        };
+        if !st.claim(&unit.id, g, spec.index).map_err(failed)? {
+            continue;
+        }
+        *held.lock().unwrap_or_else(|e| e.into_inner()) = Some((unit.id.clone(), g));
+        let built = build_unit(repo, cut, unit, source, parent_tree, opts);
+        *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let (nodes, figures, problems) = match built {
+            Ok(b) => b,
+            Err(restic::Error::Cancelled) => return Ok(false),
+            Err(e) => return Err(failed(e)),
+        };
+        crate::failpoint::hit("shard.repo.before_commit").map_err(|e| {
+            ShardError::Failed(crate::error::Error::Repository(format!("commit {}: {e}", unit.id)))
+        })?;
+        let commit = UnitDone {
+            generation: g,
+            worker: spec.index,
+            host: crate::util::hostname(),
+            pid: std::process::id(),
+            at: crate::util::now_rfc3339(),
+            plan: plan_hash.to_string(),
+            nodes,
+            figures,
+            problems,
+        };
+        let (_, sealed) = repo.seal_json(&commit).map_err(failed)?;
+        if st
+            .b
+            .create_extra(&st.done_key(&unit.id), &sealed)
+            .map_err(failed)?
+        {
+            report.units.push(unit.id.clone());
+        } else {
+            report.units_refused.push(unit.id.clone());
+        }
+    }
+}
+
+type Built = (Vec<Node>, UnitFigures, Vec<EntryProblem>);
+
+/// One unit's walk: its nodes, figures and problems (named from the source's root).
+fn build_unit(
+    repo: &mut Repo,
+    cut: &Cut,
+    unit: &Unit,
+    source: &Path,
+    parent_tree: Option<Id>,
+    opts: &Options,
+) -> restic::Result<Built> {
+    let comps: Vec<&OsStr> = unit.dir.components().map(OsStr::from_bytes).collect();
+    let walk_root = if unit.dir.is_root() {
+        source.to_path_buf()
+    } else {
+        source.join(unit.dir.as_path())
+    };
+    let parent = match parent_tree {
+        Some(t) => restic::backup::descend(repo, t, &comps)?,
+        None => None,
+    };
+    let take = cut.unit_names(unit);
+    let built = restic::backup::unit(
+        repo,
+        UnitSpec {
+            walk_root,
+            names: &take,
+            parent_tree: parent,
+            cancel: opts.cancel.clone(),
+            jobs: opts.jobs,
+        },
+    )?;
+    let r = built.report;
+    let prefix = if unit.dir.is_root() {
+        String::new()
+    } else {
+        format!("{}/", unit.dir.escaped())
+    };
+    let problems = r
+        .problems
+        .into_iter()
+        .map(|mut p| {
+            p.path = format!("{prefix}{}", p.path);
+            p
+        })
+        .collect();
+    let figures = UnitFigures {
+        files: r.files,
+        dirs: r.dirs,
+        files_unchanged: r.files_unchanged,
+        files_read: r.files_read,
+        bytes_read: r.bytes_read,
+        bytes_total: r.bytes_total,
+        added: r.added,
+        seconds: r.duration_seconds,
+    };
+    Ok((built.nodes, figures, problems))
+}
+
+/// What finalize leaves.
+struct Finalized {
+    snapshot: String,
+    /// This process created `final`.
+    won: bool,
+    /// The run's figures (when this process read the commits).
+    totals: Option<RunTotals>,
+    group: restic::forget::Group,
+}
+
+/// Publishes the run: the spine directories' trees (deepest first) from the committed
+/// units' nodes and the spine's own metadata, the ancestors of the source, then
+/// `final`, then the snapshot file. A run already published only has its snapshot
+/// file written if a crash left it missing.
+fn finalize(
+    repo: &mut Repo,
+    st: &State<'_>,
+    plan_file: &PlanFile,
+    plan_hash: &str,
+    cut: &Cut,
+    source: &Path,
+    spec: &Spec,
+) -> Result<Finalized, ShardError> {
+    let group = restic::forget::Group {
+        hostname: plan_file.created_by.clone(),
+        paths: vec![source.to_string_lossy().into_owned()],
+    };
+    if let Some(f) = st.read_final().map_err(failed)? {
+        write_snapshot(repo, &f)?;
+        return Ok(Finalized {
+            snapshot: f.snapshot,
+            won: false,
+            totals: None,
+            group,
+        });
+    }
+    let commits = super::par_map(8, &cut.units, |u| -> Result<UnitDone, ShardError> {
+        let key = st.done_key(&u.id);
+        let sealed = st
+            .b
+            .read_extra(&key)
+            .map_err(failed)?
+            .ok_or_else(|| failed(restic::Error::Other(format!("{key} is missing"))))?;
+        let c: UnitDone = repo.open_json(&sealed, &key).map_err(failed)?;
+        if c.plan != plan_hash {
+            return Err(failed(restic::corrupt(&key, "made for another plan")));
+        }
+        Ok(c)
+    })
+    .into_iter()
+    .collect::<Result<Vec<_>, _>>()?;
+    let mut totals = RunTotals::default();
+    let mut per_worker: BTreeMap<usize, WorkerTotals> = BTreeMap::new();
+    let mut by_dir: BTreeMap<&RelPath, Vec<Node>> = BTreeMap::new();
+    for (u, c) in cut.units.iter().zip(commits) {
+        let f = &c.figures;
+        totals.units += 1;
+        totals.files += f.files;
+        totals.dirs += f.dirs;
+        totals.files_unchanged += f.files_unchanged;
+        totals.files_read += f.files_read;
+        totals.bytes_read += f.bytes_read;
+        totals.bytes_total += f.bytes_total;
+        totals.packs_added += f.added.packs;
+        totals.bytes_added += f.added.bytes + f.added.index_bytes;
+        totals.problems.extend(c.problems);
+        let w = per_worker.entry(c.worker).or_insert_with(|| WorkerTotals {
+            worker: c.worker,
+            ..Default::default()
+        });
+        w.units += 1;
+        w.files += f.files;
+        w.bytes_read += f.bytes_read;
+        w.seconds += f.seconds;
+        by_dir.entry(&u.dir).or_default().extend(c.nodes);
+    }
+    totals.per_worker = per_worker.into_values().collect();
+
+    let names = Names::load();
+    let packer = Packer::default();
+    let mut spine: Vec<&RelPath> = cut.spine.iter().collect();
+    spine.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    let mut made: BTreeMap<&RelPath, Node> = BTreeMap::new();
+    let mut root = None;
+    for d in spine {
+        let mut nodes = by_dir.remove(d).unwrap_or_default();
+        let kids: Vec<RelPath> = cut
+            .spine_children(d)
+            .into_iter()
+            .map(|n| d.join(&n))
+            .collect();
+        for k in &kids {
+            if let Some(n) = made.remove(k) {
+                nodes.push(n);
+            }
+        }
+        let id = packer
+            .save(repo, BlobType::Tree, &Tree { nodes }.to_blob())
+            .map_err(failed)?;
+        totals.dirs += 1;
+        if d.is_root() {
+            root = Some(id);
+            continue;
+        }
+        let path = source.join(d.as_path());
+        match dir_node_at(&path, d.file_name(), &names) {
+            Ok(mut n) => {
+                n.subtree = Some(id);
+                made.insert(d, n);
+            }
+            Err(e) => {
+                tracing::warn!("{d}: {e}; left out of the snapshot");
+                totals.problems.push(EntryProblem {
+                    path: d.escaped(),
+                    kind: "vanished".into(),
+                    action: "stat".into(),
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    let root = root.ok_or_else(|| failed(restic::corrupt(st.key("plan"), "no root")))?;
+    let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+    let wrap = Wrap {
+        repo: &*repo,
+        packer: &packer,
+        names: &names,
+        with_atime: false,
+        parent_root: None,
+    };
+    let tree = wrap.wrap(&comps, root).map_err(failed)?;
+    packer.finish(repo).map_err(failed)?;
+    let time = chrono::DateTime::parse_from_rfc3339(&plan_file.created_at)
+        .map(|t| t.with_timezone(&chrono::Local))
+        .unwrap_or_else(|_| chrono::Local::now());
+    let snap = Snapshot {
+        time: restic::go_time(time),
+        parent: plan_file.prev.as_deref().and_then(|p| Id::parse(p).ok()),
+        tree,
+        paths: group.paths.clone(),
+        hostname: group.hostname.clone(),
+        username: std::env::var("USER").unwrap_or_default(),
+        uid: rustix::process::getuid().as_raw(),
+        gid: rustix::process::getgid().as_raw(),
+        tags: vec![
+            "snapring".into(),
+            format!("label={}", plan_file.label),
+            format!("shard-run={}", plan_file.run),
+        ],
+        program_version: Some(format!("snapring {}", env!("CARGO_PKG_VERSION"))),
+        ..Default::default()
+    };
+    let (id, sealed) = repo.seal_json(&snap).map_err(failed)?;
+    let mine = FinalFile {
+        snapshot: id.hex(),
+        sealed: base64::engine::general_purpose::STANDARD.encode(&sealed),
+        worker: spec.index,
+        at: crate::util::now_rfc3339(),
+    };
+    let body = serde_json::to_vec(&mine).expect("serializes");
+    let won = st
+        .b
+        .create_extra(&st.key("final"), &body)
+        .map_err(failed)?;
+    let f = if won {
+        mine
+    } else {
+        st.read_final()
+            .map_err(failed)?
+            .ok_or_else(|| failed(restic::Error::Other("final vanished".into())))?
+    };
+    crate::failpoint::hit("shard.repo.before_snapshot").map_err(|e| {
+        ShardError::Failed(crate::error::Error::Repository(format!("write the snapshot: {e}")))
+    })?;
+    write_snapshot(repo, &f)?;
+    Ok(Finalized {
+        snapshot: f.snapshot,
+        won,
+        totals: won.then_some(totals),
+        group,
+    })
+}
+
+/// Writes the snapshot file `final` names, if it is not there (content-addressed: the
+/// same bytes whoever writes them).
+fn write_snapshot(repo: &Repo, f: &FinalFile) -> Result<(), ShardError> {
+    let id = Id::parse(&f.snapshot).map_err(failed)?;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&f.sealed)
+        .map_err(|e| failed(restic::corrupt("final", e)))?;
+    if Id::hash(&sealed) != id {
+        return Err(failed(restic::corrupt("final", "the snapshot's bytes do not match its id")));
+    }
+    if repo.backend.list(Kind::Snapshot).map_err(failed)?.contains(&id) {
+        return Ok(());
+    }
+    repo.backend
+        .write_vec(Kind::Snapshot, &id, sealed)
+        .map_err(failed)
+}

@@ -1,0 +1,460 @@
+//! Scale-out into a restic repository (`backup --dest file://… --shard I/N`,
+//! `shard::repository`, docs/scale-out.md): N worker processes named by the flags or
+//! the engines' variables make one snapshot; it restores equal to the source (modes,
+//! times, odd names, hard links across units, sparse and special files), its source
+//! tree is the very tree a single-node run makes, and `restic check --read-data` passes
+//! (when Debian's `restic` is installed). Then the attacks: a worker SIGKILLed before
+//! its commit, a worker SIGSTOPped past its lease and resumed after the run was
+//! published, crashes during finalize (before and after `final`), a duplicate worker
+//! for one index, an incremental run, a worker started with another count. Runs
+//! processes on real temp directories.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use common::restic::*;
+use common::*;
+use snapring::restic::{Id, backup::descend, repo::Repo, snapshot};
+
+struct Env {
+    t: tempfile::TempDir,
+    src: PathBuf,
+    repo: PathBuf,
+    url: String,
+}
+
+/// A source with one of everything (`odd_tree`) plus 12 directories of 25 files each,
+/// so the plan cuts it into many units, and a hard link between two of them.
+fn env() -> Env {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    odd_tree(&src);
+    for d in 0..12 {
+        for f in 0..25 {
+            write(
+                &src.join(format!("d{d:02}/sub/f{f}")),
+                format!("dir {d} file {f}\n").repeat(f + 1).as_bytes(),
+            );
+        }
+    }
+    std::fs::hard_link(src.join("d00/sub/f3"), src.join("d11/linked-to-d00")).unwrap();
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    let (code, _, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{err}");
+    Env { t, src, repo, url }
+}
+
+/// `snapring backup --json` of the source into the repository: `args` name the worker,
+/// `vars` are its environment (the engines' variables of the test's own are removed).
+fn worker(e: &Env, args: &[&str], vars: &[(&str, &str)]) -> Command {
+    let mut c = Command::new(bin());
+    c.args(["backup", "--json", "--jobs", "2", "--source"])
+        .arg(&e.src)
+        .args(["--dest", &e.url])
+        .args(args)
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env("XDG_CACHE_HOME", e.t.path().join("cache"))
+        .env_remove("SNAPRING_FAILPOINTS")
+        .env_remove("SNAPRING_SHARD_LEASE")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for v in [
+        "JOB_COMPLETION_INDEX",
+        "SLURM_ARRAY_TASK_ID",
+        "AWS_BATCH_JOB_ARRAY_INDEX",
+        "SNAPRING_RUN_ID",
+        "SNAPRING_SHARDS",
+    ] {
+        c.env_remove(v);
+    }
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c
+}
+
+fn spawn(e: &Env, i: usize, n: usize, run: &str, vars: &[(&str, &str)]) -> Child {
+    let shard = format!("{i}/{n}");
+    worker(e, &["--shard", &shard, "--run-id", run], vars)
+        .spawn()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A worker's JSON report, once it exited 0.
+fn report(o: &Output) -> serde_json::Value {
+    assert_eq!(o.status.code(), Some(0), "{}", text(o));
+    serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o)))
+}
+
+fn open(e: &Env) -> Repo {
+    Repo::open(&e.repo, PASSWORD.as_bytes()).unwrap()
+}
+
+/// The repository's snapshots.
+fn snapshots(e: &Env) -> Vec<(Id, snapshot::Snapshot)> {
+    snapshot::load_all(&open(e)).unwrap()
+}
+
+/// The tree of the source directory in snapshot `id` (under the ancestors' trees).
+fn source_tree(e: &Env, id: &Id) -> Id {
+    let repo = open(e);
+    let snap: snapshot::Snapshot = repo
+        .load_json(snapring::restic::backend::Kind::Snapshot, id)
+        .unwrap();
+    let src = std::fs::canonicalize(&e.src).unwrap();
+    let comps: Vec<&OsStr> = src.iter().skip(1).collect();
+    descend(&repo, snap.tree, &comps).unwrap().unwrap()
+}
+
+/// The run's files of one kind (`done`, `claims`), by name.
+fn run_files(e: &Env, run: &str, kind: &str) -> Vec<String> {
+    let dir = e.repo.join("snapring/shards").join(run).join(kind);
+    let mut v: Vec<String> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.map(|x| x.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| !n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Restores snapshot `id` with snapring and checks it equals the source.
+fn assert_restores_to_source(e: &Env, id: &str, to: &str) {
+    let to = e.t.path().join(to);
+    let (code, out, err) = sr(&[
+        "restore",
+        "--dest",
+        &e.url,
+        id,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_same_tree(
+        &describe(&e.src),
+        &describe(&to),
+        "a shard run's snapshot, restored",
+    );
+}
+
+fn units_of(r: &serde_json::Value, key: &str) -> Vec<String> {
+    r[key]
+        .as_array()
+        .unwrap_or_else(|| panic!("{key} in {r}"))
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn four_workers_make_one_snapshot_equal_to_the_source_and_to_a_single_node_runs() {
+    let e = env();
+    let run = "slurm-77";
+    // Worker 0 from the flags, 1 as a Kubernetes Indexed Job's pod, 2 as a Slurm array
+    // element (its run id from SLURM_ARRAY_JOB_ID), 3 as an AWS Batch array child.
+    let kids = vec![
+        spawn(&e, 0, 4, run, &[]),
+        worker(
+            &e,
+            &[],
+            &[
+                ("JOB_COMPLETION_INDEX", "1"),
+                ("SNAPRING_SHARDS", "4"),
+                ("SNAPRING_RUN_ID", run),
+            ],
+        )
+        .spawn()
+        .unwrap(),
+        worker(
+            &e,
+            &[],
+            &[
+                ("SLURM_ARRAY_TASK_ID", "12"),
+                ("SLURM_ARRAY_TASK_MIN", "10"),
+                ("SLURM_ARRAY_TASK_COUNT", "4"),
+                ("SLURM_ARRAY_JOB_ID", "77"),
+            ],
+        )
+        .spawn()
+        .unwrap(),
+        worker(
+            &e,
+            &["--shards", "4", "--run-id", run],
+            &[("AWS_BATCH_JOB_ARRAY_INDEX", "3")],
+        )
+        .spawn()
+        .unwrap(),
+    ];
+    let reports: Vec<serde_json::Value> = kids
+        .into_iter()
+        .map(|k| report(&k.wait_with_output().unwrap()))
+        .collect();
+    for (i, r) in reports.iter().enumerate() {
+        assert_eq!(r["worker"], i, "{r}");
+        assert_eq!(r["status"], "complete", "{r}");
+    }
+    // One snapshot, published by one worker, named alike by all.
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let id = snaps[0].0.hex();
+    assert!(reports.iter().all(|r| r["snapshot"] == id.as_str()));
+    let finalizers: Vec<_> = reports.iter().filter(|r| r["finalized"] == true).collect();
+    assert_eq!(finalizers.len(), 1, "{reports:?}");
+    // One worker claimed the finalize, once: the spine's trees were built once.
+    let claims = run_files(&e, run, "claims");
+    let fin: Vec<_> = claims.iter().filter(|c| c.starts_with("finalize")).collect();
+    assert_eq!(fin, ["finalize.g1"], "{claims:?}");
+    assert!(snaps[0].1.tags.contains(&format!("shard-run={run}")));
+    // Every unit committed exactly once, by the worker that reports it.
+    let done = run_files(&e, run, "done");
+    assert!(done.len() >= 8, "the tree is cut into units: {done:?}");
+    let mut built: Vec<String> = reports.iter().flat_map(|r| units_of(r, "units")).collect();
+    built.sort();
+    assert_eq!(built, done);
+    let totals = &finalizers[0]["totals"];
+    assert_eq!(totals["units"], done.len(), "{totals}");
+    assert_eq!(totals["per_worker"].as_array().unwrap().len(), 4, "{totals}");
+    assert_eq!(totals["problems"].as_array().unwrap().len(), 0, "{totals}");
+
+    assert_restores_to_source(&e, &id, "restored");
+    // Hard links across units come back as one inode.
+    let to = e.t.path().join("restored");
+    assert_eq!(
+        ino(&to.join("d00/sub/f3")),
+        ino(&to.join("d11/linked-to-d00"))
+    );
+    assert_eq!(ino(&to.join("links/a")), ino(&to.join("links/sub/c")));
+
+    // A single-node run of the same source makes the very same source tree.
+    let (code, single, err) = sr(&[
+        "backup",
+        "--source",
+        e.src.to_str().unwrap(),
+        "--dest",
+        &e.url,
+        "--label",
+        "single",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{single}\n{err}");
+    let single: serde_json::Value = serde_json::from_str(&single).unwrap();
+    let single_id = Id::parse(single["snapshot"].as_str().unwrap()).unwrap();
+    // It found the shard run's snapshot a valid parent: nothing read again.
+    assert_eq!(single["repository"]["files_read"], 0, "{single}");
+    assert_eq!(source_tree(&e, &snaps[0].0), source_tree(&e, &single_id));
+
+    if let Some(restic) = restic_binary("a shard run's repository") {
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+        let target = e.t.path().join("by-restic");
+        run_restic(
+            &restic,
+            &e.repo,
+            &["restore", &id, "--target", target.to_str().unwrap()],
+        );
+        let src = std::fs::canonicalize(&e.src).unwrap();
+        assert_same_tree(
+            &describe(&e.src),
+            &describe(&target.join(src.strip_prefix("/").unwrap())),
+            "restic restore of a shard run's snapshot",
+        );
+    }
+}
+
+#[test]
+fn a_worker_killed_before_its_commit_leaves_its_unit_to_the_others() {
+    let e = env();
+    let lease = [("SNAPRING_SHARD_LEASE", "2s")];
+    let kill = [
+        ("SNAPRING_SHARD_LEASE", "2s"),
+        ("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill"),
+    ];
+    let k1 = spawn(&e, 1, 3, "r", &kill);
+    let out1 = k1.wait_with_output().unwrap();
+    assert_eq!(out1.status.code(), None, "SIGKILLed: {}", text(&out1));
+    let claims = run_files(&e, "r", "claims");
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    assert!(run_files(&e, "r", "done").is_empty());
+    // The others take the dead worker's claim over at once (its process is gone).
+    let others: Vec<Child> = [0, 2].iter().map(|&i| spawn(&e, i, 3, "r", &lease)).collect();
+    let reports: Vec<serde_json::Value> = others
+        .into_iter()
+        .map(|k| report(&k.wait_with_output().unwrap()))
+        .collect();
+    let taken = claims[0].split_once(".g").unwrap().0.to_string();
+    assert!(
+        run_files(&e, "r", "claims").contains(&format!("{taken}.g2")),
+        "{taken} claimed again"
+    );
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+    let mut built: Vec<String> = reports.iter().flat_map(|r| units_of(r, "units")).collect();
+    built.sort();
+    assert_eq!(built, run_files(&e, "r", "done"));
+    assert!(built.contains(&taken));
+    // The retried worker finds the run published and exits 0, building nothing.
+    let retry = report(&spawn(&e, 1, 3, "r", &lease).wait_with_output().unwrap());
+    assert_eq!(retry["status"], "complete", "{retry}");
+    assert_eq!(retry["finalized"], false);
+    assert_eq!(retry["snapshot"], snaps[0].0.hex().as_str());
+    assert!(units_of(&retry, "units").is_empty(), "{retry}");
+    assert_eq!(snapshots(&e).len(), 1);
+}
+
+#[test]
+fn a_worker_stopped_past_its_lease_is_taken_over_and_its_late_commit_refused() {
+    let e = env();
+    let pause = e.t.path().join("paused");
+    let point = format!("shard.repo.before_commit=pause:{}", pause.display());
+    let stalled = spawn(
+        &e,
+        0,
+        2,
+        "r",
+        &[("SNAPRING_SHARD_LEASE", "2s"), ("SNAPRING_FAILPOINTS", &point)],
+    );
+    wait_for(&pause);
+    // Stopped with its unit built and not committed: its lease is no longer renewed.
+    let pid = rustix::process::Pid::from_raw(stalled.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let claims = run_files(&e, "r", "claims");
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let unit = claims[0].split_once(".g").unwrap().0.to_string();
+    let other = report(
+        &spawn(&e, 1, 2, "r", &[("SNAPRING_SHARD_LEASE", "2s")])
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(other["finalized"], true, "{other}");
+    assert!(units_of(&other, "units").contains(&unit), "{other}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    // Resumed after the run was published: its commit is refused, it publishes nothing.
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let out = stalled.wait_with_output().unwrap();
+    let late = report(&out);
+    assert_eq!(units_of(&late, "units_refused"), [unit.clone()], "{late}");
+    assert!(units_of(&late, "units").is_empty(), "{late}");
+    assert_eq!(late["finalized"], false);
+    assert_eq!(late["snapshot"], snaps[0].0.hex().as_str());
+    assert_eq!(snapshots(&e).len(), 1);
+    assert_eq!(
+        run_files(&e, "r", "done").len(),
+        units_of(&other, "units").len()
+    );
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
+#[test]
+fn a_crash_in_finalize_before_or_after_final_still_makes_exactly_one_snapshot() {
+    for (point, run) in [
+        ("shard.repo.before_finalize", "before"),
+        ("shard.repo.before_snapshot", "after"),
+    ] {
+        let e = env();
+        let fp = format!("{point}=kill");
+        let out = spawn(&e, 0, 1, run, &[("SNAPRING_FAILPOINTS", &fp)])
+            .wait_with_output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "{point}: {}", text(&out));
+        assert!(snapshots(&e).is_empty(), "{point}");
+        let final_file = e.repo.join("snapring/shards").join(run).join("final");
+        assert_eq!(final_file.exists(), run == "after", "{point}");
+        let again = report(&spawn(&e, 0, 1, run, &[]).wait_with_output().unwrap());
+        let snaps = snapshots(&e);
+        assert_eq!(snaps.len(), 1, "{point}");
+        assert_eq!(again["snapshot"], snaps[0].0.hex().as_str(), "{point}");
+        // After `final`, the rerun writes the snapshot `final` holds; it did not make it.
+        assert_eq!(again["finalized"], run == "before", "{point}: {again}");
+        assert!(units_of(&again, "units").is_empty(), "{point}: {again}");
+        assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+    }
+}
+
+#[test]
+fn two_workers_for_one_index_and_an_incremental_run() {
+    let e = env();
+    // Two processes for index 0 and one for index 1: one snapshot, each unit once.
+    let kids: Vec<Child> = [0, 0, 1].iter().map(|&i| spawn(&e, i, 2, "one", &[])).collect();
+    let reports: Vec<serde_json::Value> = kids
+        .into_iter()
+        .map(|k| report(&k.wait_with_output().unwrap()))
+        .collect();
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(
+        reports.iter().filter(|r| r["finalized"] == true).count(),
+        1,
+        "{reports:?}"
+    );
+    let mut built: Vec<String> = reports.iter().flat_map(|r| units_of(r, "units")).collect();
+    built.sort();
+    assert_eq!(built, run_files(&e, "one", "done"));
+    let first = snaps[0].0;
+
+    // The next run reads only the file that changed, from the first run's snapshot.
+    write(&e.src.join("d05/sub/f7"), b"changed since the first run\n");
+    let kids: Vec<Child> = (0..3).map(|i| spawn(&e, i, 3, "two", &[])).collect();
+    let reports: Vec<serde_json::Value> = kids
+        .into_iter()
+        .map(|k| report(&k.wait_with_output().unwrap()))
+        .collect();
+    let fin = reports
+        .iter()
+        .find(|r| r["finalized"] == true)
+        .unwrap_or_else(|| panic!("{reports:?}"));
+    assert_eq!(fin["parent"], first.hex().as_str(), "{fin}");
+    let t = &fin["totals"];
+    assert_eq!(t["files_read"], 1, "{t}");
+    assert_eq!(
+        t["files_unchanged"].as_u64().unwrap() + 1,
+        t["files"].as_u64().unwrap(),
+        "{t}"
+    );
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 2);
+    let second = snaps.iter().find(|(id, _)| *id != first).unwrap();
+    assert_eq!(second.1.parent, Some(first));
+    assert_restores_to_source(&e, &second.0.hex(), "restored");
+}
+
+#[test]
+fn a_worker_started_with_another_count_or_with_atime_is_refused() {
+    let e = env();
+    report(&spawn(&e, 0, 1, "r", &[]).wait_with_output().unwrap());
+    let out = spawn(&e, 1, 2, "r", &[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("plan is for 1 workers"),
+        "{}",
+        text(&out)
+    );
+    let out = worker(&e, &["--shard", "0/2", "--run-id", "x", "--with-atime"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("with_atime"),
+        "{}",
+        text(&out)
+    );
+    assert!(!e.repo.join("snapring/shards/x").exists());
+    assert_eq!(snapshots(&e).len(), 1);
+}
