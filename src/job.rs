@@ -318,7 +318,7 @@ pub fn run_repository(
     notify_success: bool,
     cancel: std::sync::Arc<AtomicBool>,
 ) -> RunReport {
-    use crate::report::{Problem, ProblemKind, RepositoryKpis, Status};
+    use crate::report::Status;
     use crate::restic;
     let id = crate::engine::backup::new_run_id();
     let log = catalog
@@ -403,75 +403,7 @@ pub fn run_repository(
         };
     }
     match outcome {
-        Ok(r) => {
-            rep.status = match r.status.as_str() {
-                "complete" => Status::Complete,
-                "partial" => Status::Partial,
-                _ => Status::Incomplete,
-            };
-            rep.message = match rep.status {
-                Status::Partial => format!("{} entries could not be backed up", r.problems.len()),
-                _ if !rep.message.is_empty() => rep.message.clone(),
-                Status::Incomplete => format!(
-                    "{}: no snapshot written; {} packs kept and indexed for the next run",
-                    if window_ended {
-                        "backup window ended"
-                    } else {
-                        "interrupted"
-                    },
-                    r.added.packs
-                ),
-                _ => String::new(),
-            };
-            let written = !r.snapshot.is_empty();
-            rep.snapshot = written.then(|| r.snapshot.clone());
-            rep.based_on = r.parent.clone();
-            rep.files_total = r.files;
-            rep.dirs_total = r.dirs;
-            rep.files_transferred = r.files_read;
-            rep.files_linked = r.files_unchanged;
-            rep.bytes_total = r.bytes_total;
-            rep.source_bytes = r.bytes_total;
-            rep.bytes_transferred = r.bytes_read;
-            rep.backup_bytes_added = r.bytes_uploaded;
-            rep.errors = r.problems.len() as u64;
-            rep.problems = r
-                .problems
-                .iter()
-                .map(|p| Problem {
-                    path: p.path.clone(),
-                    kind: if p.kind == "vanished" {
-                        ProblemKind::Vanished
-                    } else {
-                        ProblemKind::Unreadable
-                    },
-                    action: p.action.clone(),
-                    error: p.error.clone(),
-                })
-                .collect();
-            if let Some(f) = &r.retention {
-                rep.expired = f.plan.forgotten().map(|v| v.id.clone()).collect();
-            }
-            rep.repository = Some(RepositoryKpis {
-                snapshot_id: r.snapshot.clone(),
-                parent: r.parent.clone(),
-                files_read: r.files_read,
-                files_unchanged: r.files_unchanged,
-                bytes_read: r.bytes_read,
-                bytes_uploaded: r.bytes_uploaded,
-                objects_written: r.objects_written,
-                packs_written: r.added.packs,
-                data_blobs_added: r.added.data_blobs,
-                tree_blobs_added: r.added.tree_blobs,
-                dedup_ratio: r.dedup_ratio,
-                retention: r
-                    .retention
-                    .as_ref()
-                    .and_then(|f| serde_json::to_value(f).ok()),
-                retention_skipped: r.retention_skipped.clone(),
-                copied_from: copied.map(|(c, _)| c),
-            });
-        }
+        Ok(r) => fill_repository(&mut rep, &r, window_ended, copied.map(|(c, _)| c)),
         Err(e) => {
             rep.status = Status::Failed;
             rep.message = e.to_string();
@@ -513,6 +445,204 @@ pub fn run_repository(
         crate::runlog::stop();
     }
     rep
+}
+
+/// One worker of a shard run into a repository (`shard::repository`) as a run: the
+/// worker that publishes records the run (its id is the shard run's) in the catalog,
+/// with the run's figures and each worker's, and sends the job's notifications (a
+/// failure always, success with `notify_success`); a worker that fails (exit 1), or is
+/// stopped while it builds a unit, tells the notifiers about its own part, unrecorded
+/// (the run's record is the publisher's). A worker that only waited, or found the
+/// repository locked (exit 75) or was started wrongly (exit 64), says nothing.
+pub fn run_repository_worker(
+    j: &RepositoryJob,
+    spec: &crate::shard::Spec,
+    catalog: Option<&CatalogTarget>,
+    notifiers: &[(String, notify::NotifierConfig)],
+    notify_success: bool,
+    cancel: std::sync::Arc<AtomicBool>,
+) -> Result<crate::shard::repository::WorkerReport, crate::shard::ShardError> {
+    use crate::report::{ShardSummary, Status, WorkerKpi};
+    use crate::restic;
+    use crate::shard::{ShardError, repository};
+    let started = std::time::Instant::now();
+    let window_ended = std::sync::Arc::new(AtomicBool::new(false));
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    if let Some(w) = j.window {
+        let (cancel, ended, done) = (cancel.clone(), window_ended.clone(), done.clone());
+        std::thread::spawn(move || {
+            crate::engine::progress::watch_window(started, w, &cancel, &ended, &done)
+        });
+    }
+    let failed =
+        |e: restic::Error| ShardError::Failed(crate::error::Error::Repository(e.to_string()));
+    let outcome = (|| {
+        let backend = restic::backend::from_dest(&j.dest).map_err(failed)?;
+        let password = restic::password::resolve(j.password_file.as_deref()).map_err(failed)?;
+        let mut repo = restic::repo::Repo::open_in(backend, &password).map_err(failed)?;
+        repo.use_user_cache();
+        drop(password);
+        let opts = repository::Options {
+            source: j.source.clone(),
+            label: j.label.clone(),
+            retain: j.retain,
+            jobs: crate::concurrency::resolve(j.jobs, &[&j.source]),
+            cancel,
+        };
+        repository::work(&mut repo, spec, &opts)
+    })();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let window_ended = window_ended.load(std::sync::atomic::Ordering::Relaxed);
+    let mut rep = repository_report(j, &spec.run_id);
+    let who = format!("worker {} of {}", spec.index, spec.count);
+    let record = match &outcome {
+        Ok(w) => match (&w.published, &w.interrupted_unit) {
+            (Some(r), _) => {
+                fill_repository(&mut rep, r, false, None);
+                if let Some(t) = &w.totals {
+                    rep.shards = Some(ShardSummary {
+                        workers: spec.count,
+                        units: t.units as usize,
+                        takeovers: t.takeovers,
+                        per_worker: t
+                            .per_worker
+                            .iter()
+                            .map(|p| WorkerKpi {
+                                index: p.worker,
+                                units: p.units as usize,
+                                files_total: p.files,
+                                files_transferred: p.files_read,
+                                bytes_transferred: p.bytes_read,
+                                seconds: p.seconds,
+                                ..Default::default()
+                            })
+                            .collect(),
+                        expired_by_finalize: 0,
+                    });
+                }
+                true
+            }
+            (None, Some(unit)) => {
+                rep.status = Status::Incomplete;
+                rep.message = format!(
+                    "{who}: {} while it built unit {unit}; the other workers or a rerun of this one build it",
+                    if window_ended {
+                        "backup window ended"
+                    } else {
+                        "interrupted"
+                    }
+                );
+                false
+            }
+            (None, None) => return outcome,
+        },
+        Err(e @ ShardError::Failed(_)) => {
+            rep.status = Status::Failed;
+            rep.message = format!("{who}: {e}");
+            false
+        }
+        Err(_) => return outcome,
+    };
+    let secs = started.elapsed().as_secs_f64();
+    rep.exit_code = rep.status.exit_code();
+    rep.finished_at = Some(crate::util::now_rfc3339());
+    rep.duration_seconds = secs;
+    rep.phases.walk_copy.seconds = secs;
+    rep.peak_rss_bytes = crate::util::peak_rss_bytes();
+    tracing::info!(
+        status = rep.status.as_str(),
+        run = %spec.run_id,
+        "shard run into a repository: {who}: {}",
+        rep.message
+    );
+    if !notifiers.is_empty() && notify::wanted(rep.status, notify_success) {
+        rep.notifications = notify::send_all(notifiers, &rep);
+    }
+    if record
+        && let Some(c) = catalog
+        && let Some(w) = crate::catalog::record_quietly(&c.path, c.on_nfs, &rep)
+    {
+        tracing::warn!("{w}");
+    }
+    outcome
+}
+
+/// A repository run's report filled in from the backup's: status and message, the
+/// figures and the repository's KPIs.
+fn fill_repository(
+    rep: &mut RunReport,
+    r: &crate::restic::backup::BackupReport,
+    window_ended: bool,
+    copied_from: Option<crate::report::CopiedFrom>,
+) {
+    use crate::report::{Problem, ProblemKind, RepositoryKpis, Status};
+    rep.status = match r.status.as_str() {
+        "complete" => Status::Complete,
+        "partial" => Status::Partial,
+        _ => Status::Incomplete,
+    };
+    rep.message = match rep.status {
+        Status::Partial => format!("{} entries could not be backed up", r.problems.len()),
+        _ if !rep.message.is_empty() => rep.message.clone(),
+        Status::Incomplete => format!(
+            "{}: no snapshot written; {} packs kept and indexed for the next run",
+            if window_ended {
+                "backup window ended"
+            } else {
+                "interrupted"
+            },
+            r.added.packs
+        ),
+        _ => String::new(),
+    };
+    let written = !r.snapshot.is_empty();
+    rep.snapshot = written.then(|| r.snapshot.clone());
+    rep.based_on = r.parent.clone();
+    rep.files_total = r.files;
+    rep.dirs_total = r.dirs;
+    rep.files_transferred = r.files_read;
+    rep.files_linked = r.files_unchanged;
+    rep.bytes_total = r.bytes_total;
+    rep.source_bytes = r.bytes_total;
+    rep.bytes_transferred = r.bytes_read;
+    rep.backup_bytes_added = r.bytes_uploaded;
+    rep.errors = r.problems.len() as u64;
+    rep.problems = r
+        .problems
+        .iter()
+        .map(|p| Problem {
+            path: p.path.clone(),
+            kind: if p.kind == "vanished" {
+                ProblemKind::Vanished
+            } else {
+                ProblemKind::Unreadable
+            },
+            action: p.action.clone(),
+            error: p.error.clone(),
+        })
+        .collect();
+    if let Some(f) = &r.retention {
+        rep.expired = f.plan.forgotten().map(|v| v.id.clone()).collect();
+    }
+    rep.repository = Some(RepositoryKpis {
+        snapshot_id: r.snapshot.clone(),
+        parent: r.parent.clone(),
+        files_read: r.files_read,
+        files_unchanged: r.files_unchanged,
+        bytes_read: r.bytes_read,
+        bytes_uploaded: r.bytes_uploaded,
+        objects_written: r.objects_written,
+        packs_written: r.added.packs,
+        data_blobs_added: r.added.data_blobs,
+        tree_blobs_added: r.added.tree_blobs,
+        dedup_ratio: r.dedup_ratio,
+        retention: r
+            .retention
+            .as_ref()
+            .and_then(|f| serde_json::to_value(f).ok()),
+        retention_skipped: r.retention_skipped.clone(),
+        copied_from,
+    });
 }
 
 /// A repository run's report as it starts (`running`).

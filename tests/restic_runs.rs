@@ -519,11 +519,12 @@ fn unreadable_entries_make_a_partial_repository_run_naming_them() {
     assert!(!to.join("d1/secret file").exists());
 }
 
-/// Shard runs write the hard-link store only: a worker told to back up into a repository
-/// (by `--shard` or by an engine's index variable) is refused before it reads anything,
-/// instead of each worker writing a snapshot of the whole source.
+/// An engine's index variable makes a backup into a repository a shard worker
+/// (`shard::repository`, tests/restic_shard.rs), as it does for the hard-link store: a
+/// Slurm array element alone builds every unit and publishes the run under the array's
+/// id; an index without a count is refused (exit 64) before anything is written.
 #[test]
-fn a_shard_worker_into_a_repository_is_refused() {
+fn an_engines_index_makes_a_repository_backup_a_shard_worker() {
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
     let catalog = t.path().join("catalog.db");
@@ -531,18 +532,23 @@ fn a_shard_worker_into_a_repository_is_refused() {
     let url = format!("file://{}", repo.display());
     let env = [("SNAPRING_PASSWORD", PASSWORD)];
     assert_eq!(cli(&catalog, &["init", "--dest", &url], &env).0, 0);
-    let base = ["backup", "--source", src.to_str().unwrap(), "--dest", &url];
-    let by_flag: Vec<&str> = base
-        .iter()
-        .copied()
-        .chain(["--shard", "0/2", "--run-id", "r1"])
-        .collect();
-    let (code, _, err) = cli(&catalog, &by_flag, &env);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("shard") && err.contains("not supported with a restic repository"),
-        "{err}"
-    );
+    let base = [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url,
+        "--json",
+    ];
+    let no_count = [
+        ("SNAPRING_PASSWORD", PASSWORD),
+        ("JOB_COMPLETION_INDEX", "0"),
+        ("SNAPRING_RUN_ID", "k1"),
+    ];
+    let (code, _, err) = cli(&catalog, &base, &no_count);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("number of workers"), "{err}");
+    assert!(!repo.join("snapring").exists());
     let slurm = [
         ("SNAPRING_PASSWORD", PASSWORD),
         ("SLURM_ARRAY_TASK_ID", "1"),
@@ -550,10 +556,16 @@ fn a_shard_worker_into_a_repository_is_refused() {
         ("SLURM_ARRAY_TASK_MIN", "1"),
         ("SLURM_ARRAY_JOB_ID", "77"),
     ];
-    let (code, _, err) = cli(&catalog, &base, &slurm);
-    assert_eq!(code, 1, "{err}");
-    assert!(err.contains("shard"), "{err}");
-    // Nothing was written: no snapshot in the repository.
+    let (code, r, err) = cli(&catalog, &base, &slurm);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        (r["run"].as_str(), r["worker"].as_u64()),
+        (Some("slurm-77"), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["finalized"], true, "{r}");
     let snaps = std::fs::read_dir(repo.join("snapshots")).unwrap().count();
-    assert_eq!(snaps, 0);
+    assert_eq!(snaps, 1);
+    let (status, kind, ..) = row(&catalog, "slurm-77");
+    assert_eq!((status.as_str(), kind.as_str()), ("complete", "backup"));
 }

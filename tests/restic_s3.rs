@@ -884,8 +884,14 @@ fn run_files_are_created_once_by_conditional_writes() {
     assert!(!b.create_extra(claim, b"second").unwrap());
     assert_eq!(b.read_extra(claim).unwrap().as_deref(), Some(&b"first"[..]));
     assert!(b.create_extra(claim, b"first").unwrap());
-    assert!(b.create_extra("snapring/shards/r/claims/u0002.g1", b"x").unwrap());
-    assert!(b.create_extra("snapring/shards/r/claims/sub/deeper", b"x").unwrap());
+    assert!(
+        b.create_extra("snapring/shards/r/claims/u0002.g1", b"x")
+            .unwrap()
+    );
+    assert!(
+        b.create_extra("snapring/shards/r/claims/sub/deeper", b"x")
+            .unwrap()
+    );
     assert_eq!(
         b.list_extra("snapring/shards/r/claims").unwrap(),
         ["u0001.g1", "u0002.g1"]
@@ -985,7 +991,11 @@ fn shard_workers_on_s3_make_one_snapshot() {
         "--to",
         to.to_str().unwrap(),
     ]);
-    assert_same_tree(&describe(&src), &describe(&to), "a shard run on S3, restored");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&to),
+        "a shard run on S3, restored",
+    );
 }
 
 /// A server answering every third request 503, or dropping every third connection:

@@ -218,7 +218,10 @@ fn four_workers_make_one_snapshot_equal_to_the_source_and_to_a_single_node_runs(
     assert_eq!(finalizers.len(), 1, "{reports:?}");
     // One worker claimed the finalize, once: the spine's trees were built once.
     let claims = run_files(&e, run, "claims");
-    let fin: Vec<_> = claims.iter().filter(|c| c.starts_with("finalize")).collect();
+    let fin: Vec<_> = claims
+        .iter()
+        .filter(|c| c.starts_with("finalize"))
+        .collect();
     assert_eq!(fin, ["finalize.g1"], "{claims:?}");
     assert!(snaps[0].1.tags.contains(&format!("shard-run={run}")));
     // Every unit committed exactly once, by the worker that reports it.
@@ -229,7 +232,11 @@ fn four_workers_make_one_snapshot_equal_to_the_source_and_to_a_single_node_runs(
     assert_eq!(built, done);
     let totals = &finalizers[0]["totals"];
     assert_eq!(totals["units"], done.len(), "{totals}");
-    assert_eq!(totals["per_worker"].as_array().unwrap().len(), 4, "{totals}");
+    assert_eq!(
+        totals["per_worker"].as_array().unwrap().len(),
+        4,
+        "{totals}"
+    );
     assert_eq!(totals["problems"].as_array().unwrap().len(), 0, "{totals}");
 
     assert_restores_to_source(&e, &id, "restored");
@@ -291,7 +298,10 @@ fn a_worker_killed_before_its_commit_leaves_its_unit_to_the_others() {
     assert_eq!(claims.len(), 1, "{claims:?}");
     assert!(run_files(&e, "r", "done").is_empty());
     // The others take the dead worker's claim over at once (its process is gone).
-    let others: Vec<Child> = [0, 2].iter().map(|&i| spawn(&e, i, 3, "r", &lease)).collect();
+    let others: Vec<Child> = [0, 2]
+        .iter()
+        .map(|&i| spawn(&e, i, 3, "r", &lease))
+        .collect();
     let reports: Vec<serde_json::Value> = others
         .into_iter()
         .map(|k| report(&k.wait_with_output().unwrap()))
@@ -327,7 +337,10 @@ fn a_worker_stopped_past_its_lease_is_taken_over_and_its_late_commit_refused() {
         0,
         2,
         "r",
-        &[("SNAPRING_SHARD_LEASE", "2s"), ("SNAPRING_FAILPOINTS", &point)],
+        &[
+            ("SNAPRING_SHARD_LEASE", "2s"),
+            ("SNAPRING_FAILPOINTS", &point),
+        ],
     );
     wait_for(&pause);
     // Stopped with its unit built and not committed: its lease is no longer renewed.
@@ -350,7 +363,7 @@ fn a_worker_stopped_past_its_lease_is_taken_over_and_its_late_commit_refused() {
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
     let out = stalled.wait_with_output().unwrap();
     let late = report(&out);
-    assert_eq!(units_of(&late, "units_refused"), [unit.clone()], "{late}");
+    assert_eq!(units_of(&late, "units_refused"), [unit], "{late}");
     assert!(units_of(&late, "units").is_empty(), "{late}");
     assert_eq!(late["finalized"], false);
     assert_eq!(late["snapshot"], snaps[0].0.hex().as_str());
@@ -392,7 +405,10 @@ fn a_crash_in_finalize_before_or_after_final_still_makes_exactly_one_snapshot() 
 fn two_workers_for_one_index_and_an_incremental_run() {
     let e = env();
     // Two processes for index 0 and one for index 1: one snapshot, each unit once.
-    let kids: Vec<Child> = [0, 0, 1].iter().map(|&i| spawn(&e, i, 2, "one", &[])).collect();
+    let kids: Vec<Child> = [0, 0, 1]
+        .iter()
+        .map(|&i| spawn(&e, i, 2, "one", &[]))
+        .collect();
     let reports: Vec<serde_json::Value> = kids
         .into_iter()
         .map(|k| report(&k.wait_with_output().unwrap()))
@@ -446,9 +462,13 @@ fn a_worker_started_with_another_count_or_with_atime_is_refused() {
         "{}",
         text(&out)
     );
-    let out = worker(&e, &["--shard", "0/2", "--run-id", "x", "--with-atime"], &[])
-        .output()
-        .unwrap();
+    let out = worker(
+        &e,
+        &["--shard", "0/2", "--run-id", "x", "--with-atime"],
+        &[],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("with_atime"),
@@ -457,4 +477,95 @@ fn a_worker_started_with_another_count_or_with_atime_is_refused() {
     );
     assert!(!e.repo.join("snapring/shards/x").exists());
     assert_eq!(snapshots(&e).len(), 1);
+}
+
+/// With a job's config: the worker that publishes records the run once in the catalog
+/// (its id the run's, with each worker's figures) and sends the job's notification
+/// once; a worker that fails tells the notifiers about its own part, unrecorded, and
+/// the others build its unit.
+#[test]
+fn the_publisher_records_and_notifies_the_run_once_and_a_failed_worker_its_part() {
+    let e = env();
+    let http = http_server();
+    let catalog = e.t.path().join("state/catalog.db");
+    let pw = e.t.path().join("pw");
+    write(&pw, PASSWORD.as_bytes());
+    let cfg = e.t.path().join("s.toml");
+    write(
+        &cfg,
+        format!(
+            "[job.offsite]\nsource = \"{}\"\ndest = \"{}\"\npassword_file = \"{}\"\n\
+             notify = [\"hook\"]\nnotify_success = true\n\n\
+             [notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/n\"\n",
+            e.src.display(),
+            e.url,
+            pw.display(),
+            http.port
+        )
+        .as_bytes(),
+    );
+    let kids: Vec<Child> = (0..3)
+        .map(|i| {
+            let shard = format!("{i}/3");
+            let mut c = Command::new(bin());
+            c.args(["--catalog", catalog.to_str().unwrap(), "backup", "--json"])
+                .args(["--config", cfg.to_str().unwrap()])
+                .args(["--shard", &shard, "--run-id", "nrun"])
+                .env("XDG_CACHE_HOME", e.t.path().join("cache"))
+                .env_remove("SNAPRING_PASSWORD")
+                .env_remove("SNAPRING_CATALOG")
+                .env_remove("SNAPRING_FAILPOINTS")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            if i == 1 {
+                c.env("SNAPRING_FAILPOINTS", "shard.repo.before_commit=error");
+            }
+            c.spawn().unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = kids
+        .into_iter()
+        .map(|k| k.wait_with_output().unwrap())
+        .collect();
+    assert_eq!(outs[1].status.code(), Some(1), "{}", text(&outs[1]));
+    report(&outs[0]);
+    report(&outs[2]);
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+
+    let mut got: Vec<serde_json::Value> = http
+        .got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, b)| serde_json::from_str(b).unwrap())
+        .collect();
+    got.sort_by_key(|b| b["status"].as_str().unwrap_or_default().to_string());
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert_eq!(got[0]["status"], "complete", "{got:?}");
+    assert_eq!(got[0]["run"], "nrun", "{got:?}");
+    assert_eq!(got[1]["status"], "failed", "{got:?}");
+    assert!(
+        got[1].to_string().contains("worker 1 of 3"),
+        "the failed worker names itself: {}",
+        got[1]
+    );
+
+    let c = rusqlite::Connection::open(&catalog).unwrap();
+    let rows: Vec<(String, String, Option<String>)> = c
+        .prepare("SELECT id, status, snapshot FROM runs")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        rows,
+        [(
+            "nrun".to_string(),
+            "complete".to_string(),
+            Some(snaps[0].0.hex())
+        )]
+    );
 }

@@ -167,15 +167,15 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         window,
         with_atime: a.with_atime || f.with_atime.unwrap_or(false),
     };
-    if is_shard_worker(a) {
-        return shard_worker(a, &job).map(Some);
-    }
     let catalog = cat
         .for_config(file_catalog)
         .map(|path| snapring::job::CatalogTarget {
             path,
             on_nfs: cat.on_nfs,
         });
+    if is_shard_worker(a) {
+        return shard_worker(a, &job, catalog.as_ref(), &notifiers, notify_success).map(Some);
+    }
     let r = snapring::job::run_repository(
         &job,
         catalog.as_ref(),
@@ -200,17 +200,26 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     Ok(Some(ExitCode::from(r.status)))
 }
 
-/// One worker of a shard run into a repository (`shard::repository`): its report on
+/// One worker of a shard run into a repository (`shard::repository`, through
+/// `job::run_repository_worker`: the catalog and the notifications): its report on
 /// stdout (`--json`: the JSON document), exit 0 once the run is published (2 if entries
 /// were left out), 3 when interrupted or out of its window, 75 when the repository is
 /// locked exclusively, 64 for a worker started with other parameters than the run's.
-fn shard_worker(a: &BackupArgs, job: &snapring::job::RepositoryJob) -> anyhow::Result<ExitCode> {
-    use snapring::shard::{self, repository};
+fn shard_worker(
+    a: &BackupArgs,
+    job: &snapring::job::RepositoryJob,
+    catalog: Option<&snapring::job::CatalogTarget>,
+    notifiers: &[(String, snapring::notify::NotifierConfig)],
+    notify_success: bool,
+) -> anyhow::Result<ExitCode> {
+    use snapring::shard;
     let env = |k: &str| std::env::var(k).ok();
     let spec = match shard::detect(a.shard.as_deref(), a.shards, a.run_id.as_deref(), &env) {
         Ok(Some(s)) => s,
         Ok(None) => {
-            print::errln!("snapring: --run-id names a shard run: give --shard I/N too (or the engine's index variable)");
+            print::errln!(
+                "snapring: --run-id names a shard run: give --shard I/N too (or the engine's index variable)"
+            );
             return Ok(ExitCode::Usage);
         }
         Err(e) => {
@@ -218,23 +227,14 @@ fn shard_worker(a: &BackupArgs, job: &snapring::job::RepositoryJob) -> anyhow::R
             return Ok(ExitCode::Usage);
         }
     };
-    let mut repo = open(Path::new(&job.dest), job.password_file.as_deref())?;
-    let cancel = super::cancel_on_signal();
-    if let Some(w) = job.window {
-        let c = cancel.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(w);
-            c.store(true, std::sync::atomic::Ordering::Relaxed);
-        });
-    }
-    let opts = repository::Options {
-        source: job.source.clone(),
-        label: job.label.clone(),
-        retain: job.retain,
-        jobs: snapring::concurrency::resolve(job.jobs, &[&job.source]),
-        cancel,
-    };
-    let r = match repository::work(&mut repo, &spec, &opts) {
+    let r = match snapring::job::run_repository_worker(
+        job,
+        &spec,
+        catalog,
+        notifiers,
+        notify_success,
+        super::cancel_on_signal(),
+    ) {
         Ok(r) => r,
         Err(e) => {
             let code = match e.exit_code() {
@@ -248,7 +248,11 @@ fn shard_worker(a: &BackupArgs, job: &snapring::job::RepositoryJob) -> anyhow::R
                     "message": e.to_string(), "exit_code": code.code()
                 }))?;
             }
-            print::errln!("snapring: worker {} of run {}: {e}", spec.index, spec.run_id);
+            print::errln!(
+                "snapring: worker {} of run {}: {e}",
+                spec.index,
+                spec.run_id
+            );
             return Ok(code);
         }
     };
@@ -270,7 +274,10 @@ fn shard_worker(a: &BackupArgs, job: &snapring::job::RepositoryJob) -> anyhow::R
             if r.units_refused.is_empty() {
                 String::new()
             } else {
-                format!(" ({} built again by another worker first)", r.units_refused.len())
+                format!(
+                    " ({} built again by another worker first)",
+                    r.units_refused.len()
+                )
             }
         );
         if let Some(s) = &r.snapshot {

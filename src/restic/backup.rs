@@ -272,7 +272,7 @@ pub fn snapshot_locked(
 
 impl BackupReport {
     /// Sets the upload KPIs from `added` plus `files` more files of `bytes`.
-    fn count_uploads(&mut self, files: u64, bytes: u64) {
+    pub fn count_uploads(&mut self, files: u64, bytes: u64) {
         let a = &self.added;
         self.objects_written = a.packs + a.index_files + files;
         self.bytes_uploaded = a.bytes + a.index_bytes + bytes;
@@ -488,7 +488,7 @@ struct Run<'a> {
     with_atime: bool,
     /// A shard unit's walk (`unit`): the names of the root it takes; the root's nodes
     /// go to `root_nodes`, not into a tree.
-    root_names: Option<&'a (dyn Fn(&[u8]) -> bool + Sync)>,
+    root_names: Option<&'a NameFilter<'a>>,
     root_nodes: Mutex<Option<Vec<Node>>>,
 }
 
@@ -925,11 +925,14 @@ pub fn dir_node_at(path: &Path, name: &[u8], names: &Names) -> Result<Node> {
     Ok(node)
 }
 
+/// Which names of a directory a walk takes.
+pub type NameFilter<'f> = dyn Fn(&[u8]) -> bool + Sync + 'f;
+
 /// One unit of a shard run (`shard::repository`): where it reads, which names of that
 /// directory it takes, the parent snapshot's tree of that directory.
 pub struct UnitSpec<'a> {
     pub walk_root: PathBuf,
-    pub names: &'a (dyn Fn(&[u8]) -> bool + Sync),
+    pub names: &'a NameFilter<'a>,
     pub parent_tree: Option<Id>,
     pub cancel: Arc<AtomicBool>,
     /// File-system calls in flight (resolved: not 0).

@@ -116,7 +116,7 @@ pub fn plan(snaps: &[(Id, Snapshot)], policy: &Policy) -> Plan {
 }
 
 /// What `forget` did (or, in a dry run, would do).
-#[derive(Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct ForgetReport {
     pub dry_run: bool,
     pub plan: Plan,

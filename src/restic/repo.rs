@@ -153,7 +153,11 @@ impl Repo {
     }
 
     /// The JSON document in bytes `seal_json` made (`what` names them in errors).
-    pub fn open_json<T: serde::de::DeserializeOwned>(&self, sealed: &[u8], what: &str) -> Result<T> {
+    pub fn open_json<T: serde::de::DeserializeOwned>(
+        &self,
+        sealed: &[u8],
+        what: &str,
+    ) -> Result<T> {
         let plain = self.key.open(sealed, what)?;
         decode_json(&plain, what)
     }
@@ -466,6 +470,19 @@ pub struct PackerStats {
     /// Index files written, and their bytes.
     pub index_files: u64,
     pub index_bytes: u64,
+}
+
+impl PackerStats {
+    /// Adds `o`'s figures to these.
+    pub fn add(&mut self, o: &PackerStats) {
+        self.packs += o.packs;
+        self.bytes += o.bytes;
+        self.data_blobs += o.data_blobs;
+        self.tree_blobs += o.tree_blobs;
+        self.data_bytes_new += o.data_bytes_new;
+        self.index_files += o.index_files;
+        self.index_bytes += o.index_bytes;
+    }
 }
 
 #[cfg(test)]

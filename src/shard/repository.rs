@@ -116,6 +116,7 @@ pub struct WorkerTotals {
     pub worker: usize,
     pub units: u64,
     pub files: u64,
+    pub files_read: u64,
     pub bytes_read: u64,
     pub seconds: f64,
 }
@@ -125,14 +126,17 @@ pub struct WorkerTotals {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct RunTotals {
     pub units: u64,
+    /// Units committed by a later generation than the first (a claim taken over).
+    pub takeovers: u64,
     pub files: u64,
     pub dirs: u64,
     pub files_unchanged: u64,
     pub files_read: u64,
     pub bytes_read: u64,
     pub bytes_total: u64,
-    pub packs_added: u64,
-    pub bytes_added: u64,
+    /// What the run added to the repository: the units' packs and index files and
+    /// finalize's (the spine's trees).
+    pub added: PackerStats,
     pub problems: Vec<EntryProblem>,
     pub per_worker: Vec<WorkerTotals>,
 }
@@ -150,6 +154,10 @@ pub struct WorkerReport {
     pub units: Vec<String>,
     /// Units it built whose commit another worker made first (its work is dropped).
     pub units_refused: Vec<String>,
+    /// The unit this worker was building when SIGINT/SIGTERM or its window stopped it
+    /// (left to the others or a rerun); `None` if it was only waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interrupted_unit: Option<String>,
     /// Whether this worker published the snapshot.
     pub finalized: bool,
     pub snapshot: Option<String>,
@@ -162,6 +170,10 @@ pub struct WorkerReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_skipped: Option<String>,
     pub duration_seconds: f64,
+    /// The run as one backup's report, from the worker that published it (what the
+    /// catalog records and the notifications tell).
+    #[serde(skip)]
+    pub published: Option<restic::backup::BackupReport>,
 }
 
 /// The run's files in the repository.
@@ -209,7 +221,11 @@ impl<'a> State<'a> {
     }
 
     /// Who holds a claim, and when its lease was last renewed.
-    fn claim_at(&self, unit: &str, generation: u32) -> restic::Result<Option<(Holder, SystemTime)>> {
+    fn claim_at(
+        &self,
+        unit: &str,
+        generation: u32,
+    ) -> restic::Result<Option<(Holder, SystemTime)>> {
         let Some(bytes) = self.b.read_extra(&self.claim_key(unit, generation))? else {
             return Ok(None);
         };
@@ -227,15 +243,12 @@ impl<'a> State<'a> {
 
     fn claim(&self, unit: &str, generation: u32, worker: usize) -> restic::Result<bool> {
         let body = serde_json::to_vec(&Holder::me(worker)).expect("a claim serializes");
-        self.b.create_extra(&self.claim_key(unit, generation), &body)
+        self.b
+            .create_extra(&self.claim_key(unit, generation), &body)
     }
 
     fn done(&self) -> restic::Result<BTreeSet<String>> {
-        Ok(self
-            .b
-            .list_extra(&self.key("done"))?
-            .into_iter()
-            .collect())
+        Ok(self.b.list_extra(&self.key("done"))?.into_iter().collect())
     }
 
     fn read_final(&self) -> restic::Result<Option<FinalFile>> {
@@ -391,7 +404,35 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         }
     }
     report.duration_seconds = started.elapsed().as_secs_f64();
+    if let Some(t) = &report.totals {
+        let mut run = restic::backup::BackupReport {
+            snapshot: report.snapshot.clone().unwrap_or_default(),
+            parent: report.parent.clone(),
+            status: report.status.clone(),
+            files: t.files,
+            dirs: t.dirs,
+            files_unchanged: t.files_unchanged,
+            files_read: t.files_read,
+            bytes_read: t.bytes_read,
+            bytes_total: t.bytes_total,
+            added: t.added,
+            problems: t.problems.clone(),
+            retention: report.retention.clone(),
+            retention_skipped: report.retention_skipped.clone(),
+            duration_seconds: report.duration_seconds,
+            ..Default::default()
+        };
+        // The snapshot file: one more object.
+        let snap_len = base64_len(&fin.sealed);
+        run.count_uploads(1, snap_len);
+        report.published = Some(run);
+    }
     Ok(report)
+}
+
+/// The length of the bytes `b64` holds.
+fn base64_len(b64: &str) -> u64 {
+    (b64.len() as u64 / 4) * 3 - b64.bytes().rev().take_while(|&c| c == b'=').count() as u64
 }
 
 /// The run's plan: read, or made by this worker (a quick walk of the source for the
@@ -408,9 +449,7 @@ fn plan_of(
         let Some(sealed) = st.b.read_extra(&st.key("plan")).map_err(failed)? else {
             return Ok(None);
         };
-        let p: PlanFile = repo
-            .open_json(&sealed, &st.key("plan"))
-            .map_err(failed)?;
+        let p: PlanFile = repo.open_json(&sealed, &st.key("plan")).map_err(failed)?;
         let hash = blake3::hash(&serde_json::to_vec(&p).expect("serializes"))
             .to_hex()
             .to_string();
@@ -502,11 +541,7 @@ fn next_unit<'c>(
     done: &BTreeSet<String>,
 ) -> restic::Result<Option<(&'c Unit, u32)>> {
     let gens = st.claim_gens()?;
-    let open: Vec<&Unit> = cut
-        .units
-        .iter()
-        .filter(|u| !done.contains(&u.id))
-        .collect();
+    let open: Vec<&Unit> = cut.units.iter().filter(|u| !done.contains(&u.id)).collect();
     let mut fresh: Vec<&Unit> = open
         .iter()
         .copied()
@@ -624,11 +659,17 @@ fn build_units(
         *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let (nodes, figures, problems) = match built {
             Ok(b) => b,
-            Err(restic::Error::Cancelled) => return Ok(false),
+            Err(restic::Error::Cancelled) => {
+                report.interrupted_unit = Some(unit.id.clone());
+                return Ok(false);
+            }
             Err(e) => return Err(failed(e)),
         };
         crate::failpoint::hit("shard.repo.before_commit").map_err(|e| {
-            ShardError::Failed(crate::error::Error::Repository(format!("commit {}: {e}", unit.id)))
+            ShardError::Failed(crate::error::Error::Repository(format!(
+                "commit {}: {e}",
+                unit.id
+            )))
         })?;
         let commit = UnitDone {
             generation: g,
@@ -716,6 +757,8 @@ fn build_unit(
 /// What finalize leaves.
 struct Finalized {
     snapshot: String,
+    /// The snapshot file's bytes, base64 (as `final` holds them).
+    sealed: String,
     /// This process created `final`.
     won: bool,
     /// The run's figures (when this process read the commits).
@@ -744,6 +787,7 @@ fn finalize(
         write_snapshot(repo, &f)?;
         return Ok(Finalized {
             snapshot: f.snapshot,
+            sealed: f.sealed,
             won: false,
             totals: None,
             group,
@@ -751,11 +795,10 @@ fn finalize(
     }
     let commits = super::par_map(8, &cut.units, |u| -> Result<UnitDone, ShardError> {
         let key = st.done_key(&u.id);
-        let sealed = st
-            .b
-            .read_extra(&key)
-            .map_err(failed)?
-            .ok_or_else(|| failed(restic::Error::Other(format!("{key} is missing"))))?;
+        let sealed =
+            st.b.read_extra(&key)
+                .map_err(failed)?
+                .ok_or_else(|| failed(restic::Error::Other(format!("{key} is missing"))))?;
         let c: UnitDone = repo.open_json(&sealed, &key).map_err(failed)?;
         if c.plan != plan_hash {
             return Err(failed(restic::corrupt(&key, "made for another plan")));
@@ -770,14 +813,14 @@ fn finalize(
     for (u, c) in cut.units.iter().zip(commits) {
         let f = &c.figures;
         totals.units += 1;
+        totals.takeovers += u64::from(c.generation > 1);
         totals.files += f.files;
         totals.dirs += f.dirs;
         totals.files_unchanged += f.files_unchanged;
         totals.files_read += f.files_read;
         totals.bytes_read += f.bytes_read;
         totals.bytes_total += f.bytes_total;
-        totals.packs_added += f.added.packs;
-        totals.bytes_added += f.added.bytes + f.added.index_bytes;
+        totals.added.add(&f.added);
         totals.problems.extend(c.problems);
         let w = per_worker.entry(c.worker).or_insert_with(|| WorkerTotals {
             worker: c.worker,
@@ -785,6 +828,7 @@ fn finalize(
         });
         w.units += 1;
         w.files += f.files;
+        w.files_read += f.files_read;
         w.bytes_read += f.bytes_read;
         w.seconds += f.seconds;
         by_dir.entry(&u.dir).or_default().extend(c.nodes);
@@ -844,7 +888,7 @@ fn finalize(
         parent_root: None,
     };
     let tree = wrap.wrap(&comps, root).map_err(failed)?;
-    packer.finish(repo).map_err(failed)?;
+    totals.added.add(&packer.finish(repo).map_err(failed)?);
     let time = chrono::DateTime::parse_from_rfc3339(&plan_file.created_at)
         .map(|t| t.with_timezone(&chrono::Local))
         .unwrap_or_else(|_| chrono::Local::now());
@@ -873,10 +917,7 @@ fn finalize(
         at: crate::util::now_rfc3339(),
     };
     let body = serde_json::to_vec(&mine).expect("serializes");
-    let won = st
-        .b
-        .create_extra(&st.key("final"), &body)
-        .map_err(failed)?;
+    let won = st.b.create_extra(&st.key("final"), &body).map_err(failed)?;
     let f = if won {
         mine
     } else {
@@ -885,11 +926,14 @@ fn finalize(
             .ok_or_else(|| failed(restic::Error::Other("final vanished".into())))?
     };
     crate::failpoint::hit("shard.repo.before_snapshot").map_err(|e| {
-        ShardError::Failed(crate::error::Error::Repository(format!("write the snapshot: {e}")))
+        ShardError::Failed(crate::error::Error::Repository(format!(
+            "write the snapshot: {e}"
+        )))
     })?;
     write_snapshot(repo, &f)?;
     Ok(Finalized {
         snapshot: f.snapshot,
+        sealed: f.sealed,
         won,
         totals: won.then_some(totals),
         group,
@@ -904,9 +948,17 @@ fn write_snapshot(repo: &Repo, f: &FinalFile) -> Result<(), ShardError> {
         .decode(&f.sealed)
         .map_err(|e| failed(restic::corrupt("final", e)))?;
     if Id::hash(&sealed) != id {
-        return Err(failed(restic::corrupt("final", "the snapshot's bytes do not match its id")));
+        return Err(failed(restic::corrupt(
+            "final",
+            "the snapshot's bytes do not match its id",
+        )));
     }
-    if repo.backend.list(Kind::Snapshot).map_err(failed)?.contains(&id) {
+    if repo
+        .backend
+        .list(Kind::Snapshot)
+        .map_err(failed)?
+        .contains(&id)
+    {
         return Ok(());
     }
     repo.backend

@@ -147,7 +147,7 @@ impl Holder {
         }
     }
 
-    /// Whether this is a process of this host that has exited.
+    /// Whether this is a process of this host that has exited (a zombie included).
     pub fn is_dead_here(&self) -> bool {
         if self.host != crate::util::hostname() {
             return false;
@@ -155,10 +155,14 @@ impl Holder {
         let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) else {
             return true;
         };
-        matches!(
-            rustix::process::test_kill_process(pid),
-            Err(rustix::io::Errno::SRCH)
-        )
+        match rustix::process::test_kill_process(pid) {
+            Err(rustix::io::Errno::SRCH) => true,
+            // A zombie has exited; only its parent has not collected its status yet.
+            _ => std::fs::read_to_string(format!("/proc/{}/stat", self.pid))
+                .ok()
+                .and_then(|s| Some(s.get(s.rfind(')')? + 2..)?.starts_with('Z')))
+                .unwrap_or(false),
+        }
     }
 }
 
@@ -472,6 +476,31 @@ pub use crate::util::create_exclusive;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_exited_process_not_yet_collected_by_its_parent_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let holder = Holder {
+            pid: child.id(),
+            ..Holder::me(0)
+        };
+        // Not reaped: a zombie, which `kill(pid, 0)` still finds.
+        let t0 = std::time::Instant::now();
+        while !std::fs::read_to_string(format!("/proc/{}/stat", child.id()))
+            .unwrap()
+            .contains(") Z")
+        {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the child did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert!(holder.is_dead_here());
+        child.wait().unwrap();
+        assert!(holder.is_dead_here());
+        assert!(!Holder::me(0).is_dead_here());
+    }
 
     #[test]
     fn threads_of_one_process_racing_for_a_name_get_it_once_and_no_error() {
