@@ -120,6 +120,19 @@ fn source_tree(e: &Env, id: &Id) -> Id {
     descend(&repo, snap.tree, &comps).unwrap().unwrap()
 }
 
+/// The run's units, from `snapring status`.
+fn plan_units(e: &Env, run: &str) -> Vec<String> {
+    let (code, out, err) = sr(&["status", "--dest", &e.url, "--run-id", run, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
+    st["unit_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
 /// The run's files of one kind (`done`, `claims`), by name.
 fn run_files(e: &Env, run: &str, kind: &str) -> Vec<String> {
     let dir = e.repo.join("snapring/shards").join(run).join(kind);
@@ -225,7 +238,18 @@ fn four_workers_make_one_snapshot_equal_to_the_source_and_to_a_single_node_runs(
     assert_eq!(fin, ["finalize.g1"], "{claims:?}");
     assert!(snaps[0].1.tags.contains(&format!("shard-run={run}")));
     // Every unit committed exactly once, by the worker that reports it.
-    let done = run_files(&e, run, "done");
+    // Published: each commit is a tombstone now, the claims stay.
+    let done = plan_units(&e, run);
+    assert_eq!(run_files(&e, run, "done"), done);
+    for u in &done {
+        let p = e
+            .repo
+            .join("snapring/shards")
+            .join(run)
+            .join("done")
+            .join(u);
+        assert_eq!(std::fs::read(p).unwrap(), b"published\n");
+    }
     assert!(done.len() >= 8, "the tree is cut into units: {done:?}");
     let mut built: Vec<String> = reports.iter().flat_map(|r| units_of(r, "units")).collect();
     built.sort();
@@ -316,7 +340,7 @@ fn a_worker_killed_before_its_commit_leaves_its_unit_to_the_others() {
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
     let mut built: Vec<String> = reports.iter().flat_map(|r| units_of(r, "units")).collect();
     built.sort();
-    assert_eq!(built, run_files(&e, "r", "done"));
+    assert_eq!(built, plan_units(&e, "r"));
     assert!(built.contains(&taken));
     // The retried worker finds the run published and exits 0, building nothing.
     let retry = report(&spawn(&e, 1, 3, "r", &lease).wait_with_output().unwrap());
@@ -368,10 +392,9 @@ fn a_worker_stopped_past_its_lease_is_taken_over_and_its_late_commit_refused() {
     assert_eq!(late["finalized"], false);
     assert_eq!(late["snapshot"], snaps[0].0.hex().as_str());
     assert_eq!(snapshots(&e).len(), 1);
-    assert_eq!(
-        run_files(&e, "r", "done").len(),
-        units_of(&other, "units").len()
-    );
+    let mut by_other = units_of(&other, "units");
+    by_other.sort();
+    assert_eq!(plan_units(&e, "r"), by_other);
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
 
@@ -397,6 +420,17 @@ fn a_crash_in_finalize_before_or_after_final_still_makes_exactly_one_snapshot() 
         // After `final`, the rerun writes the snapshot `final` holds; it did not make it.
         assert_eq!(again["finalized"], run == "before", "{point}: {again}");
         assert!(units_of(&again, "units").is_empty(), "{point}: {again}");
+        // Tidied up by whoever published or mended it: every commit a tombstone.
+        let dir = e.repo.join("snapring/shards").join(run);
+        assert!(dir.join("tidied").exists(), "{point}");
+        let done = run_files(&e, run, "done");
+        assert_eq!(done, plan_units(&e, run), "{point}");
+        for u in done {
+            assert_eq!(
+                std::fs::read(dir.join("done").join(&u)).unwrap(),
+                b"published\n"
+            );
+        }
         assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
     }
 }
@@ -422,7 +456,7 @@ fn two_workers_for_one_index_and_an_incremental_run() {
     );
     let mut built: Vec<String> = reports.iter().flat_map(|r| units_of(r, "units")).collect();
     built.sort();
-    assert_eq!(built, run_files(&e, "one", "done"));
+    assert_eq!(built, plan_units(&e, "one"));
     let first = snaps[0].0;
 
     // The next run reads only the file that changed, from the first run's snapshot.
@@ -568,4 +602,73 @@ fn the_publisher_records_and_notifies_the_run_once_and_a_failed_worker_its_part(
             Some(snaps[0].0.hex())
         )]
     );
+}
+
+/// A run whose workers all stopped before publishing: `status` shows every unit
+/// committed and nothing published; `prune` refuses (it would delete the committed
+/// units' packs, referenced by no snapshot yet); `finalize` publishes it. A run whose
+/// packs were pruned anyway (a prune that knows nothing of shard runs: restic's own)
+/// is refused at finalize, nothing published; `prune --drop-unfinished-runs` gives it
+/// up.
+#[test]
+fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
+    let e = env();
+    let kill = [("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")];
+    let out = spawn(&e, 0, 1, "r1", &kill).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let (code, st, err) = sr(&["status", "--dest", &e.url, "--run-id", "r1", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st["finalized"], false, "{st}");
+    assert_eq!(st["done"], st["units"], "{st}");
+    let packs_before = std::fs::read_dir(e.repo.join("data")).unwrap().count();
+    let (code, _, err) = sr(&["prune", "--dest", &e.url]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("r1") && err.contains("not yet published"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(e.repo.join("data")).unwrap().count(),
+        packs_before
+    );
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "r1", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let fin: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(fin["finalized"], true, "{fin}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(fin["snapshot"], snaps[0].0.hex().as_str());
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+    let (code, st, _) = sr(&["status", "--dest", &e.url, "--run-id", "r1", "--json"]);
+    assert_eq!(code, 0);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st["finalized"], true, "{st}");
+    let (code, _, err) = sr(&["prune", "--dest", &e.url]);
+    assert_eq!(
+        code, 0,
+        "published, the run no longer holds prune back: {err}"
+    );
+
+    // New content, committed, not published; then pruned by a prune that does not ask.
+    write(&e.src.join("d03/new"), &pseudo_random(300_000, 3));
+    let out = spawn(&e, 0, 1, "r2", &kill).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let repo = open(&e);
+    snapring::restic::prune::prune(&repo, false).unwrap();
+    let out = spawn(&e, 0, 1, "r2", &[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no index of the repository holds"),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(snapshots(&e).len(), 1, "nothing published");
+    let (code, _, err) = sr(&["prune", "--dest", &e.url]);
+    assert_eq!(code, 1, "{err}");
+    let (code, _, err) = sr(&["prune", "--dest", &e.url, "--drop-unfinished-runs"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("gave up the unfinished shard run r2"), "{err}");
+    assert!(!e.repo.join("snapring/shards/r2").exists());
+    assert!(e.repo.join("snapring/shards/r1/final").exists());
 }

@@ -288,6 +288,11 @@ pub struct PruneArgs {
     /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Give up the shard runs not yet published (their files under snapring/shards/),
+    /// so their committed units' packs are pruned; without it, prune refuses while
+    /// there are any (it would delete packs those runs still need).
+    #[arg(long)]
+    pub drop_unfinished_runs: bool,
 }
 
 #[derive(Args)]
@@ -560,9 +565,14 @@ pub struct FinalizeArgs {
 
 #[derive(Args)]
 pub struct ShardRunArgs {
-    /// Backup file system (where the store lives).
+    /// Backup file system (where the store lives), or the restic repository
+    /// (file:///PATH or s3://BUCKET/PREFIX) a run backs up into.
     #[arg(long)]
     pub dest: PathBuf,
+    /// A restic repository's password file [else SNAPRING_PASSWORD_FILE,
+    /// SNAPRING_PASSWORD or RESTIC_PASSWORD_FILE].
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
     /// Store folder under --dest.
     #[arg(long)]
     pub folder: Option<String>,

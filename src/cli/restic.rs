@@ -13,8 +13,8 @@ use snapring::config;
 use snapring::report::{RunReport, Status};
 
 use super::args::{
-    BackupArgs, CopyArgs, DiffArgs, ForgetArgs, HistoryArgs, InitArgs, ListArgs, PruneArgs,
-    RestoreArgs, VerifyArgs,
+    BackupArgs, CopyArgs, DiffArgs, FinalizeArgs, ForgetArgs, HistoryArgs, InitArgs, ListArgs,
+    PruneArgs, RestoreArgs, ShardRunArgs, VerifyArgs,
 };
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
@@ -256,18 +256,29 @@ fn shard_worker(
             return Ok(code);
         }
     };
+    print_worker(&r, a.json)
+}
+
+/// A shard worker's (or `finalize`'s) report, and the exit code its status maps to.
+fn print_worker(
+    r: &snapring::shard::repository::WorkerReport,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let code = match r.status.as_str() {
         "complete" => ExitCode::Complete,
         "partial" => ExitCode::Partial,
         _ => ExitCode::Incomplete,
     };
-    if a.json {
-        print::json(&r)?;
+    if json {
+        print::json(r)?;
     } else {
+        let who = if r.worker == snapring::shard::repository::BY_HAND {
+            "finalize".to_string()
+        } else {
+            format!("worker {}/{}", r.worker, r.workers)
+        };
         outln!(
-            "worker {}/{} of run {}: {}; units built: {}{}",
-            r.worker,
-            r.workers,
+            "{who} of run {}: {}; units built: {}{}",
             r.run,
             r.status,
             r.units.len(),
@@ -285,7 +296,7 @@ fn shard_worker(
                 "snapshot {} {}",
                 &s[..8.min(s.len())],
                 if r.finalized {
-                    "published by this worker"
+                    "published by this process"
                 } else {
                     "published by another worker"
                 }
@@ -304,6 +315,35 @@ fn shard_worker(
         }
     }
     Ok(code)
+}
+
+/// `snapring status --dest URL --run-id RUN` of a run into a repository.
+pub fn shard_status(a: &ShardRunArgs) -> anyhow::Result<snapring::shard::status::RunStatus> {
+    let repo = open(&a.dest, a.password_file.as_deref())?;
+    Ok(snapring::shard::repository::status(&repo, &a.run_id)?)
+}
+
+/// `snapring finalize --dest URL --run-id RUN`: publishes a run into a repository
+/// whose units are all committed (exit 75 while some are not).
+pub fn shard_finalize(f: &FinalizeArgs) -> anyhow::Result<ExitCode> {
+    if f.config.is_some() {
+        bail!(
+            "finalize --config serves a hard-link store's job; a run into a repository is \
+             recorded and notified by the worker that publishes it"
+        );
+    }
+    let mut repo = open(&f.run.dest, f.run.password_file.as_deref())?;
+    match snapring::shard::repository::finalize_run(&mut repo, &f.run.run_id, None) {
+        Ok(r) => print_worker(&r, f.run.json),
+        Err(e) => {
+            print::errln!("snapring: {e}");
+            Ok(match e.exit_code() {
+                64 => ExitCode::Usage,
+                75 => ExitCode::Retry,
+                _ => ExitCode::Failed,
+            })
+        }
+    }
 }
 
 /// The human summary of a run into a repository.
@@ -587,6 +627,27 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
 /// `snapring prune --dest URL [--dry-run]`.
 pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
     let repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
+    // A shard run's committed units are in packs no snapshot references until the run
+    // is published: pruned, the run could never be.
+    let unfinished = snapring::shard::repository::unfinished_runs(repo.backend.as_ref())?;
+    if !unfinished.is_empty() && !a.dry_run {
+        if !a.drop_unfinished_runs {
+            bail!(
+                "shard runs not yet published: {}; prune would delete the packs of their \
+                 committed units. Let their workers finish (or `snapring finalize --dest {} \
+                 --run-id RUN`), or give --drop-unfinished-runs to give them up",
+                unfinished.join(", "),
+                a.dest
+            );
+        }
+        // Under the exclusive lock: no worker of those runs is still at work.
+        let ex = restic::lock::acquire(&repo, true)?;
+        for run in &unfinished {
+            snapring::shard::repository::drop_run(repo.backend.as_ref(), run)?;
+            print::errln!("snapring: gave up the unfinished shard run {run}");
+        }
+        ex.release()?;
+    }
     let r = restic::prune::prune(&repo, a.dry_run)?;
     if a.json {
         print::json(&r)?;

@@ -288,6 +288,9 @@ fn finalize_job(f: &FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
 
 /// `snapring finalize`.
 pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    if super::restic::is_repo(Some(&f.run.dest)) {
+        return super::restic::shard_finalize(&f);
+    }
     let job = finalize_job(&f, cat)?;
     let a = f.run;
     if let Err(e) = snapring::shard::check_run_id(&a.run_id) {
@@ -398,8 +401,12 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
 
 /// `snapring status`.
 pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
-    let root = store_of(&a.dest, &a.folder)?;
-    let st = snapring::shard::status::status(&root.join(".snapring"), &a.run_id)?;
+    let st = if super::restic::is_repo(Some(&a.dest)) {
+        super::restic::shard_status(&a)?
+    } else {
+        let root = store_of(&a.dest, &a.folder)?;
+        snapring::shard::status::status(&root.join(".snapring"), &a.run_id)?
+    };
     if a.json {
         print::json(&st)?;
         return Ok(ExitCode::Complete);

@@ -68,11 +68,13 @@ pub trait Backend: Send + Sync {
     fn create_extra(&self, rel: &str, bytes: &[u8]) -> Result<bool>;
     /// Writes `rel`, replacing what is there.
     fn put_extra(&self, rel: &str, bytes: &[u8]) -> Result<()>;
-    /// The names of the files in the folder `rel` (one level), sorted; none if it does
-    /// not exist.
+    /// The names in the folder `rel`, files and folders (one level), sorted; none if it
+    /// does not exist.
     fn list_extra(&self, rel: &str) -> Result<Vec<String>>;
     /// Removes `rel`; a file already gone is no error.
     fn remove_extra(&self, rel: &str) -> Result<()>;
+    /// Removes the folder `rel` with everything in it; none is no error.
+    fn remove_extra_tree(&self, rel: &str) -> Result<()>;
 }
 
 /// The path (object key) of a file relative to the repository's root, restic's layout.
@@ -229,12 +231,27 @@ impl Backend for Local {
         crate::util::create_exclusive(&p, bytes).map_err(io_err("create", &p))
     }
 
+    /// Written under a hidden private name (which `list_extra` does not show), then
+    /// renamed over `rel`.
     fn put_extra(&self, rel: &str, bytes: &[u8]) -> Result<()> {
+        use std::io::Write;
         let p = self.root.join(rel);
-        if let Some(dir) = p.parent() {
-            std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let dir = p.parent().unwrap_or(&self.root);
+        std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
+        let tmp = dir.join(format!(
+            ".{}.{}.{}.put.tmp",
+            p.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id(),
+            crate::util::hostname()
+        ));
+        let written = crate::util::create_private(&tmp)
+            .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+            .and_then(|()| std::fs::rename(&tmp, &p));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(io_err("write", &p)(e));
         }
-        crate::util::write_atomic(&p, bytes).map_err(io_err("write", &p))
+        Ok(())
     }
 
     fn list_extra(&self, rel: &str) -> Result<Vec<String>> {
@@ -249,6 +266,14 @@ impl Backend for Local {
     fn remove_extra(&self, rel: &str) -> Result<()> {
         let p = self.root.join(rel);
         match std::fs::remove_file(&p) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &p)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    fn remove_extra_tree(&self, rel: &str) -> Result<()> {
+        let p = self.root.join(rel);
+        match std::fs::remove_dir_all(&p) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("remove", &p)(e)),
             _ => Ok(()),
         }

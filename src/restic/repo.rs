@@ -110,6 +110,12 @@ impl Repo {
         self.tree_cache = TreeCache::for_repository(&self.config.id);
     }
 
+    /// Reads the index files again (another process has added some since `open`).
+    pub fn reload_index(&mut self) -> Result<()> {
+        self.index = Index::default();
+        self.load_index()
+    }
+
     fn load_index(&mut self) -> Result<()> {
         for id in self.backend.list(Kind::Index)? {
             let f: IndexFile = self.load_json(Kind::Index, &id)?;

@@ -628,9 +628,10 @@ impl Backend for S3 {
         let mut token: Option<String> = None;
         loop {
             let (keys, next) = self.list_page(&prefix, token.as_deref())?;
+            // Keys deeper down name the folder they are in.
             out.extend(keys.iter().filter_map(|k| {
-                let name = k.strip_prefix(&prefix)?;
-                (!name.is_empty() && !name.contains('/')).then(|| name.to_string())
+                let name = k.strip_prefix(&prefix)?.split('/').next()?;
+                (!name.is_empty()).then(|| name.to_string())
             }));
             match next {
                 Some(t) => token = Some(t),
@@ -640,6 +641,26 @@ impl Backend for S3 {
         out.sort();
         out.dedup();
         Ok(out)
+    }
+
+    fn remove_extra_tree(&self, rel: &str) -> Result<()> {
+        let prefix = format!("{}/", self.key(rel));
+        let mut token: Option<String> = None;
+        let mut keys = Vec::new();
+        loop {
+            let (page, next) = self.list_page(&prefix, token.as_deref())?;
+            keys.extend(page);
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        for k in keys {
+            // `remove_extra` takes a key relative to the repository's prefix.
+            let rel = k.strip_prefix(&self.key("")).unwrap_or(&k).to_string();
+            self.remove_extra(&rel)?;
+        }
+        Ok(())
     }
 
     fn remove_extra(&self, rel: &str) -> Result<()> {

@@ -22,7 +22,9 @@
 //!   unit committed; the same lease and takeover);
 //! - `final`: the run's snapshot, its id and its sealed bytes, created *before* the
 //!   snapshot file: whoever finds `final` without that file writes those same bytes,
-//!   so a run makes one snapshot whatever crashes.
+//!   so a run makes one snapshot whatever crashes. Once it is written, each commit is
+//!   replaced by a small tombstone (still refusing a late commit) and `beats/` removed,
+//!   then `tidied` written (a worker that finds `final` without it tidies up).
 //!
 //! Nothing is moved, unlike in the hard-link store: blobs are content-addressed, so a
 //! unit built twice leaves only unreferenced blobs, for `prune`. Hard links need no
@@ -54,6 +56,12 @@ use crate::restic::{self, Id};
 
 /// The plan's format.
 const FORMAT: u32 = 1;
+
+/// Where the runs are, under the repository's root.
+const RUNS: &str = "snapring/shards";
+
+/// The worker index `snapring finalize` claims and publishes as.
+pub const BY_HAND: usize = usize::MAX;
 
 /// The claim of finalizing the run (`claims/finalize.g<generation>`; unit ids are
 /// `u0000`…).
@@ -186,7 +194,7 @@ impl<'a> State<'a> {
     fn new(b: &'a dyn Backend, run: &str) -> State<'a> {
         State {
             b,
-            base: format!("snapring/shards/{run}"),
+            base: format!("{RUNS}/{run}"),
         }
     }
 
@@ -785,6 +793,10 @@ fn finalize(
     };
     if let Some(f) = st.read_final().map_err(failed)? {
         write_snapshot(repo, &f)?;
+        // The publisher died before it tidied up.
+        if st.b.read_extra(&st.key(TIDIED)).map_err(failed)?.is_none() {
+            tidy(st);
+        }
         return Ok(Finalized {
             snapshot: f.snapshot,
             sealed: f.sealed,
@@ -807,6 +819,18 @@ fn finalize(
     })
     .into_iter()
     .collect::<Result<Vec<_>, _>>()?;
+    // Other workers' index files, written since this one opened the repository.
+    repo.reload_index().map_err(failed)?;
+    for (u, c) in cut.units.iter().zip(&commits) {
+        if let Some(missing) = c.nodes.iter().find_map(|n| missing_blob(repo, n)) {
+            return Err(failed(restic::Error::Other(format!(
+                "run {}: unit {} names blob {missing}, which no index of the repository \
+                 holds (was it pruned while the run was unfinished?); nothing was \
+                 published: back the source up again under a new run id",
+                plan_file.run, u.id
+            ))));
+        }
+    }
     let mut totals = RunTotals::default();
     let mut per_worker: BTreeMap<usize, WorkerTotals> = BTreeMap::new();
     let mut by_dir: BTreeMap<&RelPath, Vec<Node>> = BTreeMap::new();
@@ -931,6 +955,7 @@ fn finalize(
         )))
     })?;
     write_snapshot(repo, &f)?;
+    tidy(st);
     Ok(Finalized {
         snapshot: f.snapshot,
         sealed: f.sealed,
@@ -938,6 +963,20 @@ fn finalize(
         totals: won.then_some(totals),
         group,
     })
+}
+
+/// A blob the node names (its tree, or its content) that no index holds.
+fn missing_blob(repo: &Repo, n: &Node) -> Option<Id> {
+    if let Some(t) = n.subtree
+        && !repo.index.contains(BlobType::Tree, &t)
+    {
+        return Some(t);
+    }
+    n.content
+        .iter()
+        .flatten()
+        .find(|id| !repo.index.contains(BlobType::Data, id))
+        .copied()
 }
 
 /// Writes the snapshot file `final` names, if it is not there (content-addressed: the
@@ -964,4 +1003,164 @@ fn write_snapshot(repo: &Repo, f: &FinalFile) -> Result<(), ShardError> {
     repo.backend
         .write_vec(Kind::Snapshot, &id, sealed)
         .map_err(failed)
+}
+
+/// A published run's commits (they hold the units' nodes) and lease renewals are not
+/// needed any more (`final` holds the snapshot), best effort: each commit is replaced
+/// by a small [`TOMBSTONE`], which still refuses a late commit of its unit; the
+/// renewals are removed. The plan, the claims (who built which unit, for `status`) and
+/// `final` stay, so that a late worker of the run finds it published.
+fn tidy(st: &State<'_>) {
+    let done = st.b.list_extra(&st.key("done")).unwrap_or_default();
+    for u in done {
+        if let Err(e) = st.b.put_extra(&st.done_key(&u), TOMBSTONE) {
+            tracing::warn!("cannot tidy the published run's commit of {u}: {e}");
+        }
+    }
+    if let Err(e) = st.b.remove_extra_tree(&st.key("beats")) {
+        tracing::warn!("cannot remove the published run's lease renewals: {e}");
+    }
+    if let Err(e) = st.b.put_extra(&st.key(TIDIED), b"") {
+        tracing::warn!("cannot mark the published run tidied: {e}");
+    }
+}
+
+/// Written once a published run is tidied.
+const TIDIED: &str = "tidied";
+
+/// What a published run's commit is replaced by.
+const TOMBSTONE: &[u8] = b"published\n";
+
+/// The shard runs in the repository that are not published (no `final`): the packs of
+/// their committed units are referenced by no snapshot yet, so a prune would delete
+/// them and the run could not be published.
+pub fn unfinished_runs(b: &dyn Backend) -> restic::Result<Vec<String>> {
+    let mut out = Vec::new();
+    for run in b.list_extra(RUNS)? {
+        if b.read_extra(&format!("{RUNS}/{run}/final"))?.is_none() {
+            out.push(run);
+        }
+    }
+    Ok(out)
+}
+
+/// Removes an unfinished run's files (`prune --drop-unfinished-runs`): its committed
+/// units become unreferenced packs, for the prune to remove.
+pub fn drop_run(b: &dyn Backend, run: &str) -> restic::Result<()> {
+    b.remove_extra_tree(&format!("{RUNS}/{run}"))
+}
+
+/// `snapring status --dest URL --run-id RUN`: the plan, each unit's state, each
+/// worker's units, whether the run is published. Takes no lock, writes nothing.
+pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus> {
+    let st = State::new(repo.backend.as_ref(), run);
+    let Some(sealed) = st.b.read_extra(&st.key("plan"))? else {
+        return Err(restic::Error::Other(format!(
+            "no shard run {run} in {} (no worker has written its plan)",
+            repo.backend.location()
+        )));
+    };
+    let plan: PlanFile = repo.open_json(&sealed, &st.key("plan"))?;
+    let fin = st.read_final()?;
+    let done: Vec<String> = match fin {
+        Some(_) => Vec::new(),
+        None => st.done()?.into_iter().collect(),
+    };
+    let commits: BTreeMap<String, (u32, usize)> = super::par_map(8, &done, |u| {
+        let key = st.done_key(u);
+        let c =
+            st.b.read_extra(&key)?
+                .map(|b| repo.open_json::<UnitDone>(&b, &key))
+                .transpose()?;
+        Ok::<_, restic::Error>(c.map(|c| (u.clone(), (c.generation, c.worker))))
+    })
+    .into_iter()
+    .filter_map(Result::transpose)
+    .collect::<restic::Result<_>>()?;
+    let gens = st.claim_gens()?;
+    let mut claims: BTreeMap<String, (u32, usize, bool)> = BTreeMap::new();
+    for (u, g) in &gens {
+        if let Some((h, at)) = st.claim_at(u, *g)? {
+            claims.insert(
+                u.clone(),
+                (*g, h.worker, past_lease(at) || h.is_dead_here()),
+            );
+        }
+    }
+    let published = fin.is_some();
+    let (per, list) = super::status::units_of(&plan, |id| {
+        match (commits.get(id), claims.get(id)) {
+            (Some(&(g, w)), _) => ("done", Some(g), Some(w)),
+            // Published: its commits are tombstones, its claims say who built what.
+            (None, c) if published => ("done", c.map(|c| c.0), c.map(|c| c.1)),
+            (None, Some(&(g, w, true))) => ("stale", Some(g), Some(w)),
+            (None, Some(&(g, w, false))) => ("claimed", Some(g), Some(w)),
+            (None, None) => ("pending", None, None),
+        }
+    });
+    let count = |s: &str| super::status::count_of(&list, s);
+    Ok(super::status::RunStatus {
+        run: run.into(),
+        source: plan.source.display().to_string(),
+        label: plan.label.clone(),
+        workers: plan.workers,
+        units: list.len(),
+        done: count("done"),
+        claimed: count("claimed"),
+        stale: count("stale"),
+        pending: count("pending"),
+        finalized: published,
+        snapshot: fin.map(|f| f.snapshot),
+        expiry: "none".into(),
+        expiry_claimed: 0,
+        expiry_done: 0,
+        per_worker: per.into_values().collect(),
+        unit_list: list,
+    })
+}
+
+/// `snapring finalize --dest URL --run-id RUN`: publishes a run whose units are all
+/// committed (its workers gone before one of them did), as the last worker would;
+/// `Retry` while units are not committed. Reads the spine directories' metadata from
+/// the plan's source, so it runs where the source is mounted.
+pub fn finalize_run(
+    repo: &mut Repo,
+    run: &str,
+    opts_retain: Option<u32>,
+) -> Result<WorkerReport, ShardError> {
+    let st_b = repo.backend.clone();
+    let st = State::new(st_b.as_ref(), run);
+    let Some(sealed) = st.b.read_extra(&st.key("plan")).map_err(failed)? else {
+        return Err(ShardError::Usage(format!(
+            "no shard run {run} in {} (no worker has written its plan)",
+            repo.backend.location()
+        )));
+    };
+    let plan: PlanFile = repo.open_json(&sealed, &st.key("plan")).map_err(failed)?;
+    let spec = Spec {
+        index: BY_HAND,
+        count: plan.workers,
+        run_id: run.to_string(),
+    };
+    let opts = Options {
+        source: plan.source.clone(),
+        label: plan.label.clone(),
+        retain: opts_retain.or((plan.retain > 0).then_some(plan.retain)),
+        jobs: 1,
+        cancel: Arc::new(AtomicBool::new(false)),
+    };
+    if st.read_final().map_err(failed)?.is_none() {
+        let done = st.done().map_err(failed)?;
+        let cut = plan
+            .cut()
+            .map_err(|e| failed(restic::corrupt(st.key("plan"), e)))?;
+        let left = cut.units.iter().filter(|u| !done.contains(&u.id)).count();
+        if left > 0 {
+            return Err(ShardError::Retry(format!(
+                "run {run}: {left} of {} units are not committed yet; its workers (or a rerun of them) build them",
+                cut.units.len()
+            )));
+        }
+    }
+    work(repo, &spec, &opts)
 }

@@ -74,47 +74,12 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
     let lease = super::state::lease();
     let commits = rd.commits(8)?;
     let claims = rd.claims()?;
-    let mut per: BTreeMap<usize, WorkerStatus> = (0..plan.workers)
-        .map(|i| {
-            (
-                i,
-                WorkerStatus {
-                    index: i,
-                    ..WorkerStatus::default()
-                },
-            )
-        })
-        .collect();
-    let mut list = Vec::new();
-    for u in &plan.units {
-        if let Some(w) = per.get_mut(&u.home) {
-            w.home_units += 1;
-        }
-        let (state, generation, worker) = match (commits.get(&u.id), claims.get(&u.id)) {
-            (Some(c), _) => ("done", Some(c.generation), Some(c.worker)),
-            (None, Some(c)) if c.expired(lease) => {
-                ("stale", Some(c.generation), Some(c.holder.worker))
-            }
-            (None, Some(c)) => ("claimed", Some(c.generation), Some(c.holder.worker)),
-            (None, None) => ("pending", None, None),
-        };
-        if let Some(w) = worker.and_then(|w| per.get_mut(&w)) {
-            match state {
-                "done" => w.committed += 1,
-                "claimed" => w.claimed += 1,
-                _ => {}
-            }
-        }
-        list.push(UnitStatus {
-            id: u.id.clone(),
-            dir: u.dir.clone(),
-            weight: u.weight,
-            home: u.home,
-            state: state.into(),
-            generation,
-            worker,
-        });
-    }
+    let (mut per, list) = units_of(&plan, |id| match (commits.get(id), claims.get(id)) {
+        (Some(c), _) => ("done", Some(c.generation), Some(c.worker)),
+        (None, Some(c)) if c.expired(lease) => ("stale", Some(c.generation), Some(c.holder.worker)),
+        (None, Some(c)) => ("claimed", Some(c.generation), Some(c.holder.worker)),
+        (None, None) => ("pending", None, None),
+    });
     let tally = super::expire::tally(&rd);
     for (i, h) in &tally.per_worker {
         if let Some(w) = per.get_mut(i) {
@@ -122,7 +87,7 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
             w.expired_entries = h.entries;
         }
     }
-    let count = |s: &str| list.iter().filter(|u| u.state == s).count();
+    let count = |s: &str| count_of(&list, s);
     let snapshot = std::fs::read(rd.finalized_path())
         .ok()
         .and_then(|b| serde_json::from_slice::<crate::report::RunReport>(&b).ok())
@@ -145,4 +110,53 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         per_worker: per.into_values().collect(),
         unit_list: list,
     })
+}
+
+/// Units in state `s`.
+pub(crate) fn count_of(list: &[UnitStatus], s: &str) -> usize {
+    list.iter().filter(|u| u.state == s).count()
+}
+
+/// Each worker's and each unit's state, given the state of each unit by id: `done`,
+/// `stale`, `claimed` or `pending`, with the generation and the worker committed or
+/// claiming (the hard-link store's run and a repository's run alike).
+pub(crate) fn units_of(
+    plan: &super::state::PlanFile,
+    state_of: impl Fn(&str) -> (&'static str, Option<u32>, Option<usize>),
+) -> (BTreeMap<usize, WorkerStatus>, Vec<UnitStatus>) {
+    let mut per: BTreeMap<usize, WorkerStatus> = (0..plan.workers)
+        .map(|i| {
+            (
+                i,
+                WorkerStatus {
+                    index: i,
+                    ..WorkerStatus::default()
+                },
+            )
+        })
+        .collect();
+    let mut list = Vec::new();
+    for u in &plan.units {
+        if let Some(w) = per.get_mut(&u.home) {
+            w.home_units += 1;
+        }
+        let (state, generation, worker) = state_of(&u.id);
+        if let Some(w) = worker.and_then(|w| per.get_mut(&w)) {
+            match state {
+                "done" => w.committed += 1,
+                "claimed" => w.claimed += 1,
+                _ => {}
+            }
+        }
+        list.push(UnitStatus {
+            id: u.id.clone(),
+            dir: u.dir.clone(),
+            weight: u.weight,
+            home: u.home,
+            state: state.into(),
+            generation,
+            worker,
+        });
+    }
+    (per, list)
 }
