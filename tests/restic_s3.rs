@@ -892,10 +892,14 @@ fn run_files_are_created_once_by_conditional_writes() {
         b.create_extra("snapring/shards/r/claims/sub/deeper", b"x")
             .unwrap()
     );
+    // Files and folders, one level.
     assert_eq!(
         b.list_extra("snapring/shards/r/claims").unwrap(),
-        ["u0001.g1", "u0002.g1"]
+        ["sub", "u0001.g1", "u0002.g1"]
     );
+    b.remove_extra_tree("snapring/shards/r/claims").unwrap();
+    assert!(b.list_extra("snapring/shards/r/claims").unwrap().is_empty());
+    assert!(b.list_extra("snapring/shards/r").unwrap().is_empty());
     assert!(b.list_extra("snapring/shards/none").unwrap().is_empty());
     let beat = "snapring/shards/r/beats/u0001.g1";
     b.put_extra(beat, b"1").unwrap();
