@@ -189,6 +189,8 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.finalize.before_publish",
     "shard.finalize.after_publish",
     "shard.expire_piece",
+    // A source that cannot be read (an error, not a kill): tests/faults.rs.
+    "walk.open_source",
     // A shard run into a restic repository: tests/restic_shard.rs.
     "shard.repo.before_commit",
     "shard.repo.before_finalize",

@@ -181,6 +181,49 @@ fn source_eio_keeps_the_previous_version() {
     assert_verify_clean(&dest, "daily.0");
 }
 
+/// One name of a hard-linked inode cannot be read (`walk.open_source`, the first file
+/// opened) and keeps its previous version, while the other name is copied afresh: in
+/// the snapshot they are two inodes, so the manifest must not put them in one
+/// hard-link group (`group` equal means one inode in the snapshot).
+#[test]
+fn a_kept_previous_version_joins_no_hard_link_group() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, _, dest) = dirs(&t);
+    write(&src.join("a"), b"version 1");
+    std::fs::hard_link(src.join("a"), src.join("b")).unwrap();
+    assert_eq!(backup(&src, &dest, &["--jobs", "1"], &[]).0, 0);
+    write(&src.join("a"), b"version 2, longer");
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &["--jobs", "1"],
+        &[("SNAPRING_FAILPOINTS", "walk.open_source=error")],
+    );
+    assert_eq!(code, 2, "{rep}\n{err}");
+    let (a, b) = (dest.join("daily.0/a"), dest.join("daily.0/b"));
+    let contents = [std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()];
+    assert!(
+        contents.contains(&b"version 1".to_vec())
+            && contents.contains(&b"version 2, longer".to_vec()),
+        "one name kept, the other copied: {contents:?}"
+    );
+    assert_ne!(ino(&a), ino(&b));
+    let id = rep["id"].as_str().unwrap();
+    let mf = std::fs::read_to_string(dest.join(format!(".snapring/manifests/{id}.mf"))).unwrap();
+    let groups: Vec<(String, String)> = mf
+        .lines()
+        .map(|l| l.split(' ').collect::<Vec<_>>())
+        .filter(|f| f.len() == 13 && (f[12] == "a" || f[12] == "b"))
+        .map(|f| (f[12].to_string(), f[10].to_string()))
+        .collect();
+    assert_eq!(groups.len(), 2, "{mf}");
+    assert_ne!(
+        groups[0].1, groups[1].1,
+        "two inodes, one group: {groups:?}"
+    );
+    assert_verify_clean(&dest, "daily.0");
+}
+
 /// `snapring verify SNAPSHOT` of the store reports it clean.
 fn assert_verify_clean(dest: &Path, snap: &str) {
     let out = snapring(

@@ -477,7 +477,14 @@ impl<'a, S: Sink> Walk<'a, S> {
         // The previous version: its manifest entry, else (a tree without a manifest)
         // its `lstat` in the previous snapshot.
         let (prev, prev_meta) = match prev_entry {
-            Some(p) => (Some(p.clone()), None),
+            Some(p) => {
+                let mut p = p.clone();
+                // The kept version is the previous snapshot's inode, not this run's copy
+                // of the source inode: the names this run copies are another inode, so
+                // it joins no hard-link group (manifest `group`: equal means one inode).
+                p.group = None;
+                (Some(p), None)
+            }
             None if dir.state.prev_entries.is_none() => {
                 match self.sink.prev_stat(&dir.state.out, name) {
                     Some((pm, t)) => {
@@ -652,6 +659,8 @@ impl<'a, S: Sink> Walk<'a, S> {
         xattrs: Option<Xattrs>,
         reason: Reason,
     ) -> Result<Option<Entry>, SourceError> {
+        // A source that cannot be read (tests: one name of a hard-linked inode).
+        failpoint::hit("walk.open_source").map_err(|e| ("open", e))?;
         let src = fsx::open_read_at(b(&dir.state.src), name).map_err(|e| ("open", e))?;
         let xattrs = match xattrs
             .map(Ok)
