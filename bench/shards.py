@@ -7,6 +7,10 @@ finalize included; every snapshot is compared with the source.
 
     sudo python3 bench/shards.py --preset small --delay-us 1000 --runs 3
 
+With --repository the destination is a restic repository (`--dest file://…` behind the
+same latency layer, docs/scale-out.md "Into a restic repository"): each snapshot is
+restored and compared with the source.
+
 Uses the release binaries (target/release/snapring, bench/tools/target/release/
 latencyfs) unless --snapring/--latencyfs name others (a before/after of either).
 """
@@ -55,6 +59,17 @@ def timed(cmds, env, logs=None):
     return wall, cpu
 
 
+def check_restored(snapring, env, url, src, work, what):
+    """Restores the repository's newest snapshot with snapring and compares it with
+    `src`."""
+    to = os.path.join(work, "restored")
+    shutil.rmtree(to, ignore_errors=True)
+    subprocess.run([snapring, "restore", "--dest", url, "latest", "--to", to], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    harness.check_same(src, to, what)
+    shutil.rmtree(to)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="small", choices=harness.PRESETS)
@@ -71,6 +86,8 @@ def main():
     ap.add_argument("--work", default="/var/tmp/snapring-shards")
     ap.add_argument("--json", help="append each result here as a JSON line")
     ap.add_argument("--logs", help="keep each process's -v log (stderr) in this directory")
+    ap.add_argument("--repository", action="store_true",
+                    help="back up into a restic repository (file://, behind the latency layer) instead of a store")
     a = ap.parse_args()
     under = os.path.join(a.work, "data")
     mnt = os.path.join(a.work, "mnt")
@@ -89,7 +106,7 @@ def main():
         else:
             raise SystemExit("latencyfs did not mount")
     view = mnt if fuse else under
-    env = dict(os.environ, SNAPRING_CATALOG="off")
+    env = dict(os.environ, SNAPRING_CATALOG="off", SNAPRING_PASSWORD="bench")
     results = {}
     cpus = {}
     try:
@@ -103,8 +120,12 @@ def main():
                 dst_u = os.path.join(under, "dst-" + mode)
                 shutil.rmtree(dst_u, ignore_errors=True)
                 dst = os.path.join(view, "dst-" + mode)
+                if a.repository:
+                    dst = "file://" + dst
+                    subprocess.run([a.snapring, "init", "--dest", dst], env=env, check=True,
+                                   stdout=subprocess.DEVNULL)
                 base = [a.snapring, "backup", "--source", src, "--dest", dst, "--label", "snap",
-                        "--retain", "3", "--no-progress"] + (["-v"] if a.logs else [])
+                        "--retain", "3"] + ([] if a.repository else ["--no-progress"]) + (["-v"] if a.logs else [])
                 for case in ["full", "incr"]:
                     if mode == "single":
                         cmds = [base + ["--jobs", str(a.workers * a.jobs)]]
@@ -119,8 +140,12 @@ def main():
                     fs0 = proc_cpu(fuse.pid if fuse else None)
                     wall, cpu = timed(cmds, env, logs)
                     fs_cpu = proc_cpu(fuse.pid if fuse else None) - fs0
-                    harness.check_same(os.path.join(under, "src"), os.path.join(dst_u, "snap.0"), f"{mode} {case}")
-                    if case == "incr":
+                    if a.repository:
+                        check_restored(a.snapring, env, dst, os.path.join(under, "src"), a.work, f"{mode} {case}")
+                    else:
+                        harness.check_same(os.path.join(under, "src"), os.path.join(dst_u, "snap.0"),
+                                           f"{mode} {case}")
+                    if case == "incr" and not a.repository:
                         harness.check_shared(os.path.join(dst_u, "snap.1"), os.path.join(dst_u, "snap.0"),
                                              f"{mode} {case}")
                     results.setdefault((mode, case), []).append(wall)

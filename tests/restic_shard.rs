@@ -120,6 +120,13 @@ fn source_tree(e: &Env, id: &Id) -> Id {
     descend(&repo, snap.tree, &comps).unwrap().unwrap()
 }
 
+/// The run's claims of units (not of the plan or finalize).
+fn unit_claims(e: &Env, run: &str) -> Vec<String> {
+    let mut v = run_files(e, run, "claims");
+    v.retain(|c| c.starts_with('u'));
+    v
+}
+
 /// The run's units, from `snapring status`.
 fn plan_units(e: &Env, run: &str) -> Vec<String> {
     let (code, out, err) = sr(&["status", "--dest", &e.url, "--run-id", run, "--json"]);
@@ -236,6 +243,9 @@ fn four_workers_make_one_snapshot_equal_to_the_source_and_to_a_single_node_runs(
         .filter(|c| c.starts_with("finalize"))
         .collect();
     assert_eq!(fin, ["finalize.g1"], "{claims:?}");
+    // One worker sized the source for the plan; the others waited for it.
+    let plan: Vec<_> = claims.iter().filter(|c| c.starts_with("plan")).collect();
+    assert_eq!(plan, ["plan.g1"], "{claims:?}");
     assert!(snaps[0].1.tags.contains(&format!("shard-run={run}")));
     // Every unit committed exactly once, by the worker that reports it.
     // Published: each commit is a tombstone now, the claims stay.
@@ -318,7 +328,7 @@ fn a_worker_killed_before_its_commit_leaves_its_unit_to_the_others() {
     let k1 = spawn(&e, 1, 3, "r", &kill);
     let out1 = k1.wait_with_output().unwrap();
     assert_eq!(out1.status.code(), None, "SIGKILLed: {}", text(&out1));
-    let claims = run_files(&e, "r", "claims");
+    let claims = unit_claims(&e, "r");
     assert_eq!(claims.len(), 1, "{claims:?}");
     assert!(run_files(&e, "r", "done").is_empty());
     // The others take the dead worker's claim over at once (its process is gone).
@@ -371,7 +381,7 @@ fn a_worker_stopped_past_its_lease_is_taken_over_and_its_late_commit_refused() {
     let pid = rustix::process::Pid::from_raw(stalled.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     std::fs::remove_file(&pause).unwrap();
-    let claims = run_files(&e, "r", "claims");
+    let claims = unit_claims(&e, "r");
     assert_eq!(claims.len(), 1, "{claims:?}");
     let unit = claims[0].split_once(".g").unwrap().0.to_string();
     let other = report(

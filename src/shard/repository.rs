@@ -63,6 +63,9 @@ const RUNS: &str = "snapring/shards";
 /// The worker index `snapring finalize` claims and publishes as.
 pub const BY_HAND: usize = usize::MAX;
 
+/// The claim of making the plan (`claims/plan.g<generation>`).
+const PLAN: &str = "plan";
+
 /// The claim of finalizing the run (`claims/finalize.g<generation>`; unit ids are
 /// `u0000`…).
 const FINALIZE: &str = "finalize";
@@ -313,21 +316,6 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         workers: spec.count,
         ..Default::default()
     };
-    let (plan_file, plan_hash) = plan_of(repo, &st, spec, opts, &source)?;
-    let cut = plan_file
-        .cut()
-        .map_err(|e| failed(restic::corrupt(st.key("plan"), e)))?;
-    report.parent = plan_file.prev.clone();
-    let parent_tree = match &plan_file.prev {
-        Some(id) => {
-            let id = Id::parse(id).map_err(failed)?;
-            let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
-            let comps: Vec<&OsStr> = source.iter().skip(1).collect();
-            restic::backup::descend(repo, snap.tree, &comps).map_err(failed)?
-        }
-        None => None,
-    };
-
     // The lease of the unit being built is renewed by this thread.
     let held: Arc<Mutex<Option<(String, u32)>>> = Arc::default();
     let beating = Arc::new(AtomicBool::new(true));
@@ -359,27 +347,44 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             }
         })
     };
-    let result = build_units(
-        repo,
-        &st,
-        spec,
-        opts,
-        &source,
-        &cut,
-        &plan_hash,
-        parent_tree,
-        &held,
-        &mut report,
-    )
-    .and_then(|all_done| match all_done {
-        true => publish(repo, &st, spec, opts, &held, |repo| {
-            finalize(repo, &st, &plan_file, &plan_hash, &cut, &source, spec)
-        }),
-        false => Ok(None),
-    });
+    let result = (|| {
+        let (plan_file, plan_hash) = plan_of(repo, &st, spec, opts, &source, &held)?;
+        let cut = plan_file
+            .cut()
+            .map_err(|e| failed(restic::corrupt(st.key("plan"), e)))?;
+        report.parent = plan_file.prev.clone();
+        let parent_tree = match &plan_file.prev {
+            Some(id) => {
+                let id = Id::parse(id).map_err(failed)?;
+                let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
+                let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+                restic::backup::descend(repo, snap.tree, &comps).map_err(failed)?
+            }
+            None => None,
+        };
+        build_units(
+            repo,
+            &st,
+            spec,
+            opts,
+            &source,
+            &cut,
+            &plan_hash,
+            parent_tree,
+            &held,
+            &mut report,
+        )
+        .and_then(|all_done| match all_done {
+            true => publish(repo, &st, spec, opts, &held, |repo| {
+                finalize(repo, &st, &plan_file, &plan_hash, &cut, &source, spec)
+            }),
+            false => Ok(None),
+        })
+        .map(|fin| fin.map(|f| (f, plan_file.label.clone())))
+    })();
     beating.store(false, Ordering::Relaxed);
     let _ = beat.join();
-    let Some(fin) = result? else {
+    let Some((fin, label)) = result? else {
         report.status = "incomplete".into();
         report.duration_seconds = started.elapsed().as_secs_f64();
         let _ = lock.release();
@@ -398,7 +403,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         && let Some(n) = opts.retain
     {
         let policy = restic::forget::Policy {
-            label: plan_file.label.clone(),
+            label,
             keep_last: n.max(1),
             group: Some(fin.group),
         };
@@ -452,6 +457,7 @@ fn plan_of(
     spec: &Spec,
     opts: &Options,
     source: &Path,
+    held: &Mutex<Option<(String, u32)>>,
 ) -> Result<(PlanFile, String), ShardError> {
     let read = || -> Result<Option<(PlanFile, String)>, ShardError> {
         let Some(sealed) = st.b.read_extra(&st.key("plan")).map_err(failed)? else {
@@ -463,15 +469,21 @@ fn plan_of(
             .to_string();
         Ok(Some((p, hash)))
     };
-    let (p, hash) = match read()? {
-        Some(x) => x,
-        None => {
-            let made = make_plan(repo, spec, opts, source)?;
-            let (_, sealed) = repo.seal_json(&made).map_err(failed)?;
-            st.b.create_extra(&st.key("plan"), &sealed)
-                .map_err(failed)?;
-            read()?.ok_or_else(|| failed(restic::Error::Other("the plan vanished".into())))?
-        }
+    // One worker sizes the source (claim `plan`); the others wait for its plan.
+    let planned = || Ok(st.b.read_extra(&st.key("plan")).map_err(failed)?.is_some());
+    if let Turn::Mine(g) = take_turn(st, PLAN, spec.index, &opts.cancel, planned)? {
+        *held.lock().unwrap_or_else(|e| e.into_inner()) = Some((PLAN.to_string(), g));
+        let made = make_plan(repo, spec, opts, source);
+        *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        let (_, sealed) = repo.seal_json(&made?).map_err(failed)?;
+        st.b.create_extra(&st.key("plan"), &sealed)
+            .map_err(failed)?;
+    }
+    let Some((p, hash)) = read()? else {
+        return Err(ShardError::Retry(format!(
+            "run {}: interrupted before its plan was made",
+            spec.run_id
+        )));
     };
     if p.workers != spec.count {
         return Err(ShardError::Usage(format!(
@@ -591,34 +603,81 @@ fn publish(
     held: &Mutex<Option<(String, u32)>>,
     finalize: impl Fn(&mut Repo) -> Result<Finalized, ShardError>,
 ) -> Result<Option<Finalized>, ShardError> {
-    let poll = (lease() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let published = || Ok(st.read_final().map_err(failed)?.is_some());
+    match take_turn(st, FINALIZE, spec.index, &opts.cancel, published)? {
+        Turn::Cancelled => Ok(None),
+        Turn::Done => finalize(repo).map(Some),
+        Turn::Mine(g) => {
+            *held.lock().unwrap_or_else(|e| e.into_inner()) = Some((FINALIZE.to_string(), g));
+            crate::failpoint::hit("shard.repo.before_finalize").map_err(|e| {
+                ShardError::Failed(crate::error::Error::Repository(format!("finalize: {e}")))
+            })?;
+            let r = finalize(repo);
+            *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            r.map(Some)
+        }
+    }
+}
+
+/// What [`take_turn`] found.
+enum Turn {
+    /// This worker holds the claim, of this generation.
+    Mine(u32),
+    /// What the claim is for is done (by another worker).
+    Done,
+    Cancelled,
+}
+
+/// Claims `name` (`claims/<name>.g<generation>`: the plan, finalize) unless `done`
+/// says it is done already; while a live worker holds it within its lease, waits (a
+/// poll backing off from 50 ms to 1 s); a stale or dead holder's claim is taken over
+/// with the next generation.
+fn take_turn(
+    st: &State<'_>,
+    name: &str,
+    worker: usize,
+    cancel: &AtomicBool,
+    done: impl Fn() -> Result<bool, ShardError>,
+) -> Result<Turn, ShardError> {
+    let mut poll = Poll::new();
     loop {
-        if st.read_final().map_err(failed)?.is_some() {
-            return finalize(repo).map(Some);
+        if done()? {
+            return Ok(Turn::Done);
         }
-        if opts.cancel.load(Ordering::Relaxed) {
-            return Ok(None);
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(Turn::Cancelled);
         }
-        let g = match st.claim_gens().map_err(failed)?.get(FINALIZE) {
+        let g = match st.claim_gens().map_err(failed)?.get(name) {
             None => 1,
-            Some(&g) => match st.claim_at(FINALIZE, g).map_err(failed)? {
+            Some(&g) => match st.claim_at(name, g).map_err(failed)? {
                 Some((h, at)) if !h.is_dead_here() && !past_lease(at) => {
-                    std::thread::sleep(poll);
+                    poll.wait();
                     continue;
                 }
                 _ => g + 1,
             },
         };
-        if !st.claim(FINALIZE, g, spec.index).map_err(failed)? {
-            continue;
+        if st.claim(name, g, worker).map_err(failed)? {
+            return Ok(Turn::Mine(g));
         }
-        *held.lock().unwrap_or_else(|e| e.into_inner()) = Some((FINALIZE.to_string(), g));
-        crate::failpoint::hit("shard.repo.before_finalize").map_err(|e| {
-            ShardError::Failed(crate::error::Error::Repository(format!("finalize: {e}")))
-        })?;
-        let r = finalize(repo);
-        *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        return r.map(Some);
+    }
+}
+
+/// Waiting for other workers: 50 ms, then half as long again each time, up to 1 s.
+struct Poll {
+    next: Duration,
+}
+
+impl Poll {
+    fn new() -> Poll {
+        Poll {
+            next: Duration::from_millis(50),
+        }
+    }
+
+    fn wait(&mut self) {
+        std::thread::sleep(self.next);
+        self.next = (self.next * 3 / 2).min(Duration::from_secs(1));
     }
 }
 
@@ -643,7 +702,7 @@ fn build_units(
     held: &Mutex<Option<(String, u32)>>,
     report: &mut WorkerReport,
 ) -> Result<bool, ShardError> {
-    let poll = (lease() / 4).clamp(Duration::from_millis(100), Duration::from_secs(2));
+    let mut poll = Poll::new();
     loop {
         if opts.cancel.load(Ordering::Relaxed) {
             return Ok(false);
@@ -656,9 +715,10 @@ fn build_units(
             return Ok(true);
         }
         let Some((unit, g)) = next_unit(st, cut, spec.index, &done).map_err(failed)? else {
-            std::thread::sleep(poll);
+            poll.wait();
             continue;
         };
+        poll = Poll::new();
         if !st.claim(&unit.id, g, spec.index).map_err(failed)? {
             continue;
         }
