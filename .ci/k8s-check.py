@@ -67,8 +67,8 @@ def check_job(path, spec, codes):
     retried = {codes["Retry"], codes["Incomplete"]}
     if retried & (named["FailJob"] | named["FailIndex"]):
         fail(path, f"exit codes {sorted(retried)} must be retried")
-    if "--window" in container.get("args", []):
-        fail(path, "--window is refused with --shard (docs/scale-out.md)")
+    if "--with-atime" in container.get("args", []) and any("s3://" in a for a in container.get("args", [])):
+        fail(path, "--with-atime is refused with --shard into a repository (docs/scale-out.md)")
 
 
 def main():
