@@ -682,3 +682,35 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
     assert!(!e.repo.join("snapring/shards/r2").exists());
     assert!(e.repo.join("snapring/shards/r1/final").exists());
 }
+
+/// A worker's `--window` ends the worker, not the run: it stops at its next step (here
+/// after its first commit, slowed past the window), exits 3 (`incomplete`, retried by
+/// the engines) and publishes nothing; a rerun of the same index builds the rest and
+/// publishes the run.
+#[test]
+fn a_workers_window_ends_it_and_its_rerun_finishes_the_run() {
+    let e = env();
+    let slow = [("SNAPRING_FAILPOINTS", "shard.repo.before_commit=sleep:1500")];
+    let out = worker(
+        &e,
+        &["--shard", "0/1", "--run-id", "w", "--window", "1s"],
+        &slow,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "incomplete", "{r}");
+    assert_eq!(units_of(&r, "units").len(), 1, "{r}");
+    assert!(snapshots(&e).is_empty());
+    let again = report(&spawn(&e, 0, 1, "w", &[]).wait_with_output().unwrap());
+    assert_eq!(again["finalized"], true, "{again}");
+    assert_eq!(
+        units_of(&again, "units").len() + 1,
+        plan_units(&e, "w").len(),
+        "{again}"
+    );
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
