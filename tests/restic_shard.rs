@@ -714,3 +714,69 @@ fn a_workers_window_ends_it_and_its_rerun_finishes_the_run() {
     assert_eq!(snaps.len(), 1);
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
+
+/// Two hosts (the dead worker runs in its own UTS namespace, as host `other-host`):
+/// a holder on another host cannot be seen to have died, so its unit is taken over
+/// only once its lease has lapsed (measured between the two claims' own times), and
+/// the run is published all the same.
+#[test]
+fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
+    let e = env();
+    let probe = Command::new("unshare").args(["-u", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: `unshare -u` (a UTS namespace) is not available here");
+        return;
+    }
+    let lease = [("SNAPRING_SHARD_LEASE", "3s")];
+    let mut c = worker(&e, &["--shard", "0/2", "--run-id", "hosts"], &lease);
+    let args: Vec<String> = std::iter::once(c.get_program())
+        .chain(c.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let mut other = Command::new("unshare");
+    other
+        .args([
+            "-u",
+            "sh",
+            "-c",
+            "hostname other-host && exec \"$0\" \"$@\"",
+        ])
+        .args(&args);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => other.env(k, v),
+            None => other.env_remove(k),
+        };
+    }
+    other
+        .env("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = other.output().unwrap();
+    assert_eq!(out.status.code(), None, "SIGKILLed: {}", text(&out));
+    let claims = unit_claims(&e, "hosts");
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let unit = claims[0].split_once(".g").unwrap().0.to_string();
+    let holder = |g: u32| -> serde_json::Value {
+        let p = e
+            .repo
+            .join("snapring/shards/hosts/claims")
+            .join(format!("{unit}.g{g}"));
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    assert_eq!(holder(1)["host"], "other-host");
+    c = worker(&e, &["--shard", "1/2", "--run-id", "hosts"], &lease);
+    let r = report(&c.output().unwrap());
+    assert_eq!(r["finalized"], true, "{r}");
+    assert!(units_of(&r, "units").contains(&unit), "{r}");
+    let at = |v: serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).unwrap()
+    };
+    let waited = at(holder(2)) - at(holder(1));
+    assert!(
+        waited >= chrono::TimeDelta::seconds(3),
+        "taken over after {waited:?}, within the 3 s lease"
+    );
+    assert_ne!(holder(2)["host"], "other-host");
+    assert_eq!(snapshots(&e).len(), 1);
+}

@@ -1651,3 +1651,68 @@ fn names_waiting_for_their_inodes_first_copy_leave_the_jobs_to_the_other_lane() 
     );
     assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "lend");
 }
+
+/// Two hosts (the dead worker runs in its own UTS namespace, as host `other-host`):
+/// a holder on another host cannot be seen to have died, so its unit is taken over only
+/// once its lease has lapsed (measured between the two claims' own times); the run is
+/// published equal to the source.
+#[test]
+fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
+    let e = env();
+    let probe = Command::new("unshare").args(["-u", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: `unshare -u` (a UTS namespace) is not available here");
+        return;
+    }
+    let lease = [("SNAPRING_SHARD_LEASE", "3s")];
+    let c = worker(&e, &["--shard", "0/2", "--run-id", "hosts"], &lease);
+    let mut other = Command::new("unshare");
+    other
+        .args([
+            "-u",
+            "sh",
+            "-c",
+            "hostname other-host && exec \"$0\" \"$@\"",
+        ])
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => other.env(k, v),
+            None => other.env_remove(k),
+        };
+    }
+    other
+        .env("SNAPRING_FAILPOINTS", "shard.before_commit=kill")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = other.output().unwrap();
+    assert_eq!(out.status.code(), None, "SIGKILLed: {}", text(&out));
+    let dir = e.dest.join(".snapring/shards/hosts/claims");
+    let claims: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|x| x.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('u'))
+        .collect();
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let unit = claims[0].split_once(".g").unwrap().0.to_string();
+    let holder = |g: u32| -> serde_json::Value {
+        let p = dir.join(format!("{unit}.g{g}"));
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    assert_eq!(holder(1)["host"], "other-host");
+    let out = worker(&e, &["--shard", "1/2", "--run-id", "hosts"], &lease)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let at = |v: serde_json::Value| {
+        chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).unwrap()
+    };
+    let waited = at(holder(2)) - at(holder(1));
+    assert!(
+        waited >= chrono::TimeDelta::seconds(3),
+        "taken over after {waited:?}, within the 3 s lease"
+    );
+    assert_ne!(holder(2)["host"], "other-host");
+    check_snapshot(&e, "a run whose worker died on another host");
+}
