@@ -780,3 +780,66 @@ fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     assert_ne!(holder(2)["host"], "other-host");
     assert_eq!(snapshots(&e).len(), 1);
 }
+
+/// A spine directory (one the plan cut into units of their own) replaced by a file
+/// after its units were committed and before finalize: it is left out, the run is
+/// published `partial` naming it, everything else restores equal to the source.
+#[test]
+fn a_spine_directory_replaced_before_finalize_is_left_out_and_named() {
+    let e = env();
+    for d in ["x", "y"] {
+        for f in 0..150 {
+            write(&e.src.join(format!("big/{d}/f{f}")), b"x");
+        }
+    }
+    let pause = e.t.path().join("paused");
+    let point = format!("shard.repo.before_finalize=pause:{}", pause.display());
+    let child = spawn(&e, 0, 1, "sp", &[("SNAPRING_FAILPOINTS", &point)]);
+    wait_for(&pause);
+    let (code, st, err) = sr(&["status", "--dest", &e.url, "--run-id", "sp", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    let spine = st["unit_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["dir"].as_str().unwrap().to_string())
+        .find(|d| d.starts_with("big/"))
+        .unwrap_or_else(|| panic!("big/x or big/y is cut into units of its own: {st}"));
+    std::fs::remove_dir_all(e.src.join(&spine)).unwrap();
+    write(&e.src.join(&spine), b"a file now");
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "partial", "{r}");
+    let problems = r["totals"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{r}");
+    assert_eq!(problems[0]["path"], spine.as_str(), "{r}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    let to = e.t.path().join("restored");
+    let (code, _, err) = sr(&[
+        "restore",
+        "--dest",
+        &e.url,
+        &snaps[0].0.hex(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!to.join(&spine).exists(), "{spine} left out");
+    // The source without the file, its directory's time as the snapshot has it.
+    let parent = e.src.join(&spine).parent().unwrap().to_path_buf();
+    let md = std::fs::metadata(&parent).unwrap();
+    std::fs::remove_file(e.src.join(&spine)).unwrap();
+    {
+        use std::os::unix::fs::MetadataExt;
+        set_mtime(&parent, md.mtime(), md.mtime_nsec());
+    }
+    assert_same_tree(
+        &describe(&e.src),
+        &describe(&to),
+        "all but the replaced directory",
+    );
+}

@@ -946,7 +946,16 @@ fn finalize(
             continue;
         }
         let path = source.join(d.as_path());
-        match dir_node_at(&path, d.file_name(), &names) {
+        // A spine directory gone since the plan is left out; one replaced by another
+        // kind of entry too (its units walked no name of it): the next run has it.
+        let node = dir_node_at(&path, d.file_name(), &names).and_then(|n| match n.kind.as_str() {
+            "dir" => Ok(n),
+            other => Err(restic::Error::Other(format!(
+                "{} is a {other} now, not the directory the plan cut",
+                path.display()
+            ))),
+        });
+        match node {
             Ok(mut n) => {
                 n.subtree = Some(id);
                 made.insert(d, n);
