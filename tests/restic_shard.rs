@@ -569,3 +569,41 @@ fn the_publisher_records_and_notifies_the_run_once_and_a_failed_worker_its_part(
         )]
     );
 }
+
+/// A run whose units are all committed but that has not published (its finalizer
+/// killed before finalize, or after `final` but before the snapshot file): `snapring
+/// prune` meanwhile keeps what its commits (or `final`'s snapshot) reference, so the
+/// rerun publishes a snapshot whose data is all there. Once published, the run's data
+/// is an ordinary snapshot's.
+#[test]
+fn prune_keeps_what_an_unfinished_run_committed_for_its_rerun() {
+    for (point, run) in [
+        ("shard.repo.before_finalize", "before"),
+        ("shard.repo.before_snapshot", "after"),
+    ] {
+        let e = env();
+        let fp = format!("{point}=kill");
+        let out = spawn(&e, 0, 1, run, &[("SNAPRING_FAILPOINTS", &fp)])
+            .wait_with_output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "{point}: {}", text(&out));
+        assert!(snapshots(&e).is_empty(), "{point}");
+        let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+        assert_eq!(code, 0, "{point}: {out}\n{err}");
+        let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(p["plan"]["shard_runs_kept"], 1, "{point}: {p}");
+        assert_eq!(p["plan"]["packs_deleted"], 0, "{point}: {p}");
+        let again = report(&spawn(&e, 0, 1, run, &[]).wait_with_output().unwrap());
+        let snaps = snapshots(&e);
+        assert_eq!(snaps.len(), 1, "{point}");
+        assert_eq!(again["snapshot"], snaps[0].0.hex().as_str(), "{point}");
+        let (code, out, err) = sr(&["verify", "--dest", &e.url]);
+        assert_eq!(code, 0, "{point}: {out}\n{err}");
+        assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+        // Published: nothing more is kept for the run.
+        let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+        assert_eq!(code, 0, "{point}: {out}\n{err}");
+        let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(p["plan"]["shard_runs_kept"], 0, "{point}: {p}");
+    }
+}

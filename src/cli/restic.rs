@@ -587,7 +587,12 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
 /// `snapring prune --dest URL [--dry-run]`.
 pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
     let repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
-    let r = restic::prune::prune(&repo, a.dry_run)?;
+    // What unfinished shard runs committed is kept for their reruns.
+    let r = restic::prune::prune_keeping(
+        &repo,
+        a.dry_run,
+        &snapring::shard::repository::unpublished_roots,
+    )?;
     if a.json {
         print::json(&r)?;
         return Ok(ExitCode::Complete);
@@ -600,6 +605,12 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         p.blobs_unused,
         human(p.bytes_unused)
     );
+    if p.shard_runs_kept > 0 {
+        outln!(
+            "kept the data of {} unfinished shard runs (snapring/shards/)",
+            p.shard_runs_kept
+        );
+    }
     outln!(
         "packs: {} kept, {} to repack ({} copied), {} to delete, {} not in any index",
         p.packs_kept,

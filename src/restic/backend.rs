@@ -68,8 +68,8 @@ pub trait Backend: Send + Sync {
     fn create_extra(&self, rel: &str, bytes: &[u8]) -> Result<bool>;
     /// Writes `rel`, replacing what is there.
     fn put_extra(&self, rel: &str, bytes: &[u8]) -> Result<()>;
-    /// The names of the files in the folder `rel` (one level), sorted; none if it does
-    /// not exist.
+    /// The names of the files and folders in the folder `rel` (one level), sorted; none
+    /// if it does not exist.
     fn list_extra(&self, rel: &str) -> Result<Vec<String>>;
     /// Removes `rel`; a file already gone is no error.
     fn remove_extra(&self, rel: &str) -> Result<()>;

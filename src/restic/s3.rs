@@ -628,9 +628,10 @@ impl Backend for S3 {
         let mut token: Option<String> = None;
         loop {
             let (keys, next) = self.list_page(&prefix, token.as_deref())?;
+            // A deeper key names a folder: its first part.
             out.extend(keys.iter().filter_map(|k| {
-                let name = k.strip_prefix(&prefix)?;
-                (!name.is_empty() && !name.contains('/')).then(|| name.to_string())
+                let name = k.strip_prefix(&prefix)?.split('/').next()?;
+                (!name.is_empty()).then(|| name.to_string())
             }));
             match next {
                 Some(t) => token = Some(t),

@@ -940,6 +940,49 @@ fn finalize(
     })
 }
 
+/// What the shard runs of `repo` that have not published their snapshot have written
+/// and no snapshot references yet (`prune` keeps it, `restic::prune::Roots`): the
+/// nodes of their committed units, or, for a run whose `final` is written but not its
+/// snapshot file, that snapshot's tree. A run's rerun builds on its commits, so pruning
+/// their blobs would make it publish a snapshot that names missing data. A run given
+/// up for good keeps its data until `snapring/shards/<run-id>` is removed. Reads the
+/// repository (call it under prune's exclusive lock).
+pub fn unpublished_roots(repo: &Repo) -> restic::Result<restic::prune::Roots> {
+    let b = repo.backend.clone();
+    let snaps: BTreeSet<Id> = b.list(Kind::Snapshot)?.into_iter().collect();
+    let mut roots = restic::prune::Roots::default();
+    for run in b.list_extra("snapring/shards")? {
+        let st = State::new(b.as_ref(), &run);
+        if let Some(f) = st.read_final()? {
+            let id = Id::parse(&f.snapshot)?;
+            if snaps.contains(&id) {
+                continue;
+            }
+            let sealed = base64::engine::general_purpose::STANDARD
+                .decode(&f.sealed)
+                .map_err(|e| restic::corrupt(st.key("final"), e))?;
+            let snap: Snapshot = repo.open_json(&sealed, &st.key("final"))?;
+            roots.trees.push(snap.tree);
+            roots.runs += 1;
+            continue;
+        }
+        let done = st.done()?;
+        roots.runs += u64::from(!done.is_empty());
+        for unit in done {
+            let key = st.done_key(&unit);
+            let Some(sealed) = b.read_extra(&key)? else {
+                continue;
+            };
+            let c: UnitDone = repo.open_json(&sealed, &key)?;
+            for n in c.nodes {
+                roots.trees.extend(n.subtree);
+                roots.data.extend(n.content.unwrap_or_default());
+            }
+        }
+    }
+    Ok(roots)
+}
+
 /// Writes the snapshot file `final` names, if it is not there (content-addressed: the
 /// same bytes whoever writes them).
 fn write_snapshot(repo: &Repo, f: &FinalFile) -> Result<(), ShardError> {
