@@ -607,3 +607,38 @@ fn prune_keeps_what_an_unfinished_run_committed_for_its_rerun() {
         assert_eq!(p["plan"]["shard_runs_kept"], 0, "{point}: {p}");
     }
 }
+
+/// `--retain 1` with three workers: the worker that publishes waits for the others'
+/// shared locks to go (they see `final` within a poll) and applies the retention,
+/// rather than skipping it every time.
+#[test]
+fn retain_with_several_workers_is_applied_not_skipped() {
+    let e = env();
+    for run in ["k1", "k2"] {
+        let kids: Vec<Child> = (0..3)
+            .map(|i| {
+                let shard = format!("{i}/3");
+                worker(
+                    &e,
+                    &["--shard", &shard, "--run-id", run, "--retain", "1"],
+                    &[],
+                )
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        let reports: Vec<serde_json::Value> = kids
+            .into_iter()
+            .map(|k| report(&k.wait_with_output().unwrap()))
+            .collect();
+        let fin = reports
+            .iter()
+            .find(|r| r["finalized"] == true)
+            .unwrap_or_else(|| panic!("{reports:?}"));
+        assert!(fin.get("retention_skipped").is_none(), "{run}: {fin}");
+        assert!(fin["retention"].is_object(), "{run}: {fin}");
+    }
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert!(snaps[0].1.tags.contains(&"shard-run=k2".to_string()));
+}

@@ -394,7 +394,22 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             keep_last: n.max(1),
             group: Some(fin.group),
         };
-        match restic::lock::acquire(repo, true) {
+        // The run's other workers hold their shared locks until they see `final` (a
+        // poll, at most 2 s): wait for them, up to a lease, rather than skip.
+        let until = Instant::now() + lease();
+        let ex = loop {
+            match restic::lock::acquire(repo, true) {
+                Err(restic::Error::Other(m))
+                    if m.starts_with("the repository is locked")
+                        && Instant::now() < until
+                        && !opts.cancel.load(Ordering::Relaxed) =>
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                r => break r,
+            }
+        };
+        match ex {
             Ok(ex) => {
                 report.retention =
                     Some(restic::forget::forget_locked(repo, &policy).map_err(failed)?);
