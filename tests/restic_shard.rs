@@ -642,3 +642,31 @@ fn retain_with_several_workers_is_applied_not_skipped() {
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     assert!(snaps[0].1.tags.contains(&"shard-run=k2".to_string()));
 }
+
+/// The parent snapshot a run's plan names forgotten while the run is unfinished
+/// (another run's retention, `forget`): the rerun builds the units left without it
+/// and publishes, rather than failing on every attempt.
+#[test]
+fn a_run_whose_parent_was_forgotten_meanwhile_still_publishes() {
+    let e = env();
+    let first = report(&spawn(&e, 0, 1, "p1", &[]).wait_with_output().unwrap());
+    let parent = first["snapshot"].as_str().unwrap().to_string();
+    let out = spawn(
+        &e,
+        0,
+        1,
+        "p2",
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill")],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    // What `restic forget` does to a local repository.
+    std::fs::remove_file(e.repo.join("snapshots").join(&parent)).unwrap();
+    let again = report(&spawn(&e, 0, 1, "p2", &[]).wait_with_output().unwrap());
+    assert_eq!(again["parent"], parent.as_str(), "{again}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(again["snapshot"], snaps[0].0.hex().as_str());
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}

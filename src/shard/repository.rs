@@ -313,9 +313,24 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
     let parent_tree = match &plan_file.prev {
         Some(id) => {
             let id = Id::parse(id).map_err(failed)?;
-            let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
-            let comps: Vec<&OsStr> = source.iter().skip(1).collect();
-            restic::backup::descend(repo, snap.tree, &comps).map_err(failed)?
+            // Forgotten since the plan (another run's retention, `forget`): the units
+            // still to build read every file, rather than the run failing for good.
+            if repo
+                .backend
+                .list(Kind::Snapshot)
+                .map_err(failed)?
+                .contains(&id)
+            {
+                let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
+                let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+                restic::backup::descend(repo, snap.tree, &comps).map_err(failed)?
+            } else {
+                tracing::warn!(
+                    "run {}: its parent snapshot {id} is gone; the units still to build read every file",
+                    spec.run_id
+                );
+                None
+            }
         }
         None => None,
     };
