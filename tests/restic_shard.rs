@@ -670,3 +670,86 @@ fn a_run_whose_parent_was_forgotten_meanwhile_still_publishes() {
     assert_eq!(again["snapshot"], snaps[0].0.hex().as_str());
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
+
+/// Unit directories replaced between the plan and their build: one by a file, one by a
+/// symlink to a directory outside the source. The run publishes (partial: both left
+/// out, named as problems) instead of failing on every attempt, nothing outside the
+/// source is backed up, and the snapshot passes `restic check`.
+#[test]
+fn unit_directories_replaced_by_a_file_or_a_symlink_after_the_plan() {
+    let e = env();
+    let outside = e.t.path().join("outside");
+    write(&outside.join("secret"), b"not in the source\n");
+    // The plan is made; the worker dies before its first commit.
+    let out = spawn(
+        &e,
+        0,
+        2,
+        "rp",
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill")],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    std::fs::remove_dir_all(e.src.join("d05")).unwrap();
+    write(&e.src.join("d05"), b"a file now\n");
+    std::fs::remove_dir_all(e.src.join("d06")).unwrap();
+    std::os::unix::fs::symlink(&outside, e.src.join("d06")).unwrap();
+    let kids: Vec<Child> = (0..2).map(|i| spawn(&e, i, 2, "rp", &[])).collect();
+    let outs: Vec<Output> = kids
+        .into_iter()
+        .map(|k| k.wait_with_output().unwrap())
+        .collect();
+    let reports: Vec<serde_json::Value> = outs
+        .iter()
+        .map(|o| {
+            assert!(matches!(o.status.code(), Some(0 | 2)), "{}", text(o));
+            serde_json::from_slice(&o.stdout).unwrap()
+        })
+        .collect();
+    let fin = reports
+        .iter()
+        .find(|r| r["finalized"] == true)
+        .unwrap_or_else(|| panic!("{reports:?}"));
+    assert_eq!(fin["status"], "partial", "{fin}");
+    let problems = fin["totals"]["problems"].to_string();
+    assert!(
+        problems.contains("\"d05\"") && problems.contains("\"d06\""),
+        "{problems}"
+    );
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let repo = open(&e);
+    let src = source_tree(&e, &snaps[0].0);
+    let names: Vec<Vec<u8>> = snapring::restic::tree::Tree::from_blob(
+        &repo
+            .read_blob(snapring::restic::pack::BlobType::Tree, &src)
+            .unwrap(),
+        &src,
+    )
+    .unwrap()
+    .nodes
+    .iter()
+    .map(|n| n.name_bytes())
+    .collect();
+    for gone in ["d05", "d06"] {
+        assert!(
+            !names.contains(&gone.as_bytes().to_vec()),
+            "{gone} is left out"
+        );
+    }
+    assert!(descend(&repo, src, &[OsStr::new("d07")]).unwrap().is_some());
+    // The symlink was not followed: the file outside is not even uploaded.
+    assert!(!repo.index.contains(
+        snapring::restic::pack::BlobType::Data,
+        &Id::hash(b"not in the source\n")
+    ));
+    if let Some(restic) = restic_binary("a shard run with replaced unit directories") {
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+        let found = run_restic(&restic, &e.repo, &["find", "secret"]);
+        assert!(
+            !String::from_utf8_lossy(&found.stdout).contains("/secret"),
+            "{found:?}"
+        );
+    }
+}

@@ -742,6 +742,16 @@ fn build_unit(
     } else {
         source.join(unit.dir.as_path())
     };
+    // The unit's directory, or one above it, replaced since the plan by a file or a
+    // symlink: the unit has nothing (finalize leaves the entry out, a problem), rather
+    // than failing every attempt or following the symlink out of the source.
+    let mut at = source.to_path_buf();
+    for c in &comps {
+        at.push(c);
+        if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+            return Ok((Vec::new(), UnitFigures::default(), Vec::new()));
+        }
+    }
     let parent = match parent_tree {
         Some(t) => restic::backup::descend(repo, t, &comps)?,
         None => None,
