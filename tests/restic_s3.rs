@@ -873,7 +873,7 @@ fn config_is_created_only_once() {
 /// A shard run's files beside the repository (`shard::repository`): each is created
 /// once, by a conditional write (`If-None-Match: *`) that the server refuses when the
 /// key exists, and the loser is told so; a retry of a create that landed finds its own
-/// bytes; the rest are read, listed, replaced and removed.
+/// bytes; the rest are read, listed (folders by name), replaced and removed.
 #[test]
 fn run_files_are_created_once_by_conditional_writes() {
     use snapring::restic::backend::Backend;
@@ -892,10 +892,12 @@ fn run_files_are_created_once_by_conditional_writes() {
         b.create_extra("snapring/shards/r/claims/sub/deeper", b"x")
             .unwrap()
     );
+    // A folder is listed by its name, as a local repository's (prune lists the runs).
     assert_eq!(
         b.list_extra("snapring/shards/r/claims").unwrap(),
-        ["u0001.g1", "u0002.g1"]
+        ["sub", "u0001.g1", "u0002.g1"]
     );
+    assert_eq!(b.list_extra("snapring/shards").unwrap(), ["r"]);
     assert!(b.list_extra("snapring/shards/none").unwrap().is_empty());
     let beat = "snapring/shards/r/beats/u0001.g1";
     b.put_extra(beat, b"1").unwrap();
@@ -904,6 +906,53 @@ fn run_files_are_created_once_by_conditional_writes() {
     b.remove_extra(beat).unwrap();
     assert_eq!(b.read_extra(beat).unwrap(), None);
     b.remove_extra(beat).unwrap();
+}
+
+/// A shard run on S3 killed before it published: `snapring prune` finds the run by
+/// listing `snapring/shards/` and keeps its units' data, and the rerun's snapshot
+/// verifies clean.
+#[test]
+fn prune_on_s3_keeps_an_unfinished_shard_runs_data() {
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    for d in 0..4 {
+        for f in 0..5 {
+            write(
+                &src.join(format!("d{d}/f{f}")),
+                format!("{d}/{f}\n").as_bytes(),
+            );
+        }
+    }
+    let dest = format!("s3://{BUCKET}/unfinished");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let args = [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &dest,
+        "--shard",
+        "0/1",
+        "--run-id",
+        "u1",
+    ];
+    let o = s
+        .command(&args)
+        .env("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "{o:?}");
+    let p: serde_json::Value =
+        serde_json::from_str(&s.sr_ok(&["prune", "--json", "--dest", &dest])).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 1, "{p}");
+    assert_eq!(p["plan"]["packs_deleted"], 0, "{p}");
+    let o = s
+        .command(&args)
+        .env_remove("SNAPRING_FAILPOINTS")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    s.sr_ok(&["verify", "--dest", &dest]);
 }
 
 /// Three shard workers into one repository on S3: one snapshot, published once, each
