@@ -394,8 +394,10 @@ fn a_crash_in_finalize_before_or_after_final_still_makes_exactly_one_snapshot() 
         let snaps = snapshots(&e);
         assert_eq!(snaps.len(), 1, "{point}");
         assert_eq!(again["snapshot"], snaps[0].0.hex().as_str(), "{point}");
-        // After `final`, the rerun writes the snapshot `final` holds; it did not make it.
-        assert_eq!(again["finalized"], run == "before", "{point}: {again}");
+        // After `final`, the rerun writes the snapshot `final` holds (it did not make
+        // it) and publishes the run, with the figures `final` keeps.
+        assert_eq!(again["finalized"], true, "{point}: {again}");
+        assert_eq!(again["totals"]["units"], run_files(&e, run, "done").len());
         assert!(units_of(&again, "units").is_empty(), "{point}: {again}");
         assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
     }
@@ -752,4 +754,31 @@ fn unit_directories_replaced_by_a_file_or_a_symlink_after_the_plan() {
             "{found:?}"
         );
     }
+}
+
+/// The worker that wrote `final` killed before the snapshot file: the rerun that writes
+/// it publishes the run, so the run's `--retain` is applied (and it is recorded and
+/// notified), not left undone with a "published by another worker" that no longer runs.
+#[test]
+fn the_rerun_after_a_crash_past_final_applies_the_retention() {
+    let e = env();
+    let args = |run: &'static str| ["--shard", "0/1", "--run-id", run, "--retain", "1"];
+    report(&worker(&e, &args("c1"), &[]).output().unwrap());
+    let out = worker(
+        &e,
+        &args("c2"),
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_snapshot=kill")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let again = report(&worker(&e, &args("c2"), &[]).output().unwrap());
+    assert_eq!(again["finalized"], true, "{again}");
+    assert!(again["retention"].is_object(), "{again}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(again["snapshot"], snaps[0].0.hex().as_str());
+    // A later rerun finds the run published: it publishes nothing again.
+    let third = report(&worker(&e, &args("c2"), &[]).output().unwrap());
+    assert_eq!(third["finalized"], false, "{third}");
 }

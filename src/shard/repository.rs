@@ -22,7 +22,10 @@
 //!   unit committed; the same lease and takeover);
 //! - `final`: the run's snapshot, its id and its sealed bytes, created *before* the
 //!   snapshot file: whoever finds `final` without that file writes those same bytes,
-//!   so a run makes one snapshot whatever crashes.
+//!   so a run makes one snapshot whatever crashes;
+//! - `published`: who publishes the run (records it, notifies, applies `--retain`),
+//!   created exclusively once the snapshot file is there: the worker that wrote
+//!   `final`, or the rerun after it crashed (the run's figures are sealed in `final`).
 //!
 //! Nothing is moved, unlike in the hard-link store: blobs are content-addressed, so a
 //! unit built twice leaves only unreferenced blobs, for `prune`. Hard links need no
@@ -106,12 +109,15 @@ struct FinalFile {
     snapshot: String,
     /// The snapshot file's bytes (already encrypted), base64.
     sealed: String,
+    /// The run's figures (`RunTotals`, sealed JSON), base64: for whoever publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    totals: Option<String>,
     worker: usize,
     at: String,
 }
 
 /// One worker's share of the run, in the run's totals.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WorkerTotals {
     pub worker: usize,
     pub units: u64,
@@ -123,7 +129,7 @@ pub struct WorkerTotals {
 
 /// The whole run's figures, summed over the committed units (by the worker that
 /// publishes).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunTotals {
     pub units: u64,
     /// Units committed by a later generation than the first (a claim taken over).
@@ -799,7 +805,7 @@ struct Finalized {
     snapshot: String,
     /// The snapshot file's bytes, base64 (as `final` holds them).
     sealed: String,
-    /// This process created `final`.
+    /// This process publishes the run (created `published`).
     won: bool,
     /// The run's figures (when this process read the commits).
     totals: Option<RunTotals>,
@@ -824,14 +830,7 @@ fn finalize(
         paths: vec![source.to_string_lossy().into_owned()],
     };
     if let Some(f) = st.read_final().map_err(failed)? {
-        write_snapshot(repo, &f)?;
-        return Ok(Finalized {
-            snapshot: f.snapshot,
-            sealed: f.sealed,
-            won: false,
-            totals: None,
-            group,
-        });
+        return published(repo, st, f, spec, group);
     }
     let commits = super::par_map(8, &cut.units, |u| -> Result<UnitDone, ShardError> {
         let key = st.done_key(&u.id);
@@ -950,15 +949,17 @@ fn finalize(
         ..Default::default()
     };
     let (id, sealed) = repo.seal_json(&snap).map_err(failed)?;
+    let (_, sealed_totals) = repo.seal_json(&totals).map_err(failed)?;
     let mine = FinalFile {
         snapshot: id.hex(),
         sealed: base64::engine::general_purpose::STANDARD.encode(&sealed),
+        totals: Some(base64::engine::general_purpose::STANDARD.encode(&sealed_totals)),
         worker: spec.index,
         at: crate::util::now_rfc3339(),
     };
     let body = serde_json::to_vec(&mine).expect("serializes");
-    let won = st.b.create_extra(&st.key("final"), &body).map_err(failed)?;
-    let f = if won {
+    let made = st.b.create_extra(&st.key("final"), &body).map_err(failed)?;
+    let f = if made {
         mine
     } else {
         st.read_final()
@@ -970,12 +971,40 @@ fn finalize(
             "write the snapshot: {e}"
         )))
     })?;
+    published(repo, st, f, spec, group)
+}
+
+/// Writes the snapshot file `final` names if it is missing, then settles who publishes
+/// the run (records it, notifies, applies the retention): the process that creates
+/// `published`, exclusively, once the snapshot file is there. Normally the worker that
+/// wrote `final`; after a crash between `final` and the end of that, the rerun.
+fn published(
+    repo: &Repo,
+    st: &State<'_>,
+    f: FinalFile,
+    spec: &Spec,
+    group: restic::forget::Group,
+) -> Result<Finalized, ShardError> {
     write_snapshot(repo, &f)?;
+    // Unique to this process: a retried create that landed finds its own bytes.
+    let body = serde_json::to_vec(&Holder::me(spec.index)).expect("serializes");
+    let won =
+        st.b.create_extra(&st.key("published"), &body)
+            .map_err(failed)?;
+    let totals = match (&f.totals, won) {
+        (Some(t), true) => {
+            let sealed = base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .map_err(|e| failed(restic::corrupt(st.key("final"), e)))?;
+            Some(repo.open_json(&sealed, &st.key("final")).map_err(failed)?)
+        }
+        _ => None,
+    };
     Ok(Finalized {
         snapshot: f.snapshot,
         sealed: f.sealed,
         won,
-        totals: won.then_some(totals),
+        totals,
         group,
     })
 }
