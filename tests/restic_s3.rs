@@ -48,6 +48,8 @@ enum Fault {
     Status503(u64),
     /// Closes the connection without an answer.
     Drop(u64),
+    /// Ignores `If-None-Match` on PUT (no conditional writes).
+    NoConditionalWrites,
 }
 
 const NONE: Fault = Fault::Status503(0);
@@ -118,7 +120,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
     let puts = Arc::new(Mutex::new(Vec::new()));
     let gets = Arc::new(Mutex::new(Vec::new()));
     let service = Flaky {
-        inner: s3::service(root),
+        inner: s3::service_with(root, matches!(fault, Fault::NoConditionalWrites)),
         fault,
         count: count.clone(),
         puts: puts.clone(),
@@ -873,7 +875,7 @@ fn config_is_created_only_once() {
 /// A shard run's files beside the repository (`shard::repository`): each is created
 /// once, by a conditional write (`If-None-Match: *`) that the server refuses when the
 /// key exists, and the loser is told so; a retry of a create that landed finds its own
-/// bytes; the rest are read, listed, replaced and removed.
+/// bytes; the rest are read, listed (folders by name), replaced and removed.
 #[test]
 fn run_files_are_created_once_by_conditional_writes() {
     use snapring::restic::backend::Backend;
@@ -892,11 +894,12 @@ fn run_files_are_created_once_by_conditional_writes() {
         b.create_extra("snapring/shards/r/claims/sub/deeper", b"x")
             .unwrap()
     );
-    // Files and folders, one level.
+    // A folder is listed by its name, as a local repository's (prune lists the runs).
     assert_eq!(
         b.list_extra("snapring/shards/r/claims").unwrap(),
         ["sub", "u0001.g1", "u0002.g1"]
     );
+    assert_eq!(b.list_extra("snapring/shards").unwrap(), ["r"]);
     b.remove_extra_tree("snapring/shards/r/claims").unwrap();
     assert!(b.list_extra("snapring/shards/r/claims").unwrap().is_empty());
     assert!(b.list_extra("snapring/shards/r").unwrap().is_empty());
@@ -908,6 +911,53 @@ fn run_files_are_created_once_by_conditional_writes() {
     b.remove_extra(beat).unwrap();
     assert_eq!(b.read_extra(beat).unwrap(), None);
     b.remove_extra(beat).unwrap();
+}
+
+/// A shard run on S3 killed before it published: `snapring prune` finds the run by
+/// listing `snapring/shards/` and keeps its units' data, and the rerun's snapshot
+/// verifies clean.
+#[test]
+fn prune_on_s3_keeps_an_unfinished_shard_runs_data() {
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    for d in 0..4 {
+        for f in 0..5 {
+            write(
+                &src.join(format!("d{d}/f{f}")),
+                format!("{d}/{f}\n").as_bytes(),
+            );
+        }
+    }
+    let dest = format!("s3://{BUCKET}/unfinished");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let args = [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &dest,
+        "--shard",
+        "0/1",
+        "--run-id",
+        "u1",
+    ];
+    let o = s
+        .command(&args)
+        .env("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "{o:?}");
+    let p: serde_json::Value =
+        serde_json::from_str(&s.sr_ok(&["prune", "--json", "--dest", &dest])).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 1, "{p}");
+    assert_eq!(p["plan"]["packs_deleted"], 0, "{p}");
+    let o = s
+        .command(&args)
+        .env_remove("SNAPRING_FAILPOINTS")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{o:?}");
+    s.sr_ok(&["verify", "--dest", &dest]);
 }
 
 /// Three shard workers into one repository on S3: one snapshot, published once, each
@@ -1000,6 +1050,40 @@ fn shard_workers_on_s3_make_one_snapshot() {
         &describe(&to),
         "a shard run on S3, restored",
     );
+}
+
+/// A server that ignores `If-None-Match: *` would let two workers both win a claim, a
+/// commit or `final`: the worker that plans a run checks it once (a second create of
+/// one key must be refused) and fails clearly, writing no plan.
+#[test]
+fn a_shard_run_refuses_a_server_without_conditional_writes() {
+    if needs_in_process_server("a server that ignores If-None-Match") {
+        return;
+    }
+    let s = setup(Fault::NoConditionalWrites);
+    let src = s.t.path().join("src");
+    source(&src);
+    let dest = format!("s3://{BUCKET}/noconds");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let (code, out, err) = s.sr_with(
+        &[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &dest,
+            "--shard",
+            "0/2",
+            "--run-id",
+            "r",
+        ],
+        PASSWORD,
+    );
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("If-None-Match"), "{err}");
+    use snapring::restic::backend::Backend;
+    let b = lib_s3(&s, "noconds");
+    assert_eq!(b.read_extra("snapring/shards/r/plan").unwrap(), None);
 }
 
 /// A server answering every third request 503, or dropping every third connection:

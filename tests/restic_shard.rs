@@ -356,6 +356,7 @@ fn a_worker_killed_before_its_commit_leaves_its_unit_to_the_others() {
     let retry = report(&spawn(&e, 1, 3, "r", &lease).wait_with_output().unwrap());
     assert_eq!(retry["status"], "complete", "{retry}");
     assert_eq!(retry["finalized"], false);
+    assert_eq!(retry["published_before"], true, "{retry}");
     assert_eq!(retry["snapshot"], snaps[0].0.hex().as_str());
     assert!(units_of(&retry, "units").is_empty(), "{retry}");
     assert_eq!(snapshots(&e).len(), 1);
@@ -427,12 +428,14 @@ fn a_crash_in_finalize_before_or_after_final_still_makes_exactly_one_snapshot() 
         let snaps = snapshots(&e);
         assert_eq!(snaps.len(), 1, "{point}");
         assert_eq!(again["snapshot"], snaps[0].0.hex().as_str(), "{point}");
-        // After `final`, the rerun writes the snapshot `final` holds; it did not make it.
-        assert_eq!(again["finalized"], run == "before", "{point}: {again}");
+        // After `final`, the rerun writes the snapshot `final` holds (it did not make
+        // it) and publishes the run, with the figures `final` keeps.
+        assert_eq!(again["finalized"], true, "{point}: {again}");
+        assert_eq!(again["totals"]["units"], run_files(&e, run, "done").len());
         assert!(units_of(&again, "units").is_empty(), "{point}: {again}");
         // Tidied up by whoever published or mended it: every commit a tombstone.
         let dir = e.repo.join("snapring/shards").join(run);
-        assert!(dir.join("tidied").exists(), "{point}");
+        assert!(dir.join("published").exists(), "{point}");
         let done = run_files(&e, run, "done");
         assert_eq!(done, plan_units(&e, run), "{point}");
         for u in done {
@@ -615,11 +618,10 @@ fn the_publisher_records_and_notifies_the_run_once_and_a_failed_worker_its_part(
 }
 
 /// A run whose workers all stopped before publishing: `status` shows every unit
-/// committed and nothing published; `prune` refuses (it would delete the committed
-/// units' packs, referenced by no snapshot yet); `finalize` publishes it. A run whose
-/// packs were pruned anyway (a prune that knows nothing of shard runs: restic's own)
-/// is refused at finalize, nothing published; `prune --drop-unfinished-runs` gives it
-/// up.
+/// committed and nothing published; `prune` keeps what it committed (its packs are
+/// referenced by no snapshot yet); `finalize` publishes it. A run whose packs were
+/// pruned anyway (a prune that knows nothing of shard runs: restic's own) is refused
+/// at finalize, nothing published; `prune --drop-unfinished-runs` gives it up.
 #[test]
 fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
     let e = env();
@@ -631,17 +633,11 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
     let st: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!(st["finalized"], false, "{st}");
     assert_eq!(st["done"], st["units"], "{st}");
-    let packs_before = std::fs::read_dir(e.repo.join("data")).unwrap().count();
-    let (code, _, err) = sr(&["prune", "--dest", &e.url]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains("r1") && err.contains("not yet published"),
-        "{err}"
-    );
-    assert_eq!(
-        std::fs::read_dir(e.repo.join("data")).unwrap().count(),
-        packs_before
-    );
+    let (code, out, err) = sr(&["prune", "--dest", &e.url, "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 1, "{p}");
+    assert_eq!(p["plan"]["packs_deleted"], 0, "{p}");
     let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "r1", "--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let fin: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -654,11 +650,6 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
     assert_eq!(code, 0);
     let st: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!(st["finalized"], true, "{st}");
-    let (code, _, err) = sr(&["prune", "--dest", &e.url]);
-    assert_eq!(
-        code, 0,
-        "published, the run no longer holds prune back: {err}"
-    );
 
     // New content, committed, not published; then pruned by a prune that does not ask.
     write(&e.src.join("d03/new"), &pseudo_random(300_000, 3));
@@ -674,8 +665,6 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
         text(&out)
     );
     assert_eq!(snapshots(&e).len(), 1, "nothing published");
-    let (code, _, err) = sr(&["prune", "--dest", &e.url]);
-    assert_eq!(code, 1, "{err}");
     let (code, _, err) = sr(&["prune", "--dest", &e.url, "--drop-unfinished-runs"]);
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("gave up the unfinished shard run r2"), "{err}");
@@ -842,4 +831,258 @@ fn a_spine_directory_replaced_before_finalize_is_left_out_and_named() {
         &describe(&to),
         "all but the replaced directory",
     );
+}
+
+/// A run whose units are all committed but that has not published (its finalizer
+/// killed before finalize, or after `final` but before the snapshot file): `snapring
+/// prune` meanwhile keeps what its commits (or `final`'s snapshot) reference, so the
+/// rerun publishes a snapshot whose data is all there. Once published, the run's data
+/// is an ordinary snapshot's.
+#[test]
+fn prune_keeps_what_an_unfinished_run_committed_for_its_rerun() {
+    for (point, run) in [
+        ("shard.repo.before_finalize", "before"),
+        ("shard.repo.before_snapshot", "after"),
+    ] {
+        let e = env();
+        let fp = format!("{point}=kill");
+        let out = spawn(&e, 0, 1, run, &[("SNAPRING_FAILPOINTS", &fp)])
+            .wait_with_output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "{point}: {}", text(&out));
+        assert!(snapshots(&e).is_empty(), "{point}");
+        let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+        assert_eq!(code, 0, "{point}: {out}\n{err}");
+        let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(p["plan"]["shard_runs_kept"], 1, "{point}: {p}");
+        assert_eq!(p["plan"]["packs_deleted"], 0, "{point}: {p}");
+        let again = report(&spawn(&e, 0, 1, run, &[]).wait_with_output().unwrap());
+        let snaps = snapshots(&e);
+        assert_eq!(snaps.len(), 1, "{point}");
+        assert_eq!(again["snapshot"], snaps[0].0.hex().as_str(), "{point}");
+        let (code, out, err) = sr(&["verify", "--dest", &e.url]);
+        assert_eq!(code, 0, "{point}: {out}\n{err}");
+        assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+        // Published: nothing more is kept for the run.
+        let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+        assert_eq!(code, 0, "{point}: {out}\n{err}");
+        let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(p["plan"]["shard_runs_kept"], 0, "{point}: {p}");
+    }
+}
+
+/// `--retain 1` with three workers: the worker that publishes waits for the others'
+/// shared locks to go (they see `final` within a poll) and applies the retention,
+/// rather than skipping it every time.
+#[test]
+fn retain_with_several_workers_is_applied_not_skipped() {
+    let e = env();
+    for run in ["k1", "k2"] {
+        let kids: Vec<Child> = (0..3)
+            .map(|i| {
+                let shard = format!("{i}/3");
+                worker(
+                    &e,
+                    &["--shard", &shard, "--run-id", run, "--retain", "1"],
+                    &[],
+                )
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        let reports: Vec<serde_json::Value> = kids
+            .into_iter()
+            .map(|k| report(&k.wait_with_output().unwrap()))
+            .collect();
+        let fin = reports
+            .iter()
+            .find(|r| r["finalized"] == true)
+            .unwrap_or_else(|| panic!("{reports:?}"));
+        assert!(fin.get("retention_skipped").is_none(), "{run}: {fin}");
+        assert!(fin["retention"].is_object(), "{run}: {fin}");
+    }
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert!(snaps[0].1.tags.contains(&"shard-run=k2".to_string()));
+}
+
+/// The parent snapshot a run's plan names forgotten while the run is unfinished
+/// (another run's retention, `forget`): the rerun builds the units left without it
+/// and publishes, rather than failing on every attempt.
+#[test]
+fn a_run_whose_parent_was_forgotten_meanwhile_still_publishes() {
+    let e = env();
+    let first = report(&spawn(&e, 0, 1, "p1", &[]).wait_with_output().unwrap());
+    let parent = first["snapshot"].as_str().unwrap().to_string();
+    let out = spawn(
+        &e,
+        0,
+        1,
+        "p2",
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill")],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    // What `restic forget` does to a local repository.
+    std::fs::remove_file(e.repo.join("snapshots").join(&parent)).unwrap();
+    let again = report(&spawn(&e, 0, 1, "p2", &[]).wait_with_output().unwrap());
+    assert_eq!(again["parent"], parent.as_str(), "{again}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(again["snapshot"], snaps[0].0.hex().as_str());
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
+/// Unit directories replaced between the plan and their build: one by a file, one by a
+/// symlink to a directory outside the source. The run publishes (partial: both left
+/// out, named as problems) instead of failing on every attempt, nothing outside the
+/// source is backed up, and the snapshot passes `restic check`.
+#[test]
+fn unit_directories_replaced_by_a_file_or_a_symlink_after_the_plan() {
+    let e = env();
+    let outside = e.t.path().join("outside");
+    write(&outside.join("secret"), b"not in the source\n");
+    // The plan is made; the worker dies before its first commit.
+    let out = spawn(
+        &e,
+        0,
+        2,
+        "rp",
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill")],
+    )
+    .wait_with_output()
+    .unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    std::fs::remove_dir_all(e.src.join("d05")).unwrap();
+    write(&e.src.join("d05"), b"a file now\n");
+    std::fs::remove_dir_all(e.src.join("d06")).unwrap();
+    std::os::unix::fs::symlink(&outside, e.src.join("d06")).unwrap();
+    let kids: Vec<Child> = (0..2).map(|i| spawn(&e, i, 2, "rp", &[])).collect();
+    let outs: Vec<Output> = kids
+        .into_iter()
+        .map(|k| k.wait_with_output().unwrap())
+        .collect();
+    let reports: Vec<serde_json::Value> = outs
+        .iter()
+        .map(|o| {
+            assert!(matches!(o.status.code(), Some(0 | 2)), "{}", text(o));
+            serde_json::from_slice(&o.stdout).unwrap()
+        })
+        .collect();
+    let fin = reports
+        .iter()
+        .find(|r| r["finalized"] == true)
+        .unwrap_or_else(|| panic!("{reports:?}"));
+    assert_eq!(fin["status"], "partial", "{fin}");
+    let problems = fin["totals"]["problems"].to_string();
+    assert!(
+        problems.contains("\"d05\"") && problems.contains("\"d06\""),
+        "{problems}"
+    );
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let repo = open(&e);
+    let src = source_tree(&e, &snaps[0].0);
+    let names: Vec<Vec<u8>> = snapring::restic::tree::Tree::from_blob(
+        &repo
+            .read_blob(snapring::restic::pack::BlobType::Tree, &src)
+            .unwrap(),
+        &src,
+    )
+    .unwrap()
+    .nodes
+    .iter()
+    .map(|n| n.name_bytes())
+    .collect();
+    for gone in ["d05", "d06"] {
+        assert!(
+            !names.contains(&gone.as_bytes().to_vec()),
+            "{gone} is left out"
+        );
+    }
+    assert!(descend(&repo, src, &[OsStr::new("d07")]).unwrap().is_some());
+    // The symlink was not followed: the file outside is not even uploaded.
+    assert!(!repo.index.contains(
+        snapring::restic::pack::BlobType::Data,
+        &Id::hash(b"not in the source\n")
+    ));
+    if let Some(restic) = restic_binary("a shard run with replaced unit directories") {
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+        let found = run_restic(&restic, &e.repo, &["find", "secret"]);
+        assert!(
+            !String::from_utf8_lossy(&found.stdout).contains("/secret"),
+            "{found:?}"
+        );
+    }
+}
+
+/// The worker that wrote `final` killed before the snapshot file: the rerun that writes
+/// it publishes the run, so the run's `--retain` is applied (and it is recorded and
+/// notified), not left undone with a "published by another worker" that no longer runs.
+#[test]
+fn the_rerun_after_a_crash_past_final_applies_the_retention() {
+    let e = env();
+    let args = |run: &'static str| ["--shard", "0/1", "--run-id", run, "--retain", "1"];
+    report(&worker(&e, &args("c1"), &[]).output().unwrap());
+    let out = worker(
+        &e,
+        &args("c2"),
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_snapshot=kill")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let again = report(&worker(&e, &args("c2"), &[]).output().unwrap());
+    assert_eq!(again["finalized"], true, "{again}");
+    assert!(again["retention"].is_object(), "{again}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(again["snapshot"], snaps[0].0.hex().as_str());
+    // A later rerun finds the run published: it publishes nothing again.
+    let third = report(&worker(&e, &args("c2"), &[]).output().unwrap());
+    assert_eq!(third["finalized"], false, "{third}");
+}
+
+/// Each night another node plans the run (its own hostname: a UTS namespace here):
+/// the snapshots keep their lineage's hostname (the parent's), so `--retain 1`, which
+/// groups snapshots by host and paths as restic does, keeps one, not one per node.
+#[test]
+fn retention_sees_one_lineage_whichever_node_plans_each_run() {
+    let e = env();
+    let probe = Command::new("unshare").args(["-u", "true"]).status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("SKIPPED: `unshare -u` (a UTS namespace) is not available here");
+        return;
+    }
+    for night in 1..=3 {
+        write(&e.src.join("night"), format!("{night}\n").as_bytes());
+        let run = format!("n{night}");
+        let c = worker(
+            &e,
+            &["--shard", "0/1", "--run-id", &run, "--retain", "1"],
+            &[],
+        );
+        let mut node = Command::new("unshare");
+        node.args([
+            "-u",
+            "sh",
+            "-c",
+            &format!("hostname node{night} && exec \"$0\" \"$@\""),
+        ])
+        .arg(c.get_program())
+        .args(c.get_args());
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => node.env(k, v),
+                None => node.env_remove(k),
+            };
+        }
+        let r = report(&node.output().unwrap());
+        assert_eq!(r["finalized"], true, "{r}");
+    }
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0].1.hostname, "node1");
+    assert!(snaps[0].1.tags.contains(&"shard-run=n3".to_string()));
 }

@@ -289,8 +289,8 @@ pub struct PruneArgs {
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Give up the shard runs not yet published (their files under snapring/shards/),
-    /// so their committed units' packs are pruned; without it, prune refuses while
-    /// there are any (it would delete packs those runs still need).
+    /// so their committed units' packs are pruned; without it, prune keeps what they
+    /// committed, for their reruns to publish.
     #[arg(long)]
     pub drop_unfinished_runs: bool,
 }

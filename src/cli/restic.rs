@@ -291,6 +291,12 @@ fn print_worker(
                 )
             }
         );
+        if r.published_before {
+            outln!(
+                "run {} was published before this worker started: nothing to do (a new backup needs a new --run-id)",
+                r.run
+            );
+        }
         if let Some(s) = &r.snapshot {
             outln!(
                 "snapshot {} {}",
@@ -627,28 +633,25 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
 /// `snapring prune --dest URL [--dry-run]`.
 pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
     let repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
-    // A shard run's committed units are in packs no snapshot references until the run
-    // is published: pruned, the run could never be.
-    let unfinished = snapring::shard::repository::unfinished_runs(repo.backend.as_ref())?;
-    if !unfinished.is_empty() && !a.dry_run {
-        if !a.drop_unfinished_runs {
-            bail!(
-                "shard runs not yet published: {}; prune would delete the packs of their \
-                 committed units. Let their workers finish (or `snapring finalize --dest {} \
-                 --run-id RUN`), or give --drop-unfinished-runs to give them up",
-                unfinished.join(", "),
-                a.dest
-            );
+    // Unfinished shard runs given up: their committed units' packs are pruned.
+    if a.drop_unfinished_runs && !a.dry_run {
+        let unfinished = snapring::shard::repository::unfinished_runs(repo.backend.as_ref())?;
+        if !unfinished.is_empty() {
+            // Under the exclusive lock: no worker of those runs is still at work.
+            let ex = restic::lock::acquire(&repo, true)?;
+            for run in &unfinished {
+                snapring::shard::repository::drop_run(repo.backend.as_ref(), run)?;
+                print::errln!("snapring: gave up the unfinished shard run {run}");
+            }
+            ex.release()?;
         }
-        // Under the exclusive lock: no worker of those runs is still at work.
-        let ex = restic::lock::acquire(&repo, true)?;
-        for run in &unfinished {
-            snapring::shard::repository::drop_run(repo.backend.as_ref(), run)?;
-            print::errln!("snapring: gave up the unfinished shard run {run}");
-        }
-        ex.release()?;
     }
-    let r = restic::prune::prune(&repo, a.dry_run)?;
+    // What the other unfinished shard runs committed is kept for their reruns.
+    let r = restic::prune::prune_keeping(
+        &repo,
+        a.dry_run,
+        &snapring::shard::repository::unpublished_roots,
+    )?;
     if a.json {
         print::json(&r)?;
         return Ok(ExitCode::Complete);
@@ -661,6 +664,12 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         p.blobs_unused,
         human(p.bytes_unused)
     );
+    if p.shard_runs_kept > 0 {
+        outln!(
+            "kept the data of {} unfinished shard runs (snapring/shards/)",
+            p.shard_runs_kept
+        );
+    }
     outln!(
         "packs: {} kept, {} to repack ({} copied), {} to delete, {} not in any index",
         p.packs_kept,

@@ -917,8 +917,15 @@ impl Wrap<'_> {
 /// The node of the directory at `path`, named `name`, from its `lstat` and extended
 /// attributes, its access time recorded as its modification time (restic's default);
 /// its subtree is the caller's to set (a shard run's spine directories).
+/// A directory replaced by another kind of entry (a file, a symlink) is an error.
 pub fn dir_node_at(path: &Path, name: &[u8], names: &Names) -> Result<Node> {
     let md = std::fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+    if !md.is_dir() {
+        return Err(io_err("stat", path)(std::io::Error::new(
+            std::io::ErrorKind::NotADirectory,
+            "no longer a directory",
+        )));
+    }
     let mut node = base_node(name, &md, names);
     record_atime(false, &mut node, None);
     node.extended_attributes = xattrs(path)?;

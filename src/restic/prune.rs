@@ -35,6 +35,8 @@ pub enum PackFate {
 #[derive(Debug, Default, Serialize)]
 pub struct PrunePlan {
     pub snapshots: u64,
+    /// Unfinished shard runs whose committed units' data is kept (`Roots`).
+    pub shard_runs_kept: u64,
     pub blobs_used: u64,
     pub blobs_unused: u64,
     pub packs_kept: u64,
@@ -69,12 +71,46 @@ pub struct PruneReport {
     pub duration_seconds: f64,
 }
 
-/// Marks every blob the snapshots use, reading each tree once.
-fn used_blobs(repo: &Repo) -> Result<(u64, HashSet<(BlobType, Id)>)> {
+/// Blobs that no snapshot references yet that prune must keep, with everything they
+/// reference: what an unfinished shard run has committed (`shard::repository`: its
+/// units' nodes, or the tree of the snapshot its `final` holds), found by the caller
+/// under prune's exclusive lock.
+#[derive(Debug, Default)]
+pub struct Roots {
+    pub trees: Vec<Id>,
+    pub data: Vec<Id>,
+    /// The unfinished shard runs they are of.
+    pub runs: u64,
+}
+
+/// Marks every blob the snapshots use, reading each tree once, then what `roots` keep.
+fn used_blobs(repo: &Repo, roots: &Roots) -> Result<(u64, HashSet<(BlobType, Id)>)> {
     let snaps = snapshot::load_all(repo)?;
     let mut used = HashSet::new();
-    let mut todo: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
+    let todo: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
+    mark(repo, todo, &mut used, true)?;
+    for c in &roots.data {
+        if repo.index.contains(BlobType::Data, c) {
+            used.insert((BlobType::Data, *c));
+        }
+    }
+    mark(repo, roots.trees.clone(), &mut used, false)?;
+    Ok((snaps.len() as u64, used))
+}
+
+/// Marks the trees `todo` and everything under them. `strict`: a blob not in any index
+/// stops prune (a snapshot's); else it is passed over (an unfinished run's, which its
+/// rerun will find damaged).
+fn mark(
+    repo: &Repo,
+    mut todo: Vec<Id>,
+    used: &mut HashSet<(BlobType, Id)>,
+    strict: bool,
+) -> Result<()> {
     while let Some(t) = todo.pop() {
+        if !strict && !repo.index.contains(BlobType::Tree, &t) {
+            continue;
+        }
         if !used.insert((BlobType::Tree, t)) {
             continue;
         }
@@ -85,6 +121,9 @@ fn used_blobs(repo: &Repo) -> Result<(u64, HashSet<(BlobType, Id)>)> {
             }
             for c in n.content.unwrap_or_default() {
                 if !repo.index.contains(BlobType::Data, &c) {
+                    if !strict {
+                        continue;
+                    }
                     return Err(corrupt(
                         format!("data blob {c} of tree {t}"),
                         "not in any index; prune would lose data, so it stops \
@@ -95,14 +134,20 @@ fn used_blobs(repo: &Repo) -> Result<(u64, HashSet<(BlobType, Id)>)> {
             }
         }
     }
-    Ok((snaps.len() as u64, used))
+    Ok(())
 }
 
 /// Plans a prune: reads the snapshots, their trees and every index file.
 pub fn plan(repo: &Repo) -> Result<PrunePlan> {
-    let (snapshots, used) = used_blobs(repo)?;
+    plan_keeping(repo, &Roots::default())
+}
+
+/// `plan`, keeping what `roots` reference too.
+pub fn plan_keeping(repo: &Repo, roots: &Roots) -> Result<PrunePlan> {
+    let (snapshots, used) = used_blobs(repo, roots)?;
     let mut p = PrunePlan {
         snapshots,
+        shard_runs_kept: roots.runs,
         blobs_used: used.len() as u64,
         ..Default::default()
     };
@@ -184,11 +229,21 @@ pub fn plan(repo: &Repo) -> Result<PrunePlan> {
 
 /// Prunes the repository (or, with `dry_run`, only plans it, under no lock).
 pub fn prune(repo: &Repo, dry_run: bool) -> Result<PruneReport> {
+    prune_keeping(repo, dry_run, &|_| Ok(Roots::default()))
+}
+
+/// `prune`, keeping what `roots` finds too (called under the exclusive lock, so no
+/// writer adds to it meanwhile).
+pub fn prune_keeping(
+    repo: &Repo,
+    dry_run: bool,
+    roots: &dyn Fn(&Repo) -> Result<Roots>,
+) -> Result<PruneReport> {
     let started = std::time::Instant::now();
     if dry_run {
         return Ok(PruneReport {
             dry_run,
-            plan: plan(repo)?,
+            plan: plan_keeping(repo, &roots(repo)?)?,
             packs_written: 0,
             bytes_written: 0,
             packs_removed: 0,
@@ -198,7 +253,7 @@ pub fn prune(repo: &Repo, dry_run: bool) -> Result<PruneReport> {
     }
     repo.check_writable()?;
     let lock = super::lock::acquire(repo, true)?;
-    let p = plan(repo)?;
+    let p = plan_keeping(repo, &roots(repo)?)?;
     let mut report = PruneReport {
         dry_run,
         packs_written: 0,

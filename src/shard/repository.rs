@@ -22,9 +22,12 @@
 //!   unit committed; the same lease and takeover);
 //! - `final`: the run's snapshot, its id and its sealed bytes, created *before* the
 //!   snapshot file: whoever finds `final` without that file writes those same bytes,
-//!   so a run makes one snapshot whatever crashes. Once it is written, each commit is
-//!   replaced by a small tombstone (still refusing a late commit) and `beats/` removed,
-//!   then `tidied` written (a worker that finds `final` without it tidies up).
+//!   so a run makes one snapshot whatever crashes;
+//! - `published`: who publishes the run (records it, notifies, applies `--retain`),
+//!   created exclusively once the snapshot file is there: the worker that wrote
+//!   `final`, or the rerun after it crashed (the run's figures are sealed in `final`).
+//!   That process then replaces each commit by a small tombstone (still refusing a late
+//!   commit) and removes `beats/`.
 //!
 //! Nothing is moved, unlike in the hard-link store: blobs are content-addressed, so a
 //! unit built twice leaves only unreferenced blobs, for `prune`. Hard links need no
@@ -117,12 +120,15 @@ struct FinalFile {
     snapshot: String,
     /// The snapshot file's bytes (already encrypted), base64.
     sealed: String,
+    /// The run's figures (`RunTotals`, sealed JSON), base64: for whoever publishes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    totals: Option<String>,
     worker: usize,
     at: String,
 }
 
 /// One worker's share of the run, in the run's totals.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WorkerTotals {
     pub worker: usize,
     pub units: u64,
@@ -134,7 +140,7 @@ pub struct WorkerTotals {
 
 /// The whole run's figures, summed over the committed units (by the worker that
 /// publishes).
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RunTotals {
     pub units: u64,
     /// Units committed by a later generation than the first (a claim taken over).
@@ -171,6 +177,10 @@ pub struct WorkerReport {
     pub interrupted_unit: Option<String>,
     /// Whether this worker published the snapshot.
     pub finalized: bool,
+    /// The run was published before this worker started (a retry of a finished run,
+    /// or a run id used again: a new backup needs a new run id).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub published_before: bool,
     pub snapshot: Option<String>,
     pub parent: Option<String>,
     /// The run's figures (from the worker that published).
@@ -314,6 +324,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         run: spec.run_id.clone(),
         worker: spec.index,
         workers: spec.count,
+        published_before: st.read_final().map_err(failed)?.is_some(),
         ..Default::default()
     };
     // The lease of the unit being built is renewed by this thread.
@@ -356,9 +367,24 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         let parent_tree = match &plan_file.prev {
             Some(id) => {
                 let id = Id::parse(id).map_err(failed)?;
-                let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
-                let comps: Vec<&OsStr> = source.iter().skip(1).collect();
-                restic::backup::descend(repo, snap.tree, &comps).map_err(failed)?
+                // Forgotten since the plan (another run's retention, `forget`): the units
+                // still to build read every file, rather than the run failing for good.
+                if repo
+                    .backend
+                    .list(Kind::Snapshot)
+                    .map_err(failed)?
+                    .contains(&id)
+                {
+                    let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
+                    let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+                    restic::backup::descend(repo, snap.tree, &comps).map_err(failed)?
+                } else {
+                    tracing::warn!(
+                        "run {}: its parent snapshot {id} is gone; the units still to build read every file",
+                        spec.run_id
+                    );
+                    None
+                }
             }
             None => None,
         };
@@ -407,7 +433,22 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             keep_last: n.max(1),
             group: Some(fin.group),
         };
-        match restic::lock::acquire(repo, true) {
+        // The run's other workers hold their shared locks until they see `final` (a
+        // poll, at most 2 s): wait for them, up to a lease, rather than skip.
+        let until = Instant::now() + lease();
+        let ex = loop {
+            match restic::lock::acquire(repo, true) {
+                Err(restic::Error::Other(m))
+                    if m.starts_with("the repository is locked")
+                        && Instant::now() < until
+                        && !opts.cancel.load(Ordering::Relaxed) =>
+                {
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                r => break r,
+            }
+        };
+        match ex {
             Ok(ex) => {
                 report.retention =
                     Some(restic::forget::forget_locked(repo, &policy).map_err(failed)?);
@@ -472,6 +513,7 @@ fn plan_of(
     // One worker sizes the source (claim `plan`); the others wait for its plan.
     let planned = || Ok(st.b.read_extra(&st.key("plan")).map_err(failed)?.is_some());
     if let Turn::Mine(g) = take_turn(st, PLAN, spec.index, &opts.cancel, planned)? {
+        check_exclusive_creates(st, g)?;
         *held.lock().unwrap_or_else(|e| e.into_inner()) = Some((PLAN.to_string(), g));
         let made = make_plan(repo, spec, opts, source);
         *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -504,6 +546,23 @@ fn plan_of(
     Ok((p, hash))
 }
 
+/// Checks, once per run, that the storage refuses a second exclusive create of one
+/// name: an S3 server that ignores `If-None-Match: *` would let two workers each win a
+/// claim, a commit or `final` (two snapshots for one run).
+fn check_exclusive_creates(st: &State<'_>, generation: u32) -> Result<(), ShardError> {
+    let key = st.key(&format!("probe.g{generation}"));
+    let first = st.b.create_extra(&key, b"first").map_err(failed)?;
+    let second = st.b.create_extra(&key, b"second").map_err(failed)?;
+    if first && second {
+        return Err(failed(restic::Error::Other(format!(
+            "{} does not refuse a second create of {key} (an S3 server that ignores \
+             If-None-Match: *): shard runs need it to claim units and publish once",
+            st.b.location()
+        ))));
+    }
+    Ok(())
+}
+
 /// A new plan: weights from a quick walk of the source, the newest snapshot of the
 /// same path and label as the parent.
 fn make_plan(
@@ -532,6 +591,10 @@ fn make_plan(
         .into_iter()
         .filter(|(_, s)| s.paths == [path.as_str()] && s.tag("label") == Some(&opts.label))
         .max_by(|a, b| a.1.time.cmp(&b.1.time));
+    let host = match &parent {
+        Some((_, p)) if !p.hostname.is_empty() => p.hostname.clone(),
+        _ => crate::util::hostname(),
+    };
     Ok(PlanFile {
         format: FORMAT,
         run: spec.run_id.clone(),
@@ -544,6 +607,7 @@ fn make_plan(
         sized_by: "walk".into(),
         created_at: crate::util::now_rfc3339(),
         created_by: crate::util::hostname(),
+        host: Some(host),
         cap: cut.cap,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
@@ -780,6 +844,16 @@ fn build_unit(
     } else {
         source.join(unit.dir.as_path())
     };
+    // The unit's directory, or one above it, replaced since the plan by a file or a
+    // symlink: the unit has nothing (finalize leaves the entry out, a problem), rather
+    // than failing every attempt or following the symlink out of the source.
+    let mut at = source.to_path_buf();
+    for c in &comps {
+        at.push(c);
+        if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+            return Ok((Vec::new(), UnitFigures::default(), Vec::new()));
+        }
+    }
     let parent = match parent_tree {
         Some(t) => restic::backup::descend(repo, t, &comps)?,
         None => None,
@@ -827,7 +901,7 @@ struct Finalized {
     snapshot: String,
     /// The snapshot file's bytes, base64 (as `final` holds them).
     sealed: String,
-    /// This process created `final`.
+    /// This process publishes the run (created `published`).
     won: bool,
     /// The run's figures (when this process read the commits).
     totals: Option<RunTotals>,
@@ -848,22 +922,14 @@ fn finalize(
     spec: &Spec,
 ) -> Result<Finalized, ShardError> {
     let group = restic::forget::Group {
-        hostname: plan_file.created_by.clone(),
+        hostname: plan_file
+            .host
+            .clone()
+            .unwrap_or_else(|| plan_file.created_by.clone()),
         paths: vec![source.to_string_lossy().into_owned()],
     };
     if let Some(f) = st.read_final().map_err(failed)? {
-        write_snapshot(repo, &f)?;
-        // The publisher died before it tidied up.
-        if st.b.read_extra(&st.key(TIDIED)).map_err(failed)?.is_none() {
-            tidy(st);
-        }
-        return Ok(Finalized {
-            snapshot: f.snapshot,
-            sealed: f.sealed,
-            won: false,
-            totals: None,
-            group,
-        });
+        return published(repo, st, f, spec, group);
     }
     let commits = super::par_map(8, &cut.units, |u| -> Result<UnitDone, ShardError> {
         let key = st.done_key(&u.id);
@@ -1003,15 +1069,17 @@ fn finalize(
         ..Default::default()
     };
     let (id, sealed) = repo.seal_json(&snap).map_err(failed)?;
+    let (_, sealed_totals) = repo.seal_json(&totals).map_err(failed)?;
     let mine = FinalFile {
         snapshot: id.hex(),
         sealed: base64::engine::general_purpose::STANDARD.encode(&sealed),
+        totals: Some(base64::engine::general_purpose::STANDARD.encode(&sealed_totals)),
         worker: spec.index,
         at: crate::util::now_rfc3339(),
     };
     let body = serde_json::to_vec(&mine).expect("serializes");
-    let won = st.b.create_extra(&st.key("final"), &body).map_err(failed)?;
-    let f = if won {
+    let made = st.b.create_extra(&st.key("final"), &body).map_err(failed)?;
+    let f = if made {
         mine
     } else {
         st.read_final()
@@ -1023,13 +1091,43 @@ fn finalize(
             "write the snapshot: {e}"
         )))
     })?;
+    published(repo, st, f, spec, group)
+}
+
+/// Writes the snapshot file `final` names if it is missing, then settles who publishes
+/// the run (records it, notifies, applies the retention): the process that creates
+/// `published`, exclusively, once the snapshot file is there. Normally the worker that
+/// wrote `final`; after a crash between `final` and the end of that, the rerun.
+fn published(
+    repo: &Repo,
+    st: &State<'_>,
+    f: FinalFile,
+    spec: &Spec,
+    group: restic::forget::Group,
+) -> Result<Finalized, ShardError> {
     write_snapshot(repo, &f)?;
-    tidy(st);
+    // Unique to this process: a retried create that landed finds its own bytes.
+    let body = serde_json::to_vec(&Holder::me(spec.index)).expect("serializes");
+    let won =
+        st.b.create_extra(&st.key("published"), &body)
+            .map_err(failed)?;
+    let totals = match (&f.totals, won) {
+        (Some(t), true) => {
+            let sealed = base64::engine::general_purpose::STANDARD
+                .decode(t)
+                .map_err(|e| failed(restic::corrupt(st.key("final"), e)))?;
+            Some(repo.open_json(&sealed, &st.key("final")).map_err(failed)?)
+        }
+        _ => None,
+    };
+    if won {
+        tidy(st);
+    }
     Ok(Finalized {
         snapshot: f.snapshot,
         sealed: f.sealed,
         won,
-        totals: won.then_some(totals),
+        totals,
         group,
     })
 }
@@ -1046,6 +1144,49 @@ fn missing_blob(repo: &Repo, n: &Node) -> Option<Id> {
         .flatten()
         .find(|id| !repo.index.contains(BlobType::Data, id))
         .copied()
+}
+
+/// What the shard runs of `repo` that have not published their snapshot have written
+/// and no snapshot references yet (`prune` keeps it, `restic::prune::Roots`): the
+/// nodes of their committed units, or, for a run whose `final` is written but not its
+/// snapshot file, that snapshot's tree. A run's rerun builds on its commits, so pruning
+/// their blobs would make it publish a snapshot that names missing data. A run given
+/// up for good keeps its data until `snapring/shards/<run-id>` is removed. Reads the
+/// repository (call it under prune's exclusive lock).
+pub fn unpublished_roots(repo: &Repo) -> restic::Result<restic::prune::Roots> {
+    let b = repo.backend.clone();
+    let snaps: BTreeSet<Id> = b.list(Kind::Snapshot)?.into_iter().collect();
+    let mut roots = restic::prune::Roots::default();
+    for run in b.list_extra("snapring/shards")? {
+        let st = State::new(b.as_ref(), &run);
+        if let Some(f) = st.read_final()? {
+            let id = Id::parse(&f.snapshot)?;
+            if snaps.contains(&id) {
+                continue;
+            }
+            let sealed = base64::engine::general_purpose::STANDARD
+                .decode(&f.sealed)
+                .map_err(|e| restic::corrupt(st.key("final"), e))?;
+            let snap: Snapshot = repo.open_json(&sealed, &st.key("final"))?;
+            roots.trees.push(snap.tree);
+            roots.runs += 1;
+            continue;
+        }
+        let done = st.done()?;
+        roots.runs += u64::from(!done.is_empty());
+        for unit in done {
+            let key = st.done_key(&unit);
+            let Some(sealed) = b.read_extra(&key)? else {
+                continue;
+            };
+            let c: UnitDone = repo.open_json(&sealed, &key)?;
+            for n in c.nodes {
+                roots.trees.extend(n.subtree);
+                roots.data.extend(n.content.unwrap_or_default());
+            }
+        }
+    }
+    Ok(roots)
 }
 
 /// Writes the snapshot file `final` names, if it is not there (content-addressed: the
@@ -1089,13 +1230,7 @@ fn tidy(st: &State<'_>) {
     if let Err(e) = st.b.remove_extra_tree(&st.key("beats")) {
         tracing::warn!("cannot remove the published run's lease renewals: {e}");
     }
-    if let Err(e) = st.b.put_extra(&st.key(TIDIED), b"") {
-        tracing::warn!("cannot mark the published run tidied: {e}");
-    }
 }
-
-/// Written once a published run is tidied.
-const TIDIED: &str = "tidied";
 
 /// What a published run's commit is replaced by.
 const TOMBSTONE: &[u8] = b"published\n";

@@ -68,6 +68,11 @@ pub struct PlanFile {
     pub sized_by: String,
     pub created_at: String,
     pub created_by: String,
+    /// A run into a restic repository: the hostname its snapshot records, its parent's
+    /// (the lineage's), else the planner's, so that retention, which groups snapshots
+    /// by host and paths, sees one lineage whichever node plans each night.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     pub cap: u64,
     pub spine: Vec<String>,
     pub units: Vec<UnitRec>,

@@ -465,6 +465,7 @@ fn make_plan(
         prev_run: prev.and_then(|p| p.run.clone()),
         sized_by: sized_by.into(),
         created_at: crate::util::now_rfc3339(),
+        host: None,
         created_by: format!(
             "snapring {} worker {}",
             env!("CARGO_PKG_VERSION"),

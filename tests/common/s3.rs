@@ -24,7 +24,10 @@ pub const SECRET_KEY: &str = "snapring-test-secret";
 /// - a conditional PutObject (`If-None-Match: *`) is atomic, as on AWS: s3s-fs checks
 ///   that the key is free, then receives the body, so two such writes racing for a key
 ///   would both succeed; here they take turns (a shard run's claims and commits).
-pub struct Fs(s3s_fs::FileSystem, tokio::sync::Mutex<()>);
+///
+/// With its third field set it ignores `If-None-Match` instead (a server that does not
+/// implement conditional writes, for the test that snapring notices).
+pub struct Fs(s3s_fs::FileSystem, tokio::sync::Mutex<()>, bool);
 
 /// The `s3s::S3` impl of `Fs`: the methods listed are passed to s3s-fs as they are.
 macro_rules! delegating_impl {
@@ -42,8 +45,11 @@ macro_rules! delegating_impl {
 
             async fn put_object(
                 &self,
-                req: s3s::S3Request<s3s::dto::PutObjectInput>,
+                mut req: s3s::S3Request<s3s::dto::PutObjectInput>,
             ) -> s3s::S3Result<s3s::S3Response<s3s::dto::PutObjectOutput>> {
+                if self.2 {
+                    req.input.if_none_match = None;
+                }
                 let _turn = match req.input.if_none_match {
                     Some(_) => Some(self.1.lock().await),
                     None => None,
@@ -77,7 +83,16 @@ delegating_impl! {
 /// The S3 service on the directory `root` (a bucket is a directory in it), taking the
 /// test's keys.
 pub fn service(root: &Path) -> s3s::service::S3Service {
-    let fs = Fs(s3s_fs::FileSystem::new(root).unwrap(), Default::default());
+    service_with(root, false)
+}
+
+/// The S3 service; with `ignore_if_none_match`, one whose PUTs ignore `If-None-Match`.
+pub fn service_with(root: &Path, ignore_if_none_match: bool) -> s3s::service::S3Service {
+    let fs = Fs(
+        s3s_fs::FileSystem::new(root).unwrap(),
+        Default::default(),
+        ignore_if_none_match,
+    );
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
     b.build()
