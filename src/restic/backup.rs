@@ -184,23 +184,10 @@ pub fn snapshot_locked(
     let packer = Packer::default();
     let stop = AtomicBool::new(false);
     let run = Run {
-        root: spec.walk_root.clone(),
-        repo: &*repo,
-        packer: &packer,
-        tables: &tables,
-        names: Names::load(),
-        cancel: spec.cancel.clone(),
-        stop: &stop,
-        fatal: Mutex::default(),
         reuse: spec.reuse.map(Mutex::new),
-        counts: Counts::default(),
-        big_reads: Default::default(),
-        problems: Mutex::default(),
-        root_tree: Mutex::default(),
         parent_root: parent.as_ref().map(|(_, p)| p.tree),
         with_atime: spec.with_atime,
-        root_names: None,
-        root_nodes: Mutex::default(),
+        ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {
         node: None,
@@ -685,7 +672,38 @@ const BIG_FILE: u64 = 1024 * 1024;
 /// Big files read at once, at most.
 const BIG_READS: usize = 8;
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// A walk of `root` into `repo` with nothing reused, no parent root, access times
+    /// as restic's default, a whole tree (not a unit): the callers set what differs.
+    fn new(
+        root: &Path,
+        repo: &'a Repo,
+        packer: &'a Packer,
+        tables: &'a Tables,
+        cancel: &Arc<AtomicBool>,
+        stop: &'a AtomicBool,
+    ) -> Run<'a> {
+        Run {
+            root: root.to_path_buf(),
+            repo,
+            packer,
+            tables,
+            names: Names::load(),
+            cancel: cancel.clone(),
+            stop,
+            fatal: Mutex::default(),
+            reuse: None,
+            counts: Counts::default(),
+            big_reads: Default::default(),
+            problems: Mutex::default(),
+            root_tree: Mutex::default(),
+            parent_root: None,
+            with_atime: false,
+            root_names: None,
+            root_nodes: Mutex::default(),
+        }
+    }
+
     /// The source's tree, or why the walk ended without one.
     fn outcome(&self) -> Result<Id> {
         if let Some(e) = lock(&self.fatal).take() {
@@ -963,23 +981,8 @@ pub fn unit(repo: &mut Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
     let packer = Packer::default();
     let stop = AtomicBool::new(false);
     let run = Run {
-        root: spec.walk_root.clone(),
-        repo: &*repo,
-        packer: &packer,
-        tables: &tables,
-        names: Names::load(),
-        cancel: spec.cancel.clone(),
-        stop: &stop,
-        fatal: Mutex::default(),
-        reuse: None,
-        counts: Counts::default(),
-        big_reads: Default::default(),
-        problems: Mutex::default(),
-        root_tree: Mutex::default(),
-        parent_root: None,
-        with_atime: false,
         root_names: Some(spec.names),
-        root_nodes: Mutex::default(),
+        ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {
         node: None,

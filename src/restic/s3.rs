@@ -411,6 +411,37 @@ impl S3 {
         self.send(&r, &format!("write {}", self.url_of(key)))
     }
 
+    /// Every key under `prefix`, page by page.
+    fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let (keys, next) = self.list_page(prefix, token.as_deref())?;
+            out.extend(keys);
+            match next {
+                Some(t) => token = Some(t),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    /// Deletes the object `key`; one already gone is no error.
+    fn delete(&self, key: &str) -> Result<()> {
+        let what = format!("remove {}", self.url_of(key));
+        let r = Req {
+            method: reqwest::Method::DELETE,
+            key: Some(key),
+            query: vec![],
+            headers: vec![],
+            body: bytes::Bytes::new(),
+        };
+        let resp = self.send(&r, &what)?;
+        match resp.status {
+            200 | 204 | 404 => Ok(()),
+            _ => Err(self.failed(&what, &resp)),
+        }
+    }
+
     /// One page of ListObjectsV2 under `prefix`: keys, and the token of the next page.
     fn list_page(
         &self,
@@ -541,37 +572,18 @@ impl Backend for S3 {
     }
 
     fn remove(&self, kind: Kind, id: &Id) -> Result<()> {
-        let key = self.key(&rel_path(kind, id));
-        let what = format!("remove {}", self.url_of(&key));
-        let r = Req {
-            method: reqwest::Method::DELETE,
-            key: Some(&key),
-            query: vec![],
-            headers: vec![],
-            body: bytes::Bytes::new(),
-        };
-        let resp = self.send(&r, &what)?;
-        match resp.status {
-            200 | 204 | 404 => Ok(()),
-            _ => Err(self.failed(&what, &resp)),
-        }
+        self.delete(&self.key(&rel_path(kind, id)))
     }
 
     fn list(&self, kind: Kind) -> Result<Vec<Id>> {
-        let prefix = format!("{}/", self.key(kind.dir()));
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let (keys, next) = self.list_page(&prefix, token.as_deref())?;
-            out.extend(keys.iter().filter_map(|k| {
+        let keys = self.list_keys(&format!("{}/", self.key(kind.dir())))?;
+        let mut out: Vec<Id> = keys
+            .iter()
+            .filter_map(|k| {
                 let name = k.rsplit('/').next()?;
                 (name.len() == 64).then(|| Id::parse(name).ok())?
-            }));
-            match next {
-                Some(t) => token = Some(t),
-                None => break,
-            }
-        }
+            })
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)
@@ -624,60 +636,29 @@ impl Backend for S3 {
 
     fn list_extra(&self, rel: &str) -> Result<Vec<String>> {
         let prefix = format!("{}/", self.key(rel));
-        let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let (keys, next) = self.list_page(&prefix, token.as_deref())?;
-            // Keys deeper down name the folder they are in.
-            out.extend(keys.iter().filter_map(|k| {
+        // A deeper key names a folder: its first part.
+        let mut out: Vec<String> = self
+            .list_keys(&prefix)?
+            .iter()
+            .filter_map(|k| {
                 let name = k.strip_prefix(&prefix)?.split('/').next()?;
                 (!name.is_empty()).then(|| name.to_string())
-            }));
-            match next {
-                Some(t) => token = Some(t),
-                None => break,
-            }
-        }
+            })
+            .collect();
         out.sort();
         out.dedup();
         Ok(out)
     }
 
     fn remove_extra_tree(&self, rel: &str) -> Result<()> {
-        let prefix = format!("{}/", self.key(rel));
-        let mut token: Option<String> = None;
-        let mut keys = Vec::new();
-        loop {
-            let (page, next) = self.list_page(&prefix, token.as_deref())?;
-            keys.extend(page);
-            match next {
-                Some(t) => token = Some(t),
-                None => break,
-            }
-        }
-        for k in keys {
-            // `remove_extra` takes a key relative to the repository's prefix.
-            let rel = k.strip_prefix(&self.key("")).unwrap_or(&k).to_string();
-            self.remove_extra(&rel)?;
+        for k in self.list_keys(&format!("{}/", self.key(rel)))? {
+            self.delete(&k)?;
         }
         Ok(())
     }
 
     fn remove_extra(&self, rel: &str) -> Result<()> {
-        let key = self.key(rel);
-        let what = format!("remove {}", self.url_of(&key));
-        let r = Req {
-            method: reqwest::Method::DELETE,
-            key: Some(&key),
-            query: vec![],
-            headers: vec![],
-            body: bytes::Bytes::new(),
-        };
-        let resp = self.send(&r, &what)?;
-        match resp.status {
-            200 | 204 | 404 => Ok(()),
-            _ => Err(self.failed(&what, &resp)),
-        }
+        self.delete(&self.key(rel))
     }
 }
 
