@@ -344,14 +344,7 @@ pub fn run_repository(
         rep.warnings.push(w);
     }
     let started = std::time::Instant::now();
-    let window_ended = std::sync::Arc::new(AtomicBool::new(false));
-    let done = std::sync::Arc::new(AtomicBool::new(false));
-    if let Some(w) = j.window {
-        let (cancel, ended, done) = (cancel.clone(), window_ended.clone(), done.clone());
-        std::thread::spawn(move || {
-            crate::engine::progress::watch_window(started, w, &cancel, &ended, &done)
-        });
-    }
+    let (window_ended, done) = watch_window(j.window, started, &cancel);
     let mut copied = None;
     let outcome = (|| -> restic::Result<restic::backup::BackupReport> {
         let backend = restic::backend::from_dest(&j.dest)?;
@@ -466,14 +459,7 @@ pub fn run_repository_worker(
     use crate::restic;
     use crate::shard::{ShardError, repository};
     let started = std::time::Instant::now();
-    let window_ended = std::sync::Arc::new(AtomicBool::new(false));
-    let done = std::sync::Arc::new(AtomicBool::new(false));
-    if let Some(w) = j.window {
-        let (cancel, ended, done) = (cancel.clone(), window_ended.clone(), done.clone());
-        std::thread::spawn(move || {
-            crate::engine::progress::watch_window(started, w, &cancel, &ended, &done)
-        });
-    }
+    let (window_ended, done) = watch_window(j.window, started, &cancel);
     let failed =
         |e: restic::Error| ShardError::Failed(crate::error::Error::Repository(e.to_string()));
     let outcome = (|| {
@@ -565,6 +551,24 @@ pub fn run_repository_worker(
         tracing::warn!("{w}");
     }
     outcome
+}
+
+/// With a `window`, a thread that sets `cancel` when it ends (and the first flag) unless
+/// the run has set the second flag (done) first.
+fn watch_window(
+    window: Option<std::time::Duration>,
+    started: std::time::Instant,
+    cancel: &std::sync::Arc<AtomicBool>,
+) -> (std::sync::Arc<AtomicBool>, std::sync::Arc<AtomicBool>) {
+    let window_ended = std::sync::Arc::new(AtomicBool::new(false));
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    if let Some(w) = window {
+        let (cancel, ended, done) = (cancel.clone(), window_ended.clone(), done.clone());
+        std::thread::spawn(move || {
+            crate::engine::progress::watch_window(started, w, &cancel, &ended, &done)
+        });
+    }
+    (window_ended, done)
 }
 
 /// A repository run's report filled in from the backup's: status and message, the
