@@ -62,9 +62,9 @@ pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
 /// file's job) is a restic repository; `None` when it is not one. The run goes through
 /// `snapring::job::run_repository`: catalog, run log and notifications as for any run.
 /// Settings a repository does not take yet are refused rather than ignored.
-/// A scale-out worker (`--shard`, `--run-id`, or an engine's index variable): shard runs
-/// write the hard-link store only so far (docs/scale-out.md), so a repository refuses one
-/// rather than letting every worker make a snapshot of the whole source.
+/// A scale-out worker (`--shard`, `--run-id`, or an engine's index variable): into a
+/// repository it is one worker of a shard run (`shard_worker`, docs/scale-out.md "Into
+/// a restic repository"), not a backup of the whole source.
 fn is_shard_worker(a: &BackupArgs) -> bool {
     let env = |k: &str| std::env::var(k).ok();
     a.shard.is_some()
