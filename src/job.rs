@@ -402,12 +402,7 @@ pub fn run_repository(
             rep.message = e.to_string();
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    rep.exit_code = rep.status.exit_code();
-    rep.finished_at = Some(crate::util::now_rfc3339());
-    rep.duration_seconds = secs;
-    rep.phases.walk_copy.seconds = secs;
-    rep.peak_rss_bytes = crate::util::peak_rss_bytes();
+    let secs = finished(&mut rep, started);
     if secs > 0.0 {
         rep.throughput_files_per_second = rep.files_total as f64 / secs;
         rep.throughput_bytes_per_second = rep.bytes_transferred as f64 / secs;
@@ -529,12 +524,7 @@ pub fn run_repository_worker(
         }
         Err(_) => return outcome,
     };
-    let secs = started.elapsed().as_secs_f64();
-    rep.exit_code = rep.status.exit_code();
-    rep.finished_at = Some(crate::util::now_rfc3339());
-    rep.duration_seconds = secs;
-    rep.phases.walk_copy.seconds = secs;
-    rep.peak_rss_bytes = crate::util::peak_rss_bytes();
+    finished(&mut rep, started);
     tracing::info!(
         status = rep.status.as_str(),
         run = %spec.run_id,
@@ -551,6 +541,18 @@ pub fn run_repository_worker(
         tracing::warn!("{w}");
     }
     outcome
+}
+
+/// Stamps a repository run's report as finished now: exit code, end time, duration
+/// (all of it the walk's), peak memory. Returns the seconds since `started`.
+fn finished(rep: &mut RunReport, started: std::time::Instant) -> f64 {
+    let secs = started.elapsed().as_secs_f64();
+    rep.exit_code = rep.status.exit_code();
+    rep.finished_at = Some(crate::util::now_rfc3339());
+    rep.duration_seconds = secs;
+    rep.phases.walk_copy.seconds = secs;
+    rep.peak_rss_bytes = crate::util::peak_rss_bytes();
+    secs
 }
 
 /// With a `window`, a thread that sets `cancel` when it ends (and the first flag) unless
