@@ -51,8 +51,13 @@ fn env() -> Env {
 /// `snapring backup --json` of the source into the repository: `args` name the worker,
 /// `vars` are its environment (the engines' variables of the test's own are removed).
 fn worker(e: &Env, args: &[&str], vars: &[(&str, &str)]) -> Command {
+    worker_jobs(e, 2, args, vars)
+}
+
+/// [`worker`] with `--jobs jobs` (2: one unit at a time; from 4: two).
+fn worker_jobs(e: &Env, jobs: usize, args: &[&str], vars: &[(&str, &str)]) -> Command {
     let mut c = Command::new(bin());
-    c.args(["backup", "--json", "--jobs", "2", "--source"])
+    c.args(["backup", "--json", "--jobs", &jobs.to_string(), "--source"])
         .arg(&e.src)
         .args(["--dest", &e.url])
         .args(args)
@@ -127,12 +132,16 @@ fn unit_claims(e: &Env, run: &str) -> Vec<String> {
     v
 }
 
-/// The run's units, from `snapring status`.
-fn plan_units(e: &Env, run: &str) -> Vec<String> {
+/// `snapring status --json` of the run.
+fn run_status(e: &Env, run: &str) -> serde_json::Value {
     let (code, out, err) = sr(&["status", "--dest", &e.url, "--run-id", run, "--json"]);
     assert_eq!(code, 0, "{err}");
-    let st: serde_json::Value = serde_json::from_str(&out).unwrap();
-    st["unit_list"]
+    serde_json::from_str(&out).unwrap()
+}
+
+/// The run's units, from `snapring status`.
+fn plan_units(e: &Env, run: &str) -> Vec<String> {
+    run_status(e, run)["unit_list"]
         .as_array()
         .unwrap()
         .iter()
@@ -470,6 +479,8 @@ fn two_workers_for_one_index_and_an_incremental_run() {
     let mut built: Vec<String> = reports.iter().flat_map(|r| units_of(r, "units")).collect();
     built.sort();
     assert_eq!(built, plan_units(&e, "one"));
+    // No parent: the plan's weights come from a walk of the source.
+    assert_eq!(run_status(&e, "one")["sized_by"], "walk");
     let first = snaps[0].0;
 
     // The next run reads only the file that changed, from the first run's snapshot.
@@ -484,6 +495,8 @@ fn two_workers_for_one_index_and_an_incremental_run() {
         .find(|r| r["finalized"] == true)
         .unwrap_or_else(|| panic!("{reports:?}"));
     assert_eq!(fin["parent"], first.hex().as_str(), "{fin}");
+    // From the parent's trees, not from the source.
+    assert_eq!(run_status(&e, "two")["sized_by"], "snapshot");
     let t = &fin["totals"];
     assert_eq!(t["files_read"], 1, "{t}");
     assert_eq!(
@@ -1085,4 +1098,62 @@ fn retention_sees_one_lineage_whichever_node_plans_each_run() {
     assert_eq!(snaps.len(), 1, "{snaps:?}");
     assert_eq!(snaps[0].1.hostname, "node1");
     assert!(snaps[0].1.tags.contains(&"shard-run=n3".to_string()));
+}
+
+/// From `--jobs 4` a worker builds two units at once (its lanes, sharing the jobs):
+/// each unit here takes at least 400 ms before its commit, and still the worker claims
+/// units less than 200 ms apart. The snapshot is the same as one lane's.
+#[test]
+fn a_worker_of_four_jobs_builds_two_units_at_once() {
+    let e = env();
+    let slow = [("SNAPRING_FAILPOINTS", "shard.repo.before_commit=sleep:400")];
+    let r = report(
+        &worker_jobs(&e, 4, &["--shard", "0/1", "--run-id", "lanes"], &slow)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(r["status"], "complete", "{r}");
+    let claims = unit_claims(&e, "lanes");
+    assert!(claims.len() >= 4, "{claims:?}");
+    let mut at: Vec<chrono::DateTime<chrono::FixedOffset>> = claims
+        .iter()
+        .map(|c| {
+            let p = e.repo.join("snapring/shards/lanes/claims").join(c);
+            let h: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            chrono::DateTime::parse_from_rfc3339(h["at"].as_str().unwrap()).unwrap()
+        })
+        .collect();
+    at.sort();
+    let gaps: Vec<i64> = at
+        .windows(2)
+        .map(|w| (w[1] - w[0]).num_milliseconds())
+        .collect();
+    // One lane: every claim waits for the previous unit's 400 ms. Two: half of them not.
+    let short = gaps.iter().filter(|&&g| g < 200).count();
+    assert!(
+        short * 3 >= gaps.len(),
+        "gaps between claims (ms): {gaps:?}"
+    );
+    let id = r["snapshot"].as_str().unwrap().to_string();
+    assert_restores_to_source(&e, &id, "restored");
+    let (code, single, err) = sr(&[
+        "backup",
+        "--source",
+        e.src.to_str().unwrap(),
+        "--dest",
+        &e.url,
+        "--label",
+        "single",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{single}\n{err}");
+    let single: serde_json::Value = serde_json::from_str(&single).unwrap();
+    let single_id = Id::parse(single["snapshot"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        source_tree(&e, &Id::parse(&id).unwrap()),
+        source_tree(&e, &single_id)
+    );
+    if let Some(restic) = restic_binary("a shard run of two lanes") {
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+    }
 }

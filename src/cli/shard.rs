@@ -412,10 +412,11 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::Complete);
     }
     outln!(
-        "shard run {}: {} workers, {} units: {} done, {} claimed, {} stale, {} pending; {}",
+        "shard run {}: {} workers, {} units (sized by {}): {} done, {} claimed, {} stale, {} pending; {}",
         st.run,
         st.workers,
         st.units,
+        st.sized_by,
         st.done,
         st.claimed,
         st.stale,

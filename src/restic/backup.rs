@@ -26,6 +26,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 
 use super::chunker::{Chunker, Tables};
+use super::index::Index;
 use super::pack::BlobType;
 use super::repo::{Packer, PackerStats, Repo};
 use super::snapshot::{self, Snapshot};
@@ -962,6 +963,12 @@ pub struct UnitSpec<'a> {
     pub cancel: Arc<AtomicBool>,
     /// File-system calls in flight (resolved: not 0).
     pub jobs: usize,
+    /// Shared by the units a worker builds at once: together they run at most this
+    /// gate's permits of tasks.
+    pub gate: Option<&'a crate::pool::Gate>,
+    /// Blobs stored by this process's earlier units, which this one skips; its own are
+    /// added once its packs and index are written.
+    pub known: Arc<std::sync::RwLock<Index>>,
 }
 
 /// A unit backed up: the nodes of the names it took (each directory's subtree saved),
@@ -975,10 +982,10 @@ pub struct UnitBuilt {
 /// directory is not a tree of its own: finalize makes one tree of it from every unit's
 /// nodes. The packs and the index are written before this returns, so a commit that
 /// names the nodes points only at indexed blobs. `Error::Cancelled` on SIGINT/SIGTERM.
-pub fn unit(repo: &mut Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
+pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
     let started = std::time::Instant::now();
     let tables = repo.tables();
-    let packer = Packer::default();
+    let packer = Packer::sharing(spec.known.clone());
     let stop = AtomicBool::new(false);
     let run = Run {
         root_names: Some(spec.names),
@@ -988,7 +995,14 @@ pub fn unit(repo: &mut Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
         node: None,
         parent_tree: spec.parent_tree,
     };
-    crate::traverse::walk(&run, root_sub, spec.jobs.max(1), &stop);
+    crate::traverse::walk_at(
+        &run,
+        root_sub,
+        crate::relpath::RelPath::root(),
+        spec.jobs.max(1),
+        spec.gate,
+        &stop,
+    );
     let walked = match lock(&run.fatal).take() {
         Some(e) => Err(e),
         None => match lock(&run.root_nodes).take() {
@@ -997,16 +1011,19 @@ pub fn unit(repo: &mut Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
         },
     };
     let mut report = run.into_report();
+    // After a failure too: what reached the repository is indexed, for the next run.
+    let closed = packer.close(repo, walked.is_ok()).map(|(new, stats)| {
+        let mut k = spec.known.write().unwrap_or_else(|e| e.into_inner());
+        k.absorb(new);
+        stats
+    });
     match walked {
         Ok(nodes) => {
-            report.added = packer.finish(repo)?;
+            report.added = closed?;
             report.count_uploads(0, 0);
             report.duration_seconds = started.elapsed().as_secs_f64();
             Ok(UnitBuilt { nodes, report })
         }
-        Err(e) => {
-            let _ = packer.index_written(repo);
-            Err(e)
-        }
+        Err(e) => Err(e),
     }
 }

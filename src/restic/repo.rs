@@ -19,6 +19,9 @@ use super::index::{Index, IndexFile, PackJson};
 use super::pack::{BlobType, Entry, PackBuilder, open_blob, seal_blob};
 use super::{Error, Id, Result, corrupt, io_err};
 
+/// Index files read at once when a repository is opened.
+const INDEX_READS: usize = 8;
+
 /// The decrypted `config` file.
 #[derive(Serialize, Deserialize, Debug, Clone)]
 pub struct Config {
@@ -116,10 +119,18 @@ impl Repo {
         self.load_index()
     }
 
+    /// Reads every index file, [`INDEX_READS`] at a time (a shard run leaves one per
+    /// unit, and each read is a round trip or more on NFS and S3).
     fn load_index(&mut self) -> Result<()> {
-        for id in self.backend.list(Kind::Index)? {
-            let f: IndexFile = self.load_json(Kind::Index, &id)?;
-            self.index.add_file(&f);
+        let ids = self.backend.list(Kind::Index)?;
+        // A few rounds' worth at a time: parsed files wait here until they are merged.
+        for some in ids.chunks(INDEX_READS * 4) {
+            let files = crate::util::par_map(INDEX_READS, some, |id| {
+                self.load_json::<IndexFile>(Kind::Index, id)
+            });
+            for f in files {
+                self.index.add_file(&f?);
+            }
         }
         Ok(())
     }
@@ -284,6 +295,10 @@ pub struct Packer {
     state: Mutex<PackerState>,
     /// Signalled when a full pack's upload ends.
     uploaded: std::sync::Condvar,
+    /// Blobs written and indexed by other packers of this process since the repository
+    /// was opened ([`Packer::sharing`]): a shard worker's units built at once, each with
+    /// its own packer, skip what an earlier unit stored.
+    known: Option<Arc<std::sync::RwLock<Index>>>,
 }
 
 #[derive(Default)]
@@ -316,11 +331,31 @@ impl Packer {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// A packer that also skips the blobs of `known` (which [`Packer::close`]'s caller
+    /// adds this one's to).
+    pub fn sharing(known: Arc<std::sync::RwLock<Index>>) -> Packer {
+        Packer {
+            known: Some(known),
+            ..Packer::default()
+        }
+    }
+
+    fn known(&self, kind: BlobType, id: &Id) -> bool {
+        self.known.as_ref().is_some_and(|k| {
+            k.read()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(kind, id)
+        })
+    }
+
     /// Stores a blob unless the repository or this run already has it; returns its id.
     /// A write failure is returned (the run cannot go on).
     pub fn save(&self, repo: &Repo, kind: BlobType, plain: &[u8]) -> Result<Id> {
         let id = Id::hash(plain);
-        if repo.index.contains(kind, &id) || self.lock().new.contains(kind, &id) {
+        if repo.index.contains(kind, &id)
+            || self.known(kind, &id)
+            || self.lock().new.contains(kind, &id)
+        {
             return Ok(id);
         }
         let (sealed, uncompressed_length) = seal_blob(&repo.key, plain);
@@ -423,20 +458,9 @@ impl Packer {
     /// one (packs before the index that names them, as the design's write order asks).
     /// Call it after every `save` returned.
     pub fn finish(self, repo: &mut Repo) -> Result<PackerStats> {
-        let (data, tree, open) = {
-            let mut s = self.lock();
-            (
-                std::mem::take(&mut s.data),
-                std::mem::take(&mut s.tree),
-                std::mem::take(&mut s.open),
-            )
-        };
-        for (b, number) in [(data, open[0]), (tree, open[1])] {
-            if let (false, Some(n)) = (b.is_empty(), number) {
-                self.upload(repo, b, n)?;
-            }
-        }
-        self.index_written(repo)
+        let (new, stats) = self.close(repo, true)?;
+        repo.index.absorb(new);
+        Ok(stats)
     }
 
     /// Writes the index of the packs written so far not yet in an index file (the open
@@ -444,12 +468,35 @@ impl Packer {
     /// reached the repository. Adds the written packs' blobs to `repo`'s index in
     /// memory.
     pub fn index_written(self, repo: &mut Repo) -> Result<PackerStats> {
+        let (new, stats) = self.close(repo, false)?;
+        repo.index.absorb(new);
+        Ok(stats)
+    }
+
+    /// `finish` (with `open_packs`) or `index_written`, for a caller that shares the
+    /// repository with other packers: the blobs written are returned (to add to an
+    /// index: [`Index::absorb`]) rather than added to `repo`'s.
+    pub fn close(self, repo: &Repo, open_packs: bool) -> Result<(Index, PackerStats)> {
+        if open_packs {
+            let (data, tree, open) = {
+                let mut s = self.lock();
+                (
+                    std::mem::take(&mut s.data),
+                    std::mem::take(&mut s.tree),
+                    std::mem::take(&mut s.open),
+                )
+            };
+            for (b, number) in [(data, open[0]), (tree, open[1])] {
+                if let (false, Some(n)) = (b.is_empty(), number) {
+                    self.upload(repo, b, n)?;
+                }
+            }
+        }
         let pending = std::mem::take(&mut self.lock().pending);
         self.write_index(repo, pending)?;
         let PackerState { new, stats, .. } =
             self.state.into_inner().unwrap_or_else(|e| e.into_inner());
-        repo.index.absorb(new);
-        Ok(stats)
+        Ok((new, stats))
     }
 }
 

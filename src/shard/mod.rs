@@ -74,39 +74,7 @@ pub(crate) fn sort_err(e: crate::error::Error) -> ShardError {
     }
 }
 
-/// `f` of each of `items` on up to `threads` threads, the results in the items' order
-/// (finalize's reads of the units' files, each a few round trips on NFS, at once
-/// instead of one after another). No I/O of its own.
-pub(crate) fn par_map<T: Sync, R: Send>(
-    threads: usize,
-    items: &[T],
-    f: impl Fn(&T) -> R + Sync,
-) -> Vec<R> {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let next = AtomicUsize::new(0);
-    let slots: Vec<Mutex<Option<R>>> = items.iter().map(|_| Mutex::new(None)).collect();
-    std::thread::scope(|s| {
-        for _ in 0..threads.clamp(1, items.len().max(1)) {
-            s.spawn(|| {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(t) = items.get(i) else { break };
-                    let r = f(t);
-                    *slots[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
-                }
-            });
-        }
-    });
-    slots
-        .into_iter()
-        .map(|m| {
-            m.into_inner()
-                .unwrap_or_else(|e| e.into_inner())
-                .expect("every item is mapped")
-        })
-        .collect()
-}
+pub(crate) use crate::util::par_map;
 
 /// A run id names a directory and a run record: letters, digits, `.`, `_`, `-`, at
 /// most 100, not starting with `.`.
@@ -239,16 +207,6 @@ mod tests {
             count: n,
             run_id: run.into(),
         })
-    }
-
-    #[test]
-    fn par_map_keeps_the_order_of_the_items() {
-        let items: Vec<u32> = (0..100).collect();
-        assert_eq!(
-            par_map(7, &items, |x| x * 2),
-            items.iter().map(|x| x * 2).collect::<Vec<_>>()
-        );
-        assert!(par_map(4, &[] as &[u32], |x| *x).is_empty());
     }
 
     #[test]

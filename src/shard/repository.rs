@@ -39,7 +39,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
@@ -51,6 +51,7 @@ use super::{ShardError, Spec};
 use crate::relpath::RelPath;
 use crate::restic::backend::{Backend, Kind};
 use crate::restic::backup::{EntryProblem, Names, UnitSpec, Wrap, dir_node_at};
+use crate::restic::index::Index;
 use crate::restic::pack::BlobType;
 use crate::restic::repo::{Packer, PackerStats, Repo};
 use crate::restic::snapshot::Snapshot;
@@ -299,6 +300,13 @@ fn failed(e: restic::Error) -> ShardError {
 /// (`finalize`). Returns when the run is published, or on SIGINT/SIGTERM.
 pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport, ShardError> {
     let started = Instant::now();
+    tracing::info!(
+        "shard worker {} of {} of run {} into {}",
+        spec.index,
+        spec.count,
+        spec.run_id,
+        repo.backend.location()
+    );
     repo.check_writable().map_err(failed)?;
     let source = std::fs::canonicalize(&opts.source).map_err(|e| {
         ShardError::Failed(crate::error::Error::Repository(format!(
@@ -327,8 +335,9 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         published_before: st.read_final().map_err(failed)?.is_some(),
         ..Default::default()
     };
-    // The lease of the unit being built is renewed by this thread.
-    let held: Arc<Mutex<Option<(String, u32)>>> = Arc::default();
+    // The leases of the claims held (the plan, the units being built, finalize) are
+    // renewed by this thread.
+    let held: Arc<Held> = Arc::default();
     let beating = Arc::new(AtomicBool::new(true));
     let beat = {
         let (held, beating, b, run) = (
@@ -348,8 +357,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
                     continue;
                 }
                 last = Instant::now();
-                let now = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some((unit, g)) = now {
+                for (unit, g) in held.now() {
                     let body = serde_json::to_vec(&Holder::me(worker)).expect("serializes");
                     if let Err(e) = st.b.put_extra(&st.beat_key(&unit, g), &body) {
                         tracing::warn!("cannot renew the claim of {unit}: {e}");
@@ -416,6 +424,12 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         let _ = lock.release();
         return Ok(report);
     };
+    // The publisher tidies the run's files while it releases its lock, applies the
+    // retention and reports (tens of calls, not on the run's path).
+    let _tidying = Tidying(fin.won.then(|| {
+        let (b, run) = (backend.clone(), spec.run_id.clone());
+        std::thread::spawn(move || tidy(&State::new(b.as_ref(), &run)))
+    }));
     lock.release().map_err(failed)?;
     report.snapshot = Some(fin.snapshot.clone());
     report.finalized = fin.won;
@@ -434,7 +448,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             group: Some(fin.group),
         };
         // The run's other workers hold their shared locks until they see `final` (a
-        // poll, at most 2 s): wait for them, up to a lease, rather than skip.
+        // poll, at most `POLL_MAX`): wait for them, up to a lease, rather than skip.
         let until = Instant::now() + lease();
         let ex = loop {
             match restic::lock::acquire(repo, true) {
@@ -443,7 +457,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
                         && Instant::now() < until
                         && !opts.cancel.load(Ordering::Relaxed) =>
                 {
-                    std::thread::sleep(Duration::from_millis(200));
+                    std::thread::sleep(Duration::from_millis(50));
                 }
                 r => break r,
             }
@@ -498,7 +512,7 @@ fn plan_of(
     spec: &Spec,
     opts: &Options,
     source: &Path,
-    held: &Mutex<Option<(String, u32)>>,
+    held: &Held,
 ) -> Result<(PlanFile, String), ShardError> {
     let read = || -> Result<Option<(PlanFile, String)>, ShardError> {
         let Some(sealed) = st.b.read_extra(&st.key("plan")).map_err(failed)? else {
@@ -514,9 +528,18 @@ fn plan_of(
     let planned = || Ok(st.b.read_extra(&st.key("plan")).map_err(failed)?.is_some());
     if let Turn::Mine(g) = take_turn(st, PLAN, spec.index, &opts.cancel, planned)? {
         check_exclusive_creates(st, g)?;
-        *held.lock().unwrap_or_else(|e| e.into_inner()) = Some((PLAN.to_string(), g));
+        held.hold(PLAN, g);
+        let t = Instant::now();
         let made = make_plan(repo, spec, opts, source);
-        *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        held.release(PLAN, g);
+        if let Ok(p) = &made {
+            tracing::info!(
+                "shard plan made (generation {g}): {} units, sized by {} in {:.2} s",
+                p.units.len(),
+                p.sized_by,
+                t.elapsed().as_secs_f64()
+            );
+        }
         let (_, sealed) = repo.seal_json(&made?).map_err(failed)?;
         st.b.create_extra(&st.key("plan"), &sealed)
             .map_err(failed)?;
@@ -563,34 +586,64 @@ fn check_exclusive_creates(st: &State<'_>, generation: u32) -> Result<(), ShardE
     Ok(())
 }
 
-/// A new plan: weights from a quick walk of the source, the newest snapshot of the
-/// same path and label as the parent.
+/// A new plan, the newest snapshot of the same path and label as the parent: weights
+/// from the parent's trees (`sizes::TreeSizes`, no source I/O), or from a quick walk
+/// of the source when there is no parent or its trees cannot be read.
 fn make_plan(
     repo: &Repo,
     spec: &Spec,
     opts: &Options,
     source: &Path,
 ) -> Result<PlanFile, ShardError> {
-    let fd = rustix::fs::open(
-        source,
-        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::empty(),
-    )
-    .map_err(|e| {
-        ShardError::Failed(crate::error::Error::Repository(format!(
-            "cannot open the source {}: {e}",
-            source.display()
-        )))
-    })?;
-    let sizes = super::sizes::WalkSizes::walk(source.to_path_buf(), fd, opts.jobs.max(1));
-    let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-    let cut = plan::cut(&sizes, spec.count, cap);
     let path = source.to_string_lossy().into_owned();
     let parent = restic::snapshot::load_all(repo)
         .map_err(failed)?
         .into_iter()
         .filter(|(_, s)| s.paths == [path.as_str()] && s.tag("label") == Some(&opts.label))
         .max_by(|a, b| a.1.time.cmp(&b.1.time));
+    let threads = opts.jobs.max(1);
+    let from_parent = parent.as_ref().and_then(|(id, snap)| {
+        let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+        let sized = restic::backup::descend(repo, snap.tree, &comps).and_then(|t| match t {
+            Some(t) => super::sizes::TreeSizes::read(repo, t, threads).map(Some),
+            None => Ok(None),
+        });
+        match sized {
+            Ok(Some(sizes)) => {
+                let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
+                Some(plan::cut(&sizes, spec.count, cap))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(
+                    "cannot size the plan by snapshot {}'s trees ({e}); walking the source",
+                    id.hex()
+                );
+                None
+            }
+        }
+    });
+    let (cut, sized_by) = match from_parent {
+        Some(cut) => (cut, "snapshot"),
+        None => {
+            let fd = rustix::fs::open(
+                source,
+                rustix::fs::OFlags::RDONLY
+                    | rustix::fs::OFlags::DIRECTORY
+                    | rustix::fs::OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            )
+            .map_err(|e| {
+                ShardError::Failed(crate::error::Error::Repository(format!(
+                    "cannot open the source {}: {e}",
+                    source.display()
+                )))
+            })?;
+            let sizes = super::sizes::WalkSizes::walk(source.to_path_buf(), fd, threads);
+            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
+            (plan::cut(&sizes, spec.count, cap), "walk")
+        }
+    };
     let host = match &parent {
         Some((_, p)) if !p.hostname.is_empty() => p.hostname.clone(),
         _ => crate::util::hostname(),
@@ -604,7 +657,7 @@ fn make_plan(
         retain: opts.retain.unwrap_or(0),
         prev: parent.map(|(id, _)| id.hex()),
         prev_run: None,
-        sized_by: "walk".into(),
+        sized_by: sized_by.into(),
         created_at: crate::util::now_rfc3339(),
         created_by: crate::util::hostname(),
         host: Some(host),
@@ -664,7 +717,7 @@ fn publish(
     st: &State<'_>,
     spec: &Spec,
     opts: &Options,
-    held: &Mutex<Option<(String, u32)>>,
+    held: &Held,
     finalize: impl Fn(&mut Repo) -> Result<Finalized, ShardError>,
 ) -> Result<Option<Finalized>, ShardError> {
     let published = || Ok(st.read_final().map_err(failed)?.is_some());
@@ -672,12 +725,17 @@ fn publish(
         Turn::Cancelled => Ok(None),
         Turn::Done => finalize(repo).map(Some),
         Turn::Mine(g) => {
-            *held.lock().unwrap_or_else(|e| e.into_inner()) = Some((FINALIZE.to_string(), g));
+            held.hold(FINALIZE, g);
             crate::failpoint::hit("shard.repo.before_finalize").map_err(|e| {
                 ShardError::Failed(crate::error::Error::Repository(format!("finalize: {e}")))
             })?;
+            tracing::info!("every unit is committed; finalizing (generation {g})");
+            let t = Instant::now();
             let r = finalize(repo);
-            *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            held.release(FINALIZE, g);
+            if r.is_ok() {
+                tracing::info!("finalized in {:.2} s", t.elapsed().as_secs_f64());
+            }
             r.map(Some)
         }
     }
@@ -727,7 +785,14 @@ fn take_turn(
     }
 }
 
-/// Waiting for other workers: 50 ms, then half as long again each time, up to 1 s.
+/// The longest wait between two looks of a waiting worker. Each look is a few requests
+/// (`final`, the claims' listing, the open claims); the run ends when its slowest
+/// waiting worker sees `final` and lets go of its lock (measured: with 1 s, the last
+/// worker left 0.5 s after finalize, a sixth of a small run).
+const POLL_MAX: Duration = Duration::from_millis(250);
+
+/// Waiting for other workers: 50 ms, then half as long again each time, up to
+/// [`POLL_MAX`].
 struct Poll {
     next: Duration,
 }
@@ -741,7 +806,7 @@ impl Poll {
 
     fn wait(&mut self) {
         std::thread::sleep(self.next);
-        self.next = (self.next * 3 / 2).min(Duration::from_secs(1));
+        self.next = (self.next * 3 / 2).min(POLL_MAX);
     }
 }
 
@@ -752,7 +817,45 @@ fn past_lease(at: SystemTime) -> bool {
         .is_ok_and(|d| d > lease())
 }
 
-/// Builds units until every unit is committed (`true`) or SIGINT/SIGTERM (`false`).
+/// The claims this worker holds, whose leases the beat thread renews.
+#[derive(Default)]
+struct Held(Mutex<BTreeSet<(String, u32)>>);
+
+impl Held {
+    fn hold(&self, name: &str, generation: u32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((name.to_string(), generation));
+    }
+
+    fn release(&self, name: &str, generation: u32) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&(name.to_string(), generation));
+    }
+
+    fn now(&self) -> Vec<(String, u32)> {
+        let held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        held.iter().cloned().collect()
+    }
+}
+
+/// What one lane of [`build_units`] did.
+#[derive(Default)]
+struct Lane {
+    units: Vec<String>,
+    refused: Vec<String>,
+    interrupted: Option<String>,
+}
+
+/// Builds units until every unit is committed (`true`) or SIGINT/SIGTERM (`false`),
+/// in as many lanes as a store worker's (`super::worker::lanes`: two from 4 jobs on):
+/// each lane claims, builds and commits one unit at a time, the lanes' walks share
+/// `--jobs` permits, so one unit's ramp, drain and commit overlap the other's walk.
+/// Each unit has a packer of its own (its packs and index written before its commit);
+/// a blob an earlier unit of this worker stored is not stored again.
 #[allow(clippy::too_many_arguments)]
 fn build_units(
     repo: &mut Repo,
@@ -763,80 +866,177 @@ fn build_units(
     cut: &Cut,
     plan_hash: &str,
     parent_tree: Option<Id>,
-    held: &Mutex<Option<(String, u32)>>,
+    held: &Held,
     report: &mut WorkerReport,
 ) -> Result<bool, ShardError> {
-    let mut poll = Poll::new();
-    loop {
-        if opts.cancel.load(Ordering::Relaxed) {
-            return Ok(false);
+    let jobs = opts.jobs.max(1);
+    let lanes = LaneCtx {
+        st,
+        spec,
+        opts,
+        source,
+        cut,
+        plan_hash,
+        parent_tree,
+        held,
+        gate: crate::pool::Gate::new(jobs),
+        known: Arc::default(),
+        failed: AtomicBool::new(false),
+    };
+    let shared: &Repo = repo;
+    let results = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..super::worker::lanes(jobs))
+            .map(|_| {
+                let lanes = &lanes;
+                s.spawn(move || {
+                    let mut lane = Lane::default();
+                    let r = lanes.run(shared, &mut lane);
+                    if r.is_err() {
+                        lanes.failed.store(true, Ordering::Relaxed);
+                    }
+                    (r, lane)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect::<Vec<_>>()
+    });
+    let known = std::mem::take(&mut *lanes.known.write().unwrap_or_else(|e| e.into_inner()));
+    repo.index.absorb(known);
+    let mut all = Ok(true);
+    for (r, lane) in results {
+        report.units.extend(lane.units);
+        report.units_refused.extend(lane.refused);
+        if report.interrupted_unit.is_none() {
+            report.interrupted_unit = lane.interrupted;
         }
-        if st.read_final().map_err(failed)?.is_some() {
-            return Ok(true);
-        }
-        let done = st.done().map_err(failed)?;
-        if cut.units.iter().all(|u| done.contains(&u.id)) {
-            return Ok(true);
-        }
-        let Some((unit, g)) = next_unit(st, cut, spec.index, &done).map_err(failed)? else {
-            poll.wait();
-            continue;
+        all = match (all, r) {
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+            (Ok(a), Ok(b)) => Ok(a && b),
         };
-        poll = Poll::new();
-        if !st.claim(&unit.id, g, spec.index).map_err(failed)? {
-            continue;
-        }
-        *held.lock().unwrap_or_else(|e| e.into_inner()) = Some((unit.id.clone(), g));
-        let built = build_unit(repo, cut, unit, source, parent_tree, opts);
-        *held.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let (nodes, figures, problems) = match built {
-            Ok(b) => b,
-            Err(restic::Error::Cancelled) => {
-                report.interrupted_unit = Some(unit.id.clone());
+    }
+    all
+}
+
+/// What the lanes of [`build_units`] share.
+struct LaneCtx<'a> {
+    st: &'a State<'a>,
+    spec: &'a Spec,
+    opts: &'a Options,
+    source: &'a Path,
+    cut: &'a Cut,
+    plan_hash: &'a str,
+    parent_tree: Option<Id>,
+    held: &'a Held,
+    gate: crate::pool::Gate,
+    /// Blobs the units this worker built stored.
+    known: Arc<RwLock<Index>>,
+    /// A lane failed: the others claim no more units.
+    failed: AtomicBool,
+}
+
+impl LaneCtx<'_> {
+    /// One lane: claims, builds and commits units one at a time until every unit is
+    /// committed (`true`), or the worker is stopped or another lane failed (`false`).
+    fn run(&self, repo: &Repo, lane: &mut Lane) -> Result<bool, ShardError> {
+        let (st, spec, cut) = (self.st, self.spec, self.cut);
+        let mut poll = Poll::new();
+        loop {
+            if self.opts.cancel.load(Ordering::Relaxed) || self.failed.load(Ordering::Relaxed) {
                 return Ok(false);
             }
-            Err(e) => return Err(failed(e)),
-        };
-        crate::failpoint::hit("shard.repo.before_commit").map_err(|e| {
-            ShardError::Failed(crate::error::Error::Repository(format!(
-                "commit {}: {e}",
-                unit.id
-            )))
-        })?;
-        let commit = UnitDone {
-            generation: g,
-            worker: spec.index,
-            host: crate::util::hostname(),
-            pid: std::process::id(),
-            at: crate::util::now_rfc3339(),
-            plan: plan_hash.to_string(),
-            nodes,
-            figures,
-            problems,
-        };
-        let (_, sealed) = repo.seal_json(&commit).map_err(failed)?;
-        if st
-            .b
-            .create_extra(&st.done_key(&unit.id), &sealed)
-            .map_err(failed)?
-        {
-            report.units.push(unit.id.clone());
-        } else {
-            report.units_refused.push(unit.id.clone());
+            if st.read_final().map_err(failed)?.is_some() {
+                return Ok(true);
+            }
+            let done = st.done().map_err(failed)?;
+            if cut.units.iter().all(|u| done.contains(&u.id)) {
+                return Ok(true);
+            }
+            let Some((unit, g)) = next_unit(st, cut, spec.index, &done).map_err(failed)? else {
+                poll.wait();
+                continue;
+            };
+            poll = Poll::new();
+            if !st.claim(&unit.id, g, spec.index).map_err(failed)? {
+                continue;
+            }
+            self.held.hold(&unit.id, g);
+            let t = Instant::now();
+            let built = self.build(repo, unit);
+            self.held.release(&unit.id, g);
+            let (nodes, figures, problems) = match built {
+                Ok(b) => b,
+                Err(restic::Error::Cancelled) => {
+                    lane.interrupted = Some(unit.id.clone());
+                    return Ok(false);
+                }
+                Err(e) => return Err(failed(e)),
+            };
+            crate::failpoint::hit("shard.repo.before_commit").map_err(|e| {
+                ShardError::Failed(crate::error::Error::Repository(format!(
+                    "commit {}: {e}",
+                    unit.id
+                )))
+            })?;
+            let commit = UnitDone {
+                generation: g,
+                worker: spec.index,
+                host: crate::util::hostname(),
+                pid: std::process::id(),
+                at: crate::util::now_rfc3339(),
+                plan: self.plan_hash.to_string(),
+                nodes,
+                figures,
+                problems,
+            };
+            let (_, sealed) = repo.seal_json(&commit).map_err(failed)?;
+            if st
+                .b
+                .create_extra(&st.done_key(&unit.id), &sealed)
+                .map_err(failed)?
+            {
+                tracing::info!(
+                    "unit {} committed (generation {g}) in {:.2} s",
+                    unit.id,
+                    t.elapsed().as_secs_f64()
+                );
+                lane.units.push(unit.id.clone());
+            } else {
+                tracing::warn!("unit {}: a later generation's commit came first", unit.id);
+                lane.refused.push(unit.id.clone());
+            }
         }
+    }
+
+    fn build(&self, repo: &Repo, unit: &Unit) -> restic::Result<Built> {
+        build_unit(
+            repo,
+            self.cut,
+            unit,
+            self.source,
+            self.parent_tree,
+            self.opts,
+            &self.gate,
+            &self.known,
+        )
     }
 }
 
 type Built = (Vec<Node>, UnitFigures, Vec<EntryProblem>);
 
 /// One unit's walk: its nodes, figures and problems (named from the source's root).
+#[allow(clippy::too_many_arguments)]
 fn build_unit(
-    repo: &mut Repo,
+    repo: &Repo,
     cut: &Cut,
     unit: &Unit,
     source: &Path,
     parent_tree: Option<Id>,
     opts: &Options,
+    gate: &crate::pool::Gate,
+    known: &Arc<RwLock<Index>>,
 ) -> restic::Result<Built> {
     let comps: Vec<&OsStr> = unit.dir.components().map(OsStr::from_bytes).collect();
     let walk_root = if unit.dir.is_root() {
@@ -867,6 +1067,8 @@ fn build_unit(
             parent_tree: parent,
             cancel: opts.cancel.clone(),
             jobs: opts.jobs,
+            gate: Some(gate),
+            known: known.clone(),
         },
     )?;
     let r = built.report;
@@ -1120,9 +1322,6 @@ fn published(
         }
         _ => None,
     };
-    if won {
-        tidy(st);
-    }
     Ok(Finalized {
         snapshot: f.snapshot,
         sealed: f.sealed,
@@ -1222,13 +1421,24 @@ fn write_snapshot(repo: &Repo, f: &FinalFile) -> Result<(), ShardError> {
 /// `final` stay, so that a late worker of the run finds it published.
 fn tidy(st: &State<'_>) {
     let done = st.b.list_extra(&st.key("done")).unwrap_or_default();
-    for u in done {
-        if let Err(e) = st.b.put_extra(&st.done_key(&u), TOMBSTONE) {
+    super::par_map(8, &done, |u| {
+        if let Err(e) = st.b.put_extra(&st.done_key(u), TOMBSTONE) {
             tracing::warn!("cannot tidy the published run's commit of {u}: {e}");
         }
-    }
+    });
     if let Err(e) = st.b.remove_extra_tree(&st.key("beats")) {
         tracing::warn!("cannot remove the published run's lease renewals: {e}");
+    }
+}
+
+/// The thread running [`tidy`], joined on every way out of [`work`].
+struct Tidying(Option<std::thread::JoinHandle<()>>);
+
+impl Drop for Tidying {
+    fn drop(&mut self) {
+        if let Some(h) = self.0.take() {
+            let _ = h.join();
+        }
     }
 }
 
@@ -1308,6 +1518,7 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
         source: plan.source.display().to_string(),
         label: plan.label.clone(),
         workers: plan.workers,
+        sized_by: plan.sized_by.clone(),
         units: list.len(),
         done: count("done"),
         claimed: count("claimed"),

@@ -3,10 +3,12 @@
 //! the blocks of the few directories that are cut, through its index), else from a
 //! quick parallel walk of the source on `traverse` (names and types from the listings
 //! alone: one call per directory, none per file; every entry weighs one).
+//! Into a restic repository, the previous snapshot's trees stand for the manifest
+//! (`TreeSizes`: each distinct tree read once, through the local tree cache).
 //! Only directories down to `plan::MAX_DEPTH` are kept, so memory follows the top of
-//! the tree, not its size. Reads the manifest or the source.
+//! the tree, not its size. Reads the manifest, the repository or the source.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -214,5 +216,176 @@ impl Sizes for WalkSizes {
                 })
             })
             .collect()
+    }
+}
+
+/// Weights from the previous snapshot's trees (a shard run into a restic repository).
+/// Memory: one weight per distinct tree below the source.
+pub struct TreeSizes<'a> {
+    repo: &'a crate::restic::repo::Repo,
+    root: crate::restic::Id,
+    below: HashMap<crate::restic::Id, u64>,
+}
+
+/// A restic node's weight as a manifest entry's (`entry_weight`), its subtree aside.
+fn node_weight(n: &crate::restic::tree::Node) -> u64 {
+    if n.kind == "file" { weight(n.size) } else { 1 }
+}
+
+impl<'a> TreeSizes<'a> {
+    /// Reads every distinct tree under `root` (the source directory's tree in the
+    /// previous snapshot), a level at a time on `threads` threads.
+    pub fn read(
+        repo: &'a crate::restic::repo::Repo,
+        root: crate::restic::Id,
+        threads: usize,
+    ) -> crate::restic::Result<TreeSizes<'a>> {
+        use crate::restic::Id;
+        // Each tree's own weight (its entries) and its subtrees.
+        let mut own: HashMap<Id, (u64, Vec<Id>)> = HashMap::new();
+        let mut seen: HashSet<Id> = HashSet::from([root]);
+        let mut level = vec![root];
+        while !level.is_empty() {
+            let trees = crate::util::par_map(threads, &level, |id| repo.read_tree(id));
+            let mut next = Vec::new();
+            for (id, tree) in level.iter().zip(trees) {
+                let tree = tree?;
+                let subs: Vec<Id> = tree.nodes.iter().filter_map(|n| n.subtree).collect();
+                next.extend(subs.iter().filter(|s| seen.insert(**s)).copied());
+                let w = tree.nodes.iter().map(node_weight).sum();
+                own.insert(*id, (w, subs));
+            }
+            level = next;
+        }
+        // Subtree weights, children first (trees are a DAG: one tree may be the subtree
+        // of many directories, and is summed for each).
+        let mut below: HashMap<Id, u64> = HashMap::with_capacity(own.len());
+        let mut stack = vec![(root, false)];
+        while let Some((id, children_done)) = stack.pop() {
+            if below.contains_key(&id) {
+                continue;
+            }
+            let (w, subs) = &own[&id];
+            if children_done {
+                let t = w + subs.iter().map(|s| below[s]).sum::<u64>();
+                below.insert(id, t);
+            } else {
+                stack.push((id, true));
+                stack.extend(subs.iter().map(|s| (*s, false)));
+            }
+        }
+        Ok(TreeSizes { repo, root, below })
+    }
+}
+
+impl Sizes for TreeSizes<'_> {
+    fn total(&self) -> u64 {
+        self.below.get(&self.root).copied().unwrap_or(0)
+    }
+
+    fn children(&self, dir: &RelPath) -> Vec<Child> {
+        use std::os::unix::ffi::OsStrExt;
+        let comps: Vec<&std::ffi::OsStr> =
+            dir.components().map(std::ffi::OsStr::from_bytes).collect();
+        let tree = crate::restic::backup::descend(self.repo, self.root, &comps)
+            .ok()
+            .flatten()
+            .and_then(|id| self.repo.read_tree(&id).ok());
+        let Some(tree) = tree else { return Vec::new() };
+        tree.nodes
+            .iter()
+            .map(|n| {
+                let sub = n.subtree.and_then(|s| self.below.get(&s)).copied();
+                Child {
+                    name: n.name_bytes(),
+                    weight: node_weight(n) + sub.unwrap_or(0),
+                    dir: n.kind == "dir",
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restic::crypto::KdfParams;
+    use crate::restic::pack::BlobType;
+    use crate::restic::repo::{Packer, Repo, init};
+    use crate::restic::tree::{Node, Tree};
+
+    fn node(name: &str, kind: &str, size: u64, subtree: Option<crate::restic::Id>) -> Node {
+        Node {
+            name: name.into(),
+            kind: kind.into(),
+            size,
+            subtree,
+            ..Node::default()
+        }
+    }
+
+    /// Weights from a snapshot's trees are a manifest's: one per entry, one more per
+    /// MiB of a file, a directory's with everything below it, and a tree that two
+    /// directories share counted for each.
+    #[test]
+    fn tree_sizes_weigh_entries_and_mib_and_count_a_shared_tree_for_each_directory() {
+        let t = tempfile::tempdir().unwrap();
+        init(
+            t.path(),
+            b"pw",
+            KdfParams {
+                n: 1024,
+                r: 8,
+                p: 1,
+            },
+        )
+        .unwrap();
+        let mut repo = Repo::open(t.path(), b"pw").unwrap();
+        let packer = Packer::default();
+        let save = |nodes: Vec<Node>| {
+            packer
+                .save(&repo, BlobType::Tree, &Tree { nodes }.to_blob())
+                .unwrap()
+        };
+        let shared = save(vec![
+            node("f1", "file", 10, None),
+            node("f2", "file", 2 << 20, None),
+        ]);
+        let deep = save(vec![node("e", "file", 0, None)]);
+        let c = save(vec![node("deep", "dir", 0, Some(deep))]);
+        let root = save(vec![
+            node("a", "dir", 0, Some(shared)),
+            node("b", "dir", 0, Some(shared)),
+            node("big", "file", 3 << 20, None),
+            node("c", "dir", 0, Some(c)),
+            node("l", "symlink", 0, None),
+        ]);
+        packer.finish(&mut repo).unwrap();
+        let sizes = TreeSizes::read(&repo, root, 4).unwrap();
+        // a: 1 + (1 + 3), b the same, big: 4, c: 1 + (1 + 1), l: 1.
+        assert_eq!(sizes.total(), 5 + 5 + 4 + 3 + 1);
+        let kids = |dir: &str| -> Vec<(String, u64, bool)> {
+            sizes
+                .children(&RelPath::new(dir.as_bytes()).unwrap())
+                .into_iter()
+                .map(|c| (String::from_utf8(c.name).unwrap(), c.weight, c.dir))
+                .collect()
+        };
+        assert_eq!(
+            kids(""),
+            [
+                ("a".into(), 5, true),
+                ("b".into(), 5, true),
+                ("big".into(), 4, false),
+                ("c".into(), 3, true),
+                ("l".into(), 1, false),
+            ]
+        );
+        assert_eq!(
+            kids("a"),
+            [("f1".into(), 1, false), ("f2".into(), 3, false)]
+        );
+        assert_eq!(kids("c/deep"), [("e".into(), 1, false)]);
+        assert!(kids("missing").is_empty());
     }
 }

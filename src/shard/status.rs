@@ -43,6 +43,9 @@ pub struct RunStatus {
     pub source: String,
     pub label: String,
     pub workers: usize,
+    /// What the plan's weights came from: `manifest` or `snapshot` (the previous
+    /// backup's), or `walk` (a quick walk of the source).
+    pub sized_by: String,
     pub units: usize,
     pub done: usize,
     pub claimed: usize,
@@ -97,6 +100,7 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         source: plan.source.display().to_string(),
         label: plan.label.clone(),
         workers: plan.workers,
+        sized_by: plan.sized_by.clone(),
         units: list.len(),
         done: count("done"),
         claimed: count("claimed"),

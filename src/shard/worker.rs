@@ -576,7 +576,7 @@ struct Current {
 /// each time. Two lanes of half the jobs each still idled the draining lane's half;
 /// sharing the permits, the other lane's walk takes them up. Below 4 jobs a worker
 /// holds one claim at a time: if it stalls, one unit waits for its lease to lapse.
-fn lanes(jobs: usize) -> usize {
+pub(super) fn lanes(jobs: usize) -> usize {
     if jobs >= 4 { 2 } else { 1 }
 }
 
