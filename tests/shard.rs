@@ -285,6 +285,7 @@ fn four_workers_named_by_flag_and_by_each_engines_variables_make_the_single_node
     assert_eq!(st["finalized"], true);
     assert_eq!(st["done"], st["units"]);
     assert_eq!(st["pending"], 0);
+    assert_eq!(st["sized_by"], "walk", "the first run has no manifest: {st}");
 
     // A second run, incremental: the previous snapshot stays as it was, unchanged
     // files are linked, and the result is again the source.
@@ -894,6 +895,8 @@ fn workers_still_alive_share_the_deletion_of_the_expired_snapshot() {
     let st = run_cmd(&e, "status", "r3", &["--json"], &[]);
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["expiry"], "finished", "{st}");
+    // A third run: the plan is weighed by the previous snapshot's manifest.
+    assert_eq!(st["sized_by"], "manifest", "{st}");
     let pieces: u64 = st["per_worker"]
         .as_array()
         .unwrap()
