@@ -1157,3 +1157,40 @@ fn a_worker_of_four_jobs_builds_two_units_at_once() {
         run_restic(&restic, &e.repo, &["check", "--read-data"]);
     }
 }
+
+/// The plan of a run with a parent is cut by the parent's trees: spine directories of
+/// the parent (cut into units of their own) that are gone from the source, or are a
+/// file now, must not cost the next run an entry (the file left out) nor a problem (a
+/// directory deleted between two backups is no error). The run is `complete` and
+/// restores equal to the source.
+#[test]
+fn spine_directories_of_the_parent_replaced_or_deleted_before_the_next_run() {
+    let e = env();
+    for d in ["x", "y"] {
+        for f in 0..150 {
+            write(&e.src.join(format!("big/{d}/f{f}")), b"x");
+        }
+    }
+    let first = report(&spawn(&e, 0, 1, "s1", &[]).wait_with_output().unwrap());
+    assert_eq!(first["status"], "complete", "{first}");
+    let spine: Vec<String> = run_status(&e, "s1")["unit_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["dir"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        spine.contains(&"big/x".to_string()) && spine.contains(&"big/y".to_string()),
+        "big/x and big/y are cut into units of their own: {spine:?}"
+    );
+    std::fs::remove_dir_all(e.src.join("big/x")).unwrap();
+    write(&e.src.join("big/x"), b"a file now\n");
+    std::fs::remove_dir_all(e.src.join("big/y")).unwrap();
+    let out = spawn(&e, 0, 1, "s2", &[]).wait_with_output().unwrap();
+    let second = report(&out);
+    assert_eq!(second["status"], "complete", "{second}");
+    assert_eq!(second["parent"], first["snapshot"], "{second}");
+    // The parent's cut no longer fits the source: the plan comes from a walk.
+    assert_eq!(run_status(&e, "s2")["sized_by"], "walk");
+    assert_restores_to_source(&e, second["snapshot"].as_str().unwrap(), "restored");
+}

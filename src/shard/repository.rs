@@ -611,7 +611,26 @@ fn make_plan(
         match sized {
             Ok(Some(sizes)) => {
                 let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-                Some(plan::cut(&sizes, spec.count, cap))
+                let cut = plan::cut(&sizes, spec.count, cap);
+                // The parent's spine directories, cut from its trees, must still be
+                // directories: a unit of one gone since (or a file, a symlink now)
+                // would have nothing, its parent's units skip its name, and finalize
+                // would leave the entry out as a problem. A few `lstat`s; a source
+                // walk otherwise, as with no parent.
+                match cut.spine.iter().find(|d| {
+                    !d.is_root()
+                        && !std::fs::symlink_metadata(source.join(d.as_path()))
+                            .is_ok_and(|m| m.is_dir())
+                }) {
+                    Some(d) => {
+                        tracing::info!(
+                            "{d}, cut by snapshot {}'s trees, is no directory of the source now; walking the source",
+                            id.hex()
+                        );
+                        None
+                    }
+                    None => Some(cut),
+                }
             }
             Ok(None) => None,
             Err(e) => {

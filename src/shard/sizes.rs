@@ -246,13 +246,20 @@ impl<'a> TreeSizes<'a> {
         let mut seen: HashSet<Id> = HashSet::from([root]);
         let mut level = vec![root];
         while !level.is_empty() {
-            let trees = crate::util::par_map(threads, &level, |id| repo.read_tree(id));
+            // Each tree is reduced to its weight and subtrees where it is read: a level
+            // holds a large share of a big tree's directories, and their nodes (names,
+            // metadata) all at once would be gigabytes.
+            let read = crate::util::par_map(threads, &level, |id| {
+                repo.read_tree(id).map(|tree| {
+                    let w: u64 = tree.nodes.iter().map(node_weight).sum();
+                    let subs: Vec<Id> = tree.nodes.iter().filter_map(|n| n.subtree).collect();
+                    (w, subs)
+                })
+            });
             let mut next = Vec::new();
-            for (id, tree) in level.iter().zip(trees) {
-                let tree = tree?;
-                let subs: Vec<Id> = tree.nodes.iter().filter_map(|n| n.subtree).collect();
+            for (id, r) in level.iter().zip(read) {
+                let (w, subs) = r?;
                 next.extend(subs.iter().filter(|s| seen.insert(**s)).copied());
-                let w = tree.nodes.iter().map(node_weight).sum();
                 own.insert(*id, (w, subs));
             }
             level = next;
