@@ -477,7 +477,7 @@ pub fn run_repository_worker(
     let mut rep = repository_report(j, &spec.run_id);
     let who = format!("worker {} of {}", spec.index, spec.count);
     let record = match &outcome {
-        Ok(w) => match (&w.published, &w.interrupted_unit) {
+        Ok(w) => match (&w.published, w.interrupted_units.as_slice()) {
             (Some(r), _) => {
                 fill_repository(&mut rep, r, false, None);
                 if let Some(t) = &w.totals {
@@ -503,10 +503,15 @@ pub fn run_repository_worker(
                 }
                 true
             }
-            (None, Some(unit)) => {
+            (None, [_, ..]) => {
+                let units = w.interrupted_units.join(", ");
+                let (s, them) = match w.interrupted_units.len() {
+                    1 => ("", "it"),
+                    _ => ("s", "them"),
+                };
                 rep.status = Status::Incomplete;
                 rep.message = format!(
-                    "{who}: {} while it built unit {unit}; the other workers or a rerun of this one build it",
+                    "{who}: {} while it built unit{s} {units}; the other workers or a rerun of this one build {them}",
                     if window_ended {
                         "backup window ended"
                     } else {
@@ -515,7 +520,7 @@ pub fn run_repository_worker(
                 );
                 false
             }
-            (None, None) => return outcome,
+            (None, []) => return outcome,
         },
         Err(e @ ShardError::Failed(_)) => {
             rep.status = Status::Failed;

@@ -193,6 +193,7 @@ const NOT_IN_MATRIX: &[&str] = &[
     "walk.open_source",
     // A shard run into a restic repository: tests/restic_shard.rs.
     "shard.repo.before_commit",
+    "shard.repo.before_walk",
     "shard.repo.before_finalize",
     "shard.repo.before_snapshot",
 ];

@@ -717,6 +717,31 @@ fn a_workers_window_ends_it_and_its_rerun_finishes_the_run() {
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
 
+/// A worker of two lanes stopped by its window while both build a unit (each unit's
+/// walk starts 1.5 s late, the window is 1 s): both units are named in its report,
+/// and nothing is committed or published.
+#[test]
+fn a_window_that_ends_two_lanes_names_both_units() {
+    let e = env();
+    let slow = [("SNAPRING_FAILPOINTS", "shard.repo.before_walk=sleep:1500")];
+    let out = worker_jobs(
+        &e,
+        4,
+        &["--shard", "0/1", "--run-id", "w2", "--window", "1s"],
+        &slow,
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "incomplete", "{r}");
+    let stopped = units_of(&r, "interrupted_units");
+    assert_eq!(stopped.len(), 2, "{r}");
+    assert_ne!(stopped[0], stopped[1], "{r}");
+    assert!(units_of(&r, "units").is_empty(), "{r}");
+    assert!(snapshots(&e).is_empty());
+}
+
 /// Two hosts (the dead worker runs in its own UTS namespace, as host `other-host`):
 /// a holder on another host cannot be seen to have died, so its unit is taken over
 /// only once its lease has lapsed (measured between the two claims' own times), and

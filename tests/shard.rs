@@ -285,7 +285,10 @@ fn four_workers_named_by_flag_and_by_each_engines_variables_make_the_single_node
     assert_eq!(st["finalized"], true);
     assert_eq!(st["done"], st["units"]);
     assert_eq!(st["pending"], 0);
-    assert_eq!(st["sized_by"], "walk", "the first run has no manifest: {st}");
+    assert_eq!(
+        st["sized_by"], "walk",
+        "the first run has no manifest: {st}"
+    );
 
     // A second run, incremental: the previous snapshot stays as it was, unchanged
     // files are linked, and the result is again the source.
@@ -1718,4 +1721,40 @@ fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     );
     assert_ne!(holder(2)["host"], "other-host");
     check_snapshot(&e, "a run whose worker died on another host");
+}
+
+/// The plan of an incremental run is cut by the previous manifest: its spine
+/// directories (cut into units of their own) that are gone from the source since, or a
+/// file now, must not cost the run an entry (the file left out) nor a problem (a
+/// directory deleted between two backups is no error). The run is `complete` and its
+/// snapshot equals the source.
+#[test]
+fn spine_directories_of_the_previous_snapshot_replaced_or_deleted_before_the_next_run() {
+    let e = env();
+    let out = spawn(&e, 0, 1, "m1", &[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, "m1").join("plan.json")).unwrap())
+            .unwrap();
+    let spine: Vec<String> = plan["spine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        spine.contains(&"deep".to_string()) && spine.contains(&"flat".to_string()),
+        "deep and flat are cut into units of their own: {spine:?}"
+    );
+    std::fs::remove_dir_all(e.src.join("deep")).unwrap();
+    write(&e.src.join("deep"), b"a file now\n");
+    std::fs::remove_dir_all(e.src.join("flat")).unwrap();
+    let out = spawn(&e, 0, 1, "m2", &[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let rec = run_record(&e, "m2");
+    assert_eq!(rec["status"], "complete", "{rec}");
+    check_snapshot(&e, "a run after spine directories changed kind or vanished");
+    let st = run_cmd(&e, "status", "m2", &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    assert_eq!(st["sized_by"], "walk", "{st}");
 }

@@ -172,10 +172,10 @@ pub struct WorkerReport {
     pub units: Vec<String>,
     /// Units it built whose commit another worker made first (its work is dropped).
     pub units_refused: Vec<String>,
-    /// The unit this worker was building when SIGINT/SIGTERM or its window stopped it
-    /// (left to the others or a rerun); `None` if it was only waiting.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub interrupted_unit: Option<String>,
+    /// The units this worker was building when SIGINT/SIGTERM or its window stopped it
+    /// (one per lane; left to the others or a rerun); empty if it was only waiting.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub interrupted_units: Vec<String>,
     /// Whether this worker published the snapshot.
     pub finalized: bool,
     /// The run was published before this worker started (a retry of a finished run,
@@ -612,16 +612,8 @@ fn make_plan(
             Ok(Some(sizes)) => {
                 let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
                 let cut = plan::cut(&sizes, spec.count, cap);
-                // The parent's spine directories, cut from its trees, must still be
-                // directories: a unit of one gone since (or a file, a symlink now)
-                // would have nothing, its parent's units skip its name, and finalize
-                // would leave the entry out as a problem. A few `lstat`s; a source
-                // walk otherwise, as with no parent.
-                match cut.spine.iter().find(|d| {
-                    !d.is_root()
-                        && !std::fs::symlink_metadata(source.join(d.as_path()))
-                            .is_ok_and(|m| m.is_dir())
-                }) {
+                // A cut that no longer fits the source: a walk, as with no parent.
+                match super::sizes::stale_spine(&cut, source) {
                     Some(d) => {
                         tracing::info!(
                             "{d}, cut by snapshot {}'s trees, is no directory of the source now; walking the source",
@@ -928,9 +920,7 @@ fn build_units(
     for (r, lane) in results {
         report.units.extend(lane.units);
         report.units_refused.extend(lane.refused);
-        if report.interrupted_unit.is_none() {
-            report.interrupted_unit = lane.interrupted;
-        }
+        report.interrupted_units.extend(lane.interrupted);
         all = match (all, r) {
             (Err(e), _) | (Ok(_), Err(e)) => Err(e),
             (Ok(a), Ok(b)) => Ok(a && b),
@@ -1073,6 +1063,9 @@ fn build_unit(
             return Ok((Vec::new(), UnitFigures::default(), Vec::new()));
         }
     }
+    // A slow start of a unit's walk in the tests (tests/restic_shard.rs).
+    crate::failpoint::hit("shard.repo.before_walk")
+        .map_err(|e| restic::Error::Other(format!("unit {}: {e}", unit.id)))?;
     let parent = match parent_tree {
         Some(t) => restic::backup::descend(repo, t, &comps)?,
         None => None,

@@ -219,6 +219,18 @@ impl Sizes for WalkSizes {
     }
 }
 
+/// The first spine directory of `cut` (made from the previous backup's weights) that
+/// is no directory of the source at `source` now: gone since, or a file or a symlink.
+/// Such a cut does not fit: the directory's units would have nothing, its parent's units
+/// skip its name, and finalize would leave the entry out as a problem. One `lstat` per
+/// spine directory.
+pub fn stale_spine<'c>(cut: &'c super::plan::Cut, source: &std::path::Path) -> Option<&'c RelPath> {
+    cut.spine.iter().find(|d| {
+        !d.is_root()
+            && !std::fs::symlink_metadata(source.join(d.as_path())).is_ok_and(|m| m.is_dir())
+    })
+}
+
 /// Weights from the previous snapshot's trees (a shard run into a restic repository).
 /// Memory: one weight per distinct tree below the source.
 pub struct TreeSizes<'a> {

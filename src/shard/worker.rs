@@ -493,19 +493,22 @@ pub fn cut_source(
     source: &std::path::Path,
     prev: Option<&Previous>,
 ) -> Result<(Cut, &'static str), ShardError> {
-    Ok(match prev.and_then(|p| p.manifest.as_ref()) {
-        Some(m) => {
-            let sizes = ManifestSizes::read(m).ctx("read manifest", &m.mf_path)?;
-            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-            (plan::cut(&sizes, spec.count, cap), "manifest")
+    if let Some(m) = prev.and_then(|p| p.manifest.as_ref()) {
+        let sizes = ManifestSizes::read(m).ctx("read manifest", &m.mf_path)?;
+        let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
+        let cut = plan::cut(&sizes, spec.count, cap);
+        // A cut that no longer fits the source: a walk, as with no manifest.
+        match super::sizes::stale_spine(&cut, source) {
+            None => return Ok((cut, "manifest")),
+            Some(d) => tracing::info!(
+                "{d}, cut by the previous snapshot's manifest, is no directory of the source now; walking the source"
+            ),
         }
-        None => {
-            let fd = fsx::open_dir(source).ctx("open source", source)?;
-            let sizes = WalkSizes::walk(source.to_path_buf(), fd, opts.jobs);
-            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-            (plan::cut(&sizes, spec.count, cap), "walk")
-        }
-    })
+    }
+    let fd = fsx::open_dir(source).ctx("open source", source)?;
+    let sizes = WalkSizes::walk(source.to_path_buf(), fd, opts.jobs);
+    let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
+    Ok((plan::cut(&sizes, spec.count, cap), "walk"))
 }
 
 /// Every worker of a run must back up the same source into the same label with the
