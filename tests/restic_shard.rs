@@ -685,6 +685,19 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
     assert!(e.repo.join("snapring/shards/r1/final").exists());
 }
 
+/// The report of the only worker of run `run` with `--jobs jobs` and `--window 1s`,
+/// slowed by `failpoints`: it exits 3, `incomplete`.
+fn out_of_window(e: &Env, jobs: usize, run: &str, failpoints: &str) -> serde_json::Value {
+    let args = ["--shard", "0/1", "--run-id", run, "--window", "1s"];
+    let out = worker_jobs(e, jobs, &args, &[("SNAPRING_FAILPOINTS", failpoints)])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "incomplete", "{r}");
+    r
+}
+
 /// A worker's `--window` ends the worker, not the run: it stops at its next step (here
 /// after its first commit, slowed past the window), exits 3 (`incomplete`, retried by
 /// the engines) and publishes nothing; a rerun of the same index builds the rest and
@@ -692,17 +705,7 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
 #[test]
 fn a_workers_window_ends_it_and_its_rerun_finishes_the_run() {
     let e = env();
-    let slow = [("SNAPRING_FAILPOINTS", "shard.repo.before_commit=sleep:1500")];
-    let out = worker(
-        &e,
-        &["--shard", "0/1", "--run-id", "w", "--window", "1s"],
-        &slow,
-    )
-    .output()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["status"], "incomplete", "{r}");
+    let r = out_of_window(&e, 2, "w", "shard.repo.before_commit=sleep:1500");
     assert_eq!(units_of(&r, "units").len(), 1, "{r}");
     assert!(snapshots(&e).is_empty());
     let again = report(&spawn(&e, 0, 1, "w", &[]).wait_with_output().unwrap());
@@ -723,18 +726,7 @@ fn a_workers_window_ends_it_and_its_rerun_finishes_the_run() {
 #[test]
 fn a_window_that_ends_two_lanes_names_both_units() {
     let e = env();
-    let slow = [("SNAPRING_FAILPOINTS", "shard.repo.before_walk=sleep:1500")];
-    let out = worker_jobs(
-        &e,
-        4,
-        &["--shard", "0/1", "--run-id", "w2", "--window", "1s"],
-        &slow,
-    )
-    .output()
-    .unwrap();
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(r["status"], "incomplete", "{r}");
+    let r = out_of_window(&e, 4, "w2", "shard.repo.before_walk=sleep:1500");
     let stopped = units_of(&r, "interrupted_units");
     assert_eq!(stopped.len(), 2, "{r}");
     assert_ne!(stopped[0], stopped[1], "{r}");

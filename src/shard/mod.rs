@@ -76,6 +76,17 @@ pub(crate) fn sort_err(e: crate::error::Error) -> ShardError {
 
 pub(crate) use crate::util::par_map;
 
+/// Two lanes' outcomes as one: the first error, else whether both finished the run.
+pub(crate) fn both_lanes(
+    a: Result<bool, ShardError>,
+    b: Result<bool, ShardError>,
+) -> Result<bool, ShardError> {
+    match (a, b) {
+        (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+        (Ok(a), Ok(b)) => Ok(a && b),
+    }
+}
+
 /// A run id names a directory and a run record: letters, digits, `.`, `_`, `-`, at
 /// most 100, not starting with `.`.
 pub fn check_run_id(id: &str) -> Result<(), String> {

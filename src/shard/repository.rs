@@ -921,10 +921,7 @@ fn build_units(
         report.units.extend(lane.units);
         report.units_refused.extend(lane.refused);
         report.interrupted_units.extend(lane.interrupted);
-        all = match (all, r) {
-            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-            (Ok(a), Ok(b)) => Ok(a && b),
-        };
+        all = super::both_lanes(all, r);
     }
     all
 }

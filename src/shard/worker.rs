@@ -646,10 +646,7 @@ fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
             out.committed.extend(o.committed);
             out.lost.extend(o.lost);
             out.left.extend(o.left);
-            all = match (all, r) {
-                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
-                (Ok(a), Ok(b)) => Ok(a && b),
-            };
+            all = super::both_lanes(all, r);
         }
         done.store(true, Ordering::Relaxed);
         all
