@@ -114,6 +114,25 @@ fn snapshots(e: &Env) -> Vec<(Id, snapshot::Snapshot)> {
     snapshot::load_all(&open(e)).unwrap()
 }
 
+/// A single-node backup of the source into the repository (label `single`): its JSON
+/// report and its snapshot.
+fn single_node(e: &Env) -> (serde_json::Value, Id) {
+    let (code, single, err) = sr(&[
+        "backup",
+        "--source",
+        e.src.to_str().unwrap(),
+        "--dest",
+        &e.url,
+        "--label",
+        "single",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{single}\n{err}");
+    let single: serde_json::Value = serde_json::from_str(&single).unwrap();
+    let id = Id::parse(single["snapshot"].as_str().unwrap()).unwrap();
+    (single, id)
+}
+
 /// The tree of the source directory in snapshot `id` (under the ancestors' trees).
 fn source_tree(e: &Env, id: &Id) -> Id {
     let repo = open(e);
@@ -292,19 +311,7 @@ fn four_workers_make_one_snapshot_equal_to_the_source_and_to_a_single_node_runs(
     assert_eq!(ino(&to.join("links/a")), ino(&to.join("links/sub/c")));
 
     // A single-node run of the same source makes the very same source tree.
-    let (code, single, err) = sr(&[
-        "backup",
-        "--source",
-        e.src.to_str().unwrap(),
-        "--dest",
-        &e.url,
-        "--label",
-        "single",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{single}\n{err}");
-    let single: serde_json::Value = serde_json::from_str(&single).unwrap();
-    let single_id = Id::parse(single["snapshot"].as_str().unwrap()).unwrap();
+    let (single, single_id) = single_node(&e);
     // It found the shard run's snapshot a valid parent: nothing read again.
     assert_eq!(single["repository"]["files_read"], 0, "{single}");
     assert_eq!(source_tree(&e, &snaps[0].0), source_tree(&e, &single_id));
@@ -741,32 +748,12 @@ fn a_window_that_ends_two_lanes_names_both_units() {
 #[test]
 fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     let e = env();
-    let probe = Command::new("unshare").args(["-u", "true"]).status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: `unshare -u` (a UTS namespace) is not available here");
+    if !common::uts_namespaces() {
         return;
     }
     let lease = [("SNAPRING_SHARD_LEASE", "3s")];
     let mut c = worker(&e, &["--shard", "0/2", "--run-id", "hosts"], &lease);
-    let args: Vec<String> = std::iter::once(c.get_program())
-        .chain(c.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let mut other = Command::new("unshare");
-    other
-        .args([
-            "-u",
-            "sh",
-            "-c",
-            "hostname other-host && exec \"$0\" \"$@\"",
-        ])
-        .args(&args);
-    for (k, v) in c.get_envs() {
-        match v {
-            Some(v) => other.env(k, v),
-            None => other.env_remove(k),
-        };
-    }
+    let mut other = common::on_host(&c, "other-host");
     other
         .env("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill")
         .stdout(Stdio::piped())
@@ -1080,9 +1067,7 @@ fn the_rerun_after_a_crash_past_final_applies_the_retention() {
 #[test]
 fn retention_sees_one_lineage_whichever_node_plans_each_run() {
     let e = env();
-    let probe = Command::new("unshare").args(["-u", "true"]).status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: `unshare -u` (a UTS namespace) is not available here");
+    if !common::uts_namespaces() {
         return;
     }
     for night in 1..=3 {
@@ -1093,21 +1078,7 @@ fn retention_sees_one_lineage_whichever_node_plans_each_run() {
             &["--shard", "0/1", "--run-id", &run, "--retain", "1"],
             &[],
         );
-        let mut node = Command::new("unshare");
-        node.args([
-            "-u",
-            "sh",
-            "-c",
-            &format!("hostname node{night} && exec \"$0\" \"$@\""),
-        ])
-        .arg(c.get_program())
-        .args(c.get_args());
-        for (k, v) in c.get_envs() {
-            match v {
-                Some(v) => node.env(k, v),
-                None => node.env_remove(k),
-            };
-        }
+        let mut node = common::on_host(&c, &format!("node{night}"));
         let r = report(&node.output().unwrap());
         assert_eq!(r["finalized"], true, "{r}");
     }
@@ -1153,19 +1124,7 @@ fn a_worker_of_four_jobs_builds_two_units_at_once() {
     );
     let id = r["snapshot"].as_str().unwrap().to_string();
     assert_restores_to_source(&e, &id, "restored");
-    let (code, single, err) = sr(&[
-        "backup",
-        "--source",
-        e.src.to_str().unwrap(),
-        "--dest",
-        &e.url,
-        "--label",
-        "single",
-        "--json",
-    ]);
-    assert_eq!(code, 0, "{single}\n{err}");
-    let single: serde_json::Value = serde_json::from_str(&single).unwrap();
-    let single_id = Id::parse(single["snapshot"].as_str().unwrap()).unwrap();
+    let (_, single_id) = single_node(&e);
     assert_eq!(
         source_tree(&e, &Id::parse(&id).unwrap()),
         source_tree(&e, &single_id)

@@ -1665,29 +1665,12 @@ fn names_waiting_for_their_inodes_first_copy_leave_the_jobs_to_the_other_lane() 
 #[test]
 fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     let e = env();
-    let probe = Command::new("unshare").args(["-u", "true"]).status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: `unshare -u` (a UTS namespace) is not available here");
+    if !common::uts_namespaces() {
         return;
     }
     let lease = [("SNAPRING_SHARD_LEASE", "3s")];
     let c = worker(&e, &["--shard", "0/2", "--run-id", "hosts"], &lease);
-    let mut other = Command::new("unshare");
-    other
-        .args([
-            "-u",
-            "sh",
-            "-c",
-            "hostname other-host && exec \"$0\" \"$@\"",
-        ])
-        .arg(c.get_program())
-        .args(c.get_args());
-    for (k, v) in c.get_envs() {
-        match v {
-            Some(v) => other.env(k, v),
-            None => other.env_remove(k),
-        };
-    }
+    let mut other = common::on_host(&c, "other-host");
     other
         .env("SNAPRING_FAILPOINTS", "shard.before_commit=kill")
         .stdout(Stdio::piped())

@@ -1521,26 +1521,14 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
             (None, None) => ("pending", None, None),
         }
     });
-    let count = |s: &str| super::status::count_of(&list, s);
-    Ok(super::status::RunStatus {
-        run: run.into(),
-        source: plan.source.display().to_string(),
-        label: plan.label.clone(),
-        workers: plan.workers,
-        sized_by: plan.sized_by.clone(),
-        units: list.len(),
-        done: count("done"),
-        claimed: count("claimed"),
-        stale: count("stale"),
-        pending: count("pending"),
-        finalized: published,
-        snapshot: fin.map(|f| f.snapshot),
-        expiry: "none".into(),
-        expiry_claimed: 0,
-        expiry_done: 0,
-        per_worker: per.into_values().collect(),
-        unit_list: list,
-    })
+    Ok(super::status::RunStatus::of(
+        run,
+        &plan,
+        per,
+        list,
+        published,
+        fin.map(|f| f.snapshot),
+    ))
 }
 
 /// `snapring finalize --dest URL --run-id RUN`: publishes a run whose units are all

@@ -90,34 +90,54 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
             w.expired_entries = h.entries;
         }
     }
-    let count = |s: &str| count_of(&list, s);
     let snapshot = std::fs::read(rd.finalized_path())
         .ok()
         .and_then(|b| serde_json::from_slice::<crate::report::RunReport>(&b).ok())
         .and_then(|r| r.snapshot);
     Ok(RunStatus {
-        run: run.into(),
-        source: plan.source.display().to_string(),
-        label: plan.label.clone(),
-        workers: plan.workers,
-        sized_by: plan.sized_by.clone(),
-        units: list.len(),
-        done: count("done"),
-        claimed: count("claimed"),
-        stale: count("stale"),
-        pending: count("pending"),
-        finalized: rd.is_finalized(),
-        snapshot,
         expiry: tally.state.into(),
         expiry_claimed: tally.claimed,
         expiry_done: tally.done,
-        per_worker: per.into_values().collect(),
-        unit_list: list,
+        ..RunStatus::of(run, &plan, per, list, rd.is_finalized(), snapshot)
     })
 }
 
+impl RunStatus {
+    /// The status of run `run` from its plan and the states [`units_of`] gave; no
+    /// expiry (the store's `status` adds its own).
+    pub(crate) fn of(
+        run: &str,
+        plan: &super::state::PlanFile,
+        per: BTreeMap<usize, WorkerStatus>,
+        list: Vec<UnitStatus>,
+        finalized: bool,
+        snapshot: Option<String>,
+    ) -> RunStatus {
+        let count = |s: &str| count_of(&list, s);
+        RunStatus {
+            run: run.into(),
+            source: plan.source.display().to_string(),
+            label: plan.label.clone(),
+            workers: plan.workers,
+            sized_by: plan.sized_by.clone(),
+            units: list.len(),
+            done: count("done"),
+            claimed: count("claimed"),
+            stale: count("stale"),
+            pending: count("pending"),
+            finalized,
+            snapshot,
+            expiry: "none".into(),
+            expiry_claimed: 0,
+            expiry_done: 0,
+            per_worker: per.into_values().collect(),
+            unit_list: list,
+        }
+    }
+}
+
 /// Units in state `s`.
-pub(crate) fn count_of(list: &[UnitStatus], s: &str) -> usize {
+fn count_of(list: &[UnitStatus], s: &str) -> usize {
     list.iter().filter(|u| u.state == s).count()
 }
 

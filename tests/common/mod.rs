@@ -635,3 +635,38 @@ pub fn http_server() -> Http {
     });
     Http { port, got }
 }
+
+/// Whether this machine lets a test give a process a host name of its own
+/// (`unshare -u`, a UTS namespace); says the test is skipped when not.
+pub fn uts_namespaces() -> bool {
+    let ok = Command::new("unshare")
+        .args(["-u", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: `unshare -u` (a UTS namespace) is not available here");
+    }
+    ok
+}
+
+/// `c` run as on another machine: in a UTS namespace of its own, with host name `host`
+/// (same program, arguments and environment).
+pub fn on_host(c: &Command, host: &str) -> Command {
+    let mut other = Command::new("unshare");
+    other
+        .args([
+            "-u",
+            "sh",
+            "-c",
+            &format!("hostname {host} && exec \"$0\" \"$@\""),
+        ])
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => other.env(k, v),
+            None => other.env_remove(k),
+        };
+    }
+    other
+}
