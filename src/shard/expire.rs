@@ -533,6 +533,7 @@ fn settle(store: &Store, rd: &RunDir, jobs: usize, cancel: &AtomicBool) -> Resul
                     host: c.host.clone(),
                     pid: c.pid,
                     at: String::new(),
+                    nonce: String::new(),
                 }
                 .is_dead_here()
             });

@@ -140,6 +140,13 @@ pub struct Holder {
     pub host: String,
     pub pid: u32,
     pub at: String,
+    /// Random, new for each holder made: two claims written by one process in the same
+    /// millisecond (two lanes of a worker) differ. A conditional write to S3 that is
+    /// refused takes the object as its own when it holds its bytes (its own earlier
+    /// try landed), so equal bodies would let both lanes build the unit. Absent in
+    /// files written before it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub nonce: String,
 }
 
 impl Holder {
@@ -149,6 +156,7 @@ impl Holder {
             host: crate::util::hostname(),
             pid: std::process::id(),
             at: crate::util::now_rfc3339(),
+            nonce: hex::encode(crate::restic::random_bytes::<8>()),
         }
     }
 
@@ -481,6 +489,22 @@ pub use crate::util::create_exclusive;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two lanes of one worker claim a unit in the same millisecond: their claims must
+    /// differ, or S3's refused conditional write finds "its own" bytes and both build
+    /// the unit (seen against moto: a unit committed twice, its blobs stored twice).
+    #[test]
+    fn claims_made_in_the_same_millisecond_by_one_worker_differ() {
+        let bodies: Vec<Vec<u8>> = (0..1000)
+            .map(|_| serde_json::to_vec(&Holder::me(3)).unwrap())
+            .collect();
+        let distinct: std::collections::HashSet<&Vec<u8>> = bodies.iter().collect();
+        assert_eq!(distinct.len(), bodies.len());
+        // A holder written before the nonce existed still reads.
+        let old: Holder =
+            serde_json::from_str(r#"{"worker":1,"host":"h","pid":7,"at":"x"}"#).unwrap();
+        assert_eq!((old.worker, old.nonce.as_str()), (1, ""));
+    }
 
     #[test]
     fn an_exited_process_not_yet_collected_by_its_parent_is_dead() {
