@@ -45,7 +45,7 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
-use super::plan::{self, Cut, Unit};
+use super::plan::{Cut, Unit};
 use super::state::{Holder, PlanFile, lease};
 use super::{ShardError, Spec};
 use crate::relpath::RelPath;
@@ -609,21 +609,12 @@ fn make_plan(
             None => Ok(None),
         });
         match sized {
-            Ok(Some(sizes)) => {
-                let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-                let cut = plan::cut(&sizes, spec.count, cap);
-                // A cut that no longer fits the source: a walk, as with no parent.
-                match super::sizes::stale_spine(&cut, source) {
-                    Some(d) => {
-                        tracing::info!(
-                            "{d}, cut by snapshot {}'s trees, is no directory of the source now; walking the source",
-                            id.hex()
-                        );
-                        None
-                    }
-                    None => Some(cut),
-                }
-            }
+            Ok(Some(sizes)) => super::sizes::cut_if_fits(
+                &sizes,
+                spec.count,
+                source,
+                &format!("snapshot {}'s trees", id.hex()),
+            ),
             Ok(None) => None,
             Err(e) => {
                 tracing::warn!(
@@ -637,22 +628,13 @@ fn make_plan(
     let (cut, sized_by) = match from_parent {
         Some(cut) => (cut, "snapshot"),
         None => {
-            let fd = rustix::fs::open(
-                source,
-                rustix::fs::OFlags::RDONLY
-                    | rustix::fs::OFlags::DIRECTORY
-                    | rustix::fs::OFlags::CLOEXEC,
-                rustix::fs::Mode::empty(),
-            )
-            .map_err(|e| {
+            let cut = super::sizes::walk_cut(source, spec.count, threads).map_err(|e| {
                 ShardError::Failed(crate::error::Error::Repository(format!(
                     "cannot open the source {}: {e}",
                     source.display()
                 )))
             })?;
-            let sizes = super::sizes::WalkSizes::walk(source.to_path_buf(), fd, threads);
-            let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-            (plan::cut(&sizes, spec.count, cap), "walk")
+            (cut, "walk")
         }
     };
     let host = match &parent {

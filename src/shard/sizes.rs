@@ -10,12 +10,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use super::plan::{Child, MAX_DEPTH, Sizes, weight};
+use super::plan::{self, Child, Cut, MAX_DEPTH, Sizes, weight};
 use crate::fsx::{self, Kind, Meta, b};
 use crate::manifest::Reader;
 use crate::relpath::RelPath;
@@ -224,11 +224,42 @@ impl Sizes for WalkSizes {
 /// Such a cut does not fit: the directory's units would have nothing, its parent's units
 /// skip its name, and finalize would leave the entry out as a problem. One `lstat` per
 /// spine directory.
-pub fn stale_spine<'c>(cut: &'c super::plan::Cut, source: &std::path::Path) -> Option<&'c RelPath> {
+fn stale_spine<'c>(cut: &'c Cut, source: &Path) -> Option<&'c RelPath> {
     cut.spine.iter().find(|d| {
         !d.is_root()
             && !std::fs::symlink_metadata(source.join(d.as_path())).is_ok_and(|m| m.is_dir())
     })
+}
+
+/// `sizes` cut for `workers`.
+fn cut_for(sizes: &dyn Sizes, workers: usize) -> Cut {
+    plan::cut(sizes, workers, plan::cap_for(sizes.total(), workers))
+}
+
+/// The previous backup's weights (`by`: where they come from, for the log) cut for
+/// `workers`, if that cut still fits the source at `source` (`stale_spine`); else
+/// `None`, logged, and the caller walks the source (`walk_cut`).
+pub fn cut_if_fits(sizes: &dyn Sizes, workers: usize, source: &Path, by: &str) -> Option<Cut> {
+    let cut = cut_for(sizes, workers);
+    match stale_spine(&cut, source) {
+        None => Some(cut),
+        Some(d) => {
+            tracing::info!(
+                "{d}, cut by {by}, is no directory of the source now; walking the source"
+            );
+            None
+        }
+    }
+}
+
+/// The source at `source` walked on `threads` threads (`WalkSizes`) and cut for
+/// `workers`: a plan with no previous backup to weigh it, or one that no longer fits.
+pub fn walk_cut(source: &Path, workers: usize, threads: usize) -> std::io::Result<Cut> {
+    let fd = fsx::open_dir(source)?;
+    Ok(cut_for(
+        &WalkSizes::walk(source.to_path_buf(), fd, threads),
+        workers,
+    ))
 }
 
 /// Weights from the previous snapshot's trees (a shard run into a restic repository).

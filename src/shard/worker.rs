@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 
-use super::plan::{self, Cut, Unit};
-use super::sizes::{ManifestSizes, WalkSizes};
+use super::plan::{Cut, Unit};
+use super::sizes::{self, ManifestSizes};
 use super::state::{Commit, Holder, PlanFile, RunDir, UnitCounts};
 use super::{ShardError, Spec, sort_err};
 use crate::engine::BackupOptions;
@@ -495,20 +495,17 @@ pub fn cut_source(
 ) -> Result<(Cut, &'static str), ShardError> {
     if let Some(m) = prev.and_then(|p| p.manifest.as_ref()) {
         let sizes = ManifestSizes::read(m).ctx("read manifest", &m.mf_path)?;
-        let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-        let cut = plan::cut(&sizes, spec.count, cap);
-        // A cut that no longer fits the source: a walk, as with no manifest.
-        match super::sizes::stale_spine(&cut, source) {
-            None => return Ok((cut, "manifest")),
-            Some(d) => tracing::info!(
-                "{d}, cut by the previous snapshot's manifest, is no directory of the source now; walking the source"
-            ),
+        if let Some(cut) = sizes::cut_if_fits(
+            &sizes,
+            spec.count,
+            source,
+            "the previous snapshot's manifest",
+        ) {
+            return Ok((cut, "manifest"));
         }
     }
-    let fd = fsx::open_dir(source).ctx("open source", source)?;
-    let sizes = WalkSizes::walk(source.to_path_buf(), fd, opts.jobs);
-    let cap = plan::cap_for(plan::Sizes::total(&sizes), spec.count);
-    Ok((plan::cut(&sizes, spec.count, cap), "walk"))
+    let cut = sizes::walk_cut(source, spec.count, opts.jobs).ctx("open source", source)?;
+    Ok((cut, "walk"))
 }
 
 /// Every worker of a run must back up the same source into the same label with the
