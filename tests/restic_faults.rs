@@ -656,6 +656,42 @@ fn a_live_run_is_not_settled_by_another() {
     assert_eq!(runs[0].1, "complete", "{runs:?}");
 }
 
+/// A conditional write whose first try landed but whose answer was lost, retried while
+/// the server answers 409 (AWS's ConditionalRequestConflict, while a conditional write
+/// of the key is still in flight: here that first try): the shard worker that wrote
+/// `published` finds its own bytes there and publishes the run. It took the conflicts
+/// for another's `published`, and nobody published (no report, no retention).
+#[test]
+fn a_conditional_write_that_landed_behind_conflicts_is_taken_as_its_own() {
+    let s = setup(Vec::new());
+    source(&s.src, 1, 9);
+    let dest = s.dest("conflicted");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.proxy.set_rules(vec![
+        Rule::new("PUT", "/published", Fault::DropResponse, 1),
+        Rule::new("PUT", "/published", Fault::Status(409), 5),
+    ]);
+    let mut args = s.backup_args(&dest);
+    args.extend(["--shard", "0/1", "--run-id", "c1"]);
+    let (code, out, err) = s.sr(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        s.proxy.served("PUT", "/published"),
+        1,
+        "{:?}",
+        s.proxy.seen()
+    );
+    assert_eq!(
+        s.proxy.count("PUT", "/published"),
+        6,
+        "{:?}",
+        s.proxy.seen()
+    );
+    assert_eq!(r["finalized"], true, "{r}\n{err}");
+    assert!(r["totals"].is_object(), "{r}");
+}
+
 /// A restore fetches many files' blobs at once: on S3 each fetch is a round trip, and
 /// one at a time a restore of 20k small files from a local server took minutes. Every
 /// data read is held by the proxy until 4 are waiting at once; then they all go, and

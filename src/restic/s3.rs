@@ -602,7 +602,9 @@ impl Backend for S3 {
 
     /// A conditional write (`If-None-Match: *`): the server refuses it (412) when the
     /// key exists, atomically. A retried PUT whose first try did land finds its own
-    /// bytes there.
+    /// bytes there; so does one still refused with 409 after its last try (that first
+    /// try may be the conditional write in flight), rather than take the conflict for
+    /// another's object.
     fn create_extra(&self, rel: &str, bytes: &[u8]) -> Result<bool> {
         let key = self.key(rel);
         let mut headers = self.options.headers(None);
@@ -618,7 +620,7 @@ impl Backend for S3 {
                 _ => return Err(self.failed(&format!("write {}", self.url_of(&key)), &resp)),
             }
         }
-        Ok(false)
+        Ok(self.read_extra(rel)?.as_deref() == Some(bytes))
     }
 
     fn put_extra(&self, rel: &str, bytes: &[u8]) -> Result<()> {

@@ -155,7 +155,8 @@ pub fn start(root: &Path) -> Server {
 /// What the proxy does to a request a rule matches.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Fault {
-    /// Answers this status (500 InternalError, 503 SlowDown) without asking the server.
+    /// Answers this status (500 InternalError, 503 SlowDown, 409
+    /// ConditionalRequestConflict) without asking the server.
     Status(u16),
     /// Waits this long, then forwards the request.
     Delay(Duration),
@@ -379,10 +380,11 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
         let mut body = vec![0u8; req.length];
         r.read_exact(&mut body)?;
         if let Some(Fault::Status(code)) = fault {
-            let (name, reason) = if code == 503 {
-                ("SlowDown", "Service Unavailable")
-            } else {
-                ("InternalError", "Internal Server Error")
+            let (name, reason) = match code {
+                503 => ("SlowDown", "Service Unavailable"),
+                // AWS, to a conditional write while another of the key is in flight.
+                409 => ("ConditionalRequestConflict", "Conflict"),
+                _ => ("InternalError", "Internal Server Error"),
             };
             let xml = format!("<Error><Code>{name}</Code><Message>proxy fault</Message></Error>");
             write!(
