@@ -38,6 +38,15 @@ def proc_cpu(pid):
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def fs_calls(stats_file):
+    """latencyfs's counts of delayed calls by kind so far (`--stats`), {} before its first write."""
+    try:
+        with open(stats_file) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
 def timed(cmds, env, logs=None):
     """Wall seconds of the commands run together, and their CPU seconds (user +
     system, every process); every one must exit 0. With `logs` (a path prefix), each
@@ -94,11 +103,14 @@ def main():
     shutil.rmtree(under, ignore_errors=True)
     os.makedirs(under)
     fuse = None
+    # latencyfs keeps its counts of delayed calls here (read before and after each run).
+    stats_file = os.path.join(a.work, "latencyfs-stats.json")
     if a.delay_us:
         subprocess.run(["fusermount3", "-uz", mnt], stderr=subprocess.DEVNULL)
         os.makedirs(mnt, exist_ok=True)
         fuse = subprocess.Popen([a.latencyfs, "--delay-us", str(a.delay_us), "--threads", "128",
-                                 "--ttl-ms", str(a.ttl_ms), *(["--readdirplus"] if a.readdirplus else []), under, mnt])
+                                 "--ttl-ms", str(a.ttl_ms), *(["--readdirplus"] if a.readdirplus else []),
+                                 "--stats", stats_file, under, mnt])
         for _ in range(100):
             if os.path.ismount(mnt):
                 break
@@ -138,8 +150,14 @@ def main():
                         os.makedirs(a.logs, exist_ok=True)
                         logs = os.path.join(a.logs, f"{mode}-{case}-{r}")
                     fs0 = proc_cpu(fuse.pid if fuse else None)
+                    calls0 = fs_calls(stats_file) if fuse else {}
                     wall, cpu = timed(cmds, env, logs)
                     fs_cpu = proc_cpu(fuse.pid if fuse else None) - fs0
+                    calls = {}
+                    if fuse:
+                        time.sleep(0.2)  # latencyfs rewrites its stats within 50 ms
+                        calls = {k: v - calls0.get(k, 0) for k, v in fs_calls(stats_file).items()
+                                 if v - calls0.get(k, 0)}
                     if a.repository:
                         check_restored(a.snapring, env, dst, os.path.join(under, "src"), a.work, f"{mode} {case}")
                     else:
@@ -151,13 +169,14 @@ def main():
                     results.setdefault((mode, case), []).append(wall)
                     cpus.setdefault((mode, case), []).append((cpu, fs_cpu))
                     print(f"run {r + 1}/{a.runs}: {mode} {case} {wall:.1f} s, CPU snapring {cpu:.1f} s, "
-                          f"latencyfs {fs_cpu:.1f} s", file=sys.stderr)
+                          f"latencyfs {fs_cpu:.1f} s, calls {sum(calls.values())} "
+                          f"({', '.join(f'{k} {v}' for k, v in sorted(calls.items()))})", file=sys.stderr)
                     if a.json:
                         with open(a.json, "a") as f:
                             f.write(json.dumps(dict(mode=mode, case=case, run=r, wall=wall, delay_us=a.delay_us,
                                                     workers=a.workers, jobs=a.jobs, preset=a.preset,
                                                     ttl_ms=a.ttl_ms, readdirplus=a.readdirplus,
-                                                    cpu=cpu, latencyfs_cpu=fs_cpu)) + "\n")
+                                                    cpu=cpu, latencyfs_cpu=fs_cpu, calls=calls)) + "\n")
     finally:
         if fuse:
             subprocess.run(["fusermount3", "-u", mnt])

@@ -951,6 +951,7 @@ impl LaneCtx<'_> {
                 continue;
             }
             self.held.hold(&unit.id, g);
+            tracing::info!("unit {} claimed (generation {g})", unit.id);
             let t = Instant::now();
             let built = self.build(repo, unit);
             self.held.release(&unit.id, g);
