@@ -312,10 +312,10 @@ fn print_worker(
             outln!(
                 "run: {} units, {} files ({} unchanged, {} read, {}), {} left out",
                 t.units,
-                t.files,
-                t.files_unchanged,
-                t.files_read,
-                human(t.bytes_read),
+                t.counts.files,
+                t.counts.files_unchanged,
+                t.counts.files_read,
+                human(t.counts.bytes_read),
                 t.problems.len()
             );
         }

@@ -87,16 +87,62 @@ pub struct Options {
     pub cancel: Arc<AtomicBool>,
 }
 
-/// A unit's figures, as its commit records them.
+/// What a walk counted: a unit's (from its `BackupReport`), or the run's, summed.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct UnitFigures {
+pub struct Figures {
     pub files: u64,
     pub dirs: u64,
     pub files_unchanged: u64,
     pub files_read: u64,
     pub bytes_read: u64,
     pub bytes_total: u64,
+    /// What it added to the repository: packs and index files.
     pub added: PackerStats,
+}
+
+impl Figures {
+    fn of(r: &restic::backup::BackupReport) -> Figures {
+        Figures {
+            files: r.files,
+            dirs: r.dirs,
+            files_unchanged: r.files_unchanged,
+            files_read: r.files_read,
+            bytes_read: r.bytes_read,
+            bytes_total: r.bytes_total,
+            added: r.added,
+        }
+    }
+
+    fn add(&mut self, o: &Figures) {
+        self.files += o.files;
+        self.dirs += o.dirs;
+        self.files_unchanged += o.files_unchanged;
+        self.files_read += o.files_read;
+        self.bytes_read += o.bytes_read;
+        self.bytes_total += o.bytes_total;
+        self.added.add(&o.added);
+    }
+
+    /// The run as one backup's report (the catalog's record, the notifications).
+    fn report(&self) -> restic::backup::BackupReport {
+        restic::backup::BackupReport {
+            files: self.files,
+            dirs: self.dirs,
+            files_unchanged: self.files_unchanged,
+            files_read: self.files_read,
+            bytes_read: self.bytes_read,
+            bytes_total: self.bytes_total,
+            added: self.added,
+            ..Default::default()
+        }
+    }
+}
+
+/// A unit's figures, as its commit records them.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct UnitFigures {
+    #[serde(flatten)]
+    pub counts: Figures,
     pub seconds: f64,
 }
 
@@ -146,15 +192,10 @@ pub struct RunTotals {
     pub units: u64,
     /// Units committed by a later generation than the first (a claim taken over).
     pub takeovers: u64,
-    pub files: u64,
-    pub dirs: u64,
-    pub files_unchanged: u64,
-    pub files_read: u64,
-    pub bytes_read: u64,
-    pub bytes_total: u64,
-    /// What the run added to the repository: the units' packs and index files and
-    /// finalize's (the spine's trees).
-    pub added: PackerStats,
+    /// The units' figures, summed, and finalize's: the spine's directories, and what
+    /// their trees added.
+    #[serde(flatten)]
+    pub counts: Figures,
     pub problems: Vec<EntryProblem>,
     pub per_worker: Vec<WorkerTotals>,
 }
@@ -477,18 +518,11 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             snapshot: report.snapshot.clone().unwrap_or_default(),
             parent: report.parent.clone(),
             status: report.status.clone(),
-            files: t.files,
-            dirs: t.dirs,
-            files_unchanged: t.files_unchanged,
-            files_read: t.files_read,
-            bytes_read: t.bytes_read,
-            bytes_total: t.bytes_total,
-            added: t.added,
             problems: t.problems.clone(),
             retention: report.retention.clone(),
             retention_skipped: report.retention_skipped.clone(),
             duration_seconds: report.duration_seconds,
-            ..Default::default()
+            ..t.counts.report()
         };
         // The snapshot file: one more object.
         let snap_len = base64_len(&fin.sealed);
@@ -1064,6 +1098,10 @@ fn build_unit(
         },
     )?;
     let r = built.report;
+    let figures = UnitFigures {
+        counts: Figures::of(&r),
+        seconds: r.duration_seconds,
+    };
     let prefix = if unit.dir.is_root() {
         String::new()
     } else {
@@ -1077,16 +1115,6 @@ fn build_unit(
             p
         })
         .collect();
-    let figures = UnitFigures {
-        files: r.files,
-        dirs: r.dirs,
-        files_unchanged: r.files_unchanged,
-        files_read: r.files_read,
-        bytes_read: r.bytes_read,
-        bytes_total: r.bytes_total,
-        added: r.added,
-        seconds: r.duration_seconds,
-    };
     Ok((built.nodes, figures, problems))
 }
 
@@ -1158,22 +1186,16 @@ fn finalize(
         let f = &c.figures;
         totals.units += 1;
         totals.takeovers += u64::from(c.generation > 1);
-        totals.files += f.files;
-        totals.dirs += f.dirs;
-        totals.files_unchanged += f.files_unchanged;
-        totals.files_read += f.files_read;
-        totals.bytes_read += f.bytes_read;
-        totals.bytes_total += f.bytes_total;
-        totals.added.add(&f.added);
+        totals.counts.add(&f.counts);
         totals.problems.extend(c.problems);
         let w = per_worker.entry(c.worker).or_insert_with(|| WorkerTotals {
             worker: c.worker,
             ..Default::default()
         });
         w.units += 1;
-        w.files += f.files;
-        w.files_read += f.files_read;
-        w.bytes_read += f.bytes_read;
+        w.files += f.counts.files;
+        w.files_read += f.counts.files_read;
+        w.bytes_read += f.counts.bytes_read;
         w.seconds += f.seconds;
         by_dir.entry(&u.dir).or_default().extend(c.nodes);
     }
@@ -1200,7 +1222,7 @@ fn finalize(
         let id = packer
             .save(repo, BlobType::Tree, &Tree { nodes }.to_blob())
             .map_err(failed)?;
-        totals.dirs += 1;
+        totals.counts.dirs += 1;
         if d.is_root() {
             root = Some(id);
             continue;
@@ -1241,7 +1263,10 @@ fn finalize(
         parent_root: None,
     };
     let tree = wrap.wrap(&comps, root).map_err(failed)?;
-    totals.added.add(&packer.finish(repo).map_err(failed)?);
+    totals
+        .counts
+        .added
+        .add(&packer.finish(repo).map_err(failed)?);
     let time = chrono::DateTime::parse_from_rfc3339(&plan_file.created_at)
         .map(|t| t.with_timezone(&chrono::Local))
         .unwrap_or_else(|_| chrono::Local::now());
