@@ -3,7 +3,8 @@
 with `--jobs W*J` against W shard workers (`--shard I/W`, each `--jobs J`) started
 together, a full backup and then an unchanged incremental, source and store both
 behind latencyfs (or on the local disk with --delay-us 0). Wall time of the whole run,
-finalize included; every snapshot is compared with the source.
+finalize included, and latencyfs's count of delayed calls by kind (its `--stats`);
+every snapshot is compared with the source.
 
     sudo python3 bench/shards.py --preset small --delay-us 1000 --runs 3
 
