@@ -637,6 +637,98 @@ fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused
     assert_eq!(rec["shards"]["takeovers"], 1);
 }
 
+/// The lease thread reads the unit a lane builds; before it sees that unit taken over,
+/// the lane finishes it (its commit refused, its copy discarded) and claims the next.
+/// The late takeover must stop the unit it was about, not the lane's next one: that
+/// would be discarded too, its claim naming a live process nobody renews, and wait a
+/// whole lease before anyone took it over.
+#[test]
+fn a_late_beat_for_a_unit_taken_over_leaves_the_lanes_next_unit_alone() {
+    let e = env();
+    let run = "late-beat";
+    let fp = |n: &str| e.dest.with_file_name(n);
+    let (lane1, lane2, beat1, beat2) = (fp("lane1"), fp("lane2"), fp("beat1"), fp("beat2"));
+    let points = format!(
+        "shard.unit_started=pause:{}@1;shard.unit_started=pause:{}@2;shard.beat=pause:{}@1;shard.beat=pause:{}@2",
+        lane1.display(),
+        lane2.display(),
+        beat1.display(),
+        beat2.display()
+    );
+    // `--jobs 2`: one lane.
+    let w = worker(
+        &e,
+        &["--json", "--shard", "0/1", "--run-id", run],
+        &[
+            ("SNAPRING_SHARD_LEASE", "3s"),
+            ("SNAPRING_FAILPOINTS", &points),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    // The lane has taken its first unit, and the lease thread has read it.
+    wait_for(&lane1);
+    wait_for(&beat1);
+    let claims = run_dir(&e, run).join("claims");
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&claims)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.starts_with('.'))
+            .collect();
+        v.sort();
+        v
+    };
+    let first = match names().as_slice() {
+        [one] => one.strip_suffix(".g1").unwrap().to_string(),
+        other => panic!("one claim expected: {other:?}"),
+    };
+    // Another process takes it over, and dies (this worker takes it back at once when
+    // every other unit is done, as a dead process's claim of its own index).
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id();
+    gone.wait().unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    let holder = serde_json::json!({
+        "worker": 0, "host": host.trim(), "pid": pid, "at": "2026-01-01T00:00:00Z",
+    });
+    std::fs::write(
+        claims.join(format!("{first}.g2")),
+        serde_json::to_vec(&holder).unwrap(),
+    )
+    .unwrap();
+    // The lane builds the first unit, loses it at its commit, and takes the next.
+    std::fs::remove_file(&lane1).unwrap();
+    wait_for(&lane2);
+    let second = names()
+        .into_iter()
+        .filter_map(|n| n.strip_suffix(".g1").map(str::to_string))
+        .find(|u| *u != first)
+        .unwrap();
+    // Only now does the lease thread look for the first unit's next generation; its
+    // next round shows it has finished that one.
+    std::fs::remove_file(&beat1).unwrap();
+    wait_for(&beat2);
+    std::fs::remove_file(&lane2).unwrap();
+    std::fs::remove_file(&beat2).unwrap();
+    let o = w.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        rep["lost"],
+        serde_json::json!([first]),
+        "only the unit taken over is lost: {}",
+        text(&o)
+    );
+    let units = plan_units(&e, run);
+    let commits = check_run(&e, run);
+    let generation =
+        |u: &str| commits[units.iter().position(|x| x == u).unwrap()]["generation"].clone();
+    assert_eq!(generation(&second), 1, "{commits:?}");
+    assert_eq!(generation(&first), 3, "{commits:?}");
+    check_snapshot(&e, "after a late takeover check");
+}
+
 fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }

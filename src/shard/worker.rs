@@ -614,9 +614,20 @@ fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
                     let Some((unit, generation)) = cur else {
                         continue;
                     };
+                    // Tests: the lane goes on meanwhile (finishes this unit, takes the next).
+                    let _ = crate::failpoint::hit("shard.beat");
                     if ctx.rd.claim_path(&unit, generation + 1).exists() {
-                        current.lost.store(true, Ordering::Relaxed);
-                        current.stop.store(true, Ordering::Relaxed);
+                        // Only if the lane still builds that unit: by now it may have
+                        // finished it (its commit refused) and taken the next one, which
+                        // this must not stop (it would be discarded with its claim naming
+                        // a live process, left for a whole lease). A newer generation,
+                        // once claimed, stays, so the check needs no lock; the lane
+                        // installs its next unit and clears the flags under this lock.
+                        let held = current.unit.lock().unwrap_or_else(|e| e.into_inner());
+                        if held.as_ref() == Some(&(unit, generation)) {
+                            current.lost.store(true, Ordering::Relaxed);
+                            current.stop.store(true, Ordering::Relaxed);
+                        }
                     } else if let Err(e) = ctx.rd.renew(&unit, generation) {
                         tracing::warn!("cannot renew the lease of unit {unit}: {e}");
                     }
@@ -770,10 +781,16 @@ fn claim_units<'s>(
             );
             continue;
         };
-        current.stop.store(false, Ordering::Relaxed);
-        current.lost.store(false, Ordering::Relaxed);
-        *current.unit.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((unit.id.clone(), generation));
+        {
+            // Under the lock the beat sets them by (see `work`): a late beat for the
+            // unit before cannot mark this one.
+            let mut held = current.unit.lock().unwrap_or_else(|e| e.into_inner());
+            current.stop.store(false, Ordering::Relaxed);
+            current.lost.store(false, Ordering::Relaxed);
+            *held = Some((unit.id.clone(), generation));
+        }
+        // Tests: a lane that has just taken its next unit.
+        let _ = crate::failpoint::hit("shard.unit_started");
         let built = build(ctx, unit, generation, jobs, &current.stop);
         *current.unit.lock().unwrap_or_else(|e| e.into_inner()) = None;
         let finished = built?;
