@@ -17,6 +17,37 @@ pub fn hostname() -> String {
         .into_owned()
 }
 
+/// Whether a process recorded as on `host`, in pid namespace `pid_ns` and boot
+/// `boot` (each empty if not recorded: files written before them) has its pid in this
+/// process's pid space.
+pub fn same_pids(host: &str, pid_ns: &str, boot: &str) -> bool {
+    let same = |theirs: &str, ours: &str| theirs.is_empty() || theirs == ours;
+    host == hostname() && same(pid_ns, pid_namespace()) && same(boot, boot_id())
+}
+
+/// This process's pid namespace: the inode number of `/proc/self/ns/pid` (empty if it
+/// cannot be read).
+pub fn pid_namespace() -> &'static str {
+    use std::os::unix::fs::MetadataExt;
+    static NS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NS.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/pid")
+            .map(|m| m.ino().to_string())
+            .unwrap_or_default()
+    })
+}
+
+/// This boot of the kernel: `/proc/sys/kernel/random/boot_id` (empty if it cannot be
+/// read). A host name seen again after a reboot, or on another machine, has other pids.
+pub fn boot_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default()
+    })
+}
+
 /// Peak resident set size of this process (VmHWM), in bytes.
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")

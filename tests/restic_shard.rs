@@ -14,6 +14,7 @@ mod common;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use common::restic::*;
 use common::*;
@@ -785,6 +786,87 @@ fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     );
     assert_ne!(holder(2)["host"], "other-host");
     assert_eq!(snapshots(&e).len(), 1);
+}
+
+/// Two pods of one node with `hostNetwork: true`: the same host name, not the same pid
+/// namespace. Worker 0 runs in a pid namespace of its own, under a pid that no process
+/// has here, and is held before its commit; worker 1 must not take `kill(pid, 0)` (no
+/// such process here) for its death and build its unit again: with a long lease, it
+/// builds the other units and waits, and worker 0's unit is built once.
+#[test]
+fn a_live_worker_in_another_pid_namespace_of_this_host_keeps_its_unit() {
+    let e = env();
+    if !common::pid_namespaces() {
+        return;
+    }
+    let run = "pidns";
+    let lease = ("SNAPRING_SHARD_LEASE", "10m");
+    let pause = e.t.path().join("paused");
+    let fp = format!("shard.repo.before_commit=pause:{}", pause.display());
+    let free = (100..30_000)
+        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let c = worker(
+        &e,
+        &["--shard", "0/2", "--run-id", run],
+        &[lease, ("SNAPRING_FAILPOINTS", &fp)],
+    );
+    let w0 = common::in_pid_namespace(&c, free)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let claims = unit_claims(&e, run);
+    let [name] = claims.as_slice() else {
+        panic!("one claim expected: {claims:?}")
+    };
+    let unit = name.strip_suffix(".g1").unwrap().to_string();
+    let holder: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(
+            e.repo
+                .join("snapring/shards")
+                .join(run)
+                .join("claims")
+                .join(name),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(holder["host"], host.trim(), "{holder}");
+    assert_eq!(holder["pid"], free, "{holder}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{free}")).exists(),
+        "pid {free} was taken here meanwhile: the test proves nothing"
+    );
+    let w1 = spawn(&e, 1, 2, run, &[lease]);
+    // Worker 1 commits every other unit, then only waits (a takeover would follow its
+    // last commit at once).
+    let units = plan_units(&e, run);
+    let t0 = Instant::now();
+    while run_files(&e, run, "done").len() < units.len() - 1 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "worker 1 is stuck");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        unit_claims(&e, run)
+            .iter()
+            .filter(|c| c.starts_with(&format!("{unit}.g")))
+            .count(),
+        1,
+        "worker 1 took over the unit of a live worker of another pid namespace: {:?}",
+        unit_claims(&e, run)
+    );
+    std::fs::remove_file(&pause).unwrap();
+    let r0 = report(&w0.wait_with_output().unwrap());
+    let r1 = report(&w1.wait_with_output().unwrap());
+    assert_eq!(units_of(&r0, "units"), [unit.as_str()], "{r0}");
+    assert!(!units_of(&r1, "units").contains(&unit), "{r1}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
 
 /// A spine directory (one the plan cut into units of their own) replaced by a file

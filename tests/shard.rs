@@ -1798,6 +1798,80 @@ fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     check_snapshot(&e, "a run whose worker died on another host");
 }
 
+/// Two pods of one node with `hostNetwork: true`: the same host name, not the same pid
+/// namespace. Worker 0 runs in a pid namespace of its own, under a pid that no process
+/// has here, and is held while it sizes the source for the plan; worker 1 must not
+/// take `kill(pid, 0)` (no such process here) for the planner's death and plan too:
+/// with a long lease it waits for worker 0's plan.
+#[test]
+fn a_live_planner_in_another_pid_namespace_of_this_host_is_waited_for() {
+    let e = env();
+    if !common::pid_namespaces() {
+        return;
+    }
+    let run = "pid-ns";
+    let lease = ("SNAPRING_SHARD_LEASE", "10m");
+    let pause = e.dest.with_file_name("pause");
+    let fp = format!("shard.size=pause:{}@2", pause.display());
+    let free = (100..30_000)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .unwrap();
+    let c = worker(
+        &e,
+        &["--shard", "0/2", "--run-id", run],
+        &[lease, ("SNAPRING_FAILPOINTS", &fp)],
+    );
+    let w0 = common::in_pid_namespace(&c, free)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let claim = |g: u32| run_dir(&e, run).join(format!("planning.g{g}"));
+    let holder: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(claim(1)).unwrap()).unwrap();
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    assert_eq!(holder["host"], host.trim(), "{holder}");
+    assert_eq!(holder["pid"], free, "{holder}");
+    assert!(
+        !Path::new(&format!("/proc/{free}")).exists(),
+        "pid {free} was taken here meanwhile: the test proves nothing"
+    );
+    let log = e.dest.with_file_name("w1.log");
+    let w1 = worker(&e, &["-v", "--shard", "1/2", "--run-id", run], &[lease])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while !claim(2).exists()
+        && !std::fs::read_to_string(&log)
+            .unwrap()
+            .contains("waiting for another worker's shard plan")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "worker 1 is stuck");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        !claim(2).exists(),
+        "worker 1 took the planning over from a live worker of another pid namespace"
+    );
+    std::fs::remove_file(&pause).unwrap();
+    for (i, w) in [w0, w1].into_iter().enumerate() {
+        let o = w.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "worker {i}: {}", text(&o));
+    }
+    assert!(!claim(2).exists());
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, run).join("plan.json")).unwrap())
+            .unwrap();
+    assert!(
+        plan["created_by"].as_str().unwrap().ends_with("worker 0"),
+        "{plan}"
+    );
+    check_run(&e, run);
+    check_snapshot(&e, "a run planned in another pid namespace");
+}
+
 /// The plan of an incremental run is cut by the previous manifest: its spine
 /// directories (cut into units of their own) that are gone from the source since, or a
 /// file now, must not cost the run an entry (the file left out) nor a problem (a

@@ -28,6 +28,13 @@ pub struct LockFile {
     pub uid: u32,
     #[serde(default)]
     pub gid: u32,
+    /// snapring's own (restic ignores them): the pid namespace and boot of the process
+    /// ([`crate::util::same_pids`]): two containers of one host name (pods with
+    /// `hostNetwork: true`) do not see each other's pids.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pid_ns: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
 }
 
 /// A lock this process holds; a thread refreshes it until it is released.
@@ -61,9 +68,10 @@ fn is_stale(l: &LockFile) -> bool {
 }
 
 /// Is `l` the lock of a process of this host that no longer runs (killed, or the
-/// machine restarted)?
+/// machine restarted)? Only a pid of this pid namespace and boot can tell (where the
+/// lock records them: restic's own locks do not, and their host name decides).
 fn is_dead_here(l: &LockFile) -> bool {
-    if l.hostname != crate::util::hostname() {
+    if !crate::util::same_pids(&l.hostname, &l.pid_ns, &l.boot_id) {
         return false;
     }
     let alive = i32::try_from(l.pid)
@@ -140,6 +148,8 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
         pid: std::process::id() as i64,
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
+        pid_ns: crate::util::pid_namespace().to_string(),
+        boot_id: crate::util::boot_id().to_string(),
     };
     let id = repo.save_json(Kind::Lock, &lf)?;
     let inner = Arc::new(Held {

@@ -50,6 +50,12 @@ pub struct PieceClaim {
     pub host: String,
     pub pid: u32,
     pub at: String,
+    /// Its pid namespace and boot (as a unit claim's [`Holder`]); absent in claims
+    /// written before them.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pid_ns: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
 }
 
 /// `expiry/done/<unit>`: a piece deleted.
@@ -278,6 +284,8 @@ fn lane(
             host: crate::util::hostname(),
             pid: std::process::id(),
             at: crate::util::now_rfc3339(),
+            pid_ns: crate::util::pid_namespace().to_string(),
+            boot_id: crate::util::boot_id().to_string(),
         };
         let won = create_exclusive(&path, &serde_json::to_vec(&c).expect("claim serializes"))
             .ctx("claim", &path)?;
@@ -534,6 +542,8 @@ fn settle(store: &Store, rd: &RunDir, jobs: usize, cancel: &AtomicBool) -> Resul
                     pid: c.pid,
                     at: String::new(),
                     nonce: String::new(),
+                    pid_ns: c.pid_ns.clone(),
+                    boot_id: c.boot_id.clone(),
                 }
                 .is_dead_here()
             });

@@ -147,6 +147,14 @@ pub struct Holder {
     /// files written before it.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub nonce: String,
+    /// The holder's pid namespace ([`crate::util::pid_namespace`]) and boot
+    /// ([`crate::util::boot_id`]): its pid says whether it lives only where both are
+    /// this process's. Absent in files written before them (then the host name alone
+    /// decides, as it did).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub pid_ns: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub boot_id: String,
 }
 
 impl Holder {
@@ -157,12 +165,22 @@ impl Holder {
             pid: std::process::id(),
             at: crate::util::now_rfc3339(),
             nonce: hex::encode(crate::restic::random_bytes::<8>()),
+            pid_ns: crate::util::pid_namespace().to_string(),
+            boot_id: crate::util::boot_id().to_string(),
         }
     }
 
-    /// Whether this is a process of this host that has exited (a zombie included).
+    /// Whether the holder's pid names a process this one can see: same host name, and
+    /// (where the holder recorded them) the same pid namespace and boot. Two pods of
+    /// one node with `hostNetwork: true` share the node's host name but not their pids.
+    pub fn shares_pids_here(&self) -> bool {
+        crate::util::same_pids(&self.host, &self.pid_ns, &self.boot_id)
+    }
+
+    /// Whether this is a process of this host (in this pid namespace, this boot) that
+    /// has exited (a zombie included). Elsewhere only the lease can tell.
     pub fn is_dead_here(&self) -> bool {
-        if self.host != crate::util::hostname() {
+        if !self.shares_pids_here() {
             return false;
         }
         let Some(pid) = rustix::process::Pid::from_raw(self.pid as i32) else {
@@ -529,6 +547,48 @@ mod tests {
         child.wait().unwrap();
         assert!(holder.is_dead_here());
         assert!(!Holder::me(0).is_dead_here());
+    }
+
+    /// Two pods of one node with `hostNetwork: true` share its host name, not their pid
+    /// namespace: a pid the other pod's worker holds is not one this process can test.
+    #[test]
+    fn a_holder_of_this_host_name_in_another_pid_namespace_or_boot_is_not_dead_here() {
+        let mut gone = std::process::Command::new("true").spawn().unwrap();
+        let pid = gone.id();
+        gone.wait().unwrap();
+        let here = Holder {
+            pid,
+            ..Holder::me(1)
+        };
+        assert!(!here.pid_ns.is_empty() && !here.boot_id.is_empty());
+        assert!(here.is_dead_here(), "an exited process of this pid space");
+        let other_ns = Holder {
+            pid_ns: "4026599999".into(),
+            ..here.clone()
+        };
+        assert!(!other_ns.is_dead_here(), "a pid of another pid namespace");
+        assert!(!other_ns.shares_pids_here());
+        let other_boot = Holder {
+            boot_id: "00000000-0000-4000-8000-000000000000".into(),
+            ..here.clone()
+        };
+        assert!(!other_boot.is_dead_here(), "a pid of another boot");
+        // A holder written before these fields: the host name alone, as before.
+        let old: Holder = serde_json::from_str(&format!(
+            r#"{{"worker":1,"host":"{}","pid":{pid},"at":"x"}}"#,
+            crate::util::hostname()
+        ))
+        .unwrap();
+        assert!(old.is_dead_here());
+        // Written only when known.
+        let v = serde_json::to_value(&here).unwrap();
+        assert_eq!(v["pid_ns"], crate::util::pid_namespace());
+        assert!(
+            serde_json::to_string(&old)
+                .unwrap()
+                .find("pid_ns")
+                .is_none()
+        );
     }
 
     #[test]

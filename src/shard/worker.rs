@@ -401,11 +401,7 @@ fn join_plan(
         }
         let next = match rd.plan_claim()? {
             None => Some(1),
-            Some((g, Some(c)))
-                if c.expired(lease) || (c.holder.host == me.host && c.holder.is_dead_here()) =>
-            {
-                Some(g + 1)
-            }
+            Some((g, Some(c))) if c.expired(lease) || c.holder.is_dead_here() => Some(g + 1),
             // Live, or being written.
             Some(_) => None,
         };
@@ -669,7 +665,6 @@ fn pick<'c>(
     ctx: &Worker<'c>,
     order: &[&'c Unit],
     done: &std::collections::BTreeSet<String>,
-    me: &Holder,
 ) -> Result<Option<(&'c Unit, u32)>, ShardError> {
     let claimed = ctx.rd.claim_gens()?;
     for pass in [false, true] {
@@ -684,9 +679,11 @@ fn pick<'c>(
                     // Unreadable (being written): its lease counts from now.
                     None => continue,
                     Some(c) if c.expired(ctx.lease) => g + 1,
+                    // This index's claim from another host, pid namespace or boot: an
+                    // earlier process of this index (a retried pod).
                     Some(c)
                         if c.holder.worker == ctx.spec.index
-                            && (c.holder.host != me.host || c.holder.is_dead_here()) =>
+                            && (!c.holder.shares_pids_here() || c.holder.is_dead_here()) =>
                     {
                         g + 1
                     }
@@ -772,7 +769,7 @@ fn claim_units<'s>(
         if ctx.cut.units.iter().all(|u| done.contains(&u.id)) {
             return Ok(true);
         }
-        let Some((unit, generation)) = pick(ctx, &order, &done, &me)? else {
+        let Some((unit, generation)) = pick(ctx, &order, &done)? else {
             // Everything left is claimed by live workers: wait, to take over if one
             // stalls, and to finalize when the last one commits.
             settle(moving)?;

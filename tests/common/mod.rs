@@ -670,3 +670,45 @@ pub fn on_host(c: &Command, host: &str) -> Command {
     }
     other
 }
+
+/// Whether this machine lets a test run a process in a pid namespace of its own
+/// (`unshare --pid --fork`); says the test is skipped when not.
+pub fn pid_namespaces() -> bool {
+    let ok = Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("SKIPPED: `unshare --pid` (a pid namespace) is not available here");
+    }
+    ok
+}
+
+/// `c` run as in another container of this host (a pod with `hostNetwork: true`: this
+/// host's name, a pid namespace of its own), as pid `pid` there (at least 2: a shell is
+/// pid 1 and forks `pid - 2` processes first), so that a test can pick a pid that no
+/// process has here. Same program, arguments and environment.
+pub fn in_pid_namespace(c: &Command, pid: u32) -> Command {
+    assert!(pid >= 2);
+    let mut other = Command::new("unshare");
+    other
+        .args([
+            "--pid",
+            "--fork",
+            "sh",
+            "-c",
+            &format!(
+                "i=0; while [ $i -lt {} ]; do /bin/true; i=$((i+1)); done; \"$0\" \"$@\"; exit $?",
+                pid - 2
+            ),
+        ])
+        .arg(c.get_program())
+        .args(c.get_args());
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => other.env(k, v),
+            None => other.env_remove(k),
+        };
+    }
+    other
+}
