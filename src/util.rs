@@ -152,6 +152,9 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 /// Creates `path` with `bytes` as its complete content, only if it does not exist:
 /// written and flushed under a private name, then hard-linked to `path` (which fails if
 /// it exists, atomically, on local file systems and NFS alike). `false`: it existed.
+/// A link refused as existing whose name is this call's own inode counts as made: on
+/// NFS a `LINK` whose reply was lost is sent again, and a server whose duplicate-request
+/// cache no longer holds it answers "exists" to the caller's own link.
 pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     // Private to this call: two threads of one process (a worker's two lanes) may race
     // for the same name.
@@ -170,12 +173,29 @@ pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         f.write_all(bytes)?;
         f.sync_all()?;
     }
-    let r = std::fs::hard_link(&tmp, path);
+    let mut r = std::fs::hard_link(&tmp, path);
+    // Tests: the link landed, and its resent request was answered "exists".
+    if r.is_ok() && crate::failpoint::hit("create_exclusive.link_resent").is_err() {
+        r = Err(std::io::ErrorKind::AlreadyExists.into());
+    }
+    let made = match &r {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => same_inode(&tmp, path),
+        Err(_) => false,
+    };
     let _ = std::fs::remove_file(&tmp);
     match r {
-        Ok(()) => Ok(true),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
-        Err(e) => Err(e),
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(made),
+    }
+}
+
+/// Whether `a` and `b` are names of one inode (neither followed if a symlink).
+fn same_inode(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
     }
 }
 

@@ -192,6 +192,8 @@ const NOT_IN_MATRIX: &[&str] = &[
     // The lease thread and a lane of a shard worker, raced: tests/shard.rs.
     "shard.beat",
     "shard.unit_started",
+    // A resent NFS link answered "exists" (an error, not a kill): tests/shard.rs.
+    "create_exclusive.link_resent",
     // A source that cannot be read (an error, not a kill): tests/faults.rs.
     "walk.open_source",
     // A shard run into a restic repository: tests/restic_shard.rs.

@@ -729,6 +729,41 @@ fn a_late_beat_for_a_unit_taken_over_leaves_the_lanes_next_unit_alone() {
     check_snapshot(&e, "after a late takeover check");
 }
 
+/// On NFS a `LINK` whose reply was lost is sent again, and can be answered "exists"
+/// although the first one made the name. Every exclusive create of a run (its plan's
+/// claim and file, each unit's claim and commit, `finalized`) is hit that way in turn
+/// (`create_exclusive.link_resent=error@K`): each run still completes, every unit
+/// committed once, the snapshot equal to the source. The commit so hit was taken as
+/// refused: its work discarded while `done/` named it, and finalize could never read
+/// its counts.
+#[test]
+fn an_exclusive_create_answered_exists_for_its_own_resent_link_is_its_own() {
+    for k in 1..=8 {
+        let e = env();
+        let run = format!("resent{k}");
+        let fp = format!("create_exclusive.link_resent=error@{k}");
+        let mut child = spawn(
+            &e,
+            0,
+            1,
+            &run,
+            &[("SNAPRING_FAILPOINTS", &fp), ("SNAPRING_SHARD_LEASE", "2s")],
+        );
+        let t0 = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if t0.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("{fp}: the worker did not finish in 60 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{fp}: {}", text(&o));
+        check_run(&e, &run);
+        check_snapshot(&e, &fp);
+    }
+}
+
 fn stderr_of(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
