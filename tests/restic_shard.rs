@@ -803,19 +803,12 @@ fn a_live_worker_in_another_pid_namespace_of_this_host_keeps_its_unit() {
     let lease = ("SNAPRING_SHARD_LEASE", "10m");
     let pause = e.t.path().join("paused");
     let fp = format!("shard.repo.before_commit=pause:{}", pause.display());
-    let free = (100..30_000)
-        .find(|p| !std::path::Path::new(&format!("/proc/{p}")).exists())
-        .unwrap();
     let c = worker(
         &e,
         &["--shard", "0/2", "--run-id", run],
         &[lease, ("SNAPRING_FAILPOINTS", &fp)],
     );
-    let w0 = common::in_pid_namespace(&c, free)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (w0, free) = common::spawn_in_pid_namespace(&c);
     wait_for(&pause);
     let claims = unit_claims(&e, run);
     let [name] = claims.as_slice() else {

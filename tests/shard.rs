@@ -1848,19 +1848,12 @@ fn a_live_planner_in_another_pid_namespace_of_this_host_is_waited_for() {
     let lease = ("SNAPRING_SHARD_LEASE", "10m");
     let pause = e.dest.with_file_name("pause");
     let fp = format!("shard.size=pause:{}@2", pause.display());
-    let free = (100..30_000)
-        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
-        .unwrap();
     let c = worker(
         &e,
         &["--shard", "0/2", "--run-id", run],
         &[lease, ("SNAPRING_FAILPOINTS", &fp)],
     );
-    let w0 = common::in_pid_namespace(&c, free)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (w0, free) = common::spawn_in_pid_namespace(&c);
     wait_for(&pause);
     let claim = |g: u32| run_dir(&e, run).join(format!("planning.g{g}"));
     let holder: serde_json::Value =

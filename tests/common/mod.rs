@@ -652,14 +652,20 @@ pub fn uts_namespaces() -> bool {
 /// `c` run as on another machine: in a UTS namespace of its own, with host name `host`
 /// (same program, arguments and environment).
 pub fn on_host(c: &Command, host: &str) -> Command {
+    under_unshare(
+        c,
+        &["-u"],
+        &format!("hostname {host} && exec \"$0\" \"$@\""),
+    )
+}
+
+/// `c` under `unshare FLAGS sh -c SCRIPT`, the script starting `"$0" "$@"` (`c`'s
+/// program and arguments); `c`'s environment as it is.
+fn under_unshare(c: &Command, flags: &[&str], script: &str) -> Command {
     let mut other = Command::new("unshare");
     other
-        .args([
-            "-u",
-            "sh",
-            "-c",
-            &format!("hostname {host} && exec \"$0\" \"$@\""),
-        ])
+        .args(flags)
+        .args(["sh", "-c", script])
         .arg(c.get_program())
         .args(c.get_args());
     for (k, v) in c.get_envs() {
@@ -685,30 +691,24 @@ pub fn pid_namespaces() -> bool {
 }
 
 /// `c` run as in another container of this host (a pod with `hostNetwork: true`: this
-/// host's name, a pid namespace of its own), as pid `pid` there (at least 2: a shell is
-/// pid 1 and forks `pid - 2` processes first), so that a test can pick a pid that no
-/// process has here. Same program, arguments and environment.
-pub fn in_pid_namespace(c: &Command, pid: u32) -> Command {
-    assert!(pid >= 2);
-    let mut other = Command::new("unshare");
-    other
-        .args([
-            "--pid",
-            "--fork",
-            "sh",
-            "-c",
-            &format!(
-                "i=0; while [ $i -lt {} ]; do /bin/true; i=$((i+1)); done; \"$0\" \"$@\"; exit $?",
-                pid - 2
-            ),
-        ])
-        .arg(c.get_program())
-        .args(c.get_args());
-    for (k, v) in c.get_envs() {
-        match v {
-            Some(v) => other.env(k, v),
-            None => other.env_remove(k),
-        };
-    }
-    other
+/// host's name, a pid namespace of its own), as a pid that no process has here (its
+/// shell is pid 1 there and forks processes until that pid is next), started with its
+/// output piped; and that pid.
+pub fn spawn_in_pid_namespace(c: &Command) -> (std::process::Child, u32) {
+    let pid = (100..30_000)
+        .find(|p| !Path::new(&format!("/proc/{p}")).exists())
+        .expect("a pid no process has");
+    under_unshare(
+        c,
+        &["--pid", "--fork"],
+        &format!(
+            "i=0; while [ $i -lt {} ]; do /bin/true; i=$((i+1)); done; \"$0\" \"$@\"; exit $?",
+            pid - 2
+        ),
+    )
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .map(|child| (child, pid))
+    .unwrap()
 }
