@@ -1833,6 +1833,147 @@ fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     check_snapshot(&e, "a run whose worker died on another host");
 }
 
+/// The generation of each claim file of run `run` (`u0003.g2` → 2).
+fn claim_generations(e: &Env, run: &str) -> Vec<(String, u32)> {
+    std::fs::read_dir(run_dir(e, run).join("claims"))
+        .map(|d| {
+            d.map(|x| x.unwrap().file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('u'))
+                .filter_map(|n| {
+                    let (u, g) = n.split_once(".g")?;
+                    Some((u.to_string(), g.parse().ok()?))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A retried pod: index 0's first process runs on another host and is SIGKILLed mid-unit;
+/// its rerun here takes over the claim the dead one made before the rerun started at
+/// once, not after the 60 s lease, and the run completes.
+#[test]
+fn a_rerun_on_another_host_takes_its_predecessors_claim_over_at_once() {
+    let e = env();
+    if !common::uts_namespaces() {
+        return;
+    }
+    let run = "retried";
+    let lease = [("SNAPRING_SHARD_LEASE", "60s")];
+    let c = worker(&e, &["--shard", "0/1", "--run-id", run], &lease);
+    let out = common::on_host(&c, "other-host")
+        .env("SNAPRING_FAILPOINTS", "walk.copy=kill@20")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "SIGKILLed: {}", text(&out));
+    assert_eq!(claim_generations(&e, run).len(), 1);
+    let t0 = Instant::now();
+    let out = worker(&e, &["--shard", "0/1", "--run-id", run], &lease)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "the rerun took {:?}: it waited for the lease",
+        t0.elapsed()
+    );
+    let commits = check_run(&e, run);
+    assert!(
+        commits.iter().any(|c| c["generation"] == 2),
+        "the dead process's unit is committed by its second generation: {commits:?}"
+    );
+    check_snapshot(&e, "a run whose first process died on another host");
+}
+
+/// A node partition: Kubernetes starts a second pod for an index whose pod it cannot
+/// reach, and the first one still runs. Two live processes of index 0 on two hosts: the
+/// later one may take over the claims the earlier one made before it started (as a
+/// retried pod resumes its dead predecessor's units at once), but the earlier one must
+/// not take over the later one's claims before their lease lapses. Taking them at once
+/// both ways, each took back the unit the other had just taken, its build wasted.
+///
+/// Here the first process (this host) holds its first unit until the second (another
+/// host) has claimed a unit and is held in it; then the first builds everything else
+/// and must leave that unit alone. Released, the second commits it.
+#[test]
+fn a_live_twin_on_another_host_keeps_the_units_it_claimed() {
+    let e = env();
+    if !common::uts_namespaces() {
+        return;
+    }
+    let run = "partition";
+    let (hold_a, hold_b) = (
+        e.dest.with_file_name("hold-a"),
+        e.dest.with_file_name("hold-b"),
+    );
+    let [fa, fb] = [&hold_a, &hold_b].map(|p| format!("shard.unit_started=pause:{}", p.display()));
+    let va = [
+        ("SNAPRING_SHARD_LEASE", "60s"),
+        ("SNAPRING_FAILPOINTS", fa.as_str()),
+    ];
+    let vb = [
+        ("SNAPRING_SHARD_LEASE", "60s"),
+        ("SNAPRING_FAILPOINTS", fb.as_str()),
+    ];
+    // Whatever fails, the held processes go on (and end) once the test returns.
+    struct Release<'p>(&'p [&'p Path]);
+    impl Drop for Release<'_> {
+        fn drop(&mut self) {
+            for p in self.0 {
+                let _ = std::fs::remove_file(p);
+            }
+        }
+    }
+    let _release = Release(&[&hold_a, &hold_b]);
+    let first = spawn(&e, 0, 1, run, &va);
+    wait_for(&hold_a);
+    let c = worker(&e, &["--shard", "0/1", "--run-id", run], &vb);
+    let second = common::on_host(&c, "other-host")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&hold_b);
+    let twins = claim_generations(&e, run);
+    assert_eq!(twins.len(), 2, "{twins:?}");
+    std::fs::remove_file(&hold_a).unwrap();
+    let units = plan_units(&e, run).len();
+    let done = || {
+        std::fs::read_dir(run_dir(&e, run).join("done")).map_or(0, |d| {
+            d.filter(|x| {
+                !x.as_ref()
+                    .unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with('.')
+            })
+            .count()
+        })
+    };
+    let t0 = Instant::now();
+    while done() < units - 1 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(
+        done(),
+        units - 1,
+        "the first process built every other unit"
+    );
+    // It looks for work every 150 ms meanwhile.
+    std::thread::sleep(Duration::from_secs(1));
+    let gens = claim_generations(&e, run);
+    std::fs::remove_file(&hold_b).unwrap();
+    assert!(
+        gens.iter().all(|(_, g)| *g == 1),
+        "a unit the twin holds was taken over: {gens:?}"
+    );
+    for c in [first, second] {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    check_run(&e, run);
+    check_snapshot(&e, "two live processes of one index on two hosts");
+}
+
 /// Two pods of one node with `hostNetwork: true`: the same host name, not the same pid
 /// namespace. Worker 0 runs in a pid namespace of its own, under a pid that no process
 /// has here, and is held while it sizes the source for the plan; worker 1 must not

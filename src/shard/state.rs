@@ -177,6 +177,12 @@ impl Holder {
         crate::util::same_pids(&self.host, &self.pid_ns, &self.boot_id)
     }
 
+    /// Whether the claim was made before `t` (its `at`, by its holder's clock; `false`
+    /// when unreadable).
+    pub fn made_before(&self, t: chrono::DateTime<chrono::Utc>) -> bool {
+        chrono::DateTime::parse_from_rfc3339(&self.at).is_ok_and(|at| at < t)
+    }
+
     /// Whether this is a process of this host (in this pid namespace, this boot) that
     /// has exited (a zombie included). Elsewhere only the lease can tell.
     pub fn is_dead_here(&self) -> bool {

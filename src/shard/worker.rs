@@ -83,6 +83,8 @@ struct Worker<'a> {
     excludes: crate::engine::exclude::Excludes,
     cancel: &'a AtomicBool,
     lease: Duration,
+    /// When this process started (before its first claim).
+    started: chrono::DateTime<chrono::Utc>,
     /// The store is on NFS or FUSE ([`crate::concurrency::is_remote`]).
     remote: bool,
     /// `--jobs` permits, shared by the walks of the units built at once ([`lanes`]).
@@ -94,6 +96,11 @@ struct Worker<'a> {
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
 pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Outcome, ShardError> {
     let t_start = Instant::now();
+    // As a claim's `at` has it (to the millisecond, rounded down): of two processes'
+    // claims, each made after its maker started, only one can be "before" the other.
+    let started = chrono::DateTime::parse_from_rfc3339(&crate::util::now_rfc3339())
+        .map(|t| t.to_utc())
+        .unwrap_or_else(|_| chrono::Utc::now());
     opts.validate().map_err(|e| match e {
         Error::Config(m) => ShardError::Usage(m),
         e => ShardError::Failed(e),
@@ -211,6 +218,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         excludes: crate::engine::exclude::build(&opts.excludes)?,
         cancel,
         lease: super::state::lease(),
+        started,
         remote: crate::concurrency::is_remote(&store.root),
         gate: crate::pool::Gate::new(opts.jobs.max(1)),
         throttle: opts
@@ -679,11 +687,19 @@ fn pick<'c>(
                     // Unreadable (being written): its lease counts from now.
                     None => continue,
                     Some(c) if c.expired(ctx.lease) => g + 1,
-                    // This index's claim from another host, pid namespace or boot: an
-                    // earlier process of this index (a retried pod).
+                    // This index's claim left by a dead process of this host, or made
+                    // on another host (pid namespace, boot) before this process started:
+                    // an earlier process of this index (a retried pod). Claims made
+                    // since are a live twin's (a pod started again across a node
+                    // partition) and wait for their lease; taken at once, each twin
+                    // took back the unit the other had just taken, both builds wasted.
+                    // Of two processes only the later one can take the other's claims,
+                    // whatever their clocks say (a claim is made after its maker starts).
                     Some(c)
                         if c.holder.worker == ctx.spec.index
-                            && (!c.holder.shares_pids_here() || c.holder.is_dead_here()) =>
+                            && (c.holder.is_dead_here()
+                                || (!c.holder.shares_pids_here()
+                                    && c.holder.made_before(ctx.started))) =>
                     {
                         g + 1
                     }
