@@ -693,10 +693,11 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
     assert!(e.repo.join("snapring/shards/r1/final").exists());
 }
 
-/// The report of the only worker of run `run` with `--jobs jobs` and `--window 1s`,
-/// slowed by `failpoints`: it exits 3, `incomplete`.
+/// The report of the only worker of run `run` with `--jobs jobs` and `--window 3s`,
+/// slowed by `failpoints`: it exits 3, `incomplete`. (3 s, not 1 s: its plan and first
+/// claims must come well within the window on a loaded machine.)
 fn out_of_window(e: &Env, jobs: usize, run: &str, failpoints: &str) -> serde_json::Value {
-    let args = ["--shard", "0/1", "--run-id", run, "--window", "1s"];
+    let args = ["--shard", "0/1", "--run-id", run, "--window", "3s"];
     let out = worker_jobs(e, jobs, &args, &[("SNAPRING_FAILPOINTS", failpoints)])
         .output()
         .unwrap();
@@ -713,7 +714,7 @@ fn out_of_window(e: &Env, jobs: usize, run: &str, failpoints: &str) -> serde_jso
 #[test]
 fn a_workers_window_ends_it_and_its_rerun_finishes_the_run() {
     let e = env();
-    let r = out_of_window(&e, 2, "w", "shard.repo.before_commit=sleep:1500");
+    let r = out_of_window(&e, 2, "w", "shard.repo.before_commit=sleep:4000");
     assert_eq!(units_of(&r, "units").len(), 1, "{r}");
     assert!(snapshots(&e).is_empty());
     let again = report(&spawn(&e, 0, 1, "w", &[]).wait_with_output().unwrap());
@@ -729,12 +730,12 @@ fn a_workers_window_ends_it_and_its_rerun_finishes_the_run() {
 }
 
 /// A worker of two lanes stopped by its window while both build a unit (each unit's
-/// walk starts 1.5 s late, the window is 1 s): both units are named in its report,
+/// walk starts 4 s late, the window is 3 s): both units are named in its report,
 /// and nothing is committed or published.
 #[test]
 fn a_window_that_ends_two_lanes_names_both_units() {
     let e = env();
-    let r = out_of_window(&e, 4, "w2", "shard.repo.before_walk=sleep:1500");
+    let r = out_of_window(&e, 4, "w2", "shard.repo.before_walk=sleep:4000");
     let stopped = units_of(&r, "interrupted_units");
     assert_eq!(stopped.len(), 2, "{r}");
     assert_ne!(stopped[0], stopped[1], "{r}");
