@@ -789,6 +789,49 @@ fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     assert_eq!(snapshots(&e).len(), 1);
 }
 
+/// A retried pod: index 0's first process runs on another host and is SIGKILLed before
+/// its first commit; its rerun here takes over the claim the dead one made before the
+/// rerun started at once, not after the 60 s lease, and publishes the run.
+#[test]
+fn a_rerun_on_another_host_takes_its_predecessors_claim_over_at_once() {
+    let e = env();
+    if !common::uts_namespaces() {
+        return;
+    }
+    let lease = [("SNAPRING_SHARD_LEASE", "60s")];
+    let c = worker(&e, &["--shard", "0/1", "--run-id", "retried"], &lease);
+    let out = common::on_host(&c, "other-host")
+        .env("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "SIGKILLed: {}", text(&out));
+    let claims = unit_claims(&e, "retried");
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let t0 = Instant::now();
+    let r = report(
+        &worker(&e, &["--shard", "0/1", "--run-id", "retried"], &lease)
+            .output()
+            .unwrap(),
+    );
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "the rerun took {:?}: it waited for the lease",
+        t0.elapsed()
+    );
+    assert_eq!(r["finalized"], true, "{r}");
+    let unit = claims[0].split_once(".g").unwrap().0.to_string();
+    assert!(
+        unit_claims(&e, "retried").contains(&format!("{unit}.g2")),
+        "{:?}",
+        unit_claims(&e, "retried")
+    );
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
 /// Two pods of one node with `hostNetwork: true`: the same host name, not the same pid
 /// namespace. Worker 0 runs in a pid namespace of its own, under a pid that no process
 /// has here, and is held before its commit; worker 1 must not take `kill(pid, 0)` (no

@@ -695,13 +695,15 @@ fn make_plan(
 }
 
 /// The next unit to claim, and its generation: a home unit nobody has claimed, else
-/// anyone's, largest first; else one whose claim is past its lease or whose holder
-/// is a process of this host that has exited (a retried worker takes its own units
-/// back at once).
+/// anyone's, largest first; else one whose claim is past its lease, or whose holder
+/// is a process of this host that has exited, or this index's process on another host
+/// that claimed it before this one started (a retried worker takes its own units back
+/// at once; a live twin's later claims wait for their lease).
 fn next_unit<'c>(
     st: &State<'_>,
     cut: &'c Cut,
     me: usize,
+    started: chrono::DateTime<chrono::Utc>,
     done: &BTreeSet<String>,
 ) -> restic::Result<Option<(&'c Unit, u32)>> {
     let gens = st.claim_gens()?;
@@ -724,7 +726,10 @@ fn next_unit<'c>(
         let g = gens[&u.id];
         match st.claim_at(&u.id, g)? {
             Some((h, at)) => {
-                if past_lease(at) || h.is_dead_here() {
+                // This index's claim made on another host (pid namespace, boot) before
+                // this process started: a retried worker's dead predecessor's.
+                let predecessor = h.worker == me && !h.shares_pids_here() && h.made_before(started);
+                if past_lease(at) || h.is_dead_here() || predecessor {
                     return Ok(Some((u, g + 1)));
                 }
             }
@@ -909,6 +914,7 @@ fn build_units(
         gate: crate::pool::Gate::new(jobs),
         known: Arc::default(),
         failed: AtomicBool::new(false),
+        started: super::state::started_now(),
     };
     let shared: &Repo = repo;
     let results = std::thread::scope(|s| {
@@ -957,6 +963,8 @@ struct LaneCtx<'a> {
     known: Arc<RwLock<Index>>,
     /// A lane failed: the others claim no more units.
     failed: AtomicBool,
+    /// Before this process's first unit claim ([`super::state::started_now`]).
+    started: chrono::DateTime<chrono::Utc>,
 }
 
 impl LaneCtx<'_> {
@@ -976,7 +984,9 @@ impl LaneCtx<'_> {
             if cut.units.iter().all(|u| done.contains(&u.id)) {
                 return Ok(true);
             }
-            let Some((unit, g)) = next_unit(st, cut, spec.index, &done).map_err(failed)? else {
+            let Some((unit, g)) =
+                next_unit(st, cut, spec.index, self.started, &done).map_err(failed)?
+            else {
                 poll.wait();
                 continue;
             };

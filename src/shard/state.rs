@@ -40,6 +40,14 @@ pub fn lease() -> Duration {
         .unwrap_or(DEFAULT_LEASE)
 }
 
+/// Now, as a claim's `at` has it (to the millisecond, rounded down), for
+/// [`Holder::made_before`].
+pub fn started_now() -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::parse_from_rfc3339(&crate::util::now_rfc3339())
+        .map(|t| t.to_utc())
+        .unwrap_or_else(|_| chrono::Utc::now())
+}
+
 /// One unit as `plan.json` holds it (names `%XX`-escaped).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct UnitRec {
@@ -178,7 +186,11 @@ impl Holder {
     }
 
     /// Whether the claim was made before `t` (its `at`, by its holder's clock; `false`
-    /// when unreadable).
+    /// when unreadable). With `t` from [`started_now`] taken before a process's first
+    /// claim: of two processes, only the later one can find the other's claims made
+    /// before it started, whatever their clocks say (each claim is made after its
+    /// maker's `t`), so a retried process takes its dead predecessor's claims at once
+    /// and two live ones cannot take units back and forth.
     pub fn made_before(&self, t: chrono::DateTime<chrono::Utc>) -> bool {
         chrono::DateTime::parse_from_rfc3339(&self.at).is_ok_and(|at| at < t)
     }

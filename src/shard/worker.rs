@@ -96,11 +96,7 @@ struct Worker<'a> {
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
 pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Outcome, ShardError> {
     let t_start = Instant::now();
-    // As a claim's `at` has it (to the millisecond, rounded down): of two processes'
-    // claims, each made after its maker started, only one can be "before" the other.
-    let started = chrono::DateTime::parse_from_rfc3339(&crate::util::now_rfc3339())
-        .map(|t| t.to_utc())
-        .unwrap_or_else(|_| chrono::Utc::now());
+    let started = super::state::started_now();
     opts.validate().map_err(|e| match e {
         Error::Config(m) => ShardError::Usage(m),
         e => ShardError::Failed(e),
@@ -693,8 +689,6 @@ fn pick<'c>(
                     // since are a live twin's (a pod started again across a node
                     // partition) and wait for their lease; taken at once, each twin
                     // took back the unit the other had just taken, both builds wasted.
-                    // Of two processes only the later one can take the other's claims,
-                    // whatever their clocks say (a claim is made after its maker starts).
                     Some(c)
                         if c.holder.worker == ctx.spec.index
                             && (c.holder.is_dead_here()
