@@ -1146,6 +1146,43 @@ fn the_finalizer_alone_expires_everything_when_the_workers_are_gone() {
     assert_eq!(st["expiry"], "finished", "{st}");
 }
 
+/// Review: a finalize killed after it moved the run's tree to `staging/<run-id>` and
+/// before the publish; every worker has left, so the store is free and a single-node
+/// backup of it runs; then `snapring finalize`. The single-node run must not take the
+/// shard run's staged tree for a leftover of its own and discard it (with the run's
+/// manifest): finalize would then rebuild `tree/` from the emptied work directories
+/// and publish the spine directories alone as `daily.0`, under a manifest that lists
+/// every file.
+#[test]
+fn a_single_node_backup_after_a_finalize_killed_before_its_publish_leaves_the_run_whole() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
+    let outs = run_workers(&e, 3, "k1", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    assert!(!run_dir(&e, "k1").join("finalized").exists());
+    assert!(e.dest.join(".snapring/staging/k1").is_dir());
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let o = run_cmd(&e, "finalize", "k1", &[], &[]);
+    // Whether finalize publishes the run or refuses it, every snapshot of the store
+    // equals the source (unchanged throughout) and its manifest.
+    let want = describe(&e.src);
+    for name in snapshot_names(&e.dest) {
+        let what = format!("{name} after finalize: {}", text(&o));
+        assert_same_tree(&want, &describe(&e.dest.join(&name)), &what);
+        let v = snapring(
+            &[
+                "verify".as_ref(),
+                "--dest".as_ref(),
+                e.dest.as_os_str(),
+                name.as_ref(),
+            ],
+            &[],
+        );
+        assert!(v.status.success(), "{what}: verify: {}", text(&v));
+    }
+}
+
 /// Each worker writes its own log file in the store (one file per worker: appends from
 /// several NFS clients to one file can overwrite each other), and finalize puts them
 /// together as the run's log, where `snapring show` and the catalog look for it.
