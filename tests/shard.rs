@@ -1183,6 +1183,33 @@ fn a_single_node_backup_after_a_finalize_killed_before_its_publish_leaves_the_ru
     }
 }
 
+/// Review: every unit committed, the finalizer killed before its publish and the workers
+/// gone; the source changes and a single-node backup (retain 1) publishes it; then
+/// `snapring finalize` of the older run. Publishing it would make the older tree
+/// `daily.0` and expire the newer single-node snapshot: the newest history lost. The
+/// store changed under the run: finalize refuses it (exit 1) and publishes nothing.
+#[test]
+fn finalize_after_another_backup_published_refuses_instead_of_expiring_the_newer_snapshot() {
+    let e = env();
+    let retain = ["--retain", "1"];
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
+    let outs = run_workers(&e, 3, "old", &retain, die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    write(&e.src.join("flat/n050 with space"), b"newer");
+    write(&e.src.join("after-the-shard-run"), b"newer");
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let o = run_cmd(&e, "finalize", "old", &[], &[]);
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    check_snapshot(
+        &e,
+        &format!("the newer snapshot stays daily.0: {}", text(&o)),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(stderr_of(&o).contains("start a new run id"), "{}", text(&o));
+    assert!(!run_dir(&e, "old").join("finalized").exists());
+}
+
 /// Each worker writes its own log file in the store (one file per worker: appends from
 /// several NFS clients to one file can overwrite each other), and finalize puts them
 /// together as the run's log, where `snapring show` and the catalog look for it.

@@ -173,6 +173,23 @@ fn locked(
     let published = store.read_state()?.snapshots.iter().any(|s| s.id == rd.run);
     let staging = store.meta.join("staging").join(&rd.run);
     if !published {
+        // Another backup published since the plan (a single-node run while no worker
+        // held the store, say): this run's tree is older than the store's newest
+        // snapshot, and publishing it would rotate that one down, or expire it.
+        let now = Repository::previous(store, &plan.label)?.map(|p| (p.name, p.run));
+        if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
+            return Err(ShardError::Failed(Error::Store {
+                path: store.root.clone(),
+                msg: format!(
+                    "run {} was planned against {} (run {}), but the store's previous snapshot is now {} (run {}): another backup published meanwhile; nothing published, start a new run id",
+                    rd.run,
+                    plan.prev.as_deref().unwrap_or("none"),
+                    plan.prev_run.as_deref().unwrap_or("-"),
+                    now.as_ref().map_or("none", |n| n.0.as_str()),
+                    now.as_ref().and_then(|n| n.1.as_deref()).unwrap_or("-"),
+                ),
+            }));
+        }
         if rd.tree().is_dir() || !staging.is_dir() {
             for r in super::par_map(threads, &cut.units, |u| {
                 super::worker::move_unit(rd, u, commits[&u.id].generation)
