@@ -1148,11 +1148,11 @@ fn the_finalizer_alone_expires_everything_when_the_workers_are_gone() {
 
 /// Review: a finalize killed after it moved the run's tree to `staging/<run-id>` and
 /// before the publish; every worker has left, so the store is free and a single-node
-/// backup of it runs; then `snapring finalize`. The single-node run must not take the
-/// shard run's staged tree for a leftover of its own and discard it (with the run's
-/// manifest): finalize would then rebuild `tree/` from the emptied work directories
-/// and publish the spine directories alone as `daily.0`, under a manifest that lists
-/// every file.
+/// backup of another label (`weekly`) runs; then `snapring finalize`. The single-node
+/// run must not take the shard run's staged tree for a leftover of its own and discard
+/// it (with the run's manifest): finalize would then rebuild `tree/` from the emptied
+/// work directories and publish the spine directories alone as `daily.0`, `complete`,
+/// under a manifest that lists every file.
 #[test]
 fn a_single_node_backup_after_a_finalize_killed_before_its_publish_leaves_the_run_whole() {
     let e = env();
@@ -1161,11 +1161,13 @@ fn a_single_node_backup_after_a_finalize_killed_before_its_publish_leaves_the_ru
     assert!(outs.iter().any(|o| o.status.code().is_none()));
     assert!(!run_dir(&e, "k1").join("finalized").exists());
     assert!(e.dest.join(".snapring/staging/k1").is_dir());
-    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--label", "weekly"], &[]);
     assert_eq!(code, 0, "{err} {rep}");
     let o = run_cmd(&e, "finalize", "k1", &[], &[]);
-    // Whether finalize publishes the run or refuses it, every snapshot of the store
-    // equals the source (unchanged throughout) and its manifest.
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0", "weekly.0"]);
+    // Every snapshot of the store equals the source (unchanged throughout) and its
+    // manifest.
     let want = describe(&e.src);
     for name in snapshot_names(&e.dest) {
         let what = format!("{name} after finalize: {}", text(&o));

@@ -170,23 +170,27 @@ fn locked(
         per_worker: per_worker.into_values().collect(),
         expired_by_finalize: 0,
     });
-    let published = store.read_state()?.snapshots.iter().any(|s| s.id == rd.run);
+    let state = store.read_state()?;
+    let published = state.snapshots.iter().any(|s| s.id == rd.run);
     let staging = store.meta.join("staging").join(&rd.run);
     if !published {
-        // Another backup published since the plan (a single-node run while no worker
-        // held the store, say): this run's tree is older than the store's newest
-        // snapshot, and publishing it would rotate that one down, or expire it.
-        let now = Repository::previous(store, &plan.label)?.map(|p| (p.name, p.run));
-        if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
+        // Another backup of this label published since the plan (a single-node run
+        // while no worker held the store, say): this run's tree is older than the
+        // store's newest snapshot, and publishing it would rotate that one down, or
+        // expire it. (A snapshot of another label is no harm.)
+        let head = format!("{}.0", plan.label);
+        if let Some(now) = state.snapshots.iter().find(|s| s.name == head)
+            && Some(&now.id) != plan.prev_run.as_ref()
+        {
             return Err(ShardError::Failed(Error::Store {
-                path: store.root.clone(),
+                path: store.root.join(&head),
                 msg: format!(
-                    "run {} was planned against {} (run {}), but the store's previous snapshot is now {} (run {}): another backup published meanwhile; nothing published, start a new run id",
+                    "run {} was planned against {} (run {}), but {head} is now run {} (published {}): another backup published meanwhile; nothing published, start a new run id",
                     rd.run,
-                    plan.prev.as_deref().unwrap_or("none"),
+                    plan.prev.as_deref().unwrap_or("no snapshot"),
                     plan.prev_run.as_deref().unwrap_or("-"),
-                    now.as_ref().map_or("none", |n| n.0.as_str()),
-                    now.as_ref().and_then(|n| n.1.as_deref()).unwrap_or("-"),
+                    now.id,
+                    now.finished_at,
                 ),
             }));
         }
