@@ -1212,6 +1212,40 @@ fn finalize_after_another_backup_published_refuses_instead_of_expiring_the_newer
     assert!(!run_dir(&e, "old").join("finalized").exists());
 }
 
+/// Review: the finalizer killed before it moves the tree to staging (the parts are still
+/// there); one unit's manifest part then loses its end (a torn or truncated file: its
+/// last block and its root line gone, cut at a line). `snapring finalize` must not
+/// publish a `complete` snapshot whose manifest lacks that block's entries.
+#[test]
+fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let outs = run_workers(&e, 3, "torn", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    let parts = run_dir(&e, "torn").join("parts");
+    // The part with the most blocks loses its last one.
+    let (part, body) = std::fs::read_dir(&parts)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "mf"))
+        .map(|p| {
+            let t = std::fs::read_to_string(&p).unwrap();
+            (p, t)
+        })
+        .max_by_key(|(p, t)| (t.matches("\nD ").count(), p.clone()))
+        .unwrap();
+    let cut = body.rfind("\nD ").unwrap() + 1;
+    assert!(body[cut..].lines().count() > 1, "{body}");
+    std::fs::write(&part, &body[..cut]).unwrap();
+    let o = run_cmd(&e, "finalize", "torn", &[], &[]);
+    if o.status.success() {
+        check_snapshot(&e, &format!("finalized from a torn part: {}", text(&o)));
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(snapshot_names(&e.dest).is_empty());
+    }
+}
+
 /// Each worker writes its own log file in the store (one file per worker: appends from
 /// several NFS clients to one file can overwrite each other), and finalize puts them
 /// together as the run's log, where `snapring show` and the catalog look for it.

@@ -438,10 +438,15 @@ fn for_each_block(
     };
     let mut started = None;
     let mut cur: Option<(RelPath, Vec<Entry>)> = None;
+    // A part ends with its root line (`Writer::finish`): one without it lost its end.
+    let mut ended = false;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.ctx("read manifest part", path)?;
         if n == 0 {
             continue;
+        }
+        if ended {
+            return Err(bad("manifest part goes on after its root line".into()));
         }
         if let Some(s) = line.strip_prefix("S ") {
             started = s.parse::<Time>().ok();
@@ -451,10 +456,15 @@ fn for_each_block(
             }
             cur = Some((RelPath::from_escaped(d).map_err(bad)?, Vec::new()));
         } else if line.starts_with("R ") {
-            continue;
+            ended = true;
         } else if let Some((_, es)) = cur.as_mut() {
             es.push(Entry::parse_line(&line).map_err(bad)?);
         }
+    }
+    if !ended {
+        return Err(bad(
+            "manifest part is truncated (no root line at its end); the unit must be built again: start a new run id".into(),
+        ));
     }
     if let Some((dir, es)) = cur.take() {
         f(&dir, es)?;
