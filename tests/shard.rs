@@ -1246,6 +1246,36 @@ fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
     }
 }
 
+/// Review: every unit committed and moved into the run's tree, the finalizer killed
+/// before staging; `snapring finalize` then runs where the source is not there (an
+/// admin host, or a node where the workers' `pre_command` mounted it; or an empty mount
+/// point). Finalize reads
+/// the spine directories from the source: it must fail without touching the run's
+/// tree, so that a finalize with the source back publishes the whole snapshot.
+#[test]
+fn snapring_finalize_where_the_source_is_missing_keeps_the_runs_tree() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let outs = run_workers(&e, 3, "away", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    let aside = e.src.with_file_name("src-not-mounted");
+    std::fs::rename(&e.src, &aside).unwrap();
+    let o = run_cmd(&e, "finalize", "away", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(snapshot_names(&e.dest).is_empty(), "{}", text(&o));
+    // An empty mount point where the source is mounted elsewhere.
+    std::fs::create_dir(&e.src).unwrap();
+    let o = run_cmd(&e, "finalize", "away", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(snapshot_names(&e.dest).is_empty(), "{}", text(&o));
+    std::fs::remove_dir(&e.src).unwrap();
+    std::fs::rename(&aside, &e.src).unwrap();
+    let o = run_cmd(&e, "finalize", "away", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, "away");
+    check_snapshot(&e, "finalized once the source is back");
+}
+
 /// Each worker writes its own log file in the store (one file per worker: appends from
 /// several NFS clients to one file can overwrite each other), and finalize puts them
 /// together as the run's log, where `snapring show` and the catalog look for it.

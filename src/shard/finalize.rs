@@ -195,6 +195,13 @@ fn locked(
             }));
         }
         if rd.tree().is_dir() || !staging.is_dir() {
+            // Finalize reads the spine directories from the source: not where it is
+            // missing (a host where it is not mounted).
+            if !plan.source.is_dir() {
+                return Err(ShardError::Failed(Error::SourceMissing(
+                    plan.source.clone(),
+                )));
+            }
             for r in super::par_map(threads, &cut.units, |u| {
                 super::worker::move_unit(rd, u, commits[&u.id].generation)
             }) {
@@ -725,10 +732,27 @@ fn assemble(
             .collect();
         Ok::<_, ShardError>(Some((meta, xattrs, kids)))
     });
+    let read: Vec<_> = read.into_iter().collect::<Result<_, _>>()?;
+    // A spine directory gone from the source whose directory in the run's tree holds
+    // entries was there when its units walked it: gone since, or the source is not
+    // mounted where finalize runs. Nothing of the run's tree is removed for it.
+    for (d, r) in order.iter().zip(&read) {
+        if r.is_some() {
+            continue;
+        }
+        let held =
+            std::fs::read_dir(rd.tree().join(d.as_path())).is_ok_and(|mut it| it.next().is_some());
+        if d.is_root() || held {
+            return Err(ShardError::Failed(Error::Store {
+                path: source.join(d.as_path()),
+                msg: "the source's directory is not there, but the run's units backed up entries under it (is the source mounted here?); nothing published: run `snapring finalize` where the source is, or start a new run id".into(),
+            }));
+        }
+    }
     let mut present: Vec<(&RelPath, fsx::Meta, fsx::Xattrs)> = Vec::new();
     let mut root_entry = None;
     for (d, r) in order.iter().zip(read) {
-        let Some((meta, xattrs, kids)) = r? else {
+        let Some((meta, xattrs, kids)) = r else {
             // Gone from the source (its unit reported it): gone from the snapshot too.
             tracing::warn!(
                 "spine directory {} is gone from the source",
