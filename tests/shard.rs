@@ -1276,6 +1276,23 @@ fn snapring_finalize_where_the_source_is_missing_keeps_the_runs_tree() {
     check_snapshot(&e, "finalized once the source is back");
 }
 
+/// Review: the run's staged tree lost after a finalize killed before its publish (removed
+/// by hand as a leftover, say). The units' work directories are gone (moved), so
+/// `snapring finalize` can only rebuild the spine directories: it must not publish
+/// them as a `complete` snapshot under a manifest listing every file.
+#[test]
+fn finalize_does_not_publish_an_empty_tree_when_the_staged_tree_is_lost() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
+    let outs = run_workers(&e, 3, "lost", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    std::fs::remove_dir_all(e.dest.join(".snapring/staging/lost")).unwrap();
+    let o = run_cmd(&e, "finalize", "lost", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(snapshot_names(&e.dest).is_empty(), "{}", text(&o));
+    assert!(!run_dir(&e, "lost").join("finalized").exists());
+}
+
 /// Each worker writes its own log file in the store (one file per worker: appends from
 /// several NFS clients to one file can overwrite each other), and finalize puts them
 /// together as the run's log, where `snapring show` and the catalog look for it.

@@ -202,6 +202,9 @@ fn locked(
                     plan.source.clone(),
                 )));
             }
+            if !rd.tree().is_dir() {
+                check_nothing_moved(rd, threads, &cut, &commits, &staging)?;
+            }
             for r in super::par_map(threads, &cut.units, |u| {
                 super::worker::move_unit(rd, u, commits[&u.id].generation)
             }) {
@@ -409,6 +412,46 @@ fn resume_expiry(
     })();
     Repository::unlock(store, lock);
     r
+}
+
+/// Neither the run's tree nor its staged tree is there: no unit was moved yet, so each
+/// one with entries still has its work directory. One without it was moved into a tree
+/// that is lost since (its staged tree removed): finalize would publish the spine
+/// directories alone under a manifest that lists every file.
+fn check_nothing_moved(
+    rd: &RunDir,
+    threads: usize,
+    cut: &Cut,
+    commits: &BTreeMap<String, Commit>,
+    staging: &Path,
+) -> Result<(), ShardError> {
+    let lost = super::par_map(threads, &cut.units, |u| {
+        let generation = commits[&u.id].generation;
+        if rd.work(&u.id, generation).is_dir() {
+            return Ok(false);
+        }
+        let part = manifest::paths(&rd.parts(), &format!("{}.g{generation}", u.id)).0;
+        let mut entries = 0;
+        for_each_block(&part, |_, es| {
+            entries += es.len();
+            Ok(())
+        })?;
+        Ok::<_, ShardError>(entries > 0)
+    });
+    let mut n = 0;
+    for l in lost {
+        n += usize::from(l?);
+    }
+    if n > 0 {
+        return Err(ShardError::Failed(Error::Store {
+            path: staging.to_path_buf(),
+            msg: format!(
+                "the run's tree is gone: {n} units were moved into it, and neither {} nor its staged tree is there; nothing published, start a new run id",
+                rd.tree().display()
+            ),
+        }));
+    }
+    Ok(())
 }
 
 fn counters_errors(c: &Counters) -> u64 {
