@@ -1293,6 +1293,21 @@ fn finalize_does_not_publish_an_empty_tree_when_the_staged_tree_is_lost() {
     assert!(!run_dir(&e, "lost").join("finalized").exists());
 }
 
+/// Review: a source file named like finalize's temporary name for a hard-link join
+/// (`.snapring-link-<name>`) beside a name whose group crosses units (`links/a`, linked
+/// from `flat`): the join must not remove it from the snapshot.
+#[test]
+fn a_file_named_like_the_joins_temporary_name_stays_in_the_snapshot() {
+    let e = env();
+    write(
+        &e.src.join("links/.snapring-link-a"),
+        b"mine, not snapring's",
+    );
+    all_ok(&run_workers(&e, 3, "tmpname", &[], |_| vec![]), "tmpname");
+    check_run(&e, "tmpname");
+    check_snapshot(&e, "a file named like the join's temporary name");
+}
+
 /// Each worker writes its own log file in the store (one file per worker: appends from
 /// several NFS clients to one file can overwrite each other), and finalize puts them
 /// together as the run's log, where `snapring show` and the catalog look for it.

@@ -288,7 +288,7 @@ fn locked(
         rep.files_linked
     );
     // Clean-up; what is left is removed by a later finalize or by hand.
-    for d in ["work", "parts", "tree"] {
+    for d in ["work", "parts", "tree", "joins"] {
         let _ = std::fs::remove_dir_all(rd.root.join(d));
     }
     expire_and_record(store, rd, &cut, worker, jobs, cancel, &mut rep);
@@ -566,6 +566,8 @@ fn link_groups(members: Vec<Member>) -> Vec<Vec<Member>> {
 fn join_group(
     rd: &RunDir,
     tree: std::os::fd::BorrowedFd<'_>,
+    joins: std::os::fd::BorrowedFd<'_>,
+    slot: usize,
     ms: &[Member],
     counters: &Counters,
 ) -> Result<Vec<(RelPath, Entry)>, ShardError> {
@@ -577,7 +579,7 @@ fn join_group(
     let Ok(first_meta) = fsx::lstat_at(b(&first_dir), &first.entry.name) else {
         return Ok(out);
     };
-    for m in &ms[1..] {
+    for (i, m) in ms.iter().enumerate().skip(1) {
         let Ok(d) = fsx::open_dir_beneath(tree, m.dir.as_bytes()) else {
             continue;
         };
@@ -590,15 +592,13 @@ fn join_group(
         // A copy of its own (one link): a single-node run would have linked it to the
         // first name instead, and counted it so.
         let was_copy = meta.nlink == 1 && meta.kind == Kind::File;
-        let tmp = [
-            b".snapring-link-".as_slice(),
-            &m.entry.name[..m.entry.name.len().min(200)],
-        ]
-        .concat();
-        let _ = fsx::unlink_at(b(&d), &tmp);
-        match fsx::link_at(b(&first_dir), &first.entry.name, b(&d), &tmp) {
+        // Linked under a name of the run's own `joins/` directory, then renamed over the
+        // member: a temporary name in the tree could be a name of the source's.
+        let tmp = format!("{slot}.{i}").into_bytes();
+        let _ = fsx::unlink_at(joins, &tmp);
+        match fsx::link_at(b(&first_dir), &first.entry.name, joins, &tmp) {
             Ok(()) => {
-                fsx::rename_at(b(&d), &tmp, b(&d), &m.entry.name)
+                fsx::rename_at(joins, &tmp, b(&d), &m.entry.name)
                     .ctx("join a hard-link group in", rd.tree().join(m.dir.as_path()))?;
                 if was_copy {
                     use std::sync::atomic::Ordering::Relaxed;
@@ -685,8 +685,16 @@ fn assemble(
     .into_iter()
     .flatten()
     .collect();
-    let joined = super::par_map(threads, &groups, |ms| {
-        join_group(rd, b(&tree), ms, counters)
+    let joins_path = rd.root.join("joins");
+    match std::fs::create_dir(&joins_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error(e, "create", &joins_path).into()),
+    }
+    let joins = fsx::open_dir(&joins_path).ctx("open", &joins_path)?;
+    let slots: Vec<(usize, &Vec<Member>)> = groups.iter().enumerate().collect();
+    let joined = super::par_map(threads, &slots, |(slot, ms)| {
+        join_group(rd, b(&tree), b(&joins), *slot, ms, counters)
     });
     // Every name of a group becomes the first name's inode (as a single-node run's
     // `link_within` makes it); the manifest entries follow the first.
