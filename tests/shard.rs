@@ -1308,6 +1308,33 @@ fn a_file_named_like_the_joins_temporary_name_stays_in_the_snapshot() {
     check_snapshot(&e, "a file named like the join's temporary name");
 }
 
+/// Review: a finalize killed between its hard-link joins (each renames a name in a
+/// directory of the run's tree, which sets that directory's times), then `snapring
+/// finalize`: the directories' times must still be the source's.
+#[test]
+fn a_finalize_killed_between_its_hard_link_joins_leaves_no_directory_time_changed() {
+    for n in 1..=3 {
+        let e = env();
+        let run = format!("joins{n}");
+        let fp = format!("shard.finalize.join=kill@{n}");
+        let kids: Vec<Child> = (0..3)
+            .map(|i| spawn(&e, i, 3, &run, &[("SNAPRING_FAILPOINTS", &fp)]))
+            .collect();
+        for c in kids {
+            c.wait_with_output().unwrap();
+        }
+        if run_dir(&e, &run).join("finalized").exists() {
+            // Fewer joins than `n`: nothing was killed.
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let o = run_cmd(&e, "finalize", &run, &[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        check_run(&e, &run);
+        check_snapshot(&e, &format!("killed at join {n}"));
+    }
+}
+
 /// Each worker writes its own log file in the store (one file per worker: appends from
 /// several NFS clients to one file can overwrite each other), and finalize puts them
 /// together as the run's log, where `snapring show` and the catalog look for it.

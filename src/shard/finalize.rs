@@ -600,6 +600,9 @@ fn join_group(
             Ok(()) => {
                 fsx::rename_at(joins, &tmp, b(&d), &m.entry.name)
                     .ctx("join a hard-link group in", rd.tree().join(m.dir.as_path()))?;
+                // Tests: a finalize killed between the joins.
+                crate::failpoint::hit("shard.finalize.join")
+                    .ctx("join a hard-link group in", rd.tree().join(m.dir.as_path()))?;
                 if was_copy {
                     use std::sync::atomic::Ordering::Relaxed;
                     counters.files_transferred.fetch_sub(1, Relaxed);
@@ -627,6 +630,59 @@ fn join_group(
         }
     }
     Ok(out)
+}
+
+/// The modification times of the directories `dirs` of the run's tree as its units set
+/// them, before any hard-link join renames a name in them: read from the tree by the
+/// first finalize and kept in `joins/times`, written before its first join, so that a
+/// finalize after one killed between its joins puts back those times, not the ones
+/// its joins left.
+fn join_times(
+    joins: &Path,
+    threads: usize,
+    tree: std::os::fd::BorrowedFd<'_>,
+    dirs: &[RelPath],
+) -> Result<HashMap<RelPath, Time>, ShardError> {
+    let path = joins.join("times");
+    let bad = |m: String| {
+        ShardError::Failed(Error::Store {
+            path: path.clone(),
+            msg: m,
+        })
+    };
+    let parse = |text: &str| -> Result<HashMap<RelPath, Time>, ShardError> {
+        text.lines()
+            .map(|l| {
+                let (t, d) = l
+                    .split_once(' ')
+                    .ok_or_else(|| bad(format!("bad line {l:?}")))?;
+                Ok((
+                    RelPath::from_escaped(d).map_err(bad)?,
+                    t.parse::<Time>().map_err(bad)?,
+                ))
+            })
+            .collect()
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(e, "read", &path).into()),
+    }
+    let read: HashMap<RelPath, Time> = super::par_map(threads, dirs, |d| {
+        let fd = fsx::open_dir_beneath(tree, d.as_bytes()).ok()?;
+        Some((d.clone(), fsx::fstat(b(&fd)).ok()?.mtime))
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut text = String::new();
+    for (d, t) in &read {
+        text.push_str(&format!("{t} {}\n", d.escaped()));
+    }
+    if !create_exclusive(&path, text.as_bytes()).ctx("write", &path)? {
+        return Err(bad("written by another finalize at once".into()));
+    }
+    Ok(read)
 }
 
 /// The run's manifest from the parts, the spine's entries and metadata, and hard-link
@@ -678,19 +734,13 @@ fn assemble(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let dir_times: HashMap<RelPath, fsx::Meta> = super::par_map(threads, &dirs, |d| {
-        let fd = fsx::open_dir_beneath(b(&tree), d.as_bytes()).ok()?;
-        Some((d.clone(), fsx::fstat(b(&fd)).ok()?))
-    })
-    .into_iter()
-    .flatten()
-    .collect();
     let joins_path = rd.root.join("joins");
     match std::fs::create_dir(&joins_path) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(io_error(e, "create", &joins_path).into()),
     }
+    let dir_times = join_times(&joins_path, threads, b(&tree), &dirs)?;
     let joins = fsx::open_dir(&joins_path).ctx("open", &joins_path)?;
     let slots: Vec<(usize, &Vec<Member>)> = groups.iter().enumerate().collect();
     let joined = super::par_map(threads, &slots, |(slot, ms)| {
@@ -699,21 +749,22 @@ fn assemble(
     // Every name of a group becomes the first name's inode (as a single-node run's
     // `link_within` makes it); the manifest entries follow the first.
     let mut patched: HashMap<(RelPath, Vec<u8>), Entry> = HashMap::new();
-    let mut swapped: HashSet<RelPath> = HashSet::new();
     for r in joined {
         for (dir, e) in r? {
-            swapped.insert(dir.clone());
             patched.insert((dir, e.name.clone()), e);
         }
     }
-    let swapped: Vec<RelPath> = swapped.into_iter().collect();
-    for r in super::par_map(threads, &swapped, |d| {
-        let Some(m) = dir_times.get(d) else {
+    // Every such directory, not only those this call swapped names in: a finalize
+    // killed between its joins swapped names in others.
+    for r in super::par_map(threads, &dirs, |d| {
+        let Some(&mtime) = dir_times.get(d) else {
             return Ok(());
         };
         let fd = fsx::open_dir_beneath(b(&tree), d.as_bytes())
             .ctx("open", rd.tree().join(d.as_path()))?;
-        fsx::apply_times(b(&fd), m).ctx("set directory times", rd.tree().join(d.as_path()))
+        let mut m = fsx::fstat(b(&fd)).ctx("stat", rd.tree().join(d.as_path()))?;
+        m.mtime = mtime;
+        fsx::apply_times(b(&fd), &m).ctx("set directory times", rd.tree().join(d.as_path()))
     }) {
         r?;
     }
