@@ -1223,7 +1223,17 @@ fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
     let outs = run_workers(&e, 3, "torn", &[], die);
     assert!(outs.iter().any(|o| o.status.code().is_none()));
     let parts = run_dir(&e, "torn").join("parts");
-    // The part with the most blocks loses its last one.
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, "torn").join("plan.json")).unwrap())
+            .unwrap();
+    let spine: Vec<String> = plan["spine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| format!("D {}", d.as_str().unwrap()))
+        .collect();
+    // The part with the most blocks is cut at its last block of a directory no other
+    // unit has (not a spine directory): that block and the root line are lost.
     let (part, body) = std::fs::read_dir(&parts)
         .unwrap()
         .map(|d| d.unwrap().path())
@@ -1234,11 +1244,23 @@ fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
         })
         .max_by_key(|(p, t)| (t.matches("\nD ").count(), p.clone()))
         .unwrap();
-    let cut = body.rfind("\nD ").unwrap() + 1;
+    let cut = body
+        .match_indices("\nD ")
+        .map(|(i, _)| i + 1)
+        .filter(|&i| !spine.iter().any(|h| body[i..].lines().next() == Some(h)))
+        .last()
+        .unwrap();
+    let header = body[cut..].lines().next().unwrap().to_string();
     assert!(body[cut..].lines().count() > 1, "{body}");
     std::fs::write(&part, &body[..cut]).unwrap();
     let o = run_cmd(&e, "finalize", "torn", &[], &[]);
     if o.status.success() {
+        let mf = std::fs::read_to_string(e.dest.join(".snapring/manifests/torn.mf")).unwrap();
+        assert!(
+            mf.lines().any(|l| l == header),
+            "{header} lost from the manifest of a snapshot finalized from a torn part: {}",
+            text(&o)
+        );
         check_snapshot(&e, &format!("finalized from a torn part: {}", text(&o)));
     } else {
         assert_eq!(o.status.code(), Some(1), "{}", text(&o));
