@@ -1146,6 +1146,217 @@ fn the_finalizer_alone_expires_everything_when_the_workers_are_gone() {
     assert_eq!(st["expiry"], "finished", "{st}");
 }
 
+/// Review: a finalize killed after it moved the run's tree to `staging/<run-id>` and
+/// before the publish; every worker has left, so the store is free and a single-node
+/// backup of another label (`weekly`) runs; then `snapring finalize`. The single-node
+/// run must not take the shard run's staged tree for a leftover of its own and discard
+/// it (with the run's manifest): finalize would then rebuild `tree/` from the emptied
+/// work directories and publish the spine directories alone as `daily.0`, `complete`,
+/// under a manifest that lists every file.
+#[test]
+fn a_single_node_backup_after_a_finalize_killed_before_its_publish_leaves_the_run_whole() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
+    let outs = run_workers(&e, 3, "k1", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    assert!(!run_dir(&e, "k1").join("finalized").exists());
+    assert!(e.dest.join(".snapring/staging/k1").is_dir());
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--label", "weekly"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let o = run_cmd(&e, "finalize", "k1", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0", "weekly.0"]);
+    // Every snapshot of the store equals the source (unchanged throughout) and its
+    // manifest.
+    let want = describe(&e.src);
+    for name in snapshot_names(&e.dest) {
+        let what = format!("{name} after finalize: {}", text(&o));
+        assert_same_tree(&want, &describe(&e.dest.join(&name)), &what);
+        let v = snapring(
+            &[
+                "verify".as_ref(),
+                "--dest".as_ref(),
+                e.dest.as_os_str(),
+                name.as_ref(),
+            ],
+            &[],
+        );
+        assert!(v.status.success(), "{what}: verify: {}", text(&v));
+    }
+}
+
+/// Review: every unit committed, the finalizer killed before its publish and the workers
+/// gone; the source changes and a single-node backup (retain 1) publishes it; then
+/// `snapring finalize` of the older run. Publishing it would make the older tree
+/// `daily.0` and expire the newer single-node snapshot: the newest history lost. The
+/// store changed under the run: finalize refuses it (exit 1) and publishes nothing.
+#[test]
+fn finalize_after_another_backup_published_refuses_instead_of_expiring_the_newer_snapshot() {
+    let e = env();
+    let retain = ["--retain", "1"];
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
+    let outs = run_workers(&e, 3, "old", &retain, die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    write(&e.src.join("flat/n050 with space"), b"newer");
+    write(&e.src.join("after-the-shard-run"), b"newer");
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let o = run_cmd(&e, "finalize", "old", &[], &[]);
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    check_snapshot(
+        &e,
+        &format!("the newer snapshot stays daily.0: {}", text(&o)),
+    );
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(stderr_of(&o).contains("start a new run id"), "{}", text(&o));
+    assert!(!run_dir(&e, "old").join("finalized").exists());
+}
+
+/// Review: the finalizer killed before it moves the tree to staging (the parts are still
+/// there); one unit's manifest part then loses its end (a torn or truncated file: its
+/// last block and its root line gone, cut at a line). `snapring finalize` must not
+/// publish a `complete` snapshot whose manifest lacks that block's entries.
+#[test]
+fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let outs = run_workers(&e, 3, "torn", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    let parts = run_dir(&e, "torn").join("parts");
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, "torn").join("plan.json")).unwrap())
+            .unwrap();
+    let spine: Vec<String> = plan["spine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| format!("D {}", d.as_str().unwrap()))
+        .collect();
+    // The part with the most blocks is cut at its last block of a directory no other
+    // unit has (not a spine directory): that block and the root line are lost.
+    let (part, body) = std::fs::read_dir(&parts)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "mf"))
+        .map(|p| {
+            let t = std::fs::read_to_string(&p).unwrap();
+            (p, t)
+        })
+        .max_by_key(|(p, t)| (t.matches("\nD ").count(), p.clone()))
+        .unwrap();
+    let cut = body
+        .match_indices("\nD ")
+        .map(|(i, _)| i + 1)
+        .filter(|&i| !spine.iter().any(|h| body[i..].lines().next() == Some(h)))
+        .last()
+        .unwrap();
+    let header = body[cut..].lines().next().unwrap().to_string();
+    assert!(body[cut..].lines().count() > 1, "{body}");
+    std::fs::write(&part, &body[..cut]).unwrap();
+    let o = run_cmd(&e, "finalize", "torn", &[], &[]);
+    if o.status.success() {
+        let mf = std::fs::read_to_string(e.dest.join(".snapring/manifests/torn.mf")).unwrap();
+        assert!(
+            mf.lines().any(|l| l == header),
+            "{header} lost from the manifest of a snapshot finalized from a torn part: {}",
+            text(&o)
+        );
+        check_snapshot(&e, &format!("finalized from a torn part: {}", text(&o)));
+    } else {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(snapshot_names(&e.dest).is_empty());
+    }
+}
+
+/// Review: every unit committed and moved into the run's tree, the finalizer killed
+/// before staging; `snapring finalize` then runs where the source is not there (an
+/// admin host, or a node where the workers' `pre_command` mounted it; or an empty mount
+/// point). Finalize reads
+/// the spine directories from the source: it must fail without touching the run's
+/// tree, so that a finalize with the source back publishes the whole snapshot.
+#[test]
+fn snapring_finalize_where_the_source_is_missing_keeps_the_runs_tree() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let outs = run_workers(&e, 3, "away", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    let aside = e.src.with_file_name("src-not-mounted");
+    std::fs::rename(&e.src, &aside).unwrap();
+    let o = run_cmd(&e, "finalize", "away", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(snapshot_names(&e.dest).is_empty(), "{}", text(&o));
+    // An empty mount point where the source is mounted elsewhere.
+    std::fs::create_dir(&e.src).unwrap();
+    let o = run_cmd(&e, "finalize", "away", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(snapshot_names(&e.dest).is_empty(), "{}", text(&o));
+    std::fs::remove_dir(&e.src).unwrap();
+    std::fs::rename(&aside, &e.src).unwrap();
+    let o = run_cmd(&e, "finalize", "away", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, "away");
+    check_snapshot(&e, "finalized once the source is back");
+}
+
+/// Review: the run's staged tree lost after a finalize killed before its publish (removed
+/// by hand as a leftover, say). The units' work directories are gone (moved), so
+/// `snapring finalize` can only rebuild the spine directories: it must not publish
+/// them as a `complete` snapshot under a manifest listing every file.
+#[test]
+fn finalize_does_not_publish_an_empty_tree_when_the_staged_tree_is_lost() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
+    let outs = run_workers(&e, 3, "lost", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    std::fs::remove_dir_all(e.dest.join(".snapring/staging/lost")).unwrap();
+    let o = run_cmd(&e, "finalize", "lost", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(snapshot_names(&e.dest).is_empty(), "{}", text(&o));
+    assert!(!run_dir(&e, "lost").join("finalized").exists());
+}
+
+/// Review: a source file named like finalize's temporary name for a hard-link join
+/// (`.snapring-link-<name>`) beside a name whose group crosses units (`links/a`, linked
+/// from `flat`): the join must not remove it from the snapshot.
+#[test]
+fn a_file_named_like_the_joins_temporary_name_stays_in_the_snapshot() {
+    let e = env();
+    write(
+        &e.src.join("links/.snapring-link-a"),
+        b"mine, not snapring's",
+    );
+    all_ok(&run_workers(&e, 3, "tmpname", &[], |_| vec![]), "tmpname");
+    check_run(&e, "tmpname");
+    check_snapshot(&e, "a file named like the join's temporary name");
+}
+
+/// Review: a finalize killed between its hard-link joins (each renames a name in a
+/// directory of the run's tree, which sets that directory's times), then `snapring
+/// finalize`: the directories' times must still be the source's.
+#[test]
+fn a_finalize_killed_between_its_hard_link_joins_leaves_no_directory_time_changed() {
+    for n in 1..=3 {
+        let e = env();
+        let run = format!("joins{n}");
+        let fp = format!("shard.finalize.join=kill@{n}");
+        let kids: Vec<Child> = (0..3)
+            .map(|i| spawn(&e, i, 3, &run, &[("SNAPRING_FAILPOINTS", &fp)]))
+            .collect();
+        for c in kids {
+            c.wait_with_output().unwrap();
+        }
+        if run_dir(&e, &run).join("finalized").exists() {
+            // Fewer joins than `n`: nothing was killed.
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let o = run_cmd(&e, "finalize", &run, &[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        check_run(&e, &run);
+        check_snapshot(&e, &format!("killed at join {n}"));
+    }
+}
+
 /// Each worker writes its own log file in the store (one file per worker: appends from
 /// several NFS clients to one file can overwrite each other), and finalize puts them
 /// together as the run's log, where `snapring show` and the catalog look for it.

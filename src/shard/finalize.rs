@@ -170,10 +170,41 @@ fn locked(
         per_worker: per_worker.into_values().collect(),
         expired_by_finalize: 0,
     });
-    let published = store.read_state()?.snapshots.iter().any(|s| s.id == rd.run);
+    let state = store.read_state()?;
+    let published = state.snapshots.iter().any(|s| s.id == rd.run);
     let staging = store.meta.join("staging").join(&rd.run);
     if !published {
+        // Another backup of this label published since the plan (a single-node run
+        // while no worker held the store, say): this run's tree is older than the
+        // store's newest snapshot, and publishing it would rotate that one down, or
+        // expire it. (A snapshot of another label is no harm.)
+        let head = format!("{}.0", plan.label);
+        if let Some(now) = state.snapshots.iter().find(|s| s.name == head)
+            && Some(&now.id) != plan.prev_run.as_ref()
+        {
+            return Err(ShardError::Failed(Error::Store {
+                path: store.root.join(&head),
+                msg: format!(
+                    "run {} was planned against {} (run {}), but {head} is now run {} (published {}): another backup published meanwhile; nothing published, start a new run id",
+                    rd.run,
+                    plan.prev.as_deref().unwrap_or("no snapshot"),
+                    plan.prev_run.as_deref().unwrap_or("-"),
+                    now.id,
+                    now.finished_at,
+                ),
+            }));
+        }
         if rd.tree().is_dir() || !staging.is_dir() {
+            // Finalize reads the spine directories from the source: not where it is
+            // missing (a host where it is not mounted).
+            if !plan.source.is_dir() {
+                return Err(ShardError::Failed(Error::SourceMissing(
+                    plan.source.clone(),
+                )));
+            }
+            if !rd.tree().is_dir() {
+                check_nothing_moved(rd, threads, &cut, &commits, &staging)?;
+            }
             for r in super::par_map(threads, &cut.units, |u| {
                 super::worker::move_unit(rd, u, commits[&u.id].generation)
             }) {
@@ -257,7 +288,7 @@ fn locked(
         rep.files_linked
     );
     // Clean-up; what is left is removed by a later finalize or by hand.
-    for d in ["work", "parts", "tree"] {
+    for d in ["work", "parts", "tree", "joins"] {
         let _ = std::fs::remove_dir_all(rd.root.join(d));
     }
     expire_and_record(store, rd, &cut, worker, jobs, cancel, &mut rep);
@@ -383,6 +414,46 @@ fn resume_expiry(
     r
 }
 
+/// Neither the run's tree nor its staged tree is there: no unit was moved yet, so each
+/// one with entries still has its work directory. One without it was moved into a tree
+/// that is lost since (its staged tree removed): finalize would publish the spine
+/// directories alone under a manifest that lists every file.
+fn check_nothing_moved(
+    rd: &RunDir,
+    threads: usize,
+    cut: &Cut,
+    commits: &BTreeMap<String, Commit>,
+    staging: &Path,
+) -> Result<(), ShardError> {
+    let lost = super::par_map(threads, &cut.units, |u| {
+        let generation = commits[&u.id].generation;
+        if rd.work(&u.id, generation).is_dir() {
+            return Ok(false);
+        }
+        let part = manifest::paths(&rd.parts(), &format!("{}.g{generation}", u.id)).0;
+        let mut entries = 0;
+        for_each_block(&part, |_, es| {
+            entries += es.len();
+            Ok(())
+        })?;
+        Ok::<_, ShardError>(entries > 0)
+    });
+    let mut n = 0;
+    for l in lost {
+        n += usize::from(l?);
+    }
+    if n > 0 {
+        return Err(ShardError::Failed(Error::Store {
+            path: staging.to_path_buf(),
+            msg: format!(
+                "the run's tree is gone: {n} units were moved into it, and neither {} nor its staged tree is there; nothing published, start a new run id",
+                rd.tree().display()
+            ),
+        }));
+    }
+    Ok(())
+}
+
 fn counters_errors(c: &Counters) -> u64 {
     c.problems_total.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -417,10 +488,15 @@ fn for_each_block(
     };
     let mut started = None;
     let mut cur: Option<(RelPath, Vec<Entry>)> = None;
+    // A part ends with its root line (`Writer::finish`): one without it lost its end.
+    let mut ended = false;
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
         let line = line.ctx("read manifest part", path)?;
         if n == 0 {
             continue;
+        }
+        if ended {
+            return Err(bad("manifest part goes on after its root line".into()));
         }
         if let Some(s) = line.strip_prefix("S ") {
             started = s.parse::<Time>().ok();
@@ -430,10 +506,15 @@ fn for_each_block(
             }
             cur = Some((RelPath::from_escaped(d).map_err(bad)?, Vec::new()));
         } else if line.starts_with("R ") {
-            continue;
+            ended = true;
         } else if let Some((_, es)) = cur.as_mut() {
             es.push(Entry::parse_line(&line).map_err(bad)?);
         }
+    }
+    if !ended {
+        return Err(bad(
+            "manifest part is truncated (no root line at its end); the unit must be built again: start a new run id".into(),
+        ));
     }
     if let Some((dir, es)) = cur.take() {
         f(&dir, es)?;
@@ -485,6 +566,8 @@ fn link_groups(members: Vec<Member>) -> Vec<Vec<Member>> {
 fn join_group(
     rd: &RunDir,
     tree: std::os::fd::BorrowedFd<'_>,
+    joins: std::os::fd::BorrowedFd<'_>,
+    slot: usize,
     ms: &[Member],
     counters: &Counters,
 ) -> Result<Vec<(RelPath, Entry)>, ShardError> {
@@ -496,7 +579,7 @@ fn join_group(
     let Ok(first_meta) = fsx::lstat_at(b(&first_dir), &first.entry.name) else {
         return Ok(out);
     };
-    for m in &ms[1..] {
+    for (i, m) in ms.iter().enumerate().skip(1) {
         let Ok(d) = fsx::open_dir_beneath(tree, m.dir.as_bytes()) else {
             continue;
         };
@@ -509,15 +592,16 @@ fn join_group(
         // A copy of its own (one link): a single-node run would have linked it to the
         // first name instead, and counted it so.
         let was_copy = meta.nlink == 1 && meta.kind == Kind::File;
-        let tmp = [
-            b".snapring-link-".as_slice(),
-            &m.entry.name[..m.entry.name.len().min(200)],
-        ]
-        .concat();
-        let _ = fsx::unlink_at(b(&d), &tmp);
-        match fsx::link_at(b(&first_dir), &first.entry.name, b(&d), &tmp) {
+        // Linked under a name of the run's own `joins/` directory, then renamed over the
+        // member: a temporary name in the tree could be a name of the source's.
+        let tmp = format!("{slot}.{i}").into_bytes();
+        let _ = fsx::unlink_at(joins, &tmp);
+        match fsx::link_at(b(&first_dir), &first.entry.name, joins, &tmp) {
             Ok(()) => {
-                fsx::rename_at(b(&d), &tmp, b(&d), &m.entry.name)
+                fsx::rename_at(joins, &tmp, b(&d), &m.entry.name)
+                    .ctx("join a hard-link group in", rd.tree().join(m.dir.as_path()))?;
+                // Tests: a finalize killed between the joins.
+                crate::failpoint::hit("shard.finalize.join")
                     .ctx("join a hard-link group in", rd.tree().join(m.dir.as_path()))?;
                 if was_copy {
                     use std::sync::atomic::Ordering::Relaxed;
@@ -546,6 +630,59 @@ fn join_group(
         }
     }
     Ok(out)
+}
+
+/// The modification times of the directories `dirs` of the run's tree as its units set
+/// them, before any hard-link join renames a name in them: read from the tree by the
+/// first finalize and kept in `joins/times`, written before its first join, so that a
+/// finalize after one killed between its joins puts back those times, not the ones
+/// its joins left.
+fn join_times(
+    joins: &Path,
+    threads: usize,
+    tree: std::os::fd::BorrowedFd<'_>,
+    dirs: &[RelPath],
+) -> Result<HashMap<RelPath, Time>, ShardError> {
+    let path = joins.join("times");
+    let bad = |m: String| {
+        ShardError::Failed(Error::Store {
+            path: path.clone(),
+            msg: m,
+        })
+    };
+    let parse = |text: &str| -> Result<HashMap<RelPath, Time>, ShardError> {
+        text.lines()
+            .map(|l| {
+                let (t, d) = l
+                    .split_once(' ')
+                    .ok_or_else(|| bad(format!("bad line {l:?}")))?;
+                Ok((
+                    RelPath::from_escaped(d).map_err(bad)?,
+                    t.parse::<Time>().map_err(bad)?,
+                ))
+            })
+            .collect()
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => return parse(&text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_error(e, "read", &path).into()),
+    }
+    let read: HashMap<RelPath, Time> = super::par_map(threads, dirs, |d| {
+        let fd = fsx::open_dir_beneath(tree, d.as_bytes()).ok()?;
+        Some((d.clone(), fsx::fstat(b(&fd)).ok()?.mtime))
+    })
+    .into_iter()
+    .flatten()
+    .collect();
+    let mut text = String::new();
+    for (d, t) in &read {
+        text.push_str(&format!("{t} {}\n", d.escaped()));
+    }
+    if !create_exclusive(&path, text.as_bytes()).ctx("write", &path)? {
+        return Err(bad("written by another finalize at once".into()));
+    }
+    Ok(read)
 }
 
 /// The run's manifest from the parts, the spine's entries and metadata, and hard-link
@@ -597,34 +734,37 @@ fn assemble(
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let dir_times: HashMap<RelPath, fsx::Meta> = super::par_map(threads, &dirs, |d| {
-        let fd = fsx::open_dir_beneath(b(&tree), d.as_bytes()).ok()?;
-        Some((d.clone(), fsx::fstat(b(&fd)).ok()?))
-    })
-    .into_iter()
-    .flatten()
-    .collect();
-    let joined = super::par_map(threads, &groups, |ms| {
-        join_group(rd, b(&tree), ms, counters)
+    let joins_path = rd.root.join("joins");
+    match std::fs::create_dir(&joins_path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(io_error(e, "create", &joins_path).into()),
+    }
+    let dir_times = join_times(&joins_path, threads, b(&tree), &dirs)?;
+    let joins = fsx::open_dir(&joins_path).ctx("open", &joins_path)?;
+    let slots: Vec<(usize, &Vec<Member>)> = groups.iter().enumerate().collect();
+    let joined = super::par_map(threads, &slots, |(slot, ms)| {
+        join_group(rd, b(&tree), b(&joins), *slot, ms, counters)
     });
     // Every name of a group becomes the first name's inode (as a single-node run's
     // `link_within` makes it); the manifest entries follow the first.
     let mut patched: HashMap<(RelPath, Vec<u8>), Entry> = HashMap::new();
-    let mut swapped: HashSet<RelPath> = HashSet::new();
     for r in joined {
         for (dir, e) in r? {
-            swapped.insert(dir.clone());
             patched.insert((dir, e.name.clone()), e);
         }
     }
-    let swapped: Vec<RelPath> = swapped.into_iter().collect();
-    for r in super::par_map(threads, &swapped, |d| {
-        let Some(m) = dir_times.get(d) else {
+    // Every such directory, not only those this call swapped names in: a finalize
+    // killed between its joins swapped names in others.
+    for r in super::par_map(threads, &dirs, |d| {
+        let Some(&mtime) = dir_times.get(d) else {
             return Ok(());
         };
         let fd = fsx::open_dir_beneath(b(&tree), d.as_bytes())
             .ctx("open", rd.tree().join(d.as_path()))?;
-        fsx::apply_times(b(&fd), m).ctx("set directory times", rd.tree().join(d.as_path()))
+        let mut m = fsx::fstat(b(&fd)).ctx("stat", rd.tree().join(d.as_path()))?;
+        m.mtime = mtime;
+        fsx::apply_times(b(&fd), &m).ctx("set directory times", rd.tree().join(d.as_path()))
     }) {
         r?;
     }
@@ -694,10 +834,27 @@ fn assemble(
             .collect();
         Ok::<_, ShardError>(Some((meta, xattrs, kids)))
     });
+    let read: Vec<_> = read.into_iter().collect::<Result<_, _>>()?;
+    // A spine directory gone from the source whose directory in the run's tree holds
+    // entries was there when its units walked it: gone since, or the source is not
+    // mounted where finalize runs. Nothing of the run's tree is removed for it.
+    for (d, r) in order.iter().zip(&read) {
+        if r.is_some() {
+            continue;
+        }
+        let held =
+            std::fs::read_dir(rd.tree().join(d.as_path())).is_ok_and(|mut it| it.next().is_some());
+        if d.is_root() || held {
+            return Err(ShardError::Failed(Error::Store {
+                path: source.join(d.as_path()),
+                msg: "the source's directory is not there, but the run's units backed up entries under it (is the source mounted here?); nothing published: run `snapring finalize` where the source is, or start a new run id".into(),
+            }));
+        }
+    }
     let mut present: Vec<(&RelPath, fsx::Meta, fsx::Xattrs)> = Vec::new();
     let mut root_entry = None;
     for (d, r) in order.iter().zip(read) {
-        let Some((meta, xattrs, kids)) = r? else {
+        let Some((meta, xattrs, kids)) = r else {
             // Gone from the source (its unit reported it): gone from the snapshot too.
             tracing::warn!(
                 "spine directory {} is gone from the source",

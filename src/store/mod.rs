@@ -643,14 +643,19 @@ impl Store {
             .ctx("write run record", p)
     }
 
-    /// Staging trees left by runs that did not finish (oldest first).
+    /// Staging trees left by single-node runs that did not finish (oldest first). A
+    /// shard run's staged tree (`staging/<run-id>` beside `shards/<run-id>/`, moved there
+    /// by a finalize that died before its publish) is not one: it is the whole run,
+    /// which `snapring finalize` publishes, and its units' work directories are gone.
     pub fn leftover_staging(&self) -> Result<Vec<String>> {
         let d = self.meta.join("staging");
+        let shards = self.meta.join("shards");
         let mut v: Vec<String> = std::fs::read_dir(&d)
             .ctx("read", &d)?
             .filter_map(|e| e.ok())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| !n.ends_with(".tmp"))
+            .filter(|n| !shards.join(n).is_dir())
             .collect();
         v.sort();
         Ok(v)
