@@ -188,6 +188,7 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.finalize.before_staging",
     "shard.finalize.before_publish",
     "shard.finalize.after_publish",
+    "shard.finalize.join",
     "shard.expire_piece",
     // The lease thread and a lane of a shard worker, raced: tests/shard.rs.
     "shard.beat",

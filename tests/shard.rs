@@ -1298,6 +1298,27 @@ fn snapring_finalize_where_the_source_is_missing_keeps_the_runs_tree() {
     check_snapshot(&e, "finalized once the source is back");
 }
 
+/// A spine directory (`flat`, cut into name ranges) deleted from the source after its
+/// units backed it up, before finalize: with the source there, it is gone from the
+/// source, and the snapshot leaves it out (the run is not stuck failing on it).
+#[test]
+fn a_spine_directory_deleted_before_finalize_is_left_out_of_the_snapshot() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let outs = run_workers(&e, 3, "gone", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    std::fs::remove_dir_all(e.src.join("flat")).unwrap();
+    let o = run_cmd(&e, "finalize", "gone", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("is gone from the source"),
+        "{}",
+        text(&o)
+    );
+    check_run(&e, "gone");
+    check_snapshot(&e, "a spine directory deleted before finalize");
+}
+
 /// Review: the run's staged tree lost after a finalize killed before its publish (removed
 /// by hand as a leftover, say). The units' work directories are gone (moved), so
 /// `snapring finalize` can only rebuild the spine directories: it must not publish

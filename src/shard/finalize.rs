@@ -836,15 +836,18 @@ fn assemble(
     });
     let read: Vec<_> = read.into_iter().collect::<Result<_, _>>()?;
     // A spine directory gone from the source whose directory in the run's tree holds
-    // entries was there when its units walked it: gone since, or the source is not
-    // mounted where finalize runs. Nothing of the run's tree is removed for it.
+    // entries was there when its units walked it: deleted since (dropped below, as a
+    // single-node run drops what vanished), or the source is not mounted where
+    // finalize runs: its root is gone or empty (an empty mount point). Then nothing of
+    // the run's tree is removed for it.
+    let unmounted = || std::fs::read_dir(source).map_or(true, |mut it| it.next().is_none());
     for (d, r) in order.iter().zip(&read) {
         if r.is_some() {
             continue;
         }
         let held =
             std::fs::read_dir(rd.tree().join(d.as_path())).is_ok_and(|mut it| it.next().is_some());
-        if d.is_root() || held {
+        if d.is_root() || (held && unmounted()) {
             return Err(ShardError::Failed(Error::Store {
                 path: source.join(d.as_path()),
                 msg: "the source's directory is not there, but the run's units backed up entries under it (is the source mounted here?); nothing published: run `snapring finalize` where the source is, or start a new run id".into(),
