@@ -1319,6 +1319,32 @@ fn a_spine_directory_deleted_before_finalize_is_left_out_of_the_snapshot() {
     check_snapshot(&e, "a spine directory deleted before finalize");
 }
 
+/// A worker rerun that finds every unit committed (the finalizer was killed) runs the
+/// job's pre command before it finalizes: on a node where that command is what mounts
+/// the source, finalize needs it (without it the rerun failed, exit 1, source missing).
+#[test]
+fn a_rerun_that_only_finalizes_runs_the_pre_command_first() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let outs = run_workers(&e, 3, "mount", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    let elsewhere = e.src.with_file_name("src-elsewhere");
+    std::fs::rename(&e.src, &elsewhere).unwrap();
+    let mount = format!("mv {} {}", elsewhere.display(), e.src.display());
+    let args = [
+        "--shard",
+        "0/3",
+        "--run-id",
+        "mount",
+        "--pre-command",
+        &mount,
+    ];
+    let o = worker(&e, &args, &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, "mount");
+    check_snapshot(&e, "finalized once the pre command mounted the source");
+}
+
 /// Review: the run's staged tree lost after a finalize killed before its publish (removed
 /// by hand as a leftover, say). The units' work directories are gone (moved), so
 /// `snapring finalize` can only rebuild the spine directories: it must not publish

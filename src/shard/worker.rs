@@ -158,12 +158,14 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     }
     rd.create()?;
     // A rerun after every unit was committed (a finalize that crashed, perhaps after
-    // publishing, so the store's previous snapshot is this run's): finalize only.
+    // publishing, so the store's previous snapshot is this run's): finalize only, after
+    // the pre command (finalize reads the source, which that command may mount).
     if let Some((plan, _)) = rd.read_plan()?
         && let Ok(cut) = plan.cut()
     {
         let done = rd.done_names()?;
         if cut.units.iter().all(|u| done.contains(&u.id)) {
+            pre_command(opts, spec, &store, cancel, &mut out)?;
             drop(shared);
             let wait = finalize_wait(super::state::lease());
             finish(&store, &rd, opts.jobs, cancel, wait, &mut out)?;
@@ -261,8 +263,8 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
 }
 
 /// Runs the job's `pre_command` in this worker, before it looks at the source (it may be
-/// what mounts or freezes the source on this node): every worker runs it, with the run
-/// id and its index and count in its environment. A failure stops the worker with
+/// what mounts or freezes the source on this node): every worker runs it, a rerun that
+/// only finalizes too, with the run id and its index and count in its environment. A failure stops the worker with
 /// nothing claimed (its home units go to the others) and is permanent (exit 1), as a
 /// single-node run's is.
 fn pre_command(
