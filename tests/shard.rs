@@ -1345,6 +1345,28 @@ fn a_rerun_that_only_finalizes_runs_the_pre_command_first() {
     check_snapshot(&e, "finalized once the pre command mounted the source");
 }
 
+/// Finalize killed right after its publish, which expired the store's older snapshot
+/// (`--retain 1`); another backup publishes before `snapring finalize` completes the run:
+/// the run's record names the snapshot it published as it is named now (`daily.1`, not
+/// `daily.0`, the other backup's) and the snapshot its publish expired (it said none).
+#[test]
+fn finalize_after_a_crash_past_its_publish_records_the_snapshot_and_what_it_expired() {
+    let e = env();
+    let (code, _, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.after_publish=kill")];
+    let outs = run_workers(&e, 3, "past", &["--retain", "1"], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    write(&e.src.join("after"), b"the other backup's");
+    let (code, _, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "2"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let o = run_cmd(&e, "finalize", "past", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let rec = run_record(&e, "past");
+    assert_eq!(rec["snapshot"], "daily.1", "{rec}");
+    assert_eq!(rec["expired"], serde_json::json!(["daily.0"]), "{rec}");
+}
+
 /// Review: the run's staged tree lost after a finalize killed before its publish (removed
 /// by hand as a leftover, say). The units' work directories are gone (moved), so
 /// `snapring finalize` can only rebuild the spine directories: it must not publish

@@ -235,6 +235,8 @@ fn locked(
             .ino;
         let rotation = Repository::plan_rotation(store, &plan.label, plan.retain, &rd.run)?;
         rep.expired = crate::repo::Rotation::expired(&rotation).to_vec();
+        // Recorded before the publish: a finalize after a crash past it reads them here.
+        store.write_run(&rep)?;
         let t_rot = Instant::now();
         let rot_start = report::now_rfc3339();
         let name = Repository::publish(store, &rd.run, status, &plan.label, rotation, ino)?;
@@ -250,14 +252,23 @@ fn locked(
             t_fin.elapsed().as_secs_f64()
         );
     } else {
-        // Published by an earlier finalize (or the repair of its journal).
+        // Published by an earlier finalize (or the repair of its journal): the snapshot
+        // under the name it has now (another backup may have published since), and the
+        // snapshots its publish expired, from the record written before it.
         counters.fill(&mut rep);
         rep.status = if counters_errors(&counters) > 0 {
             Status::Partial
         } else {
             Status::Complete
         };
-        rep.snapshot = Some(format!("{}.0", plan.label));
+        rep.snapshot = state
+            .snapshots
+            .iter()
+            .find(|s| s.id == rd.run)
+            .map(|s| s.name.clone());
+        if let Some(before) = store.read_run(&rd.run)? {
+            rep.expired = before.expired;
+        }
     }
     let _ = crate::failpoint::hit("shard.finalize.after_publish");
     let created = chrono::DateTime::parse_from_rfc3339(&plan.created_at)
