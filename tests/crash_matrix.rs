@@ -189,6 +189,7 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.finalize.before_publish",
     "shard.finalize.after_publish",
     "shard.finalize.join",
+    "shard.finalize.after_finalized",
     "shard.expire_piece",
     // The lease thread and a lane of a shard worker, raced: tests/shard.rs.
     "shard.beat",

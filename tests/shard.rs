@@ -1367,6 +1367,27 @@ fn finalize_after_a_crash_past_its_publish_records_the_snapshot_and_what_it_expi
     assert_eq!(rec["expired"], serde_json::json!(["daily.0"]), "{rec}");
 }
 
+/// A finalizer killed after writing `finalized`, before its clean-up: `snapring
+/// finalize` answers "already finalized" and does the clean-up (the build directories
+/// removed, the run's log written); before, they stayed for good.
+#[test]
+fn finalize_of_a_run_whose_finalizer_died_after_finalized_cleans_up() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.after_finalized=kill")];
+    let outs = run_workers(&e, 3, "tidy", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    assert!(run_dir(&e, "tidy").join("finalized").is_file());
+    assert!(run_dir(&e, "tidy").join("parts").exists());
+    let log = e.dest.join(".snapring/logs/tidy.log");
+    assert!(!log.exists());
+    let o = run_cmd(&e, "finalize", "tidy", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, "tidy");
+    check_snapshot(&e, "a run whose finalizer died after finalized");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(text.contains("shard worker started"), "{text}");
+}
+
 /// Review: the run's staged tree lost after a finalize killed before its publish (removed
 /// by hand as a leftover, say). The units' work directories are gone (moved), so
 /// `snapring finalize` can only rebuild the spine directories: it must not publish

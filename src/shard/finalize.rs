@@ -57,11 +57,18 @@ pub fn finalize(
     wait: Duration,
 ) -> Result<Finalized, ShardError> {
     if rd.is_finalized() {
-        if worker.is_none()
-            && super::expire::read_marker(rd).is_some()
-            && !super::expire::is_finished(rd)
-        {
-            return resume_expiry(store, rd, jobs, cancel);
+        if worker.is_none() {
+            if super::expire::read_marker(rd).is_some() && !super::expire::is_finished(rd) {
+                return resume_expiry(store, rd, jobs, cancel);
+            }
+            // Its finalizer may have died before its clean-up: done here, under the
+            // store's lock (which that finalizer held to its end), if it is free.
+            if let Ok(lock) = Repository::lock_and_repair(store, &rd.run) {
+                if let Ok(Some((plan, _))) = rd.read_plan() {
+                    tidy(store, rd, plan.workers);
+                }
+                Repository::unlock(store, lock);
+            }
         }
         return Ok(Finalized::Already(read_finalized(rd)));
     }
@@ -298,13 +305,35 @@ fn locked(
         rep.files_transferred,
         rep.files_linked
     );
-    // Clean-up; what is left is removed by a later finalize or by hand.
-    for d in ["work", "parts", "tree", "joins"] {
-        let _ = std::fs::remove_dir_all(rd.root.join(d));
-    }
+    // Tests: a finalizer killed before its clean-up.
+    let _ = crate::failpoint::hit("shard.finalize.after_finalized");
+    // Clean-up; what is left is removed by `snapring finalize` or by hand.
+    remove_build_dirs(rd);
     expire_and_record(store, rd, &cut, worker, jobs, cancel, &mut rep);
     merge_logs(store, &rd.run, plan.workers);
     Ok(Finalized::Done(Box::new(rep)))
+}
+
+/// Removes what the run was built in (moved into the published snapshot by now).
+fn remove_build_dirs(rd: &RunDir) {
+    for d in ["work", "parts", "tree", "joins"] {
+        let _ = std::fs::remove_dir_all(rd.root.join(d));
+    }
+}
+
+/// The clean-up of a finalized run whose finalizer died before its end (it held the
+/// store's lock; the caller holds it now): the build directories, and the run's log
+/// if it was not written.
+fn tidy(store: &Store, rd: &RunDir, workers: usize) {
+    remove_build_dirs(rd);
+    if !store
+        .meta
+        .join("logs")
+        .join(format!("{}.log", rd.run))
+        .exists()
+    {
+        merge_logs(store, &rd.run, workers);
+    }
 }
 
 /// The run's log, `logs/<run-id>.log` (where `snapring show` and the catalog look for
@@ -418,6 +447,7 @@ fn resume_expiry(
             "run {} is finalized; completing the deletion of its expired snapshots",
             rd.run
         );
+        tidy(store, rd, plan.workers);
         expire_and_record(store, rd, &cut, None, jobs, cancel, &mut rep);
         Ok(Finalized::Already(Some(Box::new(rep))))
     })();
