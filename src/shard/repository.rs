@@ -1334,6 +1334,22 @@ fn published(
     spec: &Spec,
     group: restic::forget::Group,
 ) -> Result<Finalized, ShardError> {
+    // Published already: its snapshot file was written once; if it is gone now, it was
+    // forgotten (a later run's retention, `forget`) and stays so.
+    if st
+        .b
+        .read_extra(&st.key("published"))
+        .map_err(failed)?
+        .is_some()
+    {
+        return Ok(Finalized {
+            snapshot: f.snapshot,
+            sealed: f.sealed,
+            won: false,
+            totals: None,
+            group,
+        });
+    }
     write_snapshot(repo, &f)?;
     // Unique to this process: a retried create that landed finds its own bytes.
     let body = serde_json::to_vec(&Holder::me(spec.index)).expect("serializes");
@@ -1387,7 +1403,8 @@ pub fn unpublished_roots(repo: &Repo) -> restic::Result<restic::prune::Roots> {
         let st = State::new(b.as_ref(), &run);
         if let Some(f) = st.read_final()? {
             let id = Id::parse(&f.snapshot)?;
-            if snaps.contains(&id) {
+            // Its snapshot written, or written and forgotten since: nothing to keep.
+            if snaps.contains(&id) || b.read_extra(&st.key("published"))?.is_some() {
                 continue;
             }
             let sealed = base64::engine::general_purpose::STANDARD
