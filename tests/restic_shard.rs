@@ -1347,3 +1347,66 @@ fn a_late_worker_does_not_write_a_forgotten_snapshot_back() {
     let snaps = snapshots(&e);
     assert_eq!(snaps.len(), 1, "forgotten snapshot written back: {snaps:?}");
 }
+
+/// Review: a run killed before finalize whose units reuse its parent's trees and data
+/// (an unchanged source), the parent then forgotten and pruned: prune keeps everything
+/// the committed units name, however deep, and the rerun publishes a snapshot that
+/// restores equal to the source and passes `restic check --read-data`.
+#[test]
+fn a_parent_forgotten_and_pruned_before_finalize_loses_nothing_the_units_reused() {
+    let e = env();
+    let first = report(&spawn(&e, 0, 1, "q1", &[]).wait_with_output().unwrap());
+    let parent = first["snapshot"].as_str().unwrap().to_string();
+    let out = spawn(
+        &e,
+        0,
+        2,
+        "q2",
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")],
+    );
+    let other = spawn(
+        &e,
+        1,
+        2,
+        "q2",
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")],
+    );
+    for o in [
+        out.wait_with_output().unwrap(),
+        other.wait_with_output().unwrap(),
+    ] {
+        assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    std::fs::remove_file(e.repo.join("snapshots").join(&parent)).unwrap();
+    assert!(snapshots(&e).is_empty());
+    let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 1, "{p}");
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "q2"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+    if let Some(restic) = restic_binary("a run whose parent was pruned before finalize") {
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+    }
+}
+
+/// Review: a published run's `final` damaged (truncated) in the repository: `prune`
+/// does not need it (the run's snapshot file was written, `published` says so), so it
+/// still prunes the repository rather than failing on it for good (`--drop-unfinished-runs`
+/// does not drop a run with a `final`).
+#[test]
+fn a_published_runs_damaged_final_does_not_stop_prune() {
+    let e = env();
+    report(&spawn(&e, 0, 1, "d1", &[]).wait_with_output().unwrap());
+    let fin = e.repo.join("snapring/shards/d1/final");
+    let bytes = std::fs::read(&fin).unwrap();
+    std::fs::write(&fin, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 0, "{p}");
+    assert_eq!(snapshots(&e).len(), 1);
+}

@@ -1401,10 +1401,14 @@ pub fn unpublished_roots(repo: &Repo) -> restic::Result<restic::prune::Roots> {
     let mut roots = restic::prune::Roots::default();
     for run in b.list_extra("snapring/shards")? {
         let st = State::new(b.as_ref(), &run);
+        // Its snapshot written, and maybe forgotten since: nothing to keep (nor is its
+        // `final` needed, which may be damaged).
+        if b.read_extra(&st.key("published"))?.is_some() {
+            continue;
+        }
         if let Some(f) = st.read_final()? {
             let id = Id::parse(&f.snapshot)?;
-            // Its snapshot written, or written and forgotten since: nothing to keep.
-            if snaps.contains(&id) || b.read_extra(&st.key("published"))?.is_some() {
+            if snaps.contains(&id) {
                 continue;
             }
             let sealed = base64::engine::general_purpose::STANDARD
