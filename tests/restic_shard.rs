@@ -1329,6 +1329,11 @@ fn prune_frees_a_forgotten_shard_runs_data() {
     );
     let (code, out, err) = sr(&["verify", "--dest", &e.url]);
     assert_eq!(code, 0, "{out}\n{err}");
+    if let Some(restic) = restic_binary("a repository pruned of a forgotten shard run") {
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+    }
+    let snaps = snapshots(&e);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
 
 /// Review: a worker of a published run started again later (a retried job, the run id
