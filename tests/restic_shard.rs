@@ -676,8 +676,8 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
     write(&e.src.join("d03/new"), &pseudo_random(300_000, 3));
     let out = spawn(&e, 0, 1, "r2", &kill).wait_with_output().unwrap();
     assert_eq!(out.status.code(), None, "{}", text(&out));
-    let repo = open(&e);
-    snapring::restic::prune::prune(&repo, false).unwrap();
+    let mut repo = open(&e);
+    snapring::restic::prune::prune(&mut repo, false).unwrap();
     let out = spawn(&e, 0, 1, "r2", &[]).wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -1414,4 +1414,104 @@ fn a_published_runs_damaged_final_does_not_stop_prune() {
     let p: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(p["plan"]["shard_runs_kept"], 0, "{p}");
     assert_eq!(snapshots(&e).len(), 1);
+}
+
+/// Review: `prune --drop-unfinished-runs` lists the unfinished runs, then takes the
+/// exclusive lock. A run whose workers publish it and exit in between is not
+/// unfinished any more: its files (`final`, `published`) stay, or a late worker of the
+/// run (a retried job) would plan it again and publish a second snapshot.
+#[test]
+fn drop_unfinished_runs_keeps_a_run_published_before_its_lock() {
+    let e = env();
+    let w_pause = e.t.path().join("worker-paused");
+    let p_pause = e.t.path().join("prune-paused");
+    let fp = format!("shard.repo.before_finalize=pause:{}", w_pause.display());
+    let w = spawn(&e, 0, 1, "race", &[("SNAPRING_FAILPOINTS", &fp)]);
+    wait_for(&w_pause);
+    // The run is unfinished (no final) when prune lists the runs.
+    let mut prune = Command::new(bin());
+    prune
+        .args([
+            "prune",
+            "--json",
+            "--drop-unfinished-runs",
+            "--dest",
+            &e.url,
+        ])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env("XDG_CACHE_HOME", e.t.path().join("cache"))
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("prune.before_drop_lock=pause:{}", p_pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let prune = prune.spawn().unwrap();
+    wait_for(&p_pause);
+    // The worker publishes and exits before prune takes its lock.
+    std::fs::remove_file(&w_pause).unwrap();
+    let first = report(&w.wait_with_output().unwrap());
+    assert_eq!(first["finalized"], true, "{first}");
+    std::fs::remove_file(&p_pause).unwrap();
+    let out = prune.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        e.repo.join("snapring/shards/race/final").exists(),
+        "the published run's files were dropped: {}",
+        text(&out)
+    );
+    // A retried worker of the run finds it published.
+    let again = report(&spawn(&e, 0, 1, "race", &[]).wait_with_output().unwrap());
+    assert_eq!(again["published_before"], true, "{again}");
+    assert_eq!(snapshots(&e).len(), 1, "{again}");
+}
+
+/// Review: `prune` reads the index when it opens the repository and takes its lock
+/// after. A shard worker that commits units in between and is then killed (its lock is
+/// a dead process's, removed): prune keeps what the run committed (it reads the
+/// commits under its lock) by the index read under the lock, not the older one, which
+/// lacks those units' blobs and would have their packs deleted.
+#[test]
+fn prune_keeps_units_committed_between_its_open_and_its_lock() {
+    let e = env();
+    let w_pause = e.t.path().join("worker-paused");
+    let p_pause = e.t.path().join("prune-paused");
+    let fp = format!(
+        "shard.repo.before_commit=pause:{};shard.repo.before_finalize=kill",
+        w_pause.display()
+    );
+    let w = spawn(&e, 0, 1, "late", &[("SNAPRING_FAILPOINTS", &fp)]);
+    wait_for(&w_pause);
+    let mut prune = Command::new(bin());
+    prune
+        .args(["prune", "--json", "--dest", &e.url])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env("XDG_CACHE_HOME", e.t.path().join("cache"))
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("prune.after_open=pause:{}", p_pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let prune = prune.spawn().unwrap();
+    wait_for(&p_pause);
+    // The worker commits every unit, then is killed before finalize.
+    std::fs::remove_file(&w_pause).unwrap();
+    let out = w.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    std::fs::remove_file(&p_pause).unwrap();
+    let out = prune.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 1, "{p}");
+    assert_eq!(
+        p["plan"]["packs_deleted"], 0,
+        "the run's packs deleted: {p}"
+    );
+    let again = report(&spawn(&e, 0, 1, "late", &[]).wait_with_output().unwrap());
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{again}");
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
