@@ -361,12 +361,21 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             source.display()
         )));
     }
+    // A prune between the opening (the index read) and the lock (the race tests).
+    crate::failpoint::hit("shard.repo.before_lock")
+        .map_err(|e| failed(restic::Error::Other(e.to_string())))?;
     let lock = restic::lock::acquire(repo, false).map_err(|e| match &e {
         restic::Error::Other(m) if m.starts_with("the repository is locked") => {
             ShardError::Retry(m.clone())
         }
         _ => failed(e),
     })?;
+    // Read again under the lock: a prune between the opening and the lock deleted
+    // packs the index read at open still names, and a blob found there is not stored.
+    if let Err(e) = repo.reload_index() {
+        let _ = lock.release();
+        return Err(failed(e));
+    }
     let backend = repo.backend.clone();
     let st = State::new(backend.as_ref(), &spec.run_id);
     let mut report = WorkerReport {
