@@ -523,3 +523,56 @@ fn snapring_prunes_a_repository_restic_wrote_and_forgot_in() {
         "restic restore after snapring pruned restic's repository",
     );
 }
+
+/// Review: a backup reads the index when it opens the repository and takes its shared
+/// lock after. A prune in between deletes the packs of a forgotten snapshot's data; the
+/// backup must not skip storing a file because that stale index still names its blobs,
+/// or its snapshot names data the repository lacks.
+#[test]
+fn a_prune_between_a_backups_open_and_its_lock_loses_none_of_its_data() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let url = file_url(&repo);
+    let (code, _, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{err}");
+    write(&src.join("keep"), b"kept\n");
+    write(&src.join("big"), &pseudo_random(300_000, 11));
+    let first = backup(&src, &repo, &[]);
+    std::fs::rename(src.join("big"), t.path().join("big")).unwrap();
+    backup(&src, &repo, &[]);
+    std::fs::remove_file(
+        repo.join("snapshots")
+            .join(first["snapshot"].as_str().unwrap()),
+    )
+    .unwrap();
+    std::fs::rename(t.path().join("big"), src.join("big")).unwrap();
+    let pause = t.path().join("paused");
+    let w = Command::new(bin())
+        .args([
+            "backup",
+            "--json",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &url,
+        ])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env("XDG_CACHE_HOME", t.path().join("cache"))
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.backup.before_lock=pause:{}", pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let p = sr_json(&["prune", "--json", "--dest", &url]);
+    assert!(p["packs_removed"].as_u64().unwrap() > 0, "{p}");
+    std::fs::remove_file(&pause).unwrap();
+    let out = w.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let (code, out, err) = sr(&["verify", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}

@@ -676,8 +676,8 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
     write(&e.src.join("d03/new"), &pseudo_random(300_000, 3));
     let out = spawn(&e, 0, 1, "r2", &kill).wait_with_output().unwrap();
     assert_eq!(out.status.code(), None, "{}", text(&out));
-    let repo = open(&e);
-    snapring::restic::prune::prune(&repo, false).unwrap();
+    let mut repo = open(&e);
+    snapring::restic::prune::prune(&mut repo, false).unwrap();
     let out = spawn(&e, 0, 1, "r2", &[]).wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(
@@ -1289,4 +1289,264 @@ fn spine_directories_of_the_parent_replaced_or_deleted_before_the_next_run() {
     // The parent's cut no longer fits the source: the plan comes from a walk.
     assert_eq!(run_status(&e, "s2")["sized_by"], "walk");
     assert_restores_to_source(&e, second["snapshot"].as_str().unwrap(), "restored");
+}
+
+/// Two runs of one label, the second with `--retain 1`: the first run's snapshot is
+/// forgotten by the second's retention.
+fn two_runs_the_first_forgotten(e: &Env) {
+    // Data only the first run's snapshot holds.
+    write(&e.src.join("only-in-f1"), &b"f1's own data\n".repeat(1000));
+    for (run, retain) in [("f1", "0"), ("f2", "1")] {
+        if run == "f2" {
+            std::fs::remove_file(e.src.join("only-in-f1")).unwrap();
+        }
+        let mut args = vec!["--shard", "0/1", "--run-id", run];
+        if retain != "0" {
+            args.extend(["--retain", retain]);
+        }
+        report(&worker(e, &args, &[]).output().unwrap());
+    }
+    let snaps = snapshots(e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert!(snaps[0].1.tags.contains(&"shard-run=f2".to_string()));
+}
+
+/// Review: a published run whose snapshot was forgotten since (a later run's
+/// `--retain`, `forget`) is not an unfinished run: `prune` frees its data rather than
+/// keeping the forgotten snapshot's trees for good (its `final` names a snapshot file
+/// that is gone, as a crash between `final` and the snapshot file leaves it).
+#[test]
+fn prune_frees_a_forgotten_shard_runs_data() {
+    let e = env();
+    two_runs_the_first_forgotten(&e);
+    let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 0, "forgotten run kept: {p}");
+    assert!(
+        p["plan"]["blobs_unused"].as_u64().unwrap() > 0,
+        "nothing freed: {p}"
+    );
+    let (code, out, err) = sr(&["verify", "--dest", &e.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    if let Some(restic) = restic_binary("a repository pruned of a forgotten shard run") {
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+    }
+    let snaps = snapshots(&e);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
+/// Review: a worker of a published run started again later (a retried job, the run id
+/// used again) after the run's snapshot was forgotten does not write the forgotten
+/// snapshot back (a run publishes its snapshot once).
+#[test]
+fn a_late_worker_does_not_write_a_forgotten_snapshot_back() {
+    let e = env();
+    two_runs_the_first_forgotten(&e);
+    let again = report(
+        &worker(&e, &["--shard", "0/1", "--run-id", "f1"], &[])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(again["published_before"], true, "{again}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "forgotten snapshot written back: {snaps:?}");
+}
+
+/// Review: a run killed before finalize whose units reuse its parent's trees and data
+/// (an unchanged source), the parent then forgotten and pruned: prune keeps everything
+/// the committed units name, however deep, and the rerun publishes a snapshot that
+/// restores equal to the source and passes `restic check --read-data`.
+#[test]
+fn a_parent_forgotten_and_pruned_before_finalize_loses_nothing_the_units_reused() {
+    let e = env();
+    let first = report(&spawn(&e, 0, 1, "q1", &[]).wait_with_output().unwrap());
+    let parent = first["snapshot"].as_str().unwrap().to_string();
+    let out = spawn(
+        &e,
+        0,
+        2,
+        "q2",
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")],
+    );
+    let other = spawn(
+        &e,
+        1,
+        2,
+        "q2",
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")],
+    );
+    for o in [
+        out.wait_with_output().unwrap(),
+        other.wait_with_output().unwrap(),
+    ] {
+        assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    std::fs::remove_file(e.repo.join("snapshots").join(&parent)).unwrap();
+    assert!(snapshots(&e).is_empty());
+    let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 1, "{p}");
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "q2"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+    if let Some(restic) = restic_binary("a run whose parent was pruned before finalize") {
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+    }
+}
+
+/// Review: a published run's `final` damaged (truncated) in the repository: `prune`
+/// does not need it (the run's snapshot file was written, `published` says so), so it
+/// still prunes the repository rather than failing on it for good (`--drop-unfinished-runs`
+/// does not drop a run with a `final`).
+#[test]
+fn a_published_runs_damaged_final_does_not_stop_prune() {
+    let e = env();
+    report(&spawn(&e, 0, 1, "d1", &[]).wait_with_output().unwrap());
+    let fin = e.repo.join("snapring/shards/d1/final");
+    let bytes = std::fs::read(&fin).unwrap();
+    std::fs::write(&fin, &bytes[..bytes.len() / 2]).unwrap();
+    let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 0, "{p}");
+    assert_eq!(snapshots(&e).len(), 1);
+}
+
+/// Review: `prune --drop-unfinished-runs` lists the unfinished runs, then takes the
+/// exclusive lock. A run whose workers publish it and exit in between is not
+/// unfinished any more: its files (`final`, `published`) stay, or a late worker of the
+/// run (a retried job) would plan it again and publish a second snapshot.
+#[test]
+fn drop_unfinished_runs_keeps_a_run_published_before_its_lock() {
+    let e = env();
+    let w_pause = e.t.path().join("worker-paused");
+    let p_pause = e.t.path().join("prune-paused");
+    let fp = format!("shard.repo.before_finalize=pause:{}", w_pause.display());
+    let w = spawn(&e, 0, 1, "race", &[("SNAPRING_FAILPOINTS", &fp)]);
+    wait_for(&w_pause);
+    // The run is unfinished (no final) when prune lists the runs.
+    let mut prune = Command::new(bin());
+    prune
+        .args([
+            "prune",
+            "--json",
+            "--drop-unfinished-runs",
+            "--dest",
+            &e.url,
+        ])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env("XDG_CACHE_HOME", e.t.path().join("cache"))
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("prune.before_drop_lock=pause:{}", p_pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let prune = prune.spawn().unwrap();
+    wait_for(&p_pause);
+    // The worker publishes and exits before prune takes its lock.
+    std::fs::remove_file(&w_pause).unwrap();
+    let first = report(&w.wait_with_output().unwrap());
+    assert_eq!(first["finalized"], true, "{first}");
+    std::fs::remove_file(&p_pause).unwrap();
+    let out = prune.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        e.repo.join("snapring/shards/race/final").exists(),
+        "the published run's files were dropped: {}",
+        text(&out)
+    );
+    // A retried worker of the run finds it published.
+    let again = report(&spawn(&e, 0, 1, "race", &[]).wait_with_output().unwrap());
+    assert_eq!(again["published_before"], true, "{again}");
+    assert_eq!(snapshots(&e).len(), 1, "{again}");
+}
+
+/// Review: `prune` reads the index when it opens the repository and takes its lock
+/// after. A shard worker that commits units in between and is then killed (its lock is
+/// a dead process's, removed): prune keeps what the run committed (it reads the
+/// commits under its lock) by the index read under the lock, not the older one, which
+/// lacks those units' blobs and would have their packs deleted.
+#[test]
+fn prune_keeps_units_committed_between_its_open_and_its_lock() {
+    let e = env();
+    let w_pause = e.t.path().join("worker-paused");
+    let p_pause = e.t.path().join("prune-paused");
+    let fp = format!(
+        "shard.repo.before_commit=pause:{};shard.repo.before_finalize=kill",
+        w_pause.display()
+    );
+    let w = spawn(&e, 0, 1, "late", &[("SNAPRING_FAILPOINTS", &fp)]);
+    wait_for(&w_pause);
+    let mut prune = Command::new(bin());
+    prune
+        .args(["prune", "--json", "--dest", &e.url])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env("XDG_CACHE_HOME", e.t.path().join("cache"))
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("prune.after_open=pause:{}", p_pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let prune = prune.spawn().unwrap();
+    wait_for(&p_pause);
+    // The worker commits every unit, then is killed before finalize.
+    std::fs::remove_file(&w_pause).unwrap();
+    let out = w.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    std::fs::remove_file(&p_pause).unwrap();
+    let out = prune.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(p["plan"]["shard_runs_kept"], 1, "{p}");
+    assert_eq!(
+        p["plan"]["packs_deleted"], 0,
+        "the run's packs deleted: {p}"
+    );
+    let again = report(&spawn(&e, 0, 1, "late", &[]).wait_with_output().unwrap());
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{again}");
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
+/// Review: a worker reads the index when it opens the repository and takes its shared
+/// lock after. A prune that runs in between deletes the packs of a forgotten
+/// snapshot's data; the worker must not skip storing a file because that stale index
+/// still names its blob, or the run's snapshot names data the repository lacks.
+#[test]
+fn a_prune_between_a_workers_open_and_its_lock_loses_none_of_its_data() {
+    let e = env();
+    // A file only a forgotten snapshot holds, with data of its own.
+    write(&e.src.join("d05/sub/big"), &pseudo_random(300_000, 7));
+    let first = report(&spawn(&e, 0, 1, "g1", &[]).wait_with_output().unwrap());
+    std::fs::rename(e.src.join("d05/sub/big"), e.t.path().join("big")).unwrap();
+    report(&spawn(&e, 0, 1, "g2", &[]).wait_with_output().unwrap());
+    std::fs::remove_file(
+        e.repo
+            .join("snapshots")
+            .join(first["snapshot"].as_str().unwrap()),
+    )
+    .unwrap();
+    // The file is back for the third run, whose worker opens the repository first.
+    std::fs::rename(e.t.path().join("big"), e.src.join("d05/sub/big")).unwrap();
+    let pause = e.t.path().join("paused");
+    let fp = format!("shard.repo.before_lock=pause:{}", pause.display());
+    let w = spawn(&e, 0, 1, "g3", &[("SNAPRING_FAILPOINTS", &fp)]);
+    wait_for(&pause);
+    let (code, out, err) = sr(&["prune", "--json", "--dest", &e.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(p["packs_removed"].as_u64().unwrap() > 0, "{p}");
+    std::fs::remove_file(&pause).unwrap();
+    let third = report(&w.wait_with_output().unwrap());
+    let (code, out, err) = sr(&["verify", "--dest", &e.url]);
+    assert_eq!(code, 0, "{third}\n{out}\n{err}");
+    assert_restores_to_source(&e, third["snapshot"].as_str().unwrap(), "restored");
 }

@@ -632,14 +632,20 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
 
 /// `snapring prune --dest URL [--dry-run]`.
 pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
-    let repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
+    let mut repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
+    // Others writing between the opening (the index read) and the lock (the race tests).
+    snapring::failpoint::hit("prune.after_open")?;
     // Unfinished shard runs given up: their committed units' packs are pruned.
     if a.drop_unfinished_runs && !a.dry_run {
         let unfinished = snapring::shard::repository::unfinished_runs(repo.backend.as_ref())?;
         if !unfinished.is_empty() {
+            // A run's workers finishing before the lock (the race tests).
+            snapring::failpoint::hit("prune.before_drop_lock")?;
             // Under the exclusive lock: no worker of those runs is still at work.
             let ex = restic::lock::acquire(&repo, true)?;
-            for run in &unfinished {
+            // Listed before the lock: a run published since is not given up.
+            let still = snapring::shard::repository::unfinished_runs(repo.backend.as_ref())?;
+            for run in unfinished.iter().filter(|r| still.contains(r)) {
                 snapring::shard::repository::drop_run(repo.backend.as_ref(), run)?;
                 print::errln!("snapring: gave up the unfinished shard run {run}");
             }
@@ -648,7 +654,7 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
     }
     // What the other unfinished shard runs committed is kept for their reruns.
     let r = restic::prune::prune_keeping(
-        &repo,
+        &mut repo,
         a.dry_run,
         &snapring::shard::repository::unpublished_roots,
     )?;

@@ -136,7 +136,16 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
             source.display()
         )));
     }
+    // A prune between the opening (the index read) and the lock (the race tests).
+    crate::failpoint::hit("restic.backup.before_lock")
+        .map_err(|e| Error::Other(format!("lock {}: {e}", repo.backend.location())))?;
     let lock = super::lock::acquire(repo, false)?;
+    // Read again under the lock: a prune between the opening and the lock deleted packs
+    // the index read at open still names, and a blob found there is not stored.
+    if let Err(e) = repo.reload_index() {
+        let _ = lock.release();
+        return Err(e);
+    }
     let path_str = source.to_string_lossy().into_owned();
     let host = crate::util::hostname();
     let parent = pick_parent(repo, &path_str, &host, &opts.label)?;

@@ -228,14 +228,14 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots) -> Result<PrunePlan> {
 }
 
 /// Prunes the repository (or, with `dry_run`, only plans it, under no lock).
-pub fn prune(repo: &Repo, dry_run: bool) -> Result<PruneReport> {
+pub fn prune(repo: &mut Repo, dry_run: bool) -> Result<PruneReport> {
     prune_keeping(repo, dry_run, &|_| Ok(Roots::default()))
 }
 
 /// `prune`, keeping what `roots` finds too (called under the exclusive lock, so no
 /// writer adds to it meanwhile).
 pub fn prune_keeping(
-    repo: &Repo,
+    repo: &mut Repo,
     dry_run: bool,
     roots: &dyn Fn(&Repo) -> Result<Roots>,
 ) -> Result<PruneReport> {
@@ -253,6 +253,15 @@ pub fn prune_keeping(
     }
     repo.check_writable()?;
     let lock = super::lock::acquire(repo, true)?;
+    // What was written between opening the repository and the lock (a backup, a shard
+    // worker's commit, then its exit) is in index files this process has not read: a
+    // blob the roots name that the index read at open lacks would be passed over, and
+    // its pack deleted.
+    if let Err(e) = repo.reload_index() {
+        let _ = lock.release();
+        return Err(e);
+    }
+    let repo = &*repo;
     let p = plan_keeping(repo, &roots(repo)?)?;
     let mut report = PruneReport {
         dry_run,

@@ -361,12 +361,21 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             source.display()
         )));
     }
+    // A prune between the opening (the index read) and the lock (the race tests).
+    crate::failpoint::hit("shard.repo.before_lock")
+        .map_err(|e| failed(restic::Error::Other(e.to_string())))?;
     let lock = restic::lock::acquire(repo, false).map_err(|e| match &e {
         restic::Error::Other(m) if m.starts_with("the repository is locked") => {
             ShardError::Retry(m.clone())
         }
         _ => failed(e),
     })?;
+    // Read again under the lock: a prune between the opening and the lock deleted
+    // packs the index read at open still names, and a blob found there is not stored.
+    if let Err(e) = repo.reload_index() {
+        let _ = lock.release();
+        return Err(failed(e));
+    }
     let backend = repo.backend.clone();
     let st = State::new(backend.as_ref(), &spec.run_id);
     let mut report = WorkerReport {
@@ -1334,6 +1343,22 @@ fn published(
     spec: &Spec,
     group: restic::forget::Group,
 ) -> Result<Finalized, ShardError> {
+    // Published already: its snapshot file was written once; if it is gone now, it was
+    // forgotten (a later run's retention, `forget`) and stays so.
+    if st
+        .b
+        .read_extra(&st.key("published"))
+        .map_err(failed)?
+        .is_some()
+    {
+        return Ok(Finalized {
+            snapshot: f.snapshot,
+            sealed: f.sealed,
+            won: false,
+            totals: None,
+            group,
+        });
+    }
     write_snapshot(repo, &f)?;
     // Unique to this process: a retried create that landed finds its own bytes.
     let body = serde_json::to_vec(&Holder::me(spec.index)).expect("serializes");
@@ -1385,6 +1410,11 @@ pub fn unpublished_roots(repo: &Repo) -> restic::Result<restic::prune::Roots> {
     let mut roots = restic::prune::Roots::default();
     for run in b.list_extra("snapring/shards")? {
         let st = State::new(b.as_ref(), &run);
+        // Its snapshot written, and maybe forgotten since: nothing to keep (nor is its
+        // `final` needed, which may be damaged).
+        if b.read_extra(&st.key("published"))?.is_some() {
+            continue;
+        }
         if let Some(f) = st.read_final()? {
             let id = Id::parse(&f.snapshot)?;
             if snaps.contains(&id) {
