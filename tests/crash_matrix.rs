@@ -198,6 +198,12 @@ const NOT_IN_MATRIX: &[&str] = &[
     "create_exclusive.link_resent",
     // A source that cannot be read (an error, not a kill): tests/faults.rs.
     "walk.open_source",
+    // A prune or a backup between opening a repository and taking its lock (pauses
+    // and races, not kills): tests/restic_shard.rs and tests/restic_prune.rs.
+    "prune.after_open",
+    "prune.before_drop_lock",
+    "restic.backup.before_lock",
+    "shard.repo.before_lock",
     // A shard run into a restic repository: tests/restic_shard.rs.
     "shard.repo.before_commit",
     "shard.repo.before_walk",

@@ -142,7 +142,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let lock = super::lock::acquire(repo, false)?;
     // Read again under the lock: a prune between the opening and the lock deleted packs
     // the index read at open still names, and a blob found there is not stored.
-    if let Err(e) = repo.reload_index() {
+    if let Err(e) = repo.refresh_index() {
         let _ = lock.release();
         return Err(e);
     }

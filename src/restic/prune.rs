@@ -257,7 +257,7 @@ pub fn prune_keeping(
     // worker's commit, then its exit) is in index files this process has not read: a
     // blob the roots name that the index read at open lacks would be passed over, and
     // its pack deleted.
-    if let Err(e) = repo.reload_index() {
+    if let Err(e) = repo.refresh_index() {
         let _ = lock.release();
         return Err(e);
     }

@@ -36,6 +36,9 @@ pub struct Repo {
     pub config: Config,
     pub pol: Pol,
     pub index: Index,
+    /// The index files `index` was read from (by `open`, `reload_index`,
+    /// `refresh_index`).
+    index_files: std::collections::BTreeSet<Id>,
     /// The local cache of tree blobs (`cache`); `None` unless `use_user_cache` set one.
     pub tree_cache: Option<TreeCache>,
 }
@@ -101,6 +104,7 @@ impl Repo {
             config,
             pol: Pol(pol),
             index: Index::default(),
+            index_files: Default::default(),
             tree_cache: None,
         };
         repo.load_index()?;
@@ -116,20 +120,45 @@ impl Repo {
     /// Reads the index files again (another process has added some since `open`).
     pub fn reload_index(&mut self) -> Result<()> {
         self.index = Index::default();
+        self.index_files.clear();
         self.load_index()
+    }
+
+    /// Brings the index read at `open` up to date under the lock (a prune between the
+    /// two deleted packs it names): one listing when the index files are the same,
+    /// only the new ones read when some were added, all of them again when one is
+    /// gone (a prune rewrote the index). Before this process writes index files of
+    /// its own.
+    pub fn refresh_index(&mut self) -> Result<()> {
+        let now: std::collections::BTreeSet<Id> =
+            self.backend.list(Kind::Index)?.into_iter().collect();
+        if now == self.index_files {
+            return Ok(());
+        }
+        if !self.index_files.is_subset(&now) {
+            return self.reload_index();
+        }
+        let new: Vec<Id> = now.difference(&self.index_files).copied().collect();
+        self.read_index_files(&new)
     }
 
     /// Reads every index file, [`INDEX_READS`] at a time (a shard run leaves one per
     /// unit, and each read is a round trip or more on NFS and S3).
     fn load_index(&mut self) -> Result<()> {
         let ids = self.backend.list(Kind::Index)?;
+        self.read_index_files(&ids)
+    }
+
+    /// Reads the index files `ids` into the index.
+    fn read_index_files(&mut self, ids: &[Id]) -> Result<()> {
         // A few rounds' worth at a time: parsed files wait here until they are merged.
         for some in ids.chunks(INDEX_READS * 4) {
             let files = crate::util::par_map(INDEX_READS, some, |id| {
                 self.load_json::<IndexFile>(Kind::Index, id)
             });
-            for f in files {
+            for (id, f) in some.iter().zip(files) {
                 self.index.add_file(&f?);
+                self.index_files.insert(*id);
             }
         }
         Ok(())

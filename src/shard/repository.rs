@@ -372,7 +372,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
     })?;
     // Read again under the lock: a prune between the opening and the lock deleted
     // packs the index read at open still names, and a blob found there is not stored.
-    if let Err(e) = repo.reload_index() {
+    if let Err(e) = repo.refresh_index() {
         let _ = lock.release();
         return Err(failed(e));
     }
