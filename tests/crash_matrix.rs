@@ -203,6 +203,7 @@ const NOT_IN_MATRIX: &[&str] = &[
     "prune.after_open",
     "prune.before_drop_lock",
     "restic.backup.before_lock",
+    "restic.copy.before_lock",
     "shard.repo.before_lock",
     // A shard run into a restic repository: tests/restic_shard.rs.
     "shard.repo.before_commit",

@@ -247,3 +247,42 @@ fn without_the_parents_manifest_unchanged_files_are_reused_by_inode() {
         "copy after expiry",
     );
 }
+
+/// A prune between a copy's opening of the repository (its index read) and its lock
+/// (`restic.copy.before_lock`), after the earlier copy was forgotten: the copy stores
+/// the blobs the prune deleted instead of taking them for stored (its snapshot named
+/// data the repository no longer had; `verify` failed).
+#[test]
+fn a_prune_between_a_copys_open_and_its_lock_loses_none_of_its_data() {
+    let f = Fixture::new();
+    f.store_backup("2");
+    let first = f.copy("daily.0");
+    let id = first["snapshot"].as_str().unwrap().to_string();
+    std::fs::remove_file(f.repo.join("snapshots").join(&id)).unwrap();
+    write(&f.src.join("d0/f3"), b"changed");
+    f.store_backup("2");
+    let pause = f.t.path().join("paused");
+    let w = std::process::Command::new(bin())
+        .args(["copy", "--json", "--dest"])
+        .arg(&f.backups)
+        .args(["--folder", "fs-1", "daily.0", "--to", &f.url()])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.copy.before_lock=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let (code, p, err) = sr(&["prune", "--json", "--dest", &f.url()]);
+    assert_eq!(code, 0, "{p}{err}");
+    assert!(p["packs_removed"].as_u64().unwrap() > 0, "{p}");
+    std::fs::remove_file(&pause).unwrap();
+    let out = w.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let (code, r, err) = sr(&["verify", "--dest", &f.url()]);
+    assert_eq!(code, 0, "{r}{err}");
+}

@@ -80,7 +80,16 @@ pub fn copy(
         std::fs::canonicalize(&store.root).map_err(super::io_err("open the store", &store.root))?;
     let store_tag = store_root.to_string_lossy().into_owned();
     let label = opts.label.clone().unwrap_or_else(|| sel.snap.label.clone());
+    // A prune between the opening (the index read) and the lock (the race tests).
+    crate::failpoint::hit("restic.copy.before_lock")
+        .map_err(|e| Error::Other(format!("lock {}: {e}", repo.backend.location())))?;
     let lock = super::lock::acquire(repo, false)?;
+    // Brought up to date under the lock: a prune since the opening deleted packs the
+    // index read then still names, and a blob found there would not be stored.
+    if let Err(e) = repo.refresh_index() {
+        let _ = lock.release();
+        return Err(e);
+    }
     let all = snapshot::load_all(repo)?;
     let copies: Vec<&(Id, Snapshot)> = all
         .iter()
