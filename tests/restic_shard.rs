@@ -755,13 +755,7 @@ fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     }
     let lease = [("SNAPRING_SHARD_LEASE", "3s")];
     let mut c = worker(&e, &["--shard", "0/2", "--run-id", "hosts"], &lease);
-    let mut other = common::on_host(&c, "other-host");
-    other
-        .env("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = other.output().unwrap();
-    assert_eq!(out.status.code(), None, "SIGKILLed: {}", text(&out));
+    common::killed_on_host(&c, "other-host", "shard.repo.before_commit=kill");
     let claims = unit_claims(&e, "hosts");
     assert_eq!(claims.len(), 1, "{claims:?}");
     let unit = claims[0].split_once(".g").unwrap().0.to_string();
@@ -800,13 +794,7 @@ fn a_rerun_on_another_host_takes_its_predecessors_claim_over_at_once() {
     }
     let lease = [("SNAPRING_SHARD_LEASE", "60s")];
     let c = worker(&e, &["--shard", "0/1", "--run-id", "retried"], &lease);
-    let out = common::on_host(&c, "other-host")
-        .env("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "SIGKILLed: {}", text(&out));
+    common::killed_on_host(&c, "other-host", "shard.repo.before_commit=kill");
     let claims = unit_claims(&e, "retried");
     assert_eq!(claims.len(), 1, "{claims:?}");
     let t0 = Instant::now();

@@ -2098,13 +2098,7 @@ fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     }
     let lease = [("SNAPRING_SHARD_LEASE", "3s")];
     let c = worker(&e, &["--shard", "0/2", "--run-id", "hosts"], &lease);
-    let mut other = common::on_host(&c, "other-host");
-    other
-        .env("SNAPRING_FAILPOINTS", "shard.before_commit=kill")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let out = other.output().unwrap();
-    assert_eq!(out.status.code(), None, "SIGKILLed: {}", text(&out));
+    common::killed_on_host(&c, "other-host", "shard.before_commit=kill");
     let dir = e.dest.join(".snapring/shards/hosts/claims");
     let claims: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
@@ -2161,11 +2155,7 @@ fn a_rerun_on_another_host_takes_its_predecessors_claim_over_at_once() {
     let run = "retried";
     let lease = [("SNAPRING_SHARD_LEASE", "60s")];
     let c = worker(&e, &["--shard", "0/1", "--run-id", run], &lease);
-    let out = common::on_host(&c, "other-host")
-        .env("SNAPRING_FAILPOINTS", "walk.copy=kill@20")
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), None, "SIGKILLed: {}", text(&out));
+    common::killed_on_host(&c, "other-host", "walk.copy=kill@20");
     assert_eq!(claim_generations(&e, run).len(), 1);
     let t0 = Instant::now();
     let out = worker(&e, &["--shard", "0/1", "--run-id", run], &lease)

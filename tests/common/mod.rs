@@ -659,6 +659,22 @@ pub fn on_host(c: &Command, host: &str) -> Command {
     )
 }
 
+/// `c` run on host `host` ([`on_host`]) with the failpoint spec `kill` (`point=kill…`):
+/// it must die there by SIGKILL.
+pub fn killed_on_host(c: &Command, host: &str, kill: &str) {
+    let out = on_host(c, host)
+        .env("SNAPRING_FAILPOINTS", kill)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        None,
+        "not SIGKILLed at {kill}: stdout {} stderr {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// `c` under `unshare FLAGS sh -c SCRIPT`, the script starting `"$0" "$@"` (`c`'s
 /// program and arguments); `c`'s environment as it is.
 fn under_unshare(c: &Command, flags: &[&str], script: &str) -> Command {
