@@ -5,7 +5,8 @@
 //!
 //! Usage: latencyfs [--delay-us 1000] [--threads 64] [--ttl-ms 0] [--readdirplus]
 //! [--stats FILE] [FAULTS] UNDERLYING MOUNTPOINT. `--stats FILE` keeps FILE at the count
-//! of delayed calls by kind.
+//! of delayed calls by kind; `LATENCYFS_TRACE=FILE` writes a line per delayed call (its
+//! kind and the directory or inode it was made on).
 //!
 //! `--ttl-ms N` lets the kernel cache attributes and entries for N ms, like an NFS
 //! client's attribute cache (0: every stat and lookup reaches latencyfs).
@@ -31,6 +32,7 @@ use faults::{Faults, Op};
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirEntryExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -115,6 +117,7 @@ struct LatFs {
     /// Delayed calls by kind (`Call`), shared with the `--stats` writer.
     calls: std::sync::Arc<[AtomicU64; CALLS.len()]>,
     faults: Faults,
+    trace: Option<Mutex<std::io::LineWriter<File>>>,
 }
 
 fn errno(e: &std::io::Error) -> Errno {
@@ -150,6 +153,18 @@ impl LatFs {
         if !self.delay.is_zero() {
             std::thread::sleep(self.delay);
         }
+    }
+
+    /// `LATENCYFS_TRACE=FILE`: one line per delayed call, its kind and the path of the
+    /// directory (name calls) or inode it was made on (benchmarks: which calls a run
+    /// adds, by place).
+    fn trace(&self, call: Call, ino: INodeNo) {
+        let Some(t) = &self.trace else {
+            return;
+        };
+        let rel = self.rel(ino).unwrap_or_else(|| PathBuf::from("?"));
+        let line = format!("{}\t{}\n", CALLS[call as usize], rel.display());
+        let _ = t.lock().unwrap().write_all(line.as_bytes());
     }
 
     fn fuse_ino(&self, st_ino: u64) -> u64 {
@@ -351,6 +366,7 @@ impl Filesystem for LatFs {
 
     fn lookup(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         self.wait(Call::Lookup);
+        self.trace(Call::Lookup, parent);
         let rel = tryr!(reply, self.child(parent, name));
         self.faults.stall(Op::Lookup, &rel);
         if !self.entry(&rel, parent, name, reply) {
@@ -360,6 +376,7 @@ impl Filesystem for LatFs {
 
     fn getattr(&self, _r: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         self.wait(Call::Getattr);
+        self.trace(Call::Getattr, ino);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         self.faults.stall(Op::Getattr, &rel);
         match std::fs::symlink_metadata(self.full(&rel)) {
@@ -387,6 +404,7 @@ impl Filesystem for LatFs {
         reply: ReplyAttr,
     ) {
         self.wait(Call::Setattr);
+        self.trace(Call::Setattr, ino);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let p = self.full(&rel);
         if uid.is_some() || gid.is_some() {
@@ -440,6 +458,7 @@ impl Filesystem for LatFs {
 
     fn readlink(&self, _r: &Request, ino: INodeNo, reply: ReplyData) {
         self.wait(Call::Readlink);
+        self.trace(Call::Readlink, ino);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         match std::fs::read_link(self.full(&rel)) {
             Ok(t) => reply.data(t.as_os_str().as_bytes()),
@@ -458,6 +477,7 @@ impl Filesystem for LatFs {
         reply: ReplyEntry,
     ) {
         self.wait(Call::Mknod);
+        self.trace(Call::Mknod, parent);
         let rel = tryr!(reply, self.child(parent, name));
         tryr!(reply, self.faults.create());
         let ft = match mode & libc::S_IFMT {
@@ -491,6 +511,7 @@ impl Filesystem for LatFs {
         reply: ReplyEntry,
     ) {
         self.wait(Call::Mkdir);
+        self.trace(Call::Mkdir, parent);
         let rel = tryr!(reply, self.child(parent, name));
         tryr!(reply, self.faults.create());
         let p = self.full(&rel);
@@ -502,6 +523,7 @@ impl Filesystem for LatFs {
 
     fn unlink(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.wait(Call::Unlink);
+        self.trace(Call::Unlink, parent);
         let rel = tryr!(reply, self.child(parent, name));
         match std::fs::remove_file(self.full(&rel)) {
             Ok(()) => reply.ok(),
@@ -511,6 +533,7 @@ impl Filesystem for LatFs {
 
     fn rmdir(&self, _r: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.wait(Call::Rmdir);
+        self.trace(Call::Rmdir, parent);
         let rel = tryr!(reply, self.child(parent, name));
         match std::fs::remove_dir(self.full(&rel)) {
             Ok(()) => reply.ok(),
@@ -527,6 +550,7 @@ impl Filesystem for LatFs {
         reply: ReplyEntry,
     ) {
         self.wait(Call::Symlink);
+        self.trace(Call::Symlink, parent);
         let rel = tryr!(reply, self.child(parent, link_name));
         tryr!(reply, self.faults.create());
         tryr!(
@@ -547,6 +571,7 @@ impl Filesystem for LatFs {
         reply: ReplyEmpty,
     ) {
         self.wait(Call::Rename);
+        self.trace(Call::Rename, parent);
         let from = tryr!(reply, self.child(parent, name));
         let to = tryr!(reply, self.child(newparent, newname));
         let rflags = rustix::fs::RenameFlags::from_bits_truncate(flags.bits());
@@ -585,6 +610,7 @@ impl Filesystem for LatFs {
         reply: ReplyEntry,
     ) {
         self.wait(Call::Link);
+        self.trace(Call::Link, newparent);
         let from = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let to = tryr!(reply, self.child(newparent, newname));
         tryr!(reply, self.faults.create());
@@ -609,6 +635,7 @@ impl Filesystem for LatFs {
 
     fn open(&self, _r: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         self.wait(Call::Open);
+        self.trace(Call::Open, ino);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         tryr!(reply, self.faults.open(&rel));
         self.faults.stall(Op::Open, &rel);
@@ -724,6 +751,7 @@ impl Filesystem for LatFs {
 
     fn opendir(&self, _r: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         self.wait(Call::Opendir);
+        self.trace(Call::Opendir, ino);
         match self.rel(ino) {
             Some(rel) => {
                 tryr!(reply, self.faults.open(&rel));
@@ -742,6 +770,7 @@ impl Filesystem for LatFs {
         mut reply: ReplyDirectory,
     ) {
         self.wait(Call::Readdir);
+        self.trace(Call::Readdir, ino);
         let (_, entries) = tryr!(reply, self.list(ino));
         for (i, (name, ino, kind)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
@@ -762,6 +791,7 @@ impl Filesystem for LatFs {
         mut reply: ReplyDirectoryPlus,
     ) {
         self.wait(Call::Readdirplus);
+        self.trace(Call::Readdirplus, ino);
         let (rel, entries) = tryr!(reply, self.list(ino));
         for (i, (name, _, _)) in entries.into_iter().enumerate().skip(offset as usize) {
             let child = rel.join(&name);
@@ -807,6 +837,7 @@ impl Filesystem for LatFs {
         reply: ReplyEmpty,
     ) {
         self.wait(Call::Setxattr);
+        self.trace(Call::Setxattr, ino);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         match rustix::fs::lsetxattr(
             self.full(&rel),
@@ -821,6 +852,7 @@ impl Filesystem for LatFs {
 
     fn getxattr(&self, _r: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
         self.wait(Call::Getxattr);
+        self.trace(Call::Getxattr, ino);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let mut buf = vec![0u8; 65536];
         let r = rustix::fs::lgetxattr(self.full(&rel), name, &mut buf[..]);
@@ -829,6 +861,7 @@ impl Filesystem for LatFs {
 
     fn listxattr(&self, _r: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
         self.wait(Call::Listxattr);
+        self.trace(Call::Listxattr, ino);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let mut buf = vec![0u8; 65536];
         let r = rustix::fs::llistxattr(self.full(&rel), &mut buf[..]);
@@ -837,6 +870,7 @@ impl Filesystem for LatFs {
 
     fn removexattr(&self, _r: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         self.wait(Call::Removexattr);
+        self.trace(Call::Removexattr, ino);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         match rustix::fs::lremovexattr(self.full(&rel), name) {
             Ok(()) => reply.ok(),
@@ -855,6 +889,7 @@ impl Filesystem for LatFs {
         reply: ReplyCreate,
     ) {
         self.wait(Call::Create);
+        self.trace(Call::Create, parent);
         let rel = tryr!(reply, self.child(parent, name));
         tryr!(reply, self.faults.open(&rel));
         tryr!(reply, self.faults.create());
@@ -962,6 +997,11 @@ fn main() {
         next_fh: AtomicU64::new(1),
         calls: std::sync::Arc::new(std::array::from_fn(|_| AtomicU64::new(0))),
         faults,
+        trace: std::env::var_os("LATENCYFS_TRACE").map(|p| {
+            Mutex::new(std::io::LineWriter::new(
+                File::create(p).expect("LATENCYFS_TRACE file"),
+            ))
+        }),
     };
     if let Some(file) = stats {
         let calls = fs.calls.clone();
