@@ -185,6 +185,7 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.before_commit",
     "shard.after_commit",
     "shard.move",
+    "shard.place",
     "shard.finalize.before_staging",
     "shard.finalize.before_publish",
     "shard.finalize.after_publish",

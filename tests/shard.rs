@@ -469,6 +469,8 @@ fn a_worker_killed_mid_unit_is_resumed_by_its_rerun() {
 fn a_worker_killed_between_commit_and_move_leaves_the_move_to_its_rerun_or_finalize() {
     killed_and_rerun("shard.after_commit=kill@2");
     killed_and_rerun("shard.move=kill@1");
+    // Before an anchor's work directory is renamed into the run's tree.
+    killed_and_rerun("shard.place=kill@1");
     killed_and_rerun("shard.before_commit=kill@1");
 }
 

@@ -212,11 +212,7 @@ fn locked(
             if !rd.tree().is_dir() {
                 check_nothing_moved(rd, threads, &cut, &commits, &staging)?;
             }
-            for r in super::par_map(threads, &cut.units, |u| {
-                super::worker::move_unit(rd, u, commits[&u.id].generation)
-            }) {
-                r?;
-            }
+            super::worker::place_all(rd, threads, &cut, &|u| commits[&u.id].generation)?;
             let t_moved = t_fin.elapsed().as_secs_f64();
             let root_fd = super::worker::make_dirs(&rd.tree(), &RelPath::root())?;
             assemble(store, rd, threads, &cut, &commits, &plan.source, &counters)?;

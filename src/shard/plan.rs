@@ -70,6 +70,12 @@ pub struct Unit {
     pub weight: u64,
     /// The worker that starts with it.
     pub home: usize,
+    /// The unit of its spine directory with the most entries: its committed work
+    /// directory is renamed into the run's tree as that directory (one call), and the
+    /// entries of the directory's other units are moved into it one by one (`worker.rs`,
+    /// `place_unit`). One per spine directory at most (none in a plan written before
+    /// anchors: every unit's entries are moved).
+    pub anchor: bool,
 }
 
 impl Unit {
@@ -141,20 +147,30 @@ pub fn cut(sizes: &dyn Sizes, workers: usize, cap: u64) -> Cut {
     let mut units: Vec<Unit> = ranges
         .into_iter()
         .enumerate()
-        .map(|(i, (dir, lo, hi, weight))| Unit {
+        .map(|(i, r)| Unit {
             id: format!("u{i:04}"),
-            dir,
-            lo,
-            hi,
-            weight,
+            dir: r.dir,
+            lo: r.lo,
+            hi: r.hi,
+            weight: r.weight,
             home: 0,
+            anchor: r.anchor,
         })
         .collect();
     assign(&mut units, workers);
     Cut { spine, units, cap }
 }
 
-type Range = (RelPath, Option<Vec<u8>>, Option<Vec<u8>>, u64);
+/// One name range of a spine directory, as `cut_dir` makes it.
+struct Range {
+    dir: RelPath,
+    lo: Option<Vec<u8>>,
+    hi: Option<Vec<u8>>,
+    weight: u64,
+    /// The directory's entries in the range.
+    entries: u64,
+    anchor: bool,
+}
 
 fn cut_dir(
     sizes: &dyn Sizes,
@@ -166,15 +182,28 @@ fn cut_dir(
     out: &mut Vec<Range>,
 ) {
     spine.push(dir.clone());
+    let range = |lo, hi, weight, entries| Range {
+        dir: dir.clone(),
+        lo,
+        hi,
+        weight,
+        entries,
+        anchor: false,
+    };
     if w <= cap || depth >= MAX_DEPTH {
-        out.push((dir.clone(), None, None, w));
+        out.push(Range {
+            anchor: true,
+            ..range(None, None, w, 0)
+        });
         return;
     }
     let mut children = sizes.children(dir);
     children.sort_by(|a, b| a.name.cmp(&b.name));
-    let first = out.len();
+    // This directory's ranges (those of its spine subdirectories come in between).
+    let mut mine = Vec::new();
     let mut lo: Option<Vec<u8>> = None;
     let mut acc = 0u64;
+    let mut entries = 0u64;
     let mut has_any = false;
     for c in &children {
         if c.dir && c.weight > cap && depth + 1 < MAX_DEPTH {
@@ -190,17 +219,30 @@ fn cut_dir(
             continue;
         }
         if has_any && acc + c.weight > cap {
-            out.push((dir.clone(), lo.take(), Some(c.name.clone()), acc));
+            mine.push(out.len());
+            out.push(range(lo.take(), Some(c.name.clone()), acc, entries));
             lo = Some(c.name.clone());
             acc = 0;
+            entries = 0;
         }
         acc += c.weight;
+        entries += 1;
         has_any = true;
     }
     // The last range runs to the end (names that appear later land there); a spine
     // directory has at least one range.
-    let _ = first;
-    out.push((dir.clone(), lo, None, acc));
+    mine.push(out.len());
+    out.push(range(lo, None, acc, entries));
+    // The anchor: the range with the most entries (the first of equals), whose work
+    // directory becomes this directory in the run's tree, so that the fewest entries
+    // are moved one by one.
+    let best = mine
+        .iter()
+        .copied()
+        .max_by_key(|&i| (out[i].entries, std::cmp::Reverse(i)));
+    if let Some(i) = best {
+        out[i].anchor = true;
+    }
 }
 
 /// Longest processing time first: each unit, largest first, goes to the worker with
@@ -337,6 +379,43 @@ mod tests {
         let total: u64 = c.units.iter().map(|u| u.weight).sum();
         // "big" itself is an entry of the root that no unit carries (finalize does).
         assert_eq!(total, 16 + 30);
+    }
+
+    #[test]
+    fn each_spine_directory_has_one_anchor_the_range_with_the_most_entries() {
+        let mut s = MemSizes::default();
+        // The root: two heavy files (a range each), then four light ones (one range).
+        s.dirs.insert(
+            RelPath::root(),
+            vec![
+                file("a", 9),
+                file("b", 9),
+                dir("big", 30),
+                file("c", 2),
+                file("d", 2),
+                file("e", 2),
+                file("f", 2),
+            ],
+        );
+        s.dirs.insert(
+            rel("big"),
+            vec![file("x", 10), file("y", 10), file("z", 10)],
+        );
+        let c = cut(&s, 2, 10);
+        let anchors = |d: &RelPath| -> Vec<&Unit> {
+            c.units.iter().filter(|u| &u.dir == d && u.anchor).collect()
+        };
+        let root = anchors(&RelPath::root());
+        assert_eq!(root.len(), 1, "{:?}", c.units);
+        assert_eq!(root[0].lo.as_deref(), Some(&b"c"[..]), "{:?}", c.units);
+        // Of ranges with as many entries, the first.
+        let big = anchors(&rel("big"));
+        assert_eq!(big.len(), 1, "{:?}", c.units);
+        assert_eq!(big[0].lo, None);
+        // A directory light enough to be one unit is that unit's anchor.
+        let mut one = MemSizes::default();
+        one.dirs.insert(RelPath::root(), vec![file("a", 3)]);
+        assert!(cut(&one, 4, 100).units[0].anchor);
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct UnitRec {
     pub hi: Option<String>,
     pub weight: u64,
     pub home: usize,
+    /// See [`Unit::anchor`]; absent (false) in plans written before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anchor: bool,
 }
 
 /// `plan.json`.
@@ -101,11 +104,13 @@ impl PlanFile {
                     hi: name(&u.hi)?,
                     weight: u.weight,
                     home: u.home,
+                    anchor: u.anchor,
                 })
             })
             .collect::<std::result::Result<Vec<_>, String>>()?;
+        let mut anchored = std::collections::BTreeSet::new();
         for u in &units {
-            if !plain(&u.id) || u.home >= self.workers {
+            if !plain(&u.id) || u.home >= self.workers || (u.anchor && !anchored.insert(&u.dir)) {
                 return Err(format!("bad unit {:?} in plan", u.id));
             }
         }
@@ -130,6 +135,7 @@ impl PlanFile {
                 hi: u.hi.as_deref().map(escape),
                 weight: u.weight,
                 home: u.home,
+                anchor: u.anchor,
             })
             .collect()
     }
@@ -465,6 +471,22 @@ impl RunDir {
             .collect()
     }
 
+    /// The commit of `unit`, if it is committed.
+    pub fn read_commit(&self, unit: &str) -> Result<Option<Commit>> {
+        let p = self.done_path(unit);
+        let bytes = match std::fs::read(&p) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(crate::error::io_error(e, "read", &p)),
+        };
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|err| Error::Store {
+                path: p,
+                msg: format!("unreadable commit marker: {err}"),
+            })
+    }
+
     /// Commits `unit` for generation `c.generation`, unless a newer generation claimed it
     /// (this one's lease was lost) or another generation committed first. `true`: this
     /// generation's work is the unit's.
@@ -529,6 +551,44 @@ mod tests {
     /// Two lanes of one worker claim a unit in the same millisecond: their claims must
     /// differ, or S3's refused conditional write finds "its own" bytes and both build
     /// the unit (seen against moto: a unit committed twice, its blobs stored twice).
+    #[test]
+    fn a_plan_names_at_most_one_anchor_per_directory_and_an_older_plan_none() {
+        let unit = |id: &str, lo: Option<&str>, anchor: bool| UnitRec {
+            id: id.into(),
+            dir: "flat".into(),
+            lo: lo.map(str::to_string),
+            hi: None,
+            weight: 1,
+            home: 0,
+            anchor,
+        };
+        let mut plan = PlanFile {
+            format: 1,
+            run: "r".into(),
+            workers: 1,
+            source: "/src".into(),
+            label: "daily".into(),
+            retain: 1,
+            prev: None,
+            prev_run: None,
+            sized_by: "walk".into(),
+            created_at: String::new(),
+            created_by: String::new(),
+            host: None,
+            cap: 1,
+            spine: vec![String::new(), "flat".into()],
+            units: vec![unit("u0000", None, true), unit("u0001", Some("m"), false)],
+        };
+        assert!(plan.cut().is_ok());
+        let json = serde_json::to_string(&plan).unwrap();
+        assert_eq!(json.matches("anchor").count(), 1, "{json}");
+        // A plan written before anchors: none, every unit's entries are moved.
+        let old: PlanFile = serde_json::from_str(&json.replace(",\"anchor\":true", "")).unwrap();
+        assert!(old.cut().unwrap().units.iter().all(|u| !u.anchor));
+        plan.units[1].anchor = true;
+        assert!(plan.cut().unwrap_err().contains("u0001"));
+    }
+
     #[test]
     fn claims_made_in_the_same_millisecond_by_one_worker_differ() {
         let bodies: Vec<Vec<u8>> = (0..1000)

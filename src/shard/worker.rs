@@ -442,7 +442,9 @@ fn join_plan(
             tracing::info!("waiting for another worker's shard plan");
             waiting = true;
         }
-        std::thread::sleep(Duration::from_millis(100));
+        // One lookup of `plan.json` a poll: the plan takes a fraction of a second to
+        // make from a manifest, and every worker waits for it.
+        std::thread::sleep(Duration::from_millis(25));
     }
 }
 
@@ -785,9 +787,7 @@ fn claim_units<'s>(
             // Everything left is claimed by live workers: wait, to take over if one
             // stalls, and to finalize when the last one commits.
             settle(moving)?;
-            std::thread::sleep(
-                (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(150)),
-            );
+            wait_for_a_commit(ctx, done.len(), failed)?;
             continue;
         };
         {
@@ -822,7 +822,8 @@ fn claim_units<'s>(
                 let _ = crate::failpoint::hit("shard.after_commit");
                 tracing::info!("unit {} committed (generation {generation})", unit.id);
                 settle(moving)?;
-                *moving = Some(s.spawn(move || move_unit(ctx.rd, unit, generation)));
+                *moving =
+                    Some(s.spawn(move || place_with_waiting(ctx.rd, ctx.cut, unit, generation)));
                 out.committed.push(unit.id.clone());
                 continue;
             }
@@ -834,6 +835,26 @@ fn claim_units<'s>(
         discard(ctx.rd, &unit.id, generation);
         out.lost.push(unit.id.clone());
     }
+}
+
+/// Waits while every unit left is claimed by a live worker: until a unit is committed
+/// (`done/` holds more than `seen` names: the last commit lets the run be finalized at
+/// once), or for an eighth of the lease (then the claims are read again, to take over
+/// a lapsed one). `done/` is listed every 25 ms, one listing each; the claims, a
+/// listing and a read of each live claim, only at the lease's pace.
+fn wait_for_a_commit(ctx: &Worker, seen: usize, failed: &AtomicBool) -> Result<(), ShardError> {
+    let until = Instant::now()
+        + (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(150));
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(25));
+        if ctx.cancel.load(Ordering::Relaxed)
+            || failed.load(Ordering::Relaxed)
+            || ctx.rd.done_names()?.len() > seen
+        {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// Removes a generation that lost its unit.
@@ -966,10 +987,129 @@ fn finish_counts(
     Ok(counts)
 }
 
-/// Moves a committed unit's entries from its work directory into the run's tree
-/// (`tree/<spine dir>/<name>`), making the spine directories on the way. Idempotent:
-/// a name already moved is gone from the work directory, so a crash at any point is
-/// completed by the next call (the worker's retry, or finalize).
+/// What [`place_unit`] did with a committed unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placed {
+    /// Its work directory became its spine directory in the run's tree (an anchor).
+    Renamed,
+    /// Its entries are in the run's tree (moved now, or by an earlier call).
+    Moved,
+    /// Not yet: the directory it goes into is not in the run's tree yet.
+    Waiting,
+}
+
+/// Puts a committed unit's entries into the run's tree (`tree/<spine dir>/<name>`).
+///
+/// The anchor of a spine directory ([`Unit::anchor`], the unit with most of its
+/// entries) has its work directory renamed to be that directory, once the directory's
+/// parent is in the tree: one call for all its entries. Any other unit has its entries
+/// moved into the directory one by one ([`move_entry`]), once the directory is there;
+/// only the anchor's rename (or finalize) makes it, so a unit committed first waits
+/// ([`Placed::Waiting`]) and [`place_with_waiting`] places it when its anchor is placed.
+/// `finalizing`: make whatever directory is missing, and wait for nothing.
+///
+/// Idempotent: a placed unit's work directory is gone, so a crash at any point is
+/// completed by the next call (the worker's retry, or finalize). Only the anchor's
+/// rename creates its directory while workers run, so the rename never replaces an
+/// empty directory that entries are being moved into.
+pub fn place_unit(
+    rd: &RunDir,
+    unit: &Unit,
+    generation: u32,
+    finalizing: bool,
+) -> Result<Placed, ShardError> {
+    if unit.anchor {
+        let tree = rd.tree();
+        let (parent, name) = if unit.dir.is_root() {
+            (rd.root.clone(), b"tree".to_vec())
+        } else {
+            (
+                tree.join(unit.dir.parent().as_path()),
+                unit.dir.file_name().to_vec(),
+            )
+        };
+        let pfd = if finalizing && !unit.dir.is_root() {
+            make_dirs(&tree, &unit.dir.parent())?
+        } else {
+            match fsx::open_dir(&parent) {
+                Ok(fd) => fd,
+                Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(Placed::Waiting),
+                Err(e) => return Err(io_error(e, "open", &parent).into()),
+            }
+        };
+        let work = rd.root.join("work");
+        let wfd = match fsx::open_dir(&work) {
+            Ok(fd) => fd,
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(Placed::Moved),
+            Err(e) => return Err(io_error(e, "open", &work).into()),
+        };
+        let from = format!("{}.g{generation}", unit.id);
+        crate::failpoint::hit("shard.place").ctx("place into the run's tree", &work)?;
+        match fsx::rename_noreplace(b(&wfd), from.as_bytes(), b(&pfd), &name) {
+            Ok(()) => return Ok(Placed::Renamed),
+            // Placed by another call (the work directory is gone).
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(Placed::Moved),
+            // The directory is there already (made by finalize after a crash): the
+            // entries go into it one by one.
+            Err(e) if fsx::errno_is(&e, Errno::EXIST) || fsx::errno_is(&e, Errno::NOTEMPTY) => {}
+            Err(e) => {
+                return Err(io_error(
+                    e,
+                    "rename a committed unit to",
+                    parent.join(
+                        RelPath::new(&name)
+                            .map(|r| r.as_path().to_path_buf())
+                            .unwrap_or_default(),
+                    ),
+                )
+                .into());
+            }
+        }
+    }
+    move_unit(rd, unit, generation, finalizing)
+}
+
+/// Places `unit` ([`place_unit`]) and, when that made its spine directory, the
+/// committed units that were waiting for it (the directory's other units, the anchors
+/// of its spine subdirectories), and theirs in turn. What is still waiting after this
+/// (a unit committed after the listing of `done/` places itself) finalize places.
+pub fn place_with_waiting(
+    rd: &RunDir,
+    cut: &Cut,
+    unit: &Unit,
+    generation: u32,
+) -> Result<(), ShardError> {
+    let mut queue = vec![(unit, generation)];
+    while let Some((u, g)) = queue.pop() {
+        if place_unit(rd, u, g, false)? != Placed::Renamed {
+            continue;
+        }
+        let waiting: Vec<&Unit> = cut
+            .units
+            .iter()
+            .filter(|w| {
+                w.id != u.id
+                    && (w.dir == u.dir || (w.anchor && !w.dir.is_root() && w.dir.parent() == u.dir))
+            })
+            .collect();
+        if waiting.is_empty() {
+            continue;
+        }
+        let done = rd.done_names()?;
+        for w in waiting {
+            if done.contains(&w.id)
+                && let Some(c) = rd.read_commit(&w.id)?
+            {
+                queue.push((w, c.generation));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Moves a committed unit's entries from its work directory into its spine directory
+/// in the run's tree (made first when `finalizing`; else [`Placed::Waiting`] while it
+/// is not there). Idempotent: a name already moved is gone from the work directory.
 ///
 /// A file (anything but a directory) is linked into the tree, then unlinked from the
 /// work directory; only directories are renamed. A rename across directories takes
@@ -977,18 +1117,32 @@ fn finish_counts(
 /// worker's moves on a host went one round trip at a time: 50 names took 0.7 s at the
 /// end of a unit (about 14 ms each, 1 ms latency) and delayed finalize by as much. A
 /// link locks only the two directories.
-pub fn move_unit(rd: &RunDir, unit: &Unit, generation: u32) -> Result<(), ShardError> {
+fn move_unit(
+    rd: &RunDir,
+    unit: &Unit,
+    generation: u32,
+    finalizing: bool,
+) -> Result<Placed, ShardError> {
     let work = rd.work(&unit.id, generation);
     let wfd = match fsx::open_dir(&work) {
         Ok(fd) => fd,
-        Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(()),
+        Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(Placed::Moved),
         Err(e) => return Err(io_error(e, "open", &work).into()),
     };
     let names = fsx::list_dir_typed(b(&wfd)).ctx("read", &work)?;
     if !names.is_empty() {
-        let dst = make_dirs(&rd.tree(), &unit.dir)?;
+        let to = rd.tree().join(unit.dir.as_path());
+        let dst = if finalizing {
+            make_dirs(&rd.tree(), &unit.dir)?
+        } else {
+            match fsx::open_dir(&to) {
+                Ok(fd) => fd,
+                Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(Placed::Waiting),
+                Err(e) => return Err(io_error(e, "open", &to).into()),
+            }
+        };
         let target = |n: &[u8]| {
-            rd.tree().join(unit.dir.as_path()).join(
+            to.join(
                 RelPath::new(n)
                     .map(|r| r.as_path().to_path_buf())
                     .unwrap_or_default(),
@@ -1003,10 +1157,37 @@ pub fn move_unit(rd: &RunDir, unit: &Unit, generation: u32) -> Result<(), ShardE
         }
     }
     match std::fs::remove_dir(&work) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Ok(()) => Ok(Placed::Moved),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Placed::Moved),
         Err(e) => Err(io_error(e, "remove", &work).into()),
     }
+}
+
+/// Places every committed unit ([`place_unit`], `finalizing`): spine directories top
+/// down, each level's anchors before its other units, so that an anchor is renamed
+/// into place rather than moved entry by entry into a directory made for another unit.
+pub fn place_all(
+    rd: &RunDir,
+    threads: usize,
+    cut: &Cut,
+    generation_of: &(dyn Fn(&Unit) -> u32 + Sync),
+) -> Result<(), ShardError> {
+    let mut levels: std::collections::BTreeMap<(usize, bool), Vec<&Unit>> =
+        std::collections::BTreeMap::new();
+    for u in &cut.units {
+        levels
+            .entry((u.dir.components().count(), !u.anchor))
+            .or_default()
+            .push(u);
+    }
+    for units in levels.values() {
+        for r in super::par_map(threads, units, |u| {
+            place_unit(rd, u, generation_of(u), true)
+        }) {
+            r?;
+        }
+    }
+    Ok(())
 }
 
 /// Moves `name` from `from` to `to` (see [`move_unit`]): a link and an unlink, or a
@@ -1090,6 +1271,117 @@ mod tests {
 
     fn fd(p: &std::path::Path) -> OwnedFd {
         fsx::open_dir(p).unwrap()
+    }
+
+    #[test]
+    fn units_committed_before_their_anchor_wait_and_its_placement_places_them() {
+        use super::super::state::Commit;
+        let t = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(t.path(), "r");
+        rd.create().unwrap();
+        let unit = |id: &str, dir: &str, lo: Option<&str>, anchor: bool| Unit {
+            id: id.into(),
+            dir: RelPath::new(dir.as_bytes()).unwrap(),
+            lo: lo.map(|s| s.as_bytes().to_vec()),
+            hi: None,
+            weight: 1,
+            home: 0,
+            anchor,
+        };
+        // The root's anchor (names up to "m"), its other range, and the anchor of
+        // the spine subdirectory "sub".
+        let cut = Cut {
+            spine: vec![RelPath::root(), RelPath::new(b"sub").unwrap()],
+            units: vec![
+                unit("u0000", "", None, true),
+                unit("u0001", "", Some("m"), false),
+                unit("u0002", "sub", None, true),
+            ],
+            cap: 1,
+        };
+        let files = [("u0000", "a"), ("u0001", "n"), ("u0002", "s")];
+        for (u, f) in files {
+            std::fs::create_dir_all(rd.work(u, 1).join(format!("{f}-dir"))).unwrap();
+            std::fs::write(rd.work(u, 1).join(f), f).unwrap();
+            let c = Commit {
+                generation: 1,
+                worker: 0,
+                host: "h".into(),
+                pid: 1,
+                at: String::new(),
+                plan: String::new(),
+            };
+            assert!(rd.commit(u, &c).unwrap());
+        }
+        let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
+        let (root_ino, sub_ino) = (ino(&rd.work("u0000", 1)), ino(&rd.work("u0002", 1)));
+        // Committed before the root's anchor: nowhere to go yet.
+        for u in [&cut.units[1], &cut.units[2]] {
+            assert_eq!(place_unit(&rd, u, 1, false).unwrap(), Placed::Waiting);
+            assert!(rd.work(&u.id, 1).is_dir());
+        }
+        assert!(!rd.tree().exists());
+        place_with_waiting(&rd, &cut, &cut.units[0], 1).unwrap();
+        // The anchors' work directories became the directories; the other range's
+        // entries were moved into the root's.
+        assert_eq!(ino(&rd.tree()), root_ino);
+        assert_eq!(ino(&rd.tree().join("sub")), sub_ino);
+        for (p, body) in [("a", "a"), ("n", "n"), ("sub/s", "s")] {
+            assert_eq!(std::fs::read_to_string(rd.tree().join(p)).unwrap(), body);
+        }
+        for d in ["a-dir", "n-dir", "sub/s-dir"] {
+            assert!(rd.tree().join(d).is_dir(), "{d}");
+        }
+        assert!(
+            fsx::list_dir(b(&fd(&rd.root.join("work"))))
+                .unwrap()
+                .is_empty()
+        );
+        // Placed already: nothing more to do, finalize included.
+        for u in &cut.units {
+            assert_eq!(place_unit(&rd, u, 1, true).unwrap(), Placed::Moved);
+        }
+    }
+
+    #[test]
+    fn finalize_places_units_whose_anchor_directory_was_made_already() {
+        let t = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(t.path(), "r");
+        rd.create().unwrap();
+        let anchor = Unit {
+            id: "u0000".into(),
+            dir: RelPath::new(b"sub").unwrap(),
+            lo: None,
+            hi: None,
+            weight: 1,
+            home: 0,
+            anchor: true,
+        };
+        std::fs::create_dir_all(rd.work("u0000", 1)).unwrap();
+        std::fs::write(rd.work("u0000", 1).join("s"), "s").unwrap();
+        // Neither the tree nor the anchor's parent is there: finalize makes them.
+        assert_eq!(place_unit(&rd, &anchor, 1, false).unwrap(), Placed::Waiting);
+        assert_eq!(place_unit(&rd, &anchor, 1, true).unwrap(), Placed::Renamed);
+        assert_eq!(
+            std::fs::read_to_string(rd.tree().join("sub/s")).unwrap(),
+            "s"
+        );
+        // A directory made for it already (a finalize cut short): moved into it.
+        let t2 = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(t2.path(), "r");
+        rd.create().unwrap();
+        std::fs::create_dir_all(rd.work("u0000", 1)).unwrap();
+        std::fs::write(rd.work("u0000", 1).join("s"), "s").unwrap();
+        std::fs::create_dir_all(rd.tree().join("sub")).unwrap();
+        std::fs::write(rd.tree().join("sub/t"), "t").unwrap();
+        assert_eq!(place_unit(&rd, &anchor, 1, true).unwrap(), Placed::Moved);
+        for f in ["s", "t"] {
+            assert_eq!(
+                std::fs::read_to_string(rd.tree().join("sub").join(f)).unwrap(),
+                f
+            );
+        }
+        assert!(!rd.work("u0000", 1).exists());
     }
 
     #[test]
