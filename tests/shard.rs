@@ -2369,3 +2369,70 @@ fn spine_directories_of_the_previous_snapshot_replaced_or_deleted_before_the_nex
     let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
     assert_eq!(st["sized_by"], "walk", "{st}");
 }
+
+/// A spine directory whose mode lacks write permission (0500: read-only data), with
+/// an xattr and old times, backed up by workers that, like an
+/// unprivileged user, are refused writes into it (no CAP_DAC_OVERRIDE): each unit's
+/// walk set the source's 0500 on its work directory's root, so the other units'
+/// entries could not be moved into it, nor the anchor's work directory renamed into
+/// the run's tree (EACCES; the run could not be finalized either). The snapshot has
+/// the directory's own metadata, which finalize applies.
+#[test]
+fn a_read_only_spine_directory_is_backed_up_by_workers_without_dac_override() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for f in 0..60 {
+        write(
+            &src.join(format!("ro/f{f:02}")),
+            "r".repeat(f * 10).as_bytes(),
+        );
+    }
+    for f in 0..20 {
+        write(&src.join(format!("rw/g{f:02}")), b"g");
+    }
+    let ro = src.join("ro");
+    set_xattr(&ro, "user.note", b"read only");
+    chmod(&ro, 0o500);
+    set_mtime(&ro, 1_000_000_000, 17);
+    let dest = t.path().join("dest");
+    let kids: Vec<Child> = (0..2)
+        .map(|i| {
+            Command::new("setpriv")
+                .args([
+                    "--bounding-set=-dac_override,-dac_read_search",
+                    "--inh-caps=-dac_override,-dac_read_search",
+                ])
+                .arg(bin())
+                .args(["backup", "--jobs", "2", "--source"])
+                .arg(&src)
+                .arg("--dest")
+                .arg(&dest)
+                .args(["--shard", &format!("{i}/2"), "--run-id", "ro"])
+                .env("SNAPRING_CATALOG", "off")
+                .env_remove("SNAPRING_FAILPOINTS")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for k in kids {
+        let o = k.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest.join(".snapring/shards/ro/plan.json")).unwrap())
+            .unwrap();
+    let ro_units = plan["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|u| u["dir"] == "ro")
+        .count();
+    assert!(ro_units > 1, "ro is cut into name ranges: {plan}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "a read-only spine directory",
+    );
+}

@@ -916,8 +916,15 @@ impl<S: Sink> Visitor for Walk<'_, S> {
         }
     }
 
-    /// Everything under the directory is written: its metadata comes last.
+    /// Everything under the directory is written: its metadata comes last. Not a
+    /// shard unit's root: a name range of a spine directory, whose metadata finalize
+    /// applies from the source once every unit's entries are in it. Applied here, a
+    /// mode without write permission (0500) would refuse those entries, and the rename
+    /// of the unit's work directory into the run's tree (which rewrites its `..`).
     fn finish(&self, dir: &Node<S::Dir>) {
+        if dir.parent.is_none() && self.root_names.is_some() {
+            return;
+        }
         match self
             .sink
             .finish_dir(&dir.state.out, &dir.state.meta, &dir.state.xattrs)
