@@ -1214,12 +1214,15 @@ fn move_entry(
             Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(()),
             Err(e) if fsx::errno_is(&e, Errno::EXIST) => {
                 let (a, z) = (fsx::lstat_at(from, name), fsx::lstat_at(to, name));
-                if let (Ok(a), Ok(z)) = (&a, &z)
-                    && a.ino == z.ino
-                {
-                    return unlinked(fsx::unlink_at(from, name));
+                match (&a, &z) {
+                    (Ok(a), Ok(z)) if a.ino == z.ino => {
+                        return unlinked(fsx::unlink_at(from, name));
+                    }
+                    // Moved meanwhile by another call placing the same unit (its own
+                    // worker's and its anchor's, at once: `place_with_waiting`).
+                    (Err(a), Ok(_)) if fsx::errno_is(a, Errno::NOENT) => return Ok(()),
+                    _ => return Err(e),
                 }
-                return Err(e);
             }
             Err(e)
                 if fsx::errno_is(&e, Errno::MLINK)
@@ -1232,6 +1235,14 @@ fn move_entry(
     match fsx::rename_noreplace(from, name, to, name) {
         Ok(()) => Ok(()),
         Err(e) if fsx::errno_is(&e, Errno::NOENT) => Ok(()),
+        // Renamed by another call placing the same unit, between its check and its
+        // rename where the file system refuses the flag (`rename_noreplace`'s fallback).
+        Err(e)
+            if fsx::errno_is(&e, Errno::EXIST)
+                && fsx::lstat_at(from, name).is_err_and(|e| fsx::errno_is(&e, Errno::NOENT)) =>
+        {
+            Ok(())
+        }
         Err(e) => Err(e),
     }
 }
@@ -1420,5 +1431,47 @@ mod tests {
         assert!(move_entry(b(&f), b(&d), b"c", Some(Kind::File)).is_err());
         assert_eq!(std::fs::read(from.join("c")).unwrap(), b"new");
         assert_eq!(std::fs::read(to.join("c")).unwrap(), b"other");
+    }
+
+    /// A non-anchor unit committed as its anchor is renamed is placed by its own
+    /// worker and by the anchor's (`place_with_waiting`), at once: a name the other
+    /// call moved between this one's link and its check is moved, not an error.
+    #[test]
+    fn two_placements_of_one_unit_at_once_both_succeed() {
+        let t = tempfile::tempdir().unwrap();
+        let rd = RunDir::new(t.path(), "r");
+        rd.create().unwrap();
+        let unit = Unit {
+            id: "u0001".into(),
+            dir: RelPath::root(),
+            lo: Some(b"m".to_vec()),
+            hi: None,
+            weight: 1,
+            home: 0,
+            anchor: false,
+        };
+        std::fs::create_dir_all(rd.tree()).unwrap();
+        for round in 0..8 {
+            let w = rd.work("u0001", 1);
+            std::fs::create_dir_all(&w).unwrap();
+            for i in 0..300 {
+                std::fs::write(w.join(format!("r{round}f{i:03}")), b"x").unwrap();
+            }
+            std::fs::create_dir(w.join(format!("r{round}dir"))).unwrap();
+            let errs: Vec<String> = std::thread::scope(|s| {
+                let hs: Vec<_> = (0..2)
+                    .map(|_| s.spawn(|| place_unit(&rd, &unit, 1, false)))
+                    .collect();
+                hs.into_iter()
+                    .filter_map(|h| h.join().unwrap().err().map(|e| e.to_string()))
+                    .collect()
+            });
+            assert!(errs.is_empty(), "round {round}: {errs:?}");
+            assert!(!w.exists());
+            assert_eq!(
+                fsx::list_dir(b(&fd(&rd.tree()))).unwrap().len(),
+                301 * (round + 1)
+            );
+        }
     }
 }
