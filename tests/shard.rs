@@ -2436,3 +2436,49 @@ fn a_read_only_spine_directory_is_backed_up_by_workers_without_dac_override() {
         "a read-only spine directory",
     );
 }
+
+/// A `user.*` attribute the backup file system refuses (an NFS export without them:
+/// latencyfs `--no-user-xattrs`) on a spine directory is a problem of the shard run, as
+/// of a single-node run: the units' walks leave their roots, the spine directories, to
+/// finalize, which reports what it could not set.
+#[test]
+fn an_xattr_the_store_refuses_on_a_spine_directory_is_a_problem_as_in_a_single_node_run() {
+    let e = env();
+    for d in ["", "flat", "deep/d1"] {
+        set_xattr(&e.src.join(d), "user.note", d.as_bytes());
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    std::fs::create_dir(&under).unwrap();
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--no-user-xattrs"]) else {
+        return;
+    };
+    let refused = |problems: &serde_json::Value| -> std::collections::BTreeSet<String> {
+        problems
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["error"].as_str().unwrap_or("").contains("user.note"))
+            .map(|p| p["path"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (code, rep, err) = backup(&e.src, &mnt.join("single"), &[], &[]);
+    assert_eq!(code, 2, "a partial run: {err}");
+    let single = refused(&rep["problems"]);
+    assert_eq!(single.len(), 3, "{rep}");
+    let s = Env {
+        _t: tempfile::tempdir().unwrap(),
+        src: e.src.clone(),
+        dest: mnt.join("shard"),
+    };
+    let kids: Vec<Child> = (0..2).map(|i| spawn(&s, i, 2, "x", &[])).collect();
+    for c in kids {
+        let o = c.wait_with_output().unwrap();
+        assert!(matches!(o.status.code(), Some(0) | Some(2)), "{}", text(&o));
+    }
+    let rec = run_record(&s, "x");
+    assert_eq!(rec["status"], "partial", "{rec}");
+    // All three are spine directories here (without finalize's report, none of them
+    // was listed).
+    assert_eq!(refused(&rec["problems"]), single, "{rec}");
+}

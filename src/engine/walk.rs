@@ -204,23 +204,8 @@ impl<'a, S: Sink> Walk<'a, S> {
     }
 
     fn refused_xattrs(&self, rel: &RelPath, refused: &[Vec<u8>]) {
-        for n in refused {
-            if n.starts_with(b"user.") || n.starts_with(b"system.posix_acl") {
-                self.problem(
-                    rel,
-                    ProblemKind::Metadata,
-                    "set extended attribute",
-                    format!(
-                        "{} not supported by the backup file system",
-                        String::from_utf8_lossy(n)
-                    ),
-                );
-            } else {
-                tracing::debug!(
-                    "{rel}: backup file system refuses {}",
-                    String::from_utf8_lossy(n)
-                );
-            }
+        for p in refused_xattr_problems(rel, refused) {
+            self.counters.problem(p);
         }
     }
 
@@ -933,4 +918,30 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             Err(e) => self.dest_error(&dir.rel, "set directory metadata", e),
         }
     }
+}
+
+/// The problems of extended attributes the backup file system refused on `rel`: the
+/// user's own (`user.*`) and ACLs; others (`security.*`, `trusted.*`) are only logged.
+/// Also finalize's, for the spine directories of a shard run.
+pub fn refused_xattr_problems(rel: &RelPath, refused: &[Vec<u8>]) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for n in refused {
+        if n.starts_with(b"user.") || n.starts_with(b"system.posix_acl") {
+            out.push(Problem {
+                path: rel.escaped(),
+                kind: ProblemKind::Metadata,
+                action: "set extended attribute".into(),
+                error: format!(
+                    "{} not supported by the backup file system",
+                    String::from_utf8_lossy(n)
+                ),
+            });
+        } else {
+            tracing::debug!(
+                "{rel}: backup file system refuses {}",
+                String::from_utf8_lossy(n)
+            );
+        }
+    }
+    out
 }

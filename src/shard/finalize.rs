@@ -925,12 +925,18 @@ fn assemble(
     let made: Vec<OwnedFd> = made.into_iter().collect::<Result<_, _>>()?;
     let pairs: Vec<(&OwnedFd, &(&RelPath, fsx::Meta, fsx::Xattrs))> =
         made.iter().zip(&present).collect();
-    for r in super::par_map(threads, &pairs, |(out, (d, meta, xattrs))| {
+    for (r, (_, (d, _, _))) in super::par_map(threads, &pairs, |(out, (d, meta, xattrs))| {
         fsx::apply_dir_meta(b(out), meta, xattrs)
-            .map(|_| ())
             .ctx("set directory metadata", rd.tree().join(d.as_path()))
-    }) {
-        r?;
+    })
+    .into_iter()
+    .zip(&pairs)
+    {
+        // Reported as a single-node run's walk reports them (the units' walks leave
+        // their roots, the spine directories, to this).
+        for p in crate::engine::walk::refused_xattr_problems(d, &r?) {
+            counters.problem(p);
+        }
     }
     let root = match root_entry {
         Some(e) => e,

@@ -6,6 +6,8 @@
 //!   Once an ENOSPC budget is used up, creating files, directories, symlinks, device
 //!   nodes and links fails with ENOSPC too, as on a full disk.
 //! - `--link-limit N`: `link` fails with EMLINK when the inode already has N links.
+//! - `--no-user-xattrs`: setting a `user.*` extended attribute fails with EOPNOTSUPP,
+//!   as on a file system (or an NFS export) without them.
 //! - `--eacces PATTERN`: opening matching files or directories fails with EACCES.
 //! - `--stall PATTERN`, `--stall-secs N` (30), `--stall-ops LIST` (`read`): calls of the
 //!   listed kinds (`lookup`, `getattr`, `open`, `read`, `write`, `readdir`) on matching
@@ -53,6 +55,7 @@ impl Op {
 pub struct Faults {
     eio_read: Vec<String>,
     eacces: Vec<String>,
+    no_user_xattrs: bool,
     stall: Vec<String>,
     stall_ops: Vec<Op>,
     stall_for: Duration,
@@ -116,6 +119,10 @@ impl Faults {
                 f.per_file = true;
                 continue;
             }
+            if a == "--no-user-xattrs" {
+                f.no_user_xattrs = true;
+                continue;
+            }
             if !known.contains(&a.as_str()) {
                 rest.push(a);
                 continue;
@@ -161,6 +168,14 @@ impl Faults {
     pub fn read(&self, rel: &Path) -> Result<(), Errno> {
         if matches(&self.eio_read, rel) {
             return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+
+    /// EOPNOTSUPP for setting extended attribute `name`?
+    pub fn setxattr(&self, name: &OsStr) -> Result<(), Errno> {
+        if self.no_user_xattrs && name.as_bytes().starts_with(b"user.") {
+            return Err(Errno::EOPNOTSUPP);
         }
         Ok(())
     }

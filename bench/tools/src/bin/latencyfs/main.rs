@@ -838,6 +838,7 @@ impl Filesystem for LatFs {
     ) {
         self.wait(Call::Setxattr);
         self.trace(Call::Setxattr, ino);
+        tryr!(reply, self.faults.setxattr(name));
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         match rustix::fs::lsetxattr(
             self.full(&rel),
