@@ -331,6 +331,17 @@ mod tests {
         RelPath::new(s.as_bytes()).unwrap()
     }
 
+    /// The root's `children`, with "big" (three files of 10) among them.
+    fn with_big(children: Vec<Child>) -> MemSizes {
+        let mut s = MemSizes::default();
+        s.dirs.insert(RelPath::root(), children);
+        s.dirs.insert(
+            rel("big"),
+            vec![file("x", 10), file("y", 10), file("z", 10)],
+        );
+        s
+    }
+
     #[test]
     fn a_small_tree_is_one_unit_of_the_whole_root() {
         let mut s = MemSizes::default();
@@ -345,21 +356,13 @@ mod tests {
 
     #[test]
     fn heavy_directories_become_spine_and_the_rest_is_packed_into_ranges_without_gaps() {
-        let mut s = MemSizes::default();
-        s.dirs.insert(
-            RelPath::root(),
-            vec![
-                file("a", 4),
-                dir("big", 30),
-                file("c", 4),
-                file("d", 4),
-                file("e", 4),
-            ],
-        );
-        s.dirs.insert(
-            rel("big"),
-            vec![file("x", 10), file("y", 10), file("z", 10)],
-        );
+        let s = with_big(vec![
+            file("a", 4),
+            dir("big", 30),
+            file("c", 4),
+            file("d", 4),
+            file("e", 4),
+        ]);
         let c = cut(&s, 2, 10);
         assert_eq!(c.spine, vec![RelPath::root(), rel("big")]);
         assert_eq!(
@@ -383,24 +386,16 @@ mod tests {
 
     #[test]
     fn each_spine_directory_has_one_anchor_the_range_with_the_most_entries() {
-        let mut s = MemSizes::default();
         // The root: two heavy files (a range each), then four light ones (one range).
-        s.dirs.insert(
-            RelPath::root(),
-            vec![
-                file("a", 9),
-                file("b", 9),
-                dir("big", 30),
-                file("c", 2),
-                file("d", 2),
-                file("e", 2),
-                file("f", 2),
-            ],
-        );
-        s.dirs.insert(
-            rel("big"),
-            vec![file("x", 10), file("y", 10), file("z", 10)],
-        );
+        let s = with_big(vec![
+            file("a", 9),
+            file("b", 9),
+            dir("big", 30),
+            file("c", 2),
+            file("d", 2),
+            file("e", 2),
+            file("f", 2),
+        ]);
         let c = cut(&s, 2, 10);
         let anchors = |d: &RelPath| -> Vec<&Unit> {
             c.units.iter().filter(|u| &u.dir == d && u.anchor).collect()

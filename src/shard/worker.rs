@@ -1284,13 +1284,16 @@ mod tests {
         fsx::open_dir(p).unwrap()
     }
 
-    #[test]
-    fn units_committed_before_their_anchor_wait_and_its_placement_places_them() {
-        use super::super::state::Commit;
-        let t = tempfile::tempdir().unwrap();
+    /// A run directory made in `t`.
+    fn run_dir(t: &tempfile::TempDir) -> RunDir {
         let rd = RunDir::new(t.path(), "r");
         rd.create().unwrap();
-        let unit = |id: &str, dir: &str, lo: Option<&str>, anchor: bool| Unit {
+        rd
+    }
+
+    /// Unit `id` of spine directory `dir`, names from `lo` to the end.
+    fn unit(id: &str, dir: &str, lo: Option<&str>, anchor: bool) -> Unit {
+        Unit {
             id: id.into(),
             dir: RelPath::new(dir.as_bytes()).unwrap(),
             lo: lo.map(|s| s.as_bytes().to_vec()),
@@ -1298,7 +1301,14 @@ mod tests {
             weight: 1,
             home: 0,
             anchor,
-        };
+        }
+    }
+
+    #[test]
+    fn units_committed_before_their_anchor_wait_and_its_placement_places_them() {
+        use super::super::state::Commit;
+        let t = tempfile::tempdir().unwrap();
+        let rd = run_dir(&t);
         // The root's anchor (names up to "m"), its other range, and the anchor of
         // the spine subdirectory "sub".
         let cut = Cut {
@@ -1357,17 +1367,8 @@ mod tests {
     #[test]
     fn finalize_places_units_whose_anchor_directory_was_made_already() {
         let t = tempfile::tempdir().unwrap();
-        let rd = RunDir::new(t.path(), "r");
-        rd.create().unwrap();
-        let anchor = Unit {
-            id: "u0000".into(),
-            dir: RelPath::new(b"sub").unwrap(),
-            lo: None,
-            hi: None,
-            weight: 1,
-            home: 0,
-            anchor: true,
-        };
+        let rd = run_dir(&t);
+        let anchor = unit("u0000", "sub", None, true);
         std::fs::create_dir_all(rd.work("u0000", 1)).unwrap();
         std::fs::write(rd.work("u0000", 1).join("s"), "s").unwrap();
         // Neither the tree nor the anchor's parent is there: finalize makes them.
@@ -1379,8 +1380,7 @@ mod tests {
         );
         // A directory made for it already (a finalize cut short): moved into it.
         let t2 = tempfile::tempdir().unwrap();
-        let rd = RunDir::new(t2.path(), "r");
-        rd.create().unwrap();
+        let rd = run_dir(&t2);
         std::fs::create_dir_all(rd.work("u0000", 1)).unwrap();
         std::fs::write(rd.work("u0000", 1).join("s"), "s").unwrap();
         std::fs::create_dir_all(rd.tree().join("sub")).unwrap();
@@ -1439,17 +1439,8 @@ mod tests {
     #[test]
     fn two_placements_of_one_unit_at_once_both_succeed() {
         let t = tempfile::tempdir().unwrap();
-        let rd = RunDir::new(t.path(), "r");
-        rd.create().unwrap();
-        let unit = Unit {
-            id: "u0001".into(),
-            dir: RelPath::root(),
-            lo: Some(b"m".to_vec()),
-            hi: None,
-            weight: 1,
-            home: 0,
-            anchor: false,
-        };
+        let rd = run_dir(&t);
+        let unit = unit("u0001", "", Some("m"), false);
         std::fs::create_dir_all(rd.tree()).unwrap();
         for round in 0..8 {
             let w = rd.work("u0001", 1);
