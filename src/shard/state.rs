@@ -141,6 +141,14 @@ impl PlanFile {
     }
 }
 
+/// A commit marker's contents (read from `p`).
+fn parse_commit(p: PathBuf, bytes: &[u8]) -> Result<Commit> {
+    serde_json::from_slice(bytes).map_err(|err| Error::Store {
+        path: p,
+        msg: format!("unreadable commit marker: {err}"),
+    })
+}
+
 /// A name read from a file that becomes a path component: letters, digits, `.`, `_`,
 /// `-`, not starting with `.`.
 fn plain(s: &str) -> bool {
@@ -458,10 +466,7 @@ impl RunDir {
         let read = |name: &String| -> Result<Commit> {
             let p = dir.join(name);
             let bytes = std::fs::read(&p).ctx("read", &p)?;
-            serde_json::from_slice(&bytes).map_err(|err| Error::Store {
-                path: p,
-                msg: format!("unreadable commit marker: {err}"),
-            })
+            parse_commit(p, &bytes)
         };
         let commits = super::par_map(threads, &names, read);
         names
@@ -479,12 +484,7 @@ impl RunDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(crate::error::io_error(e, "read", &p)),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|err| Error::Store {
-                path: p,
-                msg: format!("unreadable commit marker: {err}"),
-            })
+        parse_commit(p, &bytes).map(Some)
     }
 
     /// Commits `unit` for generation `c.generation`, unless a newer generation claimed it
@@ -548,9 +548,6 @@ pub use crate::util::create_exclusive;
 mod tests {
     use super::*;
 
-    /// Two lanes of one worker claim a unit in the same millisecond: their claims must
-    /// differ, or S3's refused conditional write finds "its own" bytes and both build
-    /// the unit (seen against moto: a unit committed twice, its blobs stored twice).
     #[test]
     fn a_plan_names_at_most_one_anchor_per_directory_and_an_older_plan_none() {
         let unit = |id: &str, lo: Option<&str>, anchor: bool| UnitRec {
@@ -589,6 +586,9 @@ mod tests {
         assert!(plan.cut().unwrap_err().contains("u0001"));
     }
 
+    /// Two lanes of one worker claim a unit in the same millisecond: their claims must
+    /// differ, or S3's refused conditional write finds "its own" bytes and both build
+    /// the unit (seen against moto: a unit committed twice, its blobs stored twice).
     #[test]
     fn claims_made_in_the_same_millisecond_by_one_worker_differ() {
         let bodies: Vec<Vec<u8>> = (0..1000)
