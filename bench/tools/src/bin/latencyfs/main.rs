@@ -6,7 +6,7 @@
 //! Usage: latencyfs [--delay-us 1000] [--threads 64] [--ttl-ms 0] [--readdirplus]
 //! [--stats FILE] [FAULTS] UNDERLYING MOUNTPOINT. `--stats FILE` keeps FILE at the count
 //! of delayed calls by kind; `LATENCYFS_TRACE=FILE` writes a line per delayed call (its
-//! kind and the directory or inode it was made on).
+//! kind, the directory or inode it was made on, and the time).
 //!
 //! `--ttl-ms N` lets the kernel cache attributes and entries for N ms, like an NFS
 //! client's attribute cache (0: every stat and lookup reaches latencyfs).
@@ -155,15 +155,19 @@ impl LatFs {
         }
     }
 
-    /// `LATENCYFS_TRACE=FILE`: one line per delayed call, its kind and the path of the
-    /// directory (name calls) or inode it was made on (benchmarks: which calls a run
-    /// adds, by place).
+    /// `LATENCYFS_TRACE=FILE`: one line per delayed call, its kind, the path of the
+    /// directory (name calls) or inode it was made on, and when (seconds since the Unix
+    /// epoch, as the logs' clock): benchmarks, which calls a run adds, by place and time.
     fn trace(&self, call: Call, ino: INodeNo) {
         let Some(t) = &self.trace else {
             return;
         };
         let rel = self.rel(ino).unwrap_or_else(|| PathBuf::from("?"));
-        let line = format!("{}\t{}\n", CALLS[call as usize], rel.display());
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let line = format!("{}\t{}\t{at:.6}\n", CALLS[call as usize], rel.display());
         let _ = t.lock().unwrap().write_all(line.as_bytes());
     }
 
