@@ -166,13 +166,24 @@ fn check_run(e: &Env, run: &str) -> Vec<serde_json::Value> {
         .filter(|s| s["id"] == run)
         .collect();
     assert_eq!(published.len(), 1, "published once: {state}");
-    units
+    let commits: Vec<serde_json::Value> = units
         .iter()
         .map(|u| {
             serde_json::from_slice(&std::fs::read(run_dir(e, run).join("done").join(u)).unwrap())
                 .unwrap()
         })
-        .collect()
+        .collect();
+    // Each commit carries its unit's figures; the record adds them up.
+    let files: u64 = commits
+        .iter()
+        .map(|c| {
+            c["counts"]["files_total"]
+                .as_u64()
+                .expect("counts in the commit")
+        })
+        .sum();
+    assert_eq!(rec["files_total"], files, "{rec}");
+    commits
 }
 
 /// The snapshot equals the source, and `verify` finds it clean against its manifest.
@@ -1236,9 +1247,11 @@ fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
         .collect();
     // The part with the most blocks is cut at its last block of a directory no other
     // unit has (not a spine directory): that block and the root line are lost.
+    // The parts are spread over subdirectories of `parts/`.
     let (part, body) = std::fs::read_dir(&parts)
         .unwrap()
         .map(|d| d.unwrap().path())
+        .flat_map(|d| std::fs::read_dir(d).unwrap().map(|f| f.unwrap().path()))
         .filter(|p| p.extension().is_some_and(|x| x == "mf"))
         .map(|p| {
             let t = std::fs::read_to_string(&p).unwrap();
@@ -1268,6 +1281,64 @@ fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
         assert_eq!(o.status.code(), Some(1), "{}", text(&o));
         assert!(snapshot_names(&e.dest).is_empty());
     }
+}
+
+/// A run whose workers ran an older snapring: its plan has no `part_dirs` (every
+/// manifest part in `parts/` itself) and its commits no figures (they are in
+/// `counts/<unit>.g<gen>.json`). `snapring finalize` of today merges those parts and
+/// adds up those figures: made here from a run killed in finalize, rewritten to the
+/// older layout.
+#[test]
+fn finalize_reads_a_run_written_in_the_older_layout_of_parts_and_figures() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let outs = run_workers(&e, 3, "older", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    let rd = run_dir(&e, "older");
+    let plan_path = rd.join("plan.json");
+    let mut plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_path).unwrap()).unwrap();
+    assert!(plan["part_dirs"].as_u64().unwrap() > 1, "{plan}");
+    plan.as_object_mut().unwrap().remove("part_dirs");
+    let bytes = serde_json::to_vec_pretty(&plan).unwrap();
+    std::fs::write(&plan_path, &bytes).unwrap();
+    let hash = blake3::hash(&bytes).to_hex().to_string();
+    // The parts out of their subdirectories.
+    let parts = rd.join("parts");
+    let mut moved = 0;
+    for d in std::fs::read_dir(&parts)
+        .unwrap()
+        .map(|d| d.unwrap().path())
+    {
+        for f in std::fs::read_dir(&d).unwrap().map(|f| f.unwrap().path()) {
+            std::fs::rename(&f, parts.join(f.file_name().unwrap())).unwrap();
+            moved += 1;
+        }
+        std::fs::remove_dir(&d).unwrap();
+    }
+    // The figures out of the commits, into files of their own.
+    std::fs::create_dir(rd.join("counts")).unwrap();
+    let mut files = 0;
+    for u in plan_units(&e, "older") {
+        let p = rd.join("done").join(&u);
+        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        let counts = c.as_object_mut().unwrap().remove("counts").unwrap();
+        files += counts["files_total"].as_u64().unwrap();
+        let name = format!("{u}.g{}.json", c["generation"]);
+        std::fs::write(rd.join("counts").join(name), counts.to_string()).unwrap();
+        c["plan"] = hash.clone().into();
+        std::fs::write(&p, c.to_string()).unwrap();
+    }
+    assert_eq!(moved, plan_units(&e, "older").len());
+    let o = run_cmd(&e, "finalize", "older", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_snapshot(&e, "finalized from the older layout");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.dest.join(".snapring/runs/older.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert_eq!(rec["files_total"], files, "{rec}");
+    assert!(!parts.exists(), "parts left behind");
 }
 
 /// Review: every unit committed and moved into the run's tree, the finalizer killed

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use super::plan::Cut;
-use super::state::{Commit, RunDir, UnitCounts, create_exclusive};
+use super::state::{Commit, PlanFile, RunDir, UnitCounts, create_exclusive};
 use super::{ShardError, sort_err};
 use crate::engine::BackupOptions;
 use crate::error::{Ctx, Error, io_error};
@@ -155,8 +155,10 @@ fn locked(
     rep.based_on = plan.prev_run.clone().or(plan.prev.clone());
     let counters = Counters::default();
     let mut per_worker: BTreeMap<usize, WorkerKpi> = BTreeMap::new();
-    let counts = super::par_map(threads, &cut.units, |u| {
-        rd.read_counts(&u.id, commits[&u.id].generation)
+    // In the commits; a commit written before they moved there has them in a file.
+    let counts = super::par_map(threads, &cut.units, |u| match &commits[&u.id].counts {
+        Some(n) => Ok(n.clone()),
+        None => rd.read_counts(&u.id, commits[&u.id].generation),
     });
     for (u, n) in cut.units.iter().zip(counts) {
         let c = &commits[&u.id];
@@ -212,12 +214,12 @@ fn locked(
                 )));
             }
             if !rd.tree().is_dir() {
-                check_nothing_moved(rd, threads, &cut, &commits, &staging)?;
+                check_nothing_moved(rd, threads, plan.part_dirs, &cut, &commits, &staging)?;
             }
             super::worker::place_all(rd, threads, &cut, &|u| commits[&u.id].generation)?;
             let t_moved = t_fin.elapsed().as_secs_f64();
             let root_fd = super::worker::make_dirs(&rd.tree(), &RelPath::root())?;
-            assemble(store, rd, threads, &cut, &commits, &plan.source, &counters)?;
+            assemble(store, rd, threads, &plan, &cut, &commits, &counters)?;
             fsx::sync_fs(b(&root_fd)).ctx("flush", rd.tree())?;
             tracing::info!(
                 "finalize: units read and moved in {t_moved:.2}s, manifest merged and spine applied by {:.2}s",
@@ -306,24 +308,36 @@ fn locked(
     // Tests: a finalizer killed before its clean-up.
     let _ = crate::failpoint::hit("shard.finalize.after_finalized");
     // Clean-up; what is left is removed by `snapring finalize` or by hand.
-    remove_build_dirs(rd);
+    remove_build_dirs(rd, threads);
     expire_and_record(store, rd, &cut, worker, jobs, cancel, &mut rep);
     merge_logs(store, &rd.run, plan.workers);
     Ok(Finalized::Done(Box::new(rep)))
 }
 
-/// Removes what the run was built in (moved into the published snapshot by now).
-fn remove_build_dirs(rd: &RunDir) {
-    for d in ["work", "parts", "tree", "joins"] {
-        let _ = std::fs::remove_dir_all(rd.root.join(d));
-    }
+/// Removes what the run was built in (moved into the published snapshot by now), on
+/// `threads` threads: each subdirectory of `parts/` at once (removing names takes the
+/// directory's lock: one directory's names go one at a time).
+fn remove_build_dirs(rd: &RunDir, threads: usize) {
+    let parts = rd.parts();
+    let mut dirs: Vec<std::path::PathBuf> = std::fs::read_dir(&parts)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    dirs.extend(["work", "tree", "joins"].map(|d| rd.root.join(d)));
+    super::par_map(threads, &dirs, |d| {
+        let _ = std::fs::remove_dir_all(d);
+    });
+    let _ = std::fs::remove_dir_all(parts);
 }
 
 /// The clean-up of a finalized run whose finalizer died before its end (it held the
 /// store's lock; the caller holds it now): the build directories, and the run's log
 /// if it was not written.
 fn tidy(store: &Store, rd: &RunDir, workers: usize) {
-    remove_build_dirs(rd);
+    remove_build_dirs(rd, FINALIZE_THREADS);
     if !store
         .meta
         .join("logs")
@@ -460,6 +474,7 @@ fn resume_expiry(
 fn check_nothing_moved(
     rd: &RunDir,
     threads: usize,
+    part_dirs: u32,
     cut: &Cut,
     commits: &BTreeMap<String, Commit>,
     staging: &Path,
@@ -469,7 +484,11 @@ fn check_nothing_moved(
         if rd.work(&u.id, generation).is_dir() {
             return Ok(false);
         }
-        let part = manifest::paths(&rd.parts(), &format!("{}.g{generation}", u.id)).0;
+        let part = manifest::paths(
+            &rd.part_dir(&u.id, part_dirs),
+            &format!("{}.g{generation}", u.id),
+        )
+        .0;
         let mut entries = 0;
         for_each_block(&part, |_, es| {
             entries += es.len();
@@ -730,12 +749,16 @@ fn assemble(
     store: &Store,
     rd: &RunDir,
     threads: usize,
+    plan: &PlanFile,
     cut: &Cut,
     commits: &BTreeMap<String, Commit>,
-    source: &Path,
     counters: &Counters,
 ) -> Result<(), ShardError> {
-    let part = |u: &str| manifest::paths(&rd.parts(), &format!("{u}.g{}", commits[u].generation)).0;
+    let source = plan.source.as_path();
+    let part = |u: &str| {
+        let id = format!("{u}.g{}", commits[u].generation);
+        manifest::paths(&rd.part_dir(u, plan.part_dirs), &id).0
+    };
     // Pass 1: the groups (source inodes with several names) and the earliest start,
     // the parts read at once.
     let firsts = super::par_map(threads, &cut.units, |u| {

@@ -698,6 +698,7 @@ fn make_plan(
         created_by: crate::util::hostname(),
         host: Some(host),
         cap: cut.cap,
+        part_dirs: 0,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
     })

@@ -77,6 +77,8 @@ struct Worker<'a> {
     rd: &'a RunDir,
     cut: &'a Cut,
     plan_hash: &'a str,
+    /// The plan's [`PlanFile::part_dirs`].
+    part_dirs: u32,
     source: PathBuf,
     prev: Option<Previous>,
     prev_root: Option<OwnedFd>,
@@ -210,6 +212,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         rd: &rd,
         cut: &cut,
         plan_hash: &plan_hash,
+        part_dirs: plan.part_dirs,
         source,
         prev,
         prev_root,
@@ -476,6 +479,7 @@ fn make_plan(
             spec.index
         ),
         cap: cut.cap,
+        part_dirs: super::state::PART_DIRS,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
     };
@@ -807,7 +811,9 @@ fn claim_units<'s>(
             out.left.push(unit.id.clone());
             return Ok(false);
         }
-        if finished && !current.lost.load(Ordering::Relaxed) {
+        if let Some(counts) = finished
+            && !current.lost.load(Ordering::Relaxed)
+        {
             crate::failpoint::hit("shard.before_commit")
                 .ctx("commit", ctx.rd.done_path(&unit.id))?;
             let c = Commit {
@@ -817,6 +823,7 @@ fn claim_units<'s>(
                 pid: me.pid,
                 at: crate::util::now_rfc3339(),
                 plan: ctx.plan_hash.to_string(),
+                counts: Some(counts),
             };
             if ctx.rd.commit(&unit.id, &c)? {
                 let _ = crate::failpoint::hit("shard.after_commit");
@@ -832,7 +839,7 @@ fn claim_units<'s>(
             "unit {} was taken over by another worker while this one built it (its lease lapsed); this copy is discarded",
             unit.id
         );
-        discard(ctx.rd, &unit.id, generation);
+        discard(ctx.rd, &unit.id, generation, ctx.part_dirs);
         out.lost.push(unit.id.clone());
     }
 }
@@ -858,23 +865,26 @@ fn wait_for_a_commit(ctx: &Worker, seen: usize, failed: &AtomicBool) -> Result<(
 }
 
 /// Removes a generation that lost its unit.
-fn discard(rd: &RunDir, unit: &str, generation: u32) {
+fn discard(rd: &RunDir, unit: &str, generation: u32, part_dirs: u32) {
     let _ = std::fs::remove_dir_all(rd.work(unit, generation));
     let _ = std::fs::remove_file(rd.counts_path(unit, generation));
-    let (mf, idx) = manifest::paths(&rd.parts(), &format!("{unit}.g{generation}"));
+    let (mf, idx) = manifest::paths(
+        &rd.part_dir(unit, part_dirs),
+        &format!("{unit}.g{generation}"),
+    );
     let _ = std::fs::remove_file(mf);
     let _ = std::fs::remove_file(idx);
 }
 
-/// Builds generation `generation` of `unit` in its work directory; `false` when
-/// `stop` stopped it (the worker was stopped, or the unit taken over).
+/// Builds generation `generation` of `unit` in its work directory: its figures, or
+/// `None` when `stop` stopped it (the worker was stopped, or the unit taken over).
 fn build(
     ctx: &Worker,
     unit: &Unit,
     generation: u32,
     jobs: usize,
     stop: &AtomicBool,
-) -> Result<bool, ShardError> {
+) -> Result<Option<UnitCounts>, ShardError> {
     let t0 = Instant::now();
     let started_at = crate::util::now_rfc3339();
     let rd = ctx.rd;
@@ -888,8 +898,18 @@ fn build(
         .older_work(&unit.id, generation)
         .and_then(|p| fsx::open_dir(&p).ok());
     let part_id = format!("{}.g{generation}", unit.id);
-    let writer = manifest::Writer::create(&rd.parts(), &part_id, fsx::wall_clock())
-        .ctx("create manifest part in", rd.parts())?;
+    let parts = rd.part_dir(&unit.id, ctx.part_dirs);
+    let writer = match manifest::Writer::part(&parts, &part_id, fsx::wall_clock()) {
+        // The first part of its subdirectory makes it (another worker may at once).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && parts != rd.parts() => {
+            crate::util::create_private_dir(&parts, true)
+                .or_else(|e| if parts.is_dir() { Ok(()) } else { Err(e) })
+                .ctx("create", &parts)?;
+            manifest::Writer::part(&parts, &part_id, fsx::wall_clock())
+        }
+        w => w,
+    }
+    .ctx("create manifest part in", &parts)?;
     let src_path = ctx.source.join(unit.dir.as_path());
     let counters = Counters {
         throttle: ctx.throttle.clone(),
@@ -909,7 +929,7 @@ fn build(
             let root =
                 Entry::from_meta(b".", &fsx::fstat(b(&sink_root(&work)?)).ctx("stat", &work)?);
             crate::sink::Sink::commit(sink, &root).ctx("seal", &work)?;
-            return finish_counts(rd, unit, generation, &counters, t0, started_at).map(|_| true);
+            return Ok(Some(unit_counts(&counters, t0, started_at)));
         }
         Err(e) => return Err(io_error(e, "open source directory", &src_path).into()),
     };
@@ -943,33 +963,27 @@ fn build(
     }
     if stop.load(Ordering::Relaxed) {
         crate::sink::Sink::abandon(sink);
-        return Ok(false);
+        return Ok(None);
     }
     let mut root = Entry::from_meta(b".", &src_meta);
     root.group = None;
     crate::sink::Sink::commit(sink, &root).ctx("seal unit", &work)?;
-    finish_counts(rd, unit, generation, &counters, t0, started_at).map(|_| true)
+    Ok(Some(unit_counts(&counters, t0, started_at)))
 }
 
 fn sink_root(work: &std::path::Path) -> Result<OwnedFd, ShardError> {
     Ok(fsx::open_dir(work).ctx("open", work)?)
 }
 
-fn finish_counts(
-    rd: &RunDir,
-    unit: &Unit,
-    generation: u32,
-    c: &Counters,
-    t0: Instant,
-    started_at: String,
-) -> Result<UnitCounts, ShardError> {
+/// A built unit's figures, for its commit.
+fn unit_counts(c: &Counters, t0: Instant, started_at: String) -> UnitCounts {
     let mut r = crate::engine::backup::new_report(
         &BackupOptions::new("", ""),
         "",
         std::path::Path::new(""),
     );
     c.fill(&mut r);
-    let counts = UnitCounts {
+    UnitCounts {
         files_total: r.files_total,
         dirs_total: r.dirs_total,
         files_transferred: r.files_transferred,
@@ -982,9 +996,7 @@ fn finish_counts(
         problems: r.problems,
         seconds: t0.elapsed().as_secs_f64(),
         started_at,
-    };
-    rd.write_counts(&unit.id, generation, &counts)?;
-    Ok(counts)
+    }
 }
 
 /// What [`place_unit`] did with a committed unit.
@@ -1331,6 +1343,7 @@ mod tests {
                 pid: 1,
                 at: String::new(),
                 plan: String::new(),
+                counts: None,
             };
             assert!(rd.commit(u, &c).unwrap());
         }
