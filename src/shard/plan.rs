@@ -120,6 +120,31 @@ impl Cut {
         v.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
         v
     }
+
+    /// The order in which worker `w` claims units: its home units, then the others'
+    /// (taken once its own are all claimed). In each, the anchors first, shallowest
+    /// first, then the other units; largest first within each. A unit is placed into
+    /// the run's tree once its directory's anchor is, and that of every spine directory
+    /// above: a small anchor taken last (largest first overall) left the units waiting
+    /// on it to be moved at the end of the run, one entry at a time, while the other
+    /// workers waited to finalize (0.15 to 0.2 s at 1 ms latency).
+    pub fn claim_order(&self, w: usize) -> Vec<&Unit> {
+        let mut v: Vec<&Unit> = self.units.iter().collect();
+        v.sort_by_key(|u| {
+            (
+                u.home != w,
+                !u.anchor,
+                if u.anchor {
+                    u.dir.components().count()
+                } else {
+                    0
+                },
+                std::cmp::Reverse(u.weight),
+                u.id.clone(),
+            )
+        });
+        v
+    }
 }
 
 /// The cap for `workers` workers over a tree of weight `total`.
@@ -411,6 +436,54 @@ mod tests {
         let mut one = MemSizes::default();
         one.dirs.insert(RelPath::root(), vec![file("a", 3)]);
         assert!(cut(&one, 4, 100).units[0].anchor);
+    }
+
+    #[test]
+    fn a_worker_claims_anchors_first_shallowest_first_then_the_rest_largest_first() {
+        // The root's anchor is its light range (c..f), below the heavy "a" and "b"
+        // and the ranges of "big".
+        let s = with_big(vec![
+            file("a", 9),
+            file("b", 9),
+            dir("big", 30),
+            file("c", 2),
+            file("d", 2),
+            file("e", 2),
+            file("f", 2),
+        ]);
+        let c = cut(&s, 2, 10);
+        for w in 0..2 {
+            let order = c.claim_order(w);
+            assert_eq!(order.len(), c.units.len());
+            let home = order.iter().take_while(|u| u.home == w).count();
+            assert_eq!(home, c.home(w).len(), "home units first: {order:?}");
+            for part in [&order[..home], &order[home..]] {
+                let key = |u: &Unit| {
+                    let depth = u.dir.components().count();
+                    (!u.anchor, if u.anchor { depth } else { 0 })
+                };
+                assert!(part.windows(2).all(|p| key(p[0]) <= key(p[1])), "{part:?}");
+                assert!(
+                    part.windows(2)
+                        .all(|p| key(p[0]) != key(p[1]) || p[0].weight >= p[1].weight),
+                    "{part:?}"
+                );
+            }
+        }
+        // The root's light anchor before the heavier ranges of its own worker.
+        let root = c
+            .units
+            .iter()
+            .find(|u| u.anchor && u.dir.is_root())
+            .unwrap();
+        let order = c.claim_order(root.home);
+        let heavier = c
+            .units
+            .iter()
+            .filter(|u| u.home == root.home && !u.anchor && u.weight > root.weight)
+            .count();
+        assert!(heavier > 0, "{:?}", c.units);
+        assert_eq!(order[0].id, root.id, "{order:?}");
     }
 
     #[test]

@@ -770,15 +770,7 @@ fn claim_units<'s>(
     moving: &mut Moving<'s>,
 ) -> Result<bool, ShardError> {
     let me = Holder::me(ctx.spec.index);
-    let mut order: Vec<&Unit> = ctx.cut.home(ctx.spec.index);
-    let mut others: Vec<&Unit> = ctx
-        .cut
-        .units
-        .iter()
-        .filter(|u| u.home != ctx.spec.index)
-        .collect();
-    others.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
-    order.extend(others);
+    let order = ctx.cut.claim_order(ctx.spec.index);
     loop {
         if ctx.cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
             return Ok(false);
