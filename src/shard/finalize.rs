@@ -354,12 +354,12 @@ fn tidy(store: &Store, rd: &RunDir, workers: usize) {
 /// after that (their part of the expiry) is in their own files only.
 fn merge_logs(store: &Store, run: &str, workers: usize) {
     let dir = store.meta.join("logs");
-    let mut all = Vec::new();
-    for i in 0..workers {
-        if let Ok(b) = std::fs::read(dir.join(super::worker::worker_log_name(run, i))) {
-            all.extend(b);
-        }
-    }
+    // Read at once (a few round trips each on NFS, at the very end of the run).
+    let indexes: Vec<usize> = (0..workers).collect();
+    let logs = super::par_map(workers.min(FINALIZE_THREADS), &indexes, |&i| {
+        std::fs::read(dir.join(super::worker::worker_log_name(run, i))).unwrap_or_default()
+    });
+    let all: Vec<u8> = logs.concat();
     if all.is_empty() {
         return;
     }

@@ -223,13 +223,21 @@ impl Sizes for WalkSizes {
 /// is no directory of the source at `source` now: gone since, or a file or a symlink.
 /// Such a cut does not fit: the directory's units would have nothing, its parent's units
 /// skip its name, and finalize would leave the entry out as a problem. One `lstat` per
-/// spine directory.
+/// spine directory, [`SPINE_CHECKS`] at once (on NFS each is a round trip, and the
+/// other workers wait for the plan).
 fn stale_spine<'c>(cut: &'c Cut, source: &Path) -> Option<&'c RelPath> {
-    cut.spine.iter().find(|d| {
-        !d.is_root()
-            && !std::fs::symlink_metadata(source.join(d.as_path())).is_ok_and(|m| m.is_dir())
-    })
+    let dirs: Vec<&RelPath> = cut.spine.iter().filter(|d| !d.is_root()).collect();
+    let fits = crate::util::par_map(SPINE_CHECKS, &dirs, |d| {
+        std::fs::symlink_metadata(source.join(d.as_path())).is_ok_and(|m| m.is_dir())
+    });
+    dirs.into_iter()
+        .zip(fits)
+        .find(|(_, ok)| !ok)
+        .map(|(d, _)| d)
 }
+
+/// `lstat`s of spine directories in flight in [`stale_spine`].
+const SPINE_CHECKS: usize = 16;
 
 /// `sizes` cut for `workers`.
 fn cut_for(sizes: &dyn Sizes, workers: usize) -> Cut {

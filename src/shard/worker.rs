@@ -1176,9 +1176,17 @@ pub fn place_all(
     cut: &Cut,
     generation_of: &(dyn Fn(&Unit) -> u32 + Sync),
 ) -> Result<(), ShardError> {
+    // Most units were placed by their workers: their work directories are gone. One
+    // lookup each, all at once, spares the levels below (one after another, each a few
+    // round trips) for them.
+    // (Only a name that is not there counts: any other error is left to `place_unit`.)
+    let left = super::par_map(threads, &cut.units, |u| {
+        !matches!(std::fs::symlink_metadata(rd.work(&u.id, generation_of(u))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    });
     let mut levels: std::collections::BTreeMap<(usize, bool), Vec<&Unit>> =
         std::collections::BTreeMap::new();
-    for u in &cut.units {
+    for (u, _) in cut.units.iter().zip(left).filter(|(_, l)| *l) {
         levels
             .entry((u.dir.components().count(), !u.anchor))
             .or_default()
