@@ -644,7 +644,7 @@ fn make_plan(
         .into_iter()
         .filter(|(_, s)| s.paths == [path.as_str()] && s.tag("label") == Some(&opts.label))
         .max_by(|a, b| a.1.time.cmp(&b.1.time));
-    let threads = opts.jobs.max(1);
+    let threads = super::sizes::planning_threads(opts.jobs, spec.count);
     let from_parent = parent.as_ref().and_then(|(id, snap)| {
         let comps: Vec<&OsStr> = source.iter().skip(1).collect();
         let sized = restic::backup::descend(repo, snap.tree, &comps).and_then(|t| match t {

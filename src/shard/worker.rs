@@ -512,7 +512,8 @@ pub fn cut_source(
             return Ok((cut, "manifest"));
         }
     }
-    let cut = sizes::walk_cut(source, spec.count, opts.jobs).ctx("open source", source)?;
+    let threads = sizes::planning_threads(opts.jobs, spec.count);
+    let cut = sizes::walk_cut(source, spec.count, threads).ctx("open source", source)?;
     Ok((cut, "walk"))
 }
 
