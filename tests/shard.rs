@@ -1341,6 +1341,60 @@ fn finalize_reads_a_run_written_in_the_older_layout_of_parts_and_figures() {
     assert!(!parts.exists(), "parts left behind");
 }
 
+/// A run planned by today's snapring (`part_dirs` in its plan) where some units were
+/// committed by a worker of an older snapring (a host not yet upgraded, a retried pod
+/// on an older image): that binary knows no `part_dirs` and puts its parts in `parts/`
+/// itself, its figures in `counts/<unit>.g<gen>.json`, its commits without them.
+/// Finalize reads each unit's part where its committer put it (it looked in the
+/// plan's subdirectories for every unit: exit 1, "open manifest part", every time).
+#[test]
+fn finalize_reads_the_parts_of_older_workers_in_a_run_planned_by_a_newer_one() {
+    let e = env();
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let outs = run_workers(&e, 3, "mixed", &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    let rd = run_dir(&e, "mixed");
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rd.join("plan.json")).unwrap()).unwrap();
+    let part_dirs = plan["part_dirs"].as_u64().unwrap();
+    assert!(part_dirs > 1, "{plan}");
+    let parts = rd.join("parts");
+    std::fs::create_dir(rd.join("counts")).unwrap();
+    let (mut files, mut older) = (0, 0);
+    // Every other unit as an older worker committed it.
+    for (i, u) in plan_units(&e, "mixed").into_iter().enumerate() {
+        let p = rd.join("done").join(&u);
+        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+        files += c["counts"]["files_total"].as_u64().unwrap();
+        if i % 2 == 1 {
+            continue;
+        }
+        let counts = c.as_object_mut().unwrap().remove("counts").unwrap();
+        let name = format!("{u}.g{}", c["generation"]);
+        std::fs::write(
+            rd.join("counts").join(format!("{name}.json")),
+            counts.to_string(),
+        )
+        .unwrap();
+        std::fs::write(&p, c.to_string()).unwrap();
+        let n: u64 = u.trim_start_matches('u').parse().unwrap();
+        let k = (n % part_dirs).to_string();
+        let mf = format!("{name}.mf");
+        std::fs::rename(parts.join(&k).join(&mf), parts.join(&mf)).unwrap();
+        older += 1;
+    }
+    assert!(older > 0 && older < plan_units(&e, "mixed").len());
+    let o = run_cmd(&e, "finalize", "mixed", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_snapshot(&e, "finalized with parts of older workers");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(e.dest.join(".snapring/runs/mixed.json")).unwrap())
+            .unwrap();
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert_eq!(rec["files_total"], files, "{rec}");
+    assert!(!parts.exists(), "parts left behind");
+}
+
 /// Review: every unit committed and moved into the run's tree, the finalizer killed
 /// before staging; `snapring finalize` then runs where the source is not there (an
 /// admin host, or a node where the workers' `pre_command` mounted it; or an empty mount

@@ -484,11 +484,7 @@ fn check_nothing_moved(
         if rd.work(&u.id, generation).is_dir() {
             return Ok(false);
         }
-        let part = manifest::paths(
-            &rd.part_dir(&u.id, part_dirs),
-            &format!("{}.g{generation}", u.id),
-        )
-        .0;
+        let part = rd.part_path(&u.id, &commits[&u.id], part_dirs);
         let mut entries = 0;
         for_each_block(&part, |_, es| {
             entries += es.len();
@@ -755,10 +751,7 @@ fn assemble(
     counters: &Counters,
 ) -> Result<(), ShardError> {
     let source = plan.source.as_path();
-    let part = |u: &str| {
-        let id = format!("{u}.g{}", commits[u].generation);
-        manifest::paths(&rd.part_dir(u, plan.part_dirs), &id).0
-    };
+    let part = |u: &str| rd.part_path(u, &commits[u], plan.part_dirs);
     // Pass 1: the groups (source inodes with several names) and the earliest start,
     // the parts read at once.
     let firsts = super::par_map(threads, &cut.units, |u| {

@@ -302,30 +302,21 @@ impl Sizes for MemSizes {
     }
 }
 
-/// The time the slowest of `workers` workers takes when each works through its home
-/// units (largest first) and then takes the largest unit nobody has started, one unit
-/// costing its weight. (The model of the run `worker.rs` makes.)
+/// The time the slowest of `workers` workers takes when each, once free, takes the
+/// first unit nobody has started in its [`Cut::claim_order`] (its home units, then the
+/// others'), one unit costing its weight. (The model of the run `worker.rs` makes.)
 pub fn simulate(cut: &Cut, workers: usize) -> u64 {
-    let mut queues: Vec<Vec<&Unit>> = (0..workers).map(|w| cut.home(w)).collect();
-    for q in &mut queues {
-        q.reverse(); // pop() takes the largest first
-    }
+    let orders: Vec<Vec<&Unit>> = (0..workers).map(|w| cut.claim_order(w)).collect();
+    let mut taken: BTreeSet<&str> = BTreeSet::new();
     let mut clock = vec![0u64; workers];
     loop {
-        // The worker free earliest takes its next unit: its own, else the largest
-        // unstarted one of another worker.
         let w = (0..workers).min_by_key(|&w| (clock[w], w)).unwrap_or(0);
-        let next = match queues[w].pop() {
-            Some(u) => Some(u),
-            None => {
-                let from = (0..workers)
-                    .filter(|&o| !queues[o].is_empty())
-                    .max_by_key(|&o| queues[o].last().map(|u| u.weight));
-                from.and_then(|o| queues[o].pop())
-            }
-        };
+        let next = orders[w].iter().find(|u| !taken.contains(u.id.as_str()));
         match next {
-            Some(u) => clock[w] += u.weight,
+            Some(u) => {
+                taken.insert(u.id.as_str());
+                clock[w] += u.weight;
+            }
             None => break,
         }
     }

@@ -10,9 +10,11 @@
 //! - `claims/<unit>.g<generation>`: who works on a unit; the lease is the file's mtime plus the
 //!   lease length, renewed by touching it; a claim past its lease is taken over by
 //!   creating generation `generation+1`;
-//! - `done/<unit>`: the unit's commit, naming the generation whose work counts;
-//! - `parts/<unit>.g<generation>.mf|.idx`: that generation's manifest part;
-//! - `counts/<unit>.g<generation>.json`: its counters and problems;
+//! - `done/<unit>`: the unit's commit, naming the generation whose work counts, with
+//!   its counters and problems;
+//! - `parts/<k>/<unit>.g<generation>.mf`: that generation's manifest part
+//!   ([`RunDir::part_dir`]); a run of an older snapring has its parts in `parts/`
+//!   itself (an `.idx` beside each) and its counters in `counts/<unit>.g<generation>.json`;
 //! - `work/<unit>.g<generation>/`: where it is built; `tree/`: the run's tree once committed
 //!   units are moved in; `finalized`: the run's report, once published.
 
@@ -329,6 +331,17 @@ impl RunDir {
             0 => self.parts(),
             k => self.parts().join(format!("{}", n % k)),
         }
+    }
+    /// The manifest part that `c`, `unit`'s commit, keeps: in the plan's subdirectory
+    /// of `parts/` ([`RunDir::part_dir`]), or in `parts/` itself for a commit without
+    /// figures, made by an older snapring, which knows no `part_dirs` and put its part
+    /// there whatever the plan says (a worker not yet upgraded in a newer binary's run).
+    pub fn part_path(&self, unit: &str, c: &Commit, part_dirs: u32) -> PathBuf {
+        let dir = match c.counts {
+            Some(_) => self.part_dir(unit, part_dirs),
+            None => self.parts(),
+        };
+        dir.join(format!("{unit}.g{}.mf", c.generation))
     }
     pub fn work(&self, unit: &str, generation: u32) -> PathBuf {
         self.root.join("work").join(format!("{unit}.g{generation}"))
