@@ -1232,9 +1232,7 @@ fn finalize_after_another_backup_published_refuses_instead_of_expiring_the_newer
 #[test]
 fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
     let e = env();
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
-    let outs = run_workers(&e, 3, "torn", &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_before_staging(&e, "torn");
     let parts = run_dir(&e, "torn").join("parts");
     let plan: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir(&e, "torn").join("plan.json")).unwrap())
@@ -1291,9 +1289,7 @@ fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
 #[test]
 fn finalize_reads_a_run_written_in_the_older_layout_of_parts_and_figures() {
     let e = env();
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
-    let outs = run_workers(&e, 3, "older", &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_before_staging(&e, "older");
     let rd = run_dir(&e, "older");
     let plan_path = rd.join("plan.json");
     let mut plan: serde_json::Value =
@@ -1320,25 +1316,54 @@ fn finalize_reads_a_run_written_in_the_older_layout_of_parts_and_figures() {
     std::fs::create_dir(rd.join("counts")).unwrap();
     let mut files = 0;
     for u in plan_units(&e, "older") {
-        let p = rd.join("done").join(&u);
-        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        let counts = c.as_object_mut().unwrap().remove("counts").unwrap();
-        files += counts["files_total"].as_u64().unwrap();
-        let name = format!("{u}.g{}.json", c["generation"]);
-        std::fs::write(rd.join("counts").join(name), counts.to_string()).unwrap();
-        c["plan"] = hash.clone().into();
-        std::fs::write(&p, c.to_string()).unwrap();
+        let (_, f) = commit_as_an_older_worker(&rd, &u, Some(&hash));
+        files += f;
     }
     assert_eq!(moved, plan_units(&e, "older").len());
-    let o = run_cmd(&e, "finalize", "older", &[], &[]);
+    finalize_completes(&e, "older", files, "finalized from the older layout");
+}
+
+/// Runs 3 workers of run `id` to the end of their units; the finalizer is killed
+/// before it stages, so every unit is committed and nothing is published.
+fn killed_before_staging(e: &Env, id: &str) {
+    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let outs = run_workers(e, 3, id, &[], die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+}
+
+/// Rewrites unit `u`'s commit in run directory `rd` as an older worker wrote it: its
+/// figures out of the commit into `counts/<u>.g<gen>.json` (made by the caller), and
+/// the plan's hash replaced by `plan` if given. Returns `<u>.g<gen>` and its files.
+fn commit_as_an_older_worker(rd: &Path, u: &str, plan: Option<&str>) -> (String, u64) {
+    let p = rd.join("done").join(u);
+    let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
+    let counts = c.as_object_mut().unwrap().remove("counts").unwrap();
+    let name = format!("{u}.g{}", c["generation"]);
+    std::fs::write(
+        rd.join("counts").join(format!("{name}.json")),
+        counts.to_string(),
+    )
+    .unwrap();
+    if let Some(h) = plan {
+        c["plan"] = h.into();
+    }
+    std::fs::write(&p, c.to_string()).unwrap();
+    (name, counts["files_total"].as_u64().unwrap())
+}
+
+/// `snapring finalize` of run `id` completes it: the snapshot equals the source, the
+/// run's record says complete with `files` files, and no part is left.
+fn finalize_completes(e: &Env, id: &str, files: u64, what: &str) {
+    let o = run_cmd(e, "finalize", id, &[], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    check_snapshot(&e, "finalized from the older layout");
-    let rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(e.dest.join(".snapring/runs/older.json")).unwrap())
-            .unwrap();
+    check_snapshot(e, what);
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.dest.join(format!(".snapring/runs/{id}.json"))).unwrap(),
+    )
+    .unwrap();
     assert_eq!(rec["status"], "complete", "{rec}");
     assert_eq!(rec["files_total"], files, "{rec}");
-    assert!(!parts.exists(), "parts left behind");
+    assert!(!run_dir(e, id).join("parts").exists(), "parts left behind");
 }
 
 /// A run planned by today's snapring (`part_dirs` in its plan) where some units were
@@ -1350,9 +1375,7 @@ fn finalize_reads_a_run_written_in_the_older_layout_of_parts_and_figures() {
 #[test]
 fn finalize_reads_the_parts_of_older_workers_in_a_run_planned_by_a_newer_one() {
     let e = env();
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
-    let outs = run_workers(&e, 3, "mixed", &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_before_staging(&e, "mixed");
     let rd = run_dir(&e, "mixed");
     let plan: serde_json::Value =
         serde_json::from_slice(&std::fs::read(rd.join("plan.json")).unwrap()).unwrap();
@@ -1363,20 +1386,14 @@ fn finalize_reads_the_parts_of_older_workers_in_a_run_planned_by_a_newer_one() {
     let (mut files, mut older) = (0, 0);
     // Every other unit as an older worker committed it.
     for (i, u) in plan_units(&e, "mixed").into_iter().enumerate() {
-        let p = rd.join("done").join(&u);
-        let mut c: serde_json::Value = serde_json::from_slice(&std::fs::read(&p).unwrap()).unwrap();
-        files += c["counts"]["files_total"].as_u64().unwrap();
         if i % 2 == 1 {
+            let c: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(rd.join("done").join(&u)).unwrap()).unwrap();
+            files += c["counts"]["files_total"].as_u64().unwrap();
             continue;
         }
-        let counts = c.as_object_mut().unwrap().remove("counts").unwrap();
-        let name = format!("{u}.g{}", c["generation"]);
-        std::fs::write(
-            rd.join("counts").join(format!("{name}.json")),
-            counts.to_string(),
-        )
-        .unwrap();
-        std::fs::write(&p, c.to_string()).unwrap();
+        let (name, f) = commit_as_an_older_worker(&rd, &u, None);
+        files += f;
         let n: u64 = u.trim_start_matches('u').parse().unwrap();
         let k = (n % part_dirs).to_string();
         let mf = format!("{name}.mf");
@@ -1384,15 +1401,7 @@ fn finalize_reads_the_parts_of_older_workers_in_a_run_planned_by_a_newer_one() {
         older += 1;
     }
     assert!(older > 0 && older < plan_units(&e, "mixed").len());
-    let o = run_cmd(&e, "finalize", "mixed", &[], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    check_snapshot(&e, "finalized with parts of older workers");
-    let rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(e.dest.join(".snapring/runs/mixed.json")).unwrap())
-            .unwrap();
-    assert_eq!(rec["status"], "complete", "{rec}");
-    assert_eq!(rec["files_total"], files, "{rec}");
-    assert!(!parts.exists(), "parts left behind");
+    finalize_completes(&e, "mixed", files, "finalized with parts of older workers");
 }
 
 /// Review: every unit committed and moved into the run's tree, the finalizer killed
@@ -1404,9 +1413,7 @@ fn finalize_reads_the_parts_of_older_workers_in_a_run_planned_by_a_newer_one() {
 #[test]
 fn snapring_finalize_where_the_source_is_missing_keeps_the_runs_tree() {
     let e = env();
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
-    let outs = run_workers(&e, 3, "away", &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_before_staging(&e, "away");
     let aside = e.src.with_file_name("src-not-mounted");
     std::fs::rename(&e.src, &aside).unwrap();
     let o = run_cmd(&e, "finalize", "away", &[], &[]);
@@ -1431,9 +1438,7 @@ fn snapring_finalize_where_the_source_is_missing_keeps_the_runs_tree() {
 #[test]
 fn a_spine_directory_deleted_before_finalize_is_left_out_of_the_snapshot() {
     let e = env();
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
-    let outs = run_workers(&e, 3, "gone", &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_before_staging(&e, "gone");
     std::fs::remove_dir_all(e.src.join("flat")).unwrap();
     let o = run_cmd(&e, "finalize", "gone", &[], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -1452,9 +1457,7 @@ fn a_spine_directory_deleted_before_finalize_is_left_out_of_the_snapshot() {
 #[test]
 fn a_rerun_that_only_finalizes_runs_the_pre_command_first() {
     let e = env();
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
-    let outs = run_workers(&e, 3, "mount", &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_before_staging(&e, "mount");
     let elsewhere = e.src.with_file_name("src-elsewhere");
     std::fs::rename(&e.src, &elsewhere).unwrap();
     let mount = format!("mv {} {}", elsewhere.display(), e.src.display());

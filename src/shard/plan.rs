@@ -358,6 +358,20 @@ mod tests {
         s
     }
 
+    /// The root: two heavy files (a range each), "big" (three ranges of its own),
+    /// then four light files (one range, the root's anchor).
+    fn two_heavy_then_four_light() -> MemSizes {
+        with_big(vec![
+            file("a", 9),
+            file("b", 9),
+            dir("big", 30),
+            file("c", 2),
+            file("d", 2),
+            file("e", 2),
+            file("f", 2),
+        ])
+    }
+
     #[test]
     fn a_small_tree_is_one_unit_of_the_whole_root() {
         let mut s = MemSizes::default();
@@ -403,15 +417,7 @@ mod tests {
     #[test]
     fn each_spine_directory_has_one_anchor_the_range_with_the_most_entries() {
         // The root: two heavy files (a range each), then four light ones (one range).
-        let s = with_big(vec![
-            file("a", 9),
-            file("b", 9),
-            dir("big", 30),
-            file("c", 2),
-            file("d", 2),
-            file("e", 2),
-            file("f", 2),
-        ]);
+        let s = two_heavy_then_four_light();
         let c = cut(&s, 2, 10);
         let anchors = |d: &RelPath| -> Vec<&Unit> {
             c.units.iter().filter(|u| &u.dir == d && u.anchor).collect()
@@ -433,15 +439,7 @@ mod tests {
     fn a_worker_claims_anchors_first_shallowest_first_then_the_rest_largest_first() {
         // The root's anchor is its light range (c..f), below the heavy "a" and "b"
         // and the ranges of "big".
-        let s = with_big(vec![
-            file("a", 9),
-            file("b", 9),
-            dir("big", 30),
-            file("c", 2),
-            file("d", 2),
-            file("e", 2),
-            file("f", 2),
-        ]);
+        let s = two_heavy_then_four_light();
         let c = cut(&s, 2, 10);
         for w in 0..2 {
             let order = c.claim_order(w);
