@@ -5,7 +5,8 @@
 //! tree is the very tree a single-node run makes, and `restic check --read-data` passes
 //! (when Debian's `restic` is installed). Then the attacks: a worker SIGKILLed before
 //! its commit, a worker SIGSTOPped past its lease and resumed after the run was
-//! published, crashes during finalize (before and after `final`), a duplicate worker
+//! published, a finalizer SIGSTOPped past its lease and resumed after the publisher's
+//! tidy, crashes during finalize (before and after `final`), a duplicate worker
 //! for one index, an incremental run, a worker started with another count. Runs
 //! processes on real temp directories.
 
@@ -379,31 +380,62 @@ fn a_worker_killed_before_its_commit_leaves_its_unit_to_the_others() {
     assert_eq!(snapshots(&e).len(), 1);
 }
 
+/// The lease of the SIGSTOP tests' workers.
+const SHORT_LEASE: [(&str, &str); 1] = [("SNAPRING_SHARD_LEASE", "2s")];
+
+/// A worker stopped past its lease: worker `i` of `n` of run `run` paused at failpoint
+/// `point`, then SIGSTOPped (its lease is no longer renewed) with the pause lifted, so
+/// that [`Stopped::resume`] lets it go on from there.
+struct Stopped {
+    child: Child,
+    pid: rustix::process::Pid,
+}
+
+impl Stopped {
+    fn at(e: &Env, i: usize, n: usize, run: &str, point: &str) -> Stopped {
+        let pause = e.t.path().join(format!("paused-{run}-{i}"));
+        let fp = format!("{point}=pause:{}", pause.display());
+        let child = spawn(
+            e,
+            i,
+            n,
+            run,
+            &[SHORT_LEASE[0], ("SNAPRING_FAILPOINTS", &fp)],
+        );
+        wait_for(&pause);
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+        std::fs::remove_file(&pause).unwrap();
+        Stopped { child, pid }
+    }
+
+    /// SIGCONT, and its output once it exits.
+    fn resume(self) -> Output {
+        rustix::process::kill_process(self.pid, rustix::process::Signal::CONT).unwrap();
+        self.child.wait_with_output().unwrap()
+    }
+}
+
+/// Every commit of the published run `run` is a tombstone (tidied by its publisher).
+fn assert_tidied(e: &Env, run: &str) {
+    let done = run_files(e, run, "done");
+    assert_eq!(done, plan_units(e, run), "{run}");
+    let dir = e.repo.join("snapring/shards").join(run).join("done");
+    for u in done {
+        assert_eq!(std::fs::read(dir.join(&u)).unwrap(), b"published\n", "{u}");
+    }
+}
+
 #[test]
 fn a_worker_stopped_past_its_lease_is_taken_over_and_its_late_commit_refused() {
     let e = env();
-    let pause = e.t.path().join("paused");
-    let point = format!("shard.repo.before_commit=pause:{}", pause.display());
-    let stalled = spawn(
-        &e,
-        0,
-        2,
-        "r",
-        &[
-            ("SNAPRING_SHARD_LEASE", "2s"),
-            ("SNAPRING_FAILPOINTS", &point),
-        ],
-    );
-    wait_for(&pause);
-    // Stopped with its unit built and not committed: its lease is no longer renewed.
-    let pid = rustix::process::Pid::from_raw(stalled.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
-    std::fs::remove_file(&pause).unwrap();
+    // Stopped with its unit built and not committed.
+    let stalled = Stopped::at(&e, 0, 2, "r", "shard.repo.before_commit");
     let claims = unit_claims(&e, "r");
     assert_eq!(claims.len(), 1, "{claims:?}");
     let unit = claims[0].split_once(".g").unwrap().0.to_string();
     let other = report(
-        &spawn(&e, 1, 2, "r", &[("SNAPRING_SHARD_LEASE", "2s")])
+        &spawn(&e, 1, 2, "r", &SHORT_LEASE)
             .wait_with_output()
             .unwrap(),
     );
@@ -412,9 +444,7 @@ fn a_worker_stopped_past_its_lease_is_taken_over_and_its_late_commit_refused() {
     let snaps = snapshots(&e);
     assert_eq!(snaps.len(), 1);
     // Resumed after the run was published: its commit is refused, it publishes nothing.
-    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
-    let out = stalled.wait_with_output().unwrap();
-    let late = report(&out);
+    let late = report(&stalled.resume());
     assert_eq!(units_of(&late, "units_refused"), [unit], "{late}");
     assert!(units_of(&late, "units").is_empty(), "{late}");
     assert_eq!(late["finalized"], false);
@@ -423,6 +453,44 @@ fn a_worker_stopped_past_its_lease_is_taken_over_and_its_late_commit_refused() {
     let mut by_other = units_of(&other, "units");
     by_other.sort();
     assert_eq!(plan_units(&e, "r"), by_other);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
+/// The finalizer stopped past its lease once it found `final` missing, before it read
+/// the commits: the other worker takes finalize over, publishes and tidies (the commits
+/// become tombstones). Resumed, the stalled one finds the run published by another and
+/// exits 0 (not 1: a Job's failure policy would fail the whole run), publishing nothing.
+#[test]
+fn a_finalizer_stopped_past_its_lease_and_resumed_after_the_tidy_ends_published_by_another() {
+    let e = env();
+    // Alone, worker 0 builds every unit and claims finalize.
+    let stalled = Stopped::at(&e, 0, 2, "f", "shard.repo.before_commits_read");
+    let other = report(
+        &spawn(&e, 1, 2, "f", &SHORT_LEASE)
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(other["finalized"], true, "{other}");
+    assert!(units_of(&other, "units").is_empty(), "{other}");
+    let claims = run_files(&e, "f", "claims");
+    assert!(
+        claims.contains(&"finalize.g2".to_string()),
+        "taken over: {claims:?}"
+    );
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_tidied(&e, "f");
+    let out = stalled.resume();
+    let late = report(&out);
+    assert_eq!(late["status"], "complete", "{late}");
+    assert_eq!(late["finalized"], false, "{late}");
+    assert_eq!(late["snapshot"], snaps[0].0.hex().as_str(), "{late}");
+    assert_eq!(
+        late["units"].as_array().unwrap().len(),
+        plan_units(&e, "f").len()
+    );
+    assert_eq!(snapshots(&e).len(), 1);
+    assert_tidied(&e, "f");
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
 
@@ -453,14 +521,7 @@ fn a_crash_in_finalize_before_or_after_final_still_makes_exactly_one_snapshot() 
         // Tidied up by whoever published or mended it: every commit a tombstone.
         let dir = e.repo.join("snapring/shards").join(run);
         assert!(dir.join("published").exists(), "{point}");
-        let done = run_files(&e, run, "done");
-        assert_eq!(done, plan_units(&e, run), "{point}");
-        for u in done {
-            assert_eq!(
-                std::fs::read(dir.join("done").join(&u)).unwrap(),
-                b"published\n"
-            );
-        }
+        assert_tidied(&e, run);
         assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
     }
 }

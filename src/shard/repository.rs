@@ -1153,7 +1153,8 @@ struct Finalized {
 /// Publishes the run: the spine directories' trees (deepest first) from the committed
 /// units' nodes and the spine's own metadata, the ancestors of the source, then
 /// `final`, then the snapshot file. A run already published only has its snapshot
-/// file written if a crash left it missing.
+/// file written if a crash left it missing; one that another process published while
+/// this one made its `final` (its inputs tidied away meanwhile) is that process's.
 fn finalize(
     repo: &mut Repo,
     st: &State<'_>,
@@ -1173,6 +1174,46 @@ fn finalize(
     if let Some(f) = st.read_final().map_err(failed)? {
         return published(repo, st, f, spec, group);
     }
+    let f = match make_final(repo, st, plan_file, plan_hash, cut, source, spec, &group) {
+        Ok(f) => f,
+        // Its inputs gone because another process published the run meanwhile (this
+        // one stalled past its lease, taken over): the publisher's tidy replaced the
+        // commits by tombstones, a prune since may have removed blobs. `final` settles
+        // it; with no `final`, the failure is real.
+        Err(e) => match st.read_final() {
+            Ok(Some(f)) => {
+                tracing::info!(
+                    "run {}: published by another process meanwhile ({e})",
+                    plan_file.run
+                );
+                f
+            }
+            _ => return Err(e),
+        },
+    };
+    crate::failpoint::hit("shard.repo.before_snapshot").map_err(|e| {
+        ShardError::Failed(crate::error::Error::Repository(format!(
+            "write the snapshot: {e}"
+        )))
+    })?;
+    published(repo, st, f, spec, group)
+}
+
+/// The run's `final`: this process's (the spine's trees made from the commits, the
+/// snapshot sealed), created exclusively, or the one another process created first.
+#[allow(clippy::too_many_arguments)]
+fn make_final(
+    repo: &mut Repo,
+    st: &State<'_>,
+    plan_file: &PlanFile,
+    plan_hash: &str,
+    cut: &Cut,
+    source: &Path,
+    spec: &Spec,
+    group: &restic::forget::Group,
+) -> Result<FinalFile, ShardError> {
+    // A finalizer stalled here while another publishes the run (the tests).
+    let _ = crate::failpoint::hit("shard.repo.before_commits_read");
     let commits = super::par_map(8, &cut.units, |u| -> Result<UnitDone, ShardError> {
         let key = st.done_key(&u.id);
         let sealed =
@@ -1318,19 +1359,15 @@ fn finalize(
     };
     let body = serde_json::to_vec(&mine).expect("serializes");
     let made = st.b.create_extra(&st.key("final"), &body).map_err(failed)?;
-    let f = if made {
-        mine
-    } else {
-        st.read_final()
-            .map_err(failed)?
-            .ok_or_else(|| failed(restic::Error::Other("final vanished".into())))?
-    };
-    crate::failpoint::hit("shard.repo.before_snapshot").map_err(|e| {
-        ShardError::Failed(crate::error::Error::Repository(format!(
-            "write the snapshot: {e}"
+    if made {
+        return Ok(mine);
+    }
+    st.read_final().map_err(failed)?.ok_or_else(|| {
+        failed(restic::Error::Other(format!(
+            "{} vanished after its create was refused",
+            st.key("final")
         )))
-    })?;
-    published(repo, st, f, spec, group)
+    })
 }
 
 /// Writes the snapshot file `final` names if it is missing, then settles who publishes
