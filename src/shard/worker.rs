@@ -93,6 +93,9 @@ struct Worker<'a> {
     gate: crate::pool::Gate,
     /// `--bwlimit`: one bucket for the worker, whatever units it builds at once.
     throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+    /// The next of its home units (in claim order) a lane of this worker tries to claim
+    /// straight away ([`pick_home`]); shared by the lanes, so each is tried once.
+    home_next: std::sync::atomic::AtomicUsize,
 }
 
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
@@ -225,6 +228,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         throttle: opts
             .bwlimit
             .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
+        home_next: Default::default(),
     };
     tracing::info!(
         run = %spec.run_id, worker = spec.index, workers = spec.count, units = cut.units.len(),
@@ -670,6 +674,25 @@ fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
     })
 }
 
+/// The next of this worker's home units nobody has claimed, claimed (generation 1),
+/// until each has been tried once: an exclusive create, refused if the unit has a
+/// claim of any generation (generations are created in order, and no claim is removed
+/// while the run lasts), so a unit without a claim has no commit either. Spares the
+/// listings of `done/` and `claims/` ([`pick`]) before each home unit, a few round
+/// trips each between one unit and the next (on NFS, an eighth of the lanes' time
+/// between units at 1 ms).
+fn pick_home<'c>(ctx: &Worker<'c>, order: &[&'c Unit]) -> Result<Option<&'c Unit>, ShardError> {
+    loop {
+        let i = ctx.home_next.fetch_add(1, Ordering::Relaxed);
+        let Some(&u) = order.get(i).filter(|u| u.home == ctx.spec.index) else {
+            return Ok(None);
+        };
+        if ctx.rd.claim(&u.id, 1, &Holder::me(ctx.spec.index))? {
+            return Ok(Some(u));
+        }
+    }
+}
+
 /// The next unit this worker may take, claimed: its home units first (largest
 /// first), then others nobody has claimed (largest first), then takeovers of lapsed
 /// leases and of this index's own claims left by a dead or earlier process. Costs two
@@ -776,15 +799,23 @@ fn claim_units<'s>(
         if ctx.cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        let done = ctx.rd.done_names()?;
-        if ctx.cut.units.iter().all(|u| done.contains(&u.id)) {
-            return Ok(true);
-        }
-        let Some((unit, generation)) = pick(ctx, &order, &done)? else {
+        let mut seen = 0;
+        let picked = match pick_home(ctx, &order)? {
+            Some(u) => Some((u, 1)),
+            None => {
+                let done = ctx.rd.done_names()?;
+                if ctx.cut.units.iter().all(|u| done.contains(&u.id)) {
+                    return Ok(true);
+                }
+                seen = done.len();
+                pick(ctx, &order, &done)?
+            }
+        };
+        let Some((unit, generation)) = picked else {
             // Everything left is claimed by live workers: wait, to take over if one
             // stalls, and to finalize when the last one commits.
             settle(moving)?;
-            wait_for_a_commit(ctx, done.len(), failed)?;
+            wait_for_a_commit(ctx, seen, failed)?;
             continue;
         };
         {
@@ -820,7 +851,12 @@ fn claim_units<'s>(
             };
             if ctx.rd.commit(&unit.id, &c)? {
                 let _ = crate::failpoint::hit("shard.after_commit");
-                tracing::info!("unit {} committed (generation {generation})", unit.id);
+                tracing::info!(
+                    "unit {} committed (generation {generation}) in {:.2} s, weight {}",
+                    unit.id,
+                    c.counts.as_ref().map_or(0.0, |n| n.seconds),
+                    unit.weight
+                );
                 settle(moving)?;
                 *moving =
                     Some(s.spawn(move || place_with_waiting(ctx.rd, ctx.cut, unit, generation)));
@@ -1178,12 +1214,26 @@ pub fn place_all(
     generation_of: &(dyn Fn(&Unit) -> u32 + Sync),
 ) -> Result<(), ShardError> {
     // Most units were placed by their workers: their work directories are gone. One
-    // lookup each, all at once, spares the levels below (one after another, each a few
-    // round trips) for them.
-    // (Only a name that is not there counts: any other error is left to `place_unit`.)
-    let left = super::par_map(threads, &cut.units, |u| {
-        !matches!(std::fs::symlink_metadata(rd.work(&u.id, generation_of(u))),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+    // listing of `work/` spares the levels below (one after another, each a few round
+    // trips) for them. (A lookup of each unit's name instead: on a FUSE mount those of
+    // one directory go one at a time, 0.05 s for 47 units at 1 ms.) Where `work/`
+    // cannot be listed, every unit is left to `place_unit`.
+    let work = rd.root.join("work");
+    let there: Option<std::collections::BTreeSet<std::ffi::OsString>> =
+        match std::fs::read_dir(&work) {
+            Ok(it) => it
+                .map(|e| e.map(|e| e.file_name()))
+                .collect::<Result<_, _>>()
+                .ok(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(Default::default()),
+            Err(_) => None,
+        };
+    let left = cut.units.iter().map(|u| {
+        there.as_ref().is_none_or(|names| {
+            rd.work(&u.id, generation_of(u))
+                .file_name()
+                .is_some_and(|n| names.contains(n))
+        })
     });
     let mut levels: std::collections::BTreeMap<(usize, bool), Vec<&Unit>> =
         std::collections::BTreeMap::new();
