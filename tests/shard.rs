@@ -1323,6 +1323,45 @@ fn finalize_reads_a_run_written_in_the_older_layout_of_parts_and_figures() {
     finalize_completes(&e, "older", files, "finalized from the older layout");
 }
 
+/// Finalize keeps the parts it read in its first pass for its second, within a budget
+/// of entries; the parts beyond it are read again. Whichever it does for each part,
+/// the manifest is the whole snapshot's (`verify` finds every entry), once.
+#[test]
+fn finalize_merges_the_same_manifest_with_parts_kept_read_again_or_both() {
+    for (run, kept) in [("none", "0"), ("some", "40"), ("all", "100000")] {
+        let e = env();
+        killed_before_staging(&e, run);
+        let units = plan_units(&e, run).len();
+        assert!(units > 4, "{units} units");
+        let o = run_cmd(
+            &e,
+            "finalize",
+            run,
+            &["-v"],
+            &[("SNAPRING_FINALIZE_KEPT_ENTRIES", kept)],
+        );
+        assert_eq!(o.status.code(), Some(0), "{run}: {}", text(&o));
+        let once = match run {
+            "none" => "0".to_string(),
+            "all" => units.to_string(),
+            _ => {
+                let line = text(&o);
+                let n: usize = line
+                    .split_once("merged in ")
+                    .and_then(|(_, r)| r.split_once("s ("))
+                    .and_then(|(_, r)| r.split_once(" of "))
+                    .map(|(n, _)| n.parse().unwrap())
+                    .unwrap_or_else(|| panic!("{line}"));
+                assert!(n > 0 && n < units, "{n} of {units} kept: {line}");
+                n.to_string()
+            }
+        };
+        let said = format!("({once} of {units} read once)");
+        assert!(text(&o).contains(&said), "{run}: {said}: {}", text(&o));
+        check_snapshot(&e, run);
+    }
+}
+
 /// Runs 3 workers of run `id` to the end of their units; the finalizer is killed
 /// before it stages, so every unit is committed and nothing is published.
 fn killed_before_staging(e: &Env, id: &str) {

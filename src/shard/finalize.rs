@@ -33,6 +33,18 @@ use crate::store::Store;
 
 /// Most threads finalize's round trips run on.
 const FINALIZE_THREADS: usize = 64;
+/// Finalize keeps the parts' blocks its first pass read for its second while they hold
+/// at most this many entries in all (some hundred bytes each: tens of MiB); the parts
+/// beyond are read again, at most `threads` at a time. `SNAPRING_FINALIZE_KEPT_ENTRIES`
+/// says otherwise (the tests: 0 reads every part again).
+const KEPT_ENTRIES: usize = 1 << 18;
+
+fn kept_entries() -> usize {
+    std::env::var("SNAPRING_FINALIZE_KEPT_ENTRIES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(KEPT_ENTRIES)
+}
 
 /// What finalize found.
 pub enum Finalized {
@@ -739,6 +751,43 @@ fn join_times(
     Ok(read)
 }
 
+/// A manifest part's blocks: each directory's entries.
+type Blocks = Vec<(RelPath, Vec<Entry>)>;
+
+/// What the source says of one spine directory (`None`: not there): its metadata, its
+/// extended attributes, and the entries of its children that are spine directories.
+type SpineRead = Option<(fsx::Meta, fsx::Xattrs, Vec<Entry>)>;
+
+/// Reads each of the spine directories `order` from the source, on `threads` threads.
+fn read_spine(
+    source: &Path,
+    cut: &Cut,
+    threads: usize,
+    order: &[&RelPath],
+) -> Result<Vec<SpineRead>, ShardError> {
+    super::par_map(threads, order, |d| {
+        let src = source.join(d.as_path());
+        let Ok(sfd) = fsx::open_dir(&src) else {
+            return Ok(None);
+        };
+        let meta = fsx::fstat(b(&sfd)).ctx("stat", &src)?;
+        let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&sfd))).unwrap_or_default();
+        let kids: Vec<Entry> = cut
+            .spine_children(d)
+            .into_iter()
+            .filter_map(|kid| {
+                fsx::lstat_at(b(&sfd), &kid)
+                    .ok()
+                    .filter(|m| m.kind == Kind::Dir)
+                    .map(|m| Entry::from_meta(&kid, &m))
+            })
+            .collect();
+        Ok(Some((meta, xattrs, kids)))
+    })
+    .into_iter()
+    .collect()
+}
+
 /// The run's manifest from the parts, the spine's entries and metadata, and hard-link
 /// groups joined across units.
 fn assemble(
@@ -752,31 +801,58 @@ fn assemble(
 ) -> Result<(), ShardError> {
     let source = plan.source.as_path();
     let part = |u: &str| rd.part_path(u, &commits[u], plan.part_dirs);
-    // Pass 1: the groups (source inodes with several names) and the earliest start,
-    // the parts read at once.
-    let firsts = super::par_map(threads, &cut.units, |u| {
-        let mut ms: Vec<Member> = Vec::new();
-        let s = for_each_block(&part(&u.id), |dir, es| {
-            for e in es.into_iter().filter(|e| e.group.is_some()) {
-                ms.push(Member {
-                    dir: dir.clone(),
-                    entry: e,
-                });
-            }
-            Ok(())
-        })?;
-        Ok::<_, ShardError>((ms, s))
+    // The spine directories deepest first, and their metadata and spine children read
+    // from the source (used below, once the parts are merged) while pass 1 reads the
+    // parts: one does not wait for the other's round trips.
+    let mut order: Vec<&RelPath> = cut.spine.iter().collect();
+    order.sort_by_key(|r| std::cmp::Reverse(r.components().count()));
+    let (firsts, read) = std::thread::scope(|s| {
+        let spine_read = s.spawn(|| read_spine(source, cut, threads, &order));
+        // Pass 1: the groups (source inodes with several names) and the earliest
+        // start, the parts read at once; their blocks kept for pass 2 within
+        // `KEPT_ENTRIES`.
+        let budget = std::sync::atomic::AtomicUsize::new(kept_entries());
+        let firsts = super::par_map(threads, &cut.units, |u| {
+            let mut ms: Vec<Member> = Vec::new();
+            let mut blocks: Blocks = Vec::new();
+            let mut entries = 0;
+            let s = for_each_block(&part(&u.id), |dir, es| {
+                for e in es.iter().filter(|e| e.group.is_some()) {
+                    ms.push(Member {
+                        dir: dir.clone(),
+                        entry: e.clone(),
+                    });
+                }
+                entries += es.len();
+                blocks.push((dir.clone(), es));
+                Ok(())
+            })?;
+            use std::sync::atomic::Ordering::Relaxed;
+            let keep = budget
+                .fetch_update(Relaxed, Relaxed, |b| {
+                    b.checked_sub(entries).filter(|_| b > 0)
+                })
+                .is_ok();
+            Ok::<_, ShardError>((ms, s, keep.then_some(blocks)))
+        });
+        let read = spine_read
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (firsts, read)
     });
     let mut members: Vec<Member> = Vec::new();
     let mut started: Option<Time> = None;
+    let mut kept: Vec<Option<Blocks>> = Vec::new();
     for r in firsts {
-        let (ms, s) = r?;
+        let (ms, s, blocks) = r?;
         members.extend(ms);
+        kept.push(blocks);
         started = match (started, s) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
     }
+    let kept_parts = kept.iter().filter(|k| k.is_some()).count();
     let t_join = Instant::now();
     let tree = fsx::open_dir(&rd.tree()).ctx("open", rd.tree())?;
     let groups = link_groups(members);
@@ -830,20 +906,24 @@ fn assemble(
     let mdir = store.meta.join("manifests");
     let mut w = manifest::Writer::create(&mdir, &rd.run, started.unwrap_or_else(fsx::wall_clock))
         .ctx("create manifest in", &mdir)?;
-    // The parts are read `threads` at a time (each read a few round trips on NFS) and
-    // written in plan order: at most `threads` parts are held in memory.
+    // The parts not kept are read `threads` at a time (each read a few round trips on
+    // NFS) and written in plan order: at most `threads` of them in memory at once.
     let t_pass2 = Instant::now();
-    for window in cut.units.chunks(threads) {
-        let read = super::par_map(threads, window, |u| {
-            let mut blocks: Vec<(RelPath, Vec<Entry>)> = Vec::new();
-            for_each_block(&part(&u.id), |dir, es| {
+    for (window, kept) in cut.units.chunks(threads).zip(kept.chunks_mut(threads)) {
+        let again: Vec<usize> = (0..window.len()).filter(|&i| kept[i].is_none()).collect();
+        let read = super::par_map(threads, &again, |&i| {
+            let mut blocks: Blocks = Vec::new();
+            for_each_block(&part(&window[i].id), |dir, es| {
                 blocks.push((dir.clone(), es));
                 Ok(())
             })?;
             Ok::<_, ShardError>(blocks)
         });
-        for blocks in read {
-            for (dir, mut es) in blocks? {
+        for (&i, r) in again.iter().zip(read) {
+            kept[i] = Some(r?);
+        }
+        for blocks in kept.iter_mut().filter_map(Option::take) {
+            for (dir, mut es) in blocks {
                 for e in es.iter_mut() {
                     if let Some(p) = patched.get(&(dir.clone(), e.name.clone())) {
                         *e = p.clone();
@@ -858,9 +938,11 @@ fn assemble(
         }
     }
     tracing::info!(
-        "finalize: groups joined in {:.2}s, manifest parts merged in {:.2}s",
+        "finalize: groups joined in {:.2}s, manifest parts merged in {:.2}s ({} of {} read once)",
         t_groups.as_secs_f64(),
-        t_pass2.elapsed().as_secs_f64()
+        t_pass2.elapsed().as_secs_f64(),
+        kept_parts,
+        cut.units.len()
     );
     // The spine: each directory's entries for its spine children and its own metadata,
     // from the source now (the units did not carry them), on the pool in three rounds:
@@ -868,28 +950,7 @@ fn assemble(
     // parent's times), then each one's metadata applied. The blocks are written deepest
     // first, as before.
     let t_spine = Instant::now();
-    let mut order: Vec<&RelPath> = cut.spine.iter().collect();
-    order.sort_by_key(|r| std::cmp::Reverse(r.components().count()));
-    let read = super::par_map(threads, &order, |d| {
-        let src = source.join(d.as_path());
-        let Ok(sfd) = fsx::open_dir(&src) else {
-            return Ok(None);
-        };
-        let meta = fsx::fstat(b(&sfd)).ctx("stat", &src)?;
-        let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&sfd))).unwrap_or_default();
-        let kids: Vec<Entry> = cut
-            .spine_children(d)
-            .into_iter()
-            .filter_map(|kid| {
-                fsx::lstat_at(b(&sfd), &kid)
-                    .ok()
-                    .filter(|m| m.kind == Kind::Dir)
-                    .map(|m| Entry::from_meta(&kid, &m))
-            })
-            .collect();
-        Ok::<_, ShardError>(Some((meta, xattrs, kids)))
-    });
-    let read: Vec<_> = read.into_iter().collect::<Result<_, _>>()?;
+    let read = read?;
     // A spine directory gone from the source whose directory in the run's tree holds
     // entries was there when its units walked it: deleted since (dropped below, as a
     // single-node run drops what vanished), or the source is not mounted where
