@@ -1542,7 +1542,9 @@ fn finalize_after_a_crash_past_its_publish_records_the_snapshot_and_what_it_expi
 #[test]
 fn finalize_of_a_run_whose_finalizer_died_after_finalized_cleans_up() {
     let e = env();
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.after_finalized=kill")];
+    // Its clean-up (removing the parts while it publishes) slower than the publish.
+    let points = "shard.finalize.cleanup=sleep:3000;shard.finalize.after_finalized=kill";
+    let die = |_| vec![("SNAPRING_FAILPOINTS", points)];
     let outs = run_workers(&e, 3, "tidy", &[], die);
     assert!(outs.iter().any(|o| o.status.code().is_none()));
     assert!(run_dir(&e, "tidy").join("finalized").is_file());
@@ -1570,6 +1572,8 @@ fn finalize_does_not_publish_an_empty_tree_when_the_staged_tree_is_lost() {
     std::fs::remove_dir_all(e.dest.join(".snapring/staging/lost")).unwrap();
     let o = run_cmd(&e, "finalize", "lost", &[], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // Whether or not the killed finalizer's clean-up had removed the parts already.
+    assert!(text(&o).contains("the run's tree is gone"), "{}", text(&o));
     assert!(snapshot_names(&e.dest).is_empty(), "{}", text(&o));
     assert!(!run_dir(&e, "lost").join("finalized").exists());
 }

@@ -195,6 +195,7 @@ fn locked(
     });
     let state = store.read_state()?;
     let published = state.snapshots.iter().any(|s| s.id == rd.run);
+    let mut cleanup = None;
     let staging = store.meta.join("staging").join(&rd.run);
     if !published {
         // Another backup of this label published since the plan (a single-node run
@@ -240,6 +241,10 @@ fn locked(
             crate::failpoint::hit("shard.finalize.before_staging").ctx("finalize", rd.tree())?;
             std::fs::rename(rd.tree(), &staging).ctx("move the run's tree to", &staging)?;
         }
+        // From here on a finalize (this one, or one after a crash) publishes the staged
+        // tree with the manifest as merged: what it was built in (the parts, the units'
+        // emptied work directories) is removed while it publishes, not after.
+        cleanup = Some(remove_build_dirs_behind(rd, threads));
         let status = if counters_errors(&counters) > 0 {
             Status::Partial
         } else {
@@ -247,15 +252,18 @@ fn locked(
         };
         counters.fill(&mut rep);
         rep.status = Status::Running;
+        let rotation = Repository::plan_rotation(store, &plan.label, plan.retain, &rd.run);
+        if let Ok(r) = &rotation {
+            rep.expired = crate::repo::Rotation::expired(r).to_vec();
+        }
+        // Recorded before the publish, with the snapshots it expires: a finalize after a
+        // crash past it reads them here.
         store.write_run(&rep)?;
+        let rotation = rotation?;
         crate::failpoint::hit("shard.finalize.before_publish").ctx("publish", &staging)?;
         let ino = fsx::fstat(b(&fsx::open_dir(&staging).ctx("open", &staging)?))
             .ctx("stat", &staging)?
             .ino;
-        let rotation = Repository::plan_rotation(store, &plan.label, plan.retain, &rd.run)?;
-        rep.expired = crate::repo::Rotation::expired(&rotation).to_vec();
-        // Recorded before the publish: a finalize after a crash past it reads them here.
-        store.write_run(&rep)?;
         let t_rot = Instant::now();
         let rot_start = report::now_rfc3339();
         let name = Repository::publish(store, &rd.run, status, &plan.label, rotation, ino)?;
@@ -320,7 +328,12 @@ fn locked(
     // Tests: a finalizer killed before its clean-up.
     let _ = crate::failpoint::hit("shard.finalize.after_finalized");
     // Clean-up; what is left is removed by `snapring finalize` or by hand.
-    remove_build_dirs(rd, threads);
+    match cleanup {
+        Some(h) => {
+            let _ = h.join();
+        }
+        None => remove_build_dirs(rd, threads),
+    }
     expire_and_record(store, rd, &cut, worker, jobs, cancel, &mut rep);
     merge_logs(store, &rd.run, plan.workers);
     Ok(Finalized::Done(Box::new(rep)))
@@ -343,6 +356,19 @@ fn remove_build_dirs(rd: &RunDir, threads: usize) {
         let _ = std::fs::remove_dir_all(d);
     });
     let _ = std::fs::remove_dir_all(parts);
+}
+
+/// [`remove_build_dirs`] in a thread of its own.
+fn remove_build_dirs_behind(rd: &RunDir, threads: usize) -> std::thread::JoinHandle<()> {
+    let rd = RunDir {
+        root: rd.root.clone(),
+        run: rd.run.clone(),
+    };
+    std::thread::spawn(move || {
+        // Tests: a clean-up slower than the rest of finalize.
+        let _ = crate::failpoint::hit("shard.finalize.cleanup");
+        remove_build_dirs(&rd, threads)
+    })
 }
 
 /// The clean-up of a finalized run whose finalizer died before its end (it held the
@@ -497,6 +523,10 @@ fn check_nothing_moved(
             return Ok(false);
         }
         let part = rd.part_path(&u.id, &commits[&u.id], part_dirs);
+        if !part.exists() {
+            // Removed once the tree was staged: the unit was in it.
+            return Ok(true);
+        }
         let mut entries = 0;
         for_each_block(&part, |_, es| {
             entries += es.len();
