@@ -785,39 +785,78 @@ fn stderr_of(o: &Output) -> String {
 fn only_one_worker_sizes_the_source_and_the_others_wait_for_its_plan() {
     let e = env();
     let run = "one-plan";
-    // A slow source (each directory's listing takes 100 ms while sizing): workers that
-    // sized it each on their own would all be at it at once.
-    let slow = [("SNAPRING_FAILPOINTS", "shard.size=sleep:100")];
-    let kids: Vec<Child> = (0..4)
-        .map(|i| {
-            let shard = format!("{i}/4");
-            worker(&e, &["-v", "--shard", &shard, "--run-id", run], &slow)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<Output> = kids
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    for o in &outs {
-        assert_eq!(o.status.code(), Some(0), "{}", text(o));
+    // Worker 0 alone first, held inside its sizing (its first directory's listing)
+    // until the other three are seen waiting for its plan: however slowly they start,
+    // none of them could size the source meanwhile without it showing.
+    let pause = e.dest.with_file_name("pause");
+    let log = |i: usize, ext: &str| e.dest.with_file_name(format!("worker{i}.{ext}"));
+    let start = |i: usize, vars: &[(&str, &str)]| -> Child {
+        let shard = format!("{i}/4");
+        let file = |ext| std::fs::File::create(log(i, ext)).unwrap();
+        worker(&e, &["-v", "--shard", &shard, "--run-id", run], vars)
+            .stdout(file("out"))
+            .stderr(file("err"))
+            .spawn()
+            .unwrap()
+    };
+    let stderr = |i: usize| std::fs::read_to_string(log(i, "err")).unwrap_or_default();
+    // Whatever fails, no worker is left behind, held or running.
+    struct Kids<'p>(Vec<Child>, &'p Path);
+    impl Drop for Kids<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.1);
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
-    let sized = outs
-        .iter()
-        .filter(|o| stderr_of(o).contains("sized by walk"))
-        .count();
-    assert_eq!(
-        sized,
-        1,
-        "one worker sizes the source: {}",
-        outs.iter().map(text).collect::<Vec<_>>().join("\n")
+    let fp = format!("shard.size=pause:{}@1", pause.display());
+    let mut kids = Kids(vec![start(0, &[("SNAPRING_FAILPOINTS", &fp)])], &pause);
+    wait_for(&pause);
+    kids.0.extend((1..4).map(|i| start(i, &[])));
+    let t0 = Instant::now();
+    let waits = "waiting for another worker's shard plan";
+    while !(1..4).all(|i| stderr(i).contains(waits)) {
+        for (i, c) in kids.0.iter_mut().enumerate() {
+            assert!(
+                c.try_wait().unwrap().is_none(),
+                "worker {i} ended while worker 0 was held in its sizing: {}",
+                stderr(i)
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "workers 1..3 not all waiting for the plan: {}",
+            (1..4).map(stderr).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&pause).unwrap();
+    for (i, c) in kids.0.iter_mut().enumerate() {
+        let status = c.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "worker {i}: {}", stderr(i));
+    }
+    let all = (0..4).map(stderr).collect::<Vec<_>>().join("\n");
+    let sized: Vec<usize> = (0..4)
+        .filter(|&i| stderr(i).contains("sized by walk"))
+        .collect();
+    assert_eq!(sized, [0], "only worker 0 sizes the source: {all}");
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, run).join("plan.json")).unwrap())
+            .unwrap();
+    assert!(
+        plan["created_by"].as_str().unwrap().ends_with("worker 0"),
+        "{plan}"
     );
-    let waited = outs
-        .iter()
-        .filter(|o| stderr_of(o).contains("waiting for another worker's shard plan"))
-        .count();
-    assert_eq!(waited, 3);
+    for i in 1..4 {
+        let log = stderr(i);
+        assert!(log.contains(waits), "worker {i}: {log}");
+        assert!(
+            log.contains("shard plan of") && log.contains("worker 0 read after waiting"),
+            "worker {i} works to worker 0's plan: {log}"
+        );
+    }
     check_run(&e, run);
     check_snapshot(&e, "one planner");
 }
