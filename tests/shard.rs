@@ -785,39 +785,78 @@ fn stderr_of(o: &Output) -> String {
 fn only_one_worker_sizes_the_source_and_the_others_wait_for_its_plan() {
     let e = env();
     let run = "one-plan";
-    // A slow source (each directory's listing takes 100 ms while sizing): workers that
-    // sized it each on their own would all be at it at once.
-    let slow = [("SNAPRING_FAILPOINTS", "shard.size=sleep:100")];
-    let kids: Vec<Child> = (0..4)
-        .map(|i| {
-            let shard = format!("{i}/4");
-            worker(&e, &["-v", "--shard", &shard, "--run-id", run], &slow)
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let outs: Vec<Output> = kids
-        .into_iter()
-        .map(|c| c.wait_with_output().unwrap())
-        .collect();
-    for o in &outs {
-        assert_eq!(o.status.code(), Some(0), "{}", text(o));
+    // Worker 0 alone first, held inside its sizing (its first directory's listing)
+    // until the other three are seen waiting for its plan: however slowly they start,
+    // none of them could size the source meanwhile without it showing.
+    let pause = e.dest.with_file_name("pause");
+    let log = |i: usize, ext: &str| e.dest.with_file_name(format!("worker{i}.{ext}"));
+    let start = |i: usize, vars: &[(&str, &str)]| -> Child {
+        let shard = format!("{i}/4");
+        let file = |ext| std::fs::File::create(log(i, ext)).unwrap();
+        worker(&e, &["-v", "--shard", &shard, "--run-id", run], vars)
+            .stdout(file("out"))
+            .stderr(file("err"))
+            .spawn()
+            .unwrap()
+    };
+    let stderr = |i: usize| std::fs::read_to_string(log(i, "err")).unwrap_or_default();
+    // Whatever fails, no worker is left behind, held or running.
+    struct Kids<'p>(Vec<Child>, &'p Path);
+    impl Drop for Kids<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(self.1);
+            for c in &mut self.0 {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
     }
-    let sized = outs
-        .iter()
-        .filter(|o| stderr_of(o).contains("sized by walk"))
-        .count();
-    assert_eq!(
-        sized,
-        1,
-        "one worker sizes the source: {}",
-        outs.iter().map(text).collect::<Vec<_>>().join("\n")
+    let fp = format!("shard.size=pause:{}@1", pause.display());
+    let mut kids = Kids(vec![start(0, &[("SNAPRING_FAILPOINTS", &fp)])], &pause);
+    wait_for(&pause);
+    kids.0.extend((1..4).map(|i| start(i, &[])));
+    let t0 = Instant::now();
+    let waits = "waiting for another worker's shard plan";
+    while !(1..4).all(|i| stderr(i).contains(waits)) {
+        for (i, c) in kids.0.iter_mut().enumerate() {
+            assert!(
+                c.try_wait().unwrap().is_none(),
+                "worker {i} ended while worker 0 was held in its sizing: {}",
+                stderr(i)
+            );
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "workers 1..3 not all waiting for the plan: {}",
+            (1..4).map(stderr).collect::<Vec<_>>().join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::remove_file(&pause).unwrap();
+    for (i, c) in kids.0.iter_mut().enumerate() {
+        let status = c.wait().unwrap();
+        assert_eq!(status.code(), Some(0), "worker {i}: {}", stderr(i));
+    }
+    let all = (0..4).map(stderr).collect::<Vec<_>>().join("\n");
+    let sized: Vec<usize> = (0..4)
+        .filter(|&i| stderr(i).contains("sized by walk"))
+        .collect();
+    assert_eq!(sized, [0], "only worker 0 sizes the source: {all}");
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, run).join("plan.json")).unwrap())
+            .unwrap();
+    assert!(
+        plan["created_by"].as_str().unwrap().ends_with("worker 0"),
+        "{plan}"
     );
-    let waited = outs
-        .iter()
-        .filter(|o| stderr_of(o).contains("waiting for another worker's shard plan"))
-        .count();
-    assert_eq!(waited, 3);
+    for i in 1..4 {
+        let log = stderr(i);
+        assert!(log.contains(waits), "worker {i}: {log}");
+        assert!(
+            log.contains("shard plan of") && log.contains("worker 0 read after waiting"),
+            "worker {i} works to worker 0's plan: {log}"
+        );
+    }
     check_run(&e, run);
     check_snapshot(&e, "one planner");
 }
@@ -1205,24 +1244,34 @@ fn a_single_node_backup_after_a_finalize_killed_before_its_publish_leaves_the_ru
 /// store changed under the run: finalize refuses it (exit 1) and publishes nothing.
 #[test]
 fn finalize_after_another_backup_published_refuses_instead_of_expiring_the_newer_snapshot() {
-    let e = env();
-    let retain = ["--retain", "1"];
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
-    let outs = run_workers(&e, 3, "old", &retain, die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
-    write(&e.src.join("flat/n050 with space"), b"newer");
-    write(&e.src.join("after-the-shard-run"), b"newer");
-    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
-    assert_eq!(code, 0, "{err} {rep}");
-    let o = run_cmd(&e, "finalize", "old", &[], &[]);
-    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
-    check_snapshot(
-        &e,
-        &format!("the newer snapshot stays daily.0: {}", text(&o)),
-    );
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(stderr_of(&o).contains("start a new run id"), "{}", text(&o));
-    assert!(!run_dir(&e, "old").join("finalized").exists());
+    // Killed before its publish, or in it just before its journal is written (the
+    // last instant nothing is published yet): the run's record names no snapshot.
+    for fp in [
+        "shard.finalize.before_publish=kill",
+        "journal.before_write=kill",
+    ] {
+        let e = env();
+        let retain = ["--retain", "1"];
+        let die = |_| vec![("SNAPRING_FAILPOINTS", fp)];
+        let outs = run_workers(&e, 3, "old", &retain, die);
+        assert!(outs.iter().any(|o| o.status.code().is_none()), "{fp}");
+        assert!(!e.dest.join(".snapring/journal").exists(), "{fp}");
+        write(&e.src.join("flat/n050 with space"), b"newer");
+        write(&e.src.join("after-the-shard-run"), b"newer");
+        let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
+        assert_eq!(code, 0, "{err} {rep}");
+        let o = run_cmd(&e, "finalize", "old", &[], &[]);
+        assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+        check_snapshot(
+            &e,
+            &format!("the newer snapshot stays daily.0: {}", text(&o)),
+        );
+        assert_eq!(o.status.code(), Some(1), "{fp}: {}", text(&o));
+        assert!(stderr_of(&o).contains("start a new run id"), "{}", text(&o));
+        assert!(!run_dir(&e, "old").join("finalized").exists());
+        let rec = run_record(&e, "old");
+        assert_eq!(rec["snapshot"], serde_json::Value::Null, "{fp}: {rec}");
+    }
 }
 
 /// Review: the finalizer killed before it moves the tree to staging (the parts are still
@@ -1534,6 +1583,85 @@ fn finalize_after_a_crash_past_its_publish_records_the_snapshot_and_what_it_expi
     let rec = run_record(&e, "past");
     assert_eq!(rec["snapshot"], "daily.1", "{rec}");
     assert_eq!(rec["expired"], serde_json::json!(["daily.0"]), "{rec}");
+}
+
+/// Finalize killed right after its publish (or within it, its journal written: the next
+/// backup's repair rolls it forward); another backup (`--retain 1`) then expires the
+/// run's snapshot before `snapring finalize`. The run was published: its record,
+/// settled by the publish's journal, names the snapshot (a run never published has none
+/// there, and is still refused: above). Finalize completes it (exit 0, `finalized`)
+/// without publishing anything again or touching the newer snapshot, and says the
+/// snapshot was published and has since been expired; before, it refused the run as
+/// one another backup had overtaken, and the run stayed unfinished for good.
+#[test]
+fn finalize_of_a_run_published_then_expired_by_another_backup_completes_it() {
+    for fp in [
+        "shard.finalize.after_publish=kill",
+        // A worker that takes finalize over is killed as it rolls the journal forward:
+        // the other backup's repair does it.
+        "journal.after_write=kill;journal.before_state=kill",
+    ] {
+        let e = env();
+        let (code, _, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
+        assert_eq!(code, 0, "{err}");
+        let die = |_| vec![("SNAPRING_FAILPOINTS", fp)];
+        let outs = run_workers(&e, 3, "gone", &["--retain", "1"], die);
+        assert!(outs.iter().any(|o| o.status.code().is_none()));
+        assert!(!run_dir(&e, "gone").join("finalized").exists());
+        // Published, or its journal left for the next backup to roll forward.
+        let journal = e.dest.join(".snapring/journal").exists();
+        assert_eq!(journal, fp.starts_with("journal"), "{fp}");
+        write(&e.src.join("flat/n050 with space"), b"newer");
+        write(&e.src.join("after-the-shard-run"), b"newer");
+        let (code, _, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
+        assert_eq!(code, 0, "{err}");
+        let state_path = e.dest.join(".snapring/snapshots.json");
+        let state = std::fs::read(&state_path).unwrap();
+        assert!(
+            !String::from_utf8_lossy(&state).contains("\"gone\""),
+            "the run's snapshot is expired"
+        );
+        let newer = ino(&e.dest.join("daily.0"));
+        let o = run_cmd(&e, "finalize", "gone", &[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{fp}: {}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("published as daily.0") && out.contains("since expired"),
+            "{}",
+            text(&o)
+        );
+        assert!(run_dir(&e, "gone").join("finalized").is_file());
+        // Nothing published again: the newer snapshot is still daily.0, alone, unchanged.
+        assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+        assert_eq!(ino(&e.dest.join("daily.0")), newer);
+        assert_eq!(std::fs::read(&state_path).unwrap(), state);
+        check_snapshot(
+            &e,
+            &format!("the newer snapshot stays daily.0: {}", text(&o)),
+        );
+        let rec = run_record(&e, "gone");
+        assert_eq!(rec["status"], "complete", "{fp}: {rec}");
+        assert_eq!(rec["snapshot"], serde_json::Value::Null, "{fp}: {rec}");
+        assert!(
+            rec["message"].as_str().unwrap().contains("since expired"),
+            "{rec}"
+        );
+        assert_eq!(
+            rec["expired"],
+            serde_json::json!(["daily.0"]),
+            "{fp}: {rec}"
+        );
+        for d in ["work", "parts", "tree"] {
+            assert!(!run_dir(&e, "gone").join(d).exists(), "{d} left behind");
+        }
+        let st = run_cmd(&e, "status", "gone", &["--json"], &[]);
+        let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+        assert_eq!(st["finalized"], true, "{st}");
+        // Again: already finalized.
+        let o = run_cmd(&e, "finalize", "gone", &[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{fp}: {}", text(&o));
+        assert_eq!(ino(&e.dest.join("daily.0")), newer, "{fp}");
+    }
 }
 
 /// A finalizer killed after writing `finalized`, before its clean-up: `snapring

@@ -359,7 +359,11 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
                     "finalized run {}: {} {}",
                     a.run_id,
                     rep.status.as_str(),
-                    rep.snapshot.as_deref().unwrap_or("-")
+                    match &rep.snapshot {
+                        Some(s) => s.clone(),
+                        // Published, then expired by another backup: the message says so.
+                        None => format!("- ({})", rep.message),
+                    }
                 ),
                 Some(rep),
             )

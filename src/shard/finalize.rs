@@ -194,7 +194,17 @@ fn locked(
         expired_by_finalize: 0,
     });
     let state = store.read_state()?;
-    let published = state.snapshots.iter().any(|s| s.id == rd.run);
+    let before = store.read_run(&rd.run)?;
+    // Published by an earlier finalize whose snapshot another backup's retention has
+    // expired since: the state no longer names the run, but its record does (the
+    // publish's journal settles it with the name before it is removed; finalize writes
+    // no name there before its publish, nor does the repair of a run that died).
+    let expired_since = before
+        .as_ref()
+        .filter(|r| matches!(r.status, Status::Complete | Status::Partial))
+        .and_then(|r| r.snapshot.clone())
+        .filter(|_| !state.snapshots.iter().any(|s| s.id == rd.run));
+    let published = expired_since.is_some() || state.snapshots.iter().any(|s| s.id == rd.run);
     let mut cleanup = None;
     let staging = store.meta.join("staging").join(&rd.run);
     if !published {
@@ -280,8 +290,9 @@ fn locked(
         );
     } else {
         // Published by an earlier finalize (or the repair of its journal): the snapshot
-        // under the name it has now (another backup may have published since), and the
-        // snapshots its publish expired, from the record written before it.
+        // under the name it has now (another backup may have published since; none if
+        // that one's retention expired it), and the snapshots its publish expired, from
+        // the record written before it.
         counters.fill(&mut rep);
         rep.status = if counters_errors(&counters) > 0 {
             Status::Partial
@@ -293,8 +304,14 @@ fn locked(
             .iter()
             .find(|s| s.id == rd.run)
             .map(|s| s.name.clone());
-        if let Some(before) = store.read_run(&rd.run)? {
+        if let Some(before) = before {
             rep.expired = before.expired;
+        }
+        if let Some(name) = &expired_since {
+            tracing::info!(
+                "finalize: run {} was published as {name} and has since been expired; nothing published again",
+                rd.run
+            );
         }
     }
     let _ = crate::failpoint::hit("shard.finalize.after_publish");
@@ -308,6 +325,12 @@ fn locked(
             - t_fin.elapsed().as_secs_f64(),
     };
     crate::engine::backup::finish_report(&mut rep, Instant::now());
+    if let Some(name) = &expired_since {
+        rep.message = format!(
+            "published as {name}, since expired (another backup's retention, or a deletion); {}",
+            rep.message
+        );
+    }
     rep.duration_seconds = (chrono::Utc::now() - created).num_milliseconds().max(0) as f64 / 1000.0;
     store.write_run(&rep)?;
     // The expiry opens to the workers still alive before they see `finalized`.
