@@ -1177,9 +1177,7 @@ fn the_finalizer_alone_expires_everything_when_the_workers_are_gone() {
     write(&e.src.join("flat/n050 with space"), b"f2");
     // Every worker that tries to finalize dies before publishing; the others have
     // left. `snapring finalize` then does it all.
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
-    let outs = run_workers(&e, 3, "f2", &retain, die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_at(&e, "f2", &retain, "shard.finalize.before_publish=kill");
     assert!(!run_dir(&e, "f2").join("finalized").exists());
     let o = run_cmd(&e, "finalize", "f2", &["-v", "--jobs", "2"], &[]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -1208,9 +1206,7 @@ fn the_finalizer_alone_expires_everything_when_the_workers_are_gone() {
 #[test]
 fn a_single_node_backup_after_a_finalize_killed_before_its_publish_leaves_the_run_whole() {
     let e = env();
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
-    let outs = run_workers(&e, 3, "k1", &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_at(&e, "k1", &[], "shard.finalize.before_publish=kill");
     assert!(!run_dir(&e, "k1").join("finalized").exists());
     assert!(e.dest.join(".snapring/staging/k1").is_dir());
     let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--label", "weekly"], &[]);
@@ -1237,6 +1233,15 @@ fn a_single_node_backup_after_a_finalize_killed_before_its_publish_leaves_the_ru
     }
 }
 
+/// The source changes (a file rewritten, one added) and a single-node backup with
+/// `--retain 1` publishes it: the store's only snapshot is then that one.
+fn another_backup_publishes_a_changed_source(e: &Env) {
+    write(&e.src.join("flat/n050 with space"), b"newer");
+    write(&e.src.join("after-the-shard-run"), b"newer");
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+}
+
 /// Review: every unit committed, the finalizer killed before its publish and the workers
 /// gone; the source changes and a single-node backup (retain 1) publishes it; then
 /// `snapring finalize` of the older run. Publishing it would make the older tree
@@ -1252,14 +1257,9 @@ fn finalize_after_another_backup_published_refuses_instead_of_expiring_the_newer
     ] {
         let e = env();
         let retain = ["--retain", "1"];
-        let die = |_| vec![("SNAPRING_FAILPOINTS", fp)];
-        let outs = run_workers(&e, 3, "old", &retain, die);
-        assert!(outs.iter().any(|o| o.status.code().is_none()), "{fp}");
+        killed_at(&e, "old", &retain, fp);
         assert!(!e.dest.join(".snapring/journal").exists(), "{fp}");
-        write(&e.src.join("flat/n050 with space"), b"newer");
-        write(&e.src.join("after-the-shard-run"), b"newer");
-        let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
-        assert_eq!(code, 0, "{err} {rep}");
+        another_backup_publishes_a_changed_source(&e);
         let o = run_cmd(&e, "finalize", "old", &[], &[]);
         assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
         check_snapshot(
@@ -1414,9 +1414,15 @@ fn finalize_merges_the_same_manifest_with_parts_kept_read_again_or_both() {
 /// Runs 3 workers of run `id` to the end of their units; the finalizer is killed
 /// before it stages, so every unit is committed and nothing is published.
 fn killed_before_staging(e: &Env, id: &str) {
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
-    let outs = run_workers(e, 3, id, &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_at(e, id, &[], "shard.finalize.before_staging=kill");
+}
+
+/// Runs 3 workers of run `id` (with `args`) under failpoints `points`, one of which
+/// kills a worker (the finalizer, for the failpoints of finalize).
+fn killed_at(e: &Env, id: &str, args: &[&str], points: &'static str) {
+    let die = |_| vec![("SNAPRING_FAILPOINTS", points)];
+    let outs = run_workers(e, 3, id, args, die);
+    assert!(outs.iter().any(|o| o.status.code().is_none()), "{points}");
 }
 
 /// Rewrites unit `u`'s commit in run directory `rd` as an older worker wrote it: its
@@ -1572,9 +1578,12 @@ fn finalize_after_a_crash_past_its_publish_records_the_snapshot_and_what_it_expi
     let e = env();
     let (code, _, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
     assert_eq!(code, 0, "{err}");
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.after_publish=kill")];
-    let outs = run_workers(&e, 3, "past", &["--retain", "1"], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_at(
+        &e,
+        "past",
+        &["--retain", "1"],
+        "shard.finalize.after_publish=kill",
+    );
     write(&e.src.join("after"), b"the other backup's");
     let (code, _, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "2"], &[]);
     assert_eq!(code, 0, "{err}");
@@ -1604,17 +1613,12 @@ fn finalize_of_a_run_published_then_expired_by_another_backup_completes_it() {
         let e = env();
         let (code, _, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
         assert_eq!(code, 0, "{err}");
-        let die = |_| vec![("SNAPRING_FAILPOINTS", fp)];
-        let outs = run_workers(&e, 3, "gone", &["--retain", "1"], die);
-        assert!(outs.iter().any(|o| o.status.code().is_none()));
+        killed_at(&e, "gone", &["--retain", "1"], fp);
         assert!(!run_dir(&e, "gone").join("finalized").exists());
         // Published, or its journal left for the next backup to roll forward.
         let journal = e.dest.join(".snapring/journal").exists();
         assert_eq!(journal, fp.starts_with("journal"), "{fp}");
-        write(&e.src.join("flat/n050 with space"), b"newer");
-        write(&e.src.join("after-the-shard-run"), b"newer");
-        let (code, _, err) = backup(&e.src, &e.dest, &["--jobs", "2", "--retain", "1"], &[]);
-        assert_eq!(code, 0, "{err}");
+        another_backup_publishes_a_changed_source(&e);
         let state_path = e.dest.join(".snapring/snapshots.json");
         let state = std::fs::read(&state_path).unwrap();
         assert!(
@@ -1672,9 +1676,7 @@ fn finalize_of_a_run_whose_finalizer_died_after_finalized_cleans_up() {
     let e = env();
     // Its clean-up (removing the parts while it publishes) slower than the publish.
     let points = "shard.finalize.cleanup=sleep:3000;shard.finalize.after_finalized=kill";
-    let die = |_| vec![("SNAPRING_FAILPOINTS", points)];
-    let outs = run_workers(&e, 3, "tidy", &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_at(&e, "tidy", &[], points);
     assert!(run_dir(&e, "tidy").join("finalized").is_file());
     assert!(run_dir(&e, "tidy").join("parts").exists());
     let log = e.dest.join(".snapring/logs/tidy.log");
@@ -1694,9 +1696,7 @@ fn finalize_of_a_run_whose_finalizer_died_after_finalized_cleans_up() {
 #[test]
 fn finalize_does_not_publish_an_empty_tree_when_the_staged_tree_is_lost() {
     let e = env();
-    let die = |_| vec![("SNAPRING_FAILPOINTS", "shard.finalize.before_publish=kill")];
-    let outs = run_workers(&e, 3, "lost", &[], die);
-    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    killed_at(&e, "lost", &[], "shard.finalize.before_publish=kill");
     std::fs::remove_dir_all(e.dest.join(".snapring/staging/lost")).unwrap();
     let o = run_cmd(&e, "finalize", "lost", &[], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
