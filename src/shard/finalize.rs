@@ -953,56 +953,8 @@ fn assemble(
         r?;
     }
     let t_groups = t_join.elapsed();
-    // Pass 2: the blocks; a spine directory's pieces are put together.
-    let spine: HashSet<&RelPath> = cut.spine.iter().collect();
-    let mut spine_blocks: BTreeMap<RelPath, Vec<Entry>> = BTreeMap::new();
-    let mdir = store.meta.join("manifests");
-    let mut w = manifest::Writer::create(&mdir, &rd.run, started.unwrap_or_else(fsx::wall_clock))
-        .ctx("create manifest in", &mdir)?;
-    // The parts not kept are read `threads` at a time (each read a few round trips on
-    // NFS) and written in plan order: at most `threads` of them in memory at once.
-    let t_pass2 = Instant::now();
-    for (window, kept) in cut.units.chunks(threads).zip(kept.chunks_mut(threads)) {
-        let again: Vec<usize> = (0..window.len()).filter(|&i| kept[i].is_none()).collect();
-        let read = super::par_map(threads, &again, |&i| {
-            let mut blocks: Blocks = Vec::new();
-            for_each_block(&part(&window[i].id), |dir, es| {
-                blocks.push((dir.clone(), es));
-                Ok(())
-            })?;
-            Ok::<_, ShardError>(blocks)
-        });
-        for (&i, r) in again.iter().zip(read) {
-            kept[i] = Some(r?);
-        }
-        for blocks in kept.iter_mut().filter_map(Option::take) {
-            for (dir, mut es) in blocks {
-                for e in es.iter_mut() {
-                    if let Some(p) = patched.get(&(dir.clone(), e.name.clone())) {
-                        *e = p.clone();
-                    }
-                }
-                if spine.contains(&dir) {
-                    spine_blocks.entry(dir).or_default().extend(es);
-                } else {
-                    w.write_block(&dir, &mut es).ctx("write manifest", &mdir)?;
-                }
-            }
-        }
-    }
-    tracing::info!(
-        "finalize: groups joined in {:.2}s, manifest parts merged in {:.2}s ({} of {} read once)",
-        t_groups.as_secs_f64(),
-        t_pass2.elapsed().as_secs_f64(),
-        kept_parts,
-        cut.units.len()
-    );
     // The spine: each directory's entries for its spine children and its own metadata,
-    // from the source now (the units did not carry them), on the pool in three rounds:
-    // the source read, then every spine directory made (a missing one changes its
-    // parent's times), then each one's metadata applied. The blocks are written deepest
-    // first, as before.
-    let t_spine = Instant::now();
+    // from the source (read during pass 1: the units did not carry them).
     let read = read?;
     // A spine directory gone from the source whose directory in the run's tree holds
     // entries was there when its units walked it: deleted since (dropped below, as a
@@ -1024,6 +976,7 @@ fn assemble(
         }
     }
     let mut present: Vec<(&RelPath, fsx::Meta, fsx::Xattrs)> = Vec::new();
+    let mut spine_kids: Vec<(&RelPath, Vec<Entry>)> = Vec::new();
     let mut root_entry = None;
     for (d, r) in order.iter().zip(read) {
         let Some((meta, xattrs, kids)) = r else {
@@ -1035,13 +988,10 @@ fn assemble(
             if !d.is_root() {
                 let _ = std::fs::remove_dir_all(rd.tree().join(d.as_path()));
             }
-            spine_blocks.remove(*d);
             continue;
         };
-        let mut es = spine_blocks.remove(*d).unwrap_or_default();
         Counters::add(&counters.dirs_total, kids.len() as u64);
-        es.extend(kids);
-        w.write_block(d, &mut es).ctx("write manifest", &mdir)?;
+        spine_kids.push((d, kids));
         if d.is_root() {
             let mut e = Entry::from_meta(b".", &meta);
             e.group = None;
@@ -1049,12 +999,102 @@ fn assemble(
         }
         present.push((d, meta, xattrs));
     }
-    let made = super::par_map(threads, &present, |(d, _, _)| {
+    let Some(root) = root_entry else {
+        return Err(ShardError::Failed(Error::SourceMissing(
+            source.to_path_buf(),
+        )));
+    };
+    // Pass 2: the blocks; a spine directory's pieces are put together. Meanwhile, on
+    // the pool, the spine directories are made and their metadata applied: the tree's
+    // round trips and the manifest's merge do not wait for each other.
+    let spine: HashSet<&RelPath> = cut.spine.iter().collect();
+    let mut spine_blocks: BTreeMap<RelPath, Vec<Entry>> = BTreeMap::new();
+    let mdir = store.meta.join("manifests");
+    let mut w = manifest::Writer::create(&mdir, &rd.run, started.unwrap_or_else(fsx::wall_clock))
+        .ctx("create manifest in", &mdir)?;
+    let t_spine = Instant::now();
+    let (merged, applied) = std::thread::scope(|s| {
+        let applied =
+            s.spawn(|| apply_spine(rd, threads, &present, counters).map(|()| t_spine.elapsed()));
+        // The parts not kept are read `threads` at a time (each read a few round trips
+        // on NFS) and written in plan order: at most `threads` of them in memory at once.
+        let merged = (|| -> Result<(), ShardError> {
+            let t_pass2 = Instant::now();
+            for (window, kept) in cut.units.chunks(threads).zip(kept.chunks_mut(threads)) {
+                let again: Vec<usize> = (0..window.len()).filter(|&i| kept[i].is_none()).collect();
+                let read = super::par_map(threads, &again, |&i| {
+                    let mut blocks: Blocks = Vec::new();
+                    for_each_block(&part(&window[i].id), |dir, es| {
+                        blocks.push((dir.clone(), es));
+                        Ok(())
+                    })?;
+                    Ok::<_, ShardError>(blocks)
+                });
+                for (&i, r) in again.iter().zip(read) {
+                    kept[i] = Some(r?);
+                }
+                for blocks in kept.iter_mut().filter_map(Option::take) {
+                    for (dir, mut es) in blocks {
+                        for e in es.iter_mut() {
+                            if let Some(p) = patched.get(&(dir.clone(), e.name.clone())) {
+                                *e = p.clone();
+                            }
+                        }
+                        if spine.contains(&dir) {
+                            spine_blocks.entry(dir).or_default().extend(es);
+                        } else {
+                            w.write_block(&dir, &mut es).ctx("write manifest", &mdir)?;
+                        }
+                    }
+                }
+            }
+            tracing::info!(
+                "finalize: groups joined in {:.2}s, manifest parts merged in {:.2}s ({} of {} read once)",
+                t_groups.as_secs_f64(),
+                t_pass2.elapsed().as_secs_f64(),
+                kept_parts,
+                cut.units.len()
+            );
+            Ok(())
+        })();
+        let applied = applied
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (merged, applied)
+    });
+    merged?;
+    let spine_s = applied?.as_secs_f64();
+    // The spine's blocks, deepest first, as before.
+    for (d, kids) in spine_kids {
+        let mut es = spine_blocks.remove(d).unwrap_or_default();
+        es.extend(kids);
+        w.write_block(d, &mut es).ctx("write manifest", &mdir)?;
+    }
+    w.finish(&root).ctx("finish manifest", &mdir)?;
+    tracing::info!(
+        "finalize: {} spine directories applied in {spine_s:.2}s",
+        cut.spine.len()
+    );
+    Ok(())
+}
+
+/// Makes each spine directory of `present` in the run's tree (all of them first: making
+/// a missing one changes its parent's times), then applies its metadata as read from
+/// the source, on `threads` threads. Extended attributes the store refused are the
+/// run's problems, as a single-node run's walk reports them (the units' walks leave
+/// their roots, the spine directories, to this).
+fn apply_spine(
+    rd: &RunDir,
+    threads: usize,
+    present: &[(&RelPath, fsx::Meta, fsx::Xattrs)],
+    counters: &Counters,
+) -> Result<(), ShardError> {
+    let made = super::par_map(threads, present, |(d, _, _)| {
         super::worker::make_dirs(&rd.tree(), d)
     });
     let made: Vec<OwnedFd> = made.into_iter().collect::<Result<_, _>>()?;
     let pairs: Vec<(&OwnedFd, &(&RelPath, fsx::Meta, fsx::Xattrs))> =
-        made.iter().zip(&present).collect();
+        made.iter().zip(present).collect();
     for (r, (_, (d, _, _))) in super::par_map(threads, &pairs, |(out, (d, meta, xattrs))| {
         fsx::apply_dir_meta(b(out), meta, xattrs)
             .ctx("set directory metadata", rd.tree().join(d.as_path()))
@@ -1062,26 +1102,10 @@ fn assemble(
     .into_iter()
     .zip(&pairs)
     {
-        // Reported as a single-node run's walk reports them (the units' walks leave
-        // their roots, the spine directories, to this).
         for p in crate::engine::walk::refused_xattr_problems(d, &r?) {
             counters.problem(p);
         }
     }
-    let root = match root_entry {
-        Some(e) => e,
-        None => {
-            return Err(ShardError::Failed(Error::SourceMissing(
-                source.to_path_buf(),
-            )));
-        }
-    };
-    let spine_s = t_spine.elapsed().as_secs_f64();
-    w.finish(&root).ctx("finish manifest", &mdir)?;
-    tracing::info!(
-        "finalize: {} spine directories applied in {spine_s:.2}s",
-        cut.spine.len()
-    );
     Ok(())
 }
 
