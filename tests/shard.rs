@@ -2984,3 +2984,44 @@ fn finalize_places_the_half_moved_unit_and_not_a_stale_generation() {
     assert!(commits.iter().any(|c| c["generation"] == 2), "{commits:?}");
     check_snapshot(&e, "units placed by finalize");
 }
+
+/// Review 7: finalize writes the run's record once before its publish, with the
+/// snapshots the publish will expire. Killed there (or in the publish before its
+/// journal is written) and marked `incomplete` by the next process's repair ("nothing
+/// was published"), the record must not say it expired the store's snapshots: they
+/// are all still there (it said `expired daily.0` for a `daily.0` the next backup
+/// rotated and kept).
+#[test]
+fn a_finalize_killed_before_its_publish_leaves_a_record_that_expired_nothing() {
+    for fp in [
+        "shard.finalize.before_publish=kill",
+        "journal.before_write=kill",
+    ] {
+        let e = env();
+        let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+        assert_eq!(code, 0, "{err} {rep}");
+        killed_at(&e, "dead", &["--retain", "1"], fp);
+        assert_eq!(
+            run_record(&e, "dead")["expired"],
+            serde_json::json!(["daily.0"])
+        );
+        // The next backup repairs the store first: the dead finalizer's run is marked
+        // incomplete.
+        let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+        assert_eq!(code, 0, "{err} {rep}");
+        assert_eq!(snapshot_names(&e.dest), vec!["daily.0", "daily.1"], "{fp}");
+        let rec = run_record(&e, "dead");
+        assert_eq!(rec["status"], "incomplete", "{fp}: {rec}");
+        assert_eq!(rec["expired"], serde_json::json!([]), "{fp}: {rec}");
+        let o = snapring(
+            &[
+                "show".as_ref(),
+                "--dest".as_ref(),
+                e.dest.as_os_str(),
+                "dead".as_ref(),
+            ],
+            &[],
+        );
+        assert!(!text(&o).contains("expired daily"), "{fp}: {}", text(&o));
+    }
+}
