@@ -191,6 +191,9 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.finalize.after_publish",
     "shard.finalize.join",
     "shard.finalize.after_finalized",
+    // The clean-up of the build directories, in a thread of its own once the tree is
+    // staged (a kill or a delay there: tests/shard.rs).
+    "shard.finalize.cleanup",
     "shard.expire_piece",
     // The lease thread and a lane of a shard worker, raced: tests/shard.rs.
     "shard.beat",
@@ -211,6 +214,7 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.repo.before_walk",
     "shard.repo.before_finalize",
     "shard.repo.before_snapshot",
+    "shard.repo.before_commits_read",
 ];
 
 /// One case's files: a source, a store, a catalog, a job config and a restore target.

@@ -66,8 +66,13 @@ fn env() -> Env {
 
 /// `snapring backup` as a worker: `args` name it, `vars` are its environment.
 fn worker(e: &Env, args: &[&str], vars: &[(&str, &str)]) -> Command {
+    worker_with_jobs(e, "2", args, vars)
+}
+
+/// [`worker`] with `--jobs jobs`.
+fn worker_with_jobs(e: &Env, jobs: &str, args: &[&str], vars: &[(&str, &str)]) -> Command {
     let mut c = Command::new(bin());
-    c.args(["backup", "--jobs", "2", "--source"])
+    c.args(["backup", "--jobs", jobs, "--source"])
         .arg(&e.src)
         .arg("--dest")
         .arg(&e.dest)
@@ -2784,4 +2789,239 @@ fn an_xattr_the_store_refuses_on_a_spine_directory_is_a_problem_as_in_a_single_n
     // All three are spine directories here (without finalize's report, none of them
     // was listed).
     assert_eq!(refused(&rec["problems"]), single, "{rec}");
+}
+
+/// Review 7: a finalize that fails after the run's tree is staged (its publish refused
+/// at each step, or the process killed there) while its clean-up of the build
+/// directories still runs in a thread of its own: the failing process exits without
+/// waiting for it, publishes nothing, and `snapring finalize` (or a rerun worker)
+/// publishes the staged tree once.
+#[test]
+fn a_finalize_failing_or_killed_after_staging_with_its_clean_up_running_is_completed() {
+    for (i, point) in [
+        "shard.finalize.before_publish=error",
+        "journal.before_write=error",
+        "rotate.step=error",
+        "journal.after_state=error",
+        "journal.after_write=kill",
+        "rotate.step=kill",
+        "journal.after_record=kill",
+        "journal.before_remove=kill",
+        // Killed in the clean-up itself, as it starts (the publish under way or not).
+        "shard.finalize.cleanup=kill",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let e = env();
+        let run = "late";
+        let fp: &'static str = match point.starts_with("shard.finalize.cleanup") {
+            true => point,
+            false => {
+                Box::leak(format!("shard.finalize.cleanup=sleep:1500;{point}").into_boxed_str())
+            }
+        };
+        let outs = run_workers(&e, 3, run, &[], |_| vec![("SNAPRING_FAILPOINTS", fp)]);
+        let killed = point.ends_with("kill");
+        assert!(
+            outs.iter().any(|o| if killed {
+                o.status.code().is_none()
+            } else {
+                o.status.code() == Some(1)
+            }),
+            "{point}: {}",
+            outs.iter().map(text).collect::<Vec<_>>().join("\n")
+        );
+        // Killed past the journal's write, the others' finalize (waiting for the lock)
+        // may have rolled it forward and finalized.
+        assert!(
+            killed || !run_dir(&e, run).join("finalized").exists(),
+            "{point}"
+        );
+        let o = if i % 2 == 0 {
+            run_cmd(&e, "finalize", run, &[], &[])
+        } else {
+            spawn(&e, 1, 3, run, &[]).wait_with_output().unwrap()
+        };
+        assert_eq!(o.status.code(), Some(0), "{point}: {}", text(&o));
+        check_run(&e, run);
+        check_snapshot(&e, point);
+        assert_eq!(snapshot_names(&e.dest), vec!["daily.0"], "{point}");
+        assert!(!run_dir(&e, run).join("joins").exists(), "{point}");
+    }
+}
+
+/// Review 7: the merged manifest's blocks come in the same order whether finalize kept
+/// the parts it read in its first pass, read them all again, or some of each (the
+/// order is that of the plan's units, then the spine deepest first).
+#[test]
+fn the_merged_manifest_has_its_blocks_in_one_order_whatever_parts_are_kept() {
+    // One run, finalized in three copies of its store: one plan for all three.
+    let e = env();
+    let run = "order";
+    killed_before_staging(&e, run);
+    let mut orders = Vec::new();
+    for (name, kept) in [("none", "0"), ("some", "40"), ("all", "100000")] {
+        let dest = e.dest.with_file_name(name);
+        let st = Command::new("cp")
+            .arg("-a")
+            .arg(&e.dest)
+            .arg(&dest)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let o = snapring(
+            &[
+                "finalize".as_ref(),
+                "--dest".as_ref(),
+                dest.as_os_str(),
+                "--run-id".as_ref(),
+                run.as_ref(),
+            ],
+            &[("SNAPRING_FINALIZE_KEPT_ENTRIES", kept)],
+        );
+        assert_eq!(o.status.code(), Some(0), "{name}: {}", text(&o));
+        let mf =
+            std::fs::read_to_string(dest.join(format!(".snapring/manifests/{run}.mf"))).unwrap();
+        assert!(
+            mf.lines().filter(|l| l.starts_with("D ")).count() > 8,
+            "{name}: {mf}"
+        );
+        orders.push((name, mf));
+    }
+    for (name, b) in &orders[1..] {
+        assert_eq!(b, &orders[0].1, "{name} against none");
+    }
+}
+
+/// Review 7: home units are claimed straight away (an exclusive create of generation
+/// 1, no listing first). Hostile: two processes for each index with two lanes each,
+/// one of them killed just after taking its second unit and rerun at once while the
+/// others run. Every unit is committed once, and each unit's claims are generations
+/// 1..=n with none missing (a generation 1 refused because it exists, never made
+/// beside a newer one).
+#[test]
+fn twins_with_two_lanes_and_a_killed_rerun_claim_each_unit_in_generation_order() {
+    let e = env();
+    let run = "crowd";
+    let go = |i: usize, vars: &[(&str, &str)]| -> Child {
+        let shard = format!("{i}/3");
+        worker_with_jobs(&e, "4", &["--shard", &shard, "--run-id", run], vars)
+            .spawn()
+            .unwrap()
+    };
+    let lease = [("SNAPRING_SHARD_LEASE", "20s")];
+    let killed = go(0, &[("SNAPRING_FAILPOINTS", "shard.unit_started=kill@2")]);
+    let mut kids: Vec<Child> = [0, 1, 1, 2, 2].iter().map(|&i| go(i, &lease)).collect();
+    let o = killed.wait_with_output().unwrap();
+    assert!(
+        o.status.code().is_none() || o.status.code() == Some(0),
+        "{}",
+        text(&o)
+    );
+    kids.push(go(0, &lease));
+    for c in kids {
+        let o = c.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    check_run(&e, run);
+    check_snapshot(&e, "twins with two lanes");
+    let mut gens: std::collections::BTreeMap<String, Vec<u32>> = Default::default();
+    for (u, g) in claim_generations(&e, run) {
+        gens.entry(u).or_default().push(g);
+    }
+    assert_eq!(gens.len(), plan_units(&e, run).len(), "{gens:?}");
+    for (u, mut g) in gens {
+        g.sort();
+        assert_eq!(g, (1..=g.len() as u32).collect::<Vec<_>>(), "{u}");
+    }
+}
+
+/// Review 7: finalize finds the units left to place by one listing of `work/`. Worker
+/// 0 dies in the middle of moving a committed unit, worker 1 mid-unit (its work
+/// directory stays as generation 1 of a unit worker 2 takes over at generation 2 once
+/// the lease lapses): worker 2's finalize places the half-moved unit and leaves the
+/// stale generation out, and the snapshot is the source.
+#[test]
+fn finalize_places_the_half_moved_unit_and_not_a_stale_generation() {
+    let e = env();
+    let run = "leftover";
+    let lease = ("SNAPRING_SHARD_LEASE", "2s");
+    let w0 = spawn(
+        &e,
+        0,
+        3,
+        run,
+        &[lease, ("SNAPRING_FAILPOINTS", "shard.move=kill@1")],
+    );
+    let w1 = spawn(
+        &e,
+        1,
+        3,
+        run,
+        &[lease, ("SNAPRING_FAILPOINTS", "walk.copy=kill@20")],
+    );
+    let (o0, o1) = (
+        w0.wait_with_output().unwrap(),
+        w1.wait_with_output().unwrap(),
+    );
+    assert!(o0.status.code().is_none(), "{}", text(&o0));
+    assert!(o1.status.code().is_none(), "{}", text(&o1));
+    let work = run_dir(&e, run).join("work");
+    let stale: Vec<String> = std::fs::read_dir(&work)
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(!stale.is_empty(), "{stale:?}");
+    let o = spawn(&e, 2, 3, run, &[lease]).wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", text(&o), text(&o0));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("finalized: complete"),
+        "{}",
+        text(&o)
+    );
+    let commits = check_run(&e, run);
+    assert!(commits.iter().any(|c| c["generation"] == 2), "{commits:?}");
+    check_snapshot(&e, "units placed by finalize");
+}
+
+/// Review 7: finalize writes the run's record once before its publish, with the
+/// snapshots the publish will expire. Killed there (or in the publish before its
+/// journal is written) and marked `incomplete` by the next process's repair ("nothing
+/// was published"), the record must not say it expired the store's snapshots: they
+/// are all still there (it said `expired daily.0` for a `daily.0` the next backup
+/// rotated and kept).
+#[test]
+fn a_finalize_killed_before_its_publish_leaves_a_record_that_expired_nothing() {
+    for fp in [
+        "shard.finalize.before_publish=kill",
+        "journal.before_write=kill",
+    ] {
+        let e = env();
+        let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+        assert_eq!(code, 0, "{err} {rep}");
+        killed_at(&e, "dead", &["--retain", "1"], fp);
+        assert_eq!(
+            run_record(&e, "dead")["expired"],
+            serde_json::json!(["daily.0"])
+        );
+        // The next backup repairs the store first: the dead finalizer's run is marked
+        // incomplete.
+        let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+        assert_eq!(code, 0, "{err} {rep}");
+        assert_eq!(snapshot_names(&e.dest), vec!["daily.0", "daily.1"], "{fp}");
+        let rec = run_record(&e, "dead");
+        assert_eq!(rec["status"], "incomplete", "{fp}: {rec}");
+        assert_eq!(rec["expired"], serde_json::json!([]), "{fp}: {rec}");
+        let o = snapring(
+            &[
+                "show".as_ref(),
+                "--dest".as_ref(),
+                e.dest.as_os_str(),
+                "dead".as_ref(),
+            ],
+            &[],
+        );
+        assert!(!text(&o).contains("expired daily"), "{fp}: {}", text(&o));
+    }
 }

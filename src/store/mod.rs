@@ -438,6 +438,10 @@ impl Store {
             r.message = format!(
                 "interrupted: the process ended before finishing (repaired by {by}); nothing was published"
             );
+            // Nor expired: a shard finalize records the snapshots its publish would
+            // expire before that publish (a journal it wrote was rolled forward above,
+            // settling the record, which is then no longer `running`).
+            r.expired.clear();
             self.write_run(&r)?;
             crate::failpoint::hit("repair.marked").ctx("repair", &self.root)?;
             self.note_repaired(&run);
