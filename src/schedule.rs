@@ -35,6 +35,18 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
                 fields.len()
             )));
         }
+        no_empty_items(
+            &fields,
+            &[
+                "minutes",
+                "hours",
+                "day-of-month",
+                "month",
+                "day-of-week",
+                "year",
+            ],
+        )
+        .map_err(bad)?;
         if (fields[2] == "?") == (fields[4] == "?") {
             return Err(bad(
                 "the AWS form needs `?` in exactly one of day-of-month and day-of-week".into(),
@@ -59,6 +71,10 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
                 "expected 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, @daily-style, or cron(...) in the AWS form; this has {n}"
             )));
         }
+        let fields: Vec<&str> = e.split_whitespace().collect();
+        let names = ["minute", "hour", "day-of-month", "month", "day-of-week"];
+        let seconds = ["second", names[0], names[1], names[2], names[3], names[4]];
+        no_empty_items(&fields, if n == 6 { &seconds } else { &names }).map_err(bad)?;
         CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
@@ -79,6 +95,21 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         return Err(bad("it never fires".into()));
     }
     Ok(s)
+}
+
+/// Refuses a field with an empty item in its list (`0 , * * *`, `1,,5`, `3,`). Croner
+/// skips empty items, so a field of commas alone selects nothing: the pattern never
+/// fires, and proving that walks every day to the year 5000 (seconds per check in an
+/// unoptimized build; the fuzzer found it).
+fn no_empty_items(fields: &[&str], names: &[&str]) -> Result<(), String> {
+    for (field, name) in fields.iter().zip(names) {
+        if field.split(',').any(|item| item.trim().is_empty()) {
+            return Err(format!(
+                "the {name} field {field:?} has an empty item in its list (write e.g. 1,5 or *)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 impl Schedule {
@@ -206,6 +237,17 @@ mod tests {
         assert!(e.contains("not supported"), "{e}");
         let e = parse("0 2 * *", None).unwrap_err();
         assert!(e.contains("expected 5 fields"), "{e}");
+        // Empty list items are named, not reported as a pattern that never fires.
+        for (expr, field) in [
+            ("0 , * * *", "hour field \",\""),
+            ("1,,5 2 * * *", "minute field \"1,,5\""),
+            ("0 0 1 2 3, 4", "month field \"3,\""),
+            ("0 2 * * 1, ", "day-of-week field \"1,\""),
+            ("cron(0 2 ? * 1, *)", "day-of-week field \"1,\""),
+        ] {
+            let e = parse(expr, None).unwrap_err();
+            assert!(e.contains(field) && e.contains("empty item"), "{expr}: {e}");
+        }
         let e = parse("0 2 * * *", Some("Mars/Olympus")).unwrap_err();
         assert!(e.contains("unknown time zone"), "{e}");
     }

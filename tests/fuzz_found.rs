@@ -72,6 +72,25 @@ fn config_check_refuses_a_window_too_long_instead_of_panicking() {
     );
 }
 
+/// `schedule = "0 , * * *"`: croner skips the empty items of a list, so the hour field
+/// selected nothing and the check that the schedule fires walked every day to the year
+/// 5000, twice: a timeout of the unoptimized fuzz build (14 s). An empty item is now
+/// refused by name before croner is asked.
+#[test]
+fn config_check_names_an_empty_list_item_instead_of_searching_to_the_year_5000() {
+    let path = Path::new(FIXTURES).join("config-empty-hour-list.toml");
+    let problems = snapring::config::check(&path);
+    assert!(
+        problems.iter().any(|p| p.contains("job.w.schedule")
+            && p.contains("the hour field \",\" has an empty item")),
+        "{problems:?}"
+    );
+    assert!(
+        !problems.iter().any(|p| p.contains("never fires")),
+        "{problems:?}"
+    );
+}
+
 /// Durations below `u64` overflow but past the clock's range failed later, where they
 /// are added to the time: a notifier's `timeout` (`Instant::now() + timeout`) and
 /// `--since` (`now - since`), both panics. They are refused where they are parsed.
