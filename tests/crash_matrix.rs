@@ -215,6 +215,9 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.repo.before_finalize",
     "shard.repo.before_snapshot",
     "shard.repo.before_commits_read",
+    "shard.repo.before_snapshot_file",
+    "shard.repo.before_published",
+    "shard.repo.after_published",
 ];
 
 /// One case's files: a source, a store, a catalog, a job config and a restore target.

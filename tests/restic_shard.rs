@@ -1229,6 +1229,165 @@ fn the_rerun_after_a_crash_past_final_applies_the_retention() {
     assert_eq!(third["finalized"], false, "{third}");
 }
 
+/// The repository's lock files (`locks/`).
+fn lock_files(e: &Env) -> Vec<PathBuf> {
+    std::fs::read_dir(e.repo.join("locks"))
+        .unwrap()
+        .map(|x| x.unwrap().path())
+        .collect()
+}
+
+/// `restic check --read-data` of the repository, when Debian's `restic` is installed.
+fn restic_check(e: &Env, what: &str) {
+    if let Some(restic) = restic_binary(what) {
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+    }
+}
+
+/// A publisher killed between its snapshot file and `published`, the snapshot then
+/// forgotten by a later run's retention: neither `snapring finalize` of the run nor a
+/// rerun of its worker writes the forgotten snapshot back (the forget marked the run
+/// published before it removed the snapshot file; before 2026-12-03 the rerun wrote
+/// it back, naming data a prune may have freed since). The run is tidied.
+#[test]
+fn a_snapshot_forgotten_before_its_run_was_marked_published_is_not_written_back() {
+    let e = env();
+    let out = worker(
+        &e,
+        &["--shard", "0/1", "--run-id", "k1"],
+        &[("SNAPRING_FAILPOINTS", "shard.repo.before_published=kill")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let k1 = snapshots(&e);
+    assert_eq!(k1.len(), 1, "{k1:?}");
+    let dir = e.repo.join("snapring/shards/k1");
+    assert!(!dir.join("published").exists());
+    let later = report(
+        &worker(
+            &e,
+            &["--shard", "0/1", "--run-id", "k2", "--retain", "1"],
+            &[],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(later["retention"]["removed"], 1, "{later}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(later["snapshot"], snaps[0].0.hex().as_str());
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "k1", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let after = snapshots(&e);
+    assert_eq!(after.len(), 1, "forgotten snapshot written back: {after:?}");
+    assert_eq!(after[0].0, snaps[0].0);
+    let fin: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(fin["finalized"], false, "{fin}");
+    let again = report(
+        &worker(&e, &["--shard", "0/1", "--run-id", "k1"], &[])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(again["finalized"], false, "{again}");
+    assert_eq!(snapshots(&e).len(), 1, "written back by a rerun");
+    assert_tidied(&e, "k1");
+    let (code, out, err) = sr(&["prune", "--dest", &e.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    restic_check(&e, "a forgotten shard run's repository");
+    assert_restores_to_source(&e, &after[0].0.hex(), "restored");
+}
+
+/// A finalizer stopped between its look at `published` (none yet) and the snapshot
+/// file, its repository lock lost meanwhile (removed, as `restic unlock` removes a lock
+/// 30 minutes old; the process is frozen that long): another worker publishes, a later
+/// run's retention forgets the snapshot. Resumed, the finalizer does not write the
+/// snapshot back: as restic, it writes no snapshot with its lock lost, and ends
+/// published by another (exit 0).
+#[test]
+fn a_finalizer_whose_lock_was_lost_while_stopped_does_not_write_a_forgotten_snapshot_back() {
+    let e = env();
+    // Alone, worker 0 builds every unit, writes `final` and finds no `published`.
+    let stalled = Stopped::at(&e, 0, 2, "b1", "shard.repo.before_snapshot_file");
+    assert!(e.repo.join("snapring/shards/b1/final").exists());
+    assert!(snapshots(&e).is_empty());
+    let locks = lock_files(&e);
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    std::fs::remove_file(&locks[0]).unwrap();
+    let other = report(
+        &spawn(&e, 1, 2, "b1", &SHORT_LEASE)
+            .wait_with_output()
+            .unwrap(),
+    );
+    assert_eq!(other["finalized"], true, "{other}");
+    let later = report(
+        &worker(
+            &e,
+            &["--shard", "0/1", "--run-id", "b2", "--retain", "1"],
+            &[],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(later["retention"]["removed"], 1, "{later}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let out = stalled.resume();
+    let after = snapshots(&e);
+    assert_eq!(after.len(), 1, "forgotten snapshot written back: {after:?}");
+    assert_eq!(after[0].0, snaps[0].0);
+    let late = report(&out);
+    assert_eq!(late["finalized"], false, "{late}");
+    assert_eq!(late["snapshot"], other["snapshot"], "{late}");
+    assert!(lock_files(&e).is_empty(), "{:?}", lock_files(&e));
+    restic_check(&e, "a stalled finalizer's repository");
+}
+
+/// The publisher killed right after `published`, before its retention and tidy:
+/// `snapring finalize` of the run, or a rerun of its worker, applies the run's
+/// `--retain` and tidies its files, once (before 2026-12-03 nothing ever did).
+#[test]
+fn a_publisher_killed_after_published_has_its_retention_and_tidy_completed() {
+    for by_hand in [true, false] {
+        let e = env();
+        let args = |run: &'static str| ["--shard", "0/1", "--run-id", run, "--retain", "1"];
+        report(&worker(&e, &args("t1"), &[]).output().unwrap());
+        let out = worker(
+            &e,
+            &args("t2"),
+            &[("SNAPRING_FAILPOINTS", "shard.repo.after_published=kill")],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(out.status.code(), None, "{}", text(&out));
+        assert!(e.repo.join("snapring/shards/t2/published").exists());
+        assert_eq!(snapshots(&e).len(), 2);
+        let done = e.repo.join("snapring/shards/t2/done");
+        let u = &plan_units(&e, "t2")[0];
+        assert_ne!(std::fs::read(done.join(u)).unwrap(), b"published\n");
+        let fin = if by_hand {
+            let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "t2", "--json"]);
+            assert_eq!(code, 0, "{out}\n{err}");
+            serde_json::from_str::<serde_json::Value>(&out).unwrap()
+        } else {
+            report(&worker(&e, &args("t2"), &[]).output().unwrap())
+        };
+        assert!(fin["retention"].is_object(), "by hand {by_hand}: {fin}");
+        assert_eq!(fin["retention"]["removed"], 1, "by hand {by_hand}: {fin}");
+        let snaps = snapshots(&e);
+        assert_eq!(snaps.len(), 1, "by hand {by_hand}: {snaps:?}");
+        assert!(snaps[0].1.tags.contains(&"shard-run=t2".to_string()));
+        assert_eq!(fin["snapshot"], snaps[0].0.hex().as_str());
+        assert_tidied(&e, "t2");
+        // Once: a later rerun finds the run settled.
+        let third = report(&worker(&e, &args("t2"), &[]).output().unwrap());
+        assert!(third.get("retention").is_none(), "{third}");
+        assert_eq!(third["finalized"], false, "{third}");
+        assert_eq!(snapshots(&e).len(), 1);
+        restic_check(&e, "a completed publish's repository");
+    }
+}
+
 /// Each night another node plans the run (its own hostname: a UTS namespace here):
 /// the snapshots keep their lineage's hostname (the parent's), so `--retain 1`, which
 /// groups snapshots by host and paths as restic does, keeps one, not one per node.

@@ -148,11 +148,19 @@ pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetRepor
 }
 
 /// `forget` for a caller that holds a lock already.
+/// A shard run's snapshot is first marked published in its run's files
+/// (`shard::repository::before_forget`), so that the run's finalize never writes it
+/// back.
 pub fn forget_locked(repo: &Repo, policy: &Policy) -> Result<ForgetReport> {
-    let plan = plan(&snapshot::load_all(repo)?, policy);
+    let snaps = snapshot::load_all(repo)?;
+    let plan = plan(&snaps, policy);
     let mut removed = 0;
     for v in plan.forgotten() {
-        repo.backend.remove(Kind::Snapshot, &Id::parse(&v.id)?)?;
+        let id = Id::parse(&v.id)?;
+        if let Some((_, s)) = snaps.iter().find(|(i, _)| *i == id) {
+            crate::shard::repository::before_forget(repo.backend.as_ref(), &id, s)?;
+        }
+        repo.backend.remove(Kind::Snapshot, &id)?;
         removed += 1;
     }
     Ok(ForgetReport {

@@ -6,9 +6,14 @@
 //! old one removed), so a long run never looks stale to another host. The lock file is
 //! removed when the guard is released or dropped. Taking a lock first removes the
 //! locks of dead processes of this host (a killed run's), as `restic unlock` does.
+//! A lock whose file is gone (removed by `restic unlock` once it looked stale), or that
+//! was not refreshed in time (the process frozen for 25 minutes), is *lost*: as restic
+//! writes no snapshot with its lock lost, [`Guard::check`] says so before a write that
+//! an exclusive `forget` may have made wrong meanwhile.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -52,12 +57,21 @@ struct Held {
     id: Mutex<Option<Id>>,
     /// Set on release; the thread waits on it between refreshes.
     stop: (Mutex<bool>, Condvar),
+    /// When the current lock file was written (its time).
+    written: Mutex<SystemTime>,
+    /// Found removed, or not refreshed in time: another process may have taken it for
+    /// stale and held an exclusive lock since.
+    lost: AtomicBool,
 }
 
 /// How often a held lock is refreshed (restic: 5 minutes; stale after 30).
 const REFRESH: Duration = Duration::from_secs(5 * 60);
 
 const STALE_SECS: i64 = 30 * 60;
+
+/// A held lock not refreshed for this long may be taken for stale by another process
+/// (restic's 30 minutes, less one refresh for the clocks): it is lost.
+const LOST_AFTER: Duration = Duration::from_secs(25 * 60);
 
 fn is_stale(l: &LockFile) -> bool {
     let (t, _) = super::parse_time(&l.time).unwrap_or((0, 0));
@@ -140,8 +154,9 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
     if let Some(l) = conflict(repo, exclusive, None)? {
         return Err(refused(&l));
     }
+    let now = SystemTime::now();
     let lf = LockFile {
-        time: super::go_time(chrono::Local::now()),
+        time: super::go_time(chrono::DateTime::<chrono::Local>::from(now)),
         exclusive,
         hostname: crate::util::hostname(),
         username: std::env::var("USER").unwrap_or_default(),
@@ -158,6 +173,8 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
         lock: lf,
         id: Mutex::new(Some(id)),
         stop: (Mutex::new(false), Condvar::new()),
+        written: Mutex::new(now),
+        lost: AtomicBool::new(false),
     });
     let mut guard = Guard {
         inner,
@@ -196,12 +213,16 @@ impl Held {
         }
     }
 
-    /// Writes the lock anew with the current time, then removes the old file.
+    /// Writes the lock anew with the current time, then removes the old file; not once
+    /// the lock is lost (a refresh after the process was frozen past [`LOST_AFTER`]
+    /// would hide that an exclusive lock may have been taken meanwhile).
     fn refresh(&self) -> Result<()> {
         let mut id = self.id.lock().expect("lock id");
         let Some(old) = *id else { return Ok(()) };
+        self.check_time()?;
+        let now = SystemTime::now();
         let mut lf = self.lock.clone();
-        lf.time = super::go_time(chrono::Local::now());
+        lf.time = super::go_time(chrono::DateTime::<chrono::Local>::from(now));
         let json = serde_json::to_vec(&lf).expect("JSON serialises");
         let mut plain = vec![2u8];
         plain
@@ -210,14 +231,50 @@ impl Held {
         let new = Id::hash(&sealed);
         self.backend.write(Kind::Lock, &new, &sealed)?;
         *id = Some(new);
+        *self.written.lock().expect("lock time") = now;
         self.backend.remove(Kind::Lock, &old)
+    }
+
+    fn lost_error(&self, why: String) -> Error {
+        self.lost.store(true, Ordering::Relaxed);
+        Error::Other(format!("the repository lock was lost: {why}"))
+    }
+
+    /// Lost by time: not refreshed for [`LOST_AFTER`] (the process frozen, or its
+    /// refreshes failing).
+    fn check_time(&self) -> Result<()> {
+        if self.lost.load(Ordering::Relaxed) {
+            return Err(Error::Other("the repository lock was lost".into()));
+        }
+        let written = *self.written.lock().expect("lock time");
+        let since = SystemTime::now()
+            .duration_since(written)
+            .unwrap_or_default();
+        if since > LOST_AFTER {
+            return Err(self.lost_error(format!(
+                "not refreshed for {} s (another process may have taken it for stale)",
+                since.as_secs()
+            )));
+        }
+        Ok(())
     }
 
     fn release(&self) -> Result<()> {
         *self.stop.0.lock().expect("lock state") = true;
         self.stop.1.notify_all();
         match self.id.lock().expect("lock id").take() {
-            Some(id) => self.backend.remove(Kind::Lock, &id),
+            Some(id) => match self.backend.remove(Kind::Lock, &id) {
+                // Removed already (a lost lock, `restic unlock`): released.
+                Err(_)
+                    if self
+                        .backend
+                        .list(Kind::Lock)
+                        .is_ok_and(|l| !l.contains(&id)) =>
+                {
+                    Ok(())
+                }
+                r => r,
+            },
             None => Ok(()),
         }
     }
@@ -235,6 +292,27 @@ impl Guard {
     /// Refreshes the lock now (the thread does it every 5 minutes).
     pub fn refresh(&self) -> Result<()> {
         self.inner.refresh()
+    }
+
+    /// Whether the lock is still held, as restic asks before it writes a snapshot: its
+    /// file still there (not removed by `restic unlock`, or as stale by another
+    /// process) and refreshed in time. An error says how it was lost: an exclusive
+    /// `forget` or `prune` may have run since.
+    pub fn check(&self) -> Result<()> {
+        let h = &self.inner;
+        // Held across the listing: a refresh replaces the file meanwhile.
+        let id = h.id.lock().expect("lock id");
+        h.check_time()?;
+        let Some(id) = *id else {
+            return Err(Error::Other("the repository lock was released".into()));
+        };
+        if !h.backend.list(Kind::Lock)?.contains(&id) {
+            return Err(h.lost_error(format!(
+                "its file locks/{} was removed (by `restic unlock`, or as stale by another process)",
+                id.hex()
+            )));
+        }
+        Ok(())
     }
 
     /// The current lock file.

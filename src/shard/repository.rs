@@ -27,7 +27,13 @@
 //!   created exclusively once the snapshot file is there: the worker that wrote
 //!   `final`, or the rerun after it crashed (the run's figures are sealed in `final`).
 //!   That process then replaces each commit by a small tombstone (still refusing a late
-//!   commit) and removes `beats/`.
+//!   commit) and removes `beats/`. A `forget` of the run's snapshot creates it first if
+//!   it is missing (the publisher killed between the snapshot file and `published`), so
+//!   that no finalize writes the forgotten snapshot back; and no process writes the
+//!   snapshot file with its repository lock lost (`restic::lock::Guard::check`);
+//! - `settled`: the publisher's retention and tidy are done. A process that finds
+//!   `published` without it, its publisher gone (dead on this host, or `published`
+//!   older than two leases, or `snapring finalize` asked), completes them.
 //!
 //! Nothing is moved, unlike in the hard-link store: blobs are content-addressed, so a
 //! unit built twice leaves only unreferenced blobs, for `prune`. Hard links need no
@@ -460,7 +466,10 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         )
         .and_then(|all_done| match all_done {
             true => publish(repo, &st, spec, opts, &held, |repo| {
-                finalize(repo, &st, &plan_file, &plan_hash, &cut, &source, spec)
+                let lock_held = || lock.check();
+                finalize(
+                    repo, &st, &plan_file, &plan_hash, &cut, &source, spec, &lock_held,
+                )
             }),
             false => Ok(None),
         })
@@ -475,8 +484,16 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         return Ok(report);
     };
     // The publisher tidies the run's files while it releases its lock, applies the
-    // retention and reports (tens of calls, not on the run's path).
-    let _tidying = Tidying(fin.won.then(|| {
+    // retention and reports (tens of calls, not on the run's path); so does a process
+    // that completes what a publisher that is gone left undone.
+    let settle = fin.won || fin.complete;
+    if fin.complete {
+        tracing::info!(
+            "run {}: its publisher is gone before it applied the retention and tidied; completing that",
+            spec.run_id
+        );
+    }
+    let tidying = Tidying(settle.then(|| {
         let (b, run) = (backend.clone(), spec.run_id.clone());
         std::thread::spawn(move || tidy(&State::new(b.as_ref(), &run)))
     }));
@@ -489,9 +506,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
     }
     .into();
     report.totals = fin.totals;
-    if fin.won
-        && let Some(n) = opts.retain
-    {
+    if settle && let Some(n) = opts.retain {
         let policy = restic::forget::Policy {
             label,
             keep_last: n.max(1),
@@ -519,6 +534,13 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
                 ex.release().map_err(failed)?;
             }
             Err(e) => report.retention_skipped = Some(e.to_string()),
+        }
+    }
+    if settle {
+        drop(tidying);
+        let body = serde_json::to_vec(&Holder::me(spec.index)).expect("serializes");
+        if let Err(e) = st.b.put_extra(&st.key("settled"), &body) {
+            tracing::warn!("cannot mark run {} settled: {e}", spec.run_id);
         }
     }
     report.duration_seconds = started.elapsed().as_secs_f64();
@@ -1145,6 +1167,9 @@ struct Finalized {
     sealed: String,
     /// This process publishes the run (created `published`).
     won: bool,
+    /// The run was published by a process that is gone before it settled (applied the
+    /// retention, tidied): this one completes that.
+    complete: bool,
     /// The run's figures (when this process read the commits).
     totals: Option<RunTotals>,
     group: restic::forget::Group,
@@ -1155,6 +1180,9 @@ struct Finalized {
 /// `final`, then the snapshot file. A run already published only has its snapshot
 /// file written if a crash left it missing; one that another process published while
 /// this one made its `final` (its inputs tidied away meanwhile) is that process's.
+/// `lock_held` checks this process's repository lock before the snapshot file is
+/// written.
+#[allow(clippy::too_many_arguments)]
 fn finalize(
     repo: &mut Repo,
     st: &State<'_>,
@@ -1163,6 +1191,7 @@ fn finalize(
     cut: &Cut,
     source: &Path,
     spec: &Spec,
+    lock_held: &dyn Fn() -> restic::Result<()>,
 ) -> Result<Finalized, ShardError> {
     let group = restic::forget::Group {
         hostname: plan_file
@@ -1172,7 +1201,7 @@ fn finalize(
         paths: vec![source.to_string_lossy().into_owned()],
     };
     if let Some(f) = st.read_final().map_err(failed)? {
-        return published(repo, st, f, spec, group);
+        return published(repo, st, f, spec, group, lock_held);
     }
     let f = match make_final(repo, st, plan_file, plan_hash, cut, source, spec, &group) {
         Ok(f) => f,
@@ -1196,7 +1225,7 @@ fn finalize(
             "write the snapshot: {e}"
         )))
     })?;
-    published(repo, st, f, spec, group)
+    published(repo, st, f, spec, group, lock_held)
 }
 
 /// The run's `final`: this process's (the spine's trees made from the commits, the
@@ -1373,36 +1402,64 @@ fn make_final(
 /// Writes the snapshot file `final` names if it is missing, then settles who publishes
 /// the run (records it, notifies, applies the retention): the process that creates
 /// `published`, exclusively, once the snapshot file is there. Normally the worker that
-/// wrote `final`; after a crash between `final` and the end of that, the rerun.
+/// wrote `final`; after a crash between `final` and the end of that, the rerun. The
+/// snapshot file is written only while this process's repository lock is held
+/// (`lock_held`): with it lost, a `forget` may have removed the snapshot since another
+/// process wrote it.
 fn published(
     repo: &Repo,
     st: &State<'_>,
     f: FinalFile,
     spec: &Spec,
     group: restic::forget::Group,
+    lock_held: &dyn Fn() -> restic::Result<()>,
 ) -> Result<Finalized, ShardError> {
+    let by_another = |f: FinalFile, group, complete| Finalized {
+        snapshot: f.snapshot,
+        sealed: f.sealed,
+        won: false,
+        complete,
+        totals: None,
+        group,
+    };
     // Published already: its snapshot file was written once; if it is gone now, it was
     // forgotten (a later run's retention, `forget`) and stays so.
-    if st
-        .b
-        .read_extra(&st.key("published"))
-        .map_err(failed)?
-        .is_some()
-    {
-        return Ok(Finalized {
-            snapshot: f.snapshot,
-            sealed: f.sealed,
-            won: false,
-            totals: None,
-            group,
-        });
+    if let Some(by) = st.b.read_extra(&st.key("published")).map_err(failed)? {
+        let complete = unsettled(st, &by, spec).map_err(failed)?;
+        return Ok(by_another(f, group, complete));
+    }
+    // A finalizer stalled or killed between its look at `published` and the snapshot
+    // file, and between the snapshot file and `published` (the tests).
+    fp("shard.repo.before_snapshot_file")?;
+    // As restic before it writes a snapshot: not with the lock lost (this process
+    // stopped that long; another may have published the run, a `forget` removed the
+    // snapshot since).
+    if let Err(e) = lock_held() {
+        if st
+            .b
+            .read_extra(&st.key("published"))
+            .map_err(failed)?
+            .is_some()
+        {
+            tracing::warn!("run {}: {e}; published by another process", spec.run_id);
+            return Ok(by_another(f, group, false));
+        }
+        return Err(ShardError::Retry(format!(
+            "run {}: {e}; its snapshot file was not written (run the worker or `snapring finalize` again)",
+            spec.run_id
+        )));
     }
     write_snapshot(repo, &f)?;
+    fp("shard.repo.before_published")?;
     // Unique to this process: a retried create that landed finds its own bytes.
     let body = serde_json::to_vec(&Holder::me(spec.index)).expect("serializes");
     let won =
         st.b.create_extra(&st.key("published"), &body)
             .map_err(failed)?;
+    if won {
+        // The publisher killed before its retention and tidy (the tests).
+        fp("shard.repo.after_published")?;
+    }
     let totals = match (&f.totals, won) {
         (Some(t), true) => {
             let sealed = base64::engine::general_purpose::STANDARD
@@ -1416,9 +1473,72 @@ fn published(
         snapshot: f.snapshot,
         sealed: f.sealed,
         won,
+        complete: false,
         totals,
         group,
     })
+}
+
+/// Whether this process completes the retention and tidy of a run published by
+/// `by` (the bytes of `published`): not settled, and its publisher gone (dead on this
+/// host; `published` older than two leases, its publisher elsewhere; or `snapring
+/// finalize` asked). A publisher still at it is left to finish (the run's other
+/// workers must not all wait for the exclusive lock).
+fn unsettled(st: &State<'_>, by: &[u8], spec: &Spec) -> restic::Result<bool> {
+    let gone = match serde_json::from_slice::<Holder>(by) {
+        Ok(h) => {
+            spec.index == BY_HAND
+                || h.is_dead_here()
+                || SystemTime::now()
+                    .duration_since(parse_at(&h.at))
+                    .is_ok_and(|d| d > 2 * lease())
+        }
+        Err(_) => true,
+    };
+    Ok(gone && st.b.read_extra(&st.key("settled"))?.is_none())
+}
+
+/// The worker index a `published` made by a forget names ([`before_forget`]).
+const FORGET: usize = usize::MAX - 1;
+
+/// Called by `forget` (`restic::forget::forget_locked`, under its exclusive lock)
+/// before it removes snapshot `id`: a shard run's snapshot (tags `snapring` and
+/// `shard-run=RUN`, the snapshot `final` names) whose run has no `published` yet (its
+/// publisher killed between the snapshot file and `published`) is marked published
+/// first, so that no finalize of the run writes the forgotten snapshot back. Its
+/// retention and tidy are left to the run's next finalize (the run is not settled).
+pub fn before_forget(b: &dyn Backend, id: &Id, snap: &Snapshot) -> restic::Result<()> {
+    let Some(run) = snap.tag("shard-run") else {
+        return Ok(());
+    };
+    if !snap.tags.iter().any(|t| t == "snapring") {
+        return Ok(());
+    }
+    let st = State::new(b, run);
+    if b.read_extra(&st.key("published"))?.is_some() {
+        return Ok(());
+    }
+    // Damaged or missing: not a snapshot this run's finalize would write.
+    let Ok(Some(f)) = st.read_final() else {
+        return Ok(());
+    };
+    if f.snapshot != id.hex() {
+        return Ok(());
+    }
+    let body = serde_json::to_vec(&Holder::me(FORGET)).expect("serializes");
+    if b.create_extra(&st.key("published"), &body)? {
+        tracing::info!(
+            "run {run}: its snapshot {} is forgotten before its publisher marked the run published; marked now",
+            id.hex()
+        );
+    }
+    Ok(())
+}
+
+/// A failpoint of publishing (`crate::failpoint`), its error a failure to publish.
+fn fp(name: &str) -> Result<(), ShardError> {
+    crate::failpoint::hit(name)
+        .map_err(|e| ShardError::Failed(crate::error::Error::Repository(format!("publish: {e}"))))
 }
 
 /// A blob the node names (its tree, or its content) that no index holds.
