@@ -1388,6 +1388,39 @@ fn a_publisher_killed_after_published_has_its_retention_and_tidy_completed() {
     }
 }
 
+/// The worker that publishes killed between any two steps of its publish (after it
+/// found no `published`, after the snapshot file, after `published`): its rerun
+/// leaves exactly one snapshot, `published` and `settled`, every commit a tombstone;
+/// a second rerun changes nothing.
+#[test]
+fn a_publish_killed_between_any_two_of_its_steps_is_completed_once_by_the_rerun() {
+    for (point, won) in [
+        ("shard.repo.before_snapshot_file", true),
+        ("shard.repo.before_published", true),
+        ("shard.repo.after_published", false),
+    ] {
+        let e = env();
+        let fp = format!("{point}=kill");
+        let out = spawn(&e, 0, 1, "p", &[("SNAPRING_FAILPOINTS", &fp)])
+            .wait_with_output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "{point}: {}", text(&out));
+        let again = report(&spawn(&e, 0, 1, "p", &[]).wait_with_output().unwrap());
+        assert_eq!(again["finalized"], won, "{point}: {again}");
+        let snaps = snapshots(&e);
+        assert_eq!(snaps.len(), 1, "{point}: {snaps:?}");
+        assert_eq!(again["snapshot"], snaps[0].0.hex().as_str(), "{point}");
+        let dir = e.repo.join("snapring/shards/p");
+        assert!(dir.join("published").exists(), "{point}");
+        assert!(dir.join("settled").exists(), "{point}");
+        assert_tidied(&e, "p");
+        let third = report(&spawn(&e, 0, 1, "p", &[]).wait_with_output().unwrap());
+        assert_eq!(third["finalized"], false, "{point}: {third}");
+        assert_eq!(snapshots(&e).len(), 1, "{point}");
+        assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+    }
+}
+
 /// Each night another node plans the run (its own hostname: a UTS namespace here):
 /// the snapshots keep their lineage's hostname (the parent's), so `--retain 1`, which
 /// groups snapshots by host and paths as restic does, keeps one, not one per node.
