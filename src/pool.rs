@@ -8,17 +8,44 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 
 /// Where a task pushes follow-up work.
-pub struct Queue<T> {
-    state: Mutex<(Vec<T>, usize)>,
+pub struct Queue<'g, T> {
+    /// The tasks waiting, how many are running, and the tasks split off running ones
+    /// ([`Queue::push_first`]), taken before the others.
+    state: Mutex<(Vec<T>, usize, Vec<T>)>,
     cv: Condvar,
+    threads: usize,
+    gate: Option<&'g Gate>,
 }
 
-impl<T> Queue<T> {
+impl<T> Queue<'_, T> {
     pub fn push(&self, t: T) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.0.push(t);
         drop(s);
         self.cv.notify_one();
+    }
+
+    /// Pushes a task taken before every task [`Queue::push`]ed: the rest of a task
+    /// split off for an idle thread, to run now rather than behind the work the task
+    /// itself pushes meanwhile.
+    pub fn push_first(&self, t: T) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.2.push(t);
+        drop(s);
+        self.cv.notify_one();
+    }
+
+    /// No task is waiting, a thread is free to take one, and (under a gate) a permit
+    /// is free for it: work pushed now would run at once. A task with much left to do
+    /// then splits it off ([`crate::traverse`]: the rest of a directory's listing, at
+    /// the end of a walk when few directories are left).
+    pub fn hungry(&self) -> bool {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !s.0.is_empty() || !s.2.is_empty() || s.1 >= self.threads {
+            return false;
+        }
+        drop(s);
+        self.gate.is_none_or(Gate::has_free)
     }
 }
 
@@ -37,6 +64,11 @@ impl Gate {
             free: Mutex::new(permits.max(1)),
             cv: Condvar::new(),
         }
+    }
+
+    /// A permit is free now.
+    fn has_free(&self) -> bool {
+        *self.free.lock().unwrap_or_else(|e| e.into_inner()) > 0
     }
 
     /// Waits for a permit; it is given back when the pass is dropped.
@@ -99,8 +131,10 @@ pub fn run_gated<T: Send>(
     work: impl Fn(T, &Queue<T>) + Sync,
 ) {
     let q = Queue {
-        state: Mutex::new((initial, 0)),
+        state: Mutex::new((initial, 0, Vec::new())),
         cv: Condvar::new(),
+        threads: threads.max(1),
+        gate,
     };
     std::thread::scope(|s| {
         for _ in 0..threads.max(1) {
@@ -111,8 +145,9 @@ pub fn run_gated<T: Send>(
                         loop {
                             if cancel.load(Ordering::Relaxed) {
                                 st.0.clear();
+                                st.2.clear();
                             }
-                            if let Some(t) = st.0.pop() {
+                            if let Some(t) = st.2.pop().or_else(|| st.0.pop()) {
                                 st.1 += 1;
                                 break Some(t);
                             }
@@ -132,7 +167,7 @@ pub fn run_gated<T: Send>(
                     }
                     let mut st = q.state.lock().unwrap_or_else(|e| e.into_inner());
                     st.1 -= 1;
-                    let idle = st.1 == 0 && st.0.is_empty();
+                    let idle = st.1 == 0 && st.0.is_empty() && st.2.is_empty();
                     drop(st);
                     if idle {
                         q.cv.notify_all();

@@ -6,7 +6,10 @@
 //! - a bounded pool of `threads` workers over a LIFO stack, so the walk goes depth-first
 //!   and the frontier (memory, open descriptors) stays small;
 //! - a directory's listing is split into chunks of [`CHUNK`] items, so the entries of one
-//!   huge directory are handled by several workers at once;
+//!   huge directory are handled by several workers at once; and a chunk splits off the
+//!   second half of what it has left whenever nothing else is queued while a worker (and
+//!   a permit of the gate) idles: the end of a walk, when a few directories are left,
+//!   is not walked one item at a time by one worker each;
 //! - a queued subdirectory holds its parent's node and its own name, never an open
 //!   descriptor: it is opened when a worker takes it, so a directory with 100,000
 //!   subdirectories does not need 100,000 descriptors;
@@ -25,6 +28,10 @@ use crate::relpath::RelPath;
 
 /// Items per task when a directory's listing is split across workers.
 pub const CHUNK: usize = 256;
+
+/// Items left in a chunk below which it is not split when threads idle
+/// ([`pool::Queue::hungry`]).
+const SPLIT_MIN: usize = 2;
 
 /// What the visitor does after one item.
 pub enum Step<S> {
@@ -137,7 +144,7 @@ struct Walker<'a, V> {
 }
 
 impl<V: Visitor> Walker<'_, V> {
-    fn task(&self, t: Task<V>, q: &Queue<Task<V>>) {
+    fn task(&self, t: Task<V>, q: &Queue<'_, Task<V>>) {
         match t {
             Task::Dir { parent, name, sub } => self.open(parent, name, sub, q),
             Task::Chunk { dir, items } => self.chunk(dir, items, q),
@@ -149,7 +156,7 @@ impl<V: Visitor> Walker<'_, V> {
         parent: Option<Arc<Dir<V::State>>>,
         name: Vec<u8>,
         sub: V::Sub,
-        q: &Queue<Task<V>>,
+        q: &Queue<'_, Task<V>>,
     ) {
         let rel = match &parent {
             Some(p) => p.rel.join(&name),
@@ -181,10 +188,27 @@ impl<V: Visitor> Walker<'_, V> {
         }
     }
 
-    fn chunk(&self, dir: Arc<Dir<V::State>>, items: Vec<V::Item>, q: &Queue<Task<V>>) {
-        for item in items {
+    fn chunk(&self, dir: Arc<Dir<V::State>>, items: Vec<V::Item>, q: &Queue<'_, Task<V>>) {
+        let mut items = items;
+        // Visited from the front (the listing's order), the rest split off from the back.
+        items.reverse();
+        while let Some(item) = items.pop() {
             if self.cancel.load(Ordering::Relaxed) {
                 return;
+            }
+            // The end of a walk: one directory's items go one by one while threads and
+            // permits idle. The second half of what is left becomes a chunk of its own.
+            if items.len() >= SPLIT_MIN && q.hungry() {
+                let rest = items.split_off(items.len() / 2);
+                let mut back = items;
+                back.reverse();
+                items = rest;
+                dir.chunks.fetch_add(1, Ordering::AcqRel);
+                dir.pending.fetch_add(1, Ordering::AcqRel);
+                q.push_first(Task::Chunk {
+                    dir: dir.clone(),
+                    items: back,
+                });
             }
             match self.visitor.visit(&dir, item) {
                 Step::Next => {}
@@ -356,6 +380,65 @@ mod tests {
                     Some("")
                 );
             }
+        }
+    }
+
+    /// One directory of files, fewer than a chunk: each visit takes 3 ms.
+    struct Flat {
+        items: usize,
+        now: AtomicUsize,
+        peak: AtomicUsize,
+        visited: Mutex<Vec<usize>>,
+        listed_after: Mutex<Vec<usize>>,
+    }
+
+    impl Visitor for Flat {
+        type State = ();
+        type Item = usize;
+        type Sub = ();
+
+        fn open(&self, _: Option<&Dir<()>>, _: &[u8], _: &RelPath, _: ()) -> Opened<(), usize> {
+            Opened::Dir((), (0..self.items).collect())
+        }
+
+        fn visit(&self, _: &Arc<Dir<()>>, i: usize) -> Step<()> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak.fetch_max(n, Ordering::SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            self.visited.lock().unwrap().push(i);
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            Step::Next
+        }
+
+        fn listed(&self, _: &Dir<()>) {
+            let n = self.visited.lock().unwrap().len();
+            self.listed_after.lock().unwrap().push(n);
+        }
+    }
+
+    #[test]
+    fn a_directory_left_alone_at_the_end_of_a_walk_is_shared_by_the_idle_threads() {
+        for threads in [1, 4, 8] {
+            let f = Flat {
+                items: 64,
+                now: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                visited: Mutex::default(),
+                listed_after: Mutex::default(),
+            };
+            walk(&f, (), threads, &AtomicBool::new(false));
+            let mut v = f.visited.into_inner().unwrap();
+            v.sort_unstable();
+            assert_eq!(v, (0..64).collect::<Vec<_>>(), "each item once");
+            // `listed` once, after every item.
+            assert_eq!(f.listed_after.into_inner().unwrap(), [64]);
+            // 64 items are one chunk: before, one thread visited them all.
+            let peak = f.peak.into_inner();
+            assert!(
+                peak > 1 || threads == 1,
+                "{threads} threads: at most {peak} visits at once"
+            );
+            assert!(peak <= threads);
         }
     }
 
