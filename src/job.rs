@@ -360,6 +360,7 @@ pub fn run_repository(
                 cancel,
                 jobs: j.jobs,
                 with_atime: j.with_atime,
+                before_forget: Some(crate::shard::repository::before_forget),
             };
             return restic::backup::backup(&mut repo, &opts);
         };
@@ -371,6 +372,7 @@ pub fn run_repository(
             retain: j.retain,
             cancel,
             jobs: j.jobs,
+            before_forget: Some(crate::shard::repository::before_forget),
         };
         let r = restic::copy::copy(&store, &mut repo, &opts)?;
         copied = Some((

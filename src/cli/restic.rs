@@ -620,6 +620,7 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
         label: a.label,
         keep_last: a.retain,
         group: None,
+        before_remove: Some(snapring::shard::repository::before_forget),
     };
     let r = restic::forget::forget(&repo, &policy, a.dry_run)?;
     if a.json {

@@ -48,6 +48,8 @@ pub struct BackupOptions {
     /// Record each entry's real access time (`--with-atime`, as restic's flag); without
     /// it the access time recorded is the modification time, as restic's default.
     pub with_atime: bool,
+    /// For the retention's forget ([`super::forget::Policy::before_remove`]).
+    pub before_forget: Option<super::forget::BeforeRemove>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -123,6 +125,8 @@ pub struct Spec<'a> {
     pub time: Option<chrono::DateTime<chrono::Local>>,
     /// Record real access times (`BackupOptions::with_atime`).
     pub with_atime: bool,
+    /// For the retention's forget ([`super::forget::Policy::before_remove`]).
+    pub before_forget: Option<super::forget::BeforeRemove>,
 }
 
 /// Backs `opts.source` up into the repository `repo`.
@@ -161,6 +165,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         jobs: crate::concurrency::resolve(opts.jobs, &[&opts.source]),
         time: None,
         with_atime: opts.with_atime,
+        before_forget: opts.before_forget,
     };
     snapshot_locked(repo, spec, lock)
 }
@@ -246,6 +251,7 @@ pub fn snapshot_locked(
             label: spec.label.clone(),
             keep_last: n.max(1),
             group: Some(group),
+            before_remove: spec.before_forget,
         };
         match super::lock::acquire(repo, true) {
             Ok(ex) => {

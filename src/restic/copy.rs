@@ -38,6 +38,8 @@ pub struct CopyOptions {
     pub cancel: Arc<AtomicBool>,
     /// File-system calls in flight reading the store (`--jobs`); 0: the default.
     pub jobs: usize,
+    /// For the retention's forget ([`super::forget::Policy::before_remove`]).
+    pub before_forget: Option<super::forget::BeforeRemove>,
 }
 
 #[derive(Debug, Serialize)]
@@ -155,6 +157,7 @@ pub fn copy(
         // A store snapshot's access times are the copy's and restores', not the
         // source's: the mtime, as restic records by default.
         with_atime: false,
+        before_forget: opts.before_forget,
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
     report.reused_by_manifest = reuse.by_manifest;

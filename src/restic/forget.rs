@@ -20,7 +20,14 @@ pub struct Policy {
     pub label: String,
     pub keep_last: u32,
     pub group: Option<Group>,
+    /// Called before each snapshot is removed, under the exclusive lock: the
+    /// operations layer's shard runs mark the run of a snapshot they wrote published
+    /// first (`shard::repository::before_forget`), so that no finalize writes it back.
+    pub before_remove: Option<BeforeRemove>,
 }
+
+/// See [`Policy::before_remove`].
+pub type BeforeRemove = fn(&dyn super::backend::Backend, &Id, &Snapshot) -> Result<()>;
 
 /// restic's default grouping: the host and the paths of a snapshot.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -147,18 +154,18 @@ pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetRepor
     Ok(report)
 }
 
-/// `forget` for a caller that holds a lock already.
-/// A shard run's snapshot is first marked published in its run's files
-/// (`shard::repository::before_forget`), so that the run's finalize never writes it
-/// back.
+/// `forget` for a caller that holds a lock already; `policy.before_remove` first for
+/// each snapshot it removes.
 pub fn forget_locked(repo: &Repo, policy: &Policy) -> Result<ForgetReport> {
     let snaps = snapshot::load_all(repo)?;
     let plan = plan(&snaps, policy);
     let mut removed = 0;
     for v in plan.forgotten() {
         let id = Id::parse(&v.id)?;
-        if let Some((_, s)) = snaps.iter().find(|(i, _)| *i == id) {
-            crate::shard::repository::before_forget(repo.backend.as_ref(), &id, s)?;
+        if let Some(before) = policy.before_remove
+            && let Some((_, s)) = snaps.iter().find(|(i, _)| *i == id)
+        {
+            before(repo.backend.as_ref(), &id, s)?;
         }
         repo.backend.remove(Kind::Snapshot, &id)?;
         removed += 1;
@@ -193,6 +200,7 @@ mod tests {
             label: label.into(),
             keep_last: n,
             group: None,
+            before_remove: None,
         }
     }
 

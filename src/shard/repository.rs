@@ -511,6 +511,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             label,
             keep_last: n.max(1),
             group: Some(fin.group),
+            before_remove: Some(before_forget),
         };
         // The run's other workers hold their shared locks until they see `final` (a
         // poll, at most `POLL_MAX`): wait for them, up to a lease, rather than skip.
@@ -1501,7 +1502,8 @@ fn unsettled(st: &State<'_>, by: &[u8], spec: &Spec) -> restic::Result<bool> {
 /// The worker index a `published` made by a forget names ([`before_forget`]).
 const FORGET: usize = usize::MAX - 1;
 
-/// Called by `forget` (`restic::forget::forget_locked`, under its exclusive lock)
+/// Every forget snapring makes calls it (`restic::forget::Policy::before_remove`, under
+/// its exclusive lock)
 /// before it removes snapshot `id`: a shard run's snapshot (tags `snapring` and
 /// `shard-run=RUN`, the snapshot `final` names) whose run has no `published` yet (its
 /// publisher killed between the snapshot file and `published`) is marked published
