@@ -420,6 +420,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let found = locate(opts, &sel, &reader)?;
     refuse_flat_mirror(opts, &sel, &reader, &found)?;
+    refuse_store_inside(opts, &store, &reader, &found)?;
     let (to_fd, to_was_new) = open_target(opts, &store)?;
     let unfinished = match &to_fd {
         Some(fd) if !opts.dry_run => Unfinished::open(fd, &opts.to, to_was_new)?,
@@ -564,6 +565,77 @@ fn refuse_flat_mirror<R: SnapshotReader>(
         names = others.join(", "),
         more = if n > 3 { ", …" } else { "" },
     )))
+}
+
+/// The store inside the tree a restore writes (`--to /srv` with the store at
+/// `/srv/backup`; `--to` naming a parent of the store). `--mirror` deletes whatever
+/// the snapshot does not have there, so it would delete the store, every snapshot of
+/// it, while reading from it; any mode would write into the store if the snapshot has
+/// an entry at the store's path. Refused, before anything is written. A restore that
+/// only passes by the store (the snapshot has none of its path) writes beside it.
+fn refuse_store_inside<R: SnapshotReader>(
+    opts: &RestoreOptions,
+    store: &Store,
+    reader: &R,
+    found: &Found<R::Dir>,
+) -> Result<()> {
+    // A --to that does not exist yet holds no store.
+    let Ok(canon_to) = std::fs::canonicalize(&opts.to) else {
+        return Ok(());
+    };
+    let canon_store = std::fs::canonicalize(&store.root).ctx("resolve", &store.root)?;
+    if canon_to.starts_with(&canon_store) {
+        return Ok(()); // into the store itself: `open_target` refuses it, by that name
+    }
+    // Where the restored path lands: --to/P, or --to itself (the whole snapshot, --flat).
+    let (root, snap_base) = match &opts.path {
+        Some(p) if !opts.flat => (canon_to.join(p.as_path()), p.clone()),
+        Some(p) => (canon_to, p.clone()),
+        None => (canon_to, RelPath::root()),
+    };
+    let Ok(inside) = canon_store.strip_prefix(&root) else {
+        return Ok(());
+    };
+    let shown = match &opts.path {
+        Some(p) if !opts.flat => opts.to.join(p.as_path()),
+        _ => opts.to.clone(),
+    };
+    let shown = shown.display();
+    // `--mirror` deletes inside a restored directory (the whole snapshot, or a --path
+    // that is one); a single file deletes nothing beside it.
+    let deletes = !matches!(&found.named, Some((_, _, k)) if *k != Kind::Dir);
+    if opts.mode == Mode::Mirror && deletes {
+        return Err(Error::Refused(format!(
+            "--mirror deletes every entry under {} that the snapshot does not have, and the store {} is there: it would delete the backup it restores from; nothing was changed. Choose a --to that does not hold the store, or restore without --mirror",
+            shown,
+            store.root.display(),
+        )));
+    }
+    // Does the snapshot have an entry where the store is? The restore would write into it.
+    let mut at = snap_base;
+    for c in inside.components() {
+        at = at.join(c.as_os_str().as_bytes());
+    }
+    let mut dir = match reader.root() {
+        Ok(d) => d,
+        Err(_) => return Ok(()),
+    };
+    for c in at.parent().components() {
+        match reader.open_dir(&dir, c) {
+            Ok(d) => dir = d,
+            Err(_) => return Ok(()),
+        }
+    }
+    let has = |name| reader.find(&dir, name).and_then(|l| reader.stat(&dir, l));
+    if at.is_root() || has(at.file_name()).is_ok() {
+        return Err(Error::Refused(format!(
+            "the snapshot has {} where the store {} is under {}: restoring it would write into the backup; nothing was changed. Choose a --to that does not hold the store",
+            at.as_path().display(),
+            store.root.display(),
+            shown,
+        )));
+    }
+    Ok(())
 }
 
 /// Plans the walk's first directory: where it starts in the snapshot, where it lands

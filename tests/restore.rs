@@ -504,6 +504,75 @@ fn restore_never_writes_outside_the_target() {
     assert!(!t.path().join("to3").exists());
 }
 
+/// `--to` a directory that holds the store (`--to /srv` with the store at
+/// `/srv/backup`): `--mirror` deletes whatever the snapshot does not have there, so it
+/// deleted the store, every snapshot, while restoring from it. And a snapshot that has
+/// an entry at the store's path would be restored into the store. Both are refused
+/// before anything is written; a plain restore that only passes by the store works.
+#[test]
+fn restore_into_a_directory_holding_the_store_never_touches_the_store() {
+    let one_line = |err: &str| assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("data");
+    write(&src.join("docs/x"), b"important");
+    let store = t.path().join("backups");
+    ok_backup(&src, &store);
+    let before = store_state(&store);
+
+    for extra in [&["--mirror"][..], &["--mirror", "--dry-run"]] {
+        let (code, rep, err) = restore(&store, "daily.0", t.path(), extra);
+        assert_eq!(code, 64, "{extra:?}: {err}\n{rep}");
+        assert!(
+            err.contains("--mirror") && err.contains("delete the backup"),
+            "{err}"
+        );
+        one_line(&err);
+        assert_eq!(store_state(&store), before, "{extra:?}: the store changed");
+        assert!(
+            src.join("docs/x").exists(),
+            "{extra:?}: the source was deleted"
+        );
+    }
+    // `--path docs --flat --mirror --to-is-dedicated` into the store's parent: the same.
+    let (code, _, err) = restore(
+        &store,
+        "daily.0",
+        t.path(),
+        &["--path", "docs", "--flat", "--mirror", "--to-is-dedicated"],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(store_state(&store), before);
+
+    // Without --mirror the store is passed by: the snapshot has no `backups`.
+    let (code, rep, err) = restore(&store, "daily.0", t.path(), &["--overwrite"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(
+        std::fs::read(t.path().join("docs/x")).unwrap(),
+        b"important"
+    );
+    assert_eq!(store_state(&store), before);
+
+    // A snapshot with an entry where the store now is (the tree had a `backups`
+    // directory): restoring it into the store's parent would write into the store.
+    let src2 = t.path().join("s2");
+    write(&src2.join("backups/daily.0/injected"), b"evil");
+    let store2 = t.path().join("st2");
+    ok_backup(&src2, &store2);
+    let to = t.path().join("t");
+    std::fs::create_dir(&to).unwrap();
+    let moved = to.join("backups");
+    std::fs::rename(&store2, &moved).unwrap();
+    let before2 = store_state(&moved);
+    for extra in [&[][..], &["--overwrite"], &["--path", "backups"]] {
+        let (code, rep, err) = restore(&moved, "daily.0", &to, extra);
+        assert_eq!(code, 64, "{extra:?}: {err}\n{rep}");
+        assert!(err.contains("write into the backup"), "{err}");
+        one_line(&err);
+        assert_eq!(store_state(&moved), before2, "{extra:?}: the store changed");
+        assert!(!moved.join("daily.0/injected").exists());
+    }
+}
+
 #[test]
 fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     let (t, _src, store) = setup_users();
