@@ -331,3 +331,39 @@ fn names_in_the_stores_own_files_never_lead_outside_it() {
     assert!(victim.is_dir());
     let _ = out;
 }
+
+/// A directory named with the largest slot number (`daily.4294967295`, made by hand or
+/// by another tool) made every later backup panic shifting it one slot up (exit 101,
+/// nothing published; in a release build the shift wraps to `daily.0`). It is not a
+/// snapshot name, like `daily.4294967296`: left alone, and the backups go on.
+#[test]
+fn a_slot_number_that_cannot_shift_is_not_a_snapshot() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let stray = dest.join("daily.4294967295");
+    write(&stray.join("kept"), b"not ours");
+    for retain in ["3", "4294967295"] {
+        let (code, rep, err) = backup(&src, &dest, &["--retain", retain], &[]);
+        assert_eq!(code, 0, "--retain {retain}: {err}\n{rep}");
+        assert_eq!(rep["status"], "complete");
+    }
+    assert_eq!(std::fs::read(stray.join("kept")).unwrap(), b"not ours");
+    let out = snapring(
+        &[
+            "list".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["daily.0", "daily.1", "daily.2"]);
+}
