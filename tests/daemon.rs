@@ -280,6 +280,94 @@ command = ["/bin/sh", "-c", "cat > {hook}"]
     assert_eq!(shown["report"]["notifications"], rep["notifications"]);
 }
 
+/// A job whose run cannot start (its backup file system not mounted, its store in use
+/// by another run) exited 1 with the error on stderr and nothing else: no notification
+/// (failed runs always notify), no row in the catalog (the dashboard, `history` and
+/// `stats` showed the last success), while the daemon's schedule moved on. It is now
+/// recorded `failed` in the catalog, with a log beside it, and notified; the exit code
+/// and the error stay as they were.
+#[test]
+fn a_run_that_cannot_start_is_recorded_and_notified() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 4, 10);
+    let hook_out = t.path().join("hook.json");
+    let cfg = t.path().join("s.toml");
+    let write_cfg = |dest: &Path| {
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[job.home]
+source = "{src}"
+dest = "{dest}"
+notify = ["cmd"]
+
+[notify.cmd]
+type = "command"
+command = ["/bin/sh", "-c", "cat > {hook}"]
+"#,
+                src = src.display(),
+                dest = dest.display(),
+                hook = hook_out.display(),
+            ),
+        )
+        .unwrap();
+    };
+    let cfgs = cfg.to_str().unwrap();
+    let rows = || {
+        let (code, rows, err, _) = cli(&catalog, &["history", "--json"], &[]);
+        assert_eq!(code, 0, "{err}");
+        rows.as_array().unwrap().clone()
+    };
+
+    // The backup file system is not mounted: its mount point is missing.
+    write_cfg(&t.path().join("mnt/backup"));
+    let (code, _, err, _) = cli(&catalog, &["run", "home", "--config", cfgs], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is the backup file system mounted?"), "{err}");
+    let notice: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&hook_out).expect("no notification")).unwrap();
+    assert_eq!(notice["status"], "failed", "{notice}");
+    assert_eq!(notice["job"], "home");
+    assert!(
+        notice["message"]
+            .as_str()
+            .unwrap()
+            .contains("is the backup file system mounted?"),
+        "{notice}"
+    );
+    let r = rows();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0]["status"], "failed");
+    assert_eq!(r[0]["job"], "home");
+    let id = r[0]["id"].as_str().unwrap().to_string();
+    let log = t.path().join(format!("logs/{id}.log"));
+    let text = std::fs::read_to_string(&log).expect("the run's log beside the catalog");
+    assert!(text.contains("could not start"), "{text}");
+    assert!(!t.path().join("mnt").exists(), "nothing is created");
+
+    // The store is in use by another run.
+    let dest = t.path().join("b");
+    write_cfg(&dest);
+    std::fs::remove_file(&hook_out).unwrap();
+    let first = spawn_paused(&src, &dest, &[], "walk.dir", 1);
+    let (code, _, err, _) = cli(&catalog, &["run", "home", "--config", cfgs], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is in use"), "{err}");
+    let notice: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&hook_out).expect("no notification")).unwrap();
+    assert_eq!(notice["status"], "failed", "{notice}");
+    let r = rows();
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1]["status"], "failed");
+    assert_eq!(
+        first.resume().0,
+        0,
+        "the run holding the store is not disturbed"
+    );
+}
+
 #[test]
 fn a_window_that_ends_mid_run_publishes_nothing_and_the_next_run_resumes() {
     let t = tempfile::tempdir().unwrap();
