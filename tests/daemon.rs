@@ -632,6 +632,77 @@ fn the_daemon_binary_stops_on_sigterm_and_reloads_on_sighup() {
     );
 }
 
+/// A reload that fails keeps the running configuration, and so do the runs. Each run
+/// is a child that read the config file again: with the file broken (mid-edit, or a
+/// bad edit the reload refused) or gone, every scheduled run failed at once, with no
+/// row in the catalog and no notification, while the daemon said it kept the running
+/// configuration. Runs now get the text the daemon loaded.
+#[test]
+fn runs_keep_the_running_configuration_when_the_file_breaks() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 4, 10);
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\nschedule = \"* * * * * *\"\n",
+            src.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    /// The daemon, killed if the test fails before it stops it.
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Daemon(
+        Command::new(bin())
+            .args(["--catalog"])
+            .arg(&catalog)
+            .args(["daemon", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
+    let runs = || {
+        let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
+        h.as_array().cloned().unwrap_or_default()
+    };
+    let done = |n: usize| {
+        move || {
+            let r = runs();
+            r.len() >= n && r.iter().all(|r| r["status"] != "running")
+        }
+    };
+    wait_until("a first run", 30, done(1));
+    // A bad edit, not reloaded; then reloaded (refused); then the file is gone.
+    std::fs::write(&cfg, "[job.j]\nsource = \n").unwrap();
+    let n = runs().len();
+    wait_until("a run after a bad edit", 30, done(n + 2));
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    std::fs::remove_file(&cfg).unwrap();
+    let n = runs().len();
+    wait_until("a run with the file gone", 30, done(n + 2));
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let r = runs();
+    for run in &r {
+        assert_eq!(run["status"], "complete", "{r:?}");
+    }
+}
+
 #[test]
 fn examples_parse_and_next_previews_schedules() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
