@@ -421,9 +421,11 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let found = locate(opts, &sel, &reader)?;
     refuse_flat_mirror(opts, &sel, &reader, &found)?;
     refuse_store_inside(opts, &store, &reader, &found)?;
-    let (to_fd, to_was_new) = open_target(opts, &store)?;
+    let (to_fd, to_was_new) = open_target(opts, &store).map_err(Error::on_restore_target)?;
     let unfinished = match &to_fd {
-        Some(fd) if !opts.dry_run => Unfinished::open(fd, &opts.to, to_was_new)?,
+        Some(fd) if !opts.dry_run => {
+            Unfinished::open(fd, &opts.to, to_was_new).map_err(Error::on_restore_target)?
+        }
         _ => Unfinished::default(),
     };
     let mut created_ancestors = Vec::new();
@@ -434,7 +436,8 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         found,
         (to_fd.as_ref(), to_was_new),
         &mut created_ancestors,
-    )?;
+    )
+    .map_err(Error::on_restore_target)?;
     // A directory an earlier, stopped restore created gets the snapshot's metadata.
     let whole_dir = start.only.is_none();
     if whole_dir && !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
@@ -969,7 +972,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
             self.problem(rel, ProblemKind::Metadata, action, e);
         } else {
             let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
-            f.get_or_insert(io_error(e, action, self.opts.to.join(rel.as_path())));
+            f.get_or_insert(
+                io_error(e, action, self.opts.to.join(rel.as_path())).on_restore_target(),
+            );
             self.cancel.store(true, Ordering::Relaxed);
         }
     }

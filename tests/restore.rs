@@ -632,6 +632,60 @@ fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     assert_eq!(before, store_state(&store));
 }
 
+/// A restore into a file system that runs full says so in a restore's words: it
+/// said "the run was abandoned, nothing was published and older snapshots are
+/// intact", a backup's message, about a restore that publishes nothing. Run again
+/// with room, it finishes.
+#[test]
+fn a_full_target_stops_the_restore_with_a_restores_message() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("big"), &vec![7u8; 3 << 20]);
+    write(&src.join("small"), b"small");
+    ok_backup(&src, &store);
+    let before = store_state(&store);
+    /// A tmpfs, unmounted however the test ends.
+    struct Tmpfs(PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let small = t.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&small)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _mounted = Tmpfs(small.clone());
+    let (code, rep, err) = restore(&store, "daily.0", &small.join("r"), &[]);
+    assert_eq!(code, 1, "{err}\n{rep}");
+    let msg = rep["message"].as_str().unwrap();
+    assert!(
+        msg.contains("restore's target file system is full (out of space)")
+            && msg.contains("run it again")
+            && !msg.contains("published"),
+        "{msg}"
+    );
+    assert_eq!(before, store_state(&store));
+    // Room made: the same file system, grown.
+    assert!(
+        Command::new("mount")
+            .args(["-o", "remount,size=8m"])
+            .arg(&small)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, rep, err) = restore(&store, "daily.0", &small.join("r"), &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_same_tree(&describe(&src), &describe(&small.join("r")), "with room");
+}
+
 #[test]
 fn snapshots_are_named_by_run_id_and_by_time() {
     let t = tempfile::tempdir().unwrap();
