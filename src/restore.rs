@@ -765,6 +765,18 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
             ),
         });
     }
+    if !to.exists()
+        && let Ok(target) = std::fs::read_link(to)
+    {
+        // A dangling symlink: creating --to failed with "File exists".
+        return Err(Error::Store {
+            path: to.clone(),
+            msg: format!(
+                "--to is a symlink to {}, which does not exist; create that directory, or give --to a directory",
+                target.display()
+            ),
+        });
+    }
     if !to.exists() {
         if opts.dry_run {
             return Ok((None, true));

@@ -610,6 +610,17 @@ fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     assert_eq!(code, 1);
     assert!(err.contains("refusing to restore into the store"), "{err}");
     one_line(&err);
+    // A dangling symlink as --to: it said "cannot create target directory: File exists".
+    let dangling = t.path().join("dangling");
+    std::os::unix::fs::symlink(t.path().join("gone"), &dangling).unwrap();
+    let (code, _, err) = restore(&store, "daily.0", &dangling, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is a symlink to") && err.contains("which does not exist"),
+        "{err}"
+    );
+    one_line(&err);
+    assert!(!t.path().join("gone").exists());
 
     let ro = t.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
