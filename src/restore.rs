@@ -1397,10 +1397,15 @@ impl<R: SnapshotReader> Restore<'_, R> {
 
     /// Creates the entry in the target (as `tmp`, renamed over it, when replacing).
     fn create(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, tmp: Option<&[u8]>, src: Source) {
-        if m.kind == Kind::File {
-            add(&self.counts.files, 1);
-        }
+        // A file counts as restored once it is there (a dry run: once planned); one
+        // that could not be read or written is a problem, not a restored file.
+        let restored = || {
+            if m.kind == Kind::File {
+                add(&self.counts.files, 1);
+            }
+        };
         if self.opts.dry_run {
+            restored();
             if m.kind == Kind::File {
                 add(&self.counts.bytes, m.size);
             }
@@ -1421,7 +1426,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         };
         let leader = if e.group.is_some() && m.kind != Kind::Dir {
             match self.join_group(at, dst, to, replace, m.ino) {
-                Joined::Linked => return,
+                Joined::Linked => return restored(),
                 Joined::Leader => true,
                 Joined::Copy => false,
             }
@@ -1434,6 +1439,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
             self.copy_special(at, dst, to, m, src.no_xattrs)
         };
         let ok = ok && (direct || self.finish_replace(dst, to, at.name, replace, &at.rel));
+        if ok {
+            restored();
+        }
         if leader {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
             let link = if ok {

@@ -697,6 +697,40 @@ fn a_full_target_stops_the_restore_with_a_restores_message() {
     assert_same_tree(&describe(&src), &describe(&small.join("r")), "with room");
 }
 
+/// A snapshot file the restore cannot read (EACCES: here by running without
+/// CAP_DAC_OVERRIDE) is a problem, and not a restored file: `files_restored` counted it
+/// although nothing was written.
+#[test]
+fn an_unreadable_snapshot_file_is_not_counted_as_restored() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("a"), b"a");
+    write(&src.join("d/b"), b"b");
+    ok_backup(&src, &store);
+    chmod(&store.join("daily.0/d/b"), 0o000);
+    let to = t.path().join("to");
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ])
+        .arg(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["restore", "--json", "--dest"])
+        .arg(&store)
+        .args(["daily.0", "--to"])
+        .arg(&to)
+        .output()
+        .unwrap();
+    chmod(&store.join("daily.0/d/b"), 0o644);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{rep}");
+    assert_eq!(rep["errors"], 1, "{rep}");
+    assert!(!to.join("d/b").exists());
+    assert_eq!(rep["files_restored"], 1, "only `a` was restored: {rep}");
+    assert_eq!(rep["bytes_restored"], 1, "{rep}");
+}
+
 #[test]
 fn snapshots_are_named_by_run_id_and_by_time() {
     let t = tempfile::tempdir().unwrap();
