@@ -47,6 +47,9 @@ pub enum Error {
     Hook(String),
     #[error("store {}: {msg}", path.display())]
     Store { path: PathBuf, msg: String },
+    /// A restore's `--to` that cannot be restored into as it is.
+    #[error("restore target {}: {msg}", path.display())]
+    Target { path: PathBuf, msg: String },
     /// A restic repository's error, as its message says (it names the repository).
     #[error("{0}")]
     Repository(String),

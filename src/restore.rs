@@ -422,6 +422,9 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     refuse_flat_mirror(opts, &sel, &reader, &found)?;
     refuse_store_inside(opts, &store, &reader, &found)?;
     let (to_fd, to_was_new) = open_target(opts, &store).map_err(Error::on_restore_target)?;
+    if let Some(fd) = to_fd.as_ref().filter(|_| !opts.dry_run) {
+        lock_target(fd, &opts.to)?;
+    }
     let unfinished = match &to_fd {
         Some(fd) if !opts.dry_run => {
             Unfinished::open(fd, &opts.to, to_was_new).map_err(Error::on_restore_target)?
@@ -728,6 +731,23 @@ fn not_in_snapshot(
     }
 }
 
+/// One restore at a time into a target: `flock(LOCK_EX|LOCK_NB)` on `--to`, held by
+/// the open descriptor for the whole restore. Two restores into one new target each
+/// took it as their own and wrote files under their final names, so each failed on
+/// the other's files ("cannot create directory: File exists"), both could end
+/// `failed`, and the tree was left unfinished. Where a directory cannot be locked
+/// (NFS), the restore goes on unlocked.
+fn lock_target(fd: &OwnedFd, to: &Path) -> Result<()> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(fd, FlockOperation::NonBlockingLockExclusive) {
+        Err(e) if e == Errno::WOULDBLOCK => Err(Error::Target {
+            path: to.to_path_buf(),
+            msg: "another restore is writing into this --to; wait for it to end (a restore killed there is finished by running it again)".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Opens (creating it if needed) the target directory; checks it is writable and not
 /// inside the store. Returns `None` in a dry run when it does not exist, and whether
 /// the restore owns it (created, or empty before).
@@ -746,7 +766,7 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
     }
     let canon = std::fs::canonicalize(&probe).ctx("resolve", &probe)?;
     if canon.starts_with(&canon_store) || canon_store.starts_with(canon.join(".snapring")) {
-        return Err(Error::Store {
+        return Err(Error::Target {
             path: to.clone(),
             msg: format!(
                 "refusing to restore into the store {} itself (a restore never writes to the backup); choose a --to outside it",
@@ -756,7 +776,7 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
     }
     let probe_fd = fsx::open_dir(&probe).ctx("open", &probe)?;
     if fsx::is_read_only(b(&probe_fd)).ctx("check", &probe)? && !opts.dry_run {
-        return Err(Error::Store {
+        return Err(Error::Target {
             path: to.clone(),
             msg: format!(
                 "cannot restore into {}: {} is on a read-only file system; remount it read-write or choose another --to",
@@ -769,7 +789,7 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
         && let Ok(target) = std::fs::read_link(to)
     {
         // A dangling symlink: creating --to failed with "File exists".
-        return Err(Error::Store {
+        return Err(Error::Target {
             path: to.clone(),
             msg: format!(
                 "--to is a symlink to {}, which does not exist; create that directory, or give --to a directory",
@@ -786,7 +806,7 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
     }
     let fd = fsx::open_dir(to).map_err(|e| {
         if fsx::errno_is(&e, Errno::NOTDIR) {
-            Error::Store {
+            Error::Target {
                 path: to.clone(),
                 msg: "the restore target is not a directory; give --to a directory".into(),
             }
