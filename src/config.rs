@@ -124,9 +124,19 @@ pub fn load_complete(path: &Path) -> Result<Config> {
     load_checked(path, true)
 }
 
-fn load_checked(path: &Path, complete: bool) -> Result<Config> {
+/// As [`load_complete`], with the text it checked: the daemon hands that text, not the
+/// file as it may be by the time a job runs, to each run.
+pub fn load_complete_text(path: &Path) -> Result<(Config, String)> {
     let text = read(path)?;
-    let problems: Vec<String> = check::check_text(&text)
+    Ok((checked(path, &text, true)?, text))
+}
+
+fn load_checked(path: &Path, complete: bool) -> Result<Config> {
+    checked(path, &read(path)?, complete)
+}
+
+fn checked(path: &Path, text: &str, complete: bool) -> Result<Config> {
+    let problems: Vec<String> = check::check_text(text)
         .into_iter()
         .filter(|p| complete || !p.missing)
         .map(|p| p.render(path))
@@ -139,7 +149,7 @@ fn load_checked(path: &Path, complete: bool) -> Result<Config> {
             problems.join("\n")
         )));
     }
-    parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    parse(text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
 }
 
 fn read(path: &Path) -> Result<String> {

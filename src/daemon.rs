@@ -50,14 +50,18 @@ pub struct Summary {
 
 struct State<'a> {
     opts: &'a DaemonOptions,
+    /// The running configuration's text, as loaded at start or by the last good reload.
+    text: String,
     jobs: BTreeMap<String, Job>,
     running: BTreeMap<String, Child>,
     summary: Summary,
 }
 
-fn load(path: &Path) -> Result<(Config, BTreeMap<String, Job>), String> {
+/// The config at `path`, its text (what every run gets until the next reload) and its
+/// scheduled jobs.
+fn load(path: &Path) -> Result<(Config, String, BTreeMap<String, Job>), String> {
     // Every problem of the file, as `config check` lists them.
-    let cfg = config::load_complete(path).map_err(|e| e.to_string())?;
+    let (cfg, text) = config::load_complete_text(path).map_err(|e| e.to_string())?;
     let mut jobs = BTreeMap::new();
     for (name, j) in &cfg.job {
         if let Some(schedule) = j.schedule()? {
@@ -77,7 +81,7 @@ fn load(path: &Path) -> Result<(Config, BTreeMap<String, Job>), String> {
             path.display()
         ));
     }
-    Ok((cfg, jobs))
+    Ok((cfg, text, jobs))
 }
 
 impl State<'_> {
@@ -131,7 +135,39 @@ impl State<'_> {
         }
     }
 
+    /// The running configuration for a run to read: a memfd holding its text, which the
+    /// child inherits and reads as `/proc/self/fd/N`. A run reads the config file
+    /// again, and the file may have changed since it was loaded: edited and not yet
+    /// reloaded, or broken, or gone (a reload then keeps the running configuration,
+    /// and so must the runs; they failed at once, unrecorded and unnotified, as they
+    /// could not even read where the catalog and the notifiers are). Without a memfd
+    /// (no `/proc`), the file itself.
+    fn running_config(&self) -> (Option<std::fs::File>, PathBuf) {
+        use std::io::Write;
+        use std::os::fd::AsRawFd;
+        let made = rustix::fs::memfd_create("snapring-config", rustix::fs::MemfdFlags::empty())
+            .map(std::fs::File::from)
+            .map_err(std::io::Error::from)
+            .and_then(|mut f| f.write_all(self.text.as_bytes()).map(|()| f));
+        match made {
+            Ok(f) if Path::new("/proc/self/fd").is_dir() => {
+                let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+                (Some(f), path)
+            }
+            Ok(_) => (None, self.opts.config.clone()),
+            Err(e) => {
+                tracing::warn!(
+                    "cannot hand the running configuration to a run ({e}); it reads {}",
+                    self.opts.config.display()
+                );
+                (None, self.opts.config.clone())
+            }
+        }
+    }
+
     fn spawn(&mut self, name: &str) {
+        // Held until the child is started: it inherits the descriptor.
+        let (_held, config) = self.running_config();
         let mut c = Command::new(&self.opts.exe);
         match &self.opts.catalog {
             Some(p) => c.arg("--catalog").arg(p),
@@ -144,7 +180,7 @@ impl State<'_> {
         c.arg("run")
             .arg(name)
             .arg("--config")
-            .arg(&self.opts.config)
+            .arg(&config)
             .arg("--no-progress")
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -232,9 +268,10 @@ pub fn run(
     stop: &AtomicBool,
     reload: &AtomicBool,
 ) -> Result<Summary, String> {
-    let (_, jobs) = load(&opts.config)?;
+    let (_, text, jobs) = load(&opts.config)?;
     let mut st = State {
         opts,
+        text,
         jobs,
         running: BTreeMap::new(),
         summary: Summary::default(),
@@ -253,7 +290,8 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
             match load(&opts.config) {
-                Ok((_, jobs)) => {
+                Ok((_, text, jobs)) => {
+                    st.text = text;
                     st.jobs = jobs;
                     st.summary.reloads += 1;
                     tracing::info!("reloaded {}", opts.config.display());

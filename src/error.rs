@@ -47,6 +47,9 @@ pub enum Error {
     Hook(String),
     #[error("store {}: {msg}", path.display())]
     Store { path: PathBuf, msg: String },
+    /// A restore's `--to` that cannot be restored into as it is.
+    #[error("restore target {}: {msg}", path.display())]
+    Target { path: PathBuf, msg: String },
     /// A restic repository's error, as its message says (it names the repository).
     #[error("{0}")]
     Repository(String),
@@ -63,6 +66,21 @@ pub enum Error {
     },
     #[error("destination file system is full ({}) while writing {}: the run was abandoned, nothing was published and older snapshots are intact; {} and run again", why.as_str(), path.display(), why.remedy())]
     DiskFull { path: PathBuf, why: Full },
+    /// A restore's target ran full: the restore stopped; the store was never written.
+    #[error("the restore's target file system is full ({}) while writing {}: the restore stopped; the store is untouched and what was restored stays; {} and run it again (identical files are skipped, the rest is finished)", why.as_str(), path.display(), why.remedy())]
+    TargetFull { path: PathBuf, why: Full },
+}
+
+impl Error {
+    /// A restore's view of an error: a full file system is its target's, and the
+    /// backup's wording ("nothing was published and older snapshots are intact") does
+    /// not apply.
+    pub fn on_restore_target(self) -> Error {
+        match self {
+            Error::DiskFull { path, why } => Error::TargetFull { path, why },
+            e => e,
+        }
+    }
 }
 
 /// What ran out on a full file system.

@@ -75,7 +75,15 @@ pub fn run(
     notify_success: bool,
     cancel: &AtomicBool,
 ) -> Result<RunReport> {
-    let mut rep = run_backup(opts, catalog, cancel)?;
+    let t0 = std::time::Instant::now();
+    let mut rep = match run_backup(opts, catalog, cancel) {
+        Ok(r) => r,
+        Err(e) if opts.dry_run => return Err(e),
+        Err(e) => {
+            not_started(opts, &e, t0, catalog, (notifiers, notify_success));
+            return Err(e);
+        }
+    };
     if opts.dry_run {
         return Ok(rep);
     }
@@ -86,6 +94,57 @@ pub fn run(
     };
     conclude(opts, &mut rep, &after, catalog, notifiers, notify_success);
     Ok(rep)
+}
+
+/// A backup that could not start: its store missing (the backup file system not
+/// mounted), not a directory, not writable, or in use by another run; a setting the
+/// engine refuses. No run record can go into the store, so the run is recorded
+/// `failed` in the catalog, with its log beside it (as a restore's), and notified:
+/// failed runs always notify, and a scheduled job whose store is gone is the failure
+/// its owners most need to hear about. The caller still returns the error.
+fn not_started(
+    opts: &BackupOptions,
+    e: &crate::error::Error,
+    t0: std::time::Instant,
+    catalog: Option<&CatalogTarget>,
+    (notifiers, notify_success): (&[(String, notify::NotifierConfig)], bool),
+) {
+    let id = crate::engine::backup::new_run_id();
+    let store = std::fs::canonicalize(&opts.store).unwrap_or_else(|_| opts.store.clone());
+    let mut rep = crate::engine::backup::new_report(opts, &id, &store);
+    if let Ok(src) = std::fs::canonicalize(&opts.source) {
+        rep.source = src;
+    }
+    rep.status = crate::report::Status::Failed;
+    rep.message = e.to_string();
+    crate::engine::backup::finish_report(&mut rep, t0);
+    let log = catalog
+        .map(|c| crate::catalog::restore_log_path(&c.path, &id))
+        .filter(|l| start_log(l));
+    if log.is_some() {
+        tracing::info!(
+            run = %id, source = %rep.source.display(), store = %store.display(),
+            "backup could not start (snapring {} on {}): {e}", rep.version, rep.host
+        );
+    }
+    rep.log = log.clone();
+    let record = |rep: &RunReport| {
+        if let Some(c) = catalog
+            && let Some(w) = crate::catalog::record_quietly(&c.path, c.on_nfs, rep)
+        {
+            tracing::warn!("{w}");
+        }
+    };
+    record(&rep);
+    if !notifiers.is_empty() && notify::wanted(rep.status, notify_success) {
+        let shown = log.clone().unwrap_or_default();
+        rep.notifications =
+            notify::send_notice(notifiers, &notify::Notice::backup_logged(&rep, &shown));
+        record(&rep);
+    }
+    if log.is_some() {
+        crate::runlog::stop();
+    }
 }
 
 /// Where [`conclude`] logs, and whether it records what it did.

@@ -37,7 +37,7 @@ fn main() {
     let mut code = match run(args.cmd, &cat, &log) {
         Ok(code) => code,
         Err(e) => {
-            errln!("snapring: error: {e:#}");
+            errln!("snapring: error: {}", message(&e));
             match e.downcast_ref::<snapring::error::Error>() {
                 Some(snapring::error::Error::Refused(_)) => ExitCode::Usage,
                 _ => ExitCode::Failed,
@@ -91,4 +91,20 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
             cmd: ConfigCmd::Check { file },
         } => config::check(&file),
     }
+}
+
+/// An error and its causes, each once: `cannot open store X: Not a directory (os error
+/// 20)`. The library's I/O errors already end with their cause, which `{:#}` printed a
+/// second time (`…: Not a directory (os error 20): Not a directory (os error 20)`).
+fn message(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let c = cause.to_string();
+        if msg.is_empty() {
+            msg = c;
+        } else if !msg.contains(&c) {
+            msg = format!("{msg}: {c}");
+        }
+    }
+    msg
 }

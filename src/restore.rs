@@ -420,9 +420,15 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let found = locate(opts, &sel, &reader)?;
     refuse_flat_mirror(opts, &sel, &reader, &found)?;
-    let (to_fd, to_was_new) = open_target(opts, &store)?;
+    refuse_store_inside(opts, &store, &reader, &found)?;
+    let (to_fd, to_was_new) = open_target(opts, &store).map_err(Error::on_restore_target)?;
+    if let Some(fd) = to_fd.as_ref().filter(|_| !opts.dry_run) {
+        lock_target(fd, &opts.to)?;
+    }
     let unfinished = match &to_fd {
-        Some(fd) if !opts.dry_run => Unfinished::open(fd, &opts.to, to_was_new)?,
+        Some(fd) if !opts.dry_run => {
+            Unfinished::open(fd, &opts.to, to_was_new).map_err(Error::on_restore_target)?
+        }
         _ => Unfinished::default(),
     };
     let mut created_ancestors = Vec::new();
@@ -433,7 +439,8 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         found,
         (to_fd.as_ref(), to_was_new),
         &mut created_ancestors,
-    )?;
+    )
+    .map_err(Error::on_restore_target)?;
     // A directory an earlier, stopped restore created gets the snapshot's metadata.
     let whole_dir = start.only.is_none();
     if whole_dir && !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
@@ -566,6 +573,77 @@ fn refuse_flat_mirror<R: SnapshotReader>(
     )))
 }
 
+/// The store inside the tree a restore writes (`--to /srv` with the store at
+/// `/srv/backup`; `--to` naming a parent of the store). `--mirror` deletes whatever
+/// the snapshot does not have there, so it would delete the store, every snapshot of
+/// it, while reading from it; any mode would write into the store if the snapshot has
+/// an entry at the store's path. Refused, before anything is written. A restore that
+/// only passes by the store (the snapshot has none of its path) writes beside it.
+fn refuse_store_inside<R: SnapshotReader>(
+    opts: &RestoreOptions,
+    store: &Store,
+    reader: &R,
+    found: &Found<R::Dir>,
+) -> Result<()> {
+    // A --to that does not exist yet holds no store.
+    let Ok(canon_to) = std::fs::canonicalize(&opts.to) else {
+        return Ok(());
+    };
+    let canon_store = std::fs::canonicalize(&store.root).ctx("resolve", &store.root)?;
+    if canon_to.starts_with(&canon_store) {
+        return Ok(()); // into the store itself: `open_target` refuses it, by that name
+    }
+    // Where the restored path lands: --to/P, or --to itself (the whole snapshot, --flat).
+    let (root, snap_base) = match &opts.path {
+        Some(p) if !opts.flat => (canon_to.join(p.as_path()), p.clone()),
+        Some(p) => (canon_to, p.clone()),
+        None => (canon_to, RelPath::root()),
+    };
+    let Ok(inside) = canon_store.strip_prefix(&root) else {
+        return Ok(());
+    };
+    let shown = match &opts.path {
+        Some(p) if !opts.flat => opts.to.join(p.as_path()),
+        _ => opts.to.clone(),
+    };
+    let shown = shown.display();
+    // `--mirror` deletes inside a restored directory (the whole snapshot, or a --path
+    // that is one); a single file deletes nothing beside it.
+    let deletes = !matches!(&found.named, Some((_, _, k)) if *k != Kind::Dir);
+    if opts.mode == Mode::Mirror && deletes {
+        return Err(Error::Refused(format!(
+            "--mirror deletes every entry under {} that the snapshot does not have, and the store {} is there: it would delete the backup it restores from; nothing was changed. Choose a --to that does not hold the store, or restore without --mirror",
+            shown,
+            store.root.display(),
+        )));
+    }
+    // Does the snapshot have an entry where the store is? The restore would write into it.
+    let mut at = snap_base;
+    for c in inside.components() {
+        at = at.join(c.as_os_str().as_bytes());
+    }
+    let mut dir = match reader.root() {
+        Ok(d) => d,
+        Err(_) => return Ok(()),
+    };
+    for c in at.parent().components() {
+        match reader.open_dir(&dir, c) {
+            Ok(d) => dir = d,
+            Err(_) => return Ok(()),
+        }
+    }
+    let has = |name| reader.find(&dir, name).and_then(|l| reader.stat(&dir, l));
+    if at.is_root() || has(at.file_name()).is_ok() {
+        return Err(Error::Refused(format!(
+            "the snapshot has {} where the store {} is under {}: restoring it would write into the backup; nothing was changed. Choose a --to that does not hold the store",
+            at.as_path().display(),
+            store.root.display(),
+            shown,
+        )));
+    }
+    Ok(())
+}
+
 /// Plans the walk's first directory: where it starts in the snapshot, where it lands
 /// under the target, whether the target directory gets the snapshot's metadata. For
 /// `--path` without `--flat`, creates the missing parents under the target.
@@ -653,6 +731,23 @@ fn not_in_snapshot(
     }
 }
 
+/// One restore at a time into a target: `flock(LOCK_EX|LOCK_NB)` on `--to`, held by
+/// the open descriptor for the whole restore. Two restores into one new target each
+/// took it as their own and wrote files under their final names, so each failed on
+/// the other's files ("cannot create directory: File exists"), both could end
+/// `failed`, and the tree was left unfinished. Where a directory cannot be locked
+/// (NFS), the restore goes on unlocked.
+fn lock_target(fd: &OwnedFd, to: &Path) -> Result<()> {
+    use rustix::fs::{FlockOperation, flock};
+    match flock(fd, FlockOperation::NonBlockingLockExclusive) {
+        Err(e) if e == Errno::WOULDBLOCK => Err(Error::Target {
+            path: to.to_path_buf(),
+            msg: "another restore is writing into this --to; wait for it to end (a restore killed there is finished by running it again)".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Opens (creating it if needed) the target directory; checks it is writable and not
 /// inside the store. Returns `None` in a dry run when it does not exist, and whether
 /// the restore owns it (created, or empty before).
@@ -671,7 +766,7 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
     }
     let canon = std::fs::canonicalize(&probe).ctx("resolve", &probe)?;
     if canon.starts_with(&canon_store) || canon_store.starts_with(canon.join(".snapring")) {
-        return Err(Error::Store {
+        return Err(Error::Target {
             path: to.clone(),
             msg: format!(
                 "refusing to restore into the store {} itself (a restore never writes to the backup); choose a --to outside it",
@@ -681,12 +776,24 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
     }
     let probe_fd = fsx::open_dir(&probe).ctx("open", &probe)?;
     if fsx::is_read_only(b(&probe_fd)).ctx("check", &probe)? && !opts.dry_run {
-        return Err(Error::Store {
+        return Err(Error::Target {
             path: to.clone(),
             msg: format!(
                 "cannot restore into {}: {} is on a read-only file system; remount it read-write or choose another --to",
                 to.display(),
                 probe.display()
+            ),
+        });
+    }
+    if !to.exists()
+        && let Ok(target) = std::fs::read_link(to)
+    {
+        // A dangling symlink: creating --to failed with "File exists".
+        return Err(Error::Target {
+            path: to.clone(),
+            msg: format!(
+                "--to is a symlink to {}, which does not exist; create that directory, or give --to a directory",
+                target.display()
             ),
         });
     }
@@ -699,7 +806,7 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
     }
     let fd = fsx::open_dir(to).map_err(|e| {
         if fsx::errno_is(&e, Errno::NOTDIR) {
-            Error::Store {
+            Error::Target {
                 path: to.clone(),
                 msg: "the restore target is not a directory; give --to a directory".into(),
             }
@@ -897,7 +1004,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
             self.problem(rel, ProblemKind::Metadata, action, e);
         } else {
             let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
-            f.get_or_insert(io_error(e, action, self.opts.to.join(rel.as_path())));
+            f.get_or_insert(
+                io_error(e, action, self.opts.to.join(rel.as_path())).on_restore_target(),
+            );
             self.cancel.store(true, Ordering::Relaxed);
         }
     }
@@ -1308,10 +1417,15 @@ impl<R: SnapshotReader> Restore<'_, R> {
 
     /// Creates the entry in the target (as `tmp`, renamed over it, when replacing).
     fn create(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, tmp: Option<&[u8]>, src: Source) {
-        if m.kind == Kind::File {
-            add(&self.counts.files, 1);
-        }
+        // A file counts as restored once it is there (a dry run: once planned); one
+        // that could not be read or written is a problem, not a restored file.
+        let restored = || {
+            if m.kind == Kind::File {
+                add(&self.counts.files, 1);
+            }
+        };
         if self.opts.dry_run {
+            restored();
             if m.kind == Kind::File {
                 add(&self.counts.bytes, m.size);
             }
@@ -1332,7 +1446,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         };
         let leader = if e.group.is_some() && m.kind != Kind::Dir {
             match self.join_group(at, dst, to, replace, m.ino) {
-                Joined::Linked => return,
+                Joined::Linked => return restored(),
                 Joined::Leader => true,
                 Joined::Copy => false,
             }
@@ -1345,6 +1459,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
             self.copy_special(at, dst, to, m, src.no_xattrs)
         };
         let ok = ok && (direct || self.finish_replace(dst, to, at.name, replace, &at.rel));
+        if ok {
+            restored();
+        }
         if leader {
             let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
             let link = if ok {

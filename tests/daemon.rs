@@ -280,6 +280,94 @@ command = ["/bin/sh", "-c", "cat > {hook}"]
     assert_eq!(shown["report"]["notifications"], rep["notifications"]);
 }
 
+/// A job whose run cannot start (its backup file system not mounted, its store in use
+/// by another run) exited 1 with the error on stderr and nothing else: no notification
+/// (failed runs always notify), no row in the catalog (the dashboard, `history` and
+/// `stats` showed the last success), while the daemon's schedule moved on. It is now
+/// recorded `failed` in the catalog, with a log beside it, and notified; the exit code
+/// and the error stay as they were.
+#[test]
+fn a_run_that_cannot_start_is_recorded_and_notified() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 4, 10);
+    let hook_out = t.path().join("hook.json");
+    let cfg = t.path().join("s.toml");
+    let write_cfg = |dest: &Path| {
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"
+[job.home]
+source = "{src}"
+dest = "{dest}"
+notify = ["cmd"]
+
+[notify.cmd]
+type = "command"
+command = ["/bin/sh", "-c", "cat > {hook}"]
+"#,
+                src = src.display(),
+                dest = dest.display(),
+                hook = hook_out.display(),
+            ),
+        )
+        .unwrap();
+    };
+    let cfgs = cfg.to_str().unwrap();
+    let rows = || {
+        let (code, rows, err, _) = cli(&catalog, &["history", "--json"], &[]);
+        assert_eq!(code, 0, "{err}");
+        rows.as_array().unwrap().clone()
+    };
+
+    // The backup file system is not mounted: its mount point is missing.
+    write_cfg(&t.path().join("mnt/backup"));
+    let (code, _, err, _) = cli(&catalog, &["run", "home", "--config", cfgs], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is the backup file system mounted?"), "{err}");
+    let notice: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&hook_out).expect("no notification")).unwrap();
+    assert_eq!(notice["status"], "failed", "{notice}");
+    assert_eq!(notice["job"], "home");
+    assert!(
+        notice["message"]
+            .as_str()
+            .unwrap()
+            .contains("is the backup file system mounted?"),
+        "{notice}"
+    );
+    let r = rows();
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0]["status"], "failed");
+    assert_eq!(r[0]["job"], "home");
+    let id = r[0]["id"].as_str().unwrap().to_string();
+    let log = t.path().join(format!("logs/{id}.log"));
+    let text = std::fs::read_to_string(&log).expect("the run's log beside the catalog");
+    assert!(text.contains("could not start"), "{text}");
+    assert!(!t.path().join("mnt").exists(), "nothing is created");
+
+    // The store is in use by another run.
+    let dest = t.path().join("b");
+    write_cfg(&dest);
+    std::fs::remove_file(&hook_out).unwrap();
+    let first = spawn_paused(&src, &dest, &[], "walk.dir", 1);
+    let (code, _, err, _) = cli(&catalog, &["run", "home", "--config", cfgs], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is in use"), "{err}");
+    let notice: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&hook_out).expect("no notification")).unwrap();
+    assert_eq!(notice["status"], "failed", "{notice}");
+    let r = rows();
+    assert_eq!(r.len(), 2, "{r:?}");
+    assert_eq!(r[1]["status"], "failed");
+    assert_eq!(
+        first.resume().0,
+        0,
+        "the run holding the store is not disturbed"
+    );
+}
+
 #[test]
 fn a_window_that_ends_mid_run_publishes_nothing_and_the_next_run_resumes() {
     let t = tempfile::tempdir().unwrap();
@@ -542,6 +630,77 @@ fn the_daemon_binary_stops_on_sigterm_and_reloads_on_sighup() {
             && kinds.last().map(String::as_str) == Some("stop"),
         "{kinds:?}"
     );
+}
+
+/// A reload that fails keeps the running configuration, and so do the runs. Each run
+/// is a child that read the config file again: with the file broken (mid-edit, or a
+/// bad edit the reload refused) or gone, every scheduled run failed at once, with no
+/// row in the catalog and no notification, while the daemon said it kept the running
+/// configuration. Runs now get the text the daemon loaded.
+#[test]
+fn runs_keep_the_running_configuration_when_the_file_breaks() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 4, 10);
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\nschedule = \"* * * * * *\"\n",
+            src.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    /// The daemon, killed if the test fails before it stops it.
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = Daemon(
+        Command::new(bin())
+            .args(["--catalog"])
+            .arg(&catalog)
+            .args(["daemon", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
+    let runs = || {
+        let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
+        h.as_array().cloned().unwrap_or_default()
+    };
+    let done = |n: usize| {
+        move || {
+            let r = runs();
+            r.len() >= n && r.iter().all(|r| r["status"] != "running")
+        }
+    };
+    wait_until("a first run", 30, done(1));
+    // A bad edit, not reloaded; then reloaded (refused); then the file is gone.
+    std::fs::write(&cfg, "[job.j]\nsource = \n").unwrap();
+    let n = runs().len();
+    wait_until("a run after a bad edit", 30, done(n + 2));
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    std::fs::remove_file(&cfg).unwrap();
+    let n = runs().len();
+    wait_until("a run with the file gone", 30, done(n + 2));
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let r = runs();
+    for run in &r {
+        assert_eq!(run["status"], "complete", "{r:?}");
+    }
 }
 
 #[test]

@@ -331,3 +331,94 @@ fn names_in_the_stores_own_files_never_lead_outside_it() {
     assert!(victim.is_dir());
     let _ = out;
 }
+
+/// A directory named with the largest slot number (`daily.4294967295`, made by hand or
+/// by another tool) made every later backup panic shifting it one slot up (exit 101,
+/// nothing published; in a release build the shift wraps to `daily.0`). It is not a
+/// snapshot name, like `daily.4294967296`: left alone, and the backups go on.
+#[test]
+fn a_slot_number_that_cannot_shift_is_not_a_snapshot() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let stray = dest.join("daily.4294967295");
+    write(&stray.join("kept"), b"not ours");
+    for retain in ["3", "4294967295"] {
+        let (code, rep, err) = backup(&src, &dest, &["--retain", retain], &[]);
+        assert_eq!(code, 0, "--retain {retain}: {err}\n{rep}");
+        assert_eq!(rep["status"], "complete");
+    }
+    assert_eq!(std::fs::read(stray.join("kept")).unwrap(), b"not ours");
+    let out = snapring(
+        &[
+            "list".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["daily.0", "daily.1", "daily.2"]);
+}
+
+/// Something named like a snapshot that is not one (a symlink, a file) where a rotation
+/// renames to: the rename onto it counted as done, as when rolling an interrupted
+/// rotation forward. The run said `complete: daily.0`, published nothing (its tree
+/// stayed in staging), and recorded the old snapshot under the new run's id; every run
+/// after it the same. Now the run fails naming the entry, the snapshots are as they
+/// were, and once it is moved away the next run publishes.
+#[test]
+fn an_entry_named_like_a_slot_fails_the_run_instead_of_a_silent_non_publish() {
+    let (t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let elsewhere = t.path().join("elsewhere");
+    write(&elsewhere.join("keep"), b"not a snapshot");
+    std::os::unix::fs::symlink(&elsewhere, dest.join("daily.1")).unwrap();
+    let old = ino(&dest.join("daily.0"));
+    write(&src.join("d0/f0"), b"changed");
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 1, "{err}\n{rep}");
+    assert_eq!(rep["status"], "failed", "{rep}");
+    let msg = rep["message"].as_str().unwrap();
+    assert!(
+        msg.contains("daily.1") && msg.contains("symlink named like a snapshot"),
+        "{msg}"
+    );
+    assert_eq!(
+        ino(&dest.join("daily.0")),
+        old,
+        "daily.0 is the old snapshot"
+    );
+    assert_eq!(
+        std::fs::read(elsewhere.join("keep")).unwrap(),
+        b"not a snapshot"
+    );
+
+    std::fs::remove_file(dest.join("daily.1")).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "published",
+    );
+    assert_eq!(ino(&dest.join("daily.1")), old);
+
+    // A plain file at the next slot up, the same.
+    std::fs::write(dest.join("daily.2"), b"x").unwrap();
+    let (code, rep, _) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 1, "{rep}");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .contains("a file named like")
+    );
+}

@@ -382,3 +382,24 @@ fn the_daemon_passes_its_log_format_to_its_runs() {
         "the run's own lines are there, as JSON: {text}"
     );
 }
+
+/// An error names its cause once. A `--dest` or `--to` that is a file printed
+/// `cannot open store X: Not a directory (os error 20): Not a directory (os error 20)`.
+#[test]
+fn an_error_names_its_cause_once() {
+    let (_t, root) = setup();
+    assert_eq!(
+        run_in(&root, &["backup", "--source", "src", "--dest", "b"]).0,
+        0
+    );
+    for args in [
+        &["list", "--dest", "src/a/f"][..],
+        &["verify", "--dest", "src/a/f"],
+        &["restore", "--dest", "b", "latest", "--to", "src/a/f"],
+    ] {
+        let (code, _, err) = run_in(&root, args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert_eq!(err.matches("Not a directory").count(), 1, "{args:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}

@@ -504,6 +504,75 @@ fn restore_never_writes_outside_the_target() {
     assert!(!t.path().join("to3").exists());
 }
 
+/// `--to` a directory that holds the store (`--to /srv` with the store at
+/// `/srv/backup`): `--mirror` deletes whatever the snapshot does not have there, so it
+/// deleted the store, every snapshot, while restoring from it. And a snapshot that has
+/// an entry at the store's path would be restored into the store. Both are refused
+/// before anything is written; a plain restore that only passes by the store works.
+#[test]
+fn restore_into_a_directory_holding_the_store_never_touches_the_store() {
+    let one_line = |err: &str| assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("data");
+    write(&src.join("docs/x"), b"important");
+    let store = t.path().join("backups");
+    ok_backup(&src, &store);
+    let before = store_state(&store);
+
+    for extra in [&["--mirror"][..], &["--mirror", "--dry-run"]] {
+        let (code, rep, err) = restore(&store, "daily.0", t.path(), extra);
+        assert_eq!(code, 64, "{extra:?}: {err}\n{rep}");
+        assert!(
+            err.contains("--mirror") && err.contains("delete the backup"),
+            "{err}"
+        );
+        one_line(&err);
+        assert_eq!(store_state(&store), before, "{extra:?}: the store changed");
+        assert!(
+            src.join("docs/x").exists(),
+            "{extra:?}: the source was deleted"
+        );
+    }
+    // `--path docs --flat --mirror --to-is-dedicated` into the store's parent: the same.
+    let (code, _, err) = restore(
+        &store,
+        "daily.0",
+        t.path(),
+        &["--path", "docs", "--flat", "--mirror", "--to-is-dedicated"],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(store_state(&store), before);
+
+    // Without --mirror the store is passed by: the snapshot has no `backups`.
+    let (code, rep, err) = restore(&store, "daily.0", t.path(), &["--overwrite"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(
+        std::fs::read(t.path().join("docs/x")).unwrap(),
+        b"important"
+    );
+    assert_eq!(store_state(&store), before);
+
+    // A snapshot with an entry where the store now is (the tree had a `backups`
+    // directory): restoring it into the store's parent would write into the store.
+    let src2 = t.path().join("s2");
+    write(&src2.join("backups/daily.0/injected"), b"evil");
+    let store2 = t.path().join("st2");
+    ok_backup(&src2, &store2);
+    let to = t.path().join("t");
+    std::fs::create_dir(&to).unwrap();
+    let moved = to.join("backups");
+    std::fs::rename(&store2, &moved).unwrap();
+    let before2 = store_state(&moved);
+    for extra in [&[][..], &["--overwrite"], &["--path", "backups"]] {
+        let (code, rep, err) = restore(&moved, "daily.0", &to, extra);
+        assert_eq!(code, 64, "{extra:?}: {err}\n{rep}");
+        assert!(err.contains("write into the backup"), "{err}");
+        one_line(&err);
+        assert_eq!(store_state(&moved), before2, "{extra:?}: the store changed");
+        assert!(!moved.join("daily.0/injected").exists());
+    }
+}
+
 #[test]
 fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     let (t, _src, store) = setup_users();
@@ -541,6 +610,17 @@ fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     assert_eq!(code, 1);
     assert!(err.contains("refusing to restore into the store"), "{err}");
     one_line(&err);
+    // A dangling symlink as --to: it said "cannot create target directory: File exists".
+    let dangling = t.path().join("dangling");
+    std::os::unix::fs::symlink(t.path().join("gone"), &dangling).unwrap();
+    let (code, _, err) = restore(&store, "daily.0", &dangling, &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is a symlink to") && err.contains("which does not exist"),
+        "{err}"
+    );
+    one_line(&err);
+    assert!(!t.path().join("gone").exists());
 
     let ro = t.path().join("ro");
     std::fs::create_dir(&ro).unwrap();
@@ -561,6 +641,94 @@ fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     );
     one_line(&err);
     assert_eq!(before, store_state(&store));
+}
+
+/// A restore into a file system that runs full says so in a restore's words: it
+/// said "the run was abandoned, nothing was published and older snapshots are
+/// intact", a backup's message, about a restore that publishes nothing. Run again
+/// with room, it finishes.
+#[test]
+fn a_full_target_stops_the_restore_with_a_restores_message() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("big"), &vec![7u8; 3 << 20]);
+    write(&src.join("small"), b"small");
+    ok_backup(&src, &store);
+    let before = store_state(&store);
+    /// A tmpfs, unmounted however the test ends.
+    struct Tmpfs(PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let small = t.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&small)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _mounted = Tmpfs(small.clone());
+    let (code, rep, err) = restore(&store, "daily.0", &small.join("r"), &[]);
+    assert_eq!(code, 1, "{err}\n{rep}");
+    let msg = rep["message"].as_str().unwrap();
+    assert!(
+        msg.contains("restore's target file system is full (out of space)")
+            && msg.contains("run it again")
+            && !msg.contains("published"),
+        "{msg}"
+    );
+    assert_eq!(before, store_state(&store));
+    // Room made: the same file system, grown.
+    assert!(
+        Command::new("mount")
+            .args(["-o", "remount,size=8m"])
+            .arg(&small)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, rep, err) = restore(&store, "daily.0", &small.join("r"), &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_same_tree(&describe(&src), &describe(&small.join("r")), "with room");
+}
+
+/// A snapshot file the restore cannot read (EACCES: here by running without
+/// CAP_DAC_OVERRIDE) is a problem, and not a restored file: `files_restored` counted it
+/// although nothing was written.
+#[test]
+fn an_unreadable_snapshot_file_is_not_counted_as_restored() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("a"), b"a");
+    write(&src.join("d/b"), b"b");
+    ok_backup(&src, &store);
+    chmod(&store.join("daily.0/d/b"), 0o000);
+    let to = t.path().join("to");
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ])
+        .arg(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["restore", "--json", "--dest"])
+        .arg(&store)
+        .args(["daily.0", "--to"])
+        .arg(&to)
+        .output()
+        .unwrap();
+    chmod(&store.join("daily.0/d/b"), 0o644);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{rep}");
+    assert_eq!(rep["errors"], 1, "{rep}");
+    assert!(!to.join("d/b").exists());
+    assert_eq!(rep["files_restored"], 1, "only `a` was restored: {rep}");
+    assert_eq!(rep["bytes_restored"], 1, "{rep}");
 }
 
 #[test]

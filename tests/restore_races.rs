@@ -124,6 +124,36 @@ fn a_backup_defers_the_expiry_of_a_snapshot_a_restore_is_reading() {
     assert_eq!(snapshot_names(&store), ["daily.0", "daily.1", "daily.2"]);
 }
 
+/// Two restores into one new `--to`: each took it as its own and wrote files under
+/// their final names, so each failed on the other's ("cannot create directory: File
+/// exists"), both could end `failed` with the tree unfinished. The second is refused
+/// while the first runs, which finishes undisturbed.
+#[test]
+fn a_second_restore_into_the_same_target_is_refused() {
+    let (t, src, store) = setup(10);
+    ok_backup(&src, &store);
+    let want = describe(&store.join("daily.0"));
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    let first = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.dir=pause:{}@3", pause.display()),
+    );
+    wait_for(&pause);
+    let (code, rep, err) = finish(spawn_restore(&store, "daily.0", &to, ""));
+    assert_eq!(code, 1, "{err}\n{rep}");
+    assert!(err.contains("another restore is writing into"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    std::fs::remove_file(&pause).unwrap();
+    let (code, rep, err) = finish(first);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_same_tree(&want, &describe(&to), "the first restore, undisturbed");
+    // Once it is done, the target is free again.
+    let (code, rep, err) = finish(spawn_restore(&store, "daily.0", &to, ""));
+    assert_eq!(code, 0, "{err}\n{rep}");
+}
+
 #[test]
 fn a_restore_whose_snapshot_is_deleted_under_it_fails_instead_of_saying_complete() {
     let (t, src, store) = setup(10);

@@ -198,6 +198,7 @@ impl Repository for Store {
             }
         }
         let p = rotation::plan_holding(label, &slots, retain, &held, &staging, &trash_prefix);
+        self.check_way_clear(&p.steps)?;
         Ok(TreeRotation {
             steps: p.steps,
             expired: p.expired,
@@ -305,5 +306,33 @@ impl Store {
     /// unreadable file is no progress.
     pub fn read_progress(&self) -> Option<RunProgress> {
         serde_json::from_slice(&std::fs::read(self.progress_path()).ok()?).ok()
+    }
+}
+
+impl Store {
+    /// Every rename of a rotation lands on a free name: one no entry has, or one an
+    /// earlier step vacates. Something else named like a slot (`daily.1` a symlink, a
+    /// file: not a snapshot, so not planned around) made the rename onto it count as
+    /// done, as when rolling an interrupted rotation forward: the run said `complete`,
+    /// published nothing (its tree stayed in staging, deleted by the next run), and
+    /// recorded the old snapshot under the new run's name. Refused before anything is
+    /// renamed: the run fails, and nothing changes in the store.
+    fn check_way_clear(&self, steps: &[rotation::Step]) -> Result<()> {
+        let mut vacated = std::collections::HashSet::new();
+        for step in steps {
+            if !vacated.contains(step.to.as_str())
+                && let Ok(m) = fsx::lstat_at(b(&self.root_fd), step.to.as_bytes())
+            {
+                return Err(crate::error::Error::Store {
+                    path: self.root.join(&step.to),
+                    msg: format!(
+                        "a {} named like a snapshot is in the way of the rotation, but it is not a snapshot of this store; move it out of the store (or delete it), then run again (nothing was published)",
+                        m.kind.name()
+                    ),
+                });
+            }
+            vacated.insert(step.from.as_str());
+        }
+        Ok(())
     }
 }

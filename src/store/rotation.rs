@@ -19,7 +19,9 @@ pub fn valid_label(label: &str) -> bool {
         && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-')
 }
 
-/// Splits `daily.3` into (`daily`, 3).
+/// Splits `daily.3` into (`daily`, 3). A slot must be able to shift up one, so
+/// `daily.4294967295` (u32::MAX) is not a snapshot name, like `daily.4294967296`: a
+/// directory made by hand with that name made every later backup panic on the shift.
 pub fn parse_slot(name: &str) -> Option<(&str, u32)> {
     let (label, n) = name.rsplit_once('.')?;
     if !valid_label(label)
@@ -29,7 +31,8 @@ pub fn parse_slot(name: &str) -> Option<(&str, u32)> {
     {
         return None;
     }
-    Some((label, n.parse().ok()?))
+    let n: u32 = n.parse().ok()?;
+    (n < u32::MAX).then_some((label, n))
 }
 
 /// The plan that publishes `staging` as `<label>.0` keeping `retain` snapshots of the
@@ -191,6 +194,8 @@ mod tests {
             "daily.x",
             "1.2",
             "a b.1",
+            "daily.4294967295",
+            "daily.4294967296",
         ] {
             assert_eq!(parse_slot(bad), None, "{bad}");
         }
