@@ -65,13 +65,13 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
             "AWS rate() expressions are not supported; write the cron form, e.g. cron(0 * * * ? *) for every hour".into(),
         ));
     } else {
-        let n = e.split_whitespace().count();
+        let fields: Vec<&str> = e.split_whitespace().collect();
+        let n = fields.len();
         if !e.starts_with('@') && !(5..=6).contains(&n) {
             return Err(bad(format!(
                 "expected 5 fields (minute hour day-of-month month day-of-week), 6 with seconds first, @daily-style, or cron(...) in the AWS form; this has {n}"
             )));
         }
-        let fields: Vec<&str> = e.split_whitespace().collect();
         let names = ["minute", "hour", "day-of-month", "month", "day-of-week"];
         let seconds = ["second", names[0], names[1], names[2], names[3], names[4]];
         no_empty_items(&fields, if n == 6 { &seconds } else { &names }).map_err(bad)?;

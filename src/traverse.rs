@@ -20,6 +20,7 @@
 //!   visitor can skip a subtree ([`Opened::Skip`], or not descending) or stop the whole
 //!   walk ([`Step::Quit`], or the caller's cancel flag). After a stop no `finish` runs.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -189,25 +190,20 @@ impl<V: Visitor> Walker<'_, V> {
     }
 
     fn chunk(&self, dir: Arc<Dir<V::State>>, items: Vec<V::Item>, q: &Queue<'_, Task<V>>) {
-        let mut items = items;
-        // Visited from the front (the listing's order), the rest split off from the back.
-        items.reverse();
-        while let Some(item) = items.pop() {
+        let mut items = VecDeque::from(items);
+        while let Some(item) = items.pop_front() {
             if self.cancel.load(Ordering::Relaxed) {
                 return;
             }
             // The end of a walk: one directory's items go one by one while threads and
             // permits idle. The second half of what is left becomes a chunk of its own.
             if items.len() >= SPLIT_MIN && q.hungry() {
-                let rest = items.split_off(items.len() / 2);
-                let mut back = items;
-                back.reverse();
-                items = rest;
+                let back = items.split_off(items.len() / 2);
                 dir.chunks.fetch_add(1, Ordering::AcqRel);
                 dir.pending.fetch_add(1, Ordering::AcqRel);
                 q.push_first(Task::Chunk {
                     dir: dir.clone(),
-                    items: back,
+                    items: back.into(),
                 });
             }
             match self.visitor.visit(&dir, item) {
