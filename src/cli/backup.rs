@@ -32,6 +32,20 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 
 /// `snapring backup`.
 pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    if a.config.is_none() {
+        // Without a config file the flags are the whole job: a missing one is a usage
+        // error (with one, the job may set it; a file's gaps are its own error, exit 1).
+        for (flag, missing) in [
+            ("--source", a.source.is_none()),
+            ("--dest", a.dest.is_none()),
+        ] {
+            if missing {
+                return Err(super::exit_code::usage!(
+                    "backup needs {flag} (or --config FILE with a job that sets it)"
+                ));
+            }
+        }
+    }
     if let Some(code) = super::restic::backup_job(&a, cat)? {
         return Ok(code);
     }
@@ -138,7 +152,7 @@ fn flags(a: &BackupArgs) -> anyhow::Result<JobConfig> {
         line.as_deref()
             .map(snapring::hooks::split)
             .transpose()
-            .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+            .map_err(|e| super::exit_code::usage!("--{flag}: {e}"))
     };
     Ok(JobConfig {
         pre_command: split("pre-command", &a.pre_command)?,

@@ -119,7 +119,9 @@ fn since_time(s: &str) -> anyhow::Result<String> {
     let t = match snapring::engine::options::parse_duration(s) {
         Ok(d) => chrono::Utc::now() - chrono::Duration::from_std(d)?,
         Err(_) => snapring::store::select::parse_time(s).ok_or_else(|| {
-            anyhow::anyhow!("--since {s:?}: give a duration (30d, 12h) or a time (2026-11-01)")
+            super::exit_code::usage!(
+                "--since {s:?}: give a duration (30d, 12h) or a time (2026-11-01)"
+            )
         })?,
     };
     Ok(t.to_rfc3339_opts(SecondsFormat::Millis, true))

@@ -12,7 +12,7 @@ use snapring::schedule::Schedule;
 
 use super::args::{DaemonArgs, NextArgs};
 use super::catalog_choice::CatalogChoice;
-use super::exit_code::ExitCode;
+use super::exit_code::{ExitCode, usage};
 use super::logging::LogFlags;
 use super::print::{self, outln};
 
@@ -51,7 +51,7 @@ pub fn next(a: NextArgs) -> anyhow::Result<ExitCode> {
     let sched = schedule(a.job, &a.config, a.schedule, a.timezone.as_deref())?;
     let from = match a.at {
         Some(t) => snapring::store::select::parse_time(&t)
-            .ok_or_else(|| anyhow::anyhow!("--at {t:?}: give RFC 3339 or YYYY-MM-DD HH:MM"))?,
+            .ok_or_else(|| usage!("--at {t:?}: give RFC 3339 or YYYY-MM-DD HH:MM"))?,
         None => Utc::now(),
     };
     let times: Vec<String> = sched
@@ -84,7 +84,15 @@ fn schedule(
                 .map_err(anyhow::Error::msg)?
                 .ok_or_else(|| anyhow::anyhow!("job {j} has no schedule"))
         }
-        (None, Some(s)) => snapring::schedule::parse(&s, timezone).map_err(anyhow::Error::msg),
-        _ => anyhow::bail!("give --job NAME (with --config) or --schedule EXPR"),
+        // The library's message names the value and what is wrong with it: `schedule
+        // "X": …` or `unknown time zone "Z" …`; this adds the flag.
+        (None, Some(s)) => snapring::schedule::parse(&s, timezone).map_err(|e| {
+            if e.starts_with("schedule ") {
+                usage!("--{e}")
+            } else {
+                usage!("--timezone: {e}")
+            }
+        }),
+        _ => Err(usage!("give --job NAME (with --config) or --schedule EXPR")),
     }
 }
