@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand};
                   found; diff: something could not be read), 3 incomplete \
                   (interrupted or out of time; the next run resumes), 64 usage error (bad \
                   command line; nothing ran), 75 try again later (a shard worker or finalize \
-                  found the store busy or units not yet committed; docs/scale-out.md). A \
+                  found the store busy or units not yet committed, docs/scale-out.md; a \
+                  daemon found another running on its config or catalog). A \
                   closed stdout (`| head`) is not an error."
 )]
 pub struct Cli {

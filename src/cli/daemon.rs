@@ -14,7 +14,7 @@ use super::args::{DaemonArgs, NextArgs};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::{ExitCode, usage};
 use super::logging::LogFlags;
-use super::print::{self, outln};
+use super::print::{self, errln, outln};
 
 /// How often the daemon's loop wakes to check for due jobs and signals.
 const TICK: std::time::Duration = std::time::Duration::from_millis(200);
@@ -32,6 +32,17 @@ pub fn daemon(a: DaemonArgs, cat: &CatalogChoice, log: &LogFlags) -> anyhow::Res
         tick: TICK,
         env: vec![],
         run_args: log.args(),
+    };
+    // One daemon per config and per catalog; a second one exits 75 (EX_TEMPFAIL, as a
+    // shard worker or `finalize` that finds the store held by another process): nothing
+    // ran, and a service manager that retries it gets it going once the first stops.
+    let _lock = match snapring::daemon::lock(&opts.config, opts.catalog.as_deref()) {
+        Ok(l) => l,
+        Err(e @ snapring::daemon::LockError::Busy(_)) => {
+            errln!("snapring: {e}");
+            return Ok(ExitCode::Retry);
+        }
+        Err(e) => return Err(anyhow::Error::msg(e.to_string())),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));

@@ -26,7 +26,8 @@ pub enum ExitCode {
     Usage = 64,
     /// 75 (EX_TEMPFAIL): try again later, nothing was lost: a shard worker or
     /// `finalize` found the store held by another run, or units still being worked on
-    /// (docs/scale-out.md). A retry policy may retry this one; not 1 or 64.
+    /// (docs/scale-out.md); a `daemon` found another daemon running on its config or
+    /// catalog (docs/daemon.md). A retry policy may retry this one; not 1 or 64.
     Retry = 75,
 }
 
