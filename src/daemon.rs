@@ -230,8 +230,11 @@ impl State<'_> {
         }
     }
 
-    /// The running configuration for a run to read: a memfd holding its text, which the
-    /// child inherits and reads as `/proc/self/fd/N`. A run reads the config file
+    /// The running configuration for a run to read: a memfd holding its text, handed
+    /// to the child as its stdin, which it reads as `/proc/self/fd/0` (a copy in a
+    /// close-on-exec memfd of its own, stdin then `/dev/null`, so its hooks and
+    /// notifier commands never see the config: `cli::backup::run_job`; any other fd the
+    /// run could not close without `unsafe`). A run reads the config file
     /// again, and the file may have changed since it was loaded: edited and not yet
     /// reloaded, or broken, or gone (a reload then keeps the running configuration,
     /// and so must the runs; they failed at once, unrecorded and unnotified, as they
@@ -239,15 +242,13 @@ impl State<'_> {
     /// (no `/proc`), the file itself.
     fn running_config(&self) -> (Option<std::fs::File>, PathBuf) {
         use std::io::Write;
-        use std::os::fd::AsRawFd;
-        let made = rustix::fs::memfd_create("snapring-config", rustix::fs::MemfdFlags::empty())
+        let made = rustix::fs::memfd_create("snapring-config", rustix::fs::MemfdFlags::CLOEXEC)
             .map(std::fs::File::from)
             .map_err(std::io::Error::from)
             .and_then(|mut f| f.write_all(self.text.as_bytes()).map(|()| f));
         match made {
             Ok(f) if Path::new("/proc/self/fd").is_dir() => {
-                let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-                (Some(f), path)
+                (Some(f), PathBuf::from(crate::config::FROM_STDIN))
             }
             Ok(_) => (None, self.opts.config.clone()),
             Err(e) => {
@@ -261,8 +262,8 @@ impl State<'_> {
     }
 
     fn spawn(&mut self, name: &str) {
-        // Held until the child is started: it inherits the descriptor.
-        let (_held, config) = self.running_config();
+        // The child's stdin (dup2'd to fd 0, so inherited while close-on-exec here).
+        let (held, config) = self.running_config();
         let mut c = Command::new(&self.opts.exe);
         match &self.opts.catalog {
             Some(p) => c.arg("--catalog").arg(p),
@@ -278,7 +279,7 @@ impl State<'_> {
             .arg(&config)
             .arg("--no-progress")
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(held.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::null());
         match c.spawn() {
             Ok(child) => {

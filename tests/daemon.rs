@@ -925,3 +925,46 @@ fn a_second_daemon_on_the_same_config_or_catalog_refuses_to_start() {
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     assert!(again.0.wait().unwrap().success());
 }
+
+/// The running configuration the daemon hands a run (a memfd: it may hold notifier
+/// credentials) does not reach the run's hooks: a `pre_command` listing its own open
+/// descriptors sees no `memfd:snapring-config`. The memfd was inherited by every hook and notifier command of every run.
+#[test]
+fn a_runs_hooks_do_not_inherit_the_daemons_config_descriptor() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 2, 10);
+    let seen = t.path().join("fds.txt");
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\nschedule = \"* * * * * *\"\n\
+             pre_command = [\"sh\", \"-c\", \"ls -l /proc/self/fd/ > {}.tmp && mv {}.tmp {}\"]\n",
+            src.display(),
+            t.path().join("b").display(),
+            seen.display(),
+            seen.display(),
+            seen.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = std::panic::catch_unwind(|| {
+        wait_until("a run's pre_command", 30, || seen.exists());
+    });
+    let pid = rustix::process::Pid::from_raw(daemon.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    daemon.wait().unwrap();
+    waited.unwrap();
+    let fds = std::fs::read_to_string(&seen).unwrap();
+    assert!(fds.contains(" 1 -> "), "the listing: {fds}");
+    assert!(!fds.contains("snapring-config"), "{fds}");
+}

@@ -16,11 +16,14 @@ use super::print::{self, errln, human};
 
 /// `snapring run JOB`: a backup of one job of a config file, no flags over it.
 pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    // From the daemon: its running configuration, moved out of the descriptor that
+    // hooks and notifier commands would inherit (held open for the whole run).
+    let (_copy, config_path) = config::private_copy(&a.config)?;
     // No flags fill in a missing source or dest here: the whole file must be complete,
     // as the daemon and `config check` require.
-    config::load_complete(&a.config)?;
+    config::load_complete(&config_path)?;
     let args = BackupArgs {
-        config: Some(a.config),
+        config: Some(config_path),
         job: Some(a.job),
         json: a.json,
         no_progress: a.no_progress,
