@@ -135,6 +135,24 @@ const MIGRATIONS: &[&str] = &[
 pub enum CatalogError {
     #[error("catalog {}: {msg}", path.display())]
     Db { path: PathBuf, msg: String },
+    /// The file is not a SQLite database, or SQLite found it corrupt: says so, and how
+    /// to get a working catalog back (`catalog rebuild` moves such a file aside).
+    #[error(
+        "catalog {} is damaged ({what}: {detail}); `snapring catalog rebuild --dest STORE` moves it aside to {}.damaged and recreates each store's backup runs from the store's run records (restores were recorded in the catalog alone)",
+        path.display(),
+        path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        what: String,
+        detail: String,
+    },
+}
+
+impl CatalogError {
+    pub fn is_damaged(&self) -> bool {
+        matches!(self, CatalogError::Damaged { .. })
+    }
 }
 
 pub type Result<T> = std::result::Result<T, CatalogError>;
@@ -143,11 +161,41 @@ trait DbCtx<T> {
     fn db(self, path: &Path, what: &str) -> Result<T>;
 }
 
-impl<T, E: std::fmt::Display> DbCtx<T> for std::result::Result<T, E> {
+/// Whether an error says the file is not a database or is corrupt.
+trait Damage: std::fmt::Display {
+    fn damaged(&self) -> bool {
+        false
+    }
+}
+
+impl Damage for rusqlite::Error {
+    fn damaged(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseCorrupt, NotADatabase};
+        matches!(
+            self.sqlite_error_code(),
+            Some(NotADatabase | DatabaseCorrupt)
+        )
+    }
+}
+
+impl Damage for std::io::Error {}
+impl Damage for serde_json::Error {}
+
+impl<T, E: Damage> DbCtx<T> for std::result::Result<T, E> {
     fn db(self, path: &Path, what: &str) -> Result<T> {
-        self.map_err(|e| CatalogError::Db {
-            path: path.to_path_buf(),
-            msg: format!("{what}: {e}"),
+        self.map_err(|e| {
+            if e.damaged() {
+                CatalogError::Damaged {
+                    path: path.to_path_buf(),
+                    what: what.to_string(),
+                    detail: e.to_string(),
+                }
+            } else {
+                CatalogError::Db {
+                    path: path.to_path_buf(),
+                    msg: format!("{what}: {e}"),
+                }
+            }
         })
     }
 }

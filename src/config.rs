@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::engine::options::{AUTO_JOBS, BackupOptions, parse_duration};
-use crate::error::{Error, Result};
+use crate::error::{Ctx, Error, Result};
 use crate::relpath::RelPath;
 
 #[derive(Debug, Default, Deserialize)]
@@ -231,6 +231,35 @@ impl Config {
 
 /// Merges a job from the file (if any) with flags given as another `JobConfig` (whose
 /// set fields win), and checks the result.
+/// The `--config` the daemon gives a run: the running configuration's text on its
+/// stdin (a memfd), read through `/proc` from offset 0 each time.
+pub const FROM_STDIN: &str = "/proc/self/fd/0";
+
+/// For a run the daemon started (`--config` is `FROM_STDIN`): copies the text into a
+/// close-on-exec memfd of this process, whose `/proc/self/fd/N` is returned to read
+/// instead (keep the `File` open while it is read), and points stdin at `/dev/null`, so
+/// the run's hooks and notifier commands inherit neither. Any other path: unchanged.
+pub fn private_copy(path: &Path) -> Result<(Option<std::fs::File>, PathBuf)> {
+    use std::io::Write;
+    use std::os::fd::AsRawFd;
+    if path != Path::new(FROM_STDIN) {
+        return Ok((None, path.to_path_buf()));
+    }
+    let text = std::fs::read(path).ctx("read the running configuration from", path)?;
+    let mut f = rustix::fs::memfd_create("snapring-config", rustix::fs::MemfdFlags::CLOEXEC)
+        .map(std::fs::File::from)
+        .map_err(std::io::Error::from)
+        .ctx("create a memfd for", path)?;
+    f.write_all(&text)
+        .ctx("copy the running configuration from", path)?;
+    let null = std::fs::File::open("/dev/null").ctx("open", "/dev/null")?;
+    rustix::stdio::dup2_stdin(&null)
+        .map_err(std::io::Error::from)
+        .ctx("point stdin at /dev/null instead of", path)?;
+    let copy = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    Ok((Some(f), copy))
+}
+
 pub fn resolve(
     name: Option<String>,
     file: Option<JobConfig>,

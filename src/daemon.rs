@@ -34,6 +34,101 @@ pub struct DaemonOptions {
     pub run_args: Vec<String>,
 }
 
+/// One daemon per config file and per catalog: `flock`s held for the daemon's life on
+/// the config file and on `<catalog>.daemon.lock` beside the catalog (which holds the
+/// daemon's pid, for the message of a second one). Two daemons would both start every
+/// job, and the store's lock would fail one of each pair of runs, recorded and notified
+/// as a failure. The files are opened close-on-exec, so runs and hooks do not inherit
+/// the locks; the kernel drops them when the daemon exits, however it ends.
+pub struct DaemonLock {
+    _held: Vec<std::fs::File>,
+}
+
+/// Why `lock` failed.
+#[derive(Debug)]
+pub enum LockError {
+    /// Another daemon holds it: the message says which file and that daemon's pid.
+    Busy(String),
+    /// The lock file could not be opened.
+    Io(String),
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockError::Busy(m) | LockError::Io(m) => f.write_str(m),
+        }
+    }
+}
+
+/// Takes the daemon's locks (see `DaemonLock`); `catalog` `None`: the config's alone.
+pub fn lock(config: &Path, catalog: Option<&Path>) -> Result<DaemonLock, LockError> {
+    use rustix::fs::{FlockOperation, flock};
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let busy = |what: &str, holder: String| {
+        LockError::Busy(format!(
+            "another snapring daemon{holder} is running on {what}: stop it first (two daemons would both start every job, and the store's lock would fail one run of each pair)"
+        ))
+    };
+    let mut held = Vec::new();
+    if let Some(cat) = catalog {
+        let name = cat.file_name().unwrap_or_default().to_string_lossy();
+        let path = cat.with_file_name(format!("{name}.daemon.lock"));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+            && !dir.is_dir()
+        {
+            crate::util::create_private_dir(dir, true).map_err(|e| {
+                LockError::Io(format!(
+                    "cannot create the catalog's directory {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(|e| {
+                LockError::Io(format!(
+                    "cannot open the daemon lock {}: {e}",
+                    path.display()
+                ))
+            })?;
+        if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+            let mut pid = String::new();
+            let _ = f.read_to_string(&mut pid);
+            let holder = match pid.trim() {
+                "" => String::new(),
+                p => format!(" (pid {p})"),
+            };
+            return Err(busy(
+                &format!("the catalog {} (lock {})", cat.display(), path.display()),
+                holder,
+            ));
+        }
+        let pid = std::process::id();
+        let _ = f
+            .set_len(0)
+            .and_then(|_| f.rewind())
+            .and_then(|_| writeln!(f, "{pid}"));
+        held.push(f);
+    }
+    let f = std::fs::File::open(config)
+        .map_err(|e| LockError::Io(format!("cannot open {}: {e}", config.display())))?;
+    if flock(&f, FlockOperation::NonBlockingLockExclusive).is_err() {
+        return Err(busy(
+            &format!("the config {}", config.display()),
+            String::new(),
+        ));
+    }
+    held.push(f);
+    Ok(DaemonLock { _held: held })
+}
+
 struct Job {
     schedule: Schedule,
     missed: Missed,
@@ -135,8 +230,11 @@ impl State<'_> {
         }
     }
 
-    /// The running configuration for a run to read: a memfd holding its text, which the
-    /// child inherits and reads as `/proc/self/fd/N`. A run reads the config file
+    /// The running configuration for a run to read: a memfd holding its text, handed
+    /// to the child as its stdin, which it reads as `/proc/self/fd/0` (a copy in a
+    /// close-on-exec memfd of its own, stdin then `/dev/null`, so its hooks and
+    /// notifier commands never see the config: `cli::backup::run_job`; any other fd the
+    /// run could not close without `unsafe`). A run reads the config file
     /// again, and the file may have changed since it was loaded: edited and not yet
     /// reloaded, or broken, or gone (a reload then keeps the running configuration,
     /// and so must the runs; they failed at once, unrecorded and unnotified, as they
@@ -144,15 +242,13 @@ impl State<'_> {
     /// (no `/proc`), the file itself.
     fn running_config(&self) -> (Option<std::fs::File>, PathBuf) {
         use std::io::Write;
-        use std::os::fd::AsRawFd;
-        let made = rustix::fs::memfd_create("snapring-config", rustix::fs::MemfdFlags::empty())
+        let made = rustix::fs::memfd_create("snapring-config", rustix::fs::MemfdFlags::CLOEXEC)
             .map(std::fs::File::from)
             .map_err(std::io::Error::from)
             .and_then(|mut f| f.write_all(self.text.as_bytes()).map(|()| f));
         match made {
             Ok(f) if Path::new("/proc/self/fd").is_dir() => {
-                let path = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
-                (Some(f), path)
+                (Some(f), PathBuf::from(crate::config::FROM_STDIN))
             }
             Ok(_) => (None, self.opts.config.clone()),
             Err(e) => {
@@ -166,8 +262,8 @@ impl State<'_> {
     }
 
     fn spawn(&mut self, name: &str) {
-        // Held until the child is started: it inherits the descriptor.
-        let (_held, config) = self.running_config();
+        // The child's stdin (dup2'd to fd 0, so inherited while close-on-exec here).
+        let (held, config) = self.running_config();
         let mut c = Command::new(&self.opts.exe);
         match &self.opts.catalog {
             Some(p) => c.arg("--catalog").arg(p),
@@ -183,7 +279,7 @@ impl State<'_> {
             .arg(&config)
             .arg("--no-progress")
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
-            .stdin(Stdio::null())
+            .stdin(held.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::null());
         match c.spawn() {
             Ok(child) => {

@@ -38,9 +38,13 @@ fn main() {
         Ok(code) => code,
         Err(e) => {
             errln!("snapring: error: {}", message(&e));
-            match e.downcast_ref::<snapring::error::Error>() {
-                Some(snapring::error::Error::Refused(_)) => ExitCode::Usage,
-                _ => ExitCode::Failed,
+            if e.downcast_ref::<cli::exit_code::Usage>().is_some() {
+                ExitCode::Usage
+            } else {
+                match e.downcast_ref::<snapring::error::Error>() {
+                    Some(snapring::error::Error::Refused(_)) => ExitCode::Usage,
+                    _ => ExitCode::Failed,
+                }
             }
         }
     };

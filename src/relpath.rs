@@ -156,17 +156,28 @@ pub fn escape(bytes: &[u8]) -> String {
 
 /// Reverses [`escape`].
 pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
-    let b = s.as_bytes();
+    unescape_bytes(s.as_bytes())
+}
+
+/// [`unescape`] of bytes that need not be UTF-8 (a command-line argument): `%XX` is the
+/// byte XX, every other byte is itself. The message shows `b` escaped.
+pub fn unescape_bytes(b: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = s
+            let hex = b
                 .get(i + 1..i + 3)
-                .ok_or_else(|| format!("truncated escape in {s:?}"))?;
-            out.push(
-                u8::from_str_radix(hex, 16).map_err(|_| format!("bad escape %{hex} in {s:?}"))?,
-            );
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .filter(|h| h.bytes().all(|c| c.is_ascii_hexdigit()))
+                .ok_or_else(|| {
+                    let at = String::from_utf8_lossy(&b[i..b.len().min(i + 3)]).into_owned();
+                    format!(
+                        "{at:?} in {:?} is not an escape (%XX, two hex digits)",
+                        String::from_utf8_lossy(b)
+                    )
+                })?;
+            out.push(u8::from_str_radix(hex, 16).expect("two hex digits"));
             i += 3;
         } else {
             out.push(b[i]);

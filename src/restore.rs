@@ -1809,17 +1809,32 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
     }
 }
-/// A `--path` argument as the user typed it: relative to the snapshot root.
+/// A `--path` argument (or `history`'s PATH) as the user typed it: relative to the
+/// snapshot root, and escaped as snapring prints paths (`relpath::escape`), so a name
+/// copied from `diff`, `verify` or a report is found: `%XX` is the byte XX (`new%0Aline`,
+/// `my%20file`), a real `%` is written `%25`; every other byte is itself (a space or
+/// UTF-8 may be typed as it is).
 pub fn parse_path(p: &Path) -> std::result::Result<RelPath, String> {
-    let bytes = p.as_os_str().as_bytes();
+    let bytes = crate::relpath::unescape_bytes(p.as_os_str().as_bytes()).map_err(|e| {
+        format!(
+            "--path {}: {e}; paths are given escaped, as snapring prints them: a name's % is written %25",
+            p.display()
+        )
+    })?;
     if bytes.starts_with(b"/") {
+        let start = bytes.iter().position(|b| *b != b'/').unwrap_or(bytes.len());
+        let inside = String::from_utf8_lossy(&bytes[start..]);
         return Err(format!(
             "--path {} is absolute; give it relative to the snapshot root (for example {})",
             p.display(),
-            String::from_utf8_lossy(bytes.trim_ascii_start().strip_prefix(b"/").unwrap_or(bytes))
+            if inside.is_empty() {
+                "users/alice"
+            } else {
+                &inside
+            }
         ));
     }
-    let mut trimmed = bytes.to_vec();
+    let mut trimmed = bytes.clone();
     while trimmed.ends_with(b"/") {
         trimmed.pop();
     }

@@ -1,6 +1,7 @@
 //! The run catalog against real runs: history/show/stats, a killed run repaired to
 //! `incomplete`, rebuild from the store equal to the live catalog, migration of a frozen
-//! schema-1 file, and a corrupt or locked catalog that never fails a backup.
+//! schema-1 file, a corrupt or locked catalog that never fails a backup, and a damaged
+//! one named by the read commands and moved aside by `catalog rebuild`.
 
 mod common;
 use common::*;
@@ -382,6 +383,49 @@ fn a_corrupt_or_locked_catalog_never_fails_a_backup() {
     assert_eq!(code, 0);
     let (_, h, _) = e.cli(&["history", "--json"]);
     assert_eq!(h.as_array().unwrap().len(), 3);
+}
+
+/// A catalog file overwritten with garbage: `history`, `show` and `stats` say it is
+/// damaged, name it and say what to do (they said "read schema version (is it a SQLite
+/// file?): file is not a database"); `catalog rebuild`, which opened it the same way
+/// and failed, moves it aside and recreates the store's runs.
+#[test]
+fn a_damaged_catalog_is_named_and_catalog_rebuild_recovers_it() {
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    assert_eq!(e.backup(&[]).0, 0);
+    let garbage: Vec<u8> = (0..64 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&e.catalog, &garbage).unwrap();
+    let shown = e.catalog.display().to_string();
+    for args in [&["history"][..], &["show", "x"], &["stats"]] {
+        let (code, _, err) = e.cli(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("catalog {shown} is damaged"))
+                && err.contains("snapring catalog rebuild --dest STORE"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert_eq!(
+        std::fs::read(&e.catalog).unwrap(),
+        garbage,
+        "left as it was"
+    );
+
+    let (code, _, err) = e.cli(&["catalog", "rebuild", "--dest", e.store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    let aside = PathBuf::from(format!("{shown}.damaged"));
+    assert!(
+        err.contains(&format!("moved it to {}", aside.display())),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&aside).unwrap(), garbage, "kept aside");
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h.as_array().unwrap().len(), 2, "{h}");
 }
 
 /// The job layer records runs, not the engine: `engine::backup` leaves the catalog

@@ -824,3 +824,147 @@ fn examples_parse_and_next_previews_schedules() {
         assert!(line.contains(at) && line.contains(what), "{out}");
     }
 }
+
+/// A second `snapring daemon` on the same config, or on the same catalog, refuses to
+/// start: exit 75 naming the first one's pid, no event of its own in the catalog. Two
+/// ran side by side and both started every job, the store's lock failing one run of
+/// each pair. Once the first stops, a new one starts.
+#[test]
+fn a_second_daemon_on_the_same_config_or_catalog_refuses_to_start() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("state/cat.db"));
+    tree(&src, 2, 10);
+    let cfg = t.path().join("d.toml");
+    let body = format!(
+        "[job.j]\nsource = \"{}\"\ndest = \"{}\"\nschedule = \"0 3 1 1 *\"\n",
+        src.display(),
+        t.path().join("b").display()
+    );
+    std::fs::write(&cfg, &body).unwrap();
+    let other_cfg = t.path().join("other.toml");
+    std::fs::write(&other_cfg, &body).unwrap();
+    let daemon = |cfg: &Path, catalog: &Path| {
+        Command::new(bin())
+            .arg("--catalog")
+            .arg(catalog)
+            .args(["daemon", "--config"])
+            .arg(cfg)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let started = |catalog: &Path| {
+        let c = rusqlite::Connection::open(catalog).unwrap();
+        c.query_row(
+            "SELECT count(*) FROM events WHERE kind = 'start'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap_or(0)
+    };
+    /// Stops a daemon however the test ends (a failed assertion would leave it running).
+    struct Stop(std::process::Child);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut first = Stop(daemon(&cfg, &catalog));
+    wait_until("the first daemon to start", 30, || {
+        catalog.exists() && started(&catalog) == 1
+    });
+    for (what, c, cat) in [
+        ("same config and catalog", &cfg, catalog.clone()),
+        ("same config", &cfg, t.path().join("other.db")),
+        ("same catalog", &other_cfg, catalog.clone()),
+    ] {
+        let mut second = daemon(c, &cat);
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(s) = second.try_wait().unwrap() {
+                break Some(s);
+            }
+            if t0.elapsed() > Duration::from_secs(10) {
+                second.kill().unwrap();
+                second.wait().unwrap();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut err = String::new();
+        second
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut err)
+            .unwrap();
+        let status = status.unwrap_or_else(|| panic!("{what}: a second daemon kept running"));
+        assert_eq!(status.code(), Some(75), "{what}: {err}");
+        assert!(
+            err.contains("another snapring daemon") && err.contains("stop it first"),
+            "{what}: {err}"
+        );
+        if cat == catalog {
+            assert!(
+                err.contains(&format!("(pid {})", first.0.id())),
+                "{what}: {err}"
+            );
+        }
+    }
+    assert_eq!(started(&catalog), 1, "the second daemons never started");
+    let pid = rustix::process::Pid::from_raw(first.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(first.0.wait().unwrap().success());
+    // The first one gone, a new one starts.
+    let mut again = Stop(daemon(&cfg, &catalog));
+    wait_until("a new daemon to start", 30, || started(&catalog) == 2);
+    assert!(again.0.try_wait().unwrap().is_none());
+    let pid = rustix::process::Pid::from_raw(again.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(again.0.wait().unwrap().success());
+}
+
+/// The running configuration the daemon hands a run (a memfd: it may hold notifier
+/// credentials) does not reach the run's hooks: a `pre_command` listing its own open
+/// descriptors sees no `memfd:snapring-config`. The memfd was inherited by every hook and notifier command of every run.
+#[test]
+fn a_runs_hooks_do_not_inherit_the_daemons_config_descriptor() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 2, 10);
+    let seen = t.path().join("fds.txt");
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\nschedule = \"* * * * * *\"\n\
+             pre_command = [\"sh\", \"-c\", \"ls -l /proc/self/fd/ > {}.tmp && mv {}.tmp {}\"]\n",
+            src.display(),
+            t.path().join("b").display(),
+            seen.display(),
+            seen.display(),
+            seen.display()
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let waited = std::panic::catch_unwind(|| {
+        wait_until("a run's pre_command", 30, || seen.exists());
+    });
+    let pid = rustix::process::Pid::from_raw(daemon.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    daemon.wait().unwrap();
+    waited.unwrap();
+    let fds = std::fs::read_to_string(&seen).unwrap();
+    assert!(fds.contains(" 1 -> "), "the listing: {fds}");
+    assert!(!fds.contains("snapring-config"), "{fds}");
+}

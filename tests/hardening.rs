@@ -1,6 +1,7 @@
 //! A hostile user's attempts: a store inside the source reached through `..` or a
 //! symlink, a prefix that leads out of the source, a notifier that does not exist, a
-//! zero backup window, a closed stdout, usage errors, colours in logs that are not on
+//! zero backup window, a closed stdout, usage errors (clap's and the handlers' own:
+//! a flag's bad value, flags that do not go together), colours in logs that are not on
 //! a terminal, and the daemon's JSON logs from its child runs.
 
 mod common;
@@ -197,12 +198,14 @@ fn a_zero_window_is_rejected() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("window"), "{err}");
     assert!(!root.join("bk").exists());
+    // On the command line it is a usage error (64); in the file, a config error (1).
     for w in ["0m", "0h0s"] {
         let (code, _, err) = run_in(
             &root,
             &["backup", "--source", "src", "--dest", "bk", "--window", w],
         );
-        assert_eq!(code, 1, "--window {w}: {err}");
+        assert_eq!(code, 64, "--window {w}: {err}");
+        assert!(err.contains(&format!("'{w}' for '--window")), "{err}");
     }
     let mut o = snapring::engine::BackupOptions::new(root.join("src"), root.join("bk"));
     o.window = Some(std::time::Duration::from_millis(500));
@@ -337,6 +340,108 @@ fn usage_errors_exit_64_apart_from_partial() {
         help.contains("64"),
         "--help documents the exit codes: {help}"
     );
+}
+
+/// Mistakes on the command line past clap's own checks are usage errors too (64, not
+/// 1), naming the flag and the value, and nothing is written: `backup --retain 0` was a
+/// config error (1), `diff` of one snapshot and `next --schedule` with a bad cron
+/// expression exited 1. The same mistake in a config file stays a config error (1).
+#[test]
+fn command_line_mistakes_exit_64_naming_the_flag_and_the_value() {
+    let (_t, root) = setup();
+    let (code, _, err) = run_in(&root, &["backup", "--source", "src", "--dest", "bk"]);
+    assert_eq!(code, 0, "{err}");
+    let before = listing(&root.join("bk"));
+    let backup = |flag: &'static str, value: &'static str| -> Vec<&'static str> {
+        vec!["backup", "--source", "src", "--dest", "bk", flag, value]
+    };
+    let cases: Vec<(Vec<&str>, &[&str])> = vec![
+        (
+            backup("--retain", "0"),
+            &["'0' for '--retain", "at least 1"],
+        ),
+        (backup("--label", "a/b"), &["'a/b' for '--label"]),
+        (backup("--window", "soon"), &["'soon' for '--window"]),
+        (backup("--bwlimit", "fast"), &["'fast' for '--bwlimit"]),
+        (backup("--jobs", "5000"), &["'5000' for '--jobs", "4096"]),
+        (backup("--prefix", "a/../.."), &["'a/../..' for '--prefix"]),
+        (backup("--folder", "../up"), &["'../up' for '--folder"]),
+        (
+            backup("--pre-command", "'open"),
+            &["--pre-command", "unbalanced"],
+        ),
+        (vec!["backup", "--source", "src"], &["needs --dest"]),
+        (
+            vec!["diff", "--dest", "bk", "daily.0"],
+            &["\"daily.0\" needs a second snapshot", "--against"],
+        ),
+        (
+            vec![
+                "diff",
+                "--dest",
+                "bk",
+                "daily.0",
+                "daily.0",
+                "--against",
+                "src",
+            ],
+            &["not both"],
+        ),
+        (
+            vec!["next", "--schedule", "0 2 * *"],
+            &["--schedule \"0 2 * *\"", "5 fields"],
+        ),
+        (
+            vec!["next", "--schedule", "@daily", "--timezone", "Mars/Base"],
+            &["--timezone", "\"Mars/Base\""],
+        ),
+        (
+            vec!["next", "--schedule", "@daily", "--at", "soon"],
+            &["--at \"soon\""],
+        ),
+        (vec!["next"], &["--job NAME", "--schedule"]),
+        (
+            vec!["history", "--catalog", "c.db", "--since", "lately"],
+            &["--since \"lately\""],
+        ),
+        (
+            vec!["stats", "--catalog", "c.db", "--since", "lately"],
+            &["--since \"lately\""],
+        ),
+        (vec!["history", "a/f"], &["needs --dest"]),
+        (
+            vec!["history", "--dest", "bk", "/"],
+            &["absolute", "(for example users/alice)"],
+        ),
+        (
+            vec![
+                "restore", "--dest", "bk", "daily.0", "--to", "out", "--path", "../x",
+            ],
+            &["--path ../x"],
+        ),
+        (
+            vec!["--catalog", "off", "show", "x"],
+            &["catalog is turned off"],
+        ),
+    ];
+    for (args, said) in &cases {
+        let (code, out, err) = run_in(&root, args);
+        assert_eq!(code, 64, "{args:?}: {out}{err}");
+        for s in *said {
+            assert!(err.contains(s), "{args:?}: {s:?} not in {err}");
+        }
+    }
+    assert_eq!(
+        listing(&root.join("bk")),
+        before,
+        "a usage error wrote nothing"
+    );
+    assert!(!root.join("out").exists());
+    // The same value in a config file is the file's error: 1, as documented.
+    let cfg = config(&root, "retain = 0");
+    let (code, _, err) = run_in(&root, &["run", "j", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("retain must be at least 1"), "{err}");
 }
 
 #[test]

@@ -712,7 +712,7 @@ fn restore_of_a_subdirectory_and_of_one_file() {
     assert_eq!(code, 1);
     assert!(err.contains("a/nope is not in the snapshot"), "{err}");
     let (code, _, err) = restore(&t.path().join("T5"), &["--path", "a/../.."]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64, "a usage error");
     assert!(err.contains("leaves the snapshot"), "{err}");
 }
 

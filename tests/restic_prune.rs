@@ -263,10 +263,11 @@ fn forget_standalone_plans_with_reasons_and_leaves_other_labels() {
         .map(|s| s["id"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(listed, vec![daily[2].clone(), hourly]);
+    // A usage error (64), naming the flag and the value.
     let (code, _, err) = sr(&["forget", "--dest", &u, "--label", "daily", "--retain", "0"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64);
     assert!(
-        err.contains("--retain 0 would forget every snapshot"),
+        err.contains("'0' for '--retain") && err.contains("0 would keep no snapshot"),
         "{err}"
     );
     let (code, _, err) = sr(&[
@@ -278,8 +279,8 @@ fn forget_standalone_plans_with_reasons_and_leaves_other_labels() {
         "--retain",
         "0",
     ]);
-    assert_eq!(code, 1);
-    assert!(err.contains("--retain 0"), "{err}");
+    assert_eq!(code, 64);
+    assert!(err.contains("'0' for '--retain"), "{err}");
     assert_eq!(count(&repo, "snapshots"), 2);
 }
 

@@ -494,10 +494,10 @@ fn restore_never_writes_outside_the_target() {
         "restore with a tampered manifest",
     );
 
-    // Paths that would leave the snapshot are refused.
-    for bad in ["../x", "/etc", "users/../../x"] {
+    // Paths that would leave the snapshot are refused, as usage errors, escaped or not.
+    for bad in ["../x", "/etc", "users/../../x", "%2E%2E/x", "%2Fetc"] {
         let (code, _, err) = restore(&store, "daily.0", &t.path().join("to3"), &["--path", bad]);
-        assert_eq!(code, 1, "{bad}");
+        assert_eq!(code, 64, "{bad}: {err}");
         assert!(err.contains("--path"), "{bad}: {err}");
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
@@ -1064,4 +1064,72 @@ fn restore_and_verify_of_a_directory_with_100k_subdirectories_fit_in_256_descrip
     assert_eq!(code, 0, "{err}\n{v}");
     assert_eq!(v[0]["clean"], true, "{v}");
     assert_eq!(v[0]["totals"]["entries_compared"], 100_002, "{v}");
+}
+
+/// Names snapring prints escaped (`diff`, `verify`, reports: `new%0Aline`, `caf%E9`)
+/// are accepted back as printed by `history PATH` and `restore --path`; a name that
+/// really holds `%` is written `%25` (`a%250Ab` is the file `a%0Ab`), and a `%` that
+/// starts no escape is a usage error saying so. `history new%0Aline` said "no retained
+/// snapshot has new%250Aline".
+#[test]
+fn escaped_names_as_printed_are_accepted_back_by_history_and_restore() {
+    use std::os::unix::ffi::OsStrExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    let odd = |name: &[u8]| src.join("d").join(OsStr::from_bytes(name));
+    write(&odd(b"new\nline"), b"one");
+    write(&odd(b"caf\xe9"), b"latin-1");
+    write(&odd(b"a%0Ab"), b"a real percent");
+    ok_backup(&src, &store);
+    write(&odd(b"new\nline"), b"two");
+    ok_backup(&src, &store);
+
+    let (code, d, err, _) = run(&[
+        "diff".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "daily.1".as_ref(),
+        "daily.0".as_ref(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let printed = d["differences"][0]["path"].as_str().unwrap().to_string();
+    assert_eq!(printed, "d/new%0Aline", "{d}");
+
+    let history = |p: &str| {
+        run(&[
+            "history".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            p.as_ref(),
+        ])
+    };
+    let (code, h, err, _) = history(&printed);
+    assert_eq!(code, 0, "history {printed}: {err}");
+    let changes: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["change"].as_str().unwrap())
+        .collect();
+    assert_eq!(changes, ["changed", "first"], "{h}");
+
+    for (arg, name, data) in [
+        (printed.as_str(), &b"new\nline"[..], &b"two"[..]),
+        ("d/caf%E9", b"caf\xe9", b"latin-1"),
+        ("d/a%250Ab", b"a%0Ab", b"a real percent"),
+    ] {
+        let to = t.path().join(format!("to-{}", arg.len()));
+        let (code, _, err) = restore(&store, "daily.0", &to, &["--path", arg, "--flat"]);
+        assert_eq!(code, 0, "restore --path {arg}: {err}");
+        let got = std::fs::read(to.join(OsStr::from_bytes(name))).unwrap();
+        assert_eq!(got, data, "restore --path {arg}");
+        let (code, _, err, _) = history(arg);
+        assert_eq!(code, 0, "history {arg}: {err}");
+    }
+
+    let (code, _, err, _) = history("d/100%");
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("\"d/100%\"") && err.contains("%25"), "{err}");
 }

@@ -18,7 +18,8 @@ use clap::{Args, Parser, Subcommand};
                   found; diff: something could not be read), 3 incomplete \
                   (interrupted or out of time; the next run resumes), 64 usage error (bad \
                   command line; nothing ran), 75 try again later (a shard worker or finalize \
-                  found the store busy or units not yet committed; docs/scale-out.md). A \
+                  found the store busy or units not yet committed, docs/scale-out.md; a \
+                  daemon found another running on its config or catalog). A \
                   closed stdout (`| head`) is not an error."
 )]
 pub struct Cli {
@@ -136,16 +137,16 @@ pub struct BackupArgs {
     #[arg(long)]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (for example the file system id); default: --dest itself.
-    #[arg(long)]
+    #[arg(long, value_parser = folder)]
     pub folder: Option<String>,
     /// Interval label: snapshots are <label>.0 (newest) … <label>.N [default: daily]
-    #[arg(long)]
+    #[arg(long, value_parser = label)]
     pub label: Option<String>,
     /// How many snapshots of this label to keep [default: 7]
-    #[arg(long)]
+    #[arg(long, value_parser = retain)]
     pub retain: Option<u32>,
     /// Back up only this subdirectory of the source.
-    #[arg(long)]
+    #[arg(long, value_parser = prefix)]
     pub prefix: Option<String>,
     /// Leave out matching entries (repeatable): NAME-GLOB at any depth, /PATH-GLOB from
     /// the root, trailing / for directories only, ** across directories.
@@ -153,7 +154,7 @@ pub struct BackupArgs {
     pub exclude: Vec<String>,
     /// File-system calls in flight [default: 64 when the source or the store is on
     /// NFS/FUSE, 4 per CPU (at most 32) when both are local]
-    #[arg(long)]
+    #[arg(long, value_parser = jobs)]
     pub jobs: Option<usize>,
     /// Print what would be copied, linked and rotated; change nothing.
     #[arg(long)]
@@ -165,12 +166,12 @@ pub struct BackupArgs {
     #[arg(long)]
     pub allow_empty: bool,
     /// Stop gracefully after this long (e.g. 180m); the run is `incomplete` and the next resumes.
-    #[arg(long)]
+    #[arg(long, value_parser = window)]
     pub window: Option<String>,
     /// Cap the bytes read from the source plus written to the backup, per second, across
     /// all workers: 50MiB, 800K (K, M, G are 1024-based as in rsync; KB, MB, GB
     /// 1000-based); 0 for no limit.
-    #[arg(long, value_name = "RATE")]
+    #[arg(long, value_name = "RATE", value_parser = bwlimit)]
     pub bwlimit: Option<String>,
     /// Run this before the walk; if it fails, the run fails and nothing is published.
     /// A command line split as a shell would (quotes, backslashes), but run without one.
@@ -234,7 +235,7 @@ pub struct ForgetArgs {
     #[arg(long)]
     pub label: String,
     /// Keep the newest N snapshots of the label in each host/paths group.
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = retain)]
     pub retain: u32,
     /// Print each snapshot's verdict and reason; remove nothing.
     #[arg(long)]
@@ -264,7 +265,7 @@ pub struct CopyArgs {
     #[arg(long)]
     pub label: Option<String>,
     /// After the copy, keep the newest N copies of the label (restic forget --keep-last).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = retain)]
     pub retain: Option<u32>,
     #[arg(long)]
     pub json: bool,
@@ -585,4 +586,58 @@ pub struct ShardRunArgs {
     /// Print JSON on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+// The values a flag can be checked for on its own, with the library's own checks (as
+// `config check` applies them to a file): a bad one is a usage error (exit 64) naming
+// the flag and the value, not a failed run. clap prints `invalid value 'V' for
+// '--FLAG <FLAG>': ` before the message returned here.
+
+/// `--retain`: 1 or more.
+fn retain(s: &str) -> Result<u32, String> {
+    let n: i64 = s
+        .parse()
+        .map_err(|_| "give a whole number of snapshots, 1 or more".to_string())?;
+    snapring::engine::options::check_retain(n)?;
+    Ok(n as u32)
+}
+
+/// `--label`: letters, digits, `_`, `-`.
+fn label(s: &str) -> Result<String, String> {
+    snapring::engine::options::check_label(s)?;
+    Ok(s.to_string())
+}
+
+/// `--jobs`: 0 (the default) to 4096.
+fn jobs(s: &str) -> Result<usize, String> {
+    let n: i64 = s
+        .parse()
+        .map_err(|_| "give a whole number, 1 to 4096 (0 for the default)".to_string())?;
+    snapring::engine::options::check_jobs(n)?;
+    Ok(n as usize)
+}
+
+/// `--window`: a duration of at least 1s.
+fn window(s: &str) -> Result<String, String> {
+    let d = snapring::util::parse_duration(s)?;
+    snapring::engine::options::check_window(d)?;
+    Ok(s.to_string())
+}
+
+/// `--bwlimit`: a rate (50MiB, 800K) or 0.
+fn bwlimit(s: &str) -> Result<String, String> {
+    snapring::throttle::parse_rate(s)?;
+    Ok(s.to_string())
+}
+
+/// `--folder`: a relative path without `..`.
+fn folder(s: &str) -> Result<String, String> {
+    snapring::relpath::RelPath::new(s.as_bytes()).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
+}
+
+/// `--prefix`: a relative path without `..` (leading and trailing `/` are dropped).
+fn prefix(s: &str) -> Result<String, String> {
+    snapring::relpath::RelPath::new(s.trim_matches('/').as_bytes()).map_err(|e| e.to_string())?;
+    Ok(s.to_string())
 }

@@ -16,11 +16,14 @@ use super::print::{self, errln, human};
 
 /// `snapring run JOB`: a backup of one job of a config file, no flags over it.
 pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    // From the daemon: its running configuration, moved out of the descriptor that
+    // hooks and notifier commands would inherit (held open for the whole run).
+    let (_copy, config_path) = config::private_copy(&a.config)?;
     // No flags fill in a missing source or dest here: the whole file must be complete,
     // as the daemon and `config check` require.
-    config::load_complete(&a.config)?;
+    config::load_complete(&config_path)?;
     let args = BackupArgs {
-        config: Some(a.config),
+        config: Some(config_path),
         job: Some(a.job),
         json: a.json,
         no_progress: a.no_progress,
@@ -32,6 +35,20 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 
 /// `snapring backup`.
 pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    if a.config.is_none() {
+        // Without a config file the flags are the whole job: a missing one is a usage
+        // error (with one, the job may set it; a file's gaps are its own error, exit 1).
+        for (flag, missing) in [
+            ("--source", a.source.is_none()),
+            ("--dest", a.dest.is_none()),
+        ] {
+            if missing {
+                return Err(super::exit_code::usage!(
+                    "backup needs {flag} (or --config FILE with a job that sets it)"
+                ));
+            }
+        }
+    }
     if let Some(code) = super::restic::backup_job(&a, cat)? {
         return Ok(code);
     }
@@ -138,7 +155,7 @@ fn flags(a: &BackupArgs) -> anyhow::Result<JobConfig> {
         line.as_deref()
             .map(snapring::hooks::split)
             .transpose()
-            .map_err(|e| anyhow::anyhow!("--{flag}: {e}"))
+            .map_err(|e| super::exit_code::usage!("--{flag}: {e}"))
     };
     Ok(JobConfig {
         pre_command: split("pre-command", &a.pre_command)?,

@@ -75,9 +75,29 @@ pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 }
 
 /// `snapring catalog rebuild --dest STORE`.
+/// A damaged catalog file (not SQLite, or corrupt) is moved aside to `FILE.damaged`
+/// first, and a new one started: the store's rows come back from its run records.
 pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
-    let mut c = cat.open()?;
     let store = snapring::store::Store::open_read(dest)?;
+    let mut c = match cat.open() {
+        Err(e)
+            if e.downcast_ref::<snapring::catalog::CatalogError>()
+                .is_some_and(|c| c.is_damaged()) =>
+        {
+            let path = cat
+                .path
+                .as_deref()
+                .expect("a catalog that failed to open has a path");
+            let aside = set_aside(path)?;
+            print::errln!(
+                "snapring: the catalog {} was damaged ({e:#}); moved it to {} and started a new one",
+                path.display(),
+                aside.display()
+            );
+            cat.open()?
+        }
+        r => r?,
+    };
     let key = std::fs::canonicalize(&store.root)?;
     let n = c.rebuild(&key, &key.to_string_lossy())?;
     outln!(
@@ -86,6 +106,34 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         key.display()
     );
     Ok(ExitCode::Complete)
+}
+
+/// Renames a damaged catalog (and SQLite's `-wal`, `-shm`, `-journal` beside it) to
+/// `FILE.damaged`, or `FILE.damaged.N` when that is taken; returns the new name.
+fn set_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let with = |p: &Path, suffix: &str| {
+        let mut s = p.as_os_str().to_owned();
+        s.push(suffix);
+        std::path::PathBuf::from(s)
+    };
+    let mut aside = with(path, ".damaged");
+    let mut n = 1;
+    while aside.symlink_metadata().is_ok() {
+        aside = with(path, &format!(".damaged.{n}"));
+        n += 1;
+    }
+    for extra in ["", "-wal", "-shm", "-journal"] {
+        let from = with(path, extra);
+        if from.symlink_metadata().is_ok() {
+            std::fs::rename(&from, with(&aside, extra)).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot move the damaged catalog {} aside: {e}",
+                    from.display()
+                )
+            })?;
+        }
+    }
+    Ok(aside)
 }
 
 /// The catalog filter from `--job`, `--dest` (canonicalized, as the catalog keys
@@ -119,7 +167,9 @@ fn since_time(s: &str) -> anyhow::Result<String> {
     let t = match snapring::engine::options::parse_duration(s) {
         Ok(d) => chrono::Utc::now() - chrono::Duration::from_std(d)?,
         Err(_) => snapring::store::select::parse_time(s).ok_or_else(|| {
-            anyhow::anyhow!("--since {s:?}: give a duration (30d, 12h) or a time (2026-11-01)")
+            super::exit_code::usage!(
+                "--since {s:?}: give a duration (30d, 12h) or a time (2026-11-01)"
+            )
         })?,
     };
     Ok(t.to_rfc3339_opts(SecondsFormat::Millis, true))

@@ -43,7 +43,9 @@ impl CatalogChoice {
     /// Opens the catalog; an error when it is turned off.
     pub fn open(&self) -> anyhow::Result<Catalog> {
         let Some(p) = &self.path else {
-            anyhow::bail!("the catalog is turned off (--catalog off); give it a file");
+            return Err(super::exit_code::usage!(
+                "the catalog is turned off (--catalog off or SNAPRING_CATALOG=off); give it a file"
+            ));
         };
         Ok(Catalog::open(p, self.on_nfs)?)
     }

@@ -12,9 +12,9 @@ use snapring::schedule::Schedule;
 
 use super::args::{DaemonArgs, NextArgs};
 use super::catalog_choice::CatalogChoice;
-use super::exit_code::ExitCode;
+use super::exit_code::{ExitCode, usage};
 use super::logging::LogFlags;
-use super::print::{self, outln};
+use super::print::{self, errln, outln};
 
 /// How often the daemon's loop wakes to check for due jobs and signals.
 const TICK: std::time::Duration = std::time::Duration::from_millis(200);
@@ -32,6 +32,17 @@ pub fn daemon(a: DaemonArgs, cat: &CatalogChoice, log: &LogFlags) -> anyhow::Res
         tick: TICK,
         env: vec![],
         run_args: log.args(),
+    };
+    // One daemon per config and per catalog; a second one exits 75 (EX_TEMPFAIL, as a
+    // shard worker or `finalize` that finds the store held by another process): nothing
+    // ran, and a service manager that retries it gets it going once the first stops.
+    let _lock = match snapring::daemon::lock(&opts.config, opts.catalog.as_deref()) {
+        Ok(l) => l,
+        Err(e @ snapring::daemon::LockError::Busy(_)) => {
+            errln!("snapring: {e}");
+            return Ok(ExitCode::Retry);
+        }
+        Err(e) => return Err(anyhow::Error::msg(e.to_string())),
     };
     let stop = Arc::new(AtomicBool::new(false));
     let reload = Arc::new(AtomicBool::new(false));
@@ -51,7 +62,7 @@ pub fn next(a: NextArgs) -> anyhow::Result<ExitCode> {
     let sched = schedule(a.job, &a.config, a.schedule, a.timezone.as_deref())?;
     let from = match a.at {
         Some(t) => snapring::store::select::parse_time(&t)
-            .ok_or_else(|| anyhow::anyhow!("--at {t:?}: give RFC 3339 or YYYY-MM-DD HH:MM"))?,
+            .ok_or_else(|| usage!("--at {t:?}: give RFC 3339 or YYYY-MM-DD HH:MM"))?,
         None => Utc::now(),
     };
     let times: Vec<String> = sched
@@ -84,7 +95,15 @@ fn schedule(
                 .map_err(anyhow::Error::msg)?
                 .ok_or_else(|| anyhow::anyhow!("job {j} has no schedule"))
         }
-        (None, Some(s)) => snapring::schedule::parse(&s, timezone).map_err(anyhow::Error::msg),
-        _ => anyhow::bail!("give --job NAME (with --config) or --schedule EXPR"),
+        // The library's message names the value and what is wrong with it: `schedule
+        // "X": …` or `unknown time zone "Z" …`; this adds the flag.
+        (None, Some(s)) => snapring::schedule::parse(&s, timezone).map_err(|e| {
+            if e.starts_with("schedule ") {
+                usage!("--{e}")
+            } else {
+                usage!("--timezone: {e}")
+            }
+        }),
+        _ => Err(usage!("give --job NAME (with --config) or --schedule EXPR")),
     }
 }

@@ -1,7 +1,9 @@
 //! The process exit codes, in one place: 0 complete, 2 partial, 3 incomplete, 1 failed,
 //! 64 usage error. A backup or restore maps its run status here; `diff` and `verify` use
 //! `Partial` for "finished, but something could not be read or differs"; any error is
-//! `Failed`; a command line clap rejects is `Usage`. A closed stdout (`| head -1`) is
+//! `Failed`; a command line clap rejects (a flag's value checked by its `value_parser`
+//! in `args.rs`), or a handler rejects with a `Usage` error (flags that do not go
+//! together, a value only the handler can read), is `Usage`. A closed stdout (`| head -1`) is
 //! not an error: the output stops and the command keeps its own code (`cli/print.rs`).
 
 use snapring::report::Status;
@@ -24,9 +26,33 @@ pub enum ExitCode {
     Usage = 64,
     /// 75 (EX_TEMPFAIL): try again later, nothing was lost: a shard worker or
     /// `finalize` found the store held by another run, or units still being worked on
-    /// (docs/scale-out.md). A retry policy may retry this one; not 1 or 64.
+    /// (docs/scale-out.md); a `daemon` found another daemon running on its config or
+    /// catalog (docs/daemon.md). A retry policy may retry this one; not 1 or 64.
     Retry = 75,
 }
+
+/// A mistake on the command line found past clap: flags that do not go together, or a
+/// value only the handler can check (`--since`, `--schedule` with its `--timezone`).
+/// `main` prints it as any error and exits 64, not 1: nothing ran. A config file's
+/// mistakes are not this (`Error::Config`, exit 1).
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
+/// `return Err(usage!("--flag {v:?}: …"))`: an `anyhow::Error` holding a `Usage`.
+macro_rules! usage {
+    ($($t:tt)*) => {
+        anyhow::Error::new($crate::cli::exit_code::Usage(format!($($t)*)))
+    };
+}
+pub(crate) use usage;
 
 impl ExitCode {
     /// The number handed to the operating system.

@@ -7,11 +7,12 @@ use std::path::Path;
 use snapring::commands::inspect::{DiffReport, Verified, Version};
 
 use super::args::{DiffArgs, HistoryArgs, VerifyArgs};
-use super::exit_code::ExitCode;
+use super::exit_code::{ExitCode, usage};
 use super::print::{self, dash, errln, human, outln};
 
 /// `snapring diff`.
 pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
+    check_diff(&a)?;
     let cancel = super::cancel_on_signal();
     let r = snapring::commands::inspect::diff(
         &a.dest,
@@ -27,6 +28,23 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
         print_diff(&r);
     }
     Ok(ExitCode::clean_or_partial(r.problems.is_empty()))
+}
+
+/// `diff` compares two snapshots, or one with a live directory: one of `TO` and
+/// `--against`, not both (a usage error, for a store and a repository alike).
+pub(super) fn check_diff(a: &DiffArgs) -> anyhow::Result<()> {
+    match (&a.to, &a.against) {
+        (None, None) => Err(usage!(
+            "diff {:?} needs a second snapshot to compare with (diff --dest STORE {:?} NEWER) or --against DIR",
+            a.from,
+            a.from
+        )),
+        (Some(to), Some(dir)) => Err(usage!(
+            "diff takes a second snapshot ({to:?}) or --against {}, not both",
+            dir.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// One line per difference, unreadable paths on stderr, then the counts.
@@ -103,13 +121,15 @@ pub(super) fn print_verified(x: &Verified) {
 /// other fields of `a` filter catalog runs and do not apply).
 pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
     let Some(dest) = a.dest else {
-        anyhow::bail!("history of a path needs --dest STORE (the store holding the snapshots)");
+        return Err(usage!(
+            "history of a path needs --dest STORE (the store holding the snapshots)"
+        ));
     };
-    let rel = snapring::restore::parse_path(path).map_err(anyhow::Error::msg)?;
+    let rel = snapring::restore::parse_path(path).map_err(|e| usage!("{e}"))?;
     if rel.is_root() {
-        anyhow::bail!(
+        return Err(usage!(
             "history needs a path inside the snapshot (for example users/alice/.profile)"
-        );
+        ));
     }
     let versions = snapring::commands::inspect::history(&dest, &rel)?;
     if a.json {

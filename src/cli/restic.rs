@@ -17,7 +17,7 @@ use super::args::{
     PruneArgs, RestoreArgs, ShardRunArgs, VerifyArgs,
 };
 use super::catalog_choice::CatalogChoice;
-use super::exit_code::ExitCode;
+use super::exit_code::{ExitCode, usage};
 use super::print::{self, human, outln};
 
 /// Is `dest` a restic repository's URL?
@@ -425,7 +425,9 @@ struct VerdictShown {
 /// `snapring list --dest file:///PATH`.
 pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     if a.space {
-        bail!("--space is not supported with a restic repository yet");
+        return Err(usage!(
+            "--space is not supported with a restic repository yet"
+        ));
     }
     let repo = open(&a.dest, a.password_file.as_deref())?;
     let snaps = ops::list(&repo)?;
@@ -459,10 +461,10 @@ fn components(p: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     use std::os::unix::ffi::OsStrExt;
     let bytes = p.as_os_str().as_bytes();
     if bytes.starts_with(b"/") {
-        bail!(
+        return Err(usage!(
             "--path {} is absolute; give it relative to the snapshot's source",
             p.display()
-        );
+        ));
     }
     let parts: Vec<Vec<u8>> = bytes
         .split(|b| *b == b'/')
@@ -470,7 +472,7 @@ fn components(p: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
         .map(<[u8]>::to_vec)
         .collect();
     if parts.iter().any(|c| c == b"..") {
-        bail!("--path {} leaves the snapshot (..)", p.display());
+        return Err(usage!("--path {} leaves the snapshot (..)", p.display()));
     }
     Ok(parts)
 }
@@ -516,15 +518,23 @@ pub fn restore(
         (a.dry_run, "--dry-run"),
     ];
     if let Some((_, flag)) = unsupported.iter().find(|(set, _)| *set) {
-        bail!("{flag} is not supported with a restic repository yet");
+        return Err(usage!(
+            "{flag} is not supported with a restic repository yet"
+        ));
     }
+    // `--path` is escaped as snapring prints paths (`restore::parse_path`).
     let sub = match &a.path {
-        Some(p) => components(p)?,
+        Some(p) => {
+            use std::os::unix::ffi::OsStrExt;
+            let raw = snapring::relpath::unescape_bytes(p.as_os_str().as_bytes())
+                .map_err(|e| usage!("--path {}: {e}", p.display()))?;
+            components(Path::new(std::ffi::OsStr::from_bytes(&raw)))?
+        }
         None => Vec::new(),
     };
     let path = match &a.path {
         Some(p) => {
-            let rel = snapring::restore::parse_path(p).map_err(anyhow::Error::msg)?;
+            let rel = snapring::restore::parse_path(p).map_err(|e| usage!("{e}"))?;
             (!rel.is_root()).then_some(rel)
         }
         None => None,
@@ -707,10 +717,10 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         bail!("--retain 0 would forget every snapshot of the label; give 1 or more");
     }
     if !is_repo(Some(Path::new(&a.to))) {
-        bail!(
+        return Err(usage!(
             "--to {:?}: expected a restic repository, file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX",
             a.to
-        );
+        ));
     }
     let root = match &a.folder {
         Some(f) => {
@@ -859,10 +869,11 @@ fn print_against(x: &restic::verify::RepoVerified) {
 /// `snapring diff --dest URL A B|--against DIR`: exit 2 when something could not be
 /// read.
 pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
+    super::inspect::check_diff(&a)?;
     if a.to.is_some() && a.jobs.is_some() {
-        bail!(
+        return Err(usage!(
             "--jobs is not supported by diff between two repository snapshots (it reads trees only)"
-        );
+        ));
     }
     let repo = open(&a.dest, a.password_file.as_deref())?;
     let cancel = super::cancel_on_signal();
@@ -871,9 +882,7 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
         (None, Some(dir)) => {
             restic::diff::diff_against(&repo, &a.from, dir, a.jobs.unwrap_or(0), &cancel)
         }
-        _ => bail!(
-            "diff needs a second snapshot or --against DIR (not both); snapshots are `latest`, ids or id prefixes"
-        ),
+        _ => unreachable!("check_diff"),
     };
     let r = match interrupted(r)? {
         Ok(r) => r,
@@ -905,9 +914,11 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
 /// flags filter catalog runs and do not apply, as with a store).
 pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
     let dest = a.dest.as_deref().context("--dest is required")?;
-    let rel = snapring::restore::parse_path(path).map_err(anyhow::Error::msg)?;
+    let rel = snapring::restore::parse_path(path).map_err(|e| usage!("{e}"))?;
     if rel.is_root() {
-        bail!("history needs a path inside the snapshot (for example users/alice/.profile)");
+        return Err(usage!(
+            "history needs a path inside the snapshot (for example users/alice/.profile)"
+        ));
     }
     let repo = open(dest, a.password_file.as_deref())?;
     let versions = restic::history::history(&repo, &rel)?;

@@ -15,7 +15,7 @@ use snapring::restore::{Mode, RestoreOptions, RestoreReport};
 
 use super::args::RestoreArgs;
 use super::catalog_choice::CatalogChoice;
-use super::exit_code::ExitCode;
+use super::exit_code::{ExitCode, usage};
 use super::print::{self, errln, human};
 
 /// `snapring restore`.
@@ -92,7 +92,7 @@ fn options(a: RestoreArgs, job_store: Option<PathBuf>) -> anyhow::Result<Restore
     };
     let path = match &a.path {
         Some(p) => {
-            let rel = snapring::restore::parse_path(p).map_err(anyhow::Error::msg)?;
+            let rel = snapring::restore::parse_path(p).map_err(|e| usage!("{e}"))?;
             (!rel.is_root()).then_some(rel)
         }
         None => None,

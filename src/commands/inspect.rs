@@ -343,7 +343,7 @@ pub fn history(store: &Path, path: &RelPath) -> Result<Vec<Version>> {
     }
     if found.iter().all(|f| f.1.is_none()) {
         return Err(Error::Store {
-            path: store.root.join(path.as_path()),
+            path: store.root.clone(),
             msg: format!(
                 "no retained snapshot has {path}; check the path (relative to the snapshot root)"
             ),
