@@ -19,20 +19,13 @@
 //! worker's home set; a worker that is done with it claims units nobody has started
 //! (`worker.rs`), which absorbs what the weights got wrong.
 
-use std::cell::RefCell;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::relpath::RelPath;
 
-/// Units per worker the cap aims at, coarsest first: the planner takes the first whose
-/// cut balances within [`BALANCE`] ([`cut_balanced`]). Fewer units cost fewer claims,
-/// commits, parts and spine listings (4 per worker: a full `small` run 13.9 s against
-/// 14.4 s with 8, at 1 ms latency); more even out a skewed tree (8 per worker keep the
-/// slowest of 8 workers within 1.1x of the ideal where 4 leave it at 1.12x).
-pub const UNITS_PER_WORKER: [u64; 3] = [4, 6, 8];
-/// A cut is taken when its simulated slowest worker ([`simulate`]) is within this
-/// factor of the ideal (the total weight over the workers).
-pub const BALANCE: f64 = 1.05;
+/// Units per worker the cap aims at: small enough that stealing evens out the end of
+/// the run, few enough that claims cost little.
+pub const UNITS_PER_WORKER: u64 = 8;
 /// At most this many units (claim and commit files on the backup file system).
 pub const MAX_UNITS: u64 = 10_000;
 /// Spine directories are not cut below this depth (the weights of deeper directories
@@ -154,58 +147,9 @@ impl Cut {
     }
 }
 
-/// The coarsest cut of `sizes` for `workers` workers (of [`UNITS_PER_WORKER`]) whose
-/// simulated slowest worker is within [`BALANCE`] of the ideal; the finest when none
-/// is (one entry heavier than a worker's share: no cap evens that out). Each
-/// directory's entries are read from `sizes` once, whatever the number of cuts tried.
-pub fn cut_balanced(sizes: &dyn Sizes, workers: usize) -> Cut {
-    let sizes = Memo {
-        inner: sizes,
-        seen: Default::default(),
-    };
-    let total = sizes.total();
-    let ideal = total as f64 / workers.max(1) as f64;
-    let mut cuts = UNITS_PER_WORKER
-        .iter()
-        .map(|&per| cut(&sizes, workers, cap_for(total, workers, per)));
-    let mut last = cuts.next().expect("UNITS_PER_WORKER is not empty");
-    loop {
-        if simulate(&last, workers) as f64 <= BALANCE * ideal {
-            return last;
-        }
-        match cuts.next() {
-            Some(c) => last = c,
-            None => return last,
-        }
-    }
-}
-
-/// `Sizes` whose `children` are read once per directory (the manifest's blocks or a
-/// repository's trees, for [`cut_balanced`]'s several cuts).
-struct Memo<'a> {
-    inner: &'a dyn Sizes,
-    seen: RefCell<HashMap<RelPath, Vec<Child>>>,
-}
-
-impl Sizes for Memo<'_> {
-    fn total(&self) -> u64 {
-        self.inner.total()
-    }
-
-    fn children(&self, dir: &RelPath) -> Vec<Child> {
-        if let Some(c) = self.seen.borrow().get(dir) {
-            return c.clone();
-        }
-        let c = self.inner.children(dir);
-        self.seen.borrow_mut().insert(dir.clone(), c.clone());
-        c
-    }
-}
-
-/// The cap for `workers` workers over a tree of weight `total`, aiming at `per_worker`
-/// units each.
-pub fn cap_for(total: u64, workers: usize, per_worker: u64) -> u64 {
-    let by_workers = total / (workers as u64 * per_worker).max(1);
+/// The cap for `workers` workers over a tree of weight `total`.
+pub fn cap_for(total: u64, workers: usize) -> u64 {
+    let by_workers = total / (workers as u64 * UNITS_PER_WORKER).max(1);
     let by_count = total.div_ceil(MAX_UNITS);
     by_workers.max(by_count).max(1)
 }
@@ -600,7 +544,7 @@ mod tests {
                 modulus[i % workers] += w;
             }
             sum_modulus += *modulus.iter().max().unwrap() as f64 / ideal;
-            let c = cut_balanced(&s, workers);
+            let c = cut(&s, workers, cap_for(total, workers));
             let slowest = simulate(&c, workers) as f64 / ideal;
             worst_units = worst_units.max(slowest);
         }
@@ -614,52 +558,5 @@ mod tests {
             "modulus split: mean {mean_modulus:.2}x of ideal"
         );
         eprintln!("worst units+stealing {worst_units:.3}x, mean modulus {mean_modulus:.2}x");
-    }
-
-    /// `Sizes` over `MemSizes` that counts the reads of each directory.
-    struct Counted(MemSizes, RefCell<BTreeMap<RelPath, usize>>);
-    impl Sizes for Counted {
-        fn total(&self) -> u64 {
-            self.0.total()
-        }
-        fn children(&self, dir: &RelPath) -> Vec<Child> {
-            *self.1.borrow_mut().entry(dir.clone()).or_default() += 1;
-            self.0.children(dir)
-        }
-    }
-
-    /// An even tree is cut coarsest (4 units per worker: fewer claims and commits),
-    /// a skewed one as finely as it takes to balance, and each directory's entries are
-    /// read once however many cuts are tried.
-    #[test]
-    fn the_coarsest_cut_that_balances_is_taken_and_each_directory_is_read_once() {
-        let workers = 4;
-        let mut even = MemSizes::default();
-        let top: Vec<Child> = (0..32).map(|d| dir(&format!("d{d:02}"), 1000)).collect();
-        for d in 0..32 {
-            let files = (0..1000).map(|i| file(&format!("f{i:04}"), 1)).collect();
-            even.dirs.insert(rel(&format!("d{d:02}")), files);
-        }
-        even.dirs.insert(RelPath::root(), top);
-        let c = cut_balanced(&even, workers);
-        assert_eq!(c.cap, cap_for(32_000, workers, UNITS_PER_WORKER[0]));
-        assert!(simulate(&c, workers) as f64 <= BALANCE * 8_000.0);
-
-        let mut finer = 0;
-        for seed in 1..=40 {
-            let (s, _) = skewed_tree(seed);
-            let counted = Counted(s, RefCell::default());
-            let c = cut_balanced(&counted, 8);
-            let coarsest = cap_for(counted.total(), 8, UNITS_PER_WORKER[0]);
-            if c.cap < coarsest {
-                finer += 1;
-                // The coarser cut it passed over did not balance.
-                let passed = cut(&counted.0, 8, coarsest);
-                assert!(simulate(&passed, 8) as f64 > BALANCE * counted.total() as f64 / 8.0);
-            }
-            let reads = counted.1.borrow();
-            assert!(reads.values().all(|&n| n == 1), "seed {seed}: {reads:?}");
-        }
-        assert!(finer > 0, "no skewed tree needed a finer cut");
     }
 }

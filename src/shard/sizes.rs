@@ -239,9 +239,9 @@ fn stale_spine<'c>(cut: &'c Cut, source: &Path) -> Option<&'c RelPath> {
 /// `lstat`s of spine directories in flight in [`stale_spine`].
 const SPINE_CHECKS: usize = 16;
 
-/// `sizes` cut for `workers` (the coarsest cut that balances, `plan::cut_balanced`).
+/// `sizes` cut for `workers`.
 fn cut_for(sizes: &dyn Sizes, workers: usize) -> Cut {
-    plan::cut_balanced(sizes, workers)
+    plan::cut(sizes, workers, plan::cap_for(sizes.total(), workers))
 }
 
 /// The previous backup's weights (`by`: where they come from, for the log) cut for
