@@ -208,6 +208,9 @@ const NOT_IN_MATRIX: &[&str] = &[
     "prune.before_drop_lock",
     "restic.backup.before_lock",
     "restic.copy.before_lock",
+    // Before a single-node backup's (or copy's) snapshot file, its lock checked:
+    // tests/restic_conformance.rs.
+    "restic.backup.before_snapshot",
     "shard.repo.before_lock",
     // A shard run into a restic repository: tests/restic_shard.rs.
     "shard.repo.before_commit",

@@ -666,6 +666,46 @@ fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
     sr_backup(&src, &repo);
 }
 
+/// A backup whose lock file was removed while it ran (`restic unlock`, or taken for
+/// stale while the process was stopped: an exclusive `prune` may then have removed
+/// packs it needs) writes no snapshot, fails saying why, and the next run completes.
+#[test]
+fn a_backup_whose_lock_was_removed_writes_no_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), &pseudo_random(1 << 20, 7));
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["backup", "--source", src.to_str().unwrap(), "--dest"])
+        .arg(file_url(&repo))
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.backup.before_snapshot=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let locks: Vec<_> = std::fs::read_dir(repo.join("locks")).unwrap().collect();
+    assert_eq!(locks.len(), 1, "the backup's shared lock");
+    for l in locks {
+        std::fs::remove_file(l.unwrap().path()).unwrap();
+    }
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("was removed"), "{err}");
+    let count = |d: &str| std::fs::read_dir(repo.join(d)).unwrap().count();
+    assert_eq!(count("snapshots"), 0, "a snapshot written without its lock");
+    assert_eq!(sr_backup(&src, &repo)["status"], "complete");
+    assert_eq!(count("snapshots"), 1);
+}
+
 #[test]
 fn restore_of_a_subdirectory_and_of_one_file() {
     let t = tempfile::tempdir().unwrap();

@@ -241,6 +241,13 @@ pub fn snapshot_locked(
         ..Default::default()
     };
     let group = super::forget::Group::of(&snap);
+    // As restic does before it writes a snapshot: is the lock still ours? One lost
+    // (removed by `restic unlock` or as stale while this process was stopped) may have
+    // let an exclusive `prune` remove packs this snapshot needs. Then no snapshot: the
+    // run fails and the next one stores again what is missing (its packs are indexed).
+    crate::failpoint::hit("restic.backup.before_snapshot")
+        .map_err(|e| Error::Other(format!("snapshot file in {}: {e}", repo.backend.location())))?;
+    lock.check()?;
     let (id, snap_len) = repo.save_json_len(super::backend::Kind::Snapshot, &snap)?;
     report.count_uploads(1, snap_len);
     lock.release()?;
