@@ -2,7 +2,8 @@
 //! by real runs (complete, partial, incomplete, failed) of a config whose notifiers
 //! hold secrets; every page and endpoint, the escaping of a hostile job name, the
 //! security headers, `promtool check metrics` on `/metrics`, that serving writes
-//! nothing to the catalog, and the token rules.
+//! nothing to the catalog, the token rules, and hostile clients (a huge declared body,
+//! clients that never read, a flood of idle connections, a huge head).
 
 mod common;
 use common::*;
@@ -901,4 +902,118 @@ fn a_running_backup_shows_its_progress_against_the_previous_snapshot() {
     assert!(json(&s.addr, "/api/jobs/home")["progress"].is_null());
     let m = get(&s.addr, "/metrics").body;
     assert_eq!(home_series(&m, "snapring_run_progress_files"), None, "{m}");
+}
+
+/// The threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// GET / answers 200 within 5 s.
+fn answers_at_once(addr: &str, after: &str) {
+    let t0 = std::time::Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let read = s.read_to_end(&mut got);
+    assert!(
+        read.is_ok() && got.starts_with(b"HTTP/1.1 200 "),
+        "after {after}: no answer to GET / in {:?}: {read:?} {}",
+        t0.elapsed(),
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
+fn a_hostile_client_neither_kills_nor_stalls_serve() {
+    let f = fixture();
+    let mut s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let addr = s.addr.clone();
+    let pid = s.child.id();
+    assert!(threads(pid) <= 4, "{} threads at rest", threads(pid));
+    // Sends nothing at all: the server closes it after its timeout.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let silent_since = std::time::Instant::now();
+
+    // A body declared 2^62 bytes long, never sent: tiny_http drained it on a buffer of
+    // that size when the request was dropped, and the allocation aborted the process.
+    let mut huge = TcpStream::connect(&addr).unwrap();
+    write!(
+        huge,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 4611686018427387904\r\n\r\n"
+    )
+    .unwrap();
+    huge.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    huge.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 405");
+    answers_at_once(&addr, "a POST declaring a 4 EiB body");
+    assert!(s.child.try_wait().unwrap().is_none(), "serve died");
+
+    // Clients that ask and ask (pipelined) and never read: 16 MiB of answers queued
+    // stalled every page while tiny_http wrote them on the answering thread.
+    let size = http(&addr, "GET", "/api/jobs", &[]).body.len() + 600;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let c = TcpStream::connect(&addr).unwrap();
+        let w = c.try_clone().unwrap();
+        let reqs =
+            format!("GET /api/jobs HTTP/1.1\r\nHost: {addr}\r\n\r\n").repeat((16 << 20) / size);
+        std::thread::spawn(move || {
+            let mut w = w;
+            let _ = w.write_all(reqs.as_bytes());
+        });
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        stalled.push(c);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    answers_at_once(&addr, "two clients that never read");
+
+    // A flood of idle connections: a bounded number of threads, the rest refused at
+    // once (tiny_http kept a thread per connection for ever).
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let n = threads(pid);
+    assert!(n <= 40, "{n} threads for 200 idle connections");
+    let mut refused = TcpStream::connect(&addr).unwrap();
+    refused
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    refused.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    drop(idle);
+    drop(stalled);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    answers_at_once(&addr, "the idle connections closed");
+
+    // A head larger than 16 KiB: 431, and the server goes on.
+    let big = format!("X-Big: {}", "a".repeat(64 * 1024));
+    assert_eq!(http(&addr, "GET", "/", &[big.as_str()]).status, 431);
+    answers_at_once(&addr, "a 64 KiB header");
+
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        silent.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed without a word"
+    );
+    let waited = silent_since.elapsed().as_secs_f64();
+    assert!(
+        (9.0..15.0).contains(&waited),
+        "the silent one was closed after {waited} s"
+    );
+    assert!(s.child.try_wait().unwrap().is_none(), "serve died");
+    stop_with_sigterm(s);
 }

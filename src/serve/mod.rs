@@ -3,12 +3,13 @@
 //! Prometheus (`metrics`) and `/api/…` JSON, all gathered per request by `data` (the
 //! catalog opened read-only, stores by `Store::open_read`). Does network I/O.
 //!
-//! **Why tiny_http, not axum:** the server answers a handful of GETs from one operator's
+//! **Why no web framework:** the server answers a handful of GETs from one operator's
 //! browser and one Prometheus every 15 s or so; every answer is a few SQLite reads and
-//! string formatting on the sync core. tiny_http is a synchronous server with four small
-//! dependencies and no runtime, so it adds ~100 KiB to the binary and nothing to the
-//! idle footprint, where axum brings tokio's runtime, hyper and tower for concurrency
-//! this server has no use for. TLS is left to a reverse proxy.
+//! string formatting on the sync core. `http` is its own small HTTP/1.x transport on
+//! std's TCP (a thread per connection for the I/O, at most 32 at once, with timeouts;
+//! the answers made one at a time), where axum would bring tokio's runtime, hyper and
+//! tower for concurrency this server has no use for. `http` says why not tiny_http.
+//! TLS is left to a reverse proxy.
 //!
 //! **Access:** bound to a loopback address by default. Any other address needs a token
 //! (a file, or `SNAPRING_SERVE_TOKEN`), and `serve` refuses to start without one; with a
@@ -21,6 +22,7 @@
 
 pub mod data;
 pub mod html;
+pub mod http;
 pub mod metrics;
 pub mod svg;
 pub mod text;
@@ -28,8 +30,7 @@ pub mod textfile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use chrono::Utc;
 
@@ -84,7 +85,7 @@ pub fn check_access(listen: &SocketAddr, token: Option<&str>) -> Result<(), Serv
 
 /// A bound server: `addr` is where it listens (the port chosen when 0 was asked for).
 pub struct Server {
-    http: tiny_http::Server,
+    listener: http::Listener,
     pub addr: SocketAddr,
     opts: ServeOptions,
     state: std::cell::RefCell<State>,
@@ -125,13 +126,13 @@ impl State {
 /// Checks the access rule and binds.
 pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
     check_access(&opts.listen, opts.token.as_deref())?;
-    let http = tiny_http::Server::http(opts.listen).map_err(|e| ServeError::Bind {
+    let listener = http::bind(opts.listen).map_err(|e| ServeError::Bind {
         addr: opts.listen,
         msg: e.to_string(),
     })?;
-    let addr = http.server_addr().to_ip().unwrap_or(opts.listen);
+    let addr = listener.addr;
     Ok(Server {
-        http,
+        listener,
         addr,
         opts,
         state: Default::default(),
@@ -141,65 +142,39 @@ pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
 impl Server {
     /// Answers requests, one at a time, until `stop` is set.
     pub fn run(&self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            match self.http.recv_timeout(Duration::from_millis(200)) {
-                Ok(Some(req)) => self.answer(req),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("serve: receiving a request: {e}"),
+        http::serve(&self.listener, stop, |req| {
+            let reply = self.reply(req);
+            let mut headers = vec![("Content-Type", reply.content_type)];
+            headers.extend(SECURITY_HEADERS.iter().chain(&reply.extra).copied());
+            http::Response {
+                status: reply.status,
+                headers,
+                body: reply.body,
             }
-        }
+        });
     }
 
-    fn answer(&self, req: tiny_http::Request) {
-        let reply = self.reply(&req);
-        let mut resp = tiny_http::Response::from_data(reply.body)
-            .with_status_code(reply.status)
-            .with_header(header("Content-Type", reply.content_type));
-        for (k, v) in SECURITY_HEADERS.iter().chain(&reply.extra) {
-            resp.add_header(header(k, v));
-        }
-        if let Err(e) = req.respond(resp) {
-            tracing::debug!("serve: answering: {e}");
-        }
-    }
-}
-
-impl Server {
     /// The answer to `req`: the access rules first, then the route.
-    fn reply(&self, req: &tiny_http::Request) -> Reply {
+    fn reply(&self, req: &http::Request) -> Reply {
         let token = self.opts.token.as_deref();
-        if token.is_none() && !host_ok(header_of(req, "Host")) {
+        if token.is_none() && !host_ok(req.header("Host")) {
             return Reply::text(
                 403,
                 "without a token, only localhost or an IP address as Host\n",
             );
         }
-        if !authorized(token, header_of(req, "Authorization")) {
+        if !authorized(token, req.header("Authorization")) {
             return Reply::text(401, "a token is needed: send Authorization: Bearer TOKEN\n")
                 .header("WWW-Authenticate", "Bearer realm=\"snapring\"");
         }
-        if !matches!(
-            req.method(),
-            tiny_http::Method::Get | tiny_http::Method::Head
-        ) {
+        if !matches!(req.method.as_str(), "GET" | "HEAD") {
             return Reply::text(405, "read-only: GET and HEAD only\n").header("Allow", "GET, HEAD");
         }
-        let om =
-            header_of(req, "Accept").is_some_and(|a| a.contains("application/openmetrics-text"));
-        route(&self.opts, &mut self.state.borrow_mut(), req.url(), om)
+        let om = req
+            .header("Accept")
+            .is_some_and(|a| a.contains("application/openmetrics-text"));
+        route(&self.opts, &mut self.state.borrow_mut(), &req.target, om)
     }
-}
-
-/// The value of the first header `name` of `req`.
-fn header_of<'a>(req: &'a tiny_http::Request, name: &'static str) -> Option<&'a str> {
-    req.headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
-}
-
-fn header(k: &str, v: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
 }
 
 /// Whether a request with this `Authorization` value may pass.
