@@ -679,7 +679,36 @@ fn with_a_token_every_request_needs_it() {
             &["Authorization: Bearer correct-horse-battery-staple"],
         );
         assert_eq!(ok.status, 200, "{path}");
+        let lower = http(
+            &s.addr,
+            "GET",
+            path,
+            &["Authorization: bearer correct-horse-battery-staple"],
+        );
+        assert_eq!(lower.status, 200, "{path}: the scheme is case-insensitive");
     }
+    drop(s);
+    // A token short enough to guess is refused, naming where it came from.
+    std::fs::write(&token, "abc\n").unwrap();
+    let out = Command::new(bin())
+        .args([
+            "--catalog",
+            "off",
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--config",
+        ])
+        .arg(&f.cfg)
+        .args(["--token-file", tf])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the token file {tf}: the token has 3 characters")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -36,6 +36,10 @@ pub fn bind(
     token_file: Option<&Path>,
 ) -> anyhow::Result<serve::Server> {
     let cfg = config::load(path)?;
+    let token_from = match token_file {
+        Some(f) => format!("the token file {}", f.display()),
+        None => "SNAPRING_SERVE_TOKEN".to_string(),
+    };
     let token = match token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -51,7 +55,10 @@ pub fn bind(
         listen,
         token,
     };
-    Ok(serve::bind(opts)?)
+    serve::bind(opts).map_err(|e| match e {
+        serve::ServeError::ShortToken(_) => anyhow::anyhow!("{token_from}: {e}"),
+        e => e.into(),
+    })
 }
 
 /// The daemon's server, when its config has a `[server]` table: bound now (so a bad

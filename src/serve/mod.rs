@@ -59,8 +59,10 @@ pub enum ServeError {
         "refusing to listen on {0} without a token: any address but loopback needs one (--token-file FILE or SNAPRING_SERVE_TOKEN), which clients send as `Authorization: Bearer TOKEN`"
     )]
     NoToken(SocketAddr),
-    #[error("the token is empty; put at least 16 characters in it")]
-    EmptyToken,
+    #[error(
+        "the token has {0} characters: a token needs at least {MIN_TOKEN}, or it can be guessed (head -c 24 /dev/urandom | base64)"
+    )]
+    ShortToken(usize),
     #[error("cannot listen on {addr}: {msg}")]
     Bind { addr: SocketAddr, msg: String },
 }
@@ -74,10 +76,14 @@ pub struct ServeOptions {
     pub token: Option<String>,
 }
 
-/// Checks the access rule: a non-loopback address needs a token; a token is not empty.
+/// The shortest token taken (after trimming white space).
+pub const MIN_TOKEN: usize = 16;
+
+/// Checks the access rule: a non-loopback address needs a token; a token has at least
+/// `MIN_TOKEN` characters.
 pub fn check_access(listen: &SocketAddr, token: Option<&str>) -> Result<(), ServeError> {
-    match token {
-        Some(t) if t.trim().is_empty() => Err(ServeError::EmptyToken),
+    match token.map(|t| t.trim().chars().count()) {
+        Some(n) if n < MIN_TOKEN => Err(ServeError::ShortToken(n)),
         None if !listen.ip().is_loopback() => Err(ServeError::NoToken(*listen)),
         _ => Ok(()),
     }
@@ -182,7 +188,11 @@ fn authorized(token: Option<&str>, auth: Option<&str>) -> bool {
     let Some(want) = token else {
         return true;
     };
-    let got = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let got = auth
+        .and_then(|a| a.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map_or("", |(_, t)| t);
     blake3::hash(got.trim().as_bytes()) == blake3::hash(want.trim().as_bytes())
 }
 
@@ -329,6 +339,10 @@ mod tests {
         assert!(check_access(&a("10.1.2.3:9477"), None).is_err());
         assert!(check_access(&a("0.0.0.0:9477"), Some("s3cret-token-16ch")).is_ok());
         assert!(check_access(&a("127.0.0.1:9477"), Some(" \n")).is_err());
+        let short = check_access(&a("0.0.0.0:9477"), Some(" abc\n")).unwrap_err();
+        assert!(short.to_string().contains("has 3 characters"), "{short}");
+        assert!(check_access(&a("0.0.0.0:9477"), Some("fifteen-chars-x")).is_err());
+        assert!(check_access(&a("0.0.0.0:9477"), Some("sixteen-chars-xx")).is_ok());
     }
 
     #[test]
@@ -357,6 +371,8 @@ mod tests {
     fn the_bearer_token_must_match() {
         assert!(authorized(None, None));
         assert!(authorized(Some("abc"), Some("Bearer abc")));
+        assert!(authorized(Some("abc"), Some("bearer abc")));
+        assert!(!authorized(Some("abc"), Some("Basic abc")));
         assert!(!authorized(Some("abc"), Some("Bearer abd")));
         assert!(!authorized(Some("abc"), Some("Bearer ab")));
         assert!(!authorized(Some("abc"), Some("abc")));
