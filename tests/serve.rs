@@ -609,7 +609,15 @@ fn textfile(f: &Fixture) {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["snapring-_script_alert_1___script_.prom"]);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let hash = names[0]
+        .strip_prefix("snapring-_script_alert_1___script_-")
+        .and_then(|n| n.strip_suffix(".prom"))
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert!(
+        hash.len() == 8 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hash}"
+    );
     let p = dir.join(&names[0]);
     assert_eq!(
         std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
@@ -1045,4 +1053,56 @@ fn a_hostile_client_neither_kills_nor_stalls_serve() {
     );
     assert!(s.child.try_wait().unwrap().is_none(), "serve died");
     stop_with_sigterm(s);
+}
+
+#[test]
+fn jobs_whose_names_differ_only_in_odd_characters_get_textfiles_of_their_own() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("src/f"), b"f");
+    let p = t.path().display();
+    let cfg = t.path().join("snapring.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.\"db.main\"]\nsource = \"{p}/src\"\ndest = \"{p}/d1\"\n\n\
+             [job.db_main]\nsource = \"{p}/src\"\ndest = \"{p}/d2\"\n"
+        ),
+    )
+    .unwrap();
+    let dir = t.path().join("textfile");
+    std::fs::create_dir(&dir).unwrap();
+    for job in ["db.main", "db_main"] {
+        let out = Command::new(bin())
+            .arg("--catalog")
+            .arg(t.path().join("catalog.db"))
+            .args(["run", job, "--config"])
+            .arg(&cfg)
+            .arg("--textfile")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names.len(),
+        2,
+        "one job's figures overwrote the other's: {names:?}"
+    );
+    assert_eq!(
+        names[1], "snapring-db_main.prom",
+        "a plain name stays as it is"
+    );
+    for (name, job) in names.iter().zip(["db.main", "db_main"]) {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(
+            text.contains(&format!("job_name=\"{job}\"")),
+            "{name}: {text}"
+        );
+        promtool(&text);
+    }
 }

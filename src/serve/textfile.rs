@@ -14,16 +14,25 @@ use crate::config::JobConfig;
 use crate::report::RunReport;
 
 /// The file a run's figures go to: `snapring-<job>.prom`, the job's name with anything
-/// but `[A-Za-z0-9_-]` as `_`; a run without a job is named by its store's digest.
+/// but `[A-Za-z0-9_-]` as `_` and then, if anything was replaced, `-` and 8 hex digits
+/// of its digest (so `db.main` and `db_main` do not write over each other's file); a run
+/// without a job is named by its store's digest.
 pub fn file_name(r: &RunReport) -> String {
     let stem = match r.job.as_deref() {
-        Some(j) => j
-            .chars()
-            .map(|c| match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
-                _ => '_',
-            })
-            .collect(),
+        Some(j) => {
+            let plain: String = j
+                .chars()
+                .map(|c| match c {
+                    'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
+                    _ => '_',
+                })
+                .collect();
+            if plain == j {
+                plain
+            } else {
+                format!("{plain}-{}", &blake3::hash(j.as_bytes()).to_hex()[..8])
+            }
+        }
         None => {
             let h = blake3::hash(r.store.as_os_str().as_encoded_bytes());
             format!("store-{}", &h.to_hex()[..12])
