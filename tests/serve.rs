@@ -1106,3 +1106,35 @@ fn jobs_whose_names_differ_only_in_odd_characters_get_textfiles_of_their_own() {
         promtool(&text);
     }
 }
+
+#[test]
+fn a_store_gone_from_under_its_jobs_runs_is_an_error_not_an_empty_store() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(0.0), "{m}");
+    // Unmounted: an empty mount point where the store was.
+    let dest = f.t.path().join("dest");
+    std::fs::rename(&dest, f.t.path().join("dest.away")).unwrap();
+    std::fs::create_dir(&dest).unwrap();
+    let home = json(&s.addr, "/api/jobs/home");
+    let errors = home["errors"].to_string();
+    assert!(
+        errors.contains(&format!("the store {} has no .snapring", dest.display()))
+            && errors.contains("mounted"),
+        "{home}"
+    );
+    let page = get(&s.addr, "/").body;
+    assert!(page.contains("<p class=\"err\">the store "), "{page}");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
+    promtool(&m);
+    // Back in place: no error.
+    std::fs::remove_dir(&dest).unwrap();
+    std::fs::rename(f.t.path().join("dest.away"), &dest).unwrap();
+    assert_eq!(
+        json(&s.addr, "/api/jobs/home")["errors"],
+        serde_json::json!([])
+    );
+}

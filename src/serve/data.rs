@@ -142,6 +142,7 @@ impl Summaries {
                     p.apply(&mut v);
                     live_progress(&mut v);
                 }
+                store_missing(&mut v);
                 v
             })
             .collect()
@@ -253,7 +254,26 @@ fn view(
         from_store(&mut v, cat, now, d);
     }
     live_progress(&mut v);
+    store_missing(&mut v);
     v
+}
+
+/// An error when the catalog says runs of the job made snapshots but its store has no
+/// `.snapring`: an unmounted file system (an empty mount point) or a removed store,
+/// which would otherwise show as a job with no snapshots and no error.
+fn store_missing(v: &mut JobView) {
+    let made_snapshots = v.recent.iter().any(|r| r.snapshot.is_some());
+    if made_snapshots
+        && v.snapshots.is_empty()
+        && !v.store.as_os_str().is_empty()
+        && !v.store.join(".snapring").exists()
+    {
+        v.errors.push(format!(
+            "the store {} has no .snapring, though runs of this job made snapshots there: \
+             is its file system mounted? (its free space is then that of another one)",
+            v.store.display()
+        ));
+    }
 }
 
 /// The progress file of the job's store, when the newest run is running and the file
