@@ -856,6 +856,18 @@ fn the_daemon_serves_when_its_config_has_a_server_table() {
     let b = get(&s.addr, "/").body;
     assert_eq!(b.matches("<tr class=\"job\">").count(), 2, "{b}");
     assert!(get(&s.addr, "/metrics").body.contains("snapring_snapshots"));
+    // One request declaring a 4 EiB body aborted the whole daemon under tiny_http.
+    let mut huge = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        huge,
+        "POST / HTTP/1.1\r\nHost: {}\r\nContent-Length: 4611686018427387904\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let mut answer = String::new();
+    huge.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+    answers_at_once(&s.addr, "a POST declaring a 4 EiB body, in the daemon");
     stop_with_sigterm(s);
 }
 
