@@ -1150,3 +1150,37 @@ fn a_store_gone_from_under_its_jobs_runs_is_an_error_not_an_empty_store() {
         serde_json::json!([])
     );
 }
+
+#[test]
+fn a_locked_catalog_never_shows_counters_at_zero() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let runs = |m: &str| home_series(m, "snapring_runs_started_total");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(
+        (runs(&m), home_series(&m, "snapring_job_errors")),
+        (Some(1.0), Some(0.0))
+    );
+    // A writer holds the catalog (a long transaction, a migration): serve's reads time
+    // out. Counters at 0 would be a reset to Prometheus (increase() then counts every
+    // run again once the lock goes); they are left out instead, and the error shows.
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute_batch(
+        "BEGIN EXCLUSIVE; INSERT INTO events (at, job, kind, message) \
+         VALUES ('2026-01-01T00:00:00Z', 'home', 'test', 'lock');",
+    )
+    .unwrap();
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(runs(&m), None, "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
+    promtool(&m);
+    // Rolled back: the counters are back, with no error.
+    db.execute_batch("ROLLBACK").unwrap();
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(
+        (runs(&m), home_series(&m, "snapring_job_errors")),
+        (Some(1.0), Some(0.0)),
+        "{m}"
+    );
+}

@@ -93,6 +93,11 @@ pub struct JobView {
     pub progress: Option<RunProgress>,
     /// Why the store or the catalog could not be read, if so.
     pub errors: Vec<String>,
+    /// Whether `counts` were read from the catalog: `/metrics` leaves a job's counters
+    /// out otherwise (a catalog locked or unreadable for a moment, a backup without a
+    /// job) rather than show 0, which Prometheus takes for a reset of each counter.
+    #[serde(skip)]
+    pub counted: bool,
 }
 
 /// The store of a job: `dest`, or `dest/folder`; `None` without a `dest`.
@@ -160,6 +165,7 @@ struct Part {
 
 impl Part {
     fn apply(&self, v: &mut JobView) {
+        v.counted = self.error.is_none();
         v.recent = self.recent.clone();
         v.counts = self.counts.clone();
         v.success_rate = self.counts.success_rate();
@@ -240,6 +246,7 @@ fn view(
         space: None,
         progress: None,
         errors,
+        counted: false,
     };
     if let Some(c) = cat
         && !name.is_empty()

@@ -192,7 +192,7 @@ pub fn render(jobs: &[JobView]) -> String {
     for (name, help, value) in COUNTERS {
         let fam = CounterFam::default();
         reg.register(*name, *help, fam.clone());
-        for j in jobs {
+        for j in jobs.iter().filter(|j| j.counted) {
             fam.get_or_create(&labels(j)).inc_by(value(j));
         }
     }
