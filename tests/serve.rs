@@ -644,6 +644,9 @@ fn errors(addr: &str) {
     // DNS rebinding: without a token, a Host that is a name but localhost is refused.
     let rebound = http(addr, "GET", "/", &["Host: evil.example"]);
     assert_eq!(rebound.status, 403);
+    for host in ["Host: [::1]evil.example", "Host: localhost:evil.example"] {
+        assert_eq!(http(addr, "GET", "/", &[host]).status, 403, "{host}");
+    }
     check_headers("Host: evil.example", &rebound);
     let port = addr.rsplit(':').next().unwrap();
     let local = format!("Host: localhost:{port}");

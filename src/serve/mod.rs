@@ -203,11 +203,29 @@ fn host_ok(host: Option<&str>) -> bool {
     let Some(h) = host else {
         return true;
     };
-    let name = match h.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => h.rsplit_once(':').map_or(h, |(n, _)| n),
+    // `name`, `name:port`, `[v6]` or `[v6]:port`, the port all digits: nothing else is
+    // a Host a browser sends, so nothing else is taken.
+    let (name, port) = match h.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((a, rest)) => match rest {
+                "" => (a, None),
+                _ => (a, Some(rest.strip_prefix(':').unwrap_or("x"))),
+            },
+            None => return false,
+        },
+        None => match h.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (h, None),
+        },
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let v6 = h.starts_with('[');
+    port_ok
+        && match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_ipv6() == v6,
+            Err(_) => !v6 && name.eq_ignore_ascii_case("localhost"),
+        }
 }
 
 /// An answer before it goes out.
@@ -362,6 +380,14 @@ mod tests {
             Some("evil.example"),
             Some("localhost.evil.example"),
             Some(""),
+            Some("[::1]evil.example"),
+            Some("[::1]:x.evil.example"),
+            Some("localhost:9477@evil.example"),
+            Some("localhost:evil.example"),
+            Some("127.0.0.1:80:evil"),
+            Some("[localhost]"),
+            Some("::1"),
+            Some("[127.0.0.1]"),
         ] {
             assert!(!host_ok(bad), "{bad:?}");
         }
