@@ -1187,3 +1187,45 @@ fn a_locked_catalog_never_shows_counters_at_zero() {
         "{m}"
     );
 }
+
+#[test]
+fn a_catalog_that_is_not_there_is_said_at_start_and_on_the_overview() {
+    let f = fixture();
+    let elsewhere = f.t.path().join("not-the-daemons/catalog.db");
+    let mut child = Command::new(bin())
+        .arg("--catalog")
+        .arg(&elsewhere)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&f.cfg)
+        .env_remove("SNAPRING_SERVE_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("snapring serve: listening on http://")
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut warning = String::new();
+        let _ = std::io::BufReader::new(err).read_line(&mut warning);
+        let _ = tx.send(warning);
+    });
+    let s = Serve { child, addr };
+    let warning = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap_or_default();
+    let said = format!("no catalog at {}: no runs are shown", elsewhere.display());
+    assert!(warning.contains(&said), "{warning}");
+    let page = get(&s.addr, "/").body;
+    assert!(page.contains(&format!("<p class=\"err\">{said}")), "{page}");
+    assert!(page.contains("give it with --catalog"), "{page}");
+}

@@ -19,6 +19,9 @@ use super::print::{errln, outln};
 pub fn serve(a: ServeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let server = bind(&a.config, cat, a.listen, a.token_file.as_deref())?;
     outln!("snapring serve: listening on http://{}/", server.addr);
+    if let Some(p) = server.catalog().filter(|p| !p.exists()) {
+        errln!("snapring serve: warning: {}", serve::no_catalog(p));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(s, stop.clone()).context("install signal handlers")?;

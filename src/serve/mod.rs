@@ -146,6 +146,11 @@ pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
 }
 
 impl Server {
+    /// The catalog it reads; `None` when turned off.
+    pub fn catalog(&self) -> Option<&std::path::Path> {
+        self.opts.catalog.as_deref()
+    }
+
     /// Answers requests, one at a time, until `stop` is set.
     pub fn run(&self, stop: &AtomicBool) {
         http::serve(&self.listener, stop, |req| {
@@ -272,7 +277,13 @@ fn route(o: &ServeOptions, st: &mut State, url: &str, openmetrics: bool) -> Repl
     let now = Utc::now();
     let seg = |p: &str| path.strip_prefix(p).and_then(text::url_decode);
     match path {
-        "/" => Reply::html(html::overview(&summaries.jobs(&o.config, cat, now))),
+        "/" => {
+            let notes: Vec<String> = match (&o.catalog, cat) {
+                (Some(p), None) => vec![no_catalog(p)],
+                _ => vec![],
+            };
+            Reply::html(html::overview(&summaries.jobs(&o.config, cat, now), &notes))
+        }
         "/style.css" => Reply::new(200, "text/css; charset=utf-8", html::CSS),
         "/favicon.ico" => Reply::new(204, "text/plain", ""),
         "/metrics" => {
@@ -300,6 +311,18 @@ fn route(o: &ServeOptions, st: &mut State, url: &str, openmetrics: bool) -> Repl
         }
         _ => not_found(),
     }
+}
+
+/// What the overview (and `serve` at start) says when the catalog does not exist: no
+/// run can show, and a catalog elsewhere is the likely cause (the default path of an
+/// interactive shell is not a service's).
+pub fn no_catalog(path: &std::path::Path) -> String {
+    format!(
+        "no catalog at {}: no runs are shown until a run writes it; if runs were made, \
+         their catalog is elsewhere (a service's default is /var/lib/snapring/catalog.db): \
+         give it with --catalog",
+        path.display()
+    )
 }
 
 fn not_found() -> Reply {
