@@ -1229,3 +1229,59 @@ fn a_catalog_that_is_not_there_is_said_at_start_and_on_the_overview() {
     assert!(page.contains(&format!("<p class=\"err\">{said}")), "{page}");
     assert!(page.contains("give it with --catalog"), "{page}");
 }
+
+#[test]
+fn names_with_quotes_backslashes_and_newlines_stay_valid_metrics_json_and_links() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("src/f"), b"f");
+    let p = t.path().display();
+    let job = "q\"uo\\te\nnl <b>&amp;";
+    let cfg = t.path().join("snapring.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.\"q\\\"uo\\\\te\\nnl <b>&amp;\"]\nsource = \"{p}/src\"\n\
+             dest = \"{p}/d\\\"st\\\\x\\ny\"\n"
+        ),
+    )
+    .unwrap();
+    let catalog = t.path().join("catalog.db");
+    let out = Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["run", job, "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let f = Fixture { t, cfg, catalog };
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    promtool(&m);
+    assert!(
+        m.contains("snapring_snapshots{job_name=\"q\\\"uo\\\\te\\nnl <b>&amp;\",store=\""),
+        "{m}"
+    );
+    let om = http(
+        &s.addr,
+        "GET",
+        "/metrics",
+        &["Accept: application/openmetrics-text; version=1.0.0"],
+    );
+    assert!(om.body.contains("job_name=\"q\\\"uo\\\\te\\nnl <b>&amp;\""));
+    let jobs = json(&s.addr, "/api/jobs");
+    assert_eq!(jobs[0]["name"], job);
+    assert!(jobs[0]["store"].as_str().unwrap().ends_with("/d\"st\\x\ny"));
+    let page = get(&s.addr, "/").body;
+    let link = format!("href=\"/job/{}\"", seg(job));
+    assert!(page.contains(&link) && !page.contains("<b>&amp;"), "{page}");
+    let one = get(&s.addr, &format!("/job/{}", seg(job))).body;
+    assert!(
+        one.contains("q&quot;uo\\te\nnl &lt;b&gt;&amp;amp;"),
+        "{one}"
+    );
+    assert_eq!(
+        json(&s.addr, &format!("/api/jobs/{}", seg(job)))["name"],
+        job
+    );
+}
