@@ -284,11 +284,15 @@ fn encode(r: &Response, head_only: bool) -> Vec<u8> {
         503 => "Service Unavailable",
         _ => "Internal Server Error",
     };
+    // No Content-Length on a 204 (RFC 9110 §8.6).
+    let length = match r.status {
+        204 => String::new(),
+        _ => format!("Content-Length: {}\r\n", r.body.len()),
+    };
     let mut out = format!(
-        "HTTP/1.1 {} {reason}\r\nDate: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+        "HTTP/1.1 {} {reason}\r\nDate: {}\r\n{length}Connection: close\r\n",
         r.status,
         chrono::Utc::now().format("%a, %d %b %Y %H:%M:%S GMT"),
-        r.body.len()
     )
     .into_bytes();
     for (k, v) in &r.headers {
@@ -341,5 +345,13 @@ mod tests {
         let head = String::from_utf8(encode(&r, true)).unwrap();
         assert!(full.starts_with("HTTP/1.1 200 OK\r\n") && full.ends_with("\r\n\r\nhello"));
         assert!(head.contains("Content-Length: 5\r\n") && head.ends_with("\r\n\r\n"));
+        let empty = Response {
+            status: 204,
+            headers: vec![],
+            body: vec![],
+        };
+        let none = String::from_utf8(encode(&empty, false)).unwrap();
+        assert!(none.starts_with("HTTP/1.1 204 No Content\r\n"), "{none}");
+        assert!(!none.contains("Content-Length"), "{none}");
     }
 }
