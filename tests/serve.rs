@@ -2,7 +2,8 @@
 //! by real runs (complete, partial, incomplete, failed) of a config whose notifiers
 //! hold secrets; every page and endpoint, the escaping of a hostile job name, the
 //! security headers, `promtool check metrics` on `/metrics`, that serving writes
-//! nothing to the catalog, and the token rules.
+//! nothing to the catalog, the token rules, and hostile clients (a huge declared body,
+//! clients that never read, a flood of idle connections, a huge head).
 
 mod common;
 use common::*;
@@ -608,7 +609,15 @@ fn textfile(f: &Fixture) {
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
         .collect();
-    assert_eq!(names, ["snapring-_script_alert_1___script_.prom"]);
+    assert_eq!(names.len(), 1, "{names:?}");
+    let hash = names[0]
+        .strip_prefix("snapring-_script_alert_1___script_-")
+        .and_then(|n| n.strip_suffix(".prom"))
+        .unwrap_or_else(|| panic!("{names:?}"));
+    assert!(
+        hash.len() == 8 && hash.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{hash}"
+    );
     let p = dir.join(&names[0]);
     assert_eq!(
         std::fs::metadata(&p).unwrap().permissions().mode() & 0o777,
@@ -635,6 +644,9 @@ fn errors(addr: &str) {
     // DNS rebinding: without a token, a Host that is a name but localhost is refused.
     let rebound = http(addr, "GET", "/", &["Host: evil.example"]);
     assert_eq!(rebound.status, 403);
+    for host in ["Host: [::1]evil.example", "Host: localhost:evil.example"] {
+        assert_eq!(http(addr, "GET", "/", &[host]).status, 403, "{host}");
+    }
     check_headers("Host: evil.example", &rebound);
     let port = addr.rsplit(':').next().unwrap();
     let local = format!("Host: localhost:{port}");
@@ -678,7 +690,36 @@ fn with_a_token_every_request_needs_it() {
             &["Authorization: Bearer correct-horse-battery-staple"],
         );
         assert_eq!(ok.status, 200, "{path}");
+        let lower = http(
+            &s.addr,
+            "GET",
+            path,
+            &["Authorization: bearer correct-horse-battery-staple"],
+        );
+        assert_eq!(lower.status, 200, "{path}: the scheme is case-insensitive");
     }
+    drop(s);
+    // A token short enough to guess is refused, naming where it came from.
+    std::fs::write(&token, "abc\n").unwrap();
+    let out = Command::new(bin())
+        .args([
+            "--catalog",
+            "off",
+            "serve",
+            "--listen",
+            "0.0.0.0:0",
+            "--config",
+        ])
+        .arg(&f.cfg)
+        .args(["--token-file", tf])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("the token file {tf}: the token has 3 characters")),
+        "{err}"
+    );
 }
 
 #[test]
@@ -818,6 +859,18 @@ fn the_daemon_serves_when_its_config_has_a_server_table() {
     let b = get(&s.addr, "/").body;
     assert_eq!(b.matches("<tr class=\"job\">").count(), 2, "{b}");
     assert!(get(&s.addr, "/metrics").body.contains("snapring_snapshots"));
+    // One request declaring a 4 EiB body aborted the whole daemon under tiny_http.
+    let mut huge = TcpStream::connect(&s.addr).unwrap();
+    write!(
+        huge,
+        "POST / HTTP/1.1\r\nHost: {}\r\nContent-Length: 4611686018427387904\r\n\r\n",
+        s.addr
+    )
+    .unwrap();
+    let mut answer = String::new();
+    huge.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 405 "), "{answer}");
+    answers_at_once(&s.addr, "a POST declaring a 4 EiB body, in the daemon");
     stop_with_sigterm(s);
 }
 
@@ -901,4 +954,334 @@ fn a_running_backup_shows_its_progress_against_the_previous_snapshot() {
     assert!(json(&s.addr, "/api/jobs/home")["progress"].is_null());
     let m = get(&s.addr, "/metrics").body;
     assert_eq!(home_series(&m, "snapring_run_progress_files"), None, "{m}");
+}
+
+/// The threads of process `pid`.
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("Threads:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// GET / answers 200 within 5 s.
+fn answers_at_once(addr: &str, after: &str) {
+    let t0 = std::time::Instant::now();
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    write!(s, "GET / HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut got = Vec::new();
+    let read = s.read_to_end(&mut got);
+    assert!(
+        read.is_ok() && got.starts_with(b"HTTP/1.1 200 "),
+        "after {after}: no answer to GET / in {:?}: {read:?} {}",
+        t0.elapsed(),
+        String::from_utf8_lossy(&got)
+    );
+}
+
+#[test]
+fn a_hostile_client_neither_kills_nor_stalls_serve() {
+    let f = fixture();
+    let mut s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let addr = s.addr.clone();
+    let pid = s.child.id();
+    assert!(threads(pid) <= 4, "{} threads at rest", threads(pid));
+    // Sends nothing at all: the server closes it after its timeout.
+    let mut silent = TcpStream::connect(&addr).unwrap();
+    let silent_since = std::time::Instant::now();
+
+    // A body declared 2^62 bytes long, never sent: tiny_http drained it on a buffer of
+    // that size when the request was dropped, and the allocation aborted the process.
+    let mut huge = TcpStream::connect(&addr).unwrap();
+    write!(
+        huge,
+        "POST / HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 4611686018427387904\r\n\r\n"
+    )
+    .unwrap();
+    huge.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut head = [0u8; 12];
+    huge.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 405");
+    answers_at_once(&addr, "a POST declaring a 4 EiB body");
+    assert!(s.child.try_wait().unwrap().is_none(), "serve died");
+
+    // Clients that ask and ask (pipelined) and never read: 16 MiB of answers queued
+    // stalled every page while tiny_http wrote them on the answering thread.
+    let size = http(&addr, "GET", "/api/jobs", &[]).body.len() + 600;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let c = TcpStream::connect(&addr).unwrap();
+        let w = c.try_clone().unwrap();
+        let reqs =
+            format!("GET /api/jobs HTTP/1.1\r\nHost: {addr}\r\n\r\n").repeat((16 << 20) / size);
+        std::thread::spawn(move || {
+            let mut w = w;
+            let _ = w.write_all(reqs.as_bytes());
+        });
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        stalled.push(c);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    answers_at_once(&addr, "two clients that never read");
+
+    // A flood of idle connections: a bounded number of threads, the rest refused at
+    // once (tiny_http kept a thread per connection for ever).
+    let idle: Vec<TcpStream> = (0..200)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let n = threads(pid);
+    assert!(n <= 40, "{n} threads for 200 idle connections");
+    let mut refused = TcpStream::connect(&addr).unwrap();
+    refused
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let mut answer = String::new();
+    refused.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    drop(idle);
+    drop(stalled);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    answers_at_once(&addr, "the idle connections closed");
+
+    // A head larger than 16 KiB: 431, and the server goes on.
+    let big = format!("X-Big: {}", "a".repeat(64 * 1024));
+    assert_eq!(http(&addr, "GET", "/", &[big.as_str()]).status, 431);
+    answers_at_once(&addr, "a 64 KiB header");
+
+    silent
+        .set_read_timeout(Some(std::time::Duration::from_secs(20)))
+        .unwrap();
+    let mut rest = Vec::new();
+    assert_eq!(
+        silent.read_to_end(&mut rest).unwrap(),
+        0,
+        "closed without a word"
+    );
+    let waited = silent_since.elapsed().as_secs_f64();
+    assert!(
+        (9.0..15.0).contains(&waited),
+        "the silent one was closed after {waited} s"
+    );
+    assert!(s.child.try_wait().unwrap().is_none(), "serve died");
+    stop_with_sigterm(s);
+}
+
+#[test]
+fn jobs_whose_names_differ_only_in_odd_characters_get_textfiles_of_their_own() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("src/f"), b"f");
+    let p = t.path().display();
+    let cfg = t.path().join("snapring.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.\"db.main\"]\nsource = \"{p}/src\"\ndest = \"{p}/d1\"\n\n\
+             [job.db_main]\nsource = \"{p}/src\"\ndest = \"{p}/d2\"\n"
+        ),
+    )
+    .unwrap();
+    let dir = t.path().join("textfile");
+    std::fs::create_dir(&dir).unwrap();
+    for job in ["db.main", "db_main"] {
+        let out = Command::new(bin())
+            .arg("--catalog")
+            .arg(t.path().join("catalog.db"))
+            .args(["run", job, "--config"])
+            .arg(&cfg)
+            .arg("--textfile")
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names.len(),
+        2,
+        "one job's figures overwrote the other's: {names:?}"
+    );
+    assert_eq!(
+        names[1], "snapring-db_main.prom",
+        "a plain name stays as it is"
+    );
+    for (name, job) in names.iter().zip(["db.main", "db_main"]) {
+        let text = std::fs::read_to_string(dir.join(name)).unwrap();
+        assert!(
+            text.contains(&format!("job_name=\"{job}\"")),
+            "{name}: {text}"
+        );
+        promtool(&text);
+    }
+}
+
+#[test]
+fn a_store_gone_from_under_its_jobs_runs_is_an_error_not_an_empty_store() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(0.0), "{m}");
+    // Unmounted: an empty mount point where the store was.
+    let dest = f.t.path().join("dest");
+    std::fs::rename(&dest, f.t.path().join("dest.away")).unwrap();
+    std::fs::create_dir(&dest).unwrap();
+    let home = json(&s.addr, "/api/jobs/home");
+    let errors = home["errors"].to_string();
+    assert!(
+        errors.contains(&format!("the store {} has no .snapring", dest.display()))
+            && errors.contains("mounted"),
+        "{home}"
+    );
+    let page = get(&s.addr, "/").body;
+    assert!(page.contains("<p class=\"err\">the store "), "{page}");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
+    promtool(&m);
+    // Back in place: no error.
+    std::fs::remove_dir(&dest).unwrap();
+    std::fs::rename(f.t.path().join("dest.away"), &dest).unwrap();
+    assert_eq!(
+        json(&s.addr, "/api/jobs/home")["errors"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_locked_catalog_never_shows_counters_at_zero() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let runs = |m: &str| home_series(m, "snapring_runs_started_total");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(
+        (runs(&m), home_series(&m, "snapring_job_errors")),
+        (Some(1.0), Some(0.0))
+    );
+    // A writer holds the catalog (a long transaction, a migration): serve's reads time
+    // out. Counters at 0 would be a reset to Prometheus (increase() then counts every
+    // run again once the lock goes); they are left out instead, and the error shows.
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute_batch(
+        "BEGIN EXCLUSIVE; INSERT INTO events (at, job, kind, message) \
+         VALUES ('2026-01-01T00:00:00Z', 'home', 'test', 'lock');",
+    )
+    .unwrap();
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(runs(&m), None, "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
+    promtool(&m);
+    // Rolled back: the counters are back, with no error.
+    db.execute_batch("ROLLBACK").unwrap();
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(
+        (runs(&m), home_series(&m, "snapring_job_errors")),
+        (Some(1.0), Some(0.0)),
+        "{m}"
+    );
+}
+
+#[test]
+fn a_catalog_that_is_not_there_is_said_at_start_and_on_the_overview() {
+    let f = fixture();
+    let elsewhere = f.t.path().join("not-the-daemons/catalog.db");
+    let mut child = Command::new(bin())
+        .arg("--catalog")
+        .arg(&elsewhere)
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&f.cfg)
+        .env_remove("SNAPRING_SERVE_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("snapring serve: listening on http://")
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        let mut warning = String::new();
+        let _ = std::io::BufReader::new(err).read_line(&mut warning);
+        let _ = tx.send(warning);
+    });
+    let s = Serve { child, addr };
+    let warning = rx
+        .recv_timeout(std::time::Duration::from_secs(5))
+        .unwrap_or_default();
+    let said = format!("no catalog at {}: no runs are shown", elsewhere.display());
+    assert!(warning.contains(&said), "{warning}");
+    let page = get(&s.addr, "/").body;
+    assert!(page.contains(&format!("<p class=\"err\">{said}")), "{page}");
+    assert!(page.contains("give it with --catalog"), "{page}");
+}
+
+#[test]
+fn names_with_quotes_backslashes_and_newlines_stay_valid_metrics_json_and_links() {
+    let t = tempfile::tempdir().unwrap();
+    write(&t.path().join("src/f"), b"f");
+    let p = t.path().display();
+    let job = "q\"uo\\te\nnl <b>&amp;";
+    let cfg = t.path().join("snapring.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.\"q\\\"uo\\\\te\\nnl <b>&amp;\"]\nsource = \"{p}/src\"\n\
+             dest = \"{p}/d\\\"st\\\\x\\ny\"\n"
+        ),
+    )
+    .unwrap();
+    let catalog = t.path().join("catalog.db");
+    let out = Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["run", job, "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let f = Fixture { t, cfg, catalog };
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    promtool(&m);
+    assert!(
+        m.contains("snapring_snapshots{job_name=\"q\\\"uo\\\\te\\nnl <b>&amp;\",store=\""),
+        "{m}"
+    );
+    let om = http(
+        &s.addr,
+        "GET",
+        "/metrics",
+        &["Accept: application/openmetrics-text; version=1.0.0"],
+    );
+    assert!(om.body.contains("job_name=\"q\\\"uo\\\\te\\nnl <b>&amp;\""));
+    let jobs = json(&s.addr, "/api/jobs");
+    assert_eq!(jobs[0]["name"], job);
+    assert!(jobs[0]["store"].as_str().unwrap().ends_with("/d\"st\\x\ny"));
+    let page = get(&s.addr, "/").body;
+    let link = format!("href=\"/job/{}\"", seg(job));
+    assert!(page.contains(&link) && !page.contains("<b>&amp;"), "{page}");
+    let one = get(&s.addr, &format!("/job/{}", seg(job))).body;
+    assert!(
+        one.contains("q&quot;uo\\te\nnl &lt;b&gt;&amp;amp;"),
+        "{one}"
+    );
+    assert_eq!(
+        json(&s.addr, &format!("/api/jobs/{}", seg(job)))["name"],
+        job
+    );
 }

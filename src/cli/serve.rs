@@ -19,6 +19,9 @@ use super::print::{errln, outln};
 pub fn serve(a: ServeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let server = bind(&a.config, cat, a.listen, a.token_file.as_deref())?;
     outln!("snapring serve: listening on http://{}/", server.addr);
+    if let Some(p) = server.catalog().filter(|p| !p.exists()) {
+        errln!("snapring serve: warning: {}", serve::no_catalog(p));
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(s, stop.clone()).context("install signal handlers")?;
@@ -36,6 +39,10 @@ pub fn bind(
     token_file: Option<&Path>,
 ) -> anyhow::Result<serve::Server> {
     let cfg = config::load(path)?;
+    let token_from = match token_file {
+        Some(f) => format!("the token file {}", f.display()),
+        None => "SNAPRING_SERVE_TOKEN".to_string(),
+    };
     let token = match token_file {
         Some(f) => Some(
             std::fs::read_to_string(f)
@@ -51,7 +58,10 @@ pub fn bind(
         listen,
         token,
     };
-    Ok(serve::bind(opts)?)
+    serve::bind(opts).map_err(|e| match e {
+        serve::ServeError::ShortToken(_) => anyhow::anyhow!("{token_from}: {e}"),
+        e => e.into(),
+    })
 }
 
 /// The daemon's server, when its config has a `[server]` table: bound now (so a bad

@@ -93,6 +93,11 @@ pub struct JobView {
     pub progress: Option<RunProgress>,
     /// Why the store or the catalog could not be read, if so.
     pub errors: Vec<String>,
+    /// Whether `counts` were read from the catalog: `/metrics` leaves a job's counters
+    /// out otherwise (a catalog locked or unreadable for a moment, a backup without a
+    /// job) rather than show 0, which Prometheus takes for a reset of each counter.
+    #[serde(skip)]
+    pub counted: bool,
 }
 
 /// The store of a job: `dest`, or `dest/folder`; `None` without a `dest`.
@@ -142,6 +147,7 @@ impl Summaries {
                     p.apply(&mut v);
                     live_progress(&mut v);
                 }
+                store_missing(&mut v);
                 v
             })
             .collect()
@@ -159,6 +165,7 @@ struct Part {
 
 impl Part {
     fn apply(&self, v: &mut JobView) {
+        v.counted = self.error.is_none();
         v.recent = self.recent.clone();
         v.counts = self.counts.clone();
         v.success_rate = self.counts.success_rate();
@@ -239,6 +246,7 @@ fn view(
         space: None,
         progress: None,
         errors,
+        counted: false,
     };
     if let Some(c) = cat
         && !name.is_empty()
@@ -253,7 +261,26 @@ fn view(
         from_store(&mut v, cat, now, d);
     }
     live_progress(&mut v);
+    store_missing(&mut v);
     v
+}
+
+/// An error when the catalog says runs of the job made snapshots but its store has no
+/// `.snapring`: an unmounted file system (an empty mount point) or a removed store,
+/// which would otherwise show as a job with no snapshots and no error.
+fn store_missing(v: &mut JobView) {
+    let made_snapshots = v.recent.iter().any(|r| r.snapshot.is_some());
+    if made_snapshots
+        && v.snapshots.is_empty()
+        && !v.store.as_os_str().is_empty()
+        && !v.store.join(".snapring").exists()
+    {
+        v.errors.push(format!(
+            "the store {} has no .snapring, though runs of this job made snapshots there: \
+             is its file system mounted? (its free space is then that of another one)",
+            v.store.display()
+        ));
+    }
 }
 
 /// The progress file of the job's store, when the newest run is running and the file

@@ -58,8 +58,8 @@ fn opt(v: Option<String>) -> String {
     v.unwrap_or_else(|| "–".into())
 }
 
-/// The overview: one row per job.
-pub fn overview(jobs: &[JobView]) -> String {
+/// The overview: one row per job, then `notes` and each job's errors.
+pub fn overview(jobs: &[JobView], notes: &[String]) -> String {
     let mut b = String::from(
         "<table id=\"jobs\"><tr><th>job</th><th>status</th><th>last run</th><th>took</th>\
          <th>next run</th><th>newest snapshot</th><th>success</th><th>snapshots</th>\
@@ -86,7 +86,10 @@ pub fn overview(jobs: &[JobView]) -> String {
         );
     }
     b.push_str("</table>");
-    errors(&mut b, jobs.iter().flat_map(|j| &j.errors));
+    errors(
+        &mut b,
+        notes.iter().chain(jobs.iter().flat_map(|j| &j.errors)),
+    );
     page("Backup jobs", &b)
 }
 

@@ -114,6 +114,11 @@ const GAUGES: &[GaugeDef] = &[
         Some(j.space.as_ref()?.total_inodes as f64)
     }),
     (
+        "job_errors",
+        "Errors gathering the job's figures (its store, the catalog, its schedule); its page lists them",
+        |j| Some(j.errors.len() as f64),
+    ),
+    (
         "run_progress_files",
         "Files the running run has walked so far",
         |j| Some(j.progress.as_ref()?.files_done as f64),
@@ -187,7 +192,7 @@ pub fn render(jobs: &[JobView]) -> String {
     for (name, help, value) in COUNTERS {
         let fam = CounterFam::default();
         reg.register(*name, *help, fam.clone());
-        for j in jobs {
+        for j in jobs.iter().filter(|j| j.counted) {
             fam.get_or_create(&labels(j)).inc_by(value(j));
         }
     }

@@ -3,12 +3,13 @@
 //! Prometheus (`metrics`) and `/api/…` JSON, all gathered per request by `data` (the
 //! catalog opened read-only, stores by `Store::open_read`). Does network I/O.
 //!
-//! **Why tiny_http, not axum:** the server answers a handful of GETs from one operator's
+//! **Why no web framework:** the server answers a handful of GETs from one operator's
 //! browser and one Prometheus every 15 s or so; every answer is a few SQLite reads and
-//! string formatting on the sync core. tiny_http is a synchronous server with four small
-//! dependencies and no runtime, so it adds ~100 KiB to the binary and nothing to the
-//! idle footprint, where axum brings tokio's runtime, hyper and tower for concurrency
-//! this server has no use for. TLS is left to a reverse proxy.
+//! string formatting on the sync core. `http` is its own small HTTP/1.x transport on
+//! std's TCP (a thread per connection for the I/O, at most 32 at once, with timeouts;
+//! the answers made one at a time), where axum would bring tokio's runtime, hyper and
+//! tower for concurrency this server has no use for. `http` says why not tiny_http.
+//! TLS is left to a reverse proxy.
 //!
 //! **Access:** bound to a loopback address by default. Any other address needs a token
 //! (a file, or `SNAPRING_SERVE_TOKEN`), and `serve` refuses to start without one; with a
@@ -21,6 +22,7 @@
 
 pub mod data;
 pub mod html;
+pub mod http;
 pub mod metrics;
 pub mod svg;
 pub mod text;
@@ -28,8 +30,7 @@ pub mod textfile;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicBool;
 
 use chrono::Utc;
 
@@ -58,8 +59,10 @@ pub enum ServeError {
         "refusing to listen on {0} without a token: any address but loopback needs one (--token-file FILE or SNAPRING_SERVE_TOKEN), which clients send as `Authorization: Bearer TOKEN`"
     )]
     NoToken(SocketAddr),
-    #[error("the token is empty; put at least 16 characters in it")]
-    EmptyToken,
+    #[error(
+        "the token has {0} characters: a token needs at least {MIN_TOKEN}, or it can be guessed (head -c 24 /dev/urandom | base64)"
+    )]
+    ShortToken(usize),
     #[error("cannot listen on {addr}: {msg}")]
     Bind { addr: SocketAddr, msg: String },
 }
@@ -73,10 +76,14 @@ pub struct ServeOptions {
     pub token: Option<String>,
 }
 
-/// Checks the access rule: a non-loopback address needs a token; a token is not empty.
+/// The shortest token taken (after trimming white space).
+pub const MIN_TOKEN: usize = 16;
+
+/// Checks the access rule: a non-loopback address needs a token; a token has at least
+/// `MIN_TOKEN` characters.
 pub fn check_access(listen: &SocketAddr, token: Option<&str>) -> Result<(), ServeError> {
-    match token {
-        Some(t) if t.trim().is_empty() => Err(ServeError::EmptyToken),
+    match token.map(|t| t.trim().chars().count()) {
+        Some(n) if n < MIN_TOKEN => Err(ServeError::ShortToken(n)),
         None if !listen.ip().is_loopback() => Err(ServeError::NoToken(*listen)),
         _ => Ok(()),
     }
@@ -84,7 +91,7 @@ pub fn check_access(listen: &SocketAddr, token: Option<&str>) -> Result<(), Serv
 
 /// A bound server: `addr` is where it listens (the port chosen when 0 was asked for).
 pub struct Server {
-    http: tiny_http::Server,
+    listener: http::Listener,
     pub addr: SocketAddr,
     opts: ServeOptions,
     state: std::cell::RefCell<State>,
@@ -125,13 +132,13 @@ impl State {
 /// Checks the access rule and binds.
 pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
     check_access(&opts.listen, opts.token.as_deref())?;
-    let http = tiny_http::Server::http(opts.listen).map_err(|e| ServeError::Bind {
+    let listener = http::bind(opts.listen).map_err(|e| ServeError::Bind {
         addr: opts.listen,
         msg: e.to_string(),
     })?;
-    let addr = http.server_addr().to_ip().unwrap_or(opts.listen);
+    let addr = listener.addr;
     Ok(Server {
-        http,
+        listener,
         addr,
         opts,
         state: Default::default(),
@@ -139,67 +146,46 @@ pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
 }
 
 impl Server {
+    /// The catalog it reads; `None` when turned off.
+    pub fn catalog(&self) -> Option<&std::path::Path> {
+        self.opts.catalog.as_deref()
+    }
+
     /// Answers requests, one at a time, until `stop` is set.
     pub fn run(&self, stop: &AtomicBool) {
-        while !stop.load(Ordering::Relaxed) {
-            match self.http.recv_timeout(Duration::from_millis(200)) {
-                Ok(Some(req)) => self.answer(req),
-                Ok(None) => {}
-                Err(e) => tracing::warn!("serve: receiving a request: {e}"),
+        http::serve(&self.listener, stop, |req| {
+            let reply = self.reply(req);
+            let mut headers = vec![("Content-Type", reply.content_type)];
+            headers.extend(SECURITY_HEADERS.iter().chain(&reply.extra).copied());
+            http::Response {
+                status: reply.status,
+                headers,
+                body: reply.body,
             }
-        }
+        });
     }
 
-    fn answer(&self, req: tiny_http::Request) {
-        let reply = self.reply(&req);
-        let mut resp = tiny_http::Response::from_data(reply.body)
-            .with_status_code(reply.status)
-            .with_header(header("Content-Type", reply.content_type));
-        for (k, v) in SECURITY_HEADERS.iter().chain(&reply.extra) {
-            resp.add_header(header(k, v));
-        }
-        if let Err(e) = req.respond(resp) {
-            tracing::debug!("serve: answering: {e}");
-        }
-    }
-}
-
-impl Server {
     /// The answer to `req`: the access rules first, then the route.
-    fn reply(&self, req: &tiny_http::Request) -> Reply {
+    fn reply(&self, req: &http::Request) -> Reply {
         let token = self.opts.token.as_deref();
-        if token.is_none() && !host_ok(header_of(req, "Host")) {
+        if token.is_none() && !host_ok(req.header("Host")) {
             return Reply::text(
                 403,
                 "without a token, only localhost or an IP address as Host\n",
             );
         }
-        if !authorized(token, header_of(req, "Authorization")) {
+        if !authorized(token, req.header("Authorization")) {
             return Reply::text(401, "a token is needed: send Authorization: Bearer TOKEN\n")
                 .header("WWW-Authenticate", "Bearer realm=\"snapring\"");
         }
-        if !matches!(
-            req.method(),
-            tiny_http::Method::Get | tiny_http::Method::Head
-        ) {
+        if !matches!(req.method.as_str(), "GET" | "HEAD") {
             return Reply::text(405, "read-only: GET and HEAD only\n").header("Allow", "GET, HEAD");
         }
-        let om =
-            header_of(req, "Accept").is_some_and(|a| a.contains("application/openmetrics-text"));
-        route(&self.opts, &mut self.state.borrow_mut(), req.url(), om)
+        let om = req
+            .header("Accept")
+            .is_some_and(|a| a.contains("application/openmetrics-text"));
+        route(&self.opts, &mut self.state.borrow_mut(), &req.target, om)
     }
-}
-
-/// The value of the first header `name` of `req`.
-fn header_of<'a>(req: &'a tiny_http::Request, name: &'static str) -> Option<&'a str> {
-    req.headers()
-        .iter()
-        .find(|h| h.field.equiv(name))
-        .map(|h| h.value.as_str())
-}
-
-fn header(k: &str, v: &str) -> tiny_http::Header {
-    tiny_http::Header::from_bytes(k.as_bytes(), v.as_bytes()).expect("valid header")
 }
 
 /// Whether a request with this `Authorization` value may pass.
@@ -207,7 +193,11 @@ fn authorized(token: Option<&str>, auth: Option<&str>) -> bool {
     let Some(want) = token else {
         return true;
     };
-    let got = auth.and_then(|a| a.strip_prefix("Bearer ")).unwrap_or("");
+    // The scheme's name is case-insensitive (RFC 9110 §11.1).
+    let got = auth
+        .and_then(|a| a.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map_or("", |(_, t)| t);
     blake3::hash(got.trim().as_bytes()) == blake3::hash(want.trim().as_bytes())
 }
 
@@ -218,11 +208,29 @@ fn host_ok(host: Option<&str>) -> bool {
     let Some(h) = host else {
         return true;
     };
-    let name = match h.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(""),
-        None => h.rsplit_once(':').map_or(h, |(n, _)| n),
+    // `name`, `name:port`, `[v6]` or `[v6]:port`, the port all digits: nothing else is
+    // a Host a browser sends, so nothing else is taken.
+    let (name, port) = match h.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((a, rest)) => match rest {
+                "" => (a, None),
+                _ => (a, Some(rest.strip_prefix(':').unwrap_or("x"))),
+            },
+            None => return false,
+        },
+        None => match h.split_once(':') {
+            Some((n, p)) => (n, Some(p)),
+            None => (h, None),
+        },
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+    let port_ok =
+        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
+    let v6 = h.starts_with('[');
+    port_ok
+        && match name.parse::<std::net::IpAddr>() {
+            Ok(ip) => ip.is_ipv6() == v6,
+            Err(_) => !v6 && name.eq_ignore_ascii_case("localhost"),
+        }
 }
 
 /// An answer before it goes out.
@@ -269,7 +277,13 @@ fn route(o: &ServeOptions, st: &mut State, url: &str, openmetrics: bool) -> Repl
     let now = Utc::now();
     let seg = |p: &str| path.strip_prefix(p).and_then(text::url_decode);
     match path {
-        "/" => Reply::html(html::overview(&summaries.jobs(&o.config, cat, now))),
+        "/" => {
+            let notes: Vec<String> = match (&o.catalog, cat) {
+                (Some(p), None) => vec![no_catalog(p)],
+                _ => vec![],
+            };
+            Reply::html(html::overview(&summaries.jobs(&o.config, cat, now), &notes))
+        }
         "/style.css" => Reply::new(200, "text/css; charset=utf-8", html::CSS),
         "/favicon.ico" => Reply::new(204, "text/plain", ""),
         "/metrics" => {
@@ -297,6 +311,18 @@ fn route(o: &ServeOptions, st: &mut State, url: &str, openmetrics: bool) -> Repl
         }
         _ => not_found(),
     }
+}
+
+/// What the overview (and `serve` at start) says when the catalog does not exist: no
+/// run can show, and a catalog elsewhere is the likely cause (the default path of an
+/// interactive shell is not a service's).
+pub fn no_catalog(path: &std::path::Path) -> String {
+    format!(
+        "no catalog at {}: no runs are shown until a run writes it; if runs were made, \
+         their catalog is elsewhere (a service's default is /var/lib/snapring/catalog.db): \
+         give it with --catalog",
+        path.display()
+    )
 }
 
 fn not_found() -> Reply {
@@ -354,6 +380,10 @@ mod tests {
         assert!(check_access(&a("10.1.2.3:9477"), None).is_err());
         assert!(check_access(&a("0.0.0.0:9477"), Some("s3cret-token-16ch")).is_ok());
         assert!(check_access(&a("127.0.0.1:9477"), Some(" \n")).is_err());
+        let short = check_access(&a("0.0.0.0:9477"), Some(" abc\n")).unwrap_err();
+        assert!(short.to_string().contains("has 3 characters"), "{short}");
+        assert!(check_access(&a("0.0.0.0:9477"), Some("fifteen-chars-x")).is_err());
+        assert!(check_access(&a("0.0.0.0:9477"), Some("sixteen-chars-xx")).is_ok());
     }
 
     #[test]
@@ -373,6 +403,14 @@ mod tests {
             Some("evil.example"),
             Some("localhost.evil.example"),
             Some(""),
+            Some("[::1]evil.example"),
+            Some("[::1]:x.evil.example"),
+            Some("localhost:9477@evil.example"),
+            Some("localhost:evil.example"),
+            Some("127.0.0.1:80:evil"),
+            Some("[localhost]"),
+            Some("::1"),
+            Some("[127.0.0.1]"),
         ] {
             assert!(!host_ok(bad), "{bad:?}");
         }
@@ -382,6 +420,8 @@ mod tests {
     fn the_bearer_token_must_match() {
         assert!(authorized(None, None));
         assert!(authorized(Some("abc"), Some("Bearer abc")));
+        assert!(authorized(Some("abc"), Some("bearer abc")));
+        assert!(!authorized(Some("abc"), Some("Basic abc")));
         assert!(!authorized(Some("abc"), Some("Bearer abd")));
         assert!(!authorized(Some("abc"), Some("Bearer ab")));
         assert!(!authorized(Some("abc"), Some("abc")));

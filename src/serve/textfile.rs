@@ -14,16 +14,25 @@ use crate::config::JobConfig;
 use crate::report::RunReport;
 
 /// The file a run's figures go to: `snapring-<job>.prom`, the job's name with anything
-/// but `[A-Za-z0-9_-]` as `_`; a run without a job is named by its store's digest.
+/// but `[A-Za-z0-9_-]` as `_` and then, if anything was replaced, `-` and 8 hex digits
+/// of its digest (so `db.main` and `db_main` do not write over each other's file); a run
+/// without a job is named by its store's digest.
 pub fn file_name(r: &RunReport) -> String {
     let stem = match r.job.as_deref() {
-        Some(j) => j
-            .chars()
-            .map(|c| match c {
-                'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
-                _ => '_',
-            })
-            .collect(),
+        Some(j) => {
+            let plain: String = j
+                .chars()
+                .map(|c| match c {
+                    'a'..='z' | 'A'..='Z' | '0'..='9' | '_' | '-' => c,
+                    _ => '_',
+                })
+                .collect();
+            if plain == j {
+                plain
+            } else {
+                format!("{plain}-{}", &blake3::hash(j.as_bytes()).to_hex()[..8])
+            }
+        }
         None => {
             let h = blake3::hash(r.store.as_os_str().as_encoded_bytes());
             format!("store-{}", &h.to_hex()[..12])
@@ -52,12 +61,16 @@ pub fn write(
     Ok(path)
 }
 
+/// Writes `bytes` to `path` through a temp file beside it. The temp file is made anew
+/// (`O_EXCL`, after removing whatever has its name): the directory may be writable by
+/// the collector's user, who must not get a symlink there followed, as root, to
+/// truncate another file.
 fn write_atomic_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let _ = std::fs::remove_file(&tmp);
     let done = std::fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(0o644)
         .open(&tmp)
         .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
@@ -67,4 +80,23 @@ fn write_atomic_public(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         return Err(e);
     }
     std::fs::File::open(path.parent().unwrap_or(Path::new(".")))?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_symlink_planted_at_the_temp_name_is_not_followed() {
+        let d = tempfile::tempdir().unwrap();
+        let victim = d.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let path = d.path().join("snapring-home.prom");
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        write_atomic_public(&path, b"metrics\n").unwrap();
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        assert_eq!(std::fs::read(&path).unwrap(), b"metrics\n");
+        assert!(!tmp.exists() && std::fs::symlink_metadata(&tmp).is_err());
+    }
 }
