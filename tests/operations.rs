@@ -456,7 +456,7 @@ fn hook_commands_that_hang_or_do_not_exist_fail_the_run_and_flags_split_like_a_s
     assert_eq!(rep["post_command"]["command"][1], e.s(&done));
     assert!(done.is_file());
     let (code, _, err) = e.backup(&["--pre-command", "echo 'unbalanced"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64, "a bad flag is a usage error");
     assert!(
         err.contains("--pre-command") && err.contains("unbalanced quotes"),
         "{err}"
