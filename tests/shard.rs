@@ -2425,11 +2425,21 @@ fn a_dead_worker_on_another_host_is_taken_over_only_after_its_lease() {
     let at = |v: serde_json::Value| {
         chrono::DateTime::parse_from_rfc3339(v["at"].as_str().unwrap()).unwrap()
     };
-    let waited = at(holder(2)) - at(holder(1));
+    // The lease runs from the claim file's mtime (its last renewal), as the taker reads
+    // it: measured from the `at` written inside, a file time from the kernel's coarse
+    // clock (up to a tick behind) made it look 2 ms short. `at` is kept to the
+    // millisecond, so the taker's reading of its clock was up to 1 ms after it.
+    let renewed: chrono::DateTime<chrono::Utc> = std::fs::metadata(dir.join(format!("{unit}.g1")))
+        .unwrap()
+        .modified()
+        .unwrap()
+        .into();
+    let waited = at(holder(2)).to_utc() + chrono::TimeDelta::milliseconds(1) - renewed;
     assert!(
         waited >= chrono::TimeDelta::seconds(3),
-        "taken over after {waited:?}, within the 3 s lease"
+        "taken over {waited:?} after the dead worker's last renewal, within the 3 s lease"
     );
+    assert!(at(holder(2)) - at(holder(1)) >= chrono::TimeDelta::milliseconds(2900));
     assert_ne!(holder(2)["host"], "other-host");
     check_snapshot(&e, "a run whose worker died on another host");
 }
