@@ -2,7 +2,8 @@
 //! `cmd_preexec`/`cmd_postexec`): a program and its arguments run without a shell, in a
 //! process group of its own, with a timeout (the whole group is killed when it passes),
 //! given environment variables and optionally bytes on stdin. Every line it prints goes
-//! into the run's log (through tracing) as it comes. Does process I/O.
+//! into the run's log (through tracing) as it comes, up to 4 KiB a line and 1 MiB a
+//! stream. Also runs a `command` notifier. Does process I/O.
 
 use std::io::{BufRead, Read, Write};
 use std::process::{Child, Command, Stdio};
@@ -17,6 +18,12 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How many of its last output lines a failed command's error quotes.
 const TAIL_LINES: usize = 5;
+
+/// The longest line of a command's output kept (longer ones are cut).
+const MAX_LINE: usize = 4096;
+
+/// How much of each of a command's output streams goes into the log.
+const MAX_LOGGED: usize = 1 << 20;
 
 /// A command to run: the program, its arguments, its timeout.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -163,7 +170,10 @@ fn wait(
     }
 }
 
-/// Logs every line of `stream` as it comes and keeps the last few in `tail`.
+/// Logs every line of `stream` as it comes and keeps the last few in `tail`. A line
+/// is cut at [`MAX_LINE`] bytes and a stream's output is logged up to [`MAX_LOGGED`]
+/// bytes (the rest is read and dropped), so a command that prints gigabytes, with or
+/// without newlines, neither fills the memory nor the run's log.
 fn read_lines(
     name: &str,
     stream: impl Read + Send + 'static,
@@ -173,17 +183,49 @@ fn read_lines(
     let (name, tail, open) = (name.to_string(), tail.clone(), open.clone());
     open.fetch_add(1, Ordering::Relaxed);
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stream)
-            .split(b'\n')
-            .map_while(Result::ok)
-        {
-            let line = String::from_utf8_lossy(&line).trim_end().to_string();
-            tracing::info!("{name}: {line}");
+        let mut r = std::io::BufReader::new(stream);
+        let (mut line, mut cut, mut logged) = (Vec::new(), false, 0usize);
+        let mut emit = |line: &mut Vec<u8>, cut: &mut bool| {
+            let mut l = String::from_utf8_lossy(line).trim_end().to_string();
+            if std::mem::take(cut) {
+                l.push_str(" [line cut]");
+            }
+            line.clear();
+            if logged < MAX_LOGGED {
+                logged += l.len() + 1;
+                tracing::info!("{name}: {l}");
+                if logged >= MAX_LOGGED {
+                    tracing::warn!(
+                        "{name}: more than {MAX_LOGGED} bytes of output: the rest is not logged"
+                    );
+                }
+            }
             let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
             if t.len() == TAIL_LINES {
                 t.remove(0);
             }
-            t.push(line);
+            t.push(l);
+        };
+        loop {
+            let buf = match r.fill_buf() {
+                Ok([]) | Err(_) => break,
+                Ok(b) => b,
+            };
+            let (chunk, newline) = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => (&buf[..i], true),
+                None => (buf, false),
+            };
+            let room = MAX_LINE.saturating_sub(line.len());
+            line.extend_from_slice(&chunk[..chunk.len().min(room)]);
+            cut |= chunk.len() > room;
+            let used = chunk.len() + usize::from(newline);
+            r.consume(used);
+            if newline {
+                emit(&mut line, &mut cut);
+            }
+        }
+        if !line.is_empty() || cut {
+            emit(&mut line, &mut cut);
         }
         open.fetch_sub(1, Ordering::Relaxed);
     });

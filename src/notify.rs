@@ -5,7 +5,6 @@
 //! recorded, and never changes the run's outcome. Secrets come from the environment or
 //! files, and no URL or password is ever logged. Does network and process I/O.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -69,6 +68,11 @@ impl NotifierConfig {
                         "a webhook needs exactly one of url, url_env, url_file".into(),
                     ));
                 }
+                if let Some(u) = &self.url
+                    && let Err(e) = web_url(u)
+                {
+                    p.push((Some("url"), e));
+                }
                 if !matches!(self.format.as_deref(), None | Some("json") | Some("slack")) {
                     p.push((
                         Some("format"),
@@ -78,7 +82,7 @@ impl NotifierConfig {
             }
             "email" => p.extend(self.email_problems()),
             "command" => {
-                if self.command.is_empty() {
+                if self.command.first().is_none_or(|p| p.is_empty()) {
                     p.push((
                         Some("command"),
                         "a command notifier needs command = [\"program\", \"arg\", ...]".into(),
@@ -90,10 +94,15 @@ impl NotifierConfig {
                 format!("unknown type {k:?}: use webhook, email or command"),
             )),
         }
-        if let Some(t) = &self.timeout
-            && let Err(e) = crate::util::parse_duration(t)
-        {
-            p.push((Some("timeout"), format!("timeout: {e}")));
+        if let Some(t) = &self.timeout {
+            match crate::util::parse_duration(t) {
+                Err(e) => p.push((Some("timeout"), format!("timeout: {e}"))),
+                Ok(d) if d < Duration::from_secs(1) => p.push((
+                    Some("timeout"),
+                    format!("timeout {t:?}: give a duration of at least 1s (30s, 2m)"),
+                )),
+                Ok(_) => {}
+            }
         }
         p
     }
@@ -105,6 +114,16 @@ impl NotifierConfig {
         }
         if self.from.is_none() || self.to.is_empty() {
             p.push((None, "an email notifier needs from and to".into()));
+        }
+        if let Some(f) = &self.from
+            && let Err(e) = f.parse::<lettre::message::Mailbox>()
+        {
+            p.push((Some("from"), format!("from {f:?}: {e}")));
+        }
+        for t in &self.to {
+            if let Err(e) = t.parse::<lettre::message::Mailbox>() {
+                p.push((Some("to"), format!("to {t:?}: {e}")));
+            }
         }
         if !matches!(
             self.tls.as_deref(),
@@ -303,7 +322,7 @@ pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Ou
             let mut n = 0;
             for i in 0..attempts {
                 n = i + 1;
-                match send_one(c, r) {
+                match send_one(name, c, r) {
                     Ok(()) => {
                         last = None;
                         break;
@@ -352,6 +371,19 @@ fn secret(
     Ok(None)
 }
 
+/// Whether `url` is one a webhook can POST to: `http://` or `https://` with a host
+/// (the error shows it redacted, as logs do).
+fn web_url(url: &str) -> Result<(), String> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
+        Ok(_) => Err(format!(
+            "url {}: give an http:// or https:// URL",
+            redact_url(url)
+        )),
+        Err(e) => Err(format!("url: not a URL ({e}): give https://HOST/PATH")),
+    }
+}
+
 /// `scheme://host[:port]/…`: a URL without its path, query or credentials, for logs.
 pub fn redact_url(url: &str) -> String {
     match reqwest::Url::parse(url) {
@@ -365,11 +397,11 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn send_one(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
+fn send_one(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     match c.kind.as_str() {
         "webhook" => webhook(c, r),
         "email" => email(c, r),
-        "command" => command(c, r),
+        "command" => command(name, c, r),
         k => Err(format!("unknown notifier type {k:?}")),
     }
 }
@@ -382,7 +414,14 @@ fn webhook(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     let shown = redact_url(&url);
     let (subject, text) = (&r.subject, &r.text);
     let body = if c.format.as_deref() == Some("slack") {
-        serde_json::json!({ "text": format!("*{subject}*\n{text}") })
+        // Slack reads `<!channel>`, `<@U123>` and `<URL|label>` in a message's text: a
+        // file or job name must not mention anyone or make a link (Slack's escaping).
+        let slack = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+        };
+        serde_json::json!({ "text": format!("*{}*\n{}", slack(subject), slack(text)) })
     } else {
         serde_json::json!({
             "text": format!("{subject}\n{text}"),
@@ -393,8 +432,12 @@ fn webhook(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
             "report": r.report,
         })
     };
+    // No redirect is followed: it would send the report, and as the Referer the URL
+    // with its token, to wherever the receiver points.
     let client = reqwest::blocking::Client::builder()
         .timeout(c.timeout())
+        .redirect(reqwest::redirect::Policy::none())
+        .referer(false)
         .build()
         .map_err(|e| format!("webhook {shown}: {}", e.without_url()))?;
     let resp = client
@@ -404,6 +447,16 @@ fn webhook(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
         .map_err(|e| format!("webhook {shown}: {}", e.without_url()))?;
     if resp.status().is_success() {
         Ok(())
+    } else if resp.status().is_redirection() {
+        Err(format!(
+            "webhook {shown}: HTTP {} to {}: redirects are not followed, give the URL it points to",
+            resp.status(),
+            resp.headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .map(redact_url)
+                .unwrap_or_else(|| "nowhere".into())
+        ))
     } else {
         Err(format!("webhook {shown}: HTTP {}", resp.status()))
     }
@@ -426,7 +479,11 @@ fn email(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     for t in &c.to {
         b = b.to(t.parse().map_err(|e| format!("to {t:?}: {e}"))?);
     }
-    let msg = b.body(text).map_err(|e| format!("email: {e}"))?;
+    // A MIME text/plain part in UTF-8: file names and paths are not ASCII, and a
+    // quoted-printable or base64 body means nothing without MIME-Version.
+    let msg = b
+        .singlepart(lettre::message::SinglePart::plain(text))
+        .map_err(|e| format!("email: {e}"))?;
     let tls = c.tls.as_deref().unwrap_or("starttls");
     let mut t = match tls {
         "tls" => SmtpTransport::relay(host).map_err(|e| format!("smtp {host}: {e}"))?,
@@ -440,51 +497,47 @@ fn email(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
         let pass = secret(&c.password_env, &c.password_file, "smtp password")?.unwrap_or_default();
         t = t.credentials(Credentials::new(user.clone(), pass));
     }
-    t.timeout(Some(c.timeout()))
-        .build()
-        .send(&msg)
-        .map(|_| ())
-        .map_err(|e| format!("smtp {host}: {e}"))
+    let transport = t.timeout(Some(c.timeout())).build();
+    // lettre's timeout bounds each read and write, not the whole exchange: a server
+    // that trickles its replies would hold the run for ever. The attempt is given up
+    // when its timeout passes (its thread is left to the socket's own timeouts).
+    let (tx, rx) = std::sync::mpsc::channel();
+    let host = host.to_string();
+    std::thread::spawn(move || {
+        let _ = tx.send(transport.send(&msg).map(|_| ()));
+    });
+    match rx.recv_timeout(c.timeout()) {
+        Ok(r) => r.map_err(|e| format!("smtp {host}: {e}")),
+        Err(_) => Err(format!(
+            "smtp {host}: no answer within {}s",
+            c.timeout().as_secs()
+        )),
+    }
 }
 
-fn command(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
-    use std::process::{Command, Stdio};
-    let (prog, args) = c.command.split_first().ok_or("empty command")?;
-    let mut child = Command::new(prog)
-        .args(args)
-        .env("SNAPRING_JOB", r.job.as_deref().unwrap_or(""))
-        .env("SNAPRING_STATUS", r.status.as_str())
-        .env("SNAPRING_RUN_ID", &r.id)
-        .env("SNAPRING_LOG", &r.log)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("command {prog}: {e}"))?;
+/// Runs the command as a hook runs (`hooks::run`): in a process group of its own,
+/// killed with everything it started when `timeout` passes, its stdin fed and its
+/// output read (into the log, bounded) while it runs, so that neither a command that
+/// does not read the report nor one that prints a lot or leaves a process holding its
+/// output behind can hold the run.
+fn command(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), String> {
+    let prog = c.command.first().ok_or("empty command")?;
+    let hook = crate::hooks::Hook {
+        argv: c.command.clone(),
+        timeout: c.timeout(),
+    };
+    let env = [
+        ("SNAPRING_JOB", r.job.clone().unwrap_or_default()),
+        ("SNAPRING_STATUS", r.status.as_str().to_string()),
+        ("SNAPRING_RUN_ID", r.id.clone()),
+        ("SNAPRING_LOG", r.log.to_string_lossy().into_owned()),
+    ];
     let json = serde_json::to_vec_pretty(&r.report).expect("report serializes");
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(&json);
-    }
-    let deadline = std::time::Instant::now() + c.timeout();
-    loop {
-        match child.try_wait() {
-            Ok(Some(st)) if st.success() => return Ok(()),
-            Ok(Some(st)) => {
-                let mut err = String::new();
-                if let Some(mut e) = child.stderr.take() {
-                    use std::io::Read;
-                    let _ = e.read_to_string(&mut err);
-                }
-                return Err(format!("command {prog} exited with {st}: {}", err.trim()));
-            }
-            Ok(None) if std::time::Instant::now() > deadline => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("command {prog} timed out"));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("command {prog}: {e}")),
-        }
+    let cancel = std::sync::atomic::AtomicBool::new(false);
+    let out = crate::hooks::run(&format!("notifier {name}"), &hook, &env, &json, &cancel);
+    match out.error {
+        None => Ok(()),
+        Some(e) => Err(format!("command {prog}: {e}")),
     }
 }
 

@@ -178,3 +178,49 @@ fn a_corrected_config_checks_clean_and_runs() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(root.join("bk2/daily.0/f").exists());
 }
+
+/// Notifiers that could never deliver passed the check: a webhook `url` without a
+/// scheme, a `to` that is no address, a `timeout` of 0s (every attempt failing at
+/// once). Each was found only when a run failed and its notification failed with it.
+/// They are problems at their key now, as `hook_timeout = "0s"` is.
+#[test]
+fn notifiers_that_could_never_deliver_are_problems_at_their_key() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    let cfg = r#"[job.home]
+source = "src"
+dest = "bk"
+notify = ["hook", "mail", "cmd"]
+
+[notify.hook]
+type = "webhook"
+url = "hooks.example.com/T0KEN-SECRET"
+timeout = "0s"
+
+[notify.mail]
+type = "email"
+smtp_host = "smtp.example.com"
+from = "snapring"
+to = ["ops@example.com", "ops at example.com"]
+
+[notify.cmd]
+type = "command"
+command = ["", "--page"]
+"#;
+    std::fs::write(root.join("c.toml"), cfg).unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[
+            &("8:1", "notify.hook.url", "not a URL"),
+            &("9:1", "notify.hook.timeout", "at least 1s"),
+            &("14:1", "notify.mail.from", "from \"snapring\""),
+            &("15:1", "notify.mail.to", "to \"ops at example.com\""),
+            &("19:1", "notify.cmd.command", "needs command"),
+        ],
+    );
+    assert!(!out.contains("T0KEN-SECRET"), "{out}");
+}
