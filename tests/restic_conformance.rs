@@ -706,6 +706,52 @@ fn a_backup_whose_lock_was_removed_writes_no_snapshot() {
     assert_eq!(count("snapshots"), 1);
 }
 
+/// SIGTERM after the walk's last read, while the last packs are written (here: just
+/// before the snapshot file): the run still stops `incomplete` (exit 3) with no
+/// snapshot, its packs indexed, and the next run completes without storing them again.
+#[test]
+fn sigterm_after_the_last_read_still_stops_before_the_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), &pseudo_random(1 << 20, 8));
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args([
+            "backup",
+            "--json",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+        ])
+        .arg(file_url(&repo))
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.backup.before_snapshot=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(3), "{r}");
+    assert_eq!(r["status"], "incomplete", "{r}");
+    let count = |d: &str| std::fs::read_dir(repo.join(d)).unwrap().count();
+    assert_eq!(count("snapshots"), 0, "a stopped run wrote a snapshot");
+    assert_eq!(count("locks"), 0, "the lock was left behind");
+    let next = sr_backup(&src, &repo);
+    assert_eq!(next["status"], "complete", "{next}");
+    assert_eq!(next["repository"]["data_blobs_added"], 0, "{next}");
+}
+
 #[test]
 fn restore_of_a_subdirectory_and_of_one_file() {
     let t = tempfile::tempdir().unwrap();

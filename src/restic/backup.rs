@@ -211,15 +211,22 @@ pub fn snapshot_locked(
     crate::traverse::walk(&run, root_sub, spec.jobs.max(1), &stop);
     let walked = run.outcome().and_then(|t| run.wrap(&comps, t));
     let mut report = run.into_report();
+    // Stopped (SIGINT, SIGTERM, the window) at any point before the snapshot file,
+    // even after the last read, while the last packs were written: `incomplete`, the
+    // packs indexed for the next run, no snapshot. (A stop that came after the walk's
+    // last check used to publish, or not, by how the reads and uploads interleaved.)
+    let stopped = |mut report: BackupReport, lock: super::lock::Guard| {
+        report.count_uploads(0, 0);
+        report.status = "incomplete".into();
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        lock.release()?;
+        Ok(report)
+    };
     let root = match walked {
-        Ok(root) => root,
-        Err(Error::Cancelled) => {
+        Ok(root) if !spec.cancel.load(Ordering::Relaxed) => root,
+        Ok(_) | Err(Error::Cancelled) => {
             report.added = packer.finish(repo)?;
-            report.count_uploads(0, 0);
-            report.status = "incomplete".into();
-            report.duration_seconds = started.elapsed().as_secs_f64();
-            lock.release()?;
-            return Ok(report);
+            return stopped(report, lock);
         }
         Err(e) => {
             let _ = packer.index_written(repo);
@@ -247,6 +254,9 @@ pub fn snapshot_locked(
     // run fails and the next one stores again what is missing (its packs are indexed).
     crate::failpoint::hit("restic.backup.before_snapshot")
         .map_err(|e| Error::Other(format!("snapshot file in {}: {e}", repo.backend.location())))?;
+    if spec.cancel.load(Ordering::Relaxed) {
+        return stopped(report, lock);
+    }
     lock.check()?;
     let (id, snap_len) = repo.save_json_len(super::backend::Kind::Snapshot, &snap)?;
     report.count_uploads(1, snap_len);
