@@ -1813,11 +1813,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
 /// snapshot root, and escaped as snapring prints paths (`relpath::escape`), so a name
 /// copied from `diff`, `verify` or a report is found: `%XX` is the byte XX (`new%0Aline`,
 /// `my%20file`), a real `%` is written `%25`; every other byte is itself (a space or
-/// UTF-8 may be typed as it is).
-pub fn parse_path(p: &Path) -> std::result::Result<RelPath, String> {
+/// UTF-8 may be typed as it is). `what` names the argument in errors (`--path`, or
+/// `history`'s `PATH`).
+pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> {
     let bytes = crate::relpath::unescape_bytes(p.as_os_str().as_bytes()).map_err(|e| {
         format!(
-            "--path {}: {e}; paths are given escaped, as snapring prints them: a name's % is written %25",
+            "{what} {}: {e}; paths are given escaped, as snapring prints them: a name's % is written %25",
             p.display()
         )
     })?;
@@ -1825,7 +1826,7 @@ pub fn parse_path(p: &Path) -> std::result::Result<RelPath, String> {
         let start = bytes.iter().position(|b| *b != b'/').unwrap_or(bytes.len());
         let inside = String::from_utf8_lossy(&bytes[start..]);
         return Err(format!(
-            "--path {} is absolute; give it relative to the snapshot root (for example {})",
+            "{what} {} is absolute; give it relative to the snapshot root (for example {})",
             p.display(),
             if inside.is_empty() {
                 "users/alice"
@@ -1844,5 +1845,5 @@ pub fn parse_path(p: &Path) -> std::result::Result<RelPath, String> {
     if trimmed == b"." {
         trimmed.clear();
     }
-    RelPath::new(&trimmed).map_err(|e| format!("--path {}: {e}", p.display()))
+    RelPath::new(&trimmed).map_err(|e| format!("{what} {}: {e}", p.display()))
 }

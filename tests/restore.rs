@@ -1132,4 +1132,9 @@ fn escaped_names_as_printed_are_accepted_back_by_history_and_restore() {
     let (code, _, err, _) = history("d/100%");
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("\"d/100%\"") && err.contains("%25"), "{err}");
+    // `history` takes its path as an argument: the error names no `--path` flag.
+    assert!(
+        err.contains("PATH d/100%") && !err.contains("--path"),
+        "{err}"
+    );
 }

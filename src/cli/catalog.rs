@@ -88,9 +88,15 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
                 .path
                 .as_deref()
                 .expect("a catalog that failed to open has a path");
+            let cause = match e.downcast_ref::<snapring::catalog::CatalogError>() {
+                Some(snapring::catalog::CatalogError::Damaged { what, detail, .. }) => {
+                    format!("{what}: {detail}")
+                }
+                _ => format!("{e:#}"),
+            };
             let aside = set_aside(path)?;
             print::errln!(
-                "snapring: the catalog {} was damaged ({e:#}); moved it to {} and started a new one",
+                "snapring: the catalog {} was damaged ({cause}); moved it to {} and started a new one",
                 path.display(),
                 aside.display()
             );
@@ -101,8 +107,9 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let key = std::fs::canonicalize(&store.root)?;
     let n = c.rebuild(&key, &key.to_string_lossy())?;
     outln!(
-        "catalog {}: {n} runs of {} recorded from its run records",
+        "catalog {}: {n} run{} of {} recorded from its run records",
         c.path.display(),
+        if n == 1 { "" } else { "s" },
         key.display()
     );
     Ok(ExitCode::Complete)

@@ -125,7 +125,7 @@ pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
             "history of a path needs --dest STORE (the store holding the snapshots)"
         ));
     };
-    let rel = snapring::restore::parse_path(path).map_err(|e| usage!("{e}"))?;
+    let rel = snapring::restore::parse_path(path, "PATH").map_err(|e| usage!("{e}"))?;
     if rel.is_root() {
         return Err(usage!(
             "history needs a path inside the snapshot (for example users/alice/.profile)"

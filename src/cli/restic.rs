@@ -534,7 +534,7 @@ pub fn restore(
     };
     let path = match &a.path {
         Some(p) => {
-            let rel = snapring::restore::parse_path(p).map_err(|e| usage!("{e}"))?;
+            let rel = snapring::restore::parse_path(p, "--path").map_err(|e| usage!("{e}"))?;
             (!rel.is_root()).then_some(rel)
         }
         None => None,
@@ -914,7 +914,7 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
 /// flags filter catalog runs and do not apply, as with a store).
 pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
     let dest = a.dest.as_deref().context("--dest is required")?;
-    let rel = snapring::restore::parse_path(path).map_err(|e| usage!("{e}"))?;
+    let rel = snapring::restore::parse_path(path, "PATH").map_err(|e| usage!("{e}"))?;
     if rel.is_root() {
         return Err(usage!(
             "history needs a path inside the snapshot (for example users/alice/.profile)"

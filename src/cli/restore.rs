@@ -92,7 +92,7 @@ fn options(a: RestoreArgs, job_store: Option<PathBuf>) -> anyhow::Result<Restore
     };
     let path = match &a.path {
         Some(p) => {
-            let rel = snapring::restore::parse_path(p).map_err(|e| usage!("{e}"))?;
+            let rel = snapring::restore::parse_path(p, "--path").map_err(|e| usage!("{e}"))?;
             (!rel.is_root()).then_some(rel)
         }
         None => None,

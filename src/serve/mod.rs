@@ -56,7 +56,7 @@ const SECURITY_HEADERS: &[(&str, &str)] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(
-        "refusing to listen on {0} without a token: any address but loopback needs one (--token-file FILE or SNAPRING_SERVE_TOKEN), which clients send as `Authorization: Bearer TOKEN`"
+        "refusing to listen on {0} without a token: any address but loopback needs one (serve --token-file FILE, token_file in the config's [server], or SNAPRING_SERVE_TOKEN), which clients send as `Authorization: Bearer TOKEN`"
     )]
     NoToken(SocketAddr),
     #[error(
