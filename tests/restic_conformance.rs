@@ -52,6 +52,28 @@ fn sr_backup_with(src: &Path, repo: &Path, extra: &[&str]) -> serde_json::Value 
     serde_json::from_str(&out).unwrap()
 }
 
+/// `snapring backup --json` of `src` into `repo`, paused at failpoint `point` until
+/// the test removes `pause`; returns once it is paused there.
+fn spawn_paused(src: &Path, repo: &Path, point: &str, pause: &Path) -> std::process::Child {
+    let child = Command::new(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["backup", "--json", "--source"])
+        .arg(src)
+        .arg("--dest")
+        .arg(file_url(repo))
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("{point}=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(pause);
+    child
+}
+
 /// A source of every kind of entry with names restic 0.14 writes and reads alike (it
 /// does not quote names: a name with `"`, `\`, control characters or bytes that are
 /// not UTF-8 survives only between snapring and restic 0.17 and later; see
@@ -525,26 +547,7 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
     sr_ok(&["init", "--dest", &file_url(&repo)]);
     // Paused right after its first pack is written; SIGTERM, then let it go on.
     let pause = t.path().join("paused");
-    let child = Command::new(bin())
-        .env("SNAPRING_CATALOG", "off")
-        .args([
-            "backup",
-            "--json",
-            "--source",
-            src.to_str().unwrap(),
-            "--dest",
-            &file_url(&repo),
-        ])
-        .env("SNAPRING_PASSWORD", PASSWORD)
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("restic.pack_written=pause:{}", pause.display()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
+    let child = spawn_paused(&src, &repo, "restic.pack_written", &pause);
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     std::fs::remove_file(&pause).unwrap();
@@ -676,20 +679,7 @@ fn a_backup_whose_lock_was_removed_writes_no_snapshot() {
     write(&src.join("f"), &pseudo_random(1 << 20, 7));
     sr_ok(&["init", "--dest", &file_url(&repo)]);
     let pause = t.path().join("paused");
-    let child = Command::new(bin())
-        .env("SNAPRING_CATALOG", "off")
-        .args(["backup", "--source", src.to_str().unwrap(), "--dest"])
-        .arg(file_url(&repo))
-        .env("SNAPRING_PASSWORD", PASSWORD)
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("restic.backup.before_snapshot=pause:{}", pause.display()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
+    let child = spawn_paused(&src, &repo, "restic.backup.before_snapshot", &pause);
     let locks: Vec<_> = std::fs::read_dir(repo.join("locks")).unwrap().collect();
     assert_eq!(locks.len(), 1, "the backup's shared lock");
     for l in locks {
@@ -716,26 +706,7 @@ fn sigterm_after_the_last_read_still_stops_before_the_snapshot() {
     write(&src.join("f"), &pseudo_random(1 << 20, 8));
     sr_ok(&["init", "--dest", &file_url(&repo)]);
     let pause = t.path().join("paused");
-    let child = Command::new(bin())
-        .env("SNAPRING_CATALOG", "off")
-        .args([
-            "backup",
-            "--json",
-            "--source",
-            src.to_str().unwrap(),
-            "--dest",
-        ])
-        .arg(file_url(&repo))
-        .env("SNAPRING_PASSWORD", PASSWORD)
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("restic.backup.before_snapshot=pause:{}", pause.display()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
+    let child = spawn_paused(&src, &repo, "restic.backup.before_snapshot", &pause);
     let pid = rustix::process::Pid::from_child(&child);
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
     std::fs::remove_file(&pause).unwrap();
