@@ -569,15 +569,20 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
             &[OsStr::new("check"), OsStr::new("--read-data")],
         );
     }
-    // The next run completes and stores only what the first did not.
+    // The next run completes and stores only what the first did not: the stop may come
+    // mid-file (data left to store) or after the last read, while the last pack was
+    // written (none left), as the walk's threads and the pause interleave.
     let full: u64 = 20 << 20;
     let next = sr_backup(&src, &repo);
     assert_eq!(next["status"], "complete", "{next}");
     let added = next["repository"]["data_blobs_added"].as_u64().unwrap();
     assert!(
-        added > 0 && next["repository"]["bytes_uploaded"].as_u64().unwrap() < full,
+        next["repository"]["bytes_uploaded"].as_u64().unwrap() < full,
         "{next}"
     );
+    if r["repository"]["bytes_read"].as_u64().unwrap() < full {
+        assert!(added > 0, "the first run stopped mid-file: {r}\n{next}");
+    }
     let target = t.path().join("T");
     restore_latest(&repo, &target);
     assert_same_tree(
