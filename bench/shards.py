@@ -152,7 +152,9 @@ def main():
                         logs = os.path.join(a.logs, f"{mode}-{case}-{r}")
                     fs0 = proc_cpu(fuse.pid if fuse else None)
                     calls0 = fs_calls(stats_file) if fuse else {}
+                    started = time.time()
                     wall, cpu = timed(cmds, env, logs)
+                    ended = time.time()
                     fs_cpu = proc_cpu(fuse.pid if fuse else None) - fs0
                     calls = {}
                     if fuse:
@@ -177,7 +179,8 @@ def main():
                             f.write(json.dumps(dict(mode=mode, case=case, run=r, wall=wall, delay_us=a.delay_us,
                                                     workers=a.workers, jobs=a.jobs, preset=a.preset,
                                                     ttl_ms=a.ttl_ms, readdirplus=a.readdirplus,
-                                                    cpu=cpu, latencyfs_cpu=fs_cpu, calls=calls)) + "\n")
+                                                    cpu=cpu, latencyfs_cpu=fs_cpu, calls=calls,
+                                                    started=started, ended=ended)) + "\n")
     finally:
         if fuse:
             subprocess.run(["fusermount3", "-u", mnt])

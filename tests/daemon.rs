@@ -5,12 +5,10 @@ mod common;
 use common::*;
 
 use std::ffi::OsStr;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 fn tree(src: &Path, files: usize, size: usize) {
@@ -36,63 +34,6 @@ fn cli(
         String::from_utf8_lossy(&out.stderr).into_owned(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
     )
-}
-
-/// A real SMTP sink: speaks enough ESMTP (EHLO, AUTH PLAIN/LOGIN, MAIL, RCPT, DATA,
-/// QUIT) for a client to deliver; records the AUTH line and each message.
-struct Smtp {
-    port: u16,
-    auth: Arc<Mutex<Vec<String>>>,
-    mails: Arc<Mutex<Vec<String>>>,
-}
-
-fn smtp_sink() -> Smtp {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (auth, mails) = (
-        Arc::new(Mutex::new(Vec::new())),
-        Arc::new(Mutex::new(Vec::new())),
-    );
-    let (a, m) = (auth.clone(), mails.clone());
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut w) = s else { continue };
-            let mut r = BufReader::new(w.try_clone().unwrap());
-            let _ = w.write_all(b"220 sink ESMTP\r\n");
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let up = line.to_ascii_uppercase();
-                let reply: &[u8] = if up.starts_with("EHLO") {
-                    b"250-sink\r\n250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"
-                } else if up.starts_with("AUTH") {
-                    a.lock().unwrap().push(line.trim().to_string());
-                    b"235 ok\r\n"
-                } else if up.starts_with("DATA") {
-                    let _ = w.write_all(b"354 go\r\n");
-                    let mut msg = String::new();
-                    loop {
-                        let mut l2 = String::new();
-                        if r.read_line(&mut l2).unwrap_or(0) == 0 || l2 == ".\r\n" {
-                            break;
-                        }
-                        msg.push_str(&l2);
-                    }
-                    m.lock().unwrap().push(msg);
-                    b"250 queued\r\n"
-                } else if up.starts_with("QUIT") {
-                    let _ = w.write_all(b"221 bye\r\n");
-                    break;
-                } else {
-                    b"250 ok\r\n"
-                };
-                let _ = w.write_all(reply);
-            }
-        }
-    });
-    Smtp { port, auth, mails }
 }
 
 fn b64(data: &[u8]) -> String {
@@ -133,7 +74,10 @@ fn notifications_reach_a_real_http_server_smtp_sink_and_command() {
         t.path().join("cat.db"),
     );
     tree(&src, 8, 100);
-    let (http, smtp) = (http_server(), smtp_sink());
+    let (http, smtp) = (
+        http_server(),
+        smtp_sink("250-AUTH PLAIN LOGIN\r\n250 8BITMIME\r\n"),
+    );
     let hook_out = t.path().join("hook.json");
     let cfg = t.path().join("s.toml");
     let write_cfg = |extra: &str, notify_success: bool| {

@@ -184,60 +184,6 @@ fn a_webhook_redirect_is_not_followed_and_the_token_goes_nowhere_else() {
     assert!(!e.contains("T0KEN") && !err.contains("T0KEN"), "{e}\n{err}");
 }
 
-/// An SMTP sink as tests/daemon.rs has, offering `ehlo` (its 250 lines after the
-/// first); records AUTH lines and each message's DATA as sent (dot-stuffed).
-struct Sink {
-    port: u16,
-    auth: Arc<Mutex<Vec<String>>>,
-    mails: Arc<Mutex<Vec<String>>>,
-}
-
-fn smtp_sink(ehlo: &'static str) -> Sink {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    let (auth, mails) = (Arc::new(Mutex::new(vec![])), Arc::new(Mutex::new(vec![])));
-    let (a, m) = (auth.clone(), mails.clone());
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut w) = s else { continue };
-            let mut r = BufReader::new(w.try_clone().unwrap());
-            let _ = w.write_all(b"220 sink ESMTP\r\n");
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let up = line.to_ascii_uppercase();
-                let reply: String = if up.starts_with("EHLO") {
-                    format!("250-sink\r\n{ehlo}")
-                } else if up.starts_with("AUTH") {
-                    a.lock().unwrap().push(line.trim().to_string());
-                    "235 ok\r\n".into()
-                } else if up.starts_with("DATA") {
-                    let _ = w.write_all(b"354 go\r\n");
-                    let mut msg = String::new();
-                    loop {
-                        let mut l2 = String::new();
-                        if r.read_line(&mut l2).unwrap_or(0) == 0 || l2 == ".\r\n" {
-                            break;
-                        }
-                        msg.push_str(&l2);
-                    }
-                    m.lock().unwrap().push(msg);
-                    "250 queued\r\n".into()
-                } else if up.starts_with("QUIT") {
-                    let _ = w.write_all(b"221 bye\r\n");
-                    break;
-                } else {
-                    "250 ok\r\n".into()
-                };
-                let _ = w.write_all(reply.as_bytes());
-            }
-        }
-    });
-    Sink { port, auth, mails }
-}
-
 /// Undoes quoted-printable (soft line breaks and `=XX`).
 fn unqp(s: &str) -> String {
     let s = s.replace("=\r\n", "");

@@ -536,6 +536,21 @@ fn wrong_password_and_missing_repository_are_clear_errors() {
     );
 }
 
+/// A repository backup paused at failpoint `point`, sent SIGTERM there, then let go:
+/// it must end `incomplete` (exit 3). Returns its JSON report.
+fn sigterm_at(src: &Path, repo: &Path, point: &str, pause: &Path) -> serde_json::Value {
+    let child = spawn_paused(src, repo, point, pause);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    std::fs::remove_file(pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(3), "{r}");
+    assert_eq!(r["status"], "incomplete", "{r}");
+    r
+}
+
 #[test]
 fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
     let t = tempfile::tempdir().unwrap();
@@ -547,15 +562,7 @@ fn sigterm_stops_as_incomplete_and_the_next_run_reuses_its_packs() {
     sr_ok(&["init", "--dest", &file_url(&repo)]);
     // Paused right after its first pack is written; SIGTERM, then let it go on.
     let pause = t.path().join("paused");
-    let child = spawn_paused(&src, &repo, "restic.pack_written", &pause);
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    std::fs::remove_file(&pause).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.code(), Some(3), "{r}");
-    assert_eq!(r["status"], "incomplete", "{r}");
+    let r = sigterm_at(&src, &repo, "restic.pack_written", &pause);
     let kept = r["repository"]["data_blobs_added"].as_u64().unwrap();
     assert!(kept >= 1, "{r}");
     let count = |d: &str| std::fs::read_dir(repo.join(d)).unwrap().count();
@@ -711,15 +718,7 @@ fn sigterm_after_the_last_read_still_stops_before_the_snapshot() {
     write(&src.join("f"), &pseudo_random(1 << 20, 8));
     sr_ok(&["init", "--dest", &file_url(&repo)]);
     let pause = t.path().join("paused");
-    let child = spawn_paused(&src, &repo, "restic.backup.before_snapshot", &pause);
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    std::fs::remove_file(&pause).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.code(), Some(3), "{r}");
-    assert_eq!(r["status"], "incomplete", "{r}");
+    sigterm_at(&src, &repo, "restic.backup.before_snapshot", &pause);
     let count = |d: &str| std::fs::read_dir(repo.join(d)).unwrap().count();
     assert_eq!(count("snapshots"), 0, "a stopped run wrote a snapshot");
     assert_eq!(count("locks"), 0, "the lock was left behind");

@@ -1244,6 +1244,25 @@ fn restic_check(e: &Env, what: &str) {
     }
 }
 
+/// A later run `run_id` of one worker with `--retain 1`: its retention forgets the one
+/// snapshot before it. Returns the repository's snapshots: the later run's alone.
+fn retention_forgets_one(e: &Env, run_id: &str) -> Vec<(Id, snapshot::Snapshot)> {
+    let later = report(
+        &worker(
+            e,
+            &["--shard", "0/1", "--run-id", run_id, "--retain", "1"],
+            &[],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(later["retention"]["removed"], 1, "{later}");
+    let snaps = snapshots(e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(later["snapshot"], snaps[0].0.hex().as_str(), "{later}");
+    snaps
+}
+
 /// A publisher killed between its snapshot file and `published`, the snapshot then
 /// forgotten by a later run's retention: neither `snapring finalize` of the run nor a
 /// rerun of its worker writes the forgotten snapshot back (the forget marked the run
@@ -1264,19 +1283,7 @@ fn a_snapshot_forgotten_before_its_run_was_marked_published_is_not_written_back(
     assert_eq!(k1.len(), 1, "{k1:?}");
     let dir = e.repo.join("snapring/shards/k1");
     assert!(!dir.join("published").exists());
-    let later = report(
-        &worker(
-            &e,
-            &["--shard", "0/1", "--run-id", "k2", "--retain", "1"],
-            &[],
-        )
-        .output()
-        .unwrap(),
-    );
-    assert_eq!(later["retention"]["removed"], 1, "{later}");
-    let snaps = snapshots(&e);
-    assert_eq!(snaps.len(), 1, "{snaps:?}");
-    assert_eq!(later["snapshot"], snaps[0].0.hex().as_str());
+    let snaps = retention_forgets_one(&e, "k2");
     let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "k1", "--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let after = snapshots(&e);
@@ -1320,18 +1327,7 @@ fn a_finalizer_whose_lock_was_lost_while_stopped_does_not_write_a_forgotten_snap
             .unwrap(),
     );
     assert_eq!(other["finalized"], true, "{other}");
-    let later = report(
-        &worker(
-            &e,
-            &["--shard", "0/1", "--run-id", "b2", "--retain", "1"],
-            &[],
-        )
-        .output()
-        .unwrap(),
-    );
-    assert_eq!(later["retention"]["removed"], 1, "{later}");
-    let snaps = snapshots(&e);
-    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let snaps = retention_forgets_one(&e, "b2");
     let out = stalled.resume();
     let after = snapshots(&e);
     assert_eq!(after.len(), 1, "forgotten snapshot written back: {after:?}");

@@ -766,6 +766,20 @@ fn snapshots_are_named_by_run_id_and_by_time() {
     );
 }
 
+/// `diff --json` of two snapshots of `store`, which must succeed; its JSON.
+fn diff_json(store: &Path, a: &str, b: &str) -> serde_json::Value {
+    let (code, d, err, _) = run(&[
+        "diff".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        a.as_ref(),
+        b.as_ref(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    d
+}
+
 #[test]
 fn diff_history_and_list_report_what_changed() {
     let t = tempfile::tempdir().unwrap();
@@ -780,15 +794,7 @@ fn diff_history_and_list_report_what_changed() {
     write(&src.join("d/new/file"), b"new");
     ok_backup(&src, &store);
 
-    let (code, d, err, _) = run(&[
-        "diff".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        "daily.1".as_ref(),
-        "daily.0".as_ref(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let d = diff_json(&store, "daily.1", "daily.0");
     let got: Vec<(String, String)> = d["differences"]
         .as_array()
         .unwrap()
@@ -1084,15 +1090,7 @@ fn escaped_names_as_printed_are_accepted_back_by_history_and_restore() {
     write(&odd(b"new\nline"), b"two");
     ok_backup(&src, &store);
 
-    let (code, d, err, _) = run(&[
-        "diff".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        "daily.1".as_ref(),
-        "daily.0".as_ref(),
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let d = diff_json(&store, "daily.1", "daily.0");
     let printed = d["differences"][0]["path"].as_str().unwrap().to_string();
     assert_eq!(printed, "d/new%0Aline", "{d}");
 

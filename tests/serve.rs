@@ -701,31 +701,16 @@ fn with_a_token_every_request_needs_it() {
     drop(s);
     // A token short enough to guess is refused, naming where it came from.
     std::fs::write(&token, "abc\n").unwrap();
-    let out = Command::new(bin())
-        .args([
-            "--catalog",
-            "off",
-            "serve",
-            "--listen",
-            "0.0.0.0:0",
-            "--config",
-        ])
-        .arg(&f.cfg)
-        .args(["--token-file", tf])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused_on_any_address(&f, &["--token-file", tf]);
     assert!(
         err.contains(&format!("the token file {tf}: the token has 3 characters")),
         "{err}"
     );
 }
 
-#[test]
-fn only_loopback_goes_without_a_token_and_sigterm_stops_serve() {
-    let f = fixture();
-    // Any address but loopback: refused without a token, before listening.
+/// `serve --listen 0.0.0.0:0` with `extra` flags and no token in the environment: it
+/// must refuse to start (exit 1). Returns its stderr.
+fn refused_on_any_address(f: &Fixture, extra: &[&str]) -> String {
     let out = Command::new(bin())
         .args([
             "--catalog",
@@ -736,11 +721,19 @@ fn only_loopback_goes_without_a_token_and_sigterm_stops_serve() {
             "--config",
         ])
         .arg(&f.cfg)
+        .args(extra)
         .env_remove("SNAPRING_SERVE_TOKEN")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn only_loopback_goes_without_a_token_and_sigterm_stops_serve() {
+    let f = fixture();
+    // Any address but loopback: refused without a token, before listening.
+    let err = refused_on_any_address(&f, &[]);
     assert!(
         err.contains("refusing to listen on 0.0.0.0:0 without a token"),
         "{err}"
