@@ -331,10 +331,15 @@ def timed(cmds, env=None, fs=None):
     return wall, cpu, rss, calls
 
 
-def requests(res):
-    """Delayed requests of a result (a negative lookup is already a lookup)."""
-    calls = res[3] if len(res) > 3 else {}
+def delayed(calls):
+    """The delayed calls of latencyfs's counts by kind: every kind but
+    `lookup_negative`, which it counts again beside `lookup` (a subset)."""
     return sum(v for k, v in calls.items() if k != "lookup_negative")
+
+
+def requests(res):
+    """Delayed requests of a result."""
+    return delayed(res[3] if len(res) > 3 else {})
 
 
 def calls(work, ttl_ms, readdirplus, restore=False):

@@ -172,14 +172,14 @@ def main():
                     results.setdefault((mode, case), []).append(wall)
                     cpus.setdefault((mode, case), []).append((cpu, fs_cpu))
                     print(f"run {r + 1}/{a.runs}: {mode} {case} {wall:.1f} s, CPU snapring {cpu:.1f} s, "
-                          f"latencyfs {fs_cpu:.1f} s, calls {sum(calls.values())} "
+                          f"latencyfs {fs_cpu:.1f} s, calls {harness.delayed(calls)} "
                           f"({', '.join(f'{k} {v}' for k, v in sorted(calls.items()))})", file=sys.stderr)
                     if a.json:
                         with open(a.json, "a") as f:
                             f.write(json.dumps(dict(mode=mode, case=case, run=r, wall=wall, delay_us=a.delay_us,
                                                     workers=a.workers, jobs=a.jobs, preset=a.preset,
                                                     ttl_ms=a.ttl_ms, readdirplus=a.readdirplus,
-                                                    cpu=cpu, latencyfs_cpu=fs_cpu, calls=calls,
+                                                    cpu=cpu, latencyfs_cpu=fs_cpu, calls=calls, delayed=harness.delayed(calls),
                                                     started=started, ended=ended)) + "\n")
     finally:
         if fuse:
