@@ -650,6 +650,7 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
         keep_last: a.retain,
         group: None,
         before_remove: Some(snapring::shard::repository::before_forget),
+        written: None,
     };
     let r = restic::forget::forget(&repo, &policy, a.dry_run)?;
     if a.json {

@@ -284,6 +284,7 @@ pub fn snapshot_locked(
             keep_last: n.max(1),
             group: Some(group),
             before_remove: spec.before_forget,
+            written: Some(id),
         };
         match super::lock::acquire(repo, true) {
             Ok(ex) => {

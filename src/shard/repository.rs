@@ -512,6 +512,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             keep_last: n.max(1),
             group: Some(fin.group),
             before_remove: Some(before_forget),
+            written: restic::Id::parse(&fin.snapshot).ok(),
         };
         // The run's other workers hold their shared locks until they see `final` (a
         // poll, at most `POLL_MAX`): wait for them, up to a lease, rather than skip.
