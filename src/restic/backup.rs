@@ -322,7 +322,7 @@ impl BackupReport {
 
 /// The newest snapshot of the same paths and host, preferring one of the same label.
 fn pick_parent(repo: &Repo, path: &str, host: &str, label: &str) -> Result<Option<(Id, Snapshot)>> {
-    let all = snapshot::load_all(repo)?;
+    let all = snapshot::load_readable(repo)?;
     let same: Vec<_> = all
         .into_iter()
         .filter(|(_, s)| s.paths == [path] && s.hostname == host)

@@ -151,7 +151,7 @@ pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetRepor
         ));
     }
     if dry_run {
-        let plan = plan(&snapshot::load_all(repo)?, policy);
+        let plan = plan(&snapshot::load_readable(repo)?, policy);
         return Ok(ForgetReport {
             dry_run,
             plan,
@@ -168,7 +168,7 @@ pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetRepor
 /// `forget` for a caller that holds a lock already; `policy.before_remove` first for
 /// each snapshot it removes.
 pub fn forget_locked(repo: &Repo, policy: &Policy) -> Result<ForgetReport> {
-    let snaps = snapshot::load_all(repo)?;
+    let snaps = snapshot::load_readable(repo)?;
     let plan = plan(&snaps, policy);
     let mut removed = 0;
     for v in plan.forgotten() {

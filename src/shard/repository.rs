@@ -663,7 +663,7 @@ fn make_plan(
     source: &Path,
 ) -> Result<PlanFile, ShardError> {
     let path = source.to_string_lossy().into_owned();
-    let parent = restic::snapshot::load_all(repo)
+    let parent = restic::snapshot::load_readable(repo)
         .map_err(failed)?
         .into_iter()
         .filter(|(_, s)| s.paths == [path.as_str()] && s.tag("label") == Some(&opts.label))
