@@ -696,6 +696,7 @@ fn fill_repository(
     if let Some(f) = &r.retention {
         rep.expired = f.plan.forgotten().map(|v| v.id.clone()).collect();
     }
+    rep.warnings.extend(r.warnings.iter().cloned());
     rep.repository = Some(RepositoryKpis {
         snapshot_id: r.snapshot.clone(),
         parent: r.parent.clone(),

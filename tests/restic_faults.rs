@@ -744,3 +744,78 @@ fn a_restore_fetches_many_files_at_once() {
         "restore after held reads",
     );
 }
+
+/// A prune started while a restore reads: the restore holds a shared lock (as restic's
+/// does), so the prune refuses rather than repack the pack the restore is reading.
+/// Before, the prune went ahead, deleted that pack, and the restore failed half-way on
+/// a healthy repository (and a verify would have called it damaged).
+#[test]
+fn a_prune_does_not_pull_packs_from_under_a_restore() {
+    let s = setup(vec![]);
+    // Two files in one data pack; the second is dropped and its snapshot forgotten, so
+    // a prune would repack that pack (the first file's blobs copied, the pack deleted).
+    write(&s.src.join("keep"), &pseudo_random(2 * MIB, 1));
+    write(&s.src.join("gone"), &pseudo_random(2 * MIB, 2));
+    let dest = s.dest("busy");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let (code, r, err) = s.backup(&dest);
+    assert_eq!(code, 0, "{r}\n{err}");
+    std::fs::remove_file(s.src.join("gone")).unwrap();
+    let (code, r, err) = s.backup(&dest);
+    assert_eq!(code, 0, "{r}\n{err}");
+    s.sr_ok(&[
+        "forget", "--dest", &dest, "--label", "daily", "--retain", "1",
+    ]);
+    let dry: serde_json::Value =
+        serde_json::from_str(&s.sr_ok(&["prune", "--dest", &dest, "--dry-run", "--json"])).unwrap();
+    assert_eq!(dry["plan"]["packs_repacked"], 1, "{dry}");
+
+    // The restore's reads of file contents wait at the proxy (its trees come from the
+    // cache the backups filled).
+    s.proxy
+        .set_rules(vec![Rule::new("GET", "/busy/data/", Fault::Hold, u64::MAX)]);
+    let to = s.t.path().join("restored");
+    let mut restore = s
+        .cmd(&[
+            "restore",
+            "--dest",
+            &dest,
+            "latest",
+            "--to",
+            to.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.proxy.count("GET", "/busy/data/") == 0 {
+        assert!(restore.try_wait().unwrap().is_none(), "the restore ended");
+        assert!(Instant::now() < deadline, "no read of a pack in 60 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Meanwhile a prune, straight at the server.
+    let server = format!("http://127.0.0.1:{}", s.server.port);
+    let out = s
+        .cmd_at(&server, &["prune", "--dest", &dest, "--json"])
+        .output()
+        .unwrap();
+    let prune_err = String::from_utf8_lossy(&out.stderr).into_owned();
+    s.proxy.release();
+    let restored = restore.wait_with_output().unwrap();
+    assert!(
+        restored.status.success(),
+        "the restore failed (the prune said: {prune_err}): {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "prune: {prune_err}");
+    assert!(
+        prune_err.contains("the repository is locked by pid"),
+        "{prune_err}"
+    );
+    assert_same_tree(&describe(&s.src), &describe(&to), "restore beside a prune");
+    // The prune runs once the restore is done.
+    let p: serde_json::Value =
+        serde_json::from_str(&s.sr_ok(&["prune", "--dest", &dest, "--json"])).unwrap();
+    assert_eq!(p["plan"]["packs_repacked"], 1, "{p}");
+}

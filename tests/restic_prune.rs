@@ -106,6 +106,74 @@ fn change_source(src: &Path, i: u64) {
     );
 }
 
+/// A snapshot of the same group dated later than now (a clock that ran ahead for one
+/// run, or `restic backup --time`) stays "the newest": before, every `backup --retain 1`
+/// forgot the snapshot it had just written and reported `complete`. The run's own
+/// snapshot is kept, with its reason.
+#[test]
+fn retain_never_forgets_the_snapshot_the_run_just_wrote() {
+    use snapring::restic::backend::Kind;
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"first\n");
+    sr_json(&["init", "--dest", &file_url(&repo), "--json"]);
+    let first = backup(&src, &repo, &[]);
+    // The same snapshot again, dated 2099.
+    let r = snapring::restic::repo::Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
+    let (_, mut ahead) = snapring::restic::snapshot::load_all(&r)
+        .unwrap()
+        .pop()
+        .unwrap();
+    ahead.time = "2099-01-01T00:00:00+00:00".into();
+    let ahead_id = r.save_json(Kind::Snapshot, &ahead).unwrap().hex();
+
+    write(&src.join("f"), b"second\n");
+    let second = backup(&src, &repo, &["--retain", "1"]);
+    assert_eq!(second["status"], "complete", "{second}");
+    let own = second["snapshot"].as_str().unwrap().to_string();
+    let verdicts = second["repository"]["retention"]["plan"]["verdicts"]
+        .as_array()
+        .unwrap();
+    let reason = |id: &str| {
+        verdicts
+            .iter()
+            .find(|v| v["id"] == id)
+            .map(|v| v["reason"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason(&own).starts_with("kept: written by this run"),
+        "{second}"
+    );
+    assert!(
+        reason(first["snapshot"].as_str().unwrap()).starts_with("forgotten"),
+        "{second}"
+    );
+    let listed = sr_json(&["list", "--dest", &file_url(&repo), "--json"]);
+    let mut ids: Vec<String> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    let mut want = vec![own.clone(), ahead_id];
+    want.sort();
+    assert_eq!(ids, want, "{listed}");
+    // And it restores as written.
+    let to = t.path().join("to");
+    sr_json(&[
+        "restore",
+        "--dest",
+        &file_url(&repo),
+        &own,
+        "--to",
+        to.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(std::fs::read(to.join("f")).unwrap(), b"second\n");
+}
+
 #[test]
 fn retain_then_prune_keeps_exactly_the_newest_and_shrinks_the_repository() {
     let restic = restic_binary("conformance");

@@ -50,6 +50,9 @@ enum Fault {
     Drop(u64),
     /// Ignores `If-None-Match` on PUT (no conditional writes).
     NoConditionalWrites,
+    /// Lists `snapshots/` as a server that speaks only the older ListObjects: pages of
+    /// this many keys, cut with no `NextContinuationToken` (`s3::Fs`).
+    V1Listing(i32),
 }
 
 const NONE: Fault = Fault::Status503(0);
@@ -120,7 +123,14 @@ fn start_server(root: &Path, fault: Fault) -> Server {
     let puts = Arc::new(Mutex::new(Vec::new()));
     let gets = Arc::new(Mutex::new(Vec::new()));
     let service = Flaky {
-        inner: s3::service_with(root, matches!(fault, Fault::NoConditionalWrites)),
+        inner: s3::service_listing(
+            root,
+            matches!(fault, Fault::NoConditionalWrites),
+            match fault {
+                Fault::V1Listing(n) => Some(n),
+                _ => None,
+            },
+        ),
         fault,
         count: count.clone(),
         puts: puts.clone(),
@@ -1215,6 +1225,61 @@ fn snapring_restores_what_restic_wrote_to_s3() {
         &restic,
         &repo,
         &["check".as_ref(), "--read-data".as_ref()],
+    );
+}
+
+/// A server that cuts a listing (`IsTruncated`) and gives no way to the rest (one
+/// that answers ListObjectsV2 as the older ListObjects, 1000 keys a page; here 2, on
+/// `snapshots/` only): the listing is not taken as complete. Before, prune saw the
+/// first page of snapshots only and deleted the data of every other.
+#[test]
+fn a_listing_cut_without_a_continuation_token_fails_prune_and_deletes_nothing() {
+    if needs_in_process_server("a server that pages listings as ListObjects (V1) does") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    let dest = format!("s3://{BUCKET}/cut");
+    s.sr_ok(&["init", "--dest", &dest]);
+    // Four snapshots, each the only one with its file's data.
+    for i in 0..4u64 {
+        let _ = std::fs::remove_file(src.join(format!("run-{}", i.wrapping_sub(1))));
+        write(&src.join(format!("run-{i}")), &pseudo_random(256 << 10, i));
+        s.backup(&src, &dest);
+    }
+    let packs_before: Vec<String> = s
+        .objects("cut")
+        .into_iter()
+        .filter(|o| o.starts_with("data/"))
+        .collect();
+
+    // The same bucket through a server that lists snapshots two at a time, cut.
+    let cut = start_server(&s.t.path().join("s3"), Fault::V1Listing(2));
+    let mut c = s.command(&["prune", "--dest", &dest]);
+    c.env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{}", cut.port));
+    let out = c.output().unwrap();
+    let (code, err) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    );
+    assert_eq!(code, 1, "prune through a cut listing: {err}");
+    assert!(
+        err.contains("snapshots/") && err.contains("no NextContinuationToken"),
+        "{err}"
+    );
+    // Nothing was deleted: every snapshot still verifies against the honest server.
+    let after: Vec<String> = s
+        .objects("cut")
+        .into_iter()
+        .filter(|o| o.starts_with("data/"))
+        .collect();
+    assert_eq!(after, packs_before);
+    let out = s.sr_ok(&["verify", "--dest", &dest, "--all", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 4, "{v}");
+    assert!(
+        v.as_array().unwrap().iter().all(|x| x["clean"] == true),
+        "{v}"
     );
 }
 

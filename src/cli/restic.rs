@@ -42,6 +42,24 @@ fn open_uncached(dest: &Path, password_file: Option<&Path>) -> anyhow::Result<Re
     Ok(Repo::open_in(b, &pw)?)
 }
 
+/// A repository opened for a command that only reads, under a shared lock
+/// (`restic::lock::acquire_reader`: a prune cannot start meanwhile), its index brought
+/// up to date under that lock (a prune that ended between the opening and the lock
+/// moved blobs). `cached`: with the user's tree cache.
+fn open_reading(
+    dest: &Path,
+    password_file: Option<&Path>,
+    cached: bool,
+) -> anyhow::Result<(Repo, Option<restic::lock::Guard>)> {
+    let mut repo = match cached {
+        true => open(dest, password_file)?,
+        false => open_uncached(dest, password_file)?,
+    };
+    let lock = restic::lock::acquire_reader(&repo);
+    repo.refresh_index()?;
+    Ok((repo, lock))
+}
+
 /// `snapring init --dest file:///PATH|s3://BUCKET/PREFIX`.
 pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let b = backend::from_dest(&a.dest)?;
@@ -562,7 +580,8 @@ pub fn restore(
     let mut restored = None;
     let result = snapring::job::recorded_restore(&opts, &run, || {
         let failed = |e: &dyn std::fmt::Display| snapring::error::Error::Repository(e.to_string());
-        let repo = open(dest, password_file).map_err(|e| failed(&format!("{e:#}")))?;
+        let (repo, _lock) =
+            open_reading(dest, password_file, true).map_err(|e| failed(&format!("{e:#}")))?;
         let r = restic::restore::restore(&repo, &a.snapshot, &a.to, &sub, a.flat)
             .map_err(|e| failed(&e))?;
         let mut out =
@@ -631,6 +650,7 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
         keep_last: a.retain,
         group: None,
         before_remove: Some(snapring::shard::repository::before_forget),
+        written: None,
     };
     let r = restic::forget::forget(&repo, &policy, a.dry_run)?;
     if a.json {
@@ -804,7 +824,7 @@ fn interrupted<T>(r: restic::Result<T>) -> anyhow::Result<Result<T, ExitCode>> {
 /// `snapring verify --dest URL [SNAPSHOT…|--all] [--jobs N]`: every blob re-read and
 /// re-hashed; exit 2 when a snapshot is damaged.
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let repo = open_uncached(&a.dest, a.password_file.as_deref())?;
+    let (repo, _lock) = open_reading(&a.dest, a.password_file.as_deref(), false)?;
     let cancel = super::cancel_on_signal();
     let r = restic::verify::verify(
         &repo,
@@ -875,7 +895,7 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
             "--jobs is not supported by diff between two repository snapshots (it reads trees only)"
         ));
     }
-    let repo = open(&a.dest, a.password_file.as_deref())?;
+    let (repo, _lock) = open_reading(&a.dest, a.password_file.as_deref(), true)?;
     let cancel = super::cancel_on_signal();
     let r = match (a.to.as_deref(), a.against.as_deref()) {
         (Some(to), None) => restic::diff::diff(&repo, &a.from, to, &cancel),
@@ -920,7 +940,7 @@ pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
             "history needs a path inside the snapshot (for example users/alice/.profile)"
         ));
     }
-    let repo = open(dest, a.password_file.as_deref())?;
+    let (repo, _lock) = open_reading(dest, a.password_file.as_deref(), true)?;
     let versions = restic::history::history(&repo, &rel)?;
     if a.json {
         print::json(&versions)?;

@@ -10,7 +10,8 @@
 //! with the tree's id, to its parent. Packs, then the index, then the snapshot are
 //! written (restic's write order), under a shared lock; then, with `retain`, retention
 //! (`forget`) under an exclusive one. Per-entry problems (unreadable, vanished) leave
-//! the entry out and make the run `partial`. `snapshot_locked` is the walk itself,
+//! the entry out and make the run `partial`. A tree of the parent that does not read
+//! (a damaged repository) is a warning, and its directory is read in full. `snapshot_locked` is the walk itself,
 //! given where to read, what to record and, for `copy`, another rule for "unchanged"
 //! (`Reuse`). Reads the source, writes the repository.
 
@@ -82,6 +83,10 @@ pub struct BackupReport {
     /// run's retention catches up.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retention_skipped: Option<String>,
+    /// What went wrong beside the snapshot without changing it: a tree of the parent
+    /// snapshot that could not be read (its directory was read in full instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub duration_seconds: f64,
 }
 
@@ -184,12 +189,19 @@ pub fn snapshot_locked(
     let parent = spec.parent;
     let comps: Vec<&OsStr> = spec.path.iter().skip(1).collect();
     // The parent's tree of its own path (a copy's parent may be of another snapshot
-    // directory; a backup's parent has the same path).
+    // directory; a backup's parent has the same path). A parent whose trees do not
+    // read (a pack lost, an index repaired since) is no reason to write no more
+    // snapshots: the source is read in full instead, as restic does, and the run says
+    // so.
+    let mut warnings = Vec::new();
     let parent_tree = match &parent {
-        Some((_, p)) => match p.paths.as_slice() {
+        Some((id, p)) => match p.paths.as_slice() {
             [one] => {
                 let pc: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
-                descend(repo, p.tree, &pc)?
+                descend(repo, p.tree, &pc).unwrap_or_else(|e| {
+                    warnings.push(unreadable_parent(Some(id), ".", &e));
+                    None
+                })
             }
             _ => None,
         },
@@ -201,6 +213,7 @@ pub fn snapshot_locked(
     let run = Run {
         reuse: spec.reuse.map(Mutex::new),
         parent_root: parent.as_ref().map(|(_, p)| p.tree),
+        parent_id: parent.as_ref().map(|(id, _)| *id),
         with_atime: spec.with_atime,
         ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
@@ -211,6 +224,8 @@ pub fn snapshot_locked(
     crate::traverse::walk(&run, root_sub, spec.jobs.max(1), &stop);
     let walked = run.outcome().and_then(|t| run.wrap(&comps, t));
     let mut report = run.into_report();
+    warnings.append(&mut report.warnings);
+    report.warnings = warnings;
     // Stopped (SIGINT, SIGTERM, the window) at any point before the snapshot file,
     // even after the last read, while the last packs were written: `incomplete`, the
     // packs indexed for the next run, no snapshot. (A stop that came after the walk's
@@ -269,6 +284,7 @@ pub fn snapshot_locked(
             keep_last: n.max(1),
             group: Some(group),
             before_remove: spec.before_forget,
+            written: Some(id),
         };
         match super::lock::acquire(repo, true) {
             Ok(ex) => {
@@ -306,7 +322,7 @@ impl BackupReport {
 
 /// The newest snapshot of the same paths and host, preferring one of the same label.
 fn pick_parent(repo: &Repo, path: &str, host: &str, label: &str) -> Result<Option<(Id, Snapshot)>> {
-    let all = snapshot::load_all(repo)?;
+    let all = snapshot::load_readable(repo)?;
     let same: Vec<_> = all
         .into_iter()
         .filter(|(_, s)| s.paths == [path] && s.hostname == host)
@@ -510,6 +526,26 @@ struct Run<'a> {
     /// go to `root_nodes`, not into a tree.
     root_names: Option<&'a NameFilter<'a>>,
     root_nodes: Mutex<Option<Vec<Node>>>,
+    /// The parent snapshot's trees that did not read ([`BackupReport::warnings`]).
+    warnings: Mutex<Vec<String>>,
+    /// The parent snapshot (for the warnings).
+    parent_id: Option<Id>,
+}
+
+/// Warnings a run keeps, at most (the log has every one).
+const MAX_WARNINGS: usize = 100;
+
+/// The warning for a tree of the parent snapshot `parent` (of the directory `dir`,
+/// escaped, relative to the source) that could not be read.
+fn unreadable_parent(parent: Option<&Id>, dir: &str, e: &Error) -> String {
+    let snapshot = match parent {
+        Some(id) => format!("the parent snapshot {}", &id.hex()[..8]),
+        None => "the parent snapshot".to_string(),
+    };
+    format!(
+        "{snapshot}'s tree of {dir} cannot be read ({e}); that directory was read in \
+         full; the repository may be damaged (`snapring verify`, `restic check`)"
+    )
 }
 
 #[derive(Default)]
@@ -603,13 +639,7 @@ impl crate::traverse::Visitor for Run<'_> {
                 return Opened::Skip;
             }
         };
-        let prev = match self.parent_nodes(sub.parent_tree) {
-            Ok(p) => p,
-            Err(e) => {
-                self.fail(e);
-                return Opened::Skip;
-            }
-        };
+        let prev = self.parent_nodes(&path, sub.parent_tree);
         let state = DirState {
             path,
             prev,
@@ -734,6 +764,8 @@ impl<'a> Run<'a> {
             with_atime: false,
             root_names: None,
             root_nodes: Mutex::default(),
+            warnings: Mutex::default(),
+            parent_id: None,
         }
     }
 
@@ -764,6 +796,10 @@ impl<'a> Run<'a> {
             bytes_read: get(&c.bytes_read),
             bytes_total: get(&c.bytes_total),
             problems,
+            warnings: self
+                .warnings
+                .into_inner()
+                .unwrap_or_else(|e| e.into_inner()),
             ..Default::default()
         }
     }
@@ -809,15 +845,38 @@ impl<'a> Run<'a> {
             .map_err(|e| self.fail(e))
     }
 
-    fn parent_nodes(&self, parent: Option<Id>) -> Result<HashMap<Vec<u8>, Node>> {
+    /// The parent snapshot's nodes of the directory at `path`, by name; none (so every
+    /// file is read) when its tree does not read, with a warning.
+    fn parent_nodes(&self, path: &Path, parent: Option<Id>) -> HashMap<Vec<u8>, Node> {
         let Some(id) = parent else {
-            return Ok(HashMap::new());
+            return HashMap::new();
         };
-        let t = self
+        match self
             .repo
             .read_blob(BlobType::Tree, &id)
-            .and_then(|b| Tree::from_blob(&b, &id))?;
-        Ok(t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect())
+            .and_then(|b| Tree::from_blob(&b, &id))
+        {
+            Ok(t) => t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect(),
+            Err(e) => {
+                let rel = path.strip_prefix(&self.root).unwrap_or(path);
+                let dir = match rel.as_os_str().is_empty() {
+                    true => ".".to_string(),
+                    false => crate::relpath::escape(rel.as_os_str().as_bytes()),
+                };
+                let w = unreadable_parent(self.parent_id.as_ref(), &dir, &e);
+                tracing::warn!("{w}");
+                let mut ws = lock(&self.warnings);
+                // One pack lost can hold thousands of trees: the first ones say enough.
+                if ws.len() < MAX_WARNINGS {
+                    ws.push(w);
+                } else if ws.len() == MAX_WARNINGS {
+                    ws.push(
+                        "more trees of the parent snapshot cannot be read (see the log)".into(),
+                    );
+                }
+                HashMap::new()
+            }
+        }
     }
 
     /// One entry's node, and for a directory the parent snapshot's tree of it (the
@@ -953,7 +1012,10 @@ impl Wrap<'_> {
             let md = std::fs::symlink_metadata(&dir).map_err(io_err("stat", &dir))?;
             let mut node = base_node(comps[i].as_bytes(), &md, self.names);
             let prev = match self.parent_root {
-                Some(parent) if self.with_atime => dir_node(self.repo, parent, &comps[..=i])?,
+                // An unreadable parent was warned about when the walk began.
+                Some(parent) if self.with_atime => {
+                    dir_node(self.repo, parent, &comps[..=i]).unwrap_or(None)
+                }
                 _ => None,
             };
             record_atime(self.with_atime, &mut node, prev.as_ref());

@@ -92,7 +92,7 @@ pub fn copy(
         let _ = lock.release();
         return Err(e);
     }
-    let all = snapshot::load_all(repo)?;
+    let all = snapshot::load_readable(repo)?;
     let copies: Vec<&(Id, Snapshot)> = all
         .iter()
         .filter(|(_, s)| s.tags.iter().any(|t| t == "copy") && tag_is(s, "store", &store_tag))

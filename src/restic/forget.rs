@@ -24,6 +24,10 @@ pub struct Policy {
     /// operations layer's shard runs mark the run of a snapshot they wrote published
     /// first (`shard::repository::before_forget`), so that no finalize writes it back.
     pub before_remove: Option<BeforeRemove>,
+    /// The snapshot the run applying the policy has just written: always kept. One
+    /// dated later (by a clock that ran ahead, or `restic backup --time`) would
+    /// otherwise make every run with `--retain 1` forget its own snapshot.
+    pub written: Option<Id>,
 }
 
 /// See [`Policy::before_remove`].
@@ -101,9 +105,16 @@ pub fn plan(snaps: &[(Id, Snapshot)], policy: &Policy) -> Plan {
         }
         prev = Some(g);
         rank += 1;
-        let keep = rank <= n;
-        let reason = if keep {
+        let own = policy.written == Some(*id);
+        let keep = rank <= n || own;
+        let reason = if rank <= n {
             format!("kept: newest {n} of label {} ({rank} of {n})", policy.label)
+        } else if own {
+            format!(
+                "kept: written by this run, though {} of label {} are dated later (a clock ahead?)",
+                rank - 1,
+                policy.label
+            )
         } else {
             format!(
                 "forgotten: older than the newest {n} of label {}",
@@ -140,7 +151,7 @@ pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetRepor
         ));
     }
     if dry_run {
-        let plan = plan(&snapshot::load_all(repo)?, policy);
+        let plan = plan(&snapshot::load_readable(repo)?, policy);
         return Ok(ForgetReport {
             dry_run,
             plan,
@@ -157,7 +168,7 @@ pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetRepor
 /// `forget` for a caller that holds a lock already; `policy.before_remove` first for
 /// each snapshot it removes.
 pub fn forget_locked(repo: &Repo, policy: &Policy) -> Result<ForgetReport> {
-    let snaps = snapshot::load_all(repo)?;
+    let snaps = snapshot::load_readable(repo)?;
     let plan = plan(&snaps, policy);
     let mut removed = 0;
     for v in plan.forgotten() {
@@ -201,7 +212,30 @@ mod tests {
             keep_last: n,
             group: None,
             before_remove: None,
+            written: None,
         }
+    }
+
+    /// A snapshot dated later than the run's own (a clock ahead) does not make the run
+    /// forget the snapshot it has just written.
+    #[test]
+    fn the_runs_own_snapshot_is_kept_whatever_is_dated_later() {
+        let snaps = vec![
+            (id(1), snap("2026-11-01T02:00:00Z", "h", "/src", "daily")),
+            (id(2), snap("2099-01-01T00:00:00Z", "h", "/src", "daily")),
+            (id(3), snap("2026-11-02T02:00:00Z", "h", "/src", "daily")),
+        ];
+        let mut pol = policy("daily", 1);
+        pol.written = Some(id(3));
+        let p = plan(&snaps, &pol);
+        let forgotten: Vec<String> = p.forgotten().map(|v| v.id.clone()).collect();
+        assert_eq!(forgotten, vec![id(1).hex()]);
+        let own = p.verdicts.iter().find(|v| v.id == id(3).hex()).unwrap();
+        assert!(own.keep);
+        assert_eq!(
+            own.reason,
+            "kept: written by this run, though 1 of label daily are dated later (a clock ahead?)"
+        );
     }
 
     #[test]

@@ -37,7 +37,7 @@ pub struct RepoVersion {
 /// first. An error when no snapshot has it.
 pub fn history(repo: &Repo, path: &RelPath) -> Result<Vec<RepoVersion>> {
     let mut found: Vec<(RepoVersion, Option<Node>)> = Vec::new();
-    for (id, snap) in snapshot::load_all(repo)?.into_iter().rev() {
+    for (id, snap) in snapshot::load_readable(repo)?.into_iter().rev() {
         let (start, _) = snapshot::source_tree(repo, &snap)?;
         let n = lookup(repo, start, path)?;
         found.push((

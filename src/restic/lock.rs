@@ -191,6 +191,37 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
     Ok(guard)
 }
 
+/// Whether `e` is [`acquire`]'s refusal: another process holds a conflicting lock.
+pub fn is_conflict(e: &Error) -> bool {
+    matches!(e, Error::Other(m) if m.starts_with("the repository is locked"))
+}
+
+/// A shared lock for a command that only reads (restore, verify, diff, history), as
+/// restic's `restore` and `check` take one: a `prune` (restic's or snapring's) refuses
+/// to start while it is held, and so cannot delete or repack a pack in the middle of
+/// the read (a restore failed half-way, a verify called a healthy repository damaged).
+/// A read is never refused for want of a lock: with a `prune` holding its exclusive
+/// lock already, or a repository this process cannot write to (read-only, or S3
+/// credentials that may only read), it goes on without one, with a warning: `None`.
+pub fn acquire_reader(repo: &Repo) -> Option<Guard> {
+    match acquire(repo, false) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            let why = if is_conflict(&e) {
+                format!("{e}: a prune or forget may be running")
+            } else {
+                format!("cannot write a lock: {e}")
+            };
+            tracing::warn!(
+                "reading {} without a lock ({why}); if a prune removes packs meanwhile, this \
+                 command fails: run it again when the prune is done",
+                repo.backend.location()
+            );
+            None
+        }
+    }
+}
+
 impl Held {
     fn refresh_until_stopped(&self) {
         let (stopped, cv) = &self.stop;

@@ -28,7 +28,7 @@ pub struct Listed {
 }
 
 pub fn list(repo: &Repo) -> Result<Vec<Listed>> {
-    Ok(snapshot::load_all(repo)?
+    Ok(snapshot::load_readable(repo)?
         .into_iter()
         .map(|(id, s)| Listed {
             id: id.hex(),

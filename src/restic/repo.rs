@@ -91,10 +91,12 @@ impl Repo {
         let plain = key.open(&sealed, "config")?;
         let config: Config = decode_json(&plain, "config")?;
         if config.version != 1 && config.version != 2 {
-            return Err(corrupt(
-                "config",
-                format!("unknown version {}", config.version),
-            ));
+            return Err(Error::Other(format!(
+                "{} is a format version {} repository; this snapring reads versions 1 and 2 \
+                 only (a newer restic made it? a newer snapring may read it); nothing was changed",
+                backend.location(),
+                config.version
+            )));
         }
         let pol = u64::from_str_radix(&config.chunker_polynomial, 16)
             .map_err(|e| corrupt("config chunker_polynomial", e))?;

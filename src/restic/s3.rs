@@ -411,7 +411,9 @@ impl S3 {
         self.send(&r, &format!("write {}", self.url_of(key)))
     }
 
-    /// Every key under `prefix`, page by page.
+    /// Every key under `prefix`, page by page. A listing cut short would hide files
+    /// (a prune that misses snapshots deletes their data), so a server that says there
+    /// is more but gives no way to it, or the same page again, is an error.
     fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -419,6 +421,14 @@ impl S3 {
             let (keys, next) = self.list_page(prefix, token.as_deref())?;
             out.extend(keys);
             match next {
+                Some(t) if token.as_ref() == Some(&t) => {
+                    return Err(Error::Other(format!(
+                        "cannot list {}: the server gave the same continuation token \
+                         twice (after {} keys); not a complete listing",
+                        self.url_of(prefix),
+                        out.len()
+                    )));
+                }
                 Some(t) => token = Some(t),
                 None => return Ok(out),
             }
@@ -467,11 +477,8 @@ impl S3 {
         if resp.status != 200 {
             return Err(self.failed(&what, &resp));
         }
-        let xml = String::from_utf8_lossy(&resp.body);
-        let keys = xml_values(&xml, "Key");
-        let truncated = xml_values(&xml, "IsTruncated").first().map(String::as_str) == Some("true");
-        let next = xml_values(&xml, "NextContinuationToken").into_iter().next();
-        Ok((keys, next.filter(|_| truncated)))
+        list_page_of(&String::from_utf8_lossy(&resp.body))
+            .map_err(|why| Error::Other(format!("cannot {what}: {why}")))
     }
 }
 
@@ -1032,6 +1039,35 @@ fn canonical_query(q: &[(String, String)]) -> String {
         .join("&")
 }
 
+/// A ListObjectsV2 reply's keys, and the token of the next page when it is cut
+/// (`IsTruncated`). A cut reply without a `NextContinuationToken` (a server answering
+/// the older ListObjects, which pages by `NextMarker`) is an error: taken as the end,
+/// it would hide every key past the first page.
+fn list_page_of(xml: &str) -> std::result::Result<(Vec<String>, Option<String>), String> {
+    let keys = xml_values(xml, "Key");
+    let truncated = match xml_values(xml, "IsTruncated").first().map(String::as_str) {
+        Some("true") => true,
+        Some("false") => false,
+        other => {
+            return Err(format!(
+                "not a ListObjectsV2 reply (IsTruncated {other:?}): {}",
+                error_text(xml.as_bytes())
+            ));
+        }
+    };
+    if !truncated {
+        return Ok((keys, None));
+    }
+    match xml_values(xml, "NextContinuationToken").into_iter().next() {
+        Some(t) if !t.is_empty() => Ok((keys, Some(t))),
+        _ => Err(format!(
+            "the reply is cut after {} keys but gives no NextContinuationToken (does the \
+             server speak ListObjectsV2?); not a complete listing",
+            keys.len()
+        )),
+    }
+}
+
 /// The text of every `<tag>…</tag>` in an XML document, entities decoded.
 fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
@@ -1117,6 +1153,33 @@ mod tests {
             ("list-type".to_string(), "2".to_string()),
         ];
         assert_eq!(canonical_query(&q), "list-type=2&prefix=p%2Fkeys%2F");
+    }
+
+    #[test]
+    fn a_listing_cut_without_a_token_is_an_error_not_the_end() {
+        let page = |truncated: &str, token: &str| {
+            format!(
+                "<ListBucketResult><Name>b</Name><Prefix>p/snapshots/</Prefix>\
+                 <Contents><Key>p/snapshots/a</Key></Contents>\
+                 <Contents><Key>p/snapshots/b</Key></Contents>\
+                 <IsTruncated>{truncated}</IsTruncated>{token}</ListBucketResult>"
+            )
+        };
+        let (keys, next) = list_page_of(&page("false", "")).unwrap();
+        assert_eq!(keys, ["p/snapshots/a", "p/snapshots/b"]);
+        assert_eq!(next, None);
+        let (_, next) = list_page_of(&page(
+            "true",
+            "<NextContinuationToken>t1</NextContinuationToken>",
+        ))
+        .unwrap();
+        assert_eq!(next.as_deref(), Some("t1"));
+        // A ListObjects (V1) reply to a V2 request: cut, with only a marker.
+        let e = list_page_of(&page("true", "<NextMarker>p/snapshots/b</NextMarker>")).unwrap_err();
+        assert!(e.contains("cut after 2 keys"), "{e}");
+        // Something else than a listing.
+        let e = list_page_of("<Error><Code>X</Code><Message>m</Message></Error>").unwrap_err();
+        assert!(e.contains("X: m"), "{e}");
     }
 
     #[test]

@@ -55,7 +55,9 @@ impl Snapshot {
     }
 }
 
-/// Every snapshot, oldest first.
+/// Every snapshot, oldest first; one whose file does not read fails (what `prune`
+/// and `verify --all` need: a snapshot passed over would lose its data, or its
+/// damage).
 pub fn load_all(repo: &Repo) -> Result<Vec<(Id, Snapshot)>> {
     let mut out = Vec::new();
     for id in repo.backend.list(Kind::Snapshot)? {
@@ -66,9 +68,32 @@ pub fn load_all(repo: &Repo) -> Result<Vec<(Id, Snapshot)>> {
     Ok(out)
 }
 
+/// Every snapshot whose file reads, oldest first. A file that is damaged (it does not
+/// match its name, does not open with the key, is not a snapshot: bit rot, or the
+/// truncated file a killed restic 0.14, which writes in place, leaves) is left out
+/// with a warning, as `restic snapshots` does, so that one bad file does not stop
+/// every list, restore and backup. It is never removed by retention; `prune` refuses
+/// until it is repaired or removed. Errors reading the storage still fail.
+pub fn load_readable(repo: &Repo) -> Result<Vec<(Id, Snapshot)>> {
+    let mut out = Vec::new();
+    for id in repo.backend.list(Kind::Snapshot)? {
+        match repo.load_json::<Snapshot>(Kind::Snapshot, &id) {
+            Ok(s) => out.push((id, s)),
+            Err(e @ Error::Corrupt { .. }) => tracing::warn!(
+                "snapshot {} left out: {e}; `snapring prune` refuses until the file is \
+                 removed (`restic check` says more)",
+                &id.hex()[..8]
+            ),
+            Err(e) => return Err(e),
+        }
+    }
+    out.sort_by_key(|(id, s)| (s.unix_time(), *id));
+    Ok(out)
+}
+
 /// Names a snapshot: `latest`, or its id or a unique prefix of it.
 pub fn find(repo: &Repo, name: &str) -> Result<(Id, Snapshot)> {
-    let all = load_all(repo)?;
+    let all = load_readable(repo)?;
     if name == "latest" {
         return all
             .into_iter()

@@ -512,6 +512,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             keep_last: n.max(1),
             group: Some(fin.group),
             before_remove: Some(before_forget),
+            written: restic::Id::parse(&fin.snapshot).ok(),
         };
         // The run's other workers hold their shared locks until they see `final` (a
         // poll, at most `POLL_MAX`): wait for them, up to a lease, rather than skip.
@@ -662,7 +663,7 @@ fn make_plan(
     source: &Path,
 ) -> Result<PlanFile, ShardError> {
     let path = source.to_string_lossy().into_owned();
-    let parent = restic::snapshot::load_all(repo)
+    let parent = restic::snapshot::load_readable(repo)
         .map_err(failed)?
         .into_iter()
         .filter(|(_, s)| s.paths == [path.as_str()] && s.tag("label") == Some(&opts.label))

@@ -26,8 +26,16 @@ pub const SECRET_KEY: &str = "snapring-test-secret";
 ///   would both succeed; here they take turns (a shard run's claims and commits).
 ///
 /// With its third field set it ignores `If-None-Match` instead (a server that does not
-/// implement conditional writes, for the test that snapring notices).
-pub struct Fs(s3s_fs::FileSystem, tokio::sync::Mutex<()>, bool);
+/// implement conditional writes, for the test that snapring notices). With its fourth,
+/// it answers a listing of `snapshots/` as a server that speaks only the older
+/// ListObjects does: pages of that many keys, cut (`IsTruncated`) with no
+/// `NextContinuationToken` (1000 keys a page on a real one).
+pub struct Fs(
+    s3s_fs::FileSystem,
+    tokio::sync::Mutex<()>,
+    bool,
+    Option<i32>,
+);
 
 /// The `s3s::S3` impl of `Fs`: the methods listed are passed to s3s-fs as they are.
 macro_rules! delegating_impl {
@@ -64,7 +72,18 @@ macro_rules! delegating_impl {
                 if req.input.delimiter.as_deref() == Some("") {
                     req.input.delimiter = None;
                 }
-                self.0.list_objects_v2(req).await
+                let v1_page = self
+                    .3
+                    .filter(|_| req.input.prefix.as_deref().is_some_and(|p| p.ends_with("snapshots/")));
+                if let Some(n) = v1_page {
+                    req.input.max_keys = Some(n);
+                    req.input.continuation_token = None;
+                }
+                let mut resp = self.0.list_objects_v2(req).await?;
+                if v1_page.is_some() {
+                    resp.output.next_continuation_token = None;
+                }
+                Ok(resp)
             }
         }
     };
@@ -88,10 +107,21 @@ pub fn service(root: &Path) -> s3s::service::S3Service {
 
 /// The S3 service; with `ignore_if_none_match`, one whose PUTs ignore `If-None-Match`.
 pub fn service_with(root: &Path, ignore_if_none_match: bool) -> s3s::service::S3Service {
+    service_listing(root, ignore_if_none_match, None)
+}
+
+/// The S3 service; with `v1_page`, one that lists `snapshots/` in pages of that many
+/// keys with no way to the next (see `Fs`).
+pub fn service_listing(
+    root: &Path,
+    ignore_if_none_match: bool,
+    v1_page: Option<i32>,
+) -> s3s::service::S3Service {
     let fs = Fs(
         s3s_fs::FileSystem::new(root).unwrap(),
         Default::default(),
         ignore_if_none_match,
+        v1_page,
     );
     let mut b = s3s::service::S3ServiceBuilder::new(fs);
     b.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
