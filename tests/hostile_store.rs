@@ -195,3 +195,58 @@ fn an_expired_snapshot_with_immutable_entries_is_named_in_the_report_and_deleted
     );
     verify_all(&dest);
 }
+
+/// Runs `snapring backup --json --retain 2` without the capabilities that let root
+/// write anything (as a backup user other than root would). Returns (exit code, report).
+fn backup_without_dac(src: &Path, dest: &Path) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ])
+        .arg(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["backup", "--json", "--retain", "2", "--source"])
+        .arg(src)
+        .arg("--dest")
+        .arg(dest)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+    )
+}
+
+/// A source whose root has no owner write bit (0555), backed up without
+/// `CAP_DAC_OVERRIDE`: the snapshot's root gets mode 0555, and moving it (staging to
+/// `daily.0`, then the expired one to trash) needs write permission on it. Every run
+/// publishes and the third expires the first; each snapshot's root keeps 0555. Before,
+/// the first run's rename failed EACCES after its journal was written and every later
+/// run failed rolling that journal forward: no backup was ever published.
+#[test]
+fn a_read_only_source_root_backed_up_without_dac_override_publishes_and_rotates() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    write(&src.join("f"), b"v0");
+    for i in 1..=3 {
+        chmod(&src, 0o755);
+        write(&src.join("f"), format!("v{i}").as_bytes());
+        chmod(&src, 0o555);
+        let (code, rep) = backup_without_dac(&src, &dest);
+        assert_eq!(code, Some(0), "run {i}: {rep}");
+    }
+    assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);
+    for s in ["daily.0", "daily.1"] {
+        let m = std::fs::metadata(dest.join(s)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o555, "{s}");
+    }
+    assert_eq!(std::fs::read(dest.join("daily.0/f")).unwrap(), b"v3");
+    assert_eq!(std::fs::read(dest.join("daily.1/f")).unwrap(), b"v2");
+    let trash: Vec<_> = std::fs::read_dir(dest.join(".snapring/trash"))
+        .unwrap()
+        .collect();
+    assert!(trash.is_empty(), "{trash:?}");
+    chmod(&src, 0o755);
+}
