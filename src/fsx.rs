@@ -223,12 +223,35 @@ pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
 
 /// Opens a regular file for reading without following symlinks. Tries `O_NOATIME`
 /// first (a backup should not disturb access times) and drops it where not permitted.
+///
+/// The name may have been replaced since the caller's `lstat` (a source changing
+/// under a backup): `O_NONBLOCK` keeps a fifo's open from waiting, and what was opened
+/// must still be a regular file, else a fifo or a device would be read as the file's
+/// content (`/dev/zero` for ever). Anything else is an error of kind `NotFound` (the
+/// file is gone) naming what the name is now. The check reads the attributes the open
+/// has just given the kernel (no round trip; an inode's type never changes).
 pub fn open_read_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     let base = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
-    match rfs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
-        Err(rustix::io::Errno::PERM) => Ok(rfs::openat(dir, name, base, Mode::empty())?),
-        r => Ok(r?),
+    let fd = match rfs::openat(dir, name, base | OFlags::NOATIME, Mode::empty()) {
+        Err(rustix::io::Errno::PERM) => rfs::openat(dir, name, base, Mode::empty())?,
+        r => r?,
+    };
+    let kind = match fstat_cached(fd.as_fd()) {
+        Some(m) => m.kind,
+        None => fstat(fd.as_fd())?.kind,
+    };
+    if kind != Kind::File {
+        return Err(not_a_file(kind));
     }
+    Ok(fd)
+}
+
+/// The error of [`open_read_at`] for a name that is no longer a regular file.
+fn not_a_file(kind: Kind) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("no longer a regular file: replaced by a {}", kind.name()),
+    )
 }
 
 /// Creates a new file for writing; fails if the name exists.
@@ -421,9 +444,16 @@ pub fn read_xattrs(t: &XattrTarget<'_>) -> io::Result<Xattrs> {
     Ok(out)
 }
 
-/// Sets every attribute in `xs`. Returns the names the target file system refused as
-/// unsupported (for example `security.*` on a file system without them).
-pub fn write_xattrs(t: &XattrTarget<'_>, xs: &Xattrs) -> io::Result<Vec<Vec<u8>>> {
+/// Attributes a file system refused to store: each name, and why, as the words before
+/// "the … file system": `not supported by` or `too large for`.
+pub type Refused = Vec<(Vec<u8>, &'static str)>;
+
+/// Sets every attribute in `xs`. Returns the ones the target file system refused: as
+/// unsupported (for example `security.*` on a file system without them), or as too
+/// large (ENOSPC, E2BIG: ext4 keeps a value in one block, so 4 KiB at most, where XFS,
+/// btrfs and tmpfs take 64 KiB). A value too large is the entry's problem, not a full
+/// disk: it failed every run of a store, however empty, as "file system is full".
+pub fn write_xattrs(t: &XattrTarget<'_>, xs: &Xattrs) -> io::Result<Refused> {
     let mut refused = Vec::new();
     for (name, val) in xs {
         let r = match t {
@@ -439,7 +469,10 @@ pub fn write_xattrs(t: &XattrTarget<'_>, xs: &Xattrs) -> io::Result<Vec<Vec<u8>>
         };
         match r {
             Ok(()) => {}
-            Err(e) if unsupported(&e) => refused.push(name.clone()),
+            Err(e) if unsupported(&e) => refused.push((name.clone(), "not supported by")),
+            Err(rustix::io::Errno::NOSPC | rustix::io::Errno::TOOBIG) => {
+                refused.push((name.clone(), "too large for"))
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -638,7 +671,7 @@ pub fn apply_owner_mode(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
 
 /// A directory's metadata, once its children are written: xattrs (default ACLs too),
 /// then owner and mode, then times. Returns the xattrs the file system refused.
-pub fn apply_dir_meta(fd: BorrowedFd<'_>, m: &Meta, xs: &Xattrs) -> io::Result<Vec<Vec<u8>>> {
+pub fn apply_dir_meta(fd: BorrowedFd<'_>, m: &Meta, xs: &Xattrs) -> io::Result<Refused> {
     let refused = write_xattrs(&XattrTarget::Fd(fd), xs)?;
     apply_owner_mode(fd, m)?;
     apply_times(fd, m)?;
@@ -783,6 +816,21 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd>
             Ok(cur)
         }
         r => Ok(r?),
+    }
+}
+
+/// `Some("immutable")` or `Some("append-only")` when the inode of `fd` has that flag
+/// (`chattr +i`, `+a`): nobody, root included, may then rename or delete it, nor
+/// change what a directory holds. `None` without either flag, or where the file
+/// system has no such flags.
+pub fn unchangeable(fd: BorrowedFd<'_>) -> Option<&'static str> {
+    let flags = rfs::ioctl_getflags(fd).ok()?;
+    if flags.contains(rfs::IFlags::IMMUTABLE) {
+        Some("immutable")
+    } else if flags.contains(rfs::IFlags::APPEND) {
+        Some("append-only")
+    } else {
+        None
     }
 }
 

@@ -1654,13 +1654,13 @@ impl<R: SnapshotReader> Restore<'_, R> {
             .owner_mode(b(&dst), m)
             .and_then(|_| fsx::write_xattrs(&XattrTarget::Fd(b(&dst)), &xattrs))
             .and_then(|refused| {
-                for n in refused {
+                for (n, why) in refused {
                     self.problem(
                         rel,
                         ProblemKind::Metadata,
                         "set extended attribute",
                         format!(
-                            "{} not supported by the target file system",
+                            "{} {why} the target file system",
                             String::from_utf8_lossy(&n)
                         ),
                     );

@@ -19,8 +19,8 @@ use crate::fsx::{CopyError, Meta, Xattrs};
 use crate::manifest::Entry;
 use crate::relpath::RelPath;
 
-/// Names of extended attributes the target refused to store.
-pub type Refused = Vec<Vec<u8>>;
+/// Extended attributes the target refused to store, each with why.
+pub type Refused = crate::fsx::Refused;
 
 /// What linking an unchanged entry gave.
 pub enum Linked {

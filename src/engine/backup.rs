@@ -900,9 +900,13 @@ fn delete_expired<R: Repository>(
             let r = repo.delete_expired(opts.jobs, cancel);
             done_rm.store(true, Ordering::Relaxed);
             if let Err(e) = r {
-                tracing::warn!(
+                // In the report too: something that stays undeletable (an immutable
+                // file) fills the disk run after run, and only the log said so.
+                let w = format!(
                     "expired snapshots not fully deleted yet ({e}); the next run continues"
                 );
+                tracing::warn!("{w}");
+                rep.warnings.push(w);
             } else if ended.load(Ordering::Relaxed) {
                 tracing::warn!(
                     "backup window ended while deleting expired snapshots; the next run continues"

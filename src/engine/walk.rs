@@ -185,7 +185,8 @@ impl<'a, S: Sink> Walk<'a, S> {
 
     /// A source-side I/O error: vanished if the entry is gone, else unreadable.
     fn source_error(&self, rel: &RelPath, action: &str, e: &std::io::Error) {
-        let kind = if fsx::errno_is(e, Errno::NOENT) {
+        // `NotFound`: ENOENT, or a name no longer of the type its `lstat` gave.
+        let kind = if e.kind() == std::io::ErrorKind::NotFound {
             ProblemKind::Vanished
         } else {
             ProblemKind::Unreadable
@@ -203,7 +204,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         }
     }
 
-    fn refused_xattrs(&self, rel: &RelPath, refused: &[Vec<u8>]) {
+    fn refused_xattrs(&self, rel: &RelPath, refused: &[(Vec<u8>, &str)]) {
         for p in refused_xattr_problems(rel, refused) {
             self.counters.problem(p);
         }
@@ -217,7 +218,8 @@ impl<'a, S: Sink> Walk<'a, S> {
         rel: &RelPath,
         meta: &Meta,
     ) -> Option<(OwnedFd, S::Dir)> {
-        let src = match fsx::open_dir_at(b(&parent.state.src), name) {
+        let _ = failpoint::hit("walk.open_dir");
+        let src = match open_same_dir(b(&parent.state.src), name, meta) {
             Ok(fd) => fd,
             Err(e) => {
                 self.source_error(rel, "open directory", &e);
@@ -384,6 +386,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         };
         let mut decision = self.decision(dir, name, m, target.as_deref(), prev_entry);
         if decision == Decision::VerifyContent {
+            let _ = failpoint::hit("walk.verify_content");
             let same =
                 fsx::open_read_at(b(&dir.state.src), name).and_then(|fd| fsx::hash_file(b(&fd)));
             decision = match (same, prev_entry.and_then(|e| e.hash)) {
@@ -455,7 +458,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         action: &'static str,
         e: std::io::Error,
     ) -> Leaf {
-        if fsx::errno_is(&e, Errno::NOENT) {
+        if e.kind() == std::io::ErrorKind::NotFound {
             self.source_error(rel, action, &e);
             return Leaf::Dropped;
         }
@@ -920,27 +923,64 @@ impl<S: Sink> Visitor for Walk<'_, S> {
     }
 }
 
+/// Opens subdirectory `name` of the source, which its parent's listing `lstat`ed as
+/// `meta`. The name may have been replaced since (a source changing under the
+/// backup): by a symlink (not followed), by a file, or by another directory, whose
+/// contents would otherwise be written under the owner, mode and manifest entry of
+/// the one listed (a private directory renamed into place shown with a public one's
+/// mode). Each is an error of kind `NotFound` naming what the name is now.
+fn open_same_dir(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &[u8],
+    meta: &Meta,
+) -> std::io::Result<OwnedFd> {
+    let fd = match fsx::open_dir_at(dir, name) {
+        Ok(fd) => fd,
+        Err(e) if fsx::errno_is(&e, Errno::LOOP) || fsx::errno_is(&e, Errno::NOTDIR) => {
+            let now = fsx::lstat_at(dir, name)
+                .map(|m| m.kind.name())
+                .unwrap_or("something else");
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no longer a directory: replaced by a {now}"),
+            ));
+        }
+        Err(e) => return Err(e),
+    };
+    // The attributes the open has just given the kernel: no round trip.
+    let now = match fsx::fstat_cached(b(&fd)) {
+        Some(m) => m,
+        None => fsx::fstat(b(&fd))?,
+    };
+    if (now.dev, now.ino) != (meta.dev, meta.ino) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "replaced by another directory after it was listed",
+        ));
+    }
+    Ok(fd)
+}
+
 /// The problems of extended attributes the backup file system refused on `rel`: the
-/// user's own (`user.*`) and ACLs; others (`security.*`, `trusted.*`) are only logged.
-/// Also finalize's, for the spine directories of a shard run.
-pub fn refused_xattr_problems(rel: &RelPath, refused: &[Vec<u8>]) -> Vec<Problem> {
+/// user's own (`user.*`) and ACLs, and any value too large for it; others it does not
+/// support (`security.*`, `trusted.*`) are only logged. Also finalize's, for the spine
+/// directories of a shard run.
+pub fn refused_xattr_problems(rel: &RelPath, refused: &[(Vec<u8>, &str)]) -> Vec<Problem> {
     let mut out = Vec::new();
-    for n in refused {
-        if n.starts_with(b"user.") || n.starts_with(b"system.posix_acl") {
+    for (n, why) in refused {
+        let name = String::from_utf8_lossy(n);
+        if n.starts_with(b"user.")
+            || n.starts_with(b"system.posix_acl")
+            || *why != "not supported by"
+        {
             out.push(Problem {
                 path: rel.escaped(),
                 kind: ProblemKind::Metadata,
                 action: "set extended attribute".into(),
-                error: format!(
-                    "{} not supported by the backup file system",
-                    String::from_utf8_lossy(n)
-                ),
+                error: format!("{name} {why} the backup file system"),
             });
         } else {
-            tracing::debug!(
-                "{rel}: backup file system refuses {}",
-                String::from_utf8_lossy(n)
-            );
+            tracing::debug!("{rel}: backup file system refuses {name}");
         }
     }
     out

@@ -59,6 +59,34 @@ pub fn parse_journal(bytes: &[u8]) -> std::result::Result<Journal, String> {
     Ok(j)
 }
 
+/// One rename of a rotation. Moving a directory to another parent (staging to
+/// `daily.0`, an expired snapshot to trash) needs write permission on the directory
+/// itself, for its `..`: without `CAP_DAC_OVERRIDE` (a store written by a user other
+/// than root) a snapshot whose root has the source root's mode without the owner's
+/// write bit (0555) refused it, after the journal was written, so every later command
+/// failed rolling the journal forward and no backup was ever published. The owner's
+/// write bit is lent for the rename and the mode put back at once (a crash between
+/// leaves only that bit set on the snapshot's root).
+fn rename_step(root: std::os::fd::BorrowedFd<'_>, from: &[u8], to: &[u8]) -> std::io::Result<()> {
+    match fsx::rename_noreplace(root, from, root, to) {
+        Err(e) if fsx::errno_is(&e, rustix::io::Errno::ACCESS) => {
+            let Ok(dir) = fsx::open_dir_beneath(root, from) else {
+                return Err(e);
+            };
+            let perm = fsx::fstat(fsx::b(&dir))?.perm;
+            if perm & 0o200 != 0 {
+                return Err(e);
+            }
+            let mode = |p| rustix::fs::fchmod(&dir, rustix::fs::Mode::from_raw_mode(p));
+            mode(perm | 0o200)?;
+            let r = fsx::rename_noreplace(root, from, root, to);
+            mode(perm)?;
+            r
+        }
+        r => r,
+    }
+}
+
 impl Journal {
     /// The name this journal publishes its run's snapshot under.
     fn published(&self) -> Option<String> {
@@ -122,8 +150,7 @@ impl Store {
                     ),
                 });
             }
-            fsx::rename_noreplace(root, from, root, to)
-                .ctx("rename", self.root.join(&step.from))?;
+            rename_step(root, from, to).ctx("rename", self.root.join(&step.from))?;
         }
         for d in [
             &self.root,

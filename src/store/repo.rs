@@ -333,6 +333,50 @@ impl Store {
             }
             vacated.insert(step.from.as_str());
         }
+        self.check_renamable(steps)
+    }
+
+    /// Every entry a rotation renames, and the directories it renames them in, can be
+    /// renamed: an immutable or append-only one (`chattr +i`, `+a`; not even root may
+    /// rename it) refused a step after the journal was written, so the run failed with
+    /// the store half rotated, and every later command failed again rolling that
+    /// journal forward until the flag was removed. Refused before anything is renamed:
+    /// the run fails saying which entry and why, and nothing changes in the store.
+    fn check_renamable(&self, steps: &[rotation::Step]) -> Result<()> {
+        let root = b(&self.root_fd);
+        let mut dirs: Vec<&str> = vec!["."];
+        for step in steps {
+            for end in [&step.from, &step.to] {
+                if let Some((parent, _)) = end.rsplit_once('/')
+                    && !dirs.contains(&parent)
+                {
+                    dirs.push(parent);
+                }
+            }
+        }
+        let entries = steps.iter().map(|s| (s.from.as_str(), false));
+        for (rel, is_parent) in entries.chain(dirs.into_iter().map(|d| (d, true))) {
+            let Ok(fd) = fsx::open_dir_beneath(root, rel.as_bytes()) else {
+                continue; // not a directory, or gone: the rename says what it is
+            };
+            let Some(flag) = fsx::unchangeable(b(&fd)) else {
+                continue;
+            };
+            let path = self.root.join(rel);
+            let what = if is_parent {
+                "the rotation renames entries in it"
+            } else {
+                "the rotation must rename it"
+            };
+            return Err(crate::error::Error::Store {
+                path: path.clone(),
+                msg: format!(
+                    "is {flag}, and {what}; nothing was published and nothing was rotated: remove the flag (`chattr -{} {}`) and run again",
+                    if flag == "immutable" { "i" } else { "a" },
+                    path.display()
+                ),
+            });
+        }
         Ok(())
     }
 }

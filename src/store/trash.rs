@@ -231,6 +231,18 @@ impl Trash {
     /// `rel` could not be removed: keep `dir` (its parent) and remember the first error.
     fn fail(&self, dir: &State, e: std::io::Error, action: &'static str, rel: &RelPath) {
         dir.kept.store(true, Ordering::Relaxed);
+        // Root gets EPERM from an immutable or append-only entry, or one in such a
+        // directory: say how to find and clear it (nothing else can delete it).
+        let e = if fsx::errno_is(&e, Errno::PERM) {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{e}; it or its directory is probably immutable or append-only (`lsattr -d` shows the flag, `chattr -i` or `-a` removes it); it stays in trash until then"
+                ),
+            )
+        } else {
+            e
+        };
         let e = io_error(e, action, self.shown.join(rel.escaped()));
         let mut first = self.first_error.lock().unwrap_or_else(|e| e.into_inner());
         first.get_or_insert(e);

@@ -1,0 +1,252 @@
+//! Odd store states a user can make (run as root): snapshots or entries in them made
+//! immutable or append-only (`chattr +i`, `+a`). A rotation that cannot rename a
+//! snapshot is refused before anything moves, saying which and how to clear it; an
+//! expired snapshot whose entries cannot be deleted loses no newer history, is named in
+//! the run's report, and later runs keep working and delete it once the flag is gone.
+
+mod common;
+use common::*;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Clears every immutable and append-only flag under a test's directory when dropped
+/// (also when the test fails), so the temporary directory can be deleted.
+struct Unflag(PathBuf);
+
+impl Drop for Unflag {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr")
+            .arg("-R")
+            .arg("-ia")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn chattr(flag: &str, p: &Path) {
+    let ok = Command::new("chattr")
+        .arg(flag)
+        .arg(p)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "chattr {flag} {}", p.display());
+}
+
+/// Whether this file system has the flags (`chattr` works on a probe file).
+fn has_flags(dir: &Path) -> bool {
+    let p = dir.join("probe");
+    std::fs::write(&p, b"").unwrap();
+    let ok = Command::new("chattr")
+        .arg("+i")
+        .arg(&p)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    let _ = Command::new("chattr").arg("-i").arg(&p).status();
+    std::fs::remove_file(&p).unwrap();
+    ok
+}
+
+fn setup() -> Option<(tempfile::TempDir, Unflag, PathBuf, PathBuf)> {
+    let t = tempfile::tempdir().unwrap();
+    if !has_flags(t.path()) {
+        eprintln!("skipped: no chattr flags on this file system");
+        return None;
+    }
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    for i in 0..8 {
+        write(
+            &src.join(format!("d{}/f{i}", i % 2)),
+            format!("v1 {i}").as_bytes(),
+        );
+    }
+    let guard = Unflag(t.path().to_path_buf());
+    Some((t, guard, src, dest))
+}
+
+fn run(src: &Path, dest: &Path) -> (i32, serde_json::Value) {
+    let (code, rep, _) = backup(src, dest, &["--retain", "2"], &[]);
+    (code, rep)
+}
+
+fn verify_all(dest: &Path) {
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "--all".as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify --all: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A snapshot the rotation must rename made immutable (`daily.1`, which it expires) or
+/// append-only (`daily.0`, which it shifts): the run fails at once naming it and the
+/// `chattr` that clears it, writes no journal and renames nothing; `list` still works;
+/// once the flag is gone the next run completes. Before the check the journal was
+/// written and the rename failed ("Operation not permitted"): the store stayed half
+/// rotated and every later command failed rolling the journal forward.
+#[test]
+fn a_snapshot_the_rotation_cannot_rename_is_refused_before_anything_moves() {
+    let Some((_t, _guard, src, dest)) = setup() else {
+        return;
+    };
+    assert_eq!(run(&src, &dest).0, 0);
+    write(&src.join("d0/f0"), b"v2");
+    assert_eq!(run(&src, &dest).0, 0);
+    for (snap, flag, word) in [
+        ("daily.1", "+i", "immutable"),
+        ("daily.0", "+a", "append-only"),
+    ] {
+        let before = (
+            describe(&dest.join("daily.0")),
+            describe(&dest.join("daily.1")),
+        );
+        chattr(flag, &dest.join(snap));
+        write(&src.join("d1/f1"), format!("changed for {snap}").as_bytes());
+        let (code, rep) = run(&src, &dest);
+        assert_eq!(code, 1, "{snap}: {rep}");
+        let msg = rep["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&format!("{}", dest.join(snap).display()))
+                && msg.contains(word)
+                && msg.contains(&format!("chattr -{}", &flag[1..]))
+                && msg.contains("nothing was published"),
+            "{snap}: {msg}"
+        );
+        assert!(
+            !dest.join(".snapring/journal").exists(),
+            "{snap}: a journal was left to roll forward"
+        );
+        assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"], "{snap}");
+        assert_same_tree(&before.0, &describe(&dest.join("daily.0")), "daily.0");
+        assert_same_tree(&before.1, &describe(&dest.join("daily.1")), "daily.1");
+        let out = snapring(&["list".as_ref(), "--dest".as_ref(), dest.as_os_str()], &[]);
+        assert_eq!(out.status.code(), Some(0), "{snap}: list after the refusal");
+        chattr(&format!("-{}", &flag[1..]), &dest.join(snap));
+        let (code, rep) = run(&src, &dest);
+        assert_eq!(code, 0, "{snap}: the run after the flag is cleared: {rep}");
+        assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "new");
+    }
+    verify_all(&dest);
+}
+
+/// An expired snapshot holding an immutable file and an append-only directory: the
+/// run still completes and keeps the newer snapshots whole, and its report (not only
+/// its log) names what could not be deleted and how to clear the flag; every later
+/// run says so again until the flag is cleared, and then deletes it. Before, the
+/// report had no warning: trash grew run after run with nothing in the report.
+#[test]
+fn an_expired_snapshot_with_immutable_entries_is_named_in_the_report_and_deleted_later() {
+    let Some((_t, _guard, src, dest)) = setup() else {
+        return;
+    };
+    assert_eq!(run(&src, &dest).0, 0);
+    // Changed, so daily.1's f0 and d1/f1 are inodes of their own (not shared with
+    // daily.0, whose link from them the flag would refuse).
+    write(&src.join("d0/f0"), b"v2 0");
+    write(&src.join("d1/f1"), b"v2 1");
+    assert_eq!(run(&src, &dest).0, 0);
+    chattr("+i", &dest.join("daily.1/d0/f0"));
+    chattr("+a", &dest.join("daily.1/d1"));
+    write(&src.join("d0/f2"), b"v3 2");
+    let (code, rep) = run(&src, &dest);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    let warnings = rep["warnings"].to_string();
+    assert!(
+        warnings.contains("not fully deleted") && warnings.contains("immutable or append-only"),
+        "{warnings}"
+    );
+    assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);
+    assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "daily.0");
+    verify_all(&dest);
+    // The next run says it again; with the flags cleared, the one after empties trash.
+    let (code, rep) = run(&src, &dest);
+    assert_eq!(code, 0, "{rep}");
+    assert!(
+        rep["warnings"].to_string().contains("not fully deleted"),
+        "{rep}"
+    );
+    let _ = Command::new("chattr")
+        .arg("-R")
+        .arg("-ia")
+        .arg(dest.join(".snapring/trash"))
+        .status();
+    let (code, rep) = run(&src, &dest);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["warnings"], serde_json::json!([]), "{rep}");
+    let left: Vec<_> = std::fs::read_dir(dest.join(".snapring/trash"))
+        .unwrap()
+        .collect();
+    assert!(
+        left.is_empty(),
+        "trash after the flags are cleared: {left:?}"
+    );
+    verify_all(&dest);
+}
+
+/// Runs `snapring backup --json --retain 2` without the capabilities that let root
+/// write anything (as a backup user other than root would). Returns (exit code, report).
+fn backup_without_dac(src: &Path, dest: &Path) -> (Option<i32>, serde_json::Value) {
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search",
+            "--inh-caps=-dac_override,-dac_read_search",
+        ])
+        .arg(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["backup", "--json", "--retain", "2", "--source"])
+        .arg(src)
+        .arg("--dest")
+        .arg(dest)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+    )
+}
+
+/// A source whose root has no owner write bit (0555), backed up without
+/// `CAP_DAC_OVERRIDE`: the snapshot's root gets mode 0555, and moving it (staging to
+/// `daily.0`, then the expired one to trash) needs write permission on it. Every run
+/// publishes and the third expires the first; each snapshot's root keeps 0555. Before,
+/// the first run's rename failed EACCES after its journal was written and every later
+/// run failed rolling that journal forward: no backup was ever published.
+#[test]
+fn a_read_only_source_root_backed_up_without_dac_override_publishes_and_rotates() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    write(&src.join("f"), b"v0");
+    for i in 1..=3 {
+        chmod(&src, 0o755);
+        write(&src.join("f"), format!("v{i}").as_bytes());
+        chmod(&src, 0o555);
+        let (code, rep) = backup_without_dac(&src, &dest);
+        assert_eq!(code, Some(0), "run {i}: {rep}");
+    }
+    assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);
+    for s in ["daily.0", "daily.1"] {
+        let m = std::fs::metadata(dest.join(s)).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o555, "{s}");
+    }
+    assert_eq!(std::fs::read(dest.join("daily.0/f")).unwrap(), b"v3");
+    assert_eq!(std::fs::read(dest.join("daily.1/f")).unwrap(), b"v2");
+    let trash: Vec<_> = std::fs::read_dir(dest.join(".snapring/trash"))
+        .unwrap()
+        .collect();
+    assert!(trash.is_empty(), "{trash:?}");
+    chmod(&src, 0o755);
+}
