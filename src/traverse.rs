@@ -6,7 +6,9 @@
 //! - a bounded pool of `threads` workers over a LIFO stack, so the walk goes depth-first
 //!   and the frontier (memory, open descriptors) stays small;
 //! - a directory's listing is split into chunks of [`CHUNK`] items, so the entries of one
-//!   huge directory are handled by several workers at once; and a chunk splits off the
+//!   huge directory are handled by several workers at once; the worker that opened the
+//!   directory goes on with its first chunk at once (its listing is fresh: over NFS the
+//!   attributes it brought are cached only for a while); and a chunk splits off the
 //!   second half of what it has left whenever nothing else is queued while a worker (and
 //!   a permit of the gate) idles: the end of a walk, when a few directories are left,
 //!   is not walked one item at a time by one worker each;
