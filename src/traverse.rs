@@ -290,14 +290,7 @@ mod tests {
             if self.skip.as_deref() == Some(&key(rel)) {
                 return Opened::Skip;
             }
-            let items = (0..self.fanout)
-                .map(|i| {
-                    (
-                        format!("e{i}").into_bytes(),
-                        i % 2 == 0 && depth < self.depth,
-                    )
-                })
-                .collect();
+            let items = model_items(self.fanout, depth < self.depth);
             Opened::Dir(depth, items)
         }
 
@@ -332,6 +325,14 @@ mod tests {
                 below == self.expected_below(&me);
             self.finished.lock().unwrap().push(me);
         }
+    }
+
+    /// A model directory's items: `e0`, `e1`, …; the even ones are directories when
+    /// `dirs`.
+    fn model_items(fanout: usize, dirs: bool) -> Vec<(Vec<u8>, bool)> {
+        (0..fanout)
+            .map(|i| (format!("e{i}").into_bytes(), dirs && i % 2 == 0))
+            .collect()
     }
 
     /// The path as the tests name it: "" for the root.
@@ -504,14 +505,7 @@ mod tests {
         ) -> Opened<usize, Self::Item> {
             let me = std::thread::current().id();
             self.steps.lock().unwrap().push((me, "open", key(rel)));
-            let items = (0..self.fanout)
-                .map(|i| {
-                    (
-                        format!("e{i}").into_bytes(),
-                        i % 2 == 0 && depth < self.depth,
-                    )
-                })
-                .collect();
+            let items = model_items(self.fanout, depth < self.depth);
             Opened::Dir(depth, items)
         }
 
