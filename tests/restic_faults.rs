@@ -934,7 +934,10 @@ fn sustained_throttling_is_waited_out() {
         .collect();
     // A pack tried more than the 6 times other failures get: 6 throttled, then stored.
     let first = &throttled.first().expect("throttled").path;
-    assert!(seen.iter().filter(|y| &y.path == first).count() > 6, "{seen:?}");
+    assert!(
+        seen.iter().filter(|y| &y.path == first).count() > 6,
+        "{seen:?}"
+    );
     assert!(throttled.len() >= 6, "{seen:?}");
     // Each pack tried again no sooner than Retry-After asked (the backoff alone starts
     // at 0.1-0.2 s).
