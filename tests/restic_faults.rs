@@ -9,6 +9,9 @@
 //! left `running`, is settled `incomplete` by the next run. SIGTERM and `--window` stop
 //! the run as `incomplete` with its packs indexed and reused by the next run. Wrong
 //! password, missing bucket and no network fail quickly, exit 1, naming the repository.
+//! A slow upload is waited for (the time limit grows with the size) and a stalled one
+//! fails in bounded time; throttling (503 SlowDown with `Retry-After`) is waited out
+//! for longer than other faults, yet SIGTERM still stops a run waiting on it promptly.
 
 mod common;
 #[path = "common/s3.rs"]
@@ -300,9 +303,10 @@ fn slow_replies_are_waited_for() {
     assert_eq!(s.proxy.count("PUT", "/data/"), packs, "no retry: {r}");
 }
 
-/// 503 on every pack upload: the run fails after the bounded retries (6 attempts,
+/// 500 on every pack upload: the run fails after the bounded retries (6 attempts,
 /// 6.2 s of backoff), exit 1, naming the object and the action; no snapshot is
-/// visible; restic checks the repository; healed, the next run completes.
+/// visible; restic checks the repository; healed, the next run completes. (503 is
+/// throttling, retried for minutes: `sustained_throttling_is_waited_out`.)
 #[test]
 fn a_fault_that_never_heals_fails_the_run_clearly() {
     let s = setup(Vec::new());
@@ -312,7 +316,7 @@ fn a_fault_that_never_heals_fails_the_run_clearly() {
     s.proxy.set_rules(vec![Rule::new(
         "PUT",
         "/data/",
-        Fault::Status(503),
+        Fault::Status(500),
         u64::MAX,
     )]);
     let started = Instant::now();
@@ -326,7 +330,7 @@ fn a_fault_that_never_heals_fails_the_run_clearly() {
         "{msg}"
     );
     assert!(msg.contains("after 6 attempts"), "{msg}");
-    assert!(msg.contains("HTTP 503: SlowDown"), "{msg}");
+    assert!(msg.contains("HTTP 500: InternalError"), "{msg}");
     assert!(err.contains("backup failed"), "{err}");
     assert!(took >= Duration::from_millis(6200), "{took:?}");
     assert!(took < Duration::from_secs(60), "{took:?}");
@@ -818,4 +822,175 @@ fn a_prune_does_not_pull_packs_from_under_a_restore() {
     let p: serde_json::Value =
         serde_json::from_str(&s.sr_ok(&["prune", "--dest", &dest, "--json"])).unwrap();
     assert_eq!(p["plan"]["packs_repacked"], 1, "{p}");
+}
+
+/// A backup through the proxy with `env` set besides: (code, report, stderr, time).
+fn backup_env(
+    s: &Setup,
+    dest: &str,
+    env: &[(&str, &str)],
+) -> (i32, serde_json::Value, String, Duration) {
+    let mut c = s.cmd(&s.backup_args(dest));
+    c.envs(env.iter().copied());
+    let started = Instant::now();
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// A request's time limit grows with its size (docs/format.md, "Faults and retries"):
+/// a pack upload far slower than a flat limit allows completes, and a stalled one
+/// still fails in bounded time. Scaled down: a 3 s base (`SNAPRING_S3_TIMEOUT`, 300 s
+/// in production) and 128 KiB/s (`SNAPRING_S3_MIN_RATE`); the proxy reads the 3 MiB
+/// pack at 384 KiB/s, 8 s, so a flat 3 s limit would fail every attempt.
+#[test]
+fn a_slow_upload_completes_and_a_stalled_one_fails_in_bounded_time() {
+    let s = setup(Vec::new());
+    source(&s.src, 3, 11);
+    let dest = s.dest("slow");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.proxy.set_rules(vec![Rule::new(
+        "PUT",
+        "/data/",
+        Fault::SlowBody(384 << 10),
+        u64::MAX,
+    )]);
+    let scaled = [
+        ("SNAPRING_S3_TIMEOUT", "3"),
+        ("SNAPRING_S3_MIN_RATE", "131072"),
+    ];
+    let (code, r, err, took) = backup_env(&s, &dest, &scaled);
+    assert_eq!(code, 0, "{r}\n{err}");
+    assert_eq!(r["status"], "complete", "{r}");
+    assert!(
+        took >= Duration::from_secs(7),
+        "the upload was slow: {took:?}"
+    );
+    // Not a retry: each pack was sent once and stored.
+    assert_eq!(
+        s.proxy.count("PUT", "/data/"),
+        s.proxy.served("PUT", "/data/"),
+        "{:?}",
+        s.proxy.seen()
+    );
+    s.restore_equals_source(&dest, "after the slow upload");
+
+    // A connection that takes the head and then nothing: each attempt ends at its
+    // limit (3 s + 1 MiB / 1 MiB/s here), and the run fails after the 6 attempts.
+    write(&s.src.join("big/new"), &pseudo_random(MIB, 12));
+    s.proxy
+        .set_rules(vec![Rule::new("PUT", "/data/", Fault::Stall, u64::MAX)]);
+    let scaled = [
+        ("SNAPRING_S3_TIMEOUT", "3"),
+        ("SNAPRING_S3_MIN_RATE", "1048576"),
+    ];
+    let (code, r, err, took) = backup_env(&s, &dest, &scaled);
+    s.proxy.release();
+    assert_eq!(code, 1, "{r}\n{err}");
+    let msg = r["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("cannot write s3://backups/slow/data/"),
+        "{msg}"
+    );
+    assert!(msg.contains("after 6 attempts"), "{msg}");
+    assert!(msg.contains("the limit for its size"), "{msg}");
+    assert!(took < Duration::from_secs(100), "{took:?}");
+    assert_eq!(s.objects("slow", "snapshots").len(), 1);
+}
+
+/// Throttling that outlasts the other failures' retries (6 attempts, 6.2 s): 503
+/// SlowDown with `Retry-After: 1` on every pack upload for 9 s. The waits follow
+/// `Retry-After`, the run completes once the throttling ends.
+#[test]
+fn sustained_throttling_is_waited_out() {
+    let s = setup(Vec::new());
+    source(&s.src, 3, 21);
+    let dest = s.dest("throttled");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.proxy.set_rules(vec![Rule::new(
+        "PUT",
+        "/data/",
+        Fault::SlowDown(1),
+        u64::MAX,
+    )]);
+    let (code, r, err, took) = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_secs(9));
+            s.proxy.set_rules(Vec::new());
+        });
+        backup_env(&s, &dest, &[])
+    });
+    assert_eq!(code, 0, "{r}\n{err}");
+    assert_eq!(r["status"], "complete", "{r}");
+    assert!(took >= Duration::from_secs(9), "{took:?}");
+    let seen = s.proxy.seen();
+    let throttled: Vec<_> = seen
+        .iter()
+        .filter(|x| x.fault == Some(Fault::SlowDown(1)))
+        .collect();
+    // A pack tried more than the 6 times other failures get: 6 throttled, then stored.
+    let first = &throttled.first().expect("throttled").path;
+    assert!(
+        seen.iter().filter(|y| &y.path == first).count() > 6,
+        "{seen:?}"
+    );
+    assert!(throttled.len() >= 6, "{seen:?}");
+    // Each pack tried again no sooner than Retry-After asked (the backoff alone starts
+    // at 0.1-0.2 s).
+    for x in &throttled {
+        let next = seen.iter().find(|y| y.path == x.path && y.at > x.at);
+        let next = next.unwrap_or_else(|| panic!("{} not tried again: {seen:?}", x.path));
+        let gap = next.at - x.at;
+        assert!(gap >= Duration::from_millis(950), "{gap:?}: {seen:?}");
+    }
+    s.restore_equals_source(&dest, "after the throttling");
+    s.restic_check("throttled");
+}
+
+/// SIGTERM while a pack upload waits out a long `Retry-After` (30 s): the wait ends
+/// and the run stops within the other failures' retries, not after the throttling.
+#[test]
+fn sigterm_while_throttled_stops_the_run_promptly() {
+    let s = setup(Vec::new());
+    source(&s.src, 3, 31);
+    let dest = s.dest("termthrottled");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.proxy.set_rules(vec![Rule::new(
+        "PUT",
+        "/data/",
+        Fault::SlowDown(30),
+        u64::MAX,
+    )]);
+    let mut child = spawn_backup(&s, &dest, &[], None);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while s.proxy.count("PUT", "/data/") == 0 {
+        assert!(child.try_wait().unwrap().is_none(), "ended before a pack");
+        assert!(Instant::now() < deadline, "no pack in 120 s");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let took = started.elapsed();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let err = String::from_utf8_lossy(&out.stderr);
+    // Stopped (3) with its packs indexed, or failed (1) when the pack could not be
+    // stored within the retries a stopping run has left; never a snapshot.
+    assert!(
+        matches!(out.status.code(), Some(1 | 3)),
+        "{:?}: {r}\n{err}",
+        out.status
+    );
+    assert!(took < Duration::from_secs(25), "{took:?}: {r}\n{err}");
+    assert!(s.objects("termthrottled", "snapshots").is_empty());
+    assert!(
+        s.objects("termthrottled", "locks").is_empty(),
+        "its lock released"
+    );
 }

@@ -75,6 +75,9 @@ pub trait Backend: Send + Sync {
     fn remove_extra(&self, rel: &str) -> Result<()>;
     /// Removes the folder `rel` with everything in it; none is no error.
     fn remove_extra_tree(&self, rel: &str) -> Result<()>;
+    /// The run's cancel flag (SIGINT/SIGTERM, the backup window): a backend that waits
+    /// long before retrying (S3 while throttled) stops waiting once it is set.
+    fn watch_cancel(&self, _cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>) {}
 }
 
 /// The path (object key) of a file relative to the repository's root, restic's layout.

@@ -136,6 +136,8 @@ pub struct Spec<'a> {
 
 /// Backs `opts.source` up into the repository `repo`.
 pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
+    // From the start: the lock and the index are read through the same retries.
+    repo.backend.watch_cancel(&opts.cancel);
     repo.check_writable()?;
     let source =
         std::fs::canonicalize(&opts.source).map_err(io_err("open the source", &opts.source))?;
@@ -746,6 +748,8 @@ impl<'a> Run<'a> {
         cancel: &Arc<AtomicBool>,
         stop: &'a AtomicBool,
     ) -> Run<'a> {
+        // Throttled S3 retries stop waiting when the run is cancelled.
+        repo.backend.watch_cancel(cancel);
         Run {
             root: root.to_path_buf(),
             repo,

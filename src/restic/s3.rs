@@ -28,6 +28,13 @@
 //! `SNAPRING_S3_SSE` (`AES256` or `aws:kms`, with `SNAPRING_S3_SSE_KMS_KEY_ID`) asks for
 //! server-side encryption of every object; `SNAPRING_S3_STORAGE_CLASS` stores packs in
 //! a storage class (the small files stay in the default one).
+//!
+//! Timeouts scale with the bytes moved, so a slow uplink is not a failure: a request
+//! may take `SNAPRING_S3_TIMEOUT` seconds (default 300) plus one second for every
+//! `SNAPRING_S3_MIN_RATE` bytes (default 8192, 8 KiB/s) of its body or of the
+//! response's known length (a ranged GET); a stalled connection fails in that bound.
+//! Throttling (503, 429) is retried for up to 5 minutes, honouring `Retry-After`
+//! (capped at 60 s), unless the run is cancelled; other failures get 6 attempts.
 
 use std::time::Duration;
 
@@ -41,6 +48,69 @@ use super::{Error, Id, Result};
 const ATTEMPTS: u32 = 6;
 /// The first retry's delay; doubled each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// How long throttling (503 SlowDown, 429) is retried in all: S3 asks clients to back
+/// off and try again, and a burst of SlowDown can last minutes (restic retries for
+/// about 15 minutes); failing the run after the 6.2 s other failures get would lose it.
+const THROTTLE_BUDGET: Duration = Duration::from_secs(300);
+/// The longest wait between two tries while throttled (the backoff's cap).
+const THROTTLE_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The longest `Retry-After` honoured: a server asking for more is asked again sooner.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// How long a request may take: `base` plus one second per `min_rate` bytes moved.
+///
+/// Why a timeout that grows with the size rather than reqwest's flat total (it was
+/// 300 s, so a 16 MiB pack needed 56 KB/s, four in flight 1.8 Mbit/s, and a slower
+/// uplink failed every pack) or a stall timeout: blocking reqwest has no per-read
+/// timeout, and the async client's `read_timeout` runs from the request's start until
+/// the response head, so it bounds an upload's total time as well. A bound of
+/// `base + bytes / min_rate` lets an upload at any rate above `min_rate` finish and
+/// still fails a connection that stalls (sends or reads nothing) in bounded time.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    pub base: Duration,
+    /// Bytes per second; at least 1.
+    pub min_rate: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            base: Duration::from_secs(300),
+            min_rate: 8192,
+        }
+    }
+}
+
+impl Timeouts {
+    /// From `SNAPRING_S3_TIMEOUT` (seconds) and `SNAPRING_S3_MIN_RATE` (bytes a second).
+    pub fn from_env() -> Result<Timeouts> {
+        let mut t = Timeouts::default();
+        let num = |name: &str| -> Result<Option<u64>> {
+            match env(name) {
+                None => Ok(None),
+                Some(v) => match v.parse::<u64>() {
+                    Ok(n) if n > 0 => Ok(Some(n)),
+                    _ => Err(Error::Other(format!(
+                        "{name}={v:?}: expected a whole number above 0"
+                    ))),
+                },
+            }
+        };
+        if let Some(s) = num("SNAPRING_S3_TIMEOUT")? {
+            t.base = Duration::from_secs(s);
+        }
+        if let Some(r) = num("SNAPRING_S3_MIN_RATE")? {
+            t.min_rate = r;
+        }
+        Ok(t)
+    }
+
+    /// The time allowed to a request moving `bytes` (body and known response).
+    pub fn for_bytes(&self, bytes: u64) -> Duration {
+        self.base + Duration::from_secs_f64(bytes as f64 / self.min_rate.max(1) as f64)
+    }
+}
 
 /// AWS credentials.
 #[derive(Clone)]
@@ -64,6 +134,11 @@ pub struct S3 {
     /// metadata before they expire when they came from there.
     creds: std::sync::Mutex<Held>,
     pub options: PutOptions,
+    /// Each request's time limit.
+    pub timeouts: Timeouts,
+    /// The run's cancel flag (SIGINT/SIGTERM, the backup window), once a run sets it
+    /// (`Backend::watch_cancel`): throttled retries stop waiting when it is set.
+    cancel: std::sync::Mutex<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 /// Credentials in use, and where to renew them.
@@ -163,12 +238,15 @@ struct Req<'a> {
     headers: Vec<(String, String)>,
     /// Shared, not copied, by each attempt.
     body: bytes::Bytes,
+    /// The response's length when known (a ranged GET), for the time limit.
+    expect: u64,
 }
 
-/// A response: status, body.
+/// A response: status, body, the `Retry-After` it asked for.
 struct Resp {
     status: u16,
     body: Vec<u8>,
+    retry_after: Option<Duration>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -206,6 +284,7 @@ impl S3 {
         let mut s3 = S3::new(&endpoint, bucket, prefix, &region, path_style, creds)?;
         s3.creds.get_mut().unwrap_or_else(|e| e.into_inner()).imds = imds;
         s3.options = PutOptions::from_env()?;
+        s3.timeouts = Timeouts::from_env()?;
         Ok(s3)
     }
 
@@ -224,9 +303,10 @@ impl S3 {
             )));
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
+        // No client-wide total: each request gets one for its size (`Timeouts`).
         let client = reqwest::blocking::Client::builder()
             .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
+            .timeout(None)
             .build()
             .map_err(|e| Error::Other(format!("cannot set up the HTTP client: {e}")))?;
         Ok(S3 {
@@ -238,7 +318,17 @@ impl S3 {
             path_style,
             creds: std::sync::Mutex::new(Held { creds, imds: None }),
             options: PutOptions::default(),
+            timeouts: Timeouts::default(),
+            cancel: std::sync::Mutex::new(None),
         })
+    }
+
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The credentials to sign with now: instance-metadata ones renewed first when they
@@ -322,34 +412,99 @@ impl S3 {
         for (k, v) in r.headers.iter().chain(signed.iter()) {
             rb = rb.header(k.as_str(), v.as_str());
         }
-        let resp = rb.body(r.body.clone()).send().map_err(|e| chain(&e))?;
+        let limit = self.timeouts.for_bytes(r.body.len() as u64 + r.expect);
+        let resp = rb
+            .timeout(limit)
+            .body(r.body.clone())
+            .send()
+            .map_err(|e| timed_out(chain(&e), limit))?;
         let status = resp.status().as_u16();
-        let body = resp.bytes().map_err(|e| chain(&e))?.to_vec();
-        Ok(Resp { status, body })
+        let retry_after = resp
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(Duration::from_secs);
+        let body = resp
+            .bytes()
+            .map_err(|e| timed_out(chain(&e), limit))?
+            .to_vec();
+        Ok(Resp {
+            status,
+            body,
+            retry_after,
+        })
     }
 
     /// Sends a request, retrying with backoff on transport errors, 5xx and 429. `what`
-    /// names the action and object for the error.
+    /// names the action and object for the error. Other failures get [`ATTEMPTS`] tries
+    /// 200 ms, 400 ms, ... apart; throttling (503, 429) is retried until
+    /// [`THROTTLE_BUDGET`] has been spent waiting, each wait the server's `Retry-After`
+    /// (at most [`MAX_RETRY_AFTER`]) or a capped, jittered exponential backoff,
+    /// whichever is longer. Once the run is cancelled throttling gets no more than the
+    /// others' budget, and a wait in progress ends, so SIGTERM and the window stop a
+    /// run as promptly as before.
     fn send(&self, r: &Req, what: &str) -> Result<Resp> {
         let mut delay = FIRST_BACKOFF;
-        let mut last = String::new();
-        for attempt in 0..ATTEMPTS {
-            if attempt > 0 {
-                tracing::debug!("retrying {what} in {delay:?}: {last}");
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-            match self.send_once(r) {
-                Ok(resp) if resp.status >= 500 || resp.status == 429 => {
-                    last = format!("HTTP {}: {}", resp.status, error_text(&resp.body));
+        let mut failures = 0u32;
+        // The next wait after a failure that is not throttling; `None`: give up.
+        let mut ordinary = || {
+            failures += 1;
+            let d = delay;
+            delay *= 2;
+            (failures < ATTEMPTS).then_some(d)
+        };
+        let mut throttle_delay = FIRST_BACKOFF;
+        let mut waited = Duration::ZERO;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let (last, wait) = match self.send_once(r) {
+                Ok(resp) if matches!(resp.status, 503 | 429) => {
+                    let last = format!("HTTP {}: {}", resp.status, error_text(&resp.body));
+                    let backoff = jitter(throttle_delay);
+                    throttle_delay = (throttle_delay * 2).min(THROTTLE_MAX_BACKOFF);
+                    let asked = resp.retry_after.map(|d| d.min(MAX_RETRY_AFTER));
+                    let wait = asked.map_or(backoff, |a| a.max(backoff));
+                    if self.cancelled() || waited + wait > THROTTLE_BUDGET {
+                        // Cancelled, or throttled too long: counted as the others are.
+                        (last, ordinary())
+                    } else {
+                        (last, Some(wait))
+                    }
+                }
+                Ok(resp) if resp.status >= 500 => {
+                    let last = format!("HTTP {}: {}", resp.status, error_text(&resp.body));
+                    (last, ordinary())
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) => last = e,
-            }
+                Err(e) => (e, ordinary()),
+            };
+            let Some(wait) = wait else {
+                return Err(Error::Other(format!(
+                    "cannot {what} (after {attempts} attempts): {last}"
+                )));
+            };
+            tracing::debug!("retrying {what} in {wait:?}: {last}");
+            waited += self.sleep(wait);
         }
-        Err(Error::Other(format!(
-            "cannot {what} (after {ATTEMPTS} attempts): {last}"
-        )))
+    }
+
+    /// Sleeps `d`, or less when the run is cancelled meanwhile (a throttled retry's
+    /// long wait must not hold a stopping run); returns the time slept.
+    fn sleep(&self, d: Duration) -> Duration {
+        let start = std::time::Instant::now();
+        let cancelled_before = self.cancelled();
+        while start.elapsed() < d {
+            if !cancelled_before && self.cancelled() {
+                break;
+            }
+            std::thread::sleep(
+                d.saturating_sub(start.elapsed())
+                    .min(Duration::from_millis(100)),
+            );
+        }
+        start.elapsed()
     }
 
     /// An error for an unexpected reply; a missing bucket says so.
@@ -372,6 +527,7 @@ impl S3 {
             query: vec![],
             headers: vec![],
             body: bytes::Bytes::new(),
+            expect: 0,
         };
         let what = format!("check the bucket {}", self.url_of(""));
         let resp = self.send(&r, &what)?;
@@ -389,13 +545,21 @@ impl S3 {
         ))
     }
 
-    fn get(&self, key: &str, headers: Vec<(String, String)>, what: &str) -> Result<Resp> {
+    /// A GET; `expect`: the response's length when known (for the time limit), else 0.
+    fn get(
+        &self,
+        key: &str,
+        headers: Vec<(String, String)>,
+        expect: u64,
+        what: &str,
+    ) -> Result<Resp> {
         let r = Req {
             method: reqwest::Method::GET,
             key: Some(key),
             query: vec![],
             headers,
             body: bytes::Bytes::new(),
+            expect,
         };
         self.send(&r, what)
     }
@@ -407,6 +571,7 @@ impl S3 {
             query: vec![],
             headers,
             body: bytes,
+            expect: 0,
         };
         self.send(&r, &format!("write {}", self.url_of(key)))
     }
@@ -444,6 +609,7 @@ impl S3 {
             query: vec![],
             headers: vec![],
             body: bytes::Bytes::new(),
+            expect: 0,
         };
         let resp = self.send(&r, &what)?;
         match resp.status {
@@ -471,6 +637,7 @@ impl S3 {
             query,
             headers: vec![],
             body: bytes::Bytes::new(),
+            expect: 0,
         };
         let what = format!("list {}", self.url_of(prefix));
         let resp = self.send(&r, &what)?;
@@ -494,7 +661,7 @@ impl Backend for S3 {
     fn read_config(&self) -> Result<Option<Vec<u8>>> {
         let key = self.key("config");
         let what = format!("read {}", self.url_of(&key));
-        let resp = self.get(&key, vec![], &what)?;
+        let resp = self.get(&key, vec![], 0, &what)?;
         match resp.status {
             200 => Ok(Some(resp.body)),
             // A server may say NoSuchKey for a missing bucket too.
@@ -544,7 +711,7 @@ impl Backend for S3 {
     fn read(&self, kind: Kind, id: &Id) -> Result<Vec<u8>> {
         let key = self.key(&rel_path(kind, id));
         let what = format!("read {}", self.url_of(&key));
-        let resp = self.get(&key, vec![], &what)?;
+        let resp = self.get(&key, vec![], 0, &what)?;
         if resp.status != 200 {
             return Err(self.failed(&what, &resp));
         }
@@ -558,7 +725,7 @@ impl Backend for S3 {
             return Ok(Vec::new());
         }
         let range = format!("bytes={offset}-{}", offset + len as u64 - 1);
-        let resp = self.get(&key, vec![("range".into(), range)], &what)?;
+        let resp = self.get(&key, vec![("range".into(), range)], len as u64, &what)?;
         if resp.status != 206 && resp.status != 200 {
             return Err(self.failed(&what, &resp));
         }
@@ -599,7 +766,7 @@ impl Backend for S3 {
     fn read_extra(&self, rel: &str) -> Result<Option<Vec<u8>>> {
         let key = self.key(rel);
         let what = format!("read {}", self.url_of(&key));
-        let resp = self.get(&key, vec![], &what)?;
+        let resp = self.get(&key, vec![], 0, &what)?;
         match resp.status {
             200 => Ok(Some(resp.body)),
             404 => Ok(None),
@@ -669,6 +836,31 @@ impl Backend for S3 {
     fn remove_extra(&self, rel: &str) -> Result<()> {
         self.delete(&self.key(rel))
     }
+
+    /// The latest run's flag replaces an earlier one.
+    fn watch_cancel(&self, cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
+        *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
+    }
+}
+
+/// A transport error, saying so when it was the time limit.
+fn timed_out(e: String, limit: Duration) -> String {
+    if e.contains("timed out") {
+        format!(
+            "{e} (no answer within {}s, the limit for its size)",
+            limit.as_secs()
+        )
+    } else {
+        e
+    }
+}
+
+/// `d` less a random part of up to half of it, so clients throttled together do not
+/// all try again at the same instant.
+fn jitter(d: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let r = getrandom::getrandom(&mut b).map_or(0, |()| u16::from_le_bytes(b));
+    d.mul_f64(1.0 - f64::from(r) / f64::from(u16::MAX) / 2.0)
 }
 
 /// An error and its causes, `: `-separated (reqwest's own message hides the cause).

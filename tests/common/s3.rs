@@ -1,9 +1,9 @@
 //! A real S3 server and a faulty network in front of it, for the tests on repositories
 //! in S3 (restic_s3, restic_faults): the s3s-fs server on 127.0.0.1 (in-process, a
 //! directory per bucket), with one fix to its listing, and `Proxy`, a plain HTTP/1.1
-//! relay between snapring and that server that, by rule, answers 500/503, delays or
-//! holds replies, or drops the connection mid-request or mid-response, and logs every request
-//! it saw. Included with `#[path = "common/s3.rs"]` by the tests that need it (the
+//! relay between snapring and that server that, by rule, answers 500/503 (503 SlowDown
+//! with `Retry-After` too), delays or holds replies, reads bodies slowly or not at all,
+//! or drops the connection mid-request or mid-response, and logs every request it saw. Included with `#[path = "common/s3.rs"]` by the tests that need it (the
 //! others are not built with the server). Does network I/O.
 #![allow(dead_code)]
 
@@ -198,6 +198,15 @@ pub enum Fault {
     /// Forwards the request (the server acts on it), then sends the client half of the
     /// answer and closes the connection.
     DropResponse,
+    /// Answers 503 SlowDown with `Retry-After: N` (seconds) without asking the server,
+    /// as a throttling S3 does.
+    SlowDown(u32),
+    /// Reads the request's body at this many bytes a second (a slow uplink), then
+    /// forwards it.
+    SlowBody(usize),
+    /// Reads the request's head and nothing more, answering nothing, until
+    /// `Proxy::release` (at most 120 s): a connection that stalls mid-upload.
+    Stall,
 }
 
 /// Which requests a rule applies to, and how many times.
@@ -235,6 +244,8 @@ pub struct Seen {
     pub fault: Option<Fault>,
     /// The server's status, when the request reached it.
     pub status: Option<u16>,
+    /// When its head arrived.
+    pub at: std::time::Instant,
 }
 
 /// An HTTP/1.1 relay on 127.0.0.1 to a server, with faults by rule, until dropped.
@@ -399,6 +410,7 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                 path: req.path.clone(),
                 fault,
                 status: None,
+                at: std::time::Instant::now(),
             });
             seen.len() - 1
         };
@@ -407,8 +419,30 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
             r.read_exact(&mut half)?;
             return Ok(());
         }
+        if fault == Some(Fault::Stall) {
+            held(st);
+            return Ok(());
+        }
         let mut body = vec![0u8; req.length];
-        r.read_exact(&mut body)?;
+        if let Some(Fault::SlowBody(rate)) = fault {
+            // 10 reads a second, each of a tenth of the rate.
+            let step = (rate / 10).max(1);
+            for part in body.chunks_mut(step) {
+                std::thread::sleep(Duration::from_millis(100));
+                r.read_exact(part)?;
+            }
+        } else {
+            r.read_exact(&mut body)?;
+        }
+        if let Some(Fault::SlowDown(secs)) = fault {
+            let xml = "<Error><Code>SlowDown</Code><Message>proxy fault</Message></Error>";
+            write!(
+                out,
+                "HTTP/1.1 503 Slow Down\r\nRetry-After: {secs}\r\nContent-Type: application/xml\r\nContent-Length: {}\r\n\r\n{xml}",
+                xml.len()
+            )?;
+            continue;
+        }
         if let Some(Fault::Status(code)) = fault {
             let (name, reason) = match code {
                 503 => ("SlowDown", "Service Unavailable"),
@@ -428,10 +462,7 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
             std::thread::sleep(d);
         }
         if fault == Some(Fault::Hold) {
-            let until = std::time::Instant::now() + Duration::from_secs(120);
-            while !st.released.load(Ordering::SeqCst) && std::time::Instant::now() < until {
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            held(st);
         }
         let answer = forward(st.upstream, &req, &body)?;
         st.seen.lock().unwrap()[at].status = std::str::from_utf8(&answer[..answer.len().min(16)])
@@ -445,6 +476,14 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
         out.write_all(&answer)?;
     }
     Ok(())
+}
+
+/// Waits until `Proxy::release`, at most 120 s.
+fn held(st: &ProxyState) {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while !st.released.load(Ordering::SeqCst) && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Sends one request to the server on a connection of its own (`Connection: close`)
