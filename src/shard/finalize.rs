@@ -685,7 +685,7 @@ fn link_groups(members: Vec<Member>) -> Vec<Vec<Member>> {
 fn join_group(
     rd: &RunDir,
     tree: std::os::fd::BorrowedFd<'_>,
-    joins: std::os::fd::BorrowedFd<'_>,
+    joins: &JoinDirs,
     slot: usize,
     ms: &[Member],
     counters: &Counters,
@@ -714,6 +714,7 @@ fn join_group(
         // Linked under a name of the run's own `joins/` directory, then renamed over the
         // member: a temporary name in the tree could be a name of the source's.
         let tmp = format!("{slot}.{i}").into_bytes();
+        let joins = joins.for_slot(slot)?;
         let _ = fsx::unlink_at(joins, &tmp);
         match fsx::link_at(b(&first_dir), &first.entry.name, joins, &tmp) {
             Ok(()) => {
@@ -749,6 +750,44 @@ fn join_group(
         }
     }
     Ok(out)
+}
+
+/// The run's `joins/` directory, where each join links its temporary name, spread over
+/// subdirectories `joins/0` … (one per thread at most, made when first used): a link,
+/// an unlink or a rename holds its directory's lock in the kernel for its round trips
+/// (on NFS, two or three each), so with one directory the joins went one at a time
+/// (100 groups of a full run of `medium`: 0.82 s at 1 ms latency).
+struct JoinDirs {
+    path: std::path::PathBuf,
+    dirs: Vec<std::sync::OnceLock<OwnedFd>>,
+}
+
+impl JoinDirs {
+    fn new(path: std::path::PathBuf, buckets: usize) -> JoinDirs {
+        JoinDirs {
+            path,
+            dirs: (0..buckets.max(1))
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
+        }
+    }
+
+    /// The directory group `slot` links its temporary names in, made if need be.
+    fn for_slot(&self, slot: usize) -> Result<std::os::fd::BorrowedFd<'_>, ShardError> {
+        let k = slot % self.dirs.len();
+        if let Some(fd) = self.dirs[k].get() {
+            return Ok(b(fd));
+        }
+        let path = self.path.join(k.to_string());
+        match std::fs::create_dir(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_error(e, "create", &path).into()),
+        }
+        let fd = fsx::open_dir(&path).ctx("open", &path)?;
+        // Two threads at once: one keeps its descriptor, the other's is closed.
+        Ok(b(self.dirs[k].get_or_init(|| fd)))
+    }
 }
 
 /// The modification times of the directories `dirs` of the run's tree as its units set
@@ -925,10 +964,10 @@ fn assemble(
         Err(e) => return Err(io_error(e, "create", &joins_path).into()),
     }
     let dir_times = join_times(&joins_path, threads, b(&tree), &dirs)?;
-    let joins = fsx::open_dir(&joins_path).ctx("open", &joins_path)?;
+    let joins = JoinDirs::new(joins_path, threads.min(groups.len()));
     let slots: Vec<(usize, &Vec<Member>)> = groups.iter().enumerate().collect();
     let joined = super::par_map(threads, &slots, |(slot, ms)| {
-        join_group(rd, b(&tree), b(&joins), *slot, ms, counters)
+        join_group(rd, b(&tree), &joins, *slot, ms, counters)
     });
     // Every name of a group becomes the first name's inode (as a single-node run's
     // `link_within` makes it); the manifest entries follow the first.
