@@ -254,6 +254,17 @@ fn a_mount_point_is_an_empty_tree_in_a_restic_repository() {
     let one = t.path().join("one");
     restore(&one);
     assert_stayed_on_one_fs(&one, "restic snapshot with --one-file-system");
+    // restic itself reads it: the mount points are empty trees.
+    if let Some(restic) = restic_binary("restic check of a --one-file-system snapshot") {
+        run_restic(&restic, &repo, &["check", "--read-data"]);
+        let target = t.path().join("by-restic");
+        let to = target.to_str().unwrap();
+        run_restic(&restic, &repo, &["restore", "latest", "--target", to]);
+        assert_stayed_on_one_fs(
+            &target.join(src.strip_prefix("/").unwrap()),
+            "restic restore of a --one-file-system snapshot",
+        );
+    }
 
     // The summary names them too.
     let (code, out, err) = sr(&["backup", "--source", s, "--dest", &url, "-x"]);

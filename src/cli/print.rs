@@ -128,9 +128,13 @@ pub fn mount_points_note(r: &snapring::report::RunReport) -> Option<String> {
     }
     let more = r.mount_points_skipped - r.mount_points.len() as u64;
     Some(format!(
-        "  one file system: {} mount point{} kept as empty directories: {}{}",
+        "  one file system: {} {}: {}{}",
         r.mount_points_skipped,
-        if r.mount_points_skipped == 1 { "" } else { "s" },
+        if r.mount_points_skipped == 1 {
+            "mount point kept as an empty directory"
+        } else {
+            "mount points kept as empty directories"
+        },
         r.mount_points.join(", "),
         if more > 0 {
             format!(", and {more} more")
