@@ -55,6 +55,9 @@ pub struct JobConfig {
     pub jobs: Option<usize>,
     pub require_mount: Option<bool>,
     pub allow_empty: Option<bool>,
+    /// Stay on the source's file system (`rsync -x`): a directory on another file
+    /// system is kept as an empty directory, its contents left out.
+    pub one_file_system: Option<bool>,
     pub window: Option<String>,
     /// Bandwidth limit, bytes per second read plus written: `50MiB`, `800K` (1024-based,
     /// as rsync), `0` for none.
@@ -303,6 +306,7 @@ pub fn resolve(
     o.jobs = flags.jobs.or(f.jobs).unwrap_or(AUTO_JOBS);
     o.require_mount = flags.require_mount.or(f.require_mount).unwrap_or(false);
     o.allow_empty = flags.allow_empty.or(f.allow_empty).unwrap_or(false);
+    o.one_file_system = flags.one_file_system.or(f.one_file_system).unwrap_or(false);
     if let Some(w) = flags.window.or(f.window) {
         o.window = Some(parse_duration(&w).map_err(|e| Error::Config(format!("window: {e}")))?);
     }

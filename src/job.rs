@@ -362,6 +362,8 @@ pub struct RepositoryJob {
     pub window: Option<std::time::Duration>,
     /// `--with-atime`: record real access times (else the mtime, as restic's default).
     pub with_atime: bool,
+    /// `--one-file-system`: stay on the source's file system.
+    pub one_file_system: bool,
 }
 
 /// Runs a backup into a restic repository as a run like any other: its own run id, a
@@ -420,6 +422,7 @@ pub fn run_repository(
                 jobs: j.jobs,
                 with_atime: j.with_atime,
                 before_forget: Some(crate::shard::repository::before_forget),
+                one_file_system: j.one_file_system,
             };
             return restic::backup::backup(&mut repo, &opts);
         };
@@ -697,6 +700,8 @@ fn fill_repository(
         rep.expired = f.plan.forgotten().map(|v| v.id.clone()).collect();
     }
     rep.warnings.extend(r.warnings.iter().cloned());
+    rep.mount_points_skipped = r.mount_points_skipped;
+    rep.mount_points = r.mount_points.clone();
     rep.repository = Some(RepositoryKpis {
         snapshot_id: r.snapshot.clone(),
         parent: r.parent.clone(),
@@ -726,6 +731,7 @@ fn repository_report(j: &RepositoryJob, id: &str) -> RunReport {
     o.retain = j.retain.unwrap_or(0);
     o.jobs = 1;
     o.window = j.window;
+    o.one_file_system = j.one_file_system;
     let mut r = crate::engine::backup::new_report(&o, id, Path::new(&j.dest));
     r.source = std::fs::canonicalize(&j.source).unwrap_or_else(|_| j.source.clone());
     r

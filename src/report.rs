@@ -142,6 +142,18 @@ pub struct RunReport {
     /// (for example the catalog could not be written).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// The run stayed on the source's file system (`one_file_system`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_file_system: bool,
+    /// With `one_file_system`: the directories on another file system than the
+    /// source's, each kept as an empty directory with its own metadata. A note, not a
+    /// problem: the user asked for it, so the status stays `complete`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mount_points_skipped: u64,
+    /// The first of them (escaped paths, in path order; at most
+    /// `traverse::MOUNT_POINTS_NAMED`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_points: Vec<String>,
     /// Who was told about this run, and whether it worked (`snapring run`, the daemon).
     #[serde(default)]
     pub notifications: Vec<NotifyOutcome>,
@@ -288,6 +300,13 @@ pub struct Counters {
     /// The run's bandwidth limit, shared by its workers (`--bwlimit`; a shard
     /// worker's units share one).
     pub throttle: Option<std::sync::Arc<crate::throttle::Throttle>>,
+    /// Mount points not walked into (`one_file_system`): how many, and the first ones
+    /// (escaped, in path order).
+    pub mount_points: Mutex<(u64, Vec<String>)>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Counters {
@@ -299,6 +318,17 @@ impl Counters {
         tracing::warn!(path = %p.path, action = %p.action, error = %p.error, "{:?}", p.kind);
         self.problems_total.fetch_add(1, Ordering::Relaxed);
         push_listed(&self.problems, p);
+    }
+
+    /// Adds mount points a walk did not enter (`one_file_system`); keeps the first
+    /// [`crate::traverse::MOUNT_POINTS_NAMED`] in path order.
+    pub fn mount_points(&self, count: u64, first: impl IntoIterator<Item = String>) {
+        let mut m = self.mount_points.lock().unwrap_or_else(|e| e.into_inner());
+        m.0 += count;
+        m.1.extend(first);
+        m.1.sort();
+        m.1.dedup();
+        m.1.truncate(crate::traverse::MOUNT_POINTS_NAMED);
     }
 
     /// Copies the counters into the report.
@@ -314,6 +344,10 @@ impl Counters {
         r.bytes_transferred = g(&self.bytes_transferred);
         r.source_bytes = r.bytes_total;
         r.backup_bytes_added = r.bytes_transferred;
+        let mp = self.mount_points.lock().unwrap_or_else(|e| e.into_inner());
+        r.mount_points_skipped = mp.0;
+        r.mount_points = mp.1.clone();
+        drop(mp);
         if let Some(t) = &self.throttle {
             r.bwlimit = Some(t.rate());
             r.bwlimit_wait_seconds = t.waited().as_secs_f64();

@@ -20,11 +20,15 @@
 //!   whole subtree is (directory metadata that must come after the children);
 //! - per-entry errors are the visitor's items to report, never a reason to stop; a
 //!   visitor can skip a subtree ([`Opened::Skip`], or not descending) or stop the whole
-//!   walk ([`Step::Quit`], or the caller's cancel flag). After a stop no `finish` runs.
+//!   walk ([`Step::Quit`], or the caller's cancel flag). After a stop no `finish` runs;
+//! - a walk can stay on one file system ([`OneFs`], `one_file_system`): a subdirectory
+//!   whose device (from the `lstat` the visitor already has) is not the root's is not
+//!   walked into; the visitor records it as an empty directory
+//!   ([`Visitor::mount_point`]) and the walk counts it and names the first few.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::pool::{self, Queue};
 use crate::relpath::RelPath;
@@ -35,6 +39,68 @@ pub const CHUNK: usize = 256;
 /// Items left in a chunk below which it is not split when threads idle
 /// ([`pool::Queue::hungry`]).
 const SPLIT_MIN: usize = 2;
+
+/// Mount points a walk names (the first in path order); the rest are counted.
+pub const MOUNT_POINTS_NAMED: usize = 10;
+
+/// A walk that stays on the file system of its root, as `rsync -x`, `tar
+/// --one-file-system` and restic's `--one-file-system` do: a directory on another
+/// device (a mount point below the root, a btrfs subvolume) is kept as an empty
+/// directory with its own metadata, and its contents are not walked. A bind mount of
+/// the same file system is the same device, so it is walked. The device compared is
+/// the one the visitor's `lstat` of the directory gave ([`Visitor::device`]): no call
+/// of its own.
+pub struct OneFs {
+    /// The device of the tree's root (a shard unit's walk is given the source's).
+    dev: u64,
+    count: AtomicU64,
+    /// The first [`MOUNT_POINTS_NAMED`] mount points met, in path order.
+    first: Mutex<Vec<RelPath>>,
+}
+
+/// The mount points a walk did not enter.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountPoints {
+    pub count: u64,
+    /// The first [`MOUNT_POINTS_NAMED`] of them, in path order.
+    pub first: Vec<RelPath>,
+}
+
+impl OneFs {
+    /// A walk that stays on device `dev` (the `st_dev` of the tree's root).
+    pub fn new(dev: u64) -> OneFs {
+        OneFs {
+            dev,
+            count: AtomicU64::new(0),
+            first: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether a directory on device `dev` is on another file system than the root.
+    pub fn crosses(&self, dev: u64) -> bool {
+        dev != self.dev
+    }
+
+    /// Counts a mount point not walked into; keeps the first ones by path.
+    pub fn record(&self, rel: &RelPath) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        if first.len() == MOUNT_POINTS_NAMED && first.last().is_some_and(|l| rel > l) {
+            return;
+        }
+        let at = first.partition_point(|p| p < rel);
+        first.insert(at, rel.clone());
+        first.truncate(MOUNT_POINTS_NAMED);
+    }
+
+    /// The mount points met so far.
+    pub fn skipped(&self) -> MountPoints {
+        MountPoints {
+            count: self.count.load(Ordering::Relaxed),
+            first: self.first.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+        }
+    }
+}
 
 /// What the visitor does after one item.
 pub enum Step<S> {
@@ -94,6 +160,30 @@ pub trait Visitor: Sync {
 
     /// `dir` and everything under it are done. Not called after the walk was stopped.
     fn finish(&self, _dir: &Dir<Self::State>) {}
+
+    /// The file system the walk stays on, if it stays on one (`one_file_system`).
+    fn one_fs(&self) -> Option<&OneFs> {
+        None
+    }
+
+    /// The device of a subdirectory to walk into, from the `lstat` its `Sub` carries;
+    /// asked only of a walk that stays on one file system ([`Visitor::one_fs`]).
+    fn device(&self, _sub: &Self::Sub) -> Option<u64> {
+        None
+    }
+
+    /// `name` in `dir` (at `rel`), visited as a directory to walk into, is on another
+    /// file system ([`OneFs`]): it is not walked into. The visitor records it as an
+    /// empty directory with the metadata `sub` carries. No `open`, `listed` or
+    /// `finish` comes for it.
+    fn mount_point(
+        &self,
+        _dir: &Arc<Dir<Self::State>>,
+        _name: Vec<u8>,
+        _rel: &RelPath,
+        _sub: Self::Sub,
+    ) {
+    }
 }
 
 enum Task<V: Visitor> {
@@ -218,6 +308,14 @@ impl<V: Visitor> Walker<'_, V> {
             match self.visitor.visit(&dir, item) {
                 Step::Next => {}
                 Step::Descend(name, sub) => {
+                    if let Some(fs) = self.visitor.one_fs()
+                        && self.visitor.device(&sub).is_some_and(|d| fs.crosses(d))
+                    {
+                        let rel = dir.rel.join(&name);
+                        fs.record(&rel);
+                        self.visitor.mount_point(&dir, name, &rel, sub);
+                        continue;
+                    }
                     dir.pending.fetch_add(1, Ordering::AcqRel);
                     q.push(Task::Dir {
                         parent: Some(dir.clone()),
@@ -549,6 +647,97 @@ mod tests {
             .map(|&i| &steps[i].2)
             .collect();
         assert!(late.is_empty(), "{} directories: {late:?}", late.len());
+    }
+
+    /// A root with `e0` … `e3`, all directories with two files each; `e1` and `e3` are
+    /// on device 2, the root on device 1.
+    struct Mounts {
+        one_fs: Option<OneFs>,
+        opened: Mutex<Vec<String>>,
+        mount_points: Mutex<Vec<String>>,
+    }
+
+    impl Visitor for Mounts {
+        type State = ();
+        type Item = (Vec<u8>, bool);
+        /// The directory's device.
+        type Sub = u64;
+
+        fn open(
+            &self,
+            _: Option<&Dir<()>>,
+            _: &[u8],
+            rel: &RelPath,
+            _: u64,
+        ) -> Opened<(), Self::Item> {
+            self.opened.lock().unwrap().push(key(rel));
+            Opened::Dir(
+                (),
+                model_items(if rel.is_root() { 4 } else { 2 }, rel.is_root()),
+            )
+        }
+
+        fn visit(&self, dir: &Arc<Dir<()>>, (name, is_dir): Self::Item) -> Step<u64> {
+            let mounted = dir.rel.is_root() && (name == b"e1" || name == b"e3");
+            let dev = if mounted { 2 } else { 1 };
+            if is_dir || mounted {
+                Step::Descend(name, dev)
+            } else {
+                Step::Next
+            }
+        }
+
+        fn one_fs(&self) -> Option<&OneFs> {
+            self.one_fs.as_ref()
+        }
+
+        fn device(&self, dev: &u64) -> Option<u64> {
+            Some(*dev)
+        }
+
+        fn mount_point(&self, _: &Arc<Dir<()>>, _: Vec<u8>, rel: &RelPath, _: u64) {
+            self.mount_points.lock().unwrap().push(key(rel));
+        }
+    }
+
+    #[test]
+    fn a_walk_on_one_file_system_does_not_enter_a_directory_on_another_device() {
+        for (one_fs, opened, skipped) in [
+            (false, vec!["", "e0", "e1", "e2", "e3"], vec![]),
+            (true, vec!["", "e0", "e2"], vec!["e1", "e3"]),
+        ] {
+            let m = Mounts {
+                one_fs: one_fs.then(|| OneFs::new(1)),
+                opened: Mutex::default(),
+                mount_points: Mutex::default(),
+            };
+            walk(&m, 1, 2, &AtomicBool::new(false));
+            let mut o = m.opened.into_inner().unwrap();
+            o.sort();
+            assert_eq!(o, opened);
+            let mut mp = m.mount_points.into_inner().unwrap();
+            mp.sort();
+            assert_eq!(mp, skipped);
+            if let Some(fs) = m.one_fs {
+                let s = fs.skipped();
+                assert_eq!(s.count, 2);
+                assert_eq!(s.first.iter().map(key).collect::<Vec<_>>(), ["e1", "e3"]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_walk_names_the_first_mount_points_in_path_order_and_counts_the_rest() {
+        let fs = OneFs::new(1);
+        for i in (0..25).rev() {
+            fs.record(&RelPath::new(format!("m{i:02}").as_bytes()).unwrap());
+        }
+        let s = fs.skipped();
+        assert_eq!(s.count, 25);
+        let want: Vec<String> = (0..MOUNT_POINTS_NAMED)
+            .map(|i| format!("m{i:02}"))
+            .collect();
+        assert_eq!(s.first.iter().map(key).collect::<Vec<_>>(), want);
     }
 
     #[test]

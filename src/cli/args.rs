@@ -165,6 +165,10 @@ pub struct BackupArgs {
     /// Allow an empty source even if the previous snapshot has files.
     #[arg(long)]
     pub allow_empty: bool,
+    /// Stay on the source's file system (as rsync -x): a directory on another file
+    /// system (a mount point) is kept as an empty directory, its contents left out.
+    #[arg(short = 'x', long)]
+    pub one_file_system: bool,
     /// Stop gracefully after this long (e.g. 180m); the run is `incomplete` and the next resumes.
     #[arg(long, value_parser = window)]
     pub window: Option<String>,

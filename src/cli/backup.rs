@@ -170,6 +170,7 @@ fn flags(a: &BackupArgs) -> anyhow::Result<JobConfig> {
         jobs: a.jobs,
         require_mount: a.require_mount.then_some(true),
         allow_empty: a.allow_empty.then_some(true),
+        one_file_system: a.one_file_system.then_some(true),
         window: a.window.clone(),
         bwlimit: a.bwlimit.clone(),
         ..Default::default()
@@ -218,6 +219,9 @@ fn print_summary(r: &RunReport) {
         human(r.bytes_total),
         human(r.bytes_transferred)
     );
+    if let Some(note) = print::mount_points_note(r) {
+        let _ = writeln!(out, "{note}");
+    }
     if !r.expired.is_empty() {
         let _ = writeln!(out, "  expired {}", r.expired.join(", "));
     }

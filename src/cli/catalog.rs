@@ -275,7 +275,17 @@ fn print_shown(s: &Shown) {
         r.store.display(),
         r.snapshot.as_deref().unwrap_or("-")
     );
-    outln!("  host {}  snapring {}  jobs {}", r.host, r.version, r.jobs);
+    outln!(
+        "  host {}  snapring {}  jobs {}{}",
+        r.host,
+        r.version,
+        r.jobs,
+        if r.one_file_system {
+            "  one file system"
+        } else {
+            ""
+        }
+    );
     outln!(
         "  started {}  finished {}  took {:.2}s",
         r.started_at,
@@ -318,6 +328,9 @@ fn print_shown(s: &Shown) {
         p.remove_expired.seconds,
         human(r.peak_rss_bytes)
     );
+    if let Some(note) = super::print::mount_points_note(r) {
+        outln!("{note}");
+    }
     if !r.expired.is_empty() {
         outln!("  expired {}", r.expired.join(", "));
     }

@@ -118,3 +118,28 @@ pub fn summary_stream(dry_run: bool) -> Box<dyn Write> {
 pub fn problem(p: &Problem) {
     errln!("  {:?}: {} ({}: {})", p.kind, p.path, p.action, p.error);
 }
+
+/// The summary's note on the mount points a `--one-file-system` run did not enter, if
+/// any: how many, and the first ones by name. A note, not a problem: the run asked for
+/// it, and its status is not changed by it.
+pub fn mount_points_note(r: &snapring::report::RunReport) -> Option<String> {
+    if r.mount_points_skipped == 0 {
+        return None;
+    }
+    let more = r.mount_points_skipped - r.mount_points.len() as u64;
+    Some(format!(
+        "  one file system: {} {}: {}{}",
+        r.mount_points_skipped,
+        if r.mount_points_skipped == 1 {
+            "mount point kept as an empty directory"
+        } else {
+            "mount points kept as empty directories"
+        },
+        r.mount_points.join(", "),
+        if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        }
+    ))
+}

@@ -142,6 +142,12 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
             "post_command",
         ),
     ];
+    if is_shard_worker(a) && (a.one_file_system || f.one_file_system == Some(true)) {
+        return Err(usage!(
+            "one_file_system (--one-file-system or the job's `one_file_system`) is not \
+             supported by shard workers yet; run the backup on one node, or leave it out"
+        ));
+    }
     if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
         bail!(
             "{what} (--{} or the job's `{what}`) is not supported with a restic repository yet",
@@ -184,6 +190,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         jobs: a.jobs.or(f.jobs).unwrap_or(0),
         window,
         with_atime: a.with_atime || f.with_atime.unwrap_or(false),
+        one_file_system: a.one_file_system || f.one_file_system.unwrap_or(false),
     };
     let catalog = cat
         .for_config(file_catalog)
@@ -399,6 +406,9 @@ fn print_run(r: &RunReport) {
         r.duration_seconds,
         r.id
     );
+    if let Some(note) = print::mount_points_note(r) {
+        outln!("{note}");
+    }
     for p in r.problems.iter().take(20) {
         print::problem(p);
     }
@@ -762,6 +772,7 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         jobs: 0,
         window: None,
         with_atime: false,
+        one_file_system: false,
     };
     let catalog = cat
         .for_config(None)

@@ -64,6 +64,7 @@ pub const JOB_KEYS: &[Key] = &[
     key("jobs", Kind::Int(opt::check_jobs), "64"),
     key("require_mount", Kind::Bool, "true"),
     key("allow_empty", Kind::Bool, "false"),
+    key("one_file_system", Kind::Bool, "true"),
     key("window", Kind::Str(window), "\"3h\""),
     key("schedule", Kind::Str(schedule), "\"cron(0 2 * * ? *)\""),
     key("timezone", Kind::Str(timezone), "\"Europe/Berlin\""),
@@ -167,6 +168,8 @@ const ALIASES: &[(&str, &str)] = &[
     ("concurrency", "jobs"),
     ("threads", "jobs"),
     ("excludes", "exclude"),
+    ("one_fs", "one_file_system"),
+    ("xdev", "one_file_system"),
     ("jobs", "job"),
     ("notifiers", "notify"),
 ];

@@ -286,6 +286,9 @@ pub fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         problems: vec![],
         problems_not_listed: 0,
         warnings: vec![],
+        one_file_system: opts.one_file_system,
+        mount_points_skipped: 0,
+        mount_points: vec![],
         notifications: vec![],
         bwlimit: None,
         bwlimit_wait_seconds: 0.0,
@@ -599,12 +602,23 @@ fn spawn_walk<S: Sink + Send + 'static>(
 ) -> Result<std::sync::mpsc::Receiver<WalkResult<S>>> {
     let (tx, rx) = std::sync::mpsc::channel();
     let (counters, stop, jobs) = (counters.clone(), stop.clone(), opts.jobs);
+    let one_fs = opts
+        .one_file_system
+        .then(|| crate::traverse::OneFs::new(st.src_meta.dev));
     let worker = move || {
         let manifest = st.prev.as_ref().and_then(|p| p.manifest.as_ref());
-        let walk = Walk::new(&counters, &stop, &st.excludes, manifest, &sink).kept_from(based_on);
+        let mut walk =
+            Walk::new(&counters, &stop, &st.excludes, manifest, &sink).kept_from(based_on);
+        if let Some(fs) = &one_fs {
+            walk = walk.stay_on(fs);
+        }
         walk.run(st.src_fd, st.src_meta, jobs);
         let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(walk);
+        if let Some(fs) = &one_fs {
+            let m = fs.skipped();
+            counters.mount_points(m.count, m.first.iter().map(|p| p.escaped()));
+        }
         let _ = tx.send((sink, fatal));
     };
     std::thread::Builder::new()

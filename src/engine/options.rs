@@ -29,6 +29,10 @@ pub struct BackupOptions {
     pub require_mount: bool,
     /// Allow an empty source even when the previous snapshot is not empty.
     pub allow_empty: bool,
+    /// Stay on the source's file system (`--one-file-system`, as `rsync -x`): a
+    /// directory on another device is kept as an empty directory with its own
+    /// metadata, its contents not backed up (`traverse::OneFs`).
+    pub one_file_system: bool,
     /// Stop gracefully (status `incomplete`, nothing published) after this long.
     pub window: Option<Duration>,
     /// Show a progress line on a terminal.
@@ -60,6 +64,7 @@ impl BackupOptions {
             dry_run: false,
             require_mount: false,
             allow_empty: false,
+            one_file_system: false,
             window: None,
             progress: false,
             plan_on_stderr: false,

@@ -25,7 +25,7 @@ use crate::manifest::{self, Entry};
 use crate::relpath::RelPath;
 use crate::report::{Counters, Problem, ProblemKind};
 use crate::sink::{Linked, Sink};
-use crate::traverse::{self, Dir, Opened, Step, Visitor};
+use crate::traverse::{self, Dir, OneFs, Opened, Step, Visitor};
 
 /// Attempts to copy a file that keeps changing while it is read.
 const COPY_ATTEMPTS: u32 = 3;
@@ -73,6 +73,8 @@ pub struct Walk<'a, S: Sink> {
     root_names: Option<RootFilter<'a>>,
     /// Shared with the walks of the shard worker's other units (see [`Walk::gate`]).
     gate: Option<&'a crate::pool::Gate>,
+    /// Stay on the source's file system (`one_file_system`; see [`Walk::stay_on`]).
+    one_fs: Option<&'a OneFs>,
 }
 
 /// Keeps a name of the root directory's listing.
@@ -123,7 +125,16 @@ impl<'a, S: Sink> Walk<'a, S> {
             links_cv: Condvar::new(),
             root_names: None,
             gate: None,
+            one_fs: None,
         }
+    }
+
+    /// Stays on one file system (`one_file_system`): a directory on another device than
+    /// `fs`'s is kept as an empty directory with its own metadata (and xattrs), and
+    /// `fs` counts it.
+    pub fn stay_on(mut self, fs: &'a OneFs) -> Self {
+        self.one_fs = Some(fs);
+        self
     }
 
     /// Walks only the names of the root's listing that `keep` accepts (its manifest
@@ -889,6 +900,42 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             Step::Descend(name, m)
         } else {
             Step::Next
+        }
+    }
+
+    fn one_fs(&self) -> Option<&OneFs> {
+        self.one_fs
+    }
+
+    fn device(&self, meta: &Meta) -> Option<u64> {
+        Some(meta.dev)
+    }
+
+    /// A directory on another file system: made in the new snapshot as an empty one,
+    /// with an empty manifest block and the metadata its `lstat` gave (the mounted
+    /// file system's root, as `stat` shows it, as rsync and restic record it), not
+    /// opened. Its entry is in its parent's block already.
+    fn mount_point(&self, dir: &Arc<Node<S::Dir>>, name: Vec<u8>, rel: &RelPath, meta: Meta) {
+        tracing::info!("{rel}: another file system (one_file_system): kept empty");
+        let xattrs =
+            fsx::read_xattrs(&XattrTarget::At(b(&dir.state.src), &name)).unwrap_or_else(|e| {
+                self.problem(rel, ProblemKind::Metadata, "read extended attributes", e);
+                Vec::new()
+            });
+        let out = match self.sink.mkdir(&dir.state.out, &name, rel) {
+            Ok(out) => out,
+            Err(e) => {
+                self.fail(io_error(e, "create directory in staging", rel.as_path()));
+                return;
+            }
+        };
+        if let Err(e) = self.sink.write_block(rel, &mut Vec::new()) {
+            self.fail(io_error(e, "write manifest for", rel.as_path()));
+            return;
+        }
+        match self.sink.finish_dir(&out, &meta, &xattrs) {
+            Ok(refused) => self.refused_xattrs(rel, &refused),
+            Err(e) => self.dest_error(rel, "set directory metadata", e),
         }
     }
 

@@ -51,6 +51,9 @@ pub struct BackupOptions {
     pub with_atime: bool,
     /// For the retention's forget ([`super::forget::Policy::before_remove`]).
     pub before_forget: Option<super::forget::BeforeRemove>,
+    /// Stay on the source's file system (`--one-file-system`): a directory on another
+    /// device is recorded as an empty directory (`traverse::OneFs`).
+    pub one_file_system: bool,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -87,7 +90,17 @@ pub struct BackupReport {
     /// snapshot that could not be read (its directory was read in full instead).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// With `one_file_system`: the directories on another file system, recorded as
+    /// empty trees, and the first of them (escaped, in path order).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mount_points_skipped: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_points: Vec<String>,
     pub duration_seconds: f64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// An entry left out of the snapshot, and why.
@@ -132,6 +145,8 @@ pub struct Spec<'a> {
     pub with_atime: bool,
     /// For the retention's forget ([`super::forget::Policy::before_remove`]).
     pub before_forget: Option<super::forget::BeforeRemove>,
+    /// Stay on the file system of `walk_root` (`BackupOptions::one_file_system`).
+    pub one_file_system: bool,
 }
 
 /// Backs `opts.source` up into the repository `repo`.
@@ -173,6 +188,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         time: None,
         with_atime: opts.with_atime,
         before_forget: opts.before_forget,
+        one_file_system: opts.one_file_system,
     };
     snapshot_locked(repo, spec, lock)
 }
@@ -212,11 +228,20 @@ pub fn snapshot_locked(
     let tables = repo.tables();
     let packer = Packer::default();
     let stop = AtomicBool::new(false);
+    let one_fs = match spec.one_file_system {
+        true => {
+            let md = std::fs::symlink_metadata(&spec.walk_root)
+                .map_err(io_err("stat", &spec.walk_root))?;
+            Some(crate::traverse::OneFs::new(md.dev()))
+        }
+        false => None,
+    };
     let run = Run {
         reuse: spec.reuse.map(Mutex::new),
         parent_root: parent.as_ref().map(|(_, p)| p.tree),
         parent_id: parent.as_ref().map(|(id, _)| *id),
         with_atime: spec.with_atime,
+        one_fs,
         ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {
@@ -532,6 +557,8 @@ struct Run<'a> {
     warnings: Mutex<Vec<String>>,
     /// The parent snapshot (for the warnings).
     parent_id: Option<Id>,
+    /// Stay on the root's file system (`one_file_system`).
+    one_fs: Option<crate::traverse::OneFs>,
 }
 
 /// Warnings a run keeps, at most (the log has every one).
@@ -682,6 +709,37 @@ impl crate::traverse::Visitor for Run<'_> {
         }
     }
 
+    fn one_fs(&self) -> Option<&crate::traverse::OneFs> {
+        self.one_fs.as_ref()
+    }
+
+    fn device(&self, sub: &Sub) -> Option<u64> {
+        sub.node.as_ref().map(|n| n.device_id)
+    }
+
+    /// A directory on another file system: its node (from its `lstat`, with its
+    /// extended attributes, as restic records a mount point with `--one-file-system`)
+    /// with an empty tree.
+    fn mount_point(
+        &self,
+        dir: &Arc<crate::traverse::Dir<DirState>>,
+        _name: Vec<u8>,
+        rel: &crate::relpath::RelPath,
+        sub: Sub,
+    ) {
+        tracing::info!("{rel}: another file system (one_file_system): kept empty");
+        let Some(mut node) = sub.node else {
+            return;
+        };
+        // A failure has stopped the walk already (`save`).
+        let Ok(id) = self.save(BlobType::Tree, &Tree { nodes: Vec::new() }.to_blob()) else {
+            return;
+        };
+        self.counts.dirs.fetch_add(1, Ordering::Relaxed);
+        node.subtree = Some(id);
+        lock(&dir.state.nodes).push(node);
+    }
+
     fn finish(&self, dir: &crate::traverse::Dir<DirState>) {
         // In the order workers finished them; `to_blob` sorts them by name, as restic's
         // trees are.
@@ -770,6 +828,7 @@ impl<'a> Run<'a> {
             root_nodes: Mutex::default(),
             warnings: Mutex::default(),
             parent_id: None,
+            one_fs: None,
         }
     }
 
@@ -792,7 +851,10 @@ impl<'a> Run<'a> {
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
         problems.sort_by(|a, b| a.path.cmp(&b.path));
+        let mp = self.one_fs.map(|fs| fs.skipped()).unwrap_or_default();
         BackupReport {
+            mount_points_skipped: mp.count,
+            mount_points: mp.first.iter().map(|p| p.escaped()).collect(),
             files: get(&c.files),
             dirs: get(&c.dirs),
             files_unchanged: get(&c.files_unchanged),

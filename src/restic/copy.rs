@@ -158,6 +158,8 @@ pub fn copy(
         // source's: the mtime, as restic records by default.
         with_atime: false,
         before_forget: opts.before_forget,
+        // A store snapshot is one tree on one file system.
+        one_file_system: false,
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
     report.reused_by_manifest = reuse.by_manifest;
