@@ -51,14 +51,34 @@ pub fn init(root: &Path, password: &[u8], kdf: KdfParams) -> Result<Config> {
 
 /// Creates a repository (format version 2) in `b`, which must not hold one yet.
 pub fn init_in(b: &dyn Backend, password: &[u8], kdf: KdfParams) -> Result<Config> {
+    init_stoppable(b, password, kdf, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// `init_in`, stopped by `cancel` before each write with [`Error::Cancelled`]. A key
+/// file written for a `config` that then is not (or is another's, by a racing `init`)
+/// is removed again, best effort: a stray key the password opens may be tried first
+/// (by name) and open no `config`.
+pub fn init_stoppable(
+    b: &dyn Backend,
+    password: &[u8],
+    kdf: KdfParams,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Config> {
+    let stop = || match cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        true => Err(Error::Cancelled),
+        false => Ok(()),
+    };
     if b.read_config()?.is_some() {
         return Err(already_a_repository(&b.location()));
     }
+    stop()?;
     b.create_layout()?;
     let master = Key::random();
     let kf = KeyFile::new(&master, password, kdf)?;
     let kf_bytes = serde_json::to_vec(&kf).expect("key file serialises");
-    b.write(Kind::Key, &Id::hash(&kf_bytes), &kf_bytes)?;
+    let key_id = Id::hash(&kf_bytes);
+    stop()?;
+    b.write(Kind::Key, &key_id, &kf_bytes)?;
     let config = Config {
         version: 2,
         id: hex::encode(super::random_bytes::<32>()),
@@ -67,7 +87,16 @@ pub fn init_in(b: &dyn Backend, password: &[u8], kdf: KdfParams) -> Result<Confi
     // The config stays plain JSON (no compression header): a reader learns the
     // version from it.
     let json = serde_json::to_vec(&config).expect("config serialises");
-    b.create_config(&master.seal(&json))?;
+    let sealed = master.seal(&json);
+    if let Err(e) = stop().and_then(|()| b.create_config(&sealed)) {
+        // Unless the config did land (its reply lost) or cannot be read to tell.
+        if let Ok(stored) = b.read_config()
+            && stored.as_deref() != Some(sealed.as_slice())
+        {
+            let _ = b.remove(Kind::Key, &key_id);
+        }
+        return Err(e);
+    }
     Ok(config)
 }
 
