@@ -248,14 +248,14 @@ fn a_damaged_snapshot_file_stops_prune_but_not_list_restore_or_backup() {
 /// once, an interrupted prune or `restic copy` leave them: snapring backs `src` up
 /// (snapshot returned), then restic backs the same files up while the index and
 /// snapshots are out of its sight, so it stores every data blob again in packs of its
-/// own. Returns snapring's snapshot id and where each data blob's first copy is (the
-/// one a reader tries first: pack file, offset, length), after checking that every
-/// data blob has two.
+/// own. Returns snapring's snapshot id, where each data blob's first copy is (the
+/// one a reader tries first: pack file, offset, length) and the packs of the second
+/// copies, after checking that every data blob has two.
 fn repository_with_every_data_blob_twice(
     restic: &Path,
     src: &Path,
     repo: &Path,
-) -> (String, Vec<(PathBuf, u64, u64)>) {
+) -> (String, Vec<(PathBuf, u64, u64)>, Vec<PathBuf>) {
     let url = file_url(repo);
     let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -275,6 +275,7 @@ fn repository_with_every_data_blob_twice(
     let r = snapring::restic::repo::Repo::open(repo, PASSWORD.as_bytes()).unwrap();
     let data = snapring::restic::pack::BlobType::Data;
     let mut firsts = std::collections::BTreeSet::new();
+    let mut seconds = std::collections::BTreeSet::new();
     let mut blobs = 0;
     for e in std::fs::read_dir(repo.join("index")).unwrap().flatten() {
         let id = snapring::restic::Id::parse(e.file_name().to_str().unwrap()).unwrap();
@@ -289,15 +290,22 @@ fn repository_with_every_data_blob_twice(
             assert_eq!(copies.len(), 2, "data blob {} stored twice", b.id);
             let (p, e) = (copies[0].pack.hex(), &copies[0].entry);
             firsts.insert((p, e.offset as u64, e.length as u64));
+            seconds.insert(copies[1].pack.hex());
             blobs += 1;
         }
     }
     assert!(blobs >= 2 * 2, "two files, each stored twice: {blobs}");
+    let path = |p: &str| repo.join("data").join(&p[..2]).join(p);
     let firsts = firsts
         .into_iter()
-        .map(|(p, o, l)| (repo.join("data").join(&p[..2]).join(&p), o, l))
+        .map(|(p, o, l)| (path(&p), o, l))
         .collect();
-    (first["snapshot"].as_str().unwrap().to_string(), firsts)
+    let seconds = seconds.iter().map(|p| path(p)).collect();
+    (
+        first["snapshot"].as_str().unwrap().to_string(),
+        firsts,
+        seconds,
+    )
 }
 
 /// restore, verify and verify --against read a blob from its other copy when
@@ -313,7 +321,7 @@ fn a_blob_stored_twice_is_read_from_its_other_copy_when_one_pack_is_bad() {
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
     write(&src.join("big/random"), &pseudo_random(4 << 20, 11));
     write(&src.join("small"), b"small file\n");
-    let (snap, firsts) = repository_with_every_data_blob_twice(&restic, &src, &repo);
+    let (snap, firsts, _) = repository_with_every_data_blob_twice(&restic, &src, &repo);
     let first_packs: Vec<PathBuf> = firsts
         .iter()
         .map(|(p, ..)| p.clone())
@@ -413,7 +421,7 @@ fn prune_keeps_one_copy_of_a_blob_stored_twice() {
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
     write(&src.join("big/random"), &pseudo_random(4 << 20, 12));
     write(&src.join("small"), b"small file\n");
-    let (_, _) = repository_with_every_data_blob_twice(&restic, &src, &repo);
+    repository_with_every_data_blob_twice(&restic, &src, &repo);
     let url = file_url(&repo);
     let (code, out, err) = sr_nocache(&["prune", "--dest", &url, "--json"]);
     assert_eq!(code, 0, "prune: {out}\n{err}");
@@ -468,4 +476,72 @@ fn prune_keeps_one_copy_of_a_blob_stored_twice() {
             pseudo_random(4 << 20, 12)
         );
     }
+}
+
+/// A pack the index names but that is gone: prune stops, changing nothing, while a
+/// used blob of it is in no other pack; once every used blob of it has a copy in a
+/// pack that is there, prune leaves it out of the new index, and the repository
+/// checks and restores. Before, any missing pack stopped prune (as restic's does,
+/// until `restic repair index`).
+#[test]
+fn prune_leaves_out_a_lost_pack_whose_blobs_have_copies() {
+    let Some(restic) = restic_binary("prune of a lost pack with copies") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("big/random"), &pseudo_random(4 << 20, 13));
+    write(&src.join("small"), b"small file\n");
+    let (snap, firsts, seconds) = repository_with_every_data_blob_twice(&restic, &src, &repo);
+    let url = file_url(&repo);
+    let mut first_packs: Vec<PathBuf> = firsts.into_iter().map(|(p, ..)| p).collect();
+    first_packs.dedup();
+    let kept: Vec<(PathBuf, Vec<u8>)> = seconds
+        .iter()
+        .map(|p| (p.clone(), std::fs::read(p).unwrap()))
+        .collect();
+    for p in first_packs.iter().chain(&seconds) {
+        std::fs::remove_file(p).unwrap();
+    }
+    let files = || (describe(&repo.join("data")), describe(&repo.join("index")));
+    let before = files();
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &url]);
+    assert_eq!(code, 1, "prune, no copy left: {out}\n{err}");
+    assert!(
+        err.contains("named by the index but missing") && err.contains("in no other pack"),
+        "{err}"
+    );
+    let after = files();
+    assert_same_tree(&before.0, &after.0, "data/ after the refused prune");
+    assert_same_tree(&before.1, &after.1, "index/ after the refused prune");
+
+    for (p, bytes) in &kept {
+        std::fs::write(p, bytes).unwrap();
+    }
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &url]);
+    assert_eq!(code, 0, "prune, copies there: {out}\n{err}");
+    assert!(
+        out.contains("packs named by the index are missing"),
+        "{out}"
+    );
+    assert!(err.contains("the new index leaves it out"), "{err}");
+    run_restic(&restic, &repo, &["check", "--read-data"]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &url, "--all", "--json"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        v.as_array().unwrap().iter().all(|x| x["bad_copies"] == 0),
+        "{v}"
+    );
+    let to = t.path().join("to");
+    let (code, out, err) = sr_nocache(&[
+        "restore",
+        "--dest",
+        &url,
+        &snap,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert_same_tree(&describe(&src), &describe(&to), "restored after the prune");
 }

@@ -798,6 +798,12 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         p.packs_deleted,
         p.packs_unindexed
     );
+    if p.packs_missing > 0 {
+        outln!(
+            "{} packs named by the index are missing; their used blobs have copies in other packs, so the new index leaves them out",
+            p.packs_missing
+        );
+    }
     if r.dry_run {
         outln!("dry run: nothing changed");
     } else {

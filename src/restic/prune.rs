@@ -4,8 +4,10 @@
 //! read once to mark the blobs in use; each indexed pack is then kept (every blob used),
 //! deleted (none used) or repacked (some used: the used blobs, checked, are copied as
 //! they are sealed into new packs); packs that no index names (left by a killed run)
-//! are deleted too. Then the plan is carried out in restic's order: new packs, one new
-//! index (superseding every old index file), the old index files, the old packs.
+//! are deleted too; an indexed pack that is gone stops prune unless every used blob of
+//! it has a copy in a pack that is there (the new index then leaves it out). Then the
+//! plan is carried out in restic's order: new packs, one new index (superseding every
+//! old index file), the old index files, the old packs.
 //! A crash at any point leaves a repository that `restic check` accepts: until the old
 //! index files go, they still name every pack that is still there. The cancel flag
 //! (SIGINT/SIGTERM) stops it while it plans or repacks, before the new index: nothing
@@ -48,6 +50,9 @@ pub struct PrunePlan {
     pub packs_deleted: u64,
     /// Packs in `data/` that no index file names.
     pub packs_unindexed: u64,
+    /// Packs an index file names that are gone from `data/`, every used blob of which
+    /// has a copy in another pack: left out of the new index (nothing to delete).
+    pub packs_missing: u64,
     /// Sealed bytes of the blobs the repacked packs keep (copied into new packs).
     pub bytes_to_repack: u64,
     /// Sealed bytes of the blobs no snapshot uses.
@@ -56,6 +61,8 @@ pub struct PrunePlan {
     fates: Vec<(Id, PackFate)>,
     #[serde(skip)]
     unindexed: Vec<Id>,
+    #[serde(skip)]
+    missing: HashSet<Id>,
     /// The blobs to keep, by pack: exactly one location for each used blob.
     #[serde(skip)]
     keep: HashMap<Id, Vec<Entry>>,
@@ -190,16 +197,36 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<P
     }
     let present: HashSet<Id> = repo.backend.list(Kind::Pack)?.into_iter().collect();
     // Packs whose blobs are all used come first, so a blob stored twice is kept where
-    // no copying is needed.
+    // no copying is needed; packs that are gone come last, so a blob with a copy in a
+    // pack that is there is kept there.
     let mut taken: HashSet<(BlobType, Id)> = HashSet::new();
     let fully_used = |entries: &[Entry]| entries.iter().all(|e| used.contains(&(e.kind, e.id)));
-    packs.sort_by_key(|(id, e)| (!fully_used(e), *id));
+    packs.sort_by_key(|(id, e)| (!present.contains(id), !fully_used(e), *id));
     for (pack, entries) in packs {
         if !present.contains(&pack) {
-            return Err(corrupt(
-                format!("pack {pack}"),
-                "named by the index but missing; prune stops (`restic check` says more)",
-            ));
+            let needed = entries
+                .iter()
+                .find(|e| used.contains(&(e.kind, e.id)) && !taken.contains(&(e.kind, e.id)));
+            if let Some(e) = needed {
+                return Err(corrupt(
+                    format!("pack {pack}"),
+                    format!(
+                        "named by the index but missing, and {:?} blob {} is in no other \
+                         pack; prune stops (`restic check` says more)",
+                        e.kind, e.id
+                    ),
+                ));
+            }
+            tracing::warn!(
+                "pack {pack} is named by the index but missing; every used blob of it has \
+                 a copy in another pack, so the new index leaves it out"
+            );
+            p.blobs_unused += entries.len() as u64;
+            p.packs_missing += 1;
+            p.missing.insert(pack);
+            p.fates.push((pack, PackFate::Delete));
+            p.keep.insert(pack, Vec::new());
+            continue;
         }
         let mut keep = Vec::new();
         for e in &entries {
@@ -291,7 +318,10 @@ pub fn prune_keeping(
         duration_seconds: 0.0,
         plan: PrunePlan::default(),
     };
-    let nothing_to_do = p.packs_repacked == 0 && p.packs_deleted == 0 && p.packs_unindexed == 0;
+    let nothing_to_do = p.packs_repacked == 0
+        && p.packs_deleted == 0
+        && p.packs_unindexed == 0
+        && p.packs_missing == 0;
     if !nothing_to_do {
         carry_out(repo, &p, &mut report, cancel)?;
     }
@@ -376,7 +406,7 @@ fn carry_out(
     let gone = p
         .fates
         .iter()
-        .filter(|(_, f)| *f != PackFate::Keep)
+        .filter(|(id, f)| *f != PackFate::Keep && !p.missing.contains(id))
         .map(|(id, _)| id)
         .chain(&p.unindexed);
     for pack in gone {
