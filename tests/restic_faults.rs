@@ -951,25 +951,29 @@ fn sustained_throttling_is_waited_out() {
     s.restic_check("throttled");
 }
 
-/// SIGTERM while a pack upload waits out a long `Retry-After` (30 s): the wait ends
-/// and the run stops within the other failures' retries, not after the throttling.
-#[test]
-fn sigterm_while_throttled_stops_the_run_promptly() {
-    let s = setup(Vec::new());
-    source(&s.src, 3, 31);
-    let dest = s.dest("termthrottled");
-    s.sr_ok(&["init", "--dest", &dest]);
-    s.proxy.set_rules(vec![Rule::new(
-        "PUT",
-        "/data/",
-        Fault::SlowDown(30),
-        u64::MAX,
-    )]);
-    let mut child = spawn_backup(&s, &dest, &[], None);
+/// Runs snapring `args` through the proxy with every `method` request whose path has
+/// `path` throttled (503 SlowDown, `Retry-After: 30`), sends it SIGTERM half a second
+/// after the first such request, and returns its output and how long it took to end
+/// after the signal.
+fn term_while_throttled(
+    s: &Setup,
+    args: &[&str],
+    method: &'static str,
+    path: &'static str,
+) -> (std::process::Output, Duration) {
+    s.proxy
+        .set_rules(vec![Rule::new(method, path, Fault::SlowDown(30), u64::MAX)]);
+    let before = s.proxy.count(method, path);
+    let mut c = s.cmd(args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(120);
-    while s.proxy.count("PUT", "/data/") == 0 {
-        assert!(child.try_wait().unwrap().is_none(), "ended before a pack");
-        assert!(Instant::now() < deadline, "no pack in 120 s");
+    while s.proxy.count(method, path) == before {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "{args:?} ended before a {method} {path}"
+        );
+        assert!(Instant::now() < deadline, "no {method} {path} in 120 s");
         std::thread::sleep(Duration::from_millis(10));
     }
     std::thread::sleep(Duration::from_millis(500));
@@ -978,6 +982,19 @@ fn sigterm_while_throttled_stops_the_run_promptly() {
     let started = Instant::now();
     let out = child.wait_with_output().unwrap();
     let took = started.elapsed();
+    s.proxy.set_rules(Vec::new());
+    (out, took)
+}
+
+/// SIGTERM while a pack upload waits out a long `Retry-After` (30 s): the wait ends
+/// and the run stops within the other failures' retries, not after the throttling.
+#[test]
+fn sigterm_while_throttled_stops_the_run_promptly() {
+    let s = setup(Vec::new());
+    source(&s.src, 3, 31);
+    let dest = s.dest("termthrottled");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let (out, took) = term_while_throttled(&s, &s.backup_args(&dest), "PUT", "/data/");
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let err = String::from_utf8_lossy(&out.stderr);
     // Stopped (3) with its packs indexed, or failed (1) when the pack could not be
@@ -993,4 +1010,108 @@ fn sigterm_while_throttled_stops_the_run_promptly() {
         s.objects("termthrottled", "locks").is_empty(),
         "its lock released"
     );
+}
+
+/// `term_while_throttled` on `args`: the command stops promptly, `incomplete` (3),
+/// saying it was interrupted and what it leaves (`left`), with its lock released.
+/// Before, restore, prune, forget and init had no signal handling: SIGTERM killed them
+/// where they were (no message, no exit code, a lock left behind).
+fn stops_promptly_when_throttled(
+    s: &Setup,
+    prefix: &str,
+    args: &[&str],
+    method: &'static str,
+    path: &'static str,
+    left: &str,
+) {
+    let (out, took) = term_while_throttled(s, args, method, path);
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(3), "{args:?}: {stdout}\n{err}");
+    assert!(took < Duration::from_secs(25), "{args:?}: {took:?}\n{err}");
+    assert!(err.contains("interrupted"), "{args:?}: {err}");
+    assert!(err.contains(left), "{args:?}: {err}");
+    assert!(s.objects(prefix, "locks").is_empty(), "{args:?}: lock left");
+}
+
+/// SIGTERM while restore, forget or prune waits out throttling: each stops within
+/// the other failures' retries, exit 3, and loses nothing (forget removed no snapshot,
+/// prune no pack; restic checks the repository, and it restores).
+#[test]
+fn sigterm_while_throttled_stops_restore_prune_and_forget_promptly() {
+    let s = setup(Vec::new());
+    source(&s.src, 3, 41);
+    let dest = s.dest("termops");
+    s.sr_ok(&["init", "--dest", &dest]);
+    for i in 0..2 {
+        if i == 1 {
+            write(&s.src.join("small/s0"), b"changed\n");
+        }
+        let (code, r, err) = s.backup(&dest);
+        assert_eq!(code, 0, "{r}\n{err}");
+    }
+    let snapshots = s.objects("termops", "snapshots");
+    let packs = s.objects("termops", "data");
+    assert_eq!(snapshots.len(), 2);
+    let to = s.t.path().join("restored-term");
+    let restore = [
+        "restore",
+        "--dest",
+        &dest,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    stops_promptly_when_throttled(&s, "termops", &restore, "GET", "/data/", "the restore into");
+    let forget = [
+        "forget", "--dest", &dest, "--label", "daily", "--retain", "1",
+    ];
+    stops_promptly_when_throttled(
+        &s,
+        "termops",
+        &forget,
+        "DELETE",
+        "/snapshots/",
+        "the snapshots not removed yet are kept",
+    );
+    assert_eq!(s.objects("termops", "snapshots"), snapshots);
+    // The older snapshot forgotten, prune has packs to repack (its trees are in the
+    // local cache, so the first reads from `data/` are the repacking's).
+    s.sr_ok(&forget);
+    let prune = ["prune", "--dest", &dest];
+    stops_promptly_when_throttled(
+        &s,
+        "termops",
+        &prune,
+        "GET",
+        "/data/",
+        "prune again to finish",
+    );
+    let now = s.objects("termops", "data");
+    assert!(packs.iter().all(|p| now.contains(p)), "{packs:?} {now:?}");
+    s.restic_check("termops");
+    s.restore_equals_source(&dest, "after the interrupted commands");
+}
+
+/// SIGTERM while init waits out throttling: it stops promptly, exit 3, with no
+/// repository (and no stray key file) left, and a later init succeeds.
+#[test]
+fn sigterm_while_throttled_stops_init_promptly() {
+    let s = setup(Vec::new());
+    let dest = s.dest("terminit");
+    stops_promptly_when_throttled(
+        &s,
+        "terminit",
+        &["init", "--dest", &dest],
+        "PUT",
+        "/keys/",
+        "no repository was created",
+    );
+    let root = s.t.path().join("s3").join(BUCKET).join("terminit");
+    assert!(!root.join("config").exists());
+    assert!(s.objects("terminit", "keys").is_empty());
+    s.sr_ok(&["init", "--dest", &dest]);
+    assert_eq!(s.objects("terminit", "keys").len(), 1);
 }

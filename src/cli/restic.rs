@@ -5,6 +5,8 @@
 //! never printed.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, bail};
 use snapring::restic::{self, backend, ops, repo::Repo};
@@ -26,9 +28,16 @@ pub fn is_repo(dest: Option<&Path>) -> bool {
         .is_some_and(|d| d.starts_with("file://") || d.starts_with("s3://"))
 }
 
-/// Opens the repository with the user's tree cache (`restic::cache`).
-fn open(dest: &Path, password_file: Option<&Path>) -> anyhow::Result<Repo> {
-    let mut repo = open_uncached(dest, password_file)?;
+/// Opens the repository with the user's tree cache (`restic::cache`). `cancel`: the
+/// command's cancel flag (`cancel_on_signal`), if it stops cleanly on a signal; the
+/// backend watches it from the start (`Backend::watch_cancel`: a throttled S3 wait
+/// ends when it is set).
+fn open(
+    dest: &Path,
+    password_file: Option<&Path>,
+    cancel: Option<&Arc<AtomicBool>>,
+) -> anyhow::Result<Repo> {
+    let mut repo = open_uncached(dest, password_file, cancel)?;
     repo.use_user_cache();
     Ok(repo)
 }
@@ -36,8 +45,15 @@ fn open(dest: &Path, password_file: Option<&Path>) -> anyhow::Result<Repo> {
 /// Opens the repository without the tree cache: `verify` re-reads every blob from the
 /// repository itself, so a tree whose pack is damaged or gone is found even when a
 /// good copy sits in the cache.
-fn open_uncached(dest: &Path, password_file: Option<&Path>) -> anyhow::Result<Repo> {
+fn open_uncached(
+    dest: &Path,
+    password_file: Option<&Path>,
+    cancel: Option<&Arc<AtomicBool>>,
+) -> anyhow::Result<Repo> {
     let b = backend::from_dest(&dest.to_string_lossy())?;
+    if let Some(c) = cancel {
+        b.watch_cancel(c);
+    }
     let pw = restic::password::resolve(password_file)?;
     Ok(Repo::open_in(b, &pw)?)
 }
@@ -50,10 +66,11 @@ fn open_reading(
     dest: &Path,
     password_file: Option<&Path>,
     cached: bool,
+    cancel: Option<&Arc<AtomicBool>>,
 ) -> anyhow::Result<(Repo, Option<restic::lock::Guard>)> {
     let mut repo = match cached {
-        true => open(dest, password_file)?,
-        false => open_uncached(dest, password_file)?,
+        true => open(dest, password_file, cancel)?,
+        false => open_uncached(dest, password_file, cancel)?,
     };
     let lock = restic::lock::acquire_reader(&repo);
     repo.refresh_index()?;
@@ -64,8 +81,14 @@ fn open_reading(
 pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let b = backend::from_dest(&a.dest)?;
     let pw = restic::password::resolve(a.password_file.as_deref())?;
-    let config = ops::init(b.as_ref(), &pw)?;
+    let cancel = super::cancel_on_signal();
+    b.watch_cancel(&cancel);
     let at = b.location();
+    let r = ops::init(b.as_ref(), &pw, &cancel);
+    let config = match stopped(r, &cancel, &format!("no repository was created at {at}"))? {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
     if a.json {
         print::json(
             &serde_json::json!({ "repository": at, "id": config.id, "version": config.version }),
@@ -350,7 +373,7 @@ fn print_worker(
 
 /// `snapring status --dest URL --run-id RUN` of a run into a repository.
 pub fn shard_status(a: &ShardRunArgs) -> anyhow::Result<snapring::shard::status::RunStatus> {
-    let repo = open(&a.dest, a.password_file.as_deref())?;
+    let repo = open(&a.dest, a.password_file.as_deref(), None)?;
     Ok(snapring::shard::repository::status(&repo, &a.run_id)?)
 }
 
@@ -363,7 +386,7 @@ pub fn shard_finalize(f: &FinalizeArgs) -> anyhow::Result<ExitCode> {
              recorded and notified by the worker that publishes it"
         );
     }
-    let mut repo = open(&f.run.dest, f.run.password_file.as_deref())?;
+    let mut repo = open(&f.run.dest, f.run.password_file.as_deref(), None)?;
     match snapring::shard::repository::finalize_run(&mut repo, &f.run.run_id, None) {
         Ok(r) => print_worker(&r, f.run.json),
         Err(e) => {
@@ -457,7 +480,7 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
             "--space is not supported with a restic repository yet"
         ));
     }
-    let repo = open(&a.dest, a.password_file.as_deref())?;
+    let repo = open(&a.dest, a.password_file.as_deref(), None)?;
     let snaps = ops::list(&repo)?;
     if a.json {
         print::json(&snaps)?;
@@ -588,12 +611,38 @@ pub fn restore(
     };
     let started_at = snapring::util::now_rfc3339();
     let mut restored = None;
+    let cancel = super::cancel_on_signal();
     let result = snapring::job::recorded_restore(&opts, &run, || {
         let failed = |e: &dyn std::fmt::Display| snapring::error::Error::Repository(e.to_string());
-        let (repo, _lock) =
-            open_reading(dest, password_file, true).map_err(|e| failed(&format!("{e:#}")))?;
-        let r = restic::restore::restore(&repo, &a.snapshot, &a.to, &sub, a.flat)
-            .map_err(|e| failed(&e))?;
+        // SIGINT/SIGTERM: `incomplete`, what was written stays (a throttled request
+        // given up once the signal ended its wait is that too).
+        let stopped = |e: Option<String>| {
+            let why = e.map(|e| format!(": {e}")).unwrap_or_default();
+            let mut out = snapring::restore::RestoreReport::not_started(
+                &opts,
+                started_at.clone(),
+                format!(
+                    "interrupted{why}; the restore into {} is incomplete (what it wrote stays; \
+                     restore again into a new directory)",
+                    a.to.display()
+                ),
+            );
+            out.status = Status::Incomplete;
+            out.exit_code = Status::Incomplete.exit_code();
+            Ok(out)
+        };
+        let is_stopped = || cancel.load(Ordering::Relaxed);
+        let (repo, _lock) = match open_reading(dest, password_file, true, Some(&cancel)) {
+            Ok(x) => x,
+            Err(e) if is_stopped() => return stopped(Some(format!("{e:#}"))),
+            Err(e) => return Err(failed(&format!("{e:#}"))),
+        };
+        let r = match restic::restore::restore(&repo, &a.snapshot, &a.to, &sub, a.flat, &cancel) {
+            Ok(r) => r,
+            Err(restic::Error::Cancelled) => return stopped(None),
+            Err(e) if is_stopped() => return stopped(Some(e.to_string())),
+            Err(e) => return Err(failed(&e)),
+        };
         let mut out =
             snapring::restore::RestoreReport::not_started(&opts, started_at.clone(), String::new());
         out.status = Status::Complete;
@@ -613,7 +662,14 @@ pub fn restore(
         Ok(out)
     });
     let report = result?;
-    let r = restored.expect("a complete restore has its report");
+    let Some(r) = restored else {
+        // Interrupted (`stopped`): recorded as `incomplete`.
+        if a.json {
+            print::json(&report)?;
+        }
+        print::errln!("snapring: {}", report.message);
+        return Ok(ExitCode::from(report.status));
+    };
     if a.json {
         print::json(&report)?;
     } else {
@@ -654,7 +710,12 @@ fn print_forget(r: &restic::forget::ForgetReport) {
 
 /// `snapring forget --dest URL --label L --retain N [--dry-run]`.
 pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
-    let repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
+    let cancel = super::cancel_on_signal();
+    let repo = open(
+        Path::new(&a.dest),
+        a.password_file.as_deref(),
+        Some(&cancel),
+    )?;
     let policy = restic::forget::Policy {
         label: a.label,
         keep_last: a.retain,
@@ -662,7 +723,12 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
         before_remove: Some(snapring::shard::repository::before_forget),
         written: None,
     };
-    let r = restic::forget::forget(&repo, &policy, a.dry_run)?;
+    let r = restic::forget::forget(&repo, &policy, a.dry_run, &cancel);
+    let left = "the snapshots not removed yet are kept (forget again to finish)";
+    let r = match stopped(r, &cancel, left)? {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
     if a.json {
         print::json(&r)?;
     } else {
@@ -673,7 +739,12 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
 
 /// `snapring prune --dest URL [--dry-run]`.
 pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
-    let mut repo = open(Path::new(&a.dest), a.password_file.as_deref())?;
+    let cancel = super::cancel_on_signal();
+    let mut repo = open(
+        Path::new(&a.dest),
+        a.password_file.as_deref(),
+        Some(&cancel),
+    )?;
     // Others writing between the opening (the index read) and the lock (the race tests).
     snapring::failpoint::hit("prune.after_open")?;
     // Unfinished shard runs given up: their committed units' packs are pruned.
@@ -698,7 +769,19 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         &mut repo,
         a.dry_run,
         &snapring::shard::repository::unpublished_roots,
-    )?;
+        &cancel,
+    );
+    let left = match &r {
+        Err(restic::Error::Cancelled) => {
+            "nothing was removed (packs it wrote are in no index; the next prune removes \
+             them); prune again to finish"
+        }
+        _ => "the repository stays whole; prune again to finish",
+    };
+    let r = match stopped(r, &cancel, left)? {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
     if a.json {
         print::json(&r)?;
         return Ok(ExitCode::Complete);
@@ -725,6 +808,12 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         p.packs_deleted,
         p.packs_unindexed
     );
+    if p.packs_missing > 0 {
+        outln!(
+            "{} packs named by the index are missing; their used blobs have copies in other packs, so the new index leaves them out",
+            p.packs_missing
+        );
+    }
     if r.dry_run {
         outln!("dry run: nothing changed");
     } else {
@@ -820,12 +909,22 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(r.status))
 }
 
-/// An interrupted read-only command exits 3 (`incomplete`), as an interrupted run does.
-fn interrupted<T>(r: restic::Result<T>) -> anyhow::Result<Result<T, ExitCode>> {
+/// A command stopped by SIGINT/SIGTERM exits 3 (`incomplete`), as an interrupted run
+/// does, saying what it leaves (`left`): its `Cancelled`, or any error once `cancel`
+/// is set (a throttled request given up when the signal ended its wait).
+fn stopped<T>(
+    r: restic::Result<T>,
+    cancel: &AtomicBool,
+    left: &str,
+) -> anyhow::Result<Result<T, ExitCode>> {
     match r {
         Ok(x) => Ok(Ok(x)),
         Err(restic::Error::Cancelled) => {
-            print::errln!("snapring: interrupted; nothing was written");
+            print::errln!("snapring: interrupted; {left}");
+            Ok(Err(ExitCode::Incomplete))
+        }
+        Err(e) if cancel.load(Ordering::Relaxed) => {
+            print::errln!("snapring: interrupted: {e}; {left}");
             Ok(Err(ExitCode::Incomplete))
         }
         Err(e) => Err(e.into()),
@@ -835,8 +934,8 @@ fn interrupted<T>(r: restic::Result<T>) -> anyhow::Result<Result<T, ExitCode>> {
 /// `snapring verify --dest URL [SNAPSHOT…|--all] [--jobs N]`: every blob re-read and
 /// re-hashed; exit 2 when a snapshot is damaged.
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let (repo, _lock) = open_reading(&a.dest, a.password_file.as_deref(), false)?;
     let cancel = super::cancel_on_signal();
+    let (repo, _lock) = open_reading(&a.dest, a.password_file.as_deref(), false, Some(&cancel))?;
     let r = restic::verify::verify(
         &repo,
         &a.snapshots,
@@ -845,7 +944,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         a.jobs.unwrap_or(0),
         &cancel,
     );
-    let v = match interrupted(r)? {
+    let v = match stopped(r, &cancel, "nothing was written")? {
         Ok(v) => v,
         Err(code) => return Ok(code),
     };
@@ -906,8 +1005,8 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
             "--jobs is not supported by diff between two repository snapshots (it reads trees only)"
         ));
     }
-    let (repo, _lock) = open_reading(&a.dest, a.password_file.as_deref(), true)?;
     let cancel = super::cancel_on_signal();
+    let (repo, _lock) = open_reading(&a.dest, a.password_file.as_deref(), true, Some(&cancel))?;
     let r = match (a.to.as_deref(), a.against.as_deref()) {
         (Some(to), None) => restic::diff::diff(&repo, &a.from, to, &cancel),
         (None, Some(dir)) => {
@@ -915,7 +1014,7 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
         }
         _ => unreachable!("check_diff"),
     };
-    let r = match interrupted(r)? {
+    let r = match stopped(r, &cancel, "nothing was written")? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };
@@ -951,7 +1050,7 @@ pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
             "history needs a path inside the snapshot (for example users/alice/.profile)"
         ));
     }
-    let (repo, _lock) = open_reading(dest, a.password_file.as_deref(), true)?;
+    let (repo, _lock) = open_reading(dest, a.password_file.as_deref(), true, None)?;
     let versions = restic::history::history(&repo, &rel)?;
     if a.json {
         print::json(&versions)?;

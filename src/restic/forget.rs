@@ -144,7 +144,14 @@ pub struct ForgetReport {
 
 /// Loads the snapshots, plans, and unless `dry_run` removes the forgotten snapshots'
 /// files under an exclusive lock.
-pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetReport> {
+/// `cancel` set stops it between two removals with [`Error::Cancelled`]; the snapshots
+/// not removed yet stay.
+pub fn forget(
+    repo: &Repo,
+    policy: &Policy,
+    dry_run: bool,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<ForgetReport> {
     if policy.keep_last == 0 {
         return Err(Error::Other(
             "--retain 0 would forget every snapshot of the label; give 1 or more".into(),
@@ -160,7 +167,7 @@ pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetRepor
     }
     repo.check_writable()?;
     let lock = super::lock::acquire(repo, true)?;
-    let report = forget_locked(repo, policy)?;
+    let report = forget_stoppable(repo, policy, cancel)?;
     lock.release()?;
     Ok(report)
 }
@@ -168,10 +175,22 @@ pub fn forget(repo: &Repo, policy: &Policy, dry_run: bool) -> Result<ForgetRepor
 /// `forget` for a caller that holds a lock already; `policy.before_remove` first for
 /// each snapshot it removes.
 pub fn forget_locked(repo: &Repo, policy: &Policy) -> Result<ForgetReport> {
+    forget_stoppable(repo, policy, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// `forget_locked`, stopped between two removals by `cancel`.
+fn forget_stoppable(
+    repo: &Repo,
+    policy: &Policy,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<ForgetReport> {
     let snaps = snapshot::load_readable(repo)?;
     let plan = plan(&snaps, policy);
     let mut removed = 0;
     for v in plan.forgotten() {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
         let id = Id::parse(&v.id)?;
         if let Some(before) = policy.before_remove
             && let Some((_, s)) = snaps.iter().find(|(i, _)| *i == id)

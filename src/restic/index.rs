@@ -72,7 +72,10 @@ impl Location {
 /// blob of the whole repository (a million for a million small files): the pack is a
 /// number into the pack table, the blob's place 16 bytes beside its id, in a
 /// [`BlobMap`] (about 60 bytes per blob at the peak, where a `HashMap` took 150 while
-/// it grew, and a `Location` per blob over 100).
+/// it grew, and a `Location` per blob over 100). A blob stored in more than one pack
+/// (two backups at once, an interrupted prune, `restic copy`) keeps its first place
+/// inline and its other copies in a side table, so a reader whose pack is lost or
+/// damaged finds another ([`Index::locations`]) and memory per blob does not grow.
 #[derive(Default)]
 pub struct Index {
     /// The packs, each once; a [`Slot`] names its pack by its place here.
@@ -96,6 +99,9 @@ struct BlobMap {
     table: HashTable<u32>,
     chunks: Vec<Vec<(Id, Slot)>>,
     len: usize,
+    /// The other copies of the few blobs stored more than once, by entry number (the
+    /// first copy is the entry's own slot). Empty, it holds no memory.
+    extra: HashMap<u32, Vec<Slot>>,
 }
 
 fn id_hash(id: &Id) -> u64 {
@@ -112,19 +118,41 @@ impl BlobMap {
         entry_in(&self.chunks, n)
     }
 
-    fn get(&self, id: &Id) -> Option<&Slot> {
+    fn number(&self, id: &Id) -> Option<u32> {
         self.table
             .find(id_hash(id), |&n| self.entry(n).0 == *id)
-            .map(|&n| &self.entry(n).1)
+            .copied()
     }
 
-    /// Adds `id` unless it is in the map already (the first place stays).
+    fn get(&self, id: &Id) -> Option<&Slot> {
+        self.number(id).map(|n| &self.entry(n).1)
+    }
+
+    /// Every place of `id`: the first, then the other copies in the order added.
+    fn places(&self, id: &Id) -> impl Iterator<Item = Slot> + '_ {
+        let n = self.number(id);
+        let first = n.map(|n| self.entry(n).1);
+        let others = n.and_then(|n| self.extra.get(&n)).into_iter().flatten();
+        first.into_iter().chain(others.copied())
+    }
+
+    /// Adds `id`; a blob in the map already keeps its first place, and a new place of
+    /// it (another pack, or another spot in one) is kept as another copy.
     fn insert(&mut self, id: Id, slot: Slot) {
-        let Self { table, chunks, len } = self;
-        if table
-            .find(id_hash(&id), |&n| entry_in(chunks, n).0 == id)
-            .is_some()
-        {
+        let Self {
+            table,
+            chunks,
+            len,
+            extra,
+        } = self;
+        if let Some(&n) = table.find(id_hash(&id), |&n| entry_in(chunks, n).0 == id) {
+            if entry_in(chunks, n).1.same_place(&slot) {
+                return;
+            }
+            let copies = extra.entry(n).or_default();
+            if !copies.iter().any(|c| c.same_place(&slot)) {
+                copies.push(slot);
+            }
             return;
         }
         let n = u32::try_from(*len).expect("fewer than 2^32 blobs");
@@ -136,8 +164,17 @@ impl BlobMap {
         *len += 1;
     }
 
+    /// Every place of every blob: each blob's first, then the other copies.
     fn into_entries(self) -> impl Iterator<Item = (Id, Slot)> {
-        self.chunks.into_iter().flatten()
+        let copies: Vec<(Id, Slot)> = self
+            .extra
+            .iter()
+            .flat_map(|(&n, slots)| {
+                let id = self.entry(n).0;
+                slots.iter().map(move |s| (id, *s))
+            })
+            .collect();
+        self.chunks.into_iter().flatten().chain(copies)
     }
 
     /// Bytes the map holds on the heap.
@@ -151,6 +188,12 @@ impl BlobMap {
                 .map(|c| c.capacity() * entry)
                 .sum::<usize>()
             + self.chunks.capacity() * std::mem::size_of::<Vec<(Id, Slot)>>()
+            + self.extra.capacity() * std::mem::size_of::<(u32, Vec<Slot>)>()
+            + self
+                .extra
+                .values()
+                .map(|v| v.capacity() * std::mem::size_of::<Slot>())
+                .sum::<usize>()
     }
 }
 
@@ -178,6 +221,11 @@ impl Slot {
 
     fn uncompressed_length(&self) -> Option<u32> {
         (self.uncompressed != NOT_COMPRESSED).then_some(self.uncompressed)
+    }
+
+    /// The same bytes of the same pack (one pack named by two index files).
+    fn same_place(&self, o: &Slot) -> bool {
+        (self.pack, self.offset, self.length) == (o.pack, o.offset, o.length)
     }
 }
 
@@ -265,8 +313,8 @@ impl Index {
         }
     }
 
-    pub fn get(&self, kind: BlobType, id: &Id) -> Option<Location> {
-        self.map(kind).get(id).map(|s| Location {
+    fn location(&self, kind: BlobType, id: &Id, s: &Slot) -> Location {
+        Location {
             pack: self.packs[s.pack as usize],
             entry: Entry {
                 kind,
@@ -275,7 +323,21 @@ impl Index {
                 length: s.length,
                 uncompressed_length: s.uncompressed_length(),
             },
-        })
+        }
+    }
+
+    /// Where the blob is (its first copy, when it has several).
+    pub fn get(&self, kind: BlobType, id: &Id) -> Option<Location> {
+        self.map(kind).get(id).map(|s| self.location(kind, id, s))
+    }
+
+    /// Every copy of the blob, the first (as [`Index::get`] gives it) first; empty when
+    /// no index names it.
+    pub fn locations(&self, kind: BlobType, id: &Id) -> Vec<Location> {
+        self.map(kind)
+            .places(id)
+            .map(|s| self.location(kind, id, &s))
+            .collect()
     }
 
     pub fn contains(&self, kind: BlobType, id: &Id) -> bool {
@@ -297,21 +359,40 @@ mod tests {
     use crate::restic::crypto::Key;
     use crate::restic::pack::PackBuilder;
 
-    /// The blob map finds every entry across chunks, keeps a blob's first place, and
-    /// takes at most 64 bytes per blob (a `HashMap<Id, Slot>` takes 103 at its load
-    /// factor, and half as much again while it doubles).
+    /// The blob map finds every entry across chunks, keeps a blob's first place first
+    /// and its other copies beside it (a place added again is no new copy), and takes
+    /// at most 64 bytes per blob (a `HashMap<Id, Slot>` takes 103 at its load factor,
+    /// and half as much again while it doubles).
     #[test]
     fn blob_map_is_compact_and_keeps_first_places() {
         let n = 250_000u32;
         let id = |i: u32| Id::hash(&i.to_le_bytes());
+        let first = |i: u32| Slot::new(i % 7, i, i + 1, i.is_multiple_of(2).then_some(i));
         let mut m = BlobMap::default();
         for i in 0..n {
-            m.insert(id(i), Slot::new(i % 7, i, i + 1, (i % 2 == 0).then_some(i)));
+            m.insert(id(i), first(i));
         }
+        let before = m.heap_bytes();
+        // The same places again (a pack named by two index files): nothing new.
         for i in (0..n).step_by(3) {
-            m.insert(id(i), Slot::new(99, 0, 0, None));
+            m.insert(id(i), first(i));
         }
+        assert_eq!(m.heap_bytes(), before);
+        assert!(m.extra.is_empty());
+        // Other copies of a few blobs, one twice.
+        let copies = (0..n).step_by(1000).count();
+        for i in (0..n).step_by(1000) {
+            m.insert(id(i), Slot::new(99, i, i + 1, None));
+            m.insert(id(i), Slot::new(99, i, i + 1, None));
+        }
+        m.insert(id(0), Slot::new(98, 5, 6, None));
         assert_eq!(m.len, n as usize);
+        let places =
+            |i: u32| -> Vec<(u32, u32)> { m.places(&id(i)).map(|s| (s.pack, s.offset)).collect() };
+        assert_eq!(places(0), vec![(0, 0), (99, 0), (98, 5)]);
+        assert_eq!(places(2000), vec![(2000 % 7, 2000), (99, 2000)]);
+        assert_eq!(places(2001), vec![(2001 % 7, 2001)]);
+        assert!(places(n).is_empty());
         assert!(
             m.chunks.len() > 3,
             "more than one chunk: {}",
@@ -326,8 +407,9 @@ mod tests {
         let per_blob = m.heap_bytes() / n as usize;
         assert!(per_blob <= 64, "{per_blob} bytes per blob");
         let back: Vec<(Id, Slot)> = m.into_entries().collect();
-        assert_eq!(back.len(), n as usize);
+        assert_eq!(back.len(), n as usize + copies + 1);
         assert_eq!(back[12_345].0, id(12_345));
+        assert!(back[n as usize..].iter().all(|(_, s)| s.pack >= 98));
     }
 
     #[test]

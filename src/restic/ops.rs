@@ -9,9 +9,14 @@ use super::crypto::DEFAULT_KDF;
 use super::repo::{self, Config, Repo};
 use super::snapshot;
 
-/// Creates a repository in `backend`.
-pub fn init(backend: &dyn Backend, password: &[u8]) -> Result<Config> {
-    repo::init_in(backend, password, DEFAULT_KDF)
+/// Creates a repository in `backend`; `cancel` set stops it before the next write
+/// (`repo::init_stoppable`).
+pub fn init(
+    backend: &dyn Backend,
+    password: &[u8],
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Config> {
+    repo::init_stoppable(backend, password, DEFAULT_KDF, cancel)
 }
 
 /// One snapshot as `snapring list` shows it.

@@ -4,13 +4,19 @@
 //! read once to mark the blobs in use; each indexed pack is then kept (every blob used),
 //! deleted (none used) or repacked (some used: the used blobs, checked, are copied as
 //! they are sealed into new packs); packs that no index names (left by a killed run)
-//! are deleted too. Then the plan is carried out in restic's order: new packs, one new
-//! index (superseding every old index file), the old index files, the old packs.
+//! are deleted too; an indexed pack that is gone stops prune unless every used blob of
+//! it has a copy in a pack that is there (the new index then leaves it out). Then the
+//! plan is carried out in restic's order: new packs, one new index (superseding every
+//! old index file), the old index files, the old packs.
 //! A crash at any point leaves a repository that `restic check` accepts: until the old
-//! index files go, they still name every pack that is still there. Does I/O through
-//! `repo`.
+//! index files go, they still name every pack that is still there. The cancel flag
+//! (SIGINT/SIGTERM) stops it while it plans or repacks, before the new index: nothing
+//! is removed then (new packs already written are unindexed, and the next prune
+//! deletes them); once the new index is written the removals are finished. Does I/O
+//! through `repo`.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
@@ -20,7 +26,7 @@ use super::pack::{BlobType, Entry, PackBuilder, open_blob};
 use super::repo::Repo;
 use super::snapshot;
 use super::tree::Tree;
-use super::{Id, Result, corrupt};
+use super::{Error, Id, Result, corrupt};
 
 /// What becomes of one pack.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -44,6 +50,9 @@ pub struct PrunePlan {
     pub packs_deleted: u64,
     /// Packs in `data/` that no index file names.
     pub packs_unindexed: u64,
+    /// Packs an index file names that are gone from `data/`, every used blob of which
+    /// has a copy in another pack: left out of the new index (nothing to delete).
+    pub packs_missing: u64,
     /// Sealed bytes of the blobs the repacked packs keep (copied into new packs).
     pub bytes_to_repack: u64,
     /// Sealed bytes of the blobs no snapshot uses.
@@ -52,6 +61,8 @@ pub struct PrunePlan {
     fates: Vec<(Id, PackFate)>,
     #[serde(skip)]
     unindexed: Vec<Id>,
+    #[serde(skip)]
+    missing: HashSet<Id>,
     /// The blobs to keep, by pack: exactly one location for each used blob.
     #[serde(skip)]
     keep: HashMap<Id, Vec<Entry>>,
@@ -84,17 +95,21 @@ pub struct Roots {
 }
 
 /// Marks every blob the snapshots use, reading each tree once, then what `roots` keep.
-fn used_blobs(repo: &Repo, roots: &Roots) -> Result<(u64, HashSet<(BlobType, Id)>)> {
+fn used_blobs(
+    repo: &Repo,
+    roots: &Roots,
+    cancel: &AtomicBool,
+) -> Result<(u64, HashSet<(BlobType, Id)>)> {
     let snaps = snapshot::load_all(repo)?;
     let mut used = HashSet::new();
     let todo: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
-    mark(repo, todo, &mut used, true)?;
+    mark(repo, todo, &mut used, true, cancel)?;
     for c in &roots.data {
         if repo.index.contains(BlobType::Data, c) {
             used.insert((BlobType::Data, *c));
         }
     }
-    mark(repo, roots.trees.clone(), &mut used, false)?;
+    mark(repo, roots.trees.clone(), &mut used, false, cancel)?;
     Ok((snaps.len() as u64, used))
 }
 
@@ -106,8 +121,12 @@ fn mark(
     mut todo: Vec<Id>,
     used: &mut HashSet<(BlobType, Id)>,
     strict: bool,
+    cancel: &AtomicBool,
 ) -> Result<()> {
     while let Some(t) = todo.pop() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
         if !strict && !repo.index.contains(BlobType::Tree, &t) {
             continue;
         }
@@ -139,12 +158,12 @@ fn mark(
 
 /// Plans a prune: reads the snapshots, their trees and every index file.
 pub fn plan(repo: &Repo) -> Result<PrunePlan> {
-    plan_keeping(repo, &Roots::default())
+    plan_keeping(repo, &Roots::default(), &AtomicBool::new(false))
 }
 
-/// `plan`, keeping what `roots` reference too.
-pub fn plan_keeping(repo: &Repo, roots: &Roots) -> Result<PrunePlan> {
-    let (snapshots, used) = used_blobs(repo, roots)?;
+/// `plan`, keeping what `roots` reference too; `cancel` set stops it.
+pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<PrunePlan> {
+    let (snapshots, used) = used_blobs(repo, roots, cancel)?;
     let mut p = PrunePlan {
         snapshots,
         shard_runs_kept: roots.runs,
@@ -178,16 +197,36 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots) -> Result<PrunePlan> {
     }
     let present: HashSet<Id> = repo.backend.list(Kind::Pack)?.into_iter().collect();
     // Packs whose blobs are all used come first, so a blob stored twice is kept where
-    // no copying is needed.
+    // no copying is needed; packs that are gone come last, so a blob with a copy in a
+    // pack that is there is kept there.
     let mut taken: HashSet<(BlobType, Id)> = HashSet::new();
     let fully_used = |entries: &[Entry]| entries.iter().all(|e| used.contains(&(e.kind, e.id)));
-    packs.sort_by_key(|(id, e)| (!fully_used(e), *id));
+    packs.sort_by_key(|(id, e)| (!present.contains(id), !fully_used(e), *id));
     for (pack, entries) in packs {
         if !present.contains(&pack) {
-            return Err(corrupt(
-                format!("pack {pack}"),
-                "named by the index but missing; prune stops (`restic check` says more)",
-            ));
+            let needed = entries
+                .iter()
+                .find(|e| used.contains(&(e.kind, e.id)) && !taken.contains(&(e.kind, e.id)));
+            if let Some(e) = needed {
+                return Err(corrupt(
+                    format!("pack {pack}"),
+                    format!(
+                        "named by the index but missing, and {:?} blob {} is in no other \
+                         pack; prune stops (`restic check` says more)",
+                        e.kind, e.id
+                    ),
+                ));
+            }
+            tracing::warn!(
+                "pack {pack} is named by the index but missing; every used blob of it has \
+                 a copy in another pack, so the new index leaves it out"
+            );
+            p.blobs_unused += entries.len() as u64;
+            p.packs_missing += 1;
+            p.missing.insert(pack);
+            p.fates.push((pack, PackFate::Delete));
+            p.keep.insert(pack, Vec::new());
+            continue;
         }
         let mut keep = Vec::new();
         for e in &entries {
@@ -229,21 +268,28 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots) -> Result<PrunePlan> {
 
 /// Prunes the repository (or, with `dry_run`, only plans it, under no lock).
 pub fn prune(repo: &mut Repo, dry_run: bool) -> Result<PruneReport> {
-    prune_keeping(repo, dry_run, &|_| Ok(Roots::default()))
+    prune_keeping(
+        repo,
+        dry_run,
+        &|_| Ok(Roots::default()),
+        &AtomicBool::new(false),
+    )
 }
 
 /// `prune`, keeping what `roots` finds too (called under the exclusive lock, so no
-/// writer adds to it meanwhile).
+/// writer adds to it meanwhile). `cancel` set stops it with [`Error::Cancelled`]
+/// before the new index is written (see the module's notes), with nothing removed.
 pub fn prune_keeping(
     repo: &mut Repo,
     dry_run: bool,
     roots: &dyn Fn(&Repo) -> Result<Roots>,
+    cancel: &AtomicBool,
 ) -> Result<PruneReport> {
     let started = std::time::Instant::now();
     if dry_run {
         return Ok(PruneReport {
             dry_run,
-            plan: plan_keeping(repo, &roots(repo)?)?,
+            plan: plan_keeping(repo, &roots(repo)?, cancel)?,
             packs_written: 0,
             bytes_written: 0,
             packs_removed: 0,
@@ -262,7 +308,7 @@ pub fn prune_keeping(
         return Err(e);
     }
     let repo = &*repo;
-    let p = plan_keeping(repo, &roots(repo)?)?;
+    let p = plan_keeping(repo, &roots(repo)?, cancel)?;
     let mut report = PruneReport {
         dry_run,
         packs_written: 0,
@@ -272,9 +318,12 @@ pub fn prune_keeping(
         duration_seconds: 0.0,
         plan: PrunePlan::default(),
     };
-    let nothing_to_do = p.packs_repacked == 0 && p.packs_deleted == 0 && p.packs_unindexed == 0;
+    let nothing_to_do = p.packs_repacked == 0
+        && p.packs_deleted == 0
+        && p.packs_unindexed == 0
+        && p.packs_missing == 0;
     if !nothing_to_do {
-        carry_out(repo, &p, &mut report)?;
+        carry_out(repo, &p, &mut report, cancel)?;
     }
     lock.release()?;
     report.plan = p;
@@ -282,7 +331,16 @@ pub fn prune_keeping(
     Ok(report)
 }
 
-fn carry_out(repo: &Repo, p: &PrunePlan, report: &mut PruneReport) -> Result<()> {
+fn carry_out(
+    repo: &Repo,
+    p: &PrunePlan,
+    report: &mut PruneReport,
+    cancel: &AtomicBool,
+) -> Result<()> {
+    let stop = || match cancel.load(Ordering::Relaxed) {
+        true => Err(Error::Cancelled),
+        false => Ok(()),
+    };
     let mut new_index: Vec<PackJson> = Vec::new();
     let mut builder: [PackBuilder; 2] = Default::default();
     let slot = |k: BlobType| match k {
@@ -311,6 +369,7 @@ fn carry_out(repo: &Repo, p: &PrunePlan, report: &mut PruneReport) -> Result<()>
             PackFate::Delete => {}
             PackFate::Repack => {
                 for e in keep {
+                    stop()?;
                     let sealed =
                         repo.backend
                             .read_range(pack, e.offset as u64, e.length as usize)?;
@@ -329,6 +388,8 @@ fn carry_out(repo: &Repo, p: &PrunePlan, report: &mut PruneReport) -> Result<()>
     for b in builder {
         write_pack(b, &mut new_index)?;
     }
+    // The last point to stop at with nothing removed; past it the removals finish.
+    stop()?;
     // One index for everything kept, in files of at most 50,000 blobs (as the backup
     // writes them); each names the old index files it supersedes.
     for packs in super::repo::index_file_groups(new_index) {
@@ -345,7 +406,7 @@ fn carry_out(repo: &Repo, p: &PrunePlan, report: &mut PruneReport) -> Result<()>
     let gone = p
         .fates
         .iter()
-        .filter(|(_, f)| *f != PackFate::Keep)
+        .filter(|(id, f)| *f != PackFate::Keep && !p.missing.contains(id))
         .map(|(id, _)| id)
         .chain(&p.unindexed);
     for pack in gone {

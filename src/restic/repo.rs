@@ -15,7 +15,7 @@ use super::backend::{Backend, Kind, Local, already_a_repository, not_a_repositor
 use super::cache::TreeCache;
 use super::chunker::{Pol, Tables};
 use super::crypto::{DEFAULT_KDF, KdfParams, Key, KeyFile};
-use super::index::{Index, IndexFile, PackJson};
+use super::index::{Index, IndexFile, Location, PackJson};
 use super::pack::{BlobType, Entry, PackBuilder, open_blob, seal_blob};
 use super::{Error, Id, Result, corrupt, io_err};
 
@@ -51,14 +51,34 @@ pub fn init(root: &Path, password: &[u8], kdf: KdfParams) -> Result<Config> {
 
 /// Creates a repository (format version 2) in `b`, which must not hold one yet.
 pub fn init_in(b: &dyn Backend, password: &[u8], kdf: KdfParams) -> Result<Config> {
+    init_stoppable(b, password, kdf, &std::sync::atomic::AtomicBool::new(false))
+}
+
+/// `init_in`, stopped by `cancel` before each write with [`Error::Cancelled`]. A key
+/// file written for a `config` that then is not (or is another's, by a racing `init`)
+/// is removed again, best effort: a stray key the password opens may be tried first
+/// (by name) and open no `config`.
+pub fn init_stoppable(
+    b: &dyn Backend,
+    password: &[u8],
+    kdf: KdfParams,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<Config> {
+    let stop = || match cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        true => Err(Error::Cancelled),
+        false => Ok(()),
+    };
     if b.read_config()?.is_some() {
         return Err(already_a_repository(&b.location()));
     }
+    stop()?;
     b.create_layout()?;
     let master = Key::random();
     let kf = KeyFile::new(&master, password, kdf)?;
     let kf_bytes = serde_json::to_vec(&kf).expect("key file serialises");
-    b.write(Kind::Key, &Id::hash(&kf_bytes), &kf_bytes)?;
+    let key_id = Id::hash(&kf_bytes);
+    stop()?;
+    b.write(Kind::Key, &key_id, &kf_bytes)?;
     let config = Config {
         version: 2,
         id: hex::encode(super::random_bytes::<32>()),
@@ -67,7 +87,16 @@ pub fn init_in(b: &dyn Backend, password: &[u8], kdf: KdfParams) -> Result<Confi
     // The config stays plain JSON (no compression header): a reader learns the
     // version from it.
     let json = serde_json::to_vec(&config).expect("config serialises");
-    b.create_config(&master.seal(&json))?;
+    let sealed = master.seal(&json);
+    if let Err(e) = stop().and_then(|()| b.create_config(&sealed)) {
+        // Unless the config did land (its reply lost) or cannot be read to tell.
+        if let Ok(stored) = b.read_config()
+            && stored.as_deref() != Some(sealed.as_slice())
+        {
+            let _ = b.remove(Kind::Key, &key_id);
+        }
+        return Err(e);
+    }
     Ok(config)
 }
 
@@ -211,25 +240,69 @@ impl Repo {
     }
 
     /// A blob's plaintext, checked against its id. A tree comes from the local cache
-    /// when it has it intact, else from the repository (and is cached).
+    /// when it has it intact, else from the repository (and is cached). A blob stored
+    /// in several packs is read from the next copy when one cannot be (its pack gone,
+    /// unreadable, or the blob damaged), as restic does, with a warning naming the bad
+    /// pack; the error is the first copy's, or all of them when every copy fails.
     pub fn read_blob(&self, kind: BlobType, id: &Id) -> Result<Vec<u8>> {
-        let loc = self
-            .index
-            .get(kind, id)
-            .ok_or_else(|| corrupt(format!("{kind:?} blob {id}"), "not in any index"))?;
+        let what = || format!("{kind:?} blob {id}");
+        let locations = self.index.locations(kind, id);
+        if locations.is_empty() {
+            return Err(corrupt(what(), "not in any index"));
+        }
         let cache = self.tree_cache.as_ref().filter(|_| kind == BlobType::Tree);
         if let Some(plain) = cache.and_then(|c| c.get(&self.key, id)) {
             return Ok(plain);
         }
+        let mut failed: Vec<(Id, Error)> = Vec::new();
+        for (i, loc) in locations.iter().enumerate() {
+            match self.read_blob_at(loc) {
+                Ok((plain, sealed)) => {
+                    if let Some(c) = cache {
+                        c.put(id, &sealed, loc.entry.uncompressed_length);
+                    }
+                    return Ok(plain);
+                }
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
+                Err(e) => {
+                    if let Some(next) = locations.get(i + 1) {
+                        tracing::warn!(
+                            "{}: its copy in pack {} cannot be used ({e}); reading its copy \
+                             in pack {} (`restic check` and `restic repair packs` say more)",
+                            what(),
+                            loc.pack,
+                            next.pack
+                        );
+                    }
+                    failed.push((loc.pack, e));
+                }
+            }
+        }
+        if failed.len() == 1 {
+            return Err(failed.pop().expect("one").1);
+        }
+        let all: Vec<String> = failed
+            .iter()
+            .map(|(pack, e)| format!("pack {pack}: {e}"))
+            .collect();
+        Err(corrupt(
+            what(),
+            format!(
+                "none of its {} copies can be used: {}",
+                failed.len(),
+                all.join("; ")
+            ),
+        ))
+    }
+
+    /// The blob at `loc`, checked against its id: its plaintext and sealed bytes.
+    pub fn read_blob_at(&self, loc: &Location) -> Result<(Vec<u8>, Vec<u8>)> {
         let e = &loc.entry;
         let sealed = self
             .backend
             .read_range(&loc.pack, e.offset as u64, e.length as usize)?;
         let plain = open_blob(&self.key, &sealed, e)?;
-        if let Some(c) = cache {
-            c.put(id, &sealed, e.uncompressed_length);
-        }
-        Ok(plain)
+        Ok((plain, sealed))
     }
 
     /// A tree blob, checked against its id and parsed.

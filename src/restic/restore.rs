@@ -7,13 +7,16 @@
 //! One thread walks the trees and creates every entry (files empty); [`FILL_THREADS`]
 //! threads fetch the files' blobs (a ranged read each, many in flight, as a repository
 //! on S3 needs) and write them, each file's metadata after its contents. Directory
-//! metadata is applied last, deepest first. Reads the repository, writes only under DIR.
+//! metadata is applied last, deepest first. The cancel flag (SIGINT/SIGTERM) stops the
+//! walk and the fills between blobs: what is written stays, the rest is not begun.
+//! Reads the repository, writes only under DIR.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Write;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -61,6 +64,8 @@ struct Restorer<'a> {
     fills: std::sync::mpsc::SyncSender<Fill>,
     /// The first fill error; set, the walk stops.
     failed: &'a std::sync::Mutex<Option<Error>>,
+    /// Set on SIGINT/SIGTERM: the walk stops.
+    cancel: &'a AtomicBool,
     /// Directories (and `to`) whose metadata waits until every file is written, in
     /// the order their subtrees finished (children before parents).
     dirs: Vec<(PathBuf, Node)>,
@@ -76,13 +81,15 @@ struct Filled {
 /// Restores snapshot `name` (`latest`, an id or a prefix) into `to`: all of it, or only
 /// the entry at `sub` (components under the snapshot's source), at the same relative
 /// place under `to`, or (`flat`) a directory's contents straight into `to` and a file
-/// as `to/NAME`.
+/// as `to/NAME`. `cancel` set stops it with [`Error::Cancelled`], leaving what was
+/// written.
 pub fn restore(
     repo: &Repo,
     name: &str,
     to: &Path,
     sub: &[Vec<u8>],
     flat: bool,
+    cancel: &AtomicBool,
 ) -> Result<RestoreReport> {
     let started = std::time::Instant::now();
     let (id, snap) = snapshot::find(repo, name)?;
@@ -97,7 +104,7 @@ pub fn restore(
     let rx = std::sync::Mutex::new(rx);
     let walked = std::thread::scope(|s| {
         for _ in 0..FILL_THREADS {
-            s.spawn(|| fill_files(repo, as_root, &rx, &failed, &filled));
+            s.spawn(|| fill_files(repo, as_root, &rx, &failed, &filled, cancel));
         }
         let mut r = Restorer {
             repo,
@@ -110,6 +117,7 @@ pub fn restore(
             as_root,
             fills: tx,
             failed: &failed,
+            cancel,
             dirs: Vec::new(),
         };
         let walked = r.start(start, top, sub, flat, to);
@@ -121,6 +129,9 @@ pub fn restore(
         return Err(e);
     }
     let (mut report, dirs) = walked?;
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
     for (p, n) in &dirs {
         metadata(as_root, n, p)?;
     }
@@ -142,14 +153,14 @@ fn fill_files(
     rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Fill>>,
     failed: &std::sync::Mutex<Option<Error>>,
     filled: &Filled,
+    cancel: &AtomicBool,
 ) {
-    use std::sync::atomic::Ordering;
     loop {
         let Ok(f) = lock(rx).recv() else { return };
         if lock(failed).is_some() {
             continue;
         }
-        match fill(repo, as_root, f) {
+        match fill(repo, as_root, f, cancel) {
             Ok(size) => {
                 filled.files.fetch_add(1, Ordering::Relaxed);
                 filled.bytes.fetch_add(size, Ordering::Relaxed);
@@ -163,7 +174,7 @@ fn fill_files(
 
 /// One file's contents from its blobs, checked against the recorded size, then its
 /// metadata.
-fn fill(repo: &Repo, as_root: bool, f: Fill) -> Result<u64> {
+fn fill(repo: &Repo, as_root: bool, f: Fill, cancel: &AtomicBool) -> Result<u64> {
     let Fill {
         mut file,
         path,
@@ -171,6 +182,9 @@ fn fill(repo: &Repo, as_root: bool, f: Fill) -> Result<u64> {
     } = f;
     let mut size = 0u64;
     for id in node.content.iter().flatten() {
+        if cancel.load(Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
         let data = repo.read_blob(BlobType::Data, id)?;
         file.write_all(&data).map_err(io_err("write", &path))?;
         size += data.len() as u64;
@@ -279,6 +293,9 @@ impl Restorer<'_> {
             if lock(self.failed).is_some() {
                 // A fill thread failed: its error is the restore's.
                 return Ok(());
+            }
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
             }
             let p = dir.join(OsStr::from_bytes(&checked_name(&n)?));
             self.node(&n, &p)?;

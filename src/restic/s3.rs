@@ -33,8 +33,9 @@
 //! may take `SNAPRING_S3_TIMEOUT` seconds (default 300) plus one second for every
 //! `SNAPRING_S3_MIN_RATE` bytes (default 8192, 8 KiB/s) of its body or of the
 //! response's known length (a ranged GET); a stalled connection fails in that bound.
-//! Throttling (503, 429) is retried for up to 5 minutes, honouring `Retry-After`
-//! (capped at 60 s), unless the run is cancelled; other failures get 6 attempts.
+//! Throttling (503, 429) is retried for up to 5 minutes, honouring `Retry-After` in
+//! seconds or as an HTTP date (capped at 60 s), unless the run is cancelled; other
+//! failures get 6 attempts.
 
 use std::time::Duration;
 
@@ -56,6 +57,23 @@ const THROTTLE_BUDGET: Duration = Duration::from_secs(300);
 const THROTTLE_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest `Retry-After` honoured: a server asking for more is asked again sooner.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The wait a `Retry-After` header asks for (RFC 9110, 10.2.3): seconds, or an HTTP
+/// date (IMF-fixdate, or the obsolete RFC 850 and asctime forms recipients must also
+/// accept). A date is measured from the response's `Date` when it has a valid one (the
+/// server's clock against the server's clock), else from `now`; a date already past
+/// asks for no wait. `None`: neither form.
+fn retry_after(value: &str, date: Option<&str>, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let from = date
+        .and_then(|d| httpdate::parse_http_date(d.trim()).ok())
+        .unwrap_or(now);
+    Some(at.duration_since(from).unwrap_or(Duration::ZERO))
+}
 
 /// How long a request may take: `base` plus one second per `min_rate` bytes moved.
 ///
@@ -419,12 +437,9 @@ impl S3 {
             .send()
             .map_err(|e| timed_out(chain(&e), limit))?;
         let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(Duration::from_secs);
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let retry_after = header("retry-after")
+            .and_then(|v| retry_after(v, header("date"), std::time::SystemTime::now()));
         let body = resp
             .bytes()
             .map_err(|e| timed_out(chain(&e), limit))?
@@ -1305,6 +1320,46 @@ fn error_text(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Retry-After` as seconds or as an HTTP date in each of RFC 9110's three forms,
+    /// measured from the response's `Date` when there is one, else from the clock; a
+    /// past date asks for no wait, and garbage for none (the backoff then decides).
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let at = |s: &str| httpdate::parse_http_date(s).unwrap();
+        let now = at("Fri, 31 Dec 1999 23:59:00 GMT");
+        let secs = |n| Some(Duration::from_secs(n));
+        assert_eq!(retry_after(" 7 ", None, now), secs(7));
+        assert_eq!(
+            retry_after("Fri, 31 Dec 1999 23:59:59 GMT", None, now),
+            secs(59)
+        );
+        assert_eq!(
+            retry_after("Friday, 31-Dec-99 23:59:30 GMT", None, now),
+            secs(30)
+        );
+        assert_eq!(retry_after("Fri Dec 31 23:59:45 1999", None, now), secs(45));
+        // The server's `Date` is the reference: its clock 20 s behind ours.
+        assert_eq!(
+            retry_after(
+                "Fri, 31 Dec 1999 23:59:10 GMT",
+                Some("Fri, 31 Dec 1999 23:58:40 GMT"),
+                now
+            ),
+            secs(30)
+        );
+        // An unreadable `Date` falls back to the clock.
+        assert_eq!(
+            retry_after("Fri, 31 Dec 1999 23:59:10 GMT", Some("yesterday"), now),
+            secs(10)
+        );
+        assert_eq!(
+            retry_after("Fri, 31 Dec 1999 23:00:00 GMT", None, now),
+            secs(0)
+        );
+        assert_eq!(retry_after("soon", None, now), None);
+        assert_eq!(retry_after("-5", None, now), None);
+    }
 
     /// AWS's published example "GET Object" (Signature Version 4, "Examples of how to
     /// calculate the signature"): the same request must give the same signature.

@@ -4,7 +4,9 @@
 //! read per pack, several packs at once), decrypted (MAC checked), decompressed and its
 //! SHA-256 compared with its id. A damaged blob is mapped back to the files (and
 //! directories) that use it, each listed with the reason. Blobs shared by several
-//! snapshots are read once. Reads the repository; writes nothing, takes no lock (packs
+//! snapshots are read once. A blob stored in several packs whose first copy is bad is
+//! read from the next (as restore reads it), the bad pack named in a warning and
+//! counted (`bad_copies`). Reads the repository; writes nothing, takes no lock (packs
 //! are written once and only `prune` removes them).
 
 use std::collections::{HashMap, HashSet};
@@ -59,6 +61,10 @@ pub struct RepoVerified {
     pub corrupt: u64,
     pub damaged_dirs: u64,
     pub damaged: Vec<Damaged>,
+    /// Data blobs whose first copy is damaged or gone but which another pack holds
+    /// intact (each warned about, with the bad pack): the files read, the repository
+    /// wants repair (`restic check --read-data`, `restic repair packs`).
+    pub bad_copies: u64,
     /// With `--against DIR` only (the store's verify fields): entries of the snapshot
     /// not in DIR, entries of DIR not in the snapshot, metadata differences, every
     /// difference, and what could not be read (a damaged blob among them).
@@ -215,7 +221,40 @@ fn one(
             }
         }
     }
-    let (read, bytes) = read_packs(repo, by_pack, verdicts, jobs, cancel)?;
+    let (read, mut bytes) = read_packs(repo, by_pack, verdicts, jobs, cancel)?;
+    // A blob whose first copy is bad: its other copies, one by one.
+    for b in &unchecked {
+        let Some(Some(why)) = verdicts.get(b).cloned() else {
+            continue;
+        };
+        let copies = repo.index.locations(BlobType::Data, b);
+        let mut why = why;
+        for loc in copies.iter().skip(1) {
+            if cancel.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled);
+            }
+            match repo.read_blob_at(loc) {
+                Ok((plain, _)) => {
+                    tracing::warn!(
+                        "data blob {b}: its copy in pack {} is damaged or gone ({why}); its \
+                         copy in pack {} is intact (`restic check --read-data` and `restic \
+                         repair packs` say more)",
+                        copies[0].pack,
+                        loc.pack
+                    );
+                    v.bad_copies += 1;
+                    bytes += plain.len() as u64;
+                    verdicts.insert(*b, None);
+                    break;
+                }
+                Err(Error::Cancelled) => return Err(Error::Cancelled),
+                Err(e) => why = format!("{why}; its copy in pack {}: {e}", loc.pack),
+            }
+        }
+        if let Some(Some(_)) = verdicts.get(b) {
+            verdicts.insert(*b, Some(why));
+        }
+    }
     v.data_blobs_read = read;
     v.data_bytes_read = bytes;
     // 3. Damage found: which files use the damaged blobs (the trees again, from the
