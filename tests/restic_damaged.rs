@@ -367,12 +367,22 @@ fn a_blob_stored_twice_is_read_from_its_other_copy_when_one_pack_is_bad() {
         assert_same_tree(&describe(&src), &describe(&to), damage);
         assert!(warned(&err), "restore, {damage}: {err}");
 
+        // The snapshot reads whole (clean), but the repository has bad packs: exit 2.
         let (code, out, err) = sr_nocache(&["verify", "--dest", &url, &snap, "--json"]);
-        assert_eq!(code, 0, "verify, {damage}: {out}\n{err}");
+        assert_eq!(code, 2, "verify, {damage}: {out}\n{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v[0]["clean"], true, "{v}");
         assert_eq!(v[0]["bad_copies"], firsts.len(), "{v}");
         assert!(warned(&err), "verify, {damage}: {err}");
+        let (code, out, _) = sr_nocache(&["verify", "--dest", &url, &snap]);
+        assert_eq!(code, 2, "verify, {damage}: {out}");
+        assert!(
+            out.contains(&format!(
+                "{} data blobs have a damaged or missing copy",
+                firsts.len()
+            )),
+            "verify, {damage}: {out}"
+        );
 
         // Every file hashed from its blobs (`reader`), against the source.
         let (code, out, err) = sr_nocache(&[
