@@ -112,10 +112,12 @@ impl TreeCache {
             p.file_name().and_then(|n| n.to_str()).unwrap_or("entry"),
             std::process::id()
         ));
-        std::fs::write(&tmp, bytes)?;
-        std::fs::rename(&tmp, p).inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+        // A full cache disk fails the write half way: the half-written file goes too.
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, p))
+            .inspect_err(|_| {
+                let _ = std::fs::remove_file(&tmp);
+            })
     }
 }
 
@@ -165,5 +167,73 @@ mod tests {
         // A truncated entry: not taken.
         std::fs::write(&p, [1u8, 2]).unwrap();
         assert_eq!(cache.get(&key, &id), None);
+    }
+
+    /// Files under `dir` whose name ends in `.tmp`.
+    fn temp_files(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(temp_files(&p));
+            } else if p.to_string_lossy().ends_with(".tmp") {
+                out.push(p);
+            }
+        }
+        out
+    }
+
+    /// A cache on a full disk (a real 64 KiB tmpfs) keeps what fitted, and no
+    /// half-written temp file of the entries that did not.
+    #[test]
+    fn a_full_cache_disk_leaves_no_temp_files() {
+        let t = tempfile::tempdir().unwrap();
+        let at = t.path().join("small");
+        std::fs::create_dir(&at).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&at)
+            .output();
+        match mounted {
+            Ok(o) if o.status.success() => {}
+            other => {
+                eprintln!(
+                    "SKIPPED: cannot mount a tmpfs at {}: {other:?}",
+                    at.display()
+                );
+                return;
+            }
+        }
+        struct Unmount<'a>(&'a Path);
+        impl Drop for Unmount<'_> {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(self.0)
+                    .status();
+            }
+        }
+        let _unmount = Unmount(&at);
+        let cache = TreeCache::at(&at, "abcd");
+        let key = Key::random();
+        let mut kept = 0;
+        for i in 0..40u32 {
+            // Random bytes do not compress: each entry takes about 12 KiB.
+            let plain: Vec<u8> = (0..3000u32)
+                .flat_map(|j| (i.wrapping_mul(7919) ^ j.wrapping_mul(104_729)).to_le_bytes())
+                .collect();
+            let id = Id::hash(&plain);
+            let (sealed, n) = seal_blob(&key, &plain);
+            cache.put(&id, &sealed, n);
+            if cache.get(&key, &id).is_some() {
+                kept += 1;
+            }
+        }
+        assert!(kept > 0, "nothing fitted in the cache");
+        assert!(
+            kept < 40,
+            "the 64 KiB cache was never full ({kept} entries kept)"
+        );
+        assert_eq!(temp_files(&at), Vec::<PathBuf>::new());
     }
 }
