@@ -5,6 +5,11 @@
 //! differ is `same::Delta`'s answer; this module reads the bytes where only they can
 //! still differ, and words the details. Reads only; memory is bounded by the
 //! directories in flight plus the differences.
+//!
+//! Side `b` can stay on one file system (`Options::stay_on`, `one_file_system`): as a
+//! `--one-file-system` backup left a directory on another device than the root's out,
+//! the compare walks into none (`traverse::OneFs`), on either side: the directory's own
+//! entry is compared, its contents are not.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -16,8 +21,8 @@ use crate::fsx::{self, Kind};
 use crate::manifest::Entry;
 use crate::relpath::RelPath;
 use crate::same::{Delta, Facts};
-use crate::snapshot::{Listed, SnapshotReader};
-use crate::traverse::{self, Dir, Opened, Step, Visitor};
+use crate::snapshot::{Listed, SnapshotReader, Stat};
+use crate::traverse::{self, Dir, MountPoints, OneFs, Opened, Step, Visitor};
 
 /// How an entry differs between the old side `a` and the new side `b`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, PartialOrd, Ord)]
@@ -60,6 +65,11 @@ pub struct Options {
     /// out, since every added or removed child changes its directory's mtime).
     pub dir_times: bool,
     pub jobs: usize,
+    /// Side `b` is a tree on device `Some(dev)` (its root's `st_dev`) and the compare
+    /// stays on it (`one_file_system`): a directory whose `lstat` on side `b` shows
+    /// another device is compared as an entry, and neither side's contents of it are
+    /// walked.
+    pub stay_on: Option<u64>,
 }
 
 #[derive(Default, Serialize, Debug, Clone)]
@@ -76,6 +86,34 @@ pub struct Outcome {
     pub totals: Totals,
     /// Paths that could not be read, with the error.
     pub problems: Vec<(String, String)>,
+    /// Whether the compare stayed on side b's file system, and where it did not go.
+    pub one_fs: OneFsSummary,
+}
+
+/// Whether a compare stayed on the live tree's file system ([`Options::stay_on`]:
+/// `--one-file-system`, or a snapshot made with it), and the directories on another
+/// device it compared as entries only, their contents not: the fields `diff` and
+/// `verify --against` report.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct OneFsSummary {
+    pub one_file_system: bool,
+    pub mount_points_skipped: u64,
+    /// The first of them (escaped, in path order; at most
+    /// [`traverse::MOUNT_POINTS_NAMED`]).
+    pub mount_points: Vec<String>,
+}
+
+impl OneFsSummary {
+    fn of(m: Option<MountPoints>) -> OneFsSummary {
+        let Some(m) = m else {
+            return OneFsSummary::default();
+        };
+        OneFsSummary {
+            one_file_system: true,
+            mount_points_skipped: m.count,
+            mount_points: m.first.iter().map(RelPath::escaped).collect(),
+        }
+    }
 }
 
 /// A directory's open directory on each side (`None`: not a directory there).
@@ -87,6 +125,10 @@ struct Pair<A, B> {
 /// One name of a directory as listed on each side.
 type Item = (Option<Listed>, Option<Listed>);
 
+/// A directory to walk into: whether it is one on side `a`, on side `b`, and its device
+/// on side `b` when that side's `lstat` gave it (for [`Options::stay_on`]).
+type Sub = (bool, bool, Option<u64>);
+
 struct Run<'a, A, B> {
     a: &'a A,
     b: &'a B,
@@ -96,6 +138,7 @@ struct Run<'a, A, B> {
     compared: AtomicU64,
     hashed: AtomicU64,
     bytes: AtomicU64,
+    one_fs: Option<OneFs>,
 }
 
 /// Compares side `a` (old, or expected) with side `b` (new, or actual) from the root.
@@ -114,8 +157,9 @@ pub fn compare<A: SnapshotReader, B: SnapshotReader>(
         compared: AtomicU64::new(0),
         hashed: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
+        one_fs: opts.stay_on.map(OneFs::new),
     };
-    traverse::walk(&run, (true, true), opts.jobs.max(1), cancel);
+    traverse::walk(&run, (true, true, None), opts.jobs.max(1), cancel);
     let mut differences = run.out.into_inner().unwrap_or_else(|e| e.into_inner());
     differences.sort_by(|x, y| {
         RelPath::from_escaped(&x.path)
@@ -133,6 +177,7 @@ pub fn compare<A: SnapshotReader, B: SnapshotReader>(
         },
         differences,
         problems,
+        one_fs: OneFsSummary::of(run.one_fs.map(|fs| fs.skipped())),
     }
 }
 
@@ -163,15 +208,14 @@ fn absent(e: &std::io::Error) -> bool {
 impl<A: SnapshotReader, B: SnapshotReader> Visitor for Run<'_, A, B> {
     type State = Pair<A::Dir, B::Dir>;
     type Item = Item;
-    /// Whether the directory is one on side `a`, on side `b`.
-    type Sub = (bool, bool);
+    type Sub = Sub;
 
     fn open(
         &self,
         parent: Option<&Dir<Self::State>>,
         name: &[u8],
         rel: &RelPath,
-        (in_a, in_b): (bool, bool),
+        (in_a, in_b, _): Sub,
     ) -> Opened<Self::State, Item> {
         let pa = parent.map(|p| p.state.a.as_ref());
         let pb = parent.map(|p| p.state.b.as_ref());
@@ -182,29 +226,45 @@ impl<A: SnapshotReader, B: SnapshotReader> Visitor for Run<'_, A, B> {
         Opened::Dir(Pair { a, b }, merge(la, lb))
     }
 
-    fn visit(&self, dir: &Arc<Dir<Self::State>>, (x, y): Item) -> Step<(bool, bool)> {
+    fn visit(&self, dir: &Arc<Dir<Self::State>>, (x, y): Item) -> Step<Sub> {
         self.compared.fetch_add(1, Ordering::Relaxed);
         let name = x.as_ref().or(y.as_ref()).map(|l| l.name().to_vec());
         let rel = dir.rel.join(name.as_deref().unwrap_or_default());
         let (da, db) = (dir.state.a.as_ref(), dir.state.b.as_ref());
         let x = x.and_then(|l| self.stat_side(self.a, da, l, &rel));
         let y = y.and_then(|l| self.stat_side(self.b, db, l, &rel));
-        match (x, y) {
-            (Some(x), None) => self.one_sided(rel, x, Change::Removed),
-            (None, Some(y)) => self.one_sided(rel, y, Change::Added),
+        // Side b's device, from the `lstat` just made (none for a record).
+        let dev = y.as_ref().and_then(|s| s.meta.as_ref()).map(|m| m.dev);
+        match (x.map(|s| s.entry), y.map(|s| s.entry)) {
+            (Some(x), None) => self.one_sided(rel, x, Change::Removed, None),
+            (None, Some(y)) => self.one_sided(rel, y, Change::Added, dev),
             (Some(x), Some(y)) => {
                 if let Some(d) = self.pair(&rel, &x, &y, da, db) {
                     self.push(d);
                 }
                 let (in_a, in_b) = (x.kind == Kind::Dir, y.kind == Kind::Dir);
                 if in_a || in_b {
-                    Step::Descend(x.name, (in_a, in_b))
+                    Step::Descend(x.name, (in_a, in_b, dev))
                 } else {
                     Step::Next
                 }
             }
             (None, None) => Step::Next,
         }
+    }
+
+    fn one_fs(&self) -> Option<&OneFs> {
+        self.one_fs.as_ref()
+    }
+
+    fn device(&self, (_, in_b, dev): &Sub) -> Option<u64> {
+        dev.filter(|_| *in_b)
+    }
+
+    /// A directory on another device than side b's root: its entry was compared in
+    /// `visit`; its contents, on either side, are not (`OneFs` counts it).
+    fn mount_point(&self, _: &Arc<Dir<Self::State>>, _: Vec<u8>, rel: &RelPath, _: Sub) {
+        tracing::debug!("{rel}: another file system (one_file_system): contents not compared");
     }
 }
 
@@ -267,9 +327,9 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         dir: Option<&R::Dir>,
         item: Listed,
         rel: &RelPath,
-    ) -> Option<Entry> {
+    ) -> Option<Stat> {
         match r.stat(dir?, item) {
-            Ok(s) => Some(s.entry),
+            Ok(s) => Some(s),
             Err(e) if fsx::errno_is(&e, Errno::NOENT) => None,
             Err(e) => {
                 self.problem(rel, e);
@@ -278,7 +338,8 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         }
     }
 
-    fn one_sided(&self, rel: RelPath, e: Entry, change: Change) -> Step<(bool, bool)> {
+    /// An entry on one side only; `dev`: its device on side b, when it is there.
+    fn one_sided(&self, rel: RelPath, e: Entry, change: Change, dev: Option<u64>) -> Step<Sub> {
         let mut detail = Vec::new();
         if e.kind == Kind::File {
             detail.push(format!("size {}", e.size));
@@ -290,7 +351,8 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
             detail,
         });
         if e.kind == Kind::Dir {
-            Step::Descend(e.name, (change == Change::Removed, change == Change::Added))
+            let (in_a, in_b) = (change == Change::Removed, change == Change::Added);
+            Step::Descend(e.name, (in_a, in_b, dev))
         } else {
             Step::Next
         }

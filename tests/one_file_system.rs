@@ -6,6 +6,9 @@
 //! it while the run stays `complete`. Without the option the mount's contents are backed
 //! up, as before. Both targets: the hard-link store and a restic repository (read back
 //! with `snapring restore`). A shard worker refuses the option rather than ignore it.
+//! `diff`/`verify --against SRC` of such a snapshot stay on SRC's file system (the
+//! snapshot's run record, or its repository tag, says so; `--one-file-system` forces
+//! it): a healthy `-x` backup verifies clean, a mount point compared as a directory.
 //! Mounting needs root: where `mount` fails the tests print SKIPPED and return.
 
 mod common;
@@ -359,4 +362,214 @@ fn a_shard_worker_refuses_one_file_system_rather_than_ignore_it() {
     }
     assert_eq!(snapshot_names(&dest), Vec::<String>::new());
     assert!(!t.path().join("repo").exists());
+}
+
+/// Runs `snapring ARGS`; (exit code, stdout) with stderr appended on failure.
+fn run(args: &[&str]) -> (i32, String) {
+    let (code, out, err) = sr(args);
+    (
+        code,
+        if code == 0 {
+            out
+        } else {
+            format!("{out}{err}")
+        },
+    )
+}
+
+/// `ARGS --json` as JSON, and its exit code.
+fn json(args: &[&str]) -> (i32, serde_json::Value) {
+    let a: Vec<&str> = args.iter().copied().chain(["--json"]).collect();
+    let (code, out, err) = sr(&a);
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{a:?}: {e}: {out}{err}"));
+    (code, v)
+}
+
+/// What `diff`/`verify --against` of a `-x` snapshot of [`source`] report in JSON.
+fn assert_compared_on_one_fs(v: &serde_json::Value, what: &str) {
+    assert_eq!(v["one_file_system"], true, "{what}: {v}");
+    assert_eq!(v["mount_points_skipped"], 2, "{what}: {v}");
+    assert_eq!(
+        v["mount_points"],
+        serde_json::json!(["dir/mnt", "zmnt"]),
+        "{what}: {v}"
+    );
+}
+
+const NOTE: &str =
+    "one file system: 2 mount points compared as directories, their contents not: dir/mnt, zmnt";
+
+/// Paths of a JSON report's differences.
+fn paths(v: &serde_json::Value) -> Vec<String> {
+    v["differences"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|d| {
+            format!(
+                "{} {}",
+                d["change"].as_str().unwrap(),
+                d["path"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn verify_and_diff_against_the_source_stay_on_its_file_system_for_a_one_file_system_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((src, _mounts)) = source(t.path()) else {
+        return;
+    };
+    let dest = t.path().join("backup");
+    std::fs::create_dir(&dest).unwrap();
+    let (s, d) = (src.to_str().unwrap(), dest.to_str().unwrap());
+    // daily.1 without the option, daily.0 with it.
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let (code, rep, err) = backup(&src, &dest, &["-x"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+
+    // The -x snapshot against its source: clean, the mount points' contents not
+    // compared (the run record says -x), and the output says so.
+    let (code, out) = run(&["verify", "--dest", d, "daily.0", "--against", s]);
+    assert_eq!(code, 0, "a healthy -x backup verifies clean: {out}");
+    assert!(
+        out.contains(&format!("daily.0: clean against {s}")),
+        "{out}"
+    );
+    assert!(out.ends_with(&format!("daily.0: {NOTE}\n")), "{out}");
+    let (code, v) = json(&["verify", "--dest", d, "daily.0", "--against", s]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v[0]["clean"], true, "{v}");
+    assert_eq!(v[0]["unexpected"], 0, "{v}");
+    assert_eq!(v[0]["totals"]["files_hashed"], 3, "top, beside, deep: {v}");
+    assert_compared_on_one_fs(&v[0], "verify --against of a -x snapshot");
+    let (code, out) = run(&["diff", "--dest", d, "daily.0", "--against", s]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        format!("daily.0 -> {s}: 0 added, 0 removed, 0 changed, 0 metadata only\n  {NOTE}\n")
+    );
+    let (code, v) = json(&["diff", "--dest", d, "daily.0", "--against", s]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["added"], 0, "{v}");
+    assert_compared_on_one_fs(&v, "diff --against of a -x snapshot");
+
+    // The snapshot made without it is compared whole, unless -x is asked for.
+    let (code, v) = json(&["verify", "--dest", d, "daily.1", "--against", s]);
+    assert_eq!((code, &v[0]["clean"]), (0, &serde_json::json!(true)), "{v}");
+    assert_eq!(v[0]["one_file_system"], false, "{v}");
+    assert_eq!(v[0]["totals"]["files_hashed"], 6, "{v}");
+    let (code, v) = json(&["verify", "--dest", d, "daily.1", "--against", s, "-x"]);
+    assert_eq!((code, &v[0]["clean"]), (0, &serde_json::json!(true)), "{v}");
+    assert_compared_on_one_fs(&v[0], "verify --against -x of a whole snapshot");
+    assert_eq!(v[0]["totals"]["files_hashed"], 3, "{v}");
+    let (code, v) = json(&[
+        "diff",
+        "--dest",
+        d,
+        "daily.1",
+        "--against",
+        s,
+        "--one-file-system",
+    ]);
+    assert_eq!(code, 0, "{v}");
+    assert_compared_on_one_fs(&v, "diff --against --one-file-system of a whole snapshot");
+
+    // A mount point is compared as a directory: a file added in it moves its mtime,
+    // which verify reports; the file itself is not compared. One added beside it is.
+    write(
+        &src.join("dir/mnt/new.txt"),
+        b"new on the other file system",
+    );
+    write(&src.join("dir/new-beside.txt"), b"new beside");
+    let (code, v) = json(&["verify", "--dest", d, "daily.0", "--against", s]);
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(
+        paths(&v[0]),
+        [
+            "metadata dir",
+            "metadata dir/mnt",
+            "added dir/new-beside.txt"
+        ],
+        "{v}"
+    );
+    let (code, v) = json(&["diff", "--dest", d, "daily.0", "--against", s]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(paths(&v), ["added dir/new-beside.txt"], "{v}");
+
+    // -x needs --against (two snapshots compare their records, on no file system).
+    let (code, _, err) = sr(&["diff", "--dest", d, "daily.1", "daily.0", "-x"]);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--against"), "{err}");
+}
+
+#[test]
+fn verify_and_diff_against_the_source_stay_on_its_file_system_for_a_repository_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((src, _mounts)) = source(t.path()) else {
+        return;
+    };
+    let url = file_url(&t.path().join("repo"));
+    let s = src.to_str().unwrap();
+    let (code, out) = run(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = run(&["backup", "--source", s, "--dest", &url, "-x"]);
+    assert_eq!(code, 0, "{out}");
+    // The snapshot says it was made with -x (a tag restic shows too).
+    let (_, v) = json(&["list", "--dest", &url]);
+    let tags = v.to_string();
+    assert!(tags.contains("\"one_file_system\""), "{v}");
+
+    let (code, out) = run(&["verify", "--dest", &url, "latest", "--against", s]);
+    assert_eq!(code, 0, "a healthy -x backup verifies clean: {out}");
+    assert!(out.contains(&format!(": clean against {s}")), "{out}");
+    assert!(out.contains(NOTE), "{out}");
+    let (code, v) = json(&["verify", "--dest", &url, "latest", "--against", s]);
+    assert_eq!(
+        (code, &v[0]["unexpected"]),
+        (0, &serde_json::json!(0)),
+        "{v}"
+    );
+    assert_compared_on_one_fs(&v[0], "repository verify --against of a -x snapshot");
+    let (code, out) = run(&["diff", "--dest", &url, "latest", "--against", s]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            " -> {s}: 0 added, 0 removed, 0 changed, 0 metadata only\n  {NOTE}\n"
+        )),
+        "{out}"
+    );
+    let (code, v) = json(&["diff", "--dest", &url, "latest", "--against", s]);
+    assert_eq!((code, &v["added"]), (0, &serde_json::json!(0)), "{v}");
+    assert_compared_on_one_fs(&v, "repository diff --against of a -x snapshot");
+
+    // Without -x the snapshot is whole and compared whole, unless -x is asked for.
+    let (code, out) = run(&["backup", "--source", s, "--dest", &url]);
+    assert_eq!(code, 0, "{out}");
+    let (code, v) = json(&["verify", "--dest", &url, "latest", "--against", s]);
+    assert_eq!((code, &v[0]["clean"]), (0, &serde_json::json!(true)), "{v}");
+    assert_eq!(v[0]["one_file_system"], false, "{v}");
+    let (code, v) = json(&["verify", "--dest", &url, "latest", "--against", s, "-x"]);
+    assert_eq!((code, &v[0]["clean"]), (0, &serde_json::json!(true)), "{v}");
+    assert_compared_on_one_fs(&v[0], "repository verify --against -x of a whole snapshot");
+
+    // A store's -x snapshot copied into the repository keeps the tag.
+    let dest = t.path().join("store");
+    std::fs::create_dir(&dest).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &["-x"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let (code, out) = run(&[
+        "copy",
+        "--dest",
+        dest.to_str().unwrap(),
+        "daily.0",
+        "--to",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{out}");
+    let (code, v) = json(&["verify", "--dest", &url, "latest", "--against", s]);
+    assert_eq!((code, &v[0]["clean"]), (0, &serde_json::json!(true)), "{v}");
+    assert_compared_on_one_fs(&v[0], "verify --against of a copied -x snapshot");
 }

@@ -391,6 +391,10 @@ pub struct DiffArgs {
     /// Compare with this live directory instead of a second snapshot.
     #[arg(long, value_name = "DIR")]
     pub against: Option<PathBuf>,
+    /// With --against: stay on DIR's file system (a directory on another one is compared
+    /// as a directory, its contents not) [default: as the snapshot's backup did]
+    #[arg(short = 'x', long, requires = "against")]
+    pub one_file_system: bool,
     /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
     #[arg(long)]
     pub jobs: Option<usize>,
@@ -417,6 +421,10 @@ pub struct VerifyArgs {
     /// Compare the snapshot's manifest with this live tree instead (hashing every file).
     #[arg(long, value_name = "SRC")]
     pub against: Option<PathBuf>,
+    /// With --against: stay on SRC's file system (a directory on another one is compared
+    /// as a directory, its contents not) [default: as the snapshot's backup did]
+    #[arg(short = 'x', long, requires = "against")]
+    pub one_file_system: bool,
     /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
     #[arg(long)]
     pub jobs: Option<usize>,

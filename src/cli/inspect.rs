@@ -19,6 +19,7 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
         &a.from,
         a.to.as_deref(),
         a.against.as_deref(),
+        a.one_file_system,
         a.jobs.unwrap_or(0),
         &cancel,
     )?;
@@ -64,6 +65,9 @@ fn print_diff(r: &DiffReport) {
         r.content_changed,
         r.metadata_changed
     );
+    if let Some(note) = print::one_fs_note(&r.one_fs) {
+        outln!("  {note}");
+    }
 }
 
 /// `snapring verify`.
@@ -74,6 +78,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         &a.snapshots,
         a.all,
         a.against.as_deref(),
+        a.one_file_system,
         a.jobs.unwrap_or(0),
         &cancel,
     )?;
@@ -115,6 +120,9 @@ pub(super) fn print_verified(x: &Verified) {
         x.unexpected,
         x.metadata
     );
+    if let Some(note) = print::one_fs_note(&x.one_fs) {
+        outln!("{}: {note}", x.snapshot);
+    }
 }
 
 /// `snapring history PATH --dest STORE`: every retained version of one path (the

@@ -119,6 +119,33 @@ pub fn problem(p: &Problem) {
     errln!("  {:?}: {} ({}: {})", p.kind, p.path, p.action, p.error);
 }
 
+/// The line `diff`/`verify --against` add when the compare stayed on the live tree's
+/// file system (`--one-file-system`, or a snapshot made with it).
+pub fn one_fs_note(s: &snapring::compare::OneFsSummary) -> Option<String> {
+    if !s.one_file_system {
+        return None;
+    }
+    if s.mount_points_skipped == 0 {
+        return Some("one file system: no mount point below the live tree".into());
+    }
+    let more = s.mount_points_skipped - s.mount_points.len() as u64;
+    Some(format!(
+        "one file system: {} {}: {}{}",
+        s.mount_points_skipped,
+        if s.mount_points_skipped == 1 {
+            "mount point compared as a directory, its contents not"
+        } else {
+            "mount points compared as directories, their contents not"
+        },
+        s.mount_points.join(", "),
+        if more > 0 {
+            format!(", and {more} more")
+        } else {
+            String::new()
+        }
+    ))
+}
+
 /// The summary's note on the mount points a `--one-file-system` run did not enter, if
 /// any: how many, and the first ones by name. A note, not a problem: the run asked for
 /// it, and its status is not changed by it.

@@ -941,6 +941,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         &a.snapshots,
         a.all,
         a.against.as_deref(),
+        a.one_file_system,
         a.jobs.unwrap_or(0),
         &cancel,
     );
@@ -1004,6 +1005,7 @@ fn print_against(x: &restic::verify::RepoVerified) {
         differences: x.differences.clone(),
         totals: x.totals.clone(),
         problems: x.problems.clone(),
+        one_fs: x.one_fs.clone(),
         unchecked: None,
     });
 }
@@ -1021,9 +1023,14 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
     let (repo, _lock) = open_reading(&a.dest, a.password_file.as_deref(), true, Some(&cancel))?;
     let r = match (a.to.as_deref(), a.against.as_deref()) {
         (Some(to), None) => restic::diff::diff(&repo, &a.from, to, &cancel),
-        (None, Some(dir)) => {
-            restic::diff::diff_against(&repo, &a.from, dir, a.jobs.unwrap_or(0), &cancel)
-        }
+        (None, Some(dir)) => restic::diff::diff_against(
+            &repo,
+            &a.from,
+            dir,
+            a.one_file_system,
+            a.jobs.unwrap_or(0),
+            &cancel,
+        ),
         _ => unreachable!("check_diff"),
     };
     let r = match stopped(r, &cancel, "nothing was written")? {
@@ -1048,6 +1055,9 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
             r.content_changed,
             r.metadata_changed
         );
+        if let Some(note) = print::one_fs_note(&r.one_fs) {
+            outln!("  {note}");
+        }
     }
     Ok(ExitCode::clean_or_partial(r.problems.is_empty()))
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
-use crate::compare::{self, Difference, Options, Totals};
+use crate::compare::{self, Difference, OneFsSummary, Options, Totals};
 use crate::error::{Ctx, Error, Result};
 use crate::fsx::{self, Kind, b};
 use crate::manifest::{self, Entry};
@@ -30,6 +30,10 @@ pub struct DiffReport {
     pub differences: Vec<Difference>,
     pub totals: Totals,
     pub problems: Vec<(String, String)>,
+    /// `--against` only: whether the compare stayed on `DIR`'s file system, and the
+    /// mount points whose contents it did not compare.
+    #[serde(flatten)]
+    pub one_fs: OneFsSummary,
 }
 
 fn report(from: String, to: String, o: compare::Outcome) -> DiffReport {
@@ -44,15 +48,19 @@ fn report(from: String, to: String, o: compare::Outcome) -> DiffReport {
         differences: o.differences,
         totals: o.totals,
         problems: o.problems,
+        one_fs: o.one_fs,
     }
 }
 
 /// `diff OLD NEW` between two snapshots, or `diff OLD --against DIR` with a live tree.
+/// Against a live tree, the compare stays on `DIR`'s file system when `one_file_system`
+/// is asked for or the snapshot's run was made with it ([`stays_on_one_fs`]).
 pub fn diff(
     store: &Path,
     old: &str,
     new: Option<&str>,
     against: Option<&Path>,
+    one_file_system: bool,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<DiffReport> {
@@ -60,10 +68,11 @@ pub fn diff(
     let a = store.select(old)?;
     let mut paths = vec![store.root.as_path()];
     paths.extend(against);
-    let opts = Options {
+    let mut opts = Options {
         checksum: false,
         dir_times: false,
         jobs: crate::concurrency::resolve(jobs, &paths),
+        stay_on: None,
     };
     match (new, against) {
         (Some(new), None) => {
@@ -74,6 +83,9 @@ pub fn diff(
         }
         (None, Some(dir)) => {
             let fd = fsx::open_dir(dir).map_err(|e| live_error(e, dir))?;
+            if stays_on_one_fs(one_file_system, &a) {
+                opts.stay_on = Some(device(&fd, dir)?);
+            }
             let live = TreeReader::tree(b(&fd));
             let o = compare::compare(&recorded(&a), &live, &opts, cancel);
             Ok(report(a.snap.name.clone(), dir.display().to_string(), o))
@@ -82,6 +94,20 @@ pub fn diff(
             "diff needs a second snapshot or --against DIR (not both)".into(),
         )),
     }
+}
+
+/// Whether a compare of snapshot `sel` with a live tree stays on the tree's file system:
+/// asked for (`--one-file-system`), or the snapshot's run stayed on its source's (a
+/// mount point is an empty directory in it, so its contents are not compared).
+fn stays_on_one_fs(asked: bool, sel: &Selected) -> bool {
+    asked || sel.run.as_ref().is_some_and(|r| r.one_file_system)
+}
+
+/// The device of the live tree `fd` (`dir`), which a compare may stay on.
+fn device(fd: &std::os::fd::OwnedFd, dir: &Path) -> Result<u64> {
+    fsx::fstat(b(fd))
+        .map(|m| m.dev)
+        .map_err(|e| crate::error::io_error(e, "stat", dir))
 }
 
 fn live_error(e: std::io::Error, dir: &Path) -> Error {
@@ -107,6 +133,10 @@ pub struct Verified {
     pub differences: Vec<Difference>,
     pub totals: Totals,
     pub problems: Vec<(String, String)>,
+    /// `--against` only: whether the compare stayed on `SRC`'s file system, and the
+    /// mount points whose contents it did not compare.
+    #[serde(flatten)]
+    pub one_fs: OneFsSummary,
     /// Why this snapshot could not be checked at all (`--all` goes on past it): it
     /// has no usable manifest. Such a snapshot is not `clean`.
     pub unchecked: Option<String>,
@@ -127,6 +157,7 @@ impl Verified {
             differences: vec![],
             totals: Totals::default(),
             problems: vec![],
+            one_fs: OneFsSummary::default(),
             unchecked: Some(why),
         }
     }
@@ -134,27 +165,34 @@ impl Verified {
 
 /// Re-hashes every file of the chosen snapshots and compares them with their manifests
 /// (or, with `against`, compares the manifest with a live tree, hashing every file; a
-/// snapshot without a manifest, taken over from another tool, is then read as a tree).
+/// snapshot without a manifest, taken over from another tool, is then read as a tree;
+/// the compare stays on the live tree's file system as [`diff`]'s does).
 pub fn verify(
     store: &Path,
     which: &[String],
     all: bool,
     against: Option<&Path>,
+    one_file_system: bool,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<Vec<Verified>> {
     let store = Store::open_read(store)?;
     let targets = targets(&store, which, all)?;
     let live = match against {
-        Some(dir) => Some(fsx::open_dir(dir).map_err(|e| live_error(e, dir))?),
+        Some(dir) => {
+            let fd = fsx::open_dir(dir).map_err(|e| live_error(e, dir))?;
+            let dev = device(&fd, dir)?;
+            Some((fd, dev))
+        }
         None => None,
     };
     let mut paths = vec![store.root.as_path()];
     paths.extend(against);
-    let opts = Options {
+    let mut opts = Options {
         checksum: true,
         dir_times: true,
         jobs: crate::concurrency::resolve(jobs, &paths),
+        stay_on: None,
     };
     let mut out = Vec::new();
     for target in targets {
@@ -189,10 +227,13 @@ pub fn verify(
         }
         // The manifest's record on one side, a tree read as it is on the other.
         let (actual, against_name) = match &live {
-            Some(fd) => (
-                TreeReader::tree(b(fd)),
-                against.expect("set with live").display().to_string(),
-            ),
+            Some((fd, dev)) => {
+                opts.stay_on = stays_on_one_fs(one_file_system, sel).then_some(*dev);
+                (
+                    TreeReader::tree(b(fd)),
+                    against.expect("set with live").display().to_string(),
+                )
+            }
             None => (TreeReader::tree(b(&sel.fd)), "manifest".to_string()),
         };
         let o = compare::compare(&recorded(sel), &actual, &opts, cancel);
@@ -214,6 +255,7 @@ pub fn verify(
             differences: o.differences,
             totals: o.totals,
             problems: o.problems,
+            one_fs: o.one_fs,
             unchecked: None,
         });
     }

@@ -175,11 +175,15 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let path_str = source.to_string_lossy().into_owned();
     let host = crate::util::hostname();
     let parent = pick_parent(repo, &path_str, &host, &opts.label)?;
+    let mut tags = vec!["snapring".into(), format!("label={}", opts.label)];
+    if opts.one_file_system {
+        tags.push(super::snapshot::ONE_FILE_SYSTEM_TAG.into());
+    }
     let spec = Spec {
         walk_root: source.clone(),
         path: source,
         parent,
-        tags: vec!["snapring".into(), format!("label={}", opts.label)],
+        tags,
         label: opts.label.clone(),
         retain: opts.retain,
         cancel: opts.cancel.clone(),

@@ -142,6 +142,11 @@ pub fn copy(
     ];
     if let Some(r) = &sel.run {
         tags.push(format!("source={}", r.source.display()));
+        // Its mount points are empty directories: a compare with the source stays on
+        // the source's file system, as with the store's snapshot.
+        if r.one_file_system {
+            tags.push(super::snapshot::ONE_FILE_SYSTEM_TAG.into());
+        }
     }
     let spec = Spec {
         walk_root,

@@ -18,7 +18,7 @@ use super::snapshot;
 use super::tree::{Node, unix_perm};
 use super::verify::{Visit, walk};
 use super::{Error, Id, Result};
-use crate::compare::{self, Change, Difference, Totals};
+use crate::compare::{self, Change, Difference, OneFsSummary, Totals};
 use crate::relpath::{RelPath, valid_name};
 
 /// `diff`'s report: the store's `DiffReport` fields, plus the snapshots' full ids and
@@ -41,6 +41,10 @@ pub struct RepoDiff {
     /// Tree blobs read, and subtrees skipped because both sides have the same id.
     pub trees_read: u64,
     pub subtrees_skipped: u64,
+    /// `--against` only: whether the compare stayed on `DIR`'s file system, and the
+    /// mount points whose contents it did not compare.
+    #[serde(flatten)]
+    pub one_fs: OneFsSummary,
 }
 
 /// Compares snapshot `old` with snapshot `new` (`latest`, ids or prefixes).
@@ -75,17 +79,20 @@ pub fn diff(repo: &Repo, old: &str, new: &str, cancel: &AtomicBool) -> Result<Re
 /// Compares snapshot `old` with the live directory `dir` through the store's `compare`
 /// walk (`jobs` calls in flight): by type, size, mtime, mode, owner, target, xattrs;
 /// a file of equal size whose mtime differs has its bytes hashed on both sides (the
-/// repository's blobs read and checked).
+/// repository's blobs read and checked). It stays on `dir`'s file system when
+/// `one_file_system` is asked for or the snapshot was made with it ([`stays_on_one_fs`]).
 pub fn diff_against(
     repo: &Repo,
     old: &str,
     dir: &Path,
+    one_file_system: bool,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<RepoDiff> {
     let (ia, sa) = snapshot::find(repo, old)?;
     let (ta, _) = snapshot::source_tree(repo, &sa)?;
-    let o = compare_live(repo, ta, dir, false, jobs, cancel)?;
+    let one_fs = stays_on_one_fs(one_file_system, &sa);
+    let o = compare_live(repo, ta, dir, false, one_fs, jobs, cancel)?;
     let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
     Ok(RepoDiff {
         from: ia.hex()[..8].to_string(),
@@ -101,25 +108,44 @@ pub fn diff_against(
         problems: o.problems,
         trees_read: 0,
         subtrees_skipped: 0,
+        one_fs: o.one_fs,
     })
 }
 
+/// Whether a compare of snapshot `snap` with a live tree stays on the tree's file
+/// system: asked for (`--one-file-system`), or the snapshot was made with it (its tag
+/// [`snapshot::ONE_FILE_SYSTEM_TAG`]: a mount point is an empty tree in it).
+pub(crate) fn stays_on_one_fs(asked: bool, snap: &snapshot::Snapshot) -> bool {
+    asked || snap.has_tag(snapshot::ONE_FILE_SYSTEM_TAG)
+}
+
 /// The store's `compare` of the snapshot tree `root` (side a) with the live directory
-/// `dir` (side b); `checksum`: hash every file on both sides (verify).
+/// `dir` (side b); `checksum`: hash every file on both sides (verify); `one_fs`: stay on
+/// `dir`'s file system (`compare::Options::stay_on`).
 pub(crate) fn compare_live(
     repo: &Repo,
     root: Id,
     dir: &Path,
     checksum: bool,
+    one_fs: bool,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<compare::Outcome> {
     let fd = crate::fsx::open_dir(dir).map_err(super::io_err("open", dir))?;
+    let stay_on = match one_fs {
+        true => Some(
+            crate::fsx::fstat(crate::fsx::b(&fd))
+                .map_err(super::io_err("stat", dir))?
+                .dev,
+        ),
+        false => None,
+    };
     let live = crate::snapshot::TreeReader::tree(crate::fsx::b(&fd));
     let opts = compare::Options {
         checksum,
         dir_times: checksum,
         jobs: crate::concurrency::resolve(jobs, &[dir]),
+        stay_on,
     };
     let o = compare::compare(&RepoReader::new(repo, root), &live, &opts, cancel);
     if cancel.load(Ordering::Relaxed) {

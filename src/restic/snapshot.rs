@@ -41,7 +41,17 @@ fn is_zero(x: &u32) -> bool {
     *x == 0
 }
 
+/// The tag of a snapshot made with `--one-file-system` (a mount point below the source
+/// is an empty tree in it): `diff`/`verify --against` then stay on the live tree's file
+/// system too.
+pub const ONE_FILE_SYSTEM_TAG: &str = "one_file_system";
+
 impl Snapshot {
+    /// Whether the snapshot has the tag `tag` (a whole tag, not a `key=value`'s key).
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| t == tag)
+    }
+
     /// The value of a `key=value` tag.
     pub fn tag(&self, key: &str) -> Option<&str> {
         self.tags

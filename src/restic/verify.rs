@@ -74,17 +74,23 @@ pub struct RepoVerified {
     pub differences: Vec<crate::compare::Difference>,
     pub totals: crate::compare::Totals,
     pub problems: Vec<(String, String)>,
+    /// With `--against DIR` only: whether the compare stayed on `DIR`'s file system,
+    /// and the mount points whose contents it did not compare.
+    #[serde(flatten)]
+    pub one_fs: crate::compare::OneFsSummary,
 }
 
 /// Snapshots (`latest`, ids or id prefixes; none: `latest`; `all`: every one, oldest
 /// first) verified one after another; `jobs` packs read at once (0: 4). With `against`,
 /// each is compared instead with that live tree through the store's `compare` walk,
-/// every file hashed on both sides (the repository's blobs read and checked).
+/// every file hashed on both sides (the repository's blobs read and checked), staying on
+/// its file system as `diff --against` does (`one_file_system`, or the snapshot's tag).
 pub fn verify(
     repo: &Repo,
     which: &[String],
     all: bool,
     against: Option<&std::path::Path>,
+    one_file_system: bool,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<Vec<RepoVerified>> {
@@ -101,7 +107,7 @@ pub fn verify(
     if let Some(dir) = against {
         return targets
             .iter()
-            .map(|(id, snap)| one_against(repo, *id, snap, dir, jobs, cancel))
+            .map(|(id, snap)| one_against(repo, *id, snap, dir, one_file_system, jobs, cancel))
             .collect();
     }
     let jobs = if jobs == 0 { 4 } else { jobs };
@@ -119,12 +125,14 @@ fn one_against(
     id: Id,
     snap: &Snapshot,
     dir: &std::path::Path,
+    one_file_system: bool,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<RepoVerified> {
     use crate::compare::Change;
     let (root, _) = snapshot::source_tree(repo, snap)?;
-    let o = super::diff::compare_live(repo, root, dir, true, jobs, cancel)?;
+    let one_fs = super::diff::stays_on_one_fs(one_file_system, snap);
+    let o = super::diff::compare_live(repo, root, dir, true, one_fs, jobs, cancel)?;
     let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
     Ok(RepoVerified {
         snapshot: id.hex()[..8].to_string(),
@@ -140,6 +148,7 @@ fn one_against(
         differences: o.differences,
         totals: o.totals,
         problems: o.problems,
+        one_fs: o.one_fs,
         ..Default::default()
     })
 }

@@ -114,6 +114,7 @@ impl Store {
             checksum: false,
             dir_times: true,
             jobs: crate::concurrency::resolve(0, &[&self.root]),
+            stay_on: None,
         };
         let out = compare::compare(
             &TreeReader::recorded(b(&fd), Some(&mf)),
