@@ -200,13 +200,7 @@ fn unreadable_entries_give_partial() {
     let (_t, src, dest) = setup();
     chmod(&src.join("d1/f1"), 0o000);
     chmod(&src.join("d2"), 0o000);
-    let out = Command::new("setpriv")
-        .args([
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--inh-caps=-dac_override,-dac_read_search",
-        ])
-        .arg(bin())
-        .env("SNAPRING_CATALOG", "off")
+    let out = snapring_without_dac()
         .args(["backup", "--json", "--source"])
         .arg(&src)
         .arg("--dest")
@@ -257,13 +251,7 @@ fn unreadable_entries_give_partial() {
 /// Runs `snapring backup --json` without the capabilities that let root read anything,
 /// so a mode-000 file is unreadable. Returns (exit code, report, stderr).
 fn backup_without_dac(src: &Path, dest: &Path) -> (Option<i32>, serde_json::Value, String) {
-    let out = Command::new("setpriv")
-        .args([
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--inh-caps=-dac_override,-dac_read_search",
-        ])
-        .arg(bin())
-        .env("SNAPRING_CATALOG", "off")
+    let out = snapring_without_dac()
         .args(["backup", "--json", "--source"])
         .arg(src)
         .arg("--dest")

@@ -199,13 +199,7 @@ fn an_expired_snapshot_with_immutable_entries_is_named_in_the_report_and_deleted
 /// Runs `snapring backup --json --retain 2` without the capabilities that let root
 /// write anything (as a backup user other than root would). Returns (exit code, report).
 fn backup_without_dac(src: &Path, dest: &Path) -> (Option<i32>, serde_json::Value) {
-    let out = Command::new("setpriv")
-        .args([
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--inh-caps=-dac_override,-dac_read_search",
-        ])
-        .arg(bin())
-        .env("SNAPRING_CATALOG", "off")
+    let out = snapring_without_dac()
         .args(["backup", "--json", "--retain", "2", "--source"])
         .arg(src)
         .arg("--dest")
