@@ -71,16 +71,21 @@ fn count(repo: &Path, dir: &str) -> usize {
     n
 }
 
-/// The ids of the snapshots restic lists.
-fn restic_snapshot_ids(restic: &Path, repo: &Path) -> Vec<String> {
-    let out = run_restic(restic, repo, &["snapshots", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut ids: Vec<String> = v
-        .as_array()
+/// The `id` of each snapshot of a JSON list (`snapring list --json`, `restic snapshots
+/// --json`), in the list's order.
+fn ids_of(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
         .unwrap()
         .iter()
         .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+        .collect()
+}
+
+/// The ids of the snapshots restic lists, sorted.
+fn restic_snapshot_ids(restic: &Path, repo: &Path) -> Vec<String> {
+    let out = run_restic(restic, repo, &["snapshots", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids = ids_of(&v);
     ids.sort();
     ids
 }
@@ -150,12 +155,7 @@ fn retain_never_forgets_the_snapshot_the_run_just_wrote() {
         "{second}"
     );
     let listed = sr_json(&["list", "--dest", &file_url(&repo), "--json"]);
-    let mut ids: Vec<String> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let mut ids = ids_of(&listed);
     ids.sort();
     let mut want = vec![own.clone(), ahead_id];
     want.sort();
@@ -220,12 +220,7 @@ fn retain_then_prune_keeps_exactly_the_newest_and_shrinks_the_repository() {
     let kept = vec![ids[1].clone(), ids[3].clone(), ids[4].clone()];
     let mut kept_sorted = kept.clone();
     kept_sorted.sort();
-    let listed: Vec<String> = sr_json(&["list", "--dest", &u, "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let listed = ids_of(&sr_json(&["list", "--dest", &u, "--json"]));
     assert_eq!(listed, kept, "snapring list after retention");
     // Forgetting removed snapshot files only: every pack is still there.
     let packs_before = count(&repo, "data");
@@ -324,12 +319,7 @@ fn forget_standalone_plans_with_reasons_and_leaves_other_labels() {
         "forget", "--dest", &u, "--label", "daily", "--retain", "1", "--json",
     ]);
     assert_eq!(r["removed"], 2, "{r}");
-    let listed: Vec<String> = sr_json(&["list", "--dest", &u, "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let listed = ids_of(&sr_json(&["list", "--dest", &u, "--json"]));
     assert_eq!(listed, vec![daily[2].clone(), hourly]);
     // A usage error (64), naming the flag and the value.
     let (code, _, err) = sr(&["forget", "--dest", &u, "--label", "daily", "--retain", "0"]);
