@@ -221,6 +221,31 @@ pub fn snapring_without_dac() -> Command {
     c
 }
 
+/// Runs `snapring backup --json EXTRA… --source SRC --dest DEST` without root's
+/// capabilities to read and write anything ([`snapring_without_dac`]: a mode-000 file
+/// is unreadable, a 0555 directory unwritable). Returns (exit code, report or null,
+/// stderr).
+pub fn backup_without_dac(
+    src: &Path,
+    dest: &Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let out = snapring_without_dac()
+        .args(["backup", "--json"])
+        .args(extra)
+        .arg("--source")
+        .arg(src)
+        .arg("--dest")
+        .arg(dest)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// Runs `snapring backup --json` with the given extra args; returns (exit code, report).
 pub fn backup(
     src: &Path,
