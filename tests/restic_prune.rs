@@ -90,6 +90,23 @@ fn restic_snapshot_ids(restic: &Path, repo: &Path) -> Vec<String> {
     ids
 }
 
+/// `restic check --read-data` of the repository at `repo` passes, and `restic restore
+/// latest` into `to` equals the source `src` (restic restores under the source's
+/// absolute path).
+fn restic_checks_and_restores(restic: &Path, repo: &Path, src: &Path, to: &Path, what: &str) {
+    run_restic(restic, repo, &["check", "--read-data"]);
+    run_restic(
+        restic,
+        repo,
+        &["restore", "latest", "--target", to.to_str().unwrap()],
+    );
+    assert_same_tree(
+        &describe(src),
+        &describe(&to.join(src.strip_prefix("/").unwrap())),
+        what,
+    );
+}
+
 /// Run `i` of the source: a file kept from then on (`keep-i`), a file only this run has
 /// (`tmp-i`, 1 MiB, so its pack is part used, part not once the run is forgotten), and
 /// a file that is rewritten every run.
@@ -495,16 +512,11 @@ fn restic_refuses_while_snapring_prunes_and_a_killed_prune_leaves_a_checked_repo
     // The next prune completes, and restic agrees with the result.
     let r = sr_json(&["prune", "--dest", &u, "--json"]);
     assert!(r["packs_removed"].as_u64().unwrap() >= 1, "{r}");
-    run_restic(&restic, &repo, &["check", "--read-data"]);
-    let to = t.path().join("T");
-    run_restic(
+    restic_checks_and_restores(
         &restic,
         &repo,
-        &["restore", "latest", "--target", to.to_str().unwrap()],
-    );
-    assert_same_tree(
-        &describe(&src),
-        &describe(&to.join(src.strip_prefix("/").unwrap())),
+        &src,
+        &t.path().join("T"),
         "restic restore after snapring's prune",
     );
 }
@@ -569,16 +581,11 @@ fn snapring_prunes_a_repository_restic_wrote_and_forgot_in() {
     let after = size_of(&repo);
     // tmp-0 and tmp-1 (1 MiB each) are in no kept snapshot.
     assert!(after + (2 << 20) <= before, "{before} -> {after}: {r}");
-    run_restic(&restic, &repo, &["check", "--read-data"]);
-    let to = t.path().join("T");
-    run_restic(
+    restic_checks_and_restores(
         &restic,
         &repo,
-        &["restore", "latest", "--target", to.to_str().unwrap()],
-    );
-    assert_same_tree(
-        &describe(&src),
-        &describe(&to.join(src.strip_prefix("/").unwrap())),
+        &src,
+        &t.path().join("T"),
         "restic restore after snapring pruned restic's repository",
     );
 }
