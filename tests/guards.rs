@@ -200,13 +200,7 @@ fn unreadable_entries_give_partial() {
     let (_t, src, dest) = setup();
     chmod(&src.join("d1/f1"), 0o000);
     chmod(&src.join("d2"), 0o000);
-    let out = Command::new("setpriv")
-        .args([
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--inh-caps=-dac_override,-dac_read_search",
-        ])
-        .arg(bin())
-        .env("SNAPRING_CATALOG", "off")
+    let out = snapring_without_dac()
         .args(["backup", "--json", "--source"])
         .arg(&src)
         .arg("--dest")
@@ -254,29 +248,6 @@ fn unreadable_entries_give_partial() {
     assert!(dest.join("daily.0/d2").is_dir());
 }
 
-/// Runs `snapring backup --json` without the capabilities that let root read anything,
-/// so a mode-000 file is unreadable. Returns (exit code, report, stderr).
-fn backup_without_dac(src: &Path, dest: &Path) -> (Option<i32>, serde_json::Value, String) {
-    let out = Command::new("setpriv")
-        .args([
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--inh-caps=-dac_override,-dac_read_search",
-        ])
-        .arg(bin())
-        .env("SNAPRING_CATALOG", "off")
-        .args(["backup", "--json", "--source"])
-        .arg(src)
-        .arg("--dest")
-        .arg(dest)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        serde_json::from_slice(&out.stdout).unwrap_or_default(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// `snapring verify SNAPSHOT` of the store reports it clean.
 fn assert_verify_clean(dest: &Path, snap: &str) {
     let out = snapring(
@@ -320,7 +291,7 @@ fn unreadable_changed_entry_keeps_the_previous_version() {
     // A new unreadable file has no previous version: it stays out.
     write(&src.join("d1/new"), b"new");
     chmod(&src.join("d1/new"), 0o000);
-    let (code, rep, err) = backup_without_dac(&src, &dest);
+    let (code, rep, err) = backup_without_dac(&src, &dest, &[]);
     chmod(&src.join("d1/f1"), 0o644);
     assert_eq!(code, Some(2), "{rep}\n{err}");
     assert_eq!(rep["status"], "partial");

@@ -196,28 +196,6 @@ fn an_expired_snapshot_with_immutable_entries_is_named_in_the_report_and_deleted
     verify_all(&dest);
 }
 
-/// Runs `snapring backup --json --retain 2` without the capabilities that let root
-/// write anything (as a backup user other than root would). Returns (exit code, report).
-fn backup_without_dac(src: &Path, dest: &Path) -> (Option<i32>, serde_json::Value) {
-    let out = Command::new("setpriv")
-        .args([
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--inh-caps=-dac_override,-dac_read_search",
-        ])
-        .arg(bin())
-        .env("SNAPRING_CATALOG", "off")
-        .args(["backup", "--json", "--retain", "2", "--source"])
-        .arg(src)
-        .arg("--dest")
-        .arg(dest)
-        .output()
-        .unwrap();
-    (
-        out.status.code(),
-        serde_json::from_slice(&out.stdout).unwrap_or_default(),
-    )
-}
-
 /// A source whose root has no owner write bit (0555), backed up without
 /// `CAP_DAC_OVERRIDE`: the snapshot's root gets mode 0555, and moving it (staging to
 /// `daily.0`, then the expired one to trash) needs write permission on it. Every run
@@ -234,7 +212,9 @@ fn a_read_only_source_root_backed_up_without_dac_override_publishes_and_rotates(
         chmod(&src, 0o755);
         write(&src.join("f"), format!("v{i}").as_bytes());
         chmod(&src, 0o555);
-        let (code, rep) = backup_without_dac(&src, &dest);
+        // Without the capabilities that let root write anything (as a backup user
+        // other than root would).
+        let (code, rep, _) = backup_without_dac(&src, &dest, &["--retain", "2"]);
         assert_eq!(code, Some(0), "run {i}: {rep}");
     }
     assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);

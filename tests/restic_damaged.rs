@@ -119,14 +119,7 @@ fn a_parent_whose_tree_pack_is_lost_does_not_stop_the_next_backups() {
     let (code, out, err) = sr_nocache(&["verify", "--dest", &url, "latest"]);
     assert_eq!(code, 0, "verify: {out}\n{err}");
     let to = t.path().join("restored");
-    let (code, out, err) = sr_nocache(&[
-        "restore",
-        "--dest",
-        &url,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let (code, out, err) = sr_nocache(&restore_latest(&url, &to));
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_same_tree(&describe(&src), &describe(&to), "restored after the repair");
 }
@@ -207,14 +200,7 @@ fn a_damaged_snapshot_file_stops_prune_but_not_list_restore_or_backup() {
     assert!(err.contains("snapshot abababab left out"), "{err}");
 
     let to = t.path().join("to");
-    let (code, out, err) = sr_nocache(&[
-        "restore",
-        "--dest",
-        &url,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let (code, out, err) = sr_nocache(&restore_latest(&url, &to));
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_eq!(std::fs::read(to.join("f")).unwrap(), b"two\n");
 

@@ -115,6 +115,19 @@ impl Setup {
         ]
     }
 
+    /// A restore of the latest snapshot of `dest` into `restored`, through the proxy,
+    /// which holds every read of a pack under `held` (`/PREFIX/data/`) until
+    /// `proxy.release()`: its reads of file contents wait, its trees come from the
+    /// local cache the backups filled (tree packs are under data/ too: read from the
+    /// server, they would be held as well). The restore's directory, and its command.
+    fn restore_held(&self, dest: &str, held: &'static str) -> (PathBuf, Command) {
+        self.proxy
+            .set_rules(vec![Rule::new("GET", held, Fault::Hold, u64::MAX)]);
+        let to = self.t.path().join("restored");
+        let c = self.cmd(&restore_latest(dest, &to));
+        (to, c)
+    }
+
     /// A backup through the proxy: (code, report, stderr).
     fn backup(&self, dest: &str) -> (i32, serde_json::Value, String) {
         let (code, out, err) = self.sr(&self.backup_args(dest));
@@ -156,14 +169,7 @@ impl Setup {
     /// Restores the latest snapshot through the proxy and compares it with the source.
     fn restore_equals_source(&self, dest: &str, what: &str) {
         let to = self.t.path().join(format!("restored-{}", unique()));
-        self.sr_ok(&[
-            "restore",
-            "--dest",
-            dest,
-            "latest",
-            "--to",
-            to.to_str().unwrap(),
-        ]);
+        self.sr_ok(&restore_latest(dest, &to));
         assert_same_tree(&describe(&self.src), &describe(&to), what);
         std::fs::remove_dir_all(&to).unwrap();
     }
@@ -713,22 +719,8 @@ fn a_restore_fetches_many_files_at_once() {
     s.sr_ok(&["init", "--dest", &dest]);
     let (code, report, err) = s.backup(&dest);
     assert_eq!(code, 0, "{report}\n{err}");
-    s.proxy
-        .set_rules(vec![Rule::new("GET", "/par/data/", Fault::Hold, u64::MAX)]);
-    // Trees come from the local cache the backup filled (tree packs are under data/
-    // too: read from the server, they would be held as well).
-    let to = s.t.path().join("restored");
-    let mut child = s
-        .cmd(&[
-            "restore",
-            "--dest",
-            &dest,
-            "latest",
-            "--to",
-            to.to_str().unwrap(),
-        ])
-        .spawn()
-        .unwrap();
+    let (to, mut restore) = s.restore_held(&dest, "/par/data/");
+    let mut child = restore.spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut most = 0;
     while Instant::now() < deadline && most < 4 {
@@ -774,20 +766,9 @@ fn a_prune_does_not_pull_packs_from_under_a_restore() {
         serde_json::from_str(&s.sr_ok(&["prune", "--dest", &dest, "--dry-run", "--json"])).unwrap();
     assert_eq!(dry["plan"]["packs_repacked"], 1, "{dry}");
 
-    // The restore's reads of file contents wait at the proxy (its trees come from the
-    // cache the backups filled).
-    s.proxy
-        .set_rules(vec![Rule::new("GET", "/busy/data/", Fault::Hold, u64::MAX)]);
-    let to = s.t.path().join("restored");
-    let mut restore = s
-        .cmd(&[
-            "restore",
-            "--dest",
-            &dest,
-            "latest",
-            "--to",
-            to.to_str().unwrap(),
-        ])
+    // The restore's reads of file contents wait at the proxy.
+    let (to, mut restore) = s.restore_held(&dest, "/busy/data/");
+    let mut restore = restore
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

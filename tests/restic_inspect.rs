@@ -457,14 +457,7 @@ fn a_restore_from_a_damaged_pack_fails_clearly() {
     let (t, _src, repo, url) = backed_up();
     flip_middle_byte(&largest_file(&repo.join("data")));
     let to = t.path().join("T");
-    let (code, out, err) = sr(&[
-        "restore",
-        "--dest",
-        &url,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    let (code, out, err) = sr(&restore_latest(&url, &to));
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("blob"), "{err}");
 }

@@ -71,18 +71,40 @@ fn count(repo: &Path, dir: &str) -> usize {
     n
 }
 
-/// The ids of the snapshots restic lists.
-fn restic_snapshot_ids(restic: &Path, repo: &Path) -> Vec<String> {
-    let out = run_restic(restic, repo, &["snapshots", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut ids: Vec<String> = v
-        .as_array()
+/// The `id` of each snapshot of a JSON list (`snapring list --json`, `restic snapshots
+/// --json`), in the list's order.
+fn ids_of(list: &serde_json::Value) -> Vec<String> {
+    list.as_array()
         .unwrap()
         .iter()
         .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+        .collect()
+}
+
+/// The ids of the snapshots restic lists, sorted.
+fn restic_snapshot_ids(restic: &Path, repo: &Path) -> Vec<String> {
+    let out = run_restic(restic, repo, &["snapshots", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ids = ids_of(&v);
     ids.sort();
     ids
+}
+
+/// `restic check --read-data` of the repository at `repo` passes, and `restic restore
+/// latest` into `to` equals the source `src` (restic restores under the source's
+/// absolute path).
+fn restic_checks_and_restores(restic: &Path, repo: &Path, src: &Path, to: &Path, what: &str) {
+    run_restic(restic, repo, &["check", "--read-data"]);
+    run_restic(
+        restic,
+        repo,
+        &["restore", "latest", "--target", to.to_str().unwrap()],
+    );
+    assert_same_tree(
+        &describe(src),
+        &describe(&to.join(src.strip_prefix("/").unwrap())),
+        what,
+    );
 }
 
 /// Run `i` of the source: a file kept from then on (`keep-i`), a file only this run has
@@ -150,12 +172,7 @@ fn retain_never_forgets_the_snapshot_the_run_just_wrote() {
         "{second}"
     );
     let listed = sr_json(&["list", "--dest", &file_url(&repo), "--json"]);
-    let mut ids: Vec<String> = listed
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let mut ids = ids_of(&listed);
     ids.sort();
     let mut want = vec![own.clone(), ahead_id];
     want.sort();
@@ -220,12 +237,7 @@ fn retain_then_prune_keeps_exactly_the_newest_and_shrinks_the_repository() {
     let kept = vec![ids[1].clone(), ids[3].clone(), ids[4].clone()];
     let mut kept_sorted = kept.clone();
     kept_sorted.sort();
-    let listed: Vec<String> = sr_json(&["list", "--dest", &u, "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let listed = ids_of(&sr_json(&["list", "--dest", &u, "--json"]));
     assert_eq!(listed, kept, "snapring list after retention");
     // Forgetting removed snapshot files only: every pack is still there.
     let packs_before = count(&repo, "data");
@@ -324,12 +336,7 @@ fn forget_standalone_plans_with_reasons_and_leaves_other_labels() {
         "forget", "--dest", &u, "--label", "daily", "--retain", "1", "--json",
     ]);
     assert_eq!(r["removed"], 2, "{r}");
-    let listed: Vec<String> = sr_json(&["list", "--dest", &u, "--json"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_string())
-        .collect();
+    let listed = ids_of(&sr_json(&["list", "--dest", &u, "--json"]));
     assert_eq!(listed, vec![daily[2].clone(), hourly]);
     // A usage error (64), naming the flag and the value.
     let (code, _, err) = sr(&["forget", "--dest", &u, "--label", "daily", "--retain", "0"]);
@@ -505,16 +512,11 @@ fn restic_refuses_while_snapring_prunes_and_a_killed_prune_leaves_a_checked_repo
     // The next prune completes, and restic agrees with the result.
     let r = sr_json(&["prune", "--dest", &u, "--json"]);
     assert!(r["packs_removed"].as_u64().unwrap() >= 1, "{r}");
-    run_restic(&restic, &repo, &["check", "--read-data"]);
-    let to = t.path().join("T");
-    run_restic(
+    restic_checks_and_restores(
         &restic,
         &repo,
-        &["restore", "latest", "--target", to.to_str().unwrap()],
-    );
-    assert_same_tree(
-        &describe(&src),
-        &describe(&to.join(src.strip_prefix("/").unwrap())),
+        &src,
+        &t.path().join("T"),
         "restic restore after snapring's prune",
     );
 }
@@ -579,16 +581,11 @@ fn snapring_prunes_a_repository_restic_wrote_and_forgot_in() {
     let after = size_of(&repo);
     // tmp-0 and tmp-1 (1 MiB each) are in no kept snapshot.
     assert!(after + (2 << 20) <= before, "{before} -> {after}: {r}");
-    run_restic(&restic, &repo, &["check", "--read-data"]);
-    let to = t.path().join("T");
-    run_restic(
+    restic_checks_and_restores(
         &restic,
         &repo,
-        &["restore", "latest", "--target", to.to_str().unwrap()],
-    );
-    assert_same_tree(
-        &describe(&src),
-        &describe(&to.join(src.strip_prefix("/").unwrap())),
+        &src,
+        &t.path().join("T"),
         "restic restore after snapring pruned restic's repository",
     );
 }

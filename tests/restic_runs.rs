@@ -11,6 +11,7 @@ mod common;
 use std::ffi::OsStr;
 use std::path::Path;
 
+use common::restic::restore_latest;
 use common::*;
 
 const PASSWORD: &str = "repo-secret-5d1e0c";
@@ -349,15 +350,7 @@ fn restores_from_a_repository_are_recorded_in_the_catalog() {
     let (code, b, err) = cli(&catalog, &backup, &env);
     assert_eq!(code, 0, "{err}");
     let to = t.path().join("to");
-    let restore = [
-        "restore",
-        "--dest",
-        &url,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-        "--json",
-    ];
+    let restore = [&restore_latest(&url, &to)[..], &["--json"]].concat();
     let (code, r, err) = cli(&catalog, &restore, &env);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -504,14 +497,7 @@ fn unreadable_entries_make_a_partial_repository_run_naming_them() {
     let to = t.path().join("T");
     let (code, _, err) = cli(
         &catalog,
-        &[
-            "restore",
-            "--dest",
-            &url,
-            "latest",
-            "--to",
-            to.to_str().unwrap(),
-        ],
+        &restore_latest(&url, &to),
         &[("SNAPRING_PASSWORD", PASSWORD)],
     );
     assert_eq!(code, 0, "{err}");

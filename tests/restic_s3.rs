@@ -403,14 +403,7 @@ fn init_backup_incremental_list_restore_on_s3() {
     );
 
     let to = s.t.path().join("restored");
-    s.sr_ok(&[
-        "restore",
-        "--dest",
-        &dest,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    s.sr_ok(&restore_latest(&dest, &to));
     assert_same_tree(&describe(&src), &describe(&to), "restore from S3");
 }
 
@@ -450,14 +443,7 @@ fn parent_trees_come_from_the_local_cache() {
         );
         let read = pack_gets();
         let to = s.t.path().join(format!("restored-{n}"));
-        s.sr_ok(&[
-            "restore",
-            "--dest",
-            &dest,
-            "latest",
-            "--to",
-            to.to_str().unwrap(),
-        ]);
+        s.sr_ok(&restore_latest(&dest, &to));
         assert_same_tree(&describe(&src), &describe(&to), what);
         read
     };
@@ -1047,14 +1033,7 @@ fn shard_workers_on_s3_make_one_snapshot() {
     assert!(done.len() >= 4, "{done:?}");
     assert_eq!(built, done);
     let to = s.t.path().join("restored");
-    s.sr_ok(&[
-        "restore",
-        "--dest",
-        &dest,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    s.sr_ok(&restore_latest(&dest, &to));
     assert_same_tree(
         &describe(&src),
         &describe(&to),
@@ -1117,14 +1096,7 @@ fn retried_through(fault: Fault) {
     let r = s.backup(&src, &dest);
     assert_eq!(r["status"], "complete", "{r}");
     let to = s.t.path().join("restored");
-    s.sr_ok(&[
-        "restore",
-        "--dest",
-        &dest,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    s.sr_ok(&restore_latest(&dest, &to));
     assert_same_tree(&describe(&src), &describe(&to), "restore through 503s");
     assert!(s.server().requests.load(Ordering::SeqCst) >= 9);
 }
@@ -1203,14 +1175,7 @@ fn snapring_restores_what_restic_wrote_to_s3() {
         serde_json::from_str(&s.sr_ok(&["list", "--dest", &dest, "--json"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     let to = s.t.path().join("restored");
-    s.sr_ok(&[
-        "restore",
-        "--dest",
-        &dest,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    s.sr_ok(&restore_latest(&dest, &to));
     assert_same_tree(
         &describe(&src),
         &describe(&to),
@@ -1338,14 +1303,7 @@ fn retain_and_prune_on_s3() {
         "{p}"
     );
     let to = s.t.path().join("restored");
-    s.sr_ok(&[
-        "restore",
-        "--dest",
-        &dest,
-        "latest",
-        "--to",
-        to.to_str().unwrap(),
-    ]);
+    s.sr_ok(&restore_latest(&dest, &to));
     assert_same_tree(&describe(&src), &describe(&to), "restore after prune on S3");
     if let Some(restic) = restic_binary("S3 conformance") {
         let repo = format!("s3:{}/{BUCKET}/pruned", s.endpoint());

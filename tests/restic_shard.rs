@@ -7,8 +7,9 @@
 //! its commit, a worker SIGSTOPped past its lease and resumed after the run was
 //! published, a finalizer SIGSTOPped past its lease and resumed after the publisher's
 //! tidy, crashes during finalize (before and after `final`), a duplicate worker
-//! for one index, an incremental run, a worker started with another count. Runs
-//! processes on real temp directories.
+//! for one index, an incremental run, a worker started with another count, a parent
+//! snapshot whose trees do not read (a lost pack: read in full, the run's report warns).
+//! Runs processes on real temp directories.
 
 mod common;
 
@@ -1786,4 +1787,129 @@ fn a_prune_between_a_workers_open_and_its_lock_loses_none_of_its_data() {
     let (code, out, err) = sr(&["verify", "--dest", &e.url]);
     assert_eq!(code, 0, "{third}\n{out}\n{err}");
     assert_restores_to_source(&e, third["snapshot"].as_str().unwrap(), "restored");
+}
+
+/// The file of the pack that holds tree `tree` (by the repository's index).
+fn tree_pack_file(e: &Env, tree: &Id) -> PathBuf {
+    let repo = open(e);
+    let pack = repo
+        .index
+        .get(snapring::restic::pack::BlobType::Tree, tree)
+        .unwrap_or_else(|| panic!("tree {} is not indexed", tree.hex()))
+        .pack
+        .hex();
+    e.repo.join("data").join(&pack[..2]).join(pack)
+}
+
+/// The publisher's report among a run's workers' (each exited 0).
+fn publisher(outs: &[Output]) -> serde_json::Value {
+    let reports: Vec<serde_json::Value> = outs.iter().map(report).collect();
+    reports
+        .into_iter()
+        .find(|r| r["finalized"] == true)
+        .unwrap_or_else(|| panic!("no worker published: {outs:?}"))
+}
+
+/// The warnings of a run's totals that say a tree of snapshot `parent` did not read.
+fn unreadable_parent_warnings(fin: &serde_json::Value, parent: &str) -> Vec<String> {
+    fin["totals"]["warnings"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .map(|w| w.as_str().unwrap().to_string())
+                .filter(|w| {
+                    w.contains(&format!("parent snapshot {}", &parent[..8]))
+                        && w.contains("cannot be read")
+                        && w.contains("read in full")
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A run of 2 workers with no tree cache (the trees must come from the repository, as
+/// on another machine), the run recorded in the catalog `catalog`: each worker's output.
+fn uncached_run(e: &Env, id: &str, catalog: &str) -> Vec<Output> {
+    let vars = [("SNAPRING_CACHE", "off"), ("SNAPRING_CATALOG", catalog)];
+    let kids: Vec<Child> = (0..2).map(|i| spawn(e, i, 2, id, &vars)).collect();
+    kids.into_iter()
+        .map(|k| k.wait_with_output().unwrap())
+        .collect()
+}
+
+/// A tree of the parent snapshot that does not read (its pack lost, as in
+/// tests/restic_damaged.rs) under a shard run, as under a single-node one: the unit
+/// reads that directory in full, the run publishes, and the warning reaches the run's
+/// report (the publisher's totals, the catalog). Before, it stayed in the log of the
+/// worker that built the unit.
+#[test]
+fn a_units_unreadable_parent_tree_is_a_warning_of_the_run() {
+    let e = env();
+    // A small subtree, inside one unit (the plan cuts the spine only where it splits a
+    // directory's names among units).
+    write(&e.src.join("deep/a/b/c/f"), b"deep\n");
+    let catalog = e.t.path().join("state/catalog.db");
+    let catalog = catalog.to_str().unwrap();
+    let first = publisher(&uncached_run(&e, "one", catalog));
+    let p1 = first["snapshot"].as_str().unwrap().to_string();
+
+    // The pack of one unit's trees: that of deep/a (the unit's packer's; the spine's
+    // trees are finalize's, in another pack, which stays).
+    let root = source_tree(&e, &Id::parse(&p1).unwrap());
+    let deep = descend(&open(&e), root, &[OsStr::new("deep"), OsStr::new("a")])
+        .unwrap()
+        .unwrap();
+    let lost = tree_pack_file(&e, &deep);
+    assert_ne!(lost, tree_pack_file(&e, &root));
+    std::fs::remove_file(&lost).unwrap();
+    let outs = uncached_run(&e, "two", catalog);
+    let second = publisher(&outs);
+    assert_eq!(second["parent"], p1.as_str(), "{second}");
+    assert_eq!(second["status"], "complete", "{second}");
+    let t = &second["totals"];
+    assert!(t["files_read"].as_u64().unwrap() >= 1, "{t}");
+    let ws = unreadable_parent_warnings(&second, &p1);
+    assert!(
+        ws.iter().any(|w| w.contains("tree of deep")),
+        "{second}\n{outs:?}"
+    );
+    // The catalog's record of the run has them too.
+    let (code, shown, err) = sr(&["--catalog", catalog, "show", "--json", "two"]);
+    assert_eq!(code, 0, "{shown}\n{err}");
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    let recorded: Vec<&str> = shown["report"]["warnings"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{shown}"))
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert!(ws.iter().all(|w| recorded.contains(&w.as_str())), "{shown}");
+    // (Its snapshot names the lost trees again, as a single-node run's does, until the
+    // index is repaired: tests/restic_damaged.rs.)
+}
+
+/// The parent snapshot's tree of the source that does not read (the pack of finalize's
+/// trees lost): every unit reads in full and the run publishes, saying so once though
+/// each of its 2 workers met it (and put it in each of its commits). Before, every
+/// worker failed, and so did every later run (the parent stays the newest snapshot).
+#[test]
+fn a_parent_whose_source_tree_does_not_read_is_read_in_full_with_one_warning() {
+    let e = env();
+    let catalog = e.t.path().join("state/catalog.db");
+    let catalog = catalog.to_str().unwrap();
+    let first = publisher(&uncached_run(&e, "one", catalog));
+    let p1 = first["snapshot"].as_str().unwrap().to_string();
+    let root = source_tree(&e, &Id::parse(&p1).unwrap());
+    std::fs::remove_file(tree_pack_file(&e, &root)).unwrap();
+    let outs = uncached_run(&e, "two", catalog);
+    let second = publisher(&outs);
+    assert_eq!(second["parent"], p1.as_str(), "{second}");
+    assert_eq!(second["status"], "complete", "{second}");
+    let t = &second["totals"];
+    assert_eq!(t["files_unchanged"], 0, "{t}");
+    assert_eq!(t["files_read"], t["files"], "{t}");
+    let ws = unreadable_parent_warnings(&second, &p1);
+    assert_eq!(ws.len(), 1, "{second}");
+    assert!(ws[0].contains("tree of . cannot be read"), "{second}");
+    assert_eq!(t["warnings"].as_array().unwrap().len(), 1, "{second}");
 }

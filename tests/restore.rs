@@ -709,13 +709,7 @@ fn an_unreadable_snapshot_file_is_not_counted_as_restored() {
     ok_backup(&src, &store);
     chmod(&store.join("daily.0/d/b"), 0o000);
     let to = t.path().join("to");
-    let out = Command::new("setpriv")
-        .args([
-            "--bounding-set=-dac_override,-dac_read_search",
-            "--inh-caps=-dac_override,-dac_read_search",
-        ])
-        .arg(bin())
-        .env("SNAPRING_CATALOG", "off")
+    let out = snapring_without_dac()
         .args(["restore", "--json", "--dest"])
         .arg(&store)
         .args(["daily.0", "--to"])

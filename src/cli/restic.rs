@@ -366,6 +366,9 @@ fn print_worker(
                 human(t.counts.bytes_read),
                 t.problems.len()
             );
+            for w in &t.warnings {
+                print::errln!("snapring: warning: {w}");
+            }
         }
     }
     Ok(code)

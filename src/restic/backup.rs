@@ -563,14 +563,39 @@ struct Run<'a> {
     parent_id: Option<Id>,
     /// Stay on the root's file system (`one_file_system`).
     one_fs: Option<crate::traverse::OneFs>,
+    /// A shard unit's directory, escaped, relative to the source (empty: the source's
+    /// root, or not a unit): the warnings name directories from the source's root.
+    unit_dir: String,
 }
 
 /// Warnings a run keeps, at most (the log has every one).
 const MAX_WARNINGS: usize = 100;
 
+/// The line that stands for the warnings past [`MAX_WARNINGS`].
+const MORE_WARNINGS: &str = "more trees of the parent snapshot cannot be read (see the log)";
+
+/// Adds `w` to a run's warnings `ws`: once (a shard run's units, and its workers, may
+/// meet the same lost tree), and past [`MAX_WARNINGS`] only as one last line saying
+/// there are more (one pack lost can hold thousands of trees: the first ones say
+/// enough). `w` may be that line itself (a shard unit's list was cut).
+pub fn add_warning(ws: &mut Vec<String>, w: String) {
+    let cut = ws.last().is_some_and(|l| l == MORE_WARNINGS);
+    let kept = ws.len() - usize::from(cut);
+    if ws[..kept].contains(&w) {
+        return;
+    }
+    if w == MORE_WARNINGS || kept >= MAX_WARNINGS {
+        if !cut {
+            ws.push(MORE_WARNINGS.into());
+        }
+    } else {
+        ws.insert(kept, w);
+    }
+}
+
 /// The warning for a tree of the parent snapshot `parent` (of the directory `dir`,
 /// escaped, relative to the source) that could not be read.
-fn unreadable_parent(parent: Option<&Id>, dir: &str, e: &Error) -> String {
+pub fn unreadable_parent(parent: Option<&Id>, dir: &str, e: &Error) -> String {
     let snapshot = match parent {
         Some(id) => format!("the parent snapshot {}", &id.hex()[..8]),
         None => "the parent snapshot".to_string(),
@@ -833,6 +858,7 @@ impl<'a> Run<'a> {
             warnings: Mutex::default(),
             parent_id: None,
             one_fs: None,
+            unit_dir: String::new(),
         }
     }
 
@@ -929,21 +955,16 @@ impl<'a> Run<'a> {
             Ok(t) => t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect(),
             Err(e) => {
                 let rel = path.strip_prefix(&self.root).unwrap_or(path);
-                let dir = match rel.as_os_str().is_empty() {
-                    true => ".".to_string(),
-                    false => crate::relpath::escape(rel.as_os_str().as_bytes()),
+                let rel = crate::relpath::escape(rel.as_os_str().as_bytes());
+                let dir = match (self.unit_dir.as_str(), rel.is_empty()) {
+                    ("", true) => ".".to_string(),
+                    ("", false) => rel,
+                    (unit, true) => unit.to_string(),
+                    (unit, false) => format!("{unit}/{rel}"),
                 };
                 let w = unreadable_parent(self.parent_id.as_ref(), &dir, &e);
                 tracing::warn!("{w}");
-                let mut ws = lock(&self.warnings);
-                // One pack lost can hold thousands of trees: the first ones say enough.
-                if ws.len() < MAX_WARNINGS {
-                    ws.push(w);
-                } else if ws.len() == MAX_WARNINGS {
-                    ws.push(
-                        "more trees of the parent snapshot cannot be read (see the log)".into(),
-                    );
-                }
+                add_warning(&mut lock(&self.warnings), w);
                 HashMap::new()
             }
         }
@@ -1122,7 +1143,12 @@ pub type NameFilter<'f> = dyn Fn(&[u8]) -> bool + Sync + 'f;
 /// directory it takes, the parent snapshot's tree of that directory.
 pub struct UnitSpec<'a> {
     pub walk_root: PathBuf,
+    /// The unit's directory, escaped, relative to the source (empty: the source's
+    /// root), for the warnings.
+    pub dir: String,
     pub names: &'a NameFilter<'a>,
+    /// The parent snapshot (for the warnings), and its tree of the unit's directory.
+    pub parent: Option<Id>,
     pub parent_tree: Option<Id>,
     pub cancel: Arc<AtomicBool>,
     /// File-system calls in flight (resolved: not 0).
@@ -1153,6 +1179,8 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
     let stop = AtomicBool::new(false);
     let run = Run {
         root_names: Some(spec.names),
+        parent_id: spec.parent,
+        unit_dir: spec.dir.clone(),
         ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {

@@ -14,10 +14,10 @@
 //!   `beats/<unit>.g<generation>`, rewritten every third of the lease while the unit is
 //!   built; a claim past its lease, or of a process of this host that has exited, is
 //!   taken over by creating the next generation;
-//! - `done/<unit>`: the unit's commit (sealed JSON: the nodes of its names, its counts
-//!   and problems), written after its packs and index; the first commit of a unit is
-//!   the one kept, any later one (a stalled generation's, a duplicate worker's) is
-//!   refused by the exclusive create;
+//! - `done/<unit>`: the unit's commit (sealed JSON: the nodes of its names, its counts,
+//!   problems and warnings), written after its packs and index; the first commit of a
+//!   unit is the one kept, any later one (a stalled generation's, a duplicate worker's)
+//!   is refused by the exclusive create;
 //! - `claims/finalize.g<generation>`: who publishes (the first worker to find every
 //!   unit committed; the same lease and takeover);
 //! - `final`: the run's snapshot, its id and its sealed bytes, created *before* the
@@ -165,6 +165,11 @@ struct UnitDone {
     nodes: Vec<Node>,
     figures: UnitFigures,
     problems: Vec<EntryProblem>,
+    /// Trees of the parent snapshot this unit's build could not read (it read their
+    /// directories in full); the worker's own, of the source's tree, in each of its
+    /// commits. Finalize keeps each once.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    warnings: Vec<String>,
 }
 
 /// `final`.
@@ -203,6 +208,12 @@ pub struct RunTotals {
     #[serde(flatten)]
     pub counts: Figures,
     pub problems: Vec<EntryProblem>,
+    /// What went wrong beside the snapshot without changing it, from every unit's
+    /// commit, each once, at most a hundred (`restic::backup::add_warning`): trees of
+    /// the parent snapshot that could not be read (their directories were read in
+    /// full), as a single-node run's `warnings`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     pub per_worker: Vec<WorkerTotals>,
 }
 
@@ -428,9 +439,13 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             .cut()
             .map_err(|e| failed(restic::corrupt(st.key("plan"), e)))?;
         report.parent = plan_file.prev.clone();
-        let parent_tree = match &plan_file.prev {
+        let parent_id = match &plan_file.prev {
+            Some(id) => Some(Id::parse(id).map_err(failed)?),
+            None => None,
+        };
+        let mut warning = None;
+        let tree = match parent_id {
             Some(id) => {
-                let id = Id::parse(id).map_err(failed)?;
                 // Forgotten since the plan (another run's retention, `forget`): the units
                 // still to build read every file, rather than the run failing for good.
                 if repo
@@ -441,7 +456,14 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
                 {
                     let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
                     let comps: Vec<&OsStr> = source.iter().skip(1).collect();
-                    restic::backup::descend(repo, snap.tree, &comps).map_err(failed)?
+                    // Its trees down to the source's do not read (a pack lost): every
+                    // unit reads in full, as a single-node run does, and says so.
+                    restic::backup::descend(repo, snap.tree, &comps).unwrap_or_else(|e| {
+                        let w = restic::backup::unreadable_parent(Some(&id), ".", &e);
+                        tracing::warn!("{w}");
+                        warning = Some(w);
+                        None
+                    })
                 } else {
                     tracing::warn!(
                         "run {}: its parent snapshot {id} is gone; the units still to build read every file",
@@ -452,6 +474,11 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             }
             None => None,
         };
+        let parent = ParentOf {
+            id: parent_id,
+            tree,
+            warning,
+        };
         build_units(
             repo,
             &st,
@@ -460,7 +487,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             &source,
             &cut,
             &plan_hash,
-            parent_tree,
+            &parent,
             &held,
             &mut report,
         )
@@ -552,6 +579,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             parent: report.parent.clone(),
             status: report.status.clone(),
             problems: t.problems.clone(),
+            warnings: t.warnings.clone(),
             retention: report.retention.clone(),
             retention_skipped: report.retention_skipped.clone(),
             duration_seconds: report.duration_seconds,
@@ -931,7 +959,7 @@ fn build_units(
     source: &Path,
     cut: &Cut,
     plan_hash: &str,
-    parent_tree: Option<Id>,
+    parent: &ParentOf,
     held: &Held,
     report: &mut WorkerReport,
 ) -> Result<bool, ShardError> {
@@ -943,7 +971,7 @@ fn build_units(
         source,
         cut,
         plan_hash,
-        parent_tree,
+        parent,
         held,
         gate: crate::pool::Gate::new(jobs),
         known: Arc::default(),
@@ -990,7 +1018,7 @@ struct LaneCtx<'a> {
     source: &'a Path,
     cut: &'a Cut,
     plan_hash: &'a str,
-    parent_tree: Option<Id>,
+    parent: &'a ParentOf,
     held: &'a Held,
     gate: crate::pool::Gate,
     /// Blobs the units this worker built stored.
@@ -1033,7 +1061,12 @@ impl LaneCtx<'_> {
             let t = Instant::now();
             let built = self.build(repo, unit);
             self.held.release(&unit.id, g);
-            let (nodes, figures, problems) = match built {
+            let Built {
+                nodes,
+                figures,
+                problems,
+                warnings,
+            } = match built {
                 Ok(b) => b,
                 Err(restic::Error::Cancelled) => {
                     lane.interrupted = Some(unit.id.clone());
@@ -1057,6 +1090,7 @@ impl LaneCtx<'_> {
                 nodes,
                 figures,
                 problems,
+                warnings,
             };
             let (_, sealed) = repo.seal_json(&commit).map_err(failed)?;
             if st
@@ -1083,7 +1117,7 @@ impl LaneCtx<'_> {
             self.cut,
             unit,
             self.source,
-            self.parent_tree,
+            self.parent,
             self.opts,
             &self.gate,
             &self.known,
@@ -1091,16 +1125,26 @@ impl LaneCtx<'_> {
     }
 }
 
-type Built = (Vec<Node>, UnitFigures, Vec<EntryProblem>);
+/// One unit built, for its commit.
+#[derive(Default)]
+struct Built {
+    nodes: Vec<Node>,
+    figures: UnitFigures,
+    problems: Vec<EntryProblem>,
+    /// Trees of the parent snapshot that did not read ([`UnitDone::warnings`]).
+    warnings: Vec<String>,
+}
 
-/// One unit's walk: its nodes, figures and problems (named from the source's root).
+/// One unit's walk: its nodes, figures, problems and warnings (named from the source's
+/// root). A tree of the parent snapshot that does not read is read in full, with a
+/// warning, as in a single-node run.
 #[allow(clippy::too_many_arguments)]
 fn build_unit(
     repo: &Repo,
     cut: &Cut,
     unit: &Unit,
     source: &Path,
-    parent_tree: Option<Id>,
+    parent: &ParentOf,
     opts: &Options,
     gate: &crate::pool::Gate,
     known: &Arc<RwLock<Index>>,
@@ -1118,14 +1162,20 @@ fn build_unit(
     for c in &comps {
         at.push(c);
         if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
-            return Ok((Vec::new(), UnitFigures::default(), Vec::new()));
+            return Ok(Built::default());
         }
     }
     // A slow start of a unit's walk in the tests (tests/restic_shard.rs).
     crate::failpoint::hit("shard.repo.before_walk")
         .map_err(|e| restic::Error::Other(format!("unit {}: {e}", unit.id)))?;
-    let parent = match parent_tree {
-        Some(t) => restic::backup::descend(repo, t, &comps)?,
+    let mut warnings: Vec<String> = parent.warning.iter().cloned().collect();
+    let parent_tree = match parent.tree {
+        Some(t) => restic::backup::descend(repo, t, &comps).unwrap_or_else(|e| {
+            let w = restic::backup::unreadable_parent(parent.id.as_ref(), &unit.dir.escaped(), &e);
+            tracing::warn!("{w}");
+            warnings.push(w);
+            None
+        }),
         None => None,
     };
     let take = cut.unit_names(unit);
@@ -1133,8 +1183,13 @@ fn build_unit(
         repo,
         UnitSpec {
             walk_root,
+            dir: match unit.dir.is_root() {
+                true => String::new(),
+                false => unit.dir.escaped(),
+            },
             names: &take,
-            parent_tree: parent,
+            parent: parent.id,
+            parent_tree,
             cancel: opts.cancel.clone(),
             jobs: opts.jobs,
             gate: Some(gate),
@@ -1159,7 +1214,25 @@ fn build_unit(
             p
         })
         .collect();
-    Ok((built.nodes, figures, problems))
+    for w in r.warnings {
+        restic::backup::add_warning(&mut warnings, w);
+    }
+    Ok(Built {
+        nodes: built.nodes,
+        figures,
+        problems,
+        warnings,
+    })
+}
+
+/// The run's parent snapshot, as this worker's units read it.
+#[derive(Default)]
+struct ParentOf {
+    id: Option<Id>,
+    /// Its tree of the source (`None`: no parent, gone, or its trees do not read).
+    tree: Option<Id>,
+    /// Why its tree of the source does not read: in each commit of this worker.
+    warning: Option<String>,
 }
 
 /// What finalize leaves.
@@ -1280,6 +1353,9 @@ fn make_final(
         totals.takeovers += u64::from(c.generation > 1);
         totals.counts.add(&f.counts);
         totals.problems.extend(c.problems);
+        for w in c.warnings {
+            restic::backup::add_warning(&mut totals.warnings, w);
+        }
         let w = per_worker.entry(c.worker).or_insert_with(|| WorkerTotals {
             worker: c.worker,
             ..Default::default()

@@ -1,7 +1,7 @@
 //! Test helpers: build odd trees, describe a tree completely (content, type, mode,
 //! owner, ns times, symlink targets, xattrs, device numbers, hard-link groups) so two
-//! trees can be compared exactly, run the real `snapring` binary, and a real HTTP
-//! receiver for webhooks.
+//! trees can be compared exactly, run the real `snapring` binary (also without root's
+//! capabilities to read and write anything), and a real HTTP receiver for webhooks.
 #![allow(dead_code)]
 
 pub mod restic;
@@ -205,6 +205,45 @@ pub fn snapring(args: &[&OsStr], env: &[(&str, &str)]) -> Output {
         c.env(k, v);
     }
     c.output().expect("run snapring")
+}
+
+/// `snapring` without the capabilities that let root read and write anything
+/// (`CAP_DAC_OVERRIDE`, `CAP_DAC_READ_SEARCH`: dropped by `setpriv`), as a backup user
+/// other than root runs it; no catalog. The caller adds the arguments.
+pub fn snapring_without_dac() -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--bounding-set=-dac_override,-dac_read_search",
+        "--inh-caps=-dac_override,-dac_read_search",
+    ])
+    .arg(bin())
+    .env("SNAPRING_CATALOG", "off");
+    c
+}
+
+/// Runs `snapring backup --json EXTRA… --source SRC --dest DEST` without root's
+/// capabilities to read and write anything ([`snapring_without_dac`]: a mode-000 file
+/// is unreadable, a 0555 directory unwritable). Returns (exit code, report or null,
+/// stderr).
+pub fn backup_without_dac(
+    src: &Path,
+    dest: &Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value, String) {
+    let out = snapring_without_dac()
+        .args(["backup", "--json"])
+        .args(extra)
+        .arg("--source")
+        .arg(src)
+        .arg("--dest")
+        .arg(dest)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Runs `snapring backup --json` with the given extra args; returns (exit code, report).

@@ -1,8 +1,9 @@
 //! Helpers for the tests on restic repositories (restic_conformance, restic_copy,
 //! restic_faults, restic_prune, restic_runs, restic_s3): the test password, Debian's `restic` found on
 //! the PATH (or a printed SKIPPED line), a `restic` command on a repository that panics
-//! with restic's output when it fails, snapring run with the password, and deterministic
-//! pseudo-random content (so files cut into several chunks). Runs processes.
+//! with restic's output when it fails, snapring run with the password, the arguments of
+//! a restore of the latest snapshot, and deterministic pseudo-random content (so files
+//! cut into several chunks). Runs processes.
 
 use std::ffi::OsStr;
 use std::fmt::Debug;
@@ -64,6 +65,19 @@ pub fn run_restic<S: AsRef<OsStr> + Debug>(
 /// The `--dest` URL of a local repository.
 pub fn file_url(repo: &Path) -> String {
     format!("file://{}", repo.display())
+}
+
+/// The arguments of `snapring restore --dest DEST latest --to TO` (a test appends its
+/// own flags: `[&restore_latest(..)[..], &["--json"]].concat()`).
+pub fn restore_latest<'a>(dest: &'a str, to: &'a Path) -> [&'a str; 6] {
+    [
+        "restore",
+        "--dest",
+        dest,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]
 }
 
 /// Runs snapring with the test password in the environment; returns (code, stdout,
