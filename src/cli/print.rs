@@ -128,21 +128,13 @@ pub fn one_fs_note(s: &snapring::compare::OneFsSummary) -> Option<String> {
     if s.mount_points_skipped == 0 {
         return Some("one file system: no mount point below the live tree".into());
     }
-    let more = s.mount_points_skipped - s.mount_points.len() as u64;
-    Some(format!(
-        "one file system: {} {}: {}{}",
+    Some(mount_points_line(
         s.mount_points_skipped,
-        if s.mount_points_skipped == 1 {
-            "mount point compared as a directory, its contents not"
-        } else {
-            "mount points compared as directories, their contents not"
-        },
-        s.mount_points.join(", "),
-        if more > 0 {
-            format!(", and {more} more")
-        } else {
-            String::new()
-        }
+        &s.mount_points,
+        [
+            "mount point compared as a directory, its contents not",
+            "mount points compared as directories, their contents not",
+        ],
     ))
 }
 
@@ -153,20 +145,30 @@ pub fn mount_points_note(r: &snapring::report::RunReport) -> Option<String> {
     if r.mount_points_skipped == 0 {
         return None;
     }
-    let more = r.mount_points_skipped - r.mount_points.len() as u64;
     Some(format!(
-        "  one file system: {} {}: {}{}",
-        r.mount_points_skipped,
-        if r.mount_points_skipped == 1 {
-            "mount point kept as an empty directory"
-        } else {
-            "mount points kept as empty directories"
-        },
-        r.mount_points.join(", "),
+        "  {}",
+        mount_points_line(
+            r.mount_points_skipped,
+            &r.mount_points,
+            [
+                "mount point kept as an empty directory",
+                "mount points kept as empty directories",
+            ],
+        )
+    ))
+}
+
+/// `one file system: N <what>: a, b, and M more`, `what` in the singular and plural.
+fn mount_points_line(count: u64, named: &[String], what: [&str; 2]) -> String {
+    let more = count.saturating_sub(named.len() as u64);
+    format!(
+        "one file system: {count} {}: {}{}",
+        what[usize::from(count != 1)],
+        named.join(", "),
         if more > 0 {
             format!(", and {more} more")
         } else {
             String::new()
         }
-    ))
+    )
 }
