@@ -55,12 +55,8 @@ impl Env {
     /// A backup that cannot read `d1/f1` (DAC capabilities dropped): `partial`.
     fn partial_backup(&self) -> serde_json::Value {
         chmod(&self.src.join("d1/f1"), 0o000);
-        let out = Command::new("setpriv")
-            .args([
-                "--bounding-set=-dac_override,-dac_read_search",
-                "--inh-caps=-dac_override,-dac_read_search",
-            ])
-            .arg(bin())
+        // The catalog set after `snapring_without_dac`'s "off": the later one counts.
+        let out = snapring_without_dac()
             .env("SNAPRING_CATALOG", &self.catalog)
             .args(["backup", "--json", "--source"])
             .arg(&self.src)
