@@ -71,25 +71,6 @@ fn run(src: &Path, dest: &Path) -> (i32, serde_json::Value) {
     (code, rep)
 }
 
-fn verify_all(dest: &Path) {
-    let out = snapring(
-        &[
-            "verify".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-            "--all".as_ref(),
-        ],
-        &[],
-    );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "verify --all: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A snapshot the rotation must rename made immutable (`daily.1`, which it expires) or
 /// append-only (`daily.0`, which it shifts): the run fails at once naming it and the
 /// `chattr` that clears it, writes no journal and renames nothing; `list` still works;
@@ -138,7 +119,7 @@ fn a_snapshot_the_rotation_cannot_rename_is_refused_before_anything_moves() {
         assert_eq!(code, 0, "{snap}: the run after the flag is cleared: {rep}");
         assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "new");
     }
-    verify_all(&dest);
+    assert_verify_clean(&dest, &["--all"]);
 }
 
 /// An expired snapshot holding an immutable file and an append-only directory: the
@@ -170,7 +151,7 @@ fn an_expired_snapshot_with_immutable_entries_is_named_in_the_report_and_deleted
     );
     assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);
     assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "daily.0");
-    verify_all(&dest);
+    assert_verify_clean(&dest, &["--all"]);
     // The next run says it again; with the flags cleared, the one after empties trash.
     let (code, rep) = run(&src, &dest);
     assert_eq!(code, 0, "{rep}");
@@ -193,7 +174,7 @@ fn an_expired_snapshot_with_immutable_entries_is_named_in_the_report_and_deleted
         left.is_empty(),
         "trash after the flags are cleared: {left:?}"
     );
-    verify_all(&dest);
+    assert_verify_clean(&dest, &["--all"]);
 }
 
 /// A source whose root has no owner write bit (0555), backed up without

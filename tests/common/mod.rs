@@ -825,3 +825,20 @@ pub fn spawn_in_pid_namespace(c: &Command) -> (std::process::Child, u32) {
     .map(|child| (child, pid))
     .unwrap()
 }
+
+/// `snapring verify --dest DEST EXTRA…` (the newest snapshot, or `--all`): asserts exit
+/// 0, with the output in the message.
+pub fn assert_verify_clean(dest: &Path, extra: &[&str]) {
+    let mut args: Vec<&std::ffi::OsStr> =
+        vec!["verify".as_ref(), "--dest".as_ref(), dest.as_os_str()];
+    args.extend(extra.iter().map(std::ffi::OsStr::new));
+    let out = snapring(&args, &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify {}: {}{}",
+        extra.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
