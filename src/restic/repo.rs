@@ -246,36 +246,40 @@ impl Repo {
     /// pack; the error is the first copy's, or all of them when every copy fails.
     pub fn read_blob(&self, kind: BlobType, id: &Id) -> Result<Vec<u8>> {
         let what = || format!("{kind:?} blob {id}");
-        let locations = self.index.locations(kind, id);
-        if locations.is_empty() {
-            return Err(corrupt(what(), "not in any index"));
-        }
+        let first = self
+            .index
+            .get(kind, id)
+            .ok_or_else(|| corrupt(what(), "not in any index"))?;
         let cache = self.tree_cache.as_ref().filter(|_| kind == BlobType::Tree);
         if let Some(plain) = cache.and_then(|c| c.get(&self.key, id)) {
             return Ok(plain);
         }
-        let mut failed: Vec<(Id, Error)> = Vec::new();
-        for (i, loc) in locations.iter().enumerate() {
-            match self.read_blob_at(loc) {
-                Ok((plain, sealed)) => {
-                    if let Some(c) = cache {
-                        c.put(id, &sealed, loc.entry.uncompressed_length);
-                    }
-                    return Ok(plain);
-                }
+        let read = |loc: &Location| -> Result<Vec<u8>> {
+            let (plain, sealed) = self.read_blob_at(loc)?;
+            if let Some(c) = cache {
+                c.put(id, &sealed, loc.entry.uncompressed_length);
+            }
+            Ok(plain)
+        };
+        let mut failed: Vec<(Id, Error)> = match read(&first) {
+            Ok(plain) => return Ok(plain),
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(e) => vec![(first.pack, e)],
+        };
+        // The other copies are looked up only once the first has failed (`locations`
+        // lists the first first).
+        for loc in self.index.locations(kind, id).iter().skip(1) {
+            let (bad, e) = failed.last().expect("the first copy's failure");
+            tracing::warn!(
+                "{}: its copy in pack {bad} cannot be used ({e}); reading its copy in pack {} \
+                 (`restic check` and `restic repair packs` say more)",
+                what(),
+                loc.pack
+            );
+            match read(loc) {
+                Ok(plain) => return Ok(plain),
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
-                Err(e) => {
-                    if let Some(next) = locations.get(i + 1) {
-                        tracing::warn!(
-                            "{}: its copy in pack {} cannot be used ({e}); reading its copy \
-                             in pack {} (`restic check` and `restic repair packs` say more)",
-                            what(),
-                            loc.pack,
-                            next.pack
-                        );
-                    }
-                    failed.push((loc.pack, e));
-                }
+                Err(e) => failed.push((loc.pack, e)),
             }
         }
         if failed.len() == 1 {
