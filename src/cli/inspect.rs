@@ -4,11 +4,11 @@
 
 use std::path::Path;
 
-use snapring::commands::inspect::{DiffReport, Verified, Version};
+use snapring::commands::inspect::{Verified, Version};
 
 use super::args::{DiffArgs, HistoryArgs, VerifyArgs};
 use super::exit_code::{ExitCode, usage};
-use super::print::{self, dash, errln, human, outln};
+use super::print::{self, dash, human, outln};
 
 /// `snapring diff`.
 pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
@@ -26,7 +26,14 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         print::json(&r)?;
     } else {
-        print_diff(&r);
+        let counts = [r.added, r.removed, r.content_changed, r.metadata_changed];
+        print::diff_lines(
+            (&r.from, &r.to),
+            counts,
+            &r.differences,
+            &r.problems,
+            &r.one_fs,
+        );
     }
     Ok(ExitCode::clean_or_partial(r.problems.is_empty()))
 }
@@ -45,28 +52,6 @@ pub(super) fn check_diff(a: &DiffArgs) -> anyhow::Result<()> {
             dir.display()
         )),
         _ => Ok(()),
-    }
-}
-
-/// One line per difference, unreadable paths on stderr, then the counts.
-fn print_diff(r: &DiffReport) {
-    for d in &r.differences {
-        outln!("{} {}  {}", d.change.sign(), d.path, d.detail.join(", "));
-    }
-    for (p, e) in &r.problems {
-        errln!("snapring: cannot read {p}: {e}");
-    }
-    outln!(
-        "{} -> {}: {} added, {} removed, {} changed, {} metadata only",
-        r.from,
-        r.to,
-        r.added,
-        r.removed,
-        r.content_changed,
-        r.metadata_changed
-    );
-    if let Some(note) = print::one_fs_note(&r.one_fs) {
-        outln!("  {note}");
     }
 }
 

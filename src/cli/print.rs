@@ -119,6 +119,30 @@ pub fn problem(p: &Problem) {
     errln!("  {:?}: {} ({}: {})", p.kind, p.path, p.action, p.error);
 }
 
+/// `diff`'s lines, for a store and a repository alike: one line per difference,
+/// unreadable paths on stderr, then the counts (added, removed, changed, metadata only)
+/// and the one-file-system note.
+pub fn diff_lines(
+    (from, to): (&str, &str),
+    [added, removed, changed, metadata]: [u64; 4],
+    differences: &[snapring::compare::Difference],
+    problems: &[(String, String)],
+    one_fs: &snapring::compare::OneFsSummary,
+) {
+    for d in differences {
+        outln!("{} {}  {}", d.change.sign(), d.path, d.detail.join(", "));
+    }
+    for (p, e) in problems {
+        errln!("snapring: cannot read {p}: {e}");
+    }
+    outln!(
+        "{from} -> {to}: {added} added, {removed} removed, {changed} changed, {metadata} metadata only"
+    );
+    if let Some(note) = one_fs_note(one_fs) {
+        outln!("  {note}");
+    }
+}
+
 /// The line `diff`/`verify --against` add when the compare stayed on the live tree's
 /// file system (`--one-file-system`, or a snapshot made with it).
 pub fn one_fs_note(s: &snapring::compare::OneFsSummary) -> Option<String> {

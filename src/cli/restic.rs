@@ -1043,24 +1043,14 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
     if a.json {
         print::json(&r)?;
     } else {
-        for d in &r.differences {
-            outln!("{} {}  {}", d.change.sign(), d.path, d.detail.join(", "));
-        }
-        for (p, e) in &r.problems {
-            print::errln!("snapring: cannot read {p}: {e}");
-        }
-        outln!(
-            "{} -> {}: {} added, {} removed, {} changed, {} metadata only",
-            r.from,
-            r.to,
-            r.added,
-            r.removed,
-            r.content_changed,
-            r.metadata_changed
+        let counts = [r.added, r.removed, r.content_changed, r.metadata_changed];
+        print::diff_lines(
+            (&r.from, &r.to),
+            counts,
+            &r.differences,
+            &r.problems,
+            &r.one_fs,
         );
-        if let Some(note) = print::one_fs_note(&r.one_fs) {
-            outln!("  {note}");
-        }
     }
     Ok(ExitCode::clean_or_partial(r.problems.is_empty()))
 }
