@@ -98,7 +98,8 @@ pub struct DamagedSnapshot {
 
 /// What became of one pack in `data/`.
 enum Fate {
-    Kept(Vec<Entry>),
+    /// Its index entries (`None`: as indexed, unread; `Some`: its blobs that checked).
+    Kept(Option<Vec<Entry>>),
     Added(Vec<Entry>),
     Reread(Vec<Entry>),
     Unreadable(String),
@@ -282,7 +283,7 @@ fn repair_locked(
                     let damaged = header.len() - good.len();
                     let fate = match indexed.get(id) {
                         None => Fate::Added(good),
-                        Some(e) if *e == header => Fate::Kept(good),
+                        Some(e) if *e == header => Fate::Kept(Some(good)),
                         Some(_) => Fate::Reread(good),
                     };
                     Ok((fate, damaged))
@@ -304,7 +305,7 @@ fn repair_locked(
             if let Some(e) = indexed.get(id)
                 && implied_size(e) == *size
             {
-                return Ok(Fate::Kept(e.clone()));
+                return Ok(Fate::Kept(None));
             }
             stop()?;
             match read_pack_header(repo_ro, id, *size) {
@@ -321,8 +322,16 @@ fn repair_locked(
     let mut dropped_indexed = 0u64;
     for ((id, _), fate) in listed.iter().zip(fates) {
         let entries = match fate? {
-            Fate::Kept(e) => {
+            // As indexed: its old entries are the new ones (and none of them is lost).
+            Fate::Kept(None) => {
                 r.packs_kept += 1;
+                indexed.remove(id).expect("a kept pack is indexed")
+            }
+            Fate::Kept(Some(e)) => {
+                r.packs_kept += 1;
+                if indexed.get(id) == Some(&e) {
+                    indexed.remove(id);
+                }
                 e
             }
             Fate::Added(e) => {
@@ -373,6 +382,7 @@ fn repair_locked(
         index.add_pack(p.id, &entries);
     }
     r.blobs_indexed = index.len() as u64;
+    // Only the old entries of packs not kept as they were are left to look at.
     let mut lost: HashSet<(BlobType, Id)> = HashSet::new();
     for e in indexed.values().flatten() {
         if !index.contains(e.kind, &e.id) {
