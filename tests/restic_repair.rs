@@ -423,3 +423,51 @@ fn killed_between_the_new_index_and_the_old_ones_removal_the_repository_is_valid
     assert_eq!(r["packs_added"], 0, "{r}");
     assert!(damaged_ids(&r).is_empty(), "{r}");
 }
+
+/// A repository restic wrote (its packs compressed, its own index files): every pack is
+/// of the size its index entries imply, so a repair reads none and writes nothing;
+/// with restic's index files removed, every pack's header is read and the new index
+/// is one restic checks, and the next snapring backup reads nothing.
+#[test]
+fn a_repository_restic_wrote_is_repaired_as_restic_would() {
+    let Some(restic) = restic_binary("repair index on a repository restic wrote") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("big/random"), &pseudo_random(3 << 20, 5));
+    write(&src.join("big/zeros"), &vec![0u8; 1 << 20]);
+    for i in 0..5 {
+        write(
+            &src.join(format!("s/f{i}")),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
+    run_restic(&restic, &repo, &["init", "--repository-version", "2"]);
+    run_restic(&restic, &repo, &["backup", src.to_str().unwrap()]);
+    let url = file_url(&repo);
+    let packs = files_in(&repo.join("data")).len() as u64;
+    let (code, r) = repair(&url, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["packs_kept"], packs, "{r}");
+    assert_eq!(r["index_rewritten"], false, "{r}");
+    let (code, r) = repair(&url, &["--read-data"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        (&r["packs_kept"], &r["blobs_damaged"]),
+        (&packs.into(), &0.into()),
+        "{r}"
+    );
+    assert_eq!(r["index_rewritten"], false, "{r}");
+
+    for f in files_in(&repo.join("index")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let (code, r) = repair(&url, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["packs_added"], packs, "{r}");
+    assert!(damaged_ids(&r).is_empty(), "{r}");
+    run_restic(&restic, &repo, &["check", "--read-data"]);
+    let b = backup_json(&src, &url);
+    assert_eq!(b["repository"]["files_read"], 0, "{b}");
+}

@@ -176,6 +176,26 @@ fn check_size(entries: &[Entry], size: u64, what: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether two lists name the same blobs at the same places, in any order (restic's
+/// index lists a pack's blobs in another order than its header).
+fn same_entries(a: &[Entry], b: &[Entry]) -> bool {
+    let key = |e: &Entry| {
+        (
+            e.offset,
+            e.length,
+            e.id,
+            e.uncompressed_length,
+            e.kind == BlobType::Tree,
+        )
+    };
+    let sorted = |x: &[Entry]| {
+        let mut v: Vec<_> = x.iter().map(key).collect();
+        v.sort();
+        v
+    };
+    a.len() == b.len() && sorted(a) == sorted(b)
+}
+
 /// The pack `id` read whole: its header, and the entries whose blobs check.
 fn read_whole_pack(repo: &Repo, id: &Id, size: u64) -> Result<(Vec<Entry>, Vec<Entry>)> {
     let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
@@ -283,7 +303,7 @@ fn repair_locked(
                     let damaged = header.len() - good.len();
                     let fate = match indexed.get(id) {
                         None => Fate::Added(good),
-                        Some(e) if *e == header => Fate::Kept(Some(good)),
+                        Some(e) if same_entries(e, &header) => Fate::Kept(Some(good)),
                         Some(_) => Fate::Reread(good),
                     };
                     Ok((fate, damaged))
@@ -329,7 +349,7 @@ fn repair_locked(
             }
             Fate::Kept(Some(e)) => {
                 r.packs_kept += 1;
-                if indexed.get(id) == Some(&e) {
+                if indexed.get(id).is_some_and(|old| same_entries(old, &e)) {
                     indexed.remove(id);
                 }
                 e
