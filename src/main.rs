@@ -7,7 +7,7 @@ mod cli;
 
 use clap::Parser;
 
-use cli::args::{CatalogCmd, Cli, Cmd, ConfigCmd};
+use cli::args::{CatalogCmd, Cli, Cmd, ConfigCmd, RepairCmd};
 use cli::catalog_choice::CatalogChoice;
 use cli::exit_code::ExitCode;
 use cli::print::errln;
@@ -65,6 +65,9 @@ fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::R
         Cmd::Run(a) => backup::run_job(a, cat),
         Cmd::Forget(a) => restic::forget(a),
         Cmd::Prune(a) => restic::prune(a),
+        Cmd::Repair {
+            cmd: RepairCmd::Index(a),
+        } => restic::repair_index(a),
         Cmd::Copy(a) => restic::copy(a, cat),
         Cmd::Restore(a) => match restic::restore_source(&a)? {
             Some((dest, pw)) => restic::restore(a, &dest, pw.as_deref(), cat),

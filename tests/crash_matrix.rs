@@ -181,6 +181,10 @@ const NOT_IN_MATRIX: &[&str] = &[
     "verify.snapshot",
     "restic.pack_written",
     "restic.prune_pack_written",
+    // `repair index` paused before its new index (SIGTERM: nothing changed) and killed
+    // between writing it and removing the old one: tests/restic_repair.rs.
+    "restic.repair_index_before_write",
+    "restic.repair_index_written",
     "shard.size",
     "shard.before_commit",
     "shard.after_commit",

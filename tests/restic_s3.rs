@@ -853,6 +853,48 @@ fn lib_s3(s: &Setup, prefix: &str) -> snapring::restic::s3::S3 {
     snapring::restic::s3::S3::new(&s.endpoint(), BUCKET, prefix, "us-east-1", true, creds).unwrap()
 }
 
+/// `repair index` on S3: the listing's sizes match the packs the index describes (none
+/// re-read); a lost data pack is left out and the snapshot that lost data named; the
+/// next backup reads the unchanged files whose blobs were lost again, and its snapshot
+/// restores equal to the source.
+#[test]
+fn repair_index_leaves_a_lost_pack_out_and_the_next_backup_stores_it_again() {
+    use snapring::restic::backend::{Backend, Kind};
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    source(&src);
+    let dest = format!("s3://{BUCKET}/repos/repair");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let first = s.backup(&src, &dest);
+    let b = lib_s3(&s, "repos/repair");
+    let packs = b.list_sizes(Kind::Pack).unwrap();
+    assert_eq!(packs.len(), 2, "a data and a tree pack: {packs:?}");
+    let out = s.sr_ok(&["repair", "index", "--dest", &dest, "--json"]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["packs_kept"], 2, "sizes as the index implies: {r}");
+    assert_eq!(r["index_rewritten"], false, "{r}");
+
+    let (data, _) = packs.iter().max_by_key(|(_, size)| *size).unwrap();
+    b.remove(Kind::Pack, data).unwrap();
+    let (code, out, err) = s.sr_with(&["repair", "index", "--dest", &dest, "--json"], PASSWORD);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["packs_missing"], 1, "{r}");
+    assert_eq!(r["missing"][0], data.hex(), "{r}");
+    assert_eq!(r["damaged_snapshots"][0]["id"], first["snapshot"], "{r}");
+
+    let second = s.backup(&src, &dest);
+    assert_eq!(second["status"], "complete", "{second}");
+    assert!(
+        second["repository"]["files_read"].as_u64().unwrap() >= 2,
+        "the big files read again: {second}"
+    );
+    s.sr_ok(&["verify", "--dest", &dest, "latest"]);
+    let to = s.t.path().join("restored");
+    s.sr_ok(&restore_latest(&dest, &to));
+    assert_same_tree(&describe(&src), &describe(&to), "restore after the repair");
+}
+
 /// Two `init`s racing past the existence check: the server refuses the second
 /// `config` (If-None-Match: *), so neither overwrites the other's.
 #[test]

@@ -76,6 +76,12 @@ pub enum Cmd {
     /// Remove the data no snapshot of a restic repository references (deletes or
     /// repacks packs, rewrites the index) under an exclusive lock.
     Prune(PruneArgs),
+    /// Repair a restic repository: `repair index` rebuilds the index from the packs
+    /// that are there (after a pack was lost or damaged).
+    Repair {
+        #[command(subcommand)]
+        cmd: RepairCmd,
+    },
     /// Push a snapshot of a hard-link store into a restic repository, reading only the
     /// files that changed since the last snapshot copied there (as the manifests tell).
     Copy(CopyArgs),
@@ -109,6 +115,33 @@ pub enum CatalogCmd {
         #[arg(long)]
         dest: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+pub enum RepairCmd {
+    /// Rebuild a restic repository's index from the packs in data/ (restic `repair
+    /// index`): packs gone or unreadable are left out, packs no index names are added;
+    /// the next backup stores again what the source still has of the lost data. Exit 0
+    /// when every snapshot is whole, 2 when some reference data no pack holds.
+    Index(RepairIndexArgs),
+}
+
+#[derive(Args)]
+pub struct RepairIndexArgs {
+    /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
+    #[arg(long)]
+    pub dest: String,
+    /// Read every pack whole and check every blob (decrypt, hash); a blob that does not
+    /// check is left out of the index, so the next backup stores it again. Without
+    /// it, only the headers of packs the index does not describe are read.
+    #[arg(long)]
+    pub read_data: bool,
+    #[arg(long)]
+    pub json: bool,
+    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
+    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -1,6 +1,7 @@
 //! The process exit codes, in one place: 0 complete, 2 partial, 3 incomplete, 1 failed,
 //! 64 usage error. A backup or restore maps its run status here; `diff` and `verify` use
-//! `Partial` for "finished, but something could not be read or differs"; any error is
+//! `Partial` for "finished, but something could not be read or differs", `repair index`
+//! for "repaired, but a snapshot references data no pack holds"; any error is
 //! `Failed`; a command line clap rejects (a flag's value checked by its `value_parser`
 //! in `args.rs`), or a handler rejects with a `Usage` error (flags that do not go
 //! together, a value only the handler can read), is `Usage`. A closed stdout (`| head -1`) is

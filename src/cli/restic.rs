@@ -1,5 +1,5 @@
 //! The commands on a restic repository (`--dest file:///PATH` or `s3://BUCKET/PREFIX`):
-//! `init`, `backup` (with `--retain`), `list`, `restore`, `forget`, `prune`, `copy`
+//! `init`, `backup` (with `--retain`), `list`, `restore`, `forget`, `prune`, `repair index`, `copy`
 //! from a hard-link store, and the read-only `verify`, `diff` and `history PATH`. Flags a restic repository does not take yet are
 //! refused rather than ignored. The password comes from `snapring::restic::password`,
 //! never printed.
@@ -16,7 +16,7 @@ use snapring::report::{RunReport, Status};
 
 use super::args::{
     BackupArgs, CopyArgs, DiffArgs, FinalizeArgs, ForgetArgs, HistoryArgs, InitArgs, ListArgs,
-    PruneArgs, RestoreArgs, ShardRunArgs, VerifyArgs,
+    PruneArgs, RepairIndexArgs, RestoreArgs, ShardRunArgs, VerifyArgs,
 };
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::{ExitCode, usage};
@@ -832,6 +832,110 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::Complete)
 }
 
+/// `snapring repair index --dest URL [--read-data]`: exit 0 when every snapshot is
+/// whole afterwards, 2 when some reference data no pack holds (the next backup stores
+/// again what the source still has; those snapshots stay damaged), 3 when interrupted.
+pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
+    let cancel = super::cancel_on_signal();
+    let b = backend::from_dest(&a.dest)?;
+    b.watch_cancel(&cancel);
+    let pw = restic::password::resolve(a.password_file.as_deref())?;
+    // Unindexed: an index file that does not read is what this repairs.
+    let mut repo = restic::repo::Repo::open_unindexed(b, &pw)?;
+    repo.use_user_cache();
+    let r = restic::repair::repair_index(&mut repo, a.read_data, &cancel);
+    let r = match stopped(
+        r,
+        &cancel,
+        "the index was not changed; repair again to finish",
+    )? {
+        Ok(r) => r,
+        Err(code) => return Ok(code),
+    };
+    let code = if !r.snapshots_checked {
+        ExitCode::Incomplete
+    } else {
+        ExitCode::clean_or_partial(r.damaged_snapshots.is_empty())
+    };
+    if a.json {
+        print::json(&r)?;
+        return Ok(code);
+    }
+    outln!(
+        "packs: {} in data/, {} kept as indexed, {} added, {} re-read, {} missing, {} unreadable{}",
+        r.packs_listed,
+        r.packs_kept,
+        r.packs_added,
+        r.packs_reread,
+        r.packs_missing,
+        r.packs_unreadable,
+        if r.read_data {
+            " (every pack read)"
+        } else {
+            ""
+        }
+    );
+    for p in &r.missing {
+        outln!("  missing pack {p}");
+    }
+    for p in &r.unreadable {
+        outln!("  unreadable pack {p} (the next prune deletes it)");
+    }
+    if r.index_files_unreadable > 0 {
+        outln!(
+            "{} index files did not read; their packs were read from data/",
+            r.index_files_unreadable
+        );
+    }
+    if r.read_data {
+        outln!("{} blobs damaged (left out of the index)", r.blobs_damaged);
+    }
+    outln!(
+        "{} blobs lost (the old index named them, no pack holds them); {} blobs indexed",
+        r.blobs_lost,
+        r.blobs_indexed
+    );
+    if r.index_rewritten {
+        outln!(
+            "wrote {} index files, removed {} old ones; took {:.2}s",
+            r.index_files_written,
+            r.index_files_removed,
+            r.duration_seconds
+        );
+    } else {
+        outln!("the index matches the packs; nothing written");
+    }
+    if !r.snapshots_checked {
+        print::errln!(
+            "snapring: interrupted while checking the snapshots (the index is rebuilt);              `snapring verify --all` tells which are damaged"
+        );
+        return Ok(code);
+    }
+    for d in &r.damaged_snapshots {
+        outln!(
+            "  {} {} {} {}  references data no pack holds",
+            d.snapshot,
+            d.time,
+            d.hostname,
+            d.paths.join(" ")
+        );
+    }
+    if r.damaged_snapshots.is_empty() {
+        outln!("{} snapshots checked: every one is whole", r.snapshots);
+    } else {
+        outln!(
+            "{} of {} snapshots reference {} data and {} tree blobs no pack holds; the next \
+             backup stores again what the source still has (those snapshots stay damaged: \
+             `snapring verify SNAPSHOT` names their files)",
+            r.damaged_snapshots.len(),
+            r.snapshots,
+            r.missing_data_blobs,
+            r.missing_tree_blobs
+        );
+    }
+    Ok(code)
+}
+
 /// `snapring copy --dest D [--folder F] SNAPSHOT --to URL`: a run like a backup into
 /// the repository (`snapring::job::run_repository`), recorded in the catalog.
 pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
@@ -985,6 +1089,14 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 );
             }
         }
+    }
+    if !a.json && a.against.is_none() && v.iter().any(|x| !x.clean || x.bad_copies > 0) {
+        outln!(
+            "a pack is damaged or gone: `snapring repair index --dest {}` rebuilds the \
+             index from the packs there (`--read-data` also leaves damaged blobs out), then \
+             the next backup stores again what the source still has",
+            a.dest.display()
+        );
     }
     // A blob read from its second copy leaves the snapshot whole, but a pack of the
     // repository is damaged or gone (bit rot, a lost object): that is what a scheduled

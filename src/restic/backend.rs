@@ -57,6 +57,9 @@ pub trait Backend: Send + Sync {
     fn remove(&self, kind: Kind, id: &Id) -> Result<()>;
     /// The ids of every file of a kind, sorted (names that are not ids are left out).
     fn list(&self, kind: Kind) -> Result<Vec<Id>>;
+    /// [`Backend::list`], each file with its size in bytes (`repair index` tells a
+    /// pack cut short or grown from one the index describes without reading it).
+    fn list_sizes(&self, kind: Kind) -> Result<Vec<(Id, u64)>>;
 
     /// snapring's own files beside restic's, under `snapring/` (a shard run's plan,
     /// claims and commits, `shard::repository`): `rel` is relative to the repository's
@@ -212,6 +215,20 @@ impl Backend for Local {
             out = ids_in(&dir)?;
         }
         out.sort();
+        Ok(out)
+    }
+
+    fn list_sizes(&self, kind: Kind) -> Result<Vec<(Id, u64)>> {
+        let mut out = Vec::new();
+        for id in self.list(kind)? {
+            let p = self.path(kind, &id);
+            match std::fs::symlink_metadata(&p) {
+                Ok(md) => out.push((id, md.len())),
+                // Removed since the listing (a prune of another host): not there.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(io_err("stat", &p)(e)),
+            }
+        }
         Ok(out)
     }
 

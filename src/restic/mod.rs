@@ -27,6 +27,7 @@ pub mod pack;
 pub mod password;
 pub mod prune;
 pub mod reader;
+pub mod repair;
 pub mod repo;
 pub mod restore;
 pub mod s3;

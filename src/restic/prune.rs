@@ -146,7 +146,8 @@ fn mark(
                     return Err(corrupt(
                         format!("data blob {c} of tree {t}"),
                         "not in any index; prune would lose data, so it stops \
-                         (`restic check` says more)",
+                         (`snapring repair index` adds packs no index names, and names the \
+                         snapshots that reference lost data: forget those, then prune)",
                     ));
                 }
                 used.insert((BlobType::Data, c));
@@ -212,7 +213,9 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<P
                     format!("pack {pack}"),
                     format!(
                         "named by the index but missing, and {:?} blob {} is in no other \
-                         pack; prune stops (`restic check` says more)",
+                         pack; prune stops (`snapring repair index` rebuilds the index from \
+                         the packs there and names the snapshots that lost data; the next \
+                         backup stores again what the source still has)",
                         e.kind, e.id
                     ),
                 ));

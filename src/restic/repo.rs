@@ -113,6 +113,14 @@ impl Repo {
 
     /// Opens the repository in `backend` with `password` and loads its index.
     pub fn open_in(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repo> {
+        let mut repo = Repo::open_unindexed(backend, password)?;
+        repo.load_index()?;
+        Ok(repo)
+    }
+
+    /// [`Repo::open_in`] without reading the index files (`repair index` reads them
+    /// itself, one that does not read among them): the index is empty.
+    pub fn open_unindexed(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repo> {
         let Some(sealed) = backend.read_config()? else {
             return Err(not_a_repository(&backend.location()));
         };
@@ -129,7 +137,7 @@ impl Repo {
         }
         let pol = u64::from_str_radix(&config.chunker_polynomial, 16)
             .map_err(|e| corrupt("config chunker_polynomial", e))?;
-        let mut repo = Repo {
+        Ok(Repo {
             backend,
             key,
             config,
@@ -137,9 +145,7 @@ impl Repo {
             index: Index::default(),
             index_files: Default::default(),
             tree_cache: None,
-        };
-        repo.load_index()?;
-        Ok(repo)
+        })
     }
 
     /// Keeps trees in the user's cache directory (`TreeCache::for_repository`), as the

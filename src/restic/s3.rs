@@ -595,6 +595,15 @@ impl S3 {
     /// (a prune that misses snapshots deletes their data), so a server that says there
     /// is more but gives no way to it, or the same page again, is an error.
     fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_keys_sized(prefix)?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// [`S3::list_keys`], each key with the size the listing gives (`None`: none given).
+    fn list_keys_sized(&self, prefix: &str) -> Result<Vec<SizedKey>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -638,7 +647,7 @@ impl S3 {
         &self,
         prefix: &str,
         token: Option<&str>,
-    ) -> Result<(Vec<String>, Option<String>)> {
+    ) -> Result<(Vec<SizedKey>, Option<String>)> {
         let mut query = vec![
             ("list-type".to_string(), "2".to_string()),
             ("prefix".to_string(), prefix.to_string()),
@@ -659,8 +668,14 @@ impl S3 {
         if resp.status != 200 {
             return Err(self.failed(&what, &resp));
         }
-        list_page_of(&String::from_utf8_lossy(&resp.body))
-            .map_err(|why| Error::Other(format!("cannot {what}: {why}")))
+        let xml = String::from_utf8_lossy(&resp.body);
+        let (keys, next) =
+            list_page_of(&xml).map_err(|why| Error::Other(format!("cannot {what}: {why}")))?;
+        let mut sizes = sizes_of(&xml);
+        if sizes.len() != keys.len() {
+            sizes = vec![None; keys.len()];
+        }
+        Ok((keys.into_iter().zip(sizes).collect(), next))
     }
 }
 
@@ -775,6 +790,31 @@ impl Backend for S3 {
             .collect();
         out.sort();
         out.dedup();
+        Ok(out)
+    }
+
+    fn list_sizes(&self, kind: Kind) -> Result<Vec<(Id, u64)>> {
+        let prefix = format!("{}/", self.key(kind.dir()));
+        let mut out = Vec::new();
+        for (k, size) in self.list_keys_sized(&prefix)? {
+            let Some(id) = k
+                .rsplit('/')
+                .next()
+                .filter(|n| n.len() == 64)
+                .and_then(|n| Id::parse(n).ok())
+            else {
+                continue;
+            };
+            let Some(size) = size else {
+                return Err(Error::Other(format!(
+                    "cannot list {}: the server gives no <Size> of {k}",
+                    self.url_of(&prefix)
+                )));
+            };
+            out.push((id, size));
+        }
+        out.sort();
+        out.dedup_by_key(|(id, _)| *id);
         Ok(out)
     }
 
@@ -1275,6 +1315,29 @@ fn list_page_of(xml: &str) -> std::result::Result<(Vec<String>, Option<String>),
     }
 }
 
+/// A listed key and its size, where the listing gives one.
+type SizedKey = (String, Option<u64>);
+
+/// The `<Size>` of each `<Contents>` of a listing, in order (`None` where one has none).
+fn sizes_of(xml: &str) -> Vec<Option<u64>> {
+    let mut out = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find("<Contents>") {
+        let after = &rest[start + "<Contents>".len()..];
+        let Some(end) = after.find("</Contents>") else {
+            break;
+        };
+        let block = &after[..end];
+        out.push(
+            xml_values(block, "Size")
+                .first()
+                .and_then(|s| s.trim().parse().ok()),
+        );
+        rest = &after[end..];
+    }
+    out
+}
+
 /// The text of every `<tag>…</tag>` in an XML document, entities decoded.
 fn xml_values(xml: &str, tag: &str) -> Vec<String> {
     let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
@@ -1414,6 +1477,10 @@ mod tests {
         };
         let (keys, next) = list_page_of(&page("false", "")).unwrap();
         assert_eq!(keys, ["p/snapshots/a", "p/snapshots/b"]);
+        assert_eq!(sizes_of(&page("false", "")), [None, None]);
+        let sized = "<ListBucketResult><Contents><Key>a</Key><Size>12</Size></Contents>\
+                     <Contents><Key>b</Key><Size>0</Size></Contents></ListBucketResult>";
+        assert_eq!(sizes_of(sized), [Some(12), Some(0)]);
         assert_eq!(next, None);
         let (_, next) = list_page_of(&page(
             "true",

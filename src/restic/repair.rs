@@ -1,0 +1,564 @@
+//! `snapring repair index --dest …`: rebuilds the index from the packs that are really
+//! in `data/` (restic's `repair index`), so a lost or damaged pack stops being counted
+//! on: the next backup reads again every file whose blobs it held (`backup`'s unchanged
+//! files keep their blob list only while every blob is indexed) and stores them anew,
+//! and `prune` runs again. Under the exclusive lock: the index files are read (one
+//! that does not read is left out; its packs are found in `data/`), `data/` is listed
+//! with sizes; an indexed pack of the size its entries imply keeps its entries unread;
+//! the header of every other pack there (not indexed, or of another size) is read and
+//! its blobs added, or the pack is left out if the header does not read or does not
+//! match its size (the next `prune` deletes it, as any pack no index names); indexed
+//! packs that are gone are left out. With `read_data` every pack is read whole and
+//! every blob decrypted and hashed, and a blob that does not check is left out (so the
+//! next backup stores it again rather than deduplicating against the damaged copy).
+//! The new index files are written first, then the old ones removed: a crash between
+//! leaves both, which restic accepts (a blob named twice). The cancel flag stops it
+//! before the new index is written, with nothing changed. Then every snapshot's trees
+//! are walked against the new index to tell which snapshots reference data no pack
+//! holds. Does I/O through `repo`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+
+use super::backend::Kind;
+use super::crypto::OVERHEAD;
+use super::index::{Index, IndexFile, PackJson};
+use super::pack::{BlobType, Entry, open_blob, read_header};
+use super::repo::Repo;
+use super::snapshot;
+use super::{Error, Id, Result};
+
+/// Packs whose header is read at once (each one or two ranged reads; on S3 a round
+/// trip each).
+const HEADER_READS: usize = 8;
+/// Packs read whole at once with `read_data` (each held in memory while checked).
+const PACK_READS: usize = 4;
+/// Bytes read from a pack's end for its header in one go: the header of a pack of up
+/// to about 1,500 blobs; a bigger one takes a second read.
+const TAIL: u64 = 64 * 1024;
+
+/// What `repair index` did.
+#[derive(Debug, Default, Serialize)]
+pub struct RepairReport {
+    /// Whether every pack was read whole and every blob checked (`--read-data`).
+    pub read_data: bool,
+    /// Index files read, and those that did not read (their packs found in `data/`).
+    pub index_files_read: u64,
+    pub index_files_unreadable: u64,
+    /// Packs in `data/`.
+    pub packs_listed: u64,
+    /// Indexed packs of the size their entries imply, kept as indexed (unread).
+    pub packs_kept: u64,
+    /// Packs no index named, their headers read and their blobs added.
+    pub packs_added: u64,
+    /// Indexed packs of another size than their entries imply, or (with `read_data`)
+    /// whose header differs from their entries: their headers read, taken as they say.
+    pub packs_reread: u64,
+    /// Indexed packs gone from `data/`: left out.
+    pub packs_missing: u64,
+    /// Packs whose header does not read or does not match their size: left out (the
+    /// next `prune` deletes them).
+    pub packs_unreadable: u64,
+    pub unreadable: Vec<String>,
+    pub missing: Vec<String>,
+    /// Blobs (with `read_data`) that do not decrypt or hash to their id: left out.
+    pub blobs_damaged: u64,
+    /// Blobs the old index named that no pack of the new one holds.
+    pub blobs_lost: u64,
+    /// Blobs in the new index.
+    pub blobs_indexed: u64,
+    /// Whether a new index was written (not when it would say what the old one says).
+    pub index_rewritten: bool,
+    pub index_files_written: u64,
+    pub index_files_removed: u64,
+    /// Whether every snapshot's trees were walked against the new index (not when
+    /// interrupted after the index was written).
+    pub snapshots_checked: bool,
+    pub snapshots: u64,
+    /// The snapshots that reference a blob no pack holds (or a tree that does not
+    /// read), oldest first.
+    pub damaged_snapshots: Vec<DamagedSnapshot>,
+    /// Distinct blobs the snapshots reference that no pack holds.
+    pub missing_data_blobs: u64,
+    pub missing_tree_blobs: u64,
+    pub duration_seconds: f64,
+}
+
+/// A snapshot that references data no pack holds.
+#[derive(Debug, Serialize)]
+pub struct DamagedSnapshot {
+    pub snapshot: String,
+    pub id: String,
+    pub time: String,
+    pub hostname: String,
+    pub paths: Vec<String>,
+}
+
+/// What became of one pack in `data/`.
+enum Fate {
+    /// Its index entries (`None`: as indexed, unread; `Some`: its blobs that checked).
+    Kept(Option<Vec<Entry>>),
+    Added(Vec<Entry>),
+    Reread(Vec<Entry>),
+    Unreadable(String),
+}
+
+/// The size of a pack holding `entries` (restic's `pack.CalculateHeaderSize` plus the
+/// blobs): the blobs, the sealed header of 37 bytes per entry (41 compressed), and the
+/// header's 4-byte length.
+pub fn implied_size(entries: &[Entry]) -> u64 {
+    let blobs: u64 = entries.iter().map(|e| e.length as u64).sum();
+    let header: u64 = entries
+        .iter()
+        .map(|e| {
+            37 + if e.uncompressed_length.is_some() {
+                4
+            } else {
+                0
+            }
+        })
+        .sum();
+    blobs + OVERHEAD as u64 + header + 4
+}
+
+/// A pack's read that leaves the pack out of the index: it does not decrypt or parse,
+/// or it is gone since the listing. Any other error (a disk or a server failing) stops
+/// the repair: a good pack left out would be deleted by the next prune.
+fn unreadable(e: &Error) -> bool {
+    match e {
+        Error::Corrupt { .. } => true,
+        Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
+        _ => false,
+    }
+}
+
+/// The header of the pack `id` of `size` bytes, checked against the size.
+fn read_pack_header(repo: &Repo, id: &Id, size: u64) -> Result<Vec<Entry>> {
+    let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
+    if size < (4 + OVERHEAD) as u64 {
+        return Err(super::corrupt(
+            &what,
+            format!("{size} bytes is too short for a pack"),
+        ));
+    }
+    let tail_len = size.min(TAIL);
+    let mut tail = repo
+        .backend
+        .read_range(id, size - tail_len, tail_len as usize)?;
+    let n = u32::from_le_bytes(tail[tail.len() - 4..].try_into().expect("4 bytes")) as u64;
+    if n + 4 > size {
+        return Err(super::corrupt(
+            &what,
+            format!("header length {n} beyond the pack's {size} bytes"),
+        ));
+    }
+    if n + 4 > tail_len {
+        tail = repo
+            .backend
+            .read_range(id, size - n - 4, (n + 4) as usize)?;
+    }
+    let entries = read_header(&repo.key, &tail, &what)?;
+    check_size(&entries, size, &what)?;
+    Ok(entries)
+}
+
+/// A header that does not describe a pack of `size` bytes is not taken.
+fn check_size(entries: &[Entry], size: u64, what: &str) -> Result<()> {
+    let implied = implied_size(entries);
+    if implied != size {
+        return Err(super::corrupt(
+            what,
+            format!("its header describes {implied} bytes, the pack has {size}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two lists name the same blobs at the same places, in any order (restic's
+/// index lists a pack's blobs in another order than its header).
+fn same_entries(a: &[Entry], b: &[Entry]) -> bool {
+    let key = |e: &Entry| {
+        (
+            e.offset,
+            e.length,
+            e.id,
+            e.uncompressed_length,
+            e.kind == BlobType::Tree,
+        )
+    };
+    let sorted = |x: &[Entry]| {
+        let mut v: Vec<_> = x.iter().map(key).collect();
+        v.sort();
+        v
+    };
+    a.len() == b.len() && sorted(a) == sorted(b)
+}
+
+/// The pack `id` read whole: its header, and the entries whose blobs check.
+fn read_whole_pack(repo: &Repo, id: &Id, size: u64) -> Result<(Vec<Entry>, Vec<Entry>)> {
+    let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
+    let bytes = repo.backend.read(Kind::Pack, id)?;
+    let header = read_header(&repo.key, &bytes, &what)?;
+    check_size(&header, bytes.len() as u64, &what)?;
+    if bytes.len() as u64 != size {
+        tracing::warn!("{what}: {size} bytes listed, {} read", bytes.len());
+    }
+    let mut good = Vec::with_capacity(header.len());
+    for e in &header {
+        let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+        match open_blob(&repo.key, sealed, e) {
+            Ok(_) => good.push(e.clone()),
+            Err(x) => tracing::warn!("{what}: {x}; left out of the index"),
+        }
+    }
+    Ok((header, good))
+}
+
+/// Rebuilds the index of `repo` from its packs (see the module's notes). `cancel` set
+/// stops it with [`Error::Cancelled`] before the new index is written; set later, it
+/// ends the snapshots' check (`snapshots_checked` false).
+pub fn repair_index(repo: &mut Repo, read_data: bool, cancel: &AtomicBool) -> Result<RepairReport> {
+    let started = std::time::Instant::now();
+    repo.check_writable()?;
+    let lock = super::lock::acquire(repo, true)?;
+    let r = repair_locked(repo, read_data, cancel, &lock);
+    let released = lock.release();
+    let mut r = r?;
+    released?;
+    r.duration_seconds = started.elapsed().as_secs_f64();
+    Ok(r)
+}
+
+fn repair_locked(
+    repo: &mut Repo,
+    read_data: bool,
+    cancel: &AtomicBool,
+    lock: &super::lock::Guard,
+) -> Result<RepairReport> {
+    let stop = || match cancel.load(Ordering::Relaxed) {
+        true => Err(Error::Cancelled),
+        false => Ok(()),
+    };
+    let mut r = RepairReport {
+        read_data,
+        ..Default::default()
+    };
+    // 1. The old index: each pack's entries as first named.
+    let old_files = repo.backend.list(Kind::Index)?;
+    let mut indexed: HashMap<Id, Vec<Entry>> = HashMap::new();
+    let mut order: Vec<Id> = Vec::new();
+    for idx in &old_files {
+        stop()?;
+        let f: IndexFile = match repo.load_json(Kind::Index, idx) {
+            Ok(f) => f,
+            Err(e @ Error::Corrupt { .. }) => {
+                tracing::warn!("{e}: left out; its packs are read from data/");
+                r.index_files_unreadable += 1;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        r.index_files_read += 1;
+        for p in f.packs {
+            if indexed.contains_key(&p.id) {
+                continue;
+            }
+            let entries = p
+                .blobs
+                .iter()
+                .map(|b| Entry {
+                    kind: b.kind,
+                    id: b.id,
+                    offset: b.offset,
+                    length: b.length,
+                    uncompressed_length: b.uncompressed_length,
+                })
+                .collect();
+            order.push(p.id);
+            indexed.insert(p.id, entries);
+        }
+    }
+    // 2. What is in data/, and what each pack becomes.
+    let listed = repo.backend.list_sizes(Kind::Pack)?;
+    r.packs_listed = listed.len() as u64;
+    let present: HashSet<Id> = listed.iter().map(|(id, _)| *id).collect();
+    for id in &order {
+        if !present.contains(id) {
+            tracing::warn!(
+                "pack {} is named by the index but gone; left out of the new index",
+                repo.backend.file_location(Kind::Pack, id)
+            );
+            r.packs_missing += 1;
+            r.missing.push(id.hex());
+        }
+    }
+    let repo_ro = &*repo;
+    let fates: Vec<Result<Fate>> = if read_data {
+        crate::util::par_map(PACK_READS, &listed, |(id, size)| {
+            stop()?;
+            match read_whole_pack(repo_ro, id, *size) {
+                Ok((header, good)) => {
+                    let damaged = header.len() - good.len();
+                    let fate = match indexed.get(id) {
+                        None => Fate::Added(good),
+                        Some(e) if same_entries(e, &header) => Fate::Kept(Some(good)),
+                        Some(_) => Fate::Reread(good),
+                    };
+                    Ok((fate, damaged))
+                }
+                Err(e) if unreadable(&e) => Ok((Fate::Unreadable(e.to_string()), 0)),
+                Err(e) => Err(e),
+            }
+        })
+        .into_iter()
+        .map(|x| {
+            x.map(|(f, damaged)| {
+                r.blobs_damaged += damaged as u64;
+                f
+            })
+        })
+        .collect()
+    } else {
+        crate::util::par_map(HEADER_READS, &listed, |(id, size)| {
+            if let Some(e) = indexed.get(id)
+                && implied_size(e) == *size
+            {
+                return Ok(Fate::Kept(None));
+            }
+            stop()?;
+            match read_pack_header(repo_ro, id, *size) {
+                Ok(h) if indexed.contains_key(id) => Ok(Fate::Reread(h)),
+                Ok(h) => Ok(Fate::Added(h)),
+                Err(e) if unreadable(&e) => Ok(Fate::Unreadable(e.to_string())),
+                Err(e) => Err(e),
+            }
+        })
+    };
+    // 3. The new index.
+    let mut new_packs: Vec<PackJson> = Vec::new();
+    // Indexed packs left out as unreadable (one in no index changes nothing).
+    let mut dropped_indexed = 0u64;
+    for ((id, _), fate) in listed.iter().zip(fates) {
+        let entries = match fate? {
+            // As indexed: its old entries are the new ones (and none of them is lost).
+            Fate::Kept(None) => {
+                r.packs_kept += 1;
+                indexed.remove(id).expect("a kept pack is indexed")
+            }
+            Fate::Kept(Some(e)) => {
+                r.packs_kept += 1;
+                if indexed.get(id).is_some_and(|old| same_entries(old, &e)) {
+                    indexed.remove(id);
+                }
+                e
+            }
+            Fate::Added(e) => {
+                tracing::warn!(
+                    "pack {} is in no index; its blobs are added",
+                    repo.backend.file_location(Kind::Pack, id)
+                );
+                r.packs_added += 1;
+                e
+            }
+            Fate::Reread(e) => {
+                tracing::warn!(
+                    "pack {} differs from its index entries; taken as its header says",
+                    repo.backend.file_location(Kind::Pack, id)
+                );
+                r.packs_reread += 1;
+                e
+            }
+            Fate::Unreadable(why) => {
+                if indexed.contains_key(id) {
+                    dropped_indexed += 1;
+                }
+                tracing::warn!(
+                    "{why}; left out of the new index (the next prune deletes the pack)"
+                );
+                r.packs_unreadable += 1;
+                r.unreadable.push(id.hex());
+                continue;
+            }
+        };
+        if !entries.is_empty() {
+            new_packs.push(PackJson::new(*id, &entries));
+        }
+    }
+    let mut index = Index::default();
+    for p in &new_packs {
+        let entries: Vec<Entry> = p
+            .blobs
+            .iter()
+            .map(|b| Entry {
+                kind: b.kind,
+                id: b.id,
+                offset: b.offset,
+                length: b.length,
+                uncompressed_length: b.uncompressed_length,
+            })
+            .collect();
+        index.add_pack(p.id, &entries);
+    }
+    r.blobs_indexed = index.len() as u64;
+    // Only the old entries of packs not kept as they were are left to look at.
+    let mut lost: HashSet<(BlobType, Id)> = HashSet::new();
+    for e in indexed.values().flatten() {
+        if !index.contains(e.kind, &e.id) {
+            lost.insert((e.kind, e.id));
+        }
+    }
+    r.blobs_lost = lost.len() as u64;
+    // 4. Written, then the old files removed; nothing to write when the index would
+    // say what it said (every indexed pack kept as it was, every index file read).
+    let changed = r.packs_added
+        + r.packs_reread
+        + r.packs_missing
+        + dropped_indexed
+        + r.blobs_damaged
+        + r.index_files_unreadable
+        > 0;
+    // A SIGTERM here (the tests pause here) stops it with nothing changed.
+    crate::failpoint::hit("restic.repair_index_before_write").map_err(super::io_err(
+        "write",
+        format!("{}/index", repo.backend.location()),
+    ))?;
+    // The last point to stop at with nothing changed.
+    stop()?;
+    if changed {
+        lock.check()?;
+        r.index_rewritten = true;
+        for packs in super::repo::index_file_groups(new_packs) {
+            let f = IndexFile {
+                supersedes: old_files.clone(),
+                packs,
+            };
+            repo.save_json(Kind::Index, &f)?;
+            r.index_files_written += 1;
+        }
+        crate::failpoint::hit("restic.repair_index_written").map_err(super::io_err(
+            "write",
+            format!("{}/index", repo.backend.location()),
+        ))?;
+        // A new file never has an old one's id: each is sealed with a fresh IV.
+        for idx in &old_files {
+            repo.backend.remove(Kind::Index, idx)?;
+            r.index_files_removed += 1;
+        }
+    }
+    repo.index = index;
+    // 5. Which snapshots reference what no pack holds.
+    check_snapshots(repo, &mut r, cancel)?;
+    Ok(r)
+}
+
+/// Walks every readable snapshot's trees against `repo.index`; a tree is walked once.
+fn check_snapshots(repo: &Repo, r: &mut RepairReport, cancel: &AtomicBool) -> Result<()> {
+    let snaps = snapshot::load_readable(repo)?;
+    r.snapshots = snaps.len() as u64;
+    let mut memo: HashMap<Id, bool> = HashMap::new();
+    let mut missing_data: HashSet<Id> = HashSet::new();
+    let mut missing_trees: HashSet<Id> = HashSet::new();
+    for (id, s) in &snaps {
+        let bad = match damaged(
+            repo,
+            s.tree,
+            &mut memo,
+            &mut missing_data,
+            &mut missing_trees,
+            cancel,
+        ) {
+            Ok(b) => b,
+            Err(Error::Cancelled) => {
+                r.snapshots_checked = false;
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if bad {
+            r.damaged_snapshots.push(DamagedSnapshot {
+                snapshot: id.hex()[..8].to_string(),
+                id: id.hex(),
+                time: s.time.clone(),
+                hostname: s.hostname.clone(),
+                paths: s.paths.clone(),
+            });
+        }
+    }
+    r.snapshots_checked = true;
+    r.missing_data_blobs = missing_data.len() as u64;
+    r.missing_tree_blobs = missing_trees.len() as u64;
+    Ok(())
+}
+
+/// Whether the tree `id` or anything under it is a blob no pack holds (or a tree that
+/// does not read). Recursion as deep as the directories are.
+fn damaged(
+    repo: &Repo,
+    id: Id,
+    memo: &mut HashMap<Id, bool>,
+    missing_data: &mut HashSet<Id>,
+    missing_trees: &mut HashSet<Id>,
+    cancel: &AtomicBool,
+) -> Result<bool> {
+    if let Some(&b) = memo.get(&id) {
+        return Ok(b);
+    }
+    if cancel.load(Ordering::Relaxed) {
+        return Err(Error::Cancelled);
+    }
+    let tree = if repo.index.contains(BlobType::Tree, &id) {
+        match repo.read_tree(&id) {
+            Ok(t) => Some(t),
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(e) => {
+                tracing::warn!("tree {id} does not read: {e}");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let Some(tree) = tree else {
+        missing_trees.insert(id);
+        memo.insert(id, true);
+        return Ok(true);
+    };
+    let mut bad = false;
+    for n in &tree.nodes {
+        for c in n.content.iter().flatten() {
+            if !repo.index.contains(BlobType::Data, c) {
+                missing_data.insert(*c);
+                bad = true;
+            }
+        }
+        if let Some(sub) = n.subtree {
+            bad |= damaged(repo, sub, memo, missing_data, missing_trees, cancel)?;
+        }
+    }
+    memo.insert(id, bad);
+    Ok(bad)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::restic::crypto::Key;
+    use crate::restic::pack::PackBuilder;
+
+    /// The size implied by a pack's entries is the size of the pack built from them.
+    #[test]
+    fn implied_size_is_the_built_packs_size() {
+        let key = Key::random();
+        let mut b = PackBuilder::default();
+        b.add(&key, BlobType::Data, Id::hash(&[b'a'; 5000]), &[b'a'; 5000]);
+        let noise: Vec<u8> = (0..3000u32).map(|i| (i * 7919 % 251) as u8).collect();
+        b.add(&key, BlobType::Tree, Id::hash(&noise), &noise);
+        b.add(&key, BlobType::Data, Id::hash(b""), b"");
+        let (_, bytes, entries) = b.finish(&key);
+        assert!(entries.iter().any(|e| e.uncompressed_length.is_some()));
+        assert!(entries.iter().any(|e| e.uncompressed_length.is_none()));
+        assert_eq!(implied_size(&entries), bytes.len() as u64);
+    }
+}

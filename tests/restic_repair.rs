@@ -1,0 +1,473 @@
+//! `snapring repair index` on a damaged restic repository (restic's `repair index`): a
+//! lost data pack is left out of the index, which names the snapshots that lost data;
+//! the next backup then reads again the unchanged files whose blobs were lost and
+//! stores them (it does not deduplicate against blobs no pack holds), so its snapshot
+//! restores whole, `restic check --read-data` agrees, and `prune` runs again once the
+//! snapshots still damaged are forgotten. A pack no index names is added back; a pack
+//! whose header does not read is left out (and `--read-data` finds one whose size is
+//! right); a damaged blob is left out with `--read-data`. SIGTERM before the new index
+//! changes nothing; a kill between the new index and the old one's removal leaves a
+//! repository restic accepts. The S3 case is in tests/restic_s3.rs.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::restic::*;
+use common::*;
+
+/// snapring with the test password and no tree cache (the trees come from the
+/// repository, as on another machine); (exit code, stdout, stderr).
+fn sr_nc(args: &[&str]) -> (i32, String, String) {
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = snapring(
+        &a,
+        &[("SNAPRING_PASSWORD", PASSWORD), ("SNAPRING_CACHE", "off")],
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn backup_json(src: &Path, url: &str) -> serde_json::Value {
+    let (code, out, err) = sr_nc(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        url,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "backup: {out}\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// `repair index --json` (with `extra`): its exit code and report.
+fn repair(url: &str, extra: &[&str]) -> (i32, serde_json::Value) {
+    let args = [&["repair", "index", "--dest", url, "--json"][..], extra].concat();
+    let (code, out, err) = sr_nc(&args);
+    let r = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    (code, r)
+}
+
+fn files_in(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_in(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out.sort();
+    out
+}
+
+fn damaged_ids(r: &serde_json::Value) -> Vec<String> {
+    r["damaged_snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A repository of two snapshots: the first of three small files, the second adding a
+/// big file and `gone/x`, whose data is in a pack of its own.
+struct Two {
+    t: tempfile::TempDir,
+    src: PathBuf,
+    repo: PathBuf,
+    url: String,
+    first: String,
+    second: String,
+    /// The second backup's data pack (the big file's and `gone/x`'s blobs).
+    data2: PathBuf,
+    /// The index file the second backup wrote.
+    index2: PathBuf,
+}
+
+fn two_backups() -> Two {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    for i in 0..3 {
+        write(
+            &src.join("a").join(format!("f{i}")),
+            format!("small {i}\n").as_bytes(),
+        );
+    }
+    let url = file_url(&repo);
+    let (code, out, err) = sr_nc(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let first = backup_json(&src, &url)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let packs1 = files_in(&repo.join("data"));
+    let index1 = files_in(&repo.join("index"));
+    write(&src.join("big/random"), &pseudo_random(3 << 20, 11));
+    write(&src.join("gone/x"), b"only in the second snapshot\n");
+    let second = backup_json(&src, &url)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut new: Vec<(u64, PathBuf)> = files_in(&repo.join("data"))
+        .into_iter()
+        .filter(|p| !packs1.contains(p))
+        .map(|p| (std::fs::metadata(&p).unwrap().len(), p))
+        .collect();
+    new.sort();
+    assert_eq!(new.len(), 2, "a data and a tree pack: {new:?}");
+    let index2: Vec<PathBuf> = files_in(&repo.join("index"))
+        .into_iter()
+        .filter(|p| !index1.contains(p))
+        .collect();
+    assert_eq!(index2.len(), 1, "{index2:?}");
+    Two {
+        data2: new.pop().unwrap().1,
+        index2: index2[0].clone(),
+        t,
+        src,
+        repo,
+        url,
+        first,
+        second,
+    }
+}
+
+#[test]
+fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
+    let w = two_backups();
+    let url = &w.url;
+    std::fs::remove_file(&w.data2).unwrap();
+
+    // verify finds the damage and points to the repair.
+    let (code, out, err) = sr_nc(&["verify", "--dest", url, "latest"]);
+    assert_eq!(code, 2, "verify: {out}\n{err}");
+    assert!(out.contains("`snapring repair index --dest"), "{out}");
+    // prune is stuck, and says what to do.
+    let (code, out, err) = sr_nc(&["prune", "--dest", url]);
+    assert_eq!(code, 1, "prune: {out}\n{err}");
+    assert!(err.contains("snapring repair index"), "{err}");
+
+    let (code, r) = repair(url, &[]);
+    assert_eq!(code, 2, "a snapshot lost data: {r}");
+    assert_eq!(r["packs_missing"], 1, "{r}");
+    assert_eq!(r["packs_kept"], 3, "{r}");
+    assert_eq!(r["packs_added"], 0, "{r}");
+    assert_eq!(r["packs_unreadable"], 0, "{r}");
+    assert!(r["blobs_lost"].as_u64().unwrap() >= 2, "{r}");
+    assert_eq!(r["index_rewritten"], true, "{r}");
+    assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
+    assert!(r["missing_data_blobs"].as_u64().unwrap() >= 2, "{r}");
+    // Again: the index matches the packs; the snapshot is still damaged.
+    let (code, out, err) = sr_nc(&["repair", "index", "--dest", url]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains("nothing written"), "{out}");
+    assert!(
+        out.contains(&format!("{} ", &w.second[..8]))
+            && out.contains("references data no pack holds"),
+        "{out}"
+    );
+    assert!(out.contains("the next backup stores again"), "{out}");
+
+    // The next backup, `gone/x` removed from the source: the big file is unchanged
+    // against the parent, but its blobs are in no pack, so it is read again.
+    std::fs::remove_dir_all(w.src.join("gone")).unwrap();
+    let third = backup_json(&w.src, url);
+    let repo3 = &third["repository"];
+    assert_eq!(third["status"], "complete", "{third}");
+    assert_eq!(third["based_on"], w.second.as_str(), "{third}");
+    assert_eq!(repo3["files_read"], 1, "the big file read again: {third}");
+    assert_eq!(repo3["files_unchanged"], 3, "{third}");
+    let (code, out, err) = sr_nc(&["verify", "--dest", url, "latest"]);
+    assert_eq!(code, 0, "verify: {out}\n{err}");
+    let to = w.t.path().join("restored");
+    let (code, out, err) = sr_nc(&restore_latest(url, &to));
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert_same_tree(
+        &describe(&w.src),
+        &describe(&to),
+        "restored after the repair",
+    );
+
+    // Only `gone/x` is lost for good: the second snapshot stays damaged, the first
+    // was never.
+    let (code, r) = repair(url, &[]);
+    assert_eq!(code, 2, "{r}");
+    assert_eq!(r["index_rewritten"], false, "{r}");
+    assert_eq!(r["snapshots"], 3, "{r}");
+    assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
+    assert_eq!(r["missing_data_blobs"], 1, "{r}");
+    let (code, out, err) = sr_nc(&["verify", "--dest", url, &w.first]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // restic agrees: the new snapshot is whole, the second one is not.
+    let restic = restic_binary("restic's view of the repaired repository");
+    if let Some(restic) = &restic {
+        let out = restic_cmd(restic, &w.repo)
+            .args(["check", "--read-data"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "restic check passed a damaged snapshot"
+        );
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("not found in index") || text.contains("missing"),
+            "{text}"
+        );
+        let to = w.t.path().join("restic-restored");
+        run_restic(
+            restic,
+            &w.repo,
+            &["restore", "latest", "--target", to.to_str().unwrap()],
+        );
+        let got = to.join(w.src.strip_prefix("/").unwrap());
+        assert_same_tree(&describe(&w.src), &describe(&got), "restic's restore");
+    }
+
+    // prune refuses while a snapshot references lost data; forgotten, prune runs.
+    let (code, out, err) = sr_nc(&["prune", "--dest", url]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("forget those, then prune"), "{err}");
+    let (code, out, err) = sr_nc(&["forget", "--dest", url, "--label", "daily", "--retain", "1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = sr_nc(&["prune", "--dest", url]);
+    assert_eq!(code, 0, "prune after the repair: {out}\n{err}");
+    if let Some(restic) = &restic {
+        run_restic(restic, &w.repo, &["check", "--read-data"]);
+    }
+    let (code, r) = repair(url, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert!(damaged_ids(&r).is_empty(), "{r}");
+}
+
+#[test]
+fn a_pack_no_index_names_is_added_back() {
+    let w = two_backups();
+    std::fs::remove_file(&w.index2).unwrap();
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["packs_added"], 2, "{r}");
+    assert_eq!(r["packs_kept"], 2, "{r}");
+    assert_eq!(r["packs_missing"], 0, "{r}");
+    assert_eq!(r["blobs_lost"], 0, "{r}");
+    assert_eq!(r["index_files_written"], 1, "{r}");
+    assert_eq!(r["index_files_removed"], 1, "{r}");
+    assert!(damaged_ids(&r).is_empty(), "{r}");
+    assert_eq!(files_in(&w.repo.join("index")).len(), 1);
+    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    if let Some(restic) = restic_binary("restic check after the pack was indexed again") {
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+    }
+    // The next backup reads nothing: every blob is indexed again.
+    let r = backup_json(&w.src, &w.url);
+    assert_eq!(r["repository"]["files_read"], 0, "{r}");
+}
+
+/// Flips one byte of the file `p`, `from_end` bytes before its end.
+fn flip(p: &Path, from_end: usize) {
+    let mut b = std::fs::read(p).unwrap();
+    let at = b.len() - from_end;
+    b[at] ^= 0x55;
+    std::fs::write(p, b).unwrap();
+}
+
+#[test]
+fn a_pack_whose_header_does_not_read_is_left_out() {
+    let w = two_backups();
+    // The header's sealed bytes (the last 4 are its length).
+    flip(&w.data2, 10);
+    // Of the size the index implies: kept unread, as restic's repair index keeps it.
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["index_rewritten"], false, "{r}");
+    assert_eq!(r["packs_kept"], 4, "{r}");
+    // With --read-data the header is read: the pack is left out.
+    let (code, r) = repair(&w.url, &["--read-data"]);
+    assert_eq!(code, 2, "{r}");
+    assert_eq!(r["packs_unreadable"], 1, "{r}");
+    assert_eq!(r["packs_kept"], 3, "{r}");
+    let data2_id = w.data2.file_name().unwrap().to_str().unwrap();
+    assert_eq!(r["unreadable"][0], data2_id, "{r}");
+    assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
+
+    // Not in any index, the damaged pack's header is read without --read-data too.
+    let w = two_backups();
+    flip(&w.data2, 10);
+    std::fs::remove_file(&w.index2).unwrap();
+    let data2_id = w.data2.file_name().unwrap().to_str().unwrap();
+    let (code, out, err) = sr_nc(&["repair", "index", "--dest", &w.url]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("unreadable pack {data2_id}")),
+        "{out}"
+    );
+    assert!(out.contains("1 added"), "the tree pack: {out}");
+    // The header is read each time the pack is in no index; it stays left out, and
+    // the index is not written again for it.
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!(code, 2, "{r}");
+    assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
+    assert_eq!(r["unreadable"][0], data2_id, "{r}");
+    assert_eq!(r["index_rewritten"], false, "{r}");
+    // The next backup stores the data again; prune deletes the damaged pack.
+    let r3 = backup_json(&w.src, &w.url);
+    assert_eq!(r3["repository"]["files_read"], 2, "{r3}");
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!(code, 0, "every snapshot whole again (the same blobs): {r}");
+    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url, "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!w.data2.exists(), "prune deletes the damaged pack");
+    if let Some(restic) = restic_binary("restic check after the damaged pack was pruned") {
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+    }
+}
+
+#[test]
+fn read_data_leaves_a_damaged_blob_out_and_the_next_backup_stores_it_again() {
+    let w = two_backups();
+    // Inside the big file's blobs (the pack is more than 3 MiB).
+    flip(&w.data2, 2 << 20);
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!((code, &r["index_rewritten"]), (0, &false.into()), "{r}");
+    let (code, r) = repair(&w.url, &["--read-data"]);
+    assert_eq!(code, 2, "{r}");
+    assert_eq!(r["read_data"], true, "{r}");
+    assert_eq!(r["blobs_damaged"], 1, "{r}");
+    assert_eq!(r["blobs_lost"], 1, "{r}");
+    assert_eq!(r["packs_kept"], 4, "{r}");
+    assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
+    let r3 = backup_json(&w.src, &w.url);
+    assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
+    assert_eq!(r3["repository"]["files_unchanged"], 4, "{r3}");
+    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    assert_eq!(code, 0, "every snapshot whole again: {out}\n{err}");
+    let to = w.t.path().join("restored");
+    let (code, out, err) = sr_nc(&restore_latest(&w.url, &to));
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert_same_tree(&describe(&w.src), &describe(&to), "restored");
+}
+
+fn repair_with_failpoint(url: &str, failpoint: &str) -> std::process::Child {
+    Command::new(bin())
+        .args(["repair", "index", "--json", "--dest", url])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_CACHE", "off")
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_FAILPOINTS", failpoint)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+#[test]
+fn sigterm_before_the_new_index_changes_nothing() {
+    let w = two_backups();
+    std::fs::remove_file(&w.data2).unwrap();
+    let before = describe(&w.repo.join("index"));
+    let pause = w.t.path().join("paused");
+    let child = repair_with_failpoint(
+        &w.url,
+        &format!("restic.repair_index_before_write=pause:{}", pause.display()),
+    );
+    wait_for(&pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("the index was not changed"), "{err}");
+    assert_same_tree(
+        &before,
+        &describe(&w.repo.join("index")),
+        "index/ after SIGTERM",
+    );
+    assert!(files_in(&w.repo.join("locks")).is_empty(), "lock released");
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!((code, &r["packs_missing"]), (2, &1.into()), "{r}");
+}
+
+#[test]
+fn killed_between_the_new_index_and_the_old_ones_removal_the_repository_is_valid() {
+    let w = two_backups();
+    std::fs::remove_file(&w.index2).unwrap();
+    let out = repair_with_failpoint(&w.url, "restic.repair_index_written=kill")
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "not killed: {out:?}");
+    // The old index file and the new one, naming the same packs.
+    assert_eq!(files_in(&w.repo.join("index")).len(), 2);
+    if let Some(restic) = restic_binary("restic check after a killed repair") {
+        run_restic(&restic, &w.repo, &["unlock"]);
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+    }
+    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The next repair finds nothing to add and leaves both (duplicates are fine).
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["packs_added"], 0, "{r}");
+    assert!(damaged_ids(&r).is_empty(), "{r}");
+}
+
+/// A repository restic wrote (its packs compressed, its own index files): every pack is
+/// of the size its index entries imply, so a repair reads none and writes nothing;
+/// with restic's index files removed, every pack's header is read and the new index
+/// is one restic checks, and the next snapring backup reads nothing.
+#[test]
+fn a_repository_restic_wrote_is_repaired_as_restic_would() {
+    let Some(restic) = restic_binary("repair index on a repository restic wrote") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("big/random"), &pseudo_random(3 << 20, 5));
+    write(&src.join("big/zeros"), &vec![0u8; 1 << 20]);
+    for i in 0..5 {
+        write(
+            &src.join(format!("s/f{i}")),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
+    run_restic(&restic, &repo, &["init", "--repository-version", "2"]);
+    run_restic(&restic, &repo, &["backup", src.to_str().unwrap()]);
+    let url = file_url(&repo);
+    let packs = files_in(&repo.join("data")).len() as u64;
+    let (code, r) = repair(&url, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["packs_kept"], packs, "{r}");
+    assert_eq!(r["index_rewritten"], false, "{r}");
+    let (code, r) = repair(&url, &["--read-data"]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(
+        (&r["packs_kept"], &r["blobs_damaged"]),
+        (&packs.into(), &0.into()),
+        "{r}"
+    );
+    assert_eq!(r["index_rewritten"], false, "{r}");
+
+    for f in files_in(&repo.join("index")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let (code, r) = repair(&url, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["packs_added"], packs, "{r}");
+    assert!(damaged_ids(&r).is_empty(), "{r}");
+    run_restic(&restic, &repo, &["check", "--read-data"]);
+    let b = backup_json(&src, &url);
+    assert_eq!(b["repository"]["files_read"], 0, "{b}");
+}
