@@ -305,18 +305,11 @@ fn four_workers_with_one_file_system_make_the_single_node_snapshot_in_the_store(
     let d = dest.to_str().unwrap();
     let run = "x1";
     plan_only(&src, d, 4, run, &["-x"], "shard.unit_started");
-    let plan: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dest.join(".snapring/shards").join(run).join("plan.json")).unwrap(),
-    )
-    .unwrap();
-    assert_plan_stays_on_one_fs(&plan);
+    assert_plan_stays_on_one_fs(&store_plan(&dest, run));
     let _c = mount_at_unit_root(&src);
     all_workers(&src, d, 4, run, &["-x"]);
 
-    let rec: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
-    )
-    .unwrap();
+    let rec = store_record(&dest, run);
     assert_eq!(rec["status"], "complete", "a note, not a problem: {rec}");
     assert_eq!(rec["errors"], 0, "{rec}");
     assert_report_names_the_mount_points(&rec, "the run record");
@@ -327,6 +320,8 @@ fn four_workers_with_one_file_system_make_the_single_node_snapshot_in_the_store(
     let (code, rep, err) = backup(&src, &single, &["-x", "--jobs", "2"], &[]);
     assert_eq!(code, 0, "{err} {rep}");
     assert_report_names_the_mount_points(&rep, "the single-node run");
+    // Nothing on a mount was read (a unit rooted at one walked nothing).
+    assert_eq!(rec["files_total"], rep["files_total"], "{rec}\n{rep}");
     assert_same_tree(
         &describe(&single.join("daily.0")),
         &describe(&dest.join("daily.0")),
@@ -334,6 +329,68 @@ fn four_workers_with_one_file_system_make_the_single_node_snapshot_in_the_store(
     );
     assert_verify_clean(&dest, &["daily.0"]);
     assert_verify_against_clean(d, "daily.0", &src);
+}
+
+/// `plan.json` of run `run` of the store at `dest`.
+fn store_plan(dest: &Path, run: &str) -> serde_json::Value {
+    serde_json::from_slice(
+        &std::fs::read(dest.join(".snapring/shards").join(run).join("plan.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// The run record of run `run` of the store at `dest`.
+fn store_record(dest: &Path, run: &str) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(dest.join(format!(".snapring/runs/{run}.json"))).unwrap())
+        .unwrap()
+}
+
+/// A previous snapshot made without `-x` weighs the mounts' contents: its cut (a
+/// spine directory on a mount) does not fit a `-x` run, which walks the source
+/// instead; the next `-x` run is cut by the `-x` snapshot's manifest, links everything
+/// and names the same mount points.
+#[test]
+fn a_cut_by_a_previous_snapshot_that_crossed_a_mount_is_walked_again() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((src, _mounts)) = source(t.path()) else {
+        return;
+    };
+    let dest = t.path().join("dest");
+    let d = dest.to_str().unwrap();
+    all_workers(&src, d, 4, "w1", &[]);
+    let (spine, one_fs) = plan_of(&store_plan(&dest, "w1"));
+    assert!(!one_fs && spine.iter().any(|s| s == "tmnt"), "{spine:?}");
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/big/b1/deep/mnt/in.txt")).unwrap(),
+        b"on the deep mount",
+        "without -x the mounts are backed up"
+    );
+    let two = serde_json::json!(["big/b1/deep/mnt", "tmnt"]);
+    for (run, sized_by) in [("w2", "walk"), ("w3", "manifest")] {
+        all_workers(&src, d, 4, run, &["-x"]);
+        let plan = store_plan(&dest, run);
+        assert_eq!(plan["sized_by"], sized_by, "{run}: {plan}");
+        let (spine, one_fs) = plan_of(&plan);
+        assert!(
+            one_fs && !spine.iter().any(|s| s.starts_with("tmnt")),
+            "{run}: {spine:?}"
+        );
+        let rec = store_record(&dest, run);
+        assert_eq!(rec["status"], "complete", "{run}: {rec}");
+        assert_eq!(rec["mount_points_skipped"], 2, "{run}: {rec}");
+        assert_eq!(rec["mount_points"], two, "{run}: {rec}");
+    }
+    let rec = store_record(&dest, "w3");
+    assert_eq!(rec["files_linked"], rec["files_total"], "unchanged: {rec}");
+    let single = t.path().join("single");
+    let (code, rep, err) = backup(&src, &single, &["-x", "--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    assert_same_tree(
+        &describe(&single.join("daily.0")),
+        &describe(&dest.join("daily.0")),
+        "an incremental shard -x run against single-node -x",
+    );
+    assert_verify_clean(&dest, &["daily.0"]);
 }
 
 #[test]
@@ -457,6 +514,7 @@ fn four_workers_with_one_file_system_make_the_single_node_snapshot_in_a_reposito
     assert_eq!(code, 0, "{single}\n{err}");
     let single: serde_json::Value = serde_json::from_str(&single).unwrap();
     assert_report_names_the_mount_points(&single, "the single-node run");
+    assert_eq!(totals["files"], single["files_total"], "{totals}\n{single}");
     let single_id = Id::parse(single["snapshot"].as_str().unwrap()).unwrap();
     assert_eq!(
         source_tree(&repo, &src, &shard_id),
