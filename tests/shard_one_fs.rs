@@ -229,8 +229,20 @@ fn plan_only(src: &Path, dest: &str, n: usize, run: &str, args: &[&str], failpoi
 
 /// Workers 0 … n-1 at once; each must exit 0. Their outputs.
 fn all_workers(src: &Path, dest: &str, n: usize, run: &str, args: &[&str]) -> Vec<Output> {
+    workers_with(src, dest, n, run, args, &[])
+}
+
+/// [`all_workers`] with `vars` in their environment.
+fn workers_with(
+    src: &Path,
+    dest: &str,
+    n: usize,
+    run: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Vec<Output> {
     let kids: Vec<_> = (0..n)
-        .map(|i| worker(src, dest, (i, n, run), args, &[]).spawn().unwrap())
+        .map(|i| worker(src, dest, (i, n, run), args, vars).spawn().unwrap())
         .collect();
     let outs: Vec<Output> = kids
         .into_iter()
@@ -248,6 +260,31 @@ fn json(args: &[&str]) -> (i32, serde_json::Value) {
     let (code, out, err) = sr(&a);
     let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{a:?}: {e}: {out}{err}"));
     (code, v)
+}
+
+/// The catalog at `catalog` has run `run` with the report's `-x` fields (what the
+/// notifications and `show` tell).
+fn assert_catalog_names_the_mount_points(catalog: &Path, run: &str) {
+    let out = snapring(
+        &[
+            "--catalog".as_ref(),
+            catalog.as_os_str(),
+            "show".as_ref(),
+            "--json".as_ref(),
+            run.as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let shown = v.to_string();
+    for want in [
+        "\"one_file_system\":true".to_string(),
+        "\"mount_points_skipped\":3".to_string(),
+        format!("\"mount_points\":{}", serde_json::json!(MOUNT_POINTS)),
+    ] {
+        assert!(shown.contains(&want), "catalog: {want} in {v}");
+    }
 }
 
 /// `verify --against SRC` of `snap` is clean, its contents of the mount points not
@@ -307,7 +344,10 @@ fn four_workers_with_one_file_system_make_the_single_node_snapshot_in_the_store(
     plan_only(&src, d, 4, run, &["-x"], "shard.unit_started");
     assert_plan_stays_on_one_fs(&store_plan(&dest, run));
     let _c = mount_at_unit_root(&src);
-    all_workers(&src, d, 4, run, &["-x"]);
+    let catalog = t.path().join("catalog.db");
+    let cat = catalog.to_str().unwrap();
+    workers_with(&src, d, 4, run, &["-x"], &[("SNAPRING_CATALOG", cat)]);
+    assert_catalog_names_the_mount_points(&catalog, run);
 
     let rec = store_record(&dest, run);
     assert_eq!(rec["status"], "complete", "a note, not a problem: {rec}");
@@ -462,7 +502,17 @@ fn four_workers_with_one_file_system_make_the_single_node_snapshot_in_a_reposito
     let (code, status) = json(&["status", "--dest", &url, "--run-id", run]);
     assert_eq!(code, 0, "{status}");
     let _c = mount_at_unit_root(&src);
-    let outs = all_workers(&src, &url, 4, run, &["-x", "--json"]);
+    let catalog = t.path().join("catalog.db");
+    let cat = catalog.to_str().unwrap();
+    let outs = workers_with(
+        &src,
+        &url,
+        4,
+        run,
+        &["-x", "--json"],
+        &[("SNAPRING_CATALOG", cat)],
+    );
+    assert_catalog_names_the_mount_points(&catalog, run);
     let reports: Vec<serde_json::Value> = outs
         .iter()
         .map(|o| serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(o))))
