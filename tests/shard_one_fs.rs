@@ -346,8 +346,22 @@ fn four_workers_with_one_file_system_make_the_single_node_snapshot_in_the_store(
     let _c = mount_at_unit_root(&src);
     let catalog = t.path().join("catalog.db");
     let cat = catalog.to_str().unwrap();
-    workers_with(&src, d, 4, run, &["-x"], &[("SNAPRING_CATALOG", cat)]);
+    let outs = workers_with(&src, d, 4, run, &["-x"], &[("SNAPRING_CATALOG", cat)]);
     assert_catalog_names_the_mount_points(&catalog, run);
+    // The finalizer's summary, as a single-node run's.
+    let said: Vec<String> = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .filter(|o| o.contains("finalized: complete"))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:?}");
+    assert!(
+        said[0].contains(
+            "\n  one file system: 3 mount points kept as empty directories: big/b1/deep/mnt, big/b2, tmnt\n"
+        ),
+        "{}",
+        said[0]
+    );
 
     let rec = store_record(&dest, run);
     assert_eq!(rec["status"], "complete", "a note, not a problem: {rec}");

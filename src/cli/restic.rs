@@ -360,6 +360,11 @@ fn print_worker(
                 human(t.counts.bytes_read),
                 t.problems.len()
             );
+            if let Some(note) =
+                print::mount_points_kept(t.counts.mount_points_skipped, &t.counts.mount_points)
+            {
+                outln!("{note}");
+            }
             for w in &t.warnings {
                 print::errln!("snapring: warning: {w}");
             }
