@@ -126,15 +126,15 @@ fn listed(dir: BorrowedFd<'_>, name: &[u8], kind: Option<Kind>) -> Option<Kind> 
 impl Visitor for Counting {
     type State = Node;
     type Item = (Vec<u8>, Option<Kind>);
-    /// A subdirectory's device (asked for only with `one_file_system`; else 0).
-    type Sub = u64;
+    /// A subdirectory's device (asked for only with `one_file_system`).
+    type Sub = Option<u64>;
 
     fn open(
         &self,
         parent: Option<&Dir<Node>>,
         name: &[u8],
         _rel: &RelPath,
-        _: u64,
+        _: Option<u64>,
     ) -> Opened<Node, (Vec<u8>, Option<Kind>)> {
         let fd = match parent {
             None => self.root.lock().unwrap_or_else(|e| e.into_inner()).take(),
@@ -153,7 +153,11 @@ impl Visitor for Counting {
         )
     }
 
-    fn visit(&self, dir: &Arc<Dir<Node>>, (name, kind): (Vec<u8>, Option<Kind>)) -> Step<u64> {
+    fn visit(
+        &self,
+        dir: &Arc<Dir<Node>>,
+        (name, kind): (Vec<u8>, Option<Kind>),
+    ) -> Step<Option<u64>> {
         let Some(kind) = listed(b(&dir.state.fd), &name, kind) else {
             return Step::Next;
         };
@@ -164,8 +168,8 @@ impl Visitor for Counting {
         // With `one_file_system` one `lstat` per directory (none per file): its device.
         // One that does not answer is walked as before (its open says what it is).
         let dev = match &self.one_fs {
-            Some(_) => fsx::lstat_at(b(&dir.state.fd), &name).map_or(0, |m| m.dev),
-            None => 0,
+            Some(_) => fsx::lstat_at(b(&dir.state.fd), &name).ok().map(|m| m.dev),
+            None => None,
         };
         Step::Descend(name, dev)
     }
@@ -174,8 +178,8 @@ impl Visitor for Counting {
         self.one_fs.as_ref()
     }
 
-    fn device(&self, dev: &u64) -> Option<u64> {
-        Some(*dev).filter(|&d| d != 0)
+    fn device(&self, dev: &Option<u64>) -> Option<u64> {
+        *dev
     }
 
     fn finish(&self, dir: &Dir<Node>) {
@@ -201,7 +205,7 @@ impl WalkSizes {
             below: Mutex::new(HashMap::new()),
             one_fs: one_fs.map(traverse::OneFs::new),
         };
-        traverse::walk(&v, 0, threads.max(1), &AtomicBool::new(false));
+        traverse::walk(&v, None, threads.max(1), &AtomicBool::new(false));
         WalkSizes {
             root,
             below: v.below.into_inner().unwrap_or_else(|e| e.into_inner()),
