@@ -533,6 +533,7 @@ pub fn run_repository_worker(
             retain: j.retain,
             jobs: crate::concurrency::resolve(j.jobs, &[&j.source]),
             cancel,
+            one_file_system: j.one_file_system,
         };
         repository::work(&mut repo, spec, &opts)
     })();

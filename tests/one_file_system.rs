@@ -5,7 +5,7 @@
 //! left out, the entries beside it are backed up, and the run's report counts and names
 //! it while the run stays `complete`. Without the option the mount's contents are backed
 //! up, as before. Both targets: the hard-link store and a restic repository (read back
-//! with `snapring restore`). A shard worker refuses the option rather than ignore it.
+//! with `snapring restore`); shard runs with it are tests/shard_one_fs.rs.
 //! `diff`/`verify --against SRC` of such a snapshot stay on SRC's file system (the
 //! snapshot's run record, or its repository tag, says so; `--one-file-system` forces
 //! it): a healthy `-x` backup verifies clean, a mount point compared as a directory.
@@ -332,36 +332,6 @@ fn the_job_key_one_file_system_is_checked_and_used() {
         !out.status.success() && stdout.contains("one_file_system"),
         "{stdout}"
     );
-}
-
-#[test]
-fn a_shard_worker_refuses_one_file_system_rather_than_ignore_it() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
-    write(&src.join("f"), b"f");
-    std::fs::create_dir(&dest).unwrap();
-    let repo = file_url(&t.path().join("repo"));
-    for d in [dest.to_str().unwrap(), repo.as_str()] {
-        let (code, out, err) = sr(&[
-            "backup",
-            "--source",
-            src.to_str().unwrap(),
-            "--dest",
-            d,
-            "--shard",
-            "0/1",
-            "--run-id",
-            "r1",
-            "--one-file-system",
-        ]);
-        assert_eq!(code, 64, "{d}: {out}\n{err}");
-        assert!(
-            err.contains("one_file_system") && err.contains("not supported by shard workers"),
-            "{d}: {err}"
-        );
-    }
-    assert_eq!(snapshot_names(&dest), Vec::<String>::new());
-    assert!(!t.path().join("repo").exists());
 }
 
 /// Runs `snapring ARGS`; (exit code, stdout) with stderr appended on failure.

@@ -166,14 +166,20 @@ pub fn one_fs_note(s: &snapring::compare::OneFsSummary) -> Option<String> {
 /// any: how many, and the first ones by name. A note, not a problem: the run asked for
 /// it, and its status is not changed by it.
 pub fn mount_points_note(r: &snapring::report::RunReport) -> Option<String> {
-    if r.mount_points_skipped == 0 {
+    mount_points_kept(r.mount_points_skipped, &r.mount_points)
+}
+
+/// [`mount_points_note`] of `count` mount points, the first of them `named` (a shard
+/// run's totals into a repository).
+pub fn mount_points_kept(count: u64, named: &[String]) -> Option<String> {
+    if count == 0 {
         return None;
     }
     Some(format!(
         "  {}",
         mount_points_line(
-            r.mount_points_skipped,
-            &r.mount_points,
+            count,
+            named,
             [
                 "mount point kept as an empty directory",
                 "mount points kept as empty directories",

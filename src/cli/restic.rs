@@ -165,12 +165,6 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
             "post_command",
         ),
     ];
-    if is_shard_worker(a) && (a.one_file_system || f.one_file_system == Some(true)) {
-        return Err(usage!(
-            "one_file_system (--one-file-system or the job's `one_file_system`) is not \
-             supported by shard workers yet; run the backup on one node, or leave it out"
-        ));
-    }
     if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
         bail!(
             "{what} (--{} or the job's `{what}`) is not supported with a restic repository yet",
@@ -366,6 +360,11 @@ fn print_worker(
                 human(t.counts.bytes_read),
                 t.problems.len()
             );
+            if let Some(note) =
+                print::mount_points_kept(t.counts.mount_points_skipped, &t.counts.mount_points)
+            {
+                outln!("{note}");
+            }
             for w in &t.warnings {
                 print::errln!("snapring: warning: {w}");
             }

@@ -184,6 +184,9 @@ pub fn worker(
                 format!(", {} lost to a takeover", out.lost.len())
             }
         );
+        if let Some(note) = out.finalized.as_ref().and_then(print::mount_points_note) {
+            outln!("{note}");
+        }
     }
     Ok(code)
 }
@@ -399,6 +402,9 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         errln!("snapring: {msg}");
     } else {
         outln!("{msg}");
+        if let Some(note) = rep.as_ref().and_then(|r| print::mount_points_note(r)) {
+            outln!("{note}");
+        }
     }
     Ok(code)
 }

@@ -1159,6 +1159,9 @@ pub struct UnitSpec<'a> {
     /// Blobs stored by this process's earlier units, which this one skips; its own are
     /// added once its packs and index are written.
     pub known: Arc<std::sync::RwLock<Index>>,
+    /// `one_file_system`: the device of the source's root (not the unit directory's:
+    /// `shard::repository` builds nothing of a unit whose directory is on another).
+    pub one_fs: Option<u64>,
 }
 
 /// A unit backed up: the nodes of the names it took (each directory's subtree saved),
@@ -1181,6 +1184,7 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
         root_names: Some(spec.names),
         parent_id: spec.parent,
         unit_dir: spec.dir.clone(),
+        one_fs: spec.one_fs.map(crate::traverse::OneFs::new),
         ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {

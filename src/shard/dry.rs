@@ -99,6 +99,10 @@ fn walk_home(
     let excludes = crate::engine::exclude::build(&opts.excludes)?;
     let manifest = prev.as_ref().and_then(|p| p.manifest.as_ref());
     let counters = Counters::default();
+    // `one_file_system`: every unit's walk stays on the source root's device.
+    let one_fs = crate::shard::sizes::source_device(source, opts.one_file_system)
+        .ctx("stat source", source)?
+        .map(crate::traverse::OneFs::new);
     let home = cut.home(spec.index);
     let mut plan = Plan::default();
     for unit in &home {
@@ -115,13 +119,20 @@ fn walk_home(
             Err(e) => return Err(io_error(e, "open source directory", &src_path).into()),
         };
         let src_meta = fsx::fstat(b(&src)).ctx("stat", &src_path)?;
+        if one_fs.as_ref().is_some_and(|fs| fs.crosses(src_meta.dev)) {
+            // On another file system (mounted since the plan): nothing of it is walked.
+            continue;
+        }
         let prev_dir = prev_root
             .as_ref()
             .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
         let sink = PlanSink::new(prev_dir);
         let keep = cut.unit_names(unit);
-        let walk = Walk::new(&counters, cancel, &excludes, manifest, &sink)
+        let mut walk = Walk::new(&counters, cancel, &excludes, manifest, &sink)
             .only_root_names(Box::new(keep));
+        if let Some(fs) = &one_fs {
+            walk = walk.stay_on(fs);
+        }
         walk.run_at(src, src_meta, unit.dir.clone(), opts.jobs);
         let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(walk);

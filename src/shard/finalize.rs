@@ -161,6 +161,7 @@ fn locked(
     let mut opts = BackupOptions::new(plan.source.clone(), store.root.clone());
     opts.label = plan.label.clone();
     opts.retain = plan.retain;
+    opts.one_file_system = plan.one_file_system;
     let abs = std::fs::canonicalize(&store.root).unwrap_or_else(|_| store.root.clone());
     let mut rep = crate::engine::backup::new_report(&opts, &rd.run, &abs);
     rep.started_at = plan.created_at.clone();
@@ -590,6 +591,9 @@ fn add(c: &Counters, n: &UnitCounts) {
     for p in &n.problems {
         report::push_listed(&c.problems, p.clone());
     }
+    if n.mount_points_skipped > 0 {
+        c.mount_points(n.mount_points_skipped, n.mount_points.iter().cloned());
+    }
 }
 
 /// Reads a manifest file block by block (a block with no entries included), with the
@@ -1014,10 +1018,24 @@ fn assemble(
             }));
         }
     }
+    let mounts = match plan.one_file_system {
+        true => spine_mounts(rd, &order, &read, counters)?,
+        false => SpineMounts::default(),
+    };
     let mut present: Vec<(&RelPath, fsx::Meta, fsx::Xattrs)> = Vec::new();
     let mut spine_kids: Vec<(&RelPath, Vec<Entry>)> = Vec::new();
     let mut root_entry = None;
     for (d, r) in order.iter().zip(read) {
+        if mounts.below(d) {
+            // Inside a mount point: not in the snapshot (`spine_mounts` emptied it).
+            continue;
+        }
+        let r = match r {
+            Some((meta, xattrs, _)) if mounts.points.contains(*d) => {
+                Some((meta, xattrs, Vec::new()))
+            }
+            r => r,
+        };
         let Some((meta, xattrs, kids)) = r else {
             // Gone from the source (its unit reported it): gone from the snapshot too.
             tracing::warn!(
@@ -1074,6 +1092,12 @@ fn assemble(
                 }
                 for blocks in kept.iter_mut().filter_map(Option::take) {
                     for (dir, mut es) in blocks {
+                        if mounts.holds(&dir) {
+                            // A unit's block at or inside a mount point (none where
+                            // the units saw the mount; one that saw the directory
+                            // before it was mounted).
+                            continue;
+                        }
                         for e in es.iter_mut() {
                             if let Some(p) = patched.get(&(dir.clone(), e.name.clone())) {
                                 *e = p.clone();
@@ -1115,6 +1139,96 @@ fn assemble(
         cut.spine.len()
     );
     Ok(())
+}
+
+/// With `one_file_system`: the spine directories that are mount points, mounted
+/// after the plan was made (the planner does not cut a mount: `sizes.rs`). Each is
+/// kept as an empty directory with its own metadata, as a single-node run keeps one,
+/// and counted; the spine directories below one are left out.
+#[derive(Default)]
+struct SpineMounts<'a> {
+    points: HashSet<&'a RelPath>,
+}
+
+impl SpineMounts<'_> {
+    /// `d` is strictly inside a mount point.
+    fn below(&self, d: &RelPath) -> bool {
+        !d.is_root() && self.holds(&d.parent())
+    }
+
+    /// `d` is a mount point or inside one.
+    fn holds(&self, d: &RelPath) -> bool {
+        // Asked of every block of the run's manifest: nothing to do without any.
+        if self.points.is_empty() {
+            return false;
+        }
+        let mut a = d.clone();
+        loop {
+            if self.points.contains(&a) {
+                return true;
+            }
+            if a.is_root() {
+                return false;
+            }
+            a = a.parent();
+        }
+    }
+}
+
+/// Finds the spine's mount points ([`SpineMounts`]) by the devices `read` gave (the
+/// root's is the source's, as this host sees it), counts them in `counters`, and
+/// empties their directories in the run's tree (the units walked nothing there, but
+/// the anchors of spine directories below one were renamed into it).
+fn spine_mounts<'a>(
+    rd: &RunDir,
+    order: &[&'a RelPath],
+    read: &[SpineRead],
+    counters: &Counters,
+) -> Result<SpineMounts<'a>, ShardError> {
+    let dev_of = |d: &RelPath| {
+        order
+            .iter()
+            .zip(read)
+            .find(|(o, _)| **o == d)
+            .and_then(|(_, r)| r.as_ref().map(|(m, _, _)| m.dev))
+    };
+    let Some(root_dev) = dev_of(&RelPath::root()) else {
+        return Ok(SpineMounts::default());
+    };
+    let mut m = SpineMounts::default();
+    // Shallowest first: a mount point inside another one is not one of the snapshot's.
+    let mut shallow: Vec<&'a RelPath> = order.to_vec();
+    shallow.sort_by_key(|d| d.components().count());
+    for d in shallow {
+        if d.is_root() || m.holds(d) {
+            continue;
+        }
+        if dev_of(d).is_some_and(|dev| dev != root_dev) {
+            m.points.insert(d);
+        }
+    }
+    let mut points: Vec<&RelPath> = m.points.iter().copied().collect();
+    points.sort();
+    for d in &points {
+        tracing::info!("{d}: another file system (one_file_system): kept empty");
+        let at = rd.tree().join(d.as_path());
+        match std::fs::read_dir(&at) {
+            Ok(it) => {
+                for e in it {
+                    let p = e.ctx("read", &at)?.path();
+                    let r = match std::fs::symlink_metadata(&p) {
+                        Ok(md) if md.is_dir() => std::fs::remove_dir_all(&p),
+                        _ => std::fs::remove_file(&p),
+                    };
+                    r.ctx("remove", &p)?;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(e, "read", &at).into()),
+        }
+    }
+    counters.mount_points(points.len() as u64, points.iter().map(|d| d.escaped()));
+    Ok(m)
 }
 
 /// Makes each spine directory of `present` in the run's tree (all of them first: making

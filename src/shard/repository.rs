@@ -43,6 +43,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -91,6 +92,9 @@ pub struct Options {
     pub jobs: usize,
     /// Set by SIGINT/SIGTERM.
     pub cancel: Arc<AtomicBool>,
+    /// `--one-file-system` (`-x`): recorded in the plan; a worker started otherwise
+    /// than the plan says is refused.
+    pub one_file_system: bool,
 }
 
 /// What a walk counted: a unit's (from its `BackupReport`), or the run's, summed.
@@ -104,6 +108,16 @@ pub struct Figures {
     pub bytes_total: u64,
     /// What it added to the repository: packs and index files.
     pub added: PackerStats,
+    /// With `one_file_system`: the directories on another file system kept as empty
+    /// trees, and the first of them (escaped paths of the source, in path order).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mount_points_skipped: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_points: Vec<String>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Figures {
@@ -116,6 +130,8 @@ impl Figures {
             bytes_read: r.bytes_read,
             bytes_total: r.bytes_total,
             added: r.added,
+            mount_points_skipped: r.mount_points_skipped,
+            mount_points: r.mount_points.clone(),
         }
     }
 
@@ -127,6 +143,18 @@ impl Figures {
         self.bytes_read += o.bytes_read;
         self.bytes_total += o.bytes_total;
         self.added.add(&o.added);
+        self.add_mount_points(o.mount_points_skipped, &o.mount_points);
+    }
+
+    /// Adds `count` mount points, the first of them `first`: the run keeps the first
+    /// `traverse::MOUNT_POINTS_NAMED` in path order.
+    fn add_mount_points(&mut self, count: u64, first: &[String]) {
+        self.mount_points_skipped += count;
+        self.mount_points.extend(first.iter().cloned());
+        self.mount_points.sort();
+        self.mount_points.dedup();
+        self.mount_points
+            .truncate(crate::traverse::MOUNT_POINTS_NAMED);
     }
 
     /// The run as one backup's report (the catalog's record, the notifications).
@@ -139,6 +167,8 @@ impl Figures {
             bytes_read: self.bytes_read,
             bytes_total: self.bytes_total,
             added: self.added,
+            mount_points_skipped: self.mount_points_skipped,
+            mount_points: self.mount_points.clone(),
             ..Default::default()
         }
     }
@@ -651,6 +681,13 @@ fn plan_of(
             spec.run_id, p.workers, spec.count
         )));
     }
+    if p.one_file_system != opts.one_file_system {
+        return Err(ShardError::Usage(format!(
+            "run {}: its plan was made with {}: every worker of a run needs the same settings (or use a new --run-id)",
+            spec.run_id,
+            super::worker::one_fs_differs(p.one_file_system)
+        )));
+    }
     if p.source != source || p.label != opts.label {
         return Err(ShardError::Usage(format!(
             "run {}: its plan backs up {} as {:?}, this worker was given {} as {:?}",
@@ -697,6 +734,12 @@ fn make_plan(
         .filter(|(_, s)| s.paths == [path.as_str()] && s.tag("label") == Some(&opts.label))
         .max_by(|a, b| a.1.time.cmp(&b.1.time));
     let threads = super::sizes::planning_threads(opts.jobs, spec.count);
+    let one_fs = super::sizes::source_device(source, opts.one_file_system).map_err(|e| {
+        ShardError::Failed(crate::error::Error::Repository(format!(
+            "cannot stat the source {}: {e}",
+            source.display()
+        )))
+    })?;
     let from_parent = parent.as_ref().and_then(|(id, snap)| {
         let comps: Vec<&OsStr> = source.iter().skip(1).collect();
         let sized = restic::backup::descend(repo, snap.tree, &comps).and_then(|t| match t {
@@ -709,6 +752,7 @@ fn make_plan(
                 spec.count,
                 source,
                 &format!("snapshot {}'s trees", id.hex()),
+                one_fs,
             ),
             Ok(None) => None,
             Err(e) => {
@@ -723,12 +767,13 @@ fn make_plan(
     let (cut, sized_by) = match from_parent {
         Some(cut) => (cut, "snapshot"),
         None => {
-            let cut = super::sizes::walk_cut(source, spec.count, threads).map_err(|e| {
-                ShardError::Failed(crate::error::Error::Repository(format!(
-                    "cannot open the source {}: {e}",
-                    source.display()
-                )))
-            })?;
+            let cut = super::sizes::walk_cut(source, spec.count, threads, opts.one_file_system)
+                .map_err(|e| {
+                    ShardError::Failed(crate::error::Error::Repository(format!(
+                        "cannot open the source {}: {e}",
+                        source.display()
+                    )))
+                })?;
             (cut, "walk")
         }
     };
@@ -751,6 +796,7 @@ fn make_plan(
         host: Some(host),
         cap: cut.cap,
         part_dirs: 0,
+        one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
     })
@@ -964,7 +1010,16 @@ fn build_units(
     report: &mut WorkerReport,
 ) -> Result<bool, ShardError> {
     let jobs = opts.jobs.max(1);
+    // The plan's `one_file_system` (a worker started otherwise was refused): the
+    // source root's device as this host sees it.
+    let one_fs = super::sizes::source_device(source, opts.one_file_system).map_err(|e| {
+        ShardError::Failed(crate::error::Error::Repository(format!(
+            "cannot stat the source {}: {e}",
+            source.display()
+        )))
+    })?;
     let lanes = LaneCtx {
+        one_fs,
         st,
         spec,
         opts,
@@ -1027,6 +1082,8 @@ struct LaneCtx<'a> {
     failed: AtomicBool,
     /// Before this process's first unit claim ([`super::state::started_now`]).
     started: chrono::DateTime<chrono::Utc>,
+    /// `one_file_system`: the device of the source's root.
+    one_fs: Option<u64>,
 }
 
 impl LaneCtx<'_> {
@@ -1121,6 +1178,7 @@ impl LaneCtx<'_> {
             self.opts,
             &self.gate,
             &self.known,
+            self.one_fs,
         )
     }
 }
@@ -1148,6 +1206,7 @@ fn build_unit(
     opts: &Options,
     gate: &crate::pool::Gate,
     known: &Arc<RwLock<Index>>,
+    one_fs: Option<u64>,
 ) -> restic::Result<Built> {
     let comps: Vec<&OsStr> = unit.dir.components().map(OsStr::from_bytes).collect();
     let walk_root = if unit.dir.is_root() {
@@ -1158,10 +1217,16 @@ fn build_unit(
     // The unit's directory, or one above it, replaced since the plan by a file or a
     // symlink: the unit has nothing (finalize leaves the entry out, a problem), rather
     // than failing every attempt or following the symlink out of the source.
+    // With `one_file_system`, one on another file system than the source's root
+    // (mounted since the plan: the planner cuts no mount) has nothing either: finalize
+    // keeps the mount point as an empty tree and counts it.
     let mut at = source.to_path_buf();
     for c in &comps {
         at.push(c);
-        if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
+        let md = std::fs::symlink_metadata(&at);
+        if !md.as_ref().is_ok_and(|m| m.is_dir())
+            || one_fs.is_some_and(|dev| md.is_ok_and(|m| m.dev() != dev))
+        {
             return Ok(Built::default());
         }
     }
@@ -1194,18 +1259,24 @@ fn build_unit(
             jobs: opts.jobs,
             gate: Some(gate),
             known: known.clone(),
+            one_fs,
         },
     )?;
     let r = built.report;
-    let figures = UnitFigures {
-        counts: Figures::of(&r),
-        seconds: r.duration_seconds,
-    };
     let prefix = if unit.dir.is_root() {
         String::new()
     } else {
         format!("{}/", unit.dir.escaped())
     };
+    let mut figures = UnitFigures {
+        counts: Figures::of(&r),
+        seconds: r.duration_seconds,
+    };
+    // Paths of the source, as the problems' (the unit's walk is rooted at its
+    // directory).
+    for m in &mut figures.counts.mount_points {
+        *m = format!("{prefix}{m}");
+    }
     let problems = r
         .problems
         .into_iter()
@@ -1373,10 +1444,32 @@ fn make_final(
     let packer = Packer::default();
     let mut spine: Vec<&RelPath> = cut.spine.iter().collect();
     spine.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    let mounts = match plan_file.one_file_system {
+        true => spine_mounts(cut, source)?,
+        false => BTreeSet::new(),
+    };
+    let in_mount = |d: &RelPath| {
+        let mut a = d.clone();
+        while !a.is_root() {
+            a = a.parent();
+            if mounts.contains(&a) {
+                return true;
+            }
+        }
+        false
+    };
+    if !mounts.is_empty() {
+        let first: Vec<String> = mounts.iter().map(|d| d.escaped()).collect();
+        totals.counts.add_mount_points(mounts.len() as u64, &first);
+    }
     let mut made: BTreeMap<&RelPath, Node> = BTreeMap::new();
     let mut root = None;
     for d in spine {
         let mut nodes = by_dir.remove(d).unwrap_or_default();
+        if in_mount(d) {
+            // Inside a mount point (kept empty below): not in the snapshot.
+            continue;
+        }
         let kids: Vec<RelPath> = cut
             .spine_children(d)
             .into_iter()
@@ -1386,6 +1479,12 @@ fn make_final(
             if let Some(n) = made.remove(k) {
                 nodes.push(n);
             }
+        }
+        if mounts.contains(d) {
+            // A mount point (mounted since the plan): an empty tree, as a
+            // single-node run's `-x` records one; its units built nothing.
+            tracing::info!("{d}: another file system (one_file_system): kept empty");
+            nodes.clear();
         }
         let id = packer
             .save(repo, BlobType::Tree, &Tree { nodes }.to_blob())
@@ -1447,11 +1546,17 @@ fn make_final(
         username: std::env::var("USER").unwrap_or_default(),
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
-        tags: vec![
-            "snapring".into(),
-            format!("label={}", plan_file.label),
-            format!("shard-run={}", plan_file.run),
-        ],
+        tags: {
+            let mut tags = vec![
+                "snapring".into(),
+                format!("label={}", plan_file.label),
+                format!("shard-run={}", plan_file.run),
+            ];
+            if plan_file.one_file_system {
+                tags.push(restic::snapshot::ONE_FILE_SYSTEM_TAG.into());
+            }
+            tags
+        },
         program_version: Some(format!("snapring {}", env!("CARGO_PKG_VERSION"))),
         ..Default::default()
     };
@@ -1475,6 +1580,41 @@ fn make_final(
             st.key("final")
         )))
     })
+}
+
+/// With `one_file_system`: the spine directories on another file system than the
+/// source's root, mounted since the plan was made (the planner cuts no mount), not
+/// counting those inside another one. One `lstat` per spine directory.
+fn spine_mounts<'c>(cut: &'c Cut, source: &Path) -> Result<BTreeSet<&'c RelPath>, ShardError> {
+    let dev = |d: &RelPath| std::fs::symlink_metadata(source.join(d.as_path())).map(|m| m.dev());
+    let root = dev(&RelPath::root()).map_err(|e| {
+        ShardError::Failed(crate::error::Error::Repository(format!(
+            "cannot stat the source {}: {e}",
+            source.display()
+        )))
+    })?;
+    let mut shallow: Vec<&RelPath> = cut.spine.iter().filter(|d| !d.is_root()).collect();
+    shallow.sort_by_key(|d| d.components().count());
+    let mut points: BTreeSet<&RelPath> = BTreeSet::new();
+    for d in shallow {
+        let inside = {
+            let mut a = d.parent();
+            loop {
+                if points.contains(&a) {
+                    break true;
+                }
+                if a.is_root() {
+                    break false;
+                }
+                a = a.parent();
+            }
+        };
+        // One gone since is left out as before (its `stat` below fails).
+        if !inside && dev(d).is_ok_and(|v| v != root) {
+            points.insert(d);
+        }
+    }
+    Ok(points)
 }
 
 /// Writes the snapshot file `final` names if it is missing, then settles who publishes
@@ -1845,6 +1985,7 @@ pub fn finalize_run(
         retain: opts_retain.or((plan.retain > 0).then_some(plan.retain)),
         jobs: 1,
         cancel: Arc::new(AtomicBool::new(false)),
+        one_file_system: plan.one_file_system,
     };
     if st.read_final().map_err(failed)?.is_none() {
         let done = st.done().map_err(failed)?;

@@ -101,6 +101,9 @@ pub struct WalkSizes {
 struct Counting {
     root: Mutex<Option<OwnedFd>>,
     below: Mutex<HashMap<RelPath, u64>>,
+    /// `one_file_system`: a directory on another device than the source's is one
+    /// entry, not walked (a mount point is a leaf of the plan, never cut).
+    one_fs: Option<traverse::OneFs>,
 }
 
 struct Node {
@@ -123,14 +126,15 @@ fn listed(dir: BorrowedFd<'_>, name: &[u8], kind: Option<Kind>) -> Option<Kind> 
 impl Visitor for Counting {
     type State = Node;
     type Item = (Vec<u8>, Option<Kind>);
-    type Sub = ();
+    /// A subdirectory's device (asked for only with `one_file_system`).
+    type Sub = Option<u64>;
 
     fn open(
         &self,
         parent: Option<&Dir<Node>>,
         name: &[u8],
         _rel: &RelPath,
-        _: (),
+        _: Option<u64>,
     ) -> Opened<Node, (Vec<u8>, Option<Kind>)> {
         let fd = match parent {
             None => self.root.lock().unwrap_or_else(|e| e.into_inner()).take(),
@@ -149,16 +153,33 @@ impl Visitor for Counting {
         )
     }
 
-    fn visit(&self, dir: &Arc<Dir<Node>>, (name, kind): (Vec<u8>, Option<Kind>)) -> Step<()> {
+    fn visit(
+        &self,
+        dir: &Arc<Dir<Node>>,
+        (name, kind): (Vec<u8>, Option<Kind>),
+    ) -> Step<Option<u64>> {
         let Some(kind) = listed(b(&dir.state.fd), &name, kind) else {
             return Step::Next;
         };
         dir.state.total.fetch_add(1, Ordering::Relaxed);
-        if kind == Kind::Dir {
-            Step::Descend(name, ())
-        } else {
-            Step::Next
+        if kind != Kind::Dir {
+            return Step::Next;
         }
+        // With `one_file_system` one `lstat` per directory (none per file): its device.
+        // One that does not answer is walked as before (its open says what it is).
+        let dev = match &self.one_fs {
+            Some(_) => fsx::lstat_at(b(&dir.state.fd), &name).ok().map(|m| m.dev),
+            None => None,
+        };
+        Step::Descend(name, dev)
+    }
+
+    fn one_fs(&self) -> Option<&traverse::OneFs> {
+        self.one_fs.as_ref()
+    }
+
+    fn device(&self, dev: &Option<u64>) -> Option<u64> {
+        *dev
     }
 
     fn finish(&self, dir: &Dir<Node>) {
@@ -176,13 +197,15 @@ impl Visitor for Counting {
 }
 
 impl WalkSizes {
-    /// Walks the source at `root` on `threads` workers.
-    pub fn walk(root: PathBuf, src: OwnedFd, threads: usize) -> WalkSizes {
+    /// Walks the source at `root` on `threads` workers; with `one_fs`, the device of
+    /// the source's root (`one_file_system`), not into a directory on another one.
+    pub fn walk(root: PathBuf, src: OwnedFd, threads: usize, one_fs: Option<u64>) -> WalkSizes {
         let v = Counting {
             root: Mutex::new(Some(src)),
             below: Mutex::new(HashMap::new()),
+            one_fs: one_fs.map(traverse::OneFs::new),
         };
-        traverse::walk(&v, (), threads.max(1), &AtomicBool::new(false));
+        traverse::walk(&v, None, threads.max(1), &AtomicBool::new(false));
         WalkSizes {
             root,
             below: v.below.into_inner().unwrap_or_else(|e| e.into_inner()),
@@ -224,11 +247,17 @@ impl Sizes for WalkSizes {
 /// Such a cut does not fit: the directory's units would have nothing, its parent's units
 /// skip its name, and finalize would leave the entry out as a problem. One `lstat` per
 /// spine directory, [`SPINE_CHECKS`] at once (on NFS each is a round trip, and the
-/// other workers wait for the plan).
-fn stale_spine<'c>(cut: &'c Cut, source: &Path) -> Option<&'c RelPath> {
+/// other workers wait for the plan). With `one_fs` (the device of the source's root,
+/// `one_file_system`), a spine directory on another device does not fit either: the
+/// previous backup crossed into a mount there (made without `-x`, or mounted since),
+/// and a unit must never be cut inside a mount. The spine holds every ancestor of its
+/// directories, so a directory below a mount point is found by its ancestor too.
+fn stale_spine<'c>(cut: &'c Cut, source: &Path, one_fs: Option<u64>) -> Option<&'c RelPath> {
+    use std::os::unix::fs::MetadataExt;
     let dirs: Vec<&RelPath> = cut.spine.iter().filter(|d| !d.is_root()).collect();
     let fits = crate::util::par_map(SPINE_CHECKS, &dirs, |d| {
-        std::fs::symlink_metadata(source.join(d.as_path())).is_ok_and(|m| m.is_dir())
+        std::fs::symlink_metadata(source.join(d.as_path()))
+            .is_ok_and(|m| m.is_dir() && one_fs.is_none_or(|dev| m.dev() == dev))
     });
     dirs.into_iter()
         .zip(fits)
@@ -246,14 +275,21 @@ fn cut_for(sizes: &dyn Sizes, workers: usize) -> Cut {
 
 /// The previous backup's weights (`by`: where they come from, for the log) cut for
 /// `workers`, if that cut still fits the source at `source` (`stale_spine`); else
-/// `None`, logged, and the caller walks the source (`walk_cut`).
-pub fn cut_if_fits(sizes: &dyn Sizes, workers: usize, source: &Path, by: &str) -> Option<Cut> {
+/// `None`, logged, and the caller walks the source (`walk_cut`). `one_fs`: the device
+/// of the source's root, with `one_file_system` ([`source_device`]).
+pub fn cut_if_fits(
+    sizes: &dyn Sizes,
+    workers: usize,
+    source: &Path,
+    by: &str,
+    one_fs: Option<u64>,
+) -> Option<Cut> {
     let cut = cut_for(sizes, workers);
-    match stale_spine(&cut, source) {
+    match stale_spine(&cut, source, one_fs) {
         None => Some(cut),
         Some(d) => {
             tracing::info!(
-                "{d}, cut by {by}, is no directory of the source now; walking the source"
+                "{d}, cut by {by}, is no directory of the source's file system now; walking the source"
             );
             None
         }
@@ -274,12 +310,33 @@ pub const PLAN_THREADS: usize = 64;
 
 /// The source at `source` walked on `threads` threads (`WalkSizes`) and cut for
 /// `workers`: a plan with no previous backup to weigh it, or one that no longer fits.
-pub fn walk_cut(source: &Path, workers: usize, threads: usize) -> std::io::Result<Cut> {
+/// With `one_file_system`, the walk stays on the source's file system: a mount point
+/// weighs one, so it is never a spine directory (a leaf of the plan, kept empty).
+pub fn walk_cut(
+    source: &Path,
+    workers: usize,
+    threads: usize,
+    one_file_system: bool,
+) -> std::io::Result<Cut> {
     let fd = fsx::open_dir(source)?;
+    let one_fs = match one_file_system {
+        true => Some(fsx::fstat(b(&fd))?.dev),
+        false => None,
+    };
     Ok(cut_for(
-        &WalkSizes::walk(source.to_path_buf(), fd, threads),
+        &WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs),
         workers,
     ))
+}
+
+/// The device of the source's root with `one_file_system` (`None` without it): what
+/// the plan's spine and every unit's walk stay on.
+pub fn source_device(source: &Path, one_file_system: bool) -> std::io::Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    match one_file_system {
+        true => Ok(Some(std::fs::metadata(source)?.dev())),
+        false => Ok(None),
+    }
 }
 
 /// Weights from the previous snapshot's trees (a shard run into a restic repository).

@@ -91,6 +91,12 @@ pub struct PlanFile {
     /// ([`RunDir::part_dir`]); absent (0: all in `parts/`) in plans written before.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub part_dirs: u32,
+    /// `one_file_system` (`-x`): the plan's sizes and spine, every unit's walk and
+    /// finalize stay on the source's file system; a worker started otherwise is
+    /// refused. Part of the plan's hash, as every field. Absent (false) in plans
+    /// written before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub one_file_system: bool,
     pub spine: Vec<String>,
     pub units: Vec<UnitRec>,
 }
@@ -293,6 +299,17 @@ pub struct UnitCounts {
     pub problems: Vec<Problem>,
     pub seconds: f64,
     pub started_at: String,
+    /// With `one_file_system`: the directories on another file system the unit's walk
+    /// kept empty, and the first of them (escaped paths of the source, in path order;
+    /// at most `traverse::MOUNT_POINTS_NAMED`). Absent when none.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub mount_points_skipped: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mount_points: Vec<String>,
+}
+
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One run's directory.
@@ -610,6 +627,7 @@ mod tests {
             created_by: String::new(),
             host: None,
             part_dirs: 0,
+            one_file_system: false,
             cap: 1,
             spine: vec![String::new(), "flat".into()],
             units: vec![unit("u0000", None, true), unit("u0001", Some("m"), false)],

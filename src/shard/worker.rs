@@ -13,6 +13,7 @@
 //! file I/O on the source and the store.
 
 use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +81,10 @@ struct Worker<'a> {
     /// The plan's [`PlanFile::part_dirs`].
     part_dirs: u32,
     source: PathBuf,
+    /// `one_file_system`: the device of the source's root, as this host sees it (a
+    /// network file system's device number differs between hosts). Every unit's walk
+    /// stays on it, whatever device the unit's own directory is on.
+    one_fs: Option<u64>,
     prev: Option<Previous>,
     prev_root: Option<OwnedFd>,
     excludes: crate::engine::exclude::Excludes,
@@ -106,16 +111,6 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         Error::Config(m) => ShardError::Usage(m),
         e => ShardError::Failed(e),
     })?;
-    // Not yet: the plan's spine and sizes, each unit's walk, finalize's spine
-    // metadata and the run's report would all have to stop at a mount point. Refused
-    // rather than ignored: a silent full walk would back up what the user left out.
-    if opts.one_file_system {
-        return Err(ShardError::Usage(
-            "one_file_system (--one-file-system or the job's `one_file_system`) is not \
-             supported by shard workers yet; run the backup on one node, or leave it out"
-                .into(),
-        ));
-    }
     let resolved;
     let opts = if opts.jobs == crate::engine::options::AUTO_JOBS {
         resolved = BackupOptions {
@@ -219,7 +214,12 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         }
         None => None,
     };
+    let one_fs = match plan.one_file_system {
+        true => Some(fsx::fstat(b(&src_fd)).ctx("stat source", &source)?.dev),
+        false => None,
+    };
     let ctx = Worker {
+        one_fs,
         opts,
         spec,
         rd: &rd,
@@ -494,6 +494,7 @@ fn make_plan(
         ),
         cap: cut.cap,
         part_dirs: super::state::PART_DIRS,
+        one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
     };
@@ -517,17 +518,21 @@ pub fn cut_source(
 ) -> Result<(Cut, &'static str), ShardError> {
     if let Some(m) = prev.and_then(|p| p.manifest.as_ref()) {
         let sizes = ManifestSizes::read(m).ctx("read manifest", &m.mf_path)?;
+        let one_fs =
+            sizes::source_device(source, opts.one_file_system).ctx("stat source", source)?;
         if let Some(cut) = sizes::cut_if_fits(
             &sizes,
             spec.count,
             source,
             "the previous snapshot's manifest",
+            one_fs,
         ) {
             return Ok((cut, "manifest"));
         }
     }
     let threads = sizes::planning_threads(opts.jobs, spec.count);
-    let cut = sizes::walk_cut(source, spec.count, threads).ctx("open source", source)?;
+    let cut = sizes::walk_cut(source, spec.count, threads, opts.one_file_system)
+        .ctx("open source", source)?;
     Ok((cut, "walk"))
 }
 
@@ -557,6 +562,9 @@ fn check_plan(
             plan.label, plan.retain, opts.label, opts.retain
         ));
     }
+    if plan.one_file_system != opts.one_file_system {
+        diffs.push(one_fs_differs(plan.one_file_system));
+    }
     if !diffs.is_empty() {
         return Err(ShardError::Usage(format!(
             "run {} was planned with {}: every worker of a run needs the same settings (or use a new --run-id)",
@@ -577,6 +585,14 @@ fn check_plan(
         }));
     }
     Ok(())
+}
+
+/// What a plan mismatch of `one_file_system` says (`planned`: the plan's setting).
+pub(super) fn one_fs_differs(planned: bool) -> String {
+    match planned {
+        true => "one_file_system (-x), but this worker was started without it".into(),
+        false => "no one_file_system, but this worker was started with -x".into(),
+    }
 }
 
 /// The unit being built, shared with the thread that renews its lease.
@@ -954,6 +970,23 @@ fn build(
         throttle: ctx.throttle.clone(),
         ..Counters::default()
     };
+    // `one_file_system`: the unit's directory, or one above it, is on another file
+    // system than the source's root (mounted since the plan: the planner cuts no
+    // mount). Its contents are not backed up: the unit is empty, and finalize keeps the
+    // mount point as an empty directory with its own metadata and counts it.
+    if let Some(dev) = ctx.one_fs
+        && crosses(&ctx.source, &unit.dir, dev)
+    {
+        tracing::info!(
+            "unit {}: {} is on another file system (one_file_system): nothing walked",
+            unit.id,
+            unit.dir
+        );
+        let sink = TreeSink::new(work_fd, None, None, writer);
+        let root = Entry::from_meta(b".", &fsx::fstat(b(&sink_root(&work)?)).ctx("stat", &work)?);
+        crate::sink::Sink::commit(sink, &root).ctx("seal", &work)?;
+        return Ok(Some(unit_counts(&counters, t0, started_at)));
+    }
     let src = match fsx::open_dir(&src_path) {
         Ok(fd) => fd,
         Err(e) if fsx::errno_is(&e, Errno::NOENT) || fsx::errno_is(&e, Errno::NOTDIR) => {
@@ -973,6 +1006,7 @@ fn build(
         Err(e) => return Err(io_error(e, "open source directory", &src_path).into()),
     };
     let src_meta = fsx::fstat(b(&src)).ctx("stat", &src_path)?;
+    let one_fs = ctx.one_fs.map(crate::traverse::OneFs::new);
     let prev_dir = ctx
         .prev_root
         .as_ref()
@@ -989,13 +1023,21 @@ fn build(
         .prev
         .as_ref()
         .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
-    let walk = Walk::new(&counters, stop, &ctx.excludes, manifest, &sink)
+    let mut walk = Walk::new(&counters, stop, &ctx.excludes, manifest, &sink)
         .kept_from(kept_from)
         .only_root_names(Box::new(keep))
         .gate(&ctx.gate);
+    if let Some(fs) = &one_fs {
+        walk = walk.stay_on(fs);
+    }
     walk.run_at(src, src_meta, unit.dir.clone(), jobs);
     let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
     drop(walk);
+    if let Some(fs) = &one_fs {
+        // Paths of the source (the walk's root is the unit's directory there).
+        let m = fs.skipped();
+        counters.mount_points(m.count, m.first.iter().map(|p| p.escaped()));
+    }
     if let Some(e) = fatal {
         crate::sink::Sink::abandon(sink);
         return Err(ShardError::Failed(e));
@@ -1008,6 +1050,23 @@ fn build(
     root.group = None;
     crate::sink::Sink::commit(sink, &root).ctx("seal unit", &work)?;
     Ok(Some(unit_counts(&counters, t0, started_at)))
+}
+
+/// Whether `dir` of the source at `source`, or a directory above it, is on another
+/// device than `dev` (the source root's): one `lstat` per component. One that does not
+/// answer is left to the unit's walk to report.
+fn crosses(source: &std::path::Path, dir: &RelPath, dev: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let mut at = source.to_path_buf();
+    for c in dir.components() {
+        at.push(std::ffi::OsStr::from_bytes(c));
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if m.dev() != dev => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 fn sink_root(work: &std::path::Path) -> Result<OwnedFd, ShardError> {
@@ -1035,6 +1094,8 @@ fn unit_counts(c: &Counters, t0: Instant, started_at: String) -> UnitCounts {
         problems: r.problems,
         seconds: t0.elapsed().as_secs_f64(),
         started_at,
+        mount_points_skipped: r.mount_points_skipped,
+        mount_points: r.mount_points,
     }
 }
 
