@@ -70,6 +70,10 @@ pub struct Options {
     /// another device is compared as an entry, and neither side's contents of it are
     /// walked.
     pub stay_on: Option<u64>,
+    /// What the backup left out (its run record's or snapshot's exclusion settings):
+    /// on side `b`, an entry only it has that a pattern matches is not `added`, and a
+    /// tagged directory's listing keeps only its tag, as the backup's walk did.
+    pub excludes: Option<crate::exclude::Excludes>,
 }
 
 #[derive(Default, Serialize, Debug, Clone)]
@@ -222,7 +226,20 @@ impl<A: SnapshotReader, B: SnapshotReader> Visitor for Run<'_, A, B> {
         let a = self.open_side(self.a, in_a, pa, name, rel);
         let b = self.open_side(self.b, in_b, pb, name, rel);
         let la = self.list_side(self.a, a.as_ref(), rel);
-        let lb = self.list_side(self.b, b.as_ref(), rel);
+        let mut lb = self.list_side(self.b, b.as_ref(), rel);
+        if let (Some(ex), Some(bd)) = (&self.opts.excludes, b.as_ref())
+            && ex.has_tags()
+        {
+            let names: Vec<Vec<u8>> = lb.iter().map(|l| l.name().to_vec()).collect();
+            let keep = ex.keep_by(&names, |tag, header| {
+                self.b
+                    .open_file(bd, tag)
+                    .is_ok_and(|fd| crate::exclude::starts_with(fsx::b(&fd), header))
+            });
+            if let Some(keep) = keep {
+                lb.retain(|l| keep.iter().any(|k| k == l.name()));
+            }
+        }
         Opened::Dir(Pair { a, b }, merge(la, lb))
     }
 
@@ -237,6 +254,15 @@ impl<A: SnapshotReader, B: SnapshotReader> Visitor for Run<'_, A, B> {
         let dev = y.as_ref().and_then(|s| s.meta.as_ref()).map(|m| m.dev);
         match (x.map(|s| s.entry), y.map(|s| s.entry)) {
             (Some(x), None) => self.one_sided(rel, x, Change::Removed, None),
+            (None, Some(y))
+                if self
+                    .opts
+                    .excludes
+                    .as_ref()
+                    .is_some_and(|ex| ex.is_excluded(&rel, y.kind == Kind::Dir)) =>
+            {
+                Step::Next
+            }
             (None, Some(y)) => self.one_sided(rel, y, Change::Added, dev),
             (Some(x), Some(y)) => {
                 if let Some(d) = self.pair(&rel, &x, &y, da, db) {

@@ -52,6 +52,15 @@ pub struct JobConfig {
     pub prefix: Option<String>,
     #[serde(default)]
     pub exclude: Vec<String>,
+    /// Pattern files, one pattern a line (rsync's `--exclude-from`); absolute paths.
+    #[serde(default)]
+    pub exclude_from: Vec<PathBuf>,
+    /// Leave out the contents of a directory holding a valid `CACHEDIR.TAG`.
+    pub exclude_caches: Option<bool>,
+    /// Leave out the contents of a directory holding an entry of one of these names
+    /// (`NAME`, or `NAME:HEADER` for a file starting with HEADER).
+    #[serde(default)]
+    pub exclude_if_present: Vec<String>,
     pub jobs: Option<usize>,
     pub require_mount: Option<bool>,
     pub allow_empty: Option<bool>,
@@ -303,6 +312,23 @@ pub fn resolve(
         }
     }
     o.excludes = f.exclude.into_iter().chain(flags.exclude).collect();
+    if let Some(p) = f.exclude_from.iter().find(|p| !p.is_absolute()) {
+        return Err(Error::Config(format!(
+            "exclude_from {}: give an absolute path in a config file",
+            p.display()
+        )));
+    }
+    o.exclude_from = f
+        .exclude_from
+        .into_iter()
+        .chain(flags.exclude_from)
+        .collect();
+    o.exclude_caches = flags.exclude_caches.or(f.exclude_caches).unwrap_or(false);
+    o.exclude_if_present = f
+        .exclude_if_present
+        .into_iter()
+        .chain(flags.exclude_if_present)
+        .collect();
     o.jobs = flags.jobs.or(f.jobs).unwrap_or(AUTO_JOBS);
     o.require_mount = flags.require_mount.or(f.require_mount).unwrap_or(false);
     o.allow_empty = flags.allow_empty.or(f.allow_empty).unwrap_or(false);

@@ -364,6 +364,8 @@ pub struct RepositoryJob {
     pub with_atime: bool,
     /// `--one-file-system`: stay on the source's file system.
     pub one_file_system: bool,
+    /// What is left out, the pattern files read (`crate::exclude::Settings`).
+    pub exclusion: crate::exclude::Settings,
 }
 
 /// Runs a backup into a restic repository as a run like any other: its own run id, a
@@ -423,6 +425,7 @@ pub fn run_repository(
                 with_atime: j.with_atime,
                 before_forget: Some(crate::shard::repository::before_forget),
                 one_file_system: j.one_file_system,
+                exclusion: j.exclusion.clone(),
             };
             return restic::backup::backup(&mut repo, &opts);
         };
@@ -734,6 +737,7 @@ fn repository_report(j: &RepositoryJob, id: &str) -> RunReport {
     o.window = j.window;
     o.one_file_system = j.one_file_system;
     let mut r = crate::engine::backup::new_report(&o, id, Path::new(&j.dest));
+    r.exclusion = j.exclusion.clone();
     r.source = std::fs::canonicalize(&j.source).unwrap_or_else(|_| j.source.clone());
     r
 }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod exclude;
 pub mod failpoint;
 pub mod fsx;
 pub mod hooks;

@@ -100,6 +100,11 @@ pub struct RunReport {
     pub retain: u32,
     pub window: Option<String>,
     pub prefix: Option<String>,
+    /// Every exclusion setting of the run (`excludes`: the patterns given and those
+    /// read from the `exclude_from` files; `exclude_caches`; `exclude_if_present`), so
+    /// `verify`/`diff --against` leave out what the backup left out.
+    #[serde(flatten)]
+    pub exclusion: crate::exclude::Settings,
     pub source: PathBuf,
     pub store: PathBuf,
     pub host: String,

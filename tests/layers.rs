@@ -15,6 +15,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &[
             "relpath",
             "fsx",
+            "exclude",
             "error",
             "util",
             "failpoint",

@@ -266,20 +266,20 @@ fn repository_runs_land_in_the_catalog_and_the_webhook_without_the_password() {
 
     // Settings a repository does not take are refused, naming them: by `config
     // check` at the key's line, and by the run.
-    write_cfg(&pw, "exclude = [\"*.tmp\"]\n");
+    write_cfg(&pw, "prefix = \"home\"\n");
     let out = snapring(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()], &[]);
     let said = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{said}");
     assert!(
         said.contains(
-            ":8:1: job.offsite.exclude: exclude is not supported with a restic repository dest"
+            ":8:1: job.offsite.prefix: prefix is not supported with a restic repository dest"
         ),
         "{said}"
     );
     let (code, _, err) = run(&catalog);
     assert_eq!(code, 1);
     assert!(
-        err.contains("exclude") && err.contains("not supported with a restic repository"),
+        err.contains("prefix") && err.contains("not supported with a restic repository"),
         "{err}"
     );
     assert_eq!(hooks(&http).len(), 4, "a refused run notifies nobody");

@@ -185,6 +185,18 @@ pub struct BackupArgs {
     /// the root, trailing / for directories only, ** across directories.
     #[arg(long = "exclude", value_name = "GLOB")]
     pub exclude: Vec<String>,
+    /// Read exclude patterns from FILE (repeatable): one a line, as --exclude; blank
+    /// lines and lines starting with # are skipped.
+    #[arg(long = "exclude-from", value_name = "FILE")]
+    pub exclude_from: Vec<std::path::PathBuf>,
+    /// Leave out the contents of directories holding a valid CACHEDIR.TAG (the
+    /// directory and the tag are kept, as restic and tar do).
+    #[arg(long)]
+    pub exclude_caches: bool,
+    /// Leave out the contents of directories holding an entry NAME (repeatable;
+    /// NAME:HEADER: a file starting with HEADER); the directory and NAME are kept.
+    #[arg(long = "exclude-if-present", value_name = "NAME")]
+    pub exclude_if_present: Vec<String>,
     /// File-system calls in flight [default: 64 when the source or the store is on
     /// NFS/FUSE, 4 per CPU (at most 32) when both are local]
     #[arg(long, value_parser = jobs)]

@@ -101,6 +101,34 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::from(report.status))
 }
 
+/// The exclusion settings of job `f` with the flags of `a` added, the pattern files
+/// read now: a missing one, or a bad line (named by file and line), is a usage error
+/// before anything runs. A relative `exclude_from` in a config file is refused (it
+/// would depend on the daemon's working directory).
+pub(super) fn exclusion(
+    a: &BackupArgs,
+    f: &JobConfig,
+) -> anyhow::Result<snapring::exclude::Settings> {
+    if let Some(p) = f.exclude_from.iter().find(|p| !p.is_absolute()) {
+        return Err(super::exit_code::usage!(
+            "exclude_from {}: give an absolute path in a config file",
+            p.display()
+        ));
+    }
+    let both = |x: &[String], y: &[String]| x.iter().chain(y).cloned().collect::<Vec<_>>();
+    snapring::exclude::Settings::resolve(
+        &both(&f.exclude, &a.exclude),
+        &f.exclude_from
+            .iter()
+            .chain(&a.exclude_from)
+            .cloned()
+            .collect::<Vec<_>>(),
+        a.exclude_caches || f.exclude_caches.unwrap_or(false),
+        &both(&f.exclude_if_present, &a.exclude_if_present),
+    )
+    .map_err(|e| super::exit_code::usage!("{}", e.to_string().trim_start_matches("config: ")))
+}
+
 /// A job ready to run: its resolved options and whom to notify.
 struct Job {
     opts: BackupOptions,
@@ -130,6 +158,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         }
         None => (a.job.clone(), None),
     };
+    exclusion(a, file_job.as_ref().unwrap_or(&JobConfig::default()))?;
     let mut opts = config::resolve(name, file_job.clone(), flags(a)?)?;
     opts.dry_run = a.dry_run;
     opts.plan_on_stderr = a.json;
@@ -167,6 +196,9 @@ fn flags(a: &BackupArgs) -> anyhow::Result<JobConfig> {
         retain: a.retain,
         prefix: a.prefix.clone(),
         exclude: a.exclude.clone(),
+        exclude_from: a.exclude_from.clone(),
+        exclude_caches: a.exclude_caches.then_some(true),
+        exclude_if_present: a.exclude_if_present.clone(),
         jobs: a.jobs,
         require_mount: a.require_mount.then_some(true),
         allow_empty: a.allow_empty.then_some(true),

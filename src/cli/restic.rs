@@ -145,7 +145,6 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     let unsupported = [
         (a.folder.is_some() || f.folder.is_some(), "folder"),
         (a.prefix.is_some() || f.prefix.is_some(), "prefix"),
-        (!a.exclude.is_empty() || !f.exclude.is_empty(), "exclude"),
         (a.dry_run, "dry-run"),
         (
             a.require_mount || f.require_mount == Some(true),
@@ -172,6 +171,19 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         );
     }
     let file_job = a.config.as_ref().map(|_| f.clone());
+    // Every exclusion setting, the pattern files read now: a bad one is a usage error
+    // before anything runs.
+    let exclusion = super::backup::exclusion(a, &f)?;
+    // Not yet: a unit's walk would honour them, but the plan's spine and finalize's
+    // snapshot record would not. Refused rather than ignored: a silent full walk would
+    // back up what the user left out.
+    if is_shard_worker(a) && !exclusion.is_empty() {
+        return Err(usage!(
+            "exclude, exclude_from, exclude_caches and exclude_if_present are not \
+             supported by shard workers into a restic repository yet; run the backup on \
+             one node, or into a hard-link store"
+        ));
+    }
     let source = a
         .source
         .clone()
@@ -208,6 +220,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         window,
         with_atime: a.with_atime || f.with_atime.unwrap_or(false),
         one_file_system: a.one_file_system || f.one_file_system.unwrap_or(false),
+        exclusion,
     };
     let catalog = cat
         .for_config(file_catalog)
@@ -968,6 +981,7 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         window: None,
         with_atime: false,
         one_file_system: false,
+        exclusion: Default::default(),
     };
     let catalog = cat
         .for_config(None)

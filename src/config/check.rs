@@ -61,6 +61,17 @@ pub const JOB_KEYS: &[Key] = &[
     key("retain", Kind::Int(opt::check_retain), "7"),
     key("prefix", Kind::Str(prefix), "\"home\""),
     key("exclude", Kind::List(exclude), "[\"*.tmp\", \"cache/\"]"),
+    key(
+        "exclude_from",
+        Kind::List(exclude_file),
+        "[\"/etc/snapring/efs.exclude\"]",
+    ),
+    key("exclude_caches", Kind::Bool, "true"),
+    key(
+        "exclude_if_present",
+        Kind::List(exclude_tag),
+        "[\".nobackup\"]",
+    ),
     key("jobs", Kind::Int(opt::check_jobs), "64"),
     key("require_mount", Kind::Bool, "true"),
     key("allow_empty", Kind::Bool, "false"),
@@ -92,7 +103,6 @@ pub const JOB_KEYS: &[Key] = &[
 pub const REPOSITORY_REFUSES: &[&str] = &[
     "folder",
     "prefix",
-    "exclude",
     "require_mount",
     "bwlimit",
     "pre_command",
@@ -168,6 +178,8 @@ const ALIASES: &[(&str, &str)] = &[
     ("concurrency", "jobs"),
     ("threads", "jobs"),
     ("excludes", "exclude"),
+    ("exclude_file", "exclude_from"),
+    ("exclude_files", "exclude_from"),
     ("one_fs", "one_file_system"),
     ("xdev", "one_file_system"),
     ("jobs", "job"),
@@ -202,8 +214,25 @@ fn prefix(p: &str) -> Check {
 }
 
 fn exclude(p: &str) -> Check {
-    crate::engine::exclude::build(&[p.to_string()])
+    crate::exclude::build(&[p.to_string()])
         .map(|_| ())
+        .map_err(|e| e.to_string().trim_start_matches("config: ").to_string())
+}
+
+/// An `exclude_from` file: absolute, readable, every line a valid pattern (the error
+/// names the file and the line).
+fn exclude_file(p: &str) -> Check {
+    let path = std::path::Path::new(p);
+    if !path.is_absolute() {
+        return Err(format!("exclude file {p:?}: give an absolute path"));
+    }
+    crate::exclude::read_file(path)
+        .map(|_| ())
+        .map_err(|e| e.to_string().trim_start_matches("config: ").to_string())
+}
+
+fn exclude_tag(t: &str) -> Check {
+    crate::exclude::check_tag(t)
         .map_err(|e| e.to_string().trim_start_matches("config: ").to_string())
 }
 

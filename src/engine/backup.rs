@@ -253,6 +253,14 @@ pub fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         retain: opts.retain,
         window: opts.window.map(|w| format!("{}s", w.as_secs())),
         prefix: opts.prefix.as_ref().map(|p| p.escaped()),
+        exclusion: opts
+            .exclude_settings()
+            .unwrap_or_else(|_| crate::exclude::Settings {
+                excludes: opts.excludes.clone(),
+                exclude_from: opts.exclude_from.clone(),
+                exclude_caches: opts.exclude_caches,
+                exclude_if_present: opts.exclude_if_present.clone(),
+            }),
         source: opts.source.clone(),
         store: store.to_path_buf(),
         host: report::hostname(),
@@ -414,7 +422,7 @@ struct Start {
     src_fd: OwnedFd,
     src_meta: fsx::Meta,
     prev: Option<Previous>,
-    excludes: super::exclude::Excludes,
+    excludes: crate::exclude::Excludes,
 }
 
 /// Checks the source and opens it.
@@ -432,7 +440,7 @@ fn open_source(opts: &BackupOptions, prev: Option<Previous>) -> Result<Start> {
             prev: p.name.clone(),
         });
     }
-    let excludes = super::exclude::build(&opts.excludes)?;
+    let excludes = opts.exclude_settings()?.build()?;
     Ok(Start {
         src_fd,
         src_meta,

@@ -3,7 +3,6 @@
 
 pub mod backup;
 pub mod decide;
-pub mod exclude;
 pub mod options;
 pub mod progress;
 pub mod walk;

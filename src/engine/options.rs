@@ -23,6 +23,12 @@ pub struct BackupOptions {
     /// Back up only this subdirectory of the source (its contents become the snapshot root).
     pub prefix: Option<RelPath>,
     pub excludes: Vec<String>,
+    /// Pattern files (`--exclude-from`), read when the run starts.
+    pub exclude_from: Vec<PathBuf>,
+    /// Leave out the contents of directories holding a valid `CACHEDIR.TAG`.
+    pub exclude_caches: bool,
+    /// Leave out the contents of directories holding one of these entries.
+    pub exclude_if_present: Vec<String>,
     pub jobs: usize,
     pub dry_run: bool,
     /// Refuse unless the source is a mount point (an unmounted EFS looks like an empty dir).
@@ -60,6 +66,9 @@ impl BackupOptions {
             retain: 7,
             prefix: None,
             excludes: vec![],
+            exclude_from: vec![],
+            exclude_caches: false,
+            exclude_if_present: vec![],
             jobs: AUTO_JOBS,
             dry_run: false,
             require_mount: false,
@@ -89,8 +98,19 @@ impl BackupOptions {
         if let Some(p) = &self.prefix {
             c(check_prefix(&self.source, p))?;
         }
-        crate::engine::exclude::build(&self.excludes)?;
+        self.exclude_settings()?;
         Ok(())
+    }
+
+    /// Every exclusion setting, the pattern files read now (an unreadable file or a
+    /// bad line is a usage error naming the file and the line).
+    pub fn exclude_settings(&self) -> Result<crate::exclude::Settings> {
+        crate::exclude::Settings::resolve(
+            &self.excludes,
+            &self.exclude_from,
+            self.exclude_caches,
+            &self.exclude_if_present,
+        )
     }
 }
 

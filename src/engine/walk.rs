@@ -17,8 +17,8 @@ use std::sync::{Arc, Condvar, Mutex};
 use rustix::io::Errno;
 
 use super::decide::{Decision, PrevView, Reason, decide};
-use super::exclude::Excludes;
 use crate::error::{Error, io_error};
+use crate::exclude::Excludes;
 use crate::failpoint;
 use crate::fsx::{self, CopyError, Kind, Meta, XattrTarget, Xattrs, b};
 use crate::manifest::{self, Entry};
@@ -846,6 +846,14 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             self.source_error(rel, "read directory", &e);
             Vec::new()
         });
+        // A tagged directory (`exclude_caches`, `exclude_if_present`) keeps only its
+        // tag: decided from the full listing (a shard unit's too, before its range).
+        if let Some(keep) = self.excludes.keep_in(b(&src), &names) {
+            tracing::info!(
+                "{rel}: tagged (exclude_caches / exclude_if_present): contents left out"
+            );
+            names.retain(|n| keep.contains(n));
+        }
         if parent.is_none()
             && let Some(keep) = &self.root_names
         {

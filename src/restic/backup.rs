@@ -54,6 +54,43 @@ pub struct BackupOptions {
     /// Stay on the source's file system (`--one-file-system`): a directory on another
     /// device is recorded as an empty directory (`traverse::OneFs`).
     pub one_file_system: bool,
+    /// What is left out (`--exclude`, `--exclude-from`, `--exclude-caches`,
+    /// `--exclude-if-present`), the pattern files already read; recorded in the
+    /// snapshot (its `excludes`, and the tags [`exclusion_tags`] names).
+    pub exclusion: crate::exclude::Settings,
+}
+
+/// The tag of a snapshot made with `--exclude-caches`.
+pub const EXCLUDE_CACHES_TAG: &str = "exclude_caches";
+/// The key of the tags of a snapshot made with `--exclude-if-present NAME`.
+pub const EXCLUDE_IF_PRESENT_TAG: &str = "exclude_if_present";
+
+/// The tags that record `s`'s tag rules in a snapshot (its patterns go in `excludes`).
+pub fn exclusion_tags(s: &crate::exclude::Settings) -> Vec<String> {
+    let mut t = Vec::new();
+    if s.exclude_caches {
+        t.push(EXCLUDE_CACHES_TAG.to_string());
+    }
+    for n in &s.exclude_if_present {
+        t.push(format!("{EXCLUDE_IF_PRESENT_TAG}={n}"));
+    }
+    t
+}
+
+/// The exclusion settings a snapshot records (`excludes`, [`exclusion_tags`]), for
+/// `verify`/`diff --against`.
+pub fn exclusion_of(snap: &Snapshot) -> crate::exclude::Settings {
+    let prefix = format!("{EXCLUDE_IF_PRESENT_TAG}=");
+    crate::exclude::Settings {
+        excludes: snap.excludes.clone(),
+        exclude_from: Vec::new(),
+        exclude_caches: snap.has_tag(EXCLUDE_CACHES_TAG),
+        exclude_if_present: snap
+            .tags
+            .iter()
+            .filter_map(|t| t.strip_prefix(&prefix).map(str::to_string))
+            .collect(),
+    }
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -147,6 +184,9 @@ pub struct Spec<'a> {
     pub before_forget: Option<super::forget::BeforeRemove>,
     /// Stay on the file system of `walk_root` (`BackupOptions::one_file_system`).
     pub one_file_system: bool,
+    /// What is left out (`BackupOptions::exclusion`); its patterns are the snapshot's
+    /// `excludes`.
+    pub exclusion: crate::exclude::Settings,
 }
 
 /// Backs `opts.source` up into the repository `repo`.
@@ -179,6 +219,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     if opts.one_file_system {
         tags.push(super::snapshot::ONE_FILE_SYSTEM_TAG.into());
     }
+    tags.extend(exclusion_tags(&opts.exclusion));
     let spec = Spec {
         walk_root: source.clone(),
         path: source,
@@ -193,6 +234,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         with_atime: opts.with_atime,
         before_forget: opts.before_forget,
         one_file_system: opts.one_file_system,
+        exclusion: opts.exclusion.clone(),
     };
     snapshot_locked(repo, spec, lock)
 }
@@ -240,7 +282,16 @@ pub fn snapshot_locked(
         }
         false => None,
     };
+    let excludes = match spec.exclusion.is_empty() {
+        true => None,
+        false => Some(
+            spec.exclusion
+                .build()
+                .map_err(|e| Error::Other(e.to_string()))?,
+        ),
+    };
     let run = Run {
+        excludes: excludes.as_ref(),
         reuse: spec.reuse.map(Mutex::new),
         parent_root: parent.as_ref().map(|(_, p)| p.tree),
         parent_id: parent.as_ref().map(|(id, _)| *id),
@@ -290,6 +341,7 @@ pub fn snapshot_locked(
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
         tags: spec.tags,
+        excludes: spec.exclusion.excludes.clone(),
         program_version: Some(format!("snapring {}", env!("CARGO_PKG_VERSION"))),
         ..Default::default()
     };
@@ -566,6 +618,11 @@ struct Run<'a> {
     /// A shard unit's directory, escaped, relative to the source (empty: the source's
     /// root, or not a unit): the warnings name directories from the source's root.
     unit_dir: String,
+    /// What is left out (`Spec::exclusion`); `None`: nothing.
+    excludes: Option<&'a crate::exclude::Excludes>,
+    /// A shard unit's directory relative to the source (the root otherwise): patterns
+    /// with a `/` match paths from the source's root.
+    unit_rel: crate::relpath::RelPath,
 }
 
 /// Warnings a run keeps, at most (the log has every one).
@@ -673,6 +730,21 @@ impl crate::traverse::Visitor for Run<'_> {
         };
         let names = match list(&path) {
             Ok(mut n) => {
+                // A tagged directory keeps only its tag, decided from the whole
+                // listing (a unit's too, before its range): `crate::exclude`.
+                if let Some(ex) = self.excludes
+                    && let Some(keep) = ex.keep_by(&n, |tag, header| {
+                        crate::fsx::open_dir(&path).is_ok_and(|fd| {
+                            crate::exclude::has_header(crate::fsx::b(&fd), tag, header)
+                        })
+                    })
+                {
+                    tracing::info!(
+                        "{}: tagged (exclude_caches / exclude_if_present): contents left out",
+                        path.display()
+                    );
+                    n.retain(|name| keep.contains(name));
+                }
                 if let (None, Some(take)) = (parent, self.root_names) {
                     n.retain(|name| take(name));
                 }
@@ -717,6 +789,9 @@ impl crate::traverse::Visitor for Run<'_> {
             return Step::Quit;
         }
         let p = dir.state.path.join(OsStr::from_bytes(&name));
+        if self.excluded(&dir.rel, &name, &p) {
+            return Step::Next;
+        }
         match self.entry(&p, &name, dir.state.prev.get(&name)) {
             Ok(None) => Step::Next,
             Ok(Some((node, None))) => {
@@ -859,7 +934,35 @@ impl<'a> Run<'a> {
             parent_id: None,
             one_fs: None,
             unit_dir: String::new(),
+            excludes: None,
+            unit_rel: crate::relpath::RelPath::root(),
         }
+    }
+
+    /// Whether `name` in the directory at `rel` (from the walk's root; the file at
+    /// `p`) matches an exclude pattern. Its type is asked (one `lstat`) only when a
+    /// directories-only pattern (`cache/`) is all that matches.
+    fn excluded(&self, rel: &crate::relpath::RelPath, name: &[u8], p: &Path) -> bool {
+        let Some(ex) = self.excludes else {
+            return false;
+        };
+        let rel = match self.unit_rel.is_root() {
+            true => rel.join(name),
+            false => {
+                let mut full = self.unit_rel.clone();
+                for c in rel
+                    .as_bytes()
+                    .split(|b| *b == b'/')
+                    .filter(|c| !c.is_empty())
+                {
+                    full = full.join(c);
+                }
+                full.join(name)
+            }
+        };
+        ex.is_excluded(&rel, false)
+            || (ex.is_excluded(&rel, true)
+                && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
     }
 
     /// The source's tree, or why the walk ended without one.

@@ -165,6 +165,7 @@ pub fn copy(
         before_forget: opts.before_forget,
         // A store snapshot is one tree on one file system.
         one_file_system: false,
+        exclusion: Default::default(),
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
     report.reused_by_manifest = reuse.by_manifest;

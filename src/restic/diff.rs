@@ -92,7 +92,8 @@ pub fn diff_against(
     let (ia, sa) = snapshot::find(repo, old)?;
     let (ta, _) = snapshot::source_tree(repo, &sa)?;
     let one_fs = stays_on_one_fs(one_file_system, &sa);
-    let o = compare_live(repo, ta, dir, false, one_fs, jobs, cancel)?;
+    let ex = live_excludes(&sa)?;
+    let o = compare_live(repo, ta, dir, false, (one_fs, ex), jobs, cancel)?;
     let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
     Ok(RepoDiff {
         from: ia.hex()[..8].to_string(),
@@ -119,15 +120,29 @@ pub(crate) fn stays_on_one_fs(asked: bool, snap: &snapshot::Snapshot) -> bool {
     asked || snap.has_tag(snapshot::ONE_FILE_SYSTEM_TAG)
 }
 
+/// What snapshot `snap` left out (its `excludes` and exclusion tags), for a compare
+/// with a live tree (`compare::Options::excludes`).
+pub(crate) fn live_excludes(snap: &snapshot::Snapshot) -> Result<Option<crate::exclude::Excludes>> {
+    let s = super::backup::exclusion_of(snap);
+    if s.is_empty() {
+        return Ok(None);
+    }
+    s.build()
+        .map(Some)
+        .map_err(|e| Error::Other(format!("the snapshot's exclusion settings: {e}")))
+}
+
 /// The store's `compare` of the snapshot tree `root` (side a) with the live directory
-/// `dir` (side b); `checksum`: hash every file on both sides (verify); `one_fs`: stay on
-/// `dir`'s file system (`compare::Options::stay_on`).
+/// `dir` (side b); `checksum`: hash every file on both sides (verify); `(one_fs,
+/// excludes)`: what the snapshot left out of the live tree, its mount points' contents
+/// (`compare::Options::stay_on`) and what its exclusion settings match
+/// (`compare::Options::excludes`).
 pub(crate) fn compare_live(
     repo: &Repo,
     root: Id,
     dir: &Path,
     checksum: bool,
-    one_fs: bool,
+    (one_fs, excludes): (bool, Option<crate::exclude::Excludes>),
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<compare::Outcome> {
@@ -146,6 +161,7 @@ pub(crate) fn compare_live(
         dir_times: checksum,
         jobs: crate::concurrency::resolve(jobs, &[dir]),
         stay_on,
+        excludes,
     };
     let o = compare::compare(&RepoReader::new(repo, root), &live, &opts, cancel);
     if cancel.load(Ordering::Relaxed) {

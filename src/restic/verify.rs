@@ -132,7 +132,8 @@ fn one_against(
     use crate::compare::Change;
     let (root, _) = snapshot::source_tree(repo, snap)?;
     let one_fs = super::diff::stays_on_one_fs(one_file_system, snap);
-    let o = super::diff::compare_live(repo, root, dir, true, one_fs, jobs, cancel)?;
+    let ex = super::diff::live_excludes(snap)?;
+    let o = super::diff::compare_live(repo, root, dir, true, (one_fs, ex), jobs, cancel)?;
     let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
     Ok(RepoVerified {
         snapshot: id.hex()[..8].to_string(),

@@ -96,7 +96,7 @@ fn walk_home(
         }
         _ => None,
     };
-    let excludes = crate::engine::exclude::build(&opts.excludes)?;
+    let excludes = opts.exclude_settings()?.build()?;
     let manifest = prev.as_ref().and_then(|p| p.manifest.as_ref());
     let counters = Counters::default();
     // `one_file_system`: every unit's walk stays on the source root's device.

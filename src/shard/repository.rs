@@ -799,6 +799,7 @@ fn make_plan(
         one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
+        exclusion: Default::default(),
     })
 }
 

@@ -269,7 +269,7 @@ fn stale_spine<'c>(cut: &'c Cut, source: &Path, one_fs: Option<u64>) -> Option<&
 const SPINE_CHECKS: usize = 16;
 
 /// `sizes` cut for `workers`.
-fn cut_for(sizes: &dyn Sizes, workers: usize) -> Cut {
+pub fn cut_for(sizes: &dyn Sizes, workers: usize) -> Cut {
     plan::cut(sizes, workers, plan::cap_for(sizes.total(), workers))
 }
 
@@ -430,6 +430,45 @@ impl Sizes for TreeSizes<'_> {
                 }
             })
             .collect()
+    }
+}
+
+/// Weights seen through a run's exclusions (`crate::exclude`), so the plan cuts no
+/// spine directory where the walk leaves contents out: a subdirectory an exclude
+/// pattern matches, and every subdirectory of a tagged directory (`exclude_caches`,
+/// `exclude_if_present`), are entries of their parent's ranges rather than spine
+/// directories of their own. The unit walking the parent then leaves them out as a
+/// single-node walk does; cut further, their units would back up what is excluded.
+/// Asked only of directories heavier than the cap: one `lstat` per tag name there.
+pub struct Excluding<'a> {
+    pub sizes: &'a dyn Sizes,
+    pub excludes: &'a crate::exclude::Excludes,
+    pub source: &'a Path,
+}
+
+impl Sizes for Excluding<'_> {
+    fn total(&self) -> u64 {
+        self.sizes.total()
+    }
+
+    fn children(&self, dir: &RelPath) -> Vec<Child> {
+        let mut c = self.sizes.children(dir);
+        let tagged = self.excludes.has_tags()
+            && fsx::open_dir(&self.source.join(dir.as_path())).is_ok_and(|fd| {
+                let present: Vec<Vec<u8>> = self
+                    .excludes
+                    .tag_names()
+                    .filter(|n| fsx::lstat_at(b(&fd), n).is_ok())
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                self.excludes.keep_in(b(&fd), &present).is_some()
+            });
+        for ch in c.iter_mut().filter(|ch| ch.dir) {
+            if tagged || self.excludes.is_excluded(&dir.join(&ch.name), true) {
+                ch.dir = false;
+            }
+        }
+        c
     }
 }
 

@@ -99,6 +99,11 @@ pub struct PlanFile {
     pub one_file_system: bool,
     pub spine: Vec<String>,
     pub units: Vec<UnitRec>,
+    /// What the run leaves out (`crate::exclude::Settings`, the pattern files as the
+    /// planner read them): every worker must have the same, and finalize records it
+    /// in the run record. Absent: nothing.
+    #[serde(flatten)]
+    pub exclusion: crate::exclude::Settings,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -631,6 +636,7 @@ mod tests {
             cap: 1,
             spine: vec![String::new(), "flat".into()],
             units: vec![unit("u0000", None, true), unit("u0001", Some("m"), false)],
+            exclusion: Default::default(),
         };
         assert!(plan.cut().is_ok());
         let json = serde_json::to_string(&plan).unwrap();

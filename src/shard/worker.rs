@@ -87,7 +87,7 @@ struct Worker<'a> {
     one_fs: Option<u64>,
     prev: Option<Previous>,
     prev_root: Option<OwnedFd>,
-    excludes: crate::engine::exclude::Excludes,
+    excludes: crate::exclude::Excludes,
     cancel: &'a AtomicBool,
     lease: Duration,
     /// When this process started (before its first claim).
@@ -229,7 +229,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         source,
         prev,
         prev_root,
-        excludes: crate::engine::exclude::build(&opts.excludes)?,
+        excludes: opts.exclude_settings()?.build()?,
         cancel,
         lease: super::state::lease(),
         started,
@@ -497,6 +497,7 @@ fn make_plan(
         one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
+        exclusion: opts.exclude_settings()?,
     };
     tracing::info!(
         "shard plan: {} units (cap {}), {} spine directories, sized by {sized_by} in {:.2}s",
@@ -516,12 +517,18 @@ pub fn cut_source(
     source: &std::path::Path,
     prev: Option<&Previous>,
 ) -> Result<(Cut, &'static str), ShardError> {
+    // No spine directory where the walk leaves contents out (`sizes::Excluding`).
+    let excludes = opts.exclude_settings()?.build()?;
     if let Some(m) = prev.and_then(|p| p.manifest.as_ref()) {
         let sizes = ManifestSizes::read(m).ctx("read manifest", &m.mf_path)?;
         let one_fs =
             sizes::source_device(source, opts.one_file_system).ctx("stat source", source)?;
         if let Some(cut) = sizes::cut_if_fits(
-            &sizes,
+            &sizes::Excluding {
+                sizes: &sizes,
+                excludes: &excludes,
+                source,
+            },
             spec.count,
             source,
             "the previous snapshot's manifest",
@@ -531,8 +538,15 @@ pub fn cut_source(
         }
     }
     let threads = sizes::planning_threads(opts.jobs, spec.count);
-    let cut = sizes::walk_cut(source, spec.count, threads, opts.one_file_system)
-        .ctx("open source", source)?;
+    let fd = fsx::open_dir(source).ctx("open source", source)?;
+    let one_fs = sizes::source_device(source, opts.one_file_system).ctx("stat source", source)?;
+    let walked = sizes::WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs);
+    let seen = sizes::Excluding {
+        sizes: &walked,
+        excludes: &excludes,
+        source,
+    };
+    let cut = sizes::cut_for(&seen, spec.count);
     Ok((cut, "walk"))
 }
 
@@ -564,6 +578,15 @@ fn check_plan(
     }
     if plan.one_file_system != opts.one_file_system {
         diffs.push(one_fs_differs(plan.one_file_system));
+    }
+    // The pattern files are read on each node: they must say the same everywhere.
+    let exclusion = opts.exclude_settings()?;
+    if plan.exclusion != exclusion {
+        diffs.push(format!(
+            "exclusion settings {}, not {}",
+            serde_json::to_string(&plan.exclusion).unwrap_or_default(),
+            serde_json::to_string(&exclusion).unwrap_or_default()
+        ));
     }
     if !diffs.is_empty() {
         return Err(ShardError::Usage(format!(

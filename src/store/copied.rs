@@ -115,6 +115,7 @@ impl Store {
             dir_times: true,
             jobs: crate::concurrency::resolve(0, &[&self.root]),
             stay_on: None,
+            excludes: None,
         };
         let out = compare::compare(
             &TreeReader::recorded(b(&fd), Some(&mf)),

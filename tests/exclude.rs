@@ -1,0 +1,471 @@
+//! Exclusion lists as rsync, rsnapshot, tar and restic users write them: `--exclude-from`
+//! files, `--exclude-caches` (CACHEDIR.TAG) and `--exclude-if-present`, as flags and as
+//! job keys, on the hard-link store, a restic repository (checked by Debian's restic)
+//! and a shard run of four workers (the same tree as a single-node run); `verify
+//! --against` the source is clean after each; bad pattern files are usage errors
+//! naming the file and the line, before anything runs.
+
+mod common;
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use common::restic::*;
+use common::*;
+
+const SIGNATURE: &str = "Signature: 8a477f597d28d172789f06886806bc55";
+
+/// A source with something for each rule: `*.tmp` files and a `build/` directory for
+/// the pattern file, a valid cache directory (with a subdirectory), a fake one (wrong
+/// signature), one whose tag is too short, a directory tagged `.nobackup`, one with
+/// both tags, and a directory named `CACHEDIR.TAG` that tags nothing (not a file).
+fn source(src: &Path) {
+    write(&src.join("a/keep.txt"), b"keep");
+    write(&src.join("a/x.tmp"), b"tmp");
+    write(&src.join("a/build/out.o"), b"object");
+    write(&src.join("a/build.txt"), b"a file named like the dir stays");
+    write(
+        &src.join("cache/CACHEDIR.TAG"),
+        format!("{SIGNATURE}\n# This file is a cache directory tag.\n").as_bytes(),
+    );
+    write(&src.join("cache/blob"), b"cached");
+    write(&src.join("cache/sub/deeper"), b"cached too");
+    write(
+        &src.join("fake/CACHEDIR.TAG"),
+        b"Signature: 00000000000000000000000000000000\n",
+    );
+    write(&src.join("fake/f"), b"not a cache");
+    write(&src.join("short/CACHEDIR.TAG"), &SIGNATURE.as_bytes()[..20]);
+    write(&src.join("short/f"), b"not a cache either");
+    write(
+        &src.join("dirtag/CACHEDIR.TAG/inside"),
+        b"a directory is no tag",
+    );
+    write(&src.join("dirtag/f"), b"kept");
+    write(&src.join("proj/.nobackup"), b"");
+    write(&src.join("proj/src/main.rs"), b"fn main() {}");
+    write(&src.join("both/CACHEDIR.TAG"), SIGNATURE.as_bytes());
+    write(&src.join("both/.nobackup"), b"");
+    write(&src.join("both/f"), b"gone");
+}
+
+/// The pattern file: a comment, a blank line, a CRLF line, a directory pattern.
+fn pattern_file(dir: &Path) -> PathBuf {
+    let f = dir.join("efs.exclude");
+    std::fs::write(&f, b"# scratch files\n\n*.tmp\r\nbuild/\n").unwrap();
+    f
+}
+
+/// What each rule leaves, checked on a restored or backed-up tree at `root`.
+fn assert_excluded(root: &Path) {
+    let has = |p: &str| std::fs::symlink_metadata(root.join(p)).is_ok();
+    for p in [
+        "a/keep.txt",
+        "a/build.txt",
+        "cache",
+        "cache/CACHEDIR.TAG",
+        "fake/CACHEDIR.TAG",
+        "fake/f",
+        "short/f",
+        "dirtag/CACHEDIR.TAG/inside",
+        "dirtag/f",
+        "proj",
+        "proj/.nobackup",
+        "both",
+    ] {
+        assert!(has(p), "{p} must be kept in {}", root.display());
+    }
+    for p in [
+        "a/x.tmp",
+        "a/build",
+        "cache/blob",
+        "cache/sub",
+        "proj/src",
+        // Two tags: each rule leaves the other's tag out, as restic does.
+        "both/CACHEDIR.TAG",
+        "both/.nobackup",
+        "both/f",
+    ] {
+        assert!(!has(p), "{p} must be left out of {}", root.display());
+    }
+}
+
+fn flags(file: &Path) -> Vec<String> {
+    vec![
+        "--exclude-from".into(),
+        file.display().to_string(),
+        "--exclude-caches".into(),
+        "--exclude-if-present".into(),
+        ".nobackup".into(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+fn out_text(o: &std::process::Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Writes `p` into a directory the backup left contents out of, keeping the
+/// directory's mtime (which the backup did record) as it was.
+fn add_behind(p: &Path, data: &[u8]) {
+    use std::os::unix::fs::MetadataExt;
+    let dir = p.parent().unwrap();
+    let m = std::fs::metadata(dir).unwrap();
+    write(p, data);
+    set_mtime(dir, m.mtime(), m.mtime_nsec());
+}
+
+fn verify_against(dest: &str, src: &Path, env: &[(&str, &str)]) -> std::process::Output {
+    let args: Vec<&OsStr> = vec![
+        "verify".as_ref(),
+        "--dest".as_ref(),
+        dest.as_ref(),
+        "--against".as_ref(),
+        src.as_os_str(),
+        "--json".as_ref(),
+    ];
+    snapring(&args, env)
+}
+
+#[test]
+fn exclude_from_caches_and_if_present_on_the_hard_link_store() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    source(&src);
+    let file = pattern_file(t.path());
+    let f = flags(&file);
+
+    // A dry run plans none of what is left out.
+    let (code, rep, err) = backup(&src, &dest, &[&strs(&f)[..], &["--dry-run"]].concat(), &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    assert!(
+        err.contains("a/keep.txt"),
+        "the plan lists the kept files: {err}"
+    );
+    for gone in ["cache/blob", "proj/src", "x.tmp", "build/out.o", "both/f"] {
+        assert!(!err.contains(gone), "the dry run plans {gone}: {err}");
+    }
+
+    let (code, rep, err) = backup(&src, &dest, &strs(&f), &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    assert_excluded(&dest.join("daily.0"));
+    // The run record says what was left out: the patterns read from the file too.
+    assert_eq!(
+        rep["excludes"],
+        serde_json::json!(["*.tmp", "build/"]),
+        "{rep}"
+    );
+    assert_eq!(rep["exclude_from"], serde_json::json!([file]), "{rep}");
+    assert_eq!(rep["exclude_caches"], true, "{rep}");
+    assert_eq!(rep["exclude_if_present"], serde_json::json!([".nobackup"]));
+    let id = rep["id"].as_str().unwrap();
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dest.join(format!(".snapring/runs/{id}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["exclude_caches"], true, "{rec}");
+
+    // The source against the snapshot: what the backup left out is not "unexpected".
+    let out = verify_against(dest.to_str().unwrap(), &src, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    let diff = snapring(
+        &[
+            "diff".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--against".as_ref(),
+            src.as_os_str(),
+            "--json".as_ref(),
+        ],
+        &[],
+    );
+    let d: serde_json::Value = serde_json::from_slice(&diff.stdout).unwrap_or_default();
+    assert_eq!(
+        d["differences"],
+        serde_json::json!([]),
+        "{}",
+        out_text(&diff)
+    );
+
+    // A cache filled since is still no difference; a file outside one is.
+    add_behind(&src.join("cache/new-blob"), b"new");
+    write(&src.join("proj/src/lib.rs"), b"new");
+    let out = verify_against(dest.to_str().unwrap(), &src, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    write(&src.join("fake/new"), b"new");
+    let out = verify_against(dest.to_str().unwrap(), &src, &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["unexpected"], 1, "{v}");
+
+    // The next run links what it kept and still leaves the rest out.
+    let (code, rep, err) = backup(&src, &dest, &strs(&f), &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    assert_excluded(&dest.join("daily.0"));
+    assert!(dest.join("daily.0/fake/new").is_file());
+    assert_verify_clean(&dest, &["--all"]);
+}
+
+#[test]
+fn job_keys_in_a_config_file_and_config_check() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    source(&src);
+    let file = pattern_file(t.path());
+    let cfg = t.path().join("snapring.toml");
+    let job = |exclude_from: &Path| {
+        format!(
+            "[job.efs]\nsource = {src:?}\ndest = {dest:?}\nexclude_from = [{exclude_from:?}]\nexclude_caches = true\nexclude_if_present = [\".nobackup\"]\n"
+        )
+    };
+    std::fs::write(&cfg, job(&file)).unwrap();
+    let check = snapring(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()], &[]);
+    assert_eq!(check.status.code(), Some(0), "{}", out_text(&check));
+    let out = snapring(
+        &[
+            "run".as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+            "efs".as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    assert_excluded(&dest.join("daily.0"));
+    let out = verify_against(dest.to_str().unwrap(), &src, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+
+    // A bad line in the file: `config check` names the key, the file and its line.
+    let bad = t.path().join("bad.exclude");
+    std::fs::write(&bad, b"# ok\n*.tmp\nlogs/[\n").unwrap();
+    std::fs::write(&cfg, job(&bad)).unwrap();
+    let check = snapring(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()], &[]);
+    let said = out_text(&check);
+    assert_eq!(check.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("job.efs.exclude_from:")
+            && said.contains(&format!(
+                "{}:3: exclude pattern \"logs/[\": ",
+                bad.display()
+            )),
+        "{said}"
+    );
+    // A relative path in a config file depends on the daemon's directory: refused.
+    std::fs::write(&cfg, job(Path::new("rel.exclude"))).unwrap();
+    let check = snapring(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()], &[]);
+    assert_eq!(check.status.code(), Some(1), "{}", out_text(&check));
+    assert!(
+        out_text(&check).contains("absolute path"),
+        "{}",
+        out_text(&check)
+    );
+}
+
+#[test]
+fn bad_pattern_files_are_usage_errors_naming_the_file_and_line_before_anything_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    source(&src);
+    let missing = t.path().join("missing.exclude");
+    let bad = t.path().join("bad.exclude");
+    std::fs::write(&bad, b"*.tmp\n\n[\n").unwrap();
+    let latin1 = t.path().join("latin1.exclude");
+    std::fs::write(&latin1, b"*.tmp\r\n# caf\xe9\n\xe9t\xe9/\n").unwrap();
+    let empty_tag = ["--exclude-if-present", "a/b"];
+    for (args, says) in [
+        (
+            vec!["--exclude-from", missing.to_str().unwrap()],
+            format!("exclude file {}: cannot read it", missing.display()),
+        ),
+        (
+            vec!["--exclude-from", bad.to_str().unwrap()],
+            format!("{}:3: exclude pattern \"[\"", bad.display()),
+        ),
+        (
+            vec!["--exclude-from", latin1.to_str().unwrap()],
+            format!("{}:2: exclude pattern is not UTF-8", latin1.display()),
+        ),
+        (empty_tag.to_vec(), "exclude_if_present \"a/b\"".to_string()),
+    ] {
+        let repo = t.path().join("repo");
+        for to in [dest.display().to_string(), file_url(&repo)] {
+            let (code, rep, err) = backup(
+                &src,
+                Path::new(&to),
+                &args,
+                &[("SNAPRING_PASSWORD", PASSWORD)],
+            );
+            assert_eq!(code, 64, "{to} {args:?}: {err} {rep}");
+            assert!(
+                err.contains(&says),
+                "{to} {args:?}: wanted {says:?} in: {err}"
+            );
+            assert!(
+                !dest.exists() && !repo.exists(),
+                "{args:?}: nothing may run"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_restic_repository_leaves_the_same_out_and_restic_reads_it() {
+    let Some(restic) = restic_binary("exclusion in a restic repository") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    source(&src);
+    let file = pattern_file(t.path());
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+    let f = flags(&file);
+    let src_s = src.to_str().unwrap();
+    let (code, out, err) = sr(&[
+        &["backup", "--source", src_s, "--dest", &url, "--json"][..],
+        &strs(&f),
+    ]
+    .concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        rep["excludes"],
+        serde_json::json!(["*.tmp", "build/"]),
+        "{rep}"
+    );
+    assert_eq!(rep["exclude_caches"], true, "{rep}");
+
+    run_restic(&restic, &repo, &["check", "--read-data"]);
+    // restic's own listing of the snapshot, and its own restore.
+    let ls = run_restic(&restic, &repo, &["ls", "latest"]);
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    let canon = std::fs::canonicalize(&src).unwrap();
+    let listed = |p: &str| ls.lines().any(|l| l == canon.join(p).to_str().unwrap());
+    assert!(listed("cache/CACHEDIR.TAG") && listed("fake/f") && listed("proj/.nobackup"));
+    assert!(
+        !listed("cache/blob") && !listed("a/x.tmp") && !listed("a/build"),
+        "{ls}"
+    );
+    let to = t.path().join("restored");
+    run_restic(
+        &restic,
+        &repo,
+        &["restore", "latest", "--target", to.to_str().unwrap()],
+    );
+    assert_excluded(&to.join(canon.strip_prefix("/").unwrap()));
+    // The snapshot records the patterns (restic's `excludes`) and the tag rules.
+    let snaps = run_restic(&restic, &repo, &["snapshots", "--json"]);
+    let snaps: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    assert_eq!(snaps[0]["excludes"], serde_json::json!(["*.tmp", "build/"]));
+    let tags = snaps[0]["tags"].to_string();
+    assert!(
+        tags.contains("\"exclude_caches\"") && tags.contains("\"exclude_if_present=.nobackup\""),
+        "{tags}"
+    );
+
+    // The source against the snapshot is clean: what was left out is not unexpected.
+    let out = verify_against(&url, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    add_behind(&src.join("cache/new-blob"), b"new");
+    let out = verify_against(&url, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+}
+
+/// A source whose heaviest directory is a cache: the plan would cut it into spine
+/// directories of their own, whose units hold no tag.
+fn heavy_source(src: &Path) {
+    source(src);
+    write(&src.join("big/CACHEDIR.TAG"), SIGNATURE.as_bytes());
+    for d in 0..4 {
+        for f in 0..60 {
+            write(&src.join(format!("big/d{d}/s{}/f{f:02}", f % 3)), b"cached");
+        }
+    }
+    for d in 0..3 {
+        for f in 0..40 {
+            write(&src.join(format!("work/w{d}/f{f:02}.tmp")), b"scratch");
+            write(&src.join(format!("work/w{d}/g{f:02}")), b"kept");
+        }
+    }
+    for f in 0..40 {
+        write(
+            &src.join(format!("skipme/x/f{f:02}")),
+            b"skipped by pattern",
+        );
+        write(
+            &src.join(format!("skipme/y/f{f:02}")),
+            b"skipped by pattern",
+        );
+    }
+}
+
+#[test]
+fn a_shard_run_of_four_workers_leaves_out_what_a_single_node_run_does() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, single) = (
+        t.path().join("src"),
+        t.path().join("dest"),
+        t.path().join("single"),
+    );
+    heavy_source(&src);
+    let file = pattern_file(t.path());
+    let mut f = flags(&file);
+    f.extend(["--exclude".into(), "/skipme/".into()]);
+    let (code, rep, err) = backup(
+        &src,
+        &single,
+        &[&strs(&f)[..], &["--jobs", "2"]].concat(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err} {rep}");
+    assert_excluded(&single.join("daily.0"));
+    assert!(single.join("daily.0/big/CACHEDIR.TAG").is_file());
+    assert!(!single.join("daily.0/big/d0").exists());
+    assert!(!single.join("daily.0/skipme").exists());
+
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(bin())
+                .args(["backup", "--jobs", "2", "--json", "--source"])
+                .arg(&src)
+                .arg("--dest")
+                .arg(&dest)
+                .args(["--shard", &format!("{i}/4"), "--run-id", "excl-1"])
+                .args(&f)
+                .env("SNAPRING_CATALOG", "off")
+                .env_remove("SNAPRING_FAILPOINTS")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let o = w.wait_with_output().unwrap();
+        assert!(
+            matches!(o.status.code(), Some(0)),
+            "worker: {}",
+            out_text(&o)
+        );
+    }
+    let plan =
+        std::fs::read_to_string(dest.join(".snapring/shards/excl-1/plan.json")).unwrap_or_default();
+    assert_same_tree(
+        &describe(&single.join("daily.0")),
+        &describe(&dest.join("daily.0")),
+        &format!("a shard run against a single-node run (plan {plan})"),
+    );
+    let out = verify_against(dest.to_str().unwrap(), &src, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+}
