@@ -537,6 +537,7 @@ pub fn run_repository_worker(
             jobs: crate::concurrency::resolve(j.jobs, &[&j.source]),
             cancel,
             one_file_system: j.one_file_system,
+            exclusion: j.exclusion.clone(),
         };
         repository::work(&mut repo, spec, &opts)
     })();

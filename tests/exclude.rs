@@ -382,6 +382,40 @@ fn a_restic_repository_leaves_the_same_out_and_restic_reads_it() {
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
 }
 
+/// Four shard workers of run `run` backing `src` up into `dest` (a store or a
+/// repository URL) with `flags`; each must exit 0.
+fn run_workers(src: &Path, dest: &str, flags: &[String], run: &str) {
+    let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache");
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            Command::new(bin())
+                .args(["backup", "--jobs", "2", "--json", "--source"])
+                .arg(src)
+                .args(["--dest", dest])
+                .args(["--shard", &format!("{i}/4"), "--run-id", run])
+                .args(flags)
+                .env("SNAPRING_CATALOG", "off")
+                .env("SNAPRING_PASSWORD", PASSWORD)
+                .env("XDG_CACHE_HOME", &cache)
+                .env_remove("SNAPRING_FAILPOINTS")
+                .env_remove("SNAPRING_SHARD_LEASE")
+                .env_remove("JOB_COMPLETION_INDEX")
+                .env_remove("SLURM_ARRAY_TASK_ID")
+                .env_remove("AWS_BATCH_JOB_ARRAY_INDEX")
+                .env_remove("SNAPRING_RUN_ID")
+                .env_remove("SNAPRING_SHARDS")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for w in workers {
+        let o = w.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "worker: {}", out_text(&o));
+    }
+}
+
 /// A source whose heaviest directory is a cache: the plan would cut it into spine
 /// directories of their own, whose units hold no tag.
 fn heavy_source(src: &Path) {
@@ -434,31 +468,7 @@ fn a_shard_run_of_four_workers_leaves_out_what_a_single_node_run_does() {
     assert!(!single.join("daily.0/big/d0").exists());
     assert!(!single.join("daily.0/skipme").exists());
 
-    let workers: Vec<_> = (0..4)
-        .map(|i| {
-            Command::new(bin())
-                .args(["backup", "--jobs", "2", "--json", "--source"])
-                .arg(&src)
-                .arg("--dest")
-                .arg(&dest)
-                .args(["--shard", &format!("{i}/4"), "--run-id", "excl-1"])
-                .args(&f)
-                .env("SNAPRING_CATALOG", "off")
-                .env_remove("SNAPRING_FAILPOINTS")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    for w in workers {
-        let o = w.wait_with_output().unwrap();
-        assert!(
-            matches!(o.status.code(), Some(0)),
-            "worker: {}",
-            out_text(&o)
-        );
-    }
+    run_workers(&src, dest.to_str().unwrap(), &f, "excl-1");
     let plan =
         std::fs::read_to_string(dest.join(".snapring/shards/excl-1/plan.json")).unwrap_or_default();
     assert_same_tree(
@@ -467,5 +477,68 @@ fn a_shard_run_of_four_workers_leaves_out_what_a_single_node_run_does() {
         &format!("a shard run against a single-node run (plan {plan})"),
     );
     let out = verify_against(dest.to_str().unwrap(), &src, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+}
+
+#[test]
+fn a_restic_shard_run_of_four_workers_leaves_out_what_a_single_node_run_does() {
+    let Some(restic) = restic_binary("exclusion in a shard run into a restic repository") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    heavy_source(&src);
+    let file = pattern_file(t.path());
+    let mut f = flags(&file);
+    f.extend(["--exclude".into(), "/skipme/".into()]);
+    let (single, shard) = (t.path().join("single"), t.path().join("shard"));
+    let (su, hu) = (file_url(&single), file_url(&shard));
+    for u in [&su, &hu] {
+        assert_eq!(sr(&["init", "--dest", u]).0, 0);
+    }
+    let src_s = src.to_str().unwrap();
+    let (code, out, err) = sr(&[
+        &["backup", "--source", src_s, "--dest", &su, "--jobs", "2"][..],
+        &strs(&f),
+    ]
+    .concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    run_workers(&src, &hu, &f, "excl-r1");
+
+    run_restic(&restic, &shard, &["check", "--read-data"]);
+    let ls = run_restic(&restic, &shard, &["ls", "latest"]);
+    let ls = String::from_utf8_lossy(&ls.stdout);
+    let canon = std::fs::canonicalize(&src).unwrap();
+    let listed = |p: &str| ls.lines().any(|l| l == canon.join(p).to_str().unwrap());
+    assert!(listed("big/CACHEDIR.TAG") && listed("work/w0/g00"), "{ls}");
+    assert!(
+        !listed("big/d0") && !listed("skipme") && !listed("work/w0/f00.tmp"),
+        "{ls}"
+    );
+    let snaps = run_restic(&restic, &shard, &["snapshots", "--json"]);
+    let snaps: serde_json::Value = serde_json::from_slice(&snaps.stdout).unwrap();
+    assert_eq!(
+        snaps[0]["excludes"],
+        serde_json::json!(["/skipme/", "*.tmp", "build/"]),
+        "{snaps}"
+    );
+    assert!(
+        snaps[0]["tags"].to_string().contains("\"exclude_caches\""),
+        "{snaps}"
+    );
+
+    // Restored, the shard run's snapshot is the single-node run's tree.
+    let (to_single, to_shard) = (t.path().join("r-single"), t.path().join("r-shard"));
+    for (u, to) in [(&su, &to_single), (&hu, &to_shard)] {
+        let (code, out, err) = sr(&restore_latest(u, to));
+        assert_eq!(code, 0, "{out}\n{err}");
+    }
+    assert_excluded(&to_shard);
+    assert_same_tree(
+        &describe(&to_single),
+        &describe(&to_shard),
+        "a restic shard run against a single-node run",
+    );
+    let out = verify_against(&hu, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
 }

@@ -174,16 +174,6 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     // Every exclusion setting, the pattern files read now: a bad one is a usage error
     // before anything runs.
     let exclusion = super::backup::exclusion(a, &f)?;
-    // Not yet: a unit's walk would honour them, but the plan's spine and finalize's
-    // snapshot record would not. Refused rather than ignored: a silent full walk would
-    // back up what the user left out.
-    if is_shard_worker(a) && !exclusion.is_empty() {
-        return Err(usage!(
-            "exclude, exclude_from, exclude_caches and exclude_if_present are not \
-             supported by shard workers into a restic repository yet; run the backup on \
-             one node, or into a hard-link store"
-        ));
-    }
     let source = a
         .source
         .clone()

@@ -1265,6 +1265,11 @@ pub struct UnitSpec<'a> {
     /// `one_file_system`: the device of the source's root (not the unit directory's:
     /// `shard::repository` builds nothing of a unit whose directory is on another).
     pub one_fs: Option<u64>,
+    /// What the run leaves out (`Spec::exclusion`); `None`: nothing.
+    pub excludes: Option<&'a crate::exclude::Excludes>,
+    /// The unit's directory relative to the source (patterns with `/` match from the
+    /// source's root).
+    pub rel: crate::relpath::RelPath,
 }
 
 /// A unit backed up: the nodes of the names it took (each directory's subtree saved),
@@ -1288,6 +1293,8 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
         parent_id: spec.parent,
         unit_dir: spec.dir.clone(),
         one_fs: spec.one_fs.map(crate::traverse::OneFs::new),
+        excludes: spec.excludes,
+        unit_rel: spec.rel.clone(),
         ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {

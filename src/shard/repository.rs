@@ -95,6 +95,10 @@ pub struct Options {
     /// `--one-file-system` (`-x`): recorded in the plan; a worker started otherwise
     /// than the plan says is refused.
     pub one_file_system: bool,
+    /// What the run leaves out, the pattern files read (`crate::exclude::Settings`):
+    /// in the plan (every worker must have the same), applied by each unit's walk,
+    /// recorded in the snapshot.
+    pub exclusion: crate::exclude::Settings,
 }
 
 /// What a walk counted: a unit's (from its `BackupReport`), or the run's, summed.
@@ -688,6 +692,14 @@ fn plan_of(
             super::worker::one_fs_differs(p.one_file_system)
         )));
     }
+    if p.exclusion != opts.exclusion {
+        return Err(ShardError::Usage(format!(
+            "run {}: its plan has the exclusion settings {}, this worker was given {}: every worker of a run needs the same (a pattern file must say the same on every node)",
+            spec.run_id,
+            serde_json::to_string(&p.exclusion).unwrap_or_default(),
+            serde_json::to_string(&opts.exclusion).unwrap_or_default()
+        )));
+    }
     if p.source != source || p.label != opts.label {
         return Err(ShardError::Usage(format!(
             "run {}: its plan backs up {} as {:?}, this worker was given {} as {:?}",
@@ -740,6 +752,11 @@ fn make_plan(
             source.display()
         )))
     })?;
+    // No spine directory where the walk leaves contents out (`sizes::Excluding`).
+    let excludes = opts
+        .exclusion
+        .build()
+        .map_err(|e| ShardError::Usage(e.to_string()))?;
     let from_parent = parent.as_ref().and_then(|(id, snap)| {
         let comps: Vec<&OsStr> = source.iter().skip(1).collect();
         let sized = restic::backup::descend(repo, snap.tree, &comps).and_then(|t| match t {
@@ -748,7 +765,11 @@ fn make_plan(
         });
         match sized {
             Ok(Some(sizes)) => super::sizes::cut_if_fits(
-                &sizes,
+                &super::sizes::Excluding {
+                    sizes: &sizes,
+                    excludes: &excludes,
+                    source,
+                },
                 spec.count,
                 source,
                 &format!("snapshot {}'s trees", id.hex()),
@@ -767,14 +788,19 @@ fn make_plan(
     let (cut, sized_by) = match from_parent {
         Some(cut) => (cut, "snapshot"),
         None => {
-            let cut = super::sizes::walk_cut(source, spec.count, threads, opts.one_file_system)
-                .map_err(|e| {
-                    ShardError::Failed(crate::error::Error::Repository(format!(
-                        "cannot open the source {}: {e}",
-                        source.display()
-                    )))
-                })?;
-            (cut, "walk")
+            let fd = crate::fsx::open_dir(source).map_err(|e| {
+                ShardError::Failed(crate::error::Error::Repository(format!(
+                    "cannot open the source {}: {e}",
+                    source.display()
+                )))
+            })?;
+            let walked = super::sizes::WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs);
+            let seen = super::sizes::Excluding {
+                sizes: &walked,
+                excludes: &excludes,
+                source,
+            };
+            (super::sizes::cut_for(&seen, spec.count), "walk")
         }
     };
     let host = match &parent {
@@ -799,7 +825,7 @@ fn make_plan(
         one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
-        exclusion: Default::default(),
+        exclusion: opts.exclusion.clone(),
     })
 }
 
@@ -1245,6 +1271,14 @@ fn build_unit(
         None => None,
     };
     let take = cut.unit_names(unit);
+    let excludes = match opts.exclusion.is_empty() {
+        true => None,
+        false => Some(
+            opts.exclusion
+                .build()
+                .map_err(|e| restic::Error::Other(e.to_string()))?,
+        ),
+    };
     let built = restic::backup::unit(
         repo,
         UnitSpec {
@@ -1261,6 +1295,8 @@ fn build_unit(
             gate: Some(gate),
             known: known.clone(),
             one_fs,
+            excludes: excludes.as_ref(),
+            rel: unit.dir.clone(),
         },
     )?;
     let r = built.report;
@@ -1556,8 +1592,10 @@ fn make_final(
             if plan_file.one_file_system {
                 tags.push(restic::snapshot::ONE_FILE_SYSTEM_TAG.into());
             }
+            tags.extend(restic::backup::exclusion_tags(&plan_file.exclusion));
             tags
         },
+        excludes: plan_file.exclusion.excludes.clone(),
         program_version: Some(format!("snapring {}", env!("CARGO_PKG_VERSION"))),
         ..Default::default()
     };
@@ -1987,6 +2025,7 @@ pub fn finalize_run(
         jobs: 1,
         cancel: Arc::new(AtomicBool::new(false)),
         one_file_system: plan.one_file_system,
+        exclusion: plan.exclusion.clone(),
     };
     if st.read_final().map_err(failed)?.is_none() {
         let done = st.done().map_err(failed)?;
