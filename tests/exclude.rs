@@ -382,33 +382,38 @@ fn a_restic_repository_leaves_the_same_out_and_restic_reads_it() {
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
 }
 
-/// Four shard workers of run `run` backing `src` up into `dest` (a store or a
-/// repository URL) with `flags`; each must exit 0.
-fn run_workers(src: &Path, dest: &str, flags: &[String], run: &str) {
+/// Shard worker `i` of 4 of run `run` backing `src` up into `dest` (a store or a
+/// repository URL) with `flags`.
+fn worker(src: &Path, dest: &str, flags: &[String], run: &str, i: usize) -> Command {
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache");
+    let mut c = Command::new(bin());
+    c.args(["backup", "--jobs", "2", "--json", "--source"])
+        .arg(src)
+        .args(["--dest", dest])
+        .args(["--shard", &format!("{i}/4"), "--run-id", run])
+        .args(flags)
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("XDG_CACHE_HOME", &cache);
+    for v in [
+        "SNAPRING_FAILPOINTS",
+        "SNAPRING_SHARD_LEASE",
+        "JOB_COMPLETION_INDEX",
+        "SLURM_ARRAY_TASK_ID",
+        "AWS_BATCH_JOB_ARRAY_INDEX",
+        "SNAPRING_RUN_ID",
+        "SNAPRING_SHARDS",
+    ] {
+        c.env_remove(v);
+    }
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    c
+}
+
+/// The four shard workers of run `run` at once ([`worker`]); each must exit 0.
+fn run_workers(src: &Path, dest: &str, flags: &[String], run: &str) {
     let workers: Vec<_> = (0..4)
-        .map(|i| {
-            Command::new(bin())
-                .args(["backup", "--jobs", "2", "--json", "--source"])
-                .arg(src)
-                .args(["--dest", dest])
-                .args(["--shard", &format!("{i}/4"), "--run-id", run])
-                .args(flags)
-                .env("SNAPRING_CATALOG", "off")
-                .env("SNAPRING_PASSWORD", PASSWORD)
-                .env("XDG_CACHE_HOME", &cache)
-                .env_remove("SNAPRING_FAILPOINTS")
-                .env_remove("SNAPRING_SHARD_LEASE")
-                .env_remove("JOB_COMPLETION_INDEX")
-                .env_remove("SLURM_ARRAY_TASK_ID")
-                .env_remove("AWS_BATCH_JOB_ARRAY_INDEX")
-                .env_remove("SNAPRING_RUN_ID")
-                .env_remove("SNAPRING_SHARDS")
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+        .map(|i| worker(src, dest, flags, run, i).spawn().unwrap())
         .collect();
     for w in workers {
         let o = w.wait_with_output().unwrap();
@@ -541,4 +546,38 @@ fn a_restic_shard_run_of_four_workers_leaves_out_what_a_single_node_run_does() {
     );
     let out = verify_against(&hu, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+}
+
+#[test]
+fn a_worker_whose_pattern_file_says_something_else_than_the_plan_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    heavy_source(&src);
+    let file = pattern_file(t.path());
+    let f = flags(&file);
+    let dest = t.path().join("dest");
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+    for (target, failpoint) in [
+        (dest.to_str().unwrap(), "shard.unit_started"),
+        (url.as_str(), "shard.repo.before_walk"),
+    ] {
+        // Worker 0 makes the plan and is killed before its first unit.
+        let o = worker(&src, target, &f, "differs", 0)
+            .env("SNAPRING_FAILPOINTS", format!("{failpoint}=kill"))
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), None, "killed: {}", out_text(&o));
+        // On worker 1's node the file says something else.
+        std::fs::write(&file, b"*.tmp\n").unwrap();
+        let o = worker(&src, target, &f, "differs", 1).output().unwrap();
+        let said = out_text(&o);
+        assert_eq!(o.status.code(), Some(64), "{target}: {said}");
+        assert!(said.contains("exclusion settings"), "{target}: {said}");
+        // With the same file everywhere the run completes.
+        pattern_file(t.path());
+        run_workers(&src, target, &f, "differs");
+    }
+    assert_excluded(&dest.join("daily.0"));
 }
