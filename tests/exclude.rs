@@ -48,6 +48,9 @@ fn source(src: &Path) {
     write(&src.join("both/CACHEDIR.TAG"), SIGNATURE.as_bytes());
     write(&src.join("both/.nobackup"), b"");
     write(&src.join("both/f"), b"gone");
+    // A symlink named CACHEDIR.TAG is not followed out of the tree: no tag.
+    write(&src.join("lnk/f"), b"kept");
+    std::os::unix::fs::symlink("../cache/CACHEDIR.TAG", src.join("lnk/CACHEDIR.TAG")).unwrap();
 }
 
 /// The pattern file: a comment, a blank line, a CRLF line, a directory pattern.
@@ -70,6 +73,8 @@ fn assert_excluded(root: &Path) {
         "short/f",
         "dirtag/CACHEDIR.TAG/inside",
         "dirtag/f",
+        "lnk/CACHEDIR.TAG",
+        "lnk/f",
         "proj",
         "proj/.nobackup",
         "both",
@@ -377,9 +382,55 @@ fn a_restic_repository_leaves_the_same_out_and_restic_reads_it() {
     // The source against the snapshot is clean: what was left out is not unexpected.
     let out = verify_against(&url, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+
     add_behind(&src.join("cache/new-blob"), b"new");
     let out = verify_against(&url, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
     assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+
+    // restic's own `--exclude-caches --exclude-if-present .nobackup` of the same source
+    // leaves out the same entries, but for a symlink named CACHEDIR.TAG, which restic
+    // follows (snapring reads no tag outside the directory).
+    let (code, out, err) = sr(&[
+        "backup",
+        "--source",
+        src_s,
+        "--dest",
+        &url,
+        "--label",
+        "tags",
+        "--exclude-caches",
+        "--exclude-if-present",
+        ".nobackup",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let ours: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ours = ours["snapshot"].as_str().unwrap().to_string();
+    run_restic(
+        &restic,
+        &repo,
+        &[
+            "backup",
+            "--exclude-caches",
+            "--exclude-if-present",
+            ".nobackup",
+            src_s,
+        ],
+    );
+    let listing = |id: &str| -> Vec<String> {
+        let o = run_restic(&restic, &repo, &["ls", id]);
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with('/'))
+            .map(str::to_string)
+            .collect()
+    };
+    let theirs = listing("latest");
+    let mine = listing(&ours);
+    let lnk_f = canon.join("lnk/f").display().to_string();
+    assert!(mine.contains(&lnk_f) && !theirs.contains(&lnk_f));
+    let mine: Vec<String> = mine.into_iter().filter(|l| *l != lnk_f).collect();
+    assert_eq!(mine, theirs, "snapring's tag rules against restic's");
 }
 
 /// Shard worker `i` of 4 of run `run` backing `src` up into `dest` (a store or a
