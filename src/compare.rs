@@ -10,6 +10,12 @@
 //! `--one-file-system` backup left a directory on another device than the root's out,
 //! the compare walks into none (`traverse::OneFs`), on either side: the directory's own
 //! entry is compared, its contents are not.
+//!
+//! Side `b` can leave out what the backup left out (`Options::excludes`, from the run
+//! record or the restic snapshot): an entry only side `b` has that an exclude pattern
+//! matches is no difference, and a tagged directory of side `b` (`exclude_caches`,
+//! `exclude_if_present`) lists only its tag, decided from its listing as the backup's
+//! walk decided it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
