@@ -233,12 +233,61 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
         assert_same_tree(&describe(&w.src), &describe(&got), "restic's restore");
     }
 
-    // prune refuses while a snapshot references lost data; forgotten, prune runs.
+    // prune refuses while a snapshot references lost data; forgotten by its id (the
+    // one damaged snapshot, not every snapshot but the newest as `--retain 1` would),
+    // prune runs.
     let (code, out, err) = sr_nc(&["prune", "--dest", url]);
     assert_eq!(code, 1, "{out}\n{err}");
-    assert!(err.contains("forget those, then prune"), "{err}");
-    let (code, out, err) = sr_nc(&["forget", "--dest", url, "--label", "daily", "--retain", "1"]);
+    assert!(
+        err.contains("forget those with `snapring forget --dest URL ID...`, then prune"),
+        "{err}"
+    );
+    let (_, out, _) = sr_nc(&["repair", "index", "--dest", url]);
+    assert!(out.contains("`snapring forget --dest URL ID...`"), "{out}");
+    let snaps = || -> Vec<String> {
+        let (code, out, err) = sr_nc(&["list", "--dest", url, "--json"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut ids: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let all = snaps();
+    assert_eq!(all.len(), 3, "{all:?}");
+    // A name that is no snapshot's: an error naming it, and nothing removed (not even
+    // the snapshot named beside it).
+    let (code, out, err) = sr_nc(&["forget", "--dest", url, &w.second[..8], "00000000ff"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("no snapshot \"00000000ff\""), "{err}");
+    assert_eq!(snaps(), all);
+    // Either a policy or names, not both; and one of them.
+    let (code, _, err) = sr_nc(&[
+        "forget", "--dest", url, "--label", "daily", "--retain", "1", &w.second,
+    ]);
+    assert_eq!(code, 64, "{err}");
+    let (code, _, err) = sr_nc(&["forget", "--dest", url]);
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(snaps(), all);
+    let (code, out, err) = sr_nc(&["forget", "--dest", url, "--dry-run", &w.second[..8]]);
     assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("{} ", &w.second[..8]))
+            && out.contains(&format!("forgotten: named ({})", &w.second[..8]))
+            && out.contains("dry run: would forget 1 snapshots; nothing removed"),
+        "{out}"
+    );
+    assert_eq!(snaps(), all);
+    let (code, out, err) = sr_nc(&["forget", "--dest", url, &w.second[..8], &w.second]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("forgot 1 snapshots"), "{out}");
+    let left: Vec<String> = all.iter().filter(|i| **i != w.second).cloned().collect();
+    assert_eq!(snaps(), left);
+    assert!(left.contains(&w.first));
     let (code, out, err) = sr_nc(&["prune", "--dest", url]);
     assert_eq!(code, 0, "prune after the repair: {out}\n{err}");
     if let Some(restic) = &restic {
@@ -247,6 +296,8 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     let (code, r) = repair(url, &[]);
     assert_eq!(code, 0, "{r}");
     assert!(damaged_ids(&r).is_empty(), "{r}");
+    let (code, out, err) = sr_nc(&["verify", "--dest", url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
 }
 
 #[test]

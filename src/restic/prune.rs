@@ -147,7 +147,8 @@ fn mark(
                         format!("data blob {c} of tree {t}"),
                         "not in any index; prune would lose data, so it stops \
                          (`snapring repair index` adds packs no index names, and names the \
-                         snapshots that reference lost data: forget those, then prune)",
+                         snapshots that reference lost data: forget those with \
+                         `snapring forget --dest URL ID...`, then prune)",
                     ));
                 }
                 used.insert((BlobType::Data, c));
