@@ -408,6 +408,110 @@ fn read_data_leaves_a_damaged_blob_out_and_the_next_backup_stores_it_again() {
     assert_same_tree(&describe(&w.src), &describe(&to), "restored");
 }
 
+/// After `repair index --read-data` left a damaged blob out, the next backup stores
+/// it again and prune leaves no trace of the damaged pack: `restic check --read-data`
+/// is clean, every snapshot restores equal. Before, prune kept the pack (every blob its
+/// index entries name is used) and restic's check kept reporting it.
+#[test]
+fn prune_repacks_a_pack_whose_damaged_blob_repair_left_out() {
+    let w = two_backups();
+    // Inside one of the big file's blobs (the pack is more than 3 MiB, several blobs).
+    flip(&w.data2, 2 << 20);
+    let (code, r) = repair(&w.url, &["--read-data"]);
+    assert_eq!(code, 2, "{r}");
+    assert_eq!(r["blobs_damaged"], 1, "{r}");
+    let r3 = backup_json(&w.src, &w.url);
+    assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
+    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    if let Some(restic) = restic_binary("restic check after the damaged pack was pruned") {
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+    }
+    assert!(
+        !w.data2.exists(),
+        "the damaged pack is deleted: {out}\n{err}"
+    );
+    // Every snapshot whole (the blob stored again has the same id), byte for byte.
+    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let to = w.t.path().join("restored");
+    let to_s = to.to_str().unwrap();
+    let (code, out, err) = sr_nc(&["restore", "--dest", &w.url, &w.second, "--to", to_s]);
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert_same_tree(
+        &describe(&w.src),
+        &describe(&to),
+        "restored after the prune",
+    );
+}
+
+/// A pack whose index entries do not account for its whole size (one blob's entry
+/// gone from the index, as the repair of a damaged blob used to leave it) is repacked
+/// by prune, never kept: its used indexed blobs are copied into a new pack and it is
+/// deleted, so `restic check --read-data` (which checks each pack's size against its
+/// index entries) is clean. Before, prune kept it (every indexed blob used), and
+/// restic's check failed on it (`unexpected file size`).
+#[test]
+fn prune_repacks_a_pack_its_index_entries_do_not_account_for() {
+    let w = two_backups();
+    // The second backup's index without the entry of one of the big file's blobs.
+    let pw = PASSWORD.as_bytes();
+    let repo = snapring::restic::repo::Repo::open(&w.repo, pw).unwrap();
+    let index = snapring::restic::backend::Kind::Index;
+    let old = snapring::restic::Id::parse(w.index2.file_name().unwrap().to_str().unwrap());
+    let old = old.unwrap();
+    let mut f: snapring::restic::index::IndexFile = repo.load_json(index, &old).unwrap();
+    let data2 = w.data2.file_name().unwrap().to_str().unwrap();
+    let p = f.packs.iter_mut().find(|p| p.id.hex() == data2).unwrap();
+    let blobs = p.blobs.len();
+    assert!(blobs >= 3, "the big file's blobs and gone/x's: {blobs}");
+    let at = (0..blobs).max_by_key(|&i| p.blobs[i].length).unwrap();
+    p.blobs.remove(at);
+    repo.save_json(index, &f).unwrap();
+    repo.backend.remove(index, &old).unwrap();
+    drop(repo);
+    // The next backup stores the blob again (in no index, it is not deduplicated).
+    let r3 = backup_json(&w.src, &w.url);
+    assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
+    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["packs_partly_indexed"], 1, "{p}");
+    assert_eq!(p["plan"]["packs_repacked"], 1, "{p}");
+    assert!(w.data2.exists());
+    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    if let Some(restic) = restic_binary("restic check after the partly indexed pack was pruned") {
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+    }
+    assert!(
+        out.contains("1 packs are of another size than their index entries imply"),
+        "{out}"
+    );
+    assert!(
+        err.contains(&format!("pack {}", w.data2.display())),
+        "{err}"
+    );
+    assert!(!w.data2.exists(), "the pack is deleted: {out}\n{err}");
+    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let to = w.t.path().join("restored");
+    let to_s = to.to_str().unwrap();
+    let (code, out, err) = sr_nc(&["restore", "--dest", &w.url, &w.second, "--to", to_s]);
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert_same_tree(
+        &describe(&w.src),
+        &describe(&to),
+        "restored after the prune",
+    );
+    // Nothing more to do.
+    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url, "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["packs_partly_indexed"], 0, "{p}");
+    assert_eq!(p["packs_written"], 0, "{p}");
+}
+
 fn repair_with_failpoint(url: &str, failpoint: &str) -> std::process::Child {
     Command::new(bin())
         .args(["repair", "index", "--json", "--dest", url])

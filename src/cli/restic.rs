@@ -830,6 +830,12 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         p.packs_deleted,
         p.packs_unindexed
     );
+    if p.packs_partly_indexed > 0 {
+        outln!(
+            "{} packs are of another size than their index entries imply (a damaged blob left out by `repair index --read-data`?); their used blobs are repacked",
+            p.packs_partly_indexed
+        );
+    }
     if p.packs_missing > 0 {
         outln!(
             "{} packs named by the index are missing; their used blobs have copies in other packs, so the new index leaves them out",

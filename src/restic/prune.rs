@@ -2,8 +2,10 @@
 //! exclusive lock (restic's rule: it refuses while any live lock of another process,
 //! shared or exclusive, exists). First a plan, a value: every tree of every snapshot is
 //! read once to mark the blobs in use; each indexed pack is then kept (every blob used),
-//! deleted (none used) or repacked (some used: the used blobs, checked, are copied as
-//! they are sealed into new packs); packs that no index names (left by a killed run)
+//! deleted (none used) or repacked (some used, or a pack of another size than its
+//! index entries imply, as `repair index --read-data` leaves one whose damaged blob it
+//! dropped: the used blobs, checked, are copied as they are sealed into new packs);
+//! `data/` is listed with sizes for this; packs that no index names (left by a killed run)
 //! are deleted too; an indexed pack that is gone stops prune unless every used blob of
 //! it has a copy in a pack that is there (the new index then leaves it out). Then the
 //! plan is carried out in restic's order: new packs, one new index (superseding every
@@ -23,6 +25,7 @@ use serde::Serialize;
 use super::backend::Kind;
 use super::index::{IndexFile, PackJson};
 use super::pack::{BlobType, Entry, PackBuilder, open_blob};
+use super::repair::implied_size;
 use super::repo::Repo;
 use super::snapshot;
 use super::tree::Tree;
@@ -53,6 +56,10 @@ pub struct PrunePlan {
     /// Packs an index file names that are gone from `data/`, every used blob of which
     /// has a copy in another pack: left out of the new index (nothing to delete).
     pub packs_missing: u64,
+    /// Packs in `data/` of another size than their index entries imply (a blob left
+    /// out by `repair index --read-data`, or a file cut short or grown): repacked (or
+    /// deleted when none of their indexed blobs is used), never kept as they are.
+    pub packs_partly_indexed: u64,
     /// Sealed bytes of the blobs the repacked packs keep (copied into new packs).
     pub bytes_to_repack: u64,
     /// Sealed bytes of the blobs no snapshot uses.
@@ -197,15 +204,22 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<P
             packs.push((pj.id, entries));
         }
     }
-    let present: HashSet<Id> = repo.backend.list(Kind::Pack)?.into_iter().collect();
+    let sizes: HashMap<Id, u64> = repo.backend.list_sizes(Kind::Pack)?.into_iter().collect();
+    let present = |id: &Id| sizes.contains_key(id);
+    // A pack its entries do not account for whole (`repair index --read-data` left a
+    // damaged blob out, or the file was cut short or grew): never kept as it is, as
+    // `restic check --read-data` would keep reporting it.
+    let whole = |id: &Id, entries: &[Entry]| sizes.get(id) == Some(&implied_size(entries));
     // Packs whose blobs are all used come first, so a blob stored twice is kept where
     // no copying is needed; packs that are gone come last, so a blob with a copy in a
     // pack that is there is kept there.
     let mut taken: HashSet<(BlobType, Id)> = HashSet::new();
-    let fully_used = |entries: &[Entry]| entries.iter().all(|e| used.contains(&(e.kind, e.id)));
-    packs.sort_by_key(|(id, e)| (!present.contains(id), !fully_used(e), *id));
+    let fully_used = |id: &Id, entries: &[Entry]| {
+        whole(id, entries) && entries.iter().all(|e| used.contains(&(e.kind, e.id)))
+    };
+    packs.sort_by_key(|(id, e)| (!present(id), !fully_used(id, e), *id));
     for (pack, entries) in packs {
-        if !present.contains(&pack) {
+        if !present(&pack) {
             let needed = entries
                 .iter()
                 .find(|e| used.contains(&(e.kind, e.id)) && !taken.contains(&(e.kind, e.id)));
@@ -241,7 +255,23 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<P
                 p.bytes_unused += e.length as u64;
             }
         }
-        let fate = if keep.len() == entries.len() {
+        let is_whole = whole(&pack, &entries);
+        if !is_whole {
+            p.packs_partly_indexed += 1;
+            tracing::warn!(
+                "pack {} has {} bytes, its {} index entries account for {}; {}",
+                repo.backend.file_location(Kind::Pack, &pack),
+                sizes[&pack],
+                entries.len(),
+                implied_size(&entries),
+                if keep.is_empty() {
+                    "no used blob is in it, so it is deleted"
+                } else {
+                    "its used blobs are copied into a new pack and it is deleted"
+                }
+            );
+        }
+        let fate = if keep.len() == entries.len() && is_whole {
             p.packs_kept += 1;
             PackFate::Keep
         } else if keep.is_empty() {
@@ -261,8 +291,8 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<P
             "used by a snapshot but in no pack an index names; prune stops",
         ));
     }
-    p.unindexed = present
-        .into_iter()
+    p.unindexed = sizes
+        .into_keys()
         .filter(|id| !seen_pack.contains(id))
         .collect();
     p.unindexed.sort();
