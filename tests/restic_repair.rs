@@ -3,7 +3,8 @@
 //! the next backup then reads again the unchanged files whose blobs were lost and
 //! stores them (it does not deduplicate against blobs no pack holds), so its snapshot
 //! restores whole, `restic check --read-data` agrees, and `prune` runs again once the
-//! snapshots still damaged are forgotten. A pack no index names is added back; a pack
+//! snapshots still damaged are forgotten (by id: `forget ID`); prune repacks a pack
+//! whose index entries no longer account for its size (a damaged blob left out). A pack no index names is added back; a pack
 //! whose header does not read is left out (and `--read-data` finds one whose size is
 //! right); a damaged blob is left out with `--read-data`. SIGTERM before the new index
 //! changes nothing; a kill between the new index and the old one's removal leaves a

@@ -836,6 +836,12 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
             p.packs_partly_indexed
         );
     }
+    if r.blobs_from_other_copy > 0 {
+        outln!(
+            "{} blobs were copied from their other copy (the planned one was damaged; see the warnings)",
+            r.blobs_from_other_copy
+        );
+    }
     if p.packs_missing > 0 {
         outln!(
             "{} packs named by the index are missing; their used blobs have copies in other packs, so the new index leaves them out",

@@ -4,8 +4,10 @@
 //! read once to mark the blobs in use; each indexed pack is then kept (every blob used),
 //! deleted (none used) or repacked (some used, or a pack of another size than its
 //! index entries imply, as `repair index --read-data` leaves one whose damaged blob it
-//! dropped: the used blobs, checked, are copied as they are sealed into new packs);
-//! `data/` is listed with sizes for this; packs that no index names (left by a killed run)
+//! dropped: the used blobs, checked, are copied as they are sealed into new packs; a
+//! copy that does not read or check is replaced by the blob's other copy the index
+//! knows, with a warning, and prune stops only when no copy checks); `data/` is listed
+//! with sizes for this; packs that no index names (left by a killed run)
 //! are deleted too; an indexed pack that is gone stops prune unless every used blob of
 //! it has a copy in a pack that is there (the new index then leaves it out). Then the
 //! plan is carried out in restic's order: new packs, one new index (superseding every
@@ -23,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 
 use super::backend::Kind;
-use super::index::{IndexFile, PackJson};
+use super::index::{IndexFile, Location, PackJson};
 use super::pack::{BlobType, Entry, PackBuilder, open_blob};
 use super::repair::implied_size;
 use super::repo::Repo;
@@ -86,6 +88,9 @@ pub struct PruneReport {
     pub bytes_written: u64,
     pub packs_removed: u64,
     pub index_files_removed: u64,
+    /// Blobs of repacked packs copied from another copy because the planned one did
+    /// not read or check (a warning names each bad pack).
+    pub blobs_from_other_copy: u64,
     pub duration_seconds: f64,
 }
 
@@ -328,6 +333,7 @@ pub fn prune_keeping(
             bytes_written: 0,
             packs_removed: 0,
             index_files_removed: 0,
+            blobs_from_other_copy: 0,
             duration_seconds: started.elapsed().as_secs_f64(),
         });
     }
@@ -349,6 +355,7 @@ pub fn prune_keeping(
         bytes_written: 0,
         packs_removed: 0,
         index_files_removed: 0,
+        blobs_from_other_copy: 0,
         duration_seconds: 0.0,
         plan: PrunePlan::default(),
     };
@@ -376,6 +383,7 @@ fn carry_out(
         false => Ok(()),
     };
     let mut new_index: Vec<PackJson> = Vec::new();
+    let mut from_other = 0u64;
     let mut builder: [PackBuilder; 2] = Default::default();
     let slot = |k: BlobType| match k {
         BlobType::Data => 0,
@@ -404,13 +412,9 @@ fn carry_out(
             PackFate::Repack => {
                 for e in keep {
                     stop()?;
-                    let sealed =
-                        repo.backend
-                            .read_range(pack, e.offset as u64, e.length as usize)?;
-                    // Checked before it is copied: a damaged blob is not carried on.
-                    open_blob(&repo.key, &sealed, e)?;
+                    let (e, sealed) = read_checked(repo, pack, e, &mut from_other)?;
                     let b = &mut builder[slot(e.kind)];
-                    b.add_sealed(e, &sealed);
+                    b.add_sealed(&e, &sealed);
                     if super::repo::pack_full(b) {
                         let full = std::mem::take(b);
                         write_pack(full, &mut new_index)?;
@@ -422,6 +426,7 @@ fn carry_out(
     for b in builder {
         write_pack(b, &mut new_index)?;
     }
+    report.blobs_from_other_copy = from_other;
     // The last point to stop at with nothing removed; past it the removals finish.
     stop()?;
     // One index for everything kept, in files of at most 50,000 blobs (as the backup
@@ -448,4 +453,72 @@ fn carry_out(
         report.packs_removed += 1;
     }
     Ok(())
+}
+
+/// The sealed bytes of the blob `e` of `pack`, checked before they are copied (a
+/// damaged blob is not carried on). When that copy does not read or check, the blob's
+/// other copies the index knows (`Index::locations`) are tried in turn, with a warning
+/// naming the bad pack; the entry returned is the one of the copy read. No copy
+/// checks: prune stops, naming the blob, before anything is removed.
+fn read_checked(
+    repo: &Repo,
+    pack: &Id,
+    e: &Entry,
+    from_other: &mut u64,
+) -> Result<(Entry, Vec<u8>)> {
+    let read = |loc: &Location| -> Result<Vec<u8>> {
+        let e = &loc.entry;
+        let sealed = repo
+            .backend
+            .read_range(&loc.pack, e.offset as u64, e.length as usize)?;
+        open_blob(&repo.key, &sealed, e)?;
+        Ok(sealed)
+    };
+    let planned = Location {
+        pack: *pack,
+        entry: e.clone(),
+    };
+    let mut failed: Vec<(Id, Error)> = match read(&planned) {
+        Ok(sealed) => return Ok((e.clone(), sealed)),
+        Err(Error::Cancelled) => return Err(Error::Cancelled),
+        Err(x) => vec![(*pack, x)],
+    };
+    let same =
+        |l: &Location| l.pack == *pack && l.entry.offset == e.offset && l.entry.length == e.length;
+    for loc in repo.index.locations(e.kind, &e.id) {
+        if same(&loc) || failed.iter().any(|(p, _)| *p == loc.pack) {
+            continue;
+        }
+        let (bad, x) = failed.last().expect("the planned copy's failure");
+        tracing::warn!(
+            "{:?} blob {}: its copy in pack {} cannot be used ({x}); copying its copy in \
+             pack {} instead (`snapring repair index --read-data` leaves the bad copy out)",
+            e.kind,
+            e.id,
+            repo.backend.file_location(Kind::Pack, bad),
+            repo.backend.file_location(Kind::Pack, &loc.pack),
+        );
+        match read(&loc) {
+            Ok(sealed) => {
+                *from_other += 1;
+                return Ok((loc.entry, sealed));
+            }
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(x) => failed.push((loc.pack, x)),
+        }
+    }
+    let all: Vec<String> = failed
+        .iter()
+        .map(|(p, x)| format!("pack {p}: {x}"))
+        .collect();
+    Err(corrupt(
+        format!("{:?} blob {}", e.kind, e.id),
+        format!(
+            "no copy of it reads and checks ({}); prune stops with nothing removed \
+             (`snapring repair index --read-data` leaves the damaged copies out and names \
+             the snapshots that reference the blob: the next backup stores it again, or \
+             `snapring forget --dest URL ID...` forgets them; then prune)",
+            all.join("; ")
+        ),
+    ))
 }
