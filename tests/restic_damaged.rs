@@ -541,3 +541,172 @@ fn prune_leaves_out_a_lost_pack_whose_blobs_have_copies() {
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_same_tree(&describe(&src), &describe(&to), "restored after the prune");
 }
+
+/// A blob prune must copy whose planned copy is damaged is copied from its other copy,
+/// with a warning naming the bad pack; prune stops only when no copy checks, naming
+/// the blob and `repair index`. Every data blob is stored twice (snapring's packs and
+/// restic's), each side's pack with a blob no snapshot uses any more, so both are
+/// repacked; one copy of every used blob is damaged, alternating sides, so whichever
+/// pack prune plans to copy from holds a damaged copy. Before, the first damaged copy
+/// stopped prune.
+#[test]
+fn prune_copies_a_blob_from_its_other_copy_when_the_planned_one_is_damaged() {
+    let Some(restic) = restic_binary("prune of a damaged copy") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let url = file_url(&repo);
+    write(&src.join("big/random"), &pseudo_random(4 << 20, 14));
+    write(&src.join("small"), b"small file\n");
+    // Only in snapring's first snapshot.
+    write(&src.join("gone1"), b"only in snapring's first snapshot\n");
+    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let first = backup_json(&src, &url)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // restic, blind to snapring's index and snapshots, stores every blob again, with
+    // one of its own (only in its snapshot).
+    std::fs::remove_file(src.join("gone1")).unwrap();
+    write(&src.join("gone2"), b"only in restic's snapshot\n");
+    let aside = repo.with_extension("aside");
+    std::fs::create_dir(&aside).unwrap();
+    for d in ["index", "snapshots"] {
+        std::fs::rename(repo.join(d), aside.join(d)).unwrap();
+        std::fs::create_dir(repo.join(d)).unwrap();
+    }
+    run_restic(
+        &restic,
+        &repo,
+        &["backup", "--quiet", src.to_str().unwrap()],
+    );
+    let restics: Vec<String> = std::fs::read_dir(repo.join("snapshots"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(restics.len(), 1, "{restics:?}");
+    for d in ["index", "snapshots"] {
+        for e in std::fs::read_dir(aside.join(d)).unwrap().flatten() {
+            std::fs::rename(e.path(), repo.join(d).join(e.file_name())).unwrap();
+        }
+    }
+    // The snapshot kept: the big and the small file only (no new data).
+    std::fs::remove_file(src.join("gone2")).unwrap();
+    let third = backup_json(&src, &url);
+    let (code, out, err) = sr_nocache(&["forget", "--dest", &url, &first, &restics[0]]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
+    // Every used data blob has two copies, in packs that also hold an unused blob.
+    let r = snapring::restic::repo::Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
+    let data = snapring::restic::pack::BlobType::Data;
+    let mut used = std::collections::BTreeSet::new();
+    let mut once = std::collections::BTreeSet::new();
+    for e in std::fs::read_dir(repo.join("index")).unwrap().flatten() {
+        let id = snapring::restic::Id::parse(e.file_name().to_str().unwrap()).unwrap();
+        let f: snapring::restic::index::IndexFile = r
+            .load_json(snapring::restic::backend::Kind::Index, &id)
+            .unwrap();
+        for b in f.packs.iter().flat_map(|p| &p.blobs) {
+            if b.kind == data {
+                match r.index.locations(data, &b.id).len() {
+                    1 => once.insert(b.id.hex()),
+                    2 => used.insert(b.id.hex()),
+                    n => panic!("{n} copies of {}", b.id),
+                };
+            }
+        }
+    }
+    assert_eq!(once.len(), 2, "gone1 and gone2: {once:?}");
+    assert!(
+        used.len() >= 3,
+        "the big file's blobs and the small file's: {used:?}"
+    );
+    let once_packs: std::collections::BTreeSet<_> = once
+        .iter()
+        .map(|o| {
+            let oid = snapring::restic::Id::parse(o).unwrap();
+            r.index.get(data, &oid).unwrap().pack
+        })
+        .collect();
+    let copies = |hex: &str| {
+        r.index
+            .locations(data, &snapring::restic::Id::parse(hex).unwrap())
+    };
+    for hex in &used {
+        assert!(
+            copies(hex).iter().all(|c| once_packs.contains(&c.pack)),
+            "{hex}: each copy's pack is repacked"
+        );
+    }
+    let path = |p: &str| repo.join("data").join(&p[..2]).join(p);
+    let damage = |repo: &Path, c: &snapring::restic::index::Location| {
+        let hex = c.pack.hex();
+        let p = repo.join("data").join(&hex[..2]).join(&hex);
+        let mut bad = std::fs::read(&p).unwrap();
+        bad[(c.entry.offset + c.entry.length / 2) as usize] ^= 0x55;
+        chmod(&p, 0o644);
+        std::fs::write(&p, &bad).unwrap();
+    };
+
+    // A copy of the repository where both copies of one blob are damaged: prune stops,
+    // naming the blob and `repair index`, with nothing removed.
+    let both = t.path().join("both");
+    let cp = std::process::Command::new("cp")
+        .args(["-a", repo.to_str().unwrap(), both.to_str().unwrap()])
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let victim = used.iter().next().unwrap();
+    for c in copies(victim) {
+        damage(&both, &c);
+    }
+    let files = || (describe(&both.join("data")), describe(&both.join("index")));
+    let before = files();
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &file_url(&both)]);
+    assert_eq!(code, 1, "prune, no good copy: {out}\n{err}");
+    assert!(
+        err.contains(&format!("Data blob {victim}"))
+            && err.contains("no copy of it reads and checks")
+            && err.contains("snapring repair index --read-data"),
+        "{err}"
+    );
+    let after = files();
+    assert_same_tree(&before.0, &after.0, "data/ after the refused prune");
+    assert_same_tree(&before.1, &after.1, "index/ after the refused prune");
+
+    // One copy of every used blob damaged, alternating sides.
+    let mut bad_packs = std::collections::BTreeSet::new();
+    for (i, hex) in used.iter().enumerate() {
+        let c = &copies(hex)[i % 2];
+        damage(&repo, c);
+        bad_packs.insert(c.pack.hex());
+    }
+    assert_eq!(bad_packs.len(), 2, "a damaged copy on each side");
+    drop(r);
+
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &url, "--json"]);
+    assert_eq!(code, 0, "prune: {out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(p["blobs_from_other_copy"].as_u64().unwrap() >= 1, "{p}");
+    assert!(
+        bad_packs
+            .iter()
+            .any(|b| err.contains(&format!("its copy in pack {}", path(b).display()))),
+        "a warning names the bad pack: {err}"
+    );
+    run_restic(&restic, &repo, &["check", "--read-data"]);
+    let to = t.path().join("to");
+    let (code, out, err) = sr_nocache(&[
+        "restore",
+        "--dest",
+        &url,
+        third["snapshot"].as_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert_same_tree(&describe(&src), &describe(&to), "restored after the prune");
+}

@@ -3,7 +3,8 @@
 //! the next backup then reads again the unchanged files whose blobs were lost and
 //! stores them (it does not deduplicate against blobs no pack holds), so its snapshot
 //! restores whole, `restic check --read-data` agrees, and `prune` runs again once the
-//! snapshots still damaged are forgotten. A pack no index names is added back; a pack
+//! snapshots still damaged are forgotten (by id: `forget ID`); prune repacks a pack
+//! whose index entries no longer account for its size (a damaged blob left out). A pack no index names is added back; a pack
 //! whose header does not read is left out (and `--read-data` finds one whose size is
 //! right); a damaged blob is left out with `--read-data`. SIGTERM before the new index
 //! changes nothing; a kill between the new index and the old one's removal leaves a
@@ -233,12 +234,61 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
         assert_same_tree(&describe(&w.src), &describe(&got), "restic's restore");
     }
 
-    // prune refuses while a snapshot references lost data; forgotten, prune runs.
+    // prune refuses while a snapshot references lost data; forgotten by its id (the
+    // one damaged snapshot, not every snapshot but the newest as `--retain 1` would),
+    // prune runs.
     let (code, out, err) = sr_nc(&["prune", "--dest", url]);
     assert_eq!(code, 1, "{out}\n{err}");
-    assert!(err.contains("forget those, then prune"), "{err}");
-    let (code, out, err) = sr_nc(&["forget", "--dest", url, "--label", "daily", "--retain", "1"]);
+    assert!(
+        err.contains("forget those with `snapring forget --dest URL ID...`, then prune"),
+        "{err}"
+    );
+    let (_, out, _) = sr_nc(&["repair", "index", "--dest", url]);
+    assert!(out.contains("`snapring forget --dest URL ID...`"), "{out}");
+    let snaps = || -> Vec<String> {
+        let (code, out, err) = sr_nc(&["list", "--dest", url, "--json"]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut ids: Vec<String> = v
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect();
+        ids.sort();
+        ids
+    };
+    let all = snaps();
+    assert_eq!(all.len(), 3, "{all:?}");
+    // A name that is no snapshot's: an error naming it, and nothing removed (not even
+    // the snapshot named beside it).
+    let (code, out, err) = sr_nc(&["forget", "--dest", url, &w.second[..8], "00000000ff"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("no snapshot \"00000000ff\""), "{err}");
+    assert_eq!(snaps(), all);
+    // Either a policy or names, not both; and one of them.
+    let (code, _, err) = sr_nc(&[
+        "forget", "--dest", url, "--label", "daily", "--retain", "1", &w.second,
+    ]);
+    assert_eq!(code, 64, "{err}");
+    let (code, _, err) = sr_nc(&["forget", "--dest", url]);
+    assert_eq!(code, 64, "{err}");
+    assert_eq!(snaps(), all);
+    let (code, out, err) = sr_nc(&["forget", "--dest", url, "--dry-run", &w.second[..8]]);
     assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("{} ", &w.second[..8]))
+            && out.contains(&format!("forgotten: named ({})", &w.second[..8]))
+            && out.contains("dry run: would forget 1 snapshots; nothing removed"),
+        "{out}"
+    );
+    assert_eq!(snaps(), all);
+    let (code, out, err) = sr_nc(&["forget", "--dest", url, &w.second[..8], &w.second]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("forgot 1 snapshots"), "{out}");
+    let left: Vec<String> = all.iter().filter(|i| **i != w.second).cloned().collect();
+    assert_eq!(snaps(), left);
+    assert!(left.contains(&w.first));
     let (code, out, err) = sr_nc(&["prune", "--dest", url]);
     assert_eq!(code, 0, "prune after the repair: {out}\n{err}");
     if let Some(restic) = &restic {
@@ -247,6 +297,8 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     let (code, r) = repair(url, &[]);
     assert_eq!(code, 0, "{r}");
     assert!(damaged_ids(&r).is_empty(), "{r}");
+    let (code, out, err) = sr_nc(&["verify", "--dest", url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
 }
 
 #[test]
@@ -355,6 +407,110 @@ fn read_data_leaves_a_damaged_blob_out_and_the_next_backup_stores_it_again() {
     let (code, out, err) = sr_nc(&restore_latest(&w.url, &to));
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_same_tree(&describe(&w.src), &describe(&to), "restored");
+}
+
+/// After `repair index --read-data` left a damaged blob out, the next backup stores
+/// it again and prune leaves no trace of the damaged pack: `restic check --read-data`
+/// is clean, every snapshot restores equal. Before, prune kept the pack (every blob its
+/// index entries name is used) and restic's check kept reporting it.
+#[test]
+fn prune_repacks_a_pack_whose_damaged_blob_repair_left_out() {
+    let w = two_backups();
+    // Inside one of the big file's blobs (the pack is more than 3 MiB, several blobs).
+    flip(&w.data2, 2 << 20);
+    let (code, r) = repair(&w.url, &["--read-data"]);
+    assert_eq!(code, 2, "{r}");
+    assert_eq!(r["blobs_damaged"], 1, "{r}");
+    let r3 = backup_json(&w.src, &w.url);
+    assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
+    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    if let Some(restic) = restic_binary("restic check after the damaged pack was pruned") {
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+    }
+    assert!(
+        !w.data2.exists(),
+        "the damaged pack is deleted: {out}\n{err}"
+    );
+    // Every snapshot whole (the blob stored again has the same id), byte for byte.
+    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let to = w.t.path().join("restored");
+    let to_s = to.to_str().unwrap();
+    let (code, out, err) = sr_nc(&["restore", "--dest", &w.url, &w.second, "--to", to_s]);
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert_same_tree(
+        &describe(&w.src),
+        &describe(&to),
+        "restored after the prune",
+    );
+}
+
+/// A pack whose index entries do not account for its whole size (one blob's entry
+/// gone from the index, as the repair of a damaged blob used to leave it) is repacked
+/// by prune, never kept: its used indexed blobs are copied into a new pack and it is
+/// deleted, so `restic check --read-data` (which checks each pack's size against its
+/// index entries) is clean. Before, prune kept it (every indexed blob used), and
+/// restic's check failed on it (`unexpected file size`).
+#[test]
+fn prune_repacks_a_pack_its_index_entries_do_not_account_for() {
+    let w = two_backups();
+    // The second backup's index without the entry of one of the big file's blobs.
+    let pw = PASSWORD.as_bytes();
+    let repo = snapring::restic::repo::Repo::open(&w.repo, pw).unwrap();
+    let index = snapring::restic::backend::Kind::Index;
+    let old = snapring::restic::Id::parse(w.index2.file_name().unwrap().to_str().unwrap());
+    let old = old.unwrap();
+    let mut f: snapring::restic::index::IndexFile = repo.load_json(index, &old).unwrap();
+    let data2 = w.data2.file_name().unwrap().to_str().unwrap();
+    let p = f.packs.iter_mut().find(|p| p.id.hex() == data2).unwrap();
+    let blobs = p.blobs.len();
+    assert!(blobs >= 3, "the big file's blobs and gone/x's: {blobs}");
+    let at = (0..blobs).max_by_key(|&i| p.blobs[i].length).unwrap();
+    p.blobs.remove(at);
+    repo.save_json(index, &f).unwrap();
+    repo.backend.remove(index, &old).unwrap();
+    drop(repo);
+    // The next backup stores the blob again (in no index, it is not deduplicated).
+    let r3 = backup_json(&w.src, &w.url);
+    assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
+    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url, "--dry-run", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["packs_partly_indexed"], 1, "{p}");
+    assert_eq!(p["plan"]["packs_repacked"], 1, "{p}");
+    assert!(w.data2.exists());
+    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    if let Some(restic) = restic_binary("restic check after the partly indexed pack was pruned") {
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+    }
+    assert!(
+        out.contains("1 packs are of another size than their index entries imply"),
+        "{out}"
+    );
+    assert!(
+        err.contains(&format!("pack {}", w.data2.display())),
+        "{err}"
+    );
+    assert!(!w.data2.exists(), "the pack is deleted: {out}\n{err}");
+    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let to = w.t.path().join("restored");
+    let to_s = to.to_str().unwrap();
+    let (code, out, err) = sr_nc(&["restore", "--dest", &w.url, &w.second, "--to", to_s]);
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    assert_same_tree(
+        &describe(&w.src),
+        &describe(&to),
+        "restored after the prune",
+    );
+    // Nothing more to do.
+    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url, "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["plan"]["packs_partly_indexed"], 0, "{p}");
+    assert_eq!(p["packs_written"], 0, "{p}");
 }
 
 fn repair_with_failpoint(url: &str, failpoint: &str) -> std::process::Child {

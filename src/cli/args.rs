@@ -70,8 +70,9 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: CatalogCmd,
     },
-    /// Forget old snapshots of a label in a restic repository (restic `forget
-    /// --keep-last N` per host and paths); their data stays until `prune`.
+    /// Forget snapshots of a restic repository: the old ones of a label (restic `forget
+    /// --keep-last N` per host and paths), or those named by id (restic `forget ID...`,
+    /// e.g. the damaged ones `repair index` names); their data stays until `prune`.
     Forget(ForgetArgs),
     /// Remove the data no snapshot of a restic repository references (deletes or
     /// repacks packs, rewrites the index) under an exclusive lock.
@@ -280,12 +281,16 @@ pub struct ForgetArgs {
     /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub dest: String,
+    /// The snapshots to forget: ids, unique id prefixes or `latest` (as `list` shows
+    /// them and `restore` takes them); every one is resolved before any is removed.
+    #[arg(value_name = "SNAPSHOT", conflicts_with_all = ["label", "retain"])]
+    pub snapshots: Vec<String>,
     /// The label whose snapshots to thin out (snapring's `label=L` tag).
-    #[arg(long)]
-    pub label: String,
+    #[arg(long, requires = "retain")]
+    pub label: Option<String>,
     /// Keep the newest N snapshots of the label in each host/paths group.
-    #[arg(long, value_name = "N", value_parser = retain)]
-    pub retain: u32,
+    #[arg(long, value_name = "N", value_parser = retain, requires = "label")]
+    pub retain: Option<u32>,
     /// Print each snapshot's verdict and reason; remove nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -713,22 +713,42 @@ fn print_forget(r: &restic::forget::ForgetReport) {
     }
 }
 
-/// `snapring forget --dest URL --label L --retain N [--dry-run]`.
+/// `snapring forget --dest URL --label L --retain N [--dry-run]`, or
+/// `snapring forget --dest URL [--dry-run] SNAPSHOT...`.
 pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
+    if a.snapshots.is_empty() == a.label.is_none() {
+        return Err(usage!(
+            "forget takes either --label L --retain N, or the snapshots to forget (ids, \
+             unique id prefixes, latest), not both"
+        ));
+    }
     let cancel = super::cancel_on_signal();
     let repo = open(
         Path::new(&a.dest),
         a.password_file.as_deref(),
         Some(&cancel),
     )?;
-    let policy = restic::forget::Policy {
-        label: a.label,
-        keep_last: a.retain,
-        group: None,
-        before_remove: Some(snapring::shard::repository::before_forget),
-        written: None,
+    let before_remove: restic::forget::BeforeRemove = snapring::shard::repository::before_forget;
+    let r = match (a.label, a.retain) {
+        (Some(label), Some(keep_last)) if a.snapshots.is_empty() => {
+            let policy = restic::forget::Policy {
+                label,
+                keep_last,
+                group: None,
+                before_remove: Some(before_remove),
+                written: None,
+            };
+            restic::forget::forget(&repo, &policy, a.dry_run, &cancel)
+        }
+        (None, None) if !a.snapshots.is_empty() => restic::forget::forget_named(
+            &repo,
+            &a.snapshots,
+            Some(before_remove),
+            a.dry_run,
+            &cancel,
+        ),
+        _ => unreachable!("checked above; clap requires --label and --retain together"),
     };
-    let r = restic::forget::forget(&repo, &policy, a.dry_run, &cancel);
     let left = "the snapshots not removed yet are kept (forget again to finish)";
     let r = match stopped(r, &cancel, left)? {
         Ok(r) => r,
@@ -813,6 +833,18 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         p.packs_deleted,
         p.packs_unindexed
     );
+    if p.packs_partly_indexed > 0 {
+        outln!(
+            "{} packs are of another size than their index entries imply (a damaged blob left out by `repair index --read-data`?); their used blobs are repacked",
+            p.packs_partly_indexed
+        );
+    }
+    if r.blobs_from_other_copy > 0 {
+        outln!(
+            "{} blobs were copied from their other copy (the planned one was damaged; see the warnings)",
+            r.blobs_from_other_copy
+        );
+    }
     if p.packs_missing > 0 {
         outln!(
             "{} packs named by the index are missing; their used blobs have copies in other packs, so the new index leaves them out",
@@ -928,7 +960,8 @@ pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
         outln!(
             "{} of {} snapshots reference {} data and {} tree blobs no pack holds; the next \
              backup stores again what the source still has (those snapshots stay damaged: \
-             `snapring verify SNAPSHOT` names their files)",
+             `snapring verify SNAPSHOT` names their files, and `snapring forget --dest URL \
+             ID...` forgets them, so that `snapring prune` runs again)",
             r.damaged_snapshots.len(),
             r.snapshots,
             r.missing_data_blobs,

@@ -5,6 +5,10 @@
 //! with its reason for every snapshot of the label; `apply` removes the snapshot files
 //! of the ones it forgets (nothing else: their data stays until `prune`), under an
 //! exclusive lock as restic's `forget` takes one. Only `apply` does I/O.
+//! `forget_named` forgets the snapshots named by id, unique prefix or `latest`
+//! (restic's `forget ID...`; after `repair index` names the damaged ones): every name
+//! is resolved under the same lock before anything is removed, so an unknown or
+//! ambiguous name removes nothing.
 
 use serde::Serialize;
 
@@ -207,6 +211,90 @@ fn forget_stoppable(
     })
 }
 
+/// The verdicts on the snapshots `names` name (ids, unique prefixes, `latest`; a
+/// snapshot named twice once), in the order named: every one forgotten. A name that
+/// names no snapshot, or more than one, is an error naming it.
+pub fn plan_named(snaps: &[(Id, Snapshot)], names: &[String]) -> Result<Plan> {
+    let mut verdicts: Vec<Verdict> = Vec::with_capacity(names.len());
+    for name in names {
+        let at = snapshot::find_in(snaps, name)?;
+        let (id, s) = &snaps[at];
+        if verdicts.iter().any(|v| v.id == id.hex()) {
+            continue;
+        }
+        verdicts.push(Verdict {
+            id: id.hex(),
+            short_id: id.hex()[..8].to_string(),
+            time: s.time.clone(),
+            group: Group::of(s),
+            keep: false,
+            reason: format!("forgotten: named ({name})"),
+        });
+    }
+    Ok(Plan { verdicts })
+}
+
+/// Forgets the snapshots `names` name (see [`plan_named`]); unless `dry_run`, under an
+/// exclusive lock, with `before_remove` first for each (as [`Policy::before_remove`]).
+/// Every name is resolved before anything is removed: one that names no snapshot or
+/// several stops it with nothing removed. `cancel` as for [`forget`].
+pub fn forget_named(
+    repo: &Repo,
+    names: &[String],
+    before_remove: Option<BeforeRemove>,
+    dry_run: bool,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<ForgetReport> {
+    if names.is_empty() {
+        return Err(Error::Other("no snapshot named to forget".into()));
+    }
+    if dry_run {
+        let plan = plan_named(&snapshot::load_readable(repo)?, names)?;
+        return Ok(ForgetReport {
+            dry_run,
+            plan,
+            removed: 0,
+        });
+    }
+    repo.check_writable()?;
+    let lock = super::lock::acquire(repo, true)?;
+    let r = remove_named(repo, names, before_remove, cancel);
+    let released = lock.release();
+    let r = r?;
+    released?;
+    Ok(r)
+}
+
+fn remove_named(
+    repo: &Repo,
+    names: &[String],
+    before_remove: Option<BeforeRemove>,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<ForgetReport> {
+    // Listed under the lock: what another process forgot meanwhile is not named.
+    let snaps = snapshot::load_readable(repo)?;
+    let plan = plan_named(&snaps, names)?;
+    let mut removed = 0;
+    for v in plan.forgotten() {
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(Error::Cancelled);
+        }
+        let id = Id::parse(&v.id)?;
+        if let Some(before) = before_remove
+            && let Some((_, s)) = snaps.iter().find(|(i, _)| *i == id)
+        {
+            before(repo.backend.as_ref(), &id, s)?;
+        }
+        repo.backend.remove(Kind::Snapshot, &id)?;
+        removed += 1;
+    }
+    Ok(ForgetReport {
+        dry_run: false,
+        plan,
+        removed,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +404,32 @@ mod tests {
         let forgotten: Vec<String> = p.forgotten().map(|v| v.id.clone()).collect();
         assert_eq!(forgotten, vec![id(1).hex()]);
         assert_eq!(p.verdicts.len(), 2);
+    }
+
+    #[test]
+    fn names_resolve_to_ids_prefixes_and_latest_or_fail_naming_the_name() {
+        let mut a = id(0xab);
+        a.0[1] = 0x01;
+        let mut b = id(0xab);
+        b.0[1] = 0x02;
+        let snaps = vec![
+            (a, snap("2026-11-01T02:00:00Z", "h", "/src", "daily")),
+            (b, snap("2026-11-02T02:00:00Z", "h", "/src", "daily")),
+        ];
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let p = plan_named(&snaps, &names(&["ab01", "latest", &b.hex()])).unwrap();
+        let got: Vec<&str> = p.forgotten().map(|v| v.id.as_str()).collect();
+        assert_eq!(got, vec![a.hex(), b.hex()]);
+        assert_eq!(p.verdicts[1].reason, "forgotten: named (latest)");
+        let e = plan_named(&snaps, &names(&["ab01", "ab"])).unwrap_err();
+        assert!(
+            e.to_string().contains("2 snapshots start with \"ab\""),
+            "{e}"
+        );
+        let e = plan_named(&snaps, &names(&["cd"])).unwrap_err();
+        assert!(e.to_string().contains("no snapshot \"cd\""), "{e}");
+        assert!(plan_named(&snaps, &names(&[""])).is_err());
+        assert!(plan_named(&[], &names(&["latest"])).is_err());
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! exclusive lock (restic's rule: it refuses while any live lock of another process,
 //! shared or exclusive, exists). First a plan, a value: every tree of every snapshot is
 //! read once to mark the blobs in use; each indexed pack is then kept (every blob used),
-//! deleted (none used) or repacked (some used: the used blobs, checked, are copied as
-//! they are sealed into new packs); packs that no index names (left by a killed run)
+//! deleted (none used) or repacked (some used, or a pack of another size than its
+//! index entries imply, as `repair index --read-data` leaves one whose damaged blob it
+//! dropped: the used blobs, checked, are copied as they are sealed into new packs; a
+//! copy that does not read or check is replaced by the blob's other copy the index
+//! knows, with a warning, and prune stops only when no copy checks); `data/` is listed
+//! with sizes for this; packs that no index names (left by a killed run)
 //! are deleted too; an indexed pack that is gone stops prune unless every used blob of
 //! it has a copy in a pack that is there (the new index then leaves it out). Then the
 //! plan is carried out in restic's order: new packs, one new index (superseding every
@@ -21,8 +25,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde::Serialize;
 
 use super::backend::Kind;
-use super::index::{IndexFile, PackJson};
+use super::index::{IndexFile, Location, PackJson};
 use super::pack::{BlobType, Entry, PackBuilder, open_blob};
+use super::repair::implied_size;
 use super::repo::Repo;
 use super::snapshot;
 use super::tree::Tree;
@@ -53,6 +58,10 @@ pub struct PrunePlan {
     /// Packs an index file names that are gone from `data/`, every used blob of which
     /// has a copy in another pack: left out of the new index (nothing to delete).
     pub packs_missing: u64,
+    /// Packs in `data/` of another size than their index entries imply (a blob left
+    /// out by `repair index --read-data`, or a file cut short or grown): repacked (or
+    /// deleted when none of their indexed blobs is used), never kept as they are.
+    pub packs_partly_indexed: u64,
     /// Sealed bytes of the blobs the repacked packs keep (copied into new packs).
     pub bytes_to_repack: u64,
     /// Sealed bytes of the blobs no snapshot uses.
@@ -79,6 +88,9 @@ pub struct PruneReport {
     pub bytes_written: u64,
     pub packs_removed: u64,
     pub index_files_removed: u64,
+    /// Blobs of repacked packs copied from another copy because the planned one did
+    /// not read or check (a warning names each bad pack).
+    pub blobs_from_other_copy: u64,
     pub duration_seconds: f64,
 }
 
@@ -147,7 +159,8 @@ fn mark(
                         format!("data blob {c} of tree {t}"),
                         "not in any index; prune would lose data, so it stops \
                          (`snapring repair index` adds packs no index names, and names the \
-                         snapshots that reference lost data: forget those, then prune)",
+                         snapshots that reference lost data: forget those with \
+                         `snapring forget --dest URL ID...`, then prune)",
                     ));
                 }
                 used.insert((BlobType::Data, c));
@@ -196,15 +209,22 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<P
             packs.push((pj.id, entries));
         }
     }
-    let present: HashSet<Id> = repo.backend.list(Kind::Pack)?.into_iter().collect();
+    let sizes: HashMap<Id, u64> = repo.backend.list_sizes(Kind::Pack)?.into_iter().collect();
+    let present = |id: &Id| sizes.contains_key(id);
+    // A pack its entries do not account for whole (`repair index --read-data` left a
+    // damaged blob out, or the file was cut short or grew): never kept as it is, as
+    // `restic check --read-data` would keep reporting it.
+    let whole = |id: &Id, entries: &[Entry]| sizes.get(id) == Some(&implied_size(entries));
     // Packs whose blobs are all used come first, so a blob stored twice is kept where
     // no copying is needed; packs that are gone come last, so a blob with a copy in a
     // pack that is there is kept there.
     let mut taken: HashSet<(BlobType, Id)> = HashSet::new();
-    let fully_used = |entries: &[Entry]| entries.iter().all(|e| used.contains(&(e.kind, e.id)));
-    packs.sort_by_key(|(id, e)| (!present.contains(id), !fully_used(e), *id));
+    let fully_used = |id: &Id, entries: &[Entry]| {
+        whole(id, entries) && entries.iter().all(|e| used.contains(&(e.kind, e.id)))
+    };
+    packs.sort_by_key(|(id, e)| (!present(id), !fully_used(id, e), *id));
     for (pack, entries) in packs {
-        if !present.contains(&pack) {
+        if !present(&pack) {
             let needed = entries
                 .iter()
                 .find(|e| used.contains(&(e.kind, e.id)) && !taken.contains(&(e.kind, e.id)));
@@ -240,7 +260,23 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<P
                 p.bytes_unused += e.length as u64;
             }
         }
-        let fate = if keep.len() == entries.len() {
+        let is_whole = whole(&pack, &entries);
+        if !is_whole {
+            p.packs_partly_indexed += 1;
+            tracing::warn!(
+                "pack {} has {} bytes, its {} index entries account for {}; {}",
+                repo.backend.file_location(Kind::Pack, &pack),
+                sizes[&pack],
+                entries.len(),
+                implied_size(&entries),
+                if keep.is_empty() {
+                    "no used blob is in it, so it is deleted"
+                } else {
+                    "its used blobs are copied into a new pack and it is deleted"
+                }
+            );
+        }
+        let fate = if keep.len() == entries.len() && is_whole {
             p.packs_kept += 1;
             PackFate::Keep
         } else if keep.is_empty() {
@@ -260,8 +296,8 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<P
             "used by a snapshot but in no pack an index names; prune stops",
         ));
     }
-    p.unindexed = present
-        .into_iter()
+    p.unindexed = sizes
+        .into_keys()
         .filter(|id| !seen_pack.contains(id))
         .collect();
     p.unindexed.sort();
@@ -297,6 +333,7 @@ pub fn prune_keeping(
             bytes_written: 0,
             packs_removed: 0,
             index_files_removed: 0,
+            blobs_from_other_copy: 0,
             duration_seconds: started.elapsed().as_secs_f64(),
         });
     }
@@ -318,6 +355,7 @@ pub fn prune_keeping(
         bytes_written: 0,
         packs_removed: 0,
         index_files_removed: 0,
+        blobs_from_other_copy: 0,
         duration_seconds: 0.0,
         plan: PrunePlan::default(),
     };
@@ -345,6 +383,7 @@ fn carry_out(
         false => Ok(()),
     };
     let mut new_index: Vec<PackJson> = Vec::new();
+    let mut from_other = 0u64;
     let mut builder: [PackBuilder; 2] = Default::default();
     let slot = |k: BlobType| match k {
         BlobType::Data => 0,
@@ -373,13 +412,9 @@ fn carry_out(
             PackFate::Repack => {
                 for e in keep {
                     stop()?;
-                    let sealed =
-                        repo.backend
-                            .read_range(pack, e.offset as u64, e.length as usize)?;
-                    // Checked before it is copied: a damaged blob is not carried on.
-                    open_blob(&repo.key, &sealed, e)?;
+                    let (e, sealed) = read_checked(repo, pack, e, &mut from_other)?;
                     let b = &mut builder[slot(e.kind)];
-                    b.add_sealed(e, &sealed);
+                    b.add_sealed(&e, &sealed);
                     if super::repo::pack_full(b) {
                         let full = std::mem::take(b);
                         write_pack(full, &mut new_index)?;
@@ -391,6 +426,7 @@ fn carry_out(
     for b in builder {
         write_pack(b, &mut new_index)?;
     }
+    report.blobs_from_other_copy = from_other;
     // The last point to stop at with nothing removed; past it the removals finish.
     stop()?;
     // One index for everything kept, in files of at most 50,000 blobs (as the backup
@@ -417,4 +453,72 @@ fn carry_out(
         report.packs_removed += 1;
     }
     Ok(())
+}
+
+/// The sealed bytes of the blob `e` of `pack`, checked before they are copied (a
+/// damaged blob is not carried on). When that copy does not read or check, the blob's
+/// other copies the index knows (`Index::locations`) are tried in turn, with a warning
+/// naming the bad pack; the entry returned is the one of the copy read. No copy
+/// checks: prune stops, naming the blob, before anything is removed.
+fn read_checked(
+    repo: &Repo,
+    pack: &Id,
+    e: &Entry,
+    from_other: &mut u64,
+) -> Result<(Entry, Vec<u8>)> {
+    let read = |loc: &Location| -> Result<Vec<u8>> {
+        let e = &loc.entry;
+        let sealed = repo
+            .backend
+            .read_range(&loc.pack, e.offset as u64, e.length as usize)?;
+        open_blob(&repo.key, &sealed, e)?;
+        Ok(sealed)
+    };
+    let planned = Location {
+        pack: *pack,
+        entry: e.clone(),
+    };
+    let mut failed: Vec<(Id, Error)> = match read(&planned) {
+        Ok(sealed) => return Ok((e.clone(), sealed)),
+        Err(Error::Cancelled) => return Err(Error::Cancelled),
+        Err(x) => vec![(*pack, x)],
+    };
+    let same =
+        |l: &Location| l.pack == *pack && l.entry.offset == e.offset && l.entry.length == e.length;
+    for loc in repo.index.locations(e.kind, &e.id) {
+        if same(&loc) || failed.iter().any(|(p, _)| *p == loc.pack) {
+            continue;
+        }
+        let (bad, x) = failed.last().expect("the planned copy's failure");
+        tracing::warn!(
+            "{:?} blob {}: its copy in pack {} cannot be used ({x}); copying its copy in \
+             pack {} instead (`snapring repair index --read-data` leaves the bad copy out)",
+            e.kind,
+            e.id,
+            repo.backend.file_location(Kind::Pack, bad),
+            repo.backend.file_location(Kind::Pack, &loc.pack),
+        );
+        match read(&loc) {
+            Ok(sealed) => {
+                *from_other += 1;
+                return Ok((loc.entry, sealed));
+            }
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(x) => failed.push((loc.pack, x)),
+        }
+    }
+    let all: Vec<String> = failed
+        .iter()
+        .map(|(p, x)| format!("pack {p}: {x}"))
+        .collect();
+    Err(corrupt(
+        format!("{:?} blob {}", e.kind, e.id),
+        format!(
+            "no copy of it reads and checks ({}); prune stops with nothing removed \
+             (`snapring repair index --read-data` leaves the damaged copies out and names \
+             the snapshots that reference the blob: the next backup stores it again, or \
+             `snapring forget --dest URL ID...` forgets them; then prune)",
+            all.join("; ")
+        ),
+    ))
 }

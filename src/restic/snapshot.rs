@@ -103,19 +103,25 @@ pub fn load_readable(repo: &Repo) -> Result<Vec<(Id, Snapshot)>> {
 
 /// Names a snapshot: `latest`, or its id or a unique prefix of it.
 pub fn find(repo: &Repo, name: &str) -> Result<(Id, Snapshot)> {
-    let all = load_readable(repo)?;
+    let mut all = load_readable(repo)?;
+    let at = find_in(&all, name)?;
+    Ok(all.swap_remove(at))
+}
+
+/// [`find`] among `all` (oldest first, as the loaders give them): the place of the
+/// one snapshot `name` names.
+pub fn find_in(all: &[(Id, Snapshot)], name: &str) -> Result<usize> {
     if name == "latest" {
         return all
-            .into_iter()
-            .next_back()
+            .len()
+            .checked_sub(1)
             .ok_or_else(|| Error::Other("the repository has no snapshots".into()));
     }
-    let mut hits: Vec<_> = all
-        .into_iter()
-        .filter(|(id, _)| id.hex().starts_with(name))
+    let hits: Vec<usize> = (0..all.len())
+        .filter(|&i| !name.is_empty() && all[i].0.hex().starts_with(name))
         .collect();
     match hits.len() {
-        1 => Ok(hits.remove(0)),
+        1 => Ok(hits[0]),
         0 => Err(Error::Other(format!(
             "no snapshot {name:?} in the repository"
         ))),
