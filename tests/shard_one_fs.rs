@@ -185,8 +185,20 @@ fn worker(
     args: &[&str],
     vars: &[(&str, &str)],
 ) -> Command {
+    worker_jobs(src, dest, (i, n, run), "2", args, vars)
+}
+
+/// [`worker`] with `--jobs JOBS`.
+fn worker_jobs(
+    src: &Path,
+    dest: &str,
+    (i, n, run): (usize, usize, &str),
+    jobs: &str,
+    args: &[&str],
+    vars: &[(&str, &str)],
+) -> Command {
     let mut c = Command::new(bin());
-    c.args(["backup", "--jobs", "2", "--source"])
+    c.args(["backup", "--jobs", jobs, "--source"])
         .arg(src)
         .args(["--dest", dest])
         .args(["--shard", &format!("{i}/{n}"), "--run-id", run])
@@ -600,4 +612,223 @@ fn four_workers_with_one_file_system_make_the_single_node_snapshot_in_a_reposito
     if let Some(restic) = restic_binary("restic check of a shard run's -x snapshot") {
         run_restic(&restic, &repo, &["check", "--read-data"]);
     }
+}
+
+/// A source for a mount that comes or goes while a run walks it: `big/s1` … `s6`
+/// (150 files each: spine directories, each cut into a few units) and `other` (20
+/// files: one unit of the root). `None`, with a SKIPPED line, where mounting is not
+/// possible.
+fn race_source(t: &Path) -> Option<PathBuf> {
+    drop(tmpfs(&t.join("probe"), "0755")?);
+    let src = t.join("src");
+    for s in 1..=6 {
+        for f in 0..150 {
+            write(
+                &src.join(format!("big/s{s}/f{f:03}")),
+                format!("big {s} {f}").as_bytes(),
+            );
+        }
+    }
+    for f in 0..20 {
+        write(&src.join(format!("other/f{f:02}")), b"other");
+    }
+    Some(src)
+}
+
+/// The regular files below `p`.
+fn files_below(p: &Path) -> usize {
+    let mut n = 0;
+    for e in std::fs::read_dir(p).unwrap_or_else(|e| panic!("list {}: {e}", p.display())) {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            n += files_below(&e.path());
+        } else if t.is_file() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// `snapring finalize --dest DEST --run-id RUN` with `vars` in its environment.
+fn finalize(dest: &str, run: &str, vars: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(bin());
+    c.args(["finalize", "--dest", dest, "--run-id", run])
+        .env("SNAPRING_CATALOG", "off")
+        .env_remove("SNAPRING_FAILPOINTS");
+    for (k, v) in vars {
+        c.env(k, v);
+    }
+    c.output().unwrap()
+}
+
+/// Finalize decides a spine directory's mount by what the units recorded, not by a
+/// `stat` of its own: the units walked `big` (no mount then), a finalize killed before
+/// the tree is staged leaves it, `big` is mounted and finalize repeated (refused: it
+/// cannot read what the mount hides, and throws nothing of the run's tree away),
+/// unmounted and finalize repeated again: the snapshot holds every file the units
+/// backed up, and verifies clean.
+#[test]
+fn a_finalize_repeated_while_a_spine_directory_is_mounted_throws_nothing_away() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(src) = race_source(t.path()) else {
+        return;
+    };
+    let dest = t.path().join("dest");
+    let d = dest.to_str().unwrap();
+    let run = "ra";
+    let kill = [("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")];
+    let o = worker(&src, d, (0, 2, run), &["-x"], &kill)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "killed in finalize: {}", text(&o));
+    let mounted = tmpfs(&src.join("big"), "0755").expect("mounted the probe");
+    let under_mount = finalize(d, run, &kill);
+    drop(mounted);
+    let o = finalize(d, run, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_verify_clean(&dest, &["daily.0"]);
+    assert_eq!(
+        files_below(&dest.join("daily.0")),
+        920,
+        "every file backed up"
+    );
+    let rec = store_record(&dest, run);
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert_eq!(rec["files_total"], 920, "{rec}");
+    assert!(
+        rec.get("mount_points_skipped").is_none_or(|m| m == 0),
+        "{rec}"
+    );
+    // The finalize under the mount stopped before changing anything, naming it.
+    assert_eq!(under_mount.status.code(), Some(1), "{}", text(&under_mount));
+    let err = String::from_utf8_lossy(&under_mount.stderr);
+    assert!(
+        err.contains("big") && err.contains("on another file system now"),
+        "{err}"
+    );
+}
+
+/// A unit that finds its directory on another device records it; finalize decides by
+/// what the units recorded: `big` mounted after some of its units were walked (and
+/// unmounted before the finalize that publishes) is partly backed up, a problem of a
+/// partial run, and the snapshot holds what the units backed up (verifies clean).
+#[test]
+fn a_mount_that_comes_while_the_units_walk_makes_a_partial_run_in_the_store() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(src) = race_source(t.path()) else {
+        return;
+    };
+    let dest = t.path().join("dest");
+    let d = dest.to_str().unwrap();
+    let run = "rb";
+    let pause = t.path().join("pause");
+    let fp = format!(
+        "shard.unit_started=pause:{}@4;shard.finalize.before_staging=kill",
+        pause.display()
+    );
+    // One lane: three units walked before the mount, the others after it.
+    let w0 = worker_jobs(
+        &src,
+        d,
+        (0, 2, run),
+        "1",
+        &["-x"],
+        &[("SNAPRING_FAILPOINTS", &fp)],
+    )
+    .spawn()
+    .unwrap();
+    wait_for(&pause);
+    let mounted = tmpfs(&src.join("big"), "0755").expect("mounted the probe");
+    std::fs::remove_file(&pause).unwrap();
+    let o = w0.wait_with_output().unwrap();
+    // Its finalize refuses `big` mounted now (a problem once unmounted), or is killed.
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    drop(mounted);
+    let o = worker(&src, d, (1, 2, run), &["-x"], &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2), "partial: {}", text(&o));
+    let rec = store_record(&dest, run);
+    assert_eq!(rec["status"], "partial", "{rec}");
+    let problems = rec["problems"].to_string();
+    assert!(
+        problems.contains("\"path\":\"big\"") && problems.contains("partly backed up"),
+        "{rec}"
+    );
+    assert!(
+        rec.get("mount_points_skipped").is_none_or(|m| m == 0),
+        "{rec}"
+    );
+    assert_verify_clean(&dest, &["daily.0"]);
+    let files = files_below(&dest.join("daily.0"));
+    assert_eq!(rec["files_total"], files, "{rec}");
+    assert!(files > 20 && files < 920, "{files}");
+}
+
+/// The same into a restic repository: units of `big` walked before it was mounted,
+/// the others after. The worker's finalize, `big` still mounted, is refused (it cannot
+/// read what the mount hides); `snapring finalize` once it is unmounted keeps what the
+/// units backed up and reports `big` partly backed up (partial), rather than keeping
+/// it empty as a mount point or leaving its spine directories out by a `stat` of its
+/// own.
+#[test]
+fn a_mount_that_comes_while_the_units_walk_makes_a_partial_run_in_a_repository() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(src) = race_source(t.path()) else {
+        return;
+    };
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    let (code, _, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{err}");
+    let run = "rr";
+    let pause = t.path().join("pause");
+    let fp = format!("shard.repo.before_commit=pause:{}@3", pause.display());
+    // One lane: three units walked before the mount, the others after it.
+    let w0 = worker_jobs(
+        &src,
+        &url,
+        (0, 1, run),
+        "1",
+        &["-x"],
+        &[("SNAPRING_FAILPOINTS", &fp)],
+    )
+    .spawn()
+    .unwrap();
+    wait_for(&pause);
+    let mounted = tmpfs(&src.join("big"), "0755").expect("mounted the probe");
+    std::fs::remove_file(&pause).unwrap();
+    let under_mount = w0.wait_with_output().unwrap();
+    drop(mounted);
+    let (code, out, err) = sr(&["finalize", "--dest", &url, "--run-id", run, "--json"]);
+    assert_eq!(code, 2, "partial: {out}\n{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["status"], "partial", "{r}");
+    let problems = r.to_string();
+    assert!(
+        problems.contains("\"path\":\"big\"") && problems.contains("partly backed up"),
+        "{r}"
+    );
+    let totals = &r["totals"];
+    assert!(
+        totals.get("mount_points_skipped").is_none_or(|m| m == 0),
+        "{totals}"
+    );
+    let files = totals["files"].as_u64().unwrap();
+    assert!(files > 20 && files < 920, "{totals}");
+    let id = r["snapshot"].as_str().unwrap().to_string();
+    let to = t.path().join("restored");
+    let (code, out, err) = sr(&["restore", "--dest", &url, &id, "--to", to.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(
+        files_below(&to) as u64,
+        files,
+        "the snapshot holds what the units backed up"
+    );
+    // The worker's finalize under the mount stopped before publishing, naming it.
+    assert_eq!(under_mount.status.code(), Some(1), "{}", text(&under_mount));
+    let err = String::from_utf8_lossy(&under_mount.stderr);
+    assert!(
+        err.contains("big") && err.contains("on another file system now"),
+        "{err}"
+    );
 }

@@ -100,9 +100,9 @@ fn walk_home(
     let manifest = prev.as_ref().and_then(|p| p.manifest.as_ref());
     let counters = Counters::default();
     // `one_file_system`: every unit's walk stays on the source root's device.
-    let one_fs = crate::shard::sizes::source_device(source, opts.one_file_system)
-        .ctx("stat source", source)?
-        .map(crate::traverse::OneFs::new);
+    let one_dev = crate::shard::sizes::source_device(source, opts.one_file_system)
+        .ctx("stat source", source)?;
+    let one_fs = one_dev.map(crate::traverse::OneFs::new);
     let home = cut.home(spec.index);
     let mut plan = Plan::default();
     for unit in &home {
@@ -119,8 +119,11 @@ fn walk_home(
             Err(e) => return Err(io_error(e, "open source directory", &src_path).into()),
         };
         let src_meta = fsx::fstat(b(&src)).ctx("stat", &src_path)?;
-        if one_fs.as_ref().is_some_and(|fs| fs.crosses(src_meta.dev)) {
-            // On another file system (mounted since the plan): nothing of it is walked.
+        if one_dev
+            .is_some_and(|dev| crate::shard::sizes::crossed_at(source, &unit.dir, dev).is_some())
+        {
+            // It, or one above it, on another file system (mounted since the plan):
+            // nothing of it is walked, as the worker's unit walks nothing.
             continue;
         }
         let prev_dir = prev_root

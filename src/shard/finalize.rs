@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use rustix::io::Errno;
 
 use super::plan::Cut;
+use super::sizes::SpineMounts;
 use super::state::{Commit, PlanFile, RunDir, UnitCounts, create_exclusive};
 use super::{ShardError, sort_err};
 use crate::engine::BackupOptions;
@@ -174,10 +175,15 @@ fn locked(
         Some(n) => Ok(n.clone()),
         None => rd.read_counts(&u.id, commits[&u.id].generation),
     });
+    // With `one_file_system`: what each unit recorded of a mount (`UnitCounts::crossed`).
+    let mut crossed: Vec<Option<String>> = Vec::new();
     for (u, n) in cut.units.iter().zip(counts) {
         let c = &commits[&u.id];
         let n: UnitCounts = n?;
         add(&counters, &n);
+        if plan.one_file_system {
+            crossed.push(n.crossed.clone());
+        }
         let k = per_worker.entry(c.worker).or_insert_with(|| WorkerKpi {
             index: c.worker,
             ..WorkerKpi::default()
@@ -187,6 +193,24 @@ fn locked(
         k.files_transferred += n.files_transferred;
         k.bytes_transferred += n.bytes_transferred;
         k.seconds += n.seconds;
+    }
+    // Decided by what the units recorded, never by a `stat` here: a finalize repeated
+    // after a crash, or on a host without the mount, decides the same way.
+    let mounts = match plan.one_file_system {
+        true => SpineMounts::of(&cut.units, |i| crossed[i].as_deref()).map_err(|m| {
+            ShardError::Failed(Error::Store {
+                path: rd.root.join("done"),
+                msg: m,
+            })
+        })?,
+        false => SpineMounts::default(),
+    };
+    let points = mounts.sorted();
+    if !points.is_empty() {
+        counters.mount_points(points.len() as u64, points.iter().map(|d| d.escaped()));
+    }
+    for d in &mounts.partly {
+        counters.problem(SpineMounts::partly_problem(d));
     }
     rep.shards = Some(ShardSummary {
         workers: plan.workers,
@@ -244,7 +268,9 @@ fn locked(
             super::worker::place_all(rd, threads, &cut, &|u| commits[&u.id].generation)?;
             let t_moved = t_fin.elapsed().as_secs_f64();
             let root_fd = super::worker::make_dirs(&rd.tree(), &RelPath::root())?;
-            assemble(store, rd, threads, &plan, &cut, &commits, &counters)?;
+            assemble(
+                store, rd, threads, &plan, &cut, &commits, &mounts, &counters,
+            )?;
             fsx::sync_fs(b(&root_fd)).ctx("flush", rd.tree())?;
             tracing::info!(
                 "finalize: units read and moved in {t_moved:.2}s, manifest merged and spine applied by {:.2}s",
@@ -886,7 +912,9 @@ fn read_spine(
 }
 
 /// The run's manifest from the parts, the spine's entries and metadata, and hard-link
-/// groups joined across units.
+/// groups joined across units; with `one_file_system`, the spine's mount points as
+/// `mounts` (what the units recorded) says.
+#[allow(clippy::too_many_arguments)]
 fn assemble(
     store: &Store,
     rd: &RunDir,
@@ -894,6 +922,7 @@ fn assemble(
     plan: &PlanFile,
     cut: &Cut,
     commits: &BTreeMap<String, Commit>,
+    mounts: &SpineMounts,
     counters: &Counters,
 ) -> Result<(), ShardError> {
     let source = plan.source.as_path();
@@ -1019,10 +1048,9 @@ fn assemble(
             }));
         }
     }
-    let mounts = match plan.one_file_system {
-        true => spine_mounts(rd, &order, &read, counters)?,
-        false => SpineMounts::default(),
-    };
+    if plan.one_file_system {
+        empty_mount_points(rd, source, &order, &read, mounts)?;
+    }
     let mut present: Vec<(&RelPath, fsx::Meta, fsx::Xattrs)> = Vec::new();
     let mut spine_kids: Vec<(&RelPath, Vec<Entry>)> = Vec::new();
     let mut root_entry = None;
@@ -1032,7 +1060,7 @@ fn assemble(
             continue;
         }
         let r = match r {
-            Some((meta, xattrs, _)) if mounts.points.contains(*d) => {
+            Some((meta, xattrs, _)) if !mounts.points.is_empty() && mounts.points.contains(*d) => {
                 Some((meta, xattrs, Vec::new()))
             }
             r => r,
@@ -1142,94 +1170,65 @@ fn assemble(
     Ok(())
 }
 
-/// With `one_file_system`: the spine directories that are mount points, mounted
-/// after the plan was made (the planner does not cut a mount: `sizes.rs`). Each is
-/// kept as an empty directory with its own metadata, as a single-node run keeps one,
-/// and counted; the spine directories below one are left out.
-#[derive(Default)]
-struct SpineMounts<'a> {
-    points: HashSet<&'a RelPath>,
-}
-
-impl SpineMounts<'_> {
-    /// `d` is strictly inside a mount point.
-    fn below(&self, d: &RelPath) -> bool {
-        !d.is_root() && self.holds(&d.parent())
-    }
-
-    /// `d` is a mount point or inside one.
-    fn holds(&self, d: &RelPath) -> bool {
-        // Asked of every block of the run's manifest: nothing to do without any.
-        if self.points.is_empty() {
-            return false;
-        }
-        let mut a = d.clone();
-        loop {
-            if self.points.contains(&a) {
-                return true;
-            }
-            if a.is_root() {
-                return false;
-            }
-            a = a.parent();
-        }
-    }
-}
-
-/// Finds the spine's mount points ([`SpineMounts`]) by the devices `read` gave (the
-/// root's is the source's, as this host sees it), counts them in `counters`, and
-/// empties their directories in the run's tree (the units walked nothing there, but
-/// the anchors of spine directories below one were renamed into it).
-fn spine_mounts<'a>(
+/// With `one_file_system`, before anything of the run's tree is changed: every spine
+/// directory not in a mount point the units recorded (`mounts`) must be on the source
+/// root's device now too, as the units saw it (one mounted since they walked it hides
+/// what they backed up: its metadata and spine children cannot be read, and nothing
+/// they backed up is thrown away). Then each mount point's directory in the run's tree
+/// is emptied of the empty anchors of the spine directories below it (its units
+/// walked nothing): only empty directories are removed, bottom-up.
+fn empty_mount_points(
     rd: &RunDir,
-    order: &[&'a RelPath],
+    source: &Path,
+    order: &[&RelPath],
     read: &[SpineRead],
-    counters: &Counters,
-) -> Result<SpineMounts<'a>, ShardError> {
-    let dev_of = |d: &RelPath| {
-        order
-            .iter()
-            .zip(read)
-            .find(|(o, _)| **o == d)
-            .and_then(|(_, r)| r.as_ref().map(|(m, _, _)| m.dev))
-    };
-    let Some(root_dev) = dev_of(&RelPath::root()) else {
-        return Ok(SpineMounts::default());
-    };
-    let mut m = SpineMounts::default();
-    // Shallowest first: a mount point inside another one is not one of the snapshot's.
-    let mut shallow: Vec<&'a RelPath> = order.to_vec();
-    shallow.sort_by_key(|d| d.components().count());
-    for d in shallow {
-        if d.is_root() || m.holds(d) {
-            continue;
-        }
-        if dev_of(d).is_some_and(|dev| dev != root_dev) {
-            m.points.insert(d);
+    mounts: &SpineMounts,
+) -> Result<(), ShardError> {
+    let root_dev = order
+        .iter()
+        .zip(read)
+        .find(|(d, _)| d.is_root())
+        .and_then(|(_, r)| r.as_ref().map(|(m, _, _)| m.dev));
+    if let Some(root_dev) = root_dev {
+        for (d, r) in order.iter().zip(read) {
+            if let Some((m, _, _)) = r
+                && mounts.mounted_since(d, m.dev, root_dev)
+            {
+                return Err(ShardError::Failed(Error::Store {
+                    path: source.join(d.as_path()),
+                    msg: super::sizes::MOUNTED_SINCE.into(),
+                }));
+            }
         }
     }
-    let mut points: Vec<&RelPath> = m.points.iter().copied().collect();
-    points.sort();
-    for d in &points {
+    for d in mounts.sorted() {
         tracing::info!("{d}: another file system (one_file_system): kept empty");
         let at = rd.tree().join(d.as_path());
         match std::fs::read_dir(&at) {
-            Ok(it) => {
-                for e in it {
-                    let p = e.ctx("read", &at)?.path();
-                    let r = match std::fs::symlink_metadata(&p) {
-                        Ok(md) if md.is_dir() => std::fs::remove_dir_all(&p),
-                        _ => std::fs::remove_file(&p),
-                    };
-                    r.ctx("remove", &p)?;
-                }
-            }
+            Ok(_) => remove_empty_below(&at)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error(e, "read", &at).into()),
         }
     }
-    counters.mount_points(points.len() as u64, points.iter().map(|d| d.escaped()));
-    Ok(m)
+    Ok(())
+}
+
+/// Removes the directories below `at`, bottom-up, each only if empty: anything else
+/// there (a unit backed up nothing below a mount point) is an error naming it.
+fn remove_empty_below(at: &Path) -> Result<(), ShardError> {
+    for e in std::fs::read_dir(at).ctx("read", at)? {
+        let p = e.ctx("read", at)?.path();
+        let md = std::fs::symlink_metadata(&p).ctx("stat", &p)?;
+        if !md.is_dir() {
+            return Err(ShardError::Failed(Error::Store {
+                path: p,
+                msg: "in the run's tree below a mount point its units recorded (they walked nothing there): not removed; nothing published".into(),
+            }));
+        }
+        remove_empty_below(&p)?;
+        std::fs::remove_dir(&p).ctx("remove empty directory", &p)?;
+    }
+    Ok(())
 }
 
 /// Makes each spine directory of `present` in the run's tree (all of them first: making

@@ -53,6 +53,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use super::plan::{Cut, Unit};
+use super::sizes::SpineMounts;
 use super::state::{Holder, PlanFile, lease};
 use super::{ShardError, Spec};
 use crate::relpath::RelPath;
@@ -184,6 +185,12 @@ pub struct UnitFigures {
     #[serde(flatten)]
     pub counts: Figures,
     pub seconds: f64,
+    /// With `one_file_system`: the unit's directory, or the shallowest one above it, on
+    /// another file system than the source's root when the unit was built (escaped
+    /// path): it built nothing. What finalize decides the spine's mount points by
+    /// (`sizes::SpineMounts`). Absent when none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossed: Option<String>,
 }
 
 /// `done/<unit>`.
@@ -1245,15 +1252,26 @@ fn build_unit(
     // symlink: the unit has nothing (finalize leaves the entry out, a problem), rather
     // than failing every attempt or following the symlink out of the source.
     // With `one_file_system`, one on another file system than the source's root
-    // (mounted since the plan: the planner cuts no mount) has nothing either: finalize
-    // keeps the mount point as an empty tree and counts it.
+    // (mounted since the plan: the planner cuts no mount) has nothing either, and
+    // records that directory: finalize decides the mount points by what the units
+    // recorded (`sizes::SpineMounts`), never by a `stat` of its own.
+    if let Some(crossed) = one_fs.and_then(|dev| super::sizes::crossed_at(source, &unit.dir, dev)) {
+        tracing::info!(
+            "unit {}: {crossed} is on another file system (one_file_system): nothing walked",
+            unit.id
+        );
+        return Ok(Built {
+            figures: UnitFigures {
+                crossed: Some(crossed.escaped()),
+                ..UnitFigures::default()
+            },
+            ..Built::default()
+        });
+    }
     let mut at = source.to_path_buf();
     for c in &comps {
         at.push(c);
-        let md = std::fs::symlink_metadata(&at);
-        if !md.as_ref().is_ok_and(|m| m.is_dir())
-            || one_fs.is_some_and(|dev| md.is_ok_and(|m| m.dev() != dev))
-        {
+        if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
             return Ok(Built::default());
         }
     }
@@ -1308,6 +1326,7 @@ fn build_unit(
     let mut figures = UnitFigures {
         counts: Figures::of(&r),
         seconds: r.duration_seconds,
+        crossed: None,
     };
     // Paths of the source, as the problems' (the unit's walk is rooted at its
     // directory).
@@ -1453,6 +1472,23 @@ fn make_final(
         }
     }
     let mut totals = RunTotals::default();
+    // With `one_file_system`: decided by what the units recorded, never by a `stat`
+    // here (the store's finalize decides the same way).
+    let mounts = match plan_file.one_file_system {
+        true => SpineMounts::of(&cut.units, |i| commits[i].figures.crossed.as_deref())
+            .map_err(|m| failed(restic::Error::Other(m)))?,
+        false => SpineMounts::default(),
+    };
+    for d in &mounts.partly {
+        let p = SpineMounts::partly_problem(d);
+        tracing::warn!("{d}: {}", p.error);
+        totals.problems.push(EntryProblem {
+            path: p.path,
+            kind: "changed".into(),
+            action: p.action,
+            error: p.error,
+        });
+    }
     let mut per_worker: BTreeMap<usize, WorkerTotals> = BTreeMap::new();
     let mut by_dir: BTreeMap<&RelPath, Vec<Node>> = BTreeMap::new();
     for (u, c) in cut.units.iter().zip(commits) {
@@ -1481,29 +1517,36 @@ fn make_final(
     let packer = Packer::default();
     let mut spine: Vec<&RelPath> = cut.spine.iter().collect();
     spine.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-    let mounts = match plan_file.one_file_system {
-        true => spine_mounts(cut, source)?,
-        false => BTreeSet::new(),
-    };
-    let in_mount = |d: &RelPath| {
-        let mut a = d.clone();
-        while !a.is_root() {
-            a = a.parent();
-            if mounts.contains(&a) {
-                return true;
+    if plan_file.one_file_system {
+        // One `lstat` per spine directory (`dir_node_at` below reads each again).
+        let dev =
+            |d: &RelPath| std::fs::symlink_metadata(source.join(d.as_path())).map(|m| m.dev());
+        let root_dev = dev(&RelPath::root()).map_err(|e| {
+            failed(restic::Error::Other(format!(
+                "cannot stat the source {}: {e}",
+                source.display()
+            )))
+        })?;
+        for d in cut.spine.iter().filter(|d| !d.is_root()) {
+            if dev(d).is_ok_and(|v| mounts.mounted_since(d, v, root_dev)) {
+                return Err(failed(restic::Error::Other(format!(
+                    "{}: {}",
+                    source.join(d.as_path()).display(),
+                    super::sizes::MOUNTED_SINCE
+                ))));
             }
         }
-        false
-    };
-    if !mounts.is_empty() {
-        let first: Vec<String> = mounts.iter().map(|d| d.escaped()).collect();
-        totals.counts.add_mount_points(mounts.len() as u64, &first);
+    }
+    let points = mounts.sorted();
+    if !points.is_empty() {
+        let first: Vec<String> = points.iter().map(|d| d.escaped()).collect();
+        totals.counts.add_mount_points(points.len() as u64, &first);
     }
     let mut made: BTreeMap<&RelPath, Node> = BTreeMap::new();
     let mut root = None;
     for d in spine {
         let mut nodes = by_dir.remove(d).unwrap_or_default();
-        if in_mount(d) {
+        if mounts.below(d) {
             // Inside a mount point (kept empty below): not in the snapshot.
             continue;
         }
@@ -1517,7 +1560,7 @@ fn make_final(
                 nodes.push(n);
             }
         }
-        if mounts.contains(d) {
+        if !mounts.points.is_empty() && mounts.points.contains(d) {
             // A mount point (mounted since the plan): an empty tree, as a
             // single-node run's `-x` records one; its units built nothing.
             tracing::info!("{d}: another file system (one_file_system): kept empty");
@@ -1619,41 +1662,6 @@ fn make_final(
             st.key("final")
         )))
     })
-}
-
-/// With `one_file_system`: the spine directories on another file system than the
-/// source's root, mounted since the plan was made (the planner cuts no mount), not
-/// counting those inside another one. One `lstat` per spine directory.
-fn spine_mounts<'c>(cut: &'c Cut, source: &Path) -> Result<BTreeSet<&'c RelPath>, ShardError> {
-    let dev = |d: &RelPath| std::fs::symlink_metadata(source.join(d.as_path())).map(|m| m.dev());
-    let root = dev(&RelPath::root()).map_err(|e| {
-        ShardError::Failed(crate::error::Error::Repository(format!(
-            "cannot stat the source {}: {e}",
-            source.display()
-        )))
-    })?;
-    let mut shallow: Vec<&RelPath> = cut.spine.iter().filter(|d| !d.is_root()).collect();
-    shallow.sort_by_key(|d| d.components().count());
-    let mut points: BTreeSet<&RelPath> = BTreeSet::new();
-    for d in shallow {
-        let inside = {
-            let mut a = d.parent();
-            loop {
-                if points.contains(&a) {
-                    break true;
-                }
-                if a.is_root() {
-                    break false;
-                }
-                a = a.parent();
-            }
-        };
-        // One gone since is left out as before (its `stat` below fails).
-        if !inside && dev(d).is_ok_and(|v| v != root) {
-            points.insert(d);
-        }
-    }
-    Ok(points)
 }
 
 /// Writes the snapshot file `final` names if it is missing, then settles who publishes

@@ -472,6 +472,145 @@ impl Sizes for Excluding<'_> {
     }
 }
 
+/// With `one_file_system`: the shallowest of `dir` (a directory of the source at
+/// `source`) and the directories above it that is on another device than `dev`, the
+/// source root's as this host sees it: one `lstat` per component, stopping at the first
+/// on another device. One that does not answer (gone, not a directory) is left to the
+/// unit's walk to report. A unit's workers record it in its commit: what finalize
+/// decides the mount points by ([`spine_mounts`]), never a `stat` of its own.
+pub fn crossed_at(source: &Path, dir: &RelPath, dev: u64) -> Option<RelPath> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::MetadataExt;
+    let mut at = source.to_path_buf();
+    let mut rel = RelPath::root();
+    for c in dir.components() {
+        at.push(std::ffi::OsStr::from_bytes(c));
+        rel = rel.join(c);
+        match std::fs::symlink_metadata(&at) {
+            Ok(m) if !m.is_dir() => return None,
+            Ok(m) if m.dev() != dev => return Some(rel),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+/// `d` is `a` or inside it.
+fn at_or_below(d: &RelPath, a: &RelPath) -> bool {
+    a.is_root()
+        || d == a
+        || (d.as_bytes().starts_with(a.as_bytes())
+            && d.as_bytes().get(a.as_bytes().len()) == Some(&b'/'))
+}
+
+/// What finalize says of a spine directory [`SpineMounts::mounted_since`].
+pub const MOUNTED_SINCE: &str = "on another file system now than when the run's units walked it (mounted since): nothing published; unmount it and run `snapring finalize` again, or start a new run id";
+
+/// With `one_file_system`: the spine's mount points, decided by what the units recorded
+/// in their commits (the directory each found on another device, if any: immutable, so
+/// a finalize repeated after a crash, or on another host, decides the same way).
+#[derive(Default, Debug)]
+pub struct SpineMounts {
+    /// Directories every unit at or below recorded as on another device: nothing was
+    /// backed up below them. Each is kept as an empty directory with its own metadata
+    /// and counted; the spine directories below one are left out. None inside another.
+    pub points: HashSet<RelPath>,
+    /// Directories some units at or below recorded as on another device and others
+    /// walked: mounted or unmounted while the run walked them. Everything the units
+    /// backed up is kept; each is a problem of the run.
+    pub partly: Vec<RelPath>,
+}
+
+impl SpineMounts {
+    /// The mount points `units` recorded (`crossed(i)`: what unit `i` recorded).
+    pub fn of<'a>(
+        units: &[plan::Unit],
+        crossed: impl Fn(usize) -> Option<&'a str>,
+    ) -> Result<SpineMounts, String> {
+        let mut recorded: Vec<Option<RelPath>> = Vec::with_capacity(units.len());
+        for (i, u) in units.iter().enumerate() {
+            recorded.push(match crossed(i) {
+                Some(s) => Some(RelPath::from_escaped(s).map_err(|e| {
+                    format!("unit {}: unreadable crossed directory {s:?}: {e}", u.id)
+                })?),
+                None => None,
+            });
+        }
+        let mut candidates: Vec<&RelPath> = recorded.iter().flatten().collect();
+        candidates.sort_by(|a, b| {
+            (a.components().count(), a.as_bytes()).cmp(&(b.components().count(), b.as_bytes()))
+        });
+        candidates.dedup();
+        let mut m = SpineMounts::default();
+        for d in candidates {
+            if m.holds(d) {
+                continue;
+            }
+            let all = units
+                .iter()
+                .zip(&recorded)
+                .filter(|(u, _)| at_or_below(&u.dir, d))
+                .all(|(_, r)| r.is_some());
+            if all {
+                m.points.insert(d.clone());
+            } else {
+                m.partly.push(d.clone());
+            }
+        }
+        Ok(m)
+    }
+
+    /// `d` is strictly inside a mount point.
+    pub fn below(&self, d: &RelPath) -> bool {
+        !self.points.is_empty() && !d.is_root() && self.holds(&d.parent())
+    }
+
+    /// `d` is a mount point or inside one (nothing to do without any: asked of every
+    /// block of the run's manifest).
+    pub fn holds(&self, d: &RelPath) -> bool {
+        if self.points.is_empty() {
+            return false;
+        }
+        let mut a = d.clone();
+        loop {
+            if self.points.contains(&a) {
+                return true;
+            }
+            if a.is_root() {
+                return false;
+            }
+            a = a.parent();
+        }
+    }
+
+    /// Whether spine directory `d`, on device `dev` as finalize reads it, was mounted
+    /// since the units walked it (`root_dev`: the source root's): on another device
+    /// and not in a mount point the units recorded. Finalize cannot read what such a
+    /// mount hides (the spine directories below it) and must throw nothing the units
+    /// backed up away: it stops with [`MOUNTED_SINCE`], nothing published.
+    pub fn mounted_since(&self, d: &RelPath, dev: u64, root_dev: u64) -> bool {
+        dev != root_dev && !self.holds(d)
+    }
+
+    /// The mount points in path order.
+    pub fn sorted(&self) -> Vec<&RelPath> {
+        let mut p: Vec<&RelPath> = self.points.iter().collect();
+        p.sort();
+        p
+    }
+
+    /// The problem of a directory of [`SpineMounts::partly`].
+    pub fn partly_problem(d: &RelPath) -> crate::report::Problem {
+        crate::report::Problem {
+            path: d.escaped(),
+            kind: crate::report::ProblemKind::ChangedDuringCopy,
+            action: "walk (one_file_system)".into(),
+            error: "mounted or unmounted while the run walked it: partly backed up".into(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -553,5 +692,56 @@ mod tests {
         );
         assert_eq!(kids("c/deep"), [("e".into(), 1, false)]);
         assert!(kids("missing").is_empty());
+    }
+
+    fn unit(dir: &str) -> plan::Unit {
+        plan::Unit {
+            id: format!("u-{dir}"),
+            dir: RelPath::from_escaped(dir).unwrap(),
+            lo: None,
+            hi: None,
+            weight: 1,
+            home: 0,
+            anchor: false,
+        }
+    }
+
+    /// The mount points are decided by what the units recorded: a directory every unit
+    /// at or below recorded is one (the shallowest; none inside it counted again); one
+    /// some units walked is partly backed up; a unit above it or beside it does not
+    /// count; `bigger` is not below `big`.
+    #[test]
+    fn spine_mounts_are_what_every_unit_at_or_below_recorded() {
+        let units = [
+            unit(""),
+            unit("big"),
+            unit("big/s1"),
+            unit("big/s2"),
+            unit("bigger"),
+            unit("half"),
+            unit("half/a"),
+            unit("half/b"),
+            unit("half/b/m"),
+        ];
+        let crossed = [
+            None,
+            Some("big"),
+            Some("big"),
+            Some("big/s2"),
+            None,
+            None,
+            Some("half"),
+            None,
+            Some("half/b/m"),
+        ];
+        let m = SpineMounts::of(&units, |i| crossed[i]).unwrap();
+        let r = |s: &str| RelPath::from_escaped(s).unwrap();
+        assert_eq!(m.sorted(), vec![&r("big"), &r("half/b/m")]);
+        assert_eq!(m.partly, vec![r("half")]);
+        assert!(m.holds(&r("big/s2")) && m.below(&r("big/s1")) && !m.below(&r("big")));
+        assert!(!m.holds(&r("bigger")) && !m.holds(&r("half/b")));
+        let none = SpineMounts::of(&units, |_| None).unwrap();
+        assert!(none.points.is_empty() && none.partly.is_empty());
+        assert!(SpineMounts::of(&units, |_| Some("a//b")).is_err());
     }
 }

@@ -311,6 +311,12 @@ pub struct UnitCounts {
     pub mount_points_skipped: u64,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mount_points: Vec<String>,
+    /// With `one_file_system`: the unit's directory, or the shallowest one above it, on
+    /// another file system than the source's root when the unit was built (escaped
+    /// path): it walked nothing. What finalize decides the spine's mount points by
+    /// (`sizes::SpineMounts`). Absent when none, and in commits written before it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crossed: Option<String>,
 }
 
 fn is_zero64(n: &u64) -> bool {

@@ -13,7 +13,6 @@
 //! file I/O on the source and the store.
 
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -995,20 +994,23 @@ fn build(
     };
     // `one_file_system`: the unit's directory, or one above it, is on another file
     // system than the source's root (mounted since the plan: the planner cuts no
-    // mount). Its contents are not backed up: the unit is empty, and finalize keeps the
-    // mount point as an empty directory with its own metadata and counts it.
-    if let Some(dev) = ctx.one_fs
-        && crosses(&ctx.source, &unit.dir, dev)
+    // mount). Its contents are not backed up: the unit is empty and records that
+    // directory in its commit; finalize decides the mount points by what the units
+    // recorded (`sizes::SpineMounts`), never by a `stat` of its own.
+    if let Some(crossed) = ctx
+        .one_fs
+        .and_then(|dev| super::sizes::crossed_at(&ctx.source, &unit.dir, dev))
     {
         tracing::info!(
-            "unit {}: {} is on another file system (one_file_system): nothing walked",
+            "unit {}: {crossed} is on another file system (one_file_system): nothing walked",
             unit.id,
-            unit.dir
         );
         let sink = TreeSink::new(work_fd, None, None, writer);
         let root = Entry::from_meta(b".", &fsx::fstat(b(&sink_root(&work)?)).ctx("stat", &work)?);
         crate::sink::Sink::commit(sink, &root).ctx("seal", &work)?;
-        return Ok(Some(unit_counts(&counters, t0, started_at)));
+        let mut counts = unit_counts(&counters, t0, started_at);
+        counts.crossed = Some(crossed.escaped());
+        return Ok(Some(counts));
     }
     let src = match fsx::open_dir(&src_path) {
         Ok(fd) => fd,
@@ -1075,23 +1077,6 @@ fn build(
     Ok(Some(unit_counts(&counters, t0, started_at)))
 }
 
-/// Whether `dir` of the source at `source`, or a directory above it, is on another
-/// device than `dev` (the source root's): one `lstat` per component. One that does not
-/// answer is left to the unit's walk to report.
-fn crosses(source: &std::path::Path, dir: &RelPath, dev: u64) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let mut at = source.to_path_buf();
-    for c in dir.components() {
-        at.push(std::ffi::OsStr::from_bytes(c));
-        match std::fs::symlink_metadata(&at) {
-            Ok(m) if m.dev() != dev => return true,
-            Ok(_) => {}
-            Err(_) => return false,
-        }
-    }
-    false
-}
-
 fn sink_root(work: &std::path::Path) -> Result<OwnedFd, ShardError> {
     Ok(fsx::open_dir(work).ctx("open", work)?)
 }
@@ -1119,6 +1104,7 @@ fn unit_counts(c: &Counters, t0: Instant, started_at: String) -> UnitCounts {
         started_at,
         mount_points_skipped: r.mount_points_skipped,
         mount_points: r.mount_points,
+        crossed: None,
     }
 }
 
