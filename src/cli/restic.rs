@@ -924,6 +924,9 @@ pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
     if r.read_data {
         outln!("{} blobs damaged (left out of the index)", r.blobs_damaged);
     }
+    for p in &r.salvaged {
+        outln!("  damaged pack {p}: its good blobs copied into a new pack, the pack deleted");
+    }
     outln!(
         "{} blobs lost (the old index named them, no pack holds them); {} blobs indexed",
         r.blobs_lost,

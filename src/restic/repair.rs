@@ -9,11 +9,16 @@
 //! its blobs added, or the pack is left out if the header does not read or does not
 //! match its size (the next `prune` deletes it, as any pack no index names); indexed
 //! packs that are gone are left out. With `read_data` every pack is read whole and
-//! every blob decrypted and hashed, and a blob that does not check is left out (so the
-//! next backup stores it again rather than deduplicating against the damaged copy).
-//! The new index files are written first, then the old ones removed: a crash between
-//! leaves both, which restic accepts (a blob named twice). The cancel flag stops it
-//! before the new index is written, with nothing changed. Then every snapshot's trees
+//! every blob decrypted and hashed; a pack with a blob that does not check is never
+//! indexed in part (restic's `repair packs`): its good blobs are copied as they are
+//! sealed into a new pack, which is indexed instead, and the damaged pack is deleted
+//! once the new index is in place (so the next backup stores the damaged blob again
+//! rather than deduplicating against it, and no later repair finds the damaged pack
+//! unindexed and adds it back whole). The new packs are written first, then the new
+//! index files, then the old ones removed, then the damaged packs: a crash between
+//! leaves both index files, which restic accepts (a blob named twice). The cancel flag
+//! stops it before the new index is written, with the index unchanged (new packs
+//! already written are in no index: the next prune deletes them). Then every snapshot's trees
 //! are walked against the new index to tell which snapshots reference data no pack
 //! holds. Does I/O through `repo`.
 
@@ -25,7 +30,7 @@ use serde::Serialize;
 use super::backend::Kind;
 use super::crypto::OVERHEAD;
 use super::index::{Index, IndexFile, PackJson};
-use super::pack::{BlobType, Entry, open_blob, read_header};
+use super::pack::{BlobType, Entry, PackBuilder, open_blob, read_header};
 use super::repo::Repo;
 use super::snapshot;
 use super::{Error, Id, Result};
@@ -65,6 +70,13 @@ pub struct RepairReport {
     pub missing: Vec<String>,
     /// Blobs (with `read_data`) that do not decrypt or hash to their id: left out.
     pub blobs_damaged: u64,
+    /// Packs (with `read_data`) with damaged blobs: their good blobs copied into new
+    /// packs (`packs_written`), indexed instead; the damaged packs deleted once the new
+    /// index is in place (`packs_removed`).
+    pub packs_salvaged: u64,
+    pub salvaged: Vec<String>,
+    pub packs_written: u64,
+    pub packs_removed: u64,
     /// Blobs the old index named that no pack of the new one holds.
     pub blobs_lost: u64,
     /// Blobs in the new index.
@@ -102,6 +114,8 @@ enum Fate {
     Kept(Option<Vec<Entry>>),
     Added(Vec<Entry>),
     Reread(Vec<Entry>),
+    /// A pack with damaged blobs: the new packs its good blobs were copied into.
+    Salvaged(Vec<(Id, Vec<Entry>)>),
     Unreadable(String),
 }
 
@@ -196,8 +210,10 @@ fn same_entries(a: &[Entry], b: &[Entry]) -> bool {
     a.len() == b.len() && sorted(a) == sorted(b)
 }
 
-/// The pack `id` read whole: its header, and the entries whose blobs check.
-fn read_whole_pack(repo: &Repo, id: &Id, size: u64) -> Result<(Vec<Entry>, Vec<Entry>)> {
+/// The pack `id` read whole: its bytes, its header, and the entries whose blobs check.
+type WholePack = (Vec<u8>, Vec<Entry>, Vec<Entry>);
+
+fn read_whole_pack(repo: &Repo, id: &Id, size: u64) -> Result<WholePack> {
     let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
     let bytes = repo.backend.read(Kind::Pack, id)?;
     let header = read_header(&repo.key, &bytes, &what)?;
@@ -213,7 +229,34 @@ fn read_whole_pack(repo: &Repo, id: &Id, size: u64) -> Result<(Vec<Entry>, Vec<E
             Err(x) => tracing::warn!("{what}: {x}; left out of the index"),
         }
     }
-    Ok((header, good))
+    Ok((bytes, header, good))
+}
+
+/// The blobs `good` of a damaged pack (`bytes`) copied as they are sealed into new
+/// packs, one blob type to a pack, as `prune` repacks: the new packs and their entries.
+fn salvage(repo: &Repo, bytes: &[u8], good: &[Entry]) -> Result<Vec<(Id, Vec<Entry>)>> {
+    let mut out = Vec::new();
+    let mut builders: [PackBuilder; 2] = Default::default();
+    let mut write = |b: PackBuilder| -> Result<()> {
+        if b.is_empty() {
+            return Ok(());
+        }
+        let (id, bytes, entries) = b.finish(&repo.key);
+        repo.backend.write_vec(Kind::Pack, &id, bytes)?;
+        out.push((id, entries));
+        Ok(())
+    };
+    for e in good {
+        let b = &mut builders[(e.kind == BlobType::Tree) as usize];
+        b.add_sealed(e, &bytes[e.offset as usize..(e.offset + e.length) as usize]);
+        if super::repo::pack_full(b) {
+            write(std::mem::take(b))?;
+        }
+    }
+    for b in builders {
+        write(b)?;
+    }
+    Ok(out)
 }
 
 /// Rebuilds the index of `repo` from its packs (see the module's notes). `cancel` set
@@ -299,9 +342,12 @@ fn repair_locked(
         crate::util::par_map(PACK_READS, &listed, |(id, size)| {
             stop()?;
             match read_whole_pack(repo_ro, id, *size) {
-                Ok((header, good)) => {
+                Ok((bytes, header, good)) => {
                     let damaged = header.len() - good.len();
                     let fate = match indexed.get(id) {
+                        // Never indexed in part: a later repair would find the pack
+                        // of another size than its entries and add it back whole.
+                        _ if damaged > 0 => Fate::Salvaged(salvage(repo_ro, &bytes, &good)?),
                         None => Fate::Added(good),
                         Some(e) if same_entries(e, &header) => Fate::Kept(Some(good)),
                         Some(_) => Fate::Reread(good),
@@ -340,6 +386,8 @@ fn repair_locked(
     let mut new_packs: Vec<PackJson> = Vec::new();
     // Indexed packs left out as unreadable (one in no index changes nothing).
     let mut dropped_indexed = 0u64;
+    // Packs with damaged blobs, deleted once the new index no longer names them.
+    let mut damaged_packs: Vec<Id> = Vec::new();
     for ((id, _), fate) in listed.iter().zip(fates) {
         let entries = match fate? {
             // As indexed: its old entries are the new ones (and none of them is lost).
@@ -369,6 +417,21 @@ fn repair_locked(
                 );
                 r.packs_reread += 1;
                 e
+            }
+            Fate::Salvaged(new) => {
+                tracing::warn!(
+                    "pack {} has damaged blobs; its {} good blobs are copied into {} new \
+                     packs, indexed instead, and the pack is deleted",
+                    repo.backend.file_location(Kind::Pack, id),
+                    new.iter().map(|(_, e)| e.len()).sum::<usize>(),
+                    new.len()
+                );
+                r.packs_salvaged += 1;
+                r.salvaged.push(id.hex());
+                r.packs_written += new.len() as u64;
+                damaged_packs.push(*id);
+                new_packs.extend(new.iter().map(|(p, e)| PackJson::new(*p, e)));
+                continue;
             }
             Fate::Unreadable(why) => {
                 if indexed.contains_key(id) {
@@ -445,6 +508,11 @@ fn repair_locked(
         for idx in &old_files {
             repo.backend.remove(Kind::Index, idx)?;
             r.index_files_removed += 1;
+        }
+        // No index names them now; their good blobs are in the new packs.
+        for id in &damaged_packs {
+            repo.backend.remove(Kind::Pack, id)?;
+            r.packs_removed += 1;
         }
     }
     repo.index = index;
