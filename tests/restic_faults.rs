@@ -1096,3 +1096,52 @@ fn sigterm_while_throttled_stops_init_promptly() {
     s.sr_ok(&["init", "--dest", &dest]);
     assert_eq!(s.objects("terminit", "keys").len(), 1);
 }
+
+/// `repair index` while the server fails every read of a pack (HTTP 500, past the
+/// retries): the check of the snapshots stops with the error (exit 1) rather than name
+/// a snapshot damaged for a tree that did not read for another reason than damage; once
+/// the fault heals, the repair finds every snapshot whole.
+#[test]
+fn repair_index_stops_on_a_server_error_rather_than_name_snapshots_damaged() {
+    let s = setup(Vec::new());
+    source(&s.src, 1, 3);
+    let dest = s.dest("repairfault");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let (code, r, err) = s.backup(&dest);
+    assert_eq!(code, 0, "{r}\n{err}");
+    // Every pack is of the size the index implies: only the snapshots' check reads one.
+    s.proxy.set_rules(vec![Rule::new(
+        "GET",
+        "/data/",
+        Fault::Status(500),
+        u64::MAX,
+    )]);
+    let out = s
+        .cmd(&["repair", "index", "--dest", &dest, "--json"])
+        .env("SNAPRING_CACHE", "off")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(stderr.contains("HTTP 500"), "{stderr}");
+    assert!(
+        stderr.contains("the check of the snapshots against the new index stopped"),
+        "{stderr}"
+    );
+    assert!(!stdout.contains("damaged_snapshots"), "{stdout}");
+    assert!(s.objects("repairfault", "locks").is_empty(), "lock released");
+    s.proxy.set_rules(Vec::new());
+    let out = s
+        .cmd(&["repair", "index", "--dest", &dest, "--json"])
+        .env("SNAPRING_CACHE", "off")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["damaged_snapshots"].as_array().unwrap().len(), 0, "{r}");
+    assert_eq!(r["index_rewritten"], false, "{r}");
+}

@@ -542,7 +542,17 @@ fn check_snapshots(repo: &Repo, r: &mut RepairReport, cancel: &AtomicBool) -> Re
                 r.snapshots_checked = false;
                 return Ok(());
             }
-            Err(e) => return Err(e),
+            Err(e) => {
+                return Err(Error::Other(format!(
+                    "{e}; the check of the snapshots against the new index stopped ({}); \
+                     `snapring verify --all` tells which snapshots are damaged",
+                    if r.index_rewritten {
+                        "the index is rebuilt"
+                    } else {
+                        "the index needed no change"
+                    }
+                )));
+            }
         };
         if bad {
             r.damaged_snapshots.push(DamagedSnapshot {
@@ -561,7 +571,9 @@ fn check_snapshots(repo: &Repo, r: &mut RepairReport, cancel: &AtomicBool) -> Re
 }
 
 /// Whether the tree `id` or anything under it is a blob no pack holds (or a tree that
-/// does not read). Recursion as deep as the directories are.
+/// is damaged: it does not decrypt, check or parse). Any other error reading a tree
+/// (a server failing past the retries) is returned, as `verify::walk` does. Recursion
+/// as deep as the directories are.
 fn damaged(
     repo: &Repo,
     id: Id,
@@ -579,11 +591,15 @@ fn damaged(
     let tree = if repo.index.contains(BlobType::Tree, &id) {
         match repo.read_tree(&id) {
             Ok(t) => Some(t),
-            Err(Error::Cancelled) => return Err(Error::Cancelled),
-            Err(e) => {
+            // Damage, as a pack's read is (`unreadable`): it does not decrypt, check or
+            // parse, or its pack is gone.
+            Err(e) if unreadable(&e) => {
                 tracing::warn!("tree {id} does not read: {e}");
                 None
             }
+            // A server or disk failing (past the retries) says nothing of the tree:
+            // the check stops rather than name snapshots damaged that may be whole.
+            Err(e) => return Err(e),
         }
     } else {
         None
