@@ -222,7 +222,8 @@ impl Backend for Local {
         let mut out = Vec::new();
         for id in self.list(kind)? {
             let p = self.path(kind, &id);
-            match std::fs::symlink_metadata(&p) {
+            // The file read (a pack's reads follow a symlink, so does its size).
+            match std::fs::metadata(&p) {
                 Ok(md) => out.push((id, md.len())),
                 // Removed since the listing (a prune of another host): not there.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -346,4 +347,25 @@ pub fn already_a_repository(location: &str) -> Error {
     Error::Other(format!(
         "{location} already holds a repository (config exists)"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pack that is a symlink is listed with the size of the file it reads, not the
+    /// link's (`repair index` would take it for a pack cut short and leave it out).
+    #[test]
+    fn list_sizes_follows_a_symlinked_pack() {
+        let t = tempfile::tempdir().unwrap();
+        let b = Local::new(&t.path().join("repo"));
+        b.create_layout().unwrap();
+        let bytes = vec![7u8; 5000];
+        let id = Id::hash(&bytes);
+        let elsewhere = t.path().join("moved-pack");
+        std::fs::write(&elsewhere, &bytes).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, b.path(Kind::Pack, &id)).unwrap();
+        assert_eq!(b.list_sizes(Kind::Pack).unwrap(), vec![(id, 5000)]);
+        assert_eq!(b.read(Kind::Pack, &id).unwrap().len(), 5000);
+    }
 }
