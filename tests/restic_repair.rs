@@ -613,6 +613,36 @@ fn killed_between_the_new_index_and_the_old_ones_removal_the_repository_is_valid
     assert!(damaged_ids(&r).is_empty(), "{r}");
 }
 
+/// The lock lost while the new index is written (removed by `restic unlock`, or as
+/// stale by another process): the old index files are not removed (exit 1), and the
+/// repository has both, which restic accepts.
+#[test]
+fn a_lock_lost_before_the_old_index_files_go_leaves_them() {
+    let w = two_backups();
+    std::fs::remove_file(&w.index2).unwrap();
+    let old = files_in(&w.repo.join("index"));
+    let pause = w.t.path().join("paused");
+    let child = repair_with_failpoint(
+        &w.url,
+        &format!("restic.repair_index_written=pause:{}", pause.display()),
+    );
+    wait_for(&pause);
+    for l in files_in(&w.repo.join("locks")) {
+        std::fs::remove_file(l).unwrap();
+    }
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("was removed"), "{err}");
+    let now = files_in(&w.repo.join("index"));
+    assert_eq!(now.len(), 2, "the new index beside the old: {now:?}");
+    assert!(old.iter().all(|f| now.contains(f)), "{old:?} {now:?}");
+    if let Some(restic) = restic_binary("restic check after the lock was lost") {
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+    }
+}
+
 /// A repository restic wrote (its packs compressed, its own index files): every pack is
 /// of the size its index entries imply, so a repair reads none and writes nothing;
 /// with restic's index files removed, every pack's header is read and the new index

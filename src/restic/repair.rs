@@ -504,6 +504,9 @@ fn repair_locked(
             "write",
             format!("{}/index", repo.backend.location()),
         ))?;
+        // Still ours (not taken over as stale while the new index was written): the
+        // old files go only under the lock.
+        lock.check()?;
         // A new file never has an old one's id: each is sealed with a fresh IV.
         for idx in &old_files {
             repo.backend.remove(Kind::Index, idx)?;
