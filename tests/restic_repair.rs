@@ -547,8 +547,13 @@ fn prune_repacks_a_pack_its_index_entries_do_not_account_for() {
 }
 
 fn repair_with_failpoint(url: &str, failpoint: &str) -> std::process::Child {
+    repair_text_with_failpoint(url, failpoint, &["--json"])
+}
+
+fn repair_text_with_failpoint(url: &str, failpoint: &str, extra: &[&str]) -> std::process::Child {
     Command::new(bin())
-        .args(["repair", "index", "--json", "--dest", url])
+        .args(["repair", "index", "--dest", url])
+        .args(extra)
         .env("SNAPRING_CATALOG", "off")
         .env("SNAPRING_CACHE", "off")
         .env("SNAPRING_PASSWORD", PASSWORD)
@@ -611,6 +616,48 @@ fn killed_between_the_new_index_and_the_old_ones_removal_the_repository_is_valid
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["packs_added"], 0, "{r}");
     assert!(damaged_ids(&r).is_empty(), "{r}");
+}
+
+fn sigterm(child: &std::process::Child) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+}
+
+/// SIGTERM once the new index is written: the old index files are removed all the
+/// same, and the check of the snapshots stops, exit 3, saying so.
+#[test]
+fn sigterm_after_the_new_index_stops_the_snapshots_check() {
+    let w = two_backups();
+    std::fs::remove_file(&w.data2).unwrap();
+    let pause = w.t.path().join("paused");
+    let child = repair_text_with_failpoint(
+        &w.url,
+        &format!("restic.repair_index_written=pause:{}", pause.display()),
+        &[],
+    );
+    wait_for(&pause);
+    sigterm(&child);
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, err) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(3), "{stdout}\n{err}");
+    assert!(
+        err.contains(
+            "snapring: interrupted while checking the snapshots (the index is rebuilt); \
+             `snapring verify --all` tells which are damaged"
+        ),
+        "{err}"
+    );
+    assert!(!stdout.contains("references data no pack holds"), "{stdout}");
+    assert_eq!(files_in(&w.repo.join("index")).len(), 1, "the old files removed");
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!((code, &r["index_rewritten"]), (2, &false.into()), "{r}");
 }
 
 /// The lock lost while the new index is written (removed by `restic unlock`, or as

@@ -944,7 +944,8 @@ pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
     }
     if !r.snapshots_checked {
         print::errln!(
-            "snapring: interrupted while checking the snapshots (the index is rebuilt);              `snapring verify --all` tells which are damaged"
+            "snapring: interrupted while checking the snapshots (the index is rebuilt); \
+             `snapring verify --all` tells which are damaged"
         );
         return Ok(code);
     }
