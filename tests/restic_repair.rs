@@ -688,6 +688,31 @@ fn a_lock_lost_before_the_old_index_files_go_leaves_them() {
     if let Some(restic) = restic_binary("restic check after the lock was lost") {
         run_restic(&restic, &w.repo, &["check", "--read-data"]);
     }
+
+    // The same with SIGTERM meanwhile: interrupted (exit 3), and the message says
+    // where the index was left, not that it was not changed.
+    let w = two_backups();
+    std::fs::remove_file(&w.index2).unwrap();
+    let child = repair_with_failpoint(
+        &w.url,
+        &format!("restic.repair_index_written=pause:{}", pause.display()),
+    );
+    wait_for(&pause);
+    for l in files_in(&w.repo.join("locks")) {
+        std::fs::remove_file(l).unwrap();
+    }
+    sigterm(&child);
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("was removed"), "{err}");
+    assert!(!err.contains("the index was not changed"), "{err}");
+    assert!(
+        err.contains("the index files written so far are beside the old ones"),
+        "{err}"
+    );
+    assert_eq!(files_in(&w.repo.join("index")).len(), 2);
 }
 
 /// A repository restic wrote (its packs compressed, its own index files): every pack is

@@ -877,12 +877,15 @@ pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
     // Unindexed: an index file that does not read is what this repairs.
     let mut repo = restic::repo::Repo::open_unindexed(b, &pw)?;
     repo.use_user_cache();
-    let r = restic::repair::repair_index(&mut repo, a.read_data, &cancel);
-    let r = match stopped(
-        r,
-        &cancel,
-        "the index was not changed; repair again to finish",
-    )? {
+    let writing = AtomicBool::new(false);
+    let r = restic::repair::repair_index(&mut repo, a.read_data, &cancel, &writing);
+    let left = if writing.load(Ordering::Relaxed) {
+        "the new index was being written: the index files written so far are beside the \
+         old ones, which restic accepts (a blob named twice); repair again to finish"
+    } else {
+        "the index was not changed; repair again to finish"
+    };
+    let r = match stopped(r, &cancel, left)? {
         Ok(r) => r,
         Err(code) => return Ok(code),
     };

@@ -261,12 +261,19 @@ fn salvage(repo: &Repo, bytes: &[u8], good: &[Entry]) -> Result<Vec<(Id, Vec<Ent
 
 /// Rebuilds the index of `repo` from its packs (see the module's notes). `cancel` set
 /// stops it with [`Error::Cancelled`] before the new index is written; set later, it
-/// ends the snapshots' check (`snapshots_checked` false).
-pub fn repair_index(repo: &mut Repo, read_data: bool, cancel: &AtomicBool) -> Result<RepairReport> {
+/// ends the snapshots' check (`snapshots_checked` false). `writing` is set once the
+/// first new index file is about to be written: an error from then on may leave new
+/// index files beside the old ones (and a cancel no longer leaves the index as it was).
+pub fn repair_index(
+    repo: &mut Repo,
+    read_data: bool,
+    cancel: &AtomicBool,
+    writing: &AtomicBool,
+) -> Result<RepairReport> {
     let started = std::time::Instant::now();
     repo.check_writable()?;
     let lock = super::lock::acquire(repo, true)?;
-    let r = repair_locked(repo, read_data, cancel, &lock);
+    let r = repair_locked(repo, read_data, cancel, writing, &lock);
     let released = lock.release();
     let mut r = r?;
     released?;
@@ -278,6 +285,7 @@ fn repair_locked(
     repo: &mut Repo,
     read_data: bool,
     cancel: &AtomicBool,
+    writing: &AtomicBool,
     lock: &super::lock::Guard,
 ) -> Result<RepairReport> {
     let stop = || match cancel.load(Ordering::Relaxed) {
@@ -491,6 +499,7 @@ fn repair_locked(
     stop()?;
     if changed {
         lock.check()?;
+        writing.store(true, Ordering::Relaxed);
         r.index_rewritten = true;
         for packs in super::repo::index_file_groups(new_packs) {
             let f = IndexFile {
