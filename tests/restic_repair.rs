@@ -546,6 +546,27 @@ fn prune_repacks_a_pack_its_index_entries_do_not_account_for() {
     assert_eq!(p["packs_written"], 0, "{p}");
 }
 
+/// A snapshot file that does not read is counted, and makes the repair exit 2: it is
+/// not "every one whole".
+#[test]
+fn a_snapshot_file_that_does_not_read_is_reported() {
+    let w = two_backups();
+    let snap = w.repo.join("snapshots").join(&w.second);
+    flip(&snap, 20);
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!(code, 2, "{r}");
+    assert_eq!(r["unreadable_snapshots"][0], w.second.as_str(), "{r}");
+    assert_eq!(r["snapshots"], 1, "{r}");
+    assert!(damaged_ids(&r).is_empty(), "{r}");
+    let (code, out, err) = sr_nc(&["repair", "index", "--dest", &w.url]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("snapshot file {} does not read", w.second)),
+        "{out}"
+    );
+    assert!(out.contains("1 snapshot files do not read"), "{out}");
+}
+
 fn repair_with_failpoint(url: &str, failpoint: &str) -> std::process::Child {
     repair_text_with_failpoint(url, failpoint, &["--json"])
 }

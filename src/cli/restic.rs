@@ -892,7 +892,9 @@ pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
     let code = if !r.snapshots_checked {
         ExitCode::Incomplete
     } else {
-        ExitCode::clean_or_partial(r.damaged_snapshots.is_empty())
+        ExitCode::clean_or_partial(
+            r.damaged_snapshots.is_empty() && r.unreadable_snapshots.is_empty(),
+        )
     };
     if a.json {
         print::json(&r)?;
@@ -961,8 +963,20 @@ pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
             d.paths.join(" ")
         );
     }
-    if r.damaged_snapshots.is_empty() {
+    for s in &r.unreadable_snapshots {
+        outln!(
+            "  snapshot file {s} does not read: left out (`restic check` says more; \
+             `snapring prune` refuses until it is removed)"
+        );
+    }
+    if r.damaged_snapshots.is_empty() && r.unreadable_snapshots.is_empty() {
         outln!("{} snapshots checked: every one is whole", r.snapshots);
+    } else if r.damaged_snapshots.is_empty() {
+        outln!(
+            "{} snapshots checked: every one is whole; {} snapshot files do not read",
+            r.snapshots,
+            r.unreadable_snapshots.len()
+        );
     } else {
         outln!(
             "{} of {} snapshots reference {} data and {} tree blobs no pack holds; the next \
