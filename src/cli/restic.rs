@@ -868,7 +868,8 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
 
 /// `snapring repair index --dest URL [--read-data]`: exit 0 when every snapshot is
 /// whole afterwards, 2 when some reference data no pack holds (the next backup stores
-/// again what the source still has; those snapshots stay damaged), 3 when interrupted.
+/// again what the source still has; those snapshots stay damaged) or a snapshot file
+/// does not read, 3 when interrupted.
 pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
     let cancel = super::cancel_on_signal();
     let b = backend::from_dest(&a.dest)?;
