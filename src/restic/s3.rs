@@ -596,7 +596,7 @@ impl S3 {
     /// is more but gives no way to it, or the same page again, is an error.
     fn list_keys(&self, prefix: &str) -> Result<Vec<String>> {
         Ok(self
-            .list_keys_sized(prefix)?
+            .list_keys_of(prefix, false)?
             .into_iter()
             .map(|(k, _)| k)
             .collect())
@@ -604,10 +604,16 @@ impl S3 {
 
     /// [`S3::list_keys`], each key with the size the listing gives (`None`: none given).
     fn list_keys_sized(&self, prefix: &str) -> Result<Vec<SizedKey>> {
+        self.list_keys_of(prefix, true)
+    }
+
+    /// Every key under `prefix`; with `sized`, each with its size (else `None`: the
+    /// sizes are parsed only for the listings that use them).
+    fn list_keys_of(&self, prefix: &str, sized: bool) -> Result<Vec<SizedKey>> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
-            let (keys, next) = self.list_page(prefix, token.as_deref())?;
+            let (keys, next) = self.list_page(prefix, token.as_deref(), sized)?;
             out.extend(keys);
             match next {
                 Some(t) if token.as_ref() == Some(&t) => {
@@ -642,11 +648,13 @@ impl S3 {
         }
     }
 
-    /// One page of ListObjectsV2 under `prefix`: keys, and the token of the next page.
+    /// One page of ListObjectsV2 under `prefix`: keys (with `sized`, each with its
+    /// size), and the token of the next page.
     fn list_page(
         &self,
         prefix: &str,
         token: Option<&str>,
+        sized: bool,
     ) -> Result<(Vec<SizedKey>, Option<String>)> {
         let mut query = vec![
             ("list-type".to_string(), "2".to_string()),
@@ -671,6 +679,9 @@ impl S3 {
         let xml = String::from_utf8_lossy(&resp.body);
         let (keys, next) =
             list_page_of(&xml).map_err(|why| Error::Other(format!("cannot {what}: {why}")))?;
+        if !sized {
+            return Ok((keys.into_iter().map(|k| (k, None)).collect(), next));
+        }
         let mut sizes = sizes_of(&xml);
         if sizes.len() != keys.len() {
             sizes = vec![None; keys.len()];
