@@ -504,11 +504,7 @@ fn repair_locked(
         lock.check()?;
         writing.store(true, Ordering::Relaxed);
         r.index_rewritten = true;
-        for packs in super::repo::index_file_groups(new_packs) {
-            let f = IndexFile {
-                supersedes: old_files.clone(),
-                packs,
-            };
+        for f in new_index_files(new_packs, &old_files) {
             repo.save_json(Kind::Index, &f)?;
             r.index_files_written += 1;
         }
@@ -534,6 +530,29 @@ fn repair_locked(
     // 5. Which snapshots reference what no pack holds.
     check_snapshots(repo, &mut r, cancel)?;
     Ok(r)
+}
+
+/// The new index files for `packs`, of at most 50,000 blobs each; the last names the
+/// old files in `supersedes`. Only the last: with 10^5 old files (a shard run writes
+/// one per unit) a copy in each new file would be megabytes every later load parses,
+/// and restic takes the field from any one file (its own `MasterIndex.Save` adds the
+/// old files to the index file being filled when it reads them, and any extra ones to
+/// the last).
+fn new_index_files(packs: Vec<PackJson>, old_files: &[Id]) -> Vec<IndexFile> {
+    let groups = super::repo::index_file_groups(packs);
+    let last = groups.len().saturating_sub(1);
+    groups
+        .into_iter()
+        .enumerate()
+        .map(|(i, packs)| IndexFile {
+            supersedes: if i == last {
+                old_files.to_vec()
+            } else {
+                Vec::new()
+            },
+            packs,
+        })
+        .collect()
 }
 
 /// Walks every readable snapshot's trees against `repo.index`; a tree is walked once.
@@ -660,6 +679,28 @@ mod tests {
     use super::*;
     use crate::restic::crypto::Key;
     use crate::restic::pack::PackBuilder;
+
+    /// Of several new index files only the last names the old ones it supersedes.
+    #[test]
+    fn only_the_last_new_index_file_names_the_old_ones() {
+        let pack = |n: u32| {
+            let entries: Vec<Entry> = (0..30_000u32)
+                .map(|i| Entry {
+                    kind: BlobType::Data,
+                    id: Id::hash(&[n.to_le_bytes(), i.to_le_bytes()].concat()),
+                    offset: i * 10,
+                    length: 10,
+                    uncompressed_length: None,
+                })
+                .collect();
+            PackJson::new(Id::hash(&n.to_le_bytes()), &entries)
+        };
+        let old: Vec<Id> = (0..3u8).map(|i| Id::hash(&[i])).collect();
+        let files = new_index_files(vec![pack(1), pack(2), pack(3)], &old);
+        assert_eq!(files.len(), 3);
+        assert!(files[..2].iter().all(|f| f.supersedes.is_empty()));
+        assert_eq!(files[2].supersedes, old);
+    }
 
     /// The size implied by a pack's entries is the size of the pack built from them.
     #[test]
