@@ -1132,7 +1132,10 @@ fn repair_index_stops_on_a_server_error_rather_than_name_snapshots_damaged() {
         "{stderr}"
     );
     assert!(!stdout.contains("damaged_snapshots"), "{stdout}");
-    assert!(s.objects("repairfault", "locks").is_empty(), "lock released");
+    assert!(
+        s.objects("repairfault", "locks").is_empty(),
+        "lock released"
+    );
     s.proxy.set_rules(Vec::new());
     let out = s
         .cmd(&["repair", "index", "--dest", &dest, "--json"])

@@ -403,13 +403,20 @@ fn read_data_leaves_a_damaged_blob_out_and_the_next_backup_stores_it_again() {
     assert_eq!(r["blobs_lost"], 1, "{r}");
     assert_eq!(r["packs_kept"], 3, "{r}");
     assert_eq!(r["packs_salvaged"], 1, "{r}");
-    assert_eq!((&r["packs_written"], &r["packs_removed"]), (&1.into(), &1.into()), "{r}");
+    assert_eq!(
+        (&r["packs_written"], &r["packs_removed"]),
+        (&1.into(), &1.into()),
+        "{r}"
+    );
     assert!(!w.data2.exists(), "the damaged pack is deleted");
     assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
     let restic = restic_binary("restic check after a damaged blob was left out");
     if let Some(restic) = &restic {
         // The index names no pack of another size than its entries.
-        let out = restic_cmd(restic, &w.repo).args(["check"]).output().unwrap();
+        let out = restic_cmd(restic, &w.repo)
+            .args(["check"])
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout).to_string()
             + &String::from_utf8_lossy(&out.stderr);
         assert!(!text.contains("unexpected file size"), "{text}");
@@ -418,8 +425,15 @@ fn read_data_leaves_a_damaged_blob_out_and_the_next_backup_stores_it_again() {
     let (code, r2) = repair(&w.url, &[]);
     assert_eq!(code, 2, "{r2}");
     assert_eq!(r2["index_rewritten"], false, "{r2}");
-    assert_eq!((&r2["packs_added"], &r2["packs_reread"]), (&0.into(), &0.into()), "{r2}");
-    assert_eq!(r2["missing_data_blobs"], 1, "the damaged blob still out: {r2}");
+    assert_eq!(
+        (&r2["packs_added"], &r2["packs_reread"]),
+        (&0.into(), &0.into()),
+        "{r2}"
+    );
+    assert_eq!(
+        r2["missing_data_blobs"], 1,
+        "the damaged blob still out: {r2}"
+    );
     let r3 = backup_json(&w.src, &w.url);
     assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
     assert_eq!(r3["repository"]["files_unchanged"], 4, "{r3}");
@@ -675,8 +689,15 @@ fn sigterm_after_the_new_index_stops_the_snapshots_check() {
         ),
         "{err}"
     );
-    assert!(!stdout.contains("references data no pack holds"), "{stdout}");
-    assert_eq!(files_in(&w.repo.join("index")).len(), 1, "the old files removed");
+    assert!(
+        !stdout.contains("references data no pack holds"),
+        "{stdout}"
+    );
+    assert_eq!(
+        files_in(&w.repo.join("index")).len(),
+        1,
+        "the old files removed"
+    );
     let (code, r) = repair(&w.url, &[]);
     assert_eq!((code, &r["index_rewritten"]), (2, &false.into()), "{r}");
 }
