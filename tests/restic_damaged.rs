@@ -580,11 +580,7 @@ fn two_copies(restic: &Path) -> Option<TwoCopies> {
         std::fs::rename(repo.join(d), aside.join(d)).unwrap();
         std::fs::create_dir(repo.join(d)).unwrap();
     }
-    run_restic(
-        restic,
-        &repo,
-        &["backup", "--quiet", src.to_str().unwrap()],
-    );
+    run_restic(restic, &repo, &["backup", "--quiet", src.to_str().unwrap()]);
     let restics: Vec<String> = std::fs::read_dir(repo.join("snapshots"))
         .unwrap()
         .flatten()

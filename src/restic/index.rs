@@ -49,6 +49,20 @@ impl PackJson {
                 .collect(),
         }
     }
+
+    /// Its blobs as pack entries (the inverse of [`PackJson::new`]).
+    pub fn entries(&self) -> Vec<Entry> {
+        self.blobs
+            .iter()
+            .map(|b| Entry {
+                kind: b.kind,
+                id: b.id,
+                offset: b.offset,
+                length: b.length,
+                uncompressed_length: b.uncompressed_length,
+            })
+            .collect()
+    }
 }
 
 /// Where a blob lives.

@@ -195,17 +195,7 @@ pub fn plan_keeping(repo: &Repo, roots: &Roots, cancel: &AtomicBool) -> Result<P
             if !seen_pack.insert(pj.id) {
                 continue;
             }
-            let entries = pj
-                .blobs
-                .iter()
-                .map(|b| Entry {
-                    kind: b.kind,
-                    id: b.id,
-                    offset: b.offset,
-                    length: b.length,
-                    uncompressed_length: b.uncompressed_length,
-                })
-                .collect();
+            let entries = pj.entries();
             packs.push((pj.id, entries));
         }
     }

@@ -319,17 +319,7 @@ fn repair_locked(
             if indexed.contains_key(&p.id) {
                 continue;
             }
-            let entries = p
-                .blobs
-                .iter()
-                .map(|b| Entry {
-                    kind: b.kind,
-                    id: b.id,
-                    offset: b.offset,
-                    length: b.length,
-                    uncompressed_length: b.uncompressed_length,
-                })
-                .collect();
+            let entries = p.entries();
             order.push(p.id);
             indexed.insert(p.id, entries);
         }
@@ -462,17 +452,7 @@ fn repair_locked(
     }
     let mut index = Index::default();
     for p in &new_packs {
-        let entries: Vec<Entry> = p
-            .blobs
-            .iter()
-            .map(|b| Entry {
-                kind: b.kind,
-                id: b.id,
-                offset: b.offset,
-                length: b.length,
-                uncompressed_length: b.uncompressed_length,
-            })
-            .collect();
+        let entries: Vec<Entry> = p.entries();
         index.add_pack(p.id, &entries);
     }
     r.blobs_indexed = index.len() as u64;
