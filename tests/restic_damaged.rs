@@ -6,26 +6,10 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
 use common::restic::*;
 use common::*;
-
-/// snapring with the test password and no tree cache (another machine, or the cache
-/// cleared: the trees must come from the repository); (exit code, stdout, stderr).
-fn sr_nocache(args: &[&str]) -> (i32, String, String) {
-    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    let out = snapring(
-        &a,
-        &[("SNAPRING_PASSWORD", PASSWORD), ("SNAPRING_CACHE", "off")],
-    );
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 fn backup_json(src: &Path, url: &str) -> serde_json::Value {
     let args = [

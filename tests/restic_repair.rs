@@ -12,30 +12,14 @@
 
 mod common;
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use common::restic::*;
 use common::*;
 
-/// snapring with the test password and no tree cache (the trees come from the
-/// repository, as on another machine); (exit code, stdout, stderr).
-fn sr_nc(args: &[&str]) -> (i32, String, String) {
-    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
-    let out = snapring(
-        &a,
-        &[("SNAPRING_PASSWORD", PASSWORD), ("SNAPRING_CACHE", "off")],
-    );
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn backup_json(src: &Path, url: &str) -> serde_json::Value {
-    let (code, out, err) = sr_nc(&[
+    let (code, out, err) = sr_nocache(&[
         "backup",
         "--source",
         src.to_str().unwrap(),
@@ -50,7 +34,7 @@ fn backup_json(src: &Path, url: &str) -> serde_json::Value {
 /// `repair index --json` (with `extra`): its exit code and report.
 fn repair(url: &str, extra: &[&str]) -> (i32, serde_json::Value) {
     let args = [&["repair", "index", "--dest", url, "--json"][..], extra].concat();
-    let (code, out, err) = sr_nc(&args);
+    let (code, out, err) = sr_nocache(&args);
     let r = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
     (code, r)
 }
@@ -102,7 +86,7 @@ fn two_backups() -> Two {
         );
     }
     let url = file_url(&repo);
-    let (code, out, err) = sr_nc(&["init", "--dest", &url]);
+    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
     let first = backup_json(&src, &url)["snapshot"]
         .as_str()
@@ -151,11 +135,11 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     std::fs::remove_file(&w.data2).unwrap();
 
     // verify finds the damage and points to the repair.
-    let (code, out, err) = sr_nc(&["verify", "--dest", url, "latest"]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", url, "latest"]);
     assert_eq!(code, 2, "verify: {out}\n{err}");
     assert!(out.contains("`snapring repair index --dest"), "{out}");
     // prune is stuck, and says what to do.
-    let (code, out, err) = sr_nc(&["prune", "--dest", url]);
+    let (code, out, err) = sr_nocache(&["prune", "--dest", url]);
     assert_eq!(code, 1, "prune: {out}\n{err}");
     assert!(err.contains("snapring repair index"), "{err}");
 
@@ -170,7 +154,7 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
     assert!(r["missing_data_blobs"].as_u64().unwrap() >= 2, "{r}");
     // Again: the index matches the packs; the snapshot is still damaged.
-    let (code, out, err) = sr_nc(&["repair", "index", "--dest", url]);
+    let (code, out, err) = sr_nocache(&["repair", "index", "--dest", url]);
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(out.contains("nothing written"), "{out}");
     assert!(
@@ -189,10 +173,10 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     assert_eq!(third["based_on"], w.second.as_str(), "{third}");
     assert_eq!(repo3["files_read"], 1, "the big file read again: {third}");
     assert_eq!(repo3["files_unchanged"], 3, "{third}");
-    let (code, out, err) = sr_nc(&["verify", "--dest", url, "latest"]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", url, "latest"]);
     assert_eq!(code, 0, "verify: {out}\n{err}");
     let to = w.t.path().join("restored");
-    let (code, out, err) = sr_nc(&restore_latest(url, &to));
+    let (code, out, err) = sr_nocache(&restore_latest(url, &to));
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_same_tree(
         &describe(&w.src),
@@ -208,7 +192,7 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     assert_eq!(r["snapshots"], 3, "{r}");
     assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
     assert_eq!(r["missing_data_blobs"], 1, "{r}");
-    let (code, out, err) = sr_nc(&["verify", "--dest", url, &w.first]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", url, &w.first]);
     assert_eq!(code, 0, "{out}\n{err}");
 
     // restic agrees: the new snapshot is whole, the second one is not.
@@ -241,16 +225,16 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     // prune refuses while a snapshot references lost data; forgotten by its id (the
     // one damaged snapshot, not every snapshot but the newest as `--retain 1` would),
     // prune runs.
-    let (code, out, err) = sr_nc(&["prune", "--dest", url]);
+    let (code, out, err) = sr_nocache(&["prune", "--dest", url]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(
         err.contains("forget those with `snapring forget --dest URL ID...`, then prune"),
         "{err}"
     );
-    let (_, out, _) = sr_nc(&["repair", "index", "--dest", url]);
+    let (_, out, _) = sr_nocache(&["repair", "index", "--dest", url]);
     assert!(out.contains("`snapring forget --dest URL ID...`"), "{out}");
     let snaps = || -> Vec<String> {
-        let (code, out, err) = sr_nc(&["list", "--dest", url, "--json"]);
+        let (code, out, err) = sr_nocache(&["list", "--dest", url, "--json"]);
         assert_eq!(code, 0, "{out}\n{err}");
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let mut ids: Vec<String> = v
@@ -266,19 +250,19 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     assert_eq!(all.len(), 3, "{all:?}");
     // A name that is no snapshot's: an error naming it, and nothing removed (not even
     // the snapshot named beside it).
-    let (code, out, err) = sr_nc(&["forget", "--dest", url, &w.second[..8], "00000000ff"]);
+    let (code, out, err) = sr_nocache(&["forget", "--dest", url, &w.second[..8], "00000000ff"]);
     assert_eq!(code, 1, "{out}\n{err}");
     assert!(err.contains("no snapshot \"00000000ff\""), "{err}");
     assert_eq!(snaps(), all);
     // Either a policy or names, not both; and one of them.
-    let (code, _, err) = sr_nc(&[
+    let (code, _, err) = sr_nocache(&[
         "forget", "--dest", url, "--label", "daily", "--retain", "1", &w.second,
     ]);
     assert_eq!(code, 64, "{err}");
-    let (code, _, err) = sr_nc(&["forget", "--dest", url]);
+    let (code, _, err) = sr_nocache(&["forget", "--dest", url]);
     assert_eq!(code, 64, "{err}");
     assert_eq!(snaps(), all);
-    let (code, out, err) = sr_nc(&["forget", "--dest", url, "--dry-run", &w.second[..8]]);
+    let (code, out, err) = sr_nocache(&["forget", "--dest", url, "--dry-run", &w.second[..8]]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(
         out.contains(&format!("{} ", &w.second[..8]))
@@ -287,13 +271,13 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
         "{out}"
     );
     assert_eq!(snaps(), all);
-    let (code, out, err) = sr_nc(&["forget", "--dest", url, &w.second[..8], &w.second]);
+    let (code, out, err) = sr_nocache(&["forget", "--dest", url, &w.second[..8], &w.second]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("forgot 1 snapshots"), "{out}");
     let left: Vec<String> = all.iter().filter(|i| **i != w.second).cloned().collect();
     assert_eq!(snaps(), left);
     assert!(left.contains(&w.first));
-    let (code, out, err) = sr_nc(&["prune", "--dest", url]);
+    let (code, out, err) = sr_nocache(&["prune", "--dest", url]);
     assert_eq!(code, 0, "prune after the repair: {out}\n{err}");
     if let Some(restic) = &restic {
         run_restic(restic, &w.repo, &["check", "--read-data"]);
@@ -301,7 +285,7 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     let (code, r) = repair(url, &[]);
     assert_eq!(code, 0, "{r}");
     assert!(damaged_ids(&r).is_empty(), "{r}");
-    let (code, out, err) = sr_nc(&["verify", "--dest", url, "--all"]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", url, "--all"]);
     assert_eq!(code, 0, "{out}\n{err}");
 }
 
@@ -319,7 +303,7 @@ fn a_pack_no_index_names_is_added_back() {
     assert_eq!(r["index_files_removed"], 1, "{r}");
     assert!(damaged_ids(&r).is_empty(), "{r}");
     assert_eq!(files_in(&w.repo.join("index")).len(), 1);
-    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "--all"]);
     assert_eq!(code, 0, "{out}\n{err}");
     if let Some(restic) = restic_binary("restic check after the pack was indexed again") {
         run_restic(&restic, &w.repo, &["check", "--read-data"]);
@@ -361,7 +345,7 @@ fn a_pack_whose_header_does_not_read_is_left_out() {
     flip(&w.data2, 10);
     std::fs::remove_file(&w.index2).unwrap();
     let data2_id = w.data2.file_name().unwrap().to_str().unwrap();
-    let (code, out, err) = sr_nc(&["repair", "index", "--dest", &w.url]);
+    let (code, out, err) = sr_nocache(&["repair", "index", "--dest", &w.url]);
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(
         out.contains(&format!("unreadable pack {data2_id}")),
@@ -380,7 +364,7 @@ fn a_pack_whose_header_does_not_read_is_left_out() {
     assert_eq!(r3["repository"]["files_read"], 2, "{r3}");
     let (code, r) = repair(&w.url, &[]);
     assert_eq!(code, 0, "every snapshot whole again (the same blobs): {r}");
-    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url, "--json"]);
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url, "--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(!w.data2.exists(), "prune deletes the damaged pack");
     if let Some(restic) = restic_binary("restic check after the damaged pack was pruned") {
@@ -441,10 +425,10 @@ fn read_data_leaves_a_damaged_blob_out_and_the_next_backup_stores_it_again() {
     let r3 = backup_json(&w.src, &w.url);
     assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
     assert_eq!(r3["repository"]["files_unchanged"], 4, "{r3}");
-    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "--all"]);
     assert_eq!(code, 0, "every snapshot whole again: {out}\n{err}");
     let to = w.t.path().join("restored");
-    let (code, out, err) = sr_nc(&restore_latest(&w.url, &to));
+    let (code, out, err) = sr_nocache(&restore_latest(&w.url, &to));
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_same_tree(&describe(&w.src), &describe(&to), "restored");
     if let Some(restic) = &restic {
@@ -453,7 +437,7 @@ fn read_data_leaves_a_damaged_blob_out_and_the_next_backup_stores_it_again() {
     let (code, r4) = repair(&w.url, &[]);
     assert_eq!(code, 0, "{r4}");
     assert_eq!(r4["index_rewritten"], false, "{r4}");
-    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url]);
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url]);
     assert_eq!(code, 0, "prune: {out}\n{err}");
     if let Some(restic) = &restic {
         run_restic(restic, &w.repo, &["check", "--read-data"]);
@@ -474,7 +458,7 @@ fn prune_repacks_a_pack_whose_damaged_blob_repair_left_out() {
     assert_eq!(r["blobs_damaged"], 1, "{r}");
     let r3 = backup_json(&w.src, &w.url);
     assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
-    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url]);
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url]);
     assert_eq!(code, 0, "{out}\n{err}");
     if let Some(restic) = restic_binary("restic check after the damaged pack was pruned") {
         run_restic(&restic, &w.repo, &["check", "--read-data"]);
@@ -484,11 +468,11 @@ fn prune_repacks_a_pack_whose_damaged_blob_repair_left_out() {
         "the damaged pack is deleted: {out}\n{err}"
     );
     // Every snapshot whole (the blob stored again has the same id), byte for byte.
-    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "--all"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let to = w.t.path().join("restored");
     let to_s = to.to_str().unwrap();
-    let (code, out, err) = sr_nc(&["restore", "--dest", &w.url, &w.second, "--to", to_s]);
+    let (code, out, err) = sr_nocache(&["restore", "--dest", &w.url, &w.second, "--to", to_s]);
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_same_tree(
         &describe(&w.src),
@@ -525,13 +509,13 @@ fn prune_repacks_a_pack_its_index_entries_do_not_account_for() {
     // The next backup stores the blob again (in no index, it is not deduplicated).
     let r3 = backup_json(&w.src, &w.url);
     assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
-    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url, "--dry-run", "--json"]);
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url, "--dry-run", "--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let p: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(p["plan"]["packs_partly_indexed"], 1, "{p}");
     assert_eq!(p["plan"]["packs_repacked"], 1, "{p}");
     assert!(w.data2.exists());
-    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url]);
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url]);
     assert_eq!(code, 0, "{out}\n{err}");
     if let Some(restic) = restic_binary("restic check after the partly indexed pack was pruned") {
         run_restic(&restic, &w.repo, &["check", "--read-data"]);
@@ -545,11 +529,11 @@ fn prune_repacks_a_pack_its_index_entries_do_not_account_for() {
         "{err}"
     );
     assert!(!w.data2.exists(), "the pack is deleted: {out}\n{err}");
-    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "--all"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let to = w.t.path().join("restored");
     let to_s = to.to_str().unwrap();
-    let (code, out, err) = sr_nc(&["restore", "--dest", &w.url, &w.second, "--to", to_s]);
+    let (code, out, err) = sr_nocache(&["restore", "--dest", &w.url, &w.second, "--to", to_s]);
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_same_tree(
         &describe(&w.src),
@@ -557,7 +541,7 @@ fn prune_repacks_a_pack_its_index_entries_do_not_account_for() {
         "restored after the prune",
     );
     // Nothing more to do.
-    let (code, out, err) = sr_nc(&["prune", "--dest", &w.url, "--json"]);
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url, "--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
     let p: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(p["plan"]["packs_partly_indexed"], 0, "{p}");
@@ -576,7 +560,7 @@ fn a_snapshot_file_that_does_not_read_is_reported() {
     assert_eq!(r["unreadable_snapshots"][0], w.second.as_str(), "{r}");
     assert_eq!(r["snapshots"], 1, "{r}");
     assert!(damaged_ids(&r).is_empty(), "{r}");
-    let (code, out, err) = sr_nc(&["repair", "index", "--dest", &w.url]);
+    let (code, out, err) = sr_nocache(&["repair", "index", "--dest", &w.url]);
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(
         out.contains(&format!("snapshot file {} does not read", w.second)),
@@ -648,7 +632,7 @@ fn killed_between_the_new_index_and_the_old_ones_removal_the_repository_is_valid
         run_restic(&restic, &w.repo, &["unlock"]);
         run_restic(&restic, &w.repo, &["check", "--read-data"]);
     }
-    let (code, out, err) = sr_nc(&["verify", "--dest", &w.url, "--all"]);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "--all"]);
     assert_eq!(code, 0, "{out}\n{err}");
     // The next repair finds nothing to add and leaves both (duplicates are fine).
     let (code, r) = repair(&w.url, &[]);

@@ -190,25 +190,7 @@ fn forget_stoppable(
 ) -> Result<ForgetReport> {
     let snaps = snapshot::load_readable(repo)?;
     let plan = plan(&snaps, policy);
-    let mut removed = 0;
-    for v in plan.forgotten() {
-        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
-            return Err(Error::Cancelled);
-        }
-        let id = Id::parse(&v.id)?;
-        if let Some(before) = policy.before_remove
-            && let Some((_, s)) = snaps.iter().find(|(i, _)| *i == id)
-        {
-            before(repo.backend.as_ref(), &id, s)?;
-        }
-        repo.backend.remove(Kind::Snapshot, &id)?;
-        removed += 1;
-    }
-    Ok(ForgetReport {
-        dry_run: false,
-        plan,
-        removed,
-    })
+    remove_planned(repo, &snaps, plan, policy.before_remove, cancel)
 }
 
 /// The verdicts on the snapshots `names` name (ids, unique prefixes, `latest`; a
@@ -274,6 +256,18 @@ fn remove_named(
     // Listed under the lock: what another process forgot meanwhile is not named.
     let snaps = snapshot::load_readable(repo)?;
     let plan = plan_named(&snaps, names)?;
+    remove_planned(repo, &snaps, plan, before_remove, cancel)
+}
+
+/// Removes the snapshot files `plan` forgets (of `snaps`), `before_remove` first for
+/// each; `cancel` stops it between two removals.
+fn remove_planned(
+    repo: &Repo,
+    snaps: &[(Id, Snapshot)],
+    plan: Plan,
+    before_remove: Option<BeforeRemove>,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<ForgetReport> {
     let mut removed = 0;
     for v in plan.forgotten() {
         if cancel.load(std::sync::atomic::Ordering::Relaxed) {

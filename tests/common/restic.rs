@@ -67,6 +67,21 @@ pub fn file_url(repo: &Path) -> String {
     format!("file://{}", repo.display())
 }
 
+/// snapring with the test password and no tree cache (the trees come from the
+/// repository, as on another machine): (exit code, stdout, stderr).
+pub fn sr_nocache(args: &[&str]) -> (i32, String, String) {
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = snapring(
+        &a,
+        &[("SNAPRING_PASSWORD", PASSWORD), ("SNAPRING_CACHE", "off")],
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The arguments of `snapring restore --dest DEST latest --to TO` (a test appends its
 /// own flags: `[&restore_latest(..)[..], &["--json"]].concat()`).
 pub fn restore_latest<'a>(dest: &'a str, to: &'a Path) -> [&'a str; 6] {
