@@ -91,6 +91,24 @@ impl RelPath {
         }
     }
 
+    /// Whether this path is one of `dirs` or below one (false at once when `dirs` is
+    /// empty: asked of every block of a manifest).
+    pub fn at_or_below_any(&self, dirs: &std::collections::HashSet<RelPath>) -> bool {
+        if dirs.is_empty() {
+            return false;
+        }
+        let mut a = self.clone();
+        loop {
+            if dirs.contains(&a) {
+                return true;
+            }
+            if a.is_root() {
+                return false;
+            }
+            a = a.parent();
+        }
+    }
+
     /// The text form used in manifests, logs and reports: see [`escape`]; the root is `.`.
     pub fn escaped(&self) -> String {
         if self.is_root() {

@@ -1550,6 +1550,107 @@ fn a_spine_directory_deleted_before_finalize_is_left_out_of_the_snapshot() {
     check_snapshot(&e, "a spine directory deleted before finalize");
 }
 
+/// A spine directory with subdirectories in its units (`deep`, and the first name of a
+/// hard-link group that crosses units) deleted from the source before finalize: it is
+/// left out with everything below it, and `verify` finds the snapshot clean.
+#[test]
+fn a_spine_directory_with_subdirectories_deleted_before_finalize_leaves_no_entry_behind() {
+    let e = env();
+    killed_before_staging(&e, "deep-gone");
+    std::fs::remove_dir_all(e.src.join("deep")).unwrap();
+    let o = run_cmd(&e, "finalize", "deep-gone", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("spine directory")
+            && stderr_of(&o).contains("is gone from the source"),
+        "{}",
+        text(&o)
+    );
+    check_run(&e, "deep-gone");
+    check_snapshot(
+        &e,
+        "a spine directory with subdirectories deleted before finalize",
+    );
+}
+
+/// A finalize killed after it left out a spine directory gone from the source (its
+/// tree in the run removed), then repeated once the directory is back: the repeat
+/// leaves it out as the first did (it failed, exit 1, on the removed tree's
+/// directories, every time: the run was stuck).
+#[test]
+fn a_finalize_repeated_after_a_gone_spine_directory_came_back_leaves_it_out_as_the_first() {
+    let e = env();
+    killed_before_staging(&e, "back");
+    let aside = e.src.with_file_name("deep-aside");
+    std::fs::rename(e.src.join("deep"), &aside).unwrap();
+    let o = run_cmd(
+        &e,
+        "finalize",
+        "back",
+        &[],
+        &[("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")],
+    );
+    assert_eq!(o.status.code(), None, "killed: {}", text(&o));
+    std::fs::rename(&aside, e.src.join("deep")).unwrap();
+    // The root's time as the repeat reads it (the moves change it).
+    use std::os::unix::fs::MetadataExt;
+    let root = std::fs::metadata(&e.src).unwrap();
+    let o = run_cmd(&e, "finalize", "back", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("when an earlier finalize of this run read it"),
+        "{}",
+        text(&o)
+    );
+    check_run(&e, "back");
+    // The snapshot is the source as the first finalize found it: without `deep`.
+    std::fs::rename(e.src.join("deep"), &aside).unwrap();
+    set_mtime(&e.src, root.mtime(), root.mtime_nsec());
+    check_snapshot(
+        &e,
+        "a finalize repeated after a gone spine directory came back",
+    );
+}
+
+/// A spine directory that finalize cannot open (EACCES: latencyfs `--eacces`, as an
+/// export that maps finalize's node to another user) is not gone from the source:
+/// finalize stops, nothing published, and a finalize that can read it publishes the
+/// whole tree (it was left out, with everything its units backed up).
+#[test]
+fn a_spine_directory_finalize_cannot_open_stops_it_rather_than_being_left_out() {
+    let t = tempfile::tempdir().unwrap();
+    let under = t.path().join("under");
+    std::fs::create_dir(&under).unwrap();
+    source(&under);
+    let e = Env {
+        src: t.path().join("src"),
+        dest: t.path().join("dest"),
+        _t: tempfile::tempdir().unwrap(),
+    };
+    {
+        let Some(_fs) = FaultFs::mount(&under, &e.src, &[]) else {
+            return;
+        };
+        killed_before_staging(&e, "denied");
+    }
+    {
+        let _fs = FaultFs::mount(&under, &e.src, &["--eacces", "/deep"]).unwrap();
+        let o = run_cmd(&e, "finalize", "denied", &[], &[]);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            stderr_of(&o).contains("deep") && stderr_of(&o).contains("ermission denied"),
+            "{}",
+            text(&o)
+        );
+        assert!(snapshot_names(&e.dest).is_empty(), "{}", text(&o));
+    }
+    let _fs = FaultFs::mount(&under, &e.src, &[]).unwrap();
+    let o = run_cmd(&e, "finalize", "denied", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, "denied");
+    check_snapshot(&e, "finalized once the spine directory could be read");
+}
+
 /// A worker rerun that finds every unit committed (the finalizer was killed) runs the
 /// job's pre command before it finalizes: on a node where that command is what mounts
 /// the source, finalize needs it (without it the rerun failed, exit 1, source missing).

@@ -877,7 +877,7 @@ fn join_times(
 /// A manifest part's blocks: each directory's entries.
 type Blocks = Vec<(RelPath, Vec<Entry>)>;
 
-/// What the source says of one spine directory (`None`: not there): its metadata, its
+/// What the source says of one spine directory (`None`: not there, or not a directory): its metadata, its
 /// extended attributes, and the entries of its children that are spine directories.
 type SpineRead = Option<(fsx::Meta, fsx::Xattrs, Vec<Entry>)>;
 
@@ -890,8 +890,15 @@ fn read_spine(
 ) -> Result<Vec<SpineRead>, ShardError> {
     super::par_map(threads, order, |d| {
         let src = source.join(d.as_path());
-        let Ok(sfd) = fsx::open_dir(&src) else {
-            return Ok(None);
+        let sfd = match fsx::open_dir(&src) {
+            Ok(fd) => fd,
+            // Gone, or no directory now: what the snapshot leaves out (`gone_spine`).
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) || fsx::errno_is(&e, Errno::NOTDIR) => {
+                return Ok(None);
+            }
+            // Not gone (permission denied, an I/O error): leaving it out would throw
+            // away what its units backed up.
+            Err(e) => return Err(io_error(e, "open", &src).into()),
         };
         let meta = fsx::fstat(b(&sfd)).ctx("stat", &src)?;
         let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&sfd))).unwrap_or_default();
@@ -979,6 +986,35 @@ fn assemble(
         };
     }
     let kept_parts = kept.iter().filter(|k| k.is_some()).count();
+    // The spine: each directory's entries for its spine children and its own metadata,
+    // from the source (read during pass 1: the units did not carry them).
+    let read = read?;
+    // A spine directory gone from the source whose directory in the run's tree holds
+    // entries was there when its units walked it: deleted since (left out below, as a
+    // single-node run drops what vanished), or the source is not mounted where
+    // finalize runs: its root is gone or empty (an empty mount point). Then nothing of
+    // the run's tree is removed for it.
+    let unmounted = || std::fs::read_dir(source).map_or(true, |mut it| it.next().is_none());
+    for (d, r) in order.iter().zip(&read) {
+        if r.is_some() {
+            continue;
+        }
+        let held =
+            std::fs::read_dir(rd.tree().join(d.as_path())).is_ok_and(|mut it| it.next().is_some());
+        if d.is_root() || (held && unmounted()) {
+            return Err(ShardError::Failed(Error::Store {
+                path: source.join(d.as_path()),
+                msg: "the source's directory is not there, but the run's units backed up entries under it (is the source mounted here?); nothing published: run `snapring finalize` where the source is, or start a new run id".into(),
+            }));
+        }
+    }
+    if plan.one_file_system {
+        empty_mount_points(rd, source, &order, &read, mounts)?;
+    }
+    let gone = gone_spine(rd, source, &order, &read)?;
+    if !gone.is_empty() {
+        members.retain(|m| !m.dir.at_or_below_any(&gone));
+    }
     let t_join = Instant::now();
     let tree = fsx::open_dir(&rd.tree()).ctx("open", rd.tree())?;
     let groups = link_groups(members);
@@ -1026,37 +1062,13 @@ fn assemble(
         r?;
     }
     let t_groups = t_join.elapsed();
-    // The spine: each directory's entries for its spine children and its own metadata,
-    // from the source (read during pass 1: the units did not carry them).
-    let read = read?;
-    // A spine directory gone from the source whose directory in the run's tree holds
-    // entries was there when its units walked it: deleted since (dropped below, as a
-    // single-node run drops what vanished), or the source is not mounted where
-    // finalize runs: its root is gone or empty (an empty mount point). Then nothing of
-    // the run's tree is removed for it.
-    let unmounted = || std::fs::read_dir(source).map_or(true, |mut it| it.next().is_none());
-    for (d, r) in order.iter().zip(&read) {
-        if r.is_some() {
-            continue;
-        }
-        let held =
-            std::fs::read_dir(rd.tree().join(d.as_path())).is_ok_and(|mut it| it.next().is_some());
-        if d.is_root() || (held && unmounted()) {
-            return Err(ShardError::Failed(Error::Store {
-                path: source.join(d.as_path()),
-                msg: "the source's directory is not there, but the run's units backed up entries under it (is the source mounted here?); nothing published: run `snapring finalize` where the source is, or start a new run id".into(),
-            }));
-        }
-    }
-    if plan.one_file_system {
-        empty_mount_points(rd, source, &order, &read, mounts)?;
-    }
     let mut present: Vec<(&RelPath, fsx::Meta, fsx::Xattrs)> = Vec::new();
     let mut spine_kids: Vec<(&RelPath, Vec<Entry>)> = Vec::new();
     let mut root_entry = None;
     for (d, r) in order.iter().zip(read) {
-        if mounts.below(d) {
+        if mounts.below(d) || d.at_or_below_any(&gone) {
             // Inside a mount point: not in the snapshot (`spine_mounts` emptied it).
+            // Gone from the source: `gone_spine` removed its tree.
             continue;
         }
         let r = match r {
@@ -1065,17 +1077,13 @@ fn assemble(
             }
             r => r,
         };
-        let Some((meta, xattrs, kids)) = r else {
-            // Gone from the source (its unit reported it): gone from the snapshot too.
-            tracing::warn!(
-                "spine directory {} is gone from the source",
-                source.join(d.as_path()).display()
-            );
-            if !d.is_root() {
-                let _ = std::fs::remove_dir_all(rd.tree().join(d.as_path()));
-            }
+        let Some((meta, xattrs, mut kids)) = r else {
             continue;
         };
+        if !gone.is_empty() {
+            // One back in the source since an earlier finalize left it out.
+            kids.retain(|k| !d.join(&k.name).at_or_below_any(&gone));
+        }
         Counters::add(&counters.dirs_total, kids.len() as u64);
         spine_kids.push((d, kids));
         if d.is_root() {
@@ -1121,10 +1129,11 @@ fn assemble(
                 }
                 for blocks in kept.iter_mut().filter_map(Option::take) {
                     for (dir, mut es) in blocks {
-                        if mounts.holds(&dir) {
+                        if mounts.holds(&dir) || dir.at_or_below_any(&gone) {
                             // A unit's block at or inside a mount point (none where
                             // the units saw the mount; one that saw the directory
-                            // before it was mounted).
+                            // before it was mounted), or in a spine directory gone
+                            // from the source (its tree removed).
                             continue;
                         }
                         for e in es.iter_mut() {
@@ -1168,6 +1177,70 @@ fn assemble(
         cut.spine.len()
     );
     Ok(())
+}
+
+/// The spine directories the snapshot leaves out: those gone from the source now
+/// (`read` says `None`), and those an earlier finalize of this run found gone (the run's
+/// `gone` file). Their trees in the run are removed, after they are recorded: a finalize
+/// repeated after a crash, with one of them back in the source, must leave it out too,
+/// or its manifest would name what the run's tree no longer holds.
+fn gone_spine(
+    rd: &RunDir,
+    source: &Path,
+    order: &[&RelPath],
+    read: &[SpineRead],
+) -> Result<HashSet<RelPath>, ShardError> {
+    let path = rd.root.join("gone");
+    let mut gone: HashSet<RelPath> = match std::fs::read_to_string(&path) {
+        Ok(text) => text
+            .lines()
+            .map(|l| {
+                RelPath::from_escaped(l).map_err(|e| {
+                    ShardError::Failed(Error::Store {
+                        path: path.clone(),
+                        msg: format!("bad line {l:?}: {e}"),
+                    })
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => HashSet::new(),
+        Err(e) => return Err(io_error(e, "read", &path).into()),
+    };
+    let mut new = false;
+    for (d, _) in order.iter().zip(read).filter(|(_, r)| r.is_some()) {
+        if gone.contains(*d) {
+            tracing::warn!(
+                "spine directory {} was gone from the source when an earlier finalize of this run read it: left out of the snapshot",
+                source.join(d.as_path()).display()
+            );
+        }
+    }
+    for (d, _) in order.iter().zip(read).filter(|(_, r)| r.is_none()) {
+        // Only spine directories below the root: a root not there stopped finalize.
+        if !gone.contains(*d) {
+            tracing::warn!(
+                "spine directory {} is gone from the source: left out of the snapshot",
+                source.join(d.as_path()).display()
+            );
+            gone.insert((*d).clone());
+            new = true;
+        }
+    }
+    if new {
+        let mut lines: Vec<String> = gone.iter().map(|d| format!("{}\n", d.escaped())).collect();
+        lines.sort();
+        crate::util::write_atomic(&path, lines.concat().as_bytes()).ctx("write", &path)?;
+    }
+    // Every time: a finalize may have been killed while it removed them.
+    for d in &gone {
+        let t = rd.tree().join(d.as_path());
+        match std::fs::remove_dir_all(&t) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(e, "remove", &t).into()),
+        }
+    }
+    Ok(gone)
 }
 
 /// With `one_file_system`, before anything of the run's tree is changed: every spine

@@ -569,19 +569,7 @@ impl SpineMounts {
     /// `d` is a mount point or inside one (nothing to do without any: asked of every
     /// block of the run's manifest).
     pub fn holds(&self, d: &RelPath) -> bool {
-        if self.points.is_empty() {
-            return false;
-        }
-        let mut a = d.clone();
-        loop {
-            if self.points.contains(&a) {
-                return true;
-            }
-            if a.is_root() {
-                return false;
-            }
-            a = a.parent();
-        }
+        d.at_or_below_any(&self.points)
     }
 
     /// Whether spine directory `d`, on device `dev` as finalize reads it, was mounted
