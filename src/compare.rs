@@ -85,6 +85,8 @@ pub struct Options {
 #[derive(Default, Serialize, Debug, Clone)]
 pub struct Totals {
     pub entries_compared: u64,
+    /// Regular files whose bytes were read and hashed (on either side, or both: a
+    /// pair is one file), and their size.
     pub files_hashed: u64,
     pub bytes_hashed: u64,
     /// Entries a side could not read (listed as problems).
@@ -390,7 +392,7 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         }
     }
 
-    /// The hash of a regular file: recorded, or read from its tree (counted).
+    /// The hash of a regular file: recorded, or read from its tree.
     fn hash<R: SnapshotReader>(
         &self,
         r: &R,
@@ -399,14 +401,7 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         rel: &RelPath,
     ) -> Option<blake3::Hash> {
         match r.hash(dir?, e) {
-            Ok(Some(h)) => {
-                if e.hash.is_none() {
-                    self.hashed.fetch_add(1, Ordering::Relaxed);
-                    self.bytes.fetch_add(e.size, Ordering::Relaxed);
-                }
-                Some(h)
-            }
-            Ok(None) => None,
+            Ok(h) => h,
             Err(err) => {
                 self.problem(rel, err);
                 None
@@ -415,7 +410,9 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
     }
 
     /// Two regular files of the same length: whether their hashes differ (`content`) or
-    /// cannot both be had (`content unreadable`).
+    /// cannot both be had (`content unreadable`). The pair counts as one file hashed
+    /// when either side's bytes were read (not a recorded hash): a repository's file
+    /// and the live one read both are still one file of the tree, as in a store.
     fn bytes_differ(
         &self,
         rel: &RelPath,
@@ -424,7 +421,12 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         da: Option<&A::Dir>,
         db: Option<&B::Dir>,
     ) -> Option<&'static str> {
-        match (self.hash(self.a, da, x, rel), self.hash(self.b, db, y, rel)) {
+        let (ha, hb) = (self.hash(self.a, da, x, rel), self.hash(self.b, db, y, rel));
+        if (ha.is_some() && x.hash.is_none()) || (hb.is_some() && y.hash.is_none()) {
+            self.hashed.fetch_add(1, Ordering::Relaxed);
+            self.bytes.fetch_add(y.size, Ordering::Relaxed);
+        }
+        match (ha, hb) {
             (Some(a), Some(b)) if a != b => Some("content"),
             (Some(_), Some(_)) => None,
             _ => Some("content unreadable"),

@@ -34,6 +34,18 @@ pub enum Error {
         path.display()
     )]
     EmptySource { path: PathBuf, prev: String },
+    /// The source has entries, but the exclusions leave none of them (a pattern file
+    /// that matches everything): published, it would expire history as an empty source
+    /// would. `by` names the settings (the options and pattern files).
+    #[error(
+        "source {} is not empty, but the exclusions ({by}) leave nothing of it, and the previous snapshot {prev} is not empty; refusing, because an empty snapshot would expire history as a failed mount would. Check the patterns; pass --allow-empty if nothing of the source is to be backed up",
+        path.display()
+    )]
+    ExcludedAll {
+        path: PathBuf,
+        prev: String,
+        by: String,
+    },
     #[error("store {} is in use: {holder}. Wait for that run to end; a lock left by a dead process is released by the kernel and taken over automatically", store.display())]
     Locked { store: PathBuf, holder: String },
     #[error("config: {0}")]

@@ -8,7 +8,8 @@
 //! as restic's `--exclude-caches` and `--exclude-if-present` do. The tag is found among
 //! the names the walk has listed anyway (no call of its own); only a tag with a header
 //! (CACHEDIR.TAG's signature) is opened, and only where its name is there. Pure, except
-//! [`read_file`] (a pattern file) and [`Excludes::keep_in`] (a tag's header).
+//! [`read_file`] (a pattern file), [`Excludes::keep_in`] (a tag's header) and
+//! [`Excludes::leave_nothing_of`] (a directory's entries' types).
 
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
@@ -255,6 +256,41 @@ impl Excludes {
             }
         }
         matched
+    }
+}
+
+impl Excludes {
+    /// Whether entry `rel` (from the backup root) is left out, as the backup's walk
+    /// decides it: `kept` is [`Excludes::keep_in`]'s answer for its directory's listing
+    /// (a tagged directory keeps only those names), then the patterns. `is_dir` is asked
+    /// only when a directory-only pattern (`logs/`) decides it, so an entry costs no
+    /// `lstat` otherwise. `restore --mirror` keeps what this says the snapshot left out;
+    /// the empty-source guard asks it of a backup root's entries
+    /// ([`Excludes::leave_nothing_of`]).
+    pub fn leaves_out(
+        &self,
+        kept: Option<&[Vec<u8>]>,
+        rel: &RelPath,
+        is_dir: impl FnOnce() -> bool,
+    ) -> bool {
+        if kept.is_some_and(|k| !k.iter().any(|n| n.as_slice() == rel.file_name())) {
+            return true;
+        }
+        self.is_excluded(rel, false) || (self.is_excluded(rel, true) && is_dir())
+    }
+
+    /// Whether the exclusions leave out every entry of directory `dir` (at `rel` from
+    /// the backup root), which lists `names` ([`Excludes::leaves_out`] of each; an entry
+    /// whose type cannot be read counts as kept). With the backup root, a source
+    /// that is not empty but of which nothing would be backed up: a pattern file that
+    /// matches everything, which would expire history as an unmounted source would.
+    pub fn leave_nothing_of(&self, dir: BorrowedFd<'_>, rel: &RelPath, names: &[Vec<u8>]) -> bool {
+        let kept = self.keep_in(dir, names);
+        names.iter().all(|n| {
+            self.leaves_out(kept.as_deref(), &rel.join(n), || {
+                crate::fsx::lstat_at(dir, n).is_ok_and(|m| m.kind == crate::fsx::Kind::Dir)
+            })
+        })
     }
 }
 

@@ -9,7 +9,9 @@
 //! - by default nothing under the target is deleted or replaced: identical entries are
 //!   skipped, differing ones are reported as conflicts and left alone; `--overwrite`
 //!   replaces them (atomically, by rename), `--mirror` also deletes what the snapshot
-//!   does not have, only inside the restored subtree;
+//!   does not have, only inside the restored subtree, except what the snapshot's run
+//!   left out by its exclusion settings (as `rsync --delete` keeps excluded files): those
+//!   were never backed up, so deleting them would lose them for good;
 //! - every write is relative to a directory opened with `O_NOFOLLOW`, names come from
 //!   `readdir` of the snapshot (never from the manifest), so neither a symlink in the
 //!   target nor a tampered manifest can make a restore write outside the target.
@@ -53,7 +55,8 @@ pub enum Mode {
     Safe,
     /// Replace differing entries (files; a directory is never removed).
     Overwrite,
-    /// Overwrite, and delete what the snapshot does not have inside the restored subtree.
+    /// Overwrite, and delete what the snapshot does not have inside the restored subtree
+    /// (but not what the snapshot's run left out by its exclusion settings).
     Mirror,
 }
 
@@ -126,6 +129,11 @@ pub struct RestoreReport {
     pub skipped_identical: u64,
     pub overwritten: u64,
     pub deleted: u64,
+    /// `--mirror`: entries of the target the snapshot does not have but its run's
+    /// exclusion settings left out (a pattern, a tagged directory's contents), kept
+    /// rather than deleted (an entry counts once, a kept directory with its contents).
+    #[serde(default)]
+    pub kept_excluded: u64,
     pub conflicts_total: u64,
     pub conflicts: Vec<Conflict>,
     pub errors: u64,
@@ -179,6 +187,7 @@ impl RestoreReport {
             skipped_identical: 0,
             overwritten: 0,
             deleted: 0,
+            kept_excluded: 0,
             conflicts_total: 0,
             conflicts: Vec::new(),
             errors: 0,
@@ -199,6 +208,7 @@ struct Counts {
     identical: AtomicU64,
     overwritten: AtomicU64,
     deleted: AtomicU64,
+    kept_excluded: AtomicU64,
     conflicts: Mutex<Vec<Conflict>>,
     conflicts_total: AtomicU64,
     problems: Mutex<Vec<Problem>>,
@@ -304,6 +314,9 @@ struct Restore<'a, R: SnapshotReader> {
     tmp_seq: AtomicU64,
     /// This process's id, for temporary names (read once: `getpid` is a syscall).
     pid: u32,
+    /// `--mirror`: what the snapshot's run left out (`Selected::exclusions`, the rules
+    /// `diff`/`verify --against` leave out of a live tree), which it does not delete.
+    excludes: Option<crate::exclude::Excludes>,
 }
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
@@ -419,6 +432,10 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let sel = store.select(&opts.snapshot)?;
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let found = locate(opts, &sel, &reader)?;
+    let excludes = match opts.mode {
+        Mode::Mirror => sel.exclusions()?,
+        _ => None,
+    };
     refuse_flat_mirror(opts, &sel, &reader, &found)?;
     refuse_store_inside(opts, &store, &reader, &found)?;
     let (to_fd, to_was_new) = open_target(opts, &store).map_err(Error::on_restore_target)?;
@@ -466,6 +483,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         unfinished,
         tmp_seq: AtomicU64::new(0),
         pid: std::process::id(),
+        excludes,
     };
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -1137,7 +1155,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
         v
     }
 
-    /// `--mirror`: deletes target entries the snapshot directory does not have.
+    /// `--mirror`: deletes target entries the snapshot directory does not have, but
+    /// keeps those its run's exclusion settings left out: matched at their place in the
+    /// snapshot (`src_rel`, which `--flat` does not move), a tagged target directory
+    /// keeping what is not its tag, as `diff --against` leaves them out of a live tree.
     fn mirror_deletes(&self, node: &Node<R::Dir>, items: &[Listed]) {
         let Some(dst) = &node.dst else { return };
         let existing = match fsx::read_dir_names(b(dst)) {
@@ -1147,12 +1168,25 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return;
             }
         };
-        for name in existing {
-            if items.binary_search_by(|l| l.name().cmp(&name)).is_ok()
+        let tagged = self
+            .excludes
+            .as_ref()
+            .and_then(|ex| ex.keep_in(b(dst), &existing));
+        for name in &existing {
+            if items.binary_search_by(|l| l.name().cmp(name)).is_ok()
                 || (node.dst_rel.is_root() && name == UNFINISHED)
             {
                 continue;
             }
+            if let Some(ex) = &self.excludes
+                && ex.leaves_out(tagged.as_deref(), &node.src_rel.join(name), || {
+                    fsx::lstat_at(b(dst), name).is_ok_and(|m| m.kind == Kind::Dir)
+                })
+            {
+                add(&self.counts.kept_excluded, 1);
+                continue;
+            }
+            let name = name.clone();
             let rel = node.dst_rel.join(&name);
             self.say('-', &rel, "");
             if self.opts.dry_run {
@@ -1802,6 +1836,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             skipped_identical: g(&c.identical),
             overwritten: g(&c.overwritten),
             deleted: g(&c.deleted),
+            kept_excluded: g(&c.kept_excluded),
             conflicts_total,
             conflicts,
             errors,

@@ -3,7 +3,8 @@
 //! job keys, on the hard-link store, a restic repository (checked by Debian's restic)
 //! and a shard run of four workers (the same tree as a single-node run); `verify
 //! --against` the source is clean after each; bad pattern files are usage errors
-//! naming the file and the line, before anything runs.
+//! naming the file and the line, before anything runs; `restore --mirror` keeps what the
+//! backup left out; exclusions that leave nothing are refused as an empty source.
 
 mod common;
 
@@ -631,4 +632,192 @@ fn a_worker_whose_pattern_file_says_something_else_than_the_plan_is_refused() {
         run_workers(&src, target, &f, "differs");
     }
     assert_excluded(&dest.join("daily.0"));
+}
+
+/// `restore --mirror` of a snapshot made with exclusions, into the tree it was made of:
+/// the snapshot does not have what the backup left out (a pattern, a directory-only
+/// pattern, a cache's and a `.nobackup` directory's contents), so a mirror used to
+/// delete it, losing it for good. It keeps it, as `rsync --delete --exclude` does and
+/// as `diff --against` leaves it out; what is really new is still deleted. Matched at
+/// its place in the snapshot, so an anchored pattern holds under `--flat` too.
+#[test]
+fn restore_mirror_keeps_what_the_backup_left_out() {
+    let t = tempfile::tempdir().unwrap();
+    let (v, store) = (t.path().join("v"), t.path().join("vs"));
+    write(&v.join("proj/main.c"), b"src");
+    write(&v.join("proj/vm/disk.vmdk"), b"big, backed up elsewhere");
+    write(&v.join("proj/logs/today"), b"log");
+    write(&v.join("proj/logs.txt"), b"a file named like the dir");
+    write(&v.join("proj/cache/CACHEDIR.TAG"), SIGNATURE.as_bytes());
+    write(&v.join("proj/cache/obj"), b"cached");
+    write(&v.join("proj/nb/.nobackup"), b"");
+    write(&v.join("proj/nb/data"), b"not backed up");
+    let excl = [
+        "--exclude",
+        "proj/vm/*.vmdk",
+        "--exclude",
+        "logs/",
+        "--exclude-caches",
+        "--exclude-if-present",
+        ".nobackup",
+    ];
+    let (code, rep, err) = backup(&v, &store, &excl, &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert!(!store.join("daily.0/proj/vm/disk.vmdk").exists());
+    write(&v.join("proj/main.c"), b"broken edit");
+    write(&v.join("proj/stray"), b"new since the backup");
+    let d = store.to_str().unwrap();
+    let (vs, to) = (v.to_str().unwrap(), v.to_str().unwrap());
+    let out = snapring(
+        &["diff", "--dest", d, "latest", "--against", vs, "--json"].map(OsStr::new),
+        &[],
+    );
+    let diff: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(diff["added"], 1, "the new file only: {diff}");
+    assert_eq!(diff["removed"], 0, "{diff}");
+
+    let run = |extra: &[&str]| {
+        let mut a = vec!["restore", "--dest", d, "latest", "--mirror"];
+        a.extend(extra);
+        snapring(&a.iter().map(OsStr::new).collect::<Vec<_>>(), &[])
+    };
+    let restore = |extra: &[&str]| {
+        let out = run(&[extra, &["--json"][..]].concat());
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", out_text(&out)));
+        (r, out_text(&out))
+    };
+    let kept = [
+        "proj/vm/disk.vmdk",
+        "proj/logs/today",
+        "proj/cache/obj",
+        "proj/nb/data",
+    ];
+    // The plan deletes the new file only, and counts what it keeps.
+    let out = run(&["--path", "proj", "--to", to, "--dry-run"]);
+    let plan = String::from_utf8_lossy(&out.stdout);
+    let deletes: Vec<&str> = plan.lines().filter(|l| l.starts_with("- ")).collect();
+    assert_eq!(deletes, ["- proj/stray"], "{}", out_text(&out));
+    assert!(
+        out_text(&out).contains("replaced 1, deleted 1 (kept 4 the backup excluded)\n"),
+        "{}",
+        out_text(&out)
+    );
+    let (r, _) = restore(&["--path", "proj", "--to", to]);
+    assert_eq!(r["status"], "complete", "{r}");
+    assert_eq!(r["deleted"], 1, "{r}");
+    assert_eq!(r["overwritten"], 1, "{r}");
+    assert_eq!(r["kept_excluded"], 4, "{r}");
+    for p in kept {
+        assert!(v.join(p).is_file(), "{p} was deleted by --mirror: {r}");
+    }
+    assert!(!v.join("proj/stray").exists(), "{r}");
+    assert_eq!(std::fs::read(v.join("proj/main.c")).unwrap(), b"src");
+    assert_eq!(
+        std::fs::read(v.join("proj/logs.txt")).unwrap(),
+        b"a file named like the dir"
+    );
+
+    // --flat into the directory itself: the anchored pattern still matches.
+    write(&v.join("proj/stray"), b"again");
+    let flat = v.join("proj");
+    let (r, _) = restore(&[
+        "--path",
+        "proj",
+        "--flat",
+        "--to-is-dedicated",
+        "--to",
+        flat.to_str().unwrap(),
+    ]);
+    assert_eq!(r["deleted"], 1, "{r}");
+    assert_eq!(r["kept_excluded"], 4, "{r}");
+    for p in kept {
+        assert!(
+            v.join(p).is_file(),
+            "{p} was deleted by --flat --mirror: {r}"
+        );
+    }
+    assert!(!v.join("proj/stray").exists(), "{r}");
+}
+
+/// Exclusions that leave nothing of a source that has entries (a pattern file of `*`,
+/// with a CRLF line end; patterns that match every entry, one by a directory-only
+/// pattern) are refused as an empty source is, on the store and by a shard worker:
+/// exit 1, nothing published, nothing expired, the message naming the pattern file;
+/// `--allow-empty` accepts it.
+#[test]
+fn exclusions_that_leave_nothing_are_refused_as_an_empty_source_unless_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write(&src.join("a"), b"1");
+    write(&src.join("d/b"), b"2");
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let all = t.path().join("pat_all");
+    std::fs::write(&all, b"*\r\n").unwrap();
+    let all_s = all.to_str().unwrap();
+    for (flags, named) in [
+        (
+            vec!["--exclude-from", all_s],
+            format!("--exclude-from {all_s}"),
+        ),
+        (
+            vec!["--exclude", "a", "--exclude", "d/"],
+            "--exclude \"d/\"".into(),
+        ),
+    ] {
+        let args = [&["--retain", "1"][..], &flags[..]].concat();
+        let (code, rep, err) = backup(&src, &dest, &args, &[]);
+        let msg = rep["message"].as_str().unwrap_or_default();
+        assert_eq!(code, 1, "{flags:?}: {err}\n{rep}");
+        assert!(
+            msg.contains("is not empty, but the exclusions (")
+                && msg.contains(&named)
+                && msg.contains(
+                    ") leave nothing of it, and the previous snapshot daily.0 is not empty"
+                )
+                && msg.contains("pass --allow-empty"),
+            "{flags:?}: {msg}"
+        );
+        assert_eq!(snapshot_names(&dest), ["daily.0"], "{flags:?}");
+        assert!(
+            dest.join("daily.0/d/b").is_file(),
+            "{flags:?}: history expired"
+        );
+    }
+    // A shard worker refuses the same (on a store of its own: it leaves its run's plan).
+    let sharded = t.path().join("sharded");
+    let (code, rep, err) = backup(&src, &sharded, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let f: Vec<String> = ["--retain", "1", "--exclude-from", all_s]
+        .map(String::from)
+        .into();
+    let o = worker(&src, sharded.to_str().unwrap(), &f, "empty-1", 0)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", out_text(&o));
+    assert!(
+        out_text(&o).contains("leave nothing of it, and the previous snapshot daily.0"),
+        "{}",
+        out_text(&o)
+    );
+    assert_eq!(snapshot_names(&sharded), ["daily.0"]);
+    assert!(
+        sharded.join("daily.0/d/b").is_file(),
+        "a shard worker expired history"
+    );
+    // What the patterns leave something of is backed up as before.
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1", "--exclude", "a"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert!(dest.join("daily.0/d/b").is_file());
+    // --allow-empty accepts it: the snapshot is empty.
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &["--retain", "1", "--exclude-from", all_s, "--allow-empty"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    assert_eq!(std::fs::read_dir(dest.join("daily.0")).unwrap().count(), 0);
 }

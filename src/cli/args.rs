@@ -208,7 +208,8 @@ pub struct BackupArgs {
     /// Refuse unless the source is a mount point.
     #[arg(long)]
     pub require_mount: bool,
-    /// Allow an empty source even if the previous snapshot has files.
+    /// Allow an empty source even if the previous snapshot has files (or one whose
+    /// exclusions leave nothing of it).
     #[arg(long)]
     pub allow_empty: bool,
     /// Stay on the source's file system (as rsync -x): a directory on another file
@@ -400,7 +401,8 @@ pub struct RestoreArgs {
     /// Replace existing entries that differ from the snapshot.
     #[arg(long)]
     pub overwrite: bool,
-    /// Also delete what the snapshot does not have, inside the restored subtree only.
+    /// Also delete what the snapshot does not have, inside the restored subtree only
+    /// (never what the snapshot's exclusions left out: it was not backed up).
     #[arg(long, conflicts_with = "overwrite")]
     pub mirror: bool,
     /// With --flat --mirror of a directory: --to holds nothing but this restore, so

@@ -139,14 +139,18 @@ fn print_summary(r: &RestoreReport) {
     );
     let _ = writeln!(
         out,
-        "  files {} ({}, {} as hard links), directories {}, identical skipped {}, replaced {}, deleted {}",
+        "  files {} ({}, {} as hard links), directories {}, identical skipped {}, replaced {}, deleted {}{}",
         r.files_restored,
         human(r.bytes_restored),
         r.hard_links,
         r.dirs_created,
         r.skipped_identical,
         r.overwritten,
-        r.deleted
+        r.deleted,
+        match r.kept_excluded {
+            0 => String::new(),
+            n => format!(" (kept {n} the backup excluded)"),
+        }
     );
     let _ = writeln!(out, "  took {:.2}s", r.duration_seconds);
     if !r.message.is_empty() {

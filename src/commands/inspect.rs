@@ -87,7 +87,7 @@ pub fn diff(
             if stays_on_one_fs(one_file_system, &a) {
                 opts.stay_on = Some(device(&fd, dir)?);
             }
-            opts.excludes = live_excludes(&a)?;
+            opts.excludes = a.exclusions()?;
             let live = TreeReader::tree(b(&fd));
             let o = compare::compare(&recorded(&a), &live, &opts, cancel);
             Ok(report(a.snap.name.clone(), dir.display().to_string(), o))
@@ -103,16 +103,6 @@ pub fn diff(
 /// mount point is an empty directory in it, so its contents are not compared).
 fn stays_on_one_fs(asked: bool, sel: &Selected) -> bool {
     asked || sel.run.as_ref().is_some_and(|r| r.one_file_system)
-}
-
-/// What snapshot `sel`'s run left out (`excludes`, `exclude_caches`,
-/// `exclude_if_present`; the patterns of its `exclude_from` files as read then): a
-/// compare with a live tree leaves the same out (`compare::Options::excludes`).
-fn live_excludes(sel: &Selected) -> Result<Option<crate::exclude::Excludes>> {
-    match sel.run.as_ref().map(|r| &r.exclusion) {
-        Some(s) if !s.is_empty() => s.build().map(Some),
-        _ => Ok(None),
-    }
 }
 
 /// The device of the live tree `fd` (`dir`), which a compare may stay on.
@@ -242,7 +232,7 @@ pub fn verify(
         let (actual, against_name) = match &live {
             Some((fd, dev)) => {
                 opts.stay_on = stays_on_one_fs(one_file_system, sel).then_some(*dev);
-                opts.excludes = live_excludes(sel)?;
+                opts.excludes = sel.exclusions()?;
                 (
                     TreeReader::tree(b(fd)),
                     against.expect("set with live").display().to_string(),

@@ -430,23 +430,82 @@ fn open_source(opts: &BackupOptions, prev: Option<Previous>) -> Result<Start> {
     let src_root = check_source(opts)?;
     let src_fd = fsx::open_dir(&src_root).ctx("open source", &src_root)?;
     let src_meta = fsx::fstat(b(&src_fd)).ctx("stat source", &src_root)?;
-    if !opts.allow_empty
-        && let Some(p) = &prev
-        && p.has_entries
-        && !fsx::dir_has_entries(b(&src_fd)).ctx("read source", &src_root)?
-    {
-        return Err(Error::EmptySource {
-            path: src_root,
-            prev: p.name.clone(),
-        });
-    }
     let excludes = opts.exclude_settings()?.build()?;
+    refuse_empty(opts, prev.as_ref(), (&src_fd, &src_root), &excludes)?;
     Ok(Start {
         src_fd,
         src_meta,
         prev,
         excludes,
     })
+}
+
+/// The empty-source guard (invariant 4): unless `allow_empty`, a source root `src` that
+/// is empty while the previous snapshot is not is refused ([`Error::EmptySource`]: a
+/// failed mount looks exactly like this), and so is one whose entries the exclusions
+/// leave none of ([`Error::ExcludedAll`]: a pattern file matching everything would
+/// expire history the same way). Shared by a run and a shard worker.
+pub(crate) fn refuse_empty(
+    opts: &BackupOptions,
+    prev: Option<&Previous>,
+    (src, src_root): (&OwnedFd, &Path),
+    excludes: &crate::exclude::Excludes,
+) -> Result<()> {
+    let Some(p) = prev.filter(|p| p.has_entries && !opts.allow_empty) else {
+        return Ok(());
+    };
+    if !fsx::dir_has_entries(b(src)).ctx("read source", src_root)? {
+        return Err(Error::EmptySource {
+            path: src_root.to_path_buf(),
+            prev: p.name.clone(),
+        });
+    }
+    let unset = opts.excludes.is_empty()
+        && opts.exclude_from.is_empty()
+        && !opts.exclude_caches
+        && opts.exclude_if_present.is_empty();
+    if unset {
+        return Ok(());
+    }
+    let names = fsx::read_dir_names(b(src)).ctx("read source", src_root)?;
+    if !names.is_empty()
+        && excludes.leave_nothing_of(b(src), &crate::relpath::RelPath::root(), &names)
+    {
+        return Err(Error::ExcludedAll {
+            path: src_root.to_path_buf(),
+            prev: p.name.clone(),
+            by: exclusions_named(opts),
+        });
+    }
+    Ok(())
+}
+
+/// The exclusion options of `opts` as a user gave them (flags, or the config keys they
+/// stand for), for a message: the pattern files by name, the first patterns given.
+fn exclusions_named(opts: &BackupOptions) -> String {
+    let mut v: Vec<String> = opts
+        .exclude_from
+        .iter()
+        .map(|f| format!("--exclude-from {}", f.display()))
+        .collect();
+    v.extend(
+        opts.excludes
+            .iter()
+            .take(3)
+            .map(|p| format!("--exclude {p:?}")),
+    );
+    if opts.excludes.len() > 3 {
+        v.push(format!("{} more --exclude", opts.excludes.len() - 3));
+    }
+    if opts.exclude_caches {
+        v.push("--exclude-caches".into());
+    }
+    v.extend(
+        opts.exclude_if_present
+            .iter()
+            .map(|t| format!("--exclude-if-present {t}")),
+    );
+    v.join(", ")
 }
 
 /// Picks the previous snapshot, then checks the source against it.

@@ -195,17 +195,8 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         })
     })?;
     let src_fd = fsx::open_dir(&source).ctx("open source", &source)?;
-    if !opts.allow_empty
-        && let Some(p) = &prev
-        && p.has_entries
-        && !fsx::dir_has_entries(b(&src_fd)).ctx("read source", &source)?
-    {
-        return Err(Error::EmptySource {
-            path: source,
-            prev: p.name.clone(),
-        }
-        .into());
-    }
+    let excludes = opts.exclude_settings()?.build()?;
+    crate::engine::backup::refuse_empty(opts, prev.as_ref(), (&src_fd, &source), &excludes)?;
     let prev_root = match &prev {
         Some(p) => {
             let path = store.root.join(&p.name);
@@ -228,7 +219,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         source,
         prev,
         prev_root,
-        excludes: opts.exclude_settings()?.build()?,
+        excludes,
         cancel,
         lease: super::state::lease(),
         started,

@@ -28,6 +28,20 @@ pub struct Selected {
     pub taken_at: DateTime<Utc>,
 }
 
+impl Selected {
+    /// What the snapshot's run left out (`excludes`, `exclude_caches`,
+    /// `exclude_if_present`; the patterns of its `exclude_from` files as read then),
+    /// `None` when nothing (or no run record: a taken-over tree). A compare with a live
+    /// tree leaves the same out (`compare::Options::excludes`), and `restore --mirror`
+    /// keeps it.
+    pub fn exclusions(&self) -> Result<Option<crate::exclude::Excludes>> {
+        match self.run.as_ref().map(|r| &r.exclusion) {
+            Some(s) if !s.is_empty() => s.build().map(Some),
+            _ => Ok(None),
+        }
+    }
+}
+
 /// Parses a user-given time: RFC 3339, or `YYYY-MM-DD[ T]HH:MM[:SS]` or `YYYY-MM-DD`,
 /// taken as UTC when it names no offset.
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
