@@ -47,6 +47,8 @@ use crate::store::Store;
 use crate::store::select::Selected;
 use crate::traverse::{self, Dir, Opened, Step, Visitor};
 
+pub mod target;
+
 /// What to do with entries that already exist under the target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -413,6 +415,11 @@ impl Unfinished {
         Ok(())
     }
 
+    /// This run made the record (none was there) and wrote nothing into it.
+    fn is_empty_new(&self, to_was_new: bool) -> bool {
+        self.log.is_some() && !self.rerun && !to_was_new
+    }
+
     fn created_before(&self, rel: &RelPath) -> bool {
         self.rerun && self.ours.contains(&rel.escaped())
     }
@@ -431,6 +438,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let store = Store::open_read(&opts.store)?;
     let sel = store.select(&opts.snapshot)?;
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
+    let (target, existing) = check_target(opts, &store)?;
     let found = locate(opts, &sel, &reader)?;
     let excludes = match opts.mode {
         Mode::Mirror => sel.exclusions()?,
@@ -438,7 +446,8 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     };
     refuse_flat_mirror(opts, &sel, &reader, &found)?;
     refuse_store_inside(opts, &store, &reader, &found)?;
-    let (to_fd, to_was_new) = open_target(opts, &store).map_err(Error::on_restore_target)?;
+    let (to_fd, to_was_new) =
+        open_target(opts, &target, &existing).map_err(Error::on_restore_target)?;
     if let Some(fd) = to_fd.as_ref().filter(|_| !opts.dry_run) {
         lock_target(fd, &opts.to)?;
     }
@@ -457,7 +466,16 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         (to_fd.as_ref(), to_was_new),
         &mut created_ancestors,
     )
-    .map_err(Error::on_restore_target)?;
+    .map_err(|e| {
+        // Refused before the walk: a record this run made and left empty says nothing.
+        if let Some(fd) = to_fd
+            .as_ref()
+            .filter(|_| unfinished.is_empty_new(to_was_new))
+        {
+            let _ = rustix::fs::unlinkat(fd, UNFINISHED, rustix::fs::AtFlags::empty());
+        }
+        e.on_restore_target()
+    })?;
     // A directory an earlier, stopped restore created gets the snapshot's metadata.
     let whole_dir = start.only.is_none();
     if whole_dir && !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
@@ -609,7 +627,7 @@ fn refuse_store_inside<R: SnapshotReader>(
     };
     let canon_store = std::fs::canonicalize(&store.root).ctx("resolve", &store.root)?;
     if canon_to.starts_with(&canon_store) {
-        return Ok(()); // into the store itself: `open_target` refuses it, by that name
+        return Ok(()); // into the store itself: `check_target` refused it already
     }
     // Where the restored path lands: --to/P, or --to itself (the whole snapshot, --flat).
     let (root, snap_base) = match &opts.path {
@@ -766,34 +784,19 @@ fn lock_target(fd: &OwnedFd, to: &Path) -> Result<()> {
     }
 }
 
-/// Opens (creating it if needed) the target directory; checks it is writable and not
-/// inside the store. Returns `None` in a dry run when it does not exist, and whether
-/// the restore owns it (created, or empty before).
-fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>, bool)> {
+/// Opens (creating it if needed) the target directory, resolved and checked by
+/// [`target::Target`] (before anything is written: no `..` in the part that does not
+/// exist yet, not inside the store by device and inode), and checks it is writable.
+/// Returns `None` in a dry run when it does not exist, and whether the restore owns it
+/// (created, or empty before).
+fn open_target(
+    opts: &RestoreOptions,
+    target: &target::Target,
+    existing: &OwnedFd,
+) -> Result<(Option<OwnedFd>, bool)> {
     let to = &opts.to;
-    let canon_store = std::fs::canonicalize(&store.root).ctx("resolve", &store.root)?;
-    let mut probe = to.clone();
-    while !probe.exists() {
-        match probe.parent() {
-            Some(p) if !p.as_os_str().is_empty() => probe = p.to_path_buf(),
-            _ => {
-                probe = PathBuf::from(".");
-                break;
-            }
-        }
-    }
-    let canon = std::fs::canonicalize(&probe).ctx("resolve", &probe)?;
-    if canon.starts_with(&canon_store) || canon_store.starts_with(canon.join(".snapring")) {
-        return Err(Error::Target {
-            path: to.clone(),
-            msg: format!(
-                "refusing to restore into the store {} itself (a restore never writes to the backup); choose a --to outside it",
-                store.root.display()
-            ),
-        });
-    }
-    let probe_fd = fsx::open_dir(&probe).ctx("open", &probe)?;
-    if fsx::is_read_only(b(&probe_fd)).ctx("check", &probe)? && !opts.dry_run {
+    let probe = target.existing();
+    if fsx::is_read_only(b(existing)).ctx("check", probe)? && !opts.dry_run {
         return Err(Error::Target {
             path: to.clone(),
             msg: format!(
@@ -803,37 +806,46 @@ fn open_target(opts: &RestoreOptions, store: &Store) -> Result<(Option<OwnedFd>,
             ),
         });
     }
-    if !to.exists()
-        && let Ok(target) = std::fs::read_link(to)
-    {
+    if target.exists() {
+        let empty = !fsx::dir_has_entries(b(existing)).ctx("read", to)?;
+        return Ok((Some(dup(existing)), empty));
+    }
+    if let Ok(link) = std::fs::read_link(to) {
         // A dangling symlink: creating --to failed with "File exists".
         return Err(Error::Target {
             path: to.clone(),
             msg: format!(
                 "--to is a symlink to {}, which does not exist; create that directory, or give --to a directory",
-                target.display()
+                link.display()
             ),
         });
     }
-    if !to.exists() {
-        if opts.dry_run {
-            return Ok((None, true));
-        }
-        std::fs::create_dir_all(to).ctx("create target directory", to)?;
-        return Ok((Some(fsx::open_dir(to).ctx("open target", to)?), true));
+    if opts.dry_run {
+        return Ok((None, true));
     }
-    let fd = fsx::open_dir(to).map_err(|e| {
-        if fsx::errno_is(&e, Errno::NOTDIR) {
-            Error::Target {
-                path: to.clone(),
-                msg: "the restore target is not a directory; give --to a directory".into(),
-            }
-        } else {
-            io_error(e, "open target", to)
-        }
-    })?;
-    let empty = !fsx::dir_has_entries(b(&fd)).ctx("read", to)?;
-    Ok((Some(fd), empty))
+    Ok((Some(target.create(existing)?), true))
+}
+
+/// Resolves `--to` and refuses, before anything is written, one inside the store
+/// (its root's device and inode among `--to`'s ancestors, through any path or mount;
+/// also a `--to` whose `.snapring` would be the store's). Returns the target and its
+/// longest existing prefix, opened.
+fn check_target(opts: &RestoreOptions, store: &Store) -> Result<(target::Target, OwnedFd)> {
+    let t = target::Target::resolve(&opts.to)?;
+    let fd = t.open_existing()?;
+    t.refuse_inside(&fd, &store.root, "store")?;
+    let canon_store = std::fs::canonicalize(&store.root).ctx("resolve", &store.root)?;
+    let canon = std::fs::canonicalize(t.existing()).ctx("resolve", t.existing())?;
+    if canon_store.starts_with(canon.join(".snapring")) {
+        return Err(Error::Target {
+            path: opts.to.clone(),
+            msg: format!(
+                "refusing to restore into the store {} itself (a restore never writes to the backup); choose a --to outside it",
+                store.root.display()
+            ),
+        });
+    }
+    Ok((t, fd))
 }
 
 /// Opens (creating the missing ones) the directories `rel` under the target, one
@@ -858,7 +870,7 @@ fn make_ancestors<R: SnapshotReader>(
         match fsx::lstat_at(b(&cur), c) {
             Ok(m) if m.kind == Kind::Dir => {}
             Ok(m) => {
-                return Err(Error::Store {
+                return Err(Error::Target {
                     path: shown,
                     msg: format!(
                         "a {} is where the snapshot has a directory; move it away or restore with --flat into another --to",

@@ -777,6 +777,79 @@ fn restore_of_a_subdirectory_and_of_one_file() {
     assert!(err.contains("leaves the snapshot"), "{err}");
 }
 
+/// A restore from a local repository never checked whether `--to` was inside the
+/// repository: `--to REPO/data/evil` was `complete`, the file written into `data/`.
+/// Refused now (exit 1, by device and inode, so through a bind mount too), and a `..`
+/// below the existing part of `--to` (exit 64); the repository is unchanged, byte for
+/// byte (no lock was taken either: the check comes first), and nothing was made.
+#[test]
+fn a_restore_never_writes_into_the_repository_it_reads() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("top.txt"), b"top");
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
+    sr_backup(&src, &repo);
+    let dest = file_url(&repo);
+    let before = describe(&repo);
+    let refused = |to: &Path, code: i32, says: &str| {
+        let a = [
+            &common::restic::restore_latest(&dest, to)[..],
+            &["--path", "top.txt"],
+        ]
+        .concat();
+        let (c, out, err) = sr(&a);
+        assert_eq!(c, code, "{}: {out}\n{err}", to.display());
+        assert!(
+            err.contains(&to.display().to_string()) && err.contains(says),
+            "{}: {err}",
+            to.display()
+        );
+        assert_same_tree(&before, &describe(&repo), "the repository");
+    };
+    refused(
+        &repo.join("data/evil"),
+        1,
+        "refusing to restore into the repository",
+    );
+    refused(
+        &repo.join("evil"),
+        1,
+        "refusing to restore into the repository",
+    );
+    refused(&t.path().join("nx3/../repo/evil2"), 64, "`..`");
+    assert!(!t.path().join("nx3").exists());
+    let bind = t.path().join("repobind");
+    std::fs::create_dir(&bind).unwrap();
+    if Command::new("mount")
+        .arg("--bind")
+        .arg(&repo)
+        .arg(&bind)
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        let to = bind.join("snapshots/evil");
+        let a = [
+            &common::restic::restore_latest(&dest, &to)[..],
+            &["--path", "top.txt"],
+        ]
+        .concat();
+        let (c, out, err) = sr(&a);
+        let _ = Command::new("umount").arg("-l").arg(&bind).status();
+        assert_eq!(c, 1, "{out}\n{err}");
+        assert!(
+            err.contains("refusing to restore into the repository"),
+            "{err}"
+        );
+        assert_same_tree(&before, &describe(&repo), "the repository");
+    } else {
+        eprintln!("the bind-mount case skipped: mount --bind is not permitted here");
+    }
+    // Beside the repository it works.
+    let ok = t.path().join("restored");
+    sr_ok(&common::restic::restore_latest(&dest, &ok));
+    assert_eq!(std::fs::read(ok.join("top.txt")).unwrap(), b"top");
+}
+
 /// The tree of the source `src` in the snapshot of the backup report `r` (`snapshot` is
 /// its id); not the snapshot's root, whose ancestors (`/tmp`) other tests change.
 fn tree_of(repo: &Path, src: &Path, r: &serde_json::Value) -> String {

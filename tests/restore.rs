@@ -573,6 +573,177 @@ fn restore_into_a_directory_holding_the_store_never_touches_the_store() {
     }
 }
 
+/// A store `backups` with one snapshot of `data` (`top.txt`, `a/f`), under `t`.
+fn small_store(t: &Path) -> PathBuf {
+    let src = t.join("data");
+    write(&src.join("top.txt"), b"snapshot-version");
+    write(&src.join("a/f"), b"snap");
+    let store = t.join("backups");
+    ok_backup(&src, &store);
+    store
+}
+
+/// `--to T/nonexist/../backups/daily.0/evil`: the target check looked at the existing
+/// `T` only; `create_dir_all` then made `nonexist` and followed its `..` into the
+/// snapshot, which `verify` found damaged (exit 0, `complete`). A `..` below the
+/// existing part of `--to` is refused (exit 64), nothing made, the store unchanged.
+#[test]
+fn a_dotdot_over_a_missing_directory_cannot_reach_into_the_store() {
+    let t = tempfile::tempdir().unwrap();
+    let store = small_store(t.path());
+    let (before, tree) = (store_state(&store), describe(&store));
+    let to = t.path().join("nonexist/../backups/daily.0/evil");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "top.txt"]);
+    assert_eq!(code, 64, "{err}\n{rep}");
+    assert!(
+        err.contains(&format!("--to {}", to.display()))
+            && err.contains(&format!(
+                "{} does not exist yet",
+                t.path().join("nonexist").display()
+            ))
+            && err.contains("nothing was written"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!t.path().join("nonexist").exists());
+    assert_eq!(store_state(&store), before);
+    assert_same_tree(&tree, &describe(&store), "the store");
+    assert_verify_clean(&store, &[]);
+}
+
+/// `--to M/nx/..` where `M` is the user's existing directory: the restore took `M` for a
+/// directory it had made (its record said `d .`), so a later plain restore into `M`
+/// (no `--overwrite`) replaced the user's `M/top.txt`. Refused now (exit 64) before
+/// `nx` or a record is made; the later plain restore leaves the user's file alone.
+#[test]
+fn a_dotdot_over_a_missing_directory_does_not_make_a_users_directory_the_restores() {
+    let t = tempfile::tempdir().unwrap();
+    let m = t.path().join("M");
+    let store = small_store(&m);
+    write(&m.join("top.txt"), b"PRECIOUS");
+    let before = store_state(&store);
+    for extra in [&[][..], &["--mirror"]] {
+        let to = m.join("nx/..");
+        let (code, rep, err) = restore(&store, "daily.0", &to, extra);
+        assert_eq!(code, 64, "{extra:?}: {err}\n{rep}");
+        assert!(
+            err.contains(&format!("--to {}", to.display())) && err.contains("`..`"),
+            "{err}"
+        );
+        assert!(!m.join("nx").exists(), "{extra:?}");
+        assert!(
+            !m.join(".snapring-restore-unfinished").exists(),
+            "{extra:?}"
+        );
+        assert_eq!(std::fs::read(m.join("top.txt")).unwrap(), b"PRECIOUS");
+        assert_eq!(store_state(&store), before, "{extra:?}");
+    }
+    // The plain restore into M: a conflict, the user's file kept.
+    let (code, rep, err) = restore(&store, "daily.0", &m, &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(std::fs::read(m.join("top.txt")).unwrap(), b"PRECIOUS");
+    assert_eq!(store_state(&store), before);
+}
+
+/// A second mount of the store (`mount --bind`): `--to BIND/daily.0/evil2` has another
+/// path than the store, so the canonical-path check let it through and the file landed
+/// in the snapshot. The check compares (device, inode) of `--to`'s ancestors with the
+/// store's root and the directories in it (a bind mount of one snapshot). Skipped where
+/// `mount --bind` is not permitted.
+#[test]
+fn a_second_mount_of_the_store_is_the_store() {
+    let t = tempfile::tempdir().unwrap();
+    let store = small_store(t.path());
+    let (before, tree) = (store_state(&store), describe(&store));
+    /// A bind mount, unmounted however the test ends.
+    struct Bind(PathBuf);
+    impl Drop for Bind {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let bind = |from: &Path, at: &Path| -> Option<Bind> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .arg("--bind")
+            .arg(from)
+            .arg(at)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Bind(at.to_path_buf()))
+    };
+    let Some(_whole) = bind(&store, &t.path().join("storebind")) else {
+        eprintln!("skipped: mount --bind is not permitted here");
+        return;
+    };
+    let one = bind(&store.join("daily.0"), &t.path().join("snapbind")).expect("mount --bind");
+    for to in [
+        t.path().join("storebind/daily.0/evil2"),
+        t.path().join("storebind"),
+        one.0.join("evil3"),
+    ] {
+        let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "top.txt"]);
+        assert_eq!(code, 1, "{}: {err}\n{rep}", to.display());
+        assert!(
+            err.contains(&format!("restore target {}:", to.display()))
+                && err.contains("refusing to restore into the store"),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert_eq!(store_state(&store), before, "{}", to.display());
+        assert_same_tree(&tree, &describe(&store), "the store");
+    }
+    assert_verify_clean(&store, &[]);
+}
+
+/// Errors about the target name it as the target: a symlink where the snapshot has a
+/// directory said "store T7/a: …" and left an empty `.snapring-restore-unfinished` in
+/// T7; `--flat` into an existing regular file said "cannot open T6file: Not a
+/// directory" instead of saying to give --to a directory.
+#[test]
+fn target_errors_name_the_target_and_leave_nothing_behind() {
+    let t = tempfile::tempdir().unwrap();
+    let store = small_store(t.path());
+    let before = store_state(&store);
+    let t7 = t.path().join("T7");
+    std::fs::create_dir_all(t.path().join("victim")).unwrap();
+    std::fs::create_dir(&t7).unwrap();
+    std::os::unix::fs::symlink("../victim", t7.join("a")).unwrap();
+    let (code, rep, err) = restore(&store, "daily.0", &t7, &["--path", "a/f"]);
+    assert_eq!(code, 1, "{err}\n{rep}");
+    assert!(
+        err.contains(&format!(
+            "restore target {}: a symlink is where the snapshot has a directory",
+            t7.join("a").display()
+        )),
+        "{err}"
+    );
+    let mut left: Vec<_> = std::fs::read_dir(&t7)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["a"], "T7 holds only the user's symlink");
+    assert_eq!(
+        std::fs::read_dir(t.path().join("victim")).unwrap().count(),
+        0
+    );
+
+    let t6 = t.path().join("T6file");
+    write(&t6, b"precious");
+    let (code, rep, err) = restore(&store, "daily.0", &t6, &["--path", "top.txt", "--flat"]);
+    assert_eq!(code, 1, "{err}\n{rep}");
+    assert!(
+        err.contains(&format!(
+            "restore target {}: the restore target is not a directory; give --to a directory",
+            t6.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&t6).unwrap(), b"precious");
+    assert_eq!(store_state(&store), before);
+}
+
 #[test]
 fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     let (t, _src, store) = setup_users();

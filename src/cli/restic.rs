@@ -637,6 +637,12 @@ pub fn restore(
             Ok(out)
         };
         let is_stopped = || cancel.load(Ordering::Relaxed);
+        // `--to` checked before anything is written: no `..` in its part that does not
+        // exist yet, and not inside a local repository, by device and inode.
+        let target = snapring::restore::target::Target::resolve(&a.to)?;
+        if let Some(root) = restic::backend::parse_file_url(&dest.to_string_lossy()) {
+            target.refuse_inside(&target.open_existing()?, &root, "repository")?;
+        }
         let (repo, _lock) = match open_reading(dest, password_file, true, Some(&cancel)) {
             Ok(x) => x,
             Err(e) if is_stopped() => return stopped(Some(format!("{e:#}"))),
