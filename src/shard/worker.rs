@@ -84,6 +84,9 @@ struct Worker<'a> {
     /// network file system's device number differs between hosts). Every unit's walk
     /// stays on it, whatever device the unit's own directory is on.
     one_fs: Option<u64>,
+    /// The store's `(st_dev, st_ino)` as this host sees it: no unit's walk enters it
+    /// (`engine::walk::Walk::fenced`).
+    store_fence: Option<crate::traverse::Fence>,
     prev: Option<Previous>,
     prev_root: Option<OwnedFd>,
     excludes: crate::exclude::Excludes,
@@ -219,6 +222,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     };
     let ctx = Worker {
         one_fs,
+        store_fence: crate::engine::walk::store_fence(&store.root),
         opts,
         spec,
         rd: &rd,
@@ -1051,7 +1055,8 @@ fn build(
     let mut walk = Walk::new(&counters, stop, &ctx.excludes, manifest, &sink)
         .kept_from(kept_from)
         .only_root_names(Box::new(keep))
-        .gate(&ctx.gate);
+        .gate(&ctx.gate)
+        .fenced(&ctx.opts.store, ctx.store_fence);
     if let Some(fs) = &one_fs {
         walk = walk.stay_on(fs);
     }
