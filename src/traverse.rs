@@ -132,6 +132,13 @@ impl Fence {
     pub fn is(&self, dev: u64, ino: u64) -> bool {
         ino == self.ino && dev == self.dev
     }
+
+    /// Whether inode number `ino` (a listing's `d_ino`) may be the fenced directory's:
+    /// only then is its device worth an `lstat`.
+    #[inline]
+    pub fn is_ino(&self, ino: u64) -> bool {
+        ino == self.ino
+    }
 }
 
 /// What the visitor does after one item.

@@ -536,3 +536,60 @@ fn a_local_repository_inside_the_source_through_a_bind_mount_is_left_out() {
         "the restored snapshot against the source without the repository",
     );
 }
+
+/// The same for a shard run of two workers (`--shard i/2`): the planner's sizing walk
+/// does not weigh the store (told by the listing's inode number), so no unit is cut
+/// inside it, and the unit holding `backup` leaves it out. The finalizing worker exits
+/// 2 (`partial`), the other 0; the snapshot equals the source without `backup`;
+/// `verify` clean. Before the planner's check a unit was cut inside
+/// `backup/.snapring/shards/<run>/work`, whose walk copied the worker's own work tree
+/// into itself until the stack overflowed.
+#[test]
+fn a_store_inside_the_source_through_a_bind_mount_is_left_out_of_a_shard_run() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, bind) = (t.path().join("X"), t.path().join("Xb"));
+    write(&src.join("data/f"), b"data");
+    write(&src.join("top"), b"top");
+    let Some(_mount) = Bind::new(&src, &bind) else {
+        return;
+    };
+    let dest = bind.join("backup");
+    let runs: Vec<_> = (0..2)
+        .map(|i| {
+            let (src, dest) = (src.clone(), dest.clone());
+            std::thread::spawn(move || {
+                let shard = format!("{i}/2");
+                snapring_within_60s(&[
+                    "backup".as_ref(),
+                    "--source".as_ref(),
+                    src.as_os_str(),
+                    "--dest".as_ref(),
+                    dest.as_os_str(),
+                    "--shard".as_ref(),
+                    shard.as_ref(),
+                    "--run-id".as_ref(),
+                    "r1".as_ref(),
+                ])
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    let mut errs = String::new();
+    for r in runs {
+        let (code, _, err) = r.join().unwrap();
+        codes.push(code);
+        errs.push_str(&err);
+    }
+    codes.sort();
+    assert_eq!(codes, [0, 2], "{errs}");
+    assert!(
+        errs.contains("backup: this directory of the source is the backup store"),
+        "{errs}"
+    );
+    assert_same_tree(
+        &describe_without(&src, "backup"),
+        &describe(&dest.join("daily.0")),
+        "the shard run's snapshot against the source without the store",
+    );
+    assert_verify_clean(&dest, &[]);
+}

@@ -543,7 +543,8 @@ pub fn cut_source(
     let threads = sizes::planning_threads(opts.jobs, spec.count);
     let fd = fsx::open_dir(source).ctx("open source", source)?;
     let one_fs = sizes::source_device(source, opts.one_file_system).ctx("stat source", source)?;
-    let walked = sizes::WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs);
+    let store = crate::engine::walk::store_fence(&opts.store);
+    let walked = sizes::WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs, store);
     let seen = sizes::Excluding {
         sizes: &walked,
         excludes: &excludes,
