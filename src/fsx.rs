@@ -328,6 +328,19 @@ pub fn list_dir_typed(dir: BorrowedFd<'_>) -> io::Result<Vec<(Vec<u8>, Option<Ki
     Ok(names)
 }
 
+/// A listing's entry: its name, its kind if the listing says, its inode number.
+pub type TypedEntry = (Vec<u8>, Option<Kind>, u64);
+
+/// [`list_dir_typed`] with each entry's inode number as the listing gives it (`d_ino`:
+/// the `st_ino` of an entry on the directory's own file system), for a walk that must
+/// tell one directory by its inode without an `lstat` of each (the shard planner's, and
+/// the store it must not enter).
+pub fn list_dir_typed_ino(dir: BorrowedFd<'_>) -> io::Result<Vec<TypedEntry>> {
+    let mut names = Vec::new();
+    read_dir_entries(dir, |n, t, ino| names.push((n.to_vec(), t, ino)))?;
+    Ok(names)
+}
+
 /// [`list_dir`] giving each name to `f` instead of collecting them (a listing made
 /// only to fill an NFS client's cache keeps none of them).
 pub fn read_dir_with(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8])) -> io::Result<()> {
@@ -335,6 +348,13 @@ pub fn read_dir_with(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8])) -> io::Resul
 }
 
 fn read_dir_typed(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8], Option<Kind>)) -> io::Result<()> {
+    read_dir_entries(dir, |n, t, _| f(n, t))
+}
+
+fn read_dir_entries(
+    dir: BorrowedFd<'_>,
+    mut f: impl FnMut(&[u8], Option<Kind>, u64),
+) -> io::Result<()> {
     // Back to the start for a descriptor listed before; a fresh one is there already,
     // so a file system that cannot seek a directory still lists it whole.
     let _ = rfs::seek(dir, SeekFrom::Start(0));
@@ -353,7 +373,7 @@ fn read_dir_typed(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8], Option<Kind>)) -
                 rfs::FileType::Unknown => None,
                 t => Some(Kind::from_mode(t.as_raw_mode())),
             };
-            f(n, kind);
+            f(n, kind, e.ino());
         }
     }
     Ok(())

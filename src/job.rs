@@ -692,11 +692,9 @@ fn fill_repository(
         .iter()
         .map(|p| Problem {
             path: p.path.clone(),
-            kind: if p.kind == "vanished" {
-                ProblemKind::Vanished
-            } else {
-                ProblemKind::Unreadable
-            },
+            // `unreadable`, `vanished` or `store_in_source`.
+            kind: serde_json::from_value(serde_json::Value::String(p.kind.clone()))
+                .unwrap_or(ProblemKind::Unreadable),
             action: p.action.clone(),
             error: p.error.clone(),
         })

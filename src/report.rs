@@ -59,6 +59,10 @@ pub enum ProblemKind {
     ChangedDuringCopy,
     /// Some metadata could not be reproduced (for example an xattr the target refuses).
     Metadata,
+    /// A directory of the source that is the store (or local repository) the run writes
+    /// into, reached through another mount of the same file system (a bind mount, an NFS
+    /// export's subdirectory mounted apart): left out, never walked into.
+    StoreInSource,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,7 +24,12 @@
 //! - a walk can stay on one file system ([`OneFs`], `one_file_system`): a subdirectory
 //!   whose device (from the `lstat` the visitor already has) is not the root's is not
 //!   walked into; the visitor records it as an empty directory
-//!   ([`Visitor::mount_point`]) and the walk counts it and names the first few.
+//!   ([`Visitor::mount_point`]) and the walk counts it and names the first few;
+//! - a walk never enters the store it writes into ([`Fence`]): met inside the source
+//!   through a second mount of the same file system (a bind mount, a subdirectory of
+//!   the same NFS export mounted apart), where no comparison of paths can see it. The
+//!   visitor compares each subdirectory's `(st_dev, st_ino)`, from the `lstat` it has
+//!   already, with the store's, before it records the subdirectory.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -99,6 +104,40 @@ impl OneFs {
             count: self.count.load(Ordering::Relaxed),
             first: self.first.lock().unwrap_or_else(|e| e.into_inner()).clone(),
         }
+    }
+}
+
+/// The directory a walk writes into (a store's root, a local restic repository's
+/// root), by its `(st_dev, st_ino)`, taken once before the walk. A walk of a source
+/// that holds it through another mount (`mount --bind X Xb; backup --source X --dest
+/// Xb/backup`; an NFS export's subdirectory mounted apart, which shares the export's
+/// superblock, so its device and inode numbers are the same) would otherwise copy its
+/// own staging into itself, deeper each level, until the stack overflows. The visitor
+/// asks [`Fence::is`] of each directory it is about to record (two integer
+/// comparisons, no system call) and leaves the store out, a problem of the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fence {
+    dev: u64,
+    ino: u64,
+}
+
+impl Fence {
+    /// The directory with device `dev` and inode `ino`.
+    pub fn new(dev: u64, ino: u64) -> Fence {
+        Fence { dev, ino }
+    }
+
+    /// Whether the directory with device `dev` and inode `ino` is the fenced one.
+    #[inline]
+    pub fn is(&self, dev: u64, ino: u64) -> bool {
+        ino == self.ino && dev == self.dev
+    }
+
+    /// Whether inode number `ino` (a listing's `d_ino`) may be the fenced directory's:
+    /// only then is its device worth an `lstat`.
+    #[inline]
+    pub fn is_ino(&self, ino: u64) -> bool {
+        ino == self.ino
     }
 }
 

@@ -672,10 +672,15 @@ fn spawn_walk<S: Sink + Send + 'static>(
     let one_fs = opts
         .one_file_system
         .then(|| crate::traverse::OneFs::new(st.src_meta.dev));
+    // The store's identity, once: the walk does not enter it where another mount makes
+    // it part of the source (the path check, `check_overlap`, cannot see that).
+    let store = opts.store.clone();
+    let fence = super::walk::store_fence(&store);
     let worker = move || {
         let manifest = st.prev.as_ref().and_then(|p| p.manifest.as_ref());
-        let mut walk =
-            Walk::new(&counters, &stop, &st.excludes, manifest, &sink).kept_from(based_on);
+        let mut walk = Walk::new(&counters, &stop, &st.excludes, manifest, &sink)
+            .kept_from(based_on)
+            .fenced(&store, fence);
         if let Some(fs) = &one_fs {
             walk = walk.stay_on(fs);
         }

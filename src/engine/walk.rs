@@ -25,7 +25,7 @@ use crate::manifest::{self, Entry};
 use crate::relpath::RelPath;
 use crate::report::{Counters, Problem, ProblemKind};
 use crate::sink::{Linked, Sink};
-use crate::traverse::{self, Dir, OneFs, Opened, Step, Visitor};
+use crate::traverse::{self, Dir, Fence, OneFs, Opened, Step, Visitor};
 
 /// Attempts to copy a file that keeps changing while it is read.
 const COPY_ATTEMPTS: u32 = 3;
@@ -75,6 +75,8 @@ pub struct Walk<'a, S: Sink> {
     gate: Option<&'a crate::pool::Gate>,
     /// Stay on the source's file system (`one_file_system`; see [`Walk::stay_on`]).
     one_fs: Option<&'a OneFs>,
+    /// The store the run writes into, not to be walked into (see [`Walk::fenced`]).
+    fence: Option<(Fence, &'a std::path::Path)>,
 }
 
 /// Keeps a name of the root directory's listing.
@@ -126,7 +128,17 @@ impl<'a, S: Sink> Walk<'a, S> {
             root_names: None,
             gate: None,
             one_fs: None,
+            fence: None,
         }
+    }
+
+    /// Never walks into the store at `store` (met inside the source through another
+    /// mount), `fence` its `(st_dev, st_ino)` ([`store_fence`]; `None`: no store yet):
+    /// it is left out of the snapshot, a problem of kind `store_in_source` naming where
+    /// it was met (the run is `partial`), and a warning.
+    pub fn fenced(mut self, store: &'a std::path::Path, fence: Option<Fence>) -> Self {
+        self.fence = fence.map(|f| (f, store));
+        self
     }
 
     /// Stays on one file system (`one_file_system`): a directory on another device than
@@ -192,6 +204,24 @@ impl<'a, S: Sink> Walk<'a, S> {
             action: action.into(),
             error: e.to_string(),
         });
+    }
+
+    /// The store, met at `rel` of the source (another mount of the same file system):
+    /// not walked into, not in the snapshot. Without this the walk copied the staging
+    /// tree it was writing into itself, one level deeper each time, until the stack
+    /// overflowed.
+    fn store_in_source(&self, rel: &RelPath) {
+        let store = self.fence.map(|(_, p)| p.display().to_string());
+        let store = store.as_deref().unwrap_or("");
+        tracing::warn!(
+            "{rel}: this directory of the source is the backup store {store} (the same directory, reached through another mount): left out of the snapshot; exclude it or move the store out of the source"
+        );
+        self.problem(
+            rel,
+            ProblemKind::StoreInSource,
+            "walk into directory",
+            format!("it is the backup store {store}, reached through another mount: left out of the snapshot; exclude this path or move the store out of the source"),
+        );
     }
 
     /// A source-side I/O error: vanished if the entry is gone, else unreadable.
@@ -891,6 +921,13 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             return Step::Next;
         }
         let entry = if m.kind == Kind::Dir {
+            // The one comparison per directory this check costs (no system call).
+            if let Some((f, _)) = &self.fence
+                && f.is(m.dev, m.ino)
+            {
+                self.store_in_source(&rel);
+                return Step::Next;
+            }
             Counters::add(&self.counters.dirs_total, 1);
             Entry::from_meta(&name, &m)
         } else {
@@ -976,6 +1013,16 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             Err(e) => self.dest_error(&dir.rel, "set directory metadata", e),
         }
     }
+}
+
+/// The fence of the store at `store` for [`Walk::fenced`]: its `(st_dev, st_ino)`,
+/// following a symlink (the directory written into); `None` if it cannot be `stat`ed (a
+/// dry run's store not made yet: there is nothing to walk into).
+pub fn store_fence(store: &std::path::Path) -> Option<Fence> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(store)
+        .ok()
+        .map(|m| Fence::new(m.dev(), m.ino()))
 }
 
 /// Opens subdirectory `name` of the source, which its parent's listing `lstat`ed as

@@ -81,6 +81,11 @@ pub trait Backend: Send + Sync {
     /// The run's cancel flag (SIGINT/SIGTERM, the backup window): a backend that waits
     /// long before retrying (S3 while throttled) stops waiting once it is set.
     fn watch_cancel(&self, _cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>) {}
+    /// The repository's directory, for a repository on a local path (`None` on S3): a
+    /// backup does not walk into it where the source holds it through another mount.
+    fn local_root(&self) -> Option<&Path> {
+        None
+    }
 }
 
 /// The path (object key) of a file relative to the repository's root, restic's layout.
@@ -136,6 +141,10 @@ impl Local {
 impl Backend for Local {
     fn location(&self) -> String {
         self.root.display().to_string()
+    }
+
+    fn local_root(&self) -> Option<&Path> {
+        Some(&self.root)
     }
 
     fn file_location(&self, kind: Kind, id: &Id) -> String {

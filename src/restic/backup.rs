@@ -145,7 +145,7 @@ fn is_zero(n: &u64) -> bool {
 pub struct EntryProblem {
     /// The entry relative to the source, `%XX`-escaped as in manifests.
     pub path: String,
-    /// `unreadable` or `vanished`.
+    /// `unreadable`, `vanished` or `store_in_source`.
     pub kind: String,
     /// What was being done: `stat`, `open`, `read`, `list`, …
     pub action: String,
@@ -615,6 +615,11 @@ struct Run<'a> {
     parent_id: Option<Id>,
     /// Stay on the root's file system (`one_file_system`).
     one_fs: Option<crate::traverse::OneFs>,
+    /// A repository on a local path: its directory's `(st_dev, st_ino)`, taken once. The
+    /// walk does not enter it where the source holds it through another mount (a bind
+    /// mount, an NFS export's subdirectory mounted apart), which the path check cannot
+    /// see: it is left out, a problem `store_in_source`.
+    fence: Option<crate::traverse::Fence>,
     /// A shard unit's directory, escaped, relative to the source (empty: the source's
     /// root, or not a unit): the warnings name directories from the source's root.
     unit_dir: String,
@@ -798,13 +803,22 @@ impl crate::traverse::Visitor for Run<'_> {
                 lock(&dir.state.nodes).push(node);
                 Step::Next
             }
-            Ok(Some((node, Some(parent_tree)))) => Step::Descend(
-                name,
-                Sub {
-                    node: Some(node),
-                    parent_tree,
-                },
-            ),
+            Ok(Some((node, Some(parent_tree)))) => {
+                // The one comparison per directory this check costs (no system call).
+                if let Some(f) = &self.fence
+                    && f.is(node.device_id, node.inode)
+                {
+                    self.store_in_source(&p);
+                    return Step::Next;
+                }
+                Step::Descend(
+                    name,
+                    Sub {
+                        node: Some(node),
+                        parent_tree,
+                    },
+                )
+            }
             Err(Fail::Stop) => Step::Quit,
             Err(Fail::Entry(e)) => {
                 self.problem(&p, "unreadable", e);
@@ -912,6 +926,10 @@ impl<'a> Run<'a> {
     ) -> Run<'a> {
         // Throttled S3 retries stop waiting when the run is cancelled.
         repo.backend.watch_cancel(cancel);
+        let fence = repo.backend.local_root().and_then(|r| {
+            let m = std::fs::metadata(r).ok()?;
+            Some(crate::traverse::Fence::new(m.dev(), m.ino()))
+        });
         Run {
             root: root.to_path_buf(),
             repo,
@@ -933,6 +951,7 @@ impl<'a> Run<'a> {
             warnings: Mutex::default(),
             parent_id: None,
             one_fs: None,
+            fence,
             unit_dir: String::new(),
             excludes: None,
             unit_rel: crate::relpath::RelPath::root(),
@@ -1016,6 +1035,24 @@ impl<'a> Run<'a> {
         lock(&self.fatal).get_or_insert(e);
         self.stop.store(true, Ordering::Relaxed);
         Fail::Stop
+    }
+
+    /// The repository, met at `p` of the source through another mount: not walked
+    /// into, not in the snapshot; a warning and a problem `store_in_source`.
+    fn store_in_source(&self, p: &Path) {
+        let repo = self.repo.backend.location();
+        tracing::warn!(
+            "{}: this directory of the source is the repository {repo} (the same directory, reached through another mount): left out of the snapshot; exclude it or move the repository out of the source",
+            p.display()
+        );
+        let msg = format!(
+            "it is the repository {repo}, reached through another mount: left out of the snapshot; exclude this path or move the repository out of the source"
+        );
+        self.problem(
+            p,
+            "store_in_source",
+            io_err("walk into directory", p)(std::io::Error::other(msg)),
+        );
     }
 
     /// Records a problem with the entry at `p` (the error's own path where it has one).

@@ -98,6 +98,7 @@ fn walk_home(
     };
     let excludes = opts.exclude_settings()?.build()?;
     let manifest = prev.as_ref().and_then(|p| p.manifest.as_ref());
+    let store_fence = crate::engine::walk::store_fence(&opts.store);
     let counters = Counters::default();
     // `one_file_system`: every unit's walk stays on the source root's device.
     let one_dev = crate::shard::sizes::source_device(source, opts.one_file_system)
@@ -132,7 +133,8 @@ fn walk_home(
         let sink = PlanSink::new(prev_dir);
         let keep = cut.unit_names(unit);
         let mut walk = Walk::new(&counters, cancel, &excludes, manifest, &sink)
-            .only_root_names(Box::new(keep));
+            .only_root_names(Box::new(keep))
+            .fenced(&opts.store, store_fence);
         if let Some(fs) = &one_fs {
             walk = walk.stay_on(fs);
         }

@@ -801,7 +801,12 @@ fn make_plan(
                     source.display()
                 )))
             })?;
-            let walked = super::sizes::WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs);
+            let store = repo
+                .backend
+                .local_root()
+                .and_then(crate::engine::walk::store_fence);
+            let walked =
+                super::sizes::WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs, store);
             let seen = super::sizes::Excluding {
                 sizes: &walked,
                 excludes: &excludes,

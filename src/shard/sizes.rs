@@ -104,6 +104,11 @@ struct Counting {
     /// `one_file_system`: a directory on another device than the source's is one
     /// entry, not walked (a mount point is a leaf of the plan, never cut).
     one_fs: Option<traverse::OneFs>,
+    /// The store (or local repository) the run writes into: not walked, not weighed, so
+    /// no unit is cut inside it where the source holds it through another mount (a
+    /// unit's walk rooted in it would copy the run's own work tree into itself). Told
+    /// by the listing's inode number; only a match costs an `lstat` (its device).
+    store: Option<traverse::Fence>,
 }
 
 struct Node {
@@ -125,7 +130,7 @@ fn listed(dir: BorrowedFd<'_>, name: &[u8], kind: Option<Kind>) -> Option<Kind> 
 
 impl Visitor for Counting {
     type State = Node;
-    type Item = (Vec<u8>, Option<Kind>);
+    type Item = (Vec<u8>, Option<Kind>, u64);
     /// A subdirectory's device (asked for only with `one_file_system`).
     type Sub = Option<u64>;
 
@@ -135,7 +140,7 @@ impl Visitor for Counting {
         name: &[u8],
         _rel: &RelPath,
         _: Option<u64>,
-    ) -> Opened<Node, (Vec<u8>, Option<Kind>)> {
+    ) -> Opened<Node, (Vec<u8>, Option<Kind>, u64)> {
         let fd = match parent {
             None => self.root.lock().unwrap_or_else(|e| e.into_inner()).take(),
             Some(p) => fsx::open_dir_at(b(&p.state.fd), name).ok(),
@@ -143,7 +148,7 @@ impl Visitor for Counting {
         let Some(fd) = fd else { return Opened::Skip };
         // A slow or dying planner in the tests (tests/shard.rs).
         let _ = crate::failpoint::hit("shard.size");
-        let names = fsx::list_dir_typed(b(&fd)).unwrap_or_default();
+        let names = fsx::list_dir_typed_ino(b(&fd)).unwrap_or_default();
         Opened::Dir(
             Node {
                 fd,
@@ -156,11 +161,22 @@ impl Visitor for Counting {
     fn visit(
         &self,
         dir: &Arc<Dir<Node>>,
-        (name, kind): (Vec<u8>, Option<Kind>),
+        (name, kind, ino): (Vec<u8>, Option<Kind>, u64),
     ) -> Step<Option<u64>> {
         let Some(kind) = listed(b(&dir.state.fd), &name, kind) else {
             return Step::Next;
         };
+        if kind == Kind::Dir
+            && let Some(f) = &self.store
+            && f.is_ino(ino)
+            && fsx::lstat_at(b(&dir.state.fd), &name).is_ok_and(|m| f.is(m.dev, m.ino))
+        {
+            tracing::warn!(
+                "{}: the store, reached through another mount: not weighed, no unit cut in it",
+                dir.rel.join(&name)
+            );
+            return Step::Next;
+        }
         dir.state.total.fetch_add(1, Ordering::Relaxed);
         if kind != Kind::Dir {
             return Step::Next;
@@ -199,11 +215,18 @@ impl Visitor for Counting {
 impl WalkSizes {
     /// Walks the source at `root` on `threads` workers; with `one_fs`, the device of
     /// the source's root (`one_file_system`), not into a directory on another one.
-    pub fn walk(root: PathBuf, src: OwnedFd, threads: usize, one_fs: Option<u64>) -> WalkSizes {
+    pub fn walk(
+        root: PathBuf,
+        src: OwnedFd,
+        threads: usize,
+        one_fs: Option<u64>,
+        store: Option<traverse::Fence>,
+    ) -> WalkSizes {
         let v = Counting {
             root: Mutex::new(Some(src)),
             below: Mutex::new(HashMap::new()),
             one_fs: one_fs.map(traverse::OneFs::new),
+            store,
         };
         traverse::walk(&v, None, threads.max(1), &AtomicBool::new(false));
         WalkSizes {
@@ -324,7 +347,7 @@ pub fn walk_cut(
         false => None,
     };
     Ok(cut_for(
-        &WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs),
+        &WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs, None),
         workers,
     ))
 }

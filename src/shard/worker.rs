@@ -84,6 +84,9 @@ struct Worker<'a> {
     /// network file system's device number differs between hosts). Every unit's walk
     /// stays on it, whatever device the unit's own directory is on.
     one_fs: Option<u64>,
+    /// The store's `(st_dev, st_ino)` as this host sees it: no unit's walk enters it
+    /// (`engine::walk::Walk::fenced`).
+    store_fence: Option<crate::traverse::Fence>,
     prev: Option<Previous>,
     prev_root: Option<OwnedFd>,
     excludes: crate::exclude::Excludes,
@@ -210,6 +213,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     };
     let ctx = Worker {
         one_fs,
+        store_fence: crate::engine::walk::store_fence(&store.root),
         opts,
         spec,
         rd: &rd,
@@ -530,7 +534,8 @@ pub fn cut_source(
     let threads = sizes::planning_threads(opts.jobs, spec.count);
     let fd = fsx::open_dir(source).ctx("open source", source)?;
     let one_fs = sizes::source_device(source, opts.one_file_system).ctx("stat source", source)?;
-    let walked = sizes::WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs);
+    let store = crate::engine::walk::store_fence(&opts.store);
+    let walked = sizes::WalkSizes::walk(source.to_path_buf(), fd, threads, one_fs, store);
     let seen = sizes::Excluding {
         sizes: &walked,
         excludes: &excludes,
@@ -1042,7 +1047,8 @@ fn build(
     let mut walk = Walk::new(&counters, stop, &ctx.excludes, manifest, &sink)
         .kept_from(kept_from)
         .only_root_names(Box::new(keep))
-        .gate(&ctx.gate);
+        .gate(&ctx.gate)
+        .fenced(&ctx.opts.store, ctx.store_fence);
     if let Some(fs) = &one_fs {
         walk = walk.stay_on(fs);
     }
