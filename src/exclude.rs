@@ -48,6 +48,36 @@ impl Settings {
         self.excludes.is_empty() && !self.exclude_caches && self.exclude_if_present.is_empty()
     }
 
+    /// The settings as options, for a message: the pattern files by name (else the
+    /// first patterns), the tag rules.
+    pub fn named(&self) -> String {
+        let mut v: Vec<String> = self
+            .exclude_from
+            .iter()
+            .map(|f| format!("--exclude-from {}", f.display()))
+            .collect();
+        if self.exclude_from.is_empty() {
+            v.extend(
+                self.excludes
+                    .iter()
+                    .take(3)
+                    .map(|p| format!("--exclude {p:?}")),
+            );
+            if self.excludes.len() > 3 {
+                v.push(format!("{} more --exclude", self.excludes.len() - 3));
+            }
+        }
+        if self.exclude_caches {
+            v.push("--exclude-caches".into());
+        }
+        v.extend(
+            self.exclude_if_present
+                .iter()
+                .map(|t| format!("--exclude-if-present {t}")),
+        );
+        v.join(", ")
+    }
+
     /// The patterns to apply: `given`, then each file's lines (read now).
     pub fn resolve(
         given: &[String],

@@ -366,6 +366,8 @@ pub struct RepositoryJob {
     pub one_file_system: bool,
     /// What is left out, the pattern files read (`crate::exclude::Settings`).
     pub exclusion: crate::exclude::Settings,
+    /// `--allow-empty`: see `restic::backup::BackupOptions::allow_empty`.
+    pub allow_empty: bool,
 }
 
 /// Runs a backup into a restic repository as a run like any other: its own run id, a
@@ -426,6 +428,7 @@ pub fn run_repository(
                 before_forget: Some(crate::shard::repository::before_forget),
                 one_file_system: j.one_file_system,
                 exclusion: j.exclusion.clone(),
+                allow_empty: j.allow_empty,
             };
             return restic::backup::backup(&mut repo, &opts);
         };

@@ -821,3 +821,68 @@ fn exclusions_that_leave_nothing_are_refused_as_an_empty_source_unless_allowed()
     assert_eq!(snapshot_names(&dest), ["daily.0"]);
     assert_eq!(std::fs::read_dir(dest.join("daily.0")).unwrap().count(), 0);
 }
+
+/// Into a restic repository the same guard holds (it had none: an empty source, or
+/// exclusions that leave nothing, made an empty snapshot, and `--retain 1` forgot the
+/// good one): exit 1 with the store's messages, no snapshot written, none forgotten;
+/// `--allow-empty` accepts it.
+#[test]
+fn an_empty_source_or_exclusions_that_leave_nothing_are_refused_into_a_repository() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("a"), b"1");
+    write(&src.join("d/b"), b"2");
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+    let src_s = src.to_str().unwrap();
+    let snapshots = || std::fs::read_dir(repo.join("snapshots")).unwrap().count();
+    let run = |extra: &[&str]| {
+        let (code, out, err) = sr(&[
+            &["backup", "--source", src_s, "--dest", &url, "--retain", "1"][..],
+            extra,
+        ]
+        .concat());
+        (code, format!("{out}\n{err}"))
+    };
+    let (code, out) = run(&[]);
+    assert_eq!(code, 0, "{out}");
+    let first: Vec<_> = std::fs::read_dir(repo.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    // Exclusions that leave nothing.
+    let (code, out) = run(&["--exclude", "a", "--exclude", "d"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("leave nothing of it, and the previous snapshot")
+            && out.contains("--exclude \"d\""),
+        "{out}"
+    );
+    // An empty source (a failed mount).
+    std::fs::remove_file(src.join("a")).unwrap();
+    std::fs::remove_dir_all(src.join("d")).unwrap();
+    let (code, out) = run(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("is empty but the previous snapshot")
+            && out.contains("a failed mount looks exactly like this"),
+        "{out}"
+    );
+    let now: Vec<_> = std::fs::read_dir(repo.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(now, first, "a snapshot written or forgotten");
+    // Accepted on purpose: the empty snapshot replaces the other (--retain 1).
+    let (code, out) = run(&["--allow-empty"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(snapshots(), 1);
+    assert_ne!(
+        std::fs::read_dir(repo.join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect::<Vec<_>>(),
+        first
+    );
+}

@@ -211,6 +211,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         with_atime: a.with_atime || f.with_atime.unwrap_or(false),
         one_file_system: a.one_file_system || f.one_file_system.unwrap_or(false),
         exclusion,
+        allow_empty: a.allow_empty || f.allow_empty.unwrap_or(false),
     };
     let catalog = cat
         .for_config(file_catalog)
@@ -1033,6 +1034,8 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         with_atime: false,
         one_file_system: false,
         exclusion: Default::default(),
+        // A copy is of a snapshot named on purpose, empty or not.
+        allow_empty: true,
     };
     let catalog = cat
         .for_config(None)

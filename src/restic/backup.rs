@@ -58,6 +58,9 @@ pub struct BackupOptions {
     /// `--exclude-if-present`), the pattern files already read; recorded in the
     /// snapshot (its `excludes`, and the tags [`exclusion_tags`] names).
     pub exclusion: crate::exclude::Settings,
+    /// `--allow-empty`: back up a source that is empty, or of which the exclusions
+    /// leave nothing, while the parent snapshot is not ([`refuse_empty`]).
+    pub allow_empty: bool,
 }
 
 /// The tag of a snapshot made with `--exclude-caches`.
@@ -215,6 +218,13 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     let path_str = source.to_string_lossy().into_owned();
     let host = crate::util::hostname();
     let parent = pick_parent(repo, &path_str, &host, &opts.label)?;
+    if !opts.allow_empty
+        && let Some((id, p)) = &parent
+        && let Err(e) = refuse_empty(repo, &source, (id, p), &opts.exclusion)
+    {
+        let _ = lock.release();
+        return Err(e);
+    }
     let mut tags = vec!["snapring".into(), format!("label={}", opts.label)];
     if opts.one_file_system {
         tags.push(super::snapshot::ONE_FILE_SYSTEM_TAG.into());
@@ -401,6 +411,63 @@ impl BackupReport {
             1.0 - (a.data_bytes_new as f64 / self.bytes_read as f64).min(1.0)
         };
     }
+}
+
+/// The empty-source guard of the hard-link store (invariant 4), for a repository: a
+/// source that is empty, or of which `exclusion` leaves nothing, while the parent
+/// snapshot (`parent`) holds entries at its path, is refused: a failed mount looks
+/// exactly like this, and the retention that follows the snapshot would forget the
+/// good ones. The same errors as the store's ([`crate::error::Error::EmptySource`],
+/// [`crate::error::Error::ExcludedAll`]). The parent's tree is read only when the
+/// source looks empty.
+fn refuse_empty(
+    repo: &Repo,
+    source: &Path,
+    (id, parent): (&Id, &Snapshot),
+    exclusion: &crate::exclude::Settings,
+) -> Result<()> {
+    use crate::fsx::b;
+    let fd = crate::fsx::open_dir(source).map_err(io_err("open the source", source))?;
+    let read = io_err("read the source", source);
+    // (empty, left nothing): one entry read without exclusions, the listing with them.
+    let (empty, left_nothing) = if exclusion.is_empty() {
+        (!crate::fsx::dir_has_entries(b(&fd)).map_err(read)?, false)
+    } else {
+        let names = crate::fsx::read_dir_names(b(&fd)).map_err(read)?;
+        let excludes = exclusion.build().map_err(|e| Error::Other(e.to_string()))?;
+        let root = crate::relpath::RelPath::root();
+        (
+            names.is_empty(),
+            !names.is_empty() && excludes.leave_nothing_of(b(&fd), &root, &names),
+        )
+    };
+    if !empty && !left_nothing {
+        return Ok(());
+    }
+    let comps: Vec<&OsStr> = match parent.paths.as_slice() {
+        [one] => Path::new(one).iter().skip(1).collect(),
+        _ => return Ok(()),
+    };
+    let had_entries = match descend(repo, parent.tree, &comps)? {
+        Some(t) => !repo.read_tree(&t)?.nodes.is_empty(),
+        None => false,
+    };
+    if !had_entries {
+        return Ok(());
+    }
+    let prev = format!("{} ({})", &id.hex()[..8], parent.time);
+    let e = match left_nothing {
+        false => crate::error::Error::EmptySource {
+            path: source.to_path_buf(),
+            prev,
+        },
+        true => crate::error::Error::ExcludedAll {
+            path: source.to_path_buf(),
+            prev,
+            by: exclusion.named(),
+        },
+    };
+    Err(Error::Other(e.to_string()))
 }
 
 /// The newest snapshot of the same paths and host, preferring one of the same label.
