@@ -501,6 +501,67 @@ fn heavy_source(src: &Path) {
     }
 }
 
+/// A store snapshot copied into a repository keeps its run's exclusion settings (the
+/// copy recorded none): the patterns in the snapshot's `excludes`, the tag rules in its
+/// tags, so `verify --against` the source counts nothing left out as unexpected (it
+/// said DAMAGED, exit 2). The copy holds what the store snapshot holds, no less.
+#[test]
+fn a_store_snapshot_copied_into_a_repository_keeps_its_exclusion_settings() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    source(&src);
+    let file = pattern_file(t.path());
+    let (code, rep, err) = backup(&src, &dest, &strs(&flags(&file)), &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+    let (code, out, err) = sr(&[
+        "copy",
+        "--dest",
+        dest.to_str().unwrap(),
+        "daily.0",
+        "--to",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let snaps = snapring::restic::snapshot::load_all(
+        &snapring::restic::repo::Repo::open(&repo, PASSWORD.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(snaps.len(), 1);
+    let snap = &snaps[0].1;
+    assert_eq!(snap.excludes, ["*.tmp", "build/"], "{snap:?}");
+    assert!(
+        snap.has_tag("exclude_caches")
+            && snap
+                .tags
+                .iter()
+                .any(|t| t == "exclude_if_present=.nobackup"),
+        "{snap:?}"
+    );
+    let out = verify_against(&url, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["unexpected"], 0, "{v}");
+    // The copy itself left nothing more out: restored, it is the store snapshot.
+    let to = t.path().join("restored");
+    let (code, out, err) = sr(&[
+        "restore",
+        "--dest",
+        &url,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_excluded(&to);
+    // What a later change outside the rules adds is still found.
+    write(&src.join("fake/new"), b"new");
+    let out = verify_against(&url, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+}
+
 #[test]
 fn a_shard_run_of_four_workers_leaves_out_what_a_single_node_run_does() {
     let t = tempfile::tempdir().unwrap();

@@ -190,6 +190,9 @@ pub struct Spec<'a> {
     /// What is left out (`BackupOptions::exclusion`); its patterns are the snapshot's
     /// `excludes`.
     pub exclusion: crate::exclude::Settings,
+    /// `exclusion` is only recorded, not matched by the walk: the tree is a store
+    /// snapshot (`copy`) its run already left those out of.
+    pub exclusion_recorded_only: bool,
 }
 
 /// Backs `opts.source` up into the repository `repo`.
@@ -245,6 +248,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         before_forget: opts.before_forget,
         one_file_system: opts.one_file_system,
         exclusion: opts.exclusion.clone(),
+        exclusion_recorded_only: false,
     };
     snapshot_locked(repo, spec, lock)
 }
@@ -292,7 +296,7 @@ pub fn snapshot_locked(
         }
         false => None,
     };
-    let excludes = match spec.exclusion.is_empty() {
+    let excludes = match spec.exclusion.is_empty() || spec.exclusion_recorded_only {
         true => None,
         false => Some(
             spec.exclusion
@@ -419,8 +423,8 @@ impl BackupReport {
 /// exactly like this, and the retention that follows the snapshot would forget the
 /// good ones. The same errors as the store's ([`crate::error::Error::EmptySource`],
 /// [`crate::error::Error::ExcludedAll`]). The parent's tree is read only when the
-/// source looks empty.
-fn refuse_empty(
+/// source looks empty. Also each shard worker's (`shard::repository::work`).
+pub(crate) fn refuse_empty(
     repo: &Repo,
     source: &Path,
     (id, parent): (&Id, &Snapshot),
