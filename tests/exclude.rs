@@ -688,6 +688,16 @@ fn a_worker_whose_pattern_file_says_something_else_than_the_plan_is_refused() {
         let said = out_text(&o);
         assert_eq!(o.status.code(), Some(64), "{target}: {said}");
         assert!(said.contains("exclusion settings"), "{target}: {said}");
+        // Its dry run says the same (it planned by the run's plan, exit 0).
+        if target == dest.to_str().unwrap() {
+            let o = worker(&src, target, &f, "differs", 1)
+                .arg("--dry-run")
+                .output()
+                .unwrap();
+            let said = out_text(&o);
+            assert_eq!(o.status.code(), Some(64), "dry run: {said}");
+            assert!(said.contains("exclusion settings"), "dry run: {said}");
+        }
         // With the same file everywhere the run completes.
         pattern_file(t.path());
         run_workers(&src, target, &f, "differs");
@@ -881,6 +891,107 @@ fn exclusions_that_leave_nothing_are_refused_as_an_empty_source_unless_allowed()
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(snapshot_names(&dest), ["daily.0"]);
     assert_eq!(std::fs::read_dir(dest.join("daily.0")).unwrap().count(), 0);
+}
+
+/// A tag at the source root (`.nobackup` with `--exclude-if-present`, a valid
+/// `CACHEDIR.TAG` with `--exclude-caches`) leaves only the tag: refused as exclusions
+/// that leave nothing are, on the store, by a shard worker and into a repository (a
+/// snapshot of the tag alone was published, exit 0, and `--retain` expired a snapshot
+/// of the whole tree). `--allow-empty` accepts it.
+#[test]
+fn a_tag_at_the_source_root_is_refused_as_exclusions_that_leave_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..20 {
+        write(&src.join(format!("d/f{i}")), b"data");
+    }
+    let dest = t.path().join("dest");
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let src_s = src.to_str().unwrap();
+    let into_repo = |extra: &[&str]| {
+        let (code, out, err) = sr(&[
+            &["backup", "--source", src_s, "--dest", &url, "--retain", "1"][..],
+            extra,
+        ]
+        .concat());
+        (code, format!("{out}\n{err}"))
+    };
+    let (code, out) = into_repo(&[]);
+    assert_eq!(code, 0, "{out}");
+    let snapshots = || -> Vec<_> {
+        std::fs::read_dir(repo.join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    let first = snapshots();
+    for (tag, body, flags) in [
+        (
+            ".nobackup",
+            Vec::new(),
+            vec!["--exclude-if-present", ".nobackup"],
+        ),
+        (
+            "CACHEDIR.TAG",
+            SIGNATURE.as_bytes().to_vec(),
+            vec!["--exclude-caches"],
+        ),
+    ] {
+        std::fs::write(src.join(tag), &body).unwrap();
+        let args = [&["--retain", "1"][..], &flags[..]].concat();
+        let (code, rep, err) = backup(&src, &dest, &args, &[]);
+        let msg = rep["message"].as_str().unwrap_or_default();
+        assert_eq!(code, 1, "{tag}: {err}\n{rep}");
+        assert!(msg.contains("leave nothing of it"), "{tag}: {msg}");
+        assert_eq!(snapshot_names(&dest), ["daily.0"], "{tag}");
+        assert!(
+            dest.join("daily.0/d/f19").is_file(),
+            "{tag}: history expired"
+        );
+        let f: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let o = worker(&src, dest.to_str().unwrap(), &f, &format!("tag-{tag}"), 0)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{tag}: {}", out_text(&o));
+        assert!(
+            out_text(&o).contains("leave nothing of it"),
+            "{}",
+            out_text(&o)
+        );
+        assert!(
+            dest.join("daily.0/d/f19").is_file(),
+            "{tag}: a worker expired history"
+        );
+        let (code, out) = into_repo(&flags);
+        assert_eq!(code, 1, "{tag}: {out}");
+        assert!(out.contains("leave nothing of it"), "{tag}: {out}");
+        assert_eq!(snapshots(), first, "{tag}: a snapshot written or forgotten");
+        std::fs::remove_file(src.join(tag)).unwrap();
+    }
+    // Accepted on purpose: the snapshot holds the tag alone.
+    std::fs::write(src.join(".nobackup"), b"").unwrap();
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &[
+            "--retain",
+            "1",
+            "--exclude-if-present",
+            ".nobackup",
+            "--allow-empty",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let left: Vec<_> = std::fs::read_dir(dest.join("daily.0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [".nobackup"]);
 }
 
 /// Into a restic repository the same guard holds (it had none: an empty source, or
