@@ -298,6 +298,12 @@ pub(super) fn settle_published(r: &mut RunReport, status: Status, snapshot: Opti
     }
     if r.status == Status::Failed {
         r.message = format!("published by a later repair after: {}", r.message);
+    } else if r.message.is_empty() {
+        // Killed during its rotation: its figures were recorded before the journal.
+        r.message = format!(
+            "{} files ({} copied, {} linked); stopped during its rotation, which a later command finished",
+            r.files_total, r.files_transferred, r.files_linked
+        );
     }
     r.status = status;
     r.exit_code = status.exit_code();
