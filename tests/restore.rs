@@ -938,27 +938,45 @@ fn a_full_target_stops_the_restore_with_a_restores_message() {
 /// although nothing was written.
 #[test]
 fn an_unreadable_snapshot_file_is_not_counted_as_restored() {
+    let (t, store) = store_with_an_unreadable_file();
+    let to = t.path().join("to");
+    let (code, rep) = restore_without_dac(&store, &to, &[]);
+    assert_eq!(code, Some(2), "{rep}");
+    assert_eq!(rep["errors"], 1, "{rep}");
+    assert!(!to.join("d/b").exists());
+    assert_eq!(rep["files_restored"], 1, "only `a` was restored: {rep}");
+    assert_eq!(rep["bytes_restored"], 1, "{rep}");
+}
+
+/// A store whose `daily.0` holds `a` and `d/b`, with `d/b` mode 000 (unreadable to a
+/// process without CAP_DAC_OVERRIDE, [`restore_without_dac`]).
+fn store_with_an_unreadable_file() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let (src, store) = (t.path().join("src"), t.path().join("store"));
     write(&src.join("a"), b"a");
     write(&src.join("d/b"), b"b");
     ok_backup(&src, &store);
     chmod(&store.join("daily.0/d/b"), 0o000);
-    let to = t.path().join("to");
+    (t, store)
+}
+
+/// `restore --json` of `daily.0` into `to` without CAP_DAC_OVERRIDE: its exit code and
+/// report.
+fn restore_without_dac(
+    store: &Path,
+    to: &Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value) {
     let out = snapring_without_dac()
         .args(["restore", "--json", "--dest"])
-        .arg(&store)
+        .arg(store)
         .args(["daily.0", "--to"])
-        .arg(&to)
+        .arg(to)
+        .args(extra)
         .output()
         .unwrap();
-    chmod(&store.join("daily.0/d/b"), 0o644);
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{rep}");
-    assert_eq!(rep["errors"], 1, "{rep}");
-    assert!(!to.join("d/b").exists());
-    assert_eq!(rep["files_restored"], 1, "only `a` was restored: {rep}");
-    assert_eq!(rep["bytes_restored"], 1, "{rep}");
+    let rep = serde_json::from_slice(&out.stdout).unwrap();
+    (out.status.code(), rep)
 }
 
 /// `--overwrite` of a file whose replacement cannot be made (the snapshot's copy
@@ -967,25 +985,12 @@ fn an_unreadable_snapshot_file_is_not_counted_as_restored() {
 /// "replaced 1" of a file left untouched).
 #[test]
 fn an_overwrite_that_fails_is_not_counted_as_replaced() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, store) = (t.path().join("src"), t.path().join("store"));
-    write(&src.join("a"), b"a");
-    write(&src.join("d/b"), b"b");
-    ok_backup(&src, &store);
+    let (t, store) = store_with_an_unreadable_file();
     let to = t.path().join("to");
     write(&to.join("a"), b"theirs a");
     write(&to.join("d/b"), b"theirs b");
-    chmod(&store.join("daily.0/d/b"), 0o000);
-    let out = snapring_without_dac()
-        .args(["restore", "--json", "--overwrite", "--dest"])
-        .arg(&store)
-        .args(["daily.0", "--to"])
-        .arg(&to)
-        .output()
-        .unwrap();
-    chmod(&store.join("daily.0/d/b"), 0o644);
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{rep}");
+    let (code, rep) = restore_without_dac(&store, &to, &["--overwrite"]);
+    assert_eq!(code, Some(2), "{rep}");
     assert_eq!(rep["errors"], 1, "{rep}");
     assert_eq!(std::fs::read(to.join("d/b")).unwrap(), b"theirs b");
     assert_eq!(std::fs::read(to.join("a")).unwrap(), b"a");
