@@ -440,6 +440,12 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let (target, existing) = check_target(opts, &store)?;
     let found = locate(opts, &sel, &reader)?;
+    // `--path`: the entry restored, and whether it is a directory (which manifest blocks
+    // its content's checks need).
+    let restored_entry = found
+        .named
+        .as_ref()
+        .map(|(rel, _, kind)| (rel.clone(), *kind == Kind::Dir));
     let excludes = match opts.mode {
         Mode::Mirror => sel.exclusions()?,
         _ => None,
@@ -519,7 +525,14 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     r.finish_unfinished(root_meta);
     // Content restored without its recorded checksums: bit rot in the snapshot would
     // pass unnoticed, so the restore is not `complete` (the snapshot itself is damaged).
-    let unchecked = "content restored unchecked against the checksums recorded at backup (bit rot would go unnoticed), and hard links by link count; run `snapring verify`";
+    let unchecked = format!(
+        "content {} unchecked against the checksums recorded at backup (bit rot would go unnoticed), and hard links by link count; run `snapring verify`",
+        if opts.dry_run {
+            "would be restored"
+        } else {
+            "restored"
+        }
+    );
     if let Some(e) = &sel.manifest_error {
         r.problem(
             &RelPath::root(),
@@ -528,7 +541,20 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
             format!("{e}: {unchecked}"),
         );
     }
-    for (rel, e) in reader.unusable_blocks() {
+    // Only blocks the restored entries are recorded in: those at or below `--path`, and
+    // for a file its directory's (a damaged block elsewhere was read on the way only).
+    let needed = |rel: &RelPath| match &restored_entry {
+        None => true,
+        Some((p, is_dir)) => {
+            rel.at_or_below_any(&std::iter::once(p.clone()).collect())
+                || (!is_dir && *rel == p.parent())
+        }
+    };
+    for (rel, e) in reader
+        .unusable_blocks()
+        .into_iter()
+        .filter(|(r, _)| needed(r))
+    {
         r.problem(
             &rel,
             ProblemKind::Unreadable,

@@ -231,6 +231,39 @@ fn a_run_killed_during_its_rotation_keeps_its_figures_in_its_record() {
             .contains("stopped during its rotation"),
         "{rec}"
     );
+    // Killed after its own rotation (deleting what it expired): its publish settled the
+    // record, no later command finished anything, and nothing says one did.
+    write(&src.join("round"), b"3");
+    let before = runs(&store);
+    let (code, _, _) = backup(
+        &src,
+        &store,
+        &["--retain", "2"],
+        &[("SNAPRING_FAILPOINTS", "backup.after_publish=kill")],
+    );
+    assert_eq!(code, -1);
+    let out = list(&store, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let killed: Vec<_> = runs(&store)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&killed[0]).unwrap()).unwrap();
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert_eq!(rec["files_total"], 11, "{rec}");
+    assert!(
+        !rec["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopped during its rotation"),
+        "{rec}"
+    );
 }
 
 /// The repair itself is killed half-way; the next command finishes it.

@@ -992,6 +992,19 @@ fn a_tag_at_the_source_root_is_refused_as_exclusions_that_leave_nothing() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert_eq!(left, [".nobackup"]);
+    // A root always tagged: the next run loses nothing (the previous snapshot holds the
+    // tag alone) and is not refused, on the store and into a repository.
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &["--retain", "1", "--exclude-if-present", ".nobackup"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let (code, out) = into_repo(&["--exclude-if-present", ".nobackup", "--allow-empty"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = into_repo(&["--exclude-if-present", ".nobackup"]);
+    assert_eq!(code, 0, "{out}");
 }
 
 /// Into a restic repository the same guard holds (it had none: an empty source, or

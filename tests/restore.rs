@@ -395,6 +395,23 @@ fn a_restore_without_a_usable_manifest_says_its_content_is_unchecked() {
         &describe(&t.path().join("r1")),
         "truncated manifest",
     );
+    // Only the root's block damaged (its header): a whole restore names it; `--path` of
+    // a directory or a file whose own blocks read needs nothing of it and is complete.
+    let at = whole
+        .windows(4)
+        .position(|w| w == b"D .\n")
+        .expect("the root's block");
+    let mut root_damaged = whole.clone();
+    root_damaged[at] = b'X';
+    std::fs::write(&mf[0], &root_damaged).unwrap();
+    let (code, rep, err) = restore(&store, "daily.0", &t.path().join("r1r"), &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["problems"][0]["path"], ".", "{rep}");
+    for p in ["users", "etc/conf"] {
+        let to = t.path().join(format!("r1-{}", p.replace('/', "-")));
+        let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", p]);
+        assert_eq!(code, 0, "--path {p}: {err}\n{rep}");
+    }
     // Gone: one problem, at the root.
     std::fs::remove_file(&mf[0]).unwrap();
     let (code, rep, err) = restore(&store, "daily.0", &t.path().join("r2"), &[]);

@@ -433,17 +433,23 @@ pub(crate) fn refuse_empty(
     use crate::fsx::b;
     let fd = crate::fsx::open_dir(source).map_err(io_err("open the source", source))?;
     let read = io_err("read the source", source);
-    // (empty, left nothing): one entry read without exclusions, the listing with them.
-    let (empty, left_nothing) = if exclusion.is_empty() {
-        (!crate::fsx::dir_has_entries(b(&fd)).map_err(read)?, false)
+    // (empty, left nothing, the tags a tagged root keeps): one entry read without
+    // exclusions, the listing with them.
+    let (empty, left_nothing, tags) = if exclusion.is_empty() {
+        (
+            !crate::fsx::dir_has_entries(b(&fd)).map_err(read)?,
+            false,
+            None,
+        )
     } else {
         let names = crate::fsx::read_dir_names(b(&fd)).map_err(read)?;
         let excludes = exclusion.build().map_err(|e| Error::Other(e.to_string()))?;
         let root = crate::relpath::RelPath::root();
-        (
-            names.is_empty(),
-            !names.is_empty() && excludes.leave_nothing_of(b(&fd), &root, &names),
-        )
+        let left_nothing = !names.is_empty() && excludes.leave_nothing_of(b(&fd), &root, &names);
+        let tags = left_nothing
+            .then(|| excludes.keep_in(b(&fd), &names))
+            .flatten();
+        (names.is_empty(), left_nothing, tags)
     };
     if !empty && !left_nothing {
         return Ok(());
@@ -452,8 +458,13 @@ pub(crate) fn refuse_empty(
         [one] => Path::new(one).iter().skip(1).collect(),
         _ => return Ok(()),
     };
+    // A root always tagged: the parent holds its tag alone, and this run loses nothing.
     let had_entries = match descend(repo, parent.tree, &comps)? {
-        Some(t) => !repo.read_tree(&t)?.nodes.is_empty(),
+        Some(t) => repo
+            .read_tree(&t)?
+            .nodes
+            .iter()
+            .any(|n| tags.as_ref().is_none_or(|k| !k.contains(&n.name_bytes()))),
         None => false,
     };
     if !had_entries {
