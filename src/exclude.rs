@@ -313,11 +313,15 @@ impl Excludes {
     /// the backup root), which lists `names` ([`Excludes::leaves_out`] of each; an entry
     /// whose type cannot be read counts as kept). With the backup root, a source
     /// that is not empty but of which nothing would be backed up: a pattern file that
-    /// matches everything, which would expire history as an unmounted source would.
+    /// matches everything, or a tag at the root (`CACHEDIR.TAG` with `--exclude-caches`,
+    /// `--exclude-if-present NAME`), which leaves only the tag itself. Either would
+    /// expire history as an unmounted source would.
     pub fn leave_nothing_of(&self, dir: BorrowedFd<'_>, rel: &RelPath, names: &[Vec<u8>]) -> bool {
-        let kept = self.keep_in(dir, names);
+        if self.keep_in(dir, names).is_some() {
+            return true;
+        }
         names.iter().all(|n| {
-            self.leaves_out(kept.as_deref(), &rel.join(n), || {
+            self.leaves_out(None, &rel.join(n), || {
                 crate::fsx::lstat_at(dir, n).is_ok_and(|m| m.kind == crate::fsx::Kind::Dir)
             })
         })

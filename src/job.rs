@@ -541,6 +541,7 @@ pub fn run_repository_worker(
             cancel,
             one_file_system: j.one_file_system,
             exclusion: j.exclusion.clone(),
+            allow_empty: j.allow_empty,
         };
         repository::work(&mut repo, spec, &opts)
     })();

@@ -440,6 +440,12 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let reader = TreeReader::for_restore(b(&sel.fd), sel.manifest.as_ref());
     let (target, existing) = check_target(opts, &store)?;
     let found = locate(opts, &sel, &reader)?;
+    // `--path`: the entry restored, and whether it is a directory (which manifest blocks
+    // its content's checks need).
+    let restored_entry = found
+        .named
+        .as_ref()
+        .map(|(rel, _, kind)| (rel.clone(), *kind == Kind::Dir));
     let excludes = match opts.mode {
         Mode::Mirror => sel.exclusions()?,
         _ => None,
@@ -517,6 +523,45 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         let _ = fsx::apply_dir_meta(b(fd), m, xs);
     }
     r.finish_unfinished(root_meta);
+    // Content restored without its recorded checksums: bit rot in the snapshot would
+    // pass unnoticed, so the restore is not `complete` (the snapshot itself is damaged).
+    let unchecked = format!(
+        "content {} unchecked against the checksums recorded at backup (bit rot would go unnoticed), and hard links by link count; run `snapring verify`",
+        if opts.dry_run {
+            "would be restored"
+        } else {
+            "restored"
+        }
+    );
+    if let Some(e) = &sel.manifest_error {
+        r.problem(
+            &RelPath::root(),
+            ProblemKind::Unreadable,
+            "read the snapshot's manifest",
+            format!("{e}: {unchecked}"),
+        );
+    }
+    // Only blocks the restored entries are recorded in: those at or below `--path`, and
+    // for a file its directory's (a damaged block elsewhere was read on the way only).
+    let needed = |rel: &RelPath| match &restored_entry {
+        None => true,
+        Some((p, is_dir)) => {
+            rel.at_or_below_any(&std::iter::once(p.clone()).collect())
+                || (!is_dir && *rel == p.parent())
+        }
+    };
+    for (rel, e) in reader
+        .unusable_blocks()
+        .into_iter()
+        .filter(|(r, _)| needed(r))
+    {
+        r.problem(
+            &rel,
+            ProblemKind::Unreadable,
+            "read the directory's manifest block",
+            format!("{e}: {unchecked}"),
+        );
+    }
     Ok(r.report(&sel, &store, started_at, t0))
 }
 
@@ -1300,7 +1345,6 @@ impl<R: SnapshotReader> Restore<'_, R> {
             }
             Some(_) => {
                 self.say('~', &at.rel, "/");
-                add(&self.counts.overwritten, 1);
                 if !self.opts.dry_run
                     && let Some(d) = &at.node.dst
                     && let Err(e) = fsx::unlink_at(b(d), at.name)
@@ -1308,6 +1352,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     self.dest_error(&at.rel, "remove (overwrite)", e);
                     return Step::Next;
                 }
+                add(&self.counts.overwritten, 1);
                 (true, true)
             }
         };
@@ -1363,8 +1408,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     }
                 }
             }
-            add(&self.counts.overwritten, 1);
-            self.create(at, e, m, None, src);
+            if self.create(at, e, m, None, src) {
+                add(&self.counts.overwritten, 1);
+            }
             return;
         }
         match self.same(at, e, m, &x) {
@@ -1377,8 +1423,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
             Same::No(why) if mode == Mode::Safe && !at.node.ours => self.conflict(&at.rel, why),
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
-                add(&self.counts.overwritten, 1);
-                self.create(at, e, m, Some(&self.tmp_name()), src);
+                // Counted once it is replaced: a copy that failed (a full disk) left the
+                // entry as it was.
+                if self.create(at, e, m, Some(&self.tmp_name()), src) {
+                    add(&self.counts.overwritten, 1);
+                }
             }
         }
     }
@@ -1462,22 +1511,33 @@ impl<R: SnapshotReader> Restore<'_, R> {
     }
 
     /// Creates the entry in the target (as `tmp`, renamed over it, when replacing).
-    fn create(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, tmp: Option<&[u8]>, src: Source) {
+    /// Whether the entry is there now (a dry run: planned).
+    fn create(
+        &self,
+        at: &At<'_, R::Dir>,
+        e: &Entry,
+        m: &Meta,
+        tmp: Option<&[u8]>,
+        src: Source,
+    ) -> bool {
         // A file counts as restored once it is there (a dry run: once planned); one
         // that could not be read or written is a problem, not a restored file.
         let restored = || {
             if m.kind == Kind::File {
                 add(&self.counts.files, 1);
             }
+            true
         };
         if self.opts.dry_run {
             restored();
             if m.kind == Kind::File {
                 add(&self.counts.bytes, m.size);
             }
-            return;
+            return true;
         }
-        let Some(dst) = &at.node.dst else { return };
+        let Some(dst) = &at.node.dst else {
+            return false;
+        };
         // Where the target directory was there before the restore, written under a
         // temporary name, renamed into place when done; in the restore's own directories
         // under the final name (a rerun replaces a half-written one).
@@ -1519,6 +1579,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             drop(links);
             self.links_cv.notify_all();
         }
+        ok
     }
 
     /// A rerun: an identical file already in the target, restored by the stopped run,

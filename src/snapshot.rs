@@ -122,6 +122,9 @@ pub struct TreeReader<'a> {
     root: BorrowedFd<'a>,
     manifest: Option<&'a manifest::Reader>,
     mode: Mode,
+    /// The directories whose manifest block did not read, and why
+    /// ([`TreeReader::unusable_blocks`]).
+    unusable: std::sync::Mutex<Vec<(RelPath, String)>>,
 }
 
 /// An open directory of a [`TreeReader`].
@@ -142,6 +145,7 @@ impl<'a> TreeReader<'a> {
                 root,
                 manifest: Some(m),
                 mode: Mode::Manifest,
+                unusable: Default::default(),
             },
             None => TreeReader::tree(root),
         }
@@ -154,6 +158,7 @@ impl<'a> TreeReader<'a> {
             root,
             manifest: None,
             mode: Mode::Tree,
+            unusable: Default::default(),
         }
     }
 
@@ -164,6 +169,7 @@ impl<'a> TreeReader<'a> {
             root,
             manifest,
             mode: Mode::Restore,
+            unusable: Default::default(),
         }
     }
 
@@ -173,8 +179,21 @@ impl<'a> TreeReader<'a> {
         let m = self.manifest?;
         m.lookup(&dir.rel).unwrap_or_else(|e| {
             tracing::warn!("manifest unusable for {}: {e}", dir.rel);
+            self.unusable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push((dir.rel.clone(), e.to_string()));
             None
         })
+    }
+
+    /// The directories whose manifest block was damaged when read, and the error, taken
+    /// (a restore reports their content as unchecked).
+    pub fn unusable_blocks(&self) -> Vec<(RelPath, String)> {
+        let mut v = std::mem::take(&mut *self.unusable.lock().unwrap_or_else(|p| p.into_inner()));
+        v.sort();
+        v.dedup_by(|a, b| a.0 == b.0);
+        v
     }
 
     /// What [`SnapshotReader::stat`] says of entry `name` of `d`, whose `lstat` is `m`

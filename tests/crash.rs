@@ -172,6 +172,100 @@ fn killed_after_the_journal_is_rolled_forward() {
     }
 }
 
+/// A run killed during its rotation is published by the next command, and its record
+/// then has the run's figures and what its rotation expired (the roll-forward sets only
+/// the status and the name: the record said `complete` with 0 files and nothing
+/// expired, and so did the catalog's row).
+#[test]
+fn a_run_killed_during_its_rotation_keeps_its_figures_in_its_record() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    for i in 0..10 {
+        write(&src.join(format!("f{i}")), b"x");
+    }
+    for round in 0..2 {
+        write(&src.join("round"), format!("{round}").as_bytes());
+        assert_eq!(backup(&src, &store, &["--retain", "2"], &[]).0, 0);
+    }
+    write(&src.join("round"), b"2");
+    let runs = |store: &Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(store.join(".snapring/runs"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = runs(&store);
+    let (code, _, _) = backup(
+        &src,
+        &store,
+        &["--retain", "2"],
+        &[("SNAPRING_FAILPOINTS", "rotate.step=kill@2")],
+    );
+    assert_eq!(code, -1);
+    let out = list(&store, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let killed: Vec<_> = runs(&store)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&killed[0]).unwrap()).unwrap();
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert_eq!(rec["snapshot"], "daily.0", "{rec}");
+    assert_eq!(rec["files_total"], 11, "{rec}");
+    assert_eq!(rec["files_transferred"], 1, "only `round` changed: {rec}");
+    assert_eq!(rec["files_linked"], 10, "{rec}");
+    assert_eq!(rec["expired"], serde_json::json!(["daily.1"]), "{rec}");
+    assert!(
+        rec["message"]
+            .as_str()
+            .unwrap()
+            .contains("stopped during its rotation"),
+        "{rec}"
+    );
+    // Killed after its own rotation (deleting what it expired): its publish settled the
+    // record, no later command finished anything, and nothing says one did.
+    write(&src.join("round"), b"3");
+    let before = runs(&store);
+    let (code, _, _) = backup(
+        &src,
+        &store,
+        &["--retain", "2"],
+        &[("SNAPRING_FAILPOINTS", "backup.after_publish=kill")],
+    );
+    assert_eq!(code, -1);
+    let out = list(&store, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let killed: Vec<_> = runs(&store)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    assert_eq!(killed.len(), 1, "{killed:?}");
+    let rec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&killed[0]).unwrap()).unwrap();
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert_eq!(rec["files_total"], 11, "{rec}");
+    assert!(
+        !rec["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("stopped during its rotation"),
+        "{rec}"
+    );
+}
+
 /// The repair itself is killed half-way; the next command finishes it.
 #[test]
 fn killed_repair_is_repaired() {

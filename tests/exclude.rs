@@ -501,6 +501,67 @@ fn heavy_source(src: &Path) {
     }
 }
 
+/// A store snapshot copied into a repository keeps its run's exclusion settings (the
+/// copy recorded none): the patterns in the snapshot's `excludes`, the tag rules in its
+/// tags, so `verify --against` the source counts nothing left out as unexpected (it
+/// said DAMAGED, exit 2). The copy holds what the store snapshot holds, no less.
+#[test]
+fn a_store_snapshot_copied_into_a_repository_keeps_its_exclusion_settings() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    source(&src);
+    let file = pattern_file(t.path());
+    let (code, rep, err) = backup(&src, &dest, &strs(&flags(&file)), &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+    let (code, out, err) = sr(&[
+        "copy",
+        "--dest",
+        dest.to_str().unwrap(),
+        "daily.0",
+        "--to",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let snaps = snapring::restic::snapshot::load_all(
+        &snapring::restic::repo::Repo::open(&repo, PASSWORD.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(snaps.len(), 1);
+    let snap = &snaps[0].1;
+    assert_eq!(snap.excludes, ["*.tmp", "build/"], "{snap:?}");
+    assert!(
+        snap.has_tag("exclude_caches")
+            && snap
+                .tags
+                .iter()
+                .any(|t| t == "exclude_if_present=.nobackup"),
+        "{snap:?}"
+    );
+    let out = verify_against(&url, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    assert_eq!(out.status.code(), Some(0), "{}", out_text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["unexpected"], 0, "{v}");
+    // The copy itself left nothing more out: restored, it is the store snapshot.
+    let to = t.path().join("restored");
+    let (code, out, err) = sr(&[
+        "restore",
+        "--dest",
+        &url,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_excluded(&to);
+    // What a later change outside the rules adds is still found.
+    write(&src.join("fake/new"), b"new");
+    let out = verify_against(&url, &src, &[("SNAPRING_PASSWORD", PASSWORD)]);
+    assert_eq!(out.status.code(), Some(2), "{}", out_text(&out));
+}
+
 #[test]
 fn a_shard_run_of_four_workers_leaves_out_what_a_single_node_run_does() {
     let t = tempfile::tempdir().unwrap();
@@ -627,6 +688,16 @@ fn a_worker_whose_pattern_file_says_something_else_than_the_plan_is_refused() {
         let said = out_text(&o);
         assert_eq!(o.status.code(), Some(64), "{target}: {said}");
         assert!(said.contains("exclusion settings"), "{target}: {said}");
+        // Its dry run says the same (it planned by the run's plan, exit 0).
+        if target == dest.to_str().unwrap() {
+            let o = worker(&src, target, &f, "differs", 1)
+                .arg("--dry-run")
+                .output()
+                .unwrap();
+            let said = out_text(&o);
+            assert_eq!(o.status.code(), Some(64), "dry run: {said}");
+            assert!(said.contains("exclusion settings"), "dry run: {said}");
+        }
         // With the same file everywhere the run completes.
         pattern_file(t.path());
         run_workers(&src, target, &f, "differs");
@@ -820,6 +891,120 @@ fn exclusions_that_leave_nothing_are_refused_as_an_empty_source_unless_allowed()
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(snapshot_names(&dest), ["daily.0"]);
     assert_eq!(std::fs::read_dir(dest.join("daily.0")).unwrap().count(), 0);
+}
+
+/// A tag at the source root (`.nobackup` with `--exclude-if-present`, a valid
+/// `CACHEDIR.TAG` with `--exclude-caches`) leaves only the tag: refused as exclusions
+/// that leave nothing are, on the store, by a shard worker and into a repository (a
+/// snapshot of the tag alone was published, exit 0, and `--retain` expired a snapshot
+/// of the whole tree). `--allow-empty` accepts it.
+#[test]
+fn a_tag_at_the_source_root_is_refused_as_exclusions_that_leave_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..20 {
+        write(&src.join(format!("d/f{i}")), b"data");
+    }
+    let dest = t.path().join("dest");
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let src_s = src.to_str().unwrap();
+    let into_repo = |extra: &[&str]| {
+        let (code, out, err) = sr(&[
+            &["backup", "--source", src_s, "--dest", &url, "--retain", "1"][..],
+            extra,
+        ]
+        .concat());
+        (code, format!("{out}\n{err}"))
+    };
+    let (code, out) = into_repo(&[]);
+    assert_eq!(code, 0, "{out}");
+    let snapshots = || -> Vec<_> {
+        std::fs::read_dir(repo.join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect()
+    };
+    let first = snapshots();
+    for (tag, body, flags) in [
+        (
+            ".nobackup",
+            Vec::new(),
+            vec!["--exclude-if-present", ".nobackup"],
+        ),
+        (
+            "CACHEDIR.TAG",
+            SIGNATURE.as_bytes().to_vec(),
+            vec!["--exclude-caches"],
+        ),
+    ] {
+        std::fs::write(src.join(tag), &body).unwrap();
+        let args = [&["--retain", "1"][..], &flags[..]].concat();
+        let (code, rep, err) = backup(&src, &dest, &args, &[]);
+        let msg = rep["message"].as_str().unwrap_or_default();
+        assert_eq!(code, 1, "{tag}: {err}\n{rep}");
+        assert!(msg.contains("leave nothing of it"), "{tag}: {msg}");
+        assert_eq!(snapshot_names(&dest), ["daily.0"], "{tag}");
+        assert!(
+            dest.join("daily.0/d/f19").is_file(),
+            "{tag}: history expired"
+        );
+        let f: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let o = worker(&src, dest.to_str().unwrap(), &f, &format!("tag-{tag}"), 0)
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(1), "{tag}: {}", out_text(&o));
+        assert!(
+            out_text(&o).contains("leave nothing of it"),
+            "{}",
+            out_text(&o)
+        );
+        assert!(
+            dest.join("daily.0/d/f19").is_file(),
+            "{tag}: a worker expired history"
+        );
+        let (code, out) = into_repo(&flags);
+        assert_eq!(code, 1, "{tag}: {out}");
+        assert!(out.contains("leave nothing of it"), "{tag}: {out}");
+        assert_eq!(snapshots(), first, "{tag}: a snapshot written or forgotten");
+        std::fs::remove_file(src.join(tag)).unwrap();
+    }
+    // Accepted on purpose: the snapshot holds the tag alone.
+    std::fs::write(src.join(".nobackup"), b"").unwrap();
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &[
+            "--retain",
+            "1",
+            "--exclude-if-present",
+            ".nobackup",
+            "--allow-empty",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let left: Vec<_> = std::fs::read_dir(dest.join("daily.0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, [".nobackup"]);
+    // A root always tagged: the next run loses nothing (the previous snapshot holds the
+    // tag alone) and is not refused, on the store and into a repository.
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &["--retain", "1", "--exclude-if-present", ".nobackup"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let (code, out) = into_repo(&["--exclude-if-present", ".nobackup", "--allow-empty"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = into_repo(&["--exclude-if-present", ".nobackup"]);
+    assert_eq!(code, 0, "{out}");
 }
 
 /// Into a restic repository the same guard holds (it had none: an empty source, or

@@ -1092,6 +1092,71 @@ fn retain_with_several_workers_is_applied_not_skipped() {
     assert!(snaps[0].1.tags.contains(&"shard-run=k2".to_string()));
 }
 
+/// The empty-source guard holds for shard workers into a repository (they had none: a
+/// source that is empty, as a failed mount leaves it, made an empty snapshot, and
+/// `--retain 1` forgot the good one). Every worker exits 1 with the store's message,
+/// no snapshot is written and none forgotten; exclusions that leave nothing of the
+/// source the same; `--allow-empty` accepts it.
+#[test]
+fn an_empty_source_is_refused_by_every_worker_unless_allowed() {
+    let e = env();
+    let run = |id: &str, extra: &[&str]| -> Vec<Output> {
+        let kids: Vec<Child> = (0..2)
+            .map(|i| {
+                let shard = format!("{i}/2");
+                let args = [
+                    &["--shard", &shard, "--run-id", id, "--retain", "1"][..],
+                    extra,
+                ]
+                .concat();
+                worker(&e, &args, &[]).spawn().unwrap()
+            })
+            .collect();
+        kids.into_iter()
+            .map(|k| k.wait_with_output().unwrap())
+            .collect()
+    };
+    for o in run("e1", &[]) {
+        report(&o);
+    }
+    let first: Vec<Id> = snapshots(&e).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(first.len(), 1);
+    // Exclusions that leave nothing of the source.
+    for o in run("e2", &["--exclude", "*"]) {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            text(&o).contains("leave nothing of it, and the previous snapshot"),
+            "{}",
+            text(&o)
+        );
+    }
+    // An empty source: the mount failed, its mount point is left.
+    let away = e.t.path().join("src.away");
+    std::fs::rename(&e.src, &away).unwrap();
+    std::fs::create_dir(&e.src).unwrap();
+    for o in run("e3", &[]) {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            text(&o).contains("is empty but the previous snapshot")
+                && text(&o).contains("a failed mount looks exactly like this"),
+            "{}",
+            text(&o)
+        );
+    }
+    let now: Vec<Id> = snapshots(&e).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(now, first, "a snapshot written or forgotten");
+    // Accepted on purpose: the empty snapshot replaces the other (--retain 1).
+    let published: Vec<serde_json::Value> =
+        run("e4", &["--allow-empty"]).iter().map(report).collect();
+    assert!(
+        published.iter().any(|r| r["finalized"] == true),
+        "{published:?}"
+    );
+    let now: Vec<Id> = snapshots(&e).into_iter().map(|(id, _)| id).collect();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first);
+}
+
 /// The parent snapshot a run's plan names forgotten while the run is unfinished
 /// (another run's retention, `forget`): the rerun builds the units left without it
 /// and publishes, rather than failing on every attempt.

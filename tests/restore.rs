@@ -358,6 +358,88 @@ fn flip_byte(p: &Path) {
     set_mtime(p, m.mtime(), m.mtime_nsec());
 }
 
+/// A snapshot whose manifest is gone, or whose manifest blocks do not read (a
+/// truncated file), is still restored, but its content cannot be checked against the
+/// checksums recorded at backup: the restore says so, `partial` (exit 2) with a problem
+/// naming the manifest or the directory (it said `complete`, exit 0, with a warning on
+/// stderr only, and restored a rotten file unnoticed).
+#[test]
+fn a_restore_without_a_usable_manifest_says_its_content_is_unchecked() {
+    let (t, src, store) = setup_users();
+    let mf: Vec<PathBuf> = std::fs::read_dir(store.join(".snapring/manifests"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mf"))
+        .collect();
+    assert_eq!(mf.len(), 1, "{mf:?}");
+    let whole = std::fs::read(&mf[0]).unwrap();
+    // Truncated: the first blocks read, the later ones do not.
+    std::fs::write(&mf[0], &whole[..whole.len() / 2]).unwrap();
+    let (code, rep, err) = restore(&store, "daily.0", &t.path().join("r1"), &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    let problems = rep["problems"].as_array().unwrap();
+    assert!(
+        !problems.is_empty()
+            && problems.iter().all(|p| {
+                p["action"] == "read the directory's manifest block"
+                    && p["error"]
+                        .as_str()
+                        .unwrap()
+                        .contains("content restored unchecked")
+            }),
+        "{rep}"
+    );
+    assert_same_tree(
+        &describe(&src),
+        &describe(&t.path().join("r1")),
+        "truncated manifest",
+    );
+    // Only the root's block damaged (its header): a whole restore names it; `--path` of
+    // a directory or a file whose own blocks read needs nothing of it and is complete.
+    let at = whole
+        .windows(4)
+        .position(|w| w == b"D .\n")
+        .expect("the root's block");
+    let mut root_damaged = whole.clone();
+    root_damaged[at] = b'X';
+    std::fs::write(&mf[0], &root_damaged).unwrap();
+    let (code, rep, err) = restore(&store, "daily.0", &t.path().join("r1r"), &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["problems"][0]["path"], ".", "{rep}");
+    for p in ["users", "etc/conf"] {
+        let to = t.path().join(format!("r1-{}", p.replace('/', "-")));
+        let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", p]);
+        assert_eq!(code, 0, "--path {p}: {err}\n{rep}");
+    }
+    // Gone: one problem, at the root.
+    std::fs::remove_file(&mf[0]).unwrap();
+    let (code, rep, err) = restore(&store, "daily.0", &t.path().join("r2"), &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["problems"].as_array().unwrap().len(), 1, "{rep}");
+    assert_eq!(
+        rep["problems"][0]["action"], "read the snapshot's manifest",
+        "{rep}"
+    );
+    assert_eq!(rep["problems"][0]["path"], ".", "{rep}");
+    assert!(
+        rep["problems"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(".snapring/manifests/"),
+        "names the manifest: {rep}"
+    );
+    assert_same_tree(
+        &describe(&src),
+        &describe(&t.path().join("r2")),
+        "no manifest",
+    );
+    // With the manifest back, the restore is complete again.
+    std::fs::write(&mf[0], &whole).unwrap();
+    let (code, rep, err) = restore(&store, "daily.0", &t.path().join("r3"), &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+}
+
 #[test]
 fn verify_finds_bit_rot_and_changes_the_backup_did_not_see() {
     let (t, src, store) = setup_users();
@@ -873,27 +955,63 @@ fn a_full_target_stops_the_restore_with_a_restores_message() {
 /// although nothing was written.
 #[test]
 fn an_unreadable_snapshot_file_is_not_counted_as_restored() {
+    let (t, store) = store_with_an_unreadable_file();
+    let to = t.path().join("to");
+    let (code, rep) = restore_without_dac(&store, &to, &[]);
+    assert_eq!(code, Some(2), "{rep}");
+    assert_eq!(rep["errors"], 1, "{rep}");
+    assert!(!to.join("d/b").exists());
+    assert_eq!(rep["files_restored"], 1, "only `a` was restored: {rep}");
+    assert_eq!(rep["bytes_restored"], 1, "{rep}");
+}
+
+/// A store whose `daily.0` holds `a` and `d/b`, with `d/b` mode 000 (unreadable to a
+/// process without CAP_DAC_OVERRIDE, [`restore_without_dac`]).
+fn store_with_an_unreadable_file() -> (tempfile::TempDir, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let (src, store) = (t.path().join("src"), t.path().join("store"));
     write(&src.join("a"), b"a");
     write(&src.join("d/b"), b"b");
     ok_backup(&src, &store);
     chmod(&store.join("daily.0/d/b"), 0o000);
-    let to = t.path().join("to");
+    (t, store)
+}
+
+/// `restore --json` of `daily.0` into `to` without CAP_DAC_OVERRIDE: its exit code and
+/// report.
+fn restore_without_dac(
+    store: &Path,
+    to: &Path,
+    extra: &[&str],
+) -> (Option<i32>, serde_json::Value) {
     let out = snapring_without_dac()
         .args(["restore", "--json", "--dest"])
-        .arg(&store)
+        .arg(store)
         .args(["daily.0", "--to"])
-        .arg(&to)
+        .arg(to)
+        .args(extra)
         .output()
         .unwrap();
-    chmod(&store.join("daily.0/d/b"), 0o644);
-    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(out.status.code(), Some(2), "{rep}");
+    let rep = serde_json::from_slice(&out.stdout).unwrap();
+    (out.status.code(), rep)
+}
+
+/// `--overwrite` of a file whose replacement cannot be made (the snapshot's copy
+/// unreadable, as a full target fails a copy) leaves the file as it was and counts
+/// nothing as replaced: `overwritten` counted it before the copy (the summary said
+/// "replaced 1" of a file left untouched).
+#[test]
+fn an_overwrite_that_fails_is_not_counted_as_replaced() {
+    let (t, store) = store_with_an_unreadable_file();
+    let to = t.path().join("to");
+    write(&to.join("a"), b"theirs a");
+    write(&to.join("d/b"), b"theirs b");
+    let (code, rep) = restore_without_dac(&store, &to, &["--overwrite"]);
+    assert_eq!(code, Some(2), "{rep}");
     assert_eq!(rep["errors"], 1, "{rep}");
-    assert!(!to.join("d/b").exists());
-    assert_eq!(rep["files_restored"], 1, "only `a` was restored: {rep}");
-    assert_eq!(rep["bytes_restored"], 1, "{rep}");
+    assert_eq!(std::fs::read(to.join("d/b")).unwrap(), b"theirs b");
+    assert_eq!(std::fs::read(to.join("a")).unwrap(), b"a");
+    assert_eq!(rep["overwritten"], 1, "only `a` was replaced: {rep}");
 }
 
 #[test]

@@ -470,6 +470,11 @@ pub(crate) fn refuse_empty(
     let names = fsx::read_dir_names(b(src)).ctx("read source", src_root)?;
     if !names.is_empty()
         && excludes.leave_nothing_of(b(src), &crate::relpath::RelPath::root(), &names)
+        // A root always tagged: the previous run backed up its tags alone (no more files
+        // than they), and this run loses nothing.
+        && excludes
+            .keep_in(b(src), &names)
+            .is_none_or(|k| p.expected_files.is_none_or(|n| n > k.len() as u64))
     {
         return Err(Error::ExcludedAll {
             path: src_root.to_path_buf(),
@@ -838,7 +843,7 @@ fn run<R: Repository>(
         return Ok(Status::Incomplete);
     }
     let status = walked_status(counters);
-    let name = match seal_and_publish(opts, repo, id, status, sink, &root_entry, rep) {
+    let name = match seal_and_publish(opts, repo, id, status, (sink, counters), &root_entry, rep) {
         Ok(name) => name,
         Err(e) => {
             // Until the journal is written nothing is published: discard the new tree
@@ -895,7 +900,7 @@ fn seal_and_publish<R: Repository>(
     repo: &R,
     id: &str,
     status: Status,
-    sink: R::Sink,
+    (sink, counters): (R::Sink, &Counters),
     root_entry: &Entry,
     rep: &mut RunReport,
 ) -> Result<String> {
@@ -911,6 +916,15 @@ fn seal_and_publish<R: Repository>(
     let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
     rep.expired = rotation.expired().to_vec();
     rep.warnings.extend(deferred_warnings(rotation.deferred()));
+    // The record, still `running`, with the walk's figures and what the rotation
+    // expires, before the journal: a run killed during the rotation is published by the
+    // next command, which sets only its status and name (it read `complete`, 0 files,
+    // nothing expired). Not fatal: the publish goes on without it.
+    let mut before = rep.clone();
+    counters.fill(&mut before);
+    if let Err(e) = repo.write_run(&before) {
+        tracing::warn!("the run record keeps the walk's start until the end of the run: {e}");
+    }
     let rot_start = report::now_rfc3339();
     let t_rot = Instant::now();
     let name = match repo.publish(id, status, &opts.label, rotation, sealed) {

@@ -190,6 +190,9 @@ pub struct Spec<'a> {
     /// What is left out (`BackupOptions::exclusion`); its patterns are the snapshot's
     /// `excludes`.
     pub exclusion: crate::exclude::Settings,
+    /// `exclusion` is only recorded, not matched by the walk: the tree is a store
+    /// snapshot (`copy`) its run already left those out of.
+    pub exclusion_recorded_only: bool,
 }
 
 /// Backs `opts.source` up into the repository `repo`.
@@ -245,6 +248,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         before_forget: opts.before_forget,
         one_file_system: opts.one_file_system,
         exclusion: opts.exclusion.clone(),
+        exclusion_recorded_only: false,
     };
     snapshot_locked(repo, spec, lock)
 }
@@ -292,7 +296,7 @@ pub fn snapshot_locked(
         }
         false => None,
     };
-    let excludes = match spec.exclusion.is_empty() {
+    let excludes = match spec.exclusion.is_empty() || spec.exclusion_recorded_only {
         true => None,
         false => Some(
             spec.exclusion
@@ -419,8 +423,8 @@ impl BackupReport {
 /// exactly like this, and the retention that follows the snapshot would forget the
 /// good ones. The same errors as the store's ([`crate::error::Error::EmptySource`],
 /// [`crate::error::Error::ExcludedAll`]). The parent's tree is read only when the
-/// source looks empty.
-fn refuse_empty(
+/// source looks empty. Also each shard worker's (`shard::repository::work`).
+pub(crate) fn refuse_empty(
     repo: &Repo,
     source: &Path,
     (id, parent): (&Id, &Snapshot),
@@ -429,17 +433,23 @@ fn refuse_empty(
     use crate::fsx::b;
     let fd = crate::fsx::open_dir(source).map_err(io_err("open the source", source))?;
     let read = io_err("read the source", source);
-    // (empty, left nothing): one entry read without exclusions, the listing with them.
-    let (empty, left_nothing) = if exclusion.is_empty() {
-        (!crate::fsx::dir_has_entries(b(&fd)).map_err(read)?, false)
+    // (empty, left nothing, the tags a tagged root keeps): one entry read without
+    // exclusions, the listing with them.
+    let (empty, left_nothing, tags) = if exclusion.is_empty() {
+        (
+            !crate::fsx::dir_has_entries(b(&fd)).map_err(read)?,
+            false,
+            None,
+        )
     } else {
         let names = crate::fsx::read_dir_names(b(&fd)).map_err(read)?;
         let excludes = exclusion.build().map_err(|e| Error::Other(e.to_string()))?;
         let root = crate::relpath::RelPath::root();
-        (
-            names.is_empty(),
-            !names.is_empty() && excludes.leave_nothing_of(b(&fd), &root, &names),
-        )
+        let left_nothing = !names.is_empty() && excludes.leave_nothing_of(b(&fd), &root, &names);
+        let tags = left_nothing
+            .then(|| excludes.keep_in(b(&fd), &names))
+            .flatten();
+        (names.is_empty(), left_nothing, tags)
     };
     if !empty && !left_nothing {
         return Ok(());
@@ -448,8 +458,13 @@ fn refuse_empty(
         [one] => Path::new(one).iter().skip(1).collect(),
         _ => return Ok(()),
     };
+    // A root always tagged: the parent holds its tag alone, and this run loses nothing.
     let had_entries = match descend(repo, parent.tree, &comps)? {
-        Some(t) => !repo.read_tree(&t)?.nodes.is_empty(),
+        Some(t) => repo
+            .read_tree(&t)?
+            .nodes
+            .iter()
+            .any(|n| tags.as_ref().is_none_or(|k| !k.contains(&n.name_bytes()))),
         None => false,
     };
     if !had_entries {

@@ -147,6 +147,9 @@ pub fn copy(
         if r.one_file_system {
             tags.push(super::snapshot::ONE_FILE_SYSTEM_TAG.into());
         }
+        // What its run left out, as a backup into the repository records it: a compare
+        // with the source (`verify`/`diff --against`) does not count it as unexpected.
+        tags.extend(super::backup::exclusion_tags(&r.exclusion));
     }
     let spec = Spec {
         walk_root,
@@ -165,7 +168,12 @@ pub fn copy(
         before_forget: opts.before_forget,
         // A store snapshot is one tree on one file system.
         one_file_system: false,
-        exclusion: Default::default(),
+        exclusion: sel
+            .run
+            .as_ref()
+            .map(|r| r.exclusion.clone())
+            .unwrap_or_default(),
+        exclusion_recorded_only: true,
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
     report.reused_by_manifest = reuse.by_manifest;

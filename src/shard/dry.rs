@@ -84,6 +84,8 @@ fn walk_home(
         .and_then(|rd| Some((rd.read_plan().ok()??, rd.plan_path())));
     let (cut, cut_from) = match planned {
         Some(((p, _), path)) => {
+            // A worker started so would be refused (exit 64): so is its dry run.
+            super::worker::check_settings(opts, spec, &p, source)?;
             let cut = p.cut().map_err(|m| Error::Store { path, msg: m })?;
             (cut, "plan.json")
         }

@@ -100,6 +100,10 @@ pub struct Options {
     /// in the plan (every worker must have the same), applied by each unit's walk,
     /// recorded in the snapshot.
     pub exclusion: crate::exclude::Settings,
+    /// `--allow-empty`: without it a worker refuses a source that is empty, or of which
+    /// the exclusions leave nothing, while the plan's parent snapshot is not
+    /// (`restic::backup::refuse_empty`, the store's invariant 4).
+    pub allow_empty: bool,
 }
 
 /// What a walk counted: a unit's (from its `BackupReport`), or the run's, summed.
@@ -496,6 +500,14 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
                     .contains(&id)
                 {
                     let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
+                    // The empty-source guard: a failed mount looks exactly like an empty
+                    // source, and the publisher's retention would forget good snapshots.
+                    // Every worker checks (as the store's do); not once the run is
+                    // published (a rerun only reports it).
+                    if !opts.allow_empty && !report.published_before {
+                        restic::backup::refuse_empty(repo, &source, (&id, &snap), &opts.exclusion)
+                            .map_err(failed)?;
+                    }
                     let comps: Vec<&OsStr> = source.iter().skip(1).collect();
                     // Its trees down to the source's do not read (a pack lost): every
                     // unit reads in full, as a single-node run does, and says so.
@@ -2039,6 +2051,8 @@ pub fn finalize_run(
         cancel: Arc::new(AtomicBool::new(false)),
         one_file_system: plan.one_file_system,
         exclusion: plan.exclusion.clone(),
+        // Every unit is built (else `Retry` below): no walk is left for the guard.
+        allow_empty: true,
     };
     if st.read_final().map_err(failed)?.is_none() {
         let done = st.done().map_err(failed)?;

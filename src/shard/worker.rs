@@ -554,6 +554,32 @@ fn check_plan(
     source: &std::path::Path,
     prev: Option<&Previous>,
 ) -> Result<(), ShardError> {
+    check_settings(opts, spec, plan, source)?;
+    let now = prev.map(|p| (p.name.clone(), p.run.clone()));
+    if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
+        return Err(ShardError::Failed(Error::Store {
+            path: opts.store.clone(),
+            msg: format!(
+                "run {} was planned against {:?}, but the store's previous snapshot is now {:?} (another backup published meanwhile); start a new run id",
+                spec.run_id,
+                plan.prev,
+                now.map(|n| n.0)
+            ),
+        }));
+    }
+    Ok(())
+}
+
+/// The settings of the run's plan against this worker's (count, source, label and
+/// retention, `-x`, exclusions): any difference is a usage error (exit 64). Also a dry
+/// run's check of an existing plan (`shard::dry`), which must refuse what the worker
+/// would.
+pub(super) fn check_settings(
+    opts: &BackupOptions,
+    spec: &Spec,
+    plan: &PlanFile,
+    source: &std::path::Path,
+) -> Result<(), ShardError> {
     let mut diffs = Vec::new();
     if plan.workers != spec.count {
         diffs.push(format!("{} workers, not {}", plan.workers, spec.count));
@@ -589,18 +615,6 @@ fn check_plan(
             spec.run_id,
             diffs.join(", ")
         )));
-    }
-    let now = prev.map(|p| (p.name.clone(), p.run.clone()));
-    if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
-        return Err(ShardError::Failed(Error::Store {
-            path: opts.store.clone(),
-            msg: format!(
-                "run {} was planned against {:?}, but the store's previous snapshot is now {:?} (another backup published meanwhile); start a new run id",
-                spec.run_id,
-                plan.prev,
-                now.map(|n| n.0)
-            ),
-        }));
     }
     Ok(())
 }

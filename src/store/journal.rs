@@ -113,7 +113,7 @@ impl Store {
         )
         .ctx("write journal", &path)?;
         failpoint::hit("journal.after_write").ctx("write journal", &path)?;
-        self.apply_journal(j)
+        self.apply_journal(j, false)
     }
 
     /// Rolls a journal found on disk forward, if there is one. Returns its run id.
@@ -127,12 +127,12 @@ impl Store {
         let j: Journal = parse_journal(&text)
             .map_err(|e| Error::Store { path: path.clone(), msg: format!("journal is unreadable ({e}); move it aside only after checking the snapshots by hand") })?;
         tracing::warn!(run = %j.run, "rolling an interrupted rotation forward");
-        self.apply_journal(&j)?;
+        self.apply_journal(&j, true)?;
         self.note_repaired(&j.run);
         Ok(Some(j.run))
     }
 
-    fn apply_journal(&self, j: &Journal) -> Result<()> {
+    fn apply_journal(&self, j: &Journal, rolled_forward: bool) -> Result<()> {
         let root = fsx::b(&self.root_fd);
         for step in &j.steps {
             failpoint::hit("rotate.step").ctx("rename", self.root.join(&step.from))?;
@@ -164,7 +164,7 @@ impl Store {
         failpoint::hit("journal.before_state").ctx("write state", self.state_path())?;
         self.write_state(&j.state_after)?;
         failpoint::hit("journal.after_state").ctx("write run record", self.run_path(&j.run))?;
-        self.finish_run_record(&j.run, j.status, j.published().as_deref())?;
+        self.finish_run_record(&j.run, j.status, j.published().as_deref(), rolled_forward)?;
         failpoint::hit("journal.after_record")
             .ctx("remove manifests", self.meta.join("manifests"))?;
         for id in &j.drop_manifests {
@@ -180,11 +180,17 @@ impl Store {
 
     /// Gives the journal's run its final status and snapshot once its snapshot is
     /// published (see `settle_published`).
-    fn finish_run_record(&self, id: &str, status: Status, snapshot: Option<&str>) -> Result<()> {
+    fn finish_run_record(
+        &self,
+        id: &str,
+        status: Status,
+        snapshot: Option<&str>,
+        rolled_forward: bool,
+    ) -> Result<()> {
         let Some(mut r) = self.read_run(id)? else {
             return Ok(());
         };
-        if settle_published(&mut r, status, snapshot) {
+        if settle_published(&mut r, status, snapshot, rolled_forward) {
             self.write_run(&r)?;
         }
         Ok(())
@@ -292,12 +298,32 @@ pub(super) struct Pending {
 /// `running` (killed during the rotation) or `failed` (the rotation hit an error and a
 /// later command finished it) gets the journal's status and the name it published the
 /// snapshot under, as the run would have had it finished. Returns whether it changed.
-pub(super) fn settle_published(r: &mut RunReport, status: Status, snapshot: Option<&str>) -> bool {
+/// `rolled_forward`: by a later command (the run was stopped during its rotation), not by
+/// the run's own publish; only then is an empty message filled in.
+pub(super) fn settle_published(
+    r: &mut RunReport,
+    status: Status,
+    snapshot: Option<&str>,
+    rolled_forward: bool,
+) -> bool {
     if !matches!(r.status, Status::Running | Status::Failed) {
         return false;
     }
     if r.status == Status::Failed {
         r.message = format!("published by a later repair after: {}", r.message);
+    } else if rolled_forward && r.message.is_empty() {
+        // Killed during its rotation: its figures were recorded before the journal.
+        let what = match status {
+            Status::Partial => format!(
+                "{} entries could not be backed up as they are; see problems",
+                r.errors
+            ),
+            _ => format!(
+                "{} files ({} copied, {} linked)",
+                r.files_total, r.files_transferred, r.files_linked
+            ),
+        };
+        r.message = format!("{what}; stopped during its rotation, which a later command finished");
     }
     r.status = status;
     r.exit_code = status.exit_code();

@@ -620,7 +620,7 @@ impl Store {
         if let (Some(pending), Some(r)) = (&self.pending, r.as_mut())
             && pending.run == id
         {
-            journal::settle_published(r, pending.status, pending.snapshot.as_deref());
+            journal::settle_published(r, pending.status, pending.snapshot.as_deref(), true);
         }
         if let Some(r) = r.as_mut() {
             // A store run's log is in the store: a record never points elsewhere.

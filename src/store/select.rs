@@ -24,6 +24,9 @@ pub struct Selected {
     pub run: Option<RunReport>,
     /// `None` for a tree taken over without a manifest, or a damaged manifest (warned).
     pub manifest: Option<manifest::Reader>,
+    /// Why a snapshot with a run record has no usable manifest (missing, damaged): a
+    /// restore then cannot check content, and says so.
+    pub manifest_error: Option<String>,
     /// When its source was read (the run's start), else the directory's mtime.
     pub taken_at: DateTime<Utc>,
 }
@@ -192,17 +195,25 @@ impl Store {
         if !super::hold::still_named(&path, &fd) || !listed_here(&fd, snap.ino) {
             return Ok(None);
         }
-        let manifest = snap.rec.as_ref().and_then(|r| {
-            manifest::Reader::open(&self.meta.join("manifests"), &r.id)
-                .map_err(|e| tracing::warn!("manifest of {} unusable: {e}", snap.name))
-                .ok()
-        });
+        let mdir = self.meta.join("manifests");
+        let (manifest, manifest_error) = match snap.rec.as_ref() {
+            None => (None, None),
+            Some(r) => match manifest::Reader::open(&mdir, &r.id) {
+                Ok(m) => (Some(m), None),
+                Err(e) => {
+                    tracing::warn!("manifest of {} unusable: {e}", snap.name);
+                    let at = mdir.join(&r.id);
+                    (None, Some(format!("manifest {}: {e}", at.display())))
+                }
+            },
+        };
         Ok(Some(Selected {
             snap,
             path,
             fd,
             run,
             manifest,
+            manifest_error,
             taken_at,
         }))
     }
