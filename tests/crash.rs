@@ -187,37 +187,30 @@ fn a_run_killed_during_its_rotation_keeps_its_figures_in_its_record() {
         write(&src.join("round"), format!("{round}").as_bytes());
         assert_eq!(backup(&src, &store, &["--retain", "2"], &[]).0, 0);
     }
-    write(&src.join("round"), b"2");
-    let runs = |store: &Path| -> Vec<std::path::PathBuf> {
-        let mut v: Vec<_> = std::fs::read_dir(store.join(".snapring/runs"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "json"))
-            .collect();
-        v.sort();
-        v
+    // The record of a run killed at `failpoint`, once `list` has repaired the store.
+    let killed_run = |round: &str, failpoint: &str| -> serde_json::Value {
+        write(&src.join("round"), round.as_bytes());
+        let runs = || -> Vec<std::path::PathBuf> {
+            let mut v: Vec<_> = std::fs::read_dir(store.join(".snapring/runs"))
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .filter(|p| p.extension().is_some_and(|e| e == "json"))
+                .collect();
+            v.sort();
+            v
+        };
+        let before = runs();
+        let env = [("SNAPRING_FAILPOINTS", failpoint)];
+        let (code, _, _) = backup(&src, &store, &["--retain", "2"], &env);
+        assert_eq!(code, -1, "{failpoint}");
+        let out = list(&store, "");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{failpoint}: {err}");
+        let new: Vec<_> = runs().into_iter().filter(|p| !before.contains(p)).collect();
+        assert_eq!(new.len(), 1, "{failpoint}: {new:?}");
+        serde_json::from_slice(&std::fs::read(&new[0]).unwrap()).unwrap()
     };
-    let before = runs(&store);
-    let (code, _, _) = backup(
-        &src,
-        &store,
-        &["--retain", "2"],
-        &[("SNAPRING_FAILPOINTS", "rotate.step=kill@2")],
-    );
-    assert_eq!(code, -1);
-    let out = list(&store, "");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let killed: Vec<_> = runs(&store)
-        .into_iter()
-        .filter(|p| !before.contains(p))
-        .collect();
-    assert_eq!(killed.len(), 1, "{killed:?}");
-    let rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&killed[0]).unwrap()).unwrap();
+    let rec = killed_run("2", "rotate.step=kill@2");
     assert_eq!(rec["status"], "complete", "{rec}");
     assert_eq!(rec["snapshot"], "daily.0", "{rec}");
     assert_eq!(rec["files_total"], 11, "{rec}");
@@ -233,28 +226,7 @@ fn a_run_killed_during_its_rotation_keeps_its_figures_in_its_record() {
     );
     // Killed after its own rotation (deleting what it expired): its publish settled the
     // record, no later command finished anything, and nothing says one did.
-    write(&src.join("round"), b"3");
-    let before = runs(&store);
-    let (code, _, _) = backup(
-        &src,
-        &store,
-        &["--retain", "2"],
-        &[("SNAPRING_FAILPOINTS", "backup.after_publish=kill")],
-    );
-    assert_eq!(code, -1);
-    let out = list(&store, "");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let killed: Vec<_> = runs(&store)
-        .into_iter()
-        .filter(|p| !before.contains(p))
-        .collect();
-    assert_eq!(killed.len(), 1, "{killed:?}");
-    let rec: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&killed[0]).unwrap()).unwrap();
+    let rec = killed_run("3", "backup.after_publish=kill");
     assert_eq!(rec["status"], "complete", "{rec}");
     assert_eq!(rec["files_total"], 11, "{rec}");
     assert!(
