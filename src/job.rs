@@ -10,7 +10,7 @@ use std::sync::atomic::AtomicBool;
 
 use crate::config::{Config, JobConfig};
 use crate::engine::{BackupOptions, Observer};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::notify;
 use crate::report::RunReport;
 use crate::restore::{RestoreOptions, RestoreReport};
@@ -248,7 +248,42 @@ pub fn restore(
     if opts.dry_run {
         return crate::restore::restore(opts, cancel);
     }
-    recorded_restore(opts, run, || crate::restore::restore(opts, cancel))
+    recorded_restore(opts, run, || {
+        refuse_catalog_inside(opts, run.catalog)?;
+        crate::restore::restore(opts, cancel)
+    })
+}
+
+/// `--mirror` deletes whatever the snapshot does not have under the restored directory:
+/// the catalog this restore is recorded in, and the run logs beside it, must not be
+/// there (they were deleted, with every run's history, and a new catalog begun).
+/// Refused before anything is written, as the store inside `--to` is.
+fn refuse_catalog_inside(
+    opts: &crate::restore::RestoreOptions,
+    catalog: Option<&CatalogTarget>,
+) -> Result<()> {
+    let Some(c) = catalog.filter(|_| opts.mode == crate::restore::Mode::Mirror) else {
+        return Ok(());
+    };
+    // A --to not made yet, or a catalog not made yet, holds nothing to lose.
+    let (Ok(to), Some(Ok(dir))) = (
+        std::fs::canonicalize(&opts.to),
+        c.path.parent().map(std::fs::canonicalize),
+    ) else {
+        return Ok(());
+    };
+    let root = match &opts.path {
+        Some(p) if !opts.flat => to.join(p.as_path()),
+        _ => to,
+    };
+    if dir.starts_with(&root) {
+        return Err(Error::Refused(format!(
+            "--mirror deletes every entry under {} that the snapshot does not have, and the catalog {} (with its run logs) is there: it would delete the history this restore is recorded in; nothing was changed. Keep the catalog elsewhere (SNAPRING_CATALOG, or the config's catalog), or restore without --mirror",
+            root.display(),
+            c.path.display()
+        )));
+    }
+    Ok(())
 }
 
 /// [`restore`]'s run around `body`, the restore itself: also a restore from a restic

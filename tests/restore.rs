@@ -996,6 +996,70 @@ fn restore_without_dac(
     (out.status.code(), rep)
 }
 
+/// `restore --mirror` into a directory that holds the catalog the restore is recorded
+/// in (and its run logs) is refused before anything is written: it deleted them, every
+/// run's history with them, and began a new catalog. A plain restore there is fine.
+#[test]
+fn restore_mirror_over_the_catalog_is_refused() {
+    let (t, _src, store) = setup_users();
+    let to = t.path().join("to");
+    let cat = to.join("state/catalog.db");
+    let env = [("SNAPRING_CATALOG", cat.to_str().unwrap())];
+    let restore_with_catalog = |extra: &[&str]| {
+        let mut a: Vec<&OsStr> = vec![
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ];
+        a.extend(extra.iter().map(OsStr::new));
+        snapring(&a, &env)
+    };
+    let o = restore_with_catalog(&[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(cat.is_file());
+    let o = restore_with_catalog(&["--mirror"]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(64),
+        "refused as the store inside --to is: {said}"
+    );
+    assert!(
+        said.contains("the catalog") && said.contains("--mirror deletes"),
+        "{said}"
+    );
+    assert!(cat.is_file(), "the catalog was deleted: {said}");
+    let h = snapring(&["history".as_ref(), "--json".as_ref()], &env);
+    let rows: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
+    assert_eq!(
+        rows.as_array().map(Vec::len),
+        Some(2),
+        "both restores recorded: {rows}"
+    );
+    // --mirror of a subdirectory that does not hold it goes on.
+    let o = restore_with_catalog(&["--mirror", "--path", "users"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(cat.is_file());
+}
+
 /// `--overwrite` of a file whose replacement cannot be made (the snapshot's copy
 /// unreadable, as a full target fails a copy) leaves the file as it was and counts
 /// nothing as replaced: `overwritten` counted it before the copy (the summary said
