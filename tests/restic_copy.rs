@@ -286,3 +286,115 @@ fn a_prune_between_a_copys_open_and_its_lock_loses_none_of_its_data() {
     let (code, r, err) = sr(&["verify", "--dest", &f.url()]);
     assert_eq!(code, 0, "{r}{err}");
 }
+
+/// A store snapshot damaged after its backup (a file's content no longer its recorded
+/// BLAKE3, a file deleted): the copy checks what it reads against the snapshot's
+/// manifest, leaves the damaged file out and says so (`partial`, exit 2), naming the
+/// missing one. The damage is not carried into later copies as "unchanged": the next
+/// copy reads the file again and finds it again. Without a manifest the whole copy is
+/// unchecked, and says so. (It copied rotten content as `complete`, exit 0, and later
+/// copies reused it by the manifests.)
+#[test]
+fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
+    use std::io::{Seek, SeekFrom, Write};
+    let f = Fixture::new();
+    f.store_backup("7");
+    let daily0 = f.backups.join("fs-1/daily.0");
+    // Bit rot: one byte of d0/f3 flipped in place, same size.
+    let rot = |path: &std::path::Path| {
+        let mut b = std::fs::read(path).unwrap();
+        b[100] ^= 0x40;
+        let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.seek(SeekFrom::Start(100)).unwrap();
+        file.write_all(&b[100..101]).unwrap();
+    };
+    rot(&daily0.join("d0/f3"));
+    std::fs::remove_file(daily0.join("d1/f4")).unwrap();
+    let copy = |snapshot: &str| {
+        let (code, r, err) = sr(&[
+            "copy",
+            "--dest",
+            f.backups.to_str().unwrap(),
+            "--folder",
+            "fs-1",
+            snapshot,
+            "--to",
+            &f.url(),
+            "--json",
+        ]);
+        (code, r, err)
+    };
+    let kinds = |r: &serde_json::Value| -> Vec<(String, String, String)> {
+        r["problems"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no problems: {r}"))
+            .iter()
+            .map(|p| {
+                let s = |k: &str| p[k].as_str().unwrap().to_string();
+                (s("path"), s("kind"), s("action"))
+            })
+            .collect()
+    };
+    let damaged = |p: &str| {
+        let s = |s: &str| s.to_string();
+        (s(p), s("unreadable"), s("check against the manifest"))
+    };
+    let missing = |p: &str| {
+        let s = |s: &str| s.to_string();
+        (s(p), s("vanished"), s("check against the manifest"))
+    };
+    let (code, first, err) = copy("daily.0");
+    assert_eq!(code, 2, "{first}{err}");
+    assert_eq!(first["status"], "partial", "{first}");
+    assert_eq!(
+        kinds(&first),
+        vec![damaged("d0/f3"), missing("d1/f4")],
+        "{first}"
+    );
+    let restored = f.restore(first["snapshot"].as_str().unwrap(), "r1");
+    assert!(
+        !restored.join("d0/f3").exists(),
+        "the damaged file left out"
+    );
+    let mut rest = describe(&daily0);
+    rest.remove(b"d0/f3".as_slice());
+    assert_same_tree(&rest, &describe(&restored), "the copy holds the rest");
+    // The store's next snapshot links the rotten file again (its source unchanged):
+    // the next copy's parent does not have it, so it is read, and found, again.
+    f.store_backup("7");
+    let (code, second, err) = copy("daily.0");
+    assert_eq!(code, 2, "{second}{err}");
+    assert_eq!(kinds(&second), vec![damaged("d0/f3")], "{second}");
+    assert_eq!(
+        second["repository"]["copied_from"]["reused_by_manifest"], 30,
+        "{second}"
+    );
+
+    // Without its manifest, a copy is unchecked as a whole.
+    let manifests = f.backups.join("fs-1/.snapring/manifests");
+    let mfs = |d: &std::path::Path| -> std::collections::BTreeSet<PathBuf> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "mf"))
+            .collect()
+    };
+    let before = mfs(&manifests);
+    write(&f.src.join("d2/new"), b"new");
+    f.store_backup("7");
+    let new: Vec<PathBuf> = mfs(&manifests).difference(&before).cloned().collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    std::fs::remove_file(&new[0]).unwrap();
+    let (code, fourth, err) = copy("daily.0");
+    assert_eq!(code, 2, "{fourth}{err}");
+    let problems = fourth["problems"].as_array().unwrap();
+    assert_eq!(problems[0]["path"], ".", "{fourth}");
+    assert_eq!(problems[0]["action"], "open the manifest", "{fourth}");
+    assert!(
+        problems[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("copied unchecked"),
+        "{fourth}"
+    );
+}

@@ -161,6 +161,20 @@ pub trait Reuse: Send {
     /// `path` is the file as the walk reads it, `prev` the parent snapshot's node of
     /// the same name, `md` the file's `lstat`.
     fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool;
+    /// The BLAKE3 hash the content of the file at `path` must have, where known: a
+    /// file read whose content is not this is left out, a problem (`unreadable`).
+    fn expected(&mut self, _path: &Path) -> Option<blake3::Hash> {
+        None
+    }
+    /// Checks the listing `names` of the directory at `path` against what it must
+    /// hold: each problem found, as (the entry's path, its kind, the error).
+    fn check_listing(
+        &mut self,
+        _path: &Path,
+        _names: &[Vec<u8>],
+    ) -> Vec<(PathBuf, &'static str, Error)> {
+        Vec::new()
+    }
 }
 
 /// What one snapshot is made of: where to read, what to record, which parent.
@@ -856,6 +870,11 @@ impl crate::traverse::Visitor for Run<'_> {
                 return Opened::Skip;
             }
         };
+        if let Some(r) = &self.reuse {
+            for (at, kind, e) in lock(r).check_listing(&path, &names) {
+                self.problem(&at, kind, e);
+            }
+        }
         let prev = self.parent_nodes(&path, sub.parent_tree);
         let state = DirState {
             path,
@@ -1224,7 +1243,8 @@ impl<'a> Run<'a> {
                         self.counts.files_unchanged.fetch_add(1, Ordering::Relaxed);
                     }
                     None => {
-                        let (content, size) = self.file(p, md.len())?;
+                        let want = self.reuse.as_ref().and_then(|r| lock(r).expected(p));
+                        let (content, size) = self.file(p, md.len(), want)?;
                         node.content = Some(content);
                         node.size = size;
                     }
@@ -1251,8 +1271,13 @@ impl<'a> Run<'a> {
     }
 
     /// Reads, chunks and packs a file of about `len` bytes; its blob ids and the bytes
-    /// read.
-    fn file(&self, p: &Path, len: u64) -> std::result::Result<(Vec<Id>, u64), Fail> {
+    /// read. With `want`, the content's BLAKE3 hash must be it, else `Fail::Entry`.
+    fn file(
+        &self,
+        p: &Path,
+        len: u64,
+        want: Option<blake3::Hash>,
+    ) -> std::result::Result<(Vec<Id>, u64), Fail> {
         let _slot = (len >= BIG_FILE).then(|| self.big_reads.take(BIG_READS));
         let mut f = std::fs::File::from(
             open_noatime(p, rustix::fs::OFlags::NOFOLLOW).map_err(io_err("open", p))?,
@@ -1263,6 +1288,7 @@ impl<'a> Run<'a> {
         let mut chunk: Vec<u8> = Vec::new();
         let mut ids = Vec::new();
         let mut total = 0u64;
+        let mut hasher = want.map(|_| blake3::Hasher::new());
         loop {
             if self.cancelled() {
                 return Err(Fail::Stop);
@@ -1272,6 +1298,9 @@ impl<'a> Run<'a> {
                 break;
             }
             total += n as u64;
+            if let Some(h) = &mut hasher {
+                h.update(&buf[..n]);
+            }
             let mut rest = &buf[..n];
             while let Some(cut) = chunker.next_cut(rest) {
                 chunk.extend_from_slice(&rest[..cut]);
@@ -1286,6 +1315,17 @@ impl<'a> Run<'a> {
         }
         self.counts.files_read.fetch_add(1, Ordering::Relaxed);
         self.counts.bytes_read.fetch_add(total, Ordering::Relaxed);
+        if let (Some(h), Some(want)) = (hasher, want)
+            && h.finalize() != want
+        {
+            // Its blobs stay unreferenced (a prune removes them).
+            return Err(Fail::Entry(io_err("check against the manifest", p)(
+                std::io::Error::other(
+                    "its content does not match the checksum recorded at backup (bit rot or \
+                     tampering in the store): left out of the copy; run `snapring verify`",
+                ),
+            )));
+        }
         Ok((ids, total))
     }
 

@@ -176,24 +176,60 @@ pub fn copy(
         exclusion_recorded_only: true,
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
+    // Without its manifest nothing of the snapshot could be checked: copied as found,
+    // as a restore does, and said so.
+    if let Some(e) = &sel.manifest_error {
+        let b = &mut report.backup;
+        b.problems.insert(
+            0,
+            super::backup::EntryProblem {
+                path: ".".into(),
+                kind: "unreadable".into(),
+                action: "open the manifest".into(),
+                error: format!(
+                    "{e}: the snapshot's content copied unchecked against the checksums \
+                     recorded at backup (bit rot would go unnoticed); run `snapring verify`"
+                ),
+            },
+        );
+        b.status = "partial".into();
+    }
     report.reused_by_manifest = reuse.by_manifest;
     report.reused_by_inode = reuse.by_inode;
     Ok(report)
 }
 
 /// "Unchanged" for a store snapshot: the manifests' hashes, else the store's invariant.
+/// The store snapshot is also checked against its own manifest as it is read: a file
+/// read whose content is not the recorded hash is left out (`unreadable`), a name the
+/// manifest has and the snapshot lacks is `vanished`, and a directory whose block does
+/// not read is copied unchecked (`unreadable`, at the directory): each a problem.
 struct ManifestReuse {
     root: PathBuf,
     cur: Option<manifest::Reader>,
     prev: Option<manifest::Reader>,
-    /// Both manifests' blocks of recently seen directories.
-    cache: HashMap<Vec<u8>, (Vec<manifest::Entry>, Vec<manifest::Entry>)>,
+    /// Both manifests' blocks of recently seen directories, and why the current
+    /// manifest's block did not read.
+    cache: HashMap<Vec<u8>, Blocks>,
     by_manifest: u64,
     by_inode: u64,
 }
 
+/// One directory's blocks: the current manifest's, the parent's, and why the current
+/// one did not read.
+type Blocks = (Vec<manifest::Entry>, Vec<manifest::Entry>, Option<String>);
+
 impl ManifestReuse {
-    fn blocks(&mut self, dir: &[u8]) -> &(Vec<manifest::Entry>, Vec<manifest::Entry>) {
+    /// `path` relative to the walk's root: its directory and its name.
+    fn split<'p>(&self, path: &'p Path) -> Option<(&'p [u8], &'p [u8])> {
+        let rel = path.strip_prefix(&self.root).ok()?.as_os_str().as_bytes();
+        Some(match rel.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&rel[..0], rel),
+        })
+    }
+
+    fn blocks(&mut self, dir: &[u8]) -> &Blocks {
         if !self.cache.contains_key(dir) {
             if self.cache.len() >= 64 {
                 self.cache.clear();
@@ -203,13 +239,15 @@ impl ManifestReuse {
             } else {
                 RelPath::new(dir).ok()
             };
-            let look = |m: &Option<manifest::Reader>| {
-                m.as_ref()
-                    .zip(rel.as_ref())
-                    .and_then(|(m, r)| m.lookup(r).ok().flatten())
-                    .unwrap_or_default()
+            let look = |m: &Option<manifest::Reader>| match m.as_ref().zip(rel.as_ref()) {
+                Some((m, r)) => m.lookup(r).map(Option::unwrap_or_default),
+                None => Ok(Vec::new()),
             };
-            let v = (look(&self.cur), look(&self.prev));
+            let (cur, cur_error) = match look(&self.cur) {
+                Ok(v) => (v, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            let v = (cur, look(&self.prev).unwrap_or_default(), cur_error);
             self.cache.insert(dir.to_vec(), v);
         }
         &self.cache[dir]
@@ -218,15 +256,10 @@ impl ManifestReuse {
 
 impl Reuse for ManifestReuse {
     fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool {
-        let Ok(rel) = path.strip_prefix(&self.root) else {
+        let Some((dir, name)) = self.split(path) else {
             return false;
         };
-        let rel = rel.as_os_str().as_bytes();
-        let (dir, name) = match rel.iter().rposition(|b| *b == b'/') {
-            Some(i) => (&rel[..i], &rel[i + 1..]),
-            None => (&rel[..0], rel),
-        };
-        let (cur, old) = self.blocks(dir);
+        let (cur, old, _) = self.blocks(dir);
         match (manifest::find(cur, name), manifest::find(old, name)) {
             (Some(c), Some(o)) => {
                 let same = c.hash.is_some()
@@ -248,5 +281,52 @@ impl Reuse for ManifestReuse {
                 same
             }
         }
+    }
+
+    fn expected(&mut self, path: &Path) -> Option<blake3::Hash> {
+        let (dir, name) = self.split(path)?;
+        manifest::find(&self.blocks(dir).0, name)?.hash
+    }
+
+    fn check_listing(
+        &mut self,
+        path: &Path,
+        names: &[Vec<u8>],
+    ) -> Vec<(PathBuf, &'static str, Error)> {
+        if self.cur.is_none() {
+            return Vec::new();
+        }
+        let Ok(rel) = path.strip_prefix(&self.root) else {
+            return Vec::new();
+        };
+        let dir = rel.as_os_str().as_bytes().to_vec();
+        let (cur, _, cur_error) = self.blocks(&dir);
+        if let Some(e) = cur_error {
+            let e = std::io::Error::other(format!(
+                "{e}: its content copied unchecked against the checksums recorded at \
+                 backup (bit rot would go unnoticed)"
+            ));
+            return vec![(
+                path.to_path_buf(),
+                "unreadable",
+                super::io_err("read the directory's manifest block", path)(e),
+            )];
+        }
+        let listed: std::collections::HashSet<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        cur.iter()
+            .filter(|e| !listed.contains(e.name.as_slice()))
+            .map(|e| {
+                let at = path.join(std::ffi::OsStr::from_bytes(&e.name));
+                let why = std::io::Error::other(
+                    "in the manifest of the store snapshot, not in the snapshot (deleted from \
+                     the store?): not in the copy; run `snapring verify`",
+                );
+                (
+                    at.clone(),
+                    "vanished",
+                    super::io_err("check against the manifest", &at)(why),
+                )
+            })
+            .collect()
     }
 }
