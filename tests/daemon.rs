@@ -321,6 +321,8 @@ fn a_window_that_ends_mid_run_publishes_nothing_and_the_next_run_resumes() {
         t.path().join("cat.db"),
     );
     tree(&src, 40, 4096);
+    // Older than the racy margin before the first run: resumable (interrupt.rs).
+    std::thread::sleep(std::time::Duration::from_millis(2100));
     let http = http_server();
     let cfg = t.path().join("s.toml");
     std::fs::write(
