@@ -914,3 +914,55 @@ fn a_runs_hooks_do_not_inherit_the_daemons_config_descriptor() {
     assert!(fds.contains(" 1 -> "), "the listing: {fds}");
     assert!(!fds.contains("snapring-config"), "{fds}");
 }
+
+/// One SIGTERM after the backup window ended, while the stopped run's post command
+/// runs: the run still ends as an incomplete run does, exit 3, recorded and notified.
+/// The window's end set the flag a first signal sets, so the SIGTERM was taken for a
+/// second one: exit 130 at once, no notification, the record left `running`.
+#[test]
+fn a_signal_after_the_window_ended_is_not_taken_for_a_second_one() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 40, 4096);
+    let (post, told) = (t.path().join("post-started"), t.path().join("told"));
+    let cfg = t.path().join("s.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\njobs = 1\nwindow = \"1s\"\npost_command = [\"/bin/sh\", \"-c\", \"touch {}; sleep 2\"]\nnotify = [\"cmd\"]\n\n[notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"cat > {}\"]\n",
+            src.display(),
+            dest.display(),
+            post.display(),
+            told.display(),
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["run", "j", "--config", cfg.to_str().unwrap(), "--json"])
+        .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:100")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&post);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["status"], "incomplete", "{rep}");
+    let note = std::fs::read_to_string(&told).expect("the incomplete run notified");
+    let note: serde_json::Value = serde_json::from_str(&note).unwrap();
+    assert_eq!(note["status"], "incomplete", "{note}");
+    let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
+    assert_eq!(h[0]["status"], "incomplete", "{h}");
+}
