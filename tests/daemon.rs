@@ -966,3 +966,155 @@ fn a_signal_after_the_window_ended_is_not_taken_for_a_second_one() {
     let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
     assert_eq!(h[0]["status"], "incomplete", "{h}");
 }
+
+/// Stops an in-process daemon when dropped: a test that fails while it runs ends
+/// instead of waiting for it for ever.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn in_process_daemon(
+    cfg: &Path,
+    catalog: &Path,
+    failpoints: &str,
+) -> snapring::daemon::DaemonOptions {
+    snapring::daemon::DaemonOptions {
+        config: cfg.to_path_buf(),
+        exe: bin(),
+        catalog: Some(catalog.to_path_buf()),
+        catalog_on_nfs: false,
+        tick: Duration::from_millis(50),
+        env: vec![("SNAPRING_FAILPOINTS".into(), failpoints.into())],
+        run_args: vec![],
+    }
+}
+
+/// A run killed under the daemon (SIGKILL, as the out-of-memory killer sends) cannot
+/// record or notify itself: the daemon settles its record and catalog row
+/// (`incomplete`), records an `error` event and tells the job's notifiers. The row
+/// stayed `running` until another command came, nobody was told, and the daemon
+/// logged the exit at INFO only.
+#[test]
+fn a_run_killed_under_the_daemon_is_settled_and_notified() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 30, 10);
+    let (pid_file, told) = (t.path().join("pid"), t.path().join("told"));
+    std::fs::create_dir(&told).unwrap();
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.k]\nsource = \"{}\"\ndest = \"{}\"\njobs = 1\nschedule = \"* * * * * *\"\npre_command = [\"/bin/sh\", \"-c\", \"[ -e {pid} ] || echo $PPID > {pid}\"]\nnotify = [\"cmd\"]\n\n[notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"cat > {told}/$$\"]\n",
+            src.display(),
+            dest.display(),
+            pid = pid_file.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let opts = in_process_daemon(&cfg, &catalog, "walk.dir=sleep:600");
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    let notices = || -> Vec<serde_json::Value> {
+        std::fs::read_dir(&told)
+            .unwrap()
+            .filter_map(|e| serde_json::from_slice(&std::fs::read(e.unwrap().path()).ok()?).ok())
+            .collect()
+    };
+    let killed = |n: &serde_json::Value| {
+        n["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("killed by signal 9"))
+    };
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        wait_until("the run's pid", 60, || {
+            std::fs::read_to_string(&pid_file).is_ok_and(|p| p.ends_with('\n'))
+        });
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        wait_until("the run's record", 60, || {
+            std::fs::read_dir(dest.join(".snapring/runs")).is_ok_and(|mut d| d.next().is_some())
+        });
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid).unwrap(),
+            rustix::process::Signal::KILL,
+        )
+        .unwrap();
+        wait_until("the notice of the killed run", 60, || {
+            notices().iter().any(killed)
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    let notice = notices().into_iter().find(killed).unwrap();
+    assert_eq!(notice["status"], "incomplete", "{notice}");
+    let id = notice["id"].as_str().unwrap().to_string();
+    let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
+    let row = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap_or_else(|| panic!("{id} in {h}"));
+    assert_eq!(row["status"], "incomplete", "{h}");
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    assert!(
+        c.events(Some("k"))
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "error" && e.message.contains("killed by signal 9")),
+        "an error event"
+    );
+}
+
+/// Reloads (SIGHUP) that come as a trigger falls due do not drop it. A reload planned
+/// every job again from "now", so a trigger already due and not yet run was lost
+/// without a trace: with a reload before every tick, no run at all.
+#[test]
+fn a_reload_as_a_trigger_falls_due_does_not_drop_it() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 4, 10);
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\nretain = 50\nschedule = \"* * * * * *\"\n",
+            src.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    let opts = in_process_daemon(&cfg, &catalog, "");
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    let summary = std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_millis(3500) {
+            reload.store(true, std::sync::atomic::Ordering::Relaxed);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap()
+    });
+    assert!(summary.reloads >= 20, "{summary:?}");
+    assert!(summary.started >= 2, "{summary:?}");
+}
