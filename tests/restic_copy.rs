@@ -398,3 +398,98 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
         "{fourth}"
     );
 }
+
+/// The inode number of a file the parent copy recorded, given to a new file once the
+/// parent's snapshot expired and freed it (ext4 hands freed numbers out again), with
+/// the same size and mtime (`rsync -t`, `touch -r`): the copy reads the new file. It
+/// took it for the parent's, "reused by inode", and the repository held the old
+/// content, `complete`. Needs root (a loop-mounted ext4 image, where reuse is quick).
+#[test]
+fn a_reused_inode_number_is_not_taken_for_the_parents_file() {
+    use std::process::Command;
+    let f = Fixture::new();
+    let (img, fs) = (f.t.path().join("e4.img"), f.t.path().join("e4"));
+    std::fs::create_dir(&fs).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+    ok(Command::new("mkfs.ext4")
+        .args(["-q", "-N", "128"])
+        .arg(&img));
+    ok(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&fs));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(fs.clone());
+    let (src, store) = (f.t.path().join("src5"), fs.join("st"));
+    let file = src.join("P");
+    let set = |v: u32| {
+        write(&file, format!("version-{v:05}-{:090}", 0).as_bytes());
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800))
+            .unwrap();
+    };
+    // A store run keeping one snapshot; the older records and logs removed, as an
+    // operator's clean-up would, so that freed inode numbers come back quickly.
+    let run = |v: u32| -> u64 {
+        set(v);
+        let (code, r, err) = backup(&src, &store, &["--retain", "1"], &[]);
+        assert_eq!(code, 0, "{r}{err}");
+        for d in ["runs", "logs"] {
+            let dir = store.join(".snapring").join(d);
+            let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            names.pop();
+            for n in names {
+                std::fs::remove_file(n).unwrap();
+            }
+        }
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(store.join("daily.0/P")).unwrap())
+    };
+    let url = f.url();
+    let copy = || {
+        let (code, r, err) = sr(&[
+            "copy",
+            "--dest",
+            store.to_str().unwrap(),
+            "daily.0",
+            "--to",
+            &url,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{r}{err}");
+        r
+    };
+    for v in 1..=4 {
+        run(v);
+    }
+    let copied_ino = run(5);
+    copy();
+    let mut v = 6;
+    while run(v) != copied_ino {
+        v += 1;
+        assert!(v < 40, "ext4 gave inode {copied_ino} to no new file");
+    }
+    let r = copy();
+    assert_eq!(r["repository"]["files_read"], 1, "{r}");
+    let restored = f.restore(r["snapshot"].as_str().unwrap(), "r");
+    assert_eq!(
+        std::fs::read(restored.join("P")).unwrap(),
+        std::fs::read(&file).unwrap(),
+        "the copy holds version {v}"
+    );
+}

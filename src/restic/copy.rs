@@ -58,6 +58,9 @@ pub struct CopyReport {
     pub backup: BackupReport,
 }
 
+/// The tag of a copy that says when it began (RFC 3339).
+const COPIED_AT: &str = "copied_at";
+
 /// The tag values of a copy.
 fn tag_is(s: &Snapshot, key: &str, value: &str) -> bool {
     s.tag(key) == Some(value)
@@ -125,10 +128,19 @@ pub fn copy(
         .and_then(|(_, s)| s.tag("run"))
         .and_then(|r| manifest::Reader::open(&mdir, r).ok());
     let walk_root = PathBuf::from(format!("/proc/self/fd/{}", sel.fd.as_raw_fd()));
+    let parent_time = parent
+        .as_ref()
+        .and_then(|(_, s)| s.tag(COPIED_AT))
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| crate::fsx::Time {
+            sec: t.timestamp(),
+            nsec: t.timestamp_subsec_nanos(),
+        });
     let mut reuse = ManifestReuse {
         root: walk_root.clone(),
         cur: sel.manifest,
         prev,
+        parent_time,
         cache: HashMap::new(),
         by_manifest: 0,
         by_inode: 0,
@@ -139,6 +151,8 @@ pub fn copy(
         "copy".into(),
         format!("run={run}"),
         format!("store={store_tag}"),
+        // Before the walk: every inode it records existed then ([`ManifestReuse`]).
+        format!("{COPIED_AT}={}", crate::util::now_rfc3339()),
     ];
     if let Some(r) = &sel.run {
         tags.push(format!("source={}", r.source.display()));
@@ -208,6 +222,10 @@ struct ManifestReuse {
     root: PathBuf,
     cur: Option<manifest::Reader>,
     prev: Option<manifest::Reader>,
+    /// When the parent copy began (its `copied_at` tag; `None` for a copy made before
+    /// the tag: no file is reused by inode): an inode created before then is the one
+    /// the parent recorded under its number, not a later file that reuses it.
+    parent_time: Option<crate::fsx::Time>,
     /// Both manifests' blocks of recently seen directories, and why the current
     /// manifest's block did not read.
     cache: HashMap<Vec<u8>, Blocks>,
@@ -272,11 +290,20 @@ impl Reuse for ManifestReuse {
             }
             _ => {
                 let mtime = super::local_time(md.mtime(), md.mtime_nsec() as u32);
+                // The same inode number is the same file only if that inode already
+                // existed when the parent was copied: once the parent's snapshot
+                // expired, its files' inodes may have been freed and their numbers
+                // given to new files, which may keep size and mtime (`rsync -t`). A
+                // file system that does not tell the birth time reads the file.
                 let same = prev.kind == "file"
                     && prev.inode == md.ino()
                     && prev.size == md.len()
                     && super::parse_time(&prev.mtime).ok()
-                        == Some((mtime.timestamp(), mtime.timestamp_subsec_nanos()));
+                        == Some((mtime.timestamp(), mtime.timestamp_subsec_nanos()))
+                    && self
+                        .parent_time
+                        .zip(crate::fsx::birth_time(path))
+                        .is_some_and(|(parent, born)| born < parent);
                 self.by_inode += u64::from(same);
                 same
             }
