@@ -263,7 +263,7 @@ pub fn open_read_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
 }
 
 /// The error of [`open_read_at`] for a name that is no longer a regular file.
-fn not_a_file(kind: Kind) -> io::Error {
+pub fn not_a_file(kind: Kind) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!("no longer a regular file: replaced by a {}", kind.name()),

@@ -922,7 +922,14 @@ impl crate::traverse::Visitor for Run<'_> {
             }
             Err(Fail::Stop) => Step::Quit,
             Err(Fail::Entry(e)) => {
-                self.problem(&p, "unreadable", e);
+                // Gone, or replaced by something that is not a file, since its `lstat`.
+                let kind = match &e {
+                    Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                        "vanished"
+                    }
+                    _ => "unreadable",
+                };
+                self.problem(&p, kind, e);
                 Step::Next
             }
         }
@@ -1279,9 +1286,24 @@ impl<'a> Run<'a> {
         want: Option<blake3::Hash>,
     ) -> std::result::Result<(Vec<Id>, u64), Fail> {
         let _slot = (len >= BIG_FILE).then(|| self.big_reads.take(BIG_READS));
-        let mut f = std::fs::File::from(
-            open_noatime(p, rustix::fs::OFlags::NOFOLLOW).map_err(io_err("open", p))?,
-        );
+        // The name may have been replaced since its `lstat` (a source changing under the
+        // backup), as `fsx::open_read_at` guards for the store: `O_NONBLOCK` keeps a
+        // fifo's open from waiting for a writer (the run hung for ever, holding its
+        // lock), and what was opened must be a regular file, else a device would be read
+        // as the file's content.
+        let _ = crate::failpoint::hit("restic.backup.before_open");
+        let fd = open_noatime(
+            p,
+            rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK,
+        )
+        .map_err(io_err("open", p))?;
+        let kind = crate::fsx::fstat(std::os::fd::AsFd::as_fd(&fd))
+            .map_err(io_err("stat", p))?
+            .kind;
+        if kind != crate::fsx::Kind::File {
+            return Err(io_err("open", p)(crate::fsx::not_a_file(kind)).into());
+        }
+        let mut f = std::fs::File::from(fd);
         let mut chunker = Chunker::new(self.tables);
         // A small file gets a buffer of its size (one more byte to see the end).
         let mut buf = vec![0u8; (len as usize).saturating_add(1).clamp(4096, 512 * 1024)];
