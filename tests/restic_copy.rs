@@ -493,3 +493,41 @@ fn a_reused_inode_number_is_not_taken_for_the_parents_file() {
         "the copy holds version {v}"
     );
 }
+
+/// A store snapshot whose run record was deleted (an operator's clean-up) keeps its
+/// run's time: its copy is the repository's `latest`. It took the source root's mtime,
+/// which had not changed, so the copy was dated before the older copy and `restore
+/// latest` gave the older content.
+#[test]
+fn a_snapshot_whose_run_record_is_gone_is_dated_by_its_run() {
+    let f = Fixture::new();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_735_689_600);
+    let age_root = || {
+        std::fs::File::open(&f.src)
+            .unwrap()
+            .set_modified(old)
+            .unwrap()
+    };
+    age_root();
+    f.store_backup("7");
+    f.copy("daily.0");
+    write(&f.src.join("d2/f2"), b"v2");
+    age_root();
+    f.store_backup("7");
+    let runs = f.backups.join("fs-1/.snapring/runs");
+    let mut records: Vec<PathBuf> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    records.sort();
+    std::fs::remove_file(records.last().unwrap()).unwrap();
+    let second = f.copy("daily.0");
+    let to = f.t.path().join("latest");
+    let (code, _, err) = sr(&restore_latest(&f.url(), &to));
+    assert_eq!(code, 0, "{err}");
+    let daily0 = std::fs::canonicalize(f.backups.join("fs-1/daily.0")).unwrap();
+    let restored = std::fs::read(to.join(daily0.strip_prefix("/").unwrap()).join("d2/f2"))
+        .or_else(|_| std::fs::read(to.join("d2/f2")))
+        .unwrap();
+    assert_eq!(restored, b"v2", "latest is the second copy: {second}");
+}

@@ -1020,6 +1020,8 @@ fn open_noatime(path: &Path, extra: rustix::fs::OFlags) -> std::io::Result<std::
 const BIG_FILE: u64 = 1024 * 1024;
 /// Big files read at once, at most.
 const BIG_READS: usize = 8;
+/// Reads of a file that changes while it is read, at most (the store's retries).
+const READ_TRIES: u32 = 3;
 
 impl<'a> Run<'a> {
     /// A walk of `root` into `repo` with nothing reused, no parent root, access times
@@ -1251,7 +1253,31 @@ impl<'a> Run<'a> {
                     }
                     None => {
                         let want = self.reuse.as_ref().and_then(|r| lock(r).expected(p));
-                        let (content, size) = self.file(p, md.len(), want)?;
+                        // Read again while it changes under the read (a torn copy),
+                        // as the store does: the node then describes what was read.
+                        let mut was = md.clone();
+                        let mut tries = 1;
+                        let (content, size) = loop {
+                            let (content, size, changed) = self.file(p, &was, want)?;
+                            let Some(now) = changed else {
+                                break (content, size);
+                            };
+                            node = base_node(name, &now, &self.names);
+                            record_atime(self.with_atime, &mut node, prev);
+                            node.extended_attributes = xattrs(p)?;
+                            if tries == READ_TRIES {
+                                self.problem(
+                                    p,
+                                    "changed_during_copy",
+                                    io_err("read", p)(std::io::Error::other(format!(
+                                        "it kept changing while it was read, {READ_TRIES} times: the snapshot's copy may be torn"
+                                    ))),
+                                );
+                                break (content, size);
+                            }
+                            tries += 1;
+                            was = now;
+                        };
                         node.content = Some(content);
                         node.size = size;
                     }
@@ -1277,14 +1303,17 @@ impl<'a> Run<'a> {
             .all(|id| self.repo.index.contains(BlobType::Data, id))
     }
 
-    /// Reads, chunks and packs a file of about `len` bytes; its blob ids and the bytes
-    /// read. With `want`, the content's BLAKE3 hash must be it, else `Fail::Entry`.
+    /// Reads, chunks and packs a file whose `lstat` was `was`; its blob ids, the bytes
+    /// read and, if the file changed while it was read (size, times or inode differ
+    /// from `was` after the read), its attributes after the read. With `want`, the
+    /// content's BLAKE3 hash must be it, else `Fail::Entry`.
     fn file(
         &self,
         p: &Path,
-        len: u64,
+        was: &std::fs::Metadata,
         want: Option<blake3::Hash>,
-    ) -> std::result::Result<(Vec<Id>, u64), Fail> {
+    ) -> std::result::Result<(Vec<Id>, u64, Option<std::fs::Metadata>), Fail> {
+        let len = was.len();
         let _slot = (len >= BIG_FILE).then(|| self.big_reads.take(BIG_READS));
         // The name may have been replaced since its `lstat` (a source changing under the
         // backup), as `fsx::open_read_at` guards for the store: `O_NONBLOCK` keeps a
@@ -1323,6 +1352,7 @@ impl<'a> Run<'a> {
             if let Some(h) = &mut hasher {
                 h.update(&buf[..n]);
             }
+            let _ = crate::failpoint::hit("restic.backup.read");
             let mut rest = &buf[..n];
             while let Some(cut) = chunker.next_cut(rest) {
                 chunk.extend_from_slice(&rest[..cut]);
@@ -1337,6 +1367,15 @@ impl<'a> Run<'a> {
         }
         self.counts.files_read.fetch_add(1, Ordering::Relaxed);
         self.counts.bytes_read.fetch_add(total, Ordering::Relaxed);
+        let now = f.metadata().map_err(io_err("stat", p))?;
+        let changed = (now.len() != was.len()
+            || now.ino() != was.ino()
+            || (now.mtime(), now.mtime_nsec()) != (was.mtime(), was.mtime_nsec())
+            || (now.ctime(), now.ctime_nsec()) != (was.ctime(), was.ctime_nsec()))
+            .then_some(now);
+        if changed.is_some() {
+            return Ok((ids, total, changed));
+        }
         if let (Some(h), Some(want)) = (hasher, want)
             && h.finalize() != want
         {
@@ -1348,7 +1387,7 @@ impl<'a> Run<'a> {
                 ),
             )));
         }
-        Ok((ids, total))
+        Ok((ids, total, None))
     }
 
     /// Wraps the source's tree in one tree per ancestor directory, up to `/`, as

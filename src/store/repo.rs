@@ -92,12 +92,7 @@ impl Store {
                 .ok()
                 .map(|t| t.to_utc())
         });
-        let t = recorded.or_else(|| {
-            let stamp = id.split('-').next()?;
-            chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
-                .ok()
-                .map(|t| t.and_utc())
-        })?;
+        let t = recorded.or_else(|| super::select::run_id_time(id))?;
         Some(fsx::Time {
             sec: t.timestamp(),
             nsec: t.timestamp_subsec_nanos(),
