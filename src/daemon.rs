@@ -275,11 +275,14 @@ impl State<'_> {
             c.arg("--catalog-on-nfs");
         }
         c.args(&self.opts.run_args);
+        // The name last, after `--`: a job named `-v` or `--help` is a name, not a flag
+        // (it ran as one: no backup, nothing recorded).
         c.arg("run")
-            .arg(name)
             .arg("--config")
             .arg(&config)
             .arg("--no-progress")
+            .arg("--")
+            .arg(name)
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(held.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::null());

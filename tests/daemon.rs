@@ -748,7 +748,7 @@ fn examples_parse_and_next_previews_schedules() {
     let bad = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         bad.path(),
-        "[job.a]\nsource = \"/s\"\ndest = \"/d\"\nschedule = \"cron(0 2 * * * *)\"\nnotify = [\"nobody\"]\n\n[job.b]\nsource = \"/s\"\ndest = \"/d\"\ntimezone = \"Mars/Base\"\nschedule = \"@daily\"\nmissed = \"sometimes\"\n\n[notify.x]\ntype = \"webhook\"\n",
+        "[job.a]\nsource = \"/s\"\ndest = \"/d\"\nschedule = \"cron(0 2 * * * *)\"\nnotify = [\"nobody\"]\n\n[job.b]\nsource = \"/s\"\ndest = \"/d2\"\ntimezone = \"Mars/Base\"\nschedule = \"@daily\"\nmissed = \"sometimes\"\n\n[notify.x]\ntype = \"webhook\"\n",
     )
     .unwrap();
     let (code, _, _, out) = cli(
@@ -1117,4 +1117,41 @@ fn a_reload_as_a_trigger_falls_due_does_not_drop_it() {
     });
     assert!(summary.reloads >= 20, "{summary:?}");
     assert!(summary.started >= 2, "{summary:?}");
+}
+
+/// A job whose name starts with `-` runs under the daemon as any other: its name was
+/// handed to `snapring run` where a flag goes, so `--help` printed the help and `-v`
+/// was a usage error, with no backup, nothing recorded and nobody told.
+#[test]
+fn a_job_named_like_a_flag_runs_under_the_daemon() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 4, 10);
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.\"--help\"]\nsource = \"{}\"\ndest = \"{}\"\nschedule = \"* * * * * *\"\n",
+            src.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    let opts = in_process_daemon(&cfg, &catalog, "");
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        wait_until("a snapshot of job --help", 20, || {
+            dest.join("daily.0").exists()
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
+    assert_eq!(h[0]["job"], "--help", "{h}");
 }
