@@ -147,6 +147,8 @@ struct State<'a> {
     opts: &'a DaemonOptions,
     /// The running configuration's text, as loaded at start or by the last good reload.
     text: String,
+    /// The same, parsed: the notifiers told when a run dies ([`State::died`]).
+    cfg: Config,
     jobs: BTreeMap<String, Job>,
     running: BTreeMap<String, Child>,
     summary: Summary,
@@ -273,11 +275,14 @@ impl State<'_> {
             c.arg("--catalog-on-nfs");
         }
         c.args(&self.opts.run_args);
+        // The name last, after `--`: a job named `-v` or `--help` is a name, not a flag
+        // (it ran as one: no backup, nothing recorded).
         c.arg("run")
-            .arg(name)
             .arg("--config")
             .arg(&config)
             .arg("--no-progress")
+            .arg("--")
+            .arg(name)
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(held.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::null());
@@ -296,23 +301,78 @@ impl State<'_> {
     }
 
     fn reap(&mut self) {
-        let done: Vec<String> = self
+        let done: Vec<(String, Option<std::process::ExitStatus>)> = self
             .running
             .iter_mut()
             .filter_map(|(n, c)| match c.try_wait() {
                 Ok(Some(st)) => {
                     tracing::info!("job {n}: run ended ({st})");
-                    Some(n.clone())
+                    Some((n.clone(), Some(st)))
                 }
                 Ok(None) => None,
                 Err(e) => {
                     tracing::error!("job {n}: {e}");
-                    Some(n.clone())
+                    Some((n.clone(), None))
                 }
             })
             .collect();
-        for n in done {
+        for (n, st) in done {
             self.running.remove(&n);
+            if let Some(why) = st.and_then(abnormal) {
+                self.died(&n, &why);
+            }
+        }
+    }
+
+    /// A run of job `name` whose process ended before it could record and notify
+    /// itself (`why`): its catalog row and record are settled now, as the next command
+    /// would settle them, and its notifiers told (a failure always notifies). It stayed
+    /// `running`, unnotified, with nothing in the daemon's log at its default level.
+    fn died(&self, name: &str, why: &str) {
+        let msg = format!("its run's process {why}, before it recorded its end");
+        tracing::error!("job {name}: {msg}");
+        self.event(Some(name), "error", &msg);
+        // The job's newest run, once settled (`incomplete`), with its record.
+        let settled = self.catalog().and_then(|mut c| {
+            crate::catalog::settle_running(&mut c);
+            let row = c.recent(name, 1).ok()?.into_iter().next()?;
+            let store = crate::store::Store::open(Path::new(&row.store), false).ok()?;
+            store.read_run(&row.id).ok().flatten()
+        });
+        let Some(job) = self.cfg.job.get(name) else {
+            return;
+        };
+        let notifiers = crate::job::notifiers(&self.cfg, job);
+        if notifiers.is_empty() {
+            return;
+        }
+        let notice = match settled {
+            Some(mut r) if r.status != crate::report::Status::Complete => {
+                r.message = format!("{msg}; {}", r.message);
+                crate::notify::Notice::backup(&r)
+            }
+            _ => crate::notify::Notice {
+                id: String::new(),
+                job: Some(name.to_string()),
+                status: crate::report::Status::Failed,
+                subject: format!("snapring: job {name}: run failed"),
+                text: format!("job {name}: {msg}\n"),
+                log: PathBuf::new(),
+                report: serde_json::json!({
+                    "job": name,
+                    "status": "failed",
+                    "message": msg,
+                }),
+            },
+        };
+        for o in crate::notify::send_notice(&notifiers, &notice) {
+            if !o.ok {
+                tracing::error!(
+                    "job {name}: notifier {}: {}",
+                    o.notifier,
+                    o.error.unwrap_or_default()
+                );
+            }
         }
     }
 
@@ -358,16 +418,37 @@ impl State<'_> {
     }
 }
 
+/// Why a run's process ended other than as a run ends (an exit code of the README's
+/// table), `None` if it did not: killed by a signal (the kernel's out-of-memory killer
+/// sends SIGKILL), a crash, or stopped at once by a second signal (130).
+fn abnormal(st: std::process::ExitStatus) -> Option<String> {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(sig) = st.signal() {
+        let hint = if sig == 9 {
+            " (SIGKILL: the out-of-memory killer, or kill -9)"
+        } else {
+            ""
+        };
+        return Some(format!("was killed by signal {sig}{hint}"));
+    }
+    match st.code()? {
+        0 | 1 | 2 | 3 | 64 | 75 => None,
+        130 => Some("was stopped at once by a second signal (exit 130)".into()),
+        c => Some(format!("ended with exit code {c} (a crash)")),
+    }
+}
+
 /// Runs until `stop` is set; `reload` asks for the config to be read again.
 pub fn run(
     opts: &DaemonOptions,
     stop: &AtomicBool,
     reload: &AtomicBool,
 ) -> Result<Summary, String> {
-    let (_, text, jobs) = load(&opts.config)?;
+    let (cfg, text, jobs) = load(&opts.config)?;
     let mut st = State {
         opts,
         text,
+        cfg,
         jobs,
         running: BTreeMap::new(),
         summary: Summary::default(),
@@ -386,13 +467,24 @@ pub fn run(
     while !stop.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
             match load(&opts.config) {
-                Ok((_, text, jobs)) => {
+                Ok((cfg, text, jobs)) => {
                     st.text = text;
-                    st.jobs = jobs;
+                    st.cfg = cfg;
+                    let before = std::mem::replace(&mut st.jobs, jobs);
                     st.summary.reloads += 1;
                     tracing::info!("reloaded {}", opts.config.display());
                     st.event(None, "reload", "configuration reloaded");
-                    st.plan(Utc::now(), false);
+                    let now = Utc::now();
+                    st.plan(now, false);
+                    // A trigger already due and not yet run (the reload came first) is
+                    // kept: planning from now dropped it, silently.
+                    for (name, j) in st.jobs.iter_mut() {
+                        if let Some(due) =
+                            before.get(name).and_then(|b| b.next).filter(|t| *t <= now)
+                        {
+                            j.next = Some(due);
+                        }
+                    }
                 }
                 Err(e) => {
                     tracing::error!("reload failed, keeping the running configuration: {e}");

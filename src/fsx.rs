@@ -159,6 +159,22 @@ impl Meta {
     }
 }
 
+/// When the inode at `path` (not followed) was created (`statx`'s `btime`), `None`
+/// where the file system or the kernel does not tell.
+pub fn birth_time(path: &std::path::Path) -> Option<Time> {
+    let x = rfs::statx(
+        rfs::CWD,
+        path,
+        AtFlags::SYMLINK_NOFOLLOW,
+        rfs::StatxFlags::BTIME,
+    )
+    .ok()?;
+    (x.stx_mask & rfs::StatxFlags::BTIME.bits() != 0).then_some(Time {
+        sec: x.stx_btime.tv_sec,
+        nsec: x.stx_btime.tv_nsec,
+    })
+}
+
 /// The attributes of open file `fd` as the kernel has them cached (`statx` with
 /// `AT_STATX_DONT_SYNC`): no round trip over NFS or FUSE, where an `fstat` with expired
 /// attributes costs one. Only for a descriptor whose attributes the kernel was just
@@ -247,7 +263,7 @@ pub fn open_read_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
 }
 
 /// The error of [`open_read_at`] for a name that is no longer a regular file.
-fn not_a_file(kind: Kind) -> io::Error {
+pub fn not_a_file(kind: Kind) -> io::Error {
     io::Error::new(
         io::ErrorKind::NotFound,
         format!("no longer a regular file: replaced by a {}", kind.name()),

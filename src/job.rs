@@ -59,9 +59,64 @@ pub fn run_backup(
     cancel: &AtomicBool,
 ) -> Result<RunReport> {
     match catalog {
-        Some(c) => crate::engine::backup_observed(opts, cancel, &CatalogRecorder(c)),
+        Some(c) => {
+            refuse_vanished_store(opts, c)?;
+            crate::engine::backup_observed(opts, cancel, &CatalogRecorder(c))
+        }
         None => crate::engine::backup(opts, cancel),
     }
+}
+
+/// A store without `.snapring` that the catalog has runs with snapshots in: its file
+/// system not mounted (an empty mount point), or the store removed. Refused before
+/// anything is written: the run would begin a new store from scratch on whatever file
+/// system is under the mount point, say `complete`, and the real store miss the run
+/// (rsnapshot's `no_create_root` guards the same). Making `<store>/.snapring` by hand
+/// begins a new store there on purpose.
+fn refuse_vanished_store(opts: &BackupOptions, catalog: &CatalogTarget) -> Result<()> {
+    let meta = opts.store.join(crate::store::META_DIR);
+    if opts.dry_run || meta.exists() {
+        return Ok(());
+    }
+    // The catalog's key for the store: its canonical path (its parent's, when the
+    // store's own directory is not there either).
+    let key = std::fs::canonicalize(&opts.store).ok().or_else(|| {
+        let parent = opts.store.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = std::fs::canonicalize(parent.unwrap_or(Path::new("."))).ok()?;
+        Some(parent.join(opts.store.file_name()?))
+    });
+    let Some(key) = key else { return Ok(()) };
+    // A catalog that does not open guards nothing, as it records nothing.
+    let Ok(Some(c)) = crate::catalog::Catalog::open_read(&catalog.path) else {
+        return Ok(());
+    };
+    let filter = crate::catalog::Filter {
+        kind: Some("backup".into()),
+        store: Some(key.to_string_lossy().into_owned()),
+        ..Default::default()
+    };
+    let made: Vec<_> = c
+        .runs(&filter)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.snapshot.is_some())
+        .collect();
+    let Some(newest) = made.last() else {
+        return Ok(());
+    };
+    Err(Error::Store {
+        path: opts.store.clone(),
+        msg: format!(
+            "no store here ({} is missing), though {} run{} recorded in the catalog {} made snapshots in it, the newest {} ({}): is the backup file system mounted? Nothing was written. If the store was removed on purpose, create {} to begin a new one there",
+            meta.display(),
+            made.len(),
+            if made.len() == 1 { "" } else { "s" },
+            catalog.path.display(),
+            newest.id,
+            newest.started_at,
+            meta.display(),
+        ),
+    })
 }
 
 /// Runs the backup (`run_backup`), then the job's `post_command` (whatever the status),

@@ -224,3 +224,33 @@ command = ["", "--page"]
     );
     assert!(!out.contains("T0KEN-SECRET"), "{out}");
 }
+
+/// Two jobs writing one store with one label: a problem at the second job's `dest`,
+/// whose retention would expire the first's snapshots (another source's: `config
+/// check` said ok, and a `retain = 1` job deleted the other's three snapshots). The
+/// same store with another label is a weekly beside a daily, and fine.
+#[test]
+fn two_jobs_on_one_store_and_label_are_a_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    write(&root.join("src2/f"), b"x");
+    std::fs::write(
+        root.join("c.toml"),
+        "[job.keep7]\nsource = \"src\"\ndest = \"bk\"\nretain = 7\n\n\
+         [job.keep1]\nsource = \"src2\"\ndest = \"bk/\"\nretain = 1\n\n\
+         [job.weekly]\nsource = \"src\"\ndest = \"bk\"\nlabel = \"weekly\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[&(
+            "3:1",
+            "job.keep7.dest",
+            "job.keep1 writes the same store (bk) with the same label (daily)",
+        )],
+    );
+}

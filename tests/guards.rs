@@ -750,3 +750,76 @@ fn a_special_file_whose_owner_cannot_be_set_stays_in_the_snapshot() {
     assert!(!diff.contains("d0/link"), "{diff}");
     assert_eq!(out.status.code(), Some(0), "{diff}");
 }
+
+/// The backup file system unmounted: its mount point is an empty directory, and the
+/// store (`--folder fs-1` under it) is gone. The catalog has the store's runs with
+/// snapshots, so the run is refused (exit 1, recorded `failed`) and nothing is written
+/// on the file system under the mount point. It made a new store there from scratch,
+/// `complete`, exit 0, while the real store missed the run. Once mounted again the next
+/// run is a normal incremental; a store removed on purpose is begun anew by creating
+/// its `.snapring`.
+#[test]
+fn a_store_on_an_unmounted_file_system_is_refused_when_the_catalog_knows_it() {
+    let (t, src, _) = setup();
+    // The file system: a bind mount of `fs` (a tmpfs would come back empty).
+    let (fs, mnt) = (t.path().join("fs"), t.path().join("mnt"));
+    std::fs::create_dir(&fs).unwrap();
+    std::fs::create_dir(&mnt).unwrap();
+    let mount = || {
+        assert!(
+            Command::new("mount")
+                .arg("--bind")
+                .arg(&fs)
+                .arg(&mnt)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    mount();
+    // Unmounted whatever happens, a panic included.
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let catalog = t.path().join("catalog.db");
+    let cat = ("SNAPRING_CATALOG", catalog.to_str().unwrap());
+    let store = mnt.join("fs-1");
+    let (code, rep, err) = backup(&src, &mnt, &["--folder", "fs-1"], &[cat]);
+    assert_eq!(code, 0, "{err}{rep}");
+    Command::new("umount").arg(&mnt).status().unwrap();
+    let (code, rep, err) = backup(&src, &mnt, &["--folder", "fs-1"], &[cat]);
+    assert_eq!(code, 1, "{err}{rep}");
+    assert!(
+        err.contains("is the backup file system mounted?") && err.contains("1 run recorded"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&mnt).unwrap().count(),
+        0,
+        "nothing written under the mount point"
+    );
+    let h = snapring(&["history".as_ref(), "--json".as_ref()], &[cat]);
+    let h: serde_json::Value = serde_json::from_slice(&h.stdout).unwrap();
+    assert_eq!(
+        h.as_array().unwrap().last().unwrap()["status"],
+        "failed",
+        "{h}"
+    );
+    // Mounted again: an incremental of the real store.
+    mount();
+    let (code, rep, err) = backup(&src, &mnt, &["--folder", "fs-1"], &[cat]);
+    assert_eq!(code, 0, "{err}{rep}");
+    assert_eq!(rep["files_linked"], 20, "{rep}");
+    // Removed on purpose: its `.snapring` made by hand begins a new store.
+    std::fs::remove_dir_all(&store).unwrap();
+    let (code, _, err) = backup(&src, &mnt, &["--folder", "fs-1"], &[cat]);
+    assert_eq!(code, 1, "{err}");
+    std::fs::create_dir_all(store.join(".snapring")).unwrap();
+    let (code, rep, err) = backup(&src, &mnt, &["--folder", "fs-1"], &[cat]);
+    assert_eq!(code, 0, "{err}{rep}");
+    assert_eq!(snapshot_names(&store), ["daily.0"]);
+}

@@ -207,6 +207,13 @@ fn a_zero_window_is_rejected() {
         assert_eq!(code, 64, "--window {w}: {err}");
         assert!(err.contains(&format!("'{w}' for '--window")), "{err}");
     }
+    // `next --count` past 10,000 is a usage error: it reserved room for the count at
+    // once and aborted, out of memory, at 10^11 (exit 134).
+    for n in ["100000000000", "0"] {
+        let (code, _, err) = run_in(&root, &["next", "--schedule", "@hourly", "--count", n]);
+        assert_eq!(code, 64, "--count {n}: {err}");
+        assert!(err.contains("--count"), "{err}");
+    }
     let mut o = snapring::engine::BackupOptions::new(root.join("src"), root.join("bk"));
     o.window = Some(std::time::Duration::from_millis(500));
     assert!(o.validate().is_err(), "a sub-second window");

@@ -593,3 +593,109 @@ fn a_store_inside_the_source_through_a_bind_mount_is_left_out_of_a_shard_run() {
     );
     assert_verify_clean(&dest, &[]);
 }
+
+/// The same for a backup into a restic repository: a file replaced by a fifo or by
+/// `/dev/zero`'s device between the walk's `lstat` and the open of its content. The run
+/// ends `partial` naming it, in seconds, and the repository checks clean. The open
+/// waited for a fifo's writer for ever (SIGTERM did not stop it, and its lock kept
+/// `prune` out), and a device would have been read as the file's content.
+#[test]
+fn a_file_replaced_by_a_fifo_or_a_device_is_not_read_into_a_repository() {
+    use common::restic::{PASSWORD, file_url, restic_binary, run_restic, sr};
+    for (what, dev) in [("fifo", None), ("character device", Some((1, 5)))] {
+        let t = tempfile::tempdir().unwrap();
+        let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+        write(&src.join("f"), &vec![7u8; 100_000]);
+        write(&src.join("g"), b"kept");
+        let url = file_url(&repo);
+        let (code, out, err) = sr(&["init", "--dest", &url]);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let pause = t.path().join("paused");
+        let child = Command::new(bin())
+            .args(["backup", "--json", "--jobs", "1", "--source"])
+            .arg(&src)
+            .args(["--dest", &url])
+            .env("SNAPRING_CATALOG", "off")
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env(
+                "XDG_CACHE_HOME",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+            )
+            .env(
+                "SNAPRING_FAILPOINTS",
+                format!("restic.backup.before_open=pause:{}@1", pause.display()),
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for(&pause);
+        // The first file read (names in order): `f`.
+        replace(&src.join("f"), dev);
+        let (code, rep) = resume_within(Paused { child, pause }, Duration::from_secs(60))
+            .unwrap_or_else(|| panic!("{what}: the backup did not end within 60 s"));
+        assert_eq!(code, 2, "{what}: {rep}");
+        let ps = problems(&rep);
+        assert!(
+            ps.len() == 1
+                && ps[0].starts_with("f|vanished|open|")
+                && ps[0].contains(&format!("replaced by a {what}")),
+            "{what}: {ps:?}"
+        );
+        if let Some(restic) = restic_binary("restic check after a replaced file") {
+            run_restic(&restic, &repo, &["check", "--read-data"]);
+        }
+    }
+}
+
+/// A file rewritten while a backup into a repository reads it: the read is done again,
+/// and the snapshot holds the new content whole, `complete`. It held the first 512 KiB
+/// of the old content and the rest of the new under the old mtime, `complete`.
+#[test]
+fn a_file_rewritten_while_read_into_a_repository_is_read_again() {
+    use common::restic::{PASSWORD, file_url, pseudo_random, restore_latest, sr};
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let (old, new) = (pseudo_random(2 << 20, 1), pseudo_random(2 << 20, 2));
+    write(&src.join("f"), &old);
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args(["backup", "--json", "--jobs", "1", "--source"])
+        .arg(&src)
+        .args(["--dest", &url])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env(
+            "XDG_CACHE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        )
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.backup.read=pause:{}@1", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    // After the first 512 KiB: rewritten in place, same size.
+    std::fs::write(src.join("f"), &new).unwrap();
+    let (code, rep) = resume_within(Paused { child, pause }, Duration::from_secs(60))
+        .expect("the backup did not end within 60 s");
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    let to = t.path().join("to");
+    let (code, out, err) = sr(&restore_latest(&url, &to));
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    let got = std::fs::read(to.join(src.strip_prefix("/").unwrap()).join("f"))
+        .or_else(|_| std::fs::read(to.join("f")))
+        .unwrap();
+    assert!(
+        got == new,
+        "the snapshot's f is not the new content whole (old: {})",
+        got == old
+    );
+}

@@ -286,3 +286,248 @@ fn a_prune_between_a_copys_open_and_its_lock_loses_none_of_its_data() {
     let (code, r, err) = sr(&["verify", "--dest", &f.url()]);
     assert_eq!(code, 0, "{r}{err}");
 }
+
+/// A store snapshot damaged after its backup (a file's content no longer its recorded
+/// BLAKE3, a file deleted): the copy checks what it reads against the snapshot's
+/// manifest, leaves the damaged file out and says so (`partial`, exit 2), naming the
+/// missing one. The damage is not carried into later copies as "unchanged": the next
+/// copy reads the file again and finds it again. Without a manifest the whole copy is
+/// unchecked, and says so. (It copied rotten content as `complete`, exit 0, and later
+/// copies reused it by the manifests.)
+#[test]
+fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
+    use std::io::{Seek, SeekFrom, Write};
+    let f = Fixture::new();
+    f.store_backup("7");
+    let daily0 = f.backups.join("fs-1/daily.0");
+    // Bit rot: one byte of d0/f3 flipped in place, same size.
+    let rot = |path: &std::path::Path| {
+        let mut b = std::fs::read(path).unwrap();
+        b[100] ^= 0x40;
+        let mut file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+        file.seek(SeekFrom::Start(100)).unwrap();
+        file.write_all(&b[100..101]).unwrap();
+    };
+    rot(&daily0.join("d0/f3"));
+    std::fs::remove_file(daily0.join("d1/f4")).unwrap();
+    let copy = |snapshot: &str| {
+        let (code, r, err) = sr(&[
+            "copy",
+            "--dest",
+            f.backups.to_str().unwrap(),
+            "--folder",
+            "fs-1",
+            snapshot,
+            "--to",
+            &f.url(),
+            "--json",
+        ]);
+        (code, r, err)
+    };
+    let kinds = |r: &serde_json::Value| -> Vec<(String, String, String)> {
+        r["problems"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no problems: {r}"))
+            .iter()
+            .map(|p| {
+                let s = |k: &str| p[k].as_str().unwrap().to_string();
+                (s("path"), s("kind"), s("action"))
+            })
+            .collect()
+    };
+    let damaged = |p: &str| {
+        let s = |s: &str| s.to_string();
+        (s(p), s("unreadable"), s("check against the manifest"))
+    };
+    let missing = |p: &str| {
+        let s = |s: &str| s.to_string();
+        (s(p), s("vanished"), s("check against the manifest"))
+    };
+    let (code, first, err) = copy("daily.0");
+    assert_eq!(code, 2, "{first}{err}");
+    assert_eq!(first["status"], "partial", "{first}");
+    assert_eq!(
+        kinds(&first),
+        vec![damaged("d0/f3"), missing("d1/f4")],
+        "{first}"
+    );
+    let restored = f.restore(first["snapshot"].as_str().unwrap(), "r1");
+    assert!(
+        !restored.join("d0/f3").exists(),
+        "the damaged file left out"
+    );
+    let mut rest = describe(&daily0);
+    rest.remove(b"d0/f3".as_slice());
+    assert_same_tree(&rest, &describe(&restored), "the copy holds the rest");
+    // The store's next snapshot links the rotten file again (its source unchanged):
+    // the next copy's parent does not have it, so it is read, and found, again.
+    f.store_backup("7");
+    let (code, second, err) = copy("daily.0");
+    assert_eq!(code, 2, "{second}{err}");
+    assert_eq!(kinds(&second), vec![damaged("d0/f3")], "{second}");
+    assert_eq!(
+        second["repository"]["copied_from"]["reused_by_manifest"], 30,
+        "{second}"
+    );
+
+    // Without its manifest, a copy is unchecked as a whole.
+    let manifests = f.backups.join("fs-1/.snapring/manifests");
+    let mfs = |d: &std::path::Path| -> std::collections::BTreeSet<PathBuf> {
+        std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "mf"))
+            .collect()
+    };
+    let before = mfs(&manifests);
+    write(&f.src.join("d2/new"), b"new");
+    f.store_backup("7");
+    let new: Vec<PathBuf> = mfs(&manifests).difference(&before).cloned().collect();
+    assert_eq!(new.len(), 1, "{new:?}");
+    std::fs::remove_file(&new[0]).unwrap();
+    let (code, fourth, err) = copy("daily.0");
+    assert_eq!(code, 2, "{fourth}{err}");
+    let problems = fourth["problems"].as_array().unwrap();
+    assert_eq!(problems[0]["path"], ".", "{fourth}");
+    assert_eq!(problems[0]["action"], "open the manifest", "{fourth}");
+    assert!(
+        problems[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("copied unchecked"),
+        "{fourth}"
+    );
+}
+
+/// The inode number of a file the parent copy recorded, given to a new file once the
+/// parent's snapshot expired and freed it (ext4 hands freed numbers out again), with
+/// the same size and mtime (`rsync -t`, `touch -r`): the copy reads the new file. It
+/// took it for the parent's, "reused by inode", and the repository held the old
+/// content, `complete`. Needs root (a loop-mounted ext4 image, where reuse is quick).
+#[test]
+fn a_reused_inode_number_is_not_taken_for_the_parents_file() {
+    use std::process::Command;
+    let f = Fixture::new();
+    let (img, fs) = (f.t.path().join("e4.img"), f.t.path().join("e4"));
+    std::fs::create_dir(&fs).unwrap();
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let ok = |c: &mut Command| assert!(c.status().unwrap().success(), "{c:?}");
+    ok(Command::new("mkfs.ext4")
+        .args(["-q", "-N", "128"])
+        .arg(&img));
+    ok(Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&img)
+        .arg(&fs));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(fs.clone());
+    let (src, store) = (f.t.path().join("src5"), fs.join("st"));
+    let file = src.join("P");
+    let set = |v: u32| {
+        write(&file, format!("version-{v:05}-{:090}", 0).as_bytes());
+        std::fs::File::options()
+            .write(true)
+            .open(&file)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800))
+            .unwrap();
+    };
+    // A store run keeping one snapshot; the older records and logs removed, as an
+    // operator's clean-up would, so that freed inode numbers come back quickly.
+    let run = |v: u32| -> u64 {
+        set(v);
+        let (code, r, err) = backup(&src, &store, &["--retain", "1"], &[]);
+        assert_eq!(code, 0, "{r}{err}");
+        for d in ["runs", "logs"] {
+            let dir = store.join(".snapring").join(d);
+            let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            names.sort();
+            names.pop();
+            for n in names {
+                std::fs::remove_file(n).unwrap();
+            }
+        }
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(store.join("daily.0/P")).unwrap())
+    };
+    let url = f.url();
+    let copy = || {
+        let (code, r, err) = sr(&[
+            "copy",
+            "--dest",
+            store.to_str().unwrap(),
+            "daily.0",
+            "--to",
+            &url,
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{r}{err}");
+        r
+    };
+    for v in 1..=4 {
+        run(v);
+    }
+    let copied_ino = run(5);
+    copy();
+    let mut v = 6;
+    while run(v) != copied_ino {
+        v += 1;
+        assert!(v < 40, "ext4 gave inode {copied_ino} to no new file");
+    }
+    let r = copy();
+    assert_eq!(r["repository"]["files_read"], 1, "{r}");
+    let restored = f.restore(r["snapshot"].as_str().unwrap(), "r");
+    assert_eq!(
+        std::fs::read(restored.join("P")).unwrap(),
+        std::fs::read(&file).unwrap(),
+        "the copy holds version {v}"
+    );
+}
+
+/// A store snapshot whose run record was deleted (an operator's clean-up) keeps its
+/// run's time: its copy is the repository's `latest`. It took the source root's mtime,
+/// which had not changed, so the copy was dated before the older copy and `restore
+/// latest` gave the older content.
+#[test]
+fn a_snapshot_whose_run_record_is_gone_is_dated_by_its_run() {
+    let f = Fixture::new();
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_735_689_600);
+    let age_root = || {
+        std::fs::File::open(&f.src)
+            .unwrap()
+            .set_modified(old)
+            .unwrap()
+    };
+    age_root();
+    f.store_backup("7");
+    f.copy("daily.0");
+    write(&f.src.join("d2/f2"), b"v2");
+    age_root();
+    f.store_backup("7");
+    let runs = f.backups.join("fs-1/.snapring/runs");
+    let mut records: Vec<PathBuf> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    records.sort();
+    std::fs::remove_file(records.last().unwrap()).unwrap();
+    let second = f.copy("daily.0");
+    let to = f.t.path().join("latest");
+    let (code, _, err) = sr(&restore_latest(&f.url(), &to));
+    assert_eq!(code, 0, "{err}");
+    let daily0 = std::fs::canonicalize(f.backups.join("fs-1/daily.0")).unwrap();
+    let restored = std::fs::read(to.join(daily0.strip_prefix("/").unwrap()).join("d2/f2"))
+        .or_else(|_| std::fs::read(to.join("d2/f2")))
+        .unwrap();
+    assert_eq!(restored, b"v2", "latest is the second copy: {second}");
+}

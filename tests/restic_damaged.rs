@@ -739,3 +739,42 @@ fn prune_copies_a_blob_from_its_other_copy_when_the_planned_one_is_damaged() {
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_same_tree(&describe(&src), &describe(&to), "restored after the prune");
 }
+
+/// A key file that does not parse (truncated), named to be tried first, beside the
+/// good key: commands open the repository with the good key, as restic does. Every
+/// command failed on it, whatever the password. With a wrong password the error names
+/// the damaged key as well.
+#[test]
+fn a_damaged_key_file_beside_a_good_one_does_not_lock_the_repository() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"content");
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    backup_json(&src, &url);
+    let good = std::fs::read_dir(repo.join("keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(
+        repo.join("keys").join("0".repeat(64)),
+        &bytes[..bytes.len() / 2],
+    )
+    .unwrap();
+    let (code, out, err) = sr(&["list", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let out = snapring(
+        &["list".as_ref(), "--dest".as_ref(), url.as_ref()],
+        &[("SNAPRING_PASSWORD", "not the password")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("no key in") && err.contains("1 key file could not be read"),
+        "{err}"
+    );
+}

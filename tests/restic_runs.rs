@@ -555,3 +555,45 @@ fn an_engines_index_makes_a_repository_backup_a_shard_worker() {
     let (status, kind, ..) = row(&catalog, "slurm-77");
     assert_eq!((status.as_str(), kind.as_str()), ("complete", "backup"));
 }
+
+/// A sparse file (64 MiB with 8 KiB of data) backed up into a repository and restored
+/// keeps its holes: the same bytes, and of the disk only the chunks with data. It was restored fully
+/// allocated (a VM image with large holes could fill the target).
+#[test]
+fn a_sparse_file_is_restored_sparse() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("to"),
+    );
+    std::fs::create_dir(&src).unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(src.join("sparse")).unwrap();
+        f.write_all(&[7u8; 4096]).unwrap();
+        f.seek(SeekFrom::Start(32 << 20)).unwrap();
+        f.write_all(&[9u8; 4096]).unwrap();
+        f.set_len(64 << 20).unwrap();
+    }
+    let url = common::restic::file_url(&repo);
+    let (code, out, err) = common::restic::sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) =
+        common::restic::sr(&["backup", "--source", src.to_str().unwrap(), "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = common::restic::sr(&restore_latest(&url, &to));
+    assert_eq!(code, 0, "{out}{err}");
+    let got = to.join("sparse");
+    assert_eq!(
+        std::fs::read(&got).unwrap(),
+        std::fs::read(src.join("sparse")).unwrap()
+    );
+    let used = std::fs::metadata(&got).unwrap().blocks() * 512;
+    // The chunks holding the data are written whole (zeros included): a few MiB.
+    assert!(
+        used < 16 << 20,
+        "{used} bytes of disk for 8 KiB of data in 64 MiB"
+    );
+}

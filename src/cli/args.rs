@@ -608,9 +608,9 @@ pub struct NextArgs {
     /// Count from this time instead of now (RFC 3339 or YYYY-MM-DD HH:MM, UTC).
     #[arg(long)]
     pub at: Option<String>,
-    /// How many times to print.
-    #[arg(long, default_value_t = 5)]
-    pub count: usize,
+    /// How many times to print (1 to 10000).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub count: u64,
     #[arg(long)]
     pub json: bool,
 }

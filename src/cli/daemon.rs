@@ -66,7 +66,7 @@ pub fn next(a: NextArgs) -> anyhow::Result<ExitCode> {
         None => Utc::now(),
     };
     let times: Vec<String> = sched
-        .upcoming(from, a.count)
+        .upcoming(from, a.count as usize)
         .iter()
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
         .collect();

@@ -328,6 +328,7 @@ pub fn check_text(text: &str) -> Vec<Problem> {
             .collect(),
         text,
         out: Vec::new(),
+        stores: Vec::new(),
     };
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
@@ -473,6 +474,8 @@ struct Checker<'t> {
     starts: Vec<usize>,
     text: &'t str,
     out: Vec<Problem>,
+    /// Each store (dest and folder) and label a job writes, and the job's key.
+    stores: Vec<(PathBuf, String, String)>,
 }
 
 impl Checker<'_> {
@@ -627,7 +630,31 @@ impl Checker<'_> {
                 store.push(f);
             }
             if let Err(m) = opt::check_overlap(Path::new(src), &store) {
+                self.push(dest_at.clone(), dotted(dk, "dest"), m, None);
+            }
+            // Two jobs on one store and label share one rotation: each run's retention
+            // expires the other's snapshots (of another source, or counted twice).
+            // A label that is not valid is its own problem, and no label here.
+            let label = match entry(t, "label") {
+                None => Some("daily"),
+                Some(_) => good("label", opt::check_label).map(|(l, _)| l),
+            };
+            if let Some(label) = label
+                && let Some((_, _, other)) = self
+                    .stores
+                    .iter()
+                    .find(|(s, l, _)| *s == store && l == label)
+            {
+                let m = format!(
+                    "{other} writes the same store ({}) with the same label ({label}): each \
+                     job's retention would expire the other's snapshots; give this job its \
+                     own folder or label",
+                    store.display()
+                );
                 self.push(dest_at, dotted(dk, "dest"), m, None);
+            }
+            if let Some(label) = label {
+                self.stores.push((store, label.to_string(), dk.to_string()));
             }
             if let Some((p, p_at)) = good("prefix", prefix)
                 && let Ok(rel) = RelPath::new(p.trim_matches('/').as_bytes())

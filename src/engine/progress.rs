@@ -11,11 +11,16 @@ use crate::repo::RunProgress;
 use crate::report::Counters;
 
 /// Sets `cancel` on SIGINT/SIGTERM; a second signal ends the process at once (exit 130).
+/// "Second" counts signals only: `cancel` set by the backup window's end is not a first
+/// one (a single SIGTERM then ended the stopping run at once, before its record, post
+/// command and notifications).
 pub fn install_signal_handlers(cancel: &Arc<AtomicBool>) {
     use signal_hook::consts::{SIGINT, SIGTERM};
+    let signalled = Arc::new(AtomicBool::new(false));
     for sig in [SIGINT, SIGTERM] {
         // Order matters: the shutdown check sees the flag as it was before this signal.
-        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, cancel.clone());
+        let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, signalled.clone());
+        let _ = signal_hook::flag::register(sig, signalled.clone());
         let _ = signal_hook::flag::register(sig, cancel.clone());
     }
 }

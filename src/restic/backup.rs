@@ -161,6 +161,20 @@ pub trait Reuse: Send {
     /// `path` is the file as the walk reads it, `prev` the parent snapshot's node of
     /// the same name, `md` the file's `lstat`.
     fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool;
+    /// The BLAKE3 hash the content of the file at `path` must have, where known: a
+    /// file read whose content is not this is left out, a problem (`unreadable`).
+    fn expected(&mut self, _path: &Path) -> Option<blake3::Hash> {
+        None
+    }
+    /// Checks the listing `names` of the directory at `path` against what it must
+    /// hold: each problem found, as (the entry's path, its kind, the error).
+    fn check_listing(
+        &mut self,
+        _path: &Path,
+        _names: &[Vec<u8>],
+    ) -> Vec<(PathBuf, &'static str, Error)> {
+        Vec::new()
+    }
 }
 
 /// What one snapshot is made of: where to read, what to record, which parent.
@@ -856,6 +870,11 @@ impl crate::traverse::Visitor for Run<'_> {
                 return Opened::Skip;
             }
         };
+        if let Some(r) = &self.reuse {
+            for (at, kind, e) in lock(r).check_listing(&path, &names) {
+                self.problem(&at, kind, e);
+            }
+        }
         let prev = self.parent_nodes(&path, sub.parent_tree);
         let state = DirState {
             path,
@@ -903,7 +922,14 @@ impl crate::traverse::Visitor for Run<'_> {
             }
             Err(Fail::Stop) => Step::Quit,
             Err(Fail::Entry(e)) => {
-                self.problem(&p, "unreadable", e);
+                // Gone, or replaced by something that is not a file, since its `lstat`.
+                let kind = match &e {
+                    Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                        "vanished"
+                    }
+                    _ => "unreadable",
+                };
+                self.problem(&p, kind, e);
                 Step::Next
             }
         }
@@ -994,6 +1020,8 @@ fn open_noatime(path: &Path, extra: rustix::fs::OFlags) -> std::io::Result<std::
 const BIG_FILE: u64 = 1024 * 1024;
 /// Big files read at once, at most.
 const BIG_READS: usize = 8;
+/// Reads of a file that changes while it is read, at most (the store's retries).
+const READ_TRIES: u32 = 3;
 
 impl<'a> Run<'a> {
     /// A walk of `root` into `repo` with nothing reused, no parent root, access times
@@ -1224,7 +1252,32 @@ impl<'a> Run<'a> {
                         self.counts.files_unchanged.fetch_add(1, Ordering::Relaxed);
                     }
                     None => {
-                        let (content, size) = self.file(p, md.len())?;
+                        let want = self.reuse.as_ref().and_then(|r| lock(r).expected(p));
+                        // Read again while it changes under the read (a torn copy),
+                        // as the store does: the node then describes what was read.
+                        let mut was = md.clone();
+                        let mut tries = 1;
+                        let (content, size) = loop {
+                            let (content, size, changed) = self.file(p, &was, want)?;
+                            let Some(now) = changed else {
+                                break (content, size);
+                            };
+                            node = base_node(name, &now, &self.names);
+                            record_atime(self.with_atime, &mut node, prev);
+                            node.extended_attributes = xattrs(p)?;
+                            if tries == READ_TRIES {
+                                self.problem(
+                                    p,
+                                    "changed_during_copy",
+                                    io_err("read", p)(std::io::Error::other(format!(
+                                        "it kept changing while it was read, {READ_TRIES} times: the snapshot's copy may be torn"
+                                    ))),
+                                );
+                                break (content, size);
+                            }
+                            tries += 1;
+                            was = now;
+                        };
                         node.content = Some(content);
                         node.size = size;
                     }
@@ -1250,19 +1303,43 @@ impl<'a> Run<'a> {
             .all(|id| self.repo.index.contains(BlobType::Data, id))
     }
 
-    /// Reads, chunks and packs a file of about `len` bytes; its blob ids and the bytes
-    /// read.
-    fn file(&self, p: &Path, len: u64) -> std::result::Result<(Vec<Id>, u64), Fail> {
+    /// Reads, chunks and packs a file whose `lstat` was `was`; its blob ids, the bytes
+    /// read and, if the file changed while it was read (size, times or inode differ
+    /// from `was` after the read), its attributes after the read. With `want`, the
+    /// content's BLAKE3 hash must be it, else `Fail::Entry`.
+    fn file(
+        &self,
+        p: &Path,
+        was: &std::fs::Metadata,
+        want: Option<blake3::Hash>,
+    ) -> std::result::Result<(Vec<Id>, u64, Option<std::fs::Metadata>), Fail> {
+        let len = was.len();
         let _slot = (len >= BIG_FILE).then(|| self.big_reads.take(BIG_READS));
-        let mut f = std::fs::File::from(
-            open_noatime(p, rustix::fs::OFlags::NOFOLLOW).map_err(io_err("open", p))?,
-        );
+        // The name may have been replaced since its `lstat` (a source changing under the
+        // backup), as `fsx::open_read_at` guards for the store: `O_NONBLOCK` keeps a
+        // fifo's open from waiting for a writer (the run hung for ever, holding its
+        // lock), and what was opened must be a regular file, else a device would be read
+        // as the file's content.
+        let _ = crate::failpoint::hit("restic.backup.before_open");
+        let fd = open_noatime(
+            p,
+            rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK,
+        )
+        .map_err(io_err("open", p))?;
+        let kind = crate::fsx::fstat(std::os::fd::AsFd::as_fd(&fd))
+            .map_err(io_err("stat", p))?
+            .kind;
+        if kind != crate::fsx::Kind::File {
+            return Err(io_err("open", p)(crate::fsx::not_a_file(kind)).into());
+        }
+        let mut f = std::fs::File::from(fd);
         let mut chunker = Chunker::new(self.tables);
         // A small file gets a buffer of its size (one more byte to see the end).
         let mut buf = vec![0u8; (len as usize).saturating_add(1).clamp(4096, 512 * 1024)];
         let mut chunk: Vec<u8> = Vec::new();
         let mut ids = Vec::new();
         let mut total = 0u64;
+        let mut hasher = want.map(|_| blake3::Hasher::new());
         loop {
             if self.cancelled() {
                 return Err(Fail::Stop);
@@ -1272,6 +1349,10 @@ impl<'a> Run<'a> {
                 break;
             }
             total += n as u64;
+            if let Some(h) = &mut hasher {
+                h.update(&buf[..n]);
+            }
+            let _ = crate::failpoint::hit("restic.backup.read");
             let mut rest = &buf[..n];
             while let Some(cut) = chunker.next_cut(rest) {
                 chunk.extend_from_slice(&rest[..cut]);
@@ -1286,7 +1367,27 @@ impl<'a> Run<'a> {
         }
         self.counts.files_read.fetch_add(1, Ordering::Relaxed);
         self.counts.bytes_read.fetch_add(total, Ordering::Relaxed);
-        Ok((ids, total))
+        let now = f.metadata().map_err(io_err("stat", p))?;
+        let changed = (now.len() != was.len()
+            || now.ino() != was.ino()
+            || (now.mtime(), now.mtime_nsec()) != (was.mtime(), was.mtime_nsec())
+            || (now.ctime(), now.ctime_nsec()) != (was.ctime(), was.ctime_nsec()))
+            .then_some(now);
+        if changed.is_some() {
+            return Ok((ids, total, changed));
+        }
+        if let (Some(h), Some(want)) = (hasher, want)
+            && h.finalize() != want
+        {
+            // Its blobs stay unreferenced (a prune removes them).
+            return Err(Fail::Entry(io_err("check against the manifest", p)(
+                std::io::Error::other(
+                    "its content does not match the checksum recorded at backup (bit rot or \
+                     tampering in the store): left out of the copy; run `snapring verify`",
+                ),
+            )));
+        }
+        Ok((ids, total, None))
     }
 
     /// Wraps the source's tree in one tree per ancestor directory, up to `/`, as

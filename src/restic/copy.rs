@@ -58,6 +58,9 @@ pub struct CopyReport {
     pub backup: BackupReport,
 }
 
+/// The tag of a copy that says when it began (RFC 3339).
+const COPIED_AT: &str = "copied_at";
+
 /// The tag values of a copy.
 fn tag_is(s: &Snapshot, key: &str, value: &str) -> bool {
     s.tag(key) == Some(value)
@@ -125,10 +128,19 @@ pub fn copy(
         .and_then(|(_, s)| s.tag("run"))
         .and_then(|r| manifest::Reader::open(&mdir, r).ok());
     let walk_root = PathBuf::from(format!("/proc/self/fd/{}", sel.fd.as_raw_fd()));
+    let parent_time = parent
+        .as_ref()
+        .and_then(|(_, s)| s.tag(COPIED_AT))
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| crate::fsx::Time {
+            sec: t.timestamp(),
+            nsec: t.timestamp_subsec_nanos(),
+        });
     let mut reuse = ManifestReuse {
         root: walk_root.clone(),
         cur: sel.manifest,
         prev,
+        parent_time,
         cache: HashMap::new(),
         by_manifest: 0,
         by_inode: 0,
@@ -139,6 +151,8 @@ pub fn copy(
         "copy".into(),
         format!("run={run}"),
         format!("store={store_tag}"),
+        // Before the walk: every inode it records existed then ([`ManifestReuse`]).
+        format!("{COPIED_AT}={}", crate::util::now_rfc3339()),
     ];
     if let Some(r) = &sel.run {
         tags.push(format!("source={}", r.source.display()));
@@ -176,24 +190,64 @@ pub fn copy(
         exclusion_recorded_only: true,
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
+    // Without its manifest nothing of the snapshot could be checked: copied as found,
+    // as a restore does, and said so.
+    if let Some(e) = &sel.manifest_error {
+        let b = &mut report.backup;
+        b.problems.insert(
+            0,
+            super::backup::EntryProblem {
+                path: ".".into(),
+                kind: "unreadable".into(),
+                action: "open the manifest".into(),
+                error: format!(
+                    "{e}: the snapshot's content copied unchecked against the checksums \
+                     recorded at backup (bit rot would go unnoticed); run `snapring verify`"
+                ),
+            },
+        );
+        b.status = "partial".into();
+    }
     report.reused_by_manifest = reuse.by_manifest;
     report.reused_by_inode = reuse.by_inode;
     Ok(report)
 }
 
 /// "Unchanged" for a store snapshot: the manifests' hashes, else the store's invariant.
+/// The store snapshot is also checked against its own manifest as it is read: a file
+/// read whose content is not the recorded hash is left out (`unreadable`), a name the
+/// manifest has and the snapshot lacks is `vanished`, and a directory whose block does
+/// not read is copied unchecked (`unreadable`, at the directory): each a problem.
 struct ManifestReuse {
     root: PathBuf,
     cur: Option<manifest::Reader>,
     prev: Option<manifest::Reader>,
-    /// Both manifests' blocks of recently seen directories.
-    cache: HashMap<Vec<u8>, (Vec<manifest::Entry>, Vec<manifest::Entry>)>,
+    /// When the parent copy began (its `copied_at` tag; `None` for a copy made before
+    /// the tag: no file is reused by inode): an inode created before then is the one
+    /// the parent recorded under its number, not a later file that reuses it.
+    parent_time: Option<crate::fsx::Time>,
+    /// Both manifests' blocks of recently seen directories, and why the current
+    /// manifest's block did not read.
+    cache: HashMap<Vec<u8>, Blocks>,
     by_manifest: u64,
     by_inode: u64,
 }
 
+/// One directory's blocks: the current manifest's, the parent's, and why the current
+/// one did not read.
+type Blocks = (Vec<manifest::Entry>, Vec<manifest::Entry>, Option<String>);
+
 impl ManifestReuse {
-    fn blocks(&mut self, dir: &[u8]) -> &(Vec<manifest::Entry>, Vec<manifest::Entry>) {
+    /// `path` relative to the walk's root: its directory and its name.
+    fn split<'p>(&self, path: &'p Path) -> Option<(&'p [u8], &'p [u8])> {
+        let rel = path.strip_prefix(&self.root).ok()?.as_os_str().as_bytes();
+        Some(match rel.iter().rposition(|b| *b == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&rel[..0], rel),
+        })
+    }
+
+    fn blocks(&mut self, dir: &[u8]) -> &Blocks {
         if !self.cache.contains_key(dir) {
             if self.cache.len() >= 64 {
                 self.cache.clear();
@@ -203,13 +257,15 @@ impl ManifestReuse {
             } else {
                 RelPath::new(dir).ok()
             };
-            let look = |m: &Option<manifest::Reader>| {
-                m.as_ref()
-                    .zip(rel.as_ref())
-                    .and_then(|(m, r)| m.lookup(r).ok().flatten())
-                    .unwrap_or_default()
+            let look = |m: &Option<manifest::Reader>| match m.as_ref().zip(rel.as_ref()) {
+                Some((m, r)) => m.lookup(r).map(Option::unwrap_or_default),
+                None => Ok(Vec::new()),
             };
-            let v = (look(&self.cur), look(&self.prev));
+            let (cur, cur_error) = match look(&self.cur) {
+                Ok(v) => (v, None),
+                Err(e) => (Vec::new(), Some(e.to_string())),
+            };
+            let v = (cur, look(&self.prev).unwrap_or_default(), cur_error);
             self.cache.insert(dir.to_vec(), v);
         }
         &self.cache[dir]
@@ -218,15 +274,10 @@ impl ManifestReuse {
 
 impl Reuse for ManifestReuse {
     fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool {
-        let Ok(rel) = path.strip_prefix(&self.root) else {
+        let Some((dir, name)) = self.split(path) else {
             return false;
         };
-        let rel = rel.as_os_str().as_bytes();
-        let (dir, name) = match rel.iter().rposition(|b| *b == b'/') {
-            Some(i) => (&rel[..i], &rel[i + 1..]),
-            None => (&rel[..0], rel),
-        };
-        let (cur, old) = self.blocks(dir);
+        let (cur, old, _) = self.blocks(dir);
         match (manifest::find(cur, name), manifest::find(old, name)) {
             (Some(c), Some(o)) => {
                 let same = c.hash.is_some()
@@ -239,14 +290,70 @@ impl Reuse for ManifestReuse {
             }
             _ => {
                 let mtime = super::local_time(md.mtime(), md.mtime_nsec() as u32);
+                // The same inode number is the same file only if that inode already
+                // existed when the parent was copied: once the parent's snapshot
+                // expired, its files' inodes may have been freed and their numbers
+                // given to new files, which may keep size and mtime (`rsync -t`). A
+                // file system that does not tell the birth time reads the file.
                 let same = prev.kind == "file"
                     && prev.inode == md.ino()
                     && prev.size == md.len()
                     && super::parse_time(&prev.mtime).ok()
-                        == Some((mtime.timestamp(), mtime.timestamp_subsec_nanos()));
+                        == Some((mtime.timestamp(), mtime.timestamp_subsec_nanos()))
+                    && self
+                        .parent_time
+                        .zip(crate::fsx::birth_time(path))
+                        .is_some_and(|(parent, born)| born < parent);
                 self.by_inode += u64::from(same);
                 same
             }
         }
+    }
+
+    fn expected(&mut self, path: &Path) -> Option<blake3::Hash> {
+        let (dir, name) = self.split(path)?;
+        manifest::find(&self.blocks(dir).0, name)?.hash
+    }
+
+    fn check_listing(
+        &mut self,
+        path: &Path,
+        names: &[Vec<u8>],
+    ) -> Vec<(PathBuf, &'static str, Error)> {
+        if self.cur.is_none() {
+            return Vec::new();
+        }
+        let Ok(rel) = path.strip_prefix(&self.root) else {
+            return Vec::new();
+        };
+        let dir = rel.as_os_str().as_bytes().to_vec();
+        let (cur, _, cur_error) = self.blocks(&dir);
+        if let Some(e) = cur_error {
+            let e = std::io::Error::other(format!(
+                "{e}: its content copied unchecked against the checksums recorded at \
+                 backup (bit rot would go unnoticed)"
+            ));
+            return vec![(
+                path.to_path_buf(),
+                "unreadable",
+                super::io_err("read the directory's manifest block", path)(e),
+            )];
+        }
+        let listed: std::collections::HashSet<&[u8]> = names.iter().map(Vec::as_slice).collect();
+        cur.iter()
+            .filter(|e| !listed.contains(e.name.as_slice()))
+            .map(|e| {
+                let at = path.join(std::ffi::OsStr::from_bytes(&e.name));
+                let why = std::io::Error::other(
+                    "in the manifest of the store snapshot, not in the snapshot (deleted from \
+                     the store?): not in the copy; run `snapring verify`",
+                );
+                (
+                    at.clone(),
+                    "vanished",
+                    super::io_err("check against the manifest", &at)(why),
+                )
+            })
+            .collect()
     }
 }

@@ -338,16 +338,38 @@ impl Repo {
     }
 }
 
+/// The key `password` opens. A key file that does not read or parse is skipped with a
+/// warning, as restic does: one damaged key stopped every command, whatever the
+/// password, though another key opened the repository. If no key opens and some were
+/// damaged, the error names them.
 fn find_key(b: &dyn Backend, password: &[u8]) -> Result<Key> {
+    let mut damaged = Vec::new();
     for id in b.list(Kind::Key)? {
         let what = format!("key file {id}");
-        let bytes = b.read(Kind::Key, &id)?;
-        let kf: KeyFile = serde_json::from_slice(&bytes).map_err(|e| corrupt(&what, e))?;
-        if let Some(k) = kf.open(password, &what)? {
-            return Ok(k);
+        let kf = b.read(Kind::Key, &id).and_then(|bytes| {
+            serde_json::from_slice::<KeyFile>(&bytes).map_err(|e| corrupt(&what, e))
+        });
+        let opened = kf.and_then(|kf| kf.open(password, &what));
+        match opened {
+            Ok(Some(k)) => return Ok(k),
+            Ok(None) => {}
+            Err(e @ (Error::Corrupt { .. } | Error::Io { .. })) => {
+                tracing::warn!("{e}: skipped");
+                damaged.push(e.to_string());
+            }
+            Err(e) => return Err(e),
         }
     }
-    Err(Error::WrongPassword(format!("{}/keys", b.location())))
+    if damaged.is_empty() {
+        return Err(Error::WrongPassword(format!("{}/keys", b.location())));
+    }
+    Err(Error::Other(format!(
+        "cannot open the repository: no key in {}/keys opens with the password, and {} key file{} could not be read ({})",
+        b.location(),
+        damaged.len(),
+        if damaged.len() == 1 { "" } else { "s" },
+        damaged.join("; ")
+    )))
 }
 
 /// Parses an unpacked file's plaintext: JSON as it is (`{` or `[` first, format 1), or

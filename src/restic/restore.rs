@@ -172,6 +172,9 @@ fn fill_files(
     }
 }
 
+/// A blob of zeros at least this long is left a hole in the restored file.
+const SPARSE_MIN: usize = 4096;
+
 /// One file's contents from its blobs, checked against the recorded size, then its
 /// metadata.
 fn fill(repo: &Repo, as_root: bool, f: Fill, cancel: &AtomicBool) -> Result<u64> {
@@ -181,13 +184,28 @@ fn fill(repo: &Repo, as_root: bool, f: Fill, cancel: &AtomicBool) -> Result<u64>
         node,
     } = f;
     let mut size = 0u64;
+    // A blob of zeros is a hole, not written (the file was created empty): a sparse
+    // file stays sparse, as restic's `restore --sparse` leaves it. A 1 GiB image with
+    // a hole was restored as 1 GiB of disk.
+    let mut hole_at_end = false;
     for id in node.content.iter().flatten() {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
         let data = repo.read_blob(BlobType::Data, id)?;
-        file.write_all(&data).map_err(io_err("write", &path))?;
+        hole_at_end = data.len() >= SPARSE_MIN && data.iter().all(|b| *b == 0);
+        if hole_at_end {
+            use std::io::Seek;
+            file.seek(std::io::SeekFrom::Current(data.len() as i64))
+                .map_err(io_err("seek", &path))?;
+        } else {
+            file.write_all(&data).map_err(io_err("write", &path))?;
+        }
         size += data.len() as u64;
+    }
+    if hole_at_end {
+        file.set_len(size)
+            .map_err(io_err("set the size of", &path))?;
     }
     drop(file);
     if size != node.size {

@@ -94,6 +94,10 @@ struct Worker<'a> {
     lease: Duration,
     /// When this process started (before its first claim).
     started: chrono::DateTime<chrono::Utc>,
+    /// When the plan was made: every generation of every unit began after it, so a file
+    /// an older generation copied is reused only if its source has not changed since
+    /// ([`TreeSink::new`]). `None` (unreadable): nothing is reused.
+    planned_at: Option<fsx::Time>,
     /// The store is on NFS or FUSE ([`crate::concurrency::is_remote`]).
     remote: bool,
     /// `--jobs` permits, shared by the walks of the units built at once ([`lanes`]).
@@ -227,6 +231,12 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         cancel,
         lease: super::state::lease(),
         started,
+        planned_at: chrono::DateTime::parse_from_rfc3339(&plan.created_at)
+            .ok()
+            .map(|t| fsx::Time {
+                sec: t.timestamp(),
+                nsec: t.timestamp_subsec_nanos(),
+            }),
         remote: crate::concurrency::is_remote(&store.root),
         gate: crate::pool::Gate::new(opts.jobs.max(1)),
         throttle: opts
@@ -981,9 +991,10 @@ fn build(
     }
     crate::util::create_private_dir(&work, true).ctx("create", &work)?;
     let work_fd = fsx::open_dir(&work).ctx("open", &work)?;
-    let resume = rd
-        .older_work(&unit.id, generation)
-        .and_then(|p| fsx::open_dir(&p).ok());
+    let resume = ctx.planned_at.and_then(|t| {
+        let p = rd.older_work(&unit.id, generation)?;
+        Some((fsx::open_dir(&p).ok()?, t))
+    });
     let part_id = format!("{}.g{generation}", unit.id);
     let parts = rd.part_dir(&unit.id, ctx.part_dirs);
     let writer = match manifest::Writer::part(&parts, &part_id, fsx::wall_clock()) {

@@ -84,6 +84,21 @@ fn staging_name(id: &str) -> String {
 }
 
 impl Store {
+    /// When the interrupted run `id` began (its record's start, else its id's second,
+    /// which is never later); `None` when neither tells: nothing of it is reused.
+    fn walk_started(&self, id: &str) -> Option<fsx::Time> {
+        let recorded = self.read_run(id).ok().flatten().and_then(|r| {
+            chrono::DateTime::parse_from_rfc3339(&r.started_at)
+                .ok()
+                .map(|t| t.to_utc())
+        });
+        let t = recorded.or_else(|| super::select::run_id_time(id))?;
+        Some(fsx::Time {
+            sec: t.timestamp(),
+            nsec: t.timestamp_subsec_nanos(),
+        })
+    }
+
     fn open_prev_root(&self, prev: Option<&Previous>) -> Result<Option<std::os::fd::OwnedFd>> {
         prev.map(|p| {
             let path = self.root.join(&p.name);
@@ -171,7 +186,13 @@ impl Repository for Store {
         let writer = manifest::Writer::create(&mdir, id, fsx::wall_clock())
             .ctx("create manifest in", &mdir)?;
         let prev = self.open_prev_root(prev)?;
-        let resume = resume.and_then(|n| fsx::open_dir(&self.meta.join("staging").join(n)).ok());
+        let resume = resume.and_then(|n| {
+            let started = self.walk_started(n)?;
+            Some((
+                fsx::open_dir(&self.meta.join("staging").join(n)).ok()?,
+                started,
+            ))
+        });
         let remote = crate::concurrency::is_remote(&self.root);
         Ok(TreeSink::new(staging, prev, resume, writer).listing_prev(remote))
     }

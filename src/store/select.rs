@@ -68,11 +68,24 @@ pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
         .map(|t| t.and_utc())
 }
 
-/// When a snapshot's source was read: its run's start, else the root directory's mtime.
+/// When a snapshot's source was read: its run's start, else (its record deleted) the
+/// second its run id names, else (a tree taken over) the root directory's mtime. The
+/// mtime is the source root's: with the record gone, `latest` and a copy's time went
+/// back to whenever the source's root last changed.
 pub fn taken_at(snap: &Snapshot, run: Option<&RunReport>) -> DateTime<Utc> {
     run.and_then(|r| parse_time(&r.started_at))
+        .or_else(|| snap.rec.as_ref().and_then(|r| run_id_time(&r.id)))
         .or_else(|| DateTime::from_timestamp(snap.mtime, 0))
         .unwrap_or_default()
+}
+
+/// The second a run id names (`engine::backup::new_run_id`: `%Y%m%dT%H%M%SZ-…`), when
+/// it has that form (a shard run's id is the user's).
+pub fn run_id_time(id: &str) -> Option<DateTime<Utc>> {
+    let stamp = id.split('-').next()?;
+    NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// A snapshot with the record of the run that made it and when its source was read.

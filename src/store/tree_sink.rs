@@ -15,6 +15,12 @@ use crate::manifest::{self, Entry};
 use crate::relpath::RelPath;
 use crate::sink::{CopyReason, Linked, Refused, Sink};
 
+/// How long before the interrupted walk's start a source file's last change must be for
+/// its copy in that walk's staging tree to be reused: the racy margin of incremental
+/// runs (`engine::decide::RACY_MARGIN_SECS`), for timestamp granularity and modest clock
+/// skew between an NFS server and us.
+const RESUME_MARGIN_SECS: i64 = 2;
+
 /// One directory of the new snapshot, with the same directory in the previous snapshot
 /// and in an interrupted run's staging tree, where they exist.
 pub struct TreeDir {
@@ -34,6 +40,9 @@ pub struct TreeSink {
     staging: OwnedFd,
     prev: Option<OwnedFd>,
     resume: Option<OwnedFd>,
+    /// A file of `resume` is taken only if its source's ctime is older than this: the
+    /// interrupted walk's start less the racy margin (see [`TreeSink::new`]).
+    resume_before: fsx::Time,
     manifest: Mutex<manifest::Writer>,
     /// The owner a file created in staging gets by itself (euid, egid), when the staging
     /// root has no setgid bit; a copy of a file with that owner needs no `fchown`.
@@ -48,13 +57,27 @@ pub struct TreeSink {
 
 impl TreeSink {
     /// `staging`: the new snapshot's root, created empty; `prev`: the previous
-    /// snapshot's root; `resume`: an interrupted run's staging tree.
+    /// snapshot's root; `resume`: an interrupted run's staging tree, and when that run's
+    /// walk began (or earlier). A file copied there is reused only if its source has not
+    /// changed since that walk began ([`Sink::resume`]): size, mtime, mode and owner
+    /// alone do not tell a file replaced under the same name with the same size and
+    /// mtime, which the copy would then miss.
     pub fn new(
         staging: OwnedFd,
         prev: Option<OwnedFd>,
-        resume: Option<OwnedFd>,
+        resume: Option<(OwnedFd, fsx::Time)>,
         manifest: manifest::Writer,
     ) -> TreeSink {
+        let (resume, resume_before) = match resume {
+            Some((fd, started)) => (
+                Some(fd),
+                fsx::Time {
+                    sec: started.sec - RESUME_MARGIN_SECS,
+                    nsec: started.nsec,
+                },
+            ),
+            None => (None, fsx::Time::default()),
+        };
         let creates_as = fsx::fstat(b(&staging))
             .ok()
             .filter(|m| m.perm & 0o2000 == 0)
@@ -68,6 +91,7 @@ impl TreeSink {
             staging,
             prev,
             resume,
+            resume_before,
             manifest: Mutex::new(manifest),
             creates_as,
             umask: fsx::process_umask(),
@@ -210,7 +234,9 @@ impl Sink for TreeSink {
         src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
     ) -> Option<blake3::Hash> {
         let res = dir.resume.as_ref()?;
-        if m.kind != Kind::File {
+        // Changed since the interrupted walk began (or so close to it that equal times
+        // prove nothing): its copy there may be of older content.
+        if m.kind != Kind::File || m.ctime >= self.resume_before {
             return None;
         }
         let s = fsx::lstat_at(b(res), name).ok()?;
