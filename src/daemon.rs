@@ -151,6 +151,9 @@ struct State<'a> {
     cfg: Config,
     jobs: BTreeMap<String, Job>,
     running: BTreeMap<String, Child>,
+    /// When each running child was started: a dead child's run is a catalog row of
+    /// its job started since ([`State::died`]).
+    spawned: BTreeMap<String, DateTime<Utc>>,
     summary: Summary,
 }
 
@@ -226,8 +229,13 @@ impl State<'_> {
             }
         }
         for (name, j) in &self.jobs {
-            if let Some(n) = j.next {
-                tracing::info!("job {name}: next run at {}", n.to_rfc3339());
+            match j.next {
+                Some(n) => tracing::info!("job {name}: next run at {}", n.to_rfc3339()),
+                None => {
+                    let msg = "its schedule has no time left (its last is past): it will not run";
+                    tracing::warn!("job {name}: {msg}");
+                    self.event(Some(name), "error", msg);
+                }
             }
         }
     }
@@ -286,11 +294,17 @@ impl State<'_> {
             .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .stdin(held.map_or_else(Stdio::null, Stdio::from))
             .stdout(Stdio::null());
+        // A process group of its own: a Ctrl-C at the daemon's terminal reaches the
+        // daemon only, which stops each run with one SIGTERM. The run got the SIGINT
+        // and then the daemon's SIGTERM, a second signal: it ended at once, exit 130,
+        // its record left `running`.
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
         match c.spawn() {
             Ok(child) => {
                 tracing::info!("job {name}: started run (pid {})", child.id());
                 self.summary.started += 1;
                 self.running.insert(name.to_string(), child);
+                self.spawned.insert(name.to_string(), Utc::now());
             }
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", self.opts.exe.display());
@@ -321,6 +335,7 @@ impl State<'_> {
             if let Some(why) = st.and_then(abnormal) {
                 self.died(&n, &why);
             }
+            self.spawned.remove(&n);
         }
     }
 
@@ -332,10 +347,16 @@ impl State<'_> {
         let msg = format!("its run's process {why}, before it recorded its end");
         tracing::error!("job {name}: {msg}");
         self.event(Some(name), "error", &msg);
-        // The job's newest run, once settled (`incomplete`), with its record.
+        // The job's newest run, once settled (`incomplete`), with its record: the dead
+        // child's, if it got as far as its row (else an older run's, not told again).
+        let since = self.spawned.get(name).copied();
         let settled = self.catalog().and_then(|mut c| {
             crate::catalog::settle_running(&mut c);
             let row = c.recent(name, 1).ok()?.into_iter().next()?;
+            let started = crate::store::select::parse_time(&row.started_at)?;
+            if since.is_some_and(|s| started < s - chrono::Duration::seconds(1)) {
+                return None;
+            }
             let store = crate::store::Store::open(Path::new(&row.store), false).ok()?;
             store.read_run(&row.id).ok().flatten()
         });
@@ -411,7 +432,12 @@ impl State<'_> {
         }
         for (n, mut c) in std::mem::take(&mut self.running) {
             match c.wait() {
-                Ok(st) => tracing::info!("job {n}: run ended ({st})"),
+                Ok(st) => {
+                    tracing::info!("job {n}: run ended ({st})");
+                    if let Some(why) = abnormal(st) {
+                        self.died(&n, &why);
+                    }
+                }
                 Err(e) => tracing::error!("job {n}: {e}"),
             }
         }
@@ -451,6 +477,7 @@ pub fn run(
         cfg,
         jobs,
         running: BTreeMap::new(),
+        spawned: BTreeMap::new(),
         summary: Summary::default(),
     };
     tracing::info!(

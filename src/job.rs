@@ -73,7 +73,7 @@ pub fn run_backup(
 /// system is under the mount point, say `complete`, and the real store miss the run
 /// (rsnapshot's `no_create_root` guards the same). Making `<store>/.snapring` by hand
 /// begins a new store there on purpose.
-fn refuse_vanished_store(opts: &BackupOptions, catalog: &CatalogTarget) -> Result<()> {
+pub fn refuse_vanished_store(opts: &BackupOptions, catalog: &CatalogTarget) -> Result<()> {
     let meta = opts.store.join(crate::store::META_DIR);
     if opts.dry_run || meta.exists() {
         return Ok(());

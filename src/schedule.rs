@@ -87,17 +87,15 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         tz,
         cron,
     };
-    // A pattern that never fires (31 February), or no more (a year that is past), is
-    // an error, not a silent idle job.
-    if s.next_after(Utc::now()).is_none() {
-        let ever = s
-            .next_after(DateTime::<Utc>::from_timestamp(0, 0).expect("epoch"))
-            .is_some();
-        return Err(bad(if ever {
-            "its last time is past: it never fires again".into()
-        } else {
-            "it never fires".into()
-        }));
+    // A pattern that never fires (31 February) is an error, not a silent idle job. One
+    // whose last time is past (a year that is over) is not: it fired, and a config must
+    // not break by itself when a date passes (every run parses it, a one-time job's
+    // own run included). The daemon says so at start and reload.
+    if s.next_after(DateTime::<Utc>::from_timestamp(0, 0).expect("epoch"))
+        .is_none()
+        && s.next_after(Utc::now()).is_none()
+    {
+        return Err(bad("it never fires".into()));
     }
     Ok(s)
 }
@@ -230,9 +228,8 @@ mod tests {
             ["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"][..2]
         );
         assert!(parse("cron(0 0 29 2 ? 2029)", None).is_err(), "never fires");
-        // A year that is past: accepted, and the daemon waited for ever.
-        let e = parse("cron(0 2 * * ? 2025)", None).unwrap_err();
-        assert!(e.contains("its last time is past"), "{e}");
+        // A year that is past is a schedule that fired: accepted (the daemon warns).
+        assert!(parse("cron(0 2 * * ? 2025)", None).is_ok());
     }
 
     #[test]

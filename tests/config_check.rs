@@ -225,10 +225,11 @@ command = ["", "--page"]
     assert!(!out.contains("T0KEN-SECRET"), "{out}");
 }
 
-/// Two jobs writing one store with one label: a problem at the second job's `dest`,
-/// whose retention would expire the first's snapshots (another source's: `config
-/// check` said ok, and a `retain = 1` job deleted the other's three snapshots). The
-/// same store with another label is a weekly beside a daily, and fine.
+/// Two jobs writing one store with one label from two sources: a problem at the second
+/// job's `dest`, whose retention would expire the first's snapshots (`config check`
+/// said ok, and a `retain = 1` job deleted the other's three snapshots). The same
+/// store with another label is a weekly beside a daily, and one source with one
+/// `retain` in two jobs (a scheduled one and a manual one) is one history: both fine.
 #[test]
 fn two_jobs_on_one_store_and_label_are_a_problem() {
     let t = tempfile::tempdir().unwrap();
@@ -239,7 +240,9 @@ fn two_jobs_on_one_store_and_label_are_a_problem() {
         root.join("c.toml"),
         "[job.keep7]\nsource = \"src\"\ndest = \"bk\"\nretain = 7\n\n\
          [job.keep1]\nsource = \"src2\"\ndest = \"bk/\"\nretain = 1\n\n\
-         [job.weekly]\nsource = \"src\"\ndest = \"bk\"\nlabel = \"weekly\"\n",
+         [job.weekly]\nsource = \"src\"\ndest = \"bk\"\nlabel = \"weekly\"\n\n\
+         [job.nightly]\nsource = \"src\"\ndest = \"bk2\"\nretain = 7\n\n\
+         [job.manual]\nsource = \"./src\"\ndest = \"bk2/x/..\"\nretain = 7\n",
     )
     .unwrap();
     let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
@@ -250,7 +253,7 @@ fn two_jobs_on_one_store_and_label_are_a_problem() {
         &[&(
             "3:1",
             "job.keep7.dest",
-            "job.keep1 writes the same store (bk) with the same label (daily)",
+            "job.keep1 writes the same store (bk) with the same label (daily) from another source",
         )],
     );
 }

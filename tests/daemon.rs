@@ -1155,3 +1155,65 @@ fn a_job_named_like_a_flag_runs_under_the_daemon() {
     let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
     assert_eq!(h[0]["job"], "--help", "{h}");
 }
+
+/// Ctrl-C at the terminal of a daemon run in the foreground (SIGINT to its whole
+/// process group): the running backup is stopped once, by the daemon, and records
+/// itself `incomplete`. It got the terminal's SIGINT and then the daemon's SIGTERM, a
+/// second signal, so it ended at once (exit 130) with its record and row `running`.
+#[test]
+fn ctrl_c_at_a_foreground_daemon_stops_its_runs_cleanly() {
+    use std::os::unix::process::CommandExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, catalog) = (
+        t.path().join("src"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src, 30, 10);
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\njobs = 1\nschedule = \"* * * * * *\"\n",
+            src.display(),
+            dest.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pgid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    wait_until("a run to start", 30, || {
+        std::fs::read_dir(dest.join(".snapring/runs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+            >= 1
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    rustix::process::kill_process_group(pgid, rustix::process::Signal::INT).unwrap();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    // The records as the runs left them (a `history` would settle a dead run's).
+    let records: Vec<serde_json::Value> = std::fs::read_dir(dest.join(".snapring/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect();
+    assert!(!records.is_empty());
+    for r in &records {
+        assert_ne!(r["status"], "running", "{r}");
+    }
+    assert!(
+        records.iter().any(|r| r["status"] == "incomplete"),
+        "{records:?}"
+    );
+}

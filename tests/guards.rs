@@ -797,6 +797,15 @@ fn a_store_on_an_unmounted_file_system_is_refused_when_the_catalog_knows_it() {
         err.contains("is the backup file system mounted?") && err.contains("1 run recorded"),
         "{err}"
     );
+    // A shard worker on a node where it is not mounted, as well.
+    let (code, rep, err) = backup(
+        &src,
+        &mnt,
+        &["--folder", "fs-1", "--shard", "0/1", "--run-id", "r1"],
+        &[cat],
+    );
+    assert_eq!(code, 1, "{err}{rep}");
+    assert!(err.contains("is the backup file system mounted?"), "{err}");
     assert_eq!(
         std::fs::read_dir(&mnt).unwrap().count(),
         0,

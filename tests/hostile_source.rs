@@ -59,6 +59,37 @@ fn resume_within(run: Paused, limit: Duration) -> Option<(i32, serde_json::Value
     }
 }
 
+/// A backup of `src` into the repository `url` (`--jobs 1`), paused at the first hit of
+/// failpoint `point` until the returned run's pause file (in `t`) is removed.
+fn spawn_repository_backup_paused(
+    src: &Path,
+    url: &str,
+    point: &str,
+    t: &tempfile::TempDir,
+) -> Paused {
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args(["backup", "--json", "--jobs", "1", "--source"])
+        .arg(src)
+        .args(["--dest", url])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .env(
+            "XDG_CACHE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        )
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("{point}=pause:{}@1", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    Paused { child, pause }
+}
+
 /// The problems of a report as `path|kind|action|error` lines.
 fn problems(rep: &serde_json::Value) -> Vec<String> {
     rep["problems"]
@@ -601,7 +632,7 @@ fn a_store_inside_the_source_through_a_bind_mount_is_left_out_of_a_shard_run() {
 /// `prune` out), and a device would have been read as the file's content.
 #[test]
 fn a_file_replaced_by_a_fifo_or_a_device_is_not_read_into_a_repository() {
-    use common::restic::{PASSWORD, file_url, restic_binary, run_restic, sr};
+    use common::restic::{file_url, restic_binary, run_restic, sr};
     for (what, dev) in [("fifo", None), ("character device", Some((1, 5)))] {
         let t = tempfile::tempdir().unwrap();
         let (src, repo) = (t.path().join("src"), t.path().join("repo"));
@@ -610,29 +641,10 @@ fn a_file_replaced_by_a_fifo_or_a_device_is_not_read_into_a_repository() {
         let url = file_url(&repo);
         let (code, out, err) = sr(&["init", "--dest", &url]);
         assert_eq!(code, 0, "{out}\n{err}");
-        let pause = t.path().join("paused");
-        let child = Command::new(bin())
-            .args(["backup", "--json", "--jobs", "1", "--source"])
-            .arg(&src)
-            .args(["--dest", &url])
-            .env("SNAPRING_CATALOG", "off")
-            .env("SNAPRING_PASSWORD", PASSWORD)
-            .env(
-                "XDG_CACHE_HOME",
-                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-            )
-            .env(
-                "SNAPRING_FAILPOINTS",
-                format!("restic.backup.before_open=pause:{}@1", pause.display()),
-            )
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for(&pause);
+        let run = spawn_repository_backup_paused(&src, &url, "restic.backup.before_open", &t);
         // The first file read (names in order): `f`.
         replace(&src.join("f"), dev);
-        let (code, rep) = resume_within(Paused { child, pause }, Duration::from_secs(60))
+        let (code, rep) = resume_within(run, Duration::from_secs(60))
             .unwrap_or_else(|| panic!("{what}: the backup did not end within 60 s"));
         assert_eq!(code, 2, "{what}: {rep}");
         let ps = problems(&rep);
@@ -653,7 +665,7 @@ fn a_file_replaced_by_a_fifo_or_a_device_is_not_read_into_a_repository() {
 /// of the old content and the rest of the new under the old mtime, `complete`.
 #[test]
 fn a_file_rewritten_while_read_into_a_repository_is_read_again() {
-    use common::restic::{PASSWORD, file_url, pseudo_random, restore_latest, sr};
+    use common::restic::{file_url, pseudo_random, restore_latest, sr};
     let t = tempfile::tempdir().unwrap();
     let (src, repo) = (t.path().join("src"), t.path().join("repo"));
     let (old, new) = (pseudo_random(2 << 20, 1), pseudo_random(2 << 20, 2));
@@ -661,30 +673,11 @@ fn a_file_rewritten_while_read_into_a_repository_is_read_again() {
     let url = file_url(&repo);
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    let pause = t.path().join("paused");
-    let child = Command::new(bin())
-        .args(["backup", "--json", "--jobs", "1", "--source"])
-        .arg(&src)
-        .args(["--dest", &url])
-        .env("SNAPRING_CATALOG", "off")
-        .env("SNAPRING_PASSWORD", PASSWORD)
-        .env(
-            "XDG_CACHE_HOME",
-            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
-        )
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("restic.backup.read=pause:{}@1", pause.display()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
+    let run = spawn_repository_backup_paused(&src, &url, "restic.backup.read", &t);
     // After the first 512 KiB: rewritten in place, same size.
     std::fs::write(src.join("f"), &new).unwrap();
-    let (code, rep) = resume_within(Paused { child, pause }, Duration::from_secs(60))
-        .expect("the backup did not end within 60 s");
+    let (code, rep) =
+        resume_within(run, Duration::from_secs(60)).expect("the backup did not end within 60 s");
     assert_eq!(code, 0, "{rep}");
     assert_eq!(rep["status"], "complete", "{rep}");
     let to = t.path().join("to");

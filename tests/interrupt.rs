@@ -21,6 +21,21 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
     (t, src, dest)
 }
 
+/// A backup stopped by SIGINT after its 10th copy: its output, exit 3 checked.
+fn interrupted_at_the_10th_copy(src: &Path, dest: &Path) -> std::process::Output {
+    let Paused { child, pause } = spawn_paused(src, dest, &[], "walk.after_copy", 10);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    out
+}
+
 fn resumes(src: &Path, dest: &Path) {
     assert!(snapshot_names(dest).is_empty(), "nothing published");
     assert_eq!(
@@ -55,16 +70,7 @@ fn resumes(src: &Path, dest: &Path) {
 #[test]
 fn sigint_gives_incomplete_and_the_next_run_resumes() {
     let (_t, src, dest) = setup();
-    let Paused { child, pause } = spawn_paused(&src, &dest, &[], "walk.after_copy", 10);
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    std::fs::remove_file(&pause).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    let out = interrupted_at_the_10th_copy(&src, &dest);
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rep["status"], "incomplete");
     assert!(
@@ -112,16 +118,7 @@ fn expired_window_gives_incomplete_and_the_next_run_resumes() {
 #[test]
 fn a_file_replaced_after_the_interrupted_run_copied_it_is_copied_again() {
     let (_t, src, dest) = setup();
-    let Paused { child, pause } = spawn_paused(&src, &dest, &[], "walk.after_copy", 10);
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    std::fs::remove_file(&pause).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    interrupted_at_the_10th_copy(&src, &dest);
     for i in 0..20u8 {
         let f = src.join(format!("f{i:02}"));
         let mtime = std::fs::metadata(&f).unwrap().modified().unwrap();

@@ -9,7 +9,7 @@
 mod common;
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use common::restic::*;
 use common::*;
@@ -399,13 +399,17 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
     );
 }
 
-/// The inode number of a file the parent copy recorded, given to a new file once the
-/// parent's snapshot expired and freed it (ext4 hands freed numbers out again), with
-/// the same size and mtime (`rsync -t`, `touch -r`): the copy reads the new file. It
-/// took it for the parent's, "reused by inode", and the repository held the old
-/// content, `complete`. Needs root (a loop-mounted ext4 image, where reuse is quick).
+/// The inode number of a file the parent copy recorded, given to another file once the
+/// parent's snapshot expired and the number was freed (ext4 hands freed numbers out
+/// again), with the same size and mtime: the copy reads it instead of taking it for
+/// the parent's file. It was "reused by inode" and the repository kept the old content,
+/// `complete`. Made deterministic on a loop-mounted ext4 image: every free inode is
+/// taken but the one freed, so the new file must get its number. (The new file here is
+/// put into the store snapshot by hand, so the copy also finds it is not what the
+/// manifest recorded.) Needs root.
 #[test]
 fn a_reused_inode_number_is_not_taken_for_the_parents_file() {
+    use std::os::unix::fs::MetadataExt;
     use std::process::Command;
     let f = Fixture::new();
     let (img, fs) = (f.t.path().join("e4.img"), f.t.path().join("e4"));
@@ -430,35 +434,20 @@ fn a_reused_inode_number_is_not_taken_for_the_parents_file() {
     }
     let _unmount = Unmount(fs.clone());
     let (src, store) = (f.t.path().join("src5"), fs.join("st"));
-    let file = src.join("P");
-    let set = |v: u32| {
-        write(&file, format!("version-{v:05}-{:090}", 0).as_bytes());
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800);
+    let put = |p: &Path, v: u32| {
+        write(p, format!("version-{v:05}-{:090}", 0).as_bytes());
         std::fs::File::options()
             .write(true)
-            .open(&file)
+            .open(p)
             .unwrap()
-            .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_577_836_800))
+            .set_modified(mtime)
             .unwrap();
     };
-    // A store run keeping one snapshot; the older records and logs removed, as an
-    // operator's clean-up would, so that freed inode numbers come back quickly.
-    let run = |v: u32| -> u64 {
-        set(v);
+    put(&src.join("P"), 1);
+    let run = || {
         let (code, r, err) = backup(&src, &store, &["--retain", "1"], &[]);
         assert_eq!(code, 0, "{r}{err}");
-        for d in ["runs", "logs"] {
-            let dir = store.join(".snapring").join(d);
-            let mut names: Vec<PathBuf> = std::fs::read_dir(&dir)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .collect();
-            names.sort();
-            names.pop();
-            for n in names {
-                std::fs::remove_file(n).unwrap();
-            }
-        }
-        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(store.join("daily.0/P")).unwrap())
     };
     let url = f.url();
     let copy = || {
@@ -471,27 +460,38 @@ fn a_reused_inode_number_is_not_taken_for_the_parents_file() {
             &url,
             "--json",
         ]);
-        assert_eq!(code, 0, "{r}{err}");
-        r
+        (code, r, err)
     };
-    for v in 1..=4 {
-        run(v);
+    run();
+    let (code, r, err) = copy();
+    assert_eq!(code, 0, "{r}{err}");
+    // The next run links P again and expires the copied snapshot with its manifest.
+    run();
+    let p = store.join("daily.0/P");
+    let ino = std::fs::metadata(&p).unwrap().ino();
+    // Every free inode taken, then P's freed and given to a new file of the same size
+    // and mtime and other content.
+    let fill = fs.join("fill");
+    std::fs::create_dir(&fill).unwrap();
+    let mut n = 0;
+    while std::fs::File::create(fill.join(n.to_string())).is_ok() {
+        n += 1;
     }
-    let copied_ino = run(5);
-    copy();
-    let mut v = 6;
-    while run(v) != copied_ino {
-        v += 1;
-        assert!(v < 40, "ext4 gave inode {copied_ino} to no new file");
-    }
-    let r = copy();
-    assert_eq!(r["repository"]["files_read"], 1, "{r}");
-    let restored = f.restore(r["snapshot"].as_str().unwrap(), "r");
+    std::fs::remove_file(&p).unwrap();
+    put(&p, 2);
     assert_eq!(
-        std::fs::read(restored.join("P")).unwrap(),
-        std::fs::read(&file).unwrap(),
-        "the copy holds version {v}"
+        std::fs::metadata(&p).unwrap().ino(),
+        ino,
+        "{n} inodes filled"
     );
+    std::fs::remove_dir_all(&fill).unwrap();
+    let (code, r, err) = copy();
+    let b = &r["repository"];
+    assert_eq!(b["copied_from"]["reused_by_inode"], 0, "{r}{err}");
+    assert_eq!(b["files_read"], 1, "{r}{err}");
+    // The content read is checked against the manifest, which recorded version 1.
+    assert_eq!(code, 2, "{r}{err}");
+    assert_eq!(r["problems"][0]["path"], "P", "{r}");
 }
 
 /// A store snapshot whose run record was deleted (an operator's clean-up) keeps its
@@ -513,14 +513,20 @@ fn a_snapshot_whose_run_record_is_gone_is_dated_by_its_run() {
     f.copy("daily.0");
     write(&f.src.join("d2/f2"), b"v2");
     age_root();
+    // Run ids name the second: the two runs in two seconds, as real ones are.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     f.store_backup("7");
     let runs = f.backups.join("fs-1/.snapring/runs");
-    let mut records: Vec<PathBuf> = std::fs::read_dir(&runs)
+    let newest = std::fs::read_dir(&runs)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .collect();
-    records.sort();
-    std::fs::remove_file(records.last().unwrap()).unwrap();
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .max_by_key(|p| {
+            let r: serde_json::Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+            r["started_at"].as_str().unwrap().to_string()
+        })
+        .unwrap();
+    std::fs::remove_file(newest).unwrap();
     let second = f.copy("daily.0");
     let to = f.t.path().join("latest");
     let (code, _, err) = sr(&restore_latest(&f.url(), &to));
@@ -530,4 +536,51 @@ fn a_snapshot_whose_run_record_is_gone_is_dated_by_its_run() {
         .or_else(|_| std::fs::read(to.join("d2/f2")))
         .unwrap();
     assert_eq!(restored, b"v2", "latest is the second copy: {second}");
+}
+
+/// A copy stopped (SIGINT) before its snapshot, of a store snapshot without its
+/// manifest: `incomplete`, exit 3, as any stopped copy. The "copied unchecked" problem
+/// made it `partial`, exit 2, though no snapshot was written.
+#[test]
+fn a_stopped_copy_without_a_manifest_is_incomplete() {
+    let f = Fixture::new();
+    f.store_backup("7");
+    let manifests = f.backups.join("fs-1/.snapring/manifests");
+    for e in std::fs::read_dir(&manifests).unwrap() {
+        let p = e.unwrap().path();
+        if p.extension().is_some_and(|e| e == "mf") {
+            std::fs::remove_file(p).unwrap();
+        }
+    }
+    let pause = f.t.path().join("paused");
+    let child = std::process::Command::new(bin())
+        .args(["copy", "--dest"])
+        .arg(&f.backups)
+        .args(["--folder", "fs-1", "daily.0", "--to", &f.url(), "--json"])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env(
+            "XDG_CACHE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        )
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.backup.read=pause:{}@1", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(3), "{r}{out:?}");
+    assert_eq!(r["status"], "incomplete", "{r}");
 }

@@ -765,6 +765,18 @@ fn a_damaged_key_file_beside_a_good_one_does_not_lock_the_repository() {
         &bytes[..bytes.len() / 2],
     )
     .unwrap();
+    // And one whose scrypt parameters are wrong: N not a power of two, and N and r
+    // asking for terabytes of memory (the allocation would abort the process).
+    let mut key: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    for (name, n, r) in [("1", 32_769u64, 8u64), ("2", 1 << 30, 8)] {
+        key["N"] = n.into();
+        key["r"] = r.into();
+        std::fs::write(
+            repo.join("keys").join(name.repeat(64)),
+            serde_json::to_vec(&key).unwrap(),
+        )
+        .unwrap();
+    }
     let (code, out, err) = sr(&["list", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
     let out = snapring(
@@ -774,7 +786,62 @@ fn a_damaged_key_file_beside_a_good_one_does_not_lock_the_repository() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("no key in") && err.contains("1 key file could not be read"),
+        err.contains("no key in") && err.contains("3 key files could not be read"),
         "{err}"
     );
+}
+
+/// A restore from a repository with one damaged data blob: that file is not restored
+/// (no half-written file is left), it is named as a problem, and every other file is
+/// restored; the run is `partial`, exit 2, as restic's restore goes on. It stopped at
+/// the first damaged blob, exit 1, with some files restored and others left empty and
+/// nothing saying which.
+#[test]
+fn a_restore_goes_on_past_a_damaged_blob_and_names_its_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("to"),
+    );
+    for i in 0..20u64 {
+        write(&src.join(format!("f{i:02}")), &pseudo_random(20_000, i));
+    }
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    backup_json(&src, &url);
+    // One byte of the first blob of the data pack (the biggest) flipped.
+    let (_, pack) = packs_by_size(&repo).pop().unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    bytes[1000] ^= 0x01;
+    std::fs::write(&pack, &bytes).unwrap();
+    let (code, out, err) = sr_nocache(&[
+        "restore",
+        "--dest",
+        &url,
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep["status"], "partial", "{rep}");
+    let problems = rep["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{rep}");
+    assert_eq!(problems[0]["action"], "read from the repository", "{rep}");
+    let damaged = problems[0]["path"].as_str().unwrap().to_string();
+    let mut restored = 0;
+    for i in 0..20u64 {
+        let name = format!("f{i:02}");
+        let got = std::fs::read(to.join(&name));
+        if damaged.ends_with(&name) {
+            assert!(got.is_err(), "{name}: the damaged file left behind");
+        } else {
+            assert_eq!(got.unwrap(), pseudo_random(20_000, i), "{name}");
+            restored += 1;
+        }
+    }
+    assert_eq!(restored, 19);
 }

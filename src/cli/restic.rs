@@ -657,14 +657,25 @@ pub fn restore(
         };
         let mut out =
             snapring::restore::RestoreReport::not_started(&opts, started_at.clone(), String::new());
-        out.status = Status::Complete;
-        out.exit_code = Status::Complete.exit_code();
+        out.status = if r.problems.is_empty() {
+            Status::Complete
+        } else {
+            Status::Partial
+        };
+        out.exit_code = out.status.exit_code();
         out.run_id = Some(r.snapshot.clone());
         out.message = format!(
             "restored snapshot {} into {}",
             &r.snapshot[..8.min(r.snapshot.len())],
             r.to.display()
         );
+        if !r.problems.is_empty() {
+            out.message.push_str(&format!(
+                "; {} entries could not be restored whole (each named)",
+                r.problems.len()
+            ));
+        }
+        out.problems = r.problems.clone();
         out.files_restored = r.files;
         out.dirs_created = r.dirs;
         out.bytes_restored = r.bytes;
@@ -685,8 +696,12 @@ pub fn restore(
     if a.json {
         print::json(&report)?;
     } else {
+        for p in &r.problems {
+            print::errln!("snapring: {}: {}: {}", p.path, p.action, p.error);
+        }
         outln!(
-            "complete: restored snapshot {} into {}: {} files ({}), {} directories, {} symlinks, {} hard links; took {:.2}s{}",
+            "{}: restored snapshot {} into {}: {} files ({}), {} directories, {} symlinks, {} hard links; took {:.2}s{}",
+            report.status.as_str(),
             &r.snapshot[..8],
             r.to.display(),
             r.files,
@@ -702,7 +717,7 @@ pub fn restore(
                 .unwrap_or_default()
         );
     }
-    Ok(ExitCode::Complete)
+    Ok(ExitCode::from(report.status))
 }
 
 fn print_forget(r: &restic::forget::ForgetReport) {

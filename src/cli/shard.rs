@@ -52,6 +52,20 @@ pub fn worker(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let cancel = super::cancel_on_signal();
+    // A store the catalog knows, gone (its file system not mounted on this node): as a
+    // single-node run, refused before the worker makes a new store under the mount
+    // point.
+    if let Some(c) = catalog
+        && let Err(e) = snapring::job::refuse_vanished_store(opts, c)
+    {
+        let msg = format!(
+            "shard worker {}/{} of run {}: {e}",
+            spec.index, spec.count, spec.run_id
+        );
+        errln!("snapring: {msg}");
+        worker_ended(opts, spec, Status::Failed, msg, catalog, notify);
+        return Ok(ExitCode::Failed);
+    }
     let mut out = match snapring::shard::worker::run(opts, spec, &cancel) {
         Ok(o) => o,
         Err(e) => {

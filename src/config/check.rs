@@ -320,6 +320,33 @@ impl Problem {
     }
 }
 
+/// A store and label one job writes ([`Checker::stores`]).
+struct SharedStore {
+    store: PathBuf,
+    label: String,
+    source: PathBuf,
+    retain: Option<String>,
+    job: String,
+}
+
+/// `p` with `.` and `a/..` taken out by their names (no file system lookup).
+fn lexical(p: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// Every problem of the config `text`, in file order.
 pub fn check_text(text: &str) -> Vec<Problem> {
     let mut c = Checker {
@@ -474,8 +501,9 @@ struct Checker<'t> {
     starts: Vec<usize>,
     text: &'t str,
     out: Vec<Problem>,
-    /// Each store (dest and folder) and label a job writes, and the job's key.
-    stores: Vec<(PathBuf, String, String)>,
+    /// Each store (dest and folder, lexically normalized) and label a job writes, the
+    /// job's source and `retain` (as written), and the job's key.
+    stores: Vec<SharedStore>,
 }
 
 impl Checker<'_> {
@@ -632,30 +660,46 @@ impl Checker<'_> {
             if let Err(m) = opt::check_overlap(Path::new(src), &store) {
                 self.push(dest_at.clone(), dotted(dk, "dest"), m, None);
             }
-            // Two jobs on one store and label share one rotation: each run's retention
-            // expires the other's snapshots (of another source, or counted twice).
+            // Two jobs on one store and label share one rotation: a run of either
+            // expires the other's snapshots by its own `retain`. Of one source with one
+            // `retain` (a scheduled job and a manual one, say) that is one history; of
+            // two sources, or with two `retain`s, one job deletes the other's.
             // A label that is not valid is its own problem, and no label here.
             let label = match entry(t, "label") {
                 None => Some("daily"),
                 Some(_) => good("label", opt::check_label).map(|(l, _)| l),
             };
-            if let Some(label) = label
-                && let Some((_, _, other)) = self
-                    .stores
-                    .iter()
-                    .find(|(s, l, _)| *s == store && l == label)
+            let retain = entry(t, "retain").map(|(_, v)| format!("{:?}", v.get_ref()));
+            let shared = label.map(|label| SharedStore {
+                store: lexical(&store),
+                label: label.to_string(),
+                source: lexical(Path::new(src)),
+                retain,
+                job: dk.to_string(),
+            });
+            if let Some(me) = &shared
+                && let Some(other) = self.stores.iter().find(|o| {
+                    o.store == me.store
+                        && o.label == me.label
+                        && (o.source != me.source || o.retain != me.retain)
+                })
             {
                 let m = format!(
-                    "{other} writes the same store ({}) with the same label ({label}): each \
-                     job's retention would expire the other's snapshots; give this job its \
-                     own folder or label",
-                    store.display()
+                    "{} writes the same store ({}) with the same label ({}) {}: each job's \
+                     retention would expire the other's snapshots; give this job its own \
+                     folder or label",
+                    other.job,
+                    store.display(),
+                    me.label,
+                    if other.source == me.source {
+                        "with another retain"
+                    } else {
+                        "from another source"
+                    },
                 );
                 self.push(dest_at, dotted(dk, "dest"), m, None);
             }
-            if let Some(label) = label {
-                self.stores.push((store, label.to_string(), dk.to_string()));
-            }
+            self.stores.extend(shared);
             if let Some((p, p_at)) = good("prefix", prefix)
                 && let Ok(rel) = RelPath::new(p.trim_matches('/').as_bytes())
                 && let Err(m) = opt::check_prefix(Path::new(src), &rel)

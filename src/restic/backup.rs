@@ -1326,9 +1326,15 @@ impl<'a> Run<'a> {
             rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK,
         )
         .map_err(io_err("open", p))?;
-        let kind = crate::fsx::fstat(std::os::fd::AsFd::as_fd(&fd))
-            .map_err(io_err("stat", p))?
-            .kind;
+        // The attributes the open has just given the kernel: no round trip.
+        let kind = match crate::fsx::fstat_cached(std::os::fd::AsFd::as_fd(&fd)) {
+            Some(m) => m.kind,
+            None => {
+                crate::fsx::fstat(std::os::fd::AsFd::as_fd(&fd))
+                    .map_err(io_err("stat", p))?
+                    .kind
+            }
+        };
         if kind != crate::fsx::Kind::File {
             return Err(io_err("open", p)(crate::fsx::not_a_file(kind)).into());
         }

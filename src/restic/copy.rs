@@ -191,8 +191,13 @@ pub fn copy(
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
     // Without its manifest nothing of the snapshot could be checked: copied as found,
-    // as a restore does, and said so.
-    if let Some(e) = &sel.manifest_error {
+    // as a restore does, and said so (when a snapshot was written: a copy stopped
+    // before it stays `incomplete`).
+    if let Some(e) = sel
+        .manifest_error
+        .as_ref()
+        .filter(|_| !report.backup.snapshot.is_empty())
+    {
         let b = &mut report.backup;
         b.problems.insert(
             0,

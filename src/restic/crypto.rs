@@ -130,6 +130,17 @@ pub fn derive(password: &[u8], salt: &[u8], p: KdfParams) -> Result<Key> {
             p.n
         )));
     }
+    // A damaged key file's N or r could ask for terabytes, and the allocation would
+    // abort the process (restic's own keys use 64 MiB by default).
+    let memory = 128u128 * u128::from(p.n) * u128::from(p.r);
+    if memory > 2 << 30 {
+        return Err(Error::Other(format!(
+            "scrypt N={} r={} would need {} GiB of memory: more than this key can be (damaged?)",
+            p.n,
+            p.r,
+            memory >> 30
+        )));
+    }
     let params = scrypt::Params::new(p.n.trailing_zeros() as u8, p.r, p.p, 64).map_err(|e| {
         Error::Other(format!(
             "scrypt parameters N={} r={} p={}: {e}",

@@ -353,11 +353,13 @@ fn find_key(b: &dyn Backend, password: &[u8]) -> Result<Key> {
         match opened {
             Ok(Some(k)) => return Ok(k),
             Ok(None) => {}
-            Err(e @ (Error::Corrupt { .. } | Error::Io { .. })) => {
-                tracing::warn!("{e}: skipped");
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            // Whatever is wrong with one key file (its JSON, its KDF parameters, its
+            // read) is that key's: the others are tried.
+            Err(e) => {
+                tracing::warn!("{what}: {e}: skipped");
                 damaged.push(e.to_string());
             }
-            Err(e) => return Err(e),
         }
     }
     if damaged.is_empty() {

@@ -39,6 +39,11 @@ pub struct RestoreReport {
     pub hard_links: u64,
     pub bytes: u64,
     pub duration_seconds: f64,
+    /// Files whose content could not be read from the repository (damaged or lost
+    /// data: not restored, their half-written file removed) or whose metadata could
+    /// not be set (restored, the metadata named): the restore goes on and is
+    /// `partial`, as restic's goes on.
+    pub problems: Vec<crate::report::Problem>,
 }
 
 /// Threads that fetch file contents at once. Each holds one blob (at most the chunker's
@@ -100,11 +105,15 @@ pub fn restore(
     let as_root = rustix::process::geteuid().is_root();
     let failed = std::sync::Mutex::new(None);
     let filled = Filled::default();
+    let problems = Problems {
+        to,
+        list: std::sync::Mutex::new(Vec::new()),
+    };
     let (tx, rx) = std::sync::mpsc::sync_channel::<Fill>(FILL_QUEUE);
     let rx = std::sync::Mutex::new(rx);
     let walked = std::thread::scope(|s| {
         for _ in 0..FILL_THREADS {
-            s.spawn(|| fill_files(repo, as_root, &rx, &failed, &filled, cancel));
+            s.spawn(|| fill_files(repo, as_root, &rx, &failed, &filled, &problems, cancel));
         }
         let mut r = Restorer {
             repo,
@@ -133,8 +142,15 @@ pub fn restore(
         return Err(Error::Cancelled);
     }
     for (p, n) in &dirs {
-        metadata(as_root, n, p)?;
+        if let Err(e) = metadata(as_root, n, p) {
+            problems.add(p, crate::report::ProblemKind::Metadata, "set metadata", e);
+        }
     }
+    report.problems = problems
+        .list
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    report.problems.sort_by(|a, b| a.path.cmp(&b.path));
     report.files = filled.files.into_inner();
     report.bytes = filled.bytes.into_inner();
     report.duration_seconds = started.elapsed().as_secs_f64();
@@ -145,27 +161,75 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The problems of one restore, named relative to its target.
+struct Problems<'a> {
+    to: &'a Path,
+    list: std::sync::Mutex<Vec<crate::report::Problem>>,
+}
+
+impl Problems<'_> {
+    fn add(&self, p: &Path, kind: crate::report::ProblemKind, action: &str, e: Error) {
+        tracing::warn!("{}: {action}: {e}", p.display());
+        let rel = p.strip_prefix(self.to).unwrap_or(p);
+        lock(&self.list).push(crate::report::Problem {
+            path: crate::relpath::escape(rel.as_os_str().as_bytes()),
+            kind,
+            action: action.into(),
+            error: e.to_string(),
+        });
+    }
+}
+
+/// Why a file was not filled whole.
+enum FillError {
+    /// Its content could not be read from the repository (a damaged or lost blob):
+    /// that file only.
+    Content(Error),
+    /// Its content is written, its metadata could not be set: that file only.
+    Metadata(Error),
+    /// The restore cannot go on (the target cannot be written, a signal).
+    Stop(Error),
+}
+
 /// A fill thread: writes the files the walk created, until the walk ends or a fill
-/// fails (the first error is kept; the others stop).
+/// fails for good (the first error is kept; the others stop). A file whose own data or
+/// metadata fails is a problem, and the others go on.
 fn fill_files(
     repo: &Repo,
     as_root: bool,
     rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Fill>>,
     failed: &std::sync::Mutex<Option<Error>>,
     filled: &Filled,
+    problems: &Problems,
     cancel: &AtomicBool,
 ) {
+    use crate::report::ProblemKind;
     loop {
         let Ok(f) = lock(rx).recv() else { return };
         if lock(failed).is_some() {
             continue;
         }
+        let path = f.path.clone();
         match fill(repo, as_root, f, cancel) {
             Ok(size) => {
                 filled.files.fetch_add(1, Ordering::Relaxed);
                 filled.bytes.fetch_add(size, Ordering::Relaxed);
             }
-            Err(e) => {
+            Err(FillError::Content(e)) => {
+                // Not left half-written, as if restored.
+                let _ = std::fs::remove_file(&path);
+                problems.add(
+                    &path,
+                    ProblemKind::Unreadable,
+                    "read from the repository",
+                    e,
+                );
+            }
+            Err(FillError::Metadata(e)) => {
+                filled.files.fetch_add(1, Ordering::Relaxed);
+                problems.add(&path, ProblemKind::Metadata, "set metadata", e);
+            }
+            Err(FillError::Stop(e)) => {
                 lock(failed).get_or_insert(e);
             }
         }
@@ -177,7 +241,12 @@ const SPARSE_MIN: usize = 4096;
 
 /// One file's contents from its blobs, checked against the recorded size, then its
 /// metadata.
-fn fill(repo: &Repo, as_root: bool, f: Fill, cancel: &AtomicBool) -> Result<u64> {
+fn fill(
+    repo: &Repo,
+    as_root: bool,
+    f: Fill,
+    cancel: &AtomicBool,
+) -> std::result::Result<u64, FillError> {
     let Fill {
         mut file,
         path,
@@ -190,31 +259,39 @@ fn fill(repo: &Repo, as_root: bool, f: Fill, cancel: &AtomicBool) -> Result<u64>
     let mut hole_at_end = false;
     for id in node.content.iter().flatten() {
         if cancel.load(Ordering::Relaxed) {
-            return Err(Error::Cancelled);
+            return Err(FillError::Stop(Error::Cancelled));
         }
-        let data = repo.read_blob(BlobType::Data, id)?;
+        let data = repo.read_blob(BlobType::Data, id).map_err(|e| match e {
+            // Damaged data, or a pack gone: this file's.
+            Error::Corrupt { .. } => FillError::Content(e),
+            Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                FillError::Content(e)
+            }
+            e => FillError::Stop(e),
+        })?;
         hole_at_end = data.len() >= SPARSE_MIN && data.iter().all(|b| *b == 0);
         if hole_at_end {
             use std::io::Seek;
             file.seek(std::io::SeekFrom::Current(data.len() as i64))
-                .map_err(io_err("seek", &path))?;
+                .map_err(|e| FillError::Stop(io_err("seek", &path)(e)))?;
         } else {
-            file.write_all(&data).map_err(io_err("write", &path))?;
+            file.write_all(&data)
+                .map_err(|e| FillError::Stop(io_err("write", &path)(e)))?;
         }
         size += data.len() as u64;
     }
     if hole_at_end {
         file.set_len(size)
-            .map_err(io_err("set the size of", &path))?;
+            .map_err(|e| FillError::Stop(io_err("set the size of", &path)(e)))?;
     }
     drop(file);
     if size != node.size {
-        return Err(corrupt(
+        return Err(FillError::Content(corrupt(
             format!("file {}", path.display()),
             format!("{size} bytes from its blobs, {} recorded", node.size),
-        ));
+        )));
     }
-    metadata(as_root, &node, &path)?;
+    metadata(as_root, &node, &path).map_err(FillError::Metadata)?;
     Ok(size)
 }
 
