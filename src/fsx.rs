@@ -91,6 +91,15 @@ pub struct Time {
     pub nsec: u32,
 }
 
+impl<Tz: chrono::TimeZone> From<chrono::DateTime<Tz>> for Time {
+    fn from(t: chrono::DateTime<Tz>) -> Time {
+        Time {
+            sec: t.timestamp(),
+            nsec: t.timestamp_subsec_nanos(),
+        }
+    }
+}
+
 impl std::fmt::Display for Time {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{:09}", self.sec, self.nsec)

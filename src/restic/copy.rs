@@ -132,10 +132,7 @@ pub fn copy(
         .as_ref()
         .and_then(|(_, s)| s.tag(COPIED_AT))
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| crate::fsx::Time {
-            sec: t.timestamp(),
-            nsec: t.timestamp_subsec_nanos(),
-        });
+        .map(crate::fsx::Time::from);
     let mut reuse = ManifestReuse {
         root: walk_root.clone(),
         cur: sel.manifest,

@@ -233,10 +233,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         started,
         planned_at: chrono::DateTime::parse_from_rfc3339(&plan.created_at)
             .ok()
-            .map(|t| fsx::Time {
-                sec: t.timestamp(),
-                nsec: t.timestamp_subsec_nanos(),
-            }),
+            .map(fsx::Time::from),
         remote: crate::concurrency::is_remote(&store.root),
         gate: crate::pool::Gate::new(opts.jobs.max(1)),
         throttle: opts

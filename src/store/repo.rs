@@ -93,10 +93,7 @@ impl Store {
                 .map(|t| t.to_utc())
         });
         let t = recorded.or_else(|| super::select::run_id_time(id))?;
-        Some(fsx::Time {
-            sec: t.timestamp(),
-            nsec: t.timestamp_subsec_nanos(),
-        })
+        Some(fsx::Time::from(t))
     }
 
     fn open_prev_root(&self, prev: Option<&Previous>) -> Result<Option<std::os::fd::OwnedFd>> {

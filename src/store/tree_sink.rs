@@ -15,12 +15,6 @@ use crate::manifest::{self, Entry};
 use crate::relpath::RelPath;
 use crate::sink::{CopyReason, Linked, Refused, Sink};
 
-/// How long before the interrupted walk's start a source file's last change must be for
-/// its copy in that walk's staging tree to be reused: the racy margin of incremental
-/// runs (`engine::decide::RACY_MARGIN_SECS`), for timestamp granularity and modest clock
-/// skew between an NFS server and us.
-const RESUME_MARGIN_SECS: i64 = 2;
-
 /// One directory of the new snapshot, with the same directory in the previous snapshot
 /// and in an interrupted run's staging tree, where they exist.
 pub struct TreeDir {
@@ -72,7 +66,9 @@ impl TreeSink {
             Some((fd, started)) => (
                 Some(fd),
                 fsx::Time {
-                    sec: started.sec - RESUME_MARGIN_SECS,
+                    // The racy margin of incremental runs: timestamp granularity and
+                    // modest clock skew between an NFS server and us.
+                    sec: started.sec - crate::engine::decide::RACY_MARGIN_SECS,
                     nsec: started.nsec,
                 },
             ),
