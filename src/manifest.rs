@@ -20,6 +20,11 @@ const IDX_MAGIC: &[u8; 8] = b"SRIDX01\n";
 const IDX_HEADER: u64 = 24;
 const IDX_REC: u64 = 24;
 
+/// How close to the previous walk's start a change makes an entry racy (and a file of
+/// an interrupted run's staging tree not reusable). Generous, to cover timestamp
+/// granularity and modest clock skew between an NFS server and us.
+pub const RACY_MARGIN_SECS: i64 = 2;
+
 /// One entry of a directory as recorded in a manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {

@@ -27,9 +27,7 @@ pub struct PrevView<'a> {
     pub racy: bool,
 }
 
-/// How close to the previous walk's start a change makes an entry racy. Generous, to
-/// cover timestamp granularity and modest clock skew between an NFS server and us.
-pub const RACY_MARGIN_SECS: i64 = 2;
+pub use crate::manifest::RACY_MARGIN_SECS;
 
 impl<'a> PrevView<'a> {
     /// `walk_started`: when the walk that wrote the entry began.

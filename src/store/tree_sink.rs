@@ -68,7 +68,7 @@ impl TreeSink {
                 fsx::Time {
                     // The racy margin of incremental runs: timestamp granularity and
                     // modest clock skew between an NFS server and us.
-                    sec: started.sec - crate::engine::decide::RACY_MARGIN_SECS,
+                    sec: started.sec - manifest::RACY_MARGIN_SECS,
                     nsec: started.nsec,
                 },
             ),
