@@ -753,10 +753,11 @@ impl<'a, S: Sink> Walk<'a, S> {
                     }
                 }
             };
-            let pace = |n| {
-                if let Some(t) = &self.counters.throttle {
-                    t.take(n, self.cancel);
-                }
+            // A stopped run gives up a throttled copy: finished, it would run at full
+            // speed past the limit (or, held to it, past the stop).
+            let pace = |n| match &self.counters.throttle {
+                Some(t) => t.take(n, self.cancel),
+                None => true,
             };
             let hash = match self.sink.write_file(file, b(src), &before, &pace) {
                 Ok((h, written)) => {
@@ -769,6 +770,11 @@ impl<'a, S: Sink> Walk<'a, S> {
                 }
                 Err(CopyError::Write(e)) => {
                     self.dest_error(rel, "write to staging", e);
+                    return Ok(None);
+                }
+                Err(CopyError::Stopped) => {
+                    // Not left for the next run to resume: it is not whole.
+                    self.sink.discard_file(out, name);
                     return Ok(None);
                 }
             };
