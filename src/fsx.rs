@@ -580,11 +580,13 @@ fn pwrite_all(fd: BorrowedFd<'_>, mut buf: &[u8], mut off: u64) -> io::Result<()
 }
 
 /// Where a copy failed: reading the source (a per-file problem) or writing the
-/// destination (fatal for the run: disk full, I/O error, read-only).
+/// destination (fatal for the run: disk full, I/O error, read-only); or it was given up
+/// because the run stopped (`pace` said so).
 #[derive(Debug)]
 pub enum CopyError {
     Read(io::Error),
     Write(io::Error),
+    Stopped,
 }
 
 /// The data ranges of a file: `[(start, end)]`, found with SEEK_DATA/SEEK_HOLE when the
@@ -622,12 +624,13 @@ fn data_ranges(src: BorrowedFd<'_>, meta: &Meta) -> Vec<(u64, u64)> {
 /// as holes, and returns the BLAKE3 hash of the logical content and the bytes written.
 /// Reads up to `meta.size`; bytes appended meanwhile are caught by the caller's re-stat.
 /// `pace` hears of every read and every write before the next one (a bandwidth limit
-/// sleeps in it).
+/// sleeps in it); when it answers `false` the copy stops there (`CopyError::Stopped`,
+/// the destination left partial for the caller to remove).
 pub fn copy_hash(
     src: BorrowedFd<'_>,
     dst: BorrowedFd<'_>,
     meta: &Meta,
-    pace: &dyn Fn(u64),
+    pace: &dyn Fn(u64) -> bool,
 ) -> Result<(blake3::Hash, u64), CopyError> {
     thread_local!(static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF]));
     let mut h = blake3::Hasher::new();
@@ -649,12 +652,16 @@ pub fn copy_hash(
                 if n == 0 {
                     break; // truncated while we read; the re-stat will notice
                 }
-                pace(n as u64);
+                if !pace(n as u64) {
+                    return Err(CopyError::Stopped);
+                }
                 h.update(&buf[..n]);
                 if !(sparse && buf[..n].iter().all(|b| *b == 0)) {
                     pwrite_all(dst, &buf[..n], off).map_err(CopyError::Write)?;
                     written += n as u64;
-                    pace(n as u64);
+                    if !pace(n as u64) {
+                        return Err(CopyError::Stopped);
+                    }
                 }
                 off += n as u64;
             }

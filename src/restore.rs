@@ -1730,7 +1730,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return false;
             }
         };
-        match fsx::copy_hash(b(&src), b(&dst), m, &|_| {}) {
+        match fsx::copy_hash(b(&src), b(&dst), m, &|_| true) {
             Ok((hash, written)) => {
                 add(&self.counts.bytes, written);
                 if let Some(want) = e.hash
@@ -1752,6 +1752,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
             Err(CopyError::Write(e)) => {
                 let _ = fsx::unlink_at(b(dst_dir), to);
                 self.dest_error(rel, "write", e);
+                return false;
+            }
+            // Not paced: never stopped.
+            Err(CopyError::Stopped) => {
+                let _ = fsx::unlink_at(b(dst_dir), to);
                 return false;
             }
         }

@@ -85,13 +85,14 @@ pub trait Sink: Sync {
 
     /// Copies the open source file into `file` (sparse-aware); returns its BLAKE3 hash
     /// and the bytes written. `before`: the source's stat the copy is checked against.
-    /// `pace`: told the size of every read and write (the bandwidth limit).
+    /// `pace`: told the size of every read and write (the bandwidth limit); `false`
+    /// from it gives the copy up (`CopyError::Stopped`).
     fn write_file(
         &self,
         file: &Self::File,
         src: BorrowedFd<'_>,
         before: &Meta,
-        pace: &dyn Fn(u64),
+        pace: &dyn Fn(u64) -> bool,
     ) -> Result<(blake3::Hash, u64), CopyError>;
 
     /// Empties `file` for another attempt (the source changed while it was copied).

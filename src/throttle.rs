@@ -3,7 +3,9 @@
 //! written to the backup. It is smooth (a worker that takes more than the bucket holds
 //! waits for exactly its share, GCRA-style, so the total rate holds across any number
 //! of workers) with a small burst (100 ms of the rate), and it measures how long the run
-//! was held back: the wall-clock time during which at least one worker waited. Also the
+//! was held back: the wall-clock time during which at least one worker was asleep in it.
+//! A stopped run (window ended, signal) is not held back any more, and not let through
+//! either: [`Throttle::take`] says stop, and the caller gives up its copy. Also the
 //! parser of rates. No I/O; it sleeps the calling thread.
 
 use std::sync::Mutex;
@@ -26,9 +28,12 @@ struct State {
     /// When the bucket would be full again if nothing more were taken (the
     /// "theoretical arrival time" of GCRA).
     full_at: Instant,
-    /// Until when some worker is (or was) waiting: waits that overlap count once.
-    waiting_until: Instant,
-    /// Wall-clock time during which at least one worker waited.
+    /// How many workers are asleep in [`Throttle::take`] now.
+    waiting: u32,
+    /// Since when at least one has been (meaningful while `waiting > 0`).
+    since: Instant,
+    /// Wall-clock time during which at least one worker waited, up to the present
+    /// stretch (from `since`) if one is under way.
     waited: Duration,
 }
 
@@ -40,7 +45,8 @@ impl Throttle {
             rate: rate.max(1),
             state: Mutex::new(State {
                 full_at: now,
-                waiting_until: now,
+                waiting: 0,
+                since: now,
                 waited: Duration::ZERO,
             }),
         }
@@ -50,16 +56,26 @@ impl Throttle {
         self.rate
     }
 
-    /// Takes `n` bytes from the bucket, sleeping until the rate allows them; returns
-    /// early (without the bytes' share of time) once `stop` is set.
-    pub fn take(&self, n: u64, stop: &AtomicBool) {
-        let until = self.reserve(n, Instant::now());
-        while let Some(left) = until.checked_duration_since(Instant::now()) {
-            if left.is_zero() || stop.load(Ordering::Relaxed) {
-                break;
-            }
-            std::thread::sleep(left.min(SLICE));
+    /// Takes `n` bytes from the bucket, sleeping until the rate allows them. `false`
+    /// once `stop` is set (before or during the sleep, which then ends at once): the
+    /// bytes may not go, and the caller abandons what it was copying, which would
+    /// otherwise finish at full speed, past the limit.
+    pub fn take(&self, n: u64, stop: &AtomicBool) -> bool {
+        if stop.load(Ordering::Relaxed) {
+            return false;
         }
+        let until = self.reserve(n, Instant::now());
+        if until > Instant::now() {
+            self.wait_begins(Instant::now());
+            while let Some(left) = until.checked_duration_since(Instant::now()) {
+                if left.is_zero() || stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                std::thread::sleep(left.min(SLICE));
+            }
+            self.wait_ends(Instant::now());
+        }
+        !stop.load(Ordering::Relaxed)
     }
 
     /// Books `n` bytes at `now`; returns when they may go.
@@ -67,20 +83,40 @@ impl Throttle {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let cost = Duration::from_secs_f64(n as f64 / self.rate as f64);
         s.full_at = s.full_at.max(now) + cost;
-        let allowed = s.full_at.checked_sub(BURST).unwrap_or(now).max(now);
-        if allowed > now {
-            let from = s.waiting_until.max(now);
-            if allowed > from {
-                s.waited += allowed - from;
-            }
-            s.waiting_until = s.waiting_until.max(allowed);
+        s.full_at.checked_sub(BURST).unwrap_or(now).max(now)
+    }
+
+    /// A worker starts to sleep at `now`.
+    fn wait_begins(&self, now: Instant) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.waiting == 0 {
+            s.since = now;
         }
-        allowed
+        s.waiting += 1;
+    }
+
+    /// A worker wakes at `now`: the stretch during which some worker slept ends with
+    /// the last one.
+    fn wait_ends(&self, now: Instant) {
+        let s = &mut *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.waiting = s.waiting.saturating_sub(1);
+        if s.waiting == 0 {
+            s.waited += now.saturating_duration_since(s.since);
+        }
     }
 
     /// Wall-clock time during which at least one worker waited so far.
     pub fn waited(&self) -> Duration {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).waited
+        self.waited_at(Instant::now())
+    }
+
+    fn waited_at(&self, now: Instant) -> Duration {
+        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if s.waiting > 0 {
+            s.waited + now.saturating_duration_since(s.since)
+        } else {
+            s.waited
+        }
     }
 }
 
@@ -142,17 +178,56 @@ mod tests {
     }
 
     #[test]
-    fn reservations_keep_the_rate_and_count_overlapping_waits_once() {
+    fn reservations_keep_the_rate() {
         let t = Throttle::new(1000);
         let now = Instant::now();
         // The burst (100 ms = 100 bytes) goes at once.
         assert_eq!(t.reserve(100, now), now);
         // Two workers asking 500 bytes each at the same instant: the first waits 0.5 s,
-        // the second 1 s; the run was held back 1 s, not 1.5.
+        // the second 1 s.
         let a = t.reserve(500, now);
         let b = t.reserve(500, now);
         assert_eq!(a - now, Duration::from_millis(500));
         assert_eq!(b - now, Duration::from_millis(1000));
-        assert_eq!(t.waited(), Duration::from_millis(1000));
+        // Booking is not waiting: nothing is counted until a worker sleeps.
+        assert_eq!(t.waited_at(now + Duration::from_secs(5)), Duration::ZERO);
+    }
+
+    #[test]
+    fn overlapping_waits_count_once_and_only_as_long_as_they_last() {
+        let t = Throttle::new(1000);
+        let t0 = Instant::now();
+        let ms = |ms| t0 + Duration::from_millis(ms);
+        // Two workers asleep from 0 and 100 ms, awake at 500 ms and 1 s: 1 s.
+        t.wait_begins(ms(0));
+        t.wait_begins(ms(100));
+        t.wait_ends(ms(500));
+        assert_eq!(t.waited_at(ms(800)), Duration::from_millis(800));
+        t.wait_ends(ms(1000));
+        assert_eq!(t.waited_at(ms(3000)), Duration::from_millis(1000));
+        // Another stretch, cut short (a stop): what was slept, not what was booked.
+        t.wait_begins(ms(2000));
+        t.wait_ends(ms(2250));
+        assert_eq!(t.waited_at(ms(9000)), Duration::from_millis(1250));
+    }
+
+    #[test]
+    fn a_stop_ends_the_wait_and_refuses_the_bytes() {
+        let t = Throttle::new(1000);
+        let stop = AtomicBool::new(false);
+        assert!(t.take(100, &stop), "the burst");
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                std::thread::sleep(Duration::from_millis(200));
+                stop.store(true, Ordering::Relaxed);
+            });
+            let t0 = Instant::now();
+            // 10 s of bytes at this rate: the stop ends the wait after about 200 ms.
+            assert!(!t.take(10_000, &stop));
+            let took = t0.elapsed();
+            assert!(took < Duration::from_secs(2), "{took:?}");
+            assert!(t.waited() <= took, "{:?} > {took:?}", t.waited());
+        });
+        assert!(!t.take(1, &stop), "stopped before");
     }
 }

@@ -248,6 +248,66 @@ fn unreadable_entries_give_partial() {
     assert!(dest.join("daily.0/d2").is_dir());
 }
 
+/// A directory the backup user can neither read nor give its owner to (root's, 0700,
+/// for a user other than root; here: no CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH or
+/// CAP_CHOWN) is kept as an empty directory and listed, and the run is `partial` with
+/// the rest published. The owner its empty stand-in was refused (EPERM) failed the
+/// whole run ("cannot create directory d2"), exit 1, nothing published.
+#[test]
+fn an_unreadable_directory_of_another_owner_gives_partial() {
+    let (_t, src, dest) = setup();
+    let d2 = src.join("d2");
+    std::os::unix::fs::chown(&d2, Some(4321), Some(4321)).unwrap();
+    chmod(&d2, 0o700);
+    let out = Command::new("setpriv")
+        .args([
+            "--bounding-set=-dac_override,-dac_read_search,-chown",
+            "--inh-caps=-dac_override,-dac_read_search,-chown",
+        ])
+        .arg(bin())
+        .env("SNAPRING_CATALOG", "off")
+        .args(["backup", "--json", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dest)
+        .output()
+        .unwrap();
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        (out.status.code(), &rep["status"]),
+        (Some(2), &serde_json::Value::from("partial")),
+        "{rep}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let problems: Vec<(&str, &str, &str)> = rep["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap(),
+                p["kind"].as_str().unwrap(),
+                p["action"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        problems,
+        [
+            ("d2", "unreadable", "open directory"),
+            ("d2", "metadata", "set directory metadata")
+        ],
+        "{rep}"
+    );
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/d0/f0")).unwrap(),
+        b"content 0"
+    );
+    let kept = dest.join("daily.0/d2");
+    assert!(kept.is_dir());
+    assert_eq!(std::fs::read_dir(&kept).unwrap().count(), 0);
+}
+
 /// `snapring verify SNAPSHOT` of the store reports it clean.
 fn assert_verify_clean(dest: &Path, snap: &str) {
     let out = snapring(

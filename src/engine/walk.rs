@@ -264,13 +264,15 @@ impl<'a, S: Sink> Walk<'a, S> {
             Ok(fd) => fd,
             Err(e) => {
                 self.source_error(rel, "open directory", &e);
-                // Keep the directory itself (empty) so the tree's shape is right.
-                let made = self
-                    .sink
-                    .mkdir(&parent.state.out, name, rel)
-                    .and_then(|d| self.sink.finish_dir(&d, meta, &Vec::new()));
-                if let Err(e) = made {
-                    self.fail(io_error(e, "create directory", rel.as_path()));
+                // Keep the directory itself (empty) so the tree's shape is right. Its
+                // metadata is refused as any directory's is (an owner a backup user
+                // may not give, EPERM): a problem of this entry, not of the run.
+                match self.sink.mkdir(&parent.state.out, name, rel) {
+                    Ok(d) => match self.sink.finish_dir(&d, meta, &Vec::new()) {
+                        Ok(refused) => self.refused_xattrs(rel, &refused),
+                        Err(e) => self.dest_error(rel, "set directory metadata", e),
+                    },
+                    Err(e) => self.fail(io_error(e, "create directory in staging", rel.as_path())),
                 }
                 return None;
             }
@@ -751,10 +753,11 @@ impl<'a, S: Sink> Walk<'a, S> {
                     }
                 }
             };
-            let pace = |n| {
-                if let Some(t) = &self.counters.throttle {
-                    t.take(n, self.cancel);
-                }
+            // A stopped run gives up a throttled copy: finished, it would run at full
+            // speed past the limit (or, held to it, past the stop).
+            let pace = |n| match &self.counters.throttle {
+                Some(t) => t.take(n, self.cancel),
+                None => true,
             };
             let hash = match self.sink.write_file(file, b(src), &before, &pace) {
                 Ok((h, written)) => {
@@ -767,6 +770,11 @@ impl<'a, S: Sink> Walk<'a, S> {
                 }
                 Err(CopyError::Write(e)) => {
                     self.dest_error(rel, "write to staging", e);
+                    return Ok(None);
+                }
+                Err(CopyError::Stopped) => {
+                    // Not left for the next run to resume: it is not whole.
+                    self.sink.discard_file(out, name);
                     return Ok(None);
                 }
             };

@@ -110,7 +110,7 @@ impl Sink for PlanSink {
         _file: &(),
         _src: BorrowedFd<'_>,
         before: &Meta,
-        _pace: &dyn Fn(u64),
+        _pace: &dyn Fn(u64) -> bool,
     ) -> Result<(blake3::Hash, u64), CopyError> {
         Ok((blake3::Hash::from_bytes([0; 32]), before.size))
     }

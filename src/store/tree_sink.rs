@@ -282,7 +282,7 @@ impl Sink for TreeSink {
         file: &TreeFile,
         src: BorrowedFd<'_>,
         before: &Meta,
-        pace: &dyn Fn(u64),
+        pace: &dyn Fn(u64) -> bool,
     ) -> Result<(blake3::Hash, u64), CopyError> {
         fsx::copy_hash(src, b(&file.fd), before, pace)
     }
