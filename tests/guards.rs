@@ -723,6 +723,28 @@ fn a_full_disk_after_the_rotation_journal_is_said_truly_list_still_lists_and_the
         .unwrap()
     };
     assert_eq!(record()["status"], "running", "its final write failed");
+    // The catalog keeps the run's failure (it said `running`, and would have said
+    // `incomplete`, "nothing was published", where that record could be written).
+    let history = || -> Vec<(String, String)> {
+        let o = snapring(
+            &["history".as_ref(), "--json".as_ref()],
+            &[("SNAPRING_CATALOG", cat)],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["id"] == id.as_str())
+            .map(|r| {
+                (
+                    r["status"].as_str().unwrap().to_string(),
+                    r["snapshot"].as_str().unwrap_or("-").to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(history(), [("failed".to_string(), "-".to_string())]);
     assert_eq!(record()["status"], "running");
 
     // Still full: `list` lists the store as the roll-forward will leave it.
@@ -785,6 +807,7 @@ fn a_full_disk_after_the_rotation_journal_is_said_truly_list_still_lists_and_the
         std::fs::read(store.join("daily.0/d0/f0")).unwrap(),
         b"second version"
     );
+    assert_eq!(history(), [("complete".to_string(), "daily.0".to_string())]);
 }
 
 #[test]
