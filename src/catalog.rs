@@ -1188,7 +1188,14 @@ pub fn settle_running(c: &mut Catalog) {
             since: crate::util::now_rfc3339(),
         };
         let Ok(lock) = s.lock(&holder) else { continue };
-        let _ = s.repair(&lock, "catalog");
+        // A repair that cannot roll a journal forward (a full file system) leaves the
+        // row as it is: the record may still say `running` (its run's final write
+        // failed), but that run's snapshot is published by the next repair that can
+        // write, so it must not be marked `incomplete`, "nothing was published".
+        if s.repair(&lock, "catalog").is_err() || s.needs_repair() {
+            lock.release();
+            continue;
+        }
         if let Ok(Some(r)) = s.read_run(&id)
             && r.status == Status::Running
         {

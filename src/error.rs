@@ -66,16 +66,22 @@ pub enum Error {
     #[error("{0}")]
     Repository(String),
     /// The rotation failed after its journal was written: the run failed, but the next
-    /// command that takes the store's lock rolls the journal forward and publishes it.
-    #[error(
-        "{source}; {}, so the next command that takes the store's lock (a backup, or `snapring list`) publishes {snapshot} and records the run as published",
-        PUBLISH_PENDING
-    )]
+    /// command that can write the store rolls the journal forward and publishes it.
+    /// `renamed`: the failure came after every rename (the new snapshot is in place
+    /// under its name, only the state file, the run record or the journal's removal
+    /// were left), else during the renames (some may be done). Either way no snapshot
+    /// is lost: the journal names where each one goes.
+    #[error("{}", pending_text(snapshot, *renamed, source))]
     PublishPending {
         snapshot: String,
+        renamed: bool,
         #[source]
         source: Box<Error>,
     },
+    /// A command could not roll an interrupted rotation forward (its journal stays, and
+    /// the next command that can write the store tries again).
+    #[error("{}", roll_forward_text(run, cause))]
+    RollForward { run: String, cause: Box<Error> },
     #[error("destination file system is full ({}) while writing {}: the run was abandoned, nothing was published and older snapshots are intact; {} and run again", why.as_str(), path.display(), why.remedy())]
     DiskFull { path: PathBuf, why: Full },
     /// A restore's target ran full: the restore stopped; the store was never written.
@@ -83,7 +89,56 @@ pub enum Error {
     TargetFull { path: PathBuf, why: Full },
 }
 
+/// [`Error::RollForward`]'s message. It does not say [`PUBLISH_PENDING`]: the command
+/// that failed is not the run the journal publishes.
+fn roll_forward_text(run: &str, cause: &Error) -> String {
+    format!(
+        "cannot finish the interrupted rotation of run {run}: {}; its journal stays, so no snapshot is lost: the next command that can write the store (a backup, or `snapring list`) finishes it{}",
+        cause.cause(),
+        cause.remedy()
+    )
+}
+
+/// [`Error::PublishPending`]'s message: what failed, where the rotation stood, and what
+/// finishes it.
+fn pending_text(snapshot: &str, renamed: bool, source: &Error) -> String {
+    let stood = if renamed {
+        format!("after its renames, with the new snapshot in place as {snapshot}")
+    } else {
+        "during its renames".to_string()
+    };
+    format!(
+        "{}: the rotation failed {stood}, but {PUBLISH_PENDING}, so no snapshot is lost: the next command that can write the store (a backup, or `snapring list`) finishes the rotation, publishes {snapshot} and records the run as published{}",
+        source.cause(),
+        source.remedy()
+    )
+}
+
 impl Error {
+    /// What failed, without what it means for a run: a full file system without the
+    /// "the run was abandoned, nothing was published" of a run that fails before its
+    /// rotation, which is not true once a rotation's journal is written, nor of a
+    /// record written after the run.
+    pub fn cause(&self) -> String {
+        match self {
+            Error::DiskFull { path, why } => format!(
+                "destination file system is full ({}) while writing {}",
+                why.as_str(),
+                path.display()
+            ),
+            e => e.to_string(),
+        }
+    }
+
+    /// After [`Error::cause`]: what to do first, as a sentence (empty where nothing
+    /// can be said).
+    fn remedy(&self) -> String {
+        match self {
+            Error::DiskFull { why, .. } => format!(". {} so it can", capitalized(why.remedy())),
+            _ => String::new(),
+        }
+    }
+
     /// A restore's view of an error: a full file system is its target's, and the
     /// backup's wording ("nothing was published and older snapshots are intact") does
     /// not apply.
@@ -93,6 +148,13 @@ impl Error {
             e => e,
         }
     }
+}
+
+fn capitalized(s: &str) -> String {
+    let mut c = s.chars();
+    c.next()
+        .map(|f| f.to_uppercase().chain(c).collect())
+        .unwrap_or_default()
 }
 
 /// What ran out on a full file system.

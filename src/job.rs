@@ -310,9 +310,12 @@ pub fn restore(
 }
 
 /// `--mirror` deletes whatever the snapshot does not have under the restored directory:
-/// the catalog this restore is recorded in, and the run logs beside it, must not be
-/// there (they were deleted, with every run's history, and a new catalog begun).
-/// Refused before anything is written, as the store inside `--to` is.
+/// the catalog this restore is recorded in, and the restore logs beside it (`logs/`,
+/// this restore's own among them), must not be there (they were deleted, with every
+/// run's history, and a new catalog begun; a `--to` of the logs directory deleted every
+/// log). Refused before anything is written, as the store inside `--to` is: a restored
+/// directory that holds the catalog's folder or its logs directory, or lies inside the
+/// logs directory.
 fn refuse_catalog_inside(
     opts: &crate::restore::RestoreOptions,
     catalog: Option<&CatalogTarget>,
@@ -320,25 +323,40 @@ fn refuse_catalog_inside(
     let Some(c) = catalog.filter(|_| opts.mode == crate::restore::Mode::Mirror) else {
         return Ok(());
     };
-    // A --to not made yet, or a catalog not made yet, holds nothing to lose.
-    let (Ok(to), Some(Ok(dir))) = (
+    // The restore's log is already started (`recorded_restore`), so the logs directory
+    // exists when it can; a --to not made yet, or a catalog folder not made yet, holds
+    // nothing to lose.
+    let logs_at = crate::catalog::restore_log_path(&c.path, "x");
+    let logs_at = logs_at.parent().unwrap_or(Path::new("."));
+    let (Ok(to), Ok(dir)) = (
         std::fs::canonicalize(&opts.to),
-        c.path.parent().map(std::fs::canonicalize),
+        std::fs::canonicalize(logs_at.parent().unwrap_or(Path::new("."))),
     ) else {
         return Ok(());
     };
+    let logs = std::fs::canonicalize(logs_at).unwrap_or_else(|_| dir.join("logs"));
     let root = match &opts.path {
         Some(p) if !opts.flat => to.join(p.as_path()),
         _ => to,
     };
-    if dir.starts_with(&root) {
-        return Err(Error::Refused(format!(
-            "--mirror deletes every entry under {} that the snapshot does not have, and the catalog {} (with its run logs) is there: it would delete the history this restore is recorded in; nothing was changed. Keep the catalog elsewhere (SNAPRING_CATALOG, or the config's catalog), or restore without --mirror",
-            root.display(),
+    let what = if dir.starts_with(&root) {
+        format!(
+            "the catalog {} (with its restore logs) is there",
             c.path.display()
-        )));
-    }
-    Ok(())
+        )
+    } else if logs.starts_with(&root) || root.starts_with(&logs) {
+        format!(
+            "it is the catalog's restore log directory {} (or inside it), which holds the log of every restore recorded in {}, this one's too",
+            logs.display(),
+            c.path.display()
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::Refused(format!(
+        "--mirror deletes every entry under {} that the snapshot does not have, and {what}: it would delete the history this restore is recorded in; nothing was changed. Keep the catalog elsewhere (SNAPRING_CATALOG, or the config's catalog), restore somewhere else, or restore without --mirror",
+        root.display(),
+    )))
 }
 
 /// [`restore`]'s run around `body`, the restore itself: also a restore from a restic

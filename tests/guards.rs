@@ -695,6 +695,181 @@ fn out_of_inodes_at_the_journal_fails_the_run_discards_staging_and_the_next_run_
     assert_eq!(runs, want, "{history}");
 }
 
+/// The store's file system (a real 2 MiB tmpfs) fills up after the rotation's journal
+/// was written, its renames done (a pause failpoint at `journal.before_state`, the disk
+/// filled meanwhile). The run fails (exit 1) saying what is true: the journal was
+/// written, the new snapshot is in place, the next command that can write the store
+/// finishes the rotation, no snapshot is lost (it said "the run was abandoned, nothing
+/// was published" and then "publishes daily.0"). While the disk stays full, `list`
+/// lists the store as the roll-forward will leave it, with a warning (it failed with
+/// that run's text), and a backup fails saying it cannot finish that rotation; the
+/// run's record stays `running` (its final write failed). With space again, `list`
+/// rolls the journal forward and the record is settled `complete` as `daily.0`.
+#[test]
+fn a_full_disk_after_the_rotation_journal_is_said_truly_list_still_lists_and_the_run_is_settled() {
+    let (t, src, _) = setup();
+    let mnt = t.path().join("small");
+    std::fs::create_dir(&mnt).unwrap();
+    assert!(
+        Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let _mounted = Mounted(mnt.clone());
+    let catalog = t.path().join("catalog.db");
+    let cat = catalog.to_str().unwrap();
+    let store = mnt.join("fs");
+    let (code, first, err) = backup(
+        &src,
+        &mnt,
+        &["--folder", "fs"],
+        &[("SNAPRING_CATALOG", cat)],
+    );
+    assert_eq!(code, 0, "{first}\n{err}");
+    write(&src.join("d0/f0"), b"second version");
+    let pause = t.path().join("paused");
+    let child = Command::new(bin())
+        .args(["backup", "--json", "--folder", "fs", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&mnt)
+        .env("SNAPRING_CATALOG", &catalog)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("journal.before_state=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let fill = mnt.join("fill");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&fill).unwrap();
+        let chunk = vec![0u8; 64 << 10];
+        while f.write_all(&chunk).is_ok() {}
+    }
+    assert_eq!(rustix::fs::statvfs(&mnt).unwrap().f_bfree, 0, "full");
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(1), "{rep}\n{err}");
+    assert_eq!(rep["status"], "failed", "{rep}");
+    let id = rep["id"].as_str().unwrap().to_string();
+    let msg = rep["message"].as_str().unwrap();
+    for says in [
+        "destination file system is full (out of space) while writing",
+        "after its renames, with the new snapshot in place as daily.0",
+        "its rotation journal was written",
+        "the next command that can write the store",
+        "no snapshot is lost",
+        "Free space so it can",
+    ] {
+        assert!(msg.contains(says), "{says:?} in {msg}");
+    }
+    for untrue in ["abandoned", "nothing was published"] {
+        assert!(!msg.contains(untrue), "{untrue:?} in {msg}");
+        assert!(!err.contains(untrue), "{untrue:?} in {err}");
+    }
+    let record = || -> serde_json::Value {
+        serde_json::from_slice(
+            &std::fs::read(store.join(format!(".snapring/runs/{id}.json"))).unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(record()["status"], "running", "its final write failed");
+    // The catalog keeps the run's failure (it said `running`, and would have said
+    // `incomplete`, "nothing was published", where that record could be written).
+    let history = || -> Vec<(String, String)> {
+        let o = snapring(
+            &["history".as_ref(), "--json".as_ref()],
+            &[("SNAPRING_CATALOG", cat)],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["id"] == id.as_str())
+            .map(|r| {
+                (
+                    r["status"].as_str().unwrap().to_string(),
+                    r["snapshot"].as_str().unwrap_or("-").to_string(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(history(), [("failed".to_string(), "-".to_string())]);
+    assert_eq!(record()["status"], "running");
+
+    // Still full: `list` lists the store as the roll-forward will leave it.
+    let list = || {
+        snapring(
+            &["list".as_ref(), "--dest".as_ref(), store.as_os_str()],
+            &[],
+        )
+    };
+    let o = list();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert_eq!(o.status.code(), Some(0), "{out}\n{err}");
+    assert!(out.contains("daily.0") && out.contains(&id), "{out}");
+    assert!(
+        err.contains(&format!(
+            "cannot finish the interrupted rotation of run {id}"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("abandoned"), "{err}");
+    assert!(store.join(".snapring/journal").exists());
+    // A backup cannot run, and says why.
+    let (code, _, err) = backup(
+        &src,
+        &mnt,
+        &["--folder", "fs"],
+        &[("SNAPRING_CATALOG", cat)],
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot finish the interrupted rotation of run {id}"
+        )) && err.contains("no snapshot is lost")
+            && !err.contains("abandoned"),
+        "{err}"
+    );
+    assert_eq!(record()["status"], "running");
+
+    // Space again: the next command settles the run.
+    std::fs::remove_file(&fill).unwrap();
+    let o = list();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!store.join(".snapring/journal").exists());
+    let r = record();
+    assert_eq!(
+        (r["status"].as_str(), r["snapshot"].as_str()),
+        (Some("complete"), Some("daily.0")),
+        "{r}"
+    );
+    assert_eq!(snapshot_names(&store), ["daily.0", "daily.1"]);
+    assert_eq!(
+        std::fs::read(store.join("daily.0/d0/f0")).unwrap(),
+        b"second version"
+    );
+    assert_eq!(history(), [("complete".to_string(), "daily.0".to_string())]);
+}
+
 #[test]
 fn bad_config_is_explained() {
     let t = tempfile::tempdir().unwrap();

@@ -1060,6 +1060,72 @@ fn restore_mirror_over_the_catalog_is_refused() {
     assert!(cat.is_file());
 }
 
+/// `restore --mirror` into the catalog's restore log directory (`logs/` beside the
+/// catalog), or a directory inside it, is refused (exit 64) before anything is written:
+/// it deleted every restore's log, its own too, and `show` then said each log was
+/// missing. A mirror into another directory beside the catalog goes on.
+#[test]
+fn restore_mirror_into_the_catalogs_log_directory_is_refused() {
+    let (t, _src, store) = setup_users();
+    let state = t.path().join("state");
+    let cat = state.join("catalog.db");
+    let logs = state.join("logs");
+    let env = [("SNAPRING_CATALOG", cat.to_str().unwrap())];
+    let restore_to = |to: &Path, extra: &[&str]| {
+        let mut a: Vec<&OsStr> = vec![
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ];
+        a.extend(extra.iter().map(OsStr::new));
+        snapring(&a, &env)
+    };
+    let said = |o: &std::process::Output| {
+        format!(
+            "exit {:?}: {}{}",
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    // A first restore, recorded with its log.
+    let o = restore_to(&t.path().join("first"), &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    let first: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let first_log = PathBuf::from(first["log"].as_str().unwrap());
+    assert!(first_log.starts_with(&logs), "{first}");
+    std::fs::create_dir(logs.join("sub")).unwrap();
+    for (to, extra) in [
+        (logs.clone(), vec!["--mirror"]),
+        (logs.join("sub"), vec!["--mirror"]),
+        (logs.join("sub"), vec!["--mirror", "--path", "users"]),
+    ] {
+        let o = restore_to(&to, &extra);
+        assert_eq!(o.status.code(), Some(64), "{}: {}", to.display(), said(&o));
+        assert!(said(&o).contains("--mirror deletes"), "{}", said(&o));
+        assert!(first_log.is_file(), "{}: {}", to.display(), said(&o));
+        assert!(cat.is_file());
+        assert!(!logs.join("sub/users").exists(), "nothing written");
+    }
+    let n_logs = std::fs::read_dir(&logs).unwrap().count();
+    assert_eq!(
+        n_logs, 5,
+        "the first restore's log, sub/ and the three refused ones' logs"
+    );
+    let id = first["id"].as_str().unwrap();
+    let o = snapring(&["show".as_ref(), "--json".as_ref(), id.as_ref()], &env);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert!(!said(&o).contains("missing"), "{}", said(&o));
+    // Beside the catalog, outside logs/: nothing of the catalog's there.
+    let o = restore_to(&state.join("other"), &["--mirror"]);
+    assert_eq!(o.status.code(), Some(0), "{}", said(&o));
+    assert!(first_log.is_file() && cat.is_file());
+}
+
 /// `--overwrite` of a file whose replacement cannot be made (the snapshot's copy
 /// unreadable, as a full target fails a copy) leaves the file as it was and counts
 /// nothing as replaced: `overwritten` counted it before the copy (the summary said

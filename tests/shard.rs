@@ -402,7 +402,7 @@ fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_work
         vec!["daily.0", "daily.1", "daily.2"]
     );
     // A finalized run's worker has nothing to do.
-    let o = worker(&e, &["--shard", "0/2", "--run-id", "r"], &[])
+    let o = worker(&e, &["--shard", "0/1", "--run-id", "r"], &[])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(0), "a finalized run: {}", text(&o));
@@ -439,6 +439,96 @@ fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_work
             text(&o)
         );
     }
+}
+
+/// A run id reused after its run was finalized: a worker with other settings is
+/// refused (exit 64) as before the finalize and as its dry run is; one with the same
+/// settings (a retried pod, or a cron job with a fixed run id) backs nothing up, exits
+/// 0 and says so, naming the run id and when it was finalized.
+#[test]
+fn a_worker_of_a_finalized_run_is_checked_against_its_plan_and_says_nothing_was_backed_up() {
+    let e = env();
+    all_ok(&run_workers(&e, 2, "nightly-1", &[], |_| vec![]), "the run");
+    check_run(&e, "nightly-1");
+    let names = snapshot_names(&e.dest);
+    let finished = run_record(&e, "nightly-1")["finished_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    write(&e.src.join("flat/new since"), b"new");
+    for dry in [false, true] {
+        for args in [
+            vec!["--shard", "0/5", "--run-id", "nightly-1"],
+            vec![
+                "--shard",
+                "0/2",
+                "--run-id",
+                "nightly-1",
+                "--label",
+                "weekly",
+            ],
+            vec!["--shard", "0/2", "--run-id", "nightly-1", "--retain", "1"],
+            vec![
+                "--shard",
+                "0/2",
+                "--run-id",
+                "nightly-1",
+                "--exclude",
+                "flat",
+            ],
+        ] {
+            let mut args = args;
+            if dry {
+                args.push("--dry-run");
+            }
+            let o = worker(&e, &args, &[]).output().unwrap();
+            assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
+            assert!(stderr_of(&o).contains("was planned with"), "{}", text(&o));
+        }
+    }
+    // Another source: refused too, also when it does not exist.
+    let other = e.src.with_file_name("other");
+    std::fs::create_dir(&other).unwrap();
+    for src in [&other, &e.src.with_file_name("absent")] {
+        let o = Command::new(bin())
+            .args(["backup", "--source"])
+            .arg(src)
+            .arg("--dest")
+            .arg(&e.dest)
+            .args(["--shard", "1/2", "--run-id", "nightly-1"])
+            .env("SNAPRING_CATALOG", "off")
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+        assert!(stderr_of(&o).contains("was planned with"), "{}", text(&o));
+    }
+    for i in 0..2 {
+        let shard = format!("{i}/2");
+        let o = worker(&e, &["--shard", &shard, "--run-id", "nightly-1"], &[])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains(&format!(
+                "nothing was backed up: run id nightly-1 was already finalized at {finished}; a new backup needs a new run id"
+            )),
+            "{}",
+            text(&o)
+        );
+        let o = worker(
+            &e,
+            &["--shard", &shard, "--run-id", "nightly-1", "--json"],
+            &[],
+        )
+        .output()
+        .unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(j["finalized_before_start"], finished.as_str(), "{j}");
+    }
+    assert_eq!(snapshot_names(&e.dest), names, "nothing published");
+    assert!(!e.dest.join("daily.0/flat/new since").exists());
 }
 
 /// Kills `failpoint` in worker 0 while workers 1 and 2 run, reruns worker 0 (same

@@ -147,6 +147,19 @@ pub fn worker(
             rep.files_transferred,
             rep.files_linked
         )
+    } else if let Some(at) = &out.finalized_before_start {
+        let helped = if out.expired.pieces > 0 {
+            format!(
+                "; deleted {} pieces of its expired snapshots ({} entries)",
+                out.expired.pieces, out.expired.entries
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "nothing was backed up: run id {} was already finalized at {at}; a new backup needs a new run id{helped}",
+            spec.run_id
+        )
     } else if out.already_finalized && out.expired.pieces > 0 {
         format!(
             "the run is finalized; deleted {} pieces of the expired snapshots ({} entries)",
@@ -179,6 +192,7 @@ pub fn worker(
             "interrupted": out.interrupted,
             "window_ended": out.window_ended,
             "already_finalized": out.already_finalized,
+            "finalized_before_start": out.finalized_before_start,
             "finalize_pending": out.finalize_pending,
             "expired_pieces": out.expired.pieces,
             "expired_entries": out.expired.entries,

@@ -1,7 +1,8 @@
 //! `snapring list`: the snapshots of a store, newest first, with the run that made each.
 //! A store that needs a repair (an interrupted rotation, a dead run still `running`) is
 //! repaired first where it can be written, so this is also the cheapest way to repair a
-//! store; a healthy store is only read.
+//! store; a healthy store is only read. One whose rotation cannot be rolled forward now
+//! (a full file system) is listed as rolling it forward will leave it, with a warning.
 
 use std::path::Path;
 
@@ -48,7 +49,19 @@ pub struct Listed {
 /// Lists the store at `root` (repairing it first if it needs it). `space`: also walk every snapshot
 /// for the space only it uses (one stat per entry; `jobs` in flight).
 pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
-    Store::repair_if_needed(root, "list")?;
+    // A rotation that cannot be rolled forward now (a full file system): listed as
+    // rolling it forward will leave it, as on a read-only store, with a warning; the
+    // store is left as it is for the next command that can write it.
+    match Store::repair_if_needed(root, "list") {
+        Ok(_) => {}
+        Err(e @ crate::error::Error::RollForward { .. }) => {
+            tracing::warn!(
+                "{}: listed as rolling its interrupted rotation forward will leave it, which cannot be done now: {e}",
+                root.display()
+            );
+        }
+        Err(e) => return Err(e),
+    }
     let store = Store::open_read(root)?;
     let mut out = Vec::new();
     for (s, run, taken) in store.snapshots_with_runs()? {

@@ -176,7 +176,10 @@ pub fn backup_observed(
         // A failed run has discarded its staging tree by now, so a file system that
         // was full has room again for the record.
         if let Err(e) = store.write_run(&rep) {
-            tracing::error!("the run record keeps its last state: {e}");
+            tracing::error!(
+                "the run record keeps its last state until the next command that can write the store settles it: {}",
+                e.cause()
+            );
         }
         crate::runlog::stop();
     }
@@ -929,10 +932,13 @@ fn seal_and_publish<R: Repository>(
     let t_rot = Instant::now();
     let name = match repo.publish(id, status, &opts.label, rotation, sealed) {
         Ok(name) => name,
-        // The journal is written: the run failed, but the next command publishes it.
+        // The journal is written: the run failed, but the next command publishes it
+        // (the store says so, and whether its renames were done).
+        Err(e @ Error::PublishPending { .. }) => return Err(e),
         Err(e) if repo.needs_repair() => {
             return Err(Error::PublishPending {
                 snapshot: format!("{}.0", opts.label),
+                renamed: false,
                 source: Box::new(e),
             });
         }

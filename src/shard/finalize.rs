@@ -117,6 +117,21 @@ fn read_finalized(rd: &RunDir) -> Option<Box<RunReport>> {
     serde_json::from_slice(&bytes).ok().map(Box::new)
 }
 
+/// When run `rd` was finalized: its report's end, else the `finalized` marker's mtime,
+/// else "an unknown time".
+pub(super) fn finalized_at(rd: &RunDir) -> String {
+    if let Some(t) = read_finalized(rd).and_then(|r| r.finished_at) {
+        return t;
+    }
+    std::fs::metadata(rd.finalized_path())
+        .and_then(|m| m.modified())
+        .map(|t| {
+            chrono::DateTime::<chrono::Utc>::from(t)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+        .unwrap_or_else(|_| "an unknown time".into())
+}
+
 fn locked(
     store: &Store,
     rd: &RunDir,

@@ -57,6 +57,9 @@ pub struct Outcome {
     pub finalized: Option<crate::report::RunReport>,
     /// … or had been already.
     pub already_finalized: bool,
+    /// The run was finalized before this worker started, at this time (the finalized
+    /// report's end, else the marker's mtime): it backed nothing up.
+    pub finalized_before_start: Option<String>,
     /// Every unit is committed but another process holds the store: the last worker
     /// to let go, or `snapring finalize`, publishes the run.
     pub finalize_pending: bool,
@@ -143,7 +146,15 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         .flatten();
     let rd = RunDir::new(&store.meta, &spec.run_id);
     if rd.is_finalized() {
+        // A worker with other settings is refused as it is before the finalize (exit
+        // 64). One with the same settings is a duplicate (a retried pod, a late array
+        // task): it backs nothing up and only helps delete the expired snapshots. So is
+        // a job that reuses a fixed run id, which its message says.
+        if let Some((plan, _)) = rd.read_plan()? {
+            check_settings(opts, spec, &plan, &settled_source(opts))?;
+        }
         out.already_finalized = true;
+        out.finalized_before_start = Some(super::finalize::finalized_at(&rd));
         help_expire(&store, &rd, opts.jobs, cancel, &mut out);
         return Ok(out);
     }
@@ -575,6 +586,21 @@ fn check_plan(
         }));
     }
     Ok(())
+}
+
+/// The source as a worker of a finalized run compares it with its plan: resolved as a
+/// working worker resolves it, or, where that fails (the source not mounted now, gone),
+/// the path as given, made absolute. No `pre_command` runs for a finalized run.
+fn settled_source(opts: &BackupOptions) -> PathBuf {
+    let given = match &opts.prefix {
+        Some(p) => opts.source.join(p.as_path()),
+        None => opts.source.clone(),
+    };
+    crate::engine::backup::check_source(opts)
+        .ok()
+        .and_then(|s| std::fs::canonicalize(s).ok())
+        .or_else(|| std::path::absolute(&given).ok())
+        .unwrap_or(given)
 }
 
 /// The settings of the run's plan against this worker's (count, source, label and

@@ -112,8 +112,20 @@ impl Store {
             &serde_json::to_vec_pretty(j).expect("journal serializes"),
         )
         .ctx("write journal", &path)?;
-        failpoint::hit("journal.after_write").ctx("write journal", &path)?;
-        self.apply_journal(j, false)
+        // From here on the journal is written: a failure leaves the rotation to the next
+        // command that can write the store, and says whether the renames were done.
+        let pending = |renamed: bool| {
+            move |e: Error| Error::PublishPending {
+                snapshot: j.published().unwrap_or_else(|| "the run's snapshot".into()),
+                renamed,
+                source: Box::new(e),
+            }
+        };
+        failpoint::hit("journal.after_write")
+            .ctx("write journal", &path)
+            .map_err(pending(false))?;
+        self.rename_steps(j).map_err(pending(false))?;
+        self.settle_journal(j, false).map_err(pending(true))
     }
 
     /// Rolls a journal found on disk forward, if there is one. Returns its run id.
@@ -127,12 +139,23 @@ impl Store {
         let j: Journal = parse_journal(&text)
             .map_err(|e| Error::Store { path: path.clone(), msg: format!("journal is unreadable ({e}); move it aside only after checking the snapshots by hand") })?;
         tracing::warn!(run = %j.run, "rolling an interrupted rotation forward");
-        self.apply_journal(&j, true)?;
+        self.apply_journal(&j, true)
+            .map_err(|e| Error::RollForward {
+                run: j.run.clone(),
+                cause: Box::new(e),
+            })?;
         self.note_repaired(&j.run);
         Ok(Some(j.run))
     }
 
     fn apply_journal(&self, j: &Journal, rolled_forward: bool) -> Result<()> {
+        self.rename_steps(j)?;
+        self.settle_journal(j, rolled_forward)
+    }
+
+    /// The journal's renames, each skipped where its target exists (done before), then
+    /// the directories they changed synced.
+    fn rename_steps(&self, j: &Journal) -> Result<()> {
         let root = fsx::b(&self.root_fd);
         for step in &j.steps {
             failpoint::hit("rotate.step").ctx("rename", self.root.join(&step.from))?;
@@ -161,6 +184,12 @@ impl Store {
                 .and_then(|f| f.sync_all())
                 .ctx("sync directory", d)?;
         }
+        Ok(())
+    }
+
+    /// After the renames: the state file, the run record, the expired manifests, and
+    /// the journal's removal.
+    fn settle_journal(&self, j: &Journal, rolled_forward: bool) -> Result<()> {
         failpoint::hit("journal.before_state").ctx("write state", self.state_path())?;
         self.write_state(&j.state_after)?;
         failpoint::hit("journal.after_state").ctx("write run record", self.run_path(&j.run))?;
