@@ -142,7 +142,7 @@ pub const NOTIFY_KEYS: &[Key] = &[
 pub const TOP_KEYS: &[Key] = &[
     key(
         "catalog",
-        Kind::Str(path),
+        Kind::Str(catalog),
         "\"/var/lib/snapring/catalog.db\"",
     ),
     key("job", Kind::Tables(JOB_KEYS), "{}"),
@@ -190,11 +190,24 @@ fn any(_: &str) -> Check {
     Ok(())
 }
 
+/// A path in a config file: absolute (or a repository URL, for `dest`). A relative
+/// one would name another place for each directory snapring is started from: the
+/// shell's for a manual run, the daemon's for a scheduled one.
 fn path(p: &str) -> Check {
     if p.is_empty() {
         return Err("an empty path: every run would fail; give a directory".into());
     }
+    if !Path::new(p).is_absolute() && !p.starts_with("s3://") && !p.starts_with("file://") {
+        return Err(format!(
+            "{p:?} is a relative path; give an absolute one (a relative path would depend on the directory snapring is started from)"
+        ));
+    }
     Ok(())
+}
+
+/// The catalog: an absolute path, or `off`.
+fn catalog(p: &str) -> Check {
+    if p == "off" { Ok(()) } else { path(p) }
 }
 
 fn folder(f: &str) -> Check {
