@@ -818,6 +818,19 @@ impl Catalog {
         .db(&self.path, "query events")
     }
 
+    /// The newest backup of `job`: its id, status and message, if it has one.
+    pub fn newest_backup(&self, job: &str) -> Result<Option<(String, String, String)>> {
+        self.conn
+            .query_row(
+                "SELECT id, status, message FROM runs WHERE job = ?1 AND kind = 'backup'
+                 ORDER BY started_at DESC, id DESC LIMIT 1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .db(&self.path, "query runs")
+    }
+
     /// When the newest run of `job` started (RFC 3339), if any.
     pub fn last_start(&self, job: &str) -> Result<Option<String>> {
         self.conn
