@@ -309,3 +309,29 @@ fn catalog_off_in_the_file_turns_the_catalog_off() {
         "the default catalog was opened"
     );
 }
+
+/// Two jobs on one store through a symlink (or a bind mount) are one store: the check
+/// compared the paths by name only, said ok, and the `retain = 2` job expired the
+/// other's snapshots.
+#[test]
+fn two_jobs_on_one_store_through_a_symlink_are_a_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    std::fs::create_dir(root.join("bk")).unwrap();
+    std::os::unix::fs::symlink(root.join("bk"), root.join("bklink")).unwrap();
+    std::fs::write(
+        root.join("c.toml"),
+        "[job.a]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk\"\nfolder = \"fs1\"\nretain = 7\n\n\
+         [job.b]\nsource = \"ROOT/src\"\ndest = \"ROOT/bklink\"\nfolder = \"fs1\"\nretain = 2\n"
+            .replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[&("9:1", "job.b.dest", "job.a writes the same store")],
+    );
+}

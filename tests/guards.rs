@@ -832,3 +832,87 @@ fn a_store_on_an_unmounted_file_system_is_refused_when_the_catalog_knows_it() {
     assert_eq!(code, 0, "{err}{rep}");
     assert_eq!(snapshot_names(&store), ["daily.0"]);
 }
+
+/// A run from another source into a store's label is refused before anything is
+/// written: its rotation would expire the other source's history (a second file system
+/// backed up without `--folder`, or source and dest mixed up; it said `complete`, and
+/// two more runs had pushed the first source out). `--new-source` continues the label
+/// from a source moved to a new path.
+#[test]
+fn a_run_from_another_source_into_a_label_is_refused_and_its_history_kept() {
+    let (t, src, dest) = setup();
+    for _ in 0..3 {
+        assert_eq!(backup(&src, &dest, &["--retain", "3"], &[]).0, 0);
+    }
+    let before: Vec<_> = snapshot_names(&dest)
+        .iter()
+        .map(|n| (n.clone(), describe(&dest.join(n))))
+        .collect();
+    let other = t.path().join("other");
+    write(&other.join("x"), b"another file system");
+    let (code, rep, _) = backup(&other, &dest, &["--retain", "3"], &[]);
+    assert_eq!((code, rep["status"].as_str()), (1, Some("failed")), "{rep}");
+    let msg = rep["message"].as_str().unwrap();
+    let canon = std::fs::canonicalize(&src).unwrap();
+    assert!(
+        msg.contains(&format!(
+            "snapshots in this store are of {}",
+            canon.display()
+        )) && msg.contains("Nothing was written")
+            && msg.contains("--new-source"),
+        "{msg}"
+    );
+    for (n, d) in &before {
+        assert_same_tree(d, &describe(&dest.join(n)), n);
+    }
+    assert_eq!(snapshot_names(&dest).len(), 3);
+    // Another label is another history: allowed.
+    let (code, rep, _) = backup(&other, &dest, &["--label", "other"], &[]);
+    assert_eq!(code, 0, "{rep}");
+    // The same data moved: continued with --new-source, unchanged files linked.
+    let moved = t.path().join("moved");
+    std::fs::rename(&src, &moved).unwrap();
+    let (code, rep, _) = backup(&moved, &dest, &["--retain", "3", "--new-source"], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["files_linked"], 20, "{rep}");
+    // And from then on without it.
+    assert_eq!(backup(&moved, &dest, &["--retain", "3"], &[]).0, 0);
+}
+
+/// A run without `--retain` keeps as many snapshots as its label's last run kept: a
+/// manual run's default of 7 expired four snapshots of a ring kept at 10, `complete`,
+/// exit 0. A `retain` given lower than the ring's is obeyed, with a warning naming
+/// what it expires.
+#[test]
+fn a_run_without_retain_keeps_what_its_label_kept() {
+    let (_t, src, dest) = setup();
+    for i in 0..10 {
+        write(&src.join("v"), format!("{i}").as_bytes());
+        assert_eq!(backup(&src, &dest, &["--retain", "10"], &[]).0, 0);
+    }
+    let (code, rep, _) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["retain"], 10, "{rep}");
+    assert_eq!(
+        rep["expired"].as_array().unwrap().len(),
+        1,
+        "daily.9 only: {rep}"
+    );
+    assert_eq!(snapshot_names(&dest).len(), 10);
+    let (code, rep, _) = backup(&src, &dest, &["--retain", "4"], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["expired"].as_array().unwrap().len(), 7, "{rep}");
+    let w = rep["warnings"].as_array().unwrap();
+    assert!(
+        w.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("retain 4 is lower than the 10 the label's last run")),
+        "{rep}"
+    );
+    assert_eq!(snapshot_names(&dest).len(), 4);
+    // The next run without --retain keeps 4.
+    let (_, rep, _) = backup(&src, &dest, &[], &[]);
+    assert_eq!(rep["retain"], 4, "{rep}");
+    assert_eq!(snapshot_names(&dest).len(), 4);
+}

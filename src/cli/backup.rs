@@ -161,6 +161,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
     exclusion(a, file_job.as_ref().unwrap_or(&JobConfig::default()))?;
     let mut opts = config::resolve(name, file_job.clone(), flags(a)?)?;
     opts.dry_run = a.dry_run;
+    opts.new_source = a.new_source;
     opts.plan_on_stderr = a.json;
     let catalog = cat
         .for_config(file_catalog)

@@ -342,24 +342,6 @@ struct SharedStore {
     job: String,
 }
 
-/// `p` with `.` and `a/..` taken out by their names (no file system lookup).
-fn lexical(p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir
-                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
-            {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out
-}
-
 /// Every problem of the config `text`, in file order.
 pub fn check_text(text: &str) -> Vec<Problem> {
     let mut c = Checker {
@@ -684,9 +666,9 @@ impl Checker<'_> {
             };
             let retain = entry(t, "retain").map(|(_, v)| format!("{:?}", v.get_ref()));
             let shared = label.map(|label| SharedStore {
-                store: lexical(&store),
+                store: opt::resolve(&store),
                 label: label.to_string(),
-                source: lexical(Path::new(src)),
+                source: opt::resolve(Path::new(src)),
                 retain,
                 job: dk.to_string(),
             });

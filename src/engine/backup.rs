@@ -516,6 +516,7 @@ fn exclusions_named(opts: &BackupOptions) -> String {
 /// Picks the previous snapshot, then checks the source against it.
 fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> Result<Start> {
     let prev = repo.previous(&opts.label)?;
+    continue_ring(opts, prev.as_ref(), rep)?;
     rep.based_on = prev
         .as_ref()
         .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
@@ -534,6 +535,61 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
         None => tracing::info!("no previous snapshot: this is a full copy"),
     }
     Ok(st)
+}
+
+/// A run continues its label's snapshots: refused when they are of another source (or
+/// prefix), whose history its rotation would expire (a second source given the same
+/// store and label, or source and dest mixed up), unless `--new-source` says it is the
+/// same data moved. Without a `retain` of its own it keeps as many as the label's
+/// last run kept (a manual run's default of 7 expired a ring kept at 30); a `retain`
+/// given lower than that is a warning naming what it expires. `rep.retain` is what
+/// the rotation keeps.
+fn continue_ring(opts: &BackupOptions, prev: Option<&Previous>, rep: &mut RunReport) -> Result<()> {
+    let Some(ring) = prev
+        .and_then(|p| p.ring.as_ref())
+        .filter(|r| r.label == opts.label)
+    else {
+        return Ok(());
+    };
+    let shown = |source: &Path, prefix: &Option<String>| match prefix {
+        Some(p) => format!("{} (prefix {p})", source.display()),
+        None => source.display().to_string(),
+    };
+    if (ring.source != rep.source || ring.prefix != rep.prefix) && !opts.new_source {
+        return Err(Error::Store {
+            path: opts.store.clone(),
+            msg: format!(
+                "the {label} snapshots in this store are of {} (run {}), not of {}: this run's rotation would expire their history. Nothing was written. Give this source a store of its own (another --dest or --folder) or another --label; if it is the same data moved, run once with --new-source",
+                shown(&ring.source, &ring.prefix),
+                ring.run,
+                shown(&rep.source, &rep.prefix),
+                label = opts.label,
+            ),
+        });
+    }
+    if opts.retain_default {
+        if ring.retain != rep.retain {
+            tracing::info!(
+                "keeping {} {} snapshots, as the label's last run {} did (give --retain to change it)",
+                ring.retain,
+                opts.label,
+                ring.run
+            );
+        }
+        rep.retain = ring.retain;
+    } else if rep.retain < ring.retain {
+        let w = format!(
+            "retain {} is lower than the {} the label's last run {} kept: this run expires {label}.{} and older",
+            rep.retain,
+            ring.retain,
+            ring.run,
+            rep.retain.saturating_sub(1),
+            label = opts.label,
+        );
+        tracing::warn!("{w}");
+        rep.warnings.push(w);
+    }
+    Ok(())
 }
 
 /// How long a stopped walk (window ended, signal, fatal error) may take to return
@@ -787,7 +843,7 @@ fn run_dry<R: Repository>(
         return Err(stalled_error(opts));
     };
     let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
-    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
+    let rotation = repo.plan_rotation(&opts.label, rep.retain, id)?;
     rep.expired = rotation.expired().to_vec();
     rep.warnings.extend(deferred_warnings(rotation.deferred()));
     plan.rotation = rotation.describe();
@@ -913,7 +969,7 @@ fn seal_and_publish<R: Repository>(
     crate::failpoint::hit("backup.before_publish").ctx("publish", &opts.store)?;
     // Planned after the flush: the rotation holds the snapshots it expires, and readers
     // wait for that hold, so it is taken only for the renames themselves.
-    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
+    let rotation = repo.plan_rotation(&opts.label, rep.retain, id)?;
     rep.expired = rotation.expired().to_vec();
     rep.warnings.extend(deferred_warnings(rotation.deferred()));
     // The record, still `running`, with the walk's figures and what the rotation
