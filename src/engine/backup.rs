@@ -516,11 +516,12 @@ fn exclusions_named(opts: &BackupOptions) -> String {
 /// Picks the previous snapshot, then checks the source against it.
 fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> Result<Start> {
     let prev = repo.previous(&opts.label)?;
-    continue_ring(opts, prev.as_ref(), rep)?;
     rep.based_on = prev
         .as_ref()
         .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
     let st = open_source(opts, prev)?;
+    // After the source's own guards: a missing or unmounted source is told as such.
+    continue_ring(opts, st.prev.as_ref(), rep)?;
     match &st.prev {
         Some(p) => tracing::info!(
             "unchanged files are linked from {} (run {}{})",
