@@ -918,3 +918,45 @@ fn a_run_without_retain_keeps_what_its_label_kept() {
     assert_eq!(rep["retain"], 4, "{rep}");
     assert_eq!(snapshot_names(&dest).len(), 4);
 }
+
+/// A dest that holds data and is no store is refused before anything is written: it
+/// was turned into a store, `.snapring` and `daily.0` beside the data, `complete` (the
+/// source and dest mixed up, or `--folder` forgotten). What a store may hold before
+/// its first run is taken: `lost+found`, snapshot trees another tool made. A missing
+/// source does not begin a store either.
+#[test]
+fn a_dest_holding_data_is_not_made_a_store() {
+    let (t, src, _) = setup();
+    let data = t.path().join("data");
+    write(&data.join("important.doc"), b"the only copy");
+    let before = describe(&data);
+    for dry in [&["--dry-run"][..], &[]] {
+        let (code, rep, err) = backup(&src, &data, dry, &[]);
+        let err = format!("{err}{}", rep["message"].as_str().unwrap_or(""));
+        assert_eq!(code, 1, "{dry:?}: {err}");
+        assert!(
+            err.contains("not a snapring store, and not empty: it holds important.doc")
+                && err.contains("Nothing was written"),
+            "{dry:?}: {err}"
+        );
+        assert_same_tree(&before, &describe(&data), "the data");
+    }
+    // Made a store on purpose.
+    std::fs::create_dir(data.join(".snapring")).unwrap();
+    assert_eq!(backup(&src, &data, &[], &[]).0, 0);
+    assert!(data.join("daily.0/d0/f0").exists());
+
+    // A new file system's lost+found and an rsnapshot tree are no obstacle.
+    let fresh = t.path().join("fresh");
+    std::fs::create_dir_all(fresh.join("lost+found")).unwrap();
+    std::fs::create_dir_all(fresh.join("daily.0/d0")).unwrap();
+    let (code, rep, err) = backup(&src, &fresh, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+
+    // A missing source leaves no store behind.
+    let nowhere = t.path().join("nowhere");
+    let (code, _, err) = backup(&t.path().join("no-source"), &nowhere, &[], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!nowhere.exists(), "a store was begun for a missing source");
+}

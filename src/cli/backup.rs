@@ -215,11 +215,14 @@ fn flags(a: &BackupArgs) -> anyhow::Result<JobConfig> {
 fn print_summary(r: &RunReport) {
     if r.status == Status::Failed {
         errln!("snapring: backup failed: {}", r.message);
-        errln!(
-            "  run {} recorded in {}",
-            r.id,
-            r.store.join(".snapring/runs").display()
-        );
+        // A dry run records nothing.
+        if !r.dry_run {
+            errln!(
+                "  run {} recorded in {}",
+                r.id,
+                r.store.join(".snapring/runs").display()
+            );
+        }
         if r.files_total == 0 {
             return;
         }

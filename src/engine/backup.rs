@@ -107,6 +107,14 @@ pub fn backup_observed(
         // Nothing to lock or repair; plan against an empty store without creating it.
         return run_dry_without_store(opts, &id, cancel);
     }
+    // A missing source does not begin a store: there would be nothing in it but the
+    // record of this failure.
+    if !opts.store.join(crate::store::META_DIR).is_dir()
+        && std::fs::symlink_metadata(&opts.source)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return Err(Error::SourceMissing(opts.source.clone()));
+    }
     let store = Store::open(&opts.store, !opts.dry_run)?;
     let lock = if opts.dry_run {
         let l = Repository::lock_shared(&store)?;
@@ -1080,6 +1088,9 @@ fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) ->
     let mut rep = new_report(opts, id, &opts.store);
     let counters = Arc::new(Counters::default());
     let r = (|| {
+        if let Ok(fd) = fsx::open_dir(&opts.store) {
+            crate::store::refuse_foreign(&opts.store, &fd)?;
+        }
         let st = open_source(opts, None)?;
         let sink = PlanSink::new(None);
         let root = Entry::from_meta(b".", &st.src_meta);

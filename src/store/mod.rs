@@ -184,6 +184,43 @@ fn has_snapshot_dirs(root: &OwnedFd) -> bool {
         .any(|n| matches!(fsx::lstat_at(b(root), n.as_bytes()), Ok(m) if m.kind == fsx::Kind::Dir))
 }
 
+/// A directory about to become a store holds nothing but what a store may hold before
+/// its first run: snapshot trees another tool made (`daily.0`, rsnapshot's `.sync` and
+/// `_delete.*`) and a file system's `lost+found`. Anything else is data (source and
+/// dest mixed up, a store folder forgotten): refused before anything is written, not
+/// turned into a store with `.snapring` and snapshots beside it.
+pub fn refuse_foreign(root: &Path, root_fd: &OwnedFd) -> Result<()> {
+    let names = fsx::read_dir_names(b(root_fd)).ctx("list", root)?;
+    let foreign: Vec<String> = names
+        .iter()
+        .filter(|n| {
+            let s = String::from_utf8_lossy(n);
+            let snapshot = rotation::parse_slot(&s).is_some()
+                && matches!(fsx::lstat_at(b(root_fd), n), Ok(m) if m.kind == fsx::Kind::Dir);
+            !(snapshot || s == "lost+found" || s == ".sync" || s.starts_with("_delete."))
+        })
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let mut shown: Vec<&str> = foreign.iter().map(String::as_str).take(5).collect();
+    shown.sort_unstable();
+    Err(Error::Store {
+        path: root.to_path_buf(),
+        msg: format!(
+            "not a snapring store, and not empty: it holds {}{}; a backup would put its snapshots beside that data. Nothing was written. Give an empty or new directory (check that source and dest are the right way round, and --folder), or create {} to make it a store anyway",
+            shown.join(", "),
+            if foreign.len() > shown.len() {
+                format!(" and {} more", foreign.len() - shown.len())
+            } else {
+                String::new()
+            },
+            root.join(META_DIR).display()
+        ),
+    })
+}
+
 fn not_a_store(root: &Path) -> Error {
     Error::Store {
         path: root.to_path_buf(),
@@ -264,6 +301,9 @@ impl Store {
         let meta = root.join(META_DIR);
         if !meta.is_dir() && !create {
             return Err(not_a_store(root));
+        }
+        if !meta.is_dir() {
+            refuse_foreign(root, &root_fd)?;
         }
         // Private (0700): the manifests, records and logs name what is inside the
         // source's private directories. The staging trees below carry the source's own
