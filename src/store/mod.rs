@@ -197,7 +197,12 @@ pub fn refuse_foreign(root: &Path, root_fd: &OwnedFd) -> Result<()> {
             let s = String::from_utf8_lossy(n);
             let snapshot = rotation::parse_slot(&s).is_some()
                 && matches!(fsx::lstat_at(b(root_fd), n), Ok(m) if m.kind == fsx::Kind::Dir);
-            !(snapshot || s == "lost+found" || s == ".sync" || s.starts_with("_delete."))
+            // `.snapring` itself: another shard worker is making the store.
+            !(snapshot
+                || s == META_DIR
+                || s == "lost+found"
+                || s == ".sync"
+                || s.starts_with("_delete."))
         })
         .map(|n| String::from_utf8_lossy(n).into_owned())
         .collect();
