@@ -182,6 +182,16 @@ fn subdirectory_and_file_restores_land_where_asked_and_touch_nothing_else() {
     );
     let users_before = std::fs::metadata(to.join("users")).unwrap();
 
+    // A path the snapshot lacks: the hint names the store, not a placeholder.
+    let (code, _, err) = restore(&store, "daily.0", &to, &["--path", "users/carol"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "`snapring history --dest {} users/carol` shows which snapshots have it",
+            store.display()
+        )),
+        "{err}"
+    );
     let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "users/alice"]);
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_same_tree(

@@ -238,7 +238,11 @@ fn check_verify(store: &Path, live: &Path, prefix: &str) {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("has no usable manifest") && err.contains("verify daily.0 --against"),
+        err.contains("has no usable manifest")
+            && err.contains(&format!(
+                "verify --dest {} daily.0 --against",
+                store.display()
+            )),
         "{err}"
     );
     let changed = live.join(prefix).join("sub/b");

@@ -162,7 +162,7 @@ fn open_root(root: &Path) -> Result<OwnedFd> {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Store {
                 path: root.to_path_buf(),
-                msg: "no such store (check --dest and --folder)".into(),
+                msg: "no such store (check the path; a store in a folder is DEST/FOLDER)".into(),
             }
         } else {
             Error::Io {
@@ -229,7 +229,7 @@ pub fn refuse_foreign(root: &Path, root_fd: &OwnedFd) -> Result<()> {
 fn not_a_store(root: &Path) -> Error {
     Error::Store {
         path: root.to_path_buf(),
-        msg: "not a snapring store (no .snapring directory, and no snapshot directory such as daily.0)".into(),
+        msg: "not a snapring store (no .snapring directory, and no snapshot directory such as daily.0); a store made with --folder F is at DEST/F".into(),
     }
 }
 
