@@ -46,6 +46,19 @@ pub struct SnapRec {
     /// trusted for the directory it was written for.
     pub ino: u64,
     pub finished_at: String,
+    /// The root directory's birth time (`statx` btime: seconds, nanoseconds) where the
+    /// file system has one. An inode number is reused as soon as its directory is
+    /// deleted (ext4 gives the next `mkdir` the same number): a record names this
+    /// directory only if its birth time is this one too, so a tree another tool made
+    /// in a deleted snapshot's inode (rsnapshot's `cp -al`) is not taken for that
+    /// snapshot. Absent in older records, and where there is none: inode alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btime: Option<(i64, u32)>,
+}
+
+/// The birth time of `path` as `SnapRec::btime` records it.
+pub(crate) fn birth(path: &Path) -> Option<(i64, u32)> {
+    fsx::birth_time(path).map(|t| (t.sec, t.nsec))
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -606,11 +619,27 @@ impl Store {
         let mut recovery = damaged.then(|| self.recovery());
         let mut out = Vec::new();
         for (name, at, label, slot, m) in found {
+            let born = std::cell::OnceCell::new();
+            let same_birth = |r: &SnapRec| match r.btime {
+                None => true,
+                Some(bt) => born
+                    .get_or_init(|| birth(&self.root.join(&at)))
+                    .is_none_or(|b| b == bt),
+            };
             let by_ino = state
                 .snapshots
                 .iter()
                 .find(|r| r.ino == m.ino && r.name == name)
-                .or_else(|| state.snapshots.iter().find(|r| r.ino == m.ino))
+                // Under another name (a rotation cut short, or another tool's rename):
+                // the birth time tells a reused inode number from the same directory.
+                // Not asked of a record under its own name, the common case (a
+                // `statx` per snapshot is a round trip on NFS).
+                .or_else(|| {
+                    state
+                        .snapshots
+                        .iter()
+                        .find(|r| r.ino == m.ino && same_birth(r))
+                })
                 .cloned();
             let copied = match by_ino {
                 Some(_) => None,

@@ -266,6 +266,7 @@ impl Repository for Store {
                 id: id.to_string(),
                 ino: staging_ino,
                 finished_at: report::now_rfc3339(),
+                btime: super::birth(&self.root.join(staging_name(id))),
             },
         );
         let drop_manifests = rotation
