@@ -19,6 +19,9 @@ use crate::restore::RestoreReport;
 /// The schema this snapring writes.
 pub const SCHEMA_VERSION: i64 = 6;
 
+/// How long a command waits for another connection's lock on the catalog.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Frozen migrations: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 /// Never edit one that has shipped; add a new one.
 const MIGRATIONS: &[&str] = &[
@@ -166,6 +169,10 @@ trait Damage: std::fmt::Display {
     fn damaged(&self) -> bool {
         false
     }
+    /// Another connection held its lock past the busy timeout.
+    fn busy(&self) -> bool {
+        false
+    }
 }
 
 impl Damage for rusqlite::Error {
@@ -174,6 +181,13 @@ impl Damage for rusqlite::Error {
         matches!(
             self.sqlite_error_code(),
             Some(NotADatabase | DatabaseCorrupt)
+        )
+    }
+    fn busy(&self) -> bool {
+        use rusqlite::ErrorCode::{DatabaseBusy, DatabaseLocked};
+        matches!(
+            self.sqlite_error_code(),
+            Some(DatabaseBusy | DatabaseLocked)
         )
     }
 }
@@ -189,6 +203,15 @@ impl<T, E: Damage> DbCtx<T> for std::result::Result<T, E> {
                     path: path.to_path_buf(),
                     what: what.to_string(),
                     detail: e.to_string(),
+                }
+            } else if e.busy() {
+                CatalogError::Db {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "{what}: {e}: another process has held it locked for longer than the {} s this waits (`fuser {}` names it); try again when it is done",
+                        BUSY_TIMEOUT.as_secs(),
+                        path.display()
+                    ),
                 }
             } else {
                 CatalogError::Db {
@@ -362,7 +385,7 @@ impl Catalog {
         }
         make_private(path)?;
         let conn = Connection::open(path).db(path, "open")?;
-        conn.busy_timeout(Duration::from_secs(5))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .db(path, "set busy timeout")?;
         conn.pragma_update(None, "foreign_keys", true)
             .db(path, "enable foreign keys")?;
@@ -385,7 +408,7 @@ impl Catalog {
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let conn = Connection::open_with_flags(path, flags).db(path, "open read-only")?;
-        conn.busy_timeout(Duration::from_secs(5))
+        conn.busy_timeout(BUSY_TIMEOUT)
             .db(path, "set busy timeout")?;
         let c = Catalog {
             conn,
@@ -431,7 +454,7 @@ impl Catalog {
     pub fn version(&self) -> Result<i64> {
         self.conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .db(&self.path, "read schema version (is it a SQLite file?)")
+            .db(&self.path, "read schema version")
     }
 
     fn migrate(&mut self) -> Result<()> {
@@ -793,6 +816,19 @@ impl Catalog {
         .db(&self.path, "query events")?
         .collect::<std::result::Result<Vec<_>, _>>()
         .db(&self.path, "query events")
+    }
+
+    /// The newest backup of `job`: its id, status and message, if it has one.
+    pub fn newest_backup(&self, job: &str) -> Result<Option<(String, String, String)>> {
+        self.conn
+            .query_row(
+                "SELECT id, status, message FROM runs WHERE job = ?1 AND kind = 'backup'
+                 ORDER BY started_at DESC, id DESC LIMIT 1",
+                [job],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .db(&self.path, "query runs")
     }
 
     /// When the newest run of `job` started (RFC 3339), if any.

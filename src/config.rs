@@ -299,8 +299,9 @@ pub fn resolve(
     if let Some(l) = flags.label.or(f.label) {
         o.label = l;
     }
-    if let Some(r) = flags.retain.or(f.retain) {
-        o.retain = r;
+    match flags.retain.or(f.retain) {
+        Some(r) => o.retain = r,
+        None => o.retain_default = true,
     }
     if let Some(p) = flags.prefix.or(f.prefix) {
         let trimmed = p.trim_matches('/');

@@ -204,10 +204,18 @@ impl State<'_> {
         }
     }
 
-    /// Sets each job's next time. At start-up, `Missed::RunOnce` makes a job whose last
-    /// scheduled time passed without a run (the daemon was down) due now.
+    /// Sets each job's next time. At start-up, `Missed::RunOnce` makes a job due now
+    /// whose last scheduled time passed without a run (the daemon was down), or whose
+    /// newest run was interrupted (stopped by a signal, or killed, with the daemon or
+    /// the machine): it resumes from that run's staging. A run its window cut short
+    /// waits for its next time, as it would had the daemon kept running.
     fn plan(&mut self, now: DateTime<Utc>, startup: bool) {
-        let cat = self.catalog();
+        let mut cat = self.catalog();
+        if startup && let Some(c) = cat.as_mut() {
+            // A run that died with the daemon is `running` until settled.
+            crate::catalog::settle_running(c);
+        }
+        let mut resumed = Vec::new();
         for (name, j) in self.jobs.iter_mut() {
             j.next = j.schedule.next_after(now);
             if !startup || j.missed != Missed::RunOnce {
@@ -226,7 +234,22 @@ impl State<'_> {
                     prev.to_rfc3339()
                 );
                 j.next = Some(now);
+                continue;
             }
+            if let Some((id, status, message)) = cat
+                .as_ref()
+                .and_then(|c| c.newest_backup(name).ok().flatten())
+                && status == crate::report::Status::Incomplete.as_str()
+                && message.starts_with("interrupted")
+            {
+                let msg = format!("its last run {id} was interrupted ({message}); resuming it now");
+                tracing::warn!("job {name}: {msg}");
+                resumed.push((name.clone(), msg));
+                j.next = Some(now);
+            }
+        }
+        for (name, msg) in resumed {
+            self.event(Some(&name), "resumed", &msg);
         }
         for (name, j) in &self.jobs {
             match j.next {

@@ -30,6 +30,21 @@ pub struct Previous {
     /// The files its run walked (its record's `files_total`): what the progress line
     /// and `serve` measure a running walk against. `None` without a record.
     pub expected_files: Option<u64>,
+    /// What its run backed up and kept, from its record: `None` without one.
+    pub ring: Option<Ring>,
+}
+
+/// The settings of the run that made a snapshot, which the next run of its label
+/// continues: the same source (and prefix), and by default the same `retain`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ring {
+    pub run: String,
+    pub label: String,
+    /// Canonical, as the record has it.
+    pub source: std::path::PathBuf,
+    /// Escaped, as the record has it.
+    pub prefix: Option<String>,
+    pub retain: u32,
 }
 
 /// How far the walk of a running backup is, rewritten about once a second while it

@@ -588,7 +588,7 @@ fn locate<R: SnapshotReader>(
         });
     };
     let shown = sel.path.join(p.as_path());
-    let missing = |e, action| not_in_snapshot(e, &sel.snap.name, p, action, &shown);
+    let missing = |e, action| not_in_snapshot(e, &sel.path, &sel.snap.name, p, action, &shown);
     let mut dir = root;
     for c in p.parent().components() {
         dir = reader.open_dir(&dir, c).map_err(|e| missing(e, "open"))?;
@@ -791,6 +791,7 @@ fn dup(fd: &OwnedFd) -> OwnedFd {
 
 fn not_in_snapshot(
     e: std::io::Error,
+    snap_path: &Path,
     snap: &str,
     p: &RelPath,
     action: &'static str,
@@ -801,10 +802,12 @@ fn not_in_snapshot(
         || fsx::errno_is(&e, Errno::LOOP)
         || fsx::errno_is(&e, Errno::XDEV)
     {
+        let store = snap_path.parent().unwrap_or(snap_path);
         Error::Store {
-            path: shown.to_path_buf(),
+            path: snap_path.to_path_buf(),
             msg: format!(
-                "snapshot {snap} has no {p}; `snapring history --dest STORE {p}` shows which snapshots have it"
+                "snapshot {snap} has no {p}; `snapring history --dest {} {p}` shows which snapshots have it",
+                store.display()
             ),
         }
     } else {

@@ -1,13 +1,15 @@
 //! Schedules: 5-field cron (optionally with a leading seconds field), `@hourly`,
 //! `@daily`, `@weekly`, `@monthly`, `@yearly`, and the AWS form `cron(m h dom mon dow
 //! year)` with `?`, `L`, `W` and `#` and Quartz weekday numbers (1 = Sunday). Evaluated
-//! with croner in UTC or a named IANA time zone. Pure: every function takes the instant
+//! with croner in UTC or a named IANA time zone. A step from a start (`0/15`, Quartz's and
+//! AWS's "from 0, every 15") is read as the range from that start to the field's end
+//! (`0-59/15`), which croner accepts. Pure: every function takes the instant
 //! to count from, so nothing here reads the clock.
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
+use croner::{Cron, YEAR_UPPER_LIMIT};
 
 #[derive(Clone, Debug)]
 pub struct Schedule {
@@ -52,7 +54,9 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
                 "the AWS form needs `?` in exactly one of day-of-month and day-of-week".into(),
             ));
         }
-        // Croner's year field comes with a seconds field: fire at second 0.
+        // Croner's year field comes with a seconds field: fire at second 0. Quartz
+        // weekdays run 1 (Sunday) to 7.
+        let fields = steps_from_a_start(&fields, &[59, 23, 31, 12, 7, YEAR_UPPER_LIMIT as u32]);
         CronParser::builder()
             .seconds(Seconds::Required)
             .year(Year::Required)
@@ -75,11 +79,21 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         let names = ["minute", "hour", "day-of-month", "month", "day-of-week"];
         let seconds = ["second", names[0], names[1], names[2], names[3], names[4]];
         no_empty_items(&fields, if n == 6 { &seconds } else { &names }).map_err(bad)?;
+        let ends: &[u32] = if n == 6 {
+            &[59, 59, 23, 31, 12, 6]
+        } else {
+            &[59, 23, 31, 12, 6]
+        };
+        let expr = if e.starts_with('@') {
+            e.to_string()
+        } else {
+            steps_from_a_start(&fields, ends).join(" ")
+        };
         CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
             .build()
-            .parse(e)
+            .parse(&expr)
             .map_err(|e| bad(e.to_string()))?
     };
     let s = Schedule {
@@ -98,6 +112,33 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         return Err(bad("it never fires".into()));
     }
     Ok(s)
+}
+
+/// Rewrites each list item `S/N` (a step from a start, as Quartz and AWS write it: `0/15`
+/// is minutes 0, 15, 30, 45) to `S-END/N`, `END` being the field's last value; croner
+/// takes only `*/N` and `A-B/N`. Anything else is left for croner to judge.
+fn steps_from_a_start(fields: &[&str], ends: &[u32]) -> Vec<String> {
+    fields
+        .iter()
+        .zip(ends)
+        .map(|(field, end)| {
+            field
+                .split(',')
+                .map(|item| match item.split_once('/') {
+                    Some((start, step))
+                        if !start.is_empty() && start.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        match start.parse::<u32>() {
+                            Ok(s) if s <= *end => format!("{start}-{end}/{step}"),
+                            _ => item.to_string(),
+                        }
+                    }
+                    _ => item.to_string(),
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        })
+        .collect()
 }
 
 /// Refuses a field with an empty item in its list (`0 , * * *`, `1,,5`, `3,`). Croner
@@ -230,6 +271,77 @@ mod tests {
         assert!(parse("cron(0 0 29 2 ? 2029)", None).is_err(), "never fires");
         // A year that is past is a schedule that fired: accepted (the daemon warns).
         assert!(parse("cron(0 2 * * ? 2025)", None).is_ok());
+    }
+
+    #[test]
+    fn a_step_from_a_start_is_taken_as_quartz_and_aws_mean_it() {
+        // AWS's own examples: every 15 minutes; every 5 minutes in office hours.
+        assert_eq!(
+            next("cron(0/15 * * * ? *)", None, "2026-12-04T18:40:00+00:00", 3),
+            [
+                "2026-12-04T18:45:00+00:00",
+                "2026-12-04T19:00:00+00:00",
+                "2026-12-04T19:15:00+00:00"
+            ]
+        );
+        assert_eq!(
+            next(
+                "cron(0/5 8-17 ? * MON-FRI *)",
+                None,
+                "2026-12-04T17:52:00+00:00",
+                3
+            ),
+            [
+                "2026-12-04T17:55:00+00:00",
+                "2026-12-07T08:00:00+00:00",
+                "2026-12-07T08:05:00+00:00"
+            ]
+        );
+        // A start other than 0, and in a list: minutes 10, 30, 50 and 55.
+        assert_eq!(
+            next(
+                "cron(10/20,55 3 * * ? *)",
+                None,
+                "2026-12-04T00:00:00+00:00",
+                4
+            ),
+            [
+                "2026-12-04T03:10:00+00:00",
+                "2026-12-04T03:30:00+00:00",
+                "2026-12-04T03:50:00+00:00",
+                "2026-12-04T03:55:00+00:00"
+            ]
+        );
+        // Every second day of the month from the 1st, at 08:00: 1, 3, …, 31.
+        assert_eq!(
+            next("cron(0 8 1/2 * ? *)", None, "2026-12-28T09:00:00+00:00", 3),
+            [
+                "2026-12-29T08:00:00+00:00",
+                "2026-12-31T08:00:00+00:00",
+                "2027-01-01T08:00:00+00:00"
+            ]
+        );
+        // Every 6 hours from 02:00 in the five-field form too.
+        assert_eq!(
+            next("0 2/6 * * *", None, "2026-12-04T09:00:00+00:00", 3),
+            [
+                "2026-12-04T14:00:00+00:00",
+                "2026-12-04T20:00:00+00:00",
+                "2026-12-05T02:00:00+00:00"
+            ]
+        );
+        // Quartz weekdays in the AWS form: from 2 (Monday) every 2 days: Mon, Wed, Fri.
+        assert_eq!(
+            next("cron(0 0 ? * 2/2 *)", None, "2026-12-04T01:00:00+00:00", 3),
+            [
+                "2026-12-07T00:00:00+00:00",
+                "2026-12-09T00:00:00+00:00",
+                "2026-12-11T00:00:00+00:00"
+            ]
+        );
+        // A start past the field's end is still an error.
+        assert!(parse("cron(70/15 * * * ? *)", None).is_err());
+        assert!(parse("0 25/2 * * *", None).is_err());
     }
 
     #[test]

@@ -373,6 +373,15 @@ fn a_corrupt_or_locked_catalog_never_fails_a_backup() {
         rep["warnings"][0].as_str().unwrap().contains("locked"),
         "{rep}"
     );
+    // A command that needs the catalog says it is locked and by whom to ask; it said
+    // "read schema version (is it a SQLite file?): database is locked".
+    let (code, _, err) = e.cli(&["history"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("database is locked") && err.contains("another process has held it"),
+        "{err}"
+    );
+    assert!(!err.contains("SQLite file?"), "{err}");
     conn.execute_batch("ROLLBACK").unwrap();
     // Rebuild brings the catalog level with the store again.
     let (code, _, _) = e.cli(&["catalog", "rebuild", "--dest", e.store.to_str().unwrap()]);

@@ -29,7 +29,7 @@ const BAD: &str = r#"catalog = "catalog.db"
 
 [job.home]
 source = "src"
-dest = "bk"
+dest = "ROOT/bk"
 retian = 3
 window = "0s"
 schedule = "0 0 31 2 *"
@@ -37,14 +37,14 @@ notify = ["ops", "opps"]
 label = "da ily"
 
 [job.efs]
-dest = "bk2"
+dest = "ROOT/bk2"
 retain = 0
 jobs = "8"
   exclude = ["*.tmp", "a["]
 
 [job.inside]
-source = "src"
-dest = "src/backups"
+source = "ROOT/src"
+dest = "ROOT/src/backups"
 timezone = "Mars/Base"
 
 [notify.ops]
@@ -58,6 +58,12 @@ type = "command"
 
 /// (line:col, key, part of the message), in file order.
 const WANT: &[(&str, &str, &str)] = &[
+    (
+        "1:1",
+        "catalog",
+        "\"catalog.db\" is a relative path; give an absolute one",
+    ),
+    ("4:1", "job.home.source", "\"src\" is a relative path"),
     (
         "6:1",
         "job.home.retian",
@@ -114,12 +120,16 @@ fn config_check_reports_every_mistake_at_its_key() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
     write(&root.join("src/f"), b"x");
-    std::fs::write(root.join("c.toml"), BAD).unwrap();
+    std::fs::write(
+        root.join("c.toml"),
+        BAD.replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
 
     let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
     assert_eq!(code, 1, "{out}{err}");
     assert_lines(&out, "c.toml", &WANT.iter().collect::<Vec<_>>());
-    assert_eq!(out.lines().last(), Some("c.toml: 13 problems"), "{out}");
+    assert_eq!(out.lines().last(), Some("c.toml: 15 problems"), "{out}");
 
     // `run` and the daemon refuse the file with the same list; `backup --config` too,
     // but for the missing source, which a flag could give.
@@ -129,7 +139,7 @@ fn config_check_reports_every_mistake_at_its_key() {
     ] {
         let (code, out, err) = run_in(root, args);
         assert_eq!(code, 1, "{args:?}: {out}{err}");
-        assert!(err.contains("c.toml has 13 problems:"), "{args:?}: {err}");
+        assert!(err.contains("c.toml has 15 problems:"), "{args:?}: {err}");
         assert_lines(&err, "c.toml", &WANT.iter().collect::<Vec<_>>());
     }
     let (code, _, err) = run_in(
@@ -158,19 +168,22 @@ fn a_corrected_config_checks_clean_and_runs() {
     let root = t.path();
     write(&root.join("src/f"), b"x");
     let good = BAD
+        .replace("\"catalog.db\"", "\"ROOT/catalog.db\"")
+        .replace("source = \"src\"", "source = \"ROOT/src\"")
         .replace("retian = 3", "retain = 3")
         .replace("window = \"0s\"", "window = \"3h\"")
         .replace("0 0 31 2 *", "0 2 * * *")
         .replace("\"ops\", \"opps\"", "\"ops\"")
         .replace("da ily", "daily")
-        .replace("[job.efs]\n", "[job.efs]\nsource = \"src\"\n")
+        .replace("[job.efs]\n", "[job.efs]\nsource = \"ROOT/src\"\n")
         .replace("retain = 0", "retain = 1")
         .replace("jobs = \"8\"", "jobs = 8")
         .replace("\"a[\"", "\"a[]]\"")
-        .replace("dest = \"src/backups\"", "dest = \"bk3\"")
+        .replace("dest = \"ROOT/src/backups\"", "dest = \"ROOT/bk3\"")
         .replace("Mars/Base", "Europe/Berlin")
         .replace("fromat", "format")
-        .replace("[notfy.x]\ntype = \"command\"\n", "");
+        .replace("[notfy.x]\ntype = \"command\"\n", "")
+        .replace("ROOT", &root.to_string_lossy());
     std::fs::write(root.join("c.toml"), good).unwrap();
     let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
     assert_eq!((code, out.trim()), (0, "c.toml: ok"), "{err}");
@@ -189,8 +202,8 @@ fn notifiers_that_could_never_deliver_are_problems_at_their_key() {
     let root = t.path();
     write(&root.join("src/f"), b"x");
     let cfg = r#"[job.home]
-source = "src"
-dest = "bk"
+source = "ROOT/src"
+dest = "ROOT/bk"
 notify = ["hook", "mail", "cmd"]
 
 [notify.hook]
@@ -208,7 +221,11 @@ to = ["ops@example.com", "ops at example.com"]
 type = "command"
 command = ["", "--page"]
 "#;
-    std::fs::write(root.join("c.toml"), cfg).unwrap();
+    std::fs::write(
+        root.join("c.toml"),
+        cfg.replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
     let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
     assert_eq!(code, 1, "{out}{err}");
     assert_lines(
@@ -238,11 +255,12 @@ fn two_jobs_on_one_store_and_label_are_a_problem() {
     write(&root.join("src2/f"), b"x");
     std::fs::write(
         root.join("c.toml"),
-        "[job.keep7]\nsource = \"src\"\ndest = \"bk\"\nretain = 7\n\n\
-         [job.keep1]\nsource = \"src2\"\ndest = \"bk/\"\nretain = 1\n\n\
-         [job.weekly]\nsource = \"src\"\ndest = \"bk\"\nlabel = \"weekly\"\n\n\
-         [job.nightly]\nsource = \"src\"\ndest = \"bk2\"\nretain = 7\n\n\
-         [job.manual]\nsource = \"./src\"\ndest = \"bk2/x/..\"\nretain = 7\n",
+        "[job.keep7]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk\"\nretain = 7\n\n\
+         [job.keep1]\nsource = \"ROOT/src2\"\ndest = \"ROOT/bk/\"\nretain = 1\n\n\
+         [job.weekly]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk\"\nlabel = \"weekly\"\n\n\
+         [job.nightly]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk2\"\nretain = 7\n\n\
+         [job.manual]\nsource = \"ROOT/./src\"\ndest = \"ROOT/bk2/x/..\"\nretain = 7\n"
+            .replace("ROOT", &root.to_string_lossy()),
     )
     .unwrap();
     let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
@@ -253,7 +271,67 @@ fn two_jobs_on_one_store_and_label_are_a_problem() {
         &[&(
             "3:1",
             "job.keep7.dest",
-            "job.keep1 writes the same store (bk) with the same label (daily) from another source",
+            &format!(
+                "job.keep1 writes the same store ({}/bk) with the same label (daily) from another source",
+                root.display()
+            ),
         )],
+    );
+}
+
+/// `catalog = "off"` in the file turns the catalog off, as `--catalog off` does. It
+/// was taken for a path: a SQLite file named `off` in whatever directory the run
+/// started from.
+#[test]
+fn catalog_off_in_the_file_turns_the_catalog_off() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    let cfg = format!(
+        "catalog = \"off\"\n[job.home]\nsource = \"{0}/src\"\ndest = \"{0}/bk\"\n",
+        root.display()
+    );
+    std::fs::write(root.join("c.toml"), cfg).unwrap();
+    let out = Command::new(bin())
+        .current_dir(root)
+        .args(["run", "home", "--config", "c.toml", "--no-progress"])
+        .env_remove("SNAPRING_CATALOG")
+        .env("HOME", root.join("home"))
+        .env("XDG_STATE_HOME", root.join("state"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(root.join("bk/daily.0/f").exists());
+    assert!(!root.join("off").exists(), "a catalog file named off");
+    assert!(
+        !root.join("state").exists(),
+        "the default catalog was opened"
+    );
+}
+
+/// Two jobs on one store through a symlink (or a bind mount) are one store: the check
+/// compared the paths by name only, said ok, and the `retain = 2` job expired the
+/// other's snapshots.
+#[test]
+fn two_jobs_on_one_store_through_a_symlink_are_a_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    std::fs::create_dir(root.join("bk")).unwrap();
+    std::os::unix::fs::symlink(root.join("bk"), root.join("bklink")).unwrap();
+    std::fs::write(
+        root.join("c.toml"),
+        "[job.a]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk\"\nfolder = \"fs1\"\nretain = 7\n\n\
+         [job.b]\nsource = \"ROOT/src\"\ndest = \"ROOT/bklink\"\nfolder = \"fs1\"\nretain = 2\n"
+            .replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[&("9:1", "job.b.dest", "job.a writes the same store")],
     );
 }

@@ -1217,3 +1217,84 @@ fn ctrl_c_at_a_foreground_daemon_stops_its_runs_cleanly() {
         "{records:?}"
     );
 }
+
+/// A run interrupted with the daemon (the machine went down, or the daemon was stopped
+/// mid-run) resumes when the daemon starts again, with `missed = "run-once"`: it waited
+/// for its next scheduled time, a year here. A run its window cut short waits, as it
+/// would had the daemon kept running.
+#[test]
+fn a_run_interrupted_with_the_daemon_resumes_when_it_starts_again() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 30, 10);
+    // `@yearly`: its last time (1 January) is before every run here, so none is missed.
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.killed]\nsource = \"{0}\"\ndest = \"{1}/k\"\njobs = 1\nschedule = \"@yearly\"\n\n\
+             [job.windowed]\nsource = \"{0}\"\ndest = \"{1}/w\"\njobs = 1\nschedule = \"@yearly\"\nwindow = \"1s\"\n",
+            src.display(),
+            t.path().display()
+        ),
+    )
+    .unwrap();
+    let run = |job: &str| {
+        let mut c = Command::new(bin());
+        c.arg("--catalog")
+            .arg(&catalog)
+            .args(["run", job, "--config"])
+            .arg(&cfg)
+            .arg("--no-progress")
+            .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    // Killed mid-run, as with the machine: its row stays `running`.
+    let mut killed = run("killed").spawn().unwrap();
+    wait_until("the run's record", 60, || {
+        std::fs::read_dir(t.path().join("k/.snapring/runs")).is_ok_and(|mut d| d.next().is_some())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    // Cut short by its window: `incomplete`, exit 3.
+    let windowed = run("windowed").status().unwrap();
+    assert_eq!(windowed.code(), Some(3), "the window ends the run");
+
+    let opts = in_process_daemon(&cfg, &catalog, "");
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        wait_until("the interrupted run to be resumed", 60, || {
+            t.path().join("k/daily.0/d0/f0").exists()
+        });
+        // The windowed job had as long again; it did not start.
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    assert!(
+        !t.path().join("w/daily.0").exists(),
+        "the windowed run waits"
+    );
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    let resumed: Vec<_> = c
+        .events(None)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "resumed")
+        .collect();
+    assert_eq!(resumed.len(), 1, "{resumed:?}");
+    assert_eq!(resumed[0].job.as_deref(), Some("killed"));
+    let (_, h, _, _) = cli(&catalog, &["history", "--json", "--job", "killed"], &[]);
+    let statuses: Vec<_> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["incomplete", "complete"], "{h}");
+}

@@ -171,7 +171,8 @@ fn source_eio_keeps_the_previous_version() {
     assert_eq!(rep["files_transferred"], 0, "{rep}");
     assert_verify_clean(&dest, "daily.0");
     drop(_fs);
-    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    // The same tree without the fault layer: the same data at another path.
+    let (code, rep, err) = backup(&src, &dest, &["--new-source"], &[]);
     assert_eq!(code, 0, "{rep}\n{err}");
     assert_eq!(
         std::fs::read(dest.join("daily.0/d1/f1")).unwrap(),

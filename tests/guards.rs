@@ -79,9 +79,11 @@ fn source_that_should_be_a_mount_point_is_refused() {
 
 #[test]
 fn empty_source_against_a_full_snapshot_is_refused_unless_allowed() {
-    let (t, src, dest) = setup();
+    let (_t, src, dest) = setup();
     backup(&src, &dest, &[], &[]);
-    let empty = t.path().join("empty");
+    // The source as an unmounted file system leaves it: an empty directory.
+    let empty = src;
+    std::fs::remove_dir_all(&empty).unwrap();
     std::fs::create_dir(&empty).unwrap();
     let (code, rep, _) = backup(&empty, &dest, &[], &[]);
     assert_eq!(code, 1);
@@ -1066,4 +1068,130 @@ fn a_store_on_an_unmounted_file_system_is_refused_when_the_catalog_knows_it() {
     let (code, rep, err) = backup(&src, &mnt, &["--folder", "fs-1"], &[cat]);
     assert_eq!(code, 0, "{err}{rep}");
     assert_eq!(snapshot_names(&store), ["daily.0"]);
+}
+
+/// A run from another source into a store's label is refused before anything is
+/// written: its rotation would expire the other source's history (a second file system
+/// backed up without `--folder`, or source and dest mixed up; it said `complete`, and
+/// two more runs had pushed the first source out). `--new-source` continues the label
+/// from a source moved to a new path.
+#[test]
+fn a_run_from_another_source_into_a_label_is_refused_and_its_history_kept() {
+    let (t, src, dest) = setup();
+    for _ in 0..3 {
+        assert_eq!(backup(&src, &dest, &["--retain", "3"], &[]).0, 0);
+    }
+    let before: Vec<_> = snapshot_names(&dest)
+        .iter()
+        .map(|n| (n.clone(), describe(&dest.join(n))))
+        .collect();
+    let other = t.path().join("other");
+    write(&other.join("x"), b"another file system");
+    let (code, rep, _) = backup(&other, &dest, &["--retain", "3"], &[]);
+    assert_eq!((code, rep["status"].as_str()), (1, Some("failed")), "{rep}");
+    let msg = rep["message"].as_str().unwrap();
+    let canon = std::fs::canonicalize(&src).unwrap();
+    assert!(
+        msg.contains(&format!(
+            "snapshots in this store are of {}",
+            canon.display()
+        )) && msg.contains("Nothing was written")
+            && msg.contains("--new-source"),
+        "{msg}"
+    );
+    for (n, d) in &before {
+        assert_same_tree(d, &describe(&dest.join(n)), n);
+    }
+    assert_eq!(snapshot_names(&dest).len(), 3);
+    // Another label is another history: allowed.
+    let (code, rep, _) = backup(&other, &dest, &["--label", "other"], &[]);
+    assert_eq!(code, 0, "{rep}");
+    // The same data moved: continued with --new-source, unchanged files linked.
+    let moved = t.path().join("moved");
+    std::fs::rename(&src, &moved).unwrap();
+    let (code, rep, _) = backup(&moved, &dest, &["--retain", "3", "--new-source"], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["files_linked"], 20, "{rep}");
+    // And from then on without it.
+    assert_eq!(backup(&moved, &dest, &["--retain", "3"], &[]).0, 0);
+}
+
+/// A run without `--retain` keeps as many snapshots as its label's last run kept: a
+/// manual run's default of 7 expired four snapshots of a ring kept at 10, `complete`,
+/// exit 0. A `retain` given lower than the ring's is obeyed, with a warning naming
+/// what it expires.
+#[test]
+fn a_run_without_retain_keeps_what_its_label_kept() {
+    let (_t, src, dest) = setup();
+    for i in 0..10 {
+        write(&src.join("v"), format!("{i}").as_bytes());
+        assert_eq!(backup(&src, &dest, &["--retain", "10"], &[]).0, 0);
+    }
+    let (code, rep, _) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["retain"], 10, "{rep}");
+    assert_eq!(
+        rep["expired"].as_array().unwrap().len(),
+        1,
+        "daily.9 only: {rep}"
+    );
+    assert_eq!(snapshot_names(&dest).len(), 10);
+    let (code, rep, _) = backup(&src, &dest, &["--retain", "4"], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["expired"].as_array().unwrap().len(), 7, "{rep}");
+    let w = rep["warnings"].as_array().unwrap();
+    assert!(
+        w.iter().any(|w| w
+            .as_str()
+            .unwrap()
+            .contains("retain 4 is lower than the 10 the label's last run")),
+        "{rep}"
+    );
+    assert_eq!(snapshot_names(&dest).len(), 4);
+    // The next run without --retain keeps 4.
+    let (_, rep, _) = backup(&src, &dest, &[], &[]);
+    assert_eq!(rep["retain"], 4, "{rep}");
+    assert_eq!(snapshot_names(&dest).len(), 4);
+}
+
+/// A dest that holds data and is no store is refused before anything is written: it
+/// was turned into a store, `.snapring` and `daily.0` beside the data, `complete` (the
+/// source and dest mixed up, or `--folder` forgotten). What a store may hold before
+/// its first run is taken: `lost+found`, snapshot trees another tool made. A missing
+/// source does not begin a store either.
+#[test]
+fn a_dest_holding_data_is_not_made_a_store() {
+    let (t, src, _) = setup();
+    let data = t.path().join("data");
+    write(&data.join("important.doc"), b"the only copy");
+    let before = describe(&data);
+    for dry in [&["--dry-run"][..], &[]] {
+        let (code, rep, err) = backup(&src, &data, dry, &[]);
+        let err = format!("{err}{}", rep["message"].as_str().unwrap_or(""));
+        assert_eq!(code, 1, "{dry:?}: {err}");
+        assert!(
+            err.contains("not a snapring store, and not empty: it holds important.doc")
+                && err.contains("Nothing was written"),
+            "{dry:?}: {err}"
+        );
+        assert_same_tree(&before, &describe(&data), "the data");
+    }
+    // Made a store on purpose.
+    std::fs::create_dir(data.join(".snapring")).unwrap();
+    assert_eq!(backup(&src, &data, &[], &[]).0, 0);
+    assert!(data.join("daily.0/d0/f0").exists());
+
+    // A new file system's lost+found and an rsnapshot tree are no obstacle.
+    let fresh = t.path().join("fresh");
+    std::fs::create_dir_all(fresh.join("lost+found")).unwrap();
+    std::fs::create_dir_all(fresh.join("daily.0/d0")).unwrap();
+    let (code, rep, err) = backup(&src, &fresh, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+
+    // A missing source leaves no store behind.
+    let nowhere = t.path().join("nowhere");
+    let (code, _, err) = backup(&t.path().join("no-source"), &nowhere, &[], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(!nowhere.exists(), "a store was begun for a missing source");
 }

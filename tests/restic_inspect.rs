@@ -367,7 +367,7 @@ fn verify_and_diff_against_the_live_source() {
         " m small/f1  mode 644 -> 600",
         " - small/f2  size 8",
         " + small/new  size 4",
-        &format!("DAMAGED against {s}: "),
+        &format!("DIFFERS from {s}: "),
         // The directory's mtime too (verify reports directory times, as the store's).
         " m small  mtime ",
         "1 corrupt, 1 missing, 1 unexpected, 2 metadata",

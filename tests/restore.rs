@@ -182,6 +182,16 @@ fn subdirectory_and_file_restores_land_where_asked_and_touch_nothing_else() {
     );
     let users_before = std::fs::metadata(to.join("users")).unwrap();
 
+    // A path the snapshot lacks: the hint names the store, not a placeholder.
+    let (code, _, err) = restore(&store, "daily.0", &to, &["--path", "users/carol"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "`snapring history --dest {} users/carol` shows which snapshots have it",
+            store.display()
+        )),
+        "{err}"
+    );
     let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "users/alice"]);
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_same_tree(
@@ -1547,5 +1557,53 @@ fn escaped_names_as_printed_are_accepted_back_by_history_and_restore() {
     assert!(
         err.contains("PATH d/100%") && !err.contains("--path"),
         "{err}"
+    );
+}
+
+/// A run made with the clock a year ahead: `latest` is still the label's newest slot,
+/// `daily.0`. Snapshots were ordered by the time their run started alone, so `latest`
+/// restored the oldest snapshot, with no warning, until it expired.
+#[test]
+fn latest_is_the_newest_slot_whatever_a_clock_said() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    let mut ids = Vec::new();
+    for v in ["v1", "v2", "weekly", "v3"] {
+        write(&src.join("v"), v.as_bytes());
+        let rep = if v == "weekly" {
+            let (code, rep, err) = backup(&src, &store, &["--label", "weekly"], &[]);
+            assert_eq!(code, 0, "{err}");
+            rep
+        } else {
+            ok_backup(&src, &store)
+        };
+        ids.push(rep["id"].as_str().unwrap().to_string());
+    }
+    // The first run's record as a clock a year ahead wrote it.
+    let rec = store.join(format!(".snapring/runs/{}.json", ids[0]));
+    let mut r: serde_json::Value = serde_json::from_slice(&std::fs::read(&rec).unwrap()).unwrap();
+    r["started_at"] = "2027-12-04T00:00:00.000Z".into();
+    std::fs::write(&rec, serde_json::to_vec(&r).unwrap()).unwrap();
+    let (code, _, err) = restore(&store, "latest", &t.path().join("r"), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(t.path().join("r/v")).unwrap(), b"v3");
+    let (code, list, err, _) = run(&[
+        "list".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let names: Vec<_> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_string())
+        .collect();
+    // Labels interleave by time; within one, by slot.
+    assert_eq!(
+        names,
+        ["daily.0", "weekly.0", "daily.1", "daily.2"],
+        "{list}"
     );
 }

@@ -286,10 +286,18 @@ fn a_v1_store_reads_restores_and_backs_up_after_being_copied() {
     );
 
     // A backup on top: the source as archived plus one change. Every unchanged file is
-    // linked from the old daily.0, whose record and manifest are kept.
+    // linked from the old daily.0, whose record and manifest are kept. The source is
+    // at another path than the one it was backed up from: refused without
+    // `--new-source`, which says it is the same data moved.
     let total = l[0]["files"].as_u64().unwrap();
     write(&x.source.join("docs/notes.md"), b"changed after the copy\n");
     let (code, rep, err) = backup(&x.source, &x.store, &["--retain", "3"], &[]);
+    assert_eq!(code, 1, "{err}\n{rep}");
+    assert!(
+        rep["message"].as_str().unwrap().contains("--new-source"),
+        "{rep}"
+    );
+    let (code, rep, err) = backup(&x.source, &x.store, &["--retain", "3", "--new-source"], &[]);
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["status"], "complete", "{rep}");
     assert_eq!(rep["based_on"], id("daily.0").as_str(), "{rep}");

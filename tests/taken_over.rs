@@ -238,7 +238,11 @@ fn check_verify(store: &Path, live: &Path, prefix: &str) {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(
-        err.contains("has no usable manifest") && err.contains("verify daily.0 --against"),
+        err.contains("has no usable manifest")
+            && err.contains(&format!(
+                "verify --dest {} daily.0 --against",
+                store.display()
+            )),
         "{err}"
     );
     let changed = live.join(prefix).join("sub/b");
@@ -403,4 +407,52 @@ fn an_rsnapshot_tree_with_hourly_and_daily_levels_lists_and_restores() {
     );
     assert_unchanged(&before, &full_state(&store), "list and restore");
     assert!(!store.join(".snapring").exists());
+}
+
+/// rsnapshot run on a snapring store deletes its oldest snapshot and makes a new tree
+/// with `cp -al`, and ext4 gives the new directory the deleted one's inode number at
+/// once. That record was taken for the new tree: `list` showed it as the deleted
+/// snapshot's run, and `verify` called it damaged. A record names a directory only
+/// if its birth time (`statx` btime) matches too. The reuse is made exact here: the
+/// record of run A is given the new directory's inode, as the kernel would have.
+#[test]
+fn a_new_directory_in_a_deleted_snapshots_inode_is_not_taken_for_it() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("f"), b"v1");
+    let (code, rep, err) = backup(&src, &store, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let a = rep["id"].as_str().unwrap().to_string();
+    sh(Command::new("cp")
+        .arg("-al")
+        .arg(store.join("daily.0"))
+        .arg(store.join("daily.1")));
+    let state_path = store.join(".snapring/snapshots.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    assert!(
+        state["snapshots"][0]["btime"].is_array(),
+        "this file system records birth times: {state}"
+    );
+    state["snapshots"][0]["ino"] = std::fs::metadata(store.join("daily.1"))
+        .unwrap()
+        .ino()
+        .into();
+    std::fs::write(&state_path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let (code, out, err) = run(&[
+        "list".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let d1 = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "daily.1")
+        .unwrap();
+    assert_eq!(d1["taken_over"], true, "{list}");
+    assert_ne!(d1["id"], a.as_str(), "{list}");
 }

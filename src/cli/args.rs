@@ -212,6 +212,10 @@ pub struct BackupArgs {
     /// exclusions leave nothing of it).
     #[arg(long)]
     pub allow_empty: bool,
+    /// Continue the label's snapshots from another source (the same data moved to a new
+    /// path); without it a run whose source differs from the one they are of is refused.
+    #[arg(long)]
+    pub new_source: bool,
     /// Stay on the source's file system (as rsync -x): a directory on another file
     /// system (a mount point) is kept as an empty directory, its contents left out.
     #[arg(short = 'x', long)]

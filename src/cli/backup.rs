@@ -161,6 +161,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
     exclusion(a, file_job.as_ref().unwrap_or(&JobConfig::default()))?;
     let mut opts = config::resolve(name, file_job.clone(), flags(a)?)?;
     opts.dry_run = a.dry_run;
+    opts.new_source = a.new_source;
     opts.plan_on_stderr = a.json;
     let catalog = cat
         .for_config(file_catalog)
@@ -214,11 +215,14 @@ fn flags(a: &BackupArgs) -> anyhow::Result<JobConfig> {
 fn print_summary(r: &RunReport) {
     if r.status == Status::Failed {
         errln!("snapring: backup failed: {}", r.message);
-        errln!(
-            "  run {} recorded in {}",
-            r.id,
-            r.store.join(".snapring/runs").display()
-        );
+        // A dry run records nothing.
+        if !r.dry_run {
+            errln!(
+                "  run {} recorded in {}",
+                r.id,
+                r.store.join(".snapring/runs").display()
+            );
+        }
         if r.files_total == 0 {
             return;
         }

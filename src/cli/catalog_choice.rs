@@ -35,6 +35,7 @@ impl CatalogChoice {
         match (&self.path, from_file) {
             (Some(p), _) if self.explicit => Some(p.clone()),
             (None, _) => None,
+            (_, Some(f)) if f.as_os_str() == "off" => None,
             (_, Some(f)) => Some(f),
             (Some(p), None) => Some(p.clone()),
         }

@@ -93,10 +93,17 @@ pub(super) fn print_verified(x: &Verified) {
     for (p, e) in &x.problems {
         outln!("{} ? {}  unreadable: {e}", x.snapshot, p);
     }
+    // Against a live tree a difference may be the tree's own change since the backup:
+    // it differs, which is not to say the backup is damaged.
+    let live = x.against != "manifest" && x.against != "repository";
     outln!(
-        "{}: {} against {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
+        "{}: {} {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
         x.snapshot,
-        if x.clean { "clean" } else { "DAMAGED" },
+        match (x.clean, live) {
+            (true, _) => "clean against",
+            (false, false) => "DAMAGED against",
+            (false, true) => "DIFFERS from",
+        },
         x.against,
         x.totals.files_hashed,
         human(x.totals.bytes_hashed),

@@ -215,8 +215,9 @@ pub fn verify(
         // has something to compare: the tree as it is, hashed file by file.
         if sel.manifest.is_none() && live.is_none() {
             let why = format!(
-                "{} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against on its own; `snapring verify {} --against SOURCE` compares it with a live tree file by file, `snapring diff {} --against SOURCE` by stat",
-                sel.snap.name, sel.snap.name, sel.snap.name
+                "{name} has no usable manifest (a tree taken over from another tool, or its manifest is damaged), so there is nothing to verify it against on its own; `snapring verify --dest {store} {name} --against SOURCE` compares it with a live tree file by file, `snapring diff --dest {store} {name} --against SOURCE` by stat",
+                name = sel.snap.name,
+                store = store.root.display(),
             );
             if all {
                 tracing::warn!("{why}");

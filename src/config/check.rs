@@ -142,7 +142,7 @@ pub const NOTIFY_KEYS: &[Key] = &[
 pub const TOP_KEYS: &[Key] = &[
     key(
         "catalog",
-        Kind::Str(path),
+        Kind::Str(catalog),
         "\"/var/lib/snapring/catalog.db\"",
     ),
     key("job", Kind::Tables(JOB_KEYS), "{}"),
@@ -190,11 +190,24 @@ fn any(_: &str) -> Check {
     Ok(())
 }
 
+/// A path in a config file: absolute (or a repository URL, for `dest`). A relative
+/// one would name another place for each directory snapring is started from: the
+/// shell's for a manual run, the daemon's for a scheduled one.
 fn path(p: &str) -> Check {
     if p.is_empty() {
         return Err("an empty path: every run would fail; give a directory".into());
     }
+    if !Path::new(p).is_absolute() && !p.starts_with("s3://") && !p.starts_with("file://") {
+        return Err(format!(
+            "{p:?} is a relative path; give an absolute one (a relative path would depend on the directory snapring is started from)"
+        ));
+    }
     Ok(())
+}
+
+/// The catalog: an absolute path, or `off`.
+fn catalog(p: &str) -> Check {
+    if p == "off" { Ok(()) } else { path(p) }
 }
 
 fn folder(f: &str) -> Check {
@@ -327,24 +340,6 @@ struct SharedStore {
     source: PathBuf,
     retain: Option<String>,
     job: String,
-}
-
-/// `p` with `.` and `a/..` taken out by their names (no file system lookup).
-fn lexical(p: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out = PathBuf::new();
-    for c in p.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir
-                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
-            {
-                out.pop();
-            }
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 /// Every problem of the config `text`, in file order.
@@ -671,9 +666,9 @@ impl Checker<'_> {
             };
             let retain = entry(t, "retain").map(|(_, v)| format!("{:?}", v.get_ref()));
             let shared = label.map(|label| SharedStore {
-                store: lexical(&store),
+                store: opt::resolve(&store),
                 label: label.to_string(),
-                source: lexical(Path::new(src)),
+                source: opt::resolve(Path::new(src)),
                 retain,
                 job: dk.to_string(),
             });

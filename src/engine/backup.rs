@@ -107,6 +107,14 @@ pub fn backup_observed(
         // Nothing to lock or repair; plan against an empty store without creating it.
         return run_dry_without_store(opts, &id, cancel);
     }
+    // A missing source does not begin a store: there would be nothing in it but the
+    // record of this failure.
+    if !opts.store.join(crate::store::META_DIR).is_dir()
+        && std::fs::symlink_metadata(&opts.source)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return Err(Error::SourceMissing(opts.source.clone()));
+    }
     let store = Store::open(&opts.store, !opts.dry_run)?;
     let lock = if opts.dry_run {
         let l = Repository::lock_shared(&store)?;
@@ -523,6 +531,8 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
         .as_ref()
         .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
     let st = open_source(opts, prev)?;
+    // After the source's own guards: a missing or unmounted source is told as such.
+    continue_ring(opts, st.prev.as_ref(), rep)?;
     match &st.prev {
         Some(p) => tracing::info!(
             "unchanged files are linked from {} (run {}{})",
@@ -537,6 +547,61 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
         None => tracing::info!("no previous snapshot: this is a full copy"),
     }
     Ok(st)
+}
+
+/// A run continues its label's snapshots: refused when they are of another source (or
+/// prefix), whose history its rotation would expire (a second source given the same
+/// store and label, or source and dest mixed up), unless `--new-source` says it is the
+/// same data moved. Without a `retain` of its own it keeps as many as the label's
+/// last run kept (a manual run's default of 7 expired a ring kept at 30); a `retain`
+/// given lower than that is a warning naming what it expires. `rep.retain` is what
+/// the rotation keeps.
+fn continue_ring(opts: &BackupOptions, prev: Option<&Previous>, rep: &mut RunReport) -> Result<()> {
+    let Some(ring) = prev
+        .and_then(|p| p.ring.as_ref())
+        .filter(|r| r.label == opts.label)
+    else {
+        return Ok(());
+    };
+    let shown = |source: &Path, prefix: &Option<String>| match prefix {
+        Some(p) => format!("{} (prefix {p})", source.display()),
+        None => source.display().to_string(),
+    };
+    if (ring.source != rep.source || ring.prefix != rep.prefix) && !opts.new_source {
+        return Err(Error::Store {
+            path: opts.store.clone(),
+            msg: format!(
+                "the {label} snapshots in this store are of {} (run {}), not of {}: this run's rotation would expire their history. Nothing was written. Give this source a store of its own (another --dest or --folder) or another --label; if it is the same data moved, run once with --new-source",
+                shown(&ring.source, &ring.prefix),
+                ring.run,
+                shown(&rep.source, &rep.prefix),
+                label = opts.label,
+            ),
+        });
+    }
+    if opts.retain_default {
+        if ring.retain != rep.retain {
+            tracing::info!(
+                "keeping {} {} snapshots, as the label's last run {} did (give --retain to change it)",
+                ring.retain,
+                opts.label,
+                ring.run
+            );
+        }
+        rep.retain = ring.retain;
+    } else if rep.retain < ring.retain {
+        let w = format!(
+            "retain {} is lower than the {} the label's last run {} kept: this run expires {label}.{} and older",
+            rep.retain,
+            ring.retain,
+            ring.run,
+            rep.retain.saturating_sub(1),
+            label = opts.label,
+        );
+        tracing::warn!("{w}");
+        rep.warnings.push(w);
+    }
+    Ok(())
 }
 
 /// How long a stopped walk (window ended, signal, fatal error) may take to return
@@ -790,7 +855,7 @@ fn run_dry<R: Repository>(
         return Err(stalled_error(opts));
     };
     let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
-    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
+    let rotation = repo.plan_rotation(&opts.label, rep.retain, id)?;
     rep.expired = rotation.expired().to_vec();
     rep.warnings.extend(deferred_warnings(rotation.deferred()));
     plan.rotation = rotation.describe();
@@ -916,7 +981,7 @@ fn seal_and_publish<R: Repository>(
     crate::failpoint::hit("backup.before_publish").ctx("publish", &opts.store)?;
     // Planned after the flush: the rotation holds the snapshots it expires, and readers
     // wait for that hold, so it is taken only for the renames themselves.
-    let rotation = repo.plan_rotation(&opts.label, opts.retain, id)?;
+    let rotation = repo.plan_rotation(&opts.label, rep.retain, id)?;
     rep.expired = rotation.expired().to_vec();
     rep.warnings.extend(deferred_warnings(rotation.deferred()));
     // The record, still `running`, with the walk's figures and what the rotation
@@ -1029,6 +1094,9 @@ fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) ->
     let mut rep = new_report(opts, id, &opts.store);
     let counters = Arc::new(Counters::default());
     let r = (|| {
+        if let Ok(fd) = fsx::open_dir(&opts.store) {
+            crate::store::refuse_foreign(&opts.store, &fd)?;
+        }
         let st = open_source(opts, None)?;
         let sink = PlanSink::new(None);
         let root = Entry::from_meta(b".", &st.src_meta);

@@ -20,6 +20,12 @@ pub struct BackupOptions {
     pub store: PathBuf,
     pub label: String,
     pub retain: u32,
+    /// `retain` was not given (flag or config): the run keeps as many as the label's
+    /// previous run kept, and `retain` only when the label has no run yet.
+    pub retain_default: bool,
+    /// Continue the label's snapshots from a source other than the one they are of (the
+    /// same data moved); without it such a run is refused (`--new-source`).
+    pub new_source: bool,
     /// Back up only this subdirectory of the source (its contents become the snapshot root).
     pub prefix: Option<RelPath>,
     pub excludes: Vec<String>,
@@ -64,6 +70,8 @@ impl BackupOptions {
             store: store.into(),
             label: "daily".into(),
             retain: 7,
+            retain_default: false,
+            new_source: false,
             prefix: None,
             excludes: vec![],
             exclude_from: vec![],

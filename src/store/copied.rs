@@ -65,6 +65,7 @@ impl Store {
         });
         ok.then(|| SnapRec {
             ino: m.ino,
+            btime: super::birth(&self.root.join(at)),
             ..r.clone()
         })
     }

@@ -46,6 +46,19 @@ pub struct SnapRec {
     /// trusted for the directory it was written for.
     pub ino: u64,
     pub finished_at: String,
+    /// The root directory's birth time (`statx` btime: seconds, nanoseconds) where the
+    /// file system has one. An inode number is reused as soon as its directory is
+    /// deleted (ext4 gives the next `mkdir` the same number): a record names this
+    /// directory only if its birth time is this one too, so a tree another tool made
+    /// in a deleted snapshot's inode (rsnapshot's `cp -al`) is not taken for that
+    /// snapshot. Absent in older records, and where there is none: inode alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btime: Option<(i64, u32)>,
+}
+
+/// The birth time of `path` as `SnapRec::btime` records it.
+pub(crate) fn birth(path: &Path) -> Option<(i64, u32)> {
+    fsx::birth_time(path).map(|t| (t.sec, t.nsec))
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -162,7 +175,7 @@ fn open_root(root: &Path) -> Result<OwnedFd> {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Store {
                 path: root.to_path_buf(),
-                msg: "no such store (check --dest and --folder)".into(),
+                msg: "no such store (check the path; a store in a folder is DEST/FOLDER)".into(),
             }
         } else {
             Error::Io {
@@ -184,10 +197,52 @@ fn has_snapshot_dirs(root: &OwnedFd) -> bool {
         .any(|n| matches!(fsx::lstat_at(b(root), n.as_bytes()), Ok(m) if m.kind == fsx::Kind::Dir))
 }
 
+/// A directory about to become a store holds nothing but what a store may hold before
+/// its first run: snapshot trees another tool made (`daily.0`, rsnapshot's `.sync` and
+/// `_delete.*`) and a file system's `lost+found`. Anything else is data (source and
+/// dest mixed up, a store folder forgotten): refused before anything is written, not
+/// turned into a store with `.snapring` and snapshots beside it.
+pub fn refuse_foreign(root: &Path, root_fd: &OwnedFd) -> Result<()> {
+    let names = fsx::read_dir_names(b(root_fd)).ctx("list", root)?;
+    let foreign: Vec<String> = names
+        .iter()
+        .filter(|n| {
+            let s = String::from_utf8_lossy(n);
+            let snapshot = rotation::parse_slot(&s).is_some()
+                && matches!(fsx::lstat_at(b(root_fd), n), Ok(m) if m.kind == fsx::Kind::Dir);
+            // `.snapring` itself: another shard worker is making the store.
+            !(snapshot
+                || s == META_DIR
+                || s == "lost+found"
+                || s == ".sync"
+                || s.starts_with("_delete."))
+        })
+        .map(|n| String::from_utf8_lossy(n).into_owned())
+        .collect();
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let mut shown: Vec<&str> = foreign.iter().map(String::as_str).take(5).collect();
+    shown.sort_unstable();
+    Err(Error::Store {
+        path: root.to_path_buf(),
+        msg: format!(
+            "not a snapring store, and not empty: it holds {}{}; a backup would put its snapshots beside that data. Nothing was written. Give an empty or new directory (check that source and dest are the right way round, and --folder), or create {} to make it a store anyway",
+            shown.join(", "),
+            if foreign.len() > shown.len() {
+                format!(" and {} more", foreign.len() - shown.len())
+            } else {
+                String::new()
+            },
+            root.join(META_DIR).display()
+        ),
+    })
+}
+
 fn not_a_store(root: &Path) -> Error {
     Error::Store {
         path: root.to_path_buf(),
-        msg: "not a snapring store (no .snapring directory, and no snapshot directory such as daily.0)".into(),
+        msg: "not a snapring store (no .snapring directory, and no snapshot directory such as daily.0); a store made with --folder F is at DEST/F".into(),
     }
 }
 
@@ -264,6 +319,9 @@ impl Store {
         let meta = root.join(META_DIR);
         if !meta.is_dir() && !create {
             return Err(not_a_store(root));
+        }
+        if !meta.is_dir() {
+            refuse_foreign(root, &root_fd)?;
         }
         // Private (0700): the manifests, records and logs name what is inside the
         // source's private directories. The staging trees below carry the source's own
@@ -561,11 +619,27 @@ impl Store {
         let mut recovery = damaged.then(|| self.recovery());
         let mut out = Vec::new();
         for (name, at, label, slot, m) in found {
+            let born = std::cell::OnceCell::new();
+            let same_birth = |r: &SnapRec| match r.btime {
+                None => true,
+                Some(bt) => born
+                    .get_or_init(|| birth(&self.root.join(&at)))
+                    .is_none_or(|b| b == bt),
+            };
             let by_ino = state
                 .snapshots
                 .iter()
                 .find(|r| r.ino == m.ino && r.name == name)
-                .or_else(|| state.snapshots.iter().find(|r| r.ino == m.ino))
+                // Under another name (a rotation cut short, or another tool's rename):
+                // the birth time tells a reused inode number from the same directory.
+                // Not asked of a record under its own name, the common case (a
+                // `statx` per snapshot is a round trip on NFS).
+                .or_else(|| {
+                    state
+                        .snapshots
+                        .iter()
+                        .find(|r| r.ino == m.ino && same_birth(r))
+                })
                 .cloned();
             let copied = match by_ino {
                 Some(_) => None,

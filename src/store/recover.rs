@@ -92,6 +92,7 @@ impl Store {
                     id,
                     ino: m.ino,
                     finished_at,
+                    btime: super::birth(&self.root.join(at)),
                 });
             }
         }

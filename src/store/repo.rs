@@ -13,7 +13,7 @@ use super::{SnapRec, Snapshot, State, Store, hold, journal::Journal, rotation, t
 use crate::error::{Ctx, Result};
 use crate::fsx::{self, b};
 use crate::manifest;
-use crate::repo::{Previous, Repository, Rotation, RunProgress};
+use crate::repo::{Previous, Repository, Ring, Rotation, RunProgress};
 use crate::report::{self, RunReport, Status};
 
 /// The renames that publish a run, and what they expire.
@@ -157,13 +157,19 @@ impl Repository for Store {
                 }
             }
         });
-        let expected_files = snap
+        let record = snap
             .rec
             .as_ref()
-            .and_then(|r| self.read_run(&r.id).ok().flatten())
-            .map(|r| r.files_total);
+            .and_then(|r| self.read_run(&r.id).ok().flatten());
         Ok(Some(Previous {
-            expected_files,
+            expected_files: record.as_ref().map(|r| r.files_total),
+            ring: record.map(|r| Ring {
+                run: r.id,
+                label: r.label,
+                source: r.source,
+                prefix: r.prefix,
+                retain: r.retain,
+            }),
             has_entries: fsx::dir_has_entries(b(&fd)).ctx("read", &path)?,
             run: snap.rec.as_ref().map(|r| r.id.clone()),
             name: snap.name,
@@ -260,6 +266,7 @@ impl Repository for Store {
                 id: id.to_string(),
                 ino: staging_ino,
                 finished_at: report::now_rfc3339(),
+                btime: super::birth(&self.root.join(staging_name(id))),
             },
         );
         let drop_manifests = rotation

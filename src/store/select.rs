@@ -92,18 +92,38 @@ pub fn run_id_time(id: &str) -> Option<DateTime<Utc>> {
 pub type Dated = (Snapshot, Option<RunReport>, DateTime<Utc>);
 
 impl Store {
-    /// Every snapshot with its run record and time, newest first by time taken.
+    /// Every snapshot with its run record and time, newest first: within a label by
+    /// slot (`daily.0` is its newest, whatever the clock said), the labels interleaved
+    /// by time taken. A clock set wrong for one run (a year ahead) then cannot make
+    /// `latest` an old snapshot: by time alone it was the first until it expired.
     pub fn snapshots_with_runs(&self) -> Result<Vec<Dated>> {
-        let mut v = Vec::new();
+        let mut labels: std::collections::BTreeMap<String, Vec<Dated>> = Default::default();
         for s in self.snapshots()? {
             let run = match &s.rec {
                 Some(r) => self.read_run(&r.id)?,
                 None => None,
             };
             let t = taken_at(&s, run.as_ref());
-            v.push((s, run, t));
+            labels.entry(s.label.clone()).or_default().push((s, run, t));
         }
-        v.sort_by(|a, b| b.2.cmp(&a.2).then(a.0.slot.cmp(&b.0.slot)));
+        let mut heads: Vec<std::collections::VecDeque<Dated>> = labels
+            .into_values()
+            .map(|mut v| {
+                v.sort_by_key(|d| d.0.slot);
+                v.into()
+            })
+            .collect();
+        let mut v = Vec::new();
+        // Take the newest of the labels' newest, until none is left.
+        while let Some(i) = (0..heads.len())
+            .filter(|&i| !heads[i].is_empty())
+            .max_by(|&a, &b| {
+                let (x, y) = (&heads[a][0], &heads[b][0]);
+                x.2.cmp(&y.2).then(y.0.slot.cmp(&x.0.slot)).then(b.cmp(&a))
+            })
+        {
+            v.push(heads[i].pop_front().expect("not empty"));
+        }
         Ok(v)
     }
 
