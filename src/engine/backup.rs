@@ -908,6 +908,7 @@ fn run<R: Repository>(
     if cancel.load(Ordering::Relaxed) {
         sink.abandon();
         rep.message = stopped_message(window_ended);
+        rep.warnings.extend(counters.given_up_warnings());
         return Ok(Status::Incomplete);
     }
     let status = walked_status(counters);
