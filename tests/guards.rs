@@ -1181,9 +1181,15 @@ fn a_dest_holding_data_is_not_made_a_store() {
     assert_eq!(backup(&src, &data, &[], &[]).0, 0);
     assert!(data.join("daily.0/d0/f0").exists());
 
-    // A new file system's lost+found and an rsnapshot tree are no obstacle.
+    // A new file system's lost+found, an rsnapshot tree and a file server's own
+    // entries are no obstacle.
     let fresh = t.path().join("fresh");
     std::fs::create_dir_all(fresh.join("lost+found")).unwrap();
+    std::fs::create_dir_all(fresh.join(".snapshot")).unwrap();
+    write(
+        &fresh.join(".nfs000000000001234"),
+        b"an open file deleted over NFS",
+    );
     std::fs::create_dir_all(fresh.join("daily.0/d0")).unwrap();
     let (code, rep, err) = backup(&src, &fresh, &[], &[]);
     assert_eq!(code, 0, "{err}\n{rep}");
@@ -1194,6 +1200,19 @@ fn a_dest_holding_data_is_not_made_a_store() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("does not exist"), "{err}");
     assert!(!nowhere.exists(), "a store was begun for a missing source");
+    // Nor a missing prefix, nor a source that is a symlink to nothing (an unmounted
+    // file system's mount point reached through a link).
+    let dangling = t.path().join("dangling");
+    std::os::unix::fs::symlink(t.path().join("unmounted"), &dangling).unwrap();
+    for (source, extra) in [(&src, &["--prefix", "nope"][..]), (&dangling, &[][..])] {
+        let (code, _, err) = backup(source, &nowhere, extra, &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(
+            !nowhere.exists(),
+            "a store was begun for {source:?} {extra:?}"
+        );
+    }
 }
 
 /// A store taken over from rsnapshot (ten `daily.N`, no records): the first run without

@@ -109,11 +109,15 @@ pub fn backup_observed(
     }
     // A missing source does not begin a store: there would be nothing in it but the
     // record of this failure.
+    // (Nor does a missing prefix, or a source that is a symlink to nothing.)
+    let root = match &opts.prefix {
+        Some(p) => opts.source.join(p.as_path()),
+        None => opts.source.clone(),
+    };
     if !opts.store.join(crate::store::META_DIR).is_dir()
-        && std::fs::symlink_metadata(&opts.source)
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        && std::fs::metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     {
-        return Err(Error::SourceMissing(opts.source.clone()));
+        return Err(Error::SourceMissing(root));
     }
     let store = Store::open(&opts.store, !opts.dry_run)?;
     let lock = if opts.dry_run {
