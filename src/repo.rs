@@ -32,6 +32,74 @@ pub struct Previous {
     pub expected_files: Option<u64>,
     /// What its run backed up and kept, from its record: `None` without one.
     pub ring: Option<Ring>,
+    /// How many snapshots the run's label has now (a taken-over ring has no record to
+    /// say what it keeps).
+    pub label_snapshots: u32,
+}
+
+/// How a run goes on from its label's snapshots (`prev`), as [`Ring`] says: refused
+/// when they are of another tree than `root` (the source, below it the prefix) unless
+/// `new_source`; and the `retain` it keeps, with a warning to give. Without a `retain`
+/// of its own (`retain_default`) a run keeps what the label's last run kept, or for a
+/// ring taken over from another tool (no record) as many as the label has, at least
+/// `retain`: a manual run's default of 7 expired a ring kept at 30, and the first run
+/// on an rsnapshot store of 10 expired 3 of them. A `retain` given lower than the
+/// ring's is obeyed and warned about.
+pub fn continue_ring(
+    prev: Option<&Previous>,
+    store: &std::path::Path,
+    label: &str,
+    root: &std::path::Path,
+    new_source: bool,
+    retain: u32,
+    retain_default: bool,
+) -> Result<(u32, Option<String>)> {
+    let Some(prev) = prev.filter(|p| p.name.starts_with(&format!("{label}."))) else {
+        return Ok((retain, None));
+    };
+    let Some(ring) = prev.ring.as_ref().filter(|r| r.label == label) else {
+        // Taken over: no record says what it is of, or what it keeps.
+        if retain_default && prev.label_snapshots > retain {
+            tracing::info!(
+                "keeping {} {label} snapshots, as many as the label has (no run of this store recorded what it keeps; give --retain to change it)",
+                prev.label_snapshots
+            );
+            return Ok((prev.label_snapshots, None));
+        }
+        return Ok((retain, None));
+    };
+    if ring.root() != root && !new_source {
+        return Err(crate::error::Error::Store {
+            path: store.to_path_buf(),
+            msg: format!(
+                "the {label} snapshots in this store are of {} (run {}), not of {}: this run's rotation would expire their history, so it made no snapshot and expired none. Give this source a store of its own (another --dest or --folder) or another --label; if it is the same data moved, run `snapring backup` once with --new-source (for a job, with --config FILE --job NAME)",
+                ring.root().display(),
+                ring.run,
+                root.display(),
+            ),
+        });
+    }
+    if retain_default {
+        if ring.retain != retain {
+            tracing::info!(
+                "keeping {} {label} snapshots, as the label's last run {} did (give --retain to change it)",
+                ring.retain,
+                ring.run
+            );
+        }
+        return Ok((ring.retain, None));
+    }
+    if retain < ring.retain && prev.label_snapshots > retain {
+        let w = format!(
+            "retain {retain} is lower than the {} of the label's last run {}: this run expires {label}.{} and older",
+            ring.retain,
+            ring.run,
+            retain.saturating_sub(1),
+        );
+        tracing::warn!("{w}");
+        return Ok((retain, Some(w)));
+    }
+    Ok((retain, None))
 }
 
 /// The settings of the run that made a snapshot, which the next run of its label
@@ -45,6 +113,17 @@ pub struct Ring {
     /// Escaped, as the record has it.
     pub prefix: Option<String>,
     pub retain: u32,
+}
+
+impl Ring {
+    /// The tree its snapshots are of: the source, below it the prefix (a shard run
+    /// records the source with the prefix joined, a single-node run them apart).
+    pub fn root(&self) -> std::path::PathBuf {
+        match &self.prefix {
+            Some(p) => self.source.join(p),
+            None => self.source.clone(),
+        }
+    }
 }
 
 /// How far the walk of a running backup is, rewritten about once a second while it

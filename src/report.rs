@@ -312,6 +312,9 @@ pub struct Counters {
     /// Mount points not walked into (`one_file_system`): how many, and the first ones
     /// (escaped, in path order).
     pub mount_points: Mutex<(u64, Vec<String>)>,
+    /// Copies a stop gave up under the bandwidth limit (escaped path, size): the next
+    /// run copies them again from their start.
+    pub given_up: Mutex<Vec<(String, u64)>>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -327,6 +330,50 @@ impl Counters {
         tracing::warn!(path = %p.path, action = %p.action, error = %p.error, "{:?}", p.kind);
         self.problems_total.fetch_add(1, Ordering::Relaxed);
         push_listed(&self.problems, p);
+    }
+
+    /// A copy under the bandwidth limit that a stop gave up, and why it matters: a file
+    /// the window never leaves time for is never backed up, run after run.
+    pub fn given_up(&self, path: String, size: u64) {
+        let mut g = self.given_up.lock().unwrap_or_else(|e| e.into_inner());
+        g.push((path, size));
+    }
+
+    /// What the run's report says of the copies a stop gave up (at most the 5 largest
+    /// named, with the time each needs at the limit).
+    pub fn given_up_warnings(&self) -> Vec<String> {
+        let mut g = self
+            .given_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if g.is_empty() {
+            return Vec::new();
+        }
+        g.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let rate = self.throttle.as_ref().map_or(0, |t| t.rate());
+        let named: Vec<String> = g
+            .iter()
+            .take(5)
+            .map(|(p, size)| {
+                // The limit counts the bytes read and the bytes written.
+                let secs = if rate > 0 { 2 * size / rate } else { 0 };
+                format!("{p} ({size} bytes, about {secs} s at the limit)")
+            })
+            .collect();
+        vec![format!(
+            "the stop gave up {} cop{} under the bandwidth limit: {}{}; the next run copies {} again from the start, so a window that does not leave that long never backs {} up: widen the window or raise --bwlimit",
+            g.len(),
+            if g.len() == 1 { "y" } else { "ies" },
+            named.join(", "),
+            if g.len() > 5 {
+                format!(" and {} more", g.len() - 5)
+            } else {
+                String::new()
+            },
+            if g.len() == 1 { "it" } else { "them" },
+            if g.len() == 1 { "it" } else { "them" },
+        )]
     }
 
     /// Adds mount points a walk did not enter (`one_file_system`); keeps the first

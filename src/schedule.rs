@@ -126,7 +126,9 @@ fn steps_from_a_start(fields: &[&str], ends: &[u32]) -> Vec<String> {
                 .split(',')
                 .map(|item| match item.split_once('/') {
                     Some((start, step))
-                        if !start.is_empty() && start.bytes().all(|b| b.is_ascii_digit()) =>
+                        if !start.is_empty()
+                            && start.bytes().all(|b| b.is_ascii_digit())
+                            && step.bytes().all(|b| b.is_ascii_digit()) =>
                     {
                         match start.parse::<u32>() {
                             Ok(s) if s <= *end => format!("{start}-{end}/{step}"),
@@ -339,6 +341,8 @@ mod tests {
                 "2026-12-11T00:00:00+00:00"
             ]
         );
+        // A step with more after it (`2/2#1`) is not rewritten: croner refuses it.
+        assert!(parse("cron(0 0 ? * 2/2#1 *)", None).is_err());
         // A start past the field's end is still an error.
         assert!(parse("cron(70/15 * * * ? *)", None).is_err());
         assert!(parse("0 25/2 * * *", None).is_err());

@@ -279,6 +279,26 @@ fn two_jobs_on_one_store_and_label_are_a_problem() {
     );
 }
 
+/// A `file://` repository with two slashes is a relative path: a problem at its key.
+/// It passed the check, and every run failed ("expected file:///ABSOLUTE/PATH").
+#[test]
+fn a_file_repository_with_a_relative_path_is_a_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    std::fs::write(
+        root.join("c.toml"),
+        "[job.r]\nsource = \"/srv\"\ndest = \"file://repo\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[&("3:1", "job.r.dest", "file:///ABSOLUTE/PATH (three slashes)")],
+    );
+}
+
 /// `catalog = "off"` in the file turns the catalog off, as `--catalog off` does. It
 /// was taken for a path: a SQLite file named `off` in whatever directory the run
 /// started from.

@@ -1095,7 +1095,7 @@ fn a_run_from_another_source_into_a_label_is_refused_and_its_history_kept() {
         msg.contains(&format!(
             "snapshots in this store are of {}",
             canon.display()
-        )) && msg.contains("Nothing was written")
+        )) && msg.contains("it made no snapshot and expired none")
             && msg.contains("--new-source"),
         "{msg}"
     );
@@ -1144,7 +1144,7 @@ fn a_run_without_retain_keeps_what_its_label_kept() {
         w.iter().any(|w| w
             .as_str()
             .unwrap()
-            .contains("retain 4 is lower than the 10 the label's last run")),
+            .contains("retain 4 is lower than the 10 of the label's last run")),
         "{rep}"
     );
     assert_eq!(snapshot_names(&dest).len(), 4);
@@ -1181,9 +1181,15 @@ fn a_dest_holding_data_is_not_made_a_store() {
     assert_eq!(backup(&src, &data, &[], &[]).0, 0);
     assert!(data.join("daily.0/d0/f0").exists());
 
-    // A new file system's lost+found and an rsnapshot tree are no obstacle.
+    // A new file system's lost+found, an rsnapshot tree and a file server's own
+    // entries are no obstacle.
     let fresh = t.path().join("fresh");
     std::fs::create_dir_all(fresh.join("lost+found")).unwrap();
+    std::fs::create_dir_all(fresh.join(".snapshot")).unwrap();
+    write(
+        &fresh.join(".nfs000000000001234"),
+        b"an open file deleted over NFS",
+    );
     std::fs::create_dir_all(fresh.join("daily.0/d0")).unwrap();
     let (code, rep, err) = backup(&src, &fresh, &[], &[]);
     assert_eq!(code, 0, "{err}\n{rep}");
@@ -1194,4 +1200,39 @@ fn a_dest_holding_data_is_not_made_a_store() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("does not exist"), "{err}");
     assert!(!nowhere.exists(), "a store was begun for a missing source");
+    // Nor a missing prefix, nor a source that is a symlink to nothing (an unmounted
+    // file system's mount point reached through a link).
+    let dangling = t.path().join("dangling");
+    std::os::unix::fs::symlink(t.path().join("unmounted"), &dangling).unwrap();
+    for (source, extra) in [(&src, &["--prefix", "nope"][..]), (&dangling, &[][..])] {
+        let (code, _, err) = backup(source, &nowhere, extra, &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(
+            !nowhere.exists(),
+            "a store was begun for {source:?} {extra:?}"
+        );
+    }
+}
+
+/// A store taken over from rsnapshot (ten `daily.N`, no records): the first run without
+/// `--retain` keeps as many as the label has, as rsnapshot's `retain daily 10` did. It
+/// kept the default 7 and expired three of them at once.
+#[test]
+fn a_run_without_retain_on_a_taken_over_ring_keeps_as_many_as_it_has() {
+    let (_t, src, dest) = setup();
+    for i in 0..10 {
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&src)
+            .arg(dest.join(format!("daily.{i}")))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["retain"], 10, "{rep}");
+    assert_eq!(rep["expired"], serde_json::json!(["daily.9"]), "{rep}");
+    assert_eq!(snapshot_names(&dest).len(), 10);
 }

@@ -184,6 +184,18 @@ fn a_window_ends_a_throttled_copy_and_the_wait_reported_is_the_time_waited() {
         waited > 0.5 && waited <= duration,
         "waited {waited:.2}s of {duration:.2}s: {rep}"
     );
+    // The copy given up is named with the time it needs at the limit: a window that
+    // never leaves that long never backs it up, run after run, and nothing said so.
+    let warned = rep["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .any(|w| {
+            w.contains("gave up 1 copy under the bandwidth limit: big (67108864 bytes, about 128 s at the limit)")
+                && w.contains("widen the window or raise --bwlimit")
+        });
+    assert!(warned, "{rep}");
     // Nothing of the abandoned copy is taken: the next run copies it whole.
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{err}");

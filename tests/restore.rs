@@ -1607,3 +1607,29 @@ fn latest_is_the_newest_slot_whatever_a_clock_said() {
         "{list}"
     );
 }
+
+/// `verify --against manifest`, a live directory that happens to be named `manifest`:
+/// a difference from it is said as one from a live tree (`DIFFERS from`), not as
+/// damage found against the snapshot's own manifest.
+#[test]
+fn a_live_tree_named_manifest_is_not_the_manifest() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("manifest"), t.path().join("store"));
+    write(&src.join("f"), b"v1");
+    ok_backup(&src, &store);
+    write(&src.join("new"), b"added since");
+    let out = Command::new(bin())
+        .current_dir(t.path())
+        .args(["verify", "--dest"])
+        .arg(&store)
+        .args(["daily.0", "--against", "manifest"])
+        .env("SNAPRING_CATALOG", "off")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains(&format!("daily.0: DIFFERS from {}: ", src.display())),
+        "{text}"
+    );
+}

@@ -3226,3 +3226,60 @@ fn a_finalize_killed_before_its_publish_leaves_a_record_that_expired_nothing() {
         assert!(!text(&o).contains("expired daily"), "{fp}: {}", text(&o));
     }
 }
+
+/// A shard run continues its label's snapshots as a single-node run does: a run of
+/// another tree is refused (it expired the ring's history, and the next single-node
+/// run of the real source was refused instead), and without a `retain` of its own it
+/// keeps what the label kept (it kept 7 of a ring kept at 10). A shard run with
+/// `--prefix` and a single-node run with the same prefix are one history (the shard
+/// records the source with the prefix joined).
+#[test]
+fn a_shard_run_keeps_one_history_per_label() {
+    let e = env();
+    let single = |src: &Path, dest: &Path, extra: &[&str]| {
+        let mut c = Command::new(bin());
+        c.args(["backup", "--no-progress", "--source"])
+            .arg(src)
+            .arg("--dest")
+            .arg(dest)
+            .args(extra)
+            .env("SNAPRING_CATALOG", "off");
+        c.output().unwrap()
+    };
+    for _ in 0..3 {
+        let o = single(&e.src, &e.dest, &["--retain", "10"]);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let other = e.dest.parent().unwrap().join("other");
+    write(&other.join("x"), b"another tree");
+    let o = single(&other, &e.dest, &["--shard", "0/1", "--run-id", "other-1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("snapshots in this store are of"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot_names(&e.dest).len(), 3);
+    // The same source without --retain: the plan keeps the ring's 10.
+    let o = worker(&e, &["--shard", "0/1", "--run-id", "same-1"], &[])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, "same-1").join("plan.json")).unwrap())
+            .unwrap();
+    assert_eq!(plan["retain"], 10, "{plan}");
+    assert_eq!(snapshot_names(&e.dest).len(), 4);
+
+    // --prefix: a shard run, then a single-node run of the same source and prefix.
+    let dest2 = e.dest.parent().unwrap().join("dest2");
+    let o = single(
+        &e.src,
+        &dest2,
+        &["--shard", "0/1", "--run-id", "p-1", "--prefix", "deep"],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+    let o = single(&e.src, &dest2, &["--prefix", "deep"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(snapshot_names(&dest2).len(), 2);
+}

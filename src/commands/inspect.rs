@@ -236,7 +236,11 @@ pub fn verify(
                 opts.excludes = sel.exclusions()?;
                 (
                     TreeReader::tree(b(fd)),
-                    against.expect("set with live").display().to_string(),
+                    // Absolute: a live tree named `manifest` is not the manifest.
+                    std::path::absolute(against.expect("set with live"))
+                        .unwrap_or_else(|_| against.expect("set with live").to_path_buf())
+                        .display()
+                        .to_string(),
                 )
             }
             None => (TreeReader::tree(b(&sel.fd)), "manifest".to_string()),

@@ -197,6 +197,13 @@ fn path(p: &str) -> Check {
     if p.is_empty() {
         return Err("an empty path: every run would fail; give a directory".into());
     }
+    if let Some(rest) = p.strip_prefix("file://")
+        && !rest.starts_with('/')
+    {
+        return Err(format!(
+            "{p:?}: a file:// repository is file:///ABSOLUTE/PATH (three slashes)"
+        ));
+    }
     if !Path::new(p).is_absolute() && !p.starts_with("s3://") && !p.starts_with("file://") {
         return Err(format!(
             "{p:?} is a relative path; give an absolute one (a relative path would depend on the directory snapring is started from)"

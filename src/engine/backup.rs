@@ -109,11 +109,15 @@ pub fn backup_observed(
     }
     // A missing source does not begin a store: there would be nothing in it but the
     // record of this failure.
+    // (Nor does a missing prefix, or a source that is a symlink to nothing.)
+    let root = match &opts.prefix {
+        Some(p) => opts.source.join(p.as_path()),
+        None => opts.source.clone(),
+    };
     if !opts.store.join(crate::store::META_DIR).is_dir()
-        && std::fs::symlink_metadata(&opts.source)
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        && std::fs::metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     {
-        return Err(Error::SourceMissing(opts.source.clone()));
+        return Err(Error::SourceMissing(root));
     }
     let store = Store::open(&opts.store, !opts.dry_run)?;
     let lock = if opts.dry_run {
@@ -549,58 +553,24 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
     Ok(st)
 }
 
-/// A run continues its label's snapshots: refused when they are of another source (or
-/// prefix), whose history its rotation would expire (a second source given the same
-/// store and label, or source and dest mixed up), unless `--new-source` says it is the
-/// same data moved. Without a `retain` of its own it keeps as many as the label's
-/// last run kept (a manual run's default of 7 expired a ring kept at 30); a `retain`
-/// given lower than that is a warning naming what it expires. `rep.retain` is what
-/// the rotation keeps.
+/// A run continues its label's snapshots (`repo::continue_ring`): refused when they are
+/// of another tree, and `rep.retain` set to what the rotation keeps.
 fn continue_ring(opts: &BackupOptions, prev: Option<&Previous>, rep: &mut RunReport) -> Result<()> {
-    let Some(ring) = prev
-        .and_then(|p| p.ring.as_ref())
-        .filter(|r| r.label == opts.label)
-    else {
-        return Ok(());
+    let root = match &rep.prefix {
+        Some(p) => rep.source.join(p),
+        None => rep.source.clone(),
     };
-    let shown = |source: &Path, prefix: &Option<String>| match prefix {
-        Some(p) => format!("{} (prefix {p})", source.display()),
-        None => source.display().to_string(),
-    };
-    if (ring.source != rep.source || ring.prefix != rep.prefix) && !opts.new_source {
-        return Err(Error::Store {
-            path: opts.store.clone(),
-            msg: format!(
-                "the {label} snapshots in this store are of {} (run {}), not of {}: this run's rotation would expire their history. Nothing was written. Give this source a store of its own (another --dest or --folder) or another --label; if it is the same data moved, run once with --new-source",
-                shown(&ring.source, &ring.prefix),
-                ring.run,
-                shown(&rep.source, &rep.prefix),
-                label = opts.label,
-            ),
-        });
-    }
-    if opts.retain_default {
-        if ring.retain != rep.retain {
-            tracing::info!(
-                "keeping {} {} snapshots, as the label's last run {} did (give --retain to change it)",
-                ring.retain,
-                opts.label,
-                ring.run
-            );
-        }
-        rep.retain = ring.retain;
-    } else if rep.retain < ring.retain {
-        let w = format!(
-            "retain {} is lower than the {} the label's last run {} kept: this run expires {label}.{} and older",
-            rep.retain,
-            ring.retain,
-            ring.run,
-            rep.retain.saturating_sub(1),
-            label = opts.label,
-        );
-        tracing::warn!("{w}");
-        rep.warnings.push(w);
-    }
+    let (retain, warning) = crate::repo::continue_ring(
+        prev,
+        &opts.store,
+        &opts.label,
+        &root,
+        opts.new_source,
+        rep.retain,
+        opts.retain_default,
+    )?;
+    rep.retain = retain;
+    rep.warnings.extend(warning);
     Ok(())
 }
 
@@ -908,6 +878,7 @@ fn run<R: Repository>(
     if cancel.load(Ordering::Relaxed) {
         sink.abandon();
         rep.message = stopped_message(window_ended);
+        rep.warnings.extend(counters.given_up_warnings());
         return Ok(Status::Incomplete);
     }
     let status = walked_status(counters);

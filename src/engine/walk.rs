@@ -775,6 +775,7 @@ impl<'a, S: Sink> Walk<'a, S> {
                 Err(CopyError::Stopped) => {
                     // Not left for the next run to resume: it is not whole.
                     self.sink.discard_file(out, name);
+                    self.counters.given_up(rel.escaped(), before.size);
                     return Ok(None);
                 }
             };

@@ -140,7 +140,11 @@ fn one_against(
         id: id.hex(),
         time: snap.time.clone(),
         label: snap.tag("label").map(str::to_string),
-        against: dir.display().to_string(),
+        // Absolute: a live tree named `repository` is not the repository.
+        against: std::path::absolute(dir)
+            .unwrap_or_else(|_| dir.to_path_buf())
+            .display()
+            .to_string(),
         clean: o.differences.is_empty() && o.problems.is_empty(),
         corrupt: n(Change::Content),
         missing: n(Change::Removed),

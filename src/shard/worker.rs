@@ -486,6 +486,18 @@ fn make_plan(
     prev: Option<&Previous>,
 ) -> Result<(PlanFile, String), ShardError> {
     let t0 = Instant::now();
+    // The run continues the label's snapshots as a single-node run does: not from
+    // another tree, and without a `retain` of its own keeping what the label keeps.
+    let (retain, _warned) = crate::repo::continue_ring(
+        prev,
+        &opts.store,
+        &opts.label,
+        source,
+        opts.new_source,
+        opts.retain,
+        opts.retain_default,
+    )
+    .map_err(sort_err)?;
     let (cut, sized_by) = cut_source(opts, spec, source, prev)?;
     let plan = PlanFile {
         format: 1,
@@ -493,7 +505,7 @@ fn make_plan(
         workers: spec.count,
         source: source.to_path_buf(),
         label: opts.label.clone(),
-        retain: opts.retain,
+        retain,
         prev: prev.map(|p| p.name.clone()),
         prev_run: prev.and_then(|p| p.run.clone()),
         sized_by: sized_by.into(),
@@ -624,7 +636,8 @@ pub(super) fn check_settings(
             source.display()
         ));
     }
-    if plan.label != opts.label || plan.retain != opts.retain {
+    // A worker without a `retain` of its own takes the plan's (`continue_ring`).
+    if plan.label != opts.label || (plan.retain != opts.retain && !opts.retain_default) {
         diffs.push(format!(
             "label {} retain {}, not {} {}",
             plan.label, plan.retain, opts.label, opts.retain

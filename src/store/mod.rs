@@ -215,7 +215,12 @@ pub fn refuse_foreign(root: &Path, root_fd: &OwnedFd) -> Result<()> {
                 || s == META_DIR
                 || s == "lost+found"
                 || s == ".sync"
-                || s.starts_with("_delete."))
+                || s.starts_with("_delete.")
+                // A file server's own: NFS's silly-renamed open files, NetApp's and
+                // ZFS's snapshot directories.
+                || s.starts_with(".nfs")
+                || s == ".snapshot"
+                || s == ".zfs")
         })
         .map(|n| String::from_utf8_lossy(n).into_owned())
         .collect();

@@ -140,6 +140,7 @@ impl Repository for Store {
 
     fn previous(&self, label: &str) -> Result<Option<Previous>> {
         let snaps = self.snapshots()?;
+        let label_snapshots = snaps.iter().filter(|s| s.label == label).count() as u32;
         let Some(snap) = pick_previous(&snaps, label) else {
             return Ok(None);
         };
@@ -162,6 +163,7 @@ impl Repository for Store {
             .as_ref()
             .and_then(|r| self.read_run(&r.id).ok().flatten());
         Ok(Some(Previous {
+            label_snapshots,
             expected_files: record.as_ref().map(|r| r.files_total),
             ring: record.map(|r| Ring {
                 run: r.id,
