@@ -357,7 +357,7 @@ impl Counters {
             .take(5)
             .map(|(p, size)| {
                 // The limit counts the bytes read and the bytes written.
-                let secs = if rate > 0 { 2 * size / rate } else { 0 };
+                let secs = (2 * size).checked_div(rate).unwrap_or(0);
                 format!("{p} ({size} bytes, about {secs} s at the limit)")
             })
             .collect();
