@@ -32,19 +32,22 @@ pub struct Previous {
     pub expected_files: Option<u64>,
     /// What its run backed up and kept, from its record: `None` without one.
     pub ring: Option<Ring>,
-    /// How many snapshots the run's label has now (a taken-over ring has no record to
-    /// say what it keeps).
-    pub label_snapshots: u32,
+    /// The run's label now (whatever label this snapshot is of): its highest slot plus
+    /// one (0 without any), and whether any of its snapshots has no record (taken over
+    /// from another tool, which recorded nothing of what it keeps).
+    pub label_slots: u32,
+    pub label_taken_over: bool,
 }
 
-/// How a run goes on from its label's snapshots (`prev`), as [`Ring`] says: refused
-/// when they are of another tree than `root` (the source, below it the prefix) unless
-/// `new_source`; and the `retain` it keeps, with a warning to give. Without a `retain`
-/// of its own (`retain_default`) a run keeps what the label's last run kept, or for a
-/// ring taken over from another tool (no record) as many as the label has, at least
-/// `retain`: a manual run's default of 7 expired a ring kept at 30, and the first run
-/// on an rsnapshot store of 10 expired 3 of them. A `retain` given lower than the
-/// ring's is obeyed and warned about.
+/// How a run goes on from its label's snapshots (`prev`, with what the label holds),
+/// as [`Ring`] says: refused when they are of another tree than `root` (the source,
+/// below it the prefix; canonical where it exists) unless `new_source`; and the
+/// `retain` it keeps, with a warning to give. Without a `retain` of its own
+/// (`retain_default`) a run keeps what the label's last run kept (a manual run's
+/// default of 7 expired a ring kept at 30), and while the label holds snapshots taken
+/// over from another tool, at least as many slots as it has (the first run on an
+/// rsnapshot store of 10 expired 3 of them). A `retain` given that expires more than
+/// the ring's would, or expires taken-over snapshots, is obeyed and warned about.
 pub fn continue_ring(
     prev: Option<&Previous>,
     store: &std::path::Path,
@@ -54,21 +57,17 @@ pub fn continue_ring(
     retain: u32,
     retain_default: bool,
 ) -> Result<(u32, Option<String>)> {
-    let Some(prev) = prev.filter(|p| p.name.starts_with(&format!("{label}."))) else {
+    let Some(prev) = prev else {
         return Ok((retain, None));
     };
-    let Some(ring) = prev.ring.as_ref().filter(|r| r.label == label) else {
-        // Taken over: no record says what it is of, or what it keeps.
-        if retain_default && prev.label_snapshots > retain {
-            tracing::info!(
-                "keeping {} {label} snapshots, as many as the label has (no run of this store recorded what it keeps; give --retain to change it)",
-                prev.label_snapshots
-            );
-            return Ok((prev.label_snapshots, None));
-        }
-        return Ok((retain, None));
-    };
-    if ring.root() != root && !new_source {
+    let ring = prev
+        .ring
+        .as_ref()
+        .filter(|r| r.label == label && prev.name.starts_with(&format!("{label}.")));
+    if let Some(ring) = ring
+        && !same_tree(&ring.root(), root)
+        && !new_source
+    {
         return Err(crate::error::Error::Store {
             path: store.to_path_buf(),
             msg: format!(
@@ -80,26 +79,50 @@ pub fn continue_ring(
         });
     }
     if retain_default {
-        if ring.retain != retain {
+        let mut keep = ring.map_or(retain, |r| r.retain);
+        if let Some(r) = ring
+            && r.retain != retain
+        {
             tracing::info!(
                 "keeping {} {label} snapshots, as the label's last run {} did (give --retain to change it)",
-                ring.retain,
-                ring.run
+                r.retain,
+                r.run
             );
         }
-        return Ok((ring.retain, None));
+        if prev.label_taken_over && prev.label_slots > keep {
+            keep = prev.label_slots;
+            tracing::info!(
+                "keeping {keep} {label} snapshots, as many slots as the label has: some were taken over from another tool, which recorded nothing of what it keeps (give --retain to change it)"
+            );
+        }
+        return Ok((keep, None));
     }
-    if retain < ring.retain && prev.label_snapshots > retain {
+    // The new snapshot makes one more: `retain` or more now means an expiry.
+    let expires = prev.label_slots >= retain;
+    let more_than_before = match ring {
+        Some(r) => r.retain > retain,
+        None => prev.label_taken_over,
+    };
+    if expires && more_than_before {
         let w = format!(
-            "retain {retain} is lower than the {} of the label's last run {}: this run expires {label}.{} and older",
-            ring.retain,
-            ring.run,
+            "retain {retain} is lower than what the {label} snapshots had ({}): this run expires {label}.{} and older",
+            match ring {
+                Some(r) => format!("{} in the label's last run {}", r.retain, r.run),
+                None => format!("{} slots taken over from another tool", prev.label_slots),
+            },
             retain.saturating_sub(1),
         );
         tracing::warn!("{w}");
         return Ok((retain, Some(w)));
     }
     Ok((retain, None))
+}
+
+/// Whether two trees are the same: by their canonical paths where they exist (a
+/// symlink on one side), else by the paths as given.
+fn same_tree(a: &std::path::Path, b: &std::path::Path) -> bool {
+    let canon = |p: &std::path::Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    a == b || canon(a) == canon(b)
 }
 
 /// The settings of the run that made a snapshot, which the next run of its label
@@ -117,10 +140,15 @@ pub struct Ring {
 
 impl Ring {
     /// The tree its snapshots are of: the source, below it the prefix (a shard run
-    /// records the source with the prefix joined, a single-node run them apart).
+    /// records the source with the prefix joined, a single-node run them apart, the
+    /// prefix escaped as every recorded path is).
     pub fn root(&self) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStrExt;
         match &self.prefix {
-            Some(p) => self.source.join(p),
+            Some(p) => match crate::relpath::unescape(p) {
+                Ok(bytes) => self.source.join(std::ffi::OsStr::from_bytes(&bytes)),
+                Err(_) => self.source.join(p),
+            },
             None => self.source.clone(),
         }
     }

@@ -1141,10 +1141,9 @@ fn a_run_without_retain_keeps_what_its_label_kept() {
     assert_eq!(rep["expired"].as_array().unwrap().len(), 7, "{rep}");
     let w = rep["warnings"].as_array().unwrap();
     assert!(
-        w.iter().any(|w| w
-            .as_str()
-            .unwrap()
-            .contains("retain 4 is lower than the 10 of the label's last run")),
+        w.iter().any(|w| w.as_str().unwrap().contains(
+            "retain 4 is lower than what the daily snapshots had (10 in the label's last run"
+        )),
         "{rep}"
     );
     assert_eq!(snapshot_names(&dest).len(), 4);
@@ -1200,6 +1199,21 @@ fn a_dest_holding_data_is_not_made_a_store() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("does not exist"), "{err}");
     assert!(!nowhere.exists(), "a store was begun for a missing source");
+    // A pre_command may be what makes or mounts it: not refused before it runs.
+    let made = t.path().join("made-by-hook");
+    let hook = format!("mkdir -p {}/sub", src.display());
+    let (code, rep, err) = backup(
+        &src,
+        &made,
+        &[
+            "--prefix",
+            "sub",
+            "--pre-command",
+            &format!("sh -c '{hook}'"),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}\n{rep}");
     // Nor a missing prefix, nor a source that is a symlink to nothing (an unmounted
     // file system's mount point reached through a link).
     let dangling = t.path().join("dangling");
@@ -1230,9 +1244,32 @@ fn a_run_without_retain_on_a_taken_over_ring_keeps_as_many_as_it_has() {
             .unwrap();
         assert!(status.success());
     }
+    // Another label's recorded snapshot does not hide what this label holds.
+    let (code, _, err) = backup(&src, &dest, &["--label", "hourly"], &[]);
+    assert_eq!(code, 0, "{err}");
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["retain"], 10, "{rep}");
     assert_eq!(rep["expired"], serde_json::json!(["daily.9"]), "{rep}");
-    assert_eq!(snapshot_names(&dest).len(), 10);
+    assert_eq!(
+        snapshot_names(&dest)
+            .iter()
+            .filter(|n| n.starts_with("daily."))
+            .count(),
+        10
+    );
+    // A retain given that expires taken-over snapshots is obeyed, with a warning.
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "3"], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["expired"].as_array().unwrap().len(), 8, "{rep}");
+    assert!(
+        rep["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(
+                "retain 3 is lower than what the daily snapshots had (10 in the label"
+            )),
+        "{rep}"
+    );
 }

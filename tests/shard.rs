@@ -3271,15 +3271,17 @@ fn a_shard_run_keeps_one_history_per_label() {
     assert_eq!(plan["retain"], 10, "{plan}");
     assert_eq!(snapshot_names(&e.dest).len(), 4);
 
-    // --prefix: a shard run, then a single-node run of the same source and prefix.
+    // --prefix: a shard run, then a single-node run of the same source and prefix (a
+    // name the records escape: a space).
+    write(&e.src.join("My Docs/f"), b"a document");
     let dest2 = e.dest.parent().unwrap().join("dest2");
     let o = single(
         &e.src,
         &dest2,
-        &["--shard", "0/1", "--run-id", "p-1", "--prefix", "deep"],
+        &["--shard", "0/1", "--run-id", "p-1", "--prefix", "My Docs"],
     );
     assert!(o.status.success(), "{}", text(&o));
-    let o = single(&e.src, &dest2, &["--prefix", "deep"]);
+    let o = single(&e.src, &dest2, &["--prefix", "My Docs"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(snapshot_names(&dest2).len(), 2);
 }

@@ -109,12 +109,14 @@ pub fn backup_observed(
     }
     // A missing source does not begin a store: there would be nothing in it but the
     // record of this failure.
-    // (Nor does a missing prefix, or a source that is a symlink to nothing.)
+    // (Nor does a missing prefix, or a source that is a symlink to nothing.) Not asked
+    // before a pre_command, which may be what mounts or makes it.
     let root = match &opts.prefix {
         Some(p) => opts.source.join(p.as_path()),
         None => opts.source.clone(),
     };
-    if !opts.store.join(crate::store::META_DIR).is_dir()
+    if opts.pre_command.is_none()
+        && !opts.store.join(crate::store::META_DIR).is_dir()
         && std::fs::metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
     {
         return Err(Error::SourceMissing(root));
@@ -556,8 +558,8 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
 /// A run continues its label's snapshots (`repo::continue_ring`): refused when they are
 /// of another tree, and `rep.retain` set to what the rotation keeps.
 fn continue_ring(opts: &BackupOptions, prev: Option<&Previous>, rep: &mut RunReport) -> Result<()> {
-    let root = match &rep.prefix {
-        Some(p) => rep.source.join(p),
+    let root = match &opts.prefix {
+        Some(p) => rep.source.join(p.as_path()),
         None => rep.source.clone(),
     };
     let (retain, warning) = crate::repo::continue_ring(

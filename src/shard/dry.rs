@@ -82,14 +82,28 @@ fn walk_home(
     let planned = rd
         .as_ref()
         .and_then(|rd| Some((rd.read_plan().ok()??, rd.plan_path())));
-    let (cut, cut_from) = match planned {
+    let (cut, cut_from, retain) = match planned {
         Some(((p, _), path)) => {
             // A worker started so would be refused (exit 64): so is its dry run.
             super::worker::check_settings(opts, spec, &p, source)?;
             let cut = p.cut().map_err(|m| Error::Store { path, msg: m })?;
-            (cut, "plan.json")
+            (cut, "plan.json", p.retain)
         }
-        None => cut_source(opts, spec, source, prev.as_ref())?,
+        None => {
+            // As the plan would be made (`worker::make_plan`).
+            let (retain, _) = crate::repo::continue_ring(
+                prev.as_ref(),
+                &opts.store,
+                &opts.label,
+                source,
+                opts.new_source,
+                opts.retain,
+                opts.retain_default,
+            )
+            .map_err(sort_err)?;
+            let (cut, from) = cut_source(opts, spec, source, prev.as_ref())?;
+            (cut, from, retain)
+        }
     };
     let prev_root = match (store, &prev) {
         (Some(st), Some(p)) => {
@@ -154,7 +168,7 @@ fn walk_home(
     plan.entries.sort_by(|a, b| a.0.cmp(&b.0));
     plan.rotation = match store {
         Some(st) => {
-            let r = Repository::plan_rotation(st, &opts.label, opts.retain, &spec.run_id)?;
+            let r = Repository::plan_rotation(st, &opts.label, retain, &spec.run_id)?;
             r.describe()
         }
         None => vec![format!("publish {}.0", opts.label)],

@@ -140,7 +140,9 @@ impl Repository for Store {
 
     fn previous(&self, label: &str) -> Result<Option<Previous>> {
         let snaps = self.snapshots()?;
-        let label_snapshots = snaps.iter().filter(|s| s.label == label).count() as u32;
+        let of_label = || snaps.iter().filter(|s| s.label == label);
+        let label_slots = of_label().map(|s| s.slot + 1).max().unwrap_or(0);
+        let label_taken_over = of_label().any(|s| s.rec.is_none());
         let Some(snap) = pick_previous(&snaps, label) else {
             return Ok(None);
         };
@@ -163,7 +165,8 @@ impl Repository for Store {
             .as_ref()
             .and_then(|r| self.read_run(&r.id).ok().flatten());
         Ok(Some(Previous {
-            label_snapshots,
+            label_slots,
+            label_taken_over,
             expected_files: record.as_ref().map(|r| r.files_total),
             ring: record.map(|r| Ring {
                 run: r.id,
