@@ -1263,13 +1263,10 @@ fn a_run_without_retain_on_a_taken_over_ring_keeps_as_many_as_it_has() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(rep["expired"].as_array().unwrap().len(), 8, "{rep}");
     assert!(
-        rep["warnings"]
-            .as_array()
+        rep["warnings"].as_array().unwrap().iter().any(|w| w
+            .as_str()
             .unwrap()
-            .iter()
-            .any(|w| w.as_str().unwrap().contains(
-                "retain 3 is lower than what the daily snapshots had (10 in the label"
-            )),
+            .contains("retain 3 is lower than what the daily snapshots had (10 in the label")),
         "{rep}"
     );
 }
