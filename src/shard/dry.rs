@@ -91,16 +91,7 @@ fn walk_home(
         }
         None => {
             // As the plan would be made (`worker::make_plan`).
-            let (retain, _) = crate::repo::continue_ring(
-                prev.as_ref(),
-                &opts.store,
-                &opts.label,
-                source,
-                opts.new_source,
-                opts.retain,
-                opts.retain_default,
-            )
-            .map_err(sort_err)?;
+            let retain = super::worker::plan_retain(opts, source, prev.as_ref())?;
             let (cut, from) = cut_source(opts, spec, source, prev.as_ref())?;
             (cut, from, retain)
         }

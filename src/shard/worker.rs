@@ -477,17 +477,14 @@ fn join_plan(
     }
 }
 
-/// Sizes the source, cuts it and writes `plan.json` (unless another planner was first).
-fn make_plan(
+/// The `retain` a run's plan keeps: the run continues the label's snapshots as a
+/// single-node run does (`repo::continue_ring`): not from another tree, and without a
+/// `retain` of its own keeping what the label keeps. Also a dry run's, without a plan.
+pub(super) fn plan_retain(
     opts: &BackupOptions,
-    spec: &Spec,
-    rd: &RunDir,
     source: &std::path::Path,
     prev: Option<&Previous>,
-) -> Result<(PlanFile, String), ShardError> {
-    let t0 = Instant::now();
-    // The run continues the label's snapshots as a single-node run does: not from
-    // another tree, and without a `retain` of its own keeping what the label keeps.
+) -> Result<u32, ShardError> {
     let (retain, _warned) = crate::repo::continue_ring(
         prev,
         &opts.store,
@@ -498,6 +495,19 @@ fn make_plan(
         opts.retain_default,
     )
     .map_err(sort_err)?;
+    Ok(retain)
+}
+
+/// Sizes the source, cuts it and writes `plan.json` (unless another planner was first).
+fn make_plan(
+    opts: &BackupOptions,
+    spec: &Spec,
+    rd: &RunDir,
+    source: &std::path::Path,
+    prev: Option<&Previous>,
+) -> Result<(PlanFile, String), ShardError> {
+    let t0 = Instant::now();
+    let retain = plan_retain(opts, source, prev)?;
     let (cut, sized_by) = cut_source(opts, spec, source, prev)?;
     let plan = PlanFile {
         format: 1,
