@@ -60,10 +60,7 @@ pub fn continue_ring(
     let Some(prev) = prev else {
         return Ok((retain, None));
     };
-    let ring = prev
-        .ring
-        .as_ref()
-        .filter(|r| r.label == label && prev.name.starts_with(&format!("{label}.")));
+    let ring = prev.ring.as_ref().filter(|r| r.label == label);
     if let Some(ring) = ring
         && !same_tree(&ring.root(), root)
         && !new_source

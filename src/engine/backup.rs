@@ -107,14 +107,10 @@ pub fn backup_observed(
         // Nothing to lock or repair; plan against an empty store without creating it.
         return run_dry_without_store(opts, &id, cancel);
     }
-    // A missing source does not begin a store: there would be nothing in it but the
-    // record of this failure.
-    // (Nor does a missing prefix, or a source that is a symlink to nothing.) Not asked
+    // A missing source (or prefix, or a source symlink to nothing) does not begin a
+    // store: there would be nothing in it but the record of this failure. Not asked
     // before a pre_command, which may be what mounts or makes it.
-    let root = match &opts.prefix {
-        Some(p) => opts.source.join(p.as_path()),
-        None => opts.source.clone(),
-    };
+    let root = opts.tree_of(&opts.source);
     if opts.pre_command.is_none()
         && !opts.store.join(crate::store::META_DIR).is_dir()
         && std::fs::metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
@@ -558,10 +554,7 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
 /// A run continues its label's snapshots (`repo::continue_ring`): refused when they are
 /// of another tree, and `rep.retain` set to what the rotation keeps.
 fn continue_ring(opts: &BackupOptions, prev: Option<&Previous>, rep: &mut RunReport) -> Result<()> {
-    let root = match &opts.prefix {
-        Some(p) => rep.source.join(p.as_path()),
-        None => rep.source.clone(),
-    };
+    let root = opts.tree_of(&rep.source);
     let (retain, warning) = crate::repo::continue_ring(
         prev,
         &opts.store,

@@ -110,6 +110,14 @@ impl BackupOptions {
         Ok(())
     }
 
+    /// The tree a run of `source` backs up: it, or the prefix below it.
+    pub fn tree_of(&self, source: &Path) -> PathBuf {
+        match &self.prefix {
+            Some(p) => source.join(p.as_path()),
+            None => source.to_path_buf(),
+        }
+    }
+
     /// Every exclusion setting, the pattern files read now (an unreadable file or a
     /// bad line is a usage error naming the file and the line).
     pub fn exclude_settings(&self) -> Result<crate::exclude::Settings> {
