@@ -3285,3 +3285,36 @@ fn a_shard_run_keeps_one_history_per_label() {
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(snapshot_names(&dest2).len(), 2);
 }
+
+/// A worker whose source is missing begins no store, as a single-node run does
+/// (`guards::a_dest_holding_data_is_not_made_a_store`): there would be nothing in it but
+/// a shard run that cannot start. With a pre_command (which may mount the source) the
+/// store is begun and the command runs.
+#[test]
+fn a_worker_with_a_missing_source_begins_no_store() {
+    let e = env();
+    std::fs::remove_dir_all(&e.src).unwrap();
+    let o = worker(&e, &["--shard", "1/2", "--run-id", "gone-1"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(stderr_of(&o).contains("does not exist"), "{}", text(&o));
+    assert!(!e.dest.exists(), "a store was begun for a missing source");
+    let made = format!("mkdir -p {}", e.src.display());
+    let o = worker(
+        &e,
+        &[
+            "--shard",
+            "0/1",
+            "--run-id",
+            "made-1",
+            "--pre-command",
+            &format!("sh -c '{made}'"),
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(e.dest.join(".snapring").is_dir(), "{}", text(&o));
+    assert!(e.src.is_dir(), "the pre_command did not run: {}", text(&o));
+}

@@ -139,6 +139,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         run_id: spec.run_id.clone(),
         ..Outcome::default()
     };
+    crate::engine::backup::refuse_to_begin_a_store(opts).map_err(sort_err)?;
     let store = Store::open(&opts.store, true).map_err(sort_err)?;
     let _log = opts
         .log_file
