@@ -7,7 +7,7 @@ mod cli;
 
 use clap::Parser;
 
-use cli::args::{CatalogCmd, Cli, Cmd, ConfigCmd, RepairCmd};
+use cli::args::{CatalogCmd, Cli, Cmd, ConfigCmd, RepairCmd, in_folder};
 use cli::catalog_choice::CatalogChoice;
 use cli::exit_code::ExitCode;
 use cli::print::errln;
@@ -58,7 +58,28 @@ fn main() {
 }
 
 /// Runs one command.
-fn run(cmd: Cmd, cat: &CatalogChoice, log: &cli::logging::LogFlags) -> anyhow::Result<ExitCode> {
+fn run(
+    mut cmd: Cmd,
+    cat: &CatalogChoice,
+    log: &cli::logging::LogFlags,
+) -> anyhow::Result<ExitCode> {
+    // `--folder` of the commands that read a store: the store is DEST/FOLDER.
+    match &mut cmd {
+        Cmd::List(a) => in_folder(&mut a.dest, a.folder.take())?,
+        Cmd::Diff(a) => in_folder(&mut a.dest, a.folder.take())?,
+        Cmd::Verify(a) => in_folder(&mut a.dest, a.folder.take())?,
+        Cmd::Restore(a) => {
+            if let Some(d) = &mut a.dest {
+                in_folder(d, a.folder.take())?;
+            }
+        }
+        Cmd::History(a) => {
+            if let Some(d) = &mut a.dest {
+                in_folder(d, a.folder.take())?;
+            }
+        }
+        _ => {}
+    }
     match cmd {
         Cmd::Init(a) => restic::init(a),
         Cmd::Backup(a) => backup::backup(*a, cat),

@@ -1633,3 +1633,78 @@ fn a_live_tree_named_manifest_is_not_the_manifest() {
         "{text}"
     );
 }
+
+/// `--folder` reads the store a `backup --folder` wrote, for every command that reads
+/// a store: list, diff, verify, restore and history (they took only `--dest
+/// DEST/FOLDER`, while their help said "the store: <dest>/<folder>"). A repository has
+/// no folders: refused, exit 64.
+#[test]
+fn every_command_that_reads_a_store_takes_its_folder() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    write(&src.join("a/f"), b"one");
+    std::fs::create_dir(&dest).unwrap();
+    let (code, _, err) = backup(&src, &dest, &["--folder", "fs-1"], &[]);
+    assert_eq!(code, 0, "{err}");
+    write(&src.join("a/f"), b"two");
+    let (code, _, err) = backup(&src, &dest, &["--folder", "fs-1"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let store = dest.join("fs-1");
+    let run = |args: &[&str], at: &[&OsStr]| {
+        let mut a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        a.extend(at);
+        snapring(&a, &[])
+    };
+    let folder: [&OsStr; 4] = [
+        "--dest".as_ref(),
+        dest.as_os_str(),
+        "--folder".as_ref(),
+        "fs-1".as_ref(),
+    ];
+    let joined: [&OsStr; 2] = ["--dest".as_ref(), store.as_os_str()];
+    for cmd in [
+        &["list", "--json"][..],
+        &["diff", "daily.1", "daily.0", "--json"],
+        &["verify", "--all", "--json"],
+        &["history", "a/f", "--json"],
+    ] {
+        let by_folder = run(cmd, &folder);
+        let by_path = run(cmd, &joined);
+        assert_eq!(
+            (by_folder.status.code(), &by_folder.stdout),
+            (Some(0), &by_path.stdout),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&by_folder.stderr)
+        );
+    }
+    let to = t.path().join("restored");
+    let o = run(
+        &["restore", "daily.1", "--to", to.to_str().unwrap()],
+        &folder,
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read(to.join("a/f")).unwrap(), b"one");
+    // A repository has no folders.
+    let repo = format!("file://{}", t.path().join("repo").display());
+    let o = snapring(
+        &[
+            "list".as_ref(),
+            "--dest".as_ref(),
+            repo.as_ref(),
+            "--folder".as_ref(),
+            "fs-1".as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(o.status.code(), Some(64));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("a restic repository"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}

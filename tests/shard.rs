@@ -3270,6 +3270,27 @@ fn a_shard_run_keeps_one_history_per_label() {
             .unwrap();
     assert_eq!(plan["retain"], 10, "{plan}");
     assert_eq!(snapshot_names(&e.dest).len(), 4);
+    // A --retain lower than the ring's is obeyed and warned of in the run's report, as
+    // a single-node run's is (the plan's warning was only logged).
+    let o = worker(
+        &e,
+        &["--shard", "0/1", "--run-id", "low-1", "--retain", "2"],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest).len(), 2);
+    let said = "retain 2 is lower than what the daily snapshots had (10 in the label's last run same-1): this run expires daily.1 and older";
+    let warnings = run_record(&e, "low-1")["warnings"].clone();
+    assert!(
+        warnings
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w.as_str() == Some(said))),
+        "{warnings}"
+    );
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(&format!("warning: {said}")), "{out}");
 
     // --prefix: a shard run, then a single-node run of the same source and prefix (a
     // name the records escape: a space).
@@ -3284,4 +3305,73 @@ fn a_shard_run_keeps_one_history_per_label() {
     let o = single(&e.src, &dest2, &["--prefix", "My Docs"]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(snapshot_names(&dest2).len(), 2);
+}
+
+/// A worker whose source is missing begins no store, as a single-node run does
+/// (`guards::a_dest_holding_data_is_not_made_a_store`): there would be nothing in it but
+/// a shard run that cannot start. With a pre_command (which may mount the source) the
+/// store is begun and the command runs.
+#[test]
+fn a_worker_with_a_missing_source_begins_no_store() {
+    let e = env();
+    std::fs::remove_dir_all(&e.src).unwrap();
+    let o = worker(&e, &["--shard", "1/2", "--run-id", "gone-1"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(stderr_of(&o).contains("does not exist"), "{}", text(&o));
+    assert!(!e.dest.exists(), "a store was begun for a missing source");
+    let made = format!("mkdir -p {}", e.src.display());
+    let o = worker(
+        &e,
+        &[
+            "--shard",
+            "0/1",
+            "--run-id",
+            "made-1",
+            "--pre-command",
+            &format!("sh -c '{made}'"),
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert!(e.dest.join(".snapring").is_dir(), "{}", text(&o));
+    assert!(e.src.is_dir(), "the pre_command did not run: {}", text(&o));
+}
+
+/// A worker whose window ends during a copy under `--bwlimit` names the copy it gave
+/// up and the time it needs at the limit, as a single-node run does
+/// (`interrupt::a_window_ends_a_throttled_copy_and_the_wait_reported_is_the_time_waited`):
+/// a file the window never leaves time for is never backed up, run after run, and a
+/// worker said only that its unit is resumed by a rerun.
+#[test]
+fn a_worker_whose_window_ends_a_throttled_copy_names_the_copy() {
+    let e = env();
+    write(&e.src.join("big"), &vec![b'x'; 64 << 20]);
+    let o = worker(
+        &e,
+        &[
+            "--shard",
+            "0/1",
+            "--run-id",
+            "slow-1",
+            "--bwlimit",
+            "1MiB",
+            "--window",
+            "1s",
+        ],
+        &[],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("warning: the stop gave up")
+            && out.contains("big (67108864 bytes, about 128 s at the limit)")
+            && out.contains("widen the window or raise --bwlimit"),
+        "{}",
+        text(&o)
+    );
 }

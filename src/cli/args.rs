@@ -360,6 +360,10 @@ pub struct ListArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub dest: PathBuf,
+    /// Store folder under --dest (as `backup --folder` wrote it): the store is
+    /// <dest>/<folder>.
+    #[arg(long, value_parser = folder)]
+    pub folder: Option<String>,
     /// Also compute the space only each snapshot uses (walks every snapshot).
     #[arg(long)]
     pub space: bool,
@@ -382,6 +386,10 @@ pub struct RestoreArgs {
     /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long, required_unless_present = "config")]
     pub dest: Option<PathBuf>,
+    /// Store folder under --dest (as `backup --folder` wrote it): the store is
+    /// <dest>/<folder>.
+    #[arg(long, value_parser = folder, requires = "dest")]
+    pub folder: Option<String>,
     /// TOML config file: the restore runs for one of its jobs (its store, catalog and
     /// notifiers).
     #[arg(long)]
@@ -439,6 +447,10 @@ pub struct DiffArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub dest: PathBuf,
+    /// Store folder under --dest (as `backup --folder` wrote it): the store is
+    /// <dest>/<folder>.
+    #[arg(long, value_parser = folder)]
+    pub folder: Option<String>,
     /// The older snapshot: name (daily.3), run id, `latest` or @TIME (in a repository:
     /// `latest`, an id or a unique id prefix).
     pub from: String,
@@ -469,6 +481,10 @@ pub struct VerifyArgs {
     /// (every blob the snapshots use is re-read and re-hashed).
     #[arg(long)]
     pub dest: PathBuf,
+    /// Store folder under --dest (as `backup --folder` wrote it): the store is
+    /// <dest>/<folder>.
+    #[arg(long, value_parser = folder)]
+    pub folder: Option<String>,
     /// Snapshots to verify [default: the newest].
     pub snapshots: Vec<String>,
     /// Verify every snapshot.
@@ -499,6 +515,10 @@ pub struct HistoryArgs {
     /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub dest: Option<PathBuf>,
+    /// Store folder under --dest (as `backup --folder` wrote it): the store is
+    /// <dest>/<folder>.
+    #[arg(long, value_parser = folder, requires = "dest")]
+    pub folder: Option<String>,
     /// Path relative to the snapshot root (in a repository: to the snapshot's source):
     /// list its versions across snapshots.
     pub path: Option<PathBuf>,
@@ -696,6 +716,22 @@ fn window(s: &str) -> Result<String, String> {
 fn bwlimit(s: &str) -> Result<String, String> {
     snapring::throttle::parse_rate(s)?;
     Ok(s.to_string())
+}
+
+/// `--dest DEST --folder F`: the store `DEST/F`. A restic repository (`file://`,
+/// `s3://`) has no folders: refused (exit 64).
+pub fn in_folder(dest: &mut PathBuf, folder: Option<String>) -> anyhow::Result<()> {
+    let Some(f) = folder else {
+        return Ok(());
+    };
+    if super::restic::is_repo(Some(dest)) {
+        return Err(anyhow::Error::new(super::exit_code::Usage(format!(
+            "--folder names a store's folder under --dest; a restic repository ({}) has none",
+            dest.display()
+        ))));
+    }
+    *dest = dest.join(f);
+    Ok(())
 }
 
 /// `--folder`: a relative path without `..`.

@@ -63,7 +63,7 @@ pub fn worker(
             spec.index, spec.count, spec.run_id
         );
         errln!("snapring: {msg}");
-        worker_ended(opts, spec, Status::Failed, msg, catalog, notify);
+        worker_ended(opts, spec, Status::Failed, msg, &[], catalog, notify);
         return Ok(ExitCode::Failed);
     }
     let mut out = match snapring::shard::worker::run(opts, spec, &cancel) {
@@ -75,7 +75,7 @@ pub fn worker(
             );
             errln!("snapring: {msg}");
             if matches!(e, ShardError::Failed(_)) {
-                worker_ended(opts, spec, Status::Failed, msg, catalog, notify);
+                worker_ended(opts, spec, Status::Failed, msg, &[], catalog, notify);
             }
             return Ok(exit_of(&e));
         }
@@ -131,7 +131,15 @@ pub fn worker(
             spec.run_id,
             out.left.join(", ")
         );
-        worker_ended(opts, spec, Status::Incomplete, msg, catalog, notify);
+        worker_ended(
+            opts,
+            spec,
+            Status::Incomplete,
+            msg,
+            &out.warnings,
+            catalog,
+            notify,
+        );
     }
     let code = match (&out.finalized, out.interrupted) {
         (Some(rep), _) => ExitCode::from(rep.status),
@@ -189,6 +197,7 @@ pub fn worker(
             "lost": out.lost,
             "left": out.left,
             "pre_command": out.pre_command,
+            "warnings": out.warnings,
             "interrupted": out.interrupted,
             "window_ended": out.window_ended,
             "already_finalized": out.already_finalized,
@@ -215,6 +224,10 @@ pub fn worker(
         if let Some(note) = out.finalized.as_ref().and_then(print::mount_points_note) {
             outln!("{note}");
         }
+        let finalized = out.finalized.iter().flat_map(|r| r.warnings.iter());
+        for w in out.warnings.iter().chain(finalized) {
+            outln!("  warning: {w}");
+        }
     }
     Ok(code)
 }
@@ -227,6 +240,7 @@ fn worker_ended(
     spec: &Spec,
     status: Status,
     msg: String,
+    warnings: &[String],
     catalog: Option<&CatalogTarget>,
     notify: Notify,
 ) {
@@ -237,6 +251,7 @@ fn worker_ended(
     let mut rep = snapring::engine::backup::new_report(opts, &spec.run_id, &store);
     rep.status = status;
     rep.message = msg;
+    rep.warnings = warnings.to_vec();
     rep.finished_at = Some(snapring::report::now_rfc3339());
     let log = store.join(snapring::store::META_DIR).join("logs").join(
         snapring::shard::worker::worker_log_name(&spec.run_id, spec.index),
@@ -432,6 +447,9 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         outln!("{msg}");
         if let Some(note) = rep.as_ref().and_then(|r| print::mount_points_note(r)) {
             outln!("{note}");
+        }
+        for w in rep.iter().flat_map(|r| r.warnings.iter()) {
+            outln!("  warning: {w}");
         }
     }
     Ok(code)

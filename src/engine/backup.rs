@@ -107,16 +107,7 @@ pub fn backup_observed(
         // Nothing to lock or repair; plan against an empty store without creating it.
         return run_dry_without_store(opts, &id, cancel);
     }
-    // A missing source (or prefix, or a source symlink to nothing) does not begin a
-    // store: there would be nothing in it but the record of this failure. Not asked
-    // before a pre_command, which may be what mounts or makes it.
-    let root = opts.tree_of(&opts.source);
-    if opts.pre_command.is_none()
-        && !opts.store.join(crate::store::META_DIR).is_dir()
-        && std::fs::metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-    {
-        return Err(Error::SourceMissing(root));
-    }
+    refuse_to_begin_a_store(opts)?;
     let store = Store::open(&opts.store, !opts.dry_run)?;
     let lock = if opts.dry_run {
         let l = Repository::lock_shared(&store)?;
@@ -371,6 +362,21 @@ pub(crate) fn finish_report(rep: &mut RunReport, t0: Instant) {
 }
 
 /// The source directory to back up (`source/prefix`), after the guards.
+/// A missing source (or prefix, or a source symlink to nothing) does not begin a
+/// store: there would be nothing in it but the record of this failure. Not asked
+/// before a pre_command, which may be what mounts or makes it. A single-node run and
+/// each shard worker ask it before they open (and so create) the store.
+pub(crate) fn refuse_to_begin_a_store(opts: &BackupOptions) -> Result<()> {
+    let root = opts.tree_of(&opts.source);
+    if opts.pre_command.is_none()
+        && !opts.store.join(crate::store::META_DIR).is_dir()
+        && std::fs::metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+    {
+        return Err(Error::SourceMissing(root));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_source(opts: &BackupOptions) -> Result<PathBuf> {
     let s = &opts.source;
     match std::fs::symlink_metadata(s) {

@@ -91,7 +91,7 @@ fn walk_home(
         }
         None => {
             // As the plan would be made (`worker::make_plan`).
-            let retain = super::worker::plan_retain(opts, source, prev.as_ref())?;
+            let (retain, _warned) = super::worker::plan_retain(opts, source, prev.as_ref())?;
             let (cut, from) = cut_source(opts, spec, source, prev.as_ref())?;
             (cut, from, retain)
         }

@@ -181,6 +181,7 @@ fn locked(
     let abs = std::fs::canonicalize(&store.root).unwrap_or_else(|_| store.root.clone());
     let mut rep = crate::engine::backup::new_report(&opts, &rd.run, &abs);
     rep.exclusion = plan.exclusion.clone();
+    rep.warnings.extend(plan.warnings.iter().cloned());
     rep.started_at = plan.created_at.clone();
     rep.based_on = plan.prev_run.clone().or(plan.prev.clone());
     let counters = Counters::default();

@@ -99,6 +99,11 @@ pub struct PlanFile {
     pub one_file_system: bool,
     pub spine: Vec<String>,
     pub units: Vec<UnitRec>,
+    /// What the planner warned of for the whole run (a `--retain` that expires more
+    /// than the label's last run kept): finalize puts them in the run's report.
+    /// Absent: none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
     /// What the run leaves out (`crate::exclude::Settings`, the pattern files as the
     /// planner read them): every worker must have the same, and finalize records it
     /// in the run record. Absent: nothing.
@@ -642,6 +647,7 @@ mod tests {
             cap: 1,
             spine: vec![String::new(), "flat".into()],
             units: vec![unit("u0000", None, true), unit("u0001", Some("m"), false)],
+            warnings: Vec::new(),
             exclusion: Default::default(),
         };
         assert!(plan.cut().is_ok());

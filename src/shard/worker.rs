@@ -71,6 +71,11 @@ pub struct Outcome {
     pub pre_command: Option<crate::report::HookOutcome>,
     /// A dry run (`--dry-run`): what this worker's home units hold (`dry.rs`).
     pub dry_run: Option<super::dry::DryRun>,
+    /// What its own part of the run warns of: copies under `--bwlimit` a stop gave up
+    /// (`Counters::given_up_warnings`), in the units it left. A file the window never
+    /// leaves time for is never backed up, run after run: the worker's report says so,
+    /// as a single-node run's does.
+    pub warnings: Vec<String>,
 }
 
 /// What one worker needs to build units.
@@ -110,6 +115,8 @@ struct Worker<'a> {
     /// The next of its home units (in claim order) a lane of this worker tries to claim
     /// straight away ([`pick_home`]); shared by the lanes, so each is tried once.
     home_next: std::sync::atomic::AtomicUsize,
+    /// The warnings of units a stop cut short ([`Outcome::warnings`]).
+    warnings: std::sync::Mutex<Vec<String>>,
 }
 
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
@@ -139,6 +146,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         run_id: spec.run_id.clone(),
         ..Outcome::default()
     };
+    crate::engine::backup::refuse_to_begin_a_store(opts).map_err(sort_err)?;
     let store = Store::open(&opts.store, true).map_err(sort_err)?;
     let _log = opts
         .log_file
@@ -251,6 +259,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             .bwlimit
             .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
         home_next: Default::default(),
+        warnings: Default::default(),
     };
     tracing::info!(
         run = %spec.run_id, worker = spec.index, workers = spec.count, units = cut.units.len(),
@@ -288,6 +297,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         r
     })?;
     out.window_ended = window_ended.load(Ordering::Relaxed);
+    out.warnings = ctx.warnings.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(out)
 }
 
@@ -480,12 +490,14 @@ fn join_plan(
 /// The `retain` a run's plan keeps: the run continues the label's snapshots as a
 /// single-node run does (`repo::continue_ring`): not from another tree, and without a
 /// `retain` of its own keeping what the label keeps. Also a dry run's, without a plan.
+/// With it, the warning of a `retain` that expires more than the label's last run
+/// kept, for the run's report.
 pub(super) fn plan_retain(
     opts: &BackupOptions,
     source: &std::path::Path,
     prev: Option<&Previous>,
-) -> Result<u32, ShardError> {
-    let (retain, _warned) = crate::repo::continue_ring(
+) -> Result<(u32, Option<String>), ShardError> {
+    crate::repo::continue_ring(
         prev,
         &opts.store,
         &opts.label,
@@ -494,8 +506,7 @@ pub(super) fn plan_retain(
         opts.retain,
         opts.retain_default,
     )
-    .map_err(sort_err)?;
-    Ok(retain)
+    .map_err(sort_err)
 }
 
 /// Sizes the source, cuts it and writes `plan.json` (unless another planner was first).
@@ -507,7 +518,7 @@ fn make_plan(
     prev: Option<&Previous>,
 ) -> Result<(PlanFile, String), ShardError> {
     let t0 = Instant::now();
-    let retain = plan_retain(opts, source, prev)?;
+    let (retain, lowered) = plan_retain(opts, source, prev)?;
     let (cut, sized_by) = cut_source(opts, spec, source, prev)?;
     let plan = PlanFile {
         format: 1,
@@ -531,6 +542,7 @@ fn make_plan(
         one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
+        warnings: lowered.into_iter().collect(),
         exclusion: opts.exclude_settings()?,
     };
     tracing::info!(
@@ -1137,6 +1149,14 @@ fn build(
     }
     if stop.load(Ordering::Relaxed) {
         crate::sink::Sink::abandon(sink);
+        let given_up = counters.given_up_warnings();
+        for w in &given_up {
+            tracing::warn!("unit {}: {w}", unit.id);
+        }
+        ctx.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(given_up);
         return Ok(None);
     }
     let mut root = Entry::from_meta(b".", &src_meta);

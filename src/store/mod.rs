@@ -175,7 +175,7 @@ fn open_root(root: &Path) -> Result<OwnedFd> {
         if e.kind() == std::io::ErrorKind::NotFound {
             Error::Store {
                 path: root.to_path_buf(),
-                msg: "no such store (check the path; a store in a folder is DEST/FOLDER)".into(),
+                msg: "no such store (check the path; a store in a folder is --dest DEST --folder FOLDER)".into(),
             }
         } else {
             Error::Io {
