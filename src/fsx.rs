@@ -893,22 +893,138 @@ pub fn is_read_only(fd: BorrowedFd<'_>) -> io::Result<bool> {
         .contains(rfs::StatVfsMountFlags::RDONLY))
 }
 
+/// The mount a file is on: the kernel's mount id (`statx`'s `STATX_MNT_ID`, Linux 5.8
+/// and later), else only its device. Two mounts of one file system (a bind mount) have
+/// one device and two mount ids. Read from the kernel's cache (`AT_STATX_DONT_SYNC`):
+/// no round trip over NFS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MountKey {
+    pub dev: u64,
+    pub id: Option<u64>,
+}
+
+impl MountKey {
+    /// Whether `other` is the same mount (by id where both have one, else by device).
+    pub fn same_mount(&self, other: &MountKey) -> bool {
+        match (self.id, other.id) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.dev == other.dev,
+        }
+    }
+}
+
+/// The mount open file `fd` is on ([`MountKey`]).
+pub fn mount_key(fd: BorrowedFd<'_>) -> io::Result<MountKey> {
+    let flags = AtFlags::EMPTY_PATH | AtFlags::STATX_DONT_SYNC;
+    let mask = rfs::StatxFlags::BASIC_STATS | rfs::StatxFlags::MNT_ID;
+    let x = rfs::statx(fd, c"", flags, mask)?;
+    Ok(MountKey {
+        dev: rfs::makedev(x.stx_dev_major, x.stx_dev_minor),
+        id: (x.stx_mask & rfs::StatxFlags::MNT_ID.bits() != 0).then_some(x.stx_mnt_id),
+    })
+}
+
+/// One mount, as `/proc/self/mountinfo` lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mounted {
+    /// The file system's device (`major:minor`).
+    pub dev: u64,
+    /// The directory of that file system the mount shows (`/` for a whole file system,
+    /// another for a bind mount of a directory).
+    pub root: std::path::PathBuf,
+    /// Where it is mounted.
+    pub point: std::path::PathBuf,
+}
+
+/// This process's mounts, from `/proc/self/mountinfo`.
+pub fn mounts() -> io::Result<Vec<Mounted>> {
+    let info = std::fs::read("/proc/self/mountinfo")?;
+    Ok(info
+        .split(|&c| c == b'\n')
+        .filter_map(|line| {
+            let f: Vec<&[u8]> = line.split(|&c| c == b' ').collect();
+            let (major, minor) = std::str::from_utf8(f.get(2)?).ok()?.split_once(':')?;
+            Some(Mounted {
+                dev: rfs::makedev(major.parse().ok()?, minor.parse().ok()?),
+                root: unescape_mountinfo(f.get(3)?),
+                point: unescape_mountinfo(f.get(4)?),
+            })
+        })
+        .collect())
+}
+
+/// A path as mountinfo writes it: space, tab, newline and backslash as `\ooo`.
+fn unescape_mountinfo(s: &[u8]) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let octal = s
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (s[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push(d.iter().fold(0u8, |n, c| n.wrapping_mul(8) + (c - b'0')));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out).into()
+}
+
 /// Removes `name` in `dir` and, if it is a directory, everything under it (depth
-/// first, never following a symlink). Returns the number of entries removed.
-pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<u64> {
+/// first, never following a symlink), counting each entry removed in `removed` (also
+/// when it fails part way). Never crosses into another mount: a directory below that is
+/// another file system's mount point (or a bind mount) is an error of kind
+/// `CrossesDevices`, before anything on it is touched; what was removed before it stays
+/// removed.
+pub fn remove_tree_at(dir: BorrowedFd<'_>, name: &[u8], removed: &mut u64) -> io::Result<()> {
+    let mount = mount_key(dir)?;
+    remove_tree_on(dir, name, &mount, &mut name.to_vec(), removed)
+}
+
+/// [`remove_tree_at`] below the top: `path` is `name`'s path from the top entry.
+fn remove_tree_on(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    mount: &MountKey,
+    path: &mut Vec<u8>,
+    removed: &mut u64,
+) -> io::Result<()> {
     match unlink_at(dir, name) {
-        Ok(()) => return Ok(1),
+        Ok(()) => {
+            *removed += 1;
+            return Ok(());
+        }
         Err(e)
             if errno_is(&e, rustix::io::Errno::ISDIR) || errno_is(&e, rustix::io::Errno::PERM) => {}
         Err(e) => return Err(e),
     }
     let sub = open_dir_at(dir, name)?;
-    let mut n = 0;
+    if !mount_key(sub.as_fd())?.same_mount(mount) {
+        return Err(io::Error::new(
+            io::ErrorKind::CrossesDevices,
+            format!(
+                "{} is where another file system is mounted: nothing on it is deleted",
+                crate::relpath::escape(path)
+            ),
+        ));
+    }
     for child in read_dir_names(sub.as_fd())? {
-        n += remove_tree_at(sub.as_fd(), &child)?;
+        let len = path.len();
+        path.push(b'/');
+        path.extend_from_slice(&child);
+        let r = remove_tree_on(sub.as_fd(), &child, mount, path, removed);
+        path.truncate(len);
+        r?;
     }
     rmdir_at(dir, name)?;
-    Ok(n + 1)
+    *removed += 1;
+    Ok(())
 }
 
 /// Whether `name` exists in `dir` (without following symlinks).

@@ -319,6 +319,12 @@ struct Restore<'a, R: SnapshotReader> {
     /// `--mirror`: what the snapshot's run left out (`Selected::exclusions`, the rules
     /// `diff`/`verify --against` leave out of a live tree), which it does not delete.
     excludes: Option<crate::exclude::Excludes>,
+    /// The mount `--to` is on: `--mirror` deletes nothing on another one below it
+    /// ([`Restore::mirror_deletes`]).
+    to_mount: Option<fsx::MountKey>,
+    /// The snapshot's run stayed on its source's file system (`one_file_system`): a
+    /// mount point in it is an empty directory that stood for another file system.
+    one_fs_run: bool,
 }
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
@@ -452,6 +458,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     };
     refuse_flat_mirror(opts, &sel, &reader, &found)?;
     refuse_store_inside(opts, &store, &reader, &found)?;
+    refuse_store_mounted_below(opts, &store)?;
     let (to_fd, to_was_new) =
         open_target(opts, &target, &existing).map_err(Error::on_restore_target)?;
     if let Some(fd) = to_fd.as_ref().filter(|_| !opts.dry_run) {
@@ -508,6 +515,8 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         tmp_seq: AtomicU64::new(0),
         pid: std::process::id(),
         excludes,
+        to_mount: to_fd.as_ref().and_then(|fd| fsx::mount_key(b(fd)).ok()),
+        one_fs_run: sel.run.as_ref().is_some_and(|r| r.one_file_system),
     };
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -721,6 +730,65 @@ fn refuse_store_inside<R: SnapshotReader>(
             store.root.display(),
             shown,
         )));
+    }
+    Ok(())
+}
+
+/// A mount below `--to` (or `--to` itself) that shows the store, or a directory in it,
+/// under another path: a bind mount of `daily.1/sub` at `--to/sub`, of the store's file
+/// system's root, of a directory holding the store. The restore would write into the
+/// snapshot there (`--mirror` would delete from it), and no comparison of paths sees it.
+/// Refused before anything is written (from `/proc/self/mountinfo`: where each mount of
+/// the store's file system is and which of its directories it shows). The store's own
+/// mount, showing it at its own path, is [`refuse_store_inside`]'s.
+fn refuse_store_mounted_below(opts: &RestoreOptions, store: &Store) -> Result<()> {
+    let Ok(to) = std::fs::canonicalize(&opts.to) else {
+        return Ok(());
+    };
+    let canon_store = std::fs::canonicalize(&store.root).ctx("resolve", &store.root)?;
+    let Ok(mounts) = fsx::mounts() else {
+        return Ok(());
+    };
+    let dev = fsx::fstat(b(&store.root_fd)).ctx("stat", &store.root)?.dev;
+    // The store's own mount: the deepest one above it of its device.
+    let Some(own) = mounts
+        .iter()
+        .filter(|m| m.dev == dev && canon_store.starts_with(&m.point))
+        .max_by_key(|m| m.point.components().count())
+    else {
+        return Ok(());
+    };
+    let Ok(below) = canon_store.strip_prefix(&own.point) else {
+        return Ok(());
+    };
+    // The store as a directory of its file system.
+    let in_fs = own.root.join(below);
+    for m in mounts
+        .iter()
+        .filter(|m| m.dev == dev && m.point.starts_with(&to))
+    {
+        let shows_store = match in_fs.strip_prefix(&m.root) {
+            Ok(rest) => m.point.join(rest) != canon_store,
+            Err(_) => m.root.starts_with(&in_fs),
+        };
+        if shows_store {
+            return Err(Error::Refused(format!(
+                "{} is a mount of the store's file system that shows {} there: restoring into {} would write into the backup {}; nothing was changed. Unmount it, or choose a --to without it",
+                m.point.display(),
+                if m.root.starts_with(&in_fs) {
+                    format!(
+                        "the store's {}",
+                        m.root
+                            .strip_prefix(&in_fs)
+                            .map_or_else(|_| ".".into(), |p| p.display().to_string())
+                    )
+                } else {
+                    "the store".to_string()
+                },
+                opts.to.display(),
+                store.root.display(),
+            )));
+        }
     }
     Ok(())
 }
@@ -1089,6 +1157,16 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
     }
 
+    /// A deletion that stopped at another file system mounted below (a conflict: what is
+    /// there stays, the restore goes on), or failed ([`Restore::dest_error`]).
+    fn delete_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
+        if e.kind() == std::io::ErrorKind::CrossesDevices {
+            self.conflict(rel, e.to_string());
+        } else {
+            self.dest_error(rel, action, e);
+        }
+    }
+
     /// Opens subdirectory `name` of `parent` on both sides (creating it in the target
     /// when planned) and reads its attributes. `None`: not walked (the reason is told).
     fn open_sub(&self, parent: &Node<R::Dir>, name: &[u8], sub: Sub) -> Option<Node<R::Dir>> {
@@ -1228,6 +1306,25 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return;
             }
         };
+        // Another file system mounted below --to (its contents were not backed up with
+        // `one_file_system`; otherwise not a part of --to to mirror): nothing deleted.
+        if let Some(to) = &self.to_mount
+            && fsx::mount_key(b(dst)).is_ok_and(|m| !m.same_mount(to))
+        {
+            let extra = existing
+                .iter()
+                .filter(|n| items.binary_search_by(|l| l.name().cmp(n)).is_err())
+                .count() as u64;
+            if extra > 0 && self.one_fs_run {
+                add(&self.counts.kept_excluded, extra);
+            } else if extra > 0 {
+                self.conflict(
+                    &node.dst_rel,
+                    format!("another file system is mounted here: --mirror deleted none of its {extra} entries the snapshot does not have"),
+                );
+            }
+            return;
+        }
         let tagged = self
             .excludes
             .as_ref()
@@ -1253,9 +1350,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 add(&self.counts.deleted, 1);
                 continue;
             }
-            match fsx::remove_tree_at(b(dst), &name) {
-                Ok(n) => add(&self.counts.deleted, n),
-                Err(e) => self.dest_error(&rel, "delete (mirror)", e),
+            let mut n = 0;
+            let r = fsx::remove_tree_at(b(dst), &name, &mut n);
+            add(&self.counts.deleted, n);
+            if let Err(e) = r {
+                self.delete_error(&rel, "delete (mirror)", e);
             }
         }
     }
@@ -1403,12 +1502,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
             if !self.opts.dry_run
                 && let Some(d) = &at.node.dst
             {
-                match fsx::remove_tree_at(b(d), at.name) {
-                    Ok(n) => add(&self.counts.deleted, n),
-                    Err(err) => {
-                        self.dest_error(&at.rel, "remove (mirror)", err);
-                        return;
-                    }
+                let mut n = 0;
+                let r = fsx::remove_tree_at(b(d), at.name, &mut n);
+                add(&self.counts.deleted, n);
+                if let Err(err) = r {
+                    self.delete_error(&at.rel, "remove (mirror)", err);
+                    return;
                 }
             }
             if self.create(at, e, m, None, src) {

@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -542,4 +543,148 @@ fn verify_and_diff_against_the_source_stay_on_its_file_system_for_a_repository_s
     let (code, v) = json(&["verify", "--dest", &url, "latest", "--against", s]);
     assert_eq!((code, &v[0]["clean"]), (0, &serde_json::json!(true)), "{v}");
     assert_compared_on_one_fs(&v[0], "verify --against of a copied -x snapshot");
+}
+
+/// `snapring restore ARGS --json`: exit code and report.
+fn restore_json(args: &[&OsStr]) -> (Option<i32>, serde_json::Value, String) {
+    let mut a: Vec<&OsStr> = vec!["restore".as_ref(), "--json".as_ref()];
+    a.extend_from_slice(args);
+    let out = snapring(&a, &[]);
+    (
+        out.status.code(),
+        serde_json::from_slice(&out.stdout).unwrap_or_default(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `--mirror` deletes nothing on another file system mounted below `--to`. Restored
+/// into the live source of a `-x` backup, whose snapshot holds the mount points as
+/// empty directories, it deleted every file on the mounted file systems ("complete,
+/// deleted 2"); an entry the snapshot does not have with a file system mounted below
+/// it had that file system emptied before its `rmdir` failed, and the failure ended
+/// the restore. Now the mounts' contents are kept as what the backup left out, and a
+/// mount inside an entry to delete is a conflict that leaves it, the restore going on.
+#[test]
+fn a_mirror_restore_deletes_nothing_on_another_file_system_below_to() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((src, _mounts)) = source(t.path()) else {
+        return;
+    };
+    let dest = t.path().join("backup");
+    std::fs::create_dir(&dest).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &["-x"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    write(&src.join("top.txt"), b"changed since");
+    write(&src.join("dir/plain/new.txt"), b"not in the snapshot");
+    let (code, rep, err) = restore_json(&[
+        "--dest".as_ref(),
+        dest.as_os_str(),
+        "daily.0".as_ref(),
+        "--to".as_ref(),
+        src.as_os_str(),
+        "--mirror".as_ref(),
+    ]);
+    assert_eq!(
+        (code, &rep["status"]),
+        (Some(0), &"complete".into()),
+        "{err}\n{rep}"
+    );
+    assert_eq!(std::fs::read(src.join("top.txt")).unwrap(), b"top");
+    assert!(!src.join("dir/plain/new.txt").exists(), "{rep}");
+    assert_eq!(rep["deleted"], 1, "{rep}");
+    assert_eq!(rep["kept_excluded"], 3, "the mounts' entries: {rep}");
+    assert_crossed(
+        &src,
+        "the live source after a --mirror restore of its -x snapshot",
+    );
+
+    // A plain (not -x) snapshot, into a target where an entry it does not have holds a
+    // mount: the mount and what is on it stay, the rest is restored.
+    let to = t.path().join("to");
+    let Some(_m) = tmpfs(&to.join("extra/mnt"), "0755") else {
+        return;
+    };
+    write(&to.join("extra/mnt/precious"), b"on another file system");
+    write(&to.join("extra/beside"), b"deleted: not in the snapshot");
+    let (code, rep, err) = restore_json(&[
+        "--dest".as_ref(),
+        dest.as_os_str(),
+        "daily.0".as_ref(),
+        "--to".as_ref(),
+        to.as_os_str(),
+        "--mirror".as_ref(),
+    ]);
+    assert_eq!(
+        (code, &rep["status"]),
+        (Some(2), &"partial".into()),
+        "{err}\n{rep}"
+    );
+    assert_eq!(
+        std::fs::read(to.join("extra/mnt/precious")).unwrap(),
+        b"on another file system"
+    );
+    let conflicts = rep["conflicts"].to_string();
+    assert!(
+        conflicts.contains("extra/mnt is where another file system is mounted"),
+        "{rep}"
+    );
+    assert_eq!(std::fs::read(to.join("top.txt")).unwrap(), b"top", "{rep}");
+    assert_eq!(
+        std::fs::read(to.join("dir/plain/deep.txt")).unwrap(),
+        b"deep",
+        "{rep}"
+    );
+}
+
+/// A bind mount below `--to` of a directory in the store: a restore into `--to` wrote
+/// into that snapshot (`verify` then said DAMAGED), and `--mirror` deleted from it. No
+/// comparison of paths sees it; refused (exit 64) before anything is written.
+#[test]
+fn a_restore_into_a_tree_holding_a_bind_mount_of_the_store_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("sub/one"), b"one");
+    let dest = t.path().join("backup");
+    std::fs::create_dir(&dest).unwrap();
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    write(&src.join("sub/two"), b"two");
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    for (mode, bound) in [(None, "daily.1/sub"), (Some("--mirror"), "daily.1")] {
+        let to = t.path().join(format!("to-{}", mode.unwrap_or("plain")));
+        let at = to.join("sub");
+        std::fs::create_dir_all(&at).unwrap();
+        let out = Command::new("mount")
+            .arg("--bind")
+            .arg(dest.join(bound))
+            .arg(&at)
+            .output()
+            .unwrap();
+        if !out.status.success() {
+            eprintln!(
+                "SKIPPED: cannot bind mount: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return;
+        }
+        let _m = Mounted(at.clone());
+        let mut args: Vec<&OsStr> = vec![
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ];
+        args.extend(mode.map(OsStr::new));
+        let (code, _, err) = restore_json(&args);
+        assert_eq!(code, Some(64), "{mode:?}: {err}");
+        assert!(
+            err.contains("is a mount of the store's file system that shows the store's"),
+            "{err}"
+        );
+        drop(_m);
+        assert_verify_clean(&dest, &["--all"]);
+    }
+    assert!(!dest.join("daily.1/sub/two").exists());
 }

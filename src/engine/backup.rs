@@ -404,36 +404,13 @@ pub(crate) fn check_source(opts: &BackupOptions) -> Result<PathBuf> {
 /// devices with the parent).
 pub fn is_mount_point(p: &Path) -> Result<bool> {
     let canon = std::fs::canonicalize(p).ctx("resolve", p)?;
-    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
-        let mut points = info
-            .lines()
-            .filter_map(|l| l.split(' ').nth(4))
-            .map(unescape_mountinfo);
-        return Ok(points.any(|m| Path::new(&m) == canon));
+    if let Ok(mounts) = fsx::mounts() {
+        return Ok(mounts.iter().any(|m| m.point == canon));
     }
     use std::os::unix::fs::MetadataExt;
     let me = std::fs::metadata(&canon).ctx("stat", &canon)?;
     let parent = std::fs::metadata(canon.join("..")).ctx("stat", &canon)?;
     Ok(me.dev() != parent.dev() || me.ino() == parent.ino())
-}
-
-fn unescape_mountinfo(s: &str) -> String {
-    let mut out = Vec::new();
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 3 < b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            out.push(u8::from_str_radix(&s[i + 1..i + 4], 8).unwrap_or(b'?'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// What a run starts from, once the guards passed.
