@@ -328,8 +328,50 @@ struct Restore<'a, R: SnapshotReader> {
 }
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
-/// once a restore has walked the whole tree.
+/// once a restore has walked the whole tree. When the restore puts an entry of that
+/// name into the target root (a snapshot of a tree that held a stopped restore), or a
+/// file of that name there is not a record, the record is `<name>.1`, `<name>.2`, …
+/// ([`marker_name`]).
 const UNFINISHED: &[u8] = b".snapring-restore-unfinished";
+
+/// Whether `n` is a name the record of unfinished work may have ([`UNFINISHED`]).
+fn is_marker_name(n: &[u8]) -> bool {
+    n.strip_prefix(UNFINISHED).is_some_and(|rest| {
+        rest.is_empty()
+            || rest
+                .strip_prefix(b".")
+                .is_some_and(|d| !d.is_empty() && d.iter().all(u8::is_ascii_digit))
+    })
+}
+
+/// The record's name in target root `to`: the first of [`UNFINISHED`], `….1`, `….2`, …
+/// that the restore does not put there (`restored`: the names of the entries it writes
+/// into the target root), and that is either absent or a record (each line `d
+/// <path>`; a user's file of that name is left alone). The same on a rerun of the same
+/// restore, which so finds the record of the stopped one.
+fn marker_name(to: &OwnedFd, restored: &[Vec<u8>]) -> Vec<u8> {
+    use std::io::Read;
+    let is_record = |name: &[u8]| match fsx::open_read_at(b(to), name) {
+        Err(e) => fsx::errno_is(&e, Errno::NOENT),
+        Ok(fd) => {
+            let mut text = Vec::new();
+            std::fs::File::from(fd)
+                .take(1 << 30)
+                .read_to_end(&mut text)
+                .is_ok()
+                && text
+                    .split(|&c| c == b'\n')
+                    .all(|l| l.is_empty() || l.starts_with(b"d "))
+        }
+    };
+    (0..)
+        .map(|i| match i {
+            0 => UNFINISHED.to_vec(),
+            i => [UNFINISHED, format!(".{i}").as_bytes()].concat(),
+        })
+        .find(|n| !restored.contains(n) && is_record(n))
+        .expect("an unbounded range")
+}
 /// Files in directories that were there before are written as
 /// `.snapring-restore.<tag>.tmp`, then renamed into place.
 const TMP_PREFIX: &[u8] = b".snapring-restore.";
@@ -351,6 +393,8 @@ const TMP_SUFFIX: &[u8] = b".tmp";
 /// metadata is applied again after that, as removing an entry touches its mtime).
 #[derive(Default)]
 struct Unfinished {
+    /// The record's name in the target root ([`marker_name`]).
+    name: Vec<u8>,
     /// The record, appended to (`None` in a dry run).
     log: Option<Mutex<std::fs::File>>,
     /// Lines not yet written: the directories of a listing are recorded in one write,
@@ -363,11 +407,16 @@ struct Unfinished {
 }
 
 impl Unfinished {
-    fn open(to: &OwnedFd, to_path: &Path, to_was_new: bool) -> Result<Self> {
+    /// `restored`: the names the restore puts into the target root ([`marker_name`]).
+    fn open(to: &OwnedFd, to_path: &Path, to_was_new: bool, restored: &[Vec<u8>]) -> Result<Self> {
         use std::io::Read;
-        let path = to_path.join(std::ffi::OsStr::from_bytes(UNFINISHED));
-        let mut u = Unfinished::default();
-        match fsx::open_read_at(b(to), UNFINISHED) {
+        let name = marker_name(to, restored);
+        let path = to_path.join(std::ffi::OsStr::from_bytes(&name));
+        let mut u = Unfinished {
+            name,
+            ..Unfinished::default()
+        };
+        match fsx::open_read_at(b(to), &u.name) {
             Ok(fd) => {
                 let mut text = String::new();
                 std::fs::File::from(fd)
@@ -421,18 +470,22 @@ impl Unfinished {
         Ok(())
     }
 
-    /// This run made the record (none was there) and wrote nothing into it.
-    fn is_empty_new(&self, to_was_new: bool) -> bool {
-        self.log.is_some() && !self.rerun && !to_was_new
-    }
-
     fn created_before(&self, rel: &RelPath) -> bool {
         self.rerun && self.ours.contains(&rel.escaped())
     }
 }
 
+/// Whether `n` is a name [`Restore::tmp_name`] makes (`<prefix><pid>-<n><suffix>`): a
+/// user's file that only begins and ends alike is not deleted as a leftover.
 fn is_tmp_name(n: &[u8]) -> bool {
-    n.starts_with(TMP_PREFIX) && n.ends_with(TMP_SUFFIX)
+    n.strip_prefix(TMP_PREFIX)
+        .and_then(|r| r.strip_suffix(TMP_SUFFIX))
+        .and_then(|tag| {
+            let (pid, seq) = tag.split_at(tag.iter().position(|&c| c == b'-')?);
+            let digits = |d: &[u8]| !d.is_empty() && d.iter().all(u8::is_ascii_digit);
+            Some(digits(pid) && digits(&seq[1..]))
+        })
+        .unwrap_or(false)
 }
 
 /// Restores per `opts`. `Err` only when nothing could start (unknown snapshot or path,
@@ -464,12 +517,6 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     if let Some(fd) = to_fd.as_ref().filter(|_| !opts.dry_run) {
         lock_target(fd, &opts.to)?;
     }
-    let unfinished = match &to_fd {
-        Some(fd) if !opts.dry_run => {
-            Unfinished::open(fd, &opts.to, to_was_new).map_err(Error::on_restore_target)?
-        }
-        _ => Unfinished::default(),
-    };
     let mut created_ancestors = Vec::new();
     let mut start = plan_start(
         opts,
@@ -479,16 +526,15 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         (to_fd.as_ref(), to_was_new),
         &mut created_ancestors,
     )
-    .map_err(|e| {
-        // Refused before the walk: a record this run made and left empty says nothing.
-        if let Some(fd) = to_fd
-            .as_ref()
-            .filter(|_| unfinished.is_empty_new(to_was_new))
-        {
-            let _ = rustix::fs::unlinkat(fd, UNFINISHED, rustix::fs::AtFlags::empty());
+    .map_err(Error::on_restore_target)?;
+    let unfinished = match &to_fd {
+        Some(fd) if !opts.dry_run => {
+            let restored = root_names(&reader, &start);
+            Unfinished::open(fd, &opts.to, to_was_new, &restored)
+                .map_err(Error::on_restore_target)?
         }
-        e.on_restore_target()
-    })?;
+        _ => Unfinished::default(),
+    };
     // A directory an earlier, stopped restore created gets the snapshot's metadata.
     let whole_dir = start.only.is_none();
     if whole_dir && !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
@@ -645,7 +691,7 @@ fn refuse_flat_mirror<R: SnapshotReader>(
     let mut others: Vec<String> = theirs
         .iter()
         .map(|n| n.as_bytes())
-        .filter(|n| *n != UNFINISHED && !ours.iter().any(|l| l.name() == *n))
+        .filter(|n| !is_marker_name(n) && !ours.iter().any(|l| l.name() == *n))
         .map(|n| String::from_utf8_lossy(n).into_owned())
         .collect();
     if others.is_empty() {
@@ -851,6 +897,21 @@ fn plan_start<R: SnapshotReader>(
         xattrs,
     };
     Ok(Start { node, only })
+}
+
+/// The names of the entries the restore puts into the target root: the restored
+/// directory's (the whole snapshot, or `--flat` of a directory), the one entry of
+/// `--flat` of a file, or the first directory of `--path`'s place.
+fn root_names<R: SnapshotReader>(reader: &R, start: &Start<R::Dir>) -> Vec<Vec<u8>> {
+    let node = &start.node;
+    match (node.dst_rel.components().next(), &start.only) {
+        (Some(first), _) => vec![first.to_vec()],
+        (None, Some(only)) => vec![only.name().to_vec()],
+        (None, None) => reader
+            .list(&node.src)
+            .map(|l| l.iter().map(|l| l.name().to_vec()).collect())
+            .unwrap_or_default(),
+    }
 }
 
 fn dup(fd: &OwnedFd) -> OwnedFd {
@@ -1272,7 +1333,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             return;
         };
         let _ = crate::failpoint::hit("restore.before_done");
-        if let Err(e) = fsx::unlink_at(b(to), UNFINISHED) {
+        if let Err(e) = fsx::unlink_at(b(to), &self.unfinished.name) {
             self.dest_error(&RelPath::root(), "remove the restore's record", e);
             return;
         }
@@ -1331,7 +1392,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             .and_then(|ex| ex.keep_in(b(dst), &existing));
         for name in &existing {
             if items.binary_search_by(|l| l.name().cmp(name)).is_ok()
-                || (node.dst_rel.is_root() && name == UNFINISHED)
+                || (node.dst_rel.is_root() && *name == self.unfinished.name)
             {
                 continue;
             }

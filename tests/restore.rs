@@ -1708,3 +1708,75 @@ fn every_command_that_reads_a_store_takes_its_folder() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+/// A snapshot holding an entry named like the record of a stopped restore
+/// (`.snapring-restore-unfinished`: a backup of a tree into which a restore was
+/// stopped) restores: into a new `--to` the restore failed ("File exists", nothing
+/// restored), and with `--overwrite` into an existing one it reported `complete` and
+/// then deleted the restored file as its own record. Now the record takes another name
+/// (`….1`); a user's own file of that name in `--to` is never taken for a record, and a
+/// user's file that only looks like a temporary name is not deleted as a leftover.
+#[test]
+fn a_snapshot_entry_named_like_the_restore_record_is_restored() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    write(&src.join(".snapring-restore-unfinished"), b"USERDATA");
+    write(&src.join("a"), b"a");
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let restore = |to: &Path, extra: &[&str]| {
+        let mut a: Vec<&OsStr> = vec![
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ];
+        a.extend(extra.iter().map(OsStr::new));
+        let out = snapring(&a, &[]);
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            out.status.code(),
+            rep,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let new = t.path().join("new");
+    let (code, rep, err) = restore(&new, &[]);
+    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_same_tree(&describe(&src), &describe(&new), "restored into a new --to");
+    let old = t.path().join("old");
+    write(&old.join("other"), b"x");
+    let (code, rep, err) = restore(&old, &["--overwrite"]);
+    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(
+        std::fs::read(old.join(".snapring-restore-unfinished")).unwrap(),
+        b"USERDATA"
+    );
+    assert_eq!(std::fs::read(old.join("other")).unwrap(), b"x");
+    assert!(!old.join(".snapring-restore-unfinished.1").exists());
+    // The rerun of a restore stopped there (its record is `….1`, since the snapshot
+    // has the first name) deletes the stopped restore's temporary files, and not a
+    // user's file that only begins and ends like one.
+    let mine = t.path().join("mine");
+    write(&mine.join(".snapring-restore-unfinished.1"), b"");
+    write(&mine.join(".snapring-restore.notes.tmp"), b"mine");
+    write(&mine.join(".snapring-restore.123-4.tmp"), b"a leftover");
+    let (code, rep, err) = restore(&mine, &[]);
+    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(
+        std::fs::read(mine.join(".snapring-restore-unfinished")).unwrap(),
+        b"USERDATA"
+    );
+    assert_eq!(
+        std::fs::read(mine.join(".snapring-restore.notes.tmp")).unwrap(),
+        b"mine"
+    );
+    assert!(!mine.join(".snapring-restore.123-4.tmp").exists());
+    assert!(
+        !mine.join(".snapring-restore-unfinished.1").exists(),
+        "the record stays"
+    );
+}
