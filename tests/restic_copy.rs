@@ -584,3 +584,81 @@ fn a_stopped_copy_without_a_manifest_is_incomplete() {
     assert_eq!(out.status.code(), Some(3), "{r}{out:?}");
     assert_eq!(r["status"], "incomplete", "{r}");
 }
+
+/// A copy that left a damaged file out is tagged `partial`, and the same store
+/// snapshot, once repaired, is copied again: the copy said "is in the repository
+/// already … nothing copied", exit 0, for ever, and the repository never got the file.
+#[test]
+fn a_partial_copy_is_copied_again_once_the_store_is_repaired() {
+    use std::io::{Seek, SeekFrom, Write};
+    let f = Fixture::new();
+    f.store_backup("7");
+    let file = f.backups.join("fs-1/daily.0/d0/f3");
+    let flip = || {
+        let mut b = std::fs::read(&file).unwrap();
+        b[100] ^= 0x40;
+        let mut w = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        w.seek(SeekFrom::Start(100)).unwrap();
+        w.write_all(&b[100..101]).unwrap();
+    };
+    flip();
+    let copy = || {
+        sr(&[
+            "copy",
+            "--dest",
+            f.backups.to_str().unwrap(),
+            "--folder",
+            "fs-1",
+            "daily.0",
+            "--to",
+            &f.url(),
+            "--json",
+        ])
+    };
+    let (code, first, err) = copy();
+    assert_eq!(
+        (code, &first["status"]),
+        (2, &"partial".into()),
+        "{first}{err}"
+    );
+    let tags = |id: &serde_json::Value| {
+        let (code, list, err) = sr(&["list", "--dest", &f.url(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["id"] == *id)
+            .unwrap_or_else(|| panic!("{id} not in {list}"))["tags"]
+            .clone()
+    };
+    let partial = tags(&first["snapshot"]);
+    assert!(partial.to_string().contains("\"partial\""), "{partial}");
+    // Repaired (the byte flipped back): copied again, whole.
+    flip();
+    let (code, second, err) = copy();
+    assert_eq!(
+        (code, &second["status"]),
+        (0, &"complete".into()),
+        "{second}{err}"
+    );
+    assert_eq!(
+        second["repository"]["copied_from"]["already_copied"], false,
+        "{second}"
+    );
+    assert_ne!(second["snapshot"], first["snapshot"], "{second}");
+    let whole = tags(&second["snapshot"]);
+    assert!(!whole.to_string().contains("\"partial\""), "{whole}");
+    let restored = f.restore(second["snapshot"].as_str().unwrap(), "r");
+    assert_same_tree(
+        &describe(&f.backups.join("fs-1/daily.0")),
+        &describe(&restored),
+        "the second copy",
+    );
+    // Copied whole now: not again.
+    let (code, third, err) = copy();
+    assert_eq!(code, 0, "{third}{err}");
+    assert_eq!(
+        third["repository"]["copied_from"]["already_copied"], true,
+        "{third}"
+    );
+}

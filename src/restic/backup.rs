@@ -359,6 +359,10 @@ pub fn snapshot_locked(
         }
     };
     report.added = packer.finish(repo)?;
+    let mut tags = spec.tags;
+    if !report.problems.is_empty() {
+        tags.push(super::snapshot::PARTIAL_TAG.into());
+    }
     let snap = Snapshot {
         time: super::go_time(start_time),
         parent: parent.as_ref().map(|(id, _)| *id),
@@ -368,7 +372,7 @@ pub fn snapshot_locked(
         username: std::env::var("USER").unwrap_or_default(),
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
-        tags: spec.tags,
+        tags,
         excludes: spec.exclusion.excludes.clone(),
         program_version: Some(format!("snapring {}", env!("CARGO_PKG_VERSION"))),
         ..Default::default()

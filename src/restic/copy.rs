@@ -8,7 +8,8 @@
 //! parent's node: a file linked into a store snapshot is never changed in place
 //! (ARCHITECTURE.md, invariant 2). restic's own compare key cannot be used: every
 //! rotation's new hard links change each file's ctime. A snapshot already copied (tag
-//! `run=<id>`) is not copied again. Reads the store, writes the repository.
+//! `run=<id>`) is not copied again, unless that copy was `partial` (tag `partial`).
+//! Reads the store, writes the repository.
 
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -109,7 +110,13 @@ pub fn copy(
         reused_by_inode: 0,
         backup: BackupReport::default(),
     };
-    if let Some((id, _)) = copies.iter().find(|(_, s)| tag_is(s, "run", &run)) {
+    // A copy that left entries out (`partial`) is not the snapshot copied: copied
+    // again (the store repaired, or the file readable now), as a new snapshot.
+    let whole = |s: &Snapshot| !s.tags.iter().any(|t| t == super::snapshot::PARTIAL_TAG);
+    if let Some((id, _)) = copies
+        .iter()
+        .find(|(_, s)| tag_is(s, "run", &run) && whole(s))
+    {
         lock.release()?;
         report.already_copied = true;
         report.backup.snapshot = id.hex();

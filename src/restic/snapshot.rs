@@ -41,6 +41,11 @@ fn is_zero(x: &u32) -> bool {
     *x == 0
 }
 
+/// The tag of a snapshot whose walk left entries out (unreadable, vanished: its run was
+/// `partial`). `copy` copies a store snapshot again whose copy has it; `restic
+/// snapshots --tag partial` lists them.
+pub const PARTIAL_TAG: &str = "partial";
+
 /// The tag of a snapshot made with `--one-file-system` (a mount point below the source
 /// is an empty tree in it): `diff`/`verify --against` then stay on the live tree's file
 /// system too.
