@@ -445,7 +445,9 @@ fn unsupported(e: &rustix::io::Errno) -> bool {
     *e == rustix::io::Errno::NOTSUP || *e == rustix::io::Errno::OPNOTSUPP
 }
 
-pub fn read_xattrs(t: &XattrTarget<'_>) -> io::Result<Xattrs> {
+/// The names of an entry's extended attributes, as `listxattr` gives them (unsorted).
+/// A file system without xattr support has none.
+pub fn xattr_names(t: &XattrTarget<'_>) -> io::Result<Vec<Vec<u8>>> {
     let mut list = vec![0u8; 1024];
     loop {
         let r = match t {
@@ -462,20 +464,29 @@ pub fn read_xattrs(t: &XattrTarget<'_>) -> io::Result<Xattrs> {
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(list
+        .split(|b| *b == 0)
+        .filter(|n| !n.is_empty())
+        .map(<[u8]>::to_vec)
+        .collect())
+}
+
+pub fn read_xattrs(t: &XattrTarget<'_>) -> io::Result<Xattrs> {
+    let names = xattr_names(t)?;
     let mut out = Vec::new();
-    for name in list.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    for name in names {
         let mut val = vec![0u8; 256];
         loop {
             let r = match t {
-                XattrTarget::Fd(fd) => rfs::fgetxattr(fd, name, &mut val[..]),
+                XattrTarget::Fd(fd) => rfs::fgetxattr(fd, name.as_slice(), &mut val[..]),
                 XattrTarget::At(d, n) => {
-                    rfs::lgetxattr(proc_path(*d, n).as_slice(), name, &mut val[..])
+                    rfs::lgetxattr(proc_path(*d, n).as_slice(), name.as_slice(), &mut val[..])
                 }
             };
             match r {
                 Ok(len) => {
                     val.truncate(len);
-                    out.push((name.to_vec(), val));
+                    out.push((name, val));
                     break;
                 }
                 Err(rustix::io::Errno::RANGE) => val.resize(val.len() * 4, 0),
@@ -522,6 +533,61 @@ pub fn write_xattrs(t: &XattrTarget<'_>, xs: &Xattrs) -> io::Result<Refused> {
         }
     }
     Ok(refused)
+}
+
+/// The POSIX access ACL, as an attribute: what a file or directory created in a
+/// directory with a default ACL inherits.
+pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";
+/// The POSIX default ACL, as an attribute: what a directory created in a directory with
+/// one inherits, and passes on.
+pub const ACL_DEFAULT: &[u8] = b"system.posix_acl_default";
+/// What an entry created in a directory with a default ACL may have inherited: a
+/// directory both ACLs, anything else (but a symlink) the access ACL.
+pub const INHERITED_DIR: &[&[u8]] = &[ACL_ACCESS, ACL_DEFAULT];
+pub const INHERITED: &[&[u8]] = &[ACL_ACCESS];
+
+/// An attribute a restore makes equal to the snapshot's, so removes when the snapshot
+/// does not have it: `user.*`, `trusted.*` and the POSIX ACLs. Never `security.*`
+/// (SELinux labels are the policy's; `security.capability` is only ever set, from the
+/// snapshot), nor other `system.*` ones (a file system's own).
+pub fn managed_xattr(name: &[u8]) -> bool {
+    name.starts_with(b"user.")
+        || name.starts_with(b"trusted.")
+        || name == ACL_ACCESS
+        || name == ACL_DEFAULT
+}
+
+/// Removes those of `names` that are managed ([`managed_xattr`]) and not in `keep`;
+/// one already gone (ENODATA), or a file system without xattrs, is no error. Whether
+/// one was removed.
+pub fn remove_xattrs<N: AsRef<[u8]>>(
+    t: &XattrTarget<'_>,
+    names: &[N],
+    keep: &Xattrs,
+) -> io::Result<bool> {
+    let mut removed = false;
+    for name in names.iter().map(AsRef::as_ref) {
+        if !managed_xattr(name) || keep.iter().any(|(k, _)| k == name) {
+            continue;
+        }
+        let r = match t {
+            XattrTarget::Fd(fd) => rfs::fremovexattr(fd, name),
+            XattrTarget::At(d, n) => rfs::lremovexattr(proc_path(*d, n).as_slice(), name),
+        };
+        match r {
+            Ok(()) => removed = true,
+            Err(rustix::io::Errno::NODATA) => {}
+            Err(e) if unsupported(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(removed)
+}
+
+/// Removes every managed attribute ([`managed_xattr`]) the entry has and `keep` does
+/// not: one `listxattr`, then a call per attribute removed.
+pub fn remove_other_xattrs(t: &XattrTarget<'_>, keep: &Xattrs) -> io::Result<bool> {
+    remove_xattrs(t, &xattr_names(t)?, keep)
 }
 
 /// A digest of an xattr list, stored in manifests to detect attribute-only changes.

@@ -241,6 +241,17 @@ struct Node<D> {
     /// [`Unfinished`]): its files are written under their own names, no temporary name
     /// and rename (two round trips per file on NFS), and a rerun replaces what differs.
     ours: bool,
+    /// What is created in the target directory may inherit a default ACL from it: it
+    /// has one (or could not be asked), or the restore created it (its snapshot
+    /// metadata comes last) in a directory that may have passed one on. Entries created
+    /// here then lose the inherited ACL the snapshot's entry does not have (a named
+    /// user's entry it never had is a grant); elsewhere that costs no call.
+    may_inherit: bool,
+    /// The managed attributes ([`fsx::managed_xattr`]) the target directory had when
+    /// opened (one the restore created: the ACLs it may have inherited), removed when it
+    /// gets the snapshot's metadata unless the snapshot has them. `None`: unknown, listed
+    /// again then.
+    had_xattrs: Option<Vec<Vec<u8>>>,
     meta: Meta,
     xattrs: Xattrs,
 }
@@ -574,7 +585,9 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         done.store(true, Ordering::Relaxed);
     });
     // Ancestors the restore created get the snapshot's metadata, deepest first.
+    // Each may have inherited a default ACL (and passed it on): the snapshot's only.
     for (fd, m, xs) in created_ancestors.iter().rev() {
+        let _ = fsx::remove_xattrs(&XattrTarget::Fd(b(fd)), fsx::INHERITED_DIR, xs);
         let _ = fsx::apply_dir_meta(b(fd), m, xs);
     }
     r.finish_unfinished(root_meta);
@@ -884,6 +897,11 @@ fn plan_start<R: SnapshotReader>(
     };
     let meta = reader.dir_meta(&src).ctx("stat", &sel.path)?;
     let xattrs = reader.xattrs(&src, None).unwrap_or_default();
+    // Whatever made it (the user, `open_target`, `make_ancestors`), it is there: asked.
+    let (may_inherit, had_xattrs) = match &dst {
+        Some(fd) if !opts.dry_run => target_dir_xattrs(fd),
+        _ => (false, Some(Vec::new())),
+    };
     let node = Node {
         src,
         dst,
@@ -893,6 +911,8 @@ fn plan_start<R: SnapshotReader>(
         // Restoring into a new or empty --to (not under existing ancestors of --path).
         fresh: to_was_new && (opts.path.is_none() || opts.flat),
         ours: to_was_new && (opts.path.is_none() || opts.flat),
+        may_inherit,
+        had_xattrs,
         meta,
         xattrs,
     };
@@ -911,6 +931,20 @@ fn root_names<R: SnapshotReader>(reader: &R, start: &Start<R::Dir>) -> Vec<Vec<u
             .list(&node.src)
             .map(|l| l.iter().map(|l| l.name().to_vec()).collect())
             .unwrap_or_default(),
+    }
+}
+
+/// A target directory that is there (not one the restore just created): whether what
+/// is created in it inherits a default ACL, and its managed attributes (see [`Node`]).
+/// One `listxattr`, a round trip on NFS, per such directory. Unlisted: taken to pass one
+/// on, and listed again when it gets the snapshot's metadata.
+fn target_dir_xattrs(fd: &OwnedFd) -> (bool, Option<Vec<Vec<u8>>>) {
+    match fsx::xattr_names(&XattrTarget::Fd(b(fd))) {
+        Ok(mut names) => {
+            names.retain(|n| fsx::managed_xattr(n));
+            (names.iter().any(|n| n == fsx::ACL_DEFAULT), Some(names))
+        }
+        Err(_) => (true, None),
     }
 }
 
@@ -1127,11 +1161,20 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
     fn finish(&self, dir: &Dir<Node<R::Dir>>) {
         let node = &dir.state;
         let _ = crate::failpoint::hit("restore.dir_meta");
-        if node.apply_meta
-            && !self.cancel.load(Ordering::Relaxed)
-            && let Some(dst) = &node.dst
-            && let Err(e) = fsx::apply_dir_meta(b(dst), &node.meta, &node.xattrs)
-        {
+        if !node.apply_meta || self.cancel.load(Ordering::Relaxed) {
+            return;
+        }
+        let Some(dst) = &node.dst else { return };
+        // Exactly the snapshot's attributes: what it does not have goes first.
+        let t = XattrTarget::Fd(b(dst));
+        let removed = match &node.had_xattrs {
+            Some(names) => fsx::remove_xattrs(&t, names, &node.xattrs),
+            None => fsx::remove_other_xattrs(&t, &node.xattrs),
+        };
+        if let Err(e) = removed {
+            self.dest_error(&node.dst_rel, "remove extended attributes", e);
+        }
+        if let Err(e) = fsx::apply_dir_meta(b(dst), &node.meta, &node.xattrs) {
             self.dest_error(&node.dst_rel, "set directory metadata", e);
         }
     }
@@ -1270,6 +1313,17 @@ impl<R: SnapshotReader> Restore<'_, R> {
             Vec::new()
         });
         let ours = sub.create || self.unfinished.created_before(&rel);
+        let (may_inherit, had_xattrs) = match &dst {
+            Some(_) if self.opts.dry_run => (false, Some(Vec::new())),
+            // Made just now: it has what its parent passed on, if anything.
+            Some(_) if sub.create => {
+                let inherited = fsx::INHERITED_DIR.iter().map(|n| n.to_vec());
+                let had = inherited.filter(|_| parent.may_inherit).collect();
+                (parent.may_inherit, Some(had))
+            }
+            Some(fd) => target_dir_xattrs(fd),
+            None => (false, Some(Vec::new())),
+        };
         Some(Node {
             src,
             dst,
@@ -1278,6 +1332,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
             dst_rel: rel,
             apply_meta: sub.apply_meta,
             fresh: sub.create,
+            may_inherit,
+            had_xattrs,
             meta: sub.meta,
             xattrs,
         })
@@ -1925,9 +1981,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
         // Tests kill a restore here: bytes written, metadata not yet.
         let _ = crate::failpoint::hit("restore.file");
+        let t = XattrTarget::Fd(b(&dst));
         let r = self
             .owner_mode(b(&dst), m)
-            .and_then(|_| fsx::write_xattrs(&XattrTarget::Fd(b(&dst)), &xattrs))
+            .and_then(|_| self.remove_inherited(at.node, &t, fsx::INHERITED, &xattrs))
+            .and_then(|_| fsx::write_xattrs(&t, &xattrs))
             .and_then(|refused| {
                 for (n, why) in refused {
                     self.problem(
@@ -1971,6 +2029,23 @@ impl<R: SnapshotReader> Restore<'_, R> {
         Ok(())
     }
 
+    /// An entry just created in `node`'s target directory loses what it may have
+    /// inherited there (`names`) and the snapshot's entry (`keep`) does not have; only
+    /// where the directory may pass on a default ACL (no call elsewhere). Its owner and
+    /// mode are set before: removing an ACL leaves the mode as it is.
+    fn remove_inherited(
+        &self,
+        node: &Node<R::Dir>,
+        t: &XattrTarget<'_>,
+        names: &[&[u8]],
+        keep: &Xattrs,
+    ) -> std::io::Result<()> {
+        if node.may_inherit {
+            fsx::remove_xattrs(t, names, keep)?;
+        }
+        Ok(())
+    }
+
     fn copy_special(
         &self,
         at: &At<'_, R::Dir>,
@@ -2002,8 +2077,16 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
         // Tests kill a restore here: the entry made, its metadata not yet set.
         let _ = crate::failpoint::hit("restore.special");
+        let t = XattrTarget::At(b(dst), to);
+        // A symlink has no ACL to inherit.
+        let inherited = if m.kind == Kind::Symlink {
+            &[]
+        } else {
+            fsx::INHERITED
+        };
         let r = fsx::apply_meta_at(b(dst), to, m)
-            .and_then(|_| fsx::write_xattrs(&XattrTarget::At(b(dst), to), &xattrs))
+            .and_then(|_| self.remove_inherited(at.node, &t, inherited, &xattrs))
+            .and_then(|_| fsx::write_xattrs(&t, &xattrs))
             .and_then(|_| fsx::apply_times_at(b(dst), to, m));
         if let Err(e) = r {
             self.dest_error(&at.rel, "set metadata", e);

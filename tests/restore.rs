@@ -1780,3 +1780,101 @@ fn a_snapshot_entry_named_like_the_restore_record_is_restored() {
         "the record stays"
     );
 }
+
+/// `setfacl ARGS… PATH`.
+fn setfacl(args: &[&str], p: &Path) {
+    let st = Command::new("setfacl").args(args).arg(p).status().unwrap();
+    assert!(st.success(), "setfacl {args:?} {}", p.display());
+}
+
+#[test]
+fn overwrite_and_mirror_leave_a_directory_exactly_the_snapshots_xattrs_and_acls() {
+    for mode in ["--overwrite", "--mirror"] {
+        let t = tempfile::tempdir().unwrap();
+        let (src, store, to) = (
+            t.path().join("src"),
+            t.path().join("store"),
+            t.path().join("to"),
+        );
+        write(&src.join("d/f"), b"f\n");
+        set_xattr(&src.join("d"), "user.kept", b"the snapshot's");
+        ok_backup(&src, &store);
+        let (code, _, err) = restore(&store, "daily.0", &to, &[]);
+        assert_eq!(code, 0, "{err}");
+        let d = to.join("d");
+        // A grant the snapshot never had, on the directory and on what is made in it; an
+        // attribute it does not have, one of its own changed; and a security.* label,
+        // the policy's (SELinux), which stays.
+        setfacl(&["-m", "u:999:rwx"], &d);
+        setfacl(&["-d", "-m", "u:999:rwx"], &d);
+        set_xattr(&d, "user.extra", b"1");
+        set_xattr(&d, "user.kept", b"changed");
+        set_xattr(&d, "security.snapring-test", b"label");
+        // Made again by the restore, inside the directory with the default ACL.
+        std::fs::remove_file(d.join("f")).unwrap();
+
+        let (code, rep, err) = restore(&store, "daily.0", &to, &[mode]);
+        assert_eq!(code, 0, "{mode}: {err}\n{rep}");
+        assert_eq!(rep["status"], "complete", "{mode}: {rep}");
+        let mut got = describe(&to);
+        let label = (b"security.snapring-test".to_vec(), b"label".to_vec());
+        let dx = &mut got.get_mut(b"d".as_slice()).unwrap().xattrs;
+        assert!(dx.contains(&label), "{mode}: security.* removed: {dx:?}");
+        dx.retain(|x| *x != label);
+        assert_same_tree(&describe(&src), &got, mode);
+    }
+}
+
+#[test]
+fn entries_restored_into_a_directory_with_a_default_acl_get_the_snapshots_acls_only() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("d/f"), b"f\n");
+    write(&src.join("d/e/g"), b"g\n");
+    write(&src.join("d/own-acl"), b"h\n");
+    setfacl(&["-m", "u:998:r"], &src.join("d/own-acl"));
+    chmod(&src.join("d/e"), 0o750);
+    let fifo = Command::new("mkfifo")
+        .arg(src.join("d/p"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    std::os::unix::fs::symlink("f", src.join("d/l")).unwrap();
+    ok_backup(&src, &store);
+    let want = describe(&src);
+    // The user's directory (not empty: not the restore's own), with a default ACL that
+    // grants uid 999 everything made in it.
+    let user_dir = |name: &str| {
+        let to = t.path().join(name);
+        write(&to.join("keep"), b"the user's");
+        setfacl(&["-d", "-m", "u:999:rwx,o::-"], &to);
+        to
+    };
+
+    let to = user_dir("to");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    let mut got = describe(&to);
+    got.remove(b"keep".as_slice());
+    let root = got.remove(b"".as_slice()).unwrap();
+    let acl_default = b"system.posix_acl_default".as_slice();
+    assert!(
+        root.xattrs.iter().any(|(n, _)| n == acl_default),
+        "the user's directory keeps its default ACL: {root:?}"
+    );
+    let mut want_below = want.clone();
+    want_below.remove(b"".as_slice());
+    assert_same_tree(&want_below, &got, "restored into a default ACL");
+
+    // `--path`: the parents the restore makes (d, d/e) inherit the default ACL, pass it
+    // on to the file, and end with the snapshot's attributes, as the file does.
+    let to = user_dir("to-path");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "d/e/g"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let got = describe(&to);
+    for rel in ["d", "d/e", "d/e/g"] {
+        let k = rel.as_bytes();
+        assert_eq!(got[k], want[k], "--path: {rel}");
+    }
+}
