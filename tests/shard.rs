@@ -711,14 +711,16 @@ fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused
     let pid = rustix::process::Pid::from_child(&w0);
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     // Worker 1 does everything else, takes over worker 0's unit once its lease lapsed,
-    // and commits it; it cannot finalize while worker 0 holds the store.
+    // and commits it; it cannot finalize while worker 0 holds the store, and says the
+    // run is not published, exit 75 (retry): it said "finalize is left to the worker
+    // still holding the store", exit 0, also when that holder would never finalize it.
     let t0 = Instant::now();
     let o = spawn(&e, 1, 2, run, &[("SNAPRING_SHARD_LEASE", lease)])
         .wait_with_output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("finalize is left"),
+        String::from_utf8_lossy(&o.stdout).contains("this run is not published"),
         "{}",
         text(&o)
     );
@@ -3374,4 +3376,59 @@ fn a_worker_whose_window_ends_a_throttled_copy_names_the_copy() {
         "{}",
         text(&o)
     );
+}
+
+/// Two runs on one store (two labels, as two CronJobs): the run whose units are all
+/// committed while the other run's workers still hold the store cannot finalize. Its
+/// worker said "finalize is left to the worker still holding the store" and exited 0,
+/// and nobody ever finalized it (the other run's workers do not): a night's backup
+/// lost with every process successful. Now it exits 75 (retry) saying the run is not
+/// published, and its rerun, once the store is free, publishes it.
+#[test]
+fn a_run_blocked_from_finalizing_by_another_runs_workers_exits_75_and_its_rerun_publishes() {
+    let e = env();
+    let pause = e.dest.with_file_name("pause");
+    let lease = ("SNAPRING_SHARD_LEASE", "1s");
+    let points = format!("walk.copy=pause:{}@2", pause.display());
+    let mut weekly = worker(
+        &e,
+        &[
+            "--shard", "0/1", "--run-id", "weekly-1", "--label", "weekly",
+        ],
+        &[lease, ("SNAPRING_FAILPOINTS", &points)],
+    )
+    .spawn()
+    .unwrap();
+    wait_for(&pause);
+    let daily = || {
+        worker(
+            &e,
+            &["--shard", "0/1", "--run-id", "daily-1", "--label", "daily"],
+            &[lease],
+        )
+        .output()
+        .unwrap()
+    };
+    let o = daily();
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("every unit is committed, but the store was held by"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.dest.join("daily.0").exists());
+    std::fs::remove_file(&pause).unwrap();
+    let w = weekly.wait().unwrap();
+    assert_eq!(w.code(), Some(0));
+    assert!(e.dest.join("weekly.0").is_dir());
+    let o = daily();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("finalized: complete"),
+        "{}",
+        text(&o)
+    );
+    assert!(e.dest.join("daily.0").is_dir());
+    check_snapshot(&e, "the daily run, published by its rerun");
 }
