@@ -3432,3 +3432,51 @@ fn a_run_blocked_from_finalizing_by_another_runs_workers_exits_75_and_its_rerun_
     assert!(e.dest.join("daily.0").is_dir());
     check_snapshot(&e, "the daily run, published by its rerun");
 }
+
+/// A worker on a node where the source is not mounted (an empty mount point, a failed
+/// automount: another directory at the same path) is refused, exit 1, before it claims
+/// anything, and the others take its units: it committed its units empty, and the run
+/// was published `complete` with 40–65% of the files missing. Here the node is
+/// simulated by putting another directory at the source's path while the worker starts.
+#[test]
+fn a_worker_whose_source_is_another_directory_than_the_plans_is_refused() {
+    let e = env();
+    let pause = e.dest.with_file_name("pause");
+    let points = format!("shard.unit_started=pause:{}@1", pause.display());
+    let mut w0 = spawn(&e, 0, 2, "unmounted", &[("SNAPRING_FAILPOINTS", &points)]);
+    wait_for(&pause);
+    let real = e.src.with_file_name("src-real");
+    std::fs::rename(&e.src, &real).unwrap();
+    std::fs::create_dir_all(e.src.join("lost+found")).unwrap();
+    let mut w1 = spawn(&e, 1, 2, "unmounted", &[]);
+    let t0 = Instant::now();
+    while w1.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = w1.try_wait().unwrap().is_some();
+    if !stopped {
+        let _ = w1.kill();
+    }
+    let o = w1.wait_with_output().unwrap();
+    assert!(stopped, "worker 1 ran on past 60 s: {}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("is not the directory this run was planned from")
+            && stderr_of(&o).contains("is the source file system mounted on this node?"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !run_dir(&e, "unmounted")
+            .join("done")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some()),
+        "the refused worker committed nothing"
+    );
+    std::fs::remove_dir_all(&e.src).unwrap();
+    std::fs::rename(&real, &e.src).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = w0.wait().unwrap();
+    assert_eq!(out.code(), Some(0));
+    check_snapshot(&e, "published by the worker whose source was the plan's");
+}

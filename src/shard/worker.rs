@@ -549,6 +549,7 @@ fn make_plan(
         one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
+        source_ino: Some(super::state::source_ino(source).ctx("stat source", source)?),
         warnings: lowered.into_iter().collect(),
         exclusion: opts.exclude_settings()?,
     };
@@ -614,6 +615,7 @@ fn check_plan(
     prev: Option<&Previous>,
 ) -> Result<(), ShardError> {
     check_settings(opts, spec, plan, source)?;
+    super::state::check_source_ino(plan, source)?;
     let now = prev.map(|p| (p.name.clone(), p.run.clone()));
     if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
         return Err(ShardError::Failed(Error::Store {
