@@ -998,8 +998,15 @@ fn a_planner_that_dies_or_stalls_is_taken_over() {
     wait_for(&pause);
     let pid = rustix::process::Pid::from_child(&w0);
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // Worker 1 does every unit; the stopped planner holds the store, so worker 1
+    // cannot publish and says so (75, a retry), and the planner, woken, publishes.
     let o = spawn(&e, 1, 2, run, &[lease]).wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("this run is not published"),
+        "{}",
+        text(&o)
+    );
     assert!(run_dir(&e, run).join("planning.g2").is_file());
     let plan: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir(&e, run).join("plan.json")).unwrap())
