@@ -4,7 +4,7 @@ restartPolicy Never; backoffLimitPerIndex needs completionMode Indexed; an Index
 Job's parallelism fits its completions) and the rules of snapring's scale-out (the pods
 get SNAPRING_SHARDS equal to completions and the Job's name as the run id; the failure
 policy treats snapring's exit codes, read from src/cli/exit_code.rs, as
-docs/scale-out.md says: 1 and 64 fail the Job, 2 fails the index, 3 and 75 are retried;
+docs/scale-out.md says: 64 fails the Job, 1 and 2 fail the index, 3 and 75 are retried;
 no flag a shard worker refuses). Exits 1 on the first
 problem, naming the file and the rule."""
 import pathlib
@@ -46,11 +46,13 @@ def check_job(path, spec, codes):
     run_id = env.get("SNAPRING_RUN_ID", {}).get("valueFrom", {}).get("fieldRef", {})
     if run_id.get("fieldPath") != "metadata.labels['batch.kubernetes.io/job-name']":
         fail(path, "SNAPRING_RUN_ID must come from the Job's name (batch.kubernetes.io/job-name)")
-    # docs/scale-out.md, "Exit codes": 1 and 64 fail every worker alike (FailJob); 2 is
-    # a published partial snapshot (not retried: FailIndex); 3 and 75 are retried.
+    # docs/scale-out.md, "Exit codes": 64 fails every worker alike (FailJob); 1 is one
+    # worker's permanent failure (its pre_command, its node's source mount: the others
+    # take its units) and 2 a published partial snapshot, neither retried (FailIndex);
+    # 3 and 75 are retried.
     want = {
-        "FailJob": {codes["Failed"], codes["Usage"]},
-        "FailIndex": {codes["Partial"]},
+        "FailJob": {codes["Usage"]},
+        "FailIndex": {codes["Failed"], codes["Partial"]},
     }
     named = {"FailJob": set(), "FailIndex": set()}
     for rule in spec.get("podFailurePolicy", {}).get("rules", []):

@@ -59,6 +59,17 @@ pub enum Error {
     Hook(String),
     #[error("store {}: {msg}", path.display())]
     Store { path: PathBuf, msg: String },
+    /// A shard run's source, on this node, is another directory than the one its plan
+    /// was made from (another inode number): not mounted here, or mounted elsewhere.
+    #[error(
+        "source {} is not the directory this run was planned from (inode {here}, the plan's {planned}): is the source file system mounted on this node?",
+        path.display()
+    )]
+    SourceNotPlanned {
+        path: PathBuf,
+        planned: u64,
+        here: u64,
+    },
     /// A restore's `--to` that cannot be restored into as it is.
     #[error("restore target {}: {msg}", path.display())]
     Target { path: PathBuf, msg: String },

@@ -711,14 +711,16 @@ fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused
     let pid = rustix::process::Pid::from_child(&w0);
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     // Worker 1 does everything else, takes over worker 0's unit once its lease lapsed,
-    // and commits it; it cannot finalize while worker 0 holds the store.
+    // and commits it; it cannot finalize while worker 0 holds the store, and says the
+    // run is not published, exit 75 (retry): it said "finalize is left to the worker
+    // still holding the store", exit 0, also when that holder would never finalize it.
     let t0 = Instant::now();
     let o = spawn(&e, 1, 2, run, &[("SNAPRING_SHARD_LEASE", lease)])
         .wait_with_output()
         .unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
     assert!(
-        String::from_utf8_lossy(&o.stdout).contains("finalize is left"),
+        String::from_utf8_lossy(&o.stdout).contains("this run is not published"),
         "{}",
         text(&o)
     );
@@ -996,8 +998,15 @@ fn a_planner_that_dies_or_stalls_is_taken_over() {
     wait_for(&pause);
     let pid = rustix::process::Pid::from_child(&w0);
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    // Worker 1 does every unit; the stopped planner holds the store, so worker 1
+    // cannot publish and says so (75, a retry), and the planner, woken, publishes.
     let o = spawn(&e, 1, 2, run, &[lease]).wait_with_output().unwrap();
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("this run is not published"),
+        "{}",
+        text(&o)
+    );
     assert!(run_dir(&e, run).join("planning.g2").is_file());
     let plan: serde_json::Value =
         serde_json::from_slice(&std::fs::read(run_dir(&e, run).join("plan.json")).unwrap())
@@ -3374,4 +3383,107 @@ fn a_worker_whose_window_ends_a_throttled_copy_names_the_copy() {
         "{}",
         text(&o)
     );
+}
+
+/// Two runs on one store (two labels, as two CronJobs): the run whose units are all
+/// committed while the other run's workers still hold the store cannot finalize. Its
+/// worker said "finalize is left to the worker still holding the store" and exited 0,
+/// and nobody ever finalized it (the other run's workers do not): a night's backup
+/// lost with every process successful. Now it exits 75 (retry) saying the run is not
+/// published, and its rerun, once the store is free, publishes it.
+#[test]
+fn a_run_blocked_from_finalizing_by_another_runs_workers_exits_75_and_its_rerun_publishes() {
+    let e = env();
+    let pause = e.dest.with_file_name("pause");
+    let lease = ("SNAPRING_SHARD_LEASE", "1s");
+    let points = format!("walk.copy=pause:{}@2", pause.display());
+    let mut weekly = worker(
+        &e,
+        &[
+            "--shard", "0/1", "--run-id", "weekly-1", "--label", "weekly",
+        ],
+        &[lease, ("SNAPRING_FAILPOINTS", &points)],
+    )
+    .spawn()
+    .unwrap();
+    wait_for(&pause);
+    let daily = || {
+        worker(
+            &e,
+            &["--shard", "0/1", "--run-id", "daily-1", "--label", "daily"],
+            &[lease],
+        )
+        .output()
+        .unwrap()
+    };
+    let o = daily();
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("every unit is committed, but the store was held by"),
+        "{}",
+        text(&o)
+    );
+    assert!(!e.dest.join("daily.0").exists());
+    std::fs::remove_file(&pause).unwrap();
+    let w = weekly.wait().unwrap();
+    assert_eq!(w.code(), Some(0));
+    assert!(e.dest.join("weekly.0").is_dir());
+    let o = daily();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("finalized: complete"),
+        "{}",
+        text(&o)
+    );
+    assert!(e.dest.join("daily.0").is_dir());
+    check_snapshot(&e, "the daily run, published by its rerun");
+}
+
+/// A worker on a node where the source is not mounted (an empty mount point, a failed
+/// automount: another directory at the same path) is refused, exit 1, before it claims
+/// anything, and the others take its units: it committed its units empty, and the run
+/// was published `complete` with 40–65% of the files missing. Here the node is
+/// simulated by putting another directory at the source's path while the worker starts.
+#[test]
+fn a_worker_whose_source_is_another_directory_than_the_plans_is_refused() {
+    let e = env();
+    let pause = e.dest.with_file_name("pause");
+    let points = format!("shard.unit_started=pause:{}@1", pause.display());
+    let mut w0 = spawn(&e, 0, 2, "unmounted", &[("SNAPRING_FAILPOINTS", &points)]);
+    wait_for(&pause);
+    let real = e.src.with_file_name("src-real");
+    std::fs::rename(&e.src, &real).unwrap();
+    std::fs::create_dir_all(e.src.join("lost+found")).unwrap();
+    let mut w1 = spawn(&e, 1, 2, "unmounted", &[]);
+    let t0 = Instant::now();
+    while w1.try_wait().unwrap().is_none() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stopped = w1.try_wait().unwrap().is_some();
+    if !stopped {
+        let _ = w1.kill();
+    }
+    let o = w1.wait_with_output().unwrap();
+    assert!(stopped, "worker 1 ran on past 60 s: {}", text(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("is not the directory this run was planned from")
+            && stderr_of(&o).contains("is the source file system mounted on this node?"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !run_dir(&e, "unmounted")
+            .join("done")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some()),
+        "the refused worker committed nothing"
+    );
+    std::fs::remove_dir_all(&e.src).unwrap();
+    std::fs::rename(&real, &e.src).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = w0.wait().unwrap();
+    assert_eq!(out.code(), Some(0));
+    check_snapshot(&e, "published by the worker whose source was the plan's");
 }

@@ -144,6 +144,7 @@ pub fn worker(
     let code = match (&out.finalized, out.interrupted) {
         (Some(rep), _) => ExitCode::from(rep.status),
         (None, true) => ExitCode::Incomplete,
+        (None, false) if out.finalize_blocked.is_some() => ExitCode::Retry,
         (None, false) => ExitCode::Complete,
     };
     let what = if let Some(rep) = &out.finalized {
@@ -175,6 +176,12 @@ pub fn worker(
         )
     } else if out.already_finalized {
         "the run is already finalized".into()
+    } else if let Some((who, waited)) = &out.finalize_blocked {
+        format!(
+            "every unit is committed, but the store was held by {who} for {:.0} s: this run is not published. Rerun this worker (same index and run id) or `snapring finalize --run-id {}` once it lets go (a stopped worker of this run, another run's workers, a dry run)",
+            waited.as_secs_f64(),
+            spec.run_id
+        )
     } else if out.finalize_pending {
         "every unit is committed; finalize is left to the worker still holding the store (or run `snapring finalize`)".into()
     } else if out.interrupted && out.left.is_empty() {
@@ -203,6 +210,7 @@ pub fn worker(
             "already_finalized": out.already_finalized,
             "finalized_before_start": out.finalized_before_start,
             "finalize_pending": out.finalize_pending,
+            "finalize_blocked_by": out.finalize_blocked.as_ref().map(|(who, _)| who),
             "expired_pieces": out.expired.pieces,
             "expired_entries": out.expired.entries,
             "report": out.finalized,

@@ -278,6 +278,7 @@ fn locked(
                     plan.source.clone(),
                 )));
             }
+            super::state::check_source_ino(&plan, &plan.source)?;
             if !rd.tree().is_dir() {
                 check_nothing_moved(rd, threads, plan.part_dirs, &cut, &commits, &staging)?;
             }

@@ -849,6 +849,7 @@ fn make_plan(
         one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
+        source_ino: None,
         warnings: Vec::new(),
         exclusion: opts.exclusion.clone(),
     })

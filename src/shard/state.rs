@@ -99,6 +99,13 @@ pub struct PlanFile {
     pub one_file_system: bool,
     pub spine: Vec<String>,
     pub units: Vec<UnitRec>,
+    /// The source directory's inode number where the plan was made: a worker or
+    /// finalize whose source has another is on a node where it is not mounted (an
+    /// empty mount point, a failed automount) and is refused, instead of committing
+    /// its units empty into a snapshot called complete. NFS and EFS give every client
+    /// the same number. Absent in plans written before it (not checked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ino: Option<u64>,
     /// What the planner warned of for the whole run (a `--retain` that expires more
     /// than the label's last run kept): finalize puts them in the run's report.
     /// Absent: none.
@@ -109,6 +116,36 @@ pub struct PlanFile {
     /// in the run record. Absent: nothing.
     #[serde(flatten)]
     pub exclusion: crate::exclude::Settings,
+}
+
+/// The inode number of source directory `source` (followed if a symlink, as the walk
+/// opens it).
+pub fn source_ino(source: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(std::fs::metadata(source)?.ino())
+}
+
+/// Refuses a source that is not the directory `plan` was made from
+/// ([`PlanFile::source_ino`]).
+pub fn check_source_ino(
+    plan: &PlanFile,
+    source: &Path,
+) -> std::result::Result<(), super::ShardError> {
+    let Some(planned) = plan.source_ino else {
+        return Ok(());
+    };
+    let here = source_ino(source)
+        .map_err(|e| crate::error::io_error(e, "stat source", source.to_path_buf()))?;
+    if here != planned {
+        return Err(super::ShardError::Failed(
+            crate::error::Error::SourceNotPlanned {
+                path: source.to_path_buf(),
+                planned,
+                here,
+            },
+        ));
+    }
+    Ok(())
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -647,6 +684,7 @@ mod tests {
             cap: 1,
             spine: vec![String::new(), "flat".into()],
             units: vec![unit("u0000", None, true), unit("u0001", Some("m"), false)],
+            source_ino: None,
             warnings: Vec::new(),
             exclusion: Default::default(),
         };

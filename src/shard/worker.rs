@@ -63,6 +63,9 @@ pub struct Outcome {
     /// Every unit is committed but another process holds the store: the last worker
     /// to let go, or `snapring finalize`, publishes the run.
     pub finalize_pending: bool,
+    /// Every unit is committed, but another process held the store past the wait
+    /// (who, and how long this worker waited): finalize did not run (exit 75).
+    pub finalize_blocked: Option<(String, Duration)>,
     /// Pieces of the expired snapshots this process deleted after the publish
     /// (`expire.rs`).
     pub expired: super::expire::Helped,
@@ -378,7 +381,11 @@ fn finish(
             out.already_finalized = true;
             help_expire(store, rd, jobs, cancel, out);
         }
-        Finalized::Busy(_) | Finalized::NotReady(_) => out.finalize_pending = true,
+        // Held past the wait: by a worker of this run that is stopped, by another run's
+        // workers or a dry run. None of those finalizes this run, so the worker says so
+        // and is retried (exit 75) rather than leave the run unpublished with exit 0.
+        Finalized::Busy(who) => out.finalize_blocked = Some((who, wait)),
+        Finalized::NotReady(_) => out.finalize_pending = true,
     }
     Ok(())
 }
@@ -542,6 +549,7 @@ fn make_plan(
         one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
+        source_ino: Some(super::state::source_ino(source).ctx("stat source", source)?),
         warnings: lowered.into_iter().collect(),
         exclusion: opts.exclude_settings()?,
     };
@@ -607,6 +615,7 @@ fn check_plan(
     prev: Option<&Previous>,
 ) -> Result<(), ShardError> {
     check_settings(opts, spec, plan, source)?;
+    super::state::check_source_ino(plan, source)?;
     let now = prev.map(|p| (p.name.clone(), p.run.clone()));
     if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
         return Err(ShardError::Failed(Error::Store {
