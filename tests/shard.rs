@@ -427,14 +427,20 @@ fn bad_worker_names_are_usage_errors_and_a_single_node_backup_waits_for_the_work
     .output()
     .unwrap();
     assert_eq!(o.status.code(), None, "{}", text(&o));
-    for args in [
-        vec!["--shard", "1/2", "--run-id", "other"],
-        vec!["--shard", "1/3", "--run-id", "other", "--label", "weekly"],
+    for (args, said) in [
+        (
+            vec!["--shard", "1/2", "--run-id", "other"],
+            "3 workers, not 2",
+        ),
+        (
+            vec!["--shard", "1/3", "--run-id", "other", "--label", "weekly"],
+            "label daily, not weekly:",
+        ),
     ] {
         let o = worker(&e, &args, &[]).output().unwrap();
         assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
         assert!(
-            String::from_utf8_lossy(&o.stderr).contains("was planned with"),
+            String::from_utf8_lossy(&o.stderr).contains(&format!("was planned with {said}")),
             "{}",
             text(&o)
         );

@@ -668,11 +668,11 @@ pub(super) fn check_settings(
         ));
     }
     // A worker without a `retain` of its own takes the plan's (`continue_ring`).
-    if plan.label != opts.label || (plan.retain != opts.retain && !opts.retain_default) {
-        diffs.push(format!(
-            "label {} retain {}, not {} {}",
-            plan.label, plan.retain, opts.label, opts.retain
-        ));
+    if plan.label != opts.label {
+        diffs.push(format!("label {}, not {}", plan.label, opts.label));
+    }
+    if plan.retain != opts.retain && !opts.retain_default {
+        diffs.push(format!("retain {}, not {}", plan.retain, opts.retain));
     }
     if plan.one_file_system != opts.one_file_system {
         diffs.push(one_fs_differs(plan.one_file_system));
