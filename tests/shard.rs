@@ -1384,6 +1384,237 @@ fn finalize_after_another_backup_published_refuses_instead_of_expiring_the_newer
     }
 }
 
+/// The names left in run `run`'s directory (`planning.g*` left out).
+fn run_dir_names(e: &Env, run: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(run_dir(e, run))
+        .unwrap()
+        .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with("planning.g"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// The regular files below `root` and their bytes.
+fn file_bytes(root: &Path) -> (u64, u64) {
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let m = e.as_ref().unwrap().path().symlink_metadata().unwrap();
+            if m.is_dir() {
+                stack.push(e.unwrap().path());
+            } else if m.is_file() {
+                files += 1;
+                bytes += m.len();
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// What an abandoned run keeps: its marker, plan, claims and commits, no copies, and
+/// the store's trash is empty.
+fn check_abandoned(e: &Env, run: &str, by: &str, what: &str) -> serde_json::Value {
+    assert_eq!(
+        run_dir_names(e, run),
+        ["abandoned", "claims", "done", "plan.json"],
+        "{what}"
+    );
+    let (files, bytes) = file_bytes(&run_dir(e, run));
+    // The plan and its claim, a claim and a commit per unit at most, the marker.
+    assert!(
+        files <= 3 + 2 * plan_units(e, run).len() as u64,
+        "{what}: {files} files"
+    );
+    assert!(bytes < 64 << 10, "{what}: {bytes} bytes left");
+    assert!(
+        !e.dest.join(".snapring/staging").join(run).exists(),
+        "{what}"
+    );
+    assert!(
+        !e.dest
+            .join(format!(".snapring/manifests/{run}.mf"))
+            .exists(),
+        "{what}"
+    );
+    assert!(
+        is_empty_dir(&e.dest.join(".snapring/trash")),
+        "{what}: trash emptied"
+    );
+    let mark: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(e, run).join("abandoned")).unwrap()).unwrap();
+    assert_eq!(mark["by"], by, "{what}: {mark}");
+    mark
+}
+
+/// The issue (a CronJob gives each night a new run id): a shard run whose workers all
+/// died before committing (`night-1`) kept its copies under its run directory for good,
+/// through every later run. Once `night-2` of the same label publishes, `night-1` can
+/// never be published (it was planned against another snapshot than `daily.0`'s run):
+/// its copies are moved to trash and deleted, the report names it, `status` says so, and
+/// a late worker of it (a retried pod) copies nothing again. A run of another label
+/// (its finalizer killed) is left alone and can still be finalized.
+#[test]
+fn an_abandoned_run_is_removed_when_a_later_run_of_its_label_publishes() {
+    let e = env();
+    let kill = |_| vec![("SNAPRING_FAILPOINTS", "shard.before_commit=kill")];
+    for o in run_workers(&e, 3, "night-1", &[], kill) {
+        assert_eq!(o.status.code(), None, "killed: {}", text(&o));
+    }
+    let weekly = ["--label", "weekly"];
+    killed_before_staging_with(&e, "weekly-1", &weekly);
+    let (files, bytes) = file_bytes(&run_dir(&e, "night-1").join("work"));
+    assert!(files > 3 && bytes > 1000, "night-1 copied: {files} {bytes}");
+    let weekly_before = store_listing(&run_dir(&e, "weekly-1"));
+    let outs = run_workers(&e, 3, "night-2", &[], |_| vec![]);
+    all_ok(&outs, "night-2");
+    check_run(&e, "night-2");
+    check_snapshot(&e, "night-2");
+    let mark = check_abandoned(&e, "night-1", "night-2", "night-1 after night-2");
+    assert_eq!(
+        (
+            &mark["head_run"],
+            &mark["committed"],
+            &mark["planned_against"]
+        ),
+        (&"night-2".into(), &0.into(), &serde_json::Value::Null),
+        "{mark}"
+    );
+    let rec = run_record(&e, "night-2");
+    let said: Vec<&str> = rec["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|w| w.as_str())
+        .filter(|w| w.starts_with("removed abandoned shard run night-1 (planned "))
+        .collect();
+    assert_eq!(said.len(), 1, "{rec}");
+    assert!(said[0].contains("never finalized"), "{}", said[0]);
+    let finalizer = outs
+        .iter()
+        .find(|o| String::from_utf8_lossy(&o.stdout).contains("finalized:"))
+        .expect("one worker finalized");
+    assert!(
+        String::from_utf8_lossy(&finalizer.stdout).contains("removed abandoned shard run night-1"),
+        "{}",
+        text(finalizer)
+    );
+    // Another label's run is not touched.
+    assert_eq!(store_listing(&run_dir(&e, "weekly-1")), weekly_before);
+    assert!(!run_dir(&e, "weekly-1").join("abandoned").exists());
+    // `status` says what became of it.
+    let o = run_cmd(&e, "status", "night-1", &["--json"], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["abandoned"]["by"], "night-2", "{st}");
+    assert_eq!(st["finalized"], false, "{st}");
+    let o = run_cmd(&e, "status", "night-1", &[], &[]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("; abandoned") && out.contains("abandoned at "),
+        "{out}"
+    );
+    // A late worker of it copies nothing again, nor does finalize publish it (exit 1).
+    let o = worker(&e, &["--shard", "1/3", "--run-id", "night-1"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("was abandoned") && stderr_of(&o).contains("start a new run id"),
+        "{}",
+        text(&o)
+    );
+    let o = run_cmd(&e, "finalize", "night-1", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    check_abandoned(
+        &e,
+        "night-1",
+        "night-2",
+        "after its late worker and finalize",
+    );
+    // The other label's run is finalized.
+    let o = run_cmd(&e, "finalize", "weekly-1", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), ["daily.0", "weekly.0"]);
+    assert_same_tree(
+        &describe(&e.src),
+        &describe(&e.dest.join("weekly.0")),
+        "weekly.0",
+    );
+}
+
+/// A finalizer killed before its publish leaves the run's staged tree and merged
+/// manifest; a single-node backup of the label then publishes. It removes them with the
+/// run's copies (the run can never be published), says so in its report, and the run's
+/// `snapring finalize` refuses it.
+#[test]
+fn a_single_node_backup_removes_a_shard_run_of_its_label_it_made_unpublishable() {
+    let e = env();
+    killed_at(&e, "old", &[], "shard.finalize.before_publish=kill");
+    assert!(e.dest.join(".snapring/staging/old").is_dir());
+    assert!(e.dest.join(".snapring/manifests/old.mf").is_file());
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let w = rep["warnings"].to_string();
+    assert!(
+        w.contains("removed abandoned shard run old (planned "),
+        "{rep}"
+    );
+    let mark = check_abandoned(&e, "old", rep["id"].as_str().unwrap(), "old");
+    assert_eq!(mark["committed"], mark["units"], "{mark}");
+    let o = run_cmd(&e, "finalize", "old", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("was abandoned") && stderr_of(&o).contains("start a new run id"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
+    check_snapshot(&e, "the single-node snapshot");
+}
+
+/// The publish's removal of an unpublishable run fails (a warning: the backup is
+/// published all the same); the run's own finalize, refusing it, removes its copies,
+/// also when a finalize killed between the moves and the marker went before it.
+#[test]
+fn a_run_refused_at_finalize_removes_its_own_copies_and_a_failed_removal_only_warns() {
+    let e = env();
+    killed_before_staging(&e, "old");
+    assert!(run_dir(&e, "old").join("tree").is_dir());
+    let fail = [("SNAPRING_FAILPOINTS", "shard.abandon=error")];
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &fail);
+    assert_eq!(
+        (code, &rep["status"]),
+        (0, &"complete".into()),
+        "{err} {rep}"
+    );
+    let w = rep["warnings"].to_string();
+    assert!(
+        w.contains("abandoned shard run old") && w.contains("not fully removed"),
+        "{rep}"
+    );
+    assert!(run_dir(&e, "old").join("tree").is_dir());
+    let kill = [("SNAPRING_FAILPOINTS", "shard.abandon.cleared=kill")];
+    let o = run_cmd(&e, "finalize", "old", &[], &kill);
+    assert_eq!(o.status.code(), None, "killed: {}", text(&o));
+    assert!(!run_dir(&e, "old").join("tree").exists());
+    assert!(!run_dir(&e, "old").join("abandoned").exists());
+    let o = run_cmd(&e, "finalize", "old", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("another backup published meanwhile")
+            && err.contains("its copies were removed")
+            && err.contains("start a new run id"),
+        "{}",
+        text(&o)
+    );
+    check_abandoned(&e, "old", "old", "refused at finalize");
+    assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
+    check_snapshot(&e, "the single-node snapshot");
+}
+
 /// Review: the finalizer killed before it moves the tree to staging (the parts are still
 /// there); one unit's manifest part then loses its end (a torn or truncated file: its
 /// last block and its root line gone, cut at a line). `snapring finalize` must not
@@ -1524,7 +1755,12 @@ fn finalize_merges_the_same_manifest_with_parts_kept_read_again_or_both() {
 /// Runs 3 workers of run `id` to the end of their units; the finalizer is killed
 /// before it stages, so every unit is committed and nothing is published.
 fn killed_before_staging(e: &Env, id: &str) {
-    killed_at(e, id, &[], "shard.finalize.before_staging=kill");
+    killed_before_staging_with(e, id, &[]);
+}
+
+/// [`killed_before_staging`] with `args`.
+fn killed_before_staging_with(e: &Env, id: &str, args: &[&str]) {
+    killed_at(e, id, args, "shard.finalize.before_staging=kill");
 }
 
 /// Runs 3 workers of run `id` (with `args`) under failpoints `points`, one of which

@@ -487,10 +487,20 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
         st.pending,
         if st.finalized {
             format!("finalized ({})", st.snapshot.as_deref().unwrap_or("-"))
+        } else if st.abandoned.is_some() {
+            "abandoned".into()
         } else {
             "not finalized".into()
         }
     );
+    if let Some(m) = &st.abandoned {
+        outln!(
+            "  abandoned at {} by run {}: {}; its copies were removed, start a new run id",
+            m.at,
+            m.by,
+            m.describe()
+        );
+    }
     if st.expiry != "none" {
         outln!(
             "  expiry of old snapshots {}: {} pieces claimed, {} deleted",

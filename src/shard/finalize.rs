@@ -142,6 +142,14 @@ fn locked(
     if rd.is_finalized() {
         return Ok(Finalized::Already(read_finalized(rd)));
     }
+    // Abandoned by a publish of its label: what a removal cut short is completed.
+    if let Some(mark) = super::abandoned::read(rd) {
+        let threads = jobs.clamp(1, FINALIZE_THREADS);
+        let refused = mark.refusal(rd);
+        return Err(super::abandoned::refuse(
+            store, rd, None, refused, threads, cancel,
+        ));
+    }
     let t_fin = Instant::now();
     let fin_start = report::now_rfc3339();
     let Some((plan, hash)) = rd.read_plan()? else {
@@ -255,10 +263,9 @@ fn locked(
         // store's newest snapshot, and publishing it would rotate that one down, or
         // expire it. (A snapshot of another label is no harm.)
         let head = format!("{}.0", plan.label);
-        if let Some(now) = state.snapshots.iter().find(|s| s.name == head)
-            && Some(&now.id) != plan.prev_run.as_ref()
-        {
-            return Err(ShardError::Failed(Error::Store {
+        // It never can be now: its copies go (`abandoned.rs`).
+        if let Some(now) = super::abandoned::overtaken_by(&state, &plan) {
+            let refused = Error::Store {
                 path: store.root.join(&head),
                 msg: format!(
                     "run {} was planned against {} (run {}), but {head} is now run {} (published {}): another backup published meanwhile; nothing published, start a new run id",
@@ -268,7 +275,15 @@ fn locked(
                     now.id,
                     now.finished_at,
                 ),
-            }));
+            };
+            return Err(super::abandoned::refuse(
+                store,
+                rd,
+                Some((&plan, now)),
+                refused,
+                threads,
+                cancel,
+            ));
         }
         if rd.tree().is_dir() || !staging.is_dir() {
             // Finalize reads the spine directories from the source: not where it is
@@ -360,6 +375,10 @@ fn locked(
         }
     }
     let _ = crate::failpoint::hit("shard.finalize.after_publish");
+    // The label's other runs planned against an older snapshot can never be published
+    // now: their copies go to trash, which the expiry below empties.
+    rep.warnings
+        .extend(super::abandoned::sweep(store, &plan.label, &rd.run));
     let created = chrono::DateTime::parse_from_rfc3339(&plan.created_at)
         .map(|t| t.with_timezone(&chrono::Utc))
         .unwrap_or_else(|_| chrono::Utc::now());

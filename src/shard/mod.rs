@@ -12,6 +12,8 @@
 //! - `finalize.rs`: merge the manifest parts, apply the spine's metadata, join hard-link
 //!   groups across units, publish through the store's journal exactly once;
 //! - `status.rs`: what `snapring status` shows;
+//! - `abandoned.rs`: runs a publish of their label made unpublishable, their copies
+//!   removed;
 //! - `repository.rs`: the same run into a restic repository (state as objects beside
 //!   restic's files, claims by conditional writes, one snapshot made by finalize).
 //!
@@ -19,6 +21,7 @@
 //! errors with the exit code each maps to, and a parallel map for the other files. No
 //! I/O beyond reading the environment through the caller's function.
 
+pub mod abandoned;
 pub mod dry;
 pub mod expire;
 pub mod finalize;

@@ -1,7 +1,7 @@
 //! `snapring status --run-id`: what the files of a shard run say, as a value (the CLI
 //! prints it or its JSON): the plan, each unit's state (committed, claimed with a live
 //! lease, claimed with a lapsed lease, pending), each worker's units, whether the
-//! run is finalized, and how the shared deletion of its expired snapshots went
+//! run is finalized (or was abandoned, its copies removed), and how the shared deletion of its expired snapshots went
 //! (`expire.rs`). Reads the run's directory only; takes no lock, writes nothing.
 
 use std::collections::BTreeMap;
@@ -62,6 +62,9 @@ pub struct RunStatus {
     pub expiry_done: usize,
     pub per_worker: Vec<WorkerStatus>,
     pub unit_list: Vec<UnitStatus>,
+    /// Never finalized, and unpublishable since another run of its label published:
+    /// its copies were removed (`abandoned.rs`), when, by which run, and why.
+    pub abandoned: Option<super::abandoned::Mark>,
 }
 
 /// The state of run `run` in the store whose `.snapring/` is `meta`.
@@ -98,6 +101,7 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         expiry: tally.state.into(),
         expiry_claimed: tally.claimed,
         expiry_done: tally.done,
+        abandoned: super::abandoned::read(&rd),
         ..RunStatus::of(run, &plan, per, list, rd.is_finalized(), snapshot)
     })
 }
@@ -132,6 +136,7 @@ impl RunStatus {
             expiry_done: 0,
             per_worker: per.into_values().collect(),
             unit_list: list,
+            abandoned: None,
         }
     }
 }

@@ -187,6 +187,11 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             .ctx("create", &lp)?;
     }
     let shared = store.lock_shared().map_err(sort_err)?;
+    // A publish of its label made the run unpublishable and removed its copies (a
+    // retried pod of last night's Job): nothing is copied again.
+    if let Some(mark) = super::abandoned::read(&rd) {
+        return Err(ShardError::Failed(mark.refusal(&rd)));
+    }
     if !rd.exists() && store.run_path(&spec.run_id).exists() {
         return Err(ShardError::Usage(format!(
             "run id {} was used by an earlier run of this store ({}); give this run a new one",
