@@ -1031,6 +1031,47 @@ fn a_planner_that_dies_or_stalls_is_taken_over() {
     check_snapshot(&e, "after a stalled planner");
 }
 
+/// A count or a run id from the environment with no index (a Job without
+/// `completionMode: Indexed`, an `sbatch` without `--array`) is a usage error, as the
+/// flags are: it ran a whole single-node backup in every process, each publishing a
+/// snapshot and expiring history.
+#[test]
+fn a_count_or_run_id_from_the_environment_without_an_index_is_a_usage_error() {
+    let e = env();
+    for vars in [
+        vec![("SNAPRING_SHARDS", "3"), ("SNAPRING_RUN_ID", "job-123")],
+        vec![("SNAPRING_SHARDS", "3")],
+        vec![("SNAPRING_RUN_ID", "job-123")],
+    ] {
+        let o = worker(&e, &[], &vars).output().unwrap();
+        assert_eq!(o.status.code(), Some(64), "{vars:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(vars[0].0) && err.contains("index"),
+            "{vars:?}: {}",
+            text(&o)
+        );
+    }
+    for args in [
+        vec!["--shards", "3", "--run-id", "job-123"],
+        vec!["--run-id", "r"],
+    ] {
+        let o = worker(&e, &args, &[]).output().unwrap();
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
+    }
+    assert!(!e.dest.exists(), "nothing written");
+    // Blank, they are not set: a single-node backup.
+    let o = worker(
+        &e,
+        &[],
+        &[("SNAPRING_SHARDS", ""), ("SNAPRING_RUN_ID", " ")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+}
+
 #[test]
 fn a_worker_with_four_jobs_builds_two_units_at_once() {
     let e = env();
