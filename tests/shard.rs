@@ -1158,7 +1158,6 @@ fn a_count_or_run_id_from_the_environment_without_an_index_is_a_usage_error() {
     for vars in [
         vec![("SNAPRING_SHARDS", "3"), ("SNAPRING_RUN_ID", "job-123")],
         vec![("SNAPRING_SHARDS", "3")],
-        vec![("SNAPRING_RUN_ID", "job-123")],
     ] {
         let o = worker(&e, &[], &vars).output().unwrap();
         assert_eq!(o.status.code(), Some(64), "{vars:?}: {}", text(&o));
@@ -1187,6 +1186,12 @@ fn a_count_or_run_id_from_the_environment_without_an_index_is_a_usage_error() {
     .unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    // SNAPRING_RUN_ID alone is what a hook's environment has: a backup of its own.
+    let o = worker(&e, &[], &[("SNAPRING_RUN_ID", "20261204T010203Z-abcdef")])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0", "daily.1"]);
 }
 
 #[test]

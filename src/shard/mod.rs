@@ -186,9 +186,9 @@ pub fn detect(
             Some("SNAPRING_SHARDS")
         } else if run_id.is_some() {
             Some("--run-id")
-        } else if var("SNAPRING_RUN_ID").is_some() {
-            Some("SNAPRING_RUN_ID")
         } else {
+            // `SNAPRING_RUN_ID` alone is not one: every hook gets it (its own run's
+            // id), and a `snapring backup` a hook starts is a backup of its own.
             None
         };
         return match what {
@@ -309,7 +309,6 @@ mod tests {
         for (shards, run, vars) in [
             (None, Some("r"), vec![]),
             (None, None, vec![("SNAPRING_SHARDS", "3")]),
-            (None, None, vec![("SNAPRING_RUN_ID", "job-123")]),
             (
                 None,
                 None,
@@ -319,6 +318,11 @@ mod tests {
             let e = detect(None, shards, run, &with(&vars)).unwrap_err();
             assert!(e.contains("index"), "{vars:?}: {e}");
         }
+        // SNAPRING_RUN_ID alone is what every hook gets: not a shard run.
+        assert_eq!(
+            detect(None, None, None, &with(&[("SNAPRING_RUN_ID", "r")])),
+            Ok(None)
+        );
         // Blank variables are not set.
         assert_eq!(
             detect(
