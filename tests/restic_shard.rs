@@ -381,6 +381,108 @@ fn a_worker_killed_before_its_commit_leaves_its_unit_to_the_others() {
     assert_eq!(snapshots(&e).len(), 1);
 }
 
+/// A claim object whose content does not read (emptied): `status` counts it stale
+/// once its lease (its last beat) has lapsed, not pending, and a worker takes it over
+/// (generation 2) and publishes the run.
+#[test]
+fn an_unreadable_claim_is_stale_past_its_lease_and_taken_over() {
+    let e = env();
+    let lease = [("SNAPRING_SHARD_LEASE", "2s")];
+    let kill = [
+        ("SNAPRING_SHARD_LEASE", "2s"),
+        ("SNAPRING_FAILPOINTS", "shard.repo.before_commit=kill"),
+    ];
+    let o = spawn(&e, 1, 3, "r", &kill).wait_with_output().unwrap();
+    assert_eq!(o.status.code(), None, "SIGKILLed: {}", text(&o));
+    let claims = unit_claims(&e, "r");
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let claim = e.repo.join("snapring/shards/r/claims").join(&claims[0]);
+    std::fs::File::create(&claim).unwrap();
+    let taken = claims[0].split_once(".g").unwrap().0.to_string();
+    std::thread::sleep(Duration::from_millis(2100));
+    let args = ["status", "--dest", &e.url, "--run-id", "r", "--json"].map(OsStr::new);
+    let o = snapring(&args, &[("SNAPRING_PASSWORD", PASSWORD), lease[0]]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let unit = st["unit_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == taken.as_str())
+        .unwrap();
+    assert_eq!(unit["state"], "stale", "{unit}");
+    assert_eq!(unit["generation"], 1, "{unit}");
+    assert_eq!(st["stale"], 1, "{st}");
+    let others: Vec<Child> = [0, 2]
+        .iter()
+        .map(|&i| spawn(&e, i, 3, "r", &lease))
+        .collect();
+    for k in others {
+        let o = k.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    assert!(
+        run_files(&e, "r", "claims").contains(&format!("{taken}.g2")),
+        "{taken} claimed again"
+    );
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
+/// A claim object emptied while its holder still works on the unit and beats: it is
+/// left to it (the beat is its lease) rather than taken over at once, and the holder
+/// commits it (generation 1).
+#[test]
+fn an_unreadable_claim_whose_holder_still_beats_is_left_to_it() {
+    let e = env();
+    let pause = e.t.path().join("paused");
+    let fp = format!("shard.repo.before_walk=pause:{}", pause.display());
+    let w1 = spawn(
+        &e,
+        1,
+        2,
+        "r",
+        &[SHORT_LEASE[0], ("SNAPRING_FAILPOINTS", &fp)],
+    );
+    wait_for(&pause);
+    let claims = unit_claims(&e, "r");
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    std::fs::File::create(e.repo.join("snapring/shards/r/claims").join(&claims[0])).unwrap();
+    let held = claims[0].split_once(".g").unwrap().0.to_string();
+    // Its first beat (until then only the claim's own time could tell, and it does not
+    // read: taken over at once, as a dead holder's).
+    wait_for(&e.repo.join("snapring/shards/r/beats").join(&claims[0]));
+    // Worker 0 builds every other unit, then waits on this one for two leases.
+    let w0 = spawn(&e, 0, 2, "r", &SHORT_LEASE);
+    let units = plan_units(&e, "r").len();
+    let t0 = Instant::now();
+    while run_files(&e, "r", "done").len() < units - 1 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "worker 0 did not build the other units"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(4500));
+    assert_eq!(
+        unit_claims(&e, "r")
+            .iter()
+            .filter(|c| c.starts_with(&format!("{held}.")))
+            .collect::<Vec<_>>(),
+        [&claims[0]],
+        "taken over from a holder that beats"
+    );
+    std::fs::remove_file(&pause).unwrap();
+    for k in [w1, w0] {
+        let o = k.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
 /// The lease of the SIGSTOP tests' workers.
 const SHORT_LEASE: [(&str, &str); 1] = [("SNAPRING_SHARD_LEASE", "2s")];
 

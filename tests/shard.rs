@@ -1031,6 +1031,169 @@ fn a_planner_that_dies_or_stalls_is_taken_over() {
     check_snapshot(&e, "after a stalled planner");
 }
 
+/// `c`'s output once it exits; killed (and the test failed) if it runs past `limit`:
+/// a worker waiting for ever is the failure looked for.
+fn output_within(c: Child, limit: Duration, what: &str) -> Output {
+    let pid = rustix::process::Pid::from_child(&c);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(c.wait_with_output().unwrap()));
+    match rx.recv_timeout(limit) {
+        Ok(o) => o,
+        Err(_) => {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            let o = rx.recv().unwrap();
+            panic!("{what}: still running after {limit:?}: {}", text(&o));
+        }
+    }
+}
+
+/// A claim file whose content cannot be read (emptied, as a crash of the store's file
+/// server can leave it: a claim is linked to its name complete, so it is never seen
+/// half written) is damaged, not being written: its lease runs from its mtime as any
+/// claim's. Within it `status` counts it claimed, past it stale, and a worker takes it
+/// over (generation 2) and the run completes. It held its unit for ever: the other
+/// worker and the dead one's rerun waited without end, `status` said pending.
+#[test]
+fn an_unreadable_claim_is_taken_over_once_its_mtime_is_past_the_lease() {
+    let e = env();
+    let run = "damaged";
+    let lease = ("SNAPRING_SHARD_LEASE", "2s");
+    let o = worker(
+        &e,
+        &["--shard", "0/2", "--run-id", run],
+        &[("SNAPRING_FAILPOINTS", "shard.before_commit=kill")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), None, "killed: {}", text(&o));
+    let claims = claim_generations(&e, run);
+    assert!(!claims.is_empty(), "the killed worker claimed nothing");
+    for (u, g) in &claims {
+        let p = run_dir(&e, run).join(format!("claims/{u}.g{g}"));
+        std::fs::File::create(&p).unwrap();
+    }
+    let n = claims.len();
+    let o = run_cmd(&e, "status", run, &[], &[lease]);
+    assert!(o.status.success(), "{}", text(&o));
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains(&format!("{n} claimed")), "within its lease: {s}");
+    std::thread::sleep(Duration::from_millis(2100));
+    let o = run_cmd(&e, "status", run, &[], &[lease]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains(&format!("{n} stale")), "past its lease: {s}");
+    let o = output_within(
+        spawn(&e, 1, 2, run, &[lease]),
+        Duration::from_secs(60),
+        "worker 1",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, run);
+    for (u, _) in &claims {
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run_dir(&e, run).join("done").join(u)).unwrap())
+                .unwrap();
+        assert_eq!(c["generation"], 2, "unit {u} taken over: {c}");
+    }
+    check_snapshot(&e, "after damaged claims");
+}
+
+/// The same for the claim to make the plan: an empty `planning.g1` an hour old is
+/// taken over (generation 2) by the first worker, whatever the lease; it held every
+/// worker from planning for ever. A fresh one is waited for while its lease lasts.
+#[test]
+fn an_unreadable_planning_claim_is_taken_over_once_its_mtime_is_past_the_lease() {
+    let e = env();
+    let run = "damaged-plan";
+    let dir = run_dir(&e, run);
+    std::fs::create_dir_all(&dir).unwrap();
+    let claim = dir.join("planning.g1");
+    std::fs::File::create(&claim).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    set_mtime(&claim, now - 3600, 0);
+    let o = output_within(
+        spawn(&e, 0, 2, run, &[]),
+        Duration::from_secs(50),
+        "worker 0 (default lease, 60 s)",
+    );
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(dir.join("planning.g2").is_file());
+    check_run(&e, run);
+    // A fresh one: worker 1 waits for its 2 s lease, then plans, alone in the run.
+    let e = env();
+    let dir = run_dir(&e, run);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::File::create(dir.join("planning.g1")).unwrap();
+    let kids: Vec<Child> = (0..2)
+        .map(|i| spawn(&e, i, 2, run, &[("SNAPRING_SHARD_LEASE", "2s")]))
+        .collect();
+    for c in kids {
+        let o = output_within(c, Duration::from_secs(60), "a worker (2 s lease)");
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    }
+    // Taken over no sooner than the lease after the damaged claim's mtime (both file
+    // times from the kernel's coarse clock, up to a tick behind the clock the taker
+    // read: 10 ms of slack).
+    let mtime = |p: PathBuf| std::fs::metadata(p).unwrap().modified().unwrap();
+    let waited = mtime(dir.join("planning.g2"))
+        .duration_since(mtime(dir.join("planning.g1")))
+        .unwrap();
+    assert!(
+        waited >= Duration::from_millis(1990),
+        "taken over {waited:?} after the claim was made, within its 2 s lease"
+    );
+    check_run(&e, run);
+    check_snapshot(&e, "after a damaged planning claim");
+}
+
+/// A count or a run id from the environment with no index (a Job without
+/// `completionMode: Indexed`, an `sbatch` without `--array`) is a usage error, as the
+/// flags are: it ran a whole single-node backup in every process, each publishing a
+/// snapshot and expiring history.
+#[test]
+fn a_count_or_run_id_from_the_environment_without_an_index_is_a_usage_error() {
+    let e = env();
+    for vars in [
+        vec![("SNAPRING_SHARDS", "3"), ("SNAPRING_RUN_ID", "job-123")],
+        vec![("SNAPRING_SHARDS", "3")],
+    ] {
+        let o = worker(&e, &[], &vars).output().unwrap();
+        assert_eq!(o.status.code(), Some(64), "{vars:?}: {}", text(&o));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            err.contains(vars[0].0) && err.contains("index"),
+            "{vars:?}: {}",
+            text(&o)
+        );
+    }
+    for args in [
+        vec!["--shards", "3", "--run-id", "job-123"],
+        vec!["--run-id", "r"],
+    ] {
+        let o = worker(&e, &args, &[]).output().unwrap();
+        assert_eq!(o.status.code(), Some(64), "{args:?}: {}", text(&o));
+    }
+    assert!(!e.dest.exists(), "nothing written");
+    // Blank, they are not set: a single-node backup.
+    let o = worker(
+        &e,
+        &[],
+        &[("SNAPRING_SHARDS", ""), ("SNAPRING_RUN_ID", " ")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    // SNAPRING_RUN_ID alone is what a hook's environment has: a backup of its own.
+    let o = worker(&e, &[], &[("SNAPRING_RUN_ID", "20261204T010203Z-abcdef")])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0", "daily.1"]);
+}
+
 #[test]
 fn a_worker_with_four_jobs_builds_two_units_at_once() {
     let e = env();

@@ -114,8 +114,9 @@ pub fn check_run_id(id: &str) -> Result<(), String> {
 /// `SLURM_ARRAY_TASK_ID` with `SLURM_ARRAY_TASK_COUNT`/`_MIN`/`SLURM_ARRAY_JOB_ID`,
 /// `AWS_BATCH_JOB_ARRAY_INDEX`; the count from `--shards` or `SNAPRING_SHARDS` where
 /// the engine does not give it, the run id from `--run-id` or `SNAPRING_RUN_ID`.
-/// `Ok(None)`: not a shard run. An index without a count, or without a run id, is an
-/// error (a usage error: exit 64).
+/// `Ok(None)`: not a shard run. An index without a count, or without a run id, and a
+/// count or a run id (flag or variable) without an index, is an error (a usage error:
+/// exit 64).
 pub fn detect(
     shard: Option<&str>,
     shards: Option<usize>,
@@ -176,12 +177,26 @@ pub fn detect(
             "AWS_BATCH_JOB_ARRAY_INDEX",
         )
     } else {
-        if shards.is_some() {
-            return Err(
-                "--shards needs a worker index: --shard I/N, or JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX".into(),
-            );
-        }
-        return Ok(None);
+        // A count or a run id names a shard run: without an index each process would
+        // back up the whole source on its own (a Job without `completionMode:
+        // Indexed`, an `sbatch` without `--array`).
+        let what = if shards.is_some() {
+            Some("--shards")
+        } else if var("SNAPRING_SHARDS").is_some() {
+            Some("SNAPRING_SHARDS")
+        } else if run_id.is_some() {
+            Some("--run-id")
+        } else {
+            // `SNAPRING_RUN_ID` alone is not one: every hook gets it (its own run's
+            // id), and a `snapring backup` a hook starts is a backup of its own.
+            None
+        };
+        return match what {
+            Some(what) => Err(format!(
+                "{what} names a shard run but nothing gives this worker's index: pass --shard I/N, or set JOB_COMPLETION_INDEX, SLURM_ARRAY_TASK_ID or AWS_BATCH_JOB_ARRAY_INDEX (an Indexed Job, a job array); unset it for a backup of the whole source"
+            )),
+            None => Ok(None),
+        };
     };
     let count = count.ok_or_else(|| {
         format!("{from} gives the worker index {index} but nothing gives the number of workers: pass --shards N or set SNAPRING_SHARDS")
@@ -290,5 +305,33 @@ mod tests {
         assert!(detect(Some("1"), None, Some("r"), &with(&[])).is_err());
         assert!(detect(Some("0/2"), None, Some("../x"), &with(&[])).is_err());
         assert!(detect(None, Some(2), Some("r"), &with(&[])).is_err());
+        // A count or a run id without an index, from the flags or the environment.
+        for (shards, run, vars) in [
+            (None, Some("r"), vec![]),
+            (None, None, vec![("SNAPRING_SHARDS", "3")]),
+            (
+                None,
+                None,
+                vec![("SNAPRING_SHARDS", "3"), ("SNAPRING_RUN_ID", "job-123")],
+            ),
+        ] {
+            let e = detect(None, shards, run, &with(&vars)).unwrap_err();
+            assert!(e.contains("index"), "{vars:?}: {e}");
+        }
+        // SNAPRING_RUN_ID alone is what every hook gets: not a shard run.
+        assert_eq!(
+            detect(None, None, None, &with(&[("SNAPRING_RUN_ID", "r")])),
+            Ok(None)
+        );
+        // Blank variables are not set.
+        assert_eq!(
+            detect(
+                None,
+                None,
+                None,
+                &with(&[("SNAPRING_SHARDS", " "), ("SNAPRING_RUN_ID", "")])
+            ),
+            Ok(None)
+        );
     }
 }

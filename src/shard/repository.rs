@@ -345,19 +345,22 @@ impl<'a> State<'a> {
         Ok(out)
     }
 
-    /// Who holds a claim, and when its lease was last renewed.
+    /// Who holds a claim (`None`: its content does not read, a damaged object, as its
+    /// write is conditional and whole), and when its lease was last renewed: its
+    /// holder's time or its latest beat's, the epoch when neither reads (so a damaged
+    /// claim counts as old unless its holder still beats). `None`: no such claim.
     fn claim_at(
         &self,
         unit: &str,
         generation: u32,
-    ) -> restic::Result<Option<(Holder, SystemTime)>> {
+    ) -> restic::Result<Option<(Option<Holder>, SystemTime)>> {
         let Some(bytes) = self.b.read_extra(&self.claim_key(unit, generation))? else {
             return Ok(None);
         };
-        let Ok(holder) = serde_json::from_slice::<Holder>(&bytes) else {
-            return Ok(None);
-        };
-        let mut at = parse_at(&holder.at);
+        let holder = serde_json::from_slice::<Holder>(&bytes).ok();
+        let mut at = holder
+            .as_ref()
+            .map_or(SystemTime::UNIX_EPOCH, |h| parse_at(&h.at));
         if let Some(beat) = self.b.read_extra(&self.beat_key(unit, generation))?
             && let Ok(h) = serde_json::from_slice::<Holder>(&beat)
         {
@@ -888,13 +891,16 @@ fn next_unit<'c>(
         match st.claim_at(&u.id, g)? {
             Some((h, at)) => {
                 // This index's claim made on another host (pid namespace, boot) before
-                // this process started: a retried worker's dead predecessor's.
-                let predecessor = h.worker == me && !h.shares_pids_here() && h.made_before(started);
-                if past_lease(at) || h.is_dead_here() || predecessor {
+                // this process started: a retried worker's dead predecessor's. One
+                // that does not read has only its lease (its beats) to go by.
+                let predecessor = h.as_ref().is_some_and(|h| {
+                    h.worker == me && !h.shares_pids_here() && h.made_before(started)
+                });
+                if past_lease(at) || h.as_ref().is_some_and(Holder::is_dead_here) || predecessor {
                     return Ok(Some((u, g + 1)));
                 }
             }
-            // Unreadable or gone: the next generation settles it.
+            // Gone: the next generation settles it.
             None => return Ok(Some((u, g + 1))),
         }
     }
@@ -965,7 +971,9 @@ fn take_turn(
         let g = match st.claim_gens().map_err(failed)?.get(name) {
             None => 1,
             Some(&g) => match st.claim_at(name, g).map_err(failed)? {
-                Some((h, at)) if !h.is_dead_here() && !past_lease(at) => {
+                Some((h, at))
+                    if !h.as_ref().is_some_and(Holder::is_dead_here) && !past_lease(at) =>
+                {
                     poll.wait();
                     continue;
                 }
@@ -1992,13 +2000,13 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
     .filter_map(Result::transpose)
     .collect::<restic::Result<_>>()?;
     let gens = st.claim_gens()?;
-    let mut claims: BTreeMap<String, (u32, usize, bool)> = BTreeMap::new();
+    // A claim that does not read: its holder is not known; it is stale once its lease
+    // (its beats) has lapsed, as a worker would take it over.
+    let mut claims: BTreeMap<String, (u32, Option<usize>, bool)> = BTreeMap::new();
     for (u, g) in &gens {
         if let Some((h, at)) = st.claim_at(u, *g)? {
-            claims.insert(
-                u.clone(),
-                (*g, h.worker, past_lease(at) || h.is_dead_here()),
-            );
+            let stale = past_lease(at) || h.as_ref().is_some_and(Holder::is_dead_here);
+            claims.insert(u.clone(), (*g, h.map(|h| h.worker), stale));
         }
     }
     let published = fin.is_some();
@@ -2006,9 +2014,9 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
         match (commits.get(id), claims.get(id)) {
             (Some(&(g, w)), _) => ("done", Some(g), Some(w)),
             // Published: its commits are tombstones, its claims say who built what.
-            (None, c) if published => ("done", c.map(|c| c.0), c.map(|c| c.1)),
-            (None, Some(&(g, w, true))) => ("stale", Some(g), Some(w)),
-            (None, Some(&(g, w, false))) => ("claimed", Some(g), Some(w)),
+            (None, c) if published => ("done", c.map(|c| c.0), c.and_then(|c| c.1)),
+            (None, Some(&(g, w, true))) => ("stale", Some(g), w),
+            (None, Some(&(g, w, false))) => ("claimed", Some(g), w),
             (None, None) => ("pending", None, None),
         }
     });

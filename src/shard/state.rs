@@ -302,7 +302,11 @@ impl Holder {
 #[derive(Clone, Debug)]
 pub struct Claim {
     pub generation: u32,
-    pub holder: Holder,
+    /// `None`: the file is there but its content cannot be read (empty or garbled, as
+    /// a crash of the store's file server can leave it; a claim is never seen half
+    /// written, being `link`ed to its name complete). Its lease still runs from its
+    /// mtime, so it is taken over once that lapses, as any claim.
+    pub holder: Option<Holder>,
     /// When its lease was last renewed.
     pub renewed: SystemTime,
 }
@@ -498,12 +502,14 @@ impl RunDir {
         Ok(out)
     }
 
-    /// Claim `generation` of `unit`: its holder and when its lease was renewed.
-    pub fn claim_at(&self, unit: &str, generation: u32) -> Option<Claim> {
+    /// Claim `generation` of `unit`: its holder and when its lease was renewed; `None`
+    /// if it is not there.
+    pub fn claim_at(&self, unit: &str, generation: u32) -> Result<Option<Claim>> {
         read_claim(&self.claim_path(unit, generation), generation)
     }
 
-    /// The newest claim to make the plan: its generation and, if readable, the claim.
+    /// The newest claim to make the plan: its generation and, unless it has gone since
+    /// the listing, the claim.
     pub fn plan_claim(&self) -> Result<Option<(u32, Option<Claim>)>> {
         let mut newest = None;
         for e in std::fs::read_dir(&self.root).ctx("read", &self.root)? {
@@ -514,7 +520,9 @@ impl RunDir {
                 .and_then(|g| g.parse::<u32>().ok());
             newest = newest.max(g);
         }
-        Ok(newest.map(|g| (g, read_claim(&self.plan_claim_path(g), g))))
+        newest
+            .map(|g| Ok((g, read_claim(&self.plan_claim_path(g), g)?)))
+            .transpose()
     }
 
     /// Claims generation `generation` of the right to make the plan; `false` if another
@@ -527,11 +535,13 @@ impl RunDir {
 
     /// The newest claim of each unit.
     pub fn claims(&self) -> Result<BTreeMap<String, Claim>> {
-        Ok(self
-            .claim_gens()?
-            .into_iter()
-            .filter_map(|(u, g)| Some((u.clone(), self.claim_at(&u, g)?)))
-            .collect())
+        let mut out = BTreeMap::new();
+        for (u, g) in self.claim_gens()? {
+            if let Some(c) = self.claim_at(&u, g)? {
+                out.insert(u, c);
+            }
+        }
+        Ok(out)
     }
 
     /// The units committed, from the names alone (one listing).
@@ -631,16 +641,25 @@ impl RunDir {
     }
 }
 
-/// The claim in file `path`, if it is there and readable.
-fn read_claim(path: &Path, generation: u32) -> Option<Claim> {
-    let f = std::fs::File::open(path).ok()?;
-    let renewed = f.metadata().and_then(|m| m.modified()).ok()?;
-    let holder = serde_json::from_reader::<_, Holder>(std::io::BufReader::new(f)).ok()?;
-    Some(Claim {
+/// The claim in file `path`, if it is there: its mtime (the lease), and its holder if
+/// the content reads. A claim is `link`ed to its name complete, so one whose content
+/// does not read (empty, garbled, refused) is damaged, not being written: its lease
+/// runs from its mtime as a readable one's does, or it would hold its unit for ever.
+/// An error: not even its mtime can be read.
+fn read_claim(path: &Path, generation: u32) -> Result<Option<Claim>> {
+    let renewed = match std::fs::metadata(path).and_then(|m| m.modified()) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).ctx("stat claim", path),
+    };
+    let holder = std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Holder>(&b).ok());
+    Ok(Some(Claim {
         generation,
         holder,
         renewed,
-    })
+    }))
 }
 
 /// Touches a claim file: its lease runs from now.

@@ -82,8 +82,18 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
     let claims = rd.claims()?;
     let (mut per, list) = units_of(&plan, |id| match (commits.get(id), claims.get(id)) {
         (Some(c), _) => ("done", Some(c.generation), Some(c.worker)),
-        (None, Some(c)) if c.expired(lease) => ("stale", Some(c.generation), Some(c.holder.worker)),
-        (None, Some(c)) => ("claimed", Some(c.generation), Some(c.holder.worker)),
+        // A claim whose content does not read: its holder is not known, its lease
+        // (the file's mtime) is, as any claim's.
+        (None, Some(c)) if c.expired(lease) => (
+            "stale",
+            Some(c.generation),
+            c.holder.as_ref().map(|h| h.worker),
+        ),
+        (None, Some(c)) => (
+            "claimed",
+            Some(c.generation),
+            c.holder.as_ref().map(|h| h.worker),
+        ),
         (None, None) => ("pending", None, None),
     });
     let tally = super::expire::tally(&rd);

@@ -22,7 +22,7 @@ use rustix::io::Errno;
 
 use super::plan::{Cut, Unit};
 use super::sizes::{self, ManifestSizes};
-use super::state::{Commit, Holder, PlanFile, RunDir, UnitCounts};
+use super::state::{Claim, Commit, Holder, PlanFile, RunDir, UnitCounts};
 use super::{ShardError, Spec, sort_err};
 use crate::engine::BackupOptions;
 use crate::engine::walk::Walk;
@@ -458,8 +458,22 @@ fn join_plan(
         }
         let next = match rd.plan_claim()? {
             None => Some(1),
-            Some((g, Some(c))) if c.expired(lease) || c.holder.is_dead_here() => Some(g + 1),
-            // Live, or being written.
+            // A claim whose content does not read (damaged: claims are linked to their
+            // name complete) is taken over once its mtime is past the lease, as any.
+            Some((g, Some(c)))
+                if c.expired(lease) || c.holder.as_ref().is_some_and(Holder::is_dead_here) =>
+            {
+                if c.holder.is_none() {
+                    tracing::warn!(
+                        "planning claim {} cannot be read and is past its lease: taking it over",
+                        rd.plan_claim_path(g).display()
+                    );
+                }
+                Some(g + 1)
+            }
+            // Gone since the listing: the next generation settles it.
+            Some((g, None)) => Some(g + 1),
+            // Live.
             Some(_) => None,
         };
         if let Some(g) = next
@@ -851,21 +865,33 @@ fn pick<'c>(
             let generation = match (claimed.get(&u.id), pass) {
                 (None, _) => 1,
                 (Some(_), false) => continue,
-                (Some(&g), true) => match ctx.rd.claim_at(&u.id, g) {
-                    // Unreadable (being written): its lease counts from now.
+                (Some(&g), true) => match ctx.rd.claim_at(&u.id, g)? {
+                    // Gone since the listing (claims are not removed while the run
+                    // lasts).
                     None => continue,
-                    Some(c) if c.expired(ctx.lease) => g + 1,
+                    // A claim whose content does not read is damaged (claims are linked
+                    // to their name complete): its lease runs from its mtime too.
+                    Some(c) if c.expired(ctx.lease) => {
+                        if c.holder.is_none() {
+                            tracing::warn!(
+                                "claim {} cannot be read and is past its lease: taking it over",
+                                ctx.rd.claim_path(&u.id, g).display()
+                            );
+                        }
+                        g + 1
+                    }
+                    Some(Claim { holder: None, .. }) => continue,
                     // This index's claim left by a dead process of this host, or made
                     // on another host (pid namespace, boot) before this process started:
                     // an earlier process of this index (a retried pod). Claims made
                     // since are a live twin's (a pod started again across a node
                     // partition) and wait for their lease; taken at once, each twin
                     // took back the unit the other had just taken, both builds wasted.
-                    Some(c)
-                        if c.holder.worker == ctx.spec.index
-                            && (c.holder.is_dead_here()
-                                || (!c.holder.shares_pids_here()
-                                    && c.holder.made_before(ctx.started))) =>
+                    Some(Claim {
+                        holder: Some(h), ..
+                    }) if h.worker == ctx.spec.index
+                        && (h.is_dead_here()
+                            || (!h.shares_pids_here() && h.made_before(ctx.started))) =>
                     {
                         g + 1
                     }
