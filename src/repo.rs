@@ -243,14 +243,6 @@ pub trait Repository {
     /// refers to any more.
     fn tidy(&self, leftovers: &[String]);
 
-    /// After run `id` published `label` (the lock held): removes what the label's
-    /// unfinished runs of other processes that can never be published now left (the
-    /// hard-link store's shard runs, `shard::abandoned`). Returns the report's warnings
-    /// naming them; never fails the run.
-    fn remove_abandoned(&self, _label: &str, _id: &str) -> Vec<String> {
-        Vec::new()
-    }
-
     /// Deletes expired snapshots on `jobs` workers until done or `cancel`; what is left
     /// is deleted by a later run. Returns the entries removed.
     fn delete_expired(&self, jobs: usize, cancel: &AtomicBool) -> Result<u64>;

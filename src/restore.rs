@@ -362,17 +362,16 @@ fn is_marker_name(n: &[u8]) -> bool {
 /// restore, which so finds the record of the stopped one.
 fn marker_name(to: &OwnedFd, restored: &[Vec<u8>]) -> Vec<u8> {
     use std::io::Read;
+    let header = record_header(to);
     let is_record = |name: &[u8]| match fsx::open_read_at(b(to), name) {
         Err(e) => fsx::errno_is(&e, Errno::NOENT),
         Ok(fd) => {
             let mut text = Vec::new();
             std::fs::File::from(fd)
-                .take(1 << 30)
+                .take(header.len() as u64)
                 .read_to_end(&mut text)
                 .is_ok()
-                && text
-                    .split(|&c| c == b'\n')
-                    .all(|l| l.is_empty() || l.starts_with(b"d "))
+                && (text.is_empty() || text == header)
         }
     };
     (0..)
@@ -383,6 +382,16 @@ fn marker_name(to: &OwnedFd, restored: &[Vec<u8>]) -> Vec<u8> {
         .find(|n| !restored.contains(n) && is_record(n))
         .expect("an unbounded range")
 }
+/// The first line of a record of unfinished work in target root `to`: its format and
+/// the target's device and inode. A file of the record's name restored from a snapshot
+/// (a tree where a restore was once stopped) names another directory, and is the
+/// user's, not this target's record (an empty file, a record cut short before its first
+/// line, is taken as one).
+fn record_header(to: &OwnedFd) -> Vec<u8> {
+    let id = fsx::fstat(b(to)).map_or((0, 0), |m| (m.dev, m.ino));
+    format!("snapring-restore-unfinished 1 {}:{}\n", id.0, id.1).into_bytes()
+}
+
 /// Files in directories that were there before are written as
 /// `.snapring-restore.<tag>.tmp`, then renamed into place.
 const TMP_PREFIX: &[u8] = b".snapring-restore.";
@@ -443,11 +452,14 @@ impl Unfinished {
             Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
             Err(e) => return Err(io_error(e, "open", path)),
         }
-        let f = std::fs::OpenOptions::new()
+        let mut f = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(&path)
             .ctx("create", &path)?;
+        if f.metadata().ctx("stat", &path)?.len() == 0 {
+            f.write_all(&record_header(to)).ctx("write", &path)?;
+        }
         u.log = Some(Mutex::new(f));
         if to_was_new {
             u.record(&RelPath::root());
@@ -544,7 +556,13 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
             Unfinished::open(fd, &opts.to, to_was_new, &restored)
                 .map_err(Error::on_restore_target)?
         }
-        _ => Unfinished::default(),
+        // A dry run writes no record, but knows a stopped restore's, which `--mirror`
+        // keeps.
+        Some(fd) => Unfinished {
+            name: marker_name(fd, &root_names(&reader, &start)),
+            ..Unfinished::default()
+        },
+        None => Unfinished::default(),
     };
     // A directory an earlier, stopped restore created gets the snapshot's metadata.
     let whole_dir = start.only.is_none();

@@ -1878,3 +1878,79 @@ fn entries_restored_into_a_directory_with_a_default_acl_get_the_snapshots_acls_o
         assert_eq!(got[k], want[k], "--path: {rel}");
     }
 }
+
+/// A file named like the record of a stopped restore that a snapshot put into `--to`
+/// (a backup of a tree where a restore was once stopped) is not a later restore's
+/// record: restored, then a `--path` restore into the same `--to` took it for its own
+/// record, replaced a file the user had edited since (the default mode never replaces)
+/// and deleted it. And a `--mirror --dry-run` lists a stopped restore's record as kept,
+/// as the real run keeps it.
+#[test]
+fn a_restored_file_named_like_the_record_is_not_a_later_restores_record() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, to) = (
+        t.path().join("src"),
+        t.path().join("backup"),
+        t.path().join("to"),
+    );
+    write(&src.join("a/f"), b"1");
+    write(&src.join(".snapring-restore-unfinished"), b"d \nd a\n");
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let restore = |extra: &[&str]| {
+        let mut a: Vec<&OsStr> = vec![
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ];
+        a.extend(extra.iter().map(OsStr::new));
+        snapring(&a, &[])
+    };
+    let o = restore(&[]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    write(&to.join("a/f"), b"user edit");
+    let o = restore(&["--path", "a"]);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "a conflict: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    assert_eq!(std::fs::read(to.join("a/f")).unwrap(), b"user edit");
+    assert_eq!(
+        std::fs::read(to.join(".snapring-restore-unfinished")).unwrap(),
+        b"d \nd a\n"
+    );
+    // A stopped restore's record, and a --mirror dry run.
+    std::fs::remove_file(to.join("a/f")).unwrap();
+    let killed = snapring(
+        &[
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+            "--overwrite".as_ref(),
+        ],
+        &[("SNAPRING_FAILPOINTS", "restore.before_done=kill")],
+    );
+    assert_eq!(killed.status.code(), None, "killed");
+    let records: Vec<String> = std::fs::read_dir(&to)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".snapring-restore-unfinished."))
+        .collect();
+    assert_eq!(records, [".snapring-restore-unfinished.1"]);
+    let o = restore(&["--mirror", "--dry-run"]);
+    let plan = String::from_utf8_lossy(&o.stdout);
+    assert!(!plan.contains("- .snapring-restore-unfinished"), "{plan}");
+}

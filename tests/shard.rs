@@ -1707,25 +1707,32 @@ fn an_abandoned_run_is_removed_when_a_later_run_of_its_label_publishes() {
     );
 }
 
-/// A finalizer killed before its publish leaves the run's staged tree and merged
-/// manifest; a single-node backup of the label then publishes. It removes them with the
-/// run's copies (the run can never be published), says so in its report, and the run's
-/// `snapring finalize` refuses it.
+/// A single-node backup of the label makes a shard run whose finalize was killed
+/// before its publish unpublishable; it does not sweep it (the engine is a lower layer
+/// than shard runs), and the finalize then tried refuses the run and removes its
+/// staged tree, manifest and copies, and says so again when repeated.
 #[test]
-fn a_single_node_backup_removes_a_shard_run_of_its_label_it_made_unpublishable() {
+fn a_finalize_refused_after_a_single_node_backup_removes_the_runs_copies() {
     let e = env();
     killed_at(&e, "old", &[], "shard.finalize.before_publish=kill");
     assert!(e.dest.join(".snapring/staging/old").is_dir());
     assert!(e.dest.join(".snapring/manifests/old.mf").is_file());
     let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
     assert_eq!(code, 0, "{err} {rep}");
-    let w = rep["warnings"].to_string();
+    let o = run_cmd(&e, "finalize", "old", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(
-        w.contains("removed abandoned shard run old (planned "),
-        "{rep}"
+        stderr_of(&o).contains("another backup published meanwhile")
+            && stderr_of(&o).contains("its copies were removed"),
+        "{}",
+        text(&o)
     );
-    let mark = check_abandoned(&e, "old", rep["id"].as_str().unwrap(), "old");
+    assert!(!e.dest.join(".snapring/staging/old").exists());
+    assert!(!e.dest.join(".snapring/manifests/old.mf").exists());
+    // Abandoned by its own finalize, the label's head being the single-node run.
+    let mark = check_abandoned(&e, "old", "old", "old");
     assert_eq!(mark["committed"], mark["units"], "{mark}");
+    assert_eq!(mark["head_run"], rep["id"], "{mark}");
     let o = run_cmd(&e, "finalize", "old", &[], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(

@@ -884,8 +884,6 @@ fn run<R: Repository>(
     rep.snapshot = Some(name);
     let _ = crate::failpoint::hit("backup.after_publish");
     repo.tidy(&leftovers);
-    // Shard runs of the label planned against an older snapshot: to trash, emptied next.
-    rep.warnings.extend(repo.remove_abandoned(&opts.label, id));
     delete_expired(opts, repo, t_walk, cancel, rep);
     Ok(status)
 }

@@ -12,9 +12,11 @@
 //! anything again.
 //!
 //! Done only under the store's exclusive lock, when no worker of any run is alive
-//! (workers hold it shared for their lives): by a publish of the label (a shard
-//! finalize, a single-node backup) for the label's other runs, and by finalize for the
-//! run it refuses. Every step can be repeated after a crash. Does file I/O.
+//! (workers hold it shared for their lives): by a shard finalize's publish of the label
+//! for the label's other runs, and by finalize for the run it refuses. (A single-node
+//! backup does not sweep: the engine is a lower layer than the shard runs; the run it
+//! made unpublishable goes at the label's next shard finalize, or when its own
+//! finalize is tried.) Every step can be repeated after a crash. Does file I/O.
 
 use std::sync::atomic::AtomicBool;
 

@@ -303,10 +303,6 @@ impl Repository for Store {
         }
     }
 
-    fn remove_abandoned(&self, label: &str, id: &str) -> Vec<String> {
-        crate::shard::abandoned::sweep(self, label, id)
-    }
-
     fn delete_expired(&self, jobs: usize, cancel: &AtomicBool) -> Result<u64> {
         trash::empty(self, jobs, cancel)
     }
