@@ -51,6 +51,25 @@ pub fn is_remote(path: &Path) -> bool {
     }
 }
 
+/// Whether every client of the file system holding `path` sees a file under the same
+/// inode number (NFS's fileid, a cluster file system's): not for FUSE (sshfs, s3fs,
+/// rclone number inodes per mount) or SMB/CIFS (`noserverino`). A shard plan records
+/// the source's inode only where it is (`shard::state::check_source_ino`).
+pub fn inode_numbers_shared(path: &Path) -> bool {
+    match rustix::fs::statfs(path) {
+        Ok(fs) => !PER_MOUNT_INODES.contains(&(fs.f_type as u64)),
+        Err(_) => false,
+    }
+}
+
+/// statfs(2) `f_type` of file systems whose inode numbers may be the client's own.
+const PER_MOUNT_INODES: &[u64] = &[
+    0x65735546, // FUSE
+    0x517b,     // SMB
+    0xff534d42, // CIFS
+    0xfe534d42, // SMB2
+];
+
 /// statfs(2) `f_type` of file systems whose metadata calls cross a network (or a FUSE
 /// daemon, which is how s3fs, sshfs, gcsfuse and the benchmark's latency layer appear).
 const REMOTE_MAGIC: &[u64] = &[

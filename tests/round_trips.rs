@@ -232,3 +232,27 @@ fn a_restored_file_needs_no_stat_by_name_xattr_listing_chown_or_chmod() {
         "{total} calls for {files} restored files: {calls:?}"
     );
 }
+
+/// A shard plan records the source directory's inode number only where every client of
+/// the file system sees the same one (NFS, a local disk): on FUSE (sshfs, s3fs, rclone
+/// number inodes per mount) it is not recorded, so a worker on another node is not
+/// refused as "not mounted". Through latencyfs (FUSE) here, and a local directory.
+#[test]
+fn a_shard_plan_records_the_source_inode_only_where_clients_share_it() {
+    let t = tempfile::tempdir().unwrap();
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    write(&under.join("src/d/f"), b"f");
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &[]) else {
+        return;
+    };
+    let plan = |src: &Path, dest: &Path, run: &str| -> serde_json::Value {
+        let (code, _, err) = backup(src, dest, &["--shard", "0/1", "--run-id", run], &[]);
+        assert_eq!(code, 0, "{err}");
+        let p = dest.join(format!(".snapring/shards/{run}/plan.json"));
+        serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let fuse = plan(&mnt.join("src"), &t.path().join("b1"), "fuse");
+    assert!(fuse.get("source_ino").is_none(), "{fuse}");
+    let local = plan(&under.join("src"), &t.path().join("b2"), "local");
+    assert!(local["source_ino"].as_u64().is_some(), "{local}");
+}

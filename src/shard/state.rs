@@ -103,7 +103,9 @@ pub struct PlanFile {
     /// finalize whose source has another is on a node where it is not mounted (an
     /// empty mount point, a failed automount) and is refused, instead of committing
     /// its units empty into a snapshot called complete. NFS and EFS give every client
-    /// the same number. Absent in plans written before it (not checked).
+    /// the same number; FUSE and SMB may not, and there it is not recorded
+    /// (`concurrency::inode_numbers_shared`). Absent in plans written before it, or
+    /// not recorded: not checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ino: Option<u64>,
     /// What the planner warned of for the whole run (a `--retain` that expires more

@@ -568,7 +568,10 @@ fn make_plan(
         one_file_system: opts.one_file_system,
         spine: cut.spine.iter().map(RelPath::escaped).collect(),
         units: PlanFile::units_of(&cut),
-        source_ino: Some(super::state::source_ino(source).ctx("stat source", source)?),
+        source_ino: match crate::concurrency::inode_numbers_shared(source) {
+            true => Some(super::state::source_ino(source).ctx("stat source", source)?),
+            false => None,
+        },
         warnings: lowered.into_iter().collect(),
         exclusion: opts.exclude_settings()?,
     };
