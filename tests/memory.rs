@@ -14,7 +14,11 @@ fn make_tree(root: &Path, dirs: usize) {
         let p = root.join(format!("top{}", d / 100)).join(format!("dir{d}"));
         std::fs::create_dir_all(&p).unwrap();
         for f in 0..100 {
-            std::fs::write(p.join(format!("file{f}")), vec![b'x'; if f < 10 { f * 7 } else { 0 }]).unwrap();
+            std::fs::write(
+                p.join(format!("file{f}")),
+                vec![b'x'; if f < 10 { f * 7 } else { 0 }],
+            )
+            .unwrap();
         }
     }
 }
