@@ -257,6 +257,46 @@ fn snapring_restores_what_restic_wrote() {
     );
 }
 
+/// restic before 0.17 records a relative path (`restic backup data`, run in its parent)
+/// absolute in the snapshot's `paths` but stores the tree as `data/...` from the root.
+/// snapring restores that path's contents into `--to` (not `--to/data/...`), and
+/// `verify --against` the source finds nothing missing. Before, `source_tree` fell back
+/// to the root: the restore nested `data/`, verify called every file missing.
+#[test]
+fn a_restic_snapshot_of_a_relative_path_lines_up_with_its_source() {
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, target) = (
+        t.path().join("data"),
+        t.path().join("repo"),
+        t.path().join("T"),
+    );
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    write(&src.join("x"), b"one");
+    write(&src.join("sub/y"), b"two");
+    run_restic(&restic, &repo, &[OsStr::new("init")]);
+    let mut c = restic_cmd(&restic, &repo);
+    c.current_dir(t.path());
+    restic_ok(c, &["backup", "data"]);
+    restore_latest(&repo, &target);
+    assert_same_tree(
+        &describe(&src),
+        &describe(&target),
+        "snapring restore of restic's snapshot of a relative path",
+    );
+    let (code, out, err) = sr(&[
+        "verify",
+        "--dest",
+        &file_url(&repo),
+        "latest",
+        "--against",
+        src.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "verify --against the source: {out}\n{err}");
+}
+
 #[test]
 fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() {
     let t = tempfile::tempdir().unwrap();

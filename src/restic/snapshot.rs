@@ -144,10 +144,17 @@ pub fn source_tree(repo: &Repo, snap: &Snapshot) -> Result<(Id, Option<Node>)> {
     let top = match snap.paths.as_slice() {
         [one] => {
             let comps: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
-            match comps.is_empty() {
-                true => None,
-                false => super::backup::dir_node(repo, snap.tree, &comps)?,
+            // The whole path first; then its tails, longest first: restic before 0.17
+            // recorded a relative path (`restic backup data`) absolute in `paths` but
+            // stored only the path as given (`data/...`) in the tree.
+            let mut top = None;
+            for k in 0..comps.len() {
+                top = super::backup::dir_node(repo, snap.tree, &comps[k..])?;
+                if top.is_some() {
+                    break;
+                }
             }
+            top
         }
         _ => None,
     };
