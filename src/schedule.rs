@@ -925,4 +925,40 @@ mod tests {
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
+
+    #[test]
+    fn daylight_saving_runs_over_a_year_in_zones_with_odd_changes() {
+        // 2026, counted in UTC. Lord Howe moves by 30 minutes (02:00 -> 02:30, and
+        // 02:00 -> 01:30), Troll by two hours (01:00 -> 03:00, 03:00 -> 01:00), Santiago
+        // at midnight, Kolkata never. `0,30 2 * * *` loses one run to a gap that holds
+        // both its times (or 02:00 and the gap's own end, 02:30), and repeats none.
+        let year = (t("2026-01-01T00:00:00Z"), t("2027-01-01T00:00:00Z"));
+        for (zone, expr, want) in [
+            ("Europe/Berlin", "0,30 2 * * *", 729),
+            ("America/New_York", "0,30 2 * * *", 729),
+            ("Australia/Lord_Howe", "0,30 2 * * *", 729),
+            ("Antarctica/Troll", "0,30 2 * * *", 729),
+            ("Antarctica/Troll", "0 1-3 * * *", 3 * 365 - 2),
+            ("America/Santiago", "0,30 2 * * *", 730),
+            ("Asia/Kolkata", "0,30 2 * * *", 730),
+            // Every hour on the hour is every hour of real time in a zone whose
+            // offsets are whole hours.
+            ("Europe/Berlin", "@hourly", 8760),
+        ] {
+            let s = parse(expr, Some(zone)).unwrap();
+            let mut runs = vec![];
+            let mut at = year.0 - chrono::Duration::seconds(1);
+            while let Some(r) = s.next_after(at).filter(|r| *r < year.1) {
+                assert!(r > at, "{expr} in {zone}: {r} after {at}");
+                assert_eq!(s.previous_at_or_before(r), Some(r), "{expr} in {zone}");
+                if let Some(&last) = runs.last() {
+                    let before = s.previous_at_or_before(r - chrono::Duration::seconds(1));
+                    assert_eq!(before, Some(last), "{expr} in {zone} before {r}");
+                }
+                runs.push(r);
+                at = r;
+            }
+            assert_eq!(runs.len(), want, "{expr} in {zone}");
+        }
+    }
 }
