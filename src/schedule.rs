@@ -6,7 +6,7 @@
 //! (`0-59/15`), which croner accepts. Pure: every function takes the instant
 //! to count from, so nothing here reads the clock.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, LocalResult, TimeZone, Utc};
 use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::{Cron, YEAR_UPPER_LIMIT};
@@ -158,15 +158,103 @@ fn no_empty_items(fields: &[&str], names: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
+/// `t`'s local wall clock, carried as a `DateTime<Utc>` (see `Schedule::wall_next`).
+fn wall(tz: Tz, t: DateTime<Utc>) -> DateTime<Utc> {
+    Utc.from_utc_datetime(&t.with_timezone(&tz).naive_local())
+}
+
+/// When the scheduled wall clock time `w` runs, for a pattern that does not run every
+/// hour: at `w` if it happens once; at its first occurrence if the fall-back repeats
+/// it; at the first instant after the gap if the spring-forward skips it. The mapping
+/// never goes back in time as `w` goes forward, which `next_after` and
+/// `previous_at_or_before` rely on.
+fn run_instant(tz: Tz, w: DateTime<Utc>) -> DateTime<Utc> {
+    match tz.from_local_datetime(&w.naive_utc()) {
+        LocalResult::Single(d) => d.with_timezone(&Utc),
+        LocalResult::Ambiguous(first, _) => first.with_timezone(&Utc),
+        LocalResult::None => after_gap(tz, w),
+    }
+}
+
+/// The first instant whose wall clock is past `w`, a wall clock time that does not
+/// exist: the instant the clocks jumped over it. Found by bisection between instants
+/// certainly before and after it (no offset is more than 14 hours from UTC).
+fn after_gap(tz: Tz, w: DateTime<Utc>) -> DateTime<Utc> {
+    let past = |s: i64| DateTime::<Utc>::from_timestamp(s, 0).is_some_and(|x| wall(tz, x) > w);
+    let (mut lo, mut hi) = (w.timestamp() - 15 * 3600, w.timestamp() + 15 * 3600);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if past(mid) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    DateTime::<Utc>::from_timestamp(hi, 0).unwrap_or(w)
+}
+
+/// If `t` is in the second pass of a wall clock range the fall-back repeats, the first
+/// wall clock time after that range (whole seconds); `None` otherwise.
+fn repeat_end(tz: Tz, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let w = wall(tz, t);
+    let LocalResult::Ambiguous(first, second) = tz.from_local_datetime(&w.naive_utc()) else {
+        return None;
+    };
+    if t <= first.with_timezone(&Utc) {
+        return None;
+    }
+    // The range is as long as the clocks went back: `w + len` is past it, and every
+    // wall clock time between `w` and its end is repeated.
+    let len = (second.with_timezone(&Utc) - first.with_timezone(&Utc)).num_seconds();
+    let repeated = |s: i64| {
+        DateTime::<Utc>::from_timestamp(s, 0).is_some_and(|x| {
+            matches!(
+                tz.from_local_datetime(&x.naive_utc()),
+                LocalResult::Ambiguous(..)
+            )
+        })
+    };
+    let (mut lo, mut hi) = (w.timestamp(), w.timestamp() + len);
+    while hi - lo > 1 {
+        let mid = lo + (hi - lo) / 2;
+        if repeated(mid) {
+            lo = mid;
+        } else {
+            hi = mid;
+        }
+    }
+    DateTime::<Utc>::from_timestamp(hi, 0)
+}
+
 impl Schedule {
     /// The first firing strictly after `t`.
+    ///
+    /// In a named zone the pattern is matched against the local wall clock, and
+    /// daylight-saving changes are handled as Vixie cron handles them
+    /// (`wall_clock_runs` says how).
     pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self.tz {
-            Some(tz) => self
+            Some(tz) if self.every_hour() => self
                 .cron
                 .find_next_occurrence(&t.with_timezone(&tz), false)
                 .ok()
                 .map(|d| d.with_timezone(&Utc)),
+            Some(tz) => {
+                // Every wall clock time up to `t`'s own runs at or before `t`; so does
+                // the rest of a repeated range `t` is in the second pass of.
+                let mut w = match repeat_end(tz, t) {
+                    Some(end) => self.wall_next(end, true)?,
+                    None => self.wall_next(wall(tz, t), false)?,
+                };
+                // Past `t` at once in any real zone; the loop only guarantees progress.
+                loop {
+                    let at = run_instant(tz, w);
+                    if at > t {
+                        return Some(at);
+                    }
+                    w = self.wall_next(w, false)?;
+                }
+            }
             None => self.cron.find_next_occurrence(&t, false).ok(),
         }
     }
@@ -174,13 +262,57 @@ impl Schedule {
     /// The last firing at or before `t`.
     pub fn previous_at_or_before(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self.tz {
-            Some(tz) => self
+            Some(tz) if self.every_hour() => self
                 .cron
                 .find_previous_occurrence(&t.with_timezone(&tz), true)
                 .ok()
                 .map(|d| d.with_timezone(&Utc)),
+            Some(tz) => {
+                // In the second pass of a repeated range, the whole range ran (once, in
+                // the first pass) before `t`.
+                let mut w = match repeat_end(tz, t) {
+                    Some(end) => self.wall_previous(end, false)?,
+                    None => self.wall_previous(wall(tz, t), true)?,
+                };
+                loop {
+                    let at = run_instant(tz, w);
+                    if at <= t {
+                        return Some(at);
+                    }
+                    w = self.wall_previous(w, false)?;
+                }
+            }
             None => self.cron.find_previous_occurrence(&t, true).ok(),
         }
+    }
+
+    /// Whether the pattern runs in every hour of the day (`@hourly`, `*/15 * * * *`,
+    /// `0 * * * *`). Such a schedule keeps its pace in real time across a
+    /// daylight-saving change, as Vixie cron runs its wildcard jobs: a wall clock time
+    /// that does not exist is skipped (the next hour's run follows an hour after the
+    /// previous one), and one that happens twice runs twice, an hour apart. Every other
+    /// pattern (`30 2 * * *`, `0,30 2 * * *`, `15 2,14 * * *`) runs each of its wall
+    /// clock times once, as Vixie cron runs its fixed-time jobs: the times that
+    /// fall in a spring-forward gap run once at the first instant after it (several of
+    /// them, and a time scheduled right at the gap's end, are one run), and a time the
+    /// fall-back repeats runs at its first occurrence only. (Vixie cron calls a job a
+    /// wildcard one when its minute or hour field starts with `*`; here the hours it
+    /// runs in decide, so `*/30 2 * * *` runs once in the gap and once per repeated time
+    /// too.)
+    fn every_hour(&self) -> bool {
+        (0..24).all(|h| self.cron.pattern.hour_match(h).unwrap_or(false))
+    }
+
+    /// The first scheduled wall clock time after `w` (at or after, `inclusive`). A
+    /// wall clock time is carried in a `DateTime<Utc>` whose UTC fields are the local
+    /// ones: croner evaluates it without any daylight-saving change.
+    fn wall_next(&self, w: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
+        self.cron.find_next_occurrence(&w, inclusive).ok()
+    }
+
+    /// The last scheduled wall clock time before `w` (at or before, `inclusive`).
+    fn wall_previous(&self, w: DateTime<Utc>, inclusive: bool) -> Option<DateTime<Utc>> {
+        self.cron.find_previous_occurrence(&w, inclusive).ok()
     }
 
     /// The next `n` firings after `t`.
@@ -449,5 +581,384 @@ mod tests {
                 .to_rfc3339(),
             "2026-11-21T02:00:00+00:00"
         );
+    }
+
+    /// Runs across the 2026 daylight-saving changes: Berlin springs forward on 29 March
+    /// at 01:00Z (02:00 CET -> 03:00 CEST) and falls back on 25 October at 01:00Z
+    /// (03:00 CEST -> 02:00 CET); New York on 8 March at 07:00Z (02:00 EST -> 03:00 EDT)
+    /// and 1 November at 06:00Z (02:00 EDT -> 01:00 EST). Each row: zone, schedule,
+    /// from, the runs that follow. Each run is also checked backwards: it is the last
+    /// run at or before itself, and the one before it is the last run a second earlier.
+    const DST_ROWS: &[(&str, &str, &str, &[&str])] = &[
+        // Spring forward, a pattern of fixed times: each time in the gap runs once at
+        // its end; several of them (and one at the end itself) are one run.
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            "2026-03-28T23:00:00Z",
+            &["2026-03-29T01:00:00Z", "2026-03-30T00:30:00Z"],
+        ),
+        (
+            "Europe/Berlin",
+            "0,30 2 * * *",
+            "2026-03-28T23:00:00Z",
+            &[
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:00:00Z",
+                "2026-03-30T00:30:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "cron(0/30 2 * * ? *)",
+            "2026-03-28T23:00:00Z",
+            &[
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:00:00Z",
+                "2026-03-30T00:30:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "15 2,14 * * *",
+            "2026-03-28T23:00:00Z",
+            &[
+                "2026-03-29T01:00:00Z",
+                "2026-03-29T12:15:00Z",
+                "2026-03-30T00:15:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "0,30 2,3 * * *",
+            "2026-03-28T23:00:00Z",
+            &[
+                "2026-03-29T01:00:00Z",
+                "2026-03-29T01:30:00Z",
+                "2026-03-30T00:00:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "*/20 30 2 * * *",
+            "2026-03-28T23:00:00Z",
+            &[
+                "2026-03-29T01:00:00Z",
+                "2026-03-30T00:30:00Z",
+                "2026-03-30T00:30:20Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "0,30 2 * * *",
+            "2026-03-29T00:59:59Z",
+            &["2026-03-29T01:00:00Z", "2026-03-30T00:00:00Z"],
+        ),
+        (
+            "Europe/Berlin",
+            "0,30 2 * * *",
+            "2026-03-29T01:00:00Z",
+            &["2026-03-30T00:00:00Z"],
+        ),
+        (
+            "Europe/Berlin",
+            "*/30 2 * * *",
+            "2026-03-28T23:00:00Z",
+            &["2026-03-29T01:00:00Z", "2026-03-30T00:00:00Z"],
+        ),
+        (
+            "America/New_York",
+            "30 1,2 * * *",
+            "2026-03-07T17:00:00Z",
+            &[
+                "2026-03-08T06:30:00Z",
+                "2026-03-08T07:00:00Z",
+                "2026-03-09T05:30:00Z",
+            ],
+        ),
+        (
+            "America/New_York",
+            "30 2 * * *",
+            "2026-03-07T17:00:00Z",
+            &["2026-03-08T07:00:00Z", "2026-03-09T06:30:00Z"],
+        ),
+        // Fall back, fixed times: a repeated time runs at its first occurrence only.
+        (
+            "Europe/Berlin",
+            "30 2 * * *",
+            "2026-10-24T12:00:00Z",
+            &["2026-10-25T00:30:00Z", "2026-10-26T01:30:00Z"],
+        ),
+        (
+            "Europe/Berlin",
+            "0,30 2 * * *",
+            "2026-10-24T12:00:00Z",
+            &[
+                "2026-10-25T00:00:00Z",
+                "2026-10-25T00:30:00Z",
+                "2026-10-26T01:00:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "cron(0/30 2 * * ? *)",
+            "2026-10-24T12:00:00Z",
+            &[
+                "2026-10-25T00:00:00Z",
+                "2026-10-25T00:30:00Z",
+                "2026-10-26T01:00:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "15 2,14 * * *",
+            "2026-10-24T13:00:00Z",
+            &[
+                "2026-10-25T00:15:00Z",
+                "2026-10-25T13:15:00Z",
+                "2026-10-26T01:15:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "*/20 30 2 * * *",
+            "2026-10-24T12:00:00Z",
+            &[
+                "2026-10-25T00:30:00Z",
+                "2026-10-25T00:30:20Z",
+                "2026-10-25T00:30:40Z",
+                "2026-10-26T01:30:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "*/30 2 * * *",
+            "2026-10-24T12:00:00Z",
+            &[
+                "2026-10-25T00:00:00Z",
+                "2026-10-25T00:30:00Z",
+                "2026-10-26T01:00:00Z",
+            ],
+        ),
+        // From inside the first pass, and from the second (02:10 CET): the repeated
+        // times already ran; 03:00, the first time after them, still runs.
+        (
+            "Europe/Berlin",
+            "0,30 2 * * *",
+            "2026-10-25T00:10:00Z",
+            &["2026-10-25T00:30:00Z", "2026-10-26T01:00:00Z"],
+        ),
+        (
+            "Europe/Berlin",
+            "0,30 2 * * *",
+            "2026-10-25T01:10:00Z",
+            &["2026-10-26T01:00:00Z"],
+        ),
+        (
+            "Europe/Berlin",
+            "0 2,3 * * *",
+            "2026-10-25T01:30:00Z",
+            &["2026-10-25T02:00:00Z", "2026-10-26T01:00:00Z"],
+        ),
+        (
+            "America/New_York",
+            "30 1,2 * * *",
+            "2026-10-31T12:00:00Z",
+            &[
+                "2026-11-01T05:30:00Z",
+                "2026-11-01T07:30:00Z",
+                "2026-11-02T06:30:00Z",
+            ],
+        ),
+        (
+            "America/New_York",
+            "30 1 * * *",
+            "2026-10-31T12:00:00Z",
+            &["2026-11-01T05:30:00Z", "2026-11-02T06:30:00Z"],
+        ),
+        // A pattern that runs every hour keeps its pace in real time: a time in the gap
+        // is skipped, a repeated one runs in both passes.
+        (
+            "Europe/Berlin",
+            "0 * * * *",
+            "2026-03-28T23:30:00Z",
+            &[
+                "2026-03-29T00:00:00Z",
+                "2026-03-29T01:00:00Z",
+                "2026-03-29T02:00:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "30 * * * *",
+            "2026-03-29T00:00:00Z",
+            &["2026-03-29T00:30:00Z", "2026-03-29T01:30:00Z"],
+        ),
+        (
+            "Europe/Berlin",
+            "@hourly",
+            "2026-10-24T23:30:00Z",
+            &[
+                "2026-10-25T00:00:00Z",
+                "2026-10-25T01:00:00Z",
+                "2026-10-25T02:00:00Z",
+            ],
+        ),
+        (
+            "Europe/Berlin",
+            "cron(0/30 * * * ? *)",
+            "2026-10-25T00:45:00Z",
+            &[
+                "2026-10-25T01:00:00Z",
+                "2026-10-25T01:30:00Z",
+                "2026-10-25T02:00:00Z",
+            ],
+        ),
+        (
+            "America/New_York",
+            "*/30 * * * *",
+            "2026-11-01T05:45:00Z",
+            &[
+                "2026-11-01T06:00:00Z",
+                "2026-11-01T06:30:00Z",
+                "2026-11-01T07:00:00Z",
+            ],
+        ),
+    ];
+
+    fn z(d: DateTime<Utc>) -> String {
+        d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    }
+
+    #[test]
+    fn daylight_saving_gaps_and_repeats_with_lists_and_steps() {
+        // Every row is checked, and every wrong one named.
+        let mut wrong = Vec::new();
+        for (zone, expr, from, want) in DST_ROWS {
+            let s = parse(expr, Some(zone)).unwrap();
+            let got: Vec<String> = s.upcoming(t(from), want.len()).into_iter().map(z).collect();
+            if got != *want {
+                wrong.push(format!("next: {expr} in {zone} from {from}: {got:?}"));
+                continue;
+            }
+            for (i, run) in want.iter().enumerate() {
+                let at = s.previous_at_or_before(t(run));
+                if at != Some(t(run)) {
+                    wrong.push(format!("previous: {expr} in {zone} at {run}: {at:?}"));
+                }
+                let before = s.previous_at_or_before(t(run) - chrono::Duration::seconds(1));
+                let right = match i {
+                    0 => before.is_some_and(|b| b <= t(from)),
+                    _ => before == Some(t(want[i - 1])),
+                };
+                if !right {
+                    wrong.push(format!(
+                        "previous: {expr} in {zone} before {run}: {before:?}"
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn daylight_saving_previous_run_from_inside_a_change() {
+        let mut wrong = Vec::new();
+        for (zone, expr, at, want) in [
+            // 02:45 CET, the second pass: the repeated times ran in the first one.
+            (
+                "Europe/Berlin",
+                "0,30 2 * * *",
+                "2026-10-25T01:45:00Z",
+                "2026-10-25T00:30:00Z",
+            ),
+            (
+                "Europe/Berlin",
+                "0,30 2 * * *",
+                "2026-10-25T01:00:00Z",
+                "2026-10-25T00:30:00Z",
+            ),
+            (
+                "Europe/Berlin",
+                "cron(0/30 2 * * ? *)",
+                "2026-10-25T01:59:59Z",
+                "2026-10-25T00:30:00Z",
+            ),
+            (
+                "America/New_York",
+                "30 1,2 * * *",
+                "2026-11-01T06:45:00Z",
+                "2026-11-01T05:30:00Z",
+            ),
+            // The gap's times ran at its end.
+            (
+                "Europe/Berlin",
+                "0,30 2 * * *",
+                "2026-03-29T01:00:00Z",
+                "2026-03-29T01:00:00Z",
+            ),
+            (
+                "Europe/Berlin",
+                "15 2,14 * * *",
+                "2026-03-29T11:00:00Z",
+                "2026-03-29T01:00:00Z",
+            ),
+            (
+                "Europe/Berlin",
+                "0,30 2 * * *",
+                "2026-03-29T00:59:59Z",
+                "2026-03-28T01:30:00Z",
+            ),
+            // Every hour: the second pass's own run.
+            (
+                "Europe/Berlin",
+                "0 * * * *",
+                "2026-10-25T01:30:00Z",
+                "2026-10-25T01:00:00Z",
+            ),
+        ] {
+            let s = parse(expr, Some(zone)).unwrap();
+            let got = s.previous_at_or_before(t(at)).map(z);
+            if got.as_deref() != Some(want) {
+                wrong.push(format!("{expr} in {zone} at {at}: {got:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn daylight_saving_runs_over_a_year_in_zones_with_odd_changes() {
+        // 2026, counted in UTC. Lord Howe moves by 30 minutes (02:00 -> 02:30, and
+        // 02:00 -> 01:30), Troll by two hours (01:00 -> 03:00, 03:00 -> 01:00), Santiago
+        // at midnight, Kolkata never. `0,30 2 * * *` loses one run to a gap that holds
+        // both its times (or 02:00 and the gap's own end, 02:30), and repeats none.
+        let year = (t("2026-01-01T00:00:00Z"), t("2027-01-01T00:00:00Z"));
+        for (zone, expr, want) in [
+            ("Europe/Berlin", "0,30 2 * * *", 729),
+            ("America/New_York", "0,30 2 * * *", 729),
+            ("Australia/Lord_Howe", "0,30 2 * * *", 729),
+            ("Antarctica/Troll", "0,30 2 * * *", 729),
+            ("Antarctica/Troll", "0 1-3 * * *", 3 * 365 - 2),
+            ("America/Santiago", "0,30 2 * * *", 730),
+            ("Asia/Kolkata", "0,30 2 * * *", 730),
+            // Every hour on the hour is every hour of real time in a zone whose
+            // offsets are whole hours.
+            ("Europe/Berlin", "@hourly", 8760),
+        ] {
+            let s = parse(expr, Some(zone)).unwrap();
+            let mut runs = vec![];
+            let mut at = year.0 - chrono::Duration::seconds(1);
+            while let Some(r) = s.next_after(at).filter(|r| *r < year.1) {
+                assert!(r > at, "{expr} in {zone}: {r} after {at}");
+                assert_eq!(s.previous_at_or_before(r), Some(r), "{expr} in {zone}");
+                if let Some(&last) = runs.last() {
+                    let before = s.previous_at_or_before(r - chrono::Duration::seconds(1));
+                    assert_eq!(before, Some(last), "{expr} in {zone} before {r}");
+                }
+                runs.push(r);
+                at = r;
+            }
+            assert_eq!(runs.len(), want, "{expr} in {zone}");
+        }
     }
 }
