@@ -522,7 +522,7 @@ pub fn run_repository(
     let outcome = (|| -> restic::Result<restic::backup::BackupReport> {
         let backend = restic::backend::from_dest(&j.dest)?;
         let password = restic::password::resolve(j.password_file.as_deref())?;
-        let mut repo = restic::repo::Repo::open_in(backend, &password)?;
+        let mut repo = restic::repo::Repo::open_with(backend, &password)?;
         repo.use_user_cache();
         drop(password);
         let Some(spec) = &j.copy_of else {
@@ -638,7 +638,7 @@ pub fn run_repository_worker(
     let outcome = (|| {
         let backend = restic::backend::from_dest(&j.dest).map_err(failed)?;
         let password = restic::password::resolve(j.password_file.as_deref()).map_err(failed)?;
-        let mut repo = restic::repo::Repo::open_in(backend, &password).map_err(failed)?;
+        let mut repo = restic::repo::Repo::open_with(backend, &password).map_err(failed)?;
         repo.use_user_cache();
         drop(password);
         let opts = repository::Options {

@@ -17,6 +17,33 @@ pub fn hostname() -> String {
         .into_owned()
 }
 
+/// The user running this process, as a lock and a snapshot record it: `$USER`, else
+/// (cron, systemd, a container: no `USER`) the name `/etc/passwd` gives the real uid,
+/// as restic looks it up; empty if neither says.
+pub fn username() -> String {
+    let passwd = || std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    username_of(
+        std::env::var("USER").ok(),
+        rustix::process::getuid().as_raw(),
+        passwd,
+    )
+}
+
+/// [`username`] from `$USER` (`user`), the uid and the contents of `/etc/passwd`
+/// (read only when `user` is unset or empty).
+fn username_of(user: Option<String>, uid: u32, passwd: impl FnOnce() -> String) -> String {
+    if let Some(u) = user.filter(|u| !u.is_empty()) {
+        return u;
+    }
+    passwd()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f[0].to_string())
+        })
+        .unwrap_or_default()
+}
+
 /// Whether a process recorded as on `host`, in pid namespace `pid_ns` and boot
 /// `boot` (each empty if not recorded: files written before them) has its pid in this
 /// process's pid space.
@@ -237,6 +264,33 @@ pub fn par_map<T: Sync, R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A lock's and a snapshot's user name under cron or systemd (no `USER`): looked up
+    /// from the uid, as restic does; it was empty.
+    #[test]
+    fn the_user_name_comes_from_the_uid_without_user() {
+        let passwd = || {
+            "root:x:0:0:root:/root:/bin/bash\n\
+             # a comment\n\
+             backup:x:34:34:backup:/var/backups:/usr/sbin/nologin\n\
+             alice:x:1000:1000:Alice,,,:/home/alice:/bin/bash\n"
+                .to_string()
+        };
+        assert_eq!(username_of(None, 1000, passwd), "alice");
+        assert_eq!(username_of(Some(String::new()), 34, passwd), "backup");
+        assert_eq!(username_of(Some("bob".into()), 1000, passwd), "bob");
+        assert_eq!(username_of(None, 4242, passwd), "");
+        // This process's own: whatever the environment says, a name (the test runs
+        // as a user /etc/passwd knows, or with USER set).
+        if std::env::var("USER").is_err() {
+            let uid = rustix::process::getuid().as_raw();
+            let known = std::fs::read_to_string("/etc/passwd")
+                .unwrap_or_default()
+                .lines()
+                .any(|l| l.split(':').nth(2) == Some(&uid.to_string()));
+            assert_eq!(!username().is_empty(), known);
+        }
+    }
 
     #[test]
     fn par_map_keeps_the_order_of_the_items() {

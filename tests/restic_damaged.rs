@@ -845,3 +845,181 @@ fn a_restore_goes_on_past_a_damaged_blob_and_names_its_file() {
     }
     assert_eq!(restored, 19);
 }
+
+/// `snapring restore --json` of the latest snapshot of `url` into `to` (no tree
+/// cache): (exit code, report, stderr).
+fn restore_json(url: &str, to: &Path) -> (i32, serde_json::Value, String) {
+    let (code, out, err) = sr_nocache(&[&restore_latest(url, to)[..], &["--json"]].concat());
+    // No report when the restore stopped (exit 1): the caller's check of the
+    // code shows stderr.
+    let rep = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    (code, rep, err)
+}
+
+/// The paths of a restore report's problems (relative to its target), sorted, each
+/// with its action.
+fn problem_paths(rep: &serde_json::Value) -> Vec<String> {
+    let mut v: Vec<String> = rep["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems in {rep}"))
+        .iter()
+        .map(|p| {
+            assert_eq!(p["action"], "read from the repository", "{rep}");
+            p["path"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("./")
+                .to_string()
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A 10 MB file with three more hard links, a byte of a late blob of it flipped: the
+/// restore removes every name of it (the fill removed only the one it wrote, and the
+/// three links were left half-written, with the restore's time as their mtime and
+/// counted in `hard_links`), names each as a problem, and restores the rest; `partial`,
+/// exit 2.
+#[test]
+fn a_damaged_file_with_hard_links_leaves_none_of_its_names() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("to"),
+    );
+    write(&src.join("aaa"), &pseudo_random(10_000_000, 1));
+    for i in 1..=3 {
+        std::fs::hard_link(src.join("aaa"), src.join(format!("link{i}"))).unwrap();
+    }
+    write(&src.join("zzz"), b"other\n");
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    backup_json(&src, &url);
+    let (_, pack) = packs_by_size(&repo).pop().unwrap();
+    let mut bytes = std::fs::read(&pack).unwrap();
+    let at = bytes.len() * 9 / 10;
+    bytes[at] ^= 0x01;
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let (code, rep, err) = restore_json(&url, &to);
+    assert_eq!(code, 2, "{rep}\n{err}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    assert_eq!(
+        problem_paths(&rep),
+        ["aaa", "link1", "link2", "link3"],
+        "{rep}"
+    );
+    for name in ["aaa", "link1", "link2", "link3"] {
+        assert!(
+            std::fs::symlink_metadata(to.join(name)).is_err(),
+            "{name}: a half-written name left behind: {rep}"
+        );
+    }
+    assert_eq!(std::fs::read(to.join("zzz")).unwrap(), b"other\n");
+    assert_eq!(rep["hard_links"], 0, "no link restored: {rep}");
+}
+
+/// Every pack of `repo` not in `before`, biggest first.
+fn new_packs(repo: &Path, before: &[(u64, PathBuf)]) -> Vec<(u64, PathBuf)> {
+    let mut v: Vec<(u64, PathBuf)> = packs_by_size(repo)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
+    v.reverse();
+    v
+}
+
+/// The names of a file whose first blob is damaged, met by the walk after its fill
+/// failed (400 other files between them): each is a problem and the restore goes on.
+/// Linking to the removed first name failed (ENOENT) and stopped the whole restore,
+/// exit 1.
+#[test]
+fn hard_links_met_after_their_file_failed_are_named_not_a_stop() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("to"),
+    );
+    for i in 0..400 {
+        write(&src.join(format!("m/f{i:03}")), format!("{i}\n").as_bytes());
+    }
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    backup_json(&src, &url);
+    let before = packs_by_size(&repo);
+    // The linked file's data in packs of its own (a second backup).
+    write(&src.join("a/aaa"), &pseudo_random(3_000_000, 2));
+    std::fs::create_dir_all(src.join("z")).unwrap();
+    for i in 1..=3 {
+        std::fs::hard_link(src.join("a/aaa"), src.join(format!("z/link{i}"))).unwrap();
+    }
+    backup_json(&src, &url);
+    let (_, pack) = new_packs(&repo, &before).remove(0);
+    let mut bytes = std::fs::read(&pack).unwrap();
+    // Every blob of it damaged, the first too: the fill fails at once.
+    for at in (100..bytes.len() - 1000).step_by(50_000) {
+        bytes[at] ^= 0x01;
+    }
+    std::fs::write(&pack, &bytes).unwrap();
+
+    let (code, rep, err) = restore_json(&url, &to);
+    assert_eq!(code, 2, "{rep}\n{err}");
+    assert_eq!(
+        problem_paths(&rep),
+        ["a/aaa", "z/link1", "z/link2", "z/link3"],
+        "{rep}"
+    );
+    for name in ["a/aaa", "z/link1", "z/link2", "z/link3"] {
+        assert!(std::fs::symlink_metadata(to.join(name)).is_err(), "{name}");
+    }
+    for i in 0..400 {
+        let got = std::fs::read(to.join(format!("m/f{i:03}"))).unwrap();
+        assert_eq!(got, format!("{i}\n").as_bytes());
+    }
+    assert_eq!(rep["hard_links"], 0, "{rep}");
+}
+
+/// A pack cut short (a disk that filled, a copy that stopped): its blobs past the cut
+/// do not read ("failed to fill whole buffer"), which is that file's problem, as a
+/// lost pack is; it stopped the whole restore, exit 1, with files left empty.
+#[test]
+fn a_pack_cut_short_is_a_problem_of_its_files_not_a_stop() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("to"),
+    );
+    for i in 0..50 {
+        write(
+            &src.join(format!("sub/f{i:02}")),
+            format!("{i}\n").as_bytes(),
+        );
+    }
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    backup_json(&src, &url);
+    let before = packs_by_size(&repo);
+    write(&src.join("big"), &pseudo_random(5_000_000, 3));
+    backup_json(&src, &url);
+    let (size, pack) = new_packs(&repo, &before).remove(0);
+    let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+    f.set_len(size / 3).unwrap();
+    drop(f);
+
+    let (code, rep, err) = restore_json(&url, &to);
+    assert_eq!(code, 2, "{rep}\n{err}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    assert_eq!(problem_paths(&rep), ["big"], "{rep}");
+    assert!(std::fs::symlink_metadata(to.join("big")).is_err());
+    for i in 0..50 {
+        let got = std::fs::read(to.join(format!("sub/f{i:02}"))).unwrap();
+        assert_eq!(got, format!("{i}\n").as_bytes());
+    }
+}

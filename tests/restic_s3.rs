@@ -37,6 +37,9 @@ struct Server {
     pub puts: Arc<Mutex<Vec<Put>>>,
     /// The paths of the GET requests served.
     pub gets: Arc<Mutex<Vec<String>>>,
+    /// While set, every GET of a path ending so is answered 500 (a server failing for
+    /// one object, after the retries).
+    pub fail_gets: Arc<Mutex<Option<String>>>,
 }
 
 type Put = (String, Option<String>, Option<String>);
@@ -65,6 +68,7 @@ struct Flaky {
     count: Arc<AtomicU64>,
     puts: Arc<Mutex<Vec<Put>>>,
     gets: Arc<Mutex<Vec<String>>>,
+    fail_gets: Arc<Mutex<Option<String>>>,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
@@ -107,7 +111,17 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
             self.puts.lock().unwrap().push(put);
         }
         if req.method() == hyper::Method::GET {
-            self.gets.lock().unwrap().push(req.uri().path().to_string());
+            let path = req.uri().path().to_string();
+            let fail = self.fail_gets.lock().unwrap().clone();
+            if fail.is_some_and(|end| path.ends_with(&end)) {
+                let body = "<Error><Code>InternalError</Code><Message>test fault</Message></Error>";
+                let resp = hyper::Response::builder()
+                    .status(500)
+                    .body(s3s::Body::from(body.to_string()))
+                    .unwrap();
+                return Box::pin(async move { Ok(resp) });
+            }
+            self.gets.lock().unwrap().push(path);
         }
         hyper::service::Service::call(&self.inner, req)
     }
@@ -122,6 +136,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
     let count = Arc::new(AtomicU64::new(0));
     let puts = Arc::new(Mutex::new(Vec::new()));
     let gets = Arc::new(Mutex::new(Vec::new()));
+    let fail_gets = Arc::new(Mutex::new(None));
     let service = Flaky {
         inner: s3::service_listing(
             root,
@@ -135,6 +150,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
         count: count.clone(),
         puts: puts.clone(),
         gets: gets.clone(),
+        fail_gets: fail_gets.clone(),
     };
     let port = s3::serve_http(&runtime, service);
     Server {
@@ -143,6 +159,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
         requests: count,
         puts,
         gets,
+        fail_gets,
     }
 }
 
@@ -1461,4 +1478,114 @@ fn endpoint_region_and_keys_from_the_config_files_profile() {
     run(&["backup", "--source", src.to_str().unwrap(), "--dest", &dest]);
     let out = run(&["list", "--dest", &dest]);
     assert_eq!(out.lines().count(), 2, "{out}");
+}
+
+/// Restores the latest snapshot of `dest` into `to` with `--json`: (exit code, report,
+/// stderr).
+fn restore_json(s: &Setup, dest: &str, to: &Path) -> (i32, serde_json::Value, String) {
+    let (code, out, err) = s.sr_with(
+        &[&restore_latest(dest, to)[..], &["--json"]].concat(),
+        PASSWORD,
+    );
+    // No report when the restore stopped (exit 1): the caller's check of the
+    // code shows stderr.
+    let rep = serde_json::from_str(&out).unwrap_or(serde_json::Value::Null);
+    (code, rep, err)
+}
+
+/// A source of 30 small files backed up into `dest`, then a 4 MB file `big` in a
+/// second backup (so its data is in packs of its own): the biggest of those packs.
+fn small_files_then_big(s: &Setup, src: &Path, dest: &str, prefix: &str) -> snapring::restic::Id {
+    use snapring::restic::backend::{Backend, Kind};
+    for i in 0..30 {
+        write(
+            &src.join(format!("small/f{i:02}")),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
+    s.sr_ok(&["init", "--dest", dest]);
+    s.backup(src, dest);
+    let b = lib_s3(s, prefix);
+    let before = b.list_sizes(Kind::Pack).unwrap();
+    write(&src.join("big"), &pseudo_random(4 << 20, 9));
+    s.backup(src, dest);
+    let (pack, _) = b
+        .list_sizes(Kind::Pack)
+        .unwrap()
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .max_by_key(|(_, size)| *size)
+        .unwrap();
+    pack
+}
+
+/// A data pack lost from the bucket (404 NoSuchKey), or cut short: the files whose
+/// data it held are the restore's problems, every other file is restored, `partial`,
+/// exit 2, as on a local repository. The 404 stopped the whole restore, exit 1, and
+/// the fill threads left the files still queued empty.
+#[test]
+fn a_lost_or_cut_pack_on_s3_is_a_problem_of_its_files_not_a_stop() {
+    use snapring::restic::backend::{Kind, rel_path};
+    if needs_in_process_server("changing an object behind the server's back") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    let dest = format!("s3://{BUCKET}/lost");
+    let pack = small_files_then_big(&s, &src, &dest, "lost");
+    let object =
+        s.t.path()
+            .join("s3")
+            .join(BUCKET)
+            .join("lost")
+            .join(rel_path(Kind::Pack, &pack));
+    for case in ["cut short", "lost"] {
+        if case == "lost" {
+            std::fs::remove_file(&object).unwrap();
+        } else {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&object)
+                .unwrap();
+            let len = f.metadata().unwrap().len();
+            f.set_len(len / 3).unwrap();
+        }
+        let to = s.t.path().join(case.replace(' ', "-"));
+        let (code, rep, err) = restore_json(&s, &dest, &to);
+        assert_eq!(code, 2, "{case}: {rep}\n{err}");
+        assert_eq!(rep["status"], "partial", "{case}: {rep}");
+        let problems = rep["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 1, "{case}: {rep}");
+        assert_eq!(problems[0]["path"], "big", "{case}: {rep}");
+        assert_eq!(
+            problems[0]["action"], "read from the repository",
+            "{case}: {rep}"
+        );
+        assert!(std::fs::symlink_metadata(to.join("big")).is_err(), "{case}");
+        for i in 0..30 {
+            let got = std::fs::read(to.join(format!("small/f{i:02}"))).unwrap();
+            assert_eq!(got, format!("file {i}\n").as_bytes(), "{case}");
+        }
+    }
+}
+
+/// A server that keeps failing the reads of a pack (500 after every retry) is not a
+/// damaged repository: the restore stops, exit 1, saying what failed.
+#[test]
+fn a_server_failing_a_pack_read_stops_the_restore() {
+    if needs_in_process_server("failing the reads of one object") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    let dest = format!("s3://{BUCKET}/failing");
+    let pack = small_files_then_big(&s, &src, &dest, "failing");
+    *s.server().fail_gets.lock().unwrap() = Some(pack.hex());
+    let to = s.t.path().join("to");
+    let (code, out, err) = s.sr_with(&restore_latest(&dest, &to), PASSWORD);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("attempts") && err.contains("HTTP 500") && err.contains(&pack.hex()),
+        "{err}"
+    );
 }

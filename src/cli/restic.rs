@@ -55,7 +55,7 @@ fn open_uncached(
         b.watch_cancel(c);
     }
     let pw = restic::password::resolve(password_file)?;
-    Ok(Repo::open_in(b, &pw)?)
+    Ok(Repo::open_with(b, &pw)?)
 }
 
 /// A repository opened for a command that only reads, under a shared lock
@@ -898,7 +898,7 @@ pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
     b.watch_cancel(&cancel);
     let pw = restic::password::resolve(a.password_file.as_deref())?;
     // Unindexed: an index file that does not read is what this repairs.
-    let mut repo = restic::repo::Repo::open_unindexed(b, &pw)?;
+    let mut repo = restic::repo::Repo::open_unindexed_with(b, &pw)?;
     repo.use_user_cache();
     let writing = AtomicBool::new(false);
     let r = restic::repair::repair_index(&mut repo, a.read_data, &cancel, &writing);

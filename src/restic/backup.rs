@@ -369,7 +369,7 @@ pub fn snapshot_locked(
         tree: root,
         paths: vec![path_str],
         hostname: host,
-        username: std::env::var("USER").unwrap_or_default(),
+        username: crate::util::username(),
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
         tags,

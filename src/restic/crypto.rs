@@ -201,7 +201,7 @@ impl KeyFile {
         let plain = serde_json::to_vec(&json).expect("master key serialises");
         Ok(KeyFile {
             created: super::go_time(chrono::Local::now()),
-            username: std::env::var("USER").unwrap_or_default(),
+            username: crate::util::username(),
             hostname: crate::util::hostname(),
             kdf: "scrypt".into(),
             n: p.n,

@@ -159,7 +159,7 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
         time: super::go_time(chrono::DateTime::<chrono::Local>::from(now)),
         exclusive,
         hostname: crate::util::hostname(),
-        username: std::env::var("USER").unwrap_or_default(),
+        username: crate::util::username(),
         pid: std::process::id() as i64,
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),

@@ -51,6 +51,11 @@ pub enum Error {
     WrongPassword(String),
     #[error("{what}: {why}")]
     Corrupt { what: String, why: String },
+    /// A file the repository should hold is not there, or holds less than the index
+    /// says (a pack deleted or cut short: S3's 404 `NoSuchKey`, a range past its end):
+    /// damage to the repository, as [`Error::Corrupt`] is, not a failing transport.
+    #[error("{0}")]
+    Missing(String),
     #[error("interrupted")]
     Cancelled,
     #[error("{0}")]

@@ -1,27 +1,75 @@
 //! The repository password: `--password-file FILE`, else `SNAPRING_PASSWORD`,
 //! `SNAPRING_PASSWORD_FILE`, `RESTIC_PASSWORD`, `RESTIC_PASSWORD_FILE`, in that order.
-//! A file's trailing newline is not part of the password (as restic reads it). The
-//! password is never logged, and errors never show it. Reads the environment and files.
+//! A file's surrounding white space is not part of the password, as restic reads it
+//! (`strings.TrimSpace`). snapring once stripped only a trailing newline: a file whose
+//! password opens no key trimmed is tried that older way too, with a warning, so a
+//! repository made with it still opens ([`Password`]). The password is never logged,
+//! and errors never show it. Reads the environment and files.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::{Error, Result, io_err};
 
-/// The password, as bytes.
-pub fn resolve(file_flag: Option<&Path>) -> Result<Vec<u8>> {
+/// The password, as bytes (it dereferences to them), and for one from a file that
+/// snapring read differently before, that older reading.
+pub struct Password {
+    bytes: Vec<u8>,
+    older: Option<(Vec<u8>, PathBuf)>,
+}
+
+impl Password {
+    /// A password used as it is.
+    pub fn exact(bytes: &[u8]) -> Password {
+        Password {
+            bytes: bytes.to_vec(),
+            older: None,
+        }
+    }
+
+    /// The file's older reading (only its trailing newline stripped), where it differs
+    /// from the password: to try when the password opens no key.
+    pub fn older_reading(&self) -> Option<&[u8]> {
+        self.older.as_ref().map(|(b, _)| b.as_slice())
+    }
+
+    /// The warning for a repository that opened only with the older reading.
+    pub fn older_reading_warning(&self) -> String {
+        let file = self
+            .older
+            .as_ref()
+            .map(|(_, p)| p.display().to_string())
+            .unwrap_or_default();
+        format!(
+            "the repository opened with the password file {file} read with its white space \
+             kept: restic trims the white space around a password file's contents and would \
+             not open it; add a key with the trimmed password (`restic key add`, giving the \
+             current password with its white space) or re-create the repository's key"
+        )
+    }
+}
+
+impl std::ops::Deref for Password {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+/// The password.
+pub fn resolve(file_flag: Option<&Path>) -> Result<Password> {
     if let Some(f) = file_flag {
         return from_file(f);
     }
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     use std::os::unix::ffi::OsStrExt;
     if let Some(v) = env("SNAPRING_PASSWORD") {
-        return Ok(v.as_bytes().to_vec());
+        return Ok(Password::exact(v.as_bytes()));
     }
     if let Some(f) = env("SNAPRING_PASSWORD_FILE") {
         return from_file(Path::new(&f));
     }
     if let Some(v) = env("RESTIC_PASSWORD") {
-        return Ok(v.as_bytes().to_vec());
+        return Ok(Password::exact(v.as_bytes()));
     }
     if let Some(f) = env("RESTIC_PASSWORD_FILE") {
         return from_file(Path::new(&f));
@@ -33,19 +81,86 @@ pub fn resolve(file_flag: Option<&Path>) -> Result<Vec<u8>> {
     ))
 }
 
-fn from_file(p: &Path) -> Result<Vec<u8>> {
-    let mut b = std::fs::read(p).map_err(io_err("read the password file", p))?;
-    if b.ends_with(b"\n") {
-        b.pop();
-        if b.ends_with(b"\r") {
-            b.pop();
-        }
-    }
-    if b.is_empty() {
+fn from_file(p: &Path) -> Result<Password> {
+    let b = std::fs::read(p).map_err(io_err("read the password file", p))?;
+    let (bytes, older) = readings(&b);
+    if bytes.is_empty() {
         return Err(Error::Other(format!(
             "the password file {} is empty",
             p.display()
         )));
     }
-    Ok(b)
+    Ok(Password {
+        bytes,
+        older: older.map(|o| (o, p.to_path_buf())),
+    })
+}
+
+/// A password file's contents as restic reads them (white space around them trimmed),
+/// and as snapring read them before (one trailing `\n` or `\r\n` stripped) where that
+/// differs and is not empty.
+fn readings(b: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut older = b;
+    if let Some(rest) = older.strip_suffix(b"\n") {
+        older = rest.strip_suffix(b"\r").unwrap_or(rest);
+    }
+    let trimmed = trim_space(b);
+    let older = (older != trimmed && !older.is_empty()).then(|| older.to_vec());
+    (trimmed.to_vec(), older)
+}
+
+/// Go's `strings.TrimSpace` on bytes: Unicode white space removed from both ends; a
+/// byte that is not UTF-8 ends the trimming there.
+fn trim_space(mut b: &[u8]) -> &[u8] {
+    // The first (last) character of `b`, with its length, if UTF-8.
+    fn first(b: &[u8]) -> Option<(char, usize)> {
+        (1..=b.len().min(4)).find_map(|n| {
+            let c = std::str::from_utf8(&b[..n]).ok()?.chars().next()?;
+            Some((c, n))
+        })
+    }
+    fn last(b: &[u8]) -> Option<(char, usize)> {
+        (1..=b.len().min(4)).find_map(|n| {
+            let c = std::str::from_utf8(&b[b.len() - n..])
+                .ok()?
+                .chars()
+                .next()?;
+            Some((c, n))
+        })
+    }
+    while let Some((c, n)) = first(b).filter(|(c, _)| c.is_whitespace()) {
+        let _ = c;
+        b = &b[n..];
+    }
+    while let Some((_, n)) = last(b).filter(|(c, _)| c.is_whitespace()) {
+        b = &b[..b.len() - n];
+    }
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_password_file_is_trimmed_as_restic_trims_it() {
+        let t = |s: &[u8]| readings(s);
+        assert_eq!(t(b"pw\n"), (b"pw".to_vec(), None));
+        assert_eq!(t(b"pw\r\n"), (b"pw".to_vec(), None));
+        assert_eq!(t(b"pw"), (b"pw".to_vec(), None));
+        assert_eq!(
+            t(b"secret-pass \n"),
+            (b"secret-pass".to_vec(), Some(b"secret-pass ".to_vec()))
+        );
+        assert_eq!(
+            t(b"  pw\t\n\n"),
+            (b"pw".to_vec(), Some(b"  pw\t\n".to_vec()))
+        );
+        assert_eq!(t(b"a b\n"), (b"a b".to_vec(), None));
+        // Unicode white space (U+00A0, U+3000) too, as Go's unicode.IsSpace.
+        assert_eq!(t("\u{a0}pw\u{3000}".as_bytes()).0, b"pw".to_vec());
+        // Bytes that are not UTF-8 stay, and stop the trimming.
+        assert_eq!(t(b"\xffpw \xfe\n").0, b"\xffpw \xfe".to_vec());
+        assert_eq!(t(b"\n\n").0, Vec::<u8>::new());
+    }
 }

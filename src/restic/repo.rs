@@ -17,6 +17,7 @@ use super::chunker::{Pol, Tables};
 use super::crypto::{DEFAULT_KDF, KdfParams, Key, KeyFile};
 use super::index::{Index, IndexFile, Location, PackJson};
 use super::pack::{BlobType, Entry, PackBuilder, open_blob, seal_blob};
+use super::password::Password;
 use super::{Error, Id, Result, corrupt, io_err};
 
 /// Index files read at once when a repository is opened.
@@ -113,7 +114,14 @@ impl Repo {
 
     /// Opens the repository in `backend` with `password` and loads its index.
     pub fn open_in(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repo> {
-        let mut repo = Repo::open_unindexed(backend, password)?;
+        Repo::open_with(backend, &Password::exact(password))
+    }
+
+    /// [`Repo::open_in`] with a password as `password::resolve` gives it: one from a
+    /// file that opens no key is tried as snapring read such files before, with a
+    /// warning (restic would not open the repository with that file).
+    pub fn open_with(backend: Arc<dyn Backend>, password: &Password) -> Result<Repo> {
+        let mut repo = Repo::open_unindexed_with(backend, password)?;
         repo.load_index()?;
         Ok(repo)
     }
@@ -121,10 +129,27 @@ impl Repo {
     /// [`Repo::open_in`] without reading the index files (`repair index` reads them
     /// itself, one that does not read among them): the index is empty.
     pub fn open_unindexed(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repo> {
+        Repo::open_unindexed_with(backend, &Password::exact(password))
+    }
+
+    /// [`Repo::open_unindexed`] with a password as [`Repo::open_with`] takes it.
+    pub fn open_unindexed_with(backend: Arc<dyn Backend>, password: &Password) -> Result<Repo> {
         let Some(sealed) = backend.read_config()? else {
             return Err(not_a_repository(&backend.location()));
         };
-        let key = find_key(backend.as_ref(), password)?;
+        let key = match find_key(backend.as_ref(), password) {
+            Err(e @ Error::WrongPassword(_)) => match password.older_reading() {
+                Some(older) => match find_key(backend.as_ref(), older) {
+                    Ok(k) => {
+                        tracing::warn!("{}", password.older_reading_warning());
+                        k
+                    }
+                    Err(_) => return Err(e),
+                },
+                None => return Err(e),
+            },
+            r => r?,
+        };
         let plain = key.open(&sealed, "config")?;
         let config: Config = decode_json(&plain, "config")?;
         if config.version != 1 && config.version != 2 {

@@ -58,12 +58,32 @@ struct Fill {
     file: std::fs::File,
     path: PathBuf,
     node: Node,
+    /// Its key in [`Links`] when it has other names (device, inode).
+    link: Option<(u64, u64)>,
 }
+
+/// The names of one inode with several links: the first is created and filled, the
+/// others are hard links to it, made by the walk. Once its fill fails (its data does
+/// not read) every name is removed and named, and a later name is not linked.
+struct LinkGroup {
+    first: PathBuf,
+    others: Vec<PathBuf>,
+    /// Why its content could not be read, once it could not.
+    failed: Option<String>,
+}
+
+/// The inodes with several links, by (device, inode), shared by the walk and the fill
+/// threads: the walk links a name only while the group has not failed, and a failed
+/// fill removes every name linked so far, both under this lock (a link made after the
+/// removal would be a half-written file; one to the removed first name failed and
+/// stopped the restore).
+type Links = std::sync::Mutex<HashMap<(u64, u64), LinkGroup>>;
 
 struct Restorer<'a> {
     repo: &'a Repo,
     report: RestoreReport,
-    links: HashMap<(u64, u64), PathBuf>,
+    links: &'a Links,
+    problems: &'a Problems<'a>,
     as_root: bool,
     /// To the fill threads.
     fills: std::sync::mpsc::SyncSender<Fill>,
@@ -109,11 +129,23 @@ pub fn restore(
         to,
         list: std::sync::Mutex::new(Vec::new()),
     };
+    let links = Links::default();
     let (tx, rx) = std::sync::mpsc::sync_channel::<Fill>(FILL_QUEUE);
     let rx = std::sync::Mutex::new(rx);
     let walked = std::thread::scope(|s| {
         for _ in 0..FILL_THREADS {
-            s.spawn(|| fill_files(repo, as_root, &rx, &failed, &filled, &problems, cancel));
+            s.spawn(|| {
+                let on = FillOn {
+                    repo,
+                    as_root,
+                    failed: &failed,
+                    filled: &filled,
+                    problems: &problems,
+                    links: &links,
+                    cancel,
+                };
+                fill_files(&on, &rx)
+            });
         }
         let mut r = Restorer {
             repo,
@@ -122,7 +154,8 @@ pub fn restore(
                 to: to.to_path_buf(),
                 ..Default::default()
             },
-            links: HashMap::new(),
+            links: &links,
+            problems: &problems,
             as_root,
             fills: tx,
             failed: &failed,
@@ -151,6 +184,14 @@ pub fn restore(
         .into_inner()
         .unwrap_or_else(|e| e.into_inner());
     report.problems.sort_by(|a, b| a.path.cmp(&b.path));
+    // The names linked to an inode that was restored (not those removed with it).
+    report.hard_links = links
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .filter(|g| g.failed.is_none())
+        .map(|g| g.others.len() as u64)
+        .sum();
     report.files = filled.files.into_inner();
     report.bytes = filled.bytes.into_inner();
     report.duration_seconds = started.elapsed().as_secs_f64();
@@ -191,49 +232,88 @@ enum FillError {
     Stop(Error),
 }
 
+/// What the fill threads share.
+struct FillOn<'a> {
+    repo: &'a Repo,
+    as_root: bool,
+    /// The first error that stops the restore.
+    failed: &'a std::sync::Mutex<Option<Error>>,
+    filled: &'a Filled,
+    problems: &'a Problems<'a>,
+    links: &'a Links,
+    cancel: &'a AtomicBool,
+}
+
 /// A fill thread: writes the files the walk created, until the walk ends or a fill
 /// fails for good (the first error is kept; the others stop). A file whose own data or
 /// metadata fails is a problem, and the others go on.
-fn fill_files(
-    repo: &Repo,
-    as_root: bool,
-    rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Fill>>,
-    failed: &std::sync::Mutex<Option<Error>>,
-    filled: &Filled,
-    problems: &Problems,
-    cancel: &AtomicBool,
-) {
+fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Fill>>) {
     use crate::report::ProblemKind;
     loop {
         let Ok(f) = lock(rx).recv() else { return };
-        if lock(failed).is_some() {
+        if lock(on.failed).is_some() {
             continue;
         }
         let path = f.path.clone();
-        match fill(repo, as_root, f, cancel) {
+        let link = f.link;
+        match fill(on.repo, on.as_root, f, on.cancel) {
             Ok(size) => {
-                filled.files.fetch_add(1, Ordering::Relaxed);
-                filled.bytes.fetch_add(size, Ordering::Relaxed);
+                on.filled.files.fetch_add(1, Ordering::Relaxed);
+                on.filled.bytes.fetch_add(size, Ordering::Relaxed);
             }
-            Err(FillError::Content(e)) => {
-                // Not left half-written, as if restored.
-                let _ = std::fs::remove_file(&path);
-                problems.add(
-                    &path,
-                    ProblemKind::Unreadable,
-                    "read from the repository",
-                    e,
-                );
-            }
+            Err(FillError::Content(e)) => not_restored(on, &path, link, e),
             Err(FillError::Metadata(e)) => {
-                filled.files.fetch_add(1, Ordering::Relaxed);
-                problems.add(&path, ProblemKind::Metadata, "set metadata", e);
+                on.filled.files.fetch_add(1, Ordering::Relaxed);
+                on.problems
+                    .add(&path, ProblemKind::Metadata, "set metadata", e);
             }
             Err(FillError::Stop(e)) => {
-                lock(failed).get_or_insert(e);
+                lock(on.failed).get_or_insert(e);
             }
         }
     }
+}
+
+/// A file whose data does not read: it is removed (not left half-written, as if
+/// restored) with every other name of its inode linked to it so far, and each is a
+/// problem; a name the walk meets later is not linked ([`Restorer::hard_link`]).
+fn not_restored(on: &FillOn, path: &Path, link: Option<(u64, u64)>, e: Error) {
+    use crate::report::ProblemKind;
+    let why = e.to_string();
+    let others = match link {
+        Some(key) => {
+            let mut links = lock(on.links);
+            match links.get_mut(&key) {
+                Some(g) => {
+                    g.failed = Some(why.clone());
+                    std::mem::take(&mut g.others)
+                }
+                None => Vec::new(),
+            }
+        }
+        None => Vec::new(),
+    };
+    let _ = std::fs::remove_file(path);
+    on.problems
+        .add(path, ProblemKind::Unreadable, "read from the repository", e);
+    for p in others {
+        let _ = std::fs::remove_file(&p);
+        on.problems.add(
+            &p,
+            ProblemKind::Unreadable,
+            "read from the repository",
+            linked_to_unreadable(on.problems, path, &why),
+        );
+    }
+}
+
+/// Why a hard link to the file `first`, whose data does not read, is not restored.
+fn linked_to_unreadable(problems: &Problems, first: &Path, why: &str) -> Error {
+    let first = first.strip_prefix(problems.to).unwrap_or(first);
+    Error::Other(format!(
+        "a hard link to {}, whose data does not read: {why}",
+        crate::relpath::escape(first.as_os_str().as_bytes())
+    ))
 }
 
 /// A blob of zeros at least this long is left a hole in the restored file.
@@ -251,6 +331,7 @@ fn fill(
         mut file,
         path,
         node,
+        link: _,
     } = f;
     let mut size = 0u64;
     // A blob of zeros is a hole, not written (the file was created empty): a sparse
@@ -262,11 +343,18 @@ fn fill(
             return Err(FillError::Stop(Error::Cancelled));
         }
         let data = repo.read_blob(BlobType::Data, id).map_err(|e| match e {
-            // Damaged data, or a pack gone: this file's.
-            Error::Corrupt { .. } => FillError::Content(e),
-            Error::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            // Damaged data, or a pack gone or cut short (here or on S3): this file's.
+            Error::Corrupt { .. } | Error::Missing(_) => FillError::Content(e),
+            Error::Io { ref source, .. }
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
                 FillError::Content(e)
             }
+            // The repository cannot be read at all (the server down after its
+            // retries, a disk failing): the restore stops.
             e => FillError::Stop(e),
         })?;
         hole_at_end = data.len() >= SPARSE_MIN && data.iter().all(|b| *b == 0);
@@ -413,9 +501,11 @@ impl Restorer<'_> {
                 return Ok(());
             }
             "file" => {
-                if self.hard_link(n, p)? {
-                    return Ok(());
-                }
+                let link = match self.hard_link(n, p)? {
+                    Linked::Done => return Ok(()),
+                    Linked::First(key) => Some(key),
+                    Linked::No => None,
+                };
                 let file = std::fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
@@ -425,6 +515,7 @@ impl Restorer<'_> {
                     file,
                     path: p.to_path_buf(),
                     node: n.clone(),
+                    link,
                 };
                 // The fill threads are gone only after a failure (already recorded).
                 let _ = self.fills.send(fill);
@@ -451,20 +542,51 @@ impl Restorer<'_> {
         metadata(self.as_root, n, p)
     }
 
-    /// Makes `p` a hard link to an earlier restored name of the same inode.
-    fn hard_link(&mut self, n: &Node, p: &Path) -> Result<bool> {
+    /// Makes `p` a hard link to an earlier restored name of the same inode. A name of
+    /// an inode whose data did not read is not restored: a problem, and the walk goes
+    /// on.
+    fn hard_link(&mut self, n: &Node, p: &Path) -> Result<Linked> {
         if n.links < 2 || n.inode == 0 {
-            return Ok(false);
+            return Ok(Linked::No);
         }
         let key = (n.device_id, n.inode);
-        if let Some(first) = self.links.get(&key) {
-            std::fs::hard_link(first, p).map_err(io_err("create hard link", p))?;
-            self.report.hard_links += 1;
-            return Ok(true);
+        let mut links = lock(self.links);
+        let Some(g) = links.get_mut(&key) else {
+            links.insert(
+                key,
+                LinkGroup {
+                    first: p.to_path_buf(),
+                    others: Vec::new(),
+                    failed: None,
+                },
+            );
+            return Ok(Linked::First(key));
+        };
+        if let Some(why) = &g.failed {
+            let e = linked_to_unreadable(self.problems, &g.first, why);
+            self.problems.add(
+                p,
+                crate::report::ProblemKind::Unreadable,
+                "read from the repository",
+                e,
+            );
+            return Ok(Linked::Done);
         }
-        self.links.insert(key, p.to_path_buf());
-        Ok(false)
+        // Under the lock: a failing fill cannot remove the first name meanwhile.
+        std::fs::hard_link(&g.first, p).map_err(io_err("create hard link", p))?;
+        g.others.push(p.to_path_buf());
+        Ok(Linked::Done)
     }
+}
+
+/// What [`Restorer::hard_link`] did with a file's name.
+enum Linked {
+    /// Not a file with other names: created and filled on its own.
+    No,
+    /// The first name of its inode (the key): created and filled.
+    First((u64, u64)),
+    /// Linked to the first name, or not restored (its data did not read).
+    Done,
 }
 
 /// Owner (as root), mode (not for symlinks), then times.

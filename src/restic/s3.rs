@@ -534,6 +534,25 @@ impl S3 {
         ))
     }
 
+    /// An unexpected reply to a read of a repository file: a file that is not there
+    /// (404 other than a missing bucket) or a range past its end (416) is
+    /// [`Error::Missing`], the repository's damage; anything else as [`S3::failed`].
+    fn read_failed(&self, what: &str, resp: &Resp) -> Error {
+        let missing = match resp.status {
+            404 => error_code(&resp.body).as_deref() != Some("NoSuchBucket"),
+            416 => true,
+            _ => false,
+        };
+        if missing {
+            return Error::Missing(format!(
+                "cannot {what}: HTTP {}: {}",
+                resp.status,
+                error_text(&resp.body)
+            ));
+        }
+        self.failed(what, resp)
+    }
+
     /// Fails clearly if the bucket does not exist (HEAD on the bucket).
     fn check_bucket(&self) -> Result<()> {
         let r = Req {
@@ -754,7 +773,7 @@ impl Backend for S3 {
         let what = format!("read {}", self.url_of(&key));
         let resp = self.get(&key, vec![], 0, &what)?;
         if resp.status != 200 {
-            return Err(self.failed(&what, &resp));
+            return Err(self.read_failed(&what, &resp));
         }
         Ok(resp.body)
     }
@@ -768,7 +787,7 @@ impl Backend for S3 {
         let range = format!("bytes={offset}-{}", offset + len as u64 - 1);
         let resp = self.get(&key, vec![("range".into(), range)], len as u64, &what)?;
         if resp.status != 206 && resp.status != 200 {
-            return Err(self.failed(&what, &resp));
+            return Err(self.read_failed(&what, &resp));
         }
         let body = if resp.status == 200 {
             // A server that ignores Range sends the whole object.
@@ -778,7 +797,8 @@ impl Backend for S3 {
             resp.body
         };
         if body.len() != len {
-            return Err(Error::Other(format!(
+            // The object ends before the range does (a pack cut short).
+            return Err(Error::Missing(format!(
                 "cannot {what}: got {} bytes",
                 body.len()
             )));

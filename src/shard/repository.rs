@@ -1650,7 +1650,7 @@ fn make_final(
         tree,
         paths: group.paths.clone(),
         hostname: group.hostname.clone(),
-        username: std::env::var("USER").unwrap_or_default(),
+        username: crate::util::username(),
         uid: rustix::process::getuid().as_raw(),
         gid: rustix::process::getgid().as_raw(),
         tags: {
