@@ -187,8 +187,11 @@ impl Config {
                 .get(n)
                 .map(|j| (n.to_string(), j.clone()))
                 .ok_or_else(|| {
+                    let hint = check::suggest(n, self.job.keys().map(String::as_str))
+                        .map(|x| format!(" (did you mean {x:?}?)"))
+                        .unwrap_or_default();
                     Error::Config(format!(
-                        "no job named {n:?}; the config has: {}",
+                        "no job named {n:?}{hint}; the config has: {}",
                         self.job.keys().cloned().collect::<Vec<_>>().join(", ")
                     ))
                 }),

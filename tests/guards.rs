@@ -1270,3 +1270,145 @@ fn a_run_without_retain_on_a_taken_over_ring_keeps_as_many_as_it_has() {
         "{rep}"
     );
 }
+
+/// `snapring` run in `dir` with `args`: (exit code, stdout + stderr).
+fn in_dir(dir: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(bin())
+        .current_dir(dir)
+        .env("SNAPRING_CATALOG", "off")
+        .args(args)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code(), said)
+}
+
+/// A path flag starting with `~` (quoted, or after `=`: no shell expands it there) is
+/// refused, exit 64, with the path in full as the fix. Before, `restore --to '~/x'`
+/// made a directory named `~` in the working directory and said `complete … into ~/x`.
+#[test]
+fn a_path_flag_starting_with_a_tilde_is_refused_not_made_literally() {
+    let (t, src, dest) = setup();
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    for args in [
+        vec![
+            "restore",
+            "--dest",
+            dest.to_str().unwrap(),
+            "daily.0",
+            "--to",
+            "~/restored",
+        ],
+        vec![
+            "restore",
+            "--dest",
+            dest.to_str().unwrap(),
+            "daily.0",
+            "--to=~/restored",
+        ],
+        vec![
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            "~/backup",
+        ],
+        vec![
+            "verify",
+            "--dest",
+            dest.to_str().unwrap(),
+            "daily.0",
+            "--against",
+            "~",
+        ],
+    ] {
+        let (code, said) = in_dir(t.path(), &args);
+        assert_eq!(code, Some(64), "{args:?}: {said}");
+        assert!(
+            said.contains("starts with `~`") && said.contains("give the path in full"),
+            "{args:?}: {said}"
+        );
+        assert!(!t.path().join("~").exists(), "{args:?} made ./~");
+    }
+}
+
+/// A store inside the source given by flags is a usage error (exit 64) that says what
+/// to do; it was exit 1 and called a config problem with no config file.
+#[test]
+fn a_store_inside_the_source_given_by_flags_is_a_usage_error() {
+    let (_t, src, _dest) = setup();
+    let inside = src.join("backup");
+    let (code, rep, err) = backup(&src, &inside, &[], &[]);
+    assert_eq!(code, 64, "{rep}\n{err}");
+    assert!(
+        err.contains("overlap") && err.contains("put the store outside the source"),
+        "{err}"
+    );
+    assert!(!err.contains("config:"), "{err}");
+    assert!(!inside.exists(), "the store was begun inside the source");
+}
+
+/// A job name the config lacks is a usage error (exit 64) with the nearest name; it was
+/// exit 1, as a broken file.
+#[test]
+fn an_unknown_job_name_is_a_usage_error_with_a_suggestion() {
+    let (t, src, dest) = setup();
+    let cfg = t.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.efs-home]\nsource = {:?}\ndest = {:?}\n",
+            src.to_str().unwrap(),
+            dest.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let (code, said) = in_dir(
+        t.path(),
+        &["run", "efs-hme", "--config", cfg.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(64), "{said}");
+    assert!(
+        said.contains("no job named \"efs-hme\" (did you mean \"efs-home\"?)"),
+        "{said}"
+    );
+    assert!(
+        std::fs::read_dir(&dest).unwrap().next().is_none(),
+        "something ran"
+    );
+}
+
+/// A relative `--to` and `--dest` are named absolute in the restore's report (and so in
+/// the catalog and `show`): as typed they said nothing once the directory was left.
+#[test]
+fn a_restore_names_relative_paths_absolute() {
+    let (t, src, dest) = setup();
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let out = Command::new(bin())
+        .current_dir(t.path())
+        .env("SNAPRING_CATALOG", "off")
+        .args([
+            "restore", "--json", "--dest", "backup", "daily.0", "--to", "rel-out",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let want = |p: &str| serde_json::Value::from(t.path().join(p).to_str().unwrap());
+    assert_eq!(
+        (&r["to"], &r["store"]),
+        (&want("rel-out"), &want("backup")),
+        "{r}"
+    );
+    assert_same_tree(
+        &describe(&src),
+        &describe(&t.path().join("rel-out")),
+        "restored",
+    );
+}

@@ -196,6 +196,12 @@ fn a_window_ends_a_throttled_copy_and_the_wait_reported_is_the_time_waited() {
                 && w.contains("widen the window or raise --bwlimit")
         });
     assert!(warned, "{rep}");
+    // And on stderr: the summary says only "backup window ended" (it was in the report
+    // alone before, so an operator at a terminal never saw it).
+    assert!(
+        err.contains("gave up 1 copy under the bandwidth limit: big"),
+        "{err}"
+    );
     // Nothing of the abandoned copy is taken: the next run copies it whole.
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{err}");

@@ -137,6 +137,7 @@ pub struct RepairIndexArgs {
     /// it, only the headers of packs the index does not describe are read.
     #[arg(long)]
     pub read_data: bool,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
@@ -165,10 +166,10 @@ pub struct BackupArgs {
     #[arg(long)]
     pub job: Option<String>,
     /// Directory to back up (an EFS/NFS mount or any directory).
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub source: Option<PathBuf>,
     /// Backup file system (where the store lives), or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (for example the file system id); default: --dest itself.
     #[arg(long, value_parser = folder)]
@@ -176,7 +177,7 @@ pub struct BackupArgs {
     /// Interval label: snapshots are <label>.0 (newest) … <label>.N [default: daily]
     #[arg(long, value_parser = label)]
     pub label: Option<String>,
-    /// How many snapshots of this label to keep [default: 7]
+    /// How many snapshots of this label to keep [default: as many as the label's last run kept; 7 for a new label]
     #[arg(long, value_parser = retain)]
     pub retain: Option<u32>,
     /// Back up only this subdirectory of the source.
@@ -277,6 +278,7 @@ pub struct InitArgs {
     /// RESTIC_PASSWORD_FILE]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -299,6 +301,7 @@ pub struct ForgetArgs {
     /// Print each snapshot's verdict and reason; remove nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
@@ -310,7 +313,7 @@ pub struct ForgetArgs {
 #[derive(Args)]
 pub struct CopyArgs {
     /// The backup file system of the store (as for `backup --dest`).
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub dest: PathBuf,
     /// The store folder under --dest; default: --dest itself.
     #[arg(long)]
@@ -326,6 +329,7 @@ pub struct CopyArgs {
     /// After the copy, keep the newest N copies of the label (restic forget --keep-last).
     #[arg(long, value_name = "N", value_parser = retain)]
     pub retain: Option<u32>,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
@@ -342,6 +346,7 @@ pub struct PruneArgs {
     /// Print what would be kept, repacked and deleted; change nothing (takes no lock).
     #[arg(long)]
     pub dry_run: bool,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
@@ -358,7 +363,7 @@ pub struct PruneArgs {
 #[derive(Args)]
 pub struct ListArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub dest: PathBuf,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -371,6 +376,7 @@ pub struct ListArgs {
     /// on local disks]
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
@@ -384,7 +390,7 @@ pub struct ListArgs {
 pub struct RestoreArgs {
     /// The store: <dest>/<folder> [default with --config: the job's dest and folder], or a
     /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, required_unless_present = "config")]
+    #[arg(long, required_unless_present = "config", value_parser = path)]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -401,7 +407,7 @@ pub struct RestoreArgs {
     /// before TIME, e.g. @2026-11-20T02:00, UTC unless an offset is given).
     pub snapshot: String,
     /// Directory to restore into (created if missing).
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub to: PathBuf,
     /// Restore only this path of the snapshot (a directory or a file), to the same
     /// relative place under --to.
@@ -445,7 +451,7 @@ pub struct RestoreArgs {
 #[derive(Args)]
 pub struct DiffArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub dest: PathBuf,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -457,7 +463,7 @@ pub struct DiffArgs {
     /// The newer snapshot.
     pub to: Option<String>,
     /// Compare with this live directory instead of a second snapshot.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", value_parser = path)]
     pub against: Option<PathBuf>,
     /// With --against: stay on DIR's file system (a directory on another one is compared
     /// as a directory, its contents not) [default: as the snapshot's backup did]
@@ -466,6 +472,7 @@ pub struct DiffArgs {
     /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
@@ -479,7 +486,7 @@ pub struct DiffArgs {
 pub struct VerifyArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX
     /// (every blob the snapshots use is re-read and re-hashed).
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub dest: PathBuf,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -491,7 +498,7 @@ pub struct VerifyArgs {
     #[arg(long, conflicts_with = "snapshots")]
     pub all: bool,
     /// Compare the snapshot's manifest with this live tree instead (hashing every file).
-    #[arg(long, value_name = "SRC")]
+    #[arg(long, value_name = "SRC", value_parser = path)]
     pub against: Option<PathBuf>,
     /// With --against: stay on SRC's file system (a directory on another one is compared
     /// as a directory, its contents not) [default: as the snapshot's backup did]
@@ -500,6 +507,7 @@ pub struct VerifyArgs {
     /// File-system calls in flight [default: 64 on NFS/FUSE, 4 per CPU on local disks]
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
@@ -513,7 +521,7 @@ pub struct VerifyArgs {
 pub struct HistoryArgs {
     /// The store: <dest>/<folder> (filters runs; required with PATH), or with PATH a
     /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -531,6 +539,7 @@ pub struct HistoryArgs {
     /// Only runs started within this long (30d, 12h) or since this time.
     #[arg(long)]
     pub since: Option<String>,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
@@ -545,8 +554,9 @@ pub struct ShowArgs {
     /// Run id (or a unique prefix of it).
     pub run: String,
     /// Look the run up in this store when the catalog does not have it.
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub dest: Option<PathBuf>,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -556,10 +566,11 @@ pub struct StatsArgs {
     #[arg(long)]
     pub job: Option<String>,
     /// Only runs of this store.
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub dest: Option<PathBuf>,
     #[arg(long)]
     pub since: Option<String>,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -577,6 +588,7 @@ pub struct RunArgs {
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
+    /// No progress line, even on a terminal.
     #[arg(long)]
     pub no_progress: bool,
     /// After the run, write its job's metrics to DIR/snapring-<job>.prom for
@@ -635,6 +647,7 @@ pub struct NextArgs {
     /// How many times to print (1 to 10000).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub count: u64,
+    /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
 }
@@ -656,7 +669,7 @@ pub struct FinalizeArgs {
 pub struct ShardRunArgs {
     /// Backup file system (where the store lives), or the restic repository
     /// (file:///PATH or s3://BUCKET/PREFIX) a run backs up into.
-    #[arg(long)]
+    #[arg(long, value_parser = path)]
     pub dest: PathBuf,
     /// A restic repository's password file [else SNAPRING_PASSWORD_FILE,
     /// SNAPRING_PASSWORD or RESTIC_PASSWORD_FILE].
@@ -744,4 +757,19 @@ fn folder(s: &str) -> Result<String, String> {
 fn prefix(s: &str) -> Result<String, String> {
     snapring::relpath::RelPath::new(s.trim_matches('/').as_bytes()).map_err(|e| e.to_string())?;
     Ok(s.to_string())
+}
+
+/// A path flag's value: refused when it starts with `~`, which only a shell expands, and
+/// only unquoted at the start of a word (`--to=~/x` and `--to '~/x'` reach snapring as
+/// they are): taken literally it made a directory named `~` in the working directory.
+fn path(s: &str) -> Result<PathBuf, String> {
+    if s.starts_with('~') {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        let rest = s.split_once('/').map_or("", |(_, r)| r);
+        return Err(format!(
+            "{s:?} starts with `~`, which the shell did not expand (it does only for an unquoted word, not after `=`); give the path in full, e.g. {}",
+            std::path::Path::new(&home).join(rest).display()
+        ));
+    }
+    Ok(PathBuf::from(s))
 }

@@ -151,7 +151,9 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         Some(path) => {
             let cfg = config::load(path)?;
             file_catalog = cfg.catalog.clone();
-            let (n, j) = cfg.pick(a.job.as_deref())?;
+            let (n, j) = cfg
+                .pick(a.job.as_deref())
+                .map_err(super::config::job_usage)?;
             notifiers = cfg.notifiers_of(&n, &j)?;
             notify_success = j.notify_success.unwrap_or(false);
             (Some(n), Some(j))
@@ -159,7 +161,11 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         None => (a.job.clone(), None),
     };
     exclusion(a, file_job.as_ref().unwrap_or(&JobConfig::default()))?;
-    let mut opts = config::resolve(name, file_job.clone(), flags(a)?)?;
+    let mut opts = config::resolve(name, file_job.clone(), flags(a)?).map_err(|e| match e {
+        // Without a config file every setting is a flag: a bad one is a usage error.
+        snapring::error::Error::Config(m) if a.config.is_none() => super::exit_code::usage!("{m}"),
+        e => e.into(),
+    })?;
     opts.dry_run = a.dry_run;
     opts.new_source = a.new_source;
     opts.plan_on_stderr = a.json;

@@ -25,3 +25,12 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
         Ok(ExitCode::Failed)
     }
 }
+
+/// A job named on the command line that the config lacks (or none named where the
+/// config has several): a usage error (exit 64, nothing ran), not a broken file.
+pub fn job_usage(e: snapring::error::Error) -> anyhow::Error {
+    match e {
+        snapring::error::Error::Config(m) => super::exit_code::usage!("{m}"),
+        e => e.into(),
+    }
+}

@@ -90,7 +90,7 @@ fn schedule(
     match (job, schedule) {
         (Some(j), None) => {
             let cfg = config::load(config)?;
-            let (_, jc) = cfg.pick(Some(&j))?;
+            let (_, jc) = cfg.pick(Some(&j)).map_err(super::config::job_usage)?;
             jc.schedule()
                 .map_err(anyhow::Error::msg)?
                 .ok_or_else(|| anyhow::anyhow!("job {j} has no schedule"))

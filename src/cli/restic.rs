@@ -123,7 +123,9 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     let (name, file) = match &a.config {
         Some(path) => {
             let cfg = config::load(path)?;
-            let (n, j) = cfg.pick(a.job.as_deref())?;
+            let (n, j) = cfg
+                .pick(a.job.as_deref())
+                .map_err(super::config::job_usage)?;
             file_catalog = cfg.catalog.clone();
             notifiers = cfg.notifiers_of(&n, &j)?;
             notify_success = j.notify_success.unwrap_or(false);
@@ -539,7 +541,12 @@ fn components(p: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
 /// `--password-file` is given. `None`: a hard-link store (`cli::restore`).
 pub fn restore_source(a: &RestoreArgs) -> anyhow::Result<Option<(PathBuf, Option<PathBuf>)>> {
     let job = match &a.config {
-        Some(path) => Some(config::load(path)?.pick(a.job.as_deref())?.1),
+        Some(path) => Some(
+            config::load(path)?
+                .pick(a.job.as_deref())
+                .map_err(super::config::job_usage)?
+                .1,
+        ),
         None => None,
     };
     let dest = a

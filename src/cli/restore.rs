@@ -64,7 +64,9 @@ pub(super) fn for_job(a: &RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<Fo
         });
     };
     let cfg = config::load(cfg_path)?;
-    let (name, j) = cfg.pick(a.job.as_deref())?;
+    let (name, j) = cfg
+        .pick(a.job.as_deref())
+        .map_err(super::config::job_usage)?;
     let store = match (&j.dest, &j.folder) {
         (Some(d), Some(f)) => Some(
             d.join(
@@ -97,10 +99,13 @@ fn options(a: RestoreArgs, job_store: Option<PathBuf>) -> anyhow::Result<Restore
         }
         None => None,
     };
+    // Named absolute in the report, the catalog and `show` (as typed, a relative path
+    // said nothing once the working directory was gone); resolved as it would be.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     Ok(RestoreOptions {
-        store,
+        store: absolute(store),
         snapshot: a.snapshot,
-        to: a.to,
+        to: absolute(a.to),
         flat: a.flat && path.is_some(),
         path,
         mode: if a.mirror {

@@ -320,7 +320,9 @@ fn finalize_job(f: &FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         return Ok(None);
     };
     let cfg = snapring::config::load(path)?;
-    let (name, job) = cfg.pick(f.job.as_deref())?;
+    let (name, job) = cfg
+        .pick(f.job.as_deref())
+        .map_err(super::config::job_usage)?;
     let notifiers = cfg.notifiers_of(&name, &job)?;
     let notify_success = job.notify_success.unwrap_or(false);
     let store = store_of(&f.run.dest, &f.run.folder.clone().or(job.folder.clone()))?;

@@ -205,8 +205,12 @@ fn path(p: &str) -> Check {
         ));
     }
     if !Path::new(p).is_absolute() && !p.starts_with("s3://") && !p.starts_with("file://") {
+        let tilde = match p.starts_with('~') {
+            true => "; `~` is not expanded in a config file",
+            false => "",
+        };
         return Err(format!(
-            "{p:?} is a relative path; give an absolute one (a relative path would depend on the directory snapring is started from)"
+            "{p:?} is a relative path; give an absolute one (a relative path would depend on the directory snapring is started from){tilde}"
         ));
     }
     Ok(())

@@ -856,7 +856,12 @@ fn run<R: Repository>(
     if cancel.load(Ordering::Relaxed) {
         sink.abandon();
         rep.message = stopped_message(window_ended);
-        rep.warnings.extend(counters.given_up_warnings());
+        // On stderr too (as the report's other warnings): the run's summary is only
+        // "incomplete: backup window ended", and this is what says why it never ends.
+        for w in counters.given_up_warnings() {
+            tracing::warn!("{w}");
+            rep.warnings.push(w);
+        }
         return Ok(Status::Incomplete);
     }
     let status = walked_status(counters);

@@ -176,7 +176,7 @@ pub fn check_overlap(source: &Path, store: &Path) -> std::result::Result<(), Str
         return Ok(());
     }
     Err(format!(
-        "source {} and store {} overlap (they resolve to {} and {}): the backup would back itself up",
+        "source {} and store {} overlap (they resolve to {} and {}): the backup would back itself up; put the store outside the source tree, and the source outside the store (an exclude does not make it safe)",
         source.display(),
         store.display(),
         s.display(),
