@@ -15,7 +15,7 @@ use crate::engine::options::{AUTO_JOBS, BackupOptions, parse_duration};
 use crate::error::{Ctx, Error, Result};
 use crate::relpath::RelPath;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// The run catalog (SQLite); default: see `catalog::default_path`.
@@ -141,6 +141,82 @@ pub fn load_complete(path: &Path) -> Result<Config> {
 pub fn load_complete_text(path: &Path) -> Result<(Config, String)> {
     let text = read(path)?;
     Ok((checked(path, &text, true)?, text))
+}
+
+/// A config `snapring run JOB` does not take ([`load_for_job`]): the error, and the
+/// config as parsed when it parses, so the job's own problem can be recorded and
+/// notified as a failed run of it.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: Error,
+    pub parsed: Option<Box<Config>>,
+}
+
+/// For a run of job `name` the daemon started: the running configuration at `path`
+/// (named `shown` in messages: the daemon's file, not the descriptor a run reads it
+/// through), refused for a problem of the file as a whole, of job `name` (missing
+/// `source`/`dest` included) or of a notifier it names. Another job's problem is
+/// logged and does not stop this one: the daemon checked the whole text when it
+/// loaded it, so what is found now is of the file system (an `exclude_from` file gone,
+/// a store path that now leads into a source), and one job's must not stop every
+/// other job's runs.
+pub fn load_for_job(path: &Path, shown: &Path, name: &str) -> std::result::Result<Config, Refused> {
+    let refused = |error, parsed: Option<Config>| Refused {
+        error,
+        parsed: parsed.map(Box::new),
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        refused(
+            Error::Config(format!("cannot read {}: {e}", shown.display())),
+            None,
+        )
+    })?;
+    let parsed = parse(&text);
+    let own = check::dotted("job", name);
+    let notifiers: Vec<String> = parsed
+        .as_ref()
+        .ok()
+        .and_then(|c| c.job.get(name))
+        .map(|j| {
+            j.notify
+                .iter()
+                .map(|n| check::dotted("notify", n))
+                .collect()
+        })
+        .unwrap_or_default();
+    let under = |k: &str, t: &str| k == t || k.strip_prefix(t).is_some_and(|r| r.starts_with('.'));
+    let (mine, others): (Vec<_>, Vec<_>) = check::check_text(&text).into_iter().partition(|p| {
+        if p.key.starts_with("job.") {
+            under(&p.key, &own)
+        } else if p.key.starts_with("notify.") {
+            notifiers.iter().any(|n| under(&p.key, n))
+        } else {
+            true
+        }
+    });
+    for p in &others {
+        tracing::warn!("{} (not job {name}'s: its run goes on)", p.render(shown));
+    }
+    match parsed {
+        Ok(cfg) if mine.is_empty() => Ok(cfg),
+        Ok(cfg) => Err(refused(problems_error(shown, &mine), Some(cfg))),
+        Err(_) if !mine.is_empty() => Err(refused(problems_error(shown, &mine), None)),
+        Err(e) => Err(refused(
+            Error::Config(format!("{}: {e}", shown.display())),
+            None,
+        )),
+    }
+}
+
+/// `FILE has N problems:` and one line each.
+fn problems_error(shown: &Path, problems: &[check::Problem]) -> Error {
+    let lines: Vec<String> = problems.iter().map(|p| p.render(shown)).collect();
+    Error::Config(format!(
+        "{} has {}:\n{}",
+        shown.display(),
+        count(lines.len()),
+        lines.join("\n")
+    ))
 }
 
 fn load_checked(path: &Path, complete: bool) -> Result<Config> {
@@ -280,6 +356,19 @@ pub fn resolve(
     file: Option<JobConfig>,
     flags: JobConfig,
 ) -> Result<BackupOptions> {
+    let o = resolve_unchecked(name, file, flags)?;
+    o.validate()?;
+    Ok(o)
+}
+
+/// [`resolve`] without [`BackupOptions::validate`], which reads the file system (the
+/// `exclude_from` files, where the source and store lead): the options of a run that
+/// is refused, to record it.
+pub fn resolve_unchecked(
+    name: Option<String>,
+    file: Option<JobConfig>,
+    flags: JobConfig,
+) -> Result<BackupOptions> {
     let f = file.unwrap_or_default();
     let source = flags
         .source
@@ -360,7 +449,6 @@ pub fn resolve(
         flags.post_command.or(f.post_command),
         timeout,
     )?;
-    o.validate()?;
     Ok(o)
 }
 

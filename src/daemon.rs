@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -143,17 +145,36 @@ pub struct Summary {
     pub reloads: u64,
 }
 
+/// A run going: its process, when it started and the configuration it started under.
+struct Running {
+    child: Child,
+    /// A dead child's run is a catalog row of its job started since ([`State::died`]).
+    since: DateTime<Utc>,
+    /// The notifiers told if it dies are those of this configuration, not of a reload
+    /// since (which may have removed the job: its death went untold).
+    cfg: Arc<Config>,
+}
+
+/// At most this many notices of dead runs are sent at once ([`State::died`]); past
+/// it, the loop waits for the oldest.
+const MAX_NOTIFYING: usize = 8;
+
+/// Triggers a held-up loop missed, each recorded as a `skipped` event; past it, one
+/// more event for the rest.
+const MAX_MISSED_SHOWN: usize = 20;
+
 struct State<'a> {
     opts: &'a DaemonOptions,
     /// The running configuration's text, as loaded at start or by the last good reload.
     text: String,
-    /// The same, parsed: the notifiers told when a run dies ([`State::died`]).
-    cfg: Config,
+    /// The same, parsed: each run's notifiers, should it die ([`Running::cfg`]).
+    cfg: Arc<Config>,
     jobs: BTreeMap<String, Job>,
-    running: BTreeMap<String, Child>,
-    /// When each running child was started: a dead child's run is a catalog row of
-    /// its job started since ([`State::died`]).
-    spawned: BTreeMap<String, DateTime<Utc>>,
+    running: BTreeMap<String, Running>,
+    /// Threads sending the notices of dead runs, off the scheduling loop: a slow
+    /// notifier held the loop for its retries times its timeout (other jobs' runs
+    /// started late, their triggers merged without a trace, signals unheeded).
+    notifying: Vec<JoinHandle<()>>,
     summary: Summary,
 }
 
@@ -311,6 +332,9 @@ impl State<'_> {
         c.arg("run")
             .arg("--config")
             .arg(&config)
+            // The file's name for the run's messages (not `/proc/self/fd/N`).
+            .arg("--config-name")
+            .arg(&self.opts.config)
             .arg("--no-progress")
             .arg("--")
             .arg(name)
@@ -326,8 +350,14 @@ impl State<'_> {
             Ok(child) => {
                 tracing::info!("job {name}: started run (pid {})", child.id());
                 self.summary.started += 1;
-                self.running.insert(name.to_string(), child);
-                self.spawned.insert(name.to_string(), Utc::now());
+                self.running.insert(
+                    name.to_string(),
+                    Running {
+                        child,
+                        since: Utc::now(),
+                        cfg: self.cfg.clone(),
+                    },
+                );
             }
             Err(e) => {
                 let msg = format!("cannot start {}: {e}", self.opts.exe.display());
@@ -338,10 +368,11 @@ impl State<'_> {
     }
 
     fn reap(&mut self) {
+        self.notifying.retain(|h| !h.is_finished());
         let done: Vec<(String, Option<std::process::ExitStatus>)> = self
             .running
             .iter_mut()
-            .filter_map(|(n, c)| match c.try_wait() {
+            .filter_map(|(n, r)| match r.child.try_wait() {
                 Ok(Some(st)) => {
                     tracing::info!("job {n}: run ended ({st})");
                     Some((n.clone(), Some(st)))
@@ -354,48 +385,98 @@ impl State<'_> {
             })
             .collect();
         for (n, st) in done {
-            self.running.remove(&n);
-            if let Some(why) = st.and_then(abnormal) {
-                self.died(&n, &why);
+            let Some(run) = self.running.remove(&n) else {
+                continue;
+            };
+            if let Some(st) = st {
+                self.ended(&n, st, &run);
             }
-            self.spawned.remove(&n);
+        }
+    }
+
+    /// A run's process has ended (`st`): if not as a run ends, or without recording
+    /// a run (it failed before it could: a config it could not read), it is settled
+    /// and told ([`State::died`]).
+    fn ended(&mut self, name: &str, st: std::process::ExitStatus, run: &Running) {
+        if let Some(why) = abnormal(st) {
+            return self.died(name, &why, run);
+        }
+        let Some(code) = st.code().filter(|c| *c != 0) else {
+            return;
+        };
+        // Exit 1 and the like are a run's failures, recorded and notified by it; one
+        // that left no row of its job since it started was not.
+        // (A catalog that cannot be read says nothing either way.)
+        let recorded = self.catalog().and_then(|c| {
+            let rows = c.recent(name, 1).ok()?;
+            Some(rows.into_iter().next().is_some_and(|row| {
+                crate::store::select::parse_time(&row.started_at)
+                    .is_some_and(|t| t >= run.since - chrono::Duration::seconds(1))
+            }))
+        });
+        if recorded == Some(false) {
+            let why = format!(
+                "ended with exit code {code} without recording a run (its error is in the daemon's log)"
+            );
+            self.died(name, &why, run);
         }
     }
 
     /// A run of job `name` whose process ended before it could record and notify
     /// itself (`why`): its catalog row and record are settled now, as the next command
-    /// would settle them, and its notifiers told (a failure always notifies). It stayed
-    /// `running`, unnotified, with nothing in the daemon's log at its default level.
-    fn died(&self, name: &str, why: &str) {
+    /// would settle them, with the cause in their message, and the notifiers of the
+    /// configuration it ran under told (a failure always notifies), on a thread of
+    /// their own; their outcomes go into the record and the catalog row.
+    fn died(&mut self, name: &str, why: &str, run: &Running) {
         let msg = format!("its run's process {why}, before it recorded its end");
         tracing::error!("job {name}: {msg}");
         self.event(Some(name), "error", &msg);
         // The job's newest run, once settled (`incomplete`), with its record: the dead
         // child's, if it got as far as its row (else an older run's, not told again).
-        let since = self.spawned.get(name).copied();
+        let since = run.since;
         let settled = self.catalog().and_then(|mut c| {
             crate::catalog::settle_running(&mut c);
             let row = c.recent(name, 1).ok()?.into_iter().next()?;
             let started = crate::store::select::parse_time(&row.started_at)?;
-            if since.is_some_and(|s| started < s - chrono::Duration::seconds(1)) {
+            if started < since - chrono::Duration::seconds(1) {
                 return None;
             }
             let store = crate::store::Store::open(Path::new(&row.store), false).ok()?;
-            store.read_run(&row.id).ok().flatten()
+            let r = store.read_run(&row.id).ok().flatten()?;
+            Some((store, r))
         });
-        let Some(job) = self.cfg.job.get(name) else {
-            return;
+        let catalog = self.opts.catalog.clone();
+        let on_nfs = self.opts.catalog_on_nfs;
+        let record = move |store: &crate::store::Store, r: &crate::report::RunReport| {
+            if let Err(e) = store.write_run(r) {
+                tracing::error!("job {}: {e}", r.job.as_deref().unwrap_or("-"));
+            }
+            if let Some(c) = &catalog
+                && let Some(w) = crate::catalog::record_quietly(c, on_nfs, r)
+            {
+                tracing::warn!("{w}");
+            }
         };
-        let notifiers = crate::job::notifiers(&self.cfg, job);
+        // The cause, after the settled message (which says `interrupted` first, as a
+        // restart looks for to resume it).
+        let settled = settled.filter(|(_, r)| r.status != crate::report::Status::Complete);
+        let settled = settled.map(|(store, mut r)| {
+            if !r.message.contains(&msg) {
+                r.message = format!("{} ({msg})", r.message);
+                record(&store, &r);
+            }
+            (store, r)
+        });
+        let notifiers = match run.cfg.job.get(name) {
+            Some(job) => crate::job::notifiers(&run.cfg, job),
+            None => Vec::new(),
+        };
         if notifiers.is_empty() {
             return;
         }
-        let notice = match settled {
-            Some(mut r) if r.status != crate::report::Status::Complete => {
-                r.message = format!("{msg}; {}", r.message);
-                crate::notify::Notice::backup(&r)
-            }
-            _ => crate::notify::Notice {
+        let notice = match &settled {
+            Some((_, r)) => crate::notify::Notice::backup(r),
+            None => crate::notify::Notice {
                 id: String::new(),
                 job: Some(name.to_string()),
                 status: crate::report::Status::Failed,
@@ -409,14 +490,34 @@ impl State<'_> {
                 }),
             },
         };
-        for o in crate::notify::send_notice(&notifiers, &notice) {
-            if !o.ok {
-                tracing::error!(
-                    "job {name}: notifier {}: {}",
-                    o.notifier,
-                    o.error.unwrap_or_default()
-                );
-            }
+        if self.notifying.len() >= MAX_NOTIFYING {
+            tracing::warn!(
+                "job {name}: {MAX_NOTIFYING} notices of dead runs are being sent; waiting for the oldest"
+            );
+            let _ = self.notifying.remove(0).join();
+        }
+        let name = name.to_string();
+        let sent = std::thread::Builder::new()
+            .name(format!("notify-{name}"))
+            .spawn(move || {
+                let outcomes = crate::notify::send_notice(&notifiers, &notice);
+                for o in &outcomes {
+                    if !o.ok {
+                        tracing::error!(
+                            "job {name}: notifier {}: {}",
+                            o.notifier,
+                            o.error.as_deref().unwrap_or_default()
+                        );
+                    }
+                }
+                if let Some((store, mut r)) = settled {
+                    r.notifications = outcomes;
+                    record(&store, &r);
+                }
+            });
+        match sent {
+            Ok(h) => self.notifying.push(h),
+            Err(e) => tracing::error!("cannot start a thread to send a notice: {e}"),
         }
     }
 
@@ -435,34 +536,110 @@ impl State<'_> {
                 tracing::warn!("job {name}: {msg}");
                 self.summary.skipped += 1;
                 self.event(Some(&name), "skipped", &msg);
+            } else if let Some(holder) = self.orphan_run(&name) {
+                let msg = format!(
+                    "trigger at {} skipped: a run of the job that this daemon did not start is still going, {holder} (left by a daemon that was killed without its runs)",
+                    at.to_rfc3339()
+                );
+                tracing::warn!("job {name}: {msg}");
+                self.summary.skipped += 1;
+                self.event(Some(&name), "skipped", &msg);
             } else {
                 self.spawn(&name);
             }
             let j = self.jobs.get_mut(&name).expect("listed above");
+            // Times that came and went while the loop was held up (a slow catalog, a
+            // stopped process): one run, late, for all of them, and each recorded as a
+            // skipped trigger (they merged without a trace).
+            let mut missed = Vec::new();
+            let mut t = at;
+            while let Some(n) = j.schedule.next_after(t).filter(|n| *n <= now) {
+                if missed.len() == MAX_MISSED_SHOWN {
+                    // The rest in the last one's message.
+                    let mut more = 0u64;
+                    let mut last = n;
+                    while let Some(m) = j.schedule.next_after(last).filter(|m| *m <= now) {
+                        more += 1;
+                        last = m;
+                    }
+                    missed.push(format!(
+                        "{} more triggers from {} to {}",
+                        more + 1,
+                        n.to_rfc3339(),
+                        last.to_rfc3339()
+                    ));
+                    break;
+                }
+                missed.push(format!("trigger at {}", n.to_rfc3339()));
+                t = n;
+            }
             j.next = j.schedule.next_after(now.max(at));
+            for m in missed {
+                let msg = format!(
+                    "{m} skipped: the daemon's loop was held up until {} (the run due at {} started late and stands for it)",
+                    now.to_rfc3339(),
+                    at.to_rfc3339()
+                );
+                tracing::warn!("job {name}: {msg}");
+                self.summary.skipped += 1;
+                self.event(Some(&name), "skipped", &msg);
+            }
         }
+    }
+
+    /// A live `snapring run` of job `name` on this host that holds the job's store and
+    /// that this daemon did not start (described for the message), or `None`. Runs are
+    /// process groups of their own, so a daemon killed with SIGKILL (outside a service
+    /// manager that kills its cgroup) leaves them going; its next start ran the job
+    /// again, the store lock refused that run, and it was recorded and notified as a
+    /// failure. Read from the store's lock file, which names its holder (emptied when
+    /// it ends cleanly; a dead holder's pid is checked against the process's command).
+    fn orphan_run(&self, name: &str) -> Option<String> {
+        let job = self.cfg.job.get(name)?;
+        let opts = config::resolve_unchecked(
+            Some(name.to_string()),
+            Some(job.clone()),
+            config::JobConfig::default(),
+        )
+        .ok()?;
+        let lock = opts.store.join(crate::store::META_DIR).join("lock");
+        let text = std::fs::read_to_string(lock).ok()?;
+        let h: crate::store::lock::Holder = serde_json::from_str(&text).ok()?;
+        if h.host != crate::util::hostname() || h.pid == std::process::id() {
+            return None;
+        }
+        // `snapring … run … NAME …`, as `spawn` starts it (or as a user would).
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.pid)).ok()?;
+        let runs_it = cmdline
+            .split(|b| *b == 0)
+            .skip_while(|a| *a != b"run")
+            .skip(1)
+            .any(|a| a == name.as_bytes());
+        runs_it.then(|| h.to_string())
     }
 
     /// Sends SIGTERM to every running backup and waits for them to record themselves.
     fn stop_children(&mut self) {
-        for (n, c) in &self.running {
+        for (n, r) in &self.running {
             tracing::warn!(
                 "job {n}: stopping the running backup (it ends incomplete and resumes next time)"
             );
-            if let Some(pid) = rustix::process::Pid::from_raw(c.id() as i32) {
+            if let Some(pid) = rustix::process::Pid::from_raw(r.child.id() as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
         }
-        for (n, mut c) in std::mem::take(&mut self.running) {
-            match c.wait() {
+        for (n, mut r) in std::mem::take(&mut self.running) {
+            match r.child.wait() {
                 Ok(st) => {
                     tracing::info!("job {n}: run ended ({st})");
-                    if let Some(why) = abnormal(st) {
-                        self.died(&n, &why);
-                    }
+                    self.ended(&n, st, &r);
                 }
                 Err(e) => tracing::error!("job {n}: {e}"),
             }
+        }
+        // The notices of dead runs, each bounded by its notifiers' timeouts and retries.
+        for h in std::mem::take(&mut self.notifying) {
+            let _ = h.join();
         }
     }
 }
@@ -497,10 +674,10 @@ pub fn run(
     let mut st = State {
         opts,
         text,
-        cfg,
+        cfg: Arc::new(cfg),
         jobs,
         running: BTreeMap::new(),
-        spawned: BTreeMap::new(),
+        notifying: Vec::new(),
         summary: Summary::default(),
     };
     tracing::info!(
@@ -519,7 +696,7 @@ pub fn run(
             match load(&opts.config) {
                 Ok((cfg, text, jobs)) => {
                     st.text = text;
-                    st.cfg = cfg;
+                    st.cfg = Arc::new(cfg);
                     let before = std::mem::replace(&mut st.jobs, jobs);
                     st.summary.reloads += 1;
                     tracing::info!("reloaded {}", opts.config.display());

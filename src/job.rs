@@ -151,6 +151,25 @@ pub fn run(
     Ok(rep)
 }
 
+/// A run refused before it could start (its job's config: an `exclude_from` file
+/// gone, a store path that now leads into the source): recorded `failed` and notified
+/// as [`not_started`] does, so a scheduled run that fails this early is not silent.
+pub fn refused(
+    opts: &BackupOptions,
+    e: &crate::error::Error,
+    catalog: Option<&CatalogTarget>,
+    notifiers: &[(String, notify::NotifierConfig)],
+    notify_success: bool,
+) {
+    not_started(
+        opts,
+        e,
+        std::time::Instant::now(),
+        catalog,
+        (notifiers, notify_success),
+    );
+}
+
 /// A backup that could not start: its store missing (the backup file system not
 /// mounted), not a directory, not writable, or in use by another run; a setting the
 /// engine refuses. No run record can go into the store, so the run is recorded

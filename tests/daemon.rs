@@ -1070,6 +1070,14 @@ fn a_run_killed_under_the_daemon_is_settled_and_notified() {
         .find(|r| r["id"] == id.as_str())
         .unwrap_or_else(|| panic!("{id} in {h}"));
     assert_eq!(row["status"], "incomplete", "{h}");
+    // The cause and the notice's outcome are in the catalog (and the run record).
+    assert!(message_of(&catalog, &id).contains("killed by signal 9"));
+    let (_, shown, _, _) = cli(&catalog, &["show", &id, "--json"], &[]);
+    let n = &shown["report"]["notifications"];
+    assert!(
+        n[0]["notifier"] == "cmd" && n[0]["ok"] == true,
+        "the notice's outcome is recorded: {shown}"
+    );
     let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
     assert!(
         c.events(Some("k"))
@@ -1297,4 +1305,495 @@ fn a_run_interrupted_with_the_daemon_resumes_when_it_starts_again() {
         .map(|r| r["status"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(statuses, ["incomplete", "complete"], "{h}");
+}
+
+/// The rows of `job` in the catalog (`history --json`).
+fn rows_of(catalog: &Path, job: &str) -> Vec<serde_json::Value> {
+    let (_, h, _, _) = cli(catalog, &["history", "--json", "--job", job], &[]);
+    h.as_array().cloned().unwrap_or_default()
+}
+
+/// The message of run `id` as the catalog has it (`show --json`).
+fn message_of(catalog: &Path, id: &str) -> String {
+    let (_, shown, err, _) = cli(catalog, &["show", id, "--json"], &[]);
+    shown["report"]["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{shown} {err}"))
+        .to_string()
+}
+
+/// The lines a `command` notifier wrote (`JOB STATUS`).
+fn told_lines(told: &Path) -> Vec<String> {
+    std::fs::read_to_string(told)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// An `exclude_from` file of one job that is gone after the daemon loaded the config
+/// (it lived on the source's file system, now unmounted). Each run checked every job's
+/// files: every run of every job exited 1 at once, before its catalog row and its
+/// notifications, and the daemon took exit 1 for a run's own end, so nothing was
+/// recorded or told, and the error named `/proc/self/fd/3`. Now the other job runs
+/// on, and the job's own runs are `failed` in the catalog (naming the config file) and
+/// notified.
+#[test]
+fn a_jobs_exclude_file_gone_fails_its_runs_recorded_and_notified_and_not_the_others() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 4, 10);
+    let (ex, told) = (t.path().join("ex"), t.path().join("told"));
+    std::fs::write(&ex, "*.tmp\n").unwrap();
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nretain = 50\nschedule = \"* * * * * *\"\nexclude_from = [\"{ex}\"]\nnotify = [\"cmd\"]\n\n\
+             [job.b]\nsource = \"{src}\"\ndest = \"{d}/b\"\nretain = 50\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS >> {told}\"]\n",
+            src = src.display(),
+            d = t.path().display(),
+            ex = ex.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let opts = in_process_daemon(&cfg, &catalog, "");
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    let complete_since = |job: &str, n: usize| {
+        rows_of(&catalog, job)
+            .iter()
+            .skip(n)
+            .filter(|r| r["status"] == "complete")
+            .count()
+    };
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        wait_until("a first run of each job", 60, || {
+            complete_since("a", 0) >= 1 && complete_since("b", 0) >= 1
+        });
+        std::fs::remove_file(&ex).unwrap();
+        let (na, nb) = (rows_of(&catalog, "a").len(), rows_of(&catalog, "b").len());
+        wait_until("a failed run of a, and b going on", 60, || {
+            rows_of(&catalog, "a")
+                .iter()
+                .skip(na)
+                .any(|r| r["status"] == "failed")
+                && complete_since("b", nb) >= 2
+                && told_lines(&told).iter().any(|l| l == "a failed")
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    let failed = rows_of(&catalog, "a")
+        .into_iter()
+        .find(|r| r["status"] == "failed")
+        .unwrap();
+    let msg = message_of(&catalog, failed["id"].as_str().unwrap());
+    assert!(
+        msg.contains(&cfg.display().to_string())
+            && msg.contains("job.a.exclude_from")
+            && !msg.contains("/proc/self/fd"),
+        "{msg}"
+    );
+    // b was never failed nor told of a's problem.
+    assert!(
+        rows_of(&catalog, "b")
+            .iter()
+            .all(|r| r["status"] == "complete"),
+        "{:?}",
+        rows_of(&catalog, "b")
+    );
+    assert!(
+        !told_lines(&told).iter().any(|l| l.starts_with("b ")),
+        "{:?}",
+        told_lines(&told)
+    );
+}
+
+/// A run that exits 1 before it records anything (here: its config cannot even be
+/// read through the descriptor it was given, as with a wrapper that breaks stdin) is
+/// not a run's own failure to the daemon: it records an `error` event and tells the
+/// job's notifiers, as for a run killed. It took exit 1 for a run's end and said
+/// nothing.
+#[test]
+fn a_run_that_exits_before_recording_anything_is_told_by_the_daemon() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 4, 10);
+    let (told, wrap) = (t.path().join("told"), t.path().join("wrap.sh"));
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS >> {told}\"]\n",
+            src = src.display(),
+            d = t.path().display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    // The run's stdin (its configuration) is not handed on.
+    std::fs::write(
+        &wrap,
+        format!("#!/bin/sh\nexec {} \"$@\" < /dev/null\n", bin().display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrap, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let mut opts = in_process_daemon(&cfg, &catalog, "");
+    opts.exe = wrap.clone();
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        wait_until("the notice", 60, || {
+            told_lines(&told).iter().any(|l| l == "a failed")
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    assert!(
+        c.events(Some("a"))
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "error" && e.message.contains("exit code 1 without recording")),
+        "an error event"
+    );
+}
+
+/// The pid a job's `pre_command` wrote (the run's), once it is there.
+fn run_pid(pid_file: &Path) -> i32 {
+    wait_until("the run's pid", 60, || {
+        std::fs::read_to_string(pid_file).is_ok_and(|p| p.ends_with('\n'))
+    });
+    std::fs::read_to_string(pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn sigkill(pid: i32) {
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+}
+
+/// The notice of a run killed under the daemon goes out on a thread of its own: a
+/// slow notifier (here one that hangs until its 10 s timeout) held the scheduling
+/// loop, so another job's runs did not start meanwhile (their triggers merged without
+/// a trace) and signals were not acted on. Its outcome goes into the killed run's
+/// record and catalog row, with the cause in the row's message; both were dropped.
+#[test]
+fn a_slow_notice_of_a_killed_run_holds_neither_other_jobs_nor_its_record() {
+    let t = tempfile::tempdir().unwrap();
+    let (src_a, src_b, catalog) = (
+        t.path().join("a"),
+        t.path().join("b"),
+        t.path().join("cat.db"),
+    );
+    tree(&src_a, 30, 10);
+    write(&src_b.join("x"), b"x");
+    let (pid_file, told) = (t.path().join("pid"), t.path().join("told"));
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{a}\"\ndest = \"{d}/sa\"\njobs = 1\nschedule = \"* * * * * *\"\n\
+             pre_command = [\"/bin/sh\", \"-c\", \"[ -e {pid} ] || echo $PPID > {pid}\"]\nnotify = [\"slow\"]\n\n\
+             [job.b]\nsource = \"{b}\"\ndest = \"{d}/sb\"\nretain = 100\nschedule = \"* * * * * *\"\n\n\
+             [notify.slow]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"grep -q 'killed by signal' || exit 0; echo $SNAPRING_STATUS >> {told}; sleep 60\"]\ntimeout = \"10s\"\nretries = 0\n",
+            a = src_a.display(),
+            b = src_b.display(),
+            d = t.path().display(),
+            pid = pid_file.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let opts = in_process_daemon(&cfg, &catalog, "walk.dir=sleep:600");
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        let pid = run_pid(&pid_file);
+        wait_until("the run's record", 60, || {
+            std::fs::read_dir(t.path().join("sa/.snapring/runs"))
+                .is_ok_and(|mut d| d.next().is_some())
+        });
+        let nb = rows_of(&catalog, "b").len();
+        sigkill(pid);
+        wait_until("the notifier to be started", 30, || {
+            !told_lines(&told).is_empty()
+        });
+        // The notifier hangs for 10 s; b's runs go on meanwhile.
+        wait_until("two runs of b while the notice hangs", 7, || {
+            rows_of(&catalog, "b").len() >= nb + 2
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    // The first run of a is the one killed.
+    let killed = rows_of(&catalog, "a").remove(0);
+    let msg = message_of(&catalog, killed["id"].as_str().unwrap());
+    assert!(
+        msg.starts_with("interrupted") && msg.contains("killed by signal 9"),
+        "{msg}"
+    );
+    let id = killed["id"].as_str().unwrap();
+    let (_, shown, err, _) = cli(&catalog, &["show", id, "--json"], &[]);
+    let n = shown["report"]["notifications"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        n.len() == 1 && n[0]["notifier"] == "slow" && n[0]["ok"] == false,
+        "{shown} {err}"
+    );
+    let (_, _, _, text) = cli(&catalog, &["show", id], &[]);
+    assert!(
+        text.contains("notification slow (command): FAILED"),
+        "{text}"
+    );
+}
+
+/// Triggers that came and went while the daemon's loop was held up (here: the daemon
+/// stopped with SIGSTOP for 3 s) are recorded as `skipped` events; one late run stood
+/// for them all without a trace.
+#[test]
+fn triggers_missed_while_the_daemon_was_held_up_are_recorded_as_skipped() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    write(&src.join("x"), b"x");
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}/s\"\nretain = 100\nschedule = \"* * * * * *\"\n",
+            src.display(),
+            t.path().display()
+        ),
+    )
+    .unwrap();
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut d = Daemon(
+        Command::new(bin())
+            .arg("--catalog")
+            .arg(&catalog)
+            .args(["daemon", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = rustix::process::Pid::from_raw(d.0.id() as i32).unwrap();
+    wait_until("a first run", 30, || {
+        rows_of(&catalog, "j")
+            .iter()
+            .any(|r| r["status"] == "complete")
+    });
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    std::thread::sleep(Duration::from_millis(3500));
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let held_up = || {
+        snapring::catalog::Catalog::open(&catalog, false)
+            .and_then(|c| c.events(Some("j")))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.kind == "skipped" && e.message.contains("held up"))
+            .count()
+    };
+    wait_until("skipped events", 30, || held_up() >= 2);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(d.0.wait().unwrap().success());
+}
+
+/// A run of a job that a reload (SIGHUP) removed, and which then dies, is told to the
+/// notifiers of the configuration it started under: the daemon looked the job up in
+/// the new one, found nothing, and told nobody.
+#[test]
+fn a_killed_run_of_a_job_a_reload_removed_is_still_notified() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 30, 10);
+    let (pid_file, told) = (t.path().join("pid"), t.path().join("told"));
+    let cfg = t.path().join("d.toml");
+    let a = format!(
+        "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\njobs = 1\nschedule = \"* * * * * *\"\n\
+         pre_command = [\"/bin/sh\", \"-c\", \"[ -e {pid} ] || echo $PPID > {pid}\"]\nnotify = [\"cmd\"]\n\n",
+        src = src.display(),
+        d = t.path().display(),
+        pid = pid_file.display(),
+    );
+    let rest = format!(
+        "[job.b]\nsource = \"{src}\"\ndest = \"{d}/b\"\nschedule = \"@yearly\"\nmissed = \"skip\"\n\n\
+         [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS >> {told}\"]\n",
+        src = src.display(),
+        d = t.path().display(),
+        told = told.display(),
+    );
+    std::fs::write(&cfg, format!("{a}{rest}")).unwrap();
+    let opts = in_process_daemon(&cfg, &catalog, "walk.dir=sleep:1500");
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    let reloads = || {
+        snapring::catalog::Catalog::open(&catalog, false)
+            .and_then(|c| c.events(None))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.kind == "reload")
+            .count()
+    };
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        let pid = run_pid(&pid_file);
+        wait_until("the run's record", 60, || {
+            std::fs::read_dir(t.path().join("a/.snapring/runs"))
+                .is_ok_and(|mut d| d.next().is_some())
+        });
+        std::fs::write(&cfg, &rest).unwrap();
+        reload.store(true, std::sync::atomic::Ordering::Relaxed);
+        wait_until("the reload", 30, || reloads() >= 1);
+        sigkill(pid);
+        wait_until("the notice of the killed run", 30, || {
+            told_lines(&told).iter().any(|l| l.starts_with("a "))
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    assert_eq!(told_lines(&told), ["a incomplete"]);
+}
+
+/// `snapring show RUN` prints the run's notifications, a failed one as such; only
+/// `--json` had them.
+#[test]
+fn show_prints_the_notifications_and_a_failed_one_clearly() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    write(&src.join("x"), b"x");
+    let cfg = t.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{}\"\ndest = \"/nonexistent/snapring-test\"\nnotify = [\"h\"]\n\n\
+             [notify.h]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/down\"\nretries = 0\n",
+            src.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err, _) = cli(
+        &catalog,
+        &["run", "a", "--config", cfg.to_str().unwrap()],
+        &[],
+    );
+    assert_eq!(code, 1, "{err}");
+    let rows = rows_of(&catalog, "a");
+    let id = rows[0]["id"].as_str().unwrap();
+    let (code, _, _, text) = cli(&catalog, &["show", id], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("notification h (webhook): FAILED after 1 attempt: "),
+        "{text}"
+    );
+}
+
+/// A daemon killed with SIGKILL leaves its run going (a process group of its own); a
+/// daemon started again on the same config finds the job's store held by that run and
+/// skips the job's triggers (event `skipped`) until it ends. It started the job again,
+/// the store lock refused that run, and it was recorded `failed` and notified as a
+/// failure.
+#[test]
+fn a_run_left_by_a_killed_daemon_is_skipped_by_the_next_not_failed() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 30, 10);
+    let (pid_file, told) = (t.path().join("pid"), t.path().join("told"));
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\njobs = 1\nschedule = \"* * * * * *\"\n\
+             pre_command = [\"/bin/sh\", \"-c\", \"[ -e {pid} ] || echo $PPID > {pid}\"]\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS >> {told}\"]\n",
+            src = src.display(),
+            d = t.path().display(),
+            pid = pid_file.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let daemon = || {
+        Daemon(
+            Command::new(bin())
+                .arg("--catalog")
+                .arg(&catalog)
+                .args(["daemon", "--config"])
+                .arg(&cfg)
+                .env("SNAPRING_FAILPOINTS", "walk.dir=sleep:1500")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let mut first = daemon();
+    let orphan = run_pid(&pid_file);
+    wait_until("the run's record", 60, || {
+        std::fs::read_dir(t.path().join("a/.snapring/runs")).is_ok_and(|mut d| d.next().is_some())
+    });
+    first.0.kill().unwrap();
+    first.0.wait().unwrap();
+    let mut second = daemon();
+    let skipped = || {
+        snapring::catalog::Catalog::open(&catalog, false)
+            .and_then(|c| c.events(Some("a")))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.kind == "skipped" && e.message.contains("did not start"))
+            .count()
+    };
+    wait_until("a skipped trigger", 30, || skipped() >= 2);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(second.0.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(second.0.wait().unwrap().success());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(orphan).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    wait_until("the orphan's end", 60, || {
+        rows_of(&catalog, "a")
+            .iter()
+            .all(|r| r["status"] != "running")
+    });
+    let rows = rows_of(&catalog, "a");
+    assert!(rows.iter().all(|r| r["status"] != "failed"), "{rows:?}");
+    assert!(
+        !told_lines(&told).iter().any(|l| l.ends_with("failed")),
+        "{:?}",
+        told_lines(&told)
+    );
 }

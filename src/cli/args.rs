@@ -165,6 +165,10 @@ pub struct BackupArgs {
     /// Job to run from the config (optional when it has one job).
     #[arg(long)]
     pub job: Option<String>,
+    /// The config, already loaded and checked for this job (`snapring run`:
+    /// `config::load_for_job`): not read or checked again.
+    #[arg(skip)]
+    pub loaded: Option<Box<snapring::config::Config>>,
     /// Directory to back up (an EFS/NFS mount or any directory).
     #[arg(long, value_parser = path)]
     pub source: Option<PathBuf>,
@@ -585,6 +589,10 @@ pub struct RunArgs {
         default_value = "/etc/snapring/snapring.toml"
     )]
     pub config: PathBuf,
+    /// The config file's name in messages, when `--config` is another way to its text
+    /// (the daemon's running configuration, read through a descriptor).
+    #[arg(long, hide = true, value_name = "FILE")]
+    pub config_name: Option<PathBuf>,
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub json: bool,

@@ -19,11 +19,32 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     // From the daemon: its running configuration, moved out of the descriptor that
     // hooks and notifier commands would inherit (held open for the whole run).
     let (_copy, config_path) = config::private_copy(&a.config)?;
-    // No flags fill in a missing source or dest here: the whole file must be complete,
-    // as the daemon and `config check` require.
-    config::load_complete(&config_path)?;
+    // No flags fill in a missing source or dest here: the job must be complete, as the
+    // daemon and `config check` require.
+    let loaded = if a.config == std::path::Path::new(config::FROM_STDIN) {
+        // A run the daemon started, of the configuration it checked as a whole when it
+        // loaded it: only this job's part is checked again (what changed since is of
+        // the file system). Another job's problem (its `exclude_from` file gone) does
+        // not stop this job's runs; this job's own is a failed run, recorded and
+        // notified, not a silent exit 1.
+        let shown = a.config_name.clone().unwrap_or_else(|| a.config.clone());
+        match config::load_for_job(&config_path, &shown, &a.job) {
+            Ok(c) => Some(Box::new(c)),
+            Err(r) => {
+                if let Some(cfg) = &r.parsed {
+                    record_refused(cfg, &a.job, &r.error, cat);
+                }
+                return Err(r.error.into());
+            }
+        }
+    } else {
+        // From the command line: the whole file, as `config check` sees it.
+        config::load_complete(&config_path)?;
+        None
+    };
     let args = BackupArgs {
         config: Some(config_path),
+        loaded,
         job: Some(a.job),
         json: a.json,
         no_progress: a.no_progress,
@@ -31,6 +52,47 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         ..Default::default()
     };
     backup(args, cat)
+}
+
+/// A run of job `name` that its own config refused (`load_for_job`): recorded
+/// `failed` in the catalog and notified, as a run that cannot start is, when the job
+/// still says where its store, catalog and notifiers are.
+fn record_refused(
+    cfg: &config::Config,
+    name: &str,
+    e: &snapring::error::Error,
+    cat: &CatalogChoice,
+) {
+    let Some(j) = cfg.job.get(name) else { return };
+    let Ok(opts) = config::resolve_unchecked(
+        Some(name.to_string()),
+        Some(j.clone()),
+        JobConfig::default(),
+    ) else {
+        return;
+    };
+    let catalog = cat
+        .for_config(cfg.catalog.clone())
+        .map(|path| snapring::job::CatalogTarget {
+            path,
+            on_nfs: cat.on_nfs,
+        });
+    let notifiers = snapring::job::notifiers(cfg, j);
+    snapring::job::refused(
+        &opts,
+        e,
+        catalog.as_ref(),
+        &notifiers,
+        j.notify_success.unwrap_or(false),
+    );
+}
+
+/// The config file of `a`: the one `snapring run` loaded, else `path` read and checked.
+pub(super) fn config_of(a: &BackupArgs, path: &std::path::Path) -> anyhow::Result<config::Config> {
+    Ok(match &a.loaded {
+        Some(c) => (**c).clone(),
+        None => config::load(path)?,
+    })
 }
 
 /// `snapring backup`.
@@ -149,7 +211,7 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
     let mut notify_success = false;
     let (name, file_job) = match &a.config {
         Some(path) => {
-            let cfg = config::load(path)?;
+            let cfg = config_of(a, path)?;
             file_catalog = cfg.catalog.clone();
             let (n, j) = cfg
                 .pick(a.job.as_deref())

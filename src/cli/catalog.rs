@@ -350,7 +350,33 @@ fn print_shown(s: &Shown) {
             outln!("  {what}_command {}", hook_line(h));
         }
     }
+    print_notifications(&r.notifications);
     print_problems_and_log(r.errors, s);
+}
+
+/// Whom the run told and how that went, one line a notifier; a failed one says
+/// `FAILED` and its error (they are in `--json` as `notifications`).
+fn print_notifications(n: &[snapring::report::NotifyOutcome]) {
+    if n.is_empty() {
+        outln!("  notifications: none");
+        return;
+    }
+    for o in n {
+        let tries = if o.attempts == 1 {
+            "1 attempt".to_string()
+        } else {
+            format!("{} attempts", o.attempts)
+        };
+        match (o.ok, o.error.as_deref()) {
+            (true, _) => outln!("  notification {} ({}): ok ({tries})", o.notifier, o.kind),
+            (false, e) => outln!(
+                "  notification {} ({}): FAILED after {tries}: {}",
+                o.notifier,
+                o.kind,
+                e.unwrap_or("no error recorded")
+            ),
+        }
+    }
 }
 
 /// A pre or post command's outcome on one line.
@@ -415,6 +441,7 @@ fn print_restore(r: &RestoreReport, s: &Shown) {
     for c in r.conflicts.iter().take(50) {
         outln!("    {}: {}", c.path, c.reason);
     }
+    print_notifications(&r.notifications);
     print_problems_and_log(r.errors, s);
 }
 

@@ -122,7 +122,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     let mut notify_success = false;
     let (name, file) = match &a.config {
         Some(path) => {
-            let cfg = config::load(path)?;
+            let cfg = super::backup::config_of(a, path)?;
             let (n, j) = cfg
                 .pick(a.job.as_deref())
                 .map_err(super::config::job_usage)?;

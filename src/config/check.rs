@@ -422,7 +422,7 @@ fn str_of<'a>(t: &'a DeTable<'_>, name: &str) -> Option<(&'a str, Range<usize>)>
 }
 
 /// `parent.name`, quoting a name that is not a bare TOML key.
-fn dotted(parent: &str, name: &str) -> String {
+pub(crate) fn dotted(parent: &str, name: &str) -> String {
     let bare = !name.is_empty()
         && name
             .chars()
