@@ -1569,6 +1569,33 @@ fn a_lost_or_cut_pack_on_s3_is_a_problem_of_its_files_not_a_stop() {
     }
 }
 
+/// Every pack lost from the bucket (404 NoSuchKey for the trees as for the data):
+/// `verify` reports the snapshot damaged, exit 2, as on a local repository. The 404 on
+/// a tree stopped it, exit 1, as if the server had failed.
+#[test]
+fn verify_reports_lost_packs_on_s3_as_damage_not_a_stop() {
+    if needs_in_process_server("deleting objects behind the server's back") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    let dest = format!("s3://{BUCKET}/gone");
+    for i in 0..5 {
+        write(
+            &src.join(format!("d/f{i}")),
+            format!("file {i}\n").as_bytes(),
+        );
+    }
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.backup(&src, &dest);
+    let data = s.t.path().join("s3").join(BUCKET).join("gone").join("data");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::create_dir(&data).unwrap();
+    let (code, out, err) = s.sr_with(&["verify", "--dest", &dest, "--json"], PASSWORD);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains("damaged"), "{out}");
+}
+
 /// A server that keeps failing the reads of a pack (500 after every retry) is not a
 /// damaged repository: the restore stops, exit 1, saying what failed.
 #[test]

@@ -177,7 +177,7 @@ fn one(
     // The source's ancestors are read (and so checked) on the way to its tree.
     let start = match snapshot::source_tree(repo, snap) {
         Ok((t, _)) => t,
-        Err(e @ (Error::Corrupt { .. } | Error::Io { .. })) => {
+        Err(e @ (Error::Corrupt { .. } | Error::Io { .. } | Error::Missing(_))) => {
             v.damaged.push(Damaged {
                 path: ".".into(),
                 kind: "dir".into(),
@@ -334,7 +334,7 @@ pub(crate) fn walk(
     trees.insert(id);
     let t = match repo.read_tree(&id) {
         Ok(t) => t,
-        Err(e @ (Error::Corrupt { .. } | Error::Io { .. })) => {
+        Err(e @ (Error::Corrupt { .. } | Error::Io { .. } | Error::Missing(_))) => {
             f(Visit::BadTree(rel, e.to_string()));
             return Ok(());
         }
