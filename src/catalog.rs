@@ -904,7 +904,7 @@ impl Catalog {
             .collect();
         entries.sort();
         for p in entries {
-            let text = match std::fs::read(&p) {
+            let text = match crate::fsx::read_regular(&p) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!("{}: unreadable run record ({e}); skipped", p.display());

@@ -1278,3 +1278,170 @@ fn names_with_quotes_backslashes_and_newlines_stay_valid_metrics_json_and_links(
         job
     );
 }
+
+/// `GET path`, failing (not hanging) when no answer comes within 10 s: a server stuck
+/// on one request answers no other.
+fn get_within(addr: &str, path: &str) -> Got {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (a, p) = (addr.to_string(), path.to_string());
+    std::thread::spawn(move || {
+        let _ = tx.send(http(&a, "GET", &p, &[]));
+    });
+    let g = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("GET {path}: no answer in 10 s (serve is stuck)"));
+    assert_eq!(g.status, 200, "GET {path}: {}", g.body);
+    g
+}
+
+fn mkfifo(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    let ok = Command::new("mkfifo").arg(p).status().unwrap().success();
+    assert!(ok, "mkfifo {}", p.display());
+}
+
+/// The id of the newest run of `home`.
+fn home_last_id(addr: &str) -> String {
+    json(addr, "/api/jobs/home")["last"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_runs_log_is_shown_only_as_a_plain_file_where_snapring_puts_it() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let id = home_last_id(&s.addr);
+    let log = f.t.path().join(format!("dest/.snapring/logs/{id}.log"));
+    let tail = |s: &Serve| {
+        let api: serde_json::Value =
+            serde_json::from_str(&get_within(&s.addr, &format!("/api/runs/{id}")).body).unwrap();
+        let page = get_within(&s.addr, &format!("/run/{id}")).body;
+        (api["log_tail"].as_str().map(str::to_string), page)
+    };
+    // A long log: its end only, no more than 16 KiB of it.
+    let mut long = String::new();
+    for i in 0..20_000 {
+        long.push_str(&format!("line {i}\n"));
+    }
+    std::fs::write(&log, &long).unwrap();
+    let (t, _) = tail(&s);
+    let t = t.expect("the log's tail");
+    assert!(t.len() <= 16 * 1024 && t.ends_with("line 19999\n"), "{}", t.len());
+    // The store's owner points the log at a file it cannot read: not shown.
+    let secret = f.t.path().join("secret");
+    std::fs::write(&secret, "TOP-SECRET-CONTENT\n").unwrap();
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&secret, &log).unwrap();
+    let (t, page) = tail(&s);
+    assert_eq!(t, None);
+    assert!(!page.contains("TOP-SECRET"), "{page}");
+    // A hard link to it is no better.
+    std::fs::remove_file(&log).unwrap();
+    std::fs::hard_link(&secret, &log).unwrap();
+    assert_eq!(tail(&s).0, None);
+    // The logs folder a symlink to the secret's folder.
+    std::fs::remove_file(&log).unwrap();
+    let logs = log.parent().unwrap();
+    std::fs::rename(logs, f.t.path().join("logs.away")).unwrap();
+    let elsewhere = f.t.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join(format!("{id}.log")), "TOP-SECRET-CONTENT\n").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, logs).unwrap();
+    assert_eq!(tail(&s).0, None);
+    std::fs::remove_file(logs).unwrap();
+    std::fs::rename(f.t.path().join("logs.away"), logs).unwrap();
+    // A path in the catalog outside the logs folders (a forged run record, rebuilt).
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute(
+        "UPDATE runs SET log_path = ?1 WHERE id = ?2",
+        rusqlite::params![secret.to_str().unwrap(), id],
+    )
+    .unwrap();
+    assert_eq!(tail(&s).0, None);
+    db.execute(
+        "UPDATE runs SET log_path = ?1 WHERE id = ?2",
+        rusqlite::params![log.to_str().unwrap(), id],
+    )
+    .unwrap();
+    // A fifo as the log neither stalls that page nor every other answer; nor does a
+    // device.
+    mkfifo(&log);
+    assert_eq!(tail(&s).0, None);
+    get_within(&s.addr, "/metrics");
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &log).unwrap();
+    assert_eq!(tail(&s).0, None);
+    // Back to a plain log: shown.
+    std::fs::remove_file(&log).unwrap();
+    std::fs::write(&log, "the end\n").unwrap();
+    assert_eq!(tail(&s).0.as_deref(), Some("the end\n"));
+}
+
+#[test]
+fn a_fifo_in_a_store_is_an_error_of_that_job_and_stalls_nothing() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    assert_eq!(f.run(EVIL, &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let state = f.t.path().join("dest2/.snapring/snapshots.json");
+    mkfifo(&state);
+    let m = get_within(&s.addr, "/metrics").body;
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(0.0), "{m}");
+    let errors: Vec<String> = m
+        .lines()
+        .filter(|l| l.starts_with("snapring_job_errors{") && !l.contains("job_name=\"home\""))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(errors.len(), 1, "{m}");
+    assert!(errors[0].ends_with(" 1.0"), "{m}");
+    let evil: serde_json::Value =
+        serde_json::from_str(&get_within(&s.addr, &format!("/api/jobs/{}", seg(EVIL))).body)
+            .unwrap();
+    let e = evil["errors"].to_string();
+    assert!(
+        e.contains(&state.display().to_string()) && e.contains("fifo"),
+        "{e}"
+    );
+    get_within(&s.addr, "/");
+    // `list` says the same, at once.
+    let mut child = Command::new(bin())
+        .args(["list", "--dest"])
+        .arg(f.t.path().join("dest2"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed().as_secs() > 10 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("list --dest with a fifo in the store: stuck");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(!status.success());
+    assert!(err.contains(&state.display().to_string()) && err.contains("fifo"), "{err}");
+    // A fifo as the progress file of a run the catalog says is running (the store's
+    // lock file, a fifo too, is no better).
+    std::fs::remove_file(&state).unwrap();
+    let id = home_last_id(&s.addr);
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute(
+        "UPDATE runs SET status = 'running', report = json_set(report, '$.status', 'running') WHERE id = ?1",
+        [&id],
+    )
+    .unwrap();
+    mkfifo(&f.t.path().join("dest/.snapring/progress.json"));
+    mkfifo(&f.t.path().join("dest/.snapring/lock"));
+    get_within(&s.addr, "/metrics");
+    get_within(&s.addr, "/job/home");
+}
