@@ -263,6 +263,17 @@ pub struct RunRow {
     pub errors: u64,
 }
 
+/// A snapshot in a restic repository, as the catalog knows it from the run that wrote
+/// it (`Catalog::repository_snapshots`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RepoSnapshot {
+    pub run_id: String,
+    pub snapshot: String,
+    pub finished_at: Option<String>,
+    pub bytes_total: Option<u64>,
+    pub bytes_added: Option<u64>,
+}
+
 /// One run as `show` prints it: the whole run record, its problems and its log.
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct Shown {
@@ -671,6 +682,38 @@ impl Catalog {
             .db(&self.path, "query recent runs")?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .db(&self.path, "read recent runs")
+    }
+
+    /// The snapshots that runs of `job` into a restic repository wrote and no later run
+    /// of it forgot (its retention), newest first: (run id, snapshot id, finished at,
+    /// bytes of the source, bytes uploaded). The dashboard's view of a repository job,
+    /// which has no store to list; a snapshot forgotten by other means (`restic forget`)
+    /// still counts.
+    pub fn repository_snapshots(&self, job: &str) -> Result<Vec<RepoSnapshot>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, snapshot, finished_at, bytes_total, backup_bytes_added FROM runs
+                 WHERE job = ?1 AND kind = 'backup' AND snapshot IS NOT NULL
+                   AND snapshot NOT IN (
+                     SELECT e.value FROM runs AS x, json_each(x.expired) AS e
+                     WHERE x.job = ?1 AND x.kind = 'backup' AND json_valid(x.expired))
+                 ORDER BY finished_at DESC, id DESC",
+            )
+            .db(&self.path, "query repository snapshots")?;
+        let rows = st
+            .query_map([job], |r| {
+                Ok(RepoSnapshot {
+                    run_id: r.get(0)?,
+                    snapshot: r.get(1)?,
+                    finished_at: r.get(2)?,
+                    bytes_total: r.get::<_, Option<i64>>(3)?.map(|n| n as u64),
+                    bytes_added: r.get::<_, Option<i64>>(4)?.map(|n| n as u64),
+                })
+            })
+            .db(&self.path, "query repository snapshots")?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "read repository snapshots")
     }
 
     /// How many runs of `job` ended with each status: (status, count).
@@ -1254,7 +1297,7 @@ pub fn settle_running(c: &mut Catalog) {
 }
 
 /// Is a run's `store` a restic repository's URL?
-fn is_repository(store: &str) -> bool {
+pub fn is_repository(store: &str) -> bool {
     store.starts_with("s3://") || store.starts_with("file://")
 }
 

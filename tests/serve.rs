@@ -1445,3 +1445,83 @@ fn a_fifo_in_a_store_is_an_error_of_that_job_and_stalls_nothing() {
     get_within(&s.addr, "/metrics");
     get_within(&s.addr, "/job/home");
 }
+
+/// The value of `name` for job `job` in a metrics text.
+fn job_series(metrics: &str, name: &str, job: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("job_name=\"{job}\"")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn a_repository_job_shows_its_snapshots_from_the_catalog_without_a_store_error() {
+    let f = fixture();
+    let p = f.t.path();
+    let pw = p.join("pw");
+    std::fs::write(&pw, "pw-123456\n").unwrap();
+    let url = format!("file://{}/repo", p.display());
+    let out = snapring(
+        &[
+            "init".as_ref(),
+            "--dest".as_ref(),
+            url.as_ref(),
+            "--password-file".as_ref(),
+            pw.as_os_str(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(
+        &f.cfg,
+        format!(
+            "[job.repo]\nsource = \"{}/src\"\ndest = \"{url}\"\npassword_file = \"{}\"\n",
+            p.display(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let tf = p.join("textfile");
+    std::fs::create_dir(&tf).unwrap();
+    for _ in 0..2 {
+        let out = f
+            .run_cmd("repo", &f.cfg, &[], "")
+            .arg("--textfile")
+            .arg(&tf)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        write(&p.join("src/d0/new"), b"changed");
+    }
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    let series = |n: &str| job_series(&m, n, "repo");
+    assert_eq!(series("snapring_job_errors"), Some(0.0), "{m}");
+    assert_eq!(series("snapring_snapshots"), Some(2.0), "{m}");
+    let age = series("snapring_newest_snapshot_age_seconds").expect("an age");
+    assert!((0.0..600.0).contains(&age), "{age}");
+    assert!(series("snapring_store_free_bytes").is_some(), "{m}");
+    promtool(&m);
+    let api = json(&s.addr, "/api/jobs/repo");
+    assert_eq!(api["errors"], serde_json::json!([]), "{api}");
+    let snaps = api["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2, "{api}");
+    assert_eq!(snaps[0]["run_id"], api["last"]["id"], "{api}");
+    assert!(snaps[0]["bytes_total"].is_u64(), "{api}");
+    let page = get(&s.addr, "/").body;
+    assert!(!page.contains("has no .snapring"), "{page}");
+    let text = std::fs::read_dir(&tf)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert_eq!(
+        job_series(&text, "snapring_job_errors", "repo"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        job_series(&text, "snapring_snapshots", "repo"),
+        Some(2.0),
+        "{text}"
+    );
+}

@@ -6,7 +6,6 @@
 //! run's log.
 
 use std::fmt::Write;
-use std::path::Path;
 
 use crate::catalog::{RunRow, Shown};
 
