@@ -1525,3 +1525,48 @@ fn a_repository_job_shows_its_snapshots_from_the_catalog_without_a_store_error()
         "{text}"
     );
 }
+
+#[test]
+fn a_killed_backup_shows_as_incomplete_not_running() {
+    let f = fixture();
+    f.write_cfg(&f.cfg, "jobs = 1");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    for i in 0..5 {
+        write(&f.t.path().join(format!("src/d{i}/f{i}")), b"changed!");
+    }
+    let pause = f.t.path().join("paused");
+    let fp = format!("walk.copy=pause:{}@3", pause.display());
+    let mut child = f
+        .run_cmd("home", &f.cfg, &[], &fp)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    progress_with_eta(&f.t.path().join("dest/.snapring/progress.json"));
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let running = |m: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("snapring_last_run_status{")
+                    && l.contains("job_name=\"home\"")
+                    && l.contains("status=\"running\"")
+            })
+            .map(|l| l.ends_with(" 1.0"))
+    };
+    assert_eq!(running(&get(&s.addr, "/metrics").body), Some(true));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["last"]["status"], "incomplete", "{api}");
+    assert!(api["progress"].is_null(), "{api}");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(running(&m), Some(false), "{m}");
+    assert_eq!(home_series(&m, "snapring_run_eta_seconds"), None, "{m}");
+    promtool(&m);
+    let page = get(&s.addr, "/").body;
+    assert!(!page.contains("class=\"progress\""), "{page}");
+    // What the next command records.
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let runs = json(&s.addr, "/api/jobs/home")["recent"].clone();
+    assert_eq!(runs[1]["status"], "incomplete", "{runs}");
+}

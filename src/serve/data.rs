@@ -155,7 +155,7 @@ impl Summaries {
                         .entry(name.clone())
                         .or_insert_with(|| part(c, name, limit, repo));
                     p.apply(&mut v, now);
-                    live_progress(&mut v);
+                    live_progress(&mut v, Some(c));
                 }
                 store_missing(&mut v);
                 v
@@ -292,7 +292,7 @@ fn view(
     } else if !v.store.as_os_str().is_empty() {
         from_store(&mut v, cat, now, d);
     }
-    live_progress(&mut v);
+    live_progress(&mut v, cat);
     store_missing(&mut v);
     v
 }
@@ -320,19 +320,54 @@ fn store_missing(v: &mut JobView) {
 
 /// The progress file of the job's store, when the newest run is running and the file
 /// is that run's; a missing or unreadable one is no progress.
-fn live_progress(v: &mut JobView) {
-    let Some(last) = v
-        .last
-        .as_ref()
-        .filter(|l| l.status == Status::Running && !is_repository(&v.store))
-    else {
-        v.progress = None;
+///
+/// A newest run that the catalog says is running but whose process is gone (killed,
+/// the machine lost) shows as `incomplete`, which is what the next command on its
+/// store will record (`Store::repair`): nobody holds the store's lock, whose file names
+/// that run (the probe of `Store::dead_running_holder`, as the repair decides); for a
+/// run into a repository, nobody holds its marker beside the catalog (as
+/// `catalog::settle_repository_runs` decides). Else a dead run stayed `running`, with a
+/// frozen progress and ETA, and no alert on failed or incomplete runs fired, until
+/// another command settled it. Only the shown run changes: the catalog is not written
+/// and the counters stay as the catalog has them.
+fn live_progress(v: &mut JobView, cat: Option<&Catalog>) {
+    v.progress = None;
+    let Some(last) = v.last.as_mut().filter(|l| l.status == Status::Running) else {
         return;
     };
-    v.progress = Store::open_read(&v.store)
-        .ok()
-        .and_then(|s| s.read_progress())
-        .filter(|p| p.run == last.id);
+    if is_repository(&v.store) {
+        if cat.is_some_and(|c| repository_run_dead(c, &last.id)) {
+            show_dead(last, "nobody holds its marker");
+        }
+        return;
+    }
+    let Ok(s) = Store::open_read(&v.store) else {
+        return;
+    };
+    if s.dead_running_holder().as_deref() == Some(last.id.as_str()) {
+        show_dead(last, "nobody holds the store's lock");
+        return;
+    }
+    v.progress = s.read_progress().filter(|p| p.run == last.id);
+}
+
+/// Whether run `id` into a repository has a marker nobody holds (a shared `flock`
+/// probe, which writes nothing). No marker: cannot tell (a run of a version before
+/// markers), so not dead.
+fn repository_run_dead(c: &Catalog, id: &str) -> bool {
+    let marker = crate::catalog::running_marker_path(&c.path, id);
+    let Ok(f) = crate::fsx::open_regular(&marker, false) else {
+        return false;
+    };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok()
+}
+
+fn show_dead(r: &mut RunReport, why: &str) {
+    r.status = Status::Incomplete;
+    r.exit_code = Status::Incomplete.exit_code();
+    r.message = format!(
+        "interrupted: the process ended before finishing ({why}); the next command on the store records it so"
+    );
 }
 
 /// The newest `limit` runs, the counts and the last run of job `name`.

@@ -445,7 +445,7 @@ impl Store {
 
     /// The run the lock file names, if it died (nobody holds the lock) while its record
     /// still says `running`. Reads only (a shared `flock` probes the lock).
-    fn dead_running_holder(&self) -> Option<String> {
+    pub(crate) fn dead_running_holder(&self) -> Option<String> {
         let path = self.meta.join("lock");
         let text = fsx::read_regular(&path).ok()?;
         let run = serde_json::from_slice::<lock::Holder>(&text).ok()?.run?;
