@@ -17,7 +17,11 @@ use crate::report::{Problem, RunReport, Status};
 use crate::restore::RestoreReport;
 
 /// The schema this snapring writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
+
+/// How far ahead of now a run may be dated and still count as the newest
+/// (`Catalog::recent`): clocks of the hosts of one catalog a little apart.
+const FUTURE_SLACK: chrono::Duration = chrono::Duration::minutes(5);
 
 /// How long a command waits for another connection's lock on the catalog.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -131,6 +135,10 @@ const MIGRATIONS: &[&str] = &[
         objects_written = json_extract(report, '$.repository.objects_written'),
         dedup_ratio = json_extract(report, '$.repository.dedup_ratio')
     WHERE kind = 'backup';",
+    // 7: a job's newest runs (`recent`, every `/metrics` scrape after a write) read
+    // from the index in order (`id` breaks ties, as `ORDER BY` does), not found among
+    // every backup of all jobs by `runs_kind_started` and sorted.
+    "CREATE INDEX runs_job_kind_started ON runs(job, kind, started_at, id);",
 ];
 
 /// Errors of the catalog: always with the file, and never fatal to a backup.
@@ -665,20 +673,35 @@ impl Catalog {
     }
 
     /// The newest `limit` runs of `job`, newest first (the dashboard's history and
-    /// charts, without reading every run).
+    /// charts, and its newest run, without reading every run): by start time, except
+    /// that runs dated after now (more than `FUTURE_SLACK` ahead: made while the clock
+    /// was ahead, then set right) come after every other. Else one run made with the
+    /// clock 30 days ahead stayed the newest for 30 days, hiding every later failure
+    /// from the last run's status and its alerts. Read from `runs_job_kind_started`.
     pub fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRow>> {
+        let now = (chrono::Utc::now() + FUTURE_SLACK)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut rows = self.recent_where(job, "started_at <= ?3", &now, limit)?;
+        if rows.len() < limit {
+            let more = self.recent_where(job, "started_at > ?3", &now, limit - rows.len())?;
+            rows.extend(more);
+        }
+        Ok(rows)
+    }
+
+    fn recent_where(&self, job: &str, cond: &str, now: &str, limit: usize) -> Result<Vec<RunRow>> {
         let mut st = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT id, job, label, store, snapshot, started_at, finished_at,
                     duration_seconds, status, files_total, files_transferred,
                     bytes_transferred, errors, kind
-                 FROM runs WHERE job = ?1 AND kind = 'backup'
-                 ORDER BY started_at DESC, id DESC LIMIT ?2",
-            )
+                 FROM runs WHERE job = ?1 AND kind = 'backup' AND {cond}
+                 ORDER BY started_at DESC, id DESC LIMIT ?2"
+            ))
             .db(&self.path, "query recent runs")?;
         let rows = st
-            .query_map(params![job, limit as i64], run_row)
+            .query_map(params![job, limit as i64, now], run_row)
             .db(&self.path, "query recent runs")?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .db(&self.path, "read recent runs")
@@ -1388,6 +1411,33 @@ mod tests {
         assert_eq!(slope(&[(1.0, 1.0)]), 0.0);
         assert_eq!(half_over_half(&[1.0, 1.0, 2.0, 2.0]), Some(100.0));
         assert_eq!(half_over_half(&[1.0, 2.0, 3.0]), None);
+    }
+
+    /// `recent` reads a job's runs from `runs_job_kind_started` in order: no scan of
+    /// every backup, no sort.
+    #[test]
+    fn recent_runs_are_read_from_the_jobs_index_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&t.path().join("catalog.db"), false).unwrap();
+        for cond in ["started_at <= ?3", "started_at > ?3"] {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT id FROM runs WHERE job = ?1 AND kind = 'backup' \
+                 AND {cond} ORDER BY started_at DESC, id DESC LIMIT ?2"
+            );
+            let mut st = c.conn.prepare(&sql).unwrap();
+            let plan: Vec<String> = st
+                .query_map(params!["home", 30, "2026-01-01T00:00:00Z"], |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            assert!(
+                plan.iter().any(|p| p.contains("INDEX runs_job_kind_started"))
+                    && !plan.iter().any(|p| p.contains("TEMP B-TREE")),
+                "{plan:?}"
+            );
+        }
     }
 
     /// `status_counts` reads the covering index, not the job's rows.

@@ -1570,3 +1570,32 @@ fn a_killed_backup_shows_as_incomplete_not_running() {
     let runs = json(&s.addr, "/api/jobs/home")["recent"].clone();
     assert_eq!(runs[1]["status"], "incomplete", "{runs}");
 }
+
+#[test]
+fn a_run_dated_in_the_future_does_not_hide_later_failures() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    // Made while the clock was 30 days ahead.
+    let ahead = (chrono::Utc::now() + chrono::Duration::days(30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute(
+        "UPDATE runs SET started_at = ?1, report = json_set(report, '$.started_at', ?1)",
+        [&ahead],
+    )
+    .unwrap();
+    let failing = f.t.path().join("failing.toml");
+    f.write_cfg(&failing, "require_mount = true");
+    assert_eq!(f.run("home", &failing, &[]), 1);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["last"]["status"], "failed", "{api}");
+    assert_eq!(api["recent"][1]["started_at"], ahead.as_str(), "{api}");
+    let m = get(&s.addr, "/metrics").body;
+    let failed = m.lines().find(|l| {
+        l.starts_with("snapring_last_run_status{")
+            && l.contains("job_name=\"home\"")
+            && l.contains("status=\"failed\"")
+    });
+    assert!(failed.is_some_and(|l| l.ends_with(" 1.0")), "{m}");
+}
