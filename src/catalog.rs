@@ -1433,7 +1433,8 @@ mod tests {
                 .map(|r| r.unwrap())
                 .collect();
             assert!(
-                plan.iter().any(|p| p.contains("INDEX runs_job_kind_started"))
+                plan.iter()
+                    .any(|p| p.contains("INDEX runs_job_kind_started"))
                     && !plan.iter().any(|p| p.contains("TEMP B-TREE")),
                 "{plan:?}"
             );

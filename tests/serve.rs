@@ -1329,7 +1329,11 @@ fn a_runs_log_is_shown_only_as_a_plain_file_where_snapring_puts_it() {
     std::fs::write(&log, &long).unwrap();
     let (t, _) = tail(&s);
     let t = t.expect("the log's tail");
-    assert!(t.len() <= 16 * 1024 && t.ends_with("line 19999\n"), "{}", t.len());
+    assert!(
+        t.len() <= 16 * 1024 && t.ends_with("line 19999\n"),
+        "{}",
+        t.len()
+    );
     // The store's owner points the log at a file it cannot read: not shown.
     let secret = f.t.path().join("secret");
     std::fs::write(&secret, "TOP-SECRET-CONTENT\n").unwrap();
@@ -1427,9 +1431,17 @@ fn a_fifo_in_a_store_is_an_error_of_that_job_and_stalls_nothing() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let mut err = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(!status.success());
-    assert!(err.contains(&state.display().to_string()) && err.contains("fifo"), "{err}");
+    assert!(
+        err.contains(&state.display().to_string()) && err.contains("fifo"),
+        "{err}"
+    );
     // A fifo as the progress file of a run the catalog says is running (the store's
     // lock file, a fifo too, is no better).
     std::fs::remove_file(&state).unwrap();

@@ -113,9 +113,7 @@ pub fn store_of(job: &crate::config::JobConfig) -> Option<PathBuf> {
 /// store to read: its snapshots are those the catalog's runs wrote, and no check of a
 /// store's `.snapring` applies.
 pub fn is_repository(store: &Path) -> bool {
-    store
-        .to_str()
-        .is_some_and(crate::catalog::is_repository)
+    store.to_str().is_some_and(crate::catalog::is_repository)
 }
 
 /// The jobs of the overview and `/metrics`, with each job's part from the catalog

@@ -253,13 +253,11 @@ fn not_a_store(root: &Path) -> Error {
 
 /// Reads `.snapring/store.json` and refuses a store of a newer format.
 fn check_info(root: &Path, info: &Path) -> Result<()> {
-    let i: StoreInfo =
-        serde_json::from_slice(&crate::fsx::read_regular(info).ctx("read", info)?).map_err(|e| {
-            Error::Store {
-                path: info.to_path_buf(),
-                msg: format!("unreadable store info: {e}"),
-            }
-        })?;
+    let i: StoreInfo = serde_json::from_slice(&crate::fsx::read_regular(info).ctx("read", info)?)
+        .map_err(|e| Error::Store {
+        path: info.to_path_buf(),
+        msg: format!("unreadable store info: {e}"),
+    })?;
     if i.format > STORE_FORMAT {
         return Err(Error::Store {
             path: root.to_path_buf(),
