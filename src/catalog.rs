@@ -17,7 +17,11 @@ use crate::report::{Problem, RunReport, Status};
 use crate::restore::RestoreReport;
 
 /// The schema this snapring writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
+
+/// How far ahead of now a run may be dated and still count as the newest
+/// (`Catalog::recent`): clocks of the hosts of one catalog a little apart.
+const FUTURE_SLACK: chrono::Duration = chrono::Duration::minutes(5);
 
 /// How long a command waits for another connection's lock on the catalog.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -131,6 +135,10 @@ const MIGRATIONS: &[&str] = &[
         objects_written = json_extract(report, '$.repository.objects_written'),
         dedup_ratio = json_extract(report, '$.repository.dedup_ratio')
     WHERE kind = 'backup';",
+    // 7: a job's newest runs (`recent`, every `/metrics` scrape after a write) read
+    // from the index in order (`id` breaks ties, as `ORDER BY` does), not found among
+    // every backup of all jobs by `runs_kind_started` and sorted.
+    "CREATE INDEX runs_job_kind_started ON runs(job, kind, started_at, id);",
 ];
 
 /// Errors of the catalog: always with the file, and never fatal to a backup.
@@ -261,6 +269,17 @@ pub struct RunRow {
     pub files_transferred: u64,
     pub bytes_transferred: u64,
     pub errors: u64,
+}
+
+/// A snapshot in a restic repository, as the catalog knows it from the run that wrote
+/// it (`Catalog::repository_snapshots`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RepoSnapshot {
+    pub run_id: String,
+    pub snapshot: String,
+    pub finished_at: Option<String>,
+    pub bytes_total: Option<u64>,
+    pub bytes_added: Option<u64>,
 }
 
 /// One run as `show` prints it: the whole run record, its problems and its log.
@@ -654,23 +673,70 @@ impl Catalog {
     }
 
     /// The newest `limit` runs of `job`, newest first (the dashboard's history and
-    /// charts, without reading every run).
+    /// charts, and its newest run, without reading every run): by start time, except
+    /// that runs dated after now (more than `FUTURE_SLACK` ahead: made while the clock
+    /// was ahead, then set right) come after every other. Else one run made with the
+    /// clock 30 days ahead stayed the newest for 30 days, hiding every later failure
+    /// from the last run's status and its alerts. Read from `runs_job_kind_started`.
     pub fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRow>> {
+        let now = (chrono::Utc::now() + FUTURE_SLACK)
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let mut rows = self.recent_where(job, "started_at <= ?3", &now, limit)?;
+        if rows.len() < limit {
+            let more = self.recent_where(job, "started_at > ?3", &now, limit - rows.len())?;
+            rows.extend(more);
+        }
+        Ok(rows)
+    }
+
+    fn recent_where(&self, job: &str, cond: &str, now: &str, limit: usize) -> Result<Vec<RunRow>> {
         let mut st = self
             .conn
-            .prepare_cached(
+            .prepare_cached(&format!(
                 "SELECT id, job, label, store, snapshot, started_at, finished_at,
                     duration_seconds, status, files_total, files_transferred,
                     bytes_transferred, errors, kind
-                 FROM runs WHERE job = ?1 AND kind = 'backup'
-                 ORDER BY started_at DESC, id DESC LIMIT ?2",
-            )
+                 FROM runs WHERE job = ?1 AND kind = 'backup' AND {cond}
+                 ORDER BY started_at DESC, id DESC LIMIT ?2"
+            ))
             .db(&self.path, "query recent runs")?;
         let rows = st
-            .query_map(params![job, limit as i64], run_row)
+            .query_map(params![job, limit as i64, now], run_row)
             .db(&self.path, "query recent runs")?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .db(&self.path, "read recent runs")
+    }
+
+    /// The snapshots that runs of `job` into a restic repository wrote and no later run
+    /// of it forgot (its retention), newest first: (run id, snapshot id, finished at,
+    /// bytes of the source, bytes uploaded). The dashboard's view of a repository job,
+    /// which has no store to list; a snapshot forgotten by other means (`restic forget`)
+    /// still counts.
+    pub fn repository_snapshots(&self, job: &str) -> Result<Vec<RepoSnapshot>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT id, snapshot, finished_at, bytes_total, backup_bytes_added FROM runs
+                 WHERE job = ?1 AND kind = 'backup' AND snapshot IS NOT NULL
+                   AND snapshot NOT IN (
+                     SELECT e.value FROM runs AS x, json_each(x.expired) AS e
+                     WHERE x.job = ?1 AND x.kind = 'backup' AND json_valid(x.expired))
+                 ORDER BY finished_at DESC, id DESC",
+            )
+            .db(&self.path, "query repository snapshots")?;
+        let rows = st
+            .query_map([job], |r| {
+                Ok(RepoSnapshot {
+                    run_id: r.get(0)?,
+                    snapshot: r.get(1)?,
+                    finished_at: r.get(2)?,
+                    bytes_total: r.get::<_, Option<i64>>(3)?.map(|n| n as u64),
+                    bytes_added: r.get::<_, Option<i64>>(4)?.map(|n| n as u64),
+                })
+            })
+            .db(&self.path, "query repository snapshots")?;
+        rows.collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "read repository snapshots")
     }
 
     /// How many runs of `job` ended with each status: (status, count).
@@ -904,7 +970,7 @@ impl Catalog {
             .collect();
         entries.sort();
         for p in entries {
-            let text = match std::fs::read(&p) {
+            let text = match crate::fsx::read_regular(&p) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!("{}: unreadable run record ({e}); skipped", p.display());
@@ -1254,7 +1320,7 @@ pub fn settle_running(c: &mut Catalog) {
 }
 
 /// Is a run's `store` a restic repository's URL?
-fn is_repository(store: &str) -> bool {
+pub fn is_repository(store: &str) -> bool {
     store.starts_with("s3://") || store.starts_with("file://")
 }
 
@@ -1345,6 +1411,34 @@ mod tests {
         assert_eq!(slope(&[(1.0, 1.0)]), 0.0);
         assert_eq!(half_over_half(&[1.0, 1.0, 2.0, 2.0]), Some(100.0));
         assert_eq!(half_over_half(&[1.0, 2.0, 3.0]), None);
+    }
+
+    /// `recent` reads a job's runs from `runs_job_kind_started` in order: no scan of
+    /// every backup, no sort.
+    #[test]
+    fn recent_runs_are_read_from_the_jobs_index_in_order() {
+        let t = tempfile::tempdir().unwrap();
+        let c = Catalog::open(&t.path().join("catalog.db"), false).unwrap();
+        for cond in ["started_at <= ?3", "started_at > ?3"] {
+            let sql = format!(
+                "EXPLAIN QUERY PLAN SELECT id FROM runs WHERE job = ?1 AND kind = 'backup' \
+                 AND {cond} ORDER BY started_at DESC, id DESC LIMIT ?2"
+            );
+            let mut st = c.conn.prepare(&sql).unwrap();
+            let plan: Vec<String> = st
+                .query_map(params!["home", 30, "2026-01-01T00:00:00Z"], |r| {
+                    r.get::<_, String>(3)
+                })
+                .unwrap()
+                .map(|r| r.unwrap())
+                .collect();
+            assert!(
+                plan.iter()
+                    .any(|p| p.contains("INDEX runs_job_kind_started"))
+                    && !plan.iter().any(|p| p.contains("TEMP B-TREE")),
+                "{plan:?}"
+            );
+        }
     }
 
     /// `status_counts` reads the covering index, not the job's rows.

@@ -271,6 +271,51 @@ pub fn open_read_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Opens `path` for reading only if it is a regular file: `O_NONBLOCK`, so a fifo
+/// put in its place does not stall the open (nor, refused, the read); a device
+/// (`/dev/zero`), a directory or a socket is refused too, with an error of kind
+/// `InvalidData` (not `NotFound`: the name is there, as something else) saying what
+/// it is. Follows a symlink only when `follow`. For the small files a store or a
+/// catalog folder keeps (`snapshots.json`, run records, the lock, the progress), which
+/// whoever can write the store can replace.
+pub fn open_regular(path: &std::path::Path, follow: bool) -> io::Result<std::fs::File> {
+    let mut flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::NONBLOCK;
+    if !follow {
+        flags |= OFlags::NOFOLLOW;
+    }
+    let fd = rfs::open(path, flags, Mode::empty()).map_err(|e| match e {
+        rustix::io::Errno::LOOP if !follow => io::Error::new(
+            io::ErrorKind::InvalidData,
+            "is a symlink, not a regular file: not followed",
+        ),
+        e => e.into(),
+    })?;
+    check_regular(fd.as_fd())?;
+    Ok(std::fs::File::from(fd))
+}
+
+/// `Ok` when `fd` is a regular file; else the `InvalidData` error of [`open_regular`].
+pub fn check_regular(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let kind = fstat(fd)?.kind;
+    if kind != Kind::File {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("is a {}, not a regular file: not read", kind.name()),
+        ));
+    }
+    Ok(())
+}
+
+/// The whole of the regular file `path` (symlinks followed), as [`open_regular`]
+/// opens it: never blocks on a fifo, never reads a device.
+pub fn read_regular(path: &std::path::Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = open_regular(path, true)?;
+    let mut buf = Vec::new();
+    f.read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
 /// The error of [`open_read_at`] for a name that is no longer a regular file.
 pub fn not_a_file(kind: Kind) -> io::Error {
     io::Error::new(

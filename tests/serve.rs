@@ -1278,3 +1278,336 @@ fn names_with_quotes_backslashes_and_newlines_stay_valid_metrics_json_and_links(
         job
     );
 }
+
+/// `GET path`, failing (not hanging) when no answer comes within 10 s: a server stuck
+/// on one request answers no other.
+fn get_within(addr: &str, path: &str) -> Got {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (a, p) = (addr.to_string(), path.to_string());
+    std::thread::spawn(move || {
+        let _ = tx.send(http(&a, "GET", &p, &[]));
+    });
+    let g = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .unwrap_or_else(|_| panic!("GET {path}: no answer in 10 s (serve is stuck)"));
+    assert_eq!(g.status, 200, "GET {path}: {}", g.body);
+    g
+}
+
+fn mkfifo(p: &Path) {
+    let _ = std::fs::remove_file(p);
+    let ok = Command::new("mkfifo").arg(p).status().unwrap().success();
+    assert!(ok, "mkfifo {}", p.display());
+}
+
+/// The id of the newest run of `home`.
+fn home_last_id(addr: &str) -> String {
+    json(addr, "/api/jobs/home")["last"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_runs_log_is_shown_only_as_a_plain_file_where_snapring_puts_it() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let id = home_last_id(&s.addr);
+    let log = f.t.path().join(format!("dest/.snapring/logs/{id}.log"));
+    let tail = |s: &Serve| {
+        let api: serde_json::Value =
+            serde_json::from_str(&get_within(&s.addr, &format!("/api/runs/{id}")).body).unwrap();
+        let page = get_within(&s.addr, &format!("/run/{id}")).body;
+        (api["log_tail"].as_str().map(str::to_string), page)
+    };
+    // A long log: its end only, no more than 16 KiB of it.
+    let mut long = String::new();
+    for i in 0..20_000 {
+        long.push_str(&format!("line {i}\n"));
+    }
+    std::fs::write(&log, &long).unwrap();
+    let (t, _) = tail(&s);
+    let t = t.expect("the log's tail");
+    assert!(
+        t.len() <= 16 * 1024 && t.ends_with("line 19999\n"),
+        "{}",
+        t.len()
+    );
+    // The store's owner points the log at a file it cannot read: not shown.
+    let secret = f.t.path().join("secret");
+    std::fs::write(&secret, "TOP-SECRET-CONTENT\n").unwrap();
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink(&secret, &log).unwrap();
+    let (t, page) = tail(&s);
+    assert_eq!(t, None);
+    assert!(!page.contains("TOP-SECRET"), "{page}");
+    // A hard link to it is no better.
+    std::fs::remove_file(&log).unwrap();
+    std::fs::hard_link(&secret, &log).unwrap();
+    assert_eq!(tail(&s).0, None);
+    // The logs folder a symlink to the secret's folder.
+    std::fs::remove_file(&log).unwrap();
+    let logs = log.parent().unwrap();
+    std::fs::rename(logs, f.t.path().join("logs.away")).unwrap();
+    let elsewhere = f.t.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::fs::write(elsewhere.join(format!("{id}.log")), "TOP-SECRET-CONTENT\n").unwrap();
+    std::os::unix::fs::symlink(&elsewhere, logs).unwrap();
+    assert_eq!(tail(&s).0, None);
+    std::fs::remove_file(logs).unwrap();
+    std::fs::rename(f.t.path().join("logs.away"), logs).unwrap();
+    // A path in the catalog outside the logs folders (a forged run record, rebuilt).
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute(
+        "UPDATE runs SET log_path = ?1 WHERE id = ?2",
+        rusqlite::params![secret.to_str().unwrap(), id],
+    )
+    .unwrap();
+    assert_eq!(tail(&s).0, None);
+    db.execute(
+        "UPDATE runs SET log_path = ?1 WHERE id = ?2",
+        rusqlite::params![log.to_str().unwrap(), id],
+    )
+    .unwrap();
+    // A fifo as the log neither stalls that page nor every other answer; nor does a
+    // device.
+    mkfifo(&log);
+    assert_eq!(tail(&s).0, None);
+    get_within(&s.addr, "/metrics");
+    std::fs::remove_file(&log).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &log).unwrap();
+    assert_eq!(tail(&s).0, None);
+    // Back to a plain log: shown.
+    std::fs::remove_file(&log).unwrap();
+    std::fs::write(&log, "the end\n").unwrap();
+    assert_eq!(tail(&s).0.as_deref(), Some("the end\n"));
+}
+
+#[test]
+fn a_fifo_in_a_store_is_an_error_of_that_job_and_stalls_nothing() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    assert_eq!(f.run(EVIL, &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let state = f.t.path().join("dest2/.snapring/snapshots.json");
+    mkfifo(&state);
+    let m = get_within(&s.addr, "/metrics").body;
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(0.0), "{m}");
+    let errors: Vec<String> = m
+        .lines()
+        .filter(|l| l.starts_with("snapring_job_errors{") && !l.contains("job_name=\"home\""))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(errors.len(), 1, "{m}");
+    assert!(errors[0].ends_with(" 1.0"), "{m}");
+    let evil: serde_json::Value =
+        serde_json::from_str(&get_within(&s.addr, &format!("/api/jobs/{}", seg(EVIL))).body)
+            .unwrap();
+    let e = evil["errors"].to_string();
+    assert!(
+        e.contains(&state.display().to_string()) && e.contains("fifo"),
+        "{e}"
+    );
+    get_within(&s.addr, "/");
+    // `list` says the same, at once.
+    let mut child = Command::new(bin())
+        .args(["list", "--dest"])
+        .arg(f.t.path().join("dest2"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t0.elapsed().as_secs() > 10 {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!("list --dest with a fifo in the store: stuck");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains(&state.display().to_string()) && err.contains("fifo"),
+        "{err}"
+    );
+    // A fifo as the progress file of a run the catalog says is running (the store's
+    // lock file, a fifo too, is no better).
+    std::fs::remove_file(&state).unwrap();
+    let id = home_last_id(&s.addr);
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute(
+        "UPDATE runs SET status = 'running', report = json_set(report, '$.status', 'running') WHERE id = ?1",
+        [&id],
+    )
+    .unwrap();
+    mkfifo(&f.t.path().join("dest/.snapring/progress.json"));
+    mkfifo(&f.t.path().join("dest/.snapring/lock"));
+    get_within(&s.addr, "/metrics");
+    get_within(&s.addr, "/job/home");
+}
+
+/// The value of `name` for job `job` in a metrics text.
+fn job_series(metrics: &str, name: &str, job: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(&format!("job_name=\"{job}\"")))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+#[test]
+fn a_repository_job_shows_its_snapshots_from_the_catalog_without_a_store_error() {
+    let f = fixture();
+    let p = f.t.path();
+    let pw = p.join("pw");
+    std::fs::write(&pw, "pw-123456\n").unwrap();
+    let url = format!("file://{}/repo", p.display());
+    let out = snapring(
+        &[
+            "init".as_ref(),
+            "--dest".as_ref(),
+            url.as_ref(),
+            "--password-file".as_ref(),
+            pw.as_os_str(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(
+        &f.cfg,
+        format!(
+            "[job.repo]\nsource = \"{}/src\"\ndest = \"{url}\"\npassword_file = \"{}\"\n",
+            p.display(),
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let tf = p.join("textfile");
+    std::fs::create_dir(&tf).unwrap();
+    for _ in 0..2 {
+        let out = f
+            .run_cmd("repo", &f.cfg, &[], "")
+            .arg("--textfile")
+            .arg(&tf)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        write(&p.join("src/d0/new"), b"changed");
+    }
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    let series = |n: &str| job_series(&m, n, "repo");
+    assert_eq!(series("snapring_job_errors"), Some(0.0), "{m}");
+    assert_eq!(series("snapring_snapshots"), Some(2.0), "{m}");
+    let age = series("snapring_newest_snapshot_age_seconds").expect("an age");
+    assert!((0.0..600.0).contains(&age), "{age}");
+    assert!(series("snapring_store_free_bytes").is_some(), "{m}");
+    promtool(&m);
+    let api = json(&s.addr, "/api/jobs/repo");
+    assert_eq!(api["errors"], serde_json::json!([]), "{api}");
+    let snaps = api["snapshots"].as_array().unwrap();
+    assert_eq!(snaps.len(), 2, "{api}");
+    assert_eq!(snaps[0]["run_id"], api["last"]["id"], "{api}");
+    assert!(snaps[0]["bytes_total"].is_u64(), "{api}");
+    let page = get(&s.addr, "/").body;
+    assert!(!page.contains("has no .snapring"), "{page}");
+    let text = std::fs::read_dir(&tf)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect::<String>();
+    assert_eq!(
+        job_series(&text, "snapring_job_errors", "repo"),
+        Some(0.0),
+        "{text}"
+    );
+    assert_eq!(
+        job_series(&text, "snapring_snapshots", "repo"),
+        Some(2.0),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_killed_backup_shows_as_incomplete_not_running() {
+    let f = fixture();
+    f.write_cfg(&f.cfg, "jobs = 1");
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    for i in 0..5 {
+        write(&f.t.path().join(format!("src/d{i}/f{i}")), b"changed!");
+    }
+    let pause = f.t.path().join("paused");
+    let fp = format!("walk.copy=pause:{}@3", pause.display());
+    let mut child = f
+        .run_cmd("home", &f.cfg, &[], &fp)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    progress_with_eta(&f.t.path().join("dest/.snapring/progress.json"));
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let running = |m: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("snapring_last_run_status{")
+                    && l.contains("job_name=\"home\"")
+                    && l.contains("status=\"running\"")
+            })
+            .map(|l| l.ends_with(" 1.0"))
+    };
+    assert_eq!(running(&get(&s.addr, "/metrics").body), Some(true));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["last"]["status"], "incomplete", "{api}");
+    assert!(api["progress"].is_null(), "{api}");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(running(&m), Some(false), "{m}");
+    assert_eq!(home_series(&m, "snapring_run_eta_seconds"), None, "{m}");
+    promtool(&m);
+    let page = get(&s.addr, "/").body;
+    assert!(!page.contains("class=\"progress\""), "{page}");
+    // What the next command records.
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let runs = json(&s.addr, "/api/jobs/home")["recent"].clone();
+    assert_eq!(runs[1]["status"], "incomplete", "{runs}");
+}
+
+#[test]
+fn a_run_dated_in_the_future_does_not_hide_later_failures() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    // Made while the clock was 30 days ahead.
+    let ahead = (chrono::Utc::now() + chrono::Duration::days(30))
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute(
+        "UPDATE runs SET started_at = ?1, report = json_set(report, '$.started_at', ?1)",
+        [&ahead],
+    )
+    .unwrap();
+    let failing = f.t.path().join("failing.toml");
+    f.write_cfg(&failing, "require_mount = true");
+    assert_eq!(f.run("home", &failing, &[]), 1);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["last"]["status"], "failed", "{api}");
+    assert_eq!(api["recent"][1]["started_at"], ahead.as_str(), "{api}");
+    let m = get(&s.addr, "/metrics").body;
+    let failed = m.lines().find(|l| {
+        l.starts_with("snapring_last_run_status{")
+            && l.contains("job_name=\"home\"")
+            && l.contains("status=\"failed\"")
+    });
+    assert!(failed.is_some_and(|l| l.ends_with(" 1.0")), "{m}");
+}

@@ -109,6 +109,13 @@ pub fn store_of(job: &crate::config::JobConfig) -> Option<PathBuf> {
     })
 }
 
+/// Is `store` a restic repository's URL (`file://…`, `s3://…`)? Such a job has no
+/// store to read: its snapshots are those the catalog's runs wrote, and no check of a
+/// store's `.snapring` applies.
+pub fn is_repository(store: &Path) -> bool {
+    store.to_str().is_some_and(crate::catalog::is_repository)
+}
+
 /// The jobs of the overview and `/metrics`, with each job's part from the catalog
 /// (newest runs, counts, last run) kept while the catalog is unchanged, which `PRAGMA
 /// data_version` of the server's one connection tells: counting a job's runs reads each
@@ -140,12 +147,13 @@ impl Summaries {
                 let mut v = view(name, store, jc, None, now, Depth::Summary);
                 if let Some(c) = cat {
                     let limit = OVERVIEW_RUNS;
+                    let repo = is_repository(&v.store);
                     let p = self
                         .parts
                         .entry(name.clone())
-                        .or_insert_with(|| part(c, name, limit));
-                    p.apply(&mut v);
-                    live_progress(&mut v);
+                        .or_insert_with(|| part(c, name, limit, repo));
+                    p.apply(&mut v, now);
+                    live_progress(&mut v, Some(c));
                 }
                 store_missing(&mut v);
                 v
@@ -160,18 +168,33 @@ struct Part {
     recent: Vec<RunRow>,
     counts: Counts,
     last: Option<RunReport>,
+    /// A repository job's snapshots, from its runs.
+    snapshots: Option<Vec<SnapView>>,
     error: Option<String>,
 }
 
 impl Part {
-    fn apply(&self, v: &mut JobView) {
+    fn apply(&self, v: &mut JobView, now: DateTime<Utc>) {
         v.counted = self.error.is_none();
         v.recent = self.recent.clone();
         v.counts = self.counts.clone();
         v.success_rate = self.counts.success_rate();
         v.last = self.last.clone();
         v.errors.extend(self.error.clone());
+        if let Some(snaps) = &self.snapshots {
+            v.snapshots = snaps.clone();
+            let at = snaps
+                .first()
+                .and_then(|s| s.finished_at.as_deref())
+                .and_then(crate::store::select::parse_time);
+            newest_snapshot(v, at, now);
+        }
     }
+}
+
+fn newest_snapshot(v: &mut JobView, at: Option<DateTime<Utc>>, now: DateTime<Utc>) {
+    v.newest_snapshot_at = at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+    v.newest_snapshot_age_seconds = at.map(|t| (now - t).num_milliseconds() as f64 / 1e3);
 }
 
 /// The job `name` of `cfg`, or `None` when the config has no such job.
@@ -255,12 +278,19 @@ fn view(
             Depth::Summary => OVERVIEW_RUNS,
             Depth::Detail => JOB_RUNS,
         };
-        part(c, name, limit).apply(&mut v);
+        part(c, name, limit, is_repository(&v.store)).apply(&mut v, now);
     }
-    if !v.store.as_os_str().is_empty() {
+    if is_repository(&v.store) {
+        // A local repository's file system; an S3 bucket has no free space to tell.
+        v.space = v
+            .store
+            .to_str()
+            .and_then(|s| s.strip_prefix("file://"))
+            .and_then(|p| space(Path::new(p)));
+    } else if !v.store.as_os_str().is_empty() {
         from_store(&mut v, cat, now, d);
     }
-    live_progress(&mut v);
+    live_progress(&mut v, cat);
     store_missing(&mut v);
     v
 }
@@ -269,6 +299,9 @@ fn view(
 /// `.snapring`: an unmounted file system (an empty mount point) or a removed store,
 /// which would otherwise show as a job with no snapshots and no error.
 fn store_missing(v: &mut JobView) {
+    if is_repository(&v.store) {
+        return;
+    }
     let made_snapshots = v.recent.iter().any(|r| r.snapshot.is_some());
     if made_snapshots
         && v.snapshots.is_empty()
@@ -285,28 +318,88 @@ fn store_missing(v: &mut JobView) {
 
 /// The progress file of the job's store, when the newest run is running and the file
 /// is that run's; a missing or unreadable one is no progress.
-fn live_progress(v: &mut JobView) {
-    let Some(last) = v.last.as_ref().filter(|l| l.status == Status::Running) else {
-        v.progress = None;
+///
+/// A newest run that the catalog says is running but whose process is gone (killed,
+/// the machine lost) shows as `incomplete`, which is what the next command on its
+/// store will record (`Store::repair`): nobody holds the store's lock, whose file names
+/// that run (the probe of `Store::dead_running_holder`, as the repair decides); for a
+/// run into a repository, nobody holds its marker beside the catalog (as
+/// `catalog::settle_repository_runs` decides). Else a dead run stayed `running`, with a
+/// frozen progress and ETA, and no alert on failed or incomplete runs fired, until
+/// another command settled it. Only the shown run changes: the catalog is not written
+/// and the counters stay as the catalog has them.
+fn live_progress(v: &mut JobView, cat: Option<&Catalog>) {
+    v.progress = None;
+    let Some(last) = v.last.as_mut().filter(|l| l.status == Status::Running) else {
         return;
     };
-    v.progress = Store::open_read(&v.store)
-        .ok()
-        .and_then(|s| s.read_progress())
-        .filter(|p| p.run == last.id);
+    if is_repository(&v.store) {
+        if cat.is_some_and(|c| repository_run_dead(c, &last.id)) {
+            show_dead(last, "nobody holds its marker");
+        }
+        return;
+    }
+    let Ok(s) = Store::open_read(&v.store) else {
+        return;
+    };
+    if s.dead_running_holder().as_deref() == Some(last.id.as_str()) {
+        show_dead(last, "nobody holds the store's lock");
+        return;
+    }
+    v.progress = s.read_progress().filter(|p| p.run == last.id);
+}
+
+/// Whether run `id` into a repository has a marker nobody holds (a shared `flock`
+/// probe, which writes nothing). No marker: cannot tell (a run of a version before
+/// markers), so not dead.
+fn repository_run_dead(c: &Catalog, id: &str) -> bool {
+    let marker = crate::catalog::running_marker_path(&c.path, id);
+    let Ok(f) = crate::fsx::open_regular(&marker, false) else {
+        return false;
+    };
+    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok()
+}
+
+fn show_dead(r: &mut RunReport, why: &str) {
+    r.status = Status::Incomplete;
+    r.exit_code = Status::Incomplete.exit_code();
+    r.message = format!(
+        "interrupted: the process ended before finishing ({why}); the next command on the store records it so"
+    );
 }
 
 /// The newest `limit` runs, the counts and the last run of job `name`.
-fn part(c: &Catalog, name: &str, limit: usize) -> Part {
+fn part(c: &Catalog, name: &str, limit: usize, repo: bool) -> Part {
     let mut p = Part::default();
-    if let Err(e) = fill(&mut p, c, name, limit) {
+    if let Err(e) = fill(&mut p, c, name, limit, repo) {
         p.error = Some(e.to_string());
     }
     p
 }
 
-fn fill(p: &mut Part, c: &Catalog, name: &str, limit: usize) -> crate::catalog::Result<()> {
+fn fill(
+    p: &mut Part,
+    c: &Catalog,
+    name: &str,
+    limit: usize,
+    repo: bool,
+) -> crate::catalog::Result<()> {
     p.recent = c.recent(name, limit)?;
+    if repo {
+        let snaps = c.repository_snapshots(name)?;
+        p.snapshots = Some(
+            snaps
+                .into_iter()
+                .map(|s| SnapView {
+                    name: s.snapshot,
+                    run_id: Some(s.run_id),
+                    finished_at: s.finished_at,
+                    bytes_total: s.bytes_total,
+                    bytes_added: s.bytes_added,
+                })
+                .collect(),
+        );
+    }
     for (status, n) in c.status_counts(name)? {
         p.counts.runs += n;
         match status.as_str() {
@@ -354,8 +447,7 @@ fn from_store(v: &mut JobView, cat: Option<&Catalog>, now: DateTime<Utc>, d: Dep
             Some(r) => crate::store::select::parse_time(&r.finished_at),
             None => DateTime::from_timestamp(newest.mtime, 0),
         };
-        v.newest_snapshot_at = at.map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-        v.newest_snapshot_age_seconds = at.map(|t| (now - t).num_milliseconds() as f64 / 1e3);
+        newest_snapshot(v, at, now);
     }
     if d == Depth::Detail
         && let Some(c) = cat

@@ -6,7 +6,6 @@
 //! run's log.
 
 use std::fmt::Write;
-use std::path::Path;
 
 use crate::catalog::{RunRow, Shown};
 
@@ -359,16 +358,25 @@ fn notes(b: &mut String, r: &crate::report::RunReport) {
     }
 }
 
-/// The last `LOG_TAIL_BYTES` of the log at `path`, from its first whole line; `None`
-/// when it cannot be read.
-pub fn log_tail(path: &Path) -> Option<String> {
+/// The last `LOG_TAIL_BYTES` of the log `name` in the directory `dir`, from its first
+/// whole line; `None` when it cannot be read or is not a plain log. Whoever can write a
+/// store can replace its log, so the log is opened as `fsx::open_read_at` opens a
+/// source's file: never through a symlink (`/etc/shadow`), never blocking on a fifo
+/// (which would stall the server's one answering thread), and only a regular file (not
+/// `/dev/zero`), with one link (not a hard link to a file its owner cannot read); and
+/// no more than the tail is read, however long the file.
+pub fn log_tail(dir: std::os::fd::BorrowedFd<'_>, name: &str) -> Option<String> {
     use std::io::{Read, Seek, SeekFrom};
-    let mut f = std::fs::File::open(path).ok()?;
-    let len = f.metadata().ok()?.len();
-    let from = len.saturating_sub(LOG_TAIL_BYTES);
+    let fd = crate::fsx::open_read_at(dir, name.as_bytes()).ok()?;
+    let m = crate::fsx::fstat(std::os::fd::AsFd::as_fd(&fd)).ok()?;
+    if m.kind != crate::fsx::Kind::File || m.nlink != 1 {
+        return None;
+    }
+    let mut f = std::fs::File::from(fd);
+    let from = m.size.saturating_sub(LOG_TAIL_BYTES);
     f.seek(SeekFrom::Start(from)).ok()?;
     let mut buf = Vec::new();
-    f.read_to_end(&mut buf).ok()?;
+    f.take(LOG_TAIL_BYTES).read_to_end(&mut buf).ok()?;
     let text = String::from_utf8_lossy(&buf).into_owned();
     Some(match (from > 0, text.find('\n')) {
         (true, Some(i)) => text[i + 1..].to_string(),

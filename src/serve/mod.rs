@@ -348,10 +348,7 @@ fn run_reply(cat: Option<&Catalog>, id: &str, api: bool) -> Reply {
         Ok(None) => return not_found(),
         Err(e) => return Reply::text(500, &format!("{e}\n")),
     };
-    let tail = shown
-        .log_path
-        .as_deref()
-        .and_then(|p| html::log_tail(std::path::Path::new(p)));
+    let tail = run_log(cat, &shown, id);
     if api {
         #[derive(serde::Serialize)]
         struct Run<'a> {
@@ -365,6 +362,34 @@ fn run_reply(cat: Option<&Catalog>, id: &str, api: bool) -> Reply {
         });
     }
     Reply::html(html::run(&shown, tail.as_deref()))
+}
+
+/// The tail of run `id`'s log, only from where snapring puts it: `<id>.log` in the
+/// catalog's `logs` folder (restores, runs into a repository) or in the run's store's
+/// `.snapring/logs` (reached from the store without following a symlink). The path in
+/// the catalog comes from run records, which whoever owns a store writes (a `catalog
+/// rebuild` reads them): a log anywhere else is not shown.
+fn run_log(cat: &Catalog, shown: &crate::catalog::Shown, id: &str) -> Option<String> {
+    use std::os::fd::AsFd;
+    let path = std::path::Path::new(shown.log_path.as_deref()?);
+    let name = format!("{id}.log");
+    if path.file_name()? != name.as_str() {
+        return None;
+    }
+    let at = path.parent()?;
+    let cat_logs = crate::catalog::restore_log_path(&cat.path, id);
+    let dir = if Some(at) == cat_logs.parent() {
+        crate::fsx::open_dir(at).ok()?
+    } else {
+        let store = &shown.report.backup()?.store;
+        let logs = std::path::Path::new(crate::store::META_DIR).join("logs");
+        if at != store.join(&logs) {
+            return None;
+        }
+        let root = crate::fsx::open_dir(store).ok()?;
+        crate::fsx::open_dir_beneath(root.as_fd(), logs.as_os_str().as_encoded_bytes()).ok()?
+    };
+    html::log_tail(dir.as_fd(), &name)
 }
 
 #[cfg(test)]

@@ -131,7 +131,7 @@ impl Store {
     /// Rolls a journal found on disk forward, if there is one. Returns its run id.
     pub fn recover_journal(&self) -> Result<Option<String>> {
         let path = self.journal_path();
-        let text = match std::fs::read(&path) {
+        let text = match crate::fsx::read_regular(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).ctx("read journal", &path),
@@ -232,7 +232,7 @@ impl Store {
     /// as it is.
     pub(super) fn pending_view(&self) -> Option<Pending> {
         let path = self.journal_path();
-        let text = match std::fs::read(&path) {
+        let text = match crate::fsx::read_regular(&path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {

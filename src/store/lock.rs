@@ -46,7 +46,8 @@ impl Lock {
     /// A shared lock for commands that only read (a dry run): several readers at once,
     /// none while a backup holds the store. Writes nothing.
     pub fn acquire_shared(store: &Path, path: &Path) -> Result<Lock> {
-        let mut file = match std::fs::File::open(path) {
+        // Never blocks on a fifo in the lock's place, nor reads a device's endless bytes.
+        let mut file = match crate::fsx::open_regular(path, true) {
             Ok(f) => f,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(Error::Store {
@@ -83,8 +84,11 @@ impl Lock {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(path)
             .ctx("open lock file", path)?;
+        // A fifo in the lock's place would stall the read below for ever.
+        crate::fsx::check_regular(std::os::fd::AsFd::as_fd(&file)).ctx("open lock file", path)?;
         let mut text = String::new();
         match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}

@@ -253,13 +253,11 @@ fn not_a_store(root: &Path) -> Error {
 
 /// Reads `.snapring/store.json` and refuses a store of a newer format.
 fn check_info(root: &Path, info: &Path) -> Result<()> {
-    let i: StoreInfo =
-        serde_json::from_slice(&std::fs::read(info).ctx("read", info)?).map_err(|e| {
-            Error::Store {
-                path: info.to_path_buf(),
-                msg: format!("unreadable store info: {e}"),
-            }
-        })?;
+    let i: StoreInfo = serde_json::from_slice(&crate::fsx::read_regular(info).ctx("read", info)?)
+        .map_err(|e| Error::Store {
+        path: info.to_path_buf(),
+        msg: format!("unreadable store info: {e}"),
+    })?;
     if i.format > STORE_FORMAT {
         return Err(Error::Store {
             path: root.to_path_buf(),
@@ -445,14 +443,14 @@ impl Store {
 
     /// The run the lock file names, if it died (nobody holds the lock) while its record
     /// still says `running`. Reads only (a shared `flock` probes the lock).
-    fn dead_running_holder(&self) -> Option<String> {
+    pub(crate) fn dead_running_holder(&self) -> Option<String> {
         let path = self.meta.join("lock");
-        let text = std::fs::read_to_string(&path).ok()?;
-        let run = serde_json::from_str::<lock::Holder>(&text).ok()?.run?;
+        let text = fsx::read_regular(&path).ok()?;
+        let run = serde_json::from_slice::<lock::Holder>(&text).ok()?.run?;
         if self.read_run(&run).ok()??.status != Status::Running {
             return None;
         }
-        let f = std::fs::File::open(&path).ok()?;
+        let f = fsx::open_regular(&path, true).ok()?;
         rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).ok()?;
         Some(run)
     }
@@ -546,7 +544,7 @@ impl Store {
     /// a newer format than this snapring understands is refused, never read or rewritten.
     pub fn read_state_checked(&self) -> Result<(State, bool)> {
         let p = self.state_path();
-        match std::fs::read(&p) {
+        match fsx::read_regular(&p) {
             // Losing the state loses nothing but speed: without records, snapshots are
             // compared by stat and linked files re-hashed, as for a taken-over tree. So a
             // damaged state file is reported, not fatal; records are recovered from the
@@ -577,7 +575,7 @@ impl Store {
     /// `snapshots.json.damaged-<time>` (evidence for whoever damaged it).
     pub fn write_state(&self, s: &State) -> Result<()> {
         let p = self.state_path();
-        if let Ok(t) = std::fs::read(&p)
+        if let Ok(t) = fsx::read_regular(&p)
             && matches!(parse_state(&t), Err(StateError::Damaged(_)))
         {
             let aside = self.meta.join(format!(
@@ -688,7 +686,7 @@ impl Store {
             return Ok(None);
         }
         let p = self.run_path(id);
-        let mut r: Option<RunReport> = match std::fs::read(&p) {
+        let mut r: Option<RunReport> = match fsx::read_regular(&p) {
             // A record must be the one of its file name (it is written back under it).
             Ok(t) => serde_json::from_slice::<RunReport>(&t)
                 .ok()

@@ -335,7 +335,7 @@ impl Store {
     /// The progress of the walk under way, if one is writing it; a missing or
     /// unreadable file is no progress.
     pub fn read_progress(&self) -> Option<RunProgress> {
-        serde_json::from_slice(&std::fs::read(self.progress_path()).ok()?).ok()
+        serde_json::from_slice(&fsx::read_regular(&self.progress_path()).ok()?).ok()
     }
 }
 
