@@ -603,9 +603,15 @@ impl State<'_> {
         )
         .ok()?;
         let lock = opts.store.join(crate::store::META_DIR).join("lock");
-        let text = std::fs::read_to_string(lock).ok()?;
-        let h: crate::store::lock::Holder = serde_json::from_str(&text).ok()?;
+        let text = crate::fsx::read_regular(&lock).ok()?;
+        let h: crate::store::lock::Holder = serde_json::from_slice(&text).ok()?;
         if h.host != crate::util::hostname() || h.pid == std::process::id() {
+            return None;
+        }
+        // The file names the last holder, held or not (a run killed with SIGKILL leaves
+        // it): only a lock someone holds now is a run going on (its pid may be reused).
+        let f = crate::fsx::open_regular(&lock, true).ok()?;
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
             return None;
         }
         // `snapring … run … NAME …`, as `spawn` starts it (or as a user would).

@@ -1797,3 +1797,73 @@ fn a_run_left_by_a_killed_daemon_is_skipped_by_the_next_not_failed() {
         told_lines(&told)
     );
 }
+
+/// The store's lock file names its last holder whether or not anyone holds the lock (a
+/// run killed with SIGKILL leaves it). A daemon that finds it naming a live process
+/// whose command line reads `run a` (a reused pid), while nothing holds the lock,
+/// starts job `a`: it skipped every trigger of the job for as long as that process
+/// lived.
+#[test]
+fn a_lock_file_naming_a_live_process_that_holds_nothing_does_not_skip_the_job() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 3, 3);
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\n",
+            src = src.display(),
+            d = t.path().display(),
+        ),
+    )
+    .unwrap();
+    // Something else that happens to read `run a`, and a lock file naming it.
+    let mut other = Command::new("python3")
+        .args(["-c", "import time; time.sleep(120)", "run", "a"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::fs::create_dir_all(t.path().join("a/.snapring")).unwrap();
+    let host = snapring::util::hostname();
+    std::fs::write(
+        t.path().join("a/.snapring/lock"),
+        format!(
+            "{{\"pid\":{},\"host\":\"{}\",\"run\":\"20990101T000000Z-dead00\",\"command\":\"backup\",\"since\":\"2026-01-01T00:00:00Z\"}}",
+            other.id(),
+            host
+        ),
+    )
+    .unwrap();
+    let mut daemon = Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let complete = || {
+        rows_of(&catalog, "a")
+            .iter()
+            .any(|r| r["status"] == "complete")
+    };
+    let ok = (0..300).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        complete()
+    });
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    let _ = other.kill();
+    let _ = other.wait();
+    let skipped: Vec<String> = snapring::catalog::Catalog::open(&catalog, false)
+        .and_then(|c| c.events(Some("a")))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.kind == "skipped")
+        .map(|e| e.message)
+        .collect();
+    assert!(ok, "no complete run of a in 30 s; skipped: {skipped:?}");
+}

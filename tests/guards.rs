@@ -1335,6 +1335,27 @@ fn a_path_flag_starting_with_a_tilde_is_refused_not_made_literally() {
         );
         assert!(!t.path().join("~").exists(), "{args:?} made ./~");
     }
+    // `~user` is that user's home, not $HOME (Debian's `backup` user: /var/backups).
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    if let Some(home) = passwd
+        .lines()
+        .map(|l| l.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 5 && f[0] == "backup")
+        .map(|f| f[5].to_string())
+    {
+        let (code, said) = in_dir(
+            t.path(),
+            &[
+                "backup",
+                "--source",
+                src.to_str().unwrap(),
+                "--dest",
+                "~backup/store",
+            ],
+        );
+        assert_eq!(code, Some(64), "{said}");
+        assert!(said.contains(&format!("e.g. {home}/store")), "{said}");
+    }
 }
 
 /// A store inside the source given by flags is a usage error (exit 64) that says what

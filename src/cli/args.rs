@@ -771,12 +771,23 @@ fn prefix(s: &str) -> Result<String, String> {
 /// only unquoted at the start of a word (`--to=~/x` and `--to '~/x'` reach snapring as
 /// they are): taken literally it made a directory named `~` in the working directory.
 fn path(s: &str) -> Result<PathBuf, String> {
-    if s.starts_with('~') {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        let rest = s.split_once('/').map_or("", |(_, r)| r);
+    if let Some(tilde) = s.strip_prefix('~') {
+        let (user, rest) = tilde.split_once('/').unwrap_or((tilde, ""));
+        // `~` is $HOME, `~user` that user's home directory (as the shell reads them).
+        let home = match user {
+            "" => std::env::var("HOME").ok(),
+            u => std::fs::read_to_string("/etc/passwd").ok().and_then(|t| {
+                t.lines()
+                    .map(|l| l.split(':').collect::<Vec<_>>())
+                    .find(|f| f.len() > 5 && f[0] == u)
+                    .map(|f| f[5].to_string())
+            }),
+        };
+        let example = home
+            .map(|h| format!(", e.g. {}", std::path::Path::new(&h).join(rest).display()))
+            .unwrap_or_default();
         return Err(format!(
-            "{s:?} starts with `~`, which the shell did not expand (it does only for an unquoted word, not after `=`); give the path in full, e.g. {}",
-            std::path::Path::new(&home).join(rest).display()
+            "{s:?} starts with `~`, which the shell did not expand (it does only for an unquoted word, not after `=`); give the path in full{example}"
         ));
     }
     Ok(PathBuf::from(s))

@@ -83,7 +83,18 @@ pub fn resolve(file_flag: Option<&Path>) -> Result<Password> {
 
 fn from_file(p: &Path) -> Result<Password> {
     let b = std::fs::read(p).map_err(io_err("read the password file", p))?;
-    let (bytes, older) = readings(&b);
+    let (mut bytes, mut older) = readings(&b);
+    if bytes.is_empty()
+        && let Some(o) = older.take()
+    {
+        // White space only: empty as restic reads it, which refuses an empty password;
+        // a repository made with the older reading still opens with that.
+        tracing::warn!(
+            "the password file {} holds only white space: restic reads it as empty and refuses it; snapring uses it as it is (one trailing newline stripped)",
+            p.display()
+        );
+        bytes = o;
+    }
     if bytes.is_empty() {
         return Err(Error::Other(format!(
             "the password file {} is empty",
@@ -162,5 +173,22 @@ mod tests {
         // Bytes that are not UTF-8 stay, and stop the trimming.
         assert_eq!(t(b"\xffpw \xfe\n").0, b"\xffpw \xfe".to_vec());
         assert_eq!(t(b"\n\n").0, Vec::<u8>::new());
+    }
+
+    /// A file of white space only: restic reads it empty (and refuses it); a repository
+    /// made with snapring's older reading (`"   "`) still opens with that. It was
+    /// refused as empty before the older reading was tried.
+    #[test]
+    fn a_password_file_of_white_space_only_is_read_the_older_way() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("pw");
+        std::fs::write(&f, b"   \n").unwrap();
+        let p = from_file(&f).unwrap();
+        assert_eq!((p.bytes.as_slice(), p.older.is_none()), (&b"   "[..], true));
+        std::fs::write(&f, b"\n").unwrap();
+        match from_file(&f) {
+            Err(e) => assert!(e.to_string().contains("is empty"), "{e}"),
+            Ok(_) => panic!("a file of one newline read as a password"),
+        }
     }
 }
