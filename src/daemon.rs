@@ -552,26 +552,23 @@ impl State<'_> {
             // stopped process): one run, late, for all of them, and each recorded as a
             // skipped trigger (they merged without a trace).
             let mut missed = Vec::new();
+            // Past the first MAX_MISSED_SHOWN: how many more, the first and the last.
+            let mut rest: Option<(u64, DateTime<Utc>, DateTime<Utc>)> = None;
             let mut t = at;
             while let Some(n) = j.schedule.next_after(t).filter(|n| *n <= now) {
-                if missed.len() == MAX_MISSED_SHOWN {
-                    // The rest in the last one's message.
-                    let mut more = 0u64;
-                    let mut last = n;
-                    while let Some(m) = j.schedule.next_after(last).filter(|m| *m <= now) {
-                        more += 1;
-                        last = m;
-                    }
-                    missed.push(format!(
-                        "{} more triggers from {} to {}",
-                        more + 1,
-                        n.to_rfc3339(),
-                        last.to_rfc3339()
-                    ));
-                    break;
+                match (&mut rest, missed.len() < MAX_MISSED_SHOWN) {
+                    (_, true) => missed.push(format!("trigger at {}", n.to_rfc3339())),
+                    (Some((more, _, last)), false) => (*more, *last) = (*more + 1, n),
+                    (None, false) => rest = Some((1, n, n)),
                 }
-                missed.push(format!("trigger at {}", n.to_rfc3339()));
                 t = n;
+            }
+            if let Some((more, first, last)) = rest {
+                missed.push(format!(
+                    "{more} more triggers from {} to {}",
+                    first.to_rfc3339(),
+                    last.to_rfc3339()
+                ));
             }
             j.next = j.schedule.next_after(now.max(at));
             for m in missed {
@@ -603,15 +600,16 @@ impl State<'_> {
         )
         .ok()?;
         let lock = opts.store.join(crate::store::META_DIR).join("lock");
-        let text = crate::fsx::read_regular(&lock).ok()?;
-        let h: crate::store::lock::Holder = serde_json::from_slice(&text).ok()?;
-        if h.host != crate::util::hostname() || h.pid == std::process::id() {
-            return None;
-        }
+        let mut f = crate::fsx::open_regular(&lock, true).ok()?;
         // The file names the last holder, held or not (a run killed with SIGKILL leaves
         // it): only a lock someone holds now is a run going on (its pid may be reused).
-        let f = crate::fsx::open_regular(&lock, true).ok()?;
         if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
+            return None;
+        }
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut text).ok()?;
+        let h: crate::store::lock::Holder = serde_json::from_slice(&text).ok()?;
+        if h.host != crate::util::hostname() || h.pid == std::process::id() {
             return None;
         }
         // `snapring … run … NAME …`, as `spawn` starts it (or as a user would).

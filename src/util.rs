@@ -35,13 +35,22 @@ fn username_of(user: Option<String>, uid: u32, passwd: impl FnOnce() -> String) 
     if let Some(u) = user.filter(|u| !u.is_empty()) {
         return u;
     }
-    passwd()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f[0].to_string())
-        })
+    passwd_entries(&passwd())
+        .find_map(|f| (f.get(2)?.parse::<u32>().ok()? == uid).then(|| f[0].to_string()))
         .unwrap_or_default()
+}
+
+/// The home directory `/etc/passwd` gives `user` (as the shell expands `~user`).
+pub fn home_of(user: &str) -> Option<String> {
+    let text = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd_entries(&text)
+        .find(|f| f.len() > 5 && f[0] == user)
+        .map(|f| f[5].to_string())
+}
+
+/// The entries of `/etc/passwd`'s text, each as its `:`-separated fields.
+fn passwd_entries(text: &str) -> impl Iterator<Item = Vec<&str>> {
+    text.lines().map(|l| l.split(':').collect())
 }
 
 /// Whether a process recorded as on `host`, in pid namespace `pid_ns` and boot

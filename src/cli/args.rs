@@ -776,12 +776,7 @@ fn path(s: &str) -> Result<PathBuf, String> {
         // `~` is $HOME, `~user` that user's home directory (as the shell reads them).
         let home = match user {
             "" => std::env::var("HOME").ok(),
-            u => std::fs::read_to_string("/etc/passwd").ok().and_then(|t| {
-                t.lines()
-                    .map(|l| l.split(':').collect::<Vec<_>>())
-                    .find(|f| f.len() > 5 && f[0] == u)
-                    .map(|f| f[5].to_string())
-            }),
+            u => snapring::util::home_of(u),
         };
         let example = home
             .map(|h| format!(", e.g. {}", std::path::Path::new(&h).join(rest).display()))

@@ -122,31 +122,20 @@ fn readings(b: &[u8]) -> (Vec<u8>, Option<Vec<u8>>) {
 
 /// Go's `strings.TrimSpace` on bytes: Unicode white space removed from both ends; a
 /// byte that is not UTF-8 ends the trimming there.
-fn trim_space(mut b: &[u8]) -> &[u8] {
-    // The first (last) character of `b`, with its length, if UTF-8.
-    fn first(b: &[u8]) -> Option<(char, usize)> {
-        (1..=b.len().min(4)).find_map(|n| {
-            let c = std::str::from_utf8(&b[..n]).ok()?.chars().next()?;
-            Some((c, n))
-        })
-    }
-    fn last(b: &[u8]) -> Option<(char, usize)> {
-        (1..=b.len().min(4)).find_map(|n| {
-            let c = std::str::from_utf8(&b[b.len() - n..])
-                .ok()?
-                .chars()
-                .next()?;
-            Some((c, n))
-        })
-    }
-    while let Some((c, n)) = first(b).filter(|(c, _)| c.is_whitespace()) {
-        let _ = c;
-        b = &b[n..];
-    }
-    while let Some((_, n)) = last(b).filter(|(c, _)| c.is_whitespace()) {
-        b = &b[..b.len() - n];
-    }
-    b
+fn trim_space(b: &[u8]) -> &[u8] {
+    // White space is trimmed from the valid UTF-8 at each end; a byte that is not
+    // UTF-8 is not white space.
+    let start = b
+        .utf8_chunks()
+        .next()
+        .map_or(0, |c| c.valid().len() - c.valid().trim_start().len());
+    let end = match b.utf8_chunks().last() {
+        Some(c) if c.invalid().is_empty() => {
+            b.len() - (c.valid().len() - c.valid().trim_end().len())
+        }
+        _ => b.len(),
+    };
+    &b[start.min(end)..end]
 }
 
 #[cfg(test)]
