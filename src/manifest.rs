@@ -305,12 +305,75 @@ pub struct Reader {
     /// backup compares them by type, size, mtime, mode, owner and xattrs, as it does a
     /// tree without a manifest.
     pub source_ids: bool,
+    /// The entries the last `verify` of this snapshot found damaged ([`damaged_list`]):
+    /// a backup copies them from the source rather than link them.
+    pub damaged: std::collections::HashSet<RelPath>,
 }
 
 /// `<manifest_dir>/<id>.copied`: present once the snapshot of run `id` was found in a
 /// copied store (its directory had a new inode) and its tree matched this manifest.
 pub fn copied_marker(manifest_dir: &Path, id: &str) -> PathBuf {
     manifest_dir.join(format!("{id}.copied"))
+}
+
+/// `<manifest_dir>/<id>.damaged`: the entries of run `id`'s snapshot that the last
+/// `verify` of it found damaged (bytes, metadata, or unreadable), as JSON
+/// (`{"verified_at", "paths": [escaped path, ...]}`). A backup whose previous snapshot
+/// this is copies those entries from the source instead of linking their damaged
+/// inodes into the new snapshot (docs/format.md, "Damage found by verify").
+pub fn damaged_list(manifest_dir: &Path, id: &str) -> PathBuf {
+    manifest_dir.join(format!("{id}.damaged"))
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DamagedList {
+    verified_at: String,
+    paths: Vec<String>,
+}
+
+/// The entries [`damaged_list`] names for run `id`; none when there is no list. A list
+/// that does not read is warned about and taken as none (the backup then links as it
+/// would have before any verify).
+pub fn read_damaged(manifest_dir: &Path, id: &str) -> std::collections::HashSet<RelPath> {
+    let path = damaged_list(manifest_dir, id);
+    let list = match crate::fsx::read_regular(&path) {
+        Ok(b) => serde_json::from_slice::<DamagedList>(&b)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Default::default(),
+        Err(e) => Err(e),
+    };
+    match list {
+        Ok(l) => l
+            .paths
+            .iter()
+            .filter_map(|p| RelPath::from_escaped(p).ok())
+            .collect(),
+        Err(e) => {
+            tracing::warn!(
+                "{}: cannot read the entries verify found damaged ({e}); they may be linked again",
+                path.display()
+            );
+            Default::default()
+        }
+    }
+}
+
+/// Records what a `verify` of run `id`'s snapshot found damaged, replacing what an
+/// earlier one found; nothing damaged removes the list.
+pub fn write_damaged(manifest_dir: &Path, id: &str, paths: &[RelPath]) -> io::Result<()> {
+    let path = damaged_list(manifest_dir, id);
+    if paths.is_empty() {
+        return match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let list = DamagedList {
+        verified_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        paths: paths.iter().map(RelPath::escaped).collect(),
+    };
+    let bytes = serde_json::to_vec_pretty(&list).map_err(io::Error::other)?;
+    crate::util::write_atomic(&path, &bytes)
 }
 
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
@@ -358,6 +421,7 @@ impl Reader {
             mf_path,
             started,
             source_ids: !copied_marker(manifest_dir, id).exists(),
+            damaged: read_damaged(manifest_dir, id),
         })
     }
 

@@ -422,3 +422,82 @@ fn an_entry_named_like_a_slot_fails_the_run_instead_of_a_silent_non_publish() {
             .contains("a file named like")
     );
 }
+
+fn verify_json(dest: &Path, which: &str) -> (i32, serde_json::Value) {
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            which.as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    );
+    let v = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out.status.code().unwrap_or(-1), v)
+}
+
+/// Damage `verify` finds in the newest snapshot (a flipped byte, a mode changed by
+/// hand, one inode of a source hard-link pair rotten) is not carried into the next
+/// snapshot: the backup copies those entries from the source instead of linking the
+/// damaged inodes, so the new snapshot equals the source and verifies clean, while the
+/// untouched files are still linked. Before, every later snapshot linked the damaged
+/// inodes again: the damage was in all history from then on, and no backup healed it.
+#[test]
+fn damage_verify_found_is_copied_afresh_by_the_next_backup_not_linked() {
+    let (_t, src, dest) = setup();
+    write(&src.join("pair/a"), b"one inode, two names");
+    std::fs::hard_link(src.join("pair/a"), src.join("pair/b")).unwrap();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let old = dest.join("daily.0");
+    rot(&old.join("d0/f0"));
+    rot(&old.join("pair/a"));
+    std::fs::set_permissions(
+        old.join("d1/f1"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (code, v) = verify_json(&dest, "daily.0");
+    assert_eq!(code, 2, "{v}");
+    let found = v;
+
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    let new = dest.join("daily.0");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&new),
+        "the snapshot after the damage",
+    );
+    for p in ["d0/f0", "d1/f1", "pair/a", "pair/b"] {
+        assert_ne!(
+            ino(&new.join(p)),
+            ino(&dest.join("daily.1").join(p)),
+            "{p}: copied afresh, not linked"
+        );
+    }
+    assert_eq!(ino(&new.join("pair/a")), ino(&new.join("pair/b")));
+    // verify said so: both names of the pair, the rotten file and the changed mode.
+    assert_eq!(found[0]["next_backup_copies"], 4, "{found}");
+    assert_eq!(
+        ino(&new.join("d2/f2")),
+        ino(&dest.join("daily.1/d2/f2")),
+        "an undamaged file is still linked"
+    );
+    // Copied: the two damaged files and the pair's first name; its second name is
+    // linked to that copy (counted as linked), the 28 undamaged files from daily.1.
+    assert_eq!(rep["files_transferred"], 3, "{rep}");
+    assert_eq!(rep["files_linked"], 29, "{rep}");
+    let (code, v) = verify_json(&dest, "daily.0");
+    assert_eq!(code, 0, "the new snapshot verifies clean: {v}");
+    // The damaged snapshot stays as it is (history is not rewritten), and its list
+    // goes when it expires.
+    let (code, _) = verify_json(&dest, "daily.1");
+    assert_eq!(code, 2);
+    let damaged = manifest_files(&dest, "damaged");
+    assert_eq!(damaged.len(), 1, "{damaged:?}");
+    assert_eq!(backup(&src, &dest, &["--retain", "1"], &[]).0, 0);
+    assert!(manifest_files(&dest, "damaged").is_empty());
+}

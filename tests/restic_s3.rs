@@ -912,6 +912,62 @@ fn repair_index_leaves_a_lost_pack_out_and_the_next_backup_stores_it_again() {
     assert_same_tree(&describe(&src), &describe(&to), "restore after the repair");
 }
 
+/// A pack deleted from the bucket between `repair index --read-data`'s listing and its
+/// read: the server's 404 is the pack's loss, left out of the new index and named,
+/// as a local pack gone since the listing is. It stopped the repair, exit 1, as if the
+/// server had failed, and the lost pack stayed indexed.
+#[test]
+fn repair_index_leaves_out_a_pack_deleted_after_the_listing() {
+    use snapring::restic::backend::{Backend, Kind};
+    if needs_in_process_server("deleting objects behind the server's back") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    source(&src);
+    let dest = format!("s3://{BUCKET}/repos/raced");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.backup(&src, &dest);
+    let b = lib_s3(&s, "repos/raced");
+    let packs = b.list_sizes(Kind::Pack).unwrap();
+    let (data, _) = packs.iter().max_by_key(|(_, size)| *size).unwrap();
+    let pause = s.t.path().join("listed");
+    let child = s
+        .command(&["repair", "index", "--read-data", "--dest", &dest, "--json"])
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.repair_packs_listed=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !pause.exists() {
+        assert!(t0.elapsed().as_secs() < 60, "repair never listed the packs");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    b.remove(Kind::Pack, data).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
+    let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(r["packs_unreadable"], 1, "{r}");
+    assert_eq!(r["unreadable"][0], data.hex(), "{r}");
+    assert_eq!(r["index_rewritten"], true, "{r}");
+    // The next backup stores the lost data again; its snapshot restores whole.
+    let second = s.backup(&src, &dest);
+    assert_eq!(second["status"], "complete", "{second}");
+    s.sr_ok(&["verify", "--dest", &dest, "latest"]);
+    let to = s.t.path().join("restored");
+    s.sr_ok(&restore_latest(&dest, &to));
+    assert_same_tree(&describe(&src), &describe(&to), "restore after the repair");
+}
+
 /// Two `init`s racing past the existence check: the server refuses the second
 /// `config` (If-None-Match: *), so neither overwrites the other's.
 #[test]

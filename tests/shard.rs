@@ -3901,3 +3901,39 @@ fn a_worker_whose_source_is_another_directory_than_the_plans_is_refused() {
     assert_eq!(out.code(), Some(0));
     check_snapshot(&e, "published by the worker whose source was the plan's");
 }
+
+/// Damage `verify` found in the previous snapshot (a rotten file of a hard-link group
+/// whose names fall in several units, a rotten file of a name-range unit) is copied
+/// afresh by the workers, as by a single-node backup, not linked into the new snapshot.
+#[test]
+fn shard_workers_copy_afresh_what_verify_found_damaged() {
+    let e = env();
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let old = e.dest.join("daily.0");
+    rot(&old.join("deep/d0/s0/f00"));
+    rot(&old.join("flat/n005 with space"));
+    let out = snapring(
+        &["verify".as_ref(), "--dest".as_ref(), e.dest.as_os_str()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let workers: Vec<Child> = (0..3).map(|i| spawn(&e, i, 3, "healed", &[])).collect();
+    for w in workers {
+        let o = w.wait_with_output().unwrap();
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    check_run(&e, "healed");
+    check_snapshot(&e, "the workers' snapshot after the damage");
+    for p in [
+        "deep/d0/s0/f00",
+        "flat/zz-link-to-deep",
+        "flat/n005 with space",
+    ] {
+        assert_ne!(
+            ino(&e.dest.join("daily.0").join(p)),
+            ino(&e.dest.join("daily.1").join(p)),
+            "{p}: copied afresh"
+        );
+    }
+}

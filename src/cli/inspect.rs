@@ -115,6 +115,14 @@ pub(super) fn print_verified(x: &Verified) {
     if let Some(note) = print::one_fs_note(&x.one_fs) {
         outln!("{}: {note}", x.snapshot);
     }
+    if x.next_backup_copies > 0 {
+        let (n, s) = (x.next_backup_copies, &x.snapshot);
+        outln!(
+            "{s}: {n} damaged {} recorded: a backup linking from {s} copies {} from the source instead",
+            if n == 1 { "entry" } else { "entries" },
+            if n == 1 { "it" } else { "them" },
+        );
+    }
 }
 
 /// `snapring history PATH --dest STORE`: every retained version of one path (the

@@ -1211,6 +1211,7 @@ fn print_against(x: &restic::verify::RepoVerified) {
         problems: x.problems.clone(),
         one_fs: x.one_fs.clone(),
         unchecked: None,
+        next_backup_copies: 0,
     });
 }
 

@@ -142,6 +142,11 @@ pub struct Verified {
     /// Why this snapshot could not be checked at all (`--all` goes on past it): it
     /// has no usable manifest. Such a snapshot is not `clean`.
     pub unchecked: Option<String>,
+    /// Against the manifest: the damaged entries (bytes, metadata, unreadable) that a
+    /// backup linking from this snapshot copies from the source instead, as recorded
+    /// in `.snapring/manifests/<run-id>.damaged` (`manifest::damaged_list`); 0 when
+    /// none, or when the list could not be written (warned: a read-only store).
+    pub next_backup_copies: u64,
 }
 
 impl Verified {
@@ -161,6 +166,7 @@ impl Verified {
             problems: vec![],
             one_fs: OneFsSummary::default(),
             unchecked: Some(why),
+            next_backup_copies: 0,
         }
     }
 }
@@ -246,6 +252,12 @@ pub fn verify(
             None => (TreeReader::tree(b(&sel.fd)), "manifest".to_string()),
         };
         let o = compare::compare(&recorded(sel), &actual, &opts, cancel);
+        let next_backup_copies = match (&live, &sel.snap.rec) {
+            (None, Some(rec)) if !cancel.load(std::sync::atomic::Ordering::Relaxed) => {
+                record_damage(&store, &rec.id, &sel.snap.name, &o)
+            }
+            _ => 0,
+        };
         let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
         let corrupt = o
             .differences
@@ -266,9 +278,47 @@ pub fn verify(
             problems: o.problems,
             one_fs: o.one_fs,
             unchecked: None,
+            next_backup_copies,
         });
     }
     Ok(out)
+}
+
+/// Records what a verify against the manifest found damaged in the snapshot `name` of
+/// run `id`, for the next backup to copy afresh rather than link: every entry other
+/// than a directory whose bytes or metadata differ, and every unreadable one (a new
+/// snapshot's directories are made anew, never linked). Returns how many were recorded;
+/// a store that cannot be written (a read-only mount) is warned about, and 0.
+fn record_damage(store: &Store, id: &str, name: &str, o: &compare::Outcome) -> u64 {
+    let mut paths: Vec<RelPath> = o
+        .differences
+        .iter()
+        .filter(|d| {
+            matches!(
+                d.change,
+                compare::Change::Content | compare::Change::Metadata
+            ) && d.kind != "dir"
+        })
+        .map(|d| d.path.as_str())
+        .chain(o.problems.iter().map(|(p, _)| p.as_str()))
+        .filter_map(|p| RelPath::from_escaped(p).ok())
+        .collect();
+    paths.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    paths.dedup();
+    let mdir = store.meta.join("manifests");
+    match crate::manifest::write_damaged(&mdir, id, &paths) {
+        Ok(()) => paths.len() as u64,
+        Err(e) => {
+            if !paths.is_empty() {
+                tracing::warn!(
+                    "{name}: cannot record its {} damaged entries in {} ({e}): the next backup links them as they are",
+                    paths.len(),
+                    crate::manifest::damaged_list(&mdir, id).display()
+                );
+            }
+            0
+        }
+    }
 }
 
 /// The snapshots `verify` checks. `--all`: each snapshot is selected (by its run id,

@@ -101,6 +101,9 @@ pub enum Reason {
     TypeChanged,
     ContentChanged,
     MetadataChanged,
+    /// Unchanged in the source, but `verify` found the previous snapshot's inode damaged
+    /// (`manifest::damaged_list`): linking it would carry the damage forward.
+    Damaged,
 }
 
 impl Reason {
@@ -112,6 +115,7 @@ impl Reason {
             Reason::TypeChanged => "type changed",
             Reason::ContentChanged => "content changed",
             Reason::MetadataChanged => "metadata changed",
+            Reason::Damaged => "damaged in the previous snapshot",
         }
     }
 }

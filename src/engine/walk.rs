@@ -428,6 +428,11 @@ impl<'a, S: Sink> Walk<'a, S> {
             None
         };
         let mut decision = self.decision(dir, name, m, target.as_deref(), prev_entry);
+        if !matches!(decision, Decision::Copy(_))
+            && self.prev_manifest.is_some_and(|p| p.damaged.contains(rel))
+        {
+            decision = Decision::Copy(Reason::Damaged);
+        }
         if decision == Decision::VerifyContent {
             let _ = failpoint::hit("walk.verify_content");
             let same =

@@ -145,7 +145,9 @@ pub fn implied_size(entries: &[Entry]) -> u64 {
 /// the repair: a good pack left out would be deleted by the next prune.
 fn unreadable(e: &Error) -> bool {
     match e {
-        Error::Corrupt { .. } => true,
+        // A server's 404 (or a read cut short: the object replaced by a shorter one)
+        // is the same loss as a local file gone.
+        Error::Corrupt { .. } | Error::Missing(_) => true,
         Error::Io { source, .. } => source.kind() == std::io::ErrorKind::NotFound,
         _ => false,
     }
@@ -327,6 +329,11 @@ fn repair_locked(
     // 2. What is in data/, and what each pack becomes.
     let listed = repo.backend.list_sizes(Kind::Pack)?;
     r.packs_listed = listed.len() as u64;
+    // Tests: a pack deleted between the listing and its read.
+    crate::failpoint::hit("restic.repair_packs_listed").map_err(super::io_err(
+        "read",
+        format!("{}/data", repo.backend.location()),
+    ))?;
     let present: HashSet<Id> = listed.iter().map(|(id, _)| *id).collect();
     for id in &order {
         if !present.contains(id) {

@@ -846,3 +846,24 @@ pub fn assert_verify_clean(dest: &Path, extra: &[&str]) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Flips one byte of `p` in place, keeping its times (bit rot: the file system's
+/// view of the inode is unchanged).
+pub fn rot(p: &Path) {
+    use std::os::unix::fs::FileExt;
+    let m = std::fs::metadata(p).unwrap();
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .unwrap();
+    let mut byte = [0u8; 1];
+    f.read_exact_at(&mut byte, 3).unwrap();
+    f.write_all_at(&[byte[0] ^ 0x20], 3).unwrap();
+    f.set_times(
+        std::fs::FileTimes::new()
+            .set_accessed(m.accessed().unwrap())
+            .set_modified(m.modified().unwrap()),
+    )
+    .unwrap();
+}
