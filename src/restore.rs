@@ -2107,6 +2107,18 @@ impl<R: SnapshotReader> Restore<'_, R> {
             .and_then(|_| fsx::write_xattrs(&t, &xattrs))
             .and_then(|_| fsx::apply_times_at(b(dst), to, m));
         if let Err(e) = r {
+            // Not what it made: a symlink put in its place (the target's directory is
+            // writable by others). Its mode was not set through it; the symlink goes
+            // (unlinking removes the link, not what it points to), and the entry is not
+            // restored.
+            if fsx::errno_is(&e, Errno::LOOP) {
+                let _ = fsx::unlink_at(b(dst), to);
+                self.conflict(
+                    &at.rel,
+                    "replaced by a symlink in the target during the restore; not restored".into(),
+                );
+                return false;
+            }
             self.dest_error(&at.rel, "set metadata", e);
         }
         true

@@ -394,3 +394,63 @@ fn a_rerun_of_a_stopped_single_file_restore_removes_its_temporary_file() {
         std::fs::read(src.join("d01/f3")).unwrap()
     );
 }
+
+/// A fifo restored into a directory that was there before (its temporary name, then a
+/// rename), whose owner swaps that temporary name for a symlink to a file outside the
+/// target between the `mknod` and the mode being set: the mode is not set through the
+/// symlink, the symlink is not renamed into place, and the restore says what happened.
+/// `chmodat` followed the symlink: a root restore made the outside file mode 0666.
+#[test]
+fn a_symlink_swapped_in_for_a_restored_fifo_does_not_pass_its_mode_outside() {
+    let (t, src, store) = setup(1);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &src.join("d00/pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        0,
+    )
+    .unwrap();
+    chmod(&src.join("d00/pipe"), 0o666);
+    ok_backup(&src, &store);
+    let victim = t.path().join("victim");
+    write(&victim, b"secret");
+    chmod(&victim, 0o600);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    // d00 is there before the restore: the fifo is made under a temporary name.
+    std::fs::create_dir_all(to.join("d00")).unwrap();
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.special=pause:{}", pause.display()),
+    );
+    wait_for(&pause);
+    let tmp: Vec<PathBuf> = std::fs::read_dir(to.join("d00"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("snapring-restore"))
+        .collect();
+    assert_eq!(tmp.len(), 1, "the fifo under its temporary name: {tmp:?}");
+    std::fs::remove_file(&tmp[0]).unwrap();
+    std::os::unix::fs::symlink(&victim, &tmp[0]).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let (code, rep, err) = finish(child);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+        0o600,
+        "the outside file's mode is untouched"
+    );
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    assert!(
+        rep.to_string().contains("replaced by a symlink"),
+        "the problem says what happened: {rep}"
+    );
+    assert!(
+        to.join("d00/pipe").symlink_metadata().is_err(),
+        "the planted symlink is not restored under the fifo's name"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
+}
