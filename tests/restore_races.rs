@@ -429,7 +429,12 @@ fn a_symlink_swapped_in_for_a_restored_fifo_does_not_pass_its_mode_outside() {
     let tmp: Vec<PathBuf> = std::fs::read_dir(to.join("d00"))
         .unwrap()
         .map(|e| e.unwrap().path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("snapring-restore"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains("snapring-restore")
+        })
         .collect();
     assert_eq!(tmp.len(), 1, "the fifo under its temporary name: {tmp:?}");
     std::fs::remove_file(&tmp[0]).unwrap();
@@ -453,4 +458,40 @@ fn a_symlink_swapped_in_for_a_restored_fifo_does_not_pass_its_mode_outside() {
         "the planted symlink is not restored under the fifo's name"
     );
     assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
+}
+
+/// Someone else's file at the restore's next temporary name in a directory that was
+/// there before (anyone who may write there can guess it: pid and a counter): that one
+/// entry is a conflict naming the file in the way, the others are restored, and the
+/// file in the way is left alone. It failed the whole restore, exit 1, naming the
+/// entry's final name.
+#[test]
+fn a_file_at_the_restores_temporary_name_is_one_conflict_not_a_failed_restore() {
+    let (t, src, store) = setup(2);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    std::fs::create_dir_all(to.join("d01")).unwrap();
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.dir=pause:{}", pause.display()),
+    );
+    wait_for(&pause);
+    let theirs = to.join(format!(".snapring-restore.{}-0.tmp", child.id()));
+    let theirs = to.join("d01").join(theirs.file_name().unwrap());
+    write(&theirs, b"theirs");
+    std::fs::remove_file(&pause).unwrap();
+    let (code, rep, err) = finish(child);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    assert_eq!(rep["conflicts_total"], 1, "{rep}");
+    assert!(
+        rep["conflicts"][0]["reason"]
+            .to_string()
+            .contains(".snapring-restore."),
+        "the conflict names the file in the way: {rep}"
+    );
+    assert_eq!(rep["files_restored"], 9, "{rep}");
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"theirs");
 }
