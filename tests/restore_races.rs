@@ -405,7 +405,7 @@ fn a_symlink_swapped_in_for_a_restored_fifo_does_not_pass_its_mode_outside() {
     let (t, src, store) = setup(1);
     rustix::fs::mknodat(
         rustix::fs::CWD,
-        &src.join("d00/pipe"),
+        src.join("d00/pipe"),
         rustix::fs::FileType::Fifo,
         rustix::fs::Mode::from_raw_mode(0o666),
         0,
