@@ -855,9 +855,37 @@ pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<(
         AtFlags::SYMLINK_NOFOLLOW,
     )?;
     if m.kind != Kind::Symlink {
-        rfs::chmodat(dir, name, Mode::from_raw_mode(m.perm), AtFlags::empty())?;
+        chmod_nofollow_at(dir, name, m.perm)?;
     }
     Ok(())
+}
+
+/// `chmod` of `name` in `dir` that never follows a symlink there. `fchmodat` follows
+/// one (its no-follow flag is `fchmodat2`'s, which rustix does not call), and a fifo or
+/// device cannot be opened to `fchmod` without side effects, so: an `O_PATH|O_NOFOLLOW`
+/// descriptor pins the inode the name holds now, a symlink there is refused, and the
+/// mode is set through `/proc/self/fd/N`, which names that inode and no path (glibc's
+/// `fchmodat(AT_SYMLINK_NOFOLLOW)` does the same). Without `/proc` mounted, the checked
+/// descriptor's inode is chmodded by name after the check (a window of one call).
+pub fn chmod_nofollow_at(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = rfs::openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    if Meta::from_stat(&rfs::fstat(&fd)?).kind == Kind::Symlink {
+        // ELOOP, as `O_NOFOLLOW` answers a symlink: callers tell it from other failures.
+        return Err(rustix::io::Errno::LOOP.into());
+    }
+    let mode = Mode::from_raw_mode(perm);
+    match rfs::chmod(format!("/proc/self/fd/{}", fd.as_raw_fd()), mode) {
+        Err(rustix::io::Errno::NOENT) if !std::path::Path::new("/proc/self/fd").exists() => {
+            Ok(rfs::chmodat(dir, name, mode, AtFlags::empty())?)
+        }
+        r => Ok(r?),
+    }
 }
 
 pub fn apply_times_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<()> {

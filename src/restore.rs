@@ -1279,6 +1279,24 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
     }
 
+    /// Creating `to` (the entry's temporary name, or its own name in a directory the
+    /// restore made) failed: an entry the restore did not make in the way (someone
+    /// else writes in the target) is a conflict, that entry left alone and the rest
+    /// restored; any other failure is [`Restore::dest_error`]'s.
+    fn create_error(&self, rel: &RelPath, to: &[u8], action: &'static str, e: std::io::Error) {
+        if fsx::errno_is(&e, Errno::EXIST) {
+            self.conflict(
+                rel,
+                format!(
+                    "{} appeared in the target during the restore, in the way of this entry; not restored",
+                    crate::relpath::escape(to)
+                ),
+            );
+        } else {
+            self.dest_error(rel, action, e);
+        }
+    }
+
     /// A deletion that stopped at another file system mounted below (a conflict: what is
     /// there stays, the restore goes on), or failed ([`Restore::dest_error`]).
     fn delete_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
@@ -1963,7 +1981,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let dst = match fsx::create_at_mode(b(dst_dir), to, created_perm) {
             Ok(fd) => fd,
             Err(e) => {
-                self.dest_error(rel, "create file", e);
+                self.create_error(rel, to, "create file", e);
                 return false;
             }
         };
@@ -2090,7 +2108,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             fsx::mknod_at(b(dst), to, m)
         };
         if let Err(e) = made {
-            self.dest_error(&at.rel, "create", e);
+            self.create_error(&at.rel, to, "create", e);
             return false;
         }
         // Tests kill a restore here: the entry made, its metadata not yet set.
@@ -2107,6 +2125,18 @@ impl<R: SnapshotReader> Restore<'_, R> {
             .and_then(|_| fsx::write_xattrs(&t, &xattrs))
             .and_then(|_| fsx::apply_times_at(b(dst), to, m));
         if let Err(e) = r {
+            // Not what it made: a symlink put in its place (the target's directory is
+            // writable by others). Its mode was not set through it; the symlink goes
+            // (unlinking removes the link, not what it points to), and the entry is not
+            // restored.
+            if fsx::errno_is(&e, Errno::LOOP) {
+                let _ = fsx::unlink_at(b(dst), to);
+                self.conflict(
+                    &at.rel,
+                    "replaced by a symlink in the target during the restore; not restored".into(),
+                );
+                return false;
+            }
             self.dest_error(&at.rel, "set metadata", e);
         }
         true

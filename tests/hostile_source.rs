@@ -692,3 +692,31 @@ fn a_file_rewritten_while_read_into_a_repository_is_read_again() {
         got == old
     );
 }
+
+/// A directory renamed within its parent while the parent is being listed (paused
+/// just after the listing; on ext4 a rename during a listing can put the entry where
+/// the listing already was): the parent, whose times moved, is listed again, and the
+/// subtree, there the whole time, is in the snapshot under its new name. Before, the
+/// listing's old name had vanished and the new one was never seen: the whole subtree
+/// was missing from a run that said `complete`, `changed_during_backup` 0.
+#[test]
+fn a_directory_renamed_while_its_parent_is_listed_is_not_lost() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    write(&src.join("top"), b"top");
+    for i in 0..5 {
+        write(&src.join(format!("sub/deep/f{i}")), b"kept all along");
+    }
+    let run = spawn_paused(&src, &dest, &[], "walk.listed", 1);
+    std::fs::rename(src.join("sub"), src.join("sub.moved")).unwrap();
+    let (code, rep) = resume_within(run, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the backup did not end within 120 s"));
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(rep["changed_during_backup"], 1, "{rep}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "the snapshot of a directory renamed during its parent's listing",
+    );
+}

@@ -394,3 +394,104 @@ fn a_rerun_of_a_stopped_single_file_restore_removes_its_temporary_file() {
         std::fs::read(src.join("d01/f3")).unwrap()
     );
 }
+
+/// A fifo restored into a directory that was there before (its temporary name, then a
+/// rename), whose owner swaps that temporary name for a symlink to a file outside the
+/// target between the `mknod` and the mode being set: the mode is not set through the
+/// symlink, the symlink is not renamed into place, and the restore says what happened.
+/// `chmodat` followed the symlink: a root restore made the outside file mode 0666.
+#[test]
+fn a_symlink_swapped_in_for_a_restored_fifo_does_not_pass_its_mode_outside() {
+    let (t, src, store) = setup(1);
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("d00/pipe"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o666),
+        0,
+    )
+    .unwrap();
+    chmod(&src.join("d00/pipe"), 0o666);
+    ok_backup(&src, &store);
+    let victim = t.path().join("victim");
+    write(&victim, b"secret");
+    chmod(&victim, 0o600);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    // d00 is there before the restore: the fifo is made under a temporary name.
+    std::fs::create_dir_all(to.join("d00")).unwrap();
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.special=pause:{}", pause.display()),
+    );
+    wait_for(&pause);
+    let tmp: Vec<PathBuf> = std::fs::read_dir(to.join("d00"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains("snapring-restore")
+        })
+        .collect();
+    assert_eq!(tmp.len(), 1, "the fifo under its temporary name: {tmp:?}");
+    std::fs::remove_file(&tmp[0]).unwrap();
+    std::os::unix::fs::symlink(&victim, &tmp[0]).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let (code, rep, err) = finish(child);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&victim).unwrap().permissions().mode() & 0o7777,
+        0o600,
+        "the outside file's mode is untouched"
+    );
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    assert!(
+        rep.to_string().contains("replaced by a symlink"),
+        "the problem says what happened: {rep}"
+    );
+    assert!(
+        to.join("d00/pipe").symlink_metadata().is_err(),
+        "the planted symlink is not restored under the fifo's name"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"secret");
+}
+
+/// Someone else's file at the restore's next temporary name in a directory that was
+/// there before (anyone who may write there can guess it: pid and a counter): that one
+/// entry is a conflict naming the file in the way, the others are restored, and the
+/// file in the way is left alone. It failed the whole restore, exit 1, naming the
+/// entry's final name.
+#[test]
+fn a_file_at_the_restores_temporary_name_is_one_conflict_not_a_failed_restore() {
+    let (t, src, store) = setup(2);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    std::fs::create_dir_all(to.join("d01")).unwrap();
+    let child = spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        &format!("restore.dir=pause:{}", pause.display()),
+    );
+    wait_for(&pause);
+    let theirs = to.join(format!(".snapring-restore.{}-0.tmp", child.id()));
+    let theirs = to.join("d01").join(theirs.file_name().unwrap());
+    write(&theirs, b"theirs");
+    std::fs::remove_file(&pause).unwrap();
+    let (code, rep, err) = finish(child);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    assert_eq!(rep["conflicts_total"], 1, "{rep}");
+    assert!(
+        rep["conflicts"][0]["reason"]
+            .to_string()
+            .contains(".snapring-restore."),
+        "the conflict names the file in the way: {rep}"
+    );
+    assert_eq!(rep["files_restored"], 9, "{rep}");
+    assert_eq!(std::fs::read(&theirs).unwrap(), b"theirs");
+}

@@ -29,6 +29,8 @@ use crate::traverse::{self, Dir, Fence, OneFs, Opened, Step, Visitor};
 
 /// Attempts to copy a file that keeps changing while it is read.
 const COPY_ATTEMPTS: u32 = 3;
+/// Listings of a directory that changes while it is listed ([`Walk::list`]).
+const LIST_ATTEMPTS: u32 = 3;
 
 /// What backing up one non-directory gave.
 enum Leaf {
@@ -382,6 +384,51 @@ impl<'a, S: Sink> Walk<'a, S> {
                 None
             }
         }
+    }
+
+    /// The names in the source directory `src` (`before`: its `lstat` from before the
+    /// listing). An entry renamed within the directory while it is listed can be in
+    /// neither place the listing read (ext4 lists in hash order): a whole subtree there
+    /// the whole time would be missing from the snapshot, the run `complete`. So a
+    /// directory whose times moved during its listing is listed again, at most
+    /// [`LIST_ATTEMPTS`] times; one that kept changing through all of them is a
+    /// problem of the run (`changed_during_copy`: it is partial), as a file that keeps
+    /// changing while copied is. One `fstat` per directory. `meta` takes the times
+    /// of the listing kept, as the directory's in the snapshot.
+    fn list(&self, src: &OwnedFd, rel: &RelPath, meta: &mut Meta) -> Vec<Vec<u8>> {
+        let mut before = (meta.mtime, meta.ctime);
+        for attempt in 1..=LIST_ATTEMPTS {
+            let names = match fsx::list_dir(b(src)) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.source_error(rel, "read directory", &e);
+                    return Vec::new();
+                }
+            };
+            let _ = failpoint::hit("walk.listed");
+            let Ok(after) = fsx::fstat(b(src)).map(|m| (m.mtime, m.ctime)) else {
+                return names;
+            };
+            if after == before {
+                return names;
+            }
+            (meta.mtime, meta.ctime) = after;
+            if attempt == 1 {
+                Counters::add(&self.counters.changed_during_backup, 1);
+            }
+            if attempt == LIST_ATTEMPTS {
+                self.problem(
+                    rel,
+                    ProblemKind::ChangedDuringCopy,
+                    "read directory",
+                    format!("changed during each of {LIST_ATTEMPTS} listings; an entry renamed in it meanwhile may be missing"),
+                );
+                return names;
+            }
+            tracing::info!("{rel}: changed while it was listed; listing it again");
+            before = after;
+        }
+        unreachable!("the last attempt returns")
     }
 
     /// What the previous snapshot says about `name`: its manifest entry, else (a tree
@@ -886,10 +933,8 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             self.problem(rel, ProblemKind::Metadata, "read extended attributes", e);
             Vec::new()
         });
-        let mut names = fsx::list_dir(b(&src)).unwrap_or_else(|e| {
-            self.source_error(rel, "read directory", &e);
-            Vec::new()
-        });
+        let mut meta = meta;
+        let mut names = self.list(&src, rel, &mut meta);
         // A tagged directory (`exclude_caches`, `exclude_if_present`) keeps only its
         // tag: decided from the full listing (a shard unit's too, before its range).
         if let Some(keep) = self.excludes.keep_in(b(&src), &names) {
