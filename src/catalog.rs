@@ -434,8 +434,9 @@ impl Catalog {
             path: path.to_path_buf(),
         };
         let mut v = c.version()?;
-        // A writer that is creating the catalog migrates it a step per transaction;
-        // give it a moment rather than call a catalog in mid-migration old.
+        // A writer migrates in one transaction, so a reader sees a schema before or
+        // after it; an old one may be about to be migrated by a writer that has just
+        // opened it: give it a moment rather than call it old at once.
         for _ in 0..20 {
             if v == 0 || v >= SCHEMA_VERSION {
                 break;
@@ -477,26 +478,46 @@ impl Catalog {
     }
 
     fn migrate(&mut self) -> Result<()> {
+        let newer = |path: &Path, v: i64| CatalogError::Db {
+            path: path.to_path_buf(),
+            msg: format!(
+                "schema version {v} is newer than this snapring understands ({SCHEMA_VERSION}); upgrade snapring"
+            ),
+        };
         let v = self.version()?;
         if v > SCHEMA_VERSION {
-            return Err(CatalogError::Db {
-                path: self.path.clone(),
-                msg: format!(
-                    "schema version {v} is newer than this snapring understands ({SCHEMA_VERSION}); upgrade snapring"
-                ),
-            });
+            return Err(newer(&self.path, v));
+        }
+        if v == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // Several first runs may open a new (or old) catalog at once: the version read
+        // above can be stale by now. Under the write lock (waited for as long as any
+        // write is, `BUSY_TIMEOUT`), read it again and apply what is still missing, so
+        // that no migration runs twice ("duplicate column name").
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .db(&self.path, "begin migration")?;
+        let v: i64 = tx
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .db(&self.path, "read schema version")?;
+        if v > SCHEMA_VERSION {
+            return Err(newer(&self.path, v));
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(v as usize) {
             let to = i as i64 + 1;
-            let tx = self.conn.transaction().db(&self.path, "begin migration")?;
             tx.execute_batch(sql)
                 .db(&self.path, &format!("migrate to schema {to}"))?;
             tx.pragma_update(None, "user_version", to)
                 .db(&self.path, "set schema version")?;
-            tx.commit().db(&self.path, "commit migration")?;
-            if v > 0 {
-                tracing::info!("{}: migrated catalog to schema {to}", self.path.display());
-            }
+        }
+        tx.commit().db(&self.path, "commit migration")?;
+        if v > 0 {
+            tracing::info!(
+                "{}: migrated catalog to schema {SCHEMA_VERSION}",
+                self.path.display()
+            );
         }
         Ok(())
     }

@@ -165,12 +165,7 @@ pub fn load_for_job(path: &Path, shown: &Path, name: &str) -> std::result::Resul
         error,
         parsed: parsed.map(Box::new),
     };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        refused(
-            Error::Config(format!("cannot read {}: {e}", shown.display())),
-            None,
-        )
-    })?;
+    let text = read_as(path, shown).map_err(|e| refused(e, None))?;
     let parsed = parse(&text);
     let own = check::dotted("job", name);
     let notifiers: Vec<String> = parsed
@@ -241,8 +236,39 @@ fn checked(path: &Path, text: &str, complete: bool) -> Result<Config> {
 }
 
 fn read(path: &Path) -> Result<String> {
-    std::fs::read_to_string(path)
-        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
+    read_as(path, path)
+}
+
+/// The most a config file may hold: far more than any real one (a thousand jobs are
+/// some hundred KiB), and little enough that a wrong path does not exhaust memory.
+pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// The text of the config file `path` (named `shown` in errors): a regular file only
+/// (`/dev/zero` or a fifo given by mistake would be read forever or block), of at most
+/// [`MAX_CONFIG_BYTES`].
+fn read_as(path: &Path, shown: &Path) -> Result<String> {
+    use std::io::Read;
+    let fail = |e: String| Error::Config(format!("cannot read {}: {e}", shown.display()));
+    let f = crate::fsx::open_regular(path, true).map_err(|e| fail(e.to_string()))?;
+    let too_big = || {
+        fail(format!(
+            "larger than {} MiB: not a config file",
+            MAX_CONFIG_BYTES >> 20
+        ))
+    };
+    let len = f.metadata().map_err(|e| fail(e.to_string()))?.len();
+    if len > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    // Bounded again while reading: the file may grow after the size was taken.
+    let mut buf = Vec::new();
+    f.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| fail(e.to_string()))?;
+    if buf.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(too_big());
+    }
+    String::from_utf8(buf).map_err(|_| fail("stream did not contain valid UTF-8".into()))
 }
 
 /// "1 problem", "3 problems".

@@ -5,8 +5,6 @@
 
 mod cli;
 
-use clap::Parser;
-
 use cli::args::{CatalogCmd, Cli, Cmd, ConfigCmd, RepairCmd, in_folder};
 use cli::catalog_choice::CatalogChoice;
 use cli::exit_code::ExitCode;
@@ -14,7 +12,7 @@ use cli::print::errln;
 use cli::{backup, catalog, config, daemon, inspect, list, restic, restore, serve, shard};
 
 fn main() {
-    let args = match Cli::try_parse() {
+    let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {
             // `--help` and `--version` go to stdout and exit 0; a usage error has its own
@@ -55,6 +53,19 @@ fn main() {
         code = ExitCode::Failed;
     }
     std::process::exit(code.code());
+}
+
+/// The command line, as `Cli::try_parse` reads it, but for `SNAPRING_CATALOG` set to
+/// the empty string: that is taken as unset (as an empty `AWS_REGION` or `HOME` is),
+/// where clap would refuse every command for want of a value.
+fn parse_args() -> Result<Cli, clap::Error> {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut cmd = Cli::command();
+    if std::env::var_os("SNAPRING_CATALOG").is_some_and(|v| v.is_empty()) {
+        cmd = cmd.mut_arg("catalog", |a| a.env(None));
+    }
+    let mut m = cmd.clone().try_get_matches()?;
+    Cli::from_arg_matches_mut(&mut m).map_err(|e| e.format(&mut cmd))
 }
 
 /// Runs one command.

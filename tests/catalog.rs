@@ -749,3 +749,82 @@ fn a_failed_rotation_published_later_reads_the_same_in_the_record_and_the_catalo
         );
     }
 }
+
+/// Several first runs at once on a new (or an old) catalog: each read the schema
+/// version, then migrated from it, and all but the first failed ("migrate to schema 2:
+/// duplicate column name: retain") and went unrecorded. Each migrates under the write
+/// lock now, from the version it reads under it.
+#[test]
+fn catalogs_opened_at_once_migrate_once() {
+    let t = tempfile::tempdir().unwrap();
+    for round in 0..12 {
+        let path = t.path().join(format!("c{round}.db"));
+        if round % 2 == 1 {
+            std::fs::copy("tests/fixtures/catalog-v1.db", &path).unwrap();
+        }
+        let go = std::sync::Arc::new(std::sync::Barrier::new(6));
+        let threads: Vec<_> = (0..6)
+            .map(|_| {
+                let (path, go) = (path.clone(), go.clone());
+                std::thread::spawn(move || {
+                    go.wait();
+                    snapring::catalog::Catalog::open(&path, false).map(|c| c.version().unwrap())
+                })
+            })
+            .collect();
+        for th in threads {
+            match th.join().unwrap() {
+                Ok(v) => assert_eq!(v, snapring::catalog::SCHEMA_VERSION),
+                Err(e) => panic!("round {round}: {e}"),
+            }
+        }
+    }
+}
+
+/// An empty `SNAPRING_CATALOG` stopped every command ("a value is required for
+/// '--catalog <FILE>'", exit 64); it is unset now: the default catalog. `--catalog OFF`
+/// created a catalog file named `OFF`; any case of `off` turns it off.
+#[test]
+fn an_empty_snapring_catalog_is_unset_and_off_is_any_case() {
+    let e = setup();
+    let state = e._t.path().join("xdg-state");
+    let st = state.to_string_lossy().into_owned();
+    let (code, _, err) = e.backup(&[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = backup(
+        &e.src,
+        &e.store,
+        &[],
+        &[("SNAPRING_CATALOG", ""), ("XDG_STATE_HOME", &st)],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(state.join("snapring/catalog.db").exists(), "{err}");
+    let out = Command::new(bin())
+        .current_dir(e._t.path())
+        .args(["--catalog", "OFF", "backup", "--source"])
+        .arg(&e.src)
+        .arg("--dest")
+        .arg(&e.store)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        !e._t.path().join("OFF").exists(),
+        "a catalog file named OFF"
+    );
+}
+
+/// `catalog rebuild --dest s3://…|file://…` said "no such store (check the path …)": a
+/// repository keeps no run records; it says so, as a usage error.
+#[test]
+fn catalog_rebuild_of_a_repository_says_it_has_no_run_records() {
+    let e = setup();
+    for dest in ["file:///nonexistent/repo", "s3://bucket/prefix"] {
+        let (code, _, err) = e.cli(&["catalog", "rebuild", "--dest", dest]);
+        assert_eq!(code, 64, "{err}");
+        assert!(
+            err.contains("a restic repository has no run records to rebuild from"),
+            "{err}"
+        );
+    }
+}

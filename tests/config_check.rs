@@ -355,3 +355,131 @@ fn two_jobs_on_one_store_through_a_symlink_are_a_problem() {
         &[&("9:1", "job.b.dest", "job.a writes the same store")],
     );
 }
+
+/// `pre_command = []` or `post_command = [""]` passed the check (and a daemon reload),
+/// and every run then failed with "post_command is empty", naming neither file nor job,
+/// recorded nowhere. It is a problem at its key now, so a reload keeps the last good
+/// config.
+#[test]
+fn an_empty_hook_is_a_problem_at_its_key() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    std::fs::write(
+        root.join("c.toml"),
+        "[job.a]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk\"\npre_command = []\n\n\
+         [job.b]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk2\"\npost_command = [\"\", \"x\"]\n\n\
+         [job.c]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk3\"\npost_command = [\"/bin/true\", \"\"]\n"
+            .replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[
+            &("4:1", "job.a.pre_command", "pre_command has no program"),
+            &("9:1", "job.b.post_command", "post_command has no program"),
+        ],
+    );
+    let (code, out, err) = run_in(root, &["run", "c", "--config", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("c.toml has 2 problems:"), "{err}");
+    assert!(!root.join("bk3").exists());
+}
+
+/// A repository `dest` skipped the checks a store gets: a `file://` repository inside
+/// the source passed, and so did two jobs of one source on one repository with two
+/// `retain`s, where the `retain = 1` job's forget removed the other's snapshots. Jobs of
+/// two sources on one repository are two histories there (forget groups by paths), and
+/// `s3://b/p/` is `s3://b/p`.
+#[test]
+fn a_repository_gets_the_checks_a_store_gets() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    write(&root.join("src2/f"), b"x");
+    std::fs::write(
+        root.join("c.toml"),
+        "[job.inside]\nsource = \"ROOT/src\"\ndest = \"file://ROOT/src/repo\"\n\n\
+         [job.keep5]\nsource = \"ROOT/src\"\ndest = \"file://ROOT/repo\"\nretain = 5\n\n\
+         [job.keep1]\nsource = \"ROOT/./src\"\ndest = \"file://ROOT/repo/\"\nretain = 1\n\n\
+         [job.other]\nsource = \"ROOT/src2\"\ndest = \"file://ROOT/repo\"\nretain = 1\n\n\
+         [job.s3a]\nsource = \"ROOT/src\"\ndest = \"s3://bucket/p\"\nretain = 5\n\n\
+         [job.s3b]\nsource = \"ROOT/src\"\ndest = \"s3://bucket/p/\"\nretain = 2\n\n\
+         [job.s3c]\nsource = \"ROOT/src\"\ndest = \"s3://bucket/q\"\nretain = 2\n"
+            .replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[
+            &("3:1", "job.inside.dest", "overlap"),
+            &(
+                "7:1",
+                "job.keep5.dest",
+                "job.keep1 writes the same repository (file://",
+            ),
+            &(
+                "27:1",
+                "job.s3b.dest",
+                "job.s3a writes the same repository (s3://bucket/p) from the same source",
+            ),
+        ],
+    );
+}
+
+/// `config check /dev/zero` read until memory ran out. A config file is read only if
+/// it is a regular file, of at most 16 MiB.
+#[test]
+fn a_config_that_is_no_regular_file_or_too_big_is_refused_unread() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    let (code, out, err) = run_in(root, &["config", "check", "/dev/zero"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        (out.clone() + &err).contains("/dev/zero")
+            && (out.clone() + &err).contains("not a regular file"),
+        "{out}{err}"
+    );
+    let big = std::fs::File::create(root.join("big.toml")).unwrap();
+    big.set_len(17 << 20).unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "big.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        (out.clone() + &err).contains("big.toml: larger than 16 MiB"),
+        "{out}{err}"
+    );
+    let (code, _, err) = run_in(root, &["run", "a", "--config", "/dev/zero"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("not a regular file"), "{err}");
+}
+
+/// A job named "" or with a newline passed; the newline broke `history`'s table.
+#[test]
+fn a_job_name_empty_or_with_a_control_character_is_a_problem() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    std::fs::write(
+        root.join("c.toml"),
+        "[job.\"\"]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk\"\n\n\
+         [job.\"a\\nb\"]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk2\"\n"
+            .replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[
+            &("1:6", "job.\"\"", "a job's name is empty"),
+            &("5:6", "job.\"a\\nb\"", "has a control character"),
+        ],
+    );
+}

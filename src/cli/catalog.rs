@@ -78,6 +78,15 @@ pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 /// A damaged catalog file (not SQLite, or corrupt) is moved aside to `FILE.damaged`
 /// first, and a new one started: the store's rows come back from its run records.
 pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    // A repository keeps snapshots, not snapring's run records: opening it as a store
+    // would say "no such store", as if the path were wrong.
+    if super::restic::is_repo(Some(dest)) {
+        return Err(super::exit_code::usage!(
+            "catalog rebuild --dest {}: a restic repository has no run records to rebuild \
+             from (only a store has, in .snapring/runs); its runs are in the catalog only",
+            dest.display()
+        ));
+    }
     let store = snapring::store::Store::open_read(dest)?;
     let mut c = match cat.open() {
         Err(e)

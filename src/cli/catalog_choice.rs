@@ -21,7 +21,9 @@ impl CatalogChoice {
         CatalogChoice {
             explicit: flag.is_some(),
             path: match flag {
-                Some(p) if p.as_os_str() == "off" => None,
+                // `OFF` too: a file of that name, beside wherever the command ran, is
+                // never what was meant.
+                Some(p) if p.as_os_str().eq_ignore_ascii_case("off") => None,
                 Some(p) => Some(p),
                 None => Some(catalog::default_path()),
             },

@@ -2,7 +2,9 @@
 //! column of the key it is about (of the table header for a key that is missing): keys
 //! no table knows (with a "did you mean" among the keys of that table), values of the
 //! wrong type, values that make every run fail (`retain = 0`, `window = "0s"`, an empty
-//! source, a schedule that never fires, a store inside the source), and names of
+//! source, a schedule that never fires, a store or `file://` repository inside the
+//! source, two jobs whose retentions would expire each other's snapshots, a hook with
+//! no program, a job name that is empty or holds a control character), and names of
 //! notifiers no `[notify.NAME]` table defines. The known keys of each table are one list
 //! each (`JOB_KEYS`, `NOTIFY_KEYS`, `TOP_KEYS`): a new key is one line there (and its
 //! field in `JobConfig`/`NotifierConfig`; a test keeps the two in step). Reads the file
@@ -362,6 +364,7 @@ pub fn check_text(text: &str) -> Vec<Problem> {
         text,
         out: Vec::new(),
         stores: Vec::new(),
+        repos: Vec::new(),
     };
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
@@ -380,6 +383,9 @@ pub fn check_text(text: &str) -> Vec<Problem> {
     match table_of(doc, "job") {
         Some(jobs) if !jobs.is_empty() => {
             for (name, job) in jobs.iter() {
+                if let Some(m) = bad_job_name(name.get_ref()) {
+                    c.push(name.span(), dotted("job", name.get_ref()), m, None);
+                }
                 if let DeValue::Table(t) = job.get_ref() {
                     let at = name.span();
                     c.job(at, &dotted("job", name.get_ref()), t, &notifiers);
@@ -395,6 +401,20 @@ pub fn check_text(text: &str) -> Vec<Problem> {
     }
     c.out.sort_by_key(|p| (p.line, p.col));
     c.out
+}
+
+/// Why a job's name is not one: empty, or with a control character (a newline would
+/// break `history`'s table and every log line naming the job).
+fn bad_job_name(name: &str) -> Option<String> {
+    if name.is_empty() {
+        return Some("a job's name is empty: give it one ([job.home])".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Some(format!(
+            "job name {name:?} has a control character (a newline, a tab): give a name of printable characters"
+        ));
+    }
+    None
 }
 
 fn table_of<'a, 'i>(t: &'a DeTable<'i>, name: &str) -> Option<&'a DeTable<'i>> {
@@ -510,6 +530,8 @@ struct Checker<'t> {
     /// Each store (dest and folder, lexically normalized) and label a job writes, the
     /// job's source and `retain` (as written), and the job's key.
     stores: Vec<SharedStore>,
+    /// The same of each restic repository a job writes (`store`: its URL, normalized).
+    repos: Vec<SharedStore>,
 }
 
 impl Checker<'_> {
@@ -643,8 +665,24 @@ impl Checker<'_> {
                     );
                 }
             }
+            self.repository(dk, t, dest);
             self.job_notifiers(dk, t, notifiers);
             return;
+        }
+        // An empty hook makes every run fail (`config::hook` refuses it) before anything
+        // is recorded; a repository dest refuses hooks altogether, above.
+        for k in ["pre_command", "post_command"] {
+            if let Some((at, v)) = entry(t, k)
+                && let DeValue::Array(a) = v.get_ref()
+                && a.iter()
+                    .next()
+                    .is_none_or(|e| matches!(e.get_ref(), DeValue::String(p) if p.is_empty()))
+            {
+                let m = format!(
+                    "{k} has no program: every run would fail; give [\"program\", \"arg\", ...] or remove it"
+                );
+                self.push(at, dotted(dk, k), m, None);
+            }
         }
         if good("dest", path).is_some()
             && let Some((at, _)) = entry(t, "with_atime")
@@ -714,6 +752,69 @@ impl Checker<'_> {
             }
         }
         self.job_notifiers(dk, t, notifiers);
+    }
+
+    /// A restic repository `dest`: a `file://` one inside the source (or containing
+    /// it), and two jobs of one source and label on one repository with two `retain`s.
+    /// A repository's `forget` keeps the newest N of each label per host and paths, so
+    /// jobs of two sources are two histories there (unlike on a store), but one source
+    /// written with two `retain`s is one history the smaller `retain` cuts down.
+    fn repository(&mut self, dk: &str, t: &DeTable<'_>, dest: &str) {
+        let Some((dest_at, _)) = entry(t, "dest") else {
+            return;
+        };
+        let source = str_of(t, "source").filter(|(v, _)| path(v).is_ok());
+        // One repository, however written: a file:// one where its path leads, an
+        // s3:// one by bucket and prefix (`s3://b/p/` and `s3://b//p` are `s3://b/p`).
+        let repo = match dest.strip_prefix("file://") {
+            Some(p) => {
+                if let Some((src, _)) = source
+                    && let Err(m) = opt::check_overlap(Path::new(src), Path::new(p))
+                {
+                    self.push(dest_at.clone(), dotted(dk, "dest"), m, None);
+                }
+                format!("file://{}", opt::resolve(Path::new(p)).display())
+            }
+            None => {
+                let rest = dest.strip_prefix("s3://").unwrap_or(dest);
+                let parts: Vec<&str> = rest.split('/').filter(|x| !x.is_empty()).collect();
+                format!("s3://{}", parts.join("/"))
+            }
+        };
+        let Some((src, _)) = source else {
+            return;
+        };
+        let label = match entry(t, "label") {
+            None => Some("daily"),
+            Some(_) => str_of(t, "label")
+                .filter(|(l, _)| opt::check_label(l).is_ok())
+                .map(|(l, _)| l),
+        };
+        let Some(label) = label else {
+            return;
+        };
+        let me = SharedStore {
+            store: PathBuf::from(&repo),
+            label: label.to_string(),
+            source: opt::resolve(Path::new(src)),
+            retain: entry(t, "retain").map(|(_, v)| format!("{:?}", v.get_ref())),
+            job: dk.to_string(),
+        };
+        if let Some(other) = self.repos.iter().find(|o| {
+            o.store == me.store
+                && o.label == me.label
+                && o.source == me.source
+                && o.retain != me.retain
+        }) {
+            let m = format!(
+                "{} writes the same repository ({repo}) from the same source with the same \
+                 label ({}) and another retain: each job's forget would remove the other's \
+                 snapshots; give this job its own label or the same retain",
+                other.job, me.label,
+            );
+            self.push(dest_at, dotted(dk, "dest"), m, None);
+        }
+        self.repos.push(me);
     }
 
     /// Each name in a job's `notify` that no `[notify.NAME]` table defines.
