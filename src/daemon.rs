@@ -675,6 +675,9 @@ pub fn run(
     reload: &AtomicBool,
 ) -> Result<Summary, String> {
     let (cfg, text, jobs) = load(&opts.config)?;
+    // The catalog is chosen once, at start (its lock is the daemon's: one daemon per
+    // catalog), so a reload that changes the file's `catalog` cannot take effect.
+    let started_catalog = cfg.catalog.clone();
     let mut st = State {
         opts,
         text,
@@ -699,6 +702,24 @@ pub fn run(
         if reload.swap(false, Ordering::Relaxed) {
             match load(&opts.config) {
                 Ok((cfg, text, jobs)) => {
+                    if cfg.catalog != started_catalog {
+                        let shown = |c: &Option<PathBuf>| {
+                            c.as_ref().map_or("(none: the default)".to_string(), |p| {
+                                p.display().to_string()
+                            })
+                        };
+                        let note = format!(
+                            "catalog in {} changed from {} to {}: the daemon chose its catalog at start and keeps recording in {} until it is restarted",
+                            opts.config.display(),
+                            shown(&started_catalog),
+                            shown(&cfg.catalog),
+                            opts.catalog
+                                .as_ref()
+                                .map_or("none (off)".to_string(), |p| p.display().to_string()),
+                        );
+                        tracing::warn!("{note}");
+                        st.event(None, "reload", &note);
+                    }
                     st.text = text;
                     st.cfg = Arc::new(cfg);
                     let before = std::mem::replace(&mut st.jobs, jobs);

@@ -1867,3 +1867,66 @@ fn a_lock_file_naming_a_live_process_that_holds_nothing_does_not_skip_the_job() 
         .collect();
     assert!(ok, "no complete run of a in 30 s; skipped: {skipped:?}");
 }
+
+/// A reload whose file names another `catalog`: the daemon keeps the catalog it chose
+/// at start (its lock is one daemon per catalog) and says so, on stderr and as an
+/// event in the catalog it records in. It said "configuration reloaded" and nothing
+/// else, while every run went on writing to the old catalog.
+#[test]
+fn a_reload_that_changes_the_catalog_says_it_takes_effect_at_restart() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("b"));
+    let (first, second) = (t.path().join("first.db"), t.path().join("second.db"));
+    tree(&src, 4, 10);
+    let cfg = t.path().join("d.toml");
+    let body = |catalog: &Path| {
+        format!(
+            "catalog = \"{}\"\n[job.j]\nsource = \"{}\"\ndest = \"{}\"\nschedule = \"0 3 * * *\"\n",
+            catalog.display(),
+            src.display(),
+            dest.display()
+        )
+    };
+    std::fs::write(&cfg, body(&first)).unwrap();
+    let mut child = Command::new(bin())
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .env_remove("SNAPRING_CATALOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let events = |db: &Path| -> Vec<String> {
+        snapring::catalog::Catalog::open(db, false)
+            .ok()
+            .and_then(|c| c.events(None).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| format!("{} {}", e.kind, e.message))
+            .collect()
+    };
+    wait_until("the daemon to start", 30, || {
+        events(&first).iter().any(|e| e.starts_with("start"))
+    });
+    std::fs::write(&cfg, body(&second)).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    wait_until("the reload", 30, || {
+        events(&first)
+            .iter()
+            .any(|e| e.contains("until it is restarted"))
+    });
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert!(
+        err.contains(&format!("keeps recording in {}", first.display())),
+        "{err}"
+    );
+    assert!(!second.exists(), "nothing recorded in the new catalog");
+}
