@@ -538,8 +538,12 @@ pub fn run_repository(
     let started = std::time::Instant::now();
     let (window_ended, done) = watch_window(j.window, started, &cancel);
     let mut copied = None;
+    let stop = cancel.clone();
     let outcome = (|| -> restic::Result<restic::backup::BackupReport> {
         let backend = restic::backend::from_dest(&j.dest)?;
+        // Watched before the first request: a hung S3 endpoint must not hold a stop
+        // while the repository is being opened (`restic::s3`, "Each attempt").
+        backend.watch_cancel(&cancel);
         let password = restic::password::resolve(j.password_file.as_deref())?;
         let mut repo = restic::repo::Repo::open_with(backend, &password)?;
         repo.use_user_cache();
@@ -594,6 +598,23 @@ pub fn run_repository(
     }
     match outcome {
         Ok(r) => fill_repository(&mut rep, &r, window_ended, copied.map(|(c, _)| c)),
+        // Stopped (SIGINT/SIGTERM, the window) while it talked to the repository: the
+        // request given up, or one that failed and was not retried, is the stop's.
+        Err(e) if stop.load(std::sync::atomic::Ordering::Relaxed) => {
+            rep.status = Status::Incomplete;
+            let why = match e {
+                restic::Error::Cancelled => String::new(),
+                e => format!(" ({e})"),
+            };
+            rep.message = format!(
+                "{}{why}: no snapshot written",
+                if window_ended {
+                    "backup window ended"
+                } else {
+                    "interrupted"
+                }
+            );
+        }
         Err(e) => {
             rep.status = Status::Failed;
             rep.message = e.to_string();
@@ -656,6 +677,7 @@ pub fn run_repository_worker(
         |e: restic::Error| ShardError::Failed(crate::error::Error::Repository(e.to_string()));
     let outcome = (|| {
         let backend = restic::backend::from_dest(&j.dest).map_err(failed)?;
+        backend.watch_cancel(&cancel);
         let password = restic::password::resolve(j.password_file.as_deref()).map_err(failed)?;
         let mut repo = restic::repo::Repo::open_with(backend, &password).map_err(failed)?;
         repo.use_user_cache();

@@ -34,6 +34,17 @@ fn main() {
     let cat = CatalogChoice::from_flags(args.catalog, args.catalog_on_nfs);
     let mut code = match run(args.cmd, &cat, &log) {
         Ok(code) => code,
+        // SIGINT/SIGTERM while a command was opening the repository (a hung S3
+        // endpoint's request given up): stopped, as the command's own stops are.
+        Err(e)
+            if matches!(
+                e.downcast_ref::<snapring::restic::Error>(),
+                Some(snapring::restic::Error::Cancelled)
+            ) =>
+        {
+            errln!("snapring: interrupted");
+            ExitCode::Incomplete
+        }
         Err(e) => {
             errln!("snapring: error: {}", message(&e));
             if e.downcast_ref::<cli::exit_code::Usage>().is_some() {

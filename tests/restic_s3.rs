@@ -3,7 +3,8 @@
 //! tests/common/s3.rs; restic_faults puts a faulty proxy in front of it): init, backup,
 //! incremental backup, list, restore equal to the source; the wrong password and a
 //! missing bucket fail clearly; `config` is created conditionally; 503s are retried;
-//! `--retain` and `prune` thin the repository out over S3.
+//! `--retain` and `prune` thin the repository out over S3; an endpoint that never answers
+//! fails each attempt in the answer bound and does not hold a stopped run (SIGTERM).
 //! Conformance: Debian's `restic` checks (`check --read-data`) and restores what snapring
 //! wrote to S3 (skipped with a printed line when `restic` is not installed).
 //! With `SNAPRING_TEST_S3_ENDPOINT=http://HOST:PORT` the same tests run against that
@@ -604,6 +605,118 @@ fn unreachable_endpoint_and_missing_credentials_fail_clearly() {
     };
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("AWS_EC2_METADATA_DISABLED"), "{err}");
+}
+
+/// A listener on 127.0.0.1 that takes every connection and never answers (a hung
+/// proxy or load balancer); its port.
+fn hung_endpoint() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Held open, unread: the client waits for an answer that never comes.
+        let mut held = Vec::new();
+        for conn in l.incoming().flatten() {
+            held.push(conn);
+        }
+    });
+    port
+}
+
+/// Waits for `child` at most `limit`; kills it past that. (code, stdout and stderr,
+/// time taken).
+fn wait_at_most(
+    mut child: std::process::Child,
+    limit: std::time::Duration,
+) -> (Option<i32>, String, std::time::Duration) {
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let took = started.elapsed();
+    let out = child.wait_with_output().unwrap();
+    let err =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code(), err, took)
+}
+
+/// SIGTERM to a backup, and to an init, talking to an endpoint that never answers:
+/// each stops within seconds, `incomplete` (exit 3), saying it was interrupted. Before,
+/// the request could not be interrupted and was retried whatever the stop: the backup
+/// ended 30 minutes after the signal (6 attempts of 300 s), `failed` (exit 1).
+#[test]
+fn sigterm_stops_a_run_on_a_hung_endpoint_within_seconds() {
+    let s = setup(NONE);
+    let src = s.t.path().join("hung-src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"f").unwrap();
+    let endpoint = format!("http://127.0.0.1:{}", hung_endpoint());
+    let src = src.to_str().unwrap();
+    for args in [
+        &[
+            "backup",
+            "--source",
+            src,
+            "--dest",
+            "s3://backups/hung",
+            "--json",
+        ][..],
+        &["init", "--dest", "s3://backups/hung"][..],
+    ] {
+        let child = s
+            .command(args)
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let (code, err, took) = wait_at_most(child, std::time::Duration::from_secs(60));
+        assert!(
+            took < std::time::Duration::from_secs(10),
+            "{args:?} took {took:?} after SIGTERM: {err}"
+        );
+        assert_eq!(code, Some(3), "{args:?}: {err}");
+        assert!(err.contains("interrupted"), "{args:?}: {err}");
+    }
+}
+
+/// An endpoint that takes the connection and never answers: a request without a body
+/// fails each attempt once no answer came within `SNAPRING_S3_ANSWER_TIMEOUT` (here
+/// 1 s; 60 s by default, `s3::tests::timeouts_default`), not after the whole
+/// `SNAPRING_S3_TIMEOUT` (300 s: 30 minutes for the six attempts).
+#[test]
+fn a_request_nothing_answers_fails_within_the_answer_bound() {
+    let s = setup(NONE);
+    let endpoint = format!("http://127.0.0.1:{}", hung_endpoint());
+    let child = s
+        .command(&["list", "--dest", "s3://backups/hung"])
+        .env("AWS_ENDPOINT_URL", &endpoint)
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("SNAPRING_S3_ANSWER_TIMEOUT", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // 6 attempts of 1 s and 6.2 s of backoff.
+    let (code, err, took) = wait_at_most(child, std::time::Duration::from_secs(60));
+    assert!(
+        took < std::time::Duration::from_secs(40),
+        "took {took:?}: {err}"
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot read s3://backups/hung/config"),
+        "{err}"
+    );
+    assert!(err.contains("after 6 attempts"), "{err}");
+    assert!(err.contains("no answer within 1s"), "{err}");
 }
 
 /// A one-thread HTTP server on 127.0.0.1 for credential endpoints: `answer` gets the

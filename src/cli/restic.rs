@@ -411,7 +411,12 @@ pub fn shard_finalize(f: &FinalizeArgs) -> anyhow::Result<ExitCode> {
 /// The human summary of a run into a repository.
 fn print_run(r: &RunReport) {
     let Some(k) = &r.repository else {
-        print::errln!("snapring: backup failed: {}", r.message);
+        // No figures: failed, or stopped before any work (a hung S3 endpoint's request
+        // given up while the repository was being opened).
+        match r.status {
+            Status::Incomplete => print::errln!("snapring: {}", r.message),
+            _ => print::errln!("snapring: backup failed: {}", r.message),
+        }
         return;
     };
     if r.status == Status::Incomplete {

@@ -33,9 +33,25 @@
 //! may take `SNAPRING_S3_TIMEOUT` seconds (default 300) plus one second for every
 //! `SNAPRING_S3_MIN_RATE` bytes (default 8192, 8 KiB/s) of its body or of the
 //! response's known length (a ranged GET); a stalled connection fails in that bound.
+//! A request without a body (GET, HEAD, a listing, DELETE) must also have the answer's
+//! head (its status line) within `SNAPRING_S3_ANSWER_TIMEOUT` seconds (default 60): a
+//! server sends that as soon as it has the request, whatever the object's size, so an
+//! endpoint that takes connections and never answers fails each attempt in 60 s, not
+//! 300 (its six attempts took 30 minutes); the body that follows still has the full
+//! bound. An upload's answer comes only once its body is sent: it has the full bound.
 //! Throttling (503, 429) is retried for up to 5 minutes, honouring `Retry-After` in
 //! seconds or as an HTTP date (capped at 60 s), unless the run is cancelled; other
 //! failures get 6 attempts.
+//!
+//! Each attempt runs on a thread of its own while `send` waits for it in 100 ms slices,
+//! watching the run's cancel flag (SIGINT/SIGTERM, the backup window): a blocking
+//! request cannot be interrupted, and a hung endpoint held a stopping run for 6 × 300 s.
+//! Once the flag is set, each request may go on for [`STOP_GRACE`] (5 s) from the stop
+//! (or from its start, if later), so a stopping run on a working endpoint still stores
+//! its last packs, its index and removes its lock; one that does not end by then is
+//! given up ([`Error::Cancelled`]; its thread ends at its own time limit), and so is
+//! every request of the run after it, at once: the endpoint is taken as hung, and a
+//! stop then ends within about 5 s. Failures are not retried once the run is stopping.
 
 use std::time::Duration;
 
@@ -57,6 +73,14 @@ const THROTTLE_BUDGET: Duration = Duration::from_secs(300);
 const THROTTLE_MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// The longest `Retry-After` honoured: a server asking for more is asked again sooner.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// How long a request may go on once the run's cancel flag is set (from the stop, or
+/// from its start if later): enough for a working endpoint to take the stopping run's
+/// last writes (a pack at 3 MB/s, its index, the lock's removal), short enough that a
+/// hung one does not hold the stop (systemd's stop timeout is 90 s; the tests give a
+/// stop 10 s). One given up gives up the run's later requests too (`S3::give_up`).
+pub const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How often a request in flight looks at the cancel flag.
+const POLL: Duration = Duration::from_millis(100);
 
 /// The wait a `Retry-After` header asks for (RFC 9110, 10.2.3): seconds, or an HTTP
 /// date (IMF-fixdate, or the obsolete RFC 850 and asctime forms recipients must also
@@ -84,11 +108,19 @@ fn retry_after(value: &str, date: Option<&str>, now: std::time::SystemTime) -> O
 /// the response head, so it bounds an upload's total time as well. A bound of
 /// `base + bytes / min_rate` lets an upload at any rate above `min_rate` finish and
 /// still fails a connection that stalls (sends or reads nothing) in bounded time.
+///
+/// `answer` bounds the wait for the answer's head of a request without a body: the
+/// server answers it at once however big the object is, so waiting the whole `base`
+/// for a first byte only delays the retry when an endpoint takes the connection and
+/// never answers (a hung proxy, a blackholed load balancer).
 #[derive(Clone, Copy, Debug)]
 pub struct Timeouts {
     pub base: Duration,
     /// Bytes per second; at least 1.
     pub min_rate: u64,
+    /// The answer's head of a request without a body comes within this (and within
+    /// the request's whole bound, if that is shorter).
+    pub answer: Duration,
 }
 
 impl Default for Timeouts {
@@ -96,12 +128,14 @@ impl Default for Timeouts {
         Timeouts {
             base: Duration::from_secs(300),
             min_rate: 8192,
+            answer: Duration::from_secs(60),
         }
     }
 }
 
 impl Timeouts {
-    /// From `SNAPRING_S3_TIMEOUT` (seconds) and `SNAPRING_S3_MIN_RATE` (bytes a second).
+    /// From `SNAPRING_S3_TIMEOUT` (seconds), `SNAPRING_S3_MIN_RATE` (bytes a second)
+    /// and `SNAPRING_S3_ANSWER_TIMEOUT` (seconds).
     pub fn from_env() -> Result<Timeouts> {
         let mut t = Timeouts::default();
         let num = |name: &str| -> Result<Option<u64>> {
@@ -121,12 +155,26 @@ impl Timeouts {
         if let Some(r) = num("SNAPRING_S3_MIN_RATE")? {
             t.min_rate = r;
         }
+        if let Some(s) = num("SNAPRING_S3_ANSWER_TIMEOUT")? {
+            t.answer = Duration::from_secs(s);
+        }
         Ok(t)
     }
 
     /// The time allowed to a request moving `bytes` (body and known response).
     pub fn for_bytes(&self, bytes: u64) -> Duration {
         self.base + Duration::from_secs_f64(bytes as f64 / self.min_rate.max(1) as f64)
+    }
+
+    /// The time allowed to the answer's head of a request sending `body` bytes and
+    /// receiving `expect` (0: not known): `answer` without a body (at most the whole
+    /// bound), else the whole bound, as the answer comes after the body.
+    pub fn for_head(&self, body: u64, expect: u64) -> Duration {
+        let whole = self.for_bytes(body + expect);
+        match body {
+            0 => self.answer.min(whole),
+            _ => whole,
+        }
     }
 }
 
@@ -155,8 +203,24 @@ pub struct S3 {
     /// Each request's time limit.
     pub timeouts: Timeouts,
     /// The run's cancel flag (SIGINT/SIGTERM, the backup window), once a run sets it
-    /// (`Backend::watch_cancel`): throttled retries stop waiting when it is set.
-    cancel: std::sync::Mutex<Option<std::sync::Arc<std::sync::atomic::AtomicBool>>>,
+    /// (`Backend::watch_cancel`), and how its stop goes (`S3::give_up`).
+    cancel: std::sync::Mutex<Watch>,
+}
+
+/// The cancel flag watched; when it was first seen set; whether a request has been
+/// given up since.
+#[derive(Default)]
+struct Watch {
+    flag: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    stopped_at: Option<std::time::Instant>,
+    gave_up: bool,
+}
+
+/// What an attempt's thread sends back: the answer's head came (the body is being
+/// read), then the outcome.
+enum Progress {
+    Head,
+    Done(std::result::Result<Resp, String>),
 }
 
 /// Credentials in use, and where to renew them.
@@ -337,7 +401,7 @@ impl S3 {
             creds: std::sync::Mutex::new(Held { creds, imds: None }),
             options: PutOptions::default(),
             timeouts: Timeouts::default(),
-            cancel: std::sync::Mutex::new(None),
+            cancel: std::sync::Mutex::new(Watch::default()),
         })
     }
 
@@ -345,8 +409,30 @@ impl S3 {
         self.cancel
             .lock()
             .unwrap_or_else(|e| e.into_inner())
+            .flag
             .as_ref()
             .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// Is a request started at `start` to be given up for the run's stop? Yes once it
+    /// has gone on [`STOP_GRACE`] past the stop (the first call that finds the cancel
+    /// flag set marks it) and past its start, or once another request was given up:
+    /// the endpoint is taken as hung, and the stop is not made to wait for it again.
+    fn give_up(&self, start: std::time::Instant) -> bool {
+        let mut w = self.cancel.lock().unwrap_or_else(|e| e.into_inner());
+        let set = w
+            .flag
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed));
+        if !set {
+            return false;
+        }
+        let now = std::time::Instant::now();
+        let at = *w.stopped_at.get_or_insert(now);
+        if now >= at.max(start) + STOP_GRACE {
+            w.gave_up = true;
+        }
+        w.gave_up
     }
 
     /// The credentials to sign with now: instance-metadata ones renewed first when they
@@ -402,8 +488,10 @@ impl S3 {
         }
     }
 
-    /// Sends a request once, signed now.
-    fn send_once(&self, r: &Req) -> std::result::Result<Resp, String> {
+    /// Sends a request once, signed now, on a thread of its own (module doc): `Err` is
+    /// [`Error::Cancelled`] when the stop's grace ran out meanwhile, `Ok(Err)` a failed
+    /// attempt (transport error, time limit).
+    fn send_once(&self, r: &Req) -> Result<std::result::Result<Resp, String>> {
         let (host, path) = self.host_and_path(r.key);
         let now = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         let path = uri_encode(&path, false);
@@ -431,24 +519,42 @@ impl S3 {
             rb = rb.header(k.as_str(), v.as_str());
         }
         let limit = self.timeouts.for_bytes(r.body.len() as u64 + r.expect);
-        let resp = rb
-            .timeout(limit)
-            .body(r.body.clone())
-            .send()
-            .map_err(|e| timed_out(chain(&e), limit))?;
-        let status = resp.status().as_u16();
-        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
-        let retry_after = header("retry-after")
-            .and_then(|v| retry_after(v, header("date"), std::time::SystemTime::now()));
-        let body = resp
-            .bytes()
-            .map_err(|e| timed_out(chain(&e), limit))?
-            .to_vec();
-        Ok(Resp {
-            status,
-            body,
-            retry_after,
-        })
+        let head_limit = self.timeouts.for_head(r.body.len() as u64, r.expect);
+        let rb = rb.timeout(limit).body(r.body.clone());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("s3-request".into())
+            .spawn(move || perform(rb, limit, &tx));
+        if let Err(e) = spawned {
+            return Ok(Err(format!("cannot start a thread for the request: {e}")));
+        }
+        let start = std::time::Instant::now();
+        let mut head = false;
+        loop {
+            // An answer already in is taken before the stop is looked at.
+            match rx.recv_timeout(POLL) {
+                Ok(Progress::Head) => head = true,
+                Ok(Progress::Done(r)) => return Ok(r),
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Ok(Err("the request's thread ended without an answer".into()));
+                }
+            }
+            if self.give_up(start) {
+                return Err(Error::Cancelled);
+            }
+            if !head && start.elapsed() >= head_limit && head_limit < limit {
+                return Ok(Err(format!(
+                    "no answer within {}s (SNAPRING_S3_ANSWER_TIMEOUT)",
+                    head_limit.as_secs()
+                )));
+            }
+            // reqwest ends the request at `limit` itself; the second's slack only keeps
+            // a request that somehow outlives it from holding the run.
+            if start.elapsed() >= limit + Duration::from_secs(1) {
+                return Ok(Err(timed_out("operation timed out".into(), limit)));
+            }
+        }
     }
 
     /// Sends a request, retrying with backoff on transport errors, 5xx and 429. `what`
@@ -456,9 +562,10 @@ impl S3 {
     /// 200 ms, 400 ms, ... apart; throttling (503, 429) is retried until
     /// [`THROTTLE_BUDGET`] has been spent waiting, each wait the server's `Retry-After`
     /// (at most [`MAX_RETRY_AFTER`]) or a capped, jittered exponential backoff,
-    /// whichever is longer. Once the run is cancelled throttling gets no more than the
-    /// others' budget, and a wait in progress ends, so SIGTERM and the window stop a
-    /// run as promptly as before.
+    /// whichever is longer. Once the run is cancelled a wait in progress ends and a
+    /// failure is not retried, and a request past its stop's grace (`S3::give_up`) is
+    /// given up with [`Error::Cancelled`], so SIGTERM and the window stop a run within
+    /// seconds whatever the endpoint does.
     fn send(&self, r: &Req, what: &str) -> Result<Resp> {
         let mut delay = FIRST_BACKOFF;
         let mut failures = 0u32;
@@ -473,8 +580,11 @@ impl S3 {
         let mut waited = Duration::ZERO;
         let mut attempts = 0u32;
         loop {
+            if self.give_up(std::time::Instant::now()) {
+                return Err(Error::Cancelled);
+            }
             attempts += 1;
-            let (last, wait) = match self.send_once(r) {
+            let (last, wait) = match self.send_once(r)? {
                 Ok(resp) if matches!(resp.status, 503 | 429) => {
                     let last = format!("HTTP {}: {}", resp.status, error_text(&resp.body));
                     let backoff = jitter(throttle_delay);
@@ -495,6 +605,13 @@ impl S3 {
                 Ok(resp) => return Ok(resp),
                 Err(e) => (e, ordinary()),
             };
+            if self.cancelled() {
+                // A stopping run does not try again: its stop would wait for the retries.
+                return Err(Error::Other(format!(
+                    "cannot {what} (after {attempts} attempts; not retried, the run is \
+                     stopping): {last}"
+                )));
+            }
             let Some(wait) = wait else {
                 return Err(Error::Other(format!(
                     "cannot {what} (after {attempts} attempts): {last}"
@@ -506,12 +623,12 @@ impl S3 {
     }
 
     /// Sleeps `d`, or less when the run is cancelled meanwhile (a throttled retry's
-    /// long wait must not hold a stopping run); returns the time slept.
+    /// long wait must not hold a stopping run); returns the time slept. (A stopping
+    /// run does not retry, so it never starts one.)
     fn sleep(&self, d: Duration) -> Duration {
         let start = std::time::Instant::now();
-        let cancelled_before = self.cancelled();
         while start.elapsed() < d {
-            if !cancelled_before && self.cancelled() {
+            if self.cancelled() {
                 break;
             }
             std::thread::sleep(
@@ -923,10 +1040,49 @@ impl Backend for S3 {
         self.delete(&self.key(rel))
     }
 
-    /// The latest run's flag replaces an earlier one.
+    /// The latest run's flag replaces an earlier one (and its stop's state); the same
+    /// flag again keeps the state, so a run that watches it twice gets one grace.
     fn watch_cancel(&self, cancel: &std::sync::Arc<std::sync::atomic::AtomicBool>) {
-        *self.cancel.lock().unwrap_or_else(|e| e.into_inner()) = Some(cancel.clone());
+        let mut w = self.cancel.lock().unwrap_or_else(|e| e.into_inner());
+        if !w
+            .flag
+            .as_ref()
+            .is_some_and(|f| std::sync::Arc::ptr_eq(f, cancel))
+        {
+            *w = Watch {
+                flag: Some(cancel.clone()),
+                ..Watch::default()
+            };
+        }
     }
+}
+
+/// One attempt, on its own thread: says when the answer's head is in, then sends the
+/// outcome. A receiver gone (the request given up) is no error here: the thread ends
+/// with the request, at its time limit at the latest.
+fn perform(
+    rb: reqwest::blocking::RequestBuilder,
+    limit: Duration,
+    tx: &std::sync::mpsc::Sender<Progress>,
+) {
+    let outcome = (|| {
+        let resp = rb.send().map_err(|e| timed_out(chain(&e), limit))?;
+        let _ = tx.send(Progress::Head);
+        let status = resp.status().as_u16();
+        let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
+        let retry_after = header("retry-after")
+            .and_then(|v| retry_after(v, header("date"), std::time::SystemTime::now()));
+        let body = resp
+            .bytes()
+            .map_err(|e| timed_out(chain(&e), limit))?
+            .to_vec();
+        Ok(Resp {
+            status,
+            body,
+            retry_after,
+        })
+    })();
+    let _ = tx.send(Progress::Done(outcome));
 }
 
 /// A transport error, saying so when it was the time limit.
@@ -1457,6 +1613,21 @@ mod tests {
 
     /// AWS's published example "GET Object" (Signature Version 4, "Examples of how to
     /// calculate the signature"): the same request must give the same signature.
+    /// The bounds by default: a request without a body waits 60 s for its answer's
+    /// head, whatever it reads; an upload has 300 s plus 1 s per 8 KiB for all of it.
+    #[test]
+    fn timeouts_default() {
+        let t = Timeouts::default();
+        let s = Duration::from_secs;
+        assert_eq!(t.for_head(0, 0), s(60));
+        assert_eq!(t.for_head(0, 16 << 20), s(60));
+        assert_eq!(t.for_bytes(16 << 20), s(300 + 2048));
+        assert_eq!(t.for_head(16 << 20, 0), s(300 + 2048));
+        // Never beyond the whole bound (`SNAPRING_S3_TIMEOUT` set below 60).
+        let short = Timeouts { base: s(5), ..t };
+        assert_eq!(short.for_head(0, 0), s(5));
+    }
+
     #[test]
     fn sigv4_matches_aws_example() {
         let creds = Credentials {
