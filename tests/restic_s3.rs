@@ -719,6 +719,49 @@ fn a_request_nothing_answers_fails_within_the_answer_bound() {
     assert!(err.contains("no answer within 1s"), "{err}");
 }
 
+/// A wrong key id or secret, an endpoint with a path and a prefix with `..`: each
+/// error says what to check. The keys got a bare `HTTP 403: SignatureDoesNotMatch`;
+/// the endpoint's path and the `..` were sent and refused the same way.
+#[test]
+fn wrong_keys_and_bad_addresses_say_what_to_check() {
+    if needs_in_process_server("the in-process server's refusals") {
+        return;
+    }
+    let s = setup(NONE);
+    let dest = format!("s3://{BUCKET}/p");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let run = |env: &[(&str, &str)], dest: &str| {
+        let mut c = s.command(&["list", "--dest", dest]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let out = c.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (what, env) in [
+        ("secret", [("AWS_SECRET_ACCESS_KEY", "not-the-secret")]),
+        ("key", [("AWS_ACCESS_KEY_ID", "no-such-key")]),
+    ] {
+        let (code, err) = run(&env, &dest);
+        assert_eq!(code, Some(1), "{what}: {err}");
+        assert!(err.contains("HTTP 403"), "{what}: {err}");
+        assert!(
+            err.contains("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"),
+            "{what}: {err}"
+        );
+    }
+    let with_path = format!("{}/some/path", s.endpoint());
+    let (code, err) = run(&[("AWS_ENDPOINT_URL", &with_path)], &dest);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("with no path"), "{err}");
+    let (code, err) = run(&[], &format!("s3://{BUCKET}/p/../q"));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("`.` or `..` parts"), "{err}");
+}
+
 /// A one-thread HTTP server on 127.0.0.1 for credential endpoints: `answer` gets the
 /// request line and the lower-cased header lines, and gives the status and body.
 fn fake_http(answer: impl Fn(&str, &[String]) -> (&'static str, String) + Send + 'static) -> u16 {

@@ -345,6 +345,13 @@ impl S3 {
                 "--dest {url:?}: expected s3://BUCKET/PREFIX"
             )));
         }
+        // Keys have no `.`/`..` parts: S3 would store under them literally, or (signed
+        // and normalized on the way) refuse them as a bad signature.
+        if prefix.split('/').any(|c| c == "." || c == "..") {
+            return Err(Error::Other(format!(
+                "--dest {url:?}: a prefix with `.` or `..` parts is not one S3 resolves; write it plainly (s3://BUCKET/a/b)"
+            )));
+        }
         let profile = config_profile();
         let region = env("AWS_REGION")
             .or_else(|| env("AWS_DEFAULT_REGION"))
@@ -379,9 +386,16 @@ impl S3 {
         creds: Credentials,
     ) -> Result<S3> {
         let endpoint = endpoint.trim_end_matches('/').to_string();
-        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+        let Some(("http" | "https", host)) = endpoint.split_once("://") else {
             return Err(Error::Other(format!(
                 "S3 endpoint {endpoint:?}: expected http://HOST[:PORT] or https://HOST[:PORT]"
+            )));
+        };
+        // A path (or query) would be signed as part of the host and refused by every
+        // server as `SignatureDoesNotMatch`, which names neither.
+        if host.is_empty() || host.contains(['/', '?', '#', '@']) {
+            return Err(Error::Other(format!(
+                "S3 endpoint {endpoint:?}: expected http://HOST[:PORT] or https://HOST[:PORT], with no path (the bucket and prefix go in --dest s3://BUCKET/PREFIX)"
             )));
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -645,10 +659,36 @@ impl S3 {
             return self.no_bucket(what);
         }
         Error::Other(format!(
-            "cannot {what}: HTTP {}: {}",
+            "cannot {what}: HTTP {}: {}{}",
             resp.status,
-            error_text(&resp.body)
+            error_text(&resp.body),
+            self.hint(resp)
         ))
+    }
+
+    /// What to check for a refusal of the credentials or the signature: the server's
+    /// code alone (`SignatureDoesNotMatch`, `InvalidAccessKeyId`) does not say which
+    /// setting is wrong.
+    fn hint(&self, resp: &Resp) -> String {
+        let keys = "check the access key and secret (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or the profile's in ~/.aws/credentials)";
+        match error_code(&resp.body).as_deref() {
+            Some("InvalidAccessKeyId" | "NotSignedUp") => {
+                format!(" ({keys}: this server does not know the key)")
+            }
+            Some("SignatureDoesNotMatch") => format!(
+                " ({keys}, and the region ({}: AWS_REGION) and endpoint ({}): the server computed another signature)",
+                self.region, self.endpoint
+            ),
+            Some("AccessDenied") => format!(
+                " (the credentials are valid but may not use s3://{}/{}: check the key's policy, or {keys})",
+                self.bucket, self.prefix
+            ),
+            Some("AuthorizationHeaderMalformed") => format!(
+                " (the region is probably wrong: {} is used; set AWS_REGION to the bucket's)",
+                self.region
+            ),
+            _ => String::new(),
+        }
     }
 
     /// An unexpected reply to a read of a repository file: a file that is not there
