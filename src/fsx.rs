@@ -528,7 +528,10 @@ pub enum XattrTarget<'a> {
     At(BorrowedFd<'a>, &'a [u8]),
 }
 
-fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
+/// `/proc/self/fd/<dir>/<name>`: `name` in the directory open as `dir`, for the calls
+/// that take no directory descriptor (the `l*xattr` ones); no symlink on the way to
+/// `dir` is followed again.
+pub fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
     use std::os::fd::AsRawFd;
     let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     p.extend_from_slice(name);
