@@ -721,7 +721,7 @@ fn a_directory_swapped_for_a_symlink_is_not_followed_into_a_repository() {
     let ps = problems(&rep);
     assert!(
         ps.len() == 1
-            && ps[0].starts_with("pub|vanished|open directory|")
+            && ps[0].starts_with("pub|vanished|list|")
             && ps[0].contains("replaced by a symlink"),
         "{ps:?}"
     );

@@ -944,7 +944,7 @@ impl crate::traverse::Visitor for Run<'_> {
             },
         };
         let listed = fd
-            .map_err(io_err("open directory", &path))
+            .map_err(io_err("list", &path))
             .and_then(|fd| list(fd.as_fd(), &path).map(|n| (fd, n)));
         let (fd, names) = match listed {
             Ok((fd, mut n)) => {

@@ -177,12 +177,15 @@ struct Filled {
 /// Restores snapshot `name` (`latest`, an id or a prefix) into `to`: all of it, or only
 /// the entry at `sub` (components under the snapshot's source), at the same relative
 /// place under `to`, or (`flat`) a directory's contents straight into `to` and a file
-/// as `to/NAME`. `cancel` set stops it with [`Error::Cancelled`], leaving what was
-/// written.
+/// as `to/NAME`. `make_to` makes `to` once the snapshot is found and opens it (the
+/// caller resolves and checks it as the store's restore does: its missing part made
+/// one directory at a time, never through a symlink); it must be empty. `cancel` set
+/// stops it with [`Error::Cancelled`], leaving what was written.
 pub fn restore(
     repo: &Repo,
     name: &str,
     to: &Path,
+    make_to: impl FnOnce() -> Result<OwnedFd>,
     sub: &[Vec<u8>],
     flat: bool,
     cancel: &AtomicBool,
@@ -194,7 +197,7 @@ pub fn restore(
     let (start, top) = snapshot::source_tree(repo, &snap)?;
     let target = To {
         path: to,
-        fd: prepare_target(to)?,
+        fd: prepare_target(to, make_to)?,
     };
     let to_id = fsx::fstat(b(&target.fd))
         .map(|m| (m.dev, m.ino))
@@ -503,14 +506,10 @@ fn find_node(repo: &Repo, mut tree: Id, sub: &[Vec<u8>]) -> Result<Node> {
     unreachable!("sub is not empty")
 }
 
-/// `to` must be missing or an empty directory: a restore never replaces anything.
-/// Made as the store's restore makes it ([`crate::restore::target::Target`]: its
-/// missing part one directory at a time, never through a symlink) and opened.
-fn prepare_target(to: &Path) -> Result<OwnedFd> {
-    let other = |e: crate::error::Error| Error::Other(e.to_string());
-    let t = crate::restore::target::Target::resolve(to).map_err(other)?;
-    let existing = t.open_existing().map_err(other)?;
-    let fd = t.create(&existing).map_err(other)?;
+/// `to`, made and opened by `make_to`, must be empty: a restore never replaces
+/// anything.
+fn prepare_target(to: &Path, make_to: impl FnOnce() -> Result<OwnedFd>) -> Result<OwnedFd> {
+    let fd = make_to()?;
     if fsx::dir_has_entries(b(&fd)).map_err(io_err("read", to))? {
         return Err(Error::Other(format!(
             "{} is not empty; restore into a new or empty directory",
