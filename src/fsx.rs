@@ -237,6 +237,55 @@ pub fn open_dir_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Opens subdirectory `name` of `dir`, which a listing `lstat`ed as the directory `id`
+/// (device, inode). The name may have been replaced since (a source changing under a
+/// backup, a restore's target under a user who can write it): by a symlink (not
+/// followed), by a file, or by another directory, whose contents would otherwise be
+/// read or written as the listed one's (a private directory renamed into place shown
+/// with a public one's mode; a symlink to `/etc` read into a snapshot). Each is an
+/// error of kind `NotFound` naming what the name is now. With `noatime`, opened with
+/// `O_NOATIME` where the caller may (as [`open_read_at`]).
+pub fn open_same_dir(
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    id: (u64, u64),
+    noatime: bool,
+) -> io::Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let opened = match noatime {
+        true => match rfs::openat(dir, name, flags | OFlags::NOATIME, Mode::empty()) {
+            Err(rustix::io::Errno::PERM) => rfs::openat(dir, name, flags, Mode::empty()),
+            r => r,
+        },
+        false => rfs::openat(dir, name, flags, Mode::empty()),
+    };
+    let fd = match opened {
+        Ok(fd) => fd,
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+            let now = lstat_at(dir, name)
+                .map(|m| m.kind.name())
+                .unwrap_or("something else");
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no longer a directory: replaced by a {now}"),
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    // The attributes the open has just given the kernel: no round trip.
+    let now = match fstat_cached(fd.as_fd()) {
+        Some(m) => m,
+        None => fstat(fd.as_fd())?,
+    };
+    if (now.dev, now.ino) != id {
+        return Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            "replaced by another directory after it was listed",
+        ));
+    }
+    Ok(fd)
+}
+
 /// Opens a directory by a plain path (store roots, source roots).
 pub fn open_dir(path: &std::path::Path) -> io::Result<OwnedFd> {
     Ok(rfs::open(
@@ -479,7 +528,10 @@ pub enum XattrTarget<'a> {
     At(BorrowedFd<'a>, &'a [u8]),
 }
 
-fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
+/// `/proc/self/fd/<dir>/<name>`: `name` in the directory open as `dir`, for the calls
+/// that take no directory descriptor (the `l*xattr` ones); no symlink on the way to
+/// `dir` is followed again.
+pub fn proc_path(dir: BorrowedFd<'_>, name: &[u8]) -> Vec<u8> {
     use std::os::fd::AsRawFd;
     let mut p = format!("/proc/self/fd/{}/", dir.as_raw_fd()).into_bytes();
     p.extend_from_slice(name);

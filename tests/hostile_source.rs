@@ -720,3 +720,58 @@ fn a_directory_renamed_while_its_parent_is_listed_is_not_lost() {
         "the snapshot of a directory renamed during its parent's listing",
     );
 }
+
+/// A backup into a restic repository whose source directory is swapped for a symlink
+/// to a directory outside the source after its parent's listing, before the walk
+/// opens it: reported as replaced (`partial`), and nothing from outside is in the
+/// snapshot. The walk read by whole paths: it listed and read the outside directory
+/// (with `/` as the target, `/etc/shadow`) into the snapshot as the source's.
+#[test]
+fn a_directory_swapped_for_a_symlink_is_not_followed_into_a_repository() {
+    use common::restic::{file_url, restore_latest, sr};
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("top"), b"top");
+    write(&src.join("pub/readme"), b"public");
+    let outside = t.path().join("outside");
+    write(&outside.join("MARKER_OUTSIDE"), b"secret");
+    write(&outside.join("deep/MARKER2"), b"secret");
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    // The run's only subdirectory: `pub`, paused just before its open.
+    let run = spawn_repository_backup_paused(&src, &url, "restic.backup.open_dir", &t);
+    std::fs::rename(src.join("pub"), t.path().join("pub-away")).unwrap();
+    std::os::unix::fs::symlink(&outside, src.join("pub")).unwrap();
+    let (code, rep) =
+        resume_within(run, Duration::from_secs(60)).expect("the backup did not end within 60 s");
+    assert_eq!(code, 2, "{rep}");
+    let ps = problems(&rep);
+    assert!(
+        ps.len() == 1
+            && ps[0].starts_with("pub|vanished|list|")
+            && ps[0].contains("replaced by a symlink"),
+        "{ps:?}"
+    );
+    let to = t.path().join("to");
+    let (code, out, err) = sr(&restore_latest(&url, &to));
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    let mut restored = Vec::new();
+    let mut dirs = vec![to.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            if e.file_type().unwrap().is_dir() {
+                dirs.push(e.path());
+            }
+            restored.push(e.path().strip_prefix(&to).unwrap().to_path_buf());
+        }
+    }
+    assert!(
+        !restored
+            .iter()
+            .any(|p| p.to_string_lossy().contains("MARKER")),
+        "from outside the source, in the snapshot: {restored:?}"
+    );
+    assert_eq!(std::fs::read(to.join("top")).unwrap(), b"top");
+}

@@ -495,3 +495,82 @@ fn a_file_at_the_restores_temporary_name_is_one_conflict_not_a_failed_restore() 
     assert_eq!(rep["files_restored"], 9, "{rep}");
     assert_eq!(std::fs::read(&theirs).unwrap(), b"theirs");
 }
+
+/// A restore from a restic repository into a `--to` its user can write, who swaps a
+/// directory the restore made for a symlink to a directory outside (one of root's):
+/// nothing is written or changed there. Swapped before the restore opens it (`d01`,
+/// just made): the restore stops, naming it. Swapped after its files are written
+/// (`d00`, once `d02` is made): only its metadata is not set, a problem naming it
+/// (`partial`). The restore worked by whole paths: it wrote the directory's files into
+/// the outside one, and set the outside one's mode, as root.
+#[test]
+fn a_repository_restore_never_follows_a_directory_swapped_for_a_symlink() {
+    use common::restic::{PASSWORD, file_url, sr};
+    use std::os::unix::fs::PermissionsExt;
+    let (t, src, _) = setup(3);
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    for args in [
+        &["init", "--dest", &url][..],
+        &["backup", "--source", src.to_str().unwrap(), "--dest", &url],
+    ] {
+        let (code, out, err) = sr(args);
+        assert_eq!(code, 0, "{args:?}: {out}\n{err}");
+    }
+    for (swapped, nth) in ["d01", "d00"].into_iter().zip([2, 3]) {
+        let outside = t.path().join(format!("outside-{swapped}"));
+        std::fs::create_dir(&outside).unwrap();
+        chmod(&outside, 0o700);
+        let (to, pause) = (
+            t.path().join(format!("to-{swapped}")),
+            t.path().join("paused"),
+        );
+        let child = Command::new(bin())
+            .args(["restore", "--json", "--dest", &url, "latest", "--to"])
+            .arg(&to)
+            .env("SNAPRING_CATALOG", "off")
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env(
+                "SNAPRING_FAILPOINTS",
+                format!("restic.restore.dir=pause:{}@{nth}", pause.display()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(&pause);
+        std::fs::rename(to.join(swapped), to.join(format!("{swapped}.x"))).unwrap();
+        std::os::unix::fs::symlink(&outside, to.join(swapped)).unwrap();
+        std::fs::remove_file(&pause).unwrap();
+        let (code, rep, err) = finish(child);
+        let inside: Vec<_> = std::fs::read_dir(&outside)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(
+            inside.is_empty(),
+            "{swapped}: written outside --to: {inside:?}"
+        );
+        let mode = std::fs::metadata(&outside).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            mode, 0o700,
+            "{swapped}: the outside directory's mode was changed"
+        );
+        let said = format!("{err}\n{rep}");
+        assert!(
+            said.contains(swapped) && said.contains("symlink"),
+            "{swapped}: {said}"
+        );
+        if swapped == "d01" {
+            assert_eq!(code, 1, "{said}");
+        } else {
+            assert_eq!(
+                (code, rep["status"].as_str()),
+                (2, Some("partial")),
+                "{said}"
+            );
+            // Its files were written, into the directory made (moved aside).
+            assert_eq!(std::fs::read_dir(to.join("d00.x")).unwrap().count(), 5);
+        }
+    }
+}

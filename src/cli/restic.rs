@@ -653,15 +653,31 @@ pub fn restore(
         // `--to` checked before anything is written: no `..` in its part that does not
         // exist yet, and not inside a local repository, by device and inode.
         let target = snapring::restore::target::Target::resolve(&a.to)?;
+        let existing = target.open_existing()?;
         if let Some(root) = restic::backend::parse_file_url(&dest.to_string_lossy()) {
-            target.refuse_inside(&target.open_existing()?, &root, "repository")?;
+            target.refuse_inside(&existing, &root, "repository")?;
         }
+        // Made (its missing part one directory at a time, never through a symlink)
+        // once the snapshot is found.
+        let make_to = || {
+            target
+                .create(&existing)
+                .map_err(|e| restic::Error::Other(e.to_string()))
+        };
         let (repo, _lock) = match open_reading(dest, password_file, true, Some(&cancel)) {
             Ok(x) => x,
             Err(e) if is_stopped() => return stopped(Some(format!("{e:#}"))),
             Err(e) => return Err(failed(&format!("{e:#}"))),
         };
-        let r = match restic::restore::restore(&repo, &a.snapshot, &a.to, &sub, a.flat, &cancel) {
+        let r = match restic::restore::restore(
+            &repo,
+            &a.snapshot,
+            &a.to,
+            make_to,
+            &sub,
+            a.flat,
+            &cancel,
+        ) {
             Ok(r) => r,
             Err(restic::Error::Cancelled) => return stopped(None),
             Err(e) if is_stopped() => return stopped(Some(e.to_string())),

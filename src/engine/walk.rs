@@ -262,7 +262,8 @@ impl<'a, S: Sink> Walk<'a, S> {
         meta: &Meta,
     ) -> Option<(OwnedFd, S::Dir)> {
         let _ = failpoint::hit("walk.open_dir");
-        let src = match open_same_dir(b(&parent.state.src), name, meta) {
+        let src = match fsx::open_same_dir(b(&parent.state.src), name, (meta.dev, meta.ino), false)
+        {
             Ok(fd) => fd,
             Err(e) => {
                 self.source_error(rel, "open directory", &e);
@@ -1082,44 +1083,6 @@ pub fn store_fence(store: &std::path::Path) -> Option<Fence> {
     std::fs::metadata(store)
         .ok()
         .map(|m| Fence::new(m.dev(), m.ino()))
-}
-
-/// Opens subdirectory `name` of the source, which its parent's listing `lstat`ed as
-/// `meta`. The name may have been replaced since (a source changing under the
-/// backup): by a symlink (not followed), by a file, or by another directory, whose
-/// contents would otherwise be written under the owner, mode and manifest entry of
-/// the one listed (a private directory renamed into place shown with a public one's
-/// mode). Each is an error of kind `NotFound` naming what the name is now.
-fn open_same_dir(
-    dir: std::os::fd::BorrowedFd<'_>,
-    name: &[u8],
-    meta: &Meta,
-) -> std::io::Result<OwnedFd> {
-    let fd = match fsx::open_dir_at(dir, name) {
-        Ok(fd) => fd,
-        Err(e) if fsx::errno_is(&e, Errno::LOOP) || fsx::errno_is(&e, Errno::NOTDIR) => {
-            let now = fsx::lstat_at(dir, name)
-                .map(|m| m.kind.name())
-                .unwrap_or("something else");
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("no longer a directory: replaced by a {now}"),
-            ));
-        }
-        Err(e) => return Err(e),
-    };
-    // The attributes the open has just given the kernel: no round trip.
-    let now = match fsx::fstat_cached(b(&fd)) {
-        Some(m) => m,
-        None => fsx::fstat(b(&fd))?,
-    };
-    if (now.dev, now.ino) != (meta.dev, meta.ino) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "replaced by another directory after it was listed",
-        ));
-    }
-    Ok(fd)
 }
 
 /// The problems of extended attributes the backup file system refused on `rel`: the

@@ -14,10 +14,19 @@
 //! (a damaged repository) is a warning, and its directory is read in full. `snapshot_locked` is the walk itself,
 //! given where to read, what to record and, for `copy`, another rule for "unchanged"
 //! (`Reuse`). Reads the source, writes the repository.
+//!
+//! Every entry is read relative to its directory's descriptor (`fstatat`, `openat`
+//! with `O_NOFOLLOW`, the extended attributes through `/proc/self/fd`), and each
+//! subdirectory is opened `O_NOFOLLOW | O_DIRECTORY` and checked to be the one its
+//! parent's listing `lstat`ed ([`crate::fsx::open_same_dir`], as the store's walk): a
+//! directory of the source swapped for a symlink while the walk runs is a problem
+//! (`vanished`, "replaced by a symlink"), never followed. By whole paths, a symlink
+//! to `/` swapped in for a few milliseconds put `/etc/shadow` into the snapshot.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -160,7 +169,7 @@ pub struct EntryProblem {
 pub trait Reuse: Send {
     /// `path` is the file as the walk reads it, `prev` the parent snapshot's node of
     /// the same name, `md` the file's `lstat`.
-    fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool;
+    fn unchanged(&mut self, path: &Path, prev: &Node, md: &Stat) -> bool;
     /// The BLAKE3 hash the content of the file at `path` must have, where known: a
     /// file read whose content is not this is left out, a problem (`unreadable`).
     fn expected(&mut self, _path: &Path) -> Option<blake3::Hash> {
@@ -545,8 +554,78 @@ pub fn dir_node(repo: &Repo, mut tree: Id, comps: &[&OsStr]) -> Result<Option<No
     Ok(found)
 }
 
+/// An entry's `lstat`, taken relative to its directory's descriptor (or of a path the
+/// user named: the source's ancestors), with the accessors of `std::fs::Metadata`
+/// the walk uses.
+#[derive(Clone, Copy)]
+pub struct Stat(rustix::fs::Stat);
+
+#[allow(clippy::unnecessary_cast)]
+impl Stat {
+    /// `fstatat(dir, name, AT_SYMLINK_NOFOLLOW)`.
+    pub fn at(dir: BorrowedFd<'_>, name: &[u8]) -> std::io::Result<Stat> {
+        Ok(Stat(rustix::fs::statat(
+            dir,
+            name,
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?))
+    }
+    /// `lstat(path)`.
+    pub fn path(path: &Path) -> std::io::Result<Stat> {
+        Ok(Stat(rustix::fs::lstat(path)?))
+    }
+    pub fn fd(fd: BorrowedFd<'_>) -> std::io::Result<Stat> {
+        Ok(Stat(rustix::fs::fstat(fd)?))
+    }
+    pub fn size(&self) -> u64 {
+        self.0.st_size as u64
+    }
+    pub fn mode(&self) -> u32 {
+        self.0.st_mode as u32
+    }
+    pub fn is_dir(&self) -> bool {
+        self.mode() & 0o170000 == 0o040000
+    }
+    pub fn dev(&self) -> u64 {
+        self.0.st_dev as u64
+    }
+    pub fn ino(&self) -> u64 {
+        self.0.st_ino as u64
+    }
+    pub fn nlink(&self) -> u64 {
+        self.0.st_nlink as u64
+    }
+    pub fn rdev(&self) -> u64 {
+        self.0.st_rdev as u64
+    }
+    pub fn uid(&self) -> u32 {
+        self.0.st_uid as u32
+    }
+    pub fn gid(&self) -> u32 {
+        self.0.st_gid as u32
+    }
+    pub fn mtime(&self) -> i64 {
+        self.0.st_mtime as i64
+    }
+    pub fn mtime_nsec(&self) -> i64 {
+        self.0.st_mtime_nsec as i64
+    }
+    pub fn atime(&self) -> i64 {
+        self.0.st_atime as i64
+    }
+    pub fn atime_nsec(&self) -> i64 {
+        self.0.st_atime_nsec as i64
+    }
+    pub fn ctime(&self) -> i64 {
+        self.0.st_ctime as i64
+    }
+    pub fn ctime_nsec(&self) -> i64 {
+        self.0.st_ctime_nsec as i64
+    }
+}
+
 /// A node's metadata from `lstat`.
-fn base_node(name: &[u8], md: &std::fs::Metadata, names: &Names) -> Node {
+fn base_node(name: &[u8], md: &Stat, names: &Names) -> Node {
     let (kind, mode) = go_mode(md.mode());
     let t = |s, ns| super::go_time(super::local_time(s, ns as u32));
     Node {
@@ -606,14 +685,26 @@ impl Names {
     }
 }
 
-/// The extended attributes of `p` (not following a symlink) in the order the file
-/// system lists them, as restic records them (so both write the same tree); none where
-/// the file system has none.
+/// The extended attributes of `name` in `dir` (`p`, for messages), not following a
+/// symlink, by its `/proc/self/fd/DIR/NAME` path ([`crate::fsx::XattrTarget::At`]):
+/// never through a directory swapped for a symlink since `dir` was opened.
+fn xattrs_at(dir: BorrowedFd<'_>, name: &[u8], p: &Path) -> Result<Vec<ExtendedAttribute>> {
+    xattrs_of(&crate::fsx::proc_path(dir, name), p)
+}
+
+/// The extended attributes of `p` (a path the user named: the source's ancestors).
 fn xattrs(p: &Path) -> Result<Vec<ExtendedAttribute>> {
+    xattrs_of(p.as_os_str().as_bytes(), p)
+}
+
+/// The extended attributes of `at` (`p`, for messages; not following a symlink) in
+/// the order the file system lists them, as restic records them (so both write the
+/// same tree); none where the file system has none.
+fn xattrs_of(at: &[u8], p: &Path) -> Result<Vec<ExtendedAttribute>> {
     use base64::Engine;
     let unsupported = |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP;
     let mut list = vec![0u8; 64 * 1024];
-    let n = match rustix::fs::llistxattr(p, &mut list[..]) {
+    let n = match rustix::fs::llistxattr(at, &mut list[..]) {
         Ok(n) => n,
         Err(e) if unsupported(e) => return Ok(Vec::new()),
         Err(e) => return Err(io_err("list the extended attributes of", p)(e.into())),
@@ -621,7 +712,7 @@ fn xattrs(p: &Path) -> Result<Vec<ExtendedAttribute>> {
     let mut out = Vec::new();
     let mut val = vec![0u8; 64 * 1024];
     for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let k = match rustix::fs::lgetxattr(p, name, &mut val[..]) {
+        let k = match rustix::fs::lgetxattr(at, name, &mut val[..]) {
             Ok(k) => k,
             // Removed since the listing.
             Err(rustix::io::Errno::NODATA) => continue,
@@ -672,9 +763,9 @@ fn keep_recorded_atime(node: &mut Node, prev: Option<&Node>) {
 }
 
 /// The compare key: the parent's node is this file, unchanged.
-fn unchanged(prev: &Node, md: &std::fs::Metadata, now: &Node) -> bool {
+fn unchanged(prev: &Node, md: &Stat, now: &Node) -> bool {
     prev.kind == "file"
-        && prev.size == md.len()
+        && prev.size == md.size()
         && prev.inode == md.ino()
         && super::parse_time(&prev.mtime).ok() == super::parse_time(&now.mtime).ok()
         && super::parse_time(&prev.ctime).ok() == super::parse_time(&now.ctime).ok()
@@ -781,6 +872,8 @@ struct Counts {
 /// A directory being walked.
 struct DirState {
     path: PathBuf,
+    /// The directory, open: its entries are read relative to it.
+    fd: OwnedFd,
     /// The parent snapshot's nodes of this directory, by name.
     prev: HashMap<Vec<u8>, Node>,
     /// This directory's own node, for its parent's tree (none for the root); its
@@ -833,15 +926,33 @@ impl crate::traverse::Visitor for Run<'_> {
             Some(p) => p.state.path.join(OsStr::from_bytes(name)),
             None => self.root.clone(),
         };
-        let names = match list(&path) {
-            Ok(mut n) => {
+        let fd = match parent {
+            // The root, by the path the user named (a symlink there is followed).
+            None => open_noatime(&path, rustix::fs::OFlags::DIRECTORY),
+            // Tests swap a subdirectory for a symlink here, after its listing.
+            Some(p) => match crate::failpoint::hit("restic.backup.open_dir") {
+                Ok(()) => {
+                    let id = sub.node.as_ref().map(|n| (n.device_id, n.inode));
+                    crate::fsx::open_same_dir(
+                        p.state.fd.as_fd(),
+                        name,
+                        id.unwrap_or_default(),
+                        true,
+                    )
+                }
+                Err(e) => Err(e),
+            },
+        };
+        let listed = fd
+            .map_err(io_err("list", &path))
+            .and_then(|fd| list(fd.as_fd(), &path).map(|n| (fd, n)));
+        let (fd, names) = match listed {
+            Ok((fd, mut n)) => {
                 // A tagged directory keeps only its tag, decided from the whole
                 // listing (a unit's too, before its range): `crate::exclude`.
                 if let Some(ex) = self.excludes
                     && let Some(keep) = ex.keep_by(&n, |tag, header| {
-                        crate::fsx::open_dir(&path).is_ok_and(|fd| {
-                            crate::exclude::has_header(crate::fsx::b(&fd), tag, header)
-                        })
+                        crate::exclude::has_header(fd.as_fd(), tag, header)
                     })
                 {
                     tracing::info!(
@@ -853,7 +964,7 @@ impl crate::traverse::Visitor for Run<'_> {
                 if let (None, Some(take)) = (parent, self.root_names) {
                     n.retain(|name| take(name));
                 }
-                n
+                (fd, n)
             }
             // A unit's directory gone since the plan: the unit has nothing.
             Err(Error::Io { source, .. })
@@ -870,7 +981,14 @@ impl crate::traverse::Visitor for Run<'_> {
                 return Opened::Skip;
             }
             Err(e) => {
-                self.problem(&path, "unreadable", e);
+                // Gone, or replaced (by a symlink: not followed) since its listing.
+                let kind = match &e {
+                    Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                        "vanished"
+                    }
+                    _ => "unreadable",
+                };
+                self.problem(&path, kind, e);
                 return Opened::Skip;
             }
         };
@@ -882,6 +1000,7 @@ impl crate::traverse::Visitor for Run<'_> {
         let prev = self.parent_nodes(&path, sub.parent_tree);
         let state = DirState {
             path,
+            fd,
             prev,
             node: Mutex::new(sub.node),
             nodes: Mutex::new(Vec::with_capacity(names.len())),
@@ -899,10 +1018,11 @@ impl crate::traverse::Visitor for Run<'_> {
             return Step::Quit;
         }
         let p = dir.state.path.join(OsStr::from_bytes(&name));
-        if self.excluded(&dir.rel, &name, &p) {
+        let at = dir.state.fd.as_fd();
+        if self.excluded(&dir.rel, at, &name) {
             return Step::Next;
         }
-        match self.entry(&p, &name, dir.state.prev.get(&name)) {
+        match self.entry(at, &p, &name, dir.state.prev.get(&name)) {
             Ok(None) => Step::Next,
             Ok(Some((node, None))) => {
                 lock(&dir.state.nodes).push(node);
@@ -997,20 +1117,19 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A directory's entry names, sorted. Opened with `O_NOATIME` where permitted, as
-/// files are: a backup leaves access times alone, so the next one finds the same nodes
-/// (restic's trees record them) and uploads no tree for an unchanged directory.
-fn list(path: &Path) -> Result<Vec<Vec<u8>>> {
-    let fd = open_noatime(path, rustix::fs::OFlags::DIRECTORY).map_err(io_err("list", path))?;
-    let mut names =
-        crate::fsx::list_dir(std::os::fd::AsFd::as_fd(&fd)).map_err(io_err("list", path))?;
+/// A directory's entry names, sorted. Directories are opened with `O_NOATIME` where
+/// permitted, as files are: a backup leaves access times alone, so the next one finds
+/// the same nodes (restic's trees record them) and uploads no tree for an unchanged
+/// directory.
+fn list(fd: BorrowedFd<'_>, path: &Path) -> Result<Vec<Vec<u8>>> {
+    let mut names = crate::fsx::list_dir(fd).map_err(io_err("list", path))?;
     names.sort();
     Ok(names)
 }
 
 /// Opens `path` read-only with `extra` flags, with `O_NOATIME` where the caller may (it
 /// owns the file, or has CAP_FOWNER), else without.
-fn open_noatime(path: &Path, extra: rustix::fs::OFlags) -> std::io::Result<std::os::fd::OwnedFd> {
+fn open_noatime(path: &Path, extra: rustix::fs::OFlags) -> std::io::Result<OwnedFd> {
     use rustix::fs::{Mode, OFlags, open};
     let base = OFlags::RDONLY | OFlags::CLOEXEC | extra;
     match open(path, base | OFlags::NOATIME, Mode::empty()) {
@@ -1072,10 +1191,10 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// Whether `name` in the directory at `rel` (from the walk's root; the file at
-    /// `p`) matches an exclude pattern. Its type is asked (one `lstat`) only when a
+    /// Whether `name` in the directory at `rel` (from the walk's root; open as `dir`)
+    /// matches an exclude pattern. Its type is asked (one `lstat`) only when a
     /// directories-only pattern (`cache/`) is all that matches.
-    fn excluded(&self, rel: &crate::relpath::RelPath, name: &[u8], p: &Path) -> bool {
+    fn excluded(&self, rel: &crate::relpath::RelPath, dir: BorrowedFd<'_>, name: &[u8]) -> bool {
         let Some(ex) = self.excludes else {
             return false;
         };
@@ -1094,8 +1213,7 @@ impl<'a> Run<'a> {
             }
         };
         ex.is_excluded(&rel, false)
-            || (ex.is_excluded(&rel, true)
-                && std::fs::symlink_metadata(p).is_ok_and(|m| m.is_dir()))
+            || (ex.is_excluded(&rel, true) && Stat::at(dir, name).is_ok_and(|m| m.is_dir()))
     }
 
     /// The source's tree, or why the walk ended without one.
@@ -1224,10 +1342,11 @@ impl<'a> Run<'a> {
         }
     }
 
-    /// One entry's node, and for a directory the parent snapshot's tree of it (the
-    /// directory is walked next, its subtree set when it finishes).
-    fn entry(&self, p: &Path, name: &[u8], prev: Option<&Node>) -> Visited {
-        let md = match std::fs::symlink_metadata(p) {
+    /// One entry's node, `name` in `dir` (`p`), and for a directory the parent
+    /// snapshot's tree of it (the directory is walked next, its subtree set when it
+    /// finishes).
+    fn entry(&self, dir: BorrowedFd<'_>, p: &Path, name: &[u8], prev: Option<&Node>) -> Visited {
+        let md = match Stat::at(dir, name) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.problem(p, "vanished", io_err("stat", p)(e));
@@ -1237,7 +1356,7 @@ impl<'a> Run<'a> {
         };
         let mut node = base_node(name, &md, &self.names);
         record_atime(self.with_atime, &mut node, prev);
-        node.extended_attributes = xattrs(p)?;
+        node.extended_attributes = xattrs_at(dir, name, p)?;
         match node.kind.as_str() {
             "dir" => {
                 let parent = prev.filter(|n| n.kind == "dir").and_then(|n| n.subtree);
@@ -1259,16 +1378,16 @@ impl<'a> Run<'a> {
                         let want = self.reuse.as_ref().and_then(|r| lock(r).expected(p));
                         // Read again while it changes under the read (a torn copy),
                         // as the store does: the node then describes what was read.
-                        let mut was = md.clone();
+                        let mut was = md;
                         let mut tries = 1;
                         let (content, size) = loop {
-                            let (content, size, changed) = self.file(p, &was, want)?;
+                            let (content, size, changed) = self.file(dir, name, p, &was, want)?;
                             let Some(now) = changed else {
                                 break (content, size);
                             };
                             node = base_node(name, &now, &self.names);
                             record_atime(self.with_atime, &mut node, prev);
-                            node.extended_attributes = xattrs(p)?;
+                            node.extended_attributes = xattrs_at(dir, name, p)?;
                             if tries == READ_TRIES {
                                 self.problem(
                                     p,
@@ -1291,8 +1410,8 @@ impl<'a> Run<'a> {
                     .fetch_add(node.size, Ordering::Relaxed);
             }
             "symlink" => {
-                let t = std::fs::read_link(p).map_err(io_err("read the link", p))?;
-                node.set_link_target(t.as_os_str().as_bytes());
+                let t = crate::fsx::read_link_at(dir, name).map_err(io_err("read the link", p))?;
+                node.set_link_target(&t);
             }
             "dev" | "chardev" => node.device = md.rdev(),
             _ => {}
@@ -1313,35 +1432,21 @@ impl<'a> Run<'a> {
     /// content's BLAKE3 hash must be it, else `Fail::Entry`.
     fn file(
         &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
         p: &Path,
-        was: &std::fs::Metadata,
+        was: &Stat,
         want: Option<blake3::Hash>,
-    ) -> std::result::Result<(Vec<Id>, u64, Option<std::fs::Metadata>), Fail> {
-        let len = was.len();
+    ) -> std::result::Result<(Vec<Id>, u64, Option<Stat>), Fail> {
+        let len = was.size();
         let _slot = (len >= BIG_FILE).then(|| self.big_reads.take(BIG_READS));
         // The name may have been replaced since its `lstat` (a source changing under the
-        // backup), as `fsx::open_read_at` guards for the store: `O_NONBLOCK` keeps a
-        // fifo's open from waiting for a writer (the run hung for ever, holding its
-        // lock), and what was opened must be a regular file, else a device would be read
-        // as the file's content.
+        // backup): `fsx::open_read_at`, as the store's walk: `O_NONBLOCK` keeps a fifo's
+        // open from waiting for a writer (the run hung for ever, holding its lock), and
+        // what was opened must be a regular file, else a device would be read as the
+        // file's content.
         let _ = crate::failpoint::hit("restic.backup.before_open");
-        let fd = open_noatime(
-            p,
-            rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK,
-        )
-        .map_err(io_err("open", p))?;
-        // The attributes the open has just given the kernel: no round trip.
-        let kind = match crate::fsx::fstat_cached(std::os::fd::AsFd::as_fd(&fd)) {
-            Some(m) => m.kind,
-            None => {
-                crate::fsx::fstat(std::os::fd::AsFd::as_fd(&fd))
-                    .map_err(io_err("stat", p))?
-                    .kind
-            }
-        };
-        if kind != crate::fsx::Kind::File {
-            return Err(io_err("open", p)(crate::fsx::not_a_file(kind)).into());
-        }
+        let fd = crate::fsx::open_read_at(dir, name).map_err(io_err("open", p))?;
         let mut f = std::fs::File::from(fd);
         let mut chunker = Chunker::new(self.tables);
         // A small file gets a buffer of its size (one more byte to see the end).
@@ -1377,8 +1482,8 @@ impl<'a> Run<'a> {
         }
         self.counts.files_read.fetch_add(1, Ordering::Relaxed);
         self.counts.bytes_read.fetch_add(total, Ordering::Relaxed);
-        let now = f.metadata().map_err(io_err("stat", p))?;
-        let changed = (now.len() != was.len()
+        let now = Stat::fd(f.as_fd()).map_err(io_err("stat", p))?;
+        let changed = (now.size() != was.size()
             || now.ino() != was.ino()
             || (now.mtime(), now.mtime_nsec()) != (was.mtime(), was.mtime_nsec())
             || (now.ctime(), now.ctime_nsec()) != (was.ctime(), was.ctime_nsec()))
@@ -1433,7 +1538,7 @@ impl Wrap<'_> {
             let dir: PathBuf = std::iter::once(OsStr::new("/"))
                 .chain(comps[..=i].iter().copied())
                 .collect();
-            let md = std::fs::symlink_metadata(&dir).map_err(io_err("stat", &dir))?;
+            let md = Stat::path(&dir).map_err(io_err("stat", &dir))?;
             let mut node = base_node(comps[i].as_bytes(), &md, self.names);
             let prev = match self.parent_root {
                 // An unreadable parent was warned about when the walk began.
@@ -1456,7 +1561,7 @@ impl Wrap<'_> {
 /// its subtree is the caller's to set (a shard run's spine directories).
 /// A directory replaced by another kind of entry (a file, a symlink) is an error.
 pub fn dir_node_at(path: &Path, name: &[u8], names: &Names) -> Result<Node> {
-    let md = std::fs::symlink_metadata(path).map_err(io_err("stat", path))?;
+    let md = Stat::path(path).map_err(io_err("stat", path))?;
     if !md.is_dir() {
         return Err(io_err("stat", path)(std::io::Error::new(
             std::io::ErrorKind::NotADirectory,

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -282,7 +281,7 @@ impl ManifestReuse {
 }
 
 impl Reuse for ManifestReuse {
-    fn unchanged(&mut self, path: &Path, prev: &Node, md: &std::fs::Metadata) -> bool {
+    fn unchanged(&mut self, path: &Path, prev: &Node, md: &super::backup::Stat) -> bool {
         let Some((dir, name)) = self.split(path) else {
             return false;
         };
@@ -292,8 +291,8 @@ impl Reuse for ManifestReuse {
                 let same = c.hash.is_some()
                     && c.hash == o.hash
                     && c.size == o.size
-                    && c.size == md.len()
-                    && prev.size == md.len();
+                    && c.size == md.size()
+                    && prev.size == md.size();
                 self.by_manifest += u64::from(same);
                 same
             }
@@ -306,7 +305,7 @@ impl Reuse for ManifestReuse {
                 // file system that does not tell the birth time reads the file.
                 let same = prev.kind == "file"
                     && prev.inode == md.ino()
-                    && prev.size == md.len()
+                    && prev.size == md.size()
                     && super::parse_time(&prev.mtime).ok()
                         == Some((mtime.timestamp(), mtime.timestamp_subsec_nanos()))
                     && self

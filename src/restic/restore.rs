@@ -10,18 +10,31 @@
 //! metadata is applied last, deepest first. The cancel flag (SIGINT/SIGTERM) stops the
 //! walk and the fills between blobs: what is written stays, the rest is not begun.
 //! Reads the repository, writes only under DIR.
+//!
+//! Only under DIR, whoever else can write there: DIR is opened once and every entry is
+//! made relative to its directory's descriptor (`mkdirat`, `openat` with `O_EXCL |
+//! O_NOFOLLOW`, `symlinkat`, `mknodat`), each directory opened `O_NOFOLLOW` right after
+//! it is made and checked to be the one made; metadata goes through the entry's own
+//! descriptor, or by name without following a symlink. What is reached again later (a
+//! hard link's first name, a directory's metadata, a file removed) is reopened beneath
+//! DIR (`openat2` `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS`). A user who owns DIR and
+//! swaps a restored directory for a symlink to a directory of root's made root's
+//! restore write there, by whole paths.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use rustix::fs::{AtFlags, CWD, Mode, Timespec, Timestamps};
+use rustix::fs::{AtFlags, CWD, Mode, OFlags, Timespec, Timestamps};
 use serde::Serialize;
+
+use crate::fsx::{self, XattrTarget, b};
 
 use super::pack::BlobType;
 use super::repo::Repo;
@@ -55,7 +68,10 @@ const FILL_QUEUE: usize = 256;
 
 /// A created file, empty, for a fill thread: its contents and then its metadata.
 struct Fill {
+    /// Created `O_EXCL | O_NOFOLLOW` in its directory's descriptor: written, and its
+    /// metadata set, through this descriptor only.
     file: std::fs::File,
+    /// For messages, and to remove it ([`To::parent`]).
     path: PathBuf,
     node: Node,
     /// Its key in [`Links`] when it has other names (device, inode).
@@ -64,7 +80,8 @@ struct Fill {
 
 /// The names of one inode with several links: the first is created and filled, the
 /// others are hard links to it, made by the walk. Once its fill fails (its data does
-/// not read) every name is removed and named, and a later name is not linked.
+/// not read) every name is removed and named, and a later name is not linked. Names
+/// are paths under `to`, reached again through [`To::parent`].
 struct LinkGroup {
     first: PathBuf,
     others: Vec<PathBuf>,
@@ -79,8 +96,61 @@ struct LinkGroup {
 /// stopped the restore).
 type Links = std::sync::Mutex<HashMap<(u64, u64), LinkGroup>>;
 
+/// The restore's `to`, opened once: what the walk reaches again after it made it (a
+/// hard link's first name, a directory for its metadata, a file to remove) is reopened
+/// beneath this descriptor, never through a symlink nor out of it.
+struct To<'a> {
+    path: &'a Path,
+    fd: OwnedFd,
+}
+
+impl To<'_> {
+    /// `p`, a path the restore made under `to`, relative to it.
+    fn rel<'p>(&self, p: &'p Path) -> &'p [u8] {
+        p.strip_prefix(self.path)
+            .unwrap_or(p)
+            .as_os_str()
+            .as_bytes()
+    }
+
+    /// The directory `p` (under `to`, or `to` itself), opened beneath `to`.
+    fn dir(&self, p: &Path) -> std::io::Result<OwnedFd> {
+        fsx::open_dir_beneath(self.fd.as_fd(), self.rel(p)).map_err(replaced)
+    }
+
+    /// The directory holding `p` (under `to`), opened beneath `to`, and `p`'s name.
+    fn parent(&self, p: &Path) -> std::io::Result<(OwnedFd, Vec<u8>)> {
+        let rel = self.rel(p);
+        let (dir, name) = match rel.iter().rposition(|c| *c == b'/') {
+            Some(i) => (&rel[..i], &rel[i + 1..]),
+            None => (&rel[..0], rel),
+        };
+        Ok((
+            fsx::open_dir_beneath(self.fd.as_fd(), dir).map_err(replaced)?,
+            name.to_vec(),
+        ))
+    }
+}
+
+/// What a reopening beneath `to` says when a symlink is on the way (or the name is no
+/// longer a directory): someone else changed the target under the restore.
+fn replaced(e: std::io::Error) -> std::io::Error {
+    match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
+        Some(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR | rustix::io::Errno::XDEV) => {
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!(
+                    "a directory on the way is no longer the one this restore made (a symlink or another file is there now; not followed): {e}"
+                ),
+            )
+        }
+        _ => e,
+    }
+}
+
 struct Restorer<'a> {
     repo: &'a Repo,
+    to: &'a To<'a>,
     report: RestoreReport,
     links: &'a Links,
     problems: &'a Problems<'a>,
@@ -92,8 +162,9 @@ struct Restorer<'a> {
     /// Set on SIGINT/SIGTERM: the walk stops.
     cancel: &'a AtomicBool,
     /// Directories (and `to`) whose metadata waits until every file is written, in
-    /// the order their subtrees finished (children before parents).
-    dirs: Vec<(PathBuf, Node)>,
+    /// the order their subtrees finished (children before parents), with their
+    /// (device, inode): one found there at the end is not the one made.
+    dirs: Vec<(PathBuf, Node, (u64, u64))>,
 }
 
 /// What the fill threads did.
@@ -106,12 +177,15 @@ struct Filled {
 /// Restores snapshot `name` (`latest`, an id or a prefix) into `to`: all of it, or only
 /// the entry at `sub` (components under the snapshot's source), at the same relative
 /// place under `to`, or (`flat`) a directory's contents straight into `to` and a file
-/// as `to/NAME`. `cancel` set stops it with [`Error::Cancelled`], leaving what was
-/// written.
+/// as `to/NAME`. `make_to` makes `to` once the snapshot is found and opens it (the
+/// caller resolves and checks it as the store's restore does: its missing part made
+/// one directory at a time, never through a symlink); it must be empty. `cancel` set
+/// stops it with [`Error::Cancelled`], leaving what was written.
 pub fn restore(
     repo: &Repo,
     name: &str,
     to: &Path,
+    make_to: impl FnOnce() -> Result<OwnedFd>,
     sub: &[Vec<u8>],
     flat: bool,
     cancel: &AtomicBool,
@@ -121,7 +195,13 @@ pub fn restore(
     // The source directory's own node, when the snapshot is of one path: its tree is
     // what is restored, and its metadata goes onto `to`.
     let (start, top) = snapshot::source_tree(repo, &snap)?;
-    prepare_target(to)?;
+    let target = To {
+        path: to,
+        fd: prepare_target(to, make_to)?,
+    };
+    let to_id = fsx::fstat(b(&target.fd))
+        .map(|m| (m.dev, m.ino))
+        .map_err(io_err("stat", to))?;
     let as_root = rustix::process::geteuid().is_root();
     let failed = std::sync::Mutex::new(None);
     let filled = Filled::default();
@@ -137,6 +217,7 @@ pub fn restore(
             s.spawn(|| {
                 let on = FillOn {
                     repo,
+                    to: &target,
                     as_root,
                     failed: &failed,
                     filled: &filled,
@@ -149,6 +230,7 @@ pub fn restore(
         }
         let mut r = Restorer {
             repo,
+            to: &target,
             report: RestoreReport {
                 snapshot: id.hex(),
                 to: to.to_path_buf(),
@@ -162,7 +244,7 @@ pub fn restore(
             cancel,
             dirs: Vec::new(),
         };
-        let walked = r.start(start, top, sub, flat, to);
+        let walked = r.start(start, top, sub, flat, to_id);
         // Closing the channel ends the fill threads once the queue is drained.
         let Restorer { report, dirs, .. } = r;
         walked.map(|()| (report, dirs))
@@ -174,8 +256,21 @@ pub fn restore(
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
-    for (p, n) in &dirs {
-        if let Err(e) = metadata(as_root, n, p) {
+    for (p, n, id) in &dirs {
+        let same = |fd: OwnedFd| match fsx::fstat(b(&fd)) {
+            Ok(m) if (m.dev, m.ino) == *id => Ok(fd),
+            Ok(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "replaced by another directory while the restore ran: its metadata is not set",
+            )),
+            Err(e) => Err(e),
+        };
+        let done = target
+            .dir(p)
+            .and_then(same)
+            .map_err(io_err("open", p))
+            .and_then(|fd| metadata_fd(as_root, n, b(&fd), p));
+        if let Err(e) = done {
             problems.add(p, crate::report::ProblemKind::Metadata, "set metadata", e);
         }
     }
@@ -235,6 +330,7 @@ enum FillError {
 /// What the fill threads share.
 struct FillOn<'a> {
     repo: &'a Repo,
+    to: &'a To<'a>,
     as_root: bool,
     /// The first error that stops the restore.
     failed: &'a std::sync::Mutex<Option<Error>>,
@@ -293,17 +389,26 @@ fn not_restored(on: &FillOn, path: &Path, link: Option<(u64, u64)>, e: Error) {
         }
         None => Vec::new(),
     };
-    let _ = std::fs::remove_file(path);
+    remove(on.to, path);
     on.problems
         .add(path, ProblemKind::Unreadable, "read from the repository", e);
     for p in others {
-        let _ = std::fs::remove_file(&p);
+        remove(on.to, &p);
         on.problems.add(
             &p,
             ProblemKind::Unreadable,
             "read from the repository",
             linked_to_unreadable(on.problems, path, &why),
         );
+    }
+}
+
+/// Removes the file `p` the restore made, by its name in its directory reopened
+/// beneath `to` (never through a symlink put on the way since); one that cannot be
+/// reached is left (it is named as not restored).
+fn remove(to: &To, p: &Path) {
+    if let Ok((dir, name)) = to.parent(p) {
+        let _ = fsx::unlink_at(b(&dir), &name);
     }
 }
 
@@ -372,14 +477,13 @@ fn fill(
         file.set_len(size)
             .map_err(|e| FillError::Stop(io_err("set the size of", &path)(e)))?;
     }
-    drop(file);
     if size != node.size {
         return Err(FillError::Content(corrupt(
             format!("file {}", path.display()),
             format!("{size} bytes from its blobs, {} recorded", node.size),
         )));
     }
-    metadata(as_root, &node, &path).map_err(FillError::Metadata)?;
+    metadata_fd(as_root, &node, file.as_fd(), &path).map_err(FillError::Metadata)?;
     Ok(size)
 }
 
@@ -402,23 +506,17 @@ fn find_node(repo: &Repo, mut tree: Id, sub: &[Vec<u8>]) -> Result<Node> {
     unreachable!("sub is not empty")
 }
 
-/// `to` must be missing or an empty directory: a restore never replaces anything.
-fn prepare_target(to: &Path) -> Result<()> {
-    match std::fs::read_dir(to) {
-        Ok(mut rd) => {
-            if rd.next().is_some() {
-                return Err(Error::Other(format!(
-                    "{} is not empty; restore into a new or empty directory",
-                    to.display()
-                )));
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(to).map_err(io_err("create directory", to))
-        }
-        Err(e) => Err(io_err("open", to)(e)),
+/// `to`, made and opened by `make_to`, must be empty: a restore never replaces
+/// anything.
+fn prepare_target(to: &Path, make_to: impl FnOnce() -> Result<OwnedFd>) -> Result<OwnedFd> {
+    let fd = make_to()?;
+    if fsx::dir_has_entries(b(&fd)).map_err(io_err("read", to))? {
+        return Err(Error::Other(format!(
+            "{} is not empty; restore into a new or empty directory",
+            to.display()
+        )));
     }
+    Ok(fd)
 }
 
 /// A name from a tree must be one path component.
@@ -432,37 +530,55 @@ fn checked_name(n: &Node) -> Result<Vec<u8>> {
 }
 
 impl Restorer<'_> {
-    /// The walk: all of the snapshot, or the entry at `sub` (see [`restore`]).
+    /// The walk: all of the snapshot, or the entry at `sub` (see [`restore`]). `to_id`:
+    /// `to`'s (device, inode), for its metadata.
     fn start(
         &mut self,
         start: Id,
         top: Option<Node>,
         sub: &[Vec<u8>],
         flat: bool,
-        to: &Path,
+        to_id: (u64, u64),
     ) -> Result<()> {
+        let to = self.to.path;
+        let to_fd = self.to.fd.try_clone().map_err(io_err("open", to))?;
         match sub.split_last() {
             None => {
-                self.tree(start, to)?;
+                self.tree(start, &to_fd, to)?;
                 if let Some(n) = top {
-                    self.dirs.push((to.to_path_buf(), n));
+                    self.dirs.push((to.to_path_buf(), n, to_id));
                 }
             }
             Some((last, parents)) => {
                 let n = find_node(self.repo, start, sub)?;
                 match (flat, n.subtree) {
                     (true, Some(t)) if n.kind == "dir" => {
-                        self.tree(t, to)?;
-                        self.dirs.push((to.to_path_buf(), n));
+                        self.tree(t, &to_fd, to)?;
+                        self.dirs.push((to.to_path_buf(), n, to_id));
                     }
-                    (true, _) => self.node(&n, &to.join(OsStr::from_bytes(last)))?,
+                    (true, _) => {
+                        self.node(&n, b(&to_fd), last, &to.join(OsStr::from_bytes(last)))?
+                    }
                     (false, _) => {
-                        let mut dir = to.to_path_buf();
+                        // The entry's ancestors, made one at a time (mode 0777 less the
+                        // umask, as `mkdir -p`), each opened without following a symlink.
+                        let mut dir = to_fd;
+                        let mut at = to.to_path_buf();
                         for c in parents {
-                            dir.push(OsStr::from_bytes(c));
+                            at.push(OsStr::from_bytes(c));
+                            match rustix::fs::mkdirat(
+                                &dir,
+                                c.as_slice(),
+                                Mode::from_raw_mode(0o777),
+                            ) {
+                                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                                Err(e) => return Err(io_err("create directory", &at)(e.into())),
+                            }
+                            let m = fsx::lstat_at(b(&dir), c).map_err(io_err("stat", &at))?;
+                            dir = fsx::open_same_dir(b(&dir), c, (m.dev, m.ino), false)
+                                .map_err(io_err("open directory", &at))?;
                         }
-                        std::fs::create_dir_all(&dir).map_err(io_err("create directory", &dir))?;
-                        self.node(&n, &dir.join(OsStr::from_bytes(last)))?;
+                        self.node(&n, b(&dir), last, &at.join(OsStr::from_bytes(last)))?;
                     }
                 }
             }
@@ -470,7 +586,8 @@ impl Restorer<'_> {
         Ok(())
     }
 
-    fn tree(&mut self, id: Id, dir: &Path) -> Result<()> {
+    /// The entries of tree `id` into the directory `dir` (at `path`, for messages).
+    fn tree(&mut self, id: Id, dir: &OwnedFd, path: &Path) -> Result<()> {
         let t = Tree::from_blob(&self.repo.read_blob(BlobType::Tree, &id)?, &id)?;
         for n in t.nodes {
             if lock(self.failed).is_some() {
@@ -480,39 +597,47 @@ impl Restorer<'_> {
             if self.cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
-            let p = dir.join(OsStr::from_bytes(&checked_name(&n)?));
-            self.node(&n, &p)?;
+            let name = checked_name(&n)?;
+            let p = path.join(OsStr::from_bytes(&name));
+            self.node(&n, b(dir), &name, &p)?;
         }
         Ok(())
     }
 
-    fn node(&mut self, n: &Node, p: &Path) -> Result<()> {
+    /// Makes `n` as `name` in `dir` (`p`, for messages).
+    fn node(&mut self, n: &Node, dir: BorrowedFd<'_>, name: &[u8], p: &Path) -> Result<()> {
         match n.kind.as_str() {
             "dir" => {
-                std::fs::create_dir(p).map_err(io_err("create directory", p))?;
+                // 0700 until its metadata, once everything under it is written: nobody
+                // else can change what it holds meanwhile.
+                fsx::mkdir_at(dir, name).map_err(io_err("create directory", p))?;
                 self.report.dirs += 1;
+                // Tests swap the directory just made for a symlink here.
+                let _ = crate::failpoint::hit("restic.restore.dir");
+                // The one made: its entries go through this descriptor, never through
+                // a symlink put in its place (reported, the restore stops).
+                let m =
+                    fsx::lstat_at(dir, name).map_err(io_err("open the directory just made", p))?;
+                let fd = fsx::open_same_dir(dir, name, (m.dev, m.ino), false)
+                    .map_err(io_err("open the directory just made", p))?;
                 if let Some(sub) = n.subtree {
-                    self.tree(sub, p)?;
+                    self.tree(sub, &fd, p)?;
                 }
                 // Its metadata after every file under it is written.
                 let mut meta = n.clone();
                 meta.subtree = None;
-                self.dirs.push((p.to_path_buf(), meta));
+                self.dirs.push((p.to_path_buf(), meta, (m.dev, m.ino)));
                 return Ok(());
             }
             "file" => {
-                let link = match self.hard_link(n, p)? {
+                let link = match self.hard_link(n, dir, name, p)? {
                     Linked::Done => return Ok(()),
                     Linked::First(key) => Some(key),
                     Linked::No => None,
                 };
-                let file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .open(p)
-                    .map_err(io_err("create", p))?;
+                let file = fsx::create_at(dir, name).map_err(io_err("create", p))?;
                 let fill = Fill {
-                    file,
+                    file: std::fs::File::from(file),
                     path: p.to_path_buf(),
                     node: n.clone(),
                     link,
@@ -523,8 +648,7 @@ impl Restorer<'_> {
             }
             "symlink" => {
                 let t = n.link_target_bytes()?;
-                std::os::unix::fs::symlink(OsStr::from_bytes(&t), p)
-                    .map_err(io_err("create symlink", p))?;
+                fsx::symlink_at(&t, dir, name).map_err(io_err("create symlink", p))?;
                 self.report.symlinks += 1;
             }
             "fifo" | "dev" | "chardev" => {
@@ -533,19 +657,31 @@ impl Restorer<'_> {
                     "dev" => rustix::fs::FileType::BlockDevice,
                     _ => rustix::fs::FileType::CharacterDevice,
                 };
-                rustix::fs::mknodat(CWD, p, ft, Mode::from_raw_mode(unix_perm(n.mode)), n.device)
-                    .map_err(|e| io_err("create special file", p)(e.into()))?;
+                rustix::fs::mknodat(
+                    dir,
+                    name,
+                    ft,
+                    Mode::from_raw_mode(unix_perm(n.mode)),
+                    n.device,
+                )
+                .map_err(|e| io_err("create special file", p)(e.into()))?;
             }
             // Sockets are not restored (as restic does not).
             _ => return Ok(()),
         }
-        metadata(self.as_root, n, p)
+        metadata_at(self.as_root, n, dir, name, p)
     }
 
-    /// Makes `p` a hard link to an earlier restored name of the same inode. A name of
-    /// an inode whose data did not read is not restored: a problem, and the walk goes
-    /// on.
-    fn hard_link(&mut self, n: &Node, p: &Path) -> Result<Linked> {
+    /// Makes `name` in `dir` (`p`) a hard link to an earlier restored name of the same
+    /// inode. A name of an inode whose data did not read is not restored: a problem,
+    /// and the walk goes on.
+    fn hard_link(
+        &mut self,
+        n: &Node,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        p: &Path,
+    ) -> Result<Linked> {
         if n.links < 2 || n.inode == 0 {
             return Ok(Linked::No);
         }
@@ -573,7 +709,11 @@ impl Restorer<'_> {
             return Ok(Linked::Done);
         }
         // Under the lock: a failing fill cannot remove the first name meanwhile.
-        std::fs::hard_link(&g.first, p).map_err(io_err("create hard link", p))?;
+        let (first_dir, first) = self
+            .to
+            .parent(&g.first)
+            .map_err(io_err("create hard link", p))?;
+        fsx::link_at(b(&first_dir), &first, dir, name).map_err(io_err("create hard link", p))?;
         g.others.push(p.to_path_buf());
         Ok(Linked::Done)
     }
@@ -589,29 +729,37 @@ enum Linked {
     Done,
 }
 
-/// Owner (as root), mode (not for symlinks), then times.
-fn metadata(as_root: bool, n: &Node, p: &Path) -> Result<()> {
-    let err = |a| move |e: rustix::io::Errno| io_err(a, p)(e.into());
-    if as_root {
-        let uid = rustix::fs::Uid::from_raw(n.uid);
-        let gid = rustix::fs::Gid::from_raw(n.gid);
-        rustix::fs::chownat(CWD, p, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
-            .map_err(err("set the owner of"))?;
+/// The extended attributes a node records, decoded.
+fn node_xattrs(n: &Node, p: &Path) -> Result<fsx::Xattrs> {
+    n.extended_attributes
+        .iter()
+        .map(|x| {
+            let v = B64.decode(&x.value).map_err(|e| {
+                corrupt(
+                    format!("extended attribute {} of {}", x.name, p.display()),
+                    e,
+                )
+            })?;
+            Ok((x.name.as_bytes().to_vec(), v))
+        })
+        .collect()
+}
+
+/// Sets `xs` on `t`; one the file system refuses is an error, as any other.
+fn set_xattrs(t: &XattrTarget<'_>, xs: &fsx::Xattrs, p: &Path) -> Result<()> {
+    let refused = fsx::write_xattrs(t, xs).map_err(io_err("set an extended attribute of", p))?;
+    match refused.first() {
+        None => Ok(()),
+        Some((name, why)) => Err(io_err("set an extended attribute of", p)(
+            std::io::Error::other(format!(
+                "{} {why} the file system",
+                String::from_utf8_lossy(name)
+            )),
+        )),
     }
-    for x in &n.extended_attributes {
-        let v = B64.decode(&x.value).map_err(|e| {
-            corrupt(
-                format!("extended attribute {} of {}", x.name, p.display()),
-                e,
-            )
-        })?;
-        rustix::fs::lsetxattr(p, x.name.as_bytes(), &v, rustix::fs::XattrFlags::empty())
-            .map_err(err("set an extended attribute of"))?;
-    }
-    if n.kind != "symlink" {
-        rustix::fs::chmod(p, Mode::from_raw_mode(unix_perm(n.mode)))
-            .map_err(err("set the mode of"))?;
-    }
+}
+
+fn times(n: &Node) -> Timestamps {
     let ts = |s: &str| -> Timespec {
         let (secs, nanos) = super::parse_time(s).unwrap_or((0, 0));
         Timespec {
@@ -619,10 +767,67 @@ fn metadata(as_root: bool, n: &Node, p: &Path) -> Result<()> {
             tv_nsec: nanos as _,
         }
     };
-    let times = Timestamps {
+    Timestamps {
         last_access: ts(&n.atime),
         last_modification: ts(&n.mtime),
-    };
-    rustix::fs::utimensat(CWD, p, &times, AtFlags::SYMLINK_NOFOLLOW)
+    }
+}
+
+/// Owner (as root), extended attributes, mode, then times, through the descriptor of
+/// the file or directory itself.
+fn metadata_fd(as_root: bool, n: &Node, fd: BorrowedFd<'_>, p: &Path) -> Result<()> {
+    let err = |a| move |e: rustix::io::Errno| io_err(a, p)(e.into());
+    if as_root {
+        let uid = rustix::fs::Uid::from_raw(n.uid);
+        let gid = rustix::fs::Gid::from_raw(n.gid);
+        rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(err("set the owner of"))?;
+    }
+    set_xattrs(&XattrTarget::Fd(fd), &node_xattrs(n, p)?, p)?;
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(unix_perm(n.mode)))
+        .map_err(err("set the mode of"))?;
+    rustix::fs::futimens(fd, &times(n)).map_err(err("set the times of"))
+}
+
+/// Owner (as root), extended attributes, mode (not for symlinks), then times of `name`
+/// in `dir` (a symlink, fifo or device: not opened), never following a symlink.
+fn metadata_at(as_root: bool, n: &Node, dir: BorrowedFd<'_>, name: &[u8], p: &Path) -> Result<()> {
+    let err = |a| move |e: rustix::io::Errno| io_err(a, p)(e.into());
+    if as_root {
+        let uid = rustix::fs::Uid::from_raw(n.uid);
+        let gid = rustix::fs::Gid::from_raw(n.gid);
+        rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)
+            .map_err(err("set the owner of"))?;
+    }
+    set_xattrs(&XattrTarget::At(dir, name), &node_xattrs(n, p)?, p)?;
+    if n.kind != "symlink" {
+        chmod_nofollow(dir, name, unix_perm(n.mode)).map_err(io_err("set the mode of", p))?;
+    }
+    rustix::fs::utimensat(dir, name, &times(n), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(err("set the times of"))
+}
+
+/// Sets the mode of the fifo or device `name` in `dir` without following a symlink put
+/// there since it was made (`chmod` by name follows one: a user who can write `dir`
+/// had root's restore change the mode of any file). Opened `O_PATH | O_NOFOLLOW`, which
+/// calls no device driver, checked not to be a symlink, and changed through its
+/// `/proc/self/fd` link, which names that inode: `fchmod` refuses an `O_PATH`
+/// descriptor, and `fchmodat`'s `AT_SYMLINK_NOFOLLOW` needs Linux 6.6 (rustix does not
+/// offer it).
+fn chmod_nofollow(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> std::io::Result<()> {
+    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
+    let kind = fsx::fstat(b(&fd))?.kind;
+    if kind == fsx::Kind::Symlink {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "replaced by a symlink while the restore ran: not followed",
+        ));
+    }
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    Ok(rustix::fs::chmodat(
+        CWD,
+        link.as_str(),
+        Mode::from_raw_mode(perm),
+        AtFlags::empty(),
+    )?)
 }
