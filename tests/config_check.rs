@@ -483,3 +483,25 @@ fn a_job_name_empty_or_with_a_control_character_is_a_problem() {
         ],
     );
 }
+
+/// What a repository check must not refuse: a `file://` repository inside the source
+/// that the job excludes (the run leaves it out, complete), and a job without `retain`
+/// beside one with it on the same repository and source (a run without `retain`
+/// forgets nothing there: a manual job beside a scheduled one, docs/daemon.md).
+#[test]
+fn a_repository_excluded_from_its_source_or_a_job_without_retain_passes() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    std::fs::write(
+        root.join("c.toml"),
+        "[job.excluded]\nsource = \"ROOT/src\"\ndest = \"file://ROOT/src/repo\"\nexclude = [\"/repo\"]\n\n\
+         [job.below]\nsource = \"ROOT/src\"\ndest = \"file://ROOT/src/cache/repo\"\nexclude = [\"cache/\"]\n\n\
+         [job.nightly]\nsource = \"ROOT/src\"\ndest = \"file://ROOT/repo\"\nretain = 14\n\n\
+         [job.manual]\nsource = \"ROOT/src\"\ndest = \"file://ROOT/repo/\"\n"
+            .replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 0, "{out}{err}");
+}

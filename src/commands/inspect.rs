@@ -289,13 +289,7 @@ pub fn verify(
 /// than a directory whose bytes or metadata differ, and every unreadable one (a new
 /// snapshot's directories are made anew, never linked). Returns how many were recorded;
 /// a store that cannot be written (a read-only mount) is warned about, and 0.
-fn record_damage(
-    store: &Store,
-    id: &str,
-    name: &str,
-    snap: &Path,
-    o: &compare::Outcome,
-) -> u64 {
+fn record_damage(store: &Store, id: &str, name: &str, snap: &Path, o: &compare::Outcome) -> u64 {
     let mut paths: Vec<RelPath> = o
         .differences
         .iter()
@@ -341,7 +335,11 @@ fn share_damage(store: &Store, mdir: &Path, id: &str, snap: &Path, paths: &[RelP
     let (Some(dir), Ok(snapshots)) = (snap.parent(), store.snapshots()) else {
         return;
     };
-    let inode = |p: &Path| std::fs::symlink_metadata(p).map(|m| (m.dev(), m.ino())).ok();
+    let inode = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .ok()
+    };
     for other in snapshots {
         let Some(rec) = other.rec.as_ref().filter(|r| r.id != id) else {
             continue;
