@@ -459,16 +459,16 @@ fn a_config_that_is_no_regular_file_or_too_big_is_refused_unread() {
     assert!(err.contains("not a regular file"), "{err}");
 }
 
-/// A job named "" or with a newline passed; the newline broke `history`'s table.
+/// A job named "" passed, and every run of it failed. (Other names, newlines and
+/// quotes too, are escaped where shown: tests/notify_hostile.rs, tests/serve.rs.)
 #[test]
-fn a_job_name_empty_or_with_a_control_character_is_a_problem() {
+fn an_empty_job_name_is_a_problem() {
     let t = tempfile::tempdir().unwrap();
     let root = t.path();
     write(&root.join("src/f"), b"x");
     std::fs::write(
         root.join("c.toml"),
-        "[job.\"\"]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk\"\n\n\
-         [job.\"a\\nb\"]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk2\"\n"
+        "[job.\"\"]\nsource = \"ROOT/src\"\ndest = \"ROOT/bk\"\n"
             .replace("ROOT", &root.to_string_lossy()),
     )
     .unwrap();
@@ -477,10 +477,7 @@ fn a_job_name_empty_or_with_a_control_character_is_a_problem() {
     assert_lines(
         &out,
         "c.toml",
-        &[
-            &("1:6", "job.\"\"", "a job's name is empty"),
-            &("5:6", "job.\"a\\nb\"", "has a control character"),
-        ],
+        &[&("1:6", "job.\"\"", "a job's name is empty")],
     );
 }
 
