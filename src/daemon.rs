@@ -702,7 +702,13 @@ pub fn run(
         if reload.swap(false, Ordering::Relaxed) {
             match load(&opts.config) {
                 Ok((cfg, text, jobs)) => {
-                    if cfg.catalog != started_catalog {
+                    // Only where the file chose it: `--catalog` or SNAPRING_CATALOG
+                    // outranks the file at every start.
+                    let from_file = opts.catalog
+                        == started_catalog
+                            .clone()
+                            .or_else(|| Some(crate::catalog::default_path()));
+                    if from_file && cfg.catalog != started_catalog {
                         let shown = |c: &Option<PathBuf>| {
                             c.as_ref().map_or("(none: the default)".to_string(), |p| {
                                 p.display().to_string()

@@ -501,3 +501,28 @@ fn damage_verify_found_is_copied_afresh_by_the_next_backup_not_linked() {
     assert_eq!(backup(&src, &dest, &["--retain", "1"], &[]).0, 0);
     assert!(manifest_files(&dest, "damaged").is_empty());
 }
+
+/// Damage found by verifying an older snapshot, in a file every snapshot shares (one
+/// inode, linked on by each backup): the newest snapshot's list gets it too, and the
+/// next backup copies it afresh. Before, only the verified snapshot's list had it and
+/// the backup, which links from the newest, linked the rotten inode on.
+#[test]
+fn damage_verify_found_in_an_older_snapshot_is_not_linked_on_from_the_newest() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let f = "d0/f0";
+    assert_eq!(
+        ino(&dest.join("daily.0").join(f)),
+        ino(&dest.join("daily.1").join(f))
+    );
+    rot(&dest.join("daily.1").join(f));
+    let (code, v) = verify_json(&dest, "daily.1");
+    assert_eq!(code, 2, "{v}");
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["files_transferred"], 1, "{rep}");
+    assert_same_tree(&describe(&src), &describe(&dest.join("daily.0")), "healed");
+    let (code, v) = verify_json(&dest, "daily.0");
+    assert_eq!(code, 0, "{v}");
+}

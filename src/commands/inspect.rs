@@ -254,7 +254,7 @@ pub fn verify(
         let o = compare::compare(&recorded(sel), &actual, &opts, cancel);
         let next_backup_copies = match (&live, &sel.snap.rec) {
             (None, Some(rec)) if !cancel.load(std::sync::atomic::Ordering::Relaxed) => {
-                record_damage(&store, &rec.id, &sel.snap.name, &o)
+                record_damage(&store, &rec.id, &sel.snap.name, &sel.path, &o)
             }
             _ => 0,
         };
@@ -289,7 +289,7 @@ pub fn verify(
 /// than a directory whose bytes or metadata differ, and every unreadable one (a new
 /// snapshot's directories are made anew, never linked). Returns how many were recorded;
 /// a store that cannot be written (a read-only mount) is warned about, and 0.
-fn record_damage(store: &Store, id: &str, name: &str, o: &compare::Outcome) -> u64 {
+fn record_damage(store: &Store, id: &str, name: &str, snap: &Path, o: &compare::Outcome) -> u64 {
     let mut paths: Vec<RelPath> = o
         .differences
         .iter()
@@ -306,6 +306,9 @@ fn record_damage(store: &Store, id: &str, name: &str, o: &compare::Outcome) -> u
     paths.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
     paths.dedup();
     let mdir = store.meta.join("manifests");
+    if !paths.is_empty() {
+        share_damage(store, &mdir, id, snap, &paths);
+    }
     match crate::manifest::write_damaged(&mdir, id, &paths) {
         Ok(()) => paths.len() as u64,
         Err(e) => {
@@ -317,6 +320,53 @@ fn record_damage(store: &Store, id: &str, name: &str, o: &compare::Outcome) -> u
                 );
             }
             0
+        }
+    }
+}
+
+/// Adds the damaged `paths` of the snapshot at `snap` (run `id`) to the list of every
+/// other snapshot where the same name is the same inode: an unchanged file is one inode
+/// in every snapshot that linked it, so the damage is theirs too, and a backup linking
+/// from the newest of them must copy it afresh as well (verified in an older snapshot,
+/// the rot was linked on from the newest). Best effort: a list that cannot be written
+/// is warned about.
+fn share_damage(store: &Store, mdir: &Path, id: &str, snap: &Path, paths: &[RelPath]) {
+    use std::os::unix::fs::MetadataExt;
+    let (Some(dir), Ok(snapshots)) = (snap.parent(), store.snapshots()) else {
+        return;
+    };
+    let inode = |p: &Path| {
+        std::fs::symlink_metadata(p)
+            .map(|m| (m.dev(), m.ino()))
+            .ok()
+    };
+    for other in snapshots {
+        let Some(rec) = other.rec.as_ref().filter(|r| r.id != id) else {
+            continue;
+        };
+        let theirs = dir.join(&other.name);
+        let shared: Vec<RelPath> = paths
+            .iter()
+            .filter(|p| {
+                let mine = inode(&snap.join(p.as_path()));
+                mine.is_some() && mine == inode(&theirs.join(p.as_path()))
+            })
+            .cloned()
+            .collect();
+        if shared.is_empty() {
+            continue;
+        }
+        let mut all: Vec<RelPath> = crate::manifest::read_damaged(mdir, &rec.id)
+            .into_iter()
+            .chain(shared)
+            .collect();
+        all.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        all.dedup();
+        if let Err(e) = crate::manifest::write_damaged(mdir, &rec.id, &all) {
+            tracing::warn!(
+                "{}: cannot record the damaged entries it shares with the verified snapshot ({e})",
+                other.name
+            );
         }
     }
 }

@@ -4,7 +4,7 @@
 //! wrong type, values that make every run fail (`retain = 0`, `window = "0s"`, an empty
 //! source, a schedule that never fires, a store or `file://` repository inside the
 //! source, two jobs whose retentions would expire each other's snapshots, a hook with
-//! no program, a job name that is empty or holds a control character), and names of
+//! no program, a job name that is empty), and names of
 //! notifiers no `[notify.NAME]` table defines. The known keys of each table are one list
 //! each (`JOB_KEYS`, `NOTIFY_KEYS`, `TOP_KEYS`): a new key is one line there (and its
 //! field in `JobConfig`/`NotifierConfig`; a test keeps the two in step). Reads the file
@@ -403,16 +403,11 @@ pub fn check_text(text: &str) -> Vec<Problem> {
     c.out
 }
 
-/// Why a job's name is not one: empty, or with a control character (a newline would
-/// break `history`'s table and every log line naming the job).
+/// Why a job's name is not one: empty. (Any other name is escaped where it is shown:
+/// mails, the dashboard and `/metrics` are tested with quotes and newlines in it.)
 fn bad_job_name(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("a job's name is empty: give it one ([job.home])".into());
-    }
-    if name.chars().any(char::is_control) {
-        return Some(format!(
-            "job name {name:?} has a control character (a newline, a tab): give a name of printable characters"
-        ));
     }
     None
 }
@@ -434,6 +429,35 @@ fn entry<'a, 'i>(
 }
 
 /// The string value of key `name` of `t`, with the key's place.
+/// Whether the job's `exclude` patterns leave out the directory `inner` of `source`
+/// (it, or a directory above it inside the source): a repository there is left out
+/// by the run, as the user meant (a store is refused all the same: its hard links
+/// into the source's tree are not safe).
+fn excluded_within(t: &DeTable<'_>, source: &Path, inner: &Path) -> bool {
+    let (s, i) = (opt::resolve(source), opt::resolve(inner));
+    let Ok(rel) = i.strip_prefix(&s) else {
+        return false;
+    };
+    let patterns: Vec<String> = match entry(t, "exclude").map(|(_, v)| v.get_ref()) {
+        Some(DeValue::Array(a)) => a
+            .iter()
+            .filter_map(|v| match v.get_ref() {
+                DeValue::String(p) => Some(p.to_string()),
+                _ => None,
+            })
+            .collect(),
+        _ => return false,
+    };
+    let Ok(ex) = crate::exclude::build(&patterns) else {
+        return false;
+    };
+    let mut at = crate::relpath::RelPath::root();
+    rel.components().any(|c| {
+        at = at.join(c.as_os_str().as_encoded_bytes());
+        ex.is_excluded(&at, true)
+    })
+}
+
 fn str_of<'a>(t: &'a DeTable<'_>, name: &str) -> Option<(&'a str, Range<usize>)> {
     entry(t, name).and_then(|(at, v)| match v.get_ref() {
         DeValue::String(s) => Some((s.as_ref(), at)),
@@ -770,7 +794,15 @@ impl Checker<'_> {
             Some(p) => {
                 if let Some((src, _)) = source
                     && let Err(m) = opt::check_overlap(Path::new(src), Path::new(p))
+                    && !excluded_within(t, Path::new(src), Path::new(p))
                 {
+                    let m = format!(
+                        "{m}; a repository inside the source may instead be excluded (exclude = [\"/{}\"]): every run would otherwise leave it out and end partial",
+                        opt::resolve(Path::new(p))
+                            .strip_prefix(opt::resolve(Path::new(src)))
+                            .unwrap_or(Path::new(p))
+                            .display()
+                    );
                     self.push(dest_at.clone(), dotted(dk, "dest"), m, None);
                 }
                 format!("file://{}", opt::resolve(Path::new(p)).display())
@@ -800,10 +832,13 @@ impl Checker<'_> {
             retain: entry(t, "retain").map(|(_, v)| format!("{:?}", v.get_ref())),
             job: dk.to_string(),
         };
+        // A job without `retain` forgets nothing in a repository: no clash with any.
         if let Some(other) = self.repos.iter().find(|o| {
             o.store == me.store
                 && o.label == me.label
                 && o.source == me.source
+                && o.retain.is_some()
+                && me.retain.is_some()
                 && o.retain != me.retain
         }) {
             let m = format!(

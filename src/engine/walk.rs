@@ -392,9 +392,8 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// neither place the listing read (ext4 lists in hash order): a whole subtree there
     /// the whole time would be missing from the snapshot, the run `complete`. So a
     /// directory whose times moved during its listing is listed again, at most
-    /// [`LIST_ATTEMPTS`] times; one that kept changing through all of them is a
-    /// problem of the run (`changed_during_copy`: it is partial), as a file that keeps
-    /// changing while copied is. One `fstat` per directory. `meta` takes the times
+    /// [`LIST_ATTEMPTS`] times (counted in `changed_during_backup`); one that kept
+    /// changing through all of them is warned about. One `fstat` per directory. `meta` takes the times
     /// of the listing kept, as the directory's in the snapshot.
     fn list(&self, src: &OwnedFd, rel: &RelPath, meta: &mut Meta) -> Vec<Vec<u8>> {
         let mut before = (meta.mtime, meta.ctime);
@@ -418,11 +417,11 @@ impl<'a, S: Sink> Walk<'a, S> {
                 Counters::add(&self.counters.changed_during_backup, 1);
             }
             if attempt == LIST_ATTEMPTS {
-                self.problem(
-                    rel,
-                    ProblemKind::ChangedDuringCopy,
-                    "read directory",
-                    format!("changed during each of {LIST_ATTEMPTS} listings; an entry renamed in it meanwhile may be missing"),
+                // Warned, not a problem: a spool or upload directory that only gains
+                // files changes during every listing, and new files cannot hide one
+                // that was there (only a rename can); such a run is still whole.
+                tracing::warn!(
+                    "{rel}: changed during each of {LIST_ATTEMPTS} listings; an entry renamed in it meanwhile may be missing from this snapshot"
                 );
                 return names;
             }

@@ -24,14 +24,14 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use rustix::fs::{AtFlags, CWD, Mode, OFlags, Timespec, Timestamps};
+use rustix::fs::{AtFlags, Mode, Timespec, Timestamps};
 use serde::Serialize;
 
 use crate::fsx::{self, XattrTarget, b};
@@ -800,34 +800,9 @@ fn metadata_at(as_root: bool, n: &Node, dir: BorrowedFd<'_>, name: &[u8], p: &Pa
     }
     set_xattrs(&XattrTarget::At(dir, name), &node_xattrs(n, p)?, p)?;
     if n.kind != "symlink" {
-        chmod_nofollow(dir, name, unix_perm(n.mode)).map_err(io_err("set the mode of", p))?;
+        fsx::chmod_nofollow_at(dir, name, unix_perm(n.mode))
+            .map_err(io_err("set the mode of", p))?;
     }
     rustix::fs::utimensat(dir, name, &times(n), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(err("set the times of"))
-}
-
-/// Sets the mode of the fifo or device `name` in `dir` without following a symlink put
-/// there since it was made (`chmod` by name follows one: a user who can write `dir`
-/// had root's restore change the mode of any file). Opened `O_PATH | O_NOFOLLOW`, which
-/// calls no device driver, checked not to be a symlink, and changed through its
-/// `/proc/self/fd` link, which names that inode: `fchmod` refuses an `O_PATH`
-/// descriptor, and `fchmodat`'s `AT_SYMLINK_NOFOLLOW` needs Linux 6.6 (rustix does not
-/// offer it).
-fn chmod_nofollow(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> std::io::Result<()> {
-    let flags = OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let fd = rustix::fs::openat(dir, name, flags, Mode::empty())?;
-    let kind = fsx::fstat(b(&fd))?.kind;
-    if kind == fsx::Kind::Symlink {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "replaced by a symlink while the restore ran: not followed",
-        ));
-    }
-    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    Ok(rustix::fs::chmodat(
-        CWD,
-        link.as_str(),
-        Mode::from_raw_mode(perm),
-        AtFlags::empty(),
-    )?)
 }
