@@ -387,14 +387,14 @@ impl<'a, S: Sink> Walk<'a, S> {
         }
     }
 
-    /// The names in the source directory `src` (`before`: its `lstat` from before the
+    /// The names in the source directory `src` (`meta`: its `lstat` from before the
     /// listing). An entry renamed within the directory while it is listed can be in
     /// neither place the listing read (ext4 lists in hash order): a whole subtree there
     /// the whole time would be missing from the snapshot, the run `complete`. So a
     /// directory whose times moved during its listing is listed again, at most
     /// [`LIST_ATTEMPTS`] times (counted in `changed_during_backup`); one that kept
-    /// changing through all of them is warned about. One `fstat` per directory. `meta` takes the times
-    /// of the listing kept, as the directory's in the snapshot.
+    /// changing through all of them is warned about. One `fstat` per directory.
+    /// `meta` takes the times of the listing kept, as the directory's in the snapshot.
     fn list(&self, src: &OwnedFd, rel: &RelPath, meta: &mut Meta) -> Vec<Vec<u8>> {
         let mut before = (meta.mtime, meta.ctime);
         for attempt in 1..=LIST_ATTEMPTS {
