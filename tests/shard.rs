@@ -3937,3 +3937,53 @@ fn shard_workers_copy_afresh_what_verify_found_damaged() {
         );
     }
 }
+
+/// `big`, above every unit's directory, swapped for a symlink to a directory outside
+/// the source between a unit's claim and its open (swapped back once the unit's
+/// directory was listed): the worker opened `source/big/subK` by its path, followed
+/// the symlink, and the snapshot held the outside files (`SECRET`). Now each unit's
+/// directory is opened beneath the source's root with no symlink followed: the unit
+/// has nothing (a problem), and nothing from outside reaches the store.
+#[test]
+fn a_directory_above_a_unit_swapped_for_a_symlink_is_not_followed_out_of_the_source() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, outside) = swap_tree(t.path());
+    let e = Env {
+        src,
+        dest: t.path().join("dest"),
+        _t: t,
+    };
+    let (claimed, listed) = (e._t.path().join("claimed"), e._t.path().join("listed"));
+    let fp = format!(
+        "shard.unit_started=pause:{}@3;walk.listed=pause:{}@3",
+        claimed.display(),
+        listed.display()
+    );
+    let w = spawn(&e, 0, 1, "swap", &[("SNAPRING_FAILPOINTS", &fp)]);
+    // The plan's order: the root's unit, `big`'s, then `big/sub0`'s (the third).
+    let o = swap_above_unit(w, &e.src, &outside, &claimed, &listed, || {
+        claimed_unit_dir(&run_cmd(&e, "status", "swap", &["--json"], &[]))
+    });
+    assert!(
+        secrets_under(&e.dest).is_empty(),
+        "files from outside the source in the store: {:?}\n{}",
+        secrets_under(&e.dest),
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("big/sub"),
+        "the unit's directory is not named: {}",
+        text(&o)
+    );
+}
+
+/// The directory of the one unit `status --json` (its output `o`) shows claimed.
+fn claimed_unit_dir(o: &Output) -> String {
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let claimed: Vec<&serde_json::Value> = st["unit_list"]
+        .as_array()
+        .map(|l| l.iter().filter(|u| u["state"] == "claimed").collect())
+        .unwrap_or_default();
+    assert_eq!(claimed.len(), 1, "{st}");
+    claimed[0]["dir"].as_str().unwrap().to_string()
+}

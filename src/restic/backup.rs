@@ -775,6 +775,9 @@ fn unchanged(prev: &Node, md: &Stat, now: &Node) -> bool {
 struct Run<'a> {
     /// The directory the walk reads (problems are named relative to it).
     root: PathBuf,
+    /// `root` already open (a shard unit's directory, [`UnitSpec::walk_fd`]), taken by
+    /// the root's `open`.
+    root_fd: Mutex<Option<OwnedFd>>,
     repo: &'a Repo,
     packer: &'a Packer,
     tables: &'a Tables,
@@ -927,8 +930,12 @@ impl crate::traverse::Visitor for Run<'_> {
             None => self.root.clone(),
         };
         let fd = match parent {
-            // The root, by the path the user named (a symlink there is followed).
-            None => open_noatime(&path, rustix::fs::OFlags::DIRECTORY),
+            // The root, by the path the user named (a symlink there is followed),
+            // unless the caller opened it.
+            None => match lock(&self.root_fd).take() {
+                Some(fd) => Ok(fd),
+                None => open_noatime(&path, rustix::fs::OFlags::DIRECTORY),
+            },
             // Tests swap a subdirectory for a symlink here, after its listing.
             Some(p) => match crate::failpoint::hit("restic.backup.open_dir") {
                 Ok(()) => {
@@ -1165,6 +1172,7 @@ impl<'a> Run<'a> {
         });
         Run {
             root: root.to_path_buf(),
+            root_fd: Mutex::default(),
             repo,
             packer,
             tables,
@@ -1581,6 +1589,9 @@ pub type NameFilter<'f> = dyn Fn(&[u8]) -> bool + Sync + 'f;
 /// directory it takes, the parent snapshot's tree of that directory.
 pub struct UnitSpec<'a> {
     pub walk_root: PathBuf,
+    /// `walk_root` already open (beneath the source's root, no symlink followed); else
+    /// the walk opens it by its path.
+    pub walk_fd: Option<OwnedFd>,
     /// The unit's directory, escaped, relative to the source (empty: the source's
     /// root), for the warnings.
     pub dir: String,
@@ -1630,6 +1641,7 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
         one_fs: spec.one_fs.map(crate::traverse::OneFs::new),
         excludes: spec.excludes,
         unit_rel: spec.rel.clone(),
+        root_fd: Mutex::new(spec.walk_fd),
         ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {
