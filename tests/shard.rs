@@ -3987,3 +3987,82 @@ fn claimed_unit_dir(o: &Output) -> String {
     assert_eq!(claimed.len(), 1, "{st}");
     claimed[0]["dir"].as_str().unwrap().to_string()
 }
+
+/// A spine directory (one the plan cut into units) deleted after its units were
+/// committed and before finalize: finalize left it out of the snapshot, but the run
+/// was `complete`, exit 0, with no problem and the units' counts (the files it dropped
+/// included): nothing told the operator a directory was missing. Now it is a
+/// `vanished` problem naming the directory, the run `partial`, and the run's
+/// `files_total` the files the snapshot holds.
+#[test]
+fn a_spine_directory_gone_before_finalize_makes_the_run_partial_with_true_counts() {
+    let e = env();
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    // The store's lock held shared: the worker commits every unit, then cannot
+    // finalize (exit 75).
+    let holder = std::fs::File::open(e.dest.join(".snapring/lock")).unwrap();
+    holder.lock_shared().unwrap();
+    let o = worker(
+        &e,
+        &["--shard", "0/2", "--run-id", "gone"],
+        &[("SNAPRING_SHARD_LEASE", "2s")],
+    )
+    .output()
+    .unwrap();
+    drop(holder);
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, "gone").join("plan.json")).unwrap())
+            .unwrap();
+    let spine = p["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["dir"].as_str().unwrap().to_string())
+        .find(|d| d.starts_with("deep"))
+        .expect("a unit under deep/");
+    std::fs::remove_dir_all(e.src.join(&spine)).unwrap();
+    let o = run_cmd(&e, "finalize", "gone", &[], &[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("partial"), "{out}");
+    assert!(!e.dest.join("daily.0").join(&spine).exists(), "{out}");
+    let runs = e.dest.join(".snapring/runs");
+    // The newest record: the shard run's (the first backup's is older).
+    let rec: serde_json::Value = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|f| serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).unwrap())
+        .max_by_key(|r: &serde_json::Value| r["started_at"].as_str().unwrap_or("").to_string())
+        .expect("a run record");
+    assert_eq!(rec["status"], "partial", "{rec}");
+    let problems = rec["problems"].to_string();
+    assert!(
+        problems.contains(&spine) && problems.contains("vanished"),
+        "{rec}"
+    );
+    let mut files = 0u64;
+    let mut dirs = vec![e.dest.join("daily.0")];
+    while let Some(d) = dirs.pop() {
+        for f in std::fs::read_dir(&d).unwrap() {
+            let f = f.unwrap();
+            if f.file_type().unwrap().is_dir() {
+                dirs.push(f.path());
+            } else {
+                files += 1;
+            }
+        }
+    }
+    assert_eq!(rec["files_total"], files, "{rec}");
+    // The store's check agrees with the snapshot it holds.
+    let v = snapring(
+        &[
+            "verify".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "daily.0".as_ref(),
+        ],
+        &[],
+    );
+    assert!(v.status.success(), "{}", text(&v));
+}
