@@ -138,6 +138,13 @@ fn plan_units(e: &Env, run: &str) -> Vec<String> {
 /// Every unit of the plan committed exactly once (one marker each, nothing else), the
 /// run finalized once, the run record published; returns the commit markers.
 fn check_run(e: &Env, run: &str) -> Vec<serde_json::Value> {
+    check_run_with(e, run, None)
+}
+
+/// [`check_run`] of a run whose spine directory `gone` was gone from the source when it
+/// was finalized: the run is `partial` with a `vanished` problem naming it, and its
+/// `files_total` counts what the snapshot holds (not what the units had backed up).
+fn check_run_with(e: &Env, run: &str, gone: Option<&str>) -> Vec<serde_json::Value> {
     let units = plan_units(e, run);
     assert!(
         units.len() > 4,
@@ -158,7 +165,18 @@ fn check_run(e: &Env, run: &str) -> Vec<serde_json::Value> {
         &std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
     )
     .unwrap();
-    assert_eq!(rec["status"], "complete", "{rec}");
+    match gone {
+        None => assert_eq!(rec["status"], "complete", "{rec}"),
+        Some(d) => {
+            assert_eq!(rec["status"], "partial", "{rec}");
+            let ps = rec["problems"].as_array().unwrap();
+            assert!(
+                ps.iter()
+                    .any(|p| p["path"] == d && p["kind"].as_str() == Some("vanished")),
+                "{rec}"
+            );
+        }
+    }
     assert_eq!(rec["snapshot"], "daily.0");
     assert_eq!(rec["shards"]["units"], units.len());
     let state: serde_json::Value =
@@ -187,8 +205,32 @@ fn check_run(e: &Env, run: &str) -> Vec<serde_json::Value> {
                 .expect("counts in the commit")
         })
         .sum();
-    assert_eq!(rec["files_total"], files, "{rec}");
+    match gone {
+        None => assert_eq!(rec["files_total"], files, "{rec}"),
+        Some(_) => assert_eq!(
+            rec["files_total"],
+            non_dirs(&e.dest.join("daily.0")),
+            "{rec}"
+        ),
+    }
     commits
+}
+
+/// Entries other than directories under `root`.
+fn non_dirs(root: &Path) -> u64 {
+    let mut n = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for f in std::fs::read_dir(&d).unwrap() {
+            let f = f.unwrap();
+            if f.file_type().unwrap().is_dir() {
+                dirs.push(f.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// The snapshot equals the source, and `verify` finds it clean against its manifest.
@@ -2053,13 +2095,14 @@ fn a_spine_directory_deleted_before_finalize_is_left_out_of_the_snapshot() {
     killed_before_staging(&e, "gone");
     std::fs::remove_dir_all(e.src.join("flat")).unwrap();
     let o = run_cmd(&e, "finalize", "gone", &[], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Partial, as a single-node run with an entry that vanished under it.
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr_of(&o).contains("is gone from the source"),
         "{}",
         text(&o)
     );
-    check_run(&e, "gone");
+    check_run_with(&e, "gone", Some("flat"));
     check_snapshot(&e, "a spine directory deleted before finalize");
 }
 
@@ -2072,14 +2115,14 @@ fn a_spine_directory_with_subdirectories_deleted_before_finalize_leaves_no_entry
     killed_before_staging(&e, "deep-gone");
     std::fs::remove_dir_all(e.src.join("deep")).unwrap();
     let o = run_cmd(&e, "finalize", "deep-gone", &[], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr_of(&o).contains("spine directory")
             && stderr_of(&o).contains("is gone from the source"),
         "{}",
         text(&o)
     );
-    check_run(&e, "deep-gone");
+    check_run_with(&e, "deep-gone", Some("deep"));
     check_snapshot(
         &e,
         "a spine directory with subdirectories deleted before finalize",
@@ -2109,13 +2152,13 @@ fn a_finalize_repeated_after_a_gone_spine_directory_came_back_leaves_it_out_as_t
     use std::os::unix::fs::MetadataExt;
     let root = std::fs::metadata(&e.src).unwrap();
     let o = run_cmd(&e, "finalize", "back", &[], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr_of(&o).contains("when an earlier finalize of this run read it"),
         "{}",
         text(&o)
     );
-    check_run(&e, "back");
+    check_run_with(&e, "back", Some("deep"));
     // The snapshot is the source as the first finalize found it: without `deep`.
     std::fs::rename(e.src.join("deep"), &aside).unwrap();
     set_mtime(&e.src, root.mtime(), root.mtime_nsec());

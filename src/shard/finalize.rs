@@ -1067,7 +1067,7 @@ fn assemble(
     if plan.one_file_system {
         empty_mount_points(rd, source, &order, &read, mounts)?;
     }
-    let gone = gone_spine(rd, source, &order, &read, counters)?;
+    let gone = gone_spine(rd, source, &order, &read, mounts, counters)?;
     if !gone.is_empty() {
         members.retain(|m| !m.dir.at_or_below_any(&gone));
     }
@@ -1254,6 +1254,7 @@ fn gone_spine(
     source: &Path,
     order: &[&RelPath],
     read: &[SpineRead],
+    mounts: &SpineMounts,
     counters: &Counters,
 ) -> Result<HashSet<RelPath>, ShardError> {
     let path = rd.root.join("gone");
@@ -1292,7 +1293,14 @@ fn gone_spine(
             new = true;
         }
     }
-    let mut named: Vec<&RelPath> = gone.iter().collect();
+    // Not those inside a mount point the units recorded (`one_file_system`: kept as an
+    // empty directory, its contents never part of the snapshot).
+    // One problem for the highest gone directory of a subtree, not one for each below.
+    let mut named: Vec<&RelPath> = gone
+        .iter()
+        .filter(|d| !mounts.holds(d))
+        .filter(|d| d.is_root() || !d.parent().at_or_below_any(&gone))
+        .collect();
     named.sort();
     for d in named {
         counters.problem(report::Problem {
