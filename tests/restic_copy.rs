@@ -300,6 +300,7 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
     let f = Fixture::new();
     f.store_backup("7");
     let daily0 = f.backups.join("fs-1/daily.0");
+    let backed_up = describe(&daily0);
     // Bit rot: one byte of d0/f3 flipped in place, same size.
     let rot = |path: &std::path::Path| {
         let mut b = std::fs::read(path).unwrap();
@@ -343,12 +344,17 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
         let s = |s: &str| s.to_string();
         (s(p), s("vanished"), s("check against the manifest"))
     };
+    // The deletion moved d1's mtime: copied with the recorded one, a problem.
+    let moved = |p: &str| {
+        let s = |s: &str| s.to_string();
+        (s(p), s("metadata"), s("check against the manifest"))
+    };
     let (code, first, err) = copy("daily.0");
     assert_eq!(code, 2, "{first}{err}");
     assert_eq!(first["status"], "partial", "{first}");
     assert_eq!(
         kinds(&first),
-        vec![damaged("d0/f3"), missing("d1/f4")],
+        vec![damaged("d0/f3"), moved("d1"), missing("d1/f4")],
         "{first}"
     );
     let restored = f.restore(first["snapshot"].as_str().unwrap(), "r1");
@@ -356,8 +362,9 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
         !restored.join("d0/f3").exists(),
         "the damaged file left out"
     );
-    let mut rest = describe(&daily0);
+    let mut rest = backed_up;
     rest.remove(b"d0/f3".as_slice());
+    rest.remove(b"d1/f4".as_slice());
     assert_same_tree(&rest, &describe(&restored), "the copy holds the rest");
     // The store's next snapshot links the rotten file again (its source unchanged):
     // the next copy's parent does not have it, so it is read, and found, again.
@@ -397,6 +404,142 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
             .contains("copied unchecked"),
         "{fourth}"
     );
+}
+
+/// The copy's check against the manifest goes both ways: what the store snapshot holds
+/// and its manifest does not list (a file or directory added to the store), an entry of
+/// another type than the recorded one (a file replaced by a symlink to /etc/shadow), and
+/// an entry whose mode, owner or mtime is not the recorded one (setuid added, the
+/// directories' mtimes moved by the additions) are each a problem, and the copy
+/// `partial` (exit 2). The first two are left out; the last is copied with the metadata
+/// the manifest records. The copy restores equal to the snapshot as backed up, less the
+/// file replaced. (All of it went off-site as found, `complete`, exit 0.)
+#[test]
+fn what_the_store_snapshot_gained_or_changed_since_its_manifest_is_not_copied_as_good() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    f.store_backup("7");
+    let daily0 = f.backups.join("fs-1/daily.0");
+    let backed_up = describe(&daily0);
+    write(&daily0.join("d0/evil"), b"evil");
+    std::fs::remove_file(daily0.join("d1/f1")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", daily0.join("d1/f1")).unwrap();
+    write(&daily0.join("newdir/y"), b"x");
+    std::fs::set_permissions(
+        daily0.join("d2/f2"),
+        std::fs::Permissions::from_mode(0o4777),
+    )
+    .unwrap();
+    let (code, r, err) = sr(&[
+        "copy",
+        "--dest",
+        f.backups.to_str().unwrap(),
+        "--folder",
+        "fs-1",
+        "daily.0",
+        "--to",
+        &f.url(),
+        "--json",
+    ]);
+    assert_eq!(code, 2, "{r}{err}");
+    assert_eq!(r["status"], "partial", "{r}");
+    let problems: Vec<(String, String, String)> = r["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems: {r}"))
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap().to_string();
+            (s("path"), s("kind"), s("action"))
+        })
+        .collect();
+    let p = |path: &str, kind: &str| {
+        (
+            path.to_string(),
+            kind.to_string(),
+            "check against the manifest".to_string(),
+        )
+    };
+    assert_eq!(
+        problems,
+        vec![
+            // The root's and the directories' mtimes, moved by the additions.
+            p(".", "metadata"),
+            p("d0", "metadata"),
+            p("d0/evil", "unreadable"),
+            p("d1", "metadata"),
+            p("d1/f1", "unreadable"),
+            p("d2/f2", "metadata"),
+            p("newdir", "unreadable"),
+        ],
+        "{r}"
+    );
+    let error = |path: &str| {
+        r["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["path"] == path)
+            .unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(error("d1/f1").contains("symlink"), "{r}");
+    assert!(error("d2/f2").contains("mode 4777 (recorded 644)"), "{r}");
+    assert!(error("d0/evil").contains("not in its manifest"), "{r}");
+    // 32 files backed up, one replaced by a symlink and left out.
+    assert_eq!(r["files_total"], 31, "{r}");
+    let restored = f.restore(r["snapshot"].as_str().unwrap(), "r1");
+    let mut want = backed_up;
+    want.remove(b"d1/f1".as_slice());
+    assert_same_tree(
+        &want,
+        &describe(&restored),
+        "the copy is the snapshot as backed up, less the replaced file",
+    );
+    assert!(
+        std::fs::symlink_metadata(restored.join("d1/f1")).is_err(),
+        "no symlink where the manifest has a file"
+    );
+}
+
+/// A copy counts the files its snapshot holds: a file left out because its content is
+/// not the checksum the manifest records is a problem, not one of them (it was counted:
+/// "of 32 files" for a snapshot of 31, `files_total` too).
+#[test]
+fn a_copy_counts_only_the_files_its_snapshot_holds() {
+    use std::io::{Seek, SeekFrom, Write};
+    let f = Fixture::new();
+    f.store_backup("7");
+    let daily0 = f.backups.join("fs-1/daily.0");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(daily0.join("d0/f3"))
+        .unwrap();
+    file.seek(SeekFrom::Start(10)).unwrap();
+    file.write_all(b"rot").unwrap();
+    drop(file);
+    let (code, r, err) = sr(&[
+        "copy",
+        "--dest",
+        f.backups.to_str().unwrap(),
+        "--folder",
+        "fs-1",
+        "daily.0",
+        "--to",
+        &f.url(),
+        "--json",
+    ]);
+    assert_eq!(code, 2, "{r}{err}");
+    assert_eq!(r["problems"].as_array().map(Vec::len), Some(1), "{r}");
+    let restored = f.restore(r["snapshot"].as_str().unwrap(), "r1");
+    let files = describe(&restored)
+        .values()
+        .filter(|d| d.kind == "file")
+        .count();
+    assert_eq!(files, 31, "32 files backed up, one left out");
+    assert_eq!(r["files_total"], 31, "{r}");
+    assert_eq!(r["repository"]["files_read"], 32, "{r}");
 }
 
 /// The inode number of a file the parent copy recorded, given to another file once the
@@ -489,9 +632,20 @@ fn a_reused_inode_number_is_not_taken_for_the_parents_file() {
     let b = &r["repository"];
     assert_eq!(b["copied_from"]["reused_by_inode"], 0, "{r}{err}");
     assert_eq!(b["files_read"], 1, "{r}{err}");
-    // The content read is checked against the manifest, which recorded version 1.
+    // The content read is checked against the manifest, which recorded version 1 (and
+    // the root's mtime, which the new file moved: copied with the recorded one).
     assert_eq!(code, 2, "{r}{err}");
-    assert_eq!(r["problems"][0]["path"], "P", "{r}");
+    let at = |path: &str| {
+        r["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["path"] == path)
+            .map(|p| p["kind"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at("P"), vec!["unreadable"], "{r}");
+    assert_eq!(at("."), vec!["metadata"], "{r}");
 }
 
 /// A store snapshot whose run record was deleted (an operator's clean-up) keeps its
@@ -594,6 +748,7 @@ fn a_partial_copy_is_copied_again_once_the_store_is_repaired() {
     let f = Fixture::new();
     f.store_backup("7");
     let file = f.backups.join("fs-1/daily.0/d0/f3");
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
     let flip = || {
         let mut b = std::fs::read(&file).unwrap();
         b[100] ^= 0x40;
@@ -633,8 +788,15 @@ fn a_partial_copy_is_copied_again_once_the_store_is_repaired() {
     };
     let partial = tags(&first["snapshot"]);
     assert!(partial.to_string().contains("\"partial\""), "{partial}");
-    // Repaired (the byte flipped back): copied again, whole.
+    // Repaired (the byte flipped back, and the mtime the flips moved): copied again,
+    // whole.
     flip();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     let (code, second, err) = copy();
     assert_eq!(
         (code, &second["status"]),

@@ -20,13 +20,15 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
-use super::backup::{BackupReport, Reuse, Spec};
+use super::backup::{BackupReport, Check, Reuse, Spec, Stat};
 use super::repo::Repo;
 use super::snapshot::{self, Snapshot};
 use super::tree::Node;
 use super::{Error, Id, Result};
+use crate::fsx::{Kind, Time};
 use crate::manifest;
 use crate::relpath::RelPath;
+use crate::same::{Delta, Facts};
 
 pub struct CopyOptions {
     /// The store snapshot: a name (`daily.0`), a run id, `latest` or `@TIME`.
@@ -326,7 +328,7 @@ impl Reuse for ManifestReuse {
     fn check_listing(
         &mut self,
         path: &Path,
-        names: &[Vec<u8>],
+        names: &mut Vec<Vec<u8>>,
     ) -> Vec<(PathBuf, &'static str, Error)> {
         if self.cur.is_none() {
             return Vec::new();
@@ -348,7 +350,8 @@ impl Reuse for ManifestReuse {
             )];
         }
         let listed: std::collections::HashSet<&[u8]> = names.iter().map(Vec::as_slice).collect();
-        cur.iter()
+        let mut problems: Vec<_> = cur
+            .iter()
             .filter(|e| !listed.contains(e.name.as_slice()))
             .map(|e| {
                 let at = path.join(std::ffi::OsStr::from_bytes(&e.name));
@@ -362,6 +365,133 @@ impl Reuse for ManifestReuse {
                     super::io_err("check against the manifest", &at)(why),
                 )
             })
-            .collect()
+            .collect();
+        // A name the manifest does not list was added to the store snapshot after its
+        // run: not the snapshot's, so not in the copy.
+        let cur = &self.cache[&dir].0;
+        names.retain(|name| {
+            let known = manifest::find(cur, name).is_some();
+            if !known {
+                let at = path.join(std::ffi::OsStr::from_bytes(name));
+                let why = std::io::Error::other(
+                    "in the store snapshot, not in its manifest (added to the store since its \
+                     backup: tampering?): left out of the copy; run `snapring verify`",
+                );
+                problems.push((
+                    at.clone(),
+                    "unreadable",
+                    super::io_err("check against the manifest", &at)(why),
+                ));
+            }
+            known
+        });
+        problems
+    }
+
+    fn check_entry(&mut self, path: &Path, md: &Stat, target: Option<&[u8]>) -> Check {
+        if self.cur.is_none() {
+            return Check::Good;
+        }
+        let Some((dir, name)) = self.split(path) else {
+            return Check::Good;
+        };
+        let root;
+        let e = if name.is_empty() {
+            // The snapshot's own directory: the manifest's root line (one that does
+            // not read leaves the root unchecked, as a block that does not read).
+            match self.cur.as_ref().map(manifest::Reader::root) {
+                Some(Ok(r)) => {
+                    root = r;
+                    &root
+                }
+                _ => return Check::Good,
+            }
+        } else {
+            let (cur, _, cur_error) = self.blocks(dir);
+            // A block that did not read: copied unchecked, said at the directory.
+            if cur_error.is_some() {
+                return Check::Good;
+            }
+            // A name not listed was left out at its directory's listing.
+            match manifest::find(cur, name) {
+                Some(e) => e,
+                None => return Check::Good,
+            }
+        };
+        let mode = md.mode();
+        let found = Facts {
+            kind: Kind::from_mode(mode),
+            perm: mode & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            mtime: Time {
+                sec: md.mtime(),
+                nsec: md.mtime_nsec() as u32,
+            },
+            rdev: md.rdev(),
+            target,
+            xattrs: None,
+        };
+        // What `verify` compares (`same::Delta`), but for the extended attributes.
+        let d = Delta::between(&Facts::of_entry(e), &found);
+        let err = |msg: String| {
+            super::io_err("check against the manifest", path)(std::io::Error::other(msg))
+        };
+        if d.content() {
+            let what = if d.kind {
+                format!(
+                    "it is a {} in the store snapshot, a {} in its manifest",
+                    found.kind.name(),
+                    e.kind.name()
+                )
+            } else if d.size {
+                format!(
+                    "its size is {}, its manifest records {}",
+                    found.size, e.size
+                )
+            } else if d.target {
+                "its symlink target is not the one its manifest records".to_string()
+            } else {
+                format!(
+                    "its device is {}, its manifest records {}",
+                    found.rdev, e.rdev
+                )
+            };
+            return Check::LeaveOut(
+                "unreadable",
+                err(format!(
+                    "{what} (bit rot or tampering in the store): left out of the copy; run \
+                     `snapring verify`"
+                )),
+            );
+        }
+        if d.metadata() {
+            let mut what = Vec::new();
+            if d.perm {
+                what.push(format!("mode {:o} (recorded {:o})", found.perm, e.perm));
+            }
+            if d.owner {
+                what.push(format!(
+                    "owner {}:{} (recorded {}:{})",
+                    found.uid, found.gid, e.uid, e.gid
+                ));
+            }
+            if d.mtime {
+                what.push(format!("mtime {} (recorded {})", found.mtime, e.mtime));
+            }
+            return Check::Recorded {
+                perm: e.perm,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: (e.mtime.sec, e.mtime.nsec),
+                error: err(format!(
+                    "{}: not the metadata its manifest records (tampering in the store?): copied with the \
+                     metadata its manifest records; run `snapring verify`",
+                    what.join(", ")
+                )),
+            };
+        }
+        Check::Good
     }
 }
