@@ -824,3 +824,196 @@ fn a_partial_copy_is_copied_again_once_the_store_is_repaired() {
         "{third}"
     );
 }
+
+impl Fixture {
+    /// `snapring copy --json SNAPSHOT` with `extra` arguments: exit code, report, stderr.
+    fn copy_with(&self, snapshot: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
+        let mut args = vec![
+            "copy",
+            "--dest",
+            self.backups.to_str().unwrap(),
+            "--folder",
+            "fs-1",
+            snapshot,
+            "--to",
+        ];
+        let url = self.url();
+        args.push(&url);
+        args.push("--json");
+        args.extend_from_slice(extra);
+        sr(&args)
+    }
+
+    /// The repository's snapshots: (id, tags), oldest first.
+    fn snapshots(&self) -> Vec<(String, Vec<String>)> {
+        let (code, list, err) = sr(&["list", "--dest", &self.url(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        list.as_array()
+            .unwrap_or_else(|| panic!("{list}"))
+            .iter()
+            .map(|s| {
+                let tags = s["tags"].as_array().unwrap().iter();
+                (
+                    s["id"].as_str().unwrap().to_string(),
+                    tags.map(|t| t.as_str().unwrap().to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Flips one byte of `daily.0/e` in place (bit rot; again: repaired).
+    fn flip(&self) {
+        use std::io::{Seek, SeekFrom, Write};
+        let file = self.backups.join("fs-1/daily.0/e");
+        let mut b = std::fs::read(&file).unwrap();
+        b[100] ^= 0x40;
+        let mut w = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        w.seek(SeekFrom::Start(100)).unwrap();
+        w.write_all(&b[100..101]).unwrap();
+    }
+}
+
+/// Found by review (F3): while backups fail, `daily.0` stays the same run, and a daily
+/// `copy latest --retain 2` of it, damaged, made a new `partial` copy each time, which
+/// restic's forget counted as one more snapshot: after three runs the repository held
+/// two partial copies of one run and had forgotten the last whole copy. A retry's
+/// partial copy now replaces the run's earlier one, retention counts store runs, and
+/// the newest whole copy is kept whatever partial copies are newer.
+#[test]
+fn retried_partial_copies_replace_each_other_and_never_expire_the_last_whole_copy() {
+    let f = Fixture::new();
+    let mut whole = Vec::new();
+    for _ in 0..2 {
+        f.store_backup("3");
+        let (code, r, err) = f.copy_with("latest", &["--retain", "2"]);
+        assert_eq!((code, &r["status"]), (0, &"complete".into()), "{r}{err}");
+        whole.push(r["snapshot"].as_str().unwrap().to_string());
+    }
+    // A new file, read by the copy: damaged in the store.
+    write(&f.src.join("e"), &pseudo_random(5000, 7));
+    f.store_backup("3");
+    f.flip();
+    let mut partial = Vec::new();
+    for _ in 0..3 {
+        let (code, r, err) = f.copy_with("latest", &["--retain", "2"]);
+        assert_eq!((code, &r["status"]), (2, &"partial".into()), "{r}{err}");
+        partial.push(r["snapshot"].as_str().unwrap().to_string());
+    }
+    let ids =
+        |f: &Fixture| -> Vec<String> { f.snapshots().into_iter().map(|(id, _)| id).collect() };
+    let mut want = vec![whole[1].clone(), partial[2].clone()];
+    want.sort();
+    let mut got = ids(&f);
+    got.sort();
+    assert_eq!(got, want, "the last partial copy and the newest whole one");
+    // --retain 1: the newest run's copy is partial, the newest whole copy stays too.
+    let (code, r, err) = f.copy_with("latest", &["--retain", "1"]);
+    assert_eq!(code, 2, "{r}{err}");
+    let mut got = ids(&f);
+    got.sort();
+    let mut want = vec![
+        whole[1].clone(),
+        r["snapshot"].as_str().unwrap().to_string(),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{r}");
+    // Repaired: the whole copy of the run replaces its partial one, and with
+    // --retain 1 it is the only copy left.
+    f.flip();
+    let (code, r, err) = f.copy_with("latest", &["--retain", "1"]);
+    assert_eq!((code, &r["status"]), (0, &"complete".into()), "{r}{err}");
+    assert_eq!(
+        ids(&f),
+        vec![r["snapshot"].as_str().unwrap().to_string()],
+        "{r}"
+    );
+}
+
+/// Found by review (F4): a copy's path names the store snapshot's slot (`daily.2`,
+/// `daily.1`, `daily.0`), and restic's grouping by host and paths made `--retain 1`
+/// keep one copy per slot, not one of the label as `copy --help` says.
+#[test]
+fn copy_retention_counts_copies_of_the_label_whatever_slot_they_came_from() {
+    let f = Fixture::new();
+    for _ in 0..3 {
+        f.store_backup("5");
+    }
+    let mut last = String::new();
+    for slot in ["daily.2", "daily.1", "daily.0"] {
+        let (code, r, err) = f.copy_with(slot, &["--retain", "1"]);
+        assert_eq!((code, &r["status"]), (0, &"complete".into()), "{r}{err}");
+        last = r["snapshot"].as_str().unwrap().to_string();
+    }
+    let snaps = f.snapshots();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0].0, last);
+}
+
+/// Found by review (F2): copies of one store snapshot at once each checked "not copied
+/// yet" before the other had written, and both wrote a copy. Two copies paused just
+/// before their snapshot files, released one after the other: one copy is left, the
+/// first begun, and the later copy's report names it as copied before.
+#[test]
+fn copies_of_one_snapshot_at_once_leave_one_copy() {
+    let f = Fixture::new();
+    f.store_backup("3");
+    let spawn = |pause: &Path| {
+        let child = std::process::Command::new(bin())
+            .env("SNAPRING_CATALOG", "off")
+            .env(
+                "XDG_CACHE_HOME",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+            )
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env(
+                "SNAPRING_FAILPOINTS",
+                format!("restic.backup.before_snapshot=pause:{}", pause.display()),
+            )
+            .args(["copy", "--dest"])
+            .arg(&f.backups)
+            .args(["--folder", "fs-1", "daily.0", "--to", &f.url(), "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(pause);
+        child
+    };
+    let finish = |child: std::process::Child, pause: &Path| {
+        std::fs::remove_file(pause).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{r}{err}");
+        r
+    };
+    let (pa, pb) = (f.t.path().join("pause-a"), f.t.path().join("pause-b"));
+    let a = spawn(&pa);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let b = spawn(&pb);
+    let ra = finish(a, &pa);
+    let rb = finish(b, &pb);
+    let snaps = f.snapshots();
+    assert_eq!(snaps.len(), 1, "{snaps:?}\n{ra}\n{rb}");
+    assert_eq!(snaps[0].0, ra["snapshot"].as_str().unwrap(), "{ra}");
+    assert_eq!(rb["snapshot"], ra["snapshot"], "{rb}");
+    assert_eq!(
+        rb["repository"]["copied_from"]["already_copied"], true,
+        "{rb}"
+    );
+    // The other order: the copy begun first writes last, and replaces the other.
+    f.store_backup("3");
+    let a = spawn(&pa);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let b = spawn(&pb);
+    let rb = finish(b, &pb);
+    let ra = finish(a, &pa);
+    let snaps = f.snapshots();
+    let run = ra["repository"]["copied_from"]["run"].as_str().unwrap();
+    let of_run: Vec<_> = snaps
+        .iter()
+        .filter(|(_, t)| t.contains(&format!("run={run}")))
+        .collect();
+    assert_eq!(of_run.len(), 1, "{snaps:?}\n{ra}\n{rb}");
+    assert_eq!(of_run[0].0, ra["snapshot"].as_str().unwrap(), "{ra}");
+}
