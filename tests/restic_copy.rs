@@ -862,14 +862,20 @@ impl Fixture {
     }
 
     /// Flips one byte of `daily.0/e` in place (bit rot; again: repaired).
+    /// Flips a bit of `daily.0/e` in place, its mtime kept (bit rot: only the content
+    /// differs from the manifest, and flipped back it is the file backed up).
     fn flip(&self) {
         use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
         let file = self.backups.join("fs-1/daily.0/e");
+        let m = std::fs::metadata(&file).unwrap();
         let mut b = std::fs::read(&file).unwrap();
         b[100] ^= 0x40;
         let mut w = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
         w.seek(SeekFrom::Start(100)).unwrap();
         w.write_all(&b[100..101]).unwrap();
+        drop(w);
+        set_mtime(&file, m.mtime(), m.mtime_nsec());
     }
 }
 
