@@ -159,6 +159,10 @@ struct Running {
 /// it, the loop waits for the oldest.
 const MAX_NOTIFYING: usize = 8;
 
+/// A wall clock that moves this much more or less than the monotonic clock between
+/// two turns of the loop was stepped ([`State::clock`]); NTP's slewing is far slower.
+const CLOCK_STEP: chrono::Duration = chrono::Duration::seconds(5);
+
 /// Triggers a held-up loop missed, each recorded as a `skipped` event; past it, one
 /// more event for the rest.
 const MAX_MISSED_SHOWN: usize = 20;
@@ -232,9 +236,15 @@ impl State<'_> {
     /// waits for its next time, as it would had the daemon kept running.
     fn plan(&mut self, now: DateTime<Utc>, startup: bool) {
         let mut cat = self.catalog();
+        let mut untold = Vec::new();
         if startup && let Some(c) = cat.as_mut() {
             // A run that died with the daemon is `running` until settled.
             crate::catalog::settle_running(c);
+            untold.extend(
+                self.jobs
+                    .keys()
+                    .filter_map(|name| Some((name.clone(), untold_death(c, name)?))),
+            );
         }
         let mut resumed = Vec::new();
         for (name, j) in self.jobs.iter_mut() {
@@ -271,6 +281,18 @@ impl State<'_> {
         }
         for (name, msg) in resumed {
             self.event(Some(&name), "resumed", &msg);
+        }
+        // A run that died with the daemon (both killed) told nobody, and nobody saw it
+        // die: told now, as `died` tells a run the daemon saw die.
+        for (name, (store, r)) in untold {
+            tracing::warn!(
+                "job {name}: its run {} ended before it recorded its end and was never notified ({}); telling its notifiers",
+                r.id,
+                r.message
+            );
+            let cfg = self.cfg.clone();
+            let notice = crate::notify::Notice::backup(&r);
+            self.tell(&name, &cfg, Some((store, r)), || notice);
         }
         for (name, j) in &self.jobs {
             match j.next {
@@ -445,30 +467,57 @@ impl State<'_> {
             let r = store.read_run(&row.id).ok().flatten()?;
             Some((store, r))
         });
-        let catalog = self.opts.catalog.clone();
-        let on_nfs = self.opts.catalog_on_nfs;
-        let record = move |store: &crate::store::Store, r: &crate::report::RunReport| {
-            if let Err(e) = store.write_run(r) {
-                tracing::error!("job {}: {e}", r.job.as_deref().unwrap_or("-"));
-            }
-            if let Some(c) = &catalog
-                && let Some(w) = crate::catalog::record_quietly(c, on_nfs, r)
-            {
-                tracing::warn!("{w}");
-            }
-        };
         // The cause, after the settled message (which says `interrupted` first, as a
         // restart looks for to resume it).
         let settled = settled.filter(|(_, r)| r.status != crate::report::Status::Complete);
         let settled = settled.map(|(store, mut r)| {
             if !r.message.contains(&msg) {
                 r.message = format!("{} ({msg})", r.message);
-                record(&store, &r);
+                self.record(&store, &r);
             }
             (store, r)
         });
-        let notifiers = match run.cfg.job.get(name) {
-            Some(job) => crate::job::notifiers(&run.cfg, job),
+        let fallback = || crate::notify::Notice {
+            id: String::new(),
+            job: Some(name.to_string()),
+            status: crate::report::Status::Failed,
+            subject: format!("snapring: job {name}: run failed"),
+            text: format!("job {name}: {msg}\n"),
+            log: PathBuf::new(),
+            report: serde_json::json!({
+                "job": name,
+                "status": "failed",
+                "message": msg,
+            }),
+        };
+        let cfg = run.cfg.clone();
+        self.tell(name, &cfg, settled, fallback);
+    }
+
+    /// Records run `r` in its store and in the catalog (as settled or as told).
+    fn record(&self, store: &crate::store::Store, r: &crate::report::RunReport) {
+        record_run(
+            self.opts.catalog.as_deref(),
+            self.opts.catalog_on_nfs,
+            store,
+            r,
+        );
+    }
+
+    /// Tells the notifiers of job `name` in `cfg` of a run that could not tell them
+    /// itself: `settled`, the run's record (then its outcomes go into the record and the
+    /// catalog row, as a run's own would), or else `fallback`. On a thread of its own
+    /// (a slow notifier held the loop for its retries times its timeout: other jobs'
+    /// runs started late, their triggers merged without a trace, signals unheeded).
+    fn tell(
+        &mut self,
+        name: &str,
+        cfg: &Config,
+        settled: Option<(crate::store::Store, crate::report::RunReport)>,
+        fallback: impl FnOnce() -> crate::notify::Notice,
+    ) {
+        let notifiers = match cfg.job.get(name) {
+            Some(job) => crate::job::notifiers(cfg, job),
             None => Vec::new(),
         };
         if notifiers.is_empty() {
@@ -476,19 +525,7 @@ impl State<'_> {
         }
         let notice = match &settled {
             Some((_, r)) => crate::notify::Notice::backup(r),
-            None => crate::notify::Notice {
-                id: String::new(),
-                job: Some(name.to_string()),
-                status: crate::report::Status::Failed,
-                subject: format!("snapring: job {name}: run failed"),
-                text: format!("job {name}: {msg}\n"),
-                log: PathBuf::new(),
-                report: serde_json::json!({
-                    "job": name,
-                    "status": "failed",
-                    "message": msg,
-                }),
-            },
+            None => fallback(),
         };
         if self.notifying.len() >= MAX_NOTIFYING {
             tracing::warn!(
@@ -496,6 +533,8 @@ impl State<'_> {
             );
             let _ = self.notifying.remove(0).join();
         }
+        let catalog = self.opts.catalog.clone();
+        let on_nfs = self.opts.catalog_on_nfs;
         let name = name.to_string();
         let sent = std::thread::Builder::new()
             .name(format!("notify-{name}"))
@@ -512,12 +551,45 @@ impl State<'_> {
                 }
                 if let Some((store, mut r)) = settled {
                     r.notifications = outcomes;
-                    record(&store, &r);
+                    record_run(catalog.as_deref(), on_nfs, &store, &r);
                 }
             });
         match sent {
             Ok(h) => self.notifying.push(h),
             Err(e) => tracing::error!("cannot start a thread to send a notice: {e}"),
+        }
+    }
+
+    /// Watches the wall clock against the monotonic one between two turns of the loop
+    /// (`last`: the previous turn's readings, updated to this one's). A wall clock
+    /// that went back (a machine that booted with its hardware clock ahead, corrected
+    /// by NTP later) left each job's next time planned from the later time: the runs
+    /// between went by without a run or a trace, and the daemon waited days. Every job
+    /// is planned again from `now` (logged, and a `clock` event). A step forward is
+    /// logged: `due` runs the trigger it passed and records the others as skipped.
+    fn clock(&mut self, last: &mut (std::time::Instant, DateTime<Utc>), now: DateTime<Utc>) {
+        let mono = std::time::Instant::now();
+        let elapsed = mono.saturating_duration_since(last.0);
+        let expected = last.1 + chrono::Duration::from_std(elapsed).unwrap_or_default();
+        *last = (mono, now);
+        let step = now - expected;
+        if step < -CLOCK_STEP {
+            let msg = format!(
+                "the clock went back by {}s (from about {} to {}): the next time of every job is planned again from now",
+                -step.num_seconds(),
+                expected.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
+            tracing::warn!("{msg}");
+            self.event(None, "clock", &msg);
+            self.plan(now, false);
+        } else if step > CLOCK_STEP {
+            tracing::warn!(
+                "the clock jumped forward by {}s (from about {} to {}; or the machine was suspended): triggers it passed are run once, late, and the others recorded as skipped",
+                step.num_seconds(),
+                expected.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            );
         }
     }
 
@@ -549,8 +621,9 @@ impl State<'_> {
             }
             let j = self.jobs.get_mut(&name).expect("listed above");
             // Times that came and went while the loop was held up (a slow catalog, a
-            // stopped process): one run, late, for all of them, and each recorded as a
-            // skipped trigger (they merged without a trace).
+            // stopped process) or that the clock jumped over (stepped forward): one
+            // run, late, for all of them, and each recorded as a skipped trigger (they
+            // merged without a trace).
             let mut missed = Vec::new();
             // Past the first MAX_MISSED_SHOWN: how many more, the first and the last.
             let mut rest: Option<(u64, DateTime<Utc>, DateTime<Utc>)> = None;
@@ -573,7 +646,7 @@ impl State<'_> {
             j.next = j.schedule.next_after(now.max(at));
             for m in missed {
                 let msg = format!(
-                    "{m} skipped: the daemon's loop was held up until {} (the run due at {} started late and stands for it)",
+                    "{m} skipped: the clock jumped or the daemon's loop was held up until {} (the run due at {} started late and stands for it)",
                     now.to_rfc3339(),
                     at.to_rfc3339()
                 );
@@ -648,6 +721,47 @@ impl State<'_> {
     }
 }
 
+/// The newest backup of job `name`, with its store, if it died before it recorded its
+/// end (its process, killed, left it `running`, settled since: `interrupted: the
+/// process ended before finishing`) and nobody told its notifiers: no daemon saw it
+/// die, as when the daemon was killed with it. Once told, its record has the
+/// notifiers' outcomes, and it is not told again.
+fn untold_death(
+    c: &Catalog,
+    name: &str,
+) -> Option<(crate::store::Store, crate::report::RunReport)> {
+    let row = c.recent(name, 1).ok()?.into_iter().next()?;
+    if row.status != crate::report::Status::Incomplete.as_str()
+        || crate::catalog::is_repository(&row.store)
+    {
+        return None;
+    }
+    let store = crate::store::Store::open(Path::new(&row.store), false).ok()?;
+    let r = store.read_run(&row.id).ok().flatten()?;
+    let died = r.status == crate::report::Status::Incomplete
+        && r.message
+            .starts_with("interrupted: the process ended before finishing")
+        && r.notifications.is_empty();
+    died.then_some((store, r))
+}
+
+/// Writes run record `r` into `store` and records it in the catalog (if any).
+fn record_run(
+    catalog: Option<&Path>,
+    on_nfs: bool,
+    store: &crate::store::Store,
+    r: &crate::report::RunReport,
+) {
+    if let Err(e) = store.write_run(r) {
+        tracing::error!("job {}: {e}", r.job.as_deref().unwrap_or("-"));
+    }
+    if let Some(c) = catalog
+        && let Some(w) = crate::catalog::record_quietly(c, on_nfs, r)
+    {
+        tracing::warn!("{w}");
+    }
+}
+
 /// Why a run's process ended other than as a run ends (an exit code of the README's
 /// table), `None` if it did not: killed by a signal (the kernel's out-of-memory killer
 /// sends SIGKILL), a crash, or stopped at once by a second signal (130).
@@ -698,6 +812,7 @@ pub fn run(
         &format!("daemon started ({})", opts.config.display()),
     );
     st.plan(Utc::now(), true);
+    let mut clock = (std::time::Instant::now(), Utc::now());
     while !stop.load(Ordering::Relaxed) {
         if reload.swap(false, Ordering::Relaxed) {
             match load(&opts.config) {
@@ -751,7 +866,9 @@ pub fn run(
             }
         }
         st.reap();
-        st.due(Utc::now());
+        let now = Utc::now();
+        st.clock(&mut clock, now);
+        st.due(now);
         std::thread::sleep(opts.tick);
     }
     st.stop_children();

@@ -66,17 +66,39 @@ fn main() {
     std::process::exit(code.code());
 }
 
-/// The command line, as `Cli::try_parse` reads it, but for `SNAPRING_CATALOG` set to
-/// the empty string: that is taken as unset (as an empty `AWS_REGION` or `HOME` is),
-/// where clap would refuse every command for want of a value.
+/// The command line, as `Cli::try_parse` reads it, but for an environment variable
+/// an option reads (`SNAPRING_CATALOG`, `SNAPRING_CONFIG`, …) set to the empty
+/// string: that is taken as unset (as an empty `AWS_REGION` or `HOME` is), where clap
+/// would refuse the command for want of a value the user never gave on the command line.
 fn parse_args() -> Result<Cli, clap::Error> {
     use clap::{CommandFactory, FromArgMatches};
-    let mut cmd = Cli::command();
-    if std::env::var_os("SNAPRING_CATALOG").is_some_and(|v| v.is_empty()) {
-        cmd = cmd.mut_arg("catalog", |a| a.env(None));
-    }
+    let mut cmd = unset_empty_envs(Cli::command());
     let mut m = cmd.clone().try_get_matches()?;
     Cli::from_arg_matches_mut(&mut m).map_err(|e| e.format(&mut cmd))
+}
+
+/// `cmd` and its subcommands without the environment variables of their options that
+/// are set to the empty string.
+fn unset_empty_envs(mut cmd: clap::Command) -> clap::Command {
+    let empty: Vec<clap::Id> = cmd
+        .get_arguments()
+        .filter(|a| {
+            a.get_env()
+                .is_some_and(|v| std::env::var_os(v).is_some_and(|v| v.is_empty()))
+        })
+        .map(|a| a.get_id().clone())
+        .collect();
+    for id in empty {
+        cmd = cmd.mut_arg(id, |a| a.env(None));
+    }
+    let subs: Vec<String> = cmd
+        .get_subcommands()
+        .map(|s| s.get_name().to_string())
+        .collect();
+    for s in subs {
+        cmd = cmd.mut_subcommand(s, unset_empty_envs);
+    }
+    cmd
 }
 
 /// Runs one command.

@@ -828,3 +828,55 @@ fn catalog_rebuild_of_a_repository_says_it_has_no_run_records() {
         );
     }
 }
+
+/// A job name with a newline (allowed: notify and serve escape it) and a store whose
+/// directory name holds one printed as two rows of `history`'s table and two lines
+/// of `show` and `stats`, the second a fake. They are quoted and escaped now.
+#[test]
+fn a_newline_in_a_job_name_or_store_path_is_escaped_in_the_tables() {
+    let e = setup();
+    let store = e._t.path().join("st\nFAKE-STORE");
+    let cfg = e._t.path().join("snapring.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.\"nightly\\nFAKE-ROW complete\"]\nsource = {:?}\ndest = {:?}\nlabel = \"daily\"\nretain = 2\n",
+            e.src, store
+        ),
+    )
+    .unwrap();
+    let c = e.catalog.to_string_lossy().into_owned();
+    let out = snapring(
+        &[OsStr::new("backup"), "--config".as_ref(), cfg.as_os_str()],
+        &[("SNAPRING_CATALOG", &c)],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (code, runs, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let id = runs[0]["id"].as_str().expect("a run id").to_string();
+    for cmd in [&["history"][..], &["stats"], &["show", &id]] {
+        let out = snapring(
+            &std::iter::once("--catalog")
+                .chain(std::iter::once(c.as_str()))
+                .chain(cmd.iter().copied())
+                .map(OsStr::new)
+                .collect::<Vec<_>>(),
+            &[],
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{cmd:?}: {out:?}");
+        for line in text.lines() {
+            assert!(
+                !line.starts_with("FAKE"),
+                "{cmd:?}: a line starts with the name's second line:\n{text}"
+            );
+        }
+        assert!(
+            text.contains(r#""nightly\nFAKE-ROW complete""#),
+            "{cmd:?}: the job name is not shown escaped:\n{text}"
+        );
+        if cmd[0] != "stats" {
+            assert!(text.contains(r#"st\nFAKE-STORE""#), "{cmd:?}:\n{text}");
+        }
+    }
+}

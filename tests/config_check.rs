@@ -502,3 +502,44 @@ fn a_repository_excluded_from_its_source_or_a_job_without_retain_passes() {
     let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
     assert_eq!(code, 0, "{out}{err}");
 }
+
+/// `SNAPRING_CONFIG=` (set but empty, as a unit file's `Environment=SNAPRING_CONFIG=`
+/// leaves it) made clap say "a value is required for '--config <CONFIG>'" of a
+/// `--config` nobody gave. Empty is unset now, as `SNAPRING_CATALOG=` already was: the
+/// default file is used (and named when it is missing), or the one on the command line.
+#[test]
+fn an_empty_snapring_config_is_unset() {
+    let t = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = Command::new(bin())
+            .current_dir(t.path())
+            .args(args)
+            .env("SNAPRING_CATALOG", "off")
+            .env("SNAPRING_CONFIG", "")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["run", "home"]);
+    assert!(!err.contains("a value is required"), "{err}");
+    assert!(err.contains("/etc/snapring/snapring.toml"), "{err}");
+    assert_ne!(code, 0, "{err}");
+    std::fs::create_dir(t.path().join("src")).unwrap();
+    write(&t.path().join("src/f"), b"x");
+    std::fs::write(
+        t.path().join("c.toml"),
+        format!(
+            "[job.home]\nsource = {:?}\ndest = {:?}\nlabel = \"daily\"\nretain = 2\n",
+            t.path().join("src"),
+            t.path().join("bk")
+        ),
+    )
+    .unwrap();
+    let (code, err) = run(&["run", "home", "--config", "c.toml"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(t.path().join("bk/daily.0/f").exists(), "{err}");
+}

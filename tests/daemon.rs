@@ -1930,3 +1930,221 @@ fn a_reload_that_changes_the_catalog_says_it_takes_effect_at_restart() {
     );
     assert!(!second.exists(), "nothing recorded in the new catalog");
 }
+
+/// libfaketime's preload library, for the tests of a clock that steps; `None` (with a
+/// notice: `apt-get install faketime`, as .ci/run does) when it is not installed.
+fn libfaketime() -> Option<PathBuf> {
+    let lib = PathBuf::from("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+    if !lib.exists() {
+        eprintln!(
+            "SKIPPED: {} is not installed (apt-get install faketime)",
+            lib.display()
+        );
+        return None;
+    }
+    Some(lib)
+}
+
+/// A wall clock stepped back (a machine that booted with its hardware clock ahead,
+/// corrected by NTP later; here libfaketime, its offset in a file the test rewrites)
+/// has every job planned again from the new time. The daemon kept the next time it had
+/// planned from the later clock: the trigger between went by without a run or a
+/// `skipped` event, and it waited a day. Its monotonic clock is left alone, as NTP
+/// leaves it.
+#[test]
+fn a_clock_stepped_back_plans_every_job_again() {
+    let Some(lib) = libfaketime() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    write(&src.join("x"), b"x");
+    let offset = t.path().join("faketime");
+    std::fs::write(&offset, "+3600\n").unwrap();
+    let faked = |c: &mut Command| {
+        c.env("LD_PRELOAD", &lib)
+            .env("FAKETIME_TIMESTAMP_FILE", &offset)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    };
+    // libfaketime works here: `date` an hour ahead.
+    let mut date = Command::new("date");
+    date.arg("+%s");
+    faked(&mut date);
+    let ahead: i64 = String::from_utf8(date.output().unwrap().stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let now = chrono::Utc::now();
+    assert!(
+        (ahead - now.timestamp() - 3600).abs() < 30,
+        "libfaketime does not move the clock: {ahead} at {now}"
+    );
+    // Daily, at a time of day 12 s from now: an hour ahead, its next time is tomorrow.
+    let at = now + chrono::Duration::seconds(12);
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}/s\"\nschedule = \"{} {} {} * * *\"\n",
+            src.display(),
+            t.path().display(),
+            at.format("%S"),
+            at.format("%M"),
+            at.format("%H"),
+        ),
+    )
+    .unwrap();
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let log = t.path().join("log");
+    let mut c = Command::new(bin());
+    c.arg("--catalog")
+        .arg(&catalog)
+        .args(["-v", "daemon", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    faked(&mut c);
+    let mut d = Daemon(c.spawn().unwrap());
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the daemon's plan", 30, || logged().contains("next run at"));
+    assert!(
+        logged().contains(&format!(
+            "next run at {}",
+            (at + chrono::Duration::days(1)).format("%Y-%m-%dT%H:%M:%S")
+        )),
+        "{}",
+        logged()
+    );
+    assert!(
+        chrono::Utc::now() < at - chrono::Duration::seconds(3),
+        "the daemon took too long to start: the test's trigger is past"
+    );
+    // NTP steps the clock back an hour, to before the trigger.
+    std::fs::write(&offset, "+0\n").unwrap();
+    wait_until("the run due today", 40, || {
+        rows_of(&catalog, "j")
+            .iter()
+            .any(|r| r["status"] == "complete")
+    });
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    let events = c.events(None).unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "clock" && e.message.contains("went back")),
+        "{events:?}"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.0.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(d.0.wait().unwrap().success(), "{}", logged());
+    assert!(logged().contains("the clock went back by"), "{}", logged());
+}
+
+/// A run killed together with its daemon (SIGKILL both) cannot tell its notifiers, and
+/// no daemon saw it die: the next daemon settles it (`incomplete`) and resumes the
+/// job, and now tells the job's notifiers of it too, once (its record keeps the
+/// outcome: a later start does not tell it again). Nobody was told.
+#[test]
+fn a_run_killed_with_its_daemon_is_notified_at_the_next_start_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 30, 10);
+    let (pid_file, told) = (t.path().join("pid"), t.path().join("told"));
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\njobs = 1\nschedule = \"* * * * * *\"\n\
+             pre_command = [\"/bin/sh\", \"-c\", \"[ -e {pid} ] || echo $PPID > {pid}\"]\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = t.path().display(),
+            pid = pid_file.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    struct Daemon(std::process::Child);
+    impl Drop for Daemon {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let daemon = |failpoints: &str| {
+        Daemon(
+            Command::new(bin())
+                .arg("--catalog")
+                .arg(&catalog)
+                .args(["daemon", "--config"])
+                .arg(&cfg)
+                .env("SNAPRING_FAILPOINTS", failpoints)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let stop = |mut d: Daemon| {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(d.0.id() as i32).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        assert!(d.0.wait().unwrap().success());
+    };
+    let mut killed_daemon = daemon("walk.copy=sleep:200");
+    let pid = run_pid(&pid_file);
+    wait_until("the run's row", 60, || {
+        rows_of(&catalog, "a")
+            .iter()
+            .any(|r| r["status"] == "running")
+    });
+    killed_daemon.0.kill().unwrap();
+    killed_daemon.0.wait().unwrap();
+    sigkill(pid);
+    wait_until("the run's end", 30, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.split(' ').nth(2) == Some("Z"))
+    });
+    // Its row, left `running` (read without settling it, as `history` would; a
+    // command that settles it first does not change what follows).
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    let row = c.recent("a", 1).unwrap().remove(0);
+    drop(c);
+    assert_eq!(row.status, "running");
+    let id = row.id;
+    assert!(told_lines(&told).is_empty(), "{:?}", told_lines(&told));
+
+    let second = daemon("");
+    let line = format!("a incomplete {id}");
+    wait_until("the notice of the killed run", 30, || {
+        told_lines(&told).contains(&line)
+    });
+    wait_until("the resumed run", 60, || {
+        rows_of(&catalog, "a")
+            .iter()
+            .any(|r| r["status"] == "complete")
+    });
+    // The outcome is in the record and the catalog row.
+    wait_until("the notice's outcome in the record", 30, || {
+        let (_, shown, _, _) = cli(&catalog, &["show", &id, "--json"], &[]);
+        shown["report"]["notifications"][0]["ok"] == true
+    });
+    stop(second);
+    // A later start tells nobody again.
+    let third = daemon("");
+    std::thread::sleep(Duration::from_secs(3));
+    stop(third);
+    let lines = told_lines(&told);
+    assert_eq!(lines.iter().filter(|l| **l == line).count(), 1, "{lines:?}");
+}

@@ -300,6 +300,7 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
     let f = Fixture::new();
     f.store_backup("7");
     let daily0 = f.backups.join("fs-1/daily.0");
+    let backed_up = describe(&daily0);
     // Bit rot: one byte of d0/f3 flipped in place, same size.
     let rot = |path: &std::path::Path| {
         let mut b = std::fs::read(path).unwrap();
@@ -343,12 +344,17 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
         let s = |s: &str| s.to_string();
         (s(p), s("vanished"), s("check against the manifest"))
     };
+    // The deletion moved d1's mtime: copied with the recorded one, a problem.
+    let moved = |p: &str| {
+        let s = |s: &str| s.to_string();
+        (s(p), s("metadata"), s("check against the manifest"))
+    };
     let (code, first, err) = copy("daily.0");
     assert_eq!(code, 2, "{first}{err}");
     assert_eq!(first["status"], "partial", "{first}");
     assert_eq!(
         kinds(&first),
-        vec![damaged("d0/f3"), missing("d1/f4")],
+        vec![damaged("d0/f3"), moved("d1"), missing("d1/f4")],
         "{first}"
     );
     let restored = f.restore(first["snapshot"].as_str().unwrap(), "r1");
@@ -356,8 +362,9 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
         !restored.join("d0/f3").exists(),
         "the damaged file left out"
     );
-    let mut rest = describe(&daily0);
+    let mut rest = backed_up;
     rest.remove(b"d0/f3".as_slice());
+    rest.remove(b"d1/f4".as_slice());
     assert_same_tree(&rest, &describe(&restored), "the copy holds the rest");
     // The store's next snapshot links the rotten file again (its source unchanged):
     // the next copy's parent does not have it, so it is read, and found, again.
@@ -397,6 +404,142 @@ fn a_damaged_store_snapshot_is_copied_partial_without_its_damage() {
             .contains("copied unchecked"),
         "{fourth}"
     );
+}
+
+/// The copy's check against the manifest goes both ways: what the store snapshot holds
+/// and its manifest does not list (a file or directory added to the store), an entry of
+/// another type than the recorded one (a file replaced by a symlink to /etc/shadow), and
+/// an entry whose mode, owner or mtime is not the recorded one (setuid added, the
+/// directories' mtimes moved by the additions) are each a problem, and the copy
+/// `partial` (exit 2). The first two are left out; the last is copied with the metadata
+/// the manifest records. The copy restores equal to the snapshot as backed up, less the
+/// file replaced. (All of it went off-site as found, `complete`, exit 0.)
+#[test]
+fn what_the_store_snapshot_gained_or_changed_since_its_manifest_is_not_copied_as_good() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    f.store_backup("7");
+    let daily0 = f.backups.join("fs-1/daily.0");
+    let backed_up = describe(&daily0);
+    write(&daily0.join("d0/evil"), b"evil");
+    std::fs::remove_file(daily0.join("d1/f1")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", daily0.join("d1/f1")).unwrap();
+    write(&daily0.join("newdir/y"), b"x");
+    std::fs::set_permissions(
+        daily0.join("d2/f2"),
+        std::fs::Permissions::from_mode(0o4777),
+    )
+    .unwrap();
+    let (code, r, err) = sr(&[
+        "copy",
+        "--dest",
+        f.backups.to_str().unwrap(),
+        "--folder",
+        "fs-1",
+        "daily.0",
+        "--to",
+        &f.url(),
+        "--json",
+    ]);
+    assert_eq!(code, 2, "{r}{err}");
+    assert_eq!(r["status"], "partial", "{r}");
+    let problems: Vec<(String, String, String)> = r["problems"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no problems: {r}"))
+        .iter()
+        .map(|p| {
+            let s = |k: &str| p[k].as_str().unwrap().to_string();
+            (s("path"), s("kind"), s("action"))
+        })
+        .collect();
+    let p = |path: &str, kind: &str| {
+        (
+            path.to_string(),
+            kind.to_string(),
+            "check against the manifest".to_string(),
+        )
+    };
+    assert_eq!(
+        problems,
+        vec![
+            // The root's and the directories' mtimes, moved by the additions.
+            p(".", "metadata"),
+            p("d0", "metadata"),
+            p("d0/evil", "unreadable"),
+            p("d1", "metadata"),
+            p("d1/f1", "unreadable"),
+            p("d2/f2", "metadata"),
+            p("newdir", "unreadable"),
+        ],
+        "{r}"
+    );
+    let error = |path: &str| {
+        r["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["path"] == path)
+            .unwrap()["error"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(error("d1/f1").contains("symlink"), "{r}");
+    assert!(error("d2/f2").contains("mode 4777 (recorded 644)"), "{r}");
+    assert!(error("d0/evil").contains("not in its manifest"), "{r}");
+    // 32 files backed up, one replaced by a symlink and left out.
+    assert_eq!(r["files_total"], 31, "{r}");
+    let restored = f.restore(r["snapshot"].as_str().unwrap(), "r1");
+    let mut want = backed_up;
+    want.remove(b"d1/f1".as_slice());
+    assert_same_tree(
+        &want,
+        &describe(&restored),
+        "the copy is the snapshot as backed up, less the replaced file",
+    );
+    assert!(
+        std::fs::symlink_metadata(restored.join("d1/f1")).is_err(),
+        "no symlink where the manifest has a file"
+    );
+}
+
+/// A copy counts the files its snapshot holds: a file left out because its content is
+/// not the checksum the manifest records is a problem, not one of them (it was counted:
+/// "of 32 files" for a snapshot of 31, `files_total` too).
+#[test]
+fn a_copy_counts_only_the_files_its_snapshot_holds() {
+    use std::io::{Seek, SeekFrom, Write};
+    let f = Fixture::new();
+    f.store_backup("7");
+    let daily0 = f.backups.join("fs-1/daily.0");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(daily0.join("d0/f3"))
+        .unwrap();
+    file.seek(SeekFrom::Start(10)).unwrap();
+    file.write_all(b"rot").unwrap();
+    drop(file);
+    let (code, r, err) = sr(&[
+        "copy",
+        "--dest",
+        f.backups.to_str().unwrap(),
+        "--folder",
+        "fs-1",
+        "daily.0",
+        "--to",
+        &f.url(),
+        "--json",
+    ]);
+    assert_eq!(code, 2, "{r}{err}");
+    assert_eq!(r["problems"].as_array().map(Vec::len), Some(1), "{r}");
+    let restored = f.restore(r["snapshot"].as_str().unwrap(), "r1");
+    let files = describe(&restored)
+        .values()
+        .filter(|d| d.kind == "file")
+        .count();
+    assert_eq!(files, 31, "32 files backed up, one left out");
+    assert_eq!(r["files_total"], 31, "{r}");
+    assert_eq!(r["repository"]["files_read"], 32, "{r}");
 }
 
 /// The inode number of a file the parent copy recorded, given to another file once the
@@ -489,9 +632,20 @@ fn a_reused_inode_number_is_not_taken_for_the_parents_file() {
     let b = &r["repository"];
     assert_eq!(b["copied_from"]["reused_by_inode"], 0, "{r}{err}");
     assert_eq!(b["files_read"], 1, "{r}{err}");
-    // The content read is checked against the manifest, which recorded version 1.
+    // The content read is checked against the manifest, which recorded version 1 (and
+    // the root's mtime, which the new file moved: copied with the recorded one).
     assert_eq!(code, 2, "{r}{err}");
-    assert_eq!(r["problems"][0]["path"], "P", "{r}");
+    let at = |path: &str| {
+        r["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["path"] == path)
+            .map(|p| p["kind"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(at("P"), vec!["unreadable"], "{r}");
+    assert_eq!(at("."), vec!["metadata"], "{r}");
 }
 
 /// A store snapshot whose run record was deleted (an operator's clean-up) keeps its
@@ -594,6 +748,7 @@ fn a_partial_copy_is_copied_again_once_the_store_is_repaired() {
     let f = Fixture::new();
     f.store_backup("7");
     let file = f.backups.join("fs-1/daily.0/d0/f3");
+    let mtime = std::fs::metadata(&file).unwrap().modified().unwrap();
     let flip = || {
         let mut b = std::fs::read(&file).unwrap();
         b[100] ^= 0x40;
@@ -633,8 +788,15 @@ fn a_partial_copy_is_copied_again_once_the_store_is_repaired() {
     };
     let partial = tags(&first["snapshot"]);
     assert!(partial.to_string().contains("\"partial\""), "{partial}");
-    // Repaired (the byte flipped back): copied again, whole.
+    // Repaired (the byte flipped back, and the mtime the flips moved): copied again,
+    // whole.
     flip();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
     let (code, second, err) = copy();
     assert_eq!(
         (code, &second["status"]),
@@ -661,4 +823,203 @@ fn a_partial_copy_is_copied_again_once_the_store_is_repaired() {
         third["repository"]["copied_from"]["already_copied"], true,
         "{third}"
     );
+}
+
+impl Fixture {
+    /// `snapring copy --json SNAPSHOT` with `extra` arguments: exit code, report, stderr.
+    fn copy_with(&self, snapshot: &str, extra: &[&str]) -> (i32, serde_json::Value, String) {
+        let mut args = vec![
+            "copy",
+            "--dest",
+            self.backups.to_str().unwrap(),
+            "--folder",
+            "fs-1",
+            snapshot,
+            "--to",
+        ];
+        let url = self.url();
+        args.push(&url);
+        args.push("--json");
+        args.extend_from_slice(extra);
+        sr(&args)
+    }
+
+    /// The repository's snapshots: (id, tags), oldest first.
+    fn snapshots(&self) -> Vec<(String, Vec<String>)> {
+        let (code, list, err) = sr(&["list", "--dest", &self.url(), "--json"]);
+        assert_eq!(code, 0, "{err}");
+        list.as_array()
+            .unwrap_or_else(|| panic!("{list}"))
+            .iter()
+            .map(|s| {
+                let tags = s["tags"].as_array().unwrap().iter();
+                (
+                    s["id"].as_str().unwrap().to_string(),
+                    tags.map(|t| t.as_str().unwrap().to_string()).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Flips one byte of `daily.0/e` in place (bit rot; again: repaired).
+    /// Flips a bit of `daily.0/e` in place, its mtime kept (bit rot: only the content
+    /// differs from the manifest, and flipped back it is the file backed up).
+    fn flip(&self) {
+        use std::io::{Seek, SeekFrom, Write};
+        use std::os::unix::fs::MetadataExt;
+        let file = self.backups.join("fs-1/daily.0/e");
+        let m = std::fs::metadata(&file).unwrap();
+        let mut b = std::fs::read(&file).unwrap();
+        b[100] ^= 0x40;
+        let mut w = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        w.seek(SeekFrom::Start(100)).unwrap();
+        w.write_all(&b[100..101]).unwrap();
+        drop(w);
+        set_mtime(&file, m.mtime(), m.mtime_nsec());
+    }
+}
+
+/// Found by review (F3): while backups fail, `daily.0` stays the same run, and a daily
+/// `copy latest --retain 2` of it, damaged, made a new `partial` copy each time, which
+/// restic's forget counted as one more snapshot: after three runs the repository held
+/// two partial copies of one run and had forgotten the last whole copy. A retry's
+/// partial copy now replaces the run's earlier one, retention counts store runs, and
+/// the newest whole copy is kept whatever partial copies are newer.
+#[test]
+fn retried_partial_copies_replace_each_other_and_never_expire_the_last_whole_copy() {
+    let f = Fixture::new();
+    let mut whole = Vec::new();
+    for _ in 0..2 {
+        f.store_backup("3");
+        let (code, r, err) = f.copy_with("latest", &["--retain", "2"]);
+        assert_eq!((code, &r["status"]), (0, &"complete".into()), "{r}{err}");
+        whole.push(r["snapshot"].as_str().unwrap().to_string());
+    }
+    // A new file, read by the copy: damaged in the store.
+    write(&f.src.join("e"), &pseudo_random(5000, 7));
+    f.store_backup("3");
+    f.flip();
+    let mut partial = Vec::new();
+    for _ in 0..3 {
+        let (code, r, err) = f.copy_with("latest", &["--retain", "2"]);
+        assert_eq!((code, &r["status"]), (2, &"partial".into()), "{r}{err}");
+        partial.push(r["snapshot"].as_str().unwrap().to_string());
+    }
+    let ids =
+        |f: &Fixture| -> Vec<String> { f.snapshots().into_iter().map(|(id, _)| id).collect() };
+    let mut want = vec![whole[1].clone(), partial[2].clone()];
+    want.sort();
+    let mut got = ids(&f);
+    got.sort();
+    assert_eq!(got, want, "the last partial copy and the newest whole one");
+    // --retain 1: the newest run's copy is partial, the newest whole copy stays too.
+    let (code, r, err) = f.copy_with("latest", &["--retain", "1"]);
+    assert_eq!(code, 2, "{r}{err}");
+    let mut got = ids(&f);
+    got.sort();
+    let mut want = vec![
+        whole[1].clone(),
+        r["snapshot"].as_str().unwrap().to_string(),
+    ];
+    want.sort();
+    assert_eq!(got, want, "{r}");
+    // Repaired: the whole copy of the run replaces its partial one, and with
+    // --retain 1 it is the only copy left.
+    f.flip();
+    let (code, r, err) = f.copy_with("latest", &["--retain", "1"]);
+    assert_eq!((code, &r["status"]), (0, &"complete".into()), "{r}{err}");
+    assert_eq!(
+        ids(&f),
+        vec![r["snapshot"].as_str().unwrap().to_string()],
+        "{r}"
+    );
+}
+
+/// Found by review (F4): a copy's path names the store snapshot's slot (`daily.2`,
+/// `daily.1`, `daily.0`), and restic's grouping by host and paths made `--retain 1`
+/// keep one copy per slot, not one of the label as `copy --help` says.
+#[test]
+fn copy_retention_counts_copies_of_the_label_whatever_slot_they_came_from() {
+    let f = Fixture::new();
+    for _ in 0..3 {
+        f.store_backup("5");
+    }
+    let mut last = String::new();
+    for slot in ["daily.2", "daily.1", "daily.0"] {
+        let (code, r, err) = f.copy_with(slot, &["--retain", "1"]);
+        assert_eq!((code, &r["status"]), (0, &"complete".into()), "{r}{err}");
+        last = r["snapshot"].as_str().unwrap().to_string();
+    }
+    let snaps = f.snapshots();
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(snaps[0].0, last);
+}
+
+/// Found by review (F2): copies of one store snapshot at once each checked "not copied
+/// yet" before the other had written, and both wrote a copy. Two copies paused just
+/// before their snapshot files, released one after the other: one copy is left, the
+/// first begun, and the later copy's report names it as copied before.
+#[test]
+fn copies_of_one_snapshot_at_once_leave_one_copy() {
+    let f = Fixture::new();
+    f.store_backup("3");
+    let spawn = |pause: &Path| {
+        let child = std::process::Command::new(bin())
+            .env("SNAPRING_CATALOG", "off")
+            .env(
+                "XDG_CACHE_HOME",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+            )
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env(
+                "SNAPRING_FAILPOINTS",
+                format!("restic.backup.before_snapshot=pause:{}", pause.display()),
+            )
+            .args(["copy", "--dest"])
+            .arg(&f.backups)
+            .args(["--folder", "fs-1", "daily.0", "--to", &f.url(), "--json"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for(pause);
+        child
+    };
+    let finish = |child: std::process::Child, pause: &Path| {
+        std::fs::remove_file(pause).unwrap();
+        let out = child.wait_with_output().unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{r}{err}");
+        r
+    };
+    let (pa, pb) = (f.t.path().join("pause-a"), f.t.path().join("pause-b"));
+    let a = spawn(&pa);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let b = spawn(&pb);
+    let ra = finish(a, &pa);
+    let rb = finish(b, &pb);
+    let snaps = f.snapshots();
+    assert_eq!(snaps.len(), 1, "{snaps:?}\n{ra}\n{rb}");
+    assert_eq!(snaps[0].0, ra["snapshot"].as_str().unwrap(), "{ra}");
+    assert_eq!(rb["snapshot"], ra["snapshot"], "{rb}");
+    assert_eq!(
+        rb["repository"]["copied_from"]["already_copied"], true,
+        "{rb}"
+    );
+    // The other order: the copy begun first writes last, and replaces the other.
+    f.store_backup("3");
+    let a = spawn(&pa);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let b = spawn(&pb);
+    let rb = finish(b, &pb);
+    let ra = finish(a, &pa);
+    let snaps = f.snapshots();
+    let run = ra["repository"]["copied_from"]["run"].as_str().unwrap();
+    let of_run: Vec<_> = snaps
+        .iter()
+        .filter(|(_, t)| t.contains(&format!("run={run}")))
+        .collect();
+    assert_eq!(of_run.len(), 1, "{snaps:?}\n{ra}\n{rb}");
+    assert_eq!(of_run[0].0, ra["snapshot"].as_str().unwrap(), "{ra}");
 }

@@ -484,6 +484,8 @@ fn unreadable_entries_make_a_partial_repository_run_naming_them() {
         "{r}"
     );
     assert_eq!(r["errors"], 2, "{r}");
+    // The files the snapshot holds: `ok` (the unreadable one is a problem, not one).
+    assert_eq!(r["files_total"], 1, "{r}");
     let c = rusqlite::Connection::open(&catalog).unwrap();
     let mut paths: Vec<String> = c
         .prepare("SELECT path FROM problems WHERE run_id = ?1")

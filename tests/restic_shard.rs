@@ -2080,3 +2080,46 @@ fn a_parent_whose_source_tree_does_not_read_is_read_in_full_with_one_warning() {
     assert!(ws[0].contains("tree of . cannot be read"), "{second}");
     assert_eq!(t["warnings"].as_array().unwrap().len(), 1, "{second}");
 }
+
+/// [`shard.rs`'s test of the same name] into a repository: the unit's walk opened
+/// `source/big/subK` by its path and the snapshot held the outside files. Now the
+/// directory is opened beneath the source's root with no symlink followed.
+#[test]
+fn a_directory_above_a_unit_swapped_for_a_symlink_is_not_followed_out_of_the_source() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, outside) = swap_tree(t.path());
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    let (code, _, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{err}");
+    let e = Env { t, src, repo, url };
+    let (claimed, listed) = (e.t.path().join("claimed"), e.t.path().join("listed"));
+    let fp = format!(
+        "shard.repo.before_walk=pause:{}@1;restic.backup.before_open=pause:{}@1",
+        claimed.display(),
+        listed.display()
+    );
+    let w = spawn(&e, 0, 1, "swap", &[("SNAPRING_FAILPOINTS", &fp)]);
+    // The plan's order here: `big/sub0`'s units first.
+    let o = swap_above_unit(w, &e.src, &outside, &claimed, &listed, || {
+        let claimed: Vec<serde_json::Value> = run_status(&e, "swap")["unit_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|u| u["state"] == "claimed")
+            .cloned()
+            .collect();
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+        claimed[0]["dir"].as_str().unwrap().to_string()
+    });
+    assert_eq!(snapshots(&e).len(), 1, "{}", text(&o));
+    let to = e.t.path().join("to");
+    let (code, out, err) = sr(&restore_latest(&e.url, &to));
+    assert_eq!(code, 0, "restore: {out}\n{err}\n{}", text(&o));
+    assert!(
+        secrets_under(&to).is_empty(),
+        "files from outside the source in the snapshot: {:?}\n{}",
+        secrets_under(&to),
+        text(&o)
+    );
+}

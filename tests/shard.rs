@@ -138,6 +138,13 @@ fn plan_units(e: &Env, run: &str) -> Vec<String> {
 /// Every unit of the plan committed exactly once (one marker each, nothing else), the
 /// run finalized once, the run record published; returns the commit markers.
 fn check_run(e: &Env, run: &str) -> Vec<serde_json::Value> {
+    check_run_with(e, run, None)
+}
+
+/// [`check_run`] of a run whose spine directory `gone` was gone from the source when it
+/// was finalized: the run is `partial` with a `vanished` problem naming it, and its
+/// `files_total` counts what the snapshot holds (not what the units had backed up).
+fn check_run_with(e: &Env, run: &str, gone: Option<&str>) -> Vec<serde_json::Value> {
     let units = plan_units(e, run);
     assert!(
         units.len() > 4,
@@ -158,7 +165,18 @@ fn check_run(e: &Env, run: &str) -> Vec<serde_json::Value> {
         &std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
     )
     .unwrap();
-    assert_eq!(rec["status"], "complete", "{rec}");
+    match gone {
+        None => assert_eq!(rec["status"], "complete", "{rec}"),
+        Some(d) => {
+            assert_eq!(rec["status"], "partial", "{rec}");
+            let ps = rec["problems"].as_array().unwrap();
+            assert!(
+                ps.iter()
+                    .any(|p| p["path"] == d && p["kind"].as_str() == Some("vanished")),
+                "{rec}"
+            );
+        }
+    }
     assert_eq!(rec["snapshot"], "daily.0");
     assert_eq!(rec["shards"]["units"], units.len());
     let state: serde_json::Value =
@@ -187,8 +205,32 @@ fn check_run(e: &Env, run: &str) -> Vec<serde_json::Value> {
                 .expect("counts in the commit")
         })
         .sum();
-    assert_eq!(rec["files_total"], files, "{rec}");
+    match gone {
+        None => assert_eq!(rec["files_total"], files, "{rec}"),
+        Some(_) => assert_eq!(
+            rec["files_total"],
+            non_dirs(&e.dest.join("daily.0")),
+            "{rec}"
+        ),
+    }
     commits
+}
+
+/// Entries other than directories under `root`.
+fn non_dirs(root: &Path) -> u64 {
+    let mut n = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for f in std::fs::read_dir(&d).unwrap() {
+            let f = f.unwrap();
+            if f.file_type().unwrap().is_dir() {
+                dirs.push(f.path());
+            } else {
+                n += 1;
+            }
+        }
+    }
+    n
 }
 
 /// The snapshot equals the source, and `verify` finds it clean against its manifest.
@@ -2053,13 +2095,14 @@ fn a_spine_directory_deleted_before_finalize_is_left_out_of_the_snapshot() {
     killed_before_staging(&e, "gone");
     std::fs::remove_dir_all(e.src.join("flat")).unwrap();
     let o = run_cmd(&e, "finalize", "gone", &[], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // Partial, as a single-node run with an entry that vanished under it.
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr_of(&o).contains("is gone from the source"),
         "{}",
         text(&o)
     );
-    check_run(&e, "gone");
+    check_run_with(&e, "gone", Some("flat"));
     check_snapshot(&e, "a spine directory deleted before finalize");
 }
 
@@ -2072,14 +2115,14 @@ fn a_spine_directory_with_subdirectories_deleted_before_finalize_leaves_no_entry
     killed_before_staging(&e, "deep-gone");
     std::fs::remove_dir_all(e.src.join("deep")).unwrap();
     let o = run_cmd(&e, "finalize", "deep-gone", &[], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr_of(&o).contains("spine directory")
             && stderr_of(&o).contains("is gone from the source"),
         "{}",
         text(&o)
     );
-    check_run(&e, "deep-gone");
+    check_run_with(&e, "deep-gone", Some("deep"));
     check_snapshot(
         &e,
         "a spine directory with subdirectories deleted before finalize",
@@ -2109,13 +2152,13 @@ fn a_finalize_repeated_after_a_gone_spine_directory_came_back_leaves_it_out_as_t
     use std::os::unix::fs::MetadataExt;
     let root = std::fs::metadata(&e.src).unwrap();
     let o = run_cmd(&e, "finalize", "back", &[], &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         stderr_of(&o).contains("when an earlier finalize of this run read it"),
         "{}",
         text(&o)
     );
-    check_run(&e, "back");
+    check_run_with(&e, "back", Some("deep"));
     // The snapshot is the source as the first finalize found it: without `deep`.
     std::fs::rename(e.src.join("deep"), &aside).unwrap();
     set_mtime(&e.src, root.mtime(), root.mtime_nsec());
@@ -3936,4 +3979,133 @@ fn shard_workers_copy_afresh_what_verify_found_damaged() {
             "{p}: copied afresh"
         );
     }
+}
+
+/// `big`, above every unit's directory, swapped for a symlink to a directory outside
+/// the source between a unit's claim and its open (swapped back once the unit's
+/// directory was listed): the worker opened `source/big/subK` by its path, followed
+/// the symlink, and the snapshot held the outside files (`SECRET`). Now each unit's
+/// directory is opened beneath the source's root with no symlink followed: the unit
+/// has nothing (a problem), and nothing from outside reaches the store.
+#[test]
+fn a_directory_above_a_unit_swapped_for_a_symlink_is_not_followed_out_of_the_source() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, outside) = swap_tree(t.path());
+    let e = Env {
+        src,
+        dest: t.path().join("dest"),
+        _t: t,
+    };
+    let (claimed, listed) = (e._t.path().join("claimed"), e._t.path().join("listed"));
+    let fp = format!(
+        "shard.unit_started=pause:{}@3;walk.listed=pause:{}@3",
+        claimed.display(),
+        listed.display()
+    );
+    let w = spawn(&e, 0, 1, "swap", &[("SNAPRING_FAILPOINTS", &fp)]);
+    // The plan's order: the root's unit, `big`'s, then `big/sub0`'s (the third).
+    let o = swap_above_unit(w, &e.src, &outside, &claimed, &listed, || {
+        claimed_unit_dir(&run_cmd(&e, "status", "swap", &["--json"], &[]))
+    });
+    assert!(
+        secrets_under(&e.dest).is_empty(),
+        "files from outside the source in the store: {:?}\n{}",
+        secrets_under(&e.dest),
+        text(&o)
+    );
+    assert!(
+        text(&o).contains("big/sub"),
+        "the unit's directory is not named: {}",
+        text(&o)
+    );
+}
+
+/// The directory of the one unit `status --json` (its output `o`) shows claimed.
+fn claimed_unit_dir(o: &Output) -> String {
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap_or_default();
+    let claimed: Vec<&serde_json::Value> = st["unit_list"]
+        .as_array()
+        .map(|l| l.iter().filter(|u| u["state"] == "claimed").collect())
+        .unwrap_or_default();
+    assert_eq!(claimed.len(), 1, "{st}");
+    claimed[0]["dir"].as_str().unwrap().to_string()
+}
+
+/// A spine directory (one the plan cut into units) deleted after its units were
+/// committed and before finalize: finalize left it out of the snapshot, but the run
+/// was `complete`, exit 0, with no problem and the units' counts (the files it dropped
+/// included): nothing told the operator a directory was missing. Now it is a
+/// `vanished` problem naming the directory, the run `partial`, and the run's
+/// `files_total` the files the snapshot holds.
+#[test]
+fn a_spine_directory_gone_before_finalize_makes_the_run_partial_with_true_counts() {
+    let e = env();
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    // The store's lock held shared: the worker commits every unit, then cannot
+    // finalize (exit 75).
+    let holder = std::fs::File::open(e.dest.join(".snapring/lock")).unwrap();
+    holder.lock_shared().unwrap();
+    let o = worker(
+        &e,
+        &["--shard", "0/2", "--run-id", "gone"],
+        &[("SNAPRING_SHARD_LEASE", "2s")],
+    )
+    .output()
+    .unwrap();
+    drop(holder);
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, "gone").join("plan.json")).unwrap())
+            .unwrap();
+    let spine = p["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["dir"].as_str().unwrap().to_string())
+        .find(|d| d.starts_with("deep"))
+        .expect("a unit under deep/");
+    std::fs::remove_dir_all(e.src.join(&spine)).unwrap();
+    let o = run_cmd(&e, "finalize", "gone", &[], &[]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(2), "{out}");
+    assert!(out.contains("partial"), "{out}");
+    assert!(!e.dest.join("daily.0").join(&spine).exists(), "{out}");
+    let runs = e.dest.join(".snapring/runs");
+    // The newest record: the shard run's (the first backup's is older).
+    let rec: serde_json::Value = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|f| serde_json::from_slice(&std::fs::read(f.unwrap().path()).unwrap()).unwrap())
+        .max_by_key(|r: &serde_json::Value| r["started_at"].as_str().unwrap_or("").to_string())
+        .expect("a run record");
+    assert_eq!(rec["status"], "partial", "{rec}");
+    let problems = rec["problems"].to_string();
+    assert!(
+        problems.contains(&spine) && problems.contains("vanished"),
+        "{rec}"
+    );
+    let mut files = 0u64;
+    let mut dirs = vec![e.dest.join("daily.0")];
+    while let Some(d) = dirs.pop() {
+        for f in std::fs::read_dir(&d).unwrap() {
+            let f = f.unwrap();
+            if f.file_type().unwrap().is_dir() {
+                dirs.push(f.path());
+            } else {
+                files += 1;
+            }
+        }
+    }
+    assert_eq!(rec["files_total"], files, "{rec}");
+    // The store's check agrees with the snapshot it holds.
+    let v = snapring(
+        &[
+            "verify".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "daily.0".as_ref(),
+        ],
+        &[],
+    );
+    assert!(v.status.success(), "{}", text(&v));
 }

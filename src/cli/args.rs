@@ -330,7 +330,8 @@ pub struct CopyArgs {
     /// The label tag in the repository [default: the snapshot's label].
     #[arg(long)]
     pub label: Option<String>,
-    /// After the copy, keep the newest N copies of the label (restic forget --keep-last).
+    /// After the copy, keep the copies of the newest N store runs of the label, and the
+    /// newest whole copy (docs/format.md, "Copying a store's snapshots").
     #[arg(long, value_name = "N", value_parser = retain)]
     pub retain: Option<u32>,
     /// Print the result as JSON on stdout.

@@ -191,6 +191,17 @@ fn since_time(s: &str) -> anyhow::Result<String> {
     Ok(t.to_rfc3339_opts(SecondsFormat::Millis, true))
 }
 
+/// A job name or path as one line of a table: as it is, unless it holds a control
+/// character (a newline in a job name or a directory name would start a fake row);
+/// then quoted with Rust's escapes (`"a\nb"`).
+fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.chars().any(char::is_control) {
+        format!("{s:?}").into()
+    } else {
+        s.into()
+    }
+}
+
 fn print_runs(rows: &[RunRow], catalog: &Path) {
     outln!(
         "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9} {:>9} {:>9} {:>10} {:>6}  STORE",
@@ -210,7 +221,7 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
             "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9.1} {:>9} {:>9} {:>10} {:>6}  {}",
             r.id,
             r.kind,
-            r.job.as_deref().unwrap_or("-"),
+            one_line(r.job.as_deref().unwrap_or("-")),
             r.status,
             r.started_at.get(..19).unwrap_or(&r.started_at).to_string() + "Z",
             r.duration_seconds,
@@ -218,7 +229,7 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
             r.files_transferred,
             human(r.bytes_transferred),
             r.errors,
-            r.store
+            one_line(&r.store)
         );
     }
     if rows.is_empty() {
@@ -232,7 +243,7 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
             .unwrap_or_else(|| "trend needs 4 runs".into())
     };
     for s in stats {
-        outln!("{}", s.job);
+        outln!("{}", one_line(&s.job));
         outln!(
             "  runs {} from {} to {}: {} complete, {} partial, {} incomplete, {} failed, {} running; success rate {:.0}%",
             s.runs,
@@ -274,14 +285,14 @@ fn print_shown(s: &Shown) {
     outln!("run {} ({})", r.id, r.status.as_str());
     outln!(
         "  job {}  label {}  retain {}",
-        r.job.as_deref().unwrap_or("-"),
+        one_line(r.job.as_deref().unwrap_or("-")),
         r.label,
         r.retain
     );
-    outln!("  source {}", r.source.display());
+    outln!("  source {}", one_line(&r.source.to_string_lossy()));
     outln!(
         "  store {}  snapshot {}",
-        r.store.display(),
+        one_line(&r.store.to_string_lossy()),
         r.snapshot.as_deref().unwrap_or("-")
     );
     outln!(
@@ -414,17 +425,17 @@ fn print_restore(r: &RestoreReport, s: &Shown) {
     );
     outln!(
         "  job {}  mode {:?}",
-        r.job.as_deref().unwrap_or("-"),
+        one_line(r.job.as_deref().unwrap_or("-")),
         r.mode
     );
     outln!(
         "  store {}  snapshot {} (run {})  path {}",
-        r.store.display(),
+        one_line(&r.store.to_string_lossy()),
         r.snapshot,
         r.run_id.as_deref().unwrap_or("-"),
         r.path.as_deref().unwrap_or("all")
     );
-    outln!("  into {}", r.to.display());
+    outln!("  into {}", one_line(&r.to.to_string_lossy()));
     outln!("  host {}  snapring {}", r.host, r.version);
     outln!(
         "  started {}  finished {}  took {:.2}s",
@@ -463,13 +474,13 @@ fn print_problems_and_log(errors: u64, s: &Shown) {
             pr.kind,
             pr.path,
             pr.action,
-            pr.error
+            one_line(&pr.error)
         );
     }
     if let Some(l) = &s.log_path {
         outln!(
             "  log {}{}",
-            l,
+            one_line(l),
             if s.log_exists { "" } else { " (missing)" }
         );
     }

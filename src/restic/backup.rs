@@ -176,14 +176,38 @@ pub trait Reuse: Send {
         None
     }
     /// Checks the listing `names` of the directory at `path` against what it must
-    /// hold: each problem found, as (the entry's path, its kind, the error).
+    /// hold: each problem found, as (the entry's path, its kind, the error). A name it
+    /// removes from `names` is left out of the snapshot (one it must not hold).
     fn check_listing(
         &mut self,
         _path: &Path,
-        _names: &[Vec<u8>],
+        _names: &mut Vec<Vec<u8>>,
     ) -> Vec<(PathBuf, &'static str, Error)> {
         Vec::new()
     }
+    /// Checks the entry at `path` (its `lstat` `md`, a symlink's target) against what
+    /// it must be, before its content is read.
+    fn check_entry(&mut self, _path: &Path, _md: &Stat, _target: Option<&[u8]>) -> Check {
+        Check::Good
+    }
+}
+
+/// What [`Reuse::check_entry`] found.
+pub enum Check {
+    /// As it must be, or nothing to check it against.
+    Good,
+    /// Not what it must be (another type, size, symlink target or device): left out of
+    /// the snapshot, a problem (its kind, the error).
+    LeaveOut(&'static str, Error),
+    /// Its mode, owner or mtime are not the ones it must have: recorded with these
+    /// (the Unix permission bits, uid, gid, mtime), a problem `metadata`.
+    Recorded {
+        perm: u32,
+        uid: u32,
+        gid: u32,
+        mtime: (i64, u32),
+        error: Error,
+    },
 }
 
 /// What one snapshot is made of: where to read, what to record, which parent.
@@ -775,6 +799,9 @@ fn unchanged(prev: &Node, md: &Stat, now: &Node) -> bool {
 struct Run<'a> {
     /// The directory the walk reads (problems are named relative to it).
     root: PathBuf,
+    /// `root` already open (a shard unit's directory, [`UnitSpec::walk_fd`]), taken by
+    /// the root's `open`.
+    root_fd: Mutex<Option<OwnedFd>>,
     repo: &'a Repo,
     packer: &'a Packer,
     tables: &'a Tables,
@@ -927,8 +954,12 @@ impl crate::traverse::Visitor for Run<'_> {
             None => self.root.clone(),
         };
         let fd = match parent {
-            // The root, by the path the user named (a symlink there is followed).
-            None => open_noatime(&path, rustix::fs::OFlags::DIRECTORY),
+            // The root, by the path the user named (a symlink there is followed),
+            // unless the caller opened it.
+            None => match lock(&self.root_fd).take() {
+                Some(fd) => Ok(fd),
+                None => open_noatime(&path, rustix::fs::OFlags::DIRECTORY),
+            },
             // Tests swap a subdirectory for a symlink here, after its listing.
             Some(p) => match crate::failpoint::hit("restic.backup.open_dir") {
                 Ok(()) => {
@@ -946,7 +977,7 @@ impl crate::traverse::Visitor for Run<'_> {
         let listed = fd
             .map_err(io_err("list", &path))
             .and_then(|fd| list(fd.as_fd(), &path).map(|n| (fd, n)));
-        let (fd, names) = match listed {
+        let (fd, mut names) = match listed {
             Ok((fd, mut n)) => {
                 // A tagged directory keeps only its tag, decided from the whole
                 // listing (a unit's too, before its range): `crate::exclude`.
@@ -993,7 +1024,7 @@ impl crate::traverse::Visitor for Run<'_> {
             }
         };
         if let Some(r) = &self.reuse {
-            for (at, kind, e) in lock(r).check_listing(&path, &names) {
+            for (at, kind, e) in lock(r).check_listing(&path, &mut names) {
                 self.problem(&at, kind, e);
             }
         }
@@ -1165,6 +1196,7 @@ impl<'a> Run<'a> {
         });
         Run {
             root: root.to_path_buf(),
+            root_fd: Mutex::default(),
             repo,
             packer,
             tables,
@@ -1298,8 +1330,13 @@ impl<'a> Run<'a> {
             other => (p.to_path_buf(), "back up".to_string(), other.to_string()),
         };
         let rel = at.strip_prefix(&self.root).unwrap_or(&at);
+        let path = match crate::relpath::escape(rel.as_os_str().as_bytes()) {
+            // The walk's root itself.
+            p if p.is_empty() => ".".to_string(),
+            p => p,
+        };
         lock(&self.problems).push(EntryProblem {
-            path: crate::relpath::escape(rel.as_os_str().as_bytes()),
+            path,
             kind: kind.into(),
             action,
             error,
@@ -1357,13 +1394,24 @@ impl<'a> Run<'a> {
         let mut node = base_node(name, &md, &self.names);
         record_atime(self.with_atime, &mut node, prev);
         node.extended_attributes = xattrs_at(dir, name, p)?;
+        let target = match node.kind.as_str() {
+            "symlink" => {
+                Some(crate::fsx::read_link_at(dir, name).map_err(io_err("read the link", p))?)
+            }
+            _ => None,
+        };
+        let Some(mut differs) = self.checked(p, &md, &mut node, prev, target.as_deref()) else {
+            return Ok(None);
+        };
         match node.kind.as_str() {
             "dir" => {
+                if let Some(e) = differs {
+                    self.problem(p, "metadata", e);
+                }
                 let parent = prev.filter(|n| n.kind == "dir").and_then(|n| n.subtree);
                 return Ok(Some((node, Some(parent))));
             }
             "file" => {
-                self.counts.files.fetch_add(1, Ordering::Relaxed);
                 let same = |n: &Node| match &self.reuse {
                     Some(r) => lock(r).unchanged(p, n, &md),
                     None => unchanged(n, &md, &node),
@@ -1388,6 +1436,11 @@ impl<'a> Run<'a> {
                             node = base_node(name, &now, &self.names);
                             record_atime(self.with_atime, &mut node, prev);
                             node.extended_attributes = xattrs_at(dir, name, p)?;
+                            // Its blobs stay unreferenced (a prune removes them).
+                            match self.checked(p, &now, &mut node, prev, None) {
+                                Some(d) => differs = d,
+                                None => return Ok(None),
+                            }
                             if tries == READ_TRIES {
                                 self.problem(
                                     p,
@@ -1405,18 +1458,67 @@ impl<'a> Run<'a> {
                         node.size = size;
                     }
                 }
+                // Only the files the snapshot holds: one left out (unreadable, or not
+                // the content its manifest records) is a problem, not one of them.
+                self.counts.files.fetch_add(1, Ordering::Relaxed);
                 self.counts
                     .bytes_total
                     .fetch_add(node.size, Ordering::Relaxed);
             }
             "symlink" => {
-                let t = crate::fsx::read_link_at(dir, name).map_err(io_err("read the link", p))?;
-                node.set_link_target(&t);
+                if let Some(t) = &target {
+                    node.set_link_target(t);
+                }
             }
             "dev" | "chardev" => node.device = md.rdev(),
             _ => {}
         }
+        if let Some(e) = differs {
+            self.problem(p, "metadata", e);
+        }
         Ok(Some((node, None)))
+    }
+
+    /// The entry checked against what it must be ([`Reuse::check_entry`]): `None`
+    /// when it is left out (a problem recorded); where only its metadata differs,
+    /// `node` given the metadata it must have and the problem (`metadata`) to record
+    /// once the entry is in the snapshot (a file whose content then fails its check
+    /// is one problem, not two).
+    fn checked(
+        &self,
+        p: &Path,
+        md: &Stat,
+        node: &mut Node,
+        prev: Option<&Node>,
+        target: Option<&[u8]>,
+    ) -> Option<Option<Error>> {
+        let Some(r) = &self.reuse else {
+            return Some(None);
+        };
+        let check = lock(r).check_entry(p, md, target);
+        match check {
+            Check::Good => Some(None),
+            Check::LeaveOut(kind, e) => {
+                self.problem(p, kind, e);
+                None
+            }
+            Check::Recorded {
+                perm,
+                uid,
+                gid,
+                mtime: (sec, nsec),
+                error,
+            } => {
+                node.mode = go_mode((md.mode() & 0o170000) | perm).1;
+                node.uid = uid;
+                node.gid = gid;
+                node.user = self.names.user(uid);
+                node.group = self.names.group(gid);
+                node.mtime = super::go_time(super::local_time(sec, nsec));
+                record_atime(self.with_atime, node, prev);
+                Some(Some(error))
+            }
+        }
     }
 
     fn all_indexed(&self, n: &Node) -> bool {
@@ -1515,7 +1617,13 @@ impl<'a> Run<'a> {
             with_atime: self.with_atime,
             parent_root: self.parent_root,
         };
-        w.wrap(comps, tree)
+        // The walk's root is checked as its entries are ([`Reuse::check_entry`]); it
+        // cannot be left out.
+        w.wrap_checked(comps, tree, |md, node| {
+            if let Some(Some(e)) = self.checked(&self.root, md, node, None, None) {
+                self.problem(&self.root, "metadata", e);
+            }
+        })
     }
 }
 
@@ -1533,7 +1641,18 @@ impl Wrap<'_> {
     /// Wraps the source's tree in one tree per ancestor directory (`comps`, from the
     /// root), up to `/`, as restic records `restic backup /a/b` (a tree with `a`,
     /// holding `b`).
-    pub fn wrap(&self, comps: &[&OsStr], mut tree: Id) -> Result<Id> {
+    pub fn wrap(&self, comps: &[&OsStr], tree: Id) -> Result<Id> {
+        self.wrap_checked(comps, tree, |_, _| {})
+    }
+
+    /// [`Wrap::wrap`], the node of the last of `comps` (the source's own directory)
+    /// passed to `root` with its `lstat` before it is saved.
+    pub fn wrap_checked(
+        &self,
+        comps: &[&OsStr],
+        mut tree: Id,
+        mut root: impl FnMut(&Stat, &mut Node),
+    ) -> Result<Id> {
         for i in (0..comps.len()).rev() {
             let dir: PathBuf = std::iter::once(OsStr::new("/"))
                 .chain(comps[..=i].iter().copied())
@@ -1548,6 +1667,9 @@ impl Wrap<'_> {
                 _ => None,
             };
             record_atime(self.with_atime, &mut node, prev.as_ref());
+            if i + 1 == comps.len() {
+                root(&md, &mut node);
+            }
             node.subtree = Some(tree);
             let t = Tree { nodes: vec![node] };
             tree = self.packer.save(self.repo, BlobType::Tree, &t.to_blob())?;
@@ -1581,6 +1703,9 @@ pub type NameFilter<'f> = dyn Fn(&[u8]) -> bool + Sync + 'f;
 /// directory it takes, the parent snapshot's tree of that directory.
 pub struct UnitSpec<'a> {
     pub walk_root: PathBuf,
+    /// `walk_root` already open (beneath the source's root, no symlink followed); else
+    /// the walk opens it by its path.
+    pub walk_fd: Option<OwnedFd>,
     /// The unit's directory, escaped, relative to the source (empty: the source's
     /// root), for the warnings.
     pub dir: String,
@@ -1630,6 +1755,7 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
         one_fs: spec.one_fs.map(crate::traverse::OneFs::new),
         excludes: spec.excludes,
         unit_rel: spec.rel.clone(),
+        root_fd: Mutex::new(spec.walk_fd),
         ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {

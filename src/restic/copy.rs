@@ -8,7 +8,10 @@
 //! parent's node: a file linked into a store snapshot is never changed in place
 //! (ARCHITECTURE.md, invariant 2). restic's own compare key cannot be used: every
 //! rotation's new hard links change each file's ctime. A snapshot already copied (tag
-//! `run=<id>`) is not copied again, unless that copy was `partial` (tag `partial`).
+//! `run=<id>`) is not copied again, unless that copy was `partial` (tag `partial`);
+//! once written, a copy leaves one copy of its store run ([`settle_run`]), and its
+//! retention counts store runs of the label, not restic's host/paths groups
+//! ([`plan_copies`]).
 //! Reads the store, writes the repository.
 
 use std::collections::HashMap;
@@ -20,20 +23,23 @@ use std::sync::atomic::AtomicBool;
 
 use serde::Serialize;
 
-use super::backup::{BackupReport, Reuse, Spec};
+use super::backup::{BackupReport, Check, Reuse, Spec, Stat};
 use super::repo::Repo;
 use super::snapshot::{self, Snapshot};
 use super::tree::Node;
 use super::{Error, Id, Result};
+use crate::fsx::{Kind, Time};
 use crate::manifest;
 use crate::relpath::RelPath;
+use crate::same::{Delta, Facts};
 
 pub struct CopyOptions {
     /// The store snapshot: a name (`daily.0`), a run id, `latest` or `@TIME`.
     pub snapshot: String,
     /// The label tag (default: the store snapshot's label).
     pub label: Option<String>,
-    /// Keep the newest N copies of the label (restic `forget --keep-last N`).
+    /// Keep the copies of the newest N store runs of the label, one each, and the newest
+    /// whole copy ([`plan_copies`]).
     pub retain: Option<u32>,
     pub cancel: Arc<AtomicBool>,
     /// File-system calls in flight reading the store (`--jobs`); 0: the default.
@@ -174,7 +180,8 @@ pub fn copy(
         parent,
         tags,
         label,
-        retain: opts.retain,
+        // Applied here, after the run's other copies are settled ([`retain_copies`]).
+        retain: None,
         cancel: opts.cancel.clone(),
         reuse: Some(&mut reuse),
         jobs: crate::concurrency::resolve(opts.jobs, &[&store_root]),
@@ -218,7 +225,243 @@ pub fn copy(
     }
     report.reused_by_manifest = reuse.by_manifest;
     report.reused_by_inode = reuse.by_inode;
+    if report.backup.snapshot.is_empty() {
+        return Ok(report);
+    }
+    let written = Id::parse(&report.backup.snapshot)?;
+    settle_run(repo, &store_tag, &run, written, opts, &mut report)?;
+    if let Some(n) = opts.retain {
+        // restic's `forget` takes an exclusive lock; a concurrent run's shared lock
+        // makes it wait for the next run rather than fail this one.
+        match super::lock::acquire(repo, true) {
+            Ok(ex) => {
+                let snaps = snapshot::load_readable(repo)?;
+                let keep = Id::parse(&report.backup.snapshot)?;
+                let plan = plan_copies(&snaps, &store_tag, &report.label, n.max(1), keep);
+                let r = super::forget::remove_planned(
+                    repo,
+                    &snaps,
+                    plan,
+                    opts.before_forget,
+                    &opts.cancel,
+                );
+                let released = ex.release();
+                report.backup.retention = Some(r?);
+                released?;
+            }
+            Err(e) => report.backup.retention_skipped = Some(e.to_string()),
+        }
+    }
     Ok(report)
+}
+
+/// Whether `s` is a copy of the store `store_tag` (tags `copy`, `store=`).
+fn is_copy_of(s: &Snapshot, store_tag: &str) -> bool {
+    s.tags.iter().any(|t| t == "copy") && tag_is(s, "store", store_tag)
+}
+
+fn is_whole(s: &Snapshot) -> bool {
+    !s.tags.iter().any(|t| t == super::snapshot::PARTIAL_TAG)
+}
+
+/// Which of two copies of one store run is the one kept: a whole copy before a partial
+/// one; of two whole copies the first made (a later one is a duplicate, by a
+/// concurrent copy: `copied_at`, then the id); of two partial ones the last made (a
+/// retry replaces the copy it retried). `Greater`: `a` is kept rather than `b`.
+fn prefer(a: &(Id, Snapshot), b: &(Id, Snapshot)) -> std::cmp::Ordering {
+    let at = |(id, s): &(Id, Snapshot)| {
+        let t = s
+            .tag(COPIED_AT)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| (t.timestamp(), t.timestamp_subsec_nanos()));
+        (t, *id)
+    };
+    match (is_whole(&a.1), is_whole(&b.1)) {
+        (true, false) => std::cmp::Ordering::Greater,
+        (false, true) => std::cmp::Ordering::Less,
+        (true, true) => at(b).cmp(&at(a)),
+        (false, false) => at(a).cmp(&at(b)),
+    }
+}
+
+/// After a copy of `run` was written (`written`): one copy of a store run is left. The
+/// run's other copies are the ones a retried `partial` copy replaces, or duplicates
+/// written by copies of the same run at once, each of which checked before the other
+/// had written. The copy kept is [`prefer`]'s, which every process settling the run
+/// picks alike. This run's own copy, when it is not that one, is removed under a
+/// shared lock (as if it had not been written: a concurrent copy holds one too, and
+/// each must drop its own duplicate); the report then names the copy kept. The run's
+/// other copies are forgotten under an exclusive lock, with the retention's
+/// `before_forget`; when another process holds a lock they stay for the next run (or
+/// its retention) to forget.
+fn settle_run(
+    repo: &Repo,
+    store_tag: &str,
+    run: &str,
+    written: Id,
+    opts: &CopyOptions,
+    report: &mut CopyReport,
+) -> Result<()> {
+    let snaps = snapshot::load_readable(repo)?;
+    let of_run: Vec<&(Id, Snapshot)> = snaps
+        .iter()
+        .filter(|(_, s)| is_copy_of(s, store_tag) && tag_is(s, "run", run))
+        .collect();
+    let Some(best) = of_run.iter().copied().max_by(|a, b| prefer(a, b)) else {
+        return Ok(());
+    };
+    let best_id = best.0;
+    if best_id != written {
+        // Under a prune's exclusive lock: left, for the retention to forget as a repeat.
+        let lock = match super::lock::acquire(repo, false) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(
+                    "copy {} of run {run} is a duplicate of {}, not removed: {e}",
+                    &written.hex()[..8],
+                    &best_id.hex()[..8]
+                );
+                return Ok(());
+            }
+        };
+        let r = repo
+            .backend
+            .remove(super::backend::Kind::Snapshot, &written);
+        let released = lock.release();
+        r?;
+        released?;
+        tracing::info!(
+            "copy {} of run {run} removed: {} is its copy",
+            &written.hex()[..8],
+            &best_id.hex()[..8]
+        );
+        report.already_copied = is_whole(&best.1);
+        report.backup.snapshot = best_id.hex();
+    }
+    let others: Vec<Id> = of_run
+        .iter()
+        .map(|(id, _)| *id)
+        .filter(|id| *id != best_id && *id != written)
+        .collect();
+    if others.is_empty() {
+        return Ok(());
+    }
+    let Ok(ex) = super::lock::acquire(repo, true) else {
+        return Ok(());
+    };
+    let r = (|| -> Result<()> {
+        // Listed again under the lock: what another process forgot meanwhile is not
+        // removed twice.
+        let now = snapshot::load_readable(repo)?;
+        for (id, s) in now.iter().filter(|(id, _)| others.contains(id)) {
+            if let Some(before) = opts.before_forget {
+                before(repo.backend.as_ref(), id, s)?;
+            }
+            repo.backend.remove(super::backend::Kind::Snapshot, id)?;
+            tracing::info!(
+                "copy {} of run {run} forgotten: {} replaces it",
+                &id.hex()[..8],
+                &best_id.hex()[..8]
+            );
+        }
+        Ok(())
+    })();
+    let released = ex.release();
+    r?;
+    released
+}
+
+/// `copy --retain N`: the copies of the store `store_tag` with the label `label`, per
+/// host, keep the newest N store runs copied (by the store snapshot's time), one copy
+/// of each ([`prefer`]'s; the run's other copies are forgotten as repeats). They are
+/// grouped by store and label, not by restic's host and paths: a copy's path names the
+/// store snapshot's slot (`daily.0`, `daily.1`), which a rotation renames. The newest
+/// whole copy is kept whatever partial copies are newer, and `written` (this run's) is
+/// kept. Copies of other stores and labels, and snapshots other than copies, are left
+/// alone. Verdicts newest first within each host.
+fn plan_copies(
+    snaps: &[(Id, Snapshot)],
+    store_tag: &str,
+    label: &str,
+    n: u32,
+    written: Id,
+) -> super::forget::Plan {
+    use super::forget::{Group, Plan, Verdict};
+    let mut copies: Vec<&(Id, Snapshot)> = snaps
+        .iter()
+        .filter(|(_, s)| is_copy_of(s, store_tag) && tag_is(s, "label", label))
+        .collect();
+    // Per host, newest first; one run's copies together, the one kept first.
+    copies.sort_by(|a, b| {
+        a.1.hostname
+            .cmp(&b.1.hostname)
+            .then_with(|| b.1.unix_time().cmp(&a.1.unix_time()))
+            .then_with(|| b.1.tag("run").cmp(&a.1.tag("run")))
+            .then_with(|| prefer(b, a))
+    });
+    let mut verdicts = Vec::with_capacity(copies.len());
+    let mut i = 0;
+    while i < copies.len() {
+        let host = &copies[i].1.hostname;
+        let end = i + copies[i..]
+            .iter()
+            .take_while(|(_, s)| s.hostname == *host)
+            .count();
+        let hosts = &copies[i..end];
+        let newest_whole = hosts.iter().find(|(_, s)| is_whole(s)).map(|(id, _)| *id);
+        let mut rank = 0u32;
+        let mut last_run: Option<&str> = None;
+        for (id, s) in hosts.iter().copied() {
+            let run = s.tag("run");
+            let repeat = last_run.is_some() && last_run == run;
+            if !repeat {
+                rank += 1;
+            }
+            last_run = run;
+            let (keep, reason) = if repeat {
+                (
+                    false,
+                    format!(
+                        "forgotten: another copy of store run {} is kept",
+                        run.unwrap_or("?")
+                    ),
+                )
+            } else if rank <= n {
+                (
+                    true,
+                    format!("kept: newest {n} copied runs of label {label} ({rank} of {n})"),
+                )
+            } else if newest_whole == Some(*id) {
+                (
+                    true,
+                    format!(
+                        "kept: the newest whole copy of label {label} (the newer copies are partial)"
+                    ),
+                )
+            } else if *id == written {
+                (
+                    true,
+                    "kept: written by this run, though newer runs of the label are copied"
+                        .to_string(),
+                )
+            } else {
+                (
+                    false,
+                    format!("forgotten: older than the newest {n} copied runs of label {label}"),
+                )
+            };
+            verdicts.push(Verdict {
+                id: id.hex(),
+                short_id: id.hex()[..8].to_string(),
+                time: s.time.clone(),
+                group: Group::of(s),
+                keep,
+                reason,
+            });
+        }
+        i = end;
+    }
+    Plan { verdicts }
 }
 
 /// "Unchanged" for a store snapshot: the manifests' hashes, else the store's invariant.
@@ -326,7 +569,7 @@ impl Reuse for ManifestReuse {
     fn check_listing(
         &mut self,
         path: &Path,
-        names: &[Vec<u8>],
+        names: &mut Vec<Vec<u8>>,
     ) -> Vec<(PathBuf, &'static str, Error)> {
         if self.cur.is_none() {
             return Vec::new();
@@ -348,7 +591,8 @@ impl Reuse for ManifestReuse {
             )];
         }
         let listed: std::collections::HashSet<&[u8]> = names.iter().map(Vec::as_slice).collect();
-        cur.iter()
+        let mut problems: Vec<_> = cur
+            .iter()
             .filter(|e| !listed.contains(e.name.as_slice()))
             .map(|e| {
                 let at = path.join(std::ffi::OsStr::from_bytes(&e.name));
@@ -362,6 +606,133 @@ impl Reuse for ManifestReuse {
                     super::io_err("check against the manifest", &at)(why),
                 )
             })
-            .collect()
+            .collect();
+        // A name the manifest does not list was added to the store snapshot after its
+        // run: not the snapshot's, so not in the copy.
+        let cur = &self.cache[&dir].0;
+        names.retain(|name| {
+            let known = manifest::find(cur, name).is_some();
+            if !known {
+                let at = path.join(std::ffi::OsStr::from_bytes(name));
+                let why = std::io::Error::other(
+                    "in the store snapshot, not in its manifest (added to the store since its \
+                     backup: tampering?): left out of the copy; run `snapring verify`",
+                );
+                problems.push((
+                    at.clone(),
+                    "unreadable",
+                    super::io_err("check against the manifest", &at)(why),
+                ));
+            }
+            known
+        });
+        problems
+    }
+
+    fn check_entry(&mut self, path: &Path, md: &Stat, target: Option<&[u8]>) -> Check {
+        if self.cur.is_none() {
+            return Check::Good;
+        }
+        let Some((dir, name)) = self.split(path) else {
+            return Check::Good;
+        };
+        let root;
+        let e = if name.is_empty() {
+            // The snapshot's own directory: the manifest's root line (one that does
+            // not read leaves the root unchecked, as a block that does not read).
+            match self.cur.as_ref().map(manifest::Reader::root) {
+                Some(Ok(r)) => {
+                    root = r;
+                    &root
+                }
+                _ => return Check::Good,
+            }
+        } else {
+            let (cur, _, cur_error) = self.blocks(dir);
+            // A block that did not read: copied unchecked, said at the directory.
+            if cur_error.is_some() {
+                return Check::Good;
+            }
+            // A name not listed was left out at its directory's listing.
+            match manifest::find(cur, name) {
+                Some(e) => e,
+                None => return Check::Good,
+            }
+        };
+        let mode = md.mode();
+        let found = Facts {
+            kind: Kind::from_mode(mode),
+            perm: mode & 0o7777,
+            uid: md.uid(),
+            gid: md.gid(),
+            size: md.size(),
+            mtime: Time {
+                sec: md.mtime(),
+                nsec: md.mtime_nsec() as u32,
+            },
+            rdev: md.rdev(),
+            target,
+            xattrs: None,
+        };
+        // What `verify` compares (`same::Delta`), but for the extended attributes.
+        let d = Delta::between(&Facts::of_entry(e), &found);
+        let err = |msg: String| {
+            super::io_err("check against the manifest", path)(std::io::Error::other(msg))
+        };
+        if d.content() {
+            let what = if d.kind {
+                format!(
+                    "it is a {} in the store snapshot, a {} in its manifest",
+                    found.kind.name(),
+                    e.kind.name()
+                )
+            } else if d.size {
+                format!(
+                    "its size is {}, its manifest records {}",
+                    found.size, e.size
+                )
+            } else if d.target {
+                "its symlink target is not the one its manifest records".to_string()
+            } else {
+                format!(
+                    "its device is {}, its manifest records {}",
+                    found.rdev, e.rdev
+                )
+            };
+            return Check::LeaveOut(
+                "unreadable",
+                err(format!(
+                    "{what} (bit rot or tampering in the store): left out of the copy; run \
+                     `snapring verify`"
+                )),
+            );
+        }
+        if d.metadata() {
+            let mut what = Vec::new();
+            if d.perm {
+                what.push(format!("mode {:o} (recorded {:o})", found.perm, e.perm));
+            }
+            if d.owner {
+                what.push(format!(
+                    "owner {}:{} (recorded {}:{})",
+                    found.uid, found.gid, e.uid, e.gid
+                ));
+            }
+            if d.mtime {
+                what.push(format!("mtime {} (recorded {})", found.mtime, e.mtime));
+            }
+            return Check::Recorded {
+                perm: e.perm,
+                uid: e.uid,
+                gid: e.gid,
+                mtime: (e.mtime.sec, e.mtime.nsec),
+                error: err(format!(
+                    "{}: not the metadata its manifest records (tampering in the store?): copied with the \
+                     metadata its manifest records; run `snapring verify`",
+                    what.join(", ")
+                )),
+            };
+        }
+        Check::Good
     }
 }

@@ -261,7 +261,7 @@ fn remove_named(
 
 /// Removes the snapshot files `plan` forgets (of `snaps`), `before_remove` first for
 /// each; `cancel` stops it between two removals.
-fn remove_planned(
+pub(crate) fn remove_planned(
     repo: &Repo,
     snaps: &[(Id, Snapshot)],
     plan: Plan,

@@ -637,6 +637,26 @@ fn check_nothing_moved(
     Ok(())
 }
 
+/// Takes entries `es` of a block left out of the snapshot off the run's figures, as
+/// the unit's walk counted them (`engine::walk`: every non-directory in `files_total`,
+/// a regular file's size in `bytes_total`, a directory in `dirs_total`).
+fn uncount(c: &Counters, es: &[Entry]) {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    let sub = |a: &AtomicU64, n: u64| {
+        let _ = a.fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)));
+    };
+    for e in es {
+        match e.kind {
+            Kind::Dir => sub(&c.dirs_total, 1),
+            Kind::File => {
+                sub(&c.files_total, 1);
+                sub(&c.bytes_total, e.size);
+            }
+            _ => sub(&c.files_total, 1),
+        }
+    }
+}
+
 fn counters_errors(c: &Counters) -> u64 {
     c.problems_total.load(std::sync::atomic::Ordering::Relaxed)
 }
@@ -1047,7 +1067,7 @@ fn assemble(
     if plan.one_file_system {
         empty_mount_points(rd, source, &order, &read, mounts)?;
     }
-    let gone = gone_spine(rd, source, &order, &read)?;
+    let gone = gone_spine(rd, source, &order, &read, mounts, counters)?;
     if !gone.is_empty() {
         members.retain(|m| !m.dir.at_or_below_any(&gone));
     }
@@ -1165,11 +1185,16 @@ fn assemble(
                 }
                 for blocks in kept.iter_mut().filter_map(Option::take) {
                     for (dir, mut es) in blocks {
-                        if mounts.holds(&dir) || dir.at_or_below_any(&gone) {
+                        if dir.at_or_below_any(&gone) {
+                            // In a spine directory gone from the source (its tree
+                            // removed): what its units counted is not in the snapshot.
+                            uncount(counters, &es);
+                            continue;
+                        }
+                        if mounts.holds(&dir) {
                             // A unit's block at or inside a mount point (none where
                             // the units saw the mount; one that saw the directory
-                            // before it was mounted), or in a spine directory gone
-                            // from the source (its tree removed).
+                            // before it was mounted).
                             continue;
                         }
                         for e in es.iter_mut() {
@@ -1220,11 +1245,17 @@ fn assemble(
 /// `gone` file). Their trees in the run are removed, after they are recorded: a finalize
 /// repeated after a crash, with one of them back in the source, must leave it out too,
 /// or its manifest would name what the run's tree no longer holds.
+/// Each is a problem of the run (`vanished`: a single-node run would have kept what it
+/// had walked; this one cannot set the directory's metadata, read at finalize), so the
+/// run is `partial`, never `complete` with a directory missing; the merge takes what
+/// its units had counted off the run's figures ([`uncount`]).
 fn gone_spine(
     rd: &RunDir,
     source: &Path,
     order: &[&RelPath],
     read: &[SpineRead],
+    mounts: &SpineMounts,
+    counters: &Counters,
 ) -> Result<HashSet<RelPath>, ShardError> {
     let path = rd.root.join("gone");
     let mut gone: HashSet<RelPath> = match std::fs::read_to_string(&path) {
@@ -1261,6 +1292,23 @@ fn gone_spine(
             gone.insert((*d).clone());
             new = true;
         }
+    }
+    // Not those inside a mount point the units recorded (`one_file_system`: kept as an
+    // empty directory, its contents never part of the snapshot).
+    // One problem for the highest gone directory of a subtree, not one for each below.
+    let mut named: Vec<&RelPath> = gone
+        .iter()
+        .filter(|d| !mounts.holds(d))
+        .filter(|d| d.is_root() || !d.parent().at_or_below_any(&gone))
+        .collect();
+    named.sort();
+    for d in named {
+        counters.problem(report::Problem {
+            path: d.escaped(),
+            kind: report::ProblemKind::Vanished,
+            action: "read spine directory".into(),
+            error: "gone from the source (deleted, renamed or no directory now) before the run was finalized: left out of the snapshot with what its units had backed up".into(),
+        });
     }
     if new {
         let mut lines: Vec<String> = gone.iter().map(|d| format!("{}\n", d.escaped())).collect();

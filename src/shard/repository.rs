@@ -1295,16 +1295,37 @@ fn build_unit(
             ..Built::default()
         });
     }
-    let mut at = source.to_path_buf();
-    for c in &comps {
-        at.push(c);
-        if !std::fs::symlink_metadata(&at).is_ok_and(|m| m.is_dir()) {
-            return Ok(Built::default());
-        }
-    }
     // A slow start of a unit's walk in the tests (tests/restic_shard.rs).
     crate::failpoint::hit("shard.repo.before_walk")
         .map_err(|e| restic::Error::Other(format!("unit {}: {e}", unit.id)))?;
+    // The source by the path the user gave, the unit's directory beneath it with no
+    // symlink followed: one on the way swapped for a symlink since the plan must not
+    // lead the walk out of the source.
+    let walk_fd = crate::fsx::open_dir(source).and_then(|root| {
+        crate::fsx::open_dir_beneath(std::os::fd::AsFd::as_fd(&root), unit.dir.as_bytes())
+    });
+    let walk_fd = match walk_fd {
+        Ok(fd) => fd,
+        Err(e)
+            if [
+                rustix::io::Errno::NOENT,
+                rustix::io::Errno::NOTDIR,
+                rustix::io::Errno::LOOP,
+                rustix::io::Errno::XDEV,
+            ]
+            .iter()
+            .any(|&n| crate::fsx::errno_is(&e, n)) =>
+        {
+            return Ok(Built::default());
+        }
+        Err(e) => {
+            return Err(restic::Error::Io {
+                action: "open",
+                path: walk_root,
+                source: e,
+            });
+        }
+    };
     let mut warnings: Vec<String> = parent.warning.iter().cloned().collect();
     let parent_tree = match parent.tree {
         Some(t) => restic::backup::descend(repo, t, &comps).unwrap_or_else(|e| {
@@ -1328,6 +1349,7 @@ fn build_unit(
         repo,
         UnitSpec {
             walk_root,
+            walk_fd: Some(walk_fd),
             dir: match unit.dir.is_root() {
                 true => String::new(),
                 false => unit.dir.escaped(),

@@ -100,6 +100,9 @@ struct Worker<'a> {
     store_fence: Option<crate::traverse::Fence>,
     prev: Option<Previous>,
     prev_root: Option<OwnedFd>,
+    /// The source's root, opened once by the path the user gave: each unit's directory
+    /// is opened beneath it with no symlink followed ([`fsx::open_dir_beneath`]).
+    src_root: OwnedFd,
     excludes: crate::exclude::Excludes,
     cancel: &'a AtomicBool,
     lease: Duration,
@@ -254,6 +257,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         source,
         prev,
         prev_root,
+        src_root: src_fd,
         excludes,
         cancel,
         lease: super::state::lease(),
@@ -1134,10 +1138,17 @@ fn build(
         counts.crossed = Some(crossed.escaped());
         return Ok(Some(counts));
     }
-    let src = match fsx::open_dir(&src_path) {
+    // Beneath the source's root, following no symlink: a directory on the way swapped
+    // for a symlink since the plan must not lead the walk out of the source.
+    let src = match fsx::open_dir_beneath(b(&ctx.src_root), unit.dir.as_bytes()) {
         Ok(fd) => fd,
-        Err(e) if fsx::errno_is(&e, Errno::NOENT) || fsx::errno_is(&e, Errno::NOTDIR) => {
-            // A directory the plan cut is gone from the source: nothing to back up.
+        Err(e)
+            if [Errno::NOENT, Errno::NOTDIR, Errno::LOOP, Errno::XDEV]
+                .iter()
+                .any(|&n| fsx::errno_is(&e, n)) =>
+        {
+            // A directory the plan cut is gone from the source, or it or one above it is
+            // no directory now (a symlink is not followed): nothing to back up.
             counters.problem(Problem {
                 path: unit.dir.escaped(),
                 kind: ProblemKind::Vanished,

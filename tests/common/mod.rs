@@ -867,3 +867,84 @@ pub fn rot(p: &Path) {
     )
     .unwrap();
 }
+
+/// A source whose only directory `big` holds `sub0`…`sub3` of 40 files each (so every
+/// unit of a shard plan lies under `big/subK`), and beside it a directory `outside`
+/// with the same names holding `SECRET`. Returns (source, outside).
+pub fn swap_tree(root: &Path) -> (PathBuf, PathBuf) {
+    let (src, outside) = (root.join("src"), root.join("outside"));
+    for k in 0..4 {
+        for f in 0..40 {
+            write(&src.join(format!("big/sub{k}/f{f:02}")), b"inside");
+            write(&outside.join(format!("sub{k}/f{f:02}")), b"SECRET");
+        }
+    }
+    (src, outside)
+}
+
+/// Drives a shard worker paused at failpoint file `claimed` (a unit claimed, not yet
+/// opened; `claimed_dir` must name its directory, checked to lie under `big/`): swaps `src/big` for a symlink to `outside`, lets it go on, and once
+/// it pauses at `listed` (the unit's directory listed) or exits, swaps `big` back (so
+/// finalize would see the tree as planned) and lets it finish. Returns its output.
+pub fn swap_above_unit(
+    mut w: std::process::Child,
+    src: &Path,
+    outside: &Path,
+    claimed: &Path,
+    listed: &Path,
+    claimed_dir: impl FnOnce() -> String,
+) -> Output {
+    let t0 = std::time::Instant::now();
+    while !claimed.exists() {
+        if w.try_wait().unwrap().is_some() {
+            let o = w.wait_with_output().unwrap();
+            panic!("the worker ended before its pause: {o:?}");
+        }
+        assert!(t0.elapsed() < std::time::Duration::from_secs(60));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let dir = claimed_dir();
+    assert!(
+        dir.starts_with("big/"),
+        "the paused unit is {dir:?}, not one under big/: the test needs another failpoint hit"
+    );
+    let big = src.join("big");
+    let away = src.with_file_name("big-away");
+    std::fs::rename(&big, &away).unwrap();
+    std::os::unix::fs::symlink(outside, &big).unwrap();
+    std::fs::remove_file(claimed).unwrap();
+    let t0 = std::time::Instant::now();
+    while !listed.exists() && w.try_wait().unwrap().is_none() {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "the worker neither listed its unit nor ended"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::fs::remove_file(&big).unwrap();
+    std::fs::rename(&away, &big).unwrap();
+    let _ = std::fs::remove_file(listed);
+    w.wait_with_output().unwrap()
+}
+
+/// Regular files under `root` whose content is `SECRET` (read from `swap_tree`'s
+/// outside directory), by path.
+pub fn secrets_under(root: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            if m.is_dir() {
+                dirs.push(p);
+            } else if m.is_file() && std::fs::read(&p).is_ok_and(|c| c == b"SECRET") {
+                found.push(p);
+            }
+        }
+    }
+    found
+}
