@@ -750,9 +750,19 @@ fn group_key(e: &Entry) -> Option<GroupKey> {
 /// The hard-link groups with more than one name, each sorted by path (the first name
 /// first).
 fn link_groups(members: Vec<Member>) -> Vec<Vec<Member>> {
+    // Counted first: most members are alone in the run (a file whose other names are
+    // outside the source, in another backup tree, say), and a group's own vector for
+    // each of those (room for four members) was the finalizer's peak: 454 MB at 300k
+    // such files against 75 MB without the outside links.
+    let mut counts: HashMap<GroupKey, u32> = HashMap::new();
+    for k in members.iter().filter_map(|m| group_key(&m.entry)) {
+        *counts.entry(k).or_default() += 1;
+    }
     let mut groups: HashMap<GroupKey, Vec<Member>> = HashMap::new();
     for m in members {
-        if let Some(k) = group_key(&m.entry) {
+        if let Some(k) = group_key(&m.entry)
+            && counts.get(&k).is_some_and(|&n| n > 1)
+        {
             groups.entry(k).or_default().push(m);
         }
     }
