@@ -85,7 +85,7 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
             &[59, 23, 31, 12, 6]
         };
         let expr = if e.starts_with('@') {
-            e.to_string()
+            nickname(e).map_err(bad)?.to_string()
         } else {
             steps_from_a_start(&fields, ends).join(" ")
         };
@@ -112,6 +112,22 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         return Err(bad("it never fires".into()));
     }
     Ok(s)
+}
+
+/// A `@` nickname as croner takes it: Vixie cron's, `@midnight` being `@daily`.
+/// `@reboot` is no time of day (the init system starts a job at boot); anything else
+/// is named with the nicknames there are (croner's own message asked for 5 or 6 fields).
+fn nickname(e: &str) -> Result<&str, String> {
+    match e.to_ascii_lowercase().as_str() {
+        "@midnight" => Ok("@daily"),
+        "@hourly" | "@daily" | "@weekly" | "@monthly" | "@yearly" | "@annually" => Ok(e),
+        "@reboot" => Err(
+            "@reboot is not a time: start the job at boot from the init system instead (`snapring run JOB` in a systemd unit, examples/systemd)".into(),
+        ),
+        _ => Err(format!(
+            "unknown nickname {e}: use @hourly, @daily (or @midnight), @weekly, @monthly or @yearly (or @annually)"
+        )),
+    }
 }
 
 /// Rewrites each list item `S/N` (a step from a start, as Quartz and AWS write it: `0/15`
@@ -403,6 +419,16 @@ mod tests {
             ["2028-02-29T00:00:00+00:00", "2032-02-29T00:00:00+00:00"][..2]
         );
         assert!(parse("cron(0 0 29 2 ? 2029)", None).is_err(), "never fires");
+        // Vixie's @midnight is @daily; @reboot and unknown nicknames say what to do.
+        let t = "2026-11-21T12:00:00Z";
+        assert_eq!(next("@midnight", None, t, 2), next("@daily", None, t, 2));
+        let e = parse("@reboot", None).unwrap_err();
+        assert!(e.contains("init system"), "{e}");
+        let e = parse("@nightly", None).unwrap_err();
+        assert!(
+            e.contains("unknown nickname @nightly") && e.contains("@daily"),
+            "{e}"
+        );
         // A year that is past is a schedule that fired: accepted (the daemon warns).
         assert!(parse("cron(0 2 * * ? 2025)", None).is_ok());
     }

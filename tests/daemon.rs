@@ -2148,3 +2148,50 @@ fn a_run_killed_with_its_daemon_is_notified_at_the_next_start_once() {
     let lines = told_lines(&told);
     assert_eq!(lines.iter().filter(|l| **l == line).count(), 1, "{lines:?}");
 }
+
+/// `next` of a schedule whose last time is past (a year that is over) printed nothing,
+/// exit 0, with no word why; `@midnight` (Vixie's `@daily`) and `@reboot` were refused
+/// with croner's "Pattern must have 5 or 6 fields". Now `next` says the last time is
+/// past, `@midnight` is `@daily`, and `@reboot` says to start the job from the init
+/// system.
+#[test]
+fn next_says_when_a_schedule_has_no_time_left_and_knows_vixie_nicknames() {
+    let run = |sched: &str| {
+        let o = snapring(
+            &[
+                "next".as_ref(),
+                "--schedule".as_ref(),
+                sched.as_ref(),
+                "--count".as_ref(),
+                "3".as_ref(),
+                "--at".as_ref(),
+                "2026-06-01T00:00:00Z".as_ref(),
+            ],
+            &[],
+        );
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run("cron(0 0 1 1 ? 2025)");
+    assert_eq!((code, out.as_str()), (Some(0), ""), "{err}");
+    assert!(
+        err.contains("no run times after 2026-06-01T00:00:00Z: its last time is past"),
+        "{err}"
+    );
+    let (code, out, err) = run("cron(0 0 1 1 ? 2027)");
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "2027-01-01T00:00:00Z\n"),
+        "{err}"
+    );
+    assert!(err.contains("only 1 run time after"), "{err}");
+    let (code, out, err) = run("@midnight");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out, run("@daily").1, "{err}");
+    let (code, _, err) = run("@reboot");
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("init system"), "{err}");
+}

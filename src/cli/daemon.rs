@@ -77,6 +77,20 @@ pub fn next(a: NextArgs) -> anyhow::Result<ExitCode> {
             outln!("{t}");
         }
     }
+    if times.len() < a.count as usize {
+        // A year that is over (the AWS form's year field): printing nothing, or fewer
+        // times than asked, said nothing of why.
+        errln!(
+            "snapring: the schedule has {} run time{} after {}: its last time is past",
+            if times.is_empty() {
+                "no".to_string()
+            } else {
+                format!("only {}", times.len())
+            },
+            if times.len() == 1 { "" } else { "s" },
+            from.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+    }
     Ok(ExitCode::Complete)
 }
 
