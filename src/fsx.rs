@@ -1062,6 +1062,17 @@ pub fn open_dir_beneath(root: BorrowedFd<'_>, rel: &[u8]) -> io::Result<OwnedFd>
     }
 }
 
+/// Whether [`open_dir_beneath`] failed because the directory is not reachable beneath
+/// its root any more: gone (`ENOENT`), no directory now, or one on the way replaced by
+/// a symlink (`ENOTDIR`, `ELOOP`) or a mount point (`EXDEV`). A shard unit whose
+/// directory went so since the plan has nothing to back up.
+pub fn gone_beneath(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    [Errno::NOENT, Errno::NOTDIR, Errno::LOOP, Errno::XDEV]
+        .iter()
+        .any(|&n| errno_is(e, n))
+}
+
 /// `Some("immutable")` or `Some("append-only")` when the inode of `fd` has that flag
 /// (`chattr +i`, `+a`): nobody, root included, may then rename or delete it, nor
 /// change what a directory holds. `None` without either flag, or where the file

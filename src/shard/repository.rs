@@ -1079,12 +1079,19 @@ fn build_units(
             source.display()
         )))
     })?;
+    let src_root = crate::fsx::open_dir(source).map_err(|e| {
+        ShardError::Failed(crate::error::Error::Repository(format!(
+            "cannot open the source {}: {e}",
+            source.display()
+        )))
+    })?;
     let lanes = LaneCtx {
         one_fs,
         st,
         spec,
         opts,
         source,
+        src_root,
         cut,
         plan_hash,
         parent,
@@ -1132,6 +1139,8 @@ struct LaneCtx<'a> {
     spec: &'a Spec,
     opts: &'a Options,
     source: &'a Path,
+    /// The source's root, opened once: each unit's directory is opened beneath it.
+    src_root: std::os::fd::OwnedFd,
     cut: &'a Cut,
     plan_hash: &'a str,
     parent: &'a ParentOf,
@@ -1235,6 +1244,7 @@ impl LaneCtx<'_> {
             self.cut,
             unit,
             self.source,
+            std::os::fd::AsFd::as_fd(&self.src_root),
             self.parent,
             self.opts,
             &self.gate,
@@ -1263,6 +1273,7 @@ fn build_unit(
     cut: &Cut,
     unit: &Unit,
     source: &Path,
+    src_root: std::os::fd::BorrowedFd<'_>,
     parent: &ParentOf,
     opts: &Options,
     gate: &crate::pool::Gate,
@@ -1298,26 +1309,12 @@ fn build_unit(
     // A slow start of a unit's walk in the tests (tests/restic_shard.rs).
     crate::failpoint::hit("shard.repo.before_walk")
         .map_err(|e| restic::Error::Other(format!("unit {}: {e}", unit.id)))?;
-    // The source by the path the user gave, the unit's directory beneath it with no
-    // symlink followed: one on the way swapped for a symlink since the plan must not
-    // lead the walk out of the source.
-    let walk_fd = crate::fsx::open_dir(source).and_then(|root| {
-        crate::fsx::open_dir_beneath(std::os::fd::AsFd::as_fd(&root), unit.dir.as_bytes())
-    });
-    let walk_fd = match walk_fd {
+    // The unit's directory beneath the source's root (opened once, by the path the user
+    // gave), no symlink followed: one on the way swapped for a symlink since the plan
+    // must not lead the walk out of the source.
+    let walk_fd = match crate::fsx::open_dir_beneath(src_root, unit.dir.as_bytes()) {
         Ok(fd) => fd,
-        Err(e)
-            if [
-                rustix::io::Errno::NOENT,
-                rustix::io::Errno::NOTDIR,
-                rustix::io::Errno::LOOP,
-                rustix::io::Errno::XDEV,
-            ]
-            .iter()
-            .any(|&n| crate::fsx::errno_is(&e, n)) =>
-        {
-            return Ok(Built::default());
-        }
+        Err(e) if crate::fsx::gone_beneath(&e) => return Ok(Built::default()),
         Err(e) => {
             return Err(restic::Error::Io {
                 action: "open",

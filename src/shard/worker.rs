@@ -1142,11 +1142,7 @@ fn build(
     // for a symlink since the plan must not lead the walk out of the source.
     let src = match fsx::open_dir_beneath(b(&ctx.src_root), unit.dir.as_bytes()) {
         Ok(fd) => fd,
-        Err(e)
-            if [Errno::NOENT, Errno::NOTDIR, Errno::LOOP, Errno::XDEV]
-                .iter()
-                .any(|&n| fsx::errno_is(&e, n)) =>
-        {
+        Err(e) if fsx::gone_beneath(&e) => {
             // A directory the plan cut is gone from the source, or it or one above it is
             // no directory now (a symlink is not followed): nothing to back up.
             counters.problem(Problem {
