@@ -436,7 +436,13 @@ impl State<'_> {
                     .is_some_and(|t| t >= run.since - chrono::Duration::seconds(1))
             }))
         });
-        if recorded == Some(false) {
+        // A catalog that cannot be written (read-only, full) has no row of a run that
+        // recorded and told everything else: its record in the store says it ended.
+        if recorded == Some(false)
+            && !self
+                .stored_run(name, &run.cfg, run.since)
+                .is_some_and(|r| r.status != crate::report::Status::Running)
+        {
             let why = format!(
                 "ended with exit code {code} without recording a run (its error is in the daemon's log)"
             );
@@ -695,12 +701,54 @@ impl State<'_> {
         runs_it.then(|| h.to_string())
     }
 
+    /// The record in the store of job `name` (as configured in `cfg`) of the newest run
+    /// that started at `since` or later (`None`: none, or a repository's job, which
+    /// has no store). A run writes it before its post command and notifications, so a
+    /// final status there is a run that ended and recorded itself, whatever the catalog
+    /// says (one that cannot be written has no row of it).
+    fn stored_run(
+        &self,
+        name: &str,
+        cfg: &Config,
+        since: DateTime<Utc>,
+    ) -> Option<crate::report::RunReport> {
+        let job = cfg.job.get(name)?;
+        let opts = config::resolve_unchecked(
+            Some(name.to_string()),
+            Some(job.clone()),
+            config::JobConfig::default(),
+        )
+        .ok()?;
+        let store = crate::store::Store::open(&opts.store, false).ok()?;
+        let from = since - chrono::Duration::seconds(1);
+        let mut ids: Vec<String> = store
+            .run_ids()
+            .into_iter()
+            .filter(|id| crate::store::select::run_id_time(id).is_some_and(|t| t >= from))
+            .collect();
+        ids.sort();
+        ids.into_iter()
+            .rev()
+            .find_map(|id| store.read_run(&id).ok().flatten())
+    }
+
     /// Sends SIGTERM to every running backup and waits for them to record themselves.
     fn stop_children(&mut self) {
         for (n, r) in &self.running {
-            tracing::warn!(
-                "job {n}: stopping the running backup (it ends incomplete and resumes next time)"
-            );
+            match self
+                .stored_run(n, &r.cfg, r.since)
+                .filter(|rec| rec.status != crate::report::Status::Running)
+            {
+                // Its backup is over: what is left is its post command or notices.
+                Some(rec) => tracing::warn!(
+                    "job {n}: stopping its run {}, which ended {} and is finishing (post command, notices: one under way is cut short, none retried)",
+                    rec.id,
+                    rec.status.as_str()
+                ),
+                None => tracing::warn!(
+                    "job {n}: stopping the running backup (it ends incomplete and resumes next time)"
+                ),
+            }
             if let Some(pid) = rustix::process::Pid::from_raw(r.child.id() as i32) {
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             }
@@ -888,4 +936,6 @@ pub fn install_signals(stop: &std::sync::Arc<AtomicBool>, reload: &std::sync::Ar
         let _ = signal_hook::flag::register(s, stop.clone());
     }
     let _ = signal_hook::flag::register(SIGHUP, reload.clone());
+    // The notices of dead runs that a stopping daemon sends are not retried.
+    crate::notify::stop_on_signals();
 }

@@ -230,6 +230,7 @@ fn message_with_log(r: &RunReport, log: &std::path::Path) -> (String, String) {
 
 /// What a notification says about one run, whatever its kind: the webhook's body
 /// fields, the mail's subject and text, the command's environment and stdin.
+#[derive(Clone)]
 pub struct Notice {
     pub id: String,
     pub job: Option<String>,
@@ -311,7 +312,37 @@ pub fn send_all(notifiers: &[(String, NotifierConfig)], r: &RunReport) -> Vec<Ou
     send_notice(notifiers, &Notice::backup(r))
 }
 
-/// Sends `n` to every notifier given. Never fails.
+/// Set by SIGINT/SIGTERM ([`stop_on_signals`]): the process is stopping, so a notifier
+/// is not retried and an attempt under way when the signal came is cut short (a service
+/// manager waits `TimeoutStopSec` and then kills: a hanging receiver tried again and
+/// again held a stopping run, and a stopping daemon, for minutes).
+pub fn stop_flag() -> &'static std::sync::Arc<std::sync::atomic::AtomicBool> {
+    static STOP: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicBool>> =
+        std::sync::OnceLock::new();
+    STOP.get_or_init(Default::default)
+}
+
+/// Makes SIGINT and SIGTERM set [`stop_flag`] (beside whatever else they do).
+pub fn stop_on_signals() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let _ = signal_hook::flag::register(s, stop_flag().clone());
+        }
+    });
+}
+
+fn stopping() -> bool {
+    stop_flag().load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What an outcome's error says of a notifier that shutdown left unretried.
+pub const CUT_BY_SHUTDOWN: &str = "cut short by shutdown (SIGTERM/SIGINT): not retried";
+
+/// Sends `n` to every notifier given. Never fails. Once the process is stopping
+/// ([`stop_flag`]), each notifier gets one attempt at most, and an attempt under way
+/// when the stop came is given up: a run stopped before its notices still sends them,
+/// once each, and a stop that comes while they are sent ends them.
 pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Outcome> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     notifiers
@@ -320,9 +351,10 @@ pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Ou
             let attempts = 1 + c.retries.unwrap_or(2);
             let mut last = None;
             let mut n = 0;
+            let mut cut = false;
             for i in 0..attempts {
                 n = i + 1;
-                match send_one(name, c, r) {
+                match attempt(name, c, r) {
                     Ok(()) => {
                         last = None;
                         break;
@@ -331,10 +363,21 @@ pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Ou
                         tracing::warn!("notifier {name} ({}): attempt {n} of {attempts} failed: {e}", c.kind);
                         last = Some(e);
                         if n < attempts {
-                            std::thread::sleep(Duration::from_millis(250 * u64::from(n)));
+                            let pause = std::time::Instant::now()
+                                + Duration::from_millis(250 * u64::from(n));
+                            while !stopping() && std::time::Instant::now() < pause {
+                                std::thread::sleep(Duration::from_millis(20));
+                            }
+                        }
+                        if stopping() && n < attempts {
+                            cut = true;
+                            break;
                         }
                     }
                 }
+            }
+            if cut && let Some(e) = last.as_mut() {
+                *e = format!("{e}; {CUT_BY_SHUTDOWN}");
             }
             match &last {
                 None => tracing::info!("notified {name} ({}) of run {}", c.kind, r.id),
@@ -350,6 +393,46 @@ pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Ou
             }
         })
         .collect()
+}
+
+/// One attempt of notifier `name`. A stop ([`stop_flag`]) that comes while it goes
+/// ends it: a command is killed, a webhook or a mail given up (its thread left to its
+/// own timeout; the process is ending). A stop that came before it does not: a run
+/// stopped mid-backup still tells its notifiers it ended incomplete.
+fn attempt(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), String> {
+    let stopped_before = stopping();
+    if c.kind == "command" {
+        let own = std::sync::atomic::AtomicBool::new(false);
+        let cancel: &std::sync::atomic::AtomicBool =
+            if stopped_before { &own } else { stop_flag() };
+        return command(name, c, r, cancel);
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let (name2, c2, r2) = (name.to_string(), c.clone(), r.clone());
+    std::thread::Builder::new()
+        .name(format!("notify-{name}"))
+        .spawn(move || {
+            let _ = tx.send(send_one(&name2, &c2, &r2));
+        })
+        .map_err(|e| format!("cannot start a thread to notify: {e}"))?;
+    loop {
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(res) => return res,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(format!(
+                    "{} notifier: its attempt ended without a result",
+                    c.kind
+                ));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !stopped_before && stopping() => {
+                return Err(format!(
+                    "{} attempt given up: snapring is stopping (SIGTERM/SIGINT)",
+                    c.kind
+                ));
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+        }
+    }
 }
 
 /// A secret from an environment variable or a file (trailing newline removed).
@@ -401,7 +484,7 @@ fn send_one(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), String> {
     match c.kind.as_str() {
         "webhook" => webhook(c, r),
         "email" => email(c, r),
-        "command" => command(name, c, r),
+        "command" => command(name, c, r, &std::sync::atomic::AtomicBool::new(false)),
         k => Err(format!("unknown notifier type {k:?}")),
     }
 }
@@ -439,12 +522,12 @@ fn webhook(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
         .redirect(reqwest::redirect::Policy::none())
         .referer(false)
         .build()
-        .map_err(|e| format!("webhook {shown}: {}", e.without_url()))?;
+        .map_err(|e| format!("webhook {shown}: {}", causes(e, &url, &shown)))?;
     let resp = client
         .post(&url)
         .json(&body)
         .send()
-        .map_err(|e| format!("webhook {shown}: {}", e.without_url()))?;
+        .map_err(|e| format!("webhook {shown}: {}", causes(e, &url, &shown)))?;
     if resp.status().is_success() {
         Ok(())
     } else if resp.status().is_redirection() {
@@ -459,6 +542,62 @@ fn webhook(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
         ))
     } else {
         Err(format!("webhook {shown}: HTTP {}", resp.status()))
+    }
+}
+
+/// `e` with the chain of its causes (`error sending request: client error (Connect):
+/// tcp connect error: Connection refused (os error 111)`; alone, reqwest's message said
+/// `error sending request` of every refused, timed-out, TLS or DNS failure), the URL
+/// `url` shown as `shown` wherever a cause repeats it.
+fn causes(e: reqwest::Error, url: &str, shown: &str) -> String {
+    let timed_out = e.is_timeout();
+    let e = e.without_url();
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut cause = std::error::Error::source(&e);
+    while let Some(c) = cause {
+        let mut m = c.to_string();
+        // rustls says `received corrupt message of type InvalidContentType` of an
+        // https:// URL whose server speaks plain HTTP: say that it is TLS.
+        if is_tls(c) {
+            m = format!("TLS: {m}");
+        }
+        // A cause that only repeats the one above it (a wrapper's Display) adds nothing.
+        if !parts.last().is_some_and(|l| l.ends_with(&m)) {
+            parts.push(m);
+        }
+        cause = c.source();
+    }
+    let mut text = parts.join(": ");
+    if timed_out && !text.contains("timed out") {
+        text.push_str(" (timed out)");
+    }
+    // A cause may name the URL (a redirect's, an invalid one's): never its path or token.
+    let mut secrets = vec![url.to_string()];
+    if let Ok(u) = reqwest::Url::parse(url) {
+        secrets.push(u.to_string());
+        if u.path().len() > 1 {
+            secrets.push(u.path().to_string());
+        }
+        secrets.extend(u.query().map(str::to_string));
+        secrets.extend(u.password().map(str::to_string));
+    }
+    for s in secrets.iter().filter(|s| !s.is_empty()) {
+        text = text.replace(s.as_str(), shown);
+    }
+    text
+}
+
+/// Whether `e` is rustls's, itself or inside `io::Error`s.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    match e
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+    {
+        Some(inner) => is_tls(inner),
+        None => false,
     }
 }
 
@@ -520,7 +659,12 @@ fn email(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
 /// output read (into the log, bounded) while it runs, so that neither a command that
 /// does not read the report nor one that prints a lot or leaves a process holding its
 /// output behind can hold the run.
-fn command(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), String> {
+fn command(
+    name: &str,
+    c: &NotifierConfig,
+    r: &Notice,
+    cancel: &std::sync::atomic::AtomicBool,
+) -> Result<(), String> {
     let prog = c.command.first().ok_or("empty command")?;
     let hook = crate::hooks::Hook {
         argv: c.command.clone(),
@@ -533,8 +677,7 @@ fn command(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), String> {
         ("SNAPRING_LOG", r.log.to_string_lossy().into_owned()),
     ];
     let json = serde_json::to_vec_pretty(&r.report).expect("report serializes");
-    let cancel = std::sync::atomic::AtomicBool::new(false);
-    let out = crate::hooks::run(&format!("notifier {name}"), &hook, &env, &json, &cancel);
+    let out = crate::hooks::run(&format!("notifier {name}"), &hook, &env, &json, cancel);
     match out.error {
         None => Ok(()),
         Some(e) => Err(format!("command {prog}: {e}")),

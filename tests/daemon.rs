@@ -2137,3 +2137,143 @@ fn next_says_when_a_schedule_has_no_time_left_and_knows_vixie_nicknames() {
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("init system"), "{err}");
 }
+
+/// `snapring --catalog CATALOG daemon --config CFG` without root's capabilities to
+/// read and write anything (`setpriv`, as a backup user runs it: a mode-0444 catalog
+/// is read-only), its stderr into `log`.
+fn daemon_without_dac(catalog: &Path, cfg: &Path, log: &Path) -> Daemon {
+    let mut c = snapring_without_dac();
+    c.arg("--catalog")
+        .arg(catalog)
+        .args(["daemon", "--config"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    Daemon(c.spawn().unwrap())
+}
+
+/// A catalog the daemon cannot write has no row of a run that ended partial, recorded
+/// itself in its store and told its notifiers: the daemon took each such run for one
+/// that died without recording itself, and sent a second notice, a false `failed`
+/// with no run id. The store's record of the run says it ended.
+#[test]
+fn a_catalog_that_cannot_be_written_does_not_make_a_run_a_dead_one() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    write(&src.join("a/f"), b"data");
+    write(&src.join("a/secret"), b"unreadable: the runs end partial");
+    chmod(&src.join("a/secret"), 0o000);
+    let cat = dir.join("cat.db");
+    let (code, _, _, err) = cli(&cat, &["history"], &[]);
+    assert_eq!(code, 0, "{err}");
+    chmod(&cat, 0o444);
+    let told = dir.join("told");
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify_success = true\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = dir.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let d = daemon_without_dac(&cat, &cfg, &log);
+    let lines = || {
+        std::fs::read_to_string(&told)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    // Three runs: the first two were reaped (and any false notice sent) by then.
+    wait_until("three notices", 60, || lines().len() >= 3);
+    d.stop();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("readonly database"), "{log}");
+    for l in lines() {
+        let (status, id) = l.split_once(' ').unwrap_or((&l, ""));
+        assert_eq!(status, "partial", "{:?}\n{log}", lines());
+        assert!(!id.is_empty(), "{:?}", lines());
+    }
+    assert!(!log.contains("without recording a run"), "{log}");
+}
+
+/// A daemon stopped (SIGTERM) while a finished run's webhook hung took 77s to exit:
+/// the run went on waiting and retrying. And it logged that it stopped a backup that
+/// "ends incomplete and resumes next time" of a run that had ended complete. The run
+/// now cuts the notice short on the daemon's SIGTERM, and the daemon says the run had
+/// ended.
+#[test]
+fn a_daemon_stopped_while_a_finished_run_notifies_stops_soon_and_says_the_run_ended() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    tree(&src, 4, 10);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify_success = true\nnotify = [\"hook\"]\n\n\
+             [notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{port}/hook\"\nretries = 2\ntimeout = \"20s\"\n",
+            src = src.display(),
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let mut c = Command::new(bin());
+    c.arg("--catalog")
+        .arg(dir.join("cat.db"))
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    let mut d = Daemon(c.spawn().unwrap());
+    wait_until("the run's webhook request", 60, || {
+        !held.lock().unwrap().is_empty()
+    });
+    let signalled = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.0.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let st = loop {
+        if let Some(st) = d.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(90),
+            "the daemon is still running 90s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = signalled.elapsed();
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(st.success(), "{st}\n{log}");
+    assert!(
+        took < Duration::from_secs(10),
+        "exited {took:?} after SIGTERM\n{log}"
+    );
+    assert_eq!(
+        held.lock().unwrap().len(),
+        1,
+        "retried after the stop\n{log}"
+    );
+    assert!(!log.contains("ends incomplete"), "{log}");
+    assert!(log.contains("ended complete"), "{log}");
+}

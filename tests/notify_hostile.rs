@@ -472,3 +472,160 @@ fn a_name_in_a_slack_message_mentions_no_one_and_links_nowhere() {
         "{text}"
     );
 }
+
+/// A server that accepts connections and never answers, holding each open; counts them.
+fn http_silent() -> (u16, Arc<Mutex<Vec<std::net::TcpStream>>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    std::thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            h.lock().unwrap().push(s);
+        }
+    });
+    (port, held)
+}
+
+/// Every transport error of a webhook read `error sending request`: a refused
+/// connection, a receiver that never answers, a DNS name that does not resolve and
+/// TLS to a plain HTTP server looked the same in the log and in `show`. The causes are
+/// there now, and the URL's path and token still are not.
+#[test]
+fn a_webhook_transport_error_says_what_went_wrong() {
+    let t = tempfile::tempdir().unwrap();
+    // A port nothing listens on: bound, then closed.
+    let refused = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (silent, _held) = http_silent();
+    let (plain, _) =
+        http_answering("HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+    let hook = |n: &str, env: &str| {
+        format!(
+            "[notify.{n}]\ntype = \"webhook\"\nurl_env = \"{env}\"\nretries = 0\ntimeout = \"1s\"\n\n"
+        )
+    };
+    let cfg = config(
+        t.path(),
+        &t.path().join("b"),
+        "require_mount = true",
+        &["refused", "silent", "tls", "dns"],
+        &[
+            hook("refused", "U_REFUSED"),
+            hook("silent", "U_SILENT"),
+            hook("tls", "U_TLS"),
+            hook("dns", "U_DNS"),
+        ]
+        .concat(),
+    );
+    let urls = [
+        (
+            "U_REFUSED",
+            format!("http://127.0.0.1:{refused}/hook/T0KEN-SECRET"),
+        ),
+        (
+            "U_SILENT",
+            format!("http://127.0.0.1:{silent}/hook/T0KEN-SECRET"),
+        ),
+        (
+            "U_TLS",
+            format!("https://127.0.0.1:{plain}/hook/T0KEN-SECRET"),
+        ),
+        // `.invalid` never resolves (RFC 2606).
+        (
+            "U_DNS",
+            "http://no-such-host.invalid/hook/T0KEN-SECRET".to_string(),
+        ),
+    ];
+    let env: Vec<(&str, &str)> = urls.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (code, rep, err, _) = run_within(60, &["run", "home", "--config", &cfg, "--json"], &env);
+    assert_eq!(code, Some(1), "{err}");
+    let error = |n: &str| {
+        let o = notification(&rep, n);
+        assert_eq!(o["ok"], false, "{rep}");
+        o["error"].as_str().unwrap().to_lowercase()
+    };
+    let refused = error("refused");
+    assert!(refused.contains("connection refused"), "{refused}");
+    let silent = error("silent");
+    assert!(silent.contains("timed out"), "{silent}");
+    let tls = error("tls");
+    assert!(
+        tls.contains("tls") || tls.contains("ssl") || tls.contains("handshake"),
+        "{tls}"
+    );
+    let dns = error("dns");
+    assert!(dns.contains("dns"), "{dns}");
+    for e in [&refused, &silent, &tls, &dns] {
+        assert!(e.contains("127.0.0.1") || e.contains("no-such-host"), "{e}");
+        assert!(!e.contains("t0ken"), "{e}");
+    }
+    assert!(!err.contains("T0KEN"), "{err}");
+    // The log says it too.
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+}
+
+/// `snapring run` sent SIGTERM while its webhook hung (timeout 20s, one retry) went on
+/// waiting and retrying, and ended after 38s; a service manager's stop waits for that.
+/// A stop that comes while a notice is sent cuts it short, nothing is retried after
+/// it, and the outcome says so.
+#[test]
+fn sigterm_cuts_a_hanging_webhook_short_and_stops_its_retries() {
+    let t = tempfile::tempdir().unwrap();
+    let (port, held) = http_silent();
+    let cfg = config(
+        t.path(),
+        &t.path().join("b"),
+        "require_mount = true",
+        &["hook"],
+        "[notify.hook]\ntype = \"webhook\"\nurl_env = \"HOOK_URL\"\nretries = 1\ntimeout = \"20s\"\n",
+    );
+    let url = format!("http://127.0.0.1:{port}/hook/T0KEN-SECRET");
+    let mut child = Command::new(bin())
+        .args(["run", "home", "--config", &cfg, "--json"])
+        .env("SNAPRING_CATALOG", "off")
+        .env("HOOK_URL", &url)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let t0 = Instant::now();
+    while held.lock().unwrap().is_empty() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "no request came");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let signalled = Instant::now();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if signalled.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("still running 60s after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = signalled.elapsed();
+    let mut out = Vec::new();
+    child.stdout.take().unwrap().read_to_end(&mut out).unwrap();
+    assert!(
+        took < Duration::from_secs(5),
+        "ended {took:?} after SIGTERM"
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(held.lock().unwrap().len(), 1, "retried after the stop");
+    let rep: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    let n = notification(&rep, "hook");
+    assert_eq!(n["ok"], false, "{rep}");
+    assert_eq!(n["attempts"], 1, "{rep}");
+    assert!(n["error"].as_str().unwrap().contains("stopping"), "{rep}");
+}

@@ -27,5 +27,7 @@ pub mod shard;
 pub fn cancel_on_signal() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
     snapring::engine::progress::install_signal_handlers(&cancel);
+    // A stopping run's notifiers are not retried (`notify::stop_flag`).
+    snapring::notify::stop_on_signals();
     cancel
 }
