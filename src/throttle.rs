@@ -5,11 +5,21 @@
 //! of workers) with a small burst (100 ms of the rate), and it measures how long the run
 //! was held back: the wall-clock time during which at least one worker was asleep in it.
 //! A stopped run (window ended, signal) is not held back any more, and not let through
-//! either: [`Throttle::take`] says stop, and the caller gives up its copy. Also the
+//! either: [`Paced::take`] says stop, and the caller gives up its copy. Also the
 //! parser of rates. No I/O; it sleeps the calling thread.
+//!
+//! The copies in flight are served in the order they started ([`Throttle::copy`]): the
+//! oldest one that is taking bytes has the whole rate, the others wait for it. Shared
+//! evenly, two copies that each need 5 s of the rate both need 10 s, and a backup window
+//! of 8 s would cut (and throw away) both, run after run: no window would ever finish
+//! one. Served in order, the first finishes after 5 s, and every window that leaves one
+//! copy time enough finishes at least one more. The total rate is the same. A copy that
+//! has not taken bytes for [`GRACE`] (stalled on a slow read or write, or between its
+//! reads) does not hold the younger ones back meanwhile.
 
-use std::sync::Mutex;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// The burst: how much of the rate may go at once after a pause.
@@ -18,10 +28,16 @@ const BURST: Duration = Duration::from_millis(100);
 /// The longest single sleep, so a stop is noticed soon.
 const SLICE: Duration = Duration::from_millis(50);
 
+/// How long after its booked bytes may go an older copy still keeps the rate from the
+/// younger ones: the time it may take to read or write them and ask for the next.
+const GRACE: Duration = Duration::from_millis(250);
+
 pub struct Throttle {
     /// Bytes per second.
     rate: u64,
     state: Mutex<State>,
+    /// Signalled when a copy ends (a younger one may go on at once).
+    ended: Condvar,
 }
 
 struct State {
@@ -35,6 +51,37 @@ struct State {
     /// Wall-clock time during which at least one worker waited, up to the present
     /// stretch (from `since`) if one is under way.
     waited: Duration,
+    /// The copies in flight by their place in line (the order they started), each with
+    /// the time until which it keeps the rate from the younger ones.
+    copies: BTreeMap<u64, Instant>,
+    /// The place in line of the next copy.
+    next: u64,
+}
+
+/// One copy's share of a [`Throttle`]: its place in line. Dropped when the copy ends.
+pub struct Paced<'a> {
+    throttle: &'a Throttle,
+    place: u64,
+}
+
+impl Paced<'_> {
+    /// Takes `n` bytes from the bucket, sleeping until every older copy that is taking
+    /// bytes has finished and the rate allows them. `false` once `stop` is set (before
+    /// or during the sleep, which then ends at once): the bytes may not go, and the
+    /// caller abandons what it was copying, which would otherwise finish at full speed,
+    /// past the limit.
+    pub fn take(&self, n: u64, stop: &AtomicBool) -> bool {
+        self.throttle.take_in_line(self.place, n, stop)
+    }
+}
+
+impl Drop for Paced<'_> {
+    fn drop(&mut self) {
+        let mut s = self.throttle.lock();
+        s.copies.remove(&self.place);
+        drop(s);
+        self.throttle.ended.notify_all();
+    }
 }
 
 impl Throttle {
@@ -48,7 +95,26 @@ impl Throttle {
                 waiting: 0,
                 since: now,
                 waited: Duration::ZERO,
+                copies: BTreeMap::new(),
+                next: 0,
             }),
+            ended: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A copy starts: it takes its place in line, behind the copies in flight.
+    pub fn copy(&self) -> Paced<'_> {
+        let mut s = self.lock();
+        let place = s.next;
+        s.next += 1;
+        s.copies.insert(place, Instant::now() + GRACE);
+        Paced {
+            throttle: self,
+            place,
         }
     }
 
@@ -56,17 +122,50 @@ impl Throttle {
         self.rate
     }
 
-    /// Takes `n` bytes from the bucket, sleeping until the rate allows them. `false`
-    /// once `stop` is set (before or during the sleep, which then ends at once): the
-    /// bytes may not go, and the caller abandons what it was copying, which would
-    /// otherwise finish at full speed, past the limit.
-    pub fn take(&self, n: u64, stop: &AtomicBool) -> bool {
+    /// [`Paced::take`] for the copy at `place`.
+    fn take_in_line(&self, place: u64, n: u64, stop: &AtomicBool) -> bool {
         if stop.load(Ordering::Relaxed) {
             return false;
         }
-        let until = self.reserve(n, Instant::now());
-        if until > Instant::now() {
-            self.wait_begins(Instant::now());
+        let mut waiting = false;
+        let until = {
+            let mut s = self.lock();
+            loop {
+                let now = Instant::now();
+                // The latest time until which an older copy keeps the rate.
+                let older = s.copies.range(..place).map(|(_, t)| *t).max();
+                match older {
+                    Some(t) if t > now => {
+                        // Waiting in line is wanting bytes: the younger copies wait too.
+                        s.copies.insert(place, now + GRACE);
+                        if !waiting {
+                            waiting = true;
+                            Self::begin_wait(&mut s, now);
+                        }
+                        if stop.load(Ordering::Relaxed) {
+                            Self::end_wait(&mut s, now);
+                            return false;
+                        }
+                        let left = (t - now).min(SLICE);
+                        s = self
+                            .ended
+                            .wait_timeout(s, left)
+                            .unwrap_or_else(|e| e.into_inner())
+                            .0;
+                    }
+                    _ => break,
+                }
+            }
+            let now = Instant::now();
+            let until = Self::book(&mut s, self.rate, n, now);
+            s.copies.insert(place, until.max(now) + GRACE);
+            if until > now && !waiting {
+                waiting = true;
+                Self::begin_wait(&mut s, now);
+            }
+            until
+        };
+        if waiting {
             while let Some(left) = until.checked_duration_since(Instant::now()) {
                 if left.is_zero() || stop.load(Ordering::Relaxed) {
                     break;
@@ -79,16 +178,24 @@ impl Throttle {
     }
 
     /// Books `n` bytes at `now`; returns when they may go.
+    #[cfg(test)]
     fn reserve(&self, n: u64, now: Instant) -> Instant {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let cost = Duration::from_secs_f64(n as f64 / self.rate as f64);
+        Self::book(&mut self.lock(), self.rate, n, now)
+    }
+
+    fn book(s: &mut State, rate: u64, n: u64, now: Instant) -> Instant {
+        let cost = Duration::from_secs_f64(n as f64 / rate as f64);
         s.full_at = s.full_at.max(now) + cost;
         s.full_at.checked_sub(BURST).unwrap_or(now).max(now)
     }
 
     /// A worker starts to sleep at `now`.
+    #[cfg(test)]
     fn wait_begins(&self, now: Instant) {
-        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Self::begin_wait(&mut self.lock(), now);
+    }
+
+    fn begin_wait(s: &mut State, now: Instant) {
         if s.waiting == 0 {
             s.since = now;
         }
@@ -98,7 +205,10 @@ impl Throttle {
     /// A worker wakes at `now`: the stretch during which some worker slept ends with
     /// the last one.
     fn wait_ends(&self, now: Instant) {
-        let s = &mut *self.state.lock().unwrap_or_else(|e| e.into_inner());
+        Self::end_wait(&mut self.lock(), now);
+    }
+
+    fn end_wait(s: &mut State, now: Instant) {
         s.waiting = s.waiting.saturating_sub(1);
         if s.waiting == 0 {
             s.waited += now.saturating_duration_since(s.since);
@@ -111,7 +221,7 @@ impl Throttle {
     }
 
     fn waited_at(&self, now: Instant) -> Duration {
-        let s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let s = self.lock();
         if s.waiting > 0 {
             s.waited + now.saturating_duration_since(s.since)
         } else {
@@ -215,7 +325,8 @@ mod tests {
     fn a_stop_ends_the_wait_and_refuses_the_bytes() {
         let t = Throttle::new(1000);
         let stop = AtomicBool::new(false);
-        assert!(t.take(100, &stop), "the burst");
+        let c = t.copy();
+        assert!(c.take(100, &stop), "the burst");
         std::thread::scope(|sc| {
             sc.spawn(|| {
                 std::thread::sleep(Duration::from_millis(200));
@@ -223,11 +334,47 @@ mod tests {
             });
             let t0 = Instant::now();
             // 10 s of bytes at this rate: the stop ends the wait after about 200 ms.
-            assert!(!t.take(10_000, &stop));
+            assert!(!c.take(10_000, &stop));
             let took = t0.elapsed();
             assert!(took < Duration::from_secs(2), "{took:?}");
             assert!(t.waited() <= took, "{:?} > {took:?}", t.waited());
         });
-        assert!(!t.take(1, &stop), "stopped before");
+        assert!(!c.take(1, &stop), "stopped before");
+    }
+
+    #[test]
+    fn the_oldest_copy_is_served_first_and_the_next_goes_on_when_it_ends() {
+        let t = Throttle::new(1_000_000);
+        let stop = AtomicBool::new(false);
+        let (old, young) = (t.copy(), t.copy());
+        assert!(old.take(1000, &stop));
+        std::thread::scope(|sc| {
+            let waited = sc.spawn(|| {
+                let t0 = Instant::now();
+                assert!(young.take(1000, &stop));
+                t0.elapsed()
+            });
+            // The older copy keeps asking: the younger waits all along.
+            for _ in 0..6 {
+                std::thread::sleep(Duration::from_millis(100));
+                assert!(old.take(1000, &stop));
+            }
+            assert!(
+                !waited.is_finished(),
+                "the younger copy went before the older"
+            );
+            drop(old);
+            let w = waited.join().unwrap();
+            assert!(w >= Duration::from_millis(550), "{w:?}");
+        });
+        // A copy that stops asking (stalled) holds the others back only for GRACE.
+        let (stalled, next) = (t.copy(), t.copy());
+        assert!(stalled.take(1, &stop));
+        let t0 = Instant::now();
+        assert!(next.take(1, &stop));
+        assert!(t0.elapsed() < GRACE + Duration::from_millis(200));
+        // A stop ends the wait in line.
+        stop.store(true, Ordering::Relaxed);
+        assert!(!next.take(1, &stop));
     }
 }

@@ -403,6 +403,8 @@ fn a_window_that_ends_mid_run_publishes_nothing_and_the_next_run_resumes() {
     let (code, rep, err) = run(&["--window", "1s", "--jobs", "1"], "trash.dir=sleep:300");
     assert_eq!(code, 0, "published before the window ended: {err}");
     assert_eq!(rep["expired"].as_array().unwrap().len(), 1);
+    // The log names the window, not what was left of it when the deletion began.
+    assert!(err.contains("backup window of 1s ended"), "{err}");
     let trash = dest.join(".snapring/trash");
     assert!(
         std::fs::read_dir(&trash).unwrap().count() > 0,

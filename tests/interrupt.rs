@@ -216,3 +216,40 @@ fn a_window_ends_a_throttled_copy_and_the_wait_reported_is_the_time_waited() {
         "snapshot after the cut run",
     );
 }
+
+/// Copies under `--bwlimit` are served in the order they started, so every window
+/// finishes the oldest: two files that each need 2 s of the limit alone, copied at
+/// once by two workers in a 3 s window. Shared evenly, each needed 4 s: both were cut
+/// and thrown away at the end of every window, and the backup never finished ("gave up
+/// 2 copies ... about 2 s at the limit", run after run).
+#[test]
+fn throttled_copies_cut_by_every_window_still_finish_one_window_at_a_time() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    let size = 1 << 20; // read + written: 2 MiB, 2 s at 1 MiB/s
+    // In two directories, so the two workers take one each.
+    for (i, d) in ["a", "b"].iter().enumerate() {
+        write(&src.join(d).join("big"), &vec![b'a' + i as u8; size]);
+    }
+    std::fs::create_dir(&dest).unwrap();
+    // Older than the racy margin (2 s), so a copy finished in a cut run is resumed.
+    std::thread::sleep(Duration::from_millis(2100));
+    let args = ["--bwlimit", "1MiB", "--window", "3s", "--jobs", "2"];
+    let (code, rep, err) = backup(&src, &dest, &args, &[]);
+    assert_eq!((code, &rep["status"]), (3, &"incomplete".into()), "{err}");
+    assert_eq!(
+        rep["files_transferred"], 1,
+        "the oldest copy finishes: {rep}"
+    );
+    let (code, rep, err) = backup(&src, &dest, &args, &[]);
+    assert_eq!(
+        code, 0,
+        "the second window finishes the other: {err}\n{rep}"
+    );
+    assert_eq!(rep["files_transferred"], 1, "{rep}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "snapshot after two windows",
+    );
+}

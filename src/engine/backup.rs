@@ -1018,9 +1018,11 @@ fn delete_expired<R: Repository>(
         // sets it; the status is settled already, so it cuts only this clean-up.
         let (done_rm, ended) = (AtomicBool::new(false), AtomicBool::new(false));
         std::thread::scope(|s| {
-            if let Some(l) = left {
+            // Watched from the walk's start for the whole window (which the log names),
+            // not from now for what is left of it.
+            if let Some(w) = opts.window {
                 let (ended, done_rm) = (&ended, &done_rm);
-                s.spawn(move || super::progress::watch_window(t_rm, l, cancel, ended, done_rm));
+                s.spawn(move || super::progress::watch_window(t_walk, w, cancel, ended, done_rm));
             }
             let r = repo.delete_expired(opts.jobs, cancel);
             done_rm.store(true, Ordering::Relaxed);

@@ -791,6 +791,9 @@ impl<'a, S: Sink> Walk<'a, S> {
         rel: &RelPath,
         m: &Meta,
     ) -> Result<Option<(Meta, blake3::Hash)>, SourceError> {
+        // The copy's place in line for the bandwidth limit: copies are served in the
+        // order they started, so each backup window finishes the oldest ones.
+        let paced = self.counters.throttle.as_ref().map(|t| t.copy());
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -807,8 +810,8 @@ impl<'a, S: Sink> Walk<'a, S> {
             };
             // A stopped run gives up a throttled copy: finished, it would run at full
             // speed past the limit (or, held to it, past the stop).
-            let pace = |n| match &self.counters.throttle {
-                Some(t) => t.take(n, self.cancel),
+            let pace = |n| match &paced {
+                Some(p) => p.take(n, self.cancel),
                 None => true,
             };
             let hash = match self.sink.write_file(file, b(src), &before, &pace) {
