@@ -791,9 +791,9 @@ impl<'a, S: Sink> Walk<'a, S> {
         rel: &RelPath,
         m: &Meta,
     ) -> Result<Option<(Meta, blake3::Hash)>, SourceError> {
-        // The copy's place in line for the bandwidth limit: copies are served in the
-        // order they started, so each backup window finishes the oldest ones.
-        let paced = self.counters.throttle.as_ref().map(|t| t.copy());
+        // The copy's place in line for the bandwidth limit: large copies are served in
+        // the order they started, so each backup window finishes the oldest ones.
+        let paced = self.counters.throttle.as_ref().map(|t| t.copy(m.size));
         let mut attempt = 0;
         loop {
             attempt += 1;
