@@ -98,6 +98,10 @@ pub struct Outcome {
     pub totals: Totals,
     /// Paths that could not be read, with the error.
     pub problems: Vec<(String, String)>,
+    /// Those of `problems` refused for lack of permission (`EACCES`: a directory of
+    /// mode 0111 in a snapshot verified by its non-root owner): not read, so not
+    /// checked, which is not to say damaged.
+    pub denied: Vec<String>,
     /// Whether the compare stayed on side b's file system, and where it did not go.
     pub one_fs: OneFsSummary,
 }
@@ -147,6 +151,7 @@ struct Run<'a, A, B> {
     opts: &'a Options,
     out: Mutex<Vec<Difference>>,
     problems: Mutex<Vec<(String, String)>>,
+    denied: Mutex<Vec<String>>,
     compared: AtomicU64,
     hashed: AtomicU64,
     bytes: AtomicU64,
@@ -166,6 +171,7 @@ pub fn compare<A: SnapshotReader, B: SnapshotReader>(
         opts,
         out: Mutex::new(Vec::new()),
         problems: Mutex::new(Vec::new()),
+        denied: Mutex::new(Vec::new()),
         compared: AtomicU64::new(0),
         hashed: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -180,6 +186,8 @@ pub fn compare<A: SnapshotReader, B: SnapshotReader>(
     });
     let mut problems = run.problems.into_inner().unwrap_or_else(|e| e.into_inner());
     problems.sort();
+    let mut denied = run.denied.into_inner().unwrap_or_else(|e| e.into_inner());
+    denied.sort();
     Outcome {
         totals: Totals {
             entries_compared: run.compared.into_inner(),
@@ -189,6 +197,7 @@ pub fn compare<A: SnapshotReader, B: SnapshotReader>(
         },
         differences,
         problems,
+        denied,
         one_fs: OneFsSummary::of(run.one_fs.map(|fs| fs.skipped())),
     }
 }
@@ -303,7 +312,13 @@ impl<A: SnapshotReader, B: SnapshotReader> Visitor for Run<'_, A, B> {
 }
 
 impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
-    fn problem(&self, rel: &RelPath, e: impl std::fmt::Display) {
+    fn problem(&self, rel: &RelPath, e: std::io::Error) {
+        if fsx::errno_is(&e, Errno::ACCESS) {
+            self.denied
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(rel.escaped());
+        }
         self.problems
             .lock()
             .unwrap_or_else(|e| e.into_inner())

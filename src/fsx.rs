@@ -872,25 +872,114 @@ fn times(m: &Meta) -> Timestamps {
     }
 }
 
-/// Owner, mode and times on an open file or directory, in the order that keeps
-/// setuid/setgid bits (chown clears them, so chmod comes after).
-pub fn apply_owner_mode(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
-    rfs::fchown(
+/// An owner `fchown` refused (`EPERM`: the process is not root, or the file system
+/// keeps its own owners). The mode and times are set all the same (as `rsync -a` run
+/// by a user keeps them); `got` is the owner the inode holds instead, for the manifest
+/// to record what the copy is. Found in an `io::Error` by [`owner_not_set`].
+#[derive(Debug)]
+pub struct OwnerNotSet {
+    pub want: (u32, u32),
+    pub got: (u32, u32),
+    pub err: io::Error,
+}
+
+impl std::fmt::Display for OwnerNotSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let root = if rustix::process::geteuid().is_root() {
+            ""
+        } else {
+            " (this process is not root and cannot give files to other owners)"
+        };
+        write!(
+            f,
+            "cannot set owner {}:{}: {}{root}; left owned by {}:{} (mode and times were set)",
+            self.want.0, self.want.1, self.err, self.got.0, self.got.1
+        )
+    }
+}
+
+impl std::error::Error for OwnerNotSet {}
+
+/// The [`OwnerNotSet`] in `e`, if that is what it is.
+pub fn owner_not_set(e: &io::Error) -> Option<&OwnerNotSet> {
+    e.get_ref().and_then(|i| i.downcast_ref::<OwnerNotSet>())
+}
+
+/// `Ok(Some(e))` for an [`OwnerNotSet`] error, to be reported once the rest of the
+/// metadata is set ([`owner_after`]); other errors stay errors.
+pub fn owner_later(r: io::Result<()>) -> io::Result<Option<io::Error>> {
+    match r {
+        Ok(()) => Ok(None),
+        Err(e) if owner_not_set(&e).is_some() => Ok(Some(e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// `r`, unless it succeeded and the owner could not be set: then that.
+pub fn owner_after<T>(r: io::Result<T>, owner: Option<io::Error>) -> io::Result<T> {
+    match (r, owner) {
+        (Ok(_), Some(e)) => Err(e),
+        (r, _) => r,
+    }
+}
+
+/// `fchown`/`chownat` refused with `EPERM`: the group alone is tried (a user may give
+/// a file to a group of theirs), and the owner the inode holds is read back.
+fn owner_refused(
+    want: &Meta,
+    err: rustix::io::Errno,
+    group_only: impl FnOnce() -> rustix::io::Result<()>,
+    now: impl FnOnce() -> io::Result<Meta>,
+) -> io::Error {
+    let _ = group_only();
+    let got = now()
+        .map(|m| (m.uid, m.gid))
+        .unwrap_or((u32::MAX, u32::MAX));
+    io::Error::new(
+        io::ErrorKind::PermissionDenied,
+        OwnerNotSet {
+            want: (want.uid, want.gid),
+            got,
+            err: err.into(),
+        },
+    )
+}
+
+/// `fchown` to `m`'s owner; `EPERM` is an [`OwnerNotSet`] error.
+pub fn chown_fd(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
+    match rfs::fchown(
         fd,
         Some(rfs::Uid::from_raw(m.uid)),
         Some(rfs::Gid::from_raw(m.gid)),
-    )?;
+    ) {
+        Ok(()) => Ok(()),
+        Err(e) if e == rustix::io::Errno::PERM => Err(owner_refused(
+            m,
+            e,
+            || rfs::fchown(fd, None, Some(rfs::Gid::from_raw(m.gid))),
+            || fstat(fd),
+        )),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Owner, mode and times on an open file or directory, in the order that keeps
+/// setuid/setgid bits (chown clears them, so chmod comes after). An owner that cannot
+/// be set ([`OwnerNotSet`]) does not keep the mode from being set; its error comes last.
+pub fn apply_owner_mode(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
+    let owner = owner_later(chown_fd(fd, m))?;
     rfs::fchmod(fd, Mode::from_raw_mode(m.perm))?;
-    Ok(())
+    owner_after(Ok(()), owner)
 }
 
 /// A directory's metadata, once its children are written: xattrs (default ACLs too),
-/// then owner and mode, then times. Returns the xattrs the file system refused.
+/// then owner and mode, then times. Returns the xattrs the file system refused. An
+/// owner that cannot be set ([`OwnerNotSet`]) is its error once mode and times are set.
 pub fn apply_dir_meta(fd: BorrowedFd<'_>, m: &Meta, xs: &Xattrs) -> io::Result<Refused> {
     let refused = write_xattrs(&XattrTarget::Fd(fd), xs)?;
-    apply_owner_mode(fd, m)?;
+    let owner = owner_later(apply_owner_mode(fd, m))?;
     apply_times(fd, m)?;
-    Ok(refused)
+    owner_after(Ok(refused), owner)
 }
 
 pub fn apply_times(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
@@ -898,18 +987,28 @@ pub fn apply_times(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
 }
 
 /// Owner, mode and times by name without following a symlink (symlinks, fifos, devices).
+/// As [`apply_owner_mode`], an owner that cannot be set is its error once the mode is set.
 pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<()> {
-    rfs::chownat(
-        dir,
-        name,
-        Some(rfs::Uid::from_raw(m.uid)),
-        Some(rfs::Gid::from_raw(m.gid)),
-        AtFlags::SYMLINK_NOFOLLOW,
-    )?;
+    let chown = |uid: Option<u32>| {
+        rfs::chownat(
+            dir,
+            name,
+            uid.map(rfs::Uid::from_raw),
+            Some(rfs::Gid::from_raw(m.gid)),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+    };
+    let owner = match chown(Some(m.uid)) {
+        Ok(()) => None,
+        Err(e) if e == rustix::io::Errno::PERM => {
+            Some(owner_refused(m, e, || chown(None), || lstat_at(dir, name)))
+        }
+        Err(e) => return Err(e.into()),
+    };
     if m.kind != Kind::Symlink {
         chmod_nofollow_at(dir, name, m.perm)?;
     }
-    Ok(())
+    owner_after(Ok(()), owner)
 }
 
 /// `chmod` of `name` in `dir` that never follows a symlink there. `fchmodat` follows

@@ -433,13 +433,11 @@ fn start_log(path: &Path) -> bool {
     }
 }
 
-/// The restore's outcome, conflicts and problems (the first 1,000 of each) in its log.
+/// The restore's outcome and conflicts (the first 1,000) in its log. Its problems are
+/// in it already: each is logged when met (`Restore::problem`), as a backup's are.
 fn log_restore(r: &RestoreReport) {
     for c in r.conflicts.iter().take(1000) {
         tracing::warn!(path = %c.path, "conflict: {}", c.reason);
-    }
-    for p in r.problems.iter().take(1000) {
-        tracing::warn!(path = %p.path, action = %p.action, error = %p.error, "{:?}", p.kind);
     }
     tracing::info!(
         status = r.status.as_str(),

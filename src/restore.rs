@@ -1268,7 +1268,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
     /// A target-side error: permission problems are per entry; anything else (disk
     /// full, read-only, I/O error) stops the restore.
     fn dest_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
-        if fsx::errno_is(&e, Errno::PERM) || fsx::errno_is(&e, Errno::ACCESS) {
+        if fsx::owner_not_set(&e).is_some() {
+            self.problem(rel, ProblemKind::Metadata, "set owner", e);
+        } else if fsx::errno_is(&e, Errno::PERM) || fsx::errno_is(&e, Errno::ACCESS) {
             self.problem(rel, ProblemKind::Metadata, action, e);
         } else {
             let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
@@ -2018,8 +2020,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
         // Tests kill a restore here: bytes written, metadata not yet.
         let _ = crate::failpoint::hit("restore.file");
         let t = XattrTarget::Fd(b(&dst));
-        let r = self
-            .owner_mode(b(&dst), m)
+        // An owner this process may not give (not root) keeps nothing else from being
+        // set: its error comes once mode, xattrs and times are.
+        let mut owner = None;
+        let r = fsx::owner_later(self.owner_mode(b(&dst), m))
+            .map(|o| owner = o)
             .and_then(|_| self.remove_inherited(at.node, &t, fsx::INHERITED, &xattrs))
             .and_then(|_| fsx::write_xattrs(&t, &xattrs))
             .and_then(|refused| {
@@ -2036,7 +2041,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 }
                 fsx::apply_times(b(&dst), m)
             });
-        if let Err(e) = r {
+        if let Err(e) = fsx::owner_after(r, owner) {
             self.dest_error(rel, "set file metadata", e);
         }
         true
@@ -2052,17 +2057,14 @@ impl<R: SnapshotReader> Restore<'_, R> {
             return fsx::apply_owner_mode(fd, m);
         };
         let chown = (now.uid, now.gid) != (m.uid, m.gid);
-        if chown {
-            rustix::fs::fchown(
-                fd,
-                Some(rustix::fs::Uid::from_raw(m.uid)),
-                Some(rustix::fs::Gid::from_raw(m.gid)),
-            )?;
-        }
+        let owner = match chown {
+            true => fsx::owner_later(fsx::chown_fd(fd, m))?,
+            false => None,
+        };
         if now.perm != m.perm || (chown && m.perm & 0o6000 != 0) {
             rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(m.perm))?;
         }
-        Ok(())
+        fsx::owner_after(Ok(()), owner)
     }
 
     /// An entry just created in `node`'s target directory loses what it may have
@@ -2120,10 +2122,13 @@ impl<R: SnapshotReader> Restore<'_, R> {
         } else {
             fsx::INHERITED
         };
-        let r = fsx::apply_meta_at(b(dst), to, m)
+        let mut owner = None;
+        let r = fsx::owner_later(fsx::apply_meta_at(b(dst), to, m))
+            .map(|o| owner = o)
             .and_then(|_| self.remove_inherited(at.node, &t, inherited, &xattrs))
             .and_then(|_| fsx::write_xattrs(&t, &xattrs))
             .and_then(|_| fsx::apply_times_at(b(dst), to, m));
+        let r = fsx::owner_after(r, owner);
         if let Err(e) = r {
             // Not what it made: a symlink put in its place (the target's directory is
             // writable by others). Its mode was not set through it; the symlink goes

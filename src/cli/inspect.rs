@@ -91,8 +91,21 @@ pub(super) fn print_verified(x: &Verified) {
         );
     }
     for (p, e) in &x.problems {
-        outln!("{} ? {}  unreadable: {e}", x.snapshot, p);
+        if x.denied.contains(p) {
+            outln!(
+                "{} ? {}  not checked: {e} (this user may not read it; verify as root or its owner)",
+                x.snapshot,
+                p
+            );
+        } else {
+            outln!("{} ? {}  unreadable: {e}", x.snapshot, p);
+        }
     }
+    // Only entries this user may not read: not all of it was checked, none found damaged.
+    let unchecked_only = !x.clean
+        && x.differences.is_empty()
+        && x.problems.len() == x.denied.len()
+        && x.against == "manifest";
     // Against a live tree a difference may be the tree's own change since the backup:
     // it differs, which is not to say the backup is damaged.
     let live = x.against != "manifest" && x.against != "repository";
@@ -101,6 +114,7 @@ pub(super) fn print_verified(x: &Verified) {
         x.snapshot,
         match (x.clean, live) {
             (true, _) => "clean against",
+            (false, false) if unchecked_only => "NOT FULLY CHECKED (no damage found) against",
             (false, false) => "DAMAGED against",
             (false, true) => "DIFFERS from",
         },

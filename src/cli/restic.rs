@@ -1230,6 +1230,7 @@ fn print_against(x: &restic::verify::RepoVerified) {
         differences: x.differences.clone(),
         totals: x.totals.clone(),
         problems: x.problems.clone(),
+        denied: vec![],
         one_fs: x.one_fs.clone(),
         unchecked: None,
         next_backup_copies: 0,

@@ -135,6 +135,10 @@ pub struct Verified {
     pub differences: Vec<Difference>,
     pub totals: Totals,
     pub problems: Vec<(String, String)>,
+    /// Of `problems`, the entries this user may not read (`EACCES`): not checked,
+    /// not damaged, and not recorded as damage. A snapshot with only these is not
+    /// `clean` (not all of it was checked), nor damaged.
+    pub denied: Vec<String>,
     /// `--against` only: whether the compare stayed on `SRC`'s file system, and the
     /// mount points whose contents it did not compare.
     #[serde(flatten)]
@@ -164,6 +168,7 @@ impl Verified {
             differences: vec![],
             totals: Totals::default(),
             problems: vec![],
+            denied: vec![],
             one_fs: OneFsSummary::default(),
             unchecked: Some(why),
             next_backup_copies: 0,
@@ -276,6 +281,7 @@ pub fn verify(
             differences: o.differences,
             totals: o.totals,
             problems: o.problems,
+            denied: o.denied,
             one_fs: o.one_fs,
             unchecked: None,
             next_backup_copies,
@@ -287,7 +293,8 @@ pub fn verify(
 /// Records what a verify against the manifest found damaged in the snapshot `name` of
 /// run `id`, for the next backup to copy afresh rather than link: every entry other
 /// than a directory whose bytes or metadata differ, and every unreadable one (a new
-/// snapshot's directories are made anew, never linked). Returns how many were recorded;
+/// snapshot's directories are made anew, never linked) but those this user may not
+/// read (`EACCES`: permissions, not damage; a copy would have the same mode). Returns how many were recorded;
 /// a store that cannot be written (a read-only mount) is warned about, and 0.
 fn record_damage(store: &Store, id: &str, name: &str, snap: &Path, o: &compare::Outcome) -> u64 {
     let mut paths: Vec<RelPath> = o
@@ -297,10 +304,15 @@ fn record_damage(store: &Store, id: &str, name: &str, snap: &Path, o: &compare::
             matches!(
                 d.change,
                 compare::Change::Content | compare::Change::Metadata
-            ) && d.kind != "dir"
+            ) && d.kind != Kind::Dir.name()
         })
         .map(|d| d.path.as_str())
-        .chain(o.problems.iter().map(|(p, _)| p.as_str()))
+        .chain(
+            o.problems
+                .iter()
+                .map(|(p, _)| p.as_str())
+                .filter(|p| !o.denied.iter().any(|d| d == p)),
+        )
         .filter_map(|p| RelPath::from_escaped(p).ok())
         .collect();
     paths.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));

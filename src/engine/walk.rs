@@ -240,7 +240,9 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// An error on the destination: metadata the target refuses is a per-entry problem;
     /// anything else (disk full, I/O error, read-only) stops the run.
     fn dest_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
-        if fsx::errno_is(&e, Errno::PERM) {
+        if fsx::owner_not_set(&e).is_some() {
+            self.problem(rel, ProblemKind::Metadata, "set owner", e);
+        } else if fsx::errno_is(&e, Errno::PERM) {
             self.problem(rel, ProblemKind::Metadata, action, e);
         } else {
             self.fail(io_error(e, action, rel.as_path()));
@@ -769,9 +771,13 @@ impl<'a, S: Sink> Walk<'a, S> {
         else {
             return Ok(None);
         };
+        let mut meta = meta;
         match self.sink.finish_file(file, &meta, &xattrs) {
             Ok(refused) => self.refused_xattrs(rel, &refused),
-            Err(e) => self.dest_error(rel, "set file metadata", e),
+            Err(e) => {
+                owner_held(&mut meta, &e);
+                self.dest_error(rel, "set file metadata", e)
+            }
         }
         let mut e = Entry::from_meta(name, &meta);
         e.hash = Some(hash);
@@ -886,11 +892,15 @@ impl<'a, S: Sink> Walk<'a, S> {
             self.dest_error(rel, "create in staging", e);
             return None;
         }
-        match self.sink.finish_special(out, name, m, &xattrs) {
+        let mut m = *m;
+        match self.sink.finish_special(out, name, &m, &xattrs) {
             Ok(refused) => self.refused_xattrs(rel, &refused),
-            Err(e) => self.dest_error(rel, "set metadata", e),
+            Err(e) => {
+                owner_held(&mut m, &e);
+                self.dest_error(rel, "set metadata", e);
+            }
         }
-        let mut e = Entry::from_meta(name, m);
+        let mut e = Entry::from_meta(name, &m);
         e.target = target;
         e.xattrs = fsx::xattr_digest(&xattrs);
         Some(e)
@@ -1074,6 +1084,18 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             Ok(refused) => self.refused_xattrs(&dir.rel, &refused),
             Err(e) => self.dest_error(&dir.rel, "set directory metadata", e),
         }
+    }
+}
+
+/// The owner the snapshot's copy holds when its own could not be set (not root): the
+/// manifest records what the snapshot is, so `verify` does not call it damaged, and the
+/// next backup, seeing the source's owner differ, copies it again and reports the
+/// owner again, every run alike (a link would carry the wrong owner silently).
+fn owner_held(meta: &mut Meta, e: &std::io::Error) {
+    if let Some(o) = fsx::owner_not_set(e)
+        && o.got != (u32::MAX, u32::MAX)
+    {
+        (meta.uid, meta.gid) = o.got;
     }
 }
 

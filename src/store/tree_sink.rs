@@ -300,19 +300,18 @@ impl Sink for TreeSink {
         let need_chown = self.creates_as != Some((m.uid, m.gid));
         let need_chmod =
             file.created_perm & !self.umask != m.perm || (need_chown && m.perm & 0o6000 != 0);
-        if need_chown {
-            rustix::fs::fchown(
-                &file.fd,
-                Some(rustix::fs::Uid::from_raw(m.uid)),
-                Some(rustix::fs::Gid::from_raw(m.gid)),
-            )?;
-        }
-        if need_chmod {
+        // An owner this process may not give (not root) keeps nothing else from being
+        // set: its error (`fsx::OwnerNotSet`) comes once mode, xattrs and times are.
+        let owner = match need_chown {
+            true => fsx::owner_later(fsx::chown_fd(b(&file.fd), m))?,
+            false => None,
+        };
+        if need_chmod || owner.is_some() {
             rustix::fs::fchmod(&file.fd, rustix::fs::Mode::from_raw_mode(m.perm))?;
         }
         let refused = fsx::write_xattrs(&XattrTarget::Fd(b(&file.fd)), xattrs)?;
         fsx::apply_times(b(&file.fd), m)?;
-        Ok(refused)
+        fsx::owner_after(Ok(refused), owner)
     }
 
     fn put_special(
@@ -337,10 +336,10 @@ impl Sink for TreeSink {
         m: &Meta,
         xattrs: &Xattrs,
     ) -> io::Result<Refused> {
-        fsx::apply_meta_at(b(&dir.dst), name, m)?;
+        let owner = fsx::owner_later(fsx::apply_meta_at(b(&dir.dst), name, m))?;
         let refused = fsx::write_xattrs(&XattrTarget::At(b(&dir.dst), name), xattrs)?;
         fsx::apply_times_at(b(&dir.dst), name, m)?;
-        Ok(refused)
+        fsx::owner_after(Ok(refused), owner)
     }
 
     fn finish_dir(&self, dir: &TreeDir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
