@@ -1181,3 +1181,104 @@ fn repair_index_stops_on_a_server_error_rather_than_name_snapshots_damaged() {
     assert_eq!(r["damaged_snapshots"].as_array().unwrap().len(), 0, "{r}");
     assert_eq!(r["index_rewritten"], false, "{r}");
 }
+
+/// Removes every lock file of the repository under `prefix` from the server's disk (as
+/// `restic unlock --remove-all` would).
+fn remove_locks(s: &Setup, prefix: &str) {
+    let dir =
+        s.t.path()
+            .join("s3")
+            .join(BUCKET)
+            .join(prefix)
+            .join("locks");
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+}
+
+/// A backup whose lock is removed while its packs upload, and a prune that runs
+/// meanwhile (it removes the packs no index names yet: this run's): the run fails
+/// saying the lock was lost and writes no index naming those packs, so the next run
+/// stores their data again and its snapshot restores (an index naming the removed
+/// packs made the next run take their blobs for stored: a `complete` snapshot that did
+/// not restore).
+#[test]
+fn a_lock_lost_to_a_prune_leaves_no_index_naming_the_removed_packs() {
+    let s = setup(Vec::new());
+    source(&s.src, 40, 11);
+    let dest = s.dest("lost");
+    s.sr_ok(&["init", "--dest", &dest]);
+    // The first pack goes through; the others wait until the prune is done.
+    s.proxy.set_rules(vec![
+        Rule::new("PUT", "/data/", Fault::Delay(Duration::from_millis(1)), 1),
+        Rule::new("PUT", "/data/", Fault::Hold, u64::MAX),
+    ]);
+    let mut child = spawn_backup(&s, &dest, &[], None);
+    wait_for_packs(&s, 1, &mut child);
+    remove_locks(&s, "lost");
+    let direct = format!("http://127.0.0.1:{}", s.server.port);
+    let out = s
+        .cmd_at(&direct, &["prune", "--dest", &dest])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "prune: {out:?}");
+    assert!(
+        s.objects("lost", "data").is_empty(),
+        "the prune removed the backup's unindexed pack"
+    );
+    s.proxy.set_rules(Vec::new());
+    s.proxy.release();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("lock was lost"), "{err}");
+    assert!(s.objects("lost", "snapshots").is_empty());
+    assert!(
+        s.objects("lost", "index").is_empty(),
+        "an index naming packs the prune removed"
+    );
+
+    let (code, r, err) = s.backup(&dest);
+    assert_eq!(code, 0, "{r}\n{err}");
+    assert_eq!(r["status"], "complete", "{r}");
+    assert!(
+        r["repository"]["bytes_uploaded"].as_u64().unwrap() >= 40 * MIB as u64,
+        "the next run stores the data again: {r}"
+    );
+    s.restore_equals_source(&dest, "the run after a lost lock");
+    s.restic_check("lost");
+}
+
+/// The lock's DELETE refused for good after the snapshot was written (a key that may
+/// not delete, or a fault past the retries): the snapshot is published, so the run
+/// says so (`complete`, exit 0, its id) with a warning that the lock file was left,
+/// not `failed` with no snapshot.
+#[test]
+fn a_lock_that_cannot_be_deleted_after_the_snapshot_is_a_warning() {
+    let s = setup(Vec::new());
+    source(&s.src, 1, 12);
+    let dest = s.dest("undeletable");
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.proxy.set_rules(vec![Rule::new(
+        "DELETE",
+        "/locks/",
+        Fault::Status(403),
+        u64::MAX,
+    )]);
+    let (code, r, err) = s.backup(&dest);
+    assert_eq!(code, 0, "{r}\n{err}");
+    assert_eq!(r["status"], "complete", "{r}");
+    let snaps = s.objects("undeletable", "snapshots");
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(r["repository"]["snapshot_id"], snaps[0].as_str(), "{r}");
+    let warned = r["warnings"].to_string();
+    assert!(warned.contains("lock"), "{r}");
+    assert_eq!(s.objects("undeletable", "locks").len(), 1, "the lock left");
+    s.proxy.set_rules(Vec::new());
+    s.restore_equals_source(&dest, "the run whose lock was left");
+}

@@ -333,7 +333,8 @@ pub fn snapshot_locked(
         None => None,
     };
     let tables = repo.tables();
-    let packer = Packer::default();
+    // No index file once the lock is lost: a prune may have removed the packs it names.
+    let packer = Packer::default().under(lock.watch());
     let stop = AtomicBool::new(false);
     let one_fs = match spec.one_file_system {
         true => {
@@ -377,7 +378,7 @@ pub fn snapshot_locked(
         report.count_uploads(0, 0);
         report.status = "incomplete".into();
         report.duration_seconds = started.elapsed().as_secs_f64();
-        lock.release()?;
+        release_or_warn(lock, &mut report.warnings);
         Ok(report)
     };
     let root = match walked {
@@ -423,7 +424,9 @@ pub fn snapshot_locked(
     lock.check()?;
     let (id, snap_len) = repo.save_json_len(super::backend::Kind::Snapshot, &snap)?;
     report.count_uploads(1, snap_len);
-    lock.release()?;
+    // The snapshot is published: a lock file that cannot be removed (a key that may not
+    // delete, a fault past the retries) is a warning, not a failure of the run.
+    release_or_warn(lock, &mut report.warnings);
     if let Some(n) = spec.retain {
         // restic's `forget` takes an exclusive lock; a concurrent backup's shared lock
         // makes it wait for the next run rather than fail this one.
@@ -437,7 +440,7 @@ pub fn snapshot_locked(
         match super::lock::acquire(repo, true) {
             Ok(ex) => {
                 report.retention = Some(super::forget::forget_locked(repo, &policy)?);
-                ex.release()?;
+                release_or_warn(ex, &mut report.warnings);
             }
             Err(e) => report.retention_skipped = Some(e.to_string()),
         }
@@ -452,6 +455,24 @@ pub fn snapshot_locked(
     .into();
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Releases `lock`; a lock file that cannot be removed is left, with a warning saying
+/// what it blocks and how it goes.
+fn release_or_warn(lock: super::lock::Guard, warnings: &mut Vec<String>) {
+    let id = lock.id();
+    if let Err(e) = lock.release() {
+        let file = id.map_or_else(|| "its file".into(), |id| format!("locks/{}", id.hex()));
+        let w = format!(
+            "the repository lock {file} could not be removed ({e}): it is left, and \
+             restic's `check` and `prune` (and snapring's `prune`, `forget` and retention) \
+             refuse to run on this repository until it is stale (on this host once this \
+             process has ended, on others 30 minutes after it was last refreshed); \
+             `restic unlock` then removes it, or delete it with credentials that may"
+        );
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
 }
 
 impl BackupReport {
@@ -1722,6 +1743,8 @@ pub struct UnitSpec<'a> {
     /// Blobs stored by this process's earlier units, which this one skips; its own are
     /// added once its packs and index are written.
     pub known: Arc<std::sync::RwLock<Index>>,
+    /// The run's lock: no index file once it is lost ([`Packer::under`]).
+    pub lock: Option<super::lock::Watch>,
     /// `one_file_system`: the device of the source's root (not the unit directory's:
     /// `shard::repository` builds nothing of a unit whose directory is on another).
     pub one_fs: Option<u64>,
@@ -1746,7 +1769,10 @@ pub struct UnitBuilt {
 pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
     let started = std::time::Instant::now();
     let tables = repo.tables();
-    let packer = Packer::sharing(spec.known.clone());
+    let packer = match spec.lock {
+        Some(l) => Packer::sharing(spec.known.clone()).under(l),
+        None => Packer::sharing(spec.known.clone()),
+    };
     let stop = AtomicBool::new(false);
     let run = Run {
         root_names: Some(spec.names),

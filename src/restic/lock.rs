@@ -311,6 +311,35 @@ impl Held {
     }
 }
 
+impl Held {
+    fn check(&self) -> Result<()> {
+        // Held across the listing: a refresh replaces the file meanwhile.
+        let id = self.id.lock().expect("lock id");
+        self.check_time()?;
+        let Some(id) = *id else {
+            return Err(Error::Other("the repository lock was released".into()));
+        };
+        if !self.backend.list(Kind::Lock)?.contains(&id) {
+            return Err(self.lost_error(format!(
+                "its file locks/{} was removed (by `restic unlock`, or as stale by another process)",
+                id.hex()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// [`Guard::watch`]: whether a lock is still held, asked from where the guard is not.
+#[derive(Clone)]
+pub struct Watch(Arc<Held>);
+
+impl Watch {
+    /// [`Guard::check`].
+    pub fn check(&self) -> Result<()> {
+        self.0.check()
+    }
+}
+
 impl Guard {
     pub fn release(mut self) -> Result<()> {
         let r = self.inner.release();
@@ -330,20 +359,13 @@ impl Guard {
     /// process) and refreshed in time. An error says how it was lost: an exclusive
     /// `forget` or `prune` may have run since.
     pub fn check(&self) -> Result<()> {
-        let h = &self.inner;
-        // Held across the listing: a refresh replaces the file meanwhile.
-        let id = h.id.lock().expect("lock id");
-        h.check_time()?;
-        let Some(id) = *id else {
-            return Err(Error::Other("the repository lock was released".into()));
-        };
-        if !h.backend.list(Kind::Lock)?.contains(&id) {
-            return Err(h.lost_error(format!(
-                "its file locks/{} was removed (by `restic unlock`, or as stale by another process)",
-                id.hex()
-            )));
-        }
-        Ok(())
+        self.inner.check()
+    }
+
+    /// A handle that asks [`Guard::check`]'s question for as long as the lock is held:
+    /// for a [`super::repo::Packer`], which writes no index file once the lock is lost.
+    pub fn watch(&self) -> Watch {
+        Watch(self.inner.clone())
     }
 
     /// The current lock file.

@@ -462,6 +462,12 @@ pub struct Packer {
     /// was opened ([`Packer::sharing`]): a shard worker's units built at once, each with
     /// its own packer, skip what an earlier unit stored.
     known: Option<Arc<std::sync::RwLock<Index>>>,
+    /// The run's lock ([`Packer::under`]): no index file is written once it is lost. A
+    /// prune that ran meanwhile (after `restic unlock`, or taking the lock for stale)
+    /// removed the packs no index named yet, this run's; an index naming them would make
+    /// the next runs take their blobs for stored and write snapshots that do not
+    /// restore.
+    lock: Option<super::lock::Watch>,
 }
 
 #[derive(Default)]
@@ -501,6 +507,12 @@ impl Packer {
             known: Some(known),
             ..Packer::default()
         }
+    }
+
+    /// Writes no index file once `lock` is lost ([`Packer::lock`]).
+    pub fn under(mut self, lock: super::lock::Watch) -> Packer {
+        self.lock = Some(lock);
+        self
     }
 
     fn known(&self, kind: BlobType, id: &Id) -> bool {
@@ -602,6 +614,19 @@ impl Packer {
     /// Writes index files naming `packs` (already written), at most [`MAX_BLOBS`] blobs
     /// each.
     fn write_index(&self, repo: &Repo, packs: Vec<(Id, Vec<Entry>)>) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        if let Some(l) = &self.lock
+            && let Err(e) = l.check()
+        {
+            return Err(Error::Other(format!(
+                "{e}: the {} pack(s) this run wrote since its last index file are left out of \
+                 the index (a prune may have removed them meanwhile); the next run stores \
+                 their data again, and a prune removes what is left of them",
+                packs.len()
+            )));
+        }
         let json: Vec<PackJson> = packs.iter().map(|(id, e)| PackJson::new(*id, e)).collect();
         drop(packs);
         for packs in index_file_groups(json) {

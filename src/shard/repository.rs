@@ -545,13 +545,15 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             &plan_hash,
             &parent,
             &held,
+            lock.watch(),
             &mut report,
         )
         .and_then(|all_done| match all_done {
             true => publish(repo, &st, spec, opts, &held, |repo| {
-                let lock_held = || lock.check();
+                let watch = lock.watch();
+                let lock_held = || watch.check();
                 finalize(
-                    repo, &st, &plan_file, &plan_hash, &cut, &source, spec, &lock_held,
+                    repo, &st, &plan_file, &plan_hash, &cut, &source, spec, &lock_held, &watch,
                 )
             }),
             false => Ok(None),
@@ -1068,6 +1070,7 @@ fn build_units(
     plan_hash: &str,
     parent: &ParentOf,
     held: &Held,
+    lock: restic::lock::Watch,
     report: &mut WorkerReport,
 ) -> Result<bool, ShardError> {
     let jobs = opts.jobs.max(1);
@@ -1096,6 +1099,7 @@ fn build_units(
         plan_hash,
         parent,
         held,
+        lock,
         gate: crate::pool::Gate::new(jobs),
         known: Arc::default(),
         failed: AtomicBool::new(false),
@@ -1145,6 +1149,8 @@ struct LaneCtx<'a> {
     plan_hash: &'a str,
     parent: &'a ParentOf,
     held: &'a Held,
+    /// The worker's repository lock: a unit writes no index file once it is lost.
+    lock: restic::lock::Watch,
     gate: crate::pool::Gate,
     /// Blobs the units this worker built stored.
     known: Arc<RwLock<Index>>,
@@ -1250,6 +1256,7 @@ impl LaneCtx<'_> {
             &self.gate,
             &self.known,
             self.one_fs,
+            &self.lock,
         )
     }
 }
@@ -1279,6 +1286,7 @@ fn build_unit(
     gate: &crate::pool::Gate,
     known: &Arc<RwLock<Index>>,
     one_fs: Option<u64>,
+    lock: &restic::lock::Watch,
 ) -> restic::Result<Built> {
     let comps: Vec<&OsStr> = unit.dir.components().map(OsStr::from_bytes).collect();
     let walk_root = if unit.dir.is_root() {
@@ -1358,6 +1366,7 @@ fn build_unit(
             jobs: opts.jobs,
             gate: Some(gate),
             known: known.clone(),
+            lock: Some(lock.clone()),
             one_fs,
             excludes: excludes.as_ref(),
             rel: unit.dir.clone(),
@@ -1440,6 +1449,7 @@ fn finalize(
     source: &Path,
     spec: &Spec,
     lock_held: &dyn Fn() -> restic::Result<()>,
+    lock: &restic::lock::Watch,
 ) -> Result<Finalized, ShardError> {
     let group = restic::forget::Group {
         hostname: plan_file
@@ -1451,7 +1461,9 @@ fn finalize(
     if let Some(f) = st.read_final().map_err(failed)? {
         return published(repo, st, f, spec, group, lock_held);
     }
-    let f = match make_final(repo, st, plan_file, plan_hash, cut, source, spec, &group) {
+    let f = match make_final(
+        repo, st, plan_file, plan_hash, cut, source, spec, &group, lock,
+    ) {
         Ok(f) => f,
         // Its inputs gone because another process published the run meanwhile (this
         // one stalled past its lease, taken over): the publisher's tidy replaced the
@@ -1488,6 +1500,7 @@ fn make_final(
     source: &Path,
     spec: &Spec,
     group: &restic::forget::Group,
+    lock: &restic::lock::Watch,
 ) -> Result<FinalFile, ShardError> {
     // A finalizer stalled here while another publishes the run (the tests).
     let _ = crate::failpoint::hit("shard.repo.before_commits_read");
@@ -1560,7 +1573,8 @@ fn make_final(
     totals.per_worker = per_worker.into_values().collect();
 
     let names = Names::load();
-    let packer = Packer::default();
+    // No index file once the lock is lost: a prune may have removed the packs it names.
+    let packer = Packer::default().under(lock.clone());
     let mut spine: Vec<&RelPath> = cut.spine.iter().collect();
     spine.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     if plan_file.one_file_system {
