@@ -188,6 +188,9 @@ const NOT_IN_MATRIX: &[&str] = &[
     // A pause of `repair index` after it listed the packs, for a pack to be deleted
     // before it is read (tests/restic_s3.rs): nothing written there yet.
     "restic.repair_packs_listed",
+    // A pack's read garbled on its way (one byte flipped) in `repair index
+    // --read-data`: read again, not salvaged (tests/restic_repair.rs).
+    "restic.repair_pack_garbled",
     // A pause just after a directory's listing, for a test to rename in it
     // (tests/hostile_source.rs): the listing is read again, nothing written yet.
     "walk.listed",

@@ -721,6 +721,76 @@ fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
     sr_backup(&src, &repo);
 }
 
+/// A lock as restic writes it (no pid namespace nor boot: the host name alone), of this
+/// host, of a pid that runs no process here, `age_secs` old.
+fn restic_lock(repo: &Path, exclusive: bool, age_secs: i64) {
+    use snapring::restic::{backend::Kind, lock::LockFile, repo::Repo};
+    let mut gone = Command::new("true").spawn().unwrap();
+    let pid = gone.id() as i64;
+    gone.wait().unwrap();
+    let time = chrono::Local::now() - chrono::Duration::seconds(age_secs);
+    let opened = Repo::open(repo, PASSWORD.as_bytes()).unwrap();
+    let l = LockFile {
+        time: snapring::restic::go_time(time),
+        exclusive,
+        hostname: snapring::util::hostname(),
+        username: "restic".into(),
+        pid,
+        uid: 0,
+        gid: 0,
+        pid_ns: String::new(),
+        boot_id: String::new(),
+    };
+    opened.save_json(Kind::Lock, &l).unwrap();
+}
+
+/// restic's lock of this host name whose pid runs no process here may be another pid
+/// namespace's live process (a container with a fixed `--hostname`, another machine
+/// called `localhost`): it refuses a conflicting lock and stays until it is 30
+/// minutes old (restic's stale age); then it is removed as a dead process's.
+#[test]
+fn a_restic_lock_of_this_host_and_a_dead_pid_is_kept_until_it_is_old() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"x");
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
+    let count = || std::fs::read_dir(repo.join("locks")).unwrap().count();
+    let clear = || {
+        for l in std::fs::read_dir(repo.join("locks")).unwrap() {
+            std::fs::remove_file(l.unwrap().path()).unwrap();
+        }
+    };
+    let backup = [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &file_url(&repo),
+    ];
+    let prune = ["prune", "--dest", &file_url(&repo)];
+    // A running `restic prune` of another container: no backup meanwhile.
+    restic_lock(&repo, true, 60);
+    let (code, out, err) = sr(&backup);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("locked exclusively by pid"), "{err}");
+    assert_eq!(count(), 1, "restic's live prune's lock was removed");
+    clear();
+    // A running `restic backup` of another container: no prune meanwhile.
+    restic_lock(&repo, false, 60);
+    let (code, out, err) = sr(&prune);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("locked by pid"), "{err}");
+    assert_eq!(count(), 1, "restic's live backup's lock was removed");
+    clear();
+    // 31 minutes old: stale on any host, and removed.
+    restic_lock(&repo, true, 31 * 60);
+    assert_eq!(sr_backup(&src, &repo)["status"], "complete");
+    restic_lock(&repo, false, 31 * 60);
+    let (code, out, err) = sr(&prune);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(count(), 0, "the old locks were left");
+}
+
 /// A backup whose lock file was removed while it ran (`restic unlock`, or taken for
 /// stale while the process was stopped: an exclusive `prune` may then have removed
 /// packs it needs) writes no snapshot, fails saying why, and the next run completes.

@@ -444,6 +444,67 @@ fn read_data_leaves_a_damaged_blob_out_and_the_next_backup_stores_it_again() {
     }
 }
 
+/// A pack read garbled once (a proxy flipping a byte on its way) is read again and
+/// found whole: `--read-data` salvages nothing and deletes no pack. A pack whose reads
+/// differ every time stops the repair with nothing changed.
+#[test]
+fn read_data_reads_a_pack_again_before_calling_it_damaged() {
+    let w = two_backups();
+    let packs = files_in(&w.repo.join("data"));
+    let run = |fp: &str| {
+        let out = repair_text_with_failpoint(&w.url, fp, &["--json", "--read-data"])
+            .wait_with_output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        (
+            out.status.code(),
+            text,
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (code, out, err) = run("restic.repair_pack_garbled=error");
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["read_data"], true, "{r}");
+    assert_eq!(
+        (
+            &r["blobs_damaged"],
+            &r["packs_salvaged"],
+            &r["packs_removed"]
+        ),
+        (&0.into(), &0.into(), &0.into()),
+        "a garbled read salvaged a healthy pack: {r}"
+    );
+    assert_eq!(files_in(&w.repo.join("data")), packs, "packs changed");
+    // The first five reads garbled, each differently.
+    let every: Vec<String> = (1..=5)
+        .map(|n| format!("restic.repair_pack_garbled=error@{n}"))
+        .collect();
+    let (code, out, err) = Command::new(bin())
+        .args(["repair", "index", "--dest", &w.url, "--read-data"])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_CACHE", "off")
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_FAILPOINTS", every.join(";"))
+        .output()
+        .map(|o| {
+            (
+                o.status.code(),
+                String::from_utf8_lossy(&o.stdout).to_string(),
+                String::from_utf8_lossy(&o.stderr).to_string(),
+            )
+        })
+        .unwrap();
+    // Spread over several packs, each reads whole in the end; on one, it stops.
+    assert!(
+        code == Some(0) || err.contains("read differently each of 5 times"),
+        "{code:?} {out}\n{err}"
+    );
+    assert_eq!(files_in(&w.repo.join("data")), packs, "packs changed");
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
+
 /// After `repair index --read-data` left a damaged blob out, the next backup stores
 /// it again and prune leaves no trace of the damaged pack: `restic check --read-data`
 /// is clean, every snapshot restores equal. Before, prune kept the pack (every blob its

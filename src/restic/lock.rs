@@ -5,7 +5,9 @@
 //! 5 minutes as restic refreshes its own (a new file with the current time, then the
 //! old one removed), so a long run never looks stale to another host. The lock file is
 //! removed when the guard is released or dropped. Taking a lock first removes the
-//! locks of dead processes of this host (a killed run's), as `restic unlock` does.
+//! locks of dead processes of this host (a killed run's), as `restic unlock` does;
+//! but a lock that does not record snapring's pid namespace and boot (restic's own)
+//! only once it is also 30 minutes old: its host name may be another container's.
 //! A lock whose file is gone (removed by `restic unlock` once it looked stale), or that
 //! was not refreshed in time (the process frozen for 25 minutes), is *lost*: as restic
 //! writes no snapshot with its lock lost, [`Guard::check`] says so before a write that
@@ -74,18 +76,22 @@ const STALE_SECS: i64 = 30 * 60;
 const LOST_AFTER: Duration = Duration::from_secs(25 * 60);
 
 fn is_stale(l: &LockFile) -> bool {
-    let (t, _) = super::parse_time(&l.time).unwrap_or((0, 0));
-    if chrono::Utc::now().timestamp() - t > STALE_SECS {
-        return true;
-    }
-    is_dead_here(l)
+    is_old(l) || is_dead_here(l)
 }
 
 /// Is `l` the lock of a process of this host that no longer runs (killed, or the
-/// machine restarted)? Only a pid of this pid namespace and boot can tell (where the
-/// lock records them: restic's own locks do not, and their host name decides).
+/// machine restarted)? Only a pid of this pid namespace and boot can tell. snapring's
+/// own locks record both, and a dead pid of ours is taken at once. restic's locks (or
+/// any without them) name a host only, and one host name may be another container's
+/// (a fixed `--hostname`, pods sharing one) or another machine's (`localhost`), whose
+/// live pids look dead here: such a lock is taken for dead only once it is also older
+/// than restic's 30 minutes (restic refreshes its locks every 5), as restic's own
+/// lock would be stale by then on any host.
 fn is_dead_here(l: &LockFile) -> bool {
     if !crate::util::same_pids(&l.hostname, &l.pid_ns, &l.boot_id) {
+        return false;
+    }
+    if (l.pid_ns.is_empty() || l.boot_id.is_empty()) && !is_old(l) {
         return false;
     }
     let alive = i32::try_from(l.pid)
@@ -93,6 +99,12 @@ fn is_dead_here(l: &LockFile) -> bool {
         .and_then(rustix::process::Pid::from_raw)
         .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
     !alive
+}
+
+/// Older than restic's stale age (30 minutes without a refresh).
+fn is_old(l: &LockFile) -> bool {
+    let (t, _) = super::parse_time(&l.time).unwrap_or((0, 0));
+    chrono::Utc::now().timestamp() - t > STALE_SECS
 }
 
 /// Removes the locks of dead processes of this host (a SIGKILLed run's), as `restic
