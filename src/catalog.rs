@@ -269,6 +269,10 @@ pub struct RunRow {
     pub files_transferred: u64,
     pub bytes_transferred: u64,
     pub errors: u64,
+    /// The notifications sent of the run (its record's `notifications`), and how many of
+    /// them failed: `history` marks those runs (`NOTIFY`), not only `show`.
+    pub notifications: u64,
+    pub notifications_failed: u64,
 }
 
 /// A snapshot in a restic repository, as the catalog knows it from the run that wrote
@@ -676,15 +680,15 @@ impl Catalog {
     pub fn runs(&self, f: &Filter) -> Result<Vec<RunRow>> {
         let mut st = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT id, job, label, store, snapshot, started_at, finished_at,
                     duration_seconds, status, files_total, files_transferred,
-                    bytes_transferred, errors, kind
+                    bytes_transferred, errors, kind, {NOTIFICATIONS}
                  FROM runs
                  WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR store = ?2)
                    AND (?3 IS NULL OR started_at >= ?3) AND (?4 IS NULL OR kind = ?4)
                  ORDER BY started_at, id",
-            )
+            ))
             .db(&self.path, "query runs")?;
         let rows = st
             .query_map(params![f.job, f.store, f.since, f.kind], run_row)
@@ -716,7 +720,7 @@ impl Catalog {
             .prepare_cached(&format!(
                 "SELECT id, job, label, store, snapshot, started_at, finished_at,
                     duration_seconds, status, files_total, files_transferred,
-                    bytes_transferred, errors, kind
+                    bytes_transferred, errors, kind, {NOTIFICATIONS}
                  FROM runs WHERE job = ?1 AND kind = 'backup' AND {cond}
                  ORDER BY started_at DESC, id DESC LIMIT ?2"
             ))
@@ -1091,8 +1095,16 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         files_transferred: r.get::<_, i64>(10)? as u64,
         bytes_transferred: r.get::<_, i64>(11)? as u64,
         errors: r.get::<_, i64>(12)? as u64,
+        notifications: r.get::<_, i64>(14)? as u64,
+        notifications_failed: r.get::<_, i64>(15)? as u64,
     })
 }
+
+/// The columns `run_row` reads as its last two: how many notifications the run's
+/// record holds, and how many of them failed (`ok` false).
+const NOTIFICATIONS: &str = "coalesce(json_array_length(report, '$.notifications'), 0),
+    (SELECT count(*) FROM json_each(report, '$.notifications') AS n
+     WHERE json_extract(n.value, '$.ok') = 0)";
 
 /// Creates the catalog file private (0600) before SQLite opens it (SQLite would make it
 /// 0644, and gives its `-journal`, `-wal` and `-shm` files the database's mode), or

@@ -359,8 +359,12 @@ pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Ou
                         last = None;
                         break;
                     }
-                    Err(e) => {
+                    Err(Failed { error: e, permanent }) => {
                         tracing::warn!("notifier {name} ({}): attempt {n} of {attempts} failed: {e}", c.kind);
+                        if permanent {
+                            last = Some(format!("{e}; a permanent refusal, not retried"));
+                            break;
+                        }
                         last = Some(e);
                         if n < attempts {
                             let pause = std::time::Instant::now()
@@ -395,17 +399,40 @@ pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Ou
         .collect()
 }
 
+/// A failed attempt: what went wrong, and whether it is `permanent`, so that trying
+/// again cannot help (an SMTP server's 5xx answer: a recipient or message refused for
+/// good). A 4xx answer, a connection or timeout error is not: it is retried.
+struct Failed {
+    error: String,
+    permanent: bool,
+}
+
+impl From<String> for Failed {
+    fn from(error: String) -> Failed {
+        Failed {
+            error,
+            permanent: false,
+        }
+    }
+}
+
+impl From<&str> for Failed {
+    fn from(error: &str) -> Failed {
+        Failed::from(error.to_string())
+    }
+}
+
 /// One attempt of notifier `name`. A stop ([`stop_flag`]) that comes while it goes
 /// ends it: a command is killed, a webhook or a mail given up (its thread left to its
 /// own timeout; the process is ending). A stop that came before it does not: a run
 /// stopped mid-backup still tells its notifiers it ended incomplete.
-fn attempt(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), String> {
+fn attempt(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), Failed> {
     let stopped_before = stopping();
     if c.kind == "command" {
         let own = std::sync::atomic::AtomicBool::new(false);
         let cancel: &std::sync::atomic::AtomicBool =
             if stopped_before { &own } else { stop_flag() };
-        return command(name, c, r, cancel);
+        return Ok(command(name, c, r, cancel)?);
     }
     let (tx, rx) = std::sync::mpsc::channel();
     let (name2, c2, r2) = (name.to_string(), c.clone(), r.clone());
@@ -419,16 +446,16 @@ fn attempt(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), String> {
         match rx.recv_timeout(Duration::from_millis(50)) {
             Ok(res) => return res,
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                return Err(format!(
-                    "{} notifier: its attempt ended without a result",
-                    c.kind
-                ));
+                return Err(
+                    format!("{} notifier: its attempt ended without a result", c.kind).into(),
+                );
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) if !stopped_before && stopping() => {
                 return Err(format!(
                     "{} attempt given up: snapring is stopping (SIGTERM/SIGINT)",
                     c.kind
-                ));
+                )
+                .into());
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
         }
@@ -480,12 +507,17 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-fn send_one(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), String> {
+fn send_one(name: &str, c: &NotifierConfig, r: &Notice) -> Result<(), Failed> {
     match c.kind.as_str() {
-        "webhook" => webhook(c, r),
+        "webhook" => Ok(webhook(c, r)?),
         "email" => email(c, r),
-        "command" => command(name, c, r, &std::sync::atomic::AtomicBool::new(false)),
-        k => Err(format!("unknown notifier type {k:?}")),
+        "command" => Ok(command(
+            name,
+            c,
+            r,
+            &std::sync::atomic::AtomicBool::new(false),
+        )?),
+        k => Err(format!("unknown notifier type {k:?}").into()),
     }
 }
 
@@ -601,7 +633,9 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
     }
 }
 
-fn email(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
+/// Sends the mail. A 5xx answer (a recipient or the message refused) is a permanent
+/// failure with the server's reply; a 4xx one or a lost connection is retried.
+fn email(c: &NotifierConfig, r: &Notice) -> Result<(), Failed> {
     use lettre::transport::smtp::authentication::Credentials;
     use lettre::{Message, SmtpTransport, Transport};
     let host = c.smtp_host.as_deref().ok_or("email without smtp_host")?;
@@ -646,11 +680,11 @@ fn email(c: &NotifierConfig, r: &Notice) -> Result<(), String> {
         let _ = tx.send(transport.send(&msg).map(|_| ()));
     });
     match rx.recv_timeout(c.timeout()) {
-        Ok(r) => r.map_err(|e| format!("smtp {host}: {e}")),
-        Err(_) => Err(format!(
-            "smtp {host}: no answer within {}s",
-            c.timeout().as_secs()
-        )),
+        Ok(r) => r.map_err(|e| Failed {
+            error: format!("smtp {host}: {e}"),
+            permanent: e.is_permanent(),
+        }),
+        Err(_) => Err(format!("smtp {host}: no answer within {}s", c.timeout().as_secs()).into()),
     }
 }
 

@@ -1740,6 +1740,55 @@ fn show_prints_the_notifications_and_a_failed_one_clearly() {
     );
 }
 
+/// `snapring history` did not show that a run's notification failed (only `show RUN`
+/// did): a complete run nobody was told of looked like any other. Its `NOTIFY` column
+/// says `FAILED` now, `ok` for a run whose notice went out, `-` for one with none.
+#[test]
+fn history_marks_a_run_whose_notification_failed() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    write(&src.join("x"), b"x");
+    let cfg = t.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{}\"\ndest = \"{}\"\nnotify = [\"h\"]\nnotify_success = true\n\n\
+             [notify.h]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:9/down\"\nretries = 0\n",
+            src.display(),
+            t.path().join("b").display()
+        ),
+    )
+    .unwrap();
+    let run = |cfg: &Path| {
+        let (code, _, err, _) = cli(
+            &catalog,
+            &["run", "a", "--config", cfg.to_str().unwrap()],
+            &[],
+        );
+        assert_eq!(code, 0, "{err}");
+    };
+    run(&cfg);
+    let (_, h, _, _) = cli(&catalog, &["history", "--json"], &[]);
+    assert_eq!(h[0]["status"], "complete", "{h}");
+    assert_eq!(h[0]["notifications_failed"], 1, "{h}");
+    let (code, _, _, text) = cli(&catalog, &["history"], &[]);
+    assert_eq!(code, 0);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines[0].contains(" NOTIFY "), "{text}");
+    assert!(
+        lines[1].contains(" complete ") && lines[1].contains(" FAILED "),
+        "{text}"
+    );
+    // Without notifiers: `-`.
+    let quiet = t.path().join("q.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&quiet, text.replace("notify = [\"h\"]\n", "")).unwrap();
+    run(&quiet);
+    let (_, _, _, text) = cli(&catalog, &["history"], &[]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(!lines[2].contains("FAILED"), "{text}");
+}
+
 /// A daemon killed with SIGKILL leaves its run going (a process group of its own); a
 /// daemon started again on the same config finds the job's store held by that run and
 /// skips the job's triggers (event `skipped`) until it ends. It started the job again,

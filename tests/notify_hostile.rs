@@ -335,6 +335,54 @@ fn a_trickling_silent_or_plain_smtp_server_neither_holds_the_run_nor_gets_the_pa
     assert!(!err.contains("pa55-SECRET"));
 }
 
+/// A permanent refusal (550 to RCPT) was retried like a 4xx one, each attempt sending
+/// the password and being refused again. A 5xx answer fails at once with the server's
+/// reply; a 4xx one keeps its retries.
+#[test]
+fn a_permanent_smtp_refusal_is_not_retried_a_transient_one_is() {
+    let t = tempfile::tempdir().unwrap();
+    let refuse = smtp_sink_rcpt(
+        "250 AUTH PLAIN LOGIN\r\n",
+        "550 5.1.1 no such user here\r\n",
+    );
+    let busy = smtp_sink_rcpt("250 AUTH PLAIN LOGIN\r\n", "451 4.3.0 try again later\r\n");
+    let notifiers = [
+        email_notifier(refuse.port, "none")
+            .replace("[notify.mail]", "[notify.refuse]")
+            .replace("retries = 0", "retries = 2"),
+        email_notifier(busy.port, "none")
+            .replace("[notify.mail]", "[notify.busy]")
+            .replace("retries = 0", "retries = 2"),
+    ]
+    .join("\n");
+    let cfg = config(
+        t.path(),
+        &t.path().join("b"),
+        "require_mount = true",
+        &["refuse", "busy"],
+        &notifiers,
+    );
+    let (code, rep, err, _) = run_within(
+        90,
+        &["run", "home", "--config", &cfg, "--json"],
+        &[("SMTP_PW", "pw")],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let r = notification(&rep, "refuse");
+    assert_eq!(r["ok"], false, "{rep}");
+    assert_eq!(r["attempts"], 1, "a permanent refusal was retried: {rep}");
+    let e = r["error"].as_str().unwrap();
+    assert!(e.contains("550") && e.contains("no such user here"), "{e}");
+    assert_eq!(refuse.auth.lock().unwrap().len(), 1);
+    let b = notification(&rep, "busy");
+    assert_eq!(b["ok"], false, "{rep}");
+    assert_eq!(
+        b["attempts"], 3,
+        "a transient refusal was not retried: {rep}"
+    );
+    assert_eq!(busy.auth.lock().unwrap().len(), 3);
+}
+
 /// A command notifier that failed while a process it started still held its stderr
 /// was waited for until that process ended (`read_to_string` on the pipe); one that
 /// outlived its timeout was killed, but not what it started. It runs as a hook now:

@@ -698,6 +698,8 @@ fn sigkill_after_a_pack_leaves_a_repository_restic_checks_and_the_next_run_compl
     }
 }
 
+/// A backup refused by an exclusive lock (a running prune) exits 75, not 1, and says
+/// whose lock it is.
 #[test]
 fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
     use snapring::restic::{lock, repo::Repo};
@@ -715,8 +717,18 @@ fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
         "--dest",
         &file_url(&repo),
     ]);
-    assert_eq!(code, 1, "{out}{err}");
+    // Exit 75 (EX_TEMPFAIL, "try again later"), naming who holds it; it was 1, as a
+    // run that will not get better by retrying.
+    assert_eq!(code, 75, "{out}{err}");
     assert!(err.contains("locked exclusively by pid"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "by pid {} on {}",
+            std::process::id(),
+            snapring::util::hostname()
+        )),
+        "{err}"
+    );
     held.release().unwrap();
     sr_backup(&src, &repo);
 }
@@ -771,7 +783,7 @@ fn a_restic_lock_of_this_host_and_a_dead_pid_is_kept_until_it_is_old() {
     // A running `restic prune` of another container: no backup meanwhile.
     restic_lock(&repo, true, 60);
     let (code, out, err) = sr(&backup);
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 75, "{out}{err}");
     assert!(err.contains("locked exclusively by pid"), "{err}");
     assert_eq!(count(), 1, "restic's live prune's lock was removed");
     clear();

@@ -762,6 +762,122 @@ fn wrong_keys_and_bad_addresses_say_what_to_check() {
     assert!(err.contains("`.` or `..` parts"), "{err}");
 }
 
+/// snapring `args` in the setup's directory with `env` added: (code, stderr, time taken).
+fn run_at(
+    s: &Setup,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Option<i32>, String, std::time::Duration) {
+    let mut c = s.command(args);
+    c.current_dir(s.t.path());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let started = std::time::Instant::now();
+    let out = c.output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// `SNAPRING_S3_PATH_STYLE=false` with an IP endpoint retried a client error 6 times
+/// (over 6 s): a configuration error, it fails at once saying why.
+#[test]
+fn virtual_host_style_on_an_ip_endpoint_fails_at_once() {
+    let s = setup(NONE);
+    let (code, err, took) = run_at(
+        &s,
+        &["init", "--dest", &format!("s3://{BUCKET}/p")],
+        &[
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("SNAPRING_S3_PATH_STYLE", "false"),
+        ],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("needs a DNS name, not an IP address"), "{err}");
+    assert!(!err.contains("attempts"), "{err}");
+    assert!(took < std::time::Duration::from_secs(3), "{took:?}: {err}");
+}
+
+/// restic's `s3:http://HOST:PORT/BUCKET/PREFIX` was read as a local path, with no hint:
+/// it is refused naming snapring's form, and nothing is made locally.
+#[test]
+fn restics_s3_syntax_is_refused_naming_snaprings() {
+    let s = setup(NONE);
+    let restic_form = format!("s3:http://127.0.0.1:9000/{BUCKET}/p");
+    let src = s.t.path().join("src");
+    write(&src.join("f"), b"x");
+    for args in [
+        &["init", "--dest", &restic_form][..],
+        &[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &restic_form,
+        ],
+        &["list", "--dest", &restic_form],
+    ] {
+        let (code, err, _) = run_at(&s, args, &[]);
+        assert_eq!(code, Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "give --dest s3://{BUCKET}/p with AWS_ENDPOINT_URL=http://127.0.0.1:9000"
+            )),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        !s.t.path().join("s3:http:").exists(),
+        "a local store was made"
+    );
+}
+
+/// An endpoint that answers an HTML page (HTTP 200) to every request made `init` say
+/// the location "already holds a repository": it says the endpoint does not behave
+/// like S3, with the content type and the page's first bytes.
+#[test]
+fn an_endpoint_answering_html_is_not_taken_for_a_repository() {
+    let s = setup(NONE);
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{BufRead, BufReader, Write};
+        for conn in l.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut r = BufReader::new(conn.try_clone().unwrap());
+            loop {
+                let mut h = String::new();
+                if r.read_line(&mut h).unwrap_or(0) == 0 || h == "\r\n" {
+                    break;
+                }
+            }
+            let body = "<!DOCTYPE html>\n<html><body>Welcome to the portal</body></html>";
+            let _ = write!(
+                conn,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (code, err, _) = run_at(
+        &s,
+        &["init", "--dest", &format!("s3://{BUCKET}/p")],
+        &[("AWS_ENDPOINT_URL", &endpoint)],
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains("already holds a repository"), "{err}");
+    assert!(
+        err.contains(&format!("the endpoint {endpoint} does not behave like S3"))
+            && err.contains("text/html")
+            && err.contains("<!DOCTYPE html>"),
+        "{err}"
+    );
+}
+
 /// A one-thread HTTP server on 127.0.0.1 for credential endpoints: `answer` gets the
 /// request line and the lower-cased header lines, and gives the status and body.
 fn fake_http(answer: impl Fn(&str, &[String]) -> (&'static str, String) + Send + 'static) -> u16 {

@@ -204,7 +204,7 @@ fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
 
 fn print_runs(rows: &[RunRow], catalog: &Path) {
     outln!(
-        "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9} {:>9} {:>9} {:>10} {:>6}  STORE",
+        "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9} {:>9} {:>9} {:>10} {:>6} {:<6}  STORE",
         "RUN",
         "KIND",
         "JOB",
@@ -214,11 +214,19 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
         "FILES",
         "COPIED",
         "BYTES",
-        "ERRORS"
+        "ERRORS",
+        "NOTIFY"
     );
     for r in rows {
+        // `-` nobody was told, `ok`, or `FAILED` (N of M failed: `show RUN` says why).
+        let notify = match (r.notifications, r.notifications_failed) {
+            (0, _) => "-".to_string(),
+            (_, 0) => "ok".to_string(),
+            (n, f) if n == f => "FAILED".to_string(),
+            (n, f) => format!("FAILED {f}/{n}"),
+        };
         outln!(
-            "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9.1} {:>9} {:>9} {:>10} {:>6}  {}",
+            "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9.1} {:>9} {:>9} {:>10} {:>6} {:<6}  {}",
             r.id,
             r.kind,
             one_line(r.job.as_deref().unwrap_or("-")),
@@ -229,6 +237,7 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
             r.files_transferred,
             human(r.bytes_transferred),
             r.errors,
+            notify,
             one_line(&r.store)
         );
     }

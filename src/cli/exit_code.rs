@@ -27,7 +27,8 @@ pub enum ExitCode {
     Usage = 64,
     /// 75 (EX_TEMPFAIL): try again later, nothing was lost: a shard worker or
     /// `finalize` found the store held by another run, or units still being worked on
-    /// (docs/scale-out.md); a `daemon` found another daemon running on its config or
+    /// (docs/scale-out.md); a backup or `copy` found its restic repository locked by
+    /// another process (a `prune`; docs/format.md, "Locks"); a `daemon` found another daemon running on its config or
     /// catalog (docs/daemon.md). A retry policy may retry this one; not 1 or 64.
     Retry = 75,
 }

@@ -24,8 +24,11 @@ use super::print::{self, human, outln};
 
 /// Is `dest` a restic repository's URL?
 pub fn is_repo(dest: Option<&Path>) -> bool {
-    dest.and_then(|d| d.to_str())
-        .is_some_and(|d| d.starts_with("file://") || d.starts_with("s3://"))
+    // restic's `s3:http://HOST/BUCKET/PREFIX` goes where a repository is opened, which
+    // refuses it naming snapring's form (`backend::restic_syntax`), not to a local path.
+    dest.and_then(|d| d.to_str()).is_some_and(|d| {
+        d.starts_with("file://") || d.starts_with("s3://") || backend::restic_syntax(d).is_some()
+    })
 }
 
 /// Opens the repository with the user's tree cache (`restic::cache`). `cancel`: the
@@ -245,7 +248,18 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     } else {
         print_run(&r);
     }
-    Ok(Some(ExitCode::from(r.status)))
+    Ok(Some(run_exit_code(&r)))
+}
+
+/// A run's exit code: its status's, except that a run refused because another process
+/// (a `prune`, `forget`, restic's `check`) holds the repository's lock exits 75
+/// (EX_TEMPFAIL, "try again later", as a shard worker does), not 1: nothing was lost.
+fn run_exit_code(r: &RunReport) -> ExitCode {
+    if r.status == Status::Failed && restic::lock::is_conflict_message(&r.message) {
+        ExitCode::Retry
+    } else {
+        ExitCode::from(r.status)
+    }
 }
 
 /// One worker of a shard run into a repository (`shard::repository`, through
@@ -1098,11 +1112,11 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         if r.status == Status::Failed {
             print::errln!("snapring: copy failed: {}", r.message);
         }
-        return Ok(ExitCode::from(r.status));
+        return Ok(run_exit_code(&r));
     }
     if r.status == Status::Failed {
         print::errln!("snapring: copy failed: {}", r.message);
-        return Ok(ExitCode::from(r.status));
+        return Ok(run_exit_code(&r));
     }
     match r.repository.as_ref().and_then(|k| k.copied_from.as_ref()) {
         Some(c) if c.already_copied => outln!(

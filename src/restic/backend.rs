@@ -100,6 +100,9 @@ pub fn rel_path(kind: Kind, id: &Id) -> String {
 
 /// Opens the storage `--dest` names: `file:///ABSOLUTE/PATH` or `s3://BUCKET/PREFIX`.
 pub fn from_dest(dest: &str) -> Result<std::sync::Arc<dyn Backend>> {
+    if let Some(hint) = restic_syntax(dest) {
+        return Err(Error::Other(hint));
+    }
     if dest.starts_with("s3://") {
         return Ok(std::sync::Arc::new(super::s3::S3::from_url(dest)?));
     }
@@ -109,6 +112,34 @@ pub fn from_dest(dest: &str) -> Result<std::sync::Arc<dyn Backend>> {
             "--dest {dest:?}: expected file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX"
         ))),
     }
+}
+
+/// restic's S3 repository syntax, `s3:http://HOST:PORT/BUCKET/PREFIX` or
+/// `s3:s3.amazonaws.com/BUCKET/PREFIX` (it was read as a local path): the error saying
+/// what snapring takes instead, `s3://BUCKET/PREFIX` with the endpoint in
+/// `AWS_ENDPOINT_URL`. `None` for anything else.
+pub fn restic_syntax(dest: &str) -> Option<String> {
+    let rest = dest.strip_prefix("s3:").filter(|r| !r.starts_with("//"))?;
+    let (scheme, rest) = rest.split_once("://").unwrap_or(("https", rest));
+    let (host, path) = rest.split_once('/')?;
+    let path = path.trim_matches('/');
+    let path = if path.is_empty() {
+        "BUCKET/PREFIX"
+    } else {
+        path
+    };
+    let aws =
+        host == "s3.amazonaws.com" || (host.starts_with("s3.") && host.ends_with(".amazonaws.com"));
+    let endpoint = if aws {
+        "(AWS: the region in AWS_REGION)".to_string()
+    } else {
+        format!("with AWS_ENDPOINT_URL={scheme}://{host}")
+    };
+    Some(format!(
+        "--dest {dest:?} is restic's repository syntax; snapring names an S3 repository \
+         s3://BUCKET/PREFIX and reads the endpoint from the environment: give --dest \
+         s3://{path} {endpoint}"
+    ))
 }
 
 /// A repository's directory.

@@ -151,13 +151,21 @@ fn conflict(repo: &Repo, exclusive: bool, ours: Option<Id>) -> Result<Option<Loc
 
 fn refused(l: &LockFile) -> Error {
     Error::Other(format!(
-        "the repository is locked {}by pid {} on {} since {}",
+        "{LOCKED} {}by pid {} on {} (user {}) since {}: try again once it is done",
         if l.exclusive { "exclusively " } else { "" },
         l.pid,
         l.hostname,
+        if l.username.is_empty() {
+            "?"
+        } else {
+            &l.username
+        },
         l.time
     ))
 }
+
+/// How [`acquire`]'s refusal starts.
+const LOCKED: &str = "the repository is locked";
 
 /// Takes a lock: checks the others, writes ours, checks again (a writer that raced us
 /// makes both back off).
@@ -205,7 +213,13 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
 
 /// Whether `e` is [`acquire`]'s refusal: another process holds a conflicting lock.
 pub fn is_conflict(e: &Error) -> bool {
-    matches!(e, Error::Other(m) if m.starts_with("the repository is locked"))
+    matches!(e, Error::Other(m) if is_conflict_message(m))
+}
+
+/// Whether a run's message is [`acquire`]'s refusal (a run into a repository that
+/// another process held exits 75, "try again later", not 1).
+pub fn is_conflict_message(m: &str) -> bool {
+    m.starts_with(LOCKED)
 }
 
 /// A shared lock for a command that only reads (restore, verify, diff, history), as

@@ -329,6 +329,7 @@ struct Resp {
     status: u16,
     body: Vec<u8>,
     retry_after: Option<Duration>,
+    content_type: Option<String>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -396,6 +397,20 @@ impl S3 {
         if host.is_empty() || host.contains(['/', '?', '#', '@']) {
             return Err(Error::Other(format!(
                 "S3 endpoint {endpoint:?}: expected http://HOST[:PORT] or https://HOST[:PORT], with no path (the bucket and prefix go in --dest s3://BUCKET/PREFIX)"
+            )));
+        }
+        // Virtual-host style puts the bucket in the host name (`BUCKET.HOST`), which an
+        // IP address cannot take: the request failed as a client error, retried 6 times.
+        let name = match host.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(v6),
+            None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+        };
+        if !path_style && name.parse::<std::net::IpAddr>().is_ok() {
+            return Err(Error::Other(format!(
+                "S3 endpoint {endpoint:?}: SNAPRING_S3_PATH_STYLE=false (virtual-host style, \
+                 {bucket}.HOST) needs a DNS name, not an IP address: give the endpoint by \
+                 name, or leave path style on (SNAPRING_S3_PATH_STYLE=true, the default \
+                 with AWS_ENDPOINT_URL)"
             )));
         }
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -729,6 +744,23 @@ impl S3 {
         }
     }
 
+    /// The endpoint answered a web page where S3 gives an object: it is no S3 server
+    /// (a proxy's or portal's page, a wrong `AWS_ENDPOINT_URL`). `init` called that
+    /// "already holds a repository".
+    fn not_s3(&self, what: &str, resp: &Resp) -> Error {
+        let head = String::from_utf8_lossy(&resp.body[..resp.body.len().min(80)])
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        Error::Other(format!(
+            "cannot {what}: the endpoint {} does not behave like S3: it answered HTTP {} \
+             with content-type {}, starting {head:?}; check AWS_ENDPOINT_URL",
+            self.endpoint,
+            resp.status,
+            resp.content_type.as_deref().unwrap_or("(none)")
+        ))
+    }
+
     fn no_bucket(&self, what: &str) -> Error {
         Error::Other(format!(
             "cannot {what}: the bucket {:?} does not exist at {} (create it first)",
@@ -880,6 +912,7 @@ impl Backend for S3 {
         let what = format!("read {}", self.url_of(&key));
         let resp = self.get(&key, vec![], 0, &what)?;
         match resp.status {
+            200 if looks_like_a_page(&resp) => Err(self.not_s3(&what, &resp)),
             200 => Ok(Some(resp.body)),
             // A server may say NoSuchKey for a missing bucket too.
             404 if error_code(&resp.body).as_deref() != Some("NoSuchBucket") => {
@@ -1011,6 +1044,7 @@ impl Backend for S3 {
         let what = format!("read {}", self.url_of(&key));
         let resp = self.get(&key, vec![], 0, &what)?;
         match resp.status {
+            200 if looks_like_a_page(&resp) => Err(self.not_s3(&what, &resp)),
             200 => Ok(Some(resp.body)),
             404 => Ok(None),
             _ => Err(self.failed(&what, &resp)),
@@ -1112,6 +1146,7 @@ fn perform(
         let header = |name: &str| resp.headers().get(name).and_then(|v| v.to_str().ok());
         let retry_after = header("retry-after")
             .and_then(|v| retry_after(v, header("date"), std::time::SystemTime::now()));
+        let content_type = header("content-type").map(str::to_string);
         let body = resp
             .bytes()
             .map_err(|e| timed_out(chain(&e), limit))?
@@ -1120,9 +1155,30 @@ fn perform(
             status,
             body,
             retry_after,
+            content_type,
         })
     })();
     let _ = tx.send(Progress::Done(outcome));
+}
+
+/// Whether an answer is a web page (HTML), not an object: a `text/html` body starting
+/// with `<`, or any body starting `<!DOCTYPE html` or `<html` (a restic `config` is
+/// sealed bytes, never that).
+fn looks_like_a_page(resp: &Resp) -> bool {
+    let html_type = resp
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.trim_start().to_ascii_lowercase().starts_with("text/html"));
+    let start: Vec<u8> = resp
+        .body
+        .iter()
+        .skip_while(|b| b.is_ascii_whitespace())
+        .take(14)
+        .map(u8::to_ascii_lowercase)
+        .collect();
+    (html_type && start.starts_with(b"<"))
+        || start.starts_with(b"<!doctype html")
+        || start.starts_with(b"<html")
 }
 
 /// A transport error, saying so when it was the time limit.

@@ -681,7 +681,8 @@ pub fn http_server() -> Http {
 
 /// A real SMTP sink: speaks enough ESMTP (EHLO, AUTH PLAIN/LOGIN, MAIL, RCPT, DATA,
 /// QUIT) for a client to deliver, offering `ehlo` (its 250 lines after the first);
-/// records the AUTH lines and each message's DATA as sent (dot-stuffed).
+/// records the AUTH lines and each message's DATA as sent (dot-stuffed). [`smtp_sink_rcpt`]
+/// answers RCPT with a reply of its own (a refusal).
 pub struct Sink {
     pub port: u16,
     pub auth: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -689,6 +690,11 @@ pub struct Sink {
 }
 
 pub fn smtp_sink(ehlo: &'static str) -> Sink {
+    smtp_sink_rcpt(ehlo, "250 ok\r\n")
+}
+
+/// [`smtp_sink`] answering each RCPT with `rcpt` (`550 5.1.1 no such user\r\n`).
+pub fn smtp_sink_rcpt(ehlo: &'static str, rcpt: &'static str) -> Sink {
     use std::io::{BufRead, BufReader, Write};
     use std::net::TcpListener;
     use std::sync::{Arc, Mutex};
@@ -724,6 +730,8 @@ pub fn smtp_sink(ehlo: &'static str) -> Sink {
                     }
                     m.lock().unwrap().push(msg);
                     "250 queued\r\n".into()
+                } else if up.starts_with("RCPT") {
+                    rcpt.into()
                 } else if up.starts_with("QUIT") {
                     let _ = w.write_all(b"221 bye\r\n");
                     break;
