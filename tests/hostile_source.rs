@@ -276,6 +276,62 @@ fn files_dated_far_ahead_or_before_1970_are_not_reread_every_run() {
     assert_verify_clean(&dest, &[]);
 }
 
+/// A file rewritten in place with its size kept and its mtime put back (`touch -r`,
+/// a tool that restores times, a tamperer): its ctime moved, so the next run reads it
+/// and copies the new bytes; a file whose ctime moved for an extended attribute alone
+/// is read, found the same, and copied only for its new attribute; an untouched file
+/// is linked without a read. Before, size and mtime decided (rsync's quick check):
+/// the snapshot and every later one kept the old bytes under a manifest entry with
+/// the new ctime, and plain `verify` passed.
+#[test]
+fn a_rewrite_that_puts_the_mtime_back_is_copied_not_linked() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    write(&src.join("tampered"), b"first version of the bytes");
+    write(&src.join("xattr"), b"same bytes");
+    write(&src.join("quiet"), b"never touched");
+    for f in ["tampered", "xattr", "quiet"] {
+        set_mtime(&src.join(f), 1_700_000_000, 5);
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, rep, _) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}");
+    // Same size, other bytes, the mtime put back.
+    write(&src.join("tampered"), b"FIRST VERSION OF THE BYTES");
+    set_mtime(&src.join("tampered"), 1_700_000_000, 5);
+    set_xattr(&src.join("xattr"), "user.note", b"added");
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep} {err}");
+    assert_eq!(
+        (
+            rep["files_transferred"].as_u64(),
+            rep["files_linked"].as_u64()
+        ),
+        (Some(2), Some(1)),
+        "{rep}"
+    );
+    let now = dest.join("daily.0");
+    let prev = dest.join("daily.1");
+    assert_eq!(
+        std::fs::read(now.join("tampered")).unwrap(),
+        b"FIRST VERSION OF THE BYTES"
+    );
+    assert_eq!(
+        std::fs::read(prev.join("tampered")).unwrap(),
+        b"first version of the bytes"
+    );
+    assert_ne!(ino(&now.join("tampered")), ino(&prev.join("tampered")));
+    assert_eq!(ino(&now.join("quiet")), ino(&prev.join("quiet")));
+    assert_eq!(
+        xattrs_of(&now.join("xattr")),
+        vec![(b"user.note".to_vec(), b"added".to_vec())]
+    );
+    assert!(xattrs_of(&prev.join("xattr")).is_empty());
+    assert_same_tree(&describe(&src), &describe(&now), "times");
+    assert_verify_clean(&dest, &[]);
+}
+
 /// Unmounts a test's file system when dropped (also when the test fails).
 struct Mounted(std::path::PathBuf);
 

@@ -127,10 +127,14 @@ pub enum Decision {
     /// Everything compared is equal but the ctime moved (or is unknown): only the
     /// extended attributes can differ, so compare them before linking.
     CompareXattrs,
-    /// Everything compared is equal, but the entry changed so close to the previous walk
-    /// that equal times prove nothing: hash the source and compare it with the recorded
-    /// hash, and compare the xattrs, before linking (git's "racily clean" check).
-    VerifyContent,
+    /// Everything compared is equal, but that proves nothing: the entry changed so close
+    /// to the previous walk that equal times say nothing (git's "racily clean" check,
+    /// [`Reason::Racy`]), or its ctime moved since ([`Reason::ContentChanged`]: bytes
+    /// rewritten in place with the mtime put back, `touch -r`, as well as an extended
+    /// attribute or a link count changed). Hash the source and compare it with the
+    /// recorded hash, and compare the xattrs, before linking; a different hash is a copy
+    /// for the reason carried.
+    VerifyContent(Reason),
     Copy(Reason),
 }
 
@@ -138,8 +142,11 @@ pub enum Decision {
 ///
 /// A changed mode, owner or group means a new inode even when the bytes are the same:
 /// linking would make the older snapshot's file show the new metadata (the `cp -al`
-/// bug). A content change that keeps size and mtime is not seen here (as with rsync's
-/// quick check); `verify --against` finds it.
+/// bug). A regular file whose size and mtime are unchanged but whose ctime moved is
+/// read and its hash compared ([`Decision::VerifyContent`]): a rewrite that put the
+/// mtime back is copied (rsync's quick check would link the old bytes). Without a
+/// recorded ctime (a tree taken over without a manifest) size and mtime decide, as in
+/// rsync.
 pub fn decide(src: &Meta, src_target: Option<&[u8]>, prev: Option<&PrevView<'_>>) -> Decision {
     let Some(p) = prev else {
         return Decision::Copy(Reason::New);
@@ -162,12 +169,12 @@ pub fn decide(src: &Meta, src_target: Option<&[u8]>, prev: Option<&PrevView<'_>>
         return Decision::Copy(Reason::Replaced);
     }
     if p.racy {
-        return Decision::VerifyContent;
+        return Decision::VerifyContent(Reason::Racy);
     }
-    if p.ctime == Some(src.ctime) {
-        Decision::Link
-    } else {
-        Decision::CompareXattrs
+    match p.ctime {
+        Some(c) if c == src.ctime => Decision::Link,
+        Some(_) if src.kind == Kind::File => Decision::VerifyContent(Reason::ContentChanged),
+        _ => Decision::CompareXattrs,
     }
 }
 
@@ -204,8 +211,9 @@ mod tests {
     }
 
     #[test]
-    fn ctime_change_or_unknown_checks_xattrs() {
+    fn a_moved_ctime_reads_a_file_and_checks_the_xattrs_of_others() {
         let m = meta(Kind::File);
+        // No ctime recorded (a tree without a manifest): size and mtime decide.
         assert_eq!(
             decide(&m, None, Some(&PrevView::from_stat(&m, None))),
             Decision::CompareXattrs
@@ -214,7 +222,16 @@ mod tests {
             ctime: Some(Time { sec: 1, nsec: 0 }),
             ..PrevView::from_stat(&m, None)
         };
-        assert_eq!(decide(&m, None, Some(&p)), Decision::CompareXattrs);
+        assert_eq!(
+            decide(&m, None, Some(&p)),
+            Decision::VerifyContent(Reason::ContentChanged)
+        );
+        let l = meta(Kind::Symlink);
+        let p = PrevView {
+            ctime: Some(Time { sec: 1, nsec: 0 }),
+            ..PrevView::from_stat(&l, Some(b"t"))
+        };
+        assert_eq!(decide(&l, Some(b"t"), Some(&p)), Decision::CompareXattrs);
     }
 
     #[test]
@@ -278,7 +295,7 @@ mod tests {
         );
         assert_eq!(
             decide(&m, None, Some(&PrevView { racy: true, ..base })),
-            Decision::VerifyContent
+            Decision::VerifyContent(Reason::Racy)
         );
         let mut e = Entry::from_meta(b"x", &m);
         // Changed 1s before the previous walk began: racy. 10s before: trusted.

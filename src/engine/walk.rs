@@ -482,14 +482,14 @@ impl<'a, S: Sink> Walk<'a, S> {
         {
             decision = Decision::Copy(Reason::Damaged);
         }
-        if decision == Decision::VerifyContent {
+        if let Decision::VerifyContent(why) = decision {
             let _ = failpoint::hit("walk.verify_content");
             let same =
                 fsx::open_read_at(b(&dir.state.src), name).and_then(|fd| fsx::hash_file(b(&fd)));
             decision = match (same, prev_entry.and_then(|e| e.hash)) {
                 (Ok(now), Some(before)) if now == before => Decision::CompareXattrs,
                 (Err(e), _) => return unreadable("read", e),
-                _ => Decision::Copy(Reason::Racy),
+                _ => Decision::Copy(why),
             };
         }
         let mut src_xattrs: Option<Xattrs> = None;
