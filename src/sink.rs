@@ -130,6 +130,15 @@ pub trait Sink: Sync {
     /// Gives a directory its metadata once everything in it is written.
     fn finish_dir(&self, dir: &Self::Dir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused>;
 
+    /// The owner a directory made for `m` will hold when this process cannot give it
+    /// `m`'s (not root, no `CAP_CHOWN`): its entry is written in its parent's block
+    /// before the directory is made and [`Sink::finish_dir`] refused its owner, so the
+    /// manifest records what the snapshot's directory will be (as a file's records the
+    /// owner its copy got). `None`: `m`'s owner is set, or cannot be foretold.
+    fn dir_owner_held(&self, _m: &Meta) -> Option<(u32, u32)> {
+        None
+    }
+
     /// Records a directory's entries (the manifest block), once all of them are known.
     fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()>;
 

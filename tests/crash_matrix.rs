@@ -191,6 +191,9 @@ const NOT_IN_MATRIX: &[&str] = &[
     // A pack's read garbled on its way (one byte flipped) in `repair index
     // --read-data`: read again, not salvaged (tests/restic_repair.rs).
     "restic.repair_pack_garbled",
+    // A blob's or a pack span's read garbled on its way (one byte flipped) in
+    // `verify`, `restore`, `prune`: read again, not damage (tests/restic_damaged.rs).
+    "restic.read_garbled",
     // A pause just after a directory's listing, for a test to rename in it
     // (tests/hostile_source.rs): the listing is read again, nothing written yet.
     "walk.listed",

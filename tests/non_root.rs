@@ -219,6 +219,41 @@ fn an_owner_not_settable_gives_the_same_outcome_every_run() {
     assert_eq!((m.uid(), m.gid()), (USER, USER));
 }
 
+/// A directory of another owner (root's) in the user's source: as for a file, the
+/// manifest records the owner the snapshot's directory holds (the backup user's: it
+/// cannot be given away), so `verify` finds it as recorded and every run reports the
+/// owner alike (`set owner`). The entry is written in its parent's block before the
+/// directory is made: it recorded root's owner, and `verify` called every snapshot
+/// DAMAGED (`owner 0:0 -> 4242:4242`).
+#[test]
+fn a_directory_owner_not_settable_is_recorded_as_held_not_damage() {
+    let s = setup();
+    let src = s.user_dir("src");
+    let dest = s.user_dir("dest");
+    std::fs::create_dir(src.join("rootdir")).unwrap();
+    chmod(&src.join("rootdir"), 0o755);
+    write(&src.join("rootdir/mine"), b"mine\n");
+    chown(&src.join("rootdir/mine"), USER, USER);
+    for run in 1..=3 {
+        let (code, rep, err) = s.backup(&src, &dest);
+        assert_eq!(code, Some(2), "run {run}: {rep}\n{err}");
+        assert_eq!(
+            problems(&rep),
+            [(
+                "rootdir".to_string(),
+                "metadata".to_string(),
+                "set owner".to_string()
+            )],
+            "run {run}: {rep}"
+        );
+        let (code, out) = s.verify(&dest);
+        assert_eq!(code, Some(0), "run {run}: {out}");
+        assert!(!out.contains("DAMAGED"), "run {run}: {out}");
+    }
+    let m = std::fs::metadata(dest.join("daily.0/rootdir")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (USER, USER));
+}
+
 /// An entry of a snapshot its user may not read (a directory of mode 0111, theirs)
 /// is not checked, and that is not damage: `verify` says so, records nothing for the
 /// next backup to copy, and is not `clean` (not all of it was checked). It said

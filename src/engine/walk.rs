@@ -1001,7 +1001,13 @@ impl<S: Sink> Visitor for Walk<'_, S> {
                 return Step::Next;
             }
             Counters::add(&self.counters.dirs_total, 1);
-            Entry::from_meta(&name, &m)
+            let mut e = Entry::from_meta(&name, &m);
+            // The owner the directory will hold if this process cannot give it its own
+            // (its `set owner` problem is reported when its metadata is set).
+            if let Some(owner) = self.sink.dir_owner_held(&m) {
+                (e.uid, e.gid) = owner;
+            }
+            e
         } else {
             match self.entry(dir, &name, &rel, &m) {
                 Some(e) => e,

@@ -29,6 +29,7 @@ pub mod prune;
 pub mod reader;
 pub mod repair;
 pub mod repo;
+pub mod reread;
 pub mod restore;
 pub mod s3;
 pub mod snapshot;

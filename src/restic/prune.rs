@@ -517,14 +517,8 @@ fn read_checked(
     e: &Entry,
     from_other: &mut u64,
 ) -> Result<(Entry, Vec<u8>)> {
-    let read = |loc: &Location| -> Result<Vec<u8>> {
-        let e = &loc.entry;
-        let sealed = repo
-            .backend
-            .read_range(&loc.pack, e.offset as u64, e.length as usize)?;
-        open_blob(&repo.key, &sealed, e)?;
-        Ok(sealed)
-    };
+    // Read again before it is called damaged (one garbled read is no damage).
+    let read = |loc: &Location| -> Result<Vec<u8>> { Ok(repo.read_blob_at(loc)?.1) };
     let planned = Location {
         pack: *pack,
         entry: e.clone(),

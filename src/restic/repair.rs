@@ -218,54 +218,42 @@ fn same_entries(a: &[Entry], b: &[Entry]) -> bool {
 /// The pack `id` read whole: its bytes, its header, and the entries whose blobs check.
 type WholePack = (Vec<u8>, Vec<Entry>, Vec<Entry>);
 
-/// How many times a pack that reads damaged is read before the repair stops: a
-/// transport that garbles reads (a proxy flipping a byte) gives another result each
-/// time, damage at rest the same bytes every time.
-const PACK_READ_TRIES: usize = 5;
-
-/// The pack `id` read whole. A read that does not check (a header that does not open,
-/// a blob whose MAC fails) is read again: the pack is damaged only once two reads give
-/// the same bytes (damage at rest); a pack that reads differently each time stops the
-/// repair, as a failing disk or server does, rather than salvage a healthy pack from
+/// The pack `id` read whole, by the rule every reader follows
+/// ([`super::reread::read_checked`]): a read that does not check (a header that does not
+/// open, a blob whose MAC fails) is read again; the pack is damaged only once two reads
+/// give the same bytes (damage at rest); a pack that reads differently each time stops
+/// the repair, as a failing disk or server does, rather than salvage a healthy pack from
 /// one garbled read (its original deleted) or leave it out of the index.
 fn read_whole_pack(repo: &Repo, id: &Id, size: u64) -> Result<WholePack> {
+    use super::reread::{Outcome, READ_TRIES, read_checked};
     let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
-    let mut seen: Vec<Id> = Vec::new();
-    loop {
-        let mut bytes = repo.backend.read(Kind::Pack, id)?;
-        // Tests: a read garbled on its way (a byte of the first blob, another each time).
-        if crate::failpoint::hit("restic.repair_pack_garbled").is_err()
-            && let Some(b) = bytes.first_mut()
-        {
-            static GARBLED: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-            *b ^= GARBLED.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-        }
-        let checked = check_whole_pack(repo, &what, &bytes, size);
-        if matches!(&checked, Ok((header, good, _)) if header.len() == good.len()) {
+    let (bytes, checked, outcome) = read_checked(
+        &|| what.clone(),
+        "restic.repair_pack_garbled",
+        || repo.backend.read(Kind::Pack, id),
+        |bytes| check_whole_pack(repo, &what, bytes, size),
+        |c| matches!(c, Ok((header, good, _)) if header.len() == good.len()),
+    )?;
+    match outcome {
+        Outcome::Whole { .. } => {
             let (header, good, _) = checked?;
-            return Ok((bytes, header, good));
+            Ok((bytes, header, good))
         }
-        let digest = Id::hash(&bytes);
-        if seen.contains(&digest) {
+        Outcome::Damaged => {
             let (header, good, bad) = checked?;
             for x in bad {
                 tracing::warn!("{what}: {x}; left out of the index");
             }
-            return Ok((bytes, header, good));
+            Ok((bytes, header, good))
         }
-        seen.push(digest);
-        if seen.len() >= PACK_READ_TRIES {
-            return Err(Error::Other(format!(
-                "{what} read differently each of {} times, never whole: the storage or \
-                 the network garbles reads ({}); the repair stopped, nothing changed",
-                seen.len(),
-                match &checked {
-                    Err(e) => e.to_string(),
-                    Ok((_, _, bad)) => bad.join("; "),
-                }
-            )));
-        }
-        tracing::warn!("{what} does not read whole; reading it again");
+        Outcome::Garbled => Err(Error::Other(format!(
+            "{what} read differently each of {READ_TRIES} times, never whole: the storage or \
+             the network garbles reads ({}); the repair stopped, nothing changed",
+            match &checked {
+                Err(e) => e.to_string(),
+                Ok((_, _, bad)) => bad.join("; "),
+            }
+        ))),
     }
 }
 

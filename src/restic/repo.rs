@@ -330,14 +330,30 @@ impl Repo {
         ))
     }
 
-    /// The blob at `loc`, checked against its id: its plaintext and sealed bytes.
+    /// The blob at `loc`, checked against its id: its plaintext and sealed bytes. A
+    /// read that does not check is read again before the blob is called damaged
+    /// ([`super::reread::read_checked`]): one read garbled in transit is no damage.
     pub fn read_blob_at(&self, loc: &Location) -> Result<(Vec<u8>, Vec<u8>)> {
+        use super::reread::{Outcome, garbled_reason, read_checked};
         let e = &loc.entry;
-        let sealed = self
-            .backend
-            .read_range(&loc.pack, e.offset as u64, e.length as usize)?;
-        let plain = open_blob(&self.key, &sealed, e)?;
-        Ok((plain, sealed))
+        let (sealed, plain, outcome) = read_checked(
+            &|| format!("{:?} blob {} in pack {}", e.kind, e.id, loc.pack),
+            "restic.read_garbled",
+            || {
+                self.backend
+                    .read_range(&loc.pack, e.offset as u64, e.length as usize)
+            },
+            |sealed| open_blob(&self.key, sealed, e),
+            |plain| plain.is_ok(),
+        )?;
+        match (outcome, plain) {
+            (_, Ok(plain)) => Ok((plain, sealed)),
+            (Outcome::Garbled, Err(x)) => Err(corrupt(
+                format!("{:?} blob {}", e.kind, e.id),
+                format!("{} ({x})", garbled_reason()),
+            )),
+            (_, Err(x)) => Err(x),
+        }
     }
 
     /// A tree blob, checked against its id and parsed.

@@ -403,24 +403,49 @@ fn read_packs(
     Ok((n, plain.into_inner()))
 }
 
-/// Each entry's verdict and plaintext length, from one read of the pack's span.
+/// Each entry's verdict and plaintext length, from one read of the pack's span. A span
+/// whose blobs do not all check is read again before they are called damaged
+/// ([`super::reread::read_checked`]: damaged once two reads agree byte for byte); one
+/// read garbled in transit is no damage.
 fn check_pack(repo: &Repo, pack: &Id, entries: &[Entry]) -> Vec<(Id, Option<String>, u64)> {
+    use super::reread::{Outcome, garbled_reason, read_checked};
     let start = entries.first().map_or(0, |e| e.offset as u64);
     let end = entries
         .iter()
         .map(|e| e.offset as u64 + e.length as u64)
         .max()
         .unwrap_or(start);
-    let span = match repo.backend.read_range(pack, start, (end - start) as usize) {
-        Ok(s) => s,
+    let got = read_checked(
+        &|| format!("pack {pack}"),
+        "restic.read_garbled",
+        || repo.backend.read_range(pack, start, (end - start) as usize),
+        |span| check_span(repo, pack, entries, start, span),
+        |v| v.iter().all(|(_, why, _)| why.is_none()),
+    );
+    match got {
+        Ok((_, v, Outcome::Garbled)) => v
+            .into_iter()
+            .map(|(id, why, n)| (id, why.map(|w| format!("{w}; {}", garbled_reason())), n))
+            .collect(),
+        Ok((_, v, _)) => v,
         Err(e) => {
             let why = format!("pack {pack}: {e}");
-            return entries
+            entries
                 .iter()
                 .map(|e| (e.id, Some(why.clone()), 0))
-                .collect();
+                .collect()
         }
-    };
+    }
+}
+
+/// Each entry's verdict and plaintext length in `span`, the pack's bytes from `start`.
+fn check_span(
+    repo: &Repo,
+    pack: &Id,
+    entries: &[Entry],
+    start: u64,
+    span: &[u8],
+) -> Vec<(Id, Option<String>, u64)> {
     entries
         .iter()
         .map(|e| {

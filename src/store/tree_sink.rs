@@ -41,6 +41,10 @@ pub struct TreeSink {
     /// The owner a file created in staging gets by itself (euid, egid), when the staging
     /// root has no setgid bit; a copy of a file with that owner needs no `fchown`.
     creates_as: Option<(u32, u32)>,
+    /// When this process cannot give files away (no `CAP_CHOWN`) and [`creates_as`] is
+    /// known: the groups it may give them to (a directory's owner is then foretold:
+    /// [`Sink::dir_owner_held`]).
+    chown_groups: Option<Vec<u32>>,
     umask: u32,
     /// The path the staging root has in the snapshot (a shard worker's unit starts at
     /// a directory of the source; the walk's paths are from the source's root).
@@ -89,6 +93,7 @@ impl TreeSink {
             resume,
             resume_before,
             manifest: Mutex::new(manifest),
+            chown_groups: creates_as.and_then(|(_, egid)| groups_without_chown(egid)),
             creates_as,
             umask: fsx::process_umask(),
             base: RelPath::root(),
@@ -342,6 +347,21 @@ impl Sink for TreeSink {
         fsx::owner_after(Ok(refused), owner)
     }
 
+    /// Without `CAP_CHOWN`, `fchown` of a directory (made by this process: `creates_as`,
+    /// the staging tree has no setgid bit) gives it `m`'s owner only if `m`'s uid is the
+    /// process's and its gid one of the process's groups; refused, the group alone is
+    /// given when it is one of them ([`fsx::chown_fd`]), else the directory keeps the
+    /// egid it was made with.
+    fn dir_owner_held(&self, m: &Meta) -> Option<(u32, u32)> {
+        let groups = self.chown_groups.as_ref()?;
+        let (euid, egid) = self.creates_as?;
+        let gid_ok = groups.contains(&m.gid);
+        if m.uid == euid && gid_ok {
+            return None;
+        }
+        Some((euid, if gid_ok { m.gid } else { egid }))
+    }
+
     fn finish_dir(&self, dir: &TreeDir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
         crate::failpoint::hit("staging.dir_meta")?;
         fsx::apply_dir_meta(b(&dir.dst), m, xattrs)
@@ -409,4 +429,22 @@ impl Sink for TreeSink {
             .unwrap_or_else(|e| e.into_inner())
             .abandon();
     }
+}
+
+/// The groups a process without `CAP_CHOWN` may give its files to (its egid and
+/// supplementary groups); `None` when it has `CAP_CHOWN` (it gives any owner) or its
+/// capabilities or groups cannot be read.
+fn groups_without_chown(egid: u32) -> Option<Vec<u32>> {
+    use rustix::thread::{CapabilitySet, capabilities};
+    let caps = capabilities(None).ok()?;
+    if caps.effective.contains(CapabilitySet::CHOWN) {
+        return None;
+    }
+    let mut groups: Vec<u32> = rustix::process::getgroups()
+        .ok()?
+        .into_iter()
+        .map(|g| g.as_raw())
+        .collect();
+    groups.push(egid);
+    Some(groups)
 }
