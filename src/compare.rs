@@ -197,7 +197,10 @@ pub fn compare<A: SnapshotReader, B: SnapshotReader>(
     problems.sort();
     let mut denied = run.denied.into_inner().unwrap_or_else(|e| e.into_inner());
     denied.sort();
-    let mut not_compared = run.not_compared.into_inner().unwrap_or_else(|e| e.into_inner());
+    let mut not_compared = run
+        .not_compared
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
     not_compared.sort();
     let mut damaged_manifests: Vec<String> = not_compared.iter().map(|n| n.2.clone()).collect();
     damaged_manifests.sort();

@@ -485,10 +485,12 @@ impl Reader {
             ));
         }
         let mut buf = vec![0u8; len as usize];
-        self.mf.read_exact_at(&mut buf, off).map_err(|e| match e.kind() {
-            io::ErrorKind::UnexpectedEof => corrupt(&self.mf_path, "cut short while read"),
-            _ => e,
-        })?;
+        self.mf
+            .read_exact_at(&mut buf, off)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => corrupt(&self.mf_path, "cut short while read"),
+                _ => e,
+            })?;
         Ok(buf)
     }
 

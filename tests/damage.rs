@@ -574,7 +574,10 @@ fn a_manifest_cut_short_is_reported_as_damaged_not_as_removed_or_unexpected_entr
     assert_eq!(v["removed"], 1, "only `new`: {v}");
     let damaged = v["damaged_manifests"].as_array().unwrap();
     assert_eq!(damaged.len(), 1, "{v}");
-    assert!(damaged[0].as_str().unwrap().ends_with(&format!("{id}.mf")), "{v}");
+    assert!(
+        damaged[0].as_str().unwrap().ends_with(&format!("{id}.mf")),
+        "{v}"
+    );
     let lost = v["not_compared"][0][0].as_str().unwrap().to_string();
     // The lines say it in the summary.
     let out = snapring(
@@ -606,7 +609,13 @@ fn a_manifest_cut_short_is_reported_as_damaged_not_as_removed_or_unexpected_entr
     assert_eq!(v["clean"], false, "{v}");
     assert_eq!(v["unexpected"], 0, "{v}");
     assert_eq!(v["missing"], 0, "{v}");
-    assert!(v["damaged_manifests"][0].as_str().unwrap().ends_with(&format!("{id}.mf")), "{v}");
+    assert!(
+        v["damaged_manifests"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{id}.mf")),
+        "{v}"
+    );
     let not_checked: Vec<&str> = v["not_checked"]
         .as_array()
         .unwrap()

@@ -161,7 +161,11 @@ pub fn damaged_manifest_note(dirs: usize, manifests: &[String], done: &str) -> O
         "MANIFEST DAMAGED: {} {} not read as written (cut short or overwritten): the contents of {dirs} {} not {done} (not counted as added, removed, missing or unexpected)",
         manifests.join(", "),
         if manifests.len() == 1 { "does" } else { "do" },
-        if dirs == 1 { "directory were" } else { "directories were" },
+        if dirs == 1 {
+            "directory were"
+        } else {
+            "directories were"
+        },
     ))
 }
 
