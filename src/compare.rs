@@ -104,6 +104,12 @@ pub struct Outcome {
     pub denied: Vec<String>,
     /// Whether the compare stayed on side b's file system, and where it did not go.
     pub one_fs: OneFsSummary,
+    /// Directories whose record (a snapshot's manifest block) is damaged: their
+    /// contents were not compared, on either side (what one side lists is not missing
+    /// or unexpected when the other side's record of it is lost), and not walked into.
+    pub not_compared: Vec<(String, String)>,
+    /// The damaged manifests those records are in (their files), each once.
+    pub damaged_manifests: Vec<String>,
 }
 
 /// Whether a compare stayed on the live tree's file system ([`Options::stay_on`]:
@@ -152,6 +158,8 @@ struct Run<'a, A, B> {
     out: Mutex<Vec<Difference>>,
     problems: Mutex<Vec<(String, String)>>,
     denied: Mutex<Vec<String>>,
+    /// Directories whose record is damaged, why, and the manifest file.
+    not_compared: Mutex<Vec<(String, String, String)>>,
     compared: AtomicU64,
     hashed: AtomicU64,
     bytes: AtomicU64,
@@ -172,6 +180,7 @@ pub fn compare<A: SnapshotReader, B: SnapshotReader>(
         out: Mutex::new(Vec::new()),
         problems: Mutex::new(Vec::new()),
         denied: Mutex::new(Vec::new()),
+        not_compared: Mutex::new(Vec::new()),
         compared: AtomicU64::new(0),
         hashed: AtomicU64::new(0),
         bytes: AtomicU64::new(0),
@@ -188,6 +197,14 @@ pub fn compare<A: SnapshotReader, B: SnapshotReader>(
     problems.sort();
     let mut denied = run.denied.into_inner().unwrap_or_else(|e| e.into_inner());
     denied.sort();
+    let mut not_compared = run
+        .not_compared
+        .into_inner()
+        .unwrap_or_else(|e| e.into_inner());
+    not_compared.sort();
+    let mut damaged_manifests: Vec<String> = not_compared.iter().map(|n| n.2.clone()).collect();
+    damaged_manifests.sort();
+    damaged_manifests.dedup();
     Outcome {
         totals: Totals {
             entries_compared: run.compared.into_inner(),
@@ -199,6 +216,8 @@ pub fn compare<A: SnapshotReader, B: SnapshotReader>(
         problems,
         denied,
         one_fs: OneFsSummary::of(run.one_fs.map(|fs| fs.skipped())),
+        not_compared: not_compared.into_iter().map(|(d, e, _)| (d, e)).collect(),
+        damaged_manifests,
     }
 }
 
@@ -242,8 +261,14 @@ impl<A: SnapshotReader, B: SnapshotReader> Visitor for Run<'_, A, B> {
         let pb = parent.map(|p| p.state.b.as_ref());
         let a = self.open_side(self.a, in_a, pa, name, rel);
         let b = self.open_side(self.b, in_b, pb, name, rel);
-        let la = self.list_side(self.a, a.as_ref(), rel);
-        let mut lb = self.list_side(self.b, b.as_ref(), rel);
+        // A side whose record of this directory is damaged has no say on what is in
+        // it: nothing under it is compared (not listed as added or removed).
+        let (Some(la), Some(mut lb)) = (
+            self.list_side(self.a, a.as_ref(), rel),
+            self.list_side(self.b, b.as_ref(), rel),
+        ) else {
+            return Opened::Skip;
+        };
         if let (Some(ex), Some(bd)) = (&self.opts.excludes, b.as_ref())
             && ex.has_tags()
         {
@@ -356,17 +381,35 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         }
     }
 
+    /// One side's listing of `dir`: empty when it is not a directory there or cannot
+    /// be listed (a problem), `None` when the side's record of it is damaged (a damaged
+    /// manifest: the directory is not compared, [`Outcome::not_compared`]).
     fn list_side<R: SnapshotReader>(
         &self,
         r: &R,
         dir: Option<&R::Dir>,
         rel: &RelPath,
-    ) -> Vec<Listed> {
-        let Some(dir) = dir else { return Vec::new() };
-        r.list(dir).unwrap_or_else(|e| {
-            self.problem(rel, e);
-            Vec::new()
-        })
+    ) -> Option<Vec<Listed>> {
+        let Some(dir) = dir else {
+            return Some(Vec::new());
+        };
+        match r.list(dir) {
+            Ok(l) => Some(l),
+            Err(e) => match crate::manifest::Damaged::of(&e) {
+                Some(d) => {
+                    tracing::debug!("{rel}: not compared: {d}");
+                    self.not_compared
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push((rel.escaped(), d.what.clone(), d.path.display().to_string()));
+                    None
+                }
+                None => {
+                    self.problem(rel, e);
+                    Some(Vec::new())
+                }
+            },
+        }
     }
 
     /// One side's entry, or `None` when it is gone since it was listed or unreadable.

@@ -376,10 +376,39 @@ pub fn write_damaged(manifest_dir: &Path, id: &str, paths: &[RelPath]) -> io::Re
     crate::util::write_atomic(&path, &bytes)
 }
 
+/// A manifest that does not read as written (cut short, overwritten, an index naming
+/// bytes it does not have): the error inside the `io::Error` its reads return, so that
+/// a reader of the record ([`crate::compare`]) can tell a damaged record from a tree it
+/// could not read ([`Damaged::of`]).
+#[derive(Debug)]
+pub struct Damaged {
+    /// The manifest (or index) file.
+    pub path: PathBuf,
+    pub what: String,
+}
+
+impl std::fmt::Display for Damaged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "manifest {}: {}", self.path.display(), self.what)
+    }
+}
+
+impl std::error::Error for Damaged {}
+
+impl Damaged {
+    /// The damage `e` reports, when it is a damaged manifest's.
+    pub fn of(e: &io::Error) -> Option<&Damaged> {
+        e.get_ref().and_then(|i| i.downcast_ref::<Damaged>())
+    }
+}
+
 fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        format!("manifest {}: {what}", path.display()),
+        Damaged {
+            path: path.to_path_buf(),
+            what: what.to_string(),
+        },
     )
 }
 
@@ -456,7 +485,12 @@ impl Reader {
             ));
         }
         let mut buf = vec![0u8; len as usize];
-        self.mf.read_exact_at(&mut buf, off)?;
+        self.mf
+            .read_exact_at(&mut buf, off)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => corrupt(&self.mf_path, "cut short while read"),
+                _ => e,
+            })?;
         Ok(buf)
     }
 

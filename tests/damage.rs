@@ -526,3 +526,103 @@ fn damage_verify_found_in_an_older_snapshot_is_not_linked_on_from_the_newest() {
     let (code, v) = verify_json(&dest, "daily.0");
     assert_eq!(code, 0, "{v}");
 }
+
+/// A snapshot's manifest cut short (half of it lost): `diff` and `verify` say the
+/// manifest is damaged, naming its file, and the directories whose blocks are lost are
+/// not compared. Before, the lost directories' entries were all `removed` (diff) or
+/// `unexpected` (verify), with the real trouble only in stderr lines.
+#[test]
+fn a_manifest_cut_short_is_reported_as_damaged_not_as_removed_or_unexpected_entries() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    for d in 0..40 {
+        for f in 0..5 {
+            write(
+                &src.join(format!("d{d:02}/s/f{f}")),
+                format!("content of {d} {f}").as_bytes(),
+            );
+        }
+    }
+    std::fs::create_dir(&dest).unwrap();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    write(&src.join("new"), b"added");
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let id = id_of(&dest, "daily.1");
+    let mf = dest.join(format!(".snapring/manifests/{id}.mf"));
+    let len = std::fs::metadata(&mf).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mf)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+
+    let out = snapring(
+        &[
+            "diff".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "daily.1".as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{v}");
+    assert_eq!(v["added"], 0, "{v}");
+    assert_eq!(v["removed"], 1, "only `new`: {v}");
+    let damaged = v["damaged_manifests"].as_array().unwrap();
+    assert_eq!(damaged.len(), 1, "{v}");
+    assert!(
+        damaged[0].as_str().unwrap().ends_with(&format!("{id}.mf")),
+        "{v}"
+    );
+    let lost = v["not_compared"][0][0].as_str().unwrap().to_string();
+    // The lines say it in the summary.
+    let out = snapring(
+        &[
+            "diff".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "daily.1".as_ref(),
+        ],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("MANIFEST DAMAGED") && text.contains(&format!("{id}.mf")),
+        "{text}"
+    );
+
+    // A file rotten under a lost directory is not passed as checked.
+    let rotten = if lost.ends_with("/s") {
+        format!("{lost}/f0")
+    } else {
+        format!("{lost}/s/f0")
+    };
+    rot(&dest.join("daily.1").join(&rotten));
+    let (code, v) = verify_json(&dest, "daily.1");
+    assert_eq!(code, 2, "{v}");
+    let v = &v[0];
+    assert_eq!(v["clean"], false, "{v}");
+    assert_eq!(v["unexpected"], 0, "{v}");
+    assert_eq!(v["missing"], 0, "{v}");
+    assert!(
+        v["damaged_manifests"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!("{id}.mf")),
+        "{v}"
+    );
+    let not_checked: Vec<&str> = v["not_checked"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    assert!(not_checked.contains(&lost.as_str()), "{not_checked:?}");
+    // Not damage found: nothing is recorded for the next backup to copy.
+    assert_eq!(v["next_backup_copies"], 0, "{v}");
+}

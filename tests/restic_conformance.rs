@@ -1126,3 +1126,46 @@ fn a_password_file_read_the_older_way_still_opens_with_a_warning() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("wrong password"), "{err}");
 }
+
+/// An extended attribute whose name is not UTF-8 cannot be kept by restic's format
+/// (names are JSON strings): it is stored with U+FFFD, as restic stores it, and the run
+/// says so, naming the file and the attribute, as a `metadata` problem: `partial`, not
+/// a silent `complete`.
+#[test]
+fn an_xattr_name_that_is_not_utf8_is_reported_not_silently_replaced() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("a"), b"one attribute with a binary name");
+    write(&src.join("b"), b"plain");
+    if rustix::fs::lsetxattr(
+        src.join("a"),
+        &b"user.\xff\xfe bin"[..],
+        b"v1",
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_err()
+    {
+        eprintln!("SKIP: no user xattrs on this file system");
+        return;
+    }
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url,
+        "--json",
+    ]);
+    let rep: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|_| panic!("{out}\n{err}"));
+    assert_ne!(code, 0, "{rep}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    let problems = rep["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{rep}");
+    assert_eq!(problems[0]["path"], "a", "{rep}");
+    assert_eq!(problems[0]["kind"], "metadata", "{rep}");
+    let e = problems[0]["error"].as_str().unwrap();
+    assert!(e.contains("not UTF-8") && e.contains("user.%FF%FE"), "{e}");
+}

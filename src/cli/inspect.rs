@@ -33,9 +33,12 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
             &r.differences,
             &r.problems,
             &r.one_fs,
+            (&r.not_compared, &r.damaged_manifests),
         );
     }
-    Ok(ExitCode::clean_or_partial(r.problems.is_empty()))
+    Ok(ExitCode::clean_or_partial(
+        r.problems.is_empty() && r.not_compared.is_empty(),
+    ))
 }
 
 /// `diff` compares two snapshots, or one with a live directory: one of `TO` and
@@ -101,7 +104,15 @@ pub(super) fn print_verified(x: &Verified) {
             outln!("{} ? {}  unreadable: {e}", x.snapshot, p);
         }
     }
-    // Only entries this user may not read: not all of it was checked, none found damaged.
+    for (p, e) in &x.not_checked {
+        outln!(
+            "{} ? {}  not checked: the manifest is damaged there: {e}",
+            x.snapshot,
+            p
+        );
+    }
+    // Only entries this user may not read, or under directories the damaged manifest
+    // does not cover: not all of it was checked, none found damaged.
     let unchecked_only = !x.clean
         && x.differences.is_empty()
         && x.problems.len() == x.denied.len()
@@ -114,6 +125,9 @@ pub(super) fn print_verified(x: &Verified) {
         x.snapshot,
         match (x.clean, live) {
             (true, _) => "clean against",
+            (false, false) if unchecked_only && !x.damaged_manifests.is_empty() => {
+                "NOT FULLY CHECKED (its manifest is damaged; no other damage found) against"
+            }
             (false, false) if unchecked_only => "NOT FULLY CHECKED (no damage found) against",
             (false, false) => "DAMAGED against",
             (false, true) => "DIFFERS from",
@@ -127,6 +141,11 @@ pub(super) fn print_verified(x: &Verified) {
         x.metadata
     );
     if let Some(note) = print::one_fs_note(&x.one_fs) {
+        outln!("{}: {note}", x.snapshot);
+    }
+    if let Some(note) =
+        print::damaged_manifest_note(x.not_checked.len(), &x.damaged_manifests, "checked")
+    {
         outln!("{}: {note}", x.snapshot);
     }
     if x.next_backup_copies > 0 {

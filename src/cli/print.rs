@@ -128,6 +128,7 @@ pub fn diff_lines(
     differences: &[snapring::compare::Difference],
     problems: &[(String, String)],
     one_fs: &snapring::compare::OneFsSummary,
+    (not_compared, damaged_manifests): (&[(String, String)], &[String]),
 ) {
     for d in differences {
         outln!("{} {}  {}", d.change.sign(), d.path, d.detail.join(", "));
@@ -135,12 +136,37 @@ pub fn diff_lines(
     for (p, e) in problems {
         errln!("snapring: cannot read {p}: {e}");
     }
+    for (p, e) in not_compared {
+        errln!("snapring: {p}: contents not compared, the manifest is damaged there: {e}");
+    }
     outln!(
         "{from} -> {to}: {added} added, {removed} removed, {changed} changed, {metadata} metadata only"
     );
     if let Some(note) = one_fs_note(one_fs) {
         outln!("  {note}");
     }
+    if let Some(note) = damaged_manifest_note(not_compared.len(), damaged_manifests, "compared") {
+        outln!("  {note}");
+    }
+}
+
+/// The summary's note on damaged manifests (cut short, overwritten) a `diff` or
+/// `verify` met: which files, and how many directories' contents it did not `done`
+/// (`compared`, `checked`) for it.
+pub fn damaged_manifest_note(dirs: usize, manifests: &[String], done: &str) -> Option<String> {
+    if manifests.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "MANIFEST DAMAGED: {} {} not read as written (cut short or overwritten): the contents of {dirs} {} not {done} (not counted as added, removed, missing or unexpected)",
+        manifests.join(", "),
+        if manifests.len() == 1 { "does" } else { "do" },
+        if dirs == 1 {
+            "directory were"
+        } else {
+            "directories were"
+        },
+    ))
 }
 
 /// The line `diff`/`verify --against` add when the compare stayed on the live tree's

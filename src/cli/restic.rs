@@ -1246,6 +1246,8 @@ fn print_against(x: &restic::verify::RepoVerified) {
         problems: x.problems.clone(),
         denied: vec![],
         one_fs: x.one_fs.clone(),
+        not_checked: vec![],
+        damaged_manifests: vec![],
         unchecked: None,
         next_backup_copies: 0,
     });
@@ -1288,6 +1290,7 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
             &r.differences,
             &r.problems,
             &r.one_fs,
+            (&[], &[]),
         );
     }
     Ok(ExitCode::clean_or_partial(r.problems.is_empty()))

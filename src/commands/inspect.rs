@@ -34,6 +34,12 @@ pub struct DiffReport {
     /// mount points whose contents it did not compare.
     #[serde(flatten)]
     pub one_fs: OneFsSummary,
+    /// Directories whose contents were not compared because a snapshot's manifest
+    /// does not read there (cut short, overwritten), and why: neither added nor
+    /// removed, unknown.
+    pub not_compared: Vec<(String, String)>,
+    /// The damaged manifest files (`.snapring/manifests/<run-id>.mf`).
+    pub damaged_manifests: Vec<String>,
 }
 
 fn report(from: String, to: String, o: compare::Outcome) -> DiffReport {
@@ -49,6 +55,8 @@ fn report(from: String, to: String, o: compare::Outcome) -> DiffReport {
         totals: o.totals,
         problems: o.problems,
         one_fs: o.one_fs,
+        not_compared: o.not_compared,
+        damaged_manifests: o.damaged_manifests,
     }
 }
 
@@ -143,6 +151,12 @@ pub struct Verified {
     /// mount points whose contents it did not compare.
     #[serde(flatten)]
     pub one_fs: OneFsSummary,
+    /// Directories whose contents were not checked because the snapshot's manifest does
+    /// not read there (cut short, overwritten), and why. A snapshot with any is not
+    /// `clean`; they are not recorded as damage (nothing under them was checked).
+    pub not_checked: Vec<(String, String)>,
+    /// The damaged manifest files (`.snapring/manifests/<run-id>.mf`).
+    pub damaged_manifests: Vec<String>,
     /// Why this snapshot could not be checked at all (`--all` goes on past it): it
     /// has no usable manifest. Such a snapshot is not `clean`.
     pub unchecked: Option<String>,
@@ -170,6 +184,8 @@ impl Verified {
             problems: vec![],
             denied: vec![],
             one_fs: OneFsSummary::default(),
+            not_checked: vec![],
+            damaged_manifests: vec![],
             unchecked: Some(why),
             next_backup_copies: 0,
         }
@@ -273,7 +289,7 @@ pub fn verify(
             snapshot: sel.snap.name.clone(),
             run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),
             against: against_name,
-            clean: o.differences.is_empty() && o.problems.is_empty(),
+            clean: o.differences.is_empty() && o.problems.is_empty() && o.not_compared.is_empty(),
             corrupt,
             missing: n(compare::Change::Removed),
             unexpected: n(compare::Change::Added),
@@ -283,6 +299,8 @@ pub fn verify(
             problems: o.problems,
             denied: o.denied,
             one_fs: o.one_fs,
+            not_checked: o.not_compared,
+            damaged_manifests: o.damaged_manifests,
             unchecked: None,
             next_backup_copies,
         });

@@ -733,28 +733,50 @@ impl Names {
 /// The extended attributes of `name` in `dir` (`p`, for messages), not following a
 /// symlink, by its `/proc/self/fd/DIR/NAME` path ([`crate::fsx::XattrTarget::At`]):
 /// never through a directory swapped for a symlink since `dir` was opened.
-fn xattrs_at(dir: BorrowedFd<'_>, name: &[u8], p: &Path) -> Result<Vec<ExtendedAttribute>> {
+/// Also the names that are not UTF-8 ([`xattrs_of`]).
+fn xattrs_at(dir: BorrowedFd<'_>, name: &[u8], p: &Path) -> Result<Xattrs> {
     xattrs_of(&crate::fsx::proc_path(dir, name), p)
 }
 
 /// The extended attributes of `p` (a path the user named: the source's ancestors).
+/// A name that is not UTF-8 is warned about (stored as [`xattrs_of`] says).
 fn xattrs(p: &Path) -> Result<Vec<ExtendedAttribute>> {
-    xattrs_of(p.as_os_str().as_bytes(), p)
+    let (list, not_utf8) = xattrs_of(p.as_os_str().as_bytes(), p)?;
+    for n in &not_utf8 {
+        tracing::warn!("{}: {}", p.display(), not_utf8_message(n));
+    }
+    Ok(list)
+}
+
+/// An entry's extended attributes as a node records them, and the names among them
+/// that are not UTF-8 (recorded with U+FFFD in their place).
+type Xattrs = (Vec<ExtendedAttribute>, Vec<Vec<u8>>);
+
+/// What the run says of an extended attribute whose name (`name`) is not UTF-8.
+fn not_utf8_message(name: &[u8]) -> String {
+    format!(
+        "extended attribute name {:?} is not UTF-8: restic's format cannot keep it (names are JSON strings); stored as {:?}, which a restore sets under that name",
+        crate::relpath::escape(name),
+        String::from_utf8_lossy(name)
+    )
 }
 
 /// The extended attributes of `at` (`p`, for messages; not following a symlink) in
 /// the order the file system lists them, as restic records them (so both write the
-/// same tree); none where the file system has none.
-fn xattrs_of(at: &[u8], p: &Path) -> Result<Vec<ExtendedAttribute>> {
+/// same tree); none where the file system has none. restic's format keeps a name as a
+/// JSON string: one that is not UTF-8 is stored with U+FFFD for its invalid bytes, as
+/// restic stores it, and returned among the second list, for the run to report.
+fn xattrs_of(at: &[u8], p: &Path) -> Result<Xattrs> {
     use base64::Engine;
     let unsupported = |e: rustix::io::Errno| e == rustix::io::Errno::NOTSUP;
     let mut list = vec![0u8; 64 * 1024];
     let n = match rustix::fs::llistxattr(at, &mut list[..]) {
         Ok(n) => n,
-        Err(e) if unsupported(e) => return Ok(Vec::new()),
+        Err(e) if unsupported(e) => return Ok(Default::default()),
         Err(e) => return Err(io_err("list the extended attributes of", p)(e.into())),
     };
     let mut out = Vec::new();
+    let mut not_utf8 = Vec::new();
     let mut val = vec![0u8; 64 * 1024];
     for name in list[..n].split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let k = match rustix::fs::lgetxattr(at, name, &mut val[..]) {
@@ -763,12 +785,15 @@ fn xattrs_of(at: &[u8], p: &Path) -> Result<Vec<ExtendedAttribute>> {
             Err(rustix::io::Errno::NODATA) => continue,
             Err(e) => return Err(io_err("read an extended attribute of", p)(e.into())),
         };
+        if std::str::from_utf8(name).is_err() {
+            not_utf8.push(name.to_vec());
+        }
         out.push(ExtendedAttribute {
             name: String::from_utf8_lossy(name).into_owned(),
             value: base64::engine::general_purpose::STANDARD.encode(&val[..k]),
         });
     }
-    Ok(out)
+    Ok((out, not_utf8))
 }
 
 /// The access time a node records. By default its modification time, as `restic
@@ -1340,6 +1365,22 @@ impl<'a> Run<'a> {
         );
     }
 
+    /// The extended attributes of `name` in `dir` (`p`) as the node records them; a
+    /// name restic's format cannot keep (not UTF-8) is a `metadata` problem of the entry.
+    fn xattrs(&self, dir: BorrowedFd<'_>, name: &[u8], p: &Path) -> Result<Vec<ExtendedAttribute>> {
+        let (list, not_utf8) = xattrs_at(dir, name, p)?;
+        for n in &not_utf8 {
+            self.problem(
+                p,
+                "metadata",
+                io_err("record an extended attribute of", p)(std::io::Error::other(
+                    not_utf8_message(n),
+                )),
+            );
+        }
+        Ok(list)
+    }
+
     /// Records a problem with the entry at `p` (the error's own path where it has one).
     fn problem(&self, p: &Path, kind: &str, e: Error) {
         let (at, action, error) = match e {
@@ -1414,7 +1455,7 @@ impl<'a> Run<'a> {
         };
         let mut node = base_node(name, &md, &self.names);
         record_atime(self.with_atime, &mut node, prev);
-        node.extended_attributes = xattrs_at(dir, name, p)?;
+        node.extended_attributes = self.xattrs(dir, name, p)?;
         let target = match node.kind.as_str() {
             "symlink" => {
                 Some(crate::fsx::read_link_at(dir, name).map_err(io_err("read the link", p))?)
@@ -1456,7 +1497,7 @@ impl<'a> Run<'a> {
                             };
                             node = base_node(name, &now, &self.names);
                             record_atime(self.with_atime, &mut node, prev);
-                            node.extended_attributes = xattrs_at(dir, name, p)?;
+                            node.extended_attributes = self.xattrs(dir, name, p)?;
                             // Its blobs stay unreferenced (a prune removes them).
                             match self.checked(p, &now, &mut node, prev, None) {
                                 Some(d) => differs = d,

@@ -133,7 +133,7 @@ impl Store {
                 d.detail.join(", ")
             ));
         }
-        if let Some((p, e)) = out.problems.first() {
+        if let Some((p, e)) = out.problems.first().or(out.not_compared.first()) {
             return Err(format!("{p}: {e}"));
         }
         Ok(())
