@@ -3,6 +3,7 @@
 //! Writers open it with `open` (and repair it under the lock), readers with
 //! `open_read` (nothing written); see the invariants in ARCHITECTURE.md. Does file I/O.
 
+pub mod adopt;
 mod copied;
 pub mod hold;
 pub mod journal;
@@ -747,7 +748,7 @@ impl Store {
     /// failure is warned about (it leaves a file, loses nothing).
     pub fn remove_manifest(&self, id: &str) {
         let mdir = self.meta.join("manifests");
-        for ext in ["mf", "idx", "copied", "damaged", "mf.tmp", "idx.tmp"] {
+        for ext in ["mf", "idx", "copied", "damaged", "mf.tmp", "idx.tmp", "done", "done.tmp"] {
             let p = mdir.join(format!("{id}.{ext}"));
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
