@@ -294,7 +294,10 @@ fn a_resumed_run_neither_reads_nor_links_the_copies_the_cut_run_finished() {
     let n = stats(&counted);
     assert_eq!(n["link"], 0, "resumed copies linked again: {n}");
     // Opened for reading: the run's own files in .snapring (lock, records), never a copy.
-    assert!(n["open"].as_u64().unwrap() < 9, "resumed copies read again: {n}");
+    assert!(
+        n["open"].as_u64().unwrap() < 9,
+        "resumed copies read again: {n}"
+    );
     assert_same_tree(
         &describe(&src),
         &describe(&under.join("backup/daily.0")),

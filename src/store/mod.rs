@@ -748,7 +748,9 @@ impl Store {
     /// failure is warned about (it leaves a file, loses nothing).
     pub fn remove_manifest(&self, id: &str) {
         let mdir = self.meta.join("manifests");
-        for ext in ["mf", "idx", "copied", "damaged", "mf.tmp", "idx.tmp", "done", "done.tmp"] {
+        for ext in [
+            "mf", "idx", "copied", "damaged", "mf.tmp", "idx.tmp", "done", "done.tmp",
+        ] {
             let p = mdir.join(format!("{id}.{ext}"));
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

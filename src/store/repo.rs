@@ -254,7 +254,13 @@ impl Repository for Store {
         let record = (adopt::path(&mdir, id), adopt::tmp_path(&mdir, id));
         TreeSink::new(staging, prev, resume, writer)
             .listing_prev(remote)
-            .recording(adopted, record, started, trash, format!("staging-{id}-stale-"))
+            .recording(
+                adopted,
+                record,
+                started,
+                trash,
+                format!("staging-{id}-stale-"),
+            )
             .ctx("create", adopt::tmp_path(&mdir, id))
     }
 

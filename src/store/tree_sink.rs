@@ -416,7 +416,6 @@ fn check_copy(
 }
 
 impl TreeSink {
-
     /// The staging root is directory `base` of the snapshot being built: paths the
     /// walk gives (`link_within`'s first name) are made relative to it.
     pub fn rooted_at(mut self, base: RelPath) -> TreeSink {
@@ -665,8 +664,15 @@ impl Sink for TreeSink {
         fsx::apply_times(b(&file.fd), m)?;
         // A copy the next run may keep in place, if this one is cut: only a whole one,
         // with everything the source has (as a resume from its own metadata demands).
-        if let (Some(a), Some(h), None, true) = (&self.adopting, file.hash.get(), &owner, refused.is_empty()) {
-            let d = Done::new(blake3::Hash::from_bytes(h), m, a.before, fsx::xattr_digest(xattrs));
+        if let (Some(a), Some(h), None, true) =
+            (&self.adopting, file.hash.get(), &owner, refused.is_empty())
+        {
+            let d = Done::new(
+                blake3::Hash::from_bytes(h),
+                m,
+                a.before,
+                fsx::xattr_digest(xattrs),
+            );
             self.record(a, &file.rel, &d);
         }
         fsx::owner_after(Ok(refused), owner)
