@@ -237,7 +237,8 @@ pub trait Repository {
         sealed: Self::Sealed,
     ) -> Result<String>;
 
-    /// Discards run `id`'s unpublished snapshot.
+    /// Discards run `id`'s unpublished snapshot; one it took over from an interrupted
+    /// run is kept instead, for the next run to resume from.
     fn discard(&self, id: &str) -> Result<()>;
 
     /// After a publish: discards the interrupted runs' trees and what no snapshot

@@ -305,3 +305,41 @@ fn a_resumed_run_neither_reads_nor_links_the_copies_the_cut_run_finished() {
     );
     assert_verify_clean(&under.join("backup"), &[]);
 }
+
+/// A run that took a cut run's tree over and then fails (an I/O error as it walks, or
+/// as it publishes) keeps that tree for the next run, as the cut run's tree was kept
+/// before runs took it over: a failure never throws away what an earlier window
+/// copied. The fourth run copies nothing the others finished.
+#[test]
+fn a_resumed_run_that_fails_keeps_the_tree_it_took_over() {
+    let (_t, src, dest) = setup();
+    interrupted_at_the_10th_copy(&src, &dest);
+    let staged = || {
+        std::fs::read_dir(dest.join(".snapring/staging"))
+            .unwrap()
+            .count()
+    };
+    for (point, what) in [
+        ("walk.copy=error", "a copy failed"),
+        ("backup.before_publish=error", "the publish failed"),
+    ] {
+        let (code, rep, err) = backup(&src, &dest, &[], &[("SNAPRING_FAILPOINTS", point)]);
+        assert!(code != 0 && code != 3, "{what}: {code} {rep} {err}");
+        assert!(
+            snapshot_names(&dest).is_empty(),
+            "{what}: nothing published"
+        );
+        assert_eq!(staged(), 1, "{what}: the taken-over tree is kept");
+    }
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["bytes_transferred"], 0, "copied again: {rep}");
+    assert_eq!(rep["files_linked"], 20, "{rep}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "resumed snapshot",
+    );
+    assert_eq!(staged(), 0, "staging cleaned up");
+    assert_verify_clean(&dest, &[]);
+}

@@ -136,8 +136,23 @@ impl Rd<'_> {
 
 /// Decodes a record; `None` when it is not one (another format, no header): the tree
 /// is then resumed by checking each file. A truncated entry ends it (the record of a
-/// run killed as it wrote): the entries before it hold.
+/// run killed as it wrote): the entries before it hold. At most [`MAX_HELD_BYTES`] of
+/// entries are held; the files of the others are checked (read and hashed) instead,
+/// as if the record did not name them: slower, never wrong.
 pub fn decode(b: &[u8]) -> Option<Record> {
+    decode_within(b, MAX_HELD_BYTES)
+}
+
+/// What one entry held in memory costs besides its path and xattr digest (the
+/// [`Done`], the map's slot and the path's allocation), roughly.
+const ENTRY_COST: usize = 160;
+
+/// At most this much of a record is held in memory (about 1,000,000 entries of short
+/// paths); the rest is dropped (see [`decode`]).
+pub const MAX_HELD_BYTES: usize = 192 << 20;
+
+/// [`decode`], holding at most `budget` bytes of entries.
+fn decode_within(b: &[u8], budget: usize) -> Option<Record> {
     let mut r = Rd(b.strip_prefix(MAGIC)?);
     let has = r.take(1)?[0] == 1;
     let t = r.time()?;
@@ -145,8 +160,16 @@ pub fn decode(b: &[u8]) -> Option<Record> {
         oldest: has.then_some(t),
         done: HashMap::new(),
     };
+    let mut held = 0;
     while !r.0.is_empty() {
         let Some((p, d)) = next(&mut r) else { break };
+        // Memory is bounded by directories in flight (DESIGN.md), not by files: past
+        // the budget, entries are dropped, and the files they name are checked as
+        // copies without a record are (read and hashed against `oldest`).
+        held += ENTRY_COST + p.len() + d.xattrs.as_ref().map_or(0, String::len);
+        if held > budget {
+            break;
+        }
         rec.done.insert(p, d);
     }
     Some(rec)
@@ -238,5 +261,10 @@ mod tests {
         assert_eq!(r.done, m);
         assert_eq!(decode(&v[..v.len() - 1]).unwrap().done.len(), 1);
         assert!(decode(&v[..3]).is_none());
+        // Past the budget, entries are dropped (never the header).
+        let r = decode_within(&v, ENTRY_COST + 8).unwrap();
+        assert_eq!(r.oldest, Some(Time { sec: 4, nsec: 1 }));
+        assert_eq!(r.done.len(), 1);
+        assert_eq!(decode_within(&v, 0).unwrap().done.len(), 0);
     }
 }

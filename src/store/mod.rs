@@ -168,6 +168,9 @@ pub struct Store {
     checked: copied::Checked,
     /// Runs whose records a repair by this value rewrote (see `repaired_runs`).
     repaired: std::sync::Mutex<Vec<String>>,
+    /// Runs whose staging tree is an interrupted run's, taken over (`Store::adopt`):
+    /// a failed run keeps it for the next one instead of discarding it.
+    adopted: std::sync::Mutex<Vec<String>>,
 }
 
 /// Opens the store's root directory, naming a missing store plainly.
@@ -361,6 +364,7 @@ impl Store {
             pending: None,
             checked: Default::default(),
             repaired: Default::default(),
+            adopted: Default::default(),
         })
     }
 
@@ -390,6 +394,7 @@ impl Store {
             pending: None,
             checked: Default::default(),
             repaired: Default::default(),
+            adopted: Default::default(),
         };
         s.pending = s.pending_view();
         Ok(s)

@@ -84,8 +84,6 @@ fn staging_name(id: &str) -> String {
 }
 
 impl Store {
-    /// When the interrupted run `id` began (its record's start, else its id's second,
-    /// which is never later); `None` when neither tells: nothing of it is reused.
     /// Takes interrupted run `n`'s staging tree over as run `id`'s: its record (what
     /// its copies hold), then the rename. `None`: it is gone (nothing to adopt).
     fn adopt(&self, n: &str, id: &str, started: fsx::Time) -> Result<Option<adopt::Record>> {
@@ -119,6 +117,8 @@ impl Store {
         Ok(Some(rec))
     }
 
+    /// When the interrupted run `id` began (its record's start, else its id's second,
+    /// which is never later); `None` when neither tells: nothing of it is reused.
     fn walk_started(&self, id: &str) -> Option<fsx::Time> {
         let recorded = self.read_run(id).ok().flatten().and_then(|r| {
             chrono::DateTime::parse_from_rfc3339(&r.started_at)
@@ -230,7 +230,12 @@ impl Repository for Store {
             Some(n) => self.adopt(n, id, started)?,
             None => None,
         };
-        if adopted.is_none() {
+        if adopted.is_some() {
+            self.adopted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id.to_string());
+        } else {
             std::fs::create_dir(&staging_path).ctx("create staging directory", &staging_path)?;
         }
         let staging = fsx::open_dir(&staging_path).ctx("open staging directory", &staging_path)?;
@@ -347,10 +352,28 @@ impl Repository for Store {
             state_after: state,
             drop_manifests,
         })?;
+        // Published: the record of its copies (kept until now, for a next run to take
+        // the tree over if this one failed) has no use left.
+        let mdir = self.meta.join("manifests");
+        for p in [adopt::path(&mdir, id), adopt::tmp_path(&mdir, id)] {
+            let _ = std::fs::remove_file(p);
+        }
         Ok(name)
     }
 
+    /// A tree taken over from an interrupted run is kept (with its record): it holds
+    /// that run's copies too, and the next run resumes from it as it would have from
+    /// the interrupted run's tree had this run never started. A tree this run made
+    /// fresh is discarded.
     fn discard(&self, id: &str) -> Result<()> {
+        let adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        if adopted.iter().any(|a| a == id) {
+            tracing::info!(
+                "the failed run's staging tree holds an interrupted run's copies: kept for the next run"
+            );
+            return Ok(());
+        }
+        drop(adopted);
         self.discard_staging(id)
     }
 

@@ -787,12 +787,14 @@ impl Sink for TreeSink {
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
         w.finish(root)?;
-        fsx::sync_fs(b(&self.staging))?;
         if let Some(a) = &self.adopting {
-            a.fresh.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let _ = std::fs::remove_file(&a.record_tmp);
-            let _ = std::fs::remove_file(&a.record);
+            // Its record (`.tmp`: the oldest bound and this run's copies) stays until
+            // the snapshot is published (`Store::publish`): a run that fails after
+            // this keeps an adopted tree for the next run, which reads it. Flushed
+            // here, synced with the tree.
+            drop(a.fresh.lock().unwrap_or_else(|e| e.into_inner()).take());
         }
+        fsx::sync_fs(b(&self.staging))?;
         Ok(fsx::fstat(b(&self.staging))?.ino)
     }
 
