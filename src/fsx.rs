@@ -466,7 +466,10 @@ pub fn read_dir_with(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8])) -> io::Resul
     read_dir_typed(dir, |n, _| f(n))
 }
 
-fn read_dir_typed(dir: BorrowedFd<'_>, mut f: impl FnMut(&[u8], Option<Kind>)) -> io::Result<()> {
+pub fn read_dir_typed(
+    dir: BorrowedFd<'_>,
+    mut f: impl FnMut(&[u8], Option<Kind>),
+) -> io::Result<()> {
     read_dir_entries(dir, |n, t, _| f(n, t))
 }
 

@@ -215,8 +215,9 @@ pub trait Repository {
     /// Trees interrupted runs left, oldest first; the newest is resumed from.
     fn leftovers(&self) -> Result<Vec<String>>;
 
-    /// Starts the new snapshot of run `id` in a staging area.
-    fn begin(&self, id: &str, prev: Option<&Previous>, resume: Option<&str>) -> Result<Self::Sink>;
+    /// Starts the new snapshot of run `id` in a staging area, resuming what
+    /// `leftovers` (from [`Repository::leftovers`]) hold.
+    fn begin(&self, id: &str, prev: Option<&Previous>, leftovers: &[String]) -> Result<Self::Sink>;
 
     /// A sink that records a dry run's plan.
     fn dry_sink(&self, prev: Option<&Previous>) -> Result<Self::DrySink>;
@@ -236,7 +237,8 @@ pub trait Repository {
         sealed: Self::Sealed,
     ) -> Result<String>;
 
-    /// Discards run `id`'s unpublished snapshot.
+    /// Discards run `id`'s unpublished snapshot; one it took over from an interrupted
+    /// run is kept instead, for the next run to resume from.
     fn discard(&self, id: &str) -> Result<()>;
 
     /// After a publish: discards the interrupted runs' trees and what no snapshot

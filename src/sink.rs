@@ -37,6 +37,12 @@ pub enum Linked {
 /// a plan or a log.
 pub type CopyReason = &'static str;
 
+/// A file reused from an interrupted run ([`Sink::resume`]): its hash and xattr digest.
+pub struct Resumed {
+    pub hash: blake3::Hash,
+    pub xattrs: Option<String>,
+}
+
 /// Where a backup writes. Methods are called from the walk's workers, concurrently;
 /// per-directory state lives in [`Sink::Dir`].
 pub trait Sink: Sync {
@@ -63,14 +69,15 @@ pub trait Sink: Sync {
 
     /// Reuses the copy an interrupted run left for `name`, when it is finished (its
     /// metadata, set last, matches `m` and its attributes match the source's, read by
-    /// `src_xattrs` only when needed). Returns its hash.
+    /// `src_xattrs` only when needed), or a copy an adopted tree holds that its record
+    /// says is of the source's content. Returns its hash and xattr digest.
     fn resume(
         &self,
         dir: &Self::Dir,
         name: &[u8],
         m: &Meta,
         src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
-    ) -> Option<blake3::Hash>;
+    ) -> Option<Resumed>;
 
     /// Starts regular file `name` in `dir`; `m` is the source's `lstat`, `why` the
     /// reason it is copied.

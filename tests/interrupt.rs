@@ -253,3 +253,93 @@ fn throttled_copies_cut_by_every_window_still_finish_one_window_at_a_time() {
         "snapshot after two windows",
     );
 }
+
+/// The calls `latencyfs --stats` counted, by name.
+fn stats(p: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+/// A run cut after its 10th copy, on a store seen through latencyfs; then a second run
+/// resumes and is counted: the copies the first run finished are kept in place, neither
+/// read again (to hash them) nor linked into a new tree, so a window cut short of the
+/// end loses none of its work to the next one (they cost about as much as a copy each,
+/// and on a slow store a resumed window finished less than a fresh one).
+#[test]
+fn a_resumed_run_neither_reads_nor_links_the_copies_the_cut_run_finished() {
+    let (t, src, _) = setup();
+    let under = t.path().join("under");
+    std::fs::create_dir(&under).unwrap();
+    let mnt = t.path().join("mnt");
+    let counted = t.path().join("stats.json");
+    let dest = mnt.join("backup");
+    {
+        let Some(_fs) = FaultFs::mount(&under, &mnt, &[]) else {
+            return;
+        };
+        std::fs::create_dir(&dest).unwrap();
+        let out = interrupted_at_the_10th_copy(&src, &dest);
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rep["status"], "incomplete");
+    }
+    let s = counted.to_str().unwrap();
+    let fs = FaultFs::mount(&under, &mnt, &["--stats", s]).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(rep["files_linked"].as_u64().unwrap() >= 9, "{rep}");
+    assert!(
+        rep["bytes_transferred"].as_u64().unwrap() <= 11 * 100_000,
+        "{rep}"
+    );
+    drop(fs);
+    let n = stats(&counted);
+    assert_eq!(n["link"], 0, "resumed copies linked again: {n}");
+    // Opened for reading: the run's own files in .snapring (lock, records), never a copy.
+    assert!(
+        n["open"].as_u64().unwrap() < 9,
+        "resumed copies read again: {n}"
+    );
+    assert_same_tree(
+        &describe(&src),
+        &describe(&under.join("backup/daily.0")),
+        "resumed snapshot",
+    );
+    assert_verify_clean(&under.join("backup"), &[]);
+}
+
+/// A run that took a cut run's tree over and then fails (an I/O error as it walks, or
+/// as it publishes) keeps that tree for the next run, as the cut run's tree was kept
+/// before runs took it over: a failure never throws away what an earlier window
+/// copied. The fourth run copies nothing the others finished.
+#[test]
+fn a_resumed_run_that_fails_keeps_the_tree_it_took_over() {
+    let (_t, src, dest) = setup();
+    interrupted_at_the_10th_copy(&src, &dest);
+    let staged = || {
+        std::fs::read_dir(dest.join(".snapring/staging"))
+            .unwrap()
+            .count()
+    };
+    for (point, what) in [
+        ("walk.copy=error", "a copy failed"),
+        ("backup.before_publish=error", "the publish failed"),
+    ] {
+        let (code, rep, err) = backup(&src, &dest, &[], &[("SNAPRING_FAILPOINTS", point)]);
+        assert!(code != 0 && code != 3, "{what}: {code} {rep} {err}");
+        assert!(
+            snapshot_names(&dest).is_empty(),
+            "{what}: nothing published"
+        );
+        assert_eq!(staged(), 1, "{what}: the taken-over tree is kept");
+    }
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["bytes_transferred"], 0, "copied again: {rep}");
+    assert_eq!(rep["files_linked"], 20, "{rep}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "resumed snapshot",
+    );
+    assert_eq!(staged(), 0, "staging cleaned up");
+    assert_verify_clean(&dest, &[]);
+}

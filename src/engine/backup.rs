@@ -833,7 +833,7 @@ fn run<R: Repository>(
     }
     let mut root_entry = Entry::from_meta(b".", &st.src_meta);
     root_entry.group = None;
-    let sink = repo.begin(id, st.prev.as_ref(), leftovers.last().map(String::as_str))?;
+    let sink = repo.begin(id, st.prev.as_ref(), &leftovers)?;
     let w = walk_with_progress(opts, repo, st, sink, counters, cancel, rep);
     let (window_ended, t_walk) = (w.window_ended, w.t_walk);
     let Some(sink) = w.sink else {

@@ -685,7 +685,7 @@ impl<'a, S: Sink> Walk<'a, S> {
     ) -> Option<Entry> {
         let read_src = || fsx::read_xattrs(&XattrTarget::At(b(&dir.state.src), name));
         let src_xattrs: std::cell::OnceCell<Option<Xattrs>> = std::cell::OnceCell::new();
-        let hash = self.sink.resume(&dir.state.out, name, m, &|| {
+        let r = self.sink.resume(&dir.state.out, name, m, &|| {
             src_xattrs
                 .get_or_init(|| read_src().ok())
                 .clone()
@@ -694,12 +694,8 @@ impl<'a, S: Sink> Walk<'a, S> {
         tracing::debug!("{rel}: resumed from an interrupted run's copy");
         Counters::add(&self.counters.files_linked, 1);
         let mut e = Entry::from_meta(name, m);
-        e.hash = Some(hash);
-        e.xattrs = src_xattrs
-            .get()
-            .cloned()
-            .flatten()
-            .and_then(|x| fsx::xattr_digest(&x));
+        e.hash = Some(r.hash);
+        e.xattrs = r.xattrs;
         e.target = target.map(|t| t.to_vec());
         Some(e)
     }

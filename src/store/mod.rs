@@ -3,6 +3,7 @@
 //! Writers open it with `open` (and repair it under the lock), readers with
 //! `open_read` (nothing written); see the invariants in ARCHITECTURE.md. Does file I/O.
 
+pub mod adopt;
 mod copied;
 pub mod hold;
 pub mod journal;
@@ -167,6 +168,9 @@ pub struct Store {
     checked: copied::Checked,
     /// Runs whose records a repair by this value rewrote (see `repaired_runs`).
     repaired: std::sync::Mutex<Vec<String>>,
+    /// Runs whose staging tree is an interrupted run's, taken over (`Store::adopt`):
+    /// a failed run keeps it for the next one instead of discarding it.
+    adopted: std::sync::Mutex<Vec<String>>,
 }
 
 /// Opens the store's root directory, naming a missing store plainly.
@@ -360,6 +364,7 @@ impl Store {
             pending: None,
             checked: Default::default(),
             repaired: Default::default(),
+            adopted: Default::default(),
         })
     }
 
@@ -389,6 +394,7 @@ impl Store {
             pending: None,
             checked: Default::default(),
             repaired: Default::default(),
+            adopted: Default::default(),
         };
         s.pending = s.pending_view();
         Ok(s)
@@ -747,7 +753,9 @@ impl Store {
     /// failure is warned about (it leaves a file, loses nothing).
     pub fn remove_manifest(&self, id: &str) {
         let mdir = self.meta.join("manifests");
-        for ext in ["mf", "idx", "copied", "damaged", "mf.tmp", "idx.tmp"] {
+        for ext in [
+            "mf", "idx", "copied", "damaged", "mf.tmp", "idx.tmp", "done", "done.tmp",
+        ] {
             let p = mdir.join(format!("{id}.{ext}"));
             match std::fs::remove_file(&p) {
                 Ok(()) => {}

@@ -9,7 +9,7 @@ use std::sync::atomic::AtomicBool;
 use super::lock::{Holder, Lock};
 use super::plan_sink::PlanSink;
 use super::tree_sink::TreeSink;
-use super::{SnapRec, Snapshot, State, Store, hold, journal::Journal, rotation, trash};
+use super::{SnapRec, Snapshot, State, Store, adopt, hold, journal::Journal, rotation, trash};
 use crate::error::{Ctx, Result};
 use crate::fsx::{self, b};
 use crate::manifest;
@@ -84,6 +84,39 @@ fn staging_name(id: &str) -> String {
 }
 
 impl Store {
+    /// Takes interrupted run `n`'s staging tree over as run `id`'s: its record (what
+    /// its copies hold), then the rename. `None`: it is gone (nothing to adopt).
+    fn adopt(&self, n: &str, id: &str, started: fsx::Time) -> Result<Option<adopt::Record>> {
+        let mdir = self.meta.join("manifests");
+        // No record (a tree of an earlier version, or unreadable): each copy is
+        // checked, against the start of the run that made the tree.
+        let rec = adopt::load(&mdir, n).unwrap_or_else(|| adopt::Record {
+            oldest: self.walk_started(n).map(|t| fsx::Time {
+                sec: t.sec - crate::manifest::RACY_MARGIN_SECS,
+                nsec: t.nsec,
+            }),
+            done: Default::default(),
+        });
+        // The bound of every copy in the tree, before the tree is this run's: a run
+        // killed at any point after leaves at least this record of it.
+        let oldest = adopt::earlier(rec.oldest, Some(adopt::margin(started)));
+        let tmp = adopt::tmp_path(&mdir, id);
+        crate::util::write_atomic(&tmp, &adopt::header(oldest)).ctx("write", &tmp)?;
+        let r = b(&self.root_fd);
+        let (from, to) = (format!("{}/staging/{n}", super::META_DIR), staging_name(id));
+        match fsx::rename_noreplace(r, from.as_bytes(), r, to.as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e).ctx("take over", self.root.join(&from)),
+        }
+        crate::failpoint::hit("staging.adopted").ctx("take over", self.root.join(&to))?;
+        // Its record is this run's now (written anew as it goes); its manifest was
+        // never finished.
+        self.remove_manifest(n);
+        let _ = std::fs::remove_file(adopt::tmp_path(&mdir, n));
+        Ok(Some(rec))
+    }
+
     /// When the interrupted run `id` began (its record's start, else its id's second,
     /// which is never later); `None` when neither tells: nothing of it is reused.
     fn walk_started(&self, id: &str) -> Option<fsx::Time> {
@@ -186,15 +219,34 @@ impl Repository for Store {
         self.leftover_staging()
     }
 
-    fn begin(&self, id: &str, prev: Option<&Previous>, resume: Option<&str>) -> Result<TreeSink> {
+    /// The newest leftover tree is taken over in place (`adopt.rs`): renamed to this
+    /// run's staging name, its record read first. The newest of the others, if any, is
+    /// resumed from as a separate tree (each file checked and linked).
+    fn begin(&self, id: &str, prev: Option<&Previous>, leftovers: &[String]) -> Result<TreeSink> {
+        let started = fsx::wall_clock();
         let staging_path = self.root.join(staging_name(id));
-        std::fs::create_dir(&staging_path).ctx("create staging directory", &staging_path)?;
-        let staging = fsx::open_dir(&staging_path).ctx("open staging directory", &staging_path)?;
         let mdir = self.meta.join("manifests");
+        let adopted = match leftovers.last() {
+            Some(n) => self.adopt(n, id, started)?,
+            None => None,
+        };
+        if adopted.is_some() {
+            self.adopted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(id.to_string());
+        } else {
+            std::fs::create_dir(&staging_path).ctx("create staging directory", &staging_path)?;
+        }
+        let staging = fsx::open_dir(&staging_path).ctx("open staging directory", &staging_path)?;
         let writer = manifest::Writer::create(&mdir, id, fsx::wall_clock())
             .ctx("create manifest in", &mdir)?;
         let prev = self.open_prev_root(prev)?;
-        let resume = resume.and_then(|n| {
+        let others = match adopted {
+            Some(_) => &leftovers[..leftovers.len() - 1],
+            None => leftovers,
+        };
+        let resume = others.last().and_then(|n| {
             let started = self.walk_started(n)?;
             Some((
                 fsx::open_dir(&self.meta.join("staging").join(n)).ok()?,
@@ -202,7 +254,19 @@ impl Repository for Store {
             ))
         });
         let remote = crate::concurrency::is_remote(&self.root);
-        Ok(TreeSink::new(staging, prev, resume, writer).listing_prev(remote))
+        let trash_path = self.meta.join("trash");
+        let trash = fsx::open_dir(&trash_path).ctx("open", &trash_path)?;
+        let record = (adopt::path(&mdir, id), adopt::tmp_path(&mdir, id));
+        TreeSink::new(staging, prev, resume, writer)
+            .listing_prev(remote)
+            .recording(
+                adopted,
+                record,
+                started,
+                trash,
+                format!("staging-{id}-stale-"),
+            )
+            .ctx("create", adopt::tmp_path(&mdir, id))
     }
 
     fn dry_sink(&self, prev: Option<&Previous>) -> Result<PlanSink> {
@@ -288,10 +352,28 @@ impl Repository for Store {
             state_after: state,
             drop_manifests,
         })?;
+        // Published: the record of its copies (kept until now, for a next run to take
+        // the tree over if this one failed) has no use left.
+        let mdir = self.meta.join("manifests");
+        for p in [adopt::path(&mdir, id), adopt::tmp_path(&mdir, id)] {
+            let _ = std::fs::remove_file(p);
+        }
         Ok(name)
     }
 
+    /// A tree taken over from an interrupted run is kept (with its record): it holds
+    /// that run's copies too, and the next run resumes from it as it would have from
+    /// the interrupted run's tree had this run never started. A tree this run made
+    /// fresh is discarded.
     fn discard(&self, id: &str) -> Result<()> {
+        let adopted = self.adopted.lock().unwrap_or_else(|e| e.into_inner());
+        if adopted.iter().any(|a| a == id) {
+            tracing::info!(
+                "the failed run's staging tree holds an interrupted run's copies: kept for the next run"
+            );
+            return Ok(());
+        }
+        drop(adopted);
         self.discard_staging(id)
     }
 

@@ -4,16 +4,21 @@
 //! manifest is written beside it. Every call is relative to an open directory (no
 //! PATH_MAX, no symlink followed). Does the file I/O of a backup's writes.
 
+use std::collections::HashMap;
 use std::io;
 use std::os::fd::{BorrowedFd, OwnedFd};
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use rustix::io::Errno;
 
 use crate::fsx::{self, CopyError, Kind, Meta, XattrTarget, Xattrs, b};
 use crate::manifest::{self, Entry};
 use crate::relpath::RelPath;
-use crate::sink::{CopyReason, Linked, Refused, Sink};
+use crate::sink::{CopyReason, Linked, Refused, Resumed, Sink};
+
+use super::adopt::{self, Done};
 
 /// One directory of the new snapshot, with the same directory in the previous snapshot
 /// and in an interrupted run's staging tree, where they exist.
@@ -21,6 +26,19 @@ pub struct TreeDir {
     dst: OwnedFd,
     prev: Option<OwnedFd>,
     resume: Option<OwnedFd>,
+    /// Its path in the snapshot (the adopted tree's record is by path).
+    rel: Vec<u8>,
+    /// In an adopted tree, a directory that was there: the names it still holds that
+    /// this run has not written (removed before `finish_dir` sets its times).
+    adopted: Option<Arc<Adopted>>,
+}
+
+/// A directory of an adopted tree that existed before this run.
+pub struct Adopted {
+    key: u64,
+    fd: OwnedFd,
+    /// Names not yet written by this run, with their kind as listed.
+    names: Mutex<HashMap<Vec<u8>, Option<Kind>>>,
 }
 
 /// A regular file being copied into staging.
@@ -28,6 +46,33 @@ pub struct TreeFile {
     fd: OwnedFd,
     /// The mode it was created with.
     created_perm: u32,
+    /// Its path in the snapshot, and the hash of its last complete write.
+    rel: Vec<u8>,
+    hash: std::cell::Cell<Option<[u8; 32]>>,
+}
+
+/// The adopted tree's bookkeeping ([`TreeSink::adopting`]).
+struct Adopting {
+    /// Whether the staging tree was an interrupted run's (else it was made empty).
+    adopted: bool,
+    /// Where the record is written when the run is cut (`record.tmp` as it runs).
+    record: PathBuf,
+    record_tmp: PathBuf,
+    /// This run's start less the racy margin: the bound of the copies it makes.
+    before: fsx::Time,
+    /// The start (less the racy margin) of the first run that wrote into the tree.
+    oldest: Option<fsx::Time>,
+    /// Finished copies of earlier runs this run has not touched.
+    carried: Mutex<HashMap<Vec<u8>, Done>>,
+    /// The record of the copies this run made or kept, written as they finish (a run
+    /// writes each name once, so none of them is ever taken back).
+    fresh: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    /// Adopted directories whose leftover names are not removed yet.
+    open: Mutex<HashMap<u64, Arc<Adopted>>>,
+    next: AtomicU64,
+    /// `.snapring/trash`, for directories the source no longer has, and their prefix.
+    trash: OwnedFd,
+    trash_prefix: String,
 }
 
 pub struct TreeSink {
@@ -51,6 +96,8 @@ pub struct TreeSink {
     base: RelPath,
     /// List each previous-snapshot directory as it is opened ([`TreeSink::listing_prev`]).
     list_prev: bool,
+    /// `staging` is an interrupted run's tree taken over in place.
+    adopting: Option<Adopting>,
 }
 
 impl TreeSink {
@@ -98,9 +145,282 @@ impl TreeSink {
             umask: fsx::process_umask(),
             base: RelPath::root(),
             list_prev: false,
+            adopting: None,
         }
     }
 
+    /// Records the copies this run finishes (`adopt.rs`), so that the next run, if
+    /// this one is cut, takes the tree over and keeps them in place. `adopted`: the
+    /// tree is an interrupted run's, whose record is `record` (`None`: a new tree);
+    /// `record_path`: where this run's goes (`.tmp` while it runs); `started`: this
+    /// run's start; `trash`: `.snapring/trash`, where directories the source no longer
+    /// has are moved, under names starting with `trash_prefix`.
+    pub fn recording(
+        mut self,
+        adopted: Option<adopt::Record>,
+        (record, record_tmp): (PathBuf, PathBuf),
+        started: fsx::Time,
+        trash: OwnedFd,
+        trash_prefix: String,
+    ) -> io::Result<TreeSink> {
+        let before = adopt::margin(started);
+        let is_adopted = adopted.is_some();
+        let rec = adopted.unwrap_or(adopt::Record {
+            oldest: Some(before),
+            done: HashMap::new(),
+        });
+        let oldest = adopt::earlier(rec.oldest, Some(before));
+        // An adopted tree's record has its header already (`Store::adopt`).
+        let f = match is_adopted {
+            true => std::fs::OpenOptions::new().append(true).open(&record_tmp)?,
+            false => crate::util::create_private(&record_tmp)?,
+        };
+        let mut w = std::io::BufWriter::with_capacity(1 << 16, f);
+        if !is_adopted {
+            std::io::Write::write_all(&mut w, &adopt::header(oldest))?;
+        }
+        self.adopting = Some(Adopting {
+            adopted: is_adopted,
+            record,
+            record_tmp,
+            before,
+            oldest,
+            carried: Mutex::new(rec.done),
+            fresh: Mutex::new(Some(w)),
+            open: Mutex::new(HashMap::new()),
+            next: AtomicU64::new(0),
+            trash,
+            trash_prefix,
+        });
+        Ok(self)
+    }
+
+    /// Adds a finished copy to this run's record.
+    fn record(&self, a: &Adopting, key: &[u8], d: &Done) {
+        let mut v = Vec::new();
+        adopt::entry(&mut v, key, d);
+        let mut f = a.fresh.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = f.as_mut()
+            && std::io::Write::write_all(w, &v).is_err()
+        {
+            // The record is lost from here on: the next run checks each copy.
+            *f = None;
+        }
+    }
+
+    /// Completes the record of the tree as this run leaves it, for the next run.
+    fn write_record(&self) -> io::Result<()> {
+        let Some(a) = &self.adopting else {
+            return Ok(());
+        };
+        let w = a.fresh.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some(mut w) = w else {
+            return Err(io::Error::other("the record could not be written"));
+        };
+        let carried = a.carried.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v = Vec::new();
+        for (p, d) in carried.iter() {
+            adopt::entry(&mut v, p, d);
+            if v.len() >= 1 << 16 {
+                std::io::Write::write_all(&mut w, &v)?;
+                v.clear();
+            }
+        }
+        std::io::Write::write_all(&mut w, &v)?;
+        let f = w.into_inner().map_err(|e| e.into_error())?;
+        f.sync_all()?;
+        std::fs::rename(&a.record_tmp, &a.record)
+    }
+
+    /// `dst`, a directory of the adopted tree that was there: what it holds, for
+    /// [`TreeSink::claim`] and `finish_dir`.
+    fn adopted_dir(&self, dst: &OwnedFd) -> io::Result<Option<Arc<Adopted>>> {
+        let Some(a) = self.adopting.as_ref().filter(|a| a.adopted) else {
+            return Ok(None);
+        };
+        let mut names = HashMap::new();
+        fsx::read_dir_typed(b(dst), |n, k| {
+            names.insert(n.to_vec(), k);
+        })?;
+        let d = Arc::new(Adopted {
+            key: a.next.fetch_add(1, Ordering::Relaxed),
+            fd: fsx::open_dir_at(b(dst), b".")?,
+            names: Mutex::new(names),
+        });
+        a.open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d.key, d.clone());
+        Ok(Some(d))
+    }
+
+    /// `name` in `dir` is about to be written by this run: what the adopted tree held
+    /// there goes (and its record with it). `Ok(Some(kind))`: it held a directory,
+    /// left in place for `mkdir` to reuse when `keep_dir`.
+    fn claim(&self, dir: &TreeDir, name: &[u8], keep_dir: bool) -> io::Result<Option<Kind>> {
+        let Some(ad) = &dir.adopted else {
+            return Ok(None);
+        };
+        let Some(kind) = ad
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name)
+        else {
+            return Ok(None);
+        };
+        if let Some(a) = &self.adopting {
+            a.carried
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&child(&dir.rel, name));
+        }
+        if keep_dir && kind == Some(Kind::Dir) {
+            return Ok(kind);
+        }
+        self.remove_stale(&dir.dst, name, kind)?;
+        Ok(None)
+    }
+
+    /// Removes `name` from `dst` (a file: unlinked; a directory: moved to trash).
+    fn remove_stale(&self, dst: &OwnedFd, name: &[u8], kind: Option<Kind>) -> io::Result<()> {
+        if kind != Some(Kind::Dir) {
+            match fsx::unlink_at(b(dst), name) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+                Err(e)
+                    if kind.is_some()
+                        || !(fsx::errno_is(&e, Errno::ISDIR) || fsx::errno_is(&e, Errno::PERM)) =>
+                {
+                    return Err(e);
+                }
+                Err(_) => {}
+            }
+        }
+        let Some(a) = &self.adopting else {
+            return Ok(());
+        };
+        let to = format!(
+            "{}{}",
+            a.trash_prefix,
+            a.next.fetch_add(1, Ordering::Relaxed)
+        );
+        match fsx::rename_noreplace(b(dst), name, b(&a.trash), to.as_bytes()) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Removes what adopted directory `ad` still holds that this run did not write.
+    fn sweep(&self, ad: &Adopted) -> io::Result<()> {
+        let names = std::mem::take(&mut *ad.names.lock().unwrap_or_else(|e| e.into_inner()));
+        if let Some(a) = &self.adopting {
+            a.open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&ad.key);
+        }
+        for (n, k) in names {
+            self.remove_stale(&ad.fd, &n, k)?;
+        }
+        Ok(())
+    }
+
+    /// A file of the adopted tree still holding its source's content: kept in place.
+    fn resume_in_place(
+        &self,
+        dir: &TreeDir,
+        name: &[u8],
+        m: &Meta,
+        src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+    ) -> Option<Resumed> {
+        let (a, ad) = (self.adopting.as_ref()?, dir.adopted.as_ref()?);
+        let listed = *ad
+            .names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)?;
+        if !matches!(listed, None | Some(Kind::File)) {
+            return None;
+        }
+        let key = child(&dir.rel, name);
+        let known = a
+            .carried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let done = match known {
+            Some(d) if d.matches(m) => d,
+            Some(_) => return None,
+            // Not in the record (a run of the tree was killed): checked as a copy in
+            // a separate tree is, against the first run of the tree's start.
+            None => {
+                let before = a.oldest?;
+                if m.kind != Kind::File || m.ctime >= before {
+                    return None;
+                }
+                let (hash, xattrs) = check_copy(&dir.dst, name, m, src_xattrs)?;
+                Done::new(hash, m, before, xattrs)
+            }
+        };
+        ad.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        a.carried
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        self.record(a, &key, &done);
+        Some(Resumed {
+            hash: blake3::Hash::from_bytes(done.hash),
+            xattrs: done.xattrs,
+        })
+    }
+}
+
+/// The path of `name` in directory `dir` of the snapshot.
+fn child(dir: &[u8], name: &[u8]) -> Vec<u8> {
+    if dir.is_empty() {
+        return name.to_vec();
+    }
+    let mut k = dir.to_vec();
+    k.push(b'/');
+    k.extend_from_slice(name);
+    k
+}
+
+/// Whether `name` in `dir`, a copy an interrupted run made, is finished and of the
+/// source `m` (its metadata, set last, matches; its xattrs match the source's): its
+/// hash and xattr digest.
+fn check_copy(
+    dir: &OwnedFd,
+    name: &[u8],
+    m: &Meta,
+    src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+) -> Option<(blake3::Hash, Option<String>)> {
+    let s = fsx::lstat_at(b(dir), name).ok()?;
+    if s.kind != m.kind
+        || s.size != m.size
+        || s.mtime != m.mtime
+        || s.perm != m.perm
+        || s.uid != m.uid
+        || s.gid != m.gid
+    {
+        return None;
+    }
+    let xs = src_xattrs().ok()?;
+    if fsx::read_xattrs(&XattrTarget::At(b(dir), name)).ok()? != xs {
+        return None;
+    }
+    let hash = fsx::open_read_at(b(dir), name)
+        .and_then(|fd| fsx::hash_file(b(&fd)))
+        .ok()?;
+    Some((hash, fsx::xattr_digest(&xs)))
+}
+
+impl TreeSink {
     /// The staging root is directory `base` of the snapshot being built: paths the
     /// walk gives (`link_within`'s first name) are made relative to it.
     pub fn rooted_at(mut self, base: RelPath) -> TreeSink {
@@ -162,19 +482,47 @@ impl Sink for TreeSink {
     type Sealed = u64;
 
     fn root(&self) -> io::Result<TreeDir> {
+        let dst = fsx::open_dir_at(b(&self.staging), b".")?;
         Ok(TreeDir {
-            dst: fsx::open_dir_at(b(&self.staging), b".")?,
+            adopted: self.adopted_dir(&dst)?,
+            dst,
             prev: self.open_prev(&self.prev, b"."),
             resume: dup(&self.resume),
+            rel: Vec::new(),
         })
     }
 
     fn mkdir(&self, parent: &TreeDir, name: &[u8], _rel: &RelPath) -> io::Result<TreeDir> {
-        fsx::mkdir_at(b(&parent.dst), name)?;
+        let had = self.claim(parent, name, true)?;
+        let (dst, adopted) = match had {
+            Some(_) => match fsx::open_dir_at(b(&parent.dst), name) {
+                Ok(fd) => {
+                    // Its mode may be a finished directory's (0500): this run writes
+                    // in it first, `finish_dir` sets it again.
+                    let st = fsx::fstat(b(&fd))?;
+                    if st.perm & 0o700 != 0o700 {
+                        rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o700))?;
+                    }
+                    let ad = self.adopted_dir(&fd)?;
+                    (fd, ad)
+                }
+                Err(_) => {
+                    self.remove_stale(&parent.dst, name, None)?;
+                    fsx::mkdir_at(b(&parent.dst), name)?;
+                    (fsx::open_dir_at(b(&parent.dst), name)?, None)
+                }
+            },
+            None => {
+                fsx::mkdir_at(b(&parent.dst), name)?;
+                (fsx::open_dir_at(b(&parent.dst), name)?, None)
+            }
+        };
         Ok(TreeDir {
-            dst: fsx::open_dir_at(b(&parent.dst), name)?,
+            dst,
             prev: self.open_prev(&parent.prev, name),
             resume: side(&parent.resume, name),
+            rel: child(&parent.rel, name),
+            adopted,
         })
     }
 
@@ -182,6 +530,9 @@ impl Sink for TreeSink {
         let Some(prev) = &dir.prev else {
             return Linked::Fallback;
         };
+        if let Err(e) = self.claim(dir, name, false) {
+            return Linked::Failed(e);
+        }
         match fsx::link_at(b(prev), name, b(&dir.dst), name) {
             Ok(()) => Linked::Done,
             Err(e) if fsx::errno_is(&e, Errno::MLINK) || fsx::errno_is(&e, Errno::XDEV) => {
@@ -216,6 +567,9 @@ impl Sink for TreeSink {
                 _ => return Linked::Fallback,
             }
         };
+        if let Err(e) = self.claim(dir, name, false) {
+            return Linked::Failed(e);
+        }
         let r = match fsx::open_parent(&self.staging, first) {
             Ok(pfd) => fsx::link_at(b(&pfd), first.file_name(), b(&dir.dst), name),
             Err(e) => Err(e),
@@ -233,32 +587,24 @@ impl Sink for TreeSink {
         name: &[u8],
         m: &Meta,
         src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
-    ) -> Option<blake3::Hash> {
+    ) -> Option<Resumed> {
+        if let Some(r) = self.resume_in_place(dir, name, m, src_xattrs) {
+            return Some(r);
+        }
         let res = dir.resume.as_ref()?;
         // Changed since the interrupted walk began (or so close to it that equal times
         // prove nothing): its copy there may be of older content.
         if m.kind != Kind::File || m.ctime >= self.resume_before {
             return None;
         }
-        let s = fsx::lstat_at(b(res), name).ok()?;
-        if s.kind != m.kind
-            || s.size != m.size
-            || s.mtime != m.mtime
-            || s.perm != m.perm
-            || s.uid != m.uid
-            || s.gid != m.gid
-        {
-            return None;
-        }
-        let xs = src_xattrs().ok()?;
-        if fsx::read_xattrs(&XattrTarget::At(b(res), name)).ok()? != xs {
-            return None;
-        }
-        let hash = fsx::open_read_at(b(res), name)
-            .and_then(|fd| fsx::hash_file(b(&fd)))
-            .ok()?;
+        let (hash, xattrs) = check_copy(res, name, m, src_xattrs)?;
+        self.claim(dir, name, false).ok()?;
         fsx::link_at(b(res), name, b(&dir.dst), name).ok()?;
-        Some(hash)
+        if let Some(a) = &self.adopting {
+            let d = Done::new(hash, m, self.resume_before, xattrs.clone());
+            self.record(a, &child(&dir.rel, name), &d);
+        }
+        Some(Resumed { hash, xattrs })
     }
 
     /// Created with its final mode (no `fchmod` when the umask leaves it whole and there
@@ -276,9 +622,12 @@ impl Sink for TreeSink {
         } else {
             0o600
         };
+        self.claim(dir, name, false)?;
         Ok(TreeFile {
             fd: fsx::create_at_mode(b(&dir.dst), name, created_perm)?,
             created_perm,
+            rel: child(&dir.rel, name),
+            hash: std::cell::Cell::new(None),
         })
     }
 
@@ -289,7 +638,9 @@ impl Sink for TreeSink {
         before: &Meta,
         pace: &dyn Fn(u64) -> bool,
     ) -> Result<(blake3::Hash, u64), CopyError> {
-        fsx::copy_hash(src, b(&file.fd), before, pace)
+        let r = fsx::copy_hash(src, b(&file.fd), before, pace);
+        file.hash.set(r.as_ref().ok().map(|(h, _)| *h.as_bytes()));
+        r
     }
 
     fn restart_file(&self, file: &TreeFile) -> io::Result<()> {
@@ -316,6 +667,19 @@ impl Sink for TreeSink {
         }
         let refused = fsx::write_xattrs(&XattrTarget::Fd(b(&file.fd)), xattrs)?;
         fsx::apply_times(b(&file.fd), m)?;
+        // A copy the next run may keep in place, if this one is cut: only a whole one,
+        // with everything the source has (as a resume from its own metadata demands).
+        if let (Some(a), Some(h), None, true) =
+            (&self.adopting, file.hash.get(), &owner, refused.is_empty())
+        {
+            let d = Done::new(
+                blake3::Hash::from_bytes(h),
+                m,
+                a.before,
+                fsx::xattr_digest(xattrs),
+            );
+            self.record(a, &file.rel, &d);
+        }
         fsx::owner_after(Ok(refused), owner)
     }
 
@@ -328,6 +692,7 @@ impl Sink for TreeSink {
         target: Option<&[u8]>,
         _why: CopyReason,
     ) -> io::Result<()> {
+        self.claim(dir, name, false)?;
         match (m.kind, target) {
             (Kind::Symlink, Some(t)) => fsx::symlink_at(t, b(&dir.dst), name),
             _ => fsx::mknod_at(b(&dir.dst), name, m),
@@ -364,6 +729,15 @@ impl Sink for TreeSink {
 
     fn finish_dir(&self, dir: &TreeDir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
         crate::failpoint::hit("staging.dir_meta")?;
+        if let Some(ad) = &dir.adopted {
+            self.sweep(ad)?;
+            // Attributes the cut run gave it that the source no longer has.
+            for (n, _) in fsx::read_xattrs(&XattrTarget::Fd(b(&dir.dst)))? {
+                if !xattrs.iter().any(|(k, _)| *k == n) {
+                    rustix::fs::fremovexattr(&dir.dst, n.as_slice())?;
+                }
+            }
+        }
         fsx::apply_dir_meta(b(&dir.dst), m, xattrs)
     }
 
@@ -414,16 +788,45 @@ impl Sink for TreeSink {
     /// Finishes the manifest and flushes the backup file system; returns the staging
     /// root's inode (the snapshot's identity in `snapshots.json`).
     fn commit(self, root: &Entry) -> io::Result<u64> {
+        if let Some(a) = &self.adopting {
+            // Adopted directories the walk did not finish: what it did not write in
+            // them is not in the snapshot.
+            let open: Vec<_> = a
+                .open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .drain()
+                .map(|(_, d)| d)
+                .collect();
+            for d in open {
+                self.sweep(&d)?;
+            }
+        }
         let w = self
             .manifest
             .into_inner()
             .unwrap_or_else(|e| e.into_inner());
         w.finish(root)?;
+        if let Some(a) = &self.adopting {
+            // Its record (`.tmp`: the oldest bound and this run's copies) stays until
+            // the snapshot is published (`Store::publish`): a run that fails after
+            // this keeps an adopted tree for the next run, which reads it. Flushed
+            // here, synced with the tree.
+            drop(a.fresh.lock().unwrap_or_else(|e| e.into_inner()).take());
+        }
         fsx::sync_fs(b(&self.staging))?;
         Ok(fsx::fstat(b(&self.staging))?.ino)
     }
 
     fn abandon(self) {
+        if let Err(e) = self.write_record()
+            && let Some(a) = &self.adopting
+        {
+            tracing::warn!(
+                "{}: cannot write ({e}); the next run checks each copy of this run's tree again",
+                a.record.display()
+            );
+        }
         self.manifest
             .into_inner()
             .unwrap_or_else(|e| e.into_inner())
