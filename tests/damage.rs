@@ -545,7 +545,8 @@ fn a_manifest_cut_short_is_reported_as_damaged_not_as_removed_or_unexpected_entr
     }
     std::fs::create_dir(&dest).unwrap();
     assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
-    write(&src.join("new"), b"added");
+    // Unchanged: the root holds directories only, so its block is written as soon as
+    // it is listed, first (a file in it, copied, could put it in the half cut off).
     assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
     let id = id_of(&dest, "daily.1");
     let mf = dest.join(format!(".snapring/manifests/{id}.mf"));
@@ -571,7 +572,7 @@ fn a_manifest_cut_short_is_reported_as_damaged_not_as_removed_or_unexpected_entr
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(out.status.code(), Some(2), "{v}");
     assert_eq!(v["added"], 0, "{v}");
-    assert_eq!(v["removed"], 1, "only `new`: {v}");
+    assert_eq!(v["removed"], 0, "{v}");
     let damaged = v["damaged_manifests"].as_array().unwrap();
     assert_eq!(damaged.len(), 1, "{v}");
     assert!(
