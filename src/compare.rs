@@ -259,10 +259,15 @@ impl<A: SnapshotReader, B: SnapshotReader> Visitor for Run<'_, A, B> {
     ) -> Opened<Self::State, Item> {
         let pa = parent.map(|p| p.state.a.as_ref());
         let pb = parent.map(|p| p.state.b.as_ref());
-        let a = self.open_side(self.a, in_a, pa, name, rel);
-        let b = self.open_side(self.b, in_b, pb, name, rel);
-        // A side whose record of this directory is damaged has no say on what is in
-        // it: nothing under it is compared (not listed as added or removed).
+        // A side whose record of this directory is damaged (its block, or its index
+        // entry, past the end of a manifest cut short) has no say on what is in it:
+        // nothing under it is compared (not listed as added or removed).
+        let (Some(a), Some(b)) = (
+            self.open_side(self.a, in_a, pa, name, rel),
+            self.open_side(self.b, in_b, pb, name, rel),
+        ) else {
+            return Opened::Skip;
+        };
         let (Some(la), Some(mut lb)) = (
             self.list_side(self.a, a.as_ref(), rel),
             self.list_side(self.b, b.as_ref(), rel),
@@ -363,22 +368,38 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         parent: Option<Option<&R::Dir>>,
         name: &[u8],
         rel: &RelPath,
-    ) -> Option<R::Dir> {
+    ) -> Option<Option<R::Dir>> {
         if !present {
-            return None;
+            return Some(None);
         }
         let opened = match parent {
             None => r.root(),
-            Some(p) => r.open_dir(p?, name),
+            Some(None) => return Some(None),
+            Some(Some(p)) => r.open_dir(p, name),
         };
         match opened {
-            Ok(d) => Some(d),
-            Err(e) if absent(&e) => None,
+            Ok(d) => Some(Some(d)),
+            Err(e) if absent(&e) => Some(None),
+            Err(e) if self.damaged_record(rel, &e) => None,
             Err(e) => {
                 self.problem(rel, e);
-                None
+                Some(None)
             }
         }
+    }
+
+    /// Whether `e` says the record of `rel` is damaged (a damaged manifest): then it is
+    /// noted as not compared ([`Outcome::not_compared`]).
+    fn damaged_record(&self, rel: &RelPath, e: &std::io::Error) -> bool {
+        let Some(d) = crate::manifest::Damaged::of(e) else {
+            return false;
+        };
+        tracing::debug!("{rel}: not compared: {d}");
+        self.not_compared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((rel.escaped(), d.what.clone(), d.path.display().to_string()));
+        true
     }
 
     /// One side's listing of `dir`: empty when it is not a directory there or cannot
@@ -395,20 +416,11 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         };
         match r.list(dir) {
             Ok(l) => Some(l),
-            Err(e) => match crate::manifest::Damaged::of(&e) {
-                Some(d) => {
-                    tracing::debug!("{rel}: not compared: {d}");
-                    self.not_compared
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push((rel.escaped(), d.what.clone(), d.path.display().to_string()));
-                    None
-                }
-                None => {
-                    self.problem(rel, e);
-                    Some(Vec::new())
-                }
-            },
+            Err(e) if self.damaged_record(rel, &e) => None,
+            Err(e) => {
+                self.problem(rel, e);
+                Some(Vec::new())
+            }
         }
     }
 

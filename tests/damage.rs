@@ -545,17 +545,36 @@ fn a_manifest_cut_short_is_reported_as_damaged_not_as_removed_or_unexpected_entr
     }
     std::fs::create_dir(&dest).unwrap();
     assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
-    // Unchanged: the root holds directories only, so its block is written as soon as
-    // it is listed, first (a file in it, copied, could put it in the half cut off).
     assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
     let id = id_of(&dest, "daily.1");
     let mf = dest.join(format!(".snapring/manifests/{id}.mf"));
-    let len = std::fs::metadata(&mf).unwrap().len();
+    // Cut at the first block that starts past half the file and past the root's block
+    // (the root's block is most often first, but a walk's threads may write others
+    // before it), with a top-level directory's block after it: the root is compared,
+    // directories past the cut are lost, one of them opened from the root's listing
+    // (its index entry names bytes past the end) and one listed (`dNN/s`, or one past
+    // the end of a block cut short).
+    let bytes = std::fs::read(&mf).unwrap();
+    let starts: Vec<usize> = (0..bytes.len())
+        .filter(|&i| bytes[i..].starts_with(b"D ") && (i == 0 || bytes[i - 1] == b'\n'))
+        .collect();
+    let root = starts
+        .iter()
+        .position(|&i| bytes[i..].starts_with(b"D .\n"))
+        .expect("the root's block");
+    let top_level = |i: usize| {
+        let line = bytes[i..].split(|&c| c == b'\n').next().unwrap();
+        !line.contains(&b'/') && line != b"D ."
+    };
+    let cut = *starts[root + 1..]
+        .iter()
+        .find(|&&i| i >= bytes.len() / 2 && starts.iter().any(|&j| j >= i && top_level(j)))
+        .expect("a block past half the manifest and the root's, with a top-level one after");
     std::fs::OpenOptions::new()
         .write(true)
         .open(&mf)
         .unwrap()
-        .set_len(len / 2)
+        .set_len(cut as u64)
         .unwrap();
 
     let out = snapring(
