@@ -69,14 +69,19 @@ pub trait Sink: Sync {
 
     /// Reuses the copy an interrupted run left for `name`, when it is finished (its
     /// metadata, set last, matches `m` and its attributes match the source's, read by
-    /// `src_xattrs` only when needed), or a copy an adopted tree holds that its record
-    /// says is of the source's content. Returns its hash and xattr digest.
+    /// `src_xattrs` only when needed) and its bytes hash as the source's do
+    /// (`src_hash`: the metadata alone cannot tell a file from another moved to its
+    /// path with its directory, nor a copy from a previous snapshot's inode that
+    /// rotted), or a copy an adopted tree holds that its record says is of the
+    /// source's content (inode, size, times, mode, owner). Returns its hash and xattr
+    /// digest.
     fn resume(
         &self,
         dir: &Self::Dir,
         name: &[u8],
         m: &Meta,
         src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+        src_hash: &dyn Fn() -> io::Result<blake3::Hash>,
     ) -> Option<Resumed>;
 
     /// Starts regular file `name` in `dir`; `m` is the source's `lstat`, `why` the

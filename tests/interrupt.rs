@@ -343,3 +343,56 @@ fn a_resumed_run_that_fails_keeps_the_tree_it_took_over() {
     assert_eq!(staged(), 0, "staging cleaned up");
     assert_verify_clean(&dest, &[]);
 }
+
+/// Directories swapped between a cut run and its resume (a release switch: `mv A C;
+/// mv B A; mv C B`) keep their files' ctimes, sizes, times, modes and owners: a copy
+/// the cut run finished as `A/f` is not the file now at `A/f`. Before, the resumed
+/// snapshot held the old bytes at both paths, `complete`, and `verify` was clean. Both
+/// ways a cut run ends: SIGINT (its record lists its copies, now with their source
+/// inodes) and SIGKILL (its record has no entries: each copy left is checked, now
+/// against the source's bytes too).
+#[test]
+fn a_resumed_run_keeps_no_copy_of_a_file_swapped_away_with_its_directory() {
+    for signal in [rustix::process::Signal::INT, rustix::process::Signal::KILL] {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+        for i in 0..20 {
+            let f = src.join(format!("d{i:02}/f"));
+            write(&f, &vec![i as u8; 100_000]);
+            set_mtime(&f, 1_700_000_000, 0);
+        }
+        std::fs::create_dir(&dest).unwrap();
+        std::thread::sleep(Duration::from_millis(2100));
+        let Paused { child, pause } = spawn_paused(&src, &dest, &[], "walk.after_copy", 10);
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+            signal,
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = std::fs::remove_file(&pause);
+        child.wait_with_output().unwrap();
+        assert!(
+            snapshot_names(&dest).is_empty(),
+            "{signal:?}: nothing published"
+        );
+        for i in (0..20).step_by(2) {
+            let (a, b, c) = (
+                src.join(format!("d{i:02}")),
+                src.join(format!("d{:02}", i + 1)),
+                src.join("swap"),
+            );
+            std::fs::rename(&a, &c).unwrap();
+            std::fs::rename(&b, &a).unwrap();
+            std::fs::rename(&c, &b).unwrap();
+        }
+        let (code, rep, err) = backup(&src, &dest, &[], &[]);
+        assert_eq!(code, 0, "{signal:?}: {rep} {err}");
+        assert_same_tree(
+            &describe(&src),
+            &describe(&dest.join("daily.0")),
+            &format!("resumed after {signal:?} and a swap"),
+        );
+        assert_verify_clean(&dest, &[]);
+    }
+}

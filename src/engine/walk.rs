@@ -685,12 +685,20 @@ impl<'a, S: Sink> Walk<'a, S> {
     ) -> Option<Entry> {
         let read_src = || fsx::read_xattrs(&XattrTarget::At(b(&dir.state.src), name));
         let src_xattrs: std::cell::OnceCell<Option<Xattrs>> = std::cell::OnceCell::new();
-        let r = self.sink.resume(&dir.state.out, name, m, &|| {
-            src_xattrs
-                .get_or_init(|| read_src().ok())
-                .clone()
-                .ok_or_else(|| std::io::Error::other("source xattrs unreadable"))
-        })?;
+        let src_hash =
+            || fsx::open_read_at(b(&dir.state.src), name).and_then(|fd| fsx::hash_file(b(&fd)));
+        let r = self.sink.resume(
+            &dir.state.out,
+            name,
+            m,
+            &|| {
+                src_xattrs
+                    .get_or_init(|| read_src().ok())
+                    .clone()
+                    .ok_or_else(|| std::io::Error::other("source xattrs unreadable"))
+            },
+            &src_hash,
+        )?;
         tracing::debug!("{rel}: resumed from an interrupted run's copy");
         Counters::add(&self.counters.files_linked, 1);
         let mut e = Entry::from_meta(name, m);

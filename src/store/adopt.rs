@@ -23,7 +23,9 @@ use std::path::Path;
 
 use crate::fsx::{self, Meta, Time};
 
-const MAGIC: &[u8] = b"SNAPRING-DONE-1\n";
+// Version 2 adds the source's inode number (version 1 records are not read: their
+// files are checked one by one).
+const MAGIC: &[u8] = b"SNAPRING-DONE-2\n";
 
 /// A finished copy in an adopted tree.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,6 +36,9 @@ pub struct Done {
     pub perm: u32,
     pub uid: u32,
     pub gid: u32,
+    /// The source's inode number: a directory moved or swapped keeps its files'
+    /// ctimes, so another inode under the same path must not pass for the copied one.
+    pub ino: u64,
     /// The source's ctime must be older than this for the copy to be its content.
     pub before: Time,
     pub xattrs: Option<String>,
@@ -48,6 +53,7 @@ impl Done {
             perm: m.perm,
             uid: m.uid,
             gid: m.gid,
+            ino: m.ino,
             before,
             xattrs,
         }
@@ -62,6 +68,7 @@ impl Done {
             && m.perm == self.perm
             && m.uid == self.uid
             && m.gid == self.gid
+            && m.ino == self.ino
     }
 }
 
@@ -100,6 +107,7 @@ pub fn entry(v: &mut Vec<u8>, p: &[u8], d: &Done) {
     for x in [d.perm, d.uid, d.gid] {
         v.extend_from_slice(&x.to_le_bytes());
     }
+    v.extend_from_slice(&d.ino.to_le_bytes());
     put_time(v, d.before);
     match &d.xattrs {
         Some(x) => {
@@ -183,6 +191,7 @@ fn next(r: &mut Rd<'_>) -> Option<(Vec<u8>, Done)> {
         let size = r.u64()?;
         let mtime = r.time()?;
         let (perm, uid, gid) = (r.u32()?, r.u32()?, r.u32()?);
+        let ino = r.u64()?;
         let before = r.time()?;
         let xattrs = match r.u32()? {
             u32::MAX => None,
@@ -197,6 +206,7 @@ fn next(r: &mut Rd<'_>) -> Option<(Vec<u8>, Done)> {
                 perm,
                 uid,
                 gid,
+                ino,
                 before,
                 xattrs,
             },
@@ -246,6 +256,7 @@ mod tests {
             perm: 0o644,
             uid: 1,
             gid: 2,
+            ino: 77,
             before: Time { sec: 100, nsec: 0 },
             xattrs: Some("abc".into()),
         };

@@ -88,6 +88,7 @@ impl Sink for PlanSink {
         _name: &[u8],
         _m: &Meta,
         _src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+        _src_hash: &dyn Fn() -> io::Result<blake3::Hash>,
     ) -> Option<crate::sink::Resumed> {
         None
     }

@@ -333,6 +333,7 @@ impl TreeSink {
         name: &[u8],
         m: &Meta,
         src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+        src_hash: &dyn Fn() -> io::Result<blake3::Hash>,
     ) -> Option<Resumed> {
         let (a, ad) = (self.adopting.as_ref()?, dir.adopted.as_ref()?);
         let listed = *ad
@@ -360,7 +361,7 @@ impl TreeSink {
                 if m.kind != Kind::File || m.ctime >= before {
                     return None;
                 }
-                let (hash, xattrs) = check_copy(&dir.dst, name, m, src_xattrs)?;
+                let (hash, xattrs) = check_copy(&dir.dst, name, m, src_xattrs, src_hash)?;
                 Done::new(hash, m, before, xattrs)
             }
         };
@@ -399,6 +400,7 @@ fn check_copy(
     name: &[u8],
     m: &Meta,
     src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+    src_hash: &dyn Fn() -> io::Result<blake3::Hash>,
 ) -> Option<(blake3::Hash, Option<String>)> {
     let s = fsx::lstat_at(b(dir), name).ok()?;
     if s.kind != m.kind
@@ -417,6 +419,12 @@ fn check_copy(
     let hash = fsx::open_read_at(b(dir), name)
         .and_then(|fd| fsx::hash_file(b(&fd)))
         .ok()?;
+    // Equal metadata is not enough without a record: a file of a directory moved or
+    // swapped since keeps its ctime, and a previous snapshot's inode linked here may
+    // have rotted. Its bytes must be the source's.
+    if src_hash().ok()? != hash {
+        return None;
+    }
     Some((hash, fsx::xattr_digest(&xs)))
 }
 
@@ -587,8 +595,9 @@ impl Sink for TreeSink {
         name: &[u8],
         m: &Meta,
         src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+        src_hash: &dyn Fn() -> io::Result<blake3::Hash>,
     ) -> Option<Resumed> {
-        if let Some(r) = self.resume_in_place(dir, name, m, src_xattrs) {
+        if let Some(r) = self.resume_in_place(dir, name, m, src_xattrs, src_hash) {
             return Some(r);
         }
         let res = dir.resume.as_ref()?;
@@ -597,7 +606,7 @@ impl Sink for TreeSink {
         if m.kind != Kind::File || m.ctime >= self.resume_before {
             return None;
         }
-        let (hash, xattrs) = check_copy(res, name, m, src_xattrs)?;
+        let (hash, xattrs) = check_copy(res, name, m, src_xattrs, src_hash)?;
         self.claim(dir, name, false).ok()?;
         fsx::link_at(b(res), name, b(&dir.dst), name).ok()?;
         if let Some(a) = &self.adopting {
