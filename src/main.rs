@@ -52,6 +52,9 @@ fn main() {
             } else {
                 match e.downcast_ref::<snapring::error::Error>() {
                     Some(snapring::error::Error::Refused(_)) => ExitCode::Usage,
+                    // Another run holds the store: nothing was lost, try again later
+                    // (as a locked restic repository and a shard worker exit).
+                    Some(snapring::error::Error::Locked { .. }) => ExitCode::Retry,
                     _ => ExitCode::Failed,
                 }
             }

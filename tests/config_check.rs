@@ -299,6 +299,31 @@ fn a_file_repository_with_a_relative_path_is_a_problem() {
     );
 }
 
+/// restic's S3 syntax as a job's `dest` is named for what it is, with snapring's form
+/// to write instead. It was "is a relative path; give an absolute one": true, but no
+/// help to someone who copied the URL from restic.
+#[test]
+fn restic_s3_syntax_as_a_dest_names_the_form_to_write() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    std::fs::write(
+        root.join("c.toml"),
+        "[job.r]\nsource = \"/srv\"\ndest = \"s3:http://127.0.0.1:9000/bucket/p\"\n",
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[&(
+            "3:1",
+            "job.r.dest",
+            "is restic's repository syntax; snapring names an S3 repository s3://BUCKET/PREFIX and reads the endpoint from the environment: write dest = \"s3://bucket/p\" and run with AWS_ENDPOINT_URL=http://127.0.0.1:9000",
+        )],
+    );
+}
+
 /// `catalog = "off"` in the file turns the catalog off, as `--catalog off` does. It
 /// was taken for a path: a SQLite file named `off` in whatever directory the run
 /// started from.

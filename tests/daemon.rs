@@ -297,7 +297,7 @@ command = ["/bin/sh", "-c", "cat > {hook}"]
     std::fs::remove_file(&hook_out).unwrap();
     let first = spawn_paused(&src, &dest, &[], "walk.dir", 1);
     let (code, _, err, _) = cli(&catalog, &["run", "home", "--config", cfgs], &[]);
-    assert_eq!(code, 1, "{err}");
+    assert_eq!(code, 75, "{err}");
     assert!(err.contains("is in use"), "{err}");
     let notice: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&hook_out).expect("no notification")).unwrap();

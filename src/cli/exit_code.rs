@@ -25,8 +25,9 @@ pub enum ExitCode {
     /// (`Error::Refused`: `restore --flat --mirror` into a `--to` holding other
     /// entries); nothing ran. Apart from 2 so a script can tell it from `partial`.
     Usage = 64,
-    /// 75 (EX_TEMPFAIL): try again later, nothing was lost: a shard worker or
-    /// `finalize` found the store held by another run, or units still being worked on
+    /// 75 (EX_TEMPFAIL): try again later, nothing was lost: any command found the
+    /// store held by another run (`Error::Locked`: a second backup, a `prune` while a
+    /// backup runs); a shard worker or `finalize` found the store held by another run, or units still being worked on
     /// (docs/scale-out.md); a backup or `copy` found its restic repository locked by
     /// another process (a `prune`; docs/format.md, "Locks"); a `daemon` found another daemon running on its config or
     /// catalog (docs/daemon.md). A retry policy may retry this one; not 1 or 64.

@@ -206,6 +206,9 @@ fn path(p: &str) -> Check {
             "{p:?}: a file:// repository is file:///ABSOLUTE/PATH (three slashes)"
         ));
     }
+    if let Some(hint) = crate::restic::backend::restic_syntax_in_config(p) {
+        return Err(hint);
+    }
     if !Path::new(p).is_absolute() && !p.starts_with("s3://") && !p.starts_with("file://") {
         let tilde = match p.starts_with('~') {
             true => "; `~` is not expanded in a config file",

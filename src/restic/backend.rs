@@ -119,6 +119,26 @@ pub fn from_dest(dest: &str) -> Result<std::sync::Arc<dyn Backend>> {
 /// what snapring takes instead, `s3://BUCKET/PREFIX` with the endpoint in
 /// `AWS_ENDPOINT_URL`. `None` for anything else.
 pub fn restic_syntax(dest: &str) -> Option<String> {
+    let (path, endpoint) = restic_syntax_parts(dest)?;
+    Some(format!(
+        "--dest {dest:?} is restic's repository syntax; snapring names an S3 repository \
+         s3://BUCKET/PREFIX and reads the endpoint from the environment: give --dest \
+         s3://{path} {endpoint}"
+    ))
+}
+
+/// [`restic_syntax`] for a config file's `dest` key: the same advice in its terms.
+pub fn restic_syntax_in_config(dest: &str) -> Option<String> {
+    let (path, endpoint) = restic_syntax_parts(dest)?;
+    Some(format!(
+        "{dest:?} is restic's repository syntax; snapring names an S3 repository \
+         s3://BUCKET/PREFIX and reads the endpoint from the environment: write \
+         dest = \"s3://{path}\" and run {endpoint}"
+    ))
+}
+
+/// The bucket and prefix of restic's S3 syntax, and where its endpoint goes.
+fn restic_syntax_parts(dest: &str) -> Option<(String, String)> {
     let rest = dest.strip_prefix("s3:").filter(|r| !r.starts_with("//"))?;
     let (scheme, rest) = rest.split_once("://").unwrap_or(("https", rest));
     let (host, path) = rest.split_once('/')?;
@@ -135,11 +155,7 @@ pub fn restic_syntax(dest: &str) -> Option<String> {
     } else {
         format!("with AWS_ENDPOINT_URL={scheme}://{host}")
     };
-    Some(format!(
-        "--dest {dest:?} is restic's repository syntax; snapring names an S3 repository \
-         s3://BUCKET/PREFIX and reads the endpoint from the environment: give --dest \
-         s3://{path} {endpoint}"
-    ))
+    Some((path.to_string(), endpoint))
 }
 
 /// A repository's directory.
