@@ -74,10 +74,24 @@ pub fn pid_namespace() -> &'static str {
 }
 
 /// This boot of the kernel: `/proc/sys/kernel/random/boot_id` (empty if it cannot be
-/// read). A host name seen again after a reboot, or on another machine, has other pids.
+/// read). A host name seen again after a reboot, or on another machine, has other pids,
+/// and a page cache that lost what was not flushed.
+///
+/// Test hook: `SNAPRING_TEST_BOOT_ID`, when set and not empty, is taken instead (read
+/// once, like `SNAPRING_FAILPOINTS`), so a test can play a run after a restart. Every
+/// user of the boot (run and shard locks, the staging tree's record) sees the same
+/// value, so a process's own locks stay its own; the pid of a lock or holder written
+/// under another value is not judged here (as of another boot: not taken for dead by
+/// its pid), as `same_pids` does for a real restart.
 pub fn boot_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| {
+        if let Some(id) = std::env::var("SNAPRING_TEST_BOOT_ID")
+            .ok()
+            .filter(|s| !s.is_empty())
+        {
+            return id;
+        }
         std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
             .map(|s| s.trim().to_string())
             .unwrap_or_default()

@@ -12,11 +12,22 @@
 //! it was copied with, its xattr digest, and the time before which the source must
 //! have last changed (its ctime) for the copy to still be its content (that run's
 //! start less the racy margin). A name a run touches (replaces, removes) leaves the
-//! record at once, in memory; the record is written whole, at the end, so a run killed
-//! (SIGKILL) leaves only the record written when it began: the `oldest` bound and no
-//! entries. Its files are then checked as a resume from a separate tree always was:
-//! their own metadata (set last, so only a finished copy matches), xattrs and hash,
-//! against `oldest`, the start of the first run that wrote into the tree.
+//! record at once, in memory. The record is streamed to `<id>.done.tmp` as copies
+//! finish (through a buffer), and completed at the end: a run killed (SIGKILL) leaves
+//! the header written when it began plus whatever entries reached the file, possibly
+//! many. Files the record does not name are checked as a resume from a separate tree
+//! always was: their own metadata (set last, so only a finished copy matches), xattrs
+//! and hash, against `oldest`, the start of the first run that wrote into the tree.
+//!
+//! An entry says a copy was finished, not that it is on disk: until the file system
+//! is flushed, a power cut can lose a copy's data (ext4's delayed allocation brings
+//! it back empty, a sparse copy full-size and zero-filled) and keep the record. So a
+//! cut run flushes its staging tree (`syncfs`) before it writes the record's end
+//! mark ([`SYNCED`]), and a reader trusts the entries only of a record with that mark,
+//! or of one written in this boot of this host (the copies are then at least in the
+//! page cache): [`Record::untrusted`]. Of any other record (a run killed, then the
+//! machine restarted; an older version) only `oldest` is kept, and its files are
+//! checked one by one.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -24,8 +35,15 @@ use std::path::Path;
 use crate::fsx::{self, Meta, Time};
 
 // Version 2 adds the source's inode number (version 1 records are not read: their
-// files are checked one by one).
-const MAGIC: &[u8] = b"SNAPRING-DONE-2\n";
+// files are checked one by one). Version 3 adds the writer's host and boot, and the
+// end mark [`SYNCED`]; of a version 2 record only `oldest` is read (its copies may
+// never have been flushed).
+const MAGIC: &[u8] = b"SNAPRING-DONE-3\n";
+const MAGIC_2: &[u8] = b"SNAPRING-DONE-2\n";
+
+/// In place of an entry's path length: the end of the record, written after the
+/// staging tree was flushed to disk (`syncfs`), so every copy it names is durable.
+pub const SYNCED: u32 = u32::MAX;
 
 /// A finished copy in an adopted tree.
 #[derive(Clone, Debug, PartialEq)]
@@ -78,6 +96,48 @@ impl Done {
 pub struct Record {
     pub oldest: Option<Time>,
     pub done: HashMap<Vec<u8>, Done>,
+    /// It ends with the [`SYNCED`] mark: its copies were flushed before it was.
+    pub synced: bool,
+    /// The host and boot (`crate::util::boot_id`) of the run that wrote it (empty: not
+    /// known, a version 2 record).
+    pub host: String,
+    pub boot: String,
+}
+
+impl Record {
+    /// Whether the copies it names can be kept unread: `None` when they can (it is
+    /// marked synced, or was written in this boot of this host, whose page cache
+    /// still holds what the copies' writes left there), else why not.
+    pub fn untrusted(&self) -> Option<&'static str> {
+        if self.synced || self.done.is_empty() {
+            return None;
+        }
+        if self.boot.is_empty() {
+            return Some(
+                "its writer's boot is not known (an older version, which did not flush the copies)",
+            );
+        }
+        if self.host != crate::util::hostname() || self.boot != crate::util::boot_id() {
+            return Some(
+                "it was not completed (a run was killed) and was written on another host or before a restart, so its copies may not have reached the disk",
+            );
+        }
+        None
+    }
+
+    /// Keeps its entries only if they can be trusted ([`Record::untrusted`]); otherwise
+    /// only `oldest` (the files are then checked one by one).
+    pub fn checked(mut self, what: &Path) -> Record {
+        if let Some(why) = self.untrusted() {
+            tracing::info!(
+                "{}: the {} finished copies it names are checked one by one: {why}",
+                what.display(),
+                self.done.len()
+            );
+            self.done.clear();
+        }
+        self
+    }
 }
 
 pub fn path(mdir: &Path, id: &str) -> std::path::PathBuf {
@@ -89,12 +149,28 @@ fn put_time(v: &mut Vec<u8>, t: Time) {
     v.extend_from_slice(&t.nsec.to_le_bytes());
 }
 
-/// The record's header: `oldest`.
+fn put_str(v: &mut Vec<u8>, s: &str) {
+    v.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    v.extend_from_slice(s.as_bytes());
+}
+
+/// The record's header: `oldest`, and this host and boot.
 pub fn header(oldest: Option<Time>) -> Vec<u8> {
+    header_of(oldest, &crate::util::hostname(), crate::util::boot_id())
+}
+
+fn header_of(oldest: Option<Time>, host: &str, boot: &str) -> Vec<u8> {
     let mut v = MAGIC.to_vec();
     v.push(oldest.is_some() as u8);
     put_time(&mut v, oldest.unwrap_or_default());
+    put_str(&mut v, host);
+    put_str(&mut v, boot);
     v
+}
+
+/// The record's end: every copy it names was flushed to disk before it was written.
+pub fn synced_mark(v: &mut Vec<u8>) {
+    v.extend_from_slice(&SYNCED.to_le_bytes());
 }
 
 /// One finished copy, appended to a record.
@@ -140,13 +216,18 @@ impl Rd<'_> {
         let nsec = self.u32()?;
         Some(Time { sec, nsec })
     }
+    fn str(&mut self) -> Option<String> {
+        let n = self.u32()? as usize;
+        String::from_utf8(self.take(n)?.to_vec()).ok()
+    }
 }
 
 /// Decodes a record; `None` when it is not one (another format, no header): the tree
 /// is then resumed by checking each file. A truncated entry ends it (the record of a
-/// run killed as it wrote): the entries before it hold. At most [`MAX_HELD_BYTES`] of
-/// entries are held; the files of the others are checked (read and hashed) instead,
-/// as if the record did not name them: slower, never wrong.
+/// run killed as it wrote): the entries before it are read, and whether they hold is
+/// [`Record::untrusted`]'s to say (never, for a version 2 record). At most
+/// [`MAX_HELD_BYTES`] of entries are held; the files of the others are checked (read
+/// and hashed) instead, as if the record did not name them: slower, never wrong.
 pub fn decode(b: &[u8]) -> Option<Record> {
     decode_within(b, MAX_HELD_BYTES)
 }
@@ -161,31 +242,52 @@ pub const MAX_HELD_BYTES: usize = 192 << 20;
 
 /// [`decode`], holding at most `budget` bytes of entries.
 fn decode_within(b: &[u8], budget: usize) -> Option<Record> {
-    let mut r = Rd(b.strip_prefix(MAGIC)?);
+    let (mut r, v2) = match b.strip_prefix(MAGIC) {
+        Some(b) => (Rd(b), false),
+        None => (Rd(b.strip_prefix(MAGIC_2)?), true),
+    };
     let has = r.take(1)?[0] == 1;
     let t = r.time()?;
     let mut rec = Record {
         oldest: has.then_some(t),
-        done: HashMap::new(),
+        ..Record::default()
     };
+    // A version 2 record names no writer: its entries are read, and dropped
+    // ([`Record::untrusted`]).
+    if !v2 {
+        let (Some(host), Some(boot)) = (r.str(), r.str()) else {
+            // A header cut short: the bound alone.
+            return Some(rec);
+        };
+        (rec.host, rec.boot) = (host, boot);
+    }
     let mut held = 0;
     while !r.0.is_empty() {
-        let Some((p, d)) = next(&mut r) else { break };
+        let Some(e) = next(&mut r) else { break };
+        let Some((p, d)) = e else {
+            rec.synced = true;
+            break;
+        };
         // Memory is bounded by directories in flight (DESIGN.md), not by files: past
         // the budget, entries are dropped, and the files they name are checked as
-        // copies without a record are (read and hashed against `oldest`).
+        // copies without a record are (read and hashed against `oldest`). The rest is
+        // still read, for the end mark.
         held += ENTRY_COST + p.len() + d.xattrs.as_ref().map_or(0, String::len);
-        if held > budget {
-            break;
+        if held <= budget {
+            rec.done.insert(p, d);
         }
-        rec.done.insert(p, d);
     }
     Some(rec)
 }
 
-fn next(r: &mut Rd<'_>) -> Option<(Vec<u8>, Done)> {
+/// The next entry; `Some(None)`: the end mark ([`SYNCED`]); `None`: cut short.
+fn next(r: &mut Rd<'_>) -> Option<Option<(Vec<u8>, Done)>> {
     {
-        let n = r.u32()? as usize;
+        let n = r.u32()?;
+        if n == SYNCED {
+            return Some(None);
+        }
+        let n = n as usize;
         let p = r.take(n)?.to_vec();
         let hash: [u8; 32] = r.take(32)?.try_into().ok()?;
         let size = r.u64()?;
@@ -197,7 +299,7 @@ fn next(r: &mut Rd<'_>) -> Option<(Vec<u8>, Done)> {
             u32::MAX => None,
             n => Some(String::from_utf8(r.take(n as usize)?.to_vec()).ok()?),
         };
-        Some((
+        Some(Some((
             p,
             Done {
                 hash,
@@ -210,7 +312,7 @@ fn next(r: &mut Rd<'_>) -> Option<(Vec<u8>, Done)> {
                 before,
                 xattrs,
             },
-        ))
+        )))
     }
 }
 
@@ -221,10 +323,11 @@ pub fn tmp_path(mdir: &Path, id: &str) -> std::path::PathBuf {
 
 /// Reads the record of the tree run `id` left: the one written when it was cut, else
 /// the one it was writing when it was killed. `None`: neither is there or readable.
+/// Entries that cannot be trusted ([`Record::untrusted`]) are dropped (logged).
 pub fn load(mdir: &Path, id: &str) -> Option<Record> {
     [path(mdir, id), tmp_path(mdir, id)]
         .iter()
-        .find_map(|p| decode(&std::fs::read(p).ok()?))
+        .find_map(|p| Some(decode(&std::fs::read(p).ok()?)?.checked(p)))
 }
 
 /// `t` less the racy margin: a source whose ctime is older than that has not changed
@@ -277,5 +380,41 @@ mod tests {
         assert_eq!(r.oldest, Some(Time { sec: 4, nsec: 1 }));
         assert_eq!(r.done.len(), 1);
         assert_eq!(decode_within(&v, 0).unwrap().done.len(), 0);
+        // Written here, in this boot: trusted; not marked synced.
+        assert!(!r.synced && r.untrusted().is_none());
+        assert_eq!(r.boot, crate::util::boot_id());
+        // The end mark, read even past the budget.
+        let mut s = v.clone();
+        synced_mark(&mut s);
+        assert!(decode(&s).unwrap().synced);
+        assert!(decode_within(&s, 0).unwrap().synced);
+        assert_eq!(decode(&s).unwrap().done, m);
+        // Written in another boot: its entries go unless it is marked synced.
+        let mut o = header_of(Some(Time { sec: 4, nsec: 1 }), "elsewhere", "another-boot");
+        for (p, d) in &m {
+            entry(&mut o, p, d);
+        }
+        let r = decode(&o).unwrap();
+        assert!(r.untrusted().is_some());
+        let r = r.checked(Path::new("x"));
+        assert_eq!(
+            (r.oldest, r.done.len()),
+            (Some(Time { sec: 4, nsec: 1 }), 0)
+        );
+        synced_mark(&mut o);
+        let r = decode(&o).unwrap().checked(Path::new("x"));
+        assert_eq!(r.done, m);
+        // A version 2 record: its bound alone.
+        let mut o = MAGIC_2.to_vec();
+        o.push(1);
+        put_time(&mut o, Time { sec: 4, nsec: 1 });
+        entry(&mut o, b"x", &m[&b"x".to_vec()]);
+        let r = decode(&o).unwrap();
+        assert!(r.untrusted().is_some());
+        let r = r.checked(Path::new("x"));
+        assert_eq!(
+            (r.oldest, r.done.len()),
+            (Some(Time { sec: 4, nsec: 1 }), 0)
+        );
     }
 }

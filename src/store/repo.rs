@@ -90,12 +90,14 @@ impl Store {
         let mdir = self.meta.join("manifests");
         // No record (a tree of an earlier version, or unreadable): each copy is
         // checked, against the start of the run that made the tree.
+        // A record whose copies may not be on disk (not marked synced, and written
+        // before a restart or elsewhere) gives its bound alone (`adopt::load`).
         let rec = adopt::load(&mdir, n).unwrap_or_else(|| adopt::Record {
             oldest: self.walk_started(n).map(|t| fsx::Time {
                 sec: t.sec - crate::manifest::RACY_MARGIN_SECS,
                 nsec: t.nsec,
             }),
-            done: Default::default(),
+            ..adopt::Record::default()
         });
         // The bound of every copy in the tree, before the tree is this run's: a run
         // killed at any point after leaves at least this record of it.

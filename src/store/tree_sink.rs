@@ -64,8 +64,11 @@ struct Adopting {
     oldest: Option<fsx::Time>,
     /// Finished copies of earlier runs this run has not touched.
     carried: Mutex<HashMap<Vec<u8>, Done>>,
-    /// The record of the copies this run made or kept, written as they finish (a run
-    /// writes each name once, so none of them is ever taken back).
+    /// The record of the copies this run made or kept, streamed as they finish (a run
+    /// writes each name once, so none of them is ever taken back) through a 64 KiB
+    /// buffer: a killed run's `.tmp` holds the header and the entries that reached
+    /// it, not flushed to disk with their copies, so a later run trusts them only in
+    /// this boot of this host ([`adopt::Record::untrusted`]).
     fresh: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
     /// Adopted directories whose leftover names are not removed yet.
     open: Mutex<HashMap<u64, Arc<Adopted>>>,
@@ -167,7 +170,7 @@ impl TreeSink {
         let is_adopted = adopted.is_some();
         let rec = adopted.unwrap_or(adopt::Record {
             oldest: Some(before),
-            done: HashMap::new(),
+            ..adopt::Record::default()
         });
         let oldest = adopt::earlier(rec.oldest, Some(before));
         // An adopted tree's record has its header already (`Store::adopt`).
@@ -208,7 +211,11 @@ impl TreeSink {
         }
     }
 
-    /// Completes the record of the tree as this run leaves it, for the next run.
+    /// Completes the record of the tree as this run leaves it, for the next run: the
+    /// staging tree is flushed first (`syncfs`, as [`Sink::commit`] does), so that the
+    /// record's end mark ([`adopt::SYNCED`]) tells any later run, after a power cut
+    /// too, that every copy it names is on disk; then the record is synced, renamed,
+    /// and its directory synced.
     fn write_record(&self) -> io::Result<()> {
         let Some(a) = &self.adopting else {
             return Ok(());
@@ -217,6 +224,7 @@ impl TreeSink {
         let Some(mut w) = w else {
             return Err(io::Error::other("the record could not be written"));
         };
+        fsx::sync_fs(b(&self.staging))?;
         let carried = a.carried.lock().unwrap_or_else(|e| e.into_inner());
         let mut v = Vec::new();
         for (p, d) in carried.iter() {
@@ -226,10 +234,15 @@ impl TreeSink {
                 v.clear();
             }
         }
+        adopt::synced_mark(&mut v);
         std::io::Write::write_all(&mut w, &v)?;
         let f = w.into_inner().map_err(|e| e.into_error())?;
         f.sync_all()?;
-        std::fs::rename(&a.record_tmp, &a.record)
+        std::fs::rename(&a.record_tmp, &a.record)?;
+        if let Some(dir) = a.record.parent() {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     }
 
     /// `dst`, a directory of the adopted tree that was there: what it holds, for
@@ -354,8 +367,9 @@ impl TreeSink {
         let done = match known {
             Some(d) if d.matches(m) => d,
             Some(_) => return None,
-            // Not in the record (a run of the tree was killed): checked as a copy in
-            // a separate tree is, against the first run of the tree's start.
+            // Not in the record (a run of the tree was killed before the entry reached
+            // the record, or the record could not be trusted: `Store::adopt`): checked
+            // as a copy in a separate tree is, against the first run of the tree's start.
             None => {
                 let before = a.oldest?;
                 if m.kind != Kind::File || m.ctime >= before {

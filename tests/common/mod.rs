@@ -379,8 +379,21 @@ pub struct Paused {
 }
 
 pub fn spawn_paused(src: &Path, dest: &Path, extra: &[&str], point: &str, nth: u32) -> Paused {
+    spawn_paused_env(src, dest, extra, point, nth, &[])
+}
+
+/// [`spawn_paused`] with these environment variables besides.
+pub fn spawn_paused_env(
+    src: &Path,
+    dest: &Path,
+    extra: &[&str],
+    point: &str,
+    nth: u32,
+    env: &[(&str, &str)],
+) -> Paused {
     let pause = dest.with_extension("paused");
     let child = Command::new(bin())
+        .envs(env.iter().copied())
         .args(["backup", "--json", "--jobs", "1", "--source"])
         .arg(src)
         .arg("--dest")
