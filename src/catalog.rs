@@ -26,6 +26,32 @@ const FUTURE_SLACK: chrono::Duration = chrono::Duration::minutes(5);
 /// How long a command waits for another connection's lock on the catalog.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// When the current request of `serve` stops waiting for another connection's lock
+/// (`Catalog::wait_per_request`): `BUSY_TIMEOUT` after it began, for all its reads
+/// together. Process-wide: only serve's one read-only connection uses it.
+static REQUEST_DEADLINE: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
+
+/// Begins a request of `serve`: its reads of the catalog wait for a lock at most
+/// `BUSY_TIMEOUT` in all from now.
+pub fn start_request() {
+    *REQUEST_DEADLINE.lock().unwrap_or_else(|e| e.into_inner()) =
+        Some(std::time::Instant::now() + BUSY_TIMEOUT);
+}
+
+/// SQLite's busy handler of a connection that waits per request: retries until the
+/// request's deadline.
+fn wait_until_deadline(_tries: i32) -> bool {
+    let end = *REQUEST_DEADLINE.lock().unwrap_or_else(|e| e.into_inner());
+    let left = end.map_or(Duration::ZERO, |t| {
+        t.saturating_duration_since(std::time::Instant::now())
+    });
+    if left.is_zero() {
+        return false;
+    }
+    std::thread::sleep(left.min(Duration::from_millis(10)));
+    true
+}
+
 /// Frozen migrations: `MIGRATIONS[i]` takes a catalog from version `i` to `i + 1`.
 /// Never edit one that has shipped; add a new one.
 const MIGRATIONS: &[&str] = &[
@@ -181,6 +207,11 @@ trait Damage: std::fmt::Display {
     fn busy(&self) -> bool {
         false
     }
+    /// A read-only connection found a hot journal (a writer killed mid-transaction)
+    /// that it may not roll back.
+    fn hot_journal(&self) -> bool {
+        false
+    }
 }
 
 impl Damage for rusqlite::Error {
@@ -197,6 +228,10 @@ impl Damage for rusqlite::Error {
             self.sqlite_error_code(),
             Some(DatabaseBusy | DatabaseLocked)
         )
+    }
+    fn hot_journal(&self) -> bool {
+        matches!(self, rusqlite::Error::SqliteFailure(e, _)
+            if e.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK)
     }
 }
 
@@ -218,6 +253,16 @@ impl<T, E: Damage> DbCtx<T> for std::result::Result<T, E> {
                     msg: format!(
                         "{what}: {e}: another process has held it locked for longer than the {} s this waits (`fuser {}` names it); try again when it is done",
                         BUSY_TIMEOUT.as_secs(),
+                        path.display()
+                    ),
+                }
+            } else if e.hot_journal() {
+                CatalogError::Db {
+                    path: path.to_path_buf(),
+                    msg: format!(
+                        "{what}: the catalog has an unfinished transaction left by a writer that was killed \
+                         ({}-journal); reading it read-only cannot roll that back: the next command that \
+                         writes the catalog (a backup, `snapring history`) does ({e})",
                         path.display()
                     ),
                 }
@@ -464,6 +509,17 @@ impl Catalog {
             });
         }
         Ok(Some(c))
+    }
+
+    /// Makes this connection's waits for another's lock share one deadline per request
+    /// (`start_request`) instead of each waiting `BUSY_TIMEOUT`: a request of `serve`
+    /// reads the catalog many times (each job's runs, counts, last run; each snapshot's
+    /// run), and while a writer holds it each read would wait again, past a scrape's
+    /// timeout (Prometheus' default is 10 s).
+    pub fn wait_per_request(&mut self) -> Result<()> {
+        self.conn
+            .busy_handler(Some(wait_until_deadline))
+            .db(&self.path, "set busy handler")
     }
 
     /// SQLite's `PRAGMA data_version`: changes when another connection commits, so a

@@ -1167,10 +1167,30 @@ fn a_locked_catalog_never_shows_counters_at_zero() {
          VALUES ('2026-01-01T00:00:00Z', 'home', 'test', 'lock');",
     )
     .unwrap();
+    // One wait for the lock per request (serve's 5 s), not one per read: two jobs,
+    // each read several times, must still answer within Prometheus' default 10 s
+    // scrape timeout.
+    let t0 = std::time::Instant::now();
     let m = get(&s.addr, "/metrics").body;
+    let took = t0.elapsed();
+    assert!(took < std::time::Duration::from_secs(7), "{took:?}");
     assert_eq!(runs(&m), None, "{m}");
     assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
     promtool(&m);
+    // Nor are the counts 0 in the JSON: unknown is `null`, not zero runs.
+    let t0 = std::time::Instant::now();
+    let jobs = json(&s.addr, "/api/jobs");
+    let took = t0.elapsed();
+    assert!(took < std::time::Duration::from_secs(7), "{took:?}");
+    for j in jobs.as_array().unwrap() {
+        assert!(j["counts"].is_null(), "{j}");
+        assert!(j["success_rate"].is_null(), "{j}");
+        assert!(j["errors"].to_string().contains("locked"), "{j}");
+    }
+    let t0 = std::time::Instant::now();
+    let home = json(&s.addr, "/api/jobs/home");
+    assert!(t0.elapsed() < std::time::Duration::from_secs(7), "{home}");
+    assert!(home["counts"].is_null(), "{home}");
     // Rolled back: the counters are back, with no error.
     db.execute_batch("ROLLBACK").unwrap();
     let m = get(&s.addr, "/metrics").body;
@@ -1179,6 +1199,181 @@ fn a_locked_catalog_never_shows_counters_at_zero() {
         (Some(1.0), Some(0.0)),
         "{m}"
     );
+}
+
+/// A run that failed while a writer held the catalog past its busy wait: its final row
+/// could not be written, so the catalog still says `running` (until a command that
+/// writes the catalog settles it), though its lock file is empty and its run record in
+/// the store says `failed`. serve shows it as that record says, at once: else
+/// `snapring_last_run_status{status="failed"}` stays 0 for as long as nobody else
+/// writes the catalog (a day, for a daily job) and no alert on a failed run fires.
+#[test]
+fn a_run_whose_end_the_catalog_missed_shows_as_its_record_says_not_running() {
+    let f = fixture();
+    let p = f.t.path().display();
+    let gate = f.t.path().join("gate");
+    let g = gate.display();
+    std::fs::write(
+        &f.cfg,
+        format!(
+            r#"
+[job.home]
+source = "{p}/src"
+dest = "{p}/dest"
+pre_command = ["sh", "-c", "touch {g}; while [ -e {g} ]; do sleep 0.05; done; exit 1"]
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = f
+        .run_cmd("home", &f.cfg, &[], "")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&gate);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let last_status = |m: &str, st: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with("snapring_last_run_status{")
+                    && l.contains("job_name=\"home\"")
+                    && l.contains(&format!("status=\"{st}\""))
+            })
+            .map(|l| l.ends_with(" 1.0"))
+    };
+    // Alive (it holds the store's lock): running.
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["last"]["status"], "running", "{api}");
+    assert_eq!(
+        last_status(&get(&s.addr, "/metrics").body, "running"),
+        Some(true)
+    );
+    // It fails while a writer holds the catalog: its end is not recorded there.
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::fs::remove_file(&gate).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(1));
+    db.execute_batch("ROLLBACK").unwrap();
+    let row: String = db
+        .query_row("SELECT status FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(row, "running");
+    assert_eq!(
+        std::fs::read(f.t.path().join("dest/.snapring/lock")).unwrap(),
+        b""
+    );
+    for api in [
+        json(&s.addr, "/api/jobs/home"),
+        json(&s.addr, "/api/jobs")[0].clone(),
+    ] {
+        assert_eq!(api["last"]["status"], "failed", "{api}");
+        assert!(
+            api["last"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("pre_command"),
+            "{api}"
+        );
+        assert_eq!(api["recent"][0]["status"], "failed", "{api}");
+        assert_eq!(api["counts"]["running"], 0, "{api}");
+        assert_eq!(api["counts"]["failed"], 1, "{api}");
+        assert!(api["progress"].is_null(), "{api}");
+    }
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(last_status(&m, "running"), Some(false), "{m}");
+    assert_eq!(last_status(&m, "failed"), Some(true), "{m}");
+    assert_eq!(
+        home_series(&m, "snapring_runs_failed_total"),
+        Some(1.0),
+        "{m}"
+    );
+    promtool(&m);
+    assert!(!get(&s.addr, "/").body.contains("status running"));
+    // serve wrote nothing: the catalog still has it running, until a writer settles it
+    // as serve showed it.
+    let row: String = db
+        .query_row("SELECT status FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(row, "running");
+    let out = snapring(
+        &[
+            std::ffi::OsStr::new("--catalog"),
+            f.catalog.as_os_str(),
+            std::ffi::OsStr::new("history"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let row: String = db
+        .query_row("SELECT status FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(row, "failed");
+    assert_eq!(json(&s.addr, "/api/jobs/home")["counts"]["failed"], 1);
+}
+
+/// A writer killed mid-transaction leaves a hot journal, which serve's read-only
+/// connection may not roll back: the error says what it is and what clears it (not
+/// SQLite's "attempt to write a readonly database"), the counts are unknown, not 0,
+/// and the catalog is left as it is until a command that writes it rolls it back.
+#[test]
+fn a_hot_journal_left_by_a_killed_writer_is_named_and_the_counts_are_unknown() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    assert_eq!(json(&s.addr, "/api/jobs/home")["counts"]["runs"], 2);
+    // A copy of the catalog written to mid-transaction (pages spilled into the file,
+    // their old contents in the journal), put in the catalog's place as a killed
+    // writer leaves it: the file and its `-journal`, with nobody holding a lock.
+    let work = f.t.path().join("work.db");
+    std::fs::copy(&f.catalog, &work).unwrap();
+    let w = rusqlite::Connection::open(&work).unwrap();
+    w.execute_batch(
+        "PRAGMA cache_size = 1; BEGIN; UPDATE runs SET status = 'failed', message = 'half';",
+    )
+    .unwrap();
+    for _ in 0..50 {
+        w.execute("UPDATE runs SET message = ?1", [&"y".repeat(3000)])
+            .unwrap();
+    }
+    let journal = |db: &Path| PathBuf::from(format!("{}-journal", db.display()));
+    assert!(journal(&work).exists());
+    let before = std::fs::read(&f.catalog).unwrap();
+    std::fs::copy(journal(&work), journal(&f.catalog)).unwrap();
+    std::fs::copy(&work, &f.catalog).unwrap();
+    drop(w);
+    let hot = std::fs::read(&f.catalog).unwrap();
+    assert_ne!(before, hot, "the transaction did not spill into the file");
+    let home = json(&s.addr, "/api/jobs/home");
+    let errors = home["errors"].to_string();
+    assert!(
+        errors.contains("unfinished transaction left by a writer that was killed")
+            && errors.contains("snapring history"),
+        "{home}"
+    );
+    assert!(home["counts"].is_null(), "{home}");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(home_series(&m, "snapring_runs_started_total"), None, "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
+    promtool(&m);
+    // serve rolled nothing back: the catalog and its journal are as they were.
+    assert_eq!(std::fs::read(&f.catalog).unwrap(), hot);
+    assert!(journal(&f.catalog).exists());
+    // A command that writes the catalog rolls it back: both runs complete again.
+    let out = snapring(
+        &[
+            std::ffi::OsStr::new("--catalog"),
+            f.catalog.as_os_str(),
+            std::ffi::OsStr::new("history"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let home = json(&s.addr, "/api/jobs/home");
+    assert_eq!(home["counts"]["runs"], 2, "{home}");
+    assert_eq!(home["counts"]["complete"], 2, "{home}");
+    assert_eq!(home["errors"], serde_json::json!([]), "{home}");
 }
 
 #[test]

@@ -83,7 +83,11 @@ pub struct JobView {
     pub last: Option<RunReport>,
     /// Newest runs, newest first.
     pub recent: Vec<RunRow>,
-    pub counts: Counts,
+    /// `None` (`null` in `/api/jobs`) when the catalog could not be read (locked by a
+    /// writer for longer than serve waits, damaged, a writer's unfinished transaction):
+    /// the job's runs are then unknown, not none, and `/metrics` leaves its counters out
+    /// rather than show 0, which Prometheus takes for a reset of each counter.
+    pub counts: Option<Counts>,
     pub success_rate: Option<f64>,
     pub snapshots: Vec<SnapView>,
     pub newest_snapshot_at: Option<String>,
@@ -93,11 +97,6 @@ pub struct JobView {
     pub progress: Option<RunProgress>,
     /// Why the store or the catalog could not be read, if so.
     pub errors: Vec<String>,
-    /// Whether `counts` were read from the catalog: `/metrics` leaves a job's counters
-    /// out otherwise (a catalog locked or unreadable for a moment, a backup without a
-    /// job) rather than show 0, which Prometheus takes for a reset of each counter.
-    #[serde(skip)]
-    pub counted: bool,
 }
 
 /// The store of a job: `dest`, or `dest/folder`; `None` without a `dest`.
@@ -175,10 +174,9 @@ struct Part {
 
 impl Part {
     fn apply(&self, v: &mut JobView, now: DateTime<Utc>) {
-        v.counted = self.error.is_none();
         v.recent = self.recent.clone();
-        v.counts = self.counts.clone();
-        v.success_rate = self.counts.success_rate();
+        v.counts = self.error.is_none().then(|| self.counts.clone());
+        v.success_rate = v.counts.as_ref().and_then(Counts::success_rate);
         v.last = self.last.clone();
         v.errors.extend(self.error.clone());
         if let Some(snaps) = &self.snapshots {
@@ -261,7 +259,7 @@ fn view(
             .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
         last: None,
         recent: vec![],
-        counts: Counts::default(),
+        counts: None,
         success_rate: None,
         snapshots: vec![],
         newest_snapshot_at: None,
@@ -269,7 +267,6 @@ fn view(
         space: None,
         progress: None,
         errors,
-        counted: false,
     };
     if let Some(c) = cat
         && !name.is_empty()
@@ -319,34 +316,72 @@ fn store_missing(v: &mut JobView) {
 /// The progress file of the job's store, when the newest run is running and the file
 /// is that run's; a missing or unreadable one is no progress.
 ///
-/// A newest run that the catalog says is running but whose process is gone (killed,
-/// the machine lost) shows as `incomplete`, which is what the next command on its
-/// store will record (`Store::repair`): nobody holds the store's lock, whose file names
-/// that run (the probe of `Store::dead_running_holder`, as the repair decides); for a
-/// run into a repository, nobody holds its marker beside the catalog (as
-/// `catalog::settle_repository_runs` decides). Else a dead run stayed `running`, with a
-/// frozen progress and ETA, and no alert on failed or incomplete runs fired, until
-/// another command settled it. Only the shown run changes: the catalog is not written
-/// and the counters stay as the catalog has them.
+/// A newest run that the catalog says is `running` but that is not shows as it ended,
+/// as the next command that writes the catalog settles it (`catalog::settle_running`,
+/// here read-only): when its store's run record is final (the run ended, but its last
+/// write into the catalog failed: the catalog locked past the busy wait), as that
+/// record says; else, when its process is gone (killed, the machine lost: nobody holds
+/// the store's lock, which a run holds from before its `running` row to after its final
+/// record), as `incomplete`. For a run into a repository, nobody holding its marker
+/// beside the catalog says so (as `catalog::settle_repository_runs` decides). Else such
+/// a run stayed `running`, with a frozen progress and ETA, and no alert on failed or
+/// incomplete runs fired, until another command settled it. The catalog is not
+/// written; the run's row in `recent` and the counts show it as settled too.
 fn live_progress(v: &mut JobView, cat: Option<&Catalog>) {
     v.progress = None;
-    let Some(last) = v.last.as_mut().filter(|l| l.status == Status::Running) else {
+    let Some(last) = v.last.as_ref().filter(|l| l.status == Status::Running) else {
         return;
     };
+    let id = last.id.clone();
     if is_repository(&v.store) {
-        if cat.is_some_and(|c| repository_run_dead(c, &last.id)) {
-            show_dead(last, "nobody holds its marker");
+        if cat.is_some_and(|c| repository_run_dead(c, &id)) {
+            let mut r = last.clone();
+            show_dead(&mut r, "nobody holds its marker");
+            settle_shown(v, r);
         }
         return;
     }
     let Ok(s) = Store::open_read(&v.store) else {
         return;
     };
-    if s.dead_running_holder().as_deref() == Some(last.id.as_str()) {
-        show_dead(last, "nobody holds the store's lock");
-        return;
+    match s.read_run(&id) {
+        Ok(Some(r)) if r.status != Status::Running => settle_shown(v, r),
+        Ok(_) if s.lock_free() => {
+            let mut r = last.clone();
+            show_dead(&mut r, "nobody holds the store's lock");
+            settle_shown(v, r);
+        }
+        _ => v.progress = s.read_progress().filter(|p| p.run == id),
     }
-    v.progress = s.read_progress().filter(|p| p.run == last.id);
+}
+
+/// Shows `r`, a run the catalog still has as `running`, as it ended: the last run, its
+/// row in `recent`, and the counts (one run less `running`, one more of its status).
+fn settle_shown(v: &mut JobView, r: RunReport) {
+    if let Some(row) = v.recent.iter_mut().find(|row| row.id == r.id) {
+        row.status = r.status.as_str().to_string();
+        row.snapshot = r.snapshot.clone();
+        row.finished_at = r.finished_at.clone();
+        row.duration_seconds = r.duration_seconds;
+        row.files_total = r.files_total;
+        row.files_transferred = r.files_transferred;
+        row.bytes_transferred = r.bytes_transferred;
+        row.errors = r.errors;
+    }
+    if let Some(c) = v.counts.as_mut()
+        && c.running > 0
+    {
+        c.running -= 1;
+        match r.status {
+            Status::Complete => c.complete += 1,
+            Status::Partial => c.partial += 1,
+            Status::Incomplete => c.incomplete += 1,
+            Status::Failed => c.failed += 1,
+            Status::Running => c.running += 1,
+        }
+        v.success_rate = c.success_rate();
+    }
+    v.last = Some(r);
 }
 
 /// Whether run `id` into a repository has a marker nobody holds (a shared `flock`

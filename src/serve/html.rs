@@ -129,9 +129,9 @@ pub fn job(j: &JobView) -> String {
         esc(&j.store.to_string_lossy()),
         esc(j.schedule.as_deref().unwrap_or("none")),
         opt(j.next_run.as_deref().map(|t| esc(&when(t)))),
-        j.counts.runs,
+        opt(j.counts.as_ref().map(|c| c.runs.to_string())),
         opt(j.success_rate.map(|r| format!("{:.0}%", r * 100.0))),
-        j.counts.skipped,
+        opt(j.counts.as_ref().map(|c| c.skipped.to_string())),
     );
     if j.progress.is_some() {
         let _ = write!(b, "<p id=\"progress\">Walking:{}</p>", progress(j));
@@ -139,7 +139,8 @@ pub fn job(j: &JobView) -> String {
     errors(&mut b, j.errors.iter());
     charts(&mut b, &j.recent);
     snapshots(&mut b, j);
-    history(&mut b, &j.recent, j.counts.runs);
+    let total = j.counts.as_ref().map_or(j.recent.len() as u64, |c| c.runs);
+    history(&mut b, &j.recent, total);
     page(&format!("Job {}", j.name), &b)
 }
 

@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::data::JobView;
+use super::data::{Counts, JobView};
 
 type Labels = Vec<(String, String)>;
 type GaugeFam = Family<Labels, Gauge<f64, AtomicU64>>;
@@ -136,21 +136,19 @@ const GAUGES: &[GaugeDef] = &[
 ];
 
 /// A counter per job, from the catalog's runs (monotonic while runs are kept).
-type CounterDef = (&'static str, &'static str, fn(&JobView) -> u64);
+type CounterDef = (&'static str, &'static str, fn(&Counts) -> u64);
 
 const COUNTERS: &[CounterDef] = &[
-    ("runs_started", "Runs started", |j| j.counts.runs),
-    ("runs_failed", "Runs that ended failed", |j| j.counts.failed),
-    ("runs_partial", "Runs that ended partial", |j| {
-        j.counts.partial
-    }),
-    ("runs_incomplete", "Runs that ended incomplete", |j| {
-        j.counts.incomplete
+    ("runs_started", "Runs started", |c| c.runs),
+    ("runs_failed", "Runs that ended failed", |c| c.failed),
+    ("runs_partial", "Runs that ended partial", |c| c.partial),
+    ("runs_incomplete", "Runs that ended incomplete", |c| {
+        c.incomplete
     }),
     (
         "runs_skipped",
         "Daemon triggers skipped because the job was still running",
-        |j| j.counts.skipped,
+        |c| c.skipped,
     ),
 ];
 
@@ -192,8 +190,10 @@ pub fn render(jobs: &[JobView]) -> String {
     for (name, help, value) in COUNTERS {
         let fam = CounterFam::default();
         reg.register(*name, *help, fam.clone());
-        for j in jobs.iter().filter(|j| j.counted) {
-            fam.get_or_create(&labels(j)).inc_by(value(j));
+        for j in jobs {
+            if let Some(c) = &j.counts {
+                fam.get_or_create(&labels(j)).inc_by(value(c));
+            }
         }
     }
     let mut out = String::new();

@@ -123,6 +123,9 @@ impl State {
             self.summaries = data::Summaries::default();
             if let Some(id) = id {
                 self.cat = Catalog::open_read(path)?.map(|c| (c, id));
+                if let Some((c, _)) = &mut self.cat {
+                    c.wait_per_request()?;
+                }
             }
         }
         Ok(self.cat.as_ref().map(|c| &c.0))
@@ -269,6 +272,8 @@ impl Reply {
 /// The answer to `GET url`; `openmetrics`: the client accepts OpenMetrics.
 fn route(o: &ServeOptions, st: &mut State, url: &str, openmetrics: bool) -> Reply {
     let path = url.split(['?', '#']).next().unwrap_or("");
+    // One wait for a writer's lock per request, however many reads it makes.
+    crate::catalog::start_request();
     if let Err(e) = st.catalog(o.catalog.as_deref()) {
         return Reply::text(500, &format!("{e}\n"));
     }

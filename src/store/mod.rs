@@ -461,6 +461,19 @@ impl Store {
         Some(run)
     }
 
+    /// Whether nobody holds the store's lock (a shared `flock` probe, which writes
+    /// nothing; no lock file: nobody has held it). A run holds it from before the
+    /// catalog's `running` row of it until after its final run record, so a run the
+    /// catalog says is `running` while the lock is free has ended or died (`serve`).
+    pub(crate) fn lock_free(&self) -> bool {
+        match fsx::open_regular(&self.meta.join("lock"), true) {
+            Ok(f) => {
+                rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok()
+            }
+            Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        }
+    }
+
     /// Where the snapshot directory `name` is now: `<root>/<name>`, or, while a rotation
     /// waits to be rolled forward (`open_read`), wherever the roll-forward takes it from.
     pub fn snapshot_path(&self, name: &str) -> PathBuf {
