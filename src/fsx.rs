@@ -843,6 +843,12 @@ pub fn copy_hash(
     Ok((h.finalize(), written))
 }
 
+/// Hashes the content of regular file `name` of directory `dir` (opened for reading
+/// without following a symlink, as [`open_read_at`] does).
+pub fn hash_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<blake3::Hash> {
+    hash_file(open_read_at(dir, name)?.as_fd())
+}
+
 /// Hashes a regular file's content (used for trees taken over without a manifest).
 pub fn hash_file(fd: BorrowedFd<'_>) -> io::Result<blake3::Hash> {
     let mut h = blake3::Hasher::new();

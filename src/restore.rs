@@ -1750,7 +1750,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
     /// Why the bytes of an existing target file differ from the snapshot's (hashed:
     /// the target's read, the snapshot's recorded or read), or `None`.
     fn bytes_differ(&self, at: &At<'_, R::Dir>, dst: &OwnedFd, e: &Entry) -> Option<String> {
-        let theirs = fsx::open_read_at(b(dst), at.name).and_then(|fd| fsx::hash_file(b(&fd)));
+        let theirs = fsx::hash_at(b(dst), at.name);
         let ours = self
             .reader
             .hash(&at.node.src, e)

@@ -484,8 +484,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         }
         if let Decision::VerifyContent(why) = decision {
             let _ = failpoint::hit("walk.verify_content");
-            let same =
-                fsx::open_read_at(b(&dir.state.src), name).and_then(|fd| fsx::hash_file(b(&fd)));
+            let same = fsx::hash_at(b(&dir.state.src), name);
             decision = match (same, prev_entry.and_then(|e| e.hash)) {
                 (Ok(now), Some(before)) if now == before => Decision::CompareXattrs,
                 (Err(e), _) => return unreadable("read", e),
@@ -685,8 +684,7 @@ impl<'a, S: Sink> Walk<'a, S> {
     ) -> Option<Entry> {
         let read_src = || fsx::read_xattrs(&XattrTarget::At(b(&dir.state.src), name));
         let src_xattrs: std::cell::OnceCell<Option<Xattrs>> = std::cell::OnceCell::new();
-        let src_hash =
-            || fsx::open_read_at(b(&dir.state.src), name).and_then(|fd| fsx::hash_file(b(&fd)));
+        let src_hash = || fsx::hash_at(b(&dir.state.src), name);
         let r = self.sink.resume(
             &dir.state.out,
             name,
