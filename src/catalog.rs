@@ -175,7 +175,7 @@ pub enum CatalogError {
     /// The file is not a SQLite database, or SQLite found it corrupt: says so, and how
     /// to get a working catalog back (`catalog rebuild` moves such a file aside).
     #[error(
-        "catalog {} is damaged ({what}: {detail}); `snapring catalog rebuild --dest STORE` moves it aside to {}.damaged and recreates each store's backup runs from the store's run records (restores were recorded in the catalog alone)",
+        "catalog {} is damaged ({what}: {detail}); `snapring catalog rebuild --dest STORE` moves it aside to {}.damaged and recreates each store's backup runs from the store's run records (restores, and runs into a restic repository, were recorded in the catalog alone: with a repository's URL as STORE it starts an empty catalog)",
         path.display(),
         path.display()
     )]
@@ -528,6 +528,45 @@ impl Catalog {
         self.conn
             .pragma_query_value(None, "data_version", |r| r.get(0))
             .db(&self.path, "read data_version")
+    }
+
+    /// Checks the whole file with SQLite's `PRAGMA quick_check` (every page's b-tree
+    /// structure), or `PRAGMA integrity_check` when `thorough` (also that each index
+    /// matches its table). A damaged page that a query never reads goes unnoticed
+    /// otherwise: `history` answered from the intact pages while every backup's write
+    /// hit the damaged index ("database disk image is malformed"), and `catalog rebuild`
+    /// trusted the file and failed the same way. [`CatalogError::Damaged`] when either
+    /// finds a problem.
+    pub fn check(&self, thorough: bool) -> Result<()> {
+        let pragma = if thorough {
+            "integrity_check"
+        } else {
+            "quick_check"
+        };
+        let what = format!("PRAGMA {pragma}");
+        let mut st = self
+            .conn
+            .prepare(&format!("PRAGMA {pragma}(5)"))
+            .db(&self.path, &what)?;
+        let found = st
+            .query_map([], |r| r.get::<_, String>(0))
+            .db(&self.path, &what)?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, &what)?;
+        if found.len() == 1 && found[0] == "ok" {
+            return Ok(());
+        }
+        Err(CatalogError::Damaged {
+            path: self.path.clone(),
+            what,
+            // One line: without the "*** in database main ***" heading of the rows.
+            detail: found
+                .iter()
+                .flat_map(|f| f.lines())
+                .filter(|l| !l.starts_with("*** in database"))
+                .collect::<Vec<_>>()
+                .join("; "),
+        })
     }
 
     /// The schema version of the file.
@@ -1341,7 +1380,13 @@ pub fn record_start(
 
 /// The warning for a catalog that could not be written (also logged).
 fn quiet_error(e: CatalogError, r: &RunReport) -> String {
-    let msg = if r.repository.is_some() || r.log.is_some() {
+    let msg = if (r.repository.is_some() || r.log.is_some()) && e.is_damaged() {
+        // A repository has no run records to rebuild from: what to do for it.
+        format!(
+            "{e}; this run into a repository is not in the catalog (its snapshot is): `snapring catalog rebuild --dest {}` moves the damaged file aside and starts an empty catalog",
+            r.store.display()
+        )
+    } else if r.repository.is_some() || r.log.is_some() {
         format!("{e}; this run into a repository is not in the catalog (its snapshot is)")
     } else {
         format!(

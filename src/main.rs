@@ -31,7 +31,19 @@ fn main() {
         json: args.log_format == "json",
     };
     cli::logging::init(log.verbose, log.json);
-    let cat = CatalogChoice::from_flags(args.catalog, args.catalog_on_nfs);
+    let on_nfs = match catalog_on_nfs_env() {
+        Ok(on_nfs) => args.catalog_on_nfs || on_nfs,
+        Err(e) => {
+            errln!("snapring: error: {e}");
+            std::process::exit(ExitCode::Usage.code());
+        }
+    };
+    let flag = args.catalog.or_else(|| {
+        std::env::var_os("SNAPRING_CATALOG")
+            .filter(|v| !v.is_empty())
+            .map(Into::into)
+    });
+    let cat = CatalogChoice::from_flags(flag, on_nfs);
     let mut code = match run(args.cmd, &cat, &log) {
         Ok(code) => code,
         // SIGINT/SIGTERM while a command was opening the repository (a hung S3
@@ -67,6 +79,23 @@ fn main() {
         code = ExitCode::Failed;
     }
     std::process::exit(code.code());
+}
+
+/// `SNAPRING_CATALOG_ON_NFS`: `1`, `true`, `yes` or `on` allow the catalog on NFS;
+/// unset, empty, `0`, `false`, `no` or `off` do not (any case); anything else is an
+/// error. (`SNAPRING_CATALOG`, read beside it, takes any non-empty value.)
+fn catalog_on_nfs_env() -> Result<bool, String> {
+    let Some(v) = std::env::var_os("SNAPRING_CATALOG_ON_NFS") else {
+        return Ok(false);
+    };
+    let s = v.to_string_lossy().to_ascii_lowercase();
+    match s.as_str() {
+        "1" | "true" | "yes" | "on" => Ok(true),
+        "" | "0" | "false" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "SNAPRING_CATALOG_ON_NFS={v:?}: give 1 (allow the catalog on NFS) or 0"
+        )),
+    }
 }
 
 /// The command line, as `Cli::try_parse` reads it, but for an environment variable

@@ -880,3 +880,170 @@ fn a_newline_in_a_job_name_or_store_path_is_escaped_in_the_tables() {
         }
     }
 }
+
+/// Writes 0xdeadbeef over the catalog's page 3 (offset 8192, 4 KiB): after a few
+/// backups, the index of `runs`' primary key, which the reads of `history` and `stats`
+/// never touch and every backup's write does ("database disk image is malformed").
+fn damage_page_3(catalog: &Path) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(catalog)
+        .unwrap();
+    f.seek(SeekFrom::Start(8192)).unwrap();
+    f.write_all(&[0xde, 0xad, 0xbe, 0xef].repeat(1024)).unwrap();
+}
+
+/// A catalog damaged in the middle of the file (a page of an index): `history` and
+/// `stats` answered from the intact pages, exit 0 and no word of it, while every
+/// backup logged "damaged"; `catalog rebuild`, the advice of that message, trusted the
+/// file, failed the same way and moved nothing aside, so the advice looped. Now the
+/// read commands check the file whole and fail, and rebuild moves it aside.
+#[test]
+fn a_catalog_damaged_in_the_middle_fails_the_read_commands_and_rebuild_recovers_it() {
+    let e = setup();
+    for _ in 0..3 {
+        assert_eq!(e.backup(&[]).0, 0);
+    }
+    damage_page_3(&e.catalog);
+    let (code, _, err) = e.backup(&[]);
+    assert_eq!(code, 0, "a catalog problem never fails a backup: {err}");
+    assert!(err.contains("is damaged"), "{err}");
+    let shown = e.catalog.display().to_string();
+    for args in [&["history"][..], &["stats"], &["show", "x"]] {
+        let (code, _, err) = e.cli(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("catalog {shown} is damaged"))
+                && err.contains("snapring catalog rebuild --dest STORE"),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    let damaged = std::fs::read(&e.catalog).unwrap();
+    let (code, out, err) = {
+        let out = snapring(
+            &[
+                "--catalog".as_ref(),
+                e.catalog.as_os_str(),
+                "catalog".as_ref(),
+                "rebuild".as_ref(),
+                "--dest".as_ref(),
+                e.store.as_os_str(),
+            ],
+            &[],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(0), "{err}");
+    let aside = PathBuf::from(format!("{shown}.damaged"));
+    assert!(
+        err.contains(&format!("moved it to {}", aside.display())),
+        "{err}"
+    );
+    assert!(out.contains("4 runs"), "{out}");
+    assert_eq!(std::fs::read(&aside).unwrap(), damaged, "kept aside");
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h.as_array().unwrap().len(), 4, "{h}");
+    let (code, _, err) = e.cli(&["stats"]);
+    assert_eq!(code, 0, "{err}");
+}
+
+/// A user of a restic repository alone with a damaged catalog was told to run
+/// `catalog rebuild --dest STORE`, which with the repository's URL is a usage error
+/// (no run records): the advice led nowhere. With a damaged catalog, `catalog rebuild
+/// --dest REPO` now moves it aside and starts an empty one (the repository's runs were
+/// in the catalog alone), and the warning says so; an intact catalog is still refused.
+#[test]
+fn catalog_rebuild_with_a_repository_moves_a_damaged_catalog_aside() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("cat2.db");
+    write(&src.join("f"), b"into a repository");
+    let url = format!("file://{}", repo.display());
+    let url = url.as_str();
+    let run = |args: &[&str]| {
+        let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), catalog.as_os_str()];
+        a.extend(args.iter().map(OsStr::new));
+        let out = snapring(&a, &[("SNAPRING_PASSWORD", "catalog-test-password")]);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run(&["init", "--dest", url]).0, 0);
+    let backup = ["backup", "--source", src.to_str().unwrap(), "--dest", url];
+    assert_eq!(run(&backup).0, 0);
+    // Intact: still a usage error, and the file is left alone.
+    let (code, _, err) = run(&["catalog", "rebuild", "--dest", url]);
+    assert_eq!(code, 64, "{err}");
+    std::fs::write(&catalog, b"x\n").unwrap();
+    let (code, _, err) = run(&backup);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("is damaged") && err.contains("restic repository"),
+        "the advice names the repository case: {err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "`snapring catalog rebuild --dest {url}` moves the damaged file aside"
+        )),
+        "{err}"
+    );
+    let (code, out, err) = run(&["catalog", "rebuild", "--dest", url]);
+    assert_eq!(code, 0, "{err}");
+    let aside = t.path().join("cat2.db.damaged");
+    assert!(
+        err.contains(&format!("moved it to {}", aside.display())),
+        "{err}"
+    );
+    assert!(out.contains("new and empty"), "{out}");
+    assert_eq!(std::fs::read(&aside).unwrap(), b"x\n");
+    let (code, _, err) = run(&["history"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(run(&backup).0, 0);
+}
+
+/// With the catalog in `SNAPRING_CATALOG`, a usage error's usage line listed
+/// `--catalog <FILE>` among the arguments, as if it were required: clap counted the
+/// environment's value as given on the command line.
+#[test]
+fn the_usage_line_does_not_list_a_catalog_from_the_environment() {
+    let t = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", t.path().join("R").display());
+    let url = url.as_str();
+    let cat = t.path().join("x.db");
+    let out = snapring(
+        &["forget", "--dest", url, "--retain", "1"].map(OsStr::new),
+        &[("SNAPRING_CATALOG", cat.to_str().unwrap())],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{err}");
+    assert!(err.contains("--label <LABEL>"), "{err}");
+    assert!(!err.contains("--catalog"), "{err}");
+    // The environment still chooses the catalog, and an empty one counts as unset.
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let c = e.catalog.to_str().unwrap();
+    let out = snapring(
+        &["history", "--json"].map(OsStr::new),
+        &[("SNAPRING_CATALOG", c)],
+    );
+    let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(h.as_array().map(Vec::len), Some(1), "{h}");
+    let out = snapring(
+        &["--catalog", "off", "history"].map(OsStr::new),
+        &[("SNAPRING_CATALOG_ON_NFS", "1")],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("the catalog is turned off"),
+        "SNAPRING_CATALOG_ON_NFS=1 as documented: {err}"
+    );
+}

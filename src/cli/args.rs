@@ -29,12 +29,17 @@ pub struct Cli {
     /// Log lines (stderr and the run's log file) as JSON.
     #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
     pub log_format: String,
+    // These two read their environment variables in `main`, not through clap's `env`:
+    // clap counts a value from the environment as given on the command line, and its
+    // usage line after an error then listed `--catalog <FILE>` as if it were required.
     /// The run catalog (SQLite) [default: $XDG_STATE_HOME/snapring/catalog.db, or
-    /// /var/lib/snapring/catalog.db for a system service]; `off` disables it.
-    #[arg(long, global = true, env = "SNAPRING_CATALOG", value_name = "FILE")]
+    /// /var/lib/snapring/catalog.db for a system service]; `off` disables it [env:
+    /// SNAPRING_CATALOG]
+    #[arg(long, global = true, value_name = "FILE")]
     pub catalog: Option<PathBuf>,
-    /// Allow the catalog on NFS (SQLite locking is unreliable there).
-    #[arg(long, global = true, env = "SNAPRING_CATALOG_ON_NFS")]
+    /// Allow the catalog on NFS (SQLite locking is unreliable there) [env:
+    /// SNAPRING_CATALOG_ON_NFS=1]
+    #[arg(long, global = true)]
     pub catalog_on_nfs: bool,
     #[command(subcommand)]
     pub cmd: Cmd,

@@ -75,46 +75,60 @@ pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
 }
 
 /// `snapring catalog rebuild --dest STORE`.
-/// A damaged catalog file (not SQLite, or corrupt) is moved aside to `FILE.damaged`
-/// first, and a new one started: the store's rows come back from its run records.
+/// A damaged catalog file (not SQLite, or corrupt anywhere in the file: it is checked
+/// whole with `PRAGMA integrity_check` before it is trusted) is moved aside to
+/// `FILE.damaged` first, and a new one started: the store's rows come back from its run
+/// records. With a restic repository's URL (no run records) it only does that: a
+/// damaged catalog is moved aside and a new, empty one started; an intact one is a
+/// usage error.
 pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let repo = super::restic::is_repo(Some(dest));
     // A repository keeps snapshots, not snapring's run records: opening it as a store
     // would say "no such store", as if the path were wrong.
-    if super::restic::is_repo(Some(dest)) {
-        return Err(super::exit_code::usage!(
+    let no_records = || {
+        super::exit_code::usage!(
             "catalog rebuild --dest {}: a restic repository has no run records to rebuild \
              from (only a store has, in .snapring/runs); its runs are in the catalog only",
             dest.display()
-        ));
-    }
-    let store = snapring::store::Store::open_read(dest)?;
-    let mut c = match cat.open() {
-        Err(e)
-            if e.downcast_ref::<snapring::catalog::CatalogError>()
-                .is_some_and(|c| c.is_damaged()) =>
-        {
-            let path = cat
-                .path
-                .as_deref()
-                .expect("a catalog that failed to open has a path");
-            let cause = match e.downcast_ref::<snapring::catalog::CatalogError>() {
-                Some(snapring::catalog::CatalogError::Damaged { what, detail, .. }) => {
-                    format!("{what}: {detail}")
-                }
-                _ => format!("{e:#}"),
-            };
-            let aside = set_aside(path)?;
-            print::errln!(
-                "snapring: the catalog {} was damaged ({cause}); moved it to {} and started a new one",
-                path.display(),
-                aside.display()
+        )
+    };
+    let store = if !repo {
+        Some(snapring::store::Store::open_read(dest)?)
+    } else if cat.path.as_deref().is_some_and(|p| !p.exists()) {
+        return Err(no_records());
+    } else {
+        None
+    };
+    let checked = |cat: &CatalogChoice| -> anyhow::Result<Catalog> {
+        let c = cat.open()?;
+        c.check(true)?;
+        Ok(c)
+    };
+    let (mut c, moved) = match checked(cat) {
+        Err(e) if damaged(&e) => (start_anew(e, cat)?, true),
+        r => (r?, false),
+    };
+    let Some(store) = store else {
+        if moved {
+            outln!(
+                "catalog {}: new and empty; {} is a restic repository, which keeps no run records: its runs were recorded in the damaged catalog alone",
+                c.path.display(),
+                dest.display()
             );
-            cat.open()?
+            return Ok(ExitCode::Complete);
+        }
+        return Err(no_records());
+    };
+    let key = std::fs::canonicalize(&store.root)?;
+    let n = match c.rebuild(&key, &key.to_string_lossy()) {
+        // Damage the check did not see, found by a write: moved aside all the same.
+        Err(e) if e.is_damaged() && !moved => {
+            drop(c);
+            c = start_anew(e.into(), cat)?;
+            c.rebuild(&key, &key.to_string_lossy())?
         }
         r => r?,
     };
-    let key = std::fs::canonicalize(&store.root)?;
-    let n = c.rebuild(&key, &key.to_string_lossy())?;
     outln!(
         "catalog {}: {n} run{} of {} recorded from its run records",
         c.path.display(),
@@ -122,6 +136,33 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         key.display()
     );
     Ok(ExitCode::Complete)
+}
+
+/// Whether `e` says the catalog file is damaged.
+fn damaged(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<snapring::catalog::CatalogError>()
+        .is_some_and(|c| c.is_damaged())
+}
+
+/// Moves the damaged catalog (`e` says how) aside, says so, and opens a new one.
+fn start_anew(e: anyhow::Error, cat: &CatalogChoice) -> anyhow::Result<Catalog> {
+    let path = cat
+        .path
+        .as_deref()
+        .expect("a catalog that failed to open has a path");
+    let cause = match e.downcast_ref::<snapring::catalog::CatalogError>() {
+        Some(snapring::catalog::CatalogError::Damaged { what, detail, .. }) => {
+            format!("{what}: {detail}")
+        }
+        _ => format!("{e:#}"),
+    };
+    let aside = set_aside(path)?;
+    print::errln!(
+        "snapring: the catalog {} was damaged ({cause}); moved it to {} and started a new one",
+        path.display(),
+        aside.display()
+    );
+    cat.open()
 }
 
 /// Renames a damaged catalog (and SQLite's `-wal`, `-shm`, `-journal` beside it) to

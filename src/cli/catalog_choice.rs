@@ -53,9 +53,12 @@ impl CatalogChoice {
         Ok(Catalog::open(p, self.on_nfs)?)
     }
 
-    /// The catalog, with rows left `running` by dead runs settled first.
+    /// The catalog, checked whole (`PRAGMA quick_check`: damage where the query at hand
+    /// does not look is damage all the same, and every backup's write finds it), with
+    /// rows left `running` by dead runs settled first.
     pub fn open_settled(&self) -> anyhow::Result<Catalog> {
         let mut cat = self.open()?;
+        cat.check(false)?;
         catalog::settle_running(&mut cat);
         Ok(cat)
     }
