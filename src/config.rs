@@ -74,6 +74,10 @@ pub struct JobConfig {
     /// Into a restic repository: record real access times (restic's `--with-atime`);
     /// by default the mtime is recorded as the access time, as restic does.
     pub with_atime: Option<bool>,
+    /// Into a restic repository: the hostname its snapshots record, their parent is
+    /// picked by and their retention groups by (restic's `backup --host`); for a source
+    /// backed up from a container whose hostname changes each run.
+    pub host: Option<String>,
     /// Program and arguments run before the walk (no shell); if it fails, the run fails
     /// and nothing is published.
     pub pre_command: Option<Vec<String>>,

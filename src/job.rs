@@ -493,6 +493,9 @@ pub struct RepositoryJob {
     pub exclusion: crate::exclude::Settings,
     /// `--allow-empty`: see `restic::backup::BackupOptions::allow_empty`.
     pub allow_empty: bool,
+    /// `--host NAME` (the job's `host`, `SNAPRING_HOST`): see
+    /// `restic::backup::BackupOptions::host`. `None`: this machine's hostname.
+    pub host: Option<String>,
 }
 
 /// Runs a backup into a restic repository as a run like any other: its own run id, a
@@ -558,6 +561,7 @@ pub fn run_repository(
                 one_file_system: j.one_file_system,
                 exclusion: j.exclusion.clone(),
                 allow_empty: j.allow_empty,
+                host: j.host.clone(),
             };
             return restic::backup::backup(&mut repo, &opts);
         };

@@ -599,3 +599,233 @@ fn a_sparse_file_is_restored_sparse() {
         "{used} bytes of disk for 8 KiB of data in 64 MiB"
     );
 }
+
+/// The hostnames of the repository's snapshots, as Debian's restic lists them (`None`
+/// when restic is not installed: printed as skipped).
+fn restic_hostnames(repo: &Path) -> Option<Vec<String>> {
+    let restic = common::restic::restic_binary("the snapshots' hostnames as restic reads them")?;
+    let out = std::process::Command::new(restic)
+        .arg("--repo")
+        .arg(repo)
+        .args(["--no-cache", "snapshots", "--json"])
+        .env("RESTIC_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut hosts: Vec<String> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["hostname"].as_str().unwrap().to_string())
+        .collect();
+    hosts.sort();
+    Some(hosts)
+}
+
+/// Whether `r`'s warnings hold the hint that other hosts have snapshots of the path.
+fn other_hosts_hint(r: &serde_json::Value) -> Option<String> {
+    r["warnings"]
+        .as_array()?
+        .iter()
+        .filter_map(|w| w.as_str())
+        .find(|w| w.contains("from other hosts"))
+        .map(str::to_string)
+}
+
+/// `--host NAME` (or SNAPRING_HOST) names the lineage of a backup into a repository, as
+/// restic's `backup --host`: two runs of one source under one name (two pods of a
+/// CronJob, whose hostnames differ) share a parent (the second reads no file) and a
+/// retention group (`--retain 1` leaves one snapshot); the snapshot records the name.
+/// Another name is another lineage, told that the path has snapshots of other hosts.
+/// A hard-link store refuses it (usage, 64), the job's `host` in a config too.
+#[test]
+fn host_names_the_parent_the_snapshot_and_the_retention_group() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("catalog.db");
+    for f in ["a", "b", "c"] {
+        write(&src.join(f), f.as_bytes());
+    }
+    let url = format!("file://{}", repo.display());
+    let env = [("SNAPRING_PASSWORD", PASSWORD)];
+    assert_eq!(cli(&catalog, &["init", "--dest", &url], &env).0, 0);
+    let base = [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url,
+        "--retain",
+        "1",
+        "--json",
+    ];
+    let (code, r1, err) = cli(&catalog, &[&base[..], &["--host", "pod-a"]].concat(), &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r1["repository"]["files_read"], 3, "{r1}");
+    assert_eq!(other_hosts_hint(&r1), None, "{r1}");
+    // The next pod, the name from the environment.
+    let (code, r2, err) = cli(
+        &catalog,
+        &base,
+        &[("SNAPRING_PASSWORD", PASSWORD), ("SNAPRING_HOST", "pod-a")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r2["based_on"], r1["snapshot"], "{r2}");
+    assert_eq!(r2["repository"]["files_read"], 0, "{r2}");
+    assert_eq!(r2["repository"]["files_unchanged"], 3, "{r2}");
+    assert_eq!(r2["expired"], serde_json::json!([r1["snapshot"]]), "{r2}");
+    let snaps = || std::fs::read_dir(repo.join("snapshots")).unwrap().count();
+    assert_eq!(snaps(), 1);
+    if let Some(hosts) = restic_hostnames(&repo) {
+        assert_eq!(hosts, ["pod-a"]);
+    }
+    // Another name: no parent, its own retention group, and the hint.
+    let (code, r3, err) = cli(&catalog, &[&base[..], &["--host", "pod-b"]].concat(), &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r3["based_on"], serde_json::Value::Null, "{r3}");
+    assert_eq!(r3["repository"]["files_read"], 3, "{r3}");
+    assert_eq!(r3["expired"], serde_json::json!([]), "{r3}");
+    let hint = other_hosts_hint(&r3).unwrap_or_else(|| panic!("no hint: {r3}"));
+    assert!(
+        hint.contains("no earlier snapshot of host pod-b")
+            && hint.contains("1 snapshot of the same path")
+            && hint.contains("newest: host pod-a")
+            && hint.contains("--host NAME"),
+        "{hint}"
+    );
+    assert_eq!(snaps(), 2);
+    if let Some(hosts) = restic_hostnames(&repo) {
+        assert_eq!(hosts, ["pod-a", "pod-b"]);
+    }
+    // A job's `host` in the config: the same lineage as --host pod-b.
+    let config = t.path().join("c.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[job.pods]\nsource = \"{}\"\ndest = \"{url}\"\nretain = 1\nhost = \"pod-b\"\n",
+            src.display()
+        ),
+    )
+    .unwrap();
+    let c = config.to_str().unwrap();
+    let (code, r4, err) = cli(&catalog, &["run", "pods", "--config", c, "--json"], &env);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(r4["based_on"], r3["snapshot"], "{r4}");
+    assert_eq!(r4["repository"]["files_read"], 0, "{r4}");
+    assert_eq!(r4["expired"], serde_json::json!([r3["snapshot"]]), "{r4}");
+    assert_eq!(snaps(), 2);
+    // A shard worker refuses it: its plan picks the parent from any host.
+    let (code, _, err) = cli(
+        &catalog,
+        &[&base[..], &["--host", "pod-a"]].concat(),
+        &[
+            ("SNAPRING_PASSWORD", PASSWORD),
+            ("JOB_COMPLETION_INDEX", "0"),
+            ("SNAPRING_SHARDS", "1"),
+            ("SNAPRING_RUN_ID", "k1"),
+        ],
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("shard worker"), "{err}");
+    // Not for a hard-link store: a usage error, nothing run.
+    let store = t.path().join("store");
+    std::fs::create_dir(&store).unwrap();
+    let (code, _, err) = cli(
+        &catalog,
+        &[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            store.to_str().unwrap(),
+            "--host",
+            "pod-a",
+        ],
+        &env,
+    );
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("applies to a restic repository"), "{err}");
+    assert_eq!(std::fs::read_dir(&store).unwrap().count(), 0);
+    // Nor an empty or multi-line name.
+    for bad in ["", "pod\nb"] {
+        let (code, _, err) = cli(&catalog, &[&base[..], &["--host", bad]].concat(), &env);
+        assert_eq!(code, 64, "{bad:?}: {err}");
+    }
+    assert_eq!(snaps(), 2);
+}
+
+/// A run under another hostname (a container's: `unshare -u`, `hostname other`) without
+/// `--host` finds no parent, and says that the path has snapshots of another host and
+/// that `--host` makes them one lineage; with `--host` the first run's hostname, it
+/// finds the first run's snapshot as its parent and reads nothing.
+#[test]
+fn a_run_under_a_new_hostname_is_told_of_the_other_hosts_snapshots() {
+    if !common::uts_namespaces() {
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    for f in ["a", "b"] {
+        write(&src.join(f), f.as_bytes());
+    }
+    let url = format!("file://{}", repo.display());
+    let env = [("SNAPRING_PASSWORD", PASSWORD)];
+    let catalog = t.path().join("catalog.db");
+    assert_eq!(cli(&catalog, &["init", "--dest", &url], &env).0, 0);
+    let args = [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url,
+        "--json",
+    ];
+    let (code, r1, err) = cli(&catalog, &args, &env);
+    assert_eq!(code, 0, "{err}");
+    let here = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(here, "other-pod");
+    let on_other = |extra: &[&str]| {
+        let mut c = std::process::Command::new(bin());
+        c.args(["--catalog", "off"])
+            .args(args)
+            .args(extra)
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .env_remove("SNAPRING_HOST")
+            .env(
+                "XDG_CACHE_HOME",
+                Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+            );
+        let out = common::on_host(&c, "other-pod").output().unwrap();
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (
+            out.status.code(),
+            r,
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, r2, err) = on_other(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(r2["based_on"], serde_json::Value::Null, "{r2}");
+    assert_eq!(r2["repository"]["files_read"], 2, "{r2}");
+    let hint = other_hosts_hint(&r2).unwrap_or_else(|| panic!("no hint: {r2}"));
+    assert!(
+        hint.contains("no earlier snapshot of host other-pod for ")
+            && hint.contains(&format!("newest: host {here},"))
+            && hint.contains("give --host NAME"),
+        "{hint}"
+    );
+    let (code, r3, err) = on_other(&["--host", &here]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(r3["based_on"], r1["snapshot"], "{r3}");
+    assert_eq!(r3["repository"]["files_read"], 0, "{r3}");
+    assert_eq!(other_hosts_hint(&r3), None, "{r3}");
+    if let Some(hosts) = restic_hostnames(&repo) {
+        let mut want = vec![here.clone(), here.clone(), "other-pod".to_string()];
+        want.sort();
+        assert_eq!(hosts, want);
+    }
+}

@@ -275,6 +275,13 @@ pub struct BackupArgs {
     /// as restic does).
     #[arg(long)]
     pub with_atime: bool,
+    /// Into a restic repository: the hostname the snapshot records, its parent is
+    /// picked by and --retain groups by, as restic's `backup --host` (default: this
+    /// machine's). For a container whose hostname changes each run (a Kubernetes
+    /// CronJob's pod): without it each run reads every file again and is its own
+    /// retention group.
+    #[arg(long, env = "SNAPRING_HOST", value_name = "NAME", value_parser = host)]
+    pub host: Option<String>,
 }
 
 #[derive(Args)]
@@ -718,6 +725,12 @@ fn retain(s: &str) -> Result<u32, String> {
 }
 
 /// `--label`: letters, digits, `_`, `-`.
+/// `--host`: not empty, no control characters.
+fn host(s: &str) -> Result<String, String> {
+    snapring::engine::options::check_host(s)?;
+    Ok(s.to_string())
+}
+
 fn label(s: &str) -> Result<String, String> {
     snapring::engine::options::check_label(s)?;
     Ok(s.to_string())

@@ -138,6 +138,36 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     };
     let f: config::JobConfig = file;
     let dest = a.dest.clone().or(f.dest.clone());
+    // The flag or SNAPRING_HOST (clap reads it for `backup`; `snapring run JOB` builds
+    // its arguments without clap, so it is read here too), else the job's `host`.
+    let host = a
+        .host
+        .clone()
+        .or_else(|| {
+            std::env::var("SNAPRING_HOST")
+                .ok()
+                .filter(|h| !h.is_empty())
+        })
+        .or(f.host.clone());
+    if let Some(h) = &host {
+        snapring::engine::options::check_host(h).map_err(|e| usage!("--host: {e}"))?;
+        if !is_repo(dest.as_deref()) {
+            // A hard-link store has no hostname lineage: its snapshots follow the
+            // label's rotation whatever the machine (as with_atime, refused).
+            return Err(usage!(
+                "host (--host, SNAPRING_HOST or the job's `host`) applies to a restic \
+                 repository (--dest file:///PATH or s3://BUCKET/PREFIX) only: a hard-link \
+                 store's snapshots do not depend on the hostname"
+            ));
+        }
+        if is_shard_worker(a) {
+            return Err(usage!(
+                "host (--host, SNAPRING_HOST or the job's `host`) does not apply to a shard \
+                 worker: a shard run's plan names its parent from any host and its snapshot \
+                 records the lineage's hostname (docs/scale-out.md)"
+            ));
+        }
+    }
     if !is_repo(dest.as_deref()) {
         if a.with_atime || f.with_atime.is_some() {
             bail!(
@@ -217,6 +247,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         one_file_system: a.one_file_system || f.one_file_system.unwrap_or(false),
         exclusion,
         allow_empty: a.allow_empty || f.allow_empty.unwrap_or(false),
+        host,
     };
     let catalog = cat
         .for_config(file_catalog)
@@ -1093,6 +1124,7 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         exclusion: Default::default(),
         // A copy is of a snapshot named on purpose, empty or not.
         allow_empty: true,
+        host: None,
     };
     let catalog = cat
         .for_config(None)

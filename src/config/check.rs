@@ -86,6 +86,7 @@ pub const JOB_KEYS: &[Key] = &[
     key("notify_success", Kind::Bool, "true"),
     key("bwlimit", Kind::Str(bwlimit), "\"50MiB\""),
     key("with_atime", Kind::Bool, "true"),
+    key("host", Kind::Str(opt::check_host), "\"backup-efs\""),
     key(
         "pre_command",
         Kind::List(any),
@@ -711,16 +712,19 @@ impl Checker<'_> {
                 self.push(at, dotted(dk, k), m, None);
             }
         }
-        if good("dest", path).is_some()
-            && let Some((at, _)) = entry(t, "with_atime")
-        {
-            self.push(
-                at,
-                dotted(dk, "with_atime"),
-                "with_atime applies to a restic repository dest (file:// or s3://) only; remove it"
-                    .into(),
-                None,
-            );
+        for k in ["with_atime", "host"] {
+            if good("dest", path).is_some()
+                && let Some((at, _)) = entry(t, k)
+            {
+                self.push(
+                    at,
+                    dotted(dk, k),
+                    format!(
+                        "{k} applies to a restic repository dest (file:// or s3://) only; remove it"
+                    ),
+                    None,
+                );
+            }
         }
         if let (Some((src, _)), Some((dest, dest_at))) = (good("source", path), good("dest", path))
         {
@@ -968,6 +972,29 @@ mod tests {
         );
         let repo = lines("[job.a]\nsource = \"/s\"\ndest = \"s3://b/p\"\nwith_atime = true\n");
         assert_eq!(repo, Vec::<String>::new());
+    }
+
+    #[test]
+    fn host_is_a_name_for_a_repository_dest() {
+        let job = |dest: &str, host: &str| {
+            lines(&format!(
+                "[job.a]\nsource = \"/s\"\ndest = \"{dest}\"\nhost = {host}\n"
+            ))
+        };
+        assert_eq!(job("s3://b/p", "\"efs-1\""), Vec::<String>::new());
+        assert_eq!(job("file:///r", "\"pod name\""), Vec::<String>::new());
+        for bad in ["\"\"", "\"  \"", "\"a\\nb\"", "\"a\\tb\""] {
+            let got = job("s3://b/p", bad);
+            assert_eq!(got.len(), 1, "{bad}: {got:#?}");
+            assert!(got[0].starts_with("c.toml:4:1: job.a.host:"), "{got:#?}");
+        }
+        let store = job("/d", "\"efs-1\"");
+        assert_eq!(store.len(), 1, "{store:#?}");
+        assert!(
+            store[0].starts_with("c.toml:4:1: job.a.host:")
+                && store[0].contains("restic repository"),
+            "{store:#?}"
+        );
     }
 
     #[test]

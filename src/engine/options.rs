@@ -139,6 +139,19 @@ pub fn check_label(label: &str) -> std::result::Result<(), String> {
     ))
 }
 
+/// `--host NAME` (a job's `host`): the hostname a backup into a restic repository
+/// records, picks its parent by and groups its retention by (restic's `backup --host`).
+/// Not empty, no control characters (it is printed in reports and logs, one a line).
+pub fn check_host(host: &str) -> std::result::Result<(), String> {
+    if host.trim().is_empty() {
+        return Err("host must not be empty: give the name the snapshots are to record".into());
+    }
+    if host.chars().any(char::is_control) {
+        return Err(format!("host {host:?} holds a control character"));
+    }
+    Ok(())
+}
+
 pub fn check_retain(retain: i64) -> std::result::Result<(), String> {
     match retain {
         1..=0xFFFF_FFFF => Ok(()),

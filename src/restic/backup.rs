@@ -70,6 +70,11 @@ pub struct BackupOptions {
     /// `--allow-empty`: back up a source that is empty, or of which the exclusions
     /// leave nothing, while the parent snapshot is not ([`refuse_empty`]).
     pub allow_empty: bool,
+    /// `--host NAME` (restic's `backup --host`): the hostname the snapshot records, its
+    /// parent is picked by and its retention groups by; `None`: this machine's
+    /// ([`crate::util::hostname`]). For a source whose hostname changes each run (a
+    /// container, a Kubernetes CronJob's pod).
+    pub host: Option<String>,
 }
 
 /// The tag of a snapshot made with `--exclude-caches`.
@@ -240,6 +245,9 @@ pub struct Spec<'a> {
     /// `exclusion` is only recorded, not matched by the walk: the tree is a store
     /// snapshot (`copy`) its run already left those out of.
     pub exclusion_recorded_only: bool,
+    /// The hostname the snapshot records (`BackupOptions::host`, else this machine's);
+    /// its retention's group is of this host.
+    pub host: String,
 }
 
 /// Backs `opts.source` up into the repository `repo`.
@@ -266,8 +274,11 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         return Err(e);
     }
     let path_str = source.to_string_lossy().into_owned();
-    let host = crate::util::hostname();
-    let parent = pick_parent(repo, &path_str, &host, &opts.label)?;
+    let host = opts.host.clone().unwrap_or_else(crate::util::hostname);
+    let (parent, hint) = pick_parent(repo, &path_str, &host, &opts.label)?;
+    if let Some(h) = &hint {
+        tracing::warn!("{h}");
+    }
     if !opts.allow_empty
         && let Some((id, p)) = &parent
         && let Err(e) = refuse_empty(repo, &source, (id, p), &opts.exclusion)
@@ -296,8 +307,13 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         one_file_system: opts.one_file_system,
         exclusion: opts.exclusion.clone(),
         exclusion_recorded_only: false,
+        host,
     };
-    snapshot_locked(repo, spec, lock)
+    let mut report = snapshot_locked(repo, spec, lock)?;
+    if let Some(h) = hint {
+        report.warnings.insert(0, h);
+    }
+    Ok(report)
 }
 
 /// Writes one snapshot as `spec` says, under the shared `lock` (released here), then
@@ -310,7 +326,7 @@ pub fn snapshot_locked(
     let started = std::time::Instant::now();
     let start_time = spec.time.unwrap_or_else(chrono::Local::now);
     let path_str = spec.path.to_string_lossy().into_owned();
-    let host = crate::util::hostname();
+    let host = spec.host;
     let parent = spec.parent;
     let comps: Vec<&OsStr> = spec.path.iter().skip(1).collect();
     // The parent's tree of its own path (a copy's parent may be of another snapshot
@@ -557,18 +573,67 @@ pub(crate) fn refuse_empty(
     Err(Error::Other(e.to_string()))
 }
 
-/// The newest snapshot of the same paths and host, preferring one of the same label.
-fn pick_parent(repo: &Repo, path: &str, host: &str, label: &str) -> Result<Option<(Id, Snapshot)>> {
+/// A backup's parent snapshot, if it has one.
+type Parent = Option<(Id, Snapshot)>;
+
+/// The newest snapshot of the same paths and host, preferring one of the same label;
+/// with none of this host, the hint [`other_hosts_hint`] gives when other hosts have
+/// snapshots of the path and label.
+fn pick_parent(
+    repo: &Repo,
+    path: &str,
+    host: &str,
+    label: &str,
+) -> Result<(Parent, Option<String>)> {
     let all = snapshot::load_readable(repo)?;
-    let same: Vec<_> = all
+    let (same, others): (Vec<_>, Vec<_>) = all
         .into_iter()
-        .filter(|(_, s)| s.paths == [path] && s.hostname == host)
-        .collect();
+        .filter(|(_, s)| s.paths == [path])
+        .partition(|(_, s)| s.hostname == host);
     let labelled = same
         .iter()
         .rev()
         .find(|(_, s)| s.tag("label") == Some(label));
-    Ok(labelled.or(same.last()).cloned())
+    let parent = labelled.or(same.last()).cloned();
+    let hint = match parent {
+        Some(_) => None,
+        None => other_hosts_hint(path, host, label, &others),
+    };
+    Ok((parent, hint))
+}
+
+/// A backup that finds no parent of its host while `others` (snapshots of the same
+/// path, of other hosts) has some of its label: the source is likely the same one under
+/// a hostname that changes each run (a container, a Kubernetes pod), which reads every
+/// file again each run and makes each run its own retention group. Says so, and that
+/// `--host NAME` makes the runs one lineage.
+pub(crate) fn other_hosts_hint(
+    path: &str,
+    host: &str,
+    label: &str,
+    others: &[(Id, Snapshot)],
+) -> Option<String> {
+    let of_label: Vec<&Snapshot> = others
+        .iter()
+        .map(|(_, s)| s)
+        .filter(|s| s.tag("label") == Some(label))
+        .collect();
+    // The newest by time (the list is in file order); restic's times are RFC 3339.
+    let newest = of_label.iter().max_by(|a, b| {
+        let t = |s: &Snapshot| chrono::DateTime::parse_from_rfc3339(&s.time).ok();
+        t(a).cmp(&t(b))
+    })?;
+    Some(format!(
+        "no earlier snapshot of host {host} for {path}; {} snapshot{} of the same path and \
+         label ({label}) {} from other hosts (newest: host {}, {}). If this is the same \
+         source under a hostname that changes (a container), give --host NAME (or the \
+         job's `host`) so runs share a parent and a retention group",
+        of_label.len(),
+        if of_label.len() == 1 { "" } else { "s" },
+        if of_label.len() == 1 { "comes" } else { "come" },
+        newest.hostname,
+        newest.time,
+    ))
 }
 
 /// The tree under `comps` (directory names from the root), if the snapshot has it.

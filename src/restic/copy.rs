@@ -198,6 +198,7 @@ pub fn copy(
             .map(|r| r.exclusion.clone())
             .unwrap_or_default(),
         exclusion_recorded_only: true,
+        host: crate::util::hostname(),
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
     // Without its manifest nothing of the snapshot could be checked: copied as found,
