@@ -61,6 +61,13 @@ fn main() {
             errln!("snapring: error: {}", message(&e));
             if e.downcast_ref::<cli::exit_code::Usage>().is_some() {
                 ExitCode::Usage
+            } else if matches!(
+                e.downcast_ref::<snapring::restic::Error>(),
+                Some(snapring::restic::Error::Other(m)) if snapring::restic::lock::is_conflict_message(m)
+            ) {
+                // A repository locked by another process (a `prune`, restic's `mount`
+                // or `check`): nothing was done, try again later, as a backup exits.
+                ExitCode::Retry
             } else {
                 match e.downcast_ref::<snapring::error::Error>() {
                     Some(snapring::error::Error::Refused(_)) => ExitCode::Usage,

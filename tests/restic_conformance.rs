@@ -790,7 +790,7 @@ fn a_restic_lock_of_this_host_and_a_dead_pid_is_kept_until_it_is_old() {
     // A running `restic backup` of another container: no prune meanwhile.
     restic_lock(&repo, false, 60);
     let (code, out, err) = sr(&prune);
-    assert_eq!(code, 1, "{out}{err}");
+    assert_eq!(code, 75, "{out}{err}");
     assert!(err.contains("locked by pid"), "{err}");
     assert_eq!(count(), 1, "restic's live backup's lock was removed");
     clear();

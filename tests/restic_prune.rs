@@ -422,7 +422,8 @@ fn prune_refuses_while_restic_or_snapring_back_up_and_backup_retention_waits() {
         .unwrap();
     wait_for(&pause);
     let (code, out, err) = sr(&["prune", "--dest", &u]);
-    assert_eq!(code, 1, "{out}{err}");
+    // Locked by another process: try again later (EX_TEMPFAIL).
+    assert_eq!(code, 75, "{out}{err}");
     assert!(
         err.contains(&format!("locked by pid {}", child.id())),
         "{err}"
@@ -437,7 +438,8 @@ fn prune_refuses_while_restic_or_snapring_back_up_and_backup_retention_waits() {
     // A real, running `restic backup`.
     let held = ResticHolding::start(&restic, &repo);
     let (code, out, err) = sr(&["prune", "--dest", &u]);
-    assert_eq!(code, 1, "{out}{err}");
+    // Locked by another process: try again later (EX_TEMPFAIL).
+    assert_eq!(code, 75, "{out}{err}");
     assert!(err.contains("the repository is locked"), "{err}");
     // A backup with --retain completes; its retention waits for the next run.
     let r = backup(&src, &repo, &["--retain", "1"]);

@@ -691,7 +691,8 @@ fn host_names_the_parent_the_snapshot_and_the_retention_group() {
         hint.contains("no earlier snapshot of host pod-b")
             && hint.contains("1 snapshot of the same path")
             && hint.contains("newest: host pod-a")
-            && hint.contains("--host NAME"),
+            // --host was given: the name to give is the earlier runs'.
+            && hint.contains("give the host name its earlier runs recorded (--host \"pod-a\""),
         "{hint}"
     );
     assert_eq!(snaps(), 2);
@@ -747,12 +748,43 @@ fn host_names_the_parent_the_snapshot_and_the_retention_group() {
     assert_eq!(code, 64, "{err}");
     assert!(err.contains("applies to a restic repository"), "{err}");
     assert_eq!(std::fs::read_dir(&store).unwrap().count(), 0);
-    // Nor an empty or multi-line name.
-    for bad in ["", "pod\nb"] {
+    // SNAPRING_HOST, set for a whole machine or daemon, leaves a store's backups alone
+    // (it failed them, exit 64), and a shard worker's.
+    let (code, _, err) = cli(
+        &catalog,
+        &[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            store.to_str().unwrap(),
+        ],
+        &[("SNAPRING_PASSWORD", PASSWORD), ("SNAPRING_HOST", "pod-a")],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(store.join("daily.0").is_dir());
+    let (code, _, err) = cli(
+        &catalog,
+        &base,
+        &[
+            ("SNAPRING_PASSWORD", PASSWORD),
+            ("SNAPRING_HOST", "pod-a"),
+            ("JOB_COMPLETION_INDEX", "0"),
+            ("SNAPRING_SHARDS", "1"),
+            ("SNAPRING_RUN_ID", "k2"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    // Published (its lineage's host; `--retain 1` expires that lineage's older one).
+    let n = snaps();
+    assert!(n >= 2, "{n}");
+    // Nor an empty or multi-line name, or one with white space around it (another
+    // lineage than the name alone).
+    for bad in ["", "pod\nb", " pod-a"] {
         let (code, _, err) = cli(&catalog, &[&base[..], &["--host", bad]].concat(), &env);
         assert_eq!(code, 64, "{bad:?}: {err}");
     }
-    assert_eq!(snaps(), 2);
+    assert_eq!(snaps(), n);
 }
 
 /// A run under another hostname (a container's: `unshare -u`, `hostname other`) without

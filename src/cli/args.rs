@@ -279,8 +279,10 @@ pub struct BackupArgs {
     /// picked by and --retain groups by, as restic's `backup --host` (default: this
     /// machine's). For a container whose hostname changes each run (a Kubernetes
     /// CronJob's pod): without it each run reads every file again and is its own
-    /// retention group.
-    #[arg(long, env = "SNAPRING_HOST", value_name = "NAME", value_parser = host)]
+    /// retention group. Also SNAPRING_HOST, which (unlike the flag) backups into a
+    /// hard-link store and shard workers leave alone, so it can be set for a whole
+    /// machine or pod. [env: SNAPRING_HOST]
+    #[arg(long, value_name = "NAME", value_parser = host)]
     pub host: Option<String>,
 }
 

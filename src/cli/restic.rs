@@ -138,36 +138,44 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
     };
     let f: config::JobConfig = file;
     let dest = a.dest.clone().or(f.dest.clone());
-    // The flag or SNAPRING_HOST (clap reads it for `backup`; `snapring run JOB` builds
-    // its arguments without clap, so it is read here too), else the job's `host`.
-    let host = a
-        .host
-        .clone()
-        .or_else(|| {
-            std::env::var("SNAPRING_HOST")
-                .ok()
-                .filter(|h| !h.is_empty())
-        })
-        .or(f.host.clone());
-    if let Some(h) = &host {
+    // The flag, else SNAPRING_HOST, else the job's `host`. The flag and the key are
+    // refused where they do not apply (a hard-link store, a shard worker); the variable
+    // is left alone there: set for a whole machine, pod or daemon, it must not fail the
+    // store jobs beside the repository ones.
+    let env_host = std::env::var("SNAPRING_HOST")
+        .ok()
+        .filter(|h| !h.is_empty());
+    let applies = is_repo(dest.as_deref()) && !is_shard_worker(a);
+    if let Some(h) = &env_host
+        && applies
+        && a.host.is_none()
+    {
+        snapring::engine::options::check_host(h).map_err(|e| usage!("SNAPRING_HOST: {e}"))?;
+    }
+    let given = a.host.clone().or(f.host.clone());
+    if let Some(h) = &given {
         snapring::engine::options::check_host(h).map_err(|e| usage!("--host: {e}"))?;
         if !is_repo(dest.as_deref()) {
             // A hard-link store has no hostname lineage: its snapshots follow the
             // label's rotation whatever the machine (as with_atime, refused).
             return Err(usage!(
-                "host (--host, SNAPRING_HOST or the job's `host`) applies to a restic \
-                 repository (--dest file:///PATH or s3://BUCKET/PREFIX) only: a hard-link \
-                 store's snapshots do not depend on the hostname"
+                "host (--host or the job's `host`) applies to a restic repository \
+                 (--dest file:///PATH or s3://BUCKET/PREFIX) only: a hard-link store's \
+                 snapshots do not depend on the hostname"
             ));
         }
         if is_shard_worker(a) {
             return Err(usage!(
-                "host (--host, SNAPRING_HOST or the job's `host`) does not apply to a shard \
-                 worker: a shard run's plan names its parent from any host and its snapshot \
-                 records the lineage's hostname (docs/scale-out.md)"
+                "host (--host or the job's `host`) does not apply to a shard worker: a \
+                 shard run's plan names its parent from any host and its snapshot records \
+                 the lineage's hostname (docs/scale-out.md)"
             ));
         }
     }
+    let host = match a.host.clone() {
+        Some(h) => Some(h),
+        None => env_host.filter(|_| applies).or(f.host.clone()),
+    };
     if !is_repo(dest.as_deref()) {
         if a.with_atime || f.with_atime.is_some() {
             bail!(

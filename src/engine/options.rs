@@ -149,6 +149,12 @@ pub fn check_host(host: &str) -> std::result::Result<(), String> {
     if host.chars().any(char::is_control) {
         return Err(format!("host {host:?} holds a control character"));
     }
+    // " podA" would start a lineage (a parent, a retention group) apart from "podA".
+    if host.trim() != host {
+        return Err(format!(
+            "host {host:?} begins or ends with white space: give the name alone"
+        ));
+    }
     Ok(())
 }
 

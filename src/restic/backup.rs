@@ -275,7 +275,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     }
     let path_str = source.to_string_lossy().into_owned();
     let host = opts.host.clone().unwrap_or_else(crate::util::hostname);
-    let (parent, hint) = pick_parent(repo, &path_str, &host, &opts.label)?;
+    let (parent, hint) = pick_parent(repo, &path_str, &host, &opts.label, opts.host.is_some())?;
     if let Some(h) = &hint {
         tracing::warn!("{h}");
     }
@@ -584,6 +584,7 @@ fn pick_parent(
     path: &str,
     host: &str,
     label: &str,
+    host_given: bool,
 ) -> Result<(Parent, Option<String>)> {
     let all = snapshot::load_readable(repo)?;
     let (same, others): (Vec<_>, Vec<_>) = all
@@ -597,7 +598,7 @@ fn pick_parent(
     let parent = labelled.or(same.last()).cloned();
     let hint = match parent {
         Some(_) => None,
-        None => other_hosts_hint(path, host, label, &others),
+        None => other_hosts_hint(path, host, label, &others, host_given),
     };
     Ok((parent, hint))
 }
@@ -606,12 +607,14 @@ fn pick_parent(
 /// path, of other hosts) has some of its label: the source is likely the same one under
 /// a hostname that changes each run (a container, a Kubernetes pod), which reads every
 /// file again each run and makes each run its own retention group. Says so, and that
-/// `--host NAME` makes the runs one lineage.
+/// `--host NAME` makes the runs one lineage; when `host` was given (`host_given`), that
+/// the earlier runs' name is the one to give.
 pub(crate) fn other_hosts_hint(
     path: &str,
     host: &str,
     label: &str,
     others: &[(Id, Snapshot)],
+    host_given: bool,
 ) -> Option<String> {
     let of_label: Vec<&Snapshot> = others
         .iter()
@@ -623,11 +626,21 @@ pub(crate) fn other_hosts_hint(
         let t = |s: &Snapshot| chrono::DateTime::parse_from_rfc3339(&s.time).ok();
         t(a).cmp(&t(b))
     })?;
+    let advice = match host_given {
+        false => "If this is the same source under a hostname that changes (a container), \
+                  give --host NAME (or the job's `host`) so runs share a parent and a \
+                  retention group"
+            .to_string(),
+        true => format!(
+            "If this is the same source, give the host name its earlier runs recorded \
+             (--host {:?}, SNAPRING_HOST or the job's `host`) so runs share a parent and a \
+             retention group",
+            newest.hostname
+        ),
+    };
     Some(format!(
         "no earlier snapshot of host {host} for {path}; {} snapshot{} of the same path and \
-         label ({label}) {} from other hosts (newest: host {}, {}). If this is the same \
-         source under a hostname that changes (a container), give --host NAME (or the \
-         job's `host`) so runs share a parent and a retention group",
+         label ({label}) {} from other hosts (newest: host {}, {}). {advice}",
         of_label.len(),
         if of_label.len() == 1 { "" } else { "s" },
         if of_label.len() == 1 { "comes" } else { "come" },
