@@ -1466,10 +1466,14 @@ pub fn running_marker_path(catalog: &Path, id: &str) -> PathBuf {
 }
 
 /// A run into a repository, marked alive: the marker file, created and locked
-/// (`flock`, exclusive) until `finish`; the lock goes with the process however it ends.
+/// (`flock`, exclusive) until `finish` or `leave`; the lock goes with the process
+/// however it ends. Once the run's outcome is known its report is written into the
+/// marker (`note`), so that a run killed after that (while it notifies, before its
+/// final row) is settled as it ended, and a run whose final catalog write failed
+/// leaves its report there (`leave`) for the next command that writes the catalog.
 pub struct RunningMarker {
     path: PathBuf,
-    _file: std::fs::File,
+    file: std::fs::File,
 }
 
 impl RunningMarker {
@@ -1479,7 +1483,31 @@ impl RunningMarker {
         let path = running_marker_path(catalog, id);
         let file = std::fs::File::create(&path).ok()?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
-        Some(RunningMarker { path, _file: file })
+        Some(RunningMarker { path, file })
+    }
+
+    /// The marker's path (`logs/<id>.running` beside the catalog).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `r`, the run's report as it stands, into the marker, in place (the lock is
+    /// on this file: a new one renamed over it would be free while the run lives). A
+    /// failed or torn write leaves a marker that is not a report: settled as a dead run.
+    pub fn note(&self, r: &RunReport) {
+        use std::io::{Seek, Write};
+        let Ok(json) = serde_json::to_vec(r) else {
+            return;
+        };
+        let mut f = &self.file;
+        let res = f
+            .set_len(0)
+            .and_then(|()| f.seek(std::io::SeekFrom::Start(0)))
+            .and_then(|_| f.write_all(&json))
+            .and_then(|()| f.sync_data());
+        if let Err(e) = res {
+            tracing::warn!("{}: {e}", self.path.display());
+        }
     }
 
     /// Removes the marker (after the run's final row is recorded); the lock goes with
@@ -1487,21 +1515,55 @@ impl RunningMarker {
     pub fn finish(self) {
         let _ = std::fs::remove_file(&self.path);
     }
+
+    /// Lets go of the marker, keeping it with the report last `note`d in it: the run's
+    /// final row could not be written, and the next command that writes the catalog
+    /// records that report (`settle_repository_runs`); serve shows it meanwhile.
+    pub fn leave(self) {}
+}
+
+/// The report a run into a repository left in its marker `file` (`RunningMarker::note`),
+/// if the file holds run `id`'s.
+pub fn report_left_in_marker(file: &std::fs::File, id: &str) -> Option<RunReport> {
+    use std::io::Read;
+    let mut buf = Vec::new();
+    file.take(64 << 20).read_to_end(&mut buf).ok()?;
+    let r: RunReport = serde_json::from_slice(&buf).ok()?;
+    (r.id == id && r.status != Status::Running).then_some(r)
+}
+
+/// The message of a run into a repository the catalog still has as `running` whose
+/// marker is gone: its end was not recorded (a version before markers, or one that
+/// removed the marker of a run whose final catalog write failed).
+pub fn unrecorded_end_message(store: &str) -> String {
+    format!(
+        "the end of this run was not recorded: its marker beside the catalog is gone; \
+         a snapshot it wrote, if any, is in {store}"
+    )
 }
 
 /// Settles the runs into a repository that the catalog still thinks are running but
-/// whose process is gone (its marker's `flock` is free): `incomplete`, as a killed
-/// store run is. No snapshot of theirs is visible (a snapshot file is written last);
-/// packs they uploaded without an index are left for `snapring prune`. A run without
-/// a marker (from a version before markers) is left as it is.
+/// whose process is gone (its marker's `flock` is free). A marker that holds the run's
+/// report (`RunningMarker::note`: the outcome was known; its final catalog write failed,
+/// or it was killed while it notified) is recorded as that report says. Else the run
+/// died before its outcome was known: `incomplete`, as a killed store run is. No
+/// snapshot of theirs is visible (a snapshot file is written last); packs they uploaded
+/// without an index are left for `snapring prune`. A run without a marker (from a
+/// version before markers, or whose marker was removed though its end was not
+/// recorded) is settled `incomplete`, its message saying that its end was not recorded.
+/// The marker is removed once the row is recorded.
 pub fn settle_repository_runs(c: &mut Catalog) {
     let Ok(rows) = c.running_in() else { return };
     for (id, store) in rows.into_iter().filter(|(_, s)| is_repository(s)) {
         let marker = running_marker_path(&c.path, &id);
-        let Ok(file) = std::fs::File::open(&marker) else {
-            continue;
+        let file = match std::fs::File::open(&marker) {
+            Ok(f) => Some(f),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(_) => continue,
         };
-        if rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        if let Some(f) = &file
+            && rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
+        {
             continue;
         }
         // Re-read under the lock: a run that just ended recorded its outcome before
@@ -1516,15 +1578,30 @@ pub fn settle_repository_runs(c: &mut Catalog) {
         if r.status != Status::Running {
             continue;
         }
-        r.status = Status::Incomplete;
-        r.exit_code = Status::Incomplete.exit_code();
-        r.message = format!(
-            "interrupted: the process ended before finishing; no snapshot written into {store} \
-             (packs it uploaded without an index are left for `snapring prune`)"
-        );
+        match &file {
+            Some(f) => {
+                if let Some(left) = report_left_in_marker(f, &id) {
+                    *r = left;
+                } else {
+                    r.status = Status::Incomplete;
+                    r.exit_code = Status::Incomplete.exit_code();
+                    r.message = format!(
+                        "interrupted: the process ended before finishing; no snapshot written into {store} \
+                         (packs it uploaded without an index are left for `snapring prune`)"
+                    );
+                }
+            }
+            None => {
+                r.status = Status::Incomplete;
+                r.exit_code = Status::Incomplete.exit_code();
+                r.message = unrecorded_end_message(&store);
+            }
+        }
         match c.record(&r) {
             Ok(()) => {
-                let _ = std::fs::remove_file(&marker);
+                if file.is_some() {
+                    let _ = std::fs::remove_file(&marker);
+                }
             }
             Err(e) => tracing::warn!("{e}"),
         }

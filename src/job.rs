@@ -638,16 +638,31 @@ pub fn run_repository(
         "backup into a repository finished: {}",
         rep.message
     );
+    // The outcome is known: a run killed from here on (while it notifies) is settled
+    // as it ended, not as one that wrote no snapshot.
+    if let Some(m) = &marker {
+        m.note(&rep);
+    }
     if !notifiers.is_empty() && notify::wanted(rep.status, notify_success) {
         rep.notifications = notify::send_all(notifiers, &rep);
     }
-    if let Some(c) = catalog
-        && let Some(w) = crate::catalog::record_quietly(&c.path, c.on_nfs, &rep)
-    {
-        rep.warnings.push(w);
-    }
-    if let Some(m) = marker {
-        m.finish();
+    let unrecorded = catalog.and_then(|c| crate::catalog::record_quietly(&c.path, c.on_nfs, &rep));
+    match (marker, unrecorded) {
+        // The final row could not be written (the catalog locked past the busy wait,
+        // damaged, full): the report stays in the marker, which is let go, for the next
+        // command that writes the catalog to record (`settle_repository_runs`) and for
+        // serve to show. Removed, the row stayed `running` for ever.
+        (Some(m), Some(w)) => {
+            m.note(&rep);
+            rep.warnings.push(format!(
+                "{w}; its report is kept in {} for the next command that writes the catalog to record",
+                m.path().display()
+            ));
+            m.leave();
+        }
+        (Some(m), None) => m.finish(),
+        (None, Some(w)) => rep.warnings.push(w),
+        (None, None) => {}
     }
     if log.is_some() {
         crate::runlog::stop();

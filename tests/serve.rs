@@ -1312,6 +1312,159 @@ pre_command = ["sh", "-c", "touch {g}; while [ -e {g} ]; do sleep 0.05; done; ex
     assert_eq!(json(&s.addr, "/api/jobs/home")["counts"]["failed"], 1);
 }
 
+/// A run into a repository whose final catalog write fails (another process holds the
+/// catalog past the busy wait) wrote its snapshot and ends `complete`; the catalog row
+/// stays `running`. Its marker beside the catalog (`logs/<run>.running`) keeps its final
+/// report, let go: serve shows the run as that report says, and the next command that
+/// writes the catalog records it (then removes the marker). Before, the marker was
+/// removed and the row stayed `running` for ever (history, serve, later runs).
+#[test]
+fn a_repository_run_whose_end_the_catalog_missed_is_recorded_from_its_marker() {
+    let f = fixture();
+    let p = f.t.path().display();
+    let pw = f.t.path().join("pw");
+    std::fs::write(&pw, "repo-pw-31c\n").unwrap();
+    let url = format!("file://{p}/repo");
+    let out = snapring(
+        &[
+            std::ffi::OsStr::new("--catalog"),
+            f.catalog.as_os_str(),
+            std::ffi::OsStr::new("init"),
+            std::ffi::OsStr::new("--dest"),
+            std::ffi::OsStr::new(&url),
+            std::ffi::OsStr::new("--password-file"),
+            pw.as_os_str(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    std::fs::write(
+        &f.cfg,
+        format!(
+            "[job.home]\nsource = \"{p}/src\"\ndest = \"{url}\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let pause = f.t.path().join("pause");
+    let child = f
+        .run_cmd(
+            "home",
+            &f.cfg,
+            &[],
+            &format!("restic.backup.before_snapshot=pause:{}", pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    assert_eq!(json(&s.addr, "/api/jobs/home")["last"]["status"], "running");
+    // It ends while a writer holds the catalog: its end is not recorded there.
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    db.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "complete", "{r}");
+    let snap = r["snapshot"].as_str().unwrap().to_string();
+    let id = r["id"].as_str().unwrap().to_string();
+    let row = |db: &rusqlite::Connection| -> String {
+        db.query_row("SELECT status FROM runs WHERE id = ?1", [&id], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(row(&db), "running");
+    // serve (read-only) shows it as it ended, not running.
+    for api in [
+        json(&s.addr, "/api/jobs/home"),
+        json(&s.addr, "/api/jobs")[0].clone(),
+    ] {
+        assert_eq!(api["last"]["status"], "complete", "{api}");
+        assert_eq!(api["last"]["snapshot"], snap.as_str(), "{api}");
+        assert_eq!(api["recent"][0]["status"], "complete", "{api}");
+        assert_eq!(api["counts"]["running"], 0, "{api}");
+        assert_eq!(api["counts"]["complete"], 1, "{api}");
+    }
+    let m = get(&s.addr, "/metrics").body;
+    assert!(
+        m.lines().any(|l| l.starts_with("snapring_last_run_status{")
+            && l.contains("status=\"running\"")
+            && l.ends_with(" 0.0")),
+        "{m}"
+    );
+    assert_eq!(row(&db), "running", "serve wrote nothing");
+    // The next command that writes the catalog records it as it ended.
+    let out = snapring(
+        &[
+            std::ffi::OsStr::new("--catalog"),
+            f.catalog.as_os_str(),
+            std::ffi::OsStr::new("history"),
+            std::ffi::OsStr::new("--json"),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(h[0]["id"], id.as_str(), "{h}");
+    assert_eq!(h[0]["status"], "complete", "{h}");
+    assert_eq!(h[0]["snapshot"], snap.as_str(), "{h}");
+    assert_eq!(row(&db), "complete");
+    assert!(!f.t.path().join(format!("state/logs/{id}.running")).exists());
+    assert_eq!(json(&s.addr, "/api/jobs/home")["counts"]["complete"], 1);
+
+    // A `running` row whose marker is gone (a version that removed it though the final
+    // write failed) is not left running for ever either: incomplete, its end unrecorded.
+    let mut child = f
+        .run_cmd(
+            "home",
+            &f.cfg,
+            &[],
+            &format!("restic.backup.before_snapshot=pause:{}", pause.display()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_file(&pause);
+    let logs = f.t.path().join("state/logs");
+    let markers: Vec<_> = std::fs::read_dir(&logs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "running"))
+        .collect();
+    assert_eq!(markers.len(), 1, "{markers:?}");
+    std::fs::remove_file(&markers[0]).unwrap();
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["last"]["status"], "incomplete", "{api}");
+    assert_eq!(api["counts"]["running"], 0, "{api}");
+    let out = snapring(
+        &[
+            std::ffi::OsStr::new("--catalog"),
+            f.catalog.as_os_str(),
+            std::ffi::OsStr::new("history"),
+            std::ffi::OsStr::new("--json"),
+        ],
+        &[],
+    );
+    let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(h[1]["status"], "incomplete", "{h}");
+    let msg: String = db
+        .query_row(
+            "SELECT message FROM runs WHERE id = ?1",
+            [&h[1]["id"].as_str().unwrap()],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(msg.contains("not recorded"), "{msg}");
+    assert_eq!(h[0]["status"], "complete", "{h}");
+}
+
 /// A writer killed mid-transaction leaves a hot journal, which serve's read-only
 /// connection may not roll back: the error says what it is and what clears it (not
 /// SQLite's "attempt to write a readonly database"), the counts are unknown, not 0,

@@ -334,10 +334,22 @@ fn live_progress(v: &mut JobView, cat: Option<&Catalog>) {
     };
     let id = last.id.clone();
     if is_repository(&v.store) {
-        if cat.is_some_and(|c| repository_run_dead(c, &id)) {
-            let mut r = last.clone();
-            show_dead(&mut r, "nobody holds its marker");
-            settle_shown(v, r);
+        let Some(c) = cat else { return };
+        match repository_run(c, &id) {
+            RepositoryRun::Alive => {}
+            RepositoryRun::Ended(r) => settle_shown(v, *r),
+            RepositoryRun::Dead => {
+                let mut r = last.clone();
+                show_dead(&mut r, "nobody holds its marker");
+                settle_shown(v, r);
+            }
+            RepositoryRun::Unrecorded => {
+                let mut r = last.clone();
+                r.status = Status::Incomplete;
+                r.exit_code = Status::Incomplete.exit_code();
+                r.message = crate::catalog::unrecorded_end_message(&v.store.to_string_lossy());
+                settle_shown(v, r);
+            }
         }
         return;
     }
@@ -384,15 +396,44 @@ fn settle_shown(v: &mut JobView, r: RunReport) {
     v.last = Some(r);
 }
 
-/// Whether run `id` into a repository has a marker nobody holds (a shared `flock`
-/// probe, which writes nothing). No marker: cannot tell (a run of a version before
-/// markers), so not dead.
-fn repository_run_dead(c: &Catalog, id: &str) -> bool {
+/// What the marker beside the catalog says of run `id` into a repository, which the
+/// catalog has as `running` (as `catalog::settle_repository_runs` decides; a shared
+/// `flock` probe, which writes nothing).
+enum RepositoryRun {
+    /// Somebody holds its marker (or it cannot be read): running.
+    Alive,
+    /// Nobody holds it and it holds the run's report (its final catalog write failed).
+    Ended(Box<RunReport>),
+    /// Nobody holds it and it holds no report: the process died.
+    Dead,
+    /// No marker: its end was not recorded.
+    Unrecorded,
+}
+
+fn repository_run(c: &Catalog, id: &str) -> RepositoryRun {
     let marker = crate::catalog::running_marker_path(&c.path, id);
-    let Ok(f) = crate::fsx::open_regular(&marker, false) else {
-        return false;
+    let seen = match crate::fsx::open_regular(&marker, false) {
+        Ok(f) => {
+            if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_err() {
+                return RepositoryRun::Alive;
+            }
+            match crate::catalog::report_left_in_marker(&f, id) {
+                Some(r) => return RepositoryRun::Ended(Box::new(r)),
+                None => RepositoryRun::Dead,
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RepositoryRun::Unrecorded,
+        Err(_) => return RepositoryRun::Alive,
     };
-    rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok()
+    // Re-read: a run that ended meanwhile recorded its final row before it removed or
+    // let go of its marker.
+    match c.show_exact(id) {
+        Ok(Some(crate::catalog::Shown {
+            report: crate::catalog::Record::Backup(r),
+            ..
+        })) if r.status != Status::Running => RepositoryRun::Ended(r),
+        _ => seen,
+    }
 }
 
 fn show_dead(r: &mut RunReport, why: &str) {
