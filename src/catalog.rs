@@ -1555,56 +1555,92 @@ pub fn unrecorded_end_message(store: &str) -> String {
 pub fn settle_repository_runs(c: &mut Catalog) {
     let Ok(rows) = c.running_in() else { return };
     for (id, store) in rows.into_iter().filter(|(_, s)| is_repository(s)) {
-        let marker = running_marker_path(&c.path, &id);
-        let file = match std::fs::File::open(&marker) {
-            Ok(f) => Some(f),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(_) => continue,
-        };
-        if let Some(f) = &file
-            && rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err()
-        {
-            continue;
-        }
-        // Re-read under the lock: a run that just ended recorded its outcome before
-        // it let go of the marker.
-        let Ok(Some(Shown {
-            report: Record::Backup(mut r),
-            ..
-        })) = c.show_exact(&id)
-        else {
+        let RepositoryRun::Ended { report, marker } = repository_run(c, &id, &store, true) else {
             continue;
         };
-        if r.status != Status::Running {
-            continue;
-        }
-        match &file {
-            Some(f) => {
-                if let Some(left) = report_left_in_marker(f, &id) {
-                    *r = left;
-                } else {
-                    r.status = Status::Incomplete;
-                    r.exit_code = Status::Incomplete.exit_code();
-                    r.message = format!(
-                        "interrupted: the process ended before finishing; no snapshot written into {store} \
-                         (packs it uploaded without an index are left for `snapring prune`)"
-                    );
-                }
-            }
-            None => {
-                r.status = Status::Incomplete;
-                r.exit_code = Status::Incomplete.exit_code();
-                r.message = unrecorded_end_message(&store);
-            }
-        }
-        match c.record(&r) {
+        match c.record(&report) {
             Ok(()) => {
-                if file.is_some() {
-                    let _ = std::fs::remove_file(&marker);
+                if marker.is_some() {
+                    let _ = std::fs::remove_file(running_marker_path(&c.path, &id));
                 }
             }
             Err(e) => tracing::warn!("{e}"),
         }
+    }
+}
+
+/// How run `id` into repository `store`, which the catalog had as `running`, stands by
+/// its marker beside the catalog: the one rule [`settle_repository_runs`] records and
+/// serve shows (read-only) before anybody records it.
+pub enum RepositoryRun {
+    /// Somebody holds its marker (or the marker or the run's row cannot be read): it
+    /// may be running.
+    Alive,
+    /// The catalog has its end now (recorded meanwhile).
+    Recorded(Box<RunReport>),
+    /// It ended and the catalog does not say so: the report to record. `marker`: its
+    /// marker, if there is one, with the lock taken on it (held until this is dropped:
+    /// the caller records the run and removes the marker under it).
+    Ended {
+        report: Box<RunReport>,
+        marker: Option<std::fs::File>,
+    },
+}
+
+/// [`RepositoryRun`] of run `id` into `store`. `settle`: the marker's `flock` is taken
+/// exclusively (a second settler skips the run); else a shared probe, which writes
+/// nothing. A marker nobody holds that
+/// holds the run's report (`RunningMarker::note`: the outcome was known; its final
+/// catalog write failed, or it was killed while it notified) gives that report; one
+/// without a report, a run that died before its outcome was known: `incomplete`, as a
+/// killed store run is. No marker at all: its end was not recorded (an older version).
+pub fn repository_run(c: &Catalog, id: &str, store: &str, settle: bool) -> RepositoryRun {
+    let marker = running_marker_path(&c.path, id);
+    let file = match std::fs::File::open(&marker) {
+        Ok(f) => Some(f),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(_) => return RepositoryRun::Alive,
+    };
+    let lock = match settle {
+        true => rustix::fs::FlockOperation::NonBlockingLockExclusive,
+        false => rustix::fs::FlockOperation::NonBlockingLockShared,
+    };
+    if let Some(f) = &file
+        && rustix::fs::flock(f, lock).is_err()
+    {
+        return RepositoryRun::Alive;
+    }
+    // Re-read once the marker is free: a run that just ended recorded its final row
+    // before it let go of its marker.
+    let Ok(Some(Shown {
+        report: Record::Backup(mut r),
+        ..
+    })) = c.show_exact(id)
+    else {
+        return RepositoryRun::Alive;
+    };
+    if r.status != Status::Running {
+        return RepositoryRun::Recorded(r);
+    }
+    match file.as_ref().map(|f| report_left_in_marker(f, id)) {
+        Some(Some(left)) => *r = left,
+        Some(None) => {
+            r.status = Status::Incomplete;
+            r.exit_code = Status::Incomplete.exit_code();
+            r.message = format!(
+                "interrupted: the process ended before finishing; no snapshot written into {store} \
+                 (packs it uploaded without an index are left for `snapring prune`)"
+            );
+        }
+        None => {
+            r.status = Status::Incomplete;
+            r.exit_code = Status::Incomplete.exit_code();
+            r.message = unrecorded_end_message(store);
+        }
+    }
+    RepositoryRun::Ended {
+        report: r,
+        marker: file,
     }
 }
 

@@ -122,21 +122,31 @@ pub fn refuse_vanished_store(opts: &BackupOptions, catalog: &CatalogTarget) -> R
 /// Runs the backup (`run_backup`), then the job's `post_command` (whatever the status),
 /// then notifies (failures always, success if `notify_success`). The post command's and
 /// the notifications' outcomes go into the report, the run record, the catalog and the
-/// run log; they never change the run's status or exit code.
+/// run log; they never change the run's status or exit code. A backup that could not
+/// start (its store missing or in use, a setting refused) is recorded `failed`, its
+/// post command run and notified all the same: [`NotStarted`] has its report.
 pub fn run(
     opts: &BackupOptions,
     catalog: Option<&CatalogTarget>,
     notifiers: &[(String, notify::NotifierConfig)],
     notify_success: bool,
     cancel: &AtomicBool,
-) -> Result<RunReport> {
+) -> std::result::Result<RunReport, NotStarted> {
     let t0 = std::time::Instant::now();
     let mut rep = match run_backup(opts, catalog, cancel) {
         Ok(r) => r,
-        Err(e) if opts.dry_run => return Err(e),
-        Err(e) => {
-            not_started(opts, &e, t0, catalog, (notifiers, notify_success));
-            return Err(e);
+        Err(error) if opts.dry_run => {
+            return Err(NotStarted {
+                error,
+                report: None,
+            });
+        }
+        Err(error) => {
+            let report = not_started(opts, &error, t0, catalog, (notifiers, notify_success));
+            return Err(NotStarted {
+                error,
+                report: Some(Box::new(report)),
+            });
         }
     };
     if opts.dry_run {
@@ -149,6 +159,16 @@ pub fn run(
     };
     conclude(opts, &mut rep, &after, catalog, notifiers, notify_success);
     Ok(rep)
+}
+
+/// A backup that could not start ([`run`]): why, and the `failed` report recorded,
+/// post-commanded and notified for it (none for a dry run, which records nothing). The
+/// caller prints the report where it prints a run's (`--json`, `--textfile`) and exits
+/// as the error says (75 for a store in use).
+#[derive(Debug)]
+pub struct NotStarted {
+    pub error: Error,
+    pub report: Option<Box<RunReport>>,
 }
 
 /// A run refused before it could start (its job's config: an `exclude_from` file
@@ -173,16 +193,17 @@ pub fn refused(
 /// A backup that could not start: its store missing (the backup file system not
 /// mounted), not a directory, not writable, or in use by another run; a setting the
 /// engine refuses. No run record can go into the store, so the run is recorded
-/// `failed` in the catalog, with its log beside it (as a restore's), and notified:
-/// failed runs always notify, and a scheduled job whose store is gone is the failure
-/// its owners most need to hear about. The caller still returns the error.
+/// `failed` in the catalog, with its log beside it (as a restore's); its post command
+/// runs (it runs whatever the status) and it is notified: failed runs always notify,
+/// and a scheduled job whose store is gone is the failure its owners most need to hear
+/// about. Returns the report; the caller still returns the error.
 fn not_started(
     opts: &BackupOptions,
     e: &crate::error::Error,
     t0: std::time::Instant,
     catalog: Option<&CatalogTarget>,
     (notifiers, notify_success): (&[(String, notify::NotifierConfig)], bool),
-) {
+) -> RunReport {
     let id = crate::engine::backup::new_run_id();
     let store = std::fs::canonicalize(&opts.store).unwrap_or_else(|_| opts.store.clone());
     let mut rep = crate::engine::backup::new_report(opts, &id, &store);
@@ -192,6 +213,9 @@ fn not_started(
     rep.status = crate::report::Status::Failed;
     rep.message = e.to_string();
     crate::engine::backup::finish_report(&mut rep, t0);
+    if matches!(e, Error::Locked { .. }) {
+        rep.exit_code = crate::report::EXIT_IN_USE;
+    }
     let log = catalog
         .map(|c| crate::catalog::restore_log_path(&c.path, &id))
         .filter(|l| start_log(l));
@@ -210,15 +234,27 @@ fn not_started(
         }
     };
     record(&rep);
-    if !notifiers.is_empty() && notify::wanted(rep.status, notify_success) {
+    let notify = !notifiers.is_empty() && notify::wanted(rep.status, notify_success);
+    if let Some(h) = &opts.post_command {
+        let after = After {
+            log: log.clone().unwrap_or_default(),
+            record: false,
+            env: Vec::new(),
+        };
+        rep.post_command = Some(post_command(h, &rep, &after));
+    }
+    if notify {
         let shown = log.clone().unwrap_or_default();
         rep.notifications =
             notify::send_notice(notifiers, &notify::Notice::backup_logged(&rep, &shown));
+    }
+    if notify || opts.post_command.is_some() {
         record(&rep);
     }
     if log.is_some() {
         crate::runlog::stop();
     }
+    rep
 }
 
 /// Where [`conclude`] logs, and whether it records what it did.
@@ -623,6 +659,9 @@ pub fn run_repository(
         }
     }
     let secs = finished(&mut rep, started);
+    if rep.status == Status::Failed && crate::restic::lock::is_conflict_message(&rep.message) {
+        rep.exit_code = crate::report::EXIT_IN_USE;
+    }
     if secs > 0.0 {
         rep.throughput_files_per_second = rep.files_total as f64 / secs;
         rep.throughput_bytes_per_second = rep.bytes_transferred as f64 / secs;

@@ -63,7 +63,7 @@ fn main() {
                 ExitCode::Usage
             } else if matches!(
                 e.downcast_ref::<snapring::restic::Error>(),
-                Some(snapring::restic::Error::Other(m)) if snapring::restic::lock::is_conflict_message(m)
+                Some(snapring::restic::Error::Locked(_))
             ) {
                 // A repository locked by another process (a `prune`, restic's `mount`
                 // or `check`): nothing was done, try again later, as a backup exits.

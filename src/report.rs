@@ -27,6 +27,11 @@ pub enum Status {
     Failed,
 }
 
+/// The exit code (and the report's `exit_code`) of a run that found its store or
+/// repository in use by another process (EX_TEMPFAIL, "try again later"): recorded
+/// `failed`, but nothing was lost and nothing was done.
+pub const EXIT_IN_USE: i32 = 75;
+
 impl Status {
     pub fn exit_code(self) -> i32 {
         match self {

@@ -107,11 +107,57 @@ fn second_run_is_refused_naming_the_holder_and_a_dead_holder_is_recovered() {
         child: mut first,
         pause,
     } = spawn_paused(&src, &dest, &[], "walk.dir", 1);
-    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    // The refused run is a run like any other for whoever watches it: its `failed`
+    // report on stdout (`--json`), its post command (which runs whatever the status),
+    // its textfile for node_exporter.
+    let seen = dest.parent().unwrap().join("post-seen");
+    let textfile = dest.parent().unwrap().join("textfile");
+    std::fs::create_dir(&textfile).unwrap();
+    let post = format!(
+        "sh -c 'echo \"$SNAPRING_STATUS $SNAPRING_RUN_ID\" > {}'",
+        seen.display()
+    );
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &[
+            "--post-command",
+            &post,
+            "--textfile",
+            textfile.to_str().unwrap(),
+        ],
+        &[],
+    );
     // EX_TEMPFAIL: try again later, as a locked restic repository exits.
     assert_eq!(code, 75, "{err}");
     assert!(err.contains("is in use: snapring backup (pid"), "{err}");
     assert!(err.contains(&format!("pid {} on", first.id())), "{err}");
+    assert_eq!(rep["status"], "failed", "{rep}\n{err}");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .contains("is in use: snapring backup (pid"),
+        "{rep}"
+    );
+    let id = rep["id"].as_str().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&seen).unwrap().trim(),
+        format!("failed {id}"),
+        "the post command of the refused run"
+    );
+    assert_eq!(rep["post_command"]["exit_code"], 0, "{rep}");
+    let prom: String = std::fs::read_dir(&textfile)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("snapring_last_run_status{")
+                && l.contains("status=\"failed\"")
+                && l.ends_with(" 1.0")),
+        "{prom}"
+    );
 
     // Kill the holder: the kernel releases its lock; the next run repairs and proceeds.
     first.kill().unwrap();

@@ -1233,20 +1233,11 @@ pre_command = ["sh", "-c", "touch {g}; while [ -e {g} ]; do sleep 0.05; done; ex
         .unwrap();
     wait_for(&gate);
     let s = serve(&f, "127.0.0.1:0", &[], &[]);
-    let last_status = |m: &str, st: &str| {
-        m.lines()
-            .find(|l| {
-                l.starts_with("snapring_last_run_status{")
-                    && l.contains("job_name=\"home\"")
-                    && l.contains(&format!("status=\"{st}\""))
-            })
-            .map(|l| l.ends_with(" 1.0"))
-    };
     // Alive (it holds the store's lock): running.
     let api = json(&s.addr, "/api/jobs/home");
     assert_eq!(api["last"]["status"], "running", "{api}");
     assert_eq!(
-        last_status(&get(&s.addr, "/metrics").body, "running"),
+        home_last_status(&get(&s.addr, "/metrics").body, "running"),
         Some(true)
     );
     // It fails while a writer holds the catalog: its end is not recorded there.
@@ -1281,8 +1272,8 @@ pre_command = ["sh", "-c", "touch {g}; while [ -e {g} ]; do sleep 0.05; done; ex
         assert!(api["progress"].is_null(), "{api}");
     }
     let m = get(&s.addr, "/metrics").body;
-    assert_eq!(last_status(&m, "running"), Some(false), "{m}");
-    assert_eq!(last_status(&m, "failed"), Some(true), "{m}");
+    assert_eq!(home_last_status(&m, "running"), Some(false), "{m}");
+    assert_eq!(home_last_status(&m, "failed"), Some(true), "{m}");
     assert_eq!(
         home_series(&m, "snapring_runs_failed_total"),
         Some(1.0),
@@ -1886,9 +1877,9 @@ fn a_repository_job_shows_its_snapshots_from_the_catalog_without_a_store_error()
     );
 }
 
-#[test]
-fn a_killed_backup_shows_as_incomplete_not_running() {
-    let f = fixture();
+/// Job `home` with one worker: its first run, then five files changed and a second run
+/// paused in its third copy, its progress written: (that run, its pause file).
+fn second_run_paused(f: &Fixture) -> (Child, PathBuf) {
     f.write_cfg(&f.cfg, "jobs = 1");
     assert_eq!(f.run("home", &f.cfg, &[]), 0);
     for i in 0..5 {
@@ -1896,31 +1887,93 @@ fn a_killed_backup_shows_as_incomplete_not_running() {
     }
     let pause = f.t.path().join("paused");
     let fp = format!("walk.copy=pause:{}@3", pause.display());
-    let mut child = f
+    let child = f
         .run_cmd("home", &f.cfg, &[], &fp)
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
     wait_for(&pause);
     progress_with_eta(&f.t.path().join("dest/.snapring/progress.json"));
+    (child, pause)
+}
+
+/// Whether job `home`'s `snapring_last_run_status` series for `status` is 1 in `m`
+/// (`None`: no such series).
+fn home_last_status(m: &str, status: &str) -> Option<bool> {
+    m.lines()
+        .find(|l| {
+            l.starts_with("snapring_last_run_status{")
+                && l.contains("job_name=\"home\"")
+                && l.contains(&format!("status=\"{status}\""))
+        })
+        .map(|l| l.ends_with(" 1.0"))
+}
+
+/// A scheduled run refused because the job's run started by hand still holds the store
+/// (exit 75, recorded `failed` and notified) does not hide that run: the dashboard and
+/// /metrics show it running, with its progress; the refused run is in `recent`.
+#[test]
+fn a_run_refused_because_the_store_is_in_use_does_not_hide_the_run_holding_it() {
+    let f = fixture();
+    let (mut child, pause) = second_run_paused(&f);
+    assert_eq!(f.run("home", &f.cfg, &[]), 75, "the store is in use");
     let s = serve(&f, "127.0.0.1:0", &[], &[]);
-    let running = |m: &str| {
-        m.lines()
-            .find(|l| {
-                l.starts_with("snapring_last_run_status{")
-                    && l.contains("job_name=\"home\"")
-                    && l.contains("status=\"running\"")
-            })
-            .map(|l| l.ends_with(" 1.0"))
-    };
-    assert_eq!(running(&get(&s.addr, "/metrics").body), Some(true));
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["recent"][0]["status"], "failed", "{api}");
+    assert_eq!(api["recent"][1]["status"], "running", "{api}");
+    assert_eq!(api["last"]["status"], "running", "{api}");
+    assert_eq!(api["last"]["id"], api["recent"][1]["id"], "{api}");
+    assert_eq!(api["progress"]["files_done"], 3, "{api}");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(home_last_status(&m, "running"), Some(true), "{m}");
+    assert_eq!(home_last_status(&m, "failed"), Some(false), "{m}");
+    assert_eq!(
+        home_series(&m, "snapring_run_progress_files"),
+        Some(3.0),
+        "{m}"
+    );
+    promtool(&m);
+    std::fs::remove_file(&pause).unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+    // Once it ends it is the last run (it ended after the refused one, though it
+    // started before): shown as it ended, not hidden behind the refused run either.
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["recent"][0]["status"], "failed", "{api}");
+    assert_eq!(api["recent"][1]["status"], "complete", "{api}");
+    assert_eq!(api["last"]["status"], "complete", "{api}");
+    assert!(api["progress"].is_null(), "{api}");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(home_last_status(&m, "complete"), Some(true), "{m}");
+    // A later run refused with nothing running: that one is the last, `failed`.
+    // The store's lock (an `flock`) held by this process: not a backup of the job.
+    let held = std::fs::File::options()
+        .append(true)
+        .open(f.t.path().join("dest/.snapring/lock"))
+        .unwrap();
+    held.lock().unwrap();
+    assert_eq!(f.run("home", &f.cfg, &[]), 75);
+    drop(held);
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["last"]["status"], "failed", "{api}");
+    assert_eq!(api["last"]["exit_code"], 75, "{api}");
+}
+
+#[test]
+fn a_killed_backup_shows_as_incomplete_not_running() {
+    let f = fixture();
+    let (mut child, _pause) = second_run_paused(&f);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    assert_eq!(
+        home_last_status(&get(&s.addr, "/metrics").body, "running"),
+        Some(true)
+    );
     child.kill().unwrap();
     child.wait().unwrap();
     let api = json(&s.addr, "/api/jobs/home");
     assert_eq!(api["last"]["status"], "incomplete", "{api}");
     assert!(api["progress"].is_null(), "{api}");
     let m = get(&s.addr, "/metrics").body;
-    assert_eq!(running(&m), Some(false), "{m}");
+    assert_eq!(home_last_status(&m, "running"), Some(false), "{m}");
     assert_eq!(home_series(&m, "snapring_run_eta_seconds"), None, "{m}");
     promtool(&m);
     let page = get(&s.addr, "/").body;

@@ -141,13 +141,22 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         );
     }
     let cancel = super::cancel_on_signal();
-    let report = snapring::job::run(
+    let (report, refused) = match snapring::job::run(
         &job.opts,
         job.catalog.as_ref(),
         &job.notifiers,
         job.notify_success,
         &cancel,
-    )?;
+    ) {
+        Ok(r) => (r, None),
+        // Could not start (the store missing or in use, say): its `failed` report goes
+        // where a run's goes, then the error decides the exit code (75: in use).
+        Err(snapring::job::NotStarted {
+            error,
+            report: Some(r),
+        }) => (*r, Some(error)),
+        Err(snapring::job::NotStarted { error, .. }) => return Err(error.into()),
+    };
     if let Some(dir) = &a.textfile {
         // Monitoring that cannot be written never changes the run's outcome.
         let cat = job.catalog.as_ref().map(|c| c.path.as_path());
@@ -157,10 +166,13 @@ pub fn backup(a: BackupArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     }
     if a.json {
         print::json(&report)?;
-    } else {
+    } else if refused.is_none() {
         print_summary(&report);
     }
-    Ok(ExitCode::from(report.status))
+    match refused {
+        Some(e) => Err(e.into()),
+        None => Ok(ExitCode::from(report.status)),
+    }
 }
 
 /// The exclusion settings of job `f` with the flags of `a` added, the pattern files

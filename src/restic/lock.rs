@@ -150,7 +150,7 @@ fn conflict(repo: &Repo, exclusive: bool, ours: Option<Id>) -> Result<Option<Loc
 }
 
 fn refused(l: &LockFile) -> Error {
-    Error::Other(format!(
+    Error::Locked(format!(
         "{LOCKED} {}by pid {} on {} (user {}) since {}: try again once it is done",
         if l.exclusive { "exclusively " } else { "" },
         l.pid,
@@ -213,11 +213,12 @@ pub fn acquire(repo: &Repo, exclusive: bool) -> Result<Guard> {
 
 /// Whether `e` is [`acquire`]'s refusal: another process holds a conflicting lock.
 pub fn is_conflict(e: &Error) -> bool {
-    matches!(e, Error::Other(m) if is_conflict_message(m))
+    matches!(e, Error::Locked(_))
 }
 
-/// Whether a run's message is [`acquire`]'s refusal (a run into a repository that
-/// another process held exits 75, "try again later", not 1).
+/// Whether a run's recorded message is [`acquire`]'s refusal (a run into a repository
+/// that another process held exits 75, "try again later", not 1): a run report keeps
+/// the message, not the error.
 pub fn is_conflict_message(m: &str) -> bool {
     m.starts_with(LOCKED)
 }

@@ -59,6 +59,11 @@ pub enum Error {
     Missing(String),
     #[error("interrupted")]
     Cancelled,
+    /// Another process holds a lock that conflicts with the one asked for
+    /// ([`lock::acquire`]'s refusal, naming the holder): nothing was done; try again
+    /// later (exit 75).
+    #[error("{0}")]
+    Locked(String),
     #[error("{0}")]
     Other(String),
 }

@@ -335,21 +335,10 @@ fn live_progress(v: &mut JobView, cat: Option<&Catalog>) {
     let id = last.id.clone();
     if is_repository(&v.store) {
         let Some(c) = cat else { return };
-        match repository_run(c, &id) {
-            RepositoryRun::Alive => {}
-            RepositoryRun::Ended(r) => settle_shown(v, *r),
-            RepositoryRun::Dead => {
-                let mut r = last.clone();
-                show_dead(&mut r, "nobody holds its marker");
-                settle_shown(v, r);
-            }
-            RepositoryRun::Unrecorded => {
-                let mut r = last.clone();
-                r.status = Status::Incomplete;
-                r.exit_code = Status::Incomplete.exit_code();
-                r.message = crate::catalog::unrecorded_end_message(&v.store.to_string_lossy());
-                settle_shown(v, r);
-            }
+        match crate::catalog::repository_run(c, &id, &v.store.to_string_lossy(), false) {
+            crate::catalog::RepositoryRun::Alive => {}
+            crate::catalog::RepositoryRun::Recorded(r)
+            | crate::catalog::RepositoryRun::Ended { report: r, .. } => settle_shown(v, *r),
         }
         return;
     }
@@ -394,46 +383,6 @@ fn settle_shown(v: &mut JobView, r: RunReport) {
         v.success_rate = c.success_rate();
     }
     v.last = Some(r);
-}
-
-/// What the marker beside the catalog says of run `id` into a repository, which the
-/// catalog has as `running` (as `catalog::settle_repository_runs` decides; a shared
-/// `flock` probe, which writes nothing).
-enum RepositoryRun {
-    /// Somebody holds its marker (or it cannot be read): running.
-    Alive,
-    /// Nobody holds it and it holds the run's report (its final catalog write failed).
-    Ended(Box<RunReport>),
-    /// Nobody holds it and it holds no report: the process died.
-    Dead,
-    /// No marker: its end was not recorded.
-    Unrecorded,
-}
-
-fn repository_run(c: &Catalog, id: &str) -> RepositoryRun {
-    let marker = crate::catalog::running_marker_path(&c.path, id);
-    let seen = match crate::fsx::open_regular(&marker, false) {
-        Ok(f) => {
-            if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_err() {
-                return RepositoryRun::Alive;
-            }
-            match crate::catalog::report_left_in_marker(&f, id) {
-                Some(r) => return RepositoryRun::Ended(Box::new(r)),
-                None => RepositoryRun::Dead,
-            }
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => RepositoryRun::Unrecorded,
-        Err(_) => return RepositoryRun::Alive,
-    };
-    // Re-read: a run that ended meanwhile recorded its final row before it removed or
-    // let go of its marker.
-    match c.show_exact(id) {
-        Ok(Some(crate::catalog::Shown {
-            report: crate::catalog::Record::Backup(r),
-            ..
-        })) if r.status != Status::Running => RepositoryRun::Ended(r),
-        _ => seen,
-    }
 }
 
 fn show_dead(r: &mut RunReport, why: &str) {
@@ -491,6 +440,23 @@ fn fill(
         p.last = c
             .show_exact(&newest.id)?
             .and_then(|s| s.report.into_backup());
+        // A run refused because the store was in use (exit 75: a scheduled run while
+        // the job's run started by hand still runs) does not hide the run that was
+        // running then: its progress and `running` while it runs, its outcome once it
+        // ended (after the refused run), not `failed`, on the dashboard and /metrics.
+        // The refused one stays in `recent` (and was notified).
+        if let Some(refused) = p
+            .last
+            .as_ref()
+            .filter(|l| l.exit_code == crate::report::EXIT_IN_USE)
+            && let Some(held) = p.recent.iter().skip(1).find(|r| {
+                r.status == "running"
+                    || r.finished_at.as_deref() > Some(refused.started_at.as_str())
+            })
+            && let Some(r) = c.show_exact(&held.id)?.and_then(|s| s.report.into_backup())
+        {
+            p.last = Some(r);
+        }
     }
     Ok(())
 }

@@ -430,9 +430,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
     crate::failpoint::hit("shard.repo.before_lock")
         .map_err(|e| failed(restic::Error::Other(e.to_string())))?;
     let lock = restic::lock::acquire(repo, false).map_err(|e| match &e {
-        restic::Error::Other(m) if m.starts_with("the repository is locked") => {
-            ShardError::Retry(m.clone())
-        }
+        restic::Error::Locked(m) => ShardError::Retry(m.clone()),
         _ => failed(e),
     })?;
     // Read again under the lock: a prune between the opening and the lock deleted
@@ -604,10 +602,8 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         let until = Instant::now() + lease();
         let ex = loop {
             match restic::lock::acquire(repo, true) {
-                Err(restic::Error::Other(m))
-                    if m.starts_with("the repository is locked")
-                        && Instant::now() < until
-                        && !opts.cancel.load(Ordering::Relaxed) =>
+                Err(restic::Error::Locked(_))
+                    if Instant::now() < until && !opts.cancel.load(Ordering::Relaxed) =>
                 {
                     std::thread::sleep(Duration::from_millis(50));
                 }
