@@ -729,8 +729,7 @@ pub fn run_repository_worker(
     use crate::shard::{ShardError, repository};
     let started = std::time::Instant::now();
     let (window_ended, done) = watch_window(j.window, started, &cancel);
-    let failed =
-        |e: restic::Error| ShardError::Failed(crate::error::Error::Repository(e.to_string()));
+    let failed = crate::shard::sort_repo_err;
     let outcome = (|| {
         let backend = restic::backend::from_dest(&j.dest).map_err(failed)?;
         backend.watch_cancel(&cancel);

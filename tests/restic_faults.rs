@@ -1282,3 +1282,78 @@ fn a_lock_that_cannot_be_deleted_after_the_snapshot_is_a_warning() {
     s.proxy.set_rules(Vec::new());
     s.restore_equals_source(&dest, "the run whose lock was left");
 }
+
+/// A shard worker's `backup --json --shard 0/1 --run-id RUN` through the proxy (or at
+/// `endpoint`): (code, stdout, stderr).
+fn shard_worker(s: &Setup, endpoint: &str, dest: &str, run: &str) -> (i32, String, String) {
+    let mut args = s.backup_args(dest);
+    args.extend(["--shard", "0/1", "--run-id", run]);
+    let out = s.cmd_at(endpoint, &args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An S3 outage that outlasts the retries (connections dropped, HTTP 500, nothing
+/// listening on the port) is worth a retry: the shard worker exits 75, saying the
+/// repository could not be reached and that a rerun resumes, not 1 (which the
+/// documented podFailurePolicy takes for `FailIndex`); once the storage is back, the
+/// rerun with the same run id publishes the run. A refusal (403 AccessDenied) and a
+/// full disk (507) still exit 1.
+#[test]
+fn an_outage_past_the_retries_makes_a_shard_worker_exit_75_and_its_rerun_publishes() {
+    let s = setup(Vec::new());
+    source(&s.src, 2, 13);
+    let dest = s.dest("outage");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let ep = s.proxy.endpoint();
+    let retried = |fault: Fault, path: &'static str, what: &str| {
+        s.proxy
+            .set_rules(vec![Rule::new("PUT", path, fault, u64::MAX)]);
+        let (code, out, err) = shard_worker(&s, &ep, &dest, "o1");
+        assert_eq!(code, 75, "{what}: {out}\n{err}");
+        assert!(
+            err.contains("the repository could not be reached"),
+            "{what}: {err}"
+        );
+        assert!(err.contains("after 6 attempts"), "{what}: {err}");
+        assert!(err.contains("same --run-id"), "{what}: {err}");
+        let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(r["exit_code"], 75, "{what}: {r}");
+    };
+    retried(Fault::DropRequest, "/data/", "dropped connections");
+    retried(Fault::Status(500), "/snapring/", "HTTP 500");
+    // Nothing listens on the port (the server down): the same.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let (code, out, err) = shard_worker(&s, &format!("http://127.0.0.1:{port}"), &dest, "o1");
+    assert_eq!(code, 75, "{out}\n{err}");
+    assert!(err.contains("Connection refused"), "{err}");
+    assert!(err.contains("the repository could not be reached"), "{err}");
+
+    // Permanent: exit 1.
+    for (fault, what) in [(403, "AccessDenied"), (507, "InsufficientStorage")] {
+        s.proxy.set_rules(vec![Rule::new(
+            "PUT",
+            "/data/",
+            Fault::Status(fault),
+            u64::MAX,
+        )]);
+        let (code, out, err) = shard_worker(&s, &ep, &dest, "o1");
+        assert_eq!(code, 1, "{what}: {out}\n{err}");
+        assert!(err.contains(what), "{err}");
+        assert!(!err.contains("could not be reached"), "{err}");
+    }
+
+    s.proxy.set_rules(Vec::new());
+    let (code, out, err) = shard_worker(&s, &ep, &dest, "o1");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["finalized"], true, "{r}\n{err}");
+    assert_eq!(s.objects("outage", "snapshots").len(), 1);
+    s.restic_check("outage");
+    s.restore_equals_source(&dest, "the run resumed after the outage");
+}

@@ -2123,3 +2123,73 @@ fn a_directory_above_a_unit_swapped_for_a_symlink_is_not_followed_out_of_the_sou
         text(&o)
     );
 }
+
+/// The first line of `snapring status` of the run.
+fn status_line(e: &Env, run: &str) -> String {
+    let (code, out, err) = sr(&["status", "--dest", &e.url, "--run-id", run]);
+    assert_eq!(code, 0, "{err}");
+    out.lines().next().unwrap_or_default().to_string()
+}
+
+/// Every finalizer killed right after `final`, before the snapshot file: `status` says
+/// the snapshot is decided, not written (it said `finalized (ID)` with no snapshot in
+/// the repository); `snapring finalize` publishes it and says so, once (it also said
+/// "published before this worker started: nothing to do"); a second says nothing to
+/// do. Forgotten by a later run's retention, `status` says so. A publisher killed after
+/// `published`: `finalize` says it completed the retention and tidy, not "nothing to
+/// do".
+#[test]
+fn status_and_finalize_after_a_kill_at_final_say_what_is_true() {
+    let e = env();
+    let fp = [("SNAPRING_FAILPOINTS", "shard.repo.before_snapshot=kill")];
+    let out = spawn(&e, 0, 1, "k", &fp).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    assert!(snapshots(&e).is_empty());
+    let st = run_status(&e, "k");
+    assert_eq!(st["finalized"], false, "{st}");
+    assert_eq!(st["snapshot_state"], "decided", "{st}");
+    let id = st["snapshot"].as_str().unwrap().to_string();
+    let line = status_line(&e, "k");
+    assert!(
+        line.ends_with(&format!(
+            "; finalizing: snapshot {id} decided, not written yet; `snapring finalize` completes it"
+        )),
+        "{line}"
+    );
+
+    let finalize = ["finalize", "--dest", &e.url, "--run-id", "k"];
+    let (code, out, err) = sr(&finalize);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains(&format!("snapshot {} published by this process", &id[..8])),
+        "{out}"
+    );
+    assert!(!out.contains("nothing to do"), "{out}");
+    assert!(!out.contains("published before"), "{out}");
+    assert_eq!(snapshots(&e).len(), 1);
+    assert!(status_line(&e, "k").ends_with(&format!("; finalized ({id})")));
+    assert_eq!(run_status(&e, "k")["snapshot_state"], "published");
+    let (code, out, err) = sr(&finalize);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("nothing to do"), "{out}");
+    assert!(!out.contains("published by this process"), "{out}");
+
+    retention_forgets_one(&e, "k2");
+    assert!(
+        status_line(&e, "k").ends_with(&format!("; finalized ({id}, since forgotten)")),
+        "{}",
+        status_line(&e, "k")
+    );
+    let st = run_status(&e, "k");
+    assert_eq!(st["snapshot_state"], "forgotten", "{st}");
+    assert_eq!(st["finalized"], true, "{st}");
+
+    let fp = [("SNAPRING_FAILPOINTS", "shard.repo.after_published=kill")];
+    let out = spawn(&e, 0, 1, "k3", &fp).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "k3"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("completed that"), "{out}");
+    assert!(!out.contains("nothing to do"), "{out}");
+    assert!(e.repo.join("snapring/shards/k3/settled").exists());
+}

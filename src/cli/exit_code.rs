@@ -27,8 +27,8 @@ pub enum ExitCode {
     Usage = 64,
     /// 75 (EX_TEMPFAIL): try again later, nothing was lost: any command found the
     /// store held by another run (`Error::Locked`: a second backup, a `prune` while a
-    /// backup runs); a shard worker or `finalize` found the store held by another run, or units still being worked on
-    /// (docs/scale-out.md); a backup or `copy` found its restic repository locked by
+    /// backup runs); a shard worker or `finalize` found the store held by another run, or units still being worked on,
+    /// or its repository not reachable once the retries were spent (docs/scale-out.md); a backup or `copy` found its restic repository locked by
     /// another process (a `prune`; docs/format.md, "Locks"), a `prune` or `forget` found it
     /// locked by another (a backup); a `daemon` found another daemon running on its config or
     /// catalog (docs/daemon.md). A retry policy may retry this one; not 1 or 64.

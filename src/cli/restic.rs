@@ -392,7 +392,12 @@ fn print_worker(
                 )
             }
         );
-        if r.published_before {
+        if r.published_before && r.completed {
+            outln!(
+                "run {} was published before this worker started; its publisher was gone before it applied the retention and tidied: completed that (a new backup needs a new --run-id)",
+                r.run
+            );
+        } else if r.published_before {
             outln!(
                 "run {} was published before this worker started: nothing to do (a new backup needs a new --run-id)",
                 r.run

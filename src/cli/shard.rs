@@ -487,12 +487,20 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
         st.claimed,
         st.stale,
         st.pending,
-        if st.finalized {
-            format!("finalized ({})", st.snapshot.as_deref().unwrap_or("-"))
-        } else if st.abandoned.is_some() {
-            "abandoned".into()
-        } else {
-            "not finalized".into()
+        match (
+            st.snapshot_state.as_deref(),
+            st.snapshot.as_deref().unwrap_or("-")
+        ) {
+            (Some("decided"), id) => format!(
+                "finalizing: snapshot {id} decided, not written yet; `snapring finalize` completes it"
+            ),
+            (Some("written"), id) => format!(
+                "finalizing: snapshot {id} written, the run not marked published yet; `snapring finalize` completes it"
+            ),
+            (Some("forgotten"), id) => format!("finalized ({id}, since forgotten)"),
+            (_, id) if st.finalized => format!("finalized ({id})"),
+            _ if st.abandoned.is_some() => "abandoned".into(),
+            _ => "not finalized".into(),
         }
     );
     if let Some(m) = &st.abandoned {

@@ -64,6 +64,13 @@ pub enum Error {
     /// later (exit 75).
     #[error("{0}")]
     Locked(String),
+    /// The repository's storage could not be reached, and still could not once the
+    /// retries were spent (S3: connection refused or reset, a time limit, HTTP 500, 502,
+    /// 503, 504 or throttling to the end): a failing transport, not damage or a refusal;
+    /// the same operation may well work later. A shard worker exits 75 on it
+    /// (docs/scale-out.md, "Exit codes").
+    #[error("{0}")]
+    Unreachable(String),
     #[error("{0}")]
     Other(String),
 }

@@ -41,7 +41,9 @@
 //! bound. An upload's answer comes only once its body is sent: it has the full bound.
 //! Throttling (503, 429) is retried for up to 5 minutes, honouring `Retry-After` in
 //! seconds or as an HTTP date (capped at 60 s), unless the run is cancelled; other
-//! failures get 6 attempts.
+//! failures get 6 attempts. A request that still fails on a transport error, a time
+//! limit, 500, 502, 503, 504 or throttling is [`Error::Unreachable`] (an outage: a
+//! shard worker exits 75 on it); on any other status, an error of its own.
 //!
 //! Each attempt runs on a thread of its own while `send` waits for it in 100 ms slices,
 //! watching the run's cancel flag (SIGINT/SIGTERM, the backup window): a blocking
@@ -81,6 +83,19 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 pub const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How often a request in flight looks at the cancel flag.
 const POLL: Duration = Duration::from_millis(100);
+
+/// Whether a 5xx answer is of a server that may answer later (retried, and after the
+/// retries [`Error::Unreachable`]): 500 InternalError, 502, 503, 504 are; 501 (not
+/// implemented), 505, 507 (insufficient storage: a full disk, as MinIO's
+/// `XMinioStorageFull` also says) and the like are not. A full disk a server reports as
+/// a plain 500 `InternalError` cannot be told from a passing fault.
+fn transient_status(status: u16, body: &[u8]) -> bool {
+    let full = matches!(
+        error_code(body).as_deref(),
+        Some("XMinioStorageFull" | "StorageFull" | "InsufficientStorage")
+    );
+    matches!(status, 500 | 502 | 503 | 504) && !full
+}
 
 /// The wait a `Retry-After` header asks for (RFC 9110, 10.2.3): seconds, or an HTTP
 /// date (IMF-fixdate, or the obsolete RFC 850 and asctime forms recipients must also
@@ -613,7 +628,10 @@ impl S3 {
                 return Err(Error::Cancelled);
             }
             attempts += 1;
-            let (last, wait) = match self.send_once(r)? {
+            // `transient`: the last failure is one of a transport or of a server that
+            // may work later ([`transient_status`]); the error after the retries is
+            // then `Error::Unreachable`.
+            let (last, wait, transient) = match self.send_once(r)? {
                 Ok(resp) if matches!(resp.status, 503 | 429) => {
                     let last = format!("HTTP {}: {}", resp.status, error_text(&resp.body));
                     let backoff = jitter(throttle_delay);
@@ -622,17 +640,18 @@ impl S3 {
                     let wait = asked.map_or(backoff, |a| a.max(backoff));
                     if self.cancelled() || waited + wait > THROTTLE_BUDGET {
                         // Cancelled, or throttled too long: counted as the others are.
-                        (last, ordinary())
+                        (last, ordinary(), true)
                     } else {
-                        (last, Some(wait))
+                        (last, Some(wait), true)
                     }
                 }
                 Ok(resp) if resp.status >= 500 => {
                     let last = format!("HTTP {}: {}", resp.status, error_text(&resp.body));
-                    (last, ordinary())
+                    let transient = transient_status(resp.status, &resp.body);
+                    (last, ordinary(), transient)
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) => (e, ordinary()),
+                Err(e) => (e, ordinary(), true),
             };
             if self.cancelled() {
                 // A stopping run does not try again: its stop would wait for the retries.
@@ -642,9 +661,12 @@ impl S3 {
                 )));
             }
             let Some(wait) = wait else {
-                return Err(Error::Other(format!(
-                    "cannot {what} (after {attempts} attempts): {last}"
-                )));
+                let msg = format!("cannot {what} (after {attempts} attempts): {last}");
+                return Err(if transient {
+                    Error::Unreachable(msg)
+                } else {
+                    Error::Other(msg)
+                });
             };
             tracing::debug!("retrying {what} in {wait:?}: {last}");
             waited += self.sleep(wait);

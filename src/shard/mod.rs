@@ -77,6 +77,20 @@ pub(crate) fn sort_err(e: crate::error::Error) -> ShardError {
     }
 }
 
+/// A repository error, sorted: storage not reached once its retries were spent (an S3
+/// outage: `restic::Error::Unreachable`) is worth a retry (exit 75), as nothing was
+/// lost and a rerun with the same run id resumes; anything else will not get better
+/// by retrying (exit 1).
+pub fn sort_repo_err(e: crate::restic::Error) -> ShardError {
+    match e {
+        crate::restic::Error::Unreachable(m) => ShardError::Retry(format!(
+            "the repository could not be reached: {m}; nothing is lost: a rerun with the \
+             same --run-id (the worker, or `snapring finalize`) resumes the run"
+        )),
+        e => ShardError::Failed(crate::error::Error::Repository(e.to_string())),
+    }
+}
+
 pub(crate) use crate::util::par_map;
 
 /// Two lanes' outcomes as one: the first error, else whether both finished the run.

@@ -285,6 +285,10 @@ pub struct WorkerReport {
     /// or a run id used again: a new backup needs a new run id).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub published_before: bool,
+    /// The run's publisher was gone before it applied the retention and tidied: this
+    /// worker (or `finalize`) completed that.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub completed: bool,
     pub snapshot: Option<String>,
     pub parent: Option<String>,
     /// The run's figures (from the worker that published).
@@ -397,7 +401,7 @@ fn parse_at(at: &str) -> SystemTime {
 }
 
 fn failed(e: restic::Error) -> ShardError {
-    ShardError::Failed(crate::error::Error::Repository(e.to_string()))
+    super::sort_repo_err(e)
 }
 
 /// One worker of a shard run into `repo`: makes or reads the plan, builds units (its
@@ -441,11 +445,20 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
     }
     let backend = repo.backend.clone();
     let st = State::new(backend.as_ref(), &spec.run_id);
+    // `final` written before this worker started: its units are all built (the
+    // empty-source guard is past); published only once `published` is there too (a
+    // finalizer killed between the two leaves the publish to this one).
+    let final_before = st.read_final().map_err(failed)?.is_some();
     let mut report = WorkerReport {
         run: spec.run_id.clone(),
         worker: spec.index,
         workers: spec.count,
-        published_before: st.read_final().map_err(failed)?.is_some(),
+        published_before: final_before
+            && st
+                .b
+                .read_extra(&st.key("published"))
+                .map_err(failed)?
+                .is_some(),
         ..Default::default()
     };
     // The leases of the claims held (the plan, the units being built, finalize) are
@@ -505,7 +518,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
                     // source, and the publisher's retention would forget good snapshots.
                     // Every worker checks (as the store's do); not once the run is
                     // published (a rerun only reports it).
-                    if !opts.allow_empty && !report.published_before {
+                    if !opts.allow_empty && !final_before {
                         restic::backup::refuse_empty(repo, &source, (&id, &snap), &opts.exclusion)
                             .map_err(failed)?;
                     }
@@ -583,6 +596,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
     lock.release().map_err(failed)?;
     report.snapshot = Some(fin.snapshot.clone());
     report.finalized = fin.won;
+    report.completed = fin.complete;
     report.status = match &fin.totals {
         Some(t) if !t.problems.is_empty() => "partial",
         _ => "complete",
@@ -2038,25 +2052,41 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
             claims.insert(u.clone(), (*g, h.map(|h| h.worker), stale));
         }
     }
-    let published = fin.is_some();
+    let decided = fin.is_some();
     let (per, list) = super::status::units_of(&plan, |id| {
         match (commits.get(id), claims.get(id)) {
             (Some(&(g, w)), _) => ("done", Some(g), Some(w)),
-            // Published: its commits are tombstones, its claims say who built what.
-            (None, c) if published => ("done", c.map(|c| c.0), c.and_then(|c| c.1)),
+            // Past `final`: every unit was committed; once published, its commits are
+            // tombstones, its claims say who built what.
+            (None, c) if decided => ("done", c.map(|c| c.0), c.and_then(|c| c.1)),
             (None, Some(&(g, w, true))) => ("stale", Some(g), w),
             (None, Some(&(g, w, false))) => ("claimed", Some(g), w),
             (None, None) => ("pending", None, None),
         }
     });
-    Ok(super::status::RunStatus::of(
-        run,
-        &plan,
-        per,
-        list,
-        published,
-        fin.map(|f| f.snapshot),
-    ))
+    // Where the snapshot `final` decided is: `final` alone does not make the run
+    // published (a finalizer killed before the snapshot file), and a published run's
+    // snapshot may have been forgotten since (one listing of `snapshots/`).
+    let state = match &fin {
+        None => None,
+        Some(f) => {
+            let published = st.b.read_extra(&st.key("published"))?.is_some();
+            let there = Id::parse(&f.snapshot)
+                .map(|id| repo.backend.list(Kind::Snapshot).map(|l| l.contains(&id)))
+                .unwrap_or(Ok(false))?;
+            Some(match (published, there) {
+                (false, false) => "decided",
+                (false, true) => "written",
+                (true, true) => "published",
+                (true, false) => "forgotten",
+            })
+        }
+    };
+    let finalized = matches!(state, Some("published" | "forgotten"));
+    Ok(super::status::RunStatus {
+        snapshot_state: state.map(String::from),
+        ..super::status::RunStatus::of(run, &plan, per, list, finalized, fin.map(|f| f.snapshot))
+    })
 }
 
 /// `snapring finalize --dest URL --run-id RUN`: publishes a run whose units are all

@@ -52,8 +52,16 @@ pub struct RunStatus {
     pub stale: usize,
     pub pending: usize,
     pub finalized: bool,
-    /// The published snapshot, once finalized.
+    /// The published snapshot, once finalized (a run into a repository: the snapshot
+    /// its `final` decided, from then on).
     pub snapshot: Option<String>,
+    /// A run into a repository, once its `final` is written: where its snapshot is.
+    /// `decided` (in `final`, the snapshot file not written: a finalizer stopped
+    /// there), `written` (the snapshot file is there, the run not marked `published`),
+    /// `published`, or `forgotten` (published, then removed by a later retention or
+    /// `forget`). `finalized` is true for the last two only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub snapshot_state: Option<String>,
     /// The deletion of the expired snapshots: `none` (nothing expired, or not opened
     /// yet), `open` (workers claim pieces), `finished`.
     pub expiry: String,
@@ -141,6 +149,7 @@ impl RunStatus {
             pending: count("pending"),
             finalized,
             snapshot,
+            snapshot_state: None,
             expiry: "none".into(),
             expiry_claimed: 0,
             expiry_done: 0,

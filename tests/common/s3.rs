@@ -448,6 +448,8 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                 503 => ("SlowDown", "Service Unavailable"),
                 // AWS, to a conditional write while another of the key is in flight.
                 409 => ("ConditionalRequestConflict", "Conflict"),
+                403 => ("AccessDenied", "Forbidden"),
+                507 => ("InsufficientStorage", "Insufficient Storage"),
                 _ => ("InternalError", "Internal Server Error"),
             };
             let xml = format!("<Error><Code>{name}</Code><Message>proxy fault</Message></Error>");
