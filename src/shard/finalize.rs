@@ -97,8 +97,14 @@ pub fn finalize(
                     return Ok(Finalized::Busy(holder));
                 }
                 // The other workers let go of the store within tens of milliseconds
-                // of the last commit: one try (a lock request) every 25 ms.
-                std::thread::sleep(Duration::from_millis(25));
+                // of the last commit: one try (a lock request) every 5 ms for the
+                // first tenth of a second, then every 25 ms.
+                let poll = if t0.elapsed() < Duration::from_millis(100) {
+                    5
+                } else {
+                    25
+                };
+                std::thread::sleep(Duration::from_millis(poll));
             }
             Err(e) => return Err(sort_err(e)),
         }

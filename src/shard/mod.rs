@@ -18,8 +18,8 @@
 //!   restic's files, claims by conditional writes, one snapshot made by finalize).
 //!
 //! This file: which worker this process is (flags or the engines' variables), the
-//! errors with the exit code each maps to, and a parallel map for the other files. No
-//! I/O beyond reading the environment through the caller's function.
+//! errors with the exit code each maps to, a parallel map and a [`Bell`] for the other
+//! files. No I/O beyond reading the environment through the caller's function.
 
 pub mod abandoned;
 pub mod dry;
@@ -347,5 +347,40 @@ mod tests {
             ),
             Ok(None)
         );
+    }
+}
+
+/// What a worker's threads wake each other with: a thread that waits (for a commit, or
+/// to renew a lease a few times a second) sleeps on it and wakes as soon as another
+/// [`ring`](Bell::ring)s (a commit, the end of the work it watched), not at the end of
+/// its sleep: at the end of a run, each sleep that ran out was 20-25 ms more before
+/// finalize.
+#[derive(Default)]
+pub(crate) struct Bell {
+    rung: std::sync::Mutex<u64>,
+    cv: std::sync::Condvar,
+}
+
+impl Bell {
+    /// Wakes every thread waiting on the bell.
+    pub fn ring(&self) {
+        *self.rung.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.cv.notify_all();
+    }
+
+    /// How many times it has rung so far (what [`wait`](Bell::wait) compares with).
+    pub fn rings(&self) -> u64 {
+        *self.rung.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sleeps up to `d`, or until the bell rings past `seen` rings (at once if it has);
+    /// whether it had.
+    pub fn wait(&self, seen: u64, d: std::time::Duration) -> bool {
+        let g = self.rung.lock().unwrap_or_else(|e| e.into_inner());
+        let (g, _) = self
+            .cv
+            .wait_timeout_while(g, d, |n| *n == seen)
+            .unwrap_or_else(|e| e.into_inner());
+        *g != seen
     }
 }

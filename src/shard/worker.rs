@@ -487,13 +487,12 @@ fn join_plan(
                 tracing::info!("making the shard plan, taken over at generation {g}");
             }
             let path = rd.plan_claim_path(g);
-            let done = AtomicBool::new(false);
+            let done = super::Bell::default();
             return std::thread::scope(|s| {
                 s.spawn(|| {
                     let every = (lease / 3).max(Duration::from_millis(50));
                     let mut last = Instant::now();
-                    while !done.load(Ordering::Relaxed) {
-                        std::thread::sleep(Duration::from_millis(20).min(every));
+                    while !done.wait(0, Duration::from_millis(20).min(every)) {
                         if last.elapsed() >= every {
                             last = Instant::now();
                             if let Err(e) = super::state::touch(&path) {
@@ -503,7 +502,7 @@ fn join_plan(
                     }
                 });
                 let r = make_plan(opts, spec, rd, source, prev);
-                done.store(true, Ordering::Relaxed);
+                done.ring();
                 r
             });
         }
@@ -512,8 +511,14 @@ fn join_plan(
             waiting = true;
         }
         // One lookup of `plan.json` a poll: the plan takes a fraction of a second to
-        // make from a manifest, and every worker waits for it.
-        std::thread::sleep(Duration::from_millis(25));
+        // make from a manifest, and every worker waits for it (every 10 ms for the
+        // first tenth of a second, then every 25 ms).
+        let poll = if t0.elapsed() < Duration::from_millis(100) {
+            10
+        } else {
+            25
+        };
+        std::thread::sleep(Duration::from_millis(poll));
     }
 }
 
@@ -759,7 +764,11 @@ pub(super) fn lanes(jobs: usize) -> usize {
 fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
     let jobs = ctx.opts.jobs.max(1);
     let currents: Vec<Current> = (0..lanes(jobs)).map(|_| Current::default()).collect();
-    let done = AtomicBool::new(false);
+    // Rung when the lanes are done (the beat ends at once), and by a lane at each
+    // commit and when it sees every unit committed (a lane waiting for a commit looks
+    // again at once).
+    let done = super::Bell::default();
+    let commits = super::Bell::default();
     // A lane that failed stops the others from claiming more.
     let failed = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -768,8 +777,7 @@ fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
         s.spawn(|| {
             let every = (ctx.lease / 3).max(Duration::from_millis(50));
             let mut last = Instant::now();
-            while !done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(20).min(every));
+            while !done.wait(0, Duration::from_millis(20).min(every)) {
                 if ctx.cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
                     for c in &currents {
                         c.stop.store(true, Ordering::Relaxed);
@@ -811,10 +819,10 @@ fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
         let handles: Vec<_> = currents
             .iter()
             .map(|current| {
-                let failed = &failed;
+                let (failed, commits) = (&failed, &commits);
                 s.spawn(move || {
                     let mut o = Outcome::default();
-                    let r = claim_loop(ctx, jobs, &mut o, current, failed);
+                    let r = claim_loop(ctx, jobs, &mut o, current, failed, commits);
                     if r.is_err() {
                         failed.store(true, Ordering::Relaxed);
                     }
@@ -830,7 +838,7 @@ fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
             out.left.extend(o.left);
             all = super::both_lanes(all, r);
         }
-        done.store(true, Ordering::Relaxed);
+        done.ring();
         all
     })
 }
@@ -946,10 +954,11 @@ fn claim_loop(
     out: &mut Outcome,
     current: &Current,
     failed: &AtomicBool,
+    commits: &super::Bell,
 ) -> Result<bool, ShardError> {
     std::thread::scope(|s| {
         let mut moving: Moving = None;
-        let r = claim_units(ctx, jobs, out, current, failed, s, &mut moving);
+        let r = claim_units(ctx, jobs, out, (current, failed, commits), s, &mut moving);
         let last = settle(&mut moving);
         let r = r?;
         last?;
@@ -961,8 +970,7 @@ fn claim_units<'s>(
     ctx: &'s Worker,
     jobs: usize,
     out: &mut Outcome,
-    current: &Current,
-    failed: &AtomicBool,
+    (current, failed, commits): (&Current, &AtomicBool, &super::Bell),
     s: &'s std::thread::Scope<'s, '_>,
     moving: &mut Moving<'s>,
 ) -> Result<bool, ShardError> {
@@ -973,11 +981,13 @@ fn claim_units<'s>(
             return Ok(false);
         }
         let mut seen = 0;
+        let rung = commits.rings();
         let picked = match pick_home(ctx, &order)? {
             Some(u) => Some((u, 1)),
             None => {
                 let done = ctx.rd.done_names()?;
                 if ctx.cut.units.iter().all(|u| done.contains(&u.id)) {
+                    commits.ring();
                     return Ok(true);
                 }
                 seen = done.len();
@@ -988,7 +998,7 @@ fn claim_units<'s>(
             // Everything left is claimed by live workers: wait, to take over if one
             // stalls, and to finalize when the last one commits.
             settle(moving)?;
-            wait_for_a_commit(ctx, seen, failed)?;
+            wait_for_a_commit(ctx, seen, failed, (commits, rung))?;
             continue;
         };
         {
@@ -1023,6 +1033,7 @@ fn claim_units<'s>(
                 counts: Some(counts),
             };
             if ctx.rd.commit(&unit.id, &c)? {
+                commits.ring();
                 let _ = crate::failpoint::hit("shard.after_commit");
                 tracing::info!(
                     "unit {} committed (generation {generation}) in {:.2} s, weight {}",
@@ -1050,12 +1061,21 @@ fn claim_units<'s>(
 /// (`done/` holds more than `seen` names: the last commit lets the run be finalized at
 /// once), or for an eighth of the lease (then the claims are read again, to take over
 /// a lapsed one). `done/` is listed every 25 ms, one listing each; the claims, a
-/// listing and a read of each live claim, only at the lease's pace.
-fn wait_for_a_commit(ctx: &Worker, seen: usize, failed: &AtomicBool) -> Result<(), ShardError> {
+/// listing and a read of each live claim, only at the lease's pace. A commit by this
+/// worker's other lane, or its seeing every unit committed (the `commits` bell rung
+/// past `rung`), ends the wait at once.
+fn wait_for_a_commit(
+    ctx: &Worker,
+    seen: usize,
+    failed: &AtomicBool,
+    (commits, rung): (&super::Bell, u64),
+) -> Result<(), ShardError> {
     let until = Instant::now()
         + (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(150));
     while Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(25));
+        if commits.wait(rung, Duration::from_millis(25)) {
+            break;
+        }
         if ctx.cancel.load(Ordering::Relaxed)
             || failed.load(Ordering::Relaxed)
             || ctx.rd.done_names()?.len() > seen
