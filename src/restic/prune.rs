@@ -26,9 +26,9 @@ use serde::Serialize;
 
 use super::backend::Kind;
 use super::index::{IndexFile, Location, PackJson};
-use super::pack::{BlobType, Entry, PackBuilder, open_blob};
+use super::pack::{BlobType, Entry, PackBuilder};
 use super::repair::implied_size;
-use super::repo::Repo;
+use super::repo::{Repo, Span};
 use super::snapshot;
 use super::tree::Tree;
 use super::{Error, Id, Result, corrupt};
@@ -408,7 +408,7 @@ fn carry_out(
                 for (i, e) in keep.iter().enumerate() {
                     stop()?;
                     if spans && span.as_ref().is_none_or(|s| !s.holds(e)) {
-                        span = Span::read(repo, pack, &keep[i..]);
+                        span = Span::read(repo, pack, &keep[i..], SPAN_GAP, u64::MAX).ok();
                         spans = span.is_some();
                     }
                     let (e, sealed) = match span.as_ref().and_then(|s| s.checked(repo, e)) {
@@ -460,51 +460,6 @@ fn carry_out(
 /// Kept blobs further apart than this in a pack being repacked are read apart (what
 /// lies between is not fetched).
 const SPAN_GAP: u64 = 4 << 20;
-
-/// One ranged read of consecutive kept blobs of a pack being repacked: over S3 one
-/// request for a pack's blobs, not one per blob (a pack of 3,000 small blobs took 3,000
-/// requests and 96 s against a local server).
-struct Span {
-    start: u64,
-    bytes: Vec<u8>,
-}
-
-impl Span {
-    /// The blobs of `entries` (sorted by offset) from the first up to a gap wider than
-    /// [`SPAN_GAP`], read at once; `None` if the read fails (each blob is then read on
-    /// its own, with its other copies tried: [`read_checked`]).
-    fn read(repo: &Repo, pack: &Id, entries: &[&Entry]) -> Option<Span> {
-        let start = entries.first()?.offset as u64;
-        let mut end = start;
-        for e in entries {
-            if e.offset as u64 > end + SPAN_GAP {
-                break;
-            }
-            end = end.max(e.offset as u64 + e.length as u64);
-        }
-        let bytes = repo
-            .backend
-            .read_range(pack, start, (end - start) as usize)
-            .ok()?;
-        Some(Span { start, bytes })
-    }
-
-    fn holds(&self, e: &Entry) -> bool {
-        let end = self.start + self.bytes.len() as u64;
-        e.offset as u64 >= self.start && e.offset as u64 + e.length as u64 <= end
-    }
-
-    /// `e`'s sealed bytes if the span holds them and they check.
-    fn checked(&self, repo: &Repo, e: &Entry) -> Option<Vec<u8>> {
-        if !self.holds(e) {
-            return None;
-        }
-        let at = (e.offset as u64 - self.start) as usize;
-        let sealed = &self.bytes[at..at + e.length as usize];
-        open_blob(&repo.key, sealed, e).ok()?;
-        Some(sealed.to_vec())
-    }
-}
 
 /// The sealed bytes of the blob `e` of `pack`, checked before they are copied (a
 /// damaged blob is not carried on). When that copy does not read or check, the blob's
