@@ -1379,8 +1379,11 @@ fn a_restore_reads_many_small_files_in_few_requests() {
     let before = s.proxy.count("GET", "/many/data/");
     s.restore_equals_source(&dest, "restore of 2,000 small files");
     let gets = s.proxy.count("GET", "/many/data/") - before;
+    // Batches of up to 1,024 files (1, 2, 4, ... from the start), each pack's blobs of
+    // a batch in one read: a dozen batches, a read or two each. Batches of 32 files
+    // held open made 79; one read per blob, 2,000.
     assert!(
-        gets < N / 10,
+        gets <= 30,
         "the restore of {N} small files read their blobs in {gets} requests"
     );
 }

@@ -408,10 +408,10 @@ fn carry_out(
                 for (i, e) in keep.iter().enumerate() {
                     stop()?;
                     if spans && span.as_ref().is_none_or(|s| !s.holds(e)) {
-                        span = Span::read(repo, pack, &keep[i..], SPAN_GAP, u64::MAX).ok();
+                        span = Span::read(repo, pack, &keep[i..], SPAN_GAP, u64::MAX, false).ok();
                         spans = span.is_some();
                     }
-                    let (e, sealed) = match span.as_ref().and_then(|s| s.checked(repo, e)) {
+                    let (e, sealed) = match span.as_ref().and_then(|s| s.checked(e)) {
                         Some(sealed) => ((*e).clone(), sealed),
                         None => read_checked(repo, pack, e, &mut from_other)?,
                     };

@@ -6,6 +6,7 @@
 //! writes their index file. Does file I/O
 //! through `backend`.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -110,12 +111,18 @@ pub fn init_default(root: &Path, password: &[u8]) -> Result<Config> {
 /// many blobs, not one per blob. `prune` reads a repacked pack's kept blobs so (a pack
 /// of 3,000 small blobs took 3,000 requests and 96 s against a local server), and
 /// `restore` the blobs of a batch of files (30,000 small files took 30,000 requests).
-/// A blob that does not check in a span is read again on its own, by the caller
-/// (`Repo::read_blob`, `prune`'s `read_checked`): the rule for a damaged blob, its
-/// rereads and its other copies, is theirs.
+/// Each blob of the read is decrypted and checked once, by the read: what checked is
+/// kept (with its plaintext, when asked for), and [`Span::open`], [`Span::take`] and
+/// [`Span::checked`] give it without decrypting again (they decrypted every blob a
+/// second time). A blob that does not check in a span is read again on its own, by the
+/// caller (`Repo::read_blob`, `prune`'s `read_checked`): the rule for a damaged blob,
+/// its rereads and its other copies, is theirs.
 pub struct Span {
     start: u64,
     bytes: Vec<u8>,
+    /// The blobs of the read that checked, by offset in the pack: their plaintexts when
+    /// the read kept them (else empty).
+    whole: HashMap<u32, Vec<u8>>,
 }
 
 impl Span {
@@ -138,15 +145,24 @@ impl Span {
         entries.len()
     }
 
-    /// The blobs [`Span::plan`] puts in the first span of `entries`, read at once. An
-    /// error of the read is returned as it is (the caller reads each blob on its own
-    /// then).
-    pub fn read(repo: &Repo, pack: &Id, entries: &[&Entry], gap: u64, cap: u64) -> Result<Span> {
+    /// The blobs [`Span::plan`] puts in the first span of `entries`, read at once, each
+    /// decrypted and checked against its id once; `keep_plain` keeps their plaintexts
+    /// (`restore` writes them; `prune` copies the sealed bytes and needs none). An error
+    /// of the read is returned as it is (the caller reads each blob on its own then).
+    pub fn read(
+        repo: &Repo,
+        pack: &Id,
+        entries: &[&Entry],
+        gap: u64,
+        cap: u64,
+        keep_plain: bool,
+    ) -> Result<Span> {
         let n = Span::plan(entries, gap, cap);
         let Some(first) = entries.first() else {
             return Ok(Span {
                 start: 0,
                 bytes: Vec::new(),
+                whole: HashMap::new(),
             });
         };
         let start = first.offset as u64;
@@ -156,22 +172,37 @@ impl Span {
             .max()
             .unwrap_or(start);
         // Read again when its blobs do not all check (one garbled read is no damage:
-        // `reread`); bytes still not checking are returned, their blobs read on their own.
+        // `reread`); bytes still not checking are returned, the blobs that did not
+        // check read on their own.
         let these = &entries[..n];
-        let (bytes, _, _) = super::reread::read_checked(
+        let (bytes, (whole, _), _) = super::reread::read_checked(
             &|| format!("Data blobs {} and {} more in pack {pack}", first.id, n - 1),
             "restic.read_garbled",
             || repo.backend.read_range(pack, start, (end - start) as usize),
             |bytes| {
-                let span = Span {
-                    start,
-                    bytes: bytes.to_vec(),
-                };
-                these.iter().all(|e| span.open(repo, e).is_some())
+                let mut whole = HashMap::with_capacity(these.len());
+                let mut all = true;
+                for e in these {
+                    let at = (e.offset as u64 - start) as usize;
+                    let opened = bytes
+                        .get(at..at + e.length as usize)
+                        .and_then(|sealed| open_blob(&repo.key, sealed, e).ok());
+                    match opened {
+                        Some(plain) => {
+                            whole.insert(e.offset, if keep_plain { plain } else { Vec::new() });
+                        }
+                        None => all = false,
+                    }
+                }
+                (whole, all)
             },
-            |whole| *whole,
+            |(_, all)| *all,
         )?;
-        Ok(Span { start, bytes })
+        Ok(Span {
+            start,
+            bytes,
+            whole,
+        })
     }
 
     pub fn holds(&self, e: &Entry) -> bool {
@@ -179,20 +210,28 @@ impl Span {
         e.offset as u64 >= self.start && e.offset as u64 + e.length as u64 <= end
     }
 
-    /// `e`'s sealed bytes and plaintext if the span holds them and they check.
-    pub fn open(&self, repo: &Repo, e: &Entry) -> Option<(&[u8], Vec<u8>)> {
+    /// `e`'s sealed bytes and plaintext (empty unless the read kept it) if the span
+    /// holds them and they checked.
+    pub fn open(&self, e: &Entry) -> Option<(&[u8], &[u8])> {
         if !self.holds(e) {
             return None;
         }
+        let plain = self.whole.get(&e.offset)?;
         let at = (e.offset as u64 - self.start) as usize;
-        let sealed = &self.bytes[at..at + e.length as usize];
-        let plain = open_blob(&repo.key, sealed, e).ok()?;
-        Some((sealed, plain))
+        Some((&self.bytes[at..at + e.length as usize], plain))
     }
 
-    /// `e`'s sealed bytes if the span holds them and they check.
-    pub fn checked(&self, repo: &Repo, e: &Entry) -> Option<Vec<u8>> {
-        self.open(repo, e).map(|(sealed, _)| sealed.to_vec())
+    /// `e`'s plaintext, moved out of the span (the read kept it), if it checked.
+    pub fn take(&mut self, e: &Entry) -> Option<Vec<u8>> {
+        if !self.holds(e) {
+            return None;
+        }
+        self.whole.remove(&e.offset)
+    }
+
+    /// `e`'s sealed bytes if the span holds them and they checked.
+    pub fn checked(&self, e: &Entry) -> Option<Vec<u8>> {
+        self.open(e).map(|(sealed, _)| sealed.to_vec())
     }
 }
 
