@@ -440,7 +440,9 @@ impl RunDir {
         self.root.join(format!("planning.g{generation}"))
     }
 
-    /// Makes the run's directories (each step tolerates another worker's).
+    /// Makes the run's directories (each step tolerates another worker's). The
+    /// planner makes them before it writes the plan: a worker that read the plan finds
+    /// them.
     pub fn create(&self) -> Result<()> {
         for d in ["claims", "done", "parts", "work"] {
             let p = self.root.join(d);
@@ -449,6 +451,14 @@ impl RunDir {
                 .ctx("create", &p)?;
         }
         Ok(())
+    }
+
+    /// Makes the run's own directory (and the store's `shards/`), where the planning
+    /// claims and the plan are made.
+    pub fn create_root(&self) -> Result<()> {
+        crate::util::create_private_dir(&self.root, true)
+            .or_else(|e| if self.root.is_dir() { Ok(()) } else { Err(e) })
+            .ctx("create", &self.root)
     }
 
     pub fn exists(&self) -> bool {
@@ -532,7 +542,7 @@ impl RunDir {
     pub fn claim_plan(&self, generation: u32, holder: &Holder) -> Result<bool> {
         let p = self.plan_claim_path(generation);
         let bytes = serde_json::to_vec(holder).expect("holder serializes");
-        create_exclusive(&p, &bytes).ctx("claim", &p)
+        crate::util::create_new_then_write(&p, &bytes).ctx("claim", &p)
     }
 
     /// The newest claim of each unit.
@@ -567,7 +577,7 @@ impl RunDir {
     pub fn claim(&self, unit: &str, generation: u32, holder: &Holder) -> Result<bool> {
         let p = self.claim_path(unit, generation);
         let bytes = serde_json::to_vec(holder).expect("holder serializes");
-        create_exclusive(&p, &bytes).ctx("claim", &p)
+        crate::util::create_new_then_write(&p, &bytes).ctx("claim", &p)
     }
 
     /// Renews a claim's lease.
@@ -613,14 +623,17 @@ impl RunDir {
 
     /// Commits `unit` for generation `c.generation`, unless a newer generation claimed it
     /// (this one's lease was lost) or another generation committed first. `true`: this
-    /// generation's work is the unit's.
-    pub fn commit(&self, unit: &str, c: &Commit) -> Result<bool> {
+    /// generation's work is the unit's. The commit is written under a private name in
+    /// the unit's directory of manifest parts (`part_dirs`, the plan's), not in `done/`,
+    /// where every worker's lanes link their commits.
+    pub fn commit(&self, unit: &str, c: &Commit, part_dirs: u32) -> Result<bool> {
         if self.claim_path(unit, c.generation + 1).exists() {
             return Ok(false);
         }
         let p = self.done_path(unit);
         let bytes = serde_json::to_vec_pretty(c).expect("commit serializes");
-        create_exclusive(&p, &bytes).ctx("commit", &p)
+        crate::util::create_exclusive_via(&self.part_dir(unit, part_dirs), &p, &bytes)
+            .ctx("commit", &p)
     }
 
     /// A unit's figures where a commit written before they moved into it left them.
