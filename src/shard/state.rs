@@ -1,8 +1,10 @@
 //! The files of one shard run, under `<store>/.snapring/shards/<run-id>/`, and the
 //! atomic steps on them (docs/scale-out.md has the layout). Every file another worker
-//! may race for is made by an exclusive create of its complete content (written under
-//! a private name, then `link`ed to its final name, which fails if it exists): the plan,
-//! each claim generation, each commit marker, the finalized marker. Does file I/O.
+//! may race for is made by an exclusive create: the plan, each commit marker and the
+//! finalized marker with their complete content (written under a private name, then
+//! `link`ed to their final name, which fails if it exists); the claims of units and of
+//! the plan by one `O_EXCL` create, then written (their lease is their mtime, whatever
+//! they hold, so one seen empty needs no special case). Does file I/O.
 //!
 //! - `plan.json`: the cut (`plan.rs`), the run's parameters, the previous snapshot;
 //! - `planning.g<generation>`: who makes the plan (one worker sizes the source, the
@@ -304,10 +306,10 @@ impl Holder {
 #[derive(Clone, Debug)]
 pub struct Claim {
     pub generation: u32,
-    /// `None`: the file is there but its content cannot be read (empty or garbled, as
-    /// a crash of the store's file server can leave it; a claim is never seen half
-    /// written, being `link`ed to its name complete). Its lease still runs from its
-    /// mtime, so it is taken over once that lapses, as any claim.
+    /// `None`: the file is there but its content cannot be read (empty or short while
+    /// its maker writes it, or for good if it died then; garbled, as a crash of the
+    /// store's file server can leave it). Its lease still runs from its mtime, so it is
+    /// held until that lapses and then taken over, as any claim.
     pub holder: Option<Holder>,
     /// When its lease was last renewed.
     pub renewed: SystemTime,
@@ -657,9 +659,9 @@ impl RunDir {
 }
 
 /// The claim in file `path`, if it is there: its mtime (the lease), and its holder if
-/// the content reads. A claim is `link`ed to its name complete, so one whose content
-/// does not read (empty, garbled, refused) is damaged, not being written: its lease
-/// runs from its mtime as a readable one's does, or it would hold its unit for ever.
+/// the content reads. One whose content does not read (being written, or empty,
+/// garbled or refused for good) has its lease run from its mtime as a readable one's
+/// does: held while that is fresh, taken over after, never held for ever.
 /// An error: not even its mtime can be read.
 fn read_claim(path: &Path, generation: u32) -> Result<Option<Claim>> {
     let renewed = match std::fs::metadata(path).and_then(|m| m.modified()) {

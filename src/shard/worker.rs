@@ -463,8 +463,8 @@ fn join_plan(
         }
         let next = match rd.plan_claim()? {
             None => Some(1),
-            // A claim whose content does not read (damaged: claims are linked to their
-            // name complete) is taken over once its mtime is past the lease, as any.
+            // A claim whose content does not read (being written, or damaged) is taken
+            // over once its mtime is past the lease, as any.
             Some((g, Some(c)))
                 if c.expired(lease) || c.holder.as_ref().is_some_and(Holder::is_dead_here) =>
             {
