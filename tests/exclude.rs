@@ -698,9 +698,14 @@ fn a_worker_whose_pattern_file_says_something_else_than_the_plan_is_refused() {
             assert_eq!(o.status.code(), Some(64), "dry run: {said}");
             assert!(said.contains("exclusion settings"), "dry run: {said}");
         }
-        // With the same file everywhere the run completes.
+        // Which of the two was started wrong cannot be told: the run publishes
+        // nothing (exit 64); with the same file everywhere, a new run id does.
         pattern_file(t.path());
-        run_workers(&src, target, &f, "differs");
+        let o = worker(&src, target, &f, "differs", 0).output().unwrap();
+        let said = out_text(&o);
+        assert_eq!(o.status.code(), Some(64), "{target}: {said}");
+        assert!(said.contains("not published"), "{target}: {said}");
+        run_workers(&src, target, &f, "differs-again");
     }
     assert_excluded(&dest.join("daily.0"));
 }

@@ -1397,6 +1397,107 @@ fn the_rerun_after_a_crash_past_final_applies_the_retention() {
     assert_eq!(third["finalized"], false, "{third}");
 }
 
+/// A run killed before it published, a newer run of its label published meanwhile,
+/// then the first resumed with `--retain 1`: its snapshot (the older, dated by its
+/// plan) is kept as the one it has just written, so two of the label stay, and its
+/// report warns, naming the newer run's snapshot (before 2026-12-05 nothing said so);
+/// the next run's retention forgets it.
+#[test]
+fn a_run_published_late_warns_that_its_label_keeps_one_more_until_the_next_run() {
+    let e = env();
+    let args = |run: &'static str| ["--shard", "0/1", "--run-id", run, "--retain", "1"];
+    let die = [("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")];
+    let out = worker(&e, &args("late"), &die).output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let newer = report(&worker(&e, &args("newer"), &[]).output().unwrap());
+    let late = report(&worker(&e, &args("late"), &[]).output().unwrap());
+    assert_eq!(late["finalized"], true, "{late}");
+    assert_eq!(snapshots(&e).len(), 2);
+    let warned = late["totals"]["warnings"].to_string();
+    let short = &newer["snapshot"].as_str().unwrap()[..8];
+    assert!(
+        warned.contains(&format!("snapshot {short} (run newer)"))
+            && warned.contains("one more than --retain 1"),
+        "{late}"
+    );
+    let next = report(&worker(&e, &args("next"), &[]).output().unwrap());
+    assert_eq!(next["retention"]["removed"], 2, "{next}");
+    assert!(!next.to_string().contains("published late"), "{next}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(next["snapshot"], snaps[0].0.hex().as_str());
+}
+
+/// A worker started with a wrong `--source` (a subdirectory of the real one) writes
+/// the plan; a right worker is refused (exit 64) and leaves its mark; the wrong
+/// worker builds every unit, but neither it nor `snapring finalize` publishes the run
+/// (exit 64, naming the refused worker and the setting; before 2026-12-05 it published
+/// a snapshot of the subdirectory, exit 0); the previous snapshot stays, `status`
+/// shows the mark, and a new run id with the right settings publishes.
+#[test]
+fn a_run_whose_worker_was_refused_for_other_settings_is_not_published() {
+    let e = env();
+    let first = report(&spawn(&e, 0, 1, "first", &[]).wait_with_output().unwrap());
+    let wrong = Env {
+        t: tempfile::tempdir().unwrap(),
+        src: e.src.join("d00"),
+        repo: e.repo.clone(),
+        url: e.url.clone(),
+    };
+    let die = [("SNAPRING_FAILPOINTS", "shard.repo.before_walk=kill")];
+    let out = spawn(&wrong, 0, 2, "wrong", &die)
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        None,
+        "the planner killed: {}",
+        text(&out)
+    );
+    let out = spawn(&e, 1, 2, "wrong", &[]).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    assert_eq!(run_files(&e, "wrong", "refused"), ["w1"]);
+    let refused = |out: &Output| {
+        assert_eq!(out.status.code(), Some(64), "{}", text(out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("not published") && err.contains("worker 1") && err.contains("d00"),
+            "{}",
+            text(out)
+        );
+    };
+    refused(
+        &spawn(&wrong, 0, 2, "wrong", &[])
+            .wait_with_output()
+            .unwrap(),
+    );
+    let fin = snapring(
+        &[
+            OsStr::new("finalize"),
+            OsStr::new("--dest"),
+            OsStr::new(&e.url),
+            OsStr::new("--run-id"),
+            OsStr::new("wrong"),
+        ],
+        &[("SNAPRING_PASSWORD", PASSWORD)],
+    );
+    refused(&fin);
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert_eq!(first["snapshot"], snaps[0].0.hex().as_str());
+    let st = run_status(&e, "wrong");
+    assert_eq!(st["refused"][0]["worker"], 1, "{st}");
+    assert!(
+        st["refused"][0]["differs"][0].to_string().contains("d00"),
+        "{st}"
+    );
+    let kids: Vec<Child> = (0..2).map(|i| spawn(&e, i, 2, "fixed", &[])).collect();
+    for k in kids {
+        report(&k.wait_with_output().unwrap());
+    }
+    assert_eq!(snapshots(&e).len(), 2);
+}
+
 /// The repository's lock files (`locks/`).
 fn lock_files(e: &Env) -> Vec<PathBuf> {
     std::fs::read_dir(e.repo.join("locks"))

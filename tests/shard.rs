@@ -1595,6 +1595,65 @@ fn finalize_after_another_backup_published_refuses_instead_of_expiring_the_newer
     }
 }
 
+/// A worker started with a wrong `--source` (a subdirectory of the real one) writes
+/// the plan; a right worker is refused (exit 64) and leaves its mark; the wrong worker
+/// then builds every unit, but neither its finalize nor `snapring finalize` publishes
+/// the run (exit 64, naming the refused worker and the setting; before 2026-12-05 it
+/// published a snapshot of the subdirectory, exit 0), `status` shows the mark, and a
+/// new run id with the right settings publishes. The label's first run: once it has a
+/// snapshot, a worker of another source is refused before it plans (`continue_ring`).
+#[test]
+fn a_run_whose_worker_was_refused_for_other_settings_is_not_published() {
+    let e = env();
+    let wrong = Env {
+        _t: tempfile::tempdir().unwrap(),
+        src: e.src.join("deep"),
+        dest: e.dest.clone(),
+    };
+    let args = |i: &'static str| ["--shard", i, "--run-id", "wrong"];
+    let o = worker(
+        &wrong,
+        &args("0/2"),
+        &[("SNAPRING_FAILPOINTS", "shard.unit_started=kill")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), None, "the planner killed: {}", text(&o));
+    let o = worker(&e, &args("1/2"), &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    let mark = run_dir(&e, "wrong").join("refused/w1");
+    let said = String::from_utf8_lossy(&std::fs::read(&mark).unwrap()).into_owned();
+    assert!(said.contains("deep") && said.contains("source"), "{said}");
+    let refused = |o: &Output| {
+        assert_eq!(o.status.code(), Some(64), "{}", text(o));
+        let err = stderr_of(o);
+        assert!(
+            err.contains("not published") && err.contains("worker 1") && err.contains("source"),
+            "{}",
+            text(o)
+        );
+    };
+    refused(&worker(&wrong, &args("0/2"), &[]).output().unwrap());
+    refused(&run_cmd(&e, "finalize", "wrong", &[], &[]));
+    assert!(snapshot_names(&e.dest).is_empty());
+    assert!(!run_dir(&e, "wrong").join("finalized").exists());
+    let o = run_cmd(&e, "status", "wrong", &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["refused"][0]["worker"], 1, "{st}");
+    let o = run_cmd(&e, "status", "wrong", &[], &[]);
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("refused worker 1"),
+        "{}",
+        text(&o)
+    );
+    all_ok(
+        &run_workers(&e, 2, "fixed", &[], |_| vec![]),
+        "a new run id",
+    );
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    check_snapshot(&e, "the new run");
+}
+
 /// The names left in run `run`'s directory (`planning.g*` left out).
 fn run_dir_names(e: &Env, run: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(run_dir(e, run))

@@ -490,8 +490,14 @@ fn a_worker_started_with_another_one_file_system_than_the_plan_is_refused() {
                 err.contains("one_file_system") && err.contains(says),
                 "{target} {run}: {err}"
             );
-            // The workers started as the plan says finish the run.
-            let outs = all_workers(&src, target, 2, run, planned);
+            // Which of the two was started wrong cannot be told: the run publishes
+            // nothing (exit 64); a new run id with one setting everywhere does.
+            let o = worker(&src, target, (0, 2, run), planned, &[])
+                .output()
+                .unwrap();
+            assert_eq!(o.status.code(), Some(64), "{target} {run}: {}", text(&o));
+            assert!(text(&o).contains("not published"), "{}", text(&o));
+            let outs = all_workers(&src, target, 2, &format!("{run}-again"), planned);
             assert!(!outs.is_empty());
         }
     }

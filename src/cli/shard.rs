@@ -500,9 +500,16 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
             (Some("forgotten"), id) => format!("finalized ({id}, since forgotten)"),
             (_, id) if st.finalized => format!("finalized ({id})"),
             _ if st.abandoned.is_some() => "abandoned".into(),
+            _ if !st.refused.is_empty() => "refused: not publishable".into(),
             _ => "not finalized".into(),
         }
     );
+    for r in &st.refused {
+        outln!(
+            "  refused {}; finalize publishes nothing: fix the deployment and start a new run id",
+            r.describe()
+        );
+    }
     if let Some(m) = &st.abandoned {
         outln!(
             "  abandoned at {} by run {}: {}; its copies were removed, start a new run id",

@@ -264,6 +264,12 @@ fn locked(
     let mut cleanup = None;
     let staging = store.meta.join("staging").join(&rd.run);
     if !published {
+        // A worker refused as its settings differ from the plan's: the plan may be the
+        // wrong one (made by a worker started wrong), so nothing is published.
+        let refused = rd.refused()?;
+        if !refused.is_empty() {
+            return Err(super::state::refusal(&rd.run, &refused));
+        }
         // Another backup of this label published since the plan (a single-node run
         // while no worker held the store, say): this run's tree is older than the
         // store's newest snapshot, and publishing it would rotate that one down, or

@@ -31,6 +31,8 @@
 //!   it is missing (the publisher killed between the snapshot file and `published`), so
 //!   that no finalize writes the forgotten snapshot back; and no process writes the
 //!   snapshot file with its repository lock lost (`restic::lock::Guard::check`);
+//! - `refused/w<index>`: a worker refused because its settings differ from the plan's
+//!   (`state::Refused`, sealed); finalize publishes no run that has one;
 //! - `settled`: the publisher's retention and tidy are done. A process that finds
 //!   `published` without it, its publisher gone (dead on this host, or `published`
 //!   older than two leases, or `snapring finalize` asked), completes them.
@@ -493,7 +495,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         })
     };
     let result = (|| {
-        let (plan_file, plan_hash) = plan_of(repo, &st, spec, opts, &source, &held)?;
+        let (plan_file, plan_hash) = plan_of(repo, &st, spec, opts, &source, &held, !final_before)?;
         let cut = plan_file
             .cut()
             .map_err(|e| failed(restic::corrupt(st.key("plan"), e)))?;
@@ -626,9 +628,15 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         };
         match ex {
             Ok(ex) => {
-                report.retention =
-                    Some(restic::forget::forget_locked(repo, &policy).map_err(failed)?);
+                let r = restic::forget::forget_locked(repo, &policy).map_err(failed)?;
                 ex.release().map_err(failed)?;
+                if let Some(w) = kept_beyond_retain(repo, &r, &fin.snapshot, n.max(1), spec) {
+                    tracing::warn!("{w}");
+                    if let Some(t) = report.totals.as_mut() {
+                        t.warnings.push(w);
+                    }
+                }
+                report.retention = Some(r);
             }
             Err(e) => report.retention_skipped = Some(e.to_string()),
         }
@@ -661,6 +669,54 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
     Ok(report)
 }
 
+/// The warning of a run whose snapshot `written` the retention (`keep` newest) kept
+/// only as the one it has just written: `keep` or more of its label are dated later
+/// (runs published while this one was stopped, whose plans were made after its own),
+/// so the label keeps one more than `--retain`, until the next run's retention, which
+/// ranks by snapshot time, forgets it. `None`: it is among the newest `keep`.
+fn kept_beyond_retain(
+    repo: &Repo,
+    r: &restic::forget::ForgetReport,
+    written: &str,
+    keep: u32,
+    spec: &Spec,
+) -> Option<String> {
+    let verdicts = &r.plan.verdicts;
+    let at = verdicts.iter().position(|v| v.id == written)?;
+    let own = &verdicts[at];
+    // Newest first: those before it in its group are dated later.
+    let newer: Vec<_> = verdicts[..at]
+        .iter()
+        .filter(|v| v.group == own.group)
+        .collect();
+    if newer.len() < keep as usize {
+        return None;
+    }
+    let named: Vec<String> = newer
+        .iter()
+        .filter(|v| v.keep)
+        .map(|v| {
+            let run = Id::parse(&v.id)
+                .ok()
+                .and_then(|id| repo.load_json::<Snapshot>(Kind::Snapshot, &id).ok())
+                .and_then(|s| s.tag("shard-run").map(|r| format!(" (run {r})")))
+                .unwrap_or_default();
+            format!("snapshot {}{run} of {}", v.short_id, v.time)
+        })
+        .collect();
+    Some(format!(
+        "run {} published late: {} of the same label, published while it was stopped, {} dated later than its snapshot {} of {} (when its plan was made); its retention kept {} only because this run has just written it, so the label now keeps {} snapshots, one more than --retain {keep}; the next run's retention (newest by snapshot time) removes {}",
+        spec.run_id,
+        named.join(", "),
+        if named.len() == 1 { "is" } else { "are" },
+        own.short_id,
+        own.time,
+        own.short_id,
+        keep + 1,
+        own.short_id
+    ))
+}
+
 /// The length of the bytes `b64` holds.
 fn base64_len(b64: &str) -> u64 {
     (b64.len() as u64 / 4) * 3 - b64.bytes().rev().take_while(|&c| c == b'=').count() as u64
@@ -668,7 +724,8 @@ fn base64_len(b64: &str) -> u64 {
 
 /// The run's plan: read, or made by this worker (a quick walk of the source for the
 /// weights) and created exclusively; a worker that loses the race reads the winner's.
-/// Its parameters must be this worker's.
+/// Its parameters must be this worker's: a worker whose settings differ is refused
+/// (exit 64), having left its mark first with `mark` ([`mark_refused`]).
 fn plan_of(
     repo: &Repo,
     st: &State<'_>,
@@ -676,6 +733,7 @@ fn plan_of(
     opts: &Options,
     source: &Path,
     held: &Held,
+    mark: bool,
 ) -> Result<(PlanFile, String), ShardError> {
     let read = || -> Result<Option<(PlanFile, String)>, ShardError> {
         let Some(sealed) = st.b.read_extra(&st.key("plan")).map_err(failed)? else {
@@ -713,38 +771,98 @@ fn plan_of(
             spec.run_id
         )));
     };
+    let refuse = |differs: String, msg: String| {
+        if mark {
+            mark_refused(repo, st, spec.index, differs);
+        }
+        ShardError::Usage(msg)
+    };
     if p.workers != spec.count {
-        return Err(ShardError::Usage(format!(
-            "run {}: its plan is for {} workers, this worker was started as one of {}",
-            spec.run_id, p.workers, spec.count
-        )));
+        return Err(refuse(
+            format!("{} workers, not {}", p.workers, spec.count),
+            format!(
+                "run {}: its plan is for {} workers, this worker was started as one of {}",
+                spec.run_id, p.workers, spec.count
+            ),
+        ));
     }
     if p.one_file_system != opts.one_file_system {
-        return Err(ShardError::Usage(format!(
-            "run {}: its plan was made with {}: every worker of a run needs the same settings (or use a new --run-id)",
-            spec.run_id,
-            super::worker::one_fs_differs(p.one_file_system)
-        )));
+        let differs = super::worker::one_fs_differs(p.one_file_system);
+        return Err(refuse(
+            differs.clone(),
+            format!(
+                "run {}: its plan was made with {differs}: every worker of a run needs the same settings (or use a new --run-id)",
+                spec.run_id,
+            ),
+        ));
     }
     if p.exclusion != opts.exclusion {
-        return Err(ShardError::Usage(format!(
-            "run {}: its plan has the exclusion settings {}, this worker was given {}: every worker of a run needs the same (a pattern file must say the same on every node)",
-            spec.run_id,
+        let (planned, given) = (
             serde_json::to_string(&p.exclusion).unwrap_or_default(),
-            serde_json::to_string(&opts.exclusion).unwrap_or_default()
-        )));
+            serde_json::to_string(&opts.exclusion).unwrap_or_default(),
+        );
+        return Err(refuse(
+            format!("exclusion settings {planned}, not {given}"),
+            format!(
+                "run {}: its plan has the exclusion settings {planned}, this worker was given {given}: every worker of a run needs the same (a pattern file must say the same on every node)",
+                spec.run_id,
+            ),
+        ));
     }
     if p.source != source || p.label != opts.label {
-        return Err(ShardError::Usage(format!(
-            "run {}: its plan backs up {} as {:?}, this worker was given {} as {:?}",
-            spec.run_id,
-            p.source.display(),
-            p.label,
-            source.display(),
-            opts.label
-        )));
+        return Err(refuse(
+            format!(
+                "source {} as {:?}, not {} as {:?}",
+                p.source.display(),
+                p.label,
+                source.display(),
+                opts.label
+            ),
+            format!(
+                "run {}: its plan backs up {} as {:?}, this worker was given {} as {:?}",
+                spec.run_id,
+                p.source.display(),
+                p.label,
+                source.display(),
+                opts.label
+            ),
+        ));
     }
     Ok((p, hash))
+}
+
+/// Leaves the mark of worker `index`, refused as its settings differ from the plan's
+/// (`differs`: the plan's, then the worker's): `refused/w<index>`, sealed (it names
+/// the source), the first of an index kept. Finalize publishes no run with one.
+fn mark_refused(repo: &Repo, st: &State<'_>, index: usize, differs: String) {
+    let key = st.key(&format!("refused/w{index}"));
+    let mark = super::state::Refused::me(index, vec![differs]);
+    let made = repo
+        .seal_json(&mark)
+        .and_then(|(_, sealed)| st.b.create_extra(&key, &sealed));
+    if let Err(e) = made {
+        tracing::error!("cannot leave this worker's refusal at {key}: {e}");
+    }
+}
+
+/// The run's refusal marks ([`mark_refused`]), by worker index.
+fn refused_marks(repo: &Repo, st: &State<'_>) -> restic::Result<Vec<super::state::Refused>> {
+    let mut out = Vec::new();
+    for name in st.b.list_extra(&st.key("refused"))? {
+        let Some(index) = name.strip_prefix('w').and_then(|i| i.parse().ok()) else {
+            continue;
+        };
+        let key = st.key(&format!("refused/{name}"));
+        let Some(sealed) = st.b.read_extra(&key)? else {
+            continue;
+        };
+        out.push(
+            repo.open_json(&sealed, &key)
+                .unwrap_or_else(|e| super::state::Refused::unreadable(index, &key, e)),
+        );
+    }
+    out.sort_by_key(|r| r.worker);
+    Ok(out)
 }
 
 /// Checks, once per run, that the storage refuses a second exclusive create of one
@@ -1471,6 +1589,12 @@ fn finalize(
     if let Some(f) = st.read_final().map_err(failed)? {
         return published(repo, st, f, spec, group, lock_held);
     }
+    // A worker refused as its settings differ from the plan's: the plan may be the
+    // wrong one (made by a worker started wrong), so nothing is published.
+    let refused = refused_marks(repo, st).map_err(failed)?;
+    if !refused.is_empty() {
+        return Err(super::state::refusal(&plan_file.run, &refused));
+    }
     let f = match make_final(
         repo, st, plan_file, plan_hash, cut, source, spec, &group, lock,
     ) {
@@ -2085,6 +2209,7 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
     let finalized = matches!(state, Some("published" | "forgotten"));
     Ok(super::status::RunStatus {
         snapshot_state: state.map(String::from),
+        refused: refused_marks(repo, &st)?,
         ..super::status::RunStatus::of(run, &plan, per, list, finalized, fin.map(|f| f.snapshot))
     })
 }

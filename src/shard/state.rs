@@ -18,7 +18,9 @@
 //!   ([`RunDir::part_dir`]); a run of an older snapring has its parts in `parts/`
 //!   itself (an `.idx` beside each) and its counters in `counts/<unit>.g<generation>.json`;
 //! - `work/<unit>.g<generation>/`: where it is built; `tree/`: the run's tree once committed
-//!   units are moved in; `finalized`: the run's report, once published.
+//!   units are moved in; `finalized`: the run's report, once published;
+//! - `refused/w<index>`: a worker refused because its settings differ from the plan's
+//!   ([`Refused`]); finalize publishes no run that has one.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -373,6 +375,65 @@ fn is_zero64(n: &u64) -> bool {
     *n == 0
 }
 
+/// A worker refused because its settings differ from the run's plan, as it left its mark
+/// (`refused/w<index>`, one per worker index, the first kept). Which of the two was
+/// started wrong cannot be told: the worker that wrote the plan may be the wrong one
+/// (its plan the wrong source), so finalize publishes no run with a mark
+/// ([`refusal`]).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Refused {
+    pub worker: usize,
+    pub host: String,
+    pub pid: u32,
+    pub at: String,
+    /// What differs, each naming the setting, the plan's value, then the worker's.
+    pub differs: Vec<String>,
+}
+
+impl Refused {
+    pub fn me(worker: usize, differs: Vec<String>) -> Refused {
+        Refused {
+            worker,
+            host: crate::util::hostname(),
+            pid: std::process::id(),
+            at: crate::util::now_rfc3339(),
+            differs,
+        }
+    }
+
+    /// The mark of worker `index` whose content, at `what`, does not read: it counts.
+    pub fn unreadable(index: usize, what: &str, err: impl std::fmt::Display) -> Refused {
+        Refused {
+            worker: index,
+            host: "?".into(),
+            pid: 0,
+            at: "?".into(),
+            differs: vec![format!("its mark {what} does not read ({err})")],
+        }
+    }
+
+    /// `worker 2 (host, at): source /a, not /a/sub`.
+    pub fn describe(&self) -> String {
+        format!(
+            "worker {} ({}, {}): {}",
+            self.worker,
+            self.host,
+            self.at,
+            self.differs.join(", ")
+        )
+    }
+}
+
+/// Finalize's refusal of run `run`, whose workers `marks` were refused (exit 64).
+pub fn refusal(run: &str, marks: &[Refused]) -> super::ShardError {
+    let each: Vec<String> = marks.iter().map(Refused::describe).collect();
+    super::ShardError::Usage(format!(
+        "run {run} is not published: its plan's settings differ from those of {} of its workers, refused ({}); either the plan or those workers were started wrong; nothing published, the previous snapshot is untouched: fix the deployment and start a new run id",
+        marks.len(),
+        each.join("; ")
+    ))
+}
+
 /// One run's directory.
 pub struct RunDir {
     pub root: PathBuf,
@@ -440,6 +501,50 @@ impl RunDir {
     /// Generation `generation` of the claim to make the plan.
     pub fn plan_claim_path(&self, generation: u32) -> PathBuf {
         self.root.join(format!("planning.g{generation}"))
+    }
+
+    /// Where worker `index`'s refusal mark is ([`Refused`]).
+    pub fn refused_path(&self, index: usize) -> PathBuf {
+        self.root.join("refused").join(format!("w{index}"))
+    }
+
+    /// Leaves `r`'s mark, unless its worker index has one; `true`: written now.
+    pub fn mark_refused(&self, r: &Refused) -> Result<bool> {
+        let p = self.refused_path(r.worker);
+        let dir = self.root.join("refused");
+        crate::util::create_private_dir(&dir, true)
+            .or_else(|e| if dir.is_dir() { Ok(()) } else { Err(e) })
+            .ctx("create", &dir)?;
+        let bytes = serde_json::to_vec_pretty(r).expect("a refusal serializes");
+        create_exclusive(&p, &bytes).ctx("write", &p)
+    }
+
+    /// The refusal marks of the run's workers, by worker index (one that does not read
+    /// is named by its file).
+    pub fn refused(&self) -> Result<Vec<Refused>> {
+        let dir = self.root.join("refused");
+        let names = match std::fs::read_dir(&dir) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).ctx("read", &dir),
+        };
+        let mut out = Vec::new();
+        for e in names {
+            let e = e.ctx("read", &dir)?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(index) = name.strip_prefix('w').and_then(|i| i.parse().ok()) else {
+                continue;
+            };
+            let p = e.path();
+            let bytes = std::fs::read(&p).ctx("read", &p)?;
+            out.push(
+                serde_json::from_slice(&bytes).unwrap_or_else(|err| {
+                    Refused::unreadable(index, &p.display().to_string(), err)
+                }),
+            );
+        }
+        out.sort_by_key(|r| r.worker);
+        Ok(out)
     }
 
     /// Makes the run's directories (each step tolerates another worker's). The

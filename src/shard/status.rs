@@ -1,7 +1,8 @@
 //! `snapring status --run-id`: what the files of a shard run say, as a value (the CLI
 //! prints it or its JSON): the plan, each unit's state (committed, claimed with a live
 //! lease, claimed with a lapsed lease, pending), each worker's units, whether the
-//! run is finalized (or was abandoned, its copies removed), and how the shared deletion of its expired snapshots went
+//! run is finalized (or was abandoned, its copies removed), its workers refused for
+//! settings that differ from the plan's, and how the shared deletion of its expired snapshots went
 //! (`expire.rs`). Reads the run's directory only; takes no lock, writes nothing.
 
 use std::collections::BTreeMap;
@@ -73,6 +74,10 @@ pub struct RunStatus {
     /// Never finalized, and unpublishable since another run of its label published:
     /// its copies were removed (`abandoned.rs`), when, by which run, and why.
     pub abandoned: Option<super::abandoned::Mark>,
+    /// Workers refused because their settings differ from the plan's
+    /// (`state::Refused`): finalize publishes nothing while one is there.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<super::state::Refused>,
 }
 
 /// The state of run `run` in the store whose `.snapring/` is `meta`.
@@ -120,6 +125,7 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         expiry_claimed: tally.claimed,
         expiry_done: tally.done,
         abandoned: super::abandoned::read(&rd),
+        refused: rd.refused()?,
         ..RunStatus::of(run, &plan, per, list, rd.is_finalized(), snapshot)
     })
 }
@@ -156,6 +162,7 @@ impl RunStatus {
             per_worker: per.into_values().collect(),
             unit_list: list,
             abandoned: None,
+            refused: Vec::new(),
         }
     }
 }

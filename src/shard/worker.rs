@@ -225,7 +225,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     let source = std::fs::canonicalize(&source).ctx("resolve source", &source)?;
     let prev = Repository::previous(&store, &opts.label)?;
     let (plan, plan_hash) = join_plan(opts, spec, &rd, &source, prev.as_ref(), cancel)?;
-    check_plan(opts, spec, &plan, &source, prev.as_ref())?;
+    check_plan(opts, spec, &plan, &source, prev.as_ref(), &rd)?;
     let cut = plan.cut().map_err(|m| {
         ShardError::Failed(Error::Store {
             path: rd.plan_path(),
@@ -650,15 +650,26 @@ pub fn cut_source(
 }
 
 /// Every worker of a run must back up the same source into the same label with the
-/// same number of workers, against the same previous snapshot.
+/// same number of workers, against the same previous snapshot. A worker whose settings
+/// differ leaves its mark in `rd` (`state::Refused`) before it is refused.
 fn check_plan(
     opts: &BackupOptions,
     spec: &Spec,
     plan: &PlanFile,
     source: &std::path::Path,
     prev: Option<&Previous>,
+    rd: &RunDir,
 ) -> Result<(), ShardError> {
-    check_settings(opts, spec, plan, source)?;
+    let differs = settings_differ(opts, spec, plan, source)?;
+    if !differs.is_empty() {
+        // The plan may be the wrong one (its worker started wrong): finalize publishes
+        // no run with this mark.
+        let mark = super::state::Refused::me(spec.index, differs.clone());
+        if let Err(e) = rd.mark_refused(&mark) {
+            tracing::error!("cannot leave this worker's refusal in the run: {e}");
+        }
+        return Err(settings_refusal(spec, &differs));
+    }
     super::state::check_source_ino(plan, source)?;
     let now = prev.map(|p| (p.name.clone(), p.run.clone()));
     if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
@@ -700,6 +711,20 @@ pub(super) fn check_settings(
     plan: &PlanFile,
     source: &std::path::Path,
 ) -> Result<(), ShardError> {
+    match settings_differ(opts, spec, plan, source)? {
+        d if d.is_empty() => Ok(()),
+        d => Err(settings_refusal(spec, &d)),
+    }
+}
+
+/// What [`check_settings`] refuses (`source /a, not /a/sub`: the plan's, then this
+/// worker's), empty if nothing.
+fn settings_differ(
+    opts: &BackupOptions,
+    spec: &Spec,
+    plan: &PlanFile,
+    source: &std::path::Path,
+) -> Result<Vec<String>, ShardError> {
     let mut diffs = Vec::new();
     if plan.workers != spec.count {
         diffs.push(format!("{} workers, not {}", plan.workers, spec.count));
@@ -730,14 +755,16 @@ pub(super) fn check_settings(
             serde_json::to_string(&exclusion).unwrap_or_default()
         ));
     }
-    if !diffs.is_empty() {
-        return Err(ShardError::Usage(format!(
-            "run {} was planned with {}: every worker of a run needs the same settings (or use a new --run-id)",
-            spec.run_id,
-            diffs.join(", ")
-        )));
-    }
-    Ok(())
+    Ok(diffs)
+}
+
+/// The refusal (exit 64) of a worker whose settings differ from the plan's.
+fn settings_refusal(spec: &Spec, diffs: &[String]) -> ShardError {
+    ShardError::Usage(format!(
+        "run {} was planned with {}: every worker of a run needs the same settings (or use a new --run-id)",
+        spec.run_id,
+        diffs.join(", ")
+    ))
 }
 
 /// What a plan mismatch of `one_file_system` says (`planned`: the plan's setting).
