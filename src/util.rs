@@ -206,10 +206,18 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 /// NFS a `LINK` whose reply was lost is sent again, and a server whose duplicate-request
 /// cache no longer holds it answers "exists" to the caller's own link.
 pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    create_exclusive_via(path.parent().unwrap_or(Path::new(".")), path, bytes)
+}
+
+/// [`create_exclusive`] with the private name in directory `dir` (on the same file
+/// system as `path`), not beside `path`: creating and removing a name takes its
+/// directory's lock, one call at a time, so a directory that many processes link into
+/// at once (a shard run's `done/`) gets one call of each create instead of three.
+/// A private name left by a crash stays in `dir` (starting with `.`).
+pub fn create_exclusive_via(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
     // Private to this call: two threads of one process (a worker's two lanes) may race
     // for the same name.
     static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(
         ".{}.{}.{}.{}.tmp",
         path.file_name().unwrap_or_default().to_string_lossy(),
@@ -238,6 +246,36 @@ pub fn create_exclusive(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
         _ => Ok(made),
     }
+}
+
+/// Creates `path` with one exclusive create (`O_EXCL`) and writes `bytes` into it,
+/// without flushing them: one call on the directory where [`create_exclusive`] makes
+/// three (create, link, unlink), for files contended by many processes at once (a shard
+/// run's claims). `false`: it existed. Unlike [`create_exclusive`] a reader can find the
+/// file empty or short while it is written, and a crash can leave it so: only for files
+/// whose readers take content that does not read as "being written" (a claim: its
+/// lease runs from its mtime whatever it holds). NFS makes an exclusive create sent
+/// again after a lost reply succeed (the client's verifier), as a local create is.
+pub fn create_new_then_write(path: &Path, bytes: &[u8]) -> std::io::Result<bool> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if let Err(e) = f.write_all(bytes) {
+        // Nobody else makes this name: what this call made, it may remove.
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
+    Ok(true)
 }
 
 /// Whether `a` and `b` are names of one inode (neither followed if a symlink).

@@ -894,8 +894,9 @@ fn a_late_beat_for_a_unit_taken_over_leaves_the_lanes_next_unit_alone() {
 }
 
 /// On NFS a `LINK` whose reply was lost is sent again, and can be answered "exists"
-/// although the first one made the name. Every exclusive create of a run (its plan's
-/// claim and file, each unit's claim and commit, `finalized`) is hit that way in turn
+/// although the first one made the name. Every exclusive create by a link of a run (its
+/// plan, each unit's commit, `finalized`; the claims are one `O_EXCL` create, which NFS
+/// makes safe to resend by the client's verifier) is hit that way in turn
 /// (`create_exclusive.link_resent=error@K`): each run still completes, every unit
 /// committed once, the snapshot equal to the source. The commit so hit was taken as
 /// refused: its work discarded while `done/` named it, and finalize could never read

@@ -1,8 +1,10 @@
 //! The files of one shard run, under `<store>/.snapring/shards/<run-id>/`, and the
 //! atomic steps on them (docs/scale-out.md has the layout). Every file another worker
-//! may race for is made by an exclusive create of its complete content (written under
-//! a private name, then `link`ed to its final name, which fails if it exists): the plan,
-//! each claim generation, each commit marker, the finalized marker. Does file I/O.
+//! may race for is made by an exclusive create: the plan, each commit marker and the
+//! finalized marker with their complete content (written under a private name, then
+//! `link`ed to their final name, which fails if it exists); the claims of units and of
+//! the plan by one `O_EXCL` create, then written (their lease is their mtime, whatever
+//! they hold, so one seen empty needs no special case). Does file I/O.
 //!
 //! - `plan.json`: the cut (`plan.rs`), the run's parameters, the previous snapshot;
 //! - `planning.g<generation>`: who makes the plan (one worker sizes the source, the
@@ -306,10 +308,10 @@ impl Holder {
 #[derive(Clone, Debug)]
 pub struct Claim {
     pub generation: u32,
-    /// `None`: the file is there but its content cannot be read (empty or garbled, as
-    /// a crash of the store's file server can leave it; a claim is never seen half
-    /// written, being `link`ed to its name complete). Its lease still runs from its
-    /// mtime, so it is taken over once that lapses, as any claim.
+    /// `None`: the file is there but its content cannot be read (empty or short while
+    /// its maker writes it, or for good if it died then; garbled, as a crash of the
+    /// store's file server can leave it). Its lease still runs from its mtime, so it is
+    /// held until that lapses and then taken over, as any claim.
     pub holder: Option<Holder>,
     /// When its lease was last renewed.
     pub renewed: SystemTime,
@@ -545,7 +547,9 @@ impl RunDir {
         Ok(out)
     }
 
-    /// Makes the run's directories (each step tolerates another worker's).
+    /// Makes the run's directories (each step tolerates another worker's). The
+    /// planner makes them before it writes the plan: a worker that read the plan finds
+    /// them.
     pub fn create(&self) -> Result<()> {
         for d in ["claims", "done", "parts", "work"] {
             let p = self.root.join(d);
@@ -554,6 +558,14 @@ impl RunDir {
                 .ctx("create", &p)?;
         }
         Ok(())
+    }
+
+    /// Makes the run's own directory (and the store's `shards/`), where the planning
+    /// claims and the plan are made.
+    pub fn create_root(&self) -> Result<()> {
+        crate::util::create_private_dir(&self.root, true)
+            .or_else(|e| if self.root.is_dir() { Ok(()) } else { Err(e) })
+            .ctx("create", &self.root)
     }
 
     pub fn exists(&self) -> bool {
@@ -637,7 +649,7 @@ impl RunDir {
     pub fn claim_plan(&self, generation: u32, holder: &Holder) -> Result<bool> {
         let p = self.plan_claim_path(generation);
         let bytes = serde_json::to_vec(holder).expect("holder serializes");
-        create_exclusive(&p, &bytes).ctx("claim", &p)
+        crate::util::create_new_then_write(&p, &bytes).ctx("claim", &p)
     }
 
     /// The newest claim of each unit.
@@ -672,7 +684,7 @@ impl RunDir {
     pub fn claim(&self, unit: &str, generation: u32, holder: &Holder) -> Result<bool> {
         let p = self.claim_path(unit, generation);
         let bytes = serde_json::to_vec(holder).expect("holder serializes");
-        create_exclusive(&p, &bytes).ctx("claim", &p)
+        crate::util::create_new_then_write(&p, &bytes).ctx("claim", &p)
     }
 
     /// Renews a claim's lease.
@@ -718,14 +730,17 @@ impl RunDir {
 
     /// Commits `unit` for generation `c.generation`, unless a newer generation claimed it
     /// (this one's lease was lost) or another generation committed first. `true`: this
-    /// generation's work is the unit's.
-    pub fn commit(&self, unit: &str, c: &Commit) -> Result<bool> {
+    /// generation's work is the unit's. The commit is written under a private name in
+    /// the unit's directory of manifest parts (`part_dirs`, the plan's), not in `done/`,
+    /// where every worker's lanes link their commits.
+    pub fn commit(&self, unit: &str, c: &Commit, part_dirs: u32) -> Result<bool> {
         if self.claim_path(unit, c.generation + 1).exists() {
             return Ok(false);
         }
         let p = self.done_path(unit);
         let bytes = serde_json::to_vec_pretty(c).expect("commit serializes");
-        create_exclusive(&p, &bytes).ctx("commit", &p)
+        crate::util::create_exclusive_via(&self.part_dir(unit, part_dirs), &p, &bytes)
+            .ctx("commit", &p)
     }
 
     /// A unit's figures where a commit written before they moved into it left them.
@@ -749,9 +764,9 @@ impl RunDir {
 }
 
 /// The claim in file `path`, if it is there: its mtime (the lease), and its holder if
-/// the content reads. A claim is `link`ed to its name complete, so one whose content
-/// does not read (empty, garbled, refused) is damaged, not being written: its lease
-/// runs from its mtime as a readable one's does, or it would hold its unit for ever.
+/// the content reads. One whose content does not read (being written, or empty,
+/// garbled or refused for good) has its lease run from its mtime as a readable one's
+/// does: held while that is fresh, taken over after, never held for ever.
 /// An error: not even its mtime can be read.
 fn read_claim(path: &Path, generation: u32) -> Result<Option<Claim>> {
     let renewed = match std::fs::metadata(path).and_then(|m| m.modified()) {

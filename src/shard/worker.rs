@@ -202,7 +202,8 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             store.run_path(&spec.run_id).display()
         )));
     }
-    rd.create()?;
+    // The run's own directory; the planner makes the rest (`make_plan`).
+    rd.create_root()?;
     // A rerun after every unit was committed (a finalize that crashed, perhaps after
     // publishing, so the store's previous snapshot is this run's): finalize only, after
     // the pre command (finalize reads the source, which that command may mount).
@@ -462,8 +463,8 @@ fn join_plan(
         }
         let next = match rd.plan_claim()? {
             None => Some(1),
-            // A claim whose content does not read (damaged: claims are linked to their
-            // name complete) is taken over once its mtime is past the lease, as any.
+            // A claim whose content does not read (being written, or damaged) is taken
+            // over once its mtime is past the lease, as any.
             Some((g, Some(c)))
                 if c.expired(lease) || c.holder.as_ref().is_some_and(Holder::is_dead_here) =>
             {
@@ -553,8 +554,20 @@ fn make_plan(
     prev: Option<&Previous>,
 ) -> Result<(PlanFile, String), ShardError> {
     let t0 = Instant::now();
-    let (retain, lowered) = plan_retain(opts, source, prev)?;
-    let (cut, sized_by) = cut_source(opts, spec, source, prev)?;
+    // The run's directories, made while the source is sized (a few calls, one at a
+    // time in the run's directory), by the planner alone: every other worker waits for
+    // the plan, written after them, instead of making them all at once.
+    let (sized, dirs) = std::thread::scope(|s| {
+        let dirs = s.spawn(|| rd.create());
+        let sized = plan_retain(opts, source, prev)
+            .and_then(|r| Ok((r, cut_source(opts, spec, source, prev)?)));
+        (
+            sized,
+            dirs.join().expect("making the run's directories panicked"),
+        )
+    });
+    let ((retain, lowered), (cut, sized_by)) = sized?;
+    dirs?;
     let plan = PlanFile {
         format: 1,
         run: spec.run_id.clone(),
@@ -1059,7 +1072,7 @@ fn claim_units<'s>(
                 plan: ctx.plan_hash.to_string(),
                 counts: Some(counts),
             };
-            if ctx.rd.commit(&unit.id, &c)? {
+            if ctx.rd.commit(&unit.id, &c, ctx.part_dirs)? {
                 commits.ring();
                 let _ = crate::failpoint::hit("shard.after_commit");
                 tracing::info!(
@@ -1661,7 +1674,7 @@ mod tests {
                 plan: String::new(),
                 counts: None,
             };
-            assert!(rd.commit(u, &c).unwrap());
+            assert!(rd.commit(u, &c, 0).unwrap());
         }
         let ino = |p: &std::path::Path| std::fs::metadata(p).unwrap().ino();
         let (root_ino, sub_ino) = (ino(&rd.work("u0000", 1)), ino(&rd.work("u0002", 1)));
