@@ -814,6 +814,48 @@ fn an_empty_snapring_catalog_is_unset_and_off_is_any_case() {
     );
 }
 
+/// `history --catalog /typo.db` created an empty catalog there and answered "no runs in
+/// /typo.db". A catalog named by `--catalog` (or `SNAPRING_CATALOG`) that does not exist
+/// is refused by the commands that read it, and none is created; the default catalog
+/// (no flag) still starts empty.
+#[test]
+fn a_catalog_named_that_does_not_exist_is_refused_not_created_by_the_reading_commands() {
+    let e = setup();
+    for args in [
+        &["history"][..],
+        &["history", "--json"],
+        &["stats"],
+        &["show", "some-run"],
+    ] {
+        let (code, _, err) = e.cli(args);
+        assert_eq!(code, 64, "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("no catalog at {}", e.catalog.display())),
+            "{args:?}: {err}"
+        );
+        assert!(
+            !e.catalog.exists(),
+            "{args:?} created {}",
+            e.catalog.display()
+        );
+    }
+    // Once a backup has recorded a run there, it reads.
+    let (code, _, err) = e.backup(&[]);
+    assert_eq!(code, 0, "{err}");
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h.as_array().map(Vec::len), Some(1), "{h}");
+    // The default catalog, named by nobody: `history` on a fresh machine says no runs.
+    let state = e._t.path().join("xdg-state");
+    let out = Command::new(bin())
+        .env_remove("SNAPRING_CATALOG")
+        .env("XDG_STATE_HOME", &state)
+        .arg("history")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+}
+
 /// `catalog rebuild --dest s3://…|file://…` said "no such store (check the path …)": a
 /// repository keeps no run records; it says so, as a usage error.
 #[test]

@@ -2216,8 +2216,8 @@ fn a_catalog_that_cannot_be_written_does_not_make_a_run_a_dead_one() {
     write(&src.join("a/secret"), b"unreadable: the runs end partial");
     chmod(&src.join("a/secret"), 0o000);
     let cat = dir.join("cat.db");
-    let (code, _, _, err) = cli(&cat, &["history"], &[]);
-    assert_eq!(code, 0, "{err}");
+    // An empty catalog (`history` no longer creates one it is named).
+    drop(snapring::catalog::Catalog::open(&cat, false).unwrap());
     chmod(&cat, 0o444);
     let told = dir.join("told");
     let cfg = dir.join("d.toml");

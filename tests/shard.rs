@@ -1655,6 +1655,41 @@ fn a_run_whose_worker_was_refused_for_other_settings_is_not_published() {
     check_snapshot(&e, "the new run");
 }
 
+/// A worker started wrong planned and built every unit, then died before publishing;
+/// a worker started right came after: it found every unit committed and finalized the
+/// wrong tree (exit 0, a snapshot of the subdirectory alone), its settings never
+/// compared with the plan's. It is refused and leaves its mark, as one that comes
+/// before the units are done: nothing is published.
+#[test]
+fn a_right_worker_that_comes_after_every_unit_is_committed_is_compared_with_the_plan() {
+    let e = env();
+    let wrong = Env {
+        _t: tempfile::tempdir().unwrap(),
+        src: e.src.join("deep"),
+        dest: e.dest.clone(),
+    };
+    let args = |i: &'static str| ["--shard", i, "--run-id", "late"];
+    let o = worker(
+        &wrong,
+        &args("0/2"),
+        &[("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), None, "killed in finalize: {}", text(&o));
+    let o = worker(&e, &args("1/2"), &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(stderr_of(&o).contains("source"), "{}", text(&o));
+    assert!(run_dir(&e, "late").join("refused/w1").exists());
+    let o = run_cmd(&e, "finalize", "late", &[], &[]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        snapshot_names(&e.dest).is_empty(),
+        "published: {}",
+        text(&o)
+    );
+}
+
 /// The names left in run `run`'s directory (`planning.g*` left out).
 fn run_dir_names(e: &Env, run: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(run_dir(e, run))

@@ -15,8 +15,9 @@ use super::print::{self, human, outln};
 
 /// `snapring history` without a path: the catalog's runs, newest last.
 pub fn history(a: HistoryArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
-    let c = cat.open_settled()?;
+    // The flags first: a mistake in them is named whatever the catalog is.
     let mut f = filter(a.job, a.dest.as_deref(), a.since.as_deref())?;
+    let c = cat.open_settled()?;
     f.kind = a.kind;
     let rows = c.runs(&f)?;
     if a.json {
@@ -61,8 +62,8 @@ fn import_run(c: &mut Catalog, dest: &Path, run: &str) -> Option<Shown> {
 
 /// `snapring stats`: per job, success rate, durations and trends.
 pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
-    let c = cat.open_settled()?;
     let mut f = filter(a.job, a.dest.as_deref(), a.since.as_deref())?;
+    let c = cat.open_settled()?;
     // Success rates and durations are the backups' (restores are listed by `history`).
     f.kind = Some("backup".into());
     let stats = c.stats(&f)?;

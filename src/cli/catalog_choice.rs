@@ -55,8 +55,19 @@ impl CatalogChoice {
 
     /// The catalog, checked whole (`PRAGMA quick_check`: damage where the query at hand
     /// does not look is damage all the same, and every backup's write finds it), with
-    /// rows left `running` by dead runs settled first.
+    /// rows left `running` by dead runs settled first. For the commands that read it
+    /// (`history`, `show`, `stats`): a file named by `--catalog` or `SNAPRING_CATALOG`
+    /// that does not exist is refused, not created empty (a typo would answer "no runs"
+    /// and leave a stray catalog behind); the default one is created as before.
     pub fn open_settled(&self) -> anyhow::Result<Catalog> {
+        if let Some(p) = self.path.as_ref().filter(|_| self.explicit)
+            && !p.exists()
+        {
+            return Err(super::exit_code::usage!(
+                "no catalog at {}: nothing was ever recorded there (check --catalog or SNAPRING_CATALOG; a backup with it creates it)",
+                p.display()
+            ));
+        }
         let mut cat = self.open()?;
         cat.check(false)?;
         catalog::settle_running(&mut cat);

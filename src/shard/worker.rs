@@ -213,6 +213,10 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         let done = rd.done_names()?;
         if cut.units.iter().all(|u| done.contains(&u.id)) {
             pre_command(opts, spec, &store, cancel, &mut out)?;
+            // A worker started otherwise than the plan (the plan's maker may be the one
+            // started wrong, and every unit built by its like) leaves its mark here too:
+            // the run is not published.
+            refuse_other_settings(opts, spec, &plan, &settled_source(opts), &rd)?;
             drop(shared);
             let wait = finalize_wait(super::state::lease());
             finish(&store, &rd, opts.jobs, cancel, wait, &mut out)?;
@@ -649,6 +653,27 @@ pub fn cut_source(
     Ok((cut, "walk"))
 }
 
+/// Refuses a worker whose settings differ from the plan's, leaving its mark in `rd`
+/// (`state::Refused`): the plan may be the wrong one (its worker started wrong), and
+/// finalize publishes no run with a mark.
+fn refuse_other_settings(
+    opts: &BackupOptions,
+    spec: &Spec,
+    plan: &PlanFile,
+    source: &std::path::Path,
+    rd: &RunDir,
+) -> Result<(), ShardError> {
+    let differs = settings_differ(opts, spec, plan, source)?;
+    if differs.is_empty() {
+        return Ok(());
+    }
+    let mark = super::state::Refused::me(spec.index, differs.clone());
+    if let Err(e) = rd.mark_refused(&mark) {
+        tracing::error!("cannot leave this worker's refusal in the run: {e}");
+    }
+    Err(settings_refusal(spec, &differs))
+}
+
 /// Every worker of a run must back up the same source into the same label with the
 /// same number of workers, against the same previous snapshot. A worker whose settings
 /// differ leaves its mark in `rd` (`state::Refused`) before it is refused.
@@ -660,16 +685,7 @@ fn check_plan(
     prev: Option<&Previous>,
     rd: &RunDir,
 ) -> Result<(), ShardError> {
-    let differs = settings_differ(opts, spec, plan, source)?;
-    if !differs.is_empty() {
-        // The plan may be the wrong one (its worker started wrong): finalize publishes
-        // no run with this mark.
-        let mark = super::state::Refused::me(spec.index, differs.clone());
-        if let Err(e) = rd.mark_refused(&mark) {
-            tracing::error!("cannot leave this worker's refusal in the run: {e}");
-        }
-        return Err(settings_refusal(spec, &differs));
-    }
+    refuse_other_settings(opts, spec, plan, source, rd)?;
     super::state::check_source_ino(plan, source)?;
     let now = prev.map(|p| (p.name.clone(), p.run.clone()));
     if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
