@@ -1358,6 +1358,111 @@ fn an_outage_past_the_retries_makes_a_shard_worker_exit_75_and_its_rerun_publish
     s.restore_equals_source(&dest, "the run resumed after the outage");
 }
 
+/// A shard worker stopped (SIGTERM) while a request to the repository hangs (the
+/// endpoint takes the commit of a built unit and answers nothing): the request is
+/// given up within the stop's grace and the worker ends `incomplete`, exit 3, as a
+/// stopped worker does with the endpoint answering (and a single-node backup stopped
+/// during the same stall), not 1 (`interrupted` taken for a failure, which the
+/// documented podFailurePolicy takes for `FailIndex`). Its unit is left to a rerun,
+/// which publishes the run.
+#[test]
+fn a_shard_worker_stopped_while_a_request_hangs_exits_3_and_its_rerun_publishes() {
+    let s = setup(Vec::new());
+    source(&s.src, 2, 17);
+    let dest = s.dest("stophang");
+    s.sr_ok(&["init", "--dest", &dest]);
+    for sig in [rustix::process::Signal::TERM, rustix::process::Signal::INT] {
+        // The unit's commit (`done/`) hangs; before it, its build went through.
+        s.proxy
+            .set_rules(vec![Rule::new("PUT", "/done/", Fault::Stall, u64::MAX)]);
+        let before = s.proxy.count("PUT", "/done/");
+        let mut args = s.backup_args(&dest);
+        args.extend(["--shard", "0/1", "--run-id", "h1"]);
+        let mut c = s.cmd(&args);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while s.proxy.count("PUT", "/done/") == before {
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "ended before its commit"
+            );
+            assert!(Instant::now() < deadline, "no commit in 120 s");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+        rustix::process::kill_process(pid, sig).unwrap();
+        let started = Instant::now();
+        let out = child.wait_with_output().unwrap();
+        let took = started.elapsed();
+        s.proxy.set_rules(Vec::new());
+        let (stdout, err) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(3), "{sig:?}: {stdout}\n{err}");
+        assert!(took < Duration::from_secs(25), "{sig:?}: {took:?}\n{err}");
+        let r: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        assert_eq!(r["status"], "incomplete", "{sig:?}: {r}\n{err}");
+        assert_eq!(r["finalized"], false, "{sig:?}: {r}");
+        assert_eq!(r["units"].as_array().map(Vec::len), Some(0), "{sig:?}: {r}");
+        // The units whose commits hung (one per lane).
+        assert!(
+            r["interrupted_units"]
+                .as_array()
+                .is_some_and(|u| !u.is_empty()),
+            "{sig:?}: {r}"
+        );
+        assert!(s.objects("stophang", "snapshots").is_empty());
+    }
+    // Text output: the worker's own line, as when stopped between two requests.
+    s.proxy
+        .set_rules(vec![Rule::new("PUT", "/done/", Fault::Stall, u64::MAX)]);
+    let before = s.proxy.count("PUT", "/done/");
+    let args = [
+        "backup",
+        "--source",
+        s.src.to_str().unwrap(),
+        "--dest",
+        &dest,
+        "--shard",
+        "0/1",
+        "--run-id",
+        "h1",
+    ];
+    let mut c = s.cmd(&args);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    while s.proxy.count("PUT", "/done/") == before {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "ended before its commit"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    s.proxy.set_rules(Vec::new());
+    // The stalled connections let go.
+    s.proxy.release();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains("worker 0/1 of run h1: incomplete; units built: 0"),
+        "{stdout}"
+    );
+
+    let (code, out, err) = shard_worker(&s, &s.proxy.endpoint(), &dest, "h1");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["finalized"], true, "{r}\n{err}");
+    s.restic_check("stophang");
+    s.restore_equals_source(&dest, "the run resumed after the stop");
+}
+
 /// A restore reads the files' blobs by pack, a batch of files at once, nearby blobs in
 /// one ranged read (docs/performance.md): 2,000 small files are far fewer requests than
 /// files (one GET each took 142 s for 30,000 files against a local server), and the

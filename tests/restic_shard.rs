@@ -2294,3 +2294,165 @@ fn status_and_finalize_after_a_kill_at_final_say_what_is_true() {
     assert!(!out.contains("nothing to do"), "{out}");
     assert!(e.repo.join("snapring/shards/k3/settled").exists());
 }
+
+/// A takeover whose commit lost: worker 0 stopped past its lease with unit U built
+/// (generation 1), worker 1 takes U over (generation 2) and is held before its commit
+/// while worker 0 resumes, commits U first and publishes the run. Worker 1's commit is
+/// refused, and its warning says what came first: the earlier generation's (not "a
+/// later generation's"). `snapring status` credits U to worker 0, whose commit was
+/// kept, not to worker 1, whose claim is the newest (it showed each worker's count off
+/// by one the wrong way).
+#[test]
+fn status_credits_a_unit_to_the_worker_whose_commit_was_kept_not_the_newest_claim() {
+    let e = env();
+    let stalled = Stopped::at(&e, 0, 2, "tk", "shard.repo.before_commit");
+    let claims = unit_claims(&e, "tk");
+    assert_eq!(claims.len(), 1, "{claims:?}");
+    let unit = claims[0].split_once(".g").unwrap().0.to_string();
+    let n = plan_units(&e, "tk").len();
+    // Worker 1 builds every other unit, then takes U over once its lease lapsed, and
+    // stops before that commit (its n-th).
+    let held = e.t.path().join("held-1");
+    let fp = format!("shard.repo.before_commit=pause:{}@{n}", held.display());
+    let other = spawn(
+        &e,
+        1,
+        2,
+        "tk",
+        &[SHORT_LEASE[0], ("SNAPRING_FAILPOINTS", &fp)],
+    );
+    wait_for(&held);
+    assert!(
+        run_files(&e, "tk", "claims").contains(&format!("{unit}.g2")),
+        "{:?}",
+        run_files(&e, "tk", "claims")
+    );
+    let first = report(&stalled.resume());
+    assert_eq!(
+        units_of(&first, "units"),
+        std::slice::from_ref(&unit),
+        "{first}"
+    );
+    assert_eq!(first["finalized"], true, "{first}");
+    std::fs::remove_file(&held).unwrap();
+    let out = other.wait_with_output().unwrap();
+    let late = report(&out);
+    assert_eq!(
+        units_of(&late, "units_refused"),
+        std::slice::from_ref(&unit),
+        "{late}"
+    );
+    assert_eq!(units_of(&late, "units").len(), n - 1, "{late}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "unit {unit}: an earlier generation's commit came first (generation 1, worker 0"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("a later generation"), "{err}");
+
+    let st = run_status(&e, "tk");
+    assert_eq!(st["finalized"], true, "{st}");
+    let committed = |w: usize| {
+        st["per_worker"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["index"] == w)
+            .map_or(0, |p| p["committed"].as_u64().unwrap())
+    };
+    assert_eq!(committed(0), 1, "{st}");
+    assert_eq!(committed(1), n as u64 - 1, "{st}");
+    let u = st["unit_list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["id"] == unit.as_str())
+        .unwrap();
+    assert_eq!(u["worker"], 0, "{u}");
+    assert_eq!(u["generation"], 1, "{u}");
+}
+
+/// A shard worker's text output (no `--json`): (exit code, stdout, stderr).
+fn worker_text(e: &Env, args: &[&str]) -> (i32, String, String) {
+    let mut c = worker(e, args, &[]);
+    let mut a: Vec<std::ffi::OsString> = c.get_args().map(Into::into).collect();
+    a.retain(|x| x != "--json");
+    let mut t = Command::new(c.get_program());
+    t.args(a);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => t.env(k, v),
+            None => t.env_remove(k),
+        };
+    }
+    c = t;
+    let out = c.output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// The publisher of a shard run prints its retention's verdicts, as a single-node
+/// backup does: each snapshot of the label kept or forgotten, with why, and how many
+/// were forgotten (it printed nothing of it: a clock-skewed snapshot that made the
+/// retention forget the previous run's went unsaid). So does `snapring finalize`.
+#[test]
+fn the_publisher_prints_its_retentions_verdicts() {
+    let e = env();
+    let (code, out, err) = worker_text(&e, &["--shard", "0/1", "--run-id", "v1", "--retain", "1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let first = snapshots(&e);
+    assert_eq!(first.len(), 1);
+    let old = first[0].0.hex()[..8].to_string();
+    assert!(out.contains(&format!("{old} ")), "{out}");
+    assert!(out.contains("kept: newest 1 of label"), "{out}");
+    assert!(out.contains("forgot 0 snapshots"), "{out}");
+
+    let (code, out, err) = worker_text(&e, &["--shard", "0/1", "--run-id", "v2", "--retain", "1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let now = snapshots(&e);
+    assert_eq!(now.len(), 1);
+    let new = now[0].0.hex()[..8].to_string();
+    assert_ne!(new, old);
+    let line = |id: &str| {
+        out.lines()
+            .find(|l| l.trim_start().starts_with(id))
+            .unwrap_or_else(|| panic!("no verdict on {id}: {out}"))
+            .to_string()
+    };
+    assert!(
+        line(&old).contains("forgotten: older than the newest 1 of label"),
+        "{out}"
+    );
+    assert!(line(&new).contains("kept: newest 1 of label"), "{out}");
+    assert!(out.contains("forgot 1 snapshots"), "{out}");
+
+    // `snapring finalize` of a run whose publisher died before finalize.
+    let die = [("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")];
+    let o = worker(
+        &e,
+        &["--shard", "0/1", "--run-id", "v3", "--retain", "1"],
+        &die,
+    )
+    .output()
+    .unwrap();
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "v3"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        line_in(&out, &new).contains("forgotten: older than the newest 1"),
+        "{out}"
+    );
+    assert!(out.contains("forgot 1 snapshots"), "{out}");
+}
+
+fn line_in(out: &str, id: &str) -> String {
+    out.lines()
+        .find(|l| l.trim_start().starts_with(id))
+        .unwrap_or_else(|| panic!("no verdict on {id}: {out}"))
+        .to_string()
+}

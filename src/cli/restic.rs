@@ -341,6 +341,7 @@ fn shard_worker(
             let code = match e.exit_code() {
                 64 => ExitCode::Usage,
                 75 => ExitCode::Retry,
+                3 => ExitCode::Incomplete,
                 _ => ExitCode::Failed,
             };
             if a.json {
@@ -429,6 +430,15 @@ fn print_worker(
             {
                 outln!("{note}");
             }
+        }
+        // The publisher's (or the completer's) retention, as a single-node backup
+        // prints it.
+        let retention = r
+            .retention
+            .as_ref()
+            .and_then(|f| serde_json::to_value(f).ok());
+        print_retention(retention.as_ref(), r.retention_skipped.as_deref());
+        if let Some(t) = &r.totals {
             for w in &t.warnings {
                 print::errln!("snapring: warning: {w}");
             }
@@ -460,6 +470,7 @@ pub fn shard_finalize(f: &FinalizeArgs) -> anyhow::Result<ExitCode> {
             Ok(match e.exit_code() {
                 64 => ExitCode::Usage,
                 75 => ExitCode::Retry,
+                3 => ExitCode::Incomplete,
                 _ => ExitCode::Failed,
             })
         }
@@ -506,7 +517,18 @@ fn print_run(r: &RunReport) {
     for p in r.problems.iter().take(20) {
         print::problem(p);
     }
-    if let Some(v) = &k.retention
+    print_retention(k.retention.as_ref(), k.retention_skipped.as_deref());
+    for w in &r.warnings {
+        print::errln!("snapring: warning: {w}");
+    }
+}
+
+/// A run's retention, as its summary shows it (a single-node backup's, a shard run's
+/// publisher's): each snapshot of the label with its verdict (what was kept and why,
+/// what was forgotten; a snapshot dated later than the run's own, by a clock ahead,
+/// says so), how many were forgotten, or why the retention was skipped.
+fn print_retention(retention: Option<&serde_json::Value>, skipped: Option<&str>) {
+    if let Some(v) = retention
         && let Ok(f) = serde_json::from_value::<RetentionShown>(v.clone())
     {
         for v in &f.plan.verdicts {
@@ -517,11 +539,8 @@ fn print_run(r: &RunReport) {
             f.removed
         );
     }
-    if let Some(why) = &k.retention_skipped {
+    if let Some(why) = skipped {
         print::errln!("retention skipped this time (the next run catches up): {why}");
-    }
-    for w in &r.warnings {
-        print::errln!("snapring: warning: {w}");
     }
 }
 

@@ -21,6 +21,7 @@ fn exit_of(e: &ShardError) -> ExitCode {
     match e.exit_code() {
         64 => ExitCode::Usage,
         75 => ExitCode::Retry,
+        3 => ExitCode::Incomplete,
         _ => ExitCode::Failed,
     }
 }

@@ -57,6 +57,13 @@ pub enum ShardError {
     /// Will not get better by retrying (exit 1).
     #[error(transparent)]
     Failed(#[from] crate::error::Error),
+    /// Stopped (SIGINT/SIGTERM, the window) while it talked to the repository: a
+    /// request given up (`restic::Error::Cancelled`). Exit 3, as a stopped worker's
+    /// (`incomplete`): nothing was lost, a rerun resumes. [`repository::work`] turns
+    /// it into its `incomplete` report; it surfaces as an error only before that
+    /// (while the repository was being opened).
+    #[error("interrupted")]
+    Stopped,
 }
 
 impl ShardError {
@@ -65,6 +72,7 @@ impl ShardError {
             ShardError::Usage(_) => 64,
             ShardError::Retry(_) => EXIT_RETRY,
             ShardError::Failed(_) => 1,
+            ShardError::Stopped => 3,
         }
     }
 }
@@ -80,9 +88,11 @@ pub(crate) fn sort_err(e: crate::error::Error) -> ShardError {
 /// A repository error, sorted: storage not reached once its retries were spent (an S3
 /// outage: `restic::Error::Unreachable`) is worth a retry (exit 75), as nothing was
 /// lost and a rerun with the same run id resumes; anything else will not get better
-/// by retrying (exit 1).
+/// by retrying (exit 1). A request given up as the worker was stopped
+/// (`restic::Error::Cancelled`) is the stop's ([`ShardError::Stopped`], exit 3).
 pub fn sort_repo_err(e: crate::restic::Error) -> ShardError {
     match e {
+        crate::restic::Error::Cancelled => ShardError::Stopped,
         crate::restic::Error::Unreachable(m) => ShardError::Retry(format!(
             "the repository could not be reached: {m}; nothing is lost: a rerun with the \
              same --run-id (the worker, or `snapring finalize`) resumes the run"

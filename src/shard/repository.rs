@@ -228,6 +228,14 @@ struct FinalFile {
     /// The run's figures (`RunTotals`, sealed JSON), base64: for whoever publishes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     totals: Option<String>,
+    /// The generation of each unit's commit that was kept, for the units committed by
+    /// a later generation than the first (a claim taken over): once the run is
+    /// published its commits are tombstones, and the claim of the kept generation
+    /// says who built the unit (not the newest claim: a takeover's commit may have
+    /// been refused, the earlier generation's coming first). `None`: a `final` made
+    /// before this was kept (its status goes by the newest claims).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kept: Option<BTreeMap<String, u32>>,
     worker: usize,
     at: String,
 }
@@ -409,9 +417,49 @@ fn failed(e: restic::Error) -> ShardError {
 /// One worker of a shard run into `repo`: makes or reads the plan, builds units (its
 /// home units first, then any nobody has started, then any whose claim is past its
 /// lease) until every unit is committed, and the worker that sees that publishes
-/// (`finalize`). Returns when the run is published, or on SIGINT/SIGTERM.
+/// (`finalize`). Returns when the run is published, or on SIGINT/SIGTERM: stopped,
+/// its report is `incomplete` whether the stop found it between two requests or
+/// gave up a request that hung (`restic::Error::Cancelled`, or any failure once
+/// stopping: the stop's, as a single-node backup takes it), so a stopped worker exits
+/// 3 whatever the endpoint does.
 pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport, ShardError> {
     let started = Instant::now();
+    let mut report = WorkerReport {
+        run: spec.run_id.clone(),
+        worker: spec.index,
+        workers: spec.count,
+        ..Default::default()
+    };
+    match work_in(repo, spec, opts, started, &mut report) {
+        Ok(()) => Ok(report),
+        Err(e)
+            if matches!(e, ShardError::Stopped)
+                || (opts.cancel.load(Ordering::Relaxed)
+                    && matches!(e, ShardError::Failed(_) | ShardError::Retry(_))) =>
+        {
+            if !matches!(e, ShardError::Stopped) {
+                tracing::warn!("stopped: {e}");
+            }
+            tracing::info!(
+                "run {}: stopped while it talked to the repository; a rerun resumes",
+                spec.run_id
+            );
+            report.status = "incomplete".into();
+            report.duration_seconds = started.elapsed().as_secs_f64();
+            Ok(report)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// [`work`], filling `report`.
+fn work_in(
+    repo: &mut Repo,
+    spec: &Spec,
+    opts: &Options,
+    started: Instant,
+    report: &mut WorkerReport,
+) -> Result<(), ShardError> {
     tracing::info!(
         "shard worker {} of {} of run {} into {}",
         spec.index,
@@ -451,18 +499,12 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
     // empty-source guard is past); published only once `published` is there too (a
     // finalizer killed between the two leaves the publish to this one).
     let final_before = st.read_final().map_err(failed)?.is_some();
-    let mut report = WorkerReport {
-        run: spec.run_id.clone(),
-        worker: spec.index,
-        workers: spec.count,
-        published_before: final_before
-            && st
-                .b
-                .read_extra(&st.key("published"))
-                .map_err(failed)?
-                .is_some(),
-        ..Default::default()
-    };
+    report.published_before = final_before
+        && st
+            .b
+            .read_extra(&st.key("published"))
+            .map_err(failed)?
+            .is_some();
     // The leases of the claims held (the plan, the units being built, finalize) are
     // renewed by this thread.
     let held: Arc<Held> = Arc::default();
@@ -559,7 +601,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             &parent,
             &held,
             lock.watch(),
-            &mut report,
+            report,
         )
         .and_then(|all_done| match all_done {
             true => publish(repo, &st, spec, opts, &held, |repo| {
@@ -579,7 +621,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         report.status = "incomplete".into();
         report.duration_seconds = started.elapsed().as_secs_f64();
         let _ = lock.release();
-        return Ok(report);
+        return Ok(());
     };
     // The publisher tidies the run's files while it releases its lock, applies the
     // retention and reports (tens of calls, not on the run's path); so does a process
@@ -595,7 +637,14 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         let (b, run) = (backend.clone(), spec.run_id.clone());
         std::thread::spawn(move || tidy(&State::new(b.as_ref(), &run)))
     }));
-    lock.release().map_err(failed)?;
+    // Published: a stop now (its request given up) leaves the lock to expire, not the
+    // run incomplete.
+    match lock.release() {
+        Err(e) if opts.cancel.load(Ordering::Relaxed) => {
+            tracing::warn!("stopped while it removed its lock ({e}); the lock is left to expire")
+        }
+        r => r.map_err(failed)?,
+    }
     report.snapshot = Some(fin.snapshot.clone());
     report.finalized = fin.won;
     report.completed = fin.complete;
@@ -627,17 +676,32 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
             }
         };
         match ex {
-            Ok(ex) => {
-                let r = restic::forget::forget_locked(repo, &policy).map_err(failed)?;
-                ex.release().map_err(failed)?;
-                if let Some(w) = kept_beyond_retain(repo, &r, &fin.snapshot, n.max(1), spec) {
-                    tracing::warn!("{w}");
-                    if let Some(t) = report.totals.as_mut() {
-                        t.warnings.push(w);
-                    }
+            Ok(ex) => match restic::forget::forget_locked(repo, &policy) {
+                // Stopped meanwhile: the run is published; the retention is left to the
+                // next run, as when the lock could not be had.
+                Err(e) if opts.cancel.load(Ordering::Relaxed) => {
+                    drop(ex);
+                    report.retention_skipped = Some(format!("interrupted: {e}"));
                 }
-                report.retention = Some(r);
-            }
+                r => {
+                    let r = r.map_err(failed)?;
+                    if let Err(e) = ex.release() {
+                        if !opts.cancel.load(Ordering::Relaxed) {
+                            return Err(failed(e));
+                        }
+                        tracing::warn!(
+                            "stopped while it removed its lock ({e}); the lock is left to expire"
+                        );
+                    }
+                    if let Some(w) = kept_beyond_retain(repo, &r, &fin.snapshot, n.max(1), spec) {
+                        tracing::warn!("{w}");
+                        if let Some(t) = report.totals.as_mut() {
+                            t.warnings.push(w);
+                        }
+                    }
+                    report.retention = Some(r);
+                }
+            },
             Err(e) => report.retention_skipped = Some(e.to_string()),
         }
     }
@@ -666,7 +730,7 @@ pub fn work(repo: &mut Repo, spec: &Spec, opts: &Options) -> Result<WorkerReport
         run.count_uploads(1, snap_len);
         report.published = Some(run);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// The warning of a run whose snapshot `written` the retention (`keep` newest) kept
@@ -1240,7 +1304,12 @@ fn build_units(
                 let lanes = &lanes;
                 s.spawn(move || {
                     let mut lane = Lane::default();
-                    let r = lanes.run(shared, &mut lane);
+                    // A request given up as the worker was stopped: the lane stops,
+                    // with the unit it held (if any) left to the others or a rerun.
+                    let r = match lanes.run(shared, &mut lane) {
+                        Err(ShardError::Stopped) => Ok(false),
+                        r => r,
+                    };
                     if r.is_err() {
                         lanes.failed.store(true, Ordering::Relaxed);
                     }
@@ -1318,6 +1387,8 @@ impl LaneCtx<'_> {
                 continue;
             }
             self.held.hold(&unit.id, g);
+            // Until its commit is settled: a stop before that leaves it to others.
+            lane.interrupted = Some(unit.id.clone());
             tracing::info!("unit {} claimed (generation {g})", unit.id);
             let t = Instant::now();
             let built = self.build(repo, unit);
@@ -1359,6 +1430,7 @@ impl LaneCtx<'_> {
                 .create_extra(&st.done_key(&unit.id), &sealed)
                 .map_err(failed)?
             {
+                lane.interrupted = None;
                 tracing::info!(
                     "unit {} committed (generation {g}) in {:.2} s",
                     unit.id,
@@ -1366,7 +1438,12 @@ impl LaneCtx<'_> {
                 );
                 lane.units.push(unit.id.clone());
             } else {
-                tracing::warn!("unit {}: a later generation's commit came first", unit.id);
+                lane.interrupted = None;
+                tracing::warn!(
+                    "unit {}: {}; this one's (generation {g}) is dropped",
+                    unit.id,
+                    first_commit(repo, st, &unit.id, g)
+                );
                 lane.refused.push(unit.id.clone());
             }
         }
@@ -1386,6 +1463,41 @@ impl LaneCtx<'_> {
             self.one_fs,
             &self.lock,
         )
+    }
+}
+
+/// What came first of a unit whose commit of generation `mine` was refused: the
+/// commit of an earlier generation (its claim taken over while it was still being
+/// built, or committed), or of a later one (this worker's claim taken over), or the
+/// run published meanwhile (the commit a tombstone).
+fn first_commit(repo: &Repo, st: &State<'_>, unit: &str, mine: u32) -> String {
+    let key = st.done_key(unit);
+    // (generation, worker, published since) of the commit that came first.
+    let first = match st.b.read_extra(&key) {
+        // Tidied: `final` names the generation kept, its claim the worker.
+        Ok(Some(b)) if b == TOMBSTONE => st.read_final().ok().flatten().and_then(|f| {
+            let g = f.kept.map(|k| k.get(unit).copied().unwrap_or(1))?;
+            let w = st.claim_at(unit, g).ok().flatten().and_then(|(h, _)| h);
+            Some((g, w.map(|h| h.worker), true))
+        }),
+        Ok(Some(b)) => repo
+            .open_json::<UnitDone>(&b, &key)
+            .ok()
+            .map(|c| (c.generation, Some(c.worker), false)),
+        _ => None,
+    };
+    match first {
+        Some((g, w, published)) => format!(
+            "{} generation's commit came first (generation {g}{}{})",
+            if g < mine { "an earlier" } else { "a later" },
+            w.map(|w| format!(", worker {w}")).unwrap_or_default(),
+            if published {
+                "; the run is published since"
+            } else {
+                ""
+            }
+        ),
+        None => "another generation's commit came first".into(),
     }
 }
 
@@ -1684,10 +1796,14 @@ fn make_final(
     }
     let mut per_worker: BTreeMap<usize, WorkerTotals> = BTreeMap::new();
     let mut by_dir: BTreeMap<&RelPath, Vec<Node>> = BTreeMap::new();
+    let mut kept = BTreeMap::new();
     for (u, c) in cut.units.iter().zip(commits) {
         let f = &c.figures;
         totals.units += 1;
         totals.takeovers += u64::from(c.generation > 1);
+        if c.generation > 1 {
+            kept.insert(u.id.clone(), c.generation);
+        }
         totals.counts.add(&f.counts);
         totals.problems.extend(c.problems);
         for w in c.warnings {
@@ -1842,6 +1958,7 @@ fn make_final(
         snapshot: id.hex(),
         sealed: base64::engine::general_purpose::STANDARD.encode(&sealed),
         totals: Some(base64::engine::general_purpose::STANDARD.encode(&sealed_totals)),
+        kept: Some(kept),
         worker: spec.index,
         at: crate::util::now_rfc3339(),
     };
@@ -2167,10 +2284,14 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
     .filter_map(Result::transpose)
     .collect::<restic::Result<_>>()?;
     let gens = st.claim_gens()?;
+    // Once decided, the generation whose commit was kept (the first unless `final`
+    // names another): its claim's holder built the unit, whatever claims came later.
+    let kept = fin.as_ref().and_then(|f| f.kept.as_ref());
     // A claim that does not read: its holder is not known; it is stale once its lease
     // (its beats) has lapsed, as a worker would take it over.
     let mut claims: BTreeMap<String, (u32, Option<usize>, bool)> = BTreeMap::new();
-    for (u, g) in &gens {
+    for (u, newest) in &gens {
+        let g = &kept.map_or(*newest, |k| k.get(u).copied().unwrap_or(1));
         if let Some((h, at)) = st.claim_at(u, *g)? {
             let stale = past_lease(at) || h.as_ref().is_some_and(Holder::is_dead_here);
             claims.insert(u.clone(), (*g, h.map(|h| h.worker), stale));
@@ -2181,7 +2302,7 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
         match (commits.get(id), claims.get(id)) {
             (Some(&(g, w)), _) => ("done", Some(g), Some(w)),
             // Past `final`: every unit was committed; once published, its commits are
-            // tombstones, its claims say who built what.
+            // tombstones, the claims of the kept generations say who built what.
             (None, c) if decided => ("done", c.map(|c| c.0), c.and_then(|c| c.1)),
             (None, Some(&(g, w, true))) => ("stale", Some(g), w),
             (None, Some(&(g, w, false))) => ("claimed", Some(g), w),
