@@ -1605,23 +1605,7 @@ fn finalize_after_another_backup_published_refuses_instead_of_expiring_the_newer
 /// snapshot, a worker of another source is refused before it plans (`continue_ring`).
 #[test]
 fn a_run_whose_worker_was_refused_for_other_settings_is_not_published() {
-    let e = env();
-    let wrong = Env {
-        _t: tempfile::tempdir().unwrap(),
-        src: e.src.join("deep"),
-        dest: e.dest.clone(),
-    };
-    let args = |i: &'static str| ["--shard", i, "--run-id", "wrong"];
-    let o = worker(
-        &wrong,
-        &args("0/2"),
-        &[("SNAPRING_FAILPOINTS", "shard.unit_started=kill")],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(o.status.code(), None, "the planner killed: {}", text(&o));
-    let o = worker(&e, &args("1/2"), &[]).output().unwrap();
-    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    let (e, wrong, args, _) = wrong_planner("wrong", "shard.unit_started=kill");
     let mark = run_dir(&e, "wrong").join("refused/w1");
     let said = String::from_utf8_lossy(&std::fs::read(&mark).unwrap()).into_owned();
     assert!(said.contains("deep") && said.contains("source"), "{said}");
@@ -1655,6 +1639,30 @@ fn a_run_whose_worker_was_refused_for_other_settings_is_not_published() {
     check_snapshot(&e, "the new run");
 }
 
+/// A run `run` planned by worker 0 of 2 started with a wrong `--source` (a
+/// subdirectory), killed at failpoint `fp`, then worker 1 started right and refused
+/// (exit 64): the right env, the wrong one, the worker flags of an index, and the
+/// right worker's output.
+fn wrong_planner(
+    run: &'static str,
+    fp: &str,
+) -> (Env, Env, impl Fn(&'static str) -> [&'static str; 4], Output) {
+    let e = env();
+    let wrong = Env {
+        _t: tempfile::tempdir().unwrap(),
+        src: e.src.join("deep"),
+        dest: e.dest.clone(),
+    };
+    let args = move |i: &'static str| ["--shard", i, "--run-id", run];
+    let o = worker(&wrong, &args("0/2"), &[("SNAPRING_FAILPOINTS", fp)])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "{fp}: {}", text(&o));
+    let o = worker(&e, &args("1/2"), &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    (e, wrong, args, o)
+}
+
 /// A worker started wrong planned and built every unit, then died before publishing;
 /// a worker started right came after: it found every unit committed and finalized the
 /// wrong tree (exit 0, a snapshot of the subdirectory alone), its settings never
@@ -1662,23 +1670,7 @@ fn a_run_whose_worker_was_refused_for_other_settings_is_not_published() {
 /// before the units are done: nothing is published.
 #[test]
 fn a_right_worker_that_comes_after_every_unit_is_committed_is_compared_with_the_plan() {
-    let e = env();
-    let wrong = Env {
-        _t: tempfile::tempdir().unwrap(),
-        src: e.src.join("deep"),
-        dest: e.dest.clone(),
-    };
-    let args = |i: &'static str| ["--shard", i, "--run-id", "late"];
-    let o = worker(
-        &wrong,
-        &args("0/2"),
-        &[("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")],
-    )
-    .output()
-    .unwrap();
-    assert_eq!(o.status.code(), None, "killed in finalize: {}", text(&o));
-    let o = worker(&e, &args("1/2"), &[]).output().unwrap();
-    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    let (e, _wrong, _, o) = wrong_planner("late", "shard.finalize.before_staging=kill");
     assert!(stderr_of(&o).contains("source"), "{}", text(&o));
     assert!(run_dir(&e, "late").join("refused/w1").exists());
     let o = run_cmd(&e, "finalize", "late", &[], &[]);
