@@ -285,3 +285,82 @@ fn verify_of_an_entry_the_user_may_not_read_is_not_damage() {
         .collect();
     assert!(damaged.is_empty(), "{damaged:?}\n{out}");
 }
+
+/// A restore from a restic repository by a user whose umask takes away the owner's
+/// write permission (0277, 0222): the files are written and get their recorded mode.
+/// The walk created each file 0400 and closed it, and the fill could not open it again
+/// (EACCES): exit 1, every file left empty.
+#[test]
+fn a_repository_restore_under_a_umask_without_owner_write_writes_the_files() {
+    use common::restic::{PASSWORD, file_url, sr};
+    let s = setup();
+    let src = s.root.join("src");
+    for i in 0..20 {
+        write(
+            &src.join(format!("f{i:02}")),
+            format!("file {i}\n").as_bytes(),
+        );
+        chmod(&src.join(format!("f{i:02}")), 0o640);
+    }
+    let repo = s.root.join("repo");
+    let url = file_url(&repo);
+    for args in [
+        &["init", "--dest", &url][..],
+        &["backup", "--source", src.to_str().unwrap(), "--dest", &url],
+    ] {
+        let (code, out, err) = sr(args);
+        assert_eq!(code, 0, "{args:?}: {out}\n{err}");
+    }
+    let st = Command::new("chown")
+        .args(["-R", &format!("{USER}:{USER}")])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for umask in [0o277, 0o222] {
+        let to = s.user_dir(&format!("to-{umask:o}"));
+        let out = Command::new(&s.bin)
+            .args(["restore", "--json", "--dest", &url, "latest", "--to"])
+            .arg(&to)
+            .env_clear()
+            .env("HOME", s.root.join("home"))
+            .env("SNAPRING_CATALOG", "off")
+            .env("SNAPRING_PASSWORD", PASSWORD)
+            .uid(USER)
+            .gid(USER)
+            .umask_for_test(umask)
+            .output()
+            .unwrap();
+        let said = format!(
+            "umask {umask:o}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.status.code(), Some(0), "{said}");
+        for i in 0..20 {
+            let p = to.join(format!("f{i:02}"));
+            assert_eq!(
+                std::fs::read(&p).unwrap(),
+                format!("file {i}\n").as_bytes(),
+                "{said}"
+            );
+            assert_eq!(mode_mtime(&p).0, 0o640, "{said}");
+        }
+    }
+}
+
+/// Sets the child's umask before it runs.
+trait UmaskForTest {
+    fn umask_for_test(&mut self, umask: u32) -> &mut Self;
+}
+
+impl UmaskForTest for Command {
+    fn umask_for_test(&mut self, umask: u32) -> &mut Self {
+        unsafe {
+            self.pre_exec(move || {
+                rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask));
+                Ok(())
+            })
+        }
+    }
+}

@@ -89,6 +89,43 @@ const SPAN_CAP: u64 = 16 << 20;
 /// open (and the walk's), and one file per fill thread.
 const FILL_QUEUE: usize = 2;
 
+/// Directories a batch may hold open, at most: [`BATCH_DIRS`], or fewer when the limit
+/// of open files is low. The soft limit is first raised to the hard one (as restic
+/// does); then `(FILL_QUEUE + FILL_THREADS + 1)` batches of directories must fit in it
+/// with 64 descriptors left for the walk's directories and the rest. `ulimit -n 256`
+/// and 5,000 directories of 2 files was "Too many open files" (352 directories open).
+fn dirs_per_batch() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if l.current.is_some() && l.current != l.maximum {
+        let raised = rustix::process::Rlimit {
+            current: l.maximum,
+            maximum: l.maximum,
+        };
+        if setrlimit(Resource::Nofile, raised).is_ok() {
+            l = getrlimit(Resource::Nofile);
+        }
+    }
+    match l.current {
+        None => BATCH_DIRS,
+        Some(soft) => {
+            let per = soft.saturating_sub(64) / (FILL_QUEUE + FILL_THREADS + 1) as u64;
+            (per.min(BATCH_DIRS as u64) as usize).max(1)
+        }
+    }
+}
+
+/// `e`, with a hint when it is the limit of open files.
+fn fd_limit_hint(e: std::io::Error) -> std::io::Error {
+    match e.raw_os_error().map(rustix::io::Errno::from_raw_os_error) {
+        Some(rustix::io::Errno::MFILE | rustix::io::Errno::NFILE) => std::io::Error::new(
+            e.kind(),
+            format!("{e}: raise the limit of open files (`ulimit -n`) and restore again"),
+        ),
+        _ => e,
+    }
+}
+
 /// A created file, empty, for a fill thread: its contents and then its metadata.
 struct Fill {
     /// The directory it was created in (`O_EXCL | O_NOFOLLOW`), the one the walk made:
@@ -189,6 +226,9 @@ struct Restorer<'a> {
     batch_bytes: u64,
     /// The directories of the batch's files (each change of directory counts).
     batch_dirs: usize,
+    /// A batch ends at this many directories: [`BATCH_DIRS`], less under a low limit
+    /// of open files ([`dirs_per_batch`]).
+    max_batch_dirs: usize,
     /// Files in the next batch: doubles from 1 up to [`BATCH_FILES`].
     batch_files: usize,
     /// The first fill error; set, the walk stops.
@@ -277,6 +317,7 @@ pub fn restore(
             batch: Vec::new(),
             batch_bytes: 0,
             batch_dirs: 0,
+            max_batch_dirs: dirs_per_batch(),
             batch_files: 1,
             failed: &failed,
             cancel,
@@ -363,6 +404,10 @@ enum FillError {
     Content(Error),
     /// Its content is written, its metadata could not be set: that file only.
     Metadata(Error),
+    /// The file the walk created is no longer there to be written (deleted, or another
+    /// file, a symlink, a directory or a FIFO in its place): that file only, not
+    /// written, and what is there now is left alone.
+    Replaced(Error),
     /// The restore cannot go on (the target cannot be written, a signal).
     Stop(Error),
 }
@@ -408,7 +453,8 @@ fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<F
                     on.filled.files.fetch_add(1, Ordering::Relaxed);
                     on.filled.bytes.fetch_add(size, Ordering::Relaxed);
                 }
-                Err(FillError::Content(e)) => not_restored(on, &path, link, e),
+                Err(FillError::Content(e)) => not_restored(on, &path, link, e, true),
+                Err(FillError::Replaced(e)) => not_restored(on, &path, link, e, false),
                 Err(FillError::Metadata(e)) => {
                     on.filled.files.fetch_add(1, Ordering::Relaxed);
                     on.problems
@@ -485,8 +531,14 @@ fn prefetch(on: &FillOn, batch: &[Fill]) -> Result<HashMap<Id, Vec<u8>>> {
 /// A file whose data does not read: it is removed (not left half-written, as if
 /// restored) with every other name of its inode linked to it so far, and each is a
 /// problem; a name the walk meets later is not linked ([`Restorer::hard_link`]).
-fn not_restored(on: &FillOn, path: &Path, link: Option<(u64, u64)>, e: Error) {
+/// `ours`: the file at `path` is the one the restore made (else it is left, and named
+/// as changed under the restore).
+fn not_restored(on: &FillOn, path: &Path, link: Option<(u64, u64)>, e: Error, ours: bool) {
     use crate::report::ProblemKind;
+    let (kind, action) = match ours {
+        true => (ProblemKind::Unreadable, "read from the repository"),
+        false => (ProblemKind::Vanished, "open the file just made"),
+    };
     let why = e.to_string();
     let others = match link {
         Some(key) => {
@@ -501,16 +553,28 @@ fn not_restored(on: &FillOn, path: &Path, link: Option<(u64, u64)>, e: Error) {
         }
         None => Vec::new(),
     };
-    remove(on.to, path);
-    on.problems
-        .add(path, ProblemKind::Unreadable, "read from the repository", e);
+    if ours {
+        remove(on.to, path);
+    }
+    on.problems.add(path, kind, action, e);
     for p in others {
         remove(on.to, &p);
         on.problems.add(
             &p,
-            ProblemKind::Unreadable,
-            "read from the repository",
-            linked_to_unreadable(on.problems, path, &why),
+            kind,
+            action,
+            match ours {
+                true => linked_to_unreadable(on.problems, path, &why),
+                false => Error::Other(format!(
+                    "a hard link to {}, not written: {why}",
+                    crate::relpath::escape(
+                        path.strip_prefix(on.problems.to)
+                            .unwrap_or(path)
+                            .as_os_str()
+                            .as_bytes()
+                    )
+                )),
+            },
         );
     }
 }
@@ -572,9 +636,20 @@ fn fill(
         node,
         link: _,
     } = f;
+    // Tests replace the file here, between the walk's create and its fill.
+    let _ = crate::failpoint::hit("restic.restore.before_fill");
     let mut file = open_created(&dir, &name, id)
         .map(std::fs::File::from)
-        .map_err(|e| FillError::Stop(io_err("open the file just made", &path)(e)))?;
+        .map_err(|e| {
+            use rustix::io::Errno;
+            match e.raw_os_error().map(Errno::from_raw_os_error) {
+                // Not this file's doing: the restore cannot go on.
+                Some(Errno::MFILE | Errno::NFILE | Errno::NOMEM | Errno::IO) => {
+                    FillError::Stop(io_err("open the file just made", &path)(fd_limit_hint(e)))
+                }
+                _ => FillError::Replaced(io_err("open the file just made", &path)(e)),
+            }
+        })?;
     drop(dir);
     let mut size = 0u64;
     // A blob of zeros is a hole, not written (the file was created empty): a sparse
@@ -619,20 +694,22 @@ fn fill(
 }
 
 /// The file `name` the walk created in `dir`, opened again for writing, never through
-/// a symlink, and only if it is still that file (`id`: device, inode).
+/// a symlink, and only if it is still that file (`id`: device, inode). `O_NONBLOCK`: a
+/// FIFO put in its place without a reader is `ENXIO`, not a wait for ever (one with a
+/// reader is another inode); nothing but a regular file is written.
 fn open_created(dir: &OwnedFd, name: &[u8], id: (u64, u64)) -> std::io::Result<OwnedFd> {
     use rustix::fs::OFlags;
     let fd = rustix::fs::openat(
         dir,
         name,
-        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK,
         Mode::empty(),
     )?;
     let m = match fsx::fstat_cached(b(&fd)) {
         Some(m) => m,
         None => fsx::fstat(b(&fd))?,
     };
-    if (m.dev, m.ino) != id {
+    if (m.dev, m.ino) != id || m.kind != fsx::Kind::File {
         return Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             "replaced by another file while the restore ran: not written",
@@ -785,7 +862,7 @@ impl Restorer<'_> {
                 let m =
                     fsx::lstat_at(dir, name).map_err(io_err("open the directory just made", p))?;
                 let fd = fsx::open_same_dir(dir, name, (m.dev, m.ino), false)
-                    .map_err(io_err("open the directory just made", p))?;
+                    .map_err(|e| io_err("open the directory just made", p)(fd_limit_hint(e)))?;
                 let fd = Arc::new(fd);
                 if let Some(sub) = n.subtree {
                     self.tree(sub, &fd, p)?;
@@ -802,11 +879,18 @@ impl Restorer<'_> {
                     Linked::First(key) => Some(key),
                     Linked::No => None,
                 };
-                let file = fsx::create_at(dir, name).map_err(io_err("create", p))?;
+                let file =
+                    fsx::create_at(dir, name).map_err(|e| io_err("create", p)(fd_limit_hint(e)))?;
                 let m = match fsx::fstat_cached(b(&file)) {
                     Some(m) => m,
                     None => fsx::fstat(b(&file)).map_err(io_err("stat", p))?,
                 };
+                // Writable by its owner, whatever the umask (0277 made it 0400 and the
+                // fill could not open it again): its mode is set after its contents.
+                if m.perm & 0o200 == 0 {
+                    rustix::fs::fchmod(&file, Mode::from_raw_mode(0o600))
+                        .map_err(|e| io_err("set the mode of", p)(e.into()))?;
+                }
                 // Closed: the fill opens it again while it writes it.
                 drop(file);
                 if self
@@ -828,7 +912,7 @@ impl Restorer<'_> {
                 self.batch.push(fill);
                 if self.batch.len() >= self.batch_files
                     || self.batch_bytes >= BATCH_BYTES
-                    || self.batch_dirs >= BATCH_DIRS
+                    || self.batch_dirs >= self.max_batch_dirs
                 {
                     // 1, 2, 4, ... files, then BATCH_FILES: the first fills (and a
                     // small restore's) start at once, in several threads.
