@@ -292,7 +292,7 @@ fn verify_of_an_entry_the_user_may_not_read_is_not_damage() {
 /// (EACCES): exit 1, every file left empty.
 #[test]
 fn a_repository_restore_under_a_umask_without_owner_write_writes_the_files() {
-    use common::restic::{PASSWORD, file_url, sr};
+    use common::restic::{PASSWORD, repo_of};
     let s = setup();
     let src = s.root.join("src");
     for i in 0..20 {
@@ -303,14 +303,7 @@ fn a_repository_restore_under_a_umask_without_owner_write_writes_the_files() {
         chmod(&src.join(format!("f{i:02}")), 0o640);
     }
     let repo = s.root.join("repo");
-    let url = file_url(&repo);
-    for args in [
-        &["init", "--dest", &url][..],
-        &["backup", "--source", src.to_str().unwrap(), "--dest", &url],
-    ] {
-        let (code, out, err) = sr(args);
-        assert_eq!(code, 0, "{args:?}: {out}\n{err}");
-    }
+    let url = repo_of(&repo, &src);
     let st = Command::new("chown")
         .args(["-R", &format!("{USER}:{USER}")])
         .arg(&repo)
@@ -319,7 +312,7 @@ fn a_repository_restore_under_a_umask_without_owner_write_writes_the_files() {
     assert!(st.success());
     for umask in [0o277, 0o222] {
         let to = s.user_dir(&format!("to-{umask:o}"));
-        let out = Command::new(&s.bin)
+        let out = under_umask(umask, &s.bin)
             .args(["restore", "--json", "--dest", &url, "latest", "--to"])
             .arg(&to)
             .env_clear()
@@ -328,7 +321,6 @@ fn a_repository_restore_under_a_umask_without_owner_write_writes_the_files() {
             .env("SNAPRING_PASSWORD", PASSWORD)
             .uid(USER)
             .gid(USER)
-            .umask_for_test(umask)
             .output()
             .unwrap();
         let said = format!(
@@ -349,18 +341,11 @@ fn a_repository_restore_under_a_umask_without_owner_write_writes_the_files() {
     }
 }
 
-/// Sets the child's umask before it runs.
-trait UmaskForTest {
-    fn umask_for_test(&mut self, umask: u32) -> &mut Self;
-}
-
-impl UmaskForTest for Command {
-    fn umask_for_test(&mut self, umask: u32) -> &mut Self {
-        unsafe {
-            self.pre_exec(move || {
-                rustix::process::umask(rustix::fs::Mode::from_raw_mode(umask));
-                Ok(())
-            })
-        }
-    }
+/// `bin` run under umask `umask` (a shell sets it and execs it): the flags follow.
+fn under_umask(umask: u32, bin: &Path) -> Command {
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c")
+        .arg(format!("umask {umask:o} && exec \"$0\" \"$@\""))
+        .arg(bin);
+    c
 }

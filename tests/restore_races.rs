@@ -505,18 +505,9 @@ fn a_file_at_the_restores_temporary_name_is_one_conflict_not_a_failed_restore() 
 /// the outside one, and set the outside one's mode, as root.
 #[test]
 fn a_repository_restore_never_follows_a_directory_swapped_for_a_symlink() {
-    use common::restic::{PASSWORD, file_url, sr};
     use std::os::unix::fs::PermissionsExt;
     let (t, src, _) = setup(3);
-    let repo = t.path().join("repo");
-    let url = file_url(&repo);
-    for args in [
-        &["init", "--dest", &url][..],
-        &["backup", "--source", src.to_str().unwrap(), "--dest", &url],
-    ] {
-        let (code, out, err) = sr(args);
-        assert_eq!(code, 0, "{args:?}: {out}\n{err}");
-    }
+    let url = common::restic::repo_of(&t.path().join("repo"), &src);
     for (swapped, nth) in ["d01", "d00"].into_iter().zip([2, 3]) {
         let outside = t.path().join(format!("outside-{swapped}"));
         std::fs::create_dir(&outside).unwrap();
@@ -525,19 +516,7 @@ fn a_repository_restore_never_follows_a_directory_swapped_for_a_symlink() {
             t.path().join(format!("to-{swapped}")),
             t.path().join("paused"),
         );
-        let child = Command::new(bin())
-            .args(["restore", "--json", "--dest", &url, "latest", "--to"])
-            .arg(&to)
-            .env("SNAPRING_CATALOG", "off")
-            .env("SNAPRING_PASSWORD", PASSWORD)
-            .env(
-                "SNAPRING_FAILPOINTS",
-                format!("restic.restore.dir=pause:{}@{nth}", pause.display()),
-            )
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = paused_repo_restore(&url, &to, "restic.restore.dir", nth, &pause);
         wait_for(&pause);
         std::fs::rename(to.join(swapped), to.join(format!("{swapped}.x"))).unwrap();
         std::os::unix::fs::symlink(&outside, to.join(swapped)).unwrap();
@@ -575,18 +554,26 @@ fn a_repository_restore_never_follows_a_directory_swapped_for_a_symlink() {
     }
 }
 
-/// A restic repository (made by snapring) of `src`, and its `--dest` URL.
-fn restic_repo_of(t: &Path, src: &Path) -> String {
-    use common::restic::{file_url, sr};
-    let url = file_url(&t.join("repo"));
-    for args in [
-        &["init", "--dest", &url][..],
-        &["backup", "--source", src.to_str().unwrap(), "--dest", &url],
-    ] {
-        let (code, out, err) = sr(args);
-        assert_eq!(code, 0, "{args:?}: {out}\n{err}");
-    }
-    url
+/// `cmd` (snapring, or a wrapper of it) given `restore --json --dest URL latest --to TO`
+/// from a restic repository, with `SNAPRING_FAILPOINTS` `failpoints`.
+fn repo_restore(mut cmd: Command, url: &str, to: &Path, failpoints: &str) -> Command {
+    cmd.args(["restore", "--json", "--dest", url, "latest", "--to"])
+        .arg(to)
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .env("SNAPRING_FAILPOINTS", failpoints)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// [`repo_restore`] started, paused where failpoint `fp` (at hit `nth`) makes its file
+/// `pause` until it is removed.
+fn paused_repo_restore(url: &str, to: &Path, fp: &str, nth: u32, pause: &Path) -> Child {
+    let fp = format!("{fp}=pause:{}@{nth}", pause.display());
+    repo_restore(Command::new(bin()), url, to, &fp)
+        .spawn()
+        .unwrap()
 }
 
 /// The output of `child`, killed (and the test failed) if it has not ended in 60 s.
@@ -610,7 +597,6 @@ fn finish_within(mut child: Child, what: &str) -> (i32, serde_json::Value, Strin
 /// hung the restore for ever (SIGINT did not end it); the others stopped the whole
 /// restore (exit 1, nothing on stdout, 100+ files left empty and named nowhere).
 fn a_file_replaced_before_its_fill(what: &str, swap: impl Fn(&Path, &Path)) {
-    use common::restic::PASSWORD;
     use std::os::unix::fs::PermissionsExt;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
@@ -623,21 +609,9 @@ fn a_file_replaced_before_its_fill(what: &str, swap: impl Fn(&Path, &Path)) {
             files.push(rel);
         }
     }
-    let url = restic_repo_of(t.path(), &src);
+    let url = common::restic::repo_of(&t.path().join("repo"), &src);
     let (to, pause) = (t.path().join("to"), t.path().join("paused"));
-    let child = Command::new(bin())
-        .args(["restore", "--json", "--dest", &url, "latest", "--to"])
-        .arg(&to)
-        .env("SNAPRING_CATALOG", "off")
-        .env("SNAPRING_PASSWORD", PASSWORD)
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("restic.restore.before_fill=pause:{}@1", pause.display()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = paused_repo_restore(&url, &to, "restic.restore.before_fill", 1, &pause);
     wait_for(&pause);
     // The paused file: once every file of the other batches is written (its mode 0644
     // set), the first (in the walk's order) of those still 0600, its batch's.
@@ -734,8 +708,6 @@ fn a_file_deleted_or_replaced_before_its_fill_is_that_files_problem_only() {
 /// files", leaving files empty.
 #[test]
 fn a_repository_restore_of_many_directories_fits_a_low_limit_of_open_files() {
-    use common::restic::PASSWORD;
-    use std::os::unix::process::CommandExt;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     for d in 0..1500 {
@@ -746,29 +718,11 @@ fn a_repository_restore_of_many_directories_fits_a_low_limit_of_open_files() {
             );
         }
     }
-    let url = restic_repo_of(t.path(), &src);
+    let url = common::restic::repo_of(&t.path().join("repo"), &src);
     let to = t.path().join("to");
-    let mut cmd = Command::new(bin());
-    cmd.args(["restore", "--json", "--dest", &url, "latest", "--to"])
-        .arg(&to)
-        .env("SNAPRING_CATALOG", "off")
-        .env(
-            "SNAPRING_FAILPOINTS",
-            "restic.restore.before_fill=sleep:2@1",
-        )
-        .env("SNAPRING_PASSWORD", PASSWORD)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    unsafe {
-        cmd.pre_exec(|| {
-            let l = rustix::process::Rlimit {
-                current: Some(128),
-                maximum: Some(128),
-            };
-            rustix::process::setrlimit(rustix::process::Resource::Nofile, l)
-                .map_err(std::io::Error::from)
-        });
-    }
+    let mut prlimit = Command::new("prlimit");
+    prlimit.args(["--nofile=128:128", "--"]).arg(bin());
+    let mut cmd = repo_restore(prlimit, &url, &to, "restic.restore.before_fill=sleep:2@1");
     let (code, rep, err) = finish_within(cmd.spawn().unwrap(), "ulimit");
     assert_eq!(
         (code, rep["status"].as_str()),

@@ -107,6 +107,20 @@ pub fn sr(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// A repository at `repo`, made by snapring, with one snapshot of `src`: its `--dest`
+/// URL.
+pub fn repo_of(repo: &Path, src: &Path) -> String {
+    let url = file_url(repo);
+    for args in [
+        &["init", "--dest", &url][..],
+        &["backup", "--source", src.to_str().unwrap(), "--dest", &url],
+    ] {
+        let (code, out, err) = sr(args);
+        assert_eq!(code, 0, "{args:?}: {out}\n{err}");
+    }
+    url
+}
+
 /// `n` bytes of xorshift output from `seed` (any seed, 0 too): incompressible content
 /// that the chunker cuts differently for each seed.
 pub fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
