@@ -394,11 +394,44 @@ pub fn create_at_mode(dir: BorrowedFd<'_>, name: &[u8], perm: u32) -> io::Result
     )?)
 }
 
+/// The umask the process was started with, before [`owner_usable_umask`] took the
+/// owner's bits out of it (the same when it had none).
+static USER_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// Takes the owner's bits out of the process umask (0277 becomes 0077, 0222 becomes
+/// 0022; group and other keep theirs), as the first thing the command does, before any
+/// thread is started. Everything snapring creates is then usable by its owner while it
+/// works, as `mkdir -p` and `cp -r` make their directories `u+wx`: a directory made
+/// 0500 under umask 0277 could not be written into (a restore's `--to` could not hold
+/// its record, a snapshot's or a restored tree's subdirectories their files, a new
+/// store its `.snapring/`), and the files snapring itself writes (locks, journal,
+/// catalog, manifests, a repository's objects) could not be opened again. Final modes
+/// are unchanged: a snapshot's and a restore's entries get their recorded mode, and
+/// what has none (a `--to` made, a new store) gets what `mkdir -p` gives the
+/// directories it makes on the way. No permission of group or other is widened. Hooks
+/// run under the umask the user gave ([`user_umask`]).
+pub fn owner_usable_umask() {
+    USER_UMASK.get_or_init(|| {
+        let old = rustix::process::umask(Mode::from_raw_mode(0o077)).bits();
+        rustix::process::umask(Mode::from_raw_mode(old & 0o077));
+        old
+    });
+}
+
+/// The umask the user started the process with ([`owner_usable_umask`]); the process
+/// umask when that was not called.
+pub fn user_umask() -> u32 {
+    USER_UMASK.get().copied().unwrap_or_else(process_umask)
+}
+
 /// The process umask, read once (the first call sets and restores it, so make it before
 /// other threads create files).
 pub fn process_umask() -> u32 {
     static UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
     *UMASK.get_or_init(|| {
+        if let Some(u) = USER_UMASK.get() {
+            return u & 0o077;
+        }
         let old = rustix::process::umask(Mode::from_raw_mode(0o077));
         rustix::process::umask(old);
         old.bits()

@@ -99,7 +99,18 @@ pub fn run(
 fn spawn(hook: &Hook, env: &[(&str, String)]) -> Result<Child, String> {
     use std::os::unix::process::CommandExt;
     let (prog, args) = hook.argv.split_first().ok_or("no program given")?;
-    let mut c = Command::new(prog);
+    let user = crate::fsx::user_umask();
+    let mut c = if user == crate::fsx::process_umask() {
+        Command::new(prog)
+    } else {
+        // snapring took the owner's bits out of its umask (`fsx::owner_usable_umask`):
+        // the command gets the user's, set by a shell that then execs it.
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c")
+            .arg(format!("umask {user:04o} && exec \"$0\" \"$@\""))
+            .arg(prog);
+        c
+    };
     c.args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -12,6 +12,8 @@ use cli::print::errln;
 use cli::{backup, catalog, config, daemon, inspect, list, restic, restore, serve, shard};
 
 fn main() {
+    // Before any thread starts: the umask's owner bits do not stop snapring's own work.
+    snapring::fsx::owner_usable_umask();
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

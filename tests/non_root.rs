@@ -349,3 +349,351 @@ fn under_umask(umask: u32, bin: &Path) -> Command {
         .arg(bin);
     c
 }
+
+/// `snapring ARGS` as the backup user under umask `umask` (a shell sets it), with the
+/// repository password in the environment and `catalog` as the catalog.
+fn run_under(s: &Setup, umask: u32, catalog: &str, args: &[&std::ffi::OsStr]) -> (i32, String) {
+    let out = under_umask(umask, &s.bin)
+        .args(args)
+        .env_clear()
+        .env("HOME", s.root.join("home"))
+        .env("SNAPRING_CATALOG", catalog)
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .uid(USER)
+        .gid(USER)
+        .output()
+        .unwrap();
+    let said = format!(
+        "umask {umask:03o}: snapring {args:?}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), said)
+}
+
+/// A source tree with subdirectories of several modes, the backup user's.
+fn tree_with_subdirectories(s: &Setup, name: &str) -> PathBuf {
+    let src = s.user_dir(name);
+    for d in ["d1", "d1/d2", "e"] {
+        std::fs::create_dir(src.join(d)).unwrap();
+    }
+    for (f, mode) in [
+        ("f", 0o640),
+        ("d1/g", 0o644),
+        ("d1/d2/h", 0o600),
+        ("e/x", 0o444),
+    ] {
+        write(&src.join(f), f.as_bytes());
+        chmod(&src.join(f), mode);
+    }
+    for (d, mode) in [("d1/d2", 0o705), ("d1", 0o750), ("e", 0o755)] {
+        chmod(&src.join(d), mode);
+    }
+    let st = Command::new("chown")
+        .args(["-R", &format!("{USER}:{USER}")])
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    src
+}
+
+/// Every entry under `root` (its own `.` too) with its permission bits, sorted; the
+/// restore's and the store's own names left out.
+fn modes_of(root: &Path) -> Vec<(String, u32)> {
+    fn walk(root: &Path, rel: &Path, out: &mut Vec<(String, u32)>) {
+        let p = root.join(rel);
+        out.push((rel.display().to_string(), mode_mtime(&p).0));
+        if std::fs::symlink_metadata(&p).unwrap().is_dir() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let n = e.unwrap().file_name();
+                if !n.to_string_lossy().starts_with(".snapring") {
+                    walk(root, &rel.join(n), out);
+                }
+            }
+        }
+    }
+    let mut v = Vec::new();
+    walk(root, Path::new(""), &mut v);
+    v.sort();
+    v
+}
+
+/// What `mkdir -p` gives a directory it makes on the way under `umask`: its mode less
+/// the umask, with the owner's write and search (0700 under 0277, 0755 under 0222).
+fn mkdir_p_mode(umask: u32) -> u32 {
+    (0o777 & !umask) | 0o300
+}
+
+/// A restore from the store, by a user whose umask takes the owner's write away (0277,
+/// 0222), of a tree with subdirectories: into a new `--to` (and a directory above it),
+/// an existing empty one, a subdirectory and one file. Every restore completes and the
+/// restored entries have the snapshot's modes; the directories it made that the
+/// snapshot has no mode for get what `mkdir -p` gives them. A new `--to` was made 0500
+/// and its record of unfinished work could not be created in it (exit 1); into an
+/// existing `--to`, each subdirectory was made 0500 and its entries could not be (exit
+/// 2).
+#[test]
+fn a_store_restore_under_a_umask_without_owner_write_keeps_the_snapshot_modes() {
+    let s = setup();
+    let src = tree_with_subdirectories(&s, "src");
+    let dest = s.user_dir("dest");
+    let (code, rep, err) = s.backup(&src, &dest);
+    assert_eq!(code, Some(0), "{rep}\n{err}");
+    let snap = dest.join("daily.0");
+    let want = modes_of(&snap);
+    assert_eq!(want, modes_of(&src));
+    let sub = |p: &str| -> Vec<(String, u32)> {
+        let mut v: Vec<_> = modes_of(&snap.join(p))
+            .into_iter()
+            .map(|(r, m)| match r.is_empty() {
+                true => (p.to_string(), m),
+                false => (format!("{p}/{r}"), m),
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    for umask in [0o277, 0o222] {
+        let base = s.user_dir(&format!("to-{umask:o}"));
+        let restore = |to: &Path, path: Option<&str>| {
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                "restore".as_ref(),
+                "--dest".as_ref(),
+                dest.as_os_str(),
+                "daily.0".as_ref(),
+                "--to".as_ref(),
+                to.as_os_str(),
+            ];
+            if let Some(p) = path {
+                args.extend::<[&std::ffi::OsStr; 2]>(["--path".as_ref(), p.as_ref()]);
+            }
+            let (code, said) = run_under(&s, umask, "off", &args);
+            assert_eq!(code, 0, "{said}");
+            said
+        };
+        // A new --to, and a directory above it the restore makes too.
+        let said = restore(&base.join("new/to"), None);
+        assert_eq!(modes_of(&base.join("new/to")), want, "{said}");
+        assert_eq!(mode_mtime(&base.join("new")).0, mkdir_p_mode(umask));
+        // An existing, empty --to: its mode is the snapshot's root's after the restore.
+        let existing = s.user_dir(&format!("to-{umask:o}/existing"));
+        let said = restore(&existing, None);
+        assert_eq!(modes_of(&existing), want, "{said}");
+        // A subdirectory into a new --to, which has no mode in the snapshot.
+        let said = restore(&base.join("sub"), Some("d1"));
+        let mut got = modes_of(&base.join("sub"));
+        assert_eq!(
+            got.remove(0),
+            (String::new(), mkdir_p_mode(umask)),
+            "{said}"
+        );
+        assert_eq!(got, sub("d1"), "{said}");
+        // One file: the directories above it get the snapshot's modes.
+        let said = restore(&base.join("one"), Some("d1/d2/h"));
+        let mut got = modes_of(&base.join("one"));
+        assert_eq!(
+            got.remove(0),
+            (String::new(), mkdir_p_mode(umask)),
+            "{said}"
+        );
+        let mut wanted = vec![("d1".to_string(), 0o750), ("d1/d2".to_string(), 0o705)];
+        wanted.push(("d1/d2/h".to_string(), 0o600));
+        assert_eq!(got, wanted, "{said}");
+    }
+}
+
+/// A restore from a restic repository, by a user whose umask takes the owner's write
+/// away, of a tree with subdirectories: complete, with the recorded modes. The
+/// directories it made were 0500, so nothing could be created in them (exit 1).
+#[test]
+fn a_repository_restore_of_subdirectories_under_a_umask_without_owner_write() {
+    use common::restic::repo_of;
+    let s = setup();
+    let src = tree_with_subdirectories(&s, "src");
+    let repo = s.root.join("repo");
+    let url = repo_of(&repo, &src);
+    let st = Command::new("chown")
+        .args(["-R", &format!("{USER}:{USER}")])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let want = modes_of(&src);
+    for umask in [0o277, 0o222] {
+        let base = s.user_dir(&format!("to-{umask:o}"));
+        for (to, path) in [("new/to", None), ("existing", None), ("sub", Some("d1"))] {
+            let to = base.join(to);
+            if to.ends_with("existing") {
+                s.user_dir(&format!("to-{umask:o}/existing"));
+            }
+            let mut args: Vec<&std::ffi::OsStr> = vec![
+                "restore".as_ref(),
+                "--dest".as_ref(),
+                url.as_ref(),
+                "latest".as_ref(),
+                "--to".as_ref(),
+                to.as_os_str(),
+            ];
+            if let Some(p) = path {
+                args.extend::<[&std::ffi::OsStr; 2]>(["--path".as_ref(), p.as_ref()]);
+            }
+            let (code, said) = run_under(&s, umask, "off", &args);
+            assert_eq!(code, 0, "{said}");
+            let got = modes_of(&to);
+            let expected: Vec<_> = match path {
+                None => want.iter().skip(1).cloned().collect(),
+                Some(p) => want
+                    .iter()
+                    .filter(|(r, _)| r.starts_with(p))
+                    .cloned()
+                    .collect(),
+            };
+            let got: Vec<_> = got.into_iter().skip(1).collect();
+            assert_eq!(got, expected, "{said}");
+            for (r, _) in got
+                .iter()
+                .filter(|(r, _)| r.ends_with('f') || r.ends_with('g'))
+            {
+                assert_eq!(std::fs::read(to.join(r)).unwrap(), r.as_bytes(), "{said}");
+            }
+        }
+        assert_eq!(mode_mtime(&base.join("new")).0, mkdir_p_mode(umask));
+    }
+}
+
+/// Everything else a user with a umask without owner write runs (0277, 0222): backups
+/// into a new store (rotating), `verify`, `diff`, `list`, a shard run of two workers, a
+/// repository's `init` and backup, `copy` and `verify` of it, with a catalog. All
+/// complete; the snapshots have the source's modes, and every file and directory of
+/// the store's, the repository's, the cache's and the catalog's own is its owner's to
+/// read and write, none more open to group or other than the umask allows. Each failed at its first directory or file: `.snapring/`
+/// could not be created in a store made 0500, a repository's `keys/` in one made 0500,
+/// and the catalog, created 0400, could not be written.
+#[test]
+fn every_command_works_under_a_umask_without_owner_write() {
+    let s = setup();
+    let src = tree_with_subdirectories(&s, "src");
+    let want = modes_of(&src);
+    for umask in [0o277, 0o222] {
+        let base = s.user_dir(&format!("u{umask:o}"));
+        let catalog = base.join("catalog.db");
+        let cat = catalog.to_str().unwrap();
+        let store = base.join("store");
+        let repo = format!("file://{}", base.join("repo").display());
+        let go = |args: &[&str], ok: &[i32]| {
+            let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+            let (code, said) = run_under(&s, umask, cat, &args);
+            assert!(ok.contains(&code), "exit {code}: {said}");
+        };
+        let src_s = src.to_str().unwrap();
+        let store_s = store.to_str().unwrap();
+        for _ in 0..3 {
+            go(
+                &[
+                    "backup", "--source", src_s, "--dest", store_s, "--retain", "2",
+                ],
+                &[0],
+            );
+        }
+        assert_eq!(modes_of(&store.join("daily.0")), want);
+        assert!(!store.join("daily.2").exists());
+        go(&["verify", "--dest", store_s], &[0]);
+        go(&["diff", "--dest", store_s, "daily.1", "daily.0"], &[0]);
+        go(&["list", "--dest", store_s], &[0]);
+        go(&["history"], &[0]);
+        for shard in ["0/2", "1/2"] {
+            go(
+                &[
+                    "backup", "--source", src_s, "--dest", store_s, "--folder", "fs", "--shard",
+                    shard, "--run-id", "r1", "--retain", "2",
+                ],
+                &[0],
+            );
+        }
+        let sharded = store.join("fs");
+        go(
+            &[
+                "status", "--dest", store_s, "--folder", "fs", "--run-id", "r1",
+            ],
+            &[0],
+        );
+        assert_eq!(modes_of(&sharded.join("daily.0")), want);
+        go(&["verify", "--dest", store_s, "--folder", "fs"], &[0]);
+        go(&["init", "--dest", &repo], &[0]);
+        go(&["backup", "--source", src_s, "--dest", &repo], &[0]);
+        go(&["copy", "--dest", store_s, "--to", &repo, "daily.0"], &[0]);
+        go(&["verify", "--dest", &repo], &[0]);
+        // The store's, the repository's and the catalog's own files and directories.
+        let mut own = vec![catalog.clone()];
+        let mut todo = vec![store.join(".snapring"), sharded.join(".snapring")];
+        todo.extend([base.join("repo"), s.root.join("home/.cache")]);
+        while let Some(d) = todo.pop() {
+            own.push(d.clone());
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                match std::fs::symlink_metadata(&p).unwrap().is_dir() {
+                    true => todo.push(p),
+                    false => own.push(p),
+                }
+            }
+        }
+        for p in own {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let need = if m.is_dir() { 0o700 } else { 0o600 };
+            let mode = m.mode() & 0o777;
+            assert_eq!(
+                mode & need,
+                need,
+                "umask {umask:o}: {} is {mode:o}",
+                p.display()
+            );
+            assert_eq!(
+                mode & umask & 0o077,
+                0,
+                "umask {umask:o}: {} is {mode:o}",
+                p.display()
+            );
+        }
+    }
+}
+
+/// A job's pre and post commands run under the umask the user gave snapring, not the
+/// one snapring works under (the owner's bits taken out): a command's own files are
+/// made as the user asked.
+#[test]
+fn hooks_run_under_the_users_umask() {
+    let s = setup();
+    let src = tree_with_subdirectories(&s, "src");
+    let base = s.user_dir("u");
+    let cfg = base.join("job.toml");
+    let hook = |name: &str| {
+        format!(
+            "{name} = [\"/bin/sh\", \"-c\", \"umask > {}/{name}\"]",
+            base.display()
+        )
+    };
+    write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\n{}\n{}\n",
+            src.display(),
+            base.join("store").display(),
+            hook("pre_command"),
+            hook("post_command"),
+        )
+        .as_bytes(),
+    );
+    chmod(&cfg, 0o644);
+    for umask in [0o277, 0o022] {
+        let args: Vec<&std::ffi::OsStr> =
+            vec!["backup".as_ref(), "--config".as_ref(), cfg.as_os_str()];
+        let (code, said) = run_under(&s, umask, "off", &args);
+        assert_eq!(code, 0, "{said}");
+        for name in ["pre_command", "post_command"] {
+            let seen = std::fs::read_to_string(base.join(name)).unwrap();
+            assert_eq!(seen.trim(), format!("{umask:04o}"), "{name}: {said}");
+            std::fs::remove_file(base.join(name)).unwrap();
+        }
+    }
+}

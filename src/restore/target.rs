@@ -170,7 +170,9 @@ impl Target {
         let mut shown = self.existing.clone();
         for c in &self.missing {
             shown.push(OsStr::from_bytes(c));
-            // Mode 0777 less the umask, as `mkdir -p` and `create_dir_all`.
+            // Mode 0777 less the umask, whose owner bits `fsx::owner_usable_umask` took
+            // out: what `mkdir -p` gives the directories it makes on the way (0700 under
+            // 0277, 0755 under 0222), so the restore can write into it.
             match rfs::mkdirat(&cur, c.as_slice(), Mode::from_raw_mode(0o777)) {
                 Ok(()) => {}
                 Err(e) if e == Errno::EXIST => {}
