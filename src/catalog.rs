@@ -27,15 +27,19 @@ const FUTURE_SLACK: chrono::Duration = chrono::Duration::minutes(5);
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// When the current request of `serve` stops waiting for another connection's lock
-/// (`Catalog::wait_per_request`): `BUSY_TIMEOUT` after it began, for all its reads
+/// (`Catalog::open_read_per_request`): `BUSY_TIMEOUT` after it arrived, for all its reads
 /// together. Process-wide: only serve's one read-only connection uses it.
 static REQUEST_DEADLINE: std::sync::Mutex<Option<std::time::Instant>> = std::sync::Mutex::new(None);
 
-/// Begins a request of `serve`: its reads of the catalog wait for a lock at most
-/// `BUSY_TIMEOUT` in all from now.
-pub fn start_request() {
-    *REQUEST_DEADLINE.lock().unwrap_or_else(|e| e.into_inner()) =
-        Some(std::time::Instant::now() + BUSY_TIMEOUT);
+/// Begins a request of `serve` that arrived at `arrived`: its reads of the catalog wait
+/// for a lock until `BUSY_TIMEOUT` after it arrived, in all. Counted from its arrival,
+/// not from when its turn came: requests are answered one at a time, so with the
+/// catalog locked, four queued requests each waiting `BUSY_TIMEOUT` from their turn were
+/// answered after 5, 10, 15 and 20 s (past Prometheus' 10 s scrape timeout); now each
+/// is answered within `BUSY_TIMEOUT` of its arrival, those that waited in the queue
+/// with what reads without the catalog.
+pub fn start_request(arrived: std::time::Instant) {
+    *REQUEST_DEADLINE.lock().unwrap_or_else(|e| e.into_inner()) = Some(arrived + BUSY_TIMEOUT);
 }
 
 /// SQLite's busy handler of a connection that waits per request: retries until the
@@ -470,14 +474,32 @@ impl Catalog {
     /// an empty one a writer has just created.
     /// A catalog of another schema version is refused with what to do.
     pub fn open_read(path: &Path) -> Result<Option<Catalog>> {
+        Catalog::open_read_waiting(path, false)
+    }
+
+    /// [`Catalog::open_read`] whose waits for another connection's lock share one
+    /// deadline per request of `serve` ([`start_request`]) instead of each waiting
+    /// `BUSY_TIMEOUT`: a request reads the catalog many times (each job's runs, counts,
+    /// last run; each snapshot's run), and while a writer holds it each read would wait
+    /// again, past a scrape's timeout (Prometheus' default is 10 s). From the start, the
+    /// schema's check included: a `serve` started while a writer held the catalog
+    /// answered each queued request after a full wait of its own.
+    pub fn open_read_per_request(path: &Path) -> Result<Option<Catalog>> {
+        Catalog::open_read_waiting(path, true)
+    }
+
+    fn open_read_waiting(path: &Path, per_request: bool) -> Result<Option<Catalog>> {
         use rusqlite::OpenFlags;
         if !path.exists() {
             return Ok(None);
         }
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-        let conn = Connection::open_with_flags(path, flags).db(path, "open read-only")?;
-        conn.busy_timeout(BUSY_TIMEOUT)
-            .db(path, "set busy timeout")?;
+        let mut conn = Connection::open_with_flags(path, flags).db(path, "open read-only")?;
+        match per_request {
+            true => conn.busy_handler(Some(wait_until_deadline)),
+            false => conn.busy_timeout(BUSY_TIMEOUT),
+        }
+        .db(path, "set busy handler")?;
         let c = Catalog {
             conn,
             path: path.to_path_buf(),
@@ -509,17 +531,6 @@ impl Catalog {
             });
         }
         Ok(Some(c))
-    }
-
-    /// Makes this connection's waits for another's lock share one deadline per request
-    /// (`start_request`) instead of each waiting `BUSY_TIMEOUT`: a request of `serve`
-    /// reads the catalog many times (each job's runs, counts, last run; each snapshot's
-    /// run), and while a writer holds it each read would wait again, past a scrape's
-    /// timeout (Prometheus' default is 10 s).
-    pub fn wait_per_request(&mut self) -> Result<()> {
-        self.conn
-            .busy_handler(Some(wait_until_deadline))
-            .db(&self.path, "set busy handler")
     }
 
     /// SQLite's `PRAGMA data_version`: changes when another connection commits, so a

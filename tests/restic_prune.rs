@@ -644,3 +644,46 @@ fn a_prune_between_a_backups_open_and_its_lock_loses_none_of_its_data() {
     let (code, out, err) = sr(&["verify", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
 }
+
+/// `forget` removes snapshot files only and reads no index file, as restic's
+/// `forget` does: its memory does not grow with the repository's files, and it works
+/// while an index file is damaged (the snapshots can be forgotten before `repair
+/// index`). Before, it loaded the whole index first and failed on the damaged file.
+#[test]
+fn forget_reads_no_index_file() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let u = file_url(&repo);
+    sr_json(&["init", "--dest", &u, "--json"]);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        write(
+            &src.join(format!("f{i}")),
+            format!("content {i}").as_bytes(),
+        );
+        ids.push(
+            backup(&src, &repo, &[])["snapshot"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    // Every index file garbled in place: one that is read fails the command.
+    let mut garbled = 0;
+    for e in std::fs::read_dir(repo.join("index")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::write(&p, b"not an index file").unwrap();
+        garbled += 1;
+    }
+    assert!(garbled > 0, "no index file to garble");
+    let r = sr_json(&[
+        "forget", "--dest", &u, "--label", "daily", "--retain", "1", "--json",
+    ]);
+    assert_eq!(r["removed"], 2, "{r}");
+    let (code, out, err) = sr(&["forget", "--dest", &u, "--json", &ids[2]]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(count(&repo, "snapshots"), 0);
+    // What reads blobs still refuses the garbled index, naming it.
+    let (code, _, err) = sr(&["list", "--dest", &u]);
+    assert_ne!(code, 0, "{err}");
+}

@@ -1201,6 +1201,94 @@ fn a_locked_catalog_never_shows_counters_at_zero() {
     );
 }
 
+/// Requests are answered one at a time: with the catalog locked, four sent at once
+/// were answered after 5, 10, 15 and 20 s, each waiting its own 5 s once its turn
+/// came, so a scrape queued behind a dashboard's requests passed Prometheus' 10 s
+/// timeout. Each request's wait for the lock now counts from its arrival.
+#[test]
+fn requests_queued_behind_a_locked_catalog_share_one_wait() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    // A server that has read the catalog before (it keeps it open).
+    get(&s.addr, "/metrics");
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute_batch(
+        "BEGIN EXCLUSIVE; INSERT INTO events (at, job, kind, message) \
+         VALUES ('2026-01-01T00:00:00Z', 'home', 'test', 'lock');",
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    let took: Vec<(std::time::Duration, String, String)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = ["/metrics", "/api/jobs", "/api/jobs/home", "/metrics"]
+            .into_iter()
+            .map(|u| {
+                let addr = &s.addr;
+                sc.spawn(move || {
+                    let body = get(addr, u).body;
+                    (t0.elapsed(), u.to_string(), body)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (t, u, body) in &took {
+        assert!(
+            *t < std::time::Duration::from_secs(8),
+            "{u} answered after {t:?} (all: {:?})",
+            took.iter().map(|x| x.0).collect::<Vec<_>>()
+        );
+        // Each answered without the catalog, saying so.
+        match u.as_str() {
+            "/metrics" => assert_eq!(
+                home_series(body, "snapring_job_errors"),
+                Some(1.0),
+                "{body}"
+            ),
+            _ => assert!(body.contains("locked"), "{u}: {body}"),
+        }
+    }
+    // A server started while the catalog is locked cannot open it: its queued
+    // requests fail (500, naming the lock), all within the same one wait.
+    let s2 = serve(&f, "127.0.0.1:0", &[], &[]);
+    let t0 = std::time::Instant::now();
+    let got: Vec<(std::time::Duration, Got)> = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..4)
+            .map(|_| {
+                let addr = &s2.addr;
+                sc.spawn(move || {
+                    let g = http(addr, "GET", "/metrics", &[]);
+                    (t0.elapsed(), g)
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (t, g) in &got {
+        assert!(
+            *t < std::time::Duration::from_secs(8),
+            "answered after {t:?} (all: {:?})",
+            got.iter().map(|x| x.0).collect::<Vec<_>>()
+        );
+        assert_eq!(g.status, 500, "{}", g.body);
+        assert!(g.body.contains("locked"), "{}", g.body);
+    }
+    db.execute_batch("ROLLBACK").unwrap();
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(
+        home_series(&m, "snapring_runs_started_total"),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        home_series(
+            &get(&s2.addr, "/metrics").body,
+            "snapring_runs_started_total"
+        ),
+        Some(1.0)
+    );
+}
+
 /// A run that failed while a writer held the catalog past its busy wait: its final row
 /// could not be written, so the catalog still says `running` (until a command that
 /// writes the catalog settles it), though its lock file is empty and its run record in

@@ -61,6 +61,22 @@ fn open_uncached(
     Ok(Repo::open_with(b, &pw)?)
 }
 
+/// Opens the repository without reading its index: for a command that touches no
+/// blob (`forget` removes snapshot files only), whose memory would otherwise grow with
+/// the repository's files (the index of 300,000 files is ~100 MiB in memory).
+fn open_unindexed(
+    dest: &Path,
+    password_file: Option<&Path>,
+    cancel: Option<&Arc<AtomicBool>>,
+) -> anyhow::Result<Repo> {
+    let b = backend::from_dest(&dest.to_string_lossy())?;
+    if let Some(c) = cancel {
+        b.watch_cancel(c);
+    }
+    let pw = restic::password::resolve(password_file)?;
+    Ok(Repo::open_unindexed_with(b, &pw)?)
+}
+
 /// A repository opened for a command that only reads, under a shared lock
 /// (`restic::lock::acquire_reader`: a prune cannot start meanwhile), its index brought
 /// up to date under that lock (a prune that ended between the opening and the lock
@@ -850,7 +866,7 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let cancel = super::cancel_on_signal();
-    let repo = open(
+    let repo = open_unindexed(
         Path::new(&a.dest),
         a.password_file.as_deref(),
         Some(&cancel),

@@ -34,6 +34,9 @@ pub struct Request {
     /// The request target as sent (`/job/home?x=1`).
     pub target: String,
     headers: Vec<(String, String)>,
+    /// When its head was read: requests are answered one at a time, so one may wait
+    /// behind others; what it may still wait (for a locked catalog) counts from here.
+    pub arrived: Instant,
 }
 
 impl Request {
@@ -258,6 +261,7 @@ fn parse_head(head: &[u8]) -> Option<Request> {
         method: method.to_string(),
         target: target.to_string(),
         headers,
+        arrived: Instant::now(),
     })
 }
 

@@ -122,10 +122,7 @@ impl State {
             self.cat = None;
             self.summaries = data::Summaries::default();
             if let Some(id) = id {
-                self.cat = Catalog::open_read(path)?.map(|c| (c, id));
-                if let Some((c, _)) = &mut self.cat {
-                    c.wait_per_request()?;
-                }
+                self.cat = Catalog::open_read_per_request(path)?.map(|c| (c, id));
             }
         }
         Ok(self.cat.as_ref().map(|c| &c.0))
@@ -187,7 +184,12 @@ impl Server {
         let om = req
             .header("Accept")
             .is_some_and(|a| a.contains("application/openmetrics-text"));
-        route(&self.opts, &mut self.state.borrow_mut(), &req.target, om)
+        route(
+            &self.opts,
+            &mut self.state.borrow_mut(),
+            (&req.target, req.arrived),
+            om,
+        )
     }
 }
 
@@ -270,10 +272,16 @@ impl Reply {
 }
 
 /// The answer to `GET url`; `openmetrics`: the client accepts OpenMetrics.
-fn route(o: &ServeOptions, st: &mut State, url: &str, openmetrics: bool) -> Reply {
+fn route(
+    o: &ServeOptions,
+    st: &mut State,
+    (url, arrived): (&str, std::time::Instant),
+    openmetrics: bool,
+) -> Reply {
     let path = url.split(['?', '#']).next().unwrap_or("");
-    // One wait for a writer's lock per request, however many reads it makes.
-    crate::catalog::start_request();
+    // One wait for a writer's lock per request, however many reads it makes, counted
+    // from the request's arrival.
+    crate::catalog::start_request(arrived);
     if let Err(e) = st.catalog(o.catalog.as_deref()) {
         return Reply::text(500, &format!("{e}\n"));
     }
