@@ -25,7 +25,6 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::io::Write;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -77,9 +76,19 @@ const BATCH_FILES: usize = 1024;
 /// changes directory): their descriptors are held until it is written.
 const BATCH_DIRS: usize = 32;
 /// A batch ends once its files hold this much; a batch's distinct blobs held in memory
-/// at once, at most (plaintext; a file's blobs past it, as a large file's, are read
-/// one at a time).
+/// at once, at most (plaintext; a file's blobs past it, as a large file's, are read by
+/// its fill, [`BIG_READS`] spans at once).
 const BATCH_BYTES: u64 = 8 << 20;
+/// The blobs of one file that its batch did not read (a large file's) are read by
+/// spans of at most this much, this many at once, each decrypted and checked by the
+/// thread that read it and written at its place in the file. One blob at a time, a
+/// 2 GiB file took 1,371 requests and 76 s from a local S3 server (restic: 9 s).
+const BIG_SPAN_CAP: u64 = 2 << 20;
+const BIG_READS: usize = FILL_THREADS;
+/// Sealed bytes of such spans read and not yet written, over all the fills, at most
+/// (one span is always let through): with their plaintexts, about twice this in
+/// memory.
+const BIG_IN_FLIGHT: u64 = 16 << 20;
 /// Blobs of a batch further apart than this in their pack are read apart.
 const SPAN_GAP: u64 = 1 << 20;
 /// One ranged read of a pack is at most this long (or one blob).
@@ -241,6 +250,40 @@ struct Restorer<'a> {
     dirs: Vec<(PathBuf, Node, (u64, u64))>,
 }
 
+/// Bytes in flight, shared by the fills' reads of large files ([`BIG_IN_FLIGHT`]).
+struct Budget {
+    used: std::sync::Mutex<u64>,
+    freed: std::sync::Condvar,
+    cap: u64,
+}
+
+impl Budget {
+    fn new(cap: u64) -> Budget {
+        Budget {
+            used: std::sync::Mutex::new(0),
+            freed: std::sync::Condvar::new(),
+            cap,
+        }
+    }
+
+    /// Waits until `n` more bytes fit (or nothing else is in flight); returns what was
+    /// taken, for [`Budget::give`].
+    fn take(&self, n: u64) -> u64 {
+        let n = n.min(self.cap);
+        let mut used = lock(&self.used);
+        while *used > 0 && *used + n > self.cap {
+            used = self.freed.wait(used).unwrap_or_else(|e| e.into_inner());
+        }
+        *used += n;
+        n
+    }
+
+    fn give(&self, n: u64) {
+        *lock(&self.used) -= n;
+        self.freed.notify_all();
+    }
+}
+
 /// What the fill threads did.
 #[derive(Default)]
 struct Filled {
@@ -284,6 +327,7 @@ pub fn restore(
         list: std::sync::Mutex::new(Vec::new()),
     };
     let links = Links::default();
+    let budget = Budget::new(BIG_IN_FLIGHT);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Fill>>(FILL_QUEUE);
     let rx = std::sync::Mutex::new(rx);
     let walked = std::thread::scope(|s| {
@@ -298,6 +342,7 @@ pub fn restore(
                     problems: &problems,
                     links: &links,
                     cancel,
+                    budget: &budget,
                 };
                 fill_files(&on, &rx)
             });
@@ -423,6 +468,8 @@ struct FillOn<'a> {
     problems: &'a Problems<'a>,
     links: &'a Links,
     cancel: &'a AtomicBool,
+    /// Bytes the reads of large files hold ([`BIG_IN_FLIGHT`]).
+    budget: &'a Budget,
 }
 
 /// A fill thread: writes the files the walk created, until the walk ends or a fill
@@ -448,7 +495,7 @@ fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<F
             }
             let path = f.path.clone();
             let link = f.link;
-            match fill(on.repo, on.as_root, f, on.cancel, &blobs) {
+            match fill(on, f, &blobs) {
                 Ok(size) => {
                     on.filled.files.fetch_add(1, Ordering::Relaxed);
                     on.filled.bytes.fetch_add(size, Ordering::Relaxed);
@@ -620,14 +667,12 @@ fn read_error(e: Error) -> FillError {
 const SPARSE_MIN: usize = 4096;
 
 /// One file's contents from its blobs, checked against the recorded size, then its
-/// metadata.
-fn fill(
-    repo: &Repo,
-    as_root: bool,
-    f: Fill,
-    cancel: &AtomicBool,
-    blobs: &HashMap<Id, Vec<u8>>,
-) -> std::result::Result<u64, FillError> {
+/// metadata. Each blob is written at its place in the file (its offset from the
+/// plaintext lengths the index gives, each checked as it is read): those its batch
+/// read ([`prefetch`]) first, then the others (a large file's) read by pack in spans
+/// ([`BIG_SPAN_CAP`]), [`BIG_READS`] at once, each decrypted and checked by the thread
+/// that read it ([`read_rest`]).
+fn fill(on: &FillOn, f: Fill, blobs: &HashMap<Id, Vec<u8>>) -> std::result::Result<u64, FillError> {
     let Fill {
         dir,
         name,
@@ -638,7 +683,7 @@ fn fill(
     } = f;
     // Tests replace the file here, between the walk's create and its fill.
     let _ = crate::failpoint::hit("restic.restore.before_fill");
-    let mut file = open_created(&dir, &name, id)
+    let file = open_created(&dir, &name, id)
         .map(std::fs::File::from)
         .map_err(|e| {
             use rustix::io::Errno;
@@ -651,37 +696,32 @@ fn fill(
             }
         })?;
     drop(dir);
+    // Where each blob goes: its offsets in the file (a blob can be there more than
+    // once) and its plaintext length, in the order of the file.
+    let mut at: Vec<(Id, u64, Vec<u64>)> = Vec::new();
+    let mut place: HashMap<Id, usize> = HashMap::new();
     let mut size = 0u64;
-    // A blob of zeros is a hole, not written (the file was created empty): a sparse
-    // file stays sparse, as restic's `restore --sparse` leaves it. A 1 GiB image with
-    // a hole was restored as 1 GiB of disk.
-    let mut hole_at_end = false;
     for id in node.content.iter().flatten() {
-        if cancel.load(Ordering::Relaxed) {
-            return Err(FillError::Stop(Error::Cancelled));
-        }
-        // Read with its batch, or else on its own.
-        let data: std::borrow::Cow<[u8]> = match blobs.get(id) {
-            Some(d) => d.into(),
-            None => repo
-                .read_blob(BlobType::Data, id)
-                .map_err(read_error)?
-                .into(),
+        let len = match blobs.get(id) {
+            Some(d) => d.len() as u64,
+            None => match on.repo.index.get(BlobType::Data, id) {
+                Some(loc) => loc.plain_len(),
+                // In no index: the read says so, as it did.
+                None => on
+                    .repo
+                    .read_blob(BlobType::Data, id)
+                    .map_err(read_error)?
+                    .len() as u64,
+            },
         };
-        hole_at_end = data.len() >= SPARSE_MIN && data.iter().all(|b| *b == 0);
-        if hole_at_end {
-            use std::io::Seek;
-            file.seek(std::io::SeekFrom::Current(data.len() as i64))
-                .map_err(|e| FillError::Stop(io_err("seek", &path)(e)))?;
-        } else {
-            file.write_all(&data)
-                .map_err(|e| FillError::Stop(io_err("write", &path)(e)))?;
+        match place.get(id) {
+            Some(&i) => at[i].2.push(size),
+            None => {
+                place.insert(*id, at.len());
+                at.push((*id, len, vec![size]));
+            }
         }
-        size += data.len() as u64;
-    }
-    if hole_at_end {
-        file.set_len(size)
-            .map_err(|e| FillError::Stop(io_err("set the size of", &path)(e)))?;
+        size += len;
     }
     if size != node.size {
         return Err(FillError::Content(corrupt(
@@ -689,8 +729,186 @@ fn fill(
             format!("{size} bytes from its blobs, {} recorded", node.size),
         )));
     }
-    metadata_fd(as_root, &node, file.as_fd(), &path).map_err(FillError::Metadata)?;
+    let out = Out {
+        file: &file,
+        path: &path,
+        holes: AtomicBool::new(false),
+    };
+    let mut rest = Vec::new();
+    for (id, len, offsets) in &at {
+        if on.cancel.load(Ordering::Relaxed) {
+            return Err(FillError::Stop(Error::Cancelled));
+        }
+        match blobs.get(id) {
+            Some(d) => out.put(id, d, *len, offsets)?,
+            None => rest.push((*id, *len, offsets.as_slice())),
+        }
+    }
+    read_rest(on, &out, &rest)?;
+    // A blob of zeros is a hole, not written (the file was created empty): a sparse
+    // file stays sparse, as restic's `restore --sparse` leaves it. A 1 GiB image with
+    // a hole was restored as 1 GiB of disk. One at the end is its size.
+    if out.holes.load(Ordering::Relaxed) {
+        file.set_len(size)
+            .map_err(|e| FillError::Stop(io_err("set the size of", &path)(e)))?;
+    }
+    metadata_fd(on.as_root, &node, file.as_fd(), &path).map_err(FillError::Metadata)?;
     Ok(size)
+}
+
+/// A file being filled, written at offsets by several threads.
+struct Out<'a> {
+    file: &'a std::fs::File,
+    path: &'a Path,
+    /// A blob of zeros was left a hole.
+    holes: AtomicBool,
+}
+
+impl Out<'_> {
+    /// Writes the plaintext of blob `id` (`len` bytes, from the index) at each of
+    /// `offsets`, or leaves holes there when it is zeros ([`SPARSE_MIN`]).
+    fn put(
+        &self,
+        id: &Id,
+        data: &[u8],
+        len: u64,
+        offsets: &[u64],
+    ) -> std::result::Result<(), FillError> {
+        use std::os::unix::fs::FileExt;
+        if data.len() as u64 != len {
+            return Err(FillError::Content(corrupt(
+                format!("Data blob {id}"),
+                format!("{} bytes, its index says {len}", data.len()),
+            )));
+        }
+        if data.len() >= SPARSE_MIN && data.iter().all(|b| *b == 0) {
+            self.holes.store(true, Ordering::Relaxed);
+            return Ok(());
+        }
+        for &o in offsets {
+            self.file
+                .write_all_at(data, o)
+                .map_err(|e| FillError::Stop(io_err("write", self.path)(e)))?;
+        }
+        Ok(())
+    }
+}
+
+/// The blobs of a file its batch did not read (`(id, plaintext length, offsets)`),
+/// read by pack: nearby ones in one ranged read ([`Span`], [`SPAN_GAP`],
+/// [`BIG_SPAN_CAP`]), up to [`BIG_READS`] reads at once within [`BIG_IN_FLIGHT`], each
+/// span's blobs decrypted and checked by the thread that read it and written at their
+/// places. A blob a span did not give (damaged in it, or the read failed) is read on
+/// its own ([`Repo::read_blob`]: its rereads and its other copies), which says why.
+/// The first error stops the others.
+fn read_rest(
+    on: &FillOn,
+    out: &Out,
+    rest: &[(Id, u64, &[u64])],
+) -> std::result::Result<(), FillError> {
+    if rest.is_empty() {
+        return Ok(());
+    }
+    // Each pack's blobs by offset; the packs in the order the file first needs them.
+    let mut by_pack: HashMap<Id, Vec<(Entry, usize)>> = HashMap::new();
+    let mut packs = Vec::new();
+    let mut alone = Vec::new();
+    for (i, (id, ..)) in rest.iter().enumerate() {
+        match on.repo.index.get(BlobType::Data, id) {
+            Some(loc) => {
+                let v = by_pack.entry(loc.pack).or_default();
+                if v.is_empty() {
+                    packs.push(loc.pack);
+                }
+                v.push((loc.entry, i));
+            }
+            None => alone.push(i),
+        }
+    }
+    let mut spans: Vec<(Id, Vec<(Entry, usize)>)> = Vec::new();
+    for pack in packs {
+        let mut v = by_pack.remove(&pack).unwrap_or_default();
+        v.sort_by_key(|(e, _)| e.offset);
+        while !v.is_empty() {
+            let entries: Vec<&Entry> = v.iter().map(|(e, _)| e).collect();
+            let n = Span::plan(&entries, SPAN_GAP, BIG_SPAN_CAP);
+            let tail = v.split_off(n);
+            spans.push((pack, std::mem::replace(&mut v, tail)));
+        }
+    }
+    let one = |i: usize| -> std::result::Result<(), FillError> {
+        let (id, len, offsets) = &rest[i];
+        let plain = on.repo.read_blob(BlobType::Data, id).map_err(read_error)?;
+        out.put(id, &plain, *len, offsets)
+    };
+    for i in alone {
+        one(i)?;
+    }
+    let read_span = |pack: &Id, these: &[(Entry, usize)]| -> std::result::Result<(), FillError> {
+        if on.cancel.load(Ordering::Relaxed) {
+            return Err(FillError::Stop(Error::Cancelled));
+        }
+        let entries: Vec<&Entry> = these.iter().map(|(e, _)| e).collect();
+        let first = these[0].0.offset as u64;
+        let end = these
+            .iter()
+            .map(|(e, _)| e.offset as u64 + e.length as u64)
+            .max()
+            .unwrap_or(first);
+        let taken = on.budget.take(end - first);
+        let read = Span::read(on.repo, pack, &entries, SPAN_GAP, BIG_SPAN_CAP, true);
+        let done = (|| {
+            let mut span = match read {
+                Ok(span) => Some(span),
+                Err(Error::Cancelled) => return Err(FillError::Stop(Error::Cancelled)),
+                Err(_) => None,
+            };
+            for (e, i) in these {
+                match span.as_mut().and_then(|s| s.take(e)) {
+                    Some(plain) => {
+                        let (id, len, offsets) = &rest[*i];
+                        out.put(id, &plain, *len, offsets)?;
+                    }
+                    None => one(*i)?,
+                }
+            }
+            Ok(())
+        })();
+        on.budget.give(taken);
+        done
+    };
+    let readers = BIG_READS.min(spans.len());
+    if readers <= 1 {
+        for (pack, these) in &spans {
+            read_span(pack, these)?;
+        }
+        return Ok(());
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed: std::sync::Mutex<Option<FillError>> = std::sync::Mutex::new(None);
+    std::thread::scope(|s| {
+        for _ in 0..readers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some((pack, these)) = spans.get(i) else {
+                        return;
+                    };
+                    if lock(&failed).is_some() {
+                        return;
+                    }
+                    if let Err(e) = read_span(pack, these) {
+                        lock(&failed).get_or_insert(e);
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    match failed.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The file `name` the walk created in `dir`, opened again for writing, never through

@@ -246,6 +246,8 @@ pub struct Seen {
     pub status: Option<u16>,
     /// When its head arrived.
     pub at: std::time::Instant,
+    /// When its answer was sent to the client whole.
+    pub done: Option<std::time::Instant>,
 }
 
 /// An HTTP/1.1 relay on 127.0.0.1 to a server, with faults by rule, until dropped.
@@ -316,6 +318,21 @@ impl Proxy {
             .iter()
             .filter(|s| s.method == method && s.path.contains(path) && s.status == Some(200))
             .count()
+    }
+
+    /// The most requests with `method` whose path contains `path` that were in flight
+    /// at once (from the head's arrival to the whole answer sent), among those answered.
+    pub fn most_at_once(&self, method: &str, path: &str) -> usize {
+        let seen: Vec<_> = self
+            .seen()
+            .into_iter()
+            .filter(|s| s.method == method && s.path.contains(path))
+            .filter_map(|s| Some((s.at, s.done?)))
+            .collect();
+        seen.iter()
+            .map(|(at, _)| seen.iter().filter(|(a, d)| a <= at && at < d).count())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Lets the requests held by `Fault::Hold` go on, and those to come.
@@ -411,6 +428,7 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
                 fault,
                 status: None,
                 at: std::time::Instant::now(),
+                done: None,
             });
             seen.len() - 1
         };
@@ -476,6 +494,7 @@ fn serve(st: &ProxyState, client: TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         out.write_all(&answer)?;
+        st.seen.lock().unwrap()[at].done = Some(std::time::Instant::now());
     }
     Ok(())
 }
