@@ -820,8 +820,11 @@ fn data_ranges(src: BorrowedFd<'_>, meta: &Meta) -> Vec<(u64, u64)> {
 }
 
 /// Copies a regular file's bytes from `src` to `dst` (a new, empty file), keeping holes
-/// as holes, and returns the BLAKE3 hash of the logical content and the bytes written.
-/// Reads up to `meta.size`; bytes appended meanwhile are caught by the caller's re-stat.
+/// as holes, and returns the BLAKE3 hash of the logical content, the bytes written and
+/// the length of what `dst` holds (the hashed content). Reads up to `meta.size`; bytes
+/// appended meanwhile are caught by the caller's re-stat. A file that shrank while it
+/// was read ends where its read did: `dst` and the hash hold that prefix (its length
+/// less than `meta.size`), never the size the stat promised.
 /// `pace` hears of every read and every write before the next one (a bandwidth limit
 /// sleeps in it); when it answers `false` the copy stops there (`CopyError::Stopped`,
 /// the destination left partial for the caller to remove).
@@ -830,7 +833,7 @@ pub fn copy_hash(
     dst: BorrowedFd<'_>,
     meta: &Meta,
     pace: &dyn Fn(u64) -> bool,
-) -> Result<(blake3::Hash, u64), CopyError> {
+) -> Result<Copied, CopyError> {
     thread_local!(static BUFFER: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; BUF]));
     let mut h = blake3::Hasher::new();
     let mut written = 0u64;
@@ -839,7 +842,7 @@ pub fn copy_hash(
     if sparse {
         rfs::ftruncate(dst, meta.size).map_err(|e| CopyError::Write(e.into()))?;
     }
-    BUFFER.with(|b| {
+    let len = BUFFER.with(|b| {
         let buf = &mut b.borrow_mut()[..];
         let mut pos = 0u64;
         for (start, end) in ranges {
@@ -849,8 +852,14 @@ pub fn copy_hash(
                 let want = ((end - off) as usize).min(buf.len());
                 let n = pread_full(src, &mut buf[..want], off).map_err(CopyError::Read)?;
                 if n == 0 {
-                    break; // truncated while we read; the re-stat will notice
+                    // Truncated while it was read (the re-stat notices): the copy is
+                    // what was read, no more (a sparse one cut to it).
+                    if sparse {
+                        rfs::ftruncate(dst, off).map_err(|e| CopyError::Write(e.into()))?;
+                    }
+                    return Ok(off);
                 }
+                let _ = crate::failpoint::hit("fsx.copy.read");
                 if !pace(n as u64) {
                     return Err(CopyError::Stopped);
                 }
@@ -866,14 +875,28 @@ pub fn copy_hash(
             }
             pos = off;
         }
-        if pos < meta.size && !sparse {
-            // The file shrank while we read it; hash what is there.
-        } else if pos < meta.size {
+        if pos < meta.size {
+            // A hole at the end (`dst` has the size already).
             hash_zeros(&mut h, meta.size - pos);
         }
-        Ok::<(), CopyError>(())
+        Ok::<u64, CopyError>(meta.size)
     })?;
-    Ok((h.finalize(), written))
+    Ok(Copied {
+        hash: h.finalize(),
+        written,
+        len,
+    })
+}
+
+/// What [`copy_hash`] copied.
+#[derive(Debug, Clone, Copy)]
+pub struct Copied {
+    /// The BLAKE3 hash of the copy's content (`len` bytes, holes as zeros).
+    pub hash: blake3::Hash,
+    /// The bytes written (holes not).
+    pub written: u64,
+    /// The copy's length: the stat's size, less where the file shrank during the read.
+    pub len: u64,
 }
 
 /// Hashes the content of regular file `name` of directory `dir` (opened for reading

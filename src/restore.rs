@@ -1988,7 +1988,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             }
         };
         match fsx::copy_hash(b(&src), b(&dst), m, &|_| true) {
-            Ok((hash, written)) => {
+            Ok(fsx::Copied { hash, written, .. }) => {
                 add(&self.counts.bytes, written);
                 if let Some(want) = e.hash
                     && want != hash

@@ -95,8 +95,8 @@ pub trait Sink: Sync {
         why: CopyReason,
     ) -> io::Result<Self::File>;
 
-    /// Copies the open source file into `file` (sparse-aware); returns its BLAKE3 hash
-    /// and the bytes written. `before`: the source's stat the copy is checked against.
+    /// Copies the open source file into `file` (sparse-aware); returns its BLAKE3 hash,
+    /// the bytes written and the copy's length ([`crate::fsx::copy_hash`]). `before`: the source's stat the copy is checked against.
     /// `pace`: told the size of every read and write (the bandwidth limit); `false`
     /// from it gives the copy up (`CopyError::Stopped`).
     fn write_file(
@@ -105,7 +105,7 @@ pub trait Sink: Sync {
         src: BorrowedFd<'_>,
         before: &Meta,
         pace: &dyn Fn(u64) -> bool,
-    ) -> Result<(blake3::Hash, u64), CopyError>;
+    ) -> Result<crate::fsx::Copied, CopyError>;
 
     /// Empties `file` for another attempt (the source changed while it was copied).
     fn restart_file(&self, file: &Self::File) -> io::Result<()>;

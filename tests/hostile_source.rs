@@ -90,6 +90,42 @@ fn spawn_repository_backup_paused(
     Paused { child, pause }
 }
 
+/// `snapring backup --json --jobs 1 --source SRC ARGS…` (a repository's password and
+/// cache set), paused at each of `points` (a failpoint and its hit) until that point's
+/// pause file, returned in order (in `t`), is removed. Returns without waiting.
+fn spawn_with_pauses(
+    args: &[&str],
+    src: &Path,
+    points: &[(&str, u32)],
+    t: &tempfile::TempDir,
+) -> (std::process::Child, Vec<PathBuf>) {
+    let pauses: Vec<PathBuf> = (0..points.len())
+        .map(|i| t.path().join(format!("pause{i}")))
+        .collect();
+    let spec = pauses
+        .iter()
+        .zip(points)
+        .map(|(p, (name, n))| format!("{name}=pause:{}@{n}", p.display()))
+        .collect::<Vec<_>>()
+        .join(";");
+    let child = Command::new(bin())
+        .args(["backup", "--json", "--jobs", "1", "--source"])
+        .arg(src)
+        .args(args)
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .env(
+            "XDG_CACHE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        )
+        .env("SNAPRING_FAILPOINTS", spec)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, pauses)
+}
+
 /// The problems of a report as `path|kind|action|error` lines.
 fn problems(rep: &serde_json::Value) -> Vec<String> {
     rep["problems"]
@@ -747,6 +783,176 @@ fn a_file_rewritten_while_read_into_a_repository_is_read_again() {
         "the snapshot's f is not the new content whole (old: {})",
         got == old
     );
+}
+
+/// A file rewritten in place during each of the 3 reads of a backup into a repository,
+/// then left alone: the run is `partial` (`changed_during_copy`, the copy may be torn),
+/// and the next run reads the file again: its snapshot holds the source's bytes, and
+/// `diff --against` of the torn snapshot names the file. The torn node recorded the
+/// attributes of after its read, which the untouched file still had: the next runs
+/// took it as unchanged (`complete`, 0 files read) and carried the torn content into
+/// every later snapshot, while `diff --against` saw no difference.
+#[test]
+fn a_file_torn_by_every_read_into_a_repository_is_read_again_by_the_next_run() {
+    use common::restic::{file_url, pseudo_random, restore_latest, sr};
+    use std::os::unix::fs::FileExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let f = src.join("f");
+    // 4 reads of 512 KiB each (the failpoint's hits 1-4, 5-8, 9-12 for the 3 reads).
+    write(&f, &pseudo_random(2 << 20, 1));
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (child, pauses) = spawn_with_pauses(
+        &["--dest", &url],
+        &src,
+        &[
+            ("restic.backup.read", 1),
+            ("restic.backup.read", 5),
+            ("restic.backup.read", 9),
+        ],
+        &t,
+    );
+    for (i, p) in pauses.iter().enumerate() {
+        wait_for(p);
+        // Past the file's timestamp granularity, then its first 512 KiB (already read)
+        // rewritten in place: same size, other bytes.
+        std::thread::sleep(Duration::from_millis(30));
+        let w = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        w.write_all_at(&pseudo_random(512 << 10, 10 + i as u64), 0)
+            .unwrap();
+        drop(w);
+        std::fs::remove_file(p).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(2), "{rep}");
+    let ps = problems(&rep);
+    assert!(
+        ps.len() == 1 && ps[0].starts_with("f|changed_during_copy|read|"),
+        "{ps:?}"
+    );
+    let s = src.to_str().unwrap();
+    // The torn snapshot against the source: a difference for both.
+    let (code, vout, err) = sr(&["verify", "--dest", &url, "latest", "--against", s]);
+    assert_eq!(code, 2, "verify --against: {vout}\n{err}");
+    let (code, dout, err) = sr(&["diff", "--dest", &url, "latest", "--against", s]);
+    assert_eq!(code, 0, "{dout}\n{err}");
+    assert!(
+        dout.lines().any(|l| l.starts_with("M f  content")),
+        "diff --against does not name the torn file (verify --against: {vout}): {dout}"
+    );
+    // The next run reads it again, and its snapshot is the source.
+    let (code, out, err) = sr(&["backup", "--json", "--source", s, "--dest", &url]);
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(rep["repository"]["files_read"], 1, "{rep}");
+    let to = t.path().join("to");
+    let (code, out, err) = sr(&restore_latest(&url, &to));
+    assert_eq!(code, 0, "restore: {out}\n{err}");
+    let got = std::fs::read(to.join(src.strip_prefix("/").unwrap()).join("f"))
+        .or_else(|_| std::fs::read(to.join("f")))
+        .unwrap();
+    assert!(
+        got == std::fs::read(&f).unwrap(),
+        "the next snapshot's f is not the source's"
+    );
+    let (code, out, err) = sr(&["verify", "--dest", &url, "latest", "--against", s]);
+    assert_eq!(code, 0, "verify --against after the next run: {out}\n{err}");
+}
+
+/// A file appended to during the first two copies of a store backup and cut short
+/// during the third (the last): the run is `partial` (`changed_during_copy`), and the
+/// snapshot's entry describes the bytes stored (the prefix copied before the cut, its
+/// length and hash), so `verify` is clean; the next run copies the file again. The
+/// entry recorded the size of the stat before the copy with the prefix's hash: `verify`
+/// said DAMAGED, `copy` left the file out as bit rot, a restore gave the prefix as
+/// `complete`.
+#[test]
+fn a_file_cut_short_during_its_last_copy_is_recorded_as_stored() {
+    use common::restic::pseudo_random;
+    use std::os::unix::fs::FileExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    let f = src.join("f");
+    write(&f, &pseudo_random(1 << 20, 1));
+    let d = dest.to_str().unwrap();
+    // Reads of 256 KiB: the 1st copy's hits 1-4, the 2nd's (1 MiB and 100 B) 5-9, the
+    // 3rd's from 10.
+    let (child, pauses) = spawn_with_pauses(
+        &["--dest", d],
+        &src,
+        &[
+            ("fsx.copy.read", 1),
+            ("fsx.copy.read", 5),
+            ("fsx.copy.read", 10),
+        ],
+        &t,
+    );
+    for (i, p) in pauses.iter().enumerate() {
+        wait_for(p);
+        // Past the file's timestamp granularity.
+        std::thread::sleep(Duration::from_millis(30));
+        let w = std::fs::OpenOptions::new().write(true).open(&f).unwrap();
+        if i < 2 {
+            let len = w.metadata().unwrap().len();
+            w.write_all_at(&[b'+'; 100], len).unwrap();
+        } else {
+            // Below what the 3rd copy read already (256 KiB): its next read is short.
+            w.set_len(100 << 10).unwrap();
+        }
+        drop(w);
+        std::fs::remove_file(p).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(2), "{rep}");
+    let ps = problems(&rep);
+    assert!(
+        ps.len() == 1 && ps[0].starts_with("f|changed_during_copy|copy|"),
+        "{ps:?}"
+    );
+    let stored = std::fs::read(dest.join("daily.0/f")).unwrap();
+    assert_eq!(stored.len(), 256 << 10, "the copy: what the 3rd read got");
+    assert_verify_clean(&dest, &[]);
+    let out = snapring(
+        &[
+            "history".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "f".as_ref(),
+        ],
+        &[],
+    );
+    let hist = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        hist.contains(&(256u64 << 10).to_string()) && !hist.contains("1048776"),
+        "history records another size than the stored one: {hist}"
+    );
+    // The next run copies it again: the snapshot is the source.
+    let out = snapring(
+        &[
+            "backup".as_ref(),
+            "--source".as_ref(),
+            src.as_os_str(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/f")).unwrap(),
+        std::fs::read(&f).unwrap()
+    );
+    assert_verify_clean(&dest, &["--all"]);
 }
 
 /// A directory renamed within its parent while the parent is being listed (paused

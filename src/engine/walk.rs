@@ -788,7 +788,8 @@ impl<'a, S: Sink> Walk<'a, S> {
     }
 
     /// Copies until the source stays the same during a copy (at most [`COPY_ATTEMPTS`]
-    /// times); returns the stat the copy matches and its hash. `Err`: the source could
+    /// times); returns the stat the copy matches and its hash (after the last attempt,
+    /// the stat from before it with the length copied). `Err`: the source could
     /// not be read (the partial copy is removed); `Ok(None)`: a destination error.
     fn copy_attempts(
         &self,
@@ -822,10 +823,10 @@ impl<'a, S: Sink> Walk<'a, S> {
                 Some(p) => p.take(n, self.cancel),
                 None => true,
             };
-            let hash = match self.sink.write_file(file, b(src), &before, &pace) {
-                Ok((h, written)) => {
-                    Counters::add(&self.counters.bytes_transferred, written);
-                    h
+            let copied = match self.sink.write_file(file, b(src), &before, &pace) {
+                Ok(c) => {
+                    Counters::add(&self.counters.bytes_transferred, c.written);
+                    c
                 }
                 Err(CopyError::Read(e)) => {
                     self.sink.discard_file(out, name);
@@ -844,19 +845,28 @@ impl<'a, S: Sink> Walk<'a, S> {
             };
             let _ = failpoint::hit("walk.after_copy");
             let after = fsx::fstat(b(src)).unwrap_or(before);
+            // A copy shorter than the stat (the file shrank, and a stat that did not
+            // show it) is a change too.
             if after.ino == before.ino
                 && after.size == before.size
                 && after.mtime == before.mtime
                 && after.ctime == before.ctime
+                && copied.len == before.size
             {
-                return Ok(Some((before, hash)));
+                return Ok(Some((before, copied.hash)));
             }
             if attempt == 1 {
                 Counters::add(&self.counters.changed_during_backup, 1);
             }
             if attempt >= COPY_ATTEMPTS {
                 self.problem(rel, ProblemKind::ChangedDuringCopy, "copy", format!("still changing after {COPY_ATTEMPTS} attempts; the copy may mix old and new content"));
-                return Ok(Some((before, hash)));
+                // The entry describes the bytes stored: a file cut short during this
+                // copy is recorded at the copy's length (its hash is of those bytes),
+                // not at the size of the stat before it. Its times stay those of before
+                // the copy, which the file no longer has: the next run copies it again.
+                let mut stored = before;
+                stored.size = copied.len;
+                return Ok(Some((stored, copied.hash)));
             }
             tracing::info!("{rel} changed while it was copied; copying again");
             if let Err(e) = self.sink.restart_file(file) {

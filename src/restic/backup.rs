@@ -1566,6 +1566,11 @@ impl<'a> Run<'a> {
                         let want = self.reuse.as_ref().and_then(|r| lock(r).expected(p));
                         // Read again while it changes under the read (a torn copy),
                         // as the store does: the node then describes what was read.
+                        // After the last read the node keeps the attributes from before
+                        // it, as restic records them (and as the store does): the file
+                        // no longer has them, so the next run reads it again. With
+                        // those of after the read, the next run's compare key matched
+                        // and the torn content was carried into every later snapshot.
                         let mut was = md;
                         let mut tries = 1;
                         let (content, size) = loop {
@@ -1573,14 +1578,6 @@ impl<'a> Run<'a> {
                             let Some(now) = changed else {
                                 break (content, size);
                             };
-                            node = base_node(name, &now, &self.names);
-                            record_atime(self.with_atime, &mut node, prev);
-                            node.extended_attributes = self.xattrs(dir, name, p)?;
-                            // Its blobs stay unreferenced (a prune removes them).
-                            match self.checked(p, &now, &mut node, prev, None) {
-                                Some(d) => differs = d,
-                                None => return Ok(None),
-                            }
                             if tries == READ_TRIES {
                                 self.problem(
                                     p,
@@ -1590,6 +1587,14 @@ impl<'a> Run<'a> {
                                     ))),
                                 );
                                 break (content, size);
+                            }
+                            node = base_node(name, &now, &self.names);
+                            record_atime(self.with_atime, &mut node, prev);
+                            node.extended_attributes = self.xattrs(dir, name, p)?;
+                            // Its blobs stay unreferenced (a prune removes them).
+                            match self.checked(p, &now, &mut node, prev, None) {
+                                Some(d) => differs = d,
+                                None => return Ok(None),
                             }
                             tries += 1;
                             was = now;

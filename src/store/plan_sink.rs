@@ -112,8 +112,12 @@ impl Sink for PlanSink {
         _src: BorrowedFd<'_>,
         before: &Meta,
         _pace: &dyn Fn(u64) -> bool,
-    ) -> Result<(blake3::Hash, u64), CopyError> {
-        Ok((blake3::Hash::from_bytes([0; 32]), before.size))
+    ) -> Result<crate::fsx::Copied, CopyError> {
+        Ok(crate::fsx::Copied {
+            hash: blake3::Hash::from_bytes([0; 32]),
+            written: before.size,
+            len: before.size,
+        })
     }
 
     fn restart_file(&self, _file: &()) -> io::Result<()> {

@@ -660,9 +660,9 @@ impl Sink for TreeSink {
         src: BorrowedFd<'_>,
         before: &Meta,
         pace: &dyn Fn(u64) -> bool,
-    ) -> Result<(blake3::Hash, u64), CopyError> {
+    ) -> Result<fsx::Copied, CopyError> {
         let r = fsx::copy_hash(src, b(&file.fd), before, pace);
-        file.hash.set(r.as_ref().ok().map(|(h, _)| *h.as_bytes()));
+        file.hash.set(r.as_ref().ok().map(|c| *c.hash.as_bytes()));
         r
     }
 
