@@ -929,6 +929,105 @@ impl Catalog {
             .map(Some)
     }
 
+    /// The record of backup `id` without its list of problems (`problems` empty,
+    /// `problems_not_listed` all of them: `errors` still counts them), for the
+    /// dashboard's overview, `/metrics` and `/api/jobs`, which show counts: a record
+    /// lists up to `MAX_LISTED_PROBLEMS` problems (300 KB for 3000), and reading,
+    /// decoding and keeping each job's newest whole record made a scrape's time and the
+    /// server's memory grow with them. SQLite drops the list before the record is read.
+    pub fn run_summary(&self, id: &str) -> Result<Option<RunReport>> {
+        let json = self
+            .conn
+            .query_row(
+                "SELECT json_set(report, '$.problems', json('[]'),
+                    '$.problems_not_listed', json_extract(report, '$.errors'))
+                 FROM runs WHERE id = ?1 AND kind = 'backup'",
+                [id],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()
+            .db(&self.path, "read run")?;
+        json.map(|j| serde_json::from_str(&j).db(&self.path, "decode run"))
+            .transpose()
+    }
+
+    /// Run `id` as its page shows it: its record without the list of problems (which
+    /// the record repeats), and at most `limit` of its problems from the `from`-th on;
+    /// the second value is how many problems the catalog lists for it.
+    pub fn show_page(&self, id: &str, from: u64, limit: u64) -> Result<Option<(Shown, u64)>> {
+        let row = self
+            .conn
+            .query_row(
+                "SELECT json_set(report, '$.problems', json('[]')), log_path, kind,
+                    (SELECT count(*) FROM problems WHERE run_id = ?1)
+                 FROM runs WHERE id = ?1",
+                [id],
+                |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Option<String>>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)? as u64,
+                    ))
+                },
+            )
+            .optional()
+            .db(&self.path, "read run")?;
+        let Some((json, log, kind, total)) = row else {
+            return Ok(None);
+        };
+        let problems = self.problems_of(id, from, limit)?;
+        let shown = self.shown(&json, log, kind, problems)?;
+        Ok(Some((shown, total)))
+    }
+
+    fn problems_of(&self, id: &str, from: u64, limit: u64) -> Result<Vec<Problem>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT path, kind, action, error FROM problems WHERE run_id = ?1
+                 ORDER BY rowid LIMIT ?2 OFFSET ?3",
+            )
+            .db(&self.path, "read problems")?;
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        st.query_map(params![id, limit, from], |r| {
+            let kind: String = r.get(1)?;
+            Ok(Problem {
+                path: r.get(0)?,
+                kind: serde_json::from_value(serde_json::Value::String(kind))
+                    .unwrap_or(crate::report::ProblemKind::Unreadable),
+                action: r.get(2)?,
+                error: r.get(3)?,
+            })
+        })
+        .db(&self.path, "read problems")?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .db(&self.path, "read problems")
+    }
+
+    fn shown(
+        &self,
+        json: &str,
+        log: Option<String>,
+        kind: String,
+        problems: Vec<Problem>,
+    ) -> Result<Shown> {
+        let report = if kind == "restore" {
+            Record::Restore(serde_json::from_str(json).db(&self.path, "decode restore")?)
+        } else {
+            Record::Backup(serde_json::from_str(json).db(&self.path, "decode run")?)
+        };
+        let log_exists = log.as_deref().is_some_and(|l| Path::new(l).exists());
+        Ok(Shown {
+            kind,
+            report,
+            problems,
+            log_path: log,
+            log_exists,
+        })
+    }
+
     /// The run with exactly this id (by the primary key; `show` also takes a prefix,
     /// which costs a scan of the table).
     pub fn show_exact(&self, id: &str) -> Result<Option<Shown>> {
@@ -950,39 +1049,8 @@ impl Catalog {
         let Some((json, log, kind)) = row else {
             return Ok(None);
         };
-        let report = if kind == "restore" {
-            Record::Restore(serde_json::from_str(&json).db(&self.path, "decode restore")?)
-        } else {
-            Record::Backup(serde_json::from_str(&json).db(&self.path, "decode run")?)
-        };
-        let mut st = self
-            .conn
-            .prepare(
-                "SELECT path, kind, action, error FROM problems WHERE run_id = ?1 ORDER BY rowid",
-            )
-            .db(&self.path, "read problems")?;
-        let problems = st
-            .query_map([id], |r| {
-                let kind: String = r.get(1)?;
-                Ok(Problem {
-                    path: r.get(0)?,
-                    kind: serde_json::from_value(serde_json::Value::String(kind))
-                        .unwrap_or(crate::report::ProblemKind::Unreadable),
-                    action: r.get(2)?,
-                    error: r.get(3)?,
-                })
-            })
-            .db(&self.path, "read problems")?
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .db(&self.path, "read problems")?;
-        let log_exists = log.as_deref().is_some_and(|l| Path::new(l).exists());
-        Ok(Some(Shown {
-            kind,
-            report,
-            problems,
-            log_path: log,
-            log_exists,
-        }))
+        let problems = self.problems_of(id, 0, u64::MAX)?;
+        self.shown(&json, log, kind, problems).map(Some)
     }
 
     /// Records a daemon event (`skipped`, `reload`, `stop`, ...).
@@ -1294,7 +1362,14 @@ fn summarize(job: String, runs: &[RunRow]) -> Stats {
     );
     let finished = runs.len() as u64 - running;
     let done: Vec<&RunRow> = runs.iter().filter(|r| r.status != "running").collect();
-    let mut durations: Vec<f64> = done.iter().map(|r| r.duration_seconds).collect();
+    // A run that never ended (killed: settled `incomplete` without a `finished_at`)
+    // has no duration (its record's 0 is none): left out of the durations.
+    let timed: Vec<&RunRow> = done
+        .iter()
+        .copied()
+        .filter(|r| r.finished_at.is_some())
+        .collect();
+    let mut durations: Vec<f64> = timed.iter().map(|r| r.duration_seconds).collect();
     durations.sort_by(|a, b| a.total_cmp(b));
     let day = |r: &RunRow| {
         chrono::DateTime::parse_from_rfc3339(&r.started_at)
@@ -1333,10 +1408,10 @@ fn summarize(job: String, runs: &[RunRow]) -> Stats {
         duration_p95_seconds: percentile(&durations, 95.0),
         duration_mean_seconds: mean(&durations),
         duration_trend_percent: half_over_half(
-            &done.iter().map(|r| r.duration_seconds).collect::<Vec<_>>(),
+            &timed.iter().map(|r| r.duration_seconds).collect::<Vec<_>>(),
         ),
         duration_slope_seconds_per_day: {
-            let pts: Vec<(f64, f64)> = done.iter().map(|r| (day(r), r.duration_seconds)).collect();
+            let pts: Vec<(f64, f64)> = timed.iter().map(|r| (day(r), r.duration_seconds)).collect();
             let span =
                 pts.last().map(|l| l.0).unwrap_or(0.0) - pts.first().map(|f| f.0).unwrap_or(0.0);
             if span >= 1.0 { slope(&pts) } else { 0.0 }

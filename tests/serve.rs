@@ -384,8 +384,8 @@ fn job_page(addr: &str) {
     assert_eq!(b.matches("<svg class=\"chart\"").count(), 4);
     assert_eq!(
         b.matches("<circle class=\"pt\"").count(),
-        4 * 5,
-        "a point per run"
+        4 * 5 - 2,
+        "a point per run, but none for the killed run's unknown duration and throughput"
     );
     assert_eq!(b.matches("<tr class=\"run\">").count(), 5);
     for snap in ["daily.0", "daily.1", "daily.2"] {
@@ -569,7 +569,8 @@ fn browser(f: &Fixture, addr: &str, home: &serde_json::Value) {
         .to_string();
     let pages = [
         ("overview", "/".to_string(), "<tr class=\"job\">", 2),
-        ("job", "/job/home".to_string(), "<circle class=\"pt\"", 20),
+        // A point per run and chart, but the killed run's unknown duration and throughput.
+        ("job", "/job/home".to_string(), "<circle class=\"pt\"", 18),
         ("run", format!("/run/{partial}"), "<code>d1/f1</code>", 1),
     ];
     let shots = std::env::var_os("SNAPRING_SCREENSHOTS")
@@ -2099,4 +2100,255 @@ fn a_run_dated_in_the_future_does_not_hide_later_failures() {
             && l.contains("status=\"failed\"")
     });
     assert!(failed.is_some_and(|l| l.ends_with(" 1.0")), "{m}");
+}
+
+/// Gives run `id` `n` problems, in its record and as the catalog's rows, as a run that
+/// met `n` unreadable files records them.
+fn give_problems(db: &rusqlite::Connection, id: &str, n: usize) {
+    let problems: Vec<serde_json::Value> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "path": format!("some/rather/long/directory/name/file-{i:05}.dat"),
+                "kind": "unreadable",
+                "action": "skipped",
+                "error": "Permission denied (os error 13)",
+            })
+        })
+        .collect();
+    db.execute(
+        "UPDATE runs SET errors = ?2, status = 'partial',
+            report = json_set(report, '$.problems', json(?3), '$.errors', ?2,
+                '$.status', 'partial')
+         WHERE id = ?1",
+        rusqlite::params![id, n as i64, serde_json::to_string(&problems).unwrap()],
+    )
+    .unwrap();
+    for p in &problems {
+        db.execute(
+            "INSERT INTO problems (run_id, path, kind, action, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![
+                id,
+                p["path"].as_str(),
+                p["kind"].as_str(),
+                p["action"].as_str(),
+                p["error"].as_str()
+            ],
+        )
+        .unwrap();
+    }
+}
+
+/// The overview, `/metrics` and `/api/jobs` read what they show of each job's newest
+/// run (its counts), not its list of problems: a run lists up to 10,000, and with 32
+/// such jobs `/api/jobs` was 105 MB and serve kept 245 MB. The run's own page lists
+/// them a page at a time, with how many there are and where the next page starts.
+#[test]
+fn a_newest_run_with_thousands_of_problems_keeps_the_overview_and_metrics_small() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    assert_eq!(f.run(EVIL, &f.cfg, &[]), 0);
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    let ids: Vec<String> = db
+        .prepare("SELECT id FROM runs")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ids.len(), 2);
+    for id in &ids {
+        give_problems(&db, id, 3000);
+    }
+    drop(db);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let jobs = get(&s.addr, "/api/jobs").body;
+    assert!(jobs.len() < 2 * 16_000, "/api/jobs is {} bytes", jobs.len());
+    let jobs: serde_json::Value = serde_json::from_str(&jobs).unwrap();
+    for j in jobs.as_array().unwrap() {
+        assert_eq!(j["last"]["errors"], 3000, "{j}");
+        assert_eq!(j["last"]["problems_not_listed"], 3000, "{j}");
+        assert_eq!(j["last"]["problems"].as_array().unwrap().len(), 0, "{j}");
+    }
+    let m = get(&s.addr, "/metrics").body;
+    assert!(m.len() < 40_000, "/metrics is {} bytes", m.len());
+    assert_eq!(
+        home_series(&m, "snapring_last_run_problems"),
+        Some(3000.0),
+        "{m}"
+    );
+    let page = get(&s.addr, "/").body;
+    assert!(page.len() < 20_000, "/ is {} bytes", page.len());
+    let job = get(&s.addr, "/api/jobs/home").body;
+    assert!(job.len() < 30_000, "/api/jobs/home is {} bytes", job.len());
+
+    // The run's page: a page of its problems, the count, the next page.
+    let id = json(&s.addr, "/api/jobs/home")["last"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = get(&s.addr, &format!("/api/runs/{id}")).body;
+    assert!(run.len() < 200_000, "/api/runs/ID is {} bytes", run.len());
+    let run: serde_json::Value = serde_json::from_str(&run).unwrap();
+    assert_eq!(run["problems"].as_array().unwrap().len(), 500, "{run}");
+    assert_eq!(run["problems_listed"], 3000);
+    assert_eq!(run["problems_next"], 500);
+    assert_eq!(run["report"]["errors"], 3000);
+    assert!(
+        run["problems"][0]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("file-00000.dat")
+    );
+    let last = json(&s.addr, &format!("/api/runs/{id}?from=2900"));
+    assert_eq!(last["problems"].as_array().unwrap().len(), 100);
+    assert!(last["problems_next"].is_null(), "{last}");
+    assert!(
+        last["problems"][99]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("file-02999.dat")
+    );
+    let html = get(&s.addr, &format!("/run/{id}")).body;
+    assert!(html.len() < 200_000, "/run/ID is {} bytes", html.len());
+    assert!(html.contains("<h2>Problems (3000)</h2>"), "{html}");
+    assert!(html.contains("problems 1–500 of 3000 listed"), "{html}");
+    assert!(
+        html.contains(&format!("/run/{id}?from=500\">next 500</a>")),
+        "{html}"
+    );
+    // `snapring show` still lists them all.
+    let out = Command::new(bin())
+        .arg("--catalog")
+        .arg(&f.catalog)
+        .args(["show", &id, "--json"])
+        .output()
+        .unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(shown["problems"].as_array().unwrap().len(), 3000);
+}
+
+/// A killed run (kill -9) is `incomplete` on its own page as on the overview, and has no
+/// duration (`–`, not "0 ms"): none in the charts, the history, `snapring stats`.
+#[test]
+fn a_killed_run_is_incomplete_on_its_page_too_and_has_no_duration() {
+    let f = fixture();
+    let (mut child, _pause) = second_run_paused(&f);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let id = json(&s.addr, "/api/jobs/home")["last"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let run = json(&s.addr, &format!("/api/runs/{id}"));
+    assert_eq!(run["report"]["status"], "running", "{run}");
+    let html = get(&s.addr, &format!("/run/{id}")).body;
+    assert!(
+        html.contains("took –"),
+        "a running run has no duration yet: {html}"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let run = json(&s.addr, &format!("/api/runs/{id}"));
+    assert_eq!(run["report"]["status"], "incomplete", "{run}");
+    let html = get(&s.addr, &format!("/run/{id}")).body;
+    assert!(html.contains("status incomplete"), "{html}");
+    assert!(!html.contains("0 ms"), "{html}");
+    let page = get(&s.addr, "/").body;
+    assert!(!page.contains(">0 ms<"), "{page}");
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(
+        home_series(&m, "snapring_last_run_duration_seconds"),
+        None,
+        "{m}"
+    );
+    // Recorded by the next run: still no duration in the history, the charts or stats.
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let jp = get(&s.addr, "/job/home").body;
+    assert!(
+        jp.contains("incomplete</span></td><td class=\"num\">–</td>"),
+        "{jp}"
+    );
+    let durations = jp
+        .split("aria-label=\"duration\"")
+        .nth(1)
+        .unwrap()
+        .split("</svg>")
+        .next()
+        .unwrap();
+    assert_eq!(
+        durations.matches("class=\"pt\"").count(),
+        2,
+        "the killed run is plotted: {durations}"
+    );
+    let out = Command::new(bin())
+        .arg("--catalog")
+        .arg(&f.catalog)
+        .args(["stats", "--json"])
+        .output()
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let home = stats
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["job"] == "home")
+        .unwrap()
+        .clone();
+    assert_eq!(home["incomplete"], 1, "{home}");
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    let mean: f64 = db
+        .query_row(
+            "SELECT avg(duration_seconds) FROM runs WHERE job = 'home' AND finished_at IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let got = home["duration_mean_seconds"].as_f64().unwrap();
+    assert!(
+        (got - mean).abs() < 1e-9,
+        "mean {got}, of the finished runs {mean}: {home}"
+    );
+}
+
+/// A job named `.` or `..` is refused: its page `/job/..` would be `/` in any browser.
+#[test]
+fn a_job_named_dot_or_dot_dot_is_refused() {
+    let t = tempfile::tempdir().unwrap();
+    for name in [".", ".."] {
+        let cfg = t.path().join("c.toml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "[job.\"{name}\"]\nsource = \"{p}/src\"\ndest = \"{p}/dest\"\n",
+                p = t.path().display()
+            ),
+        )
+        .unwrap();
+        let out = Command::new(bin())
+            .args(["config", "check"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).to_string()
+            + &String::from_utf8_lossy(&out.stdout);
+        assert!(!out.status.success(), "{name:?} accepted: {err}");
+        assert!(err.contains(&format!("cannot be named {name:?}")), "{err}");
+    }
+}
+
+/// A long job name without break points wraps in its cell rather than push the
+/// overview's other columns off screen.
+#[test]
+fn a_long_job_name_wraps_in_its_cell() {
+    let f = fixture();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let css = get(&s.addr, "/style.css").body;
+    assert!(
+        css.contains("td.name,h1,code{overflow-wrap:anywhere}"),
+        "{css}"
+    );
+    let page = get(&s.addr, "/").body;
+    assert!(
+        page.contains("<td class=\"name\"><a href=\"/job/home\">"),
+        "{page}"
+    );
 }

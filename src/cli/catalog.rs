@@ -268,13 +268,17 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
             (n, f) => format!("FAILED {f}/{n}"),
         };
         outln!(
-            "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9.1} {:>9} {:>9} {:>10} {:>6} {:<6}  {}",
+            "{:<24} {:<7} {:<10} {:<10} {:<21} {:>9} {:>9} {:>9} {:>10} {:>6} {:<6}  {}",
             r.id,
             r.kind,
             one_line(r.job.as_deref().unwrap_or("-")),
             r.status,
             r.started_at.get(..19).unwrap_or(&r.started_at).to_string() + "Z",
-            r.duration_seconds,
+            // A run that never ended (running, killed) has no duration.
+            match r.finished_at {
+                Some(_) => format!("{:.1}", r.duration_seconds),
+                None => "-".into(),
+            },
             r.files_total,
             r.files_transferred,
             human(r.bytes_transferred),
@@ -358,10 +362,13 @@ fn print_shown(s: &Shown) {
         }
     );
     outln!(
-        "  started {}  finished {}  took {:.2}s",
+        "  started {}  finished {}  took {}",
         r.started_at,
         r.finished_at.as_deref().unwrap_or("-"),
-        r.duration_seconds
+        match r.finished_at {
+            Some(_) => format!("{:.2}s", r.duration_seconds),
+            None => "-".into(),
+        }
     );
     outln!(
         "  files {} (copied {}, linked {}, link fallbacks {}, changed during backup {}), directories {}",
@@ -489,10 +496,13 @@ fn print_restore(r: &RestoreReport, s: &Shown) {
     outln!("  into {}", one_line(&r.to.to_string_lossy()));
     outln!("  host {}  snapring {}", r.host, r.version);
     outln!(
-        "  started {}  finished {}  took {:.2}s",
+        "  started {}  finished {}  took {}",
         r.started_at,
         r.finished_at.as_deref().unwrap_or("-"),
-        r.duration_seconds
+        match r.finished_at {
+            Some(_) => format!("{:.2}s", r.duration_seconds),
+            None => "-".into(),
+        }
     );
     outln!(
         "  files {} ({}, {} as hard links), directories {}, identical skipped {}, replaced {}, deleted {}",

@@ -407,11 +407,23 @@ pub fn check_text(text: &str) -> Vec<Problem> {
     c.out
 }
 
-/// Why a job's name is not one: empty. (Any other name is escaped where it is shown:
-/// mails, the dashboard and `/metrics` are tested with quotes and newlines in it.)
+/// Why a job's name is not one: empty, or `.` or `..`. (Any other name is escaped where
+/// it is shown: mails, the dashboard and `/metrics` are tested with quotes and newlines
+/// in it.) The dashboard links a job as `/job/NAME`, its name percent-encoded but for
+/// `A-Za-z0-9-._~` (`text::url_seg`); a browser (and any client following RFC 3986)
+/// removes a `.` or `..` segment before it asks, so `/job/..` was `/`: the job could not
+/// be reached. No other name makes such a segment: `/`, `%`, `\`, `?`, `#` and
+/// white space are encoded, and a browser takes `%2E` for a dot only when it is the
+/// whole segment, which only these two names are.
 fn bad_job_name(name: &str) -> Option<String> {
     if name.is_empty() {
         return Some("a job's name is empty: give it one ([job.home])".into());
+    }
+    if name == "." || name == ".." {
+        return Some(format!(
+            "a job cannot be named {name:?}: its dashboard page /job/{name} would be \
+             normalized away by browsers; give it another name"
+        ));
     }
     None
 }

@@ -79,7 +79,9 @@ pub struct JobView {
     pub store: PathBuf,
     pub schedule: Option<String>,
     pub next_run: Option<String>,
-    /// The newest run's whole record.
+    /// The newest run's record without its list of problems (`problems` empty,
+    /// `problems_not_listed` all of them, `errors` their count): the run's page lists
+    /// them.
     pub last: Option<RunReport>,
     /// Newest runs, newest first.
     pub recent: Vec<RunRow>,
@@ -332,27 +334,50 @@ fn live_progress(v: &mut JobView, cat: Option<&Catalog>) {
     let Some(last) = v.last.as_ref().filter(|l| l.status == Status::Running) else {
         return;
     };
-    let id = last.id.clone();
-    if is_repository(&v.store) {
-        let Some(c) = cat else { return };
-        match crate::catalog::repository_run(c, &id, &v.store.to_string_lossy(), false) {
-            crate::catalog::RepositoryRun::Alive => {}
-            crate::catalog::RepositoryRun::Recorded(r)
-            | crate::catalog::RepositoryRun::Ended { report: r, .. } => settle_shown(v, *r),
-        }
-        return;
+    match settled(last, &v.store, cat) {
+        Settled::Ended(r) => settle_shown(v, *r),
+        Settled::Running(p) => v.progress = p,
     }
-    let Ok(s) = Store::open_read(&v.store) else {
-        return;
+}
+
+/// What a run the catalog has as `running` is (`live_progress` says how it is told).
+pub enum Settled {
+    /// It ended: as this record says.
+    Ended(Box<RunReport>),
+    /// It is running (or its store cannot tell), with its progress if any.
+    Running(Option<RunProgress>),
+}
+
+/// Whether `last`, a run the catalog has as `running`, still runs or ended, as
+/// `live_progress` shows it: the overview, a job's page, `/metrics` and the run's own
+/// page (`/run/ID`, `/api/runs/ID`) all say the same of it. `store`: its job's store
+/// (the run's own, for a run page).
+pub fn settled(last: &RunReport, store: &Path, cat: Option<&Catalog>) -> Settled {
+    let id = last.id.clone();
+    if last.status != Status::Running {
+        return Settled::Ended(Box::new(last.clone()));
+    }
+    if is_repository(store) {
+        let Some(c) = cat else {
+            return Settled::Running(None);
+        };
+        return match crate::catalog::repository_run(c, &id, &store.to_string_lossy(), false) {
+            crate::catalog::RepositoryRun::Alive => Settled::Running(None),
+            crate::catalog::RepositoryRun::Recorded(r)
+            | crate::catalog::RepositoryRun::Ended { report: r, .. } => Settled::Ended(r),
+        };
+    }
+    let Ok(s) = Store::open_read(store) else {
+        return Settled::Running(None);
     };
     match s.read_run(&id) {
-        Ok(Some(r)) if r.status != Status::Running => settle_shown(v, r),
+        Ok(Some(r)) if r.status != Status::Running => Settled::Ended(Box::new(r)),
         Ok(_) if s.lock_free() => {
             let mut r = last.clone();
             show_dead(&mut r, "nobody holds the store's lock");
-            settle_shown(v, r);
+            Settled::Ended(Box::new(r))
         }
-        _ => v.progress = s.read_progress().filter(|p| p.run == id),
+        _ => Settled::Running(s.read_progress().filter(|p| p.run == id)),
     }
 }
 
@@ -382,7 +407,14 @@ fn settle_shown(v: &mut JobView, r: RunReport) {
         }
         v.success_rate = c.success_rate();
     }
-    v.last = Some(r);
+    v.last = Some(without_problems(r));
+}
+
+/// `r` without its list of problems, as `Catalog::run_summary` reads a record.
+fn without_problems(mut r: RunReport) -> RunReport {
+    r.problems = Vec::new();
+    r.problems_not_listed = r.errors;
+    r
 }
 
 fn show_dead(r: &mut RunReport, why: &str) {
@@ -437,9 +469,7 @@ fn fill(
     }
     p.counts.skipped = c.event_count(name, "skipped")?;
     if let Some(newest) = p.recent.first() {
-        p.last = c
-            .show_exact(&newest.id)?
-            .and_then(|s| s.report.into_backup());
+        p.last = c.run_summary(&newest.id)?;
         // A run refused because the store was in use (exit 75: a scheduled run while
         // the job's run started by hand still runs) does not hide the run that was
         // running then: its progress and `running` while it runs, its outcome once it
@@ -453,7 +483,7 @@ fn fill(
                 r.status == "running"
                     || r.finished_at.as_deref() > Some(refused.started_at.as_str())
             })
-            && let Some(r) = c.show_exact(&held.id)?.and_then(|s| s.report.into_backup())
+            && let Some(r) = c.run_summary(&held.id)?
         {
             p.last = Some(r);
         }
@@ -502,8 +532,7 @@ fn from_store(v: &mut JobView, cat: Option<&Catalog>, now: DateTime<Utc>, d: Dep
 fn sizes(snaps: &mut [SnapView], c: &Catalog) {
     for s in snaps {
         if let Some(id) = &s.run_id
-            && let Ok(Some(shown)) = c.show_exact(id)
-            && let Some(r) = shown.report.backup()
+            && let Ok(Some(r)) = c.run_summary(id)
         {
             s.bytes_total = Some(r.bytes_total);
             s.bytes_added = Some(r.bytes_transferred);

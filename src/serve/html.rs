@@ -24,7 +24,8 @@ table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{padding:.25em .6em;bord
 th{background:#f4f4f4}.num{text-align:right}.status{padding:.1em .5em;border-radius:3px;color:#fff;font-weight:600}
 .complete{background:#2e7d32}.partial{background:#d08700}.incomplete{background:#6d6d6d}.failed{background:#c62828}.running{background:#1565c0}.none{background:#aaa}
 pre{background:#f6f6f6;padding:.8em;overflow:auto;max-height:30em}svg text{font-size:11px;fill:#444}svg .title{font-weight:600}
-.charts{display:flex;flex-wrap:wrap;gap:1em}.err{color:#c62828}nav a{margin-right:1em}";
+.charts{display:flex;flex-wrap:wrap;gap:1em}.err{color:#c62828}nav a{margin-right:1em}
+td.name,h1,code{overflow-wrap:anywhere}td.name{min-width:8em;max-width:24em}";
 
 /// A whole page around `body`.
 fn page(title: &str, body: &str) -> String {
@@ -66,15 +67,22 @@ pub fn overview(jobs: &[JobView], notes: &[String]) -> String {
     );
     for j in jobs {
         let last = j.last.as_ref();
-        let durations: Vec<f64> = j.recent.iter().rev().map(|r| r.duration_seconds).collect();
+        let durations: Vec<f64> = j
+            .recent
+            .iter()
+            .rev()
+            .filter_map(|r| known_duration(r.duration_seconds, r.finished_at.as_deref()))
+            .collect();
         let _ = write!(
             b,
-            "<tr class=\"job\"><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td>\
+            "<tr class=\"job\"><td class=\"name\">{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td>\
              <td>{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             job_link(&j.name),
             badge(last.map(|l| l.status.as_str())) + &progress(j),
             opt(last.map(|l| run_link(&l.id, &when(&l.started_at)))),
-            opt(last.map(|l| duration(l.duration_seconds))),
+            opt(last
+                .and_then(|l| known_duration(l.duration_seconds, l.finished_at.as_deref()))
+                .map(duration)),
             opt(j.next_run.as_deref().map(|t| esc(&when(t)))),
             opt(j
                 .newest_snapshot_age_seconds
@@ -146,13 +154,19 @@ pub fn job(j: &JobView) -> String {
 
 /// Duration, bytes copied, files changed and throughput over time.
 fn charts(b: &mut String, recent: &[RunRow]) {
-    type Metric = (&'static str, fn(&RunRow) -> f64, fn(f64) -> String);
+    // A run without an end (running, or killed) has no duration, so no throughput:
+    // those charts leave it out rather than plot a 0.
+    type Metric = (&'static str, fn(&RunRow) -> Option<f64>, fn(f64) -> String);
     let specs: [Metric; 4] = [
-        ("duration", |r| r.duration_seconds, duration),
-        ("bytes copied", |r| r.bytes_transferred as f64, bytes),
+        (
+            "duration",
+            |r| known_duration(r.duration_seconds, r.finished_at.as_deref()),
+            duration,
+        ),
+        ("bytes copied", |r| Some(r.bytes_transferred as f64), bytes),
         (
             "files changed",
-            |r| r.files_transferred as f64,
+            |r| Some(r.files_transferred as f64),
             |v| format!("{v:.0}"),
         ),
         ("throughput", throughput, |v| format!("{}/s", bytes(v))),
@@ -164,7 +178,7 @@ fn charts(b: &mut String, recent: &[RunRow]) {
             .rev()
             .filter_map(|r| {
                 let t = crate::store::select::parse_time(&r.started_at)?;
-                let v = value(r);
+                let v = value(r)?;
                 Some(Point {
                     t: t.timestamp_millis() as f64 / 1e3,
                     v,
@@ -177,12 +191,19 @@ fn charts(b: &mut String, recent: &[RunRow]) {
     b.push_str("</div>");
 }
 
-fn throughput(r: &RunRow) -> f64 {
-    if r.duration_seconds > 0.0 {
-        r.bytes_transferred as f64 / r.duration_seconds
+fn throughput(r: &RunRow) -> Option<f64> {
+    let d = known_duration(r.duration_seconds, r.finished_at.as_deref())?;
+    Some(if d > 0.0 {
+        r.bytes_transferred as f64 / d
     } else {
         0.0
-    }
+    })
+}
+
+/// A run's duration, when it has one: a run that did not end (running, or killed: its
+/// record has no `finished_at`) has none, not 0, and shows as `–`.
+pub fn known_duration(seconds: f64, finished_at: Option<&str>) -> Option<f64> {
+    finished_at.map(|_| seconds)
 }
 
 fn snapshots(b: &mut String, j: &JobView) {
@@ -219,7 +240,7 @@ fn history(b: &mut String, recent: &[RunRow], total: u64) {
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             run_link(&r.id, &when(&r.started_at)),
             badge(Some(&r.status)),
-            duration(r.duration_seconds),
+            opt(known_duration(r.duration_seconds, r.finished_at.as_deref()).map(duration)),
             r.files_total,
             r.files_transferred,
             bytes(r.bytes_transferred as f64),
@@ -231,9 +252,9 @@ fn history(b: &mut String, recent: &[RunRow], total: u64) {
 }
 
 /// A run's page: every KPI of its record, phases, problems, notifications, log tail.
-pub fn run(s: &Shown, log_tail: Option<&str>) -> String {
+pub fn run(s: &Shown, listed: &ProblemPage, log_tail: Option<&str>) -> String {
     let Some(r) = s.report.backup() else {
-        return restore(s, log_tail);
+        return restore(s, listed, log_tail);
     };
     let mut b = String::new();
     let _ = write!(
@@ -245,14 +266,14 @@ pub fn run(s: &Shown, log_tail: Option<&str>) -> String {
             .as_deref()
             .map(|j| format!(" · job {}", job_link(j)))
             .unwrap_or_default(),
-        duration(r.duration_seconds),
+        opt(known_duration(r.duration_seconds, r.finished_at.as_deref()).map(duration)),
         r.files_total,
         r.files_transferred,
         r.files_linked,
         bytes(r.bytes_transferred as f64),
         r.errors,
     );
-    problems(&mut b, s);
+    problems(&mut b, s, listed);
     phases(&mut b, r);
     notes(&mut b, r);
     kpis(&mut b, r);
@@ -263,14 +284,14 @@ pub fn run(s: &Shown, log_tail: Option<&str>) -> String {
 }
 
 /// A restore's page: its status, its whole record and the tail of its log.
-fn restore(s: &Shown, log_tail: Option<&str>) -> String {
+fn restore(s: &Shown, listed: &ProblemPage, log_tail: Option<&str>) -> String {
     let mut b = String::new();
     let _ = write!(
         b,
         "<p>restore {}</p>",
         badge(Some(s.report.status().as_str()))
     );
-    problems(&mut b, s);
+    problems(&mut b, s, listed);
     let json = serde_json::to_string_pretty(&s.report).unwrap_or_default();
     let _ = write!(b, "<h2>Record</h2><pre id=\"record\">{}</pre>", esc(&json));
     if let Some(t) = log_tail {
@@ -310,13 +331,22 @@ fn phases(b: &mut String, r: &crate::report::RunReport) {
             "<tr><td>{name}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
             opt(ph.start.as_deref().map(|t| esc(&when(t)))),
             opt(ph.stop.as_deref().map(|t| esc(&when(t)))),
-            duration(ph.seconds),
+            // A phase that did not end (the run killed, or before it) took no known time.
+            opt(ph.stop.as_ref().map(|_| duration(ph.seconds))),
         );
     }
     b.push_str("</table>");
 }
 
-fn problems(b: &mut String, s: &Shown) {
+/// Which of a run's problems its page lists: from the `from`-th, of `listed` in the
+/// catalog; the next ones start at `next`.
+pub struct ProblemPage {
+    pub from: u64,
+    pub listed: u64,
+    pub next: Option<u64>,
+}
+
+fn problems(b: &mut String, s: &Shown, page: &ProblemPage) {
     let _ = write!(
         b,
         "<h2>Problems ({})</h2><table id=\"problems\"><tr><th>path</th><th>kind</th><th>action</th><th>error</th></tr>",
@@ -336,6 +366,28 @@ fn problems(b: &mut String, s: &Shown) {
         );
     }
     b.push_str("</table>");
+    if page.from > 0 || page.next.is_some() {
+        let id = match &s.report {
+            crate::catalog::Record::Backup(r) => r.id.clone(),
+            crate::catalog::Record::Restore(r) => r.id.clone().unwrap_or_default(),
+        };
+        let _ = write!(
+            b,
+            "<p id=\"problems-page\">problems {}–{} of {} listed",
+            page.from + (!s.problems.is_empty()) as u64,
+            page.from + s.problems.len() as u64,
+            page.listed
+        );
+        if let Some(n) = page.next {
+            let _ = write!(
+                b,
+                " · <a href=\"/run/{}?from={n}\">next {}</a>",
+                url_seg(&id),
+                (page.listed - n).min(crate::serve::RUN_PROBLEMS)
+            );
+        }
+        b.push_str("</p>");
+    }
 }
 
 fn notes(b: &mut String, r: &crate::report::RunReport) {

@@ -39,7 +39,10 @@ const GAUGES: &[GaugeDef] = &[
     (
         "last_run_duration_seconds",
         "How long the newest run took",
-        |j| Some(j.last.as_ref()?.duration_seconds),
+        |j| {
+            let l = j.last.as_ref()?;
+            super::html::known_duration(l.duration_seconds, l.finished_at.as_deref())
+        },
     ),
     (
         "last_run_files",

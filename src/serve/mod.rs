@@ -318,7 +318,7 @@ fn route(
         _ if path.starts_with("/run/") || path.starts_with("/api/runs/") => {
             let api = path.starts_with("/api/");
             match seg(if api { "/api/runs/" } else { "/run/" }) {
-                Some(id) => run_reply(cat, &id, api),
+                Some(id) => run_reply(cat, &id, api, problems_from(url)),
                 None => not_found(),
             }
         }
@@ -350,16 +350,56 @@ fn job_reply(o: &ServeOptions, cat: Option<&Catalog>, name: &str, api: bool) -> 
     }
 }
 
-/// A run's page or JSON: its record, problems and the tail of its log.
-fn run_reply(cat: Option<&Catalog>, id: &str, api: bool) -> Reply {
+/// How many of a run's problems its page (`/run/ID`, `/api/runs/ID`) lists at once; the
+/// rest are counted, and the next ones are at `?from=N`. A run lists up to
+/// `MAX_LISTED_PROBLEMS` (10,000) problems; a page of all of them was megabytes.
+pub const RUN_PROBLEMS: u64 = 500;
+
+/// The `from` of a run page's URL (`/run/ID?from=500`): the first problem it lists.
+fn problems_from(url: &str) -> u64 {
+    let query = url.split('#').next().and_then(|u| u.split_once('?'));
+    query
+        .into_iter()
+        .flat_map(|(_, q)| q.split('&'))
+        .find_map(|kv| kv.strip_prefix("from=")?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A run's page or JSON: its record, a page of its problems and the tail of its log. A
+/// run the catalog has as `running` shows as the overview shows it (`data::settled`):
+/// as it ended, when it did (its record final in its store, or nobody holding the
+/// store's lock: killed).
+fn run_reply(cat: Option<&Catalog>, id: &str, api: bool, from: u64) -> Reply {
     let Some(cat) = cat else {
         return not_found();
     };
     // Only whole ids (`show` also takes a prefix): a link names one run.
-    let shown = match cat.show_exact(id) {
+    let (mut shown, mut total) = match cat.show_page(id, from, RUN_PROBLEMS) {
         Ok(Some(s)) => s,
         Ok(None) => return not_found(),
         Err(e) => return Reply::text(500, &format!("{e}\n")),
+    };
+    if let crate::catalog::Record::Backup(r) = &shown.report
+        && r.status == crate::report::Status::Running
+        && let data::Settled::Ended(mut ended) = data::settled(r, &r.store.clone(), Some(cat))
+    {
+        if total == 0 {
+            // The catalog has none of its problems yet: those of its final record.
+            total = ended.problems.len() as u64;
+            shown.problems = std::mem::take(&mut ended.problems)
+                .into_iter()
+                .skip(usize::try_from(from).unwrap_or(usize::MAX))
+                .take(RUN_PROBLEMS as usize)
+                .collect();
+        }
+        ended.problems = Vec::new();
+        shown.report = crate::catalog::Record::Backup(ended);
+    }
+    let page = html::ProblemPage {
+        from,
+        listed: total,
+        next: (from + (shown.problems.len() as u64) < total)
+            .then_some(from + shown.problems.len() as u64),
     };
     let tail = run_log(cat, &shown, id);
     if api {
@@ -367,14 +407,22 @@ fn run_reply(cat: Option<&Catalog>, id: &str, api: bool) -> Reply {
         struct Run<'a> {
             #[serde(flatten)]
             shown: &'a crate::catalog::Shown,
+            /// The first problem listed, how many the catalog lists, where the next
+            /// ones start (`?from=N`; null: no more).
+            problems_from: u64,
+            problems_listed: u64,
+            problems_next: Option<u64>,
             log_tail: Option<String>,
         }
         return Reply::json(&Run {
             shown: &shown,
+            problems_from: page.from,
+            problems_listed: page.listed,
+            problems_next: page.next,
             log_tail: tail,
         });
     }
-    Reply::html(html::run(&shown, tail.as_deref()))
+    Reply::html(html::run(&shown, &page, tail.as_deref()))
 }
 
 /// The tail of run `id`'s log, only from where snapring puts it: `<id>.log` in the
