@@ -1508,7 +1508,11 @@ mod tests {
         use std::os::fd::AsFd;
         let t = tempfile::tempdir().unwrap();
         let size = 64u64 << 20;
-        let islands = [(0u64, b"head".as_slice()), (20 << 20, b"middle"), (40 << 20, b"late")];
+        let islands = [
+            (0u64, b"head".as_slice()),
+            (20 << 20, b"middle"),
+            (40 << 20, b"late"),
+        ];
         let mut dense = vec![0u8; size as usize];
         let mut f = std::fs::File::create(t.path().join("sparse")).unwrap();
         for (at, d) in islands {
@@ -1536,7 +1540,10 @@ mod tests {
         assert_eq!(hash_file(open("dense").as_fd()).unwrap(), want);
         let blocks = fstat(open("sparse").as_fd()).unwrap().blocks;
         if blocks * 512 < size {
-            assert!(read < 4 << 20, "{read} bytes read of a 64 MiB file of holes");
+            assert!(
+                read < 4 << 20,
+                "{read} bytes read of a 64 MiB file of holes"
+            );
         }
         // Data after a hole, to the end; and grown past the size first seen is read.
         let mut g = std::fs::File::create(t.path().join("tail")).unwrap();
@@ -1544,6 +1551,9 @@ mod tests {
         g.write_all(b"end").unwrap();
         let mut tail = vec![0u8; size as usize];
         tail[size as usize - 3..].copy_from_slice(b"end");
-        assert_eq!(hash_file(open("tail").as_fd()).unwrap(), blake3::hash(&tail));
+        assert_eq!(
+            hash_file(open("tail").as_fd()).unwrap(),
+            blake3::hash(&tail)
+        );
     }
 }

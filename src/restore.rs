@@ -343,7 +343,7 @@ struct Restore<'a, R: SnapshotReader> {
 /// name into the target root (a snapshot of a tree that held a stopped restore), or a
 /// file of that name there is not a record, the record is `<name>.1`, `<name>.2`, …
 /// ([`marker_name`]).
-const UNFINISHED: &[u8] = b".snapring-restore-unfinished";
+pub(crate) const UNFINISHED: &[u8] = b".snapring-restore-unfinished";
 
 /// Whether `n` is a name the record of unfinished work may have ([`UNFINISHED`]).
 fn is_marker_name(n: &[u8]) -> bool {
@@ -360,7 +360,7 @@ fn is_marker_name(n: &[u8]) -> bool {
 /// into the target root), and that is either absent or a record (each line `d
 /// <path>`; a user's file of that name is left alone). The same on a rerun of the same
 /// restore, which so finds the record of the stopped one.
-fn marker_name(to: &OwnedFd, restored: &[Vec<u8>]) -> Vec<u8> {
+pub(crate) fn marker_name(to: &OwnedFd, restored: &[Vec<u8>]) -> Vec<u8> {
     use std::io::Read;
     let header = record_header(to);
     let is_record = |name: &[u8]| match fsx::open_read_at(b(to), name) {
@@ -387,7 +387,7 @@ fn marker_name(to: &OwnedFd, restored: &[Vec<u8>]) -> Vec<u8> {
 /// (a tree where a restore was once stopped) names another directory, and is the
 /// user's, not this target's record (an empty file, a record cut short before its first
 /// line, is taken as one).
-fn record_header(to: &OwnedFd) -> Vec<u8> {
+pub(crate) fn record_header(to: &OwnedFd) -> Vec<u8> {
     let id = fsx::fstat(b(to)).map_or((0, 0), |m| (m.dev, m.ino));
     format!("snapring-restore-unfinished 1 {}:{}\n", id.0, id.1).into_bytes()
 }
