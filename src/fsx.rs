@@ -1470,6 +1470,48 @@ pub fn wall_clock() -> Time {
     }
 }
 
+/// The name, in a restore's target root, of the record of its unfinished work (the
+/// store's restore, `restore::Unfinished`, and a repository's, `restic::restore`).
+pub const RESTORE_RECORD: &[u8] = b".snapring-restore-unfinished";
+
+/// The record's name in target root `to`: the first of [`RESTORE_RECORD`], `….1`, `….2`, …
+/// that the restore does not put there (`restored`: the names of the entries it writes
+/// into the target root), and that is either absent or a record (its first line
+/// [`restore_record_header`]; a user's file of that name is left alone). The same on a
+/// rerun of the same restore, which so finds the record of the stopped one.
+pub fn restore_record_name(to: &OwnedFd, restored: &[Vec<u8>]) -> Vec<u8> {
+    use std::io::Read;
+    let header = restore_record_header(to);
+    let is_record = |name: &[u8]| match open_read_at(b(to), name) {
+        Err(e) => errno_is(&e, rustix::io::Errno::NOENT),
+        Ok(fd) => {
+            let mut text = Vec::new();
+            std::fs::File::from(fd)
+                .take(header.len() as u64)
+                .read_to_end(&mut text)
+                .is_ok()
+                && (text.is_empty() || text == header)
+        }
+    };
+    (0..)
+        .map(|i| match i {
+            0 => RESTORE_RECORD.to_vec(),
+            i => [RESTORE_RECORD, format!(".{i}").as_bytes()].concat(),
+        })
+        .find(|n| !restored.contains(n) && is_record(n))
+        .expect("an unbounded range")
+}
+
+/// The first line of a record of unfinished work in target root `to`: its format and
+/// the target's device and inode. A file of the record's name restored from a snapshot
+/// (a tree where a restore was once stopped) names another directory, and is the
+/// user's, not this target's record (an empty file, a record cut short before its first
+/// line, is taken as one).
+pub fn restore_record_header(to: &OwnedFd) -> Vec<u8> {
+    let id = fstat(b(to)).map_or((0, 0), |m| (m.dev, m.ino));
+    format!("snapring-restore-unfinished 1 {}:{}\n", id.0, id.1).into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,8 +101,8 @@ impl Record {
     /// same restore; else the restore is refused.
     fn open(fd: &OwnedFd, to: &Path, roots: &[Vec<u8>], what: &str) -> Result<Record> {
         use std::io::{Read, Write};
-        let name = crate::restore::marker_name(fd, roots);
-        let header = crate::restore::record_header(fd);
+        let name = fsx::restore_record_name(fd, roots);
+        let header = fsx::restore_record_header(fd);
         let path = to.join(OsStr::from_bytes(&name));
         if !fsx::dir_has_entries(b(fd)).map_err(io_err("read", to))? {
             let mut f =
