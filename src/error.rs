@@ -188,7 +188,7 @@ impl Full {
         }
     }
 
-    fn remedy(self) -> &'static str {
+    pub fn remedy(self) -> &'static str {
         match self {
             Full::Space => "free space",
             Full::Inodes => "free inodes (delete files) or grow the file system's inode count",

@@ -906,10 +906,34 @@ pub fn hash_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<blake3::Hash> {
 }
 
 /// Hashes a regular file's content (used for trees taken over without a manifest).
+/// The holes of a sparse file (fewer blocks than its size, [`data_ranges`]) are not
+/// read: their zeros are hashed from a static buffer, which gives the same hash as
+/// reading them (verify of a 20 GiB all-hole file read 20 GiB of zeros: 40 s, sys 33 s).
+/// Reads on past the size it was stat'ed with, to the end of the file, as before.
 pub fn hash_file(fd: BorrowedFd<'_>) -> io::Result<blake3::Hash> {
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; BUF];
     let mut off = 0u64;
+    let meta = fstat(fd)?;
+    let ranges = data_ranges(fd, &meta);
+    if ranges.len() != 1 || ranges.first() != Some(&(0, meta.size)) {
+        for (start, end) in ranges {
+            hash_zeros(&mut h, start - off);
+            off = start;
+            while off < end {
+                let want = ((end - off) as usize).min(buf.len());
+                let n = pread_full(fd, &mut buf[..want], off)?;
+                h.update(&buf[..n]);
+                off += n as u64;
+                if n < want {
+                    // Cut short while it was read: what is there is hashed.
+                    return Ok(h.finalize());
+                }
+            }
+        }
+        hash_zeros(&mut h, meta.size.saturating_sub(off));
+        off = off.max(meta.size);
+    }
     loop {
         let n = pread_full(fd, &mut buf, off)?;
         h.update(&buf[..n]);
@@ -1469,6 +1493,48 @@ pub fn wall_clock() -> Time {
     }
 }
 
+/// The name, in a restore's target root, of the record of its unfinished work (the
+/// store's restore, `restore::Unfinished`, and a repository's, `restic::restore`).
+pub const RESTORE_RECORD: &[u8] = b".snapring-restore-unfinished";
+
+/// The record's name in target root `to`: the first of [`RESTORE_RECORD`], `….1`, `….2`, …
+/// that the restore does not put there (`restored`: the names of the entries it writes
+/// into the target root), and that is either absent or a record (its first line
+/// [`restore_record_header`]; a user's file of that name is left alone). The same on a
+/// rerun of the same restore, which so finds the record of the stopped one.
+pub fn restore_record_name(to: &OwnedFd, restored: &[Vec<u8>]) -> Vec<u8> {
+    use std::io::Read;
+    let header = restore_record_header(to);
+    let is_record = |name: &[u8]| match open_read_at(b(to), name) {
+        Err(e) => errno_is(&e, rustix::io::Errno::NOENT),
+        Ok(fd) => {
+            let mut text = Vec::new();
+            std::fs::File::from(fd)
+                .take(header.len() as u64)
+                .read_to_end(&mut text)
+                .is_ok()
+                && (text.is_empty() || text == header)
+        }
+    };
+    (0..)
+        .map(|i| match i {
+            0 => RESTORE_RECORD.to_vec(),
+            i => [RESTORE_RECORD, format!(".{i}").as_bytes()].concat(),
+        })
+        .find(|n| !restored.contains(n) && is_record(n))
+        .expect("an unbounded range")
+}
+
+/// The first line of a record of unfinished work in target root `to`: its format and
+/// the target's device and inode. A file of the record's name restored from a snapshot
+/// (a tree where a restore was once stopped) names another directory, and is the
+/// user's, not this target's record (an empty file, a record cut short before its first
+/// line, is taken as one).
+pub fn restore_record_header(to: &OwnedFd) -> Vec<u8> {
+    let id = fstat(b(to)).map_or((0, 0), |m| (m.dev, m.ino));
+    format!("snapring-restore-unfinished 1 {}:{}\n", id.0, id.1).into_bytes()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1496,6 +1562,63 @@ mod tests {
             list_dir(b(&open_dir(empty.path()).unwrap()))
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    /// A sparse file hashes as the same bytes written out, and its holes are not read
+    /// (this thread's `rchar`, /proc/thread-self/io): verify read every hole.
+    #[test]
+    fn hash_file_hashes_holes_as_zeros_without_reading_them() {
+        use std::io::{Seek, Write};
+        use std::os::fd::AsFd;
+        let t = tempfile::tempdir().unwrap();
+        let size = 64u64 << 20;
+        let islands = [
+            (0u64, b"head".as_slice()),
+            (20 << 20, b"middle"),
+            (40 << 20, b"late"),
+        ];
+        let mut dense = vec![0u8; size as usize];
+        let mut f = std::fs::File::create(t.path().join("sparse")).unwrap();
+        for (at, d) in islands {
+            dense[at as usize..at as usize + d.len()].copy_from_slice(d);
+            f.seek(std::io::SeekFrom::Start(at)).unwrap();
+            f.write_all(d).unwrap();
+        }
+        // A hole at the end.
+        f.set_len(size).unwrap();
+        std::fs::write(t.path().join("dense"), &dense).unwrap();
+        let rchar = || -> u64 {
+            let io = std::fs::read_to_string("/proc/thread-self/io").unwrap();
+            io.lines()
+                .find_map(|l| l.strip_prefix("rchar: "))
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let open = |n: &str| std::fs::File::open(t.path().join(n)).unwrap();
+        let before = rchar();
+        let sparse = hash_file(open("sparse").as_fd()).unwrap();
+        let read = rchar() - before;
+        let want = blake3::hash(&dense);
+        assert_eq!(sparse, want);
+        assert_eq!(hash_file(open("dense").as_fd()).unwrap(), want);
+        let blocks = fstat(open("sparse").as_fd()).unwrap().blocks;
+        if blocks * 512 < size {
+            assert!(
+                read < 4 << 20,
+                "{read} bytes read of a 64 MiB file of holes"
+            );
+        }
+        // Data after a hole, to the end; and grown past the size first seen is read.
+        let mut g = std::fs::File::create(t.path().join("tail")).unwrap();
+        g.seek(std::io::SeekFrom::Start(size - 3)).unwrap();
+        g.write_all(b"end").unwrap();
+        let mut tail = vec![0u8; size as usize];
+        tail[size as usize - 3..].copy_from_slice(b"end");
+        assert_eq!(
+            hash_file(open("tail").as_fd()).unwrap(),
+            blake3::hash(&tail)
         );
     }
 }

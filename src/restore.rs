@@ -343,7 +343,7 @@ struct Restore<'a, R: SnapshotReader> {
 /// name into the target root (a snapshot of a tree that held a stopped restore), or a
 /// file of that name there is not a record, the record is `<name>.1`, `<name>.2`, …
 /// ([`marker_name`]).
-const UNFINISHED: &[u8] = b".snapring-restore-unfinished";
+pub(crate) use crate::fsx::RESTORE_RECORD as UNFINISHED;
 
 /// Whether `n` is a name the record of unfinished work may have ([`UNFINISHED`]).
 fn is_marker_name(n: &[u8]) -> bool {
@@ -355,42 +355,18 @@ fn is_marker_name(n: &[u8]) -> bool {
     })
 }
 
-/// The record's name in target root `to`: the first of [`UNFINISHED`], `….1`, `….2`, …
-/// that the restore does not put there (`restored`: the names of the entries it writes
-/// into the target root), and that is either absent or a record (each line `d
-/// <path>`; a user's file of that name is left alone). The same on a rerun of the same
-/// restore, which so finds the record of the stopped one.
-fn marker_name(to: &OwnedFd, restored: &[Vec<u8>]) -> Vec<u8> {
-    use std::io::Read;
-    let header = record_header(to);
-    let is_record = |name: &[u8]| match fsx::open_read_at(b(to), name) {
-        Err(e) => fsx::errno_is(&e, Errno::NOENT),
-        Ok(fd) => {
-            let mut text = Vec::new();
-            std::fs::File::from(fd)
-                .take(header.len() as u64)
-                .read_to_end(&mut text)
-                .is_ok()
-                && (text.is_empty() || text == header)
-        }
-    };
-    (0..)
-        .map(|i| match i {
-            0 => UNFINISHED.to_vec(),
-            i => [UNFINISHED, format!(".{i}").as_bytes()].concat(),
-        })
-        .find(|n| !restored.contains(n) && is_record(n))
-        .expect("an unbounded range")
-}
 /// The first line of a record of unfinished work in target root `to`: its format and
 /// the target's device and inode. A file of the record's name restored from a snapshot
 /// (a tree where a restore was once stopped) names another directory, and is the
 /// user's, not this target's record (an empty file, a record cut short before its first
 /// line, is taken as one).
-fn record_header(to: &OwnedFd) -> Vec<u8> {
-    let id = fsx::fstat(b(to)).map_or((0, 0), |m| (m.dev, m.ino));
-    format!("snapring-restore-unfinished 1 {}:{}\n", id.0, id.1).into_bytes()
-}
+pub(crate) use crate::fsx::restore_record_header as record_header;
+/// The record's name in target root `to`: the first of [`UNFINISHED`], `….1`, `….2`, …
+/// that the restore does not put there (`restored`: the names of the entries it writes
+/// into the target root), and that is either absent or a record (each line `d
+/// <path>`; a user's file of that name is left alone). The same on a rerun of the same
+/// restore, which so finds the record of the stopped one.
+pub(crate) use crate::fsx::restore_record_name as marker_name;
 
 /// Files in directories that were there before are written as
 /// `.snapring-restore.<tag>.tmp`, then renamed into place.

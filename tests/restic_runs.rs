@@ -861,3 +861,74 @@ fn a_run_under_a_new_hostname_is_told_of_the_other_hosts_snapshots() {
         assert_eq!(hosts, want);
     }
 }
+
+/// A restore from a repository into a file system that runs full stops saying so,
+/// with what it restored and what not, and leaves the record of its unfinished work
+/// naming the files it had begun; run again once there is room, the same command
+/// finishes the job (it said only "cannot write …: No space left on device", left
+/// half-written files named nowhere, and refused the rerun: "is not empty").
+#[test]
+fn a_repository_restore_into_a_full_target_is_finished_by_running_it_again() {
+    use common::restic::{pseudo_random, repo_of, sr};
+    use std::process::Command;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("a"), &pseudo_random(3 << 20, 1));
+    write(&src.join("b"), &pseudo_random(3 << 20, 2));
+    write(&src.join("d/c"), b"small");
+    write(&src.join("d/e/f"), &pseudo_random(100 << 10, 3));
+    std::os::unix::fs::symlink("d/c", src.join("l")).unwrap();
+    let url = repo_of(&t.path().join("repo"), &src);
+    /// A tmpfs, unmounted however the test ends.
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let small = t.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    let _mounted = Tmpfs(small.clone());
+    let to = small.join("r");
+    let args = restore_latest(&url, &to);
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("restore's target file system is full (out of space)")
+            && err.contains("unfinished (named in")
+            && err.contains("run the same restore again"),
+        "{err}"
+    );
+    let record = std::fs::read_to_string(to.join(".snapring-restore-unfinished")).unwrap();
+    assert!(
+        record.lines().any(|l| l == "f a" || l == "f b"),
+        "the half-written file is named: {record}"
+    );
+    // Room made: the same file system, grown; the same command finishes it.
+    assert!(
+        Command::new("mount")
+            .args(["-o", "remount,size=32m"])
+            .arg(&small)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("complete"), "{out}");
+    assert!(!to.join(".snapring-restore-unfinished").exists());
+    assert_same_tree(&describe(&src), &describe(&to), "finished by the rerun");
+    // A finished restore's target is the user's again: no rerun into it.
+    let (code, _, err) = sr(&args);
+    assert_eq!(code, 1);
+    assert!(err.contains("is not empty"), "{err}");
+}

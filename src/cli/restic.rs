@@ -734,7 +734,7 @@ pub fn restore(
                 started_at.clone(),
                 format!(
                     "interrupted{why}; the restore into {} is incomplete (what it wrote stays; \
-                     restore again into a new directory)",
+                     run the same restore again to finish it)",
                     a.to.display()
                 ),
             );
@@ -778,6 +778,59 @@ pub fn restore(
         };
         let mut out =
             snapring::restore::RestoreReport::not_started(&opts, started_at.clone(), String::new());
+        if let Some(e) = &r.stopped {
+            // Stopped before it was done: what it wrote stays, with the record of
+            // unfinished work, and the same restore run again finishes it.
+            let done = format!(
+                "{} files ({}) restored{}, {} unfinished (named in {}), the rest not begun",
+                r.files,
+                human(r.bytes),
+                match r.kept {
+                    0 => String::new(),
+                    k => format!(" ({k} of them by the stopped restore before)"),
+                },
+                r.unfinished.len(),
+                r.record.as_deref().unwrap_or(Path::new("?")).display(),
+            );
+            let again = "run the same restore again: it keeps the files already whole and \
+                         writes the others";
+            let full = match e {
+                restic::Error::Io { path, source, .. } if snapring::fsx::is_disk_full(source) => {
+                    Some(snapring::error::io_error(
+                        std::io::Error::from_raw_os_error(source.raw_os_error().unwrap_or(28)),
+                        "write",
+                        path.clone(),
+                    ))
+                }
+                _ => None,
+            };
+            out.message = match full {
+                Some(snapring::error::Error::DiskFull { path, why }) => format!(
+                    "the restore's target file system is full ({}) while writing {}: the restore \
+                     stopped; the repository is untouched; {done}; {} and {again}",
+                    why.as_str(),
+                    path.display(),
+                    why.remedy(),
+                ),
+                _ if matches!(e, restic::Error::Cancelled) || is_stopped() => format!(
+                    "interrupted; the restore into {} is incomplete: {done}; {again}",
+                    a.to.display()
+                ),
+                _ => format!("{e}: the restore stopped; {done}; {again}"),
+            };
+            out.status = if matches!(e, restic::Error::Cancelled) || is_stopped() {
+                Status::Incomplete
+            } else {
+                Status::Failed
+            };
+            out.exit_code = out.status.exit_code();
+            out.problems = r.problems.clone();
+            out.files_restored = r.files;
+            out.dirs_created = r.dirs;
+            out.bytes_restored = r.bytes;
+            out.duration_seconds = r.duration_seconds;
+            return Ok(out);
+        }
         out.status = if r.problems.is_empty() {
             Status::Complete
         } else {

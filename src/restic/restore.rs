@@ -60,6 +60,141 @@ pub struct RestoreReport {
     /// not be set (restored, the metadata named): the restore goes on and is
     /// `partial`, as restic's goes on.
     pub problems: Vec<crate::report::Problem>,
+    /// Files an earlier, stopped restore into `to` had finished, found whole and left
+    /// as they are (counted in `files` and `bytes` too).
+    pub kept: u64,
+    /// Why the restore stopped before it was done (the target ran full or could not be
+    /// written, the repository could not be read, a signal): what was written stays,
+    /// with the record of unfinished work in `to` ([`Record`]), and the same restore
+    /// run again finishes it. `None`: the restore was done (with `problems`, perhaps).
+    #[serde(skip)]
+    pub stopped: Option<Error>,
+    /// When stopped: the files begun and not finished (target paths, escaped), named in
+    /// the record too.
+    pub unfinished: Vec<String>,
+    /// When stopped: the record of unfinished work.
+    pub record: Option<PathBuf>,
+}
+
+/// The record of a repository restore's unfinished work, in the target root: the
+/// store restore's (`.snapring-restore-unfinished`, its name and first line, see
+/// `restore::marker_name`), holding one line `r <snapshot> <flat> <path>` naming the
+/// restore, then, once it stopped, a line `f <path>` for each file it had begun and not
+/// finished. Made when the restore starts into an empty directory; removed once it
+/// has walked the whole snapshot. A restore into a directory that is not empty goes on
+/// only when the directory holds the record of the same restore (same snapshot, same
+/// `--path`, same `--flat`): a rerun, which keeps every file found whole (size, mode
+/// and modification time as the snapshot's: a file's time is set last, after its
+/// contents) unless the record names it unfinished or it has other hard links, and
+/// writes everything else again.
+struct Record {
+    name: Vec<u8>,
+    /// A record of this restore was there: this is a rerun.
+    rerun: bool,
+    /// The files it names unfinished (escaped target paths).
+    unfinished: std::collections::HashSet<String>,
+}
+
+impl Record {
+    /// The record of the restore `what` (its `r` line) in `to` (`fd`), into which it
+    /// restores the names `roots`: made if `to` is empty, read if it holds one of the
+    /// same restore; else the restore is refused.
+    fn open(fd: &OwnedFd, to: &Path, roots: &[Vec<u8>], what: &str) -> Result<Record> {
+        use std::io::{Read, Write};
+        let name = fsx::restore_record_name(fd, roots);
+        let header = fsx::restore_record_header(fd);
+        let path = to.join(OsStr::from_bytes(&name));
+        if !fsx::dir_has_entries(b(fd)).map_err(io_err("read", to))? {
+            let mut f =
+                std::fs::File::from(fsx::create_at(b(fd), &name).map_err(io_err("create", &path))?);
+            f.write_all(&[header.as_slice(), what.as_bytes()].concat())
+                .map_err(io_err("write", &path))?;
+            return Ok(Record {
+                name,
+                rerun: false,
+                unfinished: Default::default(),
+            });
+        }
+        let not_empty = || {
+            Error::Other(format!(
+                "{} is not empty; restore into a new or empty directory",
+                to.display()
+            ))
+        };
+        let mut text = Vec::new();
+        match fsx::open_read_at(b(fd), &name) {
+            Ok(f) => {
+                std::fs::File::from(f)
+                    .read_to_end(&mut text)
+                    .map_err(io_err("read", &path))?;
+            }
+            Err(e) if fsx::errno_is(&e, rustix::io::Errno::NOENT) => return Err(not_empty()),
+            Err(e) => return Err(io_err("open", &path)(e)),
+        }
+        let Some(body) = text.strip_prefix(header.as_slice()) else {
+            return Err(not_empty());
+        };
+        let body = String::from_utf8_lossy(body);
+        if !body.lines().any(|l| format!("{l}\n") == what) {
+            return Err(match body.lines().find(|l| l.starts_with("r ")) {
+                Some(l) => Error::Other(format!(
+                    "{} holds an unfinished restore of another snapshot or path ({}: {l}); run that restore again to finish it, or restore into a new or empty directory",
+                    to.display(),
+                    path.display()
+                )),
+                // A store restore's record.
+                None => not_empty(),
+            });
+        }
+        Ok(Record {
+            name,
+            rerun: true,
+            unfinished: body
+                .lines()
+                .filter_map(|l| l.strip_prefix("f "))
+                .map(str::to_string)
+                .collect(),
+        })
+    }
+
+    /// Names the files a stopped restore leaves unfinished, appended to the record (a
+    /// full file system may refuse it: a rerun finds them all the same, by their times).
+    fn note_unfinished(&self, to: &To, files: &[String]) -> std::io::Result<()> {
+        use std::io::Write;
+        if files.is_empty() {
+            return Ok(());
+        }
+        let fd = rustix::fs::openat(
+            &to.fd,
+            self.name.as_slice(),
+            rustix::fs::OFlags::WRONLY
+                | rustix::fs::OFlags::APPEND
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        let lines: String = files.iter().map(|f| format!("f {f}\n")).collect();
+        std::fs::File::from(fd).write_all(lines.as_bytes())
+    }
+}
+
+/// The names a restore of `sub` (`flat`) from tree `start` puts into its target root.
+fn root_names(repo: &Repo, start: Id, sub: &[Vec<u8>], flat: bool) -> Result<Vec<Vec<u8>>> {
+    let tree_names = |id: Id| -> Result<Vec<Vec<u8>>> {
+        let t = Tree::from_blob(&repo.read_blob(BlobType::Tree, &id)?, &id)?;
+        Ok(t.nodes.iter().map(|n| n.name_bytes()).collect())
+    };
+    match sub.split_first() {
+        None => tree_names(start),
+        Some((first, _)) if !flat => Ok(vec![first.clone()]),
+        Some(_) => {
+            let n = find_node(repo, start, sub)?;
+            match n.subtree {
+                Some(t) if n.kind == "dir" => tree_names(t),
+                _ => Ok(sub.last().into_iter().cloned().collect()),
+            }
+        }
+    }
 }
 
 /// Threads that fetch file contents at once, a batch of files each ([`BATCH_FILES`],
@@ -248,6 +383,9 @@ struct Restorer<'a> {
     /// the order their subtrees finished (children before parents), with their
     /// (device, inode): one found there at the end is not the one made.
     dirs: Vec<(PathBuf, Node, (u64, u64))>,
+    /// The record of unfinished work: on a rerun, what is there already is the
+    /// stopped restore's ([`Restorer::existing`]).
+    record: &'a Record,
 }
 
 /// Bytes in flight, shared by the fills' reads of large files ([`BIG_IN_FLIGHT`]).
@@ -314,8 +452,16 @@ pub fn restore(
     let (start, top) = snapshot::source_tree(repo, &snap)?;
     let target = To {
         path: to,
-        fd: prepare_target(to, make_to)?,
+        fd: make_to()?,
     };
+    let what = format!(
+        "r {} {} {}\n",
+        id.hex(),
+        u8::from(flat),
+        crate::relpath::escape(&sub.join(&b'/'))
+    );
+    let record = Record::open(&target.fd, to, &root_names(repo, start, sub, flat)?, &what)?;
+    let unfinished = std::sync::Mutex::new(Vec::new());
     let to_id = fsx::fstat(b(&target.fd))
         .map(|m| (m.dev, m.ino))
         .map_err(io_err("stat", to))?;
@@ -343,6 +489,7 @@ pub fn restore(
                     links: &links,
                     cancel,
                     budget: &budget,
+                    unfinished: &unfinished,
                 };
                 fill_files(&on, &rx)
             });
@@ -367,20 +514,54 @@ pub fn restore(
             failed: &failed,
             cancel,
             dirs: Vec::new(),
+            record: &record,
         };
         let walked = r.start(start, top, sub, flat, to_id);
         // The last files, after an error too (as those sent before it are filled).
         r.send_batch();
         // Closing the channel ends the fill threads once the queue is drained.
         let Restorer { report, dirs, .. } = r;
-        walked.map(|()| (report, dirs))
+        match walked {
+            Ok(()) => (report, dirs, None),
+            Err(e) => (report, Vec::new(), Some(e)),
+        }
     });
-    if let Some(e) = lock(&failed).take() {
-        return Err(e);
+    let (mut report, dirs, walk_error) = walked;
+    // A fill's error first: the walk stopped on it.
+    let stop = lock(&failed).take().or(walk_error);
+    let stop = stop.or_else(|| cancel.load(Ordering::Relaxed).then_some(Error::Cancelled));
+    report.files += filled.files.load(Ordering::Relaxed);
+    report.bytes += filled.bytes.load(Ordering::Relaxed);
+    if let Some(e) = stop {
+        // What was written stays, with the record: the same restore run again finishes
+        // it. Directories keep mode 0700 until then.
+        let mut files: Vec<String> = unfinished
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|p| crate::relpath::escape(p.strip_prefix(to).unwrap_or(p).as_os_str().as_bytes()))
+            .collect();
+        files.sort();
+        files.dedup();
+        if let Err(w) = record.note_unfinished(&target, &files) {
+            tracing::warn!("cannot name the unfinished files in the record: {w}");
+        }
+        report.unfinished = files;
+        report.record = Some(to.join(OsStr::from_bytes(&record.name)));
+        report.stopped = Some(e);
+        report.problems = problems
+            .list
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        report.problems.sort_by(|a, b| a.path.cmp(&b.path));
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        return Ok(report);
     }
-    let (mut report, dirs) = walked?;
-    if cancel.load(Ordering::Relaxed) {
-        return Err(Error::Cancelled);
+    // The whole snapshot walked: the record goes, before `to` gets its metadata.
+    if let Err(e) = fsx::unlink_at(b(&target.fd), &record.name) {
+        return Err(io_err("remove", to.join(OsStr::from_bytes(&record.name)))(
+            e,
+        ));
     }
     for (p, n, id) in &dirs {
         let same = |fd: OwnedFd| match fsx::fstat(b(&fd)) {
@@ -413,8 +594,6 @@ pub fn restore(
         .filter(|g| g.failed.is_none())
         .map(|g| g.others.len() as u64)
         .sum();
-    report.files = filled.files.into_inner();
-    report.bytes = filled.bytes.into_inner();
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
 }
@@ -470,6 +649,8 @@ struct FillOn<'a> {
     cancel: &'a AtomicBool,
     /// Bytes the reads of large files hold ([`BIG_IN_FLIGHT`]).
     budget: &'a Budget,
+    /// Files created and not finished, once the restore stops.
+    unfinished: &'a std::sync::Mutex<Vec<PathBuf>>,
 }
 
 /// A fill thread: writes the files the walk created, until the walk ends or a fill
@@ -479,18 +660,26 @@ fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<F
     use crate::report::ProblemKind;
     loop {
         let Ok(batch) = lock(rx).recv() else { return };
+        // Created, and left unfinished: named in the record.
+        let left =
+            |fills: &[Fill]| lock(on.unfinished).extend(fills.iter().map(|f| f.path.clone()));
         if lock(on.failed).is_some() {
+            left(&batch);
             continue;
         }
         let blobs = match prefetch(on, &batch) {
             Ok(blobs) => blobs,
             Err(e) => {
                 lock(on.failed).get_or_insert(e);
+                left(&batch);
                 continue;
             }
         };
-        for f in batch {
+        let mut batch = batch.into_iter();
+        while let Some(f) = batch.next() {
             if lock(on.failed).is_some() {
+                left(&[f]);
+                left(batch.as_slice());
                 break;
             }
             let path = f.path.clone();
@@ -509,6 +698,7 @@ fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<F
                 }
                 Err(FillError::Stop(e)) => {
                     lock(on.failed).get_or_insert(e);
+                    lock(on.unfinished).push(path);
                 }
             }
         }
@@ -955,19 +1145,6 @@ fn find_node(repo: &Repo, mut tree: Id, sub: &[Vec<u8>]) -> Result<Node> {
     unreachable!("sub is not empty")
 }
 
-/// `to`, made and opened by `make_to`, must be empty: a restore never replaces
-/// anything.
-fn prepare_target(to: &Path, make_to: impl FnOnce() -> Result<OwnedFd>) -> Result<OwnedFd> {
-    let fd = make_to()?;
-    if fsx::dir_has_entries(b(&fd)).map_err(io_err("read", to))? {
-        return Err(Error::Other(format!(
-            "{} is not empty; restore into a new or empty directory",
-            to.display()
-        )));
-    }
-    Ok(fd)
-}
-
 /// A name from a tree must be one path component.
 fn checked_name(n: &Node) -> Result<Vec<u8>> {
     let name = n.name_bytes();
@@ -1071,7 +1248,15 @@ impl Restorer<'_> {
             "dir" => {
                 // 0700 until its metadata, once everything under it is written: nobody
                 // else can change what it holds meanwhile.
-                fsx::mkdir_at(dir, name).map_err(io_err("create directory", p))?;
+                match fsx::mkdir_at(dir, name) {
+                    Ok(()) => {}
+                    // A rerun: the stopped restore's directory.
+                    Err(_)
+                        if self.record.rerun
+                            && fsx::lstat_at(dir, name).is_ok_and(|m| m.kind == fsx::Kind::Dir) => {
+                    }
+                    Err(e) => return Err(io_err("create directory", p)(e)),
+                }
                 self.report.dirs += 1;
                 // Tests swap the directory just made for a symlink here.
                 let _ = crate::failpoint::hit("restic.restore.dir");
@@ -1092,6 +1277,12 @@ impl Restorer<'_> {
                 return Ok(());
             }
             "file" => {
+                if self.record.rerun && self.existing(n, dir, name, p)? {
+                    self.report.files += 1;
+                    self.report.bytes += n.size;
+                    self.report.kept += 1;
+                    return Ok(());
+                }
                 let link = match self.hard_link(n, dir, name, p)? {
                     Linked::Done => return Ok(()),
                     Linked::First(key) => Some(key),
@@ -1139,6 +1330,12 @@ impl Restorer<'_> {
                 }
                 return Ok(());
             }
+            "symlink" | "fifo" | "dev" | "chardev" if self.record.rerun => {
+                self.existing(n, dir, name, p)?;
+            }
+            _ => {}
+        }
+        match n.kind.as_str() {
             "symlink" => {
                 let t = n.link_target_bytes()?;
                 fsx::symlink_at(&t, dir, name).map_err(io_err("create symlink", p))?;
@@ -1163,6 +1360,32 @@ impl Restorer<'_> {
             _ => return Ok(()),
         }
         metadata_at(self.as_root, n, dir, name, p)
+    }
+
+    /// On a rerun, what is at `name` in `dir` (`p`) where the snapshot has `n`: a file
+    /// the stopped restore finished (its size, mode and modification time are the
+    /// snapshot's, the record does not name it unfinished, and it has no other hard
+    /// links) is kept (`true`); anything else but a directory is removed, to be made
+    /// again.
+    fn existing(&self, n: &Node, dir: BorrowedFd<'_>, name: &[u8], p: &Path) -> Result<bool> {
+        let m = match fsx::lstat_at(dir, name) {
+            Ok(m) => m,
+            Err(e) if fsx::errno_is(&e, rustix::io::Errno::NOENT) => return Ok(false),
+            Err(e) => return Err(io_err("stat", p)(e)),
+        };
+        let rel = crate::relpath::escape(self.to.rel(p));
+        let whole = n.kind == "file"
+            && m.kind == fsx::Kind::File
+            && (n.links < 2 || n.inode == 0)
+            && m.size == n.size
+            && m.perm == unix_perm(n.mode)
+            && super::parse_time(&n.mtime).is_ok_and(|t| t == (m.mtime.sec, m.mtime.nsec))
+            && !self.record.unfinished.contains(&rel);
+        if whole {
+            return Ok(true);
+        }
+        fsx::unlink_at(dir, name).map_err(io_err("remove", p))?;
+        Ok(false)
     }
 
     /// Makes `name` in `dir` (`p`) a hard link to an earlier restored name of the same
