@@ -939,5 +939,8 @@ fn one_big_files_chunks_are_sealed_at_once() {
     );
     let (code, out, err) = common::restic::sr(&restore_latest(&url, &to));
     assert_eq!(code, 0, "{out}{err}");
-    assert!(std::fs::read(to.join("big")).unwrap() == data, "restored bytes differ");
+    assert!(
+        std::fs::read(to.join("big")).unwrap() == data,
+        "restored bytes differ"
+    );
 }
