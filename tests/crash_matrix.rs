@@ -182,6 +182,9 @@ const NOT_IN_MATRIX: &[&str] = &[
     "verify.snapshot",
     "restic.pack_written",
     "restic.prune_pack_written",
+    // A sleep before a new blob is sealed, for a test that one big file's chunks are
+    // sealed by several threads at once (tests/restic_runs.rs).
+    "restic.packer.seal",
     // `repair index` paused before its new index (SIGTERM: nothing changed) and killed
     // between writing it and removing the old one: tests/restic_repair.rs.
     "restic.repair_index_before_write",

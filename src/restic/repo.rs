@@ -678,6 +678,8 @@ impl Packer {
         {
             return Ok(id);
         }
+        // A slow seal, for a test that one file's chunks are sealed at once.
+        let _ = crate::failpoint::hit("restic.packer.seal");
         let (sealed, uncompressed_length) = seal_blob(&repo.key, plain);
         if let (BlobType::Tree, Some(c)) = (kind, &repo.tree_cache) {
             // Cached before it is packed: the next backup's parent trees are all local.
