@@ -53,12 +53,24 @@ fn open_uncached(
     password_file: Option<&Path>,
     cancel: Option<&Arc<AtomicBool>>,
 ) -> anyhow::Result<Repo> {
+    let (b, pw) = backend_and_password(dest, password_file, cancel)?;
+    Ok(Repo::open_with(b, &pw)?)
+}
+
+/// The backend of `dest`, stopped by `cancel`, and the password to open it with.
+fn backend_and_password(
+    dest: &Path,
+    password_file: Option<&Path>,
+    cancel: Option<&Arc<AtomicBool>>,
+) -> anyhow::Result<(
+    Arc<dyn restic::backend::Backend>,
+    restic::password::Password,
+)> {
     let b = backend::from_dest(&dest.to_string_lossy())?;
     if let Some(c) = cancel {
         b.watch_cancel(c);
     }
-    let pw = restic::password::resolve(password_file)?;
-    Ok(Repo::open_with(b, &pw)?)
+    Ok((b, restic::password::resolve(password_file)?))
 }
 
 /// Opens the repository without reading its index: for a command that touches no
@@ -69,11 +81,7 @@ fn open_unindexed(
     password_file: Option<&Path>,
     cancel: Option<&Arc<AtomicBool>>,
 ) -> anyhow::Result<Repo> {
-    let b = backend::from_dest(&dest.to_string_lossy())?;
-    if let Some(c) = cancel {
-        b.watch_cancel(c);
-    }
-    let pw = restic::password::resolve(password_file)?;
+    let (b, pw) = backend_and_password(dest, password_file, cancel)?;
     Ok(Repo::open_unindexed_with(b, &pw)?)
 }
 
