@@ -398,6 +398,32 @@ fn tree_with_subdirectories(s: &Setup, name: &str) -> PathBuf {
     src
 }
 
+/// `snapring restore --dest FROM SNAPSHOT --to TO [--path PATH]` as the user under
+/// `umask`, which must succeed: what it said.
+fn restore_under(
+    s: &Setup,
+    umask: u32,
+    from: &std::ffi::OsStr,
+    snapshot: &str,
+    to: &Path,
+    path: Option<&str>,
+) -> String {
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "restore".as_ref(),
+        "--dest".as_ref(),
+        from,
+        snapshot.as_ref(),
+        "--to".as_ref(),
+        to.as_os_str(),
+    ];
+    if let Some(p) = path {
+        args.extend::<[&std::ffi::OsStr; 2]>(["--path".as_ref(), p.as_ref()]);
+    }
+    let (code, said) = run_under(s, umask, "off", &args);
+    assert_eq!(code, 0, "{said}");
+    said
+}
+
 /// Every entry under `root` (its own `.` too) with its permission bits, sorted; the
 /// restore's and the store's own names left out.
 fn modes_of(root: &Path) -> Vec<(String, u32)> {
@@ -457,20 +483,7 @@ fn a_store_restore_under_a_umask_without_owner_write_keeps_the_snapshot_modes() 
     for umask in [0o277, 0o222] {
         let base = s.user_dir(&format!("to-{umask:o}"));
         let restore = |to: &Path, path: Option<&str>| {
-            let mut args: Vec<&std::ffi::OsStr> = vec![
-                "restore".as_ref(),
-                "--dest".as_ref(),
-                dest.as_os_str(),
-                "daily.0".as_ref(),
-                "--to".as_ref(),
-                to.as_os_str(),
-            ];
-            if let Some(p) = path {
-                args.extend::<[&std::ffi::OsStr; 2]>(["--path".as_ref(), p.as_ref()]);
-            }
-            let (code, said) = run_under(&s, umask, "off", &args);
-            assert_eq!(code, 0, "{said}");
-            said
+            restore_under(&s, umask, dest.as_os_str(), "daily.0", to, path)
         };
         // A new --to, and a directory above it the restore makes too.
         let said = restore(&base.join("new/to"), None);
@@ -527,19 +540,7 @@ fn a_repository_restore_of_subdirectories_under_a_umask_without_owner_write() {
             if to.ends_with("existing") {
                 s.user_dir(&format!("to-{umask:o}/existing"));
             }
-            let mut args: Vec<&std::ffi::OsStr> = vec![
-                "restore".as_ref(),
-                "--dest".as_ref(),
-                url.as_ref(),
-                "latest".as_ref(),
-                "--to".as_ref(),
-                to.as_os_str(),
-            ];
-            if let Some(p) = path {
-                args.extend::<[&std::ffi::OsStr; 2]>(["--path".as_ref(), p.as_ref()]);
-            }
-            let (code, said) = run_under(&s, umask, "off", &args);
-            assert_eq!(code, 0, "{said}");
+            let said = restore_under(&s, umask, url.as_ref(), "latest", &to, path);
             let got = modes_of(&to);
             let expected: Vec<_> = match path {
                 None => want.iter().skip(1).cloned().collect(),
