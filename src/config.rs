@@ -493,7 +493,11 @@ fn hook(
         Some(a) if a.first().is_none_or(|p| p.is_empty()) => Err(Error::Config(format!(
             "{key} is empty: give [\"program\", \"arg\", ...]"
         ))),
-        Some(argv) => Ok(Some(crate::hooks::Hook { argv, timeout })),
+        Some(argv) => Ok(Some(crate::hooks::Hook {
+            argv,
+            timeout,
+            kill_leftovers: false,
+        })),
     }
 }
 

@@ -30,6 +30,10 @@ const MAX_LOGGED: usize = 1 << 20;
 pub struct Hook {
     pub argv: Vec<String>,
     pub timeout: Duration,
+    /// Once the command has ended, kill what it left running that still holds its
+    /// output (its process group): a notifier's command. A pre or post command may
+    /// start something meant to outlive it, and keeps it.
+    pub kill_leftovers: bool,
 }
 
 /// How a pre or post command went: how long it took and how it ended.
@@ -75,7 +79,13 @@ pub fn run(
         ..HookOutcome::default()
     };
     let (exit, error, tail) = match spawn(hook, env) {
-        Ok(child) => wait(name, child, (hook.timeout, cancel), stdin),
+        Ok(child) => wait(
+            name,
+            child,
+            (hook.timeout, cancel),
+            stdin,
+            hook.kill_leftovers,
+        ),
         Err(e) => (None, Some(e), Vec::new()),
     };
     out.seconds = t0.elapsed().as_secs_f64();
@@ -104,11 +114,14 @@ fn spawn(hook: &Hook, env: &[(&str, String)]) -> Result<Child, String> {
         Command::new(prog)
     } else {
         // snapring took the owner's bits out of its umask (`fsx::owner_usable_umask`):
-        // the command gets the user's, set by a shell that then execs it.
+        // the command gets the user's, set by a shell that then execs it. The program
+        // is looked up first: one that is missing (or not executable) is named as
+        // without the shell ("cannot start PROG: …"), not the shell's exit 127 (126).
+        let path = resolve(prog).map_err(|e| format!("cannot start {prog}: {e}"))?;
         let mut c = Command::new("/bin/sh");
         c.arg("-c")
             .arg(format!("umask {user:04o} && exec \"$0\" \"$@\""))
-            .arg(prog);
+            .arg(path);
         c
     };
     c.args(args)
@@ -123,6 +136,42 @@ fn spawn(hook: &Hook, env: &[(&str, String)]) -> Result<Child, String> {
     c.spawn().map_err(|e| format!("cannot start {prog}: {e}"))
 }
 
+/// Where `prog` is, as `execvp` would find it: itself when it has a `/`, else the
+/// first executable file of that name in a `PATH` directory. The error is the one a
+/// spawn without the umask shell gives (no such file, permission denied).
+fn resolve(prog: &str) -> std::io::Result<std::path::PathBuf> {
+    use rustix::fs::{Access, access};
+    use rustix::io::Errno;
+    use std::path::{Path, PathBuf};
+    let executable = |p: &Path| -> std::io::Result<()> {
+        if std::fs::metadata(p)?.is_dir() {
+            return Err(Errno::ACCESS.into());
+        }
+        access(p, Access::EXEC_OK)?;
+        Ok(())
+    };
+    if prog.contains('/') {
+        executable(Path::new(prog))?;
+        return Ok(PathBuf::from(prog));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/local/bin:/usr/bin:/bin".into());
+    let mut denied = None;
+    for dir in std::env::split_paths(&path) {
+        let dir = if dir.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            dir
+        };
+        let p = dir.join(prog);
+        match executable(&p) {
+            Ok(()) => return Ok(p),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => denied = Some(e),
+            Err(_) => {}
+        }
+    }
+    Err(denied.unwrap_or_else(|| Errno::NOENT.into()))
+}
+
 /// Feeds stdin, logs the output, waits until the command ends, `timeout` passes or
 /// `cancel` is set (then kills its process group). Returns (exit code, error, last
 /// lines of output).
@@ -131,6 +180,7 @@ fn wait(
     mut child: Child,
     (timeout, cancel): (Duration, &AtomicBool),
     stdin: &[u8],
+    kill_leftovers: bool,
 ) -> (Option<i32>, Option<String>, Vec<String>) {
     if let Some(mut w) = child.stdin.take() {
         let data = stdin.to_vec();
@@ -172,6 +222,13 @@ fn wait(
     let drained = Instant::now() + Duration::from_secs(1);
     while open.load(Ordering::Relaxed) > 0 && Instant::now() < drained {
         std::thread::sleep(Duration::from_millis(10));
+    }
+    // Still held: by what it started in the background (`sleep 600 &`), left in its
+    // process group (whose id is not reused while a member lives). A notifier's is
+    // killed, as a timeout kills it: it would outlive the run (a daemon's too).
+    if kill_leftovers && status.is_ok() && open.load(Ordering::Relaxed) > 0 {
+        tracing::warn!("{name}: killed what it left running in the background holding its output");
+        kill_group(&child);
     }
     let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match status {

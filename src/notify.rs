@@ -692,7 +692,8 @@ fn email(c: &NotifierConfig, r: &Notice) -> Result<(), Failed> {
 /// killed with everything it started when `timeout` passes, its stdin fed and its
 /// output read (into the log, bounded) while it runs, so that neither a command that
 /// does not read the report nor one that prints a lot or leaves a process holding its
-/// output behind can hold the run.
+/// output behind can hold the run; such a process is killed, with the command's process
+/// group, once the command has ended (it would outlive the run, and a daemon).
 fn command(
     name: &str,
     c: &NotifierConfig,
@@ -703,6 +704,7 @@ fn command(
     let hook = crate::hooks::Hook {
         argv: c.command.clone(),
         timeout: c.timeout(),
+        kill_leftovers: true,
     };
     let env = [
         ("SNAPRING_JOB", r.job.clone().unwrap_or_default()),

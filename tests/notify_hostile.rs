@@ -446,6 +446,63 @@ fn a_command_notifier_neither_waits_for_its_leftovers_nor_leaves_them_running() 
     assert!(!still, "the notifier's child {pid} outlived its timeout");
 }
 
+/// Whether process `pid` runs (not gone, not a zombie).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// A command notifier that succeeded, leaving a process in the background that held
+/// its output (`sleep 300 & echo sent`): the run did not wait for it, but it outlived
+/// the run (and would a daemon's, one per notification). It is killed with the
+/// notifier's process group once the command has ended; one that let go of the output
+/// (`>/dev/null 2>&1 &`, as `nohup` is used) is meant to outlive it, and does.
+#[test]
+fn a_command_notifier_that_succeeds_leaves_nothing_running_that_holds_its_output() {
+    let t = tempfile::tempdir().unwrap();
+    let (held, free) = (t.path().join("held"), t.path().join("free"));
+    let notifiers = format!(
+        "[notify.holds]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 300 & echo $! > {held}; echo sent\"]\nretries = 0\ntimeout = \"20s\"\n\n\
+         [notify.detaches]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 300 >/dev/null 2>&1 & echo $! > {free}\"]\nretries = 0\ntimeout = \"20s\"\n",
+        held = held.display(),
+        free = free.display()
+    );
+    let cfg = config(
+        t.path(),
+        &t.path().join("b"),
+        "require_mount = true",
+        &["holds", "detaches"],
+        &notifiers,
+    );
+    let (code, rep, err, took) = run_within(90, &["run", "home", "--config", &cfg, "--json"], &[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(took < Duration::from_secs(15), "{took:?}");
+    for n in ["holds", "detaches"] {
+        assert_eq!(notification(&rep, n)["ok"], true, "{rep}");
+    }
+    let pid = |p: &Path| -> u32 { std::fs::read_to_string(p).unwrap().trim().parse().unwrap() };
+    let (held, free) = (pid(&held), pid(&free));
+    let t0 = Instant::now();
+    while running(held) && t0.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let still = running(held);
+    let kept = running(free);
+    for p in [held, free] {
+        let _ = Command::new("kill").arg(p.to_string()).status();
+    }
+    assert!(
+        !still,
+        "the notifier's background child {held} outlived the run"
+    );
+    assert!(kept, "a child that let go of the output was killed");
+}
+
 /// A hook whose output has no newline was read into one line in memory, however
 /// long; a chatty one wrote every line into the run's log. A line is cut at 4 KiB and
 /// at most 1 MiB of each stream is logged now.

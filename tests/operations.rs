@@ -389,6 +389,40 @@ fn pre_and_post_commands_run_around_the_backup_and_a_failing_pre_command_publish
     assert_eq!(h[1]["status"], "failed");
 }
 
+/// Under a umask without the owner's bits a hook runs through `/bin/sh -c 'umask …
+/// && exec "$0" "$@"'`: a missing program was reported as the shell's "exited with
+/// exit status: 127" (its "not found" line in the output) rather than "cannot start
+/// PROG", as it is without that umask.
+#[test]
+fn a_missing_hook_program_is_named_under_a_umask_without_the_owners_bits() {
+    let e = setup(3, 10);
+    for prog in ["/no/such/program", "no-such-program-snapring"] {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg("umask 0277 && exec \"$0\" \"$@\"")
+            .arg(bin())
+            .args(["backup", "--json", "--source", &e.s(&e.src), "--dest"])
+            .arg(&e.store)
+            .args(["--pre-command", prog])
+            .env("SNAPRING_CATALOG", "off")
+            .output()
+            .unwrap();
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{prog}: {rep}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let msg = rep["message"].as_str().unwrap_or_default();
+        assert!(
+            msg.contains(&format!("cannot start {prog}: No such file or directory")),
+            "{prog}: {rep}"
+        );
+        assert!(snapshot_names(&e.store).is_empty());
+    }
+}
+
 #[test]
 fn hook_commands_that_hang_or_do_not_exist_fail_the_run_and_flags_split_like_a_shell() {
     let e = setup(3, 10);

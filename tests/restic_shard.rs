@@ -857,6 +857,56 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
     assert!(e.repo.join("snapring/shards/r1/final").exists());
 }
 
+/// `snapring finalize` into a repository, held before it reads the commits
+/// (`shard.repo.before_commits_read`), then SIGTERM: exit 3, "interrupted", nothing
+/// published; the next finalize publishes the run, equal to the source. (It set no
+/// signal handler: the signal ended it, no exit code, no word.)
+#[test]
+fn a_sigterm_stops_finalize_into_a_repository_and_the_next_one_publishes() {
+    let e = env();
+    let kill = [("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")];
+    let out = spawn(&e, 0, 1, "r1", &kill).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let pause = e.t.path().join("paused");
+    let child = Command::new(bin())
+        .args(["finalize", "--dest", &e.url, "--run-id", "r1"])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("shard.repo.before_commits_read=pause:{}", pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("finalize of run r1: interrupted; nothing was published"),
+        "{}",
+        text(&out)
+    );
+    assert!(snapshots(&e).is_empty(), "nothing published");
+    assert!(!e.repo.join("snapring/shards/r1/final").exists());
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "r1", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let fin: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(fin["finalized"], true, "{fin}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
 /// The report of the only worker of run `run` with `--jobs jobs` and `--window 3s`,
 /// slowed by `failpoints`: it exits 3, `incomplete`. (3 s, not 1 s: its plan and first
 /// claims must come well within the window on a loaded machine.)

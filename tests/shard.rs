@@ -701,6 +701,72 @@ fn a_crash_during_finalize_is_finished_by_snapring_finalize_once() {
     }
 }
 
+/// `snapring finalize` stopped by SIGTERM once the run's tree is built (held at
+/// `shard.finalize.before_staging`): exit 3, "interrupted", nothing published; the
+/// next finalize publishes the run, equal to the source. (It went on and published,
+/// exit 0, before: the first signal was caught and never looked at.)
+#[test]
+fn a_sigterm_stops_snapring_finalize_before_its_publish_and_the_next_one_publishes() {
+    let e = env();
+    let run = "term";
+    let kids: Vec<Child> = (0..3)
+        .map(|i| {
+            spawn(
+                &e,
+                i,
+                3,
+                run,
+                &[("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")],
+            )
+        })
+        .collect();
+    for c in kids {
+        c.wait_with_output().unwrap();
+    }
+    assert!(!run_dir(&e, run).join("finalized").exists());
+    let pause = e.dest.with_extension("paused");
+    let child = Command::new(bin())
+        .args(["finalize", "--dest"])
+        .arg(&e.dest)
+        .args(["--run-id", run])
+        .env("SNAPRING_CATALOG", "off")
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("shard.finalize.before_staging=pause:{}", pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    std::fs::remove_file(&pause).unwrap();
+    let o = output_within(child, Duration::from_secs(60), "the stopped finalize");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("finalize of run term: interrupted; nothing was published"),
+        "{}",
+        text(&o)
+    );
+    assert!(!run_dir(&e, run).join("finalized").exists());
+    assert!(snapshot_names(&e.dest).is_empty(), "nothing published");
+    let o = run_cmd(&e, "finalize", run, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("finalized run term: complete"),
+        "{}",
+        text(&o)
+    );
+    check_run(&e, run);
+    check_snapshot(&e, "finalize after a SIGTERM");
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+}
+
 #[test]
 fn finalize_before_every_unit_is_committed_is_a_retry() {
     let e = env();

@@ -486,9 +486,30 @@ pub fn shard_finalize(f: &FinalizeArgs) -> anyhow::Result<ExitCode> {
              recorded and notified by the worker that publishes it"
         );
     }
-    let mut repo = open(&f.run.dest, f.run.password_file.as_deref(), None)?;
-    match snapring::shard::repository::finalize_run(&mut repo, &f.run.run_id, None) {
+    // SIGINT/SIGTERM: before its `final`, it gives up (exit 3, nothing published); a
+    // request it waits on is given up (`watch_cancel`). Without a handler the signal
+    // ended it with no word and no exit code.
+    let cancel = super::cancel_on_signal();
+    let mut repo = open(&f.run.dest, f.run.password_file.as_deref(), Some(&cancel))?;
+    match snapring::shard::repository::finalize_run(&mut repo, &f.run.run_id, None, cancel) {
+        // Stopped (`work` turns it into its `incomplete` report): nothing published.
+        Ok(r) if r.status == "incomplete" && r.snapshot.is_none() && !f.run.json => {
+            print::errln!(
+                "snapring: finalize of run {}: interrupted; nothing was published, `snapring finalize --run-id {}` publishes the run",
+                f.run.run_id,
+                f.run.run_id
+            );
+            Ok(ExitCode::Incomplete)
+        }
         Ok(r) => print_worker(&r, f.run.json),
+        Err(snapring::shard::ShardError::Stopped) => {
+            print::errln!(
+                "snapring: finalize of run {}: interrupted; nothing was published, `snapring finalize --run-id {}` publishes the run",
+                f.run.run_id,
+                f.run.run_id
+            );
+            Ok(ExitCode::Incomplete)
+        }
         Err(e) => {
             print::errln!("snapring: {e}");
             Ok(match e.exit_code() {

@@ -443,6 +443,14 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
             ),
             None,
         ),
+        Err(ShardError::Stopped) => {
+            errln!(
+                "snapring: finalize of run {}: interrupted; nothing was published, `snapring finalize --run-id {}` publishes the run",
+                a.run_id,
+                a.run_id
+            );
+            return Ok(ExitCode::Incomplete);
+        }
         Err(e) => {
             errln!("snapring: finalize of run {}: {e}", a.run_id);
             return Ok(exit_of(&e));

@@ -118,6 +118,19 @@ pub fn finalize(
     r
 }
 
+/// `snapring finalize` (no `worker`) stopped by SIGINT/SIGTERM: before the run's tree is
+/// built, and once it is built but not yet staged, it gives up (`Stopped`, exit 3) with
+/// nothing published: the tree, the commits and the journal are left as a finalize
+/// killed there leaves them, and the next finalize publishes the run. A worker's
+/// finalize is not stopped here: its `cancel` is also the end of its `--window`, which
+/// cuts only the deletion of expired snapshots (docs/scale-out.md).
+fn stop_point(worker: Option<usize>, cancel: &AtomicBool) -> Result<(), ShardError> {
+    if worker.is_none() && cancel.load(std::sync::atomic::Ordering::Relaxed) {
+        return Err(ShardError::Stopped);
+    }
+    Ok(())
+}
+
 fn read_finalized(rd: &RunDir) -> Option<Box<RunReport>> {
     let bytes = std::fs::read(rd.finalized_path()).ok()?;
     serde_json::from_slice(&bytes).ok().map(Box::new)
@@ -298,6 +311,7 @@ fn locked(
             ));
         }
         if rd.tree().is_dir() || !staging.is_dir() {
+            stop_point(worker, cancel)?;
             // Finalize reads the spine directories from the source: not where it is
             // missing (a host where it is not mounted).
             if !plan.source.is_dir() {
@@ -321,6 +335,7 @@ fn locked(
                 t_fin.elapsed().as_secs_f64()
             );
             crate::failpoint::hit("shard.finalize.before_staging").ctx("finalize", rd.tree())?;
+            stop_point(worker, cancel)?;
             std::fs::rename(rd.tree(), &staging).ctx("move the run's tree to", &staging)?;
         }
         // From here on a finalize (this one, or one after a crash) publishes the staged

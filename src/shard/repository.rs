@@ -608,7 +608,15 @@ fn work_in(
                 let watch = lock.watch();
                 let lock_held = || watch.check();
                 finalize(
-                    repo, &st, &plan_file, &plan_hash, &cut, &source, spec, &lock_held, &watch,
+                    repo,
+                    &st,
+                    &plan_file,
+                    &plan_hash,
+                    &cut,
+                    &source,
+                    spec,
+                    (&lock_held, &watch),
+                    &opts.cancel,
                 )
             }),
             false => Ok(None),
@@ -1688,8 +1696,8 @@ fn finalize(
     cut: &Cut,
     source: &Path,
     spec: &Spec,
-    lock_held: &dyn Fn() -> restic::Result<()>,
-    lock: &restic::lock::Watch,
+    (lock_held, lock): (&dyn Fn() -> restic::Result<()>, &restic::lock::Watch),
+    cancel: &AtomicBool,
 ) -> Result<Finalized, ShardError> {
     let group = restic::forget::Group {
         hostname: plan_file
@@ -1708,7 +1716,7 @@ fn finalize(
         return Err(super::state::refusal(&plan_file.run, &refused));
     }
     let f = match make_final(
-        repo, st, plan_file, plan_hash, cut, source, spec, &group, lock,
+        repo, st, plan_file, plan_hash, cut, source, spec, &group, lock, cancel,
     ) {
         Ok(f) => f,
         // Its inputs gone because another process published the run meanwhile (this
@@ -1747,9 +1755,16 @@ fn make_final(
     spec: &Spec,
     group: &restic::forget::Group,
     lock: &restic::lock::Watch,
+    cancel: &AtomicBool,
 ) -> Result<FinalFile, ShardError> {
     // A finalizer stalled here while another publishes the run (the tests).
     let _ = crate::failpoint::hit("shard.repo.before_commits_read");
+    // `snapring finalize` stopped by SIGINT/SIGTERM: nothing is written yet (no spine
+    // tree, no `final`): it gives up, and the next finalize publishes the run. A
+    // worker's flag is also its `--window`, which lets a finalize under way publish.
+    if spec.index == BY_HAND && cancel.load(Ordering::Relaxed) {
+        return Err(ShardError::Stopped);
+    }
     let commits = super::par_map(8, &cut.units, |u| -> Result<UnitDone, ShardError> {
         let key = st.done_key(&u.id);
         let sealed =
@@ -2343,6 +2358,7 @@ pub fn finalize_run(
     repo: &mut Repo,
     run: &str,
     opts_retain: Option<u32>,
+    cancel: Arc<AtomicBool>,
 ) -> Result<WorkerReport, ShardError> {
     let st_b = repo.backend.clone();
     let st = State::new(st_b.as_ref(), run);
@@ -2363,7 +2379,7 @@ pub fn finalize_run(
         label: plan.label.clone(),
         retain: opts_retain.or((plan.retain > 0).then_some(plan.retain)),
         jobs: 1,
-        cancel: Arc::new(AtomicBool::new(false)),
+        cancel,
         one_file_system: plan.one_file_system,
         exclusion: plan.exclusion.clone(),
         // Every unit is built (else `Retry` below): no walk is left for the guard.
