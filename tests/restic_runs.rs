@@ -1015,3 +1015,65 @@ fn one_big_files_chunks_are_sealed_at_once() {
         "restored bytes differ"
     );
 }
+
+/// The threads packing a big file's chunks come out of the run's `--jobs`: with
+/// `--jobs 1` the process has its main thread (waiting for the walk), the walk's one
+/// thread (which reads the file, and packs a chunk when the packing thread is busy)
+/// and one packing thread, not one per core, besides the lock's refresher. Counted in
+/// /proc while the first two seals wait: every thread that packs is then started and
+/// none is done.
+#[test]
+fn a_big_files_chunk_threads_respect_the_jobs() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    std::fs::create_dir(&src).unwrap();
+    write(
+        &src.join("big"),
+        &common::restic::pseudo_random(12 << 20, 7),
+    );
+    let url = common::restic::file_url(&repo);
+    let (code, out, err) = common::restic::sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (first, second) = (t.path().join("seal1"), t.path().join("seal2"));
+    let child = std::process::Command::new(bin())
+        .args(["backup", "--jobs", "1", "--source"])
+        .arg(&src)
+        .args(["--dest", &url])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!(
+                "restic.packer.seal=pause:{}@1;restic.packer.seal=pause:{}@2",
+                first.display(),
+                second.display()
+            ),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&first);
+    wait_for(&second);
+    let tasks = std::path::PathBuf::from(format!("/proc/{}/task", child.id()));
+    let names: Vec<String> = std::fs::read_dir(&tasks)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    std::fs::remove_file(&first).unwrap();
+    std::fs::remove_file(&second).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let working = names.iter().filter(|n| *n != "restic-lock").count();
+    assert!(
+        working <= 3,
+        "with --jobs 1, {working} threads besides the lock's (main, the walk's, at most one \
+         packing): {names:?}"
+    );
+}
