@@ -867,6 +867,65 @@ fn a_run_under_a_new_hostname_is_told_of_the_other_hosts_snapshots() {
 /// naming the files it had begun; run again once there is room, the same command
 /// finishes the job (it said only "cannot write …: No space left on device", left
 /// half-written files named nowhere, and refused the rerun: "is not empty").
+/// A backup into a repository whose file system fills up fails, and says what becomes
+/// of the packs it did write: the next run reuses them, `snapring prune` removes them;
+/// the prune it names frees the space.
+#[test]
+fn a_repository_backup_failing_on_a_full_disk_names_the_prune_that_frees_its_uploads() {
+    use common::restic::{pseudo_random, sr};
+    use std::process::Command;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..5 {
+        write(&src.join(format!("f{i}")), &pseudo_random(8 << 20, 10 + i));
+    }
+    /// A tmpfs, unmounted however the test ends.
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let small = t.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    let _mounted = Tmpfs(small.clone());
+    let url = common::restic::file_url(&small.join("repo"));
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = sr(&["backup", "--source", src.to_str().unwrap(), "--dest", &url]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let prune = format!("snapring prune --dest {url}");
+    assert!(
+        err.contains("No space left on device") && err.contains(&prune),
+        "the failure does not name `{prune}`:\n{err}"
+    );
+    fn used(d: &std::path::Path) -> u64 {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => used(&e.path()),
+                _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+            })
+            .sum()
+    }
+    let data = small.join("repo/data");
+    assert!(used(&data) > 1 << 20, "the failed run left no packs");
+    let (code, out, err) = sr(&["prune", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(used(&data), 0, "the prune left the failed run's packs");
+}
+
 #[test]
 fn a_repository_restore_into_a_full_target_is_finished_by_running_it_again() {
     use common::restic::{pseudo_random, repo_of, sr};

@@ -402,15 +402,15 @@ pub fn snapshot_locked(
     let root = match walked {
         Ok(root) if !spec.cancel.load(Ordering::Relaxed) => root,
         Ok(_) | Err(Error::Cancelled) => {
-            report.added = packer.finish(repo)?;
+            report.added = packer.finish(repo).map_err(|e| full_disk_hint(repo, e))?;
             return stopped(report, lock);
         }
         Err(e) => {
             let _ = packer.index_written(repo);
-            return Err(e);
+            return Err(full_disk_hint(repo, e));
         }
     };
-    report.added = packer.finish(repo)?;
+    report.added = packer.finish(repo).map_err(|e| full_disk_hint(repo, e))?;
     let mut tags = spec.tags;
     if !report.problems.is_empty() {
         tags.push(super::snapshot::PARTIAL_TAG.into());
@@ -473,6 +473,30 @@ pub fn snapshot_locked(
     .into();
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A run failed on a full repository file system (ENOSPC writing a pack or an index):
+/// the error, and what to do about the packs the run did write, which stay (indexed
+/// where the index could still be written): the next run reuses them, a `prune` frees
+/// them.
+fn full_disk_hint(repo: &Repo, e: Error) -> Error {
+    let full = matches!(&e, Error::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()));
+    if !full {
+        return e;
+    }
+    let at = repo.backend.location();
+    let dest = if at.starts_with('/') {
+        format!("file://{at}")
+    } else {
+        at
+    };
+    Error::Other(format!(
+        "{e}: the repository's file system is full. What this run uploaded stays there, \
+         in no snapshot: free space and run the backup again (it reuses that data), or \
+         run `snapring prune --dest {dest}` to remove it"
+    ))
 }
 
 /// Releases `lock`; a lock file that cannot be removed is left, with a warning saying
