@@ -1426,6 +1426,12 @@ pub fn exists_at(dir: BorrowedFd<'_>, name: &[u8]) -> io::Result<bool> {
     }
 }
 
+/// Flushes directory `path` (fsync): the names just made, linked or renamed in it
+/// survive a crash or power cut once this returns.
+pub fn sync_dir(path: &std::path::Path) -> io::Result<()> {
+    std::fs::File::open(path)?.sync_all()
+}
+
 /// Flushes the whole file system holding `fd` (one call instead of an fsync per file).
 pub fn sync_fs(fd: BorrowedFd<'_>) -> io::Result<()> {
     Ok(rfs::syncfs(fd)?)

@@ -152,7 +152,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         return Err(e);
     }
     if let Some(dir) = path.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
+        crate::fsx::sync_dir(dir)?;
     }
     Ok(())
 }
@@ -201,7 +201,8 @@ pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 
 /// Creates `path` with `bytes` as its complete content, only if it does not exist:
 /// written and flushed under a private name, then hard-linked to `path` (which fails if
-/// it exists, atomically, on local file systems and NFS alike). `false`: it existed.
+/// it exists, atomically, on local file systems and NFS alike), and `path`'s directory
+/// flushed (the new name survives a power cut). `false`: it existed.
 /// A link refused as existing whose name is this call's own inode counts as made: on
 /// NFS a `LINK` whose reply was lost is sent again, and a server whose duplicate-request
 /// cache no longer holds it answers "exists" to the caller's own link.
@@ -244,7 +245,14 @@ pub fn create_exclusive_via(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::R
     let _ = std::fs::remove_file(&tmp);
     match r {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(made),
+        // The new name made durable before it is acted on: a power cut must not lose a
+        // plan, a unit's commit or a run's finalized mark that others already read.
+        _ if made => {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            crate::fsx::sync_dir(dir.unwrap_or(Path::new(".")))?;
+            Ok(true)
+        }
+        _ => Ok(false),
     }
 }
 

@@ -181,6 +181,51 @@ fn copies_read_only_what_changed_and_restore_equal_to_the_store_snapshot() {
     }
 }
 
+/// Store snapshots that differ only by a `user.*` xattr on one file (the store copies
+/// that file, same content): each copy carries its own snapshot's xattrs, whichever
+/// way they differ from its parent copy's (gained, lost), though the content is reused
+/// by the manifests.
+#[test]
+fn copies_of_snapshots_differing_only_by_an_xattr_carry_each_ones_xattrs() {
+    let f = Fixture::new();
+    let file = "d0/f3";
+    let xattrs = |root: &Path| -> Vec<(Vec<u8>, Vec<u8>)> {
+        xattrs_of(&root.join(file))
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(b"user."))
+            .collect()
+    };
+    let tagged = vec![(b"user.snapring-test".to_vec(), b"v1".to_vec())];
+    f.store_backup("7");
+    set_xattr(&f.src.join(file), "user.snapring-test", b"v1");
+    f.store_backup("7");
+    std::fs::remove_file(f.src.join(file)).unwrap();
+    write(&f.src.join(file), &pseudo_random(20_000 + 3000, 3));
+    f.store_backup("7");
+    let store = f.backups.join("fs-1");
+    let want = [
+        ("daily.1", tagged.clone()),
+        ("daily.2", Vec::new()),
+        ("daily.0", Vec::new()),
+    ];
+    for (name, x) in &want {
+        assert_eq!(&xattrs(&store.join(name)), x, "store {name}");
+    }
+    // The one with the xattr first, then the one without (its parent has it), then
+    // the newest (its parent, the one without).
+    for (i, (name, x)) in want.iter().enumerate() {
+        let r = f.copy(name);
+        assert_eq!(r["status"], "complete", "{r}");
+        let restored = f.restore(r["snapshot"].as_str().unwrap(), &format!("r{i}"));
+        assert_eq!(&xattrs(&restored), x, "copy of {name}: {r}");
+        assert_same_tree(
+            &describe(&store.join(name)),
+            &describe(&restored),
+            &format!("copy of {name}"),
+        );
+    }
+}
+
 #[test]
 fn without_the_parents_manifest_unchanged_files_are_reused_by_inode() {
     let f = Fixture::new();

@@ -867,6 +867,65 @@ fn a_run_under_a_new_hostname_is_told_of_the_other_hosts_snapshots() {
 /// naming the files it had begun; run again once there is room, the same command
 /// finishes the job (it said only "cannot write …: No space left on device", left
 /// half-written files named nowhere, and refused the rerun: "is not empty").
+/// A backup into a repository whose file system fills up fails, and says what becomes
+/// of the packs it did write: the next run reuses them, `snapring prune` removes them;
+/// the prune it names frees the space.
+#[test]
+fn a_repository_backup_failing_on_a_full_disk_names_the_prune_that_frees_its_uploads() {
+    use common::restic::{pseudo_random, sr};
+    use std::process::Command;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..5 {
+        write(&src.join(format!("f{i}")), &pseudo_random(8 << 20, 10 + i));
+    }
+    /// A tmpfs, unmounted however the test ends.
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let small = t.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    let _mounted = Tmpfs(small.clone());
+    let url = common::restic::file_url(&small.join("repo"));
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = sr(&["backup", "--source", src.to_str().unwrap(), "--dest", &url]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let prune = format!("snapring prune --dest {url}");
+    assert!(
+        err.contains("No space left on device") && err.contains(&prune),
+        "the failure does not name `{prune}`:\n{err}"
+    );
+    fn used(d: &std::path::Path) -> u64 {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => used(&e.path()),
+                _ => e.metadata().map(|m| m.len()).unwrap_or(0),
+            })
+            .sum()
+    }
+    let data = small.join("repo/data");
+    assert!(used(&data) > 1 << 20, "the failed run left no packs");
+    let (code, out, err) = sr(&["prune", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(used(&data), 0, "the prune left the failed run's packs");
+}
+
 #[test]
 fn a_repository_restore_into_a_full_target_is_finished_by_running_it_again() {
     use common::restic::{pseudo_random, repo_of, sr};
@@ -1013,5 +1072,67 @@ fn one_big_files_chunks_are_sealed_at_once() {
     assert!(
         std::fs::read(to.join("big")).unwrap() == data,
         "restored bytes differ"
+    );
+}
+
+/// The threads packing a big file's chunks come out of the run's `--jobs`: with
+/// `--jobs 1` the process has its main thread (waiting for the walk), the walk's one
+/// thread (which reads the file, and packs a chunk when the packing thread is busy)
+/// and one packing thread, not one per core, besides the lock's refresher. Counted in
+/// /proc while the first two seals wait: every thread that packs is then started and
+/// none is done.
+#[test]
+fn a_big_files_chunk_threads_respect_the_jobs() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    std::fs::create_dir(&src).unwrap();
+    write(
+        &src.join("big"),
+        &common::restic::pseudo_random(12 << 20, 7),
+    );
+    let url = common::restic::file_url(&repo);
+    let (code, out, err) = common::restic::sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (first, second) = (t.path().join("seal1"), t.path().join("seal2"));
+    let child = std::process::Command::new(bin())
+        .args(["backup", "--jobs", "1", "--source"])
+        .arg(&src)
+        .args(["--dest", &url])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!(
+                "restic.packer.seal=pause:{}@1;restic.packer.seal=pause:{}@2",
+                first.display(),
+                second.display()
+            ),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&first);
+    wait_for(&second);
+    let tasks = std::path::PathBuf::from(format!("/proc/{}/task", child.id()));
+    let names: Vec<String> = std::fs::read_dir(&tasks)
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|c| c.trim().to_string())
+        .collect();
+    std::fs::remove_file(&first).unwrap();
+    std::fs::remove_file(&second).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let working = names.iter().filter(|n| *n != "restic-lock").count();
+    assert!(
+        working <= 3,
+        "with --jobs 1, {working} threads besides the lock's (main, the walk's, at most one \
+         packing): {names:?}"
     );
 }

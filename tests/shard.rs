@@ -4251,3 +4251,72 @@ fn a_spine_directory_gone_before_finalize_makes_the_run_partial_with_true_counts
     // The store's check agrees with the snapshot it holds.
     verify_clean(&e, "daily.0");
 }
+
+/// Each state file a worker makes by linking it into place (the plan, a unit's commit
+/// in `done/`, the run's joins) has its directory flushed after the link, by the
+/// process that linked it: without that fsync a power cut can lose a commit that the
+/// run's finalize already counted. Seen with `strace` (skipped where it cannot run).
+#[test]
+fn a_worker_flushes_the_directory_of_each_state_file_it_links_into_place() {
+    let e = env();
+    let t = tempfile::tempdir().unwrap();
+    let trace = t.path().join("trace");
+    let w = worker(&e, &["--shard", "0/1", "--run-id", "st"], &[]);
+    let mut c = Command::new("strace");
+    c.args(["-f", "-y", "-qq", "-e", "trace=linkat,fsync", "-o"])
+        .arg(&trace)
+        .arg(w.get_program())
+        .args(w.get_args())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in w.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let o = match c.output() {
+        Ok(o) => o,
+        Err(err) => {
+            eprintln!("skipped: strace does not run here: {err}");
+            return;
+        }
+    };
+    let log = std::fs::read_to_string(&trace).unwrap_or_default();
+    if !o.status.success() && !log.contains("linkat(") {
+        eprintln!("skipped: strace cannot trace here: {}", text(&o));
+        return;
+    }
+    assert!(o.status.success(), "{}", text(&o));
+    let lines: Vec<&str> = log.lines().collect();
+    let shards = e.dest.join(".snapring/shards");
+    let shards = shards.to_str().unwrap();
+    let mut linked = 0;
+    for (i, l) in lines.iter().enumerate() {
+        // strace pads the pid to a width.
+        let Some((pid, call)) = l.split_once(' ') else {
+            continue;
+        };
+        let call = call.trim_start();
+        if !call.starts_with("linkat(") || !call.ends_with("= 0") {
+            continue;
+        }
+        // The new name: the last quoted string.
+        let to = call.rsplit('"').nth(1).unwrap();
+        if !to.starts_with(shards) {
+            continue;
+        }
+        linked += 1;
+        let dir = Path::new(to).parent().unwrap().to_str().unwrap();
+        let flushed = format!("<{dir}>) = 0");
+        assert!(
+            lines[i + 1..]
+                .iter()
+                .any(|m| m.split_once(' ').is_some_and(|(p, m)| p == pid
+                    && m.trim_start().starts_with("fsync(")
+                    && m.ends_with(&flushed))),
+            "{to} linked, its directory not flushed after:\n{log}"
+        );
+    }
+    assert!(linked >= 3, "the plan and commits were linked:\n{log}");
+}

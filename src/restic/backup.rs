@@ -31,7 +31,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -376,6 +376,7 @@ pub fn snapshot_locked(
         parent_id: parent.as_ref().map(|(id, _)| *id),
         with_atime: spec.with_atime,
         one_fs,
+        chunk_threads: AtomicUsize::new(spec.jobs.max(1)),
         ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {
@@ -401,15 +402,15 @@ pub fn snapshot_locked(
     let root = match walked {
         Ok(root) if !spec.cancel.load(Ordering::Relaxed) => root,
         Ok(_) | Err(Error::Cancelled) => {
-            report.added = packer.finish(repo)?;
+            report.added = packer.finish(repo).map_err(|e| full_disk_hint(repo, e))?;
             return stopped(report, lock);
         }
         Err(e) => {
             let _ = packer.index_written(repo);
-            return Err(e);
+            return Err(full_disk_hint(repo, e));
         }
     };
-    report.added = packer.finish(repo)?;
+    report.added = packer.finish(repo).map_err(|e| full_disk_hint(repo, e))?;
     let mut tags = spec.tags;
     if !report.problems.is_empty() {
         tags.push(super::snapshot::PARTIAL_TAG.into());
@@ -472,6 +473,30 @@ pub fn snapshot_locked(
     .into();
     report.duration_seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// A run failed on a full repository file system (ENOSPC writing a pack or an index):
+/// the error, and what to do about the packs the run did write, which stay (indexed
+/// where the index could still be written): the next run reuses them, a `prune` frees
+/// them.
+fn full_disk_hint(repo: &Repo, e: Error) -> Error {
+    let full = matches!(&e, Error::Io { source, .. }
+        if source.kind() == std::io::ErrorKind::StorageFull
+            || source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()));
+    if !full {
+        return e;
+    }
+    let at = repo.backend.location();
+    let dest = if at.starts_with('/') {
+        format!("file://{at}")
+    } else {
+        at
+    };
+    Error::Other(format!(
+        "{e}: the repository's file system is full. What this run uploaded stays there, \
+         in no snapshot: free space and run the backup again (it reuses that data), or \
+         run `snapring prune --dest {dest}` to remove it"
+    ))
 }
 
 /// Releases `lock`; a lock file that cannot be removed is left, with a warning saying
@@ -941,6 +966,9 @@ struct Run<'a> {
     counts: Counts,
     /// Big files being read ([`BIG_READS`] at most).
     big_reads: crate::concurrency::Slots,
+    /// Threads the run may still start to pack big files' chunks ([`Run::chunks_at_once`]):
+    /// the run's `--jobs` in all, whatever the number of big files read at once.
+    chunk_threads: AtomicUsize,
     problems: Mutex<Vec<EntryProblem>>,
     /// The source's tree, once its root directory is finished.
     root_tree: Mutex<Option<Id>>,
@@ -1302,14 +1330,25 @@ const BIG_READS: usize = 8;
 /// Files at least this big have their chunks packed by [`CHUNK_WORKERS_N`] threads
 /// ([`Run::chunks_at_once`]): a few chunks (512 KiB to 8 MiB each, 1.5 MiB on average).
 const PIPELINE_FILE: u64 = 2 * 1024 * 1024;
-/// Threads packing one big file's chunks: the machine's cores (at least 2, at most
-/// 4): a big file read alone uses them all, and [`BIG_READS`] of them at once share.
+/// Threads packing one big file's chunks, at most: the machine's cores (at least 2, at
+/// most 4): a big file read alone uses them all. They come out of the run's budget of
+/// `--jobs` threads ([`Run::chunk_threads`]): big files read at once share it, and one
+/// that gets none packs its chunks on the reading thread.
 static CHUNK_WORKERS_N: std::sync::LazyLock<usize> = std::sync::LazyLock::new(|| {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2)
         .clamp(2, 4)
 });
+/// Chunk threads taken from [`Run::chunk_threads`], given back when dropped.
+struct ChunkThreads<'a>(usize, &'a AtomicUsize);
+
+impl Drop for ChunkThreads<'_> {
+    fn drop(&mut self) {
+        self.1.fetch_add(self.0, Ordering::AcqRel);
+    }
+}
+
 /// Reads of a file that changes while it is read, at most (the store's retries).
 const READ_TRIES: u32 = 3;
 
@@ -1343,6 +1382,7 @@ impl<'a> Run<'a> {
             reuse: None,
             counts: Counts::default(),
             big_reads: Default::default(),
+            chunk_threads: AtomicUsize::new(0),
             problems: Mutex::default(),
             root_tree: Mutex::default(),
             parent_root: None,
@@ -1813,8 +1853,9 @@ impl<'a> Run<'a> {
         // than wait for ever.
         let rx = Arc::new(Mutex::new(rx));
         let ids: Mutex<Vec<Option<Id>>> = Mutex::default();
+        let threads = self.take_chunk_threads(*CHUNK_WORKERS_N);
         let read = std::thread::scope(|s| {
-            for _ in 0..*CHUNK_WORKERS_N {
+            for _ in 0..threads.0 {
                 let rx = rx.clone();
                 let ids = &ids;
                 s.spawn(move || {
@@ -1839,8 +1880,26 @@ impl<'a> Run<'a> {
             drop(rx);
             let mut n = 0usize;
             let read = self.cut(f, p, len, hasher, &mut |chunk| {
-                tx.send((n, std::mem::take(chunk)))
-                    .map_err(|_| Fail::Stop)?;
+                // The threads all busy and one chunk waiting (or no thread): this one
+                // is packed here, the reading thread the last of the file's packers.
+                let sent = match threads.0 {
+                    0 => Err(std::mem::take(chunk)),
+                    _ => match tx.try_send((n, std::mem::take(chunk))) {
+                        Ok(()) => Ok(()),
+                        Err(std::sync::mpsc::TrySendError::Full((_, c))) => Err(c),
+                        Err(std::sync::mpsc::TrySendError::Disconnected(_)) => {
+                            return Err(Fail::Stop);
+                        }
+                    },
+                };
+                if let Err(c) = sent {
+                    let id = self.save(BlobType::Data, &c)?;
+                    let mut v = lock(&ids);
+                    if v.len() <= n {
+                        v.resize(n + 1, None);
+                    }
+                    v[n] = Some(id);
+                }
                 n += 1;
                 Ok(())
             });
@@ -1854,6 +1913,19 @@ impl<'a> Run<'a> {
             return Err(Fail::Stop);
         }
         Ok((ids.into_iter().flatten().collect(), total))
+    }
+
+    /// Up to `want` of the run's chunk threads ([`Run::chunk_threads`]), given back
+    /// when the result is dropped; none when all are in use.
+    fn take_chunk_threads(&self, want: usize) -> ChunkThreads<'_> {
+        let mut got = 0;
+        let _ = self
+            .chunk_threads
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |free| {
+                got = free.min(want);
+                Some(free - got)
+            });
+        ChunkThreads(got, &self.chunk_threads)
     }
 
     /// Wraps the source's tree in one tree per ancestor directory, up to `/`, as
@@ -2010,6 +2082,7 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
         excludes: spec.excludes,
         unit_rel: spec.rel.clone(),
         root_fd: Mutex::new(spec.walk_fd),
+        chunk_threads: AtomicUsize::new(spec.jobs.max(1)),
         ..Run::new(&spec.walk_root, repo, &packer, &tables, &spec.cancel, &stop)
     };
     let root_sub = Sub {
