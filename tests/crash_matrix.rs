@@ -201,6 +201,9 @@ const NOT_IN_MATRIX: &[&str] = &[
     // A pause of a fill thread before it opens the file the walk created, for a test
     // to replace or delete it (tests/restore_races.rs): that file is a problem.
     "restic.restore.before_fill",
+    // A kill while directories get their metadata, after every file is written
+    // (tests/restic_runs.rs): the rerun finishes them.
+    "restic.restore.dirs",
     // A pause just after a directory's listing, for a test to rename in it
     // (tests/hostile_source.rs): the listing is read again, nothing written yet.
     "walk.listed",

@@ -1136,3 +1136,221 @@ fn a_big_files_chunk_threads_respect_the_jobs() {
          packing): {names:?}"
     );
 }
+
+/// snapring with the test password and `SNAPRING_FAILPOINTS` set: (exit code or -1
+/// when killed, stdout, stderr).
+fn sr_failing(args: &[&str], failpoints: &str) -> (i32, String, String) {
+    let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    let out = snapring(
+        &a,
+        &[
+            ("SNAPRING_PASSWORD", common::restic::PASSWORD),
+            ("SNAPRING_FAILPOINTS", failpoints),
+        ],
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A repository restore killed while its directories get their metadata (every file
+/// written) keeps its record until they have it: run again, it sets the rest. The
+/// record went first, so a kill there left the directories root's, 0700, with the
+/// wrong times, and the rerun was refused ("is not empty").
+#[test]
+fn a_repository_restore_killed_while_directories_get_their_metadata_is_finished_by_a_rerun() {
+    use common::restic::{repo_of, sr};
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let as_root = rustix::process::geteuid().is_root();
+    for i in 0..6 {
+        let d = src.join(format!("d{i}"));
+        write(&d.join("f"), format!("file {i}").as_bytes());
+        write(&d.join("e/g"), b"deeper");
+    }
+    let mut dirs: Vec<_> = describe(&src)
+        .into_iter()
+        .filter(|(_, d)| d.kind == "dir")
+        .map(|(k, _)| src.join(OsStr::from_bytes(&k)))
+        .collect();
+    // Deepest first: a directory's time after its children's changes.
+    dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for (i, d) in dirs.iter().enumerate() {
+        if as_root {
+            std::os::unix::fs::chown(d, Some(1234), Some(1234 + i as u32)).unwrap();
+        }
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o751)).unwrap();
+        let f = std::fs::File::open(d).unwrap();
+        let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000 + i as u64);
+        f.set_times(
+            std::fs::FileTimes::new()
+                .set_modified(when)
+                .set_accessed(when),
+        )
+        .unwrap();
+    }
+    let url = repo_of(&t.path().join("repo"), &src);
+    let to = t.path().join("to");
+    let args = common::restic::restore_latest(&url, &to);
+    // Killed at the fourth directory: some have their metadata, the others not.
+    let (code, out, err) = sr_failing(&args, "restic.restore.dirs=kill@4");
+    assert_eq!(code, -1, "killed: {out}\n{err}");
+    assert!(
+        to.join(".snapring-restore-unfinished").exists(),
+        "the record stays until every directory has its metadata"
+    );
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 0, "the rerun finishes it: {out}\n{err}");
+    assert!(!to.join(".snapring-restore-unfinished").exists());
+    assert_same_tree(&describe(&src), &describe(&to), "finished by the rerun");
+}
+
+/// A tmpfs mounted on a new directory `dir`, unmounted however the test ends; `None`
+/// when it cannot be mounted (not root).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir(dir).unwrap();
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success())
+            .then(|| Tmpfs(dir.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Fills the file system holding `dir` (a file `dir/fill`, written until it is full).
+fn fill_up(dir: &Path) {
+    use std::io::Write;
+    let mut f = std::fs::File::create(dir.join("fill")).unwrap();
+    let block = vec![7u8; 64 << 10];
+    while f.write_all(&block).is_ok() {}
+    let one = [7u8];
+    while f.write_all(&one).is_ok() {}
+}
+
+/// A `--path` that is not in the snapshot is refused before anything is made: no
+/// `--to`, no record naming that path (which refused the corrected command: "holds an
+/// unfinished restore of another snapshot or path").
+#[test]
+fn a_repository_restore_of_a_path_not_in_the_snapshot_writes_nothing() {
+    use common::restic::{repo_of, sr};
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("sub/f"), b"in sub");
+    write(&src.join("other"), b"other");
+    let url = repo_of(&t.path().join("repo"), &src);
+    let to = t.path().join("to");
+    for flat in [false, true] {
+        let mut args = restore_latest(&url, &to).to_vec();
+        args.extend(["--path", "nosuch/dir"]);
+        if flat {
+            args.push("--flat");
+        }
+        let (code, out, err) = sr(&args);
+        assert_eq!(code, 1, "flat {flat}: {out}\n{err}");
+        assert!(err.contains("nosuch/dir is not in the snapshot"), "{err}");
+        assert!(!to.exists(), "flat {flat}: nothing made");
+    }
+    let args = [&restore_latest(&url, &to)[..], &["--path", "sub"]].concat();
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(std::fs::read(to.join("sub/f")).unwrap(), b"in sub");
+    assert!(!to.join("other").exists());
+    assert!(!to.join(".snapring-restore-unfinished").exists());
+}
+
+/// A repository restore into a target whose file system is full before the record's
+/// first line is written says so and leaves no record (an empty one stayed, and the
+/// rerun was refused: "is not empty"); an empty record alone in `--to` (a restore
+/// killed before its first line) is taken as this restore's, which starts afresh.
+#[test]
+fn a_repository_restore_whose_record_cannot_be_written_leaves_none() {
+    use common::restic::{repo_of, sr};
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("a"), b"a file");
+    write(&src.join("d/b"), b"another");
+    let url = repo_of(&t.path().join("repo"), &src);
+    let Some(small) = Tmpfs::mount(&t.path().join("small"), "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    fill_up(&small.0);
+    let to = small.0.join("r");
+    let args = restore_latest(&url, &to);
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("cannot write the record of unfinished work")
+            && err.contains("nothing was restored (the record removed)"),
+        "{err}"
+    );
+    let left: Vec<_> = std::fs::read_dir(&to).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    std::fs::remove_file(small.0.join("fill")).unwrap();
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&to),
+        "restored once there is room",
+    );
+    // Killed between making the record and writing its first line.
+    let to2 = small.0.join("r2");
+    std::fs::create_dir(&to2).unwrap();
+    std::fs::write(to2.join(".snapring-restore-unfinished"), b"").unwrap();
+    let args = restore_latest(&url, &to2);
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!to2.join(".snapring-restore-unfinished").exists());
+    assert_same_tree(&describe(&src), &describe(&to2), "over an empty record");
+    // Not with anything else there.
+    let to3 = small.0.join("r3");
+    std::fs::create_dir(&to3).unwrap();
+    std::fs::write(to3.join(".snapring-restore-unfinished"), b"").unwrap();
+    std::fs::write(to3.join("theirs"), b"").unwrap();
+    let (code, _, err) = sr(&restore_latest(&url, &to3));
+    assert_eq!(code, 1);
+    assert!(err.contains("is not empty"), "{err}");
+}
+
+/// The message of a repository restore stopped by a full target names the file it
+/// was writing escaped (`%0A` for a newline), as its other paths are, on stderr and in
+/// `--json`: the raw name broke the line in two.
+#[test]
+fn a_stopped_repository_restore_names_the_file_escaped() {
+    use common::restic::{pseudo_random, repo_of, sr};
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("d\nir/f\nx"), &pseudo_random(3 << 20, 7));
+    let url = repo_of(&t.path().join("repo"), &src);
+    let Some(small) = Tmpfs::mount(&t.path().join("small"), "1m") else {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    };
+    let to = small.0.join("r");
+    let (code, out, err) = sr(&restore_latest(&url, &to));
+    assert_eq!(code, 1, "{out}\n{err}");
+    let want = format!("while writing {}/d%0Air/f%0Ax:", to.display());
+    assert!(err.contains(&want) && !err.contains("d\nir"), "{err}");
+    std::fs::remove_dir_all(&to).unwrap();
+    let args = [&restore_latest(&url, &to)[..], &["--json"]].concat();
+    let (code, out, err) = sr(&args);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let msg = v["message"].as_str().unwrap();
+    assert!(msg.contains(&want) && !msg.contains('\n'), "{msg}");
+}

@@ -809,7 +809,12 @@ pub fn restore(
             snapring::restore::RestoreReport::not_started(&opts, started_at.clone(), String::new());
         if let Some(e) = &r.stopped {
             // Stopped before it was done: what it wrote stays, with the record of
-            // unfinished work, and the same restore run again finishes it.
+            // unfinished work, and the same restore run again finishes it. Paths
+            // escaped (`%0A` for a newline), as the files and problems are named.
+            let shown = |p: &Path| {
+                use std::os::unix::ffi::OsStrExt;
+                snapring::relpath::escape(p.as_os_str().as_bytes())
+            };
             let done = format!(
                 "{} files ({}) restored{}, {} unfinished (named in {}), the rest not begun",
                 r.files,
@@ -819,7 +824,7 @@ pub fn restore(
                     k => format!(" ({k} of them by the stopped restore before)"),
                 },
                 r.unfinished.len(),
-                r.record.as_deref().unwrap_or(Path::new("?")).display(),
+                shown(r.record.as_deref().unwrap_or(Path::new("?"))),
             );
             let again = "run the same restore again: it keeps the files already whole and \
                          writes the others";
@@ -838,14 +843,24 @@ pub fn restore(
                     "the restore's target file system is full ({}) while writing {}: the restore \
                      stopped; the repository is untouched; {done}; {} and {again}",
                     why.as_str(),
-                    path.display(),
+                    shown(&path),
                     why.remedy(),
                 ),
                 _ if matches!(e, restic::Error::Cancelled) || is_stopped() => format!(
                     "interrupted; the restore into {} is incomplete: {done}; {again}",
-                    a.to.display()
+                    shown(&a.to)
                 ),
-                _ => format!("{e}: the restore stopped; {done}; {again}"),
+                _ => match e {
+                    restic::Error::Io {
+                        action,
+                        path,
+                        source,
+                    } => format!(
+                        "cannot {action} {}: {source}: the restore stopped; {done}; {again}",
+                        shown(path)
+                    ),
+                    e => format!("{e}: the restore stopped; {done}; {again}"),
+                },
             };
             out.status = if matches!(e, restic::Error::Cancelled) || is_stopped() {
                 Status::Incomplete

@@ -104,16 +104,30 @@ impl Record {
         let name = fsx::restore_record_name(fd, roots);
         let header = fsx::restore_record_header(fd);
         let path = to.join(OsStr::from_bytes(&name));
-        if !fsx::dir_has_entries(b(fd)).map_err(io_err("read", to))? {
-            let mut f =
-                std::fs::File::from(fsx::create_at(b(fd), &name).map_err(io_err("create", &path))?);
-            f.write_all(&[header.as_slice(), what.as_bytes()].concat())
-                .map_err(io_err("write", &path))?;
-            return Ok(Record {
-                name,
+        let fresh = |f: OwnedFd| -> Result<Record> {
+            let written =
+                std::fs::File::from(f).write_all(&[header.as_slice(), what.as_bytes()].concat());
+            if let Err(e) = written {
+                // Not left empty (a rerun took it for another's file: "not empty"): the
+                // restore has not begun, and `to` is empty again.
+                let removed = fsx::unlink_at(b(fd), &name).is_ok();
+                return Err(Error::Other(format!(
+                    "cannot write the record of unfinished work {}: {e}; nothing was restored{}",
+                    crate::relpath::escape(path.as_os_str().as_bytes()),
+                    match removed {
+                        true => " (the record removed)",
+                        false => "",
+                    }
+                )));
+            }
+            Ok(Record {
+                name: name.clone(),
                 rerun: false,
                 unfinished: Default::default(),
-            });
+            })
+        };
+        if !fsx::dir_has_entries(b(fd)).map_err(io_err("read", to))? {
+            return fresh(fsx::create_at(b(fd), &name).map_err(io_err("create", &path))?);
         }
         let not_empty = || {
             Error::Other(format!(
@@ -130,6 +144,22 @@ impl Record {
             }
             Err(e) if fsx::errno_is(&e, rustix::io::Errno::NOENT) => return Err(not_empty()),
             Err(e) => return Err(io_err("open", &path)(e)),
+        }
+        // An empty record, the only entry of `to`: a restore killed (or stopped by a
+        // full file system) between making its record and writing its first line, which
+        // had begun nothing else. Written again, this restore starts afresh.
+        if text.is_empty() && fsx::list_dir(b(fd)).map_err(io_err("read", to))? == [name.clone()] {
+            let f = rustix::fs::openat(
+                fd,
+                name.as_slice(),
+                rustix::fs::OFlags::WRONLY
+                    | rustix::fs::OFlags::TRUNC
+                    | rustix::fs::OFlags::NOFOLLOW
+                    | rustix::fs::OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| io_err("open", &path)(e.into()))?;
+            return fresh(f);
         }
         let Some(body) = text.strip_prefix(header.as_slice()) else {
             return Err(not_empty());
@@ -186,7 +216,12 @@ fn root_names(repo: &Repo, start: Id, sub: &[Vec<u8>], flat: bool) -> Result<Vec
     };
     match sub.split_first() {
         None => tree_names(start),
-        Some((first, _)) if !flat => Ok(vec![first.clone()]),
+        Some((first, _)) if !flat => {
+            // Not in the snapshot: said before anything is made (nor a record left
+            // naming it, which refused the corrected command).
+            find_node(repo, start, sub)?;
+            Ok(vec![first.clone()])
+        }
         Some(_) => {
             let n = find_node(repo, start, sub)?;
             match n.subtree {
@@ -432,7 +467,7 @@ struct Filled {
 /// Restores snapshot `name` (`latest`, an id or a prefix) into `to`: all of it, or only
 /// the entry at `sub` (components under the snapshot's source), at the same relative
 /// place under `to`, or (`flat`) a directory's contents straight into `to` and a file
-/// as `to/NAME`. `make_to` makes `to` once the snapshot is found and opens it (the
+/// as `to/NAME`. `make_to` makes `to` once the snapshot and `sub` in it are found, and opens it (the
 /// caller resolves and checks it as the store's restore does: its missing part made
 /// one directory at a time, never through a symlink); it must be empty. `cancel` set
 /// stops it with [`Error::Cancelled`], leaving what was written.
@@ -450,6 +485,8 @@ pub fn restore(
     // The source directory's own node, when the snapshot is of one path: its tree is
     // what is restored, and its metadata goes onto `to`.
     let (start, top) = snapshot::source_tree(repo, &snap)?;
+    // `sub` is found in the snapshot before `to` is made or written.
+    let roots = root_names(repo, start, sub, flat)?;
     let target = To {
         path: to,
         fd: make_to()?,
@@ -460,7 +497,7 @@ pub fn restore(
         u8::from(flat),
         crate::relpath::escape(&sub.join(&b'/'))
     );
-    let record = Record::open(&target.fd, to, &root_names(repo, start, sub, flat)?, &what)?;
+    let record = Record::open(&target.fd, to, &roots, &what)?;
     let unfinished = std::sync::Mutex::new(Vec::new());
     let to_id = fsx::fstat(b(&target.fd))
         .map(|m| (m.dev, m.ino))
@@ -557,29 +594,46 @@ pub fn restore(
         report.duration_seconds = started.elapsed().as_secs_f64();
         return Ok(report);
     }
-    // The whole snapshot walked: the record goes, before `to` gets its metadata.
-    if let Err(e) = fsx::unlink_at(b(&target.fd), &record.name) {
-        return Err(io_err("remove", to.join(OsStr::from_bytes(&record.name)))(
-            e,
-        ));
-    }
-    for (p, n, id) in &dirs {
+    // The whole snapshot walked: directories get their metadata, deepest first, and
+    // only then does the record go (a restore killed before is run again: it finds its
+    // directories, 0700 again until the end, and sets their metadata once more; with
+    // the record gone first, a kill here left them root's, 0700, and the rerun was
+    // refused as "not empty").
+    let set_dir = |p: &Path, n: &Node, id: (u64, u64)| {
         let same = |fd: OwnedFd| match fsx::fstat(b(&fd)) {
-            Ok(m) if (m.dev, m.ino) == *id => Ok(fd),
+            Ok(m) if (m.dev, m.ino) == id => Ok(fd),
             Ok(_) => Err(std::io::Error::new(
                 std::io::ErrorKind::NotFound,
                 "replaced by another directory while the restore ran: its metadata is not set",
             )),
             Err(e) => Err(e),
         };
-        let done = target
+        target
             .dir(p)
             .and_then(same)
             .map_err(io_err("open", p))
-            .and_then(|fd| metadata_fd(as_root, n, b(&fd), p));
-        if let Err(e) = done {
-            problems.add(p, crate::report::ProblemKind::Metadata, "set metadata", e);
+            .and_then(|fd| metadata_fd(as_root, n, b(&fd), p))
+    };
+    let mut to_set = false;
+    for (p, n, id) in &dirs {
+        // Tests kill the restore here, with directories' metadata half applied.
+        let _ = crate::failpoint::hit("restic.restore.dirs");
+        match set_dir(p, n, *id) {
+            Ok(()) => to_set |= p.as_path() == to,
+            Err(e) => problems.add(p, crate::report::ProblemKind::Metadata, "set metadata", e),
         }
+    }
+    if let Err(e) = fsx::unlink_at(b(&target.fd), &record.name) {
+        return Err(io_err("remove", to.join(OsStr::from_bytes(&record.name)))(
+            e,
+        ));
+    }
+    // Removing the record changed `to`'s modification time: set again.
+    if to_set
+        && let Some((p, n, id)) = dirs.iter().rev().find(|(p, ..)| p.as_path() == to)
+        && let Err(e) = set_dir(p, n, *id)
+    {
+        problems.add(p, crate::report::ProblemKind::Metadata, "set metadata", e);
     }
     report.problems = problems
         .list
@@ -1181,6 +1235,9 @@ impl Restorer<'_> {
         let to_fd = Arc::new(self.to.fd.try_clone().map_err(io_err("open", to))?);
         match sub.split_last() {
             None => {
+                if top.is_some() {
+                    self.to_writable(&to_fd)?;
+                }
                 self.tree(start, &to_fd, to)?;
                 if let Some(n) = top {
                     self.dirs.push((to.to_path_buf(), n, to_id));
@@ -1190,6 +1247,7 @@ impl Restorer<'_> {
                 let n = find_node(self.repo, start, sub)?;
                 match (flat, n.subtree) {
                     (true, Some(t)) if n.kind == "dir" => {
+                        self.to_writable(&to_fd)?;
                         self.tree(t, &to_fd, to)?;
                         self.dirs.push((to.to_path_buf(), n, to_id));
                     }
@@ -1223,6 +1281,17 @@ impl Restorer<'_> {
         Ok(())
     }
 
+    /// On a rerun, `to` (which gets the snapshot's metadata at the end) made 0700 again,
+    /// as its other directories: a restore stopped while directories got their metadata
+    /// may have set `to`'s mode already (0555 left its owner unable to write there).
+    fn to_writable(&self, to_fd: &OwnedFd) -> Result<()> {
+        if !self.record.rerun {
+            return Ok(());
+        }
+        rustix::fs::fchmod(to_fd, Mode::from_raw_mode(0o700))
+            .map_err(|e| io_err("set the mode of", self.to.path)(e.into()))
+    }
+
     /// The entries of tree `id` into the directory `dir` (at `path`, for messages).
     fn tree(&mut self, id: Id, dir: &Arc<OwnedFd>, path: &Path) -> Result<()> {
         let t = Tree::from_blob(&self.repo.read_blob(BlobType::Tree, &id)?, &id)?;
@@ -1250,10 +1319,15 @@ impl Restorer<'_> {
                 // else can change what it holds meanwhile.
                 match fsx::mkdir_at(dir, name) {
                     Ok(()) => {}
-                    // A rerun: the stopped restore's directory.
+                    // A rerun: the stopped restore's directory, its metadata perhaps set
+                    // already (stopped while directories got theirs): 0700 again, as
+                    // made, until its metadata is set at the end.
                     Err(_)
                         if self.record.rerun
-                            && fsx::lstat_at(dir, name).is_ok_and(|m| m.kind == fsx::Kind::Dir) => {
+                            && fsx::lstat_at(dir, name).is_ok_and(|m| m.kind == fsx::Kind::Dir) =>
+                    {
+                        fsx::chmod_nofollow_at(dir, name, 0o700)
+                            .map_err(io_err("set the mode of", p))?;
                     }
                     Err(e) => return Err(io_err("create directory", p)(e)),
                 }
