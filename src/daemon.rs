@@ -351,8 +351,14 @@ impl State<'_> {
         c.args(&self.opts.run_args);
         // The name last, after `--`: a job named `-v` or `--help` is a name, not a flag
         // (it ran as one: no backup, nothing recorded).
-        c.arg("run")
-            .arg("--config")
+        c.arg("run");
+        // The run starts under the daemon's umask, the owner's bits taken out
+        // (`fsx::owner_usable_umask`); its hooks and command notifiers get the user's.
+        let user = crate::fsx::user_umask();
+        if user != crate::fsx::process_umask() {
+            c.arg("--user-umask").arg(format!("{user:04o}"));
+        }
+        c.arg("--config")
             .arg(&config)
             // The file's name for the run's messages (not `/proc/self/fd/N`).
             .arg("--config-name")

@@ -418,10 +418,32 @@ pub fn owner_usable_umask() {
     });
 }
 
-/// The umask the user started the process with ([`owner_usable_umask`]); the process
-/// umask when that was not called.
+/// The user's umask as the daemon that started this run handed it on
+/// ([`take_user_umask`]).
+static HANDED_UMASK: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The umask the user started the process with ([`owner_usable_umask`]), or the one
+/// handed on by the daemon that started it ([`take_user_umask`]); the process umask
+/// when neither was called.
 pub fn user_umask() -> u32 {
-    USER_UMASK.get().copied().unwrap_or_else(process_umask)
+    HANDED_UMASK
+        .get()
+        .or(USER_UMASK.get())
+        .copied()
+        .unwrap_or_else(process_umask)
+}
+
+/// Takes `umask` as the user's (for the hooks, [`user_umask`]): a `snapring daemon`
+/// starts each run with the umask it works under, the owner's bits already taken out
+/// ([`owner_usable_umask`]), and hands on the one the user gave it
+/// (`run --user-umask`). Refused (false, nothing changed) unless it is that working
+/// umask with only owner bits added: a run started another way keeps its own.
+pub fn take_user_umask(umask: u32) -> bool {
+    let started = USER_UMASK.get().copied().unwrap_or_else(process_umask);
+    if umask & !0o777 != 0 || started & 0o700 != 0 || umask & 0o077 != started {
+        return false;
+    }
+    HANDED_UMASK.set(umask).is_ok() || HANDED_UMASK.get() == Some(&umask)
 }
 
 /// The process umask, read once (the first call sets and restores it, so make it before

@@ -698,3 +698,62 @@ fn hooks_run_under_the_users_umask() {
         }
     }
 }
+
+/// Under `snapring daemon` too: each run is a child `snapring run`, started under the
+/// daemon's working umask (the owner's bits taken out), and its pre command and
+/// command notifier still get the umask the user gave the daemon. They got 0077 for
+/// the user's 0277.
+#[test]
+fn hooks_under_the_daemon_run_under_the_users_umask() {
+    let s = setup();
+    let src = tree_with_subdirectories(&s, "src");
+    let base = s.user_dir("d");
+    let cfg = base.join("job.toml");
+    let logged = |name: &str| {
+        let p = base.join(name).display().to_string();
+        format!("[\"/bin/sh\", \"-c\", \"umask > {p}.tmp && mv {p}.tmp {p}\"]")
+    };
+    write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}\"\nschedule = \"* * * * * *\"\n\
+             pre_command = {}\nnotify = [\"cmd\"]\nnotify_success = true\n\n[notify.cmd]\ntype = \"command\"\ncommand = {}\n",
+            src.display(),
+            base.join("store").display(),
+            logged("pre_command"),
+            logged("notifier"),
+        )
+        .as_bytes(),
+    );
+    chmod(&cfg, 0o644);
+    let log = std::fs::File::create(s.root.join("daemon.log")).unwrap();
+    let mut daemon = under_umask(0o277, &s.bin)
+        .args(["daemon".as_ref(), "--config".as_ref(), cfg.as_os_str()])
+        .env_clear()
+        .env("HOME", s.root.join("home"))
+        .env("SNAPRING_CATALOG", base.join("catalog.db"))
+        .uid(USER)
+        .gid(USER)
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let both = || {
+        ["pre_command", "notifier"]
+            .iter()
+            .all(|n| base.join(n).exists())
+    };
+    while !both() && t0.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let pid = rustix::process::Pid::from_raw(daemon.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    daemon.wait().unwrap();
+    let said = std::fs::read_to_string(s.root.join("daemon.log")).unwrap();
+    for name in ["pre_command", "notifier"] {
+        let seen = std::fs::read_to_string(base.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}\n{said}"));
+        assert_eq!(seen.trim(), "0277", "{name}: {said}");
+    }
+}

@@ -2352,3 +2352,98 @@ fn a_long_job_name_wraps_in_its_cell() {
         "{page}"
     );
 }
+
+/// A run page's `?from=N`: a page after the first links back to the first and the
+/// previous page; a `from` at or past the end says there is nothing there, with the
+/// right numbers and a way back ("problems 3000–3000 of 3000 listed" over no rows, and
+/// "5–5 of 0"); a `from` that is not a whole number is a 400 saying why, on the page and
+/// the API. It was taken as 0: the first page, 200.
+#[test]
+fn a_run_pages_from_past_the_end_or_malformed_is_answered_as_such() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    assert_eq!(f.run(EVIL, &f.cfg, &[]), 0);
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    let ids: Vec<String> = db
+        .prepare("SELECT id FROM runs ORDER BY id")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let (id, clean) = (&ids[0], &ids[1]);
+    give_problems(&db, id, 1200);
+    drop(db);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let page = |q: &str| get(&s.addr, &format!("/run/{id}{q}")).body;
+
+    let second = page("?from=500");
+    assert!(
+        second.contains("problems 501–1000 of 1200 listed"),
+        "{second}"
+    );
+    for link in [
+        format!("<a href=\"/run/{id}\">first</a>"),
+        format!("<a href=\"/run/{id}\">previous 500</a>"),
+        format!("<a href=\"/run/{id}?from=1000\">next 200</a>"),
+    ] {
+        assert!(second.contains(&link), "{link}: {second}");
+    }
+    let third = page("?from=1000");
+    assert!(
+        third.contains("problems 1001–1200 of 1200 listed"),
+        "{third}"
+    );
+    assert!(
+        third.contains(&format!("<a href=\"/run/{id}?from=500\">previous 500</a>")),
+        "{third}"
+    );
+    assert!(!third.contains("next"), "{third}");
+    assert!(!page("").contains(">previous"));
+
+    for q in ["?from=1200", "?from=20000", "?from=18446744073709551615"] {
+        let past = page(q);
+        assert!(
+            past.contains("no problems past the 1200 listed"),
+            "{q}: {past}"
+        );
+        assert!(!past.contains("1200–1200"), "{q}: {past}");
+        assert!(
+            past.contains(&format!("<a href=\"/run/{id}\">first page</a>"))
+                && past.contains(&format!("<a href=\"/run/{id}?from=1000\">last page</a>")),
+            "{q}: {past}"
+        );
+        let api = json(&s.addr, &format!("/api/runs/{id}{q}"));
+        assert_eq!(api["problems"].as_array().unwrap().len(), 0, "{q}");
+        assert_eq!(api["problems_listed"], 1200, "{q}");
+        assert!(api["problems_next"].is_null(), "{q}: {api}");
+        assert_eq!(api["problems_previous"], 1000, "{q}: {api}");
+    }
+    let none = get(&s.addr, &format!("/run/{clean}?from=5")).body;
+    assert!(none.contains("no problems listed"), "{none}");
+    assert!(!none.contains("5–5"), "{none}");
+
+    for bad in [
+        "-1",
+        "abc",
+        "1e3",
+        "0x10",
+        "+5",
+        "18446744073709551616",
+        "",
+        "%2D1",
+    ] {
+        for path in [format!("/run/{id}"), format!("/api/runs/{id}")] {
+            let got = http(&s.addr, "GET", &format!("{path}?from={bad}"), &[]);
+            assert_eq!(got.status, 400, "{path}?from={bad}: {}", got.body);
+            assert!(
+                got.body.starts_with(&format!("bad from={bad:?}: ")),
+                "{path}?from={bad}: {}",
+                got.body
+            );
+        }
+    }
+    // Another parameter, or `from` in the fragment, is not a `from`.
+    assert!(page("?x=1&y=abc").contains("problems 1–500 of 1200 listed"));
+    assert!(page("#from=abc").contains("problems 1–500 of 1200 listed"));
+}

@@ -608,6 +608,11 @@ pub struct RunArgs {
     /// (the daemon's running configuration, read through a descriptor).
     #[arg(long, hide = true, value_name = "FILE")]
     pub config_name: Option<PathBuf>,
+    /// The umask the user gave the daemon that starts this run (octal), for the run's
+    /// hooks and command notifiers: the run itself starts under the daemon's working
+    /// umask, the owner's bits taken out.
+    #[arg(long, hide = true, value_name = "OCTAL", value_parser = octal_umask)]
+    pub user_umask: Option<u32>,
     /// Print the run report as JSON on stdout.
     #[arg(long)]
     pub json: bool,
@@ -780,6 +785,14 @@ pub fn in_folder(dest: &mut PathBuf, folder: Option<String>) -> anyhow::Result<(
 fn folder(s: &str) -> Result<String, String> {
     snapring::relpath::RelPath::new(s.as_bytes()).map_err(|e| e.to_string())?;
     Ok(s.to_string())
+}
+
+/// `run --user-umask`: an octal umask (at most 0777).
+fn octal_umask(s: &str) -> Result<u32, String> {
+    match u32::from_str_radix(s, 8) {
+        Ok(u) if u <= 0o777 && s.bytes().all(|b| b.is_ascii_digit()) => Ok(u),
+        _ => Err(format!("{s:?} is not an octal umask (0000 to 0777)")),
+    }
 }
 
 /// `--prefix`: a relative path without `..` (leading and trailing `/` are dropped).

@@ -16,6 +16,16 @@ use super::print::{self, errln, human};
 
 /// `snapring run JOB`: a backup of one job of a config file, no flags over it.
 pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    // From the daemon: the umask its user gave it, for this run's hooks (the run
+    // inherits the daemon's working one, the owner's bits taken out).
+    if let Some(u) = a.user_umask
+        && !snapring::fsx::take_user_umask(u)
+    {
+        return Err(super::exit_code::usage!(
+            "--user-umask {u:04o}: not the umask this run was started under ({:04o}) with owner bits added",
+            snapring::fsx::process_umask()
+        ));
+    }
     // From the daemon: its running configuration, moved out of the descriptor that
     // hooks and notifier commands would inherit (held open for the whole run).
     let (_copy, config_path) = config::private_copy(&a.config)?;

@@ -346,6 +346,19 @@ pub struct ProblemPage {
     pub next: Option<u64>,
 }
 
+impl ProblemPage {
+    /// Where the page before starts: `RUN_PROBLEMS` before this one (0 at the least);
+    /// from past the end, the last page. None on the first page.
+    pub fn previous(&self) -> Option<u64> {
+        let size = crate::serve::RUN_PROBLEMS;
+        match self.from {
+            0 => None,
+            f if f >= self.listed => Some(self.listed.saturating_sub(1) / size * size),
+            f => Some(f.saturating_sub(size)),
+        }
+    }
+}
+
 fn problems(b: &mut String, s: &Shown, page: &ProblemPage) {
     let _ = write!(
         b,
@@ -371,13 +384,34 @@ fn problems(b: &mut String, s: &Shown, page: &ProblemPage) {
             crate::catalog::Record::Backup(r) => r.id.clone(),
             crate::catalog::Record::Restore(r) => r.id.clone().unwrap_or_default(),
         };
-        let _ = write!(
-            b,
-            "<p id=\"problems-page\">problems {}–{} of {} listed",
-            page.from + (!s.problems.is_empty()) as u64,
-            page.from + s.problems.len() as u64,
-            page.listed
-        );
+        let link = |from: u64, text: &str| match from {
+            0 => format!(" · <a href=\"/run/{}\">{text}</a>", url_seg(&id)),
+            f => format!(" · <a href=\"/run/{}?from={f}\">{text}</a>", url_seg(&id)),
+        };
+        b.push_str("<p id=\"problems-page\">");
+        if page.from >= page.listed {
+            // A `from` at or past the end: nothing to list, and it says so.
+            let _ = match page.listed {
+                0 => write!(b, "no problems listed"),
+                n => write!(b, "no problems past the {n} listed"),
+            };
+            b.push_str(&link(0, "first page"));
+            if let Some(last) = page.previous().filter(|&l| l > 0) {
+                b.push_str(&link(last, "last page"));
+            }
+        } else {
+            let _ = write!(
+                b,
+                "problems {}–{} of {} listed",
+                page.from + 1,
+                page.from + s.problems.len() as u64,
+                page.listed
+            );
+            if let Some(p) = page.previous() {
+                b.push_str(&link(0, "first"));
+                b.push_str(&link(p, &format!("previous {}", page.from - p)));
+            }
+        }
         if let Some(n) = page.next {
             let _ = write!(
                 b,

@@ -318,7 +318,10 @@ fn route(
         _ if path.starts_with("/run/") || path.starts_with("/api/runs/") => {
             let api = path.starts_with("/api/");
             match seg(if api { "/api/runs/" } else { "/run/" }) {
-                Some(id) => run_reply(cat, &id, api, problems_from(url)),
+                Some(id) => match problems_from(url) {
+                    Ok(from) => run_reply(cat, &id, api, from),
+                    Err(e) => Reply::text(400, &format!("{e}\n")),
+                },
                 None => not_found(),
             }
         }
@@ -355,14 +358,32 @@ fn job_reply(o: &ServeOptions, cat: Option<&Catalog>, name: &str, api: bool) -> 
 /// `MAX_LISTED_PROBLEMS` (10,000) problems; a page of all of them was megabytes.
 pub const RUN_PROBLEMS: u64 = 500;
 
-/// The `from` of a run page's URL (`/run/ID?from=500`): the first problem it lists.
-fn problems_from(url: &str) -> u64 {
+/// The `from` of a run page's URL (`/run/ID?from=500`): the first problem it lists
+/// (0 without one). Anything but a whole number (`-1`, `+5`, `1e3`, `0x10`, `abc`, one
+/// past `u64`) is refused with its reason, a 400: it was taken as 0, the first page
+/// shown as if asked for.
+fn problems_from(url: &str) -> Result<u64, String> {
     let query = url.split('#').next().and_then(|u| u.split_once('?'));
-    query
+    let given = query
         .into_iter()
         .flat_map(|(_, q)| q.split('&'))
-        .find_map(|kv| kv.strip_prefix("from=")?.parse().ok())
-        .unwrap_or(0)
+        .find_map(|kv| match kv.split_once('=') {
+            Some(("from", v)) => Some(v),
+            None if kv == "from" => Some(""),
+            _ => None,
+        });
+    let Some(v) = given else {
+        return Ok(0);
+    };
+    let bad = |why: &str| format!("bad from={v:?}: {why}");
+    let v = text::url_decode(v).ok_or_else(|| bad("not percent-encoded text"))?;
+    if v.is_empty() || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(
+            "the first problem to list is a whole number from 0, in digits (?from=500)",
+        ));
+    }
+    v.parse()
+        .map_err(|_| bad(&format!("more than {} problems are never listed", u64::MAX)))
 }
 
 /// A run's page or JSON: its record, a page of its problems and the tail of its log. A
@@ -398,7 +419,7 @@ fn run_reply(cat: Option<&Catalog>, id: &str, api: bool, from: u64) -> Reply {
     let page = html::ProblemPage {
         from,
         listed: total,
-        next: (from + (shown.problems.len() as u64) < total)
+        next: (from.saturating_add(shown.problems.len() as u64) < total)
             .then_some(from + shown.problems.len() as u64),
     };
     let tail = run_log(cat, &shown, id);
@@ -412,6 +433,8 @@ fn run_reply(cat: Option<&Catalog>, id: &str, api: bool, from: u64) -> Reply {
             problems_from: u64,
             problems_listed: u64,
             problems_next: Option<u64>,
+            /// Where the page before starts (null on the first page).
+            problems_previous: Option<u64>,
             log_tail: Option<String>,
         }
         return Reply::json(&Run {
@@ -419,6 +442,7 @@ fn run_reply(cat: Option<&Catalog>, id: &str, api: bool, from: u64) -> Reply {
             problems_from: page.from,
             problems_listed: page.listed,
             problems_next: page.next,
+            problems_previous: page.previous(),
             log_tail: tail,
         });
     }
