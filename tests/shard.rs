@@ -1945,6 +1945,72 @@ fn a_finalize_refused_after_a_single_node_backup_removes_the_runs_copies() {
     check_snapshot(&e, "the single-node snapshot");
 }
 
+/// The tester's case: a shard run half done (its worker killed after two commits),
+/// then a single-node backup publishes the label. `snapring finalize` said "18 units
+/// are not committed yet; rerun their workers" (exit 75) while those workers said the
+/// run was "planned against Some(\"daily.0\"), but the store's previous snapshot is
+/// now Some(\"daily.0\")": opposite instructions, and the run was never abandoned.
+/// Now the worker names the snapshots by their runs, and finalize refuses the run as
+/// it does once every unit is in (exit 1, start a new run id) and abandons it, its
+/// copies removed. `status` shows the killed worker's claim as stale at once (its
+/// process is gone from this host), not "claimed now" for the lease.
+#[test]
+fn finalize_of_a_half_done_run_overtaken_by_another_backup_abandons_it() {
+    let e = env();
+    let die = [("SNAPRING_FAILPOINTS", "shard.before_commit=kill@3")];
+    let o = worker(&e, &["--shard", "0/2", "--run-id", "n1"], &die)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "killed: {}", text(&o));
+    let units = plan_units(&e, "n1").len();
+    let o = run_cmd(&e, "status", "n1", &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&st["done"], &st["claimed"], &st["stale"]),
+        (&2.into(), &0.into(), &1.into()),
+        "the dead worker's claim is stale: {st}"
+    );
+    write(&e.src.join("after-the-shard-run"), b"newer");
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let head = rep["id"].clone();
+    let o = worker(&e, &["--shard", "1/2", "--run-id", "n1"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr_of(&o);
+    assert!(
+        !err.contains("Some(")
+            && err.contains(&format!("daily.0 is now run {}", head.as_str().unwrap()))
+            && err.contains("can never be published")
+            && err.contains("start a new run id"),
+        "{}",
+        text(&o)
+    );
+    let o = run_cmd(&e, "finalize", "n1", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("another backup published meanwhile")
+            && err.contains("can never be published")
+            && err.contains("its copies were removed")
+            && err.contains("start a new run id"),
+        "{}",
+        text(&o)
+    );
+    let mark = check_abandoned(&e, "n1", "n1", "half done, refused at finalize");
+    assert_eq!(
+        (&mark["committed"], &mark["units"], &mark["head_run"]),
+        (&2.into(), &units.into(), &head),
+        "{mark}"
+    );
+    let o = run_cmd(&e, "finalize", "n1", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(stderr_of(&o).contains("was abandoned"), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
+    check_snapshot(&e, "the single-node snapshot");
+}
+
 /// The publish's removal of an unpublishable run fails (a warning: the backup is
 /// published all the same); the run's own finalize, refusing it, removes its copies,
 /// also when a finalize killed between the moves and the marker went before it.
