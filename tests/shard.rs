@@ -788,11 +788,30 @@ fn finalize_before_every_unit_is_committed_is_a_retry() {
     let o = run_cmd(&e, "status", "early", &[], &[]);
     assert!(o.status.success(), "{}", text(&o));
     let s = String::from_utf8_lossy(&o.stdout);
+    // Its holder is dead on this host: stale at once, as it is taken over at once.
     assert!(
-        s.contains("0 done") && s.contains("1 claimed") && s.contains("not finalized"),
+        s.contains("0 done")
+            && s.contains("0 claimed")
+            && s.contains("1 stale")
+            && s.contains("not finalized"),
         "{s}"
     );
-    // Past the lease, the dead worker's claim shows as stale.
+    // A holder on another host (its claim renewed now) is claimed until its lease
+    // lapses, then stale.
+    let claims = run_dir(&e, "early").join("claims");
+    let claim = std::fs::read_dir(&claims)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut holder: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&claim).unwrap()).unwrap();
+    holder["host"] = "another-host".into();
+    std::fs::write(&claim, serde_json::to_vec(&holder).unwrap()).unwrap();
+    let o = run_cmd(&e, "status", "early", &[], &[]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("1 claimed") && s.contains("0 stale"), "{s}");
     std::thread::sleep(Duration::from_millis(1100));
     let o = run_cmd(
         &e,
