@@ -788,11 +788,30 @@ fn finalize_before_every_unit_is_committed_is_a_retry() {
     let o = run_cmd(&e, "status", "early", &[], &[]);
     assert!(o.status.success(), "{}", text(&o));
     let s = String::from_utf8_lossy(&o.stdout);
+    // Its holder is dead on this host: stale at once, as it is taken over at once.
     assert!(
-        s.contains("0 done") && s.contains("1 claimed") && s.contains("not finalized"),
+        s.contains("0 done")
+            && s.contains("0 claimed")
+            && s.contains("1 stale")
+            && s.contains("not finalized"),
         "{s}"
     );
-    // Past the lease, the dead worker's claim shows as stale.
+    // A holder on another host (its claim renewed now) is claimed until its lease
+    // lapses, then stale.
+    let claims = run_dir(&e, "early").join("claims");
+    let claim = std::fs::read_dir(&claims)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mut holder: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&claim).unwrap()).unwrap();
+    holder["host"] = "another-host".into();
+    std::fs::write(&claim, serde_json::to_vec(&holder).unwrap()).unwrap();
+    let o = run_cmd(&e, "status", "early", &[], &[]);
+    let s = String::from_utf8_lossy(&o.stdout);
+    assert!(s.contains("1 claimed") && s.contains("0 stale"), "{s}");
     std::thread::sleep(Duration::from_millis(1100));
     let o = run_cmd(
         &e,
@@ -1941,6 +1960,72 @@ fn a_finalize_refused_after_a_single_node_backup_removes_the_runs_copies() {
         "{}",
         text(&o)
     );
+    assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
+    check_snapshot(&e, "the single-node snapshot");
+}
+
+/// The tester's case: a shard run half done (its worker killed after two commits),
+/// then a single-node backup publishes the label. `snapring finalize` said "18 units
+/// are not committed yet; rerun their workers" (exit 75) while those workers said the
+/// run was "planned against Some(\"daily.0\"), but the store's previous snapshot is
+/// now Some(\"daily.0\")": opposite instructions, and the run was never abandoned.
+/// Now the worker names the snapshots by their runs, and finalize refuses the run as
+/// it does once every unit is in (exit 1, start a new run id) and abandons it, its
+/// copies removed. `status` shows the killed worker's claim as stale at once (its
+/// process is gone from this host), not "claimed now" for the lease.
+#[test]
+fn finalize_of_a_half_done_run_overtaken_by_another_backup_abandons_it() {
+    let e = env();
+    let die = [("SNAPRING_FAILPOINTS", "shard.before_commit=kill@3")];
+    let o = worker(&e, &["--shard", "0/2", "--run-id", "n1"], &die)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "killed: {}", text(&o));
+    let units = plan_units(&e, "n1").len();
+    let o = run_cmd(&e, "status", "n1", &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&st["done"], &st["claimed"], &st["stale"]),
+        (&2.into(), &0.into(), &1.into()),
+        "the dead worker's claim is stale: {st}"
+    );
+    write(&e.src.join("after-the-shard-run"), b"newer");
+    let (code, rep, err) = backup(&e.src, &e.dest, &["--jobs", "2"], &[]);
+    assert_eq!(code, 0, "{err} {rep}");
+    let head = rep["id"].clone();
+    let o = worker(&e, &["--shard", "1/2", "--run-id", "n1"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr_of(&o);
+    assert!(
+        !err.contains("Some(")
+            && err.contains(&format!("daily.0 is now run {}", head.as_str().unwrap()))
+            && err.contains("can never be published")
+            && err.contains("start a new run id"),
+        "{}",
+        text(&o)
+    );
+    let o = run_cmd(&e, "finalize", "n1", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = stderr_of(&o);
+    assert!(
+        err.contains("another backup published meanwhile")
+            && err.contains("can never be published")
+            && err.contains("its copies were removed")
+            && err.contains("start a new run id"),
+        "{}",
+        text(&o)
+    );
+    let mark = check_abandoned(&e, "n1", "n1", "half done, refused at finalize");
+    assert_eq!(
+        (&mark["committed"], &mark["units"], &mark["head_run"]),
+        (&2.into(), &units.into(), &head),
+        "{mark}"
+    );
+    let o = run_cmd(&e, "finalize", "n1", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(stderr_of(&o).contains("was abandoned"), "{}", text(&o));
     assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
     check_snapshot(&e, "the single-node snapshot");
 }

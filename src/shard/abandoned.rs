@@ -63,11 +63,10 @@ impl Mark {
         format!(
             "planned {} against {}, never finalized ({} of {} units committed); {}.0 is now run {}",
             self.planned_at,
-            match (&self.planned_against, &self.planned_against_run) {
-                (Some(n), Some(r)) => format!("{n} (run {r})"),
-                (Some(n), None) => n.clone(),
-                _ => "no snapshot".into(),
-            },
+            snapshot_named(
+                self.planned_against.as_deref(),
+                self.planned_against_run.as_deref()
+            ),
             self.committed,
             self.units,
             self.label,
@@ -96,6 +95,16 @@ impl Mark {
                 self.describe()
             ),
         }
+    }
+}
+
+/// A snapshot as the messages name it: `daily.0 (run ID)`, `daily.0` (its run not
+/// recorded), or `no snapshot`.
+pub fn snapshot_named(name: Option<&str>, run: Option<&str>) -> String {
+    match (name, run) {
+        (Some(n), Some(r)) => format!("{n} (run {r})"),
+        (Some(n), None) => n.to_string(),
+        _ => "no snapshot".into(),
     }
 }
 
@@ -137,7 +146,7 @@ pub fn overtaken_by<'s>(state: &'s State, plan: &PlanFile) -> Option<&'s SnapRec
 /// Whether run `run` was published (by a finalize that died before `finalized`): the
 /// state names it, or its record does (its snapshot expired since). Finalize completes
 /// such a run; it is never abandoned.
-fn published(store: &Store, state: &State, run: &str) -> bool {
+pub(super) fn published(store: &Store, state: &State, run: &str) -> bool {
     state.snapshots.iter().any(|s| s.id == run)
         || store.read_run(run).ok().flatten().is_some_and(|r| {
             matches!(r.status, Status::Complete | Status::Partial) && r.snapshot.is_some()

@@ -151,6 +151,30 @@ pub(super) fn finalized_at(rd: &RunDir) -> String {
         .unwrap_or_else(|_| "an unknown time".into())
 }
 
+/// The refusal of run `rd`, planned as `plan` and overtaken by snapshot `now` of its
+/// label (`abandoned::overtaken_by`): its copies are removed (`abandoned::refuse`).
+fn refuse_overtaken(
+    store: &Store,
+    rd: &RunDir,
+    plan: &PlanFile,
+    now: &crate::store::SnapRec,
+    threads: usize,
+    cancel: &AtomicBool,
+) -> ShardError {
+    let head = format!("{}.0", plan.label);
+    let refused = Error::Store {
+        path: store.root.join(&head),
+        msg: format!(
+            "run {} was planned against {}, but {head} is now run {} (published {}): another backup published meanwhile, so the run can never be published; nothing published, start a new run id",
+            rd.run,
+            super::abandoned::snapshot_named(plan.prev.as_deref(), plan.prev_run.as_deref()),
+            now.id,
+            now.finished_at,
+        ),
+    };
+    super::abandoned::refuse(store, rd, Some((plan, now)), refused, threads, cancel)
+}
+
 fn locked(
     store: &Store,
     rd: &RunDir,
@@ -193,6 +217,16 @@ fn locked(
         .filter(|u| !commits.contains_key(&u.id))
         .count();
     if missing > 0 {
+        // Overtaken by another publish of its label, the run can never be published,
+        // committed or not: refused and abandoned now, as once all its units are in
+        // (its workers refuse to build the rest, so asking for their reruns would leave
+        // it unfinished for good).
+        let state = store.read_state()?;
+        if !super::abandoned::published(store, &state, &rd.run)
+            && let Some(now) = super::abandoned::overtaken_by(&state, &plan)
+        {
+            return Err(refuse_overtaken(store, rd, &plan, now, threads, cancel));
+        }
         return Ok(Finalized::NotReady(missing));
     }
     if let Some((u, _)) = commits.iter().find(|(_, c)| c.plan != hash) {
@@ -287,28 +321,9 @@ fn locked(
         // while no worker held the store, say): this run's tree is older than the
         // store's newest snapshot, and publishing it would rotate that one down, or
         // expire it. (A snapshot of another label is no harm.)
-        let head = format!("{}.0", plan.label);
         // It never can be now: its copies go (`abandoned.rs`).
         if let Some(now) = super::abandoned::overtaken_by(&state, &plan) {
-            let refused = Error::Store {
-                path: store.root.join(&head),
-                msg: format!(
-                    "run {} was planned against {} (run {}), but {head} is now run {} (published {}): another backup published meanwhile; nothing published, start a new run id",
-                    rd.run,
-                    plan.prev.as_deref().unwrap_or("no snapshot"),
-                    plan.prev_run.as_deref().unwrap_or("-"),
-                    now.id,
-                    now.finished_at,
-                ),
-            };
-            return Err(super::abandoned::refuse(
-                store,
-                rd,
-                Some((&plan, now)),
-                refused,
-                threads,
-                cancel,
-            ));
+            return Err(refuse_overtaken(store, rd, &plan, now, threads, cancel));
         }
         if rd.tree().is_dir() || !staging.is_dir() {
             stop_point(worker, cancel)?;

@@ -97,11 +97,17 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         (Some(c), _) => ("done", Some(c.generation), Some(c.worker)),
         // A claim whose content does not read: its holder is not known, its lease
         // (the file's mtime) is, as any claim's.
-        (None, Some(c)) if c.expired(lease) => (
-            "stale",
-            Some(c.generation),
-            c.holder.as_ref().map(|h| h.worker),
-        ),
+        // Past its lease, or its holder exited on this host (a worker killed here: the
+        // next worker takes it over at once, as a repository's status says too).
+        (None, Some(c))
+            if c.expired(lease) || c.holder.as_ref().is_some_and(|h| h.is_dead_here()) =>
+        {
+            (
+                "stale",
+                Some(c.generation),
+                c.holder.as_ref().map(|h| h.worker),
+            )
+        }
         (None, Some(c)) => (
             "claimed",
             Some(c.generation),

@@ -689,13 +689,20 @@ fn check_plan(
     super::state::check_source_ino(plan, source)?;
     let now = prev.map(|p| (p.name.clone(), p.run.clone()));
     if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
+        // Worded as finalize words it (the snapshots by their runs: the slot's name is
+        // the same), since finalize refuses the run for good too and removes its copies.
+        let is_now = match &now {
+            Some((name, Some(run))) => format!("{name} is now run {run}"),
+            Some((name, None)) => format!("{name} is now a snapshot of no recorded run"),
+            None => format!("label {} has no snapshot now", opts.label),
+        };
         return Err(ShardError::Failed(Error::Store {
             path: opts.store.clone(),
             msg: format!(
-                "run {} was planned against {:?}, but the store's previous snapshot is now {:?} (another backup published meanwhile); start a new run id",
+                "run {} was planned against {}, but {is_now}: another backup published meanwhile, so the run can never be published; nothing backed up, start a new run id (`snapring finalize --run-id {}` removes its copies)",
                 spec.run_id,
-                plan.prev,
-                now.map(|n| n.0)
+                super::abandoned::snapshot_named(plan.prev.as_deref(), plan.prev_run.as_deref()),
+                spec.run_id,
             ),
         }));
     }

@@ -131,6 +131,44 @@ impl Store {
         Some(fsx::Time::from(t))
     }
 
+    /// Deletes the records of a cut run's copies (`manifests/<id>.done`, `.done.tmp`)
+    /// whose staging tree is gone: a tree discarded by a snapring before 2026-12-06
+    /// left its record behind for good (some hundred bytes a file: 192 MiB for a
+    /// million files). A record is kept while `staging/<id>` is there (it is what the
+    /// next run takes over), and for a shard run's id. Called after a publish, with the
+    /// store's exclusive lock held (no run writes a record then); a failure is warned
+    /// about.
+    fn remove_stray_done_records(&self) {
+        let mdir = self.meta.join("manifests");
+        let Ok(names) = std::fs::read_dir(&mdir) else {
+            return;
+        };
+        for name in names.filter_map(|e| e.ok()).map(|e| e.file_name()) {
+            let Some(id) = name.to_str().and_then(|n| {
+                n.strip_suffix(".done")
+                    .or_else(|| n.strip_suffix(".done.tmp"))
+            }) else {
+                continue;
+            };
+            if id.is_empty()
+                || self.meta.join("staging").join(id).exists()
+                || self.meta.join("shards").join(id).exists()
+            {
+                continue;
+            }
+            let p = mdir.join(&name);
+            tracing::info!(
+                "{}: the record of a staging tree that is gone, deleted",
+                p.display()
+            );
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("{}: cannot delete ({e})", p.display()),
+            }
+        }
+    }
+
     fn open_prev_root(&self, prev: Option<&Previous>) -> Result<Option<std::os::fd::OwnedFd>> {
         prev.map(|p| {
             let path = self.root.join(&p.name);
@@ -385,6 +423,7 @@ impl Repository for Store {
                 tracing::warn!("{e}");
             }
         }
+        self.remove_stray_done_records();
     }
 
     fn delete_expired(&self, jobs: usize, cancel: &AtomicBool) -> Result<u64> {
