@@ -1332,7 +1332,7 @@ impl Restorer<'_> {
                         writable_again(
                             fsx::lstat_at(dir, name).map(|m| m.perm).ok(),
                             || fsx::chmod_nofollow_at(dir, name, 0o700),
-                            &p,
+                            p,
                         );
                     }
                     Err(e) => return Err(io_err("create directory", p)(e)),
