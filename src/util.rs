@@ -247,9 +247,18 @@ pub fn create_exclusive_via(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::R
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
         // The new name made durable before it is acted on: a power cut must not lose a
         // plan, a unit's commit or a run's finalized mark that others already read.
+        // Made: a flush that fails is warned about, not an error (the caller would take
+        // its own name, made, for another's on a retry).
         _ if made => {
             let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-            crate::fsx::sync_dir(dir.unwrap_or(Path::new(".")))?;
+            let dir = dir.unwrap_or(Path::new("."));
+            if let Err(e) = crate::fsx::sync_dir(dir) {
+                tracing::warn!(
+                    "cannot flush {} after making {}: {e}",
+                    dir.display(),
+                    path.display()
+                );
+            }
             Ok(true)
         }
         _ => Ok(false),

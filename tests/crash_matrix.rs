@@ -264,6 +264,7 @@ const NOT_IN_MATRIX: &[&str] = &[
     "shard.repo.before_finalize",
     "shard.repo.before_snapshot",
     "shard.repo.before_commits_read",
+    "shard.repo.before_final",
     "shard.repo.before_snapshot_file",
     "shard.repo.before_published",
     "shard.repo.after_published",

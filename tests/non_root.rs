@@ -757,3 +757,85 @@ fn hooks_under_the_daemon_run_under_the_users_umask() {
         assert_eq!(seen.trim(), "0277", "{name}: {said}");
     }
 }
+
+/// A user's repository restore of a snapshot whose top directory is 0555: the record
+/// inside `--to` is removed before `--to` gets that mode (a user cannot unlink in a
+/// directory without write). With `--to` given its mode first, every such restore
+/// ended "cannot remove …/.snapring-restore-unfinished: Permission denied", exit 1,
+/// and every rerun the same.
+#[test]
+fn a_repository_restore_of_a_read_only_top_directory_as_a_user_completes() {
+    use common::restic::repo_of;
+    let s = setup();
+    let src = tree_with_subdirectories(&s, "src");
+    chmod(&src, 0o555);
+    let repo = s.root.join("repo");
+    let url = repo_of(&repo, &src);
+    let st = Command::new("chown")
+        .args(["-R", &format!("{USER}:{USER}")])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let base = s.user_dir("base");
+    let to = base.join("to");
+    let said = restore_under(&s, 0o022, url.as_ref(), "latest", &to, None);
+    assert_eq!(modes_of(&to), modes_of(&src), "{said}");
+    assert!(
+        !to.join(".snapring-restore-unfinished").exists(),
+        "the record stays: {said}"
+    );
+    assert_eq!(std::fs::read(to.join("d1/g")).unwrap(), b"d1/g", "{said}");
+}
+
+/// The rerun of a user's repository restore into a `--to` the user may write but not
+/// chmod (root's, 0777) goes on: the rerun makes a directory writable again only where
+/// its mode lacks the owner's bits, and a mode it cannot change is warned about. It
+/// failed at once: "cannot set the mode of …: Operation not permitted".
+#[test]
+fn the_rerun_of_a_user_restore_into_a_directory_of_another_owner_goes_on() {
+    use common::restic::repo_of;
+    let s = setup();
+    let src = tree_with_subdirectories(&s, "src");
+    let repo = s.root.join("repo");
+    let url = repo_of(&repo, &src);
+    let st = Command::new("chown")
+        .args(["-R", &format!("{USER}:{USER}")])
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let to = s.root.join("shared");
+    std::fs::create_dir(&to).unwrap();
+    chmod(&to, 0o777);
+    let args: Vec<&std::ffi::OsStr> = vec![
+        "restore".as_ref(),
+        "--dest".as_ref(),
+        url.as_ref(),
+        "latest".as_ref(),
+        "--to".as_ref(),
+        to.as_os_str(),
+    ];
+    // Killed once the files are written, at the first directory's metadata.
+    let out = under_umask(0o022, &s.bin)
+        .args(&args)
+        .env_clear()
+        .env("HOME", s.root.join("home"))
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .env("SNAPRING_FAILPOINTS", "restic.restore.dirs=kill@1")
+        .uid(USER)
+        .gid(USER)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed: {out:?}");
+    assert!(to.join(".snapring-restore-unfinished").exists());
+    let (code, said) = run_under(&s, 0o022, "off", &args);
+    // `--to` keeps root's owner and mode: its metadata is a problem (partial), no more.
+    assert_eq!(code, 2, "{said}");
+    assert!(said.contains("partial: restored"), "{said}");
+    assert!(!to.join(".snapring-restore-unfinished").exists(), "{said}");
+    let want: Vec<_> = modes_of(&src).into_iter().skip(1).collect();
+    let got: Vec<_> = modes_of(&to).into_iter().skip(1).collect();
+    assert_eq!(got, want, "{said}");
+}

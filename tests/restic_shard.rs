@@ -863,6 +863,18 @@ fn an_unpublished_run_is_kept_from_prune_and_published_by_finalize() {
 /// signal handler: the signal ended it, no exit code, no word.)
 #[test]
 fn a_sigterm_stops_finalize_into_a_repository_and_the_next_one_publishes() {
+    sigterm_stops_finalize_at("shard.repo.before_commits_read");
+}
+
+/// The same, the signal come while it read the commits and wrote the spine's trees:
+/// checked again before its `final` (else a local repository, whose requests are not
+/// given up, published on, exit 0).
+#[test]
+fn a_sigterm_after_the_commits_are_read_stops_finalize_before_its_final() {
+    sigterm_stops_finalize_at("shard.repo.before_final");
+}
+
+fn sigterm_stops_finalize_at(failpoint: &str) {
     let e = env();
     let kill = [("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")];
     let out = spawn(&e, 0, 1, "r1", &kill).wait_with_output().unwrap();
@@ -874,7 +886,7 @@ fn a_sigterm_stops_finalize_into_a_repository_and_the_next_one_publishes() {
         .env("SNAPRING_CATALOG", "off")
         .env(
             "SNAPRING_FAILPOINTS",
-            format!("shard.repo.before_commits_read=pause:{}", pause.display()),
+            format!("{failpoint}=pause:{}", pause.display()),
         )
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -764,7 +764,9 @@ pub fn restore(
                 format!(
                     "interrupted{why}; the restore into {} is incomplete (what it wrote stays; \
                      run the same restore again to finish it)",
-                    a.to.display()
+                    snapring::relpath::escape(std::os::unix::ffi::OsStrExt::as_bytes(
+                        a.to.as_os_str()
+                    ))
                 ),
             );
             out.status = Status::Incomplete;

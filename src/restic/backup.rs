@@ -480,9 +480,7 @@ pub fn snapshot_locked(
 /// where the index could still be written): the next run reuses them, a `prune` frees
 /// them.
 fn full_disk_hint(repo: &Repo, e: Error) -> Error {
-    let full = matches!(&e, Error::Io { source, .. }
-        if source.kind() == std::io::ErrorKind::StorageFull
-            || source.raw_os_error() == Some(rustix::io::Errno::NOSPC.raw_os_error()));
+    let full = matches!(&e, Error::Io { source, .. } if crate::fsx::is_disk_full(source));
     if !full {
         return e;
     }
@@ -493,9 +491,10 @@ fn full_disk_hint(repo: &Repo, e: Error) -> Error {
         at
     };
     Error::Other(format!(
-        "{e}: the repository's file system is full. What this run uploaded stays there, \
-         in no snapshot: free space and run the backup again (it reuses that data), or \
-         run `snapring prune --dest {dest}` to remove it"
+        "{e}: the repository's file system is full (or its quota used up). What this \
+         run uploaded stays there, in no snapshot: free space and run the backup again \
+         (it reuses that data), or run `snapring prune --dest {dest}` to remove it (prune \
+         writes a new index first: it needs a little room too)"
     ))
 }
 

@@ -614,13 +614,11 @@ pub fn restore(
             .map_err(io_err("open", p))
             .and_then(|fd| metadata_fd(as_root, n, b(&fd), p))
     };
-    let mut to_set = false;
-    for (p, n, id) in &dirs {
+    for (p, n, id) in dirs.iter().filter(|(p, ..)| p.as_path() != to) {
         // Tests kill the restore here, with directories' metadata half applied.
         let _ = crate::failpoint::hit("restic.restore.dirs");
-        match set_dir(p, n, *id) {
-            Ok(()) => to_set |= p.as_path() == to,
-            Err(e) => problems.add(p, crate::report::ProblemKind::Metadata, "set metadata", e),
+        if let Err(e) = set_dir(p, n, *id) {
+            problems.add(p, crate::report::ProblemKind::Metadata, "set metadata", e);
         }
     }
     if let Err(e) = fsx::unlink_at(b(&target.fd), &record.name) {
@@ -628,12 +626,13 @@ pub fn restore(
             e,
         ));
     }
-    // Removing the record changed `to`'s modification time: set again.
-    if to_set
-        && let Some((p, n, id)) = dirs.iter().rev().find(|(p, ..)| p.as_path() == to)
-        && let Err(e) = set_dir(p, n, *id)
-    {
-        problems.add(p, crate::report::ProblemKind::Metadata, "set metadata", e);
+    // `to` last, once its record is gone: its mode may take its owner's write (a
+    // snapshot of a 0555 directory), which removing the record needs as a user, and
+    // removing it changes `to`'s modification time.
+    for (p, n, id) in dirs.iter().filter(|(p, ..)| p.as_path() == to) {
+        if let Err(e) = set_dir(p, n, *id) {
+            problems.add(p, crate::report::ProblemKind::Metadata, "set metadata", e);
+        }
     }
     report.problems = problems
         .list
@@ -1288,8 +1287,12 @@ impl Restorer<'_> {
         if !self.record.rerun {
             return Ok(());
         }
-        rustix::fs::fchmod(to_fd, Mode::from_raw_mode(0o700))
-            .map_err(|e| io_err("set the mode of", self.to.path)(e.into()))
+        writable_again(
+            rustix::fs::fstat(to_fd).map(|st| st.st_mode).ok(),
+            || rustix::fs::fchmod(to_fd, Mode::from_raw_mode(0o700)).map_err(Into::into),
+            self.to.path,
+        );
+        Ok(())
     }
 
     /// The entries of tree `id` into the directory `dir` (at `path`, for messages).
@@ -1326,8 +1329,11 @@ impl Restorer<'_> {
                         if self.record.rerun
                             && fsx::lstat_at(dir, name).is_ok_and(|m| m.kind == fsx::Kind::Dir) =>
                     {
-                        fsx::chmod_nofollow_at(dir, name, 0o700)
-                            .map_err(io_err("set the mode of", p))?;
+                        writable_again(
+                            fsx::lstat_at(dir, name).map(|m| m.perm).ok(),
+                            || fsx::chmod_nofollow_at(dir, name, 0o700),
+                            p,
+                        );
                     }
                     Err(e) => return Err(io_err("create directory", p)(e)),
                 }
@@ -1595,4 +1601,21 @@ fn metadata_at(as_root: bool, n: &Node, dir: BorrowedFd<'_>, name: &[u8], p: &Pa
     }
     rustix::fs::utimensat(dir, name, &times(n), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(err("set the times of"))
+}
+
+/// A rerun's directory made its owner's to write again (0700, as the first run made
+/// it) when its metadata was set already: only when its mode lacks the owner's bits
+/// (no call for the others), and a mode that cannot be changed (a vfat mount, a `--to`
+/// of another owner) is left as it is with a warning: what cannot then be written
+/// there fails with its own path, as in the first run.
+fn writable_again(mode: Option<u32>, chmod: impl FnOnce() -> std::io::Result<()>, path: &Path) {
+    if mode.is_some_and(|m| m & 0o700 == 0o700) {
+        return;
+    }
+    if let Err(e) = chmod() {
+        tracing::warn!(
+            "cannot make {} writable again for the rerun: {e}",
+            crate::relpath::escape(path.as_os_str().as_bytes())
+        );
+    }
 }

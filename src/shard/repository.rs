@@ -1978,6 +1978,12 @@ fn make_final(
         at: crate::util::now_rfc3339(),
     };
     let body = serde_json::to_vec(&mine).expect("serializes");
+    // Stopped by a signal while it read the commits and wrote the spine: still nothing
+    // published (what it uploaded is reused by the next finalize).
+    let _ = crate::failpoint::hit("shard.repo.before_final");
+    if spec.index == BY_HAND && cancel.load(Ordering::Relaxed) {
+        return Err(ShardError::Stopped);
+    }
     let made = st.b.create_extra(&st.key("final"), &body).map_err(failed)?;
     if made {
         return Ok(mine);
