@@ -202,7 +202,7 @@ fn wait(
         match child.try_wait() {
             Ok(Some(st)) => break Ok(st),
             Ok(None) if Instant::now() >= deadline => {
-                kill_group(&child);
+                let _ = kill_group(&child);
                 let _ = child.wait();
                 break Err(format!(
                     "timed out after {}s and was killed",
@@ -210,7 +210,7 @@ fn wait(
                 ));
             }
             Ok(None) if cancel.load(Ordering::Relaxed) => {
-                kill_group(&child);
+                let _ = kill_group(&child);
                 let _ = child.wait();
                 break Err("killed: snapring was interrupted".to_string());
             }
@@ -227,8 +227,16 @@ fn wait(
     // process group (whose id is not reused while a member lives). A notifier's is
     // killed, as a timeout kills it: it would outlive the run (a daemon's too).
     if kill_leftovers && status.is_ok() && open.load(Ordering::Relaxed) > 0 {
-        tracing::warn!("{name}: killed what it left running in the background holding its output");
-        kill_group(&child);
+        match kill_group(&child) {
+            true => tracing::warn!(
+                "{name}: killed what it left running in the background holding its output"
+            ),
+            // Nothing of its group left: the holder left it (`setsid`), and is let be.
+            false => tracing::warn!(
+                "{name}: its output is still held by a process it started outside its \
+                 process group (setsid); not waited for, left running"
+            ),
+        }
     }
     let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match status {
@@ -299,10 +307,11 @@ fn read_lines(
     });
 }
 
-fn kill_group(child: &Child) {
-    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
-        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
-    }
+/// SIGKILL to `child`'s process group: whether any process of it was there to get it.
+fn kill_group(child: &Child) -> bool {
+    rustix::process::Pid::from_raw(child.id() as i32).is_some_and(|pid| {
+        rustix::process::kill_process_group(pid, rustix::process::Signal::KILL).is_ok()
+    })
 }
 
 #[cfg(test)]

@@ -466,34 +466,38 @@ fn running(pid: u32) -> bool {
 fn a_command_notifier_that_succeeds_leaves_nothing_running_that_holds_its_output() {
     let t = tempfile::tempdir().unwrap();
     let (held, free) = (t.path().join("held"), t.path().join("free"));
+    let own = t.path().join("own");
     let notifiers = format!(
         "[notify.holds]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 300 & echo $! > {held}; echo sent\"]\nretries = 0\ntimeout = \"20s\"\n\n\
-         [notify.detaches]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 300 >/dev/null 2>&1 & echo $! > {free}\"]\nretries = 0\ntimeout = \"20s\"\n",
+         [notify.detaches]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"sleep 300 >/dev/null 2>&1 & echo $! > {free}\"]\nretries = 0\ntimeout = \"20s\"\n\n\
+         [notify.leaves]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"setsid sleep 300 & echo $! > {own}; echo sent\"]\nretries = 0\ntimeout = \"20s\"\n",
         held = held.display(),
-        free = free.display()
+        free = free.display(),
+        own = own.display()
     );
     let cfg = config(
         t.path(),
         &t.path().join("b"),
         "require_mount = true",
-        &["holds", "detaches"],
+        &["holds", "detaches", "leaves"],
         &notifiers,
     );
     let (code, rep, err, took) = run_within(90, &["run", "home", "--config", &cfg, "--json"], &[]);
     assert_eq!(code, Some(1), "{err}");
     assert!(took < Duration::from_secs(15), "{took:?}");
-    for n in ["holds", "detaches"] {
+    for n in ["holds", "detaches", "leaves"] {
         assert_eq!(notification(&rep, n)["ok"], true, "{rep}");
     }
     let pid = |p: &Path| -> u32 { std::fs::read_to_string(p).unwrap().trim().parse().unwrap() };
-    let (held, free) = (pid(&held), pid(&free));
+    let (held, free, own) = (pid(&held), pid(&free), pid(&own));
     let t0 = Instant::now();
     while running(held) && t0.elapsed() < Duration::from_secs(5) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let still = running(held);
     let kept = running(free);
-    for p in [held, free] {
+    let left = running(own);
+    for p in [held, free, own] {
         let _ = Command::new("kill").arg(p.to_string()).status();
     }
     assert!(
@@ -501,6 +505,13 @@ fn a_command_notifier_that_succeeds_leaves_nothing_running_that_holds_its_output
         "the notifier's background child {held} outlived the run"
     );
     assert!(kept, "a child that let go of the output was killed");
+    // Out of the group (`setsid`): not killed, and not said to be (it said "killed").
+    assert!(left, "a child that left the process group was killed");
+    assert!(
+        err.contains("notifier leaves: its output is still held by a process it started outside")
+            && !err.contains("notifier leaves: killed"),
+        "{err}"
+    );
 }
 
 /// A hook whose output has no newline was read into one line in memory, however

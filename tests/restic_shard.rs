@@ -880,26 +880,11 @@ fn sigterm_stops_finalize_at(failpoint: &str) {
     let out = spawn(&e, 0, 1, "r1", &kill).wait_with_output().unwrap();
     assert_eq!(out.status.code(), None, "{}", text(&out));
     let pause = e.t.path().join("paused");
-    let child = Command::new(bin())
-        .args(["finalize", "--dest", &e.url, "--run-id", "r1"])
+    let mut cmd = Command::new(bin());
+    cmd.args(["finalize", "--dest", &e.url, "--run-id", "r1"])
         .env("SNAPRING_PASSWORD", PASSWORD)
-        .env("SNAPRING_CATALOG", "off")
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("{failpoint}=pause:{}", pause.display()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    std::fs::remove_file(&pause).unwrap();
+        .env("SNAPRING_CATALOG", "off");
+    let child = terminated_at(cmd, failpoint, &pause);
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(

@@ -725,27 +725,12 @@ fn a_sigterm_stops_snapring_finalize_before_its_publish_and_the_next_one_publish
     }
     assert!(!run_dir(&e, run).join("finalized").exists());
     let pause = e.dest.with_extension("paused");
-    let child = Command::new(bin())
-        .args(["finalize", "--dest"])
+    let mut cmd = Command::new(bin());
+    cmd.args(["finalize", "--dest"])
         .arg(&e.dest)
         .args(["--run-id", run])
-        .env("SNAPRING_CATALOG", "off")
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("shard.finalize.before_staging=pause:{}", pause.display()),
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(&pause);
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    std::fs::remove_file(&pause).unwrap();
+        .env("SNAPRING_CATALOG", "off");
+    let child = terminated_at(cmd, "shard.finalize.before_staging", &pause);
     let o = output_within(child, Duration::from_secs(60), "the stopped finalize");
     assert_eq!(o.status.code(), Some(3), "{}", text(&o));
     assert!(

@@ -917,7 +917,9 @@ pub fn restore(
         print::json(&report)?;
     } else {
         for p in &r.problems {
-            print::errln!("snapring: {}: {}: {}", p.path, p.action, p.error);
+            // `--to` itself is the empty path.
+            let path = if p.path.is_empty() { "." } else { &p.path };
+            print::errln!("snapring: {path}: {}: {}", p.action, p.error);
         }
         outln!(
             "{}: restored snapshot {} into {}: {} files ({}), {} directories, {} symlinks, {} hard links; took {:.2}s{}",

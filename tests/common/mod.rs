@@ -370,6 +370,33 @@ pub fn wait_for(p: &Path) {
     }
 }
 
+/// `cmd` (its output piped) started with failpoint `point` set to pause at `pause`,
+/// sent SIGTERM once paused there, then let go: the child, to wait for.
+pub fn terminated_at(
+    mut cmd: std::process::Command,
+    point: &str,
+    pause: &Path,
+) -> std::process::Child {
+    let child = cmd
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("{point}=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::fs::remove_file(pause).unwrap();
+    child
+}
+
 /// A paused backup: `snapring backup --json --jobs 1 --source SRC --dest DEST EXTRA…`
 /// with the failpoint `point` set to pause (on its `nth` hit) until the returned file is
 /// removed. Returns once the child is paused there.
