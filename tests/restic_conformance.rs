@@ -55,23 +55,14 @@ fn sr_backup_with(src: &Path, repo: &Path, extra: &[&str]) -> serde_json::Value 
 /// `snapring backup --json` of `src` into `repo`, paused at failpoint `point` until
 /// the test removes `pause`; returns once it is paused there.
 fn spawn_paused(src: &Path, repo: &Path, point: &str, pause: &Path) -> std::process::Child {
-    let child = Command::new(bin())
-        .env("SNAPRING_CATALOG", "off")
+    let mut cmd = Command::new(bin());
+    cmd.env("SNAPRING_CATALOG", "off")
         .args(["backup", "--json", "--source"])
         .arg(src)
         .arg("--dest")
         .arg(file_url(repo))
-        .env("SNAPRING_PASSWORD", PASSWORD)
-        .env(
-            "SNAPRING_FAILPOINTS",
-            format!("{point}=pause:{}", pause.display()),
-        )
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for(pause);
-    child
+        .env("SNAPRING_PASSWORD", PASSWORD);
+    paused_at(cmd, point, pause)
 }
 
 /// A source of every kind of entry with names restic 0.14 writes and reads alike (it

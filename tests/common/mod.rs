@@ -370,13 +370,9 @@ pub fn wait_for(p: &Path) {
     }
 }
 
-/// `cmd` (its output piped) started with failpoint `point` set to pause at `pause`,
-/// sent SIGTERM once paused there, then let go: the child, to wait for.
-pub fn terminated_at(
-    mut cmd: std::process::Command,
-    point: &str,
-    pause: &Path,
-) -> std::process::Child {
+/// `cmd` (its output piped) started with failpoint `point` set to pause at `pause`:
+/// the child, once it is paused there.
+pub fn paused_at(mut cmd: std::process::Command, point: &str, pause: &Path) -> std::process::Child {
     let child = cmd
         .env(
             "SNAPRING_FAILPOINTS",
@@ -387,6 +383,12 @@ pub fn terminated_at(
         .spawn()
         .unwrap();
     wait_for(pause);
+    child
+}
+
+/// [`paused_at`], then sent SIGTERM and let go: the child, to wait for.
+pub fn terminated_at(cmd: std::process::Command, point: &str, pause: &Path) -> std::process::Child {
+    let child = paused_at(cmd, point, pause);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
         rustix::process::Signal::TERM,
