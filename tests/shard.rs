@@ -758,12 +758,12 @@ fn a_sigterm_stops_snapring_finalize_before_its_publish_and_the_next_one_publish
 fn a_sigterm_stopped_finalize_with_json_prints_an_incomplete_report() {
     let e = env();
     let run = "tj";
-    let kids: Vec<Child> = (0..2)
+    let kids: Vec<Child> = (0..3)
         .map(|i| {
             spawn(
                 &e,
                 i,
-                2,
+                3,
                 run,
                 &[("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")],
             )
