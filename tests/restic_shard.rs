@@ -899,6 +899,8 @@ fn sigterm_stops_finalize_at(failpoint: &str) {
     assert_eq!(code, 0, "{out}\n{err}");
     let fin: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(fin["finalized"], true, "{fin}");
+    // No worker: no `worker` (as the store's finalize; before the fix 2^64 − 1).
+    assert!(fin.get("worker").is_none(), "{fin}");
     let snaps = snapshots(&e);
     assert_eq!(snaps.len(), 1);
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");

@@ -752,6 +752,56 @@ fn a_sigterm_stops_snapring_finalize_before_its_publish_and_the_next_one_publish
     assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
 }
 
+/// `snapring finalize --json` stopped by SIGTERM prints a report, `incomplete` (as a
+/// repository's finalize does), on stdout: before the fix only its message on stderr.
+#[test]
+fn a_sigterm_stopped_finalize_with_json_prints_an_incomplete_report() {
+    let e = env();
+    let run = "tj";
+    let kids: Vec<Child> = (0..3)
+        .map(|i| {
+            spawn(
+                &e,
+                i,
+                3,
+                run,
+                &[("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")],
+            )
+        })
+        .collect();
+    for c in kids {
+        c.wait_with_output().unwrap();
+    }
+    let pause = e.dest.with_extension("paused");
+    let mut cmd = Command::new(bin());
+    cmd.args(["finalize", "--json", "--dest"])
+        .arg(&e.dest)
+        .args(["--run-id", run])
+        .env("SNAPRING_CATALOG", "off");
+    let child = terminated_at(cmd, "shard.finalize.before_staging", &pause);
+    let o = output_within(child, Duration::from_secs(60), "the stopped finalize");
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|err| panic!("no JSON on stdout ({err}): {}", text(&o)));
+    assert_eq!(
+        (&r["run"], &r["status"], &r["finalized"], &r["exit_code"]),
+        (&run.into(), &"incomplete".into(), &false.into(), &3.into()),
+        "{r}"
+    );
+    assert!(r["snapshot"].is_null() && r["report"].is_null(), "{r}");
+    assert!(r.get("worker").is_none(), "{r}");
+    let msg = r["message"].as_str().unwrap();
+    assert!(
+        msg.contains("finalize of run tj: interrupted; nothing was published in ")
+            && msg.contains(&e.dest.display().to_string()),
+        "{r}"
+    );
+    assert!(snapshot_names(&e.dest).is_empty(), "nothing published");
+    let o = run_cmd(&e, "finalize", run, &["--json"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, run);
+}
+
 #[test]
 fn finalize_before_every_unit_is_committed_is_a_retry() {
     let e = env();
@@ -2008,6 +2058,32 @@ fn finalize_of_a_half_done_run_overtaken_by_another_backup_abandons_it() {
         (&2.into(), &units.into(), &head),
         "{mark}"
     );
+    // `status` says it was abandoned, by what and why, and shows the dead worker's
+    // claim as no stale lease to take over (before the fix: "abandoned at … by run n1",
+    // the run itself, and "stale lease: unit …").
+    let o = run_cmd(&e, "status", "n1", &[], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!(
+            "2 done, {} never built; abandoned: it can never be published",
+            units - 2
+        )) && out.contains("by its own finalize, which refused it: planned ")
+            && out.contains(&format!("daily.0 is now run {}", head.as_str().unwrap()))
+            && out.contains("start a new run id")
+            && !out.contains("by run n1")
+            && !out.contains("stale")
+            && !out.contains("claimed"),
+        "{out}"
+    );
+    let o = run_cmd(&e, "status", "n1", &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (&st["done"], &st["claimed"], &st["stale"], &st["pending"]),
+        (&2.into(), &0.into(), &0.into(), &0.into()),
+        "{st}"
+    );
+    assert_eq!(st["abandoned"]["by"], "n1", "{st}");
     let o = run_cmd(&e, "finalize", "n1", &[], &[]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(stderr_of(&o).contains("was abandoned"), "{}", text(&o));

@@ -444,12 +444,25 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
             None,
         ),
         Err(ShardError::Stopped) => {
-            errln!(
-                "snapring: finalize of run {}: interrupted; nothing was published, `snapring finalize --run-id {}` publishes the run",
+            let msg = format!(
+                "finalize of run {}: interrupted; nothing was published in {}, `snapring finalize --run-id {}` publishes the run",
                 a.run_id,
+                root.display(),
                 a.run_id
             );
-            return Ok(ExitCode::Incomplete);
+            let code = ExitCode::Incomplete;
+            // `--json`: a report as for any other end (a repository's finalize prints its
+            // `incomplete` one), not the message on stderr alone.
+            if a.json {
+                print::json(&serde_json::json!({
+                    "run": a.run_id, "status": "incomplete", "finalized": false,
+                    "snapshot": null, "message": msg, "report": null,
+                    "exit_code": code.code()
+                }))?;
+            } else {
+                errln!("snapring: {msg}");
+            }
+            return Ok(code);
         }
         Err(e) => {
             errln!("snapring: finalize of run {}: {e}", a.run_id);
@@ -486,6 +499,9 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
         print::json(&st)?;
         return Ok(ExitCode::Complete);
     }
+    if let Some(m) = &st.abandoned {
+        return status_abandoned(&st, m);
+    }
     outln!(
         "shard run {}: {} workers, {} units (sized by {}): {} done, {} claimed, {} stale, {} pending; {}",
         st.run,
@@ -508,7 +524,6 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
             ),
             (Some("forgotten"), id) => format!("finalized ({id}, since forgotten)"),
             (_, id) if st.finalized => format!("finalized ({id})"),
-            _ if st.abandoned.is_some() => "abandoned".into(),
             _ if !st.refused.is_empty() => "refused: not publishable".into(),
             _ => "not finalized".into(),
         }
@@ -517,14 +532,6 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
         outln!(
             "  refused {}; finalize publishes nothing: fix the deployment and start a new run id",
             r.describe()
-        );
-    }
-    if let Some(m) = &st.abandoned {
-        outln!(
-            "  abandoned at {} by run {}: {}; its copies were removed, start a new run id",
-            m.at,
-            m.by,
-            m.describe()
         );
     }
     if st.expiry != "none" {
@@ -559,6 +566,48 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
             u.dir,
             u.generation.unwrap_or(0),
             u.worker.unwrap_or(0)
+        );
+    }
+    Ok(ExitCode::Complete)
+}
+
+/// `snapring status` of an abandoned run (`abandoned.rs`): what its marker records (when,
+/// by what, why) and what it committed; its units left unbuilt are not work to take
+/// over (a worker of the run is refused), so no claim of theirs is shown as stale.
+fn status_abandoned(
+    st: &snapring::shard::status::RunStatus,
+    m: &snapring::shard::abandoned::Mark,
+) -> anyhow::Result<ExitCode> {
+    let left = st.units - st.done;
+    outln!(
+        "shard run {}: {} workers, {} units (sized by {}): {} done, {left} never built; abandoned: it can never be published",
+        st.run,
+        st.workers,
+        st.units,
+        st.sized_by,
+        st.done
+    );
+    outln!(
+        "  abandoned at {} by {}: {}; its copies were removed, start a new run id",
+        m.at,
+        m.by_whom(),
+        m.describe()
+    );
+    if left > 0 {
+        outln!(
+            "  {left} of its {} units were never committed and are never built now (a worker of this run is refused): no lease of theirs is work to take over",
+            st.units
+        );
+    }
+    for r in &st.refused {
+        outln!("  refused {}", r.describe());
+    }
+    for w in &st.per_worker {
+        outln!(
+            "  worker {}: {} home units, {} committed",
+            w.index,
+            w.home_units,
+            w.committed
         );
     }
     Ok(ExitCode::Complete)

@@ -74,6 +74,16 @@ impl Mark {
         )
     }
 
+    /// Who abandoned it, as the messages say: `its own finalize` (which refused it:
+    /// `by` is the run itself), or `the publish of run X`.
+    pub fn by_whom(&self) -> String {
+        if self.by == self.run {
+            "its own finalize, which refused it".into()
+        } else {
+            format!("the publish of run {}", self.by)
+        }
+    }
+
     /// What the report of the run that removed it says.
     pub fn removed_line(&self) -> String {
         format!(
@@ -88,10 +98,10 @@ impl Mark {
         Error::Store {
             path: rd.root.join(MARKER),
             msg: format!(
-                "run {} was abandoned at {} by run {} ({}): its copies were removed; nothing backed up or published, start a new run id",
+                "run {} was abandoned at {} by {} ({}): its copies were removed; nothing backed up or published, start a new run id",
                 self.run,
                 self.at,
-                self.by,
+                self.by_whom(),
                 self.describe()
             ),
         }

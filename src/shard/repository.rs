@@ -77,6 +77,11 @@ const RUNS: &str = "snapring/shards";
 /// The worker index `snapring finalize` claims and publishes as.
 pub const BY_HAND: usize = usize::MAX;
 
+/// Whether `worker` is [`BY_HAND`] (`snapring finalize`, no worker).
+fn is_by_hand(worker: &usize) -> bool {
+    *worker == BY_HAND
+}
+
 /// The claim of making the plan (`claims/plan.g<generation>`).
 const PLAN: &str = "plan";
 
@@ -276,6 +281,9 @@ pub struct RunTotals {
 #[derive(Debug, Default, Serialize)]
 pub struct WorkerReport {
     pub run: String,
+    /// Absent for `snapring finalize` ([`BY_HAND`]: no worker), as in the store's
+    /// finalize report.
+    #[serde(skip_serializing_if = "is_by_hand")]
     pub worker: usize,
     pub workers: usize,
     /// `complete`, `partial` (published, with entries left out), `incomplete`
@@ -460,13 +468,22 @@ fn work_in(
     started: Instant,
     report: &mut WorkerReport,
 ) -> Result<(), ShardError> {
-    tracing::info!(
-        "shard worker {} of {} of run {} into {}",
-        spec.index,
-        spec.count,
-        spec.run_id,
-        repo.backend.location()
-    );
+    if spec.index == BY_HAND {
+        tracing::info!(
+            "finalize of shard run {} ({} workers) into {}",
+            spec.run_id,
+            spec.count,
+            repo.backend.location()
+        );
+    } else {
+        tracing::info!(
+            "shard worker {} of {} of run {} into {}",
+            spec.index,
+            spec.count,
+            spec.run_id,
+            repo.backend.location()
+        );
+    }
     repo.check_writable().map_err(failed)?;
     let source = std::fs::canonicalize(&opts.source).map_err(|e| {
         ShardError::Failed(crate::error::Error::Repository(format!(

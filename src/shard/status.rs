@@ -19,7 +19,8 @@ pub struct UnitStatus {
     pub dir: String,
     pub weight: u64,
     pub home: usize,
-    /// `done`, `claimed`, `stale` (claimed, lease lapsed) or `pending`.
+    /// `done`, `claimed`, `stale` (claimed, lease lapsed) or `pending`; `abandoned`
+    /// (not committed, never to be built: the run was abandoned).
     pub state: String,
     /// The generation committed or claimed.
     pub generation: Option<u32>,
@@ -93,8 +94,16 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
     let lease = super::state::lease();
     let commits = rd.commits(8)?;
     let claims = rd.claims()?;
+    let abandoned = super::abandoned::read(&rd);
     let (mut per, list) = units_of(&plan, |id| match (commits.get(id), claims.get(id)) {
         (Some(c), _) => ("done", Some(c.generation), Some(c.worker)),
+        // Abandoned: a unit not committed is never built; its claim (if any) is no
+        // lease a worker could take over (a worker of the run is refused).
+        (None, c) if abandoned.is_some() => (
+            "abandoned",
+            c.map(|c| c.generation),
+            c.and_then(|c| c.holder.as_ref().map(|h| h.worker)),
+        ),
         // A claim whose content does not read: its holder is not known, its lease
         // (the file's mtime) is, as any claim's.
         // Past its lease, or its holder exited on this host (a worker killed here: the
@@ -130,7 +139,7 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         expiry: tally.state.into(),
         expiry_claimed: tally.claimed,
         expiry_done: tally.done,
-        abandoned: super::abandoned::read(&rd),
+        abandoned,
         refused: rd.refused()?,
         ..RunStatus::of(run, &plan, per, list, rd.is_finalized(), snapshot)
     })
