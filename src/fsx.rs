@@ -436,14 +436,39 @@ pub fn user_umask() -> u32 {
 /// Takes `umask` as the user's (for the hooks, [`user_umask`]): a `snapring daemon`
 /// starts each run with the umask it works under, the owner's bits already taken out
 /// ([`owner_usable_umask`]), and hands on the one the user gave it
-/// (`run --user-umask`). Refused (false, nothing changed) unless it is that working
-/// umask with only owner bits added: a run started another way keeps its own.
-pub fn take_user_umask(umask: u32) -> bool {
+/// (`run --user-umask`). Refused (nothing changed; why, and what is accepted) unless it
+/// is that working umask with only owner bits added: a run started another way keeps
+/// its own.
+pub fn take_user_umask(umask: u32) -> Result<(), String> {
     let started = USER_UMASK.get().copied().unwrap_or_else(process_umask);
-    if umask & !0o777 != 0 || started & 0o700 != 0 || umask & 0o077 != started {
-        return false;
-    }
-    HANDED_UMASK.set(umask).is_ok() || HANDED_UMASK.get() == Some(&umask)
+    let why = if umask & !0o777 != 0 {
+        "it is not a umask (0000 to 0777)".to_string()
+    } else if started & 0o700 != 0 {
+        format!(
+            "this run was started under umask {started:04o}, which keeps bits from the \
+             owner: only a run a `snapring daemon` starts takes the umask the daemon was \
+             given (it starts its runs under that umask without the owner's bits); no \
+             value is accepted here"
+        )
+    } else if umask & 0o077 != started {
+        format!(
+            "the daemon hands on the umask it was started under, which differs from the \
+             umask this run was started under ({started:04o}) only in the owner's digit; \
+             accepted: 0{g:03o} to 0{o:03o}, the last two digits {g:02o}",
+            g = started,
+            o = started | 0o700,
+        )
+    } else {
+        match HANDED_UMASK.set(umask) {
+            Ok(()) => return Ok(()),
+            Err(_) if HANDED_UMASK.get() == Some(&umask) => return Ok(()),
+            Err(_) => format!(
+                "this run already took umask {:04o}",
+                HANDED_UMASK.get().copied().unwrap_or_default()
+            ),
+        }
+    };
+    Err(why)
 }
 
 /// The process umask, read once (the first call sets and restores it, so make it before

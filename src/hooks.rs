@@ -198,10 +198,13 @@ fn wait(
         read_lines(name, s, &tail, &open);
     }
     let deadline = Instant::now() + timeout;
+    // Its end is seen without reaping it (`exited`): until it is reaped below, its
+    // process id, and so its process group's, cannot be given to another process, and
+    // a kill of its group reaches only what it started.
     let status = loop {
-        match child.try_wait() {
-            Ok(Some(st)) => break Ok(st),
-            Ok(None) if Instant::now() >= deadline => {
+        match exited(&child) {
+            Ok(true) => break Ok(()),
+            Ok(false) if Instant::now() >= deadline => {
                 let _ = kill_group(&child);
                 let _ = child.wait();
                 break Err(format!(
@@ -209,12 +212,12 @@ fn wait(
                     timeout.as_secs()
                 ));
             }
-            Ok(None) if cancel.load(Ordering::Relaxed) => {
+            Ok(false) if cancel.load(Ordering::Relaxed) => {
                 let _ = kill_group(&child);
                 let _ = child.wait();
                 break Err("killed: snapring was interrupted".to_string());
             }
-            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Ok(false) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => break Err(format!("cannot wait for it: {e}")),
         }
     };
@@ -224,10 +227,13 @@ fn wait(
         std::thread::sleep(Duration::from_millis(10));
     }
     // Still held: by what it started in the background (`sleep 600 &`), left in its
-    // process group (whose id is not reused while a member lives). A notifier's is
-    // killed, as a timeout kills it: it would outlive the run (a daemon's too).
+    // process group (its id still the command's, not reaped yet: no other group can
+    // have it). A notifier's is killed, as a timeout kills it: it would outlive the run
+    // (a daemon's too).
     if kill_leftovers && status.is_ok() && open.load(Ordering::Relaxed) > 0 {
-        match kill_group(&child) {
+        // A test makes a new process group here, to see that it is not the one killed.
+        let _ = crate::failpoint::hit("hooks.leftovers");
+        match group_lives(&child) && kill_group(&child) {
             true => tracing::warn!(
                 "{name}: killed what it left running in the background holding its output"
             ),
@@ -238,6 +244,8 @@ fn wait(
             ),
         }
     }
+    // Reaped only now (its status was kept).
+    let status = status.and_then(|()| child.wait().map_err(|e| format!("cannot wait for it: {e}")));
     let tail = tail.lock().unwrap_or_else(|e| e.into_inner()).clone();
     match status {
         Ok(st) if st.success() => (Some(0), None, tail),
@@ -305,6 +313,48 @@ fn read_lines(
         }
         open.fetch_sub(1, Ordering::Relaxed);
     });
+}
+
+/// Whether `child` has ended, without reaping it (`waitid` with `WNOWAIT`): its
+/// process id stays taken until `Child::wait`.
+fn exited(child: &Child) -> std::io::Result<bool> {
+    use rustix::process::{Pid, WaitId, WaitIdOptions, waitid};
+    let pid = Pid::from_raw(child.id() as i32).ok_or(std::io::ErrorKind::InvalidInput)?;
+    let o = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | WaitIdOptions::NOWAIT;
+    loop {
+        match waitid(WaitId::Pid(pid), o) {
+            Ok(st) => return Ok(st.is_some()),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Whether a process other than `child` itself (ended, not reaped) is in its process
+/// group: one it started that stayed there (read from `/proc`; zombies do not count).
+fn group_lives(child: &Child) -> bool {
+    let group = child.id();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    dir.flatten().any(|e| {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            return false;
+        };
+        if pid == group {
+            return false;
+        }
+        // `pid (comm) state ppid pgrp …`: comm may hold spaces and parentheses.
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        let mut f = stat
+            .rsplit_once(')')
+            .map_or("", |(_, r)| r)
+            .split_whitespace();
+        let (state, pgrp) = (f.next(), f.nth(1));
+        state != Some("Z") && pgrp.and_then(|g| g.parse::<u32>().ok()) == Some(group)
+    })
 }
 
 /// SIGKILL to `child`'s process group: whether any process of it was there to get it.

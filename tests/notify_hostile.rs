@@ -514,6 +514,80 @@ fn a_command_notifier_that_succeeds_leaves_nothing_running_that_holds_its_output
     );
 }
 
+/// A command notifier that succeeded, leaving a process that held its output and then
+/// left its process group (`setsid`): once the command had been reaped, its process
+/// group's id was free, and the kill of "what it left in its group" went to whatever
+/// new group took that id. Here a new, unrelated process group takes the id just then
+/// (the next process id set through `ns_last_pid`, at a pause before that kill): it is
+/// not killed, as the command is reaped only after the kill.
+#[test]
+fn a_notifiers_leftover_kill_does_not_reach_a_new_group_with_its_old_id() {
+    use std::os::unix::process::CommandExt;
+    let t = tempfile::tempdir().unwrap();
+    let (grp, own) = (t.path().join("grp"), t.path().join("own"));
+    let notifiers = format!(
+        "[notify.leaves]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $$ > {grp}; setsid sleep 300 & echo $! > {own}; echo sent\"]\nretries = 0\ntimeout = \"20s\"\n",
+        grp = grp.display(),
+        own = own.display()
+    );
+    let cfg = config(
+        t.path(),
+        &t.path().join("b"),
+        "require_mount = true",
+        &["leaves"],
+        &notifiers,
+    );
+    let mut cmd = Command::new(bin());
+    cmd.args(["run", "home", "--config", &cfg, "--json"])
+        .env("SNAPRING_CATALOG", "off")
+        .stdin(Stdio::null());
+    let pause = t.path().join("pause");
+    let child = paused_at(cmd, "hooks.leftovers", &pause);
+    let pid = |p: &Path| -> u32 { std::fs::read_to_string(p).unwrap().trim().parse().unwrap() };
+    let (group, own) = (pid(&grp), pid(&own));
+    // A new process group, made to get the notifier's old group id if that is free.
+    let mut decoy = None;
+    for _ in 0..50 {
+        if std::fs::write("/proc/sys/kernel/ns_last_pid", (group - 1).to_string()).is_err() {
+            break;
+        }
+        let mut c = Command::new("sleep")
+            .arg("300")
+            .process_group(0)
+            .spawn()
+            .unwrap();
+        // Got it, or it is still taken (by the notifier's command, not reaped).
+        if c.id() == group || Path::new(&format!("/proc/{group}")).exists() {
+            decoy = Some(c);
+            break;
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let _ = Command::new("kill").arg(own.to_string()).status();
+    let Some(mut decoy) = decoy else {
+        eprintln!("skipped: cannot set the next process id (ns_last_pid)");
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = running(decoy.id());
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    assert!(
+        alive,
+        "an unrelated process group {} (the notifier's was {group}) was killed:\n{err}",
+        decoy.id()
+    );
+    assert!(
+        err.contains("notifier leaves: its output is still held by a process it started outside")
+            && !err.contains("notifier leaves: killed"),
+        "{err}"
+    );
+}
+
 /// A hook whose output has no newline was read into one line in memory, however
 /// long; a chatty one wrote every line into the run's log. A line is cut at 4 KiB and
 /// at most 1 MiB of each stream is logged now.

@@ -496,3 +496,54 @@ fn hook_commands_that_hang_or_do_not_exist_fail_the_run_and_flags_split_like_a_s
         "{err}"
     );
 }
+
+/// `run --user-umask` (what a daemon hands on to each run) refused names the value
+/// given and what is accepted, in terms of the umask the run was started under (the
+/// daemon's, or the user's own for a run started by hand), not snapring's working
+/// umask with the owner's bits taken out: it said "not the umask this run was started
+/// under (0077) with owner bits added" to a run started under umask 0277.
+#[test]
+fn a_refused_user_umask_names_the_value_and_what_is_accepted() {
+    let refused = |umask: &str, given: &str| {
+        let out = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(format!("umask {umask} && exec \"$0\" \"$@\""))
+            .arg(bin())
+            .args([
+                "run",
+                "--user-umask",
+                given,
+                "--config",
+                "/nonexistent.toml",
+                "job",
+            ])
+            .env("SNAPRING_CATALOG", "off")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(64), "umask {umask}, {given}: {err}");
+        err
+    };
+    // Started under the daemon's working umask (no owner bits): only the owner digit
+    // may differ.
+    let err = refused("0022", "0077");
+    for said in [
+        "--user-umask 0077",
+        "is refused",
+        "(0022)",
+        "accepted: 0022 to 0722",
+    ] {
+        assert!(err.contains(said), "not said: {said:?}: {err}");
+    }
+    // Started by hand under a umask with owner bits: nothing is accepted, and the umask
+    // named is the one it was started under.
+    let err = refused("0277", "0277");
+    for said in [
+        "--user-umask 0277",
+        "started under umask 0277",
+        "no value is accepted",
+    ] {
+        assert!(err.contains(said), "not said: {said:?}: {err}");
+    }
+    assert!(!err.contains("0077"), "{err}");
+}

@@ -926,6 +926,180 @@ fn a_repository_backup_failing_on_a_full_disk_names_the_prune_that_frees_its_upl
     assert_eq!(used(&data), 0, "the prune left the failed run's packs");
 }
 
+/// A prune of a repository whose file system is full (a backup failed there for a full
+/// disk, then the last free block went) fails saying what it needs room for, that it
+/// removed nothing, and where to find the room: outside the repository, never by
+/// deleting its files (it said only "cannot write …/locks/…: No space left on device").
+/// With room freed elsewhere, the same prune runs.
+#[test]
+fn a_prune_on_a_full_repository_file_system_says_what_room_it_needs() {
+    use common::restic::{pseudo_random, sr};
+    use std::io::Write;
+    use std::process::Command;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 0..3 {
+        write(&src.join(format!("f{i}")), &pseudo_random(8 << 20, 20 + i));
+    }
+    /// A tmpfs, unmounted however the test ends.
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let small = t.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    let _mounted = Tmpfs(small.clone());
+    let url = common::restic::file_url(&small.join("repo"));
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = sr(&["backup", "--source", src.to_str().unwrap(), "--dest", &url]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    // The rest of the file system filled (another user of it, a log).
+    let filler = small.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    while f.write_all(&[7u8; 4096]).is_ok() {}
+    drop(f);
+    let (code, out, err) = sr(&["prune", "--dest", &url]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    for said in [
+        "No space left on device",
+        "/repo/locks/",
+        "prune removed nothing",
+        "lock file",
+        "new index",
+        "to repack",
+        &format!("snapring prune --dry-run --dest {url}"),
+        "outside the repository",
+        "do not delete files inside the repository",
+    ] {
+        assert!(err.contains(said), "not said: {said:?}:\n{err}");
+    }
+    std::fs::remove_file(&filler).unwrap();
+    let (code, out, err) = sr(&["prune", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
+/// A prune that runs out of room while it repacks (its first new pack written, the
+/// second not) removes the packs it wrote, which are in no index: it left a 16 MiB pack
+/// behind on the full file system, taking the room the next prune needs. The
+/// repository's packs are those it had before, and with room freed the prune runs.
+#[test]
+fn a_prune_that_fills_the_file_system_while_repacking_removes_its_new_packs() {
+    use common::restic::{pseudo_random, sr};
+    use std::process::Command;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for i in 10..50 {
+        write(&src.join(format!("f{i}")), &pseudo_random(1 << 20, i));
+    }
+    /// A tmpfs, unmounted however the test ends.
+    struct Tmpfs(std::path::PathBuf);
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let small = t.path().join("small");
+    std::fs::create_dir(&small).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("skipped: cannot mount a tmpfs (not root?)");
+        return;
+    }
+    let _mounted = Tmpfs(small.clone());
+    let url = common::restic::file_url(&small.join("repo"));
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = sr(&[
+        "backup",
+        "--json",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let first: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // Every other file gone: each pack is half used once the first snapshot is forgotten
+    // (20 MiB to repack: a full 16 MiB pack, then the rest).
+    for i in (11..50).step_by(2) {
+        std::fs::remove_file(src.join(format!("f{i}"))).unwrap();
+    }
+    let (code, out, err) = sr(&["backup", "--source", src.to_str().unwrap(), "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = sr(&[
+        "forget",
+        "--dest",
+        &url,
+        first["snapshot"].as_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let packs = || {
+        let mut v: Vec<_> = walkdir(&small.join("repo/data"));
+        v.sort();
+        v
+    };
+    fn walkdir(d: &Path) -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(d)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .flat_map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => walkdir(&e.path()),
+                _ => vec![e.path()],
+            })
+            .collect()
+    }
+    let before = packs();
+    // Room for the first new pack, not for the second.
+    let free = |p: &Path| {
+        let s = rustix::fs::statvfs(p).unwrap();
+        s.f_bavail * s.f_frsize
+    };
+    let fill = free(&small) - (17 << 20);
+    write(&small.join("filler"), &vec![0u8; fill as usize]);
+    let room = free(&small);
+    let (code, out, err) = sr(&["prune", "--dest", &url]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    for said in [
+        "No space left on device",
+        "/repo/data/",
+        "prune removed nothing",
+        "to repack",
+    ] {
+        assert!(err.contains(said), "not said: {said:?}:\n{err}");
+    }
+    assert_eq!(
+        packs(),
+        before,
+        "the failed prune left packs of its own, or removed some"
+    );
+    assert!(
+        free(&small) >= room,
+        "{} bytes free before, {} after",
+        room,
+        free(&small)
+    );
+    std::fs::remove_file(small.join("filler")).unwrap();
+    let (code, out, err) = sr(&["prune", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+}
+
 #[test]
 fn a_repository_restore_into_a_full_target_is_finished_by_running_it_again() {
     use common::restic::{pseudo_random, repo_of, sr};

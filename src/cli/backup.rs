@@ -19,11 +19,11 @@ pub fn run_job(a: RunArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     // From the daemon: the umask its user gave it, for this run's hooks (the run
     // inherits the daemon's working one, the owner's bits taken out).
     if let Some(u) = a.user_umask
-        && !snapring::fsx::take_user_umask(u)
+        && let Err(why) = snapring::fsx::take_user_umask(u)
     {
         return Err(super::exit_code::usage!(
-            "--user-umask {u:04o}: not the umask this run was started under ({:04o}) with owner bits added",
-            snapring::fsx::process_umask()
+            "--user-umask {u:04o} (the umask the daemon that starts this run was given, \
+             for the run's hooks and command notifiers) is refused: {why}"
         ));
     }
     // From the daemon: its running configuration, moved out of the descriptor that

@@ -1023,7 +1023,7 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
             // A run's workers finishing before the lock (the race tests).
             snapring::failpoint::hit("prune.before_drop_lock")?;
             // Under the exclusive lock: no worker of those runs is still at work.
-            let ex = restic::lock::acquire(&repo, true)?;
+            let ex = restic::lock::acquire(&repo, true).map_err(|e| prune_full(e, &a.dest))?;
             // Listed before the lock: a run published since is not given up.
             let still = snapring::shard::repository::unfinished_runs(repo.backend.as_ref())?;
             for run in unfinished.iter().filter(|r| still.contains(r)) {
@@ -1039,7 +1039,8 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         a.dry_run,
         &snapring::shard::repository::unpublished_roots,
         &cancel,
-    );
+    )
+    .map_err(|e| prune_full(e, &a.dest));
     let left = match &r {
         Err(restic::Error::Cancelled) => {
             "nothing was removed (packs it wrote are in no index; the next prune removes \
@@ -1108,6 +1109,28 @@ pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
         );
     }
     Ok(ExitCode::Complete)
+}
+
+/// A prune that failed on a full repository file system (ENOSPC or a used-up quota
+/// writing its lock, a repacked pack or the new index): the error, and what to do. Prune
+/// removed nothing then (the new packs it wrote are removed again, `prune::carry_out`);
+/// no file of the repository is safe to delete by hand, so the room must come from
+/// elsewhere on that file system.
+fn prune_full(e: restic::Error, dest: &str) -> restic::Error {
+    let full =
+        matches!(&e, restic::Error::Io { source, .. } if snapring::fsx::is_disk_full(source));
+    if !full {
+        return e;
+    }
+    restic::Error::Other(format!(
+        "{e}: the repository's file system is full (or its quota used up); prune removed \
+         nothing. Before it removes anything, prune needs room there for its lock file and \
+         its new index (a few KiB up to some MiB for a large repository) and for the data \
+         it copies out of partly used packs (`snapring prune --dry-run --dest {dest}` \
+         shows how much: \"to repack\"). Free that much space on the file system outside \
+         the repository and run prune again; do not delete files inside the repository: \
+         any pack may hold data a snapshot needs (only prune tells which are unused)"
+    ))
 }
 
 /// `snapring repair index --dest URL [--read-data]`: exit 0 when every snapshot is

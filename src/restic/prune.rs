@@ -379,12 +379,15 @@ fn carry_out(
         BlobType::Data => 0,
         BlobType::Tree => 1,
     };
+    // The new packs, in no index until the new index is written.
+    let mut written: Vec<Id> = Vec::new();
     let mut write_pack = |b: PackBuilder, new_index: &mut Vec<PackJson>| -> Result<()> {
         if b.is_empty() {
             return Ok(());
         }
         let (id, bytes, entries) = b.finish(&repo.key);
         repo.backend.write(Kind::Pack, &id, &bytes)?;
+        written.push(id);
         crate::failpoint::hit("restic.prune_pack_written").map_err(super::io_err(
             "write",
             repo.backend.file_location(Kind::Pack, &id),
@@ -394,40 +397,55 @@ fn carry_out(
         new_index.push(PackJson::new(id, &entries));
         Ok(())
     };
-    for (pack, fate) in &p.fates {
-        let keep = &p.keep[pack];
-        match fate {
-            PackFate::Keep => new_index.push(PackJson::new(*pack, keep)),
-            PackFate::Delete => {}
-            PackFate::Repack => {
-                let mut keep: Vec<&Entry> = keep.iter().collect();
-                keep.sort_by_key(|e| e.offset);
-                let mut span: Option<Span> = None;
-                // After a span that does not read, the pack's blobs are read one by one.
-                let mut spans = true;
-                for (i, e) in keep.iter().enumerate() {
-                    stop()?;
-                    if spans && span.as_ref().is_none_or(|s| !s.holds(e)) {
-                        span = Span::read(repo, pack, &keep[i..], SPAN_GAP, u64::MAX, false).ok();
-                        spans = span.is_some();
-                    }
-                    let (e, sealed) = match span.as_ref().and_then(|s| s.checked(e)) {
-                        Some(sealed) => ((*e).clone(), sealed),
-                        None => read_checked(repo, pack, e, &mut from_other)?,
-                    };
-                    let b = &mut builder[slot(e.kind)];
-                    b.add_sealed(&e, &sealed);
-                    if super::repo::pack_full(b) {
-                        let full = std::mem::take(b);
-                        write_pack(full, &mut new_index)?;
+    let mut repack = || -> Result<()> {
+        for (pack, fate) in &p.fates {
+            let keep = &p.keep[pack];
+            match fate {
+                PackFate::Keep => new_index.push(PackJson::new(*pack, keep)),
+                PackFate::Delete => {}
+                PackFate::Repack => {
+                    let mut keep: Vec<&Entry> = keep.iter().collect();
+                    keep.sort_by_key(|e| e.offset);
+                    let mut span: Option<Span> = None;
+                    // After a span that does not read, the pack's blobs are read one by one.
+                    let mut spans = true;
+                    for (i, e) in keep.iter().enumerate() {
+                        stop()?;
+                        if spans && span.as_ref().is_none_or(|s| !s.holds(e)) {
+                            span =
+                                Span::read(repo, pack, &keep[i..], SPAN_GAP, u64::MAX, false).ok();
+                            spans = span.is_some();
+                        }
+                        let (e, sealed) = match span.as_ref().and_then(|s| s.checked(e)) {
+                            Some(sealed) => ((*e).clone(), sealed),
+                            None => read_checked(repo, pack, e, &mut from_other)?,
+                        };
+                        let b = &mut builder[slot(e.kind)];
+                        b.add_sealed(&e, &sealed);
+                        if super::repo::pack_full(b) {
+                            let full = std::mem::take(b);
+                            write_pack(full, &mut new_index)?;
+                        }
                     }
                 }
             }
         }
+        for b in std::mem::take(&mut builder) {
+            write_pack(b, &mut new_index)?;
+        }
+        Ok(())
+    };
+    let repacked = repack();
+    if let Err(e) = &repacked
+        && matches!(e, Error::Io { source, .. } if crate::fsx::is_disk_full(source))
+    {
+        // A full file system: the new packs (in no index, under the exclusive lock) are
+        // removed again, so that they do not hold the room the next prune needs.
+        for id in &written {
+            let _ = repo.backend.remove(Kind::Pack, id);
+        }
     }
-    for b in builder {
-        write_pack(b, &mut new_index)?;
-    }
+    repacked?;
     report.blobs_from_other_copy = from_other;
     // The last point to stop at with nothing removed; past it the removals finish.
     stop()?;
