@@ -23,9 +23,18 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use crate::relpath::RelPath;
 
-/// Units per worker the cap aims at: small enough that stealing evens out the end of
-/// the run, few enough that claims cost little.
+/// Units per worker the cap aims at at least: small enough that stealing evens out the
+/// end of the run, few enough that claims cost little.
 pub const UNITS_PER_WORKER: u64 = 8;
+/// A larger tree gets more units: about `sqrt(total / WEIGHT_PER_UNIT_SQUARED)`. A unit
+/// costs a fixed number of round trips (its claim, commit, part and moves: ~90), so the
+/// units' cost grows with their count `n`; the run's idle end is about one unit's walk
+/// long (the last unit goes on while the other workers have nothing left), so it shrinks
+/// as `total / n`. Their sum is least for `n` growing as the square root of the tree:
+/// on `bench/run.py`'s `large` tree (500,000 files) 47 units left three of four workers
+/// idle for 5-9 s of a 120 s unchanged incremental, 237 for under 0.4 s (docs/scale-out.md,
+/// session 37). `small` (20,000 files) keeps the floor of 8 per worker.
+pub const WEIGHT_PER_UNIT_SQUARED: u64 = 20;
 /// At most this many units (claim and commit files on the backup file system).
 pub const MAX_UNITS: u64 = 10_000;
 /// Spine directories are not cut below this depth (the weights of deeper directories
@@ -149,7 +158,8 @@ impl Cut {
 
 /// The cap for `workers` workers over a tree of weight `total`.
 pub fn cap_for(total: u64, workers: usize) -> u64 {
-    let by_workers = total / (workers as u64 * UNITS_PER_WORKER).max(1);
+    let units = (workers as u64 * UNITS_PER_WORKER).max((total / WEIGHT_PER_UNIT_SQUARED).isqrt());
+    let by_workers = total / units.max(1);
     let by_count = total.div_ceil(MAX_UNITS);
     by_workers.max(by_count).max(1)
 }
@@ -525,6 +535,24 @@ mod tests {
         }
         s.dirs.insert(RelPath::root(), top);
         (s, sizes)
+    }
+
+    /// Eight units a worker on a small tree (`bench/run.py`'s `small`: 20,000 files), more
+    /// as the tree grows, as the square root of its weight (`large`: 500,000 files).
+    #[test]
+    fn the_cap_gives_eight_units_a_worker_to_small_trees_and_more_to_large_ones() {
+        assert_eq!(cap_for(20_000, 4), 20_000 / 32);
+        assert_eq!(cap_for(100, 4), 3);
+        let units = |total: u64| total / cap_for(total, 4);
+        assert!((150..=170).contains(&units(500_000)), "{}", units(500_000));
+        assert!(
+            (210..=240).contains(&units(1_000_000)),
+            "{}",
+            units(1_000_000)
+        );
+        assert!(units(100_000) > units(20_000) && units(100_000) < units(500_000));
+        // Never more than MAX_UNITS.
+        assert!(units(u64::MAX / 2) <= MAX_UNITS + 1);
     }
 
     /// The balance claim: 8 workers over 50 top-level directories of log-normal
