@@ -835,6 +835,51 @@ pub enum CopyError {
     Stopped,
 }
 
+/// Whether a file has fewer allocated blocks than its size needs: then it may have holes
+/// (the test `cp --sparse=auto` makes). Only such a file is searched for holes, and its
+/// copy checked for blocks of zeros; an ordinary one is copied without either.
+fn looks_sparse(meta: &Meta) -> bool {
+    meta.size > 0 && meta.blocks.saturating_mul(512) < meta.size
+}
+
+/// The blocks of zeros a copy leaves as holes: aligned in the file, this long.
+const HOLE_BLOCK: u64 = 4096;
+
+/// Writes `buf` (read from offset `off`) to `dst` at `off` except its blocks of zeros
+/// ([`HOLE_BLOCK`], aligned in the file; the part before the first boundary and after
+/// the last one are blocks too), which are left as holes of a file already sized.
+/// Returns the bytes written.
+fn pwrite_nonzero(dst: BorrowedFd<'_>, buf: &[u8], off: u64) -> io::Result<u64> {
+    let mut written = 0u64;
+    // The run of non-zero blocks not yet written: `buf[run..i]`.
+    let mut run = 0usize;
+    let mut i = 0usize;
+    while i < buf.len() {
+        let at = off + i as u64;
+        let end = (i + (HOLE_BLOCK - at % HOLE_BLOCK) as usize).min(buf.len());
+        if is_zero(&buf[i..end]) {
+            if run < i {
+                pwrite_all(dst, &buf[run..i], off + run as u64)?;
+                written += (i - run) as u64;
+            }
+            run = end;
+        }
+        i = end;
+    }
+    if run < buf.len() {
+        pwrite_all(dst, &buf[run..], off + run as u64)?;
+        written += (buf.len() - run) as u64;
+    }
+    Ok(written)
+}
+
+/// Whether `b` is all zeros (in 64-byte steps the compiler vectorizes).
+fn is_zero(b: &[u8]) -> bool {
+    let mut chunks = b.chunks_exact(64);
+    chunks.all(|c| c.iter().fold(0u8, |a, x| a | x) == 0)
+        && chunks.remainder().iter().all(|x| *x == 0)
+}
+
 /// The data ranges of a file: `[(start, end)]`, found with SEEK_DATA/SEEK_HOLE when the
 /// file looks sparse (fewer blocks than its size), else the whole file. File systems
 /// without SEEK_DATA give the whole file.
@@ -843,7 +888,7 @@ fn data_ranges(src: BorrowedFd<'_>, meta: &Meta) -> Vec<(u64, u64)> {
     if size == 0 {
         return Vec::new();
     }
-    if meta.blocks * 512 >= size {
+    if !looks_sparse(meta) {
         return vec![(0, size)];
     }
     let mut ranges = Vec::new();
@@ -885,7 +930,11 @@ pub fn copy_hash(
     let mut h = blake3::Hasher::new();
     let mut written = 0u64;
     let ranges = data_ranges(src, meta);
-    let sparse = ranges.len() != 1 || ranges.first() != Some(&(0, meta.size));
+    // Its holes are left holes: those SEEK_DATA found, and any block of zeros in its
+    // data. A file system without SEEK_DATA (FUSE, NFS before 4.2, so EFS) reports the
+    // whole file as data; its blocks still tell that the file is sparse (a 256 MiB
+    // hole through FUSE was stored as 256 MiB of disk).
+    let sparse = looks_sparse(meta) || ranges.len() != 1 || ranges.first() != Some(&(0, meta.size));
     if sparse {
         rfs::ftruncate(dst, meta.size).map_err(|e| CopyError::Write(e.into()))?;
     }
@@ -911,12 +960,15 @@ pub fn copy_hash(
                     return Err(CopyError::Stopped);
                 }
                 h.update(&buf[..n]);
-                if !(sparse && buf[..n].iter().all(|b| *b == 0)) {
+                let w = if sparse {
+                    pwrite_nonzero(dst, &buf[..n], off).map_err(CopyError::Write)?
+                } else {
                     pwrite_all(dst, &buf[..n], off).map_err(CopyError::Write)?;
-                    written += n as u64;
-                    if !pace(n as u64) {
-                        return Err(CopyError::Stopped);
-                    }
+                    n as u64
+                };
+                written += w;
+                if w > 0 && !pace(w) {
+                    return Err(CopyError::Stopped);
                 }
                 off += n as u64;
             }
@@ -1673,5 +1725,54 @@ mod tests {
             hash_file(open("tail").as_fd()).unwrap(),
             blake3::hash(&tail)
         );
+    }
+
+    /// A file whose blocks say it is sparse, where SEEK_DATA finds no hole (a file
+    /// system without it reports the whole file as data: FUSE, NFS before 4.2): its
+    /// blocks of zeros are left holes (4 KiB, aligned in the file), its hash and content
+    /// the same; only its data is written and paced. Here a dense file of zeros with a
+    /// stat that says it has no blocks stands for one.
+    #[test]
+    fn copy_hash_leaves_zero_blocks_holes_where_seek_data_finds_none() {
+        use std::os::fd::AsFd;
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let size = 4u64 << 20;
+        let mut content = vec![0u8; size as usize];
+        content[4096 * 3 + 100..4096 * 3 + 104].copy_from_slice(b"data");
+        // Across a 4 KiB boundary (and a 256 KiB read): two blocks.
+        content[(1 << 20) - 2..(1 << 20) + 2].copy_from_slice(b"edge");
+        content[size as usize - 1] = 1;
+        std::fs::write(t.path().join("src"), &content).unwrap();
+        let src = std::fs::File::open(t.path().join("src")).unwrap();
+        let mut meta = fstat(src.as_fd()).unwrap();
+        assert!(meta.blocks * 512 >= size, "written out, not sparse");
+        meta.blocks = 0;
+        let dst = std::fs::File::create(t.path().join("dst")).unwrap();
+        let paced = std::cell::Cell::new(0u64);
+        let pace = |n| {
+            paced.set(paced.get() + n);
+            true
+        };
+        let c = copy_hash(src.as_fd(), dst.as_fd(), &meta, &pace).unwrap();
+        drop(dst);
+        assert_eq!(c.hash, blake3::hash(&content));
+        assert_eq!(c.len, size);
+        assert_eq!(c.written, 4 * 4096);
+        // Every byte read, and the bytes written.
+        assert_eq!(paced.get(), size + 4 * 4096);
+        assert_eq!(std::fs::read(t.path().join("dst")).unwrap(), content);
+        let dst = std::fs::metadata(t.path().join("dst")).unwrap();
+        assert!(
+            dst.blocks() * 512 <= 64 * 1024,
+            "the copy uses {} bytes",
+            dst.blocks() * 512
+        );
+        // An ordinary file (its blocks cover its size): copied whole, zeros written.
+        let meta = fstat(src.as_fd()).unwrap();
+        let dense = std::fs::File::create(t.path().join("dense")).unwrap();
+        let c = copy_hash(src.as_fd(), dense.as_fd(), &meta, &|_| true).unwrap();
+        assert_eq!(c.written, size);
+        assert!(dense.metadata().unwrap().blocks() * 512 >= size);
     }
 }

@@ -463,3 +463,106 @@ fn stalled_read_does_not_outlast_the_window() {
 fn stalled_lookup_does_not_outlast_the_window() {
     stalled("lookup");
 }
+
+/// Allocated bytes of `p`.
+fn allocated(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(p).unwrap().blocks() * 512
+}
+
+/// A 64 MiB file `src/sparse` with 16 KiB of data blocks, holes elsewhere; its content.
+fn sparse_file(src: &Path) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let size = 64u64 << 20;
+    let f = std::fs::File::create(src.join("sparse")).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&[b'x'; 8192], 1 << 20).unwrap();
+    // Not aligned: the two blocks it touches are data.
+    f.write_all_at(b"tail", size - 4098).unwrap();
+    drop(f);
+    std::fs::read(src.join("sparse")).unwrap()
+}
+
+/// The premise of the two tests below: through the layer SEEK_HOLE finds no hole
+/// before the end, though the file's blocks say it is sparse.
+fn assert_no_seek_hole(p: &Path) {
+    let f = std::fs::File::open(p).unwrap();
+    let size = f.metadata().unwrap().len();
+    let hole = rustix::fs::seek(&f, rustix::fs::SeekFrom::Hole(0)).unwrap();
+    assert_eq!(
+        hole, size,
+        "the layer has SEEK_HOLE now: these tests need another"
+    );
+    assert!(allocated(p) < 64 * 1024, "{} not sparse", p.display());
+}
+
+/// A sparse file read through a file system without SEEK_DATA/SEEK_HOLE (the layer, as
+/// FUSE, and NFS before 4.2 such as EFS) is stored sparse: its blocks say it is sparse,
+/// so its blocks of zeros are left holes, its content and hash unchanged. A 256 MiB hole
+/// through FUSE was stored as 256 MiB of disk (`cp --sparse=auto` made it 0).
+#[test]
+fn a_sparse_file_through_a_layer_without_seek_data_is_stored_sparse() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    let want = sparse_file(&src);
+    let Some(fs) = FaultFs::mount(&src, &mnt, &[]) else {
+        return;
+    };
+    assert_no_seek_hole(&mnt.join("sparse"));
+    let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    drop(fs);
+    let stored = dest.join("daily.0/sparse");
+    assert_eq!(std::fs::read(&stored).unwrap(), want);
+    assert!(
+        allocated(&stored) <= 64 * 1024,
+        "the stored copy uses {} bytes",
+        allocated(&stored)
+    );
+    // Only the data blocks were written (what the bandwidth limit counts too).
+    assert_eq!(rep["bytes_transferred"], 8192 + 8192, "{rep}");
+    // The recorded hash is the content's.
+    assert_verify_clean(&dest, "daily.0");
+}
+
+/// A sparse file restored from a store read through a file system without SEEK_DATA
+/// (a store on FUSE, or on NFS before 4.2 such as EFS) is restored sparse.
+#[test]
+fn a_sparse_file_restored_from_a_store_without_seek_data_stays_sparse() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    let want = sparse_file(&src);
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let Some(fs) = FaultFs::mount(&dest, &mnt, &[]) else {
+        return;
+    };
+    assert_no_seek_hole(&mnt.join("daily.0/sparse"));
+    let to = t.path().join("restored");
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            mnt.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(fs);
+    let restored = to.join("sparse");
+    assert_eq!(std::fs::read(&restored).unwrap(), want);
+    assert!(
+        allocated(&restored) <= 64 * 1024,
+        "the restored file uses {} bytes",
+        allocated(&restored)
+    );
+}
