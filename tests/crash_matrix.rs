@@ -180,6 +180,9 @@ const CASES: &[Case] = &[
 /// expired snapshot there, and the next run or `snapring finalize` removes the rest.
 const NOT_IN_MATRIX: &[&str] = &[
     "verify.snapshot",
+    // A `verify`/`diff` paused as it opens a directory, then sent a signal: it says
+    // `interrupted`, never clean (tests/damage.rs). A reader: nothing to crash.
+    "compare.dir",
     "restic.pack_written",
     "restic.prune_pack_written",
     // A sleep before a new blob is sealed, for a test that one big file's chunks are
