@@ -257,6 +257,8 @@ impl<A: SnapshotReader, B: SnapshotReader> Visitor for Run<'_, A, B> {
         rel: &RelPath,
         (in_a, in_b, _): Sub,
     ) -> Opened<Self::State, Item> {
+        // Tests stop a `verify`/`diff` here (a signal in the middle of a compare).
+        let _ = crate::failpoint::hit("compare.dir");
         let pa = parent.map(|p| p.state.a.as_ref());
         let pb = parent.map(|p| p.state.b.as_ref());
         // A side whose record of this directory is damaged (its block, or its index

@@ -18,12 +18,22 @@ fn main() {
         Ok(a) => a,
         Err(e) => {
             // `--help` and `--version` go to stdout and exit 0; a usage error has its own
-            // code, apart from the run statuses. A closed pipe is not worth a panic.
-            let _ = e.print();
+            // code, apart from the run statuses. A closed pipe is not worth a panic, nor
+            // an error (the output stops, as any command's); any other write error on
+            // stdout (`>/dev/full`) is one, as after a command: the help was not shown.
+            let printed = e
+                .print()
+                .and_then(|()| std::io::Write::flush(&mut std::io::stdout()));
             let code = if e.use_stderr() {
                 ExitCode::Usage
             } else {
-                ExitCode::Complete
+                match printed {
+                    Err(w) if w.kind() != std::io::ErrorKind::BrokenPipe => {
+                        errln!("snapring: error: cannot write to stdout: {w}");
+                        ExitCode::Failed
+                    }
+                    _ => ExitCode::Complete,
+                }
             };
             std::process::exit(code.code());
         }

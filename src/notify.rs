@@ -312,7 +312,8 @@ pub fn send_all(notifiers: &[(String, NotifierConfig)], r: &RunReport) -> Vec<Ou
     send_notice(notifiers, &Notice::backup(r))
 }
 
-/// Set by SIGINT/SIGTERM ([`stop_on_signals`]): the process is stopping, so a notifier
+/// Set by SIGINT/SIGTERM ([`stop_on_signals`]; SIGHUP too in a one-shot command,
+/// [`stop_on_hangup`]): the process is stopping, so a notifier
 /// is not retried and an attempt under way when the signal came is cut short (a service
 /// manager waits `TimeoutStopSec` and then kills: a hanging receiver tried again and
 /// again held a stopping run, and a stopping daemon, for minutes).
@@ -328,6 +329,18 @@ pub fn stop_on_signals() {
     ONCE.call_once(|| {
         for s in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
             let _ = signal_hook::flag::register(s, stop_flag().clone());
+        }
+    });
+}
+
+/// Makes SIGHUP set [`stop_flag`] too: a one-shot command stops on it as on SIGTERM
+/// (`cli::cancel_on_signal`), unless it was ignored at start (`nohup`). Not the daemon,
+/// whose SIGHUP reloads.
+pub fn stop_on_hangup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if !crate::engine::progress::hangup_ignored() {
+            let _ = signal_hook::flag::register(signal_hook::consts::SIGHUP, stop_flag().clone());
         }
     });
 }

@@ -78,6 +78,9 @@ pub struct RestoreOptions {
     /// directory may then delete whatever else `to` holds (see [`refuse_flat_mirror`]).
     pub to_is_dedicated: bool,
     pub dry_run: bool,
+    /// A dry run's plan goes to stderr (`--json`: stdout holds the report alone), as a
+    /// backup's does.
+    pub plan_on_stderr: bool,
     pub jobs: usize,
     pub progress: bool,
 }
@@ -550,7 +553,11 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     }
     let root_meta = (whole_dir && start.node.apply_meta && start.node.dst_rel.is_root())
         .then(|| (start.node.meta, start.node.xattrs.clone()));
-    let plan: Box<dyn Write + Send> = Box::new(std::io::stdout());
+    let plan: Box<dyn Write + Send> = if opts.plan_on_stderr {
+        Box::new(std::io::stderr())
+    } else {
+        Box::new(std::io::stdout())
+    };
     let r = Restore {
         opts,
         reader: &reader,

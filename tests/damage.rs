@@ -646,3 +646,206 @@ fn a_manifest_cut_short_is_reported_as_damaged_not_as_removed_or_unexpected_entr
     // Not damage found: nothing is recorded for the next backup to copy.
     assert_eq!(v["next_backup_copies"], 0, "{v}");
 }
+
+/// `snapring ARGS…` (no catalog) paused on the `nth` hit of failpoint `point`, sent
+/// `sig`, let go: (exit, stdout, stderr).
+fn signalled(
+    args: &[&std::ffi::OsStr],
+    at: (&str, u32),
+    pause: &Path,
+    sig: rustix::process::Signal,
+) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(args).env("SNAPRING_CATALOG", "off");
+    let o = signalled_at(cmd, at, pause, sig)
+        .wait_with_output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `verify` and `diff` stopped by a signal in the middle of their compare (held at
+/// `compare.dir` as the first subdirectory opens: the root's entries are checked, the
+/// rest not): exit 3, `INTERRUPTED`, never clean nor "0 changed"; `--json` says
+/// `interrupted`; the damage found before the signal is reported and recorded for the
+/// next backup (added to the list, which keeps what it had). Before, the exit code and
+/// the output never looked at the signal: the verify said what it had found as if it
+/// were all (exit 2 here; "clean", exit 0, when nothing was found yet) and recorded
+/// nothing, the diff "0 added, 0 removed…", exit 0.
+#[test]
+fn a_verify_or_diff_stopped_by_a_signal_says_interrupted_never_clean() {
+    use rustix::process::Signal;
+    use std::ffi::OsStr;
+    let (t, src, dest) = setup();
+    write(&src.join("top"), b"a file at the root");
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let snap = dest.join("daily.0");
+    rot(&snap.join("top"));
+    rot(&snap.join("d2/f2"));
+    let pause = t.path().join("paused");
+    let verify: Vec<&OsStr> = ["verify", "--jobs", "1", "--dest"]
+        .iter()
+        .map(OsStr::new)
+        .chain([dest.as_os_str(), OsStr::new("daily.0")])
+        .collect();
+    let (code, out, err) = signalled(&verify, ("compare.dir", 2), &pause, Signal::TERM);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("daily.0: INTERRUPTED (checked in part) against manifest")
+            && out.contains("1 corrupt")
+            && !out.contains("clean"),
+        "{out}"
+    );
+    assert!(
+        err.contains("snapring: interrupted; 0 of 1 snapshots checked in full, 1 in part"),
+        "{err}"
+    );
+    // What it found is recorded: the next backup copies `top` afresh; `d2/f2` was not
+    // reached (a whole verify finds it).
+    let list = manifest_files(&dest, "damaged");
+    assert_eq!(list.len(), 1, "{list:?}");
+    let recorded = std::fs::read_to_string(&list[0]).unwrap();
+    assert!(
+        recorded.contains("\"top\"") && !recorded.contains("d2/f2"),
+        "{recorded}"
+    );
+    // --json (and SIGINT): marked interrupted, not clean; the list keeps `top`.
+    let mut json = verify.clone();
+    json.push(OsStr::new("--json"));
+    let (code, out, err) = signalled(&json, ("compare.dir", 2), &pause, Signal::INT);
+    assert_eq!(code, 3, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&v[0]["interrupted"], &v[0]["clean"], &v[0]["corrupt"]),
+        (
+            &serde_json::json!(true),
+            &serde_json::json!(false),
+            &serde_json::json!(1)
+        ),
+        "{v}"
+    );
+    assert_eq!(v[0]["next_backup_copies"], 1, "{v}");
+    // A whole verify finds both and records both.
+    let (code, v) = verify_json(&dest, "daily.0");
+    assert_eq!(code, 2, "{v}");
+    assert_eq!(
+        (v[0]["corrupt"].as_u64(), v[0]["interrupted"].as_bool()),
+        (Some(2), Some(false))
+    );
+    // diff --against the source (by stat: no difference so far), text and --json.
+    let diff: Vec<&OsStr> = ["diff", "--jobs", "1", "--dest"]
+        .iter()
+        .map(OsStr::new)
+        .chain([
+            dest.as_os_str(),
+            OsStr::new("daily.0"),
+            OsStr::new("--against"),
+        ])
+        .chain([src.as_os_str()])
+        .collect();
+    let (code, out, err) = signalled(&diff, ("compare.dir", 2), &pause, Signal::TERM);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(out.contains(": INTERRUPTED: "), "{out}");
+    assert!(
+        err.contains("snapring: interrupted; the diff is incomplete"),
+        "{err}"
+    );
+    // --json, and SIGHUP (a closed terminal) stops it the same way.
+    let mut json = diff.clone();
+    json.push(OsStr::new("--json"));
+    let (code, out, err) = signalled(&json, ("compare.dir", 2), &pause, Signal::HUP);
+    assert_eq!(code, 3, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["interrupted"], true, "{v}");
+}
+
+/// `verify --all` stopped by a signal between two snapshots (held at `verify.snapshot`
+/// before the second): the first is reported as checked, the second `NOT CHECKED:
+/// interrupted`, exit 3. Before, the loop went on with the flag set: the second
+/// snapshot was "clean against manifest: 0 files hashed", exit 0.
+#[test]
+fn verify_all_stopped_between_snapshots_says_the_rest_was_not_checked() {
+    use rustix::process::Signal;
+    use std::ffi::OsStr;
+    let (t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let pause = t.path().join("paused");
+    let args: Vec<&OsStr> = vec![
+        "verify".as_ref(),
+        "--all".as_ref(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+    ];
+    let (code, out, err) = signalled(&args, ("verify.snapshot", 2), &pause, Signal::TERM);
+    assert_eq!(code, 3, "{out}{err}");
+    assert!(
+        out.contains("daily.0: clean against manifest: 30 files hashed"),
+        "{out}"
+    );
+    assert!(
+        out.contains("daily.1: NOT CHECKED: interrupted before its turn")
+            && !out.contains("daily.1: clean"),
+        "{out}"
+    );
+    assert!(
+        err.contains("snapring: interrupted; 1 of 2 snapshots checked in full;"),
+        "{err}"
+    );
+    let mut json = args.clone();
+    json.push(OsStr::new("--json"));
+    let (code, out, err) = signalled(&json, ("verify.snapshot", 2), &pause, Signal::TERM);
+    assert_eq!(code, 3, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(2), "{v}");
+    assert_eq!(
+        (&v[0]["clean"], &v[0]["interrupted"]),
+        (&serde_json::json!(true), &serde_json::json!(false)),
+        "{v}"
+    );
+    assert_eq!(
+        (&v[1]["clean"], &v[1]["interrupted"]),
+        (&serde_json::json!(false), &serde_json::json!(true)),
+        "{v}"
+    );
+}
+
+/// `verify --all` of a store without snapshots says so and exits 1, as `verify` of
+/// the newest does; `--json` prints `[]` (valid: nothing verified) and the reason on
+/// stderr. Before: nothing at all, exit 0 (`[]`, exit 0).
+#[test]
+fn verify_all_of_a_store_without_snapshots_is_an_error() {
+    // A store no backup has published to yet.
+    let (_t, _src, dest) = setup();
+    std::fs::create_dir(dest.join(".snapring")).unwrap();
+    for json in [false, true] {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "verify".as_ref(),
+            "--all".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ];
+        if json {
+            args.push("--json".as_ref());
+        }
+        let out = snapring(&args, &[("SNAPRING_CATALOG", "off")]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+        assert!(
+            stderr.contains("the store has no snapshots yet; nothing was verified"),
+            "{stderr}"
+        );
+        if json {
+            let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+            assert_eq!(v, serde_json::json!([]));
+        } else {
+            assert_eq!(stdout, "");
+        }
+    }
+}

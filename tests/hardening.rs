@@ -324,6 +324,40 @@ fn a_closed_stdout_stops_the_output_quietly_and_keeps_the_exit_code() {
     }
 }
 
+/// `--help`, `--version`, `help CMD` and `CMD --help` whose stdout cannot be written
+/// (`>/dev/full`: ENOSPC) exit 1 saying so, as any command's write error on stdout does
+/// (README, "Exit codes"); a closed pipe stays quiet and 0 (the test above). Before,
+/// they exited 0 silently: the help was lost and nothing said so.
+#[test]
+fn help_and_version_that_cannot_be_written_exit_1() {
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["help", "backup"],
+        &["backup", "--help"],
+    ] {
+        let out = Command::new(bin())
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(full()))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("snapring: error: cannot write to stdout: No space left on device"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn usage_errors_exit_64_apart_from_partial() {
     let (_t, root) = setup();

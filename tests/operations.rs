@@ -547,3 +547,43 @@ fn a_refused_user_umask_names_the_value_and_what_is_accepted() {
     }
     assert!(!err.contains("0077"), "{err}");
 }
+
+/// SIGHUP (the terminal closed, an ssh session dropped) stops `snapring run` as
+/// SIGTERM does: exit 3, the run recorded `incomplete` in the catalog, its post command
+/// and its notifier run. Before, SIGHUP's default killed it at once: exit 129, no
+/// report, no post command, no notification, the catalog row left `running`.
+#[test]
+fn sighup_stops_a_run_cleanly_with_its_post_command_and_notification() {
+    let e = setup(6, 100);
+    let (post, told) = (e.t.path().join("post ran"), e.t.path().join("notified"));
+    let cfg = job_config(
+        &e,
+        &format!(
+            "post_command = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS > '{}'\"]\nnotify = [\"cmd\"]\n\n[notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"cat > '{}'\"]\n",
+            e.s(&post),
+            e.s(&told)
+        ),
+    );
+    let mut cmd = std::process::Command::new(bin());
+    cmd.arg("--catalog")
+        .arg(&e.catalog)
+        .args(["run", "j", "--json", "--config"])
+        .arg(&cfg);
+    let pause = e.t.path().join("paused");
+    let child = signalled_at(cmd, ("walk.copy", 1), &pause, rustix::process::Signal::HUP);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["status"], "incomplete", "{rep}");
+    assert_eq!(
+        std::fs::read_to_string(&post).unwrap().trim(),
+        "incomplete",
+        "the post command ran"
+    );
+    let body = std::fs::read_to_string(&told).unwrap();
+    assert!(body.contains("incomplete"), "the notifier ran: {body}");
+    let (_, h, err, _) = e.cli(&["history", "--json"], &[]);
+    assert_eq!(h[0]["status"], "incomplete", "{h} {err}");
+    assert!(snapshot_names(&e.store).is_empty());
+}

@@ -309,6 +309,29 @@ fn non_empty_target_skips_identical_reports_conflicts_and_overwrites_on_request(
         b"edited by the user"
     );
     assert!(to.join("users/new.txt").exists());
+    // With --json stdout is the report alone, valid JSON; the plan goes to stderr, as a
+    // backup's dry run does (it came first on stdout: not JSON).
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+            "--mirror".as_ref(),
+            "--dry-run".as_ref(),
+            "--json".as_ref(),
+        ],
+        &[],
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(rep["dry_run"], true, "{rep}");
+    let plan = String::from_utf8_lossy(&out.stderr);
+    assert!(plan.contains("~ users/alice/.profile"), "{plan}");
+    assert!(plan.contains("- users/new.txt"), "{plan}");
+    assert!(to.join("users/new.txt").exists());
 
     let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
     assert_eq!(

@@ -8,7 +8,7 @@ use snapring::commands::inspect::{Verified, Version};
 
 use super::args::{DiffArgs, HistoryArgs, VerifyArgs};
 use super::exit_code::{ExitCode, usage};
-use super::print::{self, dash, human, outln};
+use super::print::{self, dash, errln, human, outln};
 
 /// `snapring diff`.
 pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
@@ -35,6 +35,22 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
             &r.one_fs,
             (&r.not_compared, &r.damaged_manifests),
         );
+    }
+    if r.interrupted {
+        // Never "no differences": what was not reached was not compared.
+        if !a.json {
+            outln!(
+                "{} -> {}: INTERRUPTED: {} entries compared; the differences above are those found so far",
+                r.from,
+                r.to,
+                r.totals.entries_compared
+            );
+        }
+        errln!(
+            "snapring: interrupted; the diff is incomplete ({} entries compared), nothing was written",
+            r.totals.entries_compared
+        );
+        return Ok(ExitCode::Incomplete);
     }
     Ok(ExitCode::clean_or_partial(
         r.problems.is_empty() && r.not_compared.is_empty(),
@@ -74,6 +90,27 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         print::json(&v)?;
     } else {
         v.iter().for_each(print_verified);
+    }
+    if a.all && v.is_empty() {
+        // Nothing verified is not a clean verify (as without `--all`).
+        errln!(
+            "snapring: error: store {}: the store has no snapshots yet; nothing was verified",
+            a.dest.display()
+        );
+        return Ok(ExitCode::Failed);
+    }
+    if v.iter().any(|x| x.interrupted) {
+        let whole = v.iter().filter(|x| !x.interrupted).count();
+        let part = v
+            .iter()
+            .filter(|x| x.interrupted && x.unchecked.is_none())
+            .count();
+        errln!(
+            "snapring: interrupted; {whole} of {} snapshots checked in full{}; what was found so far is reported above, the rest was not checked (verify again to finish)",
+            v.len(),
+            if part > 0 { ", 1 in part" } else { "" }
+        );
+        return Ok(ExitCode::Incomplete);
     }
     Ok(ExitCode::clean_or_partial(v.iter().all(|x| x.clean)))
 }
@@ -124,6 +161,7 @@ pub(super) fn print_verified(x: &Verified) {
         "{}: {} {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
         x.snapshot,
         match (x.clean, live) {
+            _ if x.interrupted => "INTERRUPTED (checked in part) against",
             (true, _) => "clean against",
             (false, false) if unchecked_only && !x.damaged_manifests.is_empty() => {
                 "NOT FULLY CHECKED (its manifest is damaged; no other damage found) against"

@@ -23,11 +23,14 @@ pub mod restore;
 pub mod serve;
 pub mod shard;
 
-/// A flag that SIGINT/SIGTERM set, for the long-running commands to stop cleanly.
+/// A flag that SIGINT/SIGTERM/SIGHUP set, for the long-running commands to stop
+/// cleanly (SIGHUP too: a closed terminal or a dropped ssh session stops a one-shot
+/// command as SIGTERM does; the daemon's SIGHUP reloads instead and does not come here).
 pub fn cancel_on_signal() -> Arc<AtomicBool> {
     let cancel = Arc::new(AtomicBool::new(false));
     snapring::engine::progress::install_signal_handlers(&cancel);
     // A stopping run's notifiers are not retried (`notify::stop_flag`).
     snapring::notify::stop_on_signals();
+    snapring::notify::stop_on_hangup();
     cancel
 }

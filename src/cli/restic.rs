@@ -740,6 +740,7 @@ pub fn restore(
         mode: snapring::restore::Mode::Safe,
         to_is_dedicated: false,
         dry_run: false,
+        plan_on_stderr: false,
         jobs: 0,
         progress: false,
     };
@@ -1454,6 +1455,7 @@ fn print_against(x: &restic::verify::RepoVerified) {
         damaged_manifests: vec![],
         unchecked: None,
         next_backup_copies: 0,
+        interrupted: false,
     });
 }
 

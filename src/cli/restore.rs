@@ -117,6 +117,7 @@ fn options(a: RestoreArgs, job_store: Option<PathBuf>) -> anyhow::Result<Restore
         },
         to_is_dedicated: a.to_is_dedicated,
         dry_run: a.dry_run,
+        plan_on_stderr: a.json,
         jobs: a.jobs.unwrap_or(0),
         progress: !a.no_progress && !a.json && !a.dry_run && std::io::stderr().is_terminal(),
     })

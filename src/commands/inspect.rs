@@ -40,9 +40,13 @@ pub struct DiffReport {
     pub not_compared: Vec<(String, String)>,
     /// The damaged manifest files (`.snapring/manifests/<run-id>.mf`).
     pub damaged_manifests: Vec<String>,
+    /// Stopped by SIGINT/SIGTERM/SIGHUP before the compare was done: the differences
+    /// are those found so far, and what was not reached is not compared (neither same
+    /// nor different).
+    pub interrupted: bool,
 }
 
-fn report(from: String, to: String, o: compare::Outcome) -> DiffReport {
+fn report(from: String, to: String, o: compare::Outcome, cancel: &AtomicBool) -> DiffReport {
     let n = |c| o.differences.iter().filter(|d| d.change == c).count() as u64;
     DiffReport {
         from,
@@ -57,7 +61,13 @@ fn report(from: String, to: String, o: compare::Outcome) -> DiffReport {
         one_fs: o.one_fs,
         not_compared: o.not_compared,
         damaged_manifests: o.damaged_manifests,
+        interrupted: stopped(cancel),
     }
+}
+
+/// Whether a signal stopped the command (the compare it cut short returned early).
+fn stopped(cancel: &AtomicBool) -> bool {
+    cancel.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// `diff OLD NEW` between two snapshots, or `diff OLD --against DIR` with a live tree.
@@ -88,7 +98,12 @@ pub fn diff(
             let bsel = store.select(new)?;
             let (ra, rb) = (recorded(&a), recorded(&bsel));
             let o = compare::compare(&ra, &rb, &opts, cancel);
-            Ok(report(a.snap.name.clone(), bsel.snap.name.clone(), o))
+            Ok(report(
+                a.snap.name.clone(),
+                bsel.snap.name.clone(),
+                o,
+                cancel,
+            ))
         }
         (None, Some(dir)) => {
             let fd = fsx::open_dir(dir).map_err(|e| live_error(e, dir))?;
@@ -98,7 +113,12 @@ pub fn diff(
             opts.excludes = a.exclusions()?;
             let live = TreeReader::tree(b(&fd));
             let o = compare::compare(&recorded(&a), &live, &opts, cancel);
-            Ok(report(a.snap.name.clone(), dir.display().to_string(), o))
+            Ok(report(
+                a.snap.name.clone(),
+                dir.display().to_string(),
+                o,
+                cancel,
+            ))
         }
         _ => Err(Error::Config(
             "diff needs a second snapshot or --against DIR (not both)".into(),
@@ -165,14 +185,44 @@ pub struct Verified {
     /// in `.snapring/manifests/<run-id>.damaged` (`manifest::damaged_list`); 0 when
     /// none, or when the list could not be written (warned: a read-only store).
     pub next_backup_copies: u64,
+    /// Stopped by SIGINT/SIGTERM/SIGHUP: this snapshot was checked in part (the
+    /// differences are those found so far, and recorded as damage), or not at all
+    /// (`unchecked`: the signal came before its turn). Never `clean`.
+    pub interrupted: bool,
 }
+
+/// Why a snapshot the signal stopped `verify` before is not checked.
+const NOT_REACHED: &str = "interrupted before its turn (SIGINT/SIGTERM/SIGHUP)";
 
 impl Verified {
     /// A snapshot `verify --all` could not check, and why.
     fn unchecked(sel: &Selected, why: String) -> Verified {
+        Verified::not_checked(
+            sel.snap.name.clone(),
+            sel.snap.rec.as_ref().map(|r| r.id.clone()),
+            why,
+        )
+    }
+
+    /// A snapshot the signal stopped `verify` before: not checked.
+    fn not_reached(target: &Target) -> Verified {
+        let (name, run_id) = match target {
+            Target::Held(sel) => (
+                sel.snap.name.clone(),
+                sel.snap.rec.as_ref().map(|r| r.id.clone()),
+            ),
+            Target::Later { spec, by_run, name } => (name.clone(), by_run.then(|| spec.clone())),
+        };
         Verified {
-            snapshot: sel.snap.name.clone(),
-            run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),
+            interrupted: true,
+            ..Verified::not_checked(name, run_id, NOT_REACHED.into())
+        }
+    }
+
+    fn not_checked(snapshot: String, run_id: Option<String>, why: String) -> Verified {
+        Verified {
+            snapshot,
+            run_id,
             against: "manifest".into(),
             clean: false,
             corrupt: 0,
@@ -188,6 +238,7 @@ impl Verified {
             damaged_manifests: vec![],
             unchecked: Some(why),
             next_backup_copies: 0,
+            interrupted: false,
         }
     }
 }
@@ -226,6 +277,12 @@ pub fn verify(
     };
     let mut out = Vec::new();
     for target in targets {
+        // Stopped by a signal: the snapshots not reached are not checked (said so,
+        // never clean).
+        if stopped(cancel) {
+            out.push(Verified::not_reached(&target));
+            continue;
+        }
         let sel = match target {
             Target::Held(sel) => *sel,
             Target::Later { spec, by_run, name } => match select_now(&store, &spec) {
@@ -238,6 +295,13 @@ pub fn verify(
             },
         };
         let sel = &sel;
+        if stopped(cancel) {
+            out.push(Verified {
+                interrupted: true,
+                ..Verified::unchecked(sel, NOT_REACHED.into())
+            });
+            continue;
+        }
         // Without a manifest (a tree taken over from another tool), only `--against`
         // has something to compare: the tree as it is, hashed file by file.
         if sel.manifest.is_none() && live.is_none() {
@@ -273,9 +337,12 @@ pub fn verify(
             None => (TreeReader::tree(b(&sel.fd)), "manifest".to_string()),
         };
         let o = compare::compare(&recorded(sel), &actual, &opts, cancel);
+        // Cut short by a signal: what was found is real and recorded all the same
+        // (added to the list, which keeps what it had: the rest was not checked).
+        let interrupted = stopped(cancel);
         let next_backup_copies = match (&live, &sel.snap.rec) {
-            (None, Some(rec)) if !cancel.load(std::sync::atomic::Ordering::Relaxed) => {
-                record_damage(&store, &rec.id, &sel.snap.name, &sel.path, &o)
+            (None, Some(rec)) => {
+                record_damage(&store, &rec.id, &sel.snap.name, &sel.path, &o, interrupted)
             }
             _ => 0,
         };
@@ -289,7 +356,10 @@ pub fn verify(
             snapshot: sel.snap.name.clone(),
             run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),
             against: against_name,
-            clean: o.differences.is_empty() && o.problems.is_empty() && o.not_compared.is_empty(),
+            clean: !interrupted
+                && o.differences.is_empty()
+                && o.problems.is_empty()
+                && o.not_compared.is_empty(),
             corrupt,
             missing: n(compare::Change::Removed),
             unexpected: n(compare::Change::Added),
@@ -303,6 +373,7 @@ pub fn verify(
             damaged_manifests: o.damaged_manifests,
             unchecked: None,
             next_backup_copies,
+            interrupted,
         });
     }
     Ok(out)
@@ -313,8 +384,17 @@ pub fn verify(
 /// than a directory whose bytes or metadata differ, and every unreadable one (a new
 /// snapshot's directories are made anew, never linked) but those this user may not
 /// read (`EACCES`: permissions, not damage; a copy would have the same mode). Returns how many were recorded;
-/// a store that cannot be written (a read-only mount) is warned about, and 0.
-fn record_damage(store: &Store, id: &str, name: &str, snap: &Path, o: &compare::Outcome) -> u64 {
+/// a store that cannot be written (a read-only mount) is warned about, and 0. A verify
+/// cut short (`partial`) adds what it found to the list, whose other entries were not
+/// checked again, so stay; a whole one replaces it.
+fn record_damage(
+    store: &Store,
+    id: &str,
+    name: &str,
+    snap: &Path,
+    o: &compare::Outcome,
+    partial: bool,
+) -> u64 {
     let mut paths: Vec<RelPath> = o
         .differences
         .iter()
@@ -338,6 +418,15 @@ fn record_damage(store: &Store, id: &str, name: &str, snap: &Path, o: &compare::
     let mdir = store.meta.join("manifests");
     if !paths.is_empty() {
         share_damage(store, &mdir, id, snap, &paths);
+    }
+    if partial {
+        let before = crate::manifest::read_damaged(&mdir, id);
+        if paths.is_empty() {
+            return before.len() as u64;
+        }
+        paths.extend(before);
+        paths.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        paths.dedup();
     }
     match crate::manifest::write_damaged(&mdir, id, &paths) {
         Ok(()) => paths.len() as u64,

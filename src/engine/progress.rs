@@ -1,6 +1,6 @@
 //! What runs beside the walk: the progress line on a terminal (fed from the run's
 //! counters, measured against the previous snapshot's file count), the figures of the
-//! progress file `serve` shows, the backup window's deadline, and SIGINT/SIGTERM
+//! progress file `serve` shows, the backup window's deadline, and SIGINT/SIGTERM/SIGHUP
 //! handling. Each of them only reads the counters or sets the run's cancel flag.
 
 use std::sync::Arc;
@@ -10,19 +10,44 @@ use std::time::{Duration, Instant};
 use crate::repo::RunProgress;
 use crate::report::Counters;
 
-/// Sets `cancel` on SIGINT/SIGTERM; a second signal ends the process at once (exit 130).
-/// "Second" counts signals only: `cancel` set by the backup window's end is not a first
-/// one (a single SIGTERM then ended the stopping run at once, before its record, post
-/// command and notifications).
+/// Sets `cancel` on SIGINT/SIGTERM/SIGHUP; a second signal ends the process at once
+/// (exit 130). "Second" counts signals only: `cancel` set by the backup window's end is
+/// not a first one (a single SIGTERM then ended the stopping run at once, before its
+/// record, post command and notifications). SIGHUP (the terminal closed, an ssh session
+/// dropped) is a stop like SIGTERM for the one-shot commands that call this: by default
+/// it killed them at once (exit 129: no report, no post command, no notification, the
+/// catalog row left `running`, a restic lock left). The daemon does not call this: its
+/// SIGHUP reloads the config (`daemon::install_signals`). A SIGHUP ignored when
+/// snapring started (`nohup`) stays ignored ([`hangup_ignored`]).
 pub fn install_signal_handlers(cancel: &Arc<AtomicBool>) {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let signalled = Arc::new(AtomicBool::new(false));
-    for sig in [SIGINT, SIGTERM] {
+    let hup = (!hangup_ignored()).then_some(SIGHUP);
+    for sig in [SIGINT, SIGTERM].into_iter().chain(hup) {
         // Order matters: the shutdown check sees the flag as it was before this signal.
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, signalled.clone());
         let _ = signal_hook::flag::register(sig, signalled.clone());
         let _ = signal_hook::flag::register(sig, cancel.clone());
     }
+}
+
+/// Whether SIGHUP was ignored when snapring started (`nohup snapring backup …`: the
+/// user asked for the command to outlive the terminal), from `SigIgn` of
+/// `/proc/self/status`, read once (before any handler of ours is installed: the first
+/// call is [`install_signal_handlers`]'s). Unknown (no `/proc`) is not ignored.
+pub fn hangup_ignored() -> bool {
+    static IGNORED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *IGNORED.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("SigIgn:"))
+                    .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
+            })
+            // Bit N-1 is signal N; SIGHUP is 1.
+            .is_some_and(|m| m & 1 != 0)
+    })
 }
 
 /// No ETA before the walk has run this long: the first seconds' rate says little.

@@ -399,6 +399,34 @@ pub fn terminated_at(cmd: std::process::Command, point: &str, pause: &Path) -> s
     child
 }
 
+/// `cmd` (its output piped) paused on the `nth` hit of failpoint `point` (until `pause`
+/// is removed), then sent `sig` and let go: the child, to wait for.
+pub fn signalled_at(
+    mut cmd: std::process::Command,
+    (point, nth): (&str, u32),
+    pause: &Path,
+    sig: rustix::process::Signal,
+) -> std::process::Child {
+    let child = cmd
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("{point}=pause:{}@{nth}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        sig,
+    )
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    std::fs::remove_file(pause).unwrap();
+    child
+}
+
 /// A paused backup: `snapring backup --json --jobs 1 --source SRC --dest DEST EXTRA…`
 /// with the failpoint `point` set to pause (on its `nth` hit) until the returned file is
 /// removed. Returns once the child is paused there.
