@@ -466,7 +466,7 @@ fn start_log(path: &Path) -> bool {
         _ => {
             tracing::warn!(
                 "cannot write the restore's log {}",
-                crate::relpath::shown(&path)
+                crate::relpath::shown(path)
             );
             false
         }

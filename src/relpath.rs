@@ -173,11 +173,26 @@ pub fn escape(bytes: &[u8]) -> String {
 }
 
 /// A local path (a source, a store, a restore's target, as given or canonical) in a
-/// message: escaped as names in snapshots are ([`escape`]), so a control character, a
-/// newline or a byte that is not UTF-8 in it cannot reach a terminal or a log raw.
+/// message: a control character (a newline, an escape sequence), a byte that is not
+/// UTF-8 and `%` itself are written `%XX` as [`escape`] writes them, so none reaches a
+/// terminal or a log raw; every other character is itself (a space, `é`), so the
+/// path reads as the user typed it.
 pub fn shown(p: &std::path::Path) -> String {
     use std::os::unix::ffi::OsStrExt;
-    escape(p.as_os_str().as_bytes())
+    let bytes = p.as_os_str().as_bytes();
+    let mut s = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '%' {
+                let mut buf = [0u8; 4];
+                s.push_str(&escape(c.encode_utf8(&mut buf).as_bytes()));
+            } else {
+                s.push(c);
+            }
+        }
+        s.push_str(&escape(chunk.invalid()));
+    }
+    s
 }
 
 /// A local path as text in a record (a run record's `source` and `store`, a catalog
@@ -299,7 +314,14 @@ mod tests {
         );
         assert_eq!(
             shown(std::path::Path::new("/e\x1b]0;X\x07\n y")),
-            "/e%1B]0;X%07%0A%20y"
+            "/e%1B]0;X%07%0A y"
+        );
+        // Printable text as typed; `%` and bytes that are not UTF-8 escaped.
+        assert_eq!(
+            shown(std::path::Path::new(std::ffi::OsStr::from_bytes(
+                b"/mnt/caf\xc3\xa9 data/50%/\xff\xc2\x85"
+            ))),
+            "/mnt/caf\u{e9} data/50%25/%FF%C2%85"
         );
     }
 

@@ -836,7 +836,7 @@ fn refuse_store_mounted_below(opts: &RestoreOptions, store: &Store) -> Result<()
                         "the store's {}",
                         m.root
                             .strip_prefix(&in_fs)
-                            .map_or_else(|_| ".".into(), |p| crate::relpath::shown(&p).to_string())
+                            .map_or_else(|_| ".".into(), |p| crate::relpath::shown(p).to_string())
                     )
                 } else {
                     "the store".to_string()
@@ -967,7 +967,7 @@ fn not_in_snapshot(
             path: snap_path.to_path_buf(),
             msg: format!(
                 "snapshot {snap} has no {p}; `snapring history --dest {} {p}` shows which snapshots have it",
-                crate::relpath::shown(&store)
+                crate::relpath::shown(store)
             ),
         }
     } else {
@@ -1009,8 +1009,8 @@ fn open_target(
             path: to.clone(),
             msg: format!(
                 "cannot restore into {}: {} is on a read-only file system; remount it read-write or choose another --to",
-                crate::relpath::shown(&to),
-                crate::relpath::shown(&probe)
+                crate::relpath::shown(to),
+                crate::relpath::shown(probe)
             ),
         });
     }
@@ -2210,7 +2210,7 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
     let bytes = crate::relpath::unescape_bytes(p.as_os_str().as_bytes()).map_err(|e| {
         format!(
             "{what} {}: {e}; paths are given escaped, as snapring prints them: a name's % is written %25",
-            crate::relpath::shown(&p)
+            crate::relpath::shown(p)
         )
     })?;
     if bytes.starts_with(b"/") {
@@ -2218,7 +2218,7 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
         let inside = String::from_utf8_lossy(&bytes[start..]);
         return Err(format!(
             "{what} {} is absolute; give it relative to the snapshot root (for example {})",
-            crate::relpath::shown(&p),
+            crate::relpath::shown(p),
             if inside.is_empty() {
                 "users/alice"
             } else {
@@ -2236,5 +2236,5 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
     if trimmed == b"." {
         trimmed.clear();
     }
-    RelPath::new(&trimmed).map_err(|e| format!("{what} {}: {e}", crate::relpath::shown(&p)))
+    RelPath::new(&trimmed).map_err(|e| format!("{what} {}: {e}", crate::relpath::shown(p)))
 }

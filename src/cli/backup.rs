@@ -196,7 +196,7 @@ pub(super) fn exclusion(
     if let Some(p) = f.exclude_from.iter().find(|p| !p.is_absolute()) {
         return Err(super::exit_code::usage!(
             "exclude_from {}: give an absolute path in a config file",
-            snapring::relpath::shown(&p)
+            snapring::relpath::shown(p)
         ));
     }
     let both = |x: &[String], y: &[String]| x.iter().chain(y).cloned().collect::<Vec<_>>();

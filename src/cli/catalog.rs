@@ -90,7 +90,7 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         super::exit_code::usage!(
             "catalog rebuild --dest {}: a restic repository has no run records to rebuild \
              from (only a store has, in .snapring/runs); its runs are in the catalog only",
-            snapring::relpath::shown(&dest)
+            snapring::relpath::shown(dest)
         )
     };
     let store = if !repo {
@@ -114,7 +114,7 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
             outln!(
                 "catalog {}: new and empty; {} is a restic repository, which keeps no run records: its runs were recorded in the damaged catalog alone",
                 snapring::relpath::shown(&c.path),
-                snapring::relpath::shown(&dest)
+                snapring::relpath::shown(dest)
             );
             return Ok(ExitCode::Complete);
         }
@@ -160,7 +160,7 @@ fn start_anew(e: anyhow::Error, cat: &CatalogChoice) -> anyhow::Result<Catalog> 
     let aside = set_aside(path)?;
     print::errln!(
         "snapring: the catalog {} was damaged ({cause}); moved it to {} and started a new one",
-        snapring::relpath::shown(&path),
+        snapring::relpath::shown(path),
         snapring::relpath::shown(&aside)
     );
     cat.open()
@@ -293,7 +293,7 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
         );
     }
     if rows.is_empty() {
-        outln!("(no runs in {})", snapring::relpath::shown(&catalog));
+        outln!("(no runs in {})", snapring::relpath::shown(catalog));
     }
 }
 
@@ -332,7 +332,7 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
         );
     }
     if stats.is_empty() {
-        outln!("(no runs in {})", snapring::relpath::shown(&catalog));
+        outln!("(no runs in {})", snapring::relpath::shown(catalog));
     }
 }
 

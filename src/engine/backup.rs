@@ -490,7 +490,7 @@ fn exclusions_named(opts: &BackupOptions) -> String {
     let mut v: Vec<String> = opts
         .exclude_from
         .iter()
-        .map(|f| format!("--exclude-from {}", crate::relpath::shown(&f)))
+        .map(|f| format!("--exclude-from {}", crate::relpath::shown(f)))
         .collect();
     v.extend(
         opts.excludes

@@ -196,8 +196,8 @@ pub fn check_overlap(source: &Path, store: &Path) -> std::result::Result<(), Str
     }
     Err(format!(
         "source {} and store {} overlap (they resolve to {} and {}): the backup would back itself up; put the store outside the source tree, and the source outside the store (an exclude does not make it safe)",
-        crate::relpath::shown(&source),
-        crate::relpath::shown(&store),
+        crate::relpath::shown(source),
+        crate::relpath::shown(store),
         crate::relpath::shown(&s),
         crate::relpath::shown(&d)
     ))

@@ -291,7 +291,7 @@ fn tighten_meta(meta: &Path) {
     if let Err(e) = std::fs::set_permissions(meta, private) {
         tracing::warn!(
             "{}: other users can read the store's bookkeeping, and it cannot be made private ({e}); chmod 700 it",
-            crate::relpath::shown(&meta)
+            crate::relpath::shown(meta)
         );
     }
 }
@@ -310,7 +310,7 @@ impl Store {
                     path: root.to_path_buf(),
                     msg: format!(
                         "the destination {} does not exist (is the backup file system mounted?)",
-                        crate::relpath::shown(&parent)
+                        crate::relpath::shown(parent)
                     ),
                 });
             }
@@ -417,7 +417,7 @@ impl Store {
         if read_only {
             tracing::warn!(
                 "{}: needs a repair{} but cannot be written; reading it as the repair will leave it",
-                crate::relpath::shown(&root),
+                crate::relpath::shown(root),
                 dead.map(|r| format!(" (run {r} died)")).unwrap_or_default()
             );
             return Ok(vec![]);
@@ -436,7 +436,7 @@ impl Store {
             Err(Error::Locked { holder, .. }) => {
                 tracing::info!(
                     "{}: {holder} holds the store and repairs it",
-                    crate::relpath::shown(&root)
+                    crate::relpath::shown(root)
                 );
                 return Ok(vec![]);
             }
