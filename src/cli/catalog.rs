@@ -39,7 +39,7 @@ pub fn show(a: ShowArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
             None => anyhow::bail!(
                 "no run {:?} in the catalog {}; `snapring history` lists runs, and `snapring catalog rebuild --dest STORE` imports a store's runs",
                 a.run,
-                c.path.display()
+                snapring::relpath::shown(&c.path)
             ),
         },
     };
@@ -90,7 +90,7 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         super::exit_code::usage!(
             "catalog rebuild --dest {}: a restic repository has no run records to rebuild \
              from (only a store has, in .snapring/runs); its runs are in the catalog only",
-            dest.display()
+            snapring::relpath::shown(dest)
         )
     };
     let store = if !repo {
@@ -113,28 +113,28 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         if moved {
             outln!(
                 "catalog {}: new and empty; {} is a restic repository, which keeps no run records: its runs were recorded in the damaged catalog alone",
-                c.path.display(),
-                dest.display()
+                snapring::relpath::shown(&c.path),
+                snapring::relpath::shown(dest)
             );
             return Ok(ExitCode::Complete);
         }
         return Err(no_records());
     };
     let key = std::fs::canonicalize(&store.root)?;
-    let n = match c.rebuild(&key, &key.to_string_lossy()) {
+    let n = match c.rebuild(&key, &snapring::relpath::path_text(&key)) {
         // Damage the check did not see, found by a write: moved aside all the same.
         Err(e) if e.is_damaged() && !moved => {
             drop(c);
             c = start_anew(e.into(), cat)?;
-            c.rebuild(&key, &key.to_string_lossy())?
+            c.rebuild(&key, &snapring::relpath::path_text(&key))?
         }
         r => r?,
     };
     outln!(
         "catalog {}: {n} run{} of {} recorded from its run records",
-        c.path.display(),
+        snapring::relpath::shown(&c.path),
         if n == 1 { "" } else { "s" },
-        key.display()
+        snapring::relpath::shown(&key)
     );
     Ok(ExitCode::Complete)
 }
@@ -160,8 +160,8 @@ fn start_anew(e: anyhow::Error, cat: &CatalogChoice) -> anyhow::Result<Catalog> 
     let aside = set_aside(path)?;
     print::errln!(
         "snapring: the catalog {} was damaged ({cause}); moved it to {} and started a new one",
-        path.display(),
-        aside.display()
+        snapring::relpath::shown(path),
+        snapring::relpath::shown(&aside)
     );
     cat.open()
 }
@@ -186,7 +186,7 @@ fn set_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
             std::fs::rename(&from, with(&aside, extra)).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot move the damaged catalog {} aside: {e}",
-                    from.display()
+                    snapring::relpath::shown(&from)
                 )
             })?;
         }
@@ -200,12 +200,11 @@ fn set_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
 fn filter(job: Option<String>, dest: Option<&Path>, since: Option<&str>) -> anyhow::Result<Filter> {
     let store = match dest {
         Some(d) if super::restic::is_repo(Some(d)) => Some(d.to_string_lossy().into_owned()),
-        Some(d) => Some(
-            std::fs::canonicalize(d)
-                .map_err(|e| anyhow::anyhow!("store {}: {e}", d.display()))?
-                .to_string_lossy()
-                .into_owned(),
-        ),
+        Some(d) => {
+            let c = std::fs::canonicalize(d)
+                .map_err(|e| anyhow::anyhow!("store {}: {e}", snapring::relpath::shown(d)))?;
+            Some(snapring::relpath::path_text(&c).into_owned())
+        }
         None => None,
     };
     let since = match since {
@@ -242,6 +241,12 @@ fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
     } else {
         s.into()
     }
+}
+
+/// A path the catalog holds as text (`relpath::path_text`; a repository's URL as it
+/// is) in a table or a message: escaped as names in snapshots are.
+fn shown_text(s: &str) -> String {
+    snapring::relpath::shown(&snapring::relpath::path_from_text(s))
 }
 
 fn print_runs(rows: &[RunRow], catalog: &Path) {
@@ -284,11 +289,11 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
             human(r.bytes_transferred),
             r.errors,
             notify,
-            one_line(&r.store)
+            shown_text(&r.store)
         );
     }
     if rows.is_empty() {
-        outln!("(no runs in {})", catalog.display());
+        outln!("(no runs in {})", snapring::relpath::shown(catalog));
     }
 }
 
@@ -327,7 +332,7 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
         );
     }
     if stats.is_empty() {
-        outln!("(no runs in {})", catalog.display());
+        outln!("(no runs in {})", snapring::relpath::shown(catalog));
     }
 }
 
@@ -344,10 +349,10 @@ fn print_shown(s: &Shown) {
         r.label,
         r.retain
     );
-    outln!("  source {}", one_line(&r.source.to_string_lossy()));
+    outln!("  source {}", snapring::relpath::shown(&r.source));
     outln!(
         "  store {}  snapshot {}",
-        one_line(&r.store.to_string_lossy()),
+        snapring::relpath::shown(&r.store),
         r.snapshot.as_deref().unwrap_or("-")
     );
     outln!(
@@ -488,12 +493,12 @@ fn print_restore(r: &RestoreReport, s: &Shown) {
     );
     outln!(
         "  store {}  snapshot {} (run {})  path {}",
-        one_line(&r.store.to_string_lossy()),
+        snapring::relpath::shown(&r.store),
         r.snapshot,
         r.run_id.as_deref().unwrap_or("-"),
         r.path.as_deref().unwrap_or("all")
     );
-    outln!("  into {}", one_line(&r.to.to_string_lossy()));
+    outln!("  into {}", snapring::relpath::shown(&r.to));
     outln!("  host {}  snapring {}", r.host, r.version);
     outln!(
         "  started {}  finished {}  took {}",
@@ -541,7 +546,7 @@ fn print_problems_and_log(errors: u64, s: &Shown) {
     if let Some(l) = &s.log_path {
         outln!(
             "  log {}{}",
-            one_line(l),
+            shown_text(l),
             if s.log_exists { "" } else { " (missing)" }
         );
     }
