@@ -677,8 +677,8 @@ impl Catalog {
                 r.id,
                 r.job,
                 r.label,
-                crate::relpath::path_text(&r.store),
-                crate::relpath::path_text(&r.source),
+                r.store.to_string_lossy(),
+                r.source.to_string_lossy(),
                 r.host,
                 r.version,
                 r.started_at,
@@ -712,7 +712,7 @@ impl Catalog {
                 r.phases.sync.seconds,
                 r.phases.rotation.seconds,
                 r.phases.remove_expired.seconds,
-                crate::relpath::path_text(&log),
+                log.to_string_lossy(),
                 r.bwlimit_wait_seconds,
                 r.repository.as_ref().map(|k| k.bytes_uploaded as i64),
                 r.repository.as_ref().map(|k| k.objects_written as i64),
@@ -754,9 +754,9 @@ impl Catalog {
             params![
                 id,
                 r.job,
-                crate::relpath::path_text(&store),
-                crate::relpath::path_text(&source),
-                crate::relpath::path_text(&canon(&r.to)),
+                store.to_string_lossy(),
+                source.to_string_lossy(),
+                canon(&r.to).to_string_lossy(),
                 r.host,
                 r.version,
                 r.started_at,
@@ -772,9 +772,7 @@ impl Catalog {
                 r.errors as i64,
                 r.conflicts_total as i64,
                 json,
-                r.log
-                    .as_ref()
-                    .map(|l| crate::relpath::path_text(l).into_owned()),
+                r.log.as_ref().map(|l| l.to_string_lossy().into_owned()),
                 r.dirs_created as i64,
             ],
         )
@@ -1020,9 +1018,7 @@ impl Catalog {
         } else {
             Record::Backup(serde_json::from_str(json).db(&self.path, "decode run")?)
         };
-        let log_exists = log
-            .as_deref()
-            .is_some_and(|l| crate::relpath::path_from_text(l).exists());
+        let log_exists = log.as_deref().is_some_and(|l| Path::new(l).exists());
         Ok(Shown {
             kind,
             report,
@@ -1448,11 +1444,11 @@ pub fn record_start(
     let res = Catalog::open(path, allow_nfs).and_then(|mut c| {
         let mut ids = store.repaired_runs();
         for (id, s) in c.running_in()? {
-            if s == crate::relpath::path_text(&r.store) && !ids.contains(&id) {
+            if s == r.store.to_string_lossy() && !ids.contains(&id) {
                 ids.push(id);
             }
         }
-        let known = c.ids_of_store(&crate::relpath::path_text(&r.store))?;
+        let known = c.ids_of_store(&r.store.to_string_lossy())?;
         for id in store.run_ids() {
             if !known.contains(&id) && !ids.contains(&id) {
                 ids.push(id);
@@ -1502,7 +1498,7 @@ pub fn settle_running(c: &mut Catalog) {
         if is_repository(&store) {
             continue;
         }
-        let root = crate::relpath::path_from_text(&store);
+        let root = PathBuf::from(&store);
         let Ok(s) = crate::store::Store::open(&root, false) else {
             continue;
         };

@@ -172,86 +172,6 @@ pub fn escape(bytes: &[u8]) -> String {
     s
 }
 
-/// A local path (a source, a store, a restore's target, as given or canonical) in a
-/// message: a control character (a newline, an escape sequence), a byte that is not
-/// UTF-8 and `%` itself are written `%XX` as [`escape`] writes them, so none reaches a
-/// terminal or a log raw; every other character is itself (a space, `é`), so the
-/// path reads as the user typed it.
-pub fn shown(p: &std::path::Path) -> String {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = p.as_os_str().as_bytes();
-    let mut s = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        for c in chunk.valid().chars() {
-            if c.is_control() || c == '%' {
-                let mut buf = [0u8; 4];
-                s.push_str(&escape(c.encode_utf8(&mut buf).as_bytes()));
-            } else {
-                s.push(c);
-            }
-        }
-        s.push_str(&escape(chunk.invalid()));
-    }
-    s
-}
-
-/// A local path as text in a record (a run record's `source` and `store`, a catalog
-/// column): itself when it is UTF-8, else escaped as [`escape`] does (`%FF`). Read back
-/// by [`path_from_text`]. TOML and JSON text is UTF-8, so this is the one way such a
-/// path can be written there.
-pub fn path_text(p: &std::path::Path) -> std::borrow::Cow<'_, str> {
-    use std::os::unix::ffi::OsStrExt;
-    match p.to_str() {
-        Some(s) => s.into(),
-        None => escape(p.as_os_str().as_bytes()).into(),
-    }
-}
-
-/// Reverses [`path_text`]: text whose `%XX` escapes stand for bytes that are not UTF-8
-/// is such a path, escaped; any other text is the path itself. (A UTF-8 name that
-/// holds such escapes literally, `a%FF`, reads back as the byte: the one ambiguity.)
-pub fn path_from_text(s: &str) -> std::path::PathBuf {
-    use std::os::unix::ffi::OsStringExt;
-    if s.contains('%')
-        && let Ok(bytes) = unescape(s)
-        && std::str::from_utf8(&bytes).is_err()
-    {
-        return std::ffi::OsString::from_vec(bytes).into();
-    }
-    s.into()
-}
-
-/// Serde for a local path as [`path_text`] writes it (`#[serde(with = "...")]`):
-/// serde's own refuses a path that is not UTF-8, and the whole record with it.
-pub mod path_serde {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::path::{Path, PathBuf};
-
-    pub fn serialize<S: Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&super::path_text(p))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-        Ok(super::path_from_text(&String::deserialize(d)?))
-    }
-
-    /// The same for an optional path.
-    pub mod option {
-        use super::*;
-
-        pub fn serialize<S: Serializer>(p: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
-            match p {
-                Some(p) => s.serialize_some(&super::super::path_text(p)),
-                None => s.serialize_none(),
-            }
-        }
-
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-            Ok(Option::<String>::deserialize(d)?.map(|t| super::super::path_from_text(&t)))
-        }
-    }
-}
-
 /// Reverses [`escape`].
 pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
     unescape_bytes(s.as_bytes())
@@ -288,42 +208,6 @@ pub fn unescape_bytes(b: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A local path in a record: itself when UTF-8, escaped when not, and read back
-    /// unchanged either way (the run record's `source` is compared with the next run's).
-    #[test]
-    fn path_text_is_the_path_or_its_escape_and_reads_back() {
-        use std::os::unix::ffi::OsStrExt;
-        for p in [
-            &b"/mnt/caf\xc3\xa9 data/50%"[..],
-            b"/mnt/caf\xe9",
-            b"/a%b/\xff\n\x1b",
-            b"s3://bucket/prefix",
-        ] {
-            let path = std::path::Path::new(std::ffi::OsStr::from_bytes(p));
-            let text = path_text(path);
-            match std::str::from_utf8(p) {
-                Ok(s) => assert_eq!(text, s),
-                Err(_) => assert_eq!(text, escape(p)),
-            }
-            assert_eq!(path_from_text(&text), path, "{text}");
-        }
-        assert_eq!(
-            path_text(std::path::Path::new(std::ffi::OsStr::from_bytes(b"/x\xff"))),
-            "/x%FF"
-        );
-        assert_eq!(
-            shown(std::path::Path::new("/e\x1b]0;X\x07\n y")),
-            "/e%1B]0;X%07%0A y"
-        );
-        // Printable text as typed; `%` and bytes that are not UTF-8 escaped.
-        assert_eq!(
-            shown(std::path::Path::new(std::ffi::OsStr::from_bytes(
-                b"/mnt/caf\xc3\xa9 data/50%/\xff\xc2\x85"
-            ))),
-            "/mnt/caf\u{e9} data/50%25/%FF%C2%85"
-        );
-    }
 
     #[test]
     fn rejects_escapes_from_the_tree() {

@@ -113,10 +113,7 @@ pub struct RestoreReport {
     /// The snapshot restored from (its name when the restore began).
     pub snapshot: String,
     pub run_id: Option<String>,
-    // Not UTF-8: escaped (`relpath::path_text`).
-    #[serde(with = "crate::relpath::path_serde")]
     pub store: PathBuf,
-    #[serde(with = "crate::relpath::path_serde")]
     pub to: PathBuf,
     pub path: Option<String>,
     pub mode: Mode,
@@ -147,7 +144,7 @@ pub struct RestoreReport {
     pub errors: u64,
     pub problems: Vec<Problem>,
     /// This restore's log file (next to the catalog), when it is recorded.
-    #[serde(default, with = "crate::relpath::path_serde::option")]
+    #[serde(default)]
     pub log: Option<PathBuf>,
     /// What went wrong beside the restore itself (the catalog could not be written).
     #[serde(default)]
@@ -719,7 +716,7 @@ fn refuse_flat_mirror<R: SnapshotReader>(
     others.truncate(3);
     Err(Error::Refused(format!(
         "--flat --mirror makes {to} an exact copy of {path}, so it would delete the {n} entries of {to} that {path} does not have ({names}{more}); nothing was changed. Restore without --flat (into {to}/{path}), choose an empty --to, or, if {to} holds nothing but this restore, add --to-is-dedicated (try it with --dry-run first)",
-        to = crate::relpath::shown(&opts.to),
+        to = opts.to.display(),
         path = p.as_path().display(),
         names = others.join(", "),
         more = if n > 3 { ", …" } else { "" },
@@ -759,7 +756,7 @@ fn refuse_store_inside<R: SnapshotReader>(
         Some(p) if !opts.flat => opts.to.join(p.as_path()),
         _ => opts.to.clone(),
     };
-    let shown = crate::relpath::shown(&shown);
+    let shown = shown.display();
     // `--mirror` deletes inside a restored directory (the whole snapshot, or a --path
     // that is one); a single file deletes nothing beside it.
     let deletes = !matches!(&found.named, Some((_, _, k)) if *k != Kind::Dir);
@@ -767,7 +764,7 @@ fn refuse_store_inside<R: SnapshotReader>(
         return Err(Error::Refused(format!(
             "--mirror deletes every entry under {} that the snapshot does not have, and the store {} is there: it would delete the backup it restores from; nothing was changed. Choose a --to that does not hold the store, or restore without --mirror",
             shown,
-            crate::relpath::shown(&store.root),
+            store.root.display(),
         )));
     }
     // Does the snapshot have an entry where the store is? The restore would write into it.
@@ -790,7 +787,7 @@ fn refuse_store_inside<R: SnapshotReader>(
         return Err(Error::Refused(format!(
             "the snapshot has {} where the store {} is under {}: restoring it would write into the backup; nothing was changed. Choose a --to that does not hold the store",
             at.as_path().display(),
-            crate::relpath::shown(&store.root),
+            store.root.display(),
             shown,
         )));
     }
@@ -837,19 +834,19 @@ fn refuse_store_mounted_below(opts: &RestoreOptions, store: &Store) -> Result<()
         if shows_store {
             return Err(Error::Refused(format!(
                 "{} is a mount of the store's file system that shows {} there: restoring into {} would write into the backup {}; nothing was changed. Unmount it, or choose a --to without it",
-                crate::relpath::shown(&m.point),
+                m.point.display(),
                 if m.root.starts_with(&in_fs) {
                     format!(
                         "the store's {}",
                         m.root
                             .strip_prefix(&in_fs)
-                            .map_or_else(|_| ".".into(), |p| crate::relpath::shown(p).to_string())
+                            .map_or_else(|_| ".".into(), |p| p.display().to_string())
                     )
                 } else {
                     "the store".to_string()
                 },
-                crate::relpath::shown(&opts.to),
-                crate::relpath::shown(&store.root),
+                opts.to.display(),
+                store.root.display(),
             )));
         }
     }
@@ -974,7 +971,7 @@ fn not_in_snapshot(
             path: snap_path.to_path_buf(),
             msg: format!(
                 "snapshot {snap} has no {p}; `snapring history --dest {} {p}` shows which snapshots have it",
-                crate::relpath::shown(store)
+                store.display()
             ),
         }
     } else {
@@ -1016,8 +1013,8 @@ fn open_target(
             path: to.clone(),
             msg: format!(
                 "cannot restore into {}: {} is on a read-only file system; remount it read-write or choose another --to",
-                crate::relpath::shown(to),
-                crate::relpath::shown(probe)
+                to.display(),
+                probe.display()
             ),
         });
     }
@@ -1031,7 +1028,7 @@ fn open_target(
             path: to.clone(),
             msg: format!(
                 "--to is a symlink to {}, which does not exist; create that directory, or give --to a directory",
-                crate::relpath::shown(&link)
+                link.display()
             ),
         });
     }
@@ -1056,7 +1053,7 @@ fn check_target(opts: &RestoreOptions, store: &Store) -> Result<(target::Target,
             path: opts.to.clone(),
             msg: format!(
                 "refusing to restore into the store {} itself (a restore never writes to the backup); choose a --to outside it",
-                crate::relpath::shown(&store.root)
+                store.root.display()
             ),
         });
     }
@@ -2217,7 +2214,7 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
     let bytes = crate::relpath::unescape_bytes(p.as_os_str().as_bytes()).map_err(|e| {
         format!(
             "{what} {}: {e}; paths are given escaped, as snapring prints them: a name's % is written %25",
-            crate::relpath::shown(p)
+            p.display()
         )
     })?;
     if bytes.starts_with(b"/") {
@@ -2225,7 +2222,7 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
         let inside = String::from_utf8_lossy(&bytes[start..]);
         return Err(format!(
             "{what} {} is absolute; give it relative to the snapshot root (for example {})",
-            crate::relpath::shown(p),
+            p.display(),
             if inside.is_empty() {
                 "users/alice"
             } else {
@@ -2243,5 +2240,5 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
     if trimmed == b"." {
         trimmed.clear();
     }
-    RelPath::new(&trimmed).map_err(|e| format!("{what} {}: {e}", crate::relpath::shown(p)))
+    RelPath::new(&trimmed).map_err(|e| format!("{what} {}: {e}", p.display()))
 }

@@ -551,7 +551,8 @@ fn a_refused_user_umask_names_the_value_and_what_is_accepted() {
 /// SIGHUP (the terminal closed, an ssh session dropped) stops `snapring run` as
 /// SIGTERM does: exit 3, the run recorded `incomplete` in the catalog, its post command
 /// and its notifier run. Before, SIGHUP's default killed it at once: exit 129, no
-/// report, no post command, no notification, the catalog row left `running`.
+/// report, no post command, no notification, the catalog row left `running`; then a
+/// second SIGHUP ended it as a second SIGTERM does (exit 130).
 #[test]
 fn sighup_stops_a_run_cleanly_with_its_post_command_and_notification() {
     let e = setup(6, 100);
@@ -569,8 +570,25 @@ fn sighup_stops_a_run_cleanly_with_its_post_command_and_notification() {
         .arg(&e.catalog)
         .args(["run", "j", "--json", "--config"])
         .arg(&cfg);
+    // Twice, as a closing terminal often sends it (the shell passes its own on): a
+    // second hangup is not a second signal that ends the run at once (exit 130).
     let pause = e.t.path().join("paused");
-    let child = signalled_at(cmd, ("walk.copy", 1), &pause, rustix::process::Signal::HUP);
+    let child = cmd
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("walk.copy=pause:{}@1", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    for _ in 0..2 {
+        rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::remove_file(&pause).unwrap();
     let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");

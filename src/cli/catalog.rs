@@ -39,7 +39,7 @@ pub fn show(a: ShowArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
             None => anyhow::bail!(
                 "no run {:?} in the catalog {}; `snapring history` lists runs, and `snapring catalog rebuild --dest STORE` imports a store's runs",
                 a.run,
-                snapring::relpath::shown(&c.path)
+                c.path.display()
             ),
         },
     };
@@ -90,7 +90,7 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         super::exit_code::usage!(
             "catalog rebuild --dest {}: a restic repository has no run records to rebuild \
              from (only a store has, in .snapring/runs); its runs are in the catalog only",
-            snapring::relpath::shown(dest)
+            dest.display()
         )
     };
     let store = if !repo {
@@ -113,28 +113,28 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         if moved {
             outln!(
                 "catalog {}: new and empty; {} is a restic repository, which keeps no run records: its runs were recorded in the damaged catalog alone",
-                snapring::relpath::shown(&c.path),
-                snapring::relpath::shown(dest)
+                c.path.display(),
+                dest.display()
             );
             return Ok(ExitCode::Complete);
         }
         return Err(no_records());
     };
     let key = std::fs::canonicalize(&store.root)?;
-    let n = match c.rebuild(&key, &snapring::relpath::path_text(&key)) {
+    let n = match c.rebuild(&key, &key.to_string_lossy()) {
         // Damage the check did not see, found by a write: moved aside all the same.
         Err(e) if e.is_damaged() && !moved => {
             drop(c);
             c = start_anew(e.into(), cat)?;
-            c.rebuild(&key, &snapring::relpath::path_text(&key))?
+            c.rebuild(&key, &key.to_string_lossy())?
         }
         r => r?,
     };
     outln!(
         "catalog {}: {n} run{} of {} recorded from its run records",
-        snapring::relpath::shown(&c.path),
+        c.path.display(),
         if n == 1 { "" } else { "s" },
-        snapring::relpath::shown(&key)
+        key.display()
     );
     Ok(ExitCode::Complete)
 }
@@ -160,8 +160,8 @@ fn start_anew(e: anyhow::Error, cat: &CatalogChoice) -> anyhow::Result<Catalog> 
     let aside = set_aside(path)?;
     print::errln!(
         "snapring: the catalog {} was damaged ({cause}); moved it to {} and started a new one",
-        snapring::relpath::shown(path),
-        snapring::relpath::shown(&aside)
+        path.display(),
+        aside.display()
     );
     cat.open()
 }
@@ -186,7 +186,7 @@ fn set_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
             std::fs::rename(&from, with(&aside, extra)).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot move the damaged catalog {} aside: {e}",
-                    snapring::relpath::shown(&from)
+                    from.display()
                 )
             })?;
         }
@@ -200,11 +200,12 @@ fn set_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
 fn filter(job: Option<String>, dest: Option<&Path>, since: Option<&str>) -> anyhow::Result<Filter> {
     let store = match dest {
         Some(d) if super::restic::is_repo(Some(d)) => Some(d.to_string_lossy().into_owned()),
-        Some(d) => {
-            let c = std::fs::canonicalize(d)
-                .map_err(|e| anyhow::anyhow!("store {}: {e}", snapring::relpath::shown(d)))?;
-            Some(snapring::relpath::path_text(&c).into_owned())
-        }
+        Some(d) => Some(
+            std::fs::canonicalize(d)
+                .map_err(|e| anyhow::anyhow!("store {}: {e}", d.display()))?
+                .to_string_lossy()
+                .into_owned(),
+        ),
         None => None,
     };
     let since = match since {
@@ -241,12 +242,6 @@ fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
     } else {
         s.into()
     }
-}
-
-/// A path the catalog holds as text (`relpath::path_text`; a repository's URL as it
-/// is) in a table or a message: escaped as names in snapshots are.
-fn shown_text(s: &str) -> String {
-    snapring::relpath::shown(&snapring::relpath::path_from_text(s))
 }
 
 fn print_runs(rows: &[RunRow], catalog: &Path) {
@@ -289,11 +284,11 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
             human(r.bytes_transferred),
             r.errors,
             notify,
-            shown_text(&r.store)
+            one_line(&r.store)
         );
     }
     if rows.is_empty() {
-        outln!("(no runs in {})", snapring::relpath::shown(catalog));
+        outln!("(no runs in {})", catalog.display());
     }
 }
 
@@ -332,7 +327,7 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
         );
     }
     if stats.is_empty() {
-        outln!("(no runs in {})", snapring::relpath::shown(catalog));
+        outln!("(no runs in {})", catalog.display());
     }
 }
 
@@ -349,10 +344,10 @@ fn print_shown(s: &Shown) {
         r.label,
         r.retain
     );
-    outln!("  source {}", snapring::relpath::shown(&r.source));
+    outln!("  source {}", one_line(&r.source.to_string_lossy()));
     outln!(
         "  store {}  snapshot {}",
-        snapring::relpath::shown(&r.store),
+        one_line(&r.store.to_string_lossy()),
         r.snapshot.as_deref().unwrap_or("-")
     );
     outln!(
@@ -493,12 +488,12 @@ fn print_restore(r: &RestoreReport, s: &Shown) {
     );
     outln!(
         "  store {}  snapshot {} (run {})  path {}",
-        snapring::relpath::shown(&r.store),
+        one_line(&r.store.to_string_lossy()),
         r.snapshot,
         r.run_id.as_deref().unwrap_or("-"),
         r.path.as_deref().unwrap_or("all")
     );
-    outln!("  into {}", snapring::relpath::shown(&r.to));
+    outln!("  into {}", one_line(&r.to.to_string_lossy()));
     outln!("  host {}  snapring {}", r.host, r.version);
     outln!(
         "  started {}  finished {}  took {}",
@@ -546,7 +541,7 @@ fn print_problems_and_log(errors: u64, s: &Shown) {
     if let Some(l) = &s.log_path {
         outln!(
             "  log {}{}",
-            shown_text(l),
+            one_line(l),
             if s.log_exists { "" } else { " (missing)" }
         );
     }

@@ -14,12 +14,12 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
         outln!("{p}");
     }
     if problems.is_empty() {
-        outln!("{}: ok", snapring::relpath::shown(file));
+        outln!("{}: ok", file.display());
         Ok(ExitCode::Complete)
     } else {
         outln!(
             "{}: {}",
-            snapring::relpath::shown(file),
+            file.display(),
             snapring::config::count(problems.len())
         );
         Ok(ExitCode::Failed)

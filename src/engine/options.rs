@@ -196,10 +196,10 @@ pub fn check_overlap(source: &Path, store: &Path) -> std::result::Result<(), Str
     }
     Err(format!(
         "source {} and store {} overlap (they resolve to {} and {}): the backup would back itself up; put the store outside the source tree, and the source outside the store (an exclude does not make it safe)",
-        crate::relpath::shown(source),
-        crate::relpath::shown(store),
-        crate::relpath::shown(&s),
-        crate::relpath::shown(&d)
+        source.display(),
+        store.display(),
+        s.display(),
+        d.display()
     ))
 }
 
@@ -213,8 +213,8 @@ pub fn check_prefix(source: &Path, prefix: &RelPath) -> std::result::Result<(), 
     Err(format!(
         "prefix {} leads out of the source {} (it resolves to {}, a symlink): give a directory inside the source",
         prefix.as_path().display(),
-        crate::relpath::shown(&s),
-        crate::relpath::shown(&r)
+        s.display(),
+        r.display()
     ))
 }
 

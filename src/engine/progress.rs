@@ -22,12 +22,17 @@ use crate::report::Counters;
 pub fn install_signal_handlers(cancel: &Arc<AtomicBool>) {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let signalled = Arc::new(AtomicBool::new(false));
-    let hup = (!hangup_ignored()).then_some(SIGHUP);
-    for sig in [SIGINT, SIGTERM].into_iter().chain(hup) {
+    for sig in [SIGINT, SIGTERM] {
         // Order matters: the shutdown check sees the flag as it was before this signal.
         let _ = signal_hook::flag::register_conditional_shutdown(sig, 130, signalled.clone());
         let _ = signal_hook::flag::register(sig, signalled.clone());
         let _ = signal_hook::flag::register(sig, cancel.clone());
+    }
+    // A hangup stops the run and is never a "second signal": a closing terminal or ssh
+    // session often sends it twice (the shell passes its own on to its jobs), which
+    // ended the run at once (exit 130, no report, the catalog row left `running`).
+    if !hangup_ignored() {
+        let _ = signal_hook::flag::register(SIGHUP, cancel.clone());
     }
 }
 

@@ -48,7 +48,6 @@ use super::{Error, Id, Result, corrupt, io_err};
 #[derive(Debug, Default, Serialize)]
 pub struct RestoreReport {
     pub snapshot: String,
-    #[serde(serialize_with = "crate::relpath::path_serde::serialize")]
     pub to: PathBuf,
     pub files: u64,
     pub dirs: u64,
@@ -74,7 +73,6 @@ pub struct RestoreReport {
     /// the record too.
     pub unfinished: Vec<String>,
     /// When stopped: the record of unfinished work.
-    #[serde(serialize_with = "crate::relpath::path_serde::option::serialize")]
     pub record: Option<PathBuf>,
 }
 

@@ -76,7 +76,6 @@ pub struct SnapView {
 #[derive(Clone, Debug, Serialize)]
 pub struct JobView {
     pub name: String,
-    #[serde(serialize_with = "crate::relpath::path_serde::serialize")]
     pub store: PathBuf,
     pub schedule: Option<String>,
     pub next_run: Option<String>,
