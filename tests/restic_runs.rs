@@ -873,31 +873,16 @@ fn a_run_under_a_new_hostname_is_told_of_the_other_hosts_snapshots() {
 #[test]
 fn a_repository_backup_failing_on_a_full_disk_names_the_prune_that_frees_its_uploads() {
     use common::restic::{pseudo_random, sr};
-    use std::process::Command;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     for i in 0..5 {
         write(&src.join(format!("f{i}")), &pseudo_random(8 << 20, 10 + i));
     }
-    /// A tmpfs, unmounted however the test ends.
-    struct Tmpfs(std::path::PathBuf);
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let small = t.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=24m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_mounted) = Tmpfs::mount(&small, "24m") else {
         eprintln!("skipped: cannot mount a tmpfs (not root?)");
         return;
-    }
-    let _mounted = Tmpfs(small.clone());
+    };
     let url = common::restic::file_url(&small.join("repo"));
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}{err}");
@@ -935,31 +920,16 @@ fn a_repository_backup_failing_on_a_full_disk_names_the_prune_that_frees_its_upl
 fn a_prune_on_a_full_repository_file_system_says_what_room_it_needs() {
     use common::restic::{pseudo_random, sr};
     use std::io::Write;
-    use std::process::Command;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     for i in 0..3 {
         write(&src.join(format!("f{i}")), &pseudo_random(8 << 20, 20 + i));
     }
-    /// A tmpfs, unmounted however the test ends.
-    struct Tmpfs(std::path::PathBuf);
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let small = t.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_mounted) = Tmpfs::mount(&small, "12m") else {
         eprintln!("skipped: cannot mount a tmpfs (not root?)");
         return;
-    }
-    let _mounted = Tmpfs(small.clone());
+    };
     let url = common::restic::file_url(&small.join("repo"));
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}{err}");
@@ -997,31 +967,16 @@ fn a_prune_on_a_full_repository_file_system_says_what_room_it_needs() {
 #[test]
 fn a_prune_that_fills_the_file_system_while_repacking_removes_its_new_packs() {
     use common::restic::{pseudo_random, sr};
-    use std::process::Command;
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     for i in 10..50 {
         write(&src.join(format!("f{i}")), &pseudo_random(1 << 20, i));
     }
-    /// A tmpfs, unmounted however the test ends.
-    struct Tmpfs(std::path::PathBuf);
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let small = t.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_mounted) = Tmpfs::mount(&small, "64m") else {
         eprintln!("skipped: cannot mount a tmpfs (not root?)");
         return;
-    }
-    let _mounted = Tmpfs(small.clone());
+    };
     let url = common::restic::file_url(&small.join("repo"));
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}{err}");
@@ -1112,25 +1067,11 @@ fn a_repository_restore_into_a_full_target_is_finished_by_running_it_again() {
     write(&src.join("d/e/f"), &pseudo_random(100 << 10, 3));
     std::os::unix::fs::symlink("d/c", src.join("l")).unwrap();
     let url = repo_of(&t.path().join("repo"), &src);
-    /// A tmpfs, unmounted however the test ends.
-    struct Tmpfs(std::path::PathBuf);
-    impl Drop for Tmpfs {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
     let small = t.path().join("small");
-    std::fs::create_dir(&small).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=4m", "tmpfs"])
-        .arg(&small)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
+    let Some(_mounted) = Tmpfs::mount(&small, "4m") else {
         eprintln!("skipped: cannot mount a tmpfs (not root?)");
         return;
-    }
-    let _mounted = Tmpfs(small.clone());
+    };
     let to = small.join("r");
     let args = restore_latest(&url, &to);
     let (code, out, err) = sr(&args);
