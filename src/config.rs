@@ -386,7 +386,10 @@ pub fn resolve(
     file: Option<JobConfig>,
     flags: JobConfig,
 ) -> Result<BackupOptions> {
-    let o = resolve_unchecked(name, file, flags)?;
+    let mut o = resolve_unchecked(name, file, flags)?;
+    // The pattern files are read once, here: the run applies and records what they
+    // held then (a pipe cannot be read twice).
+    o.read_exclusions()?;
     o.validate()?;
     Ok(o)
 }

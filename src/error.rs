@@ -46,6 +46,21 @@ pub enum Error {
         prev: String,
         by: String,
     },
+    /// The walk kept no file (only directories: the exclusions left out every file, or
+    /// the source holds none) while the previous snapshot holds files: published, it
+    /// would expire history as an empty source would. `by` names the exclusion settings
+    /// (empty without any).
+    #[error(
+        "source {} holds no file to back up{}, but the previous snapshot {prev} holds files; refusing, because a snapshot of empty directories would expire history as a failed mount would. Check the source{}; pass --allow-empty if no file of it is to be backed up",
+        path.display(),
+        if by.is_empty() { " (only directories)".to_string() } else { format!(" once the exclusions ({by}) are applied (only directories are left)") },
+        if by.is_empty() { "" } else { " and the patterns" }
+    )]
+    NoFilesLeft {
+        path: PathBuf,
+        prev: String,
+        by: String,
+    },
     #[error("store {} is in use: {holder}. Wait for that run to end; a lock left by a dead process is released by the kernel and taken over automatically", store.display())]
     Locked { store: PathBuf, holder: String },
     #[error("config: {0}")]

@@ -2,8 +2,10 @@
 //! name at any depth; a pattern with `/` matches the path from the backup root (a
 //! leading `/` is optional); a trailing `/` matches directories only; `**` crosses
 //! directories. Pattern files (`--exclude-from`): one pattern a line, blank lines and
-//! `#` comments ignored, a trailing `\r` stripped. Tagged directories
-//! (`--exclude-caches`, `--exclude-if-present NAME[:HEADER]`): a directory whose
+//! `#` comments ignored, a trailing `\r` stripped, rsync's `- PATTERN` read as
+//! `PATTERN`; a line with white space around its pattern is refused. Include rules
+//! (`+ PATTERN`) and restic's negation (`!PATTERN`) are refused ([`check_given`]).
+//! Tagged directories (`--exclude-caches`, `--exclude-if-present NAME[:HEADER]`): a directory whose
 //! listing holds the tag keeps itself and the tag, and loses the rest of its contents,
 //! as restic's `--exclude-caches` and `--exclude-if-present` do. The tag is found among
 //! the names the walk has listed anyway (no call of its own); only a tag with a header
@@ -85,6 +87,9 @@ impl Settings {
         caches: bool,
         if_present: &[String],
     ) -> Result<Settings> {
+        for p in given {
+            check_given(p)?;
+        }
         let mut excludes = given.to_vec();
         for f in files {
             excludes.extend(read_file(f)?);
@@ -173,13 +178,60 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Vec<String>> {
         if line.trim().is_empty() || line.starts_with('#') {
             continue;
         }
-        build(&[line.to_string()]).map_err(|e| match e {
+        if line.trim() != line {
+            return Err(Error::Config(format!(
+                "{}: exclude pattern {line:?} begins or ends with white space: remove it from the line (a space that is part of a name is written [ ])",
+                at()
+            )));
+        }
+        // rsync's and rsnapshot's exclude rule `- PATTERN`: the pattern.
+        let line = line.strip_prefix("- ").unwrap_or(line);
+        check_given(line).map_err(|e| match e {
             Error::Config(m) => Error::Config(format!("{}: {m}", at())),
             e => e,
         })?;
         out.push(line.to_string());
     }
     Ok(out)
+}
+
+/// Checks an exclude pattern as a user gives it (`--exclude`, a job's `exclude`, a
+/// pattern file's line after its `- `): it must parse, and must not be a rule of
+/// another tool that snapring would take literally and so match nothing or less than
+/// meant: rsync's include rule `+ PATTERN` and exclude rule `- PATTERN` (outside a
+/// pattern file), restic's negation `!PATTERN`. A name that starts so is written
+/// escaped: `\+ `, `\- `, `\!`.
+pub fn check_given(p: &str) -> Result<()> {
+    let refuse = |what: &str, how: &str| {
+        Err(Error::Config(format!(
+            "exclude pattern {p:?} is {what}; {how}"
+        )))
+    };
+    if let Some(rest) = p.strip_prefix("+ ") {
+        return refuse(
+            "an rsync include rule ('+ PATTERN')",
+            &format!(
+                "snapring's exclusions have no include rules: remove it and narrow the exclude patterns it made an exception to (to exclude a name starting with '+ ', write \\+ {rest})"
+            ),
+        );
+    }
+    if let Some(rest) = p.strip_prefix('!') {
+        return refuse(
+            "a restic negation ('!PATTERN')",
+            &format!(
+                "snapring's exclusions have no negation: remove it and narrow the exclude patterns it made an exception to (to exclude a name starting with '!', write \\!{rest})"
+            ),
+        );
+    }
+    if let Some(rest) = p.strip_prefix("- ") {
+        return refuse(
+            "an rsync exclude rule ('- PATTERN')",
+            &format!(
+                "give the pattern alone ({rest:?}; a pattern file's line may keep the '- '), or write \\- {rest} for a name starting with '- '"
+            ),
+        );
+    }
+    build(&[p.to_string()]).map(|_| ())
 }
 
 pub struct Excludes {

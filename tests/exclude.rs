@@ -1076,3 +1076,257 @@ fn an_empty_source_or_exclusions_that_leave_nothing_are_refused_into_a_repositor
         first
     );
 }
+
+/// `snapring backup` with `--exclude-from /dev/stdin` fed by a pipe (as `<(...)` is):
+/// stdin holding `pattern` and then closed; returns the output.
+fn with_patterns_on_stdin(mut c: Command, pattern: &[u8]) -> std::process::Child {
+    use std::io::Write;
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(pattern).unwrap();
+    drop(stdin);
+    child
+}
+
+/// A pattern file that can be read only once (a pipe: `--exclude-from <(...)`,
+/// `/dev/stdin`) is read once: its patterns are applied and recorded, by a run and by
+/// shard workers (it was read to check it, then read again empty: nothing excluded).
+#[test]
+fn a_pattern_file_on_a_pipe_is_read_once_and_applied() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest, sharded) = (
+        t.path().join("src"),
+        t.path().join("dest"),
+        t.path().join("sharded"),
+    );
+    write(&src.join("a.txt"), b"1");
+    write(&src.join("b.tmp"), b"2");
+    write(&src.join("d/c.tmp"), b"3");
+    write(&src.join("d/e.txt"), b"4");
+    let mut c = Command::new(bin());
+    c.args(["backup", "--json", "--source"])
+        .arg(&src)
+        .arg("--dest")
+        .arg(&dest)
+        .args(["--exclude-from", "/dev/stdin"])
+        .env("SNAPRING_CATALOG", "off");
+    let o = with_patterns_on_stdin(c, b"*.tmp\n")
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", out_text(&o));
+    let rep: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(rep["excludes"], serde_json::json!(["*.tmp"]), "{rep}");
+    assert_eq!(
+        rep["exclude_from"],
+        serde_json::json!(["/dev/stdin"]),
+        "{rep}"
+    );
+    assert!(dest.join("daily.0/a.txt").is_file());
+    assert!(dest.join("daily.0/d/e.txt").is_file());
+    assert!(!dest.join("daily.0/b.tmp").exists(), "the pattern was lost");
+    assert!(
+        !dest.join("daily.0/d/c.tmp").exists(),
+        "the pattern was lost"
+    );
+
+    // Shard workers, each fed its own pipe.
+    let f: Vec<String> = ["--exclude-from", "/dev/stdin"].map(String::from).into();
+    let workers: Vec<_> = (0..4)
+        .map(|i| {
+            with_patterns_on_stdin(
+                worker(&src, sharded.to_str().unwrap(), &f, "pipe-1", i),
+                b"*.tmp\n",
+            )
+        })
+        .collect();
+    for w in workers {
+        let o = w.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(0), "worker: {}", out_text(&o));
+    }
+    assert!(sharded.join("daily.0/a.txt").is_file());
+    assert!(sharded.join("daily.0/d/e.txt").is_file());
+    assert!(!sharded.join("daily.0/b.tmp").exists(), "a worker lost it");
+    assert!(
+        !sharded.join("daily.0/d/c.tmp").exists(),
+        "a worker lost it"
+    );
+}
+
+/// Exclusions that leave only empty directories (every file matched, the directories
+/// kept) are refused as exclusions that leave nothing are: exit 1, nothing published,
+/// nothing expired, the message naming the patterns (it was `complete`, files 0, and
+/// `--retain 1` expired the good snapshot). So is a source left with directories only.
+/// `--allow-empty` accepts both.
+#[test]
+fn exclusions_that_leave_only_empty_directories_are_refused_unless_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write(&src.join("d1/a.dat"), b"1");
+    write(&src.join("d2/b.dat"), b"2");
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1", "--exclude", "*.dat"], &[]);
+    let msg = rep["message"].as_str().unwrap_or_default();
+    assert_eq!(
+        (code, rep["status"].as_str()),
+        (1, Some("failed")),
+        "{err}\n{rep}"
+    );
+    assert!(
+        msg.contains("holds no file to back up once the exclusions (--exclude \"*.dat\")")
+            && msg.contains("the previous snapshot daily.0 holds files")
+            && msg.contains("pass --allow-empty"),
+        "{msg}"
+    );
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    assert!(dest.join("daily.0/d1/a.dat").is_file(), "history expired");
+    assert_eq!(
+        std::fs::read_dir(dest.join(".snapring/staging"))
+            .map(|d| d.count())
+            .unwrap_or(0),
+        0,
+        "the refused run's tree was left behind"
+    );
+    // The files gone from the source, the directories left: the same.
+    std::fs::remove_file(src.join("d1/a.dat")).unwrap();
+    std::fs::remove_file(src.join("d2/b.dat")).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &[]);
+    let msg = rep["message"].as_str().unwrap_or_default();
+    assert_eq!(code, 1, "{err}\n{rep}");
+    assert!(
+        msg.contains("holds no file to back up (only directories)"),
+        "{msg}"
+    );
+    assert!(dest.join("daily.0/d1/a.dat").is_file(), "history expired");
+    // --allow-empty accepts it: a snapshot of the directories.
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1", "--allow-empty"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert!(dest.join("daily.0/d1").is_dir());
+    assert!(!dest.join("daily.0/d1/a.dat").exists());
+    // From a snapshot without files, another without files is no loss: not refused.
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+}
+
+/// rsync's, rsnapshot's and restic's rule prefixes, as users migrating bring them: a
+/// pattern file's `- PATTERN` is the pattern (rsnapshot's `exclude_file` is rsync's);
+/// `+ PATTERN` (include), `!PATTERN` (negation), a line with white space around its
+/// pattern, and `- ` in `--exclude` are usage errors naming the file and the line,
+/// before anything runs (they were taken literally: matching nothing, or leaving out
+/// what restic re-includes). Escaped, a name that starts so is excluded.
+#[test]
+fn rule_prefixes_of_other_tools_are_read_or_refused_never_taken_literally() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    write(&src.join("keep.txt"), b"1");
+    write(&src.join("x.tmp"), b"2");
+    write(&src.join("!bang"), b"3");
+    write(&src.join("+ plus"), b"4");
+    write(&src.join("d/y.tmp"), b"5");
+    let file = |name: &str, text: &[u8]| {
+        let f = t.path().join(name);
+        std::fs::write(&f, text).unwrap();
+        f
+    };
+    let rsync = file("rsync.exclude", b"# rsnapshot's exclude_file\n- *.tmp\n");
+    let plus = file("plus.exclude", b"*.tmp\n+ keep.txt\n");
+    let bang = file("bang.exclude", b"*.txt\n!keep.txt\n");
+    let space = file("space.exclude", b"*.tmp\n*.txt \n");
+    let lead = file("lead.exclude", b"  *.tmp\n");
+    let s = |p: &PathBuf| p.to_str().unwrap().to_string();
+    for (args, says) in [
+        (
+            vec!["--exclude-from".to_string(), s(&plus)],
+            format!(
+                "{}:2: exclude pattern \"+ keep.txt\" is an rsync include rule",
+                plus.display()
+            ),
+        ),
+        (
+            vec!["--exclude-from".to_string(), s(&bang)],
+            format!(
+                "{}:2: exclude pattern \"!keep.txt\" is a restic negation",
+                bang.display()
+            ),
+        ),
+        (
+            vec!["--exclude-from".to_string(), s(&space)],
+            format!(
+                "{}:2: exclude pattern \"*.txt \" begins or ends with white space",
+                space.display()
+            ),
+        ),
+        (
+            vec!["--exclude-from".to_string(), s(&lead)],
+            format!("{}:1: exclude pattern \"  *.tmp\"", lead.display()),
+        ),
+        (
+            vec!["--exclude".to_string(), "!keep.txt".to_string()],
+            "exclude pattern \"!keep.txt\" is a restic negation".to_string(),
+        ),
+        (
+            vec!["--exclude=- *.tmp".to_string()],
+            "exclude pattern \"- *.tmp\" is an rsync exclude rule".to_string(),
+        ),
+    ] {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (code, rep, err) = backup(&src, &dest, &a, &[]);
+        assert_eq!(code, 64, "{args:?}: {err} {rep}");
+        assert!(err.contains(&says), "{args:?}: wanted {says:?} in: {err}");
+        assert!(!dest.exists(), "{args:?}: nothing may run");
+    }
+    // `- PATTERN` in a file is the pattern; escaped names are matched literally.
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &[
+            "--exclude-from",
+            &s(&rsync),
+            "--exclude",
+            "\\!bang",
+            "--exclude",
+            "\\+ plus",
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{err} {rep}");
+    assert_eq!(
+        rep["excludes"],
+        serde_json::json!(["\\!bang", "\\+ plus", "*.tmp"]),
+        "{rep}"
+    );
+    let snap = dest.join("daily.0");
+    assert!(snap.join("keep.txt").is_file());
+    for gone in ["x.tmp", "d/y.tmp", "!bang", "+ plus"] {
+        assert!(!snap.join(gone).exists(), "{gone} was backed up");
+    }
+    // config check says the same at the key.
+    let cfg = t.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = {:?}\ndest = {:?}\nexclude = [\"!keep.txt\"]\nexclude_from = [{:?}]\n",
+            src,
+            t.path().join("d2"),
+            plus
+        ),
+    )
+    .unwrap();
+    let out = snapring(&["config".as_ref(), "check".as_ref(), cfg.as_os_str()], &[]);
+    let text = out_text(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("job.a.exclude: exclude pattern \"!keep.txt\" is a restic negation"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{}:2: exclude pattern \"+ keep.txt\"",
+            plus.display()
+        )),
+        "{text}"
+    );
+}

@@ -1171,6 +1171,52 @@ fn a_run_from_another_source_into_a_label_is_refused_and_its_history_kept() {
     assert_eq!(backup(&moved, &dest, &["--retain", "3"], &[]).0, 0);
 }
 
+/// A `--prefix` that is a symlink is recorded where it leads, as the source is: retargeted
+/// to another directory, the next run of the label is refused as another source's
+/// (it was compared through the symlink as it leads now: `complete`, the snapshot of
+/// the new target published, the old target's history expired with `--retain 1`).
+#[test]
+fn a_prefix_symlink_retargeted_is_refused_as_another_tree() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    write(&src.join("projA/a"), b"A");
+    write(&src.join("projB/b"), b"B");
+    std::os::unix::fs::symlink("projA", src.join("cur")).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &["--prefix", "cur", "--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}{rep}");
+    assert_eq!(rep["prefix"], "projA", "recorded where it leads: {rep}");
+    // Unchanged: the same tree, continued.
+    let (code, rep, err) = backup(&src, &dest, &["--prefix", "cur", "--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}{rep}");
+    // Through the real name too.
+    let (code, rep, err) = backup(&src, &dest, &["--prefix", "projA", "--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}{rep}");
+    std::fs::remove_file(src.join("cur")).unwrap();
+    std::os::unix::fs::symlink("projB", src.join("cur")).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &["--prefix", "cur", "--retain", "1"], &[]);
+    assert_eq!(
+        (code, rep["status"].as_str()),
+        (1, Some("failed")),
+        "{err}{rep}"
+    );
+    let msg = rep["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("projA") && msg.contains("it made no snapshot and expired none"),
+        "{msg}"
+    );
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    assert!(dest.join("daily.0/a").is_file(), "projA's history expired");
+    // The same data moved is continued with --new-source.
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &["--prefix", "cur", "--retain", "1", "--new-source"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}{rep}");
+    assert!(dest.join("daily.0/b").is_file());
+}
+
 /// A run without `--retain` keeps as many snapshots as its label's last run kept: a
 /// manual run's default of 7 expired four snapshots of a ring kept at 10, `complete`,
 /// exit 0. A `retain` given lower than the ring's is obeyed, with a warning naming

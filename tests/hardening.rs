@@ -119,6 +119,76 @@ fn a_store_inside_the_source_through_dotdot_or_a_symlink_is_refused() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// A `file://` repository inside the source, or the source inside it or equal to it,
+/// is refused on the command line as a store there is and as `config check` refuses it
+/// in a job (a repository inside the source: `partial`, with a warning about another
+/// mount; the source equal to it: `complete`, the repository backed up into itself).
+/// One inside the source that an `--exclude` leaves out is allowed.
+#[test]
+fn a_file_repository_inside_the_source_or_around_it_is_refused() {
+    let (_t, root) = setup();
+    let run = |args: &[&str]| {
+        let a: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+        snapring(&a, &[("SNAPRING_PASSWORD", "pw-hardening")])
+    };
+    let r = root.to_str().unwrap();
+    let inside = format!("file://{r}/src/repo");
+    let out = run(&["init", "--dest", &inside]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let src = format!("{r}/src");
+    let repo_dir = format!("{r}/src/repo");
+    let snapshots = || {
+        std::fs::read_dir(root.join("src/repo/snapshots"))
+            .unwrap()
+            .count()
+    };
+    for (source, what) in [
+        (&src, "repository inside the source"),
+        (&repo_dir, "source = repository"),
+    ] {
+        let out = run(&[
+            "backup",
+            "--source",
+            source,
+            "--dest",
+            &inside,
+            "--no-progress",
+        ]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{what}: {err}");
+        assert!(
+            err.contains("overlap") && err.contains(&inside) && err.contains(source.as_str()),
+            "{what}: names both and what is wrong: {err}"
+        );
+        assert_eq!(snapshots(), 0, "{what}: a snapshot was written");
+    }
+    // The source inside the repository.
+    std::fs::create_dir(root.join("src/repo/data/mine")).unwrap();
+    let out = run(&[
+        "backup",
+        "--source",
+        &format!("{repo_dir}/data/mine"),
+        "--dest",
+        &inside,
+    ]);
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
+    assert_eq!(snapshots(), 0);
+    std::fs::remove_dir(root.join("src/repo/data/mine")).unwrap();
+    // Excluded, the repository inside the source is left out: allowed.
+    let out = run(&[
+        "backup",
+        "--source",
+        &src,
+        "--dest",
+        &inside,
+        "--exclude",
+        "/repo/",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(snapshots(), 1);
+}
+
 #[test]
 fn a_prefix_through_a_symlink_out_of_the_source_is_refused() {
     let (_t, root) = setup();

@@ -244,12 +244,17 @@ fn resolve(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Job> {
         }
         None => (a.job.clone(), None),
     };
-    exclusion(a, file_job.as_ref().unwrap_or(&JobConfig::default()))?;
-    let mut opts = config::resolve(name, file_job.clone(), flags(a)?).map_err(|e| match e {
+    // The pattern files are read here, once: a pipe or `/dev/stdin` has nothing left
+    // for a second read, and the run applies and records these patterns.
+    let exclusion = exclusion(a, file_job.as_ref().unwrap_or(&JobConfig::default()))?;
+    let usage = |e| match e {
         // Without a config file every setting is a flag: a bad one is a usage error.
         snapring::error::Error::Config(m) if a.config.is_none() => super::exit_code::usage!("{m}"),
-        e => e.into(),
-    })?;
+        e => anyhow::Error::from(e),
+    };
+    let mut opts = config::resolve_unchecked(name, file_job.clone(), flags(a)?).map_err(usage)?;
+    opts.exclusion = Some(exclusion);
+    opts.validate().map_err(usage)?;
     opts.dry_run = a.dry_run;
     opts.new_source = a.new_source;
     opts.plan_on_stderr = a.json;

@@ -246,6 +246,22 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
         .clone()
         .or(f.source)
         .context("no source: give --source or set source in the job")?;
+    // A file:// repository inside the source (not excluded), or the source inside it
+    // or equal to it, is refused before anything runs, as `config check` refuses it in
+    // a job and as a store there is: the backup would back itself up.
+    if let Some(p) = dest
+        .as_deref()
+        .and_then(|d| d.to_str())
+        .and_then(|d| d.strip_prefix("file://"))
+    {
+        snapring::engine::options::check_repository_overlap(
+            &source,
+            std::path::Path::new(p),
+            &exclusion.excludes,
+            |rel| format!("--exclude '/{rel}/'"),
+        )
+        .map_err(|m| usage!("backup --dest file://{p} refused: {m}"))?;
+    }
     let window = match a.window.as_deref().or(f.window.as_deref()) {
         Some(w) => {
             let d =

@@ -244,7 +244,7 @@ fn prefix(p: &str) -> Check {
 }
 
 fn exclude(p: &str) -> Check {
-    crate::exclude::build(&[p.to_string()])
+    crate::exclude::check_given(p)
         .map(|_| ())
         .map_err(|e| e.to_string().trim_start_matches("config: ").to_string())
 }
@@ -444,17 +444,11 @@ fn entry<'a, 'i>(
         .map(|(k, v)| (k.span(), v))
 }
 
-/// The string value of key `name` of `t`, with the key's place.
-/// Whether the job's `exclude` patterns leave out the directory `inner` of `source`
-/// (it, or a directory above it inside the source): a repository there is left out
-/// by the run, as the user meant (a store is refused all the same: its hard links
-/// into the source's tree are not safe).
-fn excluded_within(t: &DeTable<'_>, source: &Path, inner: &Path) -> bool {
-    let (s, i) = (opt::resolve(source), opt::resolve(inner));
-    let Ok(rel) = i.strip_prefix(&s) else {
-        return false;
-    };
-    let patterns: Vec<String> = match entry(t, "exclude").map(|(_, v)| v.get_ref()) {
+/// The job's `exclude` patterns: a repository inside the source that they leave out is
+/// left out by the run, as the user meant (`check_repository_overlap`; a store is
+/// refused all the same: its hard links into the source's tree are not safe).
+fn exclude_patterns(t: &DeTable<'_>) -> Vec<String> {
+    match entry(t, "exclude").map(|(_, v)| v.get_ref()) {
         Some(DeValue::Array(a)) => a
             .iter()
             .filter_map(|v| match v.get_ref() {
@@ -462,18 +456,11 @@ fn excluded_within(t: &DeTable<'_>, source: &Path, inner: &Path) -> bool {
                 _ => None,
             })
             .collect(),
-        _ => return false,
-    };
-    let Ok(ex) = crate::exclude::build(&patterns) else {
-        return false;
-    };
-    let mut at = crate::relpath::RelPath::root();
-    rel.components().any(|c| {
-        at = at.join(c.as_os_str().as_encoded_bytes());
-        ex.is_excluded(&at, true)
-    })
+        _ => Vec::new(),
+    }
 }
 
+/// The string value of key `name` of `t`, with the key's place.
 fn str_of<'a>(t: &'a DeTable<'_>, name: &str) -> Option<(&'a str, Range<usize>)> {
     entry(t, name).and_then(|(at, v)| match v.get_ref() {
         DeValue::String(s) => Some((s.as_ref(), at)),
@@ -812,16 +799,13 @@ impl Checker<'_> {
         let repo = match dest.strip_prefix("file://") {
             Some(p) => {
                 if let Some((src, _)) = source
-                    && let Err(m) = opt::check_overlap(Path::new(src), Path::new(p))
-                    && !excluded_within(t, Path::new(src), Path::new(p))
+                    && let Err(m) = opt::check_repository_overlap(
+                        Path::new(src),
+                        Path::new(p),
+                        &exclude_patterns(t),
+                        |rel| format!("exclude = [\"/{rel}\"]"),
+                    )
                 {
-                    let m = format!(
-                        "{m}; a repository inside the source may instead be excluded (exclude = [\"/{}\"]): every run would otherwise leave it out and end partial",
-                        opt::resolve(Path::new(p))
-                            .strip_prefix(opt::resolve(Path::new(src)))
-                            .unwrap_or(Path::new(p))
-                            .display()
-                    );
                     self.push(dest_at.clone(), dotted(dk, "dest"), m, None);
                 }
                 format!("file://{}", opt::resolve(Path::new(p)).display())

@@ -400,6 +400,21 @@ pub(crate) fn check_source(opts: &BackupOptions) -> Result<PathBuf> {
     Ok(root)
 }
 
+/// The prefix as the run records it: where it leads below the canonical source
+/// `source` (a prefix that is a symlink recorded as its target, as the source is), so
+/// that the next run of the label compares trees by what they were, not by where the
+/// symlink leads now (retargeted, it would pass as the same tree and expire the
+/// other's history). `None` (kept as given) when it does not resolve below `source`.
+fn resolved_prefix(opts: &BackupOptions, source: &Path) -> Option<String> {
+    let p = opts.prefix.as_ref()?;
+    let real = std::fs::canonicalize(opts.source.join(p.as_path())).ok()?;
+    let rel = real.strip_prefix(source).ok()?;
+    use std::os::unix::ffi::OsStrExt;
+    crate::relpath::RelPath::new(rel.as_os_str().as_bytes())
+        .ok()
+        .map(|r| r.escaped())
+}
+
 /// Whether `p` is a mount point, from /proc/self/mountinfo (falls back to comparing
 /// devices with the parent).
 pub fn is_mount_point(p: &Path) -> Result<bool> {
@@ -537,6 +552,11 @@ fn start<R: Repository>(opts: &BackupOptions, repo: &R, rep: &mut RunReport) -> 
 /// A run continues its label's snapshots (`repo::continue_ring`): refused when they are
 /// of another tree, and `rep.retain` set to what the rotation keeps.
 fn continue_ring(opts: &BackupOptions, prev: Option<&Previous>, rep: &mut RunReport) -> Result<()> {
+    // The prefix is recorded where it leads, as the source is: the label's next run
+    // compares its tree with that, not with where a symlink leads by then.
+    if let Some(p) = resolved_prefix(opts, &rep.source) {
+        rep.prefix = Some(p);
+    }
     let root = opts.tree_of(&rep.source);
     let (retain, warning) = crate::repo::continue_ring(
         prev,
@@ -834,6 +854,13 @@ fn run<R: Repository>(
     let mut root_entry = Entry::from_meta(b".", &st.src_meta);
     root_entry.group = None;
     let sink = repo.begin(id, st.prev.as_ref(), &leftovers)?;
+    // The previous snapshot, when it holds files (its record's count; without a record,
+    // whether it holds anything): a walk that keeps none is refused below (`Error::NoFilesLeft`).
+    let prev_with_files = st
+        .prev
+        .as_ref()
+        .filter(|p| !opts.allow_empty && p.expected_files.map_or(p.has_entries, |n| n > 0))
+        .map(|p| p.name.clone());
     let w = walk_with_progress(opts, repo, st, sink, counters, cancel, rep);
     let (window_ended, t_walk) = (w.window_ended, w.t_walk);
     let Some(sink) = w.sink else {
@@ -865,6 +892,22 @@ fn run<R: Repository>(
         return Ok(Status::Incomplete);
     }
     let status = walked_status(counters);
+    if let Some(prev) = prev_with_files
+        && counters.files_total.load(Ordering::Relaxed) == 0
+    {
+        // Nothing is published: the walked tree goes (as a failed publish's does).
+        drop(sink);
+        discard_unpublished(opts, repo, id);
+        return Err(Error::NoFilesLeft {
+            path: opts.tree_of(&opts.source),
+            prev,
+            by: if opts.exclude_settings().is_ok_and(|s| s.is_empty()) {
+                String::new()
+            } else {
+                exclusions_named(opts)
+            },
+        });
+    }
     let name = match seal_and_publish(opts, repo, id, status, (sink, counters), &root_entry, rep) {
         Ok(name) => name,
         Err(e) => {

@@ -31,6 +31,11 @@ pub struct BackupOptions {
     pub excludes: Vec<String>,
     /// Pattern files (`--exclude-from`), read when the run starts.
     pub exclude_from: Vec<PathBuf>,
+    /// Every exclusion setting with the pattern files already read, once
+    /// ([`BackupOptions::read_exclusions`]): a file that can be read only once (a
+    /// pipe, `/dev/stdin`, `<(...)`) gives its patterns to every later use, and the
+    /// run applies and records the same patterns. `None`: read on each use.
+    pub exclusion: Option<crate::exclude::Settings>,
     /// Leave out the contents of directories holding a valid `CACHEDIR.TAG`.
     pub exclude_caches: bool,
     /// Leave out the contents of directories holding one of these entries.
@@ -75,6 +80,7 @@ impl BackupOptions {
             prefix: None,
             excludes: vec![],
             exclude_from: vec![],
+            exclusion: None,
             exclude_caches: false,
             exclude_if_present: vec![],
             jobs: AUTO_JOBS,
@@ -118,15 +124,27 @@ impl BackupOptions {
         }
     }
 
-    /// Every exclusion setting, the pattern files read now (an unreadable file or a
-    /// bad line is a usage error naming the file and the line).
+    /// Every exclusion setting: those read once ([`BackupOptions::read_exclusions`]),
+    /// else the pattern files read now (an unreadable file or a bad line is a usage
+    /// error naming the file and the line).
     pub fn exclude_settings(&self) -> Result<crate::exclude::Settings> {
+        if let Some(s) = &self.exclusion {
+            return Ok(s.clone());
+        }
         crate::exclude::Settings::resolve(
             &self.excludes,
             &self.exclude_from,
             self.exclude_caches,
             &self.exclude_if_present,
         )
+    }
+
+    /// Reads the pattern files now, once, and keeps what they held for every later
+    /// use ([`BackupOptions::exclusion`]).
+    pub fn read_exclusions(&mut self) -> Result<()> {
+        self.exclusion = None;
+        self.exclusion = Some(self.exclude_settings()?);
+        Ok(())
     }
 }
 
@@ -200,6 +218,42 @@ pub fn check_overlap(source: &Path, store: &Path) -> std::result::Result<(), Str
         store.display(),
         s.display(),
         d.display()
+    ))
+}
+
+/// A `file://` repository at path `repo` against the source: refused where a store
+/// would be ([`check_overlap`]: the source inside the repository, or the same
+/// directory, the backup would back itself up), except a repository below the source
+/// that `patterns` exclude (one of the directories from the source down to it matched
+/// as a directory): every run leaves it out. `hint(rel)` says how to exclude it
+/// (`rel` the repository's path below the source). Reads only (`config check` and
+/// `backup --dest file://...` ask the same).
+pub fn check_repository_overlap(
+    source: &Path,
+    repo: &Path,
+    patterns: &[String],
+    hint: impl Fn(&str) -> String,
+) -> std::result::Result<(), String> {
+    let Err(m) = check_overlap(source, repo) else {
+        return Ok(());
+    };
+    let (s, r) = (resolve(source), resolve(repo));
+    let rel = match r.strip_prefix(&s) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel,
+        _ => return Err(m),
+    };
+    if let Ok(ex) = crate::exclude::build(patterns) {
+        let mut at = RelPath::root();
+        if rel.components().any(|c| {
+            at = at.join(c.as_os_str().as_encoded_bytes());
+            ex.is_excluded(&at, true)
+        }) {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "{m}; a repository inside the source may instead be excluded ({}): every run would otherwise leave it out and end partial",
+        hint(&rel.display().to_string())
     ))
 }
 
