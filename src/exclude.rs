@@ -3,7 +3,7 @@
 //! leading `/` is optional); a trailing `/` matches directories only; `**` crosses
 //! directories. Pattern files (`--exclude-from`): one pattern a line, blank lines and
 //! `#` comments ignored, a trailing `\r` stripped, rsync's `- PATTERN` read as
-//! `PATTERN`; a line with white space around its pattern is refused. Include rules
+//! `PATTERN`; white space around a line's pattern is taken off, with a warning. Include rules
 //! (`+ PATTERN`) and restic's negation (`!PATTERN`) are refused ([`check_given`]).
 //! Tagged directories (`--exclude-caches`, `--exclude-if-present NAME[:HEADER]`): a directory whose
 //! listing holds the tag keeps itself and the tag, and loses the rest of its contents,
@@ -175,15 +175,19 @@ pub fn parse_file(path: &Path, bytes: &[u8]) -> Result<Vec<String>> {
                 e.valid_up_to() + 1
             ))
         })?;
-        if line.trim().is_empty() || line.starts_with('#') {
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
+        // White space around a pattern is taken off (as restic does), with a warning: a
+        // name beginning or ending with a space is written `[ ]`. (Refused for a while
+        // this session: that stopped a daemon whose existing file had a stray space.)
         if line.trim() != line {
-            return Err(Error::Config(format!(
-                "{}: exclude pattern {line:?} begins or ends with white space: remove it from the line (a space that is part of a name is written [ ])",
+            tracing::warn!(
+                "{}: exclude pattern {line:?}: the white space around it is not part of the pattern (a space that is part of a name is written [ ])",
                 at()
-            )));
+            );
         }
+        let line = line.trim();
         // rsync's and rsnapshot's exclude rule `- PATTERN`: the pattern.
         let line = line.strip_prefix("- ").unwrap_or(line);
         check_given(line).map_err(|e| match e {

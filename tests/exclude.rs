@@ -1213,8 +1213,9 @@ fn exclusions_that_leave_only_empty_directories_are_refused_unless_allowed() {
 
 /// rsync's, rsnapshot's and restic's rule prefixes, as users migrating bring them: a
 /// pattern file's `- PATTERN` is the pattern (rsnapshot's `exclude_file` is rsync's);
-/// `+ PATTERN` (include), `!PATTERN` (negation), a line with white space around its
-/// pattern, and `- ` in `--exclude` are usage errors naming the file and the line,
+/// `+ PATTERN` (include), `!PATTERN` (negation) and `- ` in `--exclude` are usage
+/// errors naming the file and the line (white space around a file's pattern is taken
+/// off, with a warning),
 /// before anything runs (they were taken literally: matching nothing, or leaving out
 /// what restic re-includes). Escaped, a name that starts so is excluded.
 #[test]
@@ -1234,7 +1235,7 @@ fn rule_prefixes_of_other_tools_are_read_or_refused_never_taken_literally() {
     let rsync = file("rsync.exclude", b"# rsnapshot's exclude_file\n- *.tmp\n");
     let plus = file("plus.exclude", b"*.tmp\n+ keep.txt\n");
     let bang = file("bang.exclude", b"*.txt\n!keep.txt\n");
-    let space = file("space.exclude", b"*.tmp\n*.txt \n");
+    let space = file("space.exclude", b"  # indented comment\n*.tmp\n*.txt \n");
     let lead = file("lead.exclude", b"  *.tmp\n");
     let s = |p: &PathBuf| p.to_str().unwrap().to_string();
     for (args, says) in [
@@ -1251,17 +1252,6 @@ fn rule_prefixes_of_other_tools_are_read_or_refused_never_taken_literally() {
                 "{}:2: exclude pattern \"!keep.txt\" is a restic negation",
                 bang.display()
             ),
-        ),
-        (
-            vec!["--exclude-from".to_string(), s(&space)],
-            format!(
-                "{}:2: exclude pattern \"*.txt \" begins or ends with white space",
-                space.display()
-            ),
-        ),
-        (
-            vec!["--exclude-from".to_string(), s(&lead)],
-            format!("{}:1: exclude pattern \"  *.tmp\"", lead.display()),
         ),
         (
             vec!["--exclude".to_string(), "!keep.txt".to_string()],
@@ -1303,6 +1293,30 @@ fn rule_prefixes_of_other_tools_are_read_or_refused_never_taken_literally() {
     for gone in ["x.tmp", "d/y.tmp", "!bang", "+ plus"] {
         assert!(!snap.join(gone).exists(), "{gone} was backed up");
     }
+    // White space around a file's pattern is taken off, with a warning (it was a usage
+    // error for a while, which stopped a daemon whose existing file had a stray space);
+    // an indented `#` line is a comment.
+    let dest2 = t.path().join("dest2");
+    let (code, rep, err) = backup(
+        &src,
+        &dest2,
+        &["--exclude-from", &s(&space), "--exclude-from", &s(&lead)],
+        &[],
+    );
+    assert_eq!(code, 0, "{err} {rep}");
+    assert_eq!(
+        rep["excludes"],
+        serde_json::json!(["*.tmp", "*.txt", "*.tmp"]),
+        "{rep}"
+    );
+    assert!(
+        err.contains(&format!(
+            "{}:3: exclude pattern \"*.txt \": the white space",
+            space.display()
+        )),
+        "{err}"
+    );
+    assert!(!dest2.join("daily.0/keep.txt").exists() && !dest2.join("daily.0/x.tmp").exists());
     // config check says the same at the key.
     let cfg = t.path().join("c.toml");
     std::fs::write(
@@ -1329,4 +1343,26 @@ fn rule_prefixes_of_other_tools_are_read_or_refused_never_taken_literally() {
         )),
         "{text}"
     );
+}
+
+/// The first run of a new label in a store that holds another label's snapshots, of a
+/// source that holds only directories, is published: the guard against a run keeping
+/// no file compares with this label's previous snapshot, not another's (the newest of
+/// any label is what a new label's first run links against).
+#[test]
+fn a_new_labels_first_run_of_only_directories_is_not_refused_for_another_labels_files() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dirs, dest) = (
+        t.path().join("src"),
+        t.path().join("dirs"),
+        t.path().join("dest"),
+    );
+    write(&src.join("a.dat"), b"1");
+    std::fs::create_dir_all(dirs.join("spool/q")).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &["--label", "daily"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let (code, rep, err) = backup(&dirs, &dest, &["--label", "spool"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert!(dest.join("spool.0/spool/q").is_dir());
+    assert!(dest.join("daily.0/a.dat").is_file());
 }

@@ -854,12 +854,18 @@ fn run<R: Repository>(
     let mut root_entry = Entry::from_meta(b".", &st.src_meta);
     root_entry.group = None;
     let sink = repo.begin(id, st.prev.as_ref(), &leftovers)?;
-    // The previous snapshot, when it holds files (its record's count; without a record,
-    // whether it holds anything): a walk that keeps none is refused below (`Error::NoFilesLeft`).
+    // The previous snapshot of this label, when it holds files (its record's count;
+    // without a record, whether it holds anything): a walk that keeps none is refused
+    // below (`Error::NoFilesLeft`). Not another label's (a new label's first run in a
+    // shared store compares with the newest snapshot of any label).
     let prev_with_files = st
         .prev
         .as_ref()
-        .filter(|p| !opts.allow_empty && p.expected_files.map_or(p.has_entries, |n| n > 0))
+        .filter(|p| {
+            !opts.allow_empty
+                && p.label_slots > 0
+                && p.expected_files.map_or(p.has_entries, |n| n > 0)
+        })
         .map(|p| p.name.clone());
     let w = walk_with_progress(opts, repo, st, sink, counters, cancel, rep);
     let (window_ended, t_walk) = (w.window_ended, w.t_walk);
