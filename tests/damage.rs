@@ -655,8 +655,13 @@ fn signalled(
     pause: &Path,
     sig: rustix::process::Signal,
 ) -> (i32, String, String) {
-    let mut cmd = std::process::Command::new(bin());
-    cmd.args(args).env("SNAPRING_CATALOG", "off");
+    // SIGHUP's default disposition in snapring, whatever the test runner's (under
+    // `nohup` it is ignored, and snapring then keeps ignoring it, as it should).
+    let mut cmd = std::process::Command::new("env");
+    cmd.arg("--default-signal=HUP")
+        .arg(bin())
+        .args(args)
+        .env("SNAPRING_CATALOG", "off");
     let o = signalled_at(cmd, at, pause, sig)
         .wait_with_output()
         .unwrap();

@@ -565,8 +565,12 @@ fn sighup_stops_a_run_cleanly_with_its_post_command_and_notification() {
             e.s(&told)
         ),
     );
-    let mut cmd = std::process::Command::new(bin());
-    cmd.arg("--catalog")
+    // SIGHUP's default disposition in snapring, whatever the test runner's (under
+    // `nohup` it is ignored, and snapring then keeps ignoring it, as it should).
+    let mut cmd = std::process::Command::new("env");
+    cmd.arg("--default-signal=HUP")
+        .arg(bin())
+        .arg("--catalog")
         .arg(&e.catalog)
         .args(["run", "j", "--json", "--config"])
         .arg(&cfg);
