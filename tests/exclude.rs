@@ -1022,25 +1022,12 @@ fn an_empty_source_or_exclusions_that_leave_nothing_are_refused_into_a_repositor
     let src = t.path().join("src");
     write(&src.join("a"), b"1");
     write(&src.join("d/b"), b"2");
-    let repo = t.path().join("repo");
-    let url = file_url(&repo);
-    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
-    let src_s = src.to_str().unwrap();
-    let snapshots = || std::fs::read_dir(repo.join("snapshots")).unwrap().count();
-    let run = |extra: &[&str]| {
-        let (code, out, err) = sr(&[
-            &["backup", "--source", src_s, "--dest", &url, "--retain", "1"][..],
-            extra,
-        ]
-        .concat());
-        (code, format!("{out}\n{err}"))
-    };
+    let r = RetainOne::init(t.path(), &src);
+    let run = |extra: &[&str]| r.run(extra);
     let (code, out) = run(&[]);
     assert_eq!(code, 0, "{out}");
-    let first: Vec<_> = std::fs::read_dir(repo.join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
+    let first = r.snapshots();
+    assert_eq!(first.len(), 1);
     // Exclusions that leave nothing.
     let (code, out) = run(&["--exclude", "a", "--exclude", "d"]);
     assert_eq!(code, 1, "{out}");
@@ -1059,22 +1046,13 @@ fn an_empty_source_or_exclusions_that_leave_nothing_are_refused_into_a_repositor
             && out.contains("a failed mount looks exactly like this"),
         "{out}"
     );
-    let now: Vec<_> = std::fs::read_dir(repo.join("snapshots"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(now, first, "a snapshot written or forgotten");
+    assert_eq!(r.snapshots(), first, "a snapshot written or forgotten");
     // Accepted on purpose: the empty snapshot replaces the other (--retain 1).
     let (code, out) = run(&["--allow-empty"]);
     assert_eq!(code, 0, "{out}");
-    assert_eq!(snapshots(), 1);
-    assert_ne!(
-        std::fs::read_dir(repo.join("snapshots"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect::<Vec<_>>(),
-        first
-    );
+    let now = r.snapshots();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first);
 }
 
 /// `snapring backup` with `--exclude-from /dev/stdin` fed by a pipe (as `<(...)` is):
@@ -1168,6 +1146,20 @@ fn exclusions_that_leave_only_empty_directories_are_refused_unless_allowed() {
     write(&src.join("d2/b.dat"), b"2");
     let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &[]);
     assert_eq!(code, 0, "{err}\n{rep}");
+    // Its dry run says so (it printed a plan that published and expired daily.0).
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &["--retain", "1", "--exclude", "*.dat", "--dry-run"],
+        &[],
+    );
+    let all = format!("{err}\n{rep}");
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        all.contains("holds no file to back up once the exclusions")
+            && !all.contains("expire daily.0"),
+        "{all}"
+    );
     let (code, rep, err) = backup(&src, &dest, &["--retain", "1", "--exclude", "*.dat"], &[]);
     let msg = rep["message"].as_str().unwrap_or_default();
     assert_eq!(
@@ -1365,4 +1357,91 @@ fn a_new_labels_first_run_of_only_directories_is_not_refused_for_another_labels_
     assert_eq!(code, 0, "{err}\n{rep}");
     assert!(dest.join("spool.0/spool/q").is_dir());
     assert!(dest.join("daily.0/a.dat").is_file());
+}
+
+/// Into a restic repository the same: exclusions that leave only directories (or a
+/// source holding only directories now) against a parent snapshot with files write no
+/// snapshot and forget none (it wrote a snapshot of empty directories, and `--retain 1`
+/// forgot the one with the files); `--allow-empty` accepts it.
+#[test]
+fn exclusions_that_leave_only_empty_directories_are_refused_into_a_repository() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("d1/a.dat"), b"1");
+    write(&src.join("d2/b.dat"), b"2");
+    let r = RetainOne::init(t.path(), &src);
+    let (run, snaps) = (|extra: &[&str]| r.run(extra), || r.snapshots());
+    let (code, out) = run(&[]);
+    assert_eq!(code, 0, "{out}");
+    let first = snaps();
+    assert_eq!(first.len(), 1);
+    let (code, out) = run(&["--exclude", "*.dat"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("holds no file to back up once the exclusions (--exclude \"*.dat\")")
+            && out.contains("holds files; refusing")
+            && out.contains("pass --allow-empty"),
+        "{out}"
+    );
+    assert_eq!(snaps(), first, "a snapshot written or forgotten");
+    // The files gone, the directories left: the same, without exclusions named.
+    std::fs::remove_file(src.join("d1/a.dat")).unwrap();
+    std::fs::remove_file(src.join("d2/b.dat")).unwrap();
+    let (code, out) = run(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("holds no file to back up (only directories)"),
+        "{out}"
+    );
+    assert_eq!(snaps(), first, "a snapshot written or forgotten");
+    // Accepted on purpose; then a parent without files is no loss.
+    let (code, out) = run(&["--allow-empty"]);
+    assert_eq!(code, 0, "{out}");
+    assert_ne!(snaps(), first);
+    let (code, out) = run(&[]);
+    assert_eq!(code, 0, "{out}");
+}
+
+/// A `file://` repository in `<dir>/repo` and backups of one source into it with
+/// `--retain 1` (the guards' tests).
+struct RetainOne {
+    repo: PathBuf,
+    url: String,
+    src: PathBuf,
+}
+
+impl RetainOne {
+    fn init(dir: &Path, src: &Path) -> RetainOne {
+        let repo = dir.join("repo");
+        let url = file_url(&repo);
+        assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+        RetainOne {
+            repo,
+            url,
+            src: src.to_path_buf(),
+        }
+    }
+
+    /// A backup with `extra`: its exit code, stdout and stderr.
+    fn run(&self, extra: &[&str]) -> (i32, String) {
+        let src = self.src.to_str().unwrap();
+        let (code, out, err) = sr(&[
+            &[
+                "backup", "--source", src, "--dest", &self.url, "--retain", "1",
+            ][..],
+            extra,
+        ]
+        .concat());
+        (code, format!("{out}\n{err}"))
+    }
+
+    /// The snapshot files' names, sorted.
+    fn snapshots(&self) -> Vec<std::ffi::OsString> {
+        let mut v: Vec<_> = std::fs::read_dir(self.repo.join("snapshots"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        v.sort();
+        v
+    }
 }

@@ -565,6 +565,45 @@ fn log_lines_have_no_colours_when_stderr_is_not_a_terminal() {
     assert!(!err.contains('\x1b'), "ANSI escapes in a pipe: {err:?}");
 }
 
+/// To a terminal the log lines are coloured, unless `NO_COLOR` is set to anything but
+/// the empty string (https://no-color.org: it was ignored). The terminal is a pty
+/// `script` (util-linux) makes.
+#[test]
+fn log_lines_to_a_terminal_have_no_colours_with_no_color_set() {
+    let (_t, root) = setup();
+    let cmd = format!(
+        "{} -vv backup --source src --dest bk --no-progress",
+        bin().display()
+    );
+    let in_pty = |no_color: Option<&str>| {
+        let mut c = Command::new("script");
+        c.args(["-qec", &cmd, "/dev/null"])
+            .current_dir(&root)
+            .env("SNAPRING_CATALOG", "off")
+            .env_remove("NO_COLOR")
+            .stdin(Stdio::null());
+        if let Some(v) = no_color {
+            c.env("NO_COLOR", v);
+        }
+        let o = c.output().expect("script (util-linux) runs");
+        assert!(o.status.success(), "{o:?}");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let out = in_pty(None);
+    assert!(
+        out.contains("INFO") && out.contains('\x1b'),
+        "a terminal gets colours: {out:?}"
+    );
+    let out = in_pty(Some("1"));
+    assert!(out.contains("INFO"), "there are log lines: {out:?}");
+    assert!(
+        !out.contains('\x1b'),
+        "NO_COLOR=1, yet ANSI escapes: {out:?}"
+    );
+    // Set but empty: as unset.
+    assert!(in_pty(Some("")).contains('\x1b'));
+}
+
 #[test]
 fn the_daemon_passes_its_log_format_to_its_runs() {
     let (_t, root) = setup();

@@ -45,12 +45,18 @@ pub fn init(verbose: u8, json: bool) {
     tracing_subscriber::registry().with(layers).init();
 }
 
+/// Colours on stderr: only to a terminal, and not with `NO_COLOR` set to anything but
+/// the empty string (<https://no-color.org>).
+fn colours() -> bool {
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
 fn text_layers(level: LevelFilter) -> Vec<Boxed> {
     let fmt = tracing_subscriber::fmt::layer;
     vec![
         fmt()
             .with_writer(std::io::stderr)
-            .with_ansi(std::io::stderr().is_terminal())
+            .with_ansi(colours())
             .with_target(false)
             .with_filter(level)
             .boxed(),

@@ -795,6 +795,40 @@ fn stopped_message(window_ended: bool) -> String {
     }
 }
 
+/// The previous snapshot of this label, when it holds files (its record's count;
+/// without a record, whether it holds anything): a walk that keeps none is refused
+/// ([`no_files_left`]). Not another label's (a new label's first run in a shared store
+/// compares with the newest snapshot of any label).
+fn prev_with_files(opts: &BackupOptions, prev: Option<&Previous>) -> Option<String> {
+    prev.filter(|p| {
+        !opts.allow_empty && p.label_slots > 0 && p.expected_files.map_or(p.has_entries, |n| n > 0)
+    })
+    .map(|p| p.name.clone())
+}
+
+/// [`Error::NoFilesLeft`] when the walk kept no file while `prev_with_files` (from
+/// [`prev_with_files`]) holds files: a snapshot of empty directories would expire
+/// history as an empty source would.
+fn no_files_left(
+    opts: &BackupOptions,
+    prev_with_files: Option<String>,
+    counters: &Counters,
+) -> Option<Error> {
+    let prev = prev_with_files?;
+    if counters.files_total.load(Ordering::Relaxed) != 0 {
+        return None;
+    }
+    Some(Error::NoFilesLeft {
+        path: opts.tree_of(&opts.source),
+        prev,
+        by: if opts.exclude_settings().is_ok_and(|s| s.is_empty()) {
+            String::new()
+        } else {
+            exclusions_named(opts)
+        },
+    })
+}
+
 /// Prints a dry run's plan where the options say.
 pub fn print_plan(opts: &BackupOptions, plan: &Plan) {
     let mut w = plan_sink(opts);
@@ -815,6 +849,7 @@ fn run_dry<R: Repository>(
     let st = start(opts, repo, rep)?;
     let sink = repo.dry_sink(st.prev.as_ref())?;
     let root = Entry::from_meta(b".", &st.src_meta);
+    let prev_with_files = prev_with_files(opts, st.prev.as_ref());
     let w = walk_into(opts, st, sink, counters, cancel, rep, &mut |_| {});
     if let Some(e) = w.fatal {
         return Err(e);
@@ -822,6 +857,12 @@ fn run_dry<R: Repository>(
     let Some(sink) = w.sink else {
         return Err(stalled_error(opts));
     };
+    // The run would be refused (it used to print a plan that published and expired).
+    if !cancel.load(Ordering::Relaxed)
+        && let Some(e) = no_files_left(opts, prev_with_files, counters)
+    {
+        return Err(e);
+    }
     let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
     let rotation = repo.plan_rotation(&opts.label, rep.retain, id)?;
     rep.expired = rotation.expired().to_vec();
@@ -854,19 +895,7 @@ fn run<R: Repository>(
     let mut root_entry = Entry::from_meta(b".", &st.src_meta);
     root_entry.group = None;
     let sink = repo.begin(id, st.prev.as_ref(), &leftovers)?;
-    // The previous snapshot of this label, when it holds files (its record's count;
-    // without a record, whether it holds anything): a walk that keeps none is refused
-    // below (`Error::NoFilesLeft`). Not another label's (a new label's first run in a
-    // shared store compares with the newest snapshot of any label).
-    let prev_with_files = st
-        .prev
-        .as_ref()
-        .filter(|p| {
-            !opts.allow_empty
-                && p.label_slots > 0
-                && p.expected_files.map_or(p.has_entries, |n| n > 0)
-        })
-        .map(|p| p.name.clone());
+    let prev_with_files = prev_with_files(opts, st.prev.as_ref());
     let w = walk_with_progress(opts, repo, st, sink, counters, cancel, rep);
     let (window_ended, t_walk) = (w.window_ended, w.t_walk);
     let Some(sink) = w.sink else {
@@ -898,21 +927,11 @@ fn run<R: Repository>(
         return Ok(Status::Incomplete);
     }
     let status = walked_status(counters);
-    if let Some(prev) = prev_with_files
-        && counters.files_total.load(Ordering::Relaxed) == 0
-    {
+    if let Some(e) = no_files_left(opts, prev_with_files, counters) {
         // Nothing is published: the walked tree goes (as a failed publish's does).
         drop(sink);
         discard_unpublished(opts, repo, id);
-        return Err(Error::NoFilesLeft {
-            path: opts.tree_of(&opts.source),
-            prev,
-            by: if opts.exclude_settings().is_ok_and(|s| s.is_empty()) {
-                String::new()
-            } else {
-                exclusions_named(opts)
-            },
-        });
+        return Err(e);
     }
     let name = match seal_and_publish(opts, repo, id, status, (sink, counters), &root_entry, rep) {
         Ok(name) => name,

@@ -249,6 +249,11 @@ pub struct Spec<'a> {
     /// The hostname the snapshot records (`BackupOptions::host`, else this machine's);
     /// its retention's group is of this host.
     pub host: String,
+    /// Refuse the snapshot when the walk kept no file while the parent's tree holds
+    /// files (`!allow_empty`, a backup's): a snapshot of empty directories would make
+    /// the retention forget history as an empty source would ([`Error::NoFilesLeft`]).
+    /// The exclusions, named for the message, come from `exclusion`.
+    pub refuse_no_files: bool,
 }
 
 /// Backs `opts.source` up into the repository `repo`.
@@ -309,6 +314,7 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
         exclusion: opts.exclusion.clone(),
         exclusion_recorded_only: false,
         host,
+        refuse_no_files: !opts.allow_empty,
     };
     let mut report = snapshot_locked(repo, spec, lock)?;
     if let Some(h) = hint {
@@ -411,6 +417,25 @@ pub fn snapshot_locked(
         }
     };
     report.added = packer.finish(repo).map_err(|e| full_disk_hint(repo, e))?;
+    // A walk that kept no file (the exclusions left only directories, or the source
+    // holds none) against a parent with files: no snapshot, nothing forgotten (the
+    // packs written are indexed for the next run). Checked before the snapshot file, as
+    // the store checks before it publishes.
+    if spec.refuse_no_files
+        && report.files == 0
+        && let (Some((id, p)), Some(tree)) = (&parent, parent_tree)
+        && tree_has_file(repo, tree)?
+    {
+        let _ = lock.release();
+        return Err(Error::Other(
+            crate::error::Error::NoFilesLeft {
+                path: spec.path.clone(),
+                prev: format!("{} ({})", &id.hex()[..8], p.time),
+                by: spec.exclusion.named(),
+            }
+            .to_string(),
+        ));
+    }
     let mut tags = spec.tags;
     if !report.problems.is_empty() {
         tags.push(super::snapshot::PARTIAL_TAG.into());
@@ -596,6 +621,22 @@ pub(crate) fn refuse_empty(
         },
     };
     Err(Error::Other(e.to_string()))
+}
+
+/// Whether the tree `tree` holds a regular file anywhere below it (depth first; the
+/// first found ends the search).
+fn tree_has_file(repo: &Repo, tree: Id) -> Result<bool> {
+    let mut todo = vec![tree];
+    while let Some(t) = todo.pop() {
+        for n in repo.read_tree(&t)?.nodes {
+            match (n.kind.as_str(), n.subtree) {
+                ("file", _) => return Ok(true),
+                ("dir", Some(sub)) => todo.push(sub),
+                _ => {}
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// A backup's parent snapshot, if it has one.

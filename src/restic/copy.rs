@@ -199,6 +199,8 @@ pub fn copy(
             .unwrap_or_default(),
         exclusion_recorded_only: true,
         host: crate::util::hostname(),
+        // A copy writes what the store holds, empty or not.
+        refuse_no_files: false,
     };
     report.backup = super::backup::snapshot_locked(repo, spec, lock)?;
     // Without its manifest nothing of the snapshot could be checked: copied as found,
