@@ -912,6 +912,7 @@ fn run<R: Repository>(
             } else {
                 exclusions_named(opts)
             },
+            unread: counters.unread_dirs(),
         });
     }
     let name = match seal_and_publish(opts, repo, id, status, (sink, counters), &root_entry, rep) {
