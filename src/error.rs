@@ -49,17 +49,15 @@ pub enum Error {
     /// The walk kept no file (only directories: the exclusions left out every file, or
     /// the source holds none) while the previous snapshot holds files: published, it
     /// would expire history as an empty source would. `by` names the exclusion settings
-    /// (empty without any).
-    #[error(
-        "source {} holds no file to back up{}, but the previous snapshot {prev} holds files; refusing, because a snapshot of empty directories would expire history as a failed mount would. Check the source{}; pass --allow-empty if no file of it is to be backed up",
-        path.display(),
-        if by.is_empty() { " (only directories)".to_string() } else { format!(" once the exclusions ({by}) are applied (only directories are left)") },
-        if by.is_empty() { "" } else { " and the patterns" }
-    )]
+    /// (empty without any); `unread` counts the directories whose listing failed (their
+    /// files unseen: the message says that may be why, not that only directories are
+    /// there). Also a shard run's finalize's, for the run's merged figures.
+    #[error("{}", no_files_left(path, prev, by, *unread))]
     NoFilesLeft {
         path: PathBuf,
         prev: String,
         by: String,
+        unread: u64,
     },
     #[error("store {} is in use: {holder}. Wait for that run to end; a lock left by a dead process is released by the kernel and taken over automatically", store.display())]
     Locked { store: PathBuf, holder: String },
@@ -243,4 +241,36 @@ impl<T> Ctx<T> for io::Result<T> {
     fn ctx(self, action: &'static str, path: impl Into<PathBuf>) -> Result<T> {
         self.map_err(|source| io_error(source, action, path))
     }
+}
+
+/// The message of [`Error::NoFilesLeft`]: with directories that could not be read, it
+/// says so (their files were never seen) instead of "only directories".
+fn no_files_left(path: &std::path::Path, prev: &str, by: &str, unread: u64) -> String {
+    let patterns = if by.is_empty() {
+        ""
+    } else {
+        " and the patterns"
+    };
+    let why = "refusing, because a snapshot of empty directories would expire history as a failed mount would";
+    let allow = "pass --allow-empty if no file of it is to be backed up";
+    if unread > 0 {
+        return format!(
+            "source {} gave no file to back up{}, but {unread} of its directories could not be read (permission denied or an I/O error: see the run's problems), which may be why; the previous snapshot {prev} holds files; {why}. Check that the source can be read{patterns}; {allow}",
+            path.display(),
+            if by.is_empty() {
+                String::new()
+            } else {
+                format!(" once the exclusions ({by}) were applied")
+            },
+        );
+    }
+    format!(
+        "source {} holds no file to back up{}, but the previous snapshot {prev} holds files; {why}. Check the source{patterns}; {allow}",
+        path.display(),
+        if by.is_empty() {
+            " (only directories)".to_string()
+        } else {
+            format!(" once the exclusions ({by}) are applied (only directories are left)")
+        },
+    )
 }

@@ -80,6 +80,15 @@ pub struct Problem {
     pub error: String,
 }
 
+impl Problem {
+    /// A directory of the source that could not be opened or listed (its entries unseen):
+    /// what `Error::NoFilesLeft` counts.
+    pub fn is_unread_dir(&self) -> bool {
+        self.kind == ProblemKind::Unreadable
+            && matches!(self.action.as_str(), "open directory" | "read directory")
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
     pub start: Option<String>,
@@ -327,6 +336,13 @@ fn is_zero(n: &u64) -> bool {
 }
 
 impl Counters {
+    /// The directories of the source that could not be read, of the problems listed
+    /// ([`Problem::is_unread_dir`]).
+    pub fn unread_dirs(&self) -> u64 {
+        let l = self.problems.lock().unwrap_or_else(|e| e.into_inner());
+        l.iter().filter(|p| p.is_unread_dir()).count() as u64
+    }
+
     pub fn add(c: &AtomicU64, n: u64) {
         c.fetch_add(n, Ordering::Relaxed);
     }

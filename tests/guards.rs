@@ -1534,3 +1534,34 @@ fn a_restore_names_relative_paths_absolute() {
         "restored",
     );
 }
+
+/// A walk that kept no file because the source's directories could not be read (mode
+/// 000, for a user without root's capabilities) is still refused against a previous
+/// snapshot with files, but the message says how many directories could not be read
+/// and that this may be why: it said "holds no file to back up (only directories)",
+/// which sent the reader to the exclusions or the source's contents.
+#[test]
+fn a_walk_that_kept_no_file_because_directories_could_not_be_read_says_so() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let dirs: Vec<PathBuf> = (0..4).map(|i| src.join(format!("d{i}"))).collect();
+    for d in &dirs {
+        chmod(d, 0o000);
+    }
+    let (code, rep, err) = backup_without_dac(&src, &dest, &["--retain", "1"]);
+    for d in &dirs {
+        chmod(d, 0o755);
+    }
+    assert_eq!(code, Some(1), "{rep}\n{err}");
+    assert_eq!(rep["status"], "failed", "{rep}");
+    let msg = rep["message"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("gave no file to back up, but 4 of its directories could not be read")
+            && msg.contains("which may be why")
+            && msg.contains("the previous snapshot daily.0 holds files")
+            && !msg.contains("only directories"),
+        "{rep}"
+    );
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    assert!(dest.join("daily.0/d1/f1").is_file(), "daily.0 untouched");
+}

@@ -2505,3 +2505,76 @@ fn line_in(out: &str, id: &str) -> String {
         .unwrap_or_else(|| panic!("no verdict on {id}: {out}"))
         .to_string()
 }
+
+/// A shard run into a repository whose exclusions leave only directories, after a run
+/// with files: finalize writes no snapshot and forgets none (it published a snapshot
+/// of empty directories, and `--retain 1` forgot the one with the files), every worker
+/// exits 1 with the single-node message; `snapring finalize` refuses the same way, and
+/// `snapring finalize --allow-empty` publishes it.
+#[test]
+fn a_shard_run_that_keeps_no_file_is_refused_into_a_repository_unless_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..6 {
+        for f in 0..3 {
+            write(&src.join(format!("d{d}/sub/f{f}.dat")), b"data");
+        }
+    }
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+    let e = Env { t, src, repo, url };
+    let run = |id: &str, extra: &[&str]| -> Vec<Output> {
+        let kids: Vec<Child> = (0..4)
+            .map(|i| {
+                let shard = format!("{i}/4");
+                let mut a = vec!["--shard", &shard, "--run-id", id, "--retain", "1"];
+                a.extend(extra);
+                worker(&e, &a, &[]).spawn().unwrap()
+            })
+            .collect();
+        kids.into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect()
+    };
+    for o in run("good", &[]) {
+        report(&o);
+    }
+    let good = snapshots(&e);
+    assert_eq!(good.len(), 1);
+    let said = |err: &str| {
+        err.contains("holds no file to back up once the exclusions (--exclude \"*.dat\")")
+            && err.contains(&good[0].0.hex()[..8])
+            && err.contains("--allow-empty")
+    };
+    for o in run("dirs", &["--exclude", "*.dat"]) {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(said(&String::from_utf8_lossy(&o.stderr)), "{}", text(&o));
+    }
+    let ids = |e: &Env| -> Vec<Id> { snapshots(e).into_iter().map(|(id, _)| id).collect() };
+    assert_eq!(
+        ids(&e),
+        vec![good[0].0],
+        "nothing written, nothing forgotten"
+    );
+    assert!(!e.repo.join("snapring/shards/dirs/final").exists());
+    let (code, _, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "dirs"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(said(&err), "{err}");
+    assert_eq!(ids(&e), vec![good[0].0]);
+    let (code, out, err) = sr(&[
+        "finalize",
+        "--dest",
+        &e.url,
+        "--run-id",
+        "dirs",
+        "--allow-empty",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let fin: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(fin["finalized"], true, "{fin}");
+    let now = ids(&e);
+    assert_eq!(now.len(), 1, "--retain 1 forgot the run with files");
+    assert_ne!(now[0], good[0].0);
+}

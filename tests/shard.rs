@@ -4466,3 +4466,80 @@ fn a_worker_flushes_the_directory_of_each_state_file_it_links_into_place() {
     }
     assert!(linked >= 3, "the plan and commits were linked:\n{log}");
 }
+
+/// A shard run whose exclusions leave only directories, after a run with files (the
+/// single-node guard, `Error::NoFilesLeft`, which shard runs lacked: the run published
+/// a snapshot of empty directories and `--retain 1` expired the one with the files).
+/// Finalize refuses: every worker exits 1 (permanent) with the single-node message,
+/// nothing is published or expired, the run record says `failed`, and `snapring
+/// finalize` refuses the same way. A run given `--allow-empty` (recorded in its plan)
+/// publishes, and abandons the refused run; `snapring finalize --allow-empty`
+/// publishes a refused one.
+#[test]
+fn a_shard_run_that_keeps_no_file_is_refused_unless_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..6 {
+        for f in 0..3 {
+            write(&src.join(format!("d{d}/sub/f{f}.dat")), b"data");
+        }
+    }
+    let e = Env {
+        src,
+        dest: t.path().join("dest"),
+        _t: t,
+    };
+    let retain = ["--retain", "1"];
+    let dirs_only = ["--retain", "1", "--exclude", "*.dat"];
+    let holds_files = |e: &Env| e.dest.join("daily.0/d3/sub/f1.dat").is_file();
+    let refused = |o: &Output| {
+        assert_eq!(o.status.code(), Some(1), "{}", text(o));
+        let err = stderr_of(o);
+        assert!(
+            err.contains("holds no file to back up once the exclusions (--exclude \"*.dat\")")
+                && err.contains("the previous snapshot daily.0 holds files")
+                && err.contains("--allow-empty"),
+            "{}",
+            text(o)
+        );
+    };
+    all_ok(&run_workers(&e, 4, "good", &retain, |_| vec![]), "good");
+    assert!(holds_files(&e));
+    for o in run_workers(&e, 4, "dirs", &dirs_only, |_| vec![]) {
+        refused(&o);
+    }
+    assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
+    assert!(holds_files(&e), "daily.0 untouched");
+    assert!(!run_dir(&e, "dirs").join("finalized").exists());
+    let rec = run_record(&e, "dirs");
+    assert_eq!(rec["status"], "failed", "{rec}");
+    assert!(
+        rec["message"].as_str().unwrap().contains("holds no file"),
+        "{rec}"
+    );
+    refused(&run_cmd(&e, "finalize", "dirs", &[], &[]));
+    assert!(holds_files(&e));
+
+    // Allowed from the start: published (its plan says so), the refused run abandoned.
+    let allowed = ["--retain", "1", "--exclude", "*.dat", "--allow-empty"];
+    all_ok(
+        &run_workers(&e, 4, "allowed", &allowed, |_| vec![]),
+        "allowed",
+    );
+    assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
+    assert!(!holds_files(&e) && e.dest.join("daily.0/d3/sub").is_dir());
+    assert!(run_dir(&e, "dirs").join("abandoned").exists());
+
+    // Allowed by `snapring finalize --allow-empty`.
+    all_ok(&run_workers(&e, 4, "good-2", &retain, |_| vec![]), "good-2");
+    assert!(holds_files(&e));
+    for o in run_workers(&e, 4, "dirs-2", &dirs_only, |_| vec![]) {
+        refused(&o);
+    }
+    assert!(holds_files(&e));
+    let o = run_cmd(&e, "finalize", "dirs-2", &["--allow-empty"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
+    assert!(!holds_files(&e) && e.dest.join("daily.0/d3/sub").is_dir());
+    assert_eq!(run_record(&e, "dirs-2")["status"], "complete");
+}

@@ -691,6 +691,11 @@ pub struct FinalizeArgs {
     /// The job in --config (needed when it has several).
     #[arg(long, requires = "config")]
     pub job: Option<String>,
+    /// Publish the run even if it keeps no file (only directories) while the label's
+    /// previous snapshot holds files: refused otherwise, as a backup without
+    /// --allow-empty is.
+    #[arg(long)]
+    pub allow_empty: bool,
 }
 
 #[derive(Args)]

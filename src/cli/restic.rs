@@ -507,7 +507,12 @@ pub fn shard_finalize(f: &FinalizeArgs) -> anyhow::Result<ExitCode> {
     // ended it with no word and no exit code.
     let cancel = super::cancel_on_signal();
     let mut repo = open(&f.run.dest, f.run.password_file.as_deref(), Some(&cancel))?;
-    match snapring::shard::repository::finalize_run(&mut repo, &f.run.run_id, None, cancel) {
+    match snapring::shard::repository::finalize_run(
+        &mut repo,
+        &f.run.run_id,
+        (None, f.allow_empty),
+        cancel,
+    ) {
         // Stopped (`work` turns it into its `incomplete` report): nothing published.
         Ok(r) if r.status == "incomplete" && r.snapshot.is_none() && !f.run.json => {
             print::errln!(

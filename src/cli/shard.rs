@@ -349,6 +349,7 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         return super::restic::shard_finalize(&f);
     }
     let job = finalize_job(&f, cat)?;
+    let allow_empty = f.allow_empty;
     let a = f.run;
     if let Err(e) = snapring::shard::check_run_id(&a.run_id) {
         errln!("snapring: {e}");
@@ -370,7 +371,7 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         &store,
         &rd,
         None,
-        a.jobs.max(1),
+        (a.jobs.max(1), allow_empty),
         &cancel,
         std::time::Duration::ZERO,
     );

@@ -826,6 +826,7 @@ fn no_files_left(
         } else {
             exclusions_named(opts)
         },
+        unread: counters.unread_dirs(),
     })
 }
 

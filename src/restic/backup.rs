@@ -432,6 +432,11 @@ pub fn snapshot_locked(
                 path: spec.path.clone(),
                 prev: format!("{} ({})", &id.hex()[..8], p.time),
                 by: spec.exclusion.named(),
+                unread: report
+                    .problems
+                    .iter()
+                    .filter(|p| p.kind == "unreadable" && p.action == "list")
+                    .count() as u64,
             }
             .to_string(),
         ));
@@ -624,8 +629,9 @@ pub(crate) fn refuse_empty(
 }
 
 /// Whether the tree `tree` holds a regular file anywhere below it (depth first; the
-/// first found ends the search).
-fn tree_has_file(repo: &Repo, tree: Id) -> Result<bool> {
+/// first found ends the search): what a run's `files` counts. The guard against a run
+/// that keeps no file, here and in shard runs (`shard::repository`).
+pub(crate) fn tree_has_file(repo: &Repo, tree: Id) -> Result<bool> {
     let mut todo = vec![tree];
     while let Some(t) = todo.pop() {
         for n in repo.read_tree(&t)?.nodes {

@@ -60,12 +60,14 @@ pub enum Finalized {
 }
 
 /// Finalizes run `rd` of `store`, waiting up to `wait` for the store's lock: worker
-/// `worker`, or `snapring finalize` (none).
+/// `worker`, or `snapring finalize` (none). `allow_empty`: that process's
+/// `--allow-empty` (with the plan's, it lets a run that keeps no file publish:
+/// [`refuse_no_files`]).
 pub fn finalize(
     store: &Store,
     rd: &RunDir,
     worker: Option<usize>,
-    jobs: usize,
+    (jobs, allow_empty): (usize, bool),
     cancel: &AtomicBool,
     wait: Duration,
 ) -> Result<Finalized, ShardError> {
@@ -113,7 +115,7 @@ pub fn finalize(
         "finalize: the store is locked after waiting {:.2}s",
         t0.elapsed().as_secs_f64()
     );
-    let r = locked(store, rd, worker, jobs, cancel);
+    let r = locked(store, rd, worker, (jobs, allow_empty), cancel);
     Repository::unlock(store, lock);
     r
 }
@@ -179,7 +181,7 @@ fn locked(
     store: &Store,
     rd: &RunDir,
     worker: Option<usize>,
-    jobs: usize,
+    (jobs, allow_empty): (usize, bool),
     cancel: &AtomicBool,
 ) -> Result<Finalized, ShardError> {
     if rd.is_finalized() {
@@ -344,6 +346,11 @@ fn locked(
             assemble(
                 store, rd, threads, &plan, &cut, &commits, &mounts, &counters,
             )?;
+            // Before the tree is staged (a staged tree passed this already): the run's
+            // figures as merged, with what `assemble` left out taken off.
+            if !(allow_empty || plan.allow_empty) {
+                refuse_no_files(store, &plan, &counters, &mut rep)?;
+            }
             fsx::sync_fs(b(&root_fd)).ctx("flush", rd.tree())?;
             tracing::info!(
                 "finalize: units read and moved in {t_moved:.2}s, manifest merged and spine applied by {:.2}s",
@@ -466,6 +473,50 @@ fn locked(
     expire_and_record(store, rd, &cut, worker, jobs, cancel, &mut rep);
     merge_logs(store, &rd.run, plan.workers);
     Ok(Finalized::Done(Box::new(rep)))
+}
+
+/// The guard of a run that keeps no file (`Error::NoFilesLeft`, as a single-node run's
+/// in `engine::backup`): the run's merged figures (`counters`) hold no file while the
+/// previous snapshot of the plan's label holds files (its record's count; without a
+/// record, whether it holds anything; another label's, which a new label's first run
+/// compares with, does not count). Published, its `--retain` would expire the good
+/// history. Refused: nothing is published or expired, the run record says `failed`
+/// with the message, and the run stays as it is (its units committed, its tree of
+/// directories built): a finalize tried again refuses the same way, one given
+/// `--allow-empty` publishes it, and the label's next publish abandons it (its copies,
+/// directories only, go to trash).
+fn refuse_no_files(
+    store: &Store,
+    plan: &PlanFile,
+    counters: &Counters,
+    rep: &mut RunReport,
+) -> Result<(), ShardError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if counters.files_total.load(Relaxed) > 0 {
+        return Ok(());
+    }
+    let Some(prev) = Repository::previous(store, &plan.label)?
+        .filter(|p| p.label_slots > 0 && p.expected_files.map_or(p.has_entries, |n| n > 0))
+    else {
+        return Ok(());
+    };
+    let e = Error::NoFilesLeft {
+        path: plan.source.clone(),
+        prev: prev.name,
+        by: match plan.exclusion.is_empty() {
+            true => String::new(),
+            false => plan.exclusion.named(),
+        },
+        unread: counters.unread_dirs(),
+    };
+    counters.fill(rep);
+    rep.status = Status::Failed;
+    rep.message = e.to_string();
+    rep.finished_at = Some(report::now_rfc3339());
+    if let Err(w) = store.write_run(rep) {
+        tracing::warn!("the refused run's record was not written: {w}");
+    }
+    Err(ShardError::Failed(e))
 }
 
 /// Removes what the run was built in (moved into the published snapshot by now), on

@@ -579,7 +579,7 @@ fn work_in(
                     // source, and the publisher's retention would forget good snapshots.
                     // Every worker checks (as the store's do); not once the run is
                     // published (a rerun only reports it).
-                    if !opts.allow_empty && !final_before {
+                    if !opts.allow_empty && !final_before && spec.index != BY_HAND {
                         restic::backup::refuse_empty(repo, &source, (&id, &snap), &opts.exclusion)
                             .map_err(failed)?;
                     }
@@ -627,7 +627,7 @@ fn work_in(
                 finalize(
                     repo,
                     &st,
-                    &plan_file,
+                    (&plan_file, opts.allow_empty || plan_file.allow_empty),
                     &plan_hash,
                     &cut,
                     &source,
@@ -1073,6 +1073,7 @@ fn make_plan(
         units: PlanFile::units_of(&cut),
         source_ino: None,
         warnings: Vec::new(),
+        allow_empty: opts.allow_empty,
         exclusion: opts.exclusion.clone(),
     })
 }
@@ -1708,7 +1709,7 @@ struct Finalized {
 fn finalize(
     repo: &mut Repo,
     st: &State<'_>,
-    plan_file: &PlanFile,
+    (plan_file, allow_empty): (&PlanFile, bool),
     plan_hash: &str,
     cut: &Cut,
     source: &Path,
@@ -1733,7 +1734,16 @@ fn finalize(
         return Err(super::state::refusal(&plan_file.run, &refused));
     }
     let f = match make_final(
-        repo, st, plan_file, plan_hash, cut, source, spec, &group, lock, cancel,
+        repo,
+        st,
+        (plan_file, allow_empty),
+        plan_hash,
+        cut,
+        source,
+        spec,
+        &group,
+        lock,
+        cancel,
     ) {
         Ok(f) => f,
         // Its inputs gone because another process published the run meanwhile (this
@@ -1765,7 +1775,7 @@ fn finalize(
 fn make_final(
     repo: &mut Repo,
     st: &State<'_>,
-    plan_file: &PlanFile,
+    (plan_file, allow_empty): (&PlanFile, bool),
     plan_hash: &str,
     cut: &Cut,
     source: &Path,
@@ -1853,6 +1863,10 @@ fn make_final(
         by_dir.entry(&u.dir).or_default().extend(c.nodes);
     }
     totals.per_worker = per_worker.into_values().collect();
+    // Before anything of the spine is written: nothing to clean up when refused.
+    if !allow_empty {
+        refuse_no_files(repo, plan_file, source, &totals)?;
+    }
 
     let names = Names::load();
     // No index file once the lock is lost: a prune may have removed the packs it names.
@@ -2011,6 +2025,61 @@ fn make_final(
             st.key("final")
         )))
     })
+}
+
+/// The guard of a run that keeps no file (`Error::NoFilesLeft`, as the store's finalize
+/// and a single-node backup): the units' summed figures (`totals`) hold no file while
+/// the plan's parent snapshot, of the plan's label, holds a file below the source.
+/// Published, the publisher's `--retain` would forget the good history. Refused before
+/// `final` is written: nothing is published or forgotten, the run stays as it is (its
+/// units committed, their blobs indexed), a finalize tried again refuses the same way,
+/// one given `--allow-empty` publishes it, and `snapring prune
+/// --drop-unfinished-runs` drops it. A parent of another label (a lineage's first run
+/// of a label), or one forgotten since the plan, does not count.
+fn refuse_no_files(
+    repo: &Repo,
+    plan: &PlanFile,
+    source: &Path,
+    totals: &RunTotals,
+) -> Result<(), ShardError> {
+    if totals.counts.files > 0 {
+        return Ok(());
+    }
+    let Some(id) = plan.prev.as_deref().and_then(|p| Id::parse(p).ok()) else {
+        return Ok(());
+    };
+    if !repo
+        .backend
+        .list(Kind::Snapshot)
+        .map_err(failed)?
+        .contains(&id)
+    {
+        return Ok(());
+    }
+    let snap: Snapshot = repo.load_json(Kind::Snapshot, &id).map_err(failed)?;
+    if snap.tag("label") != Some(plan.label.as_str()) {
+        return Ok(());
+    }
+    let comps: Vec<&OsStr> = source.iter().skip(1).collect();
+    let Some(tree) = restic::backup::descend(repo, snap.tree, &comps).map_err(failed)? else {
+        return Ok(());
+    };
+    if !restic::backup::tree_has_file(repo, tree).map_err(failed)? {
+        return Ok(());
+    }
+    Err(ShardError::Failed(crate::error::Error::NoFilesLeft {
+        path: source.to_path_buf(),
+        prev: format!("{} ({})", &id.hex()[..8], snap.time),
+        by: match plan.exclusion.is_empty() {
+            true => String::new(),
+            false => plan.exclusion.named(),
+        },
+        unread: totals
+            .problems
+            .iter()
+            .filter(|p| p.kind == "unreadable" && p.action == "list")
+            .count() as u64,
+    }))
 }
 
 /// Writes the snapshot file `final` names if it is missing, then settles who publishes
@@ -2380,7 +2449,7 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
 pub fn finalize_run(
     repo: &mut Repo,
     run: &str,
-    opts_retain: Option<u32>,
+    (opts_retain, allow_empty): (Option<u32>, bool),
     cancel: Arc<AtomicBool>,
 ) -> Result<WorkerReport, ShardError> {
     let st_b = repo.backend.clone();
@@ -2405,8 +2474,10 @@ pub fn finalize_run(
         cancel,
         one_file_system: plan.one_file_system,
         exclusion: plan.exclusion.clone(),
-        // Every unit is built (else `Retry` below): no walk is left for the guard.
-        allow_empty: true,
+        // Every unit is built (else `Retry` below): no walk is left for the root's guard
+        // (`work_in` skips it for `BY_HAND`); the run's own, a run that keeps no file,
+        // is finalize's ([`refuse_no_files`]).
+        allow_empty,
     };
     if st.read_final().map_err(failed)?.is_none() {
         let done = st.done().map_err(failed)?;

@@ -117,6 +117,12 @@ pub struct PlanFile {
     /// Absent: none.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// `--allow-empty` of the worker that made the plan: finalize publishes a run that
+    /// keeps no file (only directories) while the label's previous snapshot holds files
+    /// (else `Error::NoFilesLeft`; a finalize given `--allow-empty` itself publishes it
+    /// too). Absent (false) in plans written before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_empty: bool,
     /// What the run leaves out (`crate::exclude::Settings`, the pattern files as the
     /// planner read them): every worker must have the same, and finalize records it
     /// in the run record. Absent: nothing.
@@ -827,6 +833,7 @@ mod tests {
             units: vec![unit("u0000", None, true), unit("u0001", Some("m"), false)],
             source_ino: None,
             warnings: Vec::new(),
+            allow_empty: false,
             exclusion: Default::default(),
         };
         assert!(plan.cut().is_ok());
@@ -837,6 +844,24 @@ mod tests {
         assert!(old.cut().unwrap().units.iter().all(|u| !u.anchor));
         plan.units[1].anchor = true;
         assert!(plan.cut().unwrap_err().contains("u0001"));
+    }
+
+    /// `allow_empty`: absent when false (a plan reads and hashes as before it), read as
+    /// false from a plan written before it, kept when true.
+    #[test]
+    fn a_plan_without_allow_empty_reads_as_false_and_a_true_one_keeps_it() {
+        let old = r#"{"format":1,"run":"r","workers":1,"source":"/src","label":"daily","retain":1,"prev":null,"prev_run":null,"sized_by":"walk","created_at":"","created_by":"","cap":1,"spine":[""],"units":[{"id":"u0000","dir":"","lo":null,"hi":null,"weight":1,"home":0}],"excludes":["*.dat"]}"#;
+        let mut plan: PlanFile = serde_json::from_str(old).unwrap();
+        assert!(!plan.allow_empty);
+        assert_eq!(plan.exclusion.excludes, vec!["*.dat".to_string()]);
+        assert!(
+            !serde_json::to_string(&plan)
+                .unwrap()
+                .contains("allow_empty")
+        );
+        plan.allow_empty = true;
+        let again: PlanFile = serde_json::from_str(&serde_json::to_string(&plan).unwrap()).unwrap();
+        assert!(again.allow_empty);
     }
 
     /// Two lanes of one worker claim a unit in the same millisecond: their claims must

@@ -219,7 +219,14 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             refuse_other_settings(opts, spec, &plan, &settled_source(opts), &rd)?;
             drop(shared);
             let wait = finalize_wait(super::state::lease());
-            finish(&store, &rd, opts.jobs, cancel, wait, &mut out)?;
+            finish(
+                &store,
+                &rd,
+                (opts.jobs, opts.allow_empty),
+                cancel,
+                wait,
+                &mut out,
+            )?;
             return Ok(out);
         }
     }
@@ -304,7 +311,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             finish(
                 &store,
                 &rd,
-                opts.jobs,
+                (opts.jobs, opts.allow_empty),
                 cancel,
                 finalize_wait(ctx.lease),
                 &mut out,
@@ -379,17 +386,25 @@ pub fn worker_log_name(run: &str, index: usize) -> String {
     format!("{run}.w{index}.log")
 }
 
-/// Tries to finalize once every unit is committed.
+/// Tries to finalize once every unit is committed: `jobs`, and the worker's
+/// `--allow-empty` (`finalize::finalize`).
 fn finish(
     store: &Store,
     rd: &RunDir,
-    jobs: usize,
+    (jobs, allow_empty): (usize, bool),
     cancel: &AtomicBool,
     wait: Duration,
     out: &mut Outcome,
 ) -> Result<(), ShardError> {
     use super::finalize::Finalized;
-    match super::finalize::finalize(store, rd, Some(out.index), jobs, cancel, wait)? {
+    match super::finalize::finalize(
+        store,
+        rd,
+        Some(out.index),
+        (jobs, allow_empty),
+        cancel,
+        wait,
+    )? {
         Finalized::Done(rep) => out.finalized = Some(*rep),
         Finalized::Already(_) => {
             out.already_finalized = true;
@@ -599,6 +614,7 @@ fn make_plan(
             false => None,
         },
         warnings: lowered.into_iter().collect(),
+        allow_empty: opts.allow_empty,
         exclusion: opts.exclude_settings()?,
     };
     tracing::info!(
