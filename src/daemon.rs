@@ -167,8 +167,174 @@ const CLOCK_STEP: chrono::Duration = chrono::Duration::seconds(5);
 /// more event for the rest.
 const MAX_MISSED_SHOWN: usize = 20;
 
+/// How long a stopping daemon waits for its events still queued to be written (the
+/// catalog held locked by another process): past it, each is logged as not recorded
+/// and the daemon exits (it waited 5 s per event on the catalog's lock: 16 s to stop).
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long the loop waits for another process's lock on the catalog when it reads
+/// whether a run that exited non-zero recorded itself ([`State::ended`]).
+const LOOP_BUSY: Duration = Duration::from_millis(250);
+
+/// How long the event writer waits before it tries a catalog it could not write again.
+const EVENT_RETRY: Duration = Duration::from_millis(500);
+
+/// A daemon event not yet written into the catalog: when it happened, its job, kind
+/// and message.
+struct QueuedEvent {
+    at: String,
+    job: Option<String>,
+    kind: String,
+    message: String,
+}
+
+/// The queue of the event writer, shared with the loop.
+#[derive(Default)]
+struct EventQueue {
+    events: std::collections::VecDeque<QueuedEvent>,
+    /// The daemon stops: the writer writes what is queued and ends.
+    closed: bool,
+    /// The stop's grace is over: the writer ends after its current attempt.
+    abandoned: bool,
+}
+
+/// Writes the daemon's events (`skipped`, `reload`, `error`, ...) into the catalog on
+/// a thread of its own, in order, each with the time it happened, retrying while the
+/// catalog cannot be written. The loop only queues them: it opened the catalog for
+/// each, on its own thread, and while another process held the catalog locked each
+/// event waited the 5 s busy timeout there (runs started and ended runs were reaped
+/// 15 s late, which missed more triggers, each another 5 s; a stop took 16 s), and
+/// then was lost.
+struct EventWriter {
+    queue: Arc<(std::sync::Mutex<EventQueue>, std::sync::Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EventWriter {
+    fn start(catalog: Option<PathBuf>, on_nfs: bool) -> EventWriter {
+        let queue: Arc<(std::sync::Mutex<EventQueue>, std::sync::Condvar)> = Arc::default();
+        let thread = catalog.and_then(|path| {
+            let q = queue.clone();
+            std::thread::Builder::new()
+                .name("catalog-events".into())
+                .spawn(move || write_events(&path, on_nfs, &q))
+                .map_err(|e| tracing::error!("cannot start the catalog's event writer: {e}"))
+                .ok()
+        });
+        EventWriter { queue, thread }
+    }
+
+    fn push(&self, e: QueuedEvent) {
+        if self.thread.is_none() {
+            return;
+        }
+        let (m, cv) = &*self.queue;
+        m.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .events
+            .push_back(e);
+        cv.notify_all();
+    }
+
+    /// Lets the writer write what is queued, for `grace` at most; what is left is
+    /// logged as not recorded.
+    fn finish(&mut self, grace: Duration) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        let (m, cv) = &*self.queue;
+        m.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+        cv.notify_all();
+        let end = std::time::Instant::now() + grace;
+        while !thread.is_finished() && std::time::Instant::now() < end {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if thread.is_finished() {
+            let _ = thread.join();
+            return;
+        }
+        let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+        q.abandoned = true;
+        for e in q.events.drain(..) {
+            tracing::error!(
+                "daemon event not recorded in the catalog (it could not be written for {} s as the daemon stopped): {} {} {}: {}",
+                grace.as_secs(),
+                e.at,
+                e.job.as_deref().unwrap_or("-"),
+                e.kind,
+                e.message
+            );
+        }
+    }
+}
+
+/// The event writer's thread: writes the queued events in order, the catalog opened
+/// for each batch (a catalog removed meanwhile is created again, as a run does);
+/// an event stays first in the queue until written.
+fn write_events(
+    path: &Path,
+    on_nfs: bool,
+    queue: &(std::sync::Mutex<EventQueue>, std::sync::Condvar),
+) {
+    let (m, cv) = queue;
+    let mut failing = false;
+    loop {
+        {
+            let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+            while q.events.is_empty() && !q.closed {
+                q = cv.wait(q).unwrap_or_else(|e| e.into_inner());
+            }
+            if q.abandoned || q.events.is_empty() {
+                return;
+            }
+        }
+        let res = Catalog::open(path, on_nfs).and_then(|mut c| {
+            loop {
+                let q = m.lock().unwrap_or_else(|e| e.into_inner());
+                if q.abandoned {
+                    return Ok(());
+                }
+                let Some(e) = q.events.front() else {
+                    return Ok(());
+                };
+                let (at, job, kind, message) = (
+                    e.at.clone(),
+                    e.job.clone(),
+                    e.kind.clone(),
+                    e.message.clone(),
+                );
+                drop(q);
+                c.event_at(&at, job.as_deref(), &kind, &message)?;
+                m.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .events
+                    .pop_front();
+            }
+        });
+        match res {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!("{}: daemon events recorded again", path.display());
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if !failing {
+                    tracing::error!(
+                        "{e}; the daemon's events are kept and written when it can be (runs are not held up)"
+                    );
+                }
+                failing = true;
+                let q = m.lock().unwrap_or_else(|e| e.into_inner());
+                let _ = cv.wait_timeout_while(q, EVENT_RETRY, |q| !q.abandoned);
+            }
+        }
+    }
+}
+
 struct State<'a> {
     opts: &'a DaemonOptions,
+    /// Writes the events into the catalog off the loop.
+    events: EventWriter,
     /// The running configuration's text, as loaded at start or by the last good reload.
     text: String,
     /// The same, parsed: each run's notifiers, should it die ([`Running::cfg`]).
@@ -221,12 +387,14 @@ impl State<'_> {
         }
     }
 
+    /// Queues a daemon event for the catalog ([`EventWriter`]): never waits on it.
     fn event(&self, job: Option<&str>, kind: &str, message: &str) {
-        if let Some(mut c) = self.catalog()
-            && let Err(e) = c.event(job, kind, message)
-        {
-            tracing::error!("{e}");
-        }
+        self.events.push(QueuedEvent {
+            at: crate::util::now_rfc3339(),
+            job: job.map(str::to_string),
+            kind: kind.to_string(),
+            message: message.to_string(),
+        });
     }
 
     /// Sets each job's next time. At start-up, `Missed::RunOnce` makes a job due now
@@ -235,7 +403,9 @@ impl State<'_> {
     /// the machine): it resumes from that run's staging. A run its window cut short
     /// waits for its next time, as it would had the daemon kept running.
     fn plan(&mut self, now: DateTime<Utc>, startup: bool) {
-        let mut cat = self.catalog();
+        // Read at start-up only: a reload (or a clock stepped back) reads nothing from
+        // it, so it does not wait on a catalog another process holds.
+        let mut cat = startup.then(|| self.catalog()).flatten();
         let mut untold = Vec::new();
         if startup && let Some(c) = cat.as_mut() {
             // A run that died with the daemon is `running` until settled.
@@ -435,7 +605,12 @@ impl State<'_> {
         // Exit 1 and the like are a run's failures, recorded and notified by it; one
         // that left no row of its job since it started was not.
         // (A catalog that cannot be read says nothing either way.)
-        let recorded = self.catalog().and_then(|c| {
+        // A short wait for the catalog's lock: this is the scheduling loop (a catalog
+        // another process holds says nothing either way).
+        let recorded = self.opts.catalog.as_ref().and_then(|p| {
+            let c = Catalog::open_waiting(p, self.opts.catalog_on_nfs, LOOP_BUSY)
+                .map_err(|e| tracing::warn!("{e}"))
+                .ok()?;
             let rows = c.recent(name, 1).ok()?;
             Some(rows.into_iter().next().is_some_and(|row| {
                 crate::store::select::parse_time(&row.started_at)
@@ -462,9 +637,6 @@ impl State<'_> {
     /// configuration it ran under told (a failure always notifies), on a thread of
     /// their own; their outcomes go into the record and the catalog row.
     fn died(&mut self, name: &str, why: &str, run: &Running) {
-        let msg = format!("its run's process {why}, before it recorded its end");
-        tracing::error!("job {name}: {msg}");
-        self.event(Some(name), "error", &msg);
         // The job's newest run, once settled (`incomplete`), with its record: the dead
         // child's, if it got as far as its row (else an older run's, not told again).
         let since = run.since;
@@ -479,9 +651,26 @@ impl State<'_> {
             let r = store.read_run(&row.id).ok().flatten()?;
             Some((store, r))
         });
+        // A run that recorded its end `complete` and was killed after (while it
+        // notified, or in its post command) did not fail: its record stands, and
+        // nobody is told it failed (it was dropped here, and the generic notice below,
+        // "failed", with no run id, went out for a run that had completed).
+        if let Some((_, r)) = &settled
+            && r.status == crate::report::Status::Complete
+        {
+            let msg = format!(
+                "its run {} ended complete and recorded it; then its process {why}, while it finished (its notices or post command may have been cut short)",
+                r.id
+            );
+            tracing::warn!("job {name}: {msg}");
+            self.event(Some(name), "warning", &msg);
+            return;
+        }
+        let msg = format!("its run's process {why}, before it recorded its end");
+        tracing::error!("job {name}: {msg}");
+        self.event(Some(name), "error", &msg);
         // The cause, after the settled message (which says `interrupted` first, as a
         // restart looks for to resume it).
-        let settled = settled.filter(|(_, r)| r.status != crate::report::Status::Complete);
         let settled = settled.map(|(store, mut r)| {
             if !r.message.contains(&msg) {
                 r.message = format!("{} ({msg})", r.message);
@@ -612,6 +801,7 @@ impl State<'_> {
             .filter_map(|(n, j)| j.next.filter(|t| *t <= now).map(|t| (n.clone(), t)))
             .collect();
         for (name, at) in due {
+            let mut started = false;
             if self.running.contains_key(&name) {
                 let msg = format!(
                     "trigger at {} skipped: the previous run is still going",
@@ -630,6 +820,7 @@ impl State<'_> {
                 self.event(Some(&name), "skipped", &msg);
             } else {
                 self.spawn(&name);
+                started = self.running.contains_key(&name);
             }
             let j = self.jobs.get_mut(&name).expect("listed above");
             // Times that came and went while the loop was held up (a slow catalog, a
@@ -656,9 +847,15 @@ impl State<'_> {
                 ));
             }
             j.next = j.schedule.next_after(now.max(at));
+            // The run due at `at` stands for them only if it started (it was skipped
+            // too, or could not start: the messages said it "started late" anyway).
+            let stands = match started {
+                true => "started late and stands for it",
+                false => "did not start either",
+            };
             for m in missed {
                 let msg = format!(
-                    "{m} skipped: the clock jumped or the daemon's loop was held up until {} (the run due at {} started late and stands for it)",
+                    "{m} skipped: the clock jumped or the daemon's loop was held up until {} (the run due at {} {stands})",
                     now.to_rfc3339(),
                     at.to_rfc3339()
                 );
@@ -848,6 +1045,7 @@ pub fn run(
     let started_catalog = cfg.catalog.clone();
     let mut st = State {
         opts,
+        events: EventWriter::start(opts.catalog.clone(), opts.catalog_on_nfs),
         text,
         cfg: Arc::new(cfg),
         jobs,
@@ -927,6 +1125,7 @@ pub fn run(
     }
     st.stop_children();
     st.event(None, "stop", "daemon stopped");
+    st.events.finish(STOP_GRACE);
     tracing::info!(
         "daemon stopped: {} runs started, {} triggers skipped",
         st.summary.started,

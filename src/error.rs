@@ -11,6 +11,11 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// repair has published them.
 pub const PUBLISH_PENDING: &str = "its rotation journal was written";
 
+/// How the message of such a run begins once a later repair published its snapshot
+/// (status then `complete` or `partial`): the catalog keeps counting it as a run that
+/// failed (`runs.failed_once`), so `snapring_runs_failed_total` never goes down.
+pub const PUBLISHED_LATER: &str = "published by a later repair after: ";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot {action} {}: {source}", path.display())]

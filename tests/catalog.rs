@@ -747,6 +747,47 @@ fn a_failed_rotation_published_later_reads_the_same_in_the_record_and_the_catalo
             ("complete".to_string(), Some("daily.0".to_string())),
             "{next}"
         );
+        // Still counted as a run that failed (`snapring_runs_failed_total` must not go
+        // down when it is published): kept through the rewrite, and by a rebuild.
+        let failed_once = |cat: &Path| -> i64 {
+            rusqlite::Connection::open(cat)
+                .unwrap()
+                .query_row("SELECT failed_once FROM runs WHERE id = ?1", [&id], |r| {
+                    r.get(0)
+                })
+                .unwrap()
+        };
+        assert_eq!(failed_once(&e.catalog), 1, "{next}");
+        let rebuilt = e.catalog.with_file_name("rebuilt.db");
+        let out = snapring(
+            &[
+                "--catalog".as_ref(),
+                rebuilt.as_os_str(),
+                "catalog".as_ref(),
+                "rebuild".as_ref(),
+                "--dest".as_ref(),
+                e.store.as_os_str(),
+            ],
+            &[],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(failed_once(&rebuilt), 1, "{next}: rebuilt");
+        // A schema-7 catalog (before the column) is backfilled from status and message.
+        let conn = rusqlite::Connection::open(&rebuilt).unwrap();
+        conn.execute_batch(
+            "DROP INDEX runs_job_kind_status;
+             ALTER TABLE runs DROP COLUMN failed_once;
+             CREATE INDEX runs_job_kind_status ON runs(job, kind, status);
+             PRAGMA user_version = 7;",
+        )
+        .unwrap();
+        drop(conn);
+        Catalog::open(&rebuilt, false).unwrap();
+        assert_eq!(failed_once(&rebuilt), 1, "{next}: migrated");
     }
 }
 

@@ -2328,3 +2328,178 @@ fn a_daemon_stopped_while_a_finished_run_notifies_stops_soon_and_says_the_run_en
     assert!(!log.contains("ends incomplete"), "{log}");
     assert!(log.contains("ended complete"), "{log}");
 }
+
+/// `snapring --catalog CATALOG daemon --config CFG`, its stderr (the log) into `log`.
+fn daemon_logging(catalog: &Path, cfg: &Path, log: &Path) -> Daemon {
+    let mut c = Command::new(bin());
+    c.arg("--catalog")
+        .arg(catalog)
+        .args(["daemon", "--config"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    Daemon(c.spawn().unwrap())
+}
+
+/// Holds the catalog locked (`BEGIN EXCLUSIVE`, as `sqlite3` would) until dropped.
+fn lock_catalog(catalog: &Path) -> rusqlite::Connection {
+    let conn = rusqlite::Connection::open(catalog).unwrap();
+    conn.busy_timeout(Duration::from_secs(30)).unwrap();
+    conn.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    conn
+}
+
+fn skip_lines(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains("skipped: the previous run is still going"))
+        .count()
+}
+
+/// A catalog another process holds locked (`BEGIN EXCLUSIVE`) does not hold up the
+/// scheduling loop: the daemon's events are queued and written by a thread of their
+/// own once the catalog is free, none lost. The loop wrote each itself, waiting the
+/// 5 s busy timeout per event: a trigger skipped every second was seen every 5 s (the
+/// others' runs started and ended runs reaped that late), and the events were lost.
+/// A stop waits for the catalog a bounded grace (5 s), then logs what it could not
+/// record; it took 5 s per event still to write.
+#[test]
+fn a_locked_catalog_holds_up_neither_the_schedule_nor_a_stop_and_loses_no_event() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog, log) = (
+        t.path().join("src"),
+        t.path().join("cat.db"),
+        t.path().join("daemon.log"),
+    );
+    write(&src.join("x"), b"x");
+    let cfg = t.path().join("d.toml");
+    // Its run hangs in its pre command: each trigger after the first is skipped.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.slow]\nsource = \"{}\"\ndest = \"{}/s\"\nschedule = \"* * * * * *\"\npre_command = [\"/bin/sleep\", \"600\"]\n",
+            src.display(),
+            t.path().display()
+        ),
+    )
+    .unwrap();
+    let mut d = daemon_logging(&catalog, &cfg, &log);
+    let skipped_events = || {
+        snapring::catalog::Catalog::open(&catalog, false)
+            .and_then(|c| c.events(Some("slow")))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.kind == "skipped")
+            .count()
+    };
+    wait_until("a first skipped trigger", 60, || skipped_events() >= 1);
+    let held = lock_catalog(&catalog);
+    let before = skip_lines(&log);
+    std::thread::sleep(Duration::from_secs(6));
+    let during = skip_lines(&log) - before;
+    drop(held);
+    assert!(
+        during >= 4,
+        "a trigger a second is skipped while the catalog is locked, not one per 5 s: {during} in 6 s"
+    );
+    // Every skip logged is recorded once the catalog is free.
+    let logged = skip_lines(&log);
+    wait_until("the queued events", 30, || skipped_events() >= logged);
+
+    // A stop while the catalog is locked: within the grace, what is left logged.
+    let held = lock_catalog(&catalog);
+    let pid = rustix::process::Pid::from_raw(d.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = Instant::now();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let st = d.0.wait().unwrap();
+    let took = t0.elapsed();
+    drop(held);
+    assert!(st.success(), "{st}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    // The run stopped (its pre command killed) waits up to 5 s for the catalog itself.
+    assert!(
+        took < Duration::from_secs(15),
+        "stopped in {took:?}\n{text}"
+    );
+    assert!(
+        text.contains("daemon event not recorded in the catalog")
+            && text.contains("daemon stopped"),
+        "{text}"
+    );
+}
+
+/// A run that recorded its end `complete` and was then killed (SIGKILL, while its
+/// notifier ran) is not told as failed: the daemon dropped its record and sent the
+/// generic notice, "failed", with an empty run id. Its record stands; the daemon
+/// logs and records (a `warning` event) that its process was killed after its end.
+#[test]
+fn a_complete_run_killed_while_it_notifies_is_not_told_as_failed() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 4, 10);
+    let (pid_file, told) = (t.path().join("pid"), t.path().join("told"));
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nretain = 100\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\nnotify_success = true\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}; [ -e {pid} ] && exit 0; echo $PPID > {pid}; sleep 30\"]\ntimeout = \"60s\"\n",
+            src = src.display(),
+            d = t.path().display(),
+            told = told.display(),
+            pid = pid_file.display(),
+        ),
+    )
+    .unwrap();
+    let opts = in_process_daemon(&cfg, &catalog, "");
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    let warned = || {
+        snapring::catalog::Catalog::open(&catalog, false)
+            .and_then(|c| c.events(Some("a")))
+            .unwrap_or_default()
+            .into_iter()
+            .find(|e| e.kind == "warning")
+    };
+    let mut id = String::new();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        let pid = run_pid(&pid_file);
+        id = told_lines(&told)[0]
+            .strip_prefix("complete ")
+            .unwrap()
+            .to_string();
+        sigkill(pid);
+        wait_until("the daemon to see the killed run", 30, || {
+            warned().is_some()
+        });
+        // Later runs go on (and notify complete).
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    let lines = told_lines(&told);
+    assert!(
+        lines.iter().all(|l| l.starts_with("complete ")),
+        "no failure notice: {lines:?}"
+    );
+    let w = warned().unwrap();
+    assert!(
+        w.message.contains(&id) && w.message.contains("killed by signal 9"),
+        "{}",
+        w.message
+    );
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    assert!(
+        !c.events(Some("a"))
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "error"),
+        "no error event"
+    );
+    let (_, shown, _, _) = cli(&catalog, &["show", &id, "--json"], &[]);
+    assert_eq!(shown["report"]["status"], "complete", "{shown}");
+}

@@ -38,6 +38,10 @@ pub struct Counts {
     pub partial: u64,
     pub incomplete: u64,
     pub failed: u64,
+    /// Runs ever recorded `failed`: those `failed` now, and failed rotations a later
+    /// repair published (now `complete` or `partial`). `snapring_runs_failed_total`: it
+    /// never goes down when such a run is published.
+    pub failed_once: u64,
     pub running: u64,
     /// Daemon triggers skipped because the job was still running.
     pub skipped: u64,
@@ -405,6 +409,9 @@ fn settle_shown(v: &mut JobView, r: RunReport) {
             Status::Failed => c.failed += 1,
             Status::Running => c.running += 1,
         }
+        if r.status == Status::Failed {
+            c.failed_once += 1;
+        }
         v.success_rate = c.success_rate();
     }
     v.last = Some(without_problems(r));
@@ -457,8 +464,9 @@ fn fill(
                 .collect(),
         );
     }
-    for (status, n) in c.status_counts(name)? {
+    for (status, n, failed_once) in c.status_counts(name)? {
         p.counts.runs += n;
+        p.counts.failed_once += failed_once;
         match status.as_str() {
             "complete" => p.counts.complete += n,
             "partial" => p.counts.partial += n,

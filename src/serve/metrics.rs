@@ -143,7 +143,11 @@ type CounterDef = (&'static str, &'static str, fn(&Counts) -> u64);
 
 const COUNTERS: &[CounterDef] = &[
     ("runs_started", "Runs started", |c| c.runs),
-    ("runs_failed", "Runs that ended failed", |c| c.failed),
+    (
+        "runs_failed",
+        "Runs that ended failed (a failed rotation published later included)",
+        |c| c.failed_once,
+    ),
     ("runs_partial", "Runs that ended partial", |c| c.partial),
     ("runs_incomplete", "Runs that ended incomplete", |c| {
         c.incomplete

@@ -339,7 +339,7 @@ pub(super) fn settle_published(
         return false;
     }
     if r.status == Status::Failed {
-        r.message = format!("published by a later repair after: {}", r.message);
+        r.message = format!("{}{}", crate::error::PUBLISHED_LATER, r.message);
     } else if rolled_forward && r.message.is_empty() {
         // Killed during its rotation: its figures were recorded before the journal.
         let what = match status {
