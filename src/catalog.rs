@@ -17,7 +17,7 @@ use crate::report::{Problem, RunReport, Status};
 use crate::restore::RestoreReport;
 
 /// The schema this snapring writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// How far ahead of now a run may be dated and still count as the newest
 /// (`Catalog::recent`): clocks of the hosts of one catalog a little apart.
@@ -184,19 +184,28 @@ const MIGRATIONS: &[&str] = &[
         WHERE status = 'failed' OR substr(message, 1, 34) = 'published by a later repair after:';
     DROP INDEX runs_job_kind_status;
     CREATE INDEX runs_job_kind_status ON runs(job, kind, status, failed_once);",
+    // 9: a store, source, target or log path that is not UTF-8 (a Latin-1 directory):
+    // its text column holds it lossily (for reading), the `_raw` column its bytes
+    // (`crate::localpath`); NULL for every UTF-8 path, whose text is exact. A store's
+    // runs are found by both columns, so two stores differing only in such bytes stay
+    // apart.
+    "ALTER TABLE runs ADD COLUMN store_raw BLOB;
+    ALTER TABLE runs ADD COLUMN source_raw BLOB;
+    ALTER TABLE runs ADD COLUMN target_raw BLOB;
+    ALTER TABLE runs ADD COLUMN log_path_raw BLOB;",
 ];
 
 /// Errors of the catalog: always with the file, and never fatal to a backup.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("catalog {}: {msg}", path.display())]
+    #[error("catalog {}: {msg}", crate::relpath::shown(path))]
     Db { path: PathBuf, msg: String },
     /// The file is not a SQLite database, or SQLite found it corrupt: says so, and how
     /// to get a working catalog back (`catalog rebuild` moves such a file aside).
     #[error(
         "catalog {} is damaged ({what}: {detail}); `snapring catalog rebuild --dest STORE` moves it aside to {}.damaged and recreates each store's backup runs from the store's run records (restores, and runs into a restic repository, were recorded in the catalog alone: with a repository's URL as STORE it starts an empty catalog)",
-        path.display(),
-        path.display()
+        crate::relpath::shown(path),
+        crate::relpath::shown(path)
     )]
     Damaged {
         path: PathBuf,
@@ -272,7 +281,7 @@ impl<T, E: Damage> DbCtx<T> for std::result::Result<T, E> {
                     msg: format!(
                         "{what}: {e}: another process has held it locked for longer than the {} s this waits (`fuser {}` names it); try again when it is done",
                         BUSY_TIMEOUT.as_secs(),
-                        path.display()
+                        crate::relpath::shown(path)
                     ),
                 }
             } else if e.hot_journal() {
@@ -282,7 +291,7 @@ impl<T, E: Damage> DbCtx<T> for std::result::Result<T, E> {
                         "{what}: the catalog has an unfinished transaction left by a writer that was killed \
                          ({}-journal); reading it read-only cannot roll that back: the next command that \
                          writes the catalog (a backup, `snapring history`) does ({e})",
-                        path.display()
+                        crate::relpath::shown(path)
                     ),
                 }
             } else {
@@ -408,7 +417,8 @@ pub struct Filter {
     /// `backup` or `restore`; `None`: both.
     pub kind: Option<String>,
     pub job: Option<String>,
-    pub store: Option<String>,
+    /// Exactly this store (by its text and, not UTF-8, its bytes).
+    pub store: Option<PathBuf>,
     /// RFC 3339: runs started at or after.
     pub since: Option<String>,
 }
@@ -647,7 +657,7 @@ impl Catalog {
         if v > 0 {
             tracing::info!(
                 "{}: migrated catalog to schema {SCHEMA_VERSION}",
-                self.path.display()
+                crate::relpath::shown(&self.path)
             );
         }
         Ok(())
@@ -688,6 +698,7 @@ impl Catalog {
         let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
         let store = canon(&r.store);
         let source = store.join(&r.snapshot);
+        let target = canon(&r.to);
         let tx = self.conn.transaction().db(&path, "begin")?;
         tx.execute("DELETE FROM runs WHERE id = ?1", [id])
             .db(&path, "record restore")?;
@@ -695,15 +706,16 @@ impl Catalog {
             "INSERT INTO runs (id, kind, job, label, store, source, target, host, version,
                 started_at, finished_at, duration_seconds, status, exit_code, message,
                 snapshot, files_total, files_transferred, files_linked, bytes_total,
-                bytes_transferred, errors, conflicts, report, log_path, dirs_total)
+                bytes_transferred, errors, conflicts, report, log_path, dirs_total,
+                store_raw, source_raw, target_raw, log_path_raw)
              VALUES (?1, 'restore', ?2, '', ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13,
-                ?14, ?15, ?16, 0, ?17, ?17, ?18, ?19, ?20, ?21, ?22)",
+                ?14, ?15, ?16, 0, ?17, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
             params![
                 id,
                 r.job,
-                store.to_string_lossy(),
-                source.to_string_lossy(),
-                canon(&r.to).to_string_lossy(),
+                text(&store),
+                text(&source),
+                text(&target),
                 r.host,
                 r.version,
                 r.started_at,
@@ -719,8 +731,12 @@ impl Catalog {
                 r.errors as i64,
                 r.conflicts_total as i64,
                 json,
-                r.log.as_ref().map(|l| l.to_string_lossy().into_owned()),
+                r.log.as_deref().map(text),
                 r.dirs_created as i64,
+                raw(&store),
+                raw(&source),
+                raw(&target),
+                r.log.as_deref().and_then(raw),
             ],
         )
         .db(&path, "record restore")?;
@@ -738,13 +754,18 @@ impl Catalog {
                     duration_seconds, status, files_total, files_transferred,
                     bytes_transferred, errors, kind, {NOTIFICATIONS}
                  FROM runs
-                 WHERE (?1 IS NULL OR job = ?1) AND (?2 IS NULL OR store = ?2)
+                 WHERE (?1 IS NULL OR job = ?1)
+                   AND (?2 IS NULL OR (store = ?2 AND store_raw IS ?5))
                    AND (?3 IS NULL OR started_at >= ?3) AND (?4 IS NULL OR kind = ?4)
                  ORDER BY started_at, id",
             ))
             .db(&self.path, "query runs")?;
+        let store = f.store.as_deref();
         let rows = st
-            .query_map(params![f.job, f.store, f.since, f.kind], run_row)
+            .query_map(
+                params![f.job, store.map(text), f.since, f.kind, store.and_then(raw)],
+                run_row,
+            )
             .db(&self.path, "query runs")?;
         rows.collect::<std::result::Result<Vec<_>, _>>()
             .db(&self.path, "read runs")
@@ -917,7 +938,7 @@ impl Catalog {
             .conn
             .query_row(
                 "SELECT json_set(report, '$.problems', json('[]')), log_path, kind,
-                    (SELECT count(*) FROM problems WHERE run_id = ?1)
+                    (SELECT count(*) FROM problems WHERE run_id = ?1), log_path_raw
                  FROM runs WHERE id = ?1",
                 [id],
                 |r| {
@@ -926,16 +947,17 @@ impl Catalog {
                         r.get::<_, Option<String>>(1)?,
                         r.get::<_, String>(2)?,
                         r.get::<_, i64>(3)? as u64,
+                        r.get::<_, Option<Vec<u8>>>(4)?,
                     ))
                 },
             )
             .optional()
             .db(&self.path, "read run")?;
-        let Some((json, log, kind, total)) = row else {
+        let Some((json, log, kind, total, log_raw)) = row else {
             return Ok(None);
         };
         let problems = self.problems_of(id, from, limit)?;
-        let shown = self.shown(&json, log, kind, problems)?;
+        let shown = self.shown(&json, log, log_raw, kind, problems)?;
         Ok(Some((shown, total)))
     }
 
@@ -968,6 +990,7 @@ impl Catalog {
         &self,
         json: &str,
         log: Option<String>,
+        log_raw: Option<Vec<u8>>,
         kind: String,
         problems: Vec<Problem>,
     ) -> Result<Shown> {
@@ -976,7 +999,9 @@ impl Catalog {
         } else {
             Record::Backup(serde_json::from_str(json).db(&self.path, "decode run")?)
         };
-        let log_exists = log.as_deref().is_some_and(|l| Path::new(l).exists());
+        let log_exists = log
+            .as_deref()
+            .is_some_and(|l| crate::localpath::from_fields(l, log_raw).exists());
         Ok(Shown {
             kind,
             report,
@@ -992,23 +1017,24 @@ impl Catalog {
         let row = self
             .conn
             .query_row(
-                "SELECT report, log_path, kind FROM runs WHERE id = ?1",
+                "SELECT report, log_path, kind, log_path_raw FROM runs WHERE id = ?1",
                 [id],
                 |r| {
                     Ok((
                         r.get::<_, String>(0)?,
                         r.get::<_, Option<String>>(1)?,
                         r.get::<_, String>(2)?,
+                        r.get::<_, Option<Vec<u8>>>(3)?,
                     ))
                 },
             )
             .optional()
             .db(&self.path, "read run")?;
-        let Some((json, log, kind)) = row else {
+        let Some((json, log, kind, log_raw)) = row else {
             return Ok(None);
         };
         let problems = self.problems_of(id, 0, u64::MAX)?;
-        self.shown(&json, log, kind, problems).map(Some)
+        self.shown(&json, log, log_raw, kind, problems).map(Some)
     }
 
     /// Records a daemon event (`skipped`, `reload`, `stop`, ...).
@@ -1079,42 +1105,42 @@ impl Catalog {
 
     /// Runs (id, store) recorded `failed` after their rotation's journal was written
     /// (`error::PUBLISH_PENDING`): the next repair publishes them.
-    pub fn publish_pending(&self) -> Result<Vec<(String, String)>> {
+    pub fn publish_pending(&self) -> Result<Vec<(String, PathBuf)>> {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, store FROM runs
+                "SELECT id, store, store_raw FROM runs
                  WHERE kind = 'backup' AND status = 'failed' AND snapshot IS NULL
                    AND instr(message, ?1) > 0",
             )
             .db(&self.path, "query runs")?;
-        st.query_map([crate::error::PUBLISH_PENDING], |r| {
-            Ok((r.get(0)?, r.get(1)?))
-        })
-        .db(&self.path, "query runs")?
-        .collect::<std::result::Result<Vec<_>, _>>()
-        .db(&self.path, "query runs")
+        st.query_map([crate::error::PUBLISH_PENDING], id_and_store)
+            .db(&self.path, "query runs")?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "query runs")
     }
 
     /// Run ids of `store` still marked `running`.
-    pub fn running_in(&self) -> Result<Vec<(String, String)>> {
+    pub fn running_in(&self) -> Result<Vec<(String, PathBuf)>> {
         let mut st = self
             .conn
-            .prepare("SELECT id, store FROM runs WHERE status = 'running' AND kind = 'backup'")
+            .prepare(
+                "SELECT id, store, store_raw FROM runs WHERE status = 'running' AND kind = 'backup'",
+            )
             .db(&self.path, "query runs")?;
-        st.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        st.query_map([], id_and_store)
             .db(&self.path, "query runs")?
             .collect::<std::result::Result<Vec<_>, _>>()
             .db(&self.path, "query runs")
     }
 
     /// Ids of every backup recorded for `store` (restores have no record in the store).
-    fn ids_of_store(&self, store: &str) -> Result<HashSet<String>> {
+    fn ids_of_store(&self, store: &Path) -> Result<HashSet<String>> {
         let mut st = self
             .conn
-            .prepare("SELECT id FROM runs WHERE store = ?1 AND kind = 'backup'")
+            .prepare("SELECT id FROM runs WHERE store = ?1 AND store_raw IS ?2 AND kind = 'backup'")
             .db(&self.path, "query runs")?;
-        st.query_map([store], |r| r.get(0))
+        st.query_map(params![text(store), raw(store)], |r| r.get(0))
             .db(&self.path, "query runs")?
             .collect::<std::result::Result<HashSet<_>, _>>()
             .db(&self.path, "query runs")
@@ -1122,7 +1148,7 @@ impl Catalog {
 
     /// Makes the catalog's rows for a store equal to its run records: every record
     /// upserted, rows without a record removed. Returns how many runs it holds now.
-    pub fn rebuild(&mut self, store_root: &Path, store_key: &str) -> Result<u64> {
+    pub fn rebuild(&mut self, store_root: &Path, store_key: &Path) -> Result<u64> {
         let runs = store_root.join(crate::store::META_DIR).join("runs");
         let mut n = 0;
         let mut seen = HashSet::new();
@@ -1143,14 +1169,20 @@ impl Catalog {
             let text = match crate::fsx::read_regular(&p) {
                 Ok(t) => t,
                 Err(e) => {
-                    tracing::warn!("{}: unreadable run record ({e}); skipped", p.display());
+                    tracing::warn!(
+                        "{}: unreadable run record ({e}); skipped",
+                        crate::relpath::shown(&p)
+                    );
                     continue;
                 }
             };
             let r: RunReport = match serde_json::from_slice(&text) {
                 Ok(r) => r,
                 Err(e) => {
-                    tracing::warn!("{}: damaged run record ({e}); skipped", p.display());
+                    tracing::warn!(
+                        "{}: damaged run record ({e}); skipped",
+                        crate::relpath::shown(&p)
+                    );
                     continue;
                 }
             };
@@ -1209,10 +1241,11 @@ fn upsert_run(tx: &rusqlite::Transaction<'_>, path: &Path, r: &RunReport) -> Res
             throughput_files_per_second, throughput_bytes_per_second, peak_rss_bytes,
             walk_copy_seconds, sync_seconds, rotation_seconds, remove_expired_seconds,
             log_path, bwlimit_wait_seconds, bytes_uploaded, objects_written, dedup_ratio,
-            failed_once, kind)
+            failed_once, store_raw, source_raw, log_path_raw, kind)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
             ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31,
-            ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, 'backup')
+            ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47,
+            'backup')
          ON CONFLICT(id) DO UPDATE SET job=excluded.job, label=excluded.label,
             store=excluded.store, source=excluded.source, host=excluded.host,
             version=excluded.version, started_at=excluded.started_at,
@@ -1235,15 +1268,17 @@ fn upsert_run(tx: &rusqlite::Transaction<'_>, path: &Path, r: &RunReport) -> Res
             bwlimit_wait_seconds=excluded.bwlimit_wait_seconds,
             bytes_uploaded=excluded.bytes_uploaded, objects_written=excluded.objects_written,
             dedup_ratio=excluded.dedup_ratio,
-            failed_once=max(runs.failed_once, excluded.failed_once)",
+            failed_once=max(runs.failed_once, excluded.failed_once),
+            store_raw=excluded.store_raw, source_raw=excluded.source_raw,
+            log_path_raw=excluded.log_path_raw",
     )
     .db(path, "record run")?
     .execute(params![
         r.id,
         r.job,
         r.label,
-        r.store.to_string_lossy(),
-        r.source.to_string_lossy(),
+        text(&r.store),
+        text(&r.source),
         r.host,
         r.version,
         r.started_at,
@@ -1277,12 +1312,15 @@ fn upsert_run(tx: &rusqlite::Transaction<'_>, path: &Path, r: &RunReport) -> Res
         r.phases.sync.seconds,
         r.phases.rotation.seconds,
         r.phases.remove_expired.seconds,
-        log.to_string_lossy(),
+        text(&log),
         r.bwlimit_wait_seconds,
         r.repository.as_ref().map(|k| k.bytes_uploaded as i64),
         r.repository.as_ref().map(|k| k.objects_written as i64),
         r.repository.as_ref().map(|k| k.dedup_ratio),
         failed_once(r),
+        raw(&r.store),
+        raw(&r.source),
+        raw(&log),
     ])
     .db(path, "record run")?;
     insert_problems(tx, path, &r.id, &r.problems)
@@ -1329,6 +1367,22 @@ pub fn restore_log_path(catalog: &Path, id: &str) -> PathBuf {
         .unwrap_or(Path::new("."))
         .join("logs")
         .join(format!("{id}.log"))
+}
+
+/// A path's text column (`crate::localpath`): exact when it is UTF-8, else lossy.
+fn text(p: &Path) -> String {
+    crate::localpath::text(p).into_owned()
+}
+
+/// A path's `_raw` column: its bytes when it is not UTF-8, else NULL.
+fn raw(p: &Path) -> Option<&[u8]> {
+    crate::localpath::raw(p)
+}
+
+/// `(id, store)` of a row selected as `id, store, store_raw`.
+fn id_and_store(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, PathBuf)> {
+    let store: String = r.get(1)?;
+    Ok((r.get(0)?, crate::localpath::from_fields(&store, r.get(2)?)))
 }
 
 /// One `runs` row in the column order of the `SELECT`s of `runs` and `recent`
@@ -1387,7 +1441,7 @@ fn make_private(path: &Path) -> Result<()> {
     {
         tracing::warn!(
             "catalog {}: other users can read it, and it cannot be made private ({e}); chmod 600 it",
-            path.display()
+            crate::relpath::shown(path)
         );
     }
     Ok(())
@@ -1524,11 +1578,11 @@ pub fn record_start(
     let res = Catalog::open(path, allow_nfs).and_then(|mut c| {
         let mut ids = store.repaired_runs();
         for (id, s) in c.running_in()? {
-            if s == r.store.to_string_lossy() && !ids.contains(&id) {
+            if s == r.store && !ids.contains(&id) {
                 ids.push(id);
             }
         }
-        let known = c.ids_of_store(&r.store.to_string_lossy())?;
+        let known = c.ids_of_store(&r.store)?;
         for id in store.run_ids() {
             if !known.contains(&id) && !ids.contains(&id) {
                 ids.push(id);
@@ -1561,14 +1615,14 @@ fn quiet_error(e: CatalogError, r: &RunReport) -> String {
         // A repository has no run records to rebuild from: what to do for it.
         format!(
             "{e}; this run into a repository is not in the catalog (its snapshot is): `snapring catalog rebuild --dest {}` moves the damaged file aside and starts an empty catalog",
-            r.store.display()
+            crate::relpath::shown(&r.store)
         )
     } else if r.repository.is_some() || r.log.is_some() {
         format!("{e}; this run into a repository is not in the catalog (its snapshot is)")
     } else {
         format!(
             "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
-            r.store.display()
+            crate::relpath::shown(&r.store)
         )
     };
     tracing::error!("{msg}");
@@ -1586,10 +1640,10 @@ pub fn settle_running(c: &mut Catalog) {
     for (id, store) in rows {
         // A restic repository's run has no store to repair or record to re-read: its
         // marker says whether it is alive (`settle_repository_runs`).
-        if is_repository(&store) {
+        if is_repository(&text(&store)) {
             continue;
         }
-        let root = PathBuf::from(&store);
+        let root = store;
         let Ok(s) = crate::store::Store::open(&root, false) else {
             continue;
         };
@@ -1683,7 +1737,7 @@ impl RunningMarker {
             .and_then(|_| f.write_all(&json))
             .and_then(|()| f.sync_data());
         if let Err(e) = res {
-            tracing::warn!("{}: {e}", self.path.display());
+            tracing::warn!("{}: {e}", crate::relpath::shown(&self.path));
         }
     }
 
@@ -1731,8 +1785,9 @@ pub fn unrecorded_end_message(store: &str) -> String {
 /// The marker is removed once the row is recorded.
 pub fn settle_repository_runs(c: &mut Catalog) {
     let Ok(rows) = c.running_in() else { return };
-    for (id, store) in rows.into_iter().filter(|(_, s)| is_repository(s)) {
-        let RepositoryRun::Ended { report, marker } = repository_run(c, &id, &store, true) else {
+    for (id, store) in rows.into_iter().filter(|(_, s)| is_repository(&text(s))) {
+        let RepositoryRun::Ended { report, marker } = repository_run(c, &id, &text(&store), true)
+        else {
             continue;
         };
         match c.record(&report) {

@@ -252,7 +252,8 @@ pub const MAX_CONFIG_BYTES: u64 = 16 << 20;
 /// [`MAX_CONFIG_BYTES`].
 fn read_as(path: &Path, shown: &Path) -> Result<String> {
     use std::io::Read;
-    let fail = |e: String| Error::Config(format!("cannot read {}: {e}", shown.display()));
+    let fail =
+        |e: String| Error::Config(format!("cannot read {}: {e}", crate::relpath::shown(shown)));
     let f = crate::fsx::open_regular(path, true).map_err(|e| fail(e.to_string()))?;
     let too_big = || {
         fail(format!(
@@ -272,7 +273,13 @@ fn read_as(path: &Path, shown: &Path) -> Result<String> {
     if buf.len() as u64 > MAX_CONFIG_BYTES {
         return Err(too_big());
     }
-    String::from_utf8(buf).map_err(|_| fail("stream did not contain valid UTF-8".into()))
+    String::from_utf8(buf).map_err(|e| {
+        let at = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = at.iter().filter(|&&b| b == b'\n').count() + 1;
+        fail(format!(
+            "line {line} is not UTF-8; a TOML file is UTF-8 text, so a path whose name is not UTF-8 (a Latin-1 directory) cannot be written in it: give it with --source, --dest or --to on the command line, which take any bytes"
+        ))
+    })
 }
 
 /// "1 problem", "3 problems".

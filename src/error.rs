@@ -18,25 +18,25 @@ pub const PUBLISHED_LATER: &str = "published by a later repair after: ";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot {action} {}: {source}", path.display())]
+    #[error("cannot {action} {}: {source}", crate::relpath::shown(path))]
     Io {
         action: &'static str,
         path: PathBuf,
         #[source]
         source: io::Error,
     },
-    #[error("source {} does not exist (is the file system mounted?)", .0.display())]
+    #[error("source {} does not exist (is the file system mounted?)", crate::relpath::shown(.0))]
     SourceMissing(PathBuf),
-    #[error("source {} is not a directory", .0.display())]
+    #[error("source {} is not a directory", crate::relpath::shown(.0))]
     SourceNotDir(PathBuf),
     #[error(
         "source {} is not a mount point, but require_mount is set: mount the file system there, or drop --require-mount",
-        .0.display()
+        crate::relpath::shown(.0)
     )]
     NotMounted(PathBuf),
     #[error(
         "source {} is empty but the previous snapshot {prev} is not; refusing, because a failed mount looks exactly like this. Pass --allow-empty if the source really is empty",
-        path.display()
+        crate::relpath::shown(path)
     )]
     EmptySource { path: PathBuf, prev: String },
     /// The source has entries, but the exclusions leave none of them (a pattern file
@@ -44,7 +44,7 @@ pub enum Error {
     /// would. `by` names the settings (the options and pattern files).
     #[error(
         "source {} is not empty, but the exclusions ({by}) leave nothing of it, and the previous snapshot {prev} is not empty; refusing, because an empty snapshot would expire history as a failed mount would. Check the patterns; pass --allow-empty if nothing of the source is to be backed up",
-        path.display()
+        crate::relpath::shown(path)
     )]
     ExcludedAll {
         path: PathBuf,
@@ -64,7 +64,10 @@ pub enum Error {
         by: String,
         unread: u64,
     },
-    #[error("store {} is in use: {holder}. Wait for that run to end; a lock left by a dead process is released by the kernel and taken over automatically", store.display())]
+    #[error(
+        "store {} is in use: {holder}. Wait for that run to end; a lock left by a dead process is released by the kernel and taken over automatically",
+        crate::relpath::shown(store)
+    )]
     Locked { store: PathBuf, holder: String },
     #[error("config: {0}")]
     Config(String),
@@ -75,13 +78,13 @@ pub enum Error {
     /// The job's `pre_command` failed: the run failed before reading anything.
     #[error("{0}")]
     Hook(String),
-    #[error("store {}: {msg}", path.display())]
+    #[error("store {}: {msg}", crate::relpath::shown(path))]
     Store { path: PathBuf, msg: String },
     /// A shard run's source, on this node, is another directory than the one its plan
     /// was made from (another inode number): not mounted here, or mounted elsewhere.
     #[error(
         "source {} is not the directory this run was planned from (inode {here}, the plan's {planned}): is the source file system mounted on this node?",
-        path.display()
+        crate::relpath::shown(path)
     )]
     SourceNotPlanned {
         path: PathBuf,
@@ -89,7 +92,7 @@ pub enum Error {
         here: u64,
     },
     /// A restore's `--to` that cannot be restored into as it is.
-    #[error("restore target {}: {msg}", path.display())]
+    #[error("restore target {}: {msg}", crate::relpath::shown(path))]
     Target { path: PathBuf, msg: String },
     /// A restic repository's error, as its message says (it names the repository).
     #[error("{0}")]
@@ -111,10 +114,10 @@ pub enum Error {
     /// the next command that can write the store tries again).
     #[error("{}", roll_forward_text(run, cause))]
     RollForward { run: String, cause: Box<Error> },
-    #[error("destination file system is full ({}) while writing {}: the run was abandoned, nothing was published and older snapshots are intact; {} and run again", why.as_str(), path.display(), why.remedy())]
+    #[error("destination file system is full ({}) while writing {}: the run was abandoned, nothing was published and older snapshots are intact; {} and run again", why.as_str(), crate::relpath::shown(path), why.remedy())]
     DiskFull { path: PathBuf, why: Full },
     /// A restore's target ran full: the restore stopped; the store was never written.
-    #[error("the restore's target file system is full ({}) while writing {}: the restore stopped; the store is untouched and what was restored stays; {} and run it again (identical files are skipped, the rest is finished)", why.as_str(), path.display(), why.remedy())]
+    #[error("the restore's target file system is full ({}) while writing {}: the restore stopped; the store is untouched and what was restored stays; {} and run it again (identical files are skipped, the rest is finished)", why.as_str(), crate::relpath::shown(path), why.remedy())]
     TargetFull { path: PathBuf, why: Full },
 }
 
@@ -153,7 +156,7 @@ impl Error {
             Error::DiskFull { path, why } => format!(
                 "destination file system is full ({}) while writing {}",
                 why.as_str(),
-                path.display()
+                crate::relpath::shown(path)
             ),
             e => e.to_string(),
         }
@@ -261,7 +264,7 @@ fn no_files_left(path: &std::path::Path, prev: &str, by: &str, unread: u64) -> S
     if unread > 0 {
         return format!(
             "source {} gave no file to back up{}, but {unread} of its directories could not be read (permission denied or an I/O error: see the run's problems), which may be why; the previous snapshot {prev} holds files; {why}. Check that the source can be read{patterns}; {allow}",
-            path.display(),
+            crate::relpath::shown(path),
             if by.is_empty() {
                 String::new()
             } else {
@@ -271,7 +274,7 @@ fn no_files_left(path: &std::path::Path, prev: &str, by: &str, unread: u64) -> S
     }
     format!(
         "source {} holds no file to back up{}, but the previous snapshot {prev} holds files; {why}. Check the source{patterns}; {allow}",
-        path.display(),
+        crate::relpath::shown(path),
         if by.is_empty() {
             " (only directories)".to_string()
         } else {

@@ -35,8 +35,13 @@ pub struct Settings {
     /// `--exclude` and the lines of every `--exclude-from` file.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excludes: Vec<String>,
-    /// The `--exclude-from` files the patterns were read from (for the record).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    /// The `--exclude-from` files the patterns were read from (for the record). One
+    /// that is not UTF-8: `exclude_from_raw` beside them holds the bytes of each.
+    #[serde(
+        flatten,
+        skip_serializing_if = "Vec::is_empty",
+        with = "crate::localpath::exclude_from"
+    )]
     pub exclude_from: Vec<PathBuf>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub exclude_caches: bool,

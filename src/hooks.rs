@@ -68,7 +68,7 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
 pub fn run(
     name: &str,
     hook: &Hook,
-    env: &[(&str, String)],
+    env: &[(&str, std::ffi::OsString)],
     stdin: &[u8],
     cancel: &AtomicBool,
 ) -> HookOutcome {
@@ -106,7 +106,7 @@ pub fn run(
     out
 }
 
-fn spawn(hook: &Hook, env: &[(&str, String)]) -> Result<Child, String> {
+fn spawn(hook: &Hook, env: &[(&str, std::ffi::OsString)]) -> Result<Child, String> {
     use std::os::unix::process::CommandExt;
     let (prog, args) = hook.argv.split_first().ok_or("no program given")?;
     let user = crate::fsx::user_umask();

@@ -92,7 +92,7 @@ pub fn refuse_vanished_store(opts: &BackupOptions, catalog: &CatalogTarget) -> R
     };
     let filter = crate::catalog::Filter {
         kind: Some("backup".into()),
-        store: Some(key.to_string_lossy().into_owned()),
+        store: Some(key.clone()),
         ..Default::default()
     };
     let made: Vec<_> = c
@@ -108,13 +108,13 @@ pub fn refuse_vanished_store(opts: &BackupOptions, catalog: &CatalogTarget) -> R
         path: opts.store.clone(),
         msg: format!(
             "no store here ({} is missing), though {} run{} recorded in the catalog {} made snapshots in it, the newest {} ({}): is the backup file system mounted? Nothing was written. If the store was removed on purpose, create {} to begin a new one there",
-            meta.display(),
+            crate::relpath::shown(&meta),
             made.len(),
             if made.len() == 1 { "" } else { "s" },
-            catalog.path.display(),
+            crate::relpath::shown(&catalog.path),
             newest.id,
             newest.started_at,
-            meta.display(),
+            crate::relpath::shown(&meta),
         ),
     })
 }
@@ -221,7 +221,7 @@ fn not_started(
         .filter(|l| start_log(l));
     if log.is_some() {
         tracing::info!(
-            run = %id, source = %rep.source.display(), store = %store.display(),
+            run = %id, source = %crate::relpath::shown(&rep.source), store = %crate::relpath::shown(&store),
             "backup could not start (snapring {} on {}): {e}", rep.version, rep.host
         );
     }
@@ -319,18 +319,19 @@ fn post_command(
     rep: &RunReport,
     after: &After,
 ) -> crate::report::HookOutcome {
-    let mut env = vec![
-        ("SNAPRING_STATUS", rep.status.as_str().to_string()),
-        ("SNAPRING_RUN_ID", rep.id.clone()),
+    let mut env: Vec<(&str, std::ffi::OsString)> = vec![
+        ("SNAPRING_STATUS", rep.status.as_str().into()),
+        ("SNAPRING_RUN_ID", rep.id.clone().into()),
         (
             "SNAPRING_SNAPSHOT",
-            rep.snapshot.clone().unwrap_or_default(),
+            rep.snapshot.clone().unwrap_or_default().into(),
         ),
-        ("SNAPRING_JOB", rep.job.clone().unwrap_or_default()),
-        ("SNAPRING_STORE", rep.store.to_string_lossy().into_owned()),
-        ("SNAPRING_LOG", after.log.to_string_lossy().into_owned()),
+        ("SNAPRING_JOB", rep.job.clone().unwrap_or_default().into()),
+        // The paths as they are: a name that is not UTF-8 reaches the hook unchanged.
+        ("SNAPRING_STORE", rep.store.clone().into_os_string()),
+        ("SNAPRING_LOG", after.log.clone().into_os_string()),
     ];
-    env.extend(after.env.iter().cloned());
+    env.extend(after.env.iter().map(|(k, v)| (*k, v.into())));
     let json = serde_json::to_vec_pretty(rep).unwrap_or_default();
     crate::hooks::run("post_command", h, &env, &json, &AtomicBool::new(false))
 }
@@ -397,20 +398,20 @@ fn refuse_catalog_inside(
     let what = if dir.starts_with(&root) {
         format!(
             "the catalog {} (with its restore logs) is there",
-            c.path.display()
+            crate::relpath::shown(&c.path)
         )
     } else if logs.starts_with(&root) || root.starts_with(&logs) {
         format!(
             "it is the catalog's restore log directory {} (or inside it), which holds the log of every restore recorded in {}, this one's too",
-            logs.display(),
-            c.path.display()
+            crate::relpath::shown(&logs),
+            crate::relpath::shown(&c.path)
         )
     } else {
         return Ok(());
     };
     Err(Error::Refused(format!(
         "--mirror deletes every entry under {} that the snapshot does not have, and {what}: it would delete the history this restore is recorded in; nothing was changed. Keep the catalog elsewhere (SNAPRING_CATALOG, or the config's catalog), restore somewhere else, or restore without --mirror",
-        root.display(),
+        crate::relpath::shown(&root),
     )))
 }
 
@@ -428,7 +429,7 @@ pub fn recorded_restore(
         .map(|c| crate::catalog::restore_log_path(&c.path, &id))
         .filter(|l| start_log(l));
     tracing::info!(
-        run = %id, store = %opts.store.display(), snapshot = %opts.snapshot, to = %opts.to.display(),
+        run = %id, store = %crate::relpath::shown(&opts.store), snapshot = %opts.snapshot, to = %crate::relpath::shown(&opts.to),
         "restore started by snapring {} on {}", env!("CARGO_PKG_VERSION"), crate::util::hostname()
     );
     let (mut r, err) = match body() {
@@ -463,7 +464,10 @@ fn start_log(path: &Path) -> bool {
     match made.then(|| crate::runlog::start(path)) {
         Some(Ok(())) => true,
         _ => {
-            tracing::warn!("cannot write the restore's log {}", path.display());
+            tracing::warn!(
+                "cannot write the restore's log {}",
+                crate::relpath::shown(path)
+            );
             false
         }
     }
@@ -556,7 +560,7 @@ pub fn run_repository(
     let mut rep = repository_report(j, &id);
     rep.log = log.clone();
     tracing::info!(
-        run = %id, source = %j.source.display(), repository = %j.dest,
+        run = %id, source = %crate::relpath::shown(&j.source), repository = %j.dest,
         "backup into a repository started by snapring {} on {}", env!("CARGO_PKG_VERSION"), rep.host
     );
     // Dead runs into repositories left `running` are settled first; this one holds its

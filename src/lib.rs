@@ -15,6 +15,7 @@ pub mod failpoint;
 pub mod fsx;
 pub mod hooks;
 pub mod job;
+pub mod localpath;
 pub mod manifest;
 pub mod notify;
 pub mod pool;

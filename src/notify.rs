@@ -719,11 +719,11 @@ fn command(
         timeout: c.timeout(),
         kill_leftovers: true,
     };
-    let env = [
-        ("SNAPRING_JOB", r.job.clone().unwrap_or_default()),
-        ("SNAPRING_STATUS", r.status.as_str().to_string()),
-        ("SNAPRING_RUN_ID", r.id.clone()),
-        ("SNAPRING_LOG", r.log.to_string_lossy().into_owned()),
+    let env: [(&str, std::ffi::OsString); 4] = [
+        ("SNAPRING_JOB", r.job.clone().unwrap_or_default().into()),
+        ("SNAPRING_STATUS", r.status.as_str().into()),
+        ("SNAPRING_RUN_ID", r.id.clone().into()),
+        ("SNAPRING_LOG", r.log.as_os_str().to_owned()),
     ];
     let json = serde_json::to_vec_pretty(&r.report).expect("report serializes");
     let out = crate::hooks::run(&format!("notifier {name}"), &hook, &env, &json, cancel);

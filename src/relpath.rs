@@ -172,6 +172,36 @@ pub fn escape(bytes: &[u8]) -> String {
     s
 }
 
+/// A local path (a source, a store, a restore's target, as given or canonical) in a
+/// message: a control character (a newline, an escape sequence) and a byte that is not
+/// UTF-8 are written `\xNN` (a control character beyond ASCII `\u{85}`), so none
+/// reaches a terminal or a log raw; every other character is itself (`%`, a space,
+/// `é`), so the path reads as the user typed it. For humans only: records keep the
+/// exact bytes (`crate::localpath`).
+pub fn shown(p: &std::path::Path) -> String {
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = p.as_os_str().as_bytes();
+    let mut s = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                c if c.is_ascii_control() => {
+                    let _ = write!(s, "\\x{:02X}", c as u32);
+                }
+                c if c.is_control() => {
+                    let _ = write!(s, "\\u{{{:x}}}", c as u32);
+                }
+                c => s.push(c),
+            }
+        }
+        for b in chunk.invalid() {
+            let _ = write!(s, "\\x{b:02X}");
+        }
+    }
+    s
+}
+
 /// Reverses [`escape`].
 pub fn unescape(s: &str) -> Result<Vec<u8>, String> {
     unescape_bytes(s.as_bytes())
@@ -208,6 +238,23 @@ pub fn unescape_bytes(b: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A local path in a message: control characters and bytes that are not UTF-8
+    /// as `\xNN`; `%`, a space and `é` as typed.
+    #[test]
+    fn a_shown_path_escapes_only_control_characters_and_invalid_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        assert_eq!(
+            shown(std::path::Path::new("/e\x1b]0;X\x07\n y")),
+            "/e\\x1B]0;X\\x07\\x0A y"
+        );
+        assert_eq!(
+            shown(std::path::Path::new(std::ffi::OsStr::from_bytes(
+                b"/mnt/caf\xc3\xa9 data/50%/src%E9/\xff\xe9\xc2\x85"
+            ))),
+            "/mnt/caf\u{e9} data/50%/src%E9/\\xFF\\xE9\\u{85}"
+        );
+    }
 
     #[test]
     fn rejects_escapes_from_the_tree() {

@@ -69,9 +69,9 @@ pub fn continue_ring(
             path: store.to_path_buf(),
             msg: format!(
                 "the {label} snapshots in this store are of {} (run {}), not of {}: this run's rotation would expire their history, so it made no snapshot and expired none. Give this source a store of its own (another --dest or --folder) or another --label; if it is the same data moved, run `snapring backup` once with --new-source (for a job, with --config FILE --job NAME)",
-                ring.root().display(),
+                crate::relpath::shown(&ring.root()),
                 ring.run,
-                root.display(),
+                crate::relpath::shown(root),
             ),
         });
     }

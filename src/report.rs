@@ -123,7 +123,11 @@ pub struct RunReport {
     /// `verify`/`diff --against` leave out what the backup left out.
     #[serde(flatten)]
     pub exclusion: crate::exclude::Settings,
+    /// Not UTF-8: `source_raw` beside it holds the bytes (`crate::localpath`).
+    #[serde(flatten, with = "crate::localpath::source")]
     pub source: PathBuf,
+    /// Not UTF-8: `store_raw` beside it holds the bytes.
+    #[serde(flatten, with = "crate::localpath::store")]
     pub store: PathBuf,
     pub host: String,
     pub version: String,
@@ -202,7 +206,8 @@ pub struct RunReport {
     pub repository: Option<RepositoryKpis>,
     /// The run's log, where it is not `<store>/.snapring/logs/<id>.log` (a repository
     /// run's log is beside the catalog).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not UTF-8: `log_raw` beside it holds the bytes.
+    #[serde(flatten, with = "crate::localpath::log::option")]
     pub log: Option<PathBuf>,
 }
 
@@ -377,8 +382,13 @@ impl Counters {
             .iter()
             .take(5)
             .map(|(p, size)| {
-                // The limit counts the bytes read and the bytes written.
-                let secs = (2 * size).checked_div(rate).unwrap_or(0);
+                // The limit counts the bytes read and the bytes written (as
+                // `Throttle::copy` does); rounded up: a copy that needs 0.95 s is not
+                // "about 0 s".
+                let secs = match rate {
+                    0 => 0,
+                    r => size.saturating_mul(2).div_ceil(r),
+                };
                 format!("{p} ({size} bytes, about {secs} s at the limit)")
             })
             .collect();
@@ -453,3 +463,30 @@ pub fn push_listed<T>(list: &Mutex<Vec<T>>, item: T) {
 // The helpers below moved to `util` (no module of the crate below them); re-exported
 // for the callers that name them here.
 pub use crate::util::{hostname, now_rfc3339, peak_rss_bytes, write_atomic};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A copy given up under `--bwlimit` says how long it needs at the limit, its bytes
+    /// read and written (what the limiter charges), rounded up: 1,000,000 bytes at 2 MiB/s
+    /// need about 0.95 s, which was said as "about 0 s".
+    #[test]
+    fn a_given_up_copy_needs_at_least_a_second_at_the_limit() {
+        let c = Counters {
+            throttle: Some(std::sync::Arc::new(crate::throttle::Throttle::new(2 << 20))),
+            ..Counters::default()
+        };
+        c.given_up("big".into(), 1_000_000);
+        c.given_up("huge".into(), 3 << 20);
+        let w = c.given_up_warnings().join("\n");
+        assert!(
+            w.contains("big (1000000 bytes, about 1 s at the limit)"),
+            "{w}"
+        );
+        assert!(
+            w.contains("huge (3145728 bytes, about 3 s at the limit)"),
+            "{w}"
+        );
+    }
+}

@@ -113,7 +113,11 @@ pub struct RestoreReport {
     /// The snapshot restored from (its name when the restore began).
     pub snapshot: String,
     pub run_id: Option<String>,
+    /// Not UTF-8: `store_raw` beside it holds the bytes (`crate::localpath`).
+    #[serde(flatten, with = "crate::localpath::store")]
     pub store: PathBuf,
+    /// Not UTF-8: `to_raw` beside it holds the bytes.
+    #[serde(flatten, with = "crate::localpath::to")]
     pub to: PathBuf,
     pub path: Option<String>,
     pub mode: Mode,
@@ -144,7 +148,8 @@ pub struct RestoreReport {
     pub errors: u64,
     pub problems: Vec<Problem>,
     /// This restore's log file (next to the catalog), when it is recorded.
-    #[serde(default)]
+    /// Not UTF-8: `log_raw` beside it holds the bytes.
+    #[serde(flatten, with = "crate::localpath::log::nullable")]
     pub log: Option<PathBuf>,
     /// What went wrong beside the restore itself (the catalog could not be written).
     #[serde(default)]
@@ -716,7 +721,7 @@ fn refuse_flat_mirror<R: SnapshotReader>(
     others.truncate(3);
     Err(Error::Refused(format!(
         "--flat --mirror makes {to} an exact copy of {path}, so it would delete the {n} entries of {to} that {path} does not have ({names}{more}); nothing was changed. Restore without --flat (into {to}/{path}), choose an empty --to, or, if {to} holds nothing but this restore, add --to-is-dedicated (try it with --dry-run first)",
-        to = opts.to.display(),
+        to = crate::relpath::shown(&opts.to),
         path = p.as_path().display(),
         names = others.join(", "),
         more = if n > 3 { ", …" } else { "" },
@@ -756,7 +761,7 @@ fn refuse_store_inside<R: SnapshotReader>(
         Some(p) if !opts.flat => opts.to.join(p.as_path()),
         _ => opts.to.clone(),
     };
-    let shown = shown.display();
+    let shown = crate::relpath::shown(&shown);
     // `--mirror` deletes inside a restored directory (the whole snapshot, or a --path
     // that is one); a single file deletes nothing beside it.
     let deletes = !matches!(&found.named, Some((_, _, k)) if *k != Kind::Dir);
@@ -764,7 +769,7 @@ fn refuse_store_inside<R: SnapshotReader>(
         return Err(Error::Refused(format!(
             "--mirror deletes every entry under {} that the snapshot does not have, and the store {} is there: it would delete the backup it restores from; nothing was changed. Choose a --to that does not hold the store, or restore without --mirror",
             shown,
-            store.root.display(),
+            crate::relpath::shown(&store.root),
         )));
     }
     // Does the snapshot have an entry where the store is? The restore would write into it.
@@ -787,7 +792,7 @@ fn refuse_store_inside<R: SnapshotReader>(
         return Err(Error::Refused(format!(
             "the snapshot has {} where the store {} is under {}: restoring it would write into the backup; nothing was changed. Choose a --to that does not hold the store",
             at.as_path().display(),
-            store.root.display(),
+            crate::relpath::shown(&store.root),
             shown,
         )));
     }
@@ -834,19 +839,19 @@ fn refuse_store_mounted_below(opts: &RestoreOptions, store: &Store) -> Result<()
         if shows_store {
             return Err(Error::Refused(format!(
                 "{} is a mount of the store's file system that shows {} there: restoring into {} would write into the backup {}; nothing was changed. Unmount it, or choose a --to without it",
-                m.point.display(),
+                crate::relpath::shown(&m.point),
                 if m.root.starts_with(&in_fs) {
                     format!(
                         "the store's {}",
                         m.root
                             .strip_prefix(&in_fs)
-                            .map_or_else(|_| ".".into(), |p| p.display().to_string())
+                            .map_or_else(|_| ".".into(), |p| crate::relpath::shown(p).to_string())
                     )
                 } else {
                     "the store".to_string()
                 },
-                opts.to.display(),
-                store.root.display(),
+                crate::relpath::shown(&opts.to),
+                crate::relpath::shown(&store.root),
             )));
         }
     }
@@ -971,7 +976,7 @@ fn not_in_snapshot(
             path: snap_path.to_path_buf(),
             msg: format!(
                 "snapshot {snap} has no {p}; `snapring history --dest {} {p}` shows which snapshots have it",
-                store.display()
+                crate::relpath::shown(store)
             ),
         }
     } else {
@@ -1013,8 +1018,8 @@ fn open_target(
             path: to.clone(),
             msg: format!(
                 "cannot restore into {}: {} is on a read-only file system; remount it read-write or choose another --to",
-                to.display(),
-                probe.display()
+                crate::relpath::shown(to),
+                crate::relpath::shown(probe)
             ),
         });
     }
@@ -1028,7 +1033,7 @@ fn open_target(
             path: to.clone(),
             msg: format!(
                 "--to is a symlink to {}, which does not exist; create that directory, or give --to a directory",
-                link.display()
+                crate::relpath::shown(&link)
             ),
         });
     }
@@ -1053,7 +1058,7 @@ fn check_target(opts: &RestoreOptions, store: &Store) -> Result<(target::Target,
             path: opts.to.clone(),
             msg: format!(
                 "refusing to restore into the store {} itself (a restore never writes to the backup); choose a --to outside it",
-                store.root.display()
+                crate::relpath::shown(&store.root)
             ),
         });
     }
@@ -2214,7 +2219,7 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
     let bytes = crate::relpath::unescape_bytes(p.as_os_str().as_bytes()).map_err(|e| {
         format!(
             "{what} {}: {e}; paths are given escaped, as snapring prints them: a name's % is written %25",
-            p.display()
+            crate::relpath::shown(p)
         )
     })?;
     if bytes.starts_with(b"/") {
@@ -2222,7 +2227,7 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
         let inside = String::from_utf8_lossy(&bytes[start..]);
         return Err(format!(
             "{what} {} is absolute; give it relative to the snapshot root (for example {})",
-            p.display(),
+            crate::relpath::shown(p),
             if inside.is_empty() {
                 "users/alice"
             } else {
@@ -2240,5 +2245,5 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
     if trimmed == b"." {
         trimmed.clear();
     }
-    RelPath::new(&trimmed).map_err(|e| format!("{what} {}: {e}", p.display()))
+    RelPath::new(&trimmed).map_err(|e| format!("{what} {}: {e}", crate::relpath::shown(p)))
 }

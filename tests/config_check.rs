@@ -568,3 +568,30 @@ fn an_empty_snapring_config_is_unset() {
     assert_eq!(code, 0, "{err}");
     assert!(t.path().join("bk/daily.0/f").exists(), "{err}");
 }
+
+/// A path that is not UTF-8 written into a config file (a Latin-1 directory name): the
+/// file is refused saying that TOML is UTF-8 and where, and what to do instead; it was
+/// "stream did not contain valid UTF-8".
+#[test]
+fn a_config_with_a_path_that_is_not_utf8_says_toml_cannot_hold_it() {
+    let t = tempfile::tempdir().unwrap();
+    let cfg = t.path().join("latin1.toml");
+    std::fs::write(
+        &cfg,
+        b"[job.a]\ndest = \"/srv/backup\"\nsource = \"/mnt/caf\xe9\"\n",
+    )
+    .unwrap();
+    for args in [
+        vec!["config", "check", "latin1.toml"],
+        vec!["backup", "--config", "latin1.toml"],
+    ] {
+        let (code, out, err) = run_in(t.path(), &args);
+        let err = out + &err;
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("latin1.toml: line 3 is not UTF-8; a TOML file is UTF-8 text")
+                && err.contains("--source"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -14,6 +14,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         "base",
         &[
             "relpath",
+            "localpath",
             "fsx",
             "exclude",
             "error",

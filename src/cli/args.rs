@@ -175,10 +175,10 @@ pub struct BackupArgs {
     #[arg(skip)]
     pub loaded: Option<Box<snapring::config::Config>>,
     /// Directory to back up (an EFS/NFS mount or any directory).
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub source: Option<PathBuf>,
     /// Backup file system (where the store lives), or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (for example the file system id); default: --dest itself.
     #[arg(long, value_parser = folder)]
@@ -331,7 +331,7 @@ pub struct ForgetArgs {
 #[derive(Args)]
 pub struct CopyArgs {
     /// The backup file system of the store (as for `backup --dest`).
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub dest: PathBuf,
     /// The store folder under --dest; default: --dest itself.
     #[arg(long)]
@@ -382,7 +382,7 @@ pub struct PruneArgs {
 #[derive(Args)]
 pub struct ListArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub dest: PathBuf,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -409,7 +409,7 @@ pub struct ListArgs {
 pub struct RestoreArgs {
     /// The store: <dest>/<folder> [default with --config: the job's dest and folder], or a
     /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, required_unless_present = "config", value_parser = path)]
+    #[arg(long, required_unless_present = "config", value_parser = path())]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -426,7 +426,7 @@ pub struct RestoreArgs {
     /// before TIME, e.g. @2026-11-20T02:00, UTC unless an offset is given).
     pub snapshot: String,
     /// Directory to restore into (created if missing).
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub to: PathBuf,
     /// Restore only this path of the snapshot (a directory or a file), to the same
     /// relative place under --to.
@@ -470,7 +470,7 @@ pub struct RestoreArgs {
 #[derive(Args)]
 pub struct DiffArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub dest: PathBuf,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -482,7 +482,7 @@ pub struct DiffArgs {
     /// The newer snapshot.
     pub to: Option<String>,
     /// Compare with this live directory instead of a second snapshot.
-    #[arg(long, value_name = "DIR", value_parser = path)]
+    #[arg(long, value_name = "DIR", value_parser = path())]
     pub against: Option<PathBuf>,
     /// With --against: stay on DIR's file system (a directory on another one is compared
     /// as a directory, its contents not) [default: as the snapshot's backup did]
@@ -505,7 +505,7 @@ pub struct DiffArgs {
 pub struct VerifyArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX
     /// (every blob the snapshots use is re-read and re-hashed).
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub dest: PathBuf,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -517,7 +517,7 @@ pub struct VerifyArgs {
     #[arg(long, conflicts_with = "snapshots")]
     pub all: bool,
     /// Compare the snapshot's manifest with this live tree instead (hashing every file).
-    #[arg(long, value_name = "SRC", value_parser = path)]
+    #[arg(long, value_name = "SRC", value_parser = path())]
     pub against: Option<PathBuf>,
     /// With --against: stay on SRC's file system (a directory on another one is compared
     /// as a directory, its contents not) [default: as the snapshot's backup did]
@@ -540,7 +540,7 @@ pub struct VerifyArgs {
 pub struct HistoryArgs {
     /// The store: <dest>/<folder> (filters runs; required with PATH), or with PATH a
     /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -573,7 +573,7 @@ pub struct ShowArgs {
     /// Run id (or a unique prefix of it).
     pub run: String,
     /// Look the run up in this store when the catalog does not have it.
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub dest: Option<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -585,7 +585,7 @@ pub struct StatsArgs {
     #[arg(long)]
     pub job: Option<String>,
     /// Only runs of this store.
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub dest: Option<PathBuf>,
     #[arg(long)]
     pub since: Option<String>,
@@ -702,7 +702,7 @@ pub struct FinalizeArgs {
 pub struct ShardRunArgs {
     /// Backup file system (where the store lives), or the restic repository
     /// (file:///PATH or s3://BUCKET/PREFIX) a run backs up into.
-    #[arg(long, value_parser = path)]
+    #[arg(long, value_parser = path())]
     pub dest: PathBuf,
     /// A restic repository's password file [else SNAPRING_PASSWORD_FILE,
     /// SNAPRING_PASSWORD or RESTIC_PASSWORD_FILE].
@@ -779,7 +779,7 @@ pub fn in_folder(dest: &mut PathBuf, folder: Option<String>) -> anyhow::Result<(
     if super::restic::is_repo(Some(dest)) {
         return Err(anyhow::Error::new(super::exit_code::Usage(format!(
             "--folder names a store's folder under --dest; a restic repository ({}) has none",
-            dest.display()
+            snapring::relpath::shown(dest)
         ))));
     }
     *dest = dest.join(f);
@@ -806,22 +806,40 @@ fn prefix(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// A path flag's value: refused when it starts with `~`, which only a shell expands, and
-/// only unquoted at the start of a word (`--to=~/x` and `--to '~/x'` reach snapring as
-/// they are): taken literally it made a directory named `~` in the working directory.
-fn path(s: &str) -> Result<PathBuf, String> {
-    if let Some(tilde) = s.strip_prefix('~') {
-        let (user, rest) = tilde.split_once('/').unwrap_or((tilde, ""));
+/// A path flag's value, any bytes (a directory name need not be UTF-8): refused when it
+/// starts with `~`, which only a shell expands, and only unquoted at the start of a word
+/// (`--to=~/x` and `--to '~/x'` reach snapring as they are): taken literally it made a
+/// directory named `~` in the working directory.
+fn path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().try_map(checked_path)
+}
+
+fn checked_path(s: std::ffi::OsString) -> Result<PathBuf, String> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = s.as_bytes();
+    if let Some(tilde) = b.strip_prefix(b"~") {
+        let (user, rest) = match tilde.iter().position(|&c| c == b'/') {
+            Some(i) => (&tilde[..i], &tilde[i + 1..]),
+            None => (tilde, &b""[..]),
+        };
         // `~` is $HOME, `~user` that user's home directory (as the shell reads them).
         let home = match user {
-            "" => std::env::var("HOME").ok(),
-            u => snapring::util::home_of(u),
+            b"" => std::env::var_os("HOME").map(PathBuf::from),
+            u => std::str::from_utf8(u)
+                .ok()
+                .and_then(snapring::util::home_of)
+                .map(PathBuf::from),
         };
         let example = home
-            .map(|h| format!(", e.g. {}", std::path::Path::new(&h).join(rest).display()))
+            .map(|h| {
+                let p = h.join(std::ffi::OsStr::from_bytes(rest));
+                format!(", e.g. {}", snapring::relpath::shown(&p))
+            })
             .unwrap_or_default();
         return Err(format!(
-            "{s:?} starts with `~`, which the shell did not expand (it does only for an unquoted word, not after `=`); give the path in full{example}"
+            "\"{}\" starts with `~`, which the shell did not expand (it does only for an unquoted word, not after `=`); give the path in full{example}",
+            snapring::relpath::shown(std::path::Path::new(&s))
         ));
     }
     Ok(PathBuf::from(s))

@@ -196,7 +196,7 @@ pub(super) fn exclusion(
     if let Some(p) = f.exclude_from.iter().find(|p| !p.is_absolute()) {
         return Err(super::exit_code::usage!(
             "exclude_from {}: give an absolute path in a config file",
-            p.display()
+            snapring::relpath::shown(p)
         ));
     }
     let both = |x: &[String], y: &[String]| x.iter().chain(y).cloned().collect::<Vec<_>>();
@@ -315,7 +315,7 @@ fn print_summary(r: &RunReport) {
             errln!(
                 "  run {} recorded in {}",
                 r.id,
-                r.store.join(".snapring/runs").display()
+                snapring::relpath::shown(&r.store.join(".snapring/runs"))
             );
         }
         if r.files_total == 0 {
@@ -330,8 +330,8 @@ fn print_summary(r: &RunReport) {
         r.status.as_str(),
         r.snapshot
             .as_deref()
-            .map(|s| format!("{} in {}", s, r.store.display()))
-            .unwrap_or_else(|| r.store.display().to_string()),
+            .map(|s| format!("{} in {}", s, snapring::relpath::shown(&r.store)))
+            .unwrap_or_else(|| snapring::relpath::shown(&r.store).to_string()),
         r.id
     );
     let _ = writeln!(
@@ -394,10 +394,11 @@ fn print_problems(r: &RunReport) {
         errln!(
             "  … {} more problems in {}",
             r.errors - 20,
-            r.store
-                .join(".snapring/runs")
-                .join(format!("{}.json", r.id))
-                .display()
+            snapring::relpath::shown(
+                &r.store
+                    .join(".snapring/runs")
+                    .join(format!("{}.json", r.id))
+            )
         );
     }
 }

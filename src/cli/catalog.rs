@@ -39,7 +39,7 @@ pub fn show(a: ShowArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
             None => anyhow::bail!(
                 "no run {:?} in the catalog {}; `snapring history` lists runs, and `snapring catalog rebuild --dest STORE` imports a store's runs",
                 a.run,
-                c.path.display()
+                snapring::relpath::shown(&c.path)
             ),
         },
     };
@@ -90,7 +90,7 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         super::exit_code::usage!(
             "catalog rebuild --dest {}: a restic repository has no run records to rebuild \
              from (only a store has, in .snapring/runs); its runs are in the catalog only",
-            dest.display()
+            snapring::relpath::shown(dest)
         )
     };
     let store = if !repo {
@@ -113,28 +113,28 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         if moved {
             outln!(
                 "catalog {}: new and empty; {} is a restic repository, which keeps no run records: its runs were recorded in the damaged catalog alone",
-                c.path.display(),
-                dest.display()
+                snapring::relpath::shown(&c.path),
+                snapring::relpath::shown(dest)
             );
             return Ok(ExitCode::Complete);
         }
         return Err(no_records());
     };
     let key = std::fs::canonicalize(&store.root)?;
-    let n = match c.rebuild(&key, &key.to_string_lossy()) {
+    let n = match c.rebuild(&key, &key) {
         // Damage the check did not see, found by a write: moved aside all the same.
         Err(e) if e.is_damaged() && !moved => {
             drop(c);
             c = start_anew(e.into(), cat)?;
-            c.rebuild(&key, &key.to_string_lossy())?
+            c.rebuild(&key, &key)?
         }
         r => r?,
     };
     outln!(
         "catalog {}: {n} run{} of {} recorded from its run records",
-        c.path.display(),
+        snapring::relpath::shown(&c.path),
         if n == 1 { "" } else { "s" },
-        key.display()
+        snapring::relpath::shown(&key)
     );
     Ok(ExitCode::Complete)
 }
@@ -160,8 +160,8 @@ fn start_anew(e: anyhow::Error, cat: &CatalogChoice) -> anyhow::Result<Catalog> 
     let aside = set_aside(path)?;
     print::errln!(
         "snapring: the catalog {} was damaged ({cause}); moved it to {} and started a new one",
-        path.display(),
-        aside.display()
+        snapring::relpath::shown(path),
+        snapring::relpath::shown(&aside)
     );
     cat.open()
 }
@@ -186,7 +186,7 @@ fn set_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
             std::fs::rename(&from, with(&aside, extra)).map_err(|e| {
                 anyhow::anyhow!(
                     "cannot move the damaged catalog {} aside: {e}",
-                    from.display()
+                    snapring::relpath::shown(&from)
                 )
             })?;
         }
@@ -199,12 +199,10 @@ fn set_aside(path: &Path) -> anyhow::Result<std::path::PathBuf> {
 /// now, or a time).
 fn filter(job: Option<String>, dest: Option<&Path>, since: Option<&str>) -> anyhow::Result<Filter> {
     let store = match dest {
-        Some(d) if super::restic::is_repo(Some(d)) => Some(d.to_string_lossy().into_owned()),
+        Some(d) if super::restic::is_repo(Some(d)) => Some(d.to_path_buf()),
         Some(d) => Some(
             std::fs::canonicalize(d)
-                .map_err(|e| anyhow::anyhow!("store {}: {e}", d.display()))?
-                .to_string_lossy()
-                .into_owned(),
+                .map_err(|e| anyhow::anyhow!("store {}: {e}", snapring::relpath::shown(d)))?,
         ),
         None => None,
     };
@@ -288,7 +286,7 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
         );
     }
     if rows.is_empty() {
-        outln!("(no runs in {})", catalog.display());
+        outln!("(no runs in {})", snapring::relpath::shown(catalog));
     }
 }
 
@@ -327,7 +325,7 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
         );
     }
     if stats.is_empty() {
-        outln!("(no runs in {})", catalog.display());
+        outln!("(no runs in {})", snapring::relpath::shown(catalog));
     }
 }
 

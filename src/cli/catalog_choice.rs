@@ -65,7 +65,7 @@ impl CatalogChoice {
         {
             return Err(super::exit_code::usage!(
                 "no catalog at {}: nothing was ever recorded there (check --catalog or SNAPRING_CATALOG; a backup with it creates it)",
-                p.display()
+                snapring::relpath::shown(p)
             ));
         }
         let mut cat = self.open()?;

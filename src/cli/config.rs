@@ -14,12 +14,12 @@ pub fn check(file: &Path) -> anyhow::Result<ExitCode> {
         outln!("{p}");
     }
     if problems.is_empty() {
-        outln!("{}: ok", file.display());
+        outln!("{}: ok", snapring::relpath::shown(file));
         Ok(ExitCode::Complete)
     } else {
         outln!(
             "{}: {}",
-            file.display(),
+            snapring::relpath::shown(file),
             snapring::config::count(problems.len())
         );
         Ok(ExitCode::Failed)

@@ -68,7 +68,7 @@ pub(super) fn check_diff(a: &DiffArgs) -> anyhow::Result<()> {
         )),
         (Some(to), Some(dir)) => Err(usage!(
             "diff takes a second snapshot ({to:?}) or --against {}, not both",
-            dir.display()
+            snapring::relpath::shown(dir)
         )),
         _ => Ok(()),
     }

@@ -670,7 +670,7 @@ fn components(p: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     if bytes.starts_with(b"/") {
         return Err(usage!(
             "--path {} is absolute; give it relative to the snapshot's source",
-            p.display()
+            snapring::relpath::shown(p)
         ));
     }
     let parts: Vec<Vec<u8>> = bytes
@@ -679,7 +679,10 @@ fn components(p: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
         .map(<[u8]>::to_vec)
         .collect();
     if parts.iter().any(|c| c == b"..") {
-        return Err(usage!("--path {} leaves the snapshot (..)", p.display()));
+        return Err(usage!(
+            "--path {} leaves the snapshot (..)",
+            snapring::relpath::shown(p)
+        ));
     }
     Ok(parts)
 }
@@ -739,7 +742,7 @@ pub fn restore(
         Some(p) => {
             use std::os::unix::ffi::OsStrExt;
             let raw = snapring::relpath::unescape_bytes(p.as_os_str().as_bytes())
-                .map_err(|e| usage!("--path {}: {e}", p.display()))?;
+                .map_err(|e| usage!("--path {}: {e}", snapring::relpath::shown(p)))?;
             components(Path::new(std::ffi::OsStr::from_bytes(&raw)))?
         }
         None => Vec::new(),
@@ -909,7 +912,7 @@ pub fn restore(
         out.message = format!(
             "restored snapshot {} into {}",
             &r.snapshot[..8.min(r.snapshot.len())],
-            r.to.display()
+            snapring::relpath::shown(&r.to)
         );
         if !r.problems.is_empty() {
             out.message.push_str(&format!(
@@ -947,7 +950,7 @@ pub fn restore(
             "{}: restored snapshot {} into {}: {} files ({}), {} directories, {} symlinks, {} hard links; took {:.2}s{}",
             report.status.as_str(),
             &r.snapshot[..8],
-            r.to.display(),
+            snapring::relpath::shown(&r.to),
             r.files,
             human(r.bytes),
             r.dirs,
@@ -1445,7 +1448,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             "a pack is damaged or gone: `snapring repair index --dest {}` rebuilds the \
              index from the packs there (`--read-data` also leaves damaged blobs out), then \
              the next backup stores again what the source still has",
-            a.dest.display()
+            snapring::relpath::shown(&a.dest)
         );
     }
     // A blob read from its second copy leaves the snapshot whole, but a pack of the

@@ -138,7 +138,7 @@ fn print_summary(r: &RestoreReport) {
             || "taken over, no run".to_string(),
             |id| format!("run {id}")
         ),
-        r.to.display(),
+        snapring::relpath::shown(&r.to),
         r.id.as_deref()
             .map(|id| format!(" (restore {id})"))
             .unwrap_or_default()

@@ -361,7 +361,10 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         None => store_of(&a.dest, &a.folder)?,
     };
     if !root.join(".snapring").is_dir() {
-        errln!("snapring: {} is not a snapring store", root.display());
+        errln!(
+            "snapring: {} is not a snapring store",
+            snapring::relpath::shown(&root)
+        );
         return Ok(ExitCode::Failed);
     }
     let store = snapring::store::Store::open(&root, false)?;
@@ -448,7 +451,7 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
             let msg = format!(
                 "finalize of run {}: interrupted; nothing was published in {}, `snapring finalize --run-id {}` publishes the run",
                 a.run_id,
-                root.display(),
+                snapring::relpath::shown(&root),
                 a.run_id
             );
             let code = ExitCode::Incomplete;

@@ -130,12 +130,14 @@ pub fn backup_observed(
         if opts.log_file {
             let log = crate::store::log_path(&rep);
             if let Err(e) = crate::runlog::start(&log) {
-                rep.warnings
-                    .push(format!("cannot write the run log {}: {e}", log.display()));
+                rep.warnings.push(format!(
+                    "cannot write the run log {}: {e}",
+                    crate::relpath::shown(&log)
+                ));
             }
         }
         tracing::info!(
-            run = %id, source = %rep.source.display(), store = %abs.display(), label = %opts.label,
+            run = %id, source = %crate::relpath::shown(&rep.source), store = %crate::relpath::shown(&abs), label = %opts.label,
             retain = opts.retain, jobs = opts.jobs, "backup started by snapring {} on {}", rep.version, rep.host
         );
         // A record that cannot be written (a full file system) fails the run, which
@@ -219,13 +221,14 @@ pub fn run_pre_command(
     then: &str,
     cancel: &AtomicBool,
 ) -> (crate::report::HookOutcome, Result<()>) {
-    let mut env = vec![
-        ("SNAPRING_RUN_ID", ids[0].to_string()),
-        ("SNAPRING_JOB", ids[1].to_string()),
-        ("SNAPRING_SOURCE", paths[0].to_string_lossy().into_owned()),
-        ("SNAPRING_STORE", paths[1].to_string_lossy().into_owned()),
+    // The paths as they are: a name that is not UTF-8 reaches the hook unchanged.
+    let mut env: Vec<(&str, std::ffi::OsString)> = vec![
+        ("SNAPRING_RUN_ID", ids[0].into()),
+        ("SNAPRING_JOB", ids[1].into()),
+        ("SNAPRING_SOURCE", paths[0].as_os_str().to_owned()),
+        ("SNAPRING_STORE", paths[1].as_os_str().to_owned()),
     ];
-    env.extend(extra.iter().cloned());
+    env.extend(extra.iter().map(|(k, v)| (*k, v.into())));
     let out = crate::hooks::run("pre_command", h, &env, b"", cancel);
     let r = match &out.error {
         None => Ok(()),
@@ -502,7 +505,7 @@ fn exclusions_named(opts: &BackupOptions) -> String {
     let mut v: Vec<String> = opts
         .exclude_from
         .iter()
-        .map(|f| format!("--exclude-from {}", f.display()))
+        .map(|f| format!("--exclude-from {}", crate::relpath::shown(f)))
         .collect();
     v.extend(
         opts.excludes

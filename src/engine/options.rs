@@ -214,10 +214,10 @@ pub fn check_overlap(source: &Path, store: &Path) -> std::result::Result<(), Str
     }
     Err(format!(
         "source {} and store {} overlap (they resolve to {} and {}): the backup would back itself up; put the store outside the source tree, and the source outside the store (an exclude does not make it safe)",
-        source.display(),
-        store.display(),
-        s.display(),
-        d.display()
+        crate::relpath::shown(source),
+        crate::relpath::shown(store),
+        crate::relpath::shown(&s),
+        crate::relpath::shown(&d)
     ))
 }
 
@@ -267,8 +267,8 @@ pub fn check_prefix(source: &Path, prefix: &RelPath) -> std::result::Result<(), 
     Err(format!(
         "prefix {} leads out of the source {} (it resolves to {}, a symlink): give a directory inside the source",
         prefix.as_path().display(),
-        s.display(),
-        r.display()
+        crate::relpath::shown(&s),
+        crate::relpath::shown(&r)
     ))
 }
 

@@ -266,8 +266,11 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     if !source.is_dir() {
         return Err(Error::Other(format!(
             "the source {} is not a directory",
-            source.display()
+            crate::relpath::shown(&source)
         )));
+    }
+    if let Some(why) = non_utf8_source(&source) {
+        return Err(Error::Other(why));
     }
     // A prune between the opening (the index read) and the lock (the race tests).
     crate::failpoint::hit("restic.backup.before_lock")
@@ -323,6 +326,20 @@ pub fn backup(repo: &mut Repo, opts: &BackupOptions) -> Result<BackupReport> {
     Ok(report)
 }
 
+/// Why a source (canonical) whose path is not UTF-8 is refused for a repository, or
+/// none: a snapshot's `paths` are JSON strings, which cannot hold its bytes, and
+/// retention and the choice of a parent group snapshots by them, so two sources
+/// differing only in such bytes (`caf\xE9`, `caf\xE8`) would be one lineage, each
+/// run's retention forgetting the other's snapshots. Names inside the tree are kept
+/// exactly; only the source's own path is in question.
+pub fn non_utf8_source(source: &Path) -> Option<String> {
+    let why = crate::localpath::utf8(source).err()?;
+    Some(format!(
+        "the source {} cannot be backed up into a restic repository: {why}, and a repository records a snapshot's source path as UTF-8 text, by which it groups snapshots for retention and picks the parent, so two directories whose names differ only in such bytes would be taken for one; nothing was written. Back up a parent directory whose path is UTF-8 (names inside the tree are kept exactly), or back it up into a store (--dest a directory), which records the path exactly",
+        crate::relpath::shown(source)
+    ))
+}
+
 /// Writes one snapshot as `spec` says, under the shared `lock` (released here), then
 /// applies retention.
 pub fn snapshot_locked(
@@ -332,7 +349,18 @@ pub fn snapshot_locked(
 ) -> Result<BackupReport> {
     let started = std::time::Instant::now();
     let start_time = spec.time.unwrap_or_else(chrono::Local::now);
-    let path_str = spec.path.to_string_lossy().into_owned();
+    // Every caller checked its path (`non_utf8_source`); a path that is not UTF-8
+    // would group with another's snapshots.
+    let path_str = match crate::localpath::utf8(&spec.path) {
+        Ok(p) => p.to_string(),
+        Err(why) => {
+            let _ = lock.release();
+            return Err(Error::Other(format!(
+                "{}: {why}: a restic snapshot's path is UTF-8 text; nothing was written",
+                crate::relpath::shown(&spec.path)
+            )));
+        }
+    };
     let host = spec.host;
     let parent = spec.parent;
     let comps: Vec<&OsStr> = spec.path.iter().skip(1).collect();
@@ -893,7 +921,7 @@ fn xattrs_at(dir: BorrowedFd<'_>, name: &[u8], p: &Path) -> Result<Xattrs> {
 fn xattrs(p: &Path) -> Result<Vec<ExtendedAttribute>> {
     let (list, not_utf8) = xattrs_of(p.as_os_str().as_bytes(), p)?;
     for n in &not_utf8 {
-        tracing::warn!("{}: {}", p.display(), not_utf8_message(n));
+        tracing::warn!("{}: {}", crate::relpath::shown(p), not_utf8_message(n));
     }
     Ok(list)
 }
@@ -1187,7 +1215,7 @@ impl crate::traverse::Visitor for Run<'_> {
                 {
                     tracing::info!(
                         "{}: tagged (exclude_caches / exclude_if_present): contents left out",
-                        path.display()
+                        crate::relpath::shown(&path)
                     );
                     n.retain(|name| keep.contains(name));
                 }
@@ -1529,7 +1557,7 @@ impl<'a> Run<'a> {
         let repo = self.repo.backend.location();
         tracing::warn!(
             "{}: this directory of the source is the repository {repo} (the same directory, reached through another mount): left out of the snapshot; exclude it or move the repository out of the source",
-            p.display()
+            crate::relpath::shown(p)
         );
         let msg = format!(
             "it is the repository {repo}, reached through another mount: left out of the snapshot; exclude this path or move the repository out of the source"

@@ -84,12 +84,21 @@ pub fn copy(
     let run = sel.snap.rec.as_ref().map(|r| r.id.clone()).ok_or_else(|| {
         Error::Other(format!(
             "{} has no run record (a tree taken over from another tool): copy needs its manifest",
-            sel.path.display()
+            crate::relpath::shown(&sel.path)
         ))
     })?;
     let store_root =
         std::fs::canonicalize(&store.root).map_err(super::io_err("open the store", &store.root))?;
-    let store_tag = store_root.to_string_lossy().into_owned();
+    // The snapshot's path and the `store=` tag are UTF-8 text: a store whose path is
+    // not would share its lineage with another's (as a source's would).
+    let store_tag = crate::localpath::utf8(&store_root)
+        .map_err(|why| {
+            Error::Other(format!(
+                "the store {} cannot be copied into a restic repository: {why}, and a repository records a snapshot's path as UTF-8 text, by which it groups snapshots for retention and picks the parent; nothing was written. To copy from it, give the directory with that name (or the one above it that has it) a UTF-8 name; its snapshots stay restorable with `snapring restore` meanwhile",
+                crate::relpath::shown(&store_root)
+            ))
+        })?
+        .to_string();
     let label = opts.label.clone().unwrap_or_else(|| sel.snap.label.clone());
     // A prune between the opening (the index read) and the lock (the race tests).
     crate::failpoint::hit("restic.copy.before_lock")

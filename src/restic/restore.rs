@@ -48,6 +48,8 @@ use super::{Error, Id, Result, corrupt, io_err};
 #[derive(Debug, Default, Serialize)]
 pub struct RestoreReport {
     pub snapshot: String,
+    /// Not UTF-8: `to_raw` beside it holds the bytes (`crate::localpath`).
+    #[serde(flatten, serialize_with = "crate::localpath::to::serialize")]
     pub to: PathBuf,
     pub files: u64,
     pub dirs: u64,
@@ -73,6 +75,10 @@ pub struct RestoreReport {
     /// the record too.
     pub unfinished: Vec<String>,
     /// When stopped: the record of unfinished work.
+    #[serde(
+        flatten,
+        serialize_with = "crate::localpath::record::nullable::serialize"
+    )]
     pub record: Option<PathBuf>,
 }
 
@@ -132,7 +138,7 @@ impl Record {
         let not_empty = || {
             Error::Other(format!(
                 "{} is not empty; restore into a new or empty directory",
-                to.display()
+                crate::relpath::shown(to)
             ))
         };
         let mut text = Vec::new();
@@ -169,8 +175,8 @@ impl Record {
             return Err(match body.lines().find(|l| l.starts_with("r ")) {
                 Some(l) => Error::Other(format!(
                     "{} holds an unfinished restore of another snapshot or path ({}: {l}); run that restore again to finish it, or restore into a new or empty directory",
-                    to.display(),
-                    path.display()
+                    crate::relpath::shown(to),
+                    crate::relpath::shown(&path)
                 )),
                 // A store restore's record.
                 None => not_empty(),
@@ -663,7 +669,7 @@ struct Problems<'a> {
 
 impl Problems<'_> {
     fn add(&self, p: &Path, kind: crate::report::ProblemKind, action: &str, e: Error) {
-        tracing::warn!("{}: {action}: {e}", p.display());
+        tracing::warn!("{}: {action}: {e}", crate::relpath::shown(p));
         let rel = p.strip_prefix(self.to).unwrap_or(p);
         lock(&self.list).push(crate::report::Problem {
             path: crate::relpath::escape(rel.as_os_str().as_bytes()),
@@ -968,7 +974,7 @@ fn fill(on: &FillOn, f: Fill, blobs: &HashMap<Id, Vec<u8>>) -> std::result::Resu
     }
     if size != node.size {
         return Err(FillError::Content(corrupt(
-            format!("file {}", path.display()),
+            format!("file {}", crate::relpath::shown(&path)),
             format!("{size} bytes from its blobs, {} recorded", node.size),
         )));
     }
@@ -1532,7 +1538,11 @@ fn node_xattrs(n: &Node, p: &Path) -> Result<fsx::Xattrs> {
         .map(|x| {
             let v = B64.decode(&x.value).map_err(|e| {
                 corrupt(
-                    format!("extended attribute {} of {}", x.name, p.display()),
+                    format!(
+                        "extended attribute {} of {}",
+                        x.name,
+                        crate::relpath::shown(p)
+                    ),
                     e,
                 )
             })?;

@@ -68,9 +68,9 @@ impl Target {
             let first = existing.join(OsStr::from_bytes(rest[0]));
             return Err(Error::Refused(format!(
                 "--to {}: {} does not exist yet, and the `..` after it would be resolved through directories the restore has to create, so where it leads cannot be checked before writing; nothing was written. Give --to without `..` below its last existing directory {}",
-                to.display(),
-                first.display(),
-                existing.display(),
+                crate::relpath::shown(to),
+                crate::relpath::shown(&first),
+                crate::relpath::shown(&existing),
             )));
         }
         Ok(Target {
@@ -105,7 +105,7 @@ impl Target {
             } else {
                 format!(
                     "{} is not a directory, so --to cannot be made under it; give --to a directory",
-                    self.existing.display()
+                    crate::relpath::shown(&self.existing)
                 )
             };
             Error::Target {
@@ -134,7 +134,12 @@ impl Target {
                 guards.push(id(&m));
             }
         }
-        let ancestors = || format!("the directories above {}", self.existing.display());
+        let ancestors = || {
+            format!(
+                "the directories above {}",
+                crate::relpath::shown(&self.existing)
+            )
+        };
         let mut cur = open_path(Some(existing_fd), Path::new(".")).ctx("open", &self.existing)?;
         let mut m = id(&fsx::fstat(b(&cur)).ctx("stat", &self.existing)?);
         loop {
@@ -143,7 +148,7 @@ impl Target {
                     path: self.to.clone(),
                     msg: format!(
                         "refusing to restore into the {what} {} itself, whatever path or mount leads there (a restore never writes to the backup); choose a --to outside it",
-                        root.display()
+                        crate::relpath::shown(root)
                     ),
                 });
             }

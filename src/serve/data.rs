@@ -80,6 +80,8 @@ pub struct SnapView {
 #[derive(Clone, Debug, Serialize)]
 pub struct JobView {
     pub name: String,
+    /// Not UTF-8: `store_raw` beside it holds the bytes (`crate::localpath`).
+    #[serde(flatten, serialize_with = "crate::localpath::store::serialize")]
     pub store: PathBuf,
     pub schedule: Option<String>,
     pub next_run: Option<String>,

@@ -488,14 +488,17 @@ fn work_in(
     let source = std::fs::canonicalize(&opts.source).map_err(|e| {
         ShardError::Failed(crate::error::Error::Repository(format!(
             "cannot open the source {}: {e}",
-            opts.source.display()
+            crate::relpath::shown(&opts.source)
         )))
     })?;
     if !source.is_dir() {
         return Err(ShardError::Usage(format!(
             "the source {} is not a directory",
-            source.display()
+            crate::relpath::shown(&source)
         )));
+    }
+    if let Some(why) = restic::backup::non_utf8_source(&source) {
+        return Err(ShardError::Usage(why));
     }
     // A prune between the opening (the index read) and the lock (the race tests).
     crate::failpoint::hit("shard.repo.before_lock")
@@ -902,17 +905,17 @@ fn plan_of(
         return Err(refuse(
             format!(
                 "source {} as {:?}, not {} as {:?}",
-                p.source.display(),
+                crate::relpath::shown(&p.source),
                 p.label,
-                source.display(),
+                crate::relpath::shown(source),
                 opts.label
             ),
             format!(
                 "run {}: its plan backs up {} as {:?}, this worker was given {} as {:?}",
                 spec.run_id,
-                p.source.display(),
+                crate::relpath::shown(&p.source),
                 p.label,
-                source.display(),
+                crate::relpath::shown(source),
                 opts.label
             ),
         ));
@@ -990,7 +993,7 @@ fn make_plan(
     let one_fs = super::sizes::source_device(source, opts.one_file_system).map_err(|e| {
         ShardError::Failed(crate::error::Error::Repository(format!(
             "cannot stat the source {}: {e}",
-            source.display()
+            crate::relpath::shown(source)
         )))
     })?;
     // No spine directory where the walk leaves contents out (`sizes::Excluding`).
@@ -1032,7 +1035,7 @@ fn make_plan(
             let fd = crate::fsx::open_dir(source).map_err(|e| {
                 ShardError::Failed(crate::error::Error::Repository(format!(
                     "cannot open the source {}: {e}",
-                    source.display()
+                    crate::relpath::shown(source)
                 )))
             })?;
             let store = repo
@@ -1297,13 +1300,13 @@ fn build_units(
     let one_fs = super::sizes::source_device(source, opts.one_file_system).map_err(|e| {
         ShardError::Failed(crate::error::Error::Repository(format!(
             "cannot stat the source {}: {e}",
-            source.display()
+            crate::relpath::shown(source)
         )))
     })?;
     let src_root = crate::fsx::open_dir(source).map_err(|e| {
         ShardError::Failed(crate::error::Error::Repository(format!(
             "cannot open the source {}: {e}",
-            source.display()
+            crate::relpath::shown(source)
         )))
     })?;
     let lanes = LaneCtx {
@@ -1880,7 +1883,7 @@ fn make_final(
         let root_dev = dev(&RelPath::root()).map_err(|e| {
             failed(restic::Error::Other(format!(
                 "cannot stat the source {}: {e}",
-                source.display()
+                crate::relpath::shown(source)
             )))
         })?;
         for d in cut.spine.iter().filter(|d| !d.is_root()) {
@@ -1937,7 +1940,7 @@ fn make_final(
             "dir" => Ok(n),
             other => Err(restic::Error::Other(format!(
                 "{} is a {other} now, not the directory the plan cut",
-                path.display()
+                crate::relpath::shown(&path)
             ))),
         });
         match node {

@@ -74,7 +74,9 @@ pub struct PlanFile {
     pub format: u32,
     pub run: String,
     pub workers: usize,
-    /// The source directory backed up (after `--prefix`), canonical.
+    /// The source directory backed up (after `--prefix`), canonical. Not UTF-8:
+    /// `source_raw` beside it holds the bytes (`crate::localpath`).
+    #[serde(flatten, with = "crate::localpath::source")]
     pub source: PathBuf,
     pub label: String,
     pub retain: u32,

@@ -368,7 +368,10 @@ impl WorkerLog {
         match std::fs::create_dir_all(&dir).and_then(|()| crate::runlog::start(&path)) {
             Ok(()) => Some(WorkerLog),
             Err(e) => {
-                tracing::warn!("cannot write the worker's log {}: {e}", path.display());
+                tracing::warn!(
+                    "cannot write the worker's log {}: {e}",
+                    crate::relpath::shown(&path)
+                );
                 None
             }
         }
@@ -516,7 +519,10 @@ fn join_plan(
                         if last.elapsed() >= every {
                             last = Instant::now();
                             if let Err(e) = super::state::touch(&path) {
-                                tracing::warn!("cannot renew the lease of {}: {e}", path.display());
+                                tracing::warn!(
+                                    "cannot renew the lease of {}: {e}",
+                                    crate::relpath::shown(&path)
+                                );
                             }
                         }
                     }
@@ -771,8 +777,8 @@ fn settings_differ(
     if plan.source != source {
         diffs.push(format!(
             "source {}, not {}",
-            plan.source.display(),
-            source.display()
+            crate::relpath::shown(&plan.source),
+            crate::relpath::shown(source)
         ));
     }
     // A worker without a `retain` of its own takes the plan's (`continue_ring`).

@@ -291,7 +291,7 @@ fn tighten_meta(meta: &Path) {
     if let Err(e) = std::fs::set_permissions(meta, private) {
         tracing::warn!(
             "{}: other users can read the store's bookkeeping, and it cannot be made private ({e}); chmod 700 it",
-            meta.display()
+            crate::relpath::shown(meta)
         );
     }
 }
@@ -310,7 +310,7 @@ impl Store {
                     path: root.to_path_buf(),
                     msg: format!(
                         "the destination {} does not exist (is the backup file system mounted?)",
-                        parent.display()
+                        crate::relpath::shown(parent)
                     ),
                 });
             }
@@ -417,7 +417,7 @@ impl Store {
         if read_only {
             tracing::warn!(
                 "{}: needs a repair{} but cannot be written; reading it as the repair will leave it",
-                root.display(),
+                crate::relpath::shown(root),
                 dead.map(|r| format!(" (run {r} died)")).unwrap_or_default()
             );
             return Ok(vec![]);
@@ -436,7 +436,7 @@ impl Store {
             Err(Error::Locked { holder, .. }) => {
                 tracing::info!(
                     "{}: {holder} holds the store and repairs it",
-                    root.display()
+                    crate::relpath::shown(root)
                 );
                 return Ok(vec![]);
             }
@@ -580,7 +580,7 @@ impl Store {
                 Err(StateError::Damaged(e)) => {
                     tracing::warn!(
                         "{}: unreadable snapshot state ({e}); recovering records from run records and manifests, comparing by stat where none matches",
-                        p.display()
+                        crate::relpath::shown(&p)
                     );
                     Ok((State::empty(), true))
                 }
@@ -602,7 +602,10 @@ impl Store {
                 crate::util::now_rfc3339().replace(':', "")
             ));
             std::fs::rename(&p, &aside).ctx("keep the damaged state aside at", &aside)?;
-            tracing::warn!("kept the damaged snapshot state as {}", aside.display());
+            tracing::warn!(
+                "kept the damaged snapshot state as {}",
+                crate::relpath::shown(&aside)
+            );
         }
         write_atomic(&p, &serde_json::to_vec_pretty(s).expect("serializes")).ctx("write", p)
     }
@@ -773,7 +776,7 @@ impl Store {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!("{}: cannot delete ({e})", p.display()),
+                Err(e) => tracing::warn!("{}: cannot delete ({e})", crate::relpath::shown(&p)),
             }
         }
     }
