@@ -776,11 +776,16 @@ fn a_failed_rotation_published_later_reads_the_same_in_the_record_and_the_catalo
             String::from_utf8_lossy(&out.stderr)
         );
         assert_eq!(failed_once(&rebuilt), 1, "{next}: rebuilt");
-        // A schema-7 catalog (before the column) is backfilled from status and message.
+        // A schema-7 catalog (before the column, and before schema 9's raw paths) is
+        // backfilled from status and message.
         let conn = rusqlite::Connection::open(&rebuilt).unwrap();
         conn.execute_batch(
             "DROP INDEX runs_job_kind_status;
              ALTER TABLE runs DROP COLUMN failed_once;
+             ALTER TABLE runs DROP COLUMN store_raw;
+             ALTER TABLE runs DROP COLUMN source_raw;
+             ALTER TABLE runs DROP COLUMN target_raw;
+             ALTER TABLE runs DROP COLUMN log_path_raw;
              CREATE INDEX runs_job_kind_status ON runs(job, kind, status);
              PRAGMA user_version = 7;",
         )

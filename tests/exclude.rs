@@ -1384,6 +1384,13 @@ fn exclusions_that_leave_only_empty_directories_are_refused_into_a_repository() 
         "{out}"
     );
     assert_eq!(snaps(), first, "a snapshot written or forgotten");
+    // A new label's first run (its parent is the other label's snapshot) forgets
+    // nothing of that label: not refused (as into a store).
+    let (code, out) = run(&["--exclude", "*.dat", "--label", "weekly"]);
+    assert_eq!(code, 0, "{out}");
+    let with_weekly = snaps();
+    assert_eq!(with_weekly.len(), 2);
+    assert!(first.iter().all(|s| with_weekly.contains(s)));
     // The files gone, the directories left: the same, without exclusions named.
     std::fs::remove_file(src.join("d1/a.dat")).unwrap();
     std::fs::remove_file(src.join("d2/b.dat")).unwrap();
@@ -1393,11 +1400,20 @@ fn exclusions_that_leave_only_empty_directories_are_refused_into_a_repository() 
         out.contains("holds no file to back up (only directories)"),
         "{out}"
     );
-    assert_eq!(snaps(), first, "a snapshot written or forgotten");
+    assert_eq!(snaps(), with_weekly, "a snapshot written or forgotten");
+    // A symlink is kept, as the store counts it among its files: not refused.
+    std::os::unix::fs::symlink("/etc/hostname", src.join("d1/link")).unwrap();
+    let (code, out) = run(&[]);
+    assert_eq!(code, 0, "{out}");
+    std::fs::remove_file(src.join("d1/link")).unwrap();
+    write(&src.join("d1/a.dat"), b"1");
+    assert_eq!(run(&[]).0, 0);
+    std::fs::remove_file(src.join("d1/a.dat")).unwrap();
     // Accepted on purpose; then a parent without files is no loss.
+    let before = snaps();
     let (code, out) = run(&["--allow-empty"]);
     assert_eq!(code, 0, "{out}");
-    assert_ne!(snaps(), first);
+    assert_ne!(snaps(), before);
     let (code, out) = run(&[]);
     assert_eq!(code, 0, "{out}");
 }

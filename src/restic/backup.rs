@@ -419,6 +419,7 @@ pub fn snapshot_locked(
     };
     crate::traverse::walk(&run, root_sub, spec.jobs.max(1), &stop);
     let walked = run.outcome().and_then(|t| run.wrap(&comps, t));
+    let others = run.counts.others.load(Ordering::Relaxed);
     let mut report = run.into_report();
     warnings.append(&mut report.warnings);
     report.warnings = warnings;
@@ -448,10 +449,14 @@ pub fn snapshot_locked(
     // A walk that kept no file (the exclusions left only directories, or the source
     // holds none) against a parent with files: no snapshot, nothing forgotten (the
     // packs written are indexed for the next run). Checked before the snapshot file, as
-    // the store checks before it publishes.
+    // the store checks before it publishes. Only against a parent of this label: a new
+    // label's first run (its parent another label's, `pick_parent`) forgets nothing.
+    // Kept symlinks or devices are entries the store counts as files: not refused.
     if spec.refuse_no_files
         && report.files == 0
+        && others == 0
         && let (Some((id, p)), Some(tree)) = (&parent, parent_tree)
+        && p.tag("label") == Some(spec.label.as_str())
         && tree_has_file(repo, tree)?
     {
         let _ = lock.release();
@@ -1121,6 +1126,10 @@ struct Counts {
     files_read: AtomicU64,
     bytes_read: AtomicU64,
     bytes_total: AtomicU64,
+    /// Entries kept that are neither files nor directories (symlinks, devices, fifos):
+    /// with `files`, what the store counts as its run's files (the guard against a
+    /// run that keeps none).
+    others: AtomicU64,
 }
 
 /// A directory being walked.
@@ -1743,6 +1752,9 @@ impl<'a> Run<'a> {
             }
             "dev" | "chardev" => node.device = md.rdev(),
             _ => {}
+        }
+        if node.kind != "file" {
+            self.counts.others.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(e) = differs {
             self.problem(p, "metadata", e);
