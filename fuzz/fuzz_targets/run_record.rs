@@ -39,7 +39,11 @@ fn fixture() -> &'static Fixture {
 
 fn check(root: &Path, store: &Store, catalog: &mut Catalog) {
     let _ = store.read_run("r");
-    if catalog.rebuild(root, "fuzz").unwrap_or(0) == 0 {
+    if catalog
+        .rebuild(root, std::path::Path::new("fuzz"))
+        .unwrap_or(0)
+        == 0
+    {
         return;
     }
     for run in catalog.runs(&Filter::default()).unwrap_or_default() {
