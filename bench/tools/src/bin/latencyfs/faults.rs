@@ -8,6 +8,11 @@
 //! - `--link-limit N`: `link` fails with EMLINK when the inode already has N links.
 //! - `--no-user-xattrs`: setting a `user.*` extended attribute fails with EOPNOTSUPP,
 //!   as on a file system (or an NFS export) without them.
+//! - `--no-chown`: changing an owner or group to another than the file has fails with
+//!   EPERM, whoever asks, as on an NFS export with `root_squash` (knfsd's default).
+//! - `--time-shift SECS` (may be negative): mtimes and ctimes are reported SECS later,
+//!   as by a file server whose clock is off by that much; `--whole-seconds`: they are
+//!   reported in whole seconds (a server with 1 s timestamps).
 //! - `--eacces PATTERN`: opening matching files or directories fails with EACCES.
 //! - `--stall PATTERN`, `--stall-secs N` (30), `--stall-ops LIST` (`read`): calls of the
 //!   listed kinds (`lookup`, `getattr`, `open`, `read`, `write`, `readdir`) on matching
@@ -56,6 +61,9 @@ pub struct Faults {
     eio_read: Vec<String>,
     eacces: Vec<String>,
     no_user_xattrs: bool,
+    no_chown: bool,
+    time_shift: i64,
+    whole_seconds: bool,
     stall: Vec<String>,
     stall_ops: Vec<Op>,
     stall_for: Duration,
@@ -119,6 +127,21 @@ impl Faults {
                 f.per_file = true;
                 continue;
             }
+            if a == "--whole-seconds" {
+                f.whole_seconds = true;
+                continue;
+            }
+            if a == "--time-shift" {
+                let v = it.next().ok_or("--time-shift needs a value")?;
+                f.time_shift = v
+                    .parse()
+                    .map_err(|_| format!("--time-shift: not a number: {v}"))?;
+                continue;
+            }
+            if a == "--no-chown" {
+                f.no_chown = true;
+                continue;
+            }
             if a == "--no-user-xattrs" {
                 f.no_user_xattrs = true;
                 continue;
@@ -180,6 +203,25 @@ impl Faults {
         Ok(())
     }
 
+    /// EPERM for giving a file of owner `has` the owner `want` (either part `None`:
+    /// left as it is)?
+    pub fn chown(&self, has: (u32, u32), want: (Option<u32>, Option<u32>)) -> Result<(), Errno> {
+        let moves = want.0.is_some_and(|u| u != has.0) || want.1.is_some_and(|g| g != has.1);
+        if self.no_chown && moves {
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
+    /// An mtime or ctime as reported: shifted by `--time-shift`, cut to whole seconds
+    /// with `--whole-seconds`.
+    pub fn time(&self, sec: i64, nsec: i64) -> (i64, i64) {
+        (
+            sec + self.time_shift,
+            if self.whole_seconds { 0 } else { nsec },
+        )
+    }
+
     /// EACCES for opening `rel`?
     pub fn open(&self, rel: &Path) -> Result<(), Errno> {
         if matches(&self.eacces, rel) {
@@ -239,5 +281,28 @@ mod tests {
         assert!(matches(&p(&["d/"]), Path::new("x/d/f1")));
         assert!(!matches(&p(&["/d/f1"]), Path::new("xd/f1")));
         assert!(!matches(&[], Path::new("f")));
+    }
+
+    #[test]
+    fn no_chown() {
+        let mut args = vec!["--no-chown".to_string(), "x".to_string()];
+        let f = Faults::from_args(&mut args).unwrap();
+        assert_eq!(args, ["x"]);
+        assert!(f.chown((0, 0), (Some(0), Some(0))).is_ok());
+        assert!(f.chown((0, 0), (None, None)).is_ok());
+        assert_eq!(f.chown((0, 0), (Some(1), None)), Err(Errno::EPERM));
+        assert_eq!(f.chown((0, 0), (None, Some(1))), Err(Errno::EPERM));
+        assert!(Faults::default().chown((0, 0), (Some(1), Some(1))).is_ok());
+    }
+
+    #[test]
+    fn times() {
+        let mut args = ["--time-shift", "-10", "--whole-seconds"]
+            .map(String::from)
+            .to_vec();
+        let f = Faults::from_args(&mut args).unwrap();
+        assert!(args.is_empty());
+        assert_eq!(f.time(100, 5), (90, 0));
+        assert_eq!(Faults::default().time(100, 5), (100, 5));
     }
 }

@@ -147,6 +147,10 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
     }
 }
 
+fn shifted((sec, nsec): (i64, i64)) -> SystemTime {
+    time(sec, nsec)
+}
+
 impl LatFs {
     fn wait(&self, call: Call) {
         self.calls[call as usize].fetch_add(1, Ordering::Relaxed);
@@ -241,9 +245,9 @@ impl LatFs {
             size: m.size(),
             blocks: m.blocks(),
             atime: time(m.atime(), m.atime_nsec()),
-            mtime: time(m.mtime(), m.mtime_nsec()),
-            ctime: time(m.ctime(), m.ctime_nsec()),
-            crtime: time(m.ctime(), m.ctime_nsec()),
+            mtime: shifted(self.faults.time(m.mtime(), m.mtime_nsec())),
+            ctime: shifted(self.faults.time(m.ctime(), m.ctime_nsec())),
+            crtime: shifted(self.faults.time(m.ctime(), m.ctime_nsec())),
             kind,
             perm: (m.mode() & 0o7777) as u16,
             nlink: m.nlink() as u32,
@@ -412,6 +416,9 @@ impl Filesystem for LatFs {
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let p = self.full(&rel);
         if uid.is_some() || gid.is_some() {
+            use std::os::unix::fs::MetadataExt;
+            let m = tryr!(reply, io(std::fs::symlink_metadata(&p)));
+            tryr!(reply, self.faults.chown((m.uid(), m.gid()), (uid, gid)));
             tryr!(reply, io(std::os::unix::fs::lchown(&p, uid, gid)));
         }
         if let Some(m) = mode {
