@@ -257,7 +257,10 @@ fn a_store_refusing_owners_to_root_says_so_once_links_unchanged_files_and_verifi
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["status"], "complete", "{rep}");
     assert_eq!(said(&rep), 1, "{rep}");
-    assert_eq!(rep["files_transferred"], 4, "three files and a symlink: {rep}");
+    assert_eq!(
+        rep["files_transferred"], 4,
+        "three files and a symlink: {rep}"
+    );
     // The store's owner, not the source's: what the store could keep.
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(dest.join("daily.0/d/f2")).unwrap();
