@@ -189,10 +189,6 @@ pub struct Writer {
     part: bool,
     /// [`Writer::owners_not_kept`].
     owners_held: Option<(u32, u32)>,
-    /// The walk's start, as the header says.
-    started: Time,
-    /// [`Writer::source_clock`].
-    source_clock: Option<i64>,
 }
 
 impl Writer {
@@ -230,8 +226,6 @@ impl Writer {
             entries: 0,
             part,
             owners_held: None,
-            started,
-            source_clock: None,
         })
     }
 
@@ -254,28 +248,6 @@ impl Writer {
         self.entries
     }
 
-    /// The walk saw source files whose ctime was at most `offset_ns` from our clock
-    /// when they were `lstat`ed (the largest `ctime - now` of the walk; negative when
-    /// the source's server clock is behind ours). A file the server changed during the
-    /// walk has a ctime of about the server's time then; against our walk start those
-    /// look old and would not be racy. The racy bound becomes the walk start plus that
-    /// offset, where it is earlier (the trailing `S` line: docs/format.md).
-    pub fn source_clock(&mut self, offset_ns: i64) {
-        self.source_clock = Some(self.source_clock.map_or(offset_ns, |o| o.max(offset_ns)));
-    }
-
-    /// The racy bound [`Writer::source_clock`] makes earlier than the walk start.
-    fn racy_bound(&self) -> Option<Time> {
-        let off = self.source_clock.filter(|o| *o < 0)?;
-        let ns = i128::from(self.started.sec) * 1_000_000_000
-            + i128::from(self.started.nsec)
-            + i128::from(off);
-        Some(Time {
-            sec: ns.div_euclid(1_000_000_000) as i64,
-            nsec: ns.rem_euclid(1_000_000_000) as u32,
-        })
-    }
-
     /// The store gives every file the owner `held` instead of the source's: said by
     /// [`owners_marker`], written with the manifest.
     pub fn owners_not_kept(&mut self, held: (u32, u32)) {
@@ -285,13 +257,6 @@ impl Writer {
     /// Writes the root directory's own metadata, sorts and writes the index, fsyncs
     /// both files and renames them into place.
     pub fn finish(mut self, root: &Entry) -> io::Result<()> {
-        if let Some(t) = self.racy_bound().filter(|_| !self.part) {
-            // Before the root line, outside every block: a reader of an older version
-            // skips it as it skips the header's (`for_each`), or never reads it.
-            let s = format!("S {t}\n");
-            self.out.write_all(s.as_bytes())?;
-            self.offset += s.len() as u64;
-        }
         let line = format!("R {}\n", root.to_line());
         self.out.write_all(line.as_bytes())?;
         let root_off = self.offset;
@@ -515,15 +480,12 @@ impl Reader {
             .and_then(|l| l.strip_prefix("S "))
             .and_then(|t| t.parse().ok())
             .ok_or_else(|| corrupt(&mf_path, "no start time"))?;
-        let root_off = u64::from_le_bytes(idx_head[8..16].try_into().expect("8"));
-        // The racy bound after the last block (`Writer::source_clock`), if earlier.
-        let started = racy_trailer(&mf, root_off).map_or(started, |t: Time| t.min(started));
         Ok(Reader {
             mf,
             mf_len,
             idx,
             records: len.saturating_sub(IDX_HEADER) / IDX_REC,
-            root_off,
+            root_off: u64::from_le_bytes(idx_head[8..16].try_into().expect("8")),
             root_len: u64::from_le_bytes(idx_head[16..24].try_into().expect("8")),
             mf_path,
             started,
@@ -650,17 +612,6 @@ impl Reader {
     }
 }
 
-/// The `S` line just before the root line at `root_off`, if there is one.
-fn racy_trailer(mf: &File, root_off: u64) -> Option<Time> {
-    let from = root_off.saturating_sub(40);
-    let mut buf = vec![0u8; (root_off - from) as usize];
-    mf.read_exact_at(&mut buf, from).ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    // A whole line: one cut at the window's start is not this one.
-    let (_, last) = text.strip_suffix('\n')?.rsplit_once('\n')?;
-    last.strip_prefix("S ")?.parse().ok()
-}
-
 /// Binary search by name in a directory's sorted entries.
 pub fn find<'a>(entries: &'a [Entry], name: &[u8]) -> Option<&'a Entry> {
     entries
@@ -707,49 +658,6 @@ mod tests {
         ] {
             let e = entry(n, k);
             assert_eq!(Entry::parse_line(&e.to_line()).unwrap(), e);
-        }
-    }
-
-    /// The walk saw the source's clock behind ours (`Writer::source_clock`): the racy
-    /// bound after the last block moves the start back; every entry still reads, and
-    /// without one (or with a later one) the header's start stands.
-    #[test]
-    fn a_source_clock_behind_moves_the_racy_bound_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let start = Time {
-            sec: 100,
-            nsec: 500,
-        };
-        for (id, off, want) in [
-            (
-                "a",
-                Some(-10_000_000_600i64),
-                Time {
-                    sec: 89,
-                    nsec: 999_999_900,
-                },
-            ),
-            ("b", Some(3_000_000_000), start),
-            ("c", None, start),
-        ] {
-            let mut w = Writer::create(dir.path(), id, start).unwrap();
-            w.write_block(&RelPath::root(), &mut [entry(b"f", Kind::File)])
-                .unwrap();
-            if let Some(o) = off {
-                w.source_clock(o - 5);
-                w.source_clock(o);
-            }
-            w.finish(&entry(b".", Kind::Dir)).unwrap();
-            let r = Reader::open(dir.path(), id).unwrap();
-            assert_eq!(r.started, want, "{id}");
-            assert_eq!(r.root().unwrap().name, b".");
-            let mut n = 0;
-            r.for_each(|_, _| {
-                n += 1;
-                Ok(())
-            })
-            .unwrap();
-            assert_eq!(n, 1, "{id}");
         }
     }
 

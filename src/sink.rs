@@ -158,10 +158,6 @@ pub trait Sink: Sync {
         None
     }
 
-    /// The walk's [`crate::engine::walk::Walk::source_clock`], for the manifest's racy
-    /// bound (`manifest::Writer::source_clock`).
-    fn source_clock(&self, _offset_ns: i64) {}
-
     /// Records a directory's entries (the manifest block), once all of them are known.
     fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()>;
 

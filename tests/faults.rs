@@ -1,8 +1,7 @@
 //! Faults under the real binary, injected by the FUSE fault layer of bench/tools
 //! (`latencyfs` with fault flags, docs/testing.md) mounted over a temporary directory:
 //! an I/O error reading a source file, a directory it may not open, I/O errors and a full disk writing the store,
-//! the EFS hard-link limit, a stalled call against a backup window, and a source whose
-//! file server's clock is behind ours. Each test skips
+//! the EFS hard-link limit, and a stalled call against a backup window. Each test skips
 //! (and says why) where FUSE is not usable.
 
 mod common;
@@ -566,52 +565,4 @@ fn a_sparse_file_restored_from_a_store_without_seek_data_stays_sparse() {
         "the restored file uses {} bytes",
         allocated(&restored)
     );
-}
-
-/// A source on a file server whose clock is 10 s behind ours, with 1 s timestamps
-/// (latencyfs `--time-shift -10 --whole-seconds`): a same-size rewrite in the same
-/// second as the previous run's `lstat` keeps size, mtime and ctime. Its ctime (the
-/// server's clock) looked 10 s older than our walk start, so the next run did not take
-/// it for racy and linked the old bytes (copied 0, linked 1, and every later run the
-/// same). The walk now notes how far behind the newest ctimes it saw are, and the
-/// racy bound moves back by that much.
-#[test]
-fn a_same_second_rewrite_on_a_source_whose_clock_is_behind_is_copied_by_the_next_run() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, mnt, dest) = dirs(&t);
-    let Some(_fs) = FaultFs::mount(&src, &mnt, &["--time-shift", "-10", "--whole-seconds"]) else {
-        return;
-    };
-    let f = mnt.join("f");
-    let times = |p: &Path| {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(p).unwrap();
-        (m.mtime(), m.ctime())
-    };
-    // Each try needs the first run and the rewrite in one second of the server's.
-    for _ in 0..8 {
-        let frac = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_millis();
-        std::thread::sleep(Duration::from_millis(1010 - u64::from(frac)));
-        std::fs::write(&f, b"version-1\n").unwrap();
-        let before = times(&f);
-        let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
-        assert_eq!(code, 0, "{err}\n{rep}");
-        std::fs::write(&f, b"version-2\n").unwrap();
-        if times(&f) != before {
-            eprintln!("the rewrite fell in the next second; again");
-            continue;
-        }
-        let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
-        assert_eq!(code, 0, "{err}\n{rep}");
-        assert_eq!(
-            std::fs::read(dest.join("daily.0/f")).unwrap(),
-            b"version-2\n",
-            "the rewrite was missed: {rep}"
-        );
-        return;
-    }
-    panic!("no try had the first run and the rewrite in one second");
 }

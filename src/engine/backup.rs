@@ -729,9 +729,6 @@ fn spawn_walk<S: Sink + Send + 'static>(
             walk = walk.stay_on(fs);
         }
         walk.run(st.src_fd, st.src_meta, jobs);
-        if let Some(off) = walk.source_clock() {
-            sink.source_clock(off);
-        }
         let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
         drop(walk);
         if let Some(fs) = &one_fs {

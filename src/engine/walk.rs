@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 
 use rustix::io::Errno;
@@ -79,10 +79,6 @@ pub struct Walk<'a, S: Sink> {
     one_fs: Option<&'a OneFs>,
     /// The store the run writes into, not to be walked into (see [`Walk::fenced`]).
     fence: Option<(Fence, &'a std::path::Path)>,
-    /// The largest `ctime - now` (ns) of the regular files walked, `now` read after
-    /// their `lstat`: how far behind ours the source's clock is at least
-    /// ([`Walk::source_clock`]). `i64::MIN`: none seen.
-    clock: AtomicI64,
 }
 
 /// Keeps a name of the root directory's listing.
@@ -135,32 +131,6 @@ impl<'a, S: Sink> Walk<'a, S> {
             gate: None,
             one_fs: None,
             fence: None,
-            clock: AtomicI64::new(i64::MIN),
-        }
-    }
-
-    /// The largest `ctime - now` of the walk's regular files (`None`: it saw none), for
-    /// the manifest's racy bound (`manifest::Writer::source_clock`): a file server whose
-    /// clock is behind ours gives a file changed during the walk a ctime that looks older
-    /// than our walk start, and the next run would not take it for racy.
-    pub fn source_clock(&self) -> Option<i64> {
-        Some(self.clock.load(Ordering::Relaxed)).filter(|c| *c != i64::MIN)
-    }
-
-    /// Counts `m` (just `lstat`ed) in [`Walk::source_clock`].
-    fn saw_ctime(&self, m: &Meta) {
-        if m.kind != Kind::File {
-            return;
-        }
-        let now = fsx::wall_clock();
-        let ns = |t: fsx::Time| {
-            t.sec
-                .saturating_mul(1_000_000_000)
-                .saturating_add(i64::from(t.nsec))
-        };
-        let off = ns(m.ctime).saturating_sub(ns(now));
-        if off > self.clock.load(Ordering::Relaxed) {
-            self.clock.fetch_max(off, Ordering::Relaxed);
         }
     }
 
@@ -490,7 +460,6 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// Backs up one non-directory: link it from the previous snapshot if unchanged,
     /// else copy it; if the source cannot be read, keep the previous version.
     fn leaf(&self, dir: &Node<S::Dir>, name: &[u8], rel: &RelPath, m: &Meta) -> Leaf {
-        self.saw_ctime(m);
         let prev_entry = dir
             .state
             .prev_entries

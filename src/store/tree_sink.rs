@@ -784,13 +784,6 @@ impl Sink for TreeSink {
         Some((euid, if gid_ok { m.gid } else { egid }))
     }
 
-    fn source_clock(&self, offset_ns: i64) {
-        self.manifest
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .source_clock(offset_ns);
-    }
-
     /// [`owners_refused`].
     fn owners_held(&self) -> Option<(u32, u32)> {
         self.owners_held

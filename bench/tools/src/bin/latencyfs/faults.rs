@@ -10,9 +10,6 @@
 //!   as on a file system (or an NFS export) without them.
 //! - `--no-chown`: changing an owner or group to another than the file has fails with
 //!   EPERM, whoever asks, as on an NFS export with `root_squash` (knfsd's default).
-//! - `--time-shift SECS` (may be negative): mtimes and ctimes are reported SECS later,
-//!   as by a file server whose clock is off by that much; `--whole-seconds`: they are
-//!   reported in whole seconds (a server with 1 s timestamps).
 //! - `--eacces PATTERN`: opening matching files or directories fails with EACCES.
 //! - `--stall PATTERN`, `--stall-secs N` (30), `--stall-ops LIST` (`read`): calls of the
 //!   listed kinds (`lookup`, `getattr`, `open`, `read`, `write`, `readdir`) on matching
@@ -62,8 +59,6 @@ pub struct Faults {
     eacces: Vec<String>,
     no_user_xattrs: bool,
     no_chown: bool,
-    time_shift: i64,
-    whole_seconds: bool,
     stall: Vec<String>,
     stall_ops: Vec<Op>,
     stall_for: Duration,
@@ -125,17 +120,6 @@ impl Faults {
             ];
             if a == "--per-file" {
                 f.per_file = true;
-                continue;
-            }
-            if a == "--whole-seconds" {
-                f.whole_seconds = true;
-                continue;
-            }
-            if a == "--time-shift" {
-                let v = it.next().ok_or("--time-shift needs a value")?;
-                f.time_shift = v
-                    .parse()
-                    .map_err(|_| format!("--time-shift: not a number: {v}"))?;
                 continue;
             }
             if a == "--no-chown" {
@@ -213,15 +197,6 @@ impl Faults {
         Ok(())
     }
 
-    /// An mtime or ctime as reported: shifted by `--time-shift`, cut to whole seconds
-    /// with `--whole-seconds`.
-    pub fn time(&self, sec: i64, nsec: i64) -> (i64, i64) {
-        (
-            sec + self.time_shift,
-            if self.whole_seconds { 0 } else { nsec },
-        )
-    }
-
     /// EACCES for opening `rel`?
     pub fn open(&self, rel: &Path) -> Result<(), Errno> {
         if matches(&self.eacces, rel) {
@@ -293,16 +268,5 @@ mod tests {
         assert_eq!(f.chown((0, 0), (Some(1), None)), Err(Errno::EPERM));
         assert_eq!(f.chown((0, 0), (None, Some(1))), Err(Errno::EPERM));
         assert!(Faults::default().chown((0, 0), (Some(1), Some(1))).is_ok());
-    }
-
-    #[test]
-    fn times() {
-        let mut args = ["--time-shift", "-10", "--whole-seconds"]
-            .map(String::from)
-            .to_vec();
-        let f = Faults::from_args(&mut args).unwrap();
-        assert!(args.is_empty());
-        assert_eq!(f.time(100, 5), (90, 0));
-        assert_eq!(Faults::default().time(100, 5), (100, 5));
     }
 }

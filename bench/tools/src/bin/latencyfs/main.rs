@@ -147,10 +147,6 @@ fn time(sec: i64, nsec: i64) -> SystemTime {
     }
 }
 
-fn shifted((sec, nsec): (i64, i64)) -> SystemTime {
-    time(sec, nsec)
-}
-
 impl LatFs {
     fn wait(&self, call: Call) {
         self.calls[call as usize].fetch_add(1, Ordering::Relaxed);
@@ -245,9 +241,9 @@ impl LatFs {
             size: m.size(),
             blocks: m.blocks(),
             atime: time(m.atime(), m.atime_nsec()),
-            mtime: shifted(self.faults.time(m.mtime(), m.mtime_nsec())),
-            ctime: shifted(self.faults.time(m.ctime(), m.ctime_nsec())),
-            crtime: shifted(self.faults.time(m.ctime(), m.ctime_nsec())),
+            mtime: time(m.mtime(), m.mtime_nsec()),
+            ctime: time(m.ctime(), m.ctime_nsec()),
+            crtime: time(m.ctime(), m.ctime_nsec()),
             kind,
             perm: (m.mode() & 0o7777) as u16,
             nlink: m.nlink() as u32,
