@@ -28,6 +28,28 @@ pub struct Config {
     /// When set, `snapring daemon` also serves the dashboard and `/metrics`, as
     /// `snapring serve` does (docs/monitoring.md).
     pub server: Option<ServerConfig>,
+    /// How many runs `snapring daemon` has going at once (default
+    /// [`default_max_runs`]); runs due past it wait in due order (docs/daemon.md).
+    pub max_runs: Option<u32>,
+}
+
+/// The daemon's `max_runs` when the file sets none: the number of CPUs, at least 4 (a
+/// backup mostly waits on disks and the network, not on a CPU).
+pub fn default_max_runs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(4)
+}
+
+impl Config {
+    /// How many runs the daemon has going at once ([`Config::max_runs`]).
+    pub fn max_runs(&self) -> usize {
+        match self.max_runs {
+            Some(n) if n > 0 => n as usize,
+            _ => default_max_runs(),
+        }
+    }
 }
 
 /// The `[server]` table: `snapring serve`'s flags for the daemon's own server.
@@ -101,6 +123,11 @@ pub struct JobConfig {
     /// The repository password's file, for a `dest` that is a restic repository
     /// (`file:///PATH` or `s3://BUCKET/PREFIX`).
     pub password_file: Option<PathBuf>,
+    /// How long the store keeps run records and logs (`.snapring/runs`, `logs`):
+    /// a duration (default `30d`) or `forever`; the newest 100, those of snapshots
+    /// still in the store and those of failed runs for 90 days are kept whatever it
+    /// says (`store::runs`).
+    pub keep_run_records: Option<String>,
 }
 
 /// How the daemon treats a scheduled time that passed while it was not running.
@@ -483,6 +510,9 @@ pub fn resolve_unchecked(
                 ))
             })?,
     };
+    if let Some(k) = flags.keep_run_records.or(f.keep_run_records) {
+        o.run_records = crate::store::runs::RunRetention::parse(&k).map_err(Error::Config)?;
+    }
     o.pre_command = hook("pre_command", flags.pre_command.or(f.pre_command), timeout)?;
     o.post_command = hook(
         "post_command",

@@ -94,6 +94,7 @@ pub const JOB_KEYS: &[Key] = &[
     ),
     key("post_command", Kind::List(any), "[\"/usr/local/bin/thaw\"]"),
     key("hook_timeout", Kind::Str(hook_timeout), "\"10m\""),
+    key("keep_run_records", Kind::Str(keep_run_records), "\"30d\""),
     key(
         "password_file",
         Kind::Str(path),
@@ -110,6 +111,7 @@ pub const REPOSITORY_REFUSES: &[&str] = &[
     "bwlimit",
     "pre_command",
     "post_command",
+    "keep_run_records",
 ];
 
 /// The keys of a `[notify.NAME]` table (`notify::NotifierConfig`); their values are
@@ -149,6 +151,7 @@ pub const TOP_KEYS: &[Key] = &[
         "\"/var/lib/snapring/catalog.db\"",
     ),
     key("job", Kind::Tables(JOB_KEYS), "{}"),
+    key("max_runs", Kind::Int(max_runs), "4"),
     key("notify", Kind::Tables(NOTIFY_KEYS), "{}"),
     key("server", Kind::Table(SERVER_KEYS), "{}"),
 ];
@@ -284,6 +287,10 @@ fn hook_timeout(t: &str) -> Check {
     }
 }
 
+fn keep_run_records(k: &str) -> Check {
+    crate::store::runs::RunRetention::parse(k).map(|_| ())
+}
+
 fn schedule(s: &str) -> Check {
     crate::schedule::parse(s, None).map(|_| ())
 }
@@ -303,6 +310,16 @@ fn port(p: i64) -> Check {
     match p {
         1..=65535 => Ok(()),
         _ => Err(format!("smtp_port must be between 1 and 65535, not {p}")),
+    }
+}
+
+/// The daemon's `max_runs`: 0 is the default (the CPUs, at least 4).
+fn max_runs(n: i64) -> Check {
+    match n {
+        0..=4096 => Ok(()),
+        _ => Err(format!(
+            "max_runs must be between 1 and 4096 (0: the default), not {n}"
+        )),
     }
 }
 
