@@ -1135,3 +1135,39 @@ fn the_usage_line_does_not_list_a_catalog_from_the_environment() {
         "SNAPRING_CATALOG_ON_NFS=1 as documented: {err}"
     );
 }
+
+#[test]
+fn stats_says_why_there_is_no_trend_when_the_older_half_copied_nothing() {
+    let e = setup();
+    // Two runs of empty files copy 0 bytes; two after the files got content copy some.
+    for i in 0..5 {
+        write(&e.src.join(format!("d{i}/f{i}")), b"");
+    }
+    for _ in 0..2 {
+        assert_eq!(e.backup(&[]).0, 0);
+    }
+    for i in 0..5 {
+        write(&e.src.join(format!("d{i}/f{i}")), b"content now");
+    }
+    for _ in 0..2 {
+        assert_eq!(e.backup(&[]).0, 0);
+    }
+    let (code, st, err) = e.cli(&["stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(st[0]["runs"], 4, "{st}");
+    assert_eq!(st[0]["timed_runs"], 4, "{st}");
+    assert!(st[0]["bytes_transferred_trend_percent"].is_null(), "{st}");
+    let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), e.catalog.as_os_str()];
+    a.push("stats".as_ref());
+    let out = snapring(&a, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let copied = text
+        .lines()
+        .find(|l| l.contains("copied per run"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        copied.contains("no trend: the older half's mean is 0"),
+        "4 runs are enough for a trend; it is the older half's 0 that gives none: {text}"
+    );
+    assert!(!text.contains("trend needs 4 runs"), "{text}");
+}
