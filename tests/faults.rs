@@ -566,3 +566,113 @@ fn a_sparse_file_restored_from_a_store_without_seek_data_stays_sparse() {
         allocated(&restored)
     );
 }
+
+/// A listing that gives every name twice (an NFS server's readdir cookies gone wrong):
+/// each is backed up once, and the run completes (it failed every run with `File
+/// exists`, the first in staging, the next from the previous snapshot).
+#[test]
+fn a_name_listed_twice_is_backed_up_once() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    let Some(_fs) = FaultFs::mount(&src, &mnt, &["--dup-list", "/d1"]) else {
+        return;
+    };
+    assert_eq!(std::fs::read_dir(mnt.join("d1")).unwrap().count(), 10);
+    for run in 0..2 {
+        let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
+        assert_eq!(code, 0, "run {run}: {rep}\n{err}");
+        assert_eq!(rep["status"], "complete");
+        assert_eq!(contents(&dest.join("daily.0")), contents(&src));
+        assert_verify_clean(&dest, "daily.0");
+    }
+}
+
+/// `lstat` failing (EIO, as NFS's GETATTR can) on a file and on a directory, and a
+/// listing failing after 2 of its 6 entries: run after run (`--retain 2`), each
+/// `partial` naming them, the newest snapshot still holds the previous version of what
+/// could not be seen (a directory with everything under it), and the current version
+/// of what could. Dropped, three such runs rotated the last copy away.
+#[test]
+fn entries_that_cannot_be_seen_keep_their_previous_version() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    write(&src.join("d3/sub/deep"), b"deep");
+    write(&src.join("d2/sub/deep2"), b"deep2");
+    set_mtime(&src.join("d3/sub/deep"), 1_600_000_000, 0);
+    set_mtime(&src.join("d2/sub/deep2"), 1_600_000_000, 0);
+    let Some(fs) = FaultFs::mount(&src, &mnt, &[]) else {
+        return;
+    };
+    let (code, rep, err) = backup(&mnt, &dest, &["--retain", "2"], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    drop(fs);
+    let before = contents(&dest.join("daily.0"));
+    // What the runs can read is changed: they back it up.
+    write(&src.join("d0/f0"), b"changed 0");
+    set_mtime(&src.join("d0/f0"), 1_700_000_000, 0);
+    let faults = [
+        "--eio-stat",
+        "/d3",
+        "--eio-stat",
+        "/d1/f5",
+        "--eio-list",
+        "/d2:2",
+        "--eio-stat",
+        "/d2/f6",
+    ];
+    let _fs = FaultFs::mount(&src, &mnt, &faults).unwrap();
+    for run in 0..3 {
+        let (code, rep, err) = backup(&mnt, &dest, &["--retain", "2"], &[]);
+        assert_eq!(code, 2, "run {run}: {rep}\n{err}");
+        assert_eq!(rep["status"], "partial");
+        let mut probs = problems(&rep);
+        probs.sort();
+        let u = |p: &str| (p.to_string(), "unreadable".to_string());
+        assert_eq!(probs, [u("d1/f5"), u("d2"), u("d2/f6"), u("d3")], "{rep}");
+        let now = contents(&dest.join("daily.0"));
+        let mut want = before.clone();
+        want.insert(b"d0/f0".to_vec(), now[&b"d0/f0".to_vec()].clone());
+        assert_eq!(now, want, "run {run}");
+        assert_eq!(
+            std::fs::read(dest.join("daily.0/d0/f0")).unwrap(),
+            b"changed 0"
+        );
+        assert_eq!(
+            std::fs::read(dest.join("daily.0/d3/sub/deep")).unwrap(),
+            b"deep"
+        );
+        assert_eq!(
+            std::fs::read(dest.join("daily.0/d2/sub/deep2")).unwrap(),
+            b"deep2"
+        );
+        assert_verify_clean(&dest, "daily.0");
+    }
+}
+
+/// A directory that cannot be opened (EACCES) keeps the previous snapshot's entries of
+/// it, as a file that cannot be read keeps its previous version.
+#[test]
+fn eacces_on_a_directory_keeps_its_previous_entries() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    let Some(fs) = FaultFs::mount(&src, &mnt, &[]) else {
+        return;
+    };
+    let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    drop(fs);
+    let before = contents(&dest.join("daily.0"));
+    let _fs = FaultFs::mount(&src, &mnt, &["--eacces", "/d2"]).unwrap();
+    let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep}\n{err}");
+    assert_eq!(
+        problems(&rep),
+        [("d2".to_string(), "unreadable".to_string())],
+        "{rep}"
+    );
+    assert_eq!(contents(&dest.join("daily.0")), before);
+    assert_verify_clean(&dest, "daily.0");
+}

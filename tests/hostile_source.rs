@@ -1037,3 +1037,50 @@ fn a_directory_swapped_for_a_symlink_is_not_followed_into_a_repository() {
     );
     assert_eq!(std::fs::read(to.join("top")).unwrap(), b"top");
 }
+
+/// Two names reporting one `(st_dev, st_ino)` with two links are joined into one hard
+/// link only if they show one stat. Here the inode changes between the two `lstat`s
+/// (the run paused after the first name is copied): the second name is backed up on
+/// its own, with what it holds then. The same check keeps apart two different files an
+/// NFS server or a FUSE layer gives one inode number (joined, the second file's
+/// content was silently the first's). Real hard links still join (the first run).
+#[test]
+fn a_name_whose_stat_differs_from_its_inodes_first_name_is_not_joined() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    std::fs::create_dir_all(src.join("e")).unwrap();
+    std::fs::create_dir(&dest).unwrap();
+    write(&src.join("x"), b"hello\n");
+    std::fs::hard_link(src.join("x"), src.join("e/y")).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert_eq!(
+        ino(&dest.join("daily.0/x")),
+        ino(&dest.join("daily.0/e/y")),
+        "a real hard link is one inode in the snapshot"
+    );
+    // Second run: paused when `e` is opened (the root, with `x`, is done).
+    let p = spawn_paused(&src, &dest, &[], "walk.after_readdir", 2);
+    std::fs::write(src.join("x"), b"world, a longer text\n").unwrap();
+    set_mtime(&src.join("x"), 1_700_000_000, 0);
+    let (code, rep) = p.resume();
+    assert_eq!(code, 2, "{rep}");
+    assert_eq!(
+        std::fs::read(dest.join("daily.0/e/y")).unwrap(),
+        b"world, a longer text\n",
+        "e/y holds what it held when it was read, not x's copy from before"
+    );
+    let probs = rep["problems"].as_array().unwrap();
+    assert!(
+        probs.iter().any(|p| p["path"] == "e/y"
+            && p["action"] == "join hard link"
+            && p["error"].as_str().unwrap().contains("x")),
+        "{rep}"
+    );
+    assert_verify_clean(&dest, &[]);
+    // Next run: one stat again, one inode again.
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert_eq!(ino(&dest.join("daily.0/x")), ino(&dest.join("daily.0/e/y")));
+    assert_verify_clean(&dest, &[]);
+}

@@ -88,8 +88,9 @@ pub type RootFilter<'a> = Box<dyn Fn(&[u8]) -> bool + Send + Sync + 'a>;
 enum LinkState {
     /// The first path of this inode is being processed.
     Pending,
-    /// Written at this path of the new snapshot, with this manifest entry.
-    Done(Box<(RelPath, Entry)>),
+    /// Written at this path of the new snapshot, with this manifest entry; the first
+    /// name's `lstat` (the stat every other name of the inode must show).
+    Done(Box<(RelPath, Entry, Meta)>),
     /// The first path failed; later ones process themselves.
     Failed,
 }
@@ -104,6 +105,10 @@ pub struct DirState<D> {
     xattrs: Xattrs,
     /// The new manifest block, filled by the chunks.
     block: Mutex<Vec<Entry>>,
+    /// Names of the previous snapshot's block added to a listing that failed (see
+    /// [`Walk::list`]): walked as listed ones, but one gone from the source is no
+    /// problem (it was deleted, or it was never there).
+    unlisted: std::collections::HashSet<Vec<u8>>,
 }
 
 type Node<D> = Dir<DirState<D>>;
@@ -272,11 +277,24 @@ impl<'a, S: Sink> Walk<'a, S> {
                 // Keep the directory itself (empty) so the tree's shape is right. Its
                 // metadata is refused as any directory's is (an owner a backup user
                 // may not give, EPERM): a problem of this entry, not of the run.
+                // Unless it is gone, its entries are the previous snapshot's (as an
+                // unreadable file keeps its previous version): not dropped from the
+                // history run after run.
                 match self.sink.mkdir(&parent.state.out, name, rel) {
-                    Ok(d) => match self.sink.finish_dir(&d, meta, &Vec::new()) {
-                        Ok(refused) => self.refused_xattrs(rel, &refused),
-                        Err(e) => self.dest_error(rel, "set directory metadata", e),
-                    },
+                    Ok(d) => {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            let n = self.keep_prev_contents(&d, rel);
+                            if n > 0 {
+                                tracing::warn!(
+                                    "{rel}: open directory: {e}; keeping its {n} entries of the previous snapshot"
+                                );
+                            }
+                        }
+                        match self.sink.finish_dir(&d, meta, &Vec::new()) {
+                            Ok(refused) => self.refused_xattrs(rel, &refused),
+                            Err(e) => self.dest_error(rel, "set directory metadata", e),
+                        }
+                    }
                     Err(e) => self.fail(io_error(e, "create directory in staging", rel.as_path())),
                 }
                 return None;
@@ -334,8 +352,11 @@ impl<'a, S: Sink> Walk<'a, S> {
                         None => map = self.links_cv.wait(map).unwrap_or_else(|e| e.into_inner()),
                     },
                     Some(LinkState::Done(done)) => {
-                        let (first, entry) = *done;
+                        let (first, entry, first_meta) = *done;
                         drop(map);
+                        if !same_inode(&first_meta, m) {
+                            return self.not_joined(dir, name, rel, m, &first);
+                        }
                         if let Some(e) = self.link_to_first(dir, name, rel, &first, &entry) {
                             return Some(e);
                         }
@@ -352,7 +373,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         // A kept previous version is not this inode's new copy: the other names
         // back themselves up (and each keeps its own previous version if unreadable).
         let state = match &r {
-            Leaf::Written(e) => LinkState::Done(Box::new((rel.clone(), e.clone()))),
+            Leaf::Written(e) => LinkState::Done(Box::new((rel.clone(), e.clone(), *m))),
             Leaf::Kept(_) | Leaf::Dropped => LinkState::Failed,
         };
         self.links
@@ -361,6 +382,162 @@ impl<'a, S: Sink> Walk<'a, S> {
             .insert(key, state);
         self.links_cv.notify_all();
         r.entry()
+    }
+
+    /// A name reporting the `(st_dev, st_ino)` of an inode already written at `first`,
+    /// but not its stat: not the same file (an NFS server or a FUSE layer that gives two
+    /// files one inode number), or an inode that changed between the two `lstat`s.
+    /// Joined, its content would be the first name's, its own silently lost: it is
+    /// backed up on its own, in no hard-link group, and the problem names both paths.
+    fn not_joined(
+        &self,
+        dir: &Node<S::Dir>,
+        name: &[u8],
+        rel: &RelPath,
+        m: &Meta,
+        first: &RelPath,
+    ) -> Option<Entry> {
+        tracing::warn!(
+            "{rel}: reports the inode number of {first} (st_dev {}, st_ino {}) but not its size, times, mode or owner: backed up on its own, not as a hard link to it",
+            m.dev,
+            m.ino
+        );
+        self.problem(
+            rel,
+            ProblemKind::Metadata,
+            "join hard link",
+            format!(
+                "reports the inode of {first} (st_dev {}, st_ino {}) with another size, times, mode or owner (a file system reusing inode numbers, or a file changed during the backup): backed up on its own, not linked to {first}",
+                m.dev, m.ino
+            ),
+        );
+        let mut e = self.leaf(dir, name, rel, m).entry()?;
+        // Its own inode in the snapshot: in no group (one group is one inode).
+        e.group = None;
+        Some(e)
+    }
+
+    /// `name` is there but its `lstat` failed (`action`, `e`: EIO, ESTALE): its previous
+    /// snapshot's version is kept (a directory with all it held then), as an unreadable
+    /// file's is, and the problem says so. Without a previous version it is left out.
+    fn keep_prev(
+        &self,
+        dir: &Node<S::Dir>,
+        name: &[u8],
+        rel: &RelPath,
+        action: &str,
+        e: &std::io::Error,
+    ) -> Option<Entry> {
+        let prev = dir
+            .state
+            .prev_entries
+            .as_deref()
+            .and_then(|es| manifest::find(es, name))
+            .filter(|p| !self.excludes.is_excluded(rel, p.kind == Kind::Dir));
+        let kept = prev.and_then(|p| {
+            if p.kind == Kind::Dir {
+                self.keep_prev_dir(&dir.state.out, name, rel, p)
+            } else {
+                self.keep_prev_leaf(&dir.state.out, name, rel, p)
+            }
+        });
+        let Some(kept) = kept else {
+            self.source_error(rel, action, e);
+            return None;
+        };
+        let from = match &self.prev_label {
+            Some(l) => format!("from {l}"),
+            None => "from the previous snapshot".to_string(),
+        };
+        tracing::warn!("{rel}: {action}: {e}; keeping the previous version ({from})");
+        self.problem(
+            rel,
+            ProblemKind::Unreadable,
+            action,
+            format!("{e}; the previous version ({from}) was kept"),
+        );
+        Some(kept)
+    }
+
+    /// Links the previous snapshot's `name` (not a directory), `prev` its manifest entry.
+    fn keep_prev_leaf(
+        &self,
+        out: &S::Dir,
+        name: &[u8],
+        rel: &RelPath,
+        prev: &Entry,
+    ) -> Option<Entry> {
+        match self.sink.link_unchanged(out, name, rel) {
+            Linked::Done => {
+                let mut p = prev.clone();
+                // The previous snapshot's inode: in no hard-link group of this run.
+                p.group = None;
+                Some(p)
+            }
+            Linked::Fallback => {
+                Counters::add(&self.counters.link_fallbacks, 1);
+                None
+            }
+            Linked::Failed(err) => {
+                self.dest_error(rel, "hard-link from previous snapshot", err);
+                None
+            }
+        }
+    }
+
+    /// Makes directory `name` the previous snapshot's (`prev` its manifest entry): its
+    /// metadata, and its entries linked ([`Walk::keep_prev_contents`]).
+    fn keep_prev_dir(
+        &self,
+        parent: &S::Dir,
+        name: &[u8],
+        rel: &RelPath,
+        prev: &Entry,
+    ) -> Option<Entry> {
+        let out = match self.sink.mkdir(parent, name, rel) {
+            Ok(out) => out,
+            Err(e) => {
+                self.fail(io_error(e, "create directory in staging", rel.as_path()));
+                return None;
+            }
+        };
+        Counters::add(&self.counters.dirs_total, 1);
+        self.keep_prev_contents(&out, rel);
+        let xattrs = self.sink.prev_xattrs(parent, name).unwrap_or_default();
+        match self.sink.finish_dir(&out, &meta_of(prev), &xattrs) {
+            Ok(refused) => self.refused_xattrs(rel, &refused),
+            Err(e) => self.dest_error(rel, "set directory metadata", e),
+        }
+        Some(prev.clone())
+    }
+
+    /// Fills the new directory `out` at `rel`, which the source would not show, with
+    /// the previous snapshot's entries of it (from its manifest; a previous tree
+    /// without one gives none) and writes its manifest block. Returns how many.
+    fn keep_prev_contents(&self, out: &S::Dir, rel: &RelPath) -> usize {
+        let prev = match self.prev_manifest {
+            Some(m) if self.sink.has_prev(out) => m.lookup(rel).ok().flatten(),
+            _ => None,
+        };
+        let mut block = Vec::new();
+        for p in prev.unwrap_or_default() {
+            if self.cancel.load(Ordering::Relaxed) {
+                return 0;
+            }
+            let r = rel.join(&p.name);
+            let kept = if p.kind == Kind::Dir {
+                self.keep_prev_dir(out, &p.name, &r, &p)
+            } else {
+                Counters::add(&self.counters.files_total, 1);
+                self.keep_prev_leaf(out, &p.name, &r, &p)
+            };
+            block.extend(kept);
+        }
+        let n = block.len();
+        if let Err(e) = self.sink.write_block(rel, &mut block) {
+            self.fail(io_error(e, "write manifest for", rel.as_path()));
+        }
+        n
     }
 
     fn link_to_first(
@@ -397,22 +574,27 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// [`LIST_ATTEMPTS`] times (counted in `changed_during_backup`); one that kept
     /// changing through all of them is warned about. One `fstat` per directory.
     /// `meta` takes the times of the listing kept, as the directory's in the snapshot.
-    fn list(&self, src: &OwnedFd, rel: &RelPath, meta: &mut Meta) -> Vec<Vec<u8>> {
+    ///
+    /// A name listed twice (an NFS server's readdir cookies gone wrong) is kept once,
+    /// with a warning. A listing that fails, at its start or halfway, gives the names it
+    /// read and `false`: the problem is reported here, and the caller keeps the previous
+    /// snapshot's version of the entries it did not read.
+    fn list(&self, src: &OwnedFd, rel: &RelPath, meta: &mut Meta) -> (Vec<Vec<u8>>, bool) {
         let mut before = (meta.mtime, meta.ctime);
         for attempt in 1..=LIST_ATTEMPTS {
-            let names = match fsx::list_dir(b(src)) {
-                Ok(n) => n,
-                Err(e) => {
-                    self.source_error(rel, "read directory", &e);
-                    return Vec::new();
-                }
-            };
+            let mut names = Vec::new();
+            let read = fsx::read_dir_with(b(src), |n| names.push(n.to_vec()));
+            self.dedup_names(rel, &mut names);
+            if let Err(e) = read {
+                self.source_error(rel, "read directory", &e);
+                return (names, false);
+            }
             let _ = failpoint::hit("walk.listed");
             let Ok(after) = fsx::fstat(b(src)).map(|m| (m.mtime, m.ctime)) else {
-                return names;
+                return (names, true);
             };
             if after == before {
-                return names;
+                return (names, true);
             }
             (meta.mtime, meta.ctime) = after;
             if attempt == 1 {
@@ -425,12 +607,27 @@ impl<'a, S: Sink> Walk<'a, S> {
                 tracing::warn!(
                     "{rel}: changed during each of {LIST_ATTEMPTS} listings; an entry renamed in it meanwhile may be missing from this snapshot"
                 );
-                return names;
+                return (names, true);
             }
             tracing::info!("{rel}: changed while it was listed; listing it again");
             before = after;
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Drops the second and later copies of a name in one listing (keeping the listing's
+    /// order), with one warning for the directory. Backed up twice, the second copy
+    /// found the first in staging (`File exists`) and failed the run, every run.
+    fn dedup_names(&self, rel: &RelPath, names: &mut Vec<Vec<u8>>) {
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        let before = names.len();
+        names.retain(|n| seen.insert(n.clone()));
+        if names.len() != before {
+            tracing::warn!(
+                "{rel}: the listing gave {} name(s) more than once (a file system's readdir error); each is backed up once",
+                before - names.len()
+            );
+        }
     }
 
     /// What the previous snapshot says about `name`: its manifest entry, else (a tree
@@ -959,7 +1156,37 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             Vec::new()
         });
         let mut meta = meta;
-        let mut names = self.list(&src, rel, &mut meta);
+        let prev_entries = match self.prev_manifest {
+            Some(m) if self.sink.has_prev(&out) => m.lookup(rel).unwrap_or_else(|e| {
+                tracing::warn!("previous manifest unusable for {rel}: {e}; comparing by stat");
+                None
+            }),
+            _ => None,
+        };
+        let (mut names, whole) = self.list(&src, rel, &mut meta);
+        let mut unlisted = std::collections::HashSet::new();
+        if !whole && let Some(prev) = &prev_entries {
+            // The listing failed (at its start or halfway): the previous snapshot's
+            // names it did not give are walked too. One still in the source is backed
+            // up; one whose `lstat` fails keeps its previous version ([`Walk::visit`]);
+            // one gone is left out. Without this, each such run dropped them from the
+            // new snapshot, and `retain` rotated the last copy away.
+            let listed: std::collections::HashSet<&[u8]> =
+                names.iter().map(|n| n.as_slice()).collect();
+            let more: Vec<Vec<u8>> = prev
+                .iter()
+                .filter(|e| !listed.contains(e.name.as_slice()))
+                .map(|e| e.name.clone())
+                .collect();
+            if !more.is_empty() {
+                tracing::warn!(
+                    "{rel}: listing failed; {} name(s) of the previous snapshot not listed are looked up one by one",
+                    more.len()
+                );
+            }
+            unlisted.extend(more.iter().cloned());
+            names.extend(more);
+        }
         // A tagged directory (`exclude_caches`, `exclude_if_present`) keeps only its
         // tag: decided from the full listing (a shard unit's too, before its range).
         if let Some(keep) = self.excludes.keep_in(b(&src), &names) {
@@ -974,13 +1201,6 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             names.retain(|n| keep(n));
         }
         let _ = failpoint::hit("walk.after_readdir");
-        let prev_entries = match self.prev_manifest {
-            Some(m) if self.sink.has_prev(&out) => m.lookup(rel).unwrap_or_else(|e| {
-                tracing::warn!("previous manifest unusable for {rel}: {e}; comparing by stat");
-                None
-            }),
-            _ => None,
-        };
         let state = DirState {
             src,
             out,
@@ -988,6 +1208,7 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             meta,
             xattrs,
             block: Mutex::new(Vec::new()),
+            unlisted,
         };
         Opened::Dir(state, names)
     }
@@ -996,8 +1217,21 @@ impl<S: Sink> Visitor for Walk<'_, S> {
         let rel = dir.rel.join(&name);
         let m = match fsx::lstat_at(b(&dir.state.src), &name) {
             Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if !dir.state.unlisted.contains(&name) {
+                    self.source_error(&rel, "stat", &e);
+                }
+                return Step::Next;
+            }
             Err(e) => {
-                self.source_error(&rel, "stat", &e);
+                // EIO, ESTALE: the entry is there but cannot be seen.
+                if let Some(entry) = self.keep_prev(dir, &name, &rel, "stat", &e) {
+                    dir.state
+                        .block
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(entry);
+                }
                 return Step::Next;
             }
         };
@@ -1103,6 +1337,37 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             Err(e) => self.dest_error(&dir.rel, "set directory metadata", e),
         }
     }
+}
+
+/// The metadata a kept previous directory gets back from its manifest entry.
+fn meta_of(e: &Entry) -> Meta {
+    Meta {
+        kind: e.kind,
+        perm: e.perm,
+        uid: e.uid,
+        gid: e.gid,
+        size: e.size,
+        mtime: e.mtime,
+        ctime: e.ctime,
+        dev: 0,
+        ino: e.ino,
+        nlink: 1,
+        rdev: e.rdev,
+        blocks: 0,
+    }
+}
+
+/// Can `b` be another name of the inode whose other name's `lstat` was `a` (they report
+/// the same `(st_dev, st_ino)`)? Names of one inode share one stat: kind, size, times,
+/// mode and owner.
+fn same_inode(a: &Meta, b: &Meta) -> bool {
+    a.kind == b.kind
+        && a.size == b.size
+        && a.mtime == b.mtime
+        && a.ctime == b.ctime
+        && a.perm == b.perm
+        && (a.uid, a.gid) == (b.uid, b.gid)
+        && a.rdev == b.rdev
 }
 
 /// The owner the snapshot's copy holds when its own could not be set (not root): the

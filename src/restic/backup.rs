@@ -1391,6 +1391,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn list(fd: BorrowedFd<'_>, path: &Path) -> Result<Vec<Vec<u8>>> {
     let mut names = crate::fsx::list_dir(fd).map_err(io_err("list", path))?;
     names.sort();
+    // A name listed twice (an NFS server's readdir cookies gone wrong) is one entry: a
+    // tree with two nodes of one name is not a valid restic tree.
+    let before = names.len();
+    names.dedup();
+    if names.len() != before {
+        tracing::warn!(
+            "{}: the listing gave {} name(s) more than once (a file system's readdir error); each is backed up once",
+            crate::relpath::shown(path),
+            before - names.len()
+        );
+    }
     Ok(names)
 }
 

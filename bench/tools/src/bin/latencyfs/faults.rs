@@ -9,6 +9,12 @@
 //! - `--no-user-xattrs`: setting a `user.*` extended attribute fails with EOPNOTSUPP,
 //!   as on a file system (or an NFS export) without them.
 //! - `--eacces PATTERN`: opening matching files or directories fails with EACCES.
+//! - `--eio-stat PATTERN`: looking up or `stat`ing matching paths fails with EIO (as
+//!   an NFS server's GETATTR can); the name is still listed.
+//! - `--eio-list PATTERN[:N]`: listing matching directories fails with EIO after N
+//!   entries (default 0), as a listing whose server fails halfway.
+//! - `--dup-list PATTERN`: listings of matching directories give every name twice (an
+//!   NFS server's readdir cookies gone wrong).
 //! - `--stall PATTERN`, `--stall-secs N` (30), `--stall-ops LIST` (`read`): calls of the
 //!   listed kinds (`lookup`, `getattr`, `open`, `read`, `write`, `readdir`) on matching
 //!   paths sleep N seconds before they are answered.
@@ -55,6 +61,10 @@ impl Op {
 pub struct Faults {
     eio_read: Vec<String>,
     eacces: Vec<String>,
+    eio_stat: Vec<String>,
+    /// Directory pattern and the entries listed before EIO.
+    eio_list: Vec<(String, usize)>,
+    dup_list: Vec<String>,
     no_user_xattrs: bool,
     stall: Vec<String>,
     stall_ops: Vec<Op>,
@@ -114,6 +124,9 @@ impl Faults {
                 "--eio-after",
                 "--enospc-after",
                 "--link-limit",
+                "--eio-stat",
+                "--eio-list",
+                "--dup-list",
             ];
             if a == "--per-file" {
                 f.per_file = true;
@@ -140,6 +153,15 @@ impl Faults {
                 "--eio-after" => f.write_limit = Some((num(&v)?, Errno::EIO)),
                 "--enospc-after" => f.write_limit = Some((num(&v)?, Errno::ENOSPC)),
                 "--link-limit" => f.link_limit = Some(num(&v)?),
+                "--eio-stat" => f.eio_stat.push(v),
+                "--dup-list" => f.dup_list.push(v),
+                "--eio-list" => {
+                    let (p, n) = match v.rsplit_once(':') {
+                        Some((p, n)) => (p.to_string(), num(n)? as usize),
+                        None => (v, 0),
+                    };
+                    f.eio_list.push((p, n));
+                }
                 _ => unreachable!(),
             }
         }
@@ -170,6 +192,30 @@ impl Faults {
             return Err(Errno::EIO);
         }
         Ok(())
+    }
+
+    /// EIO for looking up or `stat`ing `rel`?
+    pub fn stat(&self, rel: &Path) -> Result<(), Errno> {
+        if matches(&self.eio_stat, rel) {
+            return Err(Errno::EIO);
+        }
+        Ok(())
+    }
+
+    /// The listing of directory `rel`, as the faults make it: every name twice
+    /// (`--dup-list`), and how many entries are given before EIO (`--eio-list`).
+    pub fn listing<T: Clone>(&self, rel: &Path, entries: Vec<T>) -> (Vec<T>, Option<usize>) {
+        let entries = if matches(&self.dup_list, rel) {
+            entries.into_iter().flat_map(|e| [e.clone(), e]).collect()
+        } else {
+            entries
+        };
+        let fail = self
+            .eio_list
+            .iter()
+            .find(|(p, _)| matches(std::slice::from_ref(p), rel))
+            .map(|(_, n)| *n);
+        (entries, fail)
     }
 
     /// EOPNOTSUPP for setting extended attribute `name`?
@@ -239,5 +285,31 @@ mod tests {
         assert!(matches(&p(&["d/"]), Path::new("x/d/f1")));
         assert!(!matches(&p(&["/d/f1"]), Path::new("xd/f1")));
         assert!(!matches(&[], Path::new("f")));
+    }
+
+    #[test]
+    fn listing_faults() {
+        let mut args: Vec<String> = [
+            "--dup-list",
+            "/d",
+            "--eio-list",
+            "/e:3",
+            "--eio-stat",
+            "x*",
+            "src",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let f = Faults::from_args(&mut args).unwrap();
+        assert_eq!(args, ["src"]);
+        assert_eq!(
+            f.listing(Path::new("d"), vec![1, 2]),
+            (vec![1, 1, 2, 2], None)
+        );
+        assert_eq!(f.listing(Path::new("e"), vec![1, 2]), (vec![1, 2], Some(3)));
+        assert_eq!(f.listing(Path::new("f"), vec![1]), (vec![1], None));
+        assert_eq!(f.stat(Path::new("d/x1")), Err(Errno::EIO));
+        assert_eq!(f.stat(Path::new("d/y1")), Ok(()));
     }
 }

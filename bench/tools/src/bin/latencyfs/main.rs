@@ -278,8 +278,21 @@ impl LatFs {
 
     /// The directory `ino` (its path) and its entries sorted by name: the offset of an
     /// entry is its place in this order, so a listing continues where the last batch
-    /// stopped.
-    fn list(&self, ino: INodeNo) -> Result<(PathBuf, Vec<Listed>), Errno> {
+    /// stopped. With the listing faults (`--dup-list`, `--eio-list`): a batch starting
+    /// at or past the failing entry is EIO, and the listing stops there.
+    fn list(&self, ino: INodeNo, offset: u64) -> Result<(PathBuf, Vec<Listed>), Errno> {
+        let (rel, entries) = self.list_all(ino)?;
+        let (mut entries, fail) = self.faults.listing(&rel, entries);
+        if let Some(n) = fail {
+            if offset as usize >= n {
+                return Err(Errno::EIO);
+            }
+            entries.truncate(n);
+        }
+        Ok((rel, entries))
+    }
+
+    fn list_all(&self, ino: INodeNo) -> Result<(PathBuf, Vec<Listed>), Errno> {
         let rel = self.rel(ino).ok_or(Errno::ENOENT)?;
         self.faults.stall(Op::Readdir, &rel);
         let mut entries = Vec::new();
@@ -373,6 +386,7 @@ impl Filesystem for LatFs {
         self.trace(Call::Lookup, parent);
         let rel = tryr!(reply, self.child(parent, name));
         self.faults.stall(Op::Lookup, &rel);
+        tryr!(reply, self.faults.stat(&rel));
         if !self.entry(&rel, parent, name, reply) {
             self.calls[Call::LookupNegative as usize].fetch_add(1, Ordering::Relaxed);
         }
@@ -383,6 +397,7 @@ impl Filesystem for LatFs {
         self.trace(Call::Getattr, ino);
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         self.faults.stall(Op::Getattr, &rel);
+        tryr!(reply, self.faults.stat(&rel));
         match std::fs::symlink_metadata(self.full(&rel)) {
             Ok(m) => reply.attr(&self.ttl, &self.attr(&m)),
             Err(e) => reply.error(errno(&e)),
@@ -775,7 +790,7 @@ impl Filesystem for LatFs {
     ) {
         self.wait(Call::Readdir);
         self.trace(Call::Readdir, ino);
-        let (_, entries) = tryr!(reply, self.list(ino));
+        let (_, entries) = tryr!(reply, self.list(ino, offset));
         for (i, (name, ino, kind)) in entries.into_iter().enumerate().skip(offset as usize) {
             if reply.add(INodeNo(ino), (i + 1) as u64, kind, &name) {
                 break;
@@ -796,7 +811,7 @@ impl Filesystem for LatFs {
     ) {
         self.wait(Call::Readdirplus);
         self.trace(Call::Readdirplus, ino);
-        let (rel, entries) = tryr!(reply, self.list(ino));
+        let (rel, entries) = tryr!(reply, self.list(ino, offset));
         for (i, (name, _, _)) in entries.into_iter().enumerate().skip(offset as usize) {
             let child = rel.join(&name);
             // Gone since the listing: left out, as a server would.
