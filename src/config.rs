@@ -101,6 +101,11 @@ pub struct JobConfig {
     /// The repository password's file, for a `dest` that is a restic repository
     /// (`file:///PATH` or `s3://BUCKET/PREFIX`).
     pub password_file: Option<PathBuf>,
+    /// How long the store keeps run records and logs (`.snapring/runs`, `logs`):
+    /// a duration (default `30d`) or `forever`; the newest 100, those of snapshots
+    /// still in the store and those of failed runs for 90 days are kept whatever it
+    /// says (`store::runs`).
+    pub keep_run_records: Option<String>,
 }
 
 /// How the daemon treats a scheduled time that passed while it was not running.
@@ -483,6 +488,9 @@ pub fn resolve_unchecked(
                 ))
             })?,
     };
+    if let Some(k) = flags.keep_run_records.or(f.keep_run_records) {
+        o.run_records = crate::store::runs::RunRetention::parse(&k).map_err(Error::Config)?;
+    }
     o.pre_command = hook("pre_command", flags.pre_command.or(f.pre_command), timeout)?;
     o.post_command = hook(
         "post_command",

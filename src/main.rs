@@ -205,6 +205,9 @@ fn run(
         Cmd::Catalog {
             cmd: CatalogCmd::Rebuild { dest },
         } => catalog::rebuild(&dest, cat),
+        Cmd::Catalog {
+            cmd: CatalogCmd::Check,
+        } => catalog::check(cat),
         Cmd::Daemon(a) => daemon::daemon(a, cat, log),
         Cmd::Next(a) => daemon::next(a),
         Cmd::Finalize(a) => shard::finalize(a, cat),

@@ -1171,3 +1171,232 @@ fn stats_says_why_there_is_no_trend_when_the_older_half_copied_nothing() {
     );
     assert!(!text.contains("trend needs 4 runs"), "{text}");
 }
+
+/// A run id of time `t` (as `new_run_id` makes them) with `salt` as its suffix.
+fn old_id(t: chrono::DateTime<chrono::Utc>, salt: usize) -> String {
+    format!("{}-{salt:06x}", t.format("%Y%m%dT%H%M%SZ"))
+}
+
+/// Run records and logs were never removed: a job every minute left half a million of
+/// each in `.snapring/runs` and `logs` a year, listed by every backup. A run now removes
+/// those older than 30 days beyond the newest 100, except a failed run's younger than
+/// 90 days, a run whose snapshot is in the store (its manifest), a run still `running`;
+/// the catalog keeps their rows, also through `catalog rebuild`.
+#[test]
+fn old_run_records_and_logs_are_pruned_and_the_catalog_keeps_their_history() {
+    use chrono::{Duration, Utc};
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let meta = e.store.join(".snapring");
+    let first = std::fs::read_dir(meta.join("runs"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+    let put = |id: &str, status: &str, log: bool| {
+        let mut r = rec.clone();
+        r["id"] = id.into();
+        r["status"] = status.into();
+        r["snapshot"] = serde_json::Value::Null;
+        r["expired"] = serde_json::json!([]);
+        std::fs::write(
+            meta.join("runs").join(format!("{id}.json")),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+        if log {
+            std::fs::write(meta.join("logs").join(format!("{id}.log")), [b'x'; 8192]).unwrap();
+        }
+    };
+    let t0 = Utc::now() - Duration::days(35);
+    // 150 complete runs of 35 days ago: the newest 98 of them are among the newest 100
+    // records.
+    let complete: Vec<String> = (0..150)
+        .map(|i| old_id(t0 + Duration::minutes(i as i64), i))
+        .collect();
+    for id in &complete {
+        put(id, "complete", true);
+    }
+    // Failed runs of 235 days ago (beyond 90 days), and one of 40 days ago (within 90,
+    // and older than the newest 100).
+    let failed_old: Vec<String> = (0..5)
+        .map(|i| {
+            old_id(
+                t0 - Duration::days(200) + Duration::minutes(i),
+                1000 + i as usize,
+            )
+        })
+        .collect();
+    for id in &failed_old {
+        put(id, "failed", true);
+    }
+    let failed_recent = old_id(Utc::now() - Duration::days(40), 2000);
+    put(&failed_recent, "failed", true);
+    // A run whose snapshot is still in the store (its manifest is there), and one
+    // still `running`: both older than everything else.
+    let with_snapshot = old_id(t0 - Duration::days(365), 3000);
+    put(&with_snapshot, "complete", true);
+    std::fs::write(
+        meta.join("manifests").join(format!("{with_snapshot}.mf")),
+        b"",
+    )
+    .unwrap();
+    let running = old_id(t0 - Duration::days(365) + Duration::minutes(1), 3001);
+    put(&running, "running", false);
+    let (code, second, err) = e.backup(&[]);
+    assert_eq!(code, 0, "{err}");
+    let second = second["id"].as_str().unwrap().to_string();
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        h.as_array().unwrap().len(),
+        160,
+        "every run is in the catalog"
+    );
+
+    let record = |id: &str| meta.join("runs").join(format!("{id}.json")).exists();
+    let log = |id: &str| meta.join("logs").join(format!("{id}.log")).exists();
+    let pruned: Vec<&String> = complete[..52].iter().chain(&failed_old).collect();
+    for id in &pruned {
+        assert!(!record(id) && !log(id), "{id}: kept");
+    }
+    for id in complete[52..]
+        .iter()
+        .chain([&failed_recent, &with_snapshot, &running, &second])
+    {
+        assert!(record(id), "{id}: its record was removed");
+    }
+    for id in complete[52..]
+        .iter()
+        .chain([&failed_recent, &with_snapshot])
+    {
+        assert!(log(id), "{id}: its log was removed");
+    }
+    assert_eq!(std::fs::read_dir(meta.join("runs")).unwrap().count(), 103);
+    let said = std::fs::read_to_string(meta.join("logs").join(format!("{second}.log"))).unwrap();
+    assert!(said.contains("removed the run records and logs"), "{said}");
+    assert!(meta.join("runs-pruned").exists());
+
+    // The catalog keeps the history of the pruned runs, also through a rebuild.
+    let out = snapring(
+        &[
+            "--catalog".as_ref(),
+            e.catalog.as_os_str(),
+            "catalog".as_ref(),
+            "rebuild".as_ref(),
+            "--dest".as_ref(),
+            e.store.as_os_str(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 160, "{ids:?}");
+    for id in &pruned {
+        assert!(
+            ids.contains(&id.as_str()),
+            "{id}: its row went with the rebuild"
+        );
+    }
+    let (code, _, err) = e.cli(&["show", pruned[0]]);
+    assert_eq!(code, 0, "{err}");
+    // An intact catalog passes `catalog check`.
+    let out = snapring(
+        &[
+            "--catalog".as_ref(),
+            e.catalog.as_os_str(),
+            "catalog".as_ref(),
+            "check".as_ref(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("intact"),
+        "{out:?}"
+    );
+    // `history` settled the `running` one (nobody held the store's lock): it is an
+    // `incomplete` run of over 90 days ago now. The next backup removes it, and pushes
+    // one more out of the newest 100.
+    let settled: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(meta.join("runs").join(format!("{running}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(settled["status"], "incomplete");
+    assert_eq!(e.backup(&[]).0, 0);
+    assert_eq!(std::fs::read_dir(meta.join("runs")).unwrap().count(), 102);
+    assert!(!record(&complete[52]) && record(&complete[53]) && !record(&running));
+    assert!(record(&failed_recent) && record(&with_snapshot));
+}
+
+/// Writes the stamp of a passed check of `catalog`, `age` ago, with the file's identity.
+fn stamp_check(catalog: &Path, age: chrono::Duration) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(catalog).unwrap();
+    let at = (chrono::Utc::now() - age).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    std::fs::write(
+        PathBuf::from(format!("{}.checked", catalog.display())),
+        serde_json::json!({"checked_at": at, "dev": m.dev(), "ino": m.ino()}).to_string(),
+    )
+    .unwrap();
+}
+
+/// `history`, `show` and `stats` ran `PRAGMA quick_check` on every open (16 s, 1.8 s,
+/// 4.6 s on a catalog of 250,000 runs). Now once a day: a second read within the day
+/// answers without it (damage only the check sees goes unnoticed then), while a
+/// damaged-file error met by any command (here a backup's write), `catalog check`
+/// (always) and the end of the day bring the check back.
+#[test]
+fn the_whole_file_check_runs_once_a_day_and_again_after_damage_is_met() {
+    let e = setup();
+    for _ in 0..3 {
+        assert_eq!(e.backup(&[]).0, 0);
+    }
+    let stamp = PathBuf::from(format!("{}.checked", e.catalog.display()));
+    assert!(!stamp.exists(), "a backup does not check the file");
+    let (code, _, err) = e.cli(&["history"]);
+    assert_eq!(code, 0, "{err}");
+    damage_page_3(&e.catalog);
+    // Within the day: not checked again, so the damage in a page these reads never
+    // touch is not seen (the trade-off).
+    for args in [&["history"][..], &["stats"]] {
+        let (code, _, err) = e.cli(args);
+        assert_eq!(
+            code, 0,
+            "{args:?}: checked again within the interval: {err}"
+        );
+    }
+    assert!(stamp.exists(), "the passed check is remembered");
+    // `catalog check` always checks.
+    let (code, _, err) = e.cli(&["catalog", "check"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(!stamp.exists(), "a failed check leaves no stamp");
+    // A damaged-file error met by a backup's write takes the stamp away.
+    stamp_check(&e.catalog, chrono::Duration::minutes(5));
+    let (code, _, err) = e.cli(&["history"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = e.backup(&[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(!stamp.exists(), "the damage a write met is forgotten");
+    let (code, _, err) = e.cli(&["history"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+    // A stamp older than a day: checked again.
+    stamp_check(&e.catalog, chrono::Duration::hours(25));
+    for args in [&["history"][..], &["stats"], &["show", "x"]] {
+        let (code, _, err) = e.cli(args);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(err.contains("is damaged"), "{args:?}: {err}");
+    }
+}

@@ -121,6 +121,10 @@ pub enum CatalogCmd {
         #[arg(long)]
         dest: PathBuf,
     },
+    /// Check the whole catalog file (SQLite's PRAGMA integrity_check), whenever asked:
+    /// `history`, `show` and `stats` check it (quick_check) at most once a day. Exit 0
+    /// when intact, 1 when damaged (then `catalog rebuild` moves it aside).
+    Check,
 }
 
 #[derive(Subcommand)]

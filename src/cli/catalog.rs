@@ -1,5 +1,5 @@
-//! The commands that read the run catalog: `history` (of runs), `show`, `stats` and
-//! `catalog rebuild`. Each opens the catalog (settling runs left `running` by dead
+//! The commands that read the run catalog: `history` (of runs), `show`, `stats`,
+//! `catalog check` and `catalog rebuild`. Each opens the catalog (settling runs left `running` by dead
 //! processes), queries it and prints rows as a table or JSON.
 
 use std::path::Path;
@@ -135,6 +135,19 @@ pub fn rebuild(dest: &Path, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         snapring::relpath::shown(&c.path),
         if n == 1 { "" } else { "s" },
         snapring::relpath::shown(&key)
+    );
+    Ok(ExitCode::Complete)
+}
+
+/// `snapring catalog check`: the whole file, with `PRAGMA integrity_check` (also that
+/// each index matches its table), whenever it was checked last; a pass is the stamp
+/// `history`, `show` and `stats` go by (`Catalog::check_if_due`).
+pub fn check(cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
+    let c = cat.open_existing()?;
+    c.check(true)?;
+    outln!(
+        "catalog {}: intact (PRAGMA integrity_check)",
+        snapring::relpath::shown(&c.path)
     );
     Ok(ExitCode::Complete)
 }

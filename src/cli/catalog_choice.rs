@@ -53,13 +53,10 @@ impl CatalogChoice {
         Ok(Catalog::open(p, self.on_nfs)?)
     }
 
-    /// The catalog, checked whole (`PRAGMA quick_check`: damage where the query at hand
-    /// does not look is damage all the same, and every backup's write finds it), with
-    /// rows left `running` by dead runs settled first. For the commands that read it
-    /// (`history`, `show`, `stats`): a file named by `--catalog` or `SNAPRING_CATALOG`
-    /// that does not exist is refused, not created empty (a typo would answer "no runs"
-    /// and leave a stray catalog behind); the default one is created as before.
-    pub fn open_settled(&self) -> anyhow::Result<Catalog> {
+    /// The catalog, opened: a file named by `--catalog` or `SNAPRING_CATALOG` that does
+    /// not exist is refused, not created empty (a typo would answer "no runs" and leave
+    /// a stray catalog behind); the default one is created as before.
+    pub fn open_existing(&self) -> anyhow::Result<Catalog> {
         if let Some(p) = self.path.as_ref().filter(|_| self.explicit)
             && !p.exists()
         {
@@ -68,8 +65,20 @@ impl CatalogChoice {
                 snapring::relpath::shown(p)
             ));
         }
-        let mut cat = self.open()?;
-        cat.check(false)?;
+        self.open()
+    }
+
+    /// The catalog, checked whole (`PRAGMA quick_check`: damage where the query at hand
+    /// does not look is damage all the same, and every backup's write finds it) unless
+    /// a check of it passed within `catalog::CHECK_INTERVAL` and no damage was met
+    /// since (`Catalog::check_if_due`), with rows left `running` by dead runs settled
+    /// first. For the commands that read it
+    /// (`history`, `show`, `stats`): a file named by `--catalog` or `SNAPRING_CATALOG`
+    /// that does not exist is refused, not created empty (a typo would answer "no runs"
+    /// and leave a stray catalog behind); the default one is created as before.
+    pub fn open_settled(&self) -> anyhow::Result<Catalog> {
+        let mut cat = self.open_existing()?;
+        cat.check_if_due()?;
         catalog::settle_running(&mut cat);
         Ok(cat)
     }

@@ -230,6 +230,7 @@ pub fn backup_job(a: &BackupArgs, cat: &CatalogChoice) -> anyhow::Result<Option<
             a.post_command.is_some() || f.post_command.is_some(),
             "post_command",
         ),
+        (f.keep_run_records.is_some(), "keep_run_records"),
     ];
     if let Some((_, what)) = unsupported.iter().find(|(set, _)| *set) {
         bail!(

@@ -94,6 +94,7 @@ pub const JOB_KEYS: &[Key] = &[
     ),
     key("post_command", Kind::List(any), "[\"/usr/local/bin/thaw\"]"),
     key("hook_timeout", Kind::Str(hook_timeout), "\"10m\""),
+    key("keep_run_records", Kind::Str(keep_run_records), "\"30d\""),
     key(
         "password_file",
         Kind::Str(path),
@@ -110,6 +111,7 @@ pub const REPOSITORY_REFUSES: &[&str] = &[
     "bwlimit",
     "pre_command",
     "post_command",
+    "keep_run_records",
 ];
 
 /// The keys of a `[notify.NAME]` table (`notify::NotifierConfig`); their values are
@@ -282,6 +284,10 @@ fn hook_timeout(t: &str) -> Check {
             "hook_timeout {t:?}: give a duration of at least 1s (30s, 10m)"
         )),
     }
+}
+
+fn keep_run_records(k: &str) -> Check {
+    crate::store::runs::RunRetention::parse(k).map(|_| ())
 }
 
 fn schedule(s: &str) -> Check {

@@ -184,6 +184,12 @@ pub fn backup_observed(
                 e.cause()
             );
         }
+        // Under the lock still, once the run is recorded: the records and logs of old
+        // runs that nothing needs (`store::runs`; said in this run's log). Not after a
+        // walk abandoned with its threads still at work.
+        if !counters.walk_abandoned.load(Ordering::Relaxed) {
+            store.prune_runs(&opts.run_records, &rep.id, chrono::Utc::now());
+        }
         crate::runlog::stop();
     }
     release(&store, lock, &counters);

@@ -65,6 +65,8 @@ pub struct BackupOptions {
     pub pre_command: Option<crate::hooks::Hook>,
     /// Run after the run, whatever its status (by the job layer, `job::run`).
     pub post_command: Option<crate::hooks::Hook>,
+    /// Which run records and logs the run leaves in the store (`keep_run_records`).
+    pub run_records: crate::store::runs::RunRetention,
 }
 
 impl BackupOptions {
@@ -95,6 +97,7 @@ impl BackupOptions {
             bwlimit: None,
             pre_command: None,
             post_command: None,
+            run_records: crate::store::runs::RunRetention::default(),
         }
     }
 

@@ -12,6 +12,7 @@ pub mod plan_sink;
 mod recover;
 pub mod repo;
 pub mod rotation;
+pub mod runs;
 pub mod select;
 pub mod trash;
 pub mod tree_sink;
