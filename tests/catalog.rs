@@ -1400,3 +1400,52 @@ fn the_whole_file_check_runs_once_a_day_and_again_after_damage_is_met() {
         assert!(err.contains("is damaged"), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn one_backup_prunes_at_most_2000_runs_the_oldest_first() {
+    use chrono::{Duration, Utc};
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let runs = e.store.join(".snapring/runs");
+    let first = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+    let t0 = Utc::now() - Duration::days(60);
+    let old: Vec<String> = (0..2150)
+        .map(|i| old_id(t0 + Duration::minutes(i as i64), i))
+        .collect();
+    for id in &old {
+        let mut r = rec.clone();
+        r["id"] = id.as_str().into();
+        r["snapshot"] = serde_json::Value::Null;
+        r["expired"] = serde_json::json!([]);
+        std::fs::write(
+            runs.join(format!("{id}.json")),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+    }
+    let left = |ids: &[String]| {
+        ids.iter()
+            .filter(|id| runs.join(format!("{id}.json")).exists())
+            .count()
+    };
+    assert_eq!(e.backup(&[]).0, 0);
+    // 2,152 records, the newest 100 kept: 2,052 due, 2,000 of them removed, the oldest.
+    assert_eq!(left(&old[..2000]), 0, "the oldest 2,000 go first");
+    assert_eq!(left(&old[2000..]), 150, "the rest wait for the next backup");
+    assert_eq!(e.backup(&[]).0, 0);
+    // 153 records: the newest 100 stay (the three real runs and 97 old ones).
+    assert_eq!(left(&old[2000..]), 97);
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        h.as_array().unwrap().len(),
+        2153,
+        "the catalog keeps every run"
+    );
+}
