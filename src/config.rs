@@ -28,6 +28,28 @@ pub struct Config {
     /// When set, `snapring daemon` also serves the dashboard and `/metrics`, as
     /// `snapring serve` does (docs/monitoring.md).
     pub server: Option<ServerConfig>,
+    /// How many runs `snapring daemon` has going at once (default
+    /// [`default_max_runs`]); runs due past it wait in due order (docs/daemon.md).
+    pub max_runs: Option<u32>,
+}
+
+/// The daemon's `max_runs` when the file sets none: the number of CPUs, at least 4 (a
+/// backup mostly waits on disks and the network, not on a CPU).
+pub fn default_max_runs() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(4)
+}
+
+impl Config {
+    /// How many runs the daemon has going at once ([`Config::max_runs`]).
+    pub fn max_runs(&self) -> usize {
+        match self.max_runs {
+            Some(n) if n > 0 => n as usize,
+            _ => default_max_runs(),
+        }
+    }
 }
 
 /// The `[server]` table: `snapring serve`'s flags for the daemon's own server.

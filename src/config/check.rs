@@ -151,6 +151,7 @@ pub const TOP_KEYS: &[Key] = &[
         "\"/var/lib/snapring/catalog.db\"",
     ),
     key("job", Kind::Tables(JOB_KEYS), "{}"),
+    key("max_runs", Kind::Int(max_runs), "4"),
     key("notify", Kind::Tables(NOTIFY_KEYS), "{}"),
     key("server", Kind::Table(SERVER_KEYS), "{}"),
 ];
@@ -309,6 +310,16 @@ fn port(p: i64) -> Check {
     match p {
         1..=65535 => Ok(()),
         _ => Err(format!("smtp_port must be between 1 and 65535, not {p}")),
+    }
+}
+
+/// The daemon's `max_runs`: 0 is the default (the CPUs, at least 4).
+fn max_runs(n: i64) -> Check {
+    match n {
+        0..=4096 => Ok(()),
+        _ => Err(format!(
+            "max_runs must be between 1 and 4096 (0: the default), not {n}"
+        )),
     }
 }
 
