@@ -1734,14 +1734,21 @@ pub fn record_start(
 
 /// The warning for a catalog that could not be written (also logged).
 fn quiet_error(e: CatalogError, r: &RunReport) -> String {
+    // A repository's run, or a store's that could not start (no record in the store;
+    // its log is beside the catalog): nothing to rebuild this run from.
+    let unrecorded = if r.repository.is_some() {
+        "this run into a repository is not in the catalog (its snapshot is)"
+    } else {
+        "this run, which could not start, is not in the catalog and has no run record in its store (its log is beside the catalog)"
+    };
     let msg = if (r.repository.is_some() || r.log.is_some()) && e.is_damaged() {
-        // A repository has no run records to rebuild from: what to do for it.
+        // No run records to rebuild from: what to do for it.
         format!(
-            "{e}; this run into a repository is not in the catalog (its snapshot is): `snapring catalog rebuild --dest {}` moves the damaged file aside and starts an empty catalog",
+            "{e}; {unrecorded}: `snapring catalog rebuild --dest {}` moves the damaged file aside and starts an empty catalog",
             crate::relpath::shown(&r.store)
         )
     } else if r.repository.is_some() || r.log.is_some() {
-        format!("{e}; this run into a repository is not in the catalog (its snapshot is)")
+        format!("{e}; {unrecorded}")
     } else {
         format!(
             "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",

@@ -1449,3 +1449,24 @@ fn one_backup_prunes_at_most_2000_runs_the_oldest_first() {
         "the catalog keeps every run"
     );
 }
+
+/// A store's run that could not start (its store a file, not a directory), with the
+/// catalog damaged: the warning said "this run into a repository is not in the catalog".
+#[test]
+fn a_run_that_could_not_start_is_not_called_a_repository_run_when_the_catalog_fails() {
+    let e = setup();
+    std::fs::create_dir_all(e.catalog.parent().unwrap()).unwrap();
+    std::fs::write(&e.catalog, vec![0x5a; 64 * 1024]).unwrap();
+    std::fs::write(&e.store, b"not a directory").unwrap();
+    let (code, _, err) = e.backup(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(
+        !err.contains("this run into a repository"),
+        "a store's run: {err}"
+    );
+    assert!(
+        err.contains("could not start") && err.contains("no run record in its store"),
+        "{err}"
+    );
+}
