@@ -619,6 +619,12 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// order), with one warning for the directory. Backed up twice, the second copy
     /// found the first in staging (`File exists`) and failed the run, every run.
     fn dedup_names(&self, rel: &RelPath, names: &mut Vec<Vec<u8>>) {
+        // Looked for without copying a name (every directory of every run comes here);
+        // the copies are made only when there is a duplicate to drop.
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        if names.iter().all(|n| seen.insert(n.as_slice())) {
+            return;
+        }
         let mut seen = std::collections::HashSet::with_capacity(names.len());
         let before = names.len();
         names.retain(|n| seen.insert(n.clone()));
