@@ -495,7 +495,7 @@ fn the_job_layer_records_runs_and_the_engine_does_not() {
         }
     }
     let probe = Probe {
-        inner: CatalogRecorder(&target),
+        inner: CatalogRecorder::new(&target),
         seen: Default::default(),
     };
     let rep = snapring::engine::backup_observed(&opts, &cancel, &probe).unwrap();
@@ -1468,5 +1468,57 @@ fn a_run_that_could_not_start_is_not_called_a_repository_run_when_the_catalog_fa
     assert!(
         err.contains("could not start") && err.contains("no run record in its store"),
         "{err}"
+    );
+}
+
+/// With no catalog to hold them (off, or damaged), the store's run records are the only
+/// history, and what `catalog rebuild` recreates a catalog from: none is pruned (they
+/// were, the log saying "the catalog keeps their history").
+#[test]
+fn run_records_are_not_pruned_when_no_catalog_holds_them() {
+    use chrono::{Duration, Utc};
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let runs = e.store.join(".snapring/runs");
+    let first = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+    let t0 = Utc::now() - Duration::days(60);
+    for i in 0..120 {
+        let id = old_id(t0 + Duration::minutes(i as i64), i);
+        let mut r = rec.clone();
+        r["id"] = id.as_str().into();
+        r["snapshot"] = serde_json::Value::Null;
+        r["expired"] = serde_json::json!([]);
+        std::fs::write(
+            runs.join(format!("{id}.json")),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+    }
+    let count = || std::fs::read_dir(&runs).unwrap().count();
+    assert_eq!(count(), 121);
+    let off = backup(&e.src, &e.store, &[], &[("SNAPRING_CATALOG", "off")]);
+    assert_eq!(off.0, 0, "{}", off.2);
+    assert_eq!(count(), 122, "catalog off: every record kept");
+    // A damaged catalog could not import them either.
+    std::fs::create_dir_all(e.catalog.parent().unwrap()).unwrap();
+    std::fs::write(&e.catalog, vec![0x5a; 64 * 1024]).unwrap();
+    assert_eq!(e.backup(&[]).0, 0);
+    assert_eq!(count(), 123, "catalog damaged: every record kept");
+    // A catalog that holds them: pruned down to the newest 100.
+    std::fs::remove_file(&e.catalog).unwrap();
+    assert_eq!(e.backup(&[]).0, 0);
+    assert_eq!(count(), 100);
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        h.as_array().unwrap().len(),
+        124,
+        "the catalog has every run"
     );
 }
