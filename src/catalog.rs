@@ -452,13 +452,18 @@ pub struct Stats {
     pub duration_p95_seconds: f64,
     pub duration_mean_seconds: f64,
     /// Mean duration of the newer half of the finished runs against the older half, in
-    /// percent (+20 means 20% slower); `None` with fewer than 4 finished runs.
+    /// percent (+20 means 20% slower); `None` with fewer than 4 finished runs with a
+    /// duration (`timed_runs`), or when the older half's mean is 0 and the newer's not.
     pub duration_trend_percent: Option<f64>,
+    /// Finished runs with a duration (a killed run settled `incomplete` has none): the
+    /// runs `duration_trend_percent` is taken over.
+    pub timed_runs: u64,
     /// Least-squares slope of duration over time in seconds per day (0 when the runs
     /// span less than a day).
     pub duration_slope_seconds_per_day: f64,
     pub bytes_transferred_mean: f64,
-    /// As `duration_trend_percent`, for bytes copied per run.
+    /// As `duration_trend_percent`, for bytes copied per run, over every finished run
+    /// (`runs - running`).
     pub bytes_transferred_trend_percent: Option<f64>,
     pub files_total_last: u64,
 }
@@ -1585,7 +1590,9 @@ fn slope(points: &[(f64, f64)]) -> f64 {
     points.iter().map(|p| (p.0 - mx) * (p.1 - my)).sum::<f64>() / sxx
 }
 
-/// The newer half's mean against the older half's, in percent (oldest first input).
+/// The newer half's mean against the older half's, in percent (oldest first input):
+/// `None` with fewer than 4 values, or when the older half's mean is 0 and the newer
+/// half's is not (no percentage of nothing); 0 when both are 0.
 fn half_over_half(v: &[f64]) -> Option<f64> {
     if v.len() < 4 {
         return None;
@@ -1593,7 +1600,11 @@ fn half_over_half(v: &[f64]) -> Option<f64> {
     let h = v.len() / 2;
     let old = v[..h].iter().sum::<f64>() / h as f64;
     let new = v[v.len() - h..].iter().sum::<f64>() / h as f64;
-    (old > 0.0).then(|| (new - old) / old * 100.0)
+    if old > 0.0 {
+        Some((new - old) / old * 100.0)
+    } else {
+        (new <= 0.0).then_some(0.0)
+    }
 }
 
 fn summarize(job: String, runs: &[RunRow]) -> Stats {
@@ -1655,6 +1666,7 @@ fn summarize(job: String, runs: &[RunRow]) -> Stats {
         duration_trend_percent: half_over_half(
             &timed.iter().map(|r| r.duration_seconds).collect::<Vec<_>>(),
         ),
+        timed_runs: timed.len() as u64,
         duration_slope_seconds_per_day: {
             let pts: Vec<(f64, f64)> = timed.iter().map(|r| (day(r), r.duration_seconds)).collect();
             let span =
@@ -1722,14 +1734,21 @@ pub fn record_start(
 
 /// The warning for a catalog that could not be written (also logged).
 fn quiet_error(e: CatalogError, r: &RunReport) -> String {
+    // A repository's run, or a store's that could not start (no record in the store;
+    // its log is beside the catalog): nothing to rebuild this run from.
+    let unrecorded = if r.repository.is_some() {
+        "this run into a repository is not in the catalog (its snapshot is)"
+    } else {
+        "this run, which could not start, is not in the catalog and has no run record in its store (its log is beside the catalog)"
+    };
     let msg = if (r.repository.is_some() || r.log.is_some()) && e.is_damaged() {
-        // A repository has no run records to rebuild from: what to do for it.
+        // No run records to rebuild from: what to do for it.
         format!(
-            "{e}; this run into a repository is not in the catalog (its snapshot is): `snapring catalog rebuild --dest {}` moves the damaged file aside and starts an empty catalog",
+            "{e}; {unrecorded}: `snapring catalog rebuild --dest {}` moves the damaged file aside and starts an empty catalog",
             crate::relpath::shown(&r.store)
         )
     } else if r.repository.is_some() || r.log.is_some() {
-        format!("{e}; this run into a repository is not in the catalog (its snapshot is)")
+        format!("{e}; {unrecorded}")
     } else {
         format!(
             "{e}; the run record in the store is intact (`snapring catalog rebuild --dest {}` restores the catalog)",
@@ -2001,6 +2020,9 @@ mod tests {
         assert_eq!(slope(&[(1.0, 1.0)]), 0.0);
         assert_eq!(half_over_half(&[1.0, 1.0, 2.0, 2.0]), Some(100.0));
         assert_eq!(half_over_half(&[1.0, 2.0, 3.0]), None);
+        // An older half that copied nothing: no percentage of it, unless both are 0.
+        assert_eq!(half_over_half(&[0.0, 0.0, 5.0, 5.0]), None);
+        assert_eq!(half_over_half(&[0.0, 0.0, 0.0, 0.0]), Some(0.0));
     }
 
     /// `recent` reads a job's runs from `runs_job_kind_started` in order: no scan of

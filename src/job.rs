@@ -35,13 +35,26 @@ pub fn notifiers(cfg: &Config, job: &JobConfig) -> Vec<(String, notify::Notifier
 /// Records a run in the catalog as it goes: a `running` row once it has started (with
 /// the store's other runs the catalog still thinks are running), the final row at its
 /// end. A catalog that cannot be written only adds a warning to the run.
-pub struct CatalogRecorder<'a>(pub &'a CatalogTarget);
+pub struct CatalogRecorder<'a>(pub &'a CatalogTarget, AtomicBool);
+
+impl<'a> CatalogRecorder<'a> {
+    pub fn new(target: &'a CatalogTarget) -> Self {
+        CatalogRecorder(target, AtomicBool::new(false))
+    }
+}
 
 impl Observer for CatalogRecorder<'_> {
     fn started(&self, store: &Store, rep: &mut RunReport) {
-        if let Some(w) = crate::catalog::record_start(&self.0.path, self.0.on_nfs, store, rep) {
-            rep.warnings.push(w);
+        match crate::catalog::record_start(&self.0.path, self.0.on_nfs, store, rep) {
+            Some(w) => rep.warnings.push(w),
+            // Every run of the store is in the catalog now (those it had no row for
+            // were imported): old run records may go.
+            None => self.1.store(true, std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    fn history_kept(&self) -> bool {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn finished(&self, rep: &mut RunReport) {
@@ -61,7 +74,7 @@ pub fn run_backup(
     match catalog {
         Some(c) => {
             refuse_vanished_store(opts, c)?;
-            crate::engine::backup_observed(opts, cancel, &CatalogRecorder(c))
+            crate::engine::backup_observed(opts, cancel, &CatalogRecorder::new(c))
         }
         None => crate::engine::backup(opts, cancel),
     }

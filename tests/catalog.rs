@@ -495,7 +495,7 @@ fn the_job_layer_records_runs_and_the_engine_does_not() {
         }
     }
     let probe = Probe {
-        inner: CatalogRecorder(&target),
+        inner: CatalogRecorder::new(&target),
         seen: Default::default(),
     };
     let rep = snapring::engine::backup_observed(&opts, &cancel, &probe).unwrap();
@@ -1136,6 +1136,42 @@ fn the_usage_line_does_not_list_a_catalog_from_the_environment() {
     );
 }
 
+#[test]
+fn stats_says_why_there_is_no_trend_when_the_older_half_copied_nothing() {
+    let e = setup();
+    // Two runs of empty files copy 0 bytes; two after the files got content copy some.
+    for i in 0..5 {
+        write(&e.src.join(format!("d{i}/f{i}")), b"");
+    }
+    for _ in 0..2 {
+        assert_eq!(e.backup(&[]).0, 0);
+    }
+    for i in 0..5 {
+        write(&e.src.join(format!("d{i}/f{i}")), b"content now");
+    }
+    for _ in 0..2 {
+        assert_eq!(e.backup(&[]).0, 0);
+    }
+    let (code, st, err) = e.cli(&["stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(st[0]["runs"], 4, "{st}");
+    assert_eq!(st[0]["timed_runs"], 4, "{st}");
+    assert!(st[0]["bytes_transferred_trend_percent"].is_null(), "{st}");
+    let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), e.catalog.as_os_str()];
+    a.push("stats".as_ref());
+    let out = snapring(&a, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let copied = text
+        .lines()
+        .find(|l| l.contains("copied per run"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        copied.contains("no trend: the older half's mean is 0"),
+        "4 runs are enough for a trend; it is the older half's 0 that gives none: {text}"
+    );
+    assert!(!text.contains("trend needs 4 runs"), "{text}");
+}
+
 /// A run id of time `t` (as `new_run_id` makes them) with `salt` as its suffix.
 fn old_id(t: chrono::DateTime<chrono::Utc>, salt: usize) -> String {
     format!("{}-{salt:06x}", t.format("%Y%m%dT%H%M%SZ"))
@@ -1363,4 +1399,126 @@ fn the_whole_file_check_runs_once_a_day_and_again_after_damage_is_met() {
         assert_eq!(code, 1, "{args:?}: {err}");
         assert!(err.contains("is damaged"), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn one_backup_prunes_at_most_2000_runs_the_oldest_first() {
+    use chrono::{Duration, Utc};
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let runs = e.store.join(".snapring/runs");
+    let first = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+    let t0 = Utc::now() - Duration::days(60);
+    let old: Vec<String> = (0..2150)
+        .map(|i| old_id(t0 + Duration::minutes(i as i64), i))
+        .collect();
+    for id in &old {
+        let mut r = rec.clone();
+        r["id"] = id.as_str().into();
+        r["snapshot"] = serde_json::Value::Null;
+        r["expired"] = serde_json::json!([]);
+        std::fs::write(
+            runs.join(format!("{id}.json")),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+    }
+    let left = |ids: &[String]| {
+        ids.iter()
+            .filter(|id| runs.join(format!("{id}.json")).exists())
+            .count()
+    };
+    assert_eq!(e.backup(&[]).0, 0);
+    // 2,152 records, the newest 100 kept: 2,052 due, 2,000 of them removed, the oldest.
+    assert_eq!(left(&old[..2000]), 0, "the oldest 2,000 go first");
+    assert_eq!(left(&old[2000..]), 150, "the rest wait for the next backup");
+    assert_eq!(e.backup(&[]).0, 0);
+    // 153 records: the newest 100 stay (the three real runs and 97 old ones).
+    assert_eq!(left(&old[2000..]), 97);
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        h.as_array().unwrap().len(),
+        2153,
+        "the catalog keeps every run"
+    );
+}
+
+/// A store's run that could not start (its store a file, not a directory), with the
+/// catalog damaged: the warning said "this run into a repository is not in the catalog".
+#[test]
+fn a_run_that_could_not_start_is_not_called_a_repository_run_when_the_catalog_fails() {
+    let e = setup();
+    std::fs::create_dir_all(e.catalog.parent().unwrap()).unwrap();
+    std::fs::write(&e.catalog, vec![0x5a; 64 * 1024]).unwrap();
+    std::fs::write(&e.store, b"not a directory").unwrap();
+    let (code, _, err) = e.backup(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("is damaged"), "{err}");
+    assert!(
+        !err.contains("this run into a repository"),
+        "a store's run: {err}"
+    );
+    assert!(
+        err.contains("could not start") && err.contains("no run record in its store"),
+        "{err}"
+    );
+}
+
+/// With no catalog to hold them (off, or damaged), the store's run records are the only
+/// history, and what `catalog rebuild` recreates a catalog from: none is pruned (they
+/// were, the log saying "the catalog keeps their history").
+#[test]
+fn run_records_are_not_pruned_when_no_catalog_holds_them() {
+    use chrono::{Duration, Utc};
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let runs = e.store.join(".snapring/runs");
+    let first = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
+    let t0 = Utc::now() - Duration::days(60);
+    for i in 0..120 {
+        let id = old_id(t0 + Duration::minutes(i as i64), i);
+        let mut r = rec.clone();
+        r["id"] = id.as_str().into();
+        r["snapshot"] = serde_json::Value::Null;
+        r["expired"] = serde_json::json!([]);
+        std::fs::write(
+            runs.join(format!("{id}.json")),
+            serde_json::to_vec(&r).unwrap(),
+        )
+        .unwrap();
+    }
+    let count = || std::fs::read_dir(&runs).unwrap().count();
+    assert_eq!(count(), 121);
+    let off = backup(&e.src, &e.store, &[], &[("SNAPRING_CATALOG", "off")]);
+    assert_eq!(off.0, 0, "{}", off.2);
+    assert_eq!(count(), 122, "catalog off: every record kept");
+    // A damaged catalog could not import them either.
+    std::fs::create_dir_all(e.catalog.parent().unwrap()).unwrap();
+    std::fs::write(&e.catalog, vec![0x5a; 64 * 1024]).unwrap();
+    assert_eq!(e.backup(&[]).0, 0);
+    assert_eq!(count(), 123, "catalog damaged: every record kept");
+    // A catalog that holds them: pruned down to the newest 100.
+    std::fs::remove_file(&e.catalog).unwrap();
+    assert_eq!(e.backup(&[]).0, 0);
+    assert_eq!(count(), 100);
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        h.as_array().unwrap().len(),
+        124,
+        "the catalog has every run"
+    );
 }

@@ -657,6 +657,7 @@ fn entries_that_cannot_be_seen_keep_their_previous_version() {
 fn eacces_on_a_directory_keeps_its_previous_entries() {
     let t = tempfile::tempdir().unwrap();
     let (src, mnt, dest) = dirs(&t);
+    write(&src.join("d2/image.iso"), b"excluded since");
     source(&src);
     let Some(fs) = FaultFs::mount(&src, &mnt, &[]) else {
         return;
@@ -664,15 +665,65 @@ fn eacces_on_a_directory_keeps_its_previous_entries() {
     let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
     assert_eq!(code, 0, "{rep}\n{err}");
     drop(fs);
-    let before = contents(&dest.join("daily.0"));
+    let mut before = contents(&dest.join("daily.0"));
+    assert!(before.remove(&b"d2/image.iso"[..]).is_some());
     let _fs = FaultFs::mount(&src, &mnt, &["--eacces", "/d2"]).unwrap();
-    let (code, rep, err) = backup(&mnt, &dest, &[], &[]);
+    let (code, rep, err) = backup(&mnt, &dest, &["--exclude", "*.iso"], &[]);
     assert_eq!(code, 2, "{rep}\n{err}");
     assert_eq!(
         problems(&rep),
         [("d2".to_string(), "unreadable".to_string())],
         "{rep}"
     );
+    // The problem says what the snapshot holds instead of the directory's entries.
+    let said = rep["problems"][0]["error"].as_str().unwrap();
+    assert!(
+        said.contains("Permission denied")
+            && said.contains("its 5 entries of the previous snapshot (from ")
+            && said.ends_with(") were kept"),
+        "{rep}"
+    );
+    // Kept entries obey today's exclusions, as walked ones do.
     assert_eq!(contents(&dest.join("daily.0")), before);
     assert_verify_clean(&dest, "daily.0");
+}
+
+/// Entries kept from the previous snapshot for a directory that cannot be opened, on a
+/// store that refuses the link (EMLINK: an EFS inode takes 177 links; here 1): there is
+/// nothing to copy them from, and each is named among the problems, never dropped
+/// silently (they were: the directory came out empty, its one problem "Permission
+/// denied", and verify clean).
+#[test]
+fn kept_entries_the_store_cannot_link_are_each_named() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, under, mnt) = store_dirs(&t);
+    source(&src);
+    let src_mnt = t.path().join("src-fs");
+    let Some(store_fs) = FaultFs::mount(&under, &mnt, &["--link-limit", "1"]) else {
+        return;
+    };
+    let dest = mnt.join("store");
+    let src_fs = FaultFs::mount(&src, &src_mnt, &[]).unwrap();
+    let (code, rep, err) = backup(&src_mnt, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    drop(src_fs);
+    let _src_fs = FaultFs::mount(&src, &src_mnt, &["--eacces", "/d2"]).unwrap();
+    let (code, rep, err) = backup(&src_mnt, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep}\n{err}");
+    let mut named: Vec<(String, String)> = problems(&rep);
+    named.sort();
+    let want: Vec<(String, String)> = ["d2", "d2/f10", "d2/f14", "d2/f18", "d2/f2", "d2/f6"]
+        .iter()
+        .map(|p| (p.to_string(), "unreadable".to_string()))
+        .collect();
+    assert_eq!(named, want, "{rep}");
+    let a = rep["problems"].as_array().unwrap();
+    assert!(
+        a.iter().filter(|p| p["path"] != "d2").all(|p| p["error"]
+            .as_str()
+            .unwrap()
+            .contains("its previous version could not be linked")),
+        "{rep}"
+    );
+    drop(store_fs);
 }

@@ -304,9 +304,11 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
 }
 
 fn print_stats(stats: &[Stats], catalog: &Path) {
-    let pct = |p: Option<f64>| {
-        p.map(|p| format!("{p:+.0}% newer half vs older"))
-            .unwrap_or_else(|| "trend needs 4 runs".into())
+    // No trend: too few runs, or an older half whose mean is 0 (no percentage of it).
+    let pct = |p: Option<f64>, over: u64| match p {
+        Some(p) => format!("{p:+.0}% newer half vs older"),
+        None if over < 4 => "trend needs 4 runs".into(),
+        None => "no trend: the older half's mean is 0".into(),
     };
     for s in stats {
         outln!("{}", one_line(&s.job));
@@ -327,12 +329,12 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
             s.duration_p50_seconds,
             s.duration_p95_seconds,
             s.duration_mean_seconds,
-            pct(s.duration_trend_percent)
+            pct(s.duration_trend_percent, s.timed_runs)
         );
         outln!(
             "  copied per run: mean {} ({}); last run {} with {} files",
             human(s.bytes_transferred_mean as u64),
-            pct(s.bytes_transferred_trend_percent),
+            pct(s.bytes_transferred_trend_percent, s.runs - s.running),
             s.last_status,
             s.files_total_last
         );

@@ -67,6 +67,13 @@ pub trait Observer {
     /// The run has ended; called before its final record is written to the store (and
     /// while its log is still open), so warnings pushed to `rep` are kept.
     fn finished(&self, _rep: &mut RunReport) {}
+    /// The run's history is kept elsewhere: every run of the store is in the catalog
+    /// (its `started` imported those it had no row for). Only then are old run records
+    /// pruned from the store (`store::runs`): with the catalog off, damaged or locked
+    /// they are the only history, and `catalog rebuild` recreates the catalog from them.
+    fn history_kept(&self) -> bool {
+        false
+    }
 }
 
 /// Observes nothing.
@@ -188,7 +195,13 @@ pub fn backup_observed(
         // runs that nothing needs (`store::runs`; said in this run's log). Not after a
         // walk abandoned with its threads still at work.
         if !counters.walk_abandoned.load(Ordering::Relaxed) {
-            store.prune_runs(&opts.run_records, &rep.id, chrono::Utc::now());
+            if observer.history_kept() {
+                store.prune_runs(&opts.run_records, &rep.id, chrono::Utc::now());
+            } else if opts.run_records.keep_for.is_some() {
+                tracing::debug!(
+                    "old run records kept: no catalog holds this store's runs (off, or it could not be written)"
+                );
+            }
         }
         crate::runlog::stop();
     }

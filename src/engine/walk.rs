@@ -273,7 +273,6 @@ impl<'a, S: Sink> Walk<'a, S> {
         {
             Ok(fd) => fd,
             Err(e) => {
-                self.source_error(rel, "open directory", &e);
                 // Keep the directory itself (empty) so the tree's shape is right. Its
                 // metadata is refused as any directory's is (an owner a backup user
                 // may not give, EPERM): a problem of this entry, not of the run.
@@ -282,20 +281,38 @@ impl<'a, S: Sink> Walk<'a, S> {
                 // history run after run.
                 match self.sink.mkdir(&parent.state.out, name, rel) {
                     Ok(d) => {
-                        if e.kind() != std::io::ErrorKind::NotFound {
-                            let n = self.keep_prev_contents(&d, rel);
-                            if n > 0 {
-                                tracing::warn!(
-                                    "{rel}: open directory: {e}; keeping its {n} entries of the previous snapshot"
-                                );
-                            }
+                        let n = if e.kind() != std::io::ErrorKind::NotFound {
+                            self.keep_prev_contents(&d, rel)
+                        } else {
+                            0
+                        };
+                        if n > 0 {
+                            // The problem says what the snapshot holds instead.
+                            let from = match &self.prev_label {
+                                Some(l) => format!("from {l}"),
+                                None => "from the previous snapshot".to_string(),
+                            };
+                            tracing::warn!(
+                                "{rel}: open directory: {e}; keeping its {n} entries of the previous snapshot ({from})"
+                            );
+                            self.problem(
+                                rel,
+                                ProblemKind::Unreadable,
+                                "open directory",
+                                format!("{e}; its {n} entries of the previous snapshot ({from}) were kept"),
+                            );
+                        } else {
+                            self.source_error(rel, "open directory", &e);
                         }
                         match self.sink.finish_dir(&d, meta, &Vec::new()) {
                             Ok(refused) => self.refused_xattrs(rel, &refused),
                             Err(e) => self.dest_error(rel, "set directory metadata", e),
                         }
                     }
-                    Err(e) => self.fail(io_error(e, "create directory in staging", rel.as_path())),
+                    Err(err) => {
+                        self.source_error(rel, "open directory", &e);
+                        self.fail(io_error(err, "create directory in staging", rel.as_path()))
+                    }
                 }
                 return None;
             }
@@ -475,7 +492,15 @@ impl<'a, S: Sink> Walk<'a, S> {
                 Some(p)
             }
             Linked::Fallback => {
+                // Nothing to copy from (the source could not be seen): said, never
+                // dropped silently (EMLINK: an EFS inode takes 177 links).
                 Counters::add(&self.counters.link_fallbacks, 1);
+                self.problem(
+                    rel,
+                    ProblemKind::Unreadable,
+                    "keep previous version",
+                    "the source could not be seen and its previous version could not be linked (the store's link limit, or another file system): not in this snapshot",
+                );
                 None
             }
             Linked::Failed(err) => {
@@ -525,6 +550,10 @@ impl<'a, S: Sink> Walk<'a, S> {
                 return 0;
             }
             let r = rel.join(&p.name);
+            // Today's exclusions hold for what is kept as for what is walked.
+            if self.excludes.is_excluded(&r, p.kind == Kind::Dir) {
+                continue;
+            }
             let kept = if p.kind == Kind::Dir {
                 self.keep_prev_dir(out, &p.name, &r, &p)
             } else {
@@ -619,6 +648,12 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// order), with one warning for the directory. Backed up twice, the second copy
     /// found the first in staging (`File exists`) and failed the run, every run.
     fn dedup_names(&self, rel: &RelPath, names: &mut Vec<Vec<u8>>) {
+        // Looked for without copying a name (every directory of every run comes here);
+        // the copies are made only when there is a duplicate to drop.
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        if names.iter().all(|n| seen.insert(n.as_slice())) {
+            return;
+        }
         let mut seen = std::collections::HashSet::with_capacity(names.len());
         let before = names.len();
         names.retain(|n| seen.insert(n.clone()));

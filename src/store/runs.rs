@@ -30,6 +30,10 @@ pub const KEEP_LAST: usize = 100;
 /// what explains what happened.
 pub const KEEP_FAILED_FOR: Duration = Duration::from_secs(90 * 86400);
 
+/// At most this many run records (with their logs) are removed by one run, the oldest
+/// first.
+pub const MAX_PRUNED_PER_RUN: usize = 2000;
+
 /// Which run records and logs a run leaves in its store.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunRetention {
@@ -127,12 +131,16 @@ impl Store {
         };
         let cutoff = age(keep_for);
         let failed_cutoff = age(policy.keep_failed_for.max(keep_for));
-        let candidates: Vec<String> = ids
+        // The oldest first, at most [`MAX_PRUNED_PER_RUN`] removed: the first run after an
+        // upgrade on a store of half a million records does not hold the store's lock
+        // for minutes (on NFS each costs a few round trips); the next runs go on.
+        let mut candidates: Vec<String> = ids
             .into_iter()
             .skip(policy.keep_last)
             .filter(|id| id != current)
             .filter(|id| super::select::run_id_time(id).is_some_and(|t| t < cutoff))
             .collect();
+        candidates.reverse();
         if candidates.is_empty() {
             return done;
         }
@@ -143,6 +151,11 @@ impl Store {
         };
         let mut gone = Vec::new();
         for id in candidates {
+            // The cap counts what goes, not what is looked at: records kept for good
+            // (a long `retain`'s, unreadable ones) never hold the rest back.
+            if gone.len() >= MAX_PRUNED_PER_RUN {
+                break;
+            }
             if in_state.contains(&id)
                 || self
                     .meta
