@@ -80,6 +80,9 @@ pub struct Options {
     /// on side `b`, an entry only it has that a pattern matches is not `added`, and a
     /// tagged directory's listing keeps only its tag, as the backup's walk did.
     pub excludes: Option<crate::exclude::Excludes>,
+    /// Compare owners. `false` for a snapshot whose store keeps no owners (verify of a
+    /// manifest that records the source's: `manifest::owners_marker`).
+    pub owners: bool,
 }
 
 #[derive(Default, Serialize, Debug, Clone)]
@@ -552,7 +555,7 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         if m.perm {
             detail.push(format!("mode {:o} -> {:o}", x.perm, y.perm));
         }
-        if m.owner {
+        if m.owner && self.opts.owners {
             detail.push(format!("owner {}:{} -> {}:{}", x.uid, x.gid, y.uid, y.gid));
         }
         if d.mtime && (x.kind != Kind::Dir || self.opts.dir_times) {

@@ -187,6 +187,8 @@ pub struct Writer {
     entries: u64,
     /// A shard unit's part ([`Writer::part`]): no temporary name, no index.
     part: bool,
+    /// [`Writer::owners_not_kept`].
+    owners_held: Option<(u32, u32)>,
 }
 
 impl Writer {
@@ -223,6 +225,7 @@ impl Writer {
             index: Vec::new(),
             entries: 0,
             part,
+            owners_held: None,
         })
     }
 
@@ -243,6 +246,12 @@ impl Writer {
 
     pub fn entries(&self) -> u64 {
         self.entries
+    }
+
+    /// The store gives every file the owner `held` instead of the source's: said by
+    /// [`owners_marker`], written with the manifest.
+    pub fn owners_not_kept(&mut self, held: (u32, u32)) {
+        self.owners_held = Some(held);
     }
 
     /// Writes the root directory's own metadata, sorts and writes the index, fsyncs
@@ -270,6 +279,18 @@ impl Writer {
         let idx = idx.into_inner().map_err(|e| e.into_error())?;
         idx.sync_all()?;
         std::fs::rename(&idx_tmp, &self.idx_path)?;
+        if let Some((u, g)) = self.owners_held {
+            let dir = self.mf_path.parent().unwrap_or(Path::new("."));
+            let id = self
+                .mf_path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy();
+            let marker = owners_marker(dir, &id);
+            let mut f = crate::util::create_private(&marker)?;
+            f.write_all(format!("{u}:{g}\n").as_bytes())?;
+            f.sync_all()?;
+        }
         crate::failpoint::hit("manifest.between_renames")?;
         std::fs::rename(self.mf_path.with_extension("mf.tmp"), &self.mf_path)?;
         Ok(())
@@ -308,12 +329,31 @@ pub struct Reader {
     /// The entries the last `verify` of this snapshot found damaged ([`damaged_list`]):
     /// a backup copies them from the source rather than link them.
     pub damaged: std::collections::HashSet<RelPath>,
+    /// The owner the store gave every file instead of the source's, which the manifest
+    /// records ([`owners_marker`]); `None`: the snapshot's files have their owners.
+    pub owners_held: Option<(u32, u32)>,
 }
 
 /// `<manifest_dir>/<id>.copied`: present once the snapshot of run `id` was found in a
 /// copied store (its directory had a new inode) and its tree matched this manifest.
 pub fn copied_marker(manifest_dir: &Path, id: &str) -> PathBuf {
     manifest_dir.join(format!("{id}.copied"))
+}
+
+/// `<manifest_dir>/<id>.owners`: present when the store refused to give the snapshot's
+/// files their owners (chown refused to root: an NFS export with `root_squash`). It
+/// holds `uid:gid`, the owner the store gave them instead; the manifest records the
+/// source's owners all the same (the next backup compares them with the source's, and
+/// links what is unchanged), so `verify` does not compare owners there.
+pub fn owners_marker(manifest_dir: &Path, id: &str) -> PathBuf {
+    manifest_dir.join(format!("{id}.owners"))
+}
+
+/// The owner [`owners_marker`] of run `id` names, if there is one.
+pub fn read_owners_marker(manifest_dir: &Path, id: &str) -> Option<(u32, u32)> {
+    let s = std::fs::read_to_string(owners_marker(manifest_dir, id)).ok()?;
+    let (u, g) = s.trim().split_once(':')?;
+    Some((u.parse().ok()?, g.parse().ok()?))
 }
 
 /// `<manifest_dir>/<id>.damaged`: the entries of run `id`'s snapshot that the last
@@ -451,6 +491,7 @@ impl Reader {
             started,
             source_ids: !copied_marker(manifest_dir, id).exists(),
             damaged: read_damaged(manifest_dir, id),
+            owners_held: read_owners_marker(manifest_dir, id),
         })
     }
 

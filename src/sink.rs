@@ -151,6 +151,13 @@ pub trait Sink: Sync {
         None
     }
 
+    /// The owner the store gives every file instead of the source's, when it refuses
+    /// owners even to a process that may give files away (an NFS export with
+    /// `root_squash`). The manifest records the source's owners all the same.
+    fn owners_held(&self) -> Option<(u32, u32)> {
+        None
+    }
+
     /// Records a directory's entries (the manifest block), once all of them are known.
     fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()>;
 

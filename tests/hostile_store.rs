@@ -3,6 +3,8 @@
 //! snapshot is refused before anything moves, saying which and how to clear it; an
 //! expired snapshot whose entries cannot be deleted loses no newer history, is named in
 //! the run's report, and later runs keep working and delete it once the flag is gone.
+//! And stores that keep less than a local file system: one that refuses owners even to
+//! root (an NFS export with `root_squash`: latencyfs `--no-chown`).
 
 mod common;
 use common::*;
@@ -210,4 +212,83 @@ fn a_read_only_source_root_backed_up_without_dac_override_publishes_and_rotates(
         .collect();
     assert!(trash.is_empty(), "{trash:?}");
     chmod(&src, 0o755);
+}
+
+/// A store that refuses owners even to root (NFS `root_squash`, knfsd's default:
+/// latencyfs `--no-chown`), with source files owned by another user: each run says so
+/// once (a warning, the run complete) instead of a problem per file; the manifest keeps
+/// the source's owners, so the next run links the unchanged files, and `verify` does
+/// not call the owner it was told could not be kept damage. Before, every run was
+/// partial (`left owned by 0:0` per file), copied every such file again (the manifest
+/// had 0:0, the source 1234) and verify reported them DAMAGED (exit 2).
+#[test]
+fn a_store_refusing_owners_to_root_says_so_once_links_unchanged_files_and_verifies_clean() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (to own source files by another user)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for f in ["f1", "d/f2", "d/f3"] {
+        write(&src.join(f), f.as_bytes());
+    }
+    std::os::unix::fs::symlink("f1", src.join("l")).unwrap();
+    for f in ["f1", "d/f2", "d/f3", "d", "l"] {
+        std::os::unix::fs::lchown(src.join(f), Some(1234), Some(1234)).unwrap();
+    }
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    std::fs::create_dir(&under).unwrap();
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--no-chown"]) else {
+        return;
+    };
+    let dest = mnt.join("backup");
+    let said = |rep: &serde_json::Value| {
+        rep["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| {
+                let w = w.as_str().unwrap();
+                w.contains("does not keep file owners") && w.contains("no_root_squash")
+            })
+            .count()
+    };
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(said(&rep), 1, "{rep}");
+    assert_eq!(
+        rep["files_transferred"], 4,
+        "three files and a symlink: {rep}"
+    );
+    // The store's owner, not the source's: what the store could keep.
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(dest.join("daily.0/d/f2")).unwrap();
+    assert_ne!(m.uid(), 1234);
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(said(&rep), 1, "{rep}");
+    assert_eq!(rep["files_transferred"], 0, "unchanged files linked: {rep}");
+    assert!(rep["files_linked"].as_u64().unwrap() >= 3, "{rep}");
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--all".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &[],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("owners not checked"), "{text}");
+    // A changed owner in the source is still a change the next run copies.
+    std::os::unix::fs::lchown(src.join("f1"), Some(1235), Some(1234)).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["files_transferred"], 1, "{rep}");
 }

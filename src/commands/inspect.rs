@@ -92,6 +92,7 @@ pub fn diff(
         jobs: crate::concurrency::resolve(jobs, &paths),
         stay_on: None,
         excludes: None,
+        owners: true,
     };
     match (new, against) {
         (Some(new), None) => {
@@ -274,6 +275,7 @@ pub fn verify(
         jobs: crate::concurrency::resolve(jobs, &paths),
         stay_on: None,
         excludes: None,
+        owners: true,
     };
     let mut out = Vec::new();
     for target in targets {
@@ -336,6 +338,19 @@ pub fn verify(
             }
             None => (TreeReader::tree(b(&sel.fd)), "manifest".to_string()),
         };
+        // A store that keeps no owners gave every file its own; the manifest has the
+        // source's (docs/stores.md): owners are not compared, and that is said.
+        let held = match live {
+            None => sel.manifest.as_ref().and_then(|m| m.owners_held),
+            Some(_) => None,
+        };
+        opts.owners = held.is_none();
+        if let Some((u, g)) = held {
+            tracing::warn!(
+                "{}: owners not checked: the store did not keep them (every file is owned by {u}:{g}; the manifest has the source's)",
+                sel.snap.name
+            );
+        }
         let o = compare::compare(&recorded(sel), &actual, &opts, cancel);
         // Cut short by a signal: what was found is real and recorded all the same
         // (added to the list, which keeps what it had: the rest was not checked).

@@ -898,6 +898,14 @@ fn run_dry<R: Repository>(
     Ok(walked_status(counters))
 }
 
+/// The one message of a run into a store that keeps no owners (docs/stores.md).
+fn owners_not_kept(store: &std::path::Path, (uid, gid): (u32, u32)) -> String {
+    format!(
+        "the store {} does not keep file owners: it refused to give a file another owner, although this process may (an NFS export with root_squash, the default, maps root to nobody), so every file of the snapshot is owned by {uid}:{gid}; the manifest records the source's owners, which the next backup compares (unchanged files are linked) and verify does not check; to keep owners, export the store with no_root_squash",
+        crate::relpath::shown(store)
+    )
+}
+
 /// One run against `repo`, from the previous snapshot to the deletion of expired ones.
 fn run<R: Repository>(
     opts: &BackupOptions,
@@ -918,6 +926,11 @@ fn run<R: Repository>(
     let mut root_entry = Entry::from_meta(b".", &st.src_meta);
     root_entry.group = None;
     let sink = repo.begin(id, st.prev.as_ref(), &leftovers)?;
+    if let Some(held) = sink.owners_held() {
+        let w = owners_not_kept(&rep.store, held);
+        tracing::warn!("{w}");
+        rep.warnings.push(w);
+    }
     let prev_with_files = prev_with_files(opts, st.prev.as_ref());
     let w = walk_with_progress(opts, repo, st, sink, counters, cancel, rep);
     let (window_ended, t_walk) = (w.window_ended, w.t_walk);

@@ -162,6 +162,7 @@ pub(crate) fn compare_live(
         jobs: crate::concurrency::resolve(jobs, &[dir]),
         stay_on,
         excludes,
+        owners: true,
     };
     let o = compare::compare(&RepoReader::new(repo, root), &live, &opts, cancel);
     if cancel.load(Ordering::Relaxed) {

@@ -108,7 +108,9 @@ impl Store {
         let fd = fsx::open_dir(&path).map_err(|e| format!("open: {e}"))?;
         let root = mf.root().map_err(|e| e.to_string())?;
         let st = fsx::fstat(b(&fd)).map_err(|e| format!("stat: {e}"))?;
-        if (st.perm, st.uid, st.gid) != (root.perm, root.uid, root.gid) {
+        // A store that keeps no owners gave every file its own (`manifest::owners_marker`).
+        let owner = mf.owners_held.unwrap_or((root.uid, root.gid));
+        if (st.perm, st.uid, st.gid) != (root.perm, owner.0, owner.1) {
             return Err("the root's mode or owner differs".into());
         }
         let opts = compare::Options {
@@ -117,6 +119,7 @@ impl Store {
             jobs: crate::concurrency::resolve(0, &[&self.root]),
             stay_on: None,
             excludes: None,
+            owners: mf.owners_held.is_none(),
         };
         let out = compare::compare(
             &TreeReader::recorded(b(&fd), Some(&mf)),

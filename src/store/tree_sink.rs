@@ -93,6 +93,10 @@ pub struct TreeSink {
     /// known: the groups it may give them to (a directory's owner is then foretold:
     /// [`Sink::dir_owner_held`]).
     chown_groups: Option<Vec<u32>>,
+    /// The store refuses owners even to a process that may give files away (an NFS
+    /// export with `root_squash`): every file there has this owner ([`owners_refused`]).
+    /// No `fchown` is tried; the manifest records the source's owners all the same.
+    owners_held: Option<(u32, u32)>,
     umask: u32,
     /// The path the staging root has in the snapshot (a shard worker's unit starts at
     /// a directory of the source; the walk's paths are from the source's root).
@@ -144,11 +148,41 @@ impl TreeSink {
             resume_before,
             manifest: Mutex::new(manifest),
             chown_groups: creates_as.and_then(|(_, egid)| groups_without_chown(egid)),
+            owners_held: None,
             creates_as,
             umask: fsx::process_umask(),
             base: RelPath::root(),
             list_prev: false,
             adopting: None,
+        }
+    }
+
+    /// Probes whether the store keeps owners ([`owners_refused`]), when this process
+    /// may give files away: where it does not, no `fchown` is tried, the manifest
+    /// records the source's owners and is marked (`manifest::owners_marker`). A
+    /// single-node run's; a shard unit's part has no marker (each refused owner stays a
+    /// problem of the run, and its manifest records the owner the copy holds).
+    pub fn probing_owners(mut self) -> TreeSink {
+        if self.chown_groups.is_some() || !may_chown() {
+            return self;
+        }
+        if let Some(held) = owners_refused(b(&self.staging)) {
+            self.owners_held = Some(held);
+            self.creates_as = Some(held);
+            self.manifest
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .owners_not_kept(held);
+        }
+        self
+    }
+
+    /// `m` with the owner the store keeps, when it keeps none of its own: no `fchown`
+    /// is then tried (nor reported, file by file).
+    fn kept(&self, m: &Meta) -> Meta {
+        match self.owners_held {
+            Some((uid, gid)) => Meta { uid, gid, ..*m },
+            None => *m,
         }
     }
 
@@ -676,7 +710,7 @@ impl Sink for TreeSink {
 
     /// `fchown` is skipped when the file already has the owner it gets by creation.
     fn finish_file(&self, file: TreeFile, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
-        let need_chown = self.creates_as != Some((m.uid, m.gid));
+        let need_chown = self.creates_as != Some((m.uid, m.gid)) && self.owners_held.is_none();
         let need_chmod =
             file.created_perm & !self.umask != m.perm || (need_chown && m.perm & 0o6000 != 0);
         // An owner this process may not give (not root) keeps nothing else from being
@@ -729,7 +763,7 @@ impl Sink for TreeSink {
         m: &Meta,
         xattrs: &Xattrs,
     ) -> io::Result<Refused> {
-        let owner = fsx::owner_later(fsx::apply_meta_at(b(&dir.dst), name, m))?;
+        let owner = fsx::owner_later(fsx::apply_meta_at(b(&dir.dst), name, &self.kept(m)))?;
         let refused = fsx::write_xattrs(&XattrTarget::At(b(&dir.dst), name), xattrs)?;
         fsx::apply_times_at(b(&dir.dst), name, m)?;
         fsx::owner_after(Ok(refused), owner)
@@ -750,6 +784,11 @@ impl Sink for TreeSink {
         Some((euid, if gid_ok { m.gid } else { egid }))
     }
 
+    /// [`owners_refused`].
+    fn owners_held(&self) -> Option<(u32, u32)> {
+        self.owners_held
+    }
+
     fn finish_dir(&self, dir: &TreeDir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
         crate::failpoint::hit("staging.dir_meta")?;
         if let Some(ad) = &dir.adopted {
@@ -761,7 +800,7 @@ impl Sink for TreeSink {
                 }
             }
         }
-        fsx::apply_dir_meta(b(&dir.dst), m, xattrs)
+        fsx::apply_dir_meta(b(&dir.dst), &self.kept(m), xattrs)
     }
 
     fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()> {
@@ -855,6 +894,48 @@ impl Sink for TreeSink {
             .unwrap_or_else(|e| e.into_inner())
             .abandon();
     }
+}
+
+/// Whether this process has `CAP_CHOWN` (gives files to any owner where the file
+/// system lets it).
+fn may_chown() -> bool {
+    use rustix::thread::{CapabilitySet, capabilities};
+    capabilities(None).is_ok_and(|c| c.effective.contains(CapabilitySet::CHOWN))
+}
+
+/// The name of the file [`owners_refused`] makes and removes in the staging root.
+const OWNER_PROBE: &[u8] = b".snapring-owner-probe";
+
+/// Probes the store once per run, in the staging root: a file is made and given
+/// another owner. `Some(owner the file has)` if that is refused (`EPERM`) to a process
+/// with `CAP_CHOWN`: the store keeps no owners of ours (an NFS export with
+/// `root_squash`, knfsd's default, maps root to `nobody`). `None` when it kept the
+/// owner, or the probe could not be made (the copies then report what they meet).
+fn owners_refused(staging: BorrowedFd<'_>) -> Option<(u32, u32)> {
+    let _ = fsx::unlink_at(staging, OWNER_PROBE);
+    let fd = match fsx::create_at_mode(staging, OWNER_PROBE, 0o600) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!("cannot make the owner probe in staging: {e}");
+            return None;
+        }
+    };
+    let other = |id: u32| if id == 1 { 2 } else { 1 };
+    let r = fsx::fstat(b(&fd)).ok().and_then(|m| {
+        match rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(other(m.uid))),
+            Some(rustix::fs::Gid::from_raw(other(m.gid))),
+        ) {
+            Err(e) if e == Errno::PERM => Some((m.uid, m.gid)),
+            _ => None,
+        }
+    });
+    drop(fd);
+    if let Err(e) = fsx::unlink_at(staging, OWNER_PROBE) {
+        tracing::warn!("cannot remove the owner probe from staging: {e}");
+    }
+    r
 }
 
 /// The groups a process without `CAP_CHOWN` may give its files to (its egid and

@@ -8,6 +8,8 @@
 //! - `--link-limit N`: `link` fails with EMLINK when the inode already has N links.
 //! - `--no-user-xattrs`: setting a `user.*` extended attribute fails with EOPNOTSUPP,
 //!   as on a file system (or an NFS export) without them.
+//! - `--no-chown`: changing an owner or group to another than the file has fails with
+//!   EPERM, whoever asks, as on an NFS export with `root_squash` (knfsd's default).
 //! - `--eacces PATTERN`: opening matching files or directories fails with EACCES.
 //! - `--eio-stat PATTERN`: looking up or `stat`ing matching paths fails with EIO (as
 //!   an NFS server's GETATTR can); the name is still listed.
@@ -66,6 +68,7 @@ pub struct Faults {
     eio_list: Vec<(String, usize)>,
     dup_list: Vec<String>,
     no_user_xattrs: bool,
+    no_chown: bool,
     stall: Vec<String>,
     stall_ops: Vec<Op>,
     stall_for: Duration,
@@ -130,6 +133,10 @@ impl Faults {
             ];
             if a == "--per-file" {
                 f.per_file = true;
+                continue;
+            }
+            if a == "--no-chown" {
+                f.no_chown = true;
                 continue;
             }
             if a == "--no-user-xattrs" {
@@ -226,6 +233,16 @@ impl Faults {
         Ok(())
     }
 
+    /// EPERM for giving a file of owner `has` the owner `want` (either part `None`:
+    /// left as it is)?
+    pub fn chown(&self, has: (u32, u32), want: (Option<u32>, Option<u32>)) -> Result<(), Errno> {
+        let moves = want.0.is_some_and(|u| u != has.0) || want.1.is_some_and(|g| g != has.1);
+        if self.no_chown && moves {
+            return Err(Errno::EPERM);
+        }
+        Ok(())
+    }
+
     /// EACCES for opening `rel`?
     pub fn open(&self, rel: &Path) -> Result<(), Errno> {
         if matches(&self.eacces, rel) {
@@ -285,6 +302,18 @@ mod tests {
         assert!(matches(&p(&["d/"]), Path::new("x/d/f1")));
         assert!(!matches(&p(&["/d/f1"]), Path::new("xd/f1")));
         assert!(!matches(&[], Path::new("f")));
+    }
+
+    #[test]
+    fn no_chown() {
+        let mut args = vec!["--no-chown".to_string(), "x".to_string()];
+        let f = Faults::from_args(&mut args).unwrap();
+        assert_eq!(args, ["x"]);
+        assert!(f.chown((0, 0), (Some(0), Some(0))).is_ok());
+        assert!(f.chown((0, 0), (None, None)).is_ok());
+        assert_eq!(f.chown((0, 0), (Some(1), None)), Err(Errno::EPERM));
+        assert_eq!(f.chown((0, 0), (None, Some(1))), Err(Errno::EPERM));
+        assert!(Faults::default().chown((0, 0), (Some(1), Some(1))).is_ok());
     }
 
     #[test]

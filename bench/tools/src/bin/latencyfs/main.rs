@@ -427,6 +427,9 @@ impl Filesystem for LatFs {
         let rel = tryr!(reply, self.rel(ino).ok_or(Errno::ENOENT));
         let p = self.full(&rel);
         if uid.is_some() || gid.is_some() {
+            use std::os::unix::fs::MetadataExt;
+            let m = tryr!(reply, io(std::fs::symlink_metadata(&p)));
+            tryr!(reply, self.faults.chown((m.uid(), m.gid()), (uid, gid)));
             tryr!(reply, io(std::os::unix::fs::lchown(&p, uid, gid)));
         }
         if let Some(m) = mode {
