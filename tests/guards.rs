@@ -1535,15 +1535,17 @@ fn a_restore_names_relative_paths_absolute() {
     );
 }
 
-/// A walk that kept no file because the source's directories could not be read (mode
-/// 000, for a user without root's capabilities) is still refused against a previous
-/// snapshot with files, but the message says how many directories could not be read
-/// and that this may be why: it said "holds no file to back up (only directories)",
-/// which sent the reader to the exclusions or the source's contents.
+/// A walk whose directories could not be read (mode 000, for a user without root's
+/// capabilities) keeps their previous snapshot's entries (session 39: as an unreadable
+/// file keeps its previous version), so it keeps files, and nothing is lost even with
+/// `--retain 1`: the run is `partial`, each directory named with what was kept. (Before,
+/// the walk kept no file and the no-file guard refused the run, its message naming the
+/// unreadable directories; that message remains for where nothing can be kept.)
 #[test]
-fn a_walk_that_kept_no_file_because_directories_could_not_be_read_says_so() {
+fn a_walk_whose_directories_could_not_be_read_keeps_their_previous_entries() {
     let (_t, src, dest) = setup();
     assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let before = describe(&dest.join("daily.0"));
     let dirs: Vec<PathBuf> = (0..4).map(|i| src.join(format!("d{i}"))).collect();
     for d in &dirs {
         chmod(d, 0o000);
@@ -1552,16 +1554,33 @@ fn a_walk_that_kept_no_file_because_directories_could_not_be_read_says_so() {
     for d in &dirs {
         chmod(d, 0o755);
     }
-    assert_eq!(code, Some(1), "{rep}\n{err}");
-    assert_eq!(rep["status"], "failed", "{rep}");
-    let msg = rep["message"].as_str().unwrap_or_default();
+    assert_eq!(code, Some(2), "{rep}\n{err}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    let problems = rep["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 4, "{rep}");
     assert!(
-        msg.contains("gave no file to back up, but 4 of its directories could not be read")
-            && msg.contains("which may be why")
-            && msg.contains("the previous snapshot daily.0 holds files")
-            && !msg.contains("only directories"),
+        problems.iter().all(|p| p["kind"] == "unreadable"
+            && p["error"]
+                .as_str()
+                .unwrap()
+                .contains("entries of the previous snapshot")),
         "{rep}"
     );
     assert_eq!(snapshot_names(&dest), ["daily.0"]);
-    assert!(dest.join("daily.0/d1/f1").is_file(), "daily.0 untouched");
+    let mut after = describe(&dest.join("daily.0"));
+    let mut before = before;
+    // The files as they were; the directories take this run's mode (000) and times.
+    for m in [&mut before, &mut after] {
+        for v in m.values_mut() {
+            if v.kind == "dir" {
+                (v.mode, v.mtime) = (0, 0);
+            }
+            v.link_group = None;
+        }
+    }
+    assert_eq!(after, before, "every file kept as it was");
+    assert!(
+        dest.join("daily.0/d1/f1").is_file(),
+        "kept from the previous snapshot"
+    );
 }
