@@ -232,6 +232,27 @@ impl<'a, S: Sink> Walk<'a, S> {
     }
 
     /// A source-side I/O error: vanished if the entry is gone, else unreadable.
+    /// Where a kept previous version comes from, for the messages: `from <run>`.
+    fn kept_source(&self) -> String {
+        match &self.prev_label {
+            Some(l) => format!("from {l}"),
+            None => "from the previous snapshot".to_string(),
+        }
+    }
+
+    /// `rel` could not be read or seen (`action`, `e`) and its previous version was
+    /// kept: warned about, and an `unreadable` problem that says so.
+    fn kept_previous(&self, rel: &RelPath, action: &str, e: &dyn std::fmt::Display) {
+        let from = self.kept_source();
+        tracing::warn!("{rel}: {action}: {e}; keeping the previous version ({from})");
+        self.problem(
+            rel,
+            ProblemKind::Unreadable,
+            action,
+            format!("{e}; the previous version ({from}) was kept"),
+        );
+    }
+
     fn source_error(&self, rel: &RelPath, action: &str, e: &std::io::Error) {
         // `NotFound`: ENOENT, or a name no longer of the type its `lstat` gave.
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
@@ -288,10 +309,7 @@ impl<'a, S: Sink> Walk<'a, S> {
                         };
                         if n > 0 {
                             // The problem says what the snapshot holds instead.
-                            let from = match &self.prev_label {
-                                Some(l) => format!("from {l}"),
-                                None => "from the previous snapshot".to_string(),
-                            };
+                            let from = self.kept_source();
                             tracing::warn!(
                                 "{rel}: open directory: {e}; keeping its {n} entries of the previous snapshot ({from})"
                             );
@@ -462,17 +480,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             self.source_error(rel, action, e);
             return None;
         };
-        let from = match &self.prev_label {
-            Some(l) => format!("from {l}"),
-            None => "from the previous snapshot".to_string(),
-        };
-        tracing::warn!("{rel}: {action}: {e}; keeping the previous version ({from})");
-        self.problem(
-            rel,
-            ProblemKind::Unreadable,
-            action,
-            format!("{e}; the previous version ({from}) was kept"),
-        );
+        self.kept_previous(rel, action, e);
         Some(kept)
     }
 
@@ -841,17 +849,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             prev.xattrs = digest;
         }
         prev.name = name.to_vec();
-        let from = match &self.prev_label {
-            Some(l) => format!("from {l}"),
-            None => "from the previous snapshot".to_string(),
-        };
-        tracing::warn!("{rel}: {action}: {e}; keeping the previous version ({from})");
-        self.problem(
-            rel,
-            ProblemKind::Unreadable,
-            action,
-            format!("{e}; the previous version ({from}) was kept"),
-        );
+        self.kept_previous(rel, action, &e);
         Leaf::Kept(prev)
     }
 
