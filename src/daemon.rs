@@ -710,18 +710,13 @@ impl State<'_> {
             }
             (store, r)
         });
-        let fallback = || crate::notify::Notice {
-            id: String::new(),
-            job: Some(name.to_string()),
-            status: crate::report::Status::Failed,
-            subject: format!("snapring: job {name}: run failed"),
-            text: format!("job {name}: {msg}\n"),
-            log: PathBuf::new(),
-            report: serde_json::json!({
-                "job": name,
-                "status": "failed",
-                "message": msg,
-            }),
+        let fallback = || {
+            job_notice(
+                name,
+                crate::report::Status::Failed,
+                format!("snapring: job {name}: run failed"),
+                &msg,
+            )
         };
         let cfg = run.cfg.clone();
         self.tell(name, &cfg, settled, fallback);
@@ -1029,18 +1024,13 @@ impl State<'_> {
         self.summary.skipped += 1;
         self.event(Some(&name), "skipped", &msg);
         let cfg = self.cfg.clone();
-        let fallback = || crate::notify::Notice {
-            id: String::new(),
-            job: Some(name.clone()),
-            status: crate::report::Status::Incomplete,
-            subject: format!("snapring: job {name}: run skipped, its backup window closed"),
-            text: format!("job {name}: {msg}\n"),
-            log: PathBuf::new(),
-            report: serde_json::json!({
-                "job": name,
-                "status": "incomplete",
-                "message": msg,
-            }),
+        let fallback = || {
+            job_notice(
+                &name,
+                crate::report::Status::Incomplete,
+                format!("snapring: job {name}: run skipped, its backup window closed"),
+                &msg,
+            )
         };
         self.tell(&name, &cfg, None, fallback);
     }
@@ -1337,4 +1327,27 @@ pub fn install_signals(stop: &std::sync::Arc<AtomicBool>, reload: &std::sync::Ar
     let _ = signal_hook::flag::register(SIGHUP, reload.clone());
     // The notices of dead runs that a stopping daemon sends are not retried.
     crate::notify::stop_on_signals();
+}
+
+/// A notice about job `name` that has no run report of its own (a run that died before
+/// it recorded its end, a queued run skipped): `status`, `subject`, and `msg` as its text.
+fn job_notice(
+    name: &str,
+    status: crate::report::Status,
+    subject: String,
+    msg: &str,
+) -> crate::notify::Notice {
+    crate::notify::Notice {
+        id: String::new(),
+        job: Some(name.to_string()),
+        status,
+        subject,
+        text: format!("job {name}: {msg}\n"),
+        log: PathBuf::new(),
+        report: serde_json::json!({
+            "job": name,
+            "status": status.as_str(),
+            "message": msg,
+        }),
+    }
 }
