@@ -166,18 +166,23 @@ struct Queued {
     store: Option<PathBuf>,
 }
 
+/// Job `name`'s settings as a run of it would resolve them (no flags), if it resolves.
+fn job_options(cfg: &Config, name: &str) -> Option<crate::engine::BackupOptions> {
+    let job = cfg.job.get(name)?;
+    config::resolve_unchecked(
+        Some(name.to_string()),
+        Some(job.clone()),
+        config::JobConfig::default(),
+    )
+    .ok()
+}
+
 /// The hard-link store job `name` of `cfg` writes, where its path leads (`None` for a
 /// repository, which takes several runs at once, or a job that does not resolve). Two
 /// runs on one store: the store's lock refused the second, recorded and notified
 /// `failed`; the daemon starts it when the first has ended instead.
 fn store_of(cfg: &Config, name: &str) -> Option<PathBuf> {
-    let job = cfg.job.get(name)?;
-    let opts = config::resolve_unchecked(
-        Some(name.to_string()),
-        Some(job.clone()),
-        config::JobConfig::default(),
-    )
-    .ok()?;
+    let opts = job_options(cfg, name)?;
     if crate::catalog::is_repository(&opts.store.to_string_lossy()) {
         return None;
     }
@@ -1056,13 +1061,7 @@ impl State<'_> {
     /// failure. Read from the store's lock file, which names its holder (emptied when
     /// it ends cleanly; a dead holder's pid is checked against the process's command).
     fn orphan_run(&self, name: &str) -> Option<String> {
-        let job = self.cfg.job.get(name)?;
-        let opts = config::resolve_unchecked(
-            Some(name.to_string()),
-            Some(job.clone()),
-            config::JobConfig::default(),
-        )
-        .ok()?;
+        let opts = job_options(&self.cfg, name)?;
         let lock = opts.store.join(crate::store::META_DIR).join("lock");
         let mut f = crate::fsx::open_regular(&lock, true).ok()?;
         // The file names the last holder, held or not (a run killed with SIGKILL leaves
@@ -1097,13 +1096,7 @@ impl State<'_> {
         cfg: &Config,
         since: DateTime<Utc>,
     ) -> Option<crate::report::RunReport> {
-        let job = cfg.job.get(name)?;
-        let opts = config::resolve_unchecked(
-            Some(name.to_string()),
-            Some(job.clone()),
-            config::JobConfig::default(),
-        )
-        .ok()?;
+        let opts = job_options(cfg, name)?;
         let store = crate::store::Store::open(&opts.store, false).ok()?;
         let from = since - chrono::Duration::seconds(1);
         let mut ids: Vec<String> = store
