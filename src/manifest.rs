@@ -601,7 +601,6 @@ impl Reader {
         Ok(None)
     }
 
-    /// Every (directory, entry) in file order, streaming (for verify, list, diff).
     /// Each entry's directory, type and size, in file order: what a plan's sizing needs,
     /// without parsing the rest of each line (a hash in hex, times, a name to unescape).
     pub fn for_each_kind_size(
@@ -642,6 +641,7 @@ impl Reader {
         Ok(())
     }
 
+    /// Every (directory, entry) in file order, streaming (for verify, list, diff).
     pub fn for_each(&self, mut f: impl FnMut(&RelPath, Entry) -> io::Result<()>) -> io::Result<()> {
         let r = BufReader::new(File::open(&self.mf_path)?);
         let mut dir = RelPath::root();
