@@ -244,6 +244,20 @@ impl Writer {
         Ok(())
     }
 
+    /// Writes a block of `n` entry lines exactly as another writer wrote them (a shard
+    /// unit's part: sorted by name, each line ending in a newline), without parsing and
+    /// formatting each entry again.
+    pub fn write_raw_block(&mut self, dir: &RelPath, lines: &str, n: u64) -> io::Result<()> {
+        let head = format!("D {}\n", dir.escaped());
+        self.out.write_all(head.as_bytes())?;
+        self.out.write_all(lines.as_bytes())?;
+        let len = (head.len() + lines.len()) as u64;
+        self.index.push((dir_key(dir), self.offset, len));
+        self.offset += len;
+        self.entries += n;
+        Ok(())
+    }
+
     pub fn entries(&self) -> u64 {
         self.entries
     }
@@ -587,6 +601,46 @@ impl Reader {
         Ok(None)
     }
 
+    /// Each entry's directory, type and size, in file order: what a plan's sizing needs,
+    /// without parsing the rest of each line (a hash in hex, times, a name to unescape).
+    pub fn for_each_kind_size(
+        &self,
+        mut f: impl FnMut(&RelPath, Kind, u64) -> io::Result<()>,
+    ) -> io::Result<()> {
+        let mut r = BufReader::with_capacity(256 * 1024, File::open(&self.mf_path)?);
+        let mut dir = RelPath::root();
+        let mut line = String::new();
+        let mut n = 0u64;
+        loop {
+            line.clear();
+            if r.read_line(&mut line)? == 0 {
+                break;
+            }
+            n += 1;
+            let l = line.strip_suffix('\n').unwrap_or(&line);
+            if n == 1 || l.starts_with("S ") || l.starts_with("R ") {
+                continue;
+            }
+            if let Some(d) = l.strip_prefix("D ") {
+                dir = RelPath::from_escaped(d).map_err(|e| corrupt(&self.mf_path, e))?;
+                continue;
+            }
+            let fields = line_fields(l).map_err(|e| corrupt(&self.mf_path, e))?;
+            let kind = fields[0]
+                .chars()
+                .next()
+                .and_then(Kind::from_code)
+                .ok_or_else(|| {
+                    corrupt(&self.mf_path, format!("bad kind in manifest line {l:?}"))
+                })?;
+            let size = fields[4]
+                .parse()
+                .map_err(|_| corrupt(&self.mf_path, format!("bad size in manifest line {l:?}")))?;
+            f(&dir, kind, size)?;
+        }
+        Ok(())
+    }
+
     /// Every (directory, entry) in file order, streaming (for verify, list, diff).
     pub fn for_each(&self, mut f: impl FnMut(&RelPath, Entry) -> io::Result<()>) -> io::Result<()> {
         let r = BufReader::new(File::open(&self.mf_path)?);
@@ -610,6 +664,24 @@ impl Reader {
         }
         Ok(())
     }
+}
+
+/// The fields of an entry line (13, separated by single spaces; no field holds a space,
+/// names and targets are escaped), or what is wrong with it.
+pub fn line_fields(line: &str) -> Result<[&str; 13], String> {
+    let mut f = [""; 13];
+    let mut it = line.split(' ');
+    for (i, slot) in f.iter_mut().enumerate() {
+        *slot = it
+            .next()
+            .ok_or_else(|| format!("manifest line has {i} fields, expected 13: {line:?}"))?;
+    }
+    if it.next().is_some() {
+        return Err(format!(
+            "manifest line has more than 13 fields, expected 13: {line:?}"
+        ));
+    }
+    Ok(f)
 }
 
 /// Binary search by name in a directory's sorted entries.
@@ -659,6 +731,61 @@ mod tests {
             let e = entry(n, k);
             assert_eq!(Entry::parse_line(&e.to_line()).unwrap(), e);
         }
+    }
+
+    /// A block copied as text (`write_raw_block`, a shard finalize's merge) reads back as
+    /// the block written entry by entry, and `for_each_kind_size` sees what `for_each`
+    /// sees.
+    #[test]
+    fn a_raw_block_reads_as_the_parsed_one_and_kind_size_match_for_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = RelPath::new(b"a/b c").unwrap();
+        let mut es = vec![
+            entry(b"z", Kind::File),
+            entry(b"a\n", Kind::Symlink),
+            entry(b"m", Kind::Char),
+        ];
+        let mut w = Writer::part(dir.path(), "p", Time { sec: 1, nsec: 0 }).unwrap();
+        w.write_block(&d, &mut es).unwrap();
+        w.finish(&entry(b".", Kind::Dir)).unwrap();
+        let text = std::fs::read_to_string(dir.path().join("p.mf")).unwrap();
+        let lines: String = text
+            .lines()
+            .filter(|l| l.len() > 2 && !l.starts_with("D ") && !l.starts_with("S "))
+            .filter(|l| !l.starts_with("R ") && !l.starts_with("snapring-"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        for l in lines.lines() {
+            assert!(line_fields(l).is_ok());
+        }
+        assert!(line_fields("a b").is_err());
+        assert!(line_fields(&format!("{} x", lines.lines().next().unwrap())).is_err());
+        let mut w = Writer::create(dir.path(), "r", Time { sec: 1, nsec: 0 }).unwrap();
+        w.write_raw_block(&d, &lines, 3).unwrap();
+        assert_eq!(w.entries(), 3);
+        w.write_block(&RelPath::new(b"e").unwrap(), &mut [entry(b"f", Kind::File)])
+            .unwrap();
+        w.finish(&entry(b".", Kind::Dir)).unwrap();
+        let r = Reader::open(dir.path(), "r").unwrap();
+        assert_eq!(r.lookup(&d).unwrap().unwrap(), es);
+        assert_eq!(
+            r.lookup(&RelPath::new(b"e").unwrap()).unwrap().unwrap(),
+            vec![entry(b"f", Kind::File)]
+        );
+        let mut all = Vec::new();
+        r.for_each(|d, e| {
+            all.push((d.clone(), e.kind, e.size));
+            Ok(())
+        })
+        .unwrap();
+        let mut ks = Vec::new();
+        r.for_each_kind_size(|d, k, n| {
+            ks.push((d.clone(), k, n));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all, ks);
     }
 
     #[test]

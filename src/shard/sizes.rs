@@ -39,29 +39,37 @@ pub struct ManifestSizes<'a> {
 impl<'a> ManifestSizes<'a> {
     pub fn read(m: &'a Reader) -> std::io::Result<ManifestSizes<'a>> {
         let mut below: HashMap<RelPath, u64> = HashMap::new();
-        let mut cur: Option<RelPath> = None;
-        let mut ancestors: Vec<RelPath> = Vec::new();
-        m.for_each(|dir, e| {
-            if cur.as_ref() != Some(dir) {
-                cur = Some(dir.clone());
-                ancestors.clear();
-                let mut a = dir.clone();
-                loop {
-                    if depth(&a) <= MAX_DEPTH {
-                        ancestors.push(a.clone());
-                    }
-                    if a.is_root() {
-                        break;
-                    }
-                    a = a.parent();
+        // Each directory's entries are summed first, then added to its ancestors once
+        // per block, not per entry; only each line's type and size are read. (`large`'s
+        // 500,000 entries on the local disk: 0.84 s before, 0.24 s with both.)
+        let mut add = |dir: &RelPath, w: u64| {
+            let mut a = dir.clone();
+            loop {
+                if depth(&a) <= MAX_DEPTH {
+                    *below.entry(a.clone()).or_default() += w;
                 }
+                if a.is_root() {
+                    break;
+                }
+                a = a.parent();
             }
-            let w = entry_weight(e.kind, e.size);
-            for a in &ancestors {
-                *below.entry(a.clone()).or_default() += w;
+        };
+        let mut cur: Option<(RelPath, u64)> = None;
+        m.for_each_kind_size(|dir, kind, size| {
+            let w = entry_weight(kind, size);
+            match cur.as_mut() {
+                Some((d, sum)) if d == dir => *sum += w,
+                _ => {
+                    if let Some((d, sum)) = cur.replace((dir.clone(), w)) {
+                        add(&d, sum);
+                    }
+                }
             }
             Ok(())
         })?;
+        if let Some((d, sum)) = cur {
+            add(&d, sum);
+        }
         Ok(ManifestSizes { m, below })
     }
 }
