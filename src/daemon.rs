@@ -1080,6 +1080,19 @@ impl State<'_> {
                 continue;
             }
             let q = self.queue.remove(i);
+            // Read now, not when it was queued: a run of the job started by hand (or
+            // left by a killed daemon) since holds its store, whose lock would refuse
+            // this one (`failed`, told); skipped as `due` skips it.
+            if let Some(holder) = self.orphan_run(&q.name) {
+                let msg = format!(
+                    "trigger at {} skipped: while its run waited to start, a run of the job that this daemon did not start began and is still going, {holder}",
+                    q.due.to_rfc3339()
+                );
+                tracing::warn!("job {}: {msg}", q.name);
+                self.summary.skipped += 1;
+                self.event(Some(&q.name), "skipped", &msg);
+                continue;
+            }
             let waited = now - q.due;
             if waited > chrono::Duration::seconds(1) {
                 tracing::info!(
@@ -1350,6 +1363,12 @@ pub fn run(
                     }
                     st.text = text;
                     st.cfg = Arc::new(cfg);
+                    // A queued run waits for the store its job writes now: the one
+                    // read when it was queued may have moved (it then started beside
+                    // a run on its new store, whose lock refused it: `failed`, told).
+                    for q in &mut st.queue {
+                        q.store = store_of(&st.cfg, &q.name);
+                    }
                     let before = std::mem::replace(&mut st.jobs, jobs);
                     st.summary.reloads += 1;
                     tracing::info!("reloaded {}", opts.config.display());
