@@ -222,14 +222,78 @@ struct QueuedEvent {
     message: String,
 }
 
+/// At most this many daemon events wait for a catalog that cannot be written (read-only,
+/// full, locked for days); past it the oldest are dropped and counted
+/// ([`EventQueue::push`]). Each `skipped` trigger of every job is an event: a daemon of a
+/// job due every minute that keeps running, with its catalog on a file system that went
+/// read-only, queued one a minute for ever, each a few hundred bytes of a daemon meant
+/// to run for months. 10,000 events are a few MiB.
+const MAX_QUEUED_EVENTS: usize = 10_000;
+
 /// The queue of the event writer, shared with the loop.
-#[derive(Default)]
 struct EventQueue {
     events: std::collections::VecDeque<QueuedEvent>,
+    /// Events dropped (the oldest) since the writer last recorded that some were.
+    dropped: u64,
+    /// How many events it holds at most ([`MAX_QUEUED_EVENTS`]).
+    cap: usize,
     /// The daemon stops: the writer writes what is queued and ends.
     closed: bool,
     /// The stop's grace is over: the writer ends after its current attempt.
     abandoned: bool,
+}
+
+impl Default for EventQueue {
+    fn default() -> EventQueue {
+        EventQueue {
+            events: Default::default(),
+            dropped: 0,
+            cap: MAX_QUEUED_EVENTS,
+            closed: false,
+            abandoned: false,
+        }
+    }
+}
+
+impl EventQueue {
+    /// Queues `e`, dropping the oldest event when `cap` are queued: the newest say
+    /// what the daemon does now. The first one dropped (since the writer last wrote
+    /// that some were) is logged; the writer records how many as an `error` event
+    /// once the catalog can be written again.
+    fn push(&mut self, e: QueuedEvent) {
+        while self.events.len() >= self.cap.max(1) {
+            if let Some(old) = self.events.pop_front() {
+                if self.dropped == 0 {
+                    tracing::error!(
+                        "{} daemon events wait for the catalog, which cannot be written: the oldest are dropped from now on (each logged here as it happened), and their number recorded once it can be; the first dropped: {} {} {}: {}",
+                        self.cap,
+                        old.at,
+                        old.job.as_deref().unwrap_or("-"),
+                        old.kind,
+                        old.message
+                    );
+                }
+                self.dropped += 1;
+            }
+        }
+        self.events.push_back(e);
+    }
+
+    /// The event that says `dropped` events were dropped, if any were.
+    fn dropped_note(&self) -> Option<QueuedEvent> {
+        (self.dropped > 0).then(|| QueuedEvent {
+            at: self
+                .events
+                .front()
+                .map_or_else(crate::util::now_rfc3339, |e| e.at.clone()),
+            job: None,
+            kind: "error".into(),
+            message: format!(
+                "{} daemon events were not recorded: the catalog could not be written while they happened, and the daemon keeps only the newest {} (they are in its log)",
+                self.dropped, self.cap
+            ),
+        })
+    }
 }
 
 /// Writes the daemon's events (`skipped`, `reload`, `error`, ...) into the catalog on
@@ -263,10 +327,7 @@ impl EventWriter {
             return;
         }
         let (m, cv) = &*self.queue;
-        m.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .events
-            .push_back(e);
+        m.lock().unwrap_or_else(|e| e.into_inner()).push(e);
         cv.notify_all();
     }
 
@@ -289,6 +350,9 @@ impl EventWriter {
         }
         let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
         q.abandoned = true;
+        if let Some(note) = q.dropped_note() {
+            tracing::error!("{}", note.message);
+        }
         for e in q.events.drain(..) {
             tracing::error!(
                 "daemon event not recorded in the catalog (it could not be written for {} s as the daemon stopped): {} {} {}: {}",
@@ -304,7 +368,7 @@ impl EventWriter {
 
 /// The event writer's thread: writes the queued events in order, the catalog opened
 /// for each batch (a catalog removed meanwhile is created again, as a run does);
-/// an event stays first in the queue until written.
+/// an event is put back first in the queue when it could not be written.
 fn write_events(
     path: &Path,
     on_nfs: bool,
@@ -324,25 +388,40 @@ fn write_events(
         }
         let res = Catalog::open(path, on_nfs).and_then(|mut c| {
             loop {
-                let q = m.lock().unwrap_or_else(|e| e.into_inner());
+                let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
                 if q.abandoned {
                     return Ok(());
                 }
-                let Some(e) = q.events.front() else {
+                // How many were dropped first, where they were: before the oldest kept.
+                if let Some(note) = q.dropped_note() {
+                    let n = q.dropped;
+                    drop(q);
+                    c.event_at(&note.at, None, &note.kind, &note.message)?;
+                    m.lock().unwrap_or_else(|e| e.into_inner()).dropped -= n;
+                    continue;
+                }
+                // Taken out while it is written (a full queue drops its oldest
+                // meanwhile, which must not be another one), put back first if not.
+                let Some(e) = q.events.pop_front() else {
                     return Ok(());
                 };
-                let (at, job, kind, message) = (
-                    e.at.clone(),
-                    e.job.clone(),
-                    e.kind.clone(),
-                    e.message.clone(),
-                );
                 drop(q);
-                c.event_at(&at, job.as_deref(), &kind, &message)?;
-                m.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .events
-                    .pop_front();
+                if let Err(err) = c.event_at(&e.at, e.job.as_deref(), &e.kind, &e.message) {
+                    let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+                    if q.abandoned {
+                        // `finish` logged the others already.
+                        tracing::error!(
+                            "daemon event not recorded in the catalog ({err}): {} {} {}: {}",
+                            e.at,
+                            e.job.as_deref().unwrap_or("-"),
+                            e.kind,
+                            e.message
+                        );
+                    } else {
+                        q.events.push_front(e);
+                    }
+                    return Err(err);
+                }
             }
         });
         match res {
@@ -1001,6 +1080,19 @@ impl State<'_> {
                 continue;
             }
             let q = self.queue.remove(i);
+            // Read now, not when it was queued: a run of the job started by hand (or
+            // left by a killed daemon) since holds its store, whose lock would refuse
+            // this one (`failed`, told); skipped as `due` skips it.
+            if let Some(holder) = self.orphan_run(&q.name) {
+                let msg = format!(
+                    "trigger at {} skipped: while its run waited to start, a run of the job that this daemon did not start began and is still going, {holder}",
+                    q.due.to_rfc3339()
+                );
+                tracing::warn!("job {}: {msg}", q.name);
+                self.summary.skipped += 1;
+                self.event(Some(&q.name), "skipped", &msg);
+                continue;
+            }
             let waited = now - q.due;
             if waited > chrono::Duration::seconds(1) {
                 tracing::info!(
@@ -1271,6 +1363,12 @@ pub fn run(
                     }
                     st.text = text;
                     st.cfg = Arc::new(cfg);
+                    // A queued run waits for the store its job writes now: the one
+                    // read when it was queued may have moved (it then started beside
+                    // a run on its new store, whose lock refused it: `failed`, told).
+                    for q in &mut st.queue {
+                        q.store = store_of(&st.cfg, &q.name);
+                    }
                     let before = std::mem::replace(&mut st.jobs, jobs);
                     st.summary.reloads += 1;
                     tracing::info!("reloaded {}", opts.config.display());
@@ -1342,5 +1440,66 @@ fn job_notice(
             "status": status.as_str(),
             "message": msg,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(i: usize) -> QueuedEvent {
+        QueuedEvent {
+            at: format!("2026-01-01T00:00:{:02}Z", i % 60),
+            job: Some("j".into()),
+            kind: "skipped".into(),
+            message: format!("event {i}"),
+        }
+    }
+
+    /// A catalog that cannot be written for a long time does not grow the daemon
+    /// without end: the queue keeps the newest events, counts the others, and the
+    /// count is recorded before the ones kept once the catalog can be written.
+    #[test]
+    fn the_event_queue_keeps_the_newest_and_counts_the_dropped() {
+        let mut q = EventQueue::default();
+        for i in 0..MAX_QUEUED_EVENTS + 7 {
+            q.push(ev(i));
+        }
+        assert_eq!(q.events.len(), MAX_QUEUED_EVENTS);
+        assert_eq!(q.dropped, 7);
+        assert_eq!(q.events.front().unwrap().message, "event 7");
+        assert_eq!(
+            q.events.back().unwrap().message,
+            format!("event {}", MAX_QUEUED_EVENTS + 6)
+        );
+
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("catalog.db");
+        let mut q = EventQueue {
+            cap: 3,
+            closed: true,
+            ..EventQueue::default()
+        };
+        for i in 0..5 {
+            q.push(ev(i));
+        }
+        let queue = (std::sync::Mutex::new(q), std::sync::Condvar::new());
+        write_events(&path, false, &queue);
+        let c = Catalog::open(&path, false).unwrap();
+        let got: Vec<(String, String)> = c
+            .events(None)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.message))
+            .collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0].0, "error");
+        assert!(
+            got[0].1.starts_with("2 daemon events were not recorded"),
+            "{got:?}"
+        );
+        let kept: Vec<&str> = got[1..].iter().map(|e| e.1.as_str()).collect();
+        assert_eq!(kept, ["event 2", "event 3", "event 4"]);
+        assert_eq!(queue.0.lock().unwrap().dropped, 0);
     }
 }

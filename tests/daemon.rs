@@ -2657,3 +2657,119 @@ fn a_queued_run_whose_window_closes_before_it_starts_is_skipped_and_told() {
         "{skipped:?}"
     );
 }
+
+/// A queued run's store is the one its job writes when the run starts, not when it was
+/// queued: a reload (SIGHUP) that moves a waiting job onto the store of a running one
+/// (and frees a slot) makes it wait for that run, not start beside it, which the
+/// store's lock refused (recorded and notified `failed`, exit 75).
+#[test]
+fn a_queued_run_waits_for_the_store_its_job_writes_after_a_reload() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let catalog = dir.join("cat.db");
+    // `a` holds the one slot for 4 s (its pre command); `b` waits for it.
+    let cfg = crowd(dir, 1, 4, &[("a", "sa", ""), ("b", "sb", "")]);
+    let log = dir.join("daemon.log");
+    let d = daemon_logging(&catalog, &cfg, &log);
+    // Both are due at once: `b` was queued as `a` started.
+    wait_until("a's start", 30, || {
+        order_lines(dir).contains(&"start a".to_string())
+    });
+    // Two slots now, and `b` writes `a`'s store.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let moved = text.replace("max_runs = 1", "max_runs = 2").replace(
+        &format!("{}\"", dir.join("sb").display()),
+        &format!("{}\"", dir.join("sa").display()),
+    );
+    assert_ne!(moved, text);
+    std::fs::write(&cfg, moved).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.0.id() as i32).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    wait_until("b's end", 60, || {
+        order_lines(dir).contains(&"end b".to_string()) || dir.join("told").exists()
+    });
+    d.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = order_lines(dir);
+    assert!(
+        !dir.join("told").exists(),
+        "a failure was told: {lines:?}\n{text}"
+    );
+    let pos = |l: &str| lines.iter().position(|x| x == l);
+    assert!(
+        pos("end a").is_some() && pos("end a") < pos("start b"),
+        "b started on a's store while a ran: {lines:?}\n{text}"
+    );
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    for name in ["a", "b"] {
+        let rows = c.recent(name, 10).unwrap();
+        assert_eq!(rows.len(), 1, "job {name}: {text}");
+        assert_eq!(rows[0].status, "complete", "job {name}: {text}");
+        assert_eq!(
+            rows[0].store,
+            dir.join("sa").display().to_string(),
+            "{text}"
+        );
+    }
+}
+
+/// Whether a run of its job holds its store is read when a queued run starts, not when
+/// it was queued: a run of the job started by hand while the daemon's run waited (for
+/// `max_runs`) skips the trigger (a `skipped` event naming it), as one going when the
+/// trigger came does. The queued run started, the store's lock refused it, and it was
+/// recorded and told `failed`.
+#[test]
+fn a_queued_run_skips_when_a_run_started_by_hand_holds_its_store_by_then() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let catalog = dir.join("cat.db");
+    let cfg = crowd(dir, 1, 3, &[("a", "sa", ""), ("b", "sb", "")]);
+    // The run by hand holds `b`'s store for 8 s: past `a`'s end.
+    let by_hand = dir.join("by-hand.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&by_hand, text.replace("sleep 3", "sleep 8")).unwrap();
+    let log = dir.join("daemon.log");
+    let d = daemon_logging(&catalog, &cfg, &log);
+    wait_until("a's start", 30, || {
+        order_lines(dir).contains(&"start a".to_string())
+    });
+    let mut hand = Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["run", "b", "--config"])
+        .arg(&by_hand)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("a's end", 30, || {
+        order_lines(dir).contains(&"end a".to_string())
+    });
+    assert!(hand.wait().unwrap().success());
+    d.stop();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines = order_lines(dir);
+    assert!(
+        !dir.join("told").exists(),
+        "a failure was told: {lines:?}\n{text}"
+    );
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    let rows = c.recent("b", 10).unwrap();
+    assert_eq!(rows.len(), 1, "only the run by hand: {text}");
+    assert_eq!(rows[0].status, "complete", "{text}");
+    let skipped: Vec<String> = c
+        .events(Some("b"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "skipped")
+        .map(|e| e.message)
+        .collect();
+    assert_eq!(skipped.len(), 1, "{skipped:?}\n{text}");
+    assert!(
+        skipped[0].contains("a run of the job that this daemon did not start"),
+        "{skipped:?}"
+    );
+}

@@ -2447,3 +2447,79 @@ fn a_run_pages_from_past_the_end_or_malformed_is_answered_as_such() {
     assert!(page("?x=1&y=abc").contains("problems 1–500 of 1200 listed"));
     assert!(page("#from=abc").contains("problems 1–500 of 1200 listed"));
 }
+
+/// `snapring_catalog_writable{catalog=…}` in `metrics`, if there.
+fn catalog_writable(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("snapring_catalog_writable{catalog="))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// A catalog that cannot be written (its file system read-only, or full) is 0 in
+/// `snapring_catalog_writable` and a note on the overview, at once and without a
+/// failed write: runs go on without their rows, and nothing else said so. 1 again once
+/// it can be written.
+#[test]
+fn metrics_say_when_the_catalog_cannot_be_written() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let state = f.catalog.parent().unwrap().to_path_buf();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    assert!(
+        m.contains(&format!(
+            "snapring_catalog_writable{{catalog=\"{}\"}} 1",
+            f.catalog.display()
+        )),
+        "{m}"
+    );
+    promtool(&m);
+    {
+        let Some(_ro) = common::state::ro_mount_or_skip(&state, &state) else {
+            return;
+        };
+        let m = get(&s.addr, "/metrics").body;
+        assert_eq!(catalog_writable(&m), Some(0.0), "{m}");
+        promtool(&m);
+        let page = get(&s.addr, "/").body;
+        assert!(
+            page.contains("cannot be written") && page.contains("mounted read-only"),
+            "{page}"
+        );
+        // Its figures are still read.
+        assert_eq!(home_series(&m, "snapring_runs_started_total"), Some(1.0));
+    }
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(catalog_writable(&m), Some(1.0), "{m}");
+    // A full file system: a small tmpfs over the catalog's directory, filled.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&state)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("skipped the full case: cannot mount a tmpfs here");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(state.clone());
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(catalog_writable(&m), Some(1.0), "an empty tmpfs: {m}");
+    let fill = state.join("fill");
+    let mut file = std::fs::File::create(&fill).unwrap();
+    while file.write_all(&[0u8; 65536]).is_ok() {}
+    drop(file);
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(catalog_writable(&m), Some(0.0), "{m}");
+    promtool(&m);
+    assert!(get(&s.addr, "/").body.contains("is full"));
+    std::fs::remove_file(&fill).unwrap();
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(catalog_writable(&m), Some(1.0), "{m}");
+}

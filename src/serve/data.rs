@@ -563,3 +563,68 @@ pub fn space(store: &Path) -> Option<Space> {
         total_inodes: s.f_files,
     })
 }
+
+/// Free bytes (to unprivileged users) below which the catalog's file system counts as
+/// full for [`catalog_writable`]: a transaction writes each page it changes twice (the
+/// rollback journal, then the database), and a run's row with its listed problems is
+/// up to hundreds of KiB.
+pub const CATALOG_MIN_FREE: u64 = 1 << 20;
+
+/// Whether the catalog at `path` can be written, by a cheap check made afresh for each
+/// `/metrics` (`snapring_catalog_writable`): `Err` says why not. Its directory (the
+/// nearest existing one, before the first run creates it) is on a file system mounted
+/// read-write with at least [`CATALOG_MIN_FREE`] bytes and one inode free (SQLite
+/// creates `catalog.db-journal` beside it for every write), and this process may write
+/// the directory and the file (`faccessat` with the effective ids).
+///
+/// Why a check of the file system and not the last write error the daemon saw: `serve`
+/// runs without a daemon as often as in one and has no writer's errors to read; the
+/// daemon writes the catalog for its events only (the runs write their own rows, in
+/// processes of their own), so its last error is hours old or absent; and a disk that
+/// filled between two nightly runs must raise the alert before the next run's row is
+/// lost, not after. The permission is this process's: the catalog and its directory
+/// are private to their owner (0600, 0700), so a `serve` that can read it runs as that
+/// owner (or root), as the writers do; in the daemon (`[server]`) it is the writer's
+/// own.
+pub fn catalog_writable(path: &Path) -> Result<(), String> {
+    use rustix::fs::{Access, AtFlags, CWD, StatVfsMountFlags, accessat, statvfs};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = parent
+        .ancestors()
+        .find(|p| p.is_dir())
+        .unwrap_or(Path::new("/"));
+    let st = statvfs(dir)
+        .map_err(|e| format!("cannot read the file system of {}: {e}", dir.display()))?;
+    if st.f_flag.contains(StatVfsMountFlags::RDONLY) {
+        return Err(format!(
+            "{} is on a file system mounted read-only",
+            dir.display()
+        ));
+    }
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < CATALOG_MIN_FREE {
+        return Err(format!(
+            "the file system of {} is full: {free} bytes free (less than {CATALOG_MIN_FREE})",
+            dir.display()
+        ));
+    }
+    // A file system without a fixed number of inodes (btrfs) says 0 of 0.
+    if st.f_files > 0 && st.f_favail == 0 {
+        return Err(format!(
+            "the file system of {} has no free inode (for the catalog's journal)",
+            dir.display()
+        ));
+    }
+    let may = |p: &Path, a: Access| {
+        accessat(CWD, p, a, AtFlags::EACCESS)
+            .map_err(|e| format!("cannot write {}: {e}", p.display()))
+    };
+    may(dir, Access::WRITE_OK | Access::EXEC_OK)?;
+    if dir == parent && path.exists() {
+        may(path, Access::WRITE_OK)?;
+    }
+    Ok(())
+}

@@ -168,9 +168,22 @@ fn labels(j: &JobView) -> Labels {
     ]
 }
 
-/// The metrics of `jobs` as OpenMetrics text (ends with `# EOF`).
-pub fn render(jobs: &[JobView]) -> String {
+/// The metrics of `jobs` as OpenMetrics text (ends with `# EOF`); `catalog`: the
+/// catalog's path and whether it can be written (`data::catalog_writable`), the one
+/// series not of a job (`snapring_catalog_writable{catalog=PATH}`), none without a
+/// catalog.
+pub fn render(jobs: &[JobView], catalog: Option<(&std::path::Path, bool)>) -> String {
     let mut reg = Registry::with_prefix("snapring");
+    if let Some((path, writable)) = catalog {
+        let fam = GaugeFam::default();
+        reg.register(
+            "catalog_writable",
+            "1 if the run catalog can be written (its file system read-write, not full, and writable by this process), 0 if not: runs then go unrecorded",
+            fam.clone(),
+        );
+        let l = vec![("catalog".into(), path.to_string_lossy().into_owned())];
+        fam.get_or_create(&l).set(f64::from(writable));
+    }
     let status = GaugeFam::default();
     reg.register(
         "last_run_status",

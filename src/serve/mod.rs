@@ -291,16 +291,29 @@ fn route(
     let seg = |p: &str| path.strip_prefix(p).and_then(text::url_decode);
     match path {
         "/" => {
-            let notes: Vec<String> = match (&o.catalog, cat) {
+            let mut notes: Vec<String> = match (&o.catalog, cat) {
                 (Some(p), None) => vec![no_catalog(p)],
                 _ => vec![],
             };
+            if let Some(p) = &o.catalog
+                && let Err(e) = data::catalog_writable(p)
+            {
+                notes.push(format!(
+                    "the catalog {} cannot be written ({e}): runs go on, but their rows and the daemon's events are not recorded",
+                    p.display()
+                ));
+            }
             Reply::html(html::overview(&summaries.jobs(&o.config, cat, now), &notes))
         }
         "/style.css" => Reply::new(200, "text/css; charset=utf-8", html::CSS),
         "/favicon.ico" => Reply::new(204, "text/plain", ""),
         "/metrics" => {
-            let m = metrics::render(&summaries.jobs(&o.config, cat, now));
+            // Checked afresh each scrape (a statvfs and two faccessat): not cached.
+            let writable = o
+                .catalog
+                .as_deref()
+                .map(|p| (p, data::catalog_writable(p).is_ok()));
+            let m = metrics::render(&summaries.jobs(&o.config, cat, now), writable);
             match openmetrics {
                 true => Reply::new(200, metrics::CONTENT_TYPE, m),
                 false => Reply::new(200, metrics::CLASSIC_CONTENT_TYPE, metrics::classic(&m)),
