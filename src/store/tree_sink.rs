@@ -815,6 +815,11 @@ impl Sink for TreeSink {
         prev_stat(dir.prev.as_ref(), name)
     }
 
+    fn open_prev(&self, dir: &TreeDir, name: &[u8]) -> Option<io::Result<OwnedFd>> {
+        let prev = dir.prev.as_ref()?;
+        Some(fsx::open_read_at(b(prev), name))
+    }
+
     fn prev_xattrs(&self, dir: &TreeDir, name: &[u8]) -> Option<Xattrs> {
         prev_xattrs(dir.prev.as_ref(), name)
     }
