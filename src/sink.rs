@@ -13,7 +13,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::BorrowedFd;
+use std::os::fd::{BorrowedFd, OwnedFd};
 
 use crate::fsx::{CopyError, Meta, Xattrs};
 use crate::manifest::Entry;
@@ -167,6 +167,14 @@ pub trait Sink: Sync {
 
     /// The previous snapshot's extended attributes of `name` (no manifest to ask).
     fn prev_xattrs(&self, dir: &Self::Dir, name: &[u8]) -> Option<Xattrs>;
+
+    /// The previous snapshot's regular file `name`, opened to read: a kept version (the
+    /// source cannot give it) is copied from it when [`Sink::link_unchanged`] could not
+    /// link it (the store's link limit: EMLINK). `None`: this target cannot read its
+    /// previous snapshot's files (the default); the entry is then left out, and named.
+    fn open_prev(&self, _dir: &Self::Dir, _name: &[u8]) -> Option<io::Result<OwnedFd>> {
+        None
+    }
 
     /// Whether the previous snapshot has this directory at all.
     fn has_prev(&self, dir: &Self::Dir) -> bool;

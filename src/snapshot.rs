@@ -198,7 +198,10 @@ impl<'a> TreeReader<'a> {
 
     /// What [`SnapshotReader::stat`] says of entry `name` of `d`, whose `lstat` is `m`
     /// and whose record (in Restore mode) is `rec`.
-    fn facts(&self, d: BorrowedFd<'_>, name: &[u8], m: Meta, rec: Option<Entry>) -> Stat {
+    fn facts(&self, d: BorrowedFd<'_>, name: &[u8], mut m: Meta, rec: Option<Entry>) -> Stat {
+        if let Some(r) = &rec {
+            self.true_owner(&mut m, r);
+        }
         let mut e = Entry::from_meta(name, &m);
         let mut recorded = false;
         match self.mode {
@@ -228,6 +231,31 @@ impl<'a> TreeReader<'a> {
             meta: Some(m),
             recorded,
         }
+    }
+
+    /// In Restore mode, of a snapshot whose store kept no owners (`manifest::owners_marker`:
+    /// every file of its tree is owned by the store's user), `m` gets the owner its
+    /// record `r` has, the source's: the one a restore gives back. Every other fact is
+    /// the tree's, as for any snapshot (the marker says only the owners are not there).
+    fn true_owner(&self, m: &mut Meta, r: &Entry) {
+        let held = self.manifest.and_then(|mf| mf.owners_held);
+        if self.mode == Mode::Restore && held.is_some() && r.kind == m.kind {
+            (m.uid, m.gid) = (r.uid, r.gid);
+        }
+    }
+
+    /// The record of directory `rel` itself (its parent's entry for it, or the root
+    /// line), when its owner is wanted from the manifest ([`TreeReader::true_owner`]).
+    fn dir_record(&self, rel: &RelPath) -> Option<Entry> {
+        let mf = self.manifest.filter(|mf| mf.owners_held.is_some())?;
+        if self.mode != Mode::Restore {
+            return None;
+        }
+        if rel.is_root() {
+            return mf.root().ok();
+        }
+        let block = mf.lookup(&rel.parent()).ok()??;
+        manifest::find(&block, rel.file_name()).cloned()
     }
 }
 
@@ -358,7 +386,11 @@ impl SnapshotReader for TreeReader<'_> {
     }
 
     fn dir_meta(&self, dir: &TreeDir) -> io::Result<Meta> {
-        fsx::fstat(fd(dir)?)
+        let mut m = fsx::fstat(fd(dir)?)?;
+        if let Some(r) = self.dir_record(&dir.rel) {
+            self.true_owner(&mut m, &r);
+        }
+        Ok(m)
     }
 
     fn hash(&self, dir: &TreeDir, e: &Entry) -> io::Result<Option<blake3::Hash>> {

@@ -688,13 +688,14 @@ fn eacces_on_a_directory_keeps_its_previous_entries() {
     assert_verify_clean(&dest, "daily.0");
 }
 
-/// Entries kept from the previous snapshot for a directory that cannot be opened, on a
-/// store that refuses the link (EMLINK: an EFS inode takes 177 links; here 1): there is
-/// nothing to copy them from, and each is named among the problems, never dropped
-/// silently (they were: the directory came out empty, its one problem "Permission
-/// denied", and verify clean).
+/// Entries the walk keeps from the previous snapshot (a directory it may not open, a
+/// file it may not read) in a store that refuses the link (EMLINK: an EFS inode takes
+/// 177 links; here 1) are copied from the previous snapshot instead: a copy is as much
+/// a kept version as a link. Each is named among the problems, saying it was copied;
+/// the snapshot holds them, and verifies clean. (Before: they were left out of the
+/// snapshot, each named "could not be linked … not in this snapshot".)
 #[test]
-fn kept_entries_the_store_cannot_link_are_each_named() {
+fn kept_entries_the_store_cannot_link_are_copied_from_the_previous_snapshot() {
     let t = tempfile::tempdir().unwrap();
     let (src, under, mnt) = store_dirs(&t);
     source(&src);
@@ -707,23 +708,36 @@ fn kept_entries_the_store_cannot_link_are_each_named() {
     let (code, rep, err) = backup(&src_mnt, &dest, &[], &[]);
     assert_eq!(code, 0, "{rep}\n{err}");
     drop(src_fs);
-    let _src_fs = FaultFs::mount(&src, &src_mnt, &["--eacces", "/d2"]).unwrap();
+    let _src_fs =
+        FaultFs::mount(&src, &src_mnt, &["--eacces", "/d2", "--eacces", "/d1/f5"]).unwrap();
     let (code, rep, err) = backup(&src_mnt, &dest, &[], &[]);
     assert_eq!(code, 2, "{rep}\n{err}");
     let mut named: Vec<(String, String)> = problems(&rep);
     named.sort();
-    let want: Vec<(String, String)> = ["d2", "d2/f10", "d2/f14", "d2/f18", "d2/f2", "d2/f6"]
-        .iter()
-        .map(|p| (p.to_string(), "unreadable".to_string()))
-        .collect();
+    let want: Vec<(String, String)> = [
+        "d1/f5", "d2", "d2/f10", "d2/f14", "d2/f18", "d2/f2", "d2/f6",
+    ]
+    .iter()
+    .map(|p| (p.to_string(), "unreadable".to_string()))
+    .collect();
     assert_eq!(named, want, "{rep}");
     let a = rep["problems"].as_array().unwrap();
     assert!(
-        a.iter().filter(|p| p["path"] != "d2").all(|p| p["error"]
-            .as_str()
-            .unwrap()
-            .contains("its previous version could not be linked")),
+        a.iter().filter(|p| p["path"] != "d2").all(|p| {
+            let e = p["error"].as_str().unwrap();
+            e.contains("was kept") && e.contains("copied") && e.contains("link limit")
+        }),
         "{rep}"
     );
+    for i in [2, 5, 6, 10, 14, 18] {
+        let p = dest.join(format!("daily.0/d{}/f{i}", i % 4));
+        assert_eq!(
+            std::fs::read(&p).unwrap(),
+            format!("content {i}").as_bytes(),
+            "{}",
+            p.display()
+        );
+    }
+    assert_verify_clean(&dest, "daily.0");
     drop(store_fs);
 }

@@ -292,3 +292,211 @@ fn a_store_refusing_owners_to_root_says_so_once_links_unchanged_files_and_verifi
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["files_transferred"], 1, "{rep}");
 }
+
+/// A snapshot whose store refused owners even to root (latencyfs `--no-chown`) restores
+/// with the owners its manifest records, the source's, when restored as root: its tree
+/// has only the store's (`.owners` marker). Files, a symlink, a subdirectory and the
+/// restored root get them. Before, every restored entry was owned by the store's user
+/// (the squashed `root`), and the true owners were only in the manifest. `diff` between
+/// two such snapshots and `diff --against` the source report no owner change.
+#[test]
+fn a_snapshot_whose_store_refused_owners_restores_the_manifests_owners() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (to own source files by another user)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for f in ["f1", "d/f2", "d/e/f3"] {
+        write(&src.join(f), f.as_bytes());
+    }
+    std::os::unix::fs::symlink("f1", src.join("l")).unwrap();
+    for (i, f) in ["f1", "d/f2", "d/e/f3", "d", "d/e", "l", ""]
+        .iter()
+        .enumerate()
+    {
+        let p = if f.is_empty() {
+            src.clone()
+        } else {
+            src.join(f)
+        };
+        std::os::unix::fs::lchown(p, Some(1234 + i as u32), Some(2345)).unwrap();
+    }
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    std::fs::create_dir(&under).unwrap();
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--no-chown"]) else {
+        return;
+    };
+    let dest = mnt.join("backup");
+    for _ in 0..2 {
+        let (code, rep, err) = backup(&src, &dest, &[], &[]);
+        assert_eq!(code, 0, "{err}\n{rep}");
+    }
+    assert_ne!(
+        std::fs::metadata(dest.join("daily.0/d/f2")).unwrap().uid(),
+        1235,
+        "the store keeps its own owner"
+    );
+    let to = t.path().join("restored");
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ],
+        &[],
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    for (i, f) in ["f1", "d/f2", "d/e/f3", "d", "d/e", "l", ""]
+        .iter()
+        .enumerate()
+    {
+        let p = if f.is_empty() { to.clone() } else { to.join(f) };
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        assert_eq!((m.uid(), m.gid()), (1234 + i as u32, 2345), "{f:?}");
+    }
+    assert_eq!(std::fs::read(to.join("d/e/f3")).unwrap(), b"d/e/f3");
+    // `--path` of a directory (its owner from the parent's record) and of a file.
+    let to2 = t.path().join("restored2");
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.1".as_ref(),
+            "--path".as_ref(),
+            "d/e".as_ref(),
+            "--flat".as_ref(),
+            "--to".as_ref(),
+            to2.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let m = std::fs::metadata(&to2).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1238, 2345), "d/e itself");
+    let m = std::fs::metadata(to2.join("f3")).unwrap();
+    assert_eq!((m.uid(), m.gid()), (1236, 2345), "d/e/f3");
+    // Nothing misleading: the manifests' owners on both sides, and the source's.
+    for against in [
+        vec!["daily.1", "daily.0"],
+        vec!["daily.0", "--against", src.to_str().unwrap()],
+    ] {
+        let mut a: Vec<&std::ffi::OsStr> = vec![
+            "diff".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ];
+        a.extend(against.iter().map(std::ffi::OsStr::new));
+        let out = snapring(&a, &[]);
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        assert_eq!(out.status.code(), Some(0), "{against:?}: {rep}");
+        assert_eq!(
+            rep["differences"],
+            serde_json::json!([]),
+            "{against:?}: {rep}"
+        );
+        assert_eq!(rep["problems"], serde_json::json!([]), "{against:?}: {rep}");
+    }
+}
+
+/// A shard run (`--shard I/N`) into a store that refuses owners even to root (latencyfs
+/// `--no-chown`): its planner probes the store once and records the answer in the plan,
+/// so every worker, as a single-node run, tries no `chown`, the run says so once (a
+/// warning) and stays complete, and finalize writes the `.owners` mark, so verify
+/// skips owners and is clean. Before, every refused owner was a problem of the run
+/// (partial) and verify reported every file damaged.
+#[test]
+fn a_shard_run_into_a_store_refusing_owners_probes_once_and_marks_the_snapshot() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("skipped: needs root (to own source files by another user)");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..4 {
+        for f in 0..30 {
+            let p = src.join(format!("d{d}/s{}/f{f:02}", f % 3));
+            write(&p, format!("{d} {f}").as_bytes());
+            std::os::unix::fs::lchown(&p, Some(1234), Some(1234)).unwrap();
+        }
+        std::os::unix::fs::lchown(src.join(format!("d{d}")), Some(1234), Some(1234)).unwrap();
+    }
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    std::fs::create_dir(&under).unwrap();
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--no-chown"]) else {
+        return;
+    };
+    let dest = mnt.join("backup");
+    let run = "r1";
+    // Worker 0 of 2 alone: it claims every unit (its own, then the other's) and
+    // finalizes; worker 1 then finds the run finalized.
+    let mut reps = Vec::new();
+    for i in 0..2 {
+        let shard = format!("{i}/2");
+        let (code, rep, err) = backup(
+            &src,
+            &dest,
+            &["--shard", &shard, "--run-id", run, "--jobs", "2"],
+            &[],
+        );
+        assert_eq!(code, 0, "worker {i}: {err}\n{rep}");
+        reps.push((rep, err));
+    }
+    let (out, err) = &reps[0];
+    let rep = &out["report"];
+    assert_eq!(rep["status"], "complete", "{err}\n{out}");
+    assert_eq!(rep["problems"], serde_json::json!([]), "{rep}");
+    let said = rep["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w.as_str().unwrap().contains("does not keep file owners"))
+        .count();
+    assert_eq!(said, 1, "{rep}");
+    let plan: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(dest.join(".snapring/shards").join(run).join("plan.json"))
+            .unwrap_or_else(|_| b"null".to_vec()),
+    )
+    .unwrap();
+    // The plan may be gone once finalized (tidied): the mark is what lasts.
+    if !plan.is_null() {
+        assert!(plan["owners_held"].is_array(), "{plan}");
+    }
+    let mark = dest
+        .join(".snapring/manifests")
+        .join(format!("{run}.owners"));
+    let held = std::fs::read_to_string(&mark).unwrap_or_default();
+    let m = std::fs::metadata(dest.join("daily.0/d1/s1/f01")).unwrap();
+    assert_eq!(
+        held.trim(),
+        format!("{}:{}", m.uid(), m.gid()),
+        "{}",
+        mark.display()
+    );
+    let out = snapring(
+        &["verify".as_ref(), "--dest".as_ref(), dest.as_os_str()],
+        &[],
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("owners not checked"), "{text}");
+    // The next run (single-node) links the unchanged files: the manifest has the
+    // source's owners.
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["files_transferred"], 0, "{rep}");
+}

@@ -899,7 +899,7 @@ fn run_dry<R: Repository>(
 }
 
 /// The one message of a run into a store that keeps no owners (docs/stores.md).
-fn owners_not_kept(store: &std::path::Path, (uid, gid): (u32, u32)) -> String {
+pub fn owners_not_kept(store: &std::path::Path, (uid, gid): (u32, u32)) -> String {
     format!(
         "the store {} does not keep file owners: it refused to give a file another owner, although this process may (an NFS export with root_squash, the default, maps root to nobody), so every file of the snapshot is owned by {uid}:{gid}; the manifest records the source's owners, which the next backup compares (unchanged files are linked) and verify does not check; to keep owners, export the store with no_root_squash",
         crate::relpath::shown(store)

@@ -242,14 +242,31 @@ impl<'a, S: Sink> Walk<'a, S> {
 
     /// `rel` could not be read or seen (`action`, `e`) and its previous version was
     /// kept: warned about, and an `unreadable` problem that says so.
-    fn kept_previous(&self, rel: &RelPath, action: &str, e: &dyn std::fmt::Display) {
+    /// `copied`: the store refused to link it, and it was copied ([`Walk::copy_prev`]).
+    fn kept_previous(&self, rel: &RelPath, action: &str, e: &dyn std::fmt::Display, copied: bool) {
         let from = self.kept_source();
-        tracing::warn!("{rel}: {action}: {e}; keeping the previous version ({from})");
+        let note = if copied { COPIED_NOTE } else { "" };
+        tracing::warn!("{rel}: {action}: {e}; keeping the previous version ({from}){note}");
         self.problem(
             rel,
             ProblemKind::Unreadable,
             action,
-            format!("{e}; the previous version ({from}) was kept"),
+            format!("{e}; the previous version ({from}) was kept{note}"),
+        );
+    }
+
+    /// `rel`, kept from the previous snapshot in a directory the source would not show,
+    /// was copied from it (the store refused the link): an `unreadable` problem that
+    /// says so (the directory's own problem says its entries were kept).
+    fn kept_copied(&self, rel: &RelPath) {
+        let from = self.kept_source();
+        self.problem(
+            rel,
+            ProblemKind::Unreadable,
+            "keep previous version",
+            format!(
+                "the source could not be seen; its previous version ({from}) was kept{COPIED_NOTE}"
+            ),
         );
     }
 
@@ -472,50 +489,142 @@ impl<'a, S: Sink> Walk<'a, S> {
         let kept = prev.and_then(|p| {
             if p.kind == Kind::Dir {
                 self.keep_prev_dir(&dir.state.out, name, rel, p)
+                    .map(|e| (e, false))
             } else {
                 self.keep_prev_leaf(&dir.state.out, name, rel, p)
             }
         });
-        let Some(kept) = kept else {
+        let Some((kept, copied)) = kept else {
             self.source_error(rel, action, e);
             return None;
         };
-        self.kept_previous(rel, action, e);
+        self.kept_previous(rel, action, e, copied);
         Some(kept)
     }
 
-    /// Links the previous snapshot's `name` (not a directory), `prev` its manifest entry.
+    /// Links the previous snapshot's `name` (not a directory), `prev` its manifest entry;
+    /// where the store refuses the link (EMLINK), copies it from the previous snapshot
+    /// ([`Walk::copy_prev`]). `true` with the entry: copied (the caller says so).
     fn keep_prev_leaf(
         &self,
         out: &S::Dir,
         name: &[u8],
         rel: &RelPath,
         prev: &Entry,
-    ) -> Option<Entry> {
+    ) -> Option<(Entry, bool)> {
         match self.sink.link_unchanged(out, name, rel) {
             Linked::Done => {
                 let mut p = prev.clone();
                 // The previous snapshot's inode: in no hard-link group of this run.
                 p.group = None;
-                Some(p)
+                Some((p, false))
             }
             Linked::Fallback => {
-                // Nothing to copy from (the source could not be seen): said, never
-                // dropped silently (EMLINK: an EFS inode takes 177 links).
                 Counters::add(&self.counters.link_fallbacks, 1);
-                self.problem(
-                    rel,
-                    ProblemKind::Unreadable,
-                    "keep previous version",
-                    "the source could not be seen and its previous version could not be linked (the store's link limit, or another file system): not in this snapshot",
-                );
-                None
+                match self.copy_prev(out, name, rel, prev) {
+                    Ok(kept) => kept.map(|e| (e, true)),
+                    Err(why) => {
+                        // Never dropped silently (EMLINK: an EFS inode takes 177 links).
+                        self.problem(
+                            rel,
+                            ProblemKind::Unreadable,
+                            "keep previous version",
+                            format!("the source could not be seen and its previous version could not be linked (the store's link limit, or another file system), nor copied ({why}): not in this snapshot"),
+                        );
+                        None
+                    }
+                }
             }
             Linked::Failed(err) => {
                 self.dest_error(rel, "hard-link from previous snapshot", err);
                 None
             }
         }
+    }
+
+    /// Copies the previous snapshot's version of `name` (`prev`, its record) into
+    /// `out`: the source cannot give it, and the store refused to link it (EMLINK: an
+    /// EFS inode takes 177 links). A copy is as much a kept version as a link: the
+    /// record's metadata, the previous copy's bytes and extended attributes. `Err`: why
+    /// it could not be read (the caller names the entry); `Ok(None)`: a destination
+    /// error, already handled.
+    fn copy_prev(
+        &self,
+        out: &S::Dir,
+        name: &[u8],
+        rel: &RelPath,
+        prev: &Entry,
+    ) -> Result<Option<Entry>, String> {
+        let mut m = meta_of(prev);
+        let xattrs = self.sink.prev_xattrs(out, name).unwrap_or_default();
+        let mut e = prev.clone();
+        e.name = name.to_vec();
+        // A new inode: in no hard-link group of this run.
+        e.group = None;
+        let refused = if prev.kind == Kind::File {
+            let src = match self.sink.open_prev(out, name) {
+                None => return Err("this store's previous snapshot cannot be read".into()),
+                Some(Err(err)) => return Err(format!("open in the previous snapshot: {err}")),
+                Some(Ok(fd)) => fd,
+            };
+            let before = fsx::fstat(b(&src))
+                .map_err(|err| format!("stat in the previous snapshot: {err}"))?;
+            if before.kind != Kind::File {
+                return Err("not a regular file in the previous snapshot".into());
+            }
+            let file = match self.sink.create_file(out, name, rel, &m, KEPT_COPY) {
+                Ok(f) => f,
+                Err(err) => {
+                    self.dest_error(rel, "create file in staging", err);
+                    return Ok(None);
+                }
+            };
+            let paced = self.counters.throttle.as_ref().map(|t| t.copy(before.size));
+            let pace = |n| match &paced {
+                Some(p) => p.take(n, self.cancel),
+                None => true,
+            };
+            let copied = match self.sink.write_file(&file, b(&src), &before, &pace) {
+                Ok(c) => c,
+                Err(CopyError::Read(err)) => {
+                    self.sink.discard_file(out, name);
+                    return Err(format!("read in the previous snapshot: {err}"));
+                }
+                Err(CopyError::Write(err)) => {
+                    self.dest_error(rel, "write to staging", err);
+                    return Ok(None);
+                }
+                Err(CopyError::Stopped) => {
+                    self.sink.discard_file(out, name);
+                    return Ok(None);
+                }
+            };
+            Counters::add(&self.counters.bytes_transferred, copied.written);
+            // The record's checksum when there is one: a previous copy that rotted is
+            // then found by `verify` of this snapshot too.
+            e.hash = e.hash.or(Some(copied.hash));
+            e.size = copied.len;
+            m.size = copied.len;
+            self.sink.finish_file(file, &m, &xattrs)
+        } else {
+            let target = prev.target.as_deref();
+            if let Err(err) = self.sink.put_special(out, name, rel, &m, target, KEPT_COPY) {
+                self.dest_error(rel, "create in staging", err);
+                return Ok(None);
+            }
+            self.sink.finish_special(out, name, &m, &xattrs)
+        };
+        match refused {
+            Ok(refused) => self.refused_xattrs(rel, &refused),
+            Err(err) => {
+                owner_held(&mut m, &err);
+                (e.uid, e.gid) = (m.uid, m.gid);
+                self.dest_error(rel, "set metadata", err);
+            }
+        }
+        e.xattrs = fsx::xattr_digest(&xattrs);
+        Counters::add(&self.counters.files_transferred, 1);
+        Ok(Some(e))
     }
 
     /// Makes directory `name` the previous snapshot's (`prev` its manifest entry): its
@@ -567,6 +676,12 @@ impl<'a, S: Sink> Walk<'a, S> {
             } else {
                 Counters::add(&self.counters.files_total, 1);
                 self.keep_prev_leaf(out, &p.name, &r, &p)
+                    .map(|(e, copied)| {
+                        if copied {
+                            self.kept_copied(&r);
+                        }
+                        e
+                    })
             };
             block.extend(kept);
         }
@@ -832,8 +947,24 @@ impl<'a, S: Sink> Walk<'a, S> {
             Linked::Done => {}
             Linked::Fallback => {
                 Counters::add(&self.counters.link_fallbacks, 1);
-                self.source_error(rel, action, &e);
-                return Leaf::Dropped;
+                prev.name = name.to_vec();
+                return match self.copy_prev(&dir.state.out, name, rel, &prev) {
+                    Ok(Some(kept)) => {
+                        self.kept_previous(rel, action, &e, true);
+                        Leaf::Kept(kept)
+                    }
+                    Ok(None) => {
+                        self.source_error(rel, action, &e);
+                        Leaf::Dropped
+                    }
+                    Err(why) => {
+                        let why = format!(
+                            "{e}; its previous version could not be linked (the store's link limit, or another file system), nor copied ({why}): not in this snapshot"
+                        );
+                        self.problem(rel, ProblemKind::Unreadable, action, why);
+                        Leaf::Dropped
+                    }
+                };
             }
             Linked::Failed(err) => {
                 self.source_error(rel, action, &e);
@@ -849,7 +980,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             prev.xattrs = digest;
         }
         prev.name = name.to_vec();
-        self.kept_previous(rel, action, &e);
+        self.kept_previous(rel, action, &e, false);
         Leaf::Kept(prev)
     }
 
@@ -1371,6 +1502,13 @@ impl<S: Sink> Visitor for Walk<'_, S> {
         }
     }
 }
+
+/// Said of a kept previous version the store would not link: [`Walk::copy_prev`].
+const COPIED_NOTE: &str =
+    " (copied: the store refused to link it, its link limit reached, or another file system)";
+
+/// Why a kept previous version is copied, for a plan or a log.
+const KEPT_COPY: &str = "kept from the previous snapshot, which could not be linked";
 
 /// The metadata a kept previous directory gets back from its manifest entry.
 fn meta_of(e: &Entry) -> Meta {

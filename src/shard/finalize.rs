@@ -1342,10 +1342,15 @@ fn assemble(
     let mdir = store.meta.join("manifests");
     let mut w = manifest::Writer::create(&mdir, &rd.run, started.unwrap_or_else(fsx::wall_clock))
         .ctx("create manifest in", &mdir)?;
+    if let Some(held) = plan.owners_held {
+        w.owners_not_kept(held);
+    }
     let t_spine = Instant::now();
     let (merged, applied) = std::thread::scope(|s| {
-        let applied =
-            s.spawn(|| apply_spine(rd, threads, &present, counters).map(|()| t_spine.elapsed()));
+        let applied = s.spawn(|| {
+            apply_spine(rd, threads, &present, plan.owners_held, counters)
+                .map(|()| t_spine.elapsed())
+        });
         // The parts not kept are read `threads` at a time (each read a few round trips
         // on NFS) and written in plan order: at most `threads` of them in memory at once.
         let merged = (|| -> Result<(), ShardError> {
@@ -1574,11 +1579,13 @@ fn remove_empty_below(at: &Path) -> Result<(), ShardError> {
 /// a missing one changes its parent's times), then applies its metadata as read from
 /// the source, on `threads` threads. Extended attributes the store refused are the
 /// run's problems, as a single-node run's walk reports them (the units' walks leave
-/// their roots, the spine directories, to this).
+/// their roots, the spine directories, to this). `held`: the owner a store that keeps
+/// none gives them ([`PlanFile::owners_held`]): no other is asked for.
 fn apply_spine(
     rd: &RunDir,
     threads: usize,
     present: &[(&RelPath, fsx::Meta, fsx::Xattrs)],
+    held: Option<(u32, u32)>,
     counters: &Counters,
 ) -> Result<(), ShardError> {
     let made = super::par_map(threads, present, |(d, _, _)| {
@@ -1588,7 +1595,11 @@ fn apply_spine(
     let pairs: Vec<(&OwnedFd, &(&RelPath, fsx::Meta, fsx::Xattrs))> =
         made.iter().zip(present).collect();
     for (r, (_, (d, _, _))) in super::par_map(threads, &pairs, |(out, (d, meta, xattrs))| {
-        fsx::apply_dir_meta(b(out), meta, xattrs)
+        let mut meta = *meta;
+        if let Some((uid, gid)) = held {
+            (meta.uid, meta.gid) = (uid, gid);
+        }
+        fsx::apply_dir_meta(b(out), &meta, xattrs)
             .ctx("set directory metadata", rd.tree().join(d.as_path()))
     })
     .into_iter()

@@ -1077,6 +1077,7 @@ fn make_plan(
         source_ino: None,
         warnings: Vec::new(),
         allow_empty: opts.allow_empty,
+        owners_held: None,
         exclusion: opts.exclusion.clone(),
     })
 }

@@ -125,6 +125,13 @@ pub struct PlanFile {
     /// too). Absent (false) in plans written before it.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_empty: bool,
+    /// The owner the store gives every file when it refuses owners even to a process
+    /// that may give files away (an NFS export with `root_squash`), as the planner
+    /// probed it once for the run (`store::tree_sink::store_owners_refused`): workers
+    /// try no `fchown`, finalize marks the manifest (`manifest::owners_marker`). Absent:
+    /// the store keeps owners (or plans written before it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owners_held: Option<(u32, u32)>,
     /// What the run leaves out (`crate::exclude::Settings`, the pattern files as the
     /// planner read them): every worker must have the same, and finalize records it
     /// in the run record. Absent: nothing.
@@ -836,6 +843,7 @@ mod tests {
             source_ino: None,
             warnings: Vec::new(),
             allow_empty: false,
+            owners_held: None,
             exclusion: Default::default(),
         };
         assert!(plan.cut().is_ok());

@@ -114,6 +114,8 @@ struct Worker<'a> {
     planned_at: Option<fsx::Time>,
     /// The store is on NFS or FUSE ([`crate::concurrency::is_remote`]).
     remote: bool,
+    /// The plan's [`PlanFile::owners_held`]: the store keeps no owners.
+    owners_held: Option<(u32, u32)>,
     /// `--jobs` permits, shared by the walks of the units built at once ([`lanes`]).
     gate: crate::pool::Gate,
     /// `--bwlimit`: one bucket for the worker, whatever units it builds at once.
@@ -278,6 +280,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             .ok()
             .map(fsx::Time::from),
         remote: crate::concurrency::is_remote(&store.root),
+        owners_held: plan.owners_held,
         gate: crate::pool::Gate::new(opts.jobs.max(1)),
         throttle: opts
             .bwlimit
@@ -593,6 +596,24 @@ fn make_plan(
     });
     let ((retain, lowered), (cut, sized_by)) = sized?;
     dirs?;
+    // Whether the store keeps owners: probed once for the run, here in its directory
+    // (a file made, given another owner, removed), and recorded in the plan that every
+    // worker reads anyway. A probe by each worker, or by each unit's sink, would repeat
+    // those round trips N (or units) times on the file system slowest at them.
+    let owners_held = match fsx::open_dir(&rd.root) {
+        Ok(fd) => crate::store::tree_sink::store_owners_refused(b(&fd)),
+        Err(e) => {
+            tracing::debug!("cannot open {} to probe owners: {e}", rd.root.display());
+            None
+        }
+    };
+    let mut warnings: Vec<String> = lowered.into_iter().collect();
+    if let Some(held) = owners_held {
+        let store = std::fs::canonicalize(&opts.store).unwrap_or_else(|_| opts.store.clone());
+        let w = crate::engine::backup::owners_not_kept(&store, held);
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
     let plan = PlanFile {
         format: 1,
         run: spec.run_id.clone(),
@@ -619,8 +640,9 @@ fn make_plan(
             true => Some(super::state::source_ino(source).ctx("stat source", source)?),
             false => None,
         },
-        warnings: lowered.into_iter().collect(),
+        warnings,
         allow_empty: opts.allow_empty,
+        owners_held,
         exclusion: opts.exclude_settings()?,
     };
     tracing::info!(
@@ -1274,6 +1296,7 @@ fn build(
     // run's sink does (`Repository::begin`): the `linkat` of an unchanged file then
     // finds its previous version in the client's cache, with no LOOKUP of its own.
     let sink = TreeSink::new(work_fd, prev_dir, resume, writer)
+        .owners_held_by_store(ctx.owners_held)
         .rooted_at(unit.dir.clone())
         .listing_prev(ctx.remote);
     let keep = ctx.cut.unit_names(unit);

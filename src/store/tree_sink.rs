@@ -160,8 +160,8 @@ impl TreeSink {
     /// Probes whether the store keeps owners ([`owners_refused`]), when this process
     /// may give files away: where it does not, no `fchown` is tried, the manifest
     /// records the source's owners and is marked (`manifest::owners_marker`). A
-    /// single-node run's; a shard unit's part has no marker (each refused owner stays a
-    /// problem of the run, and its manifest records the owner the copy holds).
+    /// single-node run's; a shard run's planner probes once for all its units
+    /// ([`store_owners_refused`], then [`TreeSink::owners_held_by_store`]).
     pub fn probing_owners(mut self) -> TreeSink {
         if self.chown_groups.is_some() || !may_chown() {
             return self;
@@ -184,6 +184,22 @@ impl TreeSink {
             Some((uid, gid)) => Meta { uid, gid, ..*m },
             None => *m,
         }
+    }
+
+    /// The store keeps no owners (`held`: the owner it gives every file), as probed once
+    /// for the whole run by a shard run's planner ([`store_owners_refused`]): no
+    /// `fchown` is tried, the manifest part records the source's owners (the run's
+    /// manifest is marked by finalize, `manifest::owners_marker`).
+    pub fn owners_held_by_store(mut self, held: Option<(u32, u32)>) -> TreeSink {
+        if let Some(held) = held {
+            self.owners_held = Some(held);
+            self.creates_as = Some(held);
+            self.manifest
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .owners_not_kept(held);
+        }
+        self
     }
 
     /// Records the copies this run finishes (`adopt.rs`), so that the next run, if
@@ -815,6 +831,11 @@ impl Sink for TreeSink {
         prev_stat(dir.prev.as_ref(), name)
     }
 
+    fn open_prev(&self, dir: &TreeDir, name: &[u8]) -> Option<io::Result<OwnedFd>> {
+        let prev = dir.prev.as_ref()?;
+        Some(fsx::open_read_at(b(prev), name))
+    }
+
     fn prev_xattrs(&self, dir: &TreeDir, name: &[u8]) -> Option<Xattrs> {
         prev_xattrs(dir.prev.as_ref(), name)
     }
@@ -901,6 +922,16 @@ impl Sink for TreeSink {
 fn may_chown() -> bool {
     use rustix::thread::{CapabilitySet, capabilities};
     capabilities(None).is_ok_and(|c| c.effective.contains(CapabilitySet::CHOWN))
+}
+
+/// The probe of [`TreeSink::probing_owners`] for a shard run, made once by its planner
+/// in directory `dir` of the store: the owner the store gives every file when it
+/// refuses owners to this process, which may give files away; `None` otherwise.
+pub fn store_owners_refused(dir: BorrowedFd<'_>) -> Option<(u32, u32)> {
+    if !may_chown() {
+        return None;
+    }
+    owners_refused(dir)
 }
 
 /// The name of the file [`owners_refused`] makes and removes in the staging root.
