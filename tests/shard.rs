@@ -2190,6 +2190,97 @@ fn a_truncated_manifest_part_is_not_merged_into_a_complete_snapshot() {
     }
 }
 
+/// The non-spine blocks of the parts of run `id` (killed before staging), each as
+/// (part file, its text, the byte offset of a block's first entry line, that line).
+fn non_spine_lines(e: &Env, id: &str) -> Vec<(PathBuf, String, usize, String)> {
+    let rd = run_dir(e, id);
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(rd.join("plan.json")).unwrap()).unwrap();
+    let spine: Vec<String> = plan["spine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| format!("D {}", d.as_str().unwrap()))
+        .collect();
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(rd.join("parts")).unwrap() {
+        for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+            let p = f.unwrap().path();
+            if p.extension().is_none_or(|x| x != "mf") {
+                continue;
+            }
+            let t = std::fs::read_to_string(&p).unwrap();
+            for (i, _) in t.match_indices("\nD ") {
+                let head = t[i + 1..].lines().next().unwrap();
+                if spine.iter().any(|h| h == head) {
+                    continue;
+                }
+                let first = i + 1 + head.len() + 1;
+                if let Some(l) = t[first..].lines().next()
+                    && !l.starts_with("D ")
+                    && !l.starts_with("R ")
+                {
+                    out.push((p.clone(), t.clone(), first, l.to_string()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Review (session 40): finalize copies a unit's blocks into the run's manifest as
+/// text; a line damaged in its part (here a file's hash made not hex) must still refuse
+/// the finalize, as it did when every entry was parsed and written again, not reach a
+/// published manifest that `verify` then calls damaged. A block whose names are out of
+/// order is sorted, not copied (the manifest's lookups search each block by name).
+#[test]
+fn a_damaged_line_of_a_manifest_part_refuses_the_finalize_and_a_block_out_of_order_is_sorted() {
+    let e = env();
+    killed_before_staging(&e, "bad");
+    let (part, body, at, line) = non_spine_lines(&e, "bad")
+        .into_iter()
+        .find(|(_, _, _, l)| l.split(' ').nth(8).is_some_and(|h| h.len() == 64))
+        .expect("a non-spine block whose first entry is a file with a hash");
+    let hash_at = at + line.match_indices(' ').nth(7).unwrap().0 + 1;
+    let mut damaged = body.clone();
+    damaged.replace_range(hash_at..hash_at + 1, "z");
+    std::fs::write(&part, &damaged).unwrap();
+    let o = run_cmd(&e, "finalize", "bad", &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("bad hash"), "{}", text(&o));
+    assert!(snapshot_names(&e.dest).is_empty(), "{}", text(&o));
+
+    // Put back, then a block with two entries swapped: finalized, and the manifest
+    // still finds every name (verify clean).
+    std::fs::write(&part, &body).unwrap();
+    let (part, body, at, first) = non_spine_lines(&e, "bad")
+        .into_iter()
+        .find(|(_, t, at, l)| {
+            t[at + l.len() + 1..]
+                .lines()
+                .next()
+                .is_some_and(|n| !n.starts_with("D ") && !n.starts_with("R "))
+        })
+        .expect("a non-spine block of two entries or more");
+    let second = body[at + first.len() + 1..]
+        .lines()
+        .next()
+        .unwrap()
+        .to_string();
+    let mut swapped = body.clone();
+    swapped.replace_range(
+        at..at + first.len() + 1 + second.len(),
+        &format!("{second}\n{first}"),
+    );
+    std::fs::write(&part, &swapped).unwrap();
+    let o = run_cmd(&e, "finalize", "bad", &[], &[]);
+    assert!(o.status.success(), "{}", text(&o));
+    check_snapshot(
+        &e,
+        &format!("finalized from a part out of order: {}", text(&o)),
+    );
+}
+
 /// A run whose workers ran an older snapring: its plan has no `part_dirs` (every
 /// manifest part in `parts/` itself) and its commits no figures (they are in
 /// `counts/<unit>.g<gen>.json`). `snapring finalize` of today merges those parts and

@@ -587,7 +587,19 @@ pub const CATALOG_MIN_FREE: u64 = 1 << 20;
 /// owner (or root), as the writers do; in the daemon (`[server]`) it is the writer's
 /// own.
 pub fn catalog_writable(path: &Path) -> Result<(), String> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/"));
+    catalog_writable_from(path, &cwd)
+}
+
+/// [`catalog_writable`] with `path` relative to `cwd`. The file SQLite writes is
+/// checked: a symbolic link's target (its journal is created beside the target, on the
+/// target's file system), and a relative path's directory under `cwd` (not `/`, where
+/// the search for an existing ancestor of `sub/catalog.db` used to end).
+fn catalog_writable_from(path: &Path, cwd: &Path) -> Result<(), String> {
     use rustix::fs::{Access, AtFlags, CWD, StatVfsMountFlags, accessat, statvfs};
+    let path = &cwd.join(path);
+    let resolved = std::fs::canonicalize(path);
+    let path = resolved.as_deref().unwrap_or(path);
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
@@ -604,7 +616,13 @@ pub fn catalog_writable(path: &Path) -> Result<(), String> {
             dir.display()
         ));
     }
-    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    // Root writes into the blocks a file system reserves for it (ext4's 5%).
+    let avail = if rustix::process::geteuid().is_root() {
+        st.f_bfree
+    } else {
+        st.f_bavail
+    };
+    let free = avail.saturating_mul(st.f_frsize);
     if free < CATALOG_MIN_FREE {
         return Err(format!(
             "the file system of {} is full: {free} bytes free (less than {CATALOG_MIN_FREE})",
@@ -627,4 +645,55 @@ pub fn catalog_writable(path: &Path) -> Result<(), String> {
         may(path, Access::WRITE_OK)?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review (session 40): the check looks at the file system SQLite writes on: a
+    /// catalog named through a symbolic link is its target's, and a relative path's
+    /// directory is under the working directory, not `/`. A full 1 MiB tmpfs holds the
+    /// real catalog (skipped where a tmpfs cannot be mounted).
+    #[test]
+    fn the_check_follows_a_symlinked_catalog_and_a_relative_path() {
+        let t = tempfile::tempdir().unwrap();
+        let full = t.path().join("full");
+        std::fs::create_dir(&full).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+            .arg(&full)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            println!("skipped: cannot mount a tmpfs here");
+            return;
+        }
+        struct Unmount(PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("umount")
+                    .arg("-l")
+                    .arg(&self.0)
+                    .status();
+            }
+        }
+        let _m = Unmount(full.clone());
+        std::fs::write(full.join("catalog.db"), b"").unwrap();
+        std::fs::create_dir(full.join("sub")).unwrap();
+        let mut f = std::fs::File::create(full.join("fill")).unwrap();
+        while std::io::Write::write_all(&mut f, &[0u8; 65536]).is_ok() {}
+        drop(f);
+        let link = t.path().join("catalog.db");
+        std::os::unix::fs::symlink(full.join("catalog.db"), &link).unwrap();
+        assert!(catalog_writable(&full.join("catalog.db")).is_err());
+        let e = catalog_writable(&link).expect_err("a symlink to a catalog on a full disk");
+        assert!(e.contains("is full"), "{e}");
+        // Not yet created, relative to a working directory on the full disk.
+        let e = catalog_writable_from(Path::new("sub/new.db"), &full)
+            .expect_err("a relative catalog on a full disk");
+        assert!(e.contains("is full"), "{e}");
+        assert!(catalog_writable_from(Path::new("new/catalog.db"), t.path()).is_ok());
+        assert!(catalog_writable(&t.path().join("other.db")).is_ok());
+    }
 }

@@ -778,6 +778,11 @@ struct RawBlock {
     dir: RelPath,
     lines: String,
     n: usize,
+    /// Its names in the order the Reader's binary search needs (a part's writer sorts
+    /// them; a block out of order is parsed and sorted again, not copied).
+    sorted: bool,
+    /// The last name read, to tell `sorted`.
+    last: Vec<u8>,
 }
 
 impl RawBlock {
@@ -799,8 +804,8 @@ impl RawBlock {
 
 /// A manifest part as read: the time its walk started, its blocks (a block with no
 /// entries included), and, when asked for, the entries of its names of hard-link groups
-/// (the only lines parsed whole; every other line is checked for its 13 fields and kept
-/// as text).
+/// (every line is parsed, to refuse one the run's manifest could not be read by, and
+/// kept as text).
 struct Part {
     started: Option<Time>,
     blocks: Vec<RawBlock>,
@@ -852,15 +857,25 @@ fn read_part(path: &Path, members: bool) -> Result<Part, ShardError> {
                 dir: RelPath::from_escaped(d).map_err(bad)?,
                 lines: String::new(),
                 n: 0,
+                sorted: true,
+                last: Vec::new(),
             });
         } else if l.starts_with("R ") {
             ended = true;
         } else if let Some(block) = part.blocks.last_mut() {
-            let f = crate::manifest::line_fields(l).map_err(bad)?;
-            if members && f[10] != "-" {
+            // Every line parsed (on the units' threads), though most are copied as
+            // text: a line the run's manifest could not be read back by (a bad hash,
+            // mode, time or escape) refuses the finalize, as it did when each entry
+            // was parsed and written again, and is never published.
+            let e = Entry::parse_line(l).map_err(bad)?;
+            if block.n > 0 && e.name <= block.last {
+                block.sorted = false;
+            }
+            block.last.clone_from(&e.name);
+            if members && e.group.is_some() {
                 part.members.push(Member {
                     dir: block.dir.clone(),
-                    entry: Entry::parse_line(l).map_err(bad)?,
+                    entry: e,
                 });
             }
             block.lines.push_str(&line);
@@ -1385,7 +1400,7 @@ fn assemble(
                             let mut es = block.entries(&part(&u.id))?;
                             patch(dir, &mut es);
                             spine_blocks.entry(block.dir).or_default().extend(es);
-                        } else if patched_dirs.contains(dir) {
+                        } else if patched_dirs.contains(dir) || !block.sorted {
                             let mut es = block.entries(&part(&u.id))?;
                             patch(dir, &mut es);
                             w.write_block(dir, &mut es).ctx("write manifest", &mdir)?;
