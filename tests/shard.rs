@@ -2512,6 +2512,50 @@ fn a_spine_directory_finalize_cannot_open_stops_it_rather_than_being_left_out() 
     check_snapshot(&e, "finalized once the spine directory could be read");
 }
 
+/// A source whose listings give names twice (an NFS server's readdir cookies gone
+/// wrong: latencyfs `--dup-list`), on a first run (the plan comes from a walk of the
+/// source): each name is planned once. The planner cut a heavy directory once per
+/// copy, wrote two anchors for it and then refused its own plan (`bad unit … in
+/// plan`): every worker failed, every run.
+#[test]
+fn a_name_listed_twice_on_a_first_run_is_planned_once() {
+    let t = tempfile::tempdir().unwrap();
+    let under = t.path().join("under");
+    std::fs::create_dir(&under).unwrap();
+    source(&under);
+    let e = Env {
+        src: t.path().join("src"),
+        dest: t.path().join("dest"),
+        _t: tempfile::tempdir().unwrap(),
+    };
+    let Some(_fs) = FaultFs::mount(&under, &e.src, &["--dup-list", "/", "--dup-list", "/deep"])
+    else {
+        return;
+    };
+    let outs = run_workers(&e, 3, "twice", &[], |_| vec![]);
+    all_ok(&outs, "names listed twice");
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, "twice").join("plan.json")).unwrap())
+            .unwrap();
+    let spine: Vec<&str> = plan["spine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let mut once = spine.clone();
+    once.dedup();
+    assert_eq!(spine, once, "{plan}");
+    assert!(spine.contains(&"deep"), "{plan}");
+    check_run(&e, "twice");
+    assert_same_tree(
+        &describe(&under),
+        &describe(&e.dest.join("daily.0")),
+        "names listed twice",
+    );
+    verify_clean(&e, "daily.0");
+}
+
 /// A worker rerun that finds every unit committed (the finalizer was killed) runs the
 /// job's pre command before it finalizes: on a node where that command is what mounts
 /// the source, finalize needs it (without it the rerun failed, exit 1, source missing).
