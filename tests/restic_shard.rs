@@ -1243,6 +1243,49 @@ fn a_spine_directory_finalize_cannot_stat_stops_it_rather_than_being_left_out() 
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
 
+/// A spine directory the workers cannot open (EACCES: latencyfs `--eacces`) fails
+/// the worker with a message that says why and what to do (a unit into a repository
+/// keeps no previous entries, unlike the store's), and nothing is published; once it
+/// can be read, a rerun with the same run id publishes the whole tree.
+#[test]
+fn a_spine_directory_the_workers_cannot_open_fails_the_run_and_says_why() {
+    let e = env();
+    for d in ["x", "y"] {
+        for f in 0..150 {
+            write(&e.src.join(format!("big/{d}/f{f}")), b"x");
+        }
+    }
+    let under = e.t.path().join("under");
+    std::fs::rename(&e.src, &under).unwrap();
+    {
+        // A first run: the next one's plan comes from its trees, with `big/x` a spine
+        // directory (a first run's walk cannot weigh it and leaves it to `big`'s units,
+        // which report it unreadable: `partial`).
+        let Some(_fs) = FaultFs::mount(&under, &e.src, &[]) else {
+            return;
+        };
+        report(&spawn(&e, 0, 1, "r0", &[]).wait_with_output().unwrap());
+    }
+    {
+        let _fs = FaultFs::mount(&under, &e.src, &["--eacces", "/big/x"]).unwrap();
+        let out = spawn(&e, 0, 1, "denied", &[]).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("big/x") && err.contains("keeps none of its previous entries"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(snapshots(&e).len(), 1, "nothing published");
+    }
+    let _fs = FaultFs::mount(&under, &e.src, &[]).unwrap();
+    let out = spawn(&e, 0, 1, "denied", &[]).wait_with_output().unwrap();
+    let r = report(&out);
+    assert_eq!(r["status"], "complete", "{r}");
+    assert_eq!(snapshots(&e).len(), 2);
+    assert_restores_to_source(&e, r["snapshot"].as_str().unwrap(), "restored");
+}
+
 /// A run whose units are all committed but that has not published (its finalizer
 /// killed before finalize, or after `final` but before the snapshot file): `snapring
 /// prune` meanwhile keeps what its commits (or `final`'s snapshot) reference, so the

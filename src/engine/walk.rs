@@ -82,7 +82,10 @@ pub struct Walk<'a, S: Sink> {
 }
 
 /// Keeps a name of the root directory's listing.
-pub type RootFilter<'a> = Box<dyn Fn(&[u8]) -> bool + Send + Sync + 'a>;
+pub type RootFilter<'a> = Box<RootNames<'a>>;
+
+/// Which names of the walk's root it takes ([`RootFilter`] unboxed).
+pub type RootNames<'a> = dyn Fn(&[u8]) -> bool + Send + Sync + 'a;
 
 #[derive(Clone)]
 enum LinkState {
@@ -588,7 +591,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         &self,
         out: &S::Dir,
         rel: &RelPath,
-        only: Option<&(dyn Fn(&[u8]) -> bool + Send + Sync + 'a)>,
+        only: Option<&RootNames<'a>>,
     ) -> usize {
         let prev = match self.prev_manifest {
             Some(m) if self.sink.has_prev(out) => m.lookup(rel).ok().flatten(),

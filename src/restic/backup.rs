@@ -2100,7 +2100,7 @@ impl Wrap<'_> {
 pub enum DirAt {
     /// The directory's node, and the error reading its extended attributes (the node
     /// has none then): a `metadata` problem, not a reason to leave the directory out.
-    Node(Node, Option<Error>),
+    Node(Box<Node>, Option<Error>),
     /// Gone (ENOENT, ENOTDIR), or another kind of entry now (a file, a symlink).
     Gone(Error),
 }
@@ -2137,7 +2137,7 @@ pub fn dir_node_at(path: &Path, name: &[u8], names: &Names) -> Result<DirAt> {
         }
         Err(e) => Some(e),
     };
-    Ok(DirAt::Node(node, failed))
+    Ok(DirAt::Node(Box::new(node), failed))
 }
 
 /// Which names of a directory a walk takes.

@@ -1592,12 +1592,15 @@ fn build_unit(
     let walk_fd = match crate::fsx::open_dir_beneath(src_root, unit.dir.as_bytes()) {
         Ok(fd) => fd,
         Err(e) if crate::fsx::gone_beneath(&e) => return Ok(Built::default()),
+        // There but not to be opened (permission denied, an I/O error, a stale handle):
+        // a unit into a repository keeps no previous entries (the store's does), so the
+        // worker fails, saying what to do, rather than publish the directory empty.
         Err(e) => {
-            return Err(restic::Error::Io {
-                action: "open",
-                path: walk_root,
-                source: e,
-            });
+            return Err(restic::Error::Other(format!(
+                "unit {}: cannot open {}: {e}: the directory is there but cannot be read, and a run into a repository keeps none of its previous entries; nothing of this run is published until it can be read (make it readable, or exclude it), then rerun with the same --run-id",
+                unit.id,
+                crate::relpath::shown(&walk_root)
+            )));
         }
     };
     let mut warnings: Vec<String> = parent.warning.iter().cloned().collect();
@@ -1968,7 +1971,7 @@ fn make_final(
                     totals.problems.push(spine_problem(d, "metadata", e));
                 }
                 n.subtree = Some(id);
-                made.insert(d, n);
+                made.insert(d, *n);
             }
             DirAt::Gone(e) => {
                 tracing::warn!("{d}: {e}; left out of the snapshot");
