@@ -91,6 +91,13 @@ impl RelPath {
         }
     }
 
+    /// Whether this path is `dir` or below it.
+    pub fn at_or_below(&self, dir: &RelPath) -> bool {
+        dir.is_root()
+            || self.0 == dir.0
+            || (self.0.starts_with(&dir.0) && self.0.get(dir.0.len()) == Some(&b'/'))
+    }
+
     /// Whether this path is one of `dirs` or below one (false at once when `dirs` is
     /// empty: asked of every block of a manifest).
     pub fn at_or_below_any(&self, dirs: &std::collections::HashSet<RelPath>) -> bool {

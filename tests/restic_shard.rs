@@ -1155,6 +1155,9 @@ fn a_spine_directory_replaced_before_finalize_is_left_out_and_named() {
     ]);
     assert_eq!(code, 0, "{err}");
     assert!(!to.join(&spine).exists(), "{spine} left out");
+    // The report counts what the snapshot holds (it counted the 150 files the left-out
+    // directory's units had backed up).
+    assert_eq!(r["totals"]["files"], regular_files(&to), "{r}");
     // The source without the file, its directory's time as the snapshot has it.
     let parent = e.src.join(&spine).parent().unwrap().to_path_buf();
     let md = std::fs::metadata(&parent).unwrap();
@@ -1168,6 +1171,119 @@ fn a_spine_directory_replaced_before_finalize_is_left_out_and_named() {
         &describe(&to),
         "all but the replaced directory",
     );
+}
+
+/// Regular files under `root` (what a report's `files` counts).
+fn regular_files(root: &std::path::Path) -> u64 {
+    let mut n = 0;
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for f in std::fs::read_dir(&d).unwrap() {
+            let f = f.unwrap();
+            let t = f.file_type().unwrap();
+            if t.is_dir() {
+                dirs.push(f.path());
+            } else if t.is_file() {
+                n += 1;
+            }
+        }
+    }
+    n
+}
+
+/// A spine directory that finalize cannot `lstat` (an I/O error: latencyfs
+/// `--eio-stat`, a GETATTR failing on NFS) is not gone from the source: finalize fails,
+/// nothing published, and a finalize that can read it publishes the whole tree. It
+/// was left out with everything its units had backed up, the run `partial`, and with
+/// retention the snapshot without it could be the only one left. (The store's
+/// finalize refuses alike.)
+#[test]
+fn a_spine_directory_finalize_cannot_stat_stops_it_rather_than_being_left_out() {
+    let e = env();
+    for d in ["x", "y"] {
+        for f in 0..150 {
+            write(&e.src.join(format!("big/{d}/f{f}")), b"x");
+        }
+    }
+    let under = e.t.path().join("under");
+    std::fs::rename(&e.src, &under).unwrap();
+    let spine = {
+        let Some(_fs) = FaultFs::mount(&under, &e.src, &[]) else {
+            return;
+        };
+        let kill = [("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")];
+        let out = spawn(&e, 0, 1, "eio", &kill).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), None, "{}", text(&out));
+        let (code, st, err) = sr(&["status", "--dest", &e.url, "--run-id", "eio", "--json"]);
+        assert_eq!(code, 0, "{err}");
+        let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+        st["unit_list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["dir"].as_str().unwrap().to_string())
+            .find(|d| d.starts_with("big/"))
+            .unwrap_or_else(|| panic!("big/x or big/y is cut into units of its own: {st}"))
+    };
+    {
+        let _fs = FaultFs::mount(&under, &e.src, &["--eio-stat", &format!("/{spine}")]).unwrap();
+        let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "eio"]);
+        assert_eq!(code, 1, "{out}\n{err}");
+        assert!(
+            err.contains(&spine) && err.contains("Input/output error"),
+            "{out}\n{err}"
+        );
+        assert!(snapshots(&e).is_empty(), "nothing published: {out}\n{err}");
+    }
+    let _fs = FaultFs::mount(&under, &e.src, &[]).unwrap();
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "eio", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
+/// A spine directory the workers cannot open (EACCES: latencyfs `--eacces`) fails
+/// the worker with a message that says why and what to do (a unit into a repository
+/// keeps no previous entries, unlike the store's), and nothing is published; once it
+/// can be read, a rerun with the same run id publishes the whole tree.
+#[test]
+fn a_spine_directory_the_workers_cannot_open_fails_the_run_and_says_why() {
+    let e = env();
+    for d in ["x", "y"] {
+        for f in 0..150 {
+            write(&e.src.join(format!("big/{d}/f{f}")), b"x");
+        }
+    }
+    let under = e.t.path().join("under");
+    std::fs::rename(&e.src, &under).unwrap();
+    {
+        // A first run: the next one's plan comes from its trees, with `big/x` a spine
+        // directory (a first run's walk cannot weigh it and leaves it to `big`'s units,
+        // which report it unreadable: `partial`).
+        let Some(_fs) = FaultFs::mount(&under, &e.src, &[]) else {
+            return;
+        };
+        report(&spawn(&e, 0, 1, "r0", &[]).wait_with_output().unwrap());
+    }
+    {
+        let _fs = FaultFs::mount(&under, &e.src, &["--eacces", "/big/x"]).unwrap();
+        let out = spawn(&e, 0, 1, "denied", &[]).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("big/x") && err.contains("keeps none of its previous entries"),
+            "{}",
+            text(&out)
+        );
+        assert_eq!(snapshots(&e).len(), 1, "nothing published");
+    }
+    let _fs = FaultFs::mount(&under, &e.src, &[]).unwrap();
+    let out = spawn(&e, 0, 1, "denied", &[]).wait_with_output().unwrap();
+    let r = report(&out);
+    assert_eq!(r["status"], "complete", "{r}");
+    assert_eq!(snapshots(&e).len(), 2);
+    assert_restores_to_source(&e, r["snapshot"].as_str().unwrap(), "restored");
 }
 
 /// A run whose units are all committed but that has not published (its finalizer

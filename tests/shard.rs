@@ -2603,6 +2603,115 @@ fn a_spine_directory_finalize_cannot_open_stops_it_rather_than_being_left_out() 
     check_snapshot(&e, "finalized once the spine directory could be read");
 }
 
+/// A source whose listings give names twice (an NFS server's readdir cookies gone
+/// wrong: latencyfs `--dup-list`), on a first run (the plan comes from a walk of the
+/// source): each name is planned once. The planner cut a heavy directory once per
+/// copy, wrote two anchors for it and then refused its own plan (`bad unit … in
+/// plan`): every worker failed, every run.
+#[test]
+fn a_name_listed_twice_on_a_first_run_is_planned_once() {
+    let t = tempfile::tempdir().unwrap();
+    let under = t.path().join("under");
+    std::fs::create_dir(&under).unwrap();
+    source(&under);
+    let e = Env {
+        src: t.path().join("src"),
+        dest: t.path().join("dest"),
+        _t: tempfile::tempdir().unwrap(),
+    };
+    let Some(_fs) = FaultFs::mount(&under, &e.src, &["--dup-list", "/", "--dup-list", "/deep"])
+    else {
+        return;
+    };
+    let outs = run_workers(&e, 3, "twice", &[], |_| vec![]);
+    all_ok(&outs, "names listed twice");
+    let plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run_dir(&e, "twice").join("plan.json")).unwrap())
+            .unwrap();
+    let spine: Vec<&str> = plan["spine"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    let mut once = spine.clone();
+    once.dedup();
+    assert_eq!(spine, once, "{plan}");
+    assert!(spine.contains(&"deep"), "{plan}");
+    check_run(&e, "twice");
+    assert_same_tree(
+        &describe(&under),
+        &describe(&e.dest.join("daily.0")),
+        "names listed twice",
+    );
+    verify_clean(&e, "daily.0");
+}
+
+/// A spine directory the workers cannot open (EACCES: latencyfs `--eacces`; an I/O
+/// error or a stale handle alike) keeps its entries of the previous snapshot, each
+/// unit those of its names, and finalize its metadata: the run is `partial` with an
+/// `unreadable` problem naming it, as a single-node run keeps an unreadable
+/// directory's entries. It failed every worker and the whole run, night after night.
+#[test]
+fn a_spine_directory_the_workers_cannot_open_keeps_its_previous_entries() {
+    let t = tempfile::tempdir().unwrap();
+    let under = t.path().join("under");
+    std::fs::create_dir(&under).unwrap();
+    source(&under);
+    let e = Env {
+        src: t.path().join("src"),
+        dest: t.path().join("dest"),
+        _t: tempfile::tempdir().unwrap(),
+    };
+    {
+        let Some(_fs) = FaultFs::mount(&under, &e.src, &[]) else {
+            return;
+        };
+        all_ok(&run_workers(&e, 3, "r0", &[], |_| vec![]), "first run");
+        check_run(&e, "r0");
+    }
+    let before = describe(&e.dest.join("daily.0/deep"));
+    // Changed since: the change in `deep` is not seen, the one in `flat` is.
+    write(&under.join("deep/d1/s0/f00"), b"changed, unseen");
+    write(&under.join("flat/new"), b"new, seen");
+    let _fs = FaultFs::mount(&under, &e.src, &["--eacces", "/deep"]).unwrap();
+    let plan_dirs = || -> Vec<String> {
+        let p: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(run_dir(&e, "r1").join("plan.json")).unwrap())
+                .unwrap();
+        p["units"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["dir"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let outs = run_workers(&e, 3, "r1", &[], |_| vec![]);
+    for o in &outs {
+        assert!(matches!(o.status.code(), Some(0) | Some(2)), "{}", text(o));
+    }
+    assert!(plan_dirs().iter().any(|d| d == "deep"), "{:?}", plan_dirs());
+    let rec = run_record(&e, "r1");
+    assert_eq!(rec["status"], "partial", "{rec}");
+    assert_eq!(rec["snapshot"], "daily.0", "{rec}");
+    let ps = rec["problems"].as_array().unwrap();
+    assert!(
+        ps.iter()
+            .any(|p| p["path"] == "deep" && p["kind"] == "unreadable"),
+        "{rec}"
+    );
+    assert_same_tree(
+        &before,
+        &describe(&e.dest.join("daily.0/deep")),
+        "the unreadable spine directory, kept",
+    );
+    assert_eq!(
+        std::fs::read(e.dest.join("daily.0/flat/new")).unwrap(),
+        b"new, seen"
+    );
+    verify_clean(&e, "daily.0");
+}
+
 /// A worker rerun that finds every unit committed (the finalizer was killed) runs the
 /// job's pre command before it finalizes: on a node where that command is what mounts
 /// the source, finalize needs it (without it the rerun failed, exit 1, source missing).

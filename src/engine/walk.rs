@@ -82,7 +82,10 @@ pub struct Walk<'a, S: Sink> {
 }
 
 /// Keeps a name of the root directory's listing.
-pub type RootFilter<'a> = Box<dyn Fn(&[u8]) -> bool + Send + Sync + 'a>;
+pub type RootFilter<'a> = Box<RootNames<'a>>;
+
+/// Which names of the walk's root it takes ([`RootFilter`] unboxed).
+pub type RootNames<'a> = dyn Fn(&[u8]) -> bool + Send + Sync + 'a;
 
 #[derive(Clone)]
 enum LinkState {
@@ -653,16 +656,61 @@ impl<'a, S: Sink> Walk<'a, S> {
         Some(prev.clone())
     }
 
+    /// A shard unit whose directory (`rel`, the walk's root) could not be opened (`e`:
+    /// permission denied, an I/O error, a stale handle; not gone): the previous
+    /// snapshot's entries of it that the unit takes ([`Walk::only_root_names`]) are
+    /// kept, as a single-node run keeps an unreadable directory's ([`Walk::open_sub`]),
+    /// and the problem says so. Without this one such directory failed every worker
+    /// and the whole run, night after night. Returns how many were kept.
+    pub fn keep_prev_root(&self, rel: &RelPath, e: &std::io::Error) -> usize {
+        let out = match self.sink.root() {
+            Ok(out) => out,
+            Err(err) => {
+                self.fail(io_error(err, "open staging directory", rel.as_path()));
+                return 0;
+            }
+        };
+        let n = self.keep_prev_contents_of(&out, rel, self.root_names.as_deref());
+        if n > 0 {
+            let from = self.kept_source();
+            tracing::warn!(
+                "{rel}: open directory: {e}; keeping its {n} entries of the previous snapshot ({from}) in this unit's names"
+            );
+            self.problem(
+                rel,
+                ProblemKind::Unreadable,
+                "open directory",
+                format!("{e}; its {n} entries of the previous snapshot ({from}) in this unit's names were kept"),
+            );
+        } else {
+            self.source_error(rel, "open directory", e);
+        }
+        n
+    }
+
     /// Fills the new directory `out` at `rel`, which the source would not show, with
     /// the previous snapshot's entries of it (from its manifest; a previous tree
     /// without one gives none) and writes its manifest block. Returns how many.
     fn keep_prev_contents(&self, out: &S::Dir, rel: &RelPath) -> usize {
+        self.keep_prev_contents_of(out, rel, None)
+    }
+
+    /// [`Walk::keep_prev_contents`] of only the names `only` takes (all without it).
+    fn keep_prev_contents_of(
+        &self,
+        out: &S::Dir,
+        rel: &RelPath,
+        only: Option<&RootNames<'a>>,
+    ) -> usize {
         let prev = match self.prev_manifest {
             Some(m) if self.sink.has_prev(out) => m.lookup(rel).ok().flatten(),
             _ => None,
         };
         let mut block = Vec::new();
         for p in prev.unwrap_or_default() {
+            if only.is_some_and(|keep| !keep(&p.name)) {
+                continue;
+            }
             if self.cancel.load(Ordering::Relaxed) {
                 return 0;
             }
@@ -1511,7 +1559,7 @@ const COPIED_NOTE: &str =
 const KEPT_COPY: &str = "kept from the previous snapshot, which could not be linked";
 
 /// The metadata a kept previous directory gets back from its manifest entry.
-fn meta_of(e: &Entry) -> Meta {
+pub(crate) fn meta_of(e: &Entry) -> Meta {
     Meta {
         kind: e.kind,
         perm: e.perm,

@@ -2096,22 +2096,48 @@ impl Wrap<'_> {
     }
 }
 
+/// What [`dir_node_at`] found at a spine directory's path.
+pub enum DirAt {
+    /// The directory's node, and the error reading its extended attributes (the node
+    /// has none then): a `metadata` problem, not a reason to leave the directory out.
+    Node(Box<Node>, Option<Error>),
+    /// Gone (ENOENT, ENOTDIR), or another kind of entry now (a file, a symlink).
+    Gone(Error),
+}
+
 /// The node of the directory at `path`, named `name`, from its `lstat` and extended
 /// attributes, its access time recorded as its modification time (restic's default);
-/// its subtree is the caller's to set (a shard run's spine directories).
-/// A directory replaced by another kind of entry (a file, a symlink) is an error.
-pub fn dir_node_at(path: &Path, name: &[u8], names: &Names) -> Result<Node> {
-    let md = Stat::path(path).map_err(io_err("stat", path))?;
+/// its subtree is the caller's to set (a shard run's spine directories). Any `lstat`
+/// error but "gone" (permission denied, an I/O error, a stale handle) is an error:
+/// the directory is there, and leaving it out would drop what its units backed up.
+pub fn dir_node_at(path: &Path, name: &[u8], names: &Names) -> Result<DirAt> {
+    let md = match Stat::path(path) {
+        Ok(md) => md,
+        Err(e)
+            if [rustix::io::Errno::NOENT, rustix::io::Errno::NOTDIR]
+                .iter()
+                .any(|n| e.raw_os_error() == Some(n.raw_os_error())) =>
+        {
+            return Ok(DirAt::Gone(io_err("stat", path)(e)));
+        }
+        Err(e) => return Err(io_err("stat", path)(e)),
+    };
     if !md.is_dir() {
-        return Err(io_err("stat", path)(std::io::Error::new(
+        return Ok(DirAt::Gone(io_err("stat", path)(std::io::Error::new(
             std::io::ErrorKind::NotADirectory,
-            "no longer a directory",
-        )));
+            "no longer a directory: not the directory the plan cut",
+        ))));
     }
     let mut node = base_node(name, &md, names);
     record_atime(false, &mut node, None);
-    node.extended_attributes = xattrs(path)?;
-    Ok(node)
+    let failed = match xattrs(path) {
+        Ok(x) => {
+            node.extended_attributes = x;
+            None
+        }
+        Err(e) => Some(e),
+    };
+    Ok(DirAt::Node(Box::new(node), failed))
 }
 
 /// Which names of a directory a walk takes.

@@ -1110,13 +1110,25 @@ fn join_times(
 type SpineRead = Option<(fsx::Meta, fsx::Xattrs, Vec<Entry>)>;
 
 /// Reads each of the spine directories `order` from the source, on `threads` threads.
+/// A spine directory's entries for its spine children come from those children's own
+/// reads (their `fstat`), not from an `lstat` of each again: one that failed once (a
+/// GETATTR error on NFS) while the child's own open had worked left the child out of
+/// its parent's block, a manifest with a block for a directory no entry names.
+///
+/// One that is there but cannot be opened (permission denied, an I/O error, a stale
+/// handle) gets its metadata and extended attributes from the previous snapshot
+/// `prev`, as its units kept their names' entries from it (`worker::keep_unreadable`),
+/// with an `unreadable` problem; without a previous version finalize fails: leaving it
+/// out would throw away what its units backed up.
 fn read_spine(
     source: &Path,
     cut: &Cut,
     threads: usize,
     order: &[&RelPath],
+    prev: Option<&PrevSpine>,
+    counters: &Counters,
 ) -> Result<Vec<SpineRead>, ShardError> {
-    super::par_map(threads, order, |d| {
+    let own = super::par_map(threads, order, |d| {
         let src = source.join(d.as_path());
         let sfd = match fsx::open_dir(&src) {
             Ok(fd) => fd,
@@ -1124,26 +1136,100 @@ fn read_spine(
             Err(e) if fsx::errno_is(&e, Errno::NOENT) || fsx::errno_is(&e, Errno::NOTDIR) => {
                 return Ok(None);
             }
-            // Not gone (permission denied, an I/O error): leaving it out would throw
-            // away what its units backed up.
-            Err(e) => return Err(io_error(e, "open", &src).into()),
+            Err(e) => {
+                let Some((meta, xattrs)) = prev.and_then(|p| p.of(d)) else {
+                    return Err(io_error(e, "open", &src).into());
+                };
+                let from = prev.map(|p| p.from.as_str()).unwrap_or_default();
+                tracing::warn!(
+                    "{d}: open directory: {e}; its metadata of the previous snapshot (from {from}) kept"
+                );
+                counters.problem(report::Problem {
+                    path: d.escaped(),
+                    kind: report::ProblemKind::Unreadable,
+                    action: "open directory".into(),
+                    error: format!(
+                        "{e}; its metadata of the previous snapshot (from {from}) was kept"
+                    ),
+                });
+                return Ok(Some((meta, xattrs)));
+            }
         };
         let meta = fsx::fstat(b(&sfd)).ctx("stat", &src)?;
         let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&sfd))).unwrap_or_default();
-        let kids: Vec<Entry> = cut
-            .spine_children(d)
-            .into_iter()
-            .filter_map(|kid| {
-                fsx::lstat_at(b(&sfd), &kid)
-                    .ok()
-                    .filter(|m| m.kind == Kind::Dir)
-                    .map(|m| Entry::from_meta(&kid, &m))
-            })
-            .collect();
-        Ok(Some((meta, xattrs, kids)))
+        Ok(Some((meta, xattrs)))
     })
     .into_iter()
-    .collect()
+    .collect::<Result<Vec<_>, ShardError>>()?;
+    let metas: HashMap<&RelPath, &fsx::Meta> = order
+        .iter()
+        .zip(&own)
+        .filter_map(|(d, r)| Some((*d, &r.as_ref()?.0)))
+        .collect();
+    let kids: Vec<Vec<Entry>> = order
+        .iter()
+        .map(|d| {
+            cut.spine_children(d)
+                .into_iter()
+                .filter_map(|kid| {
+                    let m = metas.get(&d.join(&kid))?;
+                    (m.kind == Kind::Dir).then(|| Entry::from_meta(&kid, m))
+                })
+                .collect()
+        })
+        .collect();
+    Ok(own
+        .into_iter()
+        .zip(kids)
+        .map(|(r, kids)| r.map(|(meta, xattrs)| (meta, xattrs, kids)))
+        .collect())
+}
+
+/// The previous snapshot of a run's plan, for the spine directories finalize cannot
+/// open ([`read_spine`]).
+struct PrevSpine {
+    manifest: manifest::Reader,
+    /// The snapshot's directory in the store.
+    root: std::path::PathBuf,
+    /// Its run, for the messages.
+    from: String,
+    /// The source's device (what a kept directory's metadata says: it is no mount).
+    dev: u64,
+}
+
+impl PrevSpine {
+    /// The plan's previous snapshot (`None`: none, or without a manifest).
+    fn of_plan(store: &Store, plan: &PlanFile) -> Option<PrevSpine> {
+        let (name, run) = (plan.prev.as_ref()?, plan.prev_run.as_ref()?);
+        let manifest = manifest::Reader::open(&store.meta.join("manifests"), run).ok()?;
+        use std::os::unix::fs::MetadataExt;
+        Some(PrevSpine {
+            manifest,
+            root: store.root.join(name),
+            from: run.clone(),
+            dev: std::fs::metadata(&plan.source).map_or(0, |m| m.dev()),
+        })
+    }
+
+    /// Spine directory `d`'s metadata and extended attributes in the previous
+    /// snapshot: its manifest entry, and the attributes its copy there holds.
+    fn of(&self, d: &RelPath) -> Option<(fsx::Meta, fsx::Xattrs)> {
+        let entry = if d.is_root() {
+            self.manifest.root().ok()?
+        } else {
+            let block = self.manifest.lookup(&d.parent()).ok()??;
+            manifest::find(&block, d.file_name())?.clone()
+        };
+        if entry.kind != Kind::Dir {
+            return None;
+        }
+        let at = self.root.join(d.as_path());
+        let fd = fsx::open_dir(&at).ok()?;
+        let xattrs = fsx::read_xattrs(&XattrTarget::Fd(b(&fd))).unwrap_or_default();
+        let mut meta = crate::engine::walk::meta_of(&entry);
+        meta.dev = self.dev;
+        Some((meta, xattrs))
+    }
 }
 
 /// The run's manifest from the parts, the spine's entries and metadata, and hard-link
@@ -1167,8 +1253,10 @@ fn assemble(
     // parts: one does not wait for the other's round trips.
     let mut order: Vec<&RelPath> = cut.spine.iter().collect();
     order.sort_by_key(|r| std::cmp::Reverse(r.components().count()));
+    let prev = PrevSpine::of_plan(store, plan);
     let (firsts, read) = std::thread::scope(|s| {
-        let spine_read = s.spawn(|| read_spine(source, cut, threads, &order));
+        let spine_read =
+            s.spawn(|| read_spine(source, cut, threads, &order, prev.as_ref(), counters));
         // Pass 1: the groups (source inodes with several names) and the earliest
         // start, the parts read at once; their blocks kept for pass 2 within
         // `KEPT_ENTRIES`.

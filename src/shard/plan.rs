@@ -234,6 +234,18 @@ fn cut_dir(
     }
     let mut children = sizes.children(dir);
     children.sort_by(|a, b| a.name.cmp(&b.name));
+    // A name listed twice (an NFS server's readdir cookies gone wrong) is one entry: a
+    // heavy directory cut once per copy gave two spine entries and two anchors for one
+    // directory, a plan the run then refused (every worker failed, every run). Here it
+    // covers every [`Sizes`].
+    let before = children.len();
+    children.dedup_by(|a, b| a.name == b.name);
+    if children.len() != before {
+        tracing::warn!(
+            "{dir}: the listing gave {} name(s) more than once (a file system's readdir error); each is planned once",
+            before - children.len()
+        );
+    }
     // This directory's ranges (those of its spine subdirectories come in between).
     let mut mine = Vec::new();
     let mut lo: Option<Vec<u8>> = None;
@@ -380,6 +392,35 @@ mod tests {
             file("e", 2),
             file("f", 2),
         ])
+    }
+
+    /// A name listed twice (a file system's readdir error) is planned once: one spine
+    /// entry and one anchor per directory, whatever the `Sizes` gave.
+    #[test]
+    fn a_name_listed_twice_is_cut_once() {
+        let mut s = with_big(vec![
+            file("a", 4),
+            dir("big", 30),
+            dir("big", 30),
+            file("c", 4),
+            file("c", 4),
+        ]);
+        s.dirs.insert(
+            rel("big"),
+            vec![file("x", 10), file("x", 10), file("y", 10), file("z", 10)],
+        );
+        let c = cut(&s, 2, 10);
+        assert_eq!(c.spine, vec![RelPath::root(), rel("big")]);
+        let mut anchors: Vec<&RelPath> = c
+            .units
+            .iter()
+            .filter(|u| u.anchor)
+            .map(|u| &u.dir)
+            .collect();
+        anchors.sort();
+        assert_eq!(anchors, vec![&RelPath::root(), &rel("big")]);
+        let in_big: Vec<_> = c.units.iter().filter(|u| u.dir == rel("big")).collect();
+        assert_eq!(in_big.len(), 3, "{:?}", c.units);
     }
 
     #[test]

@@ -60,7 +60,7 @@ use super::state::{Holder, PlanFile, lease};
 use super::{ShardError, Spec};
 use crate::relpath::RelPath;
 use crate::restic::backend::{Backend, Kind};
-use crate::restic::backup::{EntryProblem, Names, UnitSpec, Wrap, dir_node_at};
+use crate::restic::backup::{DirAt, EntryProblem, Names, UnitSpec, Wrap, dir_node_at};
 use crate::restic::index::Index;
 use crate::restic::pack::BlobType;
 use crate::restic::repo::{Packer, PackerStats, Repo};
@@ -1593,12 +1593,15 @@ fn build_unit(
     let walk_fd = match crate::fsx::open_dir_beneath(src_root, unit.dir.as_bytes()) {
         Ok(fd) => fd,
         Err(e) if crate::fsx::gone_beneath(&e) => return Ok(Built::default()),
+        // There but not to be opened (permission denied, an I/O error, a stale handle):
+        // a unit into a repository keeps no previous entries (the store's does), so the
+        // worker fails, saying what to do, rather than publish the directory empty.
         Err(e) => {
-            return Err(restic::Error::Io {
-                action: "open",
-                path: walk_root,
-                source: e,
-            });
+            return Err(restic::Error::Other(format!(
+                "unit {}: cannot open {}: {e}: the directory is there but cannot be read, and a run into a repository keeps none of its previous entries; nothing of this run is published until it can be read (make it readable, or exclude it), then rerun with the same --run-id",
+                unit.id,
+                crate::relpath::shown(&walk_root)
+            )));
         }
     };
     let mut warnings: Vec<String> = parent.warning.iter().cloned().collect();
@@ -1773,6 +1776,20 @@ fn finalize(
     published(repo, st, f, spec, group, lock_held)
 }
 
+/// Spine directory `d`'s problem of `kind` (`vanished`, `metadata`), from `e`.
+fn spine_problem(d: &RelPath, kind: &str, e: restic::Error) -> EntryProblem {
+    let action = match &e {
+        restic::Error::Io { action, .. } => action.to_string(),
+        _ => "stat".to_string(),
+    };
+    EntryProblem {
+        path: d.escaped(),
+        kind: kind.into(),
+        action,
+        error: e.to_string(),
+    }
+}
+
 /// The run's `final`: this process's (the spine's trees made from the commits, the
 /// snapshot sealed), created exclusively, or the one another process created first.
 #[allow(clippy::too_many_arguments)]
@@ -1843,6 +1860,7 @@ fn make_final(
     let mut per_worker: BTreeMap<usize, WorkerTotals> = BTreeMap::new();
     let mut by_dir: BTreeMap<&RelPath, Vec<Node>> = BTreeMap::new();
     let mut kept = BTreeMap::new();
+    let mut unit_figures: Vec<(&super::plan::Unit, Figures)> = Vec::new();
     for (u, c) in cut.units.iter().zip(commits) {
         let f = &c.figures;
         totals.units += 1;
@@ -1864,6 +1882,7 @@ fn make_final(
         w.files_read += f.counts.files_read;
         w.bytes_read += f.counts.bytes_read;
         w.seconds += f.seconds;
+        unit_figures.push((u, f.counts.clone()));
         by_dir.entry(&u.dir).or_default().extend(c.nodes);
     }
     totals.per_worker = per_worker.into_values().collect();
@@ -1904,6 +1923,8 @@ fn make_final(
     }
     let mut made: BTreeMap<&RelPath, Node> = BTreeMap::new();
     let mut root = None;
+    // The spine directories left out (gone from the source), each with what is below.
+    let mut left_out: std::collections::HashSet<RelPath> = Default::default();
     for d in spine {
         let mut nodes = by_dir.remove(d).unwrap_or_default();
         if mounts.below(d) {
@@ -1936,27 +1957,44 @@ fn make_final(
         }
         let path = source.join(d.as_path());
         // A spine directory gone since the plan is left out; one replaced by another
-        // kind of entry too (its units walked no name of it): the next run has it.
-        let node = dir_node_at(&path, d.file_name(), &names).and_then(|n| match n.kind.as_str() {
-            "dir" => Ok(n),
-            other => Err(restic::Error::Other(format!(
-                "{} is a {other} now, not the directory the plan cut",
-                crate::relpath::shown(&path)
-            ))),
-        });
-        match node {
-            Ok(mut n) => {
+        // kind of entry too (its units walked no name of it): the next run has it. Any
+        // other error (permission denied, an I/O error, a stale handle) fails finalize:
+        // the directory is there, and leaving it out would drop what its units backed
+        // up (the store's finalize refuses alike); a rerun publishes the run.
+        match dir_node_at(&path, d.file_name(), &names).map_err(|e| {
+            failed(restic::Error::Other(format!(
+                "{e}; nothing published: the spine directory is there but could not be read; a rerun with the same --run-id (the worker, or `snapring finalize`) publishes the run"
+            )))
+        })? {
+            DirAt::Node(mut n, xattr_error) => {
+                if let Some(e) = xattr_error {
+                    tracing::warn!("{d}: {e}");
+                    totals.problems.push(spine_problem(d, "metadata", e));
+                }
                 n.subtree = Some(id);
-                made.insert(d, n);
+                made.insert(d, *n);
             }
-            Err(e) => {
+            DirAt::Gone(e) => {
                 tracing::warn!("{d}: {e}; left out of the snapshot");
-                totals.problems.push(EntryProblem {
-                    path: d.escaped(),
-                    kind: "vanished".into(),
-                    action: "stat".into(),
-                    error: e.to_string(),
-                });
+                totals.problems.push(spine_problem(d, "vanished", e));
+                // What its units (and this loop, for the spine below it) counted is
+                // not in the snapshot: the run's figures say what it holds (a spine
+                // directory below it left out already took its own off).
+                let counted = |p: &RelPath| p.at_or_below(d) && !p.at_or_below_any(&left_out);
+                for (_, f) in unit_figures.iter().filter(|(u, _)| counted(&u.dir)) {
+                    let c = &mut totals.counts;
+                    c.files = c.files.saturating_sub(f.files);
+                    c.dirs = c.dirs.saturating_sub(f.dirs);
+                    c.files_unchanged = c.files_unchanged.saturating_sub(f.files_unchanged);
+                    c.bytes_total = c.bytes_total.saturating_sub(f.bytes_total);
+                }
+                let spine_below = cut
+                    .spine
+                    .iter()
+                    .filter(|s| !mounts.below(s) && counted(s))
+                    .count() as u64;
+                totals.counts.dirs = totals.counts.dirs.saturating_sub(spine_below);
+                left_out.insert(d.clone());
             }
         }
     }

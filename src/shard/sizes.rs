@@ -156,7 +156,15 @@ impl Visitor for Counting {
         let Some(fd) = fd else { return Opened::Skip };
         // A slow or dying planner in the tests (tests/shard.rs).
         let _ = crate::failpoint::hit("shard.size");
-        let names = fsx::list_dir_typed_ino(b(&fd)).unwrap_or_default();
+        let mut names = fsx::list_dir_typed_ino(b(&fd)).unwrap_or_default();
+        // A name listed twice is weighed once (`plan::cut_dir` drops the copy and warns):
+        // walked twice, its directory would weigh double. The copies are made only when
+        // there is a duplicate to drop.
+        let mut seen = std::collections::HashSet::with_capacity(names.len());
+        if !names.iter().all(|(n, _, _)| seen.insert(n.as_slice())) {
+            let mut seen = std::collections::HashSet::with_capacity(names.len());
+            names.retain(|(n, _, _)| seen.insert(n.clone()));
+        }
         Opened::Dir(
             Node {
                 fd,

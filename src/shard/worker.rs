@@ -1284,6 +1284,21 @@ fn build(
             crate::sink::Sink::commit(sink, &root).ctx("seal", &work)?;
             return Ok(Some(unit_counts(&counters, t0, started_at)));
         }
+        // There but not to be opened (permission denied, an I/O error, a stale
+        // handle): the unit's names of the previous snapshot are kept (below), as a
+        // single-node run keeps an unreadable directory's entries. Without a previous
+        // manifest there is nothing to keep: the worker fails, as finalize would.
+        Err(e) if ctx.prev.as_ref().is_some_and(|p| p.manifest.is_some()) => {
+            return keep_unreadable(
+                ctx,
+                unit,
+                (&work, work_fd, resume, writer),
+                &counters,
+                stop,
+                e,
+            )
+            .map(|built| built.then(|| unit_counts(&counters, t0, started_at)));
+        }
         Err(e) => return Err(io_error(e, "open source directory", &src_path).into()),
     };
     let src_meta = fsx::fstat(b(&src)).ctx("stat", &src_path)?;
@@ -1341,6 +1356,57 @@ fn build(
     root.group = None;
     crate::sink::Sink::commit(sink, &root).ctx("seal unit", &work)?;
     Ok(Some(unit_counts(&counters, t0, started_at)))
+}
+
+/// Unit `unit` whose directory could not be opened (`e`): its work directory (`work`,
+/// an interrupted build's to resume from, its manifest part's writer) holds the
+/// previous snapshot's entries of its names ([`Walk::keep_prev_root`]), with an
+/// `unreadable` problem; finalize takes the directory's own metadata from the
+/// previous manifest when it cannot open it either. `false`: stopped.
+fn keep_unreadable(
+    ctx: &Worker,
+    unit: &Unit,
+    (work, work_fd, resume, writer): (
+        &std::path::Path,
+        OwnedFd,
+        Option<(OwnedFd, fsx::Time)>,
+        manifest::Writer,
+    ),
+    counters: &Counters,
+    stop: &AtomicBool,
+    e: std::io::Error,
+) -> Result<bool, ShardError> {
+    let prev_dir = ctx
+        .prev_root
+        .as_ref()
+        .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
+    let sink = TreeSink::new(work_fd, prev_dir, resume, writer)
+        .rooted_at(unit.dir.clone())
+        .listing_prev(ctx.remote);
+    let keep = ctx.cut.unit_names(unit);
+    let manifest = ctx.prev.as_ref().and_then(|p| p.manifest.as_ref());
+    let kept_from = ctx
+        .prev
+        .as_ref()
+        .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
+    let walk = Walk::new(counters, stop, &ctx.excludes, manifest, &sink)
+        .kept_from(kept_from)
+        .only_root_names(Box::new(keep));
+    walk.keep_prev_root(&unit.dir, &e);
+    let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+    drop(walk);
+    if let Some(e) = fatal {
+        crate::sink::Sink::abandon(sink);
+        return Err(ShardError::Failed(e));
+    }
+    if stop.load(Ordering::Relaxed) {
+        crate::sink::Sink::abandon(sink);
+        return Ok(false);
+    }
+    let mut root = Entry::from_meta(b".", &fsx::fstat(b(&sink_root(work)?)).ctx("stat", work)?);
+    root.group = None;
+    crate::sink::Sink::commit(sink, &root).ctx("seal unit", work)?;
+    Ok(true)
 }
 
 fn sink_root(work: &std::path::Path) -> Result<OwnedFd, ShardError> {
