@@ -1381,6 +1381,7 @@ fn keep_unreadable(
         .as_ref()
         .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
     let sink = TreeSink::new(work_fd, prev_dir, resume, writer)
+        .owners_held_by_store(ctx.owners_held)
         .rooted_at(unit.dir.clone())
         .listing_prev(ctx.remote);
     let keep = ctx.cut.unit_names(unit);
@@ -1391,7 +1392,8 @@ fn keep_unreadable(
         .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
     let walk = Walk::new(counters, stop, &ctx.excludes, manifest, &sink)
         .kept_from(kept_from)
-        .only_root_names(Box::new(keep));
+        .only_root_names(Box::new(keep))
+        .gate(&ctx.gate);
     walk.keep_prev_root(&unit.dir, &e);
     let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
     drop(walk);
