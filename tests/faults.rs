@@ -635,6 +635,15 @@ fn entries_that_cannot_be_seen_keep_their_previous_version() {
         let mut want = before.clone();
         want.insert(b"d0/f0".to_vec(), now[&b"d0/f0".to_vec()].clone());
         assert_eq!(now, want, "run {run}");
+        // The kept versions are in the snapshot: counted among its files and bytes
+        // (d1/f5 and d2/f6, whose `lstat` failed, were not).
+        let files = now.values().filter(|d| d.kind != "dir").count() as u64;
+        let bytes: u64 = walk_files(&dest.join("daily.0"))
+            .iter()
+            .map(|f| std::fs::symlink_metadata(f).unwrap().len())
+            .sum();
+        assert_eq!(rep["files_total"], files, "run {run}: {rep}");
+        assert_eq!(rep["source_bytes"], bytes, "run {run}: {rep}");
         assert_eq!(
             std::fs::read(dest.join("daily.0/d0/f0")).unwrap(),
             b"changed 0"
@@ -740,4 +749,19 @@ fn kept_entries_the_store_cannot_link_are_copied_from_the_previous_snapshot() {
     }
     assert_verify_clean(&dest, "daily.0");
     drop(store_fs);
+}
+
+/// The regular files under `root`.
+fn walk_files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(root).unwrap() {
+        let e = e.unwrap();
+        let t = e.file_type().unwrap();
+        if t.is_dir() {
+            out.extend(walk_files(&e.path()));
+        } else if t.is_file() {
+            out.push(e.path());
+        }
+    }
+    out
 }

@@ -1469,3 +1469,178 @@ fn a_stopped_repository_restore_names_the_file_escaped() {
     let msg = v["message"].as_str().unwrap();
     assert!(msg.contains(&want) && !msg.contains('\n'), "{msg}");
 }
+
+/// A hard-linked file changed between the backup's reads of its two names (driven by a
+/// pause between them, `--jobs 1`): the snapshot records the first name with the old
+/// content and the other with the new one. The later name is recorded as no hard link
+/// (`inode: 0`, `links: 1`), a `metadata` problem "join hard link" naming both;
+/// snapring's restore and restic's give each name its own content. Recorded as one
+/// inode, both restores gave the second name the first's bytes, and `restic check
+/// --read-data` and `verify` were clean; with `links: 1` alone, restic 0.14's restore
+/// removed that name (its second pass).
+#[test]
+fn a_hard_link_changed_between_the_reads_of_its_names_restores_each_names_content() {
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("to"),
+    );
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    std::fs::create_dir_all(src.join("z")).unwrap();
+    write(&src.join("a/f01"), b"AAAA content");
+    std::fs::hard_link(src.join("a/f01"), src.join("z/hl01")).unwrap();
+    let url = common::restic::file_url(&repo);
+    let (code, out, err) = common::restic::sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}{err}");
+    let pause = t.path().join("between");
+    let child = std::process::Command::new(bin())
+        .args(["backup", "--json", "--jobs", "1", "--source"])
+        .arg(&src)
+        .args(["--dest", &url])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.backup.hard_link=pause:{}", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    // The first name is read; the other is not yet: the inode changes in between.
+    std::fs::write(src.join("a/f01"), b"BBBB newer content!!").unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.status.code(), Some(2), "{r}\n{err}");
+    let problems = r["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{r}");
+    assert_eq!(problems[0]["action"], "join hard link", "{r}");
+    assert_eq!(problems[0]["kind"], "metadata", "{r}");
+
+    let contents = |to: &Path| {
+        let (a, z) = (to.join("a/f01"), to.join("z/hl01"));
+        let mut got = [std::fs::read(&a).unwrap(), std::fs::read(&z).unwrap()];
+        assert_ne!(
+            std::fs::metadata(&a).unwrap().ino(),
+            std::fs::metadata(&z).unwrap().ino(),
+            "restored as one inode"
+        );
+        got.sort();
+        got
+    };
+    let want = [b"AAAA content".to_vec(), b"BBBB newer content!!".to_vec()];
+    let (code, out, err) = common::restic::sr(&restore_latest(&url, &to));
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(contents(&to), want);
+
+    if let Some(restic) = common::restic::restic_binary("restic's restore of the two names") {
+        let rto = t.path().join("rto");
+        common::restic::run_restic(
+            &restic,
+            &repo,
+            &["restore", "latest", "--target", rto.to_str().unwrap()],
+        );
+        assert_eq!(contents(&rto.join(src.strip_prefix("/").unwrap())), want);
+        common::restic::run_restic(&restic, &repo, &["check", "--read-data"]);
+    }
+}
+
+/// A snapshot written before the writer recorded such a name as no hard link (or by
+/// another writer): two names of one `(device, inode)` with more than one link and
+/// different contents (here two files' nodes made so, as an NFS server giving two files
+/// one inode number leaves them). snapring's restore links only names recording the
+/// same content and metadata: each gets its own, and the name not linked is a problem.
+/// Linked by `(device, inode)` alone, the second name came back with the first's bytes.
+#[test]
+fn names_of_one_recorded_inode_with_two_contents_are_not_linked_on_restore() {
+    use snapring::restic::{
+        Id,
+        backend::Kind,
+        pack::BlobType,
+        repo::{Packer, Repo},
+        snapshot,
+        tree::Tree,
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("to"),
+    );
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    std::fs::create_dir_all(src.join("z")).unwrap();
+    write(&src.join("a/f01"), b"AAAA content");
+    write(&src.join("z/g01"), b"BBBB other file");
+    write(&src.join("z/g02"), b"BBBB other file");
+    // g01 and g02 as two names of one inode would record them: the same times.
+    let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    for f in ["a/f01", "z/g01", "z/g02"] {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(src.join(f))
+            .unwrap();
+        f.set_modified(when).unwrap();
+    }
+    common::restic::repo_of(&repo, &src);
+
+    // Every tree again, f01, g01 and g02 given one inode with 3 links.
+    let mut r = Repo::open(&repo, common::restic::PASSWORD.as_bytes()).unwrap();
+    let (_, snap) = snapshot::find(&r, "latest").unwrap();
+    let packer = Packer::default();
+    fn again(r: &Repo, packer: &Packer, id: Id) -> Id {
+        let mut tree = r.read_tree(&id).unwrap();
+        for n in &mut tree.nodes {
+            if let Some(sub) = n.subtree {
+                n.subtree = Some(again(r, packer, sub));
+            }
+            if ["f01", "g01", "g02"].contains(&n.name.as_str()) {
+                (n.device_id, n.inode, n.links) = (1, 4242, 3);
+            }
+        }
+        packer
+            .save(r, BlobType::Tree, &Tree { nodes: tree.nodes }.to_blob())
+            .unwrap()
+    }
+    let root = again(&r, &packer, snap.tree);
+    packer.finish(&mut r).unwrap();
+    let id = r
+        .save_json(
+            Kind::Snapshot,
+            &snapshot::Snapshot {
+                tree: root,
+                ..snap.clone()
+            },
+        )
+        .unwrap();
+
+    let url = common::restic::file_url(&repo);
+    let (code, out, err) = common::restic::sr(&[
+        "restore",
+        "--dest",
+        &url,
+        &id.hex()[..8],
+        "--to",
+        to.to_str().unwrap(),
+        "--json",
+    ]);
+    let read = |p: &str| std::fs::read(to.join(p)).unwrap();
+    assert_eq!(read("a/f01"), b"AAAA content", "{out}{err}");
+    assert_eq!(read("z/g01"), b"BBBB other file", "{out}{err}");
+    assert_eq!(read("z/g02"), b"BBBB other file", "{out}{err}");
+    assert_eq!(code, 2, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // g01 is not linked to f01 (a problem); g02 is linked to g01, as recorded.
+    let problems = v["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{v}");
+    assert_eq!(problems[0]["path"], "z/g01", "{v}");
+    assert_eq!(problems[0]["action"], "create hard link", "{v}");
+    use std::os::unix::fs::MetadataExt;
+    let ino = |p: &str| std::fs::metadata(to.join(p)).unwrap().ino();
+    assert_eq!(ino("z/g01"), ino("z/g02"));
+    assert_ne!(ino("a/f01"), ino("z/g01"));
+}

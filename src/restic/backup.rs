@@ -1015,6 +1015,26 @@ fn keep_recorded_atime(node: &mut Node, prev: Option<&Node>) {
     }
 }
 
+/// What the names of one inode share, as their nodes record it: kind, size, times but
+/// the access time, mode, owner, device number, extended attributes and content (or
+/// link target). Two names of one `(device, inode)` that differ here were not read as
+/// one inode ([`Run::hard_link`]).
+fn inode_signature(n: &Node) -> blake3::Hash {
+    let key = (
+        &n.kind,
+        n.size,
+        &n.mtime,
+        &n.ctime,
+        n.mode,
+        (n.uid, n.gid),
+        n.device,
+        &n.extended_attributes,
+        &n.content,
+        (&n.linktarget, &n.linktarget_raw),
+    );
+    blake3::hash(&serde_json::to_vec(&key).expect("a node serialises"))
+}
+
 /// The compare key: the parent's node is this file, unchanged.
 fn unchanged(prev: &Node, md: &Stat, now: &Node) -> bool {
     prev.kind == "file"
@@ -1078,6 +1098,10 @@ struct Run<'a> {
     /// A shard unit's directory relative to the source (the root otherwise): patterns
     /// with a `/` match paths from the source's root.
     unit_rel: crate::relpath::RelPath,
+    /// The inodes met with several links, by `(device, inode)`: the first name recorded
+    /// and what its node says of the inode ([`inode_signature`]). A later name whose
+    /// node says otherwise is recorded as no hard link of it ([`Run::hard_link`]).
+    links: Mutex<HashMap<(u64, u64), (PathBuf, blake3::Hash)>>,
 }
 
 /// Warnings a run keeps, at most (the log has every one).
@@ -1490,6 +1514,7 @@ impl<'a> Run<'a> {
             unit_dir: String::new(),
             excludes: None,
             unit_rel: crate::relpath::RelPath::root(),
+            links: Mutex::default(),
         }
     }
 
@@ -1770,7 +1795,65 @@ impl<'a> Run<'a> {
         if let Some(e) = differs {
             self.problem(p, "metadata", e);
         }
+        self.hard_link(p, &mut node);
         Ok(Some((node, None)))
+    }
+
+    /// A name of an inode with several links (`node`, at `p`, complete): the first
+    /// recorded of its `(device, inode)` is kept in [`Run::links`]; a later one whose
+    /// node records another inode than the first's (another size, times, mode, owner,
+    /// extended attributes or content: a file changed between the reads of its two
+    /// names, or a file system giving two files one inode number) is recorded with no
+    /// inode (`inode: 0`, `links: 1`, as for a file system without inode numbers), so
+    /// that no restore gives it the first name's content: snapring's and restic's link
+    /// the names of one `(device, inode)` with more than one link, and restic 0.14's
+    /// also removes a name with `links: 1` whose inode another name has (its second
+    /// pass "links" it, but only removes it: the file was missing from the restore).
+    /// A problem `metadata` names both, as the store's walk does ("join hard link").
+    /// The next run reads the file again (its inode is not the one recorded).
+    fn hard_link(&self, p: &Path, node: &mut Node) {
+        if node.links < 2 || node.inode == 0 {
+            return;
+        }
+        // Tests change the file here, between the reads of its names.
+        let _ = crate::failpoint::hit("restic.backup.hard_link");
+        let sig = inode_signature(node);
+        let first = {
+            let mut links = lock(&self.links);
+            match links.get(&(node.device_id, node.inode)) {
+                None => {
+                    links.insert((node.device_id, node.inode), (p.to_path_buf(), sig));
+                    return;
+                }
+                Some((_, s)) if *s == sig => return,
+                Some((first, _)) => first.clone(),
+            }
+        };
+        let rel = |q: &Path| {
+            crate::relpath::escape(
+                q.strip_prefix(&self.root)
+                    .unwrap_or(q)
+                    .as_os_str()
+                    .as_bytes(),
+            )
+        };
+        let first = rel(&first);
+        tracing::warn!(
+            "{}: reports the inode number of {first} (device {}, inode {}) but not its size, times, mode, owner or content: backed up on its own, not as a hard link to it",
+            crate::relpath::shown(p),
+            node.device_id,
+            node.inode
+        );
+        self.problem(
+            p,
+            "metadata",
+            io_err("join hard link", p)(std::io::Error::other(format!(
+                "reports the inode of {first} (device {}, inode {}) with another size, times, mode, owner or content (a file system reusing inode numbers, or a file changed during the backup): backed up on its own, not linked to {first}",
+                node.device_id, node.inode
+            ))),
+        );
+        node.inode = 0;
+        node.links = 1;
     }
 
     /// The entry checked against what it must be ([`Reuse::check_entry`]): `None`

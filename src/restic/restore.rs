@@ -323,8 +323,8 @@ struct Fill {
     /// For messages, and to remove it ([`To::parent`]).
     path: PathBuf,
     node: Node,
-    /// Its key in [`Links`] when it has other names (device, inode).
-    link: Option<(u64, u64)>,
+    /// Its key in [`Links`] when it has other names.
+    link: Option<LinkKey>,
 }
 
 /// The names of one inode with several links: the first is created and filled, the
@@ -333,17 +333,25 @@ struct Fill {
 /// are paths under `to`, reached again through [`To::parent`].
 struct LinkGroup {
     first: PathBuf,
+    /// What its names record of the inode ([`link_signature`]): a name of the same
+    /// `(device, inode)` recording another is not linked to it.
+    sig: blake3::Hash,
     others: Vec<PathBuf>,
     /// Why its content could not be read, once it could not.
     failed: Option<String>,
 }
 
-/// The inodes with several links, by (device, inode), shared by the walk and the fill
+/// A group of [`Links`]: (device, inode, variant). Variant 0 holds the first name of
+/// the `(device, inode)` met; a name recording another content or metadata than every
+/// group's of its `(device, inode)` so far starts the next variant ([`Restorer::hard_link`]).
+type LinkKey = (u64, u64, usize);
+
+/// The inodes with several links, by [`LinkKey`], shared by the walk and the fill
 /// threads: the walk links a name only while the group has not failed, and a failed
 /// fill removes every name linked so far, both under this lock (a link made after the
 /// removal would be a half-written file; one to the removed first name failed and
 /// stopped the restore).
-type Links = std::sync::Mutex<HashMap<(u64, u64), LinkGroup>>;
+type Links = std::sync::Mutex<HashMap<LinkKey, LinkGroup>>;
 
 /// The restore's `to`, opened once: what the walk reaches again after it made it (a
 /// hard link's first name, a directory for its metadata, a file to remove) is reopened
@@ -829,7 +837,7 @@ fn prefetch(on: &FillOn, batch: &[Fill]) -> Result<HashMap<Id, Vec<u8>>> {
 /// problem; a name the walk meets later is not linked ([`Restorer::hard_link`]).
 /// `ours`: the file at `path` is the one the restore made (else it is left, and named
 /// as changed under the restore).
-fn not_restored(on: &FillOn, path: &Path, link: Option<(u64, u64)>, e: Error, ours: bool) {
+fn not_restored(on: &FillOn, path: &Path, link: Option<LinkKey>, e: Error, ours: bool) {
     use crate::report::ProblemKind;
     let (kind, action) = match ours {
         true => (ProblemKind::Unreadable, "read from the repository"),
@@ -1476,7 +1484,12 @@ impl Restorer<'_> {
 
     /// Makes `name` in `dir` (`p`) a hard link to an earlier restored name of the same
     /// inode. A name of an inode whose data did not read is not restored: a problem,
-    /// and the walk goes on.
+    /// and the walk goes on. Only a name recording the same content and metadata
+    /// ([`link_signature`]) is linked: two names of one `(device, inode)` recording two
+    /// contents (a file changed between the backup's reads of its names, or a file
+    /// system giving two files one inode number, in a snapshot written before the
+    /// writer recorded such a name as no hard link) each get their own, with a problem;
+    /// linked, the second name's content was lost from every restore.
     fn hard_link(
         &mut self,
         n: &Node,
@@ -1484,21 +1497,42 @@ impl Restorer<'_> {
         name: &[u8],
         p: &Path,
     ) -> Result<Linked> {
+        use std::collections::hash_map::Entry;
         if n.links < 2 || n.inode == 0 {
             return Ok(Linked::No);
         }
-        let key = (n.device_id, n.inode);
+        let sig = link_signature(n);
         let mut links = lock(self.links);
-        let Some(g) = links.get_mut(&key) else {
-            links.insert(
-                key,
-                LinkGroup {
-                    first: p.to_path_buf(),
-                    others: Vec::new(),
-                    failed: None,
-                },
-            );
-            return Ok(Linked::First(key));
+        let mut variant = 0;
+        let g = loop {
+            let key = (n.device_id, n.inode, variant);
+            match links.entry(key) {
+                Entry::Occupied(o) if o.get().sig != sig => variant += 1,
+                Entry::Occupied(o) => break o.into_mut(),
+                Entry::Vacant(v) => {
+                    v.insert(LinkGroup {
+                        first: p.to_path_buf(),
+                        sig,
+                        others: Vec::new(),
+                        failed: None,
+                    });
+                    if variant > 0
+                        && let Some(g) = links.get(&(n.device_id, n.inode, 0))
+                    {
+                        let first = crate::relpath::escape(self.to.rel(&g.first));
+                        self.problems.add(
+                            p,
+                            crate::report::ProblemKind::Metadata,
+                            "create hard link",
+                            Error::Other(format!(
+                                "recorded with the inode of {first} (device {}, inode {}) but another content, size, mode, owner or modification time (the file changed between the backup's reads of its names, or the file system gave two files one inode number): restored with its own content, not linked to {first}",
+                                n.device_id, n.inode
+                            )),
+                        );
+                    }
+                    return Ok(Linked::First(key));
+                }
+            }
         };
         if let Some(why) = &g.failed {
             let e = linked_to_unreadable(self.problems, &g.first, why);
@@ -1521,12 +1555,27 @@ impl Restorer<'_> {
     }
 }
 
+/// What the names of one inode share, as their nodes record it, of what a restore
+/// makes: content, size, mode, owner, modification time and extended attributes (not
+/// the change time: a link added while the backup read the names moves it alone).
+fn link_signature(n: &Node) -> blake3::Hash {
+    let key = (
+        &n.content,
+        n.size,
+        n.mode,
+        (n.uid, n.gid),
+        super::parse_time(&n.mtime).ok(),
+        &n.extended_attributes,
+    );
+    blake3::hash(&serde_json::to_vec(&key).expect("a node serialises"))
+}
+
 /// What [`Restorer::hard_link`] did with a file's name.
 enum Linked {
     /// Not a file with other names: created and filled on its own.
     No,
     /// The first name of its inode (the key): created and filled.
-    First((u64, u64)),
+    First(LinkKey),
     /// Linked to the first name, or not restored (its data did not read).
     Done,
 }
