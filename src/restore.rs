@@ -1371,10 +1371,28 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if self.unfinished.rerun && !node.fresh && !self.opts.dry_run {
             self.remove_leftovers(node);
         }
-        match self.reader.list(&node.src) {
-            Ok(items) => {
+        match self.reader.list_checked(&node.src) {
+            Ok((items, damage)) => {
+                // Where the snapshot's tree and its manifest disagree, the snapshot is
+                // damaged: those names are not restored, and `--mirror` deletes nothing
+                // in the directory (the target may hold the good copy of what is gone).
+                for d in &damage {
+                    self.problem(
+                        &node.src_rel.join(&d.name),
+                        ProblemKind::Unreadable,
+                        "check the snapshot against its manifest",
+                        &d.why,
+                    );
+                }
                 if self.opts.mode == Mode::Mirror && !node.fresh {
-                    self.mirror_deletes(node, &items);
+                    if damage.is_empty() {
+                        self.mirror_deletes(node, &items);
+                    } else {
+                        self.conflict(
+                            &node.dst_rel,
+                            "the snapshot's copy of this directory is damaged (see the problems): --mirror deleted nothing here".into(),
+                        );
+                    }
                 }
                 items
             }

@@ -40,6 +40,15 @@ impl Listed {
     }
 }
 
+/// A name on which a snapshot's tree and its record (manifest block) disagree: the
+/// snapshot is damaged there, and the name is not listed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Damage {
+    pub name: Vec<u8>,
+    /// What disagrees, for a report.
+    pub why: String,
+}
+
 /// What a reader knows about one entry.
 #[derive(Clone, Debug)]
 pub struct Stat {
@@ -70,6 +79,13 @@ pub trait SnapshotReader: Sync {
 
     /// `dir`'s names, sorted by bytes.
     fn list(&self, dir: &Self::Dir) -> io::Result<Vec<Listed>>;
+
+    /// [`list`](Self::list), with where the directory's tree and its record disagree
+    /// (a reader keeping a record beside a tree: [`Damage`]); the names listed are
+    /// those [`list`](Self::list) gives.
+    fn list_checked(&self, dir: &Self::Dir) -> io::Result<(Vec<Listed>, Vec<Damage>)> {
+        Ok((self.list(dir)?, Vec::new()))
+    }
 
     /// One name of `dir` as [`list`](Self::list) would give it, without listing `dir`
     /// (`ENOENT` when a record-only reader does not have it).
@@ -302,6 +318,13 @@ impl SnapshotReader for TreeReader<'_> {
                 .map(Listed::Recorded)
                 .collect());
         }
+        Ok(self.list_checked(dir)?.0)
+    }
+
+    fn list_checked(&self, dir: &TreeDir) -> io::Result<(Vec<Listed>, Vec<Damage>)> {
+        if self.mode == Mode::Manifest {
+            return Ok((self.list(dir)?, Vec::new()));
+        }
         // Through the directory's own descriptor (listed once, by the worker that opened
         // it): no second open of it, and a large buffer (fewer READDIR round trips).
         let mut names = fsx::list_dir_typed(fd(dir)?)?;
@@ -313,28 +336,19 @@ impl SnapshotReader for TreeReader<'_> {
         }
         names.sort_by(|a, b| a.0.cmp(&b.0));
         let Some(block) = self.block(dir) else {
-            return Ok(names
+            let l = names
                 .into_iter()
                 .map(|(n, k)| Listed::Name(n, None, k))
-                .collect());
+                .collect();
+            return Ok((l, Vec::new()));
         };
-        // Both sorted by name: one merge, no lookups. Names come from the tree only.
-        let mut recs = block.into_iter().peekable();
-        Ok(names
-            .into_iter()
-            .map(|(n, k)| {
-                while recs.next_if(|r| r.name < n).is_some() {}
-                let rec = recs.next_if(|r| r.name == n);
-                Listed::Name(n, rec, k)
-            })
-            .collect())
+        // Both sorted by name: one merge, no lookups.
+        let mut damage = Vec::new();
+        let l = merge(names, block, &mut damage);
+        Ok((l, damage))
     }
 
     fn find(&self, dir: &TreeDir, name: &[u8]) -> io::Result<Listed> {
-        let rec = || {
-            self.block(dir)
-                .and_then(|es| manifest::find(&es, name).cloned())
-        };
         match self.mode {
             Mode::Manifest => {
                 let es = self.manifest.expect("manifest mode").lookup(&dir.rel)?;
@@ -343,7 +357,15 @@ impl SnapshotReader for TreeReader<'_> {
                     .ok_or_else(|| Errno::NOENT.into())
             }
             Mode::Tree => Ok(Listed::Name(name.to_vec(), None, None)),
-            Mode::Restore => Ok(Listed::Name(name.to_vec(), rec(), None)),
+            // A name the directory's usable manifest block does not record was not
+            // backed up (as in `list`): the snapshot does not have it, whatever its tree
+            // holds.
+            Mode::Restore => match self.block(dir) {
+                Some(es) => manifest::find(&es, name)
+                    .map(|r| Listed::Name(name.to_vec(), Some(r.clone()), None))
+                    .ok_or_else(|| Errno::NOENT.into()),
+                None => Ok(Listed::Name(name.to_vec(), None, None)),
+            },
         }
     }
 
@@ -360,6 +382,7 @@ impl SnapshotReader for TreeReader<'_> {
         };
         let d = fd(dir)?;
         let m = fsx::lstat_at(d, &name)?;
+        same_kind(&rec, &m)?;
         Ok(self.facts(d, &name, m, rec))
     }
 
@@ -379,7 +402,10 @@ impl SnapshotReader for TreeReader<'_> {
             Ok((m, f))
         });
         match opened {
-            Ok((m, f)) if m.kind == Kind::File => Ok((self.facts(d, &name, m, rec), Some(f))),
+            Ok((m, f)) if m.kind == Kind::File => {
+                same_kind(&rec, &m)?;
+                Ok((self.facts(d, &name, m, rec), Some(f)))
+            }
             Err(e) if fsx::errno_is(&e, Errno::NOENT) => Err(e),
             _ => Ok((self.stat(dir, Listed::Name(name, rec, None))?, None)),
         }
@@ -415,6 +441,71 @@ impl SnapshotReader for TreeReader<'_> {
 
     fn read_link(&self, dir: &TreeDir, name: &[u8]) -> io::Result<Vec<u8>> {
         fsx::read_link_at(fd(dir)?, name)
+    }
+}
+
+/// A Restore-mode listing: the tree's `names` (sorted, with their `d_type`) merged with
+/// the directory's manifest `block` (sorted): one pass, no lookups. Only names both
+/// have, of the same type as far as the listing tells, are listed; every other name
+/// goes to `damage` (a name the tree has and the manifest does not was not backed up).
+fn merge(
+    names: Vec<(Vec<u8>, Option<Kind>)>,
+    block: Vec<Entry>,
+    damage: &mut Vec<Damage>,
+) -> Vec<Listed> {
+    let mut recs = block.into_iter().peekable();
+    let mut out = Vec::with_capacity(names.len());
+    for (n, k) in names {
+        while let Some(r) = recs.next_if(|r| r.name < n) {
+            damage.push(Damage {
+                why: format!(
+                    "the snapshot's manifest records a {} here, its tree has nothing (the snapshot is damaged): not restored",
+                    r.kind.name()
+                ),
+                name: r.name,
+            });
+        }
+        match recs.next_if(|r| r.name == n) {
+            Some(r) => match k {
+                Some(k) if k != r.kind => damage.push(Damage {
+                    why: kind_mismatch(r.kind, k),
+                    name: n,
+                }),
+                _ => out.push(Listed::Name(n, Some(r), k)),
+            },
+            None => damage.push(Damage {
+                name: n,
+                why: "in the snapshot's tree, not in its manifest (not part of the backup: the snapshot was changed): not restored".into(),
+            }),
+        }
+    }
+    damage.extend(recs.map(|r| Damage {
+        why: format!(
+            "the snapshot's manifest records a {} here, its tree has nothing (the snapshot is damaged): not restored",
+            r.kind.name()
+        ),
+        name: r.name,
+    }));
+    damage.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+fn kind_mismatch(recorded: Kind, found: Kind) -> String {
+    format!(
+        "the snapshot's manifest records a {}, its tree has a {} (the snapshot is damaged): not restored",
+        recorded.name(),
+        found.name()
+    )
+}
+
+/// In Restore mode, the tree's entry `m` must be of the type its record `rec` says.
+fn same_kind(rec: &Option<Entry>, m: &Meta) -> io::Result<()> {
+    match rec {
+        Some(r) if r.kind != m.kind => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            kind_mismatch(r.kind, m.kind),
+        )),
+        _ => Ok(()),
     }
 }
 

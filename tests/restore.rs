@@ -473,6 +473,88 @@ fn a_restore_without_a_usable_manifest_says_its_content_is_unchecked() {
     assert_eq!(code, 0, "{err}\n{rep}");
 }
 
+/// A snapshot whose tree no longer matches its manifest (a file deleted from the store,
+/// one added, one replaced by a symlink to a secret) is damaged: each such name is a
+/// problem, none of them is restored, the restore is `partial` (exit 2), and `--mirror`
+/// deletes nothing in the damaged directory: the target's good copy of the file the
+/// store lost stays. (The restore said `complete`, exit 0, left the lost file out,
+/// restored the added one and the symlink; `--mirror` deleted the target's good copy.)
+#[test]
+fn a_snapshot_tree_that_disagrees_with_its_manifest_is_damaged_and_mirror_keeps_the_target() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("a")).unwrap();
+    for i in 1..=7 {
+        std::fs::write(src.join(format!("a/f{i}")), format!("content {i}\n")).unwrap();
+    }
+    let store = t.path().join("store");
+    ok_backup(&src, &store);
+    // An intact copy of the source (plus an entry of its own), for `--mirror`.
+    let live = t.path().join("live");
+    let (code, rep, err) = restore(&store, "daily.0", &live, &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    std::fs::write(live.join("a/mine"), "mine\n").unwrap();
+    let a = store.join("daily.0/a");
+    std::fs::remove_file(a.join("f5")).unwrap();
+    std::fs::write(a.join("zz_extra"), "extra\n").unwrap();
+    std::fs::remove_file(a.join("f6")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", a.join("f6")).unwrap();
+    let damaged = |rep: &serde_json::Value| {
+        let mut v: Vec<String> = rep["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["action"] == "check the snapshot against its manifest")
+            .map(|p| p["path"].as_str().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    let x = t.path().join("x");
+    let (code, rep, err) = restore(&store, "daily.0", &x, &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    assert_eq!(damaged(&rep), ["a/f5", "a/f6", "a/zz_extra"], "{rep}");
+    assert!(!x.join("a/f5").exists());
+    assert!(
+        std::fs::symlink_metadata(x.join("a/f6")).is_err(),
+        "f6 not restored"
+    );
+    assert!(!x.join("a/zz_extra").exists(), "not part of the backup");
+    assert_eq!(std::fs::read(x.join("a/f1")).unwrap(), b"content 1\n");
+    // `--path` of a name the manifest does not record, or of another type: refused.
+    for p in ["a/zz_extra", "a/f6"] {
+        let to = t.path().join(format!("p-{}", p.replace('/', "-")));
+        let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", p]);
+        assert_ne!(code, 0, "--path {p}: {err}\n{rep}");
+        assert!(std::fs::symlink_metadata(to.join("f6")).is_err());
+        assert!(std::fs::symlink_metadata(to.join(p)).is_err());
+    }
+    // Its files (the directories get the snapshot's mtime back).
+    let files = |p: &Path| {
+        let mut d = describe(p);
+        d.retain(|_, e| e.kind != "dir");
+        d
+    };
+    let before = files(&live);
+    let (code, rep, err) = restore(&store, "daily.0", &live, &["--mirror"]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    assert_eq!(damaged(&rep), ["a/f5", "a/f6", "a/zz_extra"], "{rep}");
+    assert_eq!(rep["deleted"], 0, "{rep}");
+    assert_eq!(std::fs::read(live.join("a/f5")).unwrap(), b"content 5\n");
+    assert_same_tree(&before, &files(&live), "mirror over a damaged snapshot");
+    // The same store undamaged: `--mirror` deletes what the snapshot does not have.
+    std::fs::remove_file(a.join("zz_extra")).unwrap();
+    std::fs::remove_file(a.join("f6")).unwrap();
+    std::fs::write(a.join("f6"), "content 6\n").unwrap();
+    std::fs::write(a.join("f5"), "content 5\n").unwrap();
+    let (code, rep, err) = restore(&store, "daily.0", &live, &["--mirror"]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["deleted"], 1, "{rep}");
+    assert!(!live.join("a/mine").exists());
+}
+
 #[test]
 fn verify_finds_bit_rot_and_changes_the_backup_did_not_see() {
     let (t, src, store) = setup_users();
