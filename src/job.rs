@@ -281,6 +281,48 @@ pub struct After {
     pub env: Vec<(&'static str, String)>,
 }
 
+/// Records a finalized shard run `rep` in the catalog at `c`, with the runs of its
+/// store the catalog has no row for (as a single-node run's start does), then, if that
+/// worked, removes the store's old run records and logs that `policy` lets go
+/// (`store::runs`), as a single-node run does at its end: shard runs never pruned, so
+/// a store backed up only by them kept every record. Under the store's lock, taken
+/// once without waiting: a store held by another run is left to that run, which
+/// prunes too. Returns the catalog's warning, if it could not be written (nothing is
+/// pruned then: the records are the only history).
+pub fn record_finalized(
+    c: &CatalogTarget,
+    rep: &RunReport,
+    policy: &crate::store::runs::RunRetention,
+) -> Option<String> {
+    let store = match Store::open(Path::new(&rep.store), false) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("old run records not pruned: {e}");
+            return crate::catalog::record_quietly(&c.path, c.on_nfs, rep);
+        }
+    };
+    if let Some(w) = crate::catalog::record_start(&c.path, c.on_nfs, &store, rep) {
+        return Some(w);
+    }
+    // `forever`: nothing to prune.
+    policy.keep_for?;
+    let holder = crate::store::lock::Holder {
+        pid: std::process::id(),
+        host: crate::util::hostname(),
+        run: Some(rep.id.clone()),
+        command: "finalize".into(),
+        since: crate::util::now_rfc3339(),
+    };
+    match store.lock(&holder) {
+        Ok(lock) => {
+            store.prune_runs(policy, &rep.id, chrono::Utc::now());
+            lock.release();
+        }
+        Err(e) => tracing::debug!("old run records left to the store's next run: {e}"),
+    }
+    None
+}
+
 /// Once a run (or a shard worker's part of one) has ended: the job's `post_command`
 /// (whatever the status), then the notifications (failures always, success if
 /// `notify_success`), their outcomes into `rep` and, with `after.record`, into the run
