@@ -229,9 +229,7 @@ fn not_started(
     if matches!(e, Error::Locked { .. }) {
         rep.exit_code = crate::report::EXIT_IN_USE;
     }
-    let log = catalog
-        .map(|c| crate::catalog::restore_log_path(&c.path, &id))
-        .filter(|l| start_log(l));
+    let log = catalog_log(catalog, &id);
     if log.is_some() {
         tracing::info!(
             run = %id, source = %crate::relpath::shown(&rep.source), store = %crate::relpath::shown(&store),
@@ -479,10 +477,7 @@ pub fn recorded_restore(
 ) -> Result<RestoreReport> {
     let id = crate::engine::backup::new_run_id();
     let started_at = crate::util::now_rfc3339();
-    let log = run
-        .catalog
-        .map(|c| crate::catalog::restore_log_path(&c.path, &id))
-        .filter(|l| start_log(l));
+    let log = catalog_log(run.catalog, &id);
     tracing::info!(
         run = %id, store = %crate::relpath::shown(&opts.store), snapshot = %opts.snapshot, to = %crate::relpath::shown(&opts.to),
         "restore started by snapring {} on {}", env!("CARGO_PKG_VERSION"), crate::util::hostname()
@@ -510,6 +505,20 @@ pub fn recorded_restore(
         Some(e) => Err(e),
         None => Ok(r),
     }
+}
+
+/// The log beside the catalog of a run recorded only there (a restore, a backup into a
+/// repository, a backup that could not start), started; older such logs are pruned
+/// first (`catalog::prune_logs`, said in this log). `None`: no catalog, or the log
+/// cannot be written.
+fn catalog_log(catalog: Option<&CatalogTarget>, id: &str) -> Option<PathBuf> {
+    let c = catalog?;
+    let log = crate::catalog::restore_log_path(&c.path, id);
+    if !start_log(&log) {
+        return None;
+    }
+    crate::catalog::prune_logs(&c.path, c.on_nfs, id, chrono::Utc::now());
+    Some(log)
 }
 
 /// Starts a restore's log at `path` (its folder created private); false if it cannot.
@@ -609,9 +618,7 @@ pub fn run_repository(
     use crate::report::Status;
     use crate::restic;
     let id = crate::engine::backup::new_run_id();
-    let log = catalog
-        .map(|c| crate::catalog::restore_log_path(&c.path, &id))
-        .filter(|l| start_log(l));
+    let log = catalog_log(catalog, &id);
     let mut rep = repository_report(j, &id);
     rep.log = log.clone();
     tracing::info!(

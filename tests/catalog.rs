@@ -1279,6 +1279,76 @@ fn a_shard_run_prunes_old_run_records_once_the_catalog_holds_them() {
     assert_eq!(std::fs::read_dir(meta.join("runs")).unwrap().count(), 161);
 }
 
+/// The logs beside the catalog (restores', repository runs', backups that could not
+/// start) were never removed: a restore every minute left half a million a year. A run
+/// that logs there now prunes them by the default policy first: beyond the newest 100
+/// and older than 30 days, a failed run's (or one the catalog has no row for) after 90
+/// days, never one whose run still holds its marker.
+#[test]
+fn a_restore_prunes_old_logs_beside_the_catalog() {
+    use chrono::{Duration, Utc};
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let meta = e.store.join(".snapring");
+    let put = record_writer(&meta);
+    // 150 complete runs of 35 days ago and a failed one of 40: the next backup imports
+    // them into the catalog (rows with their statuses).
+    let complete = old_complete_runs(&put, Utc::now() - Duration::days(35), 150);
+    let failed = old_id(Utc::now() - Duration::days(40), 9000);
+    put(&failed, "failed", false);
+    assert_eq!(e.backup(&[]).0, 0);
+    // Their logs beside the catalog, as if they had been restores; two without a row
+    // (40 and 100 days old) and one whose run still holds its marker.
+    let logs = e.catalog.parent().unwrap().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let unknown_recent = old_id(Utc::now() - Duration::days(40), 9001);
+    let unknown_old = old_id(Utc::now() - Duration::days(100), 9002);
+    let marked = complete[0].replace("-000000", "-00abcd");
+    let ids: Vec<&String> = complete
+        .iter()
+        .chain([&failed, &unknown_recent, &unknown_old, &marked])
+        .collect();
+    for id in &ids {
+        std::fs::write(logs.join(format!("{id}.log")), b"x").unwrap();
+    }
+    std::fs::write(logs.join(format!("{marked}.running")), b"").unwrap();
+    let to = e._t.path().join("to");
+    let (code, _, err) = e.cli(&[
+        "restore",
+        "--dest",
+        e.store.to_str().unwrap(),
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let has = |id: &str| logs.join(format!("{id}.log")).exists();
+    // 154 logs before the restore's own: the newest 100 kept, the 54 oldest looked at.
+    let gone: Vec<&&String> = ids.iter().filter(|id| !has(id)).collect();
+    assert!(!has(&unknown_old), "a 100-day-old log without a row: kept");
+    for id in [&failed, &unknown_recent, &marked] {
+        assert!(has(id), "{id}: removed");
+    }
+    assert_eq!(gone.len(), 51, "{gone:?}");
+    assert!(complete[..50].iter().all(|id| !has(id)));
+    assert!(complete[50..].iter().all(|id| has(id)));
+    let (_, h, _) = e.cli(&["history", "--json", "--kind", "restore"]);
+    let own = h[0]["id"].as_str().unwrap();
+    assert!(has(own), "the restore's own log");
+    let said = std::fs::read_to_string(logs.join(format!("{own}.log"))).unwrap();
+    assert!(
+        said.contains("removed the logs beside the catalog"),
+        "{said}"
+    );
+    let (code, all, _) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        154,
+        "the catalog keeps every row"
+    );
+}
+
 /// Run records and logs were never removed: a job every minute left half a million of
 /// each in `.snapring/runs` and `logs` a year, listed by every backup. A run now removes
 /// those older than 30 days beyond the newest 100, except a failed run's younger than
