@@ -1165,6 +1165,14 @@ impl Catalog {
             .db(&self.path, "query runs")
     }
 
+    /// The status of run `id`, if the catalog has a row for it.
+    fn status_of(&self, id: &str) -> Result<Option<String>> {
+        self.conn
+            .query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()
+            .db(&self.path, "query runs")
+    }
+
     /// Ids of every backup recorded for `store` (restores have no record in the store).
     fn ids_of_store(&self, store: &Path) -> Result<HashSet<String>> {
         let mut st = self
@@ -1483,6 +1491,102 @@ pub fn restore_log_path(catalog: &Path, id: &str) -> PathBuf {
         .unwrap_or(Path::new("."))
         .join("logs")
         .join(format!("{id}.log"))
+}
+
+/// Removes the logs beside the catalog at `catalog` (`logs/<id>.log`: restores',
+/// repository runs', backups that could not start) that the default run-record policy
+/// lets go (`store::runs::RunRetention`, as a store's own logs are pruned: older than
+/// 30 days beyond the newest 100, a failed or incomplete run's kept 90 days). They
+/// were never removed: a restore every minute left half a million a year. The
+/// catalog's rows stay (`show` says the log is gone). Never `current`'s, never one of
+/// a run still `running` or holding its marker (`logs/<id>.running`), and one whose
+/// run has no row (the catalog could not record it: the log is all there is) only
+/// after 90 days. At most [`crate::store::runs::MAX_PRUNED_PER_RUN`] a call, the
+/// oldest first; a catalog that cannot be read prunes nothing. Returns how many went.
+pub fn prune_logs(
+    catalog: &Path,
+    allow_nfs: bool,
+    current: &str,
+    now: chrono::DateTime<chrono::Utc>,
+) -> usize {
+    use crate::store::runs::{MAX_PRUNED_PER_RUN, RunRetention};
+    let policy = RunRetention::default();
+    let Some(keep_for) = policy.keep_for else {
+        return 0;
+    };
+    let logs = restore_log_path(catalog, current);
+    let Some(dir) = logs.parent() else { return 0 };
+    let Ok(listing) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut ids: Vec<String> = listing
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let id = name.strip_suffix(".log")?;
+            (id != current && crate::store::plain_name(id)).then(|| id.to_string())
+        })
+        .collect();
+    if ids.len() <= policy.keep_last {
+        return 0;
+    }
+    let age = |d: std::time::Duration| {
+        chrono::Duration::from_std(d)
+            .ok()
+            .and_then(|d| now.checked_sub_signed(d))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+    };
+    let (cutoff, failed_cutoff) = (age(keep_for), age(policy.keep_failed_for.max(keep_for)));
+    // Newest first (an id begins with its start), the newest `keep_last` kept.
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut candidates: Vec<(String, chrono::DateTime<chrono::Utc>)> = ids
+        .into_iter()
+        .skip(policy.keep_last)
+        .filter_map(|id| {
+            let t = crate::store::select::run_id_time(&id)?;
+            (t < cutoff).then_some((id, t))
+        })
+        .collect();
+    if candidates.is_empty() {
+        return 0;
+    }
+    candidates.reverse();
+    let Ok(cat) = Catalog::open(catalog, allow_nfs) else {
+        return 0;
+    };
+    let mut gone = 0;
+    for (id, t) in candidates {
+        if gone >= MAX_PRUNED_PER_RUN {
+            break;
+        }
+        if dir.join(format!("{id}.running")).exists() {
+            continue;
+        }
+        let keep = match cat.status_of(&id) {
+            Err(_) => true,
+            Ok(Some(s)) if s == "complete" || s == "partial" => false,
+            Ok(Some(s)) if s == "running" => true,
+            // Failed, incomplete, or no row: what explains what went wrong.
+            Ok(_) => t >= failed_cutoff,
+        };
+        if keep {
+            continue;
+        }
+        let p = dir.join(format!("{id}.log"));
+        match std::fs::remove_file(&p) {
+            Ok(()) => gone += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("{}: cannot delete ({e})", crate::relpath::shown(&p)),
+        }
+    }
+    if gone > 0 {
+        tracing::info!(
+            logs = gone,
+            "removed the logs beside the catalog of runs older than 30d beyond the newest {} (the catalog keeps their history)",
+            policy.keep_last
+        );
+    }
+    gone
 }
 
 /// A path's text column (`crate::localpath`): exact when it is UTF-8, else lossy.

@@ -229,9 +229,7 @@ fn not_started(
     if matches!(e, Error::Locked { .. }) {
         rep.exit_code = crate::report::EXIT_IN_USE;
     }
-    let log = catalog
-        .map(|c| crate::catalog::restore_log_path(&c.path, &id))
-        .filter(|l| start_log(l));
+    let log = catalog_log(catalog, &id);
     if log.is_some() {
         tracing::info!(
             run = %id, source = %crate::relpath::shown(&rep.source), store = %crate::relpath::shown(&store),
@@ -279,6 +277,48 @@ pub struct After {
     pub record: bool,
     /// More variables for the post command (a shard worker's index and count).
     pub env: Vec<(&'static str, String)>,
+}
+
+/// Records a finalized shard run `rep` in the catalog at `c`, with the runs of its
+/// store the catalog has no row for (as a single-node run's start does), then, if that
+/// worked, removes the store's old run records and logs that `policy` lets go
+/// (`store::runs`), as a single-node run does at its end: shard runs never pruned, so
+/// a store backed up only by them kept every record. Under the store's lock, taken
+/// once without waiting: a store held by another run is left to that run, which
+/// prunes too. Returns the catalog's warning, if it could not be written (nothing is
+/// pruned then: the records are the only history).
+pub fn record_finalized(
+    c: &CatalogTarget,
+    rep: &RunReport,
+    policy: &crate::store::runs::RunRetention,
+) -> Option<String> {
+    let store = match Store::open(Path::new(&rep.store), false) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!("old run records not pruned: {e}");
+            return crate::catalog::record_quietly(&c.path, c.on_nfs, rep);
+        }
+    };
+    if let Some(w) = crate::catalog::record_start(&c.path, c.on_nfs, &store, rep) {
+        return Some(w);
+    }
+    // `forever`: nothing to prune.
+    policy.keep_for?;
+    let holder = crate::store::lock::Holder {
+        pid: std::process::id(),
+        host: crate::util::hostname(),
+        run: Some(rep.id.clone()),
+        command: "finalize".into(),
+        since: crate::util::now_rfc3339(),
+    };
+    match store.lock(&holder) {
+        Ok(lock) => {
+            store.prune_runs(policy, &rep.id, chrono::Utc::now());
+            lock.release();
+        }
+        Err(e) => tracing::debug!("old run records left to the store's next run: {e}"),
+    }
+    None
 }
 
 /// Once a run (or a shard worker's part of one) has ended: the job's `post_command`
@@ -437,10 +477,7 @@ pub fn recorded_restore(
 ) -> Result<RestoreReport> {
     let id = crate::engine::backup::new_run_id();
     let started_at = crate::util::now_rfc3339();
-    let log = run
-        .catalog
-        .map(|c| crate::catalog::restore_log_path(&c.path, &id))
-        .filter(|l| start_log(l));
+    let log = catalog_log(run.catalog, &id);
     tracing::info!(
         run = %id, store = %crate::relpath::shown(&opts.store), snapshot = %opts.snapshot, to = %crate::relpath::shown(&opts.to),
         "restore started by snapring {} on {}", env!("CARGO_PKG_VERSION"), crate::util::hostname()
@@ -468,6 +505,20 @@ pub fn recorded_restore(
         Some(e) => Err(e),
         None => Ok(r),
     }
+}
+
+/// The log beside the catalog of a run recorded only there (a restore, a backup into a
+/// repository, a backup that could not start), started; older such logs are pruned
+/// first (`catalog::prune_logs`, said in this log). `None`: no catalog, or the log
+/// cannot be written.
+fn catalog_log(catalog: Option<&CatalogTarget>, id: &str) -> Option<PathBuf> {
+    let c = catalog?;
+    let log = crate::catalog::restore_log_path(&c.path, id);
+    if !start_log(&log) {
+        return None;
+    }
+    crate::catalog::prune_logs(&c.path, c.on_nfs, id, chrono::Utc::now());
+    Some(log)
 }
 
 /// Starts a restore's log at `path` (its folder created private); false if it cannot.
@@ -567,9 +618,7 @@ pub fn run_repository(
     use crate::report::Status;
     use crate::restic;
     let id = crate::engine::backup::new_run_id();
-    let log = catalog
-        .map(|c| crate::catalog::restore_log_path(&c.path, &id))
-        .filter(|l| start_log(l));
+    let log = catalog_log(catalog, &id);
     let mut rep = repository_report(j, &id);
     rep.log = log.clone();
     tracing::info!(

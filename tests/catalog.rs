@@ -1177,17 +1177,9 @@ fn old_id(t: chrono::DateTime<chrono::Utc>, salt: usize) -> String {
     format!("{}-{salt:06x}", t.format("%Y%m%dT%H%M%SZ"))
 }
 
-/// Run records and logs were never removed: a job every minute left half a million of
-/// each in `.snapring/runs` and `logs` a year, listed by every backup. A run now removes
-/// those older than 30 days beyond the newest 100, except a failed run's younger than
-/// 90 days, a run whose snapshot is in the store (its manifest), a run still `running`;
-/// the catalog keeps their rows, also through `catalog rebuild`.
-#[test]
-fn old_run_records_and_logs_are_pruned_and_the_catalog_keeps_their_history() {
-    use chrono::{Duration, Utc};
-    let e = setup();
-    assert_eq!(e.backup(&[]).0, 0);
-    let meta = e.store.join(".snapring");
+/// Writes run records (and 8 KiB logs) into the store whose `.snapring` is `meta`,
+/// copies of its first run's record with another id and status.
+fn record_writer(meta: &Path) -> impl Fn(&str, &str, bool) + use<> {
     let first = std::fs::read_dir(meta.join("runs"))
         .unwrap()
         .next()
@@ -1195,7 +1187,8 @@ fn old_run_records_and_logs_are_pruned_and_the_catalog_keeps_their_history() {
         .unwrap()
         .path();
     let rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&first).unwrap()).unwrap();
-    let put = |id: &str, status: &str, log: bool| {
+    let meta = meta.to_path_buf();
+    move |id: &str, status: &str, log: bool| {
         let mut r = rec.clone();
         r["id"] = id.into();
         r["status"] = status.into();
@@ -1209,16 +1202,169 @@ fn old_run_records_and_logs_are_pruned_and_the_catalog_keeps_their_history() {
         if log {
             std::fs::write(meta.join("logs").join(format!("{id}.log")), [b'x'; 8192]).unwrap();
         }
-    };
+    }
+}
+
+/// `n` complete runs a minute apart from `t0` on, written with `put` (with logs).
+fn old_complete_runs(
+    put: &impl Fn(&str, &str, bool),
+    t0: chrono::DateTime<chrono::Utc>,
+    n: usize,
+) -> Vec<String> {
+    let ids: Vec<String> = (0..n)
+        .map(|i| old_id(t0 + chrono::Duration::minutes(i as i64), i))
+        .collect();
+    for id in &ids {
+        put(id, "complete", true);
+    }
+    ids
+}
+
+/// Shard runs never pruned the store's run records (only a single-node run did): a
+/// store backed up only by `--shard` workers kept every record and log. The worker
+/// that finalizes now records the run with the store's other runs in the catalog and
+/// prunes as a single-node run does; the catalog keeps the pruned runs' history.
+#[test]
+fn a_shard_run_prunes_old_run_records_once_the_catalog_holds_them() {
+    use chrono::{Duration, Utc};
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let meta = e.store.join(".snapring");
+    let put = record_writer(&meta);
+    // 150 complete runs of 35 days ago, unknown to the catalog: with the first run and
+    // the shard run, the oldest 52 are beyond the newest 100.
+    let complete = old_complete_runs(&put, Utc::now() - Duration::days(35), 150);
+    let (code, out, err) = e.backup(&["--shard", "0/1", "--run-id", "r1"]);
+    assert_eq!(code, 0, "{out} {err}");
+    let record = |id: &str| meta.join("runs").join(format!("{id}.json")).exists();
+    let log = |id: &str| meta.join("logs").join(format!("{id}.log")).exists();
+    for id in &complete[..52] {
+        assert!(!record(id) && !log(id), "{id}: kept");
+    }
+    for id in complete[52..].iter().map(String::as_str).chain(["r1"]) {
+        assert!(record(id), "{id}: its record was removed");
+    }
+    assert_eq!(std::fs::read_dir(meta.join("runs")).unwrap().count(), 100);
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        h.as_array().unwrap().len(),
+        152,
+        "every run is in the catalog"
+    );
+
+    // With the catalog off, the records are the only history: none is removed.
+    let more = old_complete_runs(&put, Utc::now() - Duration::days(34), 60);
+    let out = snapring(
+        &[
+            "--catalog".as_ref(),
+            "off".as_ref(),
+            "backup".as_ref(),
+            "--source".as_ref(),
+            e.src.as_os_str(),
+            "--dest".as_ref(),
+            e.store.as_os_str(),
+            "--shard".as_ref(),
+            "0/1".as_ref(),
+            "--run-id".as_ref(),
+            "r2".as_ref(),
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        more.iter().all(|id| record(id)),
+        "a record went with no catalog"
+    );
+    assert_eq!(std::fs::read_dir(meta.join("runs")).unwrap().count(), 161);
+}
+
+/// The logs beside the catalog (restores', repository runs', backups that could not
+/// start) were never removed: a restore every minute left half a million a year. A run
+/// that logs there now prunes them by the default policy first: beyond the newest 100
+/// and older than 30 days, a failed run's (or one the catalog has no row for) after 90
+/// days, never one whose run still holds its marker.
+#[test]
+fn a_restore_prunes_old_logs_beside_the_catalog() {
+    use chrono::{Duration, Utc};
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let meta = e.store.join(".snapring");
+    let put = record_writer(&meta);
+    // 150 complete runs of 35 days ago and a failed one of 40: the next backup imports
+    // them into the catalog (rows with their statuses).
+    let complete = old_complete_runs(&put, Utc::now() - Duration::days(35), 150);
+    let failed = old_id(Utc::now() - Duration::days(40), 9000);
+    put(&failed, "failed", false);
+    assert_eq!(e.backup(&[]).0, 0);
+    // Their logs beside the catalog, as if they had been restores; two without a row
+    // (40 and 100 days old) and one whose run still holds its marker.
+    let logs = e.catalog.parent().unwrap().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let unknown_recent = old_id(Utc::now() - Duration::days(40), 9001);
+    let unknown_old = old_id(Utc::now() - Duration::days(100), 9002);
+    let marked = complete[0].replace("-000000", "-00abcd");
+    let ids: Vec<&String> = complete
+        .iter()
+        .chain([&failed, &unknown_recent, &unknown_old, &marked])
+        .collect();
+    for id in &ids {
+        std::fs::write(logs.join(format!("{id}.log")), b"x").unwrap();
+    }
+    std::fs::write(logs.join(format!("{marked}.running")), b"").unwrap();
+    let to = e._t.path().join("to");
+    let (code, _, err) = e.cli(&[
+        "restore",
+        "--dest",
+        e.store.to_str().unwrap(),
+        "latest",
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let has = |id: &str| logs.join(format!("{id}.log")).exists();
+    // 154 logs before the restore's own: the newest 100 kept, the 54 oldest looked at.
+    let gone: Vec<&&String> = ids.iter().filter(|id| !has(id)).collect();
+    assert!(!has(&unknown_old), "a 100-day-old log without a row: kept");
+    for id in [&failed, &unknown_recent, &marked] {
+        assert!(has(id), "{id}: removed");
+    }
+    assert_eq!(gone.len(), 51, "{gone:?}");
+    assert!(complete[..50].iter().all(|id| !has(id)));
+    assert!(complete[50..].iter().all(|id| has(id)));
+    let (_, h, _) = e.cli(&["history", "--json", "--kind", "restore"]);
+    let own = h[0]["id"].as_str().unwrap();
+    assert!(has(own), "the restore's own log");
+    let said = std::fs::read_to_string(logs.join(format!("{own}.log"))).unwrap();
+    assert!(
+        said.contains("removed the logs beside the catalog"),
+        "{said}"
+    );
+    let (code, all, _) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        all.as_array().unwrap().len(),
+        154,
+        "the catalog keeps every row"
+    );
+}
+
+/// Run records and logs were never removed: a job every minute left half a million of
+/// each in `.snapring/runs` and `logs` a year, listed by every backup. A run now removes
+/// those older than 30 days beyond the newest 100, except a failed run's younger than
+/// 90 days, a run whose snapshot is in the store (its manifest), a run still `running`;
+/// the catalog keeps their rows, also through `catalog rebuild`.
+#[test]
+fn old_run_records_and_logs_are_pruned_and_the_catalog_keeps_their_history() {
+    use chrono::{Duration, Utc};
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let meta = e.store.join(".snapring");
+    let put = record_writer(&meta);
     let t0 = Utc::now() - Duration::days(35);
     // 150 complete runs of 35 days ago: the newest 98 of them are among the newest 100
     // records.
-    let complete: Vec<String> = (0..150)
-        .map(|i| old_id(t0 + Duration::minutes(i as i64), i))
-        .collect();
-    for id in &complete {
-        put(id, "complete", true);
-    }
+    let complete = old_complete_runs(&put, t0, 150);
     // Failed runs of 235 days ago (beyond 90 days), and one of 40 days ago (within 90,
     // and older than the newest 100).
     let failed_old: Vec<String> = (0..5)

@@ -11,6 +11,7 @@ use snapring::notify::NotifierConfig;
 use snapring::report::{RunReport, Status};
 use snapring::shard::finalize::Finalized;
 use snapring::shard::{ShardError, Spec};
+use snapring::store::runs::RunRetention;
 
 use super::args::{FinalizeArgs, ShardRunArgs};
 use super::catalog_choice::CatalogChoice;
@@ -26,10 +27,11 @@ fn exit_of(e: &ShardError) -> ExitCode {
     }
 }
 
-/// Records a finalized run in the catalog (never fails the command).
-fn record(rep: &RunReport, catalog: Option<&PathBuf>, on_nfs: bool) {
-    if let Some(path) = catalog
-        && let Some(w) = snapring::catalog::record_quietly(path, on_nfs, rep)
+/// Records a finalized run in the catalog and prunes the store's old run records as
+/// `policy` says (`job::record_finalized`; never fails the command).
+fn record(rep: &RunReport, catalog: Option<&CatalogTarget>, policy: &RunRetention) {
+    if let Some(c) = catalog
+        && let Some(w) = snapring::job::record_finalized(c, rep, policy)
     {
         errln!("snapring: warning: {w}");
     }
@@ -109,9 +111,7 @@ pub fn worker(
         });
     }
     if let Some(rep) = &mut out.finalized {
-        if let Some(c) = catalog {
-            record(rep, Some(&c.path), c.on_nfs);
-        }
+        record(rep, catalog, &opts.run_records);
         let after = After {
             log: snapring::store::log_path(rep),
             record: true,
@@ -382,9 +382,16 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         Ok(Finalized::Done(mut rep)) => {
             match &job {
                 Some(j) => {
-                    if let Some(c) = &j.catalog {
-                        record(&rep, Some(&c.path), c.on_nfs);
-                    }
+                    let opts = j.opts(&rep.source);
+                    let policy = match &opts {
+                        Ok(o) => o.run_records.clone(),
+                        // The job's `keep_run_records` unknown: nothing pruned.
+                        Err(_) => RunRetention {
+                            keep_for: None,
+                            ..RunRetention::default()
+                        },
+                    };
+                    record(&rep, j.catalog.as_ref(), &policy);
                     let after = After {
                         log: snapring::store::log_path(&rep),
                         record: true,
@@ -397,7 +404,7 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
                                 .to_string(),
                         )],
                     };
-                    match j.opts(&rep.source) {
+                    match opts {
                         Ok(opts) => snapring::job::conclude(
                             &opts,
                             &mut rep,
@@ -412,7 +419,13 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
                         ),
                     }
                 }
-                None => record(&rep, cat.for_config(None).as_ref(), cat.on_nfs),
+                None => {
+                    let c = cat.for_config(None).map(|path| CatalogTarget {
+                        path,
+                        on_nfs: cat.on_nfs,
+                    });
+                    record(&rep, c.as_ref(), &RunRetention::default())
+                }
             }
             (
                 ExitCode::from(rep.status),

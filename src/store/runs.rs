@@ -2,7 +2,8 @@
 //! (`.snapring/logs/<id>.log`, a shard run's `<id>.w<i>.log`): every run writes one of
 //! each (a log is ~8 KiB), so a job every minute made half a million files a year, and
 //! every backup lists `runs/` (`catalog::record_start`). After a run has written its
-//! final record, under the store's lock, [`Store::prune_runs`] removes those of the
+//! final record, under the store's lock (a shard run: once its finalizer has recorded
+//! it in the catalog, `job::record_finalized`), [`Store::prune_runs`] removes those of the
 //! runs that the policy ([`RunRetention`]) lets go and nothing needs: the catalog keeps
 //! its rows (it is the long-term history). Never removed: the newest
 //! [`RunRetention::keep_last`] records, those younger than `keep_for`, a failed or
