@@ -1114,3 +1114,109 @@ fn a_read_garbled_in_transit_is_read_again_not_damage() {
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(out.contains("DAMAGED"), "{out}");
 }
+
+/// A pack of a repository (written by restic) that answers EIO on every read (a bad
+/// sector, a pack an NFS server cannot read; latencyfs `--eio-read` over the
+/// repository): the files with blobs there are each a problem, not restored, and the
+/// others restored, `partial`, exit 2. It stopped the whole restore, exit 1, with the
+/// other files left unfinished, and so on every rerun.
+#[test]
+fn a_pack_answering_eio_is_a_problem_of_its_files_not_a_stop() {
+    let Some(restic) = restic_binary("a restic pack answering EIO") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, mnt, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("mnt"),
+        t.path().join("to"),
+    );
+    // `big`'s data in packs of its own (a first backup), the others in later ones.
+    write(&src.join("big"), &pseudo_random(5_000_000, 7));
+    run_restic(&restic, &repo, &["init"]);
+    run_restic(
+        &restic,
+        &repo,
+        &["backup", src.join("big").to_str().unwrap()],
+    );
+    let packs: Vec<String> = packs_by_size(&repo)
+        .into_iter()
+        .filter(|(size, _)| *size > 1_000_000)
+        .map(|(_, p)| p.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert!(!packs.is_empty(), "big's pack");
+    for i in 0..30 {
+        write(
+            &src.join(format!("sub/f{i:02}")),
+            format!("{i}\n").as_bytes(),
+        );
+    }
+    write(&src.join("other"), &pseudo_random(2_000_000, 8));
+    run_restic(&restic, &repo, &["backup", src.to_str().unwrap()]);
+    let mut faults = Vec::new();
+    for p in &packs {
+        faults.push("--eio-read".to_string());
+        faults.push(p.clone());
+    }
+    let faults: Vec<&str> = faults.iter().map(String::as_str).collect();
+    let Some(_fs) = FaultFs::mount(&repo, &mnt, &faults) else {
+        return;
+    };
+    let (code, rep, err) = restore_json(&file_url(&mnt), &to);
+    assert_eq!(code, 2, "{rep}\n{err}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    // restic's snapshot of one path: `to` holds what was under `src`.
+    assert_eq!(problem_paths(&rep), ["big"], "{rep}");
+    assert!(
+        rep["problems"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("Input/output error"),
+        "{rep}"
+    );
+    assert!(std::fs::symlink_metadata(to.join("big")).is_err());
+    assert_eq!(
+        std::fs::read(to.join("other")).unwrap(),
+        pseudo_random(2_000_000, 8)
+    );
+    for i in 0..30 {
+        let got = std::fs::read(to.join(format!("sub/f{i:02}"))).unwrap();
+        assert_eq!(got, format!("{i}\n").as_bytes());
+    }
+    assert!(
+        !to.join(".snapring-restore-unfinished").exists(),
+        "done, with a problem: no record left"
+    );
+}
+
+/// One read of a pack that answers EIO once (an NFS client's passing EIO: failpoint
+/// `restic.local_read`, the N-th pack read of a local repository) is read again after
+/// a pause, with a warning, and the restore is complete and equal. Without the one
+/// more try the file was lost (or the restore stopped).
+#[test]
+fn a_passing_eio_on_a_pack_is_read_again() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    for i in 0..10u64 {
+        write(&src.join(format!("d/f{i:02}")), &pseudo_random(20_000, i));
+    }
+    write(&src.join("big"), &pseudo_random(3_000_000, 99));
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    backup_json(&src, &url);
+    for nth in [1, 3, 5] {
+        let to = t.path().join(format!("to{nth}"));
+        let (code, out, err) = sr_failing(
+            &[&restore_latest(&url, &to)[..], &["--json"]].concat(),
+            &format!("restic.local_read=error@{nth}"),
+        );
+        assert_eq!(code, 0, "EIO on read {nth}: {out}\n{err}");
+        assert!(
+            err.contains("Input/output error") && err.contains("reading it once more"),
+            "{err}"
+        );
+        assert_same_tree(&describe(&src), &describe(&to), "restored through an EIO");
+    }
+}

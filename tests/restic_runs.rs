@@ -1324,6 +1324,77 @@ fn a_repository_restore_killed_while_directories_get_their_metadata_is_finished_
     assert_same_tree(&describe(&src), &describe(&to), "finished by the rerun");
 }
 
+/// A rerun keeps a file the stopped restore finished only when its content is the
+/// snapshot's, not on its size, mode and modification time alone: files whose data
+/// is not what was written (a power cut before it reached the disk, a user's edit
+/// keeping size and times; here changed by hand after a kill once every file was
+/// written) are written again, with a warning, and the others kept. The rerun kept
+/// them and said `complete`.
+#[test]
+fn a_repository_restores_rerun_keeps_a_file_only_when_its_content_checks() {
+    use common::restic::{pseudo_random, repo_of, sr};
+    use std::os::unix::fs::MetadataExt;
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("a"), &pseudo_random(3 << 20, 1));
+    write(&src.join("d/c"), b"small\n");
+    write(&src.join("d/e"), &pseudo_random(100 << 10, 3));
+    write(&src.join("z"), &pseudo_random(200 << 10, 4));
+    let url = repo_of(&t.path().join("repo"), &src);
+    let to = t.path().join("to");
+    let args = restore_latest(&url, &to);
+    let (code, out, err) = sr_failing(&args, "restic.restore.dirs=kill@1");
+    assert_eq!(code, -1, "killed once every file is written: {out}\n{err}");
+    assert!(to.join(".snapring-restore-unfinished").exists());
+    // Same size, mode and times; other bytes (in `a`, past its first chunk).
+    let change = |name: &str, at: usize| {
+        let p = to.join(name);
+        let m = std::fs::metadata(&p).unwrap();
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[at] ^= 0x55;
+        std::fs::write(&p, &bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_times(
+                std::fs::FileTimes::new()
+                    .set_modified(m.modified().unwrap())
+                    .set_accessed(m.accessed().unwrap()),
+            )
+            .unwrap();
+        let now = std::fs::metadata(&p).unwrap();
+        assert_eq!(
+            (now.len(), now.mode(), now.mtime(), now.mtime_nsec()),
+            (m.len(), m.mode(), m.mtime(), m.mtime_nsec())
+        );
+    };
+    change("a", (3 << 20) - 10);
+    change("d/c", 0);
+    let (code, out, err) = sr(&[&args[..], &["--json"]].concat());
+    assert_eq!(code, 0, "{out}\n{err}");
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rep["status"], "complete", "{rep}");
+    // a and d/c written again, d/e and z kept.
+    let again: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("written again"))
+        .collect();
+    assert_eq!(again.len(), 2, "{err}");
+    for name in ["/a:", "/d/c:"] {
+        assert!(
+            again.iter().any(|l| l.contains(name)),
+            "{name} named: {err}"
+        );
+    }
+    assert_eq!(
+        std::fs::read(to.join("a")).unwrap(),
+        pseudo_random(3 << 20, 1)
+    );
+    assert_eq!(std::fs::read(to.join("d/c")).unwrap(), b"small\n");
+    assert_same_tree(&describe(&src), &describe(&to), "finished by the rerun");
+}
+
 /// A tmpfs mounted on a new directory `dir`, unmounted however the test ends; `None`
 /// when it cannot be mounted (not root).
 struct Tmpfs(std::path::PathBuf);

@@ -158,10 +158,26 @@ fn restic_syntax_parts(dest: &str) -> Option<(String, String)> {
     Some((path.to_string(), endpoint))
 }
 
+/// How long a local pack read that failed with EIO waits before its one more try
+/// ([`Local::read_range`]).
+const EIO_RETRY_PAUSE: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whether `e` is an I/O error (EIO) of the storage, as a failing disk or an NFS client
+/// answers.
+pub fn is_eio(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. }
+        if source.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()))
+}
+
 /// A repository's directory.
 #[derive(Clone, Debug)]
 pub struct Local {
     pub root: PathBuf,
+    /// The packs a read of which failed with EIO twice: a later read of one is tried
+    /// once, without the pause (another range of it may read: a bad sector spoils a
+    /// blob, not its pack), so a pack of 3,000 small blobs that does not read costs
+    /// 3,000 failed reads, not 3,000 pauses.
+    eio_packs: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Id>>>,
 }
 
 /// The directory of a `file:///PATH` destination, or `None` if `dest` is not one.
@@ -173,6 +189,7 @@ impl Local {
     pub fn new(root: &Path) -> Local {
         Local {
             root: root.to_path_buf(),
+            eio_packs: Default::default(),
         }
     }
 
@@ -245,14 +262,48 @@ impl Backend for Local {
         std::fs::read(&p).map_err(io_err("read", &p))
     }
 
+    /// A read that fails with EIO is read once more, after [`EIO_RETRY_PAUSE`], with a
+    /// warning: an NFS client can answer EIO for a moment (a server restarting, a
+    /// `soft` mount timing out) and the next read works. A second EIO is returned: a
+    /// disk failing under this pack (the caller decides what that pack's loss means;
+    /// `restore` fails only the files with blobs there).
     fn read_range(&self, pack: &Id, offset: u64, len: usize) -> Result<Vec<u8>> {
         let p = self.path(Kind::Pack, pack);
-        let mut f = std::fs::File::open(&p).map_err(io_err("open", &p))?;
-        f.seek(SeekFrom::Start(offset))
-            .map_err(io_err("seek in", &p))?;
-        let mut buf = vec![0u8; len];
-        f.read_exact(&mut buf).map_err(io_err("read", &p))?;
-        Ok(buf)
+        let once = || -> Result<Vec<u8>> {
+            // Tests make one read fail with EIO here (a transient fault).
+            if crate::failpoint::hit("restic.local_read").is_err() {
+                return Err(io_err("read", &p)(std::io::Error::from_raw_os_error(
+                    rustix::io::Errno::IO.raw_os_error(),
+                )));
+            }
+            let mut f = std::fs::File::open(&p).map_err(io_err("open", &p))?;
+            f.seek(SeekFrom::Start(offset))
+                .map_err(io_err("seek in", &p))?;
+            let mut buf = vec![0u8; len];
+            f.read_exact(&mut buf).map_err(io_err("read", &p))?;
+            Ok(buf)
+        };
+        let known_bad = || {
+            self.eio_packs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(pack)
+        };
+        match once() {
+            Err(e) if is_eio(&e) && !known_bad() => {
+                tracing::warn!("{e}; reading it once more");
+                std::thread::sleep(EIO_RETRY_PAUSE);
+                let again = once();
+                if again.as_ref().is_err_and(is_eio) {
+                    self.eio_packs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(*pack);
+                }
+                again
+            }
+            r => r,
+        }
     }
 
     fn remove(&self, kind: Kind, id: &Id) -> Result<()> {
