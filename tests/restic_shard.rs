@@ -1243,12 +1243,15 @@ fn a_spine_directory_finalize_cannot_stat_stops_it_rather_than_being_left_out() 
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
 
-/// A spine directory the workers cannot open (EACCES: latencyfs `--eacces`) fails
-/// the worker with a message that says why and what to do (a unit into a repository
-/// keeps no previous entries, unlike the store's), and nothing is published; once it
-/// can be read, a rerun with the same run id publishes the whole tree.
+/// A spine directory the workers cannot open (EACCES: latencyfs `--eacces`): its units
+/// keep the parent snapshot's entries of their names (their blobs are in the
+/// repository), each an `unreadable` problem, the run `partial`, as the store's units
+/// keep their previous manifest's (before 2026-12-06 the worker failed and nothing was
+/// published until the directory could be read). Both restores give the directory its
+/// previous content (a file changed since, a file added since not there); `restic
+/// check --read-data` is clean; once it can be read, the next run has it all.
 #[test]
-fn a_spine_directory_the_workers_cannot_open_fails_the_run_and_says_why() {
+fn a_spine_directory_the_workers_cannot_open_keeps_its_previous_entries() {
     let e = env();
     for d in ["x", "y"] {
         for f in 0..150 {
@@ -1257,32 +1260,83 @@ fn a_spine_directory_the_workers_cannot_open_fails_the_run_and_says_why() {
     }
     let under = e.t.path().join("under");
     std::fs::rename(&e.src, &under).unwrap();
-    {
+    let r0 = {
         // A first run: the next one's plan comes from its trees, with `big/x` a spine
-        // directory (a first run's walk cannot weigh it and leaves it to `big`'s units,
-        // which report it unreadable: `partial`).
+        // directory.
         let Some(_fs) = FaultFs::mount(&under, &e.src, &[]) else {
             return;
         };
-        report(&spawn(&e, 0, 1, "r0", &[]).wait_with_output().unwrap());
-    }
-    {
+        report(&spawn(&e, 0, 1, "r0", &[]).wait_with_output().unwrap())
+    };
+    let before = snapshots(&e).len();
+    // Since: one file changed, one added.
+    std::fs::write(under.join("big/x/f7"), b"changed since").unwrap();
+    write(&under.join("big/x/added"), b"added since");
+    let id = {
         let _fs = FaultFs::mount(&under, &e.src, &["--eacces", "/big/x"]).unwrap();
         let out = spawn(&e, 0, 1, "denied", &[]).wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            err.contains("big/x") && err.contains("keeps none of its previous entries"),
-            "{}",
-            text(&out)
+        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["status"], "partial", "{r}");
+        let problems = r["totals"]["problems"].as_array().unwrap();
+        assert!(!problems.is_empty(), "{r}");
+        for p in problems {
+            assert_eq!(p["path"], "big/x", "{r}");
+            assert_eq!(p["kind"], "unreadable", "{r}");
+            assert!(
+                p["error"].as_str().unwrap().contains("previous snapshot"),
+                "{r}"
+            );
+        }
+        // The kept files are counted, as the parent's.
+        assert_eq!(r["totals"]["files"], r0["totals"]["files"], "{r}\n{r0}");
+        assert_eq!(snapshots(&e).len(), before + 1);
+        r["snapshot"].as_str().unwrap().to_string()
+    };
+    let kept_as_before = |big: &std::path::Path| {
+        let mut names: Vec<String> = std::fs::read_dir(big.join("x"))
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        let mut want: Vec<String> = (0..150).map(|f| format!("f{f}")).collect();
+        want.sort();
+        assert_eq!(names, want, "the previous entries, not the added one");
+        for f in 0..150 {
+            assert_eq!(std::fs::read(big.join(format!("x/f{f}"))).unwrap(), b"x");
+        }
+        assert_same_tree(
+            &describe(&under.join("big/y")),
+            &describe(&big.join("y")),
+            "the readable directory beside it",
         );
-        assert_eq!(snapshots(&e).len(), 1, "nothing published");
+    };
+    let to = e.t.path().join("restored-denied");
+    let (code, out, err) = sr(&[
+        "restore",
+        "--dest",
+        &e.url,
+        &id,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    kept_as_before(&to.join("big"));
+    if let Some(restic) = restic_binary("restic's restore of a kept directory") {
+        let target = e.t.path().join("by-restic");
+        run_restic(
+            &restic,
+            &e.repo,
+            &["restore", &id, "--target", target.to_str().unwrap()],
+        );
+        let src = std::fs::canonicalize(&e.src).unwrap();
+        kept_as_before(&target.join(src.strip_prefix("/").unwrap()).join("big"));
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
     }
+    // Readable again: the next run has it as it is now.
     let _fs = FaultFs::mount(&under, &e.src, &[]).unwrap();
-    let out = spawn(&e, 0, 1, "denied", &[]).wait_with_output().unwrap();
-    let r = report(&out);
+    let r = report(&spawn(&e, 0, 1, "readable", &[]).wait_with_output().unwrap());
     assert_eq!(r["status"], "complete", "{r}");
-    assert_eq!(snapshots(&e).len(), 2);
     assert_restores_to_source(&e, r["snapshot"].as_str().unwrap(), "restored");
 }
 
@@ -2693,4 +2747,71 @@ fn a_shard_run_that_keeps_no_file_is_refused_into_a_repository_unless_allowed() 
     let now = ids(&e);
     assert_eq!(now.len(), 1, "--retain 1 forgot the run with files");
     assert_ne!(now[0], good[0].0);
+}
+
+/// A hard-linked file whose two names fall in two units, changed between the units'
+/// reads of them (a pause at the first name's read, `restic.backup.hard_link`): each
+/// unit records its one name as the inode, with its own content; finalize compares the
+/// units' records of the inode and records the later unit's name as no hard link
+/// (`inode: 0`, `links: 1`), a `metadata` problem "join hard link", as a single-node
+/// run does within its walk (tests/restic_runs.rs). Recorded as one inode, restic's
+/// restore gave both names one content.
+#[test]
+fn a_hard_link_across_units_changed_between_their_reads_restores_each_names_content() {
+    let e = env();
+    // Only the pair across units has several links: the pause is at one of its names.
+    std::fs::remove_dir_all(e.src.join("links")).unwrap();
+    let (a, z) = ("d00/sub/f3", "d11/linked-to-d00");
+    let old = std::fs::read(e.src.join(a)).unwrap();
+    let new = b"BBBB newer content, longer than before".to_vec();
+    let pause = e.t.path().join("between");
+    let fp = format!("restic.backup.hard_link=pause:{}", pause.display());
+    let child = spawn(&e, 0, 1, "hl", &[("SNAPRING_FAILPOINTS", &fp)]);
+    wait_for(&pause);
+    // One name is read; the other, in another unit, is not yet.
+    std::fs::write(e.src.join(a), &new).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "partial", "{r}");
+    let problems = r["totals"]["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{r}");
+    assert_eq!(problems[0]["action"], "join hard link", "{r}");
+    assert_eq!(problems[0]["kind"], "metadata", "{r}");
+    let named = problems[0]["path"].as_str().unwrap();
+    assert!(named == a || named == z, "{r}");
+    let id = snapshots(&e)[0].0.hex();
+
+    let contents = |to: &std::path::Path| {
+        let (pa, pz) = (to.join(a), to.join(z));
+        assert_ne!(ino(&pa), ino(&pz), "restored as one inode");
+        let mut got = [std::fs::read(&pa).unwrap(), std::fs::read(&pz).unwrap()];
+        got.sort();
+        got
+    };
+    let mut want = [old, new];
+    want.sort();
+    let to = e.t.path().join("restored");
+    let (code, out, err) = sr(&[
+        "restore",
+        "--dest",
+        &e.url,
+        &id,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(contents(&to), want);
+    if let Some(restic) = restic_binary("restic's restore of two names across units") {
+        let target = e.t.path().join("by-restic");
+        run_restic(
+            &restic,
+            &e.repo,
+            &["restore", &id, "--target", target.to_str().unwrap()],
+        );
+        let src = std::fs::canonicalize(&e.src).unwrap();
+        assert_eq!(contents(&target.join(src.strip_prefix("/").unwrap())), want);
+        run_restic(&restic, &e.repo, &["check", "--read-data"]);
+    }
 }

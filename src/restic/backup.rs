@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::chunker::{Chunker, Tables};
 use super::index::Index;
@@ -1101,7 +1101,37 @@ struct Run<'a> {
     /// The inodes met with several links, by `(device, inode)`: the first name recorded
     /// and what its node says of the inode ([`inode_signature`]). A later name whose
     /// node says otherwise is recorded as no hard link of it ([`Run::hard_link`]).
-    links: Mutex<HashMap<(u64, u64), (PathBuf, blake3::Hash)>>,
+    links: Mutex<HashMap<(u64, u64), LinkSeen>>,
+}
+
+/// An inode of several links as a walk met it ([`Run::links`]).
+struct LinkSeen {
+    /// Its first name recorded, and what that name's node says of the inode.
+    first: PathBuf,
+    sig: blake3::Hash,
+    /// A shard unit's walk ([`Run::root_names`]): every name recorded as this inode
+    /// (the first included), for finalize's check across units ([`UnitLink`]).
+    names: Vec<PathBuf>,
+    /// The link count its nodes recorded (the highest).
+    links: u64,
+}
+
+/// An inode of several links a shard unit recorded with fewer names than its link
+/// count: its other names may be in other units, whose walks recorded them on their
+/// own. Finalize compares the units' records of one inode and records the names of a
+/// unit whose nodes say otherwise than the first unit's as no hard link (`inode: 0`,
+/// `links: 1`), as a single-node run's walk does for a name within it
+/// ([`Run::hard_link`]): restic's restore would otherwise give them the first name's
+/// content (`shard::repository`).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UnitLink {
+    pub device: u64,
+    pub inode: u64,
+    /// What the nodes of its names say of the inode ([`inode_signature`], hex).
+    pub sig: String,
+    /// Its names the unit recorded as this inode, escaped: relative to the walk's root
+    /// from [`unit`], to the source's once in a commit.
+    pub names: Vec<String>,
 }
 
 /// Warnings a run keeps, at most (the log has every one).
@@ -1818,15 +1848,32 @@ impl<'a> Run<'a> {
         // Tests change the file here, between the reads of its names.
         let _ = crate::failpoint::hit("restic.backup.hard_link");
         let sig = inode_signature(node);
+        let unit = self.root_names.is_some();
         let first = {
             let mut links = lock(&self.links);
-            match links.get(&(node.device_id, node.inode)) {
+            match links.get_mut(&(node.device_id, node.inode)) {
                 None => {
-                    links.insert((node.device_id, node.inode), (p.to_path_buf(), sig));
+                    let seen = LinkSeen {
+                        first: p.to_path_buf(),
+                        sig,
+                        names: if unit {
+                            vec![p.to_path_buf()]
+                        } else {
+                            Vec::new()
+                        },
+                        links: node.links,
+                    };
+                    links.insert((node.device_id, node.inode), seen);
                     return;
                 }
-                Some((_, s)) if *s == sig => return,
-                Some((first, _)) => first.clone(),
+                Some(seen) if seen.sig == sig => {
+                    if unit {
+                        seen.names.push(p.to_path_buf());
+                    }
+                    seen.links = seen.links.max(node.links);
+                    return;
+                }
+                Some(seen) => seen.first.clone(),
             }
         };
         let rel = |q: &Path| {
@@ -1854,6 +1901,40 @@ impl<'a> Run<'a> {
         );
         node.inode = 0;
         node.links = 1;
+    }
+
+    /// A unit walk's inodes of several links recorded with fewer names than their link
+    /// count ([`UnitLink`]), in `(device, inode)` order; their names escaped, relative
+    /// to the walk's root.
+    fn unit_links(&self) -> Vec<UnitLink> {
+        let links = lock(&self.links);
+        let mut v: Vec<UnitLink> = links
+            .iter()
+            .filter(|(_, s)| !s.names.is_empty() && (s.names.len() as u64) < s.links)
+            .map(|(&(device, inode), s)| {
+                let mut names: Vec<String> = s
+                    .names
+                    .iter()
+                    .map(|q| {
+                        crate::relpath::escape(
+                            q.strip_prefix(&self.root)
+                                .unwrap_or(q)
+                                .as_os_str()
+                                .as_bytes(),
+                        )
+                    })
+                    .collect();
+                names.sort();
+                UnitLink {
+                    device,
+                    inode,
+                    sig: s.sig.to_hex().to_string(),
+                    names,
+                }
+            })
+            .collect();
+        v.sort_by_key(|l| (l.device, l.inode));
+        v
     }
 
     /// The entry checked against what it must be ([`Reuse::check_entry`]): `None`
@@ -2266,6 +2347,8 @@ pub struct UnitSpec<'a> {
 pub struct UnitBuilt {
     pub nodes: Vec<Node>,
     pub report: BackupReport,
+    /// The inodes of several links whose names may be in other units as well.
+    pub links: Vec<UnitLink>,
 }
 
 /// Backs one unit up with the same walk as a whole snapshot's, except that the unit's
@@ -2310,6 +2393,7 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
             _ => Err(Error::Cancelled),
         },
     };
+    let links = run.unit_links();
     let mut report = run.into_report();
     // After a failure too: what reached the repository is indexed, for the next run.
     let closed = packer.close(repo, walked.is_ok()).map(|(new, stats)| {
@@ -2322,7 +2406,11 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
             report.added = closed?;
             report.count_uploads(0, 0);
             report.duration_seconds = started.elapsed().as_secs_f64();
-            Ok(UnitBuilt { nodes, report })
+            Ok(UnitBuilt {
+                nodes,
+                report,
+                links,
+            })
         }
         Err(e) => Err(e),
     }

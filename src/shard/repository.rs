@@ -40,7 +40,8 @@
 //! Nothing is moved, unlike in the hard-link store: blobs are content-addressed, so a
 //! unit built twice leaves only unreferenced blobs, for `prune`. Hard links need no
 //! join either: restic's nodes carry their inode and device, and a restore links the
-//! names of one inode wherever they are.
+//! names of one inode wherever they are; finalize only checks that the units recorded
+//! one inode alike (`join_links_across_units`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -60,7 +61,7 @@ use super::state::{Holder, PlanFile, lease};
 use super::{ShardError, Spec};
 use crate::relpath::RelPath;
 use crate::restic::backend::{Backend, Kind};
-use crate::restic::backup::{DirAt, EntryProblem, Names, UnitSpec, Wrap, dir_node_at};
+use crate::restic::backup::{DirAt, EntryProblem, Names, UnitLink, UnitSpec, Wrap, dir_node_at};
 use crate::restic::index::Index;
 use crate::restic::pack::BlobType;
 use crate::restic::repo::{Packer, PackerStats, Repo};
@@ -222,6 +223,11 @@ struct UnitDone {
     /// commits. Finalize keeps each once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     warnings: Vec<String>,
+    /// The unit's inodes of several links whose other names may be in other units
+    /// (names relative to the source): finalize's check across units
+    /// ([`join_links_across_units`]). A commit of an older snapring has none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    links: Vec<UnitLink>,
 }
 
 /// `final`.
@@ -1428,6 +1434,7 @@ impl LaneCtx<'_> {
                 figures,
                 problems,
                 warnings,
+                links,
             } = match built {
                 Ok(b) => b,
                 Err(restic::Error::Cancelled) => {
@@ -1453,6 +1460,7 @@ impl LaneCtx<'_> {
                 figures,
                 problems,
                 warnings,
+                links,
             };
             let (_, sealed) = repo.seal_json(&commit).map_err(failed)?;
             if st
@@ -1539,6 +1547,8 @@ struct Built {
     problems: Vec<EntryProblem>,
     /// Trees of the parent snapshot that did not read ([`UnitDone::warnings`]).
     warnings: Vec<String>,
+    /// [`UnitDone::links`].
+    links: Vec<UnitLink>,
 }
 
 /// One unit's walk: its nodes, figures, problems and warnings (named from the source's
@@ -1590,20 +1600,12 @@ fn build_unit(
     // The unit's directory beneath the source's root (opened once, by the path the user
     // gave), no symlink followed: one on the way swapped for a symlink since the plan
     // must not lead the walk out of the source.
-    let walk_fd = match crate::fsx::open_dir_beneath(src_root, unit.dir.as_bytes()) {
-        Ok(fd) => fd,
-        Err(e) if crate::fsx::gone_beneath(&e) => return Ok(Built::default()),
-        // There but not to be opened (permission denied, an I/O error, a stale handle):
-        // a unit into a repository keeps no previous entries (the store's does), so the
-        // worker fails, saying what to do, rather than publish the directory empty.
-        Err(e) => {
-            return Err(restic::Error::Other(format!(
-                "unit {}: cannot open {}: {e}: the directory is there but cannot be read, and a run into a repository keeps none of its previous entries; nothing of this run is published until it can be read (make it readable, or exclude it), then rerun with the same --run-id",
-                unit.id,
-                crate::relpath::shown(&walk_root)
-            )));
-        }
-    };
+    let opened = crate::fsx::open_dir_beneath(src_root, unit.dir.as_bytes());
+    if let Err(e) = &opened
+        && crate::fsx::gone_beneath(e)
+    {
+        return Ok(Built::default());
+    }
     let mut warnings: Vec<String> = parent.warning.iter().cloned().collect();
     let parent_tree = match parent.tree {
         Some(t) => restic::backup::descend(repo, t, &comps).unwrap_or_else(|e| {
@@ -1622,6 +1624,30 @@ fn build_unit(
                 .build()
                 .map_err(|e| restic::Error::Other(e.to_string()))?,
         ),
+    };
+    let walk_fd = match opened {
+        Ok(fd) => fd,
+        // There but not to be opened (permission denied, an I/O error, a stale handle):
+        // the unit keeps the parent snapshot's entries of its names, as the store's
+        // keeps its previous manifest's (`worker::keep_unreadable`). Without a parent
+        // snapshot there is nothing to keep: the worker fails, saying what to do,
+        // rather than publish the directory empty.
+        Err(e) if parent.tree.is_none() => {
+            return Err(restic::Error::Other(format!(
+                "unit {}: cannot open {}: {e}: the directory is there but cannot be read, and the run has no previous snapshot whose entries of it it could keep; nothing of this run is published until it can be read (make it readable, or exclude it), then rerun with the same --run-id",
+                unit.id,
+                crate::relpath::shown(&walk_root)
+            )));
+        }
+        Err(e) => {
+            let kept = KeepPrev {
+                repo,
+                excludes: excludes.as_ref(),
+                known,
+                lock,
+            };
+            return kept.unit(unit, parent_tree, &take, e, warnings);
+        }
     };
     let built = restic::backup::unit(
         repo,
@@ -1672,12 +1698,187 @@ fn build_unit(
     for w in r.warnings {
         restic::backup::add_warning(&mut warnings, w);
     }
+    let mut links = built.links;
+    for n in links.iter_mut().flat_map(|l| l.names.iter_mut()) {
+        *n = format!("{prefix}{n}");
+    }
     Ok(Built {
         nodes: built.nodes,
         figures,
         problems,
         warnings,
+        links,
     })
+}
+
+/// A unit whose directory cannot be opened: the parent snapshot's entries of its names
+/// are kept ([`KeepPrev::unit`]).
+struct KeepPrev<'a> {
+    repo: &'a Repo,
+    excludes: Option<&'a crate::exclude::Excludes>,
+    known: &'a Arc<RwLock<Index>>,
+    lock: &'a restic::lock::Watch,
+}
+
+/// What [`KeepPrev::nodes`] kept and left out.
+#[derive(Default)]
+struct KeptCounts {
+    files: u64,
+    dirs: u64,
+    bytes: u64,
+    /// Entries whose tree does not read, or whose data no index holds: left out.
+    lost: u64,
+}
+
+impl KeepPrev<'_> {
+    /// Unit `unit`'s commit when its directory could not be opened (`e`): the parent
+    /// snapshot's nodes of its names (`tree`, the parent's tree of the unit's
+    /// directory; `None`: the parent has none), their blobs already in the repository,
+    /// with an `unreadable` problem (the run `partial`), as the store's unit keeps its
+    /// previous manifest's entries (`worker::keep_unreadable`). Today's exclusions
+    /// hold for what is kept; an entry whose tree does not read or whose data no index
+    /// holds is left out (said in the problem); a kept entry of several links is
+    /// recorded as no hard link (`inode: 0`, `links: 1`): its inode number is the
+    /// previous snapshot's, which a restore must not join with this run's names.
+    fn unit(
+        &self,
+        unit: &Unit,
+        tree: Option<Id>,
+        take: &(dyn Fn(&[u8]) -> bool + Sync),
+        e: std::io::Error,
+        warnings: Vec<String>,
+    ) -> restic::Result<Built> {
+        let packer = Packer::sharing(self.known.clone()).under(self.lock.clone());
+        let mut counts = KeptCounts::default();
+        let mut nodes = Vec::new();
+        let mut unread = None;
+        if let Some(id) = tree {
+            match self
+                .repo
+                .read_blob(BlobType::Tree, &id)
+                .and_then(|b| Tree::from_blob(&b, &id))
+            {
+                Ok(t) => {
+                    let mine: Vec<Node> = t
+                        .nodes
+                        .into_iter()
+                        .filter(|n| take(&n.name_bytes()))
+                        .collect();
+                    nodes = self.nodes(&packer, &unit.dir, mine, &mut counts)?;
+                }
+                Err(e) => unread = Some(e),
+            }
+        }
+        let (new, added) = packer.close(self.repo, true)?;
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .absorb(new);
+        let shown = match unit.dir.is_root() {
+            true => ".".to_string(),
+            false => unit.dir.escaped(),
+        };
+        let lost = match counts.lost {
+            0 => String::new(),
+            n => format!(
+                "; {n} of them left out (a tree that does not read, or data no index holds)"
+            ),
+        };
+        let error = match (nodes.len(), unread) {
+            (_, Some(u)) => {
+                format!("{e}; the previous snapshot's tree of it does not read ({u}): nothing kept")
+            }
+            (0, None) => {
+                format!("{e}; the previous snapshot holds none of this unit's names there{lost}")
+            }
+            (n, None) => format!(
+                "{e}; its {n} entries of the previous snapshot in this unit's names were kept{lost}"
+            ),
+        };
+        tracing::warn!("{shown}: list: {error}");
+        Ok(Built {
+            nodes,
+            figures: UnitFigures {
+                counts: Figures {
+                    files: counts.files,
+                    dirs: counts.dirs,
+                    bytes_total: counts.bytes,
+                    added,
+                    ..Figures::default()
+                },
+                ..UnitFigures::default()
+            },
+            problems: vec![EntryProblem {
+                path: shown,
+                kind: "unreadable".into(),
+                // As a single-node run names a directory it cannot open.
+                action: "list".into(),
+                error,
+            }],
+            warnings,
+            links: Vec::new(),
+        })
+    }
+
+    /// The kept nodes of directory `rel` (the parent snapshot's `nodes` there): the
+    /// excluded ones and the lost ones left out, those of several links unlinked, each
+    /// subtree kept alike (written anew where that changed it).
+    fn nodes(
+        &self,
+        packer: &Packer,
+        rel: &RelPath,
+        nodes: Vec<Node>,
+        counts: &mut KeptCounts,
+    ) -> restic::Result<Vec<Node>> {
+        let mut kept = Vec::with_capacity(nodes.len());
+        for mut n in nodes {
+            let name = n.name_bytes();
+            let r = rel.join(&name);
+            let is_dir = n.kind == "dir";
+            if self.excludes.is_some_and(|x| x.is_excluded(&r, is_dir)) {
+                continue;
+            }
+            if let Some(id) = n.subtree.filter(|_| is_dir) {
+                let sub = self
+                    .repo
+                    .read_blob(BlobType::Tree, &id)
+                    .and_then(|b| Tree::from_blob(&b, &id));
+                let Ok(sub) = sub else {
+                    counts.lost += 1;
+                    continue;
+                };
+                let inner = self.nodes(packer, &r, sub.nodes, counts)?;
+                // The same id, and nothing written, where nothing in it changed (a tree
+                // of snapring's; one of restic's may serialize otherwise: written anew).
+                n.subtree = Some(packer.save(
+                    self.repo,
+                    BlobType::Tree,
+                    &Tree { nodes: inner }.to_blob(),
+                )?);
+                counts.dirs += 1;
+            } else {
+                let indexed = n
+                    .content
+                    .iter()
+                    .flatten()
+                    .all(|id| self.repo.index.contains(BlobType::Data, id));
+                if !indexed {
+                    counts.lost += 1;
+                    continue;
+                }
+                if n.links > 1 {
+                    n.inode = 0;
+                    n.links = 1;
+                }
+                if n.kind == "file" {
+                    counts.files += 1;
+                    counts.bytes += n.size;
+                }
+            }
+            kept.push(n);
+        }
+        Ok(kept)
+    }
 }
 
 /// The run's parent snapshot, as this worker's units read it.
@@ -1861,6 +2062,13 @@ fn make_final(
     let mut by_dir: BTreeMap<&RelPath, Vec<Node>> = BTreeMap::new();
     let mut kept = BTreeMap::new();
     let mut unit_figures: Vec<(&super::plan::Unit, Figures)> = Vec::new();
+    let mut commits = commits;
+    let links: Vec<(&RelPath, Vec<UnitLink>)> = cut
+        .units
+        .iter()
+        .zip(commits.iter_mut())
+        .map(|(u, c)| (&u.dir, std::mem::take(&mut c.links)))
+        .collect();
     for (u, c) in cut.units.iter().zip(commits) {
         let f = &c.figures;
         totals.units += 1;
@@ -1894,6 +2102,8 @@ fn make_final(
     let names = Names::load();
     // No index file once the lock is lost: a prune may have removed the packs it names.
     let packer = Packer::default().under(lock.clone());
+    join_links_across_units(repo, &packer, links, &mut by_dir, &mut totals.problems)
+        .map_err(failed)?;
     let mut spine: Vec<&RelPath> = cut.spine.iter().collect();
     spine.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
     if plan_file.one_file_system {
@@ -2067,6 +2277,109 @@ fn make_final(
             st.key("final")
         )))
     })
+}
+
+/// The check across units of the inodes of several links ([`UnitLink`]): each unit's
+/// walk records a name whose node says otherwise than its first name of the inode as no
+/// hard link ([`restic::backup`]'s `Run::hard_link`), but only within the unit. An
+/// inode whose names several units recorded (`links`, in the cut's order) is compared
+/// here: the names of a unit whose nodes say otherwise than the first unit's (a file
+/// changed between the two units' reads, or a file system giving two files one inode
+/// number) get `inode: 0`, `links: 1` (their trees, and the trees above them up to the
+/// unit's nodes in `by_dir`, written anew), each a `metadata` problem "join hard link"
+/// naming the first unit's first name, as a single-node run records them: restic's
+/// restore links the names of one `(device, inode)` and would give them the first
+/// name's content.
+fn join_links_across_units(
+    repo: &Repo,
+    packer: &Packer,
+    links: Vec<(&RelPath, Vec<UnitLink>)>,
+    by_dir: &mut BTreeMap<&RelPath, Vec<Node>>,
+    problems: &mut Vec<EntryProblem>,
+) -> restic::Result<()> {
+    // By inode: the units' records, in the cut's order.
+    let mut by_inode: BTreeMap<(u64, u64), Vec<(&RelPath, UnitLink)>> = BTreeMap::new();
+    for (dir, ls) in links {
+        for l in ls {
+            by_inode
+                .entry((l.device, l.inode))
+                .or_default()
+                .push((dir, l));
+        }
+    }
+    // By unit directory: the names to record as no hard link, as components below it.
+    let mut unlink: BTreeMap<&RelPath, Vec<Vec<Vec<u8>>>> = BTreeMap::new();
+    for ((device, inode), records) in by_inode {
+        let Some(((_, first), rest)) = records.split_first() else {
+            continue;
+        };
+        let first_name = first.names.first().cloned().unwrap_or_default();
+        for (dir, l) in rest.iter().filter(|(_, l)| l.sig != first.sig) {
+            for name in &l.names {
+                let p = RelPath::from_escaped(name)
+                    .map_err(|e| restic::Error::Other(format!("a unit's name {name}: {e}")))?;
+                let below: Vec<Vec<u8>> = p
+                    .components()
+                    .skip(dir.components().count())
+                    .map(<[u8]>::to_vec)
+                    .collect();
+                tracing::warn!(
+                    "{name}: reports the inode number of {first_name} (device {device}, inode {inode}) but not its size, times, mode, owner or content: backed up on its own, not as a hard link to it"
+                );
+                problems.push(EntryProblem {
+                    path: name.clone(),
+                    kind: "metadata".into(),
+                    action: "join hard link".into(),
+                    error: format!(
+                        "reports the inode of {first_name} (device {device}, inode {inode}) with another size, times, mode, owner or content (a file system reusing inode numbers, or a file changed during the backup): backed up on its own, not linked to {first_name}"
+                    ),
+                });
+                unlink.entry(*dir).or_default().push(below);
+            }
+        }
+    }
+    for (dir, paths) in unlink {
+        if let Some(nodes) = by_dir.get_mut(dir) {
+            unlink_names(repo, packer, nodes, &paths)?;
+        }
+    }
+    Ok(())
+}
+
+/// Records the names at `paths` (components below the directory whose `nodes` these
+/// are) as no hard link: `inode: 0`, `links: 1`; the trees on the way are written anew.
+fn unlink_names(
+    repo: &Repo,
+    packer: &Packer,
+    nodes: &mut [Node],
+    paths: &[Vec<Vec<u8>>],
+) -> restic::Result<()> {
+    for n in nodes.iter_mut() {
+        let name = n.name_bytes();
+        let mine: Vec<&Vec<Vec<u8>>> = paths
+            .iter()
+            .filter(|p| p.first().is_some_and(|c| *c == name))
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        if mine.iter().any(|p| p.len() == 1) {
+            n.inode = 0;
+            n.links = 1;
+        }
+        let below: Vec<Vec<Vec<u8>>> = mine
+            .iter()
+            .filter(|p| p.len() > 1)
+            .map(|p| p[1..].to_vec())
+            .collect();
+        let Some(id) = n.subtree.filter(|_| !below.is_empty()) else {
+            continue;
+        };
+        let mut tree = Tree::from_blob(&repo.read_blob(BlobType::Tree, &id)?, &id)?;
+        unlink_names(repo, packer, &mut tree.nodes, &below)?;
+        n.subtree = Some(packer.save(repo, BlobType::Tree, &tree.to_blob())?);
+    }
+    Ok(())
 }
 
 /// The guard of a run that keeps no file (`Error::NoFilesLeft`, as the store's finalize

@@ -1303,28 +1303,9 @@ fn build(
     };
     let src_meta = fsx::fstat(b(&src)).ctx("stat", &src_path)?;
     let one_fs = ctx.one_fs.map(crate::traverse::OneFs::new);
-    let prev_dir = ctx
-        .prev_root
-        .as_ref()
-        .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
-    // Over NFS each previous directory is listed as it is opened, as a single-node
-    // run's sink does (`Repository::begin`): the `linkat` of an unchanged file then
-    // finds its previous version in the client's cache, with no LOOKUP of its own.
-    let sink = TreeSink::new(work_fd, prev_dir, resume, writer)
-        .owners_held_by_store(ctx.owners_held)
-        .rooted_at(unit.dir.clone())
-        .listing_prev(ctx.remote);
-    let keep = ctx.cut.unit_names(unit);
-    let manifest = ctx.prev.as_ref().and_then(|p| p.manifest.as_ref());
-    let kept_from = ctx
-        .prev
-        .as_ref()
-        .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
-    let mut walk = Walk::new(&counters, stop, &ctx.excludes, manifest, &sink)
-        .kept_from(kept_from)
-        .only_root_names(Box::new(keep))
-        .gate(&ctx.gate)
-        .fenced(&ctx.opts.store, ctx.store_fence);
+    let sink = unit_sink(ctx, unit, work_fd, resume, writer);
+    let mut walk =
+        unit_walk(ctx, unit, &counters, stop, &sink).fenced(&ctx.opts.store, ctx.store_fence);
     if let Some(fs) = &one_fs {
         walk = walk.stay_on(fs);
     }
@@ -1376,24 +1357,8 @@ fn keep_unreadable(
     stop: &AtomicBool,
     e: std::io::Error,
 ) -> Result<bool, ShardError> {
-    let prev_dir = ctx
-        .prev_root
-        .as_ref()
-        .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
-    let sink = TreeSink::new(work_fd, prev_dir, resume, writer)
-        .owners_held_by_store(ctx.owners_held)
-        .rooted_at(unit.dir.clone())
-        .listing_prev(ctx.remote);
-    let keep = ctx.cut.unit_names(unit);
-    let manifest = ctx.prev.as_ref().and_then(|p| p.manifest.as_ref());
-    let kept_from = ctx
-        .prev
-        .as_ref()
-        .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
-    let walk = Walk::new(counters, stop, &ctx.excludes, manifest, &sink)
-        .kept_from(kept_from)
-        .only_root_names(Box::new(keep))
-        .gate(&ctx.gate);
+    let sink = unit_sink(ctx, unit, work_fd, resume, writer);
+    let walk = unit_walk(ctx, unit, counters, stop, &sink);
     walk.keep_prev_root(&unit.dir, &e);
     let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
     drop(walk);
@@ -1409,6 +1374,52 @@ fn keep_unreadable(
     root.group = None;
     crate::sink::Sink::commit(sink, &root).ctx("seal unit", work)?;
     Ok(true)
+}
+
+/// Unit `unit`'s sink: its work directory (`work_fd`), the previous snapshot's
+/// directory of it, an interrupted build's to resume from, its manifest part's writer.
+/// Over NFS each previous directory is listed as it is opened, as a single-node run's
+/// sink does (`Repository::begin`): the `linkat` of an unchanged file then finds its
+/// previous version in the client's cache, with no LOOKUP of its own. [`build`] and
+/// [`keep_unreadable`] set it up alike.
+fn unit_sink(
+    ctx: &Worker,
+    unit: &Unit,
+    work_fd: OwnedFd,
+    resume: Option<(OwnedFd, fsx::Time)>,
+    writer: manifest::Writer,
+) -> TreeSink {
+    let prev_dir = ctx
+        .prev_root
+        .as_ref()
+        .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
+    TreeSink::new(work_fd, prev_dir, resume, writer)
+        .owners_held_by_store(ctx.owners_held)
+        .rooted_at(unit.dir.clone())
+        .listing_prev(ctx.remote)
+}
+
+/// Unit `unit`'s walk into `sink`: the unit's names of its directory, the previous
+/// manifest to compare with (and keep from, naming the snapshot it keeps from), the
+/// worker's `--jobs` permits. [`build`] fences it from the store and walks it;
+/// [`keep_unreadable`] keeps the previous entries of an unreadable directory with it.
+fn unit_walk<'a>(
+    ctx: &'a Worker,
+    unit: &'a Unit,
+    counters: &'a Counters,
+    stop: &'a AtomicBool,
+    sink: &'a TreeSink,
+) -> Walk<'a, TreeSink> {
+    let keep = ctx.cut.unit_names(unit);
+    let manifest = ctx.prev.as_ref().and_then(|p| p.manifest.as_ref());
+    let kept_from = ctx
+        .prev
+        .as_ref()
+        .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
+    Walk::new(counters, stop, &ctx.excludes, manifest, sink)
+        .kept_from(kept_from)
+        .only_root_names(Box::new(keep))
+        .gate(&ctx.gate)
 }
 
 fn sink_root(work: &std::path::Path) -> Result<OwnedFd, ShardError> {
