@@ -83,6 +83,10 @@ pub struct Options {
     /// Compare owners. `false` for a snapshot whose store keeps no owners (verify of a
     /// manifest that records the source's: `manifest::owners_marker`).
     pub owners: bool,
+    /// Compare mtimes to this many ns (0 or 1: exactly): a snapshot whose store keeps
+    /// times coarser than the source's (`manifest::times_marker`, whole seconds: 10^9)
+    /// against the manifest that records the source's exact times.
+    pub time_granularity: u64,
 }
 
 #[derive(Default, Serialize, Debug, Clone)]
@@ -517,7 +521,10 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         db: Option<&B::Dir>,
     ) -> Option<Difference> {
         let (fx, fy) = (Facts::of_entry(x), Facts::of_entry(y));
-        let d = Delta::between(&fx, &fy);
+        let mut d = Delta::between(&fx, &fy);
+        if d.mtime && x.mtime.same_to(y.mtime, self.opts.time_granularity) {
+            d.mtime = false;
+        }
         // When the types differ `Delta` compares nothing else; mode, owner and extended
         // attributes are still reported, so they are compared as between equal types.
         let m = if d.kind {

@@ -91,6 +91,32 @@ pub struct Time {
     pub nsec: u32,
 }
 
+impl Time {
+    /// Nanoseconds since the epoch.
+    pub fn nanos(self) -> i128 {
+        self.sec as i128 * 1_000_000_000 + self.nsec as i128
+    }
+
+    /// Whether `self` and `other` are one time as a store keeping times to `granularity`
+    /// ns keeps them (less than that apart; 0 or 1: equal). A store with coarse
+    /// timestamps (whole seconds: some NFS servers; FAT) truncates what it is given.
+    pub fn same_to(self, other: Time, granularity: u64) -> bool {
+        if granularity <= 1 {
+            return self == other;
+        }
+        (self.nanos() - other.nanos()).abs() < granularity as i128
+    }
+}
+
+/// How a store's time granularity (ns) is said: `the second`, `2 s`, `1000 ns`.
+pub fn granularity_words(g: u64) -> String {
+    match g {
+        1_000_000_000 => "the second".into(),
+        g if g % 1_000_000_000 == 0 => format!("{} s", g / 1_000_000_000),
+        g => format!("{g} ns"),
+    }
+}
+
 impl<Tz: chrono::TimeZone> From<chrono::DateTime<Tz>> for Time {
     fn from(t: chrono::DateTime<Tz>) -> Time {
         Time {

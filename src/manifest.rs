@@ -189,6 +189,8 @@ pub struct Writer {
     part: bool,
     /// [`Writer::owners_not_kept`].
     owners_held: Option<(u32, u32)>,
+    /// [`Writer::times_not_kept`].
+    times_held: Option<u64>,
 }
 
 impl Writer {
@@ -226,6 +228,7 @@ impl Writer {
             entries: 0,
             part,
             owners_held: None,
+            times_held: None,
         })
     }
 
@@ -268,6 +271,13 @@ impl Writer {
         self.owners_held = Some(held);
     }
 
+    /// The store keeps file times to `granularity` ns only (whole seconds: 10^9), the
+    /// manifest the source's exact times: said by [`times_marker`], written with the
+    /// manifest.
+    pub fn times_not_kept(&mut self, granularity: u64) {
+        self.times_held = Some(granularity);
+    }
+
     /// Writes the root directory's own metadata, sorts and writes the index, fsyncs
     /// both files and renames them into place.
     pub fn finish(mut self, root: &Entry) -> io::Result<()> {
@@ -303,6 +313,18 @@ impl Writer {
             let marker = owners_marker(dir, &id);
             let mut f = crate::util::create_private(&marker)?;
             f.write_all(format!("{u}:{g}\n").as_bytes())?;
+            f.sync_all()?;
+        }
+        if let Some(g) = self.times_held {
+            let dir = self.mf_path.parent().unwrap_or(Path::new("."));
+            let id = self
+                .mf_path
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy();
+            let marker = times_marker(dir, &id);
+            let mut f = crate::util::create_private(&marker)?;
+            f.write_all(format!("{g}\n").as_bytes())?;
             f.sync_all()?;
         }
         crate::failpoint::hit("manifest.between_renames")?;
@@ -346,6 +368,9 @@ pub struct Reader {
     /// The owner the store gave every file instead of the source's, which the manifest
     /// records ([`owners_marker`]); `None`: the snapshot's files have their owners.
     pub owners_held: Option<(u32, u32)>,
+    /// The granularity (ns) to which the store kept the snapshot's file times, when it
+    /// truncated them ([`times_marker`]); the manifest records the source's exact times.
+    pub times_held: Option<u64>,
 }
 
 /// `<manifest_dir>/<id>.copied`: present once the snapshot of run `id` was found in a
@@ -368,6 +393,21 @@ pub fn read_owners_marker(manifest_dir: &Path, id: &str) -> Option<(u32, u32)> {
     let s = std::fs::read_to_string(owners_marker(manifest_dir, id)).ok()?;
     let (u, g) = s.trim().split_once(':')?;
     Some((u.parse().ok()?, g.parse().ok()?))
+}
+
+/// `<manifest_dir>/<id>.times`: present when the store kept the snapshot's file times
+/// to a coarser granularity than the source's (whole seconds: some NFS servers, FAT).
+/// It holds that granularity in ns (`1000000000`); the manifest records the source's
+/// exact times all the same (the next backup compares them with the source's), so
+/// `verify` compares times to that granularity, and `restore` gives the manifest's.
+pub fn times_marker(manifest_dir: &Path, id: &str) -> PathBuf {
+    manifest_dir.join(format!("{id}.times"))
+}
+
+/// The granularity [`times_marker`] of run `id` names, if there is one (above 1 ns).
+pub fn read_times_marker(manifest_dir: &Path, id: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(times_marker(manifest_dir, id)).ok()?;
+    s.trim().parse().ok().filter(|g| *g > 1)
 }
 
 /// `<manifest_dir>/<id>.damaged`: the entries of run `id`'s snapshot that the last
@@ -506,6 +546,7 @@ impl Reader {
             source_ids: !copied_marker(manifest_dir, id).exists(),
             damaged: read_damaged(manifest_dir, id),
             owners_held: read_owners_marker(manifest_dir, id),
+            times_held: read_times_marker(manifest_dir, id),
         })
     }
 

@@ -158,6 +158,13 @@ pub trait Sink: Sync {
         None
     }
 
+    /// The granularity (ns) to which the store keeps file times, when coarser than the
+    /// nanosecond (whole seconds: some NFS servers, FAT). The manifest records the
+    /// source's exact times all the same.
+    fn times_held(&self) -> Option<u64> {
+        None
+    }
+
     /// Records a directory's entries (the manifest block), once all of them are known.
     fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()>;
 

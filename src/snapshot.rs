@@ -251,19 +251,35 @@ impl<'a> TreeReader<'a> {
 
     /// In Restore mode, of a snapshot whose store kept no owners (`manifest::owners_marker`:
     /// every file of its tree is owned by the store's user), `m` gets the owner its
-    /// record `r` has, the source's: the one a restore gives back. Every other fact is
-    /// the tree's, as for any snapshot (the marker says only the owners are not there).
+    /// record `r` has, the source's: the one a restore gives back. Of one whose store
+    /// kept times coarser than the source's (`manifest::times_marker`: whole seconds),
+    /// `m` gets the record's exact mtime where the tree's is the same to the store's
+    /// granularity (a tree changed since keeps its own). Every other fact is the
+    /// tree's, as for any snapshot (the markers say only these are not there).
     fn true_owner(&self, m: &mut Meta, r: &Entry) {
-        let held = self.manifest.and_then(|mf| mf.owners_held);
-        if self.mode == Mode::Restore && held.is_some() && r.kind == m.kind {
+        let Some(mf) = self.manifest.filter(|_| self.mode == Mode::Restore) else {
+            return;
+        };
+        if r.kind != m.kind {
+            return;
+        }
+        if mf.owners_held.is_some() {
             (m.uid, m.gid) = (r.uid, r.gid);
+        }
+        if let Some(g) = mf.times_held
+            && m.mtime.same_to(r.mtime, g)
+        {
+            m.mtime = r.mtime;
         }
     }
 
     /// The record of directory `rel` itself (its parent's entry for it, or the root
-    /// line), when its owner is wanted from the manifest ([`TreeReader::true_owner`]).
+    /// line), when its owner or time is wanted from the manifest
+    /// ([`TreeReader::true_owner`]).
     fn dir_record(&self, rel: &RelPath) -> Option<Entry> {
-        let mf = self.manifest.filter(|mf| mf.owners_held.is_some())?;
+        let mf = self
+            .manifest
+            .filter(|mf| mf.owners_held.is_some() || mf.times_held.is_some())?;
         if self.mode != Mode::Restore {
             return None;
         }

@@ -4,7 +4,8 @@
 //! expired snapshot whose entries cannot be deleted loses no newer history, is named in
 //! the run's report, and later runs keep working and delete it once the flag is gone.
 //! And stores that keep less than a local file system: one that refuses owners even to
-//! root (an NFS export with `root_squash`: latencyfs `--no-chown`).
+//! root (an NFS export with `root_squash`: latencyfs `--no-chown`), one that keeps file
+//! times in whole seconds (some NFS servers, FAT: latencyfs `--whole-second-times`).
 
 mod common;
 use common::*;
@@ -496,6 +497,258 @@ fn a_shard_run_into_a_store_refusing_owners_probes_once_and_marks_the_snapshot()
     assert!(text.contains("owners not checked"), "{text}");
     // The next run (single-node) links the unchanged files: the manifest has the
     // source's owners.
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["files_transferred"], 0, "{rep}");
+}
+
+/// A source tree whose files, symlink, directories and root have mtimes with
+/// nanoseconds (set last, deepest first), for the stores keeping whole seconds.
+fn ns_times_source(src: &Path) -> Vec<(&'static str, (i64, i64))> {
+    for f in ["f1", "d/f2", "d/e/f3"] {
+        write(&src.join(f), f.as_bytes());
+    }
+    std::os::unix::fs::symlink("f1", src.join("l")).unwrap();
+    let times: Vec<(&str, (i64, i64))> = ["f1", "d/f2", "d/e/f3", "l", "d/e", "d", ""]
+        .into_iter()
+        .enumerate()
+        .map(|(i, f)| (f, (1_700_000_000 + i as i64, 286_786_234 + i as i64)))
+        .collect();
+    for (f, (sec, nsec)) in &times {
+        set_mtime(&src.join(f), *sec, *nsec);
+    }
+    times
+}
+
+/// `(sec, nsec)` of `p`'s mtime (not following a symlink).
+fn mtime_of(p: &Path) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+/// How many of a report's warnings say the store keeps whole-second times.
+fn says_whole_seconds(rep: &serde_json::Value) -> usize {
+    rep["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| {
+            w.as_str()
+                .unwrap()
+                .contains("keeps file times to the second only")
+        })
+        .count()
+}
+
+/// `snapring verify ARGS --dest DEST`: exit code, stdout and stderr together.
+fn verify(dest: &Path, args: &[&str]) -> (Option<i32>, String) {
+    let mut a: Vec<&std::ffi::OsStr> = vec!["verify".as_ref()];
+    a.extend(args.iter().map(std::ffi::OsStr::new));
+    a.extend(["--dest".as_ref(), dest.as_os_str()]);
+    let out = snapring(&a, &[]);
+    (
+        out.status.code(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The `.times` marks of a store's manifests: (run id, content).
+fn times_marks(dest: &Path) -> Vec<(String, String)> {
+    let mut v: Vec<_> = std::fs::read_dir(dest.join(".snapring/manifests"))
+        .unwrap()
+        .filter_map(|e| {
+            let p = e.unwrap().path();
+            (p.extension()? == "times").then(|| {
+                (
+                    p.file_stem().unwrap().to_string_lossy().into_owned(),
+                    std::fs::read_to_string(&p).unwrap(),
+                )
+            })
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A store that keeps file times in whole seconds (some NFS servers, FAT: latencyfs
+/// `--whole-second-times`), a source whose mtimes have nanoseconds: the run probes the
+/// store once (folded into the owner probe), says so once (a warning, the run complete)
+/// and marks the manifest (`<id>.times`), which keeps the source's exact times; the next
+/// run links every unchanged file; `verify` compares times to the second and is clean,
+/// saying so; `restore` gives every entry its exact time from the manifest. Before,
+/// verify reported every entry (`mtime x.286786234 -> x.000000000`, exit 2, and so marked
+/// them damaged, which the next backup copied again), and a restore gave the truncated
+/// times.
+#[test]
+fn a_store_keeping_whole_second_times_verifies_clean_and_restores_the_exact_times() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    let times = ns_times_source(&src);
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    std::fs::create_dir(&under).unwrap();
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--whole-second-times"]) else {
+        return;
+    };
+    let dest = mnt.join("backup");
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(says_whole_seconds(&rep), 1, "{rep}");
+    assert_eq!(rep["files_transferred"], 4, "three files, a symlink: {rep}");
+    // The store's times, whole seconds: what it could keep.
+    assert_eq!(mtime_of(&dest.join("daily.0/d/f2")), (1_700_000_001, 0));
+    let marks = times_marks(&dest);
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    assert_eq!(marks[0].1.trim(), "1000000000", "{marks:?}");
+    let (code, text) = verify(&dest, &["--all"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("times checked to the second"), "{text}");
+    // Unchanged files are linked (the manifest has the source's exact times), and the
+    // run says it again (its own probe).
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(says_whole_seconds(&rep), 1, "{rep}");
+    assert_eq!(rep["files_transferred"], 0, "unchanged files linked: {rep}");
+    assert!(rep["files_linked"].as_u64().unwrap() >= 4, "{rep}");
+    assert_eq!(times_marks(&dest).len(), 2);
+    let (code, text) = verify(&dest, &["--all"]);
+    assert_eq!(code, Some(0), "{text}");
+    // A restore gives back the source's times, not the store's.
+    let to = t.path().join("restored");
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.1".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ],
+        &[],
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    for (f, want) in &times {
+        assert_eq!(mtime_of(&to.join(f)), *want, "{f:?}");
+    }
+    // `--path` of a directory (its time from the parent's record) and of a file.
+    let to2 = t.path().join("restored2");
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--path".as_ref(),
+            "d/e".as_ref(),
+            "--flat".as_ref(),
+            "--to".as_ref(),
+            to2.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(mtime_of(&to2), times[4].1, "d/e itself");
+    assert_eq!(mtime_of(&to2.join("f3")), times[2].1, "d/e/f3");
+    // A real change in the store's tree is still found: a time a second off.
+    set_mtime(&dest.join("daily.0/d/f2"), 1_700_000_003, 0);
+    let (code, text) = verify(&dest, &["daily.0"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("d/f2") && text.contains("mtime"), "{text}");
+}
+
+/// The same store backed up by a process that may not give files away (no
+/// `CAP_CHOWN`, as a backup user other than root): there is no owner probe, and the
+/// times are probed on the staging root itself (no file made); the run says so once,
+/// marks the manifest, and verify is clean.
+#[test]
+fn a_store_keeping_whole_second_times_is_probed_without_chown_too() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    ns_times_source(&src);
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    std::fs::create_dir(&under).unwrap();
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--whole-second-times"]) else {
+        return;
+    };
+    let dest = mnt.join("backup");
+    for i in 0..2 {
+        let mut c = Command::new("setpriv");
+        c.args(["--bounding-set=-chown", "--inh-caps=-chown"])
+            .arg(bin())
+            .env("SNAPRING_CATALOG", "off")
+            .args(["backup", "--json", "--source"])
+            .arg(&src)
+            .arg("--dest")
+            .arg(&dest);
+        let out = c.output().unwrap();
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "run {i}: {err}\n{rep}");
+        assert_eq!(rep["status"], "complete", "run {i}: {rep}");
+        assert_eq!(says_whole_seconds(&rep), 1, "run {i}: {rep}");
+        let copied = if i == 0 { 4 } else { 0 };
+        assert_eq!(rep["files_transferred"], copied, "run {i}: {rep}");
+    }
+    assert_eq!(times_marks(&dest).len(), 2);
+    let (code, text) = verify(&dest, &["--all"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("times checked to the second"), "{text}");
+}
+
+/// A shard run into a store keeping whole-second times: its planner probes once for
+/// the run and records the granularity in the plan; the run says so once, finalize
+/// marks the manifest, verify is clean, and the next (single-node) run links every
+/// unchanged file.
+#[test]
+fn a_shard_run_into_a_store_keeping_whole_second_times_marks_the_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..4 {
+        for f in 0..30 {
+            let p = src.join(format!("d{d}/s{}/f{f:02}", f % 3));
+            write(&p, format!("{d} {f}").as_bytes());
+            set_mtime(&p, 1_700_000_000 + f, 123_456_789 + d);
+        }
+    }
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    std::fs::create_dir(&under).unwrap();
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--whole-second-times"]) else {
+        return;
+    };
+    let dest = mnt.join("backup");
+    let run = "r1";
+    let mut reps = Vec::new();
+    for i in 0..2 {
+        let shard = format!("{i}/2");
+        let (code, rep, err) = backup(
+            &src,
+            &dest,
+            &["--shard", &shard, "--run-id", run, "--jobs", "2"],
+            &[],
+        );
+        assert_eq!(code, 0, "worker {i}: {err}\n{rep}");
+        reps.push((rep, err));
+    }
+    let (out, err) = &reps[0];
+    let rep = &out["report"];
+    assert_eq!(rep["status"], "complete", "{err}\n{out}");
+    assert_eq!(rep["problems"], serde_json::json!([]), "{rep}");
+    assert_eq!(says_whole_seconds(rep), 1, "{rep}");
+    assert_eq!(
+        times_marks(&dest),
+        [(run.to_string(), "1000000000\n".to_string())]
+    );
+    let (code, text) = verify(&dest, &[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("times checked to the second"), "{text}");
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["files_transferred"], 0, "{rep}");

@@ -93,6 +93,7 @@ pub fn diff(
         stay_on: None,
         excludes: None,
         owners: true,
+        time_granularity: 0,
     };
     match (new, against) {
         (Some(new), None) => {
@@ -276,6 +277,7 @@ pub fn verify(
         stay_on: None,
         excludes: None,
         owners: true,
+        time_granularity: 0,
     };
     let mut out = Vec::new();
     for target in targets {
@@ -349,6 +351,21 @@ pub fn verify(
             tracing::warn!(
                 "{}: owners not checked: the store did not keep them (every file is owned by {u}:{g}; the manifest has the source's)",
                 sel.snap.name
+            );
+        }
+        // A store that keeps times coarser than the source's (whole seconds) truncated
+        // them; the manifest has the source's: times are compared to its granularity.
+        let times_held = match live {
+            None => sel.manifest.as_ref().and_then(|m| m.times_held),
+            Some(_) => None,
+        };
+        opts.time_granularity = times_held.unwrap_or(0);
+        if let Some(g) = times_held {
+            tracing::warn!(
+                "{}: times checked to {}: the store keeps them to {} only (the manifest has the source's exact times)",
+                sel.snap.name,
+                fsx::granularity_words(g),
+                fsx::granularity_words(g)
             );
         }
         let o = compare::compare(&recorded(sel), &actual, &opts, cancel);

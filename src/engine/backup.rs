@@ -906,6 +906,17 @@ pub fn owners_not_kept(store: &std::path::Path, (uid, gid): (u32, u32)) -> Strin
     )
 }
 
+/// The one message of a run into a store that keeps file times to `granularity` ns
+/// only (docs/stores.md).
+pub fn times_not_kept(store: &std::path::Path, granularity: u64) -> String {
+    format!(
+        "the store {} keeps file times to {} only (an NFS server or file system with coarse timestamps): the snapshot's files have their times truncated; the manifest records the source's exact times, which the next backup compares (unchanged files are linked), verify compares to {} and restore gives back",
+        crate::relpath::shown(store),
+        crate::fsx::granularity_words(granularity),
+        crate::fsx::granularity_words(granularity),
+    )
+}
+
 /// One run against `repo`, from the previous snapshot to the deletion of expired ones.
 fn run<R: Repository>(
     opts: &BackupOptions,
@@ -928,6 +939,11 @@ fn run<R: Repository>(
     let sink = repo.begin(id, st.prev.as_ref(), &leftovers)?;
     if let Some(held) = sink.owners_held() {
         let w = owners_not_kept(&rep.store, held);
+        tracing::warn!("{w}");
+        rep.warnings.push(w);
+    }
+    if let Some(g) = sink.times_held() {
+        let w = times_not_kept(&rep.store, g);
         tracing::warn!("{w}");
         rep.warnings.push(w);
     }

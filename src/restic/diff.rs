@@ -163,6 +163,7 @@ pub(crate) fn compare_live(
         stay_on,
         excludes,
         owners: true,
+        time_granularity: 0,
     };
     let o = compare::compare(&RepoReader::new(repo, root), &live, &opts, cancel);
     if cancel.load(Ordering::Relaxed) {

@@ -1448,6 +1448,9 @@ fn assemble(
     if let Some(held) = plan.owners_held {
         w.owners_not_kept(held);
     }
+    if let Some(g) = plan.times_held {
+        w.times_not_kept(g);
+    }
     let t_spine = Instant::now();
     let (merged, applied) = std::thread::scope(|s| {
         let applied = s.spawn(|| {

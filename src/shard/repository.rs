@@ -1084,6 +1084,7 @@ fn make_plan(
         warnings: Vec::new(),
         allow_empty: opts.allow_empty,
         owners_held: None,
+        times_held: None,
         exclusion: opts.exclusion.clone(),
     })
 }

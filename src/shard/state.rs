@@ -127,11 +127,17 @@ pub struct PlanFile {
     pub allow_empty: bool,
     /// The owner the store gives every file when it refuses owners even to a process
     /// that may give files away (an NFS export with `root_squash`), as the planner
-    /// probed it once for the run (`store::tree_sink::store_owners_refused`): workers
+    /// probed it once for the run (`store::tree_sink::probe_store`): workers
     /// try no `fchown`, finalize marks the manifest (`manifest::owners_marker`). Absent:
     /// the store keeps owners (or plans written before it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owners_held: Option<(u32, u32)>,
+    /// The granularity (ns) to which the store keeps file times, when coarser than the
+    /// nanosecond (whole seconds: some NFS servers), as the planner probed it with the
+    /// owners: finalize marks the manifest (`manifest::times_marker`), which records the
+    /// source's exact times. Absent: the store keeps times whole (or older plans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub times_held: Option<u64>,
     /// What the run leaves out (`crate::exclude::Settings`, the pattern files as the
     /// planner read them): every worker must have the same, and finalize records it
     /// in the run record. Absent: nothing.
@@ -844,6 +850,7 @@ mod tests {
             warnings: Vec::new(),
             allow_empty: false,
             owners_held: None,
+            times_held: None,
             exclusion: Default::default(),
         };
         assert!(plan.cut().is_ok());

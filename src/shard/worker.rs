@@ -114,8 +114,9 @@ struct Worker<'a> {
     planned_at: Option<fsx::Time>,
     /// The store is on NFS or FUSE ([`crate::concurrency::is_remote`]).
     remote: bool,
-    /// The plan's [`PlanFile::owners_held`]: the store keeps no owners.
-    owners_held: Option<(u32, u32)>,
+    /// The plan's [`PlanFile::owners_held`] and [`PlanFile::times_held`]: what the
+    /// store does not keep.
+    held: crate::store::tree_sink::StoreProbe,
     /// `--jobs` permits, shared by the walks of the units built at once ([`lanes`]).
     gate: crate::pool::Gate,
     /// `--bwlimit`: one bucket for the worker, whatever units it builds at once.
@@ -280,7 +281,10 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             .ok()
             .map(fsx::Time::from),
         remote: crate::concurrency::is_remote(&store.root),
-        owners_held: plan.owners_held,
+        held: crate::store::tree_sink::StoreProbe {
+            owners_held: plan.owners_held,
+            times_held: plan.times_held,
+        },
         gate: crate::pool::Gate::new(opts.jobs.max(1)),
         throttle: opts
             .bwlimit
@@ -596,21 +600,28 @@ fn make_plan(
     });
     let ((retain, lowered), (cut, sized_by)) = sized?;
     dirs?;
-    // Whether the store keeps owners: probed once for the run, here in its directory
-    // (a file made, given another owner, removed), and recorded in the plan that every
-    // worker reads anyway. A probe by each worker, or by each unit's sink, would repeat
-    // those round trips N (or units) times on the file system slowest at them.
-    let owners_held = match fsx::open_dir(&rd.root) {
-        Ok(fd) => crate::store::tree_sink::store_owners_refused(b(&fd)),
+    // Whether the store keeps owners, and to what granularity it keeps times: probed
+    // once for the run, here in its directory (a file made, given a time and another
+    // owner, removed), and recorded in the plan that every worker reads anyway. A probe
+    // by each worker, or by each unit's sink, would repeat those round trips N (or
+    // units) times on the file system slowest at them.
+    let probe = match fsx::open_dir(&rd.root) {
+        Ok(fd) => crate::store::tree_sink::probe_store(b(&fd)),
         Err(e) => {
-            tracing::debug!("cannot open {} to probe owners: {e}", rd.root.display());
-            None
+            tracing::debug!("cannot open {} to probe the store: {e}", rd.root.display());
+            Default::default()
         }
     };
+    let (owners_held, times_held) = (probe.owners_held, probe.times_held);
     let mut warnings: Vec<String> = lowered.into_iter().collect();
+    let store = || std::fs::canonicalize(&opts.store).unwrap_or_else(|_| opts.store.clone());
     if let Some(held) = owners_held {
-        let store = std::fs::canonicalize(&opts.store).unwrap_or_else(|_| opts.store.clone());
-        let w = crate::engine::backup::owners_not_kept(&store, held);
+        let w = crate::engine::backup::owners_not_kept(&store(), held);
+        tracing::warn!("{w}");
+        warnings.push(w);
+    }
+    if let Some(g) = times_held {
+        let w = crate::engine::backup::times_not_kept(&store(), g);
         tracing::warn!("{w}");
         warnings.push(w);
     }
@@ -643,6 +654,7 @@ fn make_plan(
         warnings,
         allow_empty: opts.allow_empty,
         owners_held,
+        times_held,
         exclusion: opts.exclude_settings()?,
     };
     tracing::info!(
@@ -1394,7 +1406,7 @@ fn unit_sink(
         .as_ref()
         .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
     TreeSink::new(work_fd, prev_dir, resume, writer)
-        .owners_held_by_store(ctx.owners_held)
+        .held_by_store(ctx.held)
         .rooted_at(unit.dir.clone())
         .listing_prev(ctx.remote)
 }

@@ -120,6 +120,7 @@ impl Store {
             stay_on: None,
             excludes: None,
             owners: mf.owners_held.is_none(),
+            time_granularity: mf.times_held.unwrap_or(0),
         };
         let out = compare::compare(
             &TreeReader::recorded(b(&fd), Some(&mf)),

@@ -765,13 +765,14 @@ impl Store {
         Ok(v)
     }
 
-    /// Deletes run `id`'s manifest (and its index, `.copied` and `.owners` markers and leftover
+    /// Deletes run `id`'s manifest (and its index, `.copied`, `.owners` and `.times` markers and leftover
     /// temporaries). Only for a snapshot that is expired or was never published; a
     /// failure is warned about (it leaves a file, loses nothing).
     pub fn remove_manifest(&self, id: &str) {
         let mdir = self.meta.join("manifests");
         for ext in [
-            "mf", "idx", "copied", "damaged", "owners", "mf.tmp", "idx.tmp", "done", "done.tmp",
+            "mf", "idx", "copied", "damaged", "owners", "times", "mf.tmp", "idx.tmp", "done",
+            "done.tmp",
         ] {
             let p = mdir.join(format!("{id}.{ext}"));
             match std::fs::remove_file(&p) {

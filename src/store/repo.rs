@@ -298,7 +298,7 @@ impl Repository for Store {
         let trash = fsx::open_dir(&trash_path).ctx("open", &trash_path)?;
         let record = (adopt::path(&mdir, id), adopt::tmp_path(&mdir, id));
         TreeSink::new(staging, prev, resume, writer)
-            .probing_owners()
+            .probing_store()
             .listing_prev(remote)
             .recording(
                 adopted,

@@ -97,6 +97,9 @@ pub struct TreeSink {
     /// export with `root_squash`): every file there has this owner ([`owners_refused`]).
     /// No `fchown` is tried; the manifest records the source's owners all the same.
     owners_held: Option<(u32, u32)>,
+    /// The store keeps file times to this many ns only ([`probe`]): the manifest
+    /// records the source's exact times all the same.
+    times_held: Option<u64>,
     umask: u32,
     /// The path the staging root has in the snapshot (a shard worker's unit starts at
     /// a directory of the source; the walk's paths are from the source's root).
@@ -149,6 +152,7 @@ impl TreeSink {
             manifest: Mutex::new(manifest),
             chown_groups: creates_as.and_then(|(_, egid)| groups_without_chown(egid)),
             owners_held: None,
+            times_held: None,
             creates_as,
             umask: fsx::process_umask(),
             base: RelPath::root(),
@@ -157,24 +161,17 @@ impl TreeSink {
         }
     }
 
-    /// Probes whether the store keeps owners ([`owners_refused`]), when this process
-    /// may give files away: where it does not, no `fchown` is tried, the manifest
-    /// records the source's owners and is marked (`manifest::owners_marker`). A
-    /// single-node run's; a shard run's planner probes once for all its units
-    /// ([`store_owners_refused`], then [`TreeSink::owners_held_by_store`]).
-    pub fn probing_owners(mut self) -> TreeSink {
-        if self.chown_groups.is_some() || !may_chown() {
-            return self;
-        }
-        if let Some(held) = owners_refused(b(&self.staging)) {
-            self.owners_held = Some(held);
-            self.creates_as = Some(held);
-            self.manifest
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .owners_not_kept(held);
-        }
-        self
+    /// Probes what the store keeps ([`probe`]): whether it keeps owners, when this
+    /// process may give files away (where it does not, no `fchown` is tried, the
+    /// manifest records the source's owners and is marked: `manifest::owners_marker`),
+    /// and to what granularity it keeps times (where coarser than the nanosecond, the
+    /// manifest records the source's exact times and is marked: `manifest::times_marker`).
+    /// A single-node run's; a shard run's planner probes once for all its units
+    /// ([`probe_store`], then [`TreeSink::held_by_store`]).
+    pub fn probing_store(self) -> TreeSink {
+        let chown = self.chown_groups.is_none() && may_chown();
+        let p = probe(b(&self.staging), chown);
+        self.held_by_store(p)
     }
 
     /// `m` with the owner the store keeps, when it keeps none of its own: no `fchown`
@@ -186,18 +183,23 @@ impl TreeSink {
         }
     }
 
-    /// The store keeps no owners (`held`: the owner it gives every file), as probed once
-    /// for the whole run by a shard run's planner ([`store_owners_refused`]): no
-    /// `fchown` is tried, the manifest part records the source's owners (the run's
-    /// manifest is marked by finalize, `manifest::owners_marker`).
-    pub fn owners_held_by_store(mut self, held: Option<(u32, u32)>) -> TreeSink {
-        if let Some(held) = held {
+    /// What the store keeps, as probed once for the run ([`probe`]; a shard run's
+    /// planner: [`probe_store`]): where it keeps no owners (`owners_held`: the owner it
+    /// gives every file) no `fchown` is tried; the manifest (part) records the source's
+    /// owners and times all the same, and is marked (a shard run's manifest by
+    /// finalize): `manifest::owners_marker`, `manifest::times_marker`.
+    pub fn held_by_store(mut self, p: StoreProbe) -> TreeSink {
+        if let Some(held) = p.owners_held {
             self.owners_held = Some(held);
             self.creates_as = Some(held);
-            self.manifest
-                .get_mut()
-                .unwrap_or_else(|e| e.into_inner())
-                .owners_not_kept(held);
+        }
+        self.times_held = p.times_held;
+        let mf = self.manifest.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(held) = p.owners_held {
+            mf.owners_not_kept(held);
+        }
+        if let Some(g) = p.times_held {
+            mf.times_not_kept(g);
         }
         self
     }
@@ -425,7 +427,14 @@ impl TreeSink {
                 if m.kind != Kind::File || m.ctime >= before {
                     return None;
                 }
-                let (hash, xattrs) = check_copy(&dir.dst, name, m, src_xattrs, src_hash)?;
+                let (hash, xattrs) = check_copy(
+                    &dir.dst,
+                    name,
+                    &self.kept(m),
+                    self.times_held.unwrap_or(0),
+                    src_xattrs,
+                    src_hash,
+                )?;
                 Done::new(hash, m, before, xattrs)
             }
         };
@@ -457,19 +466,21 @@ fn child(dir: &[u8], name: &[u8]) -> Vec<u8> {
 }
 
 /// Whether `name` in `dir`, a copy an interrupted run made, is finished and of the
-/// source `m` (its metadata, set last, matches; its xattrs match the source's): its
+/// source `m` (its metadata, set last, matches, as the store keeps it: `m`'s owner the
+/// one the store gives, times to `granularity` ns; its xattrs match the source's): its
 /// hash and xattr digest.
 fn check_copy(
     dir: &OwnedFd,
     name: &[u8],
     m: &Meta,
+    granularity: u64,
     src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
     src_hash: &dyn Fn() -> io::Result<blake3::Hash>,
 ) -> Option<(blake3::Hash, Option<String>)> {
     let s = fsx::lstat_at(b(dir), name).ok()?;
     if s.kind != m.kind
         || s.size != m.size
-        || s.mtime != m.mtime
+        || !s.mtime.same_to(m.mtime, granularity)
         || s.perm != m.perm
         || s.uid != m.uid
         || s.gid != m.gid
@@ -670,7 +681,14 @@ impl Sink for TreeSink {
         if m.kind != Kind::File || m.ctime >= self.resume_before {
             return None;
         }
-        let (hash, xattrs) = check_copy(res, name, m, src_xattrs, src_hash)?;
+        let (hash, xattrs) = check_copy(
+            res,
+            name,
+            &self.kept(m),
+            self.times_held.unwrap_or(0),
+            src_xattrs,
+            src_hash,
+        )?;
         self.claim(dir, name, false).ok()?;
         fsx::link_at(b(res), name, b(&dir.dst), name).ok()?;
         if let Some(a) = &self.adopting {
@@ -805,6 +823,10 @@ impl Sink for TreeSink {
         self.owners_held
     }
 
+    fn times_held(&self) -> Option<u64> {
+        self.times_held
+    }
+
     fn finish_dir(&self, dir: &TreeDir, m: &Meta, xattrs: &Xattrs) -> io::Result<Refused> {
         crate::failpoint::hit("staging.dir_meta")?;
         if let Some(ad) = &dir.adopted {
@@ -924,35 +946,103 @@ fn may_chown() -> bool {
     capabilities(None).is_ok_and(|c| c.effective.contains(CapabilitySet::CHOWN))
 }
 
-/// The probe of [`TreeSink::probing_owners`] for a shard run, made once by its planner
-/// in directory `dir` of the store: the owner the store gives every file when it
-/// refuses owners to this process, which may give files away; `None` otherwise.
-pub fn store_owners_refused(dir: BorrowedFd<'_>) -> Option<(u32, u32)> {
-    if !may_chown() {
-        return None;
-    }
-    owners_refused(dir)
+/// What a store keeps less of than the source has, as probed once per run
+/// ([`probe_store`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreProbe {
+    /// The owner the store gives every file when it refuses owners to this process,
+    /// which may give files away (an NFS export with `root_squash`).
+    pub owners_held: Option<(u32, u32)>,
+    /// The granularity (ns) to which the store keeps file times, when coarser than the
+    /// nanosecond (whole seconds: 10^9, some NFS servers; FAT: 2 s).
+    pub times_held: Option<u64>,
 }
 
-/// The name of the file [`owners_refused`] makes and removes in the staging root.
+/// The probe of [`TreeSink::probing_store`] for a shard run, made once by its planner
+/// in directory `dir` of the store.
+pub fn probe_store(dir: BorrowedFd<'_>) -> StoreProbe {
+    probe(dir, may_chown())
+}
+
+/// The name of the file [`probe`] makes and removes in the staging root.
 const OWNER_PROBE: &[u8] = b".snapring-owner-probe";
 
-/// Probes the store once per run, in the staging root: a file is made and given
-/// another owner. `Some(owner the file has)` if that is refused (`EPERM`) to a process
-/// with `CAP_CHOWN`: the store keeps no owners of ours (an NFS export with
-/// `root_squash`, knfsd's default, maps root to `nobody`). `None` when it kept the
-/// owner, or the probe could not be made (the copies then report what they meet).
-fn owners_refused(staging: BorrowedFd<'_>) -> Option<(u32, u32)> {
+/// The time the probe sets: an odd second and the last nanosecond of it, so that a
+/// store truncating to any granularity up to 2 s gives back another time, whose distance
+/// to this one says the granularity.
+const PROBE_TIME: fsx::Time = fsx::Time {
+    sec: 1_000_000_001,
+    nsec: 999_999_999,
+};
+
+/// Sets [`PROBE_TIME`] on `fd` (a file made for the probe, or the staging root, whose
+/// times are set again when the snapshot is committed) and `fstat`s it: the granularity
+/// of the store's times, if it truncated them, and the `fstat`.
+fn probe_times(fd: BorrowedFd<'_>) -> (Option<u64>, Option<Meta>) {
+    let t = rustix::fs::Timespec {
+        tv_sec: PROBE_TIME.sec,
+        tv_nsec: PROBE_TIME.nsec as _,
+    };
+    let set = rustix::fs::futimens(
+        fd,
+        &rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        },
+    );
+    let m = fsx::fstat(fd).ok();
+    if let Err(e) = set {
+        tracing::debug!("cannot set the time probe's times: {e}");
+        return (None, m);
+    }
+    let g = m.and_then(|m| coarse_granularity(PROBE_TIME, m.mtime));
+    (g, m)
+}
+
+/// The granularity a store that was given time `set` and kept `got` keeps times to: the
+/// smallest of 10 ns, 100 ns, ... 1 s, 2 s that `got` is less than apart from `set`;
+/// `None` when it kept `set`, or kept a time further away (it does not keep the times
+/// it is given: the copies then report what they meet).
+fn coarse_granularity(set: fsx::Time, got: fsx::Time) -> Option<u64> {
+    if set == got {
+        return None;
+    }
+    let d = (set.nanos() - got.nanos()).abs();
+    let g = std::iter::successors(Some(10u64), |g| (*g < 1_000_000_000).then_some(g * 10))
+        .chain([2_000_000_000])
+        .find(|g| d < *g as i128);
+    if g.is_none() {
+        tracing::debug!("the store kept time {got} for {set}");
+    }
+    g
+}
+
+/// Probes the store once per run, in the staging root. With `chown` (this process may
+/// give files away): a file is made, given [`PROBE_TIME`] and another owner, and
+/// removed; `owners_held` is the owner the file has if the new one is refused (`EPERM`:
+/// the store keeps no owners of ours, as an NFS export with `root_squash`, knfsd's
+/// default, maps root to `nobody`). Without: only the times, set on the staging root
+/// itself (no file made). `times_held` is the granularity of the times kept, when
+/// coarser than the nanosecond. A probe that could not be made finds nothing (the copies
+/// then report what they meet).
+fn probe(staging: BorrowedFd<'_>, chown: bool) -> StoreProbe {
+    if !chown {
+        return StoreProbe {
+            owners_held: None,
+            times_held: probe_times(staging).0,
+        };
+    }
     let _ = fsx::unlink_at(staging, OWNER_PROBE);
     let fd = match fsx::create_at_mode(staging, OWNER_PROBE, 0o600) {
         Ok(fd) => fd,
         Err(e) => {
             tracing::debug!("cannot make the owner probe in staging: {e}");
-            return None;
+            return StoreProbe::default();
         }
     };
+    let (times_held, m) = probe_times(b(&fd));
     let other = |id: u32| if id == 1 { 2 } else { 1 };
-    let r = fsx::fstat(b(&fd)).ok().and_then(|m| {
+    let owners_held = m.and_then(|m| {
         match rustix::fs::fchown(
             &fd,
             Some(rustix::fs::Uid::from_raw(other(m.uid))),
@@ -966,7 +1056,10 @@ fn owners_refused(staging: BorrowedFd<'_>) -> Option<(u32, u32)> {
     if let Err(e) = fsx::unlink_at(staging, OWNER_PROBE) {
         tracing::warn!("cannot remove the owner probe from staging: {e}");
     }
-    r
+    StoreProbe {
+        owners_held,
+        times_held,
+    }
 }
 
 /// The groups a process without `CAP_CHOWN` may give its files to (its egid and
@@ -985,4 +1078,35 @@ fn groups_without_chown(egid: u32) -> Option<Vec<u32>> {
         .collect();
     groups.push(egid);
     Some(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_granularity_a_store_kept_times_to() {
+        let t = |sec, nsec| fsx::Time { sec, nsec };
+        let (sec, nsec) = (PROBE_TIME.sec, PROBE_TIME.nsec);
+        assert_eq!(coarse_granularity(PROBE_TIME, PROBE_TIME), None);
+        assert_eq!(
+            coarse_granularity(PROBE_TIME, t(sec, 0)),
+            Some(1_000_000_000)
+        );
+        assert_eq!(
+            coarse_granularity(PROBE_TIME, t(sec - 1, 0)),
+            Some(2_000_000_000)
+        );
+        assert_eq!(coarse_granularity(PROBE_TIME, t(sec, nsec - 99)), Some(100));
+        assert_eq!(
+            coarse_granularity(PROBE_TIME, t(sec, nsec - 999)),
+            Some(1_000)
+        );
+        // Not a time it was given at all (the store sets its own).
+        assert_eq!(coarse_granularity(PROBE_TIME, t(sec + 100, 0)), None);
+        assert!(t(5, 999_999_999).same_to(t(5, 0), 1_000_000_000));
+        assert!(!t(6, 0).same_to(t(5, 0), 1_000_000_000));
+        assert!(!t(5, 1).same_to(t(5, 0), 0));
+        assert!(t(5, 1).same_to(t(5, 1), 1));
+    }
 }

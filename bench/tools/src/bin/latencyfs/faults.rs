@@ -10,6 +10,10 @@
 //!   as on a file system (or an NFS export) without them.
 //! - `--no-chown`: changing an owner or group to another than the file has fails with
 //!   EPERM, whoever asks, as on an NFS export with `root_squash` (knfsd's default).
+//! - `--time-granularity-ns N` (`--whole-second-times`: N = 10^9): file times are kept
+//!   to N ns only, as on an NFS server or file system with coarse timestamps (FAT,
+//!   ext3's small inodes): a time set (`utimensat`) is stored truncated, and every time
+//!   given back (`stat`, a created file's) is truncated.
 //! - `--eacces PATTERN`: opening matching files or directories fails with EACCES.
 //! - `--eio-stat PATTERN`: looking up or `stat`ing matching paths fails with EIO (as
 //!   an NFS server's GETATTR can); the name is still listed.
@@ -69,6 +73,8 @@ pub struct Faults {
     dup_list: Vec<String>,
     no_user_xattrs: bool,
     no_chown: bool,
+    /// `--time-granularity-ns`: times are kept to this many ns (0: exactly).
+    time_granularity: u64,
     stall: Vec<String>,
     stall_ops: Vec<Op>,
     stall_for: Duration,
@@ -130,6 +136,7 @@ impl Faults {
                 "--eio-stat",
                 "--eio-list",
                 "--dup-list",
+                "--time-granularity-ns",
             ];
             if a == "--per-file" {
                 f.per_file = true;
@@ -137,6 +144,10 @@ impl Faults {
             }
             if a == "--no-chown" {
                 f.no_chown = true;
+                continue;
+            }
+            if a == "--whole-second-times" {
+                f.time_granularity = 1_000_000_000;
                 continue;
             }
             if a == "--no-user-xattrs" {
@@ -162,6 +173,7 @@ impl Faults {
                 "--link-limit" => f.link_limit = Some(num(&v)?),
                 "--eio-stat" => f.eio_stat.push(v),
                 "--dup-list" => f.dup_list.push(v),
+                "--time-granularity-ns" => f.time_granularity = num(&v)?,
                 "--eio-list" => {
                     let (p, n) = match v.rsplit_once(':') {
                         Some((p, n)) => (p.to_string(), num(n)? as usize),
@@ -243,6 +255,21 @@ impl Faults {
         Ok(())
     }
 
+    /// A time (`sec`, `nsec`) as the store keeps it: truncated to the time granularity
+    /// (`--time-granularity-ns`, `--whole-second-times`), towards the past.
+    pub fn time(&self, sec: i64, nsec: i64) -> (i64, i64) {
+        let g = self.time_granularity as i128;
+        if g <= 1 {
+            return (sec, nsec);
+        }
+        let t = sec as i128 * 1_000_000_000 + nsec as i128;
+        let t = t.div_euclid(g) * g;
+        (
+            t.div_euclid(1_000_000_000) as i64,
+            t.rem_euclid(1_000_000_000) as i64,
+        )
+    }
+
     /// EACCES for opening `rel`?
     pub fn open(&self, rel: &Path) -> Result<(), Errno> {
         if matches(&self.eacces, rel) {
@@ -314,6 +341,25 @@ mod tests {
         assert_eq!(f.chown((0, 0), (Some(1), None)), Err(Errno::EPERM));
         assert_eq!(f.chown((0, 0), (None, Some(1))), Err(Errno::EPERM));
         assert!(Faults::default().chown((0, 0), (Some(1), Some(1))).is_ok());
+    }
+
+    #[test]
+    fn coarse_times() {
+        let mut args = vec!["--whole-second-times".to_string(), "x".to_string()];
+        let f = Faults::from_args(&mut args).unwrap();
+        assert_eq!(args, ["x"]);
+        assert_eq!(f.time(7, 286_786_234), (7, 0));
+        assert_eq!(f.time(-3, 5), (-3, 0));
+        let mut args = vec![
+            "--time-granularity-ns".to_string(),
+            "2000000000".to_string(),
+        ];
+        let f = Faults::from_args(&mut args).unwrap();
+        assert_eq!(f.time(7, 999_999_999), (6, 0));
+        let mut args = vec!["--time-granularity-ns".to_string(), "100".to_string()];
+        let f = Faults::from_args(&mut args).unwrap();
+        assert_eq!(f.time(7, 999_999_999), (7, 999_999_900));
+        assert_eq!(Faults::default().time(7, 5), (7, 5));
     }
 
     #[test]

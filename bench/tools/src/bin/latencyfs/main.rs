@@ -23,7 +23,7 @@
 //!
 //! FAULTS inject errors and stalls for reliability tests (tests/faults.rs): EIO on
 //! reads, EIO or ENOSPC on writes past a byte budget, EMLINK past a link limit, EACCES,
-//! and stalled calls. See `faults.rs` and docs/testing.md.
+//! stalled calls, refused owners, and times kept in whole seconds. See `faults.rs` and docs/testing.md.
 
 mod faults;
 
@@ -218,6 +218,13 @@ impl LatFs {
         }
     }
 
+    /// A time as given back: truncated to the store's granularity, if it has one
+    /// (`--time-granularity-ns`).
+    fn time(&self, sec: i64, nsec: i64) -> SystemTime {
+        let (sec, nsec) = self.faults.time(sec, nsec);
+        time(sec, nsec)
+    }
+
     fn attr(&self, m: &std::fs::Metadata) -> FileAttr {
         let ft = m.file_type();
         use std::os::unix::fs::FileTypeExt;
@@ -240,10 +247,10 @@ impl LatFs {
             ino: INodeNo(self.fuse_ino(m.ino())),
             size: m.size(),
             blocks: m.blocks(),
-            atime: time(m.atime(), m.atime_nsec()),
-            mtime: time(m.mtime(), m.mtime_nsec()),
-            ctime: time(m.ctime(), m.ctime_nsec()),
-            crtime: time(m.ctime(), m.ctime_nsec()),
+            atime: self.time(m.atime(), m.atime_nsec()),
+            mtime: self.time(m.mtime(), m.mtime_nsec()),
+            ctime: self.time(m.ctime(), m.ctime_nsec()),
+            crtime: self.time(m.ctime(), m.ctime_nsec()),
             kind,
             perm: (m.mode() & 0o7777) as u16,
             nlink: m.nlink() as u32,
@@ -253,6 +260,15 @@ impl LatFs {
             blksize: m.blksize() as u32,
             flags: 0,
         }
+    }
+
+    /// A time to set, as the store keeps it (`--time-granularity-ns`: truncated).
+    fn ts(&self, t: TimeOrNow) -> rustix::fs::Timespec {
+        let mut t = ts(t);
+        if t.tv_nsec != rustix::fs::UTIME_NOW && t.tv_nsec != rustix::fs::UTIME_OMIT {
+            (t.tv_sec, t.tv_nsec) = self.faults.time(t.tv_sec, t.tv_nsec);
+        }
+        t
     }
 
     /// Stats `rel` (`name` in `parent`), remembers where it is, and replies with the
@@ -458,8 +474,8 @@ impl Filesystem for LatFs {
                 tv_nsec: rustix::fs::UTIME_OMIT,
             };
             let t = rustix::fs::Timestamps {
-                last_access: atime.map(ts).unwrap_or(omit),
-                last_modification: mtime.map(ts).unwrap_or(omit),
+                last_access: atime.map(|t| self.ts(t)).unwrap_or(omit),
+                last_modification: mtime.map(|t| self.ts(t)).unwrap_or(omit),
             };
             tryr!(
                 reply,
