@@ -1144,22 +1144,35 @@ fn owner_refused(
     err: rustix::io::Errno,
     group_only: impl FnOnce() -> rustix::io::Result<()>,
     now: impl FnOnce() -> io::Result<Meta>,
-) -> io::Error {
+) -> Option<io::Error> {
     let _ = group_only();
     let got = now()
         .map(|m| (m.uid, m.gid))
         .unwrap_or((u32::MAX, u32::MAX));
-    io::Error::new(
+    // A file system that refuses every chown (a FUSE one: ENOSYS) may hold the wanted
+    // owner already.
+    if got == (want.uid, want.gid) {
+        return None;
+    }
+    Some(io::Error::new(
         io::ErrorKind::PermissionDenied,
         OwnerNotSet {
             want: (want.uid, want.gid),
             got,
             err: err.into(),
         },
-    )
+    ))
 }
 
-/// `fchown` to `m`'s owner; `EPERM` is an [`OwnerNotSet`] error.
+/// A `chown` refused: `EPERM` (not root, or a file system that keeps its own owners,
+/// as vfat), or a file system that has no owners to set (a FUSE one: `ENOSYS`,
+/// `EOPNOTSUPP`).
+fn owner_unsupported(e: rustix::io::Errno) -> bool {
+    use rustix::io::Errno;
+    e == Errno::PERM || e == Errno::NOSYS || e == Errno::OPNOTSUPP
+}
+
+/// `fchown` to `m`'s owner; refused ([`owner_unsupported`]), an [`OwnerNotSet`] error.
 pub fn chown_fd(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
     match rfs::fchown(
         fd,
@@ -1167,12 +1180,13 @@ pub fn chown_fd(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
         Some(rfs::Gid::from_raw(m.gid)),
     ) {
         Ok(()) => Ok(()),
-        Err(e) if e == rustix::io::Errno::PERM => Err(owner_refused(
+        Err(e) if owner_unsupported(e) => owner_refused(
             m,
             e,
             || rfs::fchown(fd, None, Some(rfs::Gid::from_raw(m.gid))),
             || fstat(fd),
-        )),
+        )
+        .map_or(Ok(()), Err),
         Err(e) => Err(e.into()),
     }
 }
@@ -1214,8 +1228,8 @@ pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<(
     };
     let owner = match chown(Some(m.uid)) {
         Ok(()) => None,
-        Err(e) if e == rustix::io::Errno::PERM => {
-            Some(owner_refused(m, e, || chown(None), || lstat_at(dir, name)))
+        Err(e) if owner_unsupported(e) => {
+            owner_refused(m, e, || chown(None), || lstat_at(dir, name))
         }
         Err(e) => return Err(e.into()),
     };

@@ -64,6 +64,9 @@ pub enum ProblemKind {
     ChangedDuringCopy,
     /// Some metadata could not be reproduced (for example an xattr the target refuses).
     Metadata,
+    /// A restore's: the target refused to create or write the entry (a name, type or
+    /// size its file system cannot hold, a permission), so it is not in the target.
+    NotRestored,
     /// A directory of the source that is the store (or local repository) the run writes
     /// into, reached through another mount of the same file system (a bind mount, an NFS
     /// export's subdirectory mounted apart): left out, never walked into.

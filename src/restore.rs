@@ -24,7 +24,7 @@
 //! links between restored files. Whether an existing entry is identical is
 //! `same::Delta`'s answer (content by hash).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
@@ -223,6 +223,134 @@ struct Counts {
     conflicts_total: AtomicU64,
     problems: Mutex<Vec<Problem>>,
     errors: AtomicU64,
+    /// Entries the target did not keep the snapshot's mode of (FAT, exFAT: no modes),
+    /// its owner of (checked on a rerun only: a first run names each), or its
+    /// modification time of (kept coarser), with the first such path and the largest
+    /// difference of times seen (ns). Reported once each ([`Restore::report`]).
+    modes_lost: AtomicU64,
+    owners_lost: AtomicU64,
+    times_lost: AtomicU64,
+    lost_first: Mutex<Option<RelPath>>,
+    time_off_ns: AtomicU64,
+}
+
+/// What the target file system keeps of what a restore sets, found by a probe file
+/// ([`Restore::holds`]) when an existing entry differs only in mode, owner or time.
+#[derive(Clone, Copy, Debug)]
+struct Holds {
+    mode: bool,
+    owner: bool,
+    /// Times within this many ns of each other are the same time there (0: exact).
+    time_ns: u64,
+}
+
+impl Holds {
+    const ALL: Holds = Holds {
+        mode: true,
+        owner: true,
+        time_ns: 0,
+    };
+}
+
+/// A target-side error that is about this entry and that a rerun cannot get past: a
+/// name (`a:b`, bytes that are not UTF-8, too long), a type (a symlink, a fifo), a size
+/// or an operation the target's file system cannot hold (FAT, exFAT, SMB).
+fn cannot_hold(e: &std::io::Error) -> bool {
+    [
+        Errno::NOSYS,
+        Errno::OPNOTSUPP,
+        Errno::INVAL,
+        Errno::ILSEQ,
+        Errno::NAMETOOLONG,
+        Errno::FBIG,
+    ]
+    .iter()
+    .any(|n| fsx::errno_is(e, *n))
+}
+
+/// `chmod` refused by a file system that has no modes (vfat: EPERM, a FUSE one:
+/// ENOSYS, EOPNOTSUPP). Said of a file this restore made and owns, EPERM cannot be a
+/// permission.
+fn mode_refused(e: &std::io::Error) -> bool {
+    fsx::errno_is(e, Errno::PERM) || cannot_hold(e)
+}
+
+/// statfs(2) `f_type` of file systems that may not keep a mode, an owner or an exact
+/// time: FAT (`msdos`, `vfat`), exFAT, NTFS (`ntfs`, `ntfs3`), SMB/CIFS, HFS+, and FUSE
+/// (exFAT's and FAT's drivers, ntfs-3g, a share mounted by a FUSE client).
+const MAY_NOT_HOLD_MAGIC: [u64; 9] = [
+    0x4d44,      // MSDOS_SUPER_MAGIC
+    0x2011_bab0, // EXFAT_SUPER_MAGIC
+    0x5346_544e, // NTFS_SB_MAGIC
+    0x7366_746e, // NTFS3
+    0xff53_4d42, // CIFS_SUPER_MAGIC
+    0xfe53_4d42, // SMB2_SUPER_MAGIC
+    0x517b,      // SMB_SUPER_MAGIC
+    0x482b,      // HFSPLUS_SUPER_MAGIC
+    0x6573_5546, // FUSE_SUPER_MAGIC
+];
+
+/// How far apart two times are, in ns (saturating).
+fn time_off(a: &fsx::Time, b: &fsx::Time) -> u64 {
+    let ns = |t: &fsx::Time| i128::from(t.sec) * 1_000_000_000 + i128::from(t.nsec);
+    u64::try_from((ns(a) - ns(b)).unsigned_abs()).unwrap_or(u64::MAX)
+}
+
+/// `fchmod` to `m`'s mode; one a file system without modes refuses ([`mode_refused`])
+/// is no error: the mode the entry kept is checked afterwards ([`Restore::kept`]).
+fn chmod_held(fd: std::os::fd::BorrowedFd<'_>, m: &Meta) -> std::io::Result<()> {
+    match rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(m.perm)) {
+        Err(e) if !mode_refused(&e.into()) => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// A directory's metadata, as [`fsx::apply_dir_meta`] sets it (xattrs, owner and
+/// mode, times), but a mode the file system refuses ([`mode_refused`]) does not keep
+/// its times from being set.
+fn dir_meta(fd: std::os::fd::BorrowedFd<'_>, m: &Meta, xs: &Xattrs) -> std::io::Result<()> {
+    fsx::write_xattrs(&XattrTarget::Fd(fd), xs)?;
+    let owner = fsx::owner_later(fsx::chown_fd(fd, m))?;
+    chmod_held(fd, m)?;
+    fsx::apply_times(fd, m)?;
+    fsx::owner_after(Ok(()), owner)
+}
+
+/// `n` as a file system that ignores case compares it (UTF-8 lower-cased; other bytes
+/// ASCII lower-cased).
+fn folded(n: &[u8]) -> Vec<u8> {
+    match std::str::from_utf8(n) {
+        Ok(s) => s.to_lowercase().into_bytes(),
+        Err(_) => n.to_ascii_lowercase(),
+    }
+}
+
+/// The entry of target directory `dir` that holds `name` when the listing has no
+/// entry of exactly that name: one whose name equals it but for case (`None` when
+/// nothing answers to `name`, when `name` itself is there, or none is found).
+fn case_twin(dir: &OwnedFd, name: &[u8]) -> Option<Vec<u8>> {
+    fsx::lstat_at(b(dir), name).ok()?;
+    let names = fsx::read_dir_names(b(dir)).ok()?;
+    if names.iter().any(|n| n == name) {
+        return None;
+    }
+    let f = folded(name);
+    names.into_iter().find(|n| folded(n) == f)
+}
+
+/// The names of a snapshot listing that another name of it equals but for case: on a
+/// target that ignores case (FAT, exFAT, SMB) only one of them can be restored.
+fn case_twins(items: &[Listed]) -> HashSet<Vec<u8>> {
+    let mut seen: HashMap<Vec<u8>, Vec<u8>> = HashMap::new();
+    let mut twins = HashSet::new();
+    for it in items {
+        let n = it.name();
+        if let Some(first) = seen.insert(folded(n), n.to_vec()) {
+            twins.insert(first);
+            twins.insert(n.to_vec());
+        }
+    }
+    twins
 }
 
 fn add(c: &AtomicU64, n: u64) {
@@ -262,6 +390,9 @@ struct Node<D> {
     had_xattrs: Option<Vec<Vec<u8>>>,
     meta: Meta,
     xattrs: Xattrs,
+    /// Names of this directory's listing that another equals but for case
+    /// ([`case_twins`]): looked for in the target before they are restored.
+    twins: HashSet<Vec<u8>>,
 }
 
 /// What a queued subdirectory carries besides its name (never a descriptor).
@@ -344,6 +475,8 @@ struct Restore<'a, R: SnapshotReader> {
     /// The snapshot's run stayed on its source's file system (`one_file_system`): a
     /// mount point in it is an empty directory that stood for another file system.
     one_fs_run: bool,
+    /// What the target keeps, probed once when first needed ([`Restore::holds`]).
+    holds: std::sync::OnceLock<Holds>,
 }
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
@@ -580,6 +713,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         excludes,
         to_mount: to_fd.as_ref().and_then(|fd| fsx::mount_key(b(fd)).ok()),
         one_fs_run: sel.run.as_ref().is_some_and(|r| r.one_file_system),
+        holds: std::sync::OnceLock::new(),
     };
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -594,7 +728,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     // Each may have inherited a default ACL (and passed it on): the snapshot's only.
     for (fd, m, xs) in created_ancestors.iter().rev() {
         let _ = fsx::remove_xattrs(&XattrTarget::Fd(b(fd)), fsx::INHERITED_DIR, xs);
-        let _ = fsx::apply_dir_meta(b(fd), m, xs);
+        let _ = dir_meta(b(fd), m, xs);
     }
     r.finish_unfinished(root_meta);
     // Content restored without its recorded checksums: bit rot in the snapshot would
@@ -921,6 +1055,7 @@ fn plan_start<R: SnapshotReader>(
         had_xattrs,
         meta,
         xattrs,
+        twins: HashSet::new(),
     };
     Ok(Start { node, only })
 }
@@ -1135,7 +1270,7 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
     ) -> Opened<Node<R::Dir>, Listed> {
         let (Some(parent), Some(sub)) = (parent, sub) else {
             let start = self.start.lock().unwrap_or_else(|e| e.into_inner()).take();
-            let Start { node, only } = start.expect("the first directory is opened once");
+            let Start { mut node, only } = start.expect("the first directory is opened once");
             let items = match only {
                 Some(listed) => {
                     // `--path FILE`: its directory is not listed, but a stopped run may
@@ -1147,13 +1282,15 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
                 }
                 None => self.listing(&node),
             };
+            node.twins = case_twins(&items);
             return Opened::Dir(node, items);
         };
         // Tests hold a restore here (a pause) to race it or kill it mid-way.
         let _ = crate::failpoint::hit("restore.dir");
         match self.open_sub(&parent.state, name, sub) {
-            Some(node) => {
+            Some(mut node) => {
                 let items = self.listing(&node);
+                node.twins = case_twins(&items);
                 Opened::Dir(node, items)
             }
             None => Opened::Skip,
@@ -1180,9 +1317,10 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
         if let Err(e) = removed {
             self.dest_error(&node.dst_rel, "remove extended attributes", e);
         }
-        if let Err(e) = fsx::apply_dir_meta(b(dst), &node.meta, &node.xattrs) {
+        if let Err(e) = dir_meta(b(dst), &node.meta, &node.xattrs) {
             self.dest_error(&node.dst_rel, "set directory metadata", e);
         }
+        self.kept(&node.dst_rel, fsx::fstat_cached(b(dst)), &node.meta);
     }
 }
 
@@ -1253,38 +1391,120 @@ impl<R: SnapshotReader> Restore<'_, R> {
         self.cancel.store(true, Ordering::Relaxed);
     }
 
-    /// A target-side error: permission problems are per entry; anything else (disk
-    /// full, read-only, I/O error) stops the restore.
+    /// A target-side error. Per entry, the restore going on: an owner or a permission
+    /// refused, and what the target's file system cannot hold ([`cannot_hold`]: a name,
+    /// a type, a size), which no rerun gets past. Anything else (disk full, read-only,
+    /// an I/O error, a stale handle) stops the restore, which a rerun finishes.
     fn dest_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
+        // Not made at all (its creation or its bytes refused), or made without some of
+        // its metadata.
+        let made = !matches!(
+            action,
+            "create"
+                | "create file"
+                | "create directory"
+                | "open target directory"
+                | "write"
+                | "rename into place"
+                | "replace"
+        );
+        let kind = if made {
+            ProblemKind::Metadata
+        } else {
+            ProblemKind::NotRestored
+        };
         if fsx::owner_not_set(&e).is_some() {
             self.problem(rel, ProblemKind::Metadata, "set owner", e);
         } else if fsx::errno_is(&e, Errno::PERM) || fsx::errno_is(&e, Errno::ACCESS) {
-            self.problem(rel, ProblemKind::Metadata, action, e);
-        } else {
-            let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
-            f.get_or_insert(
-                io_error(e, action, self.opts.to.join(rel.as_path())).on_restore_target(),
+            self.problem(rel, kind, action, e);
+        } else if cannot_hold(&e) {
+            let what = if made {
+                "restored without it"
+            } else {
+                "not restored"
+            };
+            self.problem(
+                rel,
+                kind,
+                action,
+                format!(
+                    "{e}: the target file system cannot hold this (as FAT and exFAT hold no symlink, no `:` in a name, no file of 4 GiB); {what}, and running the restore again will not change that"
+                ),
             );
+        } else {
+            let path = self.opts.to.join(rel.as_path());
+            let err = match io_error(e, action, &path) {
+                Error::Io {
+                    action,
+                    path,
+                    source,
+                } => Error::Target {
+                    msg: format!(
+                        "cannot {action} {}: {source}: the restore stopped; what it restored stays, and running it again once the target works finishes it (identical files are skipped)",
+                        crate::relpath::shown(&path)
+                    ),
+                    path: self.opts.to.clone(),
+                },
+                e => e.on_restore_target(),
+            };
+            let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
+            f.get_or_insert(err);
             self.cancel.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Creating `to` (the entry's temporary name, or its own name in a directory the
-    /// restore made) failed: an entry the restore did not make in the way (someone
-    /// else writes in the target) is a conflict, that entry left alone and the rest
-    /// restored; any other failure is [`Restore::dest_error`]'s.
-    fn create_error(&self, rel: &RelPath, to: &[u8], action: &'static str, e: std::io::Error) {
+    /// Creating `to` in `dir` (the entry's temporary name, or its own name in a
+    /// directory the restore made) failed. An entry in the way is a conflict, that
+    /// entry left alone and the rest restored ([`Restore::in_the_way`]); a name the
+    /// target refuses with ENOENT (exFAT's FUSE driver, for `a:b`) in a directory that
+    /// is still there is a problem of this entry; any other failure is
+    /// [`Restore::dest_error`]'s.
+    fn create_error(
+        &self,
+        dir: &OwnedFd,
+        rel: &RelPath,
+        to: &[u8],
+        action: &'static str,
+        e: std::io::Error,
+    ) {
         if fsx::errno_is(&e, Errno::EXIST) {
-            self.conflict(
+            self.in_the_way(dir, rel, to);
+        } else if fsx::errno_is(&e, Errno::NOENT) && fsx::fstat(b(dir)).is_ok_and(|m| m.nlink > 0) {
+            self.problem(
                 rel,
+                ProblemKind::NotRestored,
+                action,
                 format!(
-                    "{} appeared in the target during the restore, in the way of this entry; not restored",
+                    "{e}: the target file system refused the name {} in a directory that is there (as exFAT refuses `:`, `?`, `*`); not restored, and running the restore again will not change that",
                     crate::relpath::escape(to)
                 ),
             );
         } else {
             self.dest_error(rel, action, e);
         }
+    }
+
+    /// `name` could not be made in `dir` (of the entry at `rel`): something is there.
+    /// Either it appeared during the restore (someone else writes in the target), or
+    /// the target's file system takes `name` for another name it holds (it ignores
+    /// case: `d` and `D` are one name on FAT, exFAT, SMB): a conflict naming it, the
+    /// entry not restored.
+    fn in_the_way(&self, dir: &OwnedFd, rel: &RelPath, name: &[u8]) {
+        let esc = crate::relpath::escape;
+        let reason = match case_twin(dir, name) {
+            Some(other) => format!(
+                "the target file system cannot hold both {} and {} (it takes names that differ only in case for one name): {} is there, {} was not restored",
+                esc(&other),
+                esc(name),
+                esc(&other),
+                esc(name)
+            ),
+            None => format!(
+                "{} appeared in the target during the restore, in the way of this entry; not restored",
+                esc(name)
+            ),
+        };
+        self.conflict(rel, reason);
     }
 
     /// A deletion that stopped at another file system mounted below (a conflict: what is
@@ -1318,7 +1538,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
                         return None;
                     }
                     if let Err(e) = fsx::mkdir_at(b(d), name) {
-                        self.dest_error(&rel, "create directory", e);
+                        self.counts.dirs.fetch_sub(1, Ordering::Relaxed);
+                        self.create_error(d, &rel, name, "create directory", e);
                         return None;
                     }
                 }
@@ -1362,6 +1583,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             had_xattrs,
             meta: sub.meta,
             xattrs,
+            twins: HashSet::new(),
         })
     }
 
@@ -1439,7 +1661,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
         let _ = crate::failpoint::hit("restore.after_done");
         if let Some((m, xs)) = root_meta
-            && let Err(e) = fsx::apply_dir_meta(b(to), &m, &xs)
+            && let Err(e) = dir_meta(b(to), &m, &xs)
         {
             self.dest_error(&RelPath::root(), "set directory metadata", e);
         }
@@ -1530,6 +1752,18 @@ impl<R: SnapshotReader> Restore<'_, R> {
             src_rel: node.src_rel.join(&name),
             rel: node.dst_rel.join(&name),
         };
+        // A name another of this directory equals but for case: on a target that
+        // ignores case, that other one may hold it (restored now or by an earlier run),
+        // and a stat by this name would find it (its content compared, a directory
+        // merged into it).
+        if node.twins.contains(&name)
+            && !self.opts.dry_run
+            && let Some(d) = &node.dst
+            && case_twin(d, &name).is_some()
+        {
+            self.in_the_way(d, &at.rel, &name);
+            return Step::Next;
+        }
         // Into a directory the restore made (nothing to compare with), a regular file the
         // listing names as one is opened at once and stated through the descriptor: no
         // stat by name before the open. A member of a hard-link group is stated only:
@@ -1728,10 +1962,15 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if d.rdev {
             return Same::No("device number differs".into());
         }
-        if d.perm {
+        // A mode, owner or time the target cannot hold (FAT: no modes, no owners, 2 s
+        // times) is no difference: the restore itself could not make it otherwise, and a
+        // rerun would call its own entries conflicts (or, in its own directories,
+        // replace them again) for ever. Said once in the report.
+        let perm = d.perm && m.kind != Kind::Symlink;
+        if perm && self.holds(dst).mode {
             return Same::No(format!("mode differs ({:o} vs {:o})", x.perm, m.perm));
         }
-        if d.owner {
+        if d.owner && self.holds(dst).owner {
             return Same::No(format!(
                 "owner differs ({}:{} vs {}:{})",
                 x.uid, x.gid, m.uid, m.gid
@@ -1740,7 +1979,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
         // A symlink's time is not the user's concern, except in a directory a stopped run
         // of this restore made: there a symlink created but not yet given its time is
         // that run's unfinished work.
-        if d.mtime && (m.kind != Kind::Symlink || at.node.ours) {
+        let off = time_off(&x.mtime, &m.mtime);
+        let mtime = d.mtime && (m.kind != Kind::Symlink || at.node.ours);
+        if mtime && off >= self.holds(dst).time_ns {
             return Same::No(format!(
                 "modification time differs ({} vs {})",
                 x.mtime, m.mtime
@@ -1750,6 +1991,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if theirs.ok() != self.reader.xattrs(&at.node.src, Some(at.name)).ok() {
             return Same::No("extended attributes differ".into());
         }
+        self.lost(&at.rel, perm, d.owner, mtime.then_some(off));
         Same::Yes
     }
 
@@ -1927,7 +2169,15 @@ impl<R: SnapshotReader> Restore<'_, R> {
             Err(e) => {
                 let _ = fsx::unlink_at(b(dst), to);
                 if !replace && fsx::errno_is(&e, Errno::EXIST) {
-                    self.conflict(rel, "appeared in the target during the restore".into());
+                    self.in_the_way(dst, rel, name);
+                } else if fsx::errno_is(&e, Errno::NOENT) {
+                    // The temporary name is there: the target refused `name`.
+                    let action = if replace {
+                        "replace"
+                    } else {
+                        "rename into place"
+                    };
+                    self.create_error(dst, rel, name, action, e);
                 } else {
                     self.dest_error(
                         rel,
@@ -1989,7 +2239,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let dst = match fsx::create_at_mode(b(dst_dir), to, created_perm) {
             Ok(fd) => fd,
             Err(e) => {
-                self.create_error(rel, to, "create file", e);
+                self.create_error(dst_dir, rel, to, "create file", e);
                 return false;
             }
         };
@@ -2050,7 +2300,110 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if let Err(e) = fsx::owner_after(r, owner) {
             self.dest_error(rel, "set file metadata", e);
         }
+        self.kept(rel, fsx::fstat_cached(b(&dst)), m);
         true
+    }
+
+    /// Counts what the target did not keep of the mode and time just set on the entry
+    /// at `rel` (`got`: its attributes now, from the kernel's cache: no round trip): a
+    /// file system without modes, or with coarser times (FAT: 2 s). Reported once, at
+    /// the end ([`Restore::report`]).
+    fn kept(&self, rel: &RelPath, got: Option<Meta>, m: &Meta) {
+        let Some(g) = got else { return };
+        let mode = m.kind != Kind::Symlink && g.perm != m.perm;
+        let time = g.mtime != m.mtime;
+        self.lost(rel, mode, false, time.then(|| time_off(&g.mtime, &m.mtime)));
+    }
+
+    /// Counts an entry whose mode, owner or time (off by that many ns) the target did
+    /// not keep.
+    fn lost(&self, rel: &RelPath, mode: bool, owner: bool, time_off: Option<u64>) {
+        let c = &self.counts;
+        if mode {
+            add(&c.modes_lost, 1);
+        }
+        if owner {
+            add(&c.owners_lost, 1);
+        }
+        if let Some(off) = time_off {
+            add(&c.times_lost, 1);
+            c.time_off_ns.fetch_max(off, Ordering::Relaxed);
+        }
+        if mode || owner || time_off.is_some() {
+            let mut first = c.lost_first.lock().unwrap_or_else(|e| e.into_inner());
+            first.get_or_insert_with(|| rel.clone());
+        }
+    }
+
+    /// What the target keeps of mode, owner and times (probed once, in `dir`, when an
+    /// existing entry first differs in one of them only).
+    fn holds(&self, dir: &OwnedFd) -> Holds {
+        *self.holds.get_or_init(|| self.probe(dir))
+    }
+
+    /// Writes a file under a temporary name in `dir` (removed by a rerun if the restore
+    /// is killed first), gives it mode 0640, another owner (as root) and a time of odd
+    /// seconds and nanoseconds, and reads back what it kept; removes it. Anything
+    /// refused before the read (a directory it may not write in) keeps the old rule:
+    /// everything is compared.
+    fn probe(&self, dir: &OwnedFd) -> Holds {
+        // A Linux file system (ext4, XFS, btrfs, tmpfs, NFS) keeps all of it: no probe,
+        // nothing written beside a conflict in a user's directory.
+        let may_not_hold = rustix::fs::fstatfs(dir)
+            .is_ok_and(|fs| MAY_NOT_HOLD_MAGIC.contains(&(fs.f_type as u64)));
+        if self.opts.dry_run || !may_not_hold {
+            return Holds::ALL;
+        }
+        let name = self.tmp_name();
+        let Ok(fd) = fsx::create_at_mode(b(dir), &name, 0o600) else {
+            return Holds::ALL;
+        };
+        let _ = rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o640));
+        let owner = match fsx::fstat(b(&fd)) {
+            Ok(now) if rustix::process::geteuid().is_root() => {
+                let (uid, gid) = (now.uid ^ 1, now.gid ^ 1);
+                let set = rustix::fs::fchown(
+                    &fd,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                );
+                set.is_ok() && fsx::fstat(b(&fd)).is_ok_and(|m| (m.uid, m.gid) == (uid, gid))
+            }
+            _ => true,
+        };
+        let set = fsx::Time {
+            sec: 1_000_000_001,
+            nsec: 999_999_999,
+        };
+        let t = rustix::fs::Timespec {
+            tv_sec: set.sec,
+            tv_nsec: set.nsec as _,
+        };
+        let times = rustix::fs::Timestamps {
+            last_access: t,
+            last_modification: t,
+        };
+        let timed = rustix::fs::futimens(&fd, &times).is_ok();
+        let got = fsx::fstat(b(&fd));
+        drop(fd);
+        let _ = fsx::unlink_at(b(dir), &name);
+        let Ok(g) = got else { return Holds::ALL };
+        let off = time_off(&g.mtime, &set);
+        let time_ns = match off {
+            0 => 0,
+            _ if !timed => u64::MAX,
+            off => [1_000, 1_000_000, 10_000_000, 1_000_000_000, 2_000_000_000]
+                .into_iter()
+                .find(|c| off < *c)
+                .unwrap_or(u64::MAX),
+        };
+        let h = Holds {
+            mode: g.perm & 0o7777 == 0o640,
+            owner,
+            time_ns,
+        };
+        tracing::info!("the target keeps {h:?}");
+        h
     }
 
     /// Gives a file this restore created the snapshot's owner and mode. The owner and
@@ -2060,7 +2413,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
     /// a `fchmod` one. Set in the order that keeps setuid and setgid bits.
     fn owner_mode(&self, fd: std::os::fd::BorrowedFd<'_>, m: &Meta) -> std::io::Result<()> {
         let Some(now) = fsx::fstat_cached(fd) else {
-            return fsx::apply_owner_mode(fd, m);
+            let owner = fsx::owner_later(fsx::chown_fd(fd, m))?;
+            chmod_held(fd, m)?;
+            return fsx::owner_after(Ok(()), owner);
         };
         let chown = (now.uid, now.gid) != (m.uid, m.gid);
         let owner = match chown {
@@ -2068,7 +2423,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             false => None,
         };
         if now.perm != m.perm || (chown && m.perm & 0o6000 != 0) {
-            rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(m.perm))?;
+            chmod_held(fd, m)?;
         }
         fsx::owner_after(Ok(()), owner)
     }
@@ -2116,7 +2471,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             fsx::mknod_at(b(dst), to, m)
         };
         if let Err(e) = made {
-            self.create_error(&at.rel, to, "create", e);
+            self.create_error(dst, &at.rel, to, "create", e);
             return false;
         }
         // Tests kill a restore here: the entry made, its metadata not yet set.
@@ -2129,7 +2484,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
             fsx::INHERITED
         };
         let mut owner = None;
-        let r = fsx::owner_later(fsx::apply_meta_at(b(dst), to, m))
+        let meta = match fsx::apply_meta_at(b(dst), to, m) {
+            Err(e) if mode_refused(&e) => Ok(()),
+            r => r,
+        };
+        let r = fsx::owner_later(meta)
             .map(|o| owner = o)
             .and_then(|_| self.remove_inherited(at.node, &t, inherited, &xattrs))
             .and_then(|_| fsx::write_xattrs(&t, &xattrs))
@@ -2163,6 +2522,39 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let c = &self.counts;
         let fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut warnings = Vec::new();
+        let first = c
+            .lost_first
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let first = first.map(|r| r.escaped()).unwrap_or_default();
+        for (n, what, has) in [
+            (g(&c.modes_lost), "mode", "no modes (FAT, exFAT)"),
+            (
+                g(&c.owners_lost),
+                "owner",
+                "no owners of its own (FAT, exFAT)",
+            ),
+        ] {
+            if n > 0 {
+                self.problem(
+                    &RelPath::root(),
+                    ProblemKind::Metadata,
+                    "keep metadata",
+                    format!(
+                        "the target file system did not keep the snapshot's {what} of {n} entries (first {first}): it has {has}, or this process may not give that {what}; their data is restored, and a rerun takes them as restored (not as conflicts)"
+                    ),
+                );
+            }
+        }
+        if g(&c.times_lost) > 0 {
+            warnings.push(format!(
+                "the target file system did not keep the modification time of {} entries exactly (first {first}; off by up to {:.3} s): it keeps coarser times (FAT: 2 s); a rerun takes times that close as the same",
+                g(&c.times_lost),
+                g(&c.time_off_ns) as f64 / 1e9
+            ));
+        }
         let conflicts_total = g(&c.conflicts_total);
         let errors = g(&c.errors);
         let interrupted = fatal.is_none() && self.cancel.load(Ordering::Relaxed);
@@ -2198,7 +2590,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             version: env!("CARGO_PKG_VERSION").to_string(),
             finished_at: Some(report::now_rfc3339()),
             log: None,
-            warnings: Vec::new(),
+            warnings,
             notifications: Vec::new(),
             snapshot: sel.snap.name.clone(),
             run_id: sel.snap.rec.as_ref().map(|r| r.id.clone()),

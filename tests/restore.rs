@@ -1050,6 +1050,22 @@ fn a_full_target_stops_the_restore_with_a_restores_message() {
             && !msg.contains("published"),
         "{msg}"
     );
+    // Its headline said "failed: restored all of daily.0": what it did not restore.
+    let (code, _, _, out) = run(&[
+        "restore".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+        "daily.0".as_ref(),
+        "--to".as_ref(),
+        small.join("r").as_os_str(),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    let head = out.lines().next().unwrap_or_default();
+    assert!(
+        head.starts_with("failed: stopped restoring all of daily.0")
+            && head.contains("not the rest"),
+        "{out}"
+    );
     assert_eq!(before, store_state(&store));
     // Room made: the same file system, grown.
     assert!(

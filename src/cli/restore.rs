@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use snapring::config;
 use snapring::job::{CatalogTarget, RestoreRun};
 use snapring::notify::NotifierConfig;
+use snapring::report::Status;
 use snapring::restore::{Mode, RestoreOptions, RestoreReport};
 
 use super::args::RestoreArgs;
@@ -127,11 +128,8 @@ fn options(a: RestoreArgs, job_store: Option<PathBuf>) -> anyhow::Result<Restore
 /// problems on stderr.
 fn print_summary(r: &RestoreReport) {
     let mut out = print::summary_stream(r.dry_run);
-    let _ = writeln!(
-        out,
-        "{}{}: restored {} of {} ({}) into {}{}",
-        if r.dry_run { "dry run, " } else { "" },
-        r.status.as_str(),
+    let what = format!(
+        "{} of {} ({}) into {}{}",
         r.path.as_deref().unwrap_or("all"),
         r.snapshot,
         r.run_id.as_ref().map_or_else(
@@ -142,6 +140,25 @@ fn print_summary(r: &RestoreReport) {
         r.id.as_deref()
             .map(|id| format!(" (restore {id})"))
             .unwrap_or_default()
+    );
+    // What was restored and what not: a restore that stopped did not restore "all".
+    let headline = match (r.dry_run, r.status) {
+        (true, _) | (false, Status::Complete) => format!("restored {what}"),
+        (false, Status::Partial) => {
+            format!("restored {what}, except what the conflicts and problems below name")
+        }
+        (false, Status::Failed) => {
+            format!("stopped restoring {what}: restored only what is counted below, not the rest")
+        }
+        (false, _) => format!(
+            "interrupted restoring {what}: restored only what is counted below, not the rest"
+        ),
+    };
+    let _ = writeln!(
+        out,
+        "{}{}: {headline}",
+        if r.dry_run { "dry run, " } else { "" },
+        r.status.as_str(),
     );
     let _ = writeln!(
         out,
@@ -161,6 +178,9 @@ fn print_summary(r: &RestoreReport) {
     let _ = writeln!(out, "  took {:.2}s", r.duration_seconds);
     if !r.message.is_empty() {
         let _ = writeln!(out, "  {}", r.message);
+    }
+    for w in &r.warnings {
+        errln!("  warning: {w}");
     }
     for c in r.conflicts.iter().take(20) {
         errln!("  conflict {}: {}", c.path, c.reason);
