@@ -1499,9 +1499,9 @@ pub fn restore_log_path(catalog: &Path, id: &str) -> PathBuf {
 /// 30 days beyond the newest 100, a failed or incomplete run's kept 90 days). They
 /// were never removed: a restore every minute left half a million a year. The
 /// catalog's rows stay (`show` says the log is gone). Never `current`'s, never one of
-/// a run still `running` or holding its marker (`logs/<id>.running`), and one whose
-/// run has no row (the catalog could not record it: the log is all there is) only
-/// after 90 days. At most [`crate::store::runs::MAX_PRUNED_PER_RUN`] a call, the
+/// a run still `running` or holding its marker (`logs/<id>.running`), never one whose
+/// run has no row (the catalog could not record it, or was lost: the log is all
+/// there is). At most [`crate::store::runs::MAX_PRUNED_PER_RUN`] a call, the
 /// oldest first; a catalog that cannot be read prunes nothing. Returns how many went.
 pub fn prune_logs(
     catalog: &Path,
@@ -1566,8 +1566,11 @@ pub fn prune_logs(
             Err(_) => true,
             Ok(Some(s)) if s == "complete" || s == "partial" => false,
             Ok(Some(s)) if s == "running" => true,
-            // Failed, incomplete, or no row: what explains what went wrong.
-            Ok(_) => t >= failed_cutoff,
+            // Failed or incomplete: what explains what went wrong.
+            Ok(Some(_)) => t >= failed_cutoff,
+            // No row (the catalog could not record it, or was lost since): the log is
+            // all there is of that run.
+            Ok(None) => true,
         };
         if keep {
             continue;

@@ -522,7 +522,7 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
     ) -> Option<Difference> {
         let (fx, fy) = (Facts::of_entry(x), Facts::of_entry(y));
         let mut d = Delta::between(&fx, &fy);
-        if d.mtime && x.mtime.same_to(y.mtime, self.opts.time_granularity) {
+        if d.mtime && x.mtime.kept_as(y.mtime, self.opts.time_granularity) {
             d.mtime = false;
         }
         // When the types differ `Delta` compares nothing else; mode, owner and extended

@@ -97,14 +97,17 @@ impl Time {
         self.sec as i128 * 1_000_000_000 + self.nsec as i128
     }
 
-    /// Whether `self` and `other` are one time as a store keeping times to `granularity`
-    /// ns keeps them (less than that apart; 0 or 1: equal). A store with coarse
-    /// timestamps (whole seconds: some NFS servers; FAT) truncates what it is given.
-    pub fn same_to(self, other: Time, granularity: u64) -> bool {
+    /// Whether `stored` is what a store keeping times to `granularity` ns keeps of time
+    /// `self` (0 or 1: equal). A store with coarse timestamps (whole seconds: some NFS
+    /// servers; FAT) truncates what it is given, so only `self` rounded down to the
+    /// granularity is the same time: a stored time later than `self`, or earlier by a
+    /// granularity or more, is another one (a tolerance both ways hid a real change).
+    pub fn kept_as(self, stored: Time, granularity: u64) -> bool {
         if granularity <= 1 {
-            return self == other;
+            return self == stored;
         }
-        (self.nanos() - other.nanos()).abs() < granularity as i128
+        let g = granularity as i128;
+        stored.nanos() == self.nanos().div_euclid(g) * g
     }
 }
 

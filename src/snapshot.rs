@@ -267,7 +267,7 @@ impl<'a> TreeReader<'a> {
             (m.uid, m.gid) = (r.uid, r.gid);
         }
         if let Some(g) = mf.times_held
-            && m.mtime.same_to(r.mtime, g)
+            && r.mtime.kept_as(m.mtime, g)
         {
             m.mtime = r.mtime;
         }

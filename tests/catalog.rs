@@ -1231,20 +1231,22 @@ fn a_shard_run_prunes_old_run_records_once_the_catalog_holds_them() {
     assert_eq!(e.backup(&[]).0, 0);
     let meta = e.store.join(".snapring");
     let put = record_writer(&meta);
-    // 150 complete runs of 35 days ago, unknown to the catalog: with the first run and
-    // the shard run, the oldest 52 are beyond the newest 100.
+    // 150 complete runs of 35 days ago, unknown to the catalog: with the first run, the
+    // oldest 51 are beyond the newest 100. The shard run's own id (`r1`) tells no time:
+    // it is kept and takes none of the newest places (sorted by name it took one, and
+    // one more record went).
     let complete = old_complete_runs(&put, Utc::now() - Duration::days(35), 150);
     let (code, out, err) = e.backup(&["--shard", "0/1", "--run-id", "r1"]);
     assert_eq!(code, 0, "{out} {err}");
     let record = |id: &str| meta.join("runs").join(format!("{id}.json")).exists();
     let log = |id: &str| meta.join("logs").join(format!("{id}.log")).exists();
-    for id in &complete[..52] {
+    for id in &complete[..51] {
         assert!(!record(id) && !log(id), "{id}: kept");
     }
-    for id in complete[52..].iter().map(String::as_str).chain(["r1"]) {
+    for id in complete[51..].iter().map(String::as_str).chain(["r1"]) {
         assert!(record(id), "{id}: its record was removed");
     }
-    assert_eq!(std::fs::read_dir(meta.join("runs")).unwrap().count(), 100);
+    assert_eq!(std::fs::read_dir(meta.join("runs")).unwrap().count(), 101);
     let (code, h, err) = e.cli(&["history", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(
@@ -1276,14 +1278,14 @@ fn a_shard_run_prunes_old_run_records_once_the_catalog_holds_them() {
         more.iter().all(|id| record(id)),
         "a record went with no catalog"
     );
-    assert_eq!(std::fs::read_dir(meta.join("runs")).unwrap().count(), 161);
+    assert_eq!(std::fs::read_dir(meta.join("runs")).unwrap().count(), 162);
 }
 
 /// The logs beside the catalog (restores', repository runs', backups that could not
 /// start) were never removed: a restore every minute left half a million a year. A run
 /// that logs there now prunes them by the default policy first: beyond the newest 100
-/// and older than 30 days, a failed run's (or one the catalog has no row for) after 90
-/// days, never one whose run still holds its marker.
+/// and older than 30 days, a failed run's after 90 days, never one whose run still
+/// holds its marker or has no row in the catalog.
 #[test]
 fn a_restore_prunes_old_logs_beside_the_catalog() {
     use chrono::{Duration, Utc};
@@ -1325,11 +1327,11 @@ fn a_restore_prunes_old_logs_beside_the_catalog() {
     let has = |id: &str| logs.join(format!("{id}.log")).exists();
     // 154 logs before the restore's own: the newest 100 kept, the 54 oldest looked at.
     let gone: Vec<&&String> = ids.iter().filter(|id| !has(id)).collect();
-    assert!(!has(&unknown_old), "a 100-day-old log without a row: kept");
-    for id in [&failed, &unknown_recent, &marked] {
+    // A log without a row is all there is of its run: kept, however old.
+    for id in [&failed, &unknown_recent, &unknown_old, &marked] {
         assert!(has(id), "{id}: removed");
     }
-    assert_eq!(gone.len(), 51, "{gone:?}");
+    assert_eq!(gone.len(), 50, "{gone:?}");
     assert!(complete[..50].iter().all(|id| !has(id)));
     assert!(complete[50..].iter().all(|id| has(id)));
     let (_, h, _) = e.cli(&["history", "--json", "--kind", "restore"]);

@@ -424,7 +424,13 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
                         path,
                         on_nfs: cat.on_nfs,
                     });
-                    record(&rep, c.as_ref(), &RunRetention::default())
+                    // No job: its `keep_run_records` is not known, so nothing is pruned
+                    // (the store's next run of the job prunes).
+                    let keep = RunRetention {
+                        keep_for: None,
+                        ..RunRetention::default()
+                    };
+                    record(&rep, c.as_ref(), &keep)
                 }
             }
             (

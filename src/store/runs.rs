@@ -118,7 +118,12 @@ impl Store {
         if self.needs_repair() {
             return done;
         }
+        // Only ids that begin with their start (`new_run_id`) are ranked and pruned: a
+        // shard run's own id (`--run-id nightly-2912`, a Slurm job id) tells no time,
+        // and sorted by name it took the newest places of the runs that do. Such
+        // records are kept, as is any record whose time cannot be told.
         let mut ids = self.run_ids();
+        ids.retain(|id| super::select::run_id_time(id).is_some());
         if ids.len() <= policy.keep_last {
             return done;
         }

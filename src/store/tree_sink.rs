@@ -480,7 +480,7 @@ fn check_copy(
     let s = fsx::lstat_at(b(dir), name).ok()?;
     if s.kind != m.kind
         || s.size != m.size
-        || !s.mtime.same_to(m.mtime, granularity)
+        || !m.mtime.kept_as(s.mtime, granularity)
         || s.perm != m.perm
         || s.uid != m.uid
         || s.gid != m.gid
@@ -1104,9 +1104,16 @@ mod tests {
         );
         // Not a time it was given at all (the store sets its own).
         assert_eq!(coarse_granularity(PROBE_TIME, t(sec + 100, 0)), None);
-        assert!(t(5, 999_999_999).same_to(t(5, 0), 1_000_000_000));
-        assert!(!t(6, 0).same_to(t(5, 0), 1_000_000_000));
-        assert!(!t(5, 1).same_to(t(5, 0), 0));
-        assert!(t(5, 1).same_to(t(5, 1), 1));
+        assert!(t(5, 999_999_999).kept_as(t(5, 0), 1_000_000_000));
+        assert!(!t(6, 0).kept_as(t(5, 0), 1_000_000_000));
+        assert!(!t(5, 1).kept_as(t(5, 0), 0));
+        assert!(t(5, 1).kept_as(t(5, 1), 1));
+        // A stored time later than the exact one is another time, however close; so is
+        // one a whole granularity earlier (FAT's 2 s: 4 s keeps 5.7 s, not 3.9 s).
+        assert!(!t(5, 700_000_000).kept_as(t(6, 0), 1_000_000_000));
+        assert!(!t(5, 0).kept_as(t(5, 1), 1_000_000_000));
+        assert!(t(5, 700_000_000).kept_as(t(4, 0), 2_000_000_000));
+        assert!(!t(3, 900_000_000).kept_as(t(4, 0), 2_000_000_000));
+        assert!(!t(5, 700_000_000).kept_as(t(3, 0), 2_000_000_000));
     }
 }
