@@ -12,13 +12,33 @@
 //! proves the manifest describes that tree: linking an unchanged source file from it on
 //! the manifest's word is then as safe as comparing the source with the tree by stat,
 //! the fallback it replaces. A renamed or swapped directory keeps its inode and so its
-//! own record; a tree that differs anywhere from the manifest stays unrecorded.
+//! own record; a tree that differs anywhere from the manifest is not trusted by a
+//! writer.
 //!
 //! Readers keep such records in memory. A writer (`Store::repair`, under the lock)
 //! makes them permanent: it writes `manifests/<id>.copied` (so the manifest's source
 //! inode numbers and ctimes, which may belong to a source that moved too, are no longer
 //! trusted; see `manifest::Reader::source_ids`), then `snapshots.json` with the new
 //! inodes.
+//!
+//! A tree that differs from the manifest of the record of its name (a bit flipped with
+//! the mtime moved, a `chmod`, a file lost by the copy; or a directory replaced or
+//! swapped by hand) is read two ways. A writer (a `Store` from `open`) does not trust
+//! the record: a backup compares the source with that tree by stat, as with a tree
+//! taken over, and links nothing on the manifest's word (`Snapshot::rec` is `None`).
+//! A reader (`open_read`: restore, verify, diff, list, history, copy) is given the record
+//! and its manifest all the same (`Snapshot::differs` says why): each of them checks
+//! the tree against the manifest and reports every mismatch as damage (verify names
+//! each, restore reports names and types that disagree and content that fails its
+//! checksum, a copy leaves them out), so the manifest can only make a reader flag more,
+//! never trust more. Read as a tree without a manifest instead, a copy with one changed
+//! file restored `complete` with its bit rot and could not be verified at all. A
+//! directory replaced by hand under the record's name is then reported as damaged
+//! against that record, which is what it is as far as the store can tell. A writer
+//! keeps such a record in `snapshots.json` as its snapshot rotates, with inode 0 (no
+//! directory has it: it is matched by name, and checked, again each time), so that a
+//! backup does not lose the manifest readers check the copy against; it gives the
+//! record its directory's inode only once the whole tree matches.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -31,12 +51,15 @@ use crate::fsx::{self, Meta, b};
 use crate::manifest;
 use crate::snapshot::TreeReader;
 
-/// (name, inode, run id) -> whether the tree matched that run's manifest.
-pub(super) type Checked = Mutex<HashMap<(String, u64, String), bool>>;
+/// (name, inode, run id) -> whether the tree matched that run's manifest (`Err`: the
+/// first difference).
+pub(super) type Checked = Mutex<HashMap<(String, u64, String), std::result::Result<(), String>>>;
 
 impl Store {
     /// The record to keep for the snapshot directory `name` (now at `at`, with stat
     /// `m`), which no record names by inode; `present`: every snapshot directory's inode.
+    /// `Err`: the record of its name, whose tree differs from its manifest, and why
+    /// (given to readers only: see the module's comment).
     pub(super) fn copied_record(
         &self,
         state: &State,
@@ -44,11 +67,12 @@ impl Store {
         at: &str,
         m: &Meta,
         present: &HashSet<u64>,
-    ) -> Option<SnapRec> {
+    ) -> Option<std::result::Result<SnapRec, (SnapRec, String)>> {
         let r = state
             .snapshots
             .iter()
             .find(|r| r.name == name && !present.contains(&r.ino))?;
+        let readers = self.for_readers;
         let ok = self.matches_once(name, m.ino, &r.id, at, |ok| match ok {
             Ok(()) => tracing::info!(
                 "{name}: the store was copied (its record names inode {}, it has {}); its tree matches run {}'s manifest, so the record is kept",
@@ -56,17 +80,27 @@ impl Store {
                 m.ino,
                 r.id
             ),
+            Err(why) if readers => tracing::warn!(
+                "{name}: its record names inode {} (it has {}) and its tree does not match run {}'s manifest ({why}); it is read against that manifest, every difference reported as damage (`snapring verify` names them), and a backup compares with it by stat",
+                r.ino,
+                m.ino,
+                r.id
+            ),
             Err(why) => tracing::warn!(
-                "{name}: its record names inode {} (it has {}) and its tree does not match run {}'s manifest ({why}); it is read as a tree without a manifest",
+                "{name}: its record names inode {} (it has {}) and its tree does not match run {}'s manifest ({why}); a backup compares with it by stat, as with a tree without a manifest",
                 r.ino,
                 m.ino,
                 r.id
             ),
         });
-        ok.then(|| SnapRec {
+        let kept = SnapRec {
             ino: m.ino,
             btime: super::birth(&self.root.join(at)),
             ..r.clone()
+        };
+        Some(match ok {
+            Ok(()) => Ok(kept),
+            Err(why) => Err((kept, why)),
         })
     }
 
@@ -80,22 +114,22 @@ impl Store {
         id: &str,
         at: &str,
         log: impl FnOnce(&std::result::Result<(), String>),
-    ) -> bool {
+    ) -> std::result::Result<(), String> {
         let key = (name.to_string(), ino, id.to_string());
         let cached = self
             .checked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .copied();
+            .cloned();
         cached.unwrap_or_else(|| {
             let ok = self.matches_manifest(at, id);
             log(&ok);
             self.checked
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(key, ok.is_ok());
-            ok.is_ok()
+                .insert(key, ok.clone());
+            ok
         })
     }
 

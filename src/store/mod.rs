@@ -144,6 +144,12 @@ pub struct Snapshot {
     /// directory matched the record's manifest, so the record is kept, with `ino` set
     /// to this directory's (see `copied.rs`).
     pub copied: bool,
+    /// The store was copied and this directory's tree differs from the manifest of the
+    /// record of its name: why (the first difference), and that record. A reader
+    /// (`open_read`) has it as `rec` too, and reports every difference as damage; a
+    /// writer does not (`rec` is `None`: a backup compares with the tree by stat), but
+    /// keeps the record in the state as the snapshot rotates (see `copied.rs`).
+    pub differs: Option<(String, SnapRec)>,
 }
 
 /// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
@@ -167,6 +173,9 @@ pub struct Store {
     pending: Option<journal::Pending>,
     /// Copied snapshot directories already checked against their manifests.
     checked: copied::Checked,
+    /// Opened by `open_read`: given the record of a copied snapshot whose tree differs
+    /// from its manifest (`Snapshot::differs`), to check the tree against it.
+    for_readers: bool,
     /// Runs whose records a repair by this value rewrote (see `repaired_runs`).
     repaired: std::sync::Mutex<Vec<String>>,
     /// Runs whose staging tree is an interrupted run's, taken over (`Store::adopt`):
@@ -364,6 +373,7 @@ impl Store {
             meta,
             pending: None,
             checked: Default::default(),
+            for_readers: false,
             repaired: Default::default(),
             adopted: Default::default(),
         })
@@ -394,6 +404,7 @@ impl Store {
             meta,
             pending: None,
             checked: Default::default(),
+            for_readers: true,
             repaired: Default::default(),
             adopted: Default::default(),
         };
@@ -667,22 +678,31 @@ impl Store {
                         .find(|r| r.ino == m.ino && same_birth(r))
                 })
                 .cloned();
-            let copied = match by_ino {
-                Some(_) => None,
-                None => self
-                    .copied_record(&state, &name, &at, &m, &present)
-                    .or_else(|| {
-                        let r = recovery.as_mut()?;
-                        self.recovered_record(r, &name, &label, &at, &m)
-                    }),
+            let (copied, differs) = match by_ino {
+                Some(_) => (None, None),
+                None => match self.copied_record(&state, &name, &at, &m, &present) {
+                    Some(Ok(r)) => (Some(r), None),
+                    Some(Err((r, why))) => (None, Some((why, r))),
+                    None => (
+                        recovery
+                            .as_mut()
+                            .and_then(|r| self.recovered_record(r, &name, &label, &at, &m)),
+                        None,
+                    ),
+                },
             };
+            let trusted = by_ino.or(copied.clone());
             out.push(Snapshot {
                 label,
                 slot,
                 ino: m.ino,
                 mtime: m.mtime.sec,
                 copied: copied.is_some(),
-                rec: by_ino.or(copied),
+                rec: match &differs {
+                    Some((_, r)) if self.for_readers => Some(r.clone()),
+                    _ => trusted,
+                },
+                differs,
                 name,
             });
         }

@@ -358,7 +358,17 @@ impl Repository for Store {
             snapshots: Vec::new(),
         };
         for s in &rotation.before {
-            let Some(rec) = &s.rec else { continue };
+            // The record of a copied snapshot whose tree differs from its manifest is
+            // kept for readers to check the tree against, under inode 0 (no directory
+            // has it): matched by name, and checked, again each time (`copied.rs`).
+            let differs = s.differs.as_ref().map(|(_, r)| SnapRec {
+                ino: 0,
+                btime: None,
+                ..r.clone()
+            });
+            let Some(rec) = s.rec.as_ref().or(differs.as_ref()) else {
+                continue;
+            };
             if s.label != label {
                 state.snapshots.push(rec.clone());
             } else if !rotation.expired.contains(&s.name) {
@@ -383,7 +393,10 @@ impl Repository for Store {
             .before
             .iter()
             .filter(|s| s.label == label && rotation.expired.contains(&s.name))
-            .filter_map(|s| s.rec.as_ref().map(|r| r.id.clone()))
+            .filter_map(|s| {
+                let r = s.rec.as_ref().or(s.differs.as_ref().map(|(_, r)| r));
+                r.map(|r| r.id.clone())
+            })
             .collect();
         self.run_journal(&Journal {
             format: 1,
