@@ -546,7 +546,9 @@ fn a_copied_store_whose_tree_changed_is_read_against_its_manifest() {
             .join(format!(".snapring/manifests/{id}.copied"))
             .exists()
     );
-    // Put back as recorded, the tree matches: the next backup keeps its record for good.
+    // Put back as recorded, the tree matches its manifest (`verify` checks it each time
+    // it is run), but the verdict stays with the record for the snapshot's lifetime: the
+    // next backup still does not trust it.
     std::fs::write(copy.join("daily.1/sub/big"), vec![7u8; 100_000]).unwrap();
     for f in ["a", "sub/big"] {
         set_mtime(&copy.join("daily.1").join(f), 1_500_000_000, 5);
@@ -556,10 +558,100 @@ fn a_copied_store_whose_tree_changed_is_read_against_its_manifest() {
     let (code, rep, err) = backup(&src, &copy, &[], &[]);
     assert_eq!(code, 0, "{err}\n{rep}");
     let recs = records(&copy);
-    assert_eq!(recs[2].1, id, "{recs:?}");
-    assert_eq!(recs[2].2, ino(&copy.join("daily.2")), "{recs:?}");
+    assert_eq!(recs[2], ("daily.2".to_string(), id.clone(), 0), "{recs:?}");
     assert!(
-        copy.join(format!(".snapring/manifests/{id}.copied"))
+        !copy
+            .join(format!(".snapring/manifests/{id}.copied"))
+            .exists()
+    );
+}
+
+/// The verdict on a copied tree that differs from its manifest is kept with its record
+/// (`SnapRec::differs`, with the directory's inode): no command walks that tree again to
+/// find it, neither a reader (`list`, run by `serve` on every scrape) nor a backup. A
+/// tree changed further after the verdict is not seen by `list` (it still gives the
+/// first difference as found), only by `verify`, which checks the tree each time.
+#[test]
+fn a_copied_tree_found_to_differ_is_not_walked_again() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("a"), b"hello\n");
+    write(&src.join("b"), b"world\n");
+    for f in ["a", "b"] {
+        set_mtime(&src.join(f), 1_500_000_000, 5);
+    }
+    let (code, rep, err) = backup(&src, &store, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let id = rep["id"].as_str().unwrap().to_string();
+    let copy = t.path().join("copy");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&store)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    set_mtime(&copy.join("daily.0/a"), 1_577_836_800, 0);
+
+    // Not yet recorded: a reader walks the tree (it writes nothing).
+    let (code, l, err) = on_store(&copy, "list", &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("does not match"), "{err}");
+    let why = l[0]["differs"].as_str().unwrap().to_string();
+    assert!(why.contains("1 differences, first a"), "{l}");
+
+    // A writer records the verdict, with the directory's inode.
+    let (code, rep, err) = backup(&src, &copy, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join(".snapring/snapshots.json")).unwrap())
+            .unwrap();
+    let r = &state["snapshots"][1];
+    assert_eq!(
+        (&r["name"], &r["id"], &r["ino"]),
+        (&"daily.1".into(), &id.as_str().into(), &0.into()),
+        "{state}"
+    );
+    assert_eq!(r["differs"]["ino"], ino(&copy.join("daily.1")), "{state}");
+    assert!(
+        r["differs"]["why"].as_str().unwrap().contains("first a"),
+        "{state}"
+    );
+
+    // Changed further: a walk would find two differences now.
+    set_mtime(&copy.join("daily.1/b"), 1_577_836_800, 0);
+    let (code, l, err) = on_store(&copy, "list", &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("does not match"), "walked again: {err}");
+    assert_eq!(l[1]["name"], "daily.1", "{l}");
+    assert_eq!(l[1]["id"], id.as_str(), "{l}");
+    let again = l[1]["differs"].as_str().unwrap();
+    assert!(
+        again.contains("1 differences, first a"),
+        "walked again: {l}"
+    );
+    // A reader still reads it against its manifest: `verify` checks the tree itself.
+    let (code, v, err) = on_store(&copy, "verify", &["daily.1", "--json"]);
+    assert_eq!(code, 2, "{err}\n{v}");
+    assert_eq!(v[0]["run_id"], id.as_str(), "{v}");
+    assert_eq!(v[0]["metadata"], 2, "{v}");
+    // Nor does a backup walk it, and the verdict rotates with the record.
+    let (code, rep, err) = backup(&src, &copy, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert!(!err.contains("does not match"), "walked again: {err}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join(".snapring/snapshots.json")).unwrap())
+            .unwrap();
+    let r = &state["snapshots"][2];
+    assert_eq!(
+        (&r["name"], &r["ino"]),
+        (&"daily.2".into(), &0.into()),
+        "{state}"
+    );
+    assert_eq!(r["differs"]["ino"], ino(&copy.join("daily.2")), "{state}");
+    assert!(
+        !copy
+            .join(format!(".snapring/manifests/{id}.copied"))
             .exists()
     );
 }

@@ -34,17 +34,29 @@
 //! never trust more. Read as a tree without a manifest instead, a copy with one changed
 //! file restored `complete` with its bit rot and could not be verified at all. A
 //! directory replaced by hand under the record's name is then reported as damaged
-//! against that record, which is what it is as far as the store can tell. A writer
-//! keeps such a record in `snapshots.json` as its snapshot rotates, with inode 0 (no
-//! directory has it: it is matched by name, and checked, again each time), so that a
-//! backup does not lose the manifest readers check the copy against; it gives the
-//! record its directory's inode only once the whole tree matches.
+//! against that record, which is what it is as far as the store can tell.
+//!
+//! Finding that a tree differs walks the whole of it (`matches_manifest`), and every
+//! command lists the snapshots (`snapring serve` on each request), so the verdict is
+//! kept: a writer (`keep_copied_records` from `repair`, and `publish`, under the lock)
+//! writes the record with `SnapRec::differs` (the first difference, when found, and
+//! the directory's inode and birth time) and `ino` 0, and keeps it so as the snapshot
+//! rotates, so that a backup does not lose the manifest readers check the copy against.
+//! `Store::snapshots` finds such a record by the inode in `differs` (as `by_ino`), or,
+//! the store copied again, by name (`copied_record`), and never walks the tree again:
+//! the record stays untrusted by writers for the snapshot's lifetime, even if the tree
+//! is put back as recorded (the next backups make new, trusted snapshots; `verify`
+//! checks the tree against the manifest each time it is run, at the user's asking).
+//! `ino` 0 matches no directory, so a snapring that does not know `differs` (it is
+//! ignored, not refused: `SnapRec` does not deny unknown fields) checks the tree by
+//! name as before and does not trust it either. Readers write nothing: until a writer
+//! has run, each reader walks such a tree once (per `Store`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
-use super::{SnapRec, State, Store};
+use super::{Differs, SnapRec, State, Store};
 use crate::compare;
 use crate::error::{Ctx, Result};
 use crate::fsx::{self, Meta, b};
@@ -71,7 +83,31 @@ impl Store {
         let r = state
             .snapshots
             .iter()
-            .find(|r| r.name == name && !present.contains(&r.ino))?;
+            .find(|r| r.name == name && !present.contains(&r.dir_ino()))?;
+        let btime = super::birth(&self.root.join(at));
+        if let Some(d) = &r.differs {
+            // Found to differ before, in another directory (the store was copied
+            // again): it still does, as far as the store can tell; not walked again.
+            tracing::debug!(
+                "{name}: its record was found to differ from run {}'s manifest ({}); kept so for inode {}",
+                r.id,
+                d.why,
+                m.ino
+            );
+            let why = format!("{}; found {}", d.why, d.found_at);
+            let differs = Some(Differs {
+                ino: m.ino,
+                btime,
+                ..d.clone()
+            });
+            return Some(Err((
+                SnapRec {
+                    differs,
+                    ..r.clone()
+                },
+                why,
+            )));
+        }
         let readers = self.for_readers;
         let ok = self.matches_once(name, m.ino, &r.id, at, |ok| match ok {
             Ok(()) => tracing::info!(
@@ -93,14 +129,30 @@ impl Store {
                 r.id
             ),
         });
-        let kept = SnapRec {
-            ino: m.ino,
-            btime: super::birth(&self.root.join(at)),
-            ..r.clone()
-        };
         Some(match ok {
-            Ok(()) => Ok(kept),
-            Err(why) => Err((kept, why)),
+            Ok(()) => Ok(SnapRec {
+                ino: m.ino,
+                btime,
+                ..r.clone()
+            }),
+            Err(why) => {
+                // The verdict, for a writer to keep (`publish`, `keep_copied_records`).
+                let found_at = crate::util::now_rfc3339();
+                let shown = format!("{why}; found {found_at}");
+                let differs = Some(Differs {
+                    why,
+                    found_at,
+                    ino: m.ino,
+                    btime,
+                });
+                let rec = SnapRec {
+                    ino: 0,
+                    btime: None,
+                    differs,
+                    ..r.clone()
+                };
+                Err((rec, shown))
+            }
         })
     }
 
@@ -177,16 +229,26 @@ impl Store {
     }
 
     /// Makes the kept records of copied snapshots permanent: the `.copied` marker of
-    /// each manifest first, then `snapshots.json` with the new inodes. Call with the
-    /// lock held (from `repair`). Returns what it did.
+    /// each manifest first, then `snapshots.json` with the new inodes, and with the
+    /// verdict on each tree found to differ from its manifest (`SnapRec::differs`), so
+    /// that no command walks it again. Call with the lock held (from `repair`). Returns
+    /// what it did.
     pub(super) fn keep_copied_records(&self) -> Result<Vec<String>> {
-        let copied: Vec<SnapRec> = self
-            .snapshots()?
-            .into_iter()
+        let snaps = self.snapshots()?;
+        let copied: Vec<SnapRec> = snaps
+            .iter()
             .filter(|s| s.copied)
-            .filter_map(|s| s.rec)
+            .filter_map(|s| s.rec.clone())
             .collect();
-        if copied.is_empty() {
+        let mut state = self.read_state()?;
+        // Verdicts not yet in the state as they are (newly found, or in a directory
+        // copied again).
+        let differing: Vec<SnapRec> = snaps
+            .into_iter()
+            .filter_map(|s| s.differs.map(|(_, r)| r))
+            .filter(|r| !state.snapshots.contains(r))
+            .collect();
+        if copied.is_empty() && differing.is_empty() {
             return Ok(vec![]);
         }
         let mdir = self.meta.join("manifests");
@@ -202,7 +264,6 @@ impl Store {
             crate::util::write_atomic(&p, &serde_json::to_vec_pretty(&body).expect("json"))
                 .ctx("write", &p)?;
         }
-        let mut state = self.read_state()?;
         for r in &copied {
             match state
                 .snapshots
@@ -211,6 +272,16 @@ impl Store {
             {
                 Some(s) => s.ino = r.ino,
                 // Recovered from a damaged state (`recover.rs`).
+                None => state.snapshots.push(r.clone()),
+            }
+        }
+        for r in &differing {
+            match state
+                .snapshots
+                .iter_mut()
+                .find(|s| r.id == s.id && r.name == s.name)
+            {
+                Some(s) => *s = r.clone(),
                 None => state.snapshots.push(r.clone()),
             }
         }
@@ -223,6 +294,14 @@ impl Store {
                     r.name, r.id
                 )
             })
+            .chain(differing.iter().map(|r| {
+                format!(
+                    "kept the record of {} (run {}) in a copied store for readers only: its tree differs from its manifest ({})",
+                    r.name,
+                    r.id,
+                    r.differs.as_ref().map_or("", |d| d.why.as_str())
+                )
+            }))
             .collect())
     }
 }

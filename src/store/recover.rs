@@ -93,6 +93,7 @@ impl Store {
                     ino: m.ino,
                     finished_at,
                     btime: super::birth(&self.root.join(at)),
+                    differs: None,
                 });
             }
         }

@@ -359,14 +359,10 @@ impl Repository for Store {
         };
         for s in &rotation.before {
             // The record of a copied snapshot whose tree differs from its manifest is
-            // kept for readers to check the tree against, under inode 0 (no directory
-            // has it): matched by name, and checked, again each time (`copied.rs`).
-            let differs = s.differs.as_ref().map(|(_, r)| SnapRec {
-                ino: 0,
-                btime: None,
-                ..r.clone()
-            });
-            let Some(rec) = s.rec.as_ref().or(differs.as_ref()) else {
+            // kept for readers to check the tree against, with that verdict and the
+            // directory's inode in `differs` (`copied.rs`): never walked again.
+            let differs = s.differs.as_ref().map(|(_, r)| r);
+            let Some(rec) = s.rec.as_ref().or(differs) else {
                 continue;
             };
             if s.label != label {
@@ -387,6 +383,7 @@ impl Repository for Store {
                 ino: staging_ino,
                 finished_at: report::now_rfc3339(),
                 btime: super::birth(&self.root.join(staging_name(id))),
+                differs: None,
             },
         );
         let drop_manifests = rotation
