@@ -471,25 +471,24 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         }
     }
 
-    /// The hash of a regular file: recorded, or read from its tree.
+    /// The hash of a regular file: recorded, or read from its tree. `Err`: its bytes
+    /// could not be read (a problem at `rel`, recorded here).
     fn hash<R: SnapshotReader>(
         &self,
         r: &R,
         dir: Option<&R::Dir>,
         e: &Entry,
         rel: &RelPath,
-    ) -> Option<blake3::Hash> {
-        match r.hash(dir?, e) {
-            Ok(h) => h,
-            Err(err) => {
-                self.problem(rel, err);
-                None
-            }
-        }
+    ) -> std::result::Result<Option<blake3::Hash>, ()> {
+        let Some(dir) = dir else { return Ok(None) };
+        r.hash(dir, e).map_err(|err| self.problem(rel, err))
     }
 
     /// Two regular files of the same length: whether their hashes differ (`content`) or
-    /// cannot both be had (`content unreadable`). The pair counts as one file hashed
+    /// cannot both be had without a read error (`content unknown`: no recorded hash).
+    /// Bytes that cannot be read (`EIO`, `EACCES`) are a problem at the path (`hash`),
+    /// not a difference: a read error says nothing of the content (a rerun may read it),
+    /// so `verify` does not count it as corrupt. The pair counts as one file hashed
     /// when either side's bytes were read (not a recorded hash): a repository's file
     /// and the live one read both are still one file of the tree, as in a store.
     fn bytes_differ(
@@ -501,14 +500,19 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         db: Option<&B::Dir>,
     ) -> Option<&'static str> {
         let (ha, hb) = (self.hash(self.a, da, x, rel), self.hash(self.b, db, y, rel));
-        if (ha.is_some() && x.hash.is_none()) || (hb.is_some() && y.hash.is_none()) {
+        let read = |h: &std::result::Result<Option<blake3::Hash>, ()>, e: &Entry| {
+            matches!(h, Ok(Some(_))) && e.hash.is_none()
+        };
+        if read(&ha, x) || read(&hb, y) {
             self.hashed.fetch_add(1, Ordering::Relaxed);
             self.bytes.fetch_add(y.size, Ordering::Relaxed);
         }
         match (ha, hb) {
-            (Some(a), Some(b)) if a != b => Some("content"),
-            (Some(_), Some(_)) => None,
-            _ => Some("content unreadable"),
+            (Ok(Some(a)), Ok(Some(b))) if a != b => Some("content"),
+            (Ok(Some(_)), Ok(Some(_))) => None,
+            // Unreadable: the problem names it.
+            (Err(()), _) | (_, Err(())) => None,
+            _ => Some("content unknown"),
         }
     }
 

@@ -258,6 +258,64 @@ fn store_dirs(t: &tempfile::TempDir) -> (PathBuf, PathBuf, PathBuf) {
     (src, under, mnt)
 }
 
+/// An I/O error (EIO) reading a snapshot's file while verifying it is not bit rot: the
+/// file is named as one that could not be read (`unreadable`, a problem), never
+/// `corrupt`, and the verdict is NOT FULLY CHECKED, not DAMAGED (still exit 2: not
+/// clean). A rerun without the fault is clean. It said `M d1/f5  content unreadable`,
+/// `1 corrupt`, DAMAGED.
+#[test]
+fn verify_tells_a_read_error_from_corruption() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, under, mnt) = store_dirs(&t);
+    source(&src);
+    let store = under.join("store");
+    let (code, _, err) = backup(&src, &store, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let Some(fs) = FaultFs::mount(&under, &mnt, &["--eio-read", "/store/daily.0/d1/f5"]) else {
+        return;
+    };
+    let dest = mnt.join("store");
+    let verify = |json: bool| {
+        let mut args: Vec<&std::ffi::OsStr> = vec!["verify".as_ref()];
+        if json {
+            args.push("--json".as_ref());
+        }
+        args.extend(["--dest".as_ref(), dest.as_os_str(), "daily.0".as_ref()]);
+        let out = snapring(&args, &[]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = verify(true);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = &v[0];
+    assert_eq!(
+        (&v["clean"], &v["corrupt"], &v["unreadable"]),
+        (&false.into(), &0.into(), &1.into()),
+        "{v}"
+    );
+    assert_eq!(v["differences"], serde_json::json!([]), "{v}");
+    assert_eq!(v["problems"][0][0], "d1/f5", "{v}");
+    assert!(
+        v["problems"][0][1]
+            .as_str()
+            .unwrap()
+            .contains("Input/output error"),
+        "{v}"
+    );
+    let (code, out, err) = verify(false);
+    assert_eq!(code, Some(2), "{out}\n{err}");
+    assert!(out.contains("? d1/f5  could not be read: "), "{out}");
+    assert!(out.contains("NOT FULLY CHECKED (I/O errors"), "{out}");
+    assert!(out.contains("1 could not be read"), "{out}");
+    assert!(!out.contains("DAMAGED") && !out.contains(" M "), "{out}");
+    drop(fs);
+    assert_verify_clean(&store, "daily.0");
+}
+
 /// Writes to the store fail with EIO after 4 KiB per file: `failed` (exit 1), nothing
 /// published or rotated, the previous snapshot untouched, no staging tree left.
 #[test]

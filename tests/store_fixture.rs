@@ -362,9 +362,12 @@ fn a_v1_store_reads_restores_and_backs_up_after_being_copied() {
 }
 
 /// A copy whose snapshot directories were also renamed (so each name holds a tree its
-/// record does not describe) keeps no record: the trees differ from the manifests. Kept
-/// by name alone, the records would make the backup link the old version of `a/deep/f`
-/// from the tree now called daily.0 on the word of the other tree's manifest.
+/// record does not describe) keeps no record a backup trusts: the trees differ from the
+/// manifests. Kept by name alone, the records would make the backup link the old version
+/// of `a/deep/f` from the tree now called daily.0 on the word of the other tree's
+/// manifest. Readers are given the records of the names all the same, to report every
+/// difference as damage (`store/copied.rs`): `list` says the trees differ, `verify`
+/// names what does. The backup keeps those records for readers as the snapshots rotate.
 #[test]
 fn a_copied_store_with_swapped_names_keeps_no_record() {
     let t = tempfile::tempdir().unwrap();
@@ -384,16 +387,34 @@ fn a_copied_store_with_swapped_names_keeps_no_record() {
         .status()
         .unwrap();
     assert!(ok.success());
+    let ids: Vec<(String, String, u64)> = records(&copy);
     std::fs::rename(copy.join("daily.0"), copy.join("tmp")).unwrap();
     std::fs::rename(copy.join("daily.1"), copy.join("daily.0")).unwrap();
     std::fs::rename(copy.join("tmp"), copy.join("daily.1")).unwrap();
     let (code, l, err) = on_store(&copy, "list", &["--json"]);
     assert_eq!(code, 0, "{err}");
-    assert!(
-        l.as_array().unwrap().iter().all(|s| s["id"].is_null()),
-        "a record was kept for a tree it does not describe: {l}"
-    );
+    for s in l.as_array().unwrap() {
+        let name = s["name"].as_str().unwrap();
+        let id = &ids.iter().find(|r| r.0 == name).unwrap().1;
+        assert_eq!(s["id"], id.as_str(), "{l}");
+        assert!(
+            s["differs"].is_string(),
+            "the tree differs from its record's manifest: {l}"
+        );
+    }
     assert!(err.contains("does not match"), "{err}");
+    let (code, v, err) = on_store(&copy, "verify", &["daily.0", "--json"]);
+    assert_eq!(code, 2, "{err}\n{v}");
+    assert_eq!(v[0]["against"], "manifest", "{v}");
+    assert_eq!(v[0]["corrupt"], 1, "{v}");
+    let names_f = |v: &serde_json::Value| {
+        v[0]["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["path"] == "a/deep/f" && d["change"] == "content")
+    };
+    assert!(names_f(&v), "{v}");
     let (code, rep, err) = backup(&src, &copy, &[], &[]);
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["files_transferred"], 1, "{rep}");
@@ -402,8 +423,237 @@ fn a_copied_store_with_swapped_names_keeps_no_record() {
         &describe(&copy.join("daily.0")),
         "backup of a swapped copy",
     );
+    // The untrusted records rotated with their trees, under inode 0: never a directory's.
+    let after = records(&copy);
+    assert_eq!(
+        after[1..],
+        [
+            ("daily.1".to_string(), ids[0].1.clone(), 0),
+            ("daily.2".to_string(), ids[1].1.clone(), 0)
+        ],
+        "{after:?}"
+    );
     let (code, v, err) = on_store(&copy, "verify", &["--json"]);
     assert_eq!(code, 0, "{err}\n{v}");
+    let (code, v, err) = on_store(&copy, "verify", &["daily.1", "--json"]);
+    assert_eq!(code, 2, "{err}\n{v}");
+    assert_eq!(v[0]["run_id"], ids[0].1.as_str(), "{v}");
+    assert!(names_f(&v), "{v}");
+}
+
+/// A store copied to new inodes with one file's bytes rotted and another's mtime moved
+/// (anything `stat` sees makes the tree differ from its manifest as a whole): readers
+/// still check it against its manifest. `verify` names both (before, it refused: "no
+/// usable manifest"); a restore reports the rotted file against its checksum, `partial`
+/// (before, `complete`, the rot restored silently). A backup does not trust the record
+/// (it compares with the tree by stat), and once the tree is put back as recorded the
+/// record is kept for good.
+#[test]
+fn a_copied_store_whose_tree_changed_is_read_against_its_manifest() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("a"), b"hello\n");
+    write(&src.join("sub/big"), &vec![7u8; 100_000]);
+    for f in ["a", "sub/big"] {
+        set_mtime(&src.join(f), 1_500_000_000, 5);
+    }
+    let (code, rep, err) = backup(&src, &store, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let id = rep["id"].as_str().unwrap().to_string();
+    let copy = t.path().join("copy");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&store)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_ne!(ino(&copy.join("daily.0")), ino(&store.join("daily.0")));
+    rot(&copy.join("daily.0/sub/big"));
+    set_mtime(&copy.join("daily.0/a"), 1_577_836_800, 0);
+
+    let (code, l, err) = on_store(&copy, "list", &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(l[0]["id"], id.as_str(), "{l}");
+    assert_eq!(l[0]["taken_over"], false, "{l}");
+    assert!(l[0]["differs"].as_str().unwrap().contains("mtime"), "{l}");
+
+    let (code, v, err) = on_store(&copy, "verify", &["daily.0", "--json"]);
+    assert_eq!(code, 2, "{err}\n{v}");
+    assert_eq!(v[0]["against"], "manifest", "{v}");
+    assert_eq!(v[0]["run_id"], id.as_str(), "{v}");
+    assert_eq!(
+        (&v[0]["corrupt"], &v[0]["metadata"]),
+        (&1.into(), &1.into()),
+        "{v}"
+    );
+    let named: BTreeSet<(String, String)> = v[0]["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            (
+                d["path"].as_str().unwrap().to_string(),
+                d["change"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        named,
+        [("a", "metadata"), ("sub/big", "content")]
+            .iter()
+            .map(|(p, c)| (p.to_string(), c.to_string()))
+            .collect(),
+        "{v}"
+    );
+
+    let to = t.path().join("restored");
+    let (code, r, err) = run(
+        &[
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            copy.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 2, "{err}\n{r}");
+    assert_eq!(r["status"], "partial", "{r}");
+    let problems: Vec<(&str, &str)> = r["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["path"].as_str().unwrap(), p["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        problems,
+        [("sub/big", "check content against the manifest")],
+        "{r}"
+    );
+
+    // A backup does not link on the manifest's word from a tree that differs from it.
+    let (code, rep, err) = backup(&src, &copy, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    // (Compared by stat with the tree, as one taken over: `based_on` names it, no run.)
+    assert_eq!(rep["based_on"], "daily.0", "{rep}");
+    let recs = records(&copy);
+    assert_eq!(recs[1], ("daily.1".to_string(), id.clone(), 0), "{recs:?}");
+    assert!(
+        !copy
+            .join(format!(".snapring/manifests/{id}.copied"))
+            .exists()
+    );
+    // Put back as recorded, the tree matches its manifest (`verify` checks it each time
+    // it is run), but the verdict stays with the record for the snapshot's lifetime: the
+    // next backup still does not trust it.
+    std::fs::write(copy.join("daily.1/sub/big"), vec![7u8; 100_000]).unwrap();
+    for f in ["a", "sub/big"] {
+        set_mtime(&copy.join("daily.1").join(f), 1_500_000_000, 5);
+    }
+    let (code, v, err) = on_store(&copy, "verify", &["daily.1", "--json"]);
+    assert_eq!(code, 0, "{err}\n{v}");
+    let (code, rep, err) = backup(&src, &copy, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let recs = records(&copy);
+    assert_eq!(recs[2], ("daily.2".to_string(), id.clone(), 0), "{recs:?}");
+    assert!(
+        !copy
+            .join(format!(".snapring/manifests/{id}.copied"))
+            .exists()
+    );
+}
+
+/// The verdict on a copied tree that differs from its manifest is kept with its record
+/// (`SnapRec::differs`, with the directory's inode): no command walks that tree again to
+/// find it, neither a reader (`list`, run by `serve` on every scrape) nor a backup. A
+/// tree changed further after the verdict is not seen by `list` (it still gives the
+/// first difference as found), only by `verify`, which checks the tree each time.
+#[test]
+fn a_copied_tree_found_to_differ_is_not_walked_again() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("a"), b"hello\n");
+    write(&src.join("b"), b"world\n");
+    for f in ["a", "b"] {
+        set_mtime(&src.join(f), 1_500_000_000, 5);
+    }
+    let (code, rep, err) = backup(&src, &store, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let id = rep["id"].as_str().unwrap().to_string();
+    let copy = t.path().join("copy");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&store)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    set_mtime(&copy.join("daily.0/a"), 1_577_836_800, 0);
+
+    // Not yet recorded: a reader walks the tree (it writes nothing).
+    let (code, l, err) = on_store(&copy, "list", &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("does not match"), "{err}");
+    let why = l[0]["differs"].as_str().unwrap().to_string();
+    assert!(why.contains("1 differences, first a"), "{l}");
+
+    // A writer records the verdict, with the directory's inode.
+    let (code, rep, err) = backup(&src, &copy, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join(".snapring/snapshots.json")).unwrap())
+            .unwrap();
+    let r = &state["snapshots"][1];
+    assert_eq!(
+        (&r["name"], &r["id"], &r["ino"]),
+        (&"daily.1".into(), &id.as_str().into(), &0.into()),
+        "{state}"
+    );
+    assert_eq!(r["differs"]["ino"], ino(&copy.join("daily.1")), "{state}");
+    assert!(
+        r["differs"]["why"].as_str().unwrap().contains("first a"),
+        "{state}"
+    );
+
+    // Changed further: a walk would find two differences now.
+    set_mtime(&copy.join("daily.1/b"), 1_577_836_800, 0);
+    let (code, l, err) = on_store(&copy, "list", &["--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("does not match"), "walked again: {err}");
+    assert_eq!(l[1]["name"], "daily.1", "{l}");
+    assert_eq!(l[1]["id"], id.as_str(), "{l}");
+    let again = l[1]["differs"].as_str().unwrap();
+    assert!(
+        again.contains("1 differences, first a"),
+        "walked again: {l}"
+    );
+    // A reader still reads it against its manifest: `verify` checks the tree itself.
+    let (code, v, err) = on_store(&copy, "verify", &["daily.1", "--json"]);
+    assert_eq!(code, 2, "{err}\n{v}");
+    assert_eq!(v[0]["run_id"], id.as_str(), "{v}");
+    assert_eq!(v[0]["metadata"], 2, "{v}");
+    // Nor does a backup walk it, and the verdict rotates with the record.
+    let (code, rep, err) = backup(&src, &copy, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert!(!err.contains("does not match"), "walked again: {err}");
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(copy.join(".snapring/snapshots.json")).unwrap())
+            .unwrap();
+    let r = &state["snapshots"][2];
+    assert_eq!(
+        (&r["name"], &r["ino"]),
+        (&"daily.2".into(), &0.into()),
+        "{state}"
+    );
+    assert_eq!(r["differs"]["ino"], ino(&copy.join("daily.2")), "{state}");
+    assert!(
+        !copy
+            .join(format!(".snapring/manifests/{id}.copied"))
+            .exists()
+    );
 }
 
 /// Writes tests/fixtures/store-v1.tar.gz. The committed archive is frozen: it was made

@@ -138,7 +138,11 @@ pub(super) fn print_verified(x: &Verified) {
                 p
             );
         } else {
-            outln!("{} ? {}  unreadable: {e}", x.snapshot, p);
+            outln!(
+                "{} ? {}  could not be read: {e} (an I/O error, not a checksum mismatch: not checked; verify again, a rerun may read it)",
+                x.snapshot,
+                p
+            );
         }
     }
     for (p, e) in &x.not_checked {
@@ -148,23 +152,24 @@ pub(super) fn print_verified(x: &Verified) {
             p
         );
     }
-    // Only entries this user may not read, or under directories the damaged manifest
-    // does not cover: not all of it was checked, none found damaged.
-    let unchecked_only = !x.clean
-        && x.differences.is_empty()
-        && x.problems.len() == x.denied.len()
-        && x.against == "manifest";
+    // Only entries this user may not read or that could not be read (I/O errors), or
+    // under directories the damaged manifest does not cover: not all of it was
+    // checked, none found damaged.
+    let unchecked_only = !x.clean && x.differences.is_empty() && x.against == "manifest";
     // Against a live tree a difference may be the tree's own change since the backup:
     // it differs, which is not to say the backup is damaged.
     let live = x.against != "manifest" && x.against != "repository";
     outln!(
-        "{}: {} {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata",
+        "{}: {} {}: {} files hashed ({}); {} corrupt, {} missing, {} unexpected, {} metadata{}",
         x.snapshot,
         match (x.clean, live) {
             _ if x.interrupted => "INTERRUPTED (checked in part) against",
             (true, _) => "clean against",
             (false, false) if unchecked_only && !x.damaged_manifests.is_empty() => {
                 "NOT FULLY CHECKED (its manifest is damaged; no other damage found) against"
+            }
+            (false, false) if unchecked_only && x.unreadable > 0 => {
+                "NOT FULLY CHECKED (I/O errors reading it; no damage found) against"
             }
             (false, false) if unchecked_only => "NOT FULLY CHECKED (no damage found) against",
             (false, false) => "DAMAGED against",
@@ -176,7 +181,11 @@ pub(super) fn print_verified(x: &Verified) {
         x.corrupt,
         x.missing,
         x.unexpected,
-        x.metadata
+        x.metadata,
+        match x.unreadable {
+            0 => String::new(),
+            n => format!(", {n} could not be read (I/O errors, not damage found: verify again)"),
+        }
     );
     if let Some(note) = print::one_fs_note(&x.one_fs) {
         outln!("{}: {note}", x.snapshot);

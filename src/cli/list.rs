@@ -42,9 +42,10 @@ fn print_table(snaps: &[Listed], space: bool) {
                 dash()
             }),
             s.taken_at,
-            s.status
-                .map(|x| x.as_str().to_string())
-                .unwrap_or_else(dash),
+            match (&s.differs, s.status) {
+                (Some(_), _) => "DIFFERS*".to_string(),
+                (None, x) => x.map(|x| x.as_str().to_string()).unwrap_or_else(dash),
+            },
             s.files.map(|f| f.to_string()).unwrap_or_else(dash),
             s.bytes.map(human).unwrap_or_else(dash),
             s.unique_bytes.map(human).unwrap_or_else(dash)
@@ -54,6 +55,15 @@ fn print_table(snaps: &[Listed], space: bool) {
         outln!(
             "(taken over: made by another tool such as rsnapshot; no manifest, compared by stat, TAKEN is its directory's mtime)"
         );
+    }
+    for s in snaps {
+        if let Some(why) = &s.differs {
+            outln!(
+                "(*{}: the store was copied and this tree differs from its manifest ({why}); `snapring verify --dest DEST {}` names every difference, and a backup compares with it by stat)",
+                s.name,
+                s.name
+            );
+        }
     }
     if !snaps.is_empty() && !space {
         outln!("(UNIQUE: the space only that snapshot uses; add --space to compute it)");

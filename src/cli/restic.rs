@@ -1468,6 +1468,7 @@ fn print_against(x: &restic::verify::RepoVerified) {
         against: x.against.clone(),
         clean: x.clean,
         corrupt: x.corrupt,
+        unreadable: x.problems.len() as u64,
         missing: x.missing,
         unexpected: x.unexpected,
         metadata: x.metadata,

@@ -159,6 +159,10 @@ pub struct Verified {
     pub clean: bool,
     /// Files in the manifest whose bytes differ on disk (bit rot, tampering).
     pub corrupt: u64,
+    /// Entries that could not be read (an I/O error such as `EIO`: the disk, the
+    /// network, the file system), listed in `problems` but those in `denied`: not
+    /// checked, so not known to be damaged (a rerun may read them); never `corrupt`.
+    pub unreadable: u64,
     pub missing: u64,
     pub unexpected: u64,
     pub metadata: u64,
@@ -228,6 +232,7 @@ impl Verified {
             against: "manifest".into(),
             clean: false,
             corrupt: 0,
+            unreadable: 0,
             missing: 0,
             unexpected: 0,
             metadata: 0,
@@ -393,6 +398,11 @@ pub fn verify(
                 && o.problems.is_empty()
                 && o.not_compared.is_empty(),
             corrupt,
+            unreadable: o
+                .problems
+                .iter()
+                .filter(|(p, _)| !o.denied.contains(p))
+                .count() as u64,
             missing: n(compare::Change::Removed),
             unexpected: n(compare::Change::Added),
             metadata: n(compare::Change::Metadata),

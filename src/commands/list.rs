@@ -33,6 +33,12 @@ pub struct Listed {
     /// record and no manifest, so it is compared by stat and `taken_at` is its
     /// directory's mtime.
     pub taken_over: bool,
+    /// The store was copied and this snapshot's tree differs from its run's manifest
+    /// (the first difference): it is read against that manifest, every difference
+    /// reported as damage (`snapring verify` names them), and a backup compares with
+    /// the tree by stat (`store/copied.rs`). `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub differs: Option<String>,
     pub finished_at: Option<String>,
     pub status: Option<Status>,
     pub files: Option<u64>,
@@ -79,6 +85,7 @@ pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
             unique_bytes,
             id: s.rec.as_ref().map(|r| r.id.clone()),
             taken_over: s.rec.is_none(),
+            differs: s.differs.as_ref().map(|(why, _)| why.clone()),
             finished_at: s.rec.as_ref().map(|r| r.finished_at.clone()),
             status: run.as_ref().map(|r| r.status),
             files: run.as_ref().map(|r| r.files_total),

@@ -12,31 +12,66 @@
 //! proves the manifest describes that tree: linking an unchanged source file from it on
 //! the manifest's word is then as safe as comparing the source with the tree by stat,
 //! the fallback it replaces. A renamed or swapped directory keeps its inode and so its
-//! own record; a tree that differs anywhere from the manifest stays unrecorded.
+//! own record; a tree that differs anywhere from the manifest is not trusted by a
+//! writer.
 //!
 //! Readers keep such records in memory. A writer (`Store::repair`, under the lock)
 //! makes them permanent: it writes `manifests/<id>.copied` (so the manifest's source
 //! inode numbers and ctimes, which may belong to a source that moved too, are no longer
 //! trusted; see `manifest::Reader::source_ids`), then `snapshots.json` with the new
 //! inodes.
+//!
+//! A tree that differs from the manifest of the record of its name (a bit flipped with
+//! the mtime moved, a `chmod`, a file lost by the copy; or a directory replaced or
+//! swapped by hand) is read two ways. A writer (a `Store` from `open`) does not trust
+//! the record: a backup compares the source with that tree by stat, as with a tree
+//! taken over, and links nothing on the manifest's word (`Snapshot::rec` is `None`).
+//! A reader (`open_read`: restore, verify, diff, list, history, copy) is given the record
+//! and its manifest all the same (`Snapshot::differs` says why): each of them checks
+//! the tree against the manifest and reports every mismatch as damage (verify names
+//! each, restore reports names and types that disagree and content that fails its
+//! checksum, a copy leaves them out), so the manifest can only make a reader flag more,
+//! never trust more. Read as a tree without a manifest instead, a copy with one changed
+//! file restored `complete` with its bit rot and could not be verified at all. A
+//! directory replaced by hand under the record's name is then reported as damaged
+//! against that record, which is what it is as far as the store can tell.
+//!
+//! Finding that a tree differs walks the whole of it (`matches_manifest`), and every
+//! command lists the snapshots (`snapring serve` on each request), so the verdict is
+//! kept: a writer (`keep_copied_records` from `repair`, and `publish`, under the lock)
+//! writes the record with `SnapRec::differs` (the first difference, when found, and
+//! the directory's inode and birth time) and `ino` 0, and keeps it so as the snapshot
+//! rotates, so that a backup does not lose the manifest readers check the copy against.
+//! `Store::snapshots` finds such a record by the inode in `differs` (as `by_ino`), or,
+//! the store copied again, by name (`copied_record`), and never walks the tree again:
+//! the record stays untrusted by writers for the snapshot's lifetime, even if the tree
+//! is put back as recorded (the next backups make new, trusted snapshots; `verify`
+//! checks the tree against the manifest each time it is run, at the user's asking).
+//! `ino` 0 matches no directory, so a snapring that does not know `differs` (it is
+//! ignored, not refused: `SnapRec` does not deny unknown fields) checks the tree by
+//! name as before and does not trust it either. Readers write nothing: until a writer
+//! has run, each reader walks such a tree once (per `Store`).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 
-use super::{SnapRec, State, Store};
+use super::{Differs, SnapRec, State, Store};
 use crate::compare;
 use crate::error::{Ctx, Result};
 use crate::fsx::{self, Meta, b};
 use crate::manifest;
 use crate::snapshot::TreeReader;
 
-/// (name, inode, run id) -> whether the tree matched that run's manifest.
-pub(super) type Checked = Mutex<HashMap<(String, u64, String), bool>>;
+/// (name, inode, run id) -> whether the tree matched that run's manifest (`Err`: the
+/// first difference).
+pub(super) type Checked = Mutex<HashMap<(String, u64, String), std::result::Result<(), String>>>;
 
 impl Store {
     /// The record to keep for the snapshot directory `name` (now at `at`, with stat
     /// `m`), which no record names by inode; `present`: every snapshot directory's inode.
+    /// `Err`: the record of its name, whose tree differs from its manifest, and why
+    /// (given to readers only: see the module's comment).
     pub(super) fn copied_record(
         &self,
         state: &State,
@@ -44,11 +79,36 @@ impl Store {
         at: &str,
         m: &Meta,
         present: &HashSet<u64>,
-    ) -> Option<SnapRec> {
+    ) -> Option<std::result::Result<SnapRec, (SnapRec, String)>> {
         let r = state
             .snapshots
             .iter()
-            .find(|r| r.name == name && !present.contains(&r.ino))?;
+            .find(|r| r.name == name && !present.contains(&r.dir_ino()))?;
+        let btime = super::birth(&self.root.join(at));
+        if let Some(d) = &r.differs {
+            // Found to differ before, in another directory (the store was copied
+            // again): it still does, as far as the store can tell; not walked again.
+            tracing::debug!(
+                "{name}: its record was found to differ from run {}'s manifest ({}); kept so for inode {}",
+                r.id,
+                d.why,
+                m.ino
+            );
+            let why = format!("{}; found {}", d.why, d.found_at);
+            let differs = Some(Differs {
+                ino: m.ino,
+                btime,
+                ..d.clone()
+            });
+            return Some(Err((
+                SnapRec {
+                    differs,
+                    ..r.clone()
+                },
+                why,
+            )));
+        }
+        let readers = self.for_readers;
         let ok = self.matches_once(name, m.ino, &r.id, at, |ok| match ok {
             Ok(()) => tracing::info!(
                 "{name}: the store was copied (its record names inode {}, it has {}); its tree matches run {}'s manifest, so the record is kept",
@@ -56,17 +116,43 @@ impl Store {
                 m.ino,
                 r.id
             ),
+            Err(why) if readers => tracing::warn!(
+                "{name}: its record names inode {} (it has {}) and its tree does not match run {}'s manifest ({why}); it is read against that manifest, every difference reported as damage (`snapring verify` names them), and a backup compares with it by stat",
+                r.ino,
+                m.ino,
+                r.id
+            ),
             Err(why) => tracing::warn!(
-                "{name}: its record names inode {} (it has {}) and its tree does not match run {}'s manifest ({why}); it is read as a tree without a manifest",
+                "{name}: its record names inode {} (it has {}) and its tree does not match run {}'s manifest ({why}); a backup compares with it by stat, as with a tree without a manifest",
                 r.ino,
                 m.ino,
                 r.id
             ),
         });
-        ok.then(|| SnapRec {
-            ino: m.ino,
-            btime: super::birth(&self.root.join(at)),
-            ..r.clone()
+        Some(match ok {
+            Ok(()) => Ok(SnapRec {
+                ino: m.ino,
+                btime,
+                ..r.clone()
+            }),
+            Err(why) => {
+                // The verdict, for a writer to keep (`publish`, `keep_copied_records`).
+                let found_at = crate::util::now_rfc3339();
+                let shown = format!("{why}; found {found_at}");
+                let differs = Some(Differs {
+                    why,
+                    found_at,
+                    ino: m.ino,
+                    btime,
+                });
+                let rec = SnapRec {
+                    ino: 0,
+                    btime: None,
+                    differs,
+                    ..r.clone()
+                };
+                Err((rec, shown))
+            }
         })
     }
 
@@ -80,22 +166,22 @@ impl Store {
         id: &str,
         at: &str,
         log: impl FnOnce(&std::result::Result<(), String>),
-    ) -> bool {
+    ) -> std::result::Result<(), String> {
         let key = (name.to_string(), ino, id.to_string());
         let cached = self
             .checked
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&key)
-            .copied();
+            .cloned();
         cached.unwrap_or_else(|| {
             let ok = self.matches_manifest(at, id);
             log(&ok);
             self.checked
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(key, ok.is_ok());
-            ok.is_ok()
+                .insert(key, ok.clone());
+            ok
         })
     }
 
@@ -144,16 +230,26 @@ impl Store {
     }
 
     /// Makes the kept records of copied snapshots permanent: the `.copied` marker of
-    /// each manifest first, then `snapshots.json` with the new inodes. Call with the
-    /// lock held (from `repair`). Returns what it did.
+    /// each manifest first, then `snapshots.json` with the new inodes, and with the
+    /// verdict on each tree found to differ from its manifest (`SnapRec::differs`), so
+    /// that no command walks it again. Call with the lock held (from `repair`). Returns
+    /// what it did.
     pub(super) fn keep_copied_records(&self) -> Result<Vec<String>> {
-        let copied: Vec<SnapRec> = self
-            .snapshots()?
-            .into_iter()
+        let snaps = self.snapshots()?;
+        let copied: Vec<SnapRec> = snaps
+            .iter()
             .filter(|s| s.copied)
-            .filter_map(|s| s.rec)
+            .filter_map(|s| s.rec.clone())
             .collect();
-        if copied.is_empty() {
+        let mut state = self.read_state()?;
+        // Verdicts not yet in the state as they are (newly found, or in a directory
+        // copied again).
+        let differing: Vec<SnapRec> = snaps
+            .into_iter()
+            .filter_map(|s| s.differs.map(|(_, r)| r))
+            .filter(|r| !state.snapshots.contains(r))
+            .collect();
+        if copied.is_empty() && differing.is_empty() {
             return Ok(vec![]);
         }
         let mdir = self.meta.join("manifests");
@@ -169,7 +265,6 @@ impl Store {
             crate::util::write_atomic(&p, &serde_json::to_vec_pretty(&body).expect("json"))
                 .ctx("write", &p)?;
         }
-        let mut state = self.read_state()?;
         for r in &copied {
             match state
                 .snapshots
@@ -178,6 +273,16 @@ impl Store {
             {
                 Some(s) => s.ino = r.ino,
                 // Recovered from a damaged state (`recover.rs`).
+                None => state.snapshots.push(r.clone()),
+            }
+        }
+        for r in &differing {
+            match state
+                .snapshots
+                .iter_mut()
+                .find(|s| r.id == s.id && r.name == s.name)
+            {
+                Some(s) => *s = r.clone(),
                 None => state.snapshots.push(r.clone()),
             }
         }
@@ -190,6 +295,14 @@ impl Store {
                     r.name, r.id
                 )
             })
+            .chain(differing.iter().map(|r| {
+                format!(
+                    "kept the record of {} (run {}) in a copied store for readers only: its tree differs from its manifest ({})",
+                    r.name,
+                    r.id,
+                    r.differs.as_ref().map_or("", |d| d.why.as_str())
+                )
+            }))
             .collect())
     }
 }

@@ -56,6 +56,36 @@ pub struct SnapRec {
     /// snapshot. Absent in older records, and where there is none: inode alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub btime: Option<(i64, u32)>,
+    /// The store was copied and this snapshot's tree was found to differ from the
+    /// run's manifest (`copied.rs`): the verdict, kept for the snapshot's lifetime so
+    /// that no command walks the tree again to find it. Such a record has `ino` 0 and
+    /// no `btime` (no directory has them: a snapring that does not know this field
+    /// never trusts the record by inode, and checks the tree itself); the directory's
+    /// are here. Absent in older records, and on every record of a tree not found to
+    /// differ.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub differs: Option<Differs>,
+}
+
+/// A copied snapshot's tree differs from its run's manifest (`SnapRec::differs`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Differs {
+    /// The first difference as found (`copied.rs` `matches_manifest`).
+    pub why: String,
+    /// When it was found (RFC 3339).
+    pub found_at: String,
+    /// The snapshot directory's inode and birth time, as `SnapRec::ino` and `btime`
+    /// for a trusted record.
+    pub ino: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub btime: Option<(i64, u32)>,
+}
+
+impl SnapRec {
+    /// The inode of the directory this record names (`differs` holds it when set).
+    pub(crate) fn dir_ino(&self) -> u64 {
+        self.differs.as_ref().map_or(self.ino, |d| d.ino)
+    }
 }
 
 /// The birth time of `path` as `SnapRec::btime` records it.
@@ -144,6 +174,13 @@ pub struct Snapshot {
     /// directory matched the record's manifest, so the record is kept, with `ino` set
     /// to this directory's (see `copied.rs`).
     pub copied: bool,
+    /// The store was copied and this directory's tree differs from the manifest of the
+    /// record of its name: why (the first difference, and when it was found), and that
+    /// record as the state keeps it (`SnapRec::differs` set). A reader (`open_read`) has
+    /// it as `rec` too, and reports every difference as damage; a writer does not (`rec`
+    /// is `None`: a backup compares with the tree by stat), but keeps the record, with
+    /// its verdict, in the state as the snapshot rotates (see `copied.rs`).
+    pub differs: Option<(String, SnapRec)>,
 }
 
 /// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
@@ -167,6 +204,9 @@ pub struct Store {
     pending: Option<journal::Pending>,
     /// Copied snapshot directories already checked against their manifests.
     checked: copied::Checked,
+    /// Opened by `open_read`: given the record of a copied snapshot whose tree differs
+    /// from its manifest (`Snapshot::differs`), to check the tree against it.
+    for_readers: bool,
     /// Runs whose records a repair by this value rewrote (see `repaired_runs`).
     repaired: std::sync::Mutex<Vec<String>>,
     /// Runs whose staging tree is an interrupted run's, taken over (`Store::adopt`):
@@ -364,6 +404,7 @@ impl Store {
             meta,
             pending: None,
             checked: Default::default(),
+            for_readers: false,
             repaired: Default::default(),
             adopted: Default::default(),
         })
@@ -394,6 +435,7 @@ impl Store {
             meta,
             pending: None,
             checked: Default::default(),
+            for_readers: true,
             repaired: Default::default(),
             adopted: Default::default(),
         };
@@ -646,12 +688,13 @@ impl Store {
         let mut out = Vec::new();
         for (name, at, label, slot, m) in found {
             let born = std::cell::OnceCell::new();
-            let same_birth = |r: &SnapRec| match r.btime {
+            let born_at = |t: Option<(i64, u32)>| match t {
                 None => true,
                 Some(bt) => born
                     .get_or_init(|| birth(&self.root.join(&at)))
                     .is_none_or(|b| b == bt),
             };
+            let same_birth = |r: &SnapRec| born_at(r.btime);
             let by_ino = state
                 .snapshots
                 .iter()
@@ -667,22 +710,54 @@ impl Store {
                         .find(|r| r.ino == m.ino && same_birth(r))
                 })
                 .cloned();
-            let copied = match by_ino {
-                Some(_) => None,
-                None => self
-                    .copied_record(&state, &name, &at, &m, &present)
+            // A tree found to differ from its manifest before (`copied.rs`): the verdict
+            // is kept with the record, found by the inode it holds, as `by_ino`. The
+            // tree is not walked again.
+            let marked = || {
+                let of_dir = |r: &&SnapRec| r.differs.as_ref().is_some_and(|d| d.ino == m.ino);
+                state
+                    .snapshots
+                    .iter()
+                    .filter(of_dir)
+                    .find(|r| r.name == name)
                     .or_else(|| {
-                        let r = recovery.as_mut()?;
-                        self.recovered_record(r, &name, &label, &at, &m)
-                    }),
+                        state
+                            .snapshots
+                            .iter()
+                            .filter(of_dir)
+                            .find(|r| born_at(r.differs.as_ref().and_then(|d| d.btime)))
+                    })
+                    .map(|r| {
+                        let d = r.differs.as_ref().expect("filtered");
+                        (format!("{}; found {}", d.why, d.found_at), r.clone())
+                    })
             };
+            let (copied, differs) = match (&by_ino, by_ino.is_none().then(marked).flatten()) {
+                (Some(_), _) => (None, None),
+                (None, Some(d)) => (None, Some(d)),
+                (None, None) => match self.copied_record(&state, &name, &at, &m, &present) {
+                    Some(Ok(r)) => (Some(r), None),
+                    Some(Err((r, why))) => (None, Some((why, r))),
+                    None => (
+                        recovery
+                            .as_mut()
+                            .and_then(|r| self.recovered_record(r, &name, &label, &at, &m)),
+                        None,
+                    ),
+                },
+            };
+            let trusted = by_ino.or(copied.clone());
             out.push(Snapshot {
                 label,
                 slot,
                 ino: m.ino,
                 mtime: m.mtime.sec,
                 copied: copied.is_some(),
-                rec: by_ino.or(copied),
+                rec: match &differs {
+                    Some((_, r)) if self.for_readers => Some(r.clone()),
+                    _ => trusted,
+                },
+                differs,
                 name,
             });
         }

@@ -85,7 +85,7 @@ impl Store {
                     );
                 }
             });
-            if ok {
+            if ok.is_ok() {
                 rec.used.insert(id.clone());
                 return Some(SnapRec {
                     name: name.to_string(),
@@ -93,6 +93,7 @@ impl Store {
                     ino: m.ino,
                     finished_at,
                     btime: super::birth(&self.root.join(at)),
+                    differs: None,
                 });
             }
         }

@@ -358,7 +358,13 @@ impl Repository for Store {
             snapshots: Vec::new(),
         };
         for s in &rotation.before {
-            let Some(rec) = &s.rec else { continue };
+            // The record of a copied snapshot whose tree differs from its manifest is
+            // kept for readers to check the tree against, with that verdict and the
+            // directory's inode in `differs` (`copied.rs`): never walked again.
+            let differs = s.differs.as_ref().map(|(_, r)| r);
+            let Some(rec) = s.rec.as_ref().or(differs) else {
+                continue;
+            };
             if s.label != label {
                 state.snapshots.push(rec.clone());
             } else if !rotation.expired.contains(&s.name) {
@@ -377,13 +383,17 @@ impl Repository for Store {
                 ino: staging_ino,
                 finished_at: report::now_rfc3339(),
                 btime: super::birth(&self.root.join(staging_name(id))),
+                differs: None,
             },
         );
         let drop_manifests = rotation
             .before
             .iter()
             .filter(|s| s.label == label && rotation.expired.contains(&s.name))
-            .filter_map(|s| s.rec.as_ref().map(|r| r.id.clone()))
+            .filter_map(|s| {
+                let r = s.rec.as_ref().or(s.differs.as_ref().map(|(_, r)| r));
+                r.map(|r| r.id.clone())
+            })
             .collect();
         self.run_journal(&Journal {
             format: 1,
