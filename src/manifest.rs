@@ -303,29 +303,23 @@ impl Writer {
         let idx = idx.into_inner().map_err(|e| e.into_error())?;
         idx.sync_all()?;
         std::fs::rename(&idx_tmp, &self.idx_path)?;
+        // The marks of what the store did not keep, beside the manifest.
+        let dir = self.mf_path.parent().unwrap_or(Path::new("."));
+        let id = self
+            .mf_path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy();
+        let mark = |path: PathBuf, text: String| -> std::io::Result<()> {
+            let mut f = crate::util::create_private(&path)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()
+        };
         if let Some((u, g)) = self.owners_held {
-            let dir = self.mf_path.parent().unwrap_or(Path::new("."));
-            let id = self
-                .mf_path
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy();
-            let marker = owners_marker(dir, &id);
-            let mut f = crate::util::create_private(&marker)?;
-            f.write_all(format!("{u}:{g}\n").as_bytes())?;
-            f.sync_all()?;
+            mark(owners_marker(dir, &id), format!("{u}:{g}\n"))?;
         }
         if let Some(g) = self.times_held {
-            let dir = self.mf_path.parent().unwrap_or(Path::new("."));
-            let id = self
-                .mf_path
-                .file_stem()
-                .unwrap_or_default()
-                .to_string_lossy();
-            let marker = times_marker(dir, &id);
-            let mut f = crate::util::create_private(&marker)?;
-            f.write_all(format!("{g}\n").as_bytes())?;
-            f.sync_all()?;
+            mark(times_marker(dir, &id), format!("{g}\n"))?;
         }
         crate::failpoint::hit("manifest.between_renames")?;
         std::fs::rename(self.mf_path.with_extension("mf.tmp"), &self.mf_path)?;
