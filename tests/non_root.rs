@@ -44,16 +44,20 @@ impl Setup {
     }
 
     /// `snapring ARGS` as the backup user (no supplementary groups, no capabilities).
-    fn run(&self, args: &[&std::ffi::OsStr]) -> Output {
-        Command::new(&self.bin)
-            .args(args)
+    fn command(&self, args: &[&std::ffi::OsStr]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.args(args)
             .env_clear()
             .env("HOME", self.root.join("home"))
             .env("SNAPRING_CATALOG", "off")
             .uid(USER)
-            .gid(USER)
-            .output()
-            .unwrap()
+            .gid(USER);
+        c
+    }
+
+    /// [`Setup::command`], run to its end.
+    fn run(&self, args: &[&std::ffi::OsStr]) -> Output {
+        self.command(args).output().unwrap()
     }
 
     fn backup(&self, src: &Path, dest: &Path) -> (Option<i32>, serde_json::Value, String) {
@@ -823,4 +827,170 @@ fn the_rerun_of_a_user_restore_into_a_directory_of_another_owner_goes_on() {
     let want: Vec<_> = modes_of(&src).into_iter().skip(1).collect();
     let got: Vec<_> = modes_of(&to).into_iter().skip(1).collect();
     assert_eq!(got, want, "{said}");
+}
+
+/// The entries of the manifest of `store`'s newest run, each with the block it is in
+/// (its start time left out): what two runs of one source may be compared by.
+fn manifest_entries(store: &Path) -> Vec<(String, String)> {
+    let mdir = store.join(".snapring/manifests");
+    let mut mfs: Vec<PathBuf> = std::fs::read_dir(&mdir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "mf"))
+        .collect();
+    mfs.sort();
+    let text = std::fs::read_to_string(mfs.last().unwrap()).unwrap();
+    let mut block = String::new();
+    let mut out = Vec::new();
+    for l in text.lines().skip(1) {
+        if let Some(d) = l.strip_prefix("D ") {
+            block = d.to_string();
+        } else if l.starts_with("R ") {
+            out.push((String::new(), l.to_string()));
+        } else if !l.starts_with("S ") {
+            out.push((block.clone(), l.to_string()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A shard run by the backup user over a source of root's: each spine directory (one
+/// its units span, whose metadata finalize applies) gets its mode and times, its owner
+/// is a `set owner` problem and its manifest entry records the owner it holds, as a
+/// single-node run by the same user does. The run is `partial` with the single-node
+/// run's problems and manifest, and `verify` finds it clean, run after run. Finalize
+/// failed on the first spine directory (`cannot set owner 0:0`): nothing published.
+#[test]
+fn a_users_shard_run_over_roots_tree_is_its_single_node_run() {
+    let s = setup();
+    let src = s.root.join("src");
+    for d in ["a", "b", "c"] {
+        for n in 1..=3 {
+            for f in 1..=20 {
+                write(
+                    &src.join(format!("{d}/s{n}/f{f:02}")),
+                    format!("{d} {n} {f}").as_bytes(),
+                );
+            }
+        }
+    }
+    for f in 1..=60 {
+        write(
+            &src.join(format!("flat{f:02}")),
+            format!("flat {f}").as_bytes(),
+        );
+    }
+    let dirs = ["a", "b", "c"].into_iter().flat_map(|d| {
+        [d.to_string()]
+            .into_iter()
+            .chain((1..=3).map(move |n| format!("{d}/s{n}")))
+    });
+    for d in dirs {
+        chmod(&src.join(&d), 0o755);
+    }
+    chmod(&src, 0o755);
+    chmod(&src.join("b"), 0o705);
+    for d in ["b", "a/s2"] {
+        set_mtime(&src.join(d), Y2020, 0);
+    }
+
+    let single = s.user_dir("single");
+    let shard = s.user_dir("shard");
+    for run in 1..=2 {
+        let (code, rep, err) = s.backup(&src, &single);
+        assert_eq!(code, Some(2), "run {run}: {rep}\n{err}");
+        let mut want = problems(&rep);
+        want.sort();
+        assert!(
+            want.contains(&("b".into(), "metadata".into(), "set owner".into())),
+            "run {run}: {want:?}"
+        );
+
+        let id = format!("r{run}");
+        let workers: Vec<_> = (0..2)
+            .map(|i| {
+                let shard_arg = format!("{i}/2");
+                s.command(&[
+                    "backup".as_ref(),
+                    "--jobs".as_ref(),
+                    "2".as_ref(),
+                    "--retain".as_ref(),
+                    "2".as_ref(),
+                    "--source".as_ref(),
+                    src.as_os_str(),
+                    "--dest".as_ref(),
+                    shard.as_os_str(),
+                    "--shard".as_ref(),
+                    shard_arg.as_ref(),
+                    "--run-id".as_ref(),
+                    id.as_ref(),
+                ])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+            })
+            .collect();
+        let outs: Vec<Output> = workers
+            .into_iter()
+            .map(|w| w.wait_with_output().unwrap())
+            .collect();
+        let log: String = outs
+            .iter()
+            .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+            .collect();
+        let codes: Vec<Option<i32>> = outs.iter().map(|o| o.status.code()).collect();
+        assert!(
+            codes.iter().all(|c| matches!(c, Some(0 | 2))) && codes.contains(&Some(2)),
+            "run {run}: {codes:?}\n{log}"
+        );
+        let rec: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(shard.join(format!(".snapring/runs/{id}.json"))).unwrap(),
+        )
+        .unwrap_or_else(|e| panic!("run {run}: no run record ({e}): {log}"));
+        let plan: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(shard.join(format!(".snapring/shards/{id}/plan.json"))).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            plan["spine"].as_array().unwrap().len() > 4,
+            "run {run}: the tree should be cut below its root: {plan}"
+        );
+        assert_eq!(rec["status"], "partial", "run {run}: {rec}");
+        let mut got = problems(&rec);
+        got.sort();
+        assert_eq!(got, want, "run {run}: {rec}");
+        // Each spine directory's problem once, said as a single-node run says it.
+        assert_eq!(log.matches("path=b action=set owner").count(), 1, "{log}");
+        let text = |r: &serde_json::Value| {
+            r["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["path"] == "b")
+                .map(|p| p["error"].to_string())
+        };
+        assert_eq!(text(&rec), text(&rep), "run {run}");
+
+        let (got, want) = (manifest_entries(&shard), manifest_entries(&single));
+        let only = |a: &[(String, String)], b: &[(String, String)]| -> Vec<(String, String)> {
+            a.iter().filter(|e| !b.contains(e)).cloned().collect()
+        };
+        assert_eq!(
+            only(&got, &want),
+            only(&want, &got),
+            "run {run}: shard, single"
+        );
+        for store in [&single, &shard] {
+            let snap = store.join("daily.0");
+            assert_eq!(mode_mtime(&snap.join("b")), (0o705, Y2020), "run {run}");
+            assert_eq!(mode_mtime(&snap.join("a/s2")).1, Y2020, "run {run}");
+            let m = std::fs::metadata(snap.join("a/s1")).unwrap();
+            assert_eq!((m.uid(), m.gid()), (USER, USER), "run {run}");
+            let (code, out) = s.verify(store);
+            assert_eq!(code, Some(0), "run {run}: {}: {out}", store.display());
+            assert!(!out.contains("DAMAGED"), "run {run}: {out}");
+        }
+    }
 }

@@ -1455,7 +1455,7 @@ fn assemble(
     let (merged, applied) = std::thread::scope(|s| {
         let applied = s.spawn(|| {
             apply_spine(rd, threads, &present, plan.owners_held, counters)
-                .map(|()| t_spine.elapsed())
+                .map(|owners| (t_spine.elapsed(), owners))
         });
         // The parts not kept are read `threads` at a time (each read a few round trips
         // on NFS) and written in plan order: at most `threads` of them in memory at once.
@@ -1518,9 +1518,17 @@ fn assemble(
         (merged, applied)
     });
     merged?;
-    let spine_s = applied?.as_secs_f64();
-    // The spine's blocks, deepest first, as before.
-    for (d, kids) in spine_kids {
+    let (spine_t, owners) = applied?;
+    let spine_s = spine_t.as_secs_f64();
+    // The spine's blocks, deepest first, as before. A spine directory whose owner this
+    // process could not set is recorded with the owner it holds (a single-node run's
+    // walk records it so): `verify` finds it as recorded, the next run reports it again.
+    for (d, mut kids) in spine_kids {
+        for k in kids.iter_mut() {
+            if let Some(&(uid, gid)) = owners.get(&d.join(&k.name)) {
+                (k.uid, k.gid) = (uid, gid);
+            }
+        }
         let mut es = spine_blocks.remove(d).unwrap_or_default();
         es.extend(kids);
         w.write_block(d, &mut es).ctx("write manifest", &mdir)?;
@@ -1686,36 +1694,62 @@ fn remove_empty_below(at: &Path) -> Result<(), ShardError> {
 /// the source, on `threads` threads. Extended attributes the store refused are the
 /// run's problems, as a single-node run's walk reports them (the units' walks leave
 /// their roots, the spine directories, to this). `held`: the owner a store that keeps
-/// none gives them ([`PlanFile::owners_held`]): no other is asked for.
+/// none gives them ([`PlanFile::owners_held`]): no other is asked for. An owner this
+/// process may not give (not root: [`fsx::OwnerNotSet`]) is a `set owner` problem of
+/// the directory, as a single-node run's walk reports it, its mode and times set all the
+/// same; returned: the owner each such directory holds instead, for its manifest entry
+/// to record what the snapshot is (a single-node run's `dir_owner_held`).
 fn apply_spine(
     rd: &RunDir,
     threads: usize,
     present: &[(&RelPath, fsx::Meta, fsx::Xattrs)],
     held: Option<(u32, u32)>,
     counters: &Counters,
-) -> Result<(), ShardError> {
+) -> Result<HashMap<RelPath, (u32, u32)>, ShardError> {
     let made = super::par_map(threads, present, |(d, _, _)| {
         super::worker::make_dirs(&rd.tree(), d)
     });
     let made: Vec<OwnedFd> = made.into_iter().collect::<Result<_, _>>()?;
     let pairs: Vec<(&OwnedFd, &(&RelPath, fsx::Meta, fsx::Xattrs))> =
         made.iter().zip(present).collect();
-    for (r, (_, (d, _, _))) in super::par_map(threads, &pairs, |(out, (d, meta, xattrs))| {
+    let mut owners = HashMap::new();
+    for (r, (_, (d, _, _))) in super::par_map(threads, &pairs, |(out, (_, meta, xattrs))| {
         let mut meta = *meta;
         if let Some((uid, gid)) = held {
             (meta.uid, meta.gid) = (uid, gid);
         }
         fsx::apply_dir_meta(b(out), &meta, xattrs)
-            .ctx("set directory metadata", rd.tree().join(d.as_path()))
     })
     .into_iter()
     .zip(&pairs)
     {
-        for p in crate::engine::walk::refused_xattr_problems(d, &r?) {
+        let refused = match r {
+            Ok(refused) => refused,
+            Err(e) => match fsx::owner_not_set(&e) {
+                Some(o) => {
+                    if o.got != (u32::MAX, u32::MAX) {
+                        owners.insert((*d).clone(), o.got);
+                    }
+                    counters.problem(report::Problem {
+                        path: d.escaped(),
+                        kind: report::ProblemKind::Metadata,
+                        action: "set owner".into(),
+                        error: e.to_string(),
+                    });
+                    continue;
+                }
+                None => {
+                    return Err(
+                        io_error(e, "set directory metadata", rd.tree().join(d.as_path())).into(),
+                    );
+                }
+            },
+        };
+        for p in crate::engine::walk::refused_xattr_problems(d, &refused) {
             counters.problem(p);
         }
     }
-    Ok(())
+    Ok(owners)
 }
 
 #[cfg(test)]
