@@ -415,6 +415,15 @@ fn a_schema_1_catalog_gains_the_repository_columns_empty() {
     assert_eq!(filled, 0, "store runs have no repository KPIs");
 }
 
+/// The JSON report of a backup that exited 2, `partial`.
+fn partial(out: &std::process::Output) -> serde_json::Value {
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
+    assert_eq!(out.status.code(), Some(2), "{r}");
+    assert_eq!(r["status"], "partial", "{r}");
+    r
+}
+
 /// Unreadable entries (EACCES, by running without CAP_DAC_OVERRIDE) make a `partial`
 /// repository run (exit 2) whose problems name each entry relative to the source, in
 /// the report and the catalog's `problems` table; the rest is in the snapshot.
@@ -454,10 +463,7 @@ fn unreadable_entries_make_a_partial_repository_run_naming_them() {
         .output()
         .unwrap();
     chmod(&src.join("d2"), 0o755);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&out.stderr)));
-    assert_eq!(out.status.code(), Some(2), "{r}");
-    assert_eq!(r["status"], "partial", "{r}");
+    let r = partial(&out);
     let mut problems: Vec<(String, String, String)> = r["problems"]
         .as_array()
         .unwrap()
@@ -484,6 +490,19 @@ fn unreadable_entries_make_a_partial_repository_run_naming_them() {
         "{r}"
     );
     assert_eq!(r["errors"], 2, "{r}");
+    // A first run has nothing to keep of `d2`: the problem says it is not in the
+    // snapshot (it said only "Permission denied").
+    let d2 = r["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["path"] == "d2")
+        .unwrap();
+    assert_eq!(
+        d2["error"],
+        "Permission denied (os error 13); the directory is missing from this snapshot: there is no previous snapshot to keep its entries from",
+        "{r}"
+    );
     // The files the snapshot holds: `ok` (the unreadable one is a problem, not one).
     assert_eq!(r["files_total"], 1, "{r}");
     let c = rusqlite::Connection::open(&catalog).unwrap();
@@ -505,6 +524,149 @@ fn unreadable_entries_make_a_partial_repository_run_naming_them() {
     assert_eq!(code, 0, "{err}");
     assert_eq!(std::fs::read(to.join("ok")).unwrap(), b"fine");
     assert!(!to.join("d1/secret file").exists());
+}
+
+/// A directory that cannot be opened (EACCES) keeps the parent snapshot's entries of
+/// it, as the store's walk and a shard unit keep an unreadable directory's: one
+/// transient error does not drop its history. Today's exclusions hold for what is
+/// kept; a kept file of several links is no hard link (its inode number is the
+/// previous snapshot's); an unchanged kept subtree is the parent's tree, not written
+/// again. The run is `partial`, its problem says what was kept; the repository passes
+/// `restic check --read-data` and restic restores the kept entries. Before, the
+/// directory was left out of the snapshot, and with it every file of its history.
+#[test]
+fn a_directory_that_cannot_be_opened_keeps_its_entries_of_the_parent_snapshot() {
+    use common::restic::{PASSWORD, file_url, restic_binary, run_restic, sr};
+    use snapring::restic::{Id, backup::descend, repo::Repo, snapshot::Snapshot};
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("ok"), b"fine");
+    write(&src.join("d2/inner"), b"inner then");
+    write(&src.join("d2/image.iso"), b"excluded since");
+    write(&src.join("d2/sub/deep"), b"deep");
+    write(&src.join("d2/sub/deeper/f"), b"f");
+    std::fs::hard_link(src.join("d2/inner"), src.join("d2/linked")).unwrap();
+    std::os::unix::fs::symlink("inner", src.join("d2/link")).unwrap();
+    let url = file_url(&repo);
+    let (code, out, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let backup = |extra: &[&str]| {
+        let (code, out, err) = sr(&[
+            &["backup", "--json", "--dest", &url, "--source"][..],
+            &[src.to_str().unwrap()],
+            extra,
+        ]
+        .concat());
+        assert_eq!(code, 0, "{out}\n{err}");
+        serde_json::from_str::<serde_json::Value>(&out).unwrap()
+    };
+    let first = backup(&[]);
+    let first_id = first["snapshot"].as_str().unwrap().to_string();
+    // Since: changed and added in the directory that will not open.
+    std::fs::write(src.join("d2/inner"), b"inner now").unwrap();
+    write(&src.join("d2/added"), b"added since");
+    chmod(&src.join("d2"), 0o000);
+    let out = snapring_without_dac()
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .args([
+            "backup",
+            "--json",
+            "--exclude",
+            "*.iso",
+            "--dest",
+            &url,
+            "--source",
+        ])
+        .arg(&src)
+        .output()
+        .unwrap();
+    chmod(&src.join("d2"), 0o755);
+    let r = partial(&out);
+    let problems = r["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{r}");
+    assert_eq!(problems[0]["path"], "d2", "{r}");
+    assert_eq!(problems[0]["kind"], "unreadable", "{r}");
+    assert_eq!(problems[0]["action"], "list", "{r}");
+    assert_eq!(
+        problems[0]["error"],
+        format!(
+            "Permission denied (os error 13); its 4 entries of the previous snapshot ({}) were kept",
+            &first_id[..8]
+        ),
+        "{r}"
+    );
+    // The kept files are the snapshot's: `ok`, `inner`, `linked`, `deep`, `f`.
+    assert_eq!(r["files_total"], 5, "{r}");
+    let second_id = r["snapshot"].as_str().unwrap().to_string();
+    // The unchanged subtree kept is the parent's own tree: nothing written again.
+    let opened = Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
+    let sub_tree = |id: &str| {
+        let id = Id::parse(id).unwrap();
+        let snap: Snapshot = opened
+            .load_json(snapring::restic::backend::Kind::Snapshot, &id)
+            .unwrap();
+        let canon = std::fs::canonicalize(&src).unwrap();
+        let mut comps: Vec<&OsStr> = canon.iter().skip(1).collect();
+        comps.extend([OsStr::new("d2"), OsStr::new("sub")]);
+        descend(&opened, snap.tree, &comps).unwrap().unwrap()
+    };
+    assert_eq!(sub_tree(&first_id), sub_tree(&second_id));
+    let kept_as_before = |d2: &Path| {
+        let mut names: Vec<String> = std::fs::read_dir(d2)
+            .unwrap()
+            .map(|d| d.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(
+            names,
+            ["inner", "link", "linked", "sub"],
+            "{}",
+            d2.display()
+        );
+        assert_eq!(std::fs::read(d2.join("inner")).unwrap(), b"inner then");
+        assert_eq!(std::fs::read(d2.join("linked")).unwrap(), b"inner then");
+        assert_ne!(
+            ino(&d2.join("inner")),
+            ino(&d2.join("linked")),
+            "no hard link"
+        );
+        assert_eq!(
+            std::fs::read_link(d2.join("link")).unwrap(),
+            Path::new("inner")
+        );
+        assert_eq!(std::fs::read(d2.join("sub/deep")).unwrap(), b"deep");
+        assert_eq!(std::fs::read(d2.join("sub/deeper/f")).unwrap(), b"f");
+    };
+    let to = t.path().join("restored");
+    let (code, out, err) = sr(&[
+        "restore",
+        "--dest",
+        &url,
+        &second_id,
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    kept_as_before(&to.join("d2"));
+    assert_eq!(std::fs::read(to.join("ok")).unwrap(), b"fine");
+    if let Some(restic) = restic_binary("restic's check and restore of a kept directory") {
+        run_restic(&restic, &repo, &["check", "--read-data"]);
+        let target = t.path().join("by-restic");
+        run_restic(
+            &restic,
+            &repo,
+            &["restore", &second_id, "--target", target.to_str().unwrap()],
+        );
+        let canon = std::fs::canonicalize(&src).unwrap();
+        kept_as_before(&target.join(canon.strip_prefix("/").unwrap()).join("d2"));
+    }
+    // Readable again: the next run has it as it is now.
+    let third = backup(&[]);
+    assert_eq!(third["status"], "complete", "{third}");
+    let now = t.path().join("restored-now");
+    let (code, out, err) = sr(&restore_latest(&url, &now));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_same_tree(&describe(&src), &describe(&now), "readable again");
 }
 
 /// An engine's index variable makes a backup into a repository a shard worker

@@ -1200,13 +1200,7 @@ fn regular_files(root: &std::path::Path) -> u64 {
 #[test]
 fn a_spine_directory_finalize_cannot_stat_stops_it_rather_than_being_left_out() {
     let e = env();
-    for d in ["x", "y"] {
-        for f in 0..150 {
-            write(&e.src.join(format!("big/{d}/f{f}")), b"x");
-        }
-    }
-    let under = e.t.path().join("under");
-    std::fs::rename(&e.src, &under).unwrap();
+    let under = big_under(&e);
     let spine = {
         let Some(_fs) = FaultFs::mount(&under, &e.src, &[]) else {
             return;
@@ -1253,13 +1247,7 @@ fn a_spine_directory_finalize_cannot_stat_stops_it_rather_than_being_left_out() 
 #[test]
 fn a_spine_directory_the_workers_cannot_open_keeps_its_previous_entries() {
     let e = env();
-    for d in ["x", "y"] {
-        for f in 0..150 {
-            write(&e.src.join(format!("big/{d}/f{f}")), b"x");
-        }
-    }
-    let under = e.t.path().join("under");
-    std::fs::rename(&e.src, &under).unwrap();
+    let under = big_under(&e);
     let r0 = {
         // A first run: the next one's plan comes from its trees, with `big/x` a spine
         // directory.
@@ -1273,20 +1261,9 @@ fn a_spine_directory_the_workers_cannot_open_keeps_its_previous_entries() {
     std::fs::write(under.join("big/x/f7"), b"changed since").unwrap();
     write(&under.join("big/x/added"), b"added since");
     let id = {
-        let _fs = FaultFs::mount(&under, &e.src, &["--eacces", "/big/x"]).unwrap();
-        let out = spawn(&e, 0, 1, "denied", &[]).wait_with_output().unwrap();
-        assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        assert_eq!(r["status"], "partial", "{r}");
-        let problems = r["totals"]["problems"].as_array().unwrap();
-        assert!(!problems.is_empty(), "{r}");
-        for p in problems {
-            assert_eq!(p["path"], "big/x", "{r}");
-            assert_eq!(p["kind"], "unreadable", "{r}");
-            assert!(
-                p["error"].as_str().unwrap().contains("previous snapshot"),
-                "{r}"
-            );
+        let (r, said) = denied_big_x(&e, &under, &[]);
+        for s in said {
+            assert!(s.contains("previous snapshot"), "{r}");
         }
         // The kept files are counted, as the parent's.
         assert_eq!(r["totals"]["files"], r0["totals"]["files"], "{r}\n{r0}");
@@ -1338,6 +1315,99 @@ fn a_spine_directory_the_workers_cannot_open_keeps_its_previous_entries() {
     let r = report(&spawn(&e, 0, 1, "readable", &[]).wait_with_output().unwrap());
     assert_eq!(r["status"], "complete", "{r}");
     assert_restores_to_source(&e, r["snapshot"].as_str().unwrap(), "restored");
+}
+
+/// A spine directory the workers cannot open whose parent snapshot's tree does not
+/// read either (a failpoint makes the parent's trees down to it fail, as a lost pack
+/// does): its units keep nothing, and their problem says both faults, not that the
+/// previous snapshot held none of their names (it said so, and the run looked as if
+/// the directory had been emptied). The run is `partial`, its snapshot holds the rest.
+#[test]
+fn a_spine_directory_unopened_whose_previous_tree_does_not_read_says_both() {
+    let e = env();
+    let under = big_under(&e);
+    {
+        let Some(_fs) = FaultFs::mount(&under, &e.src, &[]) else {
+            return;
+        };
+        report(&spawn(&e, 0, 1, "r0", &[]).wait_with_output().unwrap());
+    }
+    let before = snapshots(&e).len();
+    // Every unit of `big/x` meets the failpoint (each hit fires once).
+    let fp: Vec<String> = (1..=40)
+        .map(|n| format!("shard.repo.keep_descend=error@{n}"))
+        .collect();
+    let fp = fp.join(";");
+    let (r, said) = denied_big_x(&e, &under, &[("SNAPRING_FAILPOINTS", &fp)]);
+    for said in said {
+        assert!(
+            said.contains("this unit's names of it are missing from this snapshot: the directory could not be read, and the previous snapshot's tree of it does not read either (")
+                && said.contains("failpoint shard.repo.keep_descend fired"),
+            "{r}"
+        );
+    }
+    // No warning claims the directory was read in full.
+    assert!(!r.to_string().contains("read in full"), "{r}");
+    assert_eq!(snapshots(&e).len(), before + 1);
+    // The snapshot holds the rest; nothing of `big/x`.
+    let to = e.t.path().join("restored");
+    let (code, out, err) = sr(&[
+        "restore",
+        "--dest",
+        &e.url,
+        r["snapshot"].as_str().unwrap(),
+        "--to",
+        to.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        std::fs::read_dir(to.join("big/x"))
+            .map(|d| d.count() == 0)
+            .unwrap_or(true)
+    );
+    assert_same_tree(
+        &describe(&under.join("big/y")),
+        &describe(&to.join("big/y")),
+        "the readable directory beside it",
+    );
+}
+
+/// The source with `big/x` and `big/y` of 150 files each (a first run's plan cuts them
+/// into spine directories), moved to `under` (returned) for a FaultFs to mount at the
+/// source's path.
+fn big_under(e: &Env) -> PathBuf {
+    for d in ["x", "y"] {
+        for f in 0..150 {
+            write(&e.src.join(format!("big/{d}/f{f}")), b"x");
+        }
+    }
+    let under = e.t.path().join("under");
+    std::fs::rename(&e.src, &under).unwrap();
+    under
+}
+
+/// A run `denied` of the source mounted from `under` with `big/x` not to be opened
+/// (EACCES), `vars` its environment: its report, `partial` (exit 2), whose problems
+/// are all of `big/x`, `unreadable`; and their messages.
+fn denied_big_x(
+    e: &Env,
+    under: &std::path::Path,
+    vars: &[(&str, &str)],
+) -> (serde_json::Value, Vec<String>) {
+    let _fs = FaultFs::mount(under, &e.src, &["--eacces", "/big/x"]).unwrap();
+    let out = spawn(e, 0, 1, "denied", vars).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["status"], "partial", "{r}");
+    let problems = r["totals"]["problems"].as_array().unwrap();
+    assert!(!problems.is_empty(), "{r}");
+    let mut said = Vec::new();
+    for p in problems {
+        assert_eq!(p["path"], "big/x", "{r}");
+        assert_eq!(p["kind"], "unreadable", "{r}");
+        said.push(p["error"].as_str().unwrap().to_string());
+    }
+    (r, said)
 }
 
 /// A run whose units are all committed but that has not published (its finalizer

@@ -11,7 +11,9 @@
 //! with the tree's id, to its parent. Packs, then the index, then the snapshot are
 //! written (restic's write order), under a shared lock; then, with `retain`, retention
 //! (`forget`) under an exclusive one. Per-entry problems (unreadable, vanished) leave
-//! the entry out and make the run `partial`. A tree of the parent that does not read
+//! the entry out and make the run `partial`; a directory that cannot be opened or
+//! listed keeps the parent snapshot's entries of it instead (`keep`), as the store's
+//! walk does. A tree of the parent that does not read
 //! (a damaged repository) is a warning, and its directory is read in full. `snapshot_locked` is the walk itself,
 //! given where to read, what to record and, for `copy`, another rule for "unchanged"
 //! (`Reuse`). Reads the source, writes the repository.
@@ -1193,6 +1195,8 @@ struct DirState {
     fd: OwnedFd,
     /// The parent snapshot's nodes of this directory, by name.
     prev: HashMap<Vec<u8>, Node>,
+    /// The parent snapshot's tree of this directory does not read (`prev` is empty).
+    prev_unread: bool,
     /// This directory's own node, for its parent's tree (none for the root); its
     /// subtree is set when the directory finishes.
     node: Mutex<Option<Node>>,
@@ -1232,7 +1236,7 @@ impl crate::traverse::Visitor for Run<'_> {
         &self,
         parent: Option<&crate::traverse::Dir<DirState>>,
         name: &[u8],
-        _rel: &crate::relpath::RelPath,
+        rel: &crate::relpath::RelPath,
         sub: Sub,
     ) -> crate::traverse::Opened<DirState, Vec<u8>> {
         use crate::traverse::Opened;
@@ -1301,15 +1305,16 @@ impl crate::traverse::Visitor for Run<'_> {
                 self.fail(e);
                 return Opened::Skip;
             }
+            // Gone, or replaced (by a symlink: not followed) since its listing.
+            Err(e @ Error::Io { .. }) if is_not_found(&e) => {
+                self.problem(&path, "vanished", e);
+                return Opened::Skip;
+            }
+            // There but not to be opened or listed (permission denied, an I/O error, a
+            // stale handle): the parent snapshot's entries of it are kept.
             Err(e) => {
-                // Gone, or replaced (by a symlink: not followed) since its listing.
-                let kind = match &e {
-                    Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                        "vanished"
-                    }
-                    _ => "unreadable",
-                };
-                self.problem(&path, kind, e);
+                let p = parent.expect("the root's failure is handled above");
+                self.keep_unreadable(p, rel, &path, sub, e);
                 return Opened::Skip;
             }
         };
@@ -1318,11 +1323,12 @@ impl crate::traverse::Visitor for Run<'_> {
                 self.problem(&at, kind, e);
             }
         }
-        let prev = self.parent_nodes(&path, sub.parent_tree);
+        let (prev, prev_unread) = self.parent_nodes(&path, sub.parent_tree);
         let state = DirState {
             path,
             fd,
             prev,
+            prev_unread,
             node: Mutex::new(sub.node),
             nodes: Mutex::new(Vec::with_capacity(names.len())),
         };
@@ -1432,6 +1438,11 @@ impl crate::traverse::Visitor for Run<'_> {
             _ => *lock(&self.root_tree) = Some(id),
         }
     }
+}
+
+/// An I/O error of a name that is not there (ENOENT, or no longer of its type).
+fn is_not_found(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound)
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -1557,17 +1568,7 @@ impl<'a> Run<'a> {
         };
         let rel = match self.unit_rel.is_root() {
             true => rel.join(name),
-            false => {
-                let mut full = self.unit_rel.clone();
-                for c in rel
-                    .as_bytes()
-                    .split(|b| *b == b'/')
-                    .filter(|c| !c.is_empty())
-                {
-                    full = full.join(c);
-                }
-                full.join(name)
-            }
+            false => self.full_rel(rel).join(name),
         };
         ex.is_excluded(&rel, false)
             || (ex.is_excluded(&rel, true) && Stat::at(dir, name).is_ok_and(|m| m.is_dir()))
@@ -1692,17 +1693,20 @@ impl<'a> Run<'a> {
     }
 
     /// The parent snapshot's nodes of the directory at `path`, by name; none (so every
-    /// file is read) when its tree does not read, with a warning.
-    fn parent_nodes(&self, path: &Path, parent: Option<Id>) -> HashMap<Vec<u8>, Node> {
+    /// file is read) when its tree does not read, with a warning (`true`: so).
+    fn parent_nodes(&self, path: &Path, parent: Option<Id>) -> (HashMap<Vec<u8>, Node>, bool) {
         let Some(id) = parent else {
-            return HashMap::new();
+            return (HashMap::new(), false);
         };
         match self
             .repo
             .read_blob(BlobType::Tree, &id)
             .and_then(|b| Tree::from_blob(&b, &id))
         {
-            Ok(t) => t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect(),
+            Ok(t) => (
+                t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect(),
+                false,
+            ),
             Err(e) => {
                 let rel = path.strip_prefix(&self.root).unwrap_or(path);
                 let rel = crate::relpath::escape(rel.as_os_str().as_bytes());
@@ -1715,9 +1719,112 @@ impl<'a> Run<'a> {
                 let w = unreadable_parent(self.parent_id.as_ref(), &dir, &e);
                 tracing::warn!("{w}");
                 add_warning(&mut lock(&self.warnings), w);
-                HashMap::new()
+                (HashMap::new(), true)
             }
         }
+    }
+
+    /// The subdirectory at `path` (`rel` from the walk's root, in `parent`) could not
+    /// be opened or listed (`e`, not gone): its node (this run's `lstat`) with the
+    /// parent snapshot's entries of it (`sub.parent_tree`), as the store's walk keeps
+    /// an unreadable directory's previous entries and a shard unit its directory's
+    /// ([`super::keep`]: today's exclusions, entries lost left out, those of several
+    /// links unlinked, nothing written that is already stored), with an `unreadable`
+    /// problem that says so. Without a previous tree of it (a first run, a directory
+    /// new since, a tree that does not read) it is left out, and the problem says it is
+    /// missing. Not in a `copy` ([`Reuse`]): its snapshot is the store's, not the
+    /// parent's.
+    fn keep_unreadable(
+        &self,
+        parent: &crate::traverse::Dir<DirState>,
+        rel: &crate::relpath::RelPath,
+        path: &Path,
+        sub: Sub,
+        e: Error,
+    ) {
+        let (action, error) = match e {
+            Error::Io { action, source, .. } => (action, source.to_string()),
+            other => ("list", other.to_string()),
+        };
+        let said = |error: String| {
+            self.problem(
+                path,
+                "unreadable",
+                io_err(action, path)(std::io::Error::other(error)),
+            );
+        };
+        let missing = |why: &str| {
+            said(super::keep::missing_message(
+                &error,
+                "the directory is",
+                why,
+            ));
+        };
+        if self.reuse.is_some() {
+            return missing("a copy keeps nothing of another snapshot");
+        }
+        let (Some(mut node), Some(tree)) = (sub.node, sub.parent_tree) else {
+            return missing(match () {
+                _ if self.parent_id.is_none() => {
+                    "there is no previous snapshot to keep its entries from"
+                }
+                _ if parent.state.prev_unread => {
+                    "the previous snapshot's tree of the directory holding it does not read"
+                }
+                _ => "the previous snapshot does not hold it",
+            });
+        };
+        let keep = super::keep::Keep {
+            repo: self.repo,
+            packer: self.packer,
+            excludes: self.excludes,
+        };
+        let prev = match keep.tree(&tree) {
+            Ok(t) => t,
+            Err(u) => {
+                return missing(&format!(
+                    "the previous snapshot's tree of it does not read either ({u})"
+                ));
+            }
+        };
+        let mut kept = super::keep::Kept::default();
+        let nodes = match keep.nodes(&self.full_rel(rel), prev.nodes, &mut kept) {
+            Ok(n) => n,
+            Err(e) => {
+                self.fail(e);
+                return;
+            }
+        };
+        let n = nodes.len();
+        let Ok(id) = self.save(BlobType::Tree, &Tree { nodes }.to_blob()) else {
+            return;
+        };
+        let c = &self.counts;
+        c.files.fetch_add(kept.files, Ordering::Relaxed);
+        c.dirs.fetch_add(kept.dirs + 1, Ordering::Relaxed);
+        c.bytes_total.fetch_add(kept.bytes, Ordering::Relaxed);
+        c.others.fetch_add(kept.others, Ordering::Relaxed);
+        let whose = match &self.parent_id {
+            Some(id) => format!(" ({})", &id.hex()[..8]),
+            None => String::new(),
+        };
+        said(super::keep::kept_message(&error, n, &whose, kept.lost));
+        node.subtree = Some(id);
+        lock(&parent.state.nodes).push(node);
+    }
+
+    /// `rel` (from the walk's root) relative to the source: a unit's walk is rooted at
+    /// its directory.
+    fn full_rel(&self, rel: &crate::relpath::RelPath) -> crate::relpath::RelPath {
+        let mut full = self.unit_rel.clone();
+        for c in rel
+            .as_bytes()
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty())
+        {
+            full = full.join(c);
+        }
+        full
     }
 
     /// One entry's node, `name` in `dir` (`p`), and for a directory the parent

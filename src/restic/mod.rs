@@ -21,6 +21,7 @@ pub mod diff;
 pub mod forget;
 pub mod history;
 pub mod index;
+pub mod keep;
 pub mod lock;
 pub mod ops;
 pub mod pack;

@@ -1608,14 +1608,9 @@ fn build_unit(
         return Ok(Built::default());
     }
     let mut warnings: Vec<String> = parent.warning.iter().cloned().collect();
-    let parent_tree = match parent.tree {
-        Some(t) => restic::backup::descend(repo, t, &comps).unwrap_or_else(|e| {
-            let w = restic::backup::unreadable_parent(parent.id.as_ref(), &unit.dir.escaped(), &e);
-            tracing::warn!("{w}");
-            warnings.push(w);
-            None
-        }),
-        None => None,
+    let descended = match parent.tree {
+        Some(t) => restic::backup::descend(repo, t, &comps),
+        None => Ok(None),
     };
     let take = cut.unit_names(unit);
     let excludes = match opts.exclusion.is_empty() {
@@ -1647,9 +1642,24 @@ fn build_unit(
                 known,
                 lock,
             };
-            return kept.unit(unit, parent_tree, &take, e, warnings);
+            // Tests make the parent's trees down to the unit's directory not read here
+            // (tests/restic_shard.rs): the directory's two faults at once.
+            let descended = crate::failpoint::hit("shard.repo.keep_descend")
+                .map_err(restic::io_err(
+                    "read the parent snapshot's tree of",
+                    &walk_root,
+                ))
+                .and(descended);
+            return kept.unit(unit, descended, &take, e, warnings);
         }
     };
+    // A tree of the parent that does not read: the unit's directory is read in full.
+    let parent_tree = descended.unwrap_or_else(|e| {
+        let w = restic::backup::unreadable_parent(parent.id.as_ref(), &unit.dir.escaped(), &e);
+        tracing::warn!("{w}");
+        warnings.push(w);
+        None
+    });
     let built = restic::backup::unit(
         repo,
         UnitSpec {
@@ -1721,55 +1731,46 @@ struct KeepPrev<'a> {
     lock: &'a restic::lock::Watch,
 }
 
-/// What [`KeepPrev::nodes`] kept and left out.
-#[derive(Default)]
-struct KeptCounts {
-    files: u64,
-    dirs: u64,
-    bytes: u64,
-    /// Entries whose tree does not read, or whose data no index holds: left out.
-    lost: u64,
-}
-
 impl KeepPrev<'_> {
     /// Unit `unit`'s commit when its directory could not be opened (`e`): the parent
     /// snapshot's nodes of its names (`tree`, the parent's tree of the unit's
-    /// directory; `None`: the parent has none), their blobs already in the repository,
-    /// with an `unreadable` problem (the run `partial`), as the store's unit keeps its
-    /// previous manifest's entries (`worker::keep_unreadable`). Today's exclusions
-    /// hold for what is kept; an entry whose tree does not read or whose data no index
-    /// holds is left out (said in the problem); a kept entry of several links is
-    /// recorded as no hard link (`inode: 0`, `links: 1`): its inode number is the
-    /// previous snapshot's, which a restore must not join with this run's names.
+    /// directory; `Ok(None)`: the parent has none; `Err`: the parent's trees down to it
+    /// do not read), their blobs already in the repository, with an `unreadable`
+    /// problem (the run `partial`), as the store's unit keeps its previous manifest's
+    /// entries (`worker::keep_unreadable`) and a single-node run a subdirectory's
+    /// ([`restic::keep`]: today's exclusions, entries lost left out, those of several
+    /// links unlinked). Where the parent's tree does not read either, the unit has none
+    /// of its names and the problem says both faults.
     fn unit(
         &self,
         unit: &Unit,
-        tree: Option<Id>,
+        tree: restic::Result<Option<Id>>,
         take: &(dyn Fn(&[u8]) -> bool + Sync),
         e: std::io::Error,
         warnings: Vec<String>,
     ) -> restic::Result<Built> {
         let packer = Packer::sharing(self.known.clone()).under(self.lock.clone());
-        let mut counts = KeptCounts::default();
+        let keep = restic::keep::Keep {
+            repo: self.repo,
+            packer: &packer,
+            excludes: self.excludes,
+        };
+        let mut counts = restic::keep::Kept::default();
         let mut nodes = Vec::new();
-        let mut unread = None;
-        if let Some(id) = tree {
-            match self
-                .repo
-                .read_blob(BlobType::Tree, &id)
-                .and_then(|b| Tree::from_blob(&b, &id))
-            {
-                Ok(t) => {
-                    let mine: Vec<Node> = t
-                        .nodes
-                        .into_iter()
-                        .filter(|n| take(&n.name_bytes()))
-                        .collect();
-                    nodes = self.nodes(&packer, &unit.dir, mine, &mut counts)?;
-                }
-                Err(e) => unread = Some(e),
+        let read = tree.and_then(|t| t.map(|id| keep.tree(&id)).transpose());
+        let unread = match read {
+            Ok(Some(t)) => {
+                let mine: Vec<Node> = t
+                    .nodes
+                    .into_iter()
+                    .filter(|n| take(&n.name_bytes()))
+                    .collect();
+                nodes = keep.nodes(&unit.dir, mine, &mut counts)?;
+                None
             }
-        }
+            Ok(None) => None,
+            Err(u) => Some(u),
+        };
         let (new, added) = packer.close(self.repo, true)?;
         self.known
             .write()
@@ -1779,22 +1780,19 @@ impl KeepPrev<'_> {
             true => ".".to_string(),
             false => unit.dir.escaped(),
         };
-        let lost = match counts.lost {
-            0 => String::new(),
-            n => format!(
-                "; {n} of them left out (a tree that does not read, or data no index holds)"
-            ),
-        };
         let error = match (nodes.len(), unread) {
-            (_, Some(u)) => {
-                format!("{e}; the previous snapshot's tree of it does not read ({u}): nothing kept")
-            }
-            (0, None) => {
-                format!("{e}; the previous snapshot holds none of this unit's names there{lost}")
-            }
-            (n, None) => format!(
-                "{e}; its {n} entries of the previous snapshot in this unit's names were kept{lost}"
+            (_, Some(u)) => restic::keep::missing_message(
+                &e,
+                "this unit's names of it are",
+                &format!(
+                    "the directory could not be read, and the previous snapshot's tree of it does not read either ({u})"
+                ),
             ),
+            (0, None) => format!(
+                "{e}; the previous snapshot holds none of this unit's names there{}",
+                restic::keep::lost_note(counts.lost)
+            ),
+            (n, None) => restic::keep::kept_message(&e, n, " in this unit's names", counts.lost),
         };
         tracing::warn!("{shown}: list: {error}");
         Ok(Built {
@@ -1819,66 +1817,6 @@ impl KeepPrev<'_> {
             warnings,
             links: Vec::new(),
         })
-    }
-
-    /// The kept nodes of directory `rel` (the parent snapshot's `nodes` there): the
-    /// excluded ones and the lost ones left out, those of several links unlinked, each
-    /// subtree kept alike (written anew where that changed it).
-    fn nodes(
-        &self,
-        packer: &Packer,
-        rel: &RelPath,
-        nodes: Vec<Node>,
-        counts: &mut KeptCounts,
-    ) -> restic::Result<Vec<Node>> {
-        let mut kept = Vec::with_capacity(nodes.len());
-        for mut n in nodes {
-            let name = n.name_bytes();
-            let r = rel.join(&name);
-            let is_dir = n.kind == "dir";
-            if self.excludes.is_some_and(|x| x.is_excluded(&r, is_dir)) {
-                continue;
-            }
-            if let Some(id) = n.subtree.filter(|_| is_dir) {
-                let sub = self
-                    .repo
-                    .read_blob(BlobType::Tree, &id)
-                    .and_then(|b| Tree::from_blob(&b, &id));
-                let Ok(sub) = sub else {
-                    counts.lost += 1;
-                    continue;
-                };
-                let inner = self.nodes(packer, &r, sub.nodes, counts)?;
-                // The same id, and nothing written, where nothing in it changed (a tree
-                // of snapring's; one of restic's may serialize otherwise: written anew).
-                n.subtree = Some(packer.save(
-                    self.repo,
-                    BlobType::Tree,
-                    &Tree { nodes: inner }.to_blob(),
-                )?);
-                counts.dirs += 1;
-            } else {
-                let indexed = n
-                    .content
-                    .iter()
-                    .flatten()
-                    .all(|id| self.repo.index.contains(BlobType::Data, id));
-                if !indexed {
-                    counts.lost += 1;
-                    continue;
-                }
-                if n.links > 1 {
-                    n.inode = 0;
-                    n.links = 1;
-                }
-                if n.kind == "file" {
-                    counts.files += 1;
-                    counts.bytes += n.size;
-                }
-            }
-            kept.push(n);
-        }
-        Ok(kept)
     }
 }
 
