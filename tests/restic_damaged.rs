@@ -1220,3 +1220,204 @@ fn a_passing_eio_on_a_pack_is_read_again() {
         assert_same_tree(&describe(&src), &describe(&to), "restored through an EIO");
     }
 }
+
+/// `verify` over a repository whose packs answer EIO (a failing disk, an NFS server:
+/// latencyfs `--eio-read`): a read error says nothing of the bytes, so the files whose
+/// blobs are there are `? PATH  could not be read: …` (JSON `unreadable`, listed in
+/// `problems`), not corrupt; the verdict is `NOT FULLY CHECKED`, still exit 2, and the
+/// advice is to verify again, not `repair index`. A tree pack that does not read makes
+/// its directory unreadable the same way. `repair index --read-data` stops on such a
+/// pack and leaves it (its blobs are not dropped as damaged). Before, every such file
+/// was `! PATH` damaged, `corrupt`, `DAMAGED`, with the advice to repair.
+#[test]
+fn verify_tells_a_pack_read_error_from_corruption() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, mnt) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("mnt"),
+    );
+    write(&src.join("big"), &pseudo_random(3_000_000, 5));
+    for i in 0..3 {
+        write(&src.join(format!("sub/f{i}")), format!("{i}\n").as_bytes());
+    }
+    let url = file_url(&repo);
+    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    backup_json(&src, &url);
+    // Data and tree blobs are in separate packs; the smallest holds every tree.
+    let packs = packs_by_size(&repo);
+    assert_eq!(packs.len(), 2, "{packs:?}");
+    let name = |p: &Path| p.file_name().unwrap().to_str().unwrap().to_string();
+    let (tree_pack, data_pack) = (name(&packs[0].1), name(&packs[1].1));
+    let on = file_url(&mnt);
+    let verify = |json: bool| {
+        let mut args = vec!["verify", "--dest", on.as_str()];
+        if json {
+            args.push("--json");
+        }
+        sr_nocache(&args)
+    };
+
+    let Some(fs) = FaultFs::mount(&repo, &mnt, &["--eio-read", &data_pack]) else {
+        return;
+    };
+    let (code, out, err) = verify(true);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = &v[0];
+    assert_eq!(
+        (&v["clean"], &v["corrupt"], &v["unreadable"], &v["damaged"]),
+        (&false.into(), &0.into(), &4.into(), &serde_json::json!([])),
+        "{v}"
+    );
+    let paths: Vec<&str> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p[0].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["big", "sub/f0", "sub/f1", "sub/f2"], "{v}");
+    assert!(
+        v["problems"][0][1]
+            .as_str()
+            .unwrap()
+            .contains("Input/output error"),
+        "{v}"
+    );
+    assert_eq!(v["data_blobs_read"], 0, "{v}");
+    let (code, out, err) = verify(false);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains(" ? big  could not be read: "), "{out}");
+    assert!(
+        out.contains("not a checksum mismatch: not checked"),
+        "{out}"
+    );
+    assert!(
+        out.contains("NOT FULLY CHECKED (I/O errors reading it; no damage found)"),
+        "{out}"
+    );
+    assert!(out.contains("0 damaged files"), "{out}");
+    assert!(out.contains("4 could not be read"), "{out}");
+    assert!(out.contains("verify again once the storage reads"), "{out}");
+    assert!(
+        !out.contains("DAMAGED") && !out.contains(" ! ") && !out.contains("repair index"),
+        "{out}"
+    );
+    // What a repair would make of it: it stops on the pack, which stays, indexed.
+    let index_before = std::fs::read_dir(repo.join("index")).unwrap().count();
+    let (code, out, err) = sr_nocache(&["repair", "index", "--read-data", "--dest", &on]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(err.contains("Input/output error"), "{out}\n{err}");
+    drop(fs);
+    assert!(packs[1].1.exists());
+    assert_eq!(
+        std::fs::read_dir(repo.join("index")).unwrap().count(),
+        index_before
+    );
+
+    // The trees' pack: the snapshot's top cannot be read, not damaged.
+    let fs = FaultFs::mount(&repo, &mnt, &["--eio-read", &tree_pack]).unwrap();
+    let (code, out, err) = verify(true);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = &v[0];
+    assert_eq!(
+        (&v["corrupt"], &v["damaged_dirs"], &v["unreadable"]),
+        (&0.into(), &0.into(), &1.into()),
+        "{v}"
+    );
+    assert_eq!(v["problems"][0][0], ".", "{v}");
+    drop(fs);
+
+    // Once the storage reads, the same repository verifies clean.
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("clean against repository"), "{out}");
+}
+
+/// A restore from a repository whose storage is down (every pack read answers EIO:
+/// failpoint `restic.local_read` armed for every read; the trees come from the tree
+/// cache, as after a backup on this machine): once 3 distinct packs answered EIO, each
+/// read twice, and no pack read, it stops: `failed`, exit 75 (try again later),
+/// "cannot be read", the record of unfinished work kept; the same restore run once the
+/// storage reads finishes it, equal to the source. Before, it tried every file (two
+/// reads and a 200 ms pause per pack), ended `partial` with every file a problem, and
+/// removed the record, so the rerun was refused (`not empty`).
+#[test]
+fn a_restore_from_storage_that_is_down_stops_and_its_rerun_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, cache, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("cache"),
+        t.path().join("to"),
+    );
+    for i in 0..12u64 {
+        write(&src.join(format!("f{i:02}")), &pseudo_random(5_000_000, i));
+    }
+    for i in 0..10 {
+        write(
+            &src.join(format!("small/s{i}")),
+            format!("{i}\n").as_bytes(),
+        );
+    }
+    let url = file_url(&repo);
+    // With the tree cache (under `cache`): the backup fills it.
+    let run = |args: &[&str], fp: &str| {
+        let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        let out = snapring(
+            &a,
+            &[
+                ("SNAPRING_PASSWORD", PASSWORD),
+                ("XDG_CACHE_HOME", cache.to_str().unwrap()),
+                ("SNAPRING_FAILPOINTS", fp),
+            ],
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = run(&["init", "--dest", &url], "");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let src_s = src.to_str().unwrap();
+    let (code, out, err) = run(&["backup", "--source", src_s, "--dest", &url], "");
+    assert_eq!(code, 0, "{out}\n{err}");
+    let data_packs = packs_by_size(&repo)
+        .iter()
+        .filter(|(size, _)| *size > 1_000_000)
+        .count();
+    assert!(data_packs >= 4, "{data_packs} data packs");
+    let every: Vec<String> = (1..=1000)
+        .map(|n| format!("restic.local_read=error@{n}"))
+        .collect();
+    let restore = [&restore_latest(&url, &to)[..], &["--json"]].concat();
+    let (code, out, err) = run(&restore, &every.join(";"));
+    assert_eq!(code, 75, "{out}\n{err}");
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&rep["status"], &rep["exit_code"]),
+        (&"failed".into(), &75.into()),
+        "{rep}"
+    );
+    let msg = rep["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot be read: ")
+            && msg.contains("packs answered EIO")
+            && msg.contains("no pack read"),
+        "{msg}"
+    );
+    assert!(msg.contains("run the same restore again"), "{msg}");
+    // At most the files of the first packs tried are problems, not every file.
+    assert!(
+        rep["problems"].as_array().unwrap().len() < 12,
+        "{}",
+        rep["problems"]
+    );
+    assert!(to.join(".snapring-restore-unfinished").exists());
+    let (code, out, err) = run(&restore, "");
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_same_tree(&describe(&src), &describe(&to), "the rerun finished it");
+}

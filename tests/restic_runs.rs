@@ -1490,7 +1490,8 @@ fn a_repository_restore_killed_while_directories_get_their_metadata_is_finished_
 /// snapshot's, not on its size, mode and modification time alone: files whose data
 /// is not what was written (a power cut before it reached the disk, a user's edit
 /// keeping size and times; here changed by hand after a kill once every file was
-/// written) are written again, with a warning, and the others kept. The rerun kept
+/// written) are written again, with a warning, and the others kept (`--json`:
+/// `skipped_identical`, as a store restore's rerun reports them). The rerun kept
 /// them and said `complete`.
 #[test]
 fn a_repository_restores_rerun_keeps_a_file_only_when_its_content_checks() {
@@ -1537,7 +1538,18 @@ fn a_repository_restores_rerun_keeps_a_file_only_when_its_content_checks() {
     assert_eq!(code, 0, "{out}\n{err}");
     let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(rep["status"], "complete", "{rep}");
-    // a and d/c written again, d/e and z kept.
+    // a and d/c written again, d/e and z kept: in `--json` as the store's restore
+    // counts what a rerun found identical (it said nothing of them, and counted them
+    // restored).
+    assert_eq!(
+        (
+            &rep["skipped_identical"],
+            &rep["files_restored"],
+            &rep["bytes_restored"]
+        ),
+        (&2.into(), &2.into(), &((3u64 << 20) + 6).into()),
+        "{rep}"
+    );
     let again: Vec<&str> = err
         .lines()
         .filter(|l| l.contains("written again"))

@@ -895,11 +895,17 @@ pub fn restore(
             } else {
                 Status::Failed
             };
-            out.exit_code = out.status.exit_code();
+            out.exit_code = match e {
+                // The repository could not be read at all (its storage down, S3 past
+                // its retries): nothing is lost, the rerun finishes (EX_TEMPFAIL).
+                restic::Error::Unreachable(_) if out.status == Status::Failed => {
+                    snapring::report::EXIT_IN_USE
+                }
+                _ => out.status.exit_code(),
+            };
             out.problems = r.problems.clone();
-            out.files_restored = r.files;
+            kept_as_identical(&mut out, &r);
             out.dirs_created = r.dirs;
-            out.bytes_restored = r.bytes;
             out.duration_seconds = r.duration_seconds;
             return Ok(out);
         }
@@ -922,9 +928,8 @@ pub fn restore(
             ));
         }
         out.problems = r.problems.clone();
-        out.files_restored = r.files;
+        kept_as_identical(&mut out, &r);
         out.dirs_created = r.dirs;
-        out.bytes_restored = r.bytes;
         out.hard_links = r.hard_links;
         out.duration_seconds = r.duration_seconds;
         restored = Some(r);
@@ -937,6 +942,9 @@ pub fn restore(
             print::json(&report)?;
         }
         print::errln!("snapring: {}", report.message);
+        if report.exit_code == snapring::report::EXIT_IN_USE {
+            return Ok(ExitCode::Retry);
+        }
         return Ok(ExitCode::from(report.status));
     };
     if a.json {
@@ -948,7 +956,7 @@ pub fn restore(
             print::errln!("snapring: {path}: {}: {}", p.action, p.error);
         }
         outln!(
-            "{}: restored snapshot {} into {}: {} files ({}), {} directories, {} symlinks, {} hard links; took {:.2}s{}",
+            "{}: restored snapshot {} into {}: {} files ({}), {} directories, {} symlinks, {} hard links{}; took {:.2}s{}",
             report.status.as_str(),
             &r.snapshot[..8],
             snapring::relpath::shown(&r.to),
@@ -957,6 +965,10 @@ pub fn restore(
             r.dirs,
             r.symlinks,
             r.hard_links,
+            match r.kept {
+                0 => String::new(),
+                k => format!(" ({k} files found whole as the stopped restore left them, kept)"),
+            },
             r.duration_seconds,
             report
                 .id
@@ -966,6 +978,20 @@ pub fn restore(
         );
     }
     Ok(ExitCode::from(report.status))
+}
+
+/// A repository restore's files and bytes in the store restore's terms: the files a
+/// rerun found whole and kept are `skipped_identical`, as a store restore's rerun
+/// counts the files it finds identical, and `files_restored`/`bytes_restored` are
+/// what this run wrote. (Before, `--json` counted kept files as restored and did not
+/// say how many were kept.)
+fn kept_as_identical(
+    out: &mut snapring::restore::RestoreReport,
+    r: &restic::restore::RestoreReport,
+) {
+    out.files_restored = r.files - r.kept;
+    out.bytes_restored = r.bytes - r.kept_bytes;
+    out.skipped_identical = r.kept;
 }
 
 fn print_forget(r: &restic::forget::ForgetReport) {
@@ -1421,10 +1447,24 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             for d in &x.damaged {
                 outln!("{} ! {}  {}", x.snapshot, d.path, d.reason);
             }
+            // Not checked (an I/O error), worded as the store's verify words it.
+            for (p, why) in &x.problems {
+                outln!(
+                    "{} ? {}  could not be read: {why} (an I/O error, not a checksum mismatch: not checked; verify again, a rerun may read it)",
+                    x.snapshot,
+                    p
+                );
+            }
             outln!(
-                "{}: {} against repository: {} files ({}), {} dirs; {} data blobs ({} read now, {}), {} tree blobs; {} damaged files, {} damaged directories",
+                "{}: {} against repository: {} files ({}), {} dirs; {} data blobs ({} read now, {}), {} tree blobs; {} damaged files, {} damaged directories{}",
                 x.snapshot,
-                if x.clean { "clean" } else { "DAMAGED" },
+                match x.clean {
+                    true => "clean",
+                    false if x.damaged.is_empty() => {
+                        "NOT FULLY CHECKED (I/O errors reading it; no damage found)"
+                    }
+                    false => "DAMAGED",
+                },
                 x.files,
                 human(x.bytes),
                 x.dirs,
@@ -1433,7 +1473,13 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                 human(x.data_bytes_read),
                 x.tree_blobs,
                 x.corrupt,
-                x.damaged_dirs
+                x.damaged_dirs,
+                match x.unreadable {
+                    0 => String::new(),
+                    n => format!(
+                        ", {n} could not be read (I/O errors, not damage found: verify again)"
+                    ),
+                }
             );
             if x.bad_copies > 0 {
                 outln!(
@@ -1442,9 +1488,17 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
                     x.bad_copies
                 );
             }
+            if x.unreadable_copies > 0 {
+                outln!(
+                    "{}: {} data blobs have a copy in the repository that could not be read (I/O errors; read from another copy; the warnings name the packs)",
+                    x.snapshot,
+                    x.unreadable_copies
+                );
+            }
         }
     }
-    if !a.json && a.against.is_none() && v.iter().any(|x| !x.clean || x.bad_copies > 0) {
+    let damage = |x: &restic::verify::RepoVerified| !x.damaged.is_empty() || x.bad_copies > 0;
+    if !a.json && a.against.is_none() && v.iter().any(damage) {
         outln!(
             "a pack is damaged or gone: `snapring repair index --dest {}` rebuilds the \
              index from the packs there (`--read-data` also leaves damaged blobs out), then \
@@ -1452,11 +1506,21 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             snapring::relpath::shown(&a.dest)
         );
     }
+    // A pack that could not be read is no damage found: nothing to repair (`repair
+    // index --read-data` would stop on it too), a rerun may read it.
+    let unread = |x: &restic::verify::RepoVerified| x.unreadable > 0 || x.unreadable_copies > 0;
+    if !a.json && a.against.is_none() && v.iter().any(unread) {
+        outln!(
+            "packs could not be read (I/O errors: a failing disk, a network file system, \
+             the storage): what they hold was not checked and is not known to be damaged; \
+             verify again once the storage reads (nothing to repair for them)"
+        );
+    }
     // A blob read from its second copy leaves the snapshot whole, but a pack of the
     // repository is damaged or gone (bit rot, a lost object): that is what a scheduled
     // verify is run to catch, so it fails as damage does (exit 2), not only a warning.
     Ok(ExitCode::clean_or_partial(v.iter().all(|x| {
-        x.clean && (a.against.is_some() || x.bad_copies == 0)
+        x.clean && (a.against.is_some() || x.bad_copies + x.unreadable_copies == 0)
     })))
 }
 
@@ -1468,7 +1532,7 @@ fn print_against(x: &restic::verify::RepoVerified) {
         against: x.against.clone(),
         clean: x.clean,
         corrupt: x.corrupt,
-        unreadable: x.problems.len() as u64,
+        unreadable: x.unreadable,
         missing: x.missing,
         unexpected: x.unexpected,
         metadata: x.metadata,

@@ -86,7 +86,19 @@ pub trait Backend: Send + Sync {
     fn local_root(&self) -> Option<&Path> {
         None
     }
+    /// `Some(why)` once the storage has answered no pack read at all: reads of
+    /// [`STORAGE_DOWN_PACKS`] distinct packs failed with EIO (each read twice) and no
+    /// pack read of this process succeeded: a disk or NFS server that is down, not a
+    /// bad sector under a pack. A restore stops then, retryable, rather than try every
+    /// file (two reads and a pause per pack) and end `partial` with every file lost.
+    fn storage_down(&self) -> Option<String> {
+        None
+    }
 }
+
+/// Distinct packs answering EIO, with no pack read at all, that make a local
+/// repository's storage count as down ([`Backend::storage_down`]).
+pub const STORAGE_DOWN_PACKS: usize = 3;
 
 /// The path (object key) of a file relative to the repository's root, restic's layout.
 pub fn rel_path(kind: Kind, id: &Id) -> String {
@@ -169,6 +181,23 @@ pub fn is_eio(e: &Error) -> bool {
         if source.raw_os_error() == Some(rustix::io::Errno::IO.raw_os_error()))
 }
 
+/// Whether `e` is a failure to read the storage rather than a verdict on its bytes: an
+/// I/O error (EIO from a failing disk, an NFS client, a FUSE layer; not a file gone
+/// or cut short) or a transport failing past its retries ([`Error::Unreachable`]).
+/// Such bytes are not known to be damaged (a rerun may read them): `verify` reports
+/// them as not checked, never as corrupt, and `repair index` stops on them rather than
+/// leave the pack out.
+pub fn is_read_failure(e: &Error) -> bool {
+    match e {
+        Error::Unreachable(_) => true,
+        Error::Io { source, .. } => !matches!(
+            source.kind(),
+            std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+        ),
+        _ => false,
+    }
+}
+
 /// A repository's directory.
 #[derive(Clone, Debug)]
 pub struct Local {
@@ -178,6 +207,8 @@ pub struct Local {
     /// blob, not its pack), so a pack of 3,000 small blobs that does not read costs
     /// 3,000 failed reads, not 3,000 pauses.
     eio_packs: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Id>>>,
+    /// A pack read succeeded ([`Backend::storage_down`]).
+    read_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The directory of a `file:///PATH` destination, or `None` if `dest` is not one.
@@ -190,6 +221,7 @@ impl Local {
         Local {
             root: root.to_path_buf(),
             eio_packs: Default::default(),
+            read_ok: Default::default(),
         }
     }
 
@@ -289,7 +321,7 @@ impl Backend for Local {
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(pack)
         };
-        match once() {
+        let got = match once() {
             Err(e) if is_eio(&e) && !known_bad() => {
                 tracing::warn!("{e}; reading it once more");
                 std::thread::sleep(EIO_RETRY_PAUSE);
@@ -303,7 +335,31 @@ impl Backend for Local {
                 again
             }
             r => r,
+        };
+        if got.is_ok() {
+            self.read_ok
+                .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        got
+    }
+
+    fn storage_down(&self) -> Option<String> {
+        if self.read_ok.load(std::sync::atomic::Ordering::Relaxed) {
+            return None;
+        }
+        let bad = self
+            .eio_packs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        (bad >= STORAGE_DOWN_PACKS).then(|| {
+            format!(
+                "the repository {} cannot be read: {bad} packs answered EIO (each read twice, \
+                 {} ms apart) and no pack read (its disk, NFS server or mount is failing)",
+                self.root.display(),
+                EIO_RETRY_PAUSE.as_millis()
+            )
+        })
     }
 
     fn remove(&self, kind: Kind, id: &Id) -> Result<()> {

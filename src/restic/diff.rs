@@ -287,7 +287,9 @@ impl Differ<'_> {
             self.cancel,
             &mut |ev| match ev {
                 Visit::Node(p, n) => out.push(one_sided(p, n, change)),
-                Visit::BadTree(p, why) => problems.push((p.escaped(), why)),
+                Visit::BadTree(p, why) | Visit::UnreadableTree(p, why) => {
+                    problems.push((p.escaped(), why))
+                }
             },
         )?;
         self.r.trees_read += trees.len() as u64;

@@ -22,7 +22,11 @@ pub struct PackJson {
     pub blobs: Vec<BlobJson>,
 }
 
+/// One blob of an index file. Checked as it is parsed ([`BlobJson::try_from`]): an
+/// entry no pack can hold is an error of its index file, named, when the index is
+/// loaded, not a panic (or a length near 2^64) when the blob is read later.
 #[derive(Serialize, Deserialize, Debug)]
+#[serde(try_from = "RawBlobJson")]
 pub struct BlobJson {
     pub id: Id,
     #[serde(rename = "type")]
@@ -31,6 +35,47 @@ pub struct BlobJson {
     pub length: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uncompressed_length: Option<u32>,
+}
+
+/// A [`BlobJson`] as written, before it is checked.
+#[derive(Deserialize)]
+struct RawBlobJson {
+    id: Id,
+    #[serde(rename = "type")]
+    kind: BlobType,
+    offset: u32,
+    length: u32,
+    #[serde(default)]
+    uncompressed_length: Option<u32>,
+}
+
+impl TryFrom<RawBlobJson> for BlobJson {
+    type Error = String;
+
+    /// A sealed blob is at least its nonce and MAC ([`super::crypto::OVERHEAD`]
+    /// bytes), and ends within 4 GiB of its pack's start (offsets are 32-bit).
+    fn try_from(b: RawBlobJson) -> Result<BlobJson, String> {
+        let overhead = super::crypto::OVERHEAD as u32;
+        if b.length < overhead {
+            return Err(format!(
+                "blob {} has length {}, less than the {overhead} bytes of its encryption",
+                b.id, b.length
+            ));
+        }
+        if b.offset.checked_add(b.length).is_none() {
+            return Err(format!(
+                "blob {} at offset {} of length {} ends past 4 GiB",
+                b.id, b.offset, b.length
+            ));
+        }
+        Ok(BlobJson {
+            id: b.id,
+            kind: b.kind,
+            offset: b.offset,
+            length: b.length,
+            uncompressed_length: b.uncompressed_length,
+        })
+    }
 }
 
 impl PackJson {
@@ -73,11 +118,12 @@ pub struct Location {
 }
 
 impl Location {
-    /// The blob's plaintext length.
+    /// The blob's plaintext length. (An index entry shorter than the encryption's
+    /// overhead is refused as its file is parsed; one from a pack header gives 0.)
     pub fn plain_len(&self) -> u64 {
         match self.entry.uncompressed_length {
             Some(n) => n as u64,
-            None => self.entry.length as u64 - super::crypto::OVERHEAD as u64,
+            None => (self.entry.length as u64).saturating_sub(super::crypto::OVERHEAD as u64),
         }
     }
 }
@@ -449,5 +495,32 @@ mod tests {
         assert_eq!(loc.entry, entries[1]);
         assert_eq!(loc.plain_len(), 900);
         assert_eq!(idx.get(BlobType::Data, &Id::hash(b"{}")).map(|_| ()), None);
+    }
+
+    /// An entry shorter than a sealed blob's nonce and MAC, or ending past 4 GiB, is an
+    /// error as the index file is parsed (`plain_len` subtracted the overhead from it
+    /// later: a panic in a debug build, a length near 2^64 in a release build).
+    #[test]
+    fn an_entry_no_pack_can_hold_is_refused_as_it_is_parsed() {
+        let json = |offset: u32, length: u32| {
+            format!(
+                r#"{{"packs":[{{"id":"{}","blobs":[{{"id":"{}","type":"data","offset":{offset},"length":{length}}}]}}]}}"#,
+                Id::hash(b"pack"),
+                Id::hash(b"blob")
+            )
+        };
+        let parse = |offset, length| serde_json::from_str::<IndexFile>(&json(offset, length));
+        let e = parse(0, 31).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("blob {} has length 31", Id::hash(b"blob"))),
+            "{e}"
+        );
+        let e = parse(u32::MAX - 40, 41).unwrap_err().to_string();
+        assert!(e.contains("ends past 4 GiB"), "{e}");
+        let f = parse(7, 32).unwrap();
+        let mut idx = Index::default();
+        idx.add_file(&f);
+        let loc = idx.get(BlobType::Data, &Id::hash(b"blob")).unwrap();
+        assert_eq!(loc.plain_len(), 0);
     }
 }

@@ -903,6 +903,36 @@ mod tests {
         Repo::open(dir, b"pw").unwrap()
     }
 
+    /// A crafted index file (an entry shorter than the encryption's overhead) stops the
+    /// repository's opening with an error naming the file, not a panic when the blob
+    /// is read (`Location::plain_len` underflowed).
+    #[test]
+    fn a_crafted_index_entry_is_an_error_naming_its_file() {
+        use super::super::index::BlobJson;
+        let t = tempfile::tempdir().unwrap();
+        let repo = fresh_repo(t.path());
+        let f = IndexFile {
+            supersedes: vec![],
+            packs: vec![PackJson {
+                id: Id::hash(b"pack"),
+                blobs: vec![BlobJson {
+                    id: Id::hash(b"blob"),
+                    kind: BlobType::Data,
+                    offset: 0,
+                    length: 5,
+                    uncompressed_length: None,
+                }],
+            }],
+        };
+        let id = repo.save_json(Kind::Index, &f).unwrap();
+        let e = Repo::open(t.path(), b"pw")
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(e.contains(&format!("index file {id}")), "{e}");
+        assert!(e.contains("has length 5, less than the 32 bytes"), "{e}");
+    }
+
     /// A pack's buffer is reserved once, above glibc's mmap threshold cap, and never
     /// grows while it fills (see `PACK_CAPACITY`).
     #[test]

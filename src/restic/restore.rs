@@ -63,8 +63,11 @@ pub struct RestoreReport {
     /// `partial`, as restic's goes on.
     pub problems: Vec<crate::report::Problem>,
     /// Files an earlier, stopped restore into `to` had finished, found whole and left
-    /// as they are (counted in `files` and `bytes` too).
+    /// as they are, and their bytes (counted in `files` and `bytes` too; `--json` gives
+    /// them as the store's restore gives the files a rerun found identical:
+    /// `skipped_identical`, not in `files_restored` and `bytes_restored`).
     pub kept: u64,
+    pub kept_bytes: u64,
     /// Why the restore stopped before it was done (the target ran full or could not be
     /// written, the repository could not be read, a signal): what was written stays,
     /// with the record of unfinished work in `to` ([`Record`]), and the same restore
@@ -762,7 +765,16 @@ fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<F
                     on.filled.files.fetch_add(1, Ordering::Relaxed);
                     on.filled.bytes.fetch_add(size, Ordering::Relaxed);
                 }
-                Err(FillError::Content(e)) => not_restored(on, &path, link, e, true),
+                Err(FillError::Content(e)) => match storage_down(on.repo, &e) {
+                    // The storage answers no pack read at all: the restore stops (the
+                    // file stays unfinished; the rerun writes it once the storage reads).
+                    Some(why) => {
+                        let stop = Error::Unreachable(format!("{why}: {e}"));
+                        lock(on.failed).get_or_insert(stop);
+                        lock(on.unfinished).push(path);
+                    }
+                    None => not_restored(on, &path, link, e, true),
+                },
                 Err(FillError::Replaced(e)) => not_restored(on, &path, link, e, false),
                 Err(FillError::Metadata(e)) => {
                     on.filled.files.fetch_add(1, Ordering::Relaxed);
@@ -828,6 +840,10 @@ fn prefetch(on: &FillOn, batch: &[Fill]) -> Result<HashMap<Id, Vec<u8>>> {
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
                 // This pack's span is read blob by blob by the fills, which say why.
                 Err(e) => match read_error(e) {
+                    // No pack reads: the fills stop the restore.
+                    FillError::Content(e) if storage_down(on.repo, &e).is_some() => {
+                        return Ok(got);
+                    }
                     FillError::Content(_) => {}
                     // The repository does not read at all: neither will the others.
                     _ => return Ok(got),
@@ -905,6 +921,18 @@ fn linked_to_unreadable(problems: &Problems, first: &Path, why: &str) -> Error {
         "a hard link to {}, whose data does not read: {why}",
         crate::relpath::escape(first.as_os_str().as_bytes())
     ))
+}
+
+/// Why the restore stops on `e`, an EIO reading a pack, when the repository's storage
+/// answers no pack read at all ([`super::backend::Backend::storage_down`]): every
+/// file would fail the same way, each after two reads and a pause, and the restore end
+/// `partial` with everything lost and no record to resume from. Stopped, it keeps the
+/// record, and the same restore run again once the storage reads finishes it (exit 75).
+/// `None` for any other error, or while some pack has read.
+fn storage_down(repo: &Repo, e: &Error) -> Option<String> {
+    super::backend::is_eio(e)
+        .then(|| repo.backend.storage_down())
+        .flatten()
 }
 
 /// What an error reading a file's blob means for the restore.
@@ -1387,6 +1415,7 @@ impl Restorer<'_> {
                     self.report.files += 1;
                     self.report.bytes += n.size;
                     self.report.kept += 1;
+                    self.report.kept_bytes += n.size;
                     return Ok(());
                 }
                 let link = match self.hard_link(n, dir, name, p)? {

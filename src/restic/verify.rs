@@ -6,8 +6,12 @@
 //! directories) that use it, each listed with the reason. Blobs shared by several
 //! snapshots are read once. A blob stored in several packs whose first copy is bad is
 //! read from the next (as restore reads it), the bad pack named in a warning and
-//! counted (`bad_copies`). Reads the repository; writes nothing, takes no lock (packs
-//! are written once and only `prune` removes them).
+//! counted (`bad_copies`). A pack that cannot be read (an I/O error such as EIO, a
+//! transport failing past its retries: [`super::backend::is_read_failure`]) says
+//! nothing of its bytes: the files using it are not checked (`unreadable`, listed in
+//! `problems`), never called corrupt, and the advice is to verify again, not to repair.
+//! Reads the repository; writes nothing, takes no lock (packs are written once and
+//! only `prune` removes them).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -61,13 +65,22 @@ pub struct RepoVerified {
     pub corrupt: u64,
     pub damaged_dirs: u64,
     pub damaged: Vec<Damaged>,
+    /// Files and directories whose blobs could not be read (an I/O error: EIO, a
+    /// transport failing): not checked, so not known to be damaged (a rerun may read
+    /// them); never counted in `corrupt`. Each listed in `problems` (path, reason), as
+    /// the store's verify lists them. With `--against`: every entry of `problems`.
+    pub unreadable: u64,
     /// Data blobs whose first copy is damaged or gone but which another pack holds
     /// intact (each warned about, with the bad pack): the files read, the repository
     /// wants repair (`restic check --read-data`, `restic repair packs`).
     pub bad_copies: u64,
+    /// Data blobs whose first copy could not be read (an I/O error) but which another
+    /// pack holds intact: the files read; the pack was not checked (verify again).
+    pub unreadable_copies: u64,
     /// With `--against DIR` only (the store's verify fields): entries of the snapshot
     /// not in DIR, entries of DIR not in the snapshot, metadata differences, every
-    /// difference, and what could not be read (a damaged blob among them).
+    /// difference, and what could not be read (a damaged blob among them). Against the
+    /// repository, `problems` lists the entries counted in `unreadable`.
     pub missing: u64,
     pub unexpected: u64,
     pub metadata: u64,
@@ -111,8 +124,8 @@ pub fn verify(
             .collect();
     }
     let jobs = if jobs == 0 { 4 } else { jobs };
-    // Every data blob checked so far: `None` good, `Some(why)` damaged.
-    let mut verdicts: HashMap<Id, Option<String>> = HashMap::new();
+    // Every data blob checked so far.
+    let mut verdicts: HashMap<Id, Verdict> = HashMap::new();
     let mut out = Vec::new();
     for (id, snap) in targets {
         out.push(one(repo, id, &snap, &mut verdicts, jobs, cancel)?);
@@ -147,6 +160,7 @@ fn one_against(
             .to_string(),
         clean: o.differences.is_empty() && o.problems.is_empty(),
         corrupt: n(Change::Content),
+        unreadable: o.problems.len() as u64,
         missing: n(Change::Removed),
         unexpected: n(Change::Added),
         metadata: n(Change::Metadata),
@@ -158,11 +172,31 @@ fn one_against(
     })
 }
 
+/// What became of a data blob.
+#[derive(Clone, Debug)]
+enum Verdict {
+    Good,
+    /// It does not check (or is gone): damage.
+    Damaged(String),
+    /// Its pack could not be read (an I/O error): not checked.
+    Unreadable(String),
+}
+
+/// The verdict on bytes that could not be had: `e` a read failure (not checked) or
+/// damage (a checksum mismatch, a pack gone or cut short).
+fn failed(e: &Error, why: String) -> Verdict {
+    if super::backend::is_read_failure(e) {
+        Verdict::Unreadable(why)
+    } else {
+        Verdict::Damaged(why)
+    }
+}
+
 fn one(
     repo: &Repo,
     id: Id,
     snap: &Snapshot,
-    verdicts: &mut HashMap<Id, Option<String>>,
+    verdicts: &mut HashMap<Id, Verdict>,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<RepoVerified> {
@@ -177,6 +211,14 @@ fn one(
     // The source's ancestors are read (and so checked) on the way to its tree.
     let start = match snapshot::source_tree(repo, snap) {
         Ok((t, _)) => t,
+        Err(e @ Error::Io { .. }) if super::backend::is_read_failure(&e) => {
+            v.problems.push((
+                ".".into(),
+                format!("the snapshot's tree above its source: {e}"),
+            ));
+            v.unreadable = 1;
+            return Ok(v);
+        }
         Err(e @ (Error::Corrupt { .. } | Error::Io { .. } | Error::Missing(_))) => {
             v.damaged.push(Damaged {
                 path: ".".into(),
@@ -216,6 +258,10 @@ fn one(
                     reason: why,
                 });
             }
+            Visit::UnreadableTree(rel, why) => {
+                v.unreadable += 1;
+                v.problems.push((rel.escaped(), why));
+            }
         },
     )?;
     v.tree_blobs = trees.len() as u64;
@@ -231,23 +277,41 @@ fn one(
         match repo.index.get(BlobType::Data, b) {
             Some(Location { pack, entry }) => by_pack.entry(pack).or_default().push(entry),
             None => {
-                verdicts.insert(*b, Some(format!("data blob {b} is not in any index")));
+                let why = format!("data blob {b} is not in any index");
+                verdicts.insert(*b, Verdict::Damaged(why));
             }
         }
     }
     let (read, mut bytes) = read_packs(repo, by_pack, verdicts, jobs, cancel)?;
     // A blob whose first copy is bad: its other copies, one by one.
     for b in &unchecked {
-        let Some(Some(why)) = verdicts.get(b).cloned() else {
-            continue;
+        let (mut why, first_unreadable) = match verdicts.get(b) {
+            Some(Verdict::Damaged(why)) => (why.clone(), false),
+            Some(Verdict::Unreadable(why)) => (why.clone(), true),
+            _ => continue,
         };
+        // Whether a copy could not be read: then the blob is not known to be damaged.
+        let mut unreadable = first_unreadable;
         let copies = repo.index.locations(BlobType::Data, b);
-        let mut why = why;
+        let mut good = false;
         for loc in copies.iter().skip(1) {
             if cancel.load(Ordering::Relaxed) {
                 return Err(Error::Cancelled);
             }
             match repo.read_blob_at(loc) {
+                Ok((plain, _)) if first_unreadable => {
+                    tracing::warn!(
+                        "data blob {b}: its copy in pack {} could not be read ({why}; an I/O \
+                         error, not a checksum mismatch: not checked, verify again); its copy \
+                         in pack {} is intact",
+                        copies[0].pack,
+                        loc.pack
+                    );
+                    v.unreadable_copies += 1;
+                    bytes += plain.len() as u64;
+                    good = true;
+                    break;
+                }
                 Ok((plain, _)) => {
                     tracing::warn!(
                         "data blob {b}: its copy in pack {} is damaged or gone ({why}); its \
@@ -258,24 +322,30 @@ fn one(
                     );
                     v.bad_copies += 1;
                     bytes += plain.len() as u64;
-                    verdicts.insert(*b, None);
+                    good = true;
                     break;
                 }
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
-                Err(e) => why = format!("{why}; its copy in pack {}: {e}", loc.pack),
+                Err(e) => {
+                    unreadable |= super::backend::is_read_failure(&e);
+                    why = format!("{why}; its copy in pack {}: {e}", loc.pack);
+                }
             }
         }
-        if let Some(Some(_)) = verdicts.get(b) {
-            verdicts.insert(*b, Some(why));
-        }
+        let verdict = match (good, unreadable) {
+            (true, _) => Verdict::Good,
+            (false, true) => Verdict::Unreadable(why),
+            (false, false) => Verdict::Damaged(why),
+        };
+        verdicts.insert(*b, verdict);
     }
     v.data_blobs_read = read;
     v.data_bytes_read = bytes;
-    // 3. Damage found: which files use the damaged blobs (the trees again, from the
-    // repository; a damaged tree is listed already).
+    // 3. Damage found, or blobs not read: which files use them (the trees again, from
+    // the repository; a damaged or unreadable tree is listed already).
     if blobs
         .iter()
-        .any(|b| matches!(verdicts.get(b), Some(Some(_))))
+        .any(|b| !matches!(verdicts.get(b), Some(Verdict::Good)))
     {
         let mut seen = HashSet::new();
         walk(
@@ -286,18 +356,30 @@ fn one(
             cancel,
             &mut |ev| {
                 let Visit::Node(rel, n) = ev else { return };
-                let bad = n
-                    .content
-                    .iter()
-                    .flatten()
-                    .find_map(|b| verdicts.get(b).cloned().flatten());
-                if let (true, Some(why)) = (n.kind == "file", bad) {
+                if n.kind != "file" {
+                    return;
+                }
+                // A damaged blob makes the file damaged, whatever else did not read.
+                let of = |damaged: bool| {
+                    n.content
+                        .iter()
+                        .flatten()
+                        .find_map(|b| match verdicts.get(b) {
+                            Some(Verdict::Damaged(why)) if damaged => Some(why.clone()),
+                            Some(Verdict::Unreadable(why)) if !damaged => Some(why.clone()),
+                            _ => None,
+                        })
+                };
+                if let Some(why) = of(true) {
                     v.corrupt += 1;
                     v.damaged.push(Damaged {
                         path: rel.escaped(),
                         kind: "file".into(),
                         reason: why,
                     });
+                } else if let Some(why) = of(false) {
+                    v.unreadable += 1;
+                    v.problems.push((rel.escaped(), why));
                 }
             },
         )?;
@@ -307,18 +389,23 @@ fn one(
             .ok()
             .cmp(&RelPath::from_escaped(&b.path).ok())
     });
-    v.clean = v.damaged.is_empty();
+    v.problems
+        .sort_by_key(|(p, _)| RelPath::from_escaped(p).ok());
+    v.clean = v.damaged.is_empty() && v.problems.is_empty();
     Ok(v)
 }
 
-/// What `walk` reports: a node (with its path), or a tree blob that does not check.
+/// What `walk` reports: a node (with its path), a tree blob that does not check (or
+/// is gone), or one that could not be read (an I/O error: not known to be damaged).
 pub(crate) enum Visit<'a> {
     Node(&'a RelPath, &'a Node),
     BadTree(&'a RelPath, String),
+    UnreadableTree(&'a RelPath, String),
 }
 
 /// Depth first, names in tree order, from tree `id` at `rel`. A tree that does not
-/// read or check is reported (`BadTree`) and not descended into; a name that is not one
+/// read or check is reported (`UnreadableTree` for a read failure, else `BadTree`)
+/// and not descended into; a name that is not one
 /// path component is reported the same way. `trees` collects the tree ids read.
 pub(crate) fn walk(
     repo: &Repo,
@@ -334,6 +421,11 @@ pub(crate) fn walk(
     trees.insert(id);
     let t = match repo.read_tree(&id) {
         Ok(t) => t,
+        // (A server failing past its retries stops the walk, as before.)
+        Err(e @ Error::Io { .. }) if super::backend::is_read_failure(&e) => {
+            f(Visit::UnreadableTree(rel, e.to_string()));
+            return Ok(());
+        }
         Err(e @ (Error::Corrupt { .. } | Error::Io { .. } | Error::Missing(_))) => {
             f(Visit::BadTree(rel, e.to_string()));
             return Ok(());
@@ -364,7 +456,7 @@ pub(crate) fn walk(
 fn read_packs(
     repo: &Repo,
     by_pack: HashMap<Id, Vec<Entry>>,
-    verdicts: &mut HashMap<Id, Option<String>>,
+    verdicts: &mut HashMap<Id, Verdict>,
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<(u64, u64)> {
@@ -398,7 +490,11 @@ fn read_packs(
         return Err(Error::Cancelled);
     }
     let found = found.into_inner().unwrap_or_else(|e| e.into_inner());
-    let n = found.len() as u64;
+    // Blobs whose pack could not be read were not read.
+    let n = found
+        .iter()
+        .filter(|(_, v)| !matches!(v, Verdict::Unreadable(_)))
+        .count() as u64;
     verdicts.extend(found);
     Ok((n, plain.into_inner()))
 }
@@ -407,7 +503,7 @@ fn read_packs(
 /// whose blobs do not all check is read again before they are called damaged
 /// ([`super::reread::read_checked`]: damaged once two reads agree byte for byte); one
 /// read garbled in transit is no damage.
-fn check_pack(repo: &Repo, pack: &Id, entries: &[Entry]) -> Vec<(Id, Option<String>, u64)> {
+fn check_pack(repo: &Repo, pack: &Id, entries: &[Entry]) -> Vec<(Id, Verdict, u64)> {
     use super::reread::{Outcome, garbled_reason, read_checked};
     let start = entries.first().map_or(0, |e| e.offset as u64);
     let end = entries
@@ -425,15 +521,23 @@ fn check_pack(repo: &Repo, pack: &Id, entries: &[Entry]) -> Vec<(Id, Option<Stri
     match got {
         Ok((_, v, Outcome::Garbled)) => v
             .into_iter()
-            .map(|(id, why, n)| (id, why.map(|w| format!("{w}; {}", garbled_reason())), n))
+            .map(|(id, why, n)| match why {
+                None => (id, Verdict::Good, n),
+                Some(w) => (
+                    id,
+                    Verdict::Damaged(format!("{w}; {}", garbled_reason())),
+                    n,
+                ),
+            })
             .collect(),
-        Ok((_, v, _)) => v,
-        Err(e) => {
-            let why = format!("pack {pack}: {e}");
-            entries
-                .iter()
-                .map(|e| (e.id, Some(why.clone()), 0))
-                .collect()
+        Ok((_, v, _)) => v
+            .into_iter()
+            .map(|(id, why, n)| (id, why.map_or(Verdict::Good, Verdict::Damaged), n))
+            .collect(),
+        // The pack could not be read (an I/O error), or is gone or shorter.
+        Err(x) => {
+            let verdict = failed(&x, format!("pack {pack}: {x}"));
+            entries.iter().map(|e| (e.id, verdict.clone(), 0)).collect()
         }
     }
 }
