@@ -221,6 +221,9 @@ struct Counts {
     kept_excluded: AtomicU64,
     conflicts: Mutex<Vec<Conflict>>,
     conflicts_total: AtomicU64,
+    /// Of those, names the target holds as one with another of the snapshot (`d`, `D`
+    /// on FAT: [`Restore::in_the_way`]), which `--overwrite` does not change.
+    case_conflicts: AtomicU64,
     problems: Mutex<Vec<Problem>>,
     errors: AtomicU64,
     /// Entries the target did not keep the snapshot's mode of (FAT, exFAT: no modes),
@@ -234,14 +237,18 @@ struct Counts {
     time_off_ns: AtomicU64,
 }
 
-/// What the target file system keeps of what a restore sets, found by a probe file
-/// ([`Restore::holds`]) when an existing entry differs only in mode, owner or time.
+/// What the target file system keeps of what a restore sets, and whether it holds
+/// special files, found by a probe file ([`Restore::holds`]) when an existing entry
+/// differs only in mode, owner or time, or a special file could not be made.
 #[derive(Clone, Copy, Debug)]
 struct Holds {
     mode: bool,
     owner: bool,
     /// Times within this many ns of each other are the same time there (0: exact).
     time_ns: u64,
+    /// A fifo can be made there (FAT through `fusefat` answers EIO, and leaves an
+    /// empty regular file of that name).
+    special: bool,
 }
 
 impl Holds {
@@ -249,7 +256,14 @@ impl Holds {
         mode: true,
         owner: true,
         time_ns: 0,
+        special: true,
     };
+
+    /// A file system the probe found to be one that cannot hold everything (FAT,
+    /// exFAT): no modes, or no special files.
+    fn limited(&self) -> bool {
+        !self.mode || !self.special
+    }
 }
 
 /// A target-side error that is about this entry and that a rerun cannot get past: a
@@ -289,6 +303,21 @@ const MAY_NOT_HOLD_MAGIC: [u64; 9] = [
     0x482b,      // HFSPLUS_SUPER_MAGIC
     0x6573_5546, // FUSE_SUPER_MAGIC
 ];
+
+/// What the partial summary says would resolve `total` conflicts, `case` of them names
+/// the target holds as one ([`Restore::in_the_way`]): `--overwrite` replaces the others
+/// only; no option puts both names into such a target.
+fn conflict_hint(total: u64, case: u64) -> String {
+    let case_hint = "names that differ only in case, one name on the target's file system: no option restores both there; restore the other with --path into another --to";
+    match case {
+        0 => "--overwrite replaces them".into(),
+        c if c >= total => case_hint.into(),
+        c => format!(
+            "{c} of them {case_hint}; --overwrite replaces the other {}",
+            total - c
+        ),
+    }
+}
 
 /// How far apart two times are, in ns (saturating).
 fn time_off(a: &fsx::Time, b: &fsx::Time) -> u64 {
@@ -477,6 +506,9 @@ struct Restore<'a, R: SnapshotReader> {
     one_fs_run: bool,
     /// What the target keeps, probed once when first needed ([`Restore::holds`]).
     holds: std::sync::OnceLock<Holds>,
+    /// The longest prefix of `--to` that exists: where a dry run into a target (or a
+    /// directory of it) that does not exist yet probes ([`Restore::plan_not_held`]).
+    existing: &'a OwnedFd,
 }
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
@@ -714,6 +746,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         to_mount: to_fd.as_ref().and_then(|fd| fsx::mount_key(b(fd)).ok()),
         one_fs_run: sel.run.as_ref().is_some_and(|r| r.one_file_system),
         holds: std::sync::OnceLock::new(),
+        existing: &existing,
     };
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -1457,8 +1490,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
     /// directory the restore made) failed. An entry in the way is a conflict, that
     /// entry left alone and the rest restored ([`Restore::in_the_way`]); a name the
     /// target refuses with ENOENT (exFAT's FUSE driver, for `a:b`) in a directory that
-    /// is still there is a problem of this entry; any other failure is
-    /// [`Restore::dest_error`]'s.
+    /// is still there, or with EPERM on a file system the probe found to be one that
+    /// cannot hold everything (FAT through `fusefat`, for `a:b`), is a problem of this
+    /// entry saying so; any other failure is [`Restore::dest_error`]'s (EPERM elsewhere
+    /// is a permission: an immutable directory, which a rerun may get past).
     fn create_error(
         &self,
         dir: &OwnedFd,
@@ -1469,19 +1504,51 @@ impl<R: SnapshotReader> Restore<'_, R> {
     ) {
         if fsx::errno_is(&e, Errno::EXIST) {
             self.in_the_way(dir, rel, to);
-        } else if fsx::errno_is(&e, Errno::NOENT) && fsx::fstat(b(dir)).is_ok_and(|m| m.nlink > 0) {
+        } else if (fsx::errno_is(&e, Errno::NOENT) && fsx::fstat(b(dir)).is_ok_and(|m| m.nlink > 0))
+            || (fsx::errno_is(&e, Errno::PERM) && self.holds(dir).limited())
+        {
             self.problem(
                 rel,
                 ProblemKind::NotRestored,
                 action,
                 format!(
-                    "{e}: the target file system refused the name {} in a directory that is there (as exFAT refuses `:`, `?`, `*`); not restored, and running the restore again will not change that",
+                    "{e}: the target file system cannot hold the name {} (as FAT and exFAT refuse `:`, `?`, `*`); not restored, and running the restore again will not change that",
                     crate::relpath::escape(to)
                 ),
             );
         } else {
             self.dest_error(rel, action, e);
         }
+    }
+
+    /// Whether `mknod` in `dir` failed with `e` because the target's file system cannot
+    /// hold special files: an error that would otherwise stop the restore (EIO: what
+    /// FAT through `fusefat` answers), where the probe ([`Restore::holds`]) could not
+    /// make a fifo either. An EIO elsewhere is the target's and stops the restore.
+    fn no_special(&self, dir: &OwnedFd, e: &std::io::Error) -> bool {
+        let per_entry = fsx::errno_is(e, Errno::EXIST)
+            || fsx::errno_is(e, Errno::PERM)
+            || fsx::errno_is(e, Errno::ACCESS)
+            || fsx::errno_is(e, Errno::NOENT)
+            || fsx::owner_not_set(e).is_some()
+            || cannot_hold(e);
+        !per_entry && !self.holds(dir).special
+    }
+
+    /// A special file (fifo, socket, device) the target's file system cannot hold
+    /// ([`Restore::no_special`]): a problem of its entry, as a symlink on FAT.
+    /// `e`: the error the target answered (empty in a dry run, which makes nothing).
+    fn special_not_held(&self, rel: &RelPath, m: &Meta, e: impl std::fmt::Display) {
+        self.problem(
+            rel,
+            ProblemKind::NotRestored,
+            "create",
+            format!(
+                "{e}{}the target file system cannot hold a {} (as FAT and exFAT hold no fifo, socket or device); not restored, and running the restore again will not change that",
+                if e.to_string().is_empty() { "" } else { ": " },
+                m.kind.name()
+            ),
+        );
     }
 
     /// `name` could not be made in `dir` (of the entry at `rel`): something is there.
@@ -1492,13 +1559,16 @@ impl<R: SnapshotReader> Restore<'_, R> {
     fn in_the_way(&self, dir: &OwnedFd, rel: &RelPath, name: &[u8]) {
         let esc = crate::relpath::escape;
         let reason = match case_twin(dir, name) {
-            Some(other) => format!(
-                "the target file system cannot hold both {} and {} (it takes names that differ only in case for one name): {} is there, {} was not restored",
-                esc(&other),
-                esc(name),
-                esc(&other),
-                esc(name)
-            ),
+            Some(other) => {
+                add(&self.counts.case_conflicts, 1);
+                format!(
+                    "the target file system cannot hold both {} and {} (it takes names that differ only in case for one name): {} is there, {} was not restored",
+                    esc(&other),
+                    esc(name),
+                    esc(&other),
+                    esc(name)
+                )
+            }
             None => format!(
                 "{} appeared in the target during the restore, in the way of this entry; not restored",
                 esc(name)
@@ -1757,7 +1827,6 @@ impl<R: SnapshotReader> Restore<'_, R> {
         // and a stat by this name would find it (its content compared, a directory
         // merged into it).
         if node.twins.contains(&name)
-            && !self.opts.dry_run
             && let Some(d) = &node.dst
             && case_twin(d, &name).is_some()
         {
@@ -1880,6 +1949,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
     ) {
         let mode = self.opts.mode;
         let Some(x) = existing else {
+            if self.plan_not_held(at, m) {
+                return;
+            }
             self.say('+', &at.rel, "");
             self.create(at, e, m, None, src);
             return;
@@ -1891,6 +1963,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     m.kind.name()
                 );
                 self.conflict(&at.rel, why);
+                return;
+            }
+            if self.plan_not_held(at, m) {
                 return;
             }
             self.say('~', &at.rel, "");
@@ -1918,6 +1993,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             // In a directory a stopped run of this restore made, what differs is its own
             // half-done work, not the user's.
             Same::No(why) if mode == Mode::Safe && !at.node.ours => self.conflict(&at.rel, why),
+            Same::No(_) if self.plan_not_held(at, m) => {}
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
                 // Counted once it is replaced: a copy that failed (a full disk) left the
@@ -1927,6 +2003,27 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 }
             }
         }
+    }
+
+    /// A dry run: a special file the target's file system cannot hold (the probe's
+    /// answer, [`Restore::holds`], in the target directory or the nearest one that
+    /// exists) is planned as the restore would end it, a problem of its entry
+    /// ([`Restore::special_not_held`]).
+    fn plan_not_held(&self, at: &At<'_, R::Dir>, m: &Meta) -> bool {
+        if !self.opts.dry_run || matches!(m.kind, Kind::File | Kind::Dir | Kind::Symlink) {
+            return false;
+        }
+        let dir = at
+            .node
+            .dst
+            .as_ref()
+            .or(self.to_root)
+            .unwrap_or(self.existing);
+        if self.holds(dir).special {
+            return false;
+        }
+        self.special_not_held(&at.rel, m, "");
+        true
     }
 
     /// Compares an existing target entry `x` with the snapshot's (content by hash).
@@ -2170,7 +2267,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 let _ = fsx::unlink_at(b(dst), to);
                 if !replace && fsx::errno_is(&e, Errno::EXIST) {
                     self.in_the_way(dst, rel, name);
-                } else if fsx::errno_is(&e, Errno::NOENT) {
+                } else if fsx::errno_is(&e, Errno::NOENT) || fsx::errno_is(&e, Errno::PERM) {
                     // The temporary name is there: the target refused `name`.
                     let action = if replace {
                         "replace"
@@ -2335,25 +2432,74 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
     }
 
-    /// What the target keeps of mode, owner and times (probed once, in `dir`, when an
-    /// existing entry first differs in one of them only).
+    /// What the target keeps of mode, owner and times, and whether it holds special
+    /// files (probed once, in `dir`, when an existing entry first differs in one of them
+    /// only, or a special file could not be made). A dry run probes as the restore
+    /// would, so it plans the same.
     fn holds(&self, dir: &OwnedFd) -> Holds {
         *self.holds.get_or_init(|| self.probe(dir))
     }
 
     /// Writes a file under a temporary name in `dir` (removed by a rerun if the restore
     /// is killed first), gives it mode 0640, another owner (as root) and a time of odd
-    /// seconds and nanoseconds, and reads back what it kept; removes it. Anything
-    /// refused before the read (a directory it may not write in) keeps the old rule:
-    /// everything is compared.
+    /// seconds and nanoseconds, and reads back what it kept; makes a fifo under another
+    /// temporary name; removes both, and gives `dir` back the modification time it had
+    /// (a dry run leaves the target as it was). Anything refused before the read (a
+    /// directory it may not write in) keeps the old rule: everything is compared, and
+    /// special files are taken as held.
     fn probe(&self, dir: &OwnedFd) -> Holds {
         // A Linux file system (ext4, XFS, btrfs, tmpfs, NFS) keeps all of it: no probe,
         // nothing written beside a conflict in a user's directory.
         let may_not_hold = rustix::fs::fstatfs(dir)
             .is_ok_and(|fs| MAY_NOT_HOLD_MAGIC.contains(&(fs.f_type as u64)));
-        if self.opts.dry_run || !may_not_hold {
+        if !may_not_hold {
             return Holds::ALL;
         }
+        let Ok(st) = rustix::fs::fstat(dir) else {
+            return Holds::ALL;
+        };
+        let h = self.probe_files(dir, &Meta::from_stat(&st));
+        // The probe's entries touched the directory's mtime: it gets back the one it had,
+        // and its atime as it was (`fusefat` ignores a new mtime whose atime is
+        // UTIME_OMIT). Only when it changed: `fusefat` dies setting the times of a FAT
+        // root directory (which has none: always 1970).
+        let now = rustix::fs::fstat(dir);
+        if now.is_ok_and(|n| (n.st_mtime, n.st_mtime_nsec) == (st.st_mtime, st.st_mtime_nsec)) {
+            tracing::info!("the target keeps {h:?}");
+            return h;
+        }
+        #[allow(clippy::unnecessary_cast)]
+        let times = rustix::fs::Timestamps {
+            last_access: rustix::fs::Timespec {
+                tv_sec: st.st_atime as _,
+                tv_nsec: st.st_atime_nsec as _,
+            },
+            last_modification: rustix::fs::Timespec {
+                tv_sec: st.st_mtime as _,
+                tv_nsec: st.st_mtime_nsec as _,
+            },
+        };
+        let _ = rustix::fs::futimens(dir, &times);
+        tracing::info!("the target keeps {h:?}");
+        h
+    }
+
+    /// The probe's files ([`Restore::probe`]), made and removed in `dir`.
+    fn probe_files(&self, dir: &OwnedFd, dir_meta: &Meta) -> Holds {
+        let fifo = self.tmp_name();
+        let special = fsx::mknod_at(
+            b(dir),
+            &fifo,
+            &Meta {
+                kind: Kind::Fifo,
+                perm: 0o600,
+                rdev: 0,
+                ..*dir_meta
+            },
+        )
+        .is_ok();
+        // Also when refused: FAT through `fusefat` leaves an empty regular file.
+        let _ = fsx::unlink_at(b(dir), &fifo);
         let name = self.tmp_name();
         let Ok(fd) = fsx::create_at_mode(b(dir), &name, 0o600) else {
             return Holds::ALL;
@@ -2397,13 +2543,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 .find(|c| off < *c)
                 .unwrap_or(u64::MAX),
         };
-        let h = Holds {
+        Holds {
             mode: g.perm & 0o7777 == 0o640,
             owner,
             time_ns,
-        };
-        tracing::info!("the target keeps {h:?}");
-        h
+            special,
+        }
     }
 
     /// Gives a file this restore created the snapshot's owner and mode. The owner and
@@ -2471,7 +2616,17 @@ impl<R: SnapshotReader> Restore<'_, R> {
             fsx::mknod_at(b(dst), to, m)
         };
         if let Err(e) = made {
-            self.create_error(dst, &at.rel, to, "create", e);
+            if m.kind != Kind::Symlink && self.no_special(dst, &e) {
+                // FAT through `fusefat` leaves an empty regular file of the name (a
+                // temporary one, or the entry's own in a directory the restore made,
+                // where nothing was: either way not the user's).
+                if fsx::lstat_at(b(dst), to).is_ok_and(|x| x.kind == Kind::File && x.size == 0) {
+                    let _ = fsx::unlink_at(b(dst), to);
+                }
+                self.special_not_held(&at.rel, m, e);
+            } else {
+                self.create_error(dst, &at.rel, to, "create", e);
+            }
             return false;
         }
         // Tests kill a restore here: the entry made, its metadata not yet set.
@@ -2570,7 +2725,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
             (
                 Status::Partial,
                 format!(
-                    "{conflicts_total} conflicts left alone (--overwrite replaces them), {errors} problems"
+                    "{conflicts_total} conflicts left alone ({}), {errors} problems",
+                    conflict_hint(conflicts_total, g(&c.case_conflicts))
                 ),
             )
         } else {

@@ -131,9 +131,10 @@ fn problem<'a>(rep: &'a serde_json::Value, path: &str) -> Vec<&'a serde_json::Va
 
 /// What FAT cannot hold stopped the restore at the first such entry (`failed`, exit
 /// 1, "cannot create link: Function not implemented"), every rerun alike. Now each is
-/// a problem of its own entry, with the action that failed and saying a rerun will not
-/// change it (kind `not_restored`, not `metadata`: nothing of it is there); `d` and `D`
-/// are a conflict naming both; the rest is restored, `partial`, exit 2.
+/// a problem of its own entry, with the action that failed and saying the target
+/// cannot hold it and a rerun will not change it (kind `not_restored`, not `metadata`:
+/// nothing of it is there); `d` and `D` are a conflict naming both, and the summary
+/// does not offer `--overwrite` for it; the rest is restored, `partial`, exit 2.
 #[test]
 fn a_fat_target_restores_what_it_can_hold_and_names_the_rest() {
     let t = tempfile::tempdir().unwrap();
@@ -155,11 +156,15 @@ fn a_fat_target_restores_what_it_can_hold_and_names_the_rest() {
         assert_eq!(p[0]["kind"], "not_restored", "{rep}");
         assert_eq!(p[0]["action"], action, "{rep}");
     }
-    let link = problem(&rep, "link")[0]["error"].as_str().unwrap();
-    assert!(
-        link.contains("cannot hold") && link.contains("will not change"),
-        "{link}"
-    );
+    // Worded alike: the symlink (ENOSYS) and the name `a:b` (EPERM from `fusefat`,
+    // which was the bare "Operation not permitted").
+    for path in ["link", "a:b"] {
+        let e = problem(&rep, path)[0]["error"].as_str().unwrap();
+        assert!(
+            e.contains("cannot hold") && e.contains("will not change"),
+            "{path}: {e}"
+        );
+    }
     // One of `d` and `D` is there, the other a conflict naming both.
     assert_eq!(rep["conflicts_total"], 1, "{rep}");
     let c = &rep["conflicts"][0];
@@ -167,6 +172,12 @@ fn a_fat_target_restores_what_it_can_hold_and_names_the_rest() {
     assert!(
         reason.contains("cannot hold both") && reason.contains(" d ") && reason.contains(" D "),
         "{rep}"
+    );
+    // `--overwrite` does not put both names there: the summary did say it replaces them.
+    let msg = rep["message"].as_str().unwrap();
+    assert!(
+        !msg.contains("--overwrite") && msg.contains("no option restores both"),
+        "{msg}"
     );
     let kept = if c["path"] == "d" { "D/g" } else { "d/f" };
     let want: &[u8] = if kept == "D/g" { b"upper" } else { b"lower" };
@@ -233,4 +244,197 @@ fn a_rerun_into_a_fat_target_takes_its_own_entries_as_restored() {
             "{extra:?}: {rep}"
         );
     }
+}
+
+/// Every entry under `root` (hidden ones too) with its kind, size and mtime (s): what
+/// a restore that should write nothing must leave as it was.
+fn state(root: &Path) -> Vec<(PathBuf, bool, u64, i64)> {
+    let mut out = Vec::new();
+    let mut todo = vec![root.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        let m = std::fs::symlink_metadata(&d).unwrap();
+        out.push((d.clone(), m.is_dir(), m.len(), m.mtime()));
+        if m.is_dir() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                todo.push(e.unwrap().path());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The part of a [`state`] at or below `dir`.
+fn state_of(s: &[(PathBuf, bool, u64, i64)], dir: &Path) -> Vec<(PathBuf, bool, u64, i64)> {
+    s.iter().filter(|e| e.0.starts_with(dir)).cloned().collect()
+}
+
+/// The target's temporary files (`.snapring-restore.*.tmp`) anywhere under `root`.
+fn leftovers(root: &Path) -> Vec<PathBuf> {
+    state(root)
+        .into_iter()
+        .map(|s| s.0)
+        .filter(|p| {
+            let n = p.file_name().unwrap().to_string_lossy().into_owned();
+            n.starts_with(".snapring-restore.") && n.ends_with(".tmp")
+        })
+        .collect()
+}
+
+/// A fifo on FAT: `mknod` answers EIO there (and `fusefat` leaves an empty regular
+/// file of the name). EIO stopped the restore (`failed`, exit 1, "running it again once
+/// the target works finishes it"), on every rerun alike, with an empty `sub/fifo` (or
+/// a temporary file) left in the target. Now the probe finds the target holds no
+/// special files: the fifo is a problem of its own entry (`not_restored`, "cannot hold
+/// a fifo"), nothing of it is left, the rest is restored, `partial`, exit 2; into a
+/// directory that was there before (temporary names) as into one the restore made,
+/// and on a rerun. A dry run plans it so.
+#[test]
+fn a_fifo_on_a_fat_target_is_a_problem_of_its_own_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(fat) = Fat::mount(t.path()) else {
+        return;
+    };
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("a"), b"a");
+    write(&src.join("sub/f"), b"f");
+    write(&src.join("old/f"), b"f");
+    for fifo in ["sub/fifo", "old/fifo"] {
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            src.join(fifo),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
+    }
+    let (code, rep, err) = backup(&src, &store, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let to = fat.mnt.join("r");
+    // `old` is there before the restore: its entries are written under temporary names.
+    std::fs::create_dir_all(to.join("old")).unwrap();
+    for run in ["first", "rerun"] {
+        let (code, out, err) = restore(&store, &to, &["--json"]);
+        let rep = json(&out);
+        assert_eq!(code, 2, "{run}: {err}\n{rep}");
+        assert_eq!(rep["status"], "partial", "{run}: {rep}");
+        for fifo in ["sub/fifo", "old/fifo"] {
+            let p = problem(&rep, fifo);
+            assert_eq!(p.len(), 1, "{run}: {fifo}: {rep}");
+            assert_eq!(p[0]["kind"], "not_restored", "{run}: {rep}");
+            assert_eq!(p[0]["action"], "create", "{run}: {rep}");
+            let e = p[0]["error"].as_str().unwrap();
+            assert!(
+                e.contains("cannot hold a fifo") && e.contains("will not change"),
+                "{run}: {e}"
+            );
+            assert!(!to.join(fifo).exists(), "{run}: {fifo} left in the target");
+        }
+        for f in ["a", "sub/f", "old/f"] {
+            assert!(to.join(f).exists(), "{run}: {f}");
+        }
+        assert_eq!(leftovers(&to), Vec::<PathBuf>::new(), "{run}");
+    }
+    // A dry run into a target that does not exist yet probes the nearest directory
+    // that does, and leaves it as it was.
+    let before = state(&fat.mnt);
+    let (code, out, err) = restore(&store, &fat.mnt.join("new/r"), &["--dry-run", "--json"]);
+    let plan = json(&out);
+    assert_eq!(state(&fat.mnt), before, "the dry run changed the target");
+    assert_eq!(code, 2, "{err}\n{plan}");
+    for fifo in ["sub/fifo", "old/fifo"] {
+        let p = problem(&plan, fifo);
+        assert!(p.len() == 1 && p[0]["kind"] == "not_restored", "{plan}");
+        assert!(
+            !err.contains(&format!("+ {fifo}")),
+            "planned as created: {err}"
+        );
+    }
+}
+
+/// A rerun onto a FAT target (files restored, the target holding no modes and 2 s
+/// times) compared modes and times exactly in a dry run (it did not probe): its plan
+/// showed every restored file as a conflict (`mode differs`) the real run does not
+/// report. Now the dry run probes as the real run does and plans the same, and leaves
+/// the target as it was: no probe file, and every directory's mtime as it was (the
+/// probe's file touched the mtime of the directory it was made in, in a real run too).
+#[test]
+fn a_dry_run_onto_a_fat_target_plans_what_the_rerun_does_and_writes_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(fat) = Fat::mount(t.path()) else {
+        return;
+    };
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    source(&src);
+    let (code, rep, err) = backup(&src, &store, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let to = fat.mnt.join("r");
+    let (_, out, _) = restore(&store, &to, &["--json"]);
+    let first = json(&out);
+    let restored = first["files_restored"].as_u64().unwrap();
+    let before = state(&to);
+    let (code, out, err) = restore(&store, &to, &["--dry-run", "--json"]);
+    let plan = json(&out);
+    assert_eq!(state(&to), before, "the dry run changed the target");
+    assert_eq!(code, 2, "{err}\n{plan}");
+    assert!(!err.contains("mode differs"), "{err}");
+    assert_eq!(plan["conflicts_total"], 1, "only d/D: {plan}\n{err}");
+    assert_eq!(plan["skipped_identical"], restored, "{plan}");
+    assert_eq!(plan["overwritten"], 0, "{plan}");
+    let modes = problem(&plan, ".");
+    assert!(
+        modes.len() == 1 && modes[0]["error"].as_str().unwrap().contains("mode of"),
+        "{plan}"
+    );
+    // The real rerun: the same conflicts, the same count skipped.
+    let (_, out, _) = restore(&store, &to, &["--json"]);
+    let rerun = json(&out);
+    for k in [
+        "conflicts_total",
+        "conflicts",
+        "skipped_identical",
+        "overwritten",
+    ] {
+        assert_eq!(plan[k], rerun[k], "{k}: {plan}\n{rerun}");
+    }
+}
+
+/// The probe (a rerun finds files differing only in mode and time) made and removed
+/// its file in a directory of the target, whose mtime a rerun that replaced nothing
+/// then showed as changed. Now the directory gets its mtime back. (The files are in
+/// `sub`, where the probe is made: the target root's mtime a rerun changes anyway, by
+/// its record of unfinished work.)
+#[test]
+fn the_probe_leaves_the_mtime_of_its_directory_as_it_was() {
+    let t = tempfile::tempdir().unwrap();
+    let Some(fat) = Fat::mount(t.path()) else {
+        return;
+    };
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("sub/a"), b"a");
+    write(&src.join("sub/f"), b"f");
+    chmod(&src.join("sub/a"), 0o640);
+    chmod(&src.join("sub/f"), 0o640);
+    set_mtime(&src.join("sub"), 1_500_000_000, 0);
+    set_mtime(&src, 1_500_000_000, 0);
+    let (code, rep, err) = backup(&src, &store, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let to = fat.mnt.join("r");
+    let (code, out, err) = restore(&store, &to, &["--json"]);
+    assert_eq!(code, 2, "{err}\n{out}");
+    let before = state(&to);
+    assert!(
+        before.iter().all(|s| !s.1 || s.3 < 1_600_000_000),
+        "restored directories have the snapshot's times: {before:?}"
+    );
+    let (code, out, err) = restore(&store, &to, &["--json"]);
+    let rep = json(&out);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["skipped_identical"], 2, "{rep}");
+    assert_eq!(
+        state(&to.join("sub")),
+        state_of(&before, &to.join("sub")),
+        "{rep}"
+    );
 }
