@@ -513,15 +513,18 @@ impl State<'_> {
     }
 
     /// Sets each job's next time. At start-up, `Missed::RunOnce` makes a job due now
-    /// whose last scheduled time passed without a run (the daemon was down), or whose
-    /// newest run was interrupted (stopped by a signal, or killed, with the daemon or
-    /// the machine): it resumes from that run's staging. A run its window cut short
-    /// waits for its next time, as it would had the daemon kept running.
+    /// whose last scheduled time passed without a run (the daemon was down). Whatever
+    /// its `missed`, a job whose newest run was interrupted (stopped by a signal, or
+    /// killed, with the daemon or the machine) is due now too: it resumes from that
+    /// run's staging (not a missed time: `missed = "skip"` skipped those resumes until
+    /// 2026-12-06). A run its window cut short waits for its next time, as it would had
+    /// the daemon kept running.
     fn plan(&mut self, now: DateTime<Utc>, startup: bool) {
         // Read at start-up only: a reload (or a clock stepped back) reads nothing from
         // it, so it does not wait on a catalog another process holds.
         let mut cat = startup.then(|| self.catalog()).flatten();
         let mut untold = Vec::new();
+        let mut cut = Vec::new();
         if startup && let Some(c) = cat.as_mut() {
             // A run that died with the daemon is `running` until settled.
             crate::catalog::settle_running(c);
@@ -530,19 +533,24 @@ impl State<'_> {
                     .keys()
                     .filter_map(|name| Some((name.clone(), untold_death(c, name)?))),
             );
+            cut.extend(
+                self.jobs
+                    .keys()
+                    .filter_map(|name| Some((name.clone(), notice_cut_by_shutdown(c, name)?))),
+            );
         }
         let mut resumed = Vec::new();
         for (name, j) in self.jobs.iter_mut() {
             j.next = j.schedule.next_after(now);
-            if !startup || j.missed != Missed::RunOnce {
+            if !startup {
                 continue;
             }
-            let Some(prev) = j.schedule.previous_at_or_before(now) else {
-                continue;
-            };
+            let prev = j.schedule.previous_at_or_before(now);
             let last = cat.as_ref().and_then(|c| c.last_start(name).ok().flatten());
             // Only a job with history can have missed a run; a new job waits.
-            if let Some(last) = last
+            if j.missed == Missed::RunOnce
+                && let Some(prev) = prev
+                && let Some(last) = last
                 && crate::store::select::parse_time(&last).is_some_and(|l| l < prev)
             {
                 tracing::warn!(
@@ -578,6 +586,21 @@ impl State<'_> {
             let cfg = self.cfg.clone();
             let notice = crate::notify::Notice::backup(&r);
             self.tell(&name, &cfg, Some((store, r)), || notice);
+        }
+        // A run whose notice a stop cut short (`notify::CUT_BY_SHUTDOWN`: an attempt
+        // killed, or its retries not made) was never told as its notifiers' settings
+        // say: those notifiers are told now, once (their new outcomes replace the cut
+        // ones in its record).
+        for (name, (store, r, only)) in cut {
+            tracing::warn!(
+                "job {name}: the notice of its run {} ({}) was cut short by a shutdown; telling {} now",
+                r.id,
+                r.status.as_str(),
+                only.join(", ")
+            );
+            let cfg = self.cfg.clone();
+            let notice = crate::notify::Notice::backup(&r);
+            self.tell_only(&name, &cfg, Some((store, r)), Some(only), || notice);
         }
         for (name, j) in &self.jobs {
             match j.next {
@@ -811,7 +834,7 @@ impl State<'_> {
         record_run(
             self.opts.catalog.as_deref(),
             self.opts.catalog_on_nfs,
-            store,
+            Some(store),
             r,
         );
     }
@@ -828,10 +851,29 @@ impl State<'_> {
         settled: Option<(crate::store::Store, crate::report::RunReport)>,
         fallback: impl FnOnce() -> crate::notify::Notice,
     ) {
-        let notifiers = match cfg.job.get(name) {
+        let settled = settled.map(|(store, r)| (Some(store), r));
+        self.tell_only(name, cfg, settled, None, fallback);
+    }
+
+    /// [`Self::tell`], to the notifiers named in `only` (all of the job's if `None`):
+    /// their new outcomes replace theirs in the record, the others' are kept. A
+    /// `settled` run without a store (`None`: a run that could not start, recorded in
+    /// the catalog only) is recorded in the catalog only.
+    fn tell_only(
+        &mut self,
+        name: &str,
+        cfg: &Config,
+        settled: Option<(Option<crate::store::Store>, crate::report::RunReport)>,
+        only: Option<Vec<String>>,
+        fallback: impl FnOnce() -> crate::notify::Notice,
+    ) {
+        let mut notifiers = match cfg.job.get(name) {
             Some(job) => crate::job::notifiers(cfg, job),
             None => Vec::new(),
         };
+        if let Some(only) = &only {
+            notifiers.retain(|(n, _)| only.contains(n));
+        }
         if notifiers.is_empty() {
             return;
         }
@@ -862,8 +904,15 @@ impl State<'_> {
                     }
                 }
                 if let Some((store, mut r)) = settled {
-                    r.notifications = outcomes;
-                    record_run(catalog.as_deref(), on_nfs, &store, &r);
+                    match only {
+                        None => r.notifications = outcomes,
+                        Some(_) => {
+                            r.notifications
+                                .retain(|o| !outcomes.iter().any(|n| n.notifier == o.notifier));
+                            r.notifications.extend(outcomes);
+                        }
+                    }
+                    record_run(catalog.as_deref(), on_nfs, store.as_ref(), &r);
                 }
             });
         match sent {
@@ -1263,14 +1312,55 @@ fn untold_death(
     died.then_some((store, r))
 }
 
-/// Writes run record `r` into `store` and records it in the catalog (if any).
+/// The newest backup of job `name`, its store (`None` when the store has no record
+/// of it: a run that could not start is in the catalog only) and the notifiers to tell
+/// again, if a stop cut its notice short ([`crate::notify::CUT_BY_SHUTDOWN`]): those
+/// were not tried as their settings say. Not a notice that failed otherwise (it was
+/// retried as set), nor one told again since (its outcome replaced the cut one).
+fn notice_cut_by_shutdown(
+    c: &Catalog,
+    name: &str,
+) -> Option<(
+    Option<crate::store::Store>,
+    crate::report::RunReport,
+    Vec<String>,
+)> {
+    let row = c.recent(name, 1).ok()?.into_iter().next()?;
+    if row.notifications_failed == 0 || row.kind != "backup" {
+        return None;
+    }
+    let stored = (!crate::catalog::is_repository(&row.store))
+        .then(|| crate::store::Store::open(Path::new(&row.store), false).ok())
+        .flatten()
+        .and_then(|s| Some((s.read_run(&row.id).ok().flatten()?, s)));
+    let (r, store) = match stored {
+        Some((r, s)) => (r, Some(s)),
+        None => (c.show_exact(&row.id).ok()??.report.into_backup()?, None),
+    };
+    let only: Vec<String> = r
+        .notifications
+        .iter()
+        .filter(|o| {
+            !o.ok
+                && o.error
+                    .as_deref()
+                    .is_some_and(|e| e.contains(crate::notify::CUT_BY_SHUTDOWN))
+        })
+        .map(|o| o.notifier.clone())
+        .collect();
+    (!only.is_empty()).then_some((store, r, only))
+}
+
+/// Writes run record `r` into `store` (if any) and records it in the catalog (if any).
 fn record_run(
     catalog: Option<&Path>,
     on_nfs: bool,
-    store: &crate::store::Store,
+    store: Option<&crate::store::Store>,
     r: &crate::report::RunReport,
 ) {
-    if let Err(e) = store.write_run(r) {
+    if let Some(store) = store
+        && let Err(e) = store.write_run(r)
+    {
         tracing::error!("job {}: {e}", r.job.as_deref().unwrap_or("-"));
     }
     if let Some(c) = catalog

@@ -61,6 +61,19 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
     }
 }
 
+/// How a command's error begins when `cancel` killed it ([`run`]): snapring was
+/// stopped (SIGINT/SIGTERM, a daemon stop) while it ran, not the command's own failure.
+pub const INTERRUPTED: &str = "killed: snapring was interrupted";
+
+/// Whether `out` is a command that `cancel` killed ([`INTERRUPTED`]).
+pub fn interrupted(out: &HookOutcome) -> bool {
+    out.exit_code.is_none()
+        && out
+            .error
+            .as_deref()
+            .is_some_and(|e| e.starts_with(INTERRUPTED))
+}
+
 /// Runs `hook` (`name`: `pre_command` or `post_command`, for the log) with `env` added
 /// to the environment and `stdin` on its standard input; never fails, the outcome
 /// says how it went. `cancel` (SIGINT/SIGTERM) kills it as a timeout does: in a process
@@ -215,7 +228,7 @@ fn wait(
             Ok(false) if cancel.load(Ordering::Relaxed) => {
                 let _ = kill_group(&child);
                 let _ = child.wait();
-                break Err("killed: snapring was interrupted".to_string());
+                break Err(INTERRUPTED.to_string());
             }
             Ok(false) => std::thread::sleep(Duration::from_millis(20)),
             Err(e) => break Err(format!("cannot wait for it: {e}")),

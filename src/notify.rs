@@ -367,6 +367,7 @@ pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Ou
             let mut cut = false;
             for i in 0..attempts {
                 n = i + 1;
+                let stopped_before = stopping();
                 match attempt(name, c, r) {
                     Ok(()) => {
                         last = None;
@@ -379,6 +380,12 @@ pub fn send_notice(notifiers: &[(String, NotifierConfig)], r: &Notice) -> Vec<Ou
                             break;
                         }
                         last = Some(e);
+                        // An attempt the stop ended (a command killed, a request
+                        // given up), its last one too: cut short, not failed.
+                        if !stopped_before && stopping() {
+                            cut = true;
+                            break;
+                        }
                         if n < attempts {
                             let pause = std::time::Instant::now()
                                 + Duration::from_millis(250 * u64::from(n));

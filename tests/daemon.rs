@@ -2773,3 +2773,208 @@ fn a_queued_run_skips_when_a_run_started_by_hand_holds_its_store_by_then() {
         "{skipped:?}"
     );
 }
+
+/// A daemon stop (SIGTERM) while a run is in its `pre_command`: the run was recorded
+/// `failed` ("pre_command … failed: killed: snapring was interrupted", exit 1), told
+/// as a failure, and the next daemon start neither resumed nor re-ran it. Now it ends
+/// as a run stopped in its walk does: `incomplete`, "interrupted …", exit 3, its post
+/// command run and its notice `incomplete`, and the next start resumes the job.
+#[test]
+fn a_daemon_stop_during_a_pre_command_ends_the_run_interrupted_and_the_next_start_resumes_it() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 4, 10);
+    let (mark, told, post) = (
+        t.path().join("mark"),
+        t.path().join("told"),
+        t.path().join("post"),
+    );
+    let cfg = t.path().join("d.toml");
+    // Due once, 2 s from now (so the next start has missed nothing); the first pre
+    // command hangs, later ones pass.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\njobs = 1\nschedule = \"{when}\"\n\
+             pre_command = [\"/bin/sh\", \"-c\", \"[ -e {mark} ] && exit 0; touch {mark}; exec sleep 30\"]\n\
+             post_command = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS >> {post}\"]\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = t.path().display(),
+            when = once_in(2),
+            mark = mark.display(),
+            post = post.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let first = Daemon::start(&catalog, &cfg, "");
+    wait_until("the pre command", 60, || mark.exists());
+    std::thread::sleep(Duration::from_millis(1000));
+    first.stop();
+    let rows = rows_of(&catalog, "a");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["status"], "incomplete", "{rows:?}");
+    let id = rows[0]["id"].as_str().unwrap().to_string();
+    let msg = message_of(&catalog, &id);
+    assert!(msg.starts_with("interrupted"), "{msg}");
+    let (_, shown, _, _) = cli(&catalog, &["show", &id, "--json"], &[]);
+    assert_eq!(shown["report"]["exit_code"], 3, "{shown}");
+    assert_eq!(told_lines(&told), [format!("a incomplete {id}")]);
+    assert_eq!(std::fs::read_to_string(&post).unwrap(), "incomplete\n");
+
+    let second = Daemon::start(&catalog, &cfg, "");
+    wait_until("the resumed run", 60, || {
+        rows_of(&catalog, "a")
+            .iter()
+            .any(|r| r["status"] == "complete")
+    });
+    second.stop();
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    let resumed = c
+        .events(Some("a"))
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == "resumed")
+        .count();
+    assert_eq!(resumed, 1);
+}
+
+/// A failed run whose notice a stop cut short (`snapring run`, SIGTERM while its
+/// notifier hangs: "cut short by shutdown (SIGTERM/SIGINT): not retried") was never
+/// told: the next daemon start told only runs that died untold. Now it tells the
+/// notifiers that were cut short, once; a notice that failed by itself (retried as
+/// set) is not sent again.
+#[test]
+fn a_notice_cut_short_by_a_stop_is_told_at_the_next_daemon_start_once() {
+    let t = tempfile::tempdir().unwrap();
+    let catalog = t.path().join("cat.db");
+    let (mark, told, bad) = (
+        t.path().join("mark"),
+        t.path().join("told"),
+        t.path().join("bad"),
+    );
+    let cfg = t.path().join("d.toml");
+    // Both sources are missing: their runs fail. `slow` hangs the first time.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.h]\nsource = \"{d}/missing\"\ndest = \"{d}/h\"\nschedule = \"@yearly\"\nnotify = [\"slow\"]\n\n\
+             [job.g]\nsource = \"{d}/missing\"\ndest = \"{d}/g\"\nschedule = \"@yearly\"\nnotify = [\"bad\"]\n\n\
+             [notify.slow]\ntype = \"command\"\nretries = 2\ncommand = [\"/bin/sh\", \"-c\", \"[ -e {mark} ] || {{ touch {mark}; sleep 100; }}; echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n\n\
+             [notify.bad]\ntype = \"command\"\nretries = 0\ncommand = [\"/bin/sh\", \"-c\", \"echo x >> {bad}; exit 1\"]\n",
+            d = t.path().display(),
+            mark = mark.display(),
+            told = told.display(),
+            bad = bad.display(),
+        ),
+    )
+    .unwrap();
+    let run = |job: &str| {
+        let mut c = Command::new(bin());
+        c.arg("--catalog")
+            .arg(&catalog)
+            .args(["run", job, "--config"])
+            .arg(&cfg)
+            .arg("--no-progress")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    assert_eq!(run("g").status().unwrap().code(), Some(1));
+    let mut h = run("h").spawn().unwrap();
+    wait_until("the notifier", 60, || mark.exists());
+    std::thread::sleep(Duration::from_millis(300));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(h.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    h.wait().unwrap();
+    let id = rows_of(&catalog, "h")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, shown, _, _) = cli(&catalog, &["show", &id, "--json"], &[]);
+    assert_eq!(shown["report"]["status"], "failed", "{shown}");
+    let error = shown["report"]["notifications"][0]["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(error.contains("cut short by shutdown"), "{shown}");
+    assert!(told_lines(&told).is_empty());
+
+    let second = Daemon::start(&catalog, &cfg, "");
+    let line = format!("failed {id}");
+    wait_until("the notice of the cut run", 30, || {
+        told_lines(&told).contains(&line)
+    });
+    wait_until("the notice's outcome in the catalog", 30, || {
+        let (_, shown, _, _) = cli(&catalog, &["show", &id, "--json"], &[]);
+        shown["report"]["notifications"][0]["ok"] == true
+    });
+    second.stop();
+    let third = Daemon::start(&catalog, &cfg, "");
+    std::thread::sleep(Duration::from_secs(3));
+    third.stop();
+    assert_eq!(told_lines(&told), [line]);
+    assert_eq!(
+        told_lines(&bad).len(),
+        1,
+        "a notice that failed by itself is not sent again"
+    );
+}
+
+/// `missed = "skip"` is about scheduled times that passed while the daemon was down;
+/// it also turned off the resume of a run interrupted with the daemon, which is not a
+/// missed time. Now such a run resumes at start whatever `missed` says.
+#[test]
+fn missed_skip_still_resumes_an_interrupted_run() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 30, 10);
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.s]\nsource = \"{}\"\ndest = \"{}/s\"\njobs = 1\nschedule = \"@yearly\"\nmissed = \"skip\"\n",
+            src.display(),
+            t.path().display()
+        ),
+    )
+    .unwrap();
+    let mut run = Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(["run", "s", "--config"])
+        .arg(&cfg)
+        .arg("--no-progress")
+        .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_until("the run's record", 60, || {
+        std::fs::read_dir(t.path().join("s/.snapring/runs")).is_ok_and(|mut d| d.next().is_some())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(run.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert_eq!(run.wait().unwrap().code(), Some(3));
+
+    let daemon = Daemon::start(&catalog, &cfg, "");
+    wait_until("the interrupted run to be resumed", 60, || {
+        rows_of(&catalog, "s")
+            .iter()
+            .any(|r| r["status"] == "complete")
+    });
+    daemon.stop();
+    let statuses: Vec<_> = rows_of(&catalog, "s")
+        .iter()
+        .map(|r| r["status"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(statuses, ["incomplete", "complete"]);
+}

@@ -163,8 +163,22 @@ pub fn backup_observed(
         ..Counters::default()
     });
     let outcome = match recorded {
-        Ok(()) => pre_command(opts, &mut rep, cancel)
-            .and_then(|()| run(opts, &store, &id, &counters, cancel, &mut rep)),
+        Ok(()) => match pre_command(opts, &mut rep, cancel) {
+            Ok(()) => run(opts, &store, &id, &counters, cancel, &mut rep),
+            // Stopped (a signal, a daemon stop) while its pre_command ran: an
+            // interrupted run, as one stopped in its walk is (resumed at the next
+            // daemon start), not a failure of the pre_command.
+            Err(_)
+                if rep
+                    .pre_command
+                    .as_ref()
+                    .is_some_and(crate::hooks::interrupted) =>
+            {
+                rep.message = PRE_COMMAND_INTERRUPTED.into();
+                Ok(Status::Incomplete)
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     conclude(&mut rep, &counters, outcome, t0);
@@ -209,9 +223,14 @@ pub fn backup_observed(
     Ok(rep)
 }
 
+/// The message of a run stopped while its pre_command ran (which was killed).
+const PRE_COMMAND_INTERRUPTED: &str = "interrupted during its pre_command (killed); nothing was read, published or rotated, the next run starts again";
+
 /// Runs the job's `pre_command` (never in a dry run), before the source is looked at
 /// (it may be what mounts or freezes it). `Err` when it fails: the run fails with
-/// nothing read or published, and its output is in the run log.
+/// nothing read or published, and its output is in the run log; or when the run was
+/// stopped while it ran (`hooks::interrupted` of `rep.pre_command`): the run is then
+/// interrupted (`incomplete`), not failed.
 fn pre_command(opts: &BackupOptions, rep: &mut RunReport, cancel: &AtomicBool) -> Result<()> {
     let Some(h) = opts.pre_command.as_ref().filter(|_| !opts.dry_run) else {
         return Ok(());
