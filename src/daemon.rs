@@ -135,6 +135,11 @@ struct Job {
     schedule: Schedule,
     missed: Missed,
     next: Option<DateTime<Utc>>,
+    /// The latest trigger this daemon handled (run, queued or skipped): a clock stepped
+    /// back does not bring it, or one before it, round again (a daily job ran twice at
+    /// 02:00 after a 30-minute step back, and the extra snapshot took a slot of the
+    /// ring). Kept across reloads.
+    handled: Option<DateTime<Utc>>,
 }
 
 /// What the daemon did, for tests and the final log line.
@@ -192,6 +197,9 @@ fn store_of(cfg: &Config, name: &str) -> Option<PathBuf> {
 /// At most this many notices of dead runs are sent at once ([`State::died`]); past
 /// it, the loop waits for the oldest.
 const MAX_NOTIFYING: usize = 8;
+
+/// The running executable, for runs whose own path is gone (`State::program`).
+const SELF_EXE: &str = "/proc/self/exe";
 
 /// A wall clock that moves this much more or less than the monotonic clock between
 /// two turns of the loop was stepped ([`State::clock`]); NTP's slewing is far slower.
@@ -477,6 +485,7 @@ fn load(path: &Path) -> Result<(Config, String, BTreeMap<String, Job>), String> 
                     schedule,
                     missed: j.missed()?,
                     next: None,
+                    handled: None,
                 },
             );
         }
@@ -542,6 +551,16 @@ impl State<'_> {
         let mut resumed = Vec::new();
         for (name, j) in self.jobs.iter_mut() {
             j.next = j.schedule.next_after(now);
+            // The clock went back past triggers already handled: each time of the
+            // schedule runs once.
+            if let Some(h) = j.handled.filter(|h| *h >= now) {
+                j.next = j.schedule.next_after(h);
+                tracing::warn!(
+                    "job {name}: its triggers up to {} were handled before the clock went back; they do not run again (next at {})",
+                    h.to_rfc3339(),
+                    j.next.map_or_else(|| "never".into(), |n| n.to_rfc3339())
+                );
+            }
             if !startup {
                 continue;
             }
@@ -645,10 +664,28 @@ impl State<'_> {
         }
     }
 
+    /// The executable a run of job `name` starts: the one the daemon was started
+    /// from, or, when that path is gone (a versioned directory of an old release
+    /// deleted, an uninstall), the daemon's own image (`/proc/self/exe`, resolved in the
+    /// forked child, which still runs it): such runs failed to start, told to nobody,
+    /// until the daemon was restarted. A binary replaced at the path (an upgrade) is
+    /// the one run, as before.
+    fn program(&self, name: &str) -> PathBuf {
+        let exe = &self.opts.exe;
+        if exe.exists() || !Path::new(SELF_EXE).exists() {
+            return exe.clone();
+        }
+        tracing::warn!(
+            "job {name}: {} is gone; the run is started from the daemon's own executable: restart the daemon to run an installed snapring",
+            exe.display()
+        );
+        PathBuf::from(SELF_EXE)
+    }
+
     fn spawn(&mut self, name: &str) {
         // The child's stdin (dup2'd to fd 0, so inherited while close-on-exec here).
         let (held, config) = self.running_config();
-        let mut c = Command::new(&self.opts.exe);
+        let mut c = Command::new(self.program(name));
         match &self.opts.catalog {
             Some(p) => c.arg("--catalog").arg(p),
             None => c.arg("--catalog").arg("off"),
@@ -697,9 +734,21 @@ impl State<'_> {
                 );
             }
             Err(e) => {
-                let msg = format!("cannot start {}: {e}", self.opts.exe.display());
+                let msg = format!("cannot start {}: {e}", c.get_program().display());
                 tracing::error!("job {name}: {msg}");
                 self.event(Some(name), "error", &msg);
+                // No run to tell anyone: the job's notifiers hear it from here (it was
+                // a log line only, and backups stopped without a word).
+                let cfg = self.cfg.clone();
+                let fallback = || {
+                    job_notice(
+                        name,
+                        crate::report::Status::Failed,
+                        format!("snapring: job {name}: run could not start"),
+                        &msg,
+                    )
+                };
+                self.tell(name, &cfg, None, fallback);
             }
         }
     }
@@ -1040,6 +1089,7 @@ impl State<'_> {
                 ));
             }
             j.next = j.schedule.next_after(now.max(at));
+            j.handled = Some(t);
             // The run due at `at` stands for them only if it started (it was skipped
             // too, or could not start: the messages said it "started late" anyway).
             let stands = match (started, queued) {
@@ -1460,6 +1510,9 @@ pub fn run(
                         q.store = store_of(&st.cfg, &q.name);
                     }
                     let before = std::mem::replace(&mut st.jobs, jobs);
+                    for (name, j) in st.jobs.iter_mut() {
+                        j.handled = before.get(name).and_then(|b| b.handled);
+                    }
                     st.summary.reloads += 1;
                     tracing::info!("reloaded {}", opts.config.display());
                     st.event(None, "reload", "configuration reloaded");

@@ -25,6 +25,11 @@ pub struct Previous {
     pub run: Option<String>,
     /// Its manifest, when it has a usable one (else entries are compared by stat).
     pub manifest: Option<manifest::Reader>,
+    /// Without a manifest to trust (a copied tree that differs from its record's:
+    /// `store::Snapshot::differs`): the entries the last `verify` of it against that
+    /// record found damaged, copied from the source rather than linked, as a manifest's
+    /// own list is (`manifest::Reader::damaged`). Empty otherwise.
+    pub damaged: std::collections::HashSet<crate::relpath::RelPath>,
     /// Whether its root has any entry (the empty-source guard compares with it).
     pub has_entries: bool,
     /// The files its run walked (its record's `files_total`): what the progress line

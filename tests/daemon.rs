@@ -2978,3 +2978,171 @@ fn missed_skip_still_resumes_an_interrupted_run() {
         .collect();
     assert_eq!(statuses, ["incomplete", "complete"]);
 }
+
+/// The path the daemon was started from is gone (an old release's versioned directory
+/// deleted): every run failed to start, a log line only, and backups stopped without a
+/// word until the daemon was restarted. Now its runs start from the daemon's own
+/// executable, with a warning.
+#[test]
+fn a_daemon_whose_executable_path_is_gone_still_runs_its_jobs() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 4, 10);
+    let v1 = t.path().join("v1");
+    std::fs::create_dir(&v1).unwrap();
+    let exe = v1.join("snapring");
+    std::fs::copy(bin(), &exe).unwrap();
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{}\"\ndest = \"{}/a\"\nschedule = \"* * * * * *\"\n",
+            src.display(),
+            t.path().display()
+        ),
+    )
+    .unwrap();
+    let log = t.path().join("daemon.log");
+    let mut child = Command::new(&exe)
+        .args(["--catalog"])
+        .arg(&catalog)
+        .args(["daemon", "--config"])
+        .arg(&cfg)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    std::fs::remove_dir_all(&v1).unwrap();
+    wait_until("a run started after the executable went", 60, || {
+        std::fs::read_to_string(&log).is_ok_and(|l| l.contains("is gone"))
+            && rows_of(&catalog, "a")
+                .iter()
+                .any(|r| r["status"] == "complete")
+    });
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(child.wait().unwrap().success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(!log.contains("cannot start"), "{log}");
+}
+
+/// A run the daemon cannot start at all (here: its executable is not executable) has
+/// no process to record or tell anything: the job's notifiers hear it from the daemon.
+#[test]
+fn a_run_the_daemon_cannot_start_is_told() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 4, 10);
+    let told = t.path().join("told");
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS >> {told}\"]\n",
+            src = src.display(),
+            d = t.path().display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let not_exe = t.path().join("snapring");
+    std::fs::write(&not_exe, b"not a program").unwrap();
+    let mut opts = in_process_daemon(&cfg, &catalog, "");
+    opts.exe = not_exe;
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        wait_until("the notice", 60, || {
+            told_lines(&told).iter().any(|l| l == "a failed")
+        });
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    assert!(
+        c.events(Some("a"))
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "error" && e.message.contains("cannot start")),
+        "an error event"
+    );
+}
+
+/// A clock stepped back past a trigger the daemon already ran (NTP correcting a clock
+/// that ran ahead): the same time of the schedule came round again and the job ran a
+/// second time (a daily job twice at 02:00, the extra snapshot taking a slot of the
+/// ring). Each time of the schedule now runs once.
+#[test]
+fn a_trigger_already_run_does_not_run_again_after_the_clock_went_back() {
+    let Some(lib) = libfaketime() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    write(&src.join("x"), b"x");
+    let offset = t.path().join("faketime");
+    std::fs::write(&offset, "+0\n").unwrap();
+    let faked = |c: &mut Command| {
+        c.env("LD_PRELOAD", &lib)
+            .env("FAKETIME_TIMESTAMP_FILE", &offset)
+            .env("FAKETIME_NO_CACHE", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    };
+    // Daily, at a time of day a few seconds from now.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}/s\"\nschedule = \"{} {} {} * * *\"\n",
+            src.display(),
+            t.path().display(),
+            at.format("%S"),
+            at.format("%M"),
+            at.format("%H"),
+        ),
+    )
+    .unwrap();
+    let log = t.path().join("log");
+    let mut c = Command::new(bin());
+    c.arg("--catalog")
+        .arg(&catalog)
+        .args(["-v", "daemon", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap());
+    faked(&mut c);
+    let mut d = Daemon(c.spawn().unwrap());
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the run due today", 40, || {
+        rows_of(&catalog, "j")
+            .iter()
+            .any(|r| r["status"] == "complete")
+    });
+    // NTP steps the clock back 15 s, to before the trigger that ran.
+    std::fs::write(&offset, "-15\n").unwrap();
+    wait_until("the daemon to see the step", 20, || {
+        logged().contains("the clock went back by")
+    });
+    // Past the trigger's time again on the stepped clock, with time for a run.
+    while chrono::Utc::now() < at + chrono::Duration::seconds(15 + 5) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.0.id() as i32).unwrap(),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    assert!(d.0.wait().unwrap().success(), "{}", logged());
+    let rows = rows_of(&catalog, "j");
+    assert_eq!(
+        rows.len(),
+        1,
+        "the trigger ran twice: {rows:?}\n{}",
+        logged()
+    );
+    assert!(
+        logged().contains("were handled before the clock went back"),
+        "{}",
+        logged()
+    );
+}

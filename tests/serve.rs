@@ -159,6 +159,17 @@ impl Drop for Serve {
 
 /// Starts `snapring serve ARGS --listen LISTEN` and waits for its address.
 fn serve(f: &Fixture, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Serve {
+    serve_logging_to(f, listen, args, env, Stdio::inherit())
+}
+
+/// `serve`, its stderr (its log) to `stderr`.
+fn serve_logging_to(
+    f: &Fixture,
+    listen: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    stderr: Stdio,
+) -> Serve {
     let mut c = Command::new(bin());
     c.arg("--catalog")
         .arg(&f.catalog)
@@ -167,7 +178,7 @@ fn serve(f: &Fixture, listen: &str, args: &[&str], env: &[(&str, &str)]) -> Serv
         .args(args)
         .env_remove("SNAPRING_SERVE_TOKEN")
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
     for (k, v) in env {
         c.env(k, v);
     }
@@ -2522,4 +2533,50 @@ fn metrics_say_when_the_catalog_cannot_be_written() {
     std::fs::remove_file(&fill).unwrap();
     let m = get(&s.addr, "/metrics").body;
     assert_eq!(catalog_writable(&m), Some(1.0), "{m}");
+}
+
+/// A store copied with `cp -a` (new inodes) whose tree no longer matches its manifest is
+/// walked to find that out; serve opens the store on every request, and walked it on
+/// every request until a backup recorded the verdict. Now once per process.
+#[test]
+fn serve_walks_a_copied_tree_that_differs_once_not_per_request() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let dest = f.t.path().join("dest");
+    let copy = f.t.path().join("dest.copy");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&dest)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::remove_dir_all(&dest).unwrap();
+    std::fs::rename(&copy, &dest).unwrap();
+    set_mtime(&dest.join("daily.0/d0/f0"), 1_577_836_800, 0);
+
+    let log = f.t.path().join("serve.log");
+    let s = serve_logging_to(
+        &f,
+        "127.0.0.1:0",
+        &[],
+        &[],
+        Stdio::from(std::fs::File::create(&log).unwrap()),
+    );
+    for _ in 0..3 {
+        let g = get(&s.addr, "/job/home");
+        assert_eq!(g.status, 200, "{}", g.body);
+        assert!(g.body.contains("<td>daily.0</td>"), "{}", g.body);
+    }
+    // A walk now would find a second difference: the first verdict stands.
+    set_mtime(&dest.join("daily.0/d1/f1"), 1_577_836_800, 0);
+    assert_eq!(get(&s.addr, "/").status, 200);
+    drop(s);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        log.matches("does not match run").count(),
+        1,
+        "the copied tree was walked more than once:\n{log}"
+    );
+    assert!(log.contains("1 differences, first d0/f0"), "{log}");
 }

@@ -656,6 +656,50 @@ fn a_copied_tree_found_to_differ_is_not_walked_again() {
     );
 }
 
+/// A copied tree that differs from its record's manifest is compared by stat by a
+/// backup; a file whose bytes rotted in the copy with its stat kept was linked into
+/// every later snapshot although `verify` had named it. Now its `.damaged` list is
+/// used as a trusted manifest's is: the file is copied from the source.
+#[test]
+fn a_backup_copies_what_verify_found_damaged_in_a_copied_tree_it_does_not_trust() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("a"), b"hello\n");
+    write(&src.join("b"), b"world\n");
+    for f in ["a", "b"] {
+        set_mtime(&src.join(f), 1_500_000_000, 5);
+    }
+    let (code, _, err) = backup(&src, &store, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let copy = t.path().join("copy");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(&store)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    // Bit rot in `a`, its stat kept; `b` touched, so the tree is not trusted.
+    std::fs::write(copy.join("daily.0/a"), b"hellO\n").unwrap();
+    set_mtime(&copy.join("daily.0/a"), 1_500_000_000, 5);
+    set_mtime(&copy.join("daily.0/b"), 1_577_836_800, 0);
+
+    let (code, v, err) = on_store(&copy, "verify", &["daily.0", "--json"]);
+    assert_eq!(code, 2, "{err}\n{v}");
+    assert_eq!(v[0]["corrupt"], 1, "{v}");
+
+    let (code, rep, err) = backup(&src, &copy, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(std::fs::read(copy.join("daily.0/a")).unwrap(), b"hello\n");
+    assert_ne!(
+        ino(&copy.join("daily.0/a")),
+        ino(&copy.join("daily.1/a")),
+        "the damaged file was linked forward"
+    );
+    // `b` changed in the copy only: copied as a changed file by stat.
+    assert_eq!(std::fs::read(copy.join("daily.0/b")).unwrap(), b"world\n");
+}
+
 /// Writes tests/fixtures/store-v1.tar.gz. The committed archive is frozen: it was made
 /// once, with the snapring of its day, and is never regenerated (a new format gets a
 /// new fixture beside it). Run:

@@ -760,8 +760,10 @@ fn spawn_walk<S: Sink + Send + 'static>(
     let fence = super::walk::store_fence(&store);
     let worker = move || {
         let manifest = st.prev.as_ref().and_then(|p| p.manifest.as_ref());
+        let damaged = st.prev.as_ref().map(|p| &p.damaged);
         let mut walk = Walk::new(&counters, &stop, &st.excludes, manifest, &sink)
             .kept_from(based_on)
+            .damaged(damaged)
             .fenced(&store, fence);
         if let Some(fs) = &one_fs {
             walk = walk.stay_on(fs);

@@ -64,6 +64,9 @@ pub struct Walk<'a, S: Sink> {
     pub sink: &'a S,
     /// The previous snapshot, in words (its run id or its name), for problem texts.
     prev_label: Option<String>,
+    /// Entries `verify` found damaged in a previous snapshot compared by stat (a copied
+    /// tree not trusted: [`crate::repo::Previous::damaged`]): copied, never linked.
+    prev_damaged: Option<&'a std::collections::HashSet<RelPath>>,
     /// The first fatal error (destination side): the run stops and fails.
     pub fatal: Mutex<Option<Error>>,
     /// The source root, taken by the root's `open`.
@@ -131,6 +134,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             prev_manifest,
             sink,
             prev_label: None,
+            prev_damaged: None,
             fatal: Mutex::new(None),
             root: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
@@ -178,6 +182,13 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// an unreadable entry whose previous version is kept.
     pub fn kept_from(mut self, label: Option<String>) -> Self {
         self.prev_label = label;
+        self
+    }
+
+    /// Copies rather than links the entries of `damaged` (a previous snapshot compared
+    /// by stat whose record `verify` checked: [`crate::repo::Previous::damaged`]).
+    pub fn damaged(mut self, damaged: Option<&'a std::collections::HashSet<RelPath>>) -> Self {
+        self.prev_damaged = damaged;
         self
     }
 
@@ -894,7 +905,8 @@ impl<'a, S: Sink> Walk<'a, S> {
         };
         let mut decision = self.decision(dir, name, m, target.as_deref(), prev_entry);
         if !matches!(decision, Decision::Copy(_))
-            && self.prev_manifest.is_some_and(|p| p.damaged.contains(rel))
+            && (self.prev_manifest.is_some_and(|p| p.damaged.contains(rel))
+                || self.prev_damaged.is_some_and(|d| d.contains(rel)))
         {
             decision = Decision::Copy(Reason::Damaged);
         }

@@ -1430,6 +1430,7 @@ fn unit_walk<'a>(
         .map(|p| p.run.clone().unwrap_or_else(|| p.name.clone()));
     Walk::new(counters, stop, &ctx.excludes, manifest, sink)
         .kept_from(kept_from)
+        .damaged(ctx.prev.as_ref().map(|p| &p.damaged))
         .only_root_names(Box::new(keep))
         .gate(&ctx.gate)
 }

@@ -25,7 +25,8 @@
 //! the mtime moved, a `chmod`, a file lost by the copy; or a directory replaced or
 //! swapped by hand) is read two ways. A writer (a `Store` from `open`) does not trust
 //! the record: a backup compares the source with that tree by stat, as with a tree
-//! taken over, and links nothing on the manifest's word (`Snapshot::rec` is `None`).
+//! taken over, and links nothing on the manifest's word (`Snapshot::rec` is `None`),
+//! but copies what `verify` found damaged in it (`repo::Previous::damaged`).
 //! A reader (`open_read`: restore, verify, diff, list, history, copy) is given the record
 //! and its manifest all the same (`Snapshot::differs` says why): each of them checks
 //! the tree against the manifest and reports every mismatch as damage (verify names
@@ -50,11 +51,11 @@
 //! `ino` 0 matches no directory, so a snapring that does not know `differs` (it is
 //! ignored, not refused: `SnapRec` does not deny unknown fields) checks the tree by
 //! name as before and does not trust it either. Readers write nothing: until a writer
-//! has run, each reader walks such a tree once (per `Store`).
+//! has run, each reader walks such a tree once (per process: `readers_checked`).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use super::{Differs, SnapRec, State, Store};
 use crate::compare;
@@ -66,6 +67,24 @@ use crate::snapshot::TreeReader;
 /// (name, inode, run id) -> whether the tree matched that run's manifest (`Err`: the
 /// first difference).
 pub(super) type Checked = Mutex<HashMap<(String, u64, String), std::result::Result<(), String>>>;
+
+/// The verdicts of readers, one [`Checked`] per store (its root's device and inode)
+/// shared by every `Store` that `open_read` opens in this process, so that a long-lived
+/// reader (`snapring serve` opens the store on each request) walks a copied tree once,
+/// not once a request, before any writer has recorded the verdict. A writer keeps its
+/// own (it records the verdict itself). A tree changed while such a process runs keeps
+/// its first verdict there until a writer records one: readers read it against its
+/// manifest either way, so only `list`'s `DIFFERS*` line can be behind.
+pub(super) fn readers_checked(dev: u64, ino: u64) -> Arc<Checked> {
+    static SHARED: OnceLock<Mutex<HashMap<(u64, u64), Arc<Checked>>>> = OnceLock::new();
+    SHARED
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry((dev, ino))
+        .or_default()
+        .clone()
+}
 
 impl Store {
     /// The record to keep for the snapshot directory `name` (now at `at`, with stat

@@ -202,8 +202,9 @@ pub struct Store {
     /// Set by `open_read` when an interrupted rotation waits to be rolled forward: the
     /// store as the roll-forward will leave it (nothing is renamed).
     pending: Option<journal::Pending>,
-    /// Copied snapshot directories already checked against their manifests.
-    checked: copied::Checked,
+    /// Copied snapshot directories already checked against their manifests (shared by
+    /// the readers of this store in this process: `copied::readers_checked`).
+    checked: std::sync::Arc<copied::Checked>,
     /// Opened by `open_read`: given the record of a copied snapshot whose tree differs
     /// from its manifest (`Snapshot::differs`), to check the tree against it.
     for_readers: bool,
@@ -429,12 +430,16 @@ impl Store {
         if info.exists() {
             check_info(root, &info)?;
         }
+        let checked = match fsx::fstat(b(&root_fd)) {
+            Ok(m) => copied::readers_checked(m.dev, m.ino),
+            Err(_) => Default::default(),
+        };
         let mut s = Store {
             root: root.to_path_buf(),
             root_fd,
             meta,
             pending: None,
-            checked: Default::default(),
+            checked,
             for_readers: true,
             repaired: Default::default(),
             adopted: Default::default(),

@@ -233,6 +233,10 @@ impl Repository for Store {
                 }
             }
         });
+        let damaged = match (&manifest, &snap.differs) {
+            (None, Some((_, r))) => manifest::read_damaged(&self.meta.join("manifests"), &r.id),
+            _ => Default::default(),
+        };
         let record = snap
             .rec
             .as_ref()
@@ -252,6 +256,7 @@ impl Repository for Store {
             run: snap.rec.as_ref().map(|r| r.id.clone()),
             name: snap.name,
             manifest,
+            damaged,
         }))
     }
 

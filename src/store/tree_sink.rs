@@ -183,6 +183,20 @@ impl TreeSink {
         }
     }
 
+    /// [`check_copy`] of `name` in `dir` against the source `m` as this store keeps it
+    /// (owners, time granularity).
+    fn check_copy(
+        &self,
+        dir: &OwnedFd,
+        name: &[u8],
+        m: &Meta,
+        src_xattrs: &dyn Fn() -> io::Result<Xattrs>,
+        src_hash: &dyn Fn() -> io::Result<blake3::Hash>,
+    ) -> Option<(blake3::Hash, Option<String>)> {
+        let granularity = self.times_held.unwrap_or(0);
+        check_copy(dir, name, &self.kept(m), granularity, src_xattrs, src_hash)
+    }
+
     /// What the store keeps, as probed once for the run ([`probe`]; a shard run's
     /// planner: [`probe_store`]): where it keeps no owners (`owners_held`: the owner it
     /// gives every file) no `fchown` is tried; the manifest (part) records the source's
@@ -427,14 +441,7 @@ impl TreeSink {
                 if m.kind != Kind::File || m.ctime >= before {
                     return None;
                 }
-                let (hash, xattrs) = check_copy(
-                    &dir.dst,
-                    name,
-                    &self.kept(m),
-                    self.times_held.unwrap_or(0),
-                    src_xattrs,
-                    src_hash,
-                )?;
+                let (hash, xattrs) = self.check_copy(&dir.dst, name, m, src_xattrs, src_hash)?;
                 Done::new(hash, m, before, xattrs)
             }
         };
@@ -681,14 +688,7 @@ impl Sink for TreeSink {
         if m.kind != Kind::File || m.ctime >= self.resume_before {
             return None;
         }
-        let (hash, xattrs) = check_copy(
-            res,
-            name,
-            &self.kept(m),
-            self.times_held.unwrap_or(0),
-            src_xattrs,
-            src_hash,
-        )?;
+        let (hash, xattrs) = self.check_copy(res, name, m, src_xattrs, src_hash)?;
         self.claim(dir, name, false).ok()?;
         fsx::link_at(b(res), name, b(&dir.dst), name).ok()?;
         if let Some(a) = &self.adopting {
