@@ -549,17 +549,32 @@ impl State<'_> {
             );
         }
         let mut resumed = Vec::new();
+        let mut handled = Vec::new();
         for (name, j) in self.jobs.iter_mut() {
             j.next = j.schedule.next_after(now);
-            // The clock went back past triggers already handled: each time of the
-            // schedule runs once.
-            if let Some(h) = j.handled.filter(|h| *h >= now) {
-                j.next = j.schedule.next_after(h);
-                tracing::warn!(
-                    "job {name}: its triggers up to {} were handled before the clock went back; they do not run again (next at {})",
-                    h.to_rfc3339(),
-                    j.next.map_or_else(|| "never".into(), |n| n.to_rfc3339())
-                );
+            // The clock went back, less than one period of the schedule, past a trigger
+            // already handled (NTP correcting a clock a little ahead): that time of
+            // the schedule does not run twice (a daily job ran twice at 02:00 after a
+            // 30-minute step back, the extra snapshot taking a slot of the ring). A
+            // longer step (a clock booted days ahead) plans from now, every trigger
+            // run: the times between may never have run at their true time.
+            if let Some(h) = j.handled.filter(|h| *h >= now)
+                && let Some(after) = j.schedule.next_after(h)
+                && h - now < after - h
+            {
+                let mut t = now;
+                while let Some(n) = j.schedule.next_after(t).filter(|n| *n <= h) {
+                    handled.push((
+                        name.clone(),
+                        format!(
+                            "trigger at {} skipped: the clock went back to {}; the daemon handled this time of the schedule before",
+                            n.to_rfc3339(),
+                            now.to_rfc3339()
+                        ),
+                    ));
+                    t = n;
+                }
+                j.next = Some(after);
             }
             if !startup {
                 continue;
@@ -593,6 +608,11 @@ impl State<'_> {
         }
         for (name, msg) in resumed {
             self.event(Some(&name), "resumed", &msg);
+        }
+        for (name, msg) in handled {
+            tracing::warn!("job {name}: {msg}");
+            self.summary.skipped += 1;
+            self.event(Some(&name), "skipped", &msg);
         }
         // A run that died with the daemon (both killed) told nobody, and nobody saw it
         // die: told now, as `died` tells a run the daemon saw die.

@@ -3088,7 +3088,7 @@ fn a_trigger_already_run_does_not_run_again_after_the_clock_went_back() {
             .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
     };
     // Daily, at a time of day a few seconds from now.
-    let at = chrono::Utc::now() + chrono::Duration::seconds(6);
+    let at = chrono::Utc::now() + chrono::Duration::seconds(8);
     let cfg = t.path().join("d.toml");
     std::fs::write(
         &cfg,
@@ -3113,6 +3113,11 @@ fn a_trigger_already_run_does_not_run_again_after_the_clock_went_back() {
     faked(&mut c);
     let mut d = Daemon(c.spawn().unwrap());
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the daemon's plan", 30, || logged().contains("next run at"));
+    assert!(
+        chrono::Utc::now() < at - chrono::Duration::seconds(1),
+        "the daemon took too long to start: the test's trigger is past"
+    );
     wait_until("the run due today", 40, || {
         rows_of(&catalog, "j")
             .iter()
@@ -3141,8 +3146,16 @@ fn a_trigger_already_run_does_not_run_again_after_the_clock_went_back() {
         logged()
     );
     assert!(
-        logged().contains("were handled before the clock went back"),
+        logged().contains("the daemon handled this time of the schedule before"),
         "{}",
         logged()
+    );
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    assert!(
+        c.events(Some("j"))
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "skipped" && e.message.contains("the clock went back")),
+        "a skipped event"
     );
 }

@@ -68,6 +68,9 @@ use crate::snapshot::TreeReader;
 /// first difference).
 pub(super) type Checked = Mutex<HashMap<(String, u64, String), std::result::Result<(), String>>>;
 
+/// [`Checked`] of each store, by its root's (device, inode).
+type ByStore = HashMap<(u64, u64), Arc<Checked>>;
+
 /// The verdicts of readers, one [`Checked`] per store (its root's device and inode)
 /// shared by every `Store` that `open_read` opens in this process, so that a long-lived
 /// reader (`snapring serve` opens the store on each request) walks a copied tree once,
@@ -76,7 +79,7 @@ pub(super) type Checked = Mutex<HashMap<(String, u64, String), std::result::Resu
 /// its first verdict there until a writer records one: readers read it against its
 /// manifest either way, so only `list`'s `DIFFERS*` line can be behind.
 pub(super) fn readers_checked(dev: u64, ino: u64) -> Arc<Checked> {
-    static SHARED: OnceLock<Mutex<HashMap<(u64, u64), Arc<Checked>>>> = OnceLock::new();
+    static SHARED: OnceLock<Mutex<ByStore>> = OnceLock::new();
     SHARED
         .get_or_init(Default::default)
         .lock()
