@@ -23,6 +23,12 @@ pub const SCHEMA_VERSION: i64 = 9;
 /// (`Catalog::recent`): clocks of the hosts of one catalog a little apart.
 const FUTURE_SLACK: chrono::Duration = chrono::Duration::minutes(5);
 
+/// The latest start time (RFC 3339, as runs record it) a run may have and still be
+/// taken for the newest: now and `FUTURE_SLACK`.
+fn not_after() -> String {
+    (chrono::Utc::now() + FUTURE_SLACK).to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
 /// How many run records an import (`rebuild`, `record_start`) writes per transaction:
 /// few fsyncs, and a bounded number of records in memory at once.
 const IMPORT_BATCH: usize = 1000;
@@ -809,8 +815,7 @@ impl Catalog {
     /// clock 30 days ahead stayed the newest for 30 days, hiding every later failure
     /// from the last run's status and its alerts. Read from `runs_job_kind_started`.
     pub fn recent(&self, job: &str, limit: usize) -> Result<Vec<RunRow>> {
-        let now = (chrono::Utc::now() + FUTURE_SLACK)
-            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let now = not_after();
         let mut rows = self.recent_where(job, "started_at <= ?3", &now, limit)?;
         if rows.len() < limit {
             let more = self.recent_where(job, "started_at > ?3", &now, limit - rows.len())?;
@@ -1110,28 +1115,48 @@ impl Catalog {
         .db(&self.path, "query events")
     }
 
-    /// The newest backup of `job`: its id, status and message, if it has one.
-    pub fn newest_backup(&self, job: &str) -> Result<Option<(String, String, String)>> {
-        self.conn
-            .query_row(
-                "SELECT id, status, message FROM runs WHERE job = ?1 AND kind = 'backup'
-                 ORDER BY started_at DESC, id DESC LIMIT 1",
-                [job],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .optional()
-            .db(&self.path, "query runs")
+    /// The newest backup of `job`: its id, status, message and start, if it has one.
+    /// Newest as `recent` has it: a run dated more than `FUTURE_SLACK` ahead (made while
+    /// the clock was ahead) comes after every other, else it hid the real newest run
+    /// from the daemon's start (an interrupted run behind it was not resumed). Read
+    /// from `runs_job_kind_started`, as `recent`.
+    fn newest(&self, job: &str) -> Result<Option<(String, String, String, String)>> {
+        let now = not_after();
+        for cond in ["started_at <= ?2", "started_at > ?2"] {
+            let row = self
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT id, status, message, started_at FROM runs
+                     WHERE job = ?1 AND kind = 'backup' AND {cond}
+                     ORDER BY started_at DESC, id DESC LIMIT 1"
+                ))
+                .and_then(|mut st| {
+                    st.query_row(params![job, now], |r| {
+                        Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                    })
+                    .optional()
+                })
+                .db(&self.path, "query runs")?;
+            if row.is_some() {
+                return Ok(row);
+            }
+        }
+        Ok(None)
     }
 
-    /// When the newest run of `job` started (RFC 3339), if any.
+    /// The newest backup of `job` (`newest`): its id, status and message, if it has
+    /// one.
+    pub fn newest_backup(&self, job: &str) -> Result<Option<(String, String, String)>> {
+        Ok(self
+            .newest(job)?
+            .map(|(id, status, message, _)| (id, status, message)))
+    }
+
+    /// When the newest run of `job` (`newest`) started (RFC 3339), if any: a run dated
+    /// more than `FUTURE_SLACK` ahead counts only when there is no other, else it hid a
+    /// missed run from `missed = "run-once"` until its date.
     pub fn last_start(&self, job: &str) -> Result<Option<String>> {
-        self.conn
-            .query_row(
-                "SELECT max(started_at) FROM runs WHERE job = ?1 AND kind = 'backup'",
-                [job],
-                |r| r.get(0),
-            )
-            .db(&self.path, "query runs")
+        Ok(self.newest(job)?.map(|(.., started)| started))
     }
 
     /// Runs (id, store) recorded `failed` after their rotation's journal was written
@@ -1880,45 +1905,51 @@ pub fn settle_running(c: &mut Catalog) {
         if is_repository(&text(&store)) {
             continue;
         }
-        let root = store;
-        let Ok(s) = crate::store::Store::open(&root, false) else {
-            continue;
-        };
-        let holder = crate::store::lock::Holder {
-            pid: std::process::id(),
-            host: crate::util::hostname(),
-            run: None,
-            command: "catalog".into(),
-            since: crate::util::now_rfc3339(),
-        };
-        let Ok(lock) = s.lock(&holder) else { continue };
-        // A repair that cannot roll a journal forward (a full file system) leaves the
-        // row as it is: the record may still say `running` (its run's final write
-        // failed), but that run's snapshot is published by the next repair that can
-        // write, so it must not be marked `incomplete`, "nothing was published".
-        if s.repair(&lock, "catalog").is_err() || s.needs_repair() {
-            lock.release();
-            continue;
-        }
-        if let Ok(Some(r)) = s.read_run(&id)
-            && r.status == Status::Running
-        {
-            // The lock was free, so nothing is running it: it died before any command
-            // saw its lock. Record it as the repair would.
-            let mut r = r;
-            r.status = Status::Incomplete;
-            r.exit_code = Status::Incomplete.exit_code();
-            r.message =
-                "interrupted: the process ended before finishing; nothing was published".into();
-            let _ = s.write_run(&r);
-        }
-        lock.release();
-        if let Ok(Some(r)) = s.read_run(&id)
+        if let Some(r) = settle_in_store(&store, &id, "catalog")
             && let Err(e) = c.record(&r)
         {
             tracing::warn!("{e}");
         }
     }
+}
+
+/// Settles run `id` of the hard-link store at `root` if it died: its record, read
+/// under the store's lock (after a repair), still `running` is rewritten `incomplete`
+/// ("interrupted: the process ended before finishing"), as the repair would. The
+/// record as it is then; `None` when the store is locked (the run may be alive), cannot
+/// be repaired, or has no record of it. `by`: the command that settles it, for the
+/// store's lock and the record.
+pub fn settle_in_store(root: &Path, id: &str, by: &str) -> Option<RunReport> {
+    let s = crate::store::Store::open(root, false).ok()?;
+    let holder = crate::store::lock::Holder {
+        pid: std::process::id(),
+        host: crate::util::hostname(),
+        run: None,
+        command: by.into(),
+        since: crate::util::now_rfc3339(),
+    };
+    let lock = s.lock(&holder).ok()?;
+    // A repair that cannot roll a journal forward (a full file system) leaves the
+    // row as it is: the record may still say `running` (its run's final write
+    // failed), but that run's snapshot is published by the next repair that can
+    // write, so it must not be marked `incomplete`, "nothing was published".
+    if s.repair(&lock, by).is_err() || s.needs_repair() {
+        lock.release();
+        return None;
+    }
+    if let Ok(Some(r)) = s.read_run(id)
+        && r.status == Status::Running
+    {
+        // The lock was free, so nothing is running it: it died before any command
+        // saw its lock. Record it as the repair would.
+        let mut r = r;
+        r.status = Status::Incomplete;
+        r.exit_code = Status::Incomplete.exit_code();
+        r.message = "interrupted: the process ended before finishing; nothing was published".into();
+        let _ = s.write_run(&r);
+    }
+    lock.release();
+    s.read_run(id).ok().flatten()
 }
 
 /// Is a run's `store` a restic repository's URL?
@@ -2158,6 +2189,46 @@ mod tests {
                 "{plan:?}"
             );
         }
+    }
+
+    /// A run dated hours ahead (made while the clock was wrong) is not the job's
+    /// newest run nor its last start while an earlier one exists (as in `recent`): it
+    /// hid an interrupted run from the daemon's resume at start, and a missed run from
+    /// `missed = "run-once"`. Alone, it still counts.
+    #[test]
+    fn a_run_dated_ahead_is_not_the_newest_or_the_last_start() {
+        let t = tempfile::tempdir().unwrap();
+        let mut c = Catalog::open(&t.path().join("catalog.db"), false).unwrap();
+        let opts = crate::engine::options::BackupOptions {
+            job: Some("home".into()),
+            ..crate::engine::options::BackupOptions::new("/src", "/store")
+        };
+        let at = |h: i64| {
+            (chrono::Utc::now() + chrono::Duration::hours(h))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let mut ahead = crate::engine::backup::new_report(&opts, "ahead", Path::new("/store"));
+        ahead.started_at = at(3);
+        ahead.status = Status::Complete;
+        ahead.message = "complete".into();
+        c.record(&ahead).unwrap();
+        assert_eq!(
+            c.newest_backup("home").unwrap().map(|r| r.0).as_deref(),
+            Some("ahead"),
+            "alone, it counts"
+        );
+        let mut cut = crate::engine::backup::new_report(&opts, "cut", Path::new("/store"));
+        cut.started_at = at(-1);
+        cut.status = Status::Incomplete;
+        cut.message = "interrupted; nothing was published or rotated".into();
+        c.record(&cut).unwrap();
+        let newest = c.newest_backup("home").unwrap().unwrap();
+        assert_eq!(
+            (newest.0.as_str(), newest.1.as_str()),
+            ("cut", "incomplete")
+        );
+        assert_eq!(c.last_start("home").unwrap(), Some(cut.started_at.clone()));
+        assert_eq!(c.last_start("other").unwrap(), None);
     }
 
     /// `status_counts` reads the covering index, not the job's rows.

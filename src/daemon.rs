@@ -534,6 +534,31 @@ impl State<'_> {
         let mut cat = startup.then(|| self.catalog()).flatten();
         let mut untold = Vec::new();
         let mut cut = Vec::new();
+        // Without a catalog (`catalog = "off"`, or one that cannot be opened) the
+        // stores' run records say the same of a job's newest run: it was neither
+        // resumed nor told at start before.
+        let mut in_store = BTreeMap::new();
+        if startup && cat.is_none() {
+            for name in self.jobs.keys() {
+                let Some((store, r)) = newest_in_store(&self.cfg, name) else {
+                    continue;
+                };
+                in_store.insert(
+                    name.clone(),
+                    (
+                        r.id.clone(),
+                        r.status.as_str().to_string(),
+                        r.message.clone(),
+                    ),
+                );
+                let only = cut_notifiers(&r);
+                if died_untold(&r) {
+                    untold.push((name.clone(), (store, r)));
+                } else if !only.is_empty() {
+                    cut.push((name.clone(), (Some(store), r, only)));
+                }
+            }
+        }
         if startup && let Some(c) = cat.as_mut() {
             // A run that died with the daemon is `running` until settled.
             crate::catalog::settle_running(c);
@@ -597,6 +622,7 @@ impl State<'_> {
             if let Some((id, status, message)) = cat
                 .as_ref()
                 .and_then(|c| c.newest_backup(name).ok().flatten())
+                .or_else(|| in_store.remove(name))
                 && status == crate::report::Status::Incomplete.as_str()
                 && message.starts_with("interrupted")
             {
@@ -1375,11 +1401,51 @@ fn untold_death(
     }
     let store = crate::store::Store::open(Path::new(&row.store), false).ok()?;
     let r = store.read_run(&row.id).ok().flatten()?;
-    let died = r.status == crate::report::Status::Incomplete
+    died_untold(&r).then_some((store, r))
+}
+
+/// Whether run `r` died before it recorded its end (killed, or with its daemon) and
+/// was never notified ([`untold_death`]).
+fn died_untold(r: &crate::report::RunReport) -> bool {
+    r.status == crate::report::Status::Incomplete
         && r.message
             .starts_with("interrupted: the process ended before finishing")
-        && r.notifications.is_empty();
-    died.then_some((store, r))
+        && r.notifications.is_empty()
+}
+
+/// The newest run record of job `name` in its hard-link store (`None` for a
+/// repository job, or a store with none), for a daemon with no catalog to read
+/// ([`State::plan`]): newest by its id's time, one dated more than 5 minutes ahead
+/// (made while the clock was ahead) after every other, as the catalog has it. A record
+/// still `running` whose store is not locked is settled `incomplete` first
+/// ([`crate::catalog::settle_in_store`]); one whose store is locked (its run may be
+/// alive) is `None`.
+fn newest_in_store(
+    cfg: &Config,
+    name: &str,
+) -> Option<(crate::store::Store, crate::report::RunReport)> {
+    let root = store_of(cfg, name)?;
+    let store = crate::store::Store::open(&root, false).ok()?;
+    let ahead = Utc::now() + chrono::Duration::minutes(5);
+    let mut ids = store.run_ids();
+    ids.sort_by_cached_key(|id| {
+        let later = crate::store::select::run_id_time(id).is_some_and(|t| t > ahead);
+        (later, std::cmp::Reverse(id.clone()))
+    });
+    for id in ids {
+        let Ok(Some(r)) = store.read_run(&id) else {
+            continue;
+        };
+        if r.job.as_deref() != Some(name) || r.dry_run {
+            continue;
+        }
+        if r.status != crate::report::Status::Running {
+            return Some((store, r));
+        }
+        let r = crate::catalog::settle_in_store(&root, &id, "daemon")?;
+        return (r.status != crate::report::Status::Running).then_some((store, r));
+    }
+    None
 }
 
 /// The newest backup of job `name`, its store (`None` when the store has no record
@@ -1407,8 +1473,14 @@ fn notice_cut_by_shutdown(
         Some((r, s)) => (r, Some(s)),
         None => (c.show_exact(&row.id).ok()??.report.into_backup()?, None),
     };
-    let only: Vec<String> = r
-        .notifications
+    let only = cut_notifiers(&r);
+    (!only.is_empty()).then_some((store, r, only))
+}
+
+/// The notifiers of run `r` whose notice a stop cut short
+/// ([`crate::notify::CUT_BY_SHUTDOWN`]).
+fn cut_notifiers(r: &crate::report::RunReport) -> Vec<String> {
+    r.notifications
         .iter()
         .filter(|o| {
             !o.ok
@@ -1417,8 +1489,7 @@ fn notice_cut_by_shutdown(
                     .is_some_and(|e| e.contains(crate::notify::CUT_BY_SHUTDOWN))
         })
         .map(|o| o.notifier.clone())
-        .collect();
-    (!only.is_empty()).then_some((store, r, only))
+        .collect()
 }
 
 /// Writes run record `r` into `store` (if any) and records it in the catalog (if any).

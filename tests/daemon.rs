@@ -3159,3 +3159,85 @@ fn a_trigger_already_run_does_not_run_again_after_the_clock_went_back() {
         "a skipped event"
     );
 }
+
+/// With the catalog off (`--catalog off`), a run killed mid-walk (its record left
+/// `running`) is resumed at the next daemon start and told to the job's notifiers, from
+/// the store's run records, as with a catalog; a run its window cut short still waits.
+/// The resume and the tell read the catalog only: the job waited a year for its next
+/// time and nobody was told.
+#[test]
+fn with_the_catalog_off_a_killed_run_is_resumed_and_told_at_the_next_start() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 30, 10);
+    let told = t.path().join("told");
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.killed]\nsource = \"{0}\"\ndest = \"{1}/k\"\njobs = 1\nschedule = \"@yearly\"\nnotify = [\"cmd\"]\n\n\
+             [job.windowed]\nsource = \"{0}\"\ndest = \"{1}/w\"\njobs = 1\nschedule = \"@yearly\"\nwindow = \"1s\"\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS $SNAPRING_RUN_ID >> {2}\"]\n",
+            src.display(),
+            t.path().display(),
+            told.display(),
+        ),
+    )
+    .unwrap();
+    let run = |job: &str| {
+        let mut c = Command::new(bin());
+        c.args(["--catalog", "off", "run", job, "--config"])
+            .arg(&cfg)
+            .arg("--no-progress")
+            .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let mut killed = run("killed").spawn().unwrap();
+    let runs = t.path().join("k/.snapring/runs");
+    wait_until("the run's record", 60, || {
+        std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    let id = std::fs::read_dir(&runs)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let id = id.file_stem().unwrap().to_str().unwrap().to_string();
+    assert_eq!(run("windowed").status().unwrap().code(), Some(3));
+    assert!(told_lines(&told).is_empty(), "{:?}", told_lines(&told));
+
+    let mut opts = in_process_daemon(&cfg, &t.path().join("unused.db"), "");
+    opts.catalog = None;
+    let (stop, reload) = (AtomicBool::new(false), AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let h = s.spawn(|| snapring::daemon::run(&opts, &stop, &reload));
+        let _stop = StopOnDrop(&stop);
+        wait_until("the interrupted run to be resumed", 60, || {
+            t.path().join("k/daily.0/d0/f0").exists()
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        h.join().unwrap().unwrap();
+    });
+    assert!(
+        !t.path().join("w/daily.0").exists(),
+        "the windowed run waits"
+    );
+    assert!(!t.path().join("unused.db").exists());
+    let lines = told_lines(&told);
+    assert!(
+        lines.contains(&format!("killed incomplete {id}")),
+        "the killed run is told: {lines:?}"
+    );
+    // Its record has the notice's outcome: a later start does not tell it again.
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs.join(format!("{id}.json"))).unwrap()).unwrap();
+    assert_eq!(r["status"], "incomplete", "{r}");
+    assert_eq!(r["notifications"][0]["ok"], true, "{r}");
+}

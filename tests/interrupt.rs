@@ -531,3 +531,59 @@ fn a_record_of_copies_whose_staging_tree_is_gone_is_removed_by_the_next_backup()
     );
     assert_verify_clean(&dest, &[]);
 }
+
+/// The backup window is counted from the run's start, its pre_command inside it (as
+/// docs/daemon.md says): a pre_command still running when the window ends is killed
+/// and the run ends `incomplete` (exit 3) with nothing read, its post_command still
+/// run (under its own timeout) and told so; the next run goes on as after any cut
+/// run. The window started after the pre_command: a long one (a dump, a volume
+/// snapshot) overran the window by up to `hook_timeout` (here the 8 s pre_command ran
+/// to its end and the run then completed, exit 0, 8 s into a 2 s window).
+#[test]
+fn a_window_that_ends_during_the_pre_command_ends_the_run_incomplete() {
+    let (t, src, dest) = setup();
+    let heard = t.path().join("post-heard");
+    let post = format!("sh -c 'echo $SNAPRING_STATUS > {}'", heard.display());
+    let t0 = std::time::Instant::now();
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &[
+            "--window",
+            "2s",
+            "--pre-command",
+            "sleep 8",
+            "--post-command",
+            &post,
+        ],
+        &[],
+    );
+    let took = t0.elapsed().as_secs_f64();
+    assert_eq!(
+        (code, &rep["status"]),
+        (3, &"incomplete".into()),
+        "{err}\n{rep}"
+    );
+    assert!(took < 6.0, "a 2 s window took {took:.2}s");
+    assert!(
+        rep["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("backup window ended during the pre_command"),
+        "{rep}"
+    );
+    assert_eq!(rep["files_total"], 0, "nothing read: {rep}");
+    assert!(snapshot_names(&dest).is_empty(), "nothing published");
+    assert_eq!(
+        std::fs::read_to_string(&heard).unwrap().trim(),
+        "incomplete",
+        "the post_command ran after the window ended"
+    );
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!((code, &rep["status"]), (0, &"complete".into()), "{err}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "the run after the cut one",
+    );
+}

@@ -4743,3 +4743,67 @@ fn a_shard_run_that_keeps_no_file_is_refused_unless_allowed() {
     assert!(!holds_files(&e) && e.dest.join("daily.0/d3/sub").is_dir());
     assert_eq!(run_record(&e, "dirs-2")["status"], "complete");
 }
+
+/// A worker stopped (SIGTERM) while its pre_command runs, or whose backup window (from
+/// the worker's start) ends then, kills the command and ends interrupted: exit 3
+/// (retryable), nothing claimed, its post command told `incomplete`, and a rerun with
+/// the same run id finishes the run, as a single-node run stopped there ends
+/// `incomplete` and resumes. It failed, exit 1 ("pre_command … failed: killed: snapring
+/// was interrupted"), its post command told `failed`; the window waited for the
+/// pre_command to end.
+#[test]
+fn a_worker_stopped_during_its_pre_command_ends_interrupted_and_a_rerun_finishes() {
+    let e = env();
+    let dir = e.dest.with_file_name("hooks");
+    std::fs::create_dir(&dir).unwrap();
+    let (started, heard) = (dir.join("started"), dir.join("heard"));
+    let pre = format!("sh -c 'touch {}; sleep 30'", started.display());
+    let post = format!("sh -c 'echo $SNAPRING_STATUS >> {}'", heard.display());
+    let args = |run: &'static str, window: &'static str| {
+        let mut a = vec!["--shard", "0/1", "--run-id", run];
+        if !window.is_empty() {
+            a.extend(["--window", window]);
+        }
+        a
+    };
+    // Stopped by SIGTERM.
+    let mut a = args("stopped", "");
+    a.extend(["--pre-command", &pre, "--post-command", &post]);
+    let w = worker(&e, &a, &[]).spawn().unwrap();
+    wait_for(&started);
+    let pid = rustix::process::Pid::from_child(&w);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let o = w.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("interrupted during its pre_command"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&heard).unwrap(), "incomplete\n");
+    // A rerun of the stopped one finishes it.
+    let o = worker(&e, &args("stopped", ""), &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_run(&e, "stopped");
+    check_snapshot(
+        &e,
+        "a run whose worker was stopped in its pre_command, rerun",
+    );
+    // Its window ends during the pre_command.
+    let mut a = args("windowed", "1s");
+    a.extend(["--pre-command", "sleep 8", "--post-command", &post]);
+    let t0 = Instant::now();
+    let o = worker(&e, &a, &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    assert!(
+        String::from_utf8_lossy(&o.stdout)
+            .contains("the backup window ended during its pre_command"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&heard).unwrap(),
+        "incomplete\nincomplete\n"
+    );
+}

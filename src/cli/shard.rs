@@ -118,6 +118,14 @@ pub fn worker(
             env: vec![("SNAPRING_SHARD_COUNT", spec.count.to_string())],
         };
         snapring::job::conclude(opts, rep, &after, catalog, notify.0, notify.1);
+    } else if let Some(why) = pre_command_stopped(&out) {
+        // Stopped in its pre_command: recorded and told `incomplete`, as a single-node
+        // run is (it was `failed`, exit 1, before).
+        let msg = format!(
+            "shard worker {}/{} of run {}: {why}",
+            spec.index, spec.count, spec.run_id
+        );
+        worker_ended(opts, spec, Status::Incomplete, msg, &[], catalog, notify);
     } else if out.interrupted && !out.left.is_empty() {
         // Stopped holding nothing (it only waited for the others): nothing to report.
         let why = if out.window_ended {
@@ -185,6 +193,8 @@ pub fn worker(
         )
     } else if out.finalize_pending {
         "every unit is committed; finalize is left to the worker still holding the store (or run `snapring finalize`)".into()
+    } else if let Some(why) = pre_command_stopped(&out) {
+        why
     } else if out.interrupted && out.left.is_empty() {
         "stopped while it held no unit; the other workers finish the run".into()
     } else if out.interrupted && out.window_ended {
@@ -239,6 +249,24 @@ pub fn worker(
         }
     }
     Ok(code)
+}
+
+/// Why a worker stopped in its `pre_command` (a signal or the end of its window killed
+/// it, `worker::pre_command`), if it did: it claimed nothing, and a rerun with the
+/// same run id starts again.
+fn pre_command_stopped(out: &snapring::shard::worker::Outcome) -> Option<String> {
+    let killed = out
+        .pre_command
+        .as_ref()
+        .is_some_and(snapring::hooks::interrupted);
+    (out.interrupted && killed).then(|| {
+        let why = if out.window_ended {
+            "the backup window ended during its pre_command"
+        } else {
+            "interrupted during its pre_command"
+        };
+        format!("{why} (killed); it claimed nothing, a rerun with the same run id starts again")
+    })
 }
 
 /// The post command and notifications of a worker that failed or was interrupted: a

@@ -162,22 +162,25 @@ pub fn backup_observed(
             .map(|r| Arc::new(crate::throttle::Throttle::new(r))),
         ..Counters::default()
     });
+    // The backup window is counted from here, the run's start (`t0`), through its
+    // pre_command: a long one (a database dump, a volume snapshot) is inside it.
     let outcome = match recorded {
-        Ok(()) => match pre_command(opts, &mut rep, cancel) {
-            Ok(()) => run(opts, &store, &id, &counters, cancel, &mut rep),
+        Ok(()) => match pre_command(opts, &mut rep, cancel, t0) {
+            (Ok(()), _) => run(opts, &store, &id, &counters, cancel, &mut rep, t0),
             // Stopped (a signal, a daemon stop) while its pre_command ran: an
             // interrupted run, as one stopped in its walk is (resumed at the next
-            // daemon start), not a failure of the pre_command.
-            Err(_)
-                if rep
-                    .pre_command
-                    .as_ref()
-                    .is_some_and(crate::hooks::interrupted) =>
-            {
-                rep.message = PRE_COMMAND_INTERRUPTED.into();
+            // daemon start), not a failure of the pre_command. Or its window ended
+            // then: cut short as a walk its window ends is (the next run goes on at
+            // its time).
+            (Err(_), window_ended) if pre_command_killed(&rep) => {
+                rep.message = match window_ended {
+                    true => PRE_COMMAND_WINDOW_ENDED,
+                    false => PRE_COMMAND_INTERRUPTED,
+                }
+                .into();
                 Ok(Status::Incomplete)
             }
-            Err(e) => Err(e),
+            (Err(e), _) => Err(e),
         },
         Err(e) => Err(e),
     };
@@ -226,25 +229,51 @@ pub fn backup_observed(
 /// The message of a run stopped while its pre_command ran (which was killed).
 const PRE_COMMAND_INTERRUPTED: &str = "interrupted during its pre_command (killed); nothing was read, published or rotated, the next run starts again";
 
+/// The message of a run whose backup window ended while its pre_command ran (which
+/// was killed).
+const PRE_COMMAND_WINDOW_ENDED: &str = "backup window ended during the pre_command (killed); nothing was read, published or rotated, the next run starts again";
+
+/// Whether the run's pre_command was killed by its `cancel` (`hooks::interrupted`).
+fn pre_command_killed(rep: &RunReport) -> bool {
+    rep.pre_command
+        .as_ref()
+        .is_some_and(crate::hooks::interrupted)
+}
+
 /// Runs the job's `pre_command` (never in a dry run), before the source is looked at
 /// (it may be what mounts or freezes it). `Err` when it fails: the run fails with
 /// nothing read or published, and its output is in the run log; or when the run was
-/// stopped while it ran (`hooks::interrupted` of `rep.pre_command`): the run is then
-/// interrupted (`incomplete`), not failed.
-fn pre_command(opts: &BackupOptions, rep: &mut RunReport, cancel: &AtomicBool) -> Result<()> {
+/// stopped while it ran (`hooks::interrupted` of `rep.pre_command`): by a signal, or
+/// by the end of its backup window (counted from `t_run`, the run's start: the second
+/// value is whether it ended); the run is then `incomplete`, not failed.
+fn pre_command(
+    opts: &BackupOptions,
+    rep: &mut RunReport,
+    cancel: &AtomicBool,
+    t_run: Instant,
+) -> (Result<()>, bool) {
     let Some(h) = opts.pre_command.as_ref().filter(|_| !opts.dry_run) else {
-        return Ok(());
+        return (Ok(()), false);
     };
-    let (out, r) = run_pre_command(
-        h,
-        [&rep.id, rep.job.as_deref().unwrap_or_default()],
-        [&rep.source, &rep.store],
-        &[],
-        "nothing was backed up or published (its output is in the run log)",
-        cancel,
-    );
+    let (done, ended) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (out, r) = std::thread::scope(|s| {
+        if let Some(w) = opts.window {
+            let (ended, done) = (&ended, &done);
+            s.spawn(move || super::progress::watch_window(t_run, w, cancel, ended, done));
+        }
+        let got = run_pre_command(
+            h,
+            [&rep.id, rep.job.as_deref().unwrap_or_default()],
+            [&rep.source, &rep.store],
+            &[],
+            "nothing was backed up or published (its output is in the run log)",
+            cancel,
+        );
+        done.store(true, Ordering::Relaxed);
+        got
+    });
     rep.pre_command = Some(out);
-    r
+    (r, ended.load(Ordering::Relaxed))
 }
 
 /// Runs pre command `h` with `SNAPRING_RUN_ID` and `SNAPRING_JOB` (`ids`),
@@ -652,7 +681,6 @@ struct Walked<S> {
     sink: Option<S>,
     fatal: Option<Error>,
     window_ended: bool,
-    t_walk: Instant,
 }
 
 /// How often a run rewrites its progress file while it walks.
@@ -668,6 +696,7 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 /// Its staging tree stays for the next run to resume, and `counters.walk_abandoned`
 /// tells the caller to keep the store locked until the process exits (the stuck
 /// workers may still write into staging when their call returns).
+#[allow(clippy::too_many_arguments)]
 fn walk_into<S: Sink + Send + 'static>(
     opts: &BackupOptions,
     st: Start,
@@ -676,6 +705,7 @@ fn walk_into<S: Sink + Send + 'static>(
     cancel: &AtomicBool,
     rep: &mut RunReport,
     publish: &mut dyn FnMut(&RunProgress),
+    t_run: Instant,
 ) -> Walked<S> {
     let walk_start = report::now_rfc3339();
     let t_walk = Instant::now();
@@ -690,7 +720,6 @@ fn walk_into<S: Sink + Send + 'static>(
                 sink: None,
                 fatal: Some(e),
                 window_ended: false,
-                t_walk,
             };
         }
     };
@@ -701,7 +730,8 @@ fn walk_into<S: Sink + Send + 'static>(
         }
         if let Some(w) = opts.window {
             let (ended, done) = (&window_ended, &done);
-            s.spawn(move || super::progress::watch_window(t_walk, w, cancel, ended, done));
+            // From the run's start, not the walk's: its pre_command is inside the window.
+            s.spawn(move || super::progress::watch_window(t_run, w, cancel, ended, done));
         }
         let got = wait_for_walk(&rx, cancel, &stop, &mut tick);
         done.store(true, Ordering::Relaxed);
@@ -722,7 +752,6 @@ fn walk_into<S: Sink + Send + 'static>(
             sink: Some(sink),
             fatal,
             window_ended,
-            t_walk,
         },
         None => {
             counters.walk_abandoned.store(true, Ordering::Relaxed);
@@ -730,7 +759,6 @@ fn walk_into<S: Sink + Send + 'static>(
                 sink: None,
                 fatal: None,
                 window_ended,
-                t_walk,
             }
         }
     }
@@ -889,12 +917,13 @@ fn run_dry<R: Repository>(
     counters: &Arc<Counters>,
     cancel: &AtomicBool,
     rep: &mut RunReport,
+    t_run: Instant,
 ) -> Result<Status> {
     let st = start(opts, repo, rep)?;
     let sink = repo.dry_sink(st.prev.as_ref())?;
     let root = Entry::from_meta(b".", &st.src_meta);
     let prev_with_files = prev_with_files(opts, st.prev.as_ref());
-    let w = walk_into(opts, st, sink, counters, cancel, rep, &mut |_| {});
+    let w = walk_into(opts, st, sink, counters, cancel, rep, &mut |_| {}, t_run);
     if let Some(e) = w.fatal {
         return Err(e);
     }
@@ -946,9 +975,10 @@ fn run<R: Repository>(
     counters: &Arc<Counters>,
     cancel: &AtomicBool,
     rep: &mut RunReport,
+    t_run: Instant,
 ) -> Result<Status> {
     if opts.dry_run {
-        return run_dry(opts, repo, id, counters, cancel, rep);
+        return run_dry(opts, repo, id, counters, cancel, rep, t_run);
     }
     let st = start(opts, repo, rep)?;
     let leftovers = repo.leftovers()?;
@@ -969,8 +999,8 @@ fn run<R: Repository>(
         rep.warnings.push(w);
     }
     let prev_with_files = prev_with_files(opts, st.prev.as_ref());
-    let w = walk_with_progress(opts, repo, st, sink, counters, cancel, rep);
-    let (window_ended, t_walk) = (w.window_ended, w.t_walk);
+    let w = walk_with_progress(opts, repo, st, sink, counters, cancel, rep, t_run);
+    let window_ended = w.window_ended;
     let Some(sink) = w.sink else {
         // Stuck workers still hold the staging tree: leave it for the next run.
         if !window_ended && !cancel.load(Ordering::Relaxed) {
@@ -1030,11 +1060,12 @@ fn run<R: Repository>(
     rep.snapshot = Some(name);
     let _ = crate::failpoint::hit("backup.after_publish");
     repo.tidy(&leftovers);
-    delete_expired(opts, repo, t_walk, cancel, rep);
+    delete_expired(opts, repo, t_run, cancel, rep);
     Ok(status)
 }
 
 /// `walk_into`, with its progress written to `repo` while it walks and removed after.
+#[allow(clippy::too_many_arguments)]
 fn walk_with_progress<R: Repository>(
     opts: &BackupOptions,
     repo: &R,
@@ -1043,6 +1074,7 @@ fn walk_with_progress<R: Repository>(
     counters: &Arc<Counters>,
     cancel: &AtomicBool,
     rep: &mut RunReport,
+    t_run: Instant,
 ) -> Walked<R::Sink> {
     let mut warned = false;
     let mut publish = |p: &RunProgress| {
@@ -1052,7 +1084,7 @@ fn walk_with_progress<R: Repository>(
             tracing::warn!("{e}; the run goes on without a progress file");
         }
     };
-    let w = walk_into(opts, st, sink, counters, cancel, rep, &mut publish);
+    let w = walk_into(opts, st, sink, counters, cancel, rep, &mut publish, t_run);
     repo.clear_progress();
     w
 }
@@ -1141,7 +1173,7 @@ fn deferred_warnings(deferred: &[String]) -> Vec<String> {
 fn delete_expired<R: Repository>(
     opts: &BackupOptions,
     repo: &R,
-    t_walk: Instant,
+    t_run: Instant,
     cancel: &AtomicBool,
     rep: &mut RunReport,
 ) {
@@ -1149,7 +1181,7 @@ fn delete_expired<R: Repository>(
     let t_rm = Instant::now();
     // The backup window covers the deletion too: what it cuts off stays in trash and
     // the next run goes on with it after publishing (it never delays a backup).
-    let left = opts.window.map(|w| w.saturating_sub(t_walk.elapsed()));
+    let left = opts.window.map(|w| w.saturating_sub(t_run.elapsed()));
     if left == Some(Duration::ZERO) {
         tracing::warn!(
             "backup window ended before expired snapshots could be deleted; the next run continues"
@@ -1159,11 +1191,11 @@ fn delete_expired<R: Repository>(
         // sets it; the status is settled already, so it cuts only this clean-up.
         let (done_rm, ended) = (AtomicBool::new(false), AtomicBool::new(false));
         std::thread::scope(|s| {
-            // Watched from the walk's start for the whole window (which the log names),
+            // Watched from the run's start for the whole window (which the log names),
             // not from now for what is left of it.
             if let Some(w) = opts.window {
                 let (ended, done_rm) = (&ended, &done_rm);
-                s.spawn(move || super::progress::watch_window(t_walk, w, cancel, ended, done_rm));
+                s.spawn(move || super::progress::watch_window(t_run, w, cancel, ended, done_rm));
             }
             let r = repo.delete_expired(opts.jobs, cancel);
             done_rm.store(true, Ordering::Relaxed);
@@ -1197,7 +1229,7 @@ fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) ->
         let st = open_source(opts, None)?;
         let sink = PlanSink::new(None);
         let root = Entry::from_meta(b".", &st.src_meta);
-        let w = walk_into(opts, st, sink, &counters, cancel, &mut rep, &mut |_| {});
+        let w = walk_into(opts, st, sink, &counters, cancel, &mut rep, &mut |_| {}, t0);
         if let Some(e) = w.fatal {
             return Err(e);
         }

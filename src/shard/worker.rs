@@ -215,7 +215,9 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     {
         let done = rd.done_names()?;
         if cut.units.iter().all(|u| done.contains(&u.id)) {
-            pre_command(opts, spec, &store, cancel, &mut out)?;
+            if !pre_command(opts, spec, &store, (cancel, t_start), &mut out)? {
+                return Ok(out);
+            }
             // A worker started otherwise than the plan (the plan's maker may be the one
             // started wrong, and every unit built by its like) leaves its mark here too:
             // the run is not published.
@@ -233,7 +235,9 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             return Ok(out);
         }
     }
-    pre_command(opts, spec, &store, cancel, &mut out)?;
+    if !pre_command(opts, spec, &store, (cancel, t_start), &mut out)? {
+        return Ok(out);
+    }
     let source = crate::engine::backup::check_source(opts)?;
     // Canonical: `snapring finalize` may run from another directory.
     let source = std::fs::canonicalize(&source).ctx("resolve source", &source)?;
@@ -336,30 +340,49 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
 /// what mounts or freezes the source on this node): every worker runs it, a rerun that
 /// only finalizes too, with the run id and its index and count in its environment. A failure stops the worker with
 /// nothing claimed (its home units go to the others) and is permanent (exit 1), as a
-/// single-node run's is.
+/// single-node run's is. `Ok(false)`: a stop killed it (SIGTERM/SIGINT, or the end of
+/// the backup window, counted from the worker's start `t_start`): the worker ends
+/// interrupted (exit 3, retryable) with nothing claimed, as a single-node run ends
+/// `incomplete`; a rerun with the same run id starts again (it failed, exit 1, before).
 fn pre_command(
     opts: &BackupOptions,
     spec: &Spec,
     store: &Store,
-    cancel: &AtomicBool,
+    (cancel, t_start): (&AtomicBool, Instant),
     out: &mut Outcome,
-) -> Result<(), ShardError> {
+) -> Result<bool, ShardError> {
     let Some(h) = &opts.pre_command else {
-        return Ok(());
+        return Ok(true);
     };
-    let (o, r) = crate::engine::backup::run_pre_command(
-        h,
-        [&spec.run_id, opts.job.as_deref().unwrap_or_default()],
-        [&opts.source, &store.root],
-        &[
-            ("SNAPRING_SHARD_INDEX", spec.index.to_string()),
-            ("SNAPRING_SHARD_COUNT", spec.count.to_string()),
-        ],
-        "this worker claimed nothing (its output is in its log)",
-        cancel,
-    );
+    let (done, ended) = (AtomicBool::new(false), AtomicBool::new(false));
+    let (o, r) = std::thread::scope(|s| {
+        if let Some(w) = opts.window {
+            let (ended, done) = (&ended, &done);
+            s.spawn(move || crate::engine::progress::watch_window(t_start, w, cancel, ended, done));
+        }
+        let got = crate::engine::backup::run_pre_command(
+            h,
+            [&spec.run_id, opts.job.as_deref().unwrap_or_default()],
+            [&opts.source, &store.root],
+            &[
+                ("SNAPRING_SHARD_INDEX", spec.index.to_string()),
+                ("SNAPRING_SHARD_COUNT", spec.count.to_string()),
+            ],
+            "this worker claimed nothing (its output is in its log)",
+            cancel,
+        );
+        done.store(true, Ordering::Relaxed);
+        got
+    });
+    let killed = crate::hooks::interrupted(&o);
     out.pre_command = Some(o);
-    Ok(r?)
+    if r.is_err() && killed {
+        out.interrupted = true;
+        out.window_ended = ended.load(Ordering::Relaxed);
+        return Ok(false);
+    }
+    r?;
+    Ok(true)
 }
 
 /// The worker's own log file, `.snapring/logs/<run-id>.w<index>.log` (appended to by a
