@@ -3,7 +3,8 @@
 //! year)` with `?`, `L`, `W` and `#` and Quartz weekday numbers (1 = Sunday). Evaluated
 //! with croner in UTC or a named IANA time zone. A step from a start (`0/15`, Quartz's and
 //! AWS's "from 0, every 15") is read as the range from that start to the field's end
-//! (`0-59/15`), which croner accepts. Pure: every function takes the instant
+//! (`0-59/15`), which croner accepts. The two day fields combine as in Vixie cron (both
+//! must match when either starts with `*`). Pure: every function takes the instant
 //! to count from, so nothing here reads the clock.
 
 use chrono::{DateTime, LocalResult, TimeZone, Utc};
@@ -49,6 +50,7 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
             ],
         )
         .map_err(bad)?;
+        check_fields(&fields, AWS_FIELDS).map_err(bad)?;
         if (fields[2] == "?") == (fields[4] == "?") {
             return Err(bad(
                 "the AWS form needs `?` in exactly one of day-of-month and day-of-week".into(),
@@ -87,11 +89,19 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         let expr = if e.starts_with('@') {
             nickname(e).map_err(bad)?.to_string()
         } else {
+            check_fields(&fields, &CRON_FIELDS[6 - n..]).map_err(bad)?;
             steps_from_a_start(&fields, ends).join(" ")
         };
+        // Vixie cron's day rule (cronie's, that of the crontabs operators know): when
+        // either day field starts with `*` (`*`, `*/2`), a day must match both;
+        // otherwise either is enough. Croner ORs them unless one is exactly `*`, so
+        // `0 0 */2 * 1` would fire every odd day and every Monday.
+        let star = |i: usize| fields.get(i).is_some_and(|f| f.starts_with('*'));
+        let (dom, dow) = if n == 6 { (3, 5) } else { (2, 4) };
         CronParser::builder()
             .seconds(Seconds::Optional)
             .year(Year::Disallowed)
+            .dom_and_dow(!e.starts_with('@') && (star(dom) || star(dow)))
             .build()
             .parse(&expr)
             .map_err(|e| bad(e.to_string()))?
@@ -157,6 +167,154 @@ fn steps_from_a_start(fields: &[&str], ends: &[u32]) -> Vec<String> {
                 .join(",")
         })
         .collect()
+}
+
+/// One field of a schedule as `check_fields` judges it: its name, its values and what
+/// to tell about them, and its names (`MON`, `JAN`) with their values.
+struct Field {
+    name: &'static str,
+    lo: u32,
+    hi: u32,
+    /// The largest step that picks more than one value from the whole field.
+    max_step: u32,
+    allowed: &'static str,
+    names: &'static [&'static str],
+    /// The value of `names[0]`.
+    first: u32,
+}
+
+const MONTHS: &[&str] = &[
+    "JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC",
+];
+const DAYS: &[&str] = &["SUN", "MON", "TUE", "WED", "THU", "FRI", "SAT"];
+
+const fn field(name: &'static str, lo: u32, hi: u32, allowed: &'static str) -> Field {
+    Field {
+        name,
+        lo,
+        hi,
+        max_step: hi - lo,
+        allowed,
+        names: &[],
+        first: 0,
+    }
+}
+
+/// The fields of the 5-field form, after a leading seconds field (the 6-field form).
+const CRON_FIELDS: &[Field] = &[
+    field("second", 0, 59, "0–59"),
+    field("minute", 0, 59, "0–59"),
+    field("hour", 0, 23, "0–23"),
+    field("day-of-month", 1, 31, "1–31"),
+    Field {
+        names: MONTHS,
+        first: 1,
+        ..field("month", 1, 12, "1–12 or JAN–DEC")
+    },
+    Field {
+        names: DAYS,
+        first: 0,
+        // 7 is Sunday again: a step of 7 picks Sunday alone.
+        max_step: 6,
+        ..field("day-of-week", 0, 7, "0–7 (0 and 7 = Sunday) or SUN–SAT")
+    },
+];
+
+/// The fields of the AWS form (`year` is left to croner).
+const AWS_FIELDS: &[Field] = &[
+    field("minutes", 0, 59, "0–59"),
+    field("hours", 0, 23, "0–23"),
+    field("day-of-month", 1, 31, "1–31"),
+    Field {
+        names: MONTHS,
+        first: 1,
+        ..field("month", 1, 12, "1–12 or JAN–DEC")
+    },
+    Field {
+        names: DAYS,
+        first: 1,
+        ..field(
+            "day-of-week",
+            1,
+            7,
+            "1–7 in the AWS form (1 = Sunday, 7 = Saturday) or SUN–SAT",
+        )
+    },
+];
+
+/// Judges the plain items of each field (numbers, names, ranges and steps) before
+/// croner does, so that a mistake is told with the field and what it allows (croner
+/// says "Position 0 is less than the input offset 1" or "Range out of bounds"): a value
+/// outside the field, a range from high to low (`5-2`: write `5-23,0-2` for one across
+/// the field's end; croner has no wrap-around), a step larger than the field's range
+/// (`*/75` in minutes picks minute 0 alone; cronie refuses it too). Items with `L`,
+/// `W` or `#`, and anything else that is no number or name, are left to croner.
+fn check_fields(fields: &[&str], specs: &[Field]) -> Result<(), String> {
+    for (text, f) in fields.iter().zip(specs) {
+        for item in text.split(',') {
+            let (base, step) = match item.split_once('/') {
+                Some((b, s)) => (b, Some(s)),
+                None => (item, None),
+            };
+            if let Some(n) = step.and_then(|s| s.parse::<u32>().ok())
+                && n > f.max_step
+            {
+                return Err(format!(
+                    "{} step {n} is larger than the field's range {}–{} (at most {}; to pick one value, write it)",
+                    f.name, f.lo, f.hi, f.max_step
+                ));
+            }
+            if base == "*" || base == "?" {
+                continue;
+            }
+            let value = |v: &str, end: bool| -> Option<u32> {
+                if let Ok(n) = v.parse::<u32>() {
+                    return Some(n);
+                }
+                let i = f.names.iter().position(|x| x.eq_ignore_ascii_case(v))? as u32;
+                // `FRI-SUN` in the 5-field form: SUN at a range's end is 7.
+                Some(if end && i == 0 && f.lo == 0 {
+                    7
+                } else {
+                    f.first + i
+                })
+            };
+            let (a, b) = match base.split_once('-') {
+                Some((a, b)) => match (value(a, false), value(b, true)) {
+                    (Some(a), Some(b)) => (a, Some(b)),
+                    _ => continue,
+                },
+                None => match value(base, false) {
+                    Some(a) => (a, None),
+                    None => continue,
+                },
+            };
+            for v in std::iter::once(a).chain(b) {
+                if v < f.lo || v > f.hi {
+                    return Err(format!(
+                        "the {} field {text:?} has {v}, which is out of its range: the {} is {}",
+                        f.name, f.name, f.allowed
+                    ));
+                }
+            }
+            if let Some(b) = b
+                && a > b
+            {
+                let part = |x: u32, y: u32| match x == y {
+                    true => x.to_string(),
+                    false => format!("{x}-{y}"),
+                };
+                return Err(format!(
+                    "the {} field {text:?} has the range {base}, which goes from high to low: \
+                     write ranges low to high, and one across the field's end as two ({},{})",
+                    f.name,
+                    part(a, f.hi),
+                    part(f.lo, b)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a field with an empty item in its list (`0 , * * *`, `1,,5`, `3,`). Croner
@@ -985,6 +1143,164 @@ mod tests {
                 at = r;
             }
             assert_eq!(runs.len(), want, "{expr} in {zone}");
+        }
+    }
+
+    /// Vixie cron's rule: a day field starting with `*` makes the two day fields AND.
+    /// 1 June 2026 is a Monday: its Mondays with odd day numbers are the 1st, 15th and
+    /// 29th (not the 3rd, 5th, ... nor the 8th, 22nd).
+    #[test]
+    fn a_starred_day_field_makes_both_day_fields_match() {
+        assert_eq!(
+            next("0 0 */2 * 1", None, "2026-06-01T00:00:00Z", 4),
+            [
+                "2026-06-15T00:00:00+00:00",
+                "2026-06-29T00:00:00+00:00",
+                "2026-07-13T00:00:00+00:00",
+                "2026-07-27T00:00:00+00:00",
+            ]
+        );
+        // With seconds first, and the star in day-of-week: every other weekday of the
+        // 1st to 7th that is also in the first seven days (Sunday, Tuesday, ...).
+        assert_eq!(
+            next("0 0 0 1-7 * */2", None, "2026-06-01T00:00:00Z", 4),
+            [
+                "2026-06-02T00:00:00+00:00",
+                "2026-06-04T00:00:00+00:00",
+                "2026-06-06T00:00:00+00:00",
+                "2026-06-07T00:00:00+00:00",
+            ]
+        );
+        // Neither starts with `*`: either is enough (the 1st, the 15th, every Monday).
+        assert_eq!(
+            next("0 0 1,15 * 1", None, "2026-06-30T00:00:00Z", 5),
+            [
+                "2026-07-01T00:00:00+00:00",
+                "2026-07-06T00:00:00+00:00",
+                "2026-07-13T00:00:00+00:00",
+                "2026-07-15T00:00:00+00:00",
+                "2026-07-20T00:00:00+00:00",
+            ]
+        );
+        // A plain `*` in either is the other field alone.
+        assert_eq!(
+            next("0 0 * * 1", None, "2026-06-01T00:00:00Z", 2),
+            ["2026-06-08T00:00:00+00:00", "2026-06-15T00:00:00+00:00"]
+        );
+        assert_eq!(
+            next("0 0 */10 * *", None, "2026-06-01T00:00:00Z", 3),
+            [
+                "2026-06-11T00:00:00+00:00",
+                "2026-06-21T00:00:00+00:00",
+                "2026-07-01T00:00:00+00:00",
+            ]
+        );
+        // The AWS form (`?` in one day field) is the other field alone, as before.
+        assert_eq!(
+            next("cron(0 0 ? * MON *)", None, "2026-06-01T00:00:00Z", 2),
+            ["2026-06-08T00:00:00+00:00", "2026-06-15T00:00:00+00:00"]
+        );
+        assert_eq!(
+            next("cron(0 0 */2 * ? *)", None, "2026-06-01T00:00:00Z", 2),
+            ["2026-06-03T00:00:00+00:00", "2026-06-05T00:00:00+00:00"]
+        );
+    }
+
+    fn refused(expr: &str) -> String {
+        parse(expr, None).expect_err(expr)
+    }
+
+    #[test]
+    fn a_step_larger_than_its_field_is_refused() {
+        assert_eq!(
+            refused("*/75 * * * *"),
+            "schedule \"*/75 * * * *\": minute step 75 is larger than the field's range 0–59 \
+             (at most 59; to pick one value, write it)"
+        );
+        let m = refused("0 */30 * * *");
+        assert!(
+            m.contains("hour step 30 is larger than the field's range 0–23"),
+            "{m}"
+        );
+        for (e, want) in [
+            ("0/60 * * * * *", "second step 60"),
+            ("0 0 */31 * *", "day-of-month step 31"),
+            ("0 0 1 1/12 *", "month step 12"),
+            ("0 0 * * */7", "day-of-week step 7"),
+            ("cron(0/90 * * * ? *)", "minutes step 90"),
+            ("cron(0 0 ? * 1/7 *)", "day-of-week step 7"),
+        ] {
+            let m = refused(e);
+            assert!(m.contains(want), "{e}: {m}");
+        }
+        // The largest steps that still pick two values are taken.
+        for e in [
+            "*/59 * * * *",
+            "0 */23 * * *",
+            "0 0 */30 * *",
+            "0 0 1 */11 *",
+            "0 0 * * */6",
+        ] {
+            parse(e, None).expect(e);
+        }
+    }
+
+    #[test]
+    fn a_value_out_of_its_field_or_a_range_from_high_to_low_is_told_plainly() {
+        assert_eq!(
+            refused("cron(0 2 ? * 0 *)"),
+            "schedule \"cron(0 2 ? * 0 *)\": the day-of-week field \"0\" has 0, which is out \
+             of its range: the day-of-week is 1–7 in the AWS form (1 = Sunday, 7 = Saturday) \
+             or SUN–SAT"
+        );
+        assert_eq!(
+            refused("0 5-2 * * *"),
+            "schedule \"0 5-2 * * *\": the hour field \"5-2\" has the range 5-2, which goes \
+             from high to low: write ranges low to high, and one across the field's end as two \
+             (5-23,0-2)"
+        );
+        for (e, want) in [
+            (
+                "61 * * * *",
+                "the minute field \"61\" has 61, which is out of its range: the minute is 0–59",
+            ),
+            ("0 24 * * *", "the hour field \"24\" has 24"),
+            (
+                "0 0 0 * *",
+                "the day-of-month field \"0\" has 0, which is out of its range: the day-of-month is 1–31",
+            ),
+            (
+                "0 0 1 13 *",
+                "the month field \"13\" has 13, which is out of its range: the month is 1–12 or JAN–DEC",
+            ),
+            (
+                "0 0 * * 8",
+                "the day-of-week field \"8\" has 8, which is out of its range: the day-of-week is 0–7 (0 and 7 = Sunday) or SUN–SAT",
+            ),
+            (
+                "0 0 * * FRI-MON",
+                "the day-of-week field \"FRI-MON\" has the range FRI-MON, which goes from high to low",
+            ),
+            ("0 0 1 DEC-FEB *", "(12,1-2)"),
+            ("cron(0 0 ? * SAT-SUN *)", "(7,1)"),
+            (
+                "cron(0 0 1,40 * ? *)",
+                "the day-of-month field \"1,40\" has 40",
+            ),
+        ] {
+            let m = refused(e);
+            assert!(m.contains(want), "{e}: {m}");
+        }
+        // Names and ranges within the field are taken; SUN ends a 5-field range as 7.
+        for e in [
+            "0 0 * * FRI-SUN",
+            "0 0 * * MON-FRI",
+            "0 0 1 JAN-MAR *",
+            "cron(0 0 ? * MON-FRI *)",
+            "cron(0 0 ? * 2#1 *)",
+            "cron(0 0 L * ? *)",
+        ] {
+            parse(e, None).expect(e);
         }
     }
 }

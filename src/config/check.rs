@@ -5,10 +5,11 @@
 //! source, a schedule that never fires, a store or `file://` repository inside the
 //! source, two jobs whose retentions would expire each other's snapshots, a hook with
 //! no program, a job name that is empty), and names of
-//! notifiers no `[notify.NAME]` table defines. The known keys of each table are one list
-//! each (`JOB_KEYS`, `NOTIFY_KEYS`, `TOP_KEYS`): a new key is one line there (and its
-//! field in `JobConfig`/`NotifierConfig`; a test keeps the two in step). Reads the file
-//! system only to resolve where the source and store really lead.
+//! notifiers no `[notify.NAME]` table defines or a job lists twice. The known keys of
+//! each table are one list each (`JOB_KEYS`, `NOTIFY_KEYS`, `TOP_KEYS`): a new key is
+//! one line there (and its field in `JobConfig`/`NotifierConfig`; a test keeps the two
+//! in step). Reads the file system only to resolve where the source and store really
+//! lead.
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -872,7 +873,9 @@ impl Checker<'_> {
         self.repos.push(me);
     }
 
-    /// Each name in a job's `notify` that no `[notify.NAME]` table defines.
+    /// Each name in a job's `notify` that no `[notify.NAME]` table defines, and each
+    /// name listed again (every run would tell that notifier twice: two mails, two
+    /// POSTs).
     fn job_notifiers(&mut self, dk: &str, t: &DeTable<'_>, notifiers: &[String]) {
         let Some((_, v)) = entry(t, "notify") else {
             return;
@@ -885,10 +888,20 @@ impl Checker<'_> {
         } else {
             format!("defined: {}", notifiers.join(", "))
         };
+        let mut seen: Vec<&str> = Vec::new();
         for e in a.iter() {
-            if let DeValue::String(n) = e.get_ref()
-                && !notifiers.iter().any(|x| x == n.as_ref())
-            {
+            let DeValue::String(n) = e.get_ref() else {
+                continue;
+            };
+            if seen.contains(&n.as_ref()) {
+                let m = format!(
+                    "notify names {n:?} twice: each run would notify it twice; list it once"
+                );
+                self.push(e.span(), dotted(dk, "notify"), m, None);
+                continue;
+            }
+            seen.push(n.as_ref());
+            if !notifiers.iter().any(|x| x == n.as_ref()) {
                 let s = suggest(n, notifiers.iter().map(String::as_str));
                 let m =
                     format!("notify names {n:?}, but there is no [notify.{n}] table ({defined})");
@@ -897,26 +910,42 @@ impl Checker<'_> {
         }
     }
 
-    /// A notifier's values together (`NotifierConfig::problems`), once every key of it
-    /// is known and of the right type.
+    /// A notifier's values together (`NotifierConfig::problems`), judged on the keys of
+    /// it that are known and of the right type (those that are not are reported already,
+    /// and are left out here): every problem of the table at once, so that one pass of
+    /// edits fixes the file. Without a usable `type`, only what every type shares
+    /// (`timeout`) is judged.
     fn notifier(&mut self, at: Range<usize>, dk: &str, v: &Spanned<DeValue<'_>>) {
         let DeValue::Table(t) = v.get_ref() else {
             return;
         };
-        let prefix = format!("{dk}.");
-        if self.out.iter().any(|p| p.key.starts_with(&prefix)) {
-            return;
+        let bad: Vec<&str> = self.out.iter().map(|p| p.key.as_str()).collect();
+        let mut usable = DeTable::new();
+        for (k, v) in t.iter() {
+            if !bad.contains(&dotted(dk, k.get_ref()).as_str()) {
+                usable.insert(k.clone(), v.clone());
+            }
         }
+        let typed = entry(&usable, "type").is_some();
         if entry(t, "type").is_none() {
             let m = "no type: set type = \"webhook\", \"email\" or \"command\"".to_string();
-            self.push(at, dk.to_string(), m, None);
-            return;
+            self.push(at.clone(), dk.to_string(), m, None);
         }
-        let c = match NotifierConfig::deserialize(v.clone().into_deserializer()) {
+        if !typed {
+            usable.insert(
+                Spanned::new(0..0, "type".into()),
+                Spanned::new(0..0, DeValue::String("".into())),
+            );
+        }
+        let whole = Spanned::new(v.span(), DeValue::Table(usable));
+        let c = match NotifierConfig::deserialize(whole.into_deserializer()) {
             Ok(c) => c,
             Err(e) => return self.push(at, dk.to_string(), e.message().to_string(), None),
         };
         for (k, m) in c.problems() {
+            if !typed && !matches!(k, Some("timeout")) {
+                continue;
+            }
             match k.and_then(|k| entry(t, k)) {
                 Some((kat, _)) => self.push(kat, dotted(dk, k.expect("some")), m, None),
                 None => self.push(at.clone(), dk.to_string(), m, None),
@@ -971,6 +1000,53 @@ mod tests {
         assert_eq!(got.len(), want.len(), "{got:#?}");
         for (g, (at, what)) in got.iter().zip(want) {
             assert!(g.starts_with(at) && g.contains(what), "{g} vs {at} {what}");
+        }
+    }
+
+    /// A notifier listed twice in a job would be told twice of each run (two POSTs, two
+    /// mails): a problem at the second name.
+    #[test]
+    fn a_notifier_listed_twice_is_a_problem_at_the_second() {
+        let got = lines(
+            "[job.a]\nsource = \"/s\"\ndest = \"/d\"\nnotify = [\"w\", \"x\", \"w\"]\n\n[notify.w]\ntype = \"command\"\ncommand = [\"/bin/true\"]\n\n[notify.x]\ntype = \"command\"\ncommand = [\"/bin/true\"]\n",
+        );
+        assert_eq!(
+            got,
+            [
+                "c.toml:4:21: job.a.notify: notify names \"w\" twice: each run would notify it \
+              twice; list it once"
+            ]
+        );
+    }
+
+    /// Every problem of a notifier at once: a key of the wrong type or an unknown key no
+    /// longer hides the problems of its other keys, nor does a missing `type` hide a bad
+    /// `timeout`.
+    #[test]
+    fn every_problem_of_a_notifier_is_reported() {
+        let got = lines(
+            "[job.a]\nsource = \"/s\"\ndest = \"/d\"\nnotify = [\"w\", \"x\"]\n\n[notify.w]\ntype = \"webhook\"\nurl = \"ftp://example.com/x\"\nformat = \"xml\"\ntimeout = 5\nbogus = 1\n\n[notify.x]\nurl = \"ftp://example.com/x\"\ntimeout = \"0s\"\n",
+        );
+        let want = [
+            (
+                "c.toml:8:1: notify.w.url:",
+                "give an http:// or https:// URL",
+            ),
+            (
+                "c.toml:9:1: notify.w.format:",
+                "format must be \"json\" or \"slack\"",
+            ),
+            ("c.toml:10:1: notify.w.timeout:", "must be a string"),
+            ("c.toml:11:1: notify.w.bogus:", "unknown key"),
+            ("c.toml:13:9: notify.x:", "no type"),
+            ("c.toml:15:1: notify.x.timeout:", "at least 1s"),
+        ];
+        assert_eq!(got.len(), want.len(), "{got:#?}");
+        for (g, (head, what)) in got.iter().zip(want) {
+            assert!(
+                g.starts_with(head) && g.contains(what),
+                "{g} (want {head} {what})"
+            );
         }
     }
 
