@@ -27,9 +27,15 @@ pub enum Status {
     Failed,
 }
 
-/// The exit code (and the report's `exit_code`) of a run that found its store or
-/// repository in use by another process (EX_TEMPFAIL, "try again later"): recorded
-/// `failed`, but nothing was lost and nothing was done.
+/// The exit code (and the report's `exit_code`) of a run to try again later
+/// (EX_TEMPFAIL): recorded `failed`, but nothing was lost. Two causes: the store or
+/// repository in use by another process (a lock: nothing was done), or the repository's
+/// storage not answering (a local repository's disk or NFS server down: its packs and
+/// `config` answer EIO; S3 not reached once its retries were spent: connections
+/// refused, reset or timed out, HTTP 500/502/503/504), where a restore keeps its record
+/// and a shard worker its claimed units, and the same command run later resumes. A
+/// mistake that retrying will not mend (a TLS certificate that does not verify, a host
+/// name that does not exist, credentials refused: 403) is 1, not this.
 pub const EXIT_IN_USE: i32 = 75;
 
 impl Status {

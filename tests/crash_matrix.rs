@@ -214,6 +214,10 @@ const NOT_IN_MATRIX: &[&str] = &[
     // `restore` and every reader: read again after a pause (tests/restic_damaged.rs).
     // A reader: nothing to crash.
     "restic.local_read",
+    // The read of a local repository's `config` that tells storage that is down from
+    // packs answering EIO (`Backend::probe_down`), failing (tests/restic_damaged.rs).
+    // A reader: nothing to crash.
+    "restic.storage_probe",
     // A pause of a fill thread before it opens the file the walk created, for a test
     // to replace or delete it (tests/restore_races.rs): that file is a problem.
     "restic.restore.before_fill",

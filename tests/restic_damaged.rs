@@ -1337,9 +1337,10 @@ fn verify_tells_a_pack_read_error_from_corruption() {
 }
 
 /// A restore from a repository whose storage is down (every pack read answers EIO:
-/// failpoint `restic.local_read` armed for every read; the trees come from the tree
-/// cache, as after a backup on this machine): once 3 distinct packs answered EIO, each
-/// read twice, and no pack read, it stops: `failed`, exit 75 (try again later),
+/// failpoint `restic.local_read` armed for every read, and so does the read of
+/// `config` that tells it from damaged packs: `restic.storage_probe`; the trees come
+/// from the tree cache, as after a backup on this machine): once 3 distinct packs
+/// answered EIO, each read twice, no pack read and `config` does not, it stops: `failed`, exit 75 (try again later),
 /// "cannot be read", the record of unfinished work kept; the same restore run once the
 /// storage reads finishes it, equal to the source. Before, it tried every file (two
 /// reads and a 200 ms pause per pack), ended `partial` with every file a problem, and
@@ -1390,11 +1391,10 @@ fn a_restore_from_storage_that_is_down_stops_and_its_rerun_finishes() {
         .filter(|(size, _)| *size > 1_000_000)
         .count();
     assert!(data_packs >= 4, "{data_packs} data packs");
-    let every: Vec<String> = (1..=1000)
-        .map(|n| format!("restic.local_read=error@{n}"))
-        .collect();
+    // Down: `config` does not read either (failpoint `restic.storage_probe`).
+    let every = storage_down_failpoints(true);
     let restore = [&restore_latest(&url, &to)[..], &["--json"]].concat();
-    let (code, out, err) = run(&restore, &every.join(";"));
+    let (code, out, err) = run(&restore, &every);
     assert_eq!(code, 75, "{out}\n{err}");
     let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -1406,7 +1406,8 @@ fn a_restore_from_storage_that_is_down_stops_and_its_rerun_finishes() {
     assert!(
         msg.contains("cannot be read: ")
             && msg.contains("packs answered EIO")
-            && msg.contains("no pack read"),
+            && msg.contains("no pack read")
+            && msg.contains("config file does not read either"),
         "{msg}"
     );
     assert!(msg.contains("run the same restore again"), "{msg}");
@@ -1420,4 +1421,154 @@ fn a_restore_from_storage_that_is_down_stops_and_its_rerun_finishes() {
     let (code, out, err) = run(&restore, "");
     assert_eq!(code, 0, "{out}\n{err}");
     assert_same_tree(&describe(&src), &describe(&to), "the rerun finished it");
+}
+
+/// Failpoints making every pack read of a local repository answer EIO
+/// (`restic.local_read`) and, with `down`, the read of `config` that tells storage
+/// that is down from damaged packs (`restic.storage_probe`).
+fn storage_down_failpoints(down: bool) -> String {
+    let mut fp: Vec<String> = (1..=1000)
+        .map(|n| format!("restic.local_read=error@{n}"))
+        .collect();
+    if down {
+        fp.extend((1..=100).map(|n| format!("restic.storage_probe=error@{n}")));
+    }
+    fp.join(";")
+}
+
+/// A repository (`file_url(repo)`) of 12 files of 5 MB and 5 small ones in `src`,
+/// backed up with the tree cache under `cache`.
+struct EioRepo {
+    src: PathBuf,
+    repo: PathBuf,
+    cache: PathBuf,
+}
+
+impl EioRepo {
+    fn new(t: &Path) -> EioRepo {
+        let r = EioRepo {
+            src: t.join("src"),
+            repo: t.join("repo"),
+            cache: t.join("cache"),
+        };
+        for i in 0..12u64 {
+            write(
+                &r.src.join(format!("f{i:02}")),
+                &pseudo_random(5_000_000, i),
+            );
+        }
+        for i in 0..5 {
+            write(
+                &r.src.join(format!("small/s{i}")),
+                format!("{i}\n").as_bytes(),
+            );
+        }
+        let url = file_url(&r.repo);
+        let (code, out, err) = r.run(&["init", "--dest", &url], "", true);
+        assert_eq!(code, 0, "{out}\n{err}");
+        let src = r.src.to_str().unwrap();
+        let (code, out, err) = r.run(&["backup", "--source", src, "--dest", &url], "", true);
+        assert_eq!(code, 0, "{out}\n{err}");
+        // More than the storage-down rule's 3 packs (`backend::STORAGE_DOWN_PACKS`).
+        let data_packs = packs_by_size(&r.repo)
+            .iter()
+            .filter(|(size, _)| *size > 1_000_000)
+            .count();
+        assert!(data_packs >= 4, "{data_packs} data packs");
+        r
+    }
+
+    /// snapring with that tree cache (`cached`; else none) and the failpoints `fp`.
+    fn run(&self, args: &[&str], fp: &str, cached: bool) -> (i32, String, String) {
+        let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        let mut env = vec![
+            ("SNAPRING_PASSWORD", PASSWORD),
+            ("XDG_CACHE_HOME", self.cache.to_str().unwrap()),
+            ("SNAPRING_FAILPOINTS", fp),
+        ];
+        if !cached {
+            env.push(("SNAPRING_CACHE", "off"));
+        }
+        let out = snapring(&a, &env);
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+/// Working storage whose packs answer EIO (bad sectors under every pack read, the
+/// trees from the tree cache): the storage-down rule (3 packs, no pack read) fires,
+/// but `config` reads, so the packs are damaged, not the storage down: the restore
+/// goes on, each file whose data does not read a problem, `partial`, exit 2, and no
+/// record left (a rerun would stop the same way forever). It stopped, exit 75, "cannot
+/// be read", and so did every rerun. Through failpoints, and over latencyfs
+/// `--eio-read /data/` (a FUSE layer answering EIO for every pack).
+#[test]
+fn a_restore_from_working_storage_whose_packs_answer_eio_goes_on() {
+    let t = tempfile::tempdir().unwrap();
+    let r = EioRepo::new(t.path());
+    let check = |url: &str, to: &Path, fp: &str| {
+        let restore = [&restore_latest(url, to)[..], &["--json"]].concat();
+        let (code, out, err) = r.run(&restore, fp, true);
+        assert_eq!(code, 2, "{out}\n{err}");
+        let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(rep["status"], "partial", "{rep}");
+        let paths = problem_paths(&rep);
+        assert_eq!(paths.len(), 17, "every file's data is lost: {paths:?}");
+        assert!(
+            rep["problems"][0]["error"]
+                .as_str()
+                .unwrap()
+                .contains("Input/output error"),
+            "{rep}"
+        );
+        assert!(!to.join(".snapring-restore-unfinished").exists());
+    };
+    check(
+        &file_url(&r.repo),
+        &t.path().join("to"),
+        &storage_down_failpoints(false),
+    );
+    let mnt = t.path().join("mnt");
+    let Some(_fs) = FaultFs::mount(&r.repo, &mnt, &["--eio-read", "/data/"]) else {
+        return;
+    };
+    check(&file_url(&mnt), &t.path().join("to-fuse"), "");
+}
+
+/// A restore without the tree cache from storage that is down (every pack read and
+/// the read of `config` answer EIO: failpoints) stops on the snapshot's tree, failed,
+/// exit 75 (try again later), saying the repository cannot be read, as a restore
+/// stopped later by its files' packs does; the same restore once the storage reads
+/// finishes it. It exited 1, with no report. On storage that reads (`config` does),
+/// a tree that does not read still stops it, exit 1.
+#[test]
+fn a_restore_without_the_tree_cache_from_storage_that_is_down_exits_75() {
+    let t = tempfile::tempdir().unwrap();
+    let r = EioRepo::new(t.path());
+    let (url, to) = (file_url(&r.repo), t.path().join("to"));
+    let restore = [&restore_latest(&url, &to)[..], &["--json"]].concat();
+    let (code, out, err) = r.run(&restore, &storage_down_failpoints(true), false);
+    assert_eq!(code, 75, "{out}\n{err}");
+    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (&rep["status"], &rep["exit_code"]),
+        (&"failed".into(), &75.into()),
+        "{rep}"
+    );
+    let msg = rep["message"].as_str().unwrap();
+    assert!(
+        msg.contains("cannot be read: ")
+            && msg.contains("config file does not read either")
+            && msg.contains("run the same restore again"),
+        "{msg}"
+    );
+    // Storage that reads: the tree is damaged there (as before: exit 1).
+    let (code, out, err) = r.run(&restore, &storage_down_failpoints(false), false);
+    assert_eq!(code, 1, "{out}\n{err}");
+    let (code, out, err) = r.run(&restore, "", false);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_same_tree(&describe(&r.src), &describe(&to), "the rerun restored it");
 }

@@ -41,6 +41,9 @@ struct Server {
     /// While set, every GET of a path ending so is answered 500 (a server failing for
     /// one object, after the retries).
     pub fail_gets: Arc<Mutex<Option<String>>>,
+    /// While set, every GET of a path ending so is answered 403 AccessDenied (a
+    /// policy refusing the object).
+    pub deny_gets: Arc<Mutex<Option<String>>>,
 }
 
 type Put = (String, Option<String>, Option<String>);
@@ -70,6 +73,7 @@ struct Flaky {
     puts: Arc<Mutex<Vec<Put>>>,
     gets: Arc<Mutex<Vec<String>>>,
     fail_gets: Arc<Mutex<Option<String>>>,
+    deny_gets: Arc<Mutex<Option<String>>>,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
@@ -122,6 +126,16 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
                     .unwrap();
                 return Box::pin(async move { Ok(resp) });
             }
+            let deny = self.deny_gets.lock().unwrap().clone();
+            if deny.is_some_and(|end| path.ends_with(&end)) {
+                let body =
+                    "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+                let resp = hyper::Response::builder()
+                    .status(403)
+                    .body(s3s::Body::from(body.to_string()))
+                    .unwrap();
+                return Box::pin(async move { Ok(resp) });
+            }
             self.gets.lock().unwrap().push(path);
         }
         hyper::service::Service::call(&self.inner, req)
@@ -138,6 +152,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
     let puts = Arc::new(Mutex::new(Vec::new()));
     let gets = Arc::new(Mutex::new(Vec::new()));
     let fail_gets = Arc::new(Mutex::new(None));
+    let deny_gets = Arc::new(Mutex::new(None));
     let service = Flaky {
         inner: s3::service_listing(
             root,
@@ -152,6 +167,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
         puts: puts.clone(),
         gets: gets.clone(),
         fail_gets: fail_gets.clone(),
+        deny_gets: deny_gets.clone(),
     };
     let port = s3::serve_http(&runtime, service);
     Server {
@@ -161,6 +177,7 @@ fn start_server(root: &Path, fault: Fault) -> Server {
         puts,
         gets,
         fail_gets,
+        deny_gets,
     }
 }
 
@@ -1922,6 +1939,36 @@ fn verify_reports_lost_packs_on_s3_as_damage_not_a_stop() {
     let (code, out, err) = s.sr_with(&["verify", "--dest", &dest, "--json"], PASSWORD);
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(out.contains("damaged"), "{out}");
+}
+
+/// A pack the server refuses to give (403 AccessDenied: a bucket policy) is not damage:
+/// `verify` counts the files with data there as could not be read (`unreadable`, not
+/// `corrupt`; verify again once access is fixed), and the message names the status.
+/// It counted them damaged.
+#[test]
+fn verify_counts_a_refused_pack_as_unreadable_not_damaged() {
+    if needs_in_process_server("refusing the reads of one object") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    let dest = format!("s3://{BUCKET}/denied");
+    let pack = small_files_then_big(&s, &src, &dest, "denied");
+    *s.server().deny_gets.lock().unwrap() = Some(pack.hex());
+    let (code, out, err) = s.sr_with(&["verify", "--dest", &dest, "--json"], PASSWORD);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = &v[0];
+    assert_eq!(
+        (&v["corrupt"], &v["damaged"], &v["unreadable"]),
+        (&0.into(), &serde_json::json!([]), &1.into()),
+        "{v}"
+    );
+    assert_eq!(v["problems"][0][0], "big", "{v}");
+    assert!(
+        v["problems"][0][1].as_str().unwrap().contains("HTTP 403"),
+        "{v}"
+    );
 }
 
 /// A server that keeps failing the reads of a pack (500 after every retry) is not a

@@ -31,7 +31,13 @@ pub enum ExitCode {
     /// or its repository not reachable once the retries were spent (docs/scale-out.md); a backup or `copy` found its restic repository locked by
     /// another process (a `prune`; docs/format.md, "Locks"), a `prune` or `forget` found it
     /// locked by another (a backup); a `daemon` found another daemon running on its config or
-    /// catalog (docs/daemon.md). A retry policy may retry this one; not 1 or 64.
+    /// catalog (docs/daemon.md). Also: the repository's storage does not answer (a
+    /// restore from a local repository whose disk or NFS server is down: its packs and
+    /// `config` answer EIO; S3 unreachable past its retries: refused or reset
+    /// connections, timeouts, HTTP 500/502/503/504), the same command run later resumes.
+    /// A TLS certificate that does not verify, an S3 host name that does not exist (after
+    /// the retries) and refused credentials (403) are 1: fix them first. A retry policy
+    /// may retry this one; not 1 or 64.
     Retry = 75,
 }
 

@@ -831,6 +831,22 @@ pub fn restore(
             Ok(r) => r,
             Err(restic::Error::Cancelled) => return stopped(None),
             Err(e) if is_stopped() => return stopped(Some(e.to_string())),
+            // The repository's storage does not answer (a snapshot's tree answered EIO
+            // and `config` does not read either; S3 past its retries): nothing was lost,
+            // the rerun restores it (75), as a restore stopped for it later does.
+            Err(e @ restic::Error::Unreachable(_)) => {
+                let mut out = snapring::restore::RestoreReport::not_started(
+                    &opts,
+                    started_at.clone(),
+                    format!(
+                        "{e}: the restore stopped before writing a file; run the same restore \
+                         again once the repository reads"
+                    ),
+                );
+                out.status = Status::Failed;
+                out.exit_code = snapring::report::EXIT_IN_USE;
+                return Ok(out);
+            }
             Err(e) => return Err(failed(&e)),
         };
         let mut out =
@@ -1450,7 +1466,7 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             // Not checked (an I/O error), worded as the store's verify words it.
             for (p, why) in &x.problems {
                 outln!(
-                    "{} ? {}  could not be read: {why} (an I/O error, not a checksum mismatch: not checked; verify again, a rerun may read it)",
+                    "{} ? {}  could not be read: {why} (an I/O error or the server's refusal, not a checksum mismatch: not checked; verify again, a rerun may read it)",
                     x.snapshot,
                     p
                 );
@@ -1512,8 +1528,9 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     if !a.json && a.against.is_none() && v.iter().any(unread) {
         outln!(
             "packs could not be read (I/O errors: a failing disk, a network file system, \
-             the storage): what they hold was not checked and is not known to be damaged; \
-             verify again once the storage reads (nothing to repair for them)"
+             the storage; or the server refused them: an HTTP status named above): what \
+             they hold was not checked and is not known to be damaged; verify again once \
+             the storage reads or access is fixed (nothing to repair for them)"
         );
     }
     // A blob read from its second copy leaves the snapshot whole, but a pack of the

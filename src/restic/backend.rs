@@ -87,11 +87,19 @@ pub trait Backend: Send + Sync {
         None
     }
     /// `Some(why)` once the storage has answered no pack read at all: reads of
-    /// [`STORAGE_DOWN_PACKS`] distinct packs failed with EIO (each read twice) and no
-    /// pack read of this process succeeded: a disk or NFS server that is down, not a
-    /// bad sector under a pack. A restore stops then, retryable, rather than try every
+    /// [`STORAGE_DOWN_PACKS`] distinct packs failed with EIO (each read twice), no
+    /// pack read of this process succeeded, and a read of a file known to be there
+    /// (`config`: [`Backend::probe_down`]) fails too: a disk or NFS server that is down,
+    /// not bad sectors under the first packs read (then `config` reads, and the packs'
+    /// files are each a problem). A restore stops then, retryable, rather than try every
     /// file (two reads and a pause per pack) and end `partial` with every file lost.
     fn storage_down(&self) -> Option<String> {
+        None
+    }
+    /// Asked once a read failed with EIO: `Some(why)` if a read of a file known to be
+    /// there (`config`) fails too (the storage is down), `None` if it reads (the storage
+    /// is up: what failed is damaged there).
+    fn probe_down(&self) -> Option<String> {
         None
     }
 }
@@ -352,12 +360,40 @@ impl Backend for Local {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .len();
-        (bad >= STORAGE_DOWN_PACKS).then(|| {
+        if bad < STORAGE_DOWN_PACKS {
+            return None;
+        }
+        let Some(probe) = self.probe_down() else {
+            // `config` reads: the storage answers, those packs are damaged (each
+            // file's problem); not asked again.
+            self.read_ok
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        };
+        Some(format!(
+            "the repository {} cannot be read: {bad} packs answered EIO (each read twice, \
+             {} ms apart), no pack read, and {probe} (its disk, NFS server or mount is failing)",
+            self.root.display(),
+            EIO_RETRY_PAUSE.as_millis()
+        ))
+    }
+
+    /// Opens and reads `config` (which a repository opened has): an NFS client asks
+    /// its server on open (close-to-open consistency), so a server that is down fails
+    /// it.
+    fn probe_down(&self) -> Option<String> {
+        let p = self.config_path();
+        // Tests make the storage down here (failpoint `restic.storage_probe`).
+        let read = match crate::failpoint::hit("restic.storage_probe") {
+            Err(_) => Err(std::io::Error::from_raw_os_error(
+                rustix::io::Errno::IO.raw_os_error(),
+            )),
+            Ok(()) => std::fs::read(&p).map(drop),
+        };
+        read.err().map(|e| {
             format!(
-                "the repository {} cannot be read: {bad} packs answered EIO (each read twice, \
-                 {} ms apart) and no pack read (its disk, NFS server or mount is failing)",
-                self.root.display(),
-                EIO_RETRY_PAUSE.as_millis()
+                "its config file does not read either ({})",
+                io_err("read", &p)(e)
             )
         })
     }

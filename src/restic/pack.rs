@@ -176,7 +176,14 @@ fn parse_header(h: &[u8], what: &str) -> Result<Vec<Entry>> {
             length,
             uncompressed_length,
         });
-        offset += length;
+        // A crafted (keyed) header's lengths may add up past 4 GiB: refused, not
+        // wrapped (a wrong slice later) or a panic.
+        offset = offset.checked_add(length).ok_or_else(|| {
+            corrupt(
+                what,
+                format!("the header's blob lengths add up past 4 GiB (at blob {id})"),
+            )
+        })?;
         i += need;
     }
     Ok(out)
@@ -231,5 +238,27 @@ mod tests {
         let e = &header[0];
         let s = &bad[e.offset as usize..(e.offset + e.length) as usize];
         assert!(open_blob(&key, s, e).is_err());
+    }
+
+    /// A keyed header whose blob lengths add up past u32 (crafted: the key's holder
+    /// can write anything) is refused with an error naming the pack; it overflowed
+    /// `offset` (a panic in a debug build, a wrapped offset in a release one).
+    #[test]
+    fn a_header_whose_lengths_overflow_is_refused_naming_the_pack() {
+        use crate::restic::Error;
+        let key = Key::random();
+        let mut h = Vec::new();
+        for i in 0..3u8 {
+            h.push(0);
+            h.extend_from_slice(&0xF000_0000u32.to_le_bytes());
+            h.extend_from_slice(&[i; 32]);
+        }
+        let mut pack = key.seal(&h);
+        pack.extend_from_slice(&(pack.len() as u32).to_le_bytes());
+        let e = read_header(&key, &pack, "pack data/ab/abcd").unwrap_err();
+        assert!(
+            matches!(e, Error::Corrupt { .. }) && e.to_string().contains("pack data/ab/abcd"),
+            "{e}"
+        );
     }
 }

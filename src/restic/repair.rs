@@ -273,13 +273,33 @@ fn check_whole_pack(
     let mut good = Vec::with_capacity(header.len());
     let mut bad = Vec::new();
     for e in &header {
-        let sealed = &bytes[e.offset as usize..(e.offset + e.length) as usize];
+        let sealed = blob_bytes(bytes, e, what)?;
         match open_blob(&repo.key, sealed, e) {
             Ok(_) => good.push(e.clone()),
             Err(x) => bad.push(x.to_string()),
         }
     }
     Ok((header, good, bad))
+}
+
+/// The sealed bytes of the blob `e` in the pack `bytes` (`what`), in `usize`: a
+/// crafted header's offset and length do not overflow `u32` here, and a blob past the
+/// pack's end is an error naming the pack, not a panic.
+fn blob_bytes<'a>(bytes: &'a [u8], e: &Entry, what: &str) -> Result<&'a [u8]> {
+    let (start, len) = (e.offset as usize, e.length as usize);
+    start
+        .checked_add(len)
+        .and_then(|end| bytes.get(start..end))
+        .ok_or_else(|| {
+            super::corrupt(
+                what,
+                format!(
+                    "its header places blob {} at {start}+{len}, past its {} bytes",
+                    e.id,
+                    bytes.len()
+                ),
+            )
+        })
 }
 
 /// The blobs `good` of a damaged pack (`bytes`) copied as they are sealed into new
@@ -298,7 +318,7 @@ fn salvage(repo: &Repo, bytes: &[u8], good: &[Entry]) -> Result<Vec<(Id, Vec<Ent
     };
     for e in good {
         let b = &mut builders[(e.kind == BlobType::Tree) as usize];
-        b.add_sealed(e, &bytes[e.offset as usize..(e.offset + e.length) as usize]);
+        b.add_sealed(e, blob_bytes(bytes, e, "the pack salvaged")?);
         if super::repo::pack_full(b) {
             write(std::mem::take(b))?;
         }
@@ -747,5 +767,27 @@ mod tests {
         assert!(entries.iter().any(|e| e.uncompressed_length.is_some()));
         assert!(entries.iter().any(|e| e.uncompressed_length.is_none()));
         assert_eq!(implied_size(&entries), bytes.len() as u64);
+    }
+
+    /// A header entry whose offset and length overflow `u32` (crafted) is an error
+    /// naming the pack, not a panic (`e.offset + e.length` in u32) or a wrong slice.
+    #[test]
+    fn a_blob_placed_past_u32_or_the_pack_is_an_error_naming_it() {
+        let bytes = vec![0u8; 100];
+        let e = Entry {
+            kind: BlobType::Data,
+            id: Id::hash(b"x"),
+            offset: u32::MAX - 4,
+            length: 10,
+            uncompressed_length: None,
+        };
+        let err = blob_bytes(&bytes, &e, "pack data/ab/abcd").unwrap_err();
+        assert!(err.to_string().contains("pack data/ab/abcd"), "{err}");
+        let inside = Entry {
+            offset: 10,
+            length: 20,
+            ..e
+        };
+        assert_eq!(blob_bytes(&bytes, &inside, "p").unwrap().len(), 20);
     }
 }

@@ -445,6 +445,19 @@ impl Repo {
         if failed.len() == 1 {
             return Err(failed.pop().expect("one").1);
         }
+        // A copy that did not read (EIO, a server past its retries) is not known to be
+        // damaged, nor is the blob: a rerun may read it. That failure is returned, as a
+        // read failure, not damage (the others are each warned of).
+        if let Some(i) = failed
+            .iter()
+            .position(|(_, e)| super::backend::is_read_failure(e))
+        {
+            let (last, e) = failed.last().expect("copies");
+            if i + 1 < failed.len() {
+                tracing::warn!("{}: its copy in pack {last} cannot be used ({e})", what());
+            }
+            return Err(failed.swap_remove(i).1);
+        }
         let all: Vec<String> = failed
             .iter()
             .map(|(pack, e)| format!("pack {pack}: {e}"))
@@ -1050,5 +1063,42 @@ mod tests {
             vec![vec![30_000, 20_000], vec![1], vec![60_000], vec![7]]
         );
         assert!(index_file_groups(vec![]).is_empty());
+    }
+
+    /// A blob stored twice whose copies both fail to read (an I/O error, not bytes that
+    /// do not check: here each pack a directory, EISDIR) is a read failure, not damage:
+    /// `verify` says "could not be read", a restore's storage-down rule sees the I/O
+    /// error. It was `Corrupt` ("none of its 2 copies can be used").
+    #[test]
+    fn a_blob_whose_copies_all_fail_to_read_is_a_read_failure_not_damage() {
+        let t = tempfile::tempdir().unwrap();
+        let mut repo = fresh_repo(t.path());
+        let packer = Packer::default();
+        let b = bytes(10_000, 3);
+        let id = packer.save(&repo, BlobType::Data, &b).unwrap();
+        packer.finish(&mut repo).unwrap();
+        let mut repo = Repo::open(t.path(), b"pw").unwrap();
+        let first = repo.index.get(BlobType::Data, &id).unwrap();
+        // Its second copy: the same pack's bytes under another id.
+        let other = Id::hash(b"another pack");
+        let (p1, p2) = (
+            repo.backend.file_location(Kind::Pack, &first.pack),
+            repo.backend.file_location(Kind::Pack, &other),
+        );
+        std::fs::create_dir_all(Path::new(&p2).parent().unwrap()).unwrap();
+        std::fs::copy(&p1, &p2).unwrap();
+        repo.index
+            .add_pack(other, std::slice::from_ref(&first.entry));
+        assert_eq!(repo.index.locations(BlobType::Data, &id).len(), 2);
+        assert_eq!(repo.read_blob(BlobType::Data, &id).unwrap(), b);
+        for p in [&p1, &p2] {
+            std::fs::remove_file(p).unwrap();
+            std::fs::create_dir(p).unwrap();
+        }
+        let e = repo.read_blob(BlobType::Data, &id).unwrap_err();
+        assert!(
+            super::super::backend::is_read_failure(&e) && !matches!(e, Error::Corrupt { .. }),
+            "{e:?}"
+        );
     }
 }

@@ -221,7 +221,7 @@ impl Record {
 /// The names a restore of `sub` (`flat`) from tree `start` puts into its target root.
 fn root_names(repo: &Repo, start: Id, sub: &[Vec<u8>], flat: bool) -> Result<Vec<Vec<u8>>> {
     let tree_names = |id: Id| -> Result<Vec<Vec<u8>>> {
-        let t = Tree::from_blob(&repo.read_blob(BlobType::Tree, &id)?, &id)?;
+        let t = Tree::from_blob(&tree_blob(repo, &id)?, &id)?;
         Ok(t.nodes.iter().map(|n| n.name_bytes()).collect())
     };
     match sub.split_first() {
@@ -502,7 +502,7 @@ pub fn restore(
     let (id, snap) = snapshot::find(repo, name)?;
     // The source directory's own node, when the snapshot is of one path: its tree is
     // what is restored, and its metadata goes onto `to`.
-    let (start, top) = snapshot::source_tree(repo, &snap)?;
+    let (start, top) = snapshot::source_tree(repo, &snap).map_err(|e| tree_error(repo, e))?;
     // `sub` is found in the snapshot before `to` is made or written.
     let roots = root_names(repo, start, sub, flat)?;
     let target = To {
@@ -935,6 +935,31 @@ fn storage_down(repo: &Repo, e: &Error) -> Option<String> {
         .flatten()
 }
 
+/// The tree blob `id`. One whose read failed with EIO on storage that does not answer
+/// at all (a read of `config` fails too: [`super::backend::Backend::probe_down`]) is
+/// [`Error::Unreachable`]: the restore stops, retryable (exit 75), as it does once the
+/// packs of its files do not read ([`storage_down`]); on storage that reads, the tree
+/// is damaged there, and the restore stops on it as before (exit 1).
+fn tree_blob(repo: &Repo, id: &Id) -> Result<Vec<u8>> {
+    repo.read_blob(BlobType::Tree, id)
+        .map_err(|e| tree_error(repo, e))
+}
+
+/// A tree's read error `e` as [`tree_blob`] words it.
+fn tree_error(repo: &Repo, e: Error) -> Error {
+    if !super::backend::is_eio(&e) {
+        return e;
+    }
+    match repo.backend.probe_down() {
+        Some(probe) => Error::Unreachable(format!(
+            "the repository {} cannot be read: {e}, and {probe} (its disk, NFS server or \
+             mount is failing)",
+            repo.backend.location()
+        )),
+        None => e,
+    }
+}
+
 /// What an error reading a file's blob means for the restore.
 fn read_error(e: Error) -> FillError {
     match e {
@@ -1237,7 +1262,7 @@ fn open_created(dir: &OwnedFd, name: &[u8], id: (u64, u64)) -> std::io::Result<O
 fn find_node(repo: &Repo, mut tree: Id, sub: &[Vec<u8>]) -> Result<Node> {
     let shown = || String::from_utf8_lossy(&sub.join(&b'/')).into_owned();
     for (i, c) in sub.iter().enumerate() {
-        let t = Tree::from_blob(&repo.read_blob(BlobType::Tree, &tree)?, &tree)?;
+        let t = Tree::from_blob(&tree_blob(repo, &tree)?, &tree)?;
         let Some(n) = t.nodes.into_iter().find(|n| n.name_bytes() == *c) else {
             return Err(Error::Other(format!("{} is not in the snapshot", shown())));
         };
@@ -1351,7 +1376,7 @@ impl Restorer<'_> {
 
     /// The entries of tree `id` into the directory `dir` (at `path`, for messages).
     fn tree(&mut self, id: Id, dir: &Arc<OwnedFd>, path: &Path) -> Result<()> {
-        let t = Tree::from_blob(&self.repo.read_blob(BlobType::Tree, &id)?, &id)?;
+        let t = Tree::from_blob(&tree_blob(self.repo, &id)?, &id)?;
         for n in t.nodes {
             if lock(self.failed).is_some() {
                 // A fill thread failed: its error is the restore's.

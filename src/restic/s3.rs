@@ -97,6 +97,43 @@ fn transient_status(status: u16, body: &[u8]) -> bool {
     matches!(status, 500 | 502 | 503 | 504) && !full
 }
 
+/// A transport failure that a later run would meet the same way: a mistake to fix
+/// (exit 1), not an outage to wait out ([`Error::Unreachable`], exit 75). Each with
+/// what to fix.
+enum Permanent {
+    /// The endpoint's TLS certificate does not verify (an unknown issuer, a self-signed
+    /// certificate, another host's name, expired): not retried.
+    Certificate(&'static str),
+    /// The endpoint's host name does not exist (DNS: "Name or service not known",
+    /// `EAI_NONAME`), still after the retries: a typo in `AWS_ENDPOINT_URL` or the
+    /// region. A resolver that cannot answer for now ("Temporary failure in name
+    /// resolution", `EAI_AGAIN`) is an outage, retryable.
+    Name(&'static str),
+}
+
+/// Whether the transport error `e` (its chain of causes, as `send_once` words it) is
+/// [`Permanent`].
+fn permanent_transport(e: &str) -> Option<Permanent> {
+    if e.contains("invalid peer certificate") || e.contains("certificate verify failed") {
+        return Some(Permanent::Certificate(
+            "the endpoint's TLS certificate does not verify against the system's \
+             trusted roots: check the host name in AWS_ENDPOINT_URL, or give the server a \
+             certificate a trusted authority signed; retrying will not help",
+        ));
+    }
+    let no_such_name = [
+        "Name or service not known",
+        "nodename nor servname provided",
+    ];
+    if e.contains("dns error") && no_such_name.iter().any(|m| e.contains(m)) {
+        return Some(Permanent::Name(
+            "no such host: check the host name in AWS_ENDPOINT_URL (or AWS_REGION for \
+             AWS); retrying later will not help",
+        ));
+    }
+    None
+}
+
 /// The wait a `Retry-After` header asks for (RFC 9110, 10.2.3): seconds, or an HTTP
 /// date (IMF-fixdate, or the obsolete RFC 850 and asctime forms recipients must also
 /// accept). A date is measured from the response's `Date` when it has a valid one (the
@@ -651,7 +688,16 @@ impl S3 {
                     (last, ordinary(), transient)
                 }
                 Ok(resp) => return Ok(resp),
-                Err(e) => (e, ordinary(), true),
+                Err(e) => match permanent_transport(&e) {
+                    // A certificate that does not verify does not verify on a retry.
+                    Some(Permanent::Certificate(fix)) => {
+                        return Err(Error::Other(format!("cannot {what}: {e} ({fix})")));
+                    }
+                    // A name that does not resolve may (a resolver's passing answer):
+                    // retried, then a mistake to fix, not an outage.
+                    Some(Permanent::Name(fix)) => (format!("{e} ({fix})"), ordinary(), false),
+                    None => (e, ordinary(), true),
+                },
             };
             if self.cancelled() {
                 // A stopping run does not try again: its stop would wait for the retries.
@@ -1849,5 +1895,35 @@ mod tests {
         assert_eq!(ci["endpoint_url"], "http://127.0.0.1:9000");
         assert!(keys_in(&ci).is_none());
         assert!(ini_section(text, "profile other").is_empty());
+    }
+
+    /// A certificate that does not verify and a host name that does not exist are
+    /// mistakes to fix (exit 1), as reqwest words them (seen against an `openssl
+    /// s_server` with a self-signed certificate and `no-such-host.invalid`); they were
+    /// `Unreachable` (exit 75 from a shard worker or a stopped restore: try later,
+    /// forever). A resolver that cannot answer for now, a refused connection, are not.
+    #[test]
+    fn a_bad_certificate_or_an_unknown_host_is_permanent() {
+        let cert = "error sending request for url (https://localhost:18443/bkt/p/config): \
+                    client error (Connect): invalid peer certificate: \
+                    Other(OtherError(CaUsedAsEndEntity))";
+        assert!(matches!(
+            permanent_transport(cert),
+            Some(Permanent::Certificate(_))
+        ));
+        let name = "error sending request for url (http://no-such-host.invalid:9000/bkt/p/config): \
+                    client error (Connect): dns error: error resolving DNS: failed to lookup \
+                    address information: Name or service not known";
+        assert!(matches!(
+            permanent_transport(name),
+            Some(Permanent::Name(_))
+        ));
+        for passing in [
+            "client error (Connect): dns error: failed to lookup address information: \
+             Temporary failure in name resolution",
+            "client error (Connect): tcp connect error: Connection refused (os error 111)",
+        ] {
+            assert!(permanent_transport(passing).is_none(), "{passing}");
+        }
     }
 }

@@ -185,11 +185,19 @@ enum Verdict {
 /// The verdict on bytes that could not be had: `e` a read failure (not checked) or
 /// damage (a checksum mismatch, a pack gone or cut short).
 fn failed(e: &Error, why: String) -> Verdict {
-    if super::backend::is_read_failure(e) {
+    if not_checked(e) {
         Verdict::Unreadable(why)
     } else {
         Verdict::Damaged(why)
     }
+}
+
+/// Whether `e`, reading a blob, leaves its bytes not checked rather than found
+/// damaged: a read failure ([`super::backend::is_read_failure`]) or a refusal of the
+/// server ([`Error::Other`]: S3's 403 AccessDenied, a status not retried, named in the
+/// message): verify again once the storage reads or access is fixed.
+fn not_checked(e: &Error) -> bool {
+    super::backend::is_read_failure(e) || matches!(e, Error::Other(_))
 }
 
 fn one(
@@ -299,35 +307,31 @@ fn one(
                 return Err(Error::Cancelled);
             }
             match repo.read_blob_at(loc) {
-                Ok((plain, _)) if first_unreadable => {
-                    tracing::warn!(
-                        "data blob {b}: its copy in pack {} could not be read ({why}; an I/O \
-                         error, not a checksum mismatch: not checked, verify again); its copy \
-                         in pack {} is intact",
-                        copies[0].pack,
-                        loc.pack
-                    );
-                    v.unreadable_copies += 1;
-                    bytes += plain.len() as u64;
-                    good = true;
-                    break;
-                }
                 Ok((plain, _)) => {
-                    tracing::warn!(
-                        "data blob {b}: its copy in pack {} is damaged or gone ({why}); its \
-                         copy in pack {} is intact (`restic check --read-data` and `restic \
-                         repair packs` say more)",
-                        copies[0].pack,
-                        loc.pack
-                    );
-                    v.bad_copies += 1;
+                    // The first copy is either not checked (it did not read) or bad.
+                    let (first, other) = (copies[0].pack, loc.pack);
+                    if first_unreadable {
+                        tracing::warn!(
+                            "data blob {b}: its copy in pack {first} could not be read ({why}; \
+                             an I/O error, not a checksum mismatch: not checked, verify \
+                             again); its copy in pack {other} is intact"
+                        );
+                        v.unreadable_copies += 1;
+                    } else {
+                        tracing::warn!(
+                            "data blob {b}: its copy in pack {first} is damaged or gone \
+                             ({why}); its copy in pack {other} is intact (`restic check \
+                             --read-data` and `restic repair packs` say more)"
+                        );
+                        v.bad_copies += 1;
+                    }
                     bytes += plain.len() as u64;
                     good = true;
                     break;
                 }
                 Err(Error::Cancelled) => return Err(Error::Cancelled),
                 Err(e) => {
-                    unreadable |= super::backend::is_read_failure(&e);
+                    unreadable |= not_checked(&e);
                     why = format!("{why}; its copy in pack {}: {e}", loc.pack);
                 }
             }
