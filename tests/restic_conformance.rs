@@ -1334,3 +1334,34 @@ fn restics_password_variables_are_read_in_restics_order() {
     );
     assert!(!t.path().join("repo2/config").exists());
 }
+
+/// A format version 1 repository (restic before 0.14) is read, never written: a dry run
+/// of `forget` or `prune` says so as the real one does. It planned "would forget 1
+/// snapshots", exit 0, where the real one refused.
+#[test]
+fn a_dry_run_into_a_version_1_repository_refuses_as_the_real_run() {
+    let Some(restic) = restic_binary("a version 1 repository") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"v1");
+    run_restic(&restic, &repo, &["init", "--repository-version", "1"]);
+    run_restic(&restic, &repo, &[OsStr::new("backup"), src.as_os_str()]);
+    let url = file_url(&repo);
+    for args in [
+        vec!["forget", "--dest", &url, "latest", "--dry-run"],
+        vec!["prune", "--dest", &url, "--dry-run"],
+        vec!["forget", "--dest", &url, "latest"],
+    ] {
+        let (code, out, err) = sr(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("snapring writes version 2 only"),
+            "{args:?}: {err}"
+        );
+    }
+    // Read as ever.
+    restore_latest(&repo, &t.path().join("T"));
+    assert_eq!(std::fs::read(t.path().join("T/f")).unwrap(), b"v1");
+}
