@@ -237,6 +237,42 @@ struct Counts {
     time_off_ns: AtomicU64,
 }
 
+impl Counts {
+    /// Whether the restore created, replaced or deleted any entry.
+    fn wrote_anything(&self) -> bool {
+        [
+            &self.files,
+            &self.dirs,
+            &self.hard_links,
+            &self.overwritten,
+            &self.deleted,
+        ]
+        .iter()
+        .any(|c| c.load(Ordering::Relaxed) > 0)
+    }
+}
+
+/// A stat's modification time, (seconds, nanoseconds).
+#[allow(clippy::unnecessary_cast)]
+fn mtime_of(st: &rustix::fs::Stat) -> (i64, i64) {
+    (st.st_mtime as i64, st.st_mtime_nsec as i64)
+}
+
+/// A stat's access and modification times, to set again.
+#[allow(clippy::unnecessary_cast)]
+fn stat_times(st: &rustix::fs::Stat) -> rustix::fs::Timestamps {
+    rustix::fs::Timestamps {
+        last_access: rustix::fs::Timespec {
+            tv_sec: st.st_atime as _,
+            tv_nsec: st.st_atime_nsec as _,
+        },
+        last_modification: rustix::fs::Timespec {
+            tv_sec: st.st_mtime as _,
+            tv_nsec: st.st_mtime_nsec as _,
+        },
+    }
+}
+
 /// What the target file system keeps of what a restore sets, and whether it holds
 /// special files, found by a probe file ([`Restore::holds`]) when an existing entry
 /// differs only in mode, owner or time, or a special file could not be made.
@@ -573,6 +609,10 @@ struct Unfinished {
     ours: std::collections::HashSet<String>,
     /// A record was there: an earlier restore into this target was stopped.
     rerun: bool,
+    /// The target root's stat before this restore created its record, and its mtime
+    /// just after: when nothing else changed the root since, removing the record gives
+    /// it back the times it had ([`Restore::finish_unfinished`]).
+    root_before: Option<(rustix::fs::Stat, (i64, i64))>,
 }
 
 impl Unfinished {
@@ -601,11 +641,13 @@ impl Unfinished {
             Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
             Err(e) => return Err(io_error(e, "open", path)),
         }
+        let before = (!u.rerun).then(|| rustix::fs::fstat(to).ok()).flatten();
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .create(true)
             .open(&path)
             .ctx("create", &path)?;
+        u.root_before = before.zip(rustix::fs::fstat(to).ok().map(|st| mtime_of(&st)));
         if f.metadata().ctx("stat", &path)?.len() == 0 {
             f.write_all(&record_header(to)).ctx("write", &path)?;
         }
@@ -1725,15 +1767,28 @@ impl<R: SnapshotReader> Restore<'_, R> {
             return;
         };
         let _ = crate::failpoint::hit("restore.before_done");
+        // The root as this restore's record left it, nothing else in it changed since
+        // (a time with no nanoseconds may be a coarse file system's, where two changes
+        // within its step look like one: then only when the restore wrote nothing).
+        let untouched_but_for_the_record = self.unfinished.root_before.and_then(|(st, with)| {
+            let now = mtime_of(&rustix::fs::fstat(to).ok()?);
+            (now == with && (with.1 != 0 || !self.counts.wrote_anything())).then_some(st)
+        });
         if let Err(e) = fsx::unlink_at(b(to), &self.unfinished.name) {
             self.dest_error(&RelPath::root(), "remove the restore's record", e);
             return;
         }
         let _ = crate::failpoint::hit("restore.after_done");
-        if let Some((m, xs)) = root_meta
-            && let Err(e) = dir_meta(b(to), &m, &xs)
-        {
-            self.dest_error(&RelPath::root(), "set directory metadata", e);
+        if let Some((m, xs)) = root_meta {
+            if let Err(e) = dir_meta(b(to), &m, &xs) {
+                self.dest_error(&RelPath::root(), "set directory metadata", e);
+            }
+        } else if let Some(st) = untouched_but_for_the_record {
+            // A directory the restore leaves alone (the user's, or one an earlier
+            // restore finished): the record was the only change to it, so it gets back
+            // the times it had, and a rerun that finds everything in place changes
+            // nothing. Best effort: the snapshot does not hold these times.
+            let _ = rustix::fs::futimens(to, &stat_times(&st));
         }
     }
 
@@ -2464,22 +2519,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
         // UTIME_OMIT). Only when it changed: `fusefat` dies setting the times of a FAT
         // root directory (which has none: always 1970).
         let now = rustix::fs::fstat(dir);
-        if now.is_ok_and(|n| (n.st_mtime, n.st_mtime_nsec) == (st.st_mtime, st.st_mtime_nsec)) {
+        if now.is_ok_and(|n| mtime_of(&n) == mtime_of(&st)) {
             tracing::info!("the target keeps {h:?}");
             return h;
         }
-        #[allow(clippy::unnecessary_cast)]
-        let times = rustix::fs::Timestamps {
-            last_access: rustix::fs::Timespec {
-                tv_sec: st.st_atime as _,
-                tv_nsec: st.st_atime_nsec as _,
-            },
-            last_modification: rustix::fs::Timespec {
-                tv_sec: st.st_mtime as _,
-                tv_nsec: st.st_mtime_nsec as _,
-            },
-        };
-        let _ = rustix::fs::futimens(dir, &times);
+        let _ = rustix::fs::futimens(dir, &stat_times(&st));
         tracing::info!("the target keeps {h:?}");
         h
     }

@@ -117,12 +117,17 @@ pub fn peak_rss_bytes() -> u64 {
 /// (0600). The store's bookkeeping and the catalog name the files inside directories
 /// other users may not read (names, sizes, owners, hashes), so they are private.
 pub fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    create_with_mode(path, 0o600)
+}
+
+/// Creates (or truncates) `path` for writing with `mode` (less the umask).
+fn create_with_mode(path: &Path, mode: u32) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
 }
 
@@ -140,9 +145,14 @@ pub fn create_private_dir(path: &Path, recursive: bool) -> std::io::Result<()> {
 /// A temp file that could not be written in full is removed (a full disk keeps none).
 /// The file is private (0600, `create_private`): every caller writes bookkeeping.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+/// [`write_atomic`] with the file's `mode` (less the umask).
+pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = create_private(&tmp)?;
+    let mut f = create_with_mode(&tmp, mode)?;
     if let Err(e) = f
         .write_all(bytes)
         .and_then(|()| f.sync_all())

@@ -1987,6 +1987,47 @@ fn libfaketime() -> Option<PathBuf> {
     Some(lib)
 }
 
+/// `c` under libfaketime, its clock offset read from the file `offset` at every call
+/// (a clock the test steps by rewriting it); the monotonic clock left alone, as NTP
+/// leaves it.
+fn faked(c: &mut Command, lib: &Path, offset: &Path) {
+    c.env("LD_PRELOAD", lib)
+        .env("FAKETIME_TIMESTAMP_FILE", offset)
+        .env("FAKETIME_NO_CACHE", "1")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+}
+
+/// `dir/d.toml`: job `j`, `src` into `dir/s` daily at `at`'s time of day.
+fn daily_job_at(dir: &Path, src: &Path, at: chrono::DateTime<chrono::Utc>) -> PathBuf {
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.j]\nsource = \"{}\"\ndest = \"{}/s\"\nschedule = \"{} {} {} * * *\"\n",
+            src.display(),
+            dir.display(),
+            at.format("%S"),
+            at.format("%M"),
+            at.format("%H"),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `snapring -v daemon` on `cfg` under the faked clock of [`faked`], its log in `log`.
+fn faked_daemon(lib: &Path, offset: &Path, catalog: &Path, cfg: &Path, log: &Path) -> Daemon {
+    let mut c = Command::new(bin());
+    c.arg("--catalog")
+        .arg(catalog)
+        .args(["-v", "daemon", "--config"])
+        .arg(cfg)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    faked(&mut c, lib, offset);
+    Daemon(c.spawn().unwrap())
+}
+
 /// A wall clock stepped back (a machine that booted with its hardware clock ahead,
 /// corrected by NTP later; here libfaketime, its offset in a file the test rewrites)
 /// has every job planned again from the new time. The daemon kept the next time it had
@@ -2001,16 +2042,10 @@ fn a_clock_stepped_back_plans_every_job_again() {
     write(&src.join("x"), b"x");
     let offset = t.path().join("faketime");
     std::fs::write(&offset, "+3600\n").unwrap();
-    let faked = |c: &mut Command| {
-        c.env("LD_PRELOAD", &lib)
-            .env("FAKETIME_TIMESTAMP_FILE", &offset)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    };
     // libfaketime works here: `date` an hour ahead.
     let mut date = Command::new("date");
     date.arg("+%s");
-    faked(&mut date);
+    faked(&mut date, &lib, &offset);
     let ahead: i64 = String::from_utf8(date.output().unwrap().stdout)
         .unwrap()
         .trim()
@@ -2023,29 +2058,9 @@ fn a_clock_stepped_back_plans_every_job_again() {
     );
     // Daily, at a time of day 12 s from now: an hour ahead, its next time is tomorrow.
     let at = now + chrono::Duration::seconds(12);
-    let cfg = t.path().join("d.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[job.j]\nsource = \"{}\"\ndest = \"{}/s\"\nschedule = \"{} {} {} * * *\"\n",
-            src.display(),
-            t.path().display(),
-            at.format("%S"),
-            at.format("%M"),
-            at.format("%H"),
-        ),
-    )
-    .unwrap();
+    let cfg = daily_job_at(t.path(), &src, at);
     let log = t.path().join("log");
-    let mut c = Command::new(bin());
-    c.arg("--catalog")
-        .arg(&catalog)
-        .args(["-v", "daemon", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    faked(&mut c);
-    let mut d = Daemon(c.spawn().unwrap());
+    let mut d = faked_daemon(&lib, &offset, &catalog, &cfg, &log);
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("the daemon's plan", 30, || logged().contains("next run at"));
     assert!(
@@ -3003,14 +3018,17 @@ fn a_daemon_whose_executable_path_is_gone_still_runs_its_jobs() {
     )
     .unwrap();
     let log = t.path().join("daemon.log");
-    let mut child = Command::new(&exe)
-        .args(["--catalog"])
-        .arg(&catalog)
-        .args(["daemon", "--config"])
-        .arg(&cfg)
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
+    // In the guard, so that a failed assertion does not leave the daemon running.
+    let mut child = Daemon(
+        Command::new(&exe)
+            .args(["--catalog"])
+            .arg(&catalog)
+            .args(["daemon", "--config"])
+            .arg(&cfg)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     std::fs::remove_dir_all(&v1).unwrap();
     wait_until("a run started after the executable went", 60, || {
         std::fs::read_to_string(&log).is_ok_and(|l| l.contains("is gone"))
@@ -3018,9 +3036,9 @@ fn a_daemon_whose_executable_path_is_gone_still_runs_its_jobs() {
                 .iter()
                 .any(|r| r["status"] == "complete")
     });
-    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    let pid = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    assert!(child.wait().unwrap().success());
+    assert!(child.0.wait().unwrap().success());
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(!log.contains("cannot start"), "{log}");
 }
@@ -3081,37 +3099,11 @@ fn a_trigger_already_run_does_not_run_again_after_the_clock_went_back() {
     write(&src.join("x"), b"x");
     let offset = t.path().join("faketime");
     std::fs::write(&offset, "+0\n").unwrap();
-    let faked = |c: &mut Command| {
-        c.env("LD_PRELOAD", &lib)
-            .env("FAKETIME_TIMESTAMP_FILE", &offset)
-            .env("FAKETIME_NO_CACHE", "1")
-            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
-    };
     // Daily, at a time of day a few seconds from now.
     let at = chrono::Utc::now() + chrono::Duration::seconds(8);
-    let cfg = t.path().join("d.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[job.j]\nsource = \"{}\"\ndest = \"{}/s\"\nschedule = \"{} {} {} * * *\"\n",
-            src.display(),
-            t.path().display(),
-            at.format("%S"),
-            at.format("%M"),
-            at.format("%H"),
-        ),
-    )
-    .unwrap();
+    let cfg = daily_job_at(t.path(), &src, at);
     let log = t.path().join("log");
-    let mut c = Command::new(bin());
-    c.arg("--catalog")
-        .arg(&catalog)
-        .args(["-v", "daemon", "--config"])
-        .arg(&cfg)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    faked(&mut c);
-    let mut d = Daemon(c.spawn().unwrap());
+    let mut d = faked_daemon(&lib, &offset, &catalog, &cfg, &log);
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("the daemon's plan", 30, || logged().contains("next run at"));
     assert!(

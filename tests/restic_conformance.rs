@@ -724,6 +724,50 @@ fn an_exclusive_lock_of_a_live_process_refuses_a_backup() {
     sr_backup(&src, &repo);
 }
 
+/// A lock file that is there but does not read (an I/O error, a lock being written,
+/// damaged bytes) may be a running prune's exclusive lock: it refuses a backup and a
+/// prune (exit 75, naming the file), as restic refuses. It was taken for no lock, and a
+/// `prune` ran beside a live `restic backup`, deleting its new packs.
+#[test]
+fn a_lock_file_that_does_not_read_refuses_a_backup_and_a_prune() {
+    use sha2::Digest;
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"x");
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
+    // Named by the hash of its bytes, as every repository file is, but not sealed with
+    // the repository's key.
+    let bytes = vec![7u8; 200];
+    let name = hex::encode(sha2::Sha256::digest(&bytes));
+    std::fs::write(repo.join("locks").join(&name), &bytes).unwrap();
+    for args in [
+        vec![
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &file_url(&repo),
+        ],
+        vec!["prune", "--dest", &file_url(&repo)],
+    ] {
+        let (code, out, err) = sr(&args);
+        assert_eq!(code, 75, "{args:?}: {out}{err}");
+        assert!(
+            err.contains(&format!("its lock file locks/{name} cannot be read")),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(repo.join("snapshots"))
+            .unwrap()
+            .next()
+            .is_none(),
+        "a snapshot was written beside a lock that may be a prune's"
+    );
+    std::fs::remove_file(repo.join("locks").join(&name)).unwrap();
+    assert_eq!(sr_backup(&src, &repo)["status"], "complete");
+}
+
 /// A lock as restic writes it (no pid namespace nor boot: the host name alone), of this
 /// host, of a pid that runs no process here, `age_secs` old.
 fn restic_lock(repo: &Path, exclusive: bool, age_secs: i64) {
@@ -776,6 +820,12 @@ fn a_restic_lock_of_this_host_and_a_dead_pid_is_kept_until_it_is_old() {
     let (code, out, err) = sr(&backup);
     assert_eq!(code, 75, "{out}{err}");
     assert!(err.contains("locked exclusively by pid"), "{err}");
+    // Why a dead pid's lock still counts, and how to clear it sooner.
+    assert!(
+        err.contains("runs here; the lock names no pid namespace"),
+        "{err}"
+    );
+    assert!(err.contains("`restic unlock` removes it"), "{err}");
     assert_eq!(count(), 1, "restic's live prune's lock was removed");
     clear();
     // A running `restic backup` of another container: no prune meanwhile.
@@ -1159,4 +1209,159 @@ fn an_xattr_name_that_is_not_utf8_is_reported_not_silently_replaced() {
     assert_eq!(problems[0]["kind"], "metadata", "{rep}");
     let e = problems[0]["error"].as_str().unwrap();
     assert!(e.contains("not UTF-8") && e.contains("user.%FF%FE"), "{e}");
+}
+
+/// A repository its group reads (`chmod -R g+rX`, as restic's docs suggest for a
+/// group-accessible repository): restic then writes its files group-readable, and
+/// snapring does too. snapring wrote every file 0600: after one snapring run a member
+/// of the group could list no snapring snapshot and restore nothing, restic's own
+/// snapshots neither (the new index did not read).
+#[test]
+fn a_repository_its_group_reads_stays_readable_by_the_group() {
+    use std::os::unix::fs::PermissionsExt;
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"group");
+    sr_ok(&["init", "--dest", &file_url(&repo)]);
+    let chmod = Command::new("chmod")
+        .arg("-R")
+        .arg("g+rX")
+        .arg(&repo)
+        .status()
+        .unwrap();
+    assert!(chmod.success());
+    let before = std::time::SystemTime::now();
+    assert_eq!(sr_backup(&src, &repo)["status"], "complete");
+    let mut written = 0;
+    for d in ["snapshots", "index", "data"] {
+        for e in walkdir(&repo.join(d)) {
+            let m = std::fs::metadata(&e).unwrap();
+            if m.is_file() && m.modified().unwrap() >= before {
+                written += 1;
+                assert_eq!(
+                    m.permissions().mode() & 0o777,
+                    0o640,
+                    "{} is not readable by the repository's group",
+                    e.display()
+                );
+            }
+        }
+    }
+    assert!(written >= 3, "the backup wrote {written} files");
+    // A member of the group (not the owner) lists the snapshot with restic (the test's
+    // directory opened to the group for that; another user needs root to be played).
+    if let Some(restic) = restic_binary("a group member's read")
+        && rustix::process::geteuid().is_root()
+    {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::set_permissions(t.path(), std::fs::Permissions::from_mode(0o750)).unwrap();
+        let gid = std::fs::metadata(repo.join("config")).unwrap().gid();
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", &format!("--regid={gid}"), "--clear-groups"])
+            .arg(&restic)
+            .args(["--no-lock", "--no-cache", "--repo"])
+            .arg(&repo)
+            .args(["snapshots", "--json"])
+            .env("RESTIC_PASSWORD", PASSWORD)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    }
+    // Not for a repository only its owner reads.
+    let (src2, repo2) = (t.path().join("src2"), t.path().join("repo2"));
+    write(&src2.join("f"), b"private");
+    sr_ok(&["init", "--dest", &file_url(&repo2)]);
+    assert_eq!(sr_backup(&src2, &repo2)["status"], "complete");
+    for e in walkdir(&repo2.join("snapshots")) {
+        let mode = std::fs::metadata(&e).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "{} mode {mode:o}", e.display());
+    }
+}
+
+/// With both `RESTIC_PASSWORD_FILE` and `RESTIC_PASSWORD` set, restic uses the file;
+/// snapring used the variable, so `snapring init` keyed a repository restic in the same
+/// environment could not open. And a password file of white space only (which restic
+/// refuses as empty) makes no new repository.
+#[test]
+fn restics_password_variables_are_read_in_restics_order() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"x");
+    let pwfile = t.path().join("pw");
+    std::fs::write(&pwfile, "from-the-file\n").unwrap();
+    let url = file_url(&repo);
+    let env = [
+        ("RESTIC_PASSWORD", "from-the-variable"),
+        ("RESTIC_PASSWORD_FILE", pwfile.to_str().unwrap()),
+    ];
+    let init = ["init".as_ref(), "--dest".as_ref(), OsStr::new(&url)];
+    let out = snapring(&init, &env);
+    assert!(out.status.success(), "{out:?}");
+    let list = ["list".as_ref(), "--dest".as_ref(), OsStr::new(&url)];
+    let out = snapring(&list, &[("SNAPRING_PASSWORD", "from-the-file")]);
+    assert!(out.status.success(), "keyed with the variable: {out:?}");
+    if let Some(restic) = restic_binary("restic in the same environment") {
+        let out = Command::new(restic)
+            .args(["--no-cache", "--repo"])
+            .arg(&repo)
+            .arg("snapshots")
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "restic in the same environment: {out:?}"
+        );
+    }
+    // White space only: refused for a new repository, nothing made.
+    std::fs::write(&pwfile, "   \n").unwrap();
+    let url2 = file_url(&t.path().join("repo2"));
+    let init2 = ["init".as_ref(), "--dest".as_ref(), OsStr::new(&url2)];
+    let out = snapring(
+        &init2,
+        &[("RESTIC_PASSWORD_FILE", pwfile.to_str().unwrap())],
+    );
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("holds only white space"),
+        "{out:?}"
+    );
+    assert!(!t.path().join("repo2/config").exists());
+}
+
+/// A format version 1 repository (restic before 0.14) is read, never written: a dry run
+/// of `forget` or `prune` says so as the real one does. It planned "would forget 1
+/// snapshots", exit 0, where the real one refused.
+#[test]
+fn a_dry_run_into_a_version_1_repository_refuses_as_the_real_run() {
+    let Some(restic) = restic_binary("a version 1 repository") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"v1");
+    run_restic(&restic, &repo, &["init", "--repository-version", "1"]);
+    run_restic(&restic, &repo, &[OsStr::new("backup"), src.as_os_str()]);
+    let url = file_url(&repo);
+    for args in [
+        vec!["forget", "--dest", &url, "latest", "--dry-run"],
+        vec!["prune", "--dest", &url, "--dry-run"],
+        vec!["forget", "--dest", &url, "latest"],
+    ] {
+        let (code, out, err) = sr(&args);
+        assert_eq!(code, 1, "{args:?}: {out}{err}");
+        assert!(
+            err.contains("snapring writes version 2 only"),
+            "{args:?}: {err}"
+        );
+    }
+    // Read as ever.
+    restore_latest(&repo, &t.path().join("T"));
+    assert_eq!(std::fs::read(t.path().join("T/f")).unwrap(), b"v1");
 }

@@ -779,6 +779,13 @@ fn a_damaged_key_file_beside_a_good_one_does_not_lock_the_repository() {
     }
     let (code, out, err) = sr(&["list", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
+    // Each skipped key named once (it read "key file 0000…: key file 0000…: …").
+    let zeros = "0".repeat(64);
+    assert_eq!(
+        err.matches(&format!("key file {zeros}")).count(),
+        1,
+        "{err}"
+    );
     let out = snapring(
         &["list".as_ref(), "--dest".as_ref(), url.as_ref()],
         &[("SNAPRING_PASSWORD", "not the password")],
@@ -789,6 +796,14 @@ fn a_damaged_key_file_beside_a_good_one_does_not_lock_the_repository() {
         err.contains("no key in") && err.contains("3 key files could not be read"),
         "{err}"
     );
+    // No key file at all: not a wrong password.
+    for k in std::fs::read_dir(repo.join("keys")).unwrap() {
+        std::fs::remove_file(k.unwrap().path()).unwrap();
+    }
+    let (code, out, err) = sr(&["list", "--dest", &url]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("keys holds no key file"), "{err}");
+    assert!(!err.contains("wrong password"), "{err}");
 }
 
 /// A restore from a repository with one damaged data blob: that file is not restored

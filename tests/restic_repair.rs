@@ -74,6 +74,8 @@ struct Two {
     data2: PathBuf,
     /// The index file the second backup wrote.
     index2: PathBuf,
+    /// The second backup's tree pack.
+    tree2: PathBuf,
 }
 
 fn two_backups() -> Two {
@@ -118,6 +120,7 @@ fn two_backups() -> Two {
     assert_eq!(index2.len(), 1, "{index2:?}");
     Two {
         data2: new.pop().unwrap().1,
+        tree2: new.pop().unwrap().1,
         index2: index2[0].clone(),
         t,
         src,
@@ -287,6 +290,24 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     assert!(damaged_ids(&r).is_empty(), "{r}");
     let (code, out, err) = sr_nocache(&["verify", "--dest", url, "--all"]);
     assert_eq!(code, 0, "{out}\n{err}");
+}
+
+/// A lost tree pack, the index repaired: prune stops naming the snapshot whose tree
+/// is gone and what to do. It said only "Tree blob …: not in any index".
+#[test]
+fn prune_after_a_lost_tree_pack_names_the_snapshot_and_the_way_out() {
+    let w = two_backups();
+    std::fs::remove_file(&w.tree2).unwrap();
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!(code, 2, "a snapshot lost its trees: {r}");
+    let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url]);
+    assert_eq!(code, 1, "prune: {out}\n{err}");
+    assert!(
+        err.contains(&format!("of snapshot {}", &w.second[..8])),
+        "{err}"
+    );
+    assert!(err.contains("tree blob"), "{err}");
+    assert!(err.contains("snapring forget --dest URL ID"), "{err}");
 }
 
 #[test]

@@ -2075,3 +2075,46 @@ fn a_restored_file_named_like_the_record_is_not_a_later_restores_record() {
     let plan = String::from_utf8_lossy(&o.stdout);
     assert!(!plan.contains("- .snapring-restore-unfinished"), "{plan}");
 }
+
+/// A restore into a directory it leaves alone (made by an earlier restore, or the
+/// user's) wrote its record of unfinished work there and removed it: the directory's
+/// mtime became the time of the rerun although nothing in it changed. It keeps its
+/// times now, unless the restore added something to it.
+#[test]
+fn a_rerun_that_changes_nothing_leaves_the_target_roots_times_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store, to) = (
+        t.path().join("src"),
+        t.path().join("store"),
+        t.path().join("to"),
+    );
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), b"f").unwrap();
+    ok_backup(&src, &store);
+    let (code, _, err) = restore(&store, "latest", &to, &[]);
+    assert_eq!(code, 0, "{err}");
+    // The target's times as the user left them (not the snapshot's: a directory the
+    // restore did not make is left alone).
+    set_mtime(&to, 1_500_000_000, 123_456_789);
+    let (code, rep, err) = restore(&store, "latest", &to, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(rep["files_restored"], 0, "{rep}");
+    let m = std::fs::metadata(&to).unwrap();
+    assert_eq!(
+        (m.mtime(), m.mtime_nsec()),
+        (1_500_000_000, 123_456_789),
+        "a restore that changed nothing moved the target's mtime"
+    );
+    // A restore that adds an entry to it changes it, as any writer would.
+    std::fs::remove_dir_all(to.join("d")).unwrap();
+    set_mtime(&to, 1_500_000_000, 123_456_789);
+    let (code, _, err) = restore(&store, "latest", &to, &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(to.join("d/f").exists());
+    let m = std::fs::metadata(&to).unwrap();
+    assert_ne!(
+        m.mtime(),
+        1_500_000_000,
+        "the added entry's change was hidden"
+    );
+}

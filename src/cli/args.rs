@@ -149,8 +149,8 @@ pub struct RepairIndexArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
-    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    /// The repository password's file [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD,
+    /// RESTIC_PASSWORD_FILE, RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }
@@ -270,8 +270,8 @@ pub struct BackupArgs {
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
-    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
-    /// RESTIC_PASSWORD_FILE]
+    /// [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD, RESTIC_PASSWORD_FILE,
+    /// RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Into a restic repository: record each entry's real access time, as restic's
@@ -296,8 +296,8 @@ pub struct InitArgs {
     #[arg(long)]
     pub dest: String,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
-    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
-    /// RESTIC_PASSWORD_FILE]
+    /// [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD, RESTIC_PASSWORD_FILE,
+    /// RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Print the result as JSON on stdout.
@@ -326,8 +326,8 @@ pub struct ForgetArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
-    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    /// The repository password's file [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD,
+    /// RESTIC_PASSWORD_FILE, RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }
@@ -355,8 +355,8 @@ pub struct CopyArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
-    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    /// The repository password's file [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD,
+    /// RESTIC_PASSWORD_FILE, RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }
@@ -372,8 +372,8 @@ pub struct PruneArgs {
     /// Print the result as JSON on stdout.
     #[arg(long)]
     pub json: bool,
-    /// The repository password's file [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE,
-    /// RESTIC_PASSWORD, RESTIC_PASSWORD_FILE]
+    /// The repository password's file [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD,
+    /// RESTIC_PASSWORD_FILE, RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
     /// Give up the shard runs not yet published (their files under snapring/shards/),
@@ -403,8 +403,8 @@ pub struct ListArgs {
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
-    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
-    /// RESTIC_PASSWORD_FILE]
+    /// [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD, RESTIC_PASSWORD_FILE,
+    /// RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }
@@ -465,8 +465,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub no_progress: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
-    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
-    /// RESTIC_PASSWORD_FILE]
+    /// [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD, RESTIC_PASSWORD_FILE,
+    /// RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }
@@ -499,8 +499,8 @@ pub struct DiffArgs {
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
-    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
-    /// RESTIC_PASSWORD_FILE]
+    /// [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD, RESTIC_PASSWORD_FILE,
+    /// RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }
@@ -534,8 +534,8 @@ pub struct VerifyArgs {
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
-    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
-    /// RESTIC_PASSWORD_FILE]
+    /// [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD, RESTIC_PASSWORD_FILE,
+    /// RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }
@@ -566,8 +566,8 @@ pub struct HistoryArgs {
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
-    /// [or SNAPRING_PASSWORD, SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD,
-    /// RESTIC_PASSWORD_FILE]
+    /// [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD, RESTIC_PASSWORD_FILE,
+    /// RESTIC_PASSWORD]
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
 }

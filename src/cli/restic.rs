@@ -108,6 +108,7 @@ fn open_reading(
 pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let b = backend::from_dest(&a.dest)?;
     let pw = restic::password::resolve(a.password_file.as_deref())?;
+    pw.check_for_a_new_key()?;
     let cancel = super::cancel_on_signal();
     b.watch_cancel(&cancel);
     let at = b.location();

@@ -217,6 +217,8 @@ pub struct Local {
     eio_packs: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Id>>>,
     /// A pack read succeeded ([`Backend::storage_down`]).
     read_ok: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The mode of the files it writes ([`Local::file_mode`]), found once.
+    file_mode: std::sync::Arc<std::sync::OnceLock<u32>>,
 }
 
 /// The directory of a `file:///PATH` destination, or `None` if `dest` is not one.
@@ -230,7 +232,23 @@ impl Local {
             root: root.to_path_buf(),
             eio_packs: Default::default(),
             read_ok: Default::default(),
+            file_mode: Default::default(),
         }
+    }
+
+    /// The mode of the repository files it writes: 0600, or 0640 when the repository's
+    /// `config` is readable by its group (`chmod -R g+rX`: a repository its group
+    /// reads, restic's "group-accessible repository"), as restic then writes its files
+    /// group-readable too. They were all 0600: after one snapring run the group could
+    /// read no snapshot, restic's neither (the index did not read).
+    fn file_mode(&self) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        *self
+            .file_mode
+            .get_or_init(|| match std::fs::metadata(self.config_path()) {
+                Ok(m) if m.permissions().mode() & 0o040 != 0 => 0o640,
+                _ => 0o600,
+            })
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -286,7 +304,7 @@ impl Backend for Local {
         if let Some(dir) = p.parent() {
             std::fs::create_dir_all(dir).map_err(io_err("create directory", dir))?;
         }
-        crate::util::write_atomic(&p, bytes).map_err(io_err("write", &p))
+        crate::util::write_atomic_mode(&p, bytes, self.file_mode()).map_err(io_err("write", &p))
     }
 
     fn create_config(&self, bytes: &[u8]) -> Result<()> {

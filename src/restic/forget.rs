@@ -161,6 +161,8 @@ pub fn forget(
             "--retain 0 would forget every snapshot of the label; give 1 or more".into(),
         ));
     }
+    // A dry run says what the real one would: that it refuses.
+    repo.check_writable()?;
     if dry_run {
         let plan = plan(&snapshot::load_readable(repo)?, policy);
         return Ok(ForgetReport {
@@ -169,7 +171,6 @@ pub fn forget(
             removed: 0,
         });
     }
-    repo.check_writable()?;
     let lock = super::lock::acquire(repo, true)?;
     let report = forget_stoppable(repo, policy, cancel)?;
     lock.release()?;
@@ -230,6 +231,8 @@ pub fn forget_named(
     if names.is_empty() {
         return Err(Error::Other("no snapshot named to forget".into()));
     }
+    // A dry run says what the real one would: that it refuses.
+    repo.check_writable()?;
     if dry_run {
         let plan = plan_named(&snapshot::load_readable(repo)?, names)?;
         return Ok(ForgetReport {
@@ -238,7 +241,6 @@ pub fn forget_named(
             removed: 0,
         });
     }
-    repo.check_writable()?;
     let lock = super::lock::acquire(repo, true)?;
     let r = remove_named(repo, names, before_remove, cancel);
     let released = lock.release();

@@ -138,8 +138,7 @@ fn conflict(repo: &Repo, exclusive: bool, ours: Option<Id>) -> Result<Option<Loc
         if Some(id) == ours {
             continue;
         }
-        // A lock removed meanwhile, or one that does not open, is no conflict.
-        let Ok(l) = repo.load_json::<LockFile>(Kind::Lock, &id) else {
+        let Some(l) = load_other(repo, &id)? else {
             continue;
         };
         if (exclusive || l.exclusive) && !is_stale(&l) {
@@ -149,9 +148,61 @@ fn conflict(repo: &Repo, exclusive: bool, ours: Option<Id>) -> Result<Option<Loc
     Ok(None)
 }
 
+/// Another process's lock file `id`, or `None` when it is gone (removed meanwhile).
+/// One that is there and does not read (an I/O error, storage failing past its
+/// retries, bytes that do not decrypt: a lock being written, a damaged file) may be an
+/// exclusive lock of a running `prune`, which would delete what this process is about
+/// to write or read: it is read once more after a pause, then refuses, as restic
+/// refuses ("unable to load lock"). It was taken for no lock, and a `prune` ran beside
+/// a live `restic backup`, deleting its new packs.
+fn load_other(repo: &Repo, id: &Id) -> Result<Option<LockFile>> {
+    let mut tries = 0;
+    loop {
+        match repo.load_json::<LockFile>(Kind::Lock, id) {
+            Ok(l) => return Ok(Some(l)),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(None);
+            }
+            Err(e) if tries == 0 => {
+                tracing::debug!("lock {id} does not read ({e}); reading it again");
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => {
+                return Err(Error::Locked(format!(
+                    "{LOCKED}, or may be: its lock file locks/{id} cannot be read ({e}), and \
+                     another process's exclusive lock (a prune) cannot be ruled out; try \
+                     again, and if it stays so with no restic or snapring process using the \
+                     repository, remove that file (`restic unlock --remove-all` removes \
+                     every lock)"
+                )));
+            }
+        }
+    }
+}
+
 fn refused(l: &LockFile) -> Error {
+    // A restic lock of this host whose process is gone is kept until restic's stale
+    // age (`is_dead_here`): say so, and how to clear it sooner.
+    let gone_here = crate::util::same_pids(&l.hostname, &l.pid_ns, &l.boot_id)
+        && (l.pid_ns.is_empty() || l.boot_id.is_empty())
+        && i32::try_from(l.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_err());
+    let hint = if gone_here {
+        format!(
+            " (no process {} runs here; the lock names no pid namespace, so it may be \
+             another container's or machine's of this host name, and it counts until it \
+             is 30 minutes old; if no other process uses the repository, `restic unlock` \
+             removes it)",
+            l.pid
+        )
+    } else {
+        String::new()
+    };
     Error::Locked(format!(
-        "{LOCKED} {}by pid {} on {} (user {}) since {}: try again once it is done",
+        "{LOCKED} {}by pid {} on {} (user {}) since {}{hint}: try again once it is done",
         if l.exclusive { "exclusively " } else { "" },
         l.pid,
         l.hostname,

@@ -1,5 +1,7 @@
-//! The repository password: `--password-file FILE`, else `SNAPRING_PASSWORD`,
-//! `SNAPRING_PASSWORD_FILE`, `RESTIC_PASSWORD`, `RESTIC_PASSWORD_FILE`, in that order.
+//! The repository password: `--password-file FILE`, else `SNAPRING_PASSWORD_FILE`,
+//! `SNAPRING_PASSWORD`, `RESTIC_PASSWORD_FILE`, `RESTIC_PASSWORD`, in that order (a
+//! file before a password in the environment, as restic reads its own two: with both
+//! set, snapring and restic use the same password).
 //! A file's surrounding white space is not part of the password, as restic reads it
 //! (`strings.TrimSpace`). snapring once stripped only a trailing newline: a file whose
 //! password opens no key trimmed is tried that older way too, with a warning, so a
@@ -15,6 +17,8 @@ use super::{Error, Result, io_err};
 pub struct Password {
     bytes: Vec<u8>,
     older: Option<(Vec<u8>, PathBuf)>,
+    /// The file it came from held only white space (restic refuses it as empty).
+    blank_file: Option<PathBuf>,
 }
 
 impl Password {
@@ -23,6 +27,22 @@ impl Password {
         Password {
             bytes: bytes.to_vec(),
             older: None,
+            blank_file: None,
+        }
+    }
+
+    /// Refuses a password a new key should not be made with: a file of white space
+    /// only, which snapring takes as it is (to open a repository made with its older
+    /// reading) and restic reads as empty and refuses, so that restic could never open
+    /// the repository with that file.
+    pub fn check_for_a_new_key(&self) -> Result<()> {
+        match &self.blank_file {
+            Some(p) => Err(Error::Other(format!(
+                "the password file {} holds only white space: restic reads it as empty and \
+                 refuses it, so it could not open the repository; write the password in it",
+                p.display()
+            ))),
+            None => Ok(()),
         }
     }
 
@@ -62,21 +82,22 @@ pub fn resolve(file_flag: Option<&Path>) -> Result<Password> {
     }
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     use std::os::unix::ffi::OsStrExt;
+    if let Some(f) = env("SNAPRING_PASSWORD_FILE") {
+        return from_file(Path::new(&f));
+    }
     if let Some(v) = env("SNAPRING_PASSWORD") {
         return Ok(Password::exact(v.as_bytes()));
     }
-    if let Some(f) = env("SNAPRING_PASSWORD_FILE") {
+    // restic's order (its `resolvePassword`): the file, then the password.
+    if let Some(f) = env("RESTIC_PASSWORD_FILE") {
         return from_file(Path::new(&f));
     }
     if let Some(v) = env("RESTIC_PASSWORD") {
         return Ok(Password::exact(v.as_bytes()));
     }
-    if let Some(f) = env("RESTIC_PASSWORD_FILE") {
-        return from_file(Path::new(&f));
-    }
     Err(Error::Other(
-        "no repository password: give --password-file FILE, or set SNAPRING_PASSWORD, \
-         SNAPRING_PASSWORD_FILE, RESTIC_PASSWORD or RESTIC_PASSWORD_FILE"
+        "no repository password: give --password-file FILE, or set SNAPRING_PASSWORD_FILE, \
+         SNAPRING_PASSWORD, RESTIC_PASSWORD_FILE or RESTIC_PASSWORD"
             .into(),
     ))
 }
@@ -84,9 +105,11 @@ pub fn resolve(file_flag: Option<&Path>) -> Result<Password> {
 fn from_file(p: &Path) -> Result<Password> {
     let b = std::fs::read(p).map_err(io_err("read the password file", p))?;
     let (mut bytes, mut older) = readings(&b);
+    let mut blank_file = None;
     if bytes.is_empty()
         && let Some(o) = older.take()
     {
+        blank_file = Some(p.to_path_buf());
         // White space only: empty as restic reads it, which refuses an empty password;
         // a repository made with the older reading still opens with that.
         tracing::warn!(
@@ -104,6 +127,7 @@ fn from_file(p: &Path) -> Result<Password> {
     Ok(Password {
         bytes,
         older: older.map(|o| (o, p.to_path_buf())),
+        blank_file,
     })
 }
 
@@ -174,6 +198,11 @@ mod tests {
         std::fs::write(&f, b"   \n").unwrap();
         let p = from_file(&f).unwrap();
         assert_eq!((p.bytes.as_slice(), p.older.is_none()), (&b"   "[..], true));
+        // It opens such a repository, and makes no new one (restic could not open it).
+        let e = p.check_for_a_new_key().unwrap_err().to_string();
+        assert!(e.contains("holds only white space"), "{e}");
+        std::fs::write(&f, b" pw \n").unwrap();
+        assert!(from_file(&f).unwrap().check_for_a_new_key().is_ok());
         std::fs::write(&f, b"\n").unwrap();
         match from_file(&f) {
             Err(e) => assert!(e.to_string().contains("is empty"), "{e}"),

@@ -114,33 +114,56 @@ fn used_blobs(
 ) -> Result<(u64, HashSet<(BlobType, Id)>)> {
     let snaps = snapshot::load_all(repo)?;
     let mut used = HashSet::new();
-    let todo: Vec<Id> = snaps.iter().map(|(_, s)| s.tree).collect();
-    mark(repo, todo, &mut used, true, cancel)?;
+    // One snapshot at a time (what one marked is not read again for the next), so
+    // that a blob not in any index names its snapshot.
+    for (id, s) in &snaps {
+        mark(repo, vec![s.tree], &mut used, Some(id), cancel)?;
+    }
     for c in &roots.data {
         if repo.index.contains(BlobType::Data, c) {
             used.insert((BlobType::Data, *c));
         }
     }
-    mark(repo, roots.trees.clone(), &mut used, false, cancel)?;
+    mark(repo, roots.trees.clone(), &mut used, None, cancel)?;
     Ok((snaps.len() as u64, used))
 }
 
-/// Marks the trees `todo` and everything under them. `strict`: a blob not in any index
-/// stops prune (a snapshot's); else it is passed over (an unfinished run's, which its
-/// rerun will find damaged).
+/// Marks the trees `todo` and everything under them. `snapshot`: a blob not in any
+/// index stops prune, naming that snapshot; `None`: it is passed over (an unfinished
+/// run's, which its rerun will find damaged).
 fn mark(
     repo: &Repo,
     mut todo: Vec<Id>,
     used: &mut HashSet<(BlobType, Id)>,
-    strict: bool,
+    snapshot: Option<&Id>,
     cancel: &AtomicBool,
 ) -> Result<()> {
+    // A tree's blob (`repair index` found its pack gone) stopped prune with the index's
+    // bare "Tree blob …: not in any index", naming no snapshot and giving no advice.
+    let lost = |what: String| {
+        corrupt(
+            format!(
+                "{what} of snapshot {}",
+                snapshot
+                    .map(|s| s.hex()[..8].to_string())
+                    .unwrap_or_default()
+            ),
+            "not in any index; prune would lose data, so it stops \
+             (`snapring repair index` adds packs no index names, and names the \
+             snapshots that reference lost data: forget those with \
+             `snapring forget --dest URL ID...`, then prune)",
+        )
+    };
+    let strict = snapshot.is_some();
     while let Some(t) = todo.pop() {
         if cancel.load(Ordering::Relaxed) {
             return Err(Error::Cancelled);
         }
-        if !strict && !repo.index.contains(BlobType::Tree, &t) {
-            continue;
+        if !repo.index.contains(BlobType::Tree, &t) {
+            if !strict {
+                continue;
+            }
+            return Err(lost(format!("tree blob {t}")));
         }
         if !used.insert((BlobType::Tree, t)) {
             continue;
@@ -155,13 +178,7 @@ fn mark(
                     if !strict {
                         continue;
                     }
-                    return Err(corrupt(
-                        format!("data blob {c} of tree {t}"),
-                        "not in any index; prune would lose data, so it stops \
-                         (`snapring repair index` adds packs no index names, and names the \
-                         snapshots that reference lost data: forget those with \
-                         `snapring forget --dest URL ID...`, then prune)",
-                    ));
+                    return Err(lost(format!("data blob {c} of tree {t}")));
                 }
                 used.insert((BlobType::Data, c));
             }
@@ -315,6 +332,8 @@ pub fn prune_keeping(
     cancel: &AtomicBool,
 ) -> Result<PruneReport> {
     let started = std::time::Instant::now();
+    // A dry run says what the real one would: that it refuses.
+    repo.check_writable()?;
     if dry_run {
         return Ok(PruneReport {
             dry_run,
@@ -327,7 +346,6 @@ pub fn prune_keeping(
             duration_seconds: started.elapsed().as_secs_f64(),
         });
     }
-    repo.check_writable()?;
     let lock = super::lock::acquire(repo, true)?;
     // What was written between opening the repository and the lock (a backup, a shard
     // worker's commit, then its exit) is in index files this process has not read: a

@@ -527,7 +527,16 @@ impl Repo {
 /// damaged, the error names them.
 fn find_key(b: &dyn Backend, password: &[u8]) -> Result<Key> {
     let mut damaged = Vec::new();
-    for id in b.list(Kind::Key)? {
+    let keys = b.list(Kind::Key)?;
+    if keys.is_empty() {
+        // Not a wrong password: there is no key to try it on.
+        return Err(Error::Other(format!(
+            "cannot open the repository: {}/keys holds no key file (removed, or not \
+             copied with the repository); no password can open it without one",
+            b.location()
+        )));
+    }
+    for id in keys {
         let what = format!("key file {id}");
         let kf = b.read(Kind::Key, &id).and_then(|bytes| {
             serde_json::from_slice::<KeyFile>(&bytes).map_err(|e| corrupt(&what, e))
@@ -540,7 +549,8 @@ fn find_key(b: &dyn Backend, password: &[u8]) -> Result<Key> {
             // Whatever is wrong with one key file (its JSON, its KDF parameters, its
             // read) is that key's: the others are tried.
             Err(e) => {
-                tracing::warn!("{what}: {e}: skipped");
+                // The error names the key file already.
+                tracing::warn!("{e}: skipped");
                 damaged.push(e.to_string());
             }
         }
