@@ -376,9 +376,13 @@ impl Config {
                 unknown.join(", ")
             )));
         }
+        // A name listed twice is told once (a config with `notify = ["w", "w"]`
+        // POSTed twice; refusing it would stop a daemon an upgrade finds it in).
+        let mut seen = std::collections::HashSet::new();
         Ok(job
             .notify
             .iter()
+            .filter(|n| seen.insert(n.as_str()))
             .map(|n| (n.clone(), self.notify[n].clone()))
             .collect())
     }
@@ -562,6 +566,20 @@ pub fn check_text(path: &Path, text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A notifier a job lists twice is told once: it was POSTed twice.
+    #[test]
+    fn a_notifier_listed_twice_is_told_once() {
+        let cfg = parse("[job.a]\nsource = \"/s\"\ndest = \"/d\"\nnotify = [\"w\", \"x\", \"w\"]\n\n[notify.w]\ntype = \"command\"\ncommand = [\"/bin/true\"]\n\n[notify.x]\ntype = \"command\"\ncommand = [\"/bin/true\"]\n").unwrap();
+        let (n, j) = cfg.pick(None).unwrap();
+        let names: Vec<String> = cfg
+            .notifiers_of(&n, &j)
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(names, ["w", "x"]);
+    }
 
     #[test]
     fn unknown_keys_are_errors_with_a_line() {

@@ -1767,12 +1767,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
             return;
         };
         let _ = crate::failpoint::hit("restore.before_done");
-        // The root as this restore's record left it, nothing else in it changed since
-        // (a time with no nanoseconds may be a coarse file system's, where two changes
-        // within its step look like one: then only when the restore wrote nothing).
+        // The restore wrote nothing, and the root is as its record left it (nothing
+        // else changed it since, as far as its mtime tells: a coarse clock can make two
+        // changes look like one, so the restore's own writes are not judged by it).
         let untouched_but_for_the_record = self.unfinished.root_before.and_then(|(st, with)| {
             let now = mtime_of(&rustix::fs::fstat(to).ok()?);
-            (now == with && (with.1 != 0 || !self.counts.wrote_anything())).then_some(st)
+            (now == with && !self.counts.wrote_anything()).then_some(st)
         });
         if let Err(e) = fsx::unlink_at(b(to), &self.unfinished.name) {
             self.dest_error(&RelPath::root(), "remove the restore's record", e);

@@ -175,7 +175,9 @@ struct Field {
     name: &'static str,
     lo: u32,
     hi: u32,
-    /// The largest step that picks more than one value from the whole field.
+    /// The largest step taken: the field's cycle (60 minutes, 24 hours, …), which
+    /// picks its first value once a cycle (`*/60`: minute 0, as every 60 minutes; it
+    /// was taken before these checks, and a daemon must still start on such a file).
     max_step: u32,
     allowed: &'static str,
     names: &'static [&'static str],
@@ -193,7 +195,7 @@ const fn field(name: &'static str, lo: u32, hi: u32, allowed: &'static str) -> F
         name,
         lo,
         hi,
-        max_step: hi - lo,
+        max_step: hi - lo + 1,
         allowed,
         names: &[],
         first: 0,
@@ -214,8 +216,8 @@ const CRON_FIELDS: &[Field] = &[
     Field {
         names: DAYS,
         first: 0,
-        // 7 is Sunday again: a step of 7 picks Sunday alone.
-        max_step: 6,
+        // 7 is Sunday again: the cycle is 7 days.
+        max_step: 7,
         ..field("day-of-week", 0, 7, "0–7 (0 and 7 = Sunday) or SUN–SAT")
     },
 ];
@@ -260,8 +262,9 @@ fn check_fields(fields: &[&str], specs: &[Field]) -> Result<(), String> {
                 && n > f.max_step
             {
                 return Err(format!(
-                    "{} step {n} is larger than the field's range {}–{} (at most {}; to pick one value, write it)",
-                    f.name, f.lo, f.hi, f.max_step
+                    "{} step {n} is larger than the field's cycle of {} ({}–{}): it could \
+                     only pick the first value, and cannot mean every {n}; use at most {}",
+                    f.name, f.max_step, f.lo, f.hi, f.max_step
                 ));
             }
             if base == "*" || base == "?" {
@@ -1214,35 +1217,42 @@ mod tests {
     fn a_step_larger_than_its_field_is_refused() {
         assert_eq!(
             refused("*/75 * * * *"),
-            "schedule \"*/75 * * * *\": minute step 75 is larger than the field's range 0–59 \
-             (at most 59; to pick one value, write it)"
+            "schedule \"*/75 * * * *\": minute step 75 is larger than the field's cycle of 60 \
+             (0–59): it could only pick the first value, and cannot mean every 75; use at \
+             most 60"
         );
         let m = refused("0 */30 * * *");
         assert!(
-            m.contains("hour step 30 is larger than the field's range 0–23"),
+            m.contains("hour step 30 is larger than the field's cycle of 24"),
             "{m}"
         );
         for (e, want) in [
-            ("0/60 * * * * *", "second step 60"),
-            ("0 0 */31 * *", "day-of-month step 31"),
-            ("0 0 1 1/12 *", "month step 12"),
-            ("0 0 * * */7", "day-of-week step 7"),
+            ("0/61 * * * * *", "second step 61"),
+            ("0 0 */32 * *", "day-of-month step 32"),
+            ("0 0 1 1/13 *", "month step 13"),
+            ("0 0 * * */8", "day-of-week step 8"),
             ("cron(0/90 * * * ? *)", "minutes step 90"),
-            ("cron(0 0 ? * 1/7 *)", "day-of-week step 7"),
+            ("cron(0 0 ? * 1/8 *)", "day-of-week step 8"),
         ] {
             let m = refused(e);
             assert!(m.contains(want), "{e}: {m}");
         }
-        // The largest steps that still pick two values are taken.
+        // A step of the field's cycle is taken (it was before these checks: a daemon
+        // upgraded onto such a file must start) and picks the first value once a cycle.
         for e in [
-            "*/59 * * * *",
-            "0 */23 * * *",
-            "0 0 */30 * *",
-            "0 0 1 */11 *",
-            "0 0 * * */6",
+            "*/60 * * * *",
+            "0 */24 * * *",
+            "0 0 */31 * *",
+            "0 0 1 */12 *",
+            "0 0 * * */7",
+            "cron(0/60 * * * ? *)",
         ] {
             parse(e, None).expect(e);
         }
+        assert_eq!(
+            next("*/60 * * * *", None, "2026-06-01T00:10:00Z", 2),
+            ["2026-06-01T01:00:00+00:00", "2026-06-01T02:00:00+00:00"]
+        );
     }
 
     #[test]

@@ -153,6 +153,15 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
     use std::io::Write;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut f = create_with_mode(&tmp, mode)?;
+    if mode != 0o600 {
+        // The mode asked for whatever the umask (`UMask=0077` in a unit): a
+        // group-readable repository's files must stay readable by the group.
+        use std::os::unix::fs::PermissionsExt;
+        if let Err(e) = f.set_permissions(std::fs::Permissions::from_mode(mode)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    }
     if let Err(e) = f
         .write_all(bytes)
         .and_then(|()| f.sync_all())

@@ -994,3 +994,45 @@ fn a_users_shard_run_over_roots_tree_is_its_single_node_run() {
         }
     }
 }
+
+/// A live process of another user (root's `restic prune`, say) holds the repository's
+/// lock: signalling it is refused (EPERM), which was taken for "no such process", so
+/// the user's snapring removed the lock as a dead process's and ran beside it.
+#[test]
+fn a_lock_of_another_users_live_process_is_not_taken_for_a_dead_ones() {
+    use snapring::restic::{lock, repo::Repo};
+    use std::os::unix::fs::PermissionsExt;
+    let s = setup();
+    let src = s.user_dir("src");
+    std::fs::write(src.join("f"), b"x").unwrap();
+    chown(&src.join("f"), USER, USER);
+    let repo = s.user_dir("repo");
+    let url = format!("file://{}", repo.display());
+    let as_user = |args: &[&str]| {
+        let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        s.command(&a)
+            .env("SNAPRING_PASSWORD", "pw")
+            .env("SNAPRING_CACHE", "off")
+            .output()
+            .unwrap()
+    };
+    let out = as_user(&["init", "--dest", &url]);
+    assert!(out.status.success(), "{out:?}");
+    // This test process (root) holds an exclusive lock, readable by the user.
+    let opened = Repo::open(&repo, b"pw").unwrap();
+    let held = lock::acquire(&opened, true).unwrap();
+    for l in std::fs::read_dir(repo.join("locks")).unwrap() {
+        let p = l.unwrap().path();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let out = as_user(&["backup", "--source", src.to_str().unwrap(), "--dest", &url]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{err}");
+    assert!(err.contains("locked exclusively by pid"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(repo.join("locks")).unwrap().count(),
+        1,
+        "root's live lock was removed"
+    );
+    held.release().unwrap();
+}

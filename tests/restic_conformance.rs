@@ -1231,7 +1231,19 @@ fn a_repository_its_group_reads_stays_readable_by_the_group() {
         .unwrap();
     assert!(chmod.success());
     let before = std::time::SystemTime::now();
-    assert_eq!(sr_backup(&src, &repo)["status"], "complete");
+    // Under a umask that keeps the group out (`UMask=0077` in a systemd unit).
+    let out = Command::new("sh")
+        .args(["-c", "umask 077; exec \"$0\" \"$@\""])
+        .arg(bin())
+        .args(["backup", "--source"])
+        .arg(&src)
+        .args(["--dest", &file_url(&repo)])
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_CACHE", "off")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
     let mut written = 0;
     for d in ["snapshots", "index", "data"] {
         for e in walkdir(&repo.join(d)) {
@@ -1319,6 +1331,19 @@ fn restics_password_variables_are_read_in_restics_order() {
             "restic in the same environment: {out:?}"
         );
     }
+    // A repository an older snapring keyed with the variable (it read it first) still
+    // opens in that environment, with a warning.
+    let url3 = file_url(&t.path().join("repo3"));
+    let init3 = ["init".as_ref(), "--dest".as_ref(), OsStr::new(&url3)];
+    let out = snapring(&init3, &[("SNAPRING_PASSWORD", "from-the-variable")]);
+    assert!(out.status.success(), "{out:?}");
+    let list3 = ["list".as_ref(), "--dest".as_ref(), OsStr::new(&url3)];
+    let out = snapring(&list3, &env);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("snapring now reads the file first"),
+        "{out:?}"
+    );
     // White space only: refused for a new repository, nothing made.
     std::fs::write(&pwfile, "   \n").unwrap();
     let url2 = file_url(&t.path().join("repo2"));

@@ -381,13 +381,10 @@ impl Backend for Local {
         if bad < STORAGE_DOWN_PACKS {
             return None;
         }
-        let Some(probe) = self.probe_down() else {
-            // `config` reads: the storage answers, those packs are damaged (each
-            // file's problem); not asked again.
-            self.read_ok
-                .store(true, std::sync::atomic::Ordering::Relaxed);
-            return None;
-        };
+        // `config` reads: the storage answers, those packs are damaged (each file's
+        // problem). Asked again at the next failure (one small read): a disk that
+        // fails later in the restore is still found down.
+        let probe = self.probe_down()?;
         Some(format!(
             "the repository {} cannot be read: {bad} packs answered EIO (each read twice, \
              {} ms apart), no pack read, and {probe} (its disk, NFS server or mount is failing)",
@@ -406,7 +403,13 @@ impl Backend for Local {
             Err(_) => Err(std::io::Error::from_raw_os_error(
                 rustix::io::Errno::IO.raw_os_error(),
             )),
-            Ok(()) => std::fs::read(&p).map(drop),
+            Ok(()) => std::fs::File::open(&p).and_then(|f| {
+                use std::io::Read;
+                // From the storage, not the page cache: `Repo::open` has just read it,
+                // and a disk that went away would answer from memory.
+                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+                (&f).read_to_end(&mut Vec::new()).map(drop)
+            }),
         };
         read.err().map(|e| {
             format!(

@@ -97,8 +97,15 @@ fn is_dead_here(l: &LockFile) -> bool {
     let alive = i32::try_from(l.pid)
         .ok()
         .and_then(rustix::process::Pid::from_raw)
-        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+        .is_some_and(pid_runs);
     !alive
+}
+
+/// Whether process `p` runs here. Only "no such process" says it does not: a signal
+/// refused (EPERM) is a live process of another user (a root `restic prune` seen by a
+/// user's snapring), whose lock was taken for a dead one's and removed.
+fn pid_runs(p: rustix::process::Pid) -> bool {
+    rustix::process::test_kill_process(p) != Err(rustix::io::Errno::SRCH)
 }
 
 /// Older than restic's stale age (30 minutes without a refresh).
@@ -160,9 +167,12 @@ fn load_other(repo: &Repo, id: &Id) -> Result<Option<LockFile>> {
     loop {
         match repo.load_json::<LockFile>(Kind::Lock, id) {
             Ok(l) => return Ok(Some(l)),
+            // Gone (a lock refreshed as a new file, or released, since the listing):
+            // a local file not found, S3's 404.
             Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(None);
             }
+            Err(Error::Missing(_)) => return Ok(None),
             Err(e) if tries == 0 => {
                 tracing::debug!("lock {id} does not read ({e}); reading it again");
                 tries += 1;
@@ -189,7 +199,7 @@ fn refused(l: &LockFile) -> Error {
         && i32::try_from(l.pid)
             .ok()
             .and_then(rustix::process::Pid::from_raw)
-            .is_some_and(|p| rustix::process::test_kill_process(p).is_err());
+            .is_some_and(|p| !pid_runs(p));
     let hint = if gone_here {
         format!(
             " (no process {} runs here; the lock names no pid namespace, so it may be \

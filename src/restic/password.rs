@@ -17,6 +17,10 @@ use super::{Error, Result, io_err};
 pub struct Password {
     bytes: Vec<u8>,
     older: Option<(Vec<u8>, PathBuf)>,
+    /// The password the order before 2026-12-07 chose, where both a file and a
+    /// variable are set and differ (it read the variable first): a repository keyed
+    /// with it still opens, with a warning.
+    variable_first: Option<(Vec<u8>, &'static str, &'static str)>,
     /// The file it came from held only white space (restic refuses it as empty).
     blank_file: Option<PathBuf>,
 }
@@ -27,6 +31,7 @@ impl Password {
         Password {
             bytes: bytes.to_vec(),
             older: None,
+            variable_first: None,
             blank_file: None,
         }
     }
@@ -50,6 +55,21 @@ impl Password {
     /// from the password: to try when the password opens no key.
     pub fn older_reading(&self) -> Option<&[u8]> {
         self.older.as_ref().map(|(b, _)| b.as_slice())
+    }
+
+    /// The variable the older order chose over the file, with the warning for a
+    /// repository that opened only with it.
+    pub fn variable_first(&self) -> Option<(&[u8], String)> {
+        self.variable_first.as_ref().map(|(b, var, file)| {
+            (
+                b.as_slice(),
+                format!(
+                    "the repository opened with {var}, not with {file}: both are set, and \
+                     snapring now reads the file first, as restic does (restic in this \
+                     environment does not open the repository); make the two agree, or unset one"
+                ),
+            )
+        })
     }
 
     /// The warning for a repository that opened only with the older reading.
@@ -82,18 +102,24 @@ pub fn resolve(file_flag: Option<&Path>) -> Result<Password> {
     }
     let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
     use std::os::unix::ffi::OsStrExt;
-    if let Some(f) = env("SNAPRING_PASSWORD_FILE") {
-        return from_file(Path::new(&f));
-    }
-    if let Some(v) = env("SNAPRING_PASSWORD") {
-        return Ok(Password::exact(v.as_bytes()));
-    }
-    // restic's order (its `resolvePassword`): the file, then the password.
-    if let Some(f) = env("RESTIC_PASSWORD_FILE") {
-        return from_file(Path::new(&f));
-    }
-    if let Some(v) = env("RESTIC_PASSWORD") {
-        return Ok(Password::exact(v.as_bytes()));
+    // restic's order (its `resolvePassword`): the file, then the password. Before
+    // 2026-12-07 snapring read the variable first: with both set and different, that
+    // one is tried too when the file's opens no key.
+    for (file, var) in [
+        ("SNAPRING_PASSWORD_FILE", "SNAPRING_PASSWORD"),
+        ("RESTIC_PASSWORD_FILE", "RESTIC_PASSWORD"),
+    ] {
+        if let Some(f) = env(file) {
+            let mut p = from_file(Path::new(&f))?;
+            p.variable_first = env(var)
+                .map(|v| v.as_bytes().to_vec())
+                .filter(|v| *v != p.bytes)
+                .map(|v| (v, var, file));
+            return Ok(p);
+        }
+        if let Some(v) = env(var) {
+            return Ok(Password::exact(v.as_bytes()));
+        }
     }
     Err(Error::Other(
         "no repository password: give --password-file FILE, or set SNAPRING_PASSWORD_FILE, \
@@ -127,6 +153,7 @@ fn from_file(p: &Path) -> Result<Password> {
     Ok(Password {
         bytes,
         older: older.map(|o| (o, p.to_path_buf())),
+        variable_first: None,
         blank_file,
     })
 }

@@ -266,19 +266,26 @@ impl Repo {
         let Some(sealed) = backend.read_config()? else {
             return Err(not_a_repository(&backend.location()));
         };
-        let key = match find_key(backend.as_ref(), password) {
-            Err(e @ Error::WrongPassword(_)) => match password.older_reading() {
-                Some(older) => match find_key(backend.as_ref(), older) {
-                    Ok(k) => {
-                        tracing::warn!("{}", password.older_reading_warning());
-                        k
+        let key =
+            match find_key(backend.as_ref(), password) {
+                Err(e @ Error::WrongPassword(_)) => {
+                    // The readings an older snapring used, each with its warning.
+                    let older = password
+                        .older_reading()
+                        .map(|b| (b, password.older_reading_warning()));
+                    let tried = older.into_iter().chain(password.variable_first()).find_map(
+                        |(b, warning)| find_key(backend.as_ref(), b).ok().map(|k| (k, warning)),
+                    );
+                    match tried {
+                        Some((k, warning)) => {
+                            tracing::warn!("{warning}");
+                            k
+                        }
+                        None => return Err(e),
                     }
-                    Err(_) => return Err(e),
-                },
-                None => return Err(e),
-            },
-            r => r?,
-        };
+                }
+                r => r?,
+            };
         let plain = key.open(&sealed, "config")?;
         let config: Config = decode_json(&plain, "config")?;
         if config.version != 1 && config.version != 2 {
