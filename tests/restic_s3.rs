@@ -41,10 +41,14 @@ struct Server {
     /// While set, every GET of a path ending so is answered 500 (a server failing for
     /// one object, after the retries).
     pub fail_gets: Arc<Mutex<Option<String>>>,
-    /// While set, every GET of a path ending so is answered 403 AccessDenied (a
-    /// policy refusing the object).
-    pub deny_gets: Arc<Mutex<Option<String>>>,
+    /// While set, every GET of a path ending so (the first) is answered with that
+    /// status and S3 error code: 403 AccessDenied (a policy refusing the object), 404
+    /// NoSuchBucket (the bucket gone).
+    pub deny_gets: Arc<Mutex<Option<Denial>>>,
 }
+
+/// A path's end, and the status and S3 error code a GET of it is answered.
+type Denial = (String, u16, &'static str);
 
 type Put = (String, Option<String>, Option<String>);
 
@@ -73,7 +77,7 @@ struct Flaky {
     puts: Arc<Mutex<Vec<Put>>>,
     gets: Arc<Mutex<Vec<String>>>,
     fail_gets: Arc<Mutex<Option<String>>>,
-    deny_gets: Arc<Mutex<Option<String>>>,
+    deny_gets: Arc<Mutex<Option<Denial>>>,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
@@ -127,12 +131,11 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
                 return Box::pin(async move { Ok(resp) });
             }
             let deny = self.deny_gets.lock().unwrap().clone();
-            if deny.is_some_and(|end| path.ends_with(&end)) {
-                let body =
-                    "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+            if let Some((_, status, code)) = deny.filter(|(end, ..)| path.ends_with(end)) {
+                let body = format!("<Error><Code>{code}</Code><Message>test</Message></Error>");
                 let resp = hyper::Response::builder()
-                    .status(403)
-                    .body(s3s::Body::from(body.to_string()))
+                    .status(status)
+                    .body(s3s::Body::from(body))
                     .unwrap();
                 return Box::pin(async move { Ok(resp) });
             }
@@ -1954,7 +1957,7 @@ fn verify_counts_a_refused_pack_as_unreadable_not_damaged() {
     let src = s.t.path().join("src");
     let dest = format!("s3://{BUCKET}/denied");
     let pack = small_files_then_big(&s, &src, &dest, "denied");
-    *s.server().deny_gets.lock().unwrap() = Some(pack.hex());
+    *s.server().deny_gets.lock().unwrap() = Some((pack.hex(), 403, "AccessDenied"));
     let (code, out, err) = s.sr_with(&["verify", "--dest", &dest, "--json"], PASSWORD);
     assert_eq!(code, 2, "{out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -1968,6 +1971,69 @@ fn verify_counts_a_refused_pack_as_unreadable_not_damaged() {
     assert!(
         v["problems"][0][1].as_str().unwrap().contains("HTTP 403"),
         "{v}"
+    );
+}
+
+/// A pack read that fails in a way that says nothing of its bytes (the bucket gone:
+/// 404 NoSuchBucket) is neither damage nor a pack that could not be read: `verify`
+/// stops, saying so (exit 1), no file listed. It counted every file there as "could
+/// not be read" (any error but damage did), exit 2.
+#[test]
+fn verify_stops_on_a_pack_read_error_that_says_nothing_of_the_pack() {
+    if needs_in_process_server("refusing the reads of one object") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    let dest = format!("s3://{BUCKET}/gone");
+    let pack = small_files_then_big(&s, &src, &dest, "gone");
+    *s.server().deny_gets.lock().unwrap() = Some((pack.hex(), 404, "NoSuchBucket"));
+    let (code, out, err) = s.sr_with(&["verify", "--dest", &dest], PASSWORD);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(
+        !out.contains("could not be read") && !out.contains("DAMAGED"),
+        "{out}"
+    );
+}
+
+/// SIGTERM to a `verify` while the server fails the reads of a pack (500, retried):
+/// the read is not retried once the run is stopping, and its failure is the stop's,
+/// not the pack's: the verify ends interrupted (exit 3, as a backup or restore stopped
+/// by a signal does), naming the read it gave up, no file called unreadable or
+/// damaged, within seconds.
+#[test]
+fn sigterm_mid_verify_ends_it_interrupted_no_pack_called_unreadable() {
+    if needs_in_process_server("failing the reads of one object") {
+        return;
+    }
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    let dest = format!("s3://{BUCKET}/stopped");
+    let pack = small_files_then_big(&s, &src, &dest, "stopped");
+    *s.server().fail_gets.lock().unwrap() = Some(pack.hex());
+    let child = s
+        .command(&["verify", "--dest", &dest])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The pack's read is retried for about 6 s (200 ms doubling, 6 attempts): the
+    // signal comes in the middle.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let (code, out, took) = wait_at_most(child, std::time::Duration::from_secs(60));
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}: {out}");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("interrupted") && out.contains("not retried, the run is stopping"),
+        "{out}"
+    );
+    assert!(out.contains(&pack.hex()), "{out}");
+    assert!(
+        !out.contains("could not be read") && !out.contains("DAMAGED"),
+        "{out}"
     );
 }
 
