@@ -1841,22 +1841,25 @@ fn restore_json(s: &Setup, dest: &str, to: &Path) -> (i32, serde_json::Value, St
     (code, rep, err)
 }
 
-/// A source of 30 small files backed up into `dest`, then a 4 MB file `big` in a
-/// second backup (so its data is in packs of its own): the biggest of those packs.
-fn small_files_then_big(s: &Setup, src: &Path, dest: &str, prefix: &str) -> snapring::restic::Id {
+/// A server (no fault) and a source of 30 small files backed up into `dest`,
+/// `s3://BUCKET/prefix`, then a 4 MB file `big` in a second backup (so its data is in
+/// packs of its own): the setup, `dest` and the biggest of those packs.
+fn small_files_then_big(prefix: &str) -> (Setup, String, snapring::restic::Id) {
     use snapring::restic::backend::{Backend, Kind};
+    let s = setup(NONE);
+    let (src, dest) = (s.t.path().join("src"), format!("s3://{BUCKET}/{prefix}"));
     for i in 0..30 {
         write(
             &src.join(format!("small/f{i:02}")),
             format!("file {i}\n").as_bytes(),
         );
     }
-    s.sr_ok(&["init", "--dest", dest]);
-    s.backup(src, dest);
-    let b = lib_s3(s, prefix);
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.backup(&src, &dest);
+    let b = lib_s3(&s, prefix);
     let before = b.list_sizes(Kind::Pack).unwrap();
     write(&src.join("big"), &pseudo_random(4 << 20, 9));
-    s.backup(src, dest);
+    s.backup(&src, &dest);
     let (pack, _) = b
         .list_sizes(Kind::Pack)
         .unwrap()
@@ -1864,7 +1867,7 @@ fn small_files_then_big(s: &Setup, src: &Path, dest: &str, prefix: &str) -> snap
         .filter(|p| !before.contains(p))
         .max_by_key(|(_, size)| *size)
         .unwrap();
-    pack
+    (s, dest, pack)
 }
 
 /// A data pack lost from the bucket (404 NoSuchKey), or cut short: the files whose
@@ -1877,10 +1880,7 @@ fn a_lost_or_cut_pack_on_s3_is_a_problem_of_its_files_not_a_stop() {
     if needs_in_process_server("changing an object behind the server's back") {
         return;
     }
-    let s = setup(NONE);
-    let src = s.t.path().join("src");
-    let dest = format!("s3://{BUCKET}/lost");
-    let pack = small_files_then_big(&s, &src, &dest, "lost");
+    let (s, dest, pack) = small_files_then_big("lost");
     let object =
         s.t.path()
             .join("s3")
@@ -1953,10 +1953,7 @@ fn verify_counts_a_refused_pack_as_unreadable_not_damaged() {
     if needs_in_process_server("refusing the reads of one object") {
         return;
     }
-    let s = setup(NONE);
-    let src = s.t.path().join("src");
-    let dest = format!("s3://{BUCKET}/denied");
-    let pack = small_files_then_big(&s, &src, &dest, "denied");
+    let (s, dest, pack) = small_files_then_big("denied");
     *s.server().deny_gets.lock().unwrap() = Some((pack.hex(), 403, "AccessDenied"));
     let (code, out, err) = s.sr_with(&["verify", "--dest", &dest, "--json"], PASSWORD);
     assert_eq!(code, 2, "{out}\n{err}");
@@ -1983,10 +1980,7 @@ fn verify_stops_on_a_pack_read_error_that_says_nothing_of_the_pack() {
     if needs_in_process_server("refusing the reads of one object") {
         return;
     }
-    let s = setup(NONE);
-    let src = s.t.path().join("src");
-    let dest = format!("s3://{BUCKET}/gone");
-    let pack = small_files_then_big(&s, &src, &dest, "gone");
+    let (s, dest, pack) = small_files_then_big("gone");
     *s.server().deny_gets.lock().unwrap() = Some((pack.hex(), 404, "NoSuchBucket"));
     let (code, out, err) = s.sr_with(&["verify", "--dest", &dest], PASSWORD);
     assert_eq!(code, 1, "{out}\n{err}");
@@ -2007,10 +2001,7 @@ fn sigterm_mid_verify_ends_it_interrupted_no_pack_called_unreadable() {
     if needs_in_process_server("failing the reads of one object") {
         return;
     }
-    let s = setup(NONE);
-    let src = s.t.path().join("src");
-    let dest = format!("s3://{BUCKET}/stopped");
-    let pack = small_files_then_big(&s, &src, &dest, "stopped");
+    let (s, dest, pack) = small_files_then_big("stopped");
     *s.server().fail_gets.lock().unwrap() = Some(pack.hex());
     let child = s
         .command(&["verify", "--dest", &dest])
@@ -2045,10 +2036,7 @@ fn a_server_failing_a_pack_read_stops_the_restore() {
     if needs_in_process_server("failing the reads of one object") {
         return;
     }
-    let s = setup(NONE);
-    let src = s.t.path().join("src");
-    let dest = format!("s3://{BUCKET}/failing");
-    let pack = small_files_then_big(&s, &src, &dest, "failing");
+    let (s, dest, pack) = small_files_then_big("failing");
     *s.server().fail_gets.lock().unwrap() = Some(pack.hex());
     let to = s.t.path().join("to");
     let (code, out, err) = s.sr_with(&restore_latest(&dest, &to), PASSWORD);
