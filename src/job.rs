@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
 use crate::config::{Config, JobConfig};
+use crate::engine::progress::within_window;
 use crate::engine::{BackupOptions, Observer};
 use crate::error::{Error, Result};
 use crate::notify;
@@ -639,10 +640,9 @@ pub fn run_repository(
         rep.warnings.push(w);
     }
     let started = std::time::Instant::now();
-    let (window_ended, done) = watch_window(j.window, started, &cancel);
     let mut copied = None;
     let stop = cancel.clone();
-    let outcome = (|| -> restic::Result<restic::backup::BackupReport> {
+    let run = || -> restic::Result<restic::backup::BackupReport> {
         let backend = restic::backend::from_dest(&j.dest)?;
         // Watched before the first request: a hung S3 endpoint must not hold a stop
         // while the repository is being opened (`restic::s3`, "Each attempt").
@@ -689,9 +689,8 @@ pub fn run_repository(
             r.label,
         ));
         Ok(r.backup)
-    })();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let window_ended = window_ended.load(std::sync::atomic::Ordering::Relaxed);
+    };
+    let (outcome, window_ended) = within_window(started, j.window, &stop, run);
     if let Some((c, label)) = &copied {
         rep.label = label.clone();
         rep.message = if c.already_copied {
@@ -794,9 +793,9 @@ pub fn run_repository_worker(
     use crate::restic;
     use crate::shard::{ShardError, repository};
     let started = std::time::Instant::now();
-    let (window_ended, done) = watch_window(j.window, started, &cancel);
     let failed = crate::shard::sort_repo_err;
-    let outcome = (|| {
+    let watched = cancel.clone();
+    let run = || {
         let backend = restic::backend::from_dest(&j.dest).map_err(failed)?;
         backend.watch_cancel(&cancel);
         let password = restic::password::resolve(j.password_file.as_deref()).map_err(failed)?;
@@ -814,9 +813,8 @@ pub fn run_repository_worker(
             allow_empty: j.allow_empty,
         };
         repository::work(&mut repo, spec, &opts)
-    })();
-    done.store(true, std::sync::atomic::Ordering::Relaxed);
-    let window_ended = window_ended.load(std::sync::atomic::Ordering::Relaxed);
+    };
+    let (outcome, window_ended) = within_window(started, j.window, &watched, run);
     let mut rep = repository_report(j, &spec.run_id);
     let who = format!("worker {} of {}", spec.index, spec.count);
     let record = match &outcome {
@@ -901,24 +899,6 @@ fn finished(rep: &mut RunReport, started: std::time::Instant) -> f64 {
     rep.phases.walk_copy.seconds = secs;
     rep.peak_rss_bytes = crate::util::peak_rss_bytes();
     secs
-}
-
-/// With a `window`, a thread that sets `cancel` when it ends (and the first flag) unless
-/// the run has set the second flag (done) first.
-fn watch_window(
-    window: Option<std::time::Duration>,
-    started: std::time::Instant,
-    cancel: &std::sync::Arc<AtomicBool>,
-) -> (std::sync::Arc<AtomicBool>, std::sync::Arc<AtomicBool>) {
-    let window_ended = std::sync::Arc::new(AtomicBool::new(false));
-    let done = std::sync::Arc::new(AtomicBool::new(false));
-    if let Some(w) = window {
-        let (cancel, ended, done) = (cancel.clone(), window_ended.clone(), done.clone());
-        std::thread::spawn(move || {
-            crate::engine::progress::watch_window(started, w, &cancel, &ended, &done)
-        });
-    }
-    (window_ended, done)
 }
 
 /// A repository run's report filled in from the backup's: status and message, the

@@ -1363,53 +1363,31 @@ fn verify_tells_a_pack_read_error_from_corruption() {
 #[test]
 fn a_restore_from_storage_that_is_down_stops_and_its_rerun_finishes() {
     let t = tempfile::tempdir().unwrap();
-    let (src, repo, cache, to) = (
-        t.path().join("src"),
-        t.path().join("repo"),
-        t.path().join("cache"),
-        t.path().join("to"),
-    );
-    for i in 0..12u64 {
-        write(&src.join(format!("f{i:02}")), &pseudo_random(5_000_000, i));
-    }
-    for i in 0..10 {
-        write(
-            &src.join(format!("small/s{i}")),
-            format!("{i}\n").as_bytes(),
-        );
-    }
-    let url = file_url(&repo);
-    // With the tree cache (under `cache`): the backup fills it.
-    let run = |args: &[&str], fp: &str| {
-        let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
-        let out = snapring(
-            &a,
-            &[
-                ("SNAPRING_PASSWORD", PASSWORD),
-                ("XDG_CACHE_HOME", cache.to_str().unwrap()),
-                ("SNAPRING_FAILPOINTS", fp),
-            ],
-        );
-        (
-            out.status.code().unwrap_or(-1),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
-    let (code, out, err) = run(&["init", "--dest", &url], "");
-    assert_eq!(code, 0, "{out}\n{err}");
-    let src_s = src.to_str().unwrap();
-    let (code, out, err) = run(&["backup", "--source", src_s, "--dest", &url], "");
-    assert_eq!(code, 0, "{out}\n{err}");
-    let data_packs = packs_by_size(&repo)
-        .iter()
-        .filter(|(size, _)| *size > 1_000_000)
-        .count();
-    assert!(data_packs >= 4, "{data_packs} data packs");
+    let r = EioRepo::new(t.path(), 10);
+    let (url, to) = (file_url(&r.repo), t.path().join("to"));
     // Down: `config` does not read either (failpoint `restic.storage_probe`).
     let every = storage_down_failpoints(true);
     let restore = [&restore_latest(&url, &to)[..], &["--json"]].concat();
-    let (code, out, err) = run(&restore, &every);
+    let msg = stopped_as_storage_down(r.run(&restore, &every, true));
+    assert!(
+        msg.contains("packs answered EIO") && msg.contains("no pack read"),
+        "{msg}"
+    );
+    // (How many files are problems by then is not checked: it depends on how the
+    // backup's threads filled the packs and how many the restore's readers had begun:
+    // a bound of 12 failed in CI with 14, the ten small files sharing a pack with big
+    // ones. The stop itself is the exit code, the status and the message.)
+    assert!(to.join(".snapring-restore-unfinished").exists());
+    let (code, out, err) = r.run(&restore, "", true);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_same_tree(&describe(&r.src), &describe(&to), "the rerun finished it");
+}
+
+/// A restore's `(code, stdout, stderr)` stopped as storage that is down stops it:
+/// exit 75, `failed` with exit code 75 in its report, the message saying the
+/// repository cannot be read, that `config` does not read either, and to run the same
+/// restore again. Returns the message.
+fn stopped_as_storage_down((code, out, err): (i32, String, String)) -> String {
     assert_eq!(code, 75, "{out}\n{err}");
     let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
@@ -1417,23 +1395,14 @@ fn a_restore_from_storage_that_is_down_stops_and_its_rerun_finishes() {
         (&"failed".into(), &75.into()),
         "{rep}"
     );
-    let msg = rep["message"].as_str().unwrap();
+    let msg = rep["message"].as_str().unwrap().to_string();
     assert!(
         msg.contains("cannot be read: ")
-            && msg.contains("packs answered EIO")
-            && msg.contains("no pack read")
-            && msg.contains("config file does not read either"),
+            && msg.contains("config file does not read either")
+            && msg.contains("run the same restore again"),
         "{msg}"
     );
-    assert!(msg.contains("run the same restore again"), "{msg}");
-    // (How many files are problems by then is not checked: it depends on how the
-    // backup's threads filled the packs and how many the restore's readers had begun:
-    // a bound of 12 failed in CI with 14, the ten small files sharing a pack with big
-    // ones. The stop itself is the exit code, the status and the message above.)
-    assert!(to.join(".snapring-restore-unfinished").exists());
-    let (code, out, err) = run(&restore, "");
-    assert_eq!(code, 0, "{out}\n{err}");
-    assert_same_tree(&describe(&src), &describe(&to), "the rerun finished it");
+    msg
 }
 
 /// Failpoints making every pack read of a local repository answer EIO
@@ -1449,8 +1418,8 @@ fn storage_down_failpoints(down: bool) -> String {
     fp.join(";")
 }
 
-/// A repository (`file_url(repo)`) of 12 files of 5 MB and 5 small ones in `src`,
-/// backed up with the tree cache under `cache`.
+/// A repository (`file_url(repo)`) of 12 files of 5 MB and `small` small ones in
+/// `src`, backed up with the tree cache under `cache`.
 struct EioRepo {
     src: PathBuf,
     repo: PathBuf,
@@ -1458,7 +1427,7 @@ struct EioRepo {
 }
 
 impl EioRepo {
-    fn new(t: &Path) -> EioRepo {
+    fn new(t: &Path, small: usize) -> EioRepo {
         let r = EioRepo {
             src: t.join("src"),
             repo: t.join("repo"),
@@ -1470,7 +1439,7 @@ impl EioRepo {
                 &pseudo_random(5_000_000, i),
             );
         }
-        for i in 0..5 {
+        for i in 0..small {
             write(
                 &r.src.join(format!("small/s{i}")),
                 format!("{i}\n").as_bytes(),
@@ -1521,7 +1490,7 @@ impl EioRepo {
 #[test]
 fn a_restore_from_working_storage_whose_packs_answer_eio_goes_on() {
     let t = tempfile::tempdir().unwrap();
-    let r = EioRepo::new(t.path());
+    let r = EioRepo::new(t.path(), 5);
     let check = |url: &str, to: &Path, fp: &str| {
         let restore = [&restore_latest(url, to)[..], &["--json"]].concat();
         let (code, out, err) = r.run(&restore, fp, true);
@@ -1560,24 +1529,10 @@ fn a_restore_from_working_storage_whose_packs_answer_eio_goes_on() {
 #[test]
 fn a_restore_without_the_tree_cache_from_storage_that_is_down_exits_75() {
     let t = tempfile::tempdir().unwrap();
-    let r = EioRepo::new(t.path());
+    let r = EioRepo::new(t.path(), 5);
     let (url, to) = (file_url(&r.repo), t.path().join("to"));
     let restore = [&restore_latest(&url, &to)[..], &["--json"]].concat();
-    let (code, out, err) = r.run(&restore, &storage_down_failpoints(true), false);
-    assert_eq!(code, 75, "{out}\n{err}");
-    let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(
-        (&rep["status"], &rep["exit_code"]),
-        (&"failed".into(), &75.into()),
-        "{rep}"
-    );
-    let msg = rep["message"].as_str().unwrap();
-    assert!(
-        msg.contains("cannot be read: ")
-            && msg.contains("config file does not read either")
-            && msg.contains("run the same restore again"),
-        "{msg}"
-    );
+    stopped_as_storage_down(r.run(&restore, &storage_down_failpoints(true), false));
     // Storage that reads: the tree is damaged there (as before: exit 1).
     let (code, out, err) = r.run(&restore, &storage_down_failpoints(false), false);
     assert_eq!(code, 1, "{out}\n{err}");

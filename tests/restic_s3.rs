@@ -41,10 +41,14 @@ struct Server {
     /// While set, every GET of a path ending so is answered 500 (a server failing for
     /// one object, after the retries).
     pub fail_gets: Arc<Mutex<Option<String>>>,
-    /// While set, every GET of a path ending so is answered 403 AccessDenied (a
-    /// policy refusing the object).
-    pub deny_gets: Arc<Mutex<Option<String>>>,
+    /// While set, every GET of a path ending so (the first) is answered with that
+    /// status and S3 error code: 403 AccessDenied (a policy refusing the object), 404
+    /// NoSuchBucket (the bucket gone).
+    pub deny_gets: Arc<Mutex<Option<Denial>>>,
 }
+
+/// A path's end, and the status and S3 error code a GET of it is answered.
+type Denial = (String, u16, &'static str);
 
 type Put = (String, Option<String>, Option<String>);
 
@@ -73,7 +77,7 @@ struct Flaky {
     puts: Arc<Mutex<Vec<Put>>>,
     gets: Arc<Mutex<Vec<String>>>,
     fail_gets: Arc<Mutex<Option<String>>>,
-    deny_gets: Arc<Mutex<Option<String>>>,
+    deny_gets: Arc<Mutex<Option<Denial>>>,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
@@ -127,12 +131,11 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Flaky {
                 return Box::pin(async move { Ok(resp) });
             }
             let deny = self.deny_gets.lock().unwrap().clone();
-            if deny.is_some_and(|end| path.ends_with(&end)) {
-                let body =
-                    "<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>";
+            if let Some((_, status, code)) = deny.filter(|(end, ..)| path.ends_with(end)) {
+                let body = format!("<Error><Code>{code}</Code><Message>test</Message></Error>");
                 let resp = hyper::Response::builder()
-                    .status(403)
-                    .body(s3s::Body::from(body.to_string()))
+                    .status(status)
+                    .body(s3s::Body::from(body))
                     .unwrap();
                 return Box::pin(async move { Ok(resp) });
             }
@@ -1838,22 +1841,25 @@ fn restore_json(s: &Setup, dest: &str, to: &Path) -> (i32, serde_json::Value, St
     (code, rep, err)
 }
 
-/// A source of 30 small files backed up into `dest`, then a 4 MB file `big` in a
-/// second backup (so its data is in packs of its own): the biggest of those packs.
-fn small_files_then_big(s: &Setup, src: &Path, dest: &str, prefix: &str) -> snapring::restic::Id {
+/// A server (no fault) and a source of 30 small files backed up into `dest`,
+/// `s3://BUCKET/prefix`, then a 4 MB file `big` in a second backup (so its data is in
+/// packs of its own): the setup, `dest` and the biggest of those packs.
+fn small_files_then_big(prefix: &str) -> (Setup, String, snapring::restic::Id) {
     use snapring::restic::backend::{Backend, Kind};
+    let s = setup(NONE);
+    let (src, dest) = (s.t.path().join("src"), format!("s3://{BUCKET}/{prefix}"));
     for i in 0..30 {
         write(
             &src.join(format!("small/f{i:02}")),
             format!("file {i}\n").as_bytes(),
         );
     }
-    s.sr_ok(&["init", "--dest", dest]);
-    s.backup(src, dest);
-    let b = lib_s3(s, prefix);
+    s.sr_ok(&["init", "--dest", &dest]);
+    s.backup(&src, &dest);
+    let b = lib_s3(&s, prefix);
     let before = b.list_sizes(Kind::Pack).unwrap();
     write(&src.join("big"), &pseudo_random(4 << 20, 9));
-    s.backup(src, dest);
+    s.backup(&src, &dest);
     let (pack, _) = b
         .list_sizes(Kind::Pack)
         .unwrap()
@@ -1861,7 +1867,7 @@ fn small_files_then_big(s: &Setup, src: &Path, dest: &str, prefix: &str) -> snap
         .filter(|p| !before.contains(p))
         .max_by_key(|(_, size)| *size)
         .unwrap();
-    pack
+    (s, dest, pack)
 }
 
 /// A data pack lost from the bucket (404 NoSuchKey), or cut short: the files whose
@@ -1874,10 +1880,7 @@ fn a_lost_or_cut_pack_on_s3_is_a_problem_of_its_files_not_a_stop() {
     if needs_in_process_server("changing an object behind the server's back") {
         return;
     }
-    let s = setup(NONE);
-    let src = s.t.path().join("src");
-    let dest = format!("s3://{BUCKET}/lost");
-    let pack = small_files_then_big(&s, &src, &dest, "lost");
+    let (s, dest, pack) = small_files_then_big("lost");
     let object =
         s.t.path()
             .join("s3")
@@ -1950,11 +1953,8 @@ fn verify_counts_a_refused_pack_as_unreadable_not_damaged() {
     if needs_in_process_server("refusing the reads of one object") {
         return;
     }
-    let s = setup(NONE);
-    let src = s.t.path().join("src");
-    let dest = format!("s3://{BUCKET}/denied");
-    let pack = small_files_then_big(&s, &src, &dest, "denied");
-    *s.server().deny_gets.lock().unwrap() = Some(pack.hex());
+    let (s, dest, pack) = small_files_then_big("denied");
+    *s.server().deny_gets.lock().unwrap() = Some((pack.hex(), 403, "AccessDenied"));
     let (code, out, err) = s.sr_with(&["verify", "--dest", &dest, "--json"], PASSWORD);
     assert_eq!(code, 2, "{out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -1971,6 +1971,63 @@ fn verify_counts_a_refused_pack_as_unreadable_not_damaged() {
     );
 }
 
+/// A pack read that fails in a way that says nothing of its bytes (the bucket gone:
+/// 404 NoSuchBucket) is neither damage nor a pack that could not be read: `verify`
+/// stops, saying so (exit 1), no file listed. It counted every file there as "could
+/// not be read" (any error but damage did), exit 2.
+#[test]
+fn verify_stops_on_a_pack_read_error_that_says_nothing_of_the_pack() {
+    if needs_in_process_server("refusing the reads of one object") {
+        return;
+    }
+    let (s, dest, pack) = small_files_then_big("gone");
+    *s.server().deny_gets.lock().unwrap() = Some((pack.hex(), 404, "NoSuchBucket"));
+    let (code, out, err) = s.sr_with(&["verify", "--dest", &dest], PASSWORD);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("does not exist"), "{err}");
+    assert!(
+        !out.contains("could not be read") && !out.contains("DAMAGED"),
+        "{out}"
+    );
+}
+
+/// SIGTERM to a `verify` while the server fails the reads of a pack (500, retried):
+/// the read is not retried once the run is stopping, and its failure is the stop's,
+/// not the pack's: the verify ends interrupted (exit 3, as a backup or restore stopped
+/// by a signal does), naming the read it gave up, no file called unreadable or
+/// damaged, within seconds.
+#[test]
+fn sigterm_mid_verify_ends_it_interrupted_no_pack_called_unreadable() {
+    if needs_in_process_server("failing the reads of one object") {
+        return;
+    }
+    let (s, dest, pack) = small_files_then_big("stopped");
+    *s.server().fail_gets.lock().unwrap() = Some(pack.hex());
+    let child = s
+        .command(&["verify", "--dest", &dest])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The pack's read is retried for about 6 s (200 ms doubling, 6 attempts): the
+    // signal comes in the middle.
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let pid = rustix::process::Pid::from_raw(child.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let (code, out, took) = wait_at_most(child, std::time::Duration::from_secs(60));
+    assert!(took < std::time::Duration::from_secs(10), "{took:?}: {out}");
+    assert_eq!(code, Some(3), "{out}");
+    assert!(
+        out.contains("interrupted") && out.contains("not retried, the run is stopping"),
+        "{out}"
+    );
+    assert!(out.contains(&pack.hex()), "{out}");
+    assert!(
+        !out.contains("could not be read") && !out.contains("DAMAGED"),
+        "{out}"
+    );
+}
+
 /// A server that keeps failing the reads of a pack (500 after every retry) is not a
 /// damaged repository: the restore stops, saying what failed, exit 75 (a retryable
 /// failure: the rerun finishes it, docs/restore.md; was 1).
@@ -1979,10 +2036,7 @@ fn a_server_failing_a_pack_read_stops_the_restore() {
     if needs_in_process_server("failing the reads of one object") {
         return;
     }
-    let s = setup(NONE);
-    let src = s.t.path().join("src");
-    let dest = format!("s3://{BUCKET}/failing");
-    let pack = small_files_then_big(&s, &src, &dest, "failing");
+    let (s, dest, pack) = small_files_then_big("failing");
     *s.server().fail_gets.lock().unwrap() = Some(pack.hex());
     let to = s.t.path().join("to");
     let (code, out, err) = s.sr_with(&restore_latest(&dest, &to), PASSWORD);

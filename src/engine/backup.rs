@@ -255,31 +255,25 @@ fn pre_command(
     let Some(h) = opts.pre_command.as_ref().filter(|_| !opts.dry_run) else {
         return (Ok(()), false);
     };
-    let (done, ended) = (AtomicBool::new(false), AtomicBool::new(false));
-    let (out, r) = std::thread::scope(|s| {
-        if let Some(w) = opts.window {
-            let (ended, done) = (&ended, &done);
-            s.spawn(move || super::progress::watch_window(t_run, w, cancel, ended, done));
-        }
-        let got = run_pre_command(
-            h,
-            [&rep.id, rep.job.as_deref().unwrap_or_default()],
-            [&rep.source, &rep.store],
-            &[],
-            "nothing was backed up or published (its output is in the run log)",
-            cancel,
-        );
-        done.store(true, Ordering::Relaxed);
-        got
-    });
+    let (out, r, ended) = run_pre_command(
+        h,
+        [&rep.id, rep.job.as_deref().unwrap_or_default()],
+        [&rep.source, &rep.store],
+        &[],
+        "nothing was backed up or published (its output is in the run log)",
+        cancel,
+        (t_run, opts.window),
+    );
     rep.pre_command = Some(out);
-    (r, ended.load(Ordering::Relaxed))
+    (r, ended)
 }
 
 /// Runs pre command `h` with `SNAPRING_RUN_ID` and `SNAPRING_JOB` (`ids`),
 /// `SNAPRING_SOURCE` and `SNAPRING_STORE` (`paths`) and `extra` in its environment:
-/// its outcome, and the run's error if it failed (`then`: what that means for the run).
-/// A single-node run and every shard worker run it so.
+/// its outcome, the run's error if it failed (`then`: what that means for the run), and
+/// whether the backup window (`window`: its start and length, if any) ended while it
+/// ran: `cancel`, which the window's end sets, kills it. A single-node run and every
+/// shard worker run it so.
 pub fn run_pre_command(
     h: &crate::hooks::Hook,
     ids: [&str; 2],
@@ -287,7 +281,8 @@ pub fn run_pre_command(
     extra: &[(&'static str, String)],
     then: &str,
     cancel: &AtomicBool,
-) -> (crate::report::HookOutcome, Result<()>) {
+    (start, window): (Instant, Option<Duration>),
+) -> (crate::report::HookOutcome, Result<()>, bool) {
     // The paths as they are: a name that is not UTF-8 reaches the hook unchanged.
     let mut env: Vec<(&str, std::ffi::OsString)> = vec![
         ("SNAPRING_RUN_ID", ids[0].into()),
@@ -296,7 +291,9 @@ pub fn run_pre_command(
         ("SNAPRING_STORE", paths[1].as_os_str().to_owned()),
     ];
     env.extend(extra.iter().map(|(k, v)| (*k, v.into())));
-    let out = crate::hooks::run("pre_command", h, &env, b"", cancel);
+    let (out, ended) = super::progress::within_window(start, window, cancel, || {
+        crate::hooks::run("pre_command", h, &env, b"", cancel)
+    });
     let r = match &out.error {
         None => Ok(()),
         Some(e) => Err(Error::Hook(format!(
@@ -304,7 +301,7 @@ pub fn run_pre_command(
             h.argv
         ))),
     };
-    (out, r)
+    (out, r, ended)
 }
 
 /// Unlocks the store, unless the walk was left behind on a stalled call: its workers
@@ -723,17 +720,15 @@ fn walk_into<S: Sink + Send + 'static>(
             };
         }
     };
-    let (done, window_ended) = (AtomicBool::new(false), AtomicBool::new(false));
-    let got = std::thread::scope(|s| {
+    let done = AtomicBool::new(false);
+    let (got, window_ended) = std::thread::scope(|s| {
         if opts.progress {
             s.spawn(|| super::progress::show(counters, expected, &done));
         }
-        if let Some(w) = opts.window {
-            let (ended, done) = (&window_ended, &done);
-            // From the run's start, not the walk's: its pre_command is inside the window.
-            s.spawn(move || super::progress::watch_window(t_run, w, cancel, ended, done));
-        }
-        let got = wait_for_walk(&rx, cancel, &stop, &mut tick);
+        // From the run's start, not the walk's: its pre_command is inside the window.
+        let got = super::progress::within_window(t_run, opts.window, cancel, || {
+            wait_for_walk(&rx, cancel, &stop, &mut tick)
+        });
         done.store(true, Ordering::Relaxed);
         got
     });
@@ -746,7 +741,6 @@ fn walk_into<S: Sink + Send + 'static>(
         "walk finished in {:.2}s",
         rep.phases.walk_copy.seconds
     );
-    let window_ended = window_ended.load(Ordering::Relaxed);
     match got {
         Some((sink, fatal)) => Walked {
             sink: Some(sink),
@@ -1189,30 +1183,23 @@ fn delete_expired<R: Repository>(
     } else {
         // The run's own cancel flag stops the deletion, whether a signal or the window
         // sets it; the status is settled already, so it cuts only this clean-up.
-        let (done_rm, ended) = (AtomicBool::new(false), AtomicBool::new(false));
-        std::thread::scope(|s| {
-            // Watched from the run's start for the whole window (which the log names),
-            // not from now for what is left of it.
-            if let Some(w) = opts.window {
-                let (ended, done_rm) = (&ended, &done_rm);
-                s.spawn(move || super::progress::watch_window(t_run, w, cancel, ended, done_rm));
-            }
-            let r = repo.delete_expired(opts.jobs, cancel);
-            done_rm.store(true, Ordering::Relaxed);
-            if let Err(e) = r {
-                // In the report too: something that stays undeletable (an immutable
-                // file) fills the disk run after run, and only the log said so.
-                let w = format!(
-                    "expired snapshots not fully deleted yet ({e}); the next run continues"
-                );
-                tracing::warn!("{w}");
-                rep.warnings.push(w);
-            } else if ended.load(Ordering::Relaxed) {
-                tracing::warn!(
-                    "backup window ended while deleting expired snapshots; the next run continues"
-                );
-            }
+        // Watched from the run's start for the whole window (which the log names), not
+        // from now for what is left of it.
+        let (r, ended) = super::progress::within_window(t_run, opts.window, cancel, || {
+            repo.delete_expired(opts.jobs, cancel)
         });
+        if let Err(e) = r {
+            // In the report too: something that stays undeletable (an immutable file)
+            // fills the disk run after run, and only the log said so.
+            let w =
+                format!("expired snapshots not fully deleted yet ({e}); the next run continues");
+            tracing::warn!("{w}");
+            rep.warnings.push(w);
+        } else if ended {
+            tracing::warn!(
+                "backup window ended while deleting expired snapshots; the next run continues"
+            );
+        }
     }
     rep.phases.remove_expired = phase(&rm_start, t_rm);
 }

@@ -183,9 +183,55 @@ pub fn watch_window(
     }
 }
 
+/// Runs `f` within a backup `window` counted from `start` (`None`: no window, `f`
+/// alone): meanwhile a thread sets `cancel` once the window has passed
+/// ([`watch_window`]); it stops when `f` returns. Returns `f`'s value and whether the
+/// window ended while it ran.
+pub fn within_window<T>(
+    start: Instant,
+    window: Option<Duration>,
+    cancel: &AtomicBool,
+    f: impl FnOnce() -> T,
+) -> (T, bool) {
+    let (done, ended) = (AtomicBool::new(false), AtomicBool::new(false));
+    let got = std::thread::scope(|s| {
+        if let Some(w) = window {
+            let (ended, done) = (&ended, &done);
+            s.spawn(move || watch_window(start, w, cancel, ended, done));
+        }
+        let got = f();
+        done.store(true, Ordering::Relaxed);
+        got
+    });
+    (got, ended.load(Ordering::Relaxed))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn within_window_sets_cancel_once_the_window_ends_and_says_so() {
+        let cancel = AtomicBool::new(false);
+        let (got, ended) = within_window(Instant::now(), None, &cancel, || 7);
+        assert_eq!(
+            (got, ended, cancel.load(Ordering::Relaxed)),
+            (7, false, false)
+        );
+        let w = Some(Duration::from_secs(60));
+        let (_, ended) = within_window(Instant::now(), w, &cancel, || ());
+        assert!(!ended && !cancel.load(Ordering::Relaxed));
+        // A window that ends while `f` runs: `f` sees the stop.
+        let w = Some(Duration::from_millis(50));
+        let (seen, ended) = within_window(Instant::now(), w, &cancel, || {
+            let t = Instant::now();
+            while !cancel.load(Ordering::Relaxed) && t.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            cancel.load(Ordering::Relaxed)
+        });
+        assert!(seen && ended);
+    }
 
     #[test]
     fn percent_is_capped_and_eta_waits_and_stops_past_the_expected_count() {

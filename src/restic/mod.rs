@@ -72,6 +72,13 @@ pub enum Error {
     /// (docs/scale-out.md, "Exit codes").
     #[error("{0}")]
     Unreachable(String),
+    /// The repository's storage answered a request with a refusal that is not retried
+    /// (S3: 403 AccessDenied, 400, 501, another status than those retried or the 404 and
+    /// 416 of [`Error::Missing`]; its status named in the message): neither damage nor
+    /// an outage; access or the server's settings to fix. `verify` counts a pack so
+    /// refused as not checked, as it does one that does not read.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Other(String),
 }

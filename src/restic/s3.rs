@@ -661,6 +661,8 @@ impl S3 {
         let mut waited = Duration::ZERO;
         let mut attempts = 0u32;
         loop {
+            // Whether this failure is a status that is not retried to the end.
+            let mut refused = false;
             if self.give_up(std::time::Instant::now()) {
                 return Err(Error::Cancelled);
             }
@@ -685,6 +687,8 @@ impl S3 {
                 Ok(resp) if resp.status >= 500 => {
                     let last = format!("HTTP {}: {}", resp.status, error_text(&resp.body));
                     let transient = transient_status(resp.status, &resp.body);
+                    // 501, 505, 507 to the end: the server's refusal.
+                    refused = !transient;
                     (last, ordinary(), transient)
                 }
                 Ok(resp) => return Ok(resp),
@@ -710,6 +714,8 @@ impl S3 {
                 let msg = format!("cannot {what} (after {attempts} attempts): {last}");
                 return Err(if transient {
                     Error::Unreachable(msg)
+                } else if refused {
+                    Error::Refused(msg)
                 } else {
                     Error::Other(msg)
                 });
@@ -741,7 +747,7 @@ impl S3 {
         if error_code(&resp.body).as_deref() == Some("NoSuchBucket") {
             return self.no_bucket(what);
         }
-        Error::Other(format!(
+        Error::Refused(format!(
             "cannot {what}: HTTP {}: {}{}",
             resp.status,
             error_text(&resp.body),

@@ -7,9 +7,12 @@
 //! snapshots are read once. A blob stored in several packs whose first copy is bad is
 //! read from the next (as restore reads it), the bad pack named in a warning and
 //! counted (`bad_copies`). A pack that cannot be read (an I/O error such as EIO, a
-//! transport failing past its retries: [`super::backend::is_read_failure`]) says
-//! nothing of its bytes: the files using it are not checked (`unreadable`, listed in
-//! `problems`), never called corrupt, and the advice is to verify again, not to repair.
+//! transport failing past its retries: [`super::backend::is_read_failure`]; or refused
+//! by the server: [`super::Error::Refused`], S3's 403) says nothing of its bytes: the
+//! files using it are not checked (`unreadable`, listed in `problems`), never called
+//! corrupt, and the advice is to verify again, not to repair. Any other error reading
+//! a pack stops the verify: one met as SIGINT/SIGTERM stops it (S3's "not retried, the
+//! run is stopping") ends it interrupted (exit 3), no pack called unreadable.
 //! Reads the repository; writes nothing, takes no lock (packs are written once and
 //! only `prune` removes them).
 
@@ -182,22 +185,32 @@ enum Verdict {
     Unreadable(String),
 }
 
-/// The verdict on bytes that could not be had: `e` a read failure (not checked) or
-/// damage (a checksum mismatch, a pack gone or cut short).
-fn failed(e: &Error, why: String) -> Verdict {
+/// The verdict on bytes that could not be had: `e` a read failure or a refusal (not
+/// checked, [`not_checked`]) or damage (a checksum mismatch, a pack gone or cut short);
+/// `None` for any other error, which says nothing of the bytes and stops the verify
+/// (one that stops as the run does, SIGINT/SIGTERM: S3's "not retried, the run is
+/// stopping"; credentials that could not be had): no verdict on them is made up.
+fn failed(e: &Error, why: String) -> Option<Verdict> {
     if not_checked(e) {
-        Verdict::Unreadable(why)
+        Some(Verdict::Unreadable(why))
+    } else if matches!(
+        e,
+        Error::Corrupt { .. } | Error::Missing(_) | Error::Io { .. }
+    ) {
+        // (An `Io` not a read failure: the file gone or shorter.)
+        Some(Verdict::Damaged(why))
     } else {
-        Verdict::Damaged(why)
+        None
     }
 }
 
 /// Whether `e`, reading a blob, leaves its bytes not checked rather than found
-/// damaged: a read failure ([`super::backend::is_read_failure`]) or a refusal of the
-/// server ([`Error::Other`]: S3's 403 AccessDenied, a status not retried, named in the
-/// message): verify again once the storage reads or access is fixed.
+/// damaged: a read failure ([`super::backend::is_read_failure`]: an I/O error, storage
+/// down past its retries) or the server's refusal ([`Error::Refused`]: S3's 403
+/// AccessDenied, named in the message): verify again once the storage reads or access
+/// is fixed.
 fn not_checked(e: &Error) -> bool {
-    super::backend::is_read_failure(e) || matches!(e, Error::Other(_))
+    super::backend::is_read_failure(e) || matches!(e, Error::Refused(_))
 }
 
 fn one(
@@ -329,11 +342,14 @@ fn one(
                     good = true;
                     break;
                 }
-                Err(Error::Cancelled) => return Err(Error::Cancelled),
-                Err(e) => {
-                    unreadable |= not_checked(&e);
-                    why = format!("{why}; its copy in pack {}: {e}", loc.pack);
-                }
+                Err(e) => match failed(&e, String::new()) {
+                    // Says nothing of the copy (the stop's, say): the verify stops.
+                    None => return Err(e),
+                    Some(v) => {
+                        unreadable |= matches!(v, Verdict::Unreadable(_));
+                        why = format!("{why}; its copy in pack {}: {e}", loc.pack);
+                    }
+                },
             }
         }
         let verdict = match (good, unreadable) {
@@ -467,11 +483,14 @@ fn read_packs(
     let queue = Mutex::new(by_pack.into_iter().collect::<Vec<_>>());
     let found = Mutex::new(Vec::new());
     let plain = std::sync::atomic::AtomicU64::new(0);
+    // The first error that stops the verify (`failed`'s `None`), which stops the others.
+    let stop: Mutex<Option<Error>> = Mutex::new(None);
+    let stopped = AtomicBool::new(false);
     std::thread::scope(|s| {
         for _ in 0..jobs {
             s.spawn(|| {
                 loop {
-                    if cancel.load(Ordering::Relaxed) {
+                    if cancel.load(Ordering::Relaxed) || stopped.load(Ordering::Relaxed) {
                         return;
                     }
                     let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop();
@@ -479,7 +498,16 @@ fn read_packs(
                         return;
                     };
                     entries.sort_by_key(|e| e.offset);
-                    let got = check_pack(repo, &pack, &entries);
+                    let got = match check_pack(repo, &pack, &entries) {
+                        Ok(got) => got,
+                        Err(e) => {
+                            stopped.store(true, Ordering::Relaxed);
+                            stop.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .get_or_insert(e);
+                            return;
+                        }
+                    };
                     let bytes: u64 = got.iter().map(|(_, _, n)| n).sum();
                     plain.fetch_add(bytes, Ordering::Relaxed);
                     found
@@ -490,6 +518,10 @@ fn read_packs(
             });
         }
     });
+    // (The error first: a read given up as the verify was stopped names what it read.)
+    if let Some(e) = stop.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        return Err(e);
+    }
     if cancel.load(Ordering::Relaxed) {
         return Err(Error::Cancelled);
     }
@@ -506,8 +538,9 @@ fn read_packs(
 /// Each entry's verdict and plaintext length, from one read of the pack's span. A span
 /// whose blobs do not all check is read again before they are called damaged
 /// ([`super::reread::read_checked`]: damaged once two reads agree byte for byte); one
-/// read garbled in transit is no damage.
-fn check_pack(repo: &Repo, pack: &Id, entries: &[Entry]) -> Vec<(Id, Verdict, u64)> {
+/// read garbled in transit is no damage. `Err`: an error that says nothing of the pack
+/// (`failed`), which stops the verify.
+fn check_pack(repo: &Repo, pack: &Id, entries: &[Entry]) -> Result<Vec<(Id, Verdict, u64)>> {
     use super::reread::{Outcome, garbled_reason, read_checked};
     let start = entries.first().map_or(0, |e| e.offset as u64);
     let end = entries
@@ -522,7 +555,7 @@ fn check_pack(repo: &Repo, pack: &Id, entries: &[Entry]) -> Vec<(Id, Verdict, u6
         |span| check_span(repo, pack, entries, start, span),
         |v| v.iter().all(|(_, why, _)| why.is_none()),
     );
-    match got {
+    Ok(match got {
         Ok((_, v, Outcome::Garbled)) => v
             .into_iter()
             .map(|(id, why, n)| match why {
@@ -540,10 +573,12 @@ fn check_pack(repo: &Repo, pack: &Id, entries: &[Entry]) -> Vec<(Id, Verdict, u6
             .collect(),
         // The pack could not be read (an I/O error), or is gone or shorter.
         Err(x) => {
-            let verdict = failed(&x, format!("pack {pack}: {x}"));
+            let Some(verdict) = failed(&x, format!("pack {pack}: {x}")) else {
+                return Err(x);
+            };
             entries.iter().map(|e| (e.id, verdict.clone(), 0)).collect()
         }
-    }
+    })
 }
 
 /// Each entry's verdict and plaintext length in `span`, the pack's bytes from `start`.
@@ -571,4 +606,40 @@ fn check_span(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a read failure or the server's refusal leaves a blob not checked; damage is
+    /// damage; any other error (the stop's, above all) gives no verdict at all.
+    #[test]
+    fn a_verdict_only_from_errors_that_say_something_of_the_bytes() {
+        let io = |kind| Error::Io {
+            action: "read",
+            path: "data/ab/abcd".into(),
+            source: std::io::Error::from(kind),
+        };
+        let unreadable = |e: Error| matches!(failed(&e, "w".into()), Some(Verdict::Unreadable(_)));
+        let damaged = |e: Error| matches!(failed(&e, "w".into()), Some(Verdict::Damaged(_)));
+        let none = |e: Error| failed(&e, "w".into()).is_none();
+        assert!(unreadable(io(std::io::ErrorKind::Other)));
+        assert!(unreadable(Error::Unreachable("HTTP 500".into())));
+        assert!(unreadable(Error::Refused("HTTP 403: AccessDenied".into())));
+        assert!(damaged(io(std::io::ErrorKind::NotFound)));
+        assert!(damaged(io(std::io::ErrorKind::UnexpectedEof)));
+        assert!(damaged(Error::Missing("HTTP 404".into())));
+        assert!(damaged(Error::Corrupt {
+            what: "blob".into(),
+            why: "MAC".into()
+        }));
+        assert!(none(Error::Cancelled));
+        assert!(none(Error::Other(
+            "cannot read data/ab/abcd (after 2 attempts; not retried, the run is stopping): \
+             HTTP 500"
+                .into()
+        )));
+        assert!(none(Error::Other("the bucket \"b\" does not exist".into())));
+    }
 }

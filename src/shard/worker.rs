@@ -305,33 +305,27 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     // lease lapses), and it exits "incomplete". A finalize under way publishes anyway;
     // the window cuts only its deletion of expired snapshots, which the next run goes
     // on with, as a single-node run's window does.
-    let (window_ended, ended_run) = (AtomicBool::new(false), AtomicBool::new(false));
-    std::thread::scope(|s| {
-        if let Some(w) = opts.window {
-            let (ended, over) = (&window_ended, &ended_run);
-            s.spawn(move || crate::engine::progress::watch_window(t_start, w, cancel, ended, over));
+    let run = || {
+        let all_done = work(&ctx, &mut out)?;
+        drop(shared);
+        if !all_done {
+            out.interrupted = true;
+            return Ok(());
         }
-        let r = (|| {
-            let all_done = work(&ctx, &mut out)?;
-            drop(shared);
-            if !all_done {
-                out.interrupted = true;
-                return Ok(());
-            }
-            tracing::info!("every unit is committed; finalizing");
-            finish(
-                &store,
-                &rd,
-                (opts.jobs, opts.allow_empty),
-                cancel,
-                finalize_wait(ctx.lease),
-                &mut out,
-            )
-        })();
-        ended_run.store(true, Ordering::Relaxed);
-        r
-    })?;
-    out.window_ended = window_ended.load(Ordering::Relaxed);
+        tracing::info!("every unit is committed; finalizing");
+        finish(
+            &store,
+            &rd,
+            (opts.jobs, opts.allow_empty),
+            cancel,
+            finalize_wait(ctx.lease),
+            &mut out,
+        )
+    };
+    let (r, window_ended) =
+        crate::engine::progress::within_window(t_start, opts.window, cancel, run);
+    r?;
+    out.window_ended = window_ended;
     out.warnings = ctx.warnings.into_inner().unwrap_or_else(|e| e.into_inner());
     Ok(out)
 }
@@ -354,31 +348,23 @@ fn pre_command(
     let Some(h) = &opts.pre_command else {
         return Ok(true);
     };
-    let (done, ended) = (AtomicBool::new(false), AtomicBool::new(false));
-    let (o, r) = std::thread::scope(|s| {
-        if let Some(w) = opts.window {
-            let (ended, done) = (&ended, &done);
-            s.spawn(move || crate::engine::progress::watch_window(t_start, w, cancel, ended, done));
-        }
-        let got = crate::engine::backup::run_pre_command(
-            h,
-            [&spec.run_id, opts.job.as_deref().unwrap_or_default()],
-            [&opts.source, &store.root],
-            &[
-                ("SNAPRING_SHARD_INDEX", spec.index.to_string()),
-                ("SNAPRING_SHARD_COUNT", spec.count.to_string()),
-            ],
-            "this worker claimed nothing (its output is in its log)",
-            cancel,
-        );
-        done.store(true, Ordering::Relaxed);
-        got
-    });
+    let (o, r, ended) = crate::engine::backup::run_pre_command(
+        h,
+        [&spec.run_id, opts.job.as_deref().unwrap_or_default()],
+        [&opts.source, &store.root],
+        &[
+            ("SNAPRING_SHARD_INDEX", spec.index.to_string()),
+            ("SNAPRING_SHARD_COUNT", spec.count.to_string()),
+        ],
+        "this worker claimed nothing (its output is in its log)",
+        cancel,
+        (t_start, opts.window),
+    );
     let killed = crate::hooks::interrupted(&o);
     out.pre_command = Some(o);
     if r.is_err() && killed {
         out.interrupted = true;
-        out.window_ended = ended.load(Ordering::Relaxed);
+        out.window_ended = ended;
         return Ok(false);
     }
     r?;
