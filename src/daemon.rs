@@ -20,6 +20,8 @@ use crate::catalog::Catalog;
 use crate::config::{self, Config, Missed};
 use crate::schedule::Schedule;
 
+mod marker;
+
 pub struct DaemonOptions {
     pub config: PathBuf,
     /// The `snapring` executable that runs each job (`snapring run`).
@@ -468,6 +470,8 @@ struct State<'a> {
     /// notifier held the loop for its retries times its timeout (other jobs' runs
     /// started late, their triggers merged without a trace, signals unheeded).
     notifying: Vec<JoinHandle<()>>,
+    /// This daemon's heartbeat markers in the stores it serves ([`State::heartbeat`]).
+    markers: marker::Markers,
     summary: Summary,
 }
 
@@ -500,6 +504,23 @@ fn load(path: &Path) -> Result<(Config, String, BTreeMap<String, Job>), String> 
 }
 
 impl State<'_> {
+    /// Refreshes this daemon's marker in each hard-link store its scheduled jobs write
+    /// (`.snapring/daemons/`, [`marker`]) and warns (log and a `warning` event) of a
+    /// fresh marker of another daemon there: two schedulers on one store meet on its
+    /// lock, which refuses one of their runs (`failed`, told) each time. At start and
+    /// every period (`SNAPRING_DAEMON_HEARTBEAT`, default 60 s).
+    fn heartbeat(&mut self) {
+        let stores = self
+            .jobs
+            .keys()
+            .filter_map(|name| store_of(&self.cfg, name))
+            .collect();
+        for w in self.markers.refresh(&stores) {
+            tracing::warn!("{w}");
+            self.event(None, "warning", &w);
+        }
+    }
+
     fn catalog(&self) -> Option<Catalog> {
         let p = self.opts.catalog.as_ref()?;
         match Catalog::open(p, self.opts.catalog_on_nfs) {
@@ -540,15 +561,21 @@ impl State<'_> {
         let mut in_store = BTreeMap::new();
         if startup && cat.is_none() {
             for name in self.jobs.keys() {
-                let Some((store, r)) = newest_in_store(&self.cfg, name) else {
+                let Some((store, r, older)) = newest_in_store(&self.cfg, name) else {
                     continue;
                 };
+                for o in older {
+                    if let Ok(s) = crate::store::Store::open(&store.root, false) {
+                        untold.push((name.clone(), (s, o)));
+                    }
+                }
                 in_store.insert(
                     name.clone(),
                     (
                         r.id.clone(),
                         r.status.as_str().to_string(),
                         r.message.clone(),
+                        r.started_at.clone(),
                     ),
                 );
                 let only = cut_notifiers(&r);
@@ -562,11 +589,13 @@ impl State<'_> {
         if startup && let Some(c) = cat.as_mut() {
             // A run that died with the daemon is `running` until settled.
             crate::catalog::settle_running(c);
-            untold.extend(
-                self.jobs
-                    .keys()
-                    .filter_map(|name| Some((name.clone(), untold_death(c, name)?))),
-            );
+            for name in self.jobs.keys() {
+                untold.extend(
+                    untold_deaths(c, name)
+                        .into_iter()
+                        .map(|d| (name.clone(), d)),
+                );
+            }
             cut.extend(
                 self.jobs
                     .keys()
@@ -605,7 +634,12 @@ impl State<'_> {
                 continue;
             }
             let prev = j.schedule.previous_at_or_before(now);
-            let last = cat.as_ref().and_then(|c| c.last_start(name).ok().flatten());
+            // With no catalog, the newest run record in the job's store (it had no
+            // history: a time missed while the daemon was down waited for the next).
+            let last = match cat.as_ref() {
+                Some(c) => c.last_start(name).ok().flatten(),
+                None => in_store.get(name).map(|(.., started)| started.clone()),
+            };
             // Only a job with history can have missed a run; a new job waits.
             if j.missed == Missed::RunOnce
                 && let Some(prev) = prev
@@ -622,7 +656,11 @@ impl State<'_> {
             if let Some((id, status, message)) = cat
                 .as_ref()
                 .and_then(|c| c.newest_backup(name).ok().flatten())
-                .or_else(|| in_store.remove(name))
+                .or_else(|| {
+                    in_store
+                        .remove(name)
+                        .map(|(id, status, message, _)| (id, status, message))
+                })
                 && status == crate::report::Status::Incomplete.as_str()
                 && message.starts_with("interrupted")
             {
@@ -1384,28 +1422,45 @@ impl State<'_> {
     }
 }
 
-/// The newest backup of job `name`, with its store, if it died before it recorded its
-/// end (its process, killed, left it `running`, settled since: `interrupted: the
-/// process ended before finishing`) and nobody told its notifiers: no daemon saw it
-/// die, as when the daemon was killed with it. Once told, its record has the
-/// notifiers' outcomes, and it is not told again.
-fn untold_death(
-    c: &Catalog,
-    name: &str,
-) -> Option<(crate::store::Store, crate::report::RunReport)> {
-    let row = c.recent(name, 1).ok()?.into_iter().next()?;
-    if row.status != crate::report::Status::Incomplete.as_str()
-        || crate::catalog::is_repository(&row.store)
-    {
-        return None;
+/// How many of a job's newest runs the daemon's start looks through for deaths
+/// nobody was told of ([`untold_deaths`]).
+const UNTOLD_LOOKED_AT: usize = 10;
+
+/// The backups of job `name`, with their stores, oldest first, that died before they
+/// recorded their end (a process killed left each `running`, settled since:
+/// `interrupted: the process ended before finishing`) and that nobody told the job's
+/// notifiers of: no daemon saw them die, as when the daemon was killed with its run.
+/// Looked for among the job's newest [`UNTOLD_LOOKED_AT`] runs, back to its newest
+/// `complete` one (a death before a run that completed since is history, not news).
+/// Only the newest was looked at: a run killed with its daemon, and then the daemon
+/// started again killed before it told it, with the run it resumed, was never told.
+/// Once told, a run's record has the notifiers' outcomes, and it is not told again.
+fn untold_deaths(c: &Catalog, name: &str) -> Vec<(crate::store::Store, crate::report::RunReport)> {
+    let mut found = Vec::new();
+    for row in c.recent(name, UNTOLD_LOOKED_AT).unwrap_or_default() {
+        if row.status == crate::report::Status::Complete.as_str() {
+            break;
+        }
+        if row.status != crate::report::Status::Incomplete.as_str()
+            || crate::catalog::is_repository(&row.store)
+        {
+            continue;
+        }
+        let Ok(store) = crate::store::Store::open(Path::new(&row.store), false) else {
+            continue;
+        };
+        if let Ok(Some(r)) = store.read_run(&row.id)
+            && died_untold(&r)
+        {
+            found.push((store, r));
+        }
     }
-    let store = crate::store::Store::open(Path::new(&row.store), false).ok()?;
-    let r = store.read_run(&row.id).ok().flatten()?;
-    died_untold(&r).then_some((store, r))
+    found.reverse();
+    found
 }
 
 /// Whether run `r` died before it recorded its end (killed, or with its daemon) and
-/// was never notified ([`untold_death`]).
+/// was never notified ([`untold_deaths`]).
 fn died_untold(r: &crate::report::RunReport) -> bool {
     r.status == crate::report::Status::Incomplete
         && r.message
@@ -1415,15 +1470,22 @@ fn died_untold(r: &crate::report::RunReport) -> bool {
 
 /// The newest run record of job `name` in its hard-link store (`None` for a
 /// repository job, or a store with none), for a daemon with no catalog to read
-/// ([`State::plan`]): newest by its id's time, one dated more than 5 minutes ahead
-/// (made while the clock was ahead) after every other, as the catalog has it. A record
-/// still `running` whose store is not locked is settled `incomplete` first
-/// ([`crate::catalog::settle_in_store`]); one whose store is locked (its run may be
-/// alive) is `None`.
+/// ([`State::plan`]), and the older records of runs that died untold, oldest first, as
+/// [`untold_deaths`] finds them in the catalog (among the newest
+/// [`UNTOLD_LOOKED_AT`], back to the newest `complete` one): newest by its id's
+/// time, one dated more than 5 minutes ahead (made while the clock was ahead) after
+/// every other, as the catalog has it. A newest record still `running` whose store is
+/// not locked is settled `incomplete` first ([`crate::catalog::settle_in_store`]); one
+/// whose store is locked (its run may be alive) is `None`.
+#[allow(clippy::type_complexity)]
 fn newest_in_store(
     cfg: &Config,
     name: &str,
-) -> Option<(crate::store::Store, crate::report::RunReport)> {
+) -> Option<(
+    crate::store::Store,
+    crate::report::RunReport,
+    Vec<crate::report::RunReport>,
+)> {
     let root = store_of(cfg, name)?;
     let store = crate::store::Store::open(&root, false).ok()?;
     let ahead = Utc::now() + chrono::Duration::minutes(5);
@@ -1432,20 +1494,31 @@ fn newest_in_store(
         let later = crate::store::select::run_id_time(id).is_some_and(|t| t > ahead);
         (later, std::cmp::Reverse(id.clone()))
     });
-    for id in ids {
-        let Ok(Some(r)) = store.read_run(&id) else {
-            continue;
-        };
-        if r.job.as_deref() != Some(name) || r.dry_run {
-            continue;
+    let mut runs = ids.into_iter().filter_map(|id| {
+        let r = store.read_run(&id).ok().flatten()?;
+        (r.job.as_deref() == Some(name) && !r.dry_run).then_some((id, r))
+    });
+    let (id, newest) = runs.next()?;
+    let newest = match newest.status {
+        crate::report::Status::Running => {
+            let r = crate::catalog::settle_in_store(&root, &id, "daemon")?;
+            (r.status != crate::report::Status::Running).then_some(r)?
         }
-        if r.status != crate::report::Status::Running {
-            return Some((store, r));
+        _ => newest,
+    };
+    let mut older = Vec::new();
+    if newest.status != crate::report::Status::Complete {
+        for (_, r) in runs.take(UNTOLD_LOOKED_AT - 1) {
+            if r.status == crate::report::Status::Complete {
+                break;
+            }
+            if died_untold(&r) {
+                older.push(r);
+            }
         }
-        let r = crate::catalog::settle_in_store(&root, &id, "daemon")?;
-        return (r.status != crate::report::Status::Running).then_some((store, r));
     }
-    None
+    older.reverse();
+    Some((store, newest, older))
 }
 
 /// The newest backup of job `name`, its store (`None` when the store has no record
@@ -1550,6 +1623,7 @@ pub fn run(
         running: BTreeMap::new(),
         queue: Vec::new(),
         notifying: Vec::new(),
+        markers: marker::Markers::new(&opts.config, opts.catalog.as_deref()),
         summary: Summary::default(),
     };
     tracing::info!(
@@ -1562,6 +1636,7 @@ pub fn run(
         "start",
         &format!("daemon started ({})", opts.config.display()),
     );
+    st.heartbeat();
     st.plan(Utc::now(), true);
     let mut clock = (std::time::Instant::now(), Utc::now());
     while !stop.load(Ordering::Relaxed) {
@@ -1629,10 +1704,14 @@ pub fn run(
         let now = Utc::now();
         st.clock(&mut clock, now);
         st.due(now);
+        if st.markers.due() {
+            st.heartbeat();
+        }
         std::thread::sleep(opts.tick);
     }
     st.drop_queue();
     st.stop_children();
+    st.markers.remove_all();
     st.event(None, "stop", "daemon stopped");
     st.events.finish(STOP_GRACE);
     tracing::info!(

@@ -65,6 +65,16 @@ pub fn split(line: &str) -> Result<Vec<String>, String> {
 /// stopped (SIGINT/SIGTERM, a daemon stop) while it ran, not the command's own failure.
 pub const INTERRUPTED: &str = "killed: snapring was interrupted";
 
+/// The error of a `pre_command` that the end of the run's backup window killed (its
+/// `cancel` set by the window, not a stop): put in place of [`INTERRUPTED`] by the run.
+pub const WINDOW_ENDED: &str = "killed: the backup window ended while it ran";
+
+/// Whether `out` is a command the run stopped (a stop, or the end of its window:
+/// [`INTERRUPTED`], [`WINDOW_ENDED`]), not one that failed by itself.
+pub fn stopped(out: &HookOutcome) -> bool {
+    interrupted(out) || (out.exit_code.is_none() && out.error.as_deref() == Some(WINDOW_ENDED))
+}
+
 /// Whether `out` is a command that `cancel` killed ([`INTERRUPTED`]).
 pub fn interrupted(out: &HookOutcome) -> bool {
     out.exit_code.is_none()

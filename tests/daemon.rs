@@ -1231,26 +1231,10 @@ fn a_run_interrupted_with_the_daemon_resumes_when_it_starts_again() {
         ),
     )
     .unwrap();
-    let run = |job: &str| {
-        let mut c = Command::new(bin());
-        c.arg("--catalog")
-            .arg(&catalog)
-            .args(["run", job, "--config"])
-            .arg(&cfg)
-            .arg("--no-progress")
-            .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        c
-    };
+    let run = |job: &str| slow_run(&catalog, &cfg, job);
     // Killed mid-run, as with the machine: its row stays `running`.
-    let mut killed = run("killed").spawn().unwrap();
-    wait_until("the run's record", 60, || {
-        std::fs::read_dir(t.path().join("k/.snapring/runs")).is_ok_and(|mut d| d.next().is_some())
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    killed.kill().unwrap();
-    killed.wait().unwrap();
+    let runs = t.path().join("k/.snapring/runs");
+    stopped_mid_walk(&mut run("killed"), &runs, rustix::process::Signal::KILL);
     // Cut short by its window: `incomplete`, exit 3.
     let windowed = run("windowed").status().unwrap();
     assert_eq!(windowed.code(), Some(3), "the window ends the run");
@@ -1289,6 +1273,55 @@ fn a_run_interrupted_with_the_daemon_resumes_when_it_starts_again() {
         .map(|r| r["status"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(statuses, ["incomplete", "complete"], "{h}");
+}
+
+/// `snapring --catalog CATALOG run JOB --config CFG --no-progress` (`off`: no catalog)
+/// with its copy slowed (`walk.copy=sleep:200`), its output discarded: a run to stop
+/// or kill in its walk ([`stopped_mid_walk`]).
+fn slow_run(catalog: &Path, cfg: &Path, job: &str) -> Command {
+    let mut c = Command::new(bin());
+    c.arg("--catalog")
+        .arg(catalog)
+        .args(["run", job, "--config"])
+        .arg(cfg)
+        .arg("--no-progress")
+        .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+/// Starts `run`, waits for a new record in `runs` (its store's `.snapring/runs`) and
+/// half a second more (its walk under way), then sends it `signal` (SIGKILL, as with
+/// the machine: its record stays `running`; SIGTERM: it ends `incomplete`). Its exit
+/// status and its run's id.
+fn stopped_mid_walk(
+    run: &mut Command,
+    runs: &Path,
+    signal: rustix::process::Signal,
+) -> (std::process::ExitStatus, String) {
+    let ids = || -> Vec<String> {
+        std::fs::read_dir(runs).map_or(Vec::new(), |d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    Some(n.strip_suffix(".json")?.to_string())
+                })
+                .collect()
+        })
+    };
+    let before = ids();
+    let mut child = run.spawn().unwrap();
+    wait_until("the run's record", 60, || ids().len() > before.len());
+    std::thread::sleep(Duration::from_millis(500));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
+        signal,
+    )
+    .unwrap();
+    let st = child.wait().unwrap();
+    let id = ids().into_iter().find(|i| !before.contains(i)).unwrap();
+    (st, id)
 }
 
 /// The rows of `job` in the catalog (`history --json`).
@@ -2346,11 +2379,17 @@ fn a_daemon_stopped_while_a_finished_run_notifies_stops_soon_and_says_the_run_en
 
 /// `snapring --catalog CATALOG daemon --config CFG`, its stderr (the log) into `log`.
 fn daemon_logging(catalog: &Path, cfg: &Path, log: &Path) -> Daemon {
+    daemon_logging_with(catalog, cfg, log, &[])
+}
+
+/// [`daemon_logging`] with `env` added to its environment.
+fn daemon_logging_with(catalog: &Path, cfg: &Path, log: &Path, env: &[(&str, &str)]) -> Daemon {
     let mut c = Command::new(bin());
     c.arg("--catalog")
         .arg(catalog)
         .args(["daemon", "--config"])
         .arg(cfg)
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(log).unwrap());
     Daemon(c.spawn().unwrap())
@@ -2958,27 +2997,12 @@ fn missed_skip_still_resumes_an_interrupted_run() {
         ),
     )
     .unwrap();
-    let mut run = Command::new(bin())
-        .arg("--catalog")
-        .arg(&catalog)
-        .args(["run", "s", "--config"])
-        .arg(&cfg)
-        .arg("--no-progress")
-        .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_until("the run's record", 60, || {
-        std::fs::read_dir(t.path().join("s/.snapring/runs")).is_ok_and(|mut d| d.next().is_some())
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(run.id() as i32).unwrap(),
+    let (st, _) = stopped_mid_walk(
+        &mut slow_run(&catalog, &cfg, "s"),
+        &t.path().join("s/.snapring/runs"),
         rustix::process::Signal::TERM,
-    )
-    .unwrap();
-    assert_eq!(run.wait().unwrap().code(), Some(3));
+    );
+    assert_eq!(st.code(), Some(3));
 
     let daemon = Daemon::start(&catalog, &cfg, "");
     wait_until("the interrupted run to be resumed", 60, || {
@@ -3176,31 +3200,9 @@ fn with_the_catalog_off_a_killed_run_is_resumed_and_told_at_the_next_start() {
         ),
     )
     .unwrap();
-    let run = |job: &str| {
-        let mut c = Command::new(bin());
-        c.args(["--catalog", "off", "run", job, "--config"])
-            .arg(&cfg)
-            .arg("--no-progress")
-            .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        c
-    };
-    let mut killed = run("killed").spawn().unwrap();
+    let run = |job: &str| slow_run(Path::new("off"), &cfg, job);
     let runs = t.path().join("k/.snapring/runs");
-    wait_until("the run's record", 60, || {
-        std::fs::read_dir(&runs).is_ok_and(|mut d| d.next().is_some())
-    });
-    std::thread::sleep(Duration::from_millis(500));
-    killed.kill().unwrap();
-    killed.wait().unwrap();
-    let id = std::fs::read_dir(&runs)
-        .unwrap()
-        .next()
-        .unwrap()
-        .unwrap()
-        .path();
-    let id = id.file_stem().unwrap().to_str().unwrap().to_string();
+    let (_, id) = stopped_mid_walk(&mut run("killed"), &runs, rustix::process::Signal::KILL);
     assert_eq!(run("windowed").status().unwrap().code(), Some(3));
     assert!(told_lines(&told).is_empty(), "{:?}", told_lines(&told));
 
@@ -3232,4 +3234,206 @@ fn with_the_catalog_off_a_killed_run_is_resumed_and_told_at_the_next_start() {
         serde_json::from_slice(&std::fs::read(runs.join(format!("{id}.json"))).unwrap()).unwrap();
     assert_eq!(r["status"], "incomplete", "{r}");
     assert_eq!(r["notifications"][0]["ok"], true, "{r}");
+}
+
+/// Two daemons scheduling jobs into one store (two hosts, or here two config files
+/// with their own catalogs on one host) were not told of each other: their runs met
+/// on the store's lock, one refused (`failed`, told) each time. Each daemon now keeps a
+/// heartbeat marker in `.snapring/daemons/` of each store it serves: the second warns
+/// at its start of the first, the first at its next refresh of the second (each once),
+/// a clean stop removes its marker, and a daemon killed and started again is not
+/// warned of its own old marker (nor of a killed daemon's).
+#[test]
+fn two_daemons_on_one_store_are_warned_of_each_other() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 2, 10);
+    let store = t.path().join("s");
+    let config = |name: &str| {
+        let cfg = t.path().join(format!("{name}.toml"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "[job.{name}]\nsource = \"{}\"\ndest = \"{}\"\nschedule = \"@yearly\"\nmissed = \"skip\"\n",
+                src.display(),
+                store.display()
+            ),
+        )
+        .unwrap();
+        cfg
+    };
+    let (a, b) = (config("a"), config("b"));
+    let (ca, cb) = (t.path().join("a.db"), t.path().join("b.db"));
+    // The store exists (a daemon marks only stores that do).
+    let (code, _, err, _) = cli(&ca, &["run", "a", "--config", a.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    let markers = store.join(".snapring/daemons");
+    let marker_count = || {
+        std::fs::read_dir(&markers).map_or(0, |d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .count()
+        })
+    };
+    let beat = [("SNAPRING_DAEMON_HEARTBEAT", "1s")];
+    let (la, lb) = (t.path().join("a.log"), t.path().join("b.log"));
+    let logged = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+    let warned = |log: &Path, of: &Path| {
+        logged(log).lines().any(|l| {
+            l.contains("another snapring daemon schedules jobs into the store")
+                && l.contains(&of.display().to_string())
+                && l.contains(&store.display().to_string())
+        })
+    };
+    let first = daemon_logging_with(&ca, &a, &la, &beat);
+    wait_until("the first daemon's marker", 30, || marker_count() == 1);
+    let second = daemon_logging_with(&cb, &b, &lb, &beat);
+    wait_until("the second daemon's warning", 30, || warned(&lb, &a));
+    wait_until("the first daemon's warning, at its refresh", 30, || {
+        warned(&la, &b)
+    });
+    // Once each, not at every refresh.
+    std::thread::sleep(Duration::from_secs(3));
+    for (log, of) in [(&la, &b), (&lb, &a)] {
+        let n = logged(log)
+            .lines()
+            .filter(|l| {
+                l.contains("another snapring daemon") && l.contains(&of.display().to_string())
+            })
+            .count();
+        assert_eq!(n, 1, "{}", logged(log));
+    }
+    let c = snapring::catalog::Catalog::open(&cb, false).unwrap();
+    assert!(
+        c.events(None)
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "warning" && e.message.contains("another snapring daemon")),
+        "a warning event"
+    );
+    drop(c);
+    // A clean stop removes its marker.
+    second.stop();
+    assert_eq!(marker_count(), 1);
+    // Killed (its marker left, fresh) and started again: its own old marker is no
+    // other daemon.
+    drop(first);
+    assert_eq!(marker_count(), 1);
+    let la2 = t.path().join("a2.log");
+    let again = daemon_logging_with(&ca, &a, &la2, &beat);
+    // Its marker, rewritten by the new process, then three refreshes.
+    let pid = again.0.id();
+    wait_until("the restarted daemon's marker", 30, || {
+        std::fs::read_dir(&markers).is_ok_and(|d| {
+            d.flatten().any(|e| {
+                std::fs::read(e.path()).is_ok_and(|b| {
+                    serde_json::from_slice::<serde_json::Value>(&b).is_ok_and(|m| m["pid"] == pid)
+                })
+            })
+        })
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !logged(&la2).contains("another snapring daemon"),
+        "{}",
+        logged(&la2)
+    );
+    again.stop();
+    assert_eq!(marker_count(), 0, "a clean stop removes its marker");
+    // The markers are no snapshot and nothing `list` or `verify` reads.
+    std::fs::create_dir_all(&markers).unwrap();
+    std::fs::write(markers.join("other-0123456789abcdef.json"), b"{}").unwrap();
+    let dest = store.to_str().unwrap();
+    for args in [
+        vec!["list", "--dest", dest],
+        vec!["verify", "--all", "--dest", dest],
+    ] {
+        let (code, _, err, out) = cli(&ca, &args, &[]);
+        assert_eq!(code, 0, "{args:?}: {err}{out}");
+        assert!(!out.contains("daemons"), "{args:?}: {out}");
+    }
+}
+
+/// With the catalog off (`--catalog off`), `missed = "run-once"` had no history to
+/// read: a daily time that passed while the daemon was down waited a day for the next,
+/// as a new job's would. The job's newest run record in its store is its history now.
+#[test]
+fn with_the_catalog_off_a_missed_run_runs_once_at_start() {
+    let Some(lib) = libfaketime() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("x"), b"x");
+    // Daily, at the time of day an hour ago: its last time passed an hour ago.
+    let cfg = daily_job_at(
+        t.path(),
+        &src,
+        chrono::Utc::now() - chrono::Duration::hours(1),
+    );
+    // The job's last run, yesterday (before that time).
+    let offset = t.path().join("faketime");
+    std::fs::write(&offset, "-86400\n").unwrap();
+    let mut run = Command::new(bin());
+    run.args(["--catalog", "off", "run", "j", "--no-progress", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null());
+    faked(&mut run, &lib, &offset);
+    assert!(run.status().unwrap().success());
+    let runs = t.path().join("s/.snapring/runs");
+    let records = || {
+        std::fs::read_dir(&runs)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+            .count()
+    };
+    assert_eq!(records(), 1);
+    std::fs::write(&offset, "+0\n").unwrap();
+    let log = t.path().join("log");
+    let d = faked_daemon(&lib, &offset, Path::new("off"), &cfg, &log);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the missed run", 60, || {
+        logged().contains("was missed while the daemon was down")
+            && t.path().join("s/daily.1").exists()
+    });
+    assert_eq!(records(), 2);
+    d.stop();
+    assert!(!t.path().join("off").exists());
+}
+
+/// Two runs of a job killed one after the other (as with the machine, no daemon to see
+/// them die: here run by hand), neither told: the next daemon start told the newest
+/// only, and the older death was never told to anyone. Now each is told, once,
+/// with the catalog and with it off (from the store's run records).
+#[test]
+fn runs_killed_one_after_another_are_each_told_at_the_next_start() {
+    for off in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        tree(&src, 30, 10);
+        let catalog = match off {
+            true => PathBuf::from("off"),
+            false => t.path().join("cat.db"),
+        };
+        let (cfg, _, told) = killable_job(t.path(), &src);
+        let runs = t.path().join("a/.snapring/runs");
+        let kill = rustix::process::Signal::KILL;
+        let (_, first) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, kill);
+        let (_, second) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, kill);
+        assert!(told_lines(&told).is_empty(), "{:?}", told_lines(&told));
+        let d = Daemon::start(&catalog, &cfg, "");
+        let lines = [
+            format!("a incomplete {first}"),
+            format!("a incomplete {second}"),
+        ];
+        wait_until("the notices of both killed runs", 30, || {
+            let got = told_lines(&told);
+            lines.iter().all(|l| got.contains(l))
+        });
+        d.stop();
+        // Once each (the notices go out each on a thread of its own, in no set order).
+        let got = told_lines(&told);
+        for l in &lines {
+            assert_eq!(got.iter().filter(|g| *g == l).count(), 1, "{got:?}");
+        }
+    }
 }

@@ -572,6 +572,12 @@ fn a_window_that_ends_during_the_pre_command_ends_the_run_incomplete() {
             .starts_with("backup window ended during the pre_command"),
         "{rep}"
     );
+    // Its pre_command's error says the window killed it (it said "snapring was
+    // interrupted").
+    assert_eq!(
+        rep["pre_command"]["error"], "killed: the backup window ended while it ran",
+        "{rep}"
+    );
     assert_eq!(rep["files_total"], 0, "nothing read: {rep}");
     assert!(snapshot_names(&dest).is_empty(), "nothing published");
     assert_eq!(

@@ -358,9 +358,11 @@ fn print_summary(r: &RunReport) {
     }
     for (what, h) in [("pre", &r.pre_command), ("post", &r.post_command)] {
         if let Some(h) = h {
-            let how = match (&h.error, h.exit_code) {
+            // A command the run's stop or window killed did not fail by itself.
+            let how = match (&h.error, snapring::hooks::stopped(h)) {
                 (None, _) => "ok".to_string(),
-                (Some(e), _) => format!("failed: {e}"),
+                (Some(e), true) => format!("stopped: {e}"),
+                (Some(e), false) => format!("failed: {e}"),
             };
             let _ = writeln!(out, "  {what}_command {how} ({:.2}s)", h.seconds);
         }

@@ -173,6 +173,11 @@ pub fn backup_observed(
             // then: cut short as a walk its window ends is (the next run goes on at
             // its time).
             (Err(_), window_ended) if pre_command_killed(&rep) => {
+                // The window killed it, not a stop: its error said "snapring was
+                // interrupted".
+                if window_ended && let Some(h) = rep.pre_command.as_mut() {
+                    h.error = Some(crate::hooks::WINDOW_ENDED.into());
+                }
                 rep.message = match window_ended {
                     true => PRE_COMMAND_WINDOW_ENDED,
                     false => PRE_COMMAND_INTERRUPTED,

@@ -1,0 +1,248 @@
+//! A daemon's heartbeat markers: `<store>/.snapring/daemons/<host>-<hash of config path>.json`
+//! in each hard-link store its scheduled jobs write, refreshed every
+//! [`period`] and removed when it stops cleanly. A fresh marker of another daemon (another
+//! host, or another config file on this one) is a second scheduler on the store: warned
+//! about, not refused (the store's own lock keeps two runs apart; each such meeting is a
+//! run refused, recorded and notified `failed`).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// The folder of the markers, in a store's `.snapring/`.
+pub const DIR: &str = "daemons";
+
+/// How often a marker is refreshed when `SNAPRING_DAEMON_HEARTBEAT` does not say.
+pub const DEFAULT_PERIOD: Duration = Duration::from_secs(60);
+
+/// A marker is fresh (its daemon alive) for this many periods (the longer of the
+/// reader's and the writer's) after its last refresh.
+const FRESH_PERIODS: u32 = 3;
+
+/// The refresh period: `SNAPRING_DAEMON_HEARTBEAT` (`2s`, `5m`), else [`DEFAULT_PERIOD`].
+pub fn period() -> Duration {
+    std::env::var("SNAPRING_DAEMON_HEARTBEAT")
+        .ok()
+        .and_then(|v| crate::util::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_PERIOD)
+}
+
+/// What a marker says of its daemon.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Marker {
+    pub host: String,
+    pub pid: u32,
+    #[serde(default)]
+    pub pid_ns: String,
+    #[serde(default)]
+    pub boot: String,
+    /// Its config file, absolute.
+    pub config: String,
+    /// Its catalog (`None`: off).
+    pub catalog: Option<String>,
+    pub started: String,
+    pub refreshed: String,
+    /// Its refresh period, in seconds.
+    pub period_secs: u64,
+}
+
+/// A file name's characters other than these become `_` (a host name is not trusted to
+/// be a file name).
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The markers of one daemon, and the other daemons it has warned about.
+pub struct Markers {
+    /// Its file name in each store: `<host>-<16 hex digits of blake3(config path)>.json`.
+    name: String,
+    body: Marker,
+    period: Duration,
+    last: Option<Instant>,
+    /// The stores holding this daemon's marker.
+    written: BTreeSet<PathBuf>,
+    /// Stores whose marker could not be written (warned once).
+    unwritable: BTreeSet<PathBuf>,
+    /// The other daemons' fresh markers seen at the last refresh (store, file name):
+    /// each is warned about when it appears, not at every refresh.
+    seen: BTreeSet<(PathBuf, String)>,
+}
+
+impl Markers {
+    pub fn new(config: &Path, catalog: Option<&Path>) -> Markers {
+        let config = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
+        let hash = blake3::hash(config.as_os_str().as_encoded_bytes());
+        let host = crate::util::hostname();
+        let now = crate::util::now_rfc3339();
+        let period = period();
+        Markers {
+            name: format!("{}-{}.json", safe(&host), &hash.to_hex()[..16]),
+            body: Marker {
+                host,
+                pid: std::process::id(),
+                pid_ns: crate::util::pid_namespace().to_string(),
+                boot: crate::util::boot_id().to_string(),
+                config: config.display().to_string(),
+                catalog: catalog.map(|c| c.display().to_string()),
+                started: now.clone(),
+                refreshed: now,
+                period_secs: period.as_secs().max(1),
+            },
+            period,
+            last: None,
+            written: BTreeSet::new(),
+            unwritable: BTreeSet::new(),
+            seen: BTreeSet::new(),
+        }
+    }
+
+    /// Whether a period has passed since the last refresh (or none was made).
+    pub fn due(&self) -> bool {
+        self.last.is_none_or(|l| l.elapsed() >= self.period)
+    }
+
+    /// Writes this daemon's marker into each of `stores` that is a store (has its
+    /// `.snapring/`; a store its first run has not made yet gets one at the next
+    /// refresh), removes it from the stores it no longer serves, and returns a warning
+    /// for each fresh marker of another daemon that was not there at the last refresh.
+    pub fn refresh(&mut self, stores: &BTreeSet<PathBuf>) -> Vec<String> {
+        self.last = Some(Instant::now());
+        self.body.refreshed = crate::util::now_rfc3339();
+        for gone in self.written.difference(stores).cloned().collect::<Vec<_>>() {
+            self.remove_from(&gone);
+        }
+        let body = serde_json::to_vec_pretty(&self.body).expect("marker serializes");
+        let mut fresh = BTreeMap::new();
+        for store in stores {
+            let meta = store.join(crate::store::META_DIR);
+            if !meta.is_dir() {
+                continue;
+            }
+            let dir = meta.join(DIR);
+            let ours = dir.join(&self.name);
+            let wrote = match crate::util::create_private_dir(&dir, false) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+                _ => crate::util::write_atomic(&ours, &body),
+            };
+            match wrote {
+                Ok(()) => {
+                    self.written.insert(store.clone());
+                    self.unwritable.remove(store);
+                }
+                Err(e) => {
+                    if self.unwritable.insert(store.clone()) {
+                        tracing::warn!(
+                            "cannot write the daemon's marker {} ({e}): other daemons scheduling into this store are not told of this one",
+                            ours.display()
+                        );
+                    }
+                }
+            }
+            // Ages are read against this refresh's own marker where it could be
+            // written: the file server's clock for both, whatever this host's says.
+            let reference = std::fs::metadata(&ours)
+                .and_then(|m| m.modified())
+                .unwrap_or_else(|_| SystemTime::now());
+            for (name, m, age) in self.others(&dir, reference) {
+                fresh.insert((store.clone(), name), (m, age));
+            }
+        }
+        let mut warnings = Vec::new();
+        for ((store, name), (m, age)) in &fresh {
+            if self.seen.contains(&(store.clone(), name.clone())) {
+                continue;
+            }
+            warnings.push(format!(
+                "another snapring daemon schedules jobs into the store {store}: host {host}, config {config} (pid {pid}, catalog {catalog}, started {started}, its marker {marker} refreshed {age}s ago). Two daemons on one store: whenever their runs on it meet, the store's lock refuses one, recorded and notified failed; let one daemon schedule the jobs of a store",
+                store = store.display(),
+                host = m.host,
+                config = m.config,
+                pid = m.pid,
+                catalog = m.catalog.as_deref().unwrap_or("off"),
+                started = m.started,
+                marker = store
+                    .join(crate::store::META_DIR)
+                    .join(DIR)
+                    .join(name)
+                    .display(),
+                age = age.as_secs(),
+            ));
+        }
+        self.seen = fresh.into_keys().collect();
+        warnings
+    }
+
+    /// The fresh markers of other daemons in `dir` (file name, marker, age against
+    /// `reference`). A marker of this host and boot whose pid is gone is a killed
+    /// daemon's, not fresh whatever its age.
+    fn others(&self, dir: &Path, reference: SystemTime) -> Vec<(String, Marker, Duration)> {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return Vec::new();
+        };
+        let mut found = Vec::new();
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name == self.name || !name.ends_with(".json") {
+                continue;
+            }
+            let path = e.path();
+            let Ok(text) = crate::fsx::read_regular(&path) else {
+                continue;
+            };
+            let Ok(m) = serde_json::from_slice::<Marker>(&text) else {
+                continue;
+            };
+            let Ok(mtime) = e.metadata().and_then(|md| md.modified()) else {
+                continue;
+            };
+            // A marker dated after the reference (another host's clock ahead): age 0.
+            let age = reference.duration_since(mtime).unwrap_or_default();
+            let period = self.period.max(Duration::from_secs(m.period_secs));
+            if age > period * FRESH_PERIODS {
+                continue;
+            }
+            if crate::util::same_pids(&m.host, &m.pid_ns, &m.boot)
+                && let Some(pid) = i32::try_from(m.pid)
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+                && rustix::process::test_kill_process(pid) == Err(rustix::io::Errno::SRCH)
+            {
+                continue;
+            }
+            found.push((name, m, age));
+        }
+        found
+    }
+
+    fn remove_from(&mut self, store: &Path) {
+        let ours = store
+            .join(crate::store::META_DIR)
+            .join(DIR)
+            .join(&self.name);
+        match std::fs::remove_file(&ours) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!("cannot remove the daemon's marker {}: {e}", ours.display());
+            }
+            _ => {}
+        }
+        self.written.remove(store);
+    }
+
+    /// Removes this daemon's markers (a clean stop).
+    pub fn remove_all(&mut self) {
+        for store in std::mem::take(&mut self.written) {
+            self.remove_from(&store);
+        }
+    }
+}
