@@ -2885,3 +2885,113 @@ fn a_hard_link_across_units_changed_between_their_reads_restores_each_names_cont
         run_restic(&restic, &e.repo, &["check", "--read-data"]);
     }
 }
+
+/// A run decided (`final` written) but its snapshot file not written (its publisher
+/// killed at `shard.repo.before_snapshot`), or written and then removed by a forget
+/// that does not mark the run (restic's own: the file deleted here) before `published`
+/// (killed at `shard.repo.before_published`), then a prune that knows nothing of
+/// shard runs (restic's own: the library's prune without the runs' roots): the run's
+/// packs are gone. The next finalize (or worker) refuses the run, exit 1, and writes
+/// no snapshot; it wrote the snapshot, exit 0, and `verify` then found it damaged.
+#[test]
+fn a_decided_run_whose_packs_were_pruned_is_refused_not_published_damaged() {
+    for (point, forget) in [
+        ("shard.repo.before_snapshot", false),
+        ("shard.repo.before_published", true),
+    ] {
+        let e = env();
+        // A published run first: the pruned run's unchanged files keep their blobs.
+        report(&spawn(&e, 0, 1, "p1", &[]).wait_with_output().unwrap());
+        write(&e.src.join("d03/new"), &pseudo_random(300_000, 3));
+        let fp = format!("{point}=kill");
+        let out = spawn(&e, 0, 1, "p2", &[("SNAPRING_FAILPOINTS", &fp)])
+            .wait_with_output()
+            .unwrap();
+        assert_eq!(out.status.code(), None, "{point}: {}", text(&out));
+        assert!(e.repo.join("snapring/shards/p2/final").exists(), "{point}");
+        if forget {
+            let snaps = snapshots(&e);
+            assert_eq!(snaps.len(), 2, "{point}");
+            let p2 = snaps
+                .iter()
+                .find(|(_, s)| s.tag("shard-run") == Some("p2"))
+                .unwrap();
+            std::fs::remove_file(e.repo.join("snapshots").join(p2.0.hex())).unwrap();
+        }
+        let mut repo = open(&e);
+        snapring::restic::prune::prune(&mut repo, false).unwrap();
+        drop(repo);
+        let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "p2"]);
+        assert_eq!(code, 1, "{point}: {out}\n{err}");
+        assert!(
+            err.contains("no index of the repository holds") && err.contains("new run id"),
+            "{point}: {err}"
+        );
+        assert_eq!(snapshots(&e).len(), 1, "{point}: nothing published");
+        let out = spawn(&e, 0, 1, "p2", &[]).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{point}: {}", text(&out));
+        assert_eq!(snapshots(&e).len(), 1, "{point}: nothing published");
+        let (code, _, err) = sr(&["verify", "--dest", &e.url]);
+        assert_eq!(code, 0, "{point}: {err}");
+    }
+}
+
+/// A `published` that does not read (0 bytes: damaged, as it is created whole) is no
+/// proof of a publish. Put there before `final`: the worker that then decides the run
+/// publishes it and writes the marker anew (it said "published by another worker",
+/// exit 0, and wrote no snapshot). Put there after `final`, with no snapshot file:
+/// finalize refuses, exit 1, naming the marker and what to do; once the marker is
+/// removed, finalize publishes the run.
+#[test]
+fn an_empty_published_marker_is_not_taken_for_a_publish() {
+    let e = env();
+    let kill = [("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")];
+    let out = spawn(&e, 0, 1, "m1", &kill).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let marker = e.repo.join("snapring/shards/m1/published");
+    std::fs::write(&marker, b"").unwrap();
+    let r = report(&spawn(&e, 0, 1, "m1", &[]).wait_with_output().unwrap());
+    assert_eq!(r["finalized"], true, "{r}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_eq!(r["snapshot"], snaps[0].0.hex().as_str());
+    assert!(std::fs::metadata(&marker).unwrap().len() > 0);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+
+    write(&e.src.join("d03/new"), &pseudo_random(300_000, 3));
+    let kill = [("SNAPRING_FAILPOINTS", "shard.repo.before_snapshot=kill")];
+    let out = spawn(&e, 0, 1, "m2", &kill).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let marker = e.repo.join("snapring/shards/m2/published");
+    std::fs::write(&marker, b"").unwrap();
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "m2"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("does not read") && err.contains("remove"),
+        "{err}"
+    );
+    assert_eq!(snapshots(&e).len(), 1, "nothing published");
+    std::fs::remove_file(&marker).unwrap();
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "m2"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(snapshots(&e).len(), 2);
+}
+
+/// A commit that does not read (0 bytes: damaged since, as it is created whole) stops
+/// finalize, which says what to do (it said only "0 bytes is too short to be sealed").
+#[test]
+fn an_empty_commit_stops_finalize_saying_what_to_do() {
+    let e = env();
+    let kill = [("SNAPRING_FAILPOINTS", "shard.repo.before_finalize=kill")];
+    let out = spawn(&e, 0, 1, "dm", &kill).wait_with_output().unwrap();
+    assert_eq!(out.status.code(), None, "{}", text(&out));
+    let unit = plan_units(&e, "dm").remove(0);
+    std::fs::write(e.repo.join("snapring/shards/dm/done").join(&unit), b"").unwrap();
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "dm"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        err.contains("damaged") && err.contains("new run id"),
+        "{err}"
+    );
+    assert!(snapshots(&e).is_empty());
+}

@@ -4807,3 +4807,72 @@ fn a_worker_stopped_during_its_pre_command_ends_interrupted_and_a_rerun_finishes
         "incomplete\nincomplete\n"
     );
 }
+
+/// A `finalized` that does not read (0 bytes: damaged, as it is created whole) is no
+/// proof of a publish: a run killed before its publish, or after it but before its
+/// marker, with an empty `finalized` put there, is finalized by `snapring finalize`
+/// (published, or completed), not reported "already finalized" with nothing published.
+#[test]
+fn an_empty_finalized_marker_is_not_taken_for_a_publish() {
+    for point in [
+        "shard.finalize.before_staging",
+        "shard.finalize.after_publish",
+    ] {
+        let e = env();
+        let run = "fin";
+        let fp = format!("{point}=kill");
+        let kids: Vec<Child> = (0..3)
+            .map(|i| spawn(&e, i, 3, run, &[("SNAPRING_FAILPOINTS", &fp)]))
+            .collect();
+        let outs: Vec<Output> = kids
+            .into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect();
+        assert!(
+            outs.iter().any(|o| o.status.code().is_none()),
+            "{point}: a finalizing worker was killed"
+        );
+        std::fs::write(run_dir(&e, run).join("finalized"), b"").unwrap();
+        let o = run_cmd(&e, "finalize", run, &[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{point}: {}", text(&o));
+        assert!(
+            String::from_utf8_lossy(&o.stdout).contains("finalized run fin: complete"),
+            "{point}: {}",
+            text(&o)
+        );
+        assert!(
+            String::from_utf8_lossy(&o.stderr).contains("does not read"),
+            "{point}: {}",
+            text(&o)
+        );
+        check_run(&e, run);
+        check_snapshot(&e, point);
+        assert_eq!(snapshot_names(&e.dest), vec!["daily.0"], "{point}");
+    }
+}
+
+/// A commit marker that does not read (0 bytes: damaged since, as it is created
+/// whole) stops finalize, which says what to do (it said only "unreadable commit
+/// marker"): the unit's copies may be in the run's tree already, so the run cannot be
+/// finalized; a new run id.
+#[test]
+fn an_empty_commit_marker_stops_finalize_saying_what_to_do() {
+    let e = env();
+    let run = "dm";
+    let fp = "shard.finalize.before_staging=kill";
+    let o = spawn(&e, 0, 1, run, &[("SNAPRING_FAILPOINTS", fp)])
+        .wait_with_output()
+        .unwrap();
+    assert_eq!(o.status.code(), None, "{}", text(&o));
+    let unit = plan_units(&e, run).remove(0);
+    std::fs::write(run_dir(&e, run).join("done").join(&unit), b"").unwrap();
+    let o = run_cmd(&e, "finalize", run, &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!("done/{unit}")) && err.contains("new run id"),
+        "{}",
+        text(&o)
+    );
+    assert!(snapshot_names(&e.dest).is_empty());
+}

@@ -187,6 +187,17 @@ fn locked(
     if rd.is_finalized() {
         return Ok(Finalized::Already(read_finalized(rd)));
     }
+    // A `finalized` that does not read (damaged: it is created whole) is no proof of a
+    // publish: removed, and the run finalized as one that was not, which completes a
+    // run published by a finalize that died before its marker (the state or the run's
+    // record name it) and publishes one that was not published.
+    if let Some(len) = rd.finalized_damaged() {
+        tracing::warn!(
+            "{} does not read ({len} bytes: damaged); not taken as finalized: finalizing the run",
+            rd.finalized_path().display()
+        );
+        std::fs::remove_file(rd.finalized_path()).ctx("remove", rd.finalized_path())?;
+    }
     // Abandoned by a publish of its label: what a removal cut short is completed.
     if let Some(mark) = super::abandoned::read(rd) {
         let threads = jobs.clamp(1, FINALIZE_THREADS);

@@ -525,12 +525,8 @@ fn work_in(
     // empty-source guard is past); published only once `published` is there too (a
     // finalizer killed between the two leaves the publish to this one).
     let final_before = st.read_final().map_err(failed)?.is_some();
-    report.published_before = final_before
-        && st
-            .b
-            .read_extra(&st.key("published"))
-            .map_err(failed)?
-            .is_some();
+    report.published_before =
+        final_before && matches!(read_published(&st).map_err(failed)?, Marker::Reads(_));
     // The leases of the claims held (the plan, the units being built, finalize) are
     // renewed by this thread.
     let held: Arc<Held> = Arc::default();
@@ -640,7 +636,7 @@ fn work_in(
                     &plan_hash,
                     &cut,
                     &source,
-                    spec,
+                    (spec, final_before),
                     (&lock_held, &watch),
                     &opts.cancel,
                 )
@@ -1860,7 +1856,7 @@ fn finalize(
     plan_hash: &str,
     cut: &Cut,
     source: &Path,
-    spec: &Spec,
+    (spec, final_before): (&Spec, bool),
     (lock_held, lock): (&dyn Fn() -> restic::Result<()>, &restic::lock::Watch),
     cancel: &AtomicBool,
 ) -> Result<Finalized, ShardError> {
@@ -1871,8 +1867,10 @@ fn finalize(
             .unwrap_or_else(|| plan_file.created_by.clone()),
         paths: vec![source.to_string_lossy().into_owned()],
     };
+    // `final` there when this process took its lock: a prune (restic's own, which
+    // knows nothing of the run) may have deleted what its snapshot needs since.
     if let Some(f) = st.read_final().map_err(failed)? {
-        return published(repo, st, f, spec, group, lock_held);
+        return published(repo, st, (f, false, final_before), spec, group, lock_held);
     }
     // A worker refused as its settings differ from the plan's: the plan may be the
     // wrong one (made by a worker started wrong), so nothing is published.
@@ -1880,7 +1878,7 @@ fn finalize(
     if !refused.is_empty() {
         return Err(super::state::refusal(&plan_file.run, &refused));
     }
-    let f = match make_final(
+    let (f, mine) = match make_final(
         repo,
         st,
         (plan_file, allow_empty),
@@ -1903,7 +1901,7 @@ fn finalize(
                     "run {}: published by another process meanwhile ({e})",
                     plan_file.run
                 );
-                f
+                (f, false)
             }
             _ => return Err(e),
         },
@@ -1913,7 +1911,7 @@ fn finalize(
             "write the snapshot: {e}"
         )))
     })?;
-    published(repo, st, f, spec, group, lock_held)
+    published(repo, st, (f, mine, final_before), spec, group, lock_held)
 }
 
 /// Spine directory `d`'s problem of `kind` (`vanished`, `metadata`), from `e`.
@@ -1944,7 +1942,7 @@ fn make_final(
     group: &restic::forget::Group,
     lock: &restic::lock::Watch,
     cancel: &AtomicBool,
-) -> Result<FinalFile, ShardError> {
+) -> Result<(FinalFile, bool), ShardError> {
     // A finalizer stalled here while another publishes the run (the tests).
     let _ = crate::failpoint::hit("shard.repo.before_commits_read");
     // `snapring finalize` stopped by SIGINT/SIGTERM: nothing is written yet (no spine
@@ -1959,7 +1957,12 @@ fn make_final(
             st.b.read_extra(&key)
                 .map_err(failed)?
                 .ok_or_else(|| failed(restic::Error::Other(format!("{key} is missing"))))?;
-        let c: UnitDone = repo.open_json(&sealed, &key).map_err(failed)?;
+        // Created whole (an exclusive create): one that does not read was damaged since.
+        let c: UnitDone = repo.open_json(&sealed, &key).map_err(|e| {
+            failed(restic::Error::Other(format!(
+                "{e}; the unit's commit was damaged since it was written, so the run cannot be published: back the source up again under a new run id (`snapring prune --drop-unfinished-runs` gives this run up)"
+            )))
+        })?;
         if c.plan != plan_hash {
             return Err(failed(restic::corrupt(&key, "made for another plan")));
         }
@@ -2208,14 +2211,15 @@ fn make_final(
     }
     let made = st.b.create_extra(&st.key("final"), &body).map_err(failed)?;
     if made {
-        return Ok(mine);
+        return Ok((mine, true));
     }
-    st.read_final().map_err(failed)?.ok_or_else(|| {
+    let f = st.read_final().map_err(failed)?.ok_or_else(|| {
         failed(restic::Error::Other(format!(
             "{} vanished after its create was refused",
             st.key("final")
         )))
-    })
+    })?;
+    Ok((f, false))
 }
 
 /// The check across units of the inodes of several links ([`UnitLink`]): each unit's
@@ -2382,11 +2386,18 @@ fn refuse_no_files(
 /// wrote `final`; after a crash between `final` and the end of that, the rerun. The
 /// snapshot file is written only while this process's repository lock is held
 /// (`lock_held`): with it lost, a `forget` may have removed the snapshot since another
-/// process wrote it.
+/// process wrote it. `mine`: this process has just created `final`. `check`: `final`
+/// was there before this process took its lock, so a prune (restic's own) may have
+/// deleted what the snapshot needs since: the snapshot file, if missing, is written
+/// only once every blob of its trees is found indexed ([`first_missing_blob`]).
+/// A `published` that does not read (damaged: it is created whole) is no proof of a
+/// publish: the run is published if its snapshot file is there, or if it was settled;
+/// else this process repairs it if it has just created `final` (the snapshot cannot
+/// have been written before), and refuses otherwise, saying what to do.
 fn published(
-    repo: &Repo,
+    repo: &mut Repo,
     st: &State<'_>,
-    f: FinalFile,
+    (f, mine, check): (FinalFile, bool, bool),
     spec: &Spec,
     group: restic::forget::Group,
     lock_held: &dyn Fn() -> restic::Result<()>,
@@ -2401,9 +2412,54 @@ fn published(
     };
     // Published already: its snapshot file was written once; if it is gone now, it was
     // forgotten (a later run's retention, `forget`) and stays so.
-    if let Some(by) = st.b.read_extra(&st.key("published")).map_err(failed)? {
-        let complete = unsettled(st, &by, spec).map_err(failed)?;
-        return Ok(by_another(f, group, complete));
+    let mut repair = false;
+    match read_published(st).map_err(failed)? {
+        Marker::Reads(by) => {
+            let complete = unsettled(st, &by, spec).map_err(failed)?;
+            return Ok(by_another(f, group, complete));
+        }
+        Marker::Damaged(by) => {
+            let there = snapshot_there(repo, &f)?;
+            let settled = st.b.read_extra(&st.key("settled")).map_err(failed)?;
+            if there || settled.is_some() {
+                tracing::warn!(
+                    "run {}: {} does not read ({} bytes); the run is published (its snapshot {} {})",
+                    spec.run_id,
+                    st.key("published"),
+                    by.len(),
+                    &f.snapshot[..8.min(f.snapshot.len())],
+                    if there {
+                        "is there"
+                    } else {
+                        "was settled, and forgotten since"
+                    }
+                );
+                let complete = unsettled(st, &by, spec).map_err(failed)?;
+                // Written anew (best effort), so that `status` and the next process read it.
+                let body = serde_json::to_vec(&Holder::me(spec.index)).expect("serializes");
+                if let Err(e) = st.b.put_extra(&st.key("published"), &body) {
+                    tracing::warn!("cannot write {} anew: {e}", st.key("published"));
+                }
+                return Ok(by_another(f, group, complete));
+            }
+            if !mine {
+                return Err(failed(restic::Error::Other(format!(
+                    "run {run}: {key} does not read ({n} bytes: damaged), and the snapshot `final` decided, {snap}, is not in the repository: it was never written, or it was forgotten since; nothing written. If `snapring snapshots` never listed {snap} (the run was never published), remove {key} from the repository and run `snapring finalize --dest URL --run-id {run}`; if it was forgotten, leave the run as it is",
+                    run = spec.run_id,
+                    key = st.key("published"),
+                    n = by.len(),
+                    snap = &f.snapshot[..8.min(f.snapshot.len())],
+                ))));
+            }
+            tracing::warn!(
+                "run {}: {} does not read ({} bytes: damaged) and the run has just been decided by this process: publishing it and writing the marker anew",
+                spec.run_id,
+                st.key("published"),
+                by.len()
+            );
+            repair = true;
+        }
+        Marker::Missing => {}
     }
     // A finalizer stalled or killed between its look at `published` and the snapshot
     // file, and between the snapshot file and `published` (the tests).
@@ -2426,13 +2482,24 @@ fn published(
             spec.run_id
         )));
     }
+    if check && !snapshot_there(repo, &f)? {
+        refuse_pruned(repo, st, &f, spec)?;
+    }
     write_snapshot(repo, &f)?;
     fp("shard.repo.before_published")?;
     // Unique to this process: a retried create that landed finds its own bytes.
     let body = serde_json::to_vec(&Holder::me(spec.index)).expect("serializes");
-    let won =
-        st.b.create_extra(&st.key("published"), &body)
-            .map_err(failed)?;
+    let won = match repair {
+        true => {
+            st.b.put_extra(&st.key("published"), &body)
+                .map(|()| true)
+                .map_err(failed)?
+        }
+        false => {
+            st.b.create_extra(&st.key("published"), &body)
+                .map_err(failed)?
+        }
+    };
     if won {
         // The publisher killed before its retention and tidy (the tests).
         fp("shard.repo.after_published")?;
@@ -2454,6 +2521,103 @@ fn published(
         totals,
         group,
     })
+}
+
+/// What `published` holds.
+enum Marker {
+    Missing,
+    /// A holder (its bytes): the run is published.
+    Reads(Vec<u8>),
+    /// Bytes that are no holder (damaged: every `published` is created whole).
+    Damaged(Vec<u8>),
+}
+
+/// The run's `published`, read.
+fn read_published(st: &State<'_>) -> restic::Result<Marker> {
+    Ok(match st.b.read_extra(&st.key("published"))? {
+        None => Marker::Missing,
+        Some(b) if serde_json::from_slice::<Holder>(&b).is_ok() => Marker::Reads(b),
+        Some(b) => Marker::Damaged(b),
+    })
+}
+
+/// Whether the snapshot file `final` names is in the repository.
+fn snapshot_there(repo: &Repo, f: &FinalFile) -> Result<bool, ShardError> {
+    let id = Id::parse(&f.snapshot).map_err(failed)?;
+    Ok(repo
+        .backend
+        .list(Kind::Snapshot)
+        .map_err(failed)?
+        .contains(&id))
+}
+
+/// Before the snapshot file `final` decided is written by a process that found `final`
+/// there when it took its lock: the index read again, the snapshot's trees walked, and
+/// the run refused for good (nothing written) if a blob they need is in no index (a
+/// prune, restic's own, deleted the run's packs while its snapshot file was missing).
+fn refuse_pruned(
+    repo: &mut Repo,
+    st: &State<'_>,
+    f: &FinalFile,
+    spec: &Spec,
+) -> Result<(), ShardError> {
+    repo.refresh_index().map_err(failed)?;
+    let sealed = base64::engine::general_purpose::STANDARD
+        .decode(&f.sealed)
+        .map_err(|e| failed(restic::corrupt(st.key("final"), e)))?;
+    let snap: Snapshot = repo.open_json(&sealed, &st.key("final")).map_err(failed)?;
+    if let Some((kind, id)) = first_missing_blob(repo, snap.tree).map_err(failed)? {
+        return Err(failed(restic::Error::Other(format!(
+            "run {}: its snapshot {} (decided in `final`, its file not in the repository) needs {} blob {id}, which no index of the repository holds (was it pruned while the run was unfinished, by restic's own prune?); the snapshot is not written and the run can never be published: back the source up again under a new run id",
+            spec.run_id,
+            &f.snapshot[..8.min(f.snapshot.len())],
+            match kind {
+                BlobType::Tree => "tree",
+                BlobType::Data => "data",
+            }
+        ))));
+    }
+    Ok(())
+}
+
+/// The first blob below tree `root` (itself, the trees below it, their files' content)
+/// that no index of `repo` holds: every distinct tree read once, a level at a time on 8
+/// threads.
+fn first_missing_blob(repo: &Repo, root: Id) -> restic::Result<Option<(BlobType, Id)>> {
+    let mut seen: std::collections::HashSet<Id> = [root].into_iter().collect();
+    let mut level = vec![root];
+    while !level.is_empty() {
+        if let Some(t) = level
+            .iter()
+            .find(|t| !repo.index.contains(BlobType::Tree, t))
+        {
+            return Ok(Some((BlobType::Tree, *t)));
+        }
+        let trees = super::par_map(8, &level, |t| {
+            repo.read_blob(BlobType::Tree, t)
+                .and_then(|b| Tree::from_blob(&b, t))
+        });
+        let mut next = Vec::new();
+        for tree in trees {
+            for n in tree?.nodes {
+                if let Some(c) = n
+                    .content
+                    .iter()
+                    .flatten()
+                    .find(|c| !repo.index.contains(BlobType::Data, c))
+                {
+                    return Ok(Some((BlobType::Data, *c)));
+                }
+                if let Some(s) = n.subtree
+                    && seen.insert(s)
+                {
+                    next.push(s);
+                }
+            }
+        }
+        level = next;
+    }
+    Ok(None)
 }
 
 /// Whether this process completes the retention and tidy of a run published by
@@ -2493,7 +2657,8 @@ pub fn before_forget(b: &dyn Backend, id: &Id, snap: &Snapshot) -> restic::Resul
         return Ok(());
     }
     let st = State::new(b, run);
-    if b.read_extra(&st.key("published"))?.is_some() {
+    let marker = read_published(&st)?;
+    if matches!(marker, Marker::Reads(_)) {
         return Ok(());
     }
     // Damaged or missing: not a snapshot this run's finalize would write.
@@ -2504,7 +2669,13 @@ pub fn before_forget(b: &dyn Backend, id: &Id, snap: &Snapshot) -> restic::Resul
         return Ok(());
     }
     let body = serde_json::to_vec(&Holder::me(FORGET)).expect("serializes");
-    if b.create_extra(&st.key("published"), &body)? {
+    // One that does not read is written anew: a finalize would not take it as a
+    // publish, and would write the forgotten snapshot back.
+    let made = match marker {
+        Marker::Damaged(_) => b.put_extra(&st.key("published"), &body).map(|()| true)?,
+        _ => b.create_extra(&st.key("published"), &body)?,
+    };
+    if made {
         tracing::info!(
             "run {run}: its snapshot {} is forgotten before its publisher marked the run published; marked now",
             id.hex()
@@ -2547,8 +2718,9 @@ pub fn unpublished_roots(repo: &Repo) -> restic::Result<restic::prune::Roots> {
     for run in b.list_extra("snapring/shards")? {
         let st = State::new(b.as_ref(), &run);
         // Its snapshot written, and maybe forgotten since: nothing to keep (nor is its
-        // `final` needed, which may be damaged).
-        if b.read_extra(&st.key("published"))?.is_some() {
+        // `final` needed, which may be damaged). A `published` that does not read is no
+        // proof of that: the snapshot file is looked for below.
+        if matches!(read_published(&st)?, Marker::Reads(_)) {
             continue;
         }
         if let Some(f) = st.read_final()? {
@@ -2716,7 +2888,8 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
     let state = match &fin {
         None => None,
         Some(f) => {
-            let published = st.b.read_extra(&st.key("published"))?.is_some();
+            // One that does not read is no proof of a publish (`published`).
+            let published = matches!(read_published(&st)?, Marker::Reads(_));
             let there = Id::parse(&f.snapshot)
                 .map(|id| repo.backend.list(Kind::Snapshot).map(|l| l.contains(&id)))
                 .unwrap_or(Ok(false))?;

@@ -241,7 +241,10 @@ impl PlanFile {
 fn parse_commit(p: PathBuf, bytes: &[u8]) -> Result<Commit> {
     serde_json::from_slice(bytes).map_err(|err| Error::Store {
         path: p,
-        msg: format!("unreadable commit marker: {err}"),
+        msg: format!(
+            "unreadable commit marker ({} bytes): {err}; commit markers are created whole, so it was damaged since, and the unit's copies may already be in the run's tree: the run cannot be finalized with it (removing it does not rebuild the unit safely); back the source up again under a new run id",
+            bytes.len()
+        ),
     })
 }
 
@@ -593,8 +596,23 @@ impl RunDir {
         self.root.is_dir()
     }
 
+    /// Whether `finalized` is there and reads (a report). One that does not read
+    /// (damaged: it is created whole) is no proof of a publish: the finalize decides
+    /// under the store's lock ([`Self::finalized_damaged`]).
     pub fn is_finalized(&self) -> bool {
-        self.finalized_path().exists()
+        match std::fs::read(self.finalized_path()) {
+            Ok(b) => serde_json::from_slice::<crate::report::RunReport>(&b).is_ok(),
+            Err(e) => e.kind() != std::io::ErrorKind::NotFound,
+        }
+    }
+
+    /// `finalized` is there but does not read (its length).
+    pub fn finalized_damaged(&self) -> Option<u64> {
+        let b = std::fs::read(self.finalized_path()).ok()?;
+        match serde_json::from_slice::<crate::report::RunReport>(&b) {
+            Ok(_) => None,
+            Err(_) => Some(b.len() as u64),
+        }
     }
 
     /// The plan and its hash, if written.
