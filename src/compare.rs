@@ -87,6 +87,28 @@ pub struct Options {
     /// times coarser than the source's (`manifest::times_marker`, whole seconds: 10^9)
     /// against the manifest that records the source's exact times.
     pub time_granularity: u64,
+    /// Side `a` is a restic repository's snapshot: a symlink target restic before 0.17
+    /// stored lossily (not UTF-8: a JSON string with U+FFFD for each invalid byte, no
+    /// `linktarget_raw`) that is side `b`'s target so replaced is that known loss, a
+    /// `metadata` difference that says so ([`LOSSY_TARGET`]), not different content
+    /// (`verify --against` counted it as corrupt, as if the repository were damaged).
+    pub lossy_link_targets: bool,
+}
+
+/// The detail of a symlink whose target restic before 0.17 stored lossily
+/// ([`Options::lossy_link_targets`]).
+pub const LOSSY_TARGET: &str = "symlink target not UTF-8: stored lossily (restic before 0.17 \
+     wrote U+FFFD for its bytes; a restore makes another target)";
+
+/// Whether `stored`, a repository's symlink target, is `live`'s as restic before 0.17
+/// stored a target that is not UTF-8: each invalid byte replaced with U+FFFD.
+fn stored_lossily(stored: Option<&[u8]>, live: Option<&[u8]>) -> bool {
+    match (stored, live) {
+        (Some(s), Some(l)) => {
+            std::str::from_utf8(l).is_err() && String::from_utf8_lossy(l).as_bytes() == s
+        }
+        _ => false,
+    }
 }
 
 #[derive(Default, Serialize, Debug, Clone)]
@@ -542,6 +564,12 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         } else {
             d
         };
+        let lossy = d.target
+            && self.opts.lossy_link_targets
+            && stored_lossily(x.target.as_deref(), y.target.as_deref());
+        if lossy {
+            d.target = false;
+        }
         let mut content = d.content();
         let mut detail = Vec::new();
         if d.kind {
@@ -559,6 +587,9 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
         }
         if d.target {
             detail.push("symlink target".into());
+        }
+        if lossy {
+            detail.push(LOSSY_TARGET.into());
         }
         if d.rdev {
             detail.push(format!("device {} -> {}", x.rdev, y.rdev));

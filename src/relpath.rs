@@ -186,9 +186,15 @@ pub fn escape(bytes: &[u8]) -> String {
 /// `é`), so the path reads as the user typed it. For humans only: records keep the
 /// exact bytes (`crate::localpath`).
 pub fn shown(p: &std::path::Path) -> String {
-    use std::fmt::Write;
     use std::os::unix::ffi::OsStrExt;
-    let bytes = p.as_os_str().as_bytes();
+    shown_bytes(p.as_os_str().as_bytes())
+}
+
+/// A name that need not be UTF-8 (an extended attribute's) in a message, as [`shown`]
+/// writes a path: a byte that is not UTF-8 is `\xNN`, so a message naming an entry
+/// and one of its attributes escapes both alike.
+pub fn shown_bytes(bytes: &[u8]) -> String {
+    use std::fmt::Write;
     let mut s = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
@@ -304,6 +310,15 @@ mod tests {
         v.sort();
         let names: Vec<String> = v.iter().map(|p| p.escaped()).collect();
         assert_eq!(names, ["a", "a/z", "a%20b", "a-b", "b"]);
+    }
+
+    #[test]
+    fn shown_bytes_escapes_what_is_not_utf8_or_printable_and_keeps_the_rest() {
+        assert_eq!(
+            shown_bytes(b"user.n\xe9 caf\xc3\xa9%\n"),
+            "user.n\\xE9 caf\u{e9}%\\x0A"
+        );
+        assert_eq!(shown_bytes(b"x"), shown(std::path::Path::new("x")));
     }
 
     #[test]

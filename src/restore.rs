@@ -2443,7 +2443,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                         "set extended attribute",
                         format!(
                             "{} {why} the target file system",
-                            String::from_utf8_lossy(&n)
+                            crate::relpath::shown_bytes(&n)
                         ),
                     );
                 }

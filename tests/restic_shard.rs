@@ -1386,6 +1386,80 @@ fn big_under(e: &Env) -> PathBuf {
     under
 }
 
+/// A run's previous snapshot whose tree of the source does not read (its pack lost),
+/// after a first run `r0` of [`big_under`]'s tree: that snapshot's id.
+fn parent_whose_source_tree_is_lost(e: &Env, under: &std::path::Path) -> Option<String> {
+    let p1 = {
+        let _fs = FaultFs::mount(under, &e.src, &[])?;
+        let r = report(&spawn(e, 0, 1, "r0", &[]).wait_with_output().unwrap());
+        r["snapshot"].as_str().unwrap().to_string()
+    };
+    let root = source_tree(e, &Id::parse(&p1).unwrap());
+    std::fs::remove_file(tree_pack_file(e, &root)).unwrap();
+    Some(p1)
+}
+
+/// A directory a unit's walk cannot open, in a run whose previous snapshot's tree of
+/// the source does not read: its problem says the previous snapshot's tree of a
+/// directory holding it does not read (it said "the previous snapshot does not hold
+/// it", and the run looked as if the directory were new and unreadable). The planner,
+/// which cannot size the plan by the lost trees, walks the source and cannot list
+/// `big/x`: it is inside a unit.
+#[test]
+fn a_directory_unopened_below_a_parent_tree_that_does_not_read_says_both() {
+    let e = env();
+    let under = big_under(&e);
+    let Some(_) = parent_whose_source_tree_is_lost(&e, &under) else {
+        return;
+    };
+    let (r, said) = denied_big_x(&e, &under, &[("SNAPRING_CACHE", "off")]);
+    for said in said {
+        assert!(
+            said.contains("the previous snapshot's tree of a directory holding it does not read")
+                && !said.contains("does not hold it"),
+            "{r}"
+        );
+    }
+}
+
+/// A unit whose directory cannot be opened, in a run whose previous snapshot's tree of
+/// the source does not read (the plan was made before the pack was lost: the run
+/// killed at its first unit, rerun): nothing of the directory can be kept, and the
+/// worker fails, naming the previous snapshot and why it cannot give its entries. It
+/// said "the run has no previous snapshot" while the run had one (session 42's note).
+#[test]
+fn a_unit_unopened_whose_parent_tree_of_the_source_does_not_read_names_the_parent() {
+    let e = env();
+    let under = big_under(&e);
+    {
+        let Some(_fs) = FaultFs::mount(&under, &e.src, &[]) else {
+            return;
+        };
+        report(&spawn(&e, 0, 1, "r0", &[]).wait_with_output().unwrap());
+        // The plan of run `denied`, cut by the parent's trees (`big/x` split among
+        // units); nothing built.
+        let vars = [("SNAPRING_FAILPOINTS", "shard.repo.before_walk=kill")];
+        let out = spawn(&e, 0, 1, "denied", &vars).wait_with_output().unwrap();
+        assert_eq!(out.status.code(), None, "{}", text(&out));
+    }
+    let p1 = snapshots(&e)[0].0.hex();
+    let root = source_tree(&e, &Id::parse(&p1).unwrap());
+    std::fs::remove_file(tree_pack_file(&e, &root)).unwrap();
+    let _fs = FaultFs::mount(&under, &e.src, &["--eacces", "/big/x"]).unwrap();
+    let vars = [("SNAPRING_CACHE", "off")];
+    let out = spawn(&e, 0, 1, "denied", &vars).wait_with_output().unwrap();
+    let all = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(!all.contains("has no previous snapshot"), "{all}");
+    let short = &p1[..8];
+    assert!(
+        all.contains(&format!(
+            "the run's previous snapshot {short} cannot give its entries of it to keep: its tree of the source cannot be read ("
+        )),
+        "{all}"
+    );
+}
+
 /// A run `denied` of the source mounted from `under` with `big/x` not to be opened
 /// (EACCES), `vars` its environment: its report, `partial` (exit 2), whose problems
 /// are all of `big/x`, `unreadable`; and their messages.

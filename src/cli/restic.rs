@@ -600,7 +600,7 @@ fn print_retention(retention: Option<&serde_json::Value>, skipped: Option<&str>)
         && let Ok(f) = serde_json::from_value::<RetentionShown>(v.clone())
     {
         for v in &f.plan.verdicts {
-            outln!("  {} {}  {}", v.short_id, v.time, v.reason);
+            outln!("  {} {}  {}", v.short_id, shown_time(&v.time), v.reason);
         }
         outln!(
             "forgot {} snapshots (their data stays until `snapring prune`)",
@@ -631,6 +631,22 @@ struct VerdictShown {
     reason: String,
 }
 
+/// A snapshot's time (RFC 3339, as restic wrote it) in a table or a listing: in UTC
+/// to the second, `2026-12-07T03:44:54Z`, as a store's `list` shows its snapshots, so
+/// the column lines up whatever offset and fraction the time was written with (restic
+/// writes the local offset of the machine that took it: `-05:00` under
+/// `TZ=America/New_York`). The JSON keeps the time as written; one that does not
+/// parse is shown as it is.
+fn shown_time(t: &str) -> String {
+    match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(d) => d
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%dT%H:%M:%SZ")
+            .to_string(),
+        Err(_) => t.to_string(),
+    }
+}
+
 /// `snapring list --dest file:///PATH`.
 pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     if a.space {
@@ -645,7 +661,7 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::Complete);
     }
     outln!(
-        "{:<10} {:<32} {:<10} {:<16} PATHS",
+        "{:<10} {:<20} {:<10} {:<16} PATHS",
         "ID",
         "TIME",
         "LABEL",
@@ -653,9 +669,9 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
     );
     for s in snaps.iter().rev() {
         outln!(
-            "{:<10} {:<32} {:<10} {:<16} {}",
+            "{:<10} {:<20} {:<10} {:<16} {}",
             s.short_id,
-            s.time,
+            shown_time(&s.time),
             s.label.as_deref().unwrap_or("-"),
             s.hostname,
             s.paths.join(" ")
@@ -1013,7 +1029,7 @@ fn kept_as_identical(
 
 fn print_forget(r: &restic::forget::ForgetReport) {
     for v in &r.plan.verdicts {
-        outln!("  {} {}  {}", v.short_id, v.time, v.reason);
+        outln!("  {} {}  {}", v.short_id, shown_time(&v.time), v.reason);
     }
     let n = r.plan.forgotten().count();
     if r.dry_run {
@@ -1295,7 +1311,7 @@ pub fn repair_index(a: RepairIndexArgs) -> anyhow::Result<ExitCode> {
         outln!(
             "  {} {} {} {}  references data no pack holds",
             d.snapshot,
-            d.time,
+            shown_time(&d.time),
             d.hostname,
             d.paths.join(" ")
         );
@@ -1627,7 +1643,7 @@ pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::Complete);
     }
     outln!(
-        "{:<10} {:<32} {:<9} {:<10} {:>10} {:<16} MTIME",
+        "{:<10} {:<20} {:<9} {:<10} {:>10} {:<16} MTIME",
         "SNAPSHOT",
         "TAKEN",
         "CHANGE",
@@ -1638,9 +1654,9 @@ pub fn path_history(path: &Path, a: HistoryArgs) -> anyhow::Result<ExitCode> {
     let dash = || "-".to_string();
     for x in &versions {
         outln!(
-            "{:<10} {:<32} {:<9} {:<10} {:>10} {:<16} {}",
+            "{:<10} {:<20} {:<9} {:<10} {:>10} {:<16} {}",
             x.snapshot,
-            x.taken_at,
+            shown_time(&x.taken_at),
             x.change,
             x.kind,
             x.size.map(|s| s.to_string()).unwrap_or_else(dash),

@@ -94,6 +94,7 @@ pub fn diff(
         excludes: None,
         owners: true,
         time_granularity: 0,
+        lossy_link_targets: false,
     };
     match (new, against) {
         (Some(new), None) => {
@@ -283,6 +284,7 @@ pub fn verify(
         excludes: None,
         owners: true,
         time_granularity: 0,
+        lossy_link_targets: false,
     };
     let mut out = Vec::new();
     for target in targets {

@@ -1643,7 +1643,7 @@ pub fn store_fence(store: &std::path::Path) -> Option<Fence> {
 pub fn refused_xattr_problems(rel: &RelPath, refused: &[(Vec<u8>, &str)]) -> Vec<Problem> {
     let mut out = Vec::new();
     for (n, why) in refused {
-        let name = String::from_utf8_lossy(n);
+        let name = crate::relpath::shown_bytes(n);
         if n.starts_with(b"user.")
             || n.starts_with(b"system.posix_acl")
             || *why != "not supported by"
@@ -1659,4 +1659,22 @@ pub fn refused_xattr_problems(rel: &RelPath, refused: &[(Vec<u8>, &str)]) -> Vec
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An attribute name that is not UTF-8 is written as a local path is in a message
+    /// (`relpath::shown`: `\xE9`), not with U+FFFD (its byte lost) nor `%E9`.
+    #[test]
+    fn a_refused_attribute_name_that_is_not_utf8_keeps_its_bytes() {
+        let rel = RelPath::new(b"d/f").unwrap();
+        let ps = refused_xattr_problems(&rel, &[(b"user.n\xe9%".to_vec(), "too large for")]);
+        assert_eq!(ps.len(), 1);
+        assert_eq!(
+            ps[0].error,
+            "user.n\\xE9% too large for the backup file system"
+        );
+    }
 }

@@ -372,12 +372,14 @@ pub fn snapshot_locked(
     // snapshots: the source is read in full instead, as restic does, and the run says
     // so.
     let mut warnings = Vec::new();
+    let mut parent_unread = false;
     let parent_tree = match &parent {
         Some((id, p)) => match p.paths.as_slice() {
             [one] => {
                 let pc: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
                 descend(repo, p.tree, &pc).unwrap_or_else(|e| {
                     warnings.push(unreadable_parent(Some(id), ".", &e));
+                    parent_unread = true;
                     None
                 })
             }
@@ -410,6 +412,7 @@ pub fn snapshot_locked(
         reuse: spec.reuse.map(Mutex::new),
         parent_root: parent.as_ref().map(|(_, p)| p.tree),
         parent_id: parent.as_ref().map(|(id, _)| *id),
+        parent_unread,
         with_atime: spec.with_atime,
         one_fs,
         chunk_threads: AtomicUsize::new(spec.jobs.max(1)),
@@ -940,8 +943,8 @@ type Xattrs = (Vec<ExtendedAttribute>, Vec<Vec<u8>>);
 /// What the run says of an extended attribute whose name (`name`) is not UTF-8.
 fn not_utf8_message(name: &[u8]) -> String {
     format!(
-        "extended attribute name {:?} is not UTF-8: restic's format cannot keep it (names are JSON strings); stored as {:?}, which a restore sets under that name",
-        crate::relpath::escape(name),
+        "extended attribute name \"{}\" is not UTF-8: restic's format cannot keep it (names are JSON strings); stored as {:?}, which a restore sets under that name",
+        crate::relpath::shown_bytes(name),
         String::from_utf8_lossy(name)
     )
 }
@@ -1085,6 +1088,10 @@ struct Run<'a> {
     warnings: Mutex<Vec<String>>,
     /// The parent snapshot (for the warnings).
     parent_id: Option<Id>,
+    /// The parent snapshot's trees down to the walk's root do not read: what it held
+    /// below is unknown, not absent (for the message of a directory that cannot be
+    /// read, [`DirState::prev_unread`]).
+    parent_unread: bool,
     /// Stay on the root's file system (`one_file_system`).
     one_fs: Option<crate::traverse::OneFs>,
     /// A repository on a local path: its directory's `(st_dev, st_ino)`, taken once. The
@@ -1195,7 +1202,8 @@ struct DirState {
     fd: OwnedFd,
     /// The parent snapshot's nodes of this directory, by name.
     prev: HashMap<Vec<u8>, Node>,
-    /// The parent snapshot's tree of this directory does not read (`prev` is empty).
+    /// The parent snapshot's tree of this directory, or of one above it, does not read
+    /// (`prev` is empty).
     prev_unread: bool,
     /// This directory's own node, for its parent's tree (none for the root); its
     /// subtree is set when the directory finishes.
@@ -1323,12 +1331,19 @@ impl crate::traverse::Visitor for Run<'_> {
                 self.problem(&at, kind, e);
             }
         }
-        let (prev, prev_unread) = self.parent_nodes(&path, sub.parent_tree);
+        let (prev, unread) = self.parent_nodes(&path, sub.parent_tree);
+        // Below a directory whose previous tree did not read (none of its children has
+        // a node to descend from), or at a root whose parent's trees down to it did not,
+        // the previous snapshot's entries are unknown too, not absent.
+        let above = match parent {
+            Some(p) => p.state.prev_unread,
+            None => self.parent_unread,
+        };
         let state = DirState {
             path,
             fd,
             prev,
-            prev_unread,
+            prev_unread: unread || (sub.parent_tree.is_none() && above),
             node: Mutex::new(sub.node),
             nodes: Mutex::new(Vec::with_capacity(names.len())),
         };
@@ -1550,6 +1565,7 @@ impl<'a> Run<'a> {
             root_nodes: Mutex::default(),
             warnings: Mutex::default(),
             parent_id: None,
+            parent_unread: false,
             one_fs: None,
             fence,
             unit_dir: String::new(),
@@ -1769,7 +1785,7 @@ impl<'a> Run<'a> {
                     "there is no previous snapshot to keep its entries from"
                 }
                 _ if parent.state.prev_unread => {
-                    "the previous snapshot's tree of the directory holding it does not read"
+                    "the previous snapshot's tree of a directory holding it does not read"
                 }
                 _ => "the previous snapshot does not hold it",
             });
@@ -2428,6 +2444,9 @@ pub struct UnitSpec<'a> {
     /// The parent snapshot (for the warnings), and its tree of the unit's directory.
     pub parent: Option<Id>,
     pub parent_tree: Option<Id>,
+    /// The parent snapshot's trees down to the unit's directory do not read (so
+    /// `parent_tree` is none): what the parent held below it is unknown, not absent.
+    pub parent_unread: bool,
     pub cancel: Arc<AtomicBool>,
     /// File-system calls in flight (resolved: not 0).
     pub jobs: usize,
@@ -2473,6 +2492,7 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
     let run = Run {
         root_names: Some(spec.names),
         parent_id: spec.parent,
+        parent_unread: spec.parent_unread,
         unit_dir: spec.dir.clone(),
         one_fs: spec.one_fs.map(crate::traverse::OneFs::new),
         excludes: spec.excludes,
@@ -2520,5 +2540,22 @@ pub fn unit(repo: &Repo, spec: UnitSpec<'_>) -> Result<UnitBuilt> {
             })
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The warning names an attribute whose name is not UTF-8 as a path is named in a
+    /// message (`relpath::shown`: `\xE9`; it said `%E9`), and what restic's format keeps.
+    #[test]
+    fn an_attribute_name_not_utf8_is_named_as_paths_are() {
+        let m = not_utf8_message(b"user.n\xe9%");
+        assert!(
+            m.starts_with("extended attribute name \"user.n\\xE9%\" is not UTF-8"),
+            "{m}"
+        );
+        assert!(m.contains("stored as \"user.n\u{FFFD}%\""), "{m}");
     }
 }

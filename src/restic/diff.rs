@@ -164,6 +164,7 @@ pub(crate) fn compare_live(
         excludes,
         owners: true,
         time_granularity: 0,
+        lossy_link_targets: true,
     };
     let o = compare::compare(&RepoReader::new(repo, root), &live, &opts, cancel);
     if cancel.load(Ordering::Relaxed) {

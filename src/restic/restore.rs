@@ -1740,7 +1740,7 @@ fn set_xattrs(t: &XattrTarget<'_>, xs: &fsx::Xattrs, p: &Path) -> Result<()> {
         Some((name, why)) => Err(io_err("set an extended attribute of", p)(
             std::io::Error::other(format!(
                 "{} {why} the file system",
-                String::from_utf8_lossy(name)
+                crate::relpath::shown_bytes(name)
             )),
         )),
     }

@@ -104,10 +104,13 @@ enum Permanent {
     /// The endpoint's TLS certificate does not verify (an unknown issuer, a self-signed
     /// certificate, another host's name, expired): not retried.
     Certificate(&'static str),
-    /// The endpoint's host name does not exist (DNS: "Name or service not known",
-    /// `EAI_NONAME`), still after the retries: a typo in `AWS_ENDPOINT_URL` or the
-    /// region. A resolver that cannot answer for now ("Temporary failure in name
-    /// resolution", `EAI_AGAIN`) is an outage, retryable.
+    /// The endpoint's host name does not exist, or has no address (DNS: `EAI_NONAME`,
+    /// glibc's "Name or service not known", musl's "Name does not resolve" (Alpine),
+    /// macOS's "nodename nor servname provided"; `EAI_NODATA`, glibc's "No address
+    /// associated with hostname", musl's "Name has no usable address"), still after the
+    /// retries: a typo in `AWS_ENDPOINT_URL` or the region. A resolver that cannot
+    /// answer for now (`EAI_AGAIN`: glibc's "Temporary failure in name resolution",
+    /// musl's "Try again") is an outage, retryable.
     Name(&'static str),
 }
 
@@ -123,11 +126,14 @@ fn permanent_transport(e: &str) -> Option<Permanent> {
     }
     let no_such_name = [
         "Name or service not known",
+        "Name does not resolve",
         "nodename nor servname provided",
+        "No address associated with hostname",
+        "Name has no usable address",
     ];
     if e.contains("dns error") && no_such_name.iter().any(|m| e.contains(m)) {
         return Some(Permanent::Name(
-            "no such host: check the host name in AWS_ENDPOINT_URL (or AWS_REGION for \
+            "no such host (or it has no address): check the host name in AWS_ENDPOINT_URL (or AWS_REGION for \
              AWS); retrying later will not help",
         ));
     }
@@ -1908,6 +1914,29 @@ mod tests {
     /// s_server` with a self-signed certificate and `no-such-host.invalid`); they were
     /// `Unreachable` (exit 75 from a shard worker or a stopped restore: try later,
     /// forever). A resolver that cannot answer for now, a refused connection, are not.
+    /// The C libraries' words for a name that does not exist or has no address, as
+    /// `getaddrinfo`'s error reaches the client (Rust's std: "failed to lookup address
+    /// information: " and `gai_strerror`): glibc's (Debian), musl's (Alpine images: it
+    /// was exit 75, try again, forever) and glibc's `EAI_NODATA`.
+    #[test]
+    fn every_libc_wording_of_no_such_host_is_permanent() {
+        for words in [
+            "Name or service not known",
+            "Name does not resolve",
+            "No address associated with hostname",
+            "Name has no usable address",
+        ] {
+            let e = format!(
+                "error sending request for url (http://no-such-host.invalid:9000/bkt/p/config): \
+                 client error (Connect): dns error: failed to lookup address information: {words}"
+            );
+            assert!(
+                matches!(permanent_transport(&e), Some(Permanent::Name(_))),
+                "{e}"
+            );
+        }
+    }
+
     #[test]
     fn a_bad_certificate_or_an_unknown_host_is_permanent() {
         let cert = "error sending request for url (https://localhost:18443/bkt/p/config): \
@@ -1927,6 +1956,9 @@ mod tests {
         for passing in [
             "client error (Connect): dns error: failed to lookup address information: \
              Temporary failure in name resolution",
+            // musl's EAI_AGAIN.
+            "client error (Connect): dns error: failed to lookup address information: \
+             Try again",
             "client error (Connect): tcp connect error: Connection refused (os error 111)",
         ] {
             assert!(permanent_transport(passing).is_none(), "{passing}");

@@ -569,6 +569,7 @@ fn work_in(
             None => None,
         };
         let mut warning = None;
+        let mut no_tree = None;
         let tree = match parent_id {
             Some(id) => {
                 // Forgotten since the plan (another run's retention, `forget`): the units
@@ -591,17 +592,26 @@ fn work_in(
                     let comps: Vec<&OsStr> = source.iter().skip(1).collect();
                     // Its trees down to the source's do not read (a pack lost): every
                     // unit reads in full, as a single-node run does, and says so.
-                    restic::backup::descend(repo, snap.tree, &comps).unwrap_or_else(|e| {
-                        let w = restic::backup::unreadable_parent(Some(&id), ".", &e);
-                        tracing::warn!("{w}");
-                        warning = Some(w);
-                        None
-                    })
+                    match restic::backup::descend(repo, snap.tree, &comps) {
+                        Ok(Some(t)) => Some(t),
+                        Ok(None) => {
+                            no_tree = Some("it has no directory at the source's path".into());
+                            None
+                        }
+                        Err(e) => {
+                            let w = restic::backup::unreadable_parent(Some(&id), ".", &e);
+                            tracing::warn!("{w}");
+                            warning = Some(w);
+                            no_tree = Some(format!("its tree of the source cannot be read ({e})"));
+                            None
+                        }
+                    }
                 } else {
                     tracing::warn!(
                         "run {}: its parent snapshot {id} is gone; the units still to build read every file",
                         spec.run_id
                     );
+                    no_tree = Some("it is gone (forgotten since the run was planned)".into());
                     None
                 }
             }
@@ -611,6 +621,7 @@ fn work_in(
             id: parent_id,
             tree,
             warning,
+            no_tree,
         };
         build_units(
             repo,
@@ -1626,9 +1637,10 @@ fn build_unit(
         // rather than publish the directory empty.
         Err(e) if parent.tree.is_none() => {
             return Err(restic::Error::Other(format!(
-                "unit {}: cannot open {}: {e}: the directory is there but cannot be read, and the run has no previous snapshot whose entries of it it could keep; nothing of this run is published until it can be read (make it readable, or exclude it), then rerun with the same --run-id",
+                "unit {}: cannot open {}: {e}: the directory is there but cannot be read, and {}; nothing of this run is published until it can be read (make it readable, or exclude it), then rerun with the same --run-id",
                 unit.id,
-                crate::relpath::shown(&walk_root)
+                crate::relpath::shown(&walk_root),
+                parent.none_to_keep()
             )));
         }
         Err(e) => {
@@ -1650,10 +1662,13 @@ fn build_unit(
         }
     };
     // A tree of the parent that does not read: the unit's directory is read in full.
+    // The parent's tree of the source not read (`parent.warning`) leaves it unknown too.
+    let mut parent_unread = parent.tree.is_none() && parent.warning.is_some();
     let parent_tree = descended.unwrap_or_else(|e| {
         let w = restic::backup::unreadable_parent(parent.id.as_ref(), &unit.dir.escaped(), &e);
         tracing::warn!("{w}");
         warnings.push(w);
+        parent_unread = true;
         None
     });
     let built = restic::backup::unit(
@@ -1668,6 +1683,7 @@ fn build_unit(
             names: &take,
             parent: parent.id,
             parent_tree,
+            parent_unread,
             cancel: opts.cancel.clone(),
             jobs: opts.jobs,
             gate: Some(gate),
@@ -1824,6 +1840,24 @@ struct ParentOf {
     tree: Option<Id>,
     /// Why its tree of the source does not read: in each commit of this worker.
     warning: Option<String>,
+    /// Why a parent gives no tree of the source (its tree does not read, it is gone,
+    /// it has no directory there): for the message of a unit that needed one.
+    no_tree: Option<String>,
+}
+
+impl ParentOf {
+    /// Why a unit's directory that cannot be read keeps none of its entries: the run
+    /// has no previous snapshot, or has one that cannot give them (a unit with both
+    /// faults said "no previous snapshot" while the run had one).
+    fn none_to_keep(&self) -> String {
+        match (&self.id, &self.no_tree) {
+            (Some(id), Some(why)) => format!(
+                "the run's previous snapshot {} cannot give its entries of it to keep: {why}",
+                &id.hex()[..8]
+            ),
+            _ => "the run has no previous snapshot whose entries of it it could keep".into(),
+        }
+    }
 }
 
 /// What finalize leaves.

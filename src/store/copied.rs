@@ -229,6 +229,7 @@ impl Store {
             excludes: None,
             owners: mf.owners_held.is_none(),
             time_granularity: mf.times_held.unwrap_or(0),
+            lossy_link_targets: false,
         };
         let out = compare::compare(
             &TreeReader::recorded(b(&fd), Some(&mf)),
