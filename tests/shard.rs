@@ -625,6 +625,93 @@ fn a_worker_killed_mid_unit_is_resumed_by_its_rerun() {
     killed_and_rerun("walk.copy=kill@20");
 }
 
+/// A unit built whole but killed before its commit, of files changed just before the
+/// run (within the racy margin, as a tree that filled the disk and is retried at once
+/// is): its rerun's new generation reuses the copies whose bytes are the source's.
+/// They were refused by the source's ctime and copied again, beside the older copies,
+/// by every rerun (after a full disk, each rerun then filled it again).
+#[test]
+fn a_rerun_reuses_a_killed_units_copies_of_files_changed_just_before_the_run() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..3u8 {
+        for f in 0..12u8 {
+            write(&src.join(format!("d{d}/f{f:02}")), &vec![d * 12 + f; 5_000]);
+        }
+    }
+    let e = Env {
+        dest: t.path().join("store"),
+        src,
+        _t: t,
+    };
+    let args = ["--shard", "0/1", "--run-id", "racy"];
+    let o = worker(
+        &e,
+        &args,
+        &[("SNAPRING_FAILPOINTS", "shard.before_commit=kill@2")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), None, "killed: {}", text(&o));
+    let o = worker(&e, &args, &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    let linked: u64 = out
+        .split(" copied, ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no count of linked files in {out}"));
+    assert!(
+        linked >= 2,
+        "the killed unit's copies are reused (counted as linked): {out}"
+    );
+    check_snapshot(&e, "after the rerun");
+}
+
+/// A shard worker that filled its store says so as a worker: it stopped, nothing was
+/// published, the committed units are kept, rerun it (it said "the run was abandoned",
+/// which a shard run's docs keep for a run that can never be published); given the
+/// room the tree needs, the rerun finishes.
+#[test]
+fn a_worker_that_fills_the_disk_says_to_rerun_it_and_its_rerun_finishes() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    // 36 files of 170,000 bytes (42 pages each on a tmpfs): 6.2 MB.
+    for d in 0..3u8 {
+        for f in 0..12u8 {
+            write(
+                &src.join(format!("d{d}/f{f:02}")),
+                &vec![d * 12 + f; 170_000],
+            );
+        }
+    }
+    let e = Env {
+        dest: t.path().join("store/b"),
+        src,
+        _t: t,
+    };
+    let Some(fs) = Tmpfs::mount(e.dest.parent().unwrap(), "size=3m") else {
+        return;
+    };
+    let args = ["--shard", "0/1", "--run-id", "full"];
+    let o = worker(&e, &args, &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("destination file system is full")
+            && err.contains("rerun this worker (same index and run id)")
+            && !err.contains("abandoned"),
+        "{err}"
+    );
+    // Room for the tree and the run's own files, not for a second copy of what the
+    // first attempt copied (some 2.5 MB).
+    fs.remount("size=7m");
+    let o = worker(&e, &args, &[]).output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    check_snapshot(&e, "after a full disk");
+}
+
 #[test]
 fn a_worker_killed_between_commit_and_move_leaves_the_move_to_its_rerun_or_finalize() {
     killed_and_rerun("shard.after_commit=kill@2");
@@ -919,6 +1006,82 @@ fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused
     )
     .unwrap();
     assert_eq!(rec["shards"]["takeovers"], 1);
+}
+
+/// A worker whose clock is ten minutes behind takes over a stalled worker's unit once
+/// its lease has lapsed by the store's clock: it judged the lease by its own clock
+/// against the claim's mtime (the store's), so it waited ten minutes more (a hostile
+/// user, session 44: still waiting after 212 s with a 5 s lease).
+#[test]
+fn a_worker_whose_clock_is_behind_takes_a_stalled_workers_unit_over_after_the_lease() {
+    let lib = PathBuf::from("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+    if !lib.exists() {
+        eprintln!(
+            "SKIPPED: {} is not installed (apt-get install faketime)",
+            lib.display()
+        );
+        return;
+    }
+    let e = env();
+    let run = "skew";
+    let lease = "1s";
+    let pause = e.dest.with_file_name("pause");
+    let mut w0 = spawn(
+        &e,
+        0,
+        2,
+        run,
+        &[
+            ("SNAPRING_SHARD_LEASE", lease),
+            (
+                "SNAPRING_FAILPOINTS",
+                &format!("walk.copy=pause:{}@3", pause.display()),
+            ),
+        ],
+    );
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_child(&w0);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let mut w1 = worker(
+        &e,
+        &["--shard", "1/2", "--run-id", run],
+        &[("SNAPRING_SHARD_LEASE", lease)],
+    );
+    w1.env("LD_PRELOAD", &lib)
+        .env("FAKETIME", "-600")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    let mut w1 = w1.spawn().unwrap();
+    let t0 = Instant::now();
+    let taken = loop {
+        if let Some(st) = w1.try_wait().unwrap() {
+            break Some(st);
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = w1.kill();
+    let o = w1.wait_with_output().unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let _ = w0.wait();
+    // Worker 1 committed worker 0's unit, and could not finalize while the stopped
+    // worker held the store (exit 75, as in the test above).
+    assert_eq!(
+        taken.and_then(|s| s.code()),
+        Some(75),
+        "worker 1 ended within 60 s: {}",
+        text(&o)
+    );
+    let commits = check_run(&e, run);
+    assert!(
+        commits
+            .iter()
+            .any(|c| c["generation"] == 2 && c["worker"] == 1),
+        "{commits:?}"
+    );
+    check_snapshot(&e, "after a takeover by a worker whose clock is behind");
 }
 
 /// The lease thread reads the unit a lane builds; before it sees that unit taken over,
@@ -1757,6 +1920,23 @@ fn a_run_whose_worker_was_refused_for_other_settings_is_not_published() {
     );
     assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
     check_snapshot(&e, "the new run");
+}
+
+/// A run with a refused worker and units never built: `finalize` refuses it (64), as
+/// once its units are in. It said "units are not committed yet; rerun their workers"
+/// with exit 75, so a Job retried a run that can never be published (a hostile user,
+/// session 44).
+#[test]
+fn finalize_refuses_a_run_with_a_refused_worker_before_its_units_are_in() {
+    let (e, _wrong, _, _) = wrong_planner("early", "shard.unit_started=kill");
+    let o = run_cmd(&e, "finalize", "early", &[], &[]);
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("not published") && stderr_of(&o).contains("worker 1"),
+        "{}",
+        text(&o)
+    );
+    assert!(snapshot_names(&e.dest).is_empty());
 }
 
 /// A run `run` planned by worker 0 of 2 started with a wrong `--source` (a

@@ -73,8 +73,11 @@ pub fn worker(
         Ok(o) => o,
         Err(e) => {
             let msg = format!(
-                "shard worker {}/{} of run {}: {e}",
-                spec.index, spec.count, spec.run_id
+                "shard worker {}/{} of run {}: {}",
+                spec.index,
+                spec.count,
+                spec.run_id,
+                e.worker_text()
             );
             errln!("snapring: {msg}");
             if matches!(e, ShardError::Failed(_)) {

@@ -210,7 +210,9 @@ impl<'a, S: Sink> Walk<'a, S> {
     fn fail(&self, e: Error) {
         let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
-            tracing::error!("{e}");
+            // What failed, without what it means for the run (a shard unit's worker is
+            // not abandoned by a full disk): the command's own message says that.
+            tracing::error!("{}", e.cause());
             *f = Some(e);
         } else {
             tracing::debug!("after the first fatal error: {e}");

@@ -240,6 +240,13 @@ fn locked(
         {
             return Err(refuse_overtaken(store, rd, &plan, now, threads, cancel));
         }
+        // A worker refused as its settings differ from the plan's (a retry with another
+        // worker count, say): the run is refused once its units are in, so asking for
+        // reruns (exit 75) would have a Job retry it for ever.
+        let refused = rd.refused()?;
+        if !refused.is_empty() {
+            return Err(super::state::refusal(&rd.run, &refused));
+        }
         return Ok(Finalized::NotReady(missing));
     }
     if let Some((u, _)) = commits.iter().find(|(_, c)| c.plan != hash) {

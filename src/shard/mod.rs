@@ -75,6 +75,20 @@ impl ShardError {
             ShardError::Stopped => 3,
         }
     }
+
+    /// What a worker that ended with this error says. A full file system is told as a
+    /// worker's: the single-node wording ("the run was abandoned") is not true of a
+    /// shard run, which a rerun of the worker resumes.
+    pub fn worker_text(&self) -> String {
+        match self {
+            ShardError::Failed(e @ crate::error::Error::DiskFull { why, .. }) => format!(
+                "{}: this worker stopped; nothing was published, and older snapshots and the units already committed are kept; {} and rerun this worker (same index and run id): it takes its unit up where its copies stopped",
+                e.cause(),
+                why.remedy()
+            ),
+            e => e.to_string(),
+        }
+    }
 }
 
 /// A store error, sorted: a store held by another run is worth a retry.

@@ -342,10 +342,12 @@ pub struct Claim {
 }
 
 impl Claim {
-    pub fn expired(&self, lease: Duration) -> bool {
-        SystemTime::now()
-            .duration_since(self.renewed)
-            .is_ok_and(|d| d > lease)
+    /// Past its lease at `now`, the time by the store's clock ([`RunDir::fs_now`]): a
+    /// claim's mtime is set by the store's clock too (its create, and [`touch`]), so a
+    /// worker whose own clock is behind still takes a dead worker's units over, and
+    /// one whose clock is ahead does not take live ones.
+    pub fn expired_at(&self, now: SystemTime, lease: Duration) -> bool {
+        now.duration_since(self.renewed).is_ok_and(|d| d > lease)
     }
 }
 
@@ -666,6 +668,26 @@ impl RunDir {
         read_claim(&self.claim_path(unit, generation), generation)
     }
 
+    /// Now by the store's clock: the mtime of a file created in `claims/` (and removed
+    /// at once), the clock the leases' mtimes are set by. This process's clock where
+    /// none can be created (a store mounted read-only for `status`).
+    pub fn fs_now(&self) -> SystemTime {
+        let p = self.root.join("claims").join(format!(
+            ".clock-{}",
+            hex::encode(crate::restic::random_bytes::<8>())
+        ));
+        let read = || -> std::io::Result<SystemTime> {
+            let f = std::fs::File::options()
+                .write(true)
+                .create_new(true)
+                .open(&p)?;
+            let t = f.metadata().and_then(|m| m.modified());
+            let _ = std::fs::remove_file(&p);
+            t
+        };
+        read().unwrap_or_else(|_| SystemTime::now())
+    }
+
     /// The newest claim to make the plan: its generation and, unless it has gone since
     /// the listing, the claim.
     pub fn plan_claim(&self) -> Result<Option<(u32, Option<Claim>)>> {
@@ -823,10 +845,22 @@ fn read_claim(path: &Path, generation: u32) -> Result<Option<Claim>> {
     }))
 }
 
-/// Touches a claim file: its lease runs from now.
+/// Touches a claim file: its lease runs from now by the store's clock (`UTIME_NOW`:
+/// an NFS client asks the server to set it), as its create set it.
 pub fn touch(path: &Path) -> std::io::Result<()> {
+    use rustix::fs::{Timespec, Timestamps, UTIME_NOW, UTIME_OMIT};
     let f = std::fs::File::options().write(true).open(path)?;
-    f.set_modified(SystemTime::now())
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_NOW,
+        },
+    };
+    Ok(rustix::fs::futimens(&f, &times)?)
 }
 
 pub use crate::util::create_exclusive;

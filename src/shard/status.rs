@@ -92,6 +92,9 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         });
     };
     let lease = super::state::lease();
+    // By the store's clock, as workers judge leases (`RunDir::fs_now`); `status` on a
+    // read-only mount judges by this host's.
+    let now = rd.fs_now();
     let commits = rd.commits(8)?;
     let claims = rd.claims()?;
     let abandoned = super::abandoned::read(&rd);
@@ -109,7 +112,7 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         // Past its lease, or its holder exited on this host (a worker killed here: the
         // next worker takes it over at once, as a repository's status says too).
         (None, Some(c))
-            if c.expired(lease) || c.holder.as_ref().is_some_and(|h| h.is_dead_here()) =>
+            if c.expired_at(now, lease) || c.holder.as_ref().is_some_and(|h| h.is_dead_here()) =>
         {
             (
                 "stale",

@@ -504,7 +504,8 @@ fn join_plan(
             // A claim whose content does not read (being written, or damaged) is taken
             // over once its mtime is past the lease, as any.
             Some((g, Some(c)))
-                if c.expired(lease) || c.holder.as_ref().is_some_and(Holder::is_dead_here) =>
+                if c.expired_at(rd.fs_now(), lease)
+                    || c.holder.as_ref().is_some_and(Holder::is_dead_here) =>
             {
                 if c.holder.is_none() {
                     tracing::warn!(
@@ -884,6 +885,12 @@ struct Current {
 /// sharing the permits, the other lane's walk takes them up. Below 4 jobs a worker
 /// holds one claim at a time: if it stalls, one unit waits for its lease to lapse.
 pub(super) fn lanes(jobs: usize) -> usize {
+    if let Some(n) = std::env::var("SNAPRING_X_LANES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
     if jobs >= 4 { 2 } else { 1 }
 }
 
@@ -1000,6 +1007,8 @@ fn pick<'c>(
     done: &std::collections::BTreeSet<String>,
 ) -> Result<Option<(&'c Unit, u32)>, ShardError> {
     let claimed = ctx.rd.claim_gens()?;
+    // The store's clock, read once for the claims of this pick (`RunDir::fs_now`).
+    let now = std::cell::OnceCell::new();
     for pass in [false, true] {
         for u in order {
             if done.contains(&u.id) {
@@ -1014,7 +1023,7 @@ fn pick<'c>(
                     None => continue,
                     // A claim whose content does not read is damaged (claims are linked
                     // to their name complete): its lease runs from its mtime too.
-                    Some(c) if c.expired(ctx.lease) => {
+                    Some(c) if c.expired_at(*now.get_or_init(|| ctx.rd.fs_now()), ctx.lease) => {
                         if c.holder.is_none() {
                             tracing::warn!(
                                 "claim {} cannot be read and is past its lease: taking it over",
@@ -1141,7 +1150,16 @@ fn claim_units<'s>(
         let _ = crate::failpoint::hit("shard.unit_started");
         let built = build(ctx, unit, generation, jobs, &current.stop);
         *current.unit.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let finished = built?;
+        let finished = match built {
+            // Taken over meanwhile (a stopped worker woken past its lease): whatever
+            // failed is the newer generation's unit now, and the commit of that one
+            // removes this one's work directory, which may be what failed.
+            Err(e) if ctx.rd.claim_path(&unit.id, generation + 1).exists() => {
+                tracing::debug!("unit {} failed after it was taken over: {e}", unit.id);
+                None
+            }
+            r => r?,
+        };
         if ctx.cancel.load(Ordering::Relaxed) || failed.load(Ordering::Relaxed) {
             out.left.push(unit.id.clone());
             return Ok(false);
@@ -1170,8 +1188,18 @@ fn claim_units<'s>(
                     unit.weight
                 );
                 settle(moving)?;
-                *moving =
-                    Some(s.spawn(move || place_with_waiting(ctx.rd, ctx.cut, unit, generation)));
+                *moving = Some(s.spawn(move || {
+                    let placed = place_with_waiting(ctx.rd, ctx.cut, unit, generation);
+                    // This commit is the unit's (its marker was created exclusively),
+                    // so no older generation can be committed or needed: their work
+                    // directories, left by killed or failed attempts, go now rather than
+                    // at finalize. After a full disk, that space is the rest of the
+                    // run's.
+                    for g in 1..generation {
+                        discard(ctx.rd, &unit.id, g, ctx.part_dirs);
+                    }
+                    placed
+                }));
                 out.committed.push(unit.id.clone());
                 continue;
             }

@@ -82,8 +82,8 @@ pub struct TreeSink {
     staging: OwnedFd,
     prev: Option<OwnedFd>,
     resume: Option<OwnedFd>,
-    /// A file of `resume` is taken only if its source's ctime is older than this: the
-    /// interrupted walk's start less the racy margin (see [`TreeSink::new`]).
+    /// The interrupted walk's start less the racy margin (see [`TreeSink::new`]): what
+    /// the adoption record of a file taken from `resume` says it is older than.
     resume_before: fsx::Time,
     manifest: Mutex<manifest::Writer>,
     /// The owner a file created in staging gets by itself (euid, egid), when the staging
@@ -113,10 +113,9 @@ pub struct TreeSink {
 impl TreeSink {
     /// `staging`: the new snapshot's root, created empty; `prev`: the previous
     /// snapshot's root; `resume`: an interrupted run's staging tree, and when that run's
-    /// walk began (or earlier). A file copied there is reused only if its source has not
-    /// changed since that walk began ([`Sink::resume`]): size, mtime, mode and owner
-    /// alone do not tell a file replaced under the same name with the same size and
-    /// mtime, which the copy would then miss.
+    /// walk began (or earlier). A file copied there is reused only if its bytes hash as
+    /// its source's do ([`Sink::resume`]): size, mtime, mode and owner alone do not tell
+    /// a file replaced under the same name with the same size and mtime.
     pub fn new(
         staging: OwnedFd,
         prev: Option<OwnedFd>,
@@ -683,9 +682,12 @@ impl Sink for TreeSink {
             return Some(r);
         }
         let res = dir.resume.as_ref()?;
-        // Changed since the interrupted walk began (or so close to it that equal times
-        // prove nothing): its copy there may be of older content.
-        if m.kind != Kind::File || m.ctime >= self.resume_before {
+        // A source changed since the interrupted walk began (or just before it) is
+        // taken all the same when its bytes are the copy's: `check_copy` hashes both.
+        // Refused by its ctime, as it was, a file changed just before a run that then
+        // filled the disk was copied again by every retry of a shard unit (each a new
+        // work directory), so a retry given more space never caught up.
+        if m.kind != Kind::File {
             return None;
         }
         let (hash, xattrs) = self.check_copy(res, name, m, src_xattrs, src_hash)?;
