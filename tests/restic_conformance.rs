@@ -1208,7 +1208,10 @@ fn an_xattr_name_that_is_not_utf8_is_reported_not_silently_replaced() {
     assert_eq!(problems[0]["path"], "a", "{rep}");
     assert_eq!(problems[0]["kind"], "metadata", "{rep}");
     let e = problems[0]["error"].as_str().unwrap();
-    assert!(e.contains("not UTF-8") && e.contains("user.\\xFF\\xFE"), "{e}");
+    assert!(
+        e.contains("not UTF-8") && e.contains("user.\\xFF\\xFE"),
+        "{e}"
+    );
 }
 
 /// A repository its group reads (`chmod -R g+rX`, as restic's docs suggest for a
