@@ -24,7 +24,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
@@ -520,6 +520,8 @@ pub fn finalize(
 /// one whose lease lapsed, has its piece taken over (deleted here).
 fn settle(store: &Store, rd: &RunDir, jobs: usize, cancel: &AtomicBool) -> Result<()> {
     let lease = super::state::lease();
+    // The pieces' claims are touched by the store's clock (`state::touch`): judged by it.
+    let clock = super::state::StoreClock::new(claims_dir(rd), lease);
     let mut said = false;
     loop {
         if cancel.load(Ordering::Relaxed) {
@@ -533,8 +535,8 @@ fn settle(store: &Store, rd: &RunDir, jobs: usize, cancel: &AtomicBool) -> Resul
             let claim: Option<PieceClaim> = std::fs::read(&p)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            let lapsed = renewed
-                .is_none_or(|r| SystemTime::now().duration_since(r).is_ok_and(|d| d > lease));
+            let lapsed =
+                renewed.is_none_or(|r| clock.now().duration_since(r).is_ok_and(|d| d > lease));
             let dead = claim.as_ref().is_some_and(|c| {
                 Holder {
                     worker: 0,

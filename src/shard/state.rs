@@ -342,7 +342,7 @@ pub struct Claim {
 }
 
 impl Claim {
-    /// Past its lease at `now`, the time by the store's clock ([`RunDir::fs_now`]): a
+    /// Past its lease at `now`, the time by the store's clock ([`StoreClock`]): a
     /// claim's mtime is set by the store's clock too (its create, and [`touch`]), so a
     /// worker whose own clock is behind still takes a dead worker's units over, and
     /// one whose clock is ahead does not take live ones.
@@ -668,26 +668,6 @@ impl RunDir {
         read_claim(&self.claim_path(unit, generation), generation)
     }
 
-    /// Now by the store's clock: the mtime of a file created in `claims/` (and removed
-    /// at once), the clock the leases' mtimes are set by. This process's clock where
-    /// none can be created (a store mounted read-only for `status`).
-    pub fn fs_now(&self) -> SystemTime {
-        let p = self.root.join("claims").join(format!(
-            ".clock-{}",
-            hex::encode(crate::restic::random_bytes::<8>())
-        ));
-        let read = || -> std::io::Result<SystemTime> {
-            let f = std::fs::File::options()
-                .write(true)
-                .create_new(true)
-                .open(&p)?;
-            let t = f.metadata().and_then(|m| m.modified());
-            let _ = std::fs::remove_file(&p);
-            t
-        };
-        read().unwrap_or_else(|_| SystemTime::now())
-    }
-
     /// The newest claim to make the plan: its generation and, unless it has gone since
     /// the listing, the claim.
     pub fn plan_claim(&self) -> Result<Option<(u32, Option<Claim>)>> {
@@ -845,6 +825,71 @@ fn read_claim(path: &Path, generation: u32) -> Result<Option<Claim>> {
     }))
 }
 
+/// The store's clock, the one leases' mtimes are set by: this host's clock plus an
+/// offset, measured as the mtime of a file created in `dir` (closed and removed at
+/// once) at most once per `every`, so a worker waiting for others' leases makes a file
+/// every few seconds, not at every look. This host's clock where no file can be made
+/// there.
+pub struct StoreClock {
+    dir: PathBuf,
+    every: Duration,
+    /// When the offset was measured, and the store's clock less this host's, in ns.
+    offset: std::sync::Mutex<Option<(std::time::Instant, i128)>>,
+}
+
+impl StoreClock {
+    /// For the leases of files in `dir` (a run's directory or its `claims/`), measured
+    /// at most once per a quarter of `lease` (from 1 s to 15 s).
+    pub fn new(dir: PathBuf, lease: Duration) -> StoreClock {
+        StoreClock {
+            dir,
+            every: (lease / 4).clamp(Duration::from_secs(1), Duration::from_secs(15)),
+            offset: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// Now by the store's clock.
+    pub fn now(&self) -> SystemTime {
+        let mut offset = self.offset.lock().unwrap_or_else(|e| e.into_inner());
+        let off = match *offset {
+            Some((at, off)) if at.elapsed() < self.every => Some(off),
+            _ => {
+                let measured = self.measure().ok();
+                if let Some(off) = measured {
+                    *offset = Some((std::time::Instant::now(), off));
+                }
+                measured
+            }
+        };
+        let here = SystemTime::now();
+        match off {
+            Some(n) if n >= 0 => here + Duration::from_nanos(n as u64),
+            Some(n) => here - Duration::from_nanos(n.unsigned_abs() as u64),
+            None => here,
+        }
+    }
+
+    fn measure(&self) -> std::io::Result<i128> {
+        let p = self.dir.join(format!(
+            ".clock-{}",
+            hex::encode(crate::restic::random_bytes::<8>())
+        ));
+        let f = std::fs::File::options()
+            .write(true)
+            .create_new(true)
+            .open(&p)?;
+        let here = SystemTime::now();
+        let t = f.metadata().and_then(|m| m.modified());
+        // Closed before its removal: NFS renames a file removed while open (`.nfs*`).
+        drop(f);
+        let _ = std::fs::remove_file(&p);
+        Ok(match t?.duration_since(here) {
+            Ok(d) => d.as_nanos() as i128,
+            Err(e) => -(e.duration().as_nanos() as i128),
+        })
+    }
+}
+
 /// Touches a claim file: its lease runs from now by the store's clock (`UTIME_NOW`:
 /// an NFS client asks the server to set it), as its create set it.
 pub fn touch(path: &Path) -> std::io::Result<()> {
@@ -868,6 +913,35 @@ pub use crate::util::create_exclusive;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A waiting worker looks at leases every 25–150 ms: the store's clock is measured
+    /// once per quarter lease, its file removed (a reviewer found a file made, and
+    /// removed while open, at every look: six a second per lane, silly-renamed on NFS).
+    #[test]
+    fn the_store_clock_is_measured_once_per_quarter_lease_and_leaves_no_file() {
+        let d = tempfile::tempdir().unwrap();
+        let c = StoreClock::new(d.path().to_path_buf(), Duration::from_secs(60));
+        let before = SystemTime::now();
+        let t = c.now();
+        let measured = c.offset.lock().unwrap().expect("measured").0;
+        assert!(c.now() >= t);
+        assert_eq!(
+            c.offset.lock().unwrap().unwrap().0,
+            measured,
+            "measured again"
+        );
+        assert!(t.duration_since(before).unwrap_or_default() < Duration::from_secs(5));
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "a file left"
+        );
+        // Where no file can be made: this host's clock, nothing measured.
+        let c = StoreClock::new(d.path().join("missing"), Duration::from_secs(60));
+        let t = c.now();
+        assert!(c.offset.lock().unwrap().is_none());
+        assert!(t.duration_since(before).is_ok());
+    }
 
     #[test]
     fn a_plan_names_at_most_one_anchor_per_directory_and_an_older_plan_none() {

@@ -92,9 +92,10 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         });
     };
     let lease = super::state::lease();
-    // By the store's clock, as workers judge leases (`RunDir::fs_now`); `status` on a
-    // read-only mount judges by this host's.
-    let now = rd.fs_now();
+    // By this host's clock: `status` writes nothing into the store, so it does not
+    // read the store's clock as workers do (`StoreClock`); a host whose clock is off
+    // sees leases lapse early or late.
+    let now = std::time::SystemTime::now();
     let commits = rd.commits(8)?;
     let claims = rd.claims()?;
     let abandoned = super::abandoned::read(&rd);

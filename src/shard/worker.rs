@@ -106,6 +106,8 @@ struct Worker<'a> {
     excludes: crate::exclude::Excludes,
     cancel: &'a AtomicBool,
     lease: Duration,
+    /// The store's clock, which the leases of `claims/` are judged by.
+    clock: super::state::StoreClock,
     /// When this process started (before its first claim).
     started: chrono::DateTime<chrono::Utc>,
     /// When the plan was made: every generation of every unit began after it, so a file
@@ -280,6 +282,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
         excludes,
         cancel,
         lease: super::state::lease(),
+        clock: super::state::StoreClock::new(rd.root.join("claims"), super::state::lease()),
         started,
         planned_at: chrono::DateTime::parse_from_rfc3339(&plan.created_at)
             .ok()
@@ -482,6 +485,7 @@ fn join_plan(
     let me = Holder::me(spec.index);
     let t0 = Instant::now();
     let mut waiting = false;
+    let clock = super::state::StoreClock::new(rd.root.clone(), lease);
     loop {
         if let Some(p) = rd.read_plan()? {
             if waiting {
@@ -504,7 +508,7 @@ fn join_plan(
             // A claim whose content does not read (being written, or damaged) is taken
             // over once its mtime is past the lease, as any.
             Some((g, Some(c)))
-                if c.expired_at(rd.fs_now(), lease)
+                if c.expired_at(clock.now(), lease)
                     || c.holder.as_ref().is_some_and(Holder::is_dead_here) =>
             {
                 if c.holder.is_none() {
@@ -1007,7 +1011,7 @@ fn pick<'c>(
     done: &std::collections::BTreeSet<String>,
 ) -> Result<Option<(&'c Unit, u32)>, ShardError> {
     let claimed = ctx.rd.claim_gens()?;
-    // The store's clock, read once for the claims of this pick (`RunDir::fs_now`).
+    // The store's clock, read once for the claims of this pick.
     let now = std::cell::OnceCell::new();
     for pass in [false, true] {
         for u in order {
@@ -1023,7 +1027,7 @@ fn pick<'c>(
                     None => continue,
                     // A claim whose content does not read is damaged (claims are linked
                     // to their name complete): its lease runs from its mtime too.
-                    Some(c) if c.expired_at(*now.get_or_init(|| ctx.rd.fs_now()), ctx.lease) => {
+                    Some(c) if c.expired_at(*now.get_or_init(|| ctx.clock.now()), ctx.lease) => {
                         if c.holder.is_none() {
                             tracing::warn!(
                                 "claim {} cannot be read and is past its lease: taking it over",
