@@ -21,44 +21,13 @@ use std::process::Command;
 use common::restic::*;
 use common::*;
 
-/// A tmpfs mounted for a test; unmounted when dropped (also when the test fails).
-struct Mounted(PathBuf);
-
-impl Drop for Mounted {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-    }
-}
+/// A tmpfs mounted for a test (unmounted when dropped).
+type Mounted = Tmpfs;
 
 /// Mounts a tmpfs whose root has `mode` at `at` (made if missing); `None`, with a
 /// SKIPPED line, where mounting is not possible (not root, no `mount`).
 fn tmpfs(at: &Path, mode: &str) -> Option<Mounted> {
-    std::fs::create_dir_all(at).unwrap();
-    let out = Command::new("mount")
-        .args([
-            "-t",
-            "tmpfs",
-            "-o",
-            &format!("mode={mode},size=4m"),
-            "tmpfs",
-        ])
-        .arg(at)
-        .output();
-    match out {
-        Ok(o) if o.status.success() => Some(Mounted(at.to_path_buf())),
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED: cannot mount a tmpfs at {}: {}",
-                at.display(),
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: cannot run mount: {e}");
-            None
-        }
-    }
+    Tmpfs::mount(at, &format!("mode={mode},size=4m"))
 }
 
 /// A source with two mount points: `dir/mnt` (its root 0710) and `zmnt` (0750), each
@@ -668,7 +637,7 @@ fn a_restore_into_a_tree_holding_a_bind_mount_of_the_store_is_refused() {
             );
             return;
         }
-        let _m = Mounted(at.clone());
+        let _m = Tmpfs(at.clone());
         let mut args: Vec<&OsStr> = vec![
             "--dest".as_ref(),
             dest.as_os_str(),

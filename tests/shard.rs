@@ -949,14 +949,17 @@ fn finalize_before_every_unit_is_committed_is_a_retry() {
     );
 }
 
-#[test]
-fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused() {
-    let e = env();
-    let run = "stopped";
-    let lease = "1s";
+/// Worker 0 of 2 of run `run` (lease `lease`) stopped (SIGSTOP) at its third copy,
+/// holding its unit: the child, its pid, and the pause file that holds it there once
+/// it is continued (remove it to let it go on).
+fn worker0_stopped_mid_unit(
+    e: &Env,
+    run: &str,
+    lease: &str,
+) -> (Child, rustix::process::Pid, PathBuf) {
     let pause = e.dest.with_file_name("pause");
-    let mut w0 = spawn(
-        &e,
+    let w0 = spawn(
+        e,
         0,
         2,
         run,
@@ -971,6 +974,15 @@ fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused
     wait_for(&pause);
     let pid = rustix::process::Pid::from_child(&w0);
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    (w0, pid, pause)
+}
+
+#[test]
+fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused() {
+    let e = env();
+    let run = "stopped";
+    let lease = "1s";
+    let (mut w0, pid, pause) = worker0_stopped_mid_unit(&e, run, lease);
     // Worker 1 does everything else, takes over worker 0's unit once its lease lapsed,
     // and commits it; it cannot finalize while worker 0 holds the store, and says the
     // run is not published, exit 75 (retry): it said "finalize is left to the worker
@@ -1025,23 +1037,7 @@ fn a_worker_whose_clock_is_behind_takes_a_stalled_workers_unit_over_after_the_le
     let e = env();
     let run = "skew";
     let lease = "1s";
-    let pause = e.dest.with_file_name("pause");
-    let mut w0 = spawn(
-        &e,
-        0,
-        2,
-        run,
-        &[
-            ("SNAPRING_SHARD_LEASE", lease),
-            (
-                "SNAPRING_FAILPOINTS",
-                &format!("walk.copy=pause:{}@3", pause.display()),
-            ),
-        ],
-    );
-    wait_for(&pause);
-    let pid = rustix::process::Pid::from_child(&w0);
-    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let (mut w0, pid, pause) = worker0_stopped_mid_unit(&e, run, lease);
     let mut w1 = worker(
         &e,
         &["--shard", "1/2", "--run-id", run],
