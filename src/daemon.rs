@@ -6,7 +6,7 @@
 //! sent SIGTERM, reach a safe point, record themselves `incomplete`, and the daemon
 //! waits for them before it exits.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -470,8 +470,9 @@ struct State<'a> {
     /// notifier held the loop for its retries times its timeout (other jobs' runs
     /// started late, their triggers merged without a trace, signals unheeded).
     notifying: Vec<JoinHandle<()>>,
-    /// This daemon's heartbeat markers in the stores it serves ([`State::heartbeat`]).
-    markers: marker::Markers,
+    /// The thread refreshing this daemon's heartbeat markers in the stores it serves
+    /// ([`marker::Heartbeat`]), off the loop.
+    markers: marker::Heartbeat,
     summary: Summary,
 }
 
@@ -504,19 +505,20 @@ fn load(path: &Path) -> Result<(Config, String, BTreeMap<String, Job>), String> 
 }
 
 impl State<'_> {
-    /// Refreshes this daemon's marker in each hard-link store its scheduled jobs write
-    /// (`.snapring/daemons/`, [`marker`]) and warns (log and a `warning` event) of a
-    /// fresh marker of another daemon there: two schedulers on one store meet on its
-    /// lock, which refuses one of their runs (`failed`, told) each time. At start and
-    /// every period (`SNAPRING_DAEMON_HEARTBEAT`, default 60 s).
-    fn heartbeat(&mut self) {
-        let stores = self
-            .jobs
+    /// The hard-link stores this daemon's scheduled jobs write, where its heartbeat
+    /// thread keeps its marker (`.snapring/daemons/`, [`marker`]).
+    fn stores(&self) -> BTreeSet<PathBuf> {
+        self.jobs
             .keys()
             .filter_map(|name| store_of(&self.cfg, name))
-            .collect();
-        for w in self.markers.refresh(&stores) {
-            tracing::warn!("{w}");
+            .collect()
+    }
+
+    /// Records the warnings the heartbeat thread found (a fresh marker of another
+    /// daemon: two schedulers on one store meet on its lock, which refuses one of their
+    /// runs, `failed`, told) as `warning` events; the thread logged them.
+    fn heartbeat(&self) {
+        for w in self.markers.warnings() {
             self.event(None, "warning", &w);
         }
     }
@@ -1430,17 +1432,27 @@ const UNTOLD_LOOKED_AT: usize = 10;
 /// recorded their end (a process killed left each `running`, settled since:
 /// `interrupted: the process ended before finishing`) and that nobody told the job's
 /// notifiers of: no daemon saw them die, as when the daemon was killed with its run.
-/// Looked for among the job's newest [`UNTOLD_LOOKED_AT`] runs, back to its newest
-/// `complete` one (a death before a run that completed since is history, not news).
+/// Looked for among the job's newest [`UNTOLD_LOOKED_AT`] runs, back to its newest run
+/// that was told (its record holds its notifiers' outcomes) or that ended by itself
+/// (any end but such a death: its own process told it): a death before it is history,
+/// not news. Looking back to the newest `complete` run told a job whose runs end
+/// `incomplete` night after night (or the first start after an upgrade) of an old
+/// death that newer runs had been reported after.
 /// Only the newest was looked at: a run killed with its daemon, and then the daemon
 /// started again killed before it told it, with the run it resumed, was never told.
 /// Once told, a run's record has the notifiers' outcomes, and it is not told again.
 fn untold_deaths(c: &Catalog, name: &str) -> Vec<(crate::store::Store, crate::report::RunReport)> {
     let mut found = Vec::new();
     for row in c.recent(name, UNTOLD_LOOKED_AT).unwrap_or_default() {
-        if row.status == crate::report::Status::Complete.as_str() {
+        // A run told (its notifiers' outcomes recorded) or that ended by itself (its
+        // own process told its end): the deaths before it are history.
+        if row.notifications > 0
+            || (row.status != crate::report::Status::Incomplete.as_str()
+                && row.status != crate::report::Status::Running.as_str())
+        {
             break;
         }
+        // A run still `running` (its store locked: it may be alive) has not ended.
         if row.status != crate::report::Status::Incomplete.as_str()
             || crate::catalog::is_repository(&row.store)
         {
@@ -1449,10 +1461,10 @@ fn untold_deaths(c: &Catalog, name: &str) -> Vec<(crate::store::Store, crate::re
         let Ok(store) = crate::store::Store::open(Path::new(&row.store), false) else {
             continue;
         };
-        if let Ok(Some(r)) = store.read_run(&row.id)
-            && died_untold(&r)
-        {
-            found.push((store, r));
+        match store.read_run(&row.id) {
+            Ok(Some(r)) if died_untold(&r) => found.push((store, r)),
+            Ok(Some(_)) => break,
+            _ => {}
         }
     }
     found.reverse();
@@ -1472,8 +1484,8 @@ fn died_untold(r: &crate::report::RunReport) -> bool {
 /// repository job, or a store with none), for a daemon with no catalog to read
 /// ([`State::plan`]), and the older records of runs that died untold, oldest first, as
 /// [`untold_deaths`] finds them in the catalog (among the newest
-/// [`UNTOLD_LOOKED_AT`], back to the newest `complete` one): newest by its id's
-/// time, one dated more than 5 minutes ahead (made while the clock was ahead) after
+/// [`UNTOLD_LOOKED_AT`], back to the newest run told or that ended by itself): newest
+/// by its id's time, one dated more than 5 minutes ahead (made while the clock was ahead) after
 /// every other, as the catalog has it. A newest record still `running` whose store is
 /// not locked is settled `incomplete` first ([`crate::catalog::settle_in_store`]); one
 /// whose store is locked (its run may be alive) is `None`.
@@ -1507,14 +1519,12 @@ fn newest_in_store(
         _ => newest,
     };
     let mut older = Vec::new();
-    if newest.status != crate::report::Status::Complete {
+    if died_untold(&newest) {
         for (_, r) in runs.take(UNTOLD_LOOKED_AT - 1) {
-            if r.status == crate::report::Status::Complete {
+            if !died_untold(&r) {
                 break;
             }
-            if died_untold(&r) {
-                older.push(r);
-            }
+            older.push(r);
         }
     }
     older.reverse();
@@ -1604,6 +1614,10 @@ fn abnormal(st: std::process::ExitStatus) -> Option<String> {
     }
 }
 
+/// How long a stopping daemon waits for its heartbeat thread to remove its markers
+/// ([`marker::Heartbeat::stop`]): a store that does not answer does not hold the stop.
+const MARKER_GRACE: Duration = Duration::from_secs(2);
+
 /// Runs until `stop` is set; `reload` asks for the config to be read again.
 pub fn run(
     opts: &DaemonOptions,
@@ -1623,9 +1637,13 @@ pub fn run(
         running: BTreeMap::new(),
         queue: Vec::new(),
         notifying: Vec::new(),
-        markers: marker::Markers::new(&opts.config, opts.catalog.as_deref()),
+        markers: marker::Heartbeat::start(
+            marker::Markers::new(&opts.config, opts.catalog.as_deref()),
+            BTreeSet::new(),
+        ),
         summary: Summary::default(),
     };
+    st.markers.stores(st.stores());
     tracing::info!(
         "daemon started with {} scheduled jobs from {}",
         st.jobs.len(),
@@ -1636,7 +1654,6 @@ pub fn run(
         "start",
         &format!("daemon started ({})", opts.config.display()),
     );
-    st.heartbeat();
     st.plan(Utc::now(), true);
     let mut clock = (std::time::Instant::now(), Utc::now());
     while !stop.load(Ordering::Relaxed) {
@@ -1679,6 +1696,7 @@ pub fn run(
                     for (name, j) in st.jobs.iter_mut() {
                         j.handled = before.get(name).and_then(|b| b.handled);
                     }
+                    st.markers.stores(st.stores());
                     st.summary.reloads += 1;
                     tracing::info!("reloaded {}", opts.config.display());
                     st.event(None, "reload", "configuration reloaded");
@@ -1704,14 +1722,13 @@ pub fn run(
         let now = Utc::now();
         st.clock(&mut clock, now);
         st.due(now);
-        if st.markers.due() {
-            st.heartbeat();
-        }
+        st.heartbeat();
         std::thread::sleep(opts.tick);
     }
     st.drop_queue();
     st.stop_children();
-    st.markers.remove_all();
+    st.markers.stop(MARKER_GRACE);
+    st.heartbeat();
     st.event(None, "stop", "daemon stopped");
     st.events.finish(STOP_GRACE);
     tracing::info!(

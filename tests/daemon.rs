@@ -3437,3 +3437,128 @@ fn runs_killed_one_after_another_are_each_told_at_the_next_start() {
         }
     }
 }
+
+/// A run killed (no daemon to see it die), then a run stopped by SIGTERM that ended
+/// `incomplete` by itself and told its notifier, then a second run killed: the next
+/// daemon start tells the second death only. It looked back to the newest `complete`
+/// run and told the first death too, which the run after it had been reported after
+/// (as at the first start after an upgrade, or for a job whose runs end `incomplete`
+/// night after night). With the catalog and with it off.
+#[test]
+fn a_death_before_a_run_that_told_its_end_is_not_told_at_the_next_start() {
+    for off in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        tree(&src, 30, 10);
+        let catalog = match off {
+            true => PathBuf::from("off"),
+            false => t.path().join("cat.db"),
+        };
+        let (cfg, _, told) = killable_job(t.path(), &src);
+        let runs = t.path().join("a/.snapring/runs");
+        let kill = rustix::process::Signal::KILL;
+        let term = rustix::process::Signal::TERM;
+        let (_, old) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, kill);
+        let (_, mid) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, term);
+        let (_, new) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, kill);
+        assert_eq!(
+            told_lines(&told),
+            [format!("a incomplete {mid}")],
+            "off: {off}"
+        );
+        let d = Daemon::start(&catalog, &cfg, "");
+        let new_line = format!("a incomplete {new}");
+        wait_until("the notice of the newest killed run", 30, || {
+            told_lines(&told).contains(&new_line)
+        });
+        // The notices go out each on a thread of their own: time for a second one.
+        std::thread::sleep(Duration::from_secs(3));
+        d.stop();
+        let got = told_lines(&told);
+        assert!(
+            !got.iter().any(|l| l.ends_with(&old)),
+            "off: {off}: the death before a told run was told: {got:?}"
+        );
+        assert_eq!(got.iter().filter(|g| **g == new_line).count(), 1, "{got:?}");
+    }
+}
+
+/// A store whose file system hangs on `.snapring/daemons` (a hard-mounted NFS export
+/// whose server is down; here latencyfs stalls the calls for a minute) holds up neither
+/// another job's runs nor a stop: the heartbeat markers are refreshed, and removed at
+/// the stop, by a thread of their own. The scheduling loop refreshed them itself: the
+/// daemon froze in the first refresh (no run of the other job, SIGTERM unheeded).
+#[test]
+fn a_store_that_hangs_holds_up_neither_another_jobs_runs_nor_a_stop() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, under, mnt, catalog, log) = (
+        t.path().join("src"),
+        t.path().join("under"),
+        t.path().join("mnt"),
+        t.path().join("cat.db"),
+        t.path().join("daemon.log"),
+    );
+    write(&src.join("x"), b"x");
+    // A store already (its `.snapring/`), so the daemon keeps its marker there.
+    std::fs::create_dir_all(under.join("s/.snapring")).unwrap();
+    let faults = [
+        "--stall",
+        "/.snapring/daemons",
+        "--stall-secs",
+        "60",
+        "--stall-ops",
+        "lookup,getattr,readdir,open,write",
+    ];
+    let Some(fs) = FaultFs::mount(&under, &mnt, &faults) else {
+        return;
+    };
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.hung]\nsource = \"{src}\"\ndest = \"{mnt}/s\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\n\n\
+             [job.fast]\nsource = \"{src}\"\ndest = \"{d}/fast\"\nschedule = \"* * * * * *\"\n",
+            src = src.display(),
+            mnt = mnt.display(),
+            d = t.path().display(),
+        ),
+    )
+    .unwrap();
+    let mut d = daemon_logging_with(&catalog, &cfg, &log, &[("SNAPRING_DAEMON_HEARTBEAT", "1s")]);
+    let fast_runs =
+        || std::fs::read_dir(t.path().join("fast/.snapring/runs")).map_or(0, |r| r.count());
+    let t0 = Instant::now();
+    while fast_runs() < 3 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runs = fast_runs();
+    // Its last act before it exits: the `stop` event (the log shows warnings only).
+    let stopped = || {
+        snapring::catalog::Catalog::open(&catalog, false)
+            .and_then(|c| c.events(None))
+            .unwrap_or_default()
+            .iter()
+            .any(|e| e.kind == "stop")
+    };
+    let pid = rustix::process::Pid::from_raw(d.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let t1 = Instant::now();
+    while !stopped() && t1.elapsed() < Duration::from_secs(15) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = t1.elapsed();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    // A thread still stalled in the layer holds the process's exit (Linux's FUSE waits
+    // out a request the server has taken; an NFS client's calls are killable): the
+    // layer goes first.
+    drop(fs);
+    let _ = d.0.wait();
+    assert!(
+        runs >= 3,
+        "the other job ran {runs} times in 20 s, scheduled every second: {logged}"
+    );
+    assert!(
+        took < Duration::from_secs(8),
+        "the daemon stopped {took:?} after SIGTERM: {logged}"
+    );
+}

@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -69,7 +71,6 @@ pub struct Markers {
     name: String,
     body: Marker,
     period: Duration,
-    last: Option<Instant>,
     /// The stores holding this daemon's marker.
     written: BTreeSet<PathBuf>,
     /// Stores whose marker could not be written (warned once).
@@ -100,16 +101,10 @@ impl Markers {
                 period_secs: period.as_secs().max(1),
             },
             period,
-            last: None,
             written: BTreeSet::new(),
             unwritable: BTreeSet::new(),
             seen: BTreeSet::new(),
         }
-    }
-
-    /// Whether a period has passed since the last refresh (or none was made).
-    pub fn due(&self) -> bool {
-        self.last.is_none_or(|l| l.elapsed() >= self.period)
     }
 
     /// Writes this daemon's marker into each of `stores` that is a store (has its
@@ -117,7 +112,6 @@ impl Markers {
     /// refresh), removes it from the stores it no longer serves, and returns a warning
     /// for each fresh marker of another daemon that was not there at the last refresh.
     pub fn refresh(&mut self, stores: &BTreeSet<PathBuf>) -> Vec<String> {
-        self.last = Some(Instant::now());
         self.body.refreshed = crate::util::now_rfc3339();
         for gone in self.written.difference(stores).cloned().collect::<Vec<_>>() {
             self.remove_from(&gone);
@@ -243,6 +237,111 @@ impl Markers {
     pub fn remove_all(&mut self) {
         for store in std::mem::take(&mut self.written) {
             self.remove_from(&store);
+        }
+    }
+}
+
+/// What the daemon's loop tells its heartbeat thread.
+#[derive(Default)]
+struct Asked {
+    /// The stores its scheduled jobs write now.
+    stores: BTreeSet<PathBuf>,
+    /// `stores` changed (start, reload): refresh now, not at the end of the period.
+    changed: bool,
+    stop: bool,
+}
+
+/// The thread that refreshes a daemon's markers, and removes them at its stop, off the
+/// scheduling loop: a store whose file system hangs (a hard-mounted NFS export whose
+/// server is down) held the whole loop in the refresh (no other job's run started, a
+/// SIGTERM unheeded). The loop never waits on it but for a bounded time at its stop.
+pub struct Heartbeat {
+    asked: Arc<(Mutex<Asked>, Condvar)>,
+    warnings: mpsc::Receiver<String>,
+    done: mpsc::Receiver<()>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Heartbeat {
+    /// Starts the thread; it refreshes `markers` in `stores` at once, then every period.
+    pub fn start(mut markers: Markers, stores: BTreeSet<PathBuf>) -> Heartbeat {
+        let asked = Arc::new((
+            Mutex::new(Asked {
+                stores,
+                changed: true,
+                stop: false,
+            }),
+            Condvar::new(),
+        ));
+        let (warn_tx, warnings) = mpsc::channel();
+        let (done_tx, done) = mpsc::channel();
+        let shared = asked.clone();
+        let thread = std::thread::Builder::new()
+            .name("heartbeat".into())
+            .spawn(move || {
+                let (m, cv) = &*shared;
+                loop {
+                    let stores = {
+                        let q = m.lock().unwrap_or_else(|e| e.into_inner());
+                        let (mut q, _) = cv
+                            .wait_timeout_while(q, markers.period, |q| !q.stop && !q.changed)
+                            .unwrap_or_else(|e| e.into_inner());
+                        if q.stop {
+                            break;
+                        }
+                        q.changed = false;
+                        q.stores.clone()
+                    };
+                    for w in markers.refresh(&stores) {
+                        tracing::warn!("{w}");
+                        let _ = warn_tx.send(w);
+                    }
+                }
+                markers.remove_all();
+                let _ = done_tx.send(());
+            })
+            .expect("spawn the heartbeat thread");
+        Heartbeat {
+            asked,
+            warnings,
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    /// The stores the daemon's jobs write after a reload: refreshed now.
+    pub fn stores(&self, stores: BTreeSet<PathBuf>) {
+        let (m, cv) = &*self.asked;
+        let mut q = m.lock().unwrap_or_else(|e| e.into_inner());
+        q.stores = stores;
+        q.changed = true;
+        cv.notify_all();
+    }
+
+    /// The warnings the thread found since the last call (another daemon's fresh
+    /// marker), for the catalog's events; never waits.
+    pub fn warnings(&self) -> Vec<String> {
+        self.warnings.try_iter().collect()
+    }
+
+    /// Stops the thread, which removes the markers: waits for it `grace` at most, then
+    /// leaves it (a store that does not answer keeps a marker, which ages out).
+    pub fn stop(&mut self, grace: Duration) {
+        {
+            let (m, cv) = &*self.asked;
+            m.lock().unwrap_or_else(|e| e.into_inner()).stop = true;
+            cv.notify_all();
+        }
+        match self.done.recv_timeout(grace) {
+            Ok(()) => {
+                if let Some(t) = self.thread.take() {
+                    let _ = t.join();
+                }
+            }
+            Err(_) => tracing::warn!(
+                "the daemon's heartbeat markers were not removed within {}s (a store does not answer): they are left, and age out",
+                grace.as_secs()
+            ),
         }
     }
 }
