@@ -69,6 +69,57 @@ def timed(cmds, env, logs=None):
     return wall, cpu
 
 
+def where_time_went(prefix, workers):
+    """Where a shard run's wall time went, from its workers' -v logs (`<prefix>-<i>.log`):
+    the start (first line to the first unit), the units (to the last commit) with the
+    share of the lanes' time spent between units and idle at the end (each unit's start
+    is its commit's time less its duration; a worker's lanes are its most units open at
+    once), and finalize (last commit to the finalized line). None without the logs."""
+    import datetime
+    import re
+
+    def ts(line):
+        return datetime.datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")).timestamp()
+
+    firsts, units, fin = [], [], None
+    for i in range(workers):
+        try:
+            with open(f"{prefix}-{i}.log", errors="replace") as f:
+                lines = [ln for ln in f.read().splitlines() if ln[:4].isdigit()]
+        except OSError:
+            return None
+        if not lines:
+            return None
+        firsts.append(ts(lines[0]))
+        mine = []
+        for ln in lines:
+            m = re.search(r"unit \S+ committed \(generation \d+\) in ([\d.]+) s", ln)
+            if m:
+                end = ts(ln)
+                mine.append((end - float(m.group(1)), end))
+            elif " finalized: " in ln:
+                fin = ts(ln)
+        units.append(mine)
+    if fin is None or not any(units):
+        return None
+    t0 = min(firsts)
+    first = min(s for u in units for s, _ in u)
+    last = max(e for u in units for _, e in u)
+    busy = lanes_time = 0.0
+    for mine in units:
+        if not mine:
+            continue
+        edges = sorted([(s, 1) for s, _ in mine] + [(e, -1) for _, e in mine])
+        open_, most = 0, 0
+        for _, d in edges:
+            open_ += d
+            most = max(most, open_)
+        busy += sum(e - s for s, e in mine)
+        lanes_time += most * (last - first)
+    return dict(start=first - t0, units=last - first, finalize=fin - last,
+                lanes_busy=busy / lanes_time if lanes_time else 0.0)
+
+
 def check_restored(snapring, env, url, src, work, what):
     """Restores the repository's newest snapshot with snapring and compares it with
     `src`."""
@@ -169,6 +220,11 @@ def main():
                     if case == "incr" and not a.repository:
                         harness.check_shared(os.path.join(dst_u, "snap.1"), os.path.join(dst_u, "snap.0"),
                                              f"{mode} {case}")
+                    split = where_time_went(logs, a.workers) if logs and mode == "shards" else None
+                    if split:
+                        print(f"  {mode} {case}: start {split['start']:.2f} s, units {split['units']:.2f} s "
+                              f"(lanes busy {100 * split['lanes_busy']:.0f}%), finalize {split['finalize']:.2f} s",
+                              file=sys.stderr)
                     results.setdefault((mode, case), []).append(wall)
                     cpus.setdefault((mode, case), []).append((cpu, fs_cpu))
                     print(f"run {r + 1}/{a.runs}: {mode} {case} {wall:.1f} s, CPU snapring {cpu:.1f} s, "

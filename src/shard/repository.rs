@@ -1290,7 +1290,7 @@ struct Lane {
 }
 
 /// Builds units until every unit is committed (`true`) or SIGINT/SIGTERM (`false`),
-/// in as many lanes as a store worker's (`super::worker::lanes`: two from 4 jobs on):
+/// in as many lanes as a store worker's (`super::worker::lanes`: three from 4 jobs on):
 /// each lane claims, builds and commits one unit at a time, the lanes' walks share
 /// `--jobs` permits, so one unit's ramp, drain and commit overlap the other's walk.
 /// Each unit has a packer of its own (its packs and index written before its commit);
