@@ -349,6 +349,19 @@ fn is_zero(n: &u64) -> bool {
     *n == 0
 }
 
+/// What stopped a walk whose copies under `--bwlimit` were given up
+/// ([`Counters::given_up_warnings`]): what the warning advises.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GaveUp {
+    /// The backup window (`--window`) ended, or a stop came while one was set.
+    Window,
+    /// SIGTERM/SIGINT, with no window set: there is no window to widen.
+    Stopped,
+    /// A shard worker's unit was taken over by a newer generation (its lease lapsed):
+    /// the taker copies the files.
+    TakenOver,
+}
+
 impl Counters {
     /// The directories of the source that could not be read, of the problems listed
     /// ([`Problem::is_unread_dir`]).
@@ -375,8 +388,9 @@ impl Counters {
     }
 
     /// What the run's report says of the copies a stop gave up (at most the 5 largest
-    /// named, with the time each needs at the limit).
-    pub fn given_up_warnings(&self) -> Vec<String> {
+    /// named, with the time each needs at the limit), and what to do, by what stopped
+    /// them (`why`): only a window can be widened.
+    pub fn given_up_warnings(&self, why: GaveUp) -> Vec<String> {
         let mut g = self
             .given_up
             .lock()
@@ -401,8 +415,9 @@ impl Counters {
                 format!("{p} ({size} bytes, about {secs} s at the limit)")
             })
             .collect();
-        vec![format!(
-            "the stop gave up {} cop{} under the bandwidth limit: {}{}; the next run copies {} again from the start, so a window that does not leave that long never backs {} up: widen the window or raise --bwlimit",
+        let it = if g.len() == 1 { "it" } else { "them" };
+        let what = format!(
+            "{} cop{} under the bandwidth limit: {}{}",
             g.len(),
             if g.len() == 1 { "y" } else { "ies" },
             named.join(", "),
@@ -411,9 +426,18 @@ impl Counters {
             } else {
                 String::new()
             },
-            if g.len() == 1 { "it" } else { "them" },
-            if g.len() == 1 { "it" } else { "them" },
-        )]
+        );
+        vec![match why {
+            GaveUp::Window => format!(
+                "the stop gave up {what}; the next run copies {it} again from the start, so a window that does not leave that long never backs {it} up: widen the window or raise --bwlimit"
+            ),
+            GaveUp::Stopped => format!(
+                "the stop gave up {what}; the next run copies {it} again from the start, so a run stopped sooner than that every time never backs {it} up: let it run that long or raise --bwlimit"
+            ),
+            GaveUp::TakenOver => format!(
+                "this worker's lease on the unit lapsed and another worker took it over: this worker gave up {what}; the worker that took the unit over copies {it} from the start"
+            ),
+        }]
     }
 
     /// Adds mount points a walk did not enter (`one_file_system`); keeps the first
@@ -488,7 +512,7 @@ mod tests {
         };
         c.given_up("big".into(), 1_000_000);
         c.given_up("huge".into(), 3 << 20);
-        let w = c.given_up_warnings().join("\n");
+        let w = c.given_up_warnings(GaveUp::Window).join("\n");
         assert!(
             w.contains("big (1000000 bytes, about 1 s at the limit)"),
             "{w}"

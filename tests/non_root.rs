@@ -945,6 +945,19 @@ fn a_users_shard_run_over_roots_tree_is_its_single_node_run() {
             codes.iter().all(|c| matches!(c, Some(0 | 2))) && codes.contains(&Some(2)),
             "run {run}: {codes:?}\n{log}"
         );
+        // Every file is root's: a worker that committed units left owners unset in
+        // them, so its part is partial (exit 2), as the single-node run's; a worker
+        // that did not finalize exited 0.
+        for o in &outs {
+            let out = String::from_utf8_lossy(&o.stdout);
+            if !out.contains(": 0 units committed") {
+                assert_eq!(o.status.code(), Some(2), "run {run}: {out}");
+                assert!(
+                    out.contains("problems in them: partial)"),
+                    "run {run}: {out}"
+                );
+            }
+        }
         let rec: serde_json::Value = serde_json::from_slice(
             &std::fs::read(shard.join(format!(".snapring/runs/{id}.json"))).unwrap(),
         )

@@ -2618,7 +2618,7 @@ fn status_and_finalize_after_a_kill_at_final_say_what_is_true() {
     let line = status_line(&e, "k");
     assert!(
         line.ends_with(&format!(
-            "; finalizing: snapshot {id} decided, not written yet; `snapring finalize` completes it"
+            "; finalizing: snapshot {id} decided, not written yet; `snapring finalize` writes it if the repository still holds every blob it needs (if a prune removed any since, it refuses: back the source up again under a new run id)"
         )),
         "{line}"
     );
@@ -2997,6 +2997,14 @@ fn a_decided_run_whose_packs_were_pruned_is_refused_not_published_damaged() {
         let mut repo = open(&e);
         snapring::restic::prune::prune(&mut repo, false).unwrap();
         drop(repo);
+        // `status` promises no publish finalize refuses (it said "`snapring finalize`
+        // completes it").
+        let line = status_line(&e, "p2");
+        assert!(
+            line.contains("decided, not written yet; `snapring finalize` writes it if the repository still holds every blob it needs (if a prune removed any since, it refuses")
+                && !line.contains("completes it"),
+            "{point}: {line}"
+        );
         let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "p2"]);
         assert_eq!(code, 1, "{point}: {out}\n{err}");
         assert!(
@@ -3070,4 +3078,66 @@ fn an_empty_commit_stops_finalize_saying_what_to_do() {
         "{err}"
     );
     assert!(snapshots(&e).is_empty());
+}
+
+/// The disk fills after the run's snapshot file is written, before `published` is:
+/// the worker says the run is published and what failed after it, exit 0 (it exited 1
+/// with a bare "No space left on device" while `status` showed the snapshot), and
+/// records nothing; its rerun, with room again, marks the run published, applies the
+/// retention and tidies, once.
+#[test]
+fn a_full_disk_after_the_snapshot_file_is_told_as_after_the_publish() {
+    let Env { t, src, .. } = env();
+    let mnt = t.path().join("mnt");
+    let Some(fs) = Tmpfs::mount(&mnt, "size=8m") else {
+        return;
+    };
+    let repo = mnt.join("repo");
+    let url = file_url(&repo);
+    let (code, _, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{err}");
+    let e = Env { t, src, repo, url };
+    let pause = e.t.path().join("pause");
+    let fp = format!("shard.repo.before_published=pause:{}", pause.display());
+    let args = ["--shard", "0/1", "--run-id", "nospace", "--retain", "1"];
+    let child = worker(&e, &args, &[("SNAPRING_FAILPOINTS", &fp)])
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    while !pause.exists() {
+        assert!(
+            Instant::now() < until,
+            "the worker never reached its publish"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Fill the file system.
+    let fill = fs.0.join("fill");
+    let _ = std::fs::write(&fill, vec![0u8; 16 << 20]);
+    std::fs::remove_file(&pause).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let r = report(&out);
+    let err = r["totals"]["warnings"].to_string();
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    let id = snaps[0].0.hex();
+    assert_eq!(r["snapshot"], id.as_str(), "{r}");
+    assert_eq!(r["finalized"], true, "{r}");
+    assert_eq!(r["status"], "complete", "{r}");
+    assert!(
+        err.contains(&format!(
+            "its snapshot {} is written (the run is published), but marking it published failed",
+            &id[..8]
+        )) && err.contains("No space left on device")
+            && err.contains("rerun this worker"),
+        "{err}"
+    );
+    assert!(!e.repo.join("snapring/shards/nospace/published").exists());
+    std::fs::remove_file(&fill).unwrap();
+    let again = report(&worker(&e, &args, &[]).output().unwrap());
+    assert_eq!(again["finalized"], true, "{again}");
+    assert!(again["retention"].is_object(), "{again}");
+    assert_eq!(snapshots(&e).len(), 1);
+    assert!(e.repo.join("snapring/shards/nospace/settled").exists());
+    assert_tidied(&e, "nospace");
 }

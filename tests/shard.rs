@@ -5052,3 +5052,158 @@ fn an_empty_commit_marker_stops_finalize_saying_what_to_do() {
     );
     assert!(snapshot_names(&e.dest).is_empty());
 }
+
+/// A worker copying under `--bwlimit` with no `--window`, stopped past its lease and
+/// continued after another worker took its unit over: its warning of the copy it gave
+/// up says the unit was taken over and that the taker copies the file; it told the
+/// user to "widen the window", which there is none of.
+#[test]
+fn a_throttled_copy_given_up_to_a_takeover_says_so_not_widen_the_window() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("a/big"), &vec![b'x'; 16 << 20]);
+    let e = Env {
+        dest: t.path().join("dest"),
+        src,
+        _t: t,
+    };
+    let run = "slow-taken";
+    let lease = ("SNAPRING_SHARD_LEASE", "1s");
+    let args = ["--shard", "0/1", "--run-id", run];
+    let mut w0 = worker(&e, &[&args[..], &["--bwlimit", "1MiB"]].concat(), &[lease])
+        .spawn()
+        .unwrap();
+    // Its claim made, its copy under way (the copy needs some 32 s at the limit).
+    let claims = run_dir(&e, run).join("claims");
+    let until = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_dir(&claims)
+        .map(|d| d.count() == 0)
+        .unwrap_or(true)
+    {
+        assert!(Instant::now() < until, "worker 0 never claimed its unit");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let pid = rustix::process::Pid::from_child(&w0);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    // Another process takes the unit over, commits it, and cannot finalize while the
+    // stopped worker holds the store.
+    let o = worker(&e, &args, &[lease]).output();
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let o = o.unwrap();
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    let out = w0.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(w0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(out.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(
+            "another worker took it over: this worker gave up 1 copy under the bandwidth limit: "
+        ) && stdout.contains("big (16777216 bytes")
+            && stdout.contains("the worker that took the unit over copies it from the start")
+            && !stdout.contains("window"),
+        "{stdout}"
+    );
+}
+
+/// Two `snapring finalize` of one run at once: the one that waits exits 75 saying that
+/// another finalize of the run is running and that nothing is wrong (it said only "the
+/// store is held by snapring backup …"), and a worker racing them names the holder a
+/// `finalize`, not a "snapring backup".
+#[test]
+fn of_two_finalizes_at_once_the_other_says_a_finalize_publishes_the_run() {
+    let e = env();
+    let run = "twice";
+    let o = worker(
+        &e,
+        &["--shard", "0/1", "--run-id", run],
+        &[("SNAPRING_FAILPOINTS", "shard.finalize.before_staging=kill")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), None, "{}", text(&o));
+    let pause = e.dest.with_file_name("pause");
+    let first = Command::new(bin())
+        .args(["finalize", "--dest"])
+        .arg(&e.dest)
+        .args(["--run-id", run])
+        .env("SNAPRING_CATALOG", "off")
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("shard.finalize.before_publish=pause:{}", pause.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let holder = format!("snapring finalize (pid {} on ", first.id());
+    let second = run_cmd(&e, "finalize", run, &[], &[]);
+    let racing = worker(
+        &e,
+        &["--shard", "0/1", "--run-id", run],
+        &[("SNAPRING_SHARD_LEASE", "1s")],
+    )
+    .output()
+    .unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    let o = first.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(second.status.code(), Some(75), "{}", text(&second));
+    let said = text(&second);
+    assert!(
+        said.contains(&format!(
+            "another finalize of run {run} is running ({holder}"
+        )) && said.contains("nothing is wrong"),
+        "{said}"
+    );
+    assert_eq!(racing.status.code(), Some(75), "{}", text(&racing));
+    let said = text(&racing);
+    assert!(
+        said.contains(&holder) && !said.contains("snapring backup"),
+        "{said}"
+    );
+}
+
+/// `status` of a run whose `finalized` or `abandoned` marker is junk says that the
+/// marker does not read and what to do (it said "not finalized" of a finalized run,
+/// and "abandoned at an unknown time by the publish of run ?: … ?.0 is now run ?").
+#[test]
+fn status_of_a_damaged_finalized_or_abandoned_marker_says_it_is_damaged() {
+    let e = env();
+    let run = "junk";
+    let o = spawn(&e, 0, 1, run, &[]).wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let rd = run_dir(&e, run);
+    std::fs::write(rd.join("finalized"), b"junk").unwrap();
+    let o = run_cmd(&e, "status", run, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("finalized? its marker ")
+            && out.contains(
+                "finalized does not read (4 bytes that are no finalized marker: damaged)"
+            )
+            && out.contains(&format!(
+                "`snapring finalize --run-id {run}` removes it and finalizes the run"
+            ))
+            && !out.contains("not finalized"),
+        "{out}"
+    );
+    let o = run_cmd(&e, "status", run, &["--json"], &[]);
+    let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(st["damaged"][0]["marker"], "finalized", "{st}");
+
+    std::fs::remove_file(rd.join("finalized")).unwrap();
+    std::fs::write(rd.join("abandoned"), b"").unwrap();
+    let o = run_cmd(&e, "status", run, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("abandoned does not read (0 bytes that are no abandoned marker: damaged): when, by what and why it was abandoned is not known")
+            && out.contains("start a new run id")
+            && !out.contains('?'),
+        "{out}"
+    );
+}

@@ -157,6 +157,8 @@ pub fn worker(
         (Some(rep), _) => ExitCode::from(rep.status),
         (None, true) => ExitCode::Incomplete,
         (None, false) if out.finalize_blocked.is_some() => ExitCode::Retry,
+        // Its own units left entries out: its part is partial, as a single-node run.
+        (None, false) if out.problems > 0 => ExitCode::Partial,
         (None, false) => ExitCode::Complete,
     };
     let what = if let Some(rep) = &out.finalized {
@@ -188,6 +190,14 @@ pub fn worker(
         )
     } else if out.already_finalized {
         "the run is already finalized".into()
+    } else if let Some((who, waited)) = &out.finalize_blocked
+        && snapring::shard::finalize::held_by_finalize_of(who, &spec.run_id)
+    {
+        format!(
+            "every unit is committed; {who} held the store for {:.0} s and publishes this run: nothing is wrong (`snapring status --run-id {}` shows when it is done; if that finalize fails, rerun it)",
+            waited.as_secs_f64(),
+            spec.run_id
+        )
     } else if let Some((who, waited)) = &out.finalize_blocked {
         format!(
             "every unit is committed, but the store was held by {who} for {:.0} s: this run is not published. Rerun this worker (same index and run id) or `snapring finalize --run-id {}` once it lets go (a stopped worker of this run, another run's workers, a dry run)",
@@ -215,6 +225,7 @@ pub fn worker(
             "worker": spec.index,
             "workers": spec.count,
             "committed": out.committed,
+            "problems": out.problems,
             "lost": out.lost,
             "left": out.left,
             "pre_command": out.pre_command,
@@ -232,11 +243,16 @@ pub fn worker(
         }))?;
     } else {
         outln!(
-            "shard run {} worker {}/{}: {} units committed{}; {what}",
+            "shard run {} worker {}/{}: {} units committed{}{}; {what}",
             spec.run_id,
             spec.index,
             spec.count,
             out.committed.len(),
+            match out.problems {
+                0 => String::new(),
+                1 => " (1 problem in them: partial)".into(),
+                n => format!(" ({n} problems in them: partial)"),
+            },
             if out.lost.is_empty() {
                 String::new()
             } else {
@@ -484,6 +500,18 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
             format!("run {} is already finalized", a.run_id),
             rep,
         ),
+        Ok(Finalized::Busy(who))
+            if snapring::shard::finalize::held_by_finalize_of(&who, &a.run_id) =>
+        {
+            (
+                ExitCode::Retry,
+                format!(
+                    "another finalize of run {} is running ({who}) and publishes it: nothing is wrong; `snapring status --run-id {}` shows when it is done (a finalize run again then says it is already finalized)",
+                    a.run_id, a.run_id
+                ),
+                None,
+            )
+        }
         Ok(Finalized::Busy(who)) => (
             ExitCode::Retry,
             format!("the store is held by {who}; try again when it ends"),
@@ -556,6 +584,7 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
     if let Some(m) = &st.abandoned {
         return status_abandoned(&st, m);
     }
+    let fin_damaged = st.damaged.iter().find(|d| d.marker == "finalized");
     outln!(
         "shard run {}: {} workers, {} units (sized by {}): {} done, {} claimed, {} stale, {} pending; {}",
         st.run,
@@ -567,17 +596,25 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
         st.stale,
         st.pending,
         match (
+            fin_damaged,
             st.snapshot_state.as_deref(),
             st.snapshot.as_deref().unwrap_or("-")
         ) {
-            (Some("decided"), id) => format!(
-                "finalizing: snapshot {id} decided, not written yet; `snapring finalize` completes it"
+            (Some(d), ..) => format!(
+                "finalized? its marker {} does not read ({}: damaged), so whether the run is finalized is not known from it; `snapring finalize --run-id {}` removes it and finalizes the run (completing it if it was published)",
+                d.path, d.why, st.run
             ),
-            (Some("written"), id) => format!(
+            // Its snapshot file is not written: a prune since `final` (restic's own)
+            // may have removed data it needs, which finalize checks (costly: every tree
+            // of the run read), and then refuses the run.
+            (_, Some("decided"), id) => format!(
+                "finalizing: snapshot {id} decided, not written yet; `snapring finalize` writes it if the repository still holds every blob it needs (if a prune removed any since, it refuses: back the source up again under a new run id)"
+            ),
+            (_, Some("written"), id) => format!(
                 "finalizing: snapshot {id} written, the run not marked published yet; `snapring finalize` completes it"
             ),
-            (Some("forgotten"), id) => format!("finalized ({id}, since forgotten)"),
-            (_, id) if st.finalized => format!("finalized ({id})"),
+            (_, Some("forgotten"), id) => format!("finalized ({id}, since forgotten)"),
+            (_, _, id) if st.finalized => format!("finalized ({id})"),
             _ if !st.refused.is_empty() => "refused: not publishable".into(),
             _ => "not finalized".into(),
         }
@@ -641,12 +678,19 @@ fn status_abandoned(
         st.sized_by,
         st.done
     );
-    outln!(
-        "  abandoned at {} by {}: {}; its copies were removed, start a new run id",
-        m.at,
-        m.by_whom(),
-        m.describe()
-    );
+    match st.damaged.iter().find(|d| d.marker == "abandoned") {
+        Some(d) => outln!(
+            "  its marker {} does not read ({}: damaged): when, by what and why it was abandoned is not known; the run is taken as abandoned (its workers and finalize are refused): start a new run id",
+            d.path,
+            d.why
+        ),
+        None => outln!(
+            "  abandoned at {} by {}: {}; its copies were removed, start a new run id",
+            m.at,
+            m.by_whom(),
+            m.describe()
+        ),
+    }
     if left > 0 {
         outln!(
             "  {left} of its {} units were never committed and are never built now (a worker of this run is refused): no lease of theirs is work to take over",

@@ -1022,7 +1022,11 @@ fn run<R: Repository>(
         rep.message = stopped_message(window_ended);
         // On stderr too (as the report's other warnings): the run's summary is only
         // "incomplete: backup window ended", and this is what says why it never ends.
-        for w in counters.given_up_warnings() {
+        let why = match window_ended {
+            true => crate::report::GaveUp::Window,
+            false => crate::report::GaveUp::Stopped,
+        };
+        for w in counters.given_up_warnings(why) {
             tracing::warn!("{w}");
             rep.warnings.push(w);
         }

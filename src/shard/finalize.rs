@@ -78,7 +78,7 @@ pub fn finalize(
             }
             // Its finalizer may have died before its clean-up: done here, under the
             // store's lock (which that finalizer held to its end), if it is free.
-            if let Ok(lock) = Repository::lock_and_repair(store, &rd.run) {
+            if let Ok(lock) = store.lock_and_repair_as(&rd.run, holder_command(worker)) {
                 if let Ok(Some((plan, _))) = rd.read_plan() {
                     tidy(store, rd, plan.workers);
                 }
@@ -89,7 +89,7 @@ pub fn finalize(
     }
     let t0 = Instant::now();
     let lock = loop {
-        match Repository::lock_and_repair(store, &rd.run) {
+        match store.lock_and_repair_as(&rd.run, holder_command(worker)) {
             Ok(l) => break l,
             Err(Error::Locked { holder, .. }) => {
                 if t0.elapsed() >= wait || rd.is_finalized() {
@@ -118,6 +118,21 @@ pub fn finalize(
     let r = locked(store, rd, worker, (jobs, allow_empty), cancel);
     Repository::unlock(store, lock);
     r
+}
+
+/// What the store's lock names its holder: a worker's finalize runs in its `backup`,
+/// `snapring finalize` (no `worker`) is a `finalize`.
+fn holder_command(worker: Option<usize>) -> &'static str {
+    match worker {
+        Some(_) => "backup",
+        None => "finalize",
+    }
+}
+
+/// The store's lock holder `holder` (as [`Finalized::Busy`] names it) is a `snapring
+/// finalize` of run `run`: that one publishes the run, nothing is wrong.
+pub fn held_by_finalize_of(holder: &str, run: &str) -> bool {
+    holder.starts_with("snapring finalize (") && holder.ends_with(&format!(", run {run})"))
 }
 
 /// `snapring finalize` (no `worker`) stopped by SIGINT/SIGTERM: before the run's tree is
@@ -673,7 +688,7 @@ fn resume_expiry(
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<Finalized, ShardError> {
-    let lock = match Repository::lock_and_repair(store, &rd.run) {
+    let lock = match store.lock_and_repair_as(&rd.run, holder_command(None)) {
         Ok(l) => l,
         Err(Error::Locked { holder, .. }) => return Ok(Finalized::Busy(holder)),
         Err(e) => return Err(sort_err(e)),

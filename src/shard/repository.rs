@@ -687,7 +687,7 @@ fn work_in(
         r => r.map_err(failed)?,
     }
     report.snapshot = Some(fin.snapshot.clone());
-    report.finalized = fin.won;
+    report.finalized = fin.won || fin.unmarked.is_some();
     report.completed = fin.complete;
     report.status = match &fin.totals {
         Some(t) if !t.problems.is_empty() => "partial",
@@ -695,6 +695,16 @@ fn work_in(
     }
     .into();
     report.totals = fin.totals;
+    if let Some(w) = fin.unmarked {
+        // Published, not marked: the rerun that marks it records it (recorded here
+        // too, it would be twice).
+        match report.totals.as_mut() {
+            Some(t) => t.warnings.push(w),
+            None => tracing::warn!("{w}"),
+        }
+        report.duration_seconds = started.elapsed().as_secs_f64();
+        return Ok(());
+    }
     if settle && let Some(n) = opts.retain {
         let policy = restic::forget::Policy {
             label,
@@ -1873,6 +1883,11 @@ struct Finalized {
     /// The run's figures (when this process read the commits).
     totals: Option<RunTotals>,
     group: restic::forget::Group,
+    /// This process wrote the snapshot file (the run is published), then could not
+    /// create `published` (a full disk): why. Nobody is marked as the publisher, so
+    /// this process neither applies the retention nor tidies nor records the run: a
+    /// rerun (the worker, or `snapring finalize`) marks it and completes that.
+    unmarked: Option<String>,
 }
 
 /// Publishes the run: the spine directories' trees (deepest first) from the committed
@@ -2443,6 +2458,7 @@ fn published(
         complete,
         totals: None,
         group,
+        unmarked: None,
     };
     // Published already: its snapshot file was written once; if it is gone now, it was
     // forgotten (a later run's retention, `forget`) and stays so.
@@ -2523,23 +2539,37 @@ fn published(
     fp("shard.repo.before_published")?;
     // Unique to this process: a retried create that landed finds its own bytes.
     let body = serde_json::to_vec(&Holder::me(spec.index)).expect("serializes");
-    let won = match repair {
-        true => {
-            st.b.put_extra(&st.key("published"), &body)
-                .map(|()| true)
-                .map_err(failed)?
-        }
-        false => {
-            st.b.create_extra(&st.key("published"), &body)
-                .map_err(failed)?
+    let marked = match repair {
+        true => st.b.put_extra(&st.key("published"), &body).map(|()| true),
+        false => st.b.create_extra(&st.key("published"), &body),
+    };
+    // The snapshot file is written: the run is published whatever comes next. A
+    // `published` not created (a full disk) is told as what failed after the publish,
+    // not as the run's failure.
+    let (won, unmarked) = match marked {
+        Ok(won) => (won, None),
+        Err(e) => {
+            let again = match spec.index {
+                BY_HAND => format!("run `snapring finalize --run-id {}` again", spec.run_id),
+                _ => format!(
+                    "rerun this worker (same index and run id) or run `snapring finalize --run-id {}`",
+                    spec.run_id
+                ),
+            };
+            let w = format!(
+                "run {}: its snapshot {} is written (the run is published), but marking it published failed: {e}; its retention and tidy are not done and it is not recorded: free space (or mend what failed), then {again}, which completes them",
+                spec.run_id,
+                &f.snapshot[..8.min(f.snapshot.len())],
+            );
+            (false, Some(w))
         }
     };
     if won {
         // The publisher killed before its retention and tidy (the tests).
         fp("shard.repo.after_published")?;
     }
-    let totals = match (&f.totals, won) {
-        (Some(t), true) => {
+    let totals = match &f.totals {
+        Some(t) if won || unmarked.is_some() => {
             let sealed = base64::engine::general_purpose::STANDARD
                 .decode(t)
                 .map_err(|e| failed(restic::corrupt(st.key("final"), e)))?;
@@ -2554,6 +2584,7 @@ fn published(
         complete: false,
         totals,
         group,
+        unmarked,
     })
 }
 

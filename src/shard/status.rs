@@ -79,6 +79,37 @@ pub struct RunStatus {
     /// (`state::Refused`): finalize publishes nothing while one is there.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub refused: Vec<super::state::Refused>,
+    /// The run's markers (`finalized`, `abandoned`) that are there but do not read:
+    /// what they would have said is not known (`abandoned` then holds no facts).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub damaged: Vec<DamagedMarker>,
+}
+
+/// A marker of the run that is there but does not read.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DamagedMarker {
+    /// `finalized` or `abandoned`.
+    pub marker: String,
+    pub path: String,
+    /// Why: its length when it does not parse, else the read's error.
+    pub why: String,
+}
+
+impl DamagedMarker {
+    /// Marker `name` at `path`, if it is there and does not parse as `T`.
+    fn check<T: serde::de::DeserializeOwned>(name: &str, path: &Path) -> Option<DamagedMarker> {
+        let why = match std::fs::read(path) {
+            Ok(b) if serde_json::from_slice::<T>(&b).is_ok() => return None,
+            Ok(b) => format!("{} bytes that are no {name} marker", b.len()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => format!("cannot be read: {e}"),
+        };
+        Some(DamagedMarker {
+            marker: name.into(),
+            path: crate::relpath::shown(path),
+            why,
+        })
+    }
 }
 
 /// The state of run `run` in the store whose `.snapring/` is `meta`.
@@ -139,12 +170,23 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         .ok()
         .and_then(|b| serde_json::from_slice::<crate::report::RunReport>(&b).ok())
         .and_then(|r| r.snapshot);
+    let damaged = [
+        DamagedMarker::check::<crate::report::RunReport>("finalized", &rd.finalized_path()),
+        DamagedMarker::check::<super::abandoned::Mark>(
+            "abandoned",
+            &rd.root.join(super::abandoned::MARKER),
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
     Ok(RunStatus {
         expiry: tally.state.into(),
         expiry_claimed: tally.claimed,
         expiry_done: tally.done,
         abandoned,
         refused: rd.refused()?,
+        damaged,
         ..RunStatus::of(run, &plan, per, list, rd.is_finalized(), snapshot)
     })
 }
@@ -182,6 +224,7 @@ impl RunStatus {
             unit_list: list,
             abandoned: None,
             refused: Vec::new(),
+            damaged: Vec::new(),
         }
     }
 }

@@ -42,6 +42,10 @@ pub struct Outcome {
     pub run_id: String,
     /// Units this process committed.
     pub committed: Vec<String>,
+    /// Problems (entries left out, metadata not kept: a user's run cannot set owners)
+    /// in the units this process committed: its part of the run is `partial`, and it
+    /// exits 2, as a single-node run does, whoever finalizes.
+    pub problems: u64,
     /// Units this process built but another generation had claimed or committed.
     pub lost: Vec<String>,
     /// Units it was building when it was stopped, left claimed (to a rerun of this
@@ -971,6 +975,7 @@ fn work(ctx: &Worker, out: &mut Outcome) -> Result<bool, ShardError> {
         for h in handles {
             let (r, o) = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             out.committed.extend(o.committed);
+            out.problems += o.problems;
             out.lost.extend(o.lost);
             out.left.extend(o.left);
             all = super::both_lanes(all, r);
@@ -1171,6 +1176,7 @@ fn claim_units<'s>(
         {
             crate::failpoint::hit("shard.before_commit")
                 .ctx("commit", ctx.rd.done_path(&unit.id))?;
+            let problems = counts.problems.len() as u64;
             let c = Commit {
                 generation,
                 worker: ctx.spec.index,
@@ -1181,6 +1187,7 @@ fn claim_units<'s>(
                 counts: Some(counts),
             };
             if ctx.rd.commit(&unit.id, &c, ctx.part_dirs)? {
+                out.problems += problems;
                 commits.ring();
                 let _ = crate::failpoint::hit("shard.after_commit");
                 tracing::info!(
@@ -1374,7 +1381,14 @@ fn build(
     }
     if stop.load(Ordering::Relaxed) {
         crate::sink::Sink::abandon(sink);
-        let given_up = counters.given_up_warnings();
+        // The worker stopped (SIGTERM/SIGINT, its window), or only this unit's walk:
+        // a newer generation took the unit over.
+        let why = match (ctx.cancel.load(Ordering::Relaxed), ctx.opts.window) {
+            (true, Some(_)) => crate::report::GaveUp::Window,
+            (true, None) => crate::report::GaveUp::Stopped,
+            (false, _) => crate::report::GaveUp::TakenOver,
+        };
+        let given_up = counters.given_up_warnings(why);
         for w in &given_up {
             tracing::warn!("unit {}: {w}", unit.id);
         }

@@ -178,6 +178,24 @@ impl Store {
     }
 }
 
+impl Store {
+    /// [`Repository::lock_and_repair`] with the lock's holder named `command` (what a
+    /// refused process says holds the store): `snapring finalize` takes it as
+    /// `finalize`, not as a `backup`.
+    pub fn lock_and_repair_as(&self, run: &str, command: &str) -> Result<Lock> {
+        let holder = Holder {
+            pid: std::process::id(),
+            host: report::hostname(),
+            run: Some(run.to_string()),
+            command: command.into(),
+            since: report::now_rfc3339(),
+        };
+        let l = self.lock(&holder)?;
+        self.repair(&l, run)?;
+        Ok(l)
+    }
+}
+
 impl Repository for Store {
     type Lock = Lock;
     type Sink = TreeSink;
@@ -187,16 +205,7 @@ impl Repository for Store {
     type Rotation = TreeRotation;
 
     fn lock_and_repair(&self, run: &str) -> Result<Lock> {
-        let holder = Holder {
-            pid: std::process::id(),
-            host: report::hostname(),
-            run: Some(run.to_string()),
-            command: "backup".into(),
-            since: report::now_rfc3339(),
-        };
-        let l = self.lock(&holder)?;
-        self.repair(&l, run)?;
-        Ok(l)
+        self.lock_and_repair_as(run, "backup")
     }
 
     fn lock_shared(&self) -> Result<Lock> {
