@@ -2046,3 +2046,125 @@ fn a_server_failing_a_pack_read_stops_the_restore() {
         "{err}"
     );
 }
+
+/// A shard run on S3 whose worker 1's clock is 10 minutes behind (libfaketime; its
+/// requests' signatures still within S3's 15 minutes): the claim of worker 0, stopped
+/// past its 2 s lease, is taken over once the lease has lapsed by the server's clock
+/// (each claim's and beat's `Last-Modified` against the same answer's `Date`), not 10
+/// minutes later, and the run is published. Also counts the requests the waiting
+/// worker makes.
+#[test]
+fn a_shard_worker_on_s3_whose_clock_is_behind_takes_a_stalled_unit_over_after_the_lease() {
+    use std::time::Duration;
+    let s = setup(NONE);
+    let src = s.t.path().join("src");
+    for d in 0..4 {
+        for f in 0..10 {
+            write(
+                &src.join(format!("d{d}/f{f}")),
+                format!("{d}/{f}\n").as_bytes(),
+            );
+        }
+    }
+    let dest = format!("s3://{BUCKET}/skew");
+    s.sr_ok(&["init", "--dest", &dest]);
+    let worker = |i: usize| {
+        let shard = format!("{i}/2");
+        let mut c = s.command(&[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            &dest,
+            "--json",
+            "--jobs",
+            "2",
+            "--shard",
+            &shard,
+            "--run-id",
+            "skew",
+        ]);
+        c.env("SNAPRING_SHARD_LEASE", "2s")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let mut c1 = worker(1);
+    if !with_clock_off(&mut c1, "-600") {
+        return;
+    }
+    let pause = s.t.path().join("paused");
+    let w0 = worker(0)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("shard.repo.before_commit=pause:{}", pause.display()),
+        )
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let pid = rustix::process::Pid::from_raw(w0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    std::fs::remove_file(&pause).unwrap();
+    use snapring::restic::backend::Backend;
+    let claims = lib_s3(&s, "skew")
+        .list_extra("snapring/shards/skew/claims")
+        .unwrap();
+    let units: Vec<&String> = claims.iter().filter(|c| c.starts_with('u')).collect();
+    let [name] = units.as_slice() else {
+        panic!("one unit claim expected: {claims:?}")
+    };
+    let unit = name.strip_suffix(".g1").unwrap().to_string();
+    let before = s
+        .server
+        .as_ref()
+        .map(|v| v.requests.load(Ordering::Relaxed));
+    let t0 = std::time::Instant::now();
+    let mut w1 = c1.spawn().unwrap();
+    let ended = loop {
+        if w1.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = w1.kill();
+    let o = w1.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    let after = s
+        .server
+        .as_ref()
+        .map(|v| v.requests.load(Ordering::Relaxed));
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let late = w0.wait_with_output().unwrap();
+    assert!(
+        ended,
+        "worker 1 (clock 10 min behind) did not take the unit over within 60 s (a 2 s \
+         lease): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r1: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(r1["finalized"], true, "{r1}");
+    assert!(
+        r1["units"].as_array().unwrap().iter().any(|u| u == &unit),
+        "{r1}"
+    );
+    assert_eq!(late.status.code(), Some(0), "{late:?}");
+    if let (Some(b), Some(a)) = (before, after) {
+        eprintln!(
+            "worker 1: {} requests in {took:?}, units {}",
+            a - b,
+            r1["units"]
+        );
+    }
+    let list: serde_json::Value =
+        serde_json::from_str(&s.sr_ok(&["list", "--dest", &dest, "--json"])).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}

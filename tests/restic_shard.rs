@@ -1035,6 +1035,107 @@ fn a_rerun_on_another_host_takes_its_predecessors_claim_over_at_once() {
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
 
+/// Worker 1's clock is 10 minutes behind (libfaketime): the claim of a worker stopped
+/// past its lease is still taken over once the lease has lapsed by the repository's
+/// clock (the claim's and its beat's mtimes), not 10 minutes later; the run is
+/// published and the stopped worker's late commit refused.
+#[test]
+fn a_worker_whose_clock_is_behind_takes_a_stalled_workers_unit_over_after_the_lease() {
+    let e = env();
+    let run = "behind";
+    let mut c = worker(&e, &["--shard", "1/2", "--run-id", run], &SHORT_LEASE);
+    if !with_clock_off(&mut c, "-600") {
+        return;
+    }
+    let stalled = Stopped::at(&e, 0, 2, run, "shard.repo.before_commit");
+    let claims = unit_claims(&e, run);
+    let [name] = claims.as_slice() else {
+        panic!("one claim expected: {claims:?}")
+    };
+    let unit = name.strip_suffix(".g1").unwrap().to_string();
+    let mut w1 = c.spawn().unwrap();
+    let t0 = Instant::now();
+    let ended = loop {
+        if w1.try_wait().unwrap().is_some() {
+            break true;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = w1.kill();
+    let o = w1.wait_with_output().unwrap();
+    let late = stalled.resume();
+    assert!(
+        ended,
+        "worker 1 (clock 10 min behind) did not take the unit over within 60 s \
+         (a 2 s lease): {}",
+        text(&o)
+    );
+    let r1 = report(&o);
+    assert_eq!(r1["finalized"], true, "{r1}");
+    assert!(units_of(&r1, "units").contains(&unit), "{r1}");
+    let late = report(&late);
+    assert_eq!(units_of(&late, "units_refused"), [unit], "{late}");
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1);
+    assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
+}
+
+/// Worker 1's clock is 2 hours ahead (libfaketime): a live worker's claim (held in its
+/// unit's walk), renewed by its beats, is not past its lease by the repository's clock, so worker 1 builds the
+/// other units and waits rather than build it again; the run is published once.
+#[test]
+fn a_worker_whose_clock_is_ahead_leaves_a_live_workers_unit_to_it() {
+    let e = env();
+    let run = "ahead";
+    let mut c = worker(&e, &["--shard", "1/2", "--run-id", run], &SHORT_LEASE);
+    if !with_clock_off(&mut c, "+7200") {
+        return;
+    }
+    let pause = e.t.path().join("paused");
+    let fp = format!("shard.repo.before_walk=pause:{}", pause.display());
+    let w0 = spawn(
+        &e,
+        0,
+        2,
+        run,
+        &[SHORT_LEASE[0], ("SNAPRING_FAILPOINTS", &fp)],
+    );
+    wait_for(&pause);
+    let claims = unit_claims(&e, run);
+    let [name] = claims.as_slice() else {
+        panic!("one claim expected: {claims:?}")
+    };
+    let unit = name.strip_suffix(".g1").unwrap().to_string();
+    let w1 = c.spawn().unwrap();
+    // Worker 1 commits every other unit, then only waits, three leases (a takeover
+    // would follow its last commit at once).
+    let units = plan_units(&e, run);
+    let t0 = Instant::now();
+    while run_files(&e, run, "done").len() < units.len() - 1 {
+        assert!(t0.elapsed() < Duration::from_secs(60), "worker 1 is stuck");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let claims = unit_claims(&e, run);
+    std::fs::remove_file(&pause).unwrap();
+    let r0 = report(&w0.wait_with_output().unwrap());
+    let r1 = report(&w1.wait_with_output().unwrap());
+    assert_eq!(
+        claims
+            .iter()
+            .filter(|c| c.starts_with(&format!("{unit}.g")))
+            .count(),
+        1,
+        "worker 1 (clock 2 h ahead) took over the unit of a live worker: {claims:?}"
+    );
+    assert_eq!(units_of(&r0, "units"), [unit.as_str()], "{r0}");
+    assert!(!units_of(&r1, "units").contains(&unit), "{r1}");
+    assert_eq!(snapshots(&e).len(), 1);
+}
+
 /// Two pods of one node with `hostNetwork: true`: the same host name, not the same pid
 /// namespace. Worker 0 runs in a pid namespace of its own, under a pid that no process
 /// has here, and is held before its commit; worker 1 must not take `kill(pid, 0)` (no

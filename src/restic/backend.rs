@@ -66,6 +66,12 @@ pub trait Backend: Send + Sync {
     /// root. restic leaves directories it does not know alone.
     /// The file `rel`, or `None` if there is none.
     fn read_extra(&self, rel: &str) -> Result<Option<Vec<u8>>>;
+    /// [`Backend::read_extra`], with how long ago the file was last written by the
+    /// storage's own clock ([`Written`]; `None` where the storage does not say), so
+    /// that a shard run's leases are judged by one clock whatever the hosts' say.
+    fn read_extra_written(&self, rel: &str) -> Result<Option<(Vec<u8>, Option<Written>)>> {
+        Ok(self.read_extra(rel)?.map(|b| (b, None)))
+    }
     /// Creates `rel` with `bytes` only if nothing is there (an exclusive create; a
     /// conditional `If-None-Match: *` write on S3); `false`: something was.
     fn create_extra(&self, rel: &str, bytes: &[u8]) -> Result<bool>;
@@ -102,6 +108,18 @@ pub trait Backend: Send + Sync {
     fn probe_down(&self) -> Option<String> {
         None
     }
+}
+
+/// When a file was last written, by the storage's clock ([`Backend::read_extra_written`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Its age, measured by the storage itself (S3: the answer's `Date` less the
+    /// object's `Last-Modified`, both of the same answer, so no host's clock is
+    /// involved), rounded down so that it is never more than the true age.
+    Ago(std::time::Duration),
+    /// Its mtime, set by the store's clock (a local or NFS file system): to be
+    /// compared with the store's clock (`shard::state::StoreClock`).
+    At(std::time::SystemTime),
 }
 
 /// Distinct packs answering EIO, with no pack read at all, that make a local
@@ -460,6 +478,25 @@ impl Backend for Local {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err("read", &p)(e)),
         }
+    }
+
+    /// The file's mtime, of the file read (its create's or its last `put_extra`'s:
+    /// set by the store's clock, as NFS servers do).
+    fn read_extra_written(&self, rel: &str) -> Result<Option<(Vec<u8>, Option<Written>)>> {
+        use std::io::Read;
+        let p = self.root.join(rel);
+        let mut f = match std::fs::File::open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("read", &p)(e)),
+        };
+        let mtime = f
+            .metadata()
+            .and_then(|m| m.modified())
+            .map_err(io_err("stat", &p))?;
+        let mut b = Vec::new();
+        f.read_to_end(&mut b).map_err(io_err("read", &p))?;
+        Ok(Some((b, Some(Written::At(mtime)))))
     }
 
     /// Written under a private name, then hard-linked to `rel` (which fails if it

@@ -60,7 +60,7 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
-use super::backend::{Backend, Kind, already_a_repository, rel_path};
+use super::backend::{Backend, Kind, Written, already_a_repository, rel_path};
 use super::{Error, Id, Result};
 
 /// Attempts per request (the first and the retries).
@@ -388,6 +388,9 @@ struct Resp {
     body: Vec<u8>,
     retry_after: Option<Duration>,
     content_type: Option<String>,
+    /// The answer's `Date` and `Last-Modified`, as they read (the server's clock).
+    date: Option<std::time::SystemTime>,
+    last_modified: Option<std::time::SystemTime>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -1120,12 +1123,30 @@ impl Backend for S3 {
     }
 
     fn read_extra(&self, rel: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.read_extra_written(rel)?.map(|(b, _)| b))
+    }
+
+    /// The object's age from the GET's own answer: its `Date` less its `Last-Modified`,
+    /// both set by the server (no extra request, no host's clock). Both are to the
+    /// second, so the difference may be up to a second more than the true age: a
+    /// second is taken off.
+    fn read_extra_written(&self, rel: &str) -> Result<Option<(Vec<u8>, Option<Written>)>> {
         let key = self.key(rel);
         let what = format!("read {}", self.url_of(&key));
         let resp = self.get(&key, vec![], 0, &what)?;
         match resp.status {
             200 if looks_like_a_page(&resp) => Err(self.not_s3(&what, &resp)),
-            200 => Ok(Some(resp.body)),
+            200 => {
+                let written = match (resp.date, resp.last_modified) {
+                    (Some(now), Some(at)) => Some(Written::Ago(
+                        now.duration_since(at)
+                            .unwrap_or_default()
+                            .saturating_sub(Duration::from_secs(1)),
+                    )),
+                    _ => None,
+                };
+                Ok(Some((resp.body, written)))
+            }
             404 => Ok(None),
             _ => Err(self.failed(&what, &resp)),
         }
@@ -1227,6 +1248,9 @@ fn perform(
         let retry_after = header("retry-after")
             .and_then(|v| retry_after(v, header("date"), std::time::SystemTime::now()));
         let content_type = header("content-type").map(str::to_string);
+        let date = header("date").and_then(|d| httpdate::parse_http_date(d.trim()).ok());
+        let last_modified =
+            header("last-modified").and_then(|d| httpdate::parse_http_date(d.trim()).ok());
         let body = resp
             .bytes()
             .map_err(|e| timed_out(chain(&e), limit))?
@@ -1236,6 +1260,8 @@ fn perform(
             body,
             retry_after,
             content_type,
+            date,
+            last_modified,
         })
     })();
     let _ = tx.send(Progress::Done(outcome));

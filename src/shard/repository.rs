@@ -10,10 +10,12 @@
 //! repository's key, as everything restic writes):
 //! - `plan`: the cut, the run's parameters, the parent snapshot (sealed JSON);
 //! - `claims/<unit>.g<generation>`: who works on a unit (a `Holder`, plain JSON); its
-//!   lease runs from the newer of its own time and that of
-//!   `beats/<unit>.g<generation>`, rewritten every third of the lease while the unit is
-//!   built; a claim past its lease, or of a process of this host that has exited, is
-//!   taken over by creating the next generation;
+//!   lease runs from when it or `beats/<unit>.g<generation>` was last written,
+//!   whichever is later, by the storage's clock (S3: each GET's `Date` less its
+//!   `Last-Modified`; a file system: the mtime against `state::StoreClock`), so workers
+//!   whose clocks disagree judge it alike; the beat is rewritten every third of the
+//!   lease while the unit is built; a claim past its lease, or of a process of this
+//!   host that has exited, is taken over by creating the next generation;
 //! - `done/<unit>`: the unit's commit (sealed JSON: the nodes of its names, its counts,
 //!   problems and warnings), written after its packs and index; the first commit of a
 //!   unit is the one kept, any later one (a stalled generation's, a duplicate worker's)
@@ -57,10 +59,10 @@ use serde::{Deserialize, Serialize};
 
 use super::plan::{Cut, Unit};
 use super::sizes::SpineMounts;
-use super::state::{Holder, PlanFile, lease};
+use super::state::{Holder, PlanFile, StoreClock, lease};
 use super::{ShardError, Spec};
 use crate::relpath::RelPath;
-use crate::restic::backend::{Backend, Kind};
+use crate::restic::backend::{Backend, Kind, Written};
 use crate::restic::backup::{DirAt, EntryProblem, Names, UnitLink, UnitSpec, Wrap, dir_node_at};
 use crate::restic::index::Index;
 use crate::restic::pack::BlobType;
@@ -333,13 +335,20 @@ pub struct WorkerReport {
 struct State<'a> {
     b: &'a dyn Backend,
     base: String,
+    /// The store's clock, for a repository on a file system (the claims' mtimes are
+    /// set by it); S3 answers each read with the object's age ([`Written::Ago`]).
+    clock: Option<StoreClock>,
 }
 
 impl<'a> State<'a> {
     fn new(b: &'a dyn Backend, run: &str) -> State<'a> {
+        let base = format!("{RUNS}/{run}");
         State {
             b,
-            base: format!("{RUNS}/{run}"),
+            clock: b
+                .local_root()
+                .map(|root| StoreClock::new(root.join(&base).join("claims"), lease())),
+            base,
         }
     }
 
@@ -374,27 +383,56 @@ impl<'a> State<'a> {
     }
 
     /// Who holds a claim (`None`: its content does not read, a damaged object, as its
-    /// write is conditional and whole), and when its lease was last renewed: its
-    /// holder's time or its latest beat's, the epoch when neither reads (so a damaged
-    /// claim counts as old unless its holder still beats). `None`: no such claim.
+    /// write is conditional and whole), and how long ago its lease was last renewed:
+    /// when the claim or its latest beat was written, whichever is newer, by the
+    /// storage's clock (`Backend::read_extra_written`), so that hosts whose clocks
+    /// disagree judge a lease alike. Where the storage does not say, by the holder's
+    /// time in it against this host's clock (the epoch when it does not read, so a
+    /// damaged claim counts as old unless its holder still beats). `None`: no such
+    /// claim.
     fn claim_at(
         &self,
         unit: &str,
         generation: u32,
-    ) -> restic::Result<Option<(Option<Holder>, SystemTime)>> {
-        let Some(bytes) = self.b.read_extra(&self.claim_key(unit, generation))? else {
+    ) -> restic::Result<Option<(Option<Holder>, Duration)>> {
+        let Some((bytes, written)) = self
+            .b
+            .read_extra_written(&self.claim_key(unit, generation))?
+        else {
             return Ok(None);
         };
         let holder = serde_json::from_slice::<Holder>(&bytes).ok();
-        let mut at = holder
-            .as_ref()
-            .map_or(SystemTime::UNIX_EPOCH, |h| parse_at(&h.at));
-        if let Some(beat) = self.b.read_extra(&self.beat_key(unit, generation))?
-            && let Ok(h) = serde_json::from_slice::<Holder>(&beat)
+        let mut age = self.age(written, holder.as_ref());
+        if let Some((beat, written)) = self
+            .b
+            .read_extra_written(&self.beat_key(unit, generation))?
         {
-            at = at.max(parse_at(&h.at));
+            let h = serde_json::from_slice::<Holder>(&beat).ok();
+            // A beat that does not read, by the storage's clock, still renews.
+            if written.is_some() || h.is_some() {
+                age = age.min(self.age(written, h.as_ref()));
+            }
         }
-        Ok(Some((holder, at)))
+        Ok(Some((holder, age)))
+    }
+
+    /// How long ago a file was written: by the storage's clock, else by the holder's
+    /// time in it against this host's clock (the longest when it does not read).
+    fn age(&self, written: Option<Written>, holder: Option<&Holder>) -> Duration {
+        let since = |now: SystemTime, at: SystemTime| now.duration_since(at).unwrap_or_default();
+        match written {
+            Some(Written::Ago(d)) => d,
+            Some(Written::At(at)) => since(
+                self.clock
+                    .as_ref()
+                    .map_or_else(SystemTime::now, StoreClock::now),
+                at,
+            ),
+            None => since(
+                SystemTime::now(),
+                holder.map_or(SystemTime::UNIX_EPOCH, |h| parse_at(&h.at)),
+            ),
+        }
     }
 
     fn claim(&self, unit: &str, generation: u32, worker: usize) -> restic::Result<bool> {
@@ -1137,14 +1175,14 @@ fn next_unit<'c>(
     for u in open {
         let g = gens[&u.id];
         match st.claim_at(&u.id, g)? {
-            Some((h, at)) => {
+            Some((h, age)) => {
                 // This index's claim made on another host (pid namespace, boot) before
                 // this process started: a retried worker's dead predecessor's. One
                 // that does not read has only its lease (its beats) to go by.
                 let predecessor = h.as_ref().is_some_and(|h| {
                     h.worker == me && !h.shares_pids_here() && h.made_before(started)
                 });
-                if past_lease(at) || h.as_ref().is_some_and(Holder::is_dead_here) || predecessor {
+                if past_lease(age) || h.as_ref().is_some_and(Holder::is_dead_here) || predecessor {
                     return Ok(Some((u, g + 1)));
                 }
             }
@@ -1219,8 +1257,8 @@ fn take_turn(
         let g = match st.claim_gens().map_err(failed)?.get(name) {
             None => 1,
             Some(&g) => match st.claim_at(name, g).map_err(failed)? {
-                Some((h, at))
-                    if !h.as_ref().is_some_and(Holder::is_dead_here) && !past_lease(at) =>
+                Some((h, age))
+                    if !h.as_ref().is_some_and(Holder::is_dead_here) && !past_lease(age) =>
                 {
                     poll.wait();
                     continue;
@@ -1259,11 +1297,9 @@ impl Poll {
     }
 }
 
-/// Whether a lease renewed at `at` has run out.
-fn past_lease(at: SystemTime) -> bool {
-    SystemTime::now()
-        .duration_since(at)
-        .is_ok_and(|d| d > lease())
+/// Whether a lease renewed `age` ago ([`State::claim_at`]) has run out.
+fn past_lease(age: Duration) -> bool {
+    age > lease()
 }
 
 /// The claims this worker holds, whose leases the beat thread renews.
@@ -2930,8 +2966,8 @@ pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus
     let mut claims: BTreeMap<String, (u32, Option<usize>, bool)> = BTreeMap::new();
     for (u, newest) in &gens {
         let g = &kept.map_or(*newest, |k| k.get(u).copied().unwrap_or(1));
-        if let Some((h, at)) = st.claim_at(u, *g)? {
-            let stale = past_lease(at) || h.as_ref().is_some_and(Holder::is_dead_here);
+        if let Some((h, age)) = st.claim_at(u, *g)? {
+            let stale = past_lease(age) || h.as_ref().is_some_and(Holder::is_dead_here);
             claims.insert(u.clone(), (*g, h.map(|h| h.worker), stale));
         }
     }

@@ -1074,3 +1074,21 @@ impl Drop for Tmpfs {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
     }
 }
+
+/// `c` under libfaketime, its clock `offset` seconds off (`-600`, `+7200`; its
+/// monotonic clock left alone, as a host's clock that is merely set wrong). `false`,
+/// saying SKIPPED, where libfaketime is not installed.
+pub fn with_clock_off(c: &mut Command, offset: &str) -> bool {
+    let lib = PathBuf::from("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1");
+    if !lib.exists() {
+        eprintln!(
+            "SKIPPED: {} is not installed (apt-get install faketime)",
+            lib.display()
+        );
+        return false;
+    }
+    c.env("LD_PRELOAD", &lib)
+        .env("FAKETIME", offset)
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1");
+    true
+}
