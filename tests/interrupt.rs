@@ -24,7 +24,12 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 /// A backup stopped by SIGINT after its 10th copy: its output, exit 3 checked.
 fn interrupted_at_the_10th_copy(src: &Path, dest: &Path) -> std::process::Output {
-    let Paused { child, pause } = spawn_paused(src, dest, &[], "walk.after_copy", 10);
+    interrupted_at_copy(src, dest, 10)
+}
+
+/// A backup stopped by SIGINT after its `nth` copy: its output, exit 3 checked.
+fn interrupted_at_copy(src: &Path, dest: &Path, nth: u32) -> std::process::Output {
+    let Paused { child, pause } = spawn_paused(src, dest, &[], "walk.after_copy", nth);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
         rustix::process::Signal::INT,
@@ -626,16 +631,7 @@ fn a_file_resumed_from_a_racy_copy_is_not_copied_again_by_the_run_after() {
     std::fs::create_dir(staging.join(format!("{stamp}-zzzzzzzz"))).unwrap();
     // The second run starts past the racy margin of the files' change.
     std::thread::sleep(Duration::from_millis(2100));
-    let Paused { child, pause } = spawn_paused(&src, &dest, &[], "walk.after_copy", 5);
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
-        rustix::process::Signal::INT,
-    )
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    std::fs::remove_file(&pause).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert_eq!(out.status.code(), Some(3));
+    let out = interrupted_at_copy(&src, &dest, 5);
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rep["files_linked"], 10, "{rep}");
     assert_eq!(rep["files_transferred"], 5, "{rep}");
