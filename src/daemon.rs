@@ -187,13 +187,96 @@ fn job_options(cfg: &Config, name: &str) -> Option<crate::engine::BackupOptions>
 /// The hard-link store job `name` of `cfg` writes, where its path leads (`None` for a
 /// repository, which takes several runs at once, or a job that does not resolve). Two
 /// runs on one store: the store's lock refused the second, recorded and notified
-/// `failed`; the daemon starts it when the first has ended instead.
-fn store_of(cfg: &Config, name: &str) -> Option<PathBuf> {
+/// `failed`; the daemon starts it when the first has ended instead. Resolved off the
+/// loop ([`StoreCalls`]): a store whose file system hangs (a hard-mounted NFS export
+/// whose server is down) held the whole loop in `canonicalize` (no other job's run
+/// started, a SIGTERM unheeded). One that does not answer in time is its path made
+/// absolute, unresolved.
+fn store_of(cfg: &Config, name: &str, calls: &StoreCalls) -> Option<PathBuf> {
     let opts = job_options(cfg, name)?;
     if crate::catalog::is_repository(&opts.store.to_string_lossy()) {
         return None;
     }
-    Some(std::fs::canonicalize(&opts.store).unwrap_or(opts.store))
+    let raw = opts.store;
+    let asked = raw.clone();
+    calls
+        .call("resolve", &raw, move || std::fs::canonicalize(&asked).ok())
+        .flatten()
+        .or_else(|| std::path::absolute(&raw).ok())
+        .or(Some(raw))
+}
+
+/// How long the loop waits for a store's file system to answer one call
+/// ([`StoreCalls`]).
+const STORE_BUSY: Duration = Duration::from_secs(1);
+
+/// The calls the scheduling loop makes on stores' file systems (resolving a store's
+/// path, reading its lock file or its run records), each on a thread of its own that
+/// the loop waits for [`STORE_BUSY`] at most: a store that hangs holds up neither the
+/// other jobs' runs nor a stop. A call that has not answered is not made again (on that
+/// path) until it has: the loop goes on without its answer at once, and no thread piles
+/// up behind a hung one.
+#[derive(Clone, Default)]
+struct StoreCalls {
+    /// The calls under way: their kind and path.
+    pending: Arc<std::sync::Mutex<BTreeSet<(&'static str, PathBuf)>>>,
+}
+
+impl StoreCalls {
+    /// `f`'s answer (a call of kind `kind` on `path`), or `None` if it did not answer
+    /// within [`STORE_BUSY`] or such a call still hangs.
+    fn call<T: Send + 'static>(
+        &self,
+        kind: &'static str,
+        path: &Path,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        let key = (kind, path.to_path_buf());
+        if !self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.clone())
+        {
+            tracing::debug!(
+                "{kind} {}: an earlier call has not answered",
+                path.display()
+            );
+            return None;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let pending = self.pending.clone();
+        let done = key.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("store-{kind}"))
+            .spawn(move || {
+                let answer = f();
+                pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&done);
+                let _ = tx.send(answer);
+            });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a thread to {kind} {}: {e}", path.display());
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&key);
+            return None;
+        }
+        match rx.recv_timeout(STORE_BUSY) {
+            Ok(answer) => Some(answer),
+            Err(_) => {
+                tracing::warn!(
+                    "{kind} {}: its file system has not answered in {}s; the daemon goes on without it",
+                    path.display(),
+                    STORE_BUSY.as_secs()
+                );
+                None
+            }
+        }
+    }
 }
 
 /// At most this many notices of dead runs are sent at once ([`State::died`]); past
@@ -473,6 +556,8 @@ struct State<'a> {
     /// The thread refreshing this daemon's heartbeat markers in the stores it serves
     /// ([`marker::Heartbeat`]), off the loop.
     markers: marker::Heartbeat,
+    /// The loop's calls on stores' file systems, each bounded ([`StoreCalls`]).
+    calls: StoreCalls,
     summary: Summary,
 }
 
@@ -510,7 +595,7 @@ impl State<'_> {
     fn stores(&self) -> BTreeSet<PathBuf> {
         self.jobs
             .keys()
-            .filter_map(|name| store_of(&self.cfg, name))
+            .filter_map(|name| store_of(&self.cfg, name, &self.calls))
             .collect()
     }
 
@@ -563,7 +648,7 @@ impl State<'_> {
         let mut in_store = BTreeMap::new();
         if startup && cat.is_none() {
             for name in self.jobs.keys() {
-                let Some((store, r, older)) = newest_in_store(&self.cfg, name) else {
+                let Some((store, r, older)) = newest_in_store(&self.cfg, name, &self.calls) else {
                     continue;
                 };
                 for o in older {
@@ -815,7 +900,7 @@ impl State<'_> {
                         child,
                         since: Utc::now(),
                         cfg: self.cfg.clone(),
-                        store: store_of(&self.cfg, name),
+                        store: store_of(&self.cfg, name, &self.calls),
                     },
                 );
             }
@@ -1009,7 +1094,19 @@ impl State<'_> {
         if let Some(only) = &only {
             notifiers.retain(|(n, _)| only.contains(n));
         }
-        if notifiers.is_empty() {
+        // A death of a job with no notifier (`only` is a cut notice's, told again) is
+        // told to nobody, and its record says so: it had no outcome to record, so each
+        // start took it for untold and told it again (to the notifiers of the day).
+        let nobody = match &settled {
+            Some((_, r)) if notifiers.is_empty() && only.is_none() && died_untold(r) => {
+                let mut r = r.clone();
+                r.warnings
+                    .push(format!("{TOLD_NOBODY} (job {name} has no notifier)"));
+                Some(r)
+            }
+            _ => None,
+        };
+        if notifiers.is_empty() && nobody.is_none() {
             return;
         }
         let notice = match &settled {
@@ -1038,7 +1135,10 @@ impl State<'_> {
                         );
                     }
                 }
-                if let Some((store, mut r)) = settled {
+                if let Some(r) = nobody {
+                    let store = settled.and_then(|(store, _)| store);
+                    record_run(catalog.as_deref(), on_nfs, store.as_ref(), &r);
+                } else if let Some((store, mut r)) = settled {
                     match only {
                         None => r.notifications = outcomes,
                         Some(_) => {
@@ -1129,7 +1229,7 @@ impl State<'_> {
                 self.summary.skipped += 1;
                 self.event(Some(&name), "skipped", &msg);
             } else {
-                let store = store_of(&self.cfg, &name);
+                let store = store_of(&self.cfg, &name, &self.calls);
                 let pos = self.queue.partition_point(|q| q.due <= at);
                 self.queue.insert(
                     pos,
@@ -1337,29 +1437,15 @@ impl State<'_> {
     /// again, the store lock refused that run, and it was recorded and notified as a
     /// failure. Read from the store's lock file, which names its holder (emptied when
     /// it ends cleanly; a dead holder's pid is checked against the process's command).
+    /// Read off the loop ([`StoreCalls`]): a store that does not answer has none known.
     fn orphan_run(&self, name: &str) -> Option<String> {
         let opts = job_options(&self.cfg, name)?;
         let lock = opts.store.join(crate::store::META_DIR).join("lock");
-        let mut f = crate::fsx::open_regular(&lock, true).ok()?;
-        // The file names the last holder, held or not (a run killed with SIGKILL leaves
-        // it): only a lock someone holds now is a run going on (its pid may be reused).
-        if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
-            return None;
-        }
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut f, &mut text).ok()?;
-        let h: crate::store::lock::Holder = serde_json::from_slice(&text).ok()?;
-        if h.host != crate::util::hostname() || h.pid == std::process::id() {
-            return None;
-        }
-        // `snapring … run … NAME …`, as `spawn` starts it (or as a user would).
-        let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.pid)).ok()?;
-        let runs_it = cmdline
-            .split(|b| *b == 0)
-            .skip_while(|a| *a != b"run")
-            .skip(1)
-            .any(|a| a == name.as_bytes());
-        runs_it.then(|| h.to_string())
+        let name = name.to_string();
+        let at = lock.clone();
+        self.calls
+            .call("read the lock", &lock, move || orphan_holder(&at, &name))
+            .flatten()
     }
 
     /// The record in the store of job `name` (as configured in `cfg`) of the newest run
@@ -1374,17 +1460,23 @@ impl State<'_> {
         since: DateTime<Utc>,
     ) -> Option<crate::report::RunReport> {
         let opts = job_options(cfg, name)?;
-        let store = crate::store::Store::open(&opts.store, false).ok()?;
+        let root = opts.store.clone();
         let from = since - chrono::Duration::seconds(1);
-        let mut ids: Vec<String> = store
-            .run_ids()
-            .into_iter()
-            .filter(|id| crate::store::select::run_id_time(id).is_some_and(|t| t >= from))
-            .collect();
-        ids.sort();
-        ids.into_iter()
-            .rev()
-            .find_map(|id| store.read_run(&id).ok().flatten())
+        // Off the loop ([`StoreCalls`]): a store that does not answer has none known.
+        self.calls
+            .call("read the run records of", &opts.store, move || {
+                let store = crate::store::Store::open(&root, false).ok()?;
+                let mut ids: Vec<String> = store
+                    .run_ids()
+                    .into_iter()
+                    .filter(|id| crate::store::select::run_id_time(id).is_some_and(|t| t >= from))
+                    .collect();
+                ids.sort();
+                ids.into_iter()
+                    .rev()
+                    .find_map(|id| store.read_run(&id).ok().flatten())
+            })
+            .flatten()
     }
 
     /// Sends SIGTERM to every running backup and waits for them to record themselves.
@@ -1422,6 +1514,31 @@ impl State<'_> {
             let _ = h.join();
         }
     }
+}
+
+/// The holder of the store lock `lock` if it is a live `snapring run` of job `name` on
+/// this host other than this process ([`State::orphan_run`]).
+fn orphan_holder(lock: &Path, name: &str) -> Option<String> {
+    let mut f = crate::fsx::open_regular(lock, true).ok()?;
+    // The file names the last holder, held or not (a run killed with SIGKILL leaves
+    // it): only a lock someone holds now is a run going on (its pid may be reused).
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared).is_ok() {
+        return None;
+    }
+    let mut text = Vec::new();
+    std::io::Read::read_to_end(&mut f, &mut text).ok()?;
+    let h: crate::store::lock::Holder = serde_json::from_slice(&text).ok()?;
+    if h.host != crate::util::hostname() || h.pid == std::process::id() {
+        return None;
+    }
+    // `snapring … run … NAME …`, as `spawn` starts it (or as a user would).
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", h.pid)).ok()?;
+    let runs_it = cmdline
+        .split(|b| *b == 0)
+        .skip_while(|a| *a != b"run")
+        .skip(1)
+        .any(|a| a == name.as_bytes());
+    runs_it.then(|| h.to_string())
 }
 
 /// How many of a job's newest runs the daemon's start looks through for deaths
@@ -1478,7 +1595,12 @@ fn died_untold(r: &crate::report::RunReport) -> bool {
         && r.message
             .starts_with("interrupted: the process ended before finishing")
         && r.notifications.is_empty()
+        && !r.warnings.iter().any(|w| w.starts_with(TOLD_NOBODY))
 }
+
+/// The warning in the record of a run whose death the daemon told to nobody (its job
+/// has no notifier): told, not to be told again ([`died_untold`]).
+const TOLD_NOBODY: &str = "its death was told to nobody";
 
 /// The newest run record of job `name` in its hard-link store (`None` for a
 /// repository job, or a store with none), for a daemon with no catalog to read
@@ -1493,12 +1615,13 @@ fn died_untold(r: &crate::report::RunReport) -> bool {
 fn newest_in_store(
     cfg: &Config,
     name: &str,
+    calls: &StoreCalls,
 ) -> Option<(
     crate::store::Store,
     crate::report::RunReport,
     Vec<crate::report::RunReport>,
 )> {
-    let root = store_of(cfg, name)?;
+    let root = store_of(cfg, name, calls)?;
     let store = crate::store::Store::open(&root, false).ok()?;
     let ahead = Utc::now() + chrono::Duration::minutes(5);
     let mut ids = store.run_ids();
@@ -1641,6 +1764,7 @@ pub fn run(
             marker::Markers::new(&opts.config, opts.catalog.as_deref()),
             BTreeSet::new(),
         ),
+        calls: StoreCalls::default(),
         summary: Summary::default(),
     };
     st.markers.stores(st.stores());
@@ -1690,7 +1814,7 @@ pub fn run(
                     // read when it was queued may have moved (it then started beside
                     // a run on its new store, whose lock refused it: `failed`, told).
                     for q in &mut st.queue {
-                        q.store = store_of(&st.cfg, &q.name);
+                        q.store = store_of(&st.cfg, &q.name, &st.calls);
                     }
                     let before = std::mem::replace(&mut st.jobs, jobs);
                     for (name, j) in st.jobs.iter_mut() {

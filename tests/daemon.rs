@@ -3400,6 +3400,31 @@ fn with_the_catalog_off_a_missed_run_runs_once_at_start() {
     assert!(!t.path().join("off").exists());
 }
 
+/// The start of the tests of deaths told at a daemon's start: job `a` of
+/// [`killable_job`] in a new directory, with its catalog (`off`: none), whose runs,
+/// started by hand (no daemon to see them end), are stopped mid-walk by `signals` in
+/// turn. The directory, the catalog, the config, the notifier's `told` and the runs'
+/// ids.
+fn runs_stopped(
+    off: bool,
+    signals: &[rustix::process::Signal],
+) -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf, Vec<String>) {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    tree(&src, 30, 10);
+    let catalog = match off {
+        true => PathBuf::from("off"),
+        false => t.path().join("cat.db"),
+    };
+    let (cfg, _, told) = killable_job(t.path(), &src);
+    let runs = t.path().join("a/.snapring/runs");
+    let ids = signals
+        .iter()
+        .map(|s| stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, *s).1)
+        .collect();
+    (t, catalog, cfg, told, ids)
+}
+
 /// Two runs of a job killed one after the other (as with the machine, no daemon to see
 /// them die: here run by hand), neither told: the next daemon start told the newest
 /// only, and the older death was never told to anyone. Now each is told, once,
@@ -3407,18 +3432,11 @@ fn with_the_catalog_off_a_missed_run_runs_once_at_start() {
 #[test]
 fn runs_killed_one_after_another_are_each_told_at_the_next_start() {
     for off in [false, true] {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        tree(&src, 30, 10);
-        let catalog = match off {
-            true => PathBuf::from("off"),
-            false => t.path().join("cat.db"),
+        use rustix::process::Signal;
+        let (_t, catalog, cfg, told, ids) = runs_stopped(off, &[Signal::KILL, Signal::KILL]);
+        let [first, second] = ids.as_slice() else {
+            unreachable!()
         };
-        let (cfg, _, told) = killable_job(t.path(), &src);
-        let runs = t.path().join("a/.snapring/runs");
-        let kill = rustix::process::Signal::KILL;
-        let (_, first) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, kill);
-        let (_, second) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, kill);
         assert!(told_lines(&told).is_empty(), "{:?}", told_lines(&told));
         let d = Daemon::start(&catalog, &cfg, "");
         let lines = [
@@ -3447,20 +3465,12 @@ fn runs_killed_one_after_another_are_each_told_at_the_next_start() {
 #[test]
 fn a_death_before_a_run_that_told_its_end_is_not_told_at_the_next_start() {
     for off in [false, true] {
-        let t = tempfile::tempdir().unwrap();
-        let src = t.path().join("src");
-        tree(&src, 30, 10);
-        let catalog = match off {
-            true => PathBuf::from("off"),
-            false => t.path().join("cat.db"),
+        use rustix::process::Signal;
+        let (_t, catalog, cfg, told, ids) =
+            runs_stopped(off, &[Signal::KILL, Signal::TERM, Signal::KILL]);
+        let [old, mid, new] = ids.as_slice() else {
+            unreachable!()
         };
-        let (cfg, _, told) = killable_job(t.path(), &src);
-        let runs = t.path().join("a/.snapring/runs");
-        let kill = rustix::process::Signal::KILL;
-        let term = rustix::process::Signal::TERM;
-        let (_, old) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, kill);
-        let (_, mid) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, term);
-        let (_, new) = stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, kill);
         assert_eq!(
             told_lines(&told),
             [format!("a incomplete {mid}")],
@@ -3476,11 +3486,52 @@ fn a_death_before_a_run_that_told_its_end_is_not_told_at_the_next_start() {
         d.stop();
         let got = told_lines(&told);
         assert!(
-            !got.iter().any(|l| l.ends_with(&old)),
+            !got.iter().any(|l| l.ends_with(old.as_str())),
             "off: {off}: the death before a told run was told: {got:?}"
         );
         assert_eq!(got.iter().filter(|g| **g == new_line).count(), 1, "{got:?}");
     }
+}
+
+/// The daemon of the tests of a store that hangs, in `dir` (its catalog `cat.db`, its
+/// log `daemon.log`, its heartbeat every second), with two jobs: `hung`, at `schedule`
+/// (`missed = "skip"`), writes `dest` (or `mnt/s` if `None`; `s` is a store already,
+/// so the daemon keeps its marker there), `mnt` a latencyfs mount that stalls for a
+/// minute every call on a path matching `stall`; `fast` writes `fast` every second.
+/// The layer and the daemon; `None` where FUSE cannot run.
+fn hung_store_daemon(
+    dir: &Path,
+    stall: &str,
+    schedule: &str,
+    dest: Option<&Path>,
+) -> Option<(FaultFs, Daemon)> {
+    let (src, under, mnt) = (dir.join("src"), dir.join("under"), dir.join("mnt"));
+    write(&src.join("x"), b"x");
+    std::fs::create_dir_all(under.join("s/.snapring")).unwrap();
+    let faults = [
+        "--stall",
+        stall,
+        "--stall-secs",
+        "60",
+        "--stall-ops",
+        "lookup,getattr,readdir,open,write",
+    ];
+    let fs = FaultFs::mount(&under, &mnt, &faults)?;
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.hung]\nsource = \"{src}\"\ndest = \"{hung}\"\nschedule = \"{schedule}\"\nmissed = \"skip\"\n\n\
+             [job.fast]\nsource = \"{src}\"\ndest = \"{d}/fast\"\nschedule = \"* * * * * *\"\n",
+            src = src.display(),
+            hung = dest.map_or(mnt.join("s"), Path::to_path_buf).display(),
+            d = dir.display(),
+        ),
+    )
+    .unwrap();
+    let (catalog, log) = (dir.join("cat.db"), dir.join("daemon.log"));
+    let d = daemon_logging_with(&catalog, &cfg, &log, &[("SNAPRING_DAEMON_HEARTBEAT", "1s")]);
+    Some((fs, d))
 }
 
 /// A store whose file system hangs on `.snapring/daemons` (a hard-mounted NFS export
@@ -3491,40 +3542,11 @@ fn a_death_before_a_run_that_told_its_end_is_not_told_at_the_next_start() {
 #[test]
 fn a_store_that_hangs_holds_up_neither_another_jobs_runs_nor_a_stop() {
     let t = tempfile::tempdir().unwrap();
-    let (src, under, mnt, catalog, log) = (
-        t.path().join("src"),
-        t.path().join("under"),
-        t.path().join("mnt"),
-        t.path().join("cat.db"),
-        t.path().join("daemon.log"),
-    );
-    write(&src.join("x"), b"x");
-    // A store already (its `.snapring/`), so the daemon keeps its marker there.
-    std::fs::create_dir_all(under.join("s/.snapring")).unwrap();
-    let faults = [
-        "--stall",
-        "/.snapring/daemons",
-        "--stall-secs",
-        "60",
-        "--stall-ops",
-        "lookup,getattr,readdir,open,write",
-    ];
-    let Some(fs) = FaultFs::mount(&under, &mnt, &faults) else {
+    let (catalog, log) = (t.path().join("cat.db"), t.path().join("daemon.log"));
+    let Some((fs, mut d)) = hung_store_daemon(t.path(), "/.snapring/daemons", "0 0 0 1 1 *", None)
+    else {
         return;
     };
-    let cfg = t.path().join("d.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[job.hung]\nsource = \"{src}\"\ndest = \"{mnt}/s\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\n\n\
-             [job.fast]\nsource = \"{src}\"\ndest = \"{d}/fast\"\nschedule = \"* * * * * *\"\n",
-            src = src.display(),
-            mnt = mnt.display(),
-            d = t.path().display(),
-        ),
-    )
-    .unwrap();
-    let mut d = daemon_logging_with(&catalog, &cfg, &log, &[("SNAPRING_DAEMON_HEARTBEAT", "1s")]);
     let fast_runs =
         || std::fs::read_dir(t.path().join("fast/.snapring/runs")).map_or(0, |r| r.count());
     let t0 = Instant::now();
@@ -3560,5 +3582,143 @@ fn a_store_that_hangs_holds_up_neither_another_jobs_runs_nor_a_stop() {
     assert!(
         took < Duration::from_secs(8),
         "the daemon stopped {took:?} after SIGTERM: {logged}"
+    );
+}
+
+/// A store that starts to hang while the daemon runs (here its path leads, through a
+/// symlink repointed, onto a latencyfs mount that stalls every call under the store
+/// for a minute; as a hard-mounted NFS export whose server goes down), of a job due
+/// every second, holds up neither the scheduling loop nor another store's heartbeat
+/// marker. The loop resolved the store's path (`canonicalize`) and read its lock file
+/// itself as the job fell due: it froze (no trigger of any job handled, signals
+/// unheeded). The heartbeat thread refreshed the stores in turn: the other store's
+/// marker was no longer refreshed (another daemon there would not have been warned).
+/// (The other job's runs hang all the same: each run's check of the whole config
+/// resolves every job's store.)
+#[test]
+fn a_store_that_starts_to_hang_holds_up_neither_the_loop_nor_another_stores_marker() {
+    let t = tempfile::tempdir().unwrap();
+    let log = t.path().join("daemon.log");
+    let (link, ok) = (t.path().join("link"), t.path().join("ok"));
+    std::fs::create_dir(&ok).unwrap();
+    std::os::unix::fs::symlink(&ok, &link).unwrap();
+    // Every call on the store, its path's lookup first.
+    let Some((fs, d)) = hung_store_daemon(t.path(), "/s", "* * * * * *", Some(&link.join("s")))
+    else {
+        return;
+    };
+    let fast = t.path().join("fast/.snapring");
+    let fast_runs = || std::fs::read_dir(fast.join("runs")).map_or(0, |r| r.count());
+    let marked_at = || {
+        std::fs::read_dir(fast.join("daemons"))
+            .ok()?
+            .flatten()
+            .find_map(|e| e.metadata().ok()?.modified().ok())
+    };
+    wait_until("the other job's runs and marker", 30, || {
+        fast_runs() >= 1 && marked_at().is_some()
+    });
+    let moved = t.path().join("link.new");
+    std::os::unix::fs::symlink(&fs.mnt, &moved).unwrap();
+    std::fs::rename(&moved, &link).unwrap();
+    // A refresh under way as the store moved has ended by then.
+    std::thread::sleep(Duration::from_millis(1500));
+    // The loop's turns: each trigger of the other job handled (run or skipped) is a
+    // line of the log.
+    let turns = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches("job fast: trigger at")
+            .count()
+    };
+    let (before, since) = (turns(), std::time::SystemTime::now());
+    let t0 = Instant::now();
+    let enough = || turns() >= before + 3 && marked_at().is_some_and(|m| m > since);
+    while !enough() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (runs, marked) = (turns() - before, marked_at().is_some_and(|m| m > since));
+    // The hung job's run is stalled in the layer (the daemon waits for its runs at
+    // its stop): the layer goes first.
+    drop(fs);
+    let mut d = d;
+    let pid = rustix::process::Pid::from_raw(d.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let st = d.0.wait().unwrap();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(st.success(), "{st}: {logged}");
+    assert!(
+        runs >= 3,
+        "the loop handled {runs} triggers of the other job in 20 s once the store hung, scheduled every second: {logged}"
+    );
+    assert!(
+        marked,
+        "the other job's heartbeat marker was not refreshed in 20 s once the store hung (every second): {logged}"
+    );
+}
+
+/// A job with no notifier whose run was killed (no daemon to see it die): the next
+/// daemon start told its death to nobody, and recorded nothing of it, so every start
+/// after took it for untold and told it again (here the start after its resumed run
+/// was killed with the daemon; and had a notifier been added, that notifier would have
+/// been told of the old death). Now its record says it was told to nobody: the next
+/// start tells the newer death only.
+#[test]
+fn a_death_told_to_nobody_is_not_told_again_at_the_next_start() {
+    let (t, catalog, cfg, _, ids) = runs_stopped(false, &[rustix::process::Signal::KILL]);
+    let first = &ids[0];
+    // The same job without its notifier.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let text = text.split("notify = ").next().unwrap().to_string();
+    std::fs::write(&cfg, text).unwrap();
+    // The killed run's pre command's: the resumed run writes its own.
+    let pid_file = t.path().join("pid");
+    std::fs::remove_file(&pid_file).unwrap();
+    let told_of = |log: &Path, id: &str| {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!("its run {id} ended before it recorded its end")))
+            .count()
+    };
+    let log1 = t.path().join("daemon1.log");
+    let mut d = daemon_logging_with(
+        &catalog,
+        &cfg,
+        &log1,
+        &[("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")],
+    );
+    let pid = run_pid(&pid_file);
+    assert_eq!(told_of(&log1, first), 1);
+    wait_until("the resumed run's row", 60, || {
+        rows_of(&catalog, "a")
+            .iter()
+            .any(|r| r["status"] == "running")
+    });
+    // Time for the notice thread to record the first death as told.
+    std::thread::sleep(Duration::from_secs(1));
+    d.0.kill().unwrap();
+    d.0.wait().unwrap();
+    sigkill(pid);
+    wait_until("the resumed run's end", 30, || {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map_or(true, |s| s.split(' ').nth(2) == Some("Z"))
+    });
+    // Read without settling it (`history` would).
+    let c = snapring::catalog::Catalog::open(&catalog, false).unwrap();
+    let second = c.recent("a", 1).unwrap().remove(0).id;
+    drop(c);
+    assert_ne!(&second, first);
+    let log2 = t.path().join("daemon2.log");
+    let d = daemon_logging(&catalog, &cfg, &log2);
+    wait_until("the start's telling of the resumed run's death", 30, || {
+        told_of(&log2, &second) == 1
+    });
+    d.stop();
+    assert_eq!(
+        told_of(&log2, first),
+        0,
+        "the death told at the start before was told again: {}",
+        std::fs::read_to_string(&log2).unwrap_or_default()
     );
 }

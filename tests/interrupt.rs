@@ -24,7 +24,12 @@ fn setup() -> (tempfile::TempDir, PathBuf, PathBuf) {
 
 /// A backup stopped by SIGINT after its 10th copy: its output, exit 3 checked.
 fn interrupted_at_the_10th_copy(src: &Path, dest: &Path) -> std::process::Output {
-    let Paused { child, pause } = spawn_paused(src, dest, &[], "walk.after_copy", 10);
+    interrupted_at_copy(src, dest, 10)
+}
+
+/// A backup stopped by SIGINT after its `nth` copy: its output, exit 3 checked.
+fn interrupted_at_copy(src: &Path, dest: &Path, nth: u32) -> std::process::Output {
+    let Paused { child, pause } = spawn_paused(src, dest, &[], "walk.after_copy", nth);
     rustix::process::kill_process(
         rustix::process::Pid::from_raw(child.id() as i32).unwrap(),
         rustix::process::Signal::INT,
@@ -591,5 +596,55 @@ fn a_window_that_ends_during_the_pre_command_ends_the_run_incomplete() {
         &describe(&src),
         &describe(&dest.join("daily.0")),
         "the run after the cut one",
+    );
+}
+
+/// A file an interrupted run copied while it was changed just before that run began
+/// (within the racy margin) is taken by the next run from that run's tree, its bytes
+/// hashed as its source's: a copy as good as one the next run makes itself. Its
+/// adoption record gave it the interrupted run's start as its bound, which the file's
+/// change is past, so a third run, adopting the second's tree, copied it again. Here
+/// the first run's tree is resumed from as a separate tree (a newer, empty leftover is
+/// the one taken over in place), and is gone before the third run: the third copies
+/// only the files the second did not reach.
+#[test]
+fn a_file_resumed_from_a_racy_copy_is_not_copied_again_by_the_run_after() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    for i in 0..20 {
+        write(&src.join(format!("f{i:02}")), &vec![i as u8; 100_000]);
+    }
+    std::fs::create_dir(&dest).unwrap();
+    // Changed as it began (no wait): its ten copies are racy.
+    interrupted_at_the_10th_copy(&src, &dest);
+    let staging = dest.join(".snapring/staging");
+    let first = std::fs::read_dir(&staging)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .file_name()
+        .into_string()
+        .unwrap();
+    // A newer leftover, empty (named after the first run's second), taken over in place.
+    let stamp = first.split('-').next().unwrap();
+    std::fs::create_dir(staging.join(format!("{stamp}-zzzzzzzz"))).unwrap();
+    // The second run starts past the racy margin of the files' change.
+    std::thread::sleep(Duration::from_millis(2100));
+    let out = interrupted_at_copy(&src, &dest, 5);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rep["files_linked"], 10, "{rep}");
+    assert_eq!(rep["files_transferred"], 5, "{rep}");
+    std::fs::remove_dir_all(staging.join(&first)).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        rep["files_transferred"], 5,
+        "the third run copied again files the second resumed: {rep}"
+    );
+    assert_same_tree(
+        &describe(&src),
+        &describe(&dest.join("daily.0")),
+        "the third run's snapshot",
     );
 }

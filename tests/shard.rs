@@ -737,6 +737,46 @@ fn two_processes_for_one_index_commit_every_unit_once() {
     check_snapshot(&e, "duplicate workers");
 }
 
+/// Run `run` of three workers in a new environment, its finalizing worker killed at
+/// failpoint `point` (asserted): the environment.
+fn killed_finalizing(point: &str, run: &str) -> Env {
+    let e = env();
+    let fp = format!("{point}=kill");
+    let kids: Vec<Child> = (0..3)
+        .map(|i| spawn(&e, i, 3, run, &[("SNAPRING_FAILPOINTS", &fp)]))
+        .collect();
+    let outs: Vec<Output> = kids
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    assert!(
+        outs.iter().any(|o| o.status.code().is_none()),
+        "{point}: a finalizing worker was killed"
+    );
+    e
+}
+
+/// `snapring finalize` of run `run`, which finalizes it `complete` (asserted; `what`
+/// names the case in messages): its output.
+fn finalized(e: &Env, run: &str, what: &str) -> Output {
+    let o = run_cmd(e, "finalize", run, &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{what}: {}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!("finalized run {run}: complete")),
+        "{what}: {}",
+        text(&o)
+    );
+    o
+}
+
+/// Run `run` is checked and published once, as the store's only snapshot, equal to the
+/// source.
+fn published_once(e: &Env, run: &str, what: &str) {
+    check_run(e, run);
+    check_snapshot(e, what);
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"], "{what}");
+}
+
 #[test]
 fn a_crash_during_finalize_is_finished_by_snapring_finalize_once() {
     for point in [
@@ -744,22 +784,9 @@ fn a_crash_during_finalize_is_finished_by_snapring_finalize_once() {
         "shard.finalize.before_publish",
         "shard.finalize.after_publish",
     ] {
-        let e = env();
         let run = "fin";
-        let fp = format!("{point}=kill");
-        let kids: Vec<Child> = (0..3)
-            .map(|i| spawn(&e, i, 3, run, &[("SNAPRING_FAILPOINTS", &fp)]))
-            .collect();
-        let outs: Vec<Output> = kids
-            .into_iter()
-            .map(|c| c.wait_with_output().unwrap())
-            .collect();
-        assert!(
-            outs.iter().any(|o| o.status.code().is_none()),
-            "{point}: a finalizing worker was killed"
-        );
+        let e = killed_finalizing(point, run);
         assert!(!run_dir(&e, run).join("finalized").exists(), "{point}");
-        let fin = |e: &Env| run_cmd(e, "finalize", run, &[], &[]);
         if point.ends_with("after_publish") {
             // A rerun worker finds every unit committed and finalizes (the store's
             // previous snapshot is now this run's own: no plan check stands in its way).
@@ -771,18 +798,10 @@ fn a_crash_during_finalize_is_finished_by_snapring_finalize_once() {
                 text(&o)
             );
         } else {
-            let o = fin(&e);
-            assert_eq!(o.status.code(), Some(0), "{point}: {}", text(&o));
-            assert!(
-                String::from_utf8_lossy(&o.stdout).contains("finalized run fin: complete"),
-                "{point}: {}",
-                text(&o)
-            );
+            finalized(&e, run, point);
         }
-        check_run(&e, run);
-        check_snapshot(&e, point);
-        assert_eq!(snapshot_names(&e.dest), vec!["daily.0"], "{point}");
-        let o = fin(&e);
+        published_once(&e, run, point);
+        let o = run_cmd(&e, "finalize", run, &[], &[]);
         assert_eq!(o.status.code(), Some(0), "{point}: {}", text(&o));
         assert!(String::from_utf8_lossy(&o.stdout).contains("already finalized"));
     }
@@ -4994,36 +5013,16 @@ fn an_empty_finalized_marker_is_not_taken_for_a_publish() {
         "shard.finalize.before_staging",
         "shard.finalize.after_publish",
     ] {
-        let e = env();
         let run = "fin";
-        let fp = format!("{point}=kill");
-        let kids: Vec<Child> = (0..3)
-            .map(|i| spawn(&e, i, 3, run, &[("SNAPRING_FAILPOINTS", &fp)]))
-            .collect();
-        let outs: Vec<Output> = kids
-            .into_iter()
-            .map(|c| c.wait_with_output().unwrap())
-            .collect();
-        assert!(
-            outs.iter().any(|o| o.status.code().is_none()),
-            "{point}: a finalizing worker was killed"
-        );
+        let e = killed_finalizing(point, run);
         std::fs::write(run_dir(&e, run).join("finalized"), b"").unwrap();
-        let o = run_cmd(&e, "finalize", run, &[], &[]);
-        assert_eq!(o.status.code(), Some(0), "{point}: {}", text(&o));
-        assert!(
-            String::from_utf8_lossy(&o.stdout).contains("finalized run fin: complete"),
-            "{point}: {}",
-            text(&o)
-        );
+        let o = finalized(&e, run, point);
         assert!(
             String::from_utf8_lossy(&o.stderr).contains("does not read"),
             "{point}: {}",
             text(&o)
         );
-        check_run(&e, run);
-        check_snapshot(&e, point);
-        assert_eq!(snapshot_names(&e.dest), vec!["daily.0"], "{point}");
+        published_once(&e, run, point);
     }
 }
 

@@ -82,9 +82,6 @@ pub struct TreeSink {
     staging: OwnedFd,
     prev: Option<OwnedFd>,
     resume: Option<OwnedFd>,
-    /// The interrupted walk's start less the racy margin (see [`TreeSink::new`]): what
-    /// the adoption record of a file taken from `resume` says it is older than.
-    resume_before: fsx::Time,
     manifest: Mutex<manifest::Writer>,
     /// The owner a file created in staging gets by itself (euid, egid), when the staging
     /// root has no setgid bit; a copy of a file with that owner needs no `fchown`.
@@ -122,18 +119,9 @@ impl TreeSink {
         resume: Option<(OwnedFd, fsx::Time)>,
         manifest: manifest::Writer,
     ) -> TreeSink {
-        let (resume, resume_before) = match resume {
-            Some((fd, started)) => (
-                Some(fd),
-                fsx::Time {
-                    // The racy margin of incremental runs: timestamp granularity and
-                    // modest clock skew between an NFS server and us.
-                    sec: started.sec - manifest::RACY_MARGIN_SECS,
-                    nsec: started.nsec,
-                },
-            ),
-            None => (None, fsx::Time::default()),
-        };
+        // The interrupted walk's start is not a bound of what this run takes from its
+        // tree: each file's bytes are hashed as its source's, now ([`Sink::resume`]).
+        let resume = resume.map(|(fd, _started)| fd);
         let creates_as = fsx::fstat(b(&staging))
             .ok()
             .filter(|m| m.perm & 0o2000 == 0)
@@ -147,7 +135,6 @@ impl TreeSink {
             staging,
             prev,
             resume,
-            resume_before,
             manifest: Mutex::new(manifest),
             chown_groups: creates_as.and_then(|(_, egid)| groups_without_chown(egid)),
             owners_held: None,
@@ -693,8 +680,12 @@ impl Sink for TreeSink {
         let (hash, xattrs) = self.check_copy(res, name, m, src_xattrs, src_hash)?;
         self.claim(dir, name, false).ok()?;
         fsx::link_at(b(res), name, b(&dir.dst), name).ok()?;
+        // Its bytes were hashed as the source's by this run: a copy as good as one it
+        // makes, with the same bound. The interrupted run's start was its bound: a
+        // source changed just before that run (within the racy margin) was copied again
+        // by the next run that took this tree over.
         if let Some(a) = &self.adopting {
-            let d = Done::new(hash, m, self.resume_before, xattrs.clone());
+            let d = Done::new(hash, m, a.before, xattrs.clone());
             self.record(a, &child(&dir.rel, name), &d);
         }
         Some(Resumed { hash, xattrs })
