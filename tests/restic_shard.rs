@@ -400,9 +400,18 @@ fn an_unreadable_claim_is_stale_past_its_lease_and_taken_over() {
     std::fs::File::create(&claim).unwrap();
     let taken = claims[0].split_once(".g").unwrap().0.to_string();
     std::thread::sleep(Duration::from_millis(2100));
+    let claims_dir = e.repo.join("snapring/shards/r/claims");
+    let before = std::fs::metadata(&claims_dir).unwrap().modified().unwrap();
     let args = ["status", "--dest", &e.url, "--run-id", "r", "--json"].map(OsStr::new);
     let o = snapring(&args, &[("SNAPRING_PASSWORD", PASSWORD), lease[0]]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    // `status` writes nothing, not even a file to read the storage's clock by.
+    assert_eq!(
+        std::fs::metadata(&claims_dir).unwrap().modified().unwrap(),
+        before,
+        "status changed {}",
+        claims_dir.display()
+    );
     let st: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     let unit = st["unit_list"]
         .as_array()

@@ -352,6 +352,15 @@ impl<'a> State<'a> {
         }
     }
 
+    /// For reading only (`status`): file mtimes are judged by this host's clock, as the
+    /// store's `status` does, since measuring the store's clock creates a file.
+    fn read_only(b: &'a dyn Backend, run: &str) -> State<'a> {
+        State {
+            clock: None,
+            ..State::new(b, run)
+        }
+    }
+
     fn key(&self, rel: &str) -> String {
         format!("{}/{rel}", self.base)
     }
@@ -2933,7 +2942,7 @@ pub fn drop_run(b: &dyn Backend, run: &str) -> restic::Result<()> {
 /// `snapring status --dest URL --run-id RUN`: the plan, each unit's state, each
 /// worker's units, whether the run is published. Takes no lock, writes nothing.
 pub fn status(repo: &Repo, run: &str) -> restic::Result<super::status::RunStatus> {
-    let st = State::new(repo.backend.as_ref(), run);
+    let st = State::read_only(repo.backend.as_ref(), run);
     let Some(sealed) = st.b.read_extra(&st.key("plan"))? else {
         return Err(restic::Error::Other(format!(
             "no shard run {run} in {} (no worker has written its plan)",
