@@ -549,7 +549,11 @@ fn hook(
 /// see `check::Problem::render`), in file order; empty when it is fine.
 pub fn check(path: &Path) -> Vec<String> {
     match read(path) {
-        Ok(text) => check_text(path, &text),
+        // Notifiers' secrets too: a missing one is found here, not when a run fails.
+        Ok(text) => check::check_text_secrets(&text)
+            .iter()
+            .map(|p| p.render(path))
+            .collect(),
         Err(e) => vec![e.to_string()],
     }
 }

@@ -1093,11 +1093,62 @@ fn times(m: &Meta) -> Timestamps {
 /// keeps its own owners). The mode and times are set all the same (as `rsync -a` run
 /// by a user keeps them); `got` is the owner the inode holds instead, for the manifest
 /// to record what the copy is. Found in an `io::Error` by [`owner_not_set`].
+///
+/// The setuid and setgid bits are the exception (as `cp -p` run by a user clears
+/// them): a setuid program of root restored by a user would otherwise run as that
+/// user, or one of a group it could not be given as the user's group. `cleared` holds
+/// the bits [`OwnerNotSet::perm`] leaves out: setuid when the owner is not the wanted
+/// one, setgid when the group is not (directories keep theirs: on a directory setgid
+/// only passes the group on to new entries).
 #[derive(Debug)]
 pub struct OwnerNotSet {
     pub want: (u32, u32),
     pub got: (u32, u32),
     pub err: io::Error,
+    pub cleared: u32,
+}
+
+impl OwnerNotSet {
+    /// The mode to set on the entry in place of `m.perm`.
+    pub fn perm(&self, m: &Meta) -> u32 {
+        m.perm & !self.cleared
+    }
+}
+
+/// The setuid and setgid bits of `m` that are not safe to set on an entry left owned
+/// by `got` (see [`OwnerNotSet`]).
+pub fn unsafe_bits(m: &Meta, got: (u32, u32)) -> u32 {
+    if m.kind == Kind::Dir {
+        return 0;
+    }
+    unsafe_bits_of(m.perm, (m.uid, m.gid), got)
+}
+
+/// The setuid and setgid bits of `perm`, wanted with owner `want`, not safe on an entry
+/// (not a directory) left owned by `got`.
+pub fn unsafe_bits_of(perm: u32, want: (u32, u32), got: (u32, u32)) -> u32 {
+    let uid = if got.0 != want.0 { 0o4000 } else { 0 };
+    let gid = if got.1 != want.1 { 0o2000 } else { 0 };
+    perm & (uid | gid)
+}
+
+/// `m.perm`, less the setuid/setgid bits an owner that could not be set (`owner`, an
+/// [`OwnerNotSet`] error) makes unsafe.
+pub fn perm_kept(m: &Meta, owner: Option<&io::Error>) -> u32 {
+    match owner.and_then(owner_not_set) {
+        Some(o) => o.perm(m),
+        None => m.perm,
+    }
+}
+
+/// What [`OwnerNotSet`]'s message says of the bits it cleared.
+pub fn cleared_text(cleared: u32) -> &'static str {
+    match cleared & 0o6000 {
+        0o6000 => "setuid and setgid bits cleared",
+        0o4000 => "setuid bit cleared",
+        0o2000 => "setgid bit cleared",
+        _ => "",
+    }
 }
 
 impl std::fmt::Display for OwnerNotSet {
@@ -1107,9 +1158,13 @@ impl std::fmt::Display for OwnerNotSet {
         } else {
             " (this process is not root and cannot give files to other owners)"
         };
+        let mode = match cleared_text(self.cleared) {
+            "" => String::from("mode and times were set"),
+            c => format!("mode and times were set, {c}: not safe on a file of another owner"),
+        };
         write!(
             f,
-            "cannot set owner {}:{}: {}{root}; left owned by {}:{} (mode and times were set)",
+            "cannot set owner {}:{}: {}{root}; left owned by {}:{} ({mode})",
             self.want.0, self.want.1, self.err, self.got.0, self.got.1
         )
     }
@@ -1163,6 +1218,7 @@ fn owner_refused(
             want: (want.uid, want.gid),
             got,
             err: err.into(),
+            cleared: unsafe_bits(want, got),
         },
     ))
 }
@@ -1199,7 +1255,7 @@ pub fn chown_fd(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
 /// be set ([`OwnerNotSet`]) does not keep the mode from being set; its error comes last.
 pub fn apply_owner_mode(fd: BorrowedFd<'_>, m: &Meta) -> io::Result<()> {
     let owner = owner_later(chown_fd(fd, m))?;
-    rfs::fchmod(fd, Mode::from_raw_mode(m.perm))?;
+    rfs::fchmod(fd, Mode::from_raw_mode(perm_kept(m, owner.as_ref())))?;
     owner_after(Ok(()), owner)
 }
 
@@ -1237,7 +1293,7 @@ pub fn apply_meta_at(dir: BorrowedFd<'_>, name: &[u8], m: &Meta) -> io::Result<(
         Err(e) => return Err(e.into()),
     };
     if m.kind != Kind::Symlink {
-        chmod_nofollow_at(dir, name, m.perm)?;
+        chmod_nofollow_at(dir, name, perm_kept(m, owner.as_ref()))?;
     }
     owner_after(Ok(()), owner)
 }

@@ -149,6 +149,44 @@ impl NotifierConfig {
         p
     }
 
+    /// The secrets it names that cannot be had here and now (an environment variable
+    /// that is not set, a file that cannot be read), and a webhook URL read from one
+    /// that is not one: a notifier with such a secret fails every time it is tried, and
+    /// the alert of a failed run is never sent. For `config check` only, which judges
+    /// the machine it runs on as it judges `exclude_from` files: a run or the daemon
+    /// does not refuse a backup for them (they are told when the notifier is tried).
+    pub fn secret_problems(&self) -> Vec<(Option<&'static str>, String)> {
+        let mut p = Vec::new();
+        let (env, file, what) = match self.kind.as_str() {
+            "webhook" => (&self.url_env, &self.url_file, "webhook url"),
+            "email" => (&self.password_env, &self.password_file, "smtp password"),
+            _ => return p,
+        };
+        let key = match (env, file, what) {
+            (Some(_), _, "webhook url") => "url_env",
+            (Some(_), ..) => "password_env",
+            (None, Some(_), "webhook url") => "url_file",
+            (None, Some(_), _) => "password_file",
+            (None, None, _) => return p,
+        };
+        match secret(env, file, what) {
+            Err(e) if key.ends_with("_env") => p.push((
+                Some(key),
+                format!(
+                    "{e} in the environment of this check: set it where snapring runs (the daemon's too), or the notifier fails every time"
+                ),
+            )),
+            Err(e) => p.push((Some(key), format!("{e}: the notifier would fail every time"))),
+            Ok(Some(url)) if what == "webhook url" => {
+                if let Err(e) = web_url(&url) {
+                    p.push((Some(key), format!("{what} read from {key}: {e}")));
+                }
+            }
+            Ok(_) => {}
+        }
+        p
+    }
+
     fn timeout(&self) -> Duration {
         self.timeout
             .as_deref()

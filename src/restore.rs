@@ -361,10 +361,10 @@ fn time_off(a: &fsx::Time, b: &fsx::Time) -> u64 {
     u64::try_from((ns(a) - ns(b)).unsigned_abs()).unwrap_or(u64::MAX)
 }
 
-/// `fchmod` to `m`'s mode; one a file system without modes refuses ([`mode_refused`])
+/// `fchmod` to `perm`; one a file system without modes refuses ([`mode_refused`])
 /// is no error: the mode the entry kept is checked afterwards ([`Restore::kept`]).
-fn chmod_held(fd: std::os::fd::BorrowedFd<'_>, m: &Meta) -> std::io::Result<()> {
-    match rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(m.perm)) {
+fn chmod_held(fd: std::os::fd::BorrowedFd<'_>, perm: u32) -> std::io::Result<()> {
+    match rustix::fs::fchmod(fd, rustix::fs::Mode::from_raw_mode(perm)) {
         Err(e) if !mode_refused(&e.into()) => Err(e.into()),
         _ => Ok(()),
     }
@@ -376,7 +376,7 @@ fn chmod_held(fd: std::os::fd::BorrowedFd<'_>, m: &Meta) -> std::io::Result<()> 
 fn dir_meta(fd: std::os::fd::BorrowedFd<'_>, m: &Meta, xs: &Xattrs) -> std::io::Result<()> {
     fsx::write_xattrs(&XattrTarget::Fd(fd), xs)?;
     let owner = fsx::owner_later(fsx::chown_fd(fd, m))?;
-    chmod_held(fd, m)?;
+    chmod_held(fd, fsx::perm_kept(m, owner.as_ref()))?;
     fsx::apply_times(fd, m)?;
     fsx::owner_after(Ok(()), owner)
 }
@@ -2118,7 +2118,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
         // times) is no difference: the restore itself could not make it otherwise, and a
         // rerun would call its own entries conflicts (or, in its own directories,
         // replace them again) for ever. Said once in the report.
-        let perm = d.perm && m.kind != Kind::Symlink;
+        // Nor are setuid/setgid bits this restore clears where it cannot set the owner
+        // (`fsx::OwnerNotSet`).
+        let cleared = x.perm == m.perm & !fsx::unsafe_bits(m, (x.uid, x.gid));
+        let perm = d.perm && m.kind != Kind::Symlink && !cleared;
         if perm && self.holds(dst).mode {
             return Same::No(format!("mode differs ({:o} vs {:o})", x.perm, m.perm));
         }
@@ -2462,7 +2465,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
     /// the end ([`Restore::report`]).
     fn kept(&self, rel: &RelPath, got: Option<Meta>, m: &Meta) {
         let Some(g) = got else { return };
-        let mode = m.kind != Kind::Symlink && g.perm != m.perm;
+        // Setuid/setgid bits cleared on purpose (an owner that could not be set:
+        // `fsx::OwnerNotSet`, a problem of its own) are no mode the target lost.
+        let perm = m.perm & !fsx::unsafe_bits(m, (g.uid, g.gid));
+        let mode = m.kind != Kind::Symlink && g.perm != perm;
         let time = g.mtime != m.mtime;
         self.lost(rel, mode, false, time.then(|| time_off(&g.mtime, &m.mtime)));
     }
@@ -2603,7 +2609,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
     fn owner_mode(&self, fd: std::os::fd::BorrowedFd<'_>, m: &Meta) -> std::io::Result<()> {
         let Some(now) = fsx::fstat_cached(fd) else {
             let owner = fsx::owner_later(fsx::chown_fd(fd, m))?;
-            chmod_held(fd, m)?;
+            chmod_held(fd, fsx::perm_kept(m, owner.as_ref()))?;
             return fsx::owner_after(Ok(()), owner);
         };
         let chown = (now.uid, now.gid) != (m.uid, m.gid);
@@ -2611,8 +2617,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
             true => fsx::owner_later(fsx::chown_fd(fd, m))?,
             false => None,
         };
-        if now.perm != m.perm || (chown && m.perm & 0o6000 != 0) {
-            chmod_held(fd, m)?;
+        // An owner that could not be set: without the setuid/setgid bits it makes
+        // unsafe (`fsx::OwnerNotSet`), which the create may not have given either.
+        let perm = fsx::perm_kept(m, owner.as_ref());
+        if now.perm != perm || (chown && perm & 0o6000 != 0) {
+            chmod_held(fd, perm)?;
         }
         fsx::owner_after(Ok(()), owner)
     }

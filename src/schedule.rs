@@ -56,6 +56,15 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
                 "the AWS form needs `?` in exactly one of day-of-month and day-of-week".into(),
             ));
         }
+        // `L` alone in day-of-week is the week's last day, Saturday (7), in Quartz and
+        // EventBridge; croner reads it as no day at all, so the job never fired.
+        let dow = fields[4]
+            .split(',')
+            .map(|i| if i.eq_ignore_ascii_case("L") { "7" } else { i })
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut fields = fields;
+        fields[4] = &dow;
         // Croner's year field comes with a seconds field: fire at second 0. Quartz
         // weekdays run 1 (Sunday) to 7.
         let fields = steps_from_a_start(&fields, &[59, 23, 31, 12, 7, YEAR_UPPER_LIMIT as u32]);
@@ -258,6 +267,26 @@ fn check_fields(fields: &[&str], specs: &[Field]) -> Result<(), String> {
                 Some((b, s)) => (b, Some(s)),
                 None => (item, None),
             };
+            if step.and_then(|s| s.parse::<u32>().ok()) == Some(0) {
+                return Err(format!(
+                    "the {} field {text:?} has a step of 0: a step is the distance between the \
+                     values picked, at least 1 (*/15: every 15th)",
+                    f.name
+                ));
+            }
+            if let Some((_, n)) = base.split_once('#')
+                && !n.parse::<u32>().is_ok_and(|n| (1..=5).contains(&n))
+            {
+                return Err(format!(
+                    "the {} field {text:?}{}: `#N` picks the Nth such weekday of the month, N \
+                     from 1 to 5 (a month has at most five of each)",
+                    f.name,
+                    match item == *text {
+                        true => String::new(),
+                        false => format!(" has {item:?}"),
+                    }
+                ));
+            }
             if let Some(n) = step.and_then(|s| s.parse::<u32>().ok())
                 && n > f.max_step
             {
@@ -1211,6 +1240,52 @@ mod tests {
 
     fn refused(expr: &str) -> String {
         parse(expr, None).expect_err(expr)
+    }
+
+    /// `L` alone in the AWS form's day-of-week is the week's last day, Saturday (as
+    /// Quartz and EventBridge read it); croner took it for no day: "it never fires".
+    #[test]
+    fn aws_l_alone_in_day_of_week_is_saturday() {
+        // 2026-06-01 is a Monday.
+        let want = ["2026-06-06T00:00:00+00:00", "2026-06-13T00:00:00+00:00"];
+        for e in [
+            "cron(0 0 ? * L *)",
+            "cron(0 0 ? * l *)",
+            "cron(0 0 ? * 7 *)",
+        ] {
+            assert_eq!(next(e, None, "2026-06-01T00:00:00Z", 2), want, "{e}");
+        }
+        assert_eq!(
+            next("cron(0 0 ? * 2,L *)", None, "2026-06-01T00:00:00Z", 2),
+            ["2026-06-06T00:00:00+00:00", "2026-06-08T00:00:00+00:00"]
+        );
+        // `6L` (the last Friday) is croner's, as before.
+        assert_eq!(
+            next("cron(0 0 ? * 6L *)", None, "2026-06-01T00:00:00Z", 1),
+            ["2026-06-26T00:00:00+00:00"]
+        );
+    }
+
+    /// A step of 0 and a `#N` past the fifth were told in croner's words ("Component
+    /// error: Step cannot be zero.", "Nth specifier out of bounds."), no field named.
+    #[test]
+    fn a_zero_step_and_an_nth_past_five_are_told_with_their_field() {
+        for (e, field, what) in [
+            ("*/0 * * * *", "minute", "step of 0"),
+            ("0 0/0 * * *", "hour", "step of 0"),
+            ("cron(*/0 * * * ? *)", "minutes", "step of 0"),
+            ("cron(0 0 ? * 2#6 *)", "day-of-week", "N from 1 to 5"),
+            ("cron(0 0 ? * 2#0 *)", "day-of-week", "N from 1 to 5"),
+            ("0 0 * * 1#6", "day-of-week", "N from 1 to 5"),
+        ] {
+            let m = refused(e);
+            assert!(
+                m.contains(&format!("the {field} field")) && m.contains(what),
+                "{e}: {m}"
+            );
+            assert!(!m.contains("Component error"), "{e}: {m}");
+        }
+        parse("cron(0 0 ? * 2#5 *)", None).unwrap();
     }
 
     #[test]

@@ -14,6 +14,8 @@ fn run_in(dir: &Path, args: &[&str]) -> (i32, String, String) {
         .current_dir(dir)
         .args(args)
         .env("SNAPRING_CATALOG", "off")
+        // `[notify.ops]`'s `url_env` of BAD: `config check` looks for it.
+        .env("HOOK", "https://hooks.example.com/x")
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -594,4 +596,89 @@ fn a_config_with_a_path_that_is_not_utf8_says_toml_cannot_hold_it() {
             "{args:?}: {err}"
         );
     }
+}
+
+/// A notifier whose secret is not there where `config check` runs: a `url_env` that
+/// names an unset variable, a `url_file` or `password_file` that does not exist, a
+/// `url_file` that holds no URL. Each is a problem at its key, as a missing
+/// `exclude_from` file is (the check said ok, and a failed run's alert was never sent).
+#[test]
+fn a_notifier_secret_not_found_here_is_a_problem_at_its_key() {
+    let t = tempfile::tempdir().unwrap();
+    let root = t.path();
+    write(&root.join("src/f"), b"x");
+    write(&root.join("not-a-url"), b"hooks.example.com/T0KEN\n");
+    let cfg = r#"[job.home]
+source = "ROOT/src"
+dest = "ROOT/bk"
+notify = ["env", "file", "mail", "bad"]
+
+[notify.env]
+type = "webhook"
+url_env = "SNAPRING_TEST_NO_SUCH_VARIABLE"
+
+[notify.file]
+type = "webhook"
+url_file = "ROOT/no-such-file"
+
+[notify.mail]
+type = "email"
+smtp_host = "smtp.example.com"
+username = "u"
+password_file = "ROOT/no-such-password"
+from = "snapring@example.com"
+to = ["ops@example.com"]
+
+[notify.bad]
+type = "webhook"
+url_file = "ROOT/not-a-url"
+"#;
+    std::fs::write(
+        root.join("c.toml"),
+        cfg.replace("ROOT", &root.to_string_lossy()),
+    )
+    .unwrap();
+    let (code, out, err) = run_in(root, &["config", "check", "c.toml"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert_lines(
+        &out,
+        "c.toml",
+        &[
+            &(
+                "8:1",
+                "notify.env.url_env",
+                "environment variable SNAPRING_TEST_NO_SUCH_VARIABLE is not set",
+            ),
+            &("12:1", "notify.file.url_file", "cannot read"),
+            &("18:1", "notify.mail.password_file", "cannot read"),
+            &("24:1", "notify.bad.url_file", "give https://HOST/PATH"),
+        ],
+    );
+    assert!(!out.contains("T0KEN"), "{out}");
+    // A run is not refused for them: the notifier fails when it is tried.
+    let (code, out, err) = run_in(
+        root,
+        &["run", "home", "--config", "c.toml", "--no-progress"],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    // With the secrets there, the check is clean.
+    write(&root.join("no-such-file"), b"https://hooks.example.com/x\n");
+    write(&root.join("no-such-password"), b"pw\n");
+    write(&root.join("not-a-url"), b"https://hooks.example.com/y\n");
+    let out = Command::new(bin())
+        .current_dir(root)
+        .args(["config", "check", "c.toml"])
+        .env("SNAPRING_CATALOG", "off")
+        .env(
+            "SNAPRING_TEST_NO_SUCH_VARIABLE",
+            "https://hooks.example.com/z",
+        )
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        (out.status.code(), said.trim()),
+        (Some(0), "c.toml: ok"),
+        "{said}"
+    );
 }

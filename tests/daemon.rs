@@ -640,7 +640,14 @@ fn examples_parse_and_next_previews_schedules() {
     let (code, _, err, out) = cli(
         Path::new("off"),
         &["config", "check", ex.to_str().unwrap()],
-        &[],
+        // `config check` looks for the notifiers' secrets where it runs.
+        &[
+            (
+                "SNAPRING_SLACK_WEBHOOK",
+                "https://hooks.slack.com/services/T/B/X",
+            ),
+            ("SMTP_PASSWORD", "pw"),
+        ],
     );
     assert_eq!(code, 0, "{err}{out}");
     // systemd units: every line a section, a comment or Key=Value; the keys that matter.

@@ -854,3 +854,130 @@ fn verify_all_of_a_store_without_snapshots_is_an_error() {
         }
     }
 }
+
+/// `diff` of a snapshot whose manifest does not open at all (cut to 10 bytes): the
+/// compare falls back to stat, which cannot see a change of content that kept size and
+/// time, so the report says so: a problem naming the snapshot and the manifest, exit
+/// 2. It said `"problems": []` and exited 0, a warning on stderr alone, while a
+/// manifest damaged in part gave `MANIFEST DAMAGED`, exit 2.
+#[test]
+fn a_diff_with_an_unusable_manifest_reports_it() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    write(&src.join("d1/new"), b"new");
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let id = id_of(&dest, "daily.1");
+    let mf = dest.join(format!(".snapring/manifests/{id}.mf"));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&mf)
+        .unwrap()
+        .set_len(10)
+        .unwrap();
+    let live = src.clone();
+    for second in [&["daily.0"][..], &["--against", live.to_str().unwrap()][..]] {
+        let mut args: Vec<&std::ffi::OsStr> = vec![
+            "diff".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.1".as_ref(),
+        ];
+        args.extend(second.iter().map(std::ffi::OsStr::new));
+        args.push("--json".as_ref());
+        let out = snapring(&args, &[]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{second:?}: {v}");
+        let problems = v["problems"].as_array().unwrap();
+        assert_eq!(problems.len(), 1, "{second:?}: {v}");
+        assert_eq!(problems[0][0], "daily.1", "{v}");
+        let why = problems[0][1].as_str().unwrap();
+        assert!(
+            why.contains(&id) && why.contains("compared by stat alone"),
+            "{why}"
+        );
+    }
+}
+
+/// An empty `.snapring/store.json` (0 bytes: what a machine's crash can leave of a file
+/// just renamed into place) refused every command, `list` and `restore` included, with
+/// "EOF while parsing a value" and no remedy. It only records the format and when the
+/// store was made: readers go on with a warning, a backup writes it anew. One that is
+/// not JSON is refused to a writer with the remedy, and read past by readers.
+#[test]
+fn an_empty_store_info_is_read_past_and_written_anew() {
+    let (t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let info = dest.join(".snapring/store.json");
+    let to = t.path().join("to");
+    let run = |args: &[&str]| {
+        let mut a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        a.insert(1, "--dest".as_ref());
+        a.insert(2, dest.as_os_str());
+        let out = snapring(&a, &[]);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let readers = |what: &str, want: &str| {
+        for (i, args) in [
+            vec!["list"],
+            vec!["verify", "daily.0"],
+            vec!["diff", "daily.0", "--against", src.to_str().unwrap()],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (code, err) = run(&args);
+            assert_eq!(code, Some(0), "{what}: {args:?} ({i}): {err}");
+            assert!(
+                err.contains("store.json") && err.contains(want),
+                "{what}: {args:?}: {err}"
+            );
+        }
+        let r = to.join(what);
+        let (code, err) = run(&["restore", "daily.0", "--to", r.to_str().unwrap()]);
+        assert_eq!(code, Some(0), "{what}: restore: {err}");
+        assert_same_tree(&describe(&src), &describe(&r), what);
+    };
+    std::fs::write(&info, b"").unwrap();
+    readers("empty", "empty");
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&info).unwrap()).unwrap();
+    assert_eq!(v["format"], 1, "{v}");
+
+    std::fs::write(&info, b"{ \"form").unwrap();
+    readers("garbled", "unreadable store info");
+    let (code, _, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("unreadable store info") && err.contains("remove the file"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(&info).unwrap(), b"{ \"form");
+}
+
+/// `prune` and `forget` are for restic repositories: a hard-link store's path is a
+/// usage error (exit 64, as docs/format.md has `--host` with a store), saying how a
+/// store's snapshots expire; it was exit 1, "expected file:///ABSOLUTE/PATH".
+#[test]
+fn prune_and_forget_of_a_store_are_usage_errors() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    for args in [
+        &["prune", "--dest"][..],
+        &["forget", "--label", "daily", "--retain", "1", "--dest"][..],
+    ] {
+        let mut a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        a.push(dest.as_os_str());
+        let out = snapring(&a, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(
+            err.contains("is a hard-link store") && err.contains("--retain"),
+            "{err}"
+        );
+    }
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+}

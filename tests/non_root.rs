@@ -1049,3 +1049,103 @@ fn a_lock_of_another_users_live_process_is_not_taken_for_a_dead_ones() {
     );
     held.release().unwrap();
 }
+
+/// A restore by a user who cannot give a file its owner clears the setuid and setgid
+/// bits the owner made safe (as `cp -p` run by the same user does): root's
+/// `-rwsr-xr-x` program became `-rwsr-xr-x` of the user, a program running as them for
+/// anyone who runs it. The problem says so. A bit of an owner the user is (their own
+/// setuid file) stays, and a directory keeps its setgid (it only passes the group on).
+#[test]
+fn a_user_restore_clears_setuid_and_setgid_bits_it_cannot_make_safe() {
+    let s = setup();
+    let src = s.root.join("src");
+    write(&src.join("suid"), b"#!/bin/sh\n");
+    write(&src.join("sgid"), b"#!/bin/sh\n");
+    write(&src.join("mine"), b"#!/bin/sh\n");
+    std::fs::create_dir(src.join("gdir")).unwrap();
+    chown(&src.join("mine"), USER, USER);
+    chmod(&src.join("suid"), 0o4755);
+    chmod(&src.join("sgid"), 0o2755);
+    chmod(&src.join("mine"), 0o6755);
+    chmod(&src.join("gdir"), 0o2755);
+    let want = |to: &Path, said: &str| {
+        assert_eq!(mode_mtime(&to.join("suid")).0, 0o755, "{said}");
+        assert_eq!(mode_mtime(&to.join("sgid")).0, 0o755, "{said}");
+        assert_eq!(mode_mtime(&to.join("mine")).0, 0o6755, "{said}");
+        assert_eq!(mode_mtime(&to.join("gdir")).0, 0o2755, "{said}");
+    };
+
+    // From a store root made, given to the user but for the snapshot's entries.
+    let dest = s.root.join("dest");
+    std::fs::create_dir(&dest).unwrap();
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    let st = Command::new("chown")
+        .args(["-R", &format!("{USER}:{USER}")])
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let snap = dest.join("daily.0");
+    for (n, m) in [("suid", 0o4755), ("sgid", 0o2755), ("gdir", 0o2755)] {
+        chown(&snap.join(n), 0, 0);
+        chmod(&snap.join(n), m);
+    }
+    chmod(&snap.join("mine"), 0o6755);
+    let to = s.user_dir("to");
+    let out = s.run(&[
+        "restore".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+        "daily.0".as_ref(),
+        "--to".as_ref(),
+        to.join("r").as_os_str(),
+    ]);
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    want(&to.join("r"), &said);
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let text = |p: &str| {
+        rep["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["path"] == p)
+            .map(|x| x["error"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    assert!(text("suid").contains("setuid bit cleared"), "{said}");
+    assert!(text("sgid").contains("setgid bit cleared"), "{said}");
+    assert_eq!(text("mine"), "", "{said}");
+
+    // From a restic repository root made, given to the user.
+    let url = user_repo(&s, &src);
+    let to = s.user_dir("to-repo");
+    let out = s
+        .command(&[
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            url.as_ref(),
+            "latest".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ])
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    want(&to, &said);
+    assert!(said.contains("setuid bit cleared"), "{said}");
+    assert!(said.contains("setgid bit cleared"), "{said}");
+}

@@ -1042,9 +1042,34 @@ fn print_forget(r: &restic::forget::ForgetReport) {
     }
 }
 
+/// `prune`/`forget` take a restic repository only: a `--dest` that names none (a
+/// hard-link store's path, restic's own URL syntax) is a usage error (exit 64), as
+/// `--host` with a store is, not a failure of the command; a store's snapshots expire
+/// by its backups' `--retain`.
+fn repository_only(cmd: &str, dest: &str) -> anyhow::Result<()> {
+    if dest.starts_with("s3://") || dest.starts_with("file://") {
+        return Ok(());
+    }
+    if let Some(hint) = restic::backend::restic_syntax(dest) {
+        return Err(usage!("{hint}"));
+    }
+    let store = Path::new(dest).join(snapring::store::META_DIR).is_dir();
+    let what = match store {
+        true => format!(
+            "{} is a hard-link store: its snapshots expire with its backups' --retain (older ones go to .snapring/trash/ and are deleted there), and no data outlives them; ",
+            snapring::relpath::shown(Path::new(dest))
+        ),
+        false => String::new(),
+    };
+    Err(usage!(
+        "{what}{cmd} is for a restic repository: --dest {dest:?}: expected file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX"
+    ))
+}
+
 /// `snapring forget --dest URL --label L --retain N [--dry-run]`, or
 /// `snapring forget --dest URL [--dry-run] SNAPSHOT...`.
 pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
+    repository_only("forget", &a.dest)?;
     if a.snapshots.is_empty() == a.label.is_none() {
         return Err(usage!(
             "forget takes either --label L --retain N, or the snapshots to forget (ids, \
@@ -1093,6 +1118,7 @@ pub fn forget(a: ForgetArgs) -> anyhow::Result<ExitCode> {
 
 /// `snapring prune --dest URL [--dry-run]`.
 pub fn prune(a: PruneArgs) -> anyhow::Result<ExitCode> {
+    repository_only("prune", &a.dest)?;
     let cancel = super::cancel_on_signal();
     let mut repo = open(
         Path::new(&a.dest),

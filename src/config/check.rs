@@ -379,7 +379,18 @@ struct SharedStore {
 
 /// Every problem of the config `text`, in file order.
 pub fn check_text(text: &str) -> Vec<Problem> {
+    check_text_as(text, false)
+}
+
+/// [`check_text`], and the notifiers' secrets are looked for where this process runs
+/// (`NotifierConfig::secret_problems`): `config check`'s, not a run's.
+pub fn check_text_secrets(text: &str) -> Vec<Problem> {
+    check_text_as(text, true)
+}
+
+fn check_text_as(text: &str, secrets: bool) -> Vec<Problem> {
     let mut c = Checker {
+        secrets,
         starts: std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect(),
@@ -577,6 +588,8 @@ struct Checker<'t> {
     stores: Vec<SharedStore>,
     /// The same of each restic repository a job writes (`store`: its URL, normalized).
     repos: Vec<SharedStore>,
+    /// Notifiers' secrets are looked for too (`config check`).
+    secrets: bool,
 }
 
 impl Checker<'_> {
@@ -938,7 +951,11 @@ impl Checker<'_> {
             Ok(c) => c,
             Err(e) => return self.push(at, dk.to_string(), e.message().to_string(), None),
         };
-        for (k, m) in c.problems() {
+        let secrets = match self.secrets && typed {
+            true => c.secret_problems(),
+            false => Vec::new(),
+        };
+        for (k, m) in c.problems().into_iter().chain(secrets) {
             if !typed && !matches!(k, Some("timeout")) {
                 continue;
             }

@@ -630,7 +630,7 @@ pub fn restore(
             .dir(p)
             .and_then(same)
             .map_err(io_err("open", p))
-            .and_then(|fd| metadata_fd(as_root, n, b(&fd), p))
+            .and_then(|fd| metadata_fd(as_root, n, b(&fd), p, &problems))
     };
     for (p, n, id) in dirs.iter().filter(|(p, ..)| p.as_path() != to) {
         // Tests kill the restore here, with directories' metadata half applied.
@@ -1074,7 +1074,8 @@ fn fill(on: &FillOn, f: Fill, blobs: &HashMap<Id, Vec<u8>>) -> std::result::Resu
         file.set_len(size)
             .map_err(|e| FillError::Stop(io_err("set the size of", &path)(e)))?;
     }
-    metadata_fd(on.as_root, &node, file.as_fd(), &path).map_err(FillError::Metadata)?;
+    metadata_fd(on.as_root, &node, file.as_fd(), &path, on.problems)
+        .map_err(FillError::Metadata)?;
     Ok(size)
 }
 
@@ -1519,7 +1520,7 @@ impl Restorer<'_> {
             // Sockets are not restored (as restic does not).
             _ => return Ok(()),
         }
-        metadata_at(self.as_root, n, dir, name, p)
+        metadata_at(self.as_root, n, dir, name, p, self.problems)
     }
 
     /// On a rerun, what is at `name` in `dir` (`p`) where the snapshot has `n`: a file
@@ -1760,9 +1761,54 @@ fn times(n: &Node) -> Timestamps {
     }
 }
 
+/// `n`'s mode, less the setuid and setgid bits that are not safe on the entry as it
+/// is owned now (`now`): not root, the restore cannot give entries their owners, and
+/// a setuid program of root's restored by a user would run as that user (`cp -p` run
+/// by a user clears them alike; [`fsx::OwnerNotSet`]). Bits cleared are a problem of
+/// the entry. Directories keep theirs (setgid there only passes the group on).
+fn safe_perm(
+    as_root: bool,
+    n: &Node,
+    now: impl FnOnce() -> std::io::Result<fsx::Meta>,
+    p: &Path,
+    problems: &Problems<'_>,
+) -> u32 {
+    let perm = unix_perm(n.mode);
+    if as_root || perm & 0o6000 == 0 || n.kind == "dir" {
+        return perm;
+    }
+    // Not known: as not safe.
+    let got = now()
+        .map(|m| (m.uid, m.gid))
+        .unwrap_or((u32::MAX, u32::MAX));
+    let cleared = fsx::unsafe_bits_of(perm, (n.uid, n.gid), got);
+    if cleared != 0 {
+        problems.add(
+            p,
+            crate::report::ProblemKind::Metadata,
+            "set owner",
+            Error::Other(format!(
+                "cannot set owner {}:{} (this process is not root and cannot give files to other owners); left owned by {}:{}, {}: not safe on a file of another owner",
+                n.uid,
+                n.gid,
+                got.0,
+                got.1,
+                fsx::cleared_text(cleared)
+            )),
+        );
+    }
+    perm & !cleared
+}
+
 /// Owner (as root), extended attributes, mode, then times, through the descriptor of
 /// the file or directory itself.
-fn metadata_fd(as_root: bool, n: &Node, fd: BorrowedFd<'_>, p: &Path) -> Result<()> {
+fn metadata_fd(
+    as_root: bool,
+    n: &Node,
+    fd: BorrowedFd<'_>,
+    p: &Path,
+    problems: &Problems<'_>,
+) -> Result<()> {
     let err = |a| move |e: rustix::io::Errno| io_err(a, p)(e.into());
     if as_root {
         let uid = rustix::fs::Uid::from_raw(n.uid);
@@ -1770,14 +1816,21 @@ fn metadata_fd(as_root: bool, n: &Node, fd: BorrowedFd<'_>, p: &Path) -> Result<
         rustix::fs::fchown(fd, Some(uid), Some(gid)).map_err(err("set the owner of"))?;
     }
     set_xattrs(&XattrTarget::Fd(fd), &node_xattrs(n, p)?, p)?;
-    rustix::fs::fchmod(fd, Mode::from_raw_mode(unix_perm(n.mode)))
-        .map_err(err("set the mode of"))?;
+    let perm = safe_perm(as_root, n, || fsx::fstat(fd), p, problems);
+    rustix::fs::fchmod(fd, Mode::from_raw_mode(perm)).map_err(err("set the mode of"))?;
     rustix::fs::futimens(fd, &times(n)).map_err(err("set the times of"))
 }
 
 /// Owner (as root), extended attributes, mode (not for symlinks), then times of `name`
 /// in `dir` (a symlink, fifo or device: not opened), never following a symlink.
-fn metadata_at(as_root: bool, n: &Node, dir: BorrowedFd<'_>, name: &[u8], p: &Path) -> Result<()> {
+fn metadata_at(
+    as_root: bool,
+    n: &Node,
+    dir: BorrowedFd<'_>,
+    name: &[u8],
+    p: &Path,
+    problems: &Problems<'_>,
+) -> Result<()> {
     let err = |a| move |e: rustix::io::Errno| io_err(a, p)(e.into());
     if as_root {
         let uid = rustix::fs::Uid::from_raw(n.uid);
@@ -1787,8 +1840,8 @@ fn metadata_at(as_root: bool, n: &Node, dir: BorrowedFd<'_>, name: &[u8], p: &Pa
     }
     set_xattrs(&XattrTarget::At(dir, name), &node_xattrs(n, p)?, p)?;
     if n.kind != "symlink" {
-        fsx::chmod_nofollow_at(dir, name, unix_perm(n.mode))
-            .map_err(io_err("set the mode of", p))?;
+        let perm = safe_perm(as_root, n, || fsx::lstat_at(dir, name), p, problems);
+        fsx::chmod_nofollow_at(dir, name, perm).map_err(io_err("set the mode of", p))?;
     }
     rustix::fs::utimensat(dir, name, &times(n), AtFlags::SYMLINK_NOFOLLOW)
         .map_err(err("set the times of"))

@@ -297,13 +297,50 @@ fn not_a_store(root: &Path) -> Error {
     }
 }
 
-/// Reads `.snapring/store.json` and refuses a store of a newer format.
-fn check_info(root: &Path, info: &Path) -> Result<()> {
-    let i: StoreInfo = serde_json::from_slice(&crate::fsx::read_regular(info).ctx("read", info)?)
-        .map_err(|e| Error::Store {
-        path: info.to_path_buf(),
-        msg: format!("unreadable store info: {e}"),
-    })?;
+/// What `.snapring/store.json` holds: only the store's format (refused when newer than
+/// this snapring's) and when and by what it was made, for people. A missing file is
+/// written anew (stores older than it have none).
+enum Info {
+    Ok,
+    /// Empty (0 bytes, or only white space): what a crash of the machine leaves of a
+    /// file just renamed into place on some file systems. Nothing in it is lost that
+    /// the store needs: writers write it anew, readers read on with a warning.
+    Empty,
+}
+
+/// Reads `.snapring/store.json` and refuses a store of a newer format. One that is not
+/// JSON (damaged) is refused to a writer (`writing`) with the remedy, and read past
+/// with a warning by a reader: its format cannot be known, and only writing into a
+/// store of a newer format could harm it.
+fn check_info(root: &Path, info: &Path, writing: bool) -> Result<Info> {
+    let bytes = crate::fsx::read_regular(info).ctx("read", info)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        if !writing {
+            tracing::warn!(
+                "{}: empty (a crash while it was written?); it only records the store's format and creation, and the next backup writes it anew",
+                crate::relpath::shown(info)
+            );
+        }
+        return Ok(Info::Empty);
+    }
+    let i: StoreInfo = match serde_json::from_slice(&bytes) {
+        Ok(i) => i,
+        Err(e) if writing => {
+            return Err(Error::Store {
+                path: info.to_path_buf(),
+                msg: format!(
+                    "unreadable store info: {e}; it only records the store's format ({STORE_FORMAT} for a store this snapring made) and when it was made: if no newer snapring wrote to this store, remove the file and the next command writes it anew"
+                ),
+            });
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{}: unreadable store info ({e}); read as a store of format {STORE_FORMAT}",
+                crate::relpath::shown(info)
+            );
+            return Ok(Info::Ok);
+        }
+    };
     if i.format > STORE_FORMAT {
         return Err(Error::Store {
             path: root.to_path_buf(),
@@ -313,7 +350,7 @@ fn check_info(root: &Path, info: &Path) -> Result<()> {
             ),
         });
     }
-    Ok(())
+    Ok(Info::Ok)
 }
 
 /// Makes an existing `.snapring/` private (0700) if it is not: stores made before
@@ -388,7 +425,17 @@ impl Store {
         }
         tighten_meta(&meta);
         let info = meta.join("store.json");
-        if !info.exists() {
+        let rewrite = !info.exists() || {
+            let empty = matches!(check_info(root, &info, true)?, Info::Empty);
+            if empty {
+                tracing::warn!(
+                    "{}: empty (a crash while it was written?); written anew",
+                    crate::relpath::shown(&info)
+                );
+            }
+            empty
+        };
+        if rewrite {
             let i = StoreInfo {
                 format: STORE_FORMAT,
                 created_at: crate::util::now_rfc3339(),
@@ -396,8 +443,6 @@ impl Store {
             };
             write_atomic(&info, &serde_json::to_vec_pretty(&i).expect("serializes"))
                 .ctx("write", &info)?;
-        } else {
-            check_info(root, &info)?;
         }
         Ok(Store {
             root: root.to_path_buf(),
@@ -428,7 +473,7 @@ impl Store {
         }
         let info = meta.join("store.json");
         if info.exists() {
-            check_info(root, &info)?;
+            check_info(root, &info, false)?;
         }
         let checked = match fsx::fstat(b(&root_fd)) {
             Ok(m) => copied::readers_checked(m.dev, m.ino),
