@@ -143,6 +143,10 @@ pub struct RestoreReport {
     /// rather than deleted (an entry counts once, a kept directory with its contents).
     #[serde(default)]
     pub kept_excluded: u64,
+    /// Temporary files a stopped restore into `--to` left, deleted by this rerun (only
+    /// a stopped run's: its pid is in the record, or no process of it is alive).
+    #[serde(default)]
+    pub temporary_removed: u64,
     pub conflicts_total: u64,
     pub conflicts: Vec<Conflict>,
     pub errors: u64,
@@ -198,6 +202,7 @@ impl RestoreReport {
             overwritten: 0,
             deleted: 0,
             kept_excluded: 0,
+            temporary_removed: 0,
             conflicts_total: 0,
             conflicts: Vec::new(),
             errors: 0,
@@ -219,6 +224,8 @@ struct Counts {
     overwritten: AtomicU64,
     deleted: AtomicU64,
     kept_excluded: AtomicU64,
+    /// Temporary files of a stopped restore deleted ([`Restore::remove_leftovers`]).
+    leftovers: AtomicU64,
     conflicts: Mutex<Vec<Conflict>>,
     conflicts_total: AtomicU64,
     /// Of those, names the target holds as one with another of the snapshot (`d`, `D`
@@ -587,12 +594,23 @@ const TMP_SUFFIX: &[u8] = b".tmp";
 /// - in a directory that was there before the restore, every file is written under a
 ///   temporary name and renamed into place only when its bytes and metadata are done, so
 ///   a killed restore leaves no half-written file under a real name there, only
-///   temporary names, which a rerun deletes; in a directory the restore made (recorded
-///   below), files are written under their own names, and a rerun replaces what differs;
+///   temporary names, which a rerun deletes (those of a stopped run: its pid is in the
+///   record, or no process of that pid is alive; another restore's, alive, into a
+///   nested `--to`, are left alone); in a directory the restore made (recorded below),
+///   files are written under their own names, and a rerun replaces what differs;
 /// - every directory the restore creates is appended to a record in the target root
 ///   before it is made (its metadata is applied last, when its subtree is done); a
 ///   rerun gives those directories the snapshot's metadata even though they exist now
 ///   (a user's existing directory is still left alone in the default mode).
+///
+/// The record names the restore (its `s` line, [`record_identity`]: the store, the
+/// snapshot's run, the mode, `--flat`, `--path`), and each run that wrote it (`p
+/// <pid>`). Only a rerun of the same restore takes the recorded directories as its
+/// own; another restore into that `--to` is refused ([`Unfinished::read`]): its files
+/// differ from those directories' by design, and it replaced a user's edit there as
+/// "the stopped run's" work. A record without an `s` line (written before 2026-12-07)
+/// does not say whose it is: its directories are not taken as anyone's (what differs
+/// there is a conflict, as anywhere), said in a warning, and the record is begun again.
 ///
 /// The record is removed when a restore has walked the whole tree (the target root's
 /// metadata is applied again after that, as removing an entry touches its mtime).
@@ -605,52 +623,205 @@ struct Unfinished {
     /// Lines not yet written: the directories of a listing are recorded in one write,
     /// made before the first of them is created ([`Unfinished::flush`]).
     pending: Mutex<Vec<u8>>,
-    /// Directories an earlier, stopped restore created (escaped target paths).
+    /// Directories an earlier, stopped run of this restore created (escaped target
+    /// paths).
     ours: std::collections::HashSet<String>,
-    /// A record was there: an earlier restore into this target was stopped.
+    /// A record was there: an earlier restore into this target was stopped (this one,
+    /// or one that did not say which it was).
     rerun: bool,
+    /// The pids of the runs the record names: their temporary files are leftovers
+    /// even if a process of that pid is alive now.
+    pids: std::collections::HashSet<u32>,
+    /// The record names this restore (its `s` line): appended to, not begun again.
+    named: bool,
+    /// What the report says about the record (one that does not name its restore).
+    warning: Option<String>,
     /// The target root's stat before this restore created its record, and its mtime
     /// just after: when nothing else changed the root since, removing the record gives
     /// it back the times it had ([`Restore::finish_unfinished`]).
     root_before: Option<(rustix::fs::Stat, (i64, i64))>,
 }
 
+/// The line of the record of unfinished work that names a restore from a store: `s
+/// <store dev>:<ino> <snapshot> <mode> <flat|nested> <path> <store path>`, the
+/// snapshot as `run:<run id>` (a rotation renames `daily.0`, not its run) or, for a
+/// tree taken over with no run, `dir:<name>:<inode>`; `--path` escaped (`.`: all).
+/// Restores are the same when all but the store's path (another mount of it) agree.
+fn record_identity(opts: &RestoreOptions, store: &Store, sel: &Selected) -> Result<String> {
+    let st = fsx::fstat(b(&store.root_fd)).ctx("stat", &store.root)?;
+    let esc = |s: &[u8]| crate::relpath::escape(s);
+    let snap = match &sel.snap.rec {
+        Some(r) => format!("run:{}", esc(r.id.as_bytes())),
+        None => format!("dir:{}:{}", esc(sel.snap.name.as_bytes()), sel.snap.ino),
+    };
+    let mode = match opts.mode {
+        Mode::Safe => "safe",
+        Mode::Overwrite => "overwrite",
+        Mode::Mirror => "mirror",
+    };
+    Ok(format!(
+        "s {}:{} {snap} {mode} {} {} {}",
+        st.dev,
+        st.ino,
+        if opts.flat { "flat" } else { "nested" },
+        opts.path
+            .as_ref()
+            .map_or_else(|| ".".into(), |p| p.escaped()),
+        esc(store.root.as_os_str().as_bytes()),
+    ))
+}
+
+/// The fields of an identity line that say which restore it is (not the store's path).
+fn identity_key(line: &str) -> Vec<&str> {
+    line.split(' ').take(6).collect()
+}
+
+/// The restore an identity line names, as the command that runs it again.
+fn identity_command(line: &str, to: &Path) -> String {
+    let f: Vec<&str> = line.split(' ').collect();
+    let get = |i: usize| f.get(i).copied().unwrap_or("?");
+    let snap = get(2);
+    let snap = snap
+        .strip_prefix("run:")
+        .or_else(|| snap.strip_prefix("dir:").and_then(|d| d.split(':').next()))
+        .unwrap_or(snap);
+    let mut c = format!("snapring restore --dest {} {snap}", get(6));
+    if get(5) != "." {
+        c.push_str(&format!(" --path {}", get(5)));
+    }
+    if get(4) == "flat" {
+        c.push_str(" --flat");
+    }
+    match get(3) {
+        "overwrite" => c.push_str(" --overwrite"),
+        "mirror" => c.push_str(" --mirror"),
+        _ => {}
+    }
+    format!("{c} --to {}", crate::relpath::shown(to))
+}
+
+/// Refuses the restore `identity` ([`record_identity`]) into `to_path` when the record
+/// of unfinished work at `path`, `text`, is another restore's: another store, snapshot,
+/// mode, `--flat` or `--path` (its `s` line), or a repository's (its `r` line).
+fn refuse_other(text: &str, identity: &str, to_path: &Path, path: &Path) -> Result<()> {
+    let shown = crate::relpath::shown(path);
+    let discard = format!(
+        "or discard it by deleting {shown} (what it left is then the user's: files that differ are conflicts, which --overwrite replaces)"
+    );
+    if let Some(other) = text
+        .lines()
+        .find(|l| l.starts_with("s ") && identity_key(l) != identity_key(identity))
+    {
+        return Err(Error::Refused(format!(
+            "{} holds an unfinished restore of another store, snapshot, mode or path (record {shown}); nothing was written. Finish that one by running it again ({}), {discard}",
+            crate::relpath::shown(to_path),
+            identity_command(other, to_path),
+        )));
+    }
+    if let Some(r) = text.lines().find(|l| l.starts_with("r ")) {
+        return Err(Error::Refused(format!(
+            "{} holds an unfinished restore from a repository (record {shown}: {r}); nothing was written. Finish that one by running it again, {discard}",
+            crate::relpath::shown(to_path),
+        )));
+    }
+    Ok(())
+}
+
+/// [`refuse_other`] for every record of unfinished work in target root `to` (a file of
+/// a record's name whose first line names this target), before the restore writes
+/// anything (`--path` makes its ancestors before its record is opened).
+fn refuse_other_records(to: &OwnedFd, to_path: &Path, identity: &str) -> Result<()> {
+    use std::io::Read;
+    let header = record_header(to);
+    let names = fsx::read_dir_names(b(to)).ctx("read", to_path)?;
+    for n in names.iter().filter(|n| is_marker_name(n)) {
+        let Ok(fd) = fsx::open_read_at(b(to), n) else {
+            continue;
+        };
+        let mut raw = Vec::new();
+        let path = to_path.join(std::ffi::OsStr::from_bytes(n));
+        std::fs::File::from(fd)
+            .read_to_end(&mut raw)
+            .ctx("read", &path)?;
+        if raw.starts_with(&header) {
+            refuse_other(&String::from_utf8_lossy(&raw), identity, to_path, &path)?;
+        }
+    }
+    Ok(())
+}
+
 impl Unfinished {
-    /// `restored`: the names the restore puts into the target root ([`marker_name`]).
-    fn open(to: &OwnedFd, to_path: &Path, to_was_new: bool, restored: &[Vec<u8>]) -> Result<Self> {
+    /// Reads the record `name` in target root `to` (`to_path`, for messages), if any,
+    /// for the restore `identity` ([`record_identity`]): the same decision for a dry
+    /// run and the restore. A record of another restore (another store, snapshot,
+    /// mode, `--flat` or `--path`; or a repository's) refuses this one, nothing written.
+    fn read(to: &OwnedFd, to_path: &Path, name: Vec<u8>, identity: &str) -> Result<Self> {
         use std::io::Read;
-        let name = marker_name(to, restored);
         let path = to_path.join(std::ffi::OsStr::from_bytes(&name));
         let mut u = Unfinished {
             name,
             ..Unfinished::default()
         };
-        match fsx::open_read_at(b(to), &u.name) {
+        let text = match fsx::open_read_at(b(to), &u.name) {
             Ok(fd) => {
-                let mut text = String::new();
+                let mut raw = Vec::new();
                 std::fs::File::from(fd)
-                    .read_to_string(&mut text)
+                    .read_to_end(&mut raw)
                     .ctx("read", &path)?;
-                u.ours = text
-                    .lines()
-                    .filter_map(|l| l.strip_prefix("d "))
-                    .map(str::to_string)
-                    .collect();
                 u.rerun = true;
+                String::from_utf8_lossy(&raw).into_owned()
             }
-            Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
+            Err(e) if fsx::errno_is(&e, Errno::NOENT) => return Ok(u),
             Err(e) => return Err(io_error(e, "open", path)),
+        };
+        refuse_other(&text, identity, to_path, &path)?;
+        u.pids = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("p ")?.split(' ').next()?.parse().ok())
+            .collect();
+        let dirs = text.lines().filter_map(|l| l.strip_prefix("d "));
+        u.named = text.lines().any(|l| l.starts_with("s "));
+        if u.named {
+            u.ours = dirs.map(str::to_string).collect();
+        } else if dirs.clone().next().is_some() {
+            u.warning = Some(format!(
+                "{} is the record of a stopped restore that does not say which restore it was (written by snapring before 2026-12-07): the directories it names are not taken as this restore's, so what differs in them is a conflict (--overwrite replaces it); the record is begun again for this restore",
+                crate::relpath::shown(&path)
+            ));
         }
+        Ok(u)
+    }
+
+    /// `restored`: the names the restore puts into the target root ([`marker_name`]);
+    /// `identity`: the restore's ([`record_identity`]).
+    fn open(
+        to: &OwnedFd,
+        to_path: &Path,
+        to_was_new: bool,
+        restored: &[Vec<u8>],
+        identity: &str,
+    ) -> Result<Self> {
+        let mut u = Self::read(to, to_path, marker_name(to, restored), identity)?;
+        let path = to_path.join(std::ffi::OsStr::from_bytes(&u.name));
         let before = (!u.rerun).then(|| rustix::fs::fstat(to).ok()).flatten();
+        // A record that names this restore is appended to; any other (none, empty, one
+        // cut short, one that does not name its restore) is begun again.
+        let named = u.named;
         let mut f = std::fs::OpenOptions::new()
-            .append(true)
+            .append(named)
+            .write(!named)
+            .truncate(!named)
             .create(true)
             .open(&path)
             .ctx("create", &path)?;
         u.root_before = before.zip(rustix::fs::fstat(to).ok().map(|st| mtime_of(&st)));
-        if f.metadata().ctx("stat", &path)?.len() == 0 {
-            f.write_all(&record_header(to)).ctx("write", &path)?;
+        let mut head = Vec::new();
+        if !named {
+            head.extend_from_slice(&record_header(to));
+            head.extend_from_slice(format!("{identity}\n").as_bytes());
         }
+        head.extend_from_slice(format!("p {}\n", std::process::id()).as_bytes());
+        f.write_all(&head).ctx("write", &path)?;
         u.log = Some(Mutex::new(f));
         if to_was_new {
             u.record(&RelPath::root());
@@ -686,6 +857,30 @@ impl Unfinished {
 
     fn created_before(&self, rel: &RelPath) -> bool {
         self.rerun && self.ours.contains(&rel.escaped())
+    }
+
+    /// Whether temporary file `n` ([`is_tmp_name`]) is a stopped run's: its pid is one
+    /// the record names or this process's, or no process of that pid is alive on this
+    /// host (a pid no process can have: none).
+    fn leftover(&self, n: &[u8]) -> bool {
+        let pid = n
+            .strip_prefix(TMP_PREFIX)
+            .and_then(|r| r.split(|&c| c == b'-').next())
+            .and_then(|d| std::str::from_utf8(d).ok()?.parse::<u32>().ok());
+        let Some(pid) = pid else { return true };
+        // This process's own: a directory is read for leftovers before the restore
+        // writes anything there, so that is a stopped run's that had this pid (a
+        // container's pids start over).
+        if self.pids.contains(&pid) || pid == std::process::id() {
+            return true;
+        }
+        match i32::try_from(pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            None => true,
+            Some(p) => rustix::process::test_kill_process(p) == Err(Errno::SRCH),
+        }
     }
 }
 
@@ -731,6 +926,10 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     if let Some(fd) = to_fd.as_ref().filter(|_| !opts.dry_run) {
         lock_target(fd, &opts.to)?;
     }
+    let identity = record_identity(opts, &store, &sel)?;
+    if let Some(fd) = &to_fd {
+        refuse_other_records(fd, &opts.to, &identity)?;
+    }
     let mut created_ancestors = Vec::new();
     let mut start = plan_start(
         opts,
@@ -744,15 +943,16 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     let unfinished = match &to_fd {
         Some(fd) if !opts.dry_run => {
             let restored = root_names(&reader, &start);
-            Unfinished::open(fd, &opts.to, to_was_new, &restored)
+            Unfinished::open(fd, &opts.to, to_was_new, &restored, &identity)
                 .map_err(Error::on_restore_target)?
         }
-        // A dry run writes no record, but knows a stopped restore's, which `--mirror`
-        // keeps.
-        Some(fd) => Unfinished {
-            name: marker_name(fd, &root_names(&reader, &start)),
-            ..Unfinished::default()
-        },
+        // A dry run writes no record, but reads a stopped restore's as the restore
+        // does: it is refused alike, plans alike what it would replace as that run's,
+        // and `--mirror` keeps the record.
+        Some(fd) => {
+            let name = marker_name(fd, &root_names(&reader, &start));
+            Unfinished::read(fd, &opts.to, name, &identity)?
+        }
         None => Unfinished::default(),
     };
     // A directory an earlier, stopped restore created gets the snapshot's metadata.
@@ -760,7 +960,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     if whole_dir && !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
         start.node.apply_meta = true;
     }
-    if !opts.dry_run && unfinished.created_before(&start.node.dst_rel) {
+    if unfinished.created_before(&start.node.dst_rel) {
         start.node.ours = true;
     }
     let root_meta = (whole_dir && start.node.apply_meta && start.node.dst_rel.is_root())
@@ -1350,7 +1550,7 @@ impl<R: SnapshotReader> Visitor for Restore<'_, R> {
                 Some(listed) => {
                     // `--path FILE`: its directory is not listed, but a stopped run may
                     // have left its temporary file there.
-                    if self.unfinished.rerun && !node.ours && !self.opts.dry_run {
+                    if self.unfinished.rerun && !node.ours {
                         self.remove_leftovers(&node);
                     }
                     vec![listed]
@@ -1650,10 +1850,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
                         return None;
                     }
                     if let Err(e) = fsx::mkdir_at(b(d), name) {
-                        self.counts.dirs.fetch_sub(1, Ordering::Relaxed);
                         self.create_error(d, &rel, name, "create directory", e);
                         return None;
                     }
+                    // Counted once made: one queued and never reached (a restore that
+                    // stopped) was not.
+                    add(&self.counts.dirs, 1);
                 }
                 match fsx::open_dir_at(b(d), name) {
                     Ok(fd) => Some(fd),
@@ -1702,7 +1904,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
     /// Lists a snapshot directory; with `--mirror`, first deletes from the target
     /// directory what the snapshot's does not have.
     fn listing(&self, node: &Node<R::Dir>) -> Vec<Listed> {
-        if self.unfinished.rerun && !node.fresh && !self.opts.dry_run {
+        if self.unfinished.rerun && !node.fresh {
             self.remove_leftovers(node);
         }
         match self.reader.list_checked(&node.src) {
@@ -1737,7 +1939,14 @@ impl<R: SnapshotReader> Restore<'_, R> {
         }
     }
 
-    /// Deletes the temporary files a stopped restore left in a target directory.
+    /// Whether `n`, in a target directory, is a temporary file a stopped restore left
+    /// ([`Unfinished::leftover`]): a rerun deletes it (a dry run counts it).
+    fn is_leftover(&self, n: &[u8]) -> bool {
+        self.unfinished.rerun && is_tmp_name(n) && self.unfinished.leftover(n)
+    }
+
+    /// Deletes the temporary files a stopped restore left in a target directory
+    /// ([`Unfinished::leftover`]), counted.
     fn remove_leftovers(&self, node: &Node<R::Dir>) {
         let Some(dst) = &node.dst else { return };
         let names = match fsx::read_dir_names(b(dst)) {
@@ -1747,9 +1956,19 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return;
             }
         };
-        for n in names.iter().filter(|n| is_tmp_name(n)) {
-            if let Err(e) = fsx::unlink_at(b(dst), n) {
-                self.dest_error(&node.dst_rel.join(n), "remove a stopped restore's file", e);
+        // Only a stopped run's: a live restore's (into a `--to` nested in this one)
+        // is its work in progress.
+        for n in names.iter().filter(|n| self.is_leftover(n)) {
+            if self.opts.dry_run {
+                add(&self.counts.leftovers, 1);
+                continue;
+            }
+            match fsx::unlink_at(b(dst), n) {
+                Ok(()) => add(&self.counts.leftovers, 1),
+                Err(e) if fsx::errno_is(&e, Errno::NOENT) => {}
+                Err(e) => {
+                    self.dest_error(&node.dst_rel.join(n), "remove a stopped restore's file", e)
+                }
             }
         }
     }
@@ -1838,8 +2057,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
             .as_ref()
             .and_then(|ex| ex.keep_in(b(dst), &existing));
         for name in &existing {
+            // A dry run finds a stopped restore's temporary files still there: the
+            // restore deleted them before (counted as such).
             if items.binary_search_by(|l| l.name().cmp(name)).is_ok()
                 || (node.dst_rel.is_root() && *name == self.unfinished.name)
+                || (self.opts.dry_run && self.is_leftover(name))
             {
                 continue;
             }
@@ -1979,8 +2201,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
         };
         if create {
             self.say('+', &at.rel, "/");
-            add(&self.counts.dirs, 1);
-            if !self.opts.dry_run {
+            // The restore counts it once made ([`Restore::open_sub`]).
+            if self.opts.dry_run {
+                add(&self.counts.dirs, 1);
+            } else {
                 self.unfinished.record(&at.rel);
             }
         }
@@ -2730,7 +2954,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let c = &self.counts;
         let fatal = self.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let mut warnings = Vec::new();
+        let mut warnings: Vec<String> = self.unfinished.warning.iter().cloned().collect();
         let first = c
             .lost_first
             .lock()
@@ -2821,6 +3045,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             overwritten: g(&c.overwritten),
             deleted: g(&c.deleted),
             kept_excluded: g(&c.kept_excluded),
+            temporary_removed: g(&c.leftovers),
             conflicts_total,
             conflicts,
             errors,

@@ -1884,7 +1884,11 @@ fn a_snapshot_entry_named_like_the_restore_record_is_restored() {
     let mine = t.path().join("mine");
     write(&mine.join(".snapring-restore-unfinished.1"), b"");
     write(&mine.join(".snapring-restore.notes.tmp"), b"mine");
-    write(&mine.join(".snapring-restore.123-4.tmp"), b"a leftover");
+    // A stopped run's: no process has a pid above the largest Linux gives (2^22).
+    write(
+        &mine.join(".snapring-restore.99999999-4.tmp"),
+        b"a leftover",
+    );
     let (code, rep, err) = restore(&mine, &[]);
     assert_eq!(code, Some(0), "{err}\n{rep}");
     assert_eq!(
@@ -1895,7 +1899,7 @@ fn a_snapshot_entry_named_like_the_restore_record_is_restored() {
         std::fs::read(mine.join(".snapring-restore.notes.tmp")).unwrap(),
         b"mine"
     );
-    assert!(!mine.join(".snapring-restore.123-4.tmp").exists());
+    assert!(!mine.join(".snapring-restore.99999999-4.tmp").exists());
     assert!(
         !mine.join(".snapring-restore-unfinished.1").exists(),
         "the record stays"
@@ -2060,7 +2064,7 @@ fn a_restored_file_named_like_the_record_is_not_a_later_restores_record() {
             "daily.0".as_ref(),
             "--to".as_ref(),
             to.as_os_str(),
-            "--overwrite".as_ref(),
+            "--mirror".as_ref(),
         ],
         &[("SNAPRING_FAILPOINTS", "restore.before_done=kill")],
     );
@@ -2071,8 +2075,10 @@ fn a_restored_file_named_like_the_record_is_not_a_later_restores_record() {
         .filter(|n| n.starts_with(".snapring-restore-unfinished."))
         .collect();
     assert_eq!(records, [".snapring-restore-unfinished.1"]);
+    // (The stopped restore is a `--mirror` one: another restore is refused.)
     let o = restore(&["--mirror", "--dry-run"]);
     let plan = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(0), "{plan}");
     assert!(!plan.contains("- .snapring-restore-unfinished"), "{plan}");
 }
 

@@ -736,3 +736,197 @@ fn a_repository_restore_of_many_directories_fits_a_low_limit_of_open_files() {
         );
     }
 }
+
+/// `snapring restore --json --jobs 1 --dest STORE SNAP --to TO EXTRA…`, run to its end.
+fn restore_with(
+    store: &Path,
+    snap: &str,
+    to: &Path,
+    extra: &[&str],
+) -> (i32, serde_json::Value, String) {
+    let out = Command::new(bin())
+        .args(["restore", "--json", "--jobs", "1", "--dest"])
+        .arg(store)
+        .arg(snap)
+        .arg("--to")
+        .arg(to)
+        .args(extra)
+        .env("SNAPRING_CATALOG", "off")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A restore of `store`'s daily.0 into `to`, killed (SIGKILL) at its third file: every
+/// directory of the root (`d00`…) is in its record.
+fn killed_at_third_file(store: &Path, to: &Path, pause: &Path) {
+    let child = spawn_restore(
+        store,
+        "daily.0",
+        to,
+        &format!("restore.file=pause:{}@3", pause.display()),
+    );
+    wait_for(pause);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let _ = finish(child);
+    let _ = std::fs::remove_file(pause);
+}
+
+/// The record of a stopped restore named only the target: any other restore into that
+/// `--to` (another store, snapshot, `--path`, mode) took every differing file of the
+/// recorded directories for the stopped run's and replaced it, a user's edit too, with
+/// no `--overwrite`, `complete`, exit 0 ("replaced 12"). Now the record names its
+/// restore, and another one (its dry run too) is refused, nothing written, told how to
+/// finish or discard the stopped one.
+#[test]
+fn a_restore_into_a_target_holding_another_stopped_restore_is_refused() {
+    let (t, src, store) = setup(5);
+    ok_backup(&src, &store);
+    let other = t.path().join("other-store");
+    ok_backup(&src, &other);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    killed_at_third_file(&store, &to, &pause);
+    write(&to.join("d04/f0"), b"USER EDIT");
+    let before = describe(&to);
+    for (st, extra) in [
+        (&other, &[][..]),
+        (&other, &["--dry-run"][..]),
+        (&store, &["--path", "d04"][..]),
+        // Its ancestor `d03` is not made either (the stopped run had not reached it).
+        (&store, &["--path", "d03/f1"][..]),
+        (&store, &["--overwrite"][..]),
+    ] {
+        let (code, rep, err) = restore_with(st, "daily.0", &to, extra);
+        assert_eq!(code, 64, "{extra:?}: {err}\n{rep}");
+        assert!(
+            err.contains("holds an unfinished restore")
+                && err.contains(".snapring-restore-unfinished")
+                && err.contains(&format!("--dest {}", store.display())),
+            "{extra:?}: {err}"
+        );
+        assert_eq!(std::fs::read(to.join("d04/f0")).unwrap(), b"USER EDIT");
+        assert_same_tree(&before, &describe(&to), "refused: nothing written");
+    }
+    // The same restore finishes it.
+    let (code, rep, err) = restore_with(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_same_tree(&describe(&src), &describe(&to), "rerun restore");
+}
+
+/// A record of a stopped restore that does not name its restore (written before the
+/// record had an `s` line) licenses no replacement: what differs in its directories is
+/// a conflict, left alone, and the report says why.
+#[test]
+fn a_record_that_does_not_name_its_restore_licenses_no_replacement() {
+    let (t, src, store) = setup(3);
+    ok_backup(&src, &store);
+    let to = t.path().join("restored");
+    let (code, _, err) = restore_with(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 0, "{err}");
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(&to).unwrap();
+    write(
+        &to.join(".snapring-restore-unfinished"),
+        format!(
+            "snapring-restore-unfinished 1 {}:{}\nd \nd d02\n",
+            m.dev(),
+            m.ino()
+        )
+        .as_bytes(),
+    );
+    write(&to.join("d02/f1"), b"USER EDIT");
+    let (code, rep, err) = restore_with(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["conflicts"][0]["path"], "d02/f1", "{rep}");
+    assert_eq!(rep["overwritten"], 0, "{rep}");
+    assert_eq!(std::fs::read(to.join("d02/f1")).unwrap(), b"USER EDIT");
+    assert!(
+        rep["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.contains("does not say which restore")),
+        "{rep}"
+    );
+}
+
+/// A dry run after a stopped restore listed as conflicts ("!") the files the real run
+/// then replaced as the stopped run's ("replaced 8"), `--json` `conflicts: []` aside:
+/// it plans what the rerun does now.
+#[test]
+fn a_dry_run_after_a_stopped_restore_plans_what_the_rerun_does() {
+    let (t, src, store) = setup(5);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    killed_at_third_file(&store, &to, &pause);
+    write(&to.join("d04/f0"), b"half-written");
+    let (_, dry, err) = restore_with(&store, "daily.0", &to, &["--dry-run"]);
+    assert_eq!(dry["dry_run"], true, "{err}\n{dry}");
+    let (code, real, err) = restore_with(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 0, "{err}\n{real}");
+    for k in [
+        "conflicts_total",
+        "overwritten",
+        "files_restored",
+        "dirs_created",
+    ] {
+        assert_eq!(dry[k], real[k], "{k}: dry run {dry}\nrestore {real}");
+    }
+    assert_eq!(dry["conflicts"], real["conflicts"], "{dry}\n{real}");
+    assert_same_tree(&describe(&src), &describe(&to), "rerun restore");
+}
+
+/// A rerun after a stopped restore deleted every `.snapring-restore.<pid>-<n>.tmp`
+/// under `--to`, a live process's too (another restore into a `--to` nested in it).
+/// Now only a stopped run's (its pid in the record, or no process of it alive), counted.
+#[test]
+fn a_rerun_deletes_only_the_temporary_files_of_stopped_restores() {
+    let (t, src, store) = setup(5);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    killed_at_third_file(&store, &to, &pause);
+    let mut live = Command::new("sleep").arg("60").spawn().unwrap();
+    let live_tmp = to.join(format!("d04/.snapring-restore.{}-0.tmp", live.id()));
+    // No process has a pid above the largest one Linux gives (2^22).
+    let dead_tmp = to.join("d04/.snapring-restore.99999999-3.tmp");
+    write(&live_tmp, b"another restore's file in progress");
+    write(&dead_tmp, b"a leftover");
+    let (code, rep, err) = restore_with(&store, "daily.0", &to, &[]);
+    let _ = live.kill();
+    let _ = live.wait();
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(
+        std::fs::read(&live_tmp).unwrap(),
+        b"another restore's file in progress"
+    );
+    assert!(!dead_tmp.exists());
+    assert_eq!(rep["temporary_removed"], 1, "{rep}");
+}
+
+/// A restore that failed (here: its record could not be written, as on a full disk)
+/// said "directories 30" of directories it had only planned; it counts those it made.
+#[test]
+fn a_failed_restore_counts_only_the_directories_it_made() {
+    let (t, src, store) = setup(30);
+    ok_backup(&src, &store);
+    let to = t.path().join("restored");
+    // The first write of the record names `--to`, the second the root's directories.
+    let (code, rep, err) = finish(spawn_restore(
+        &store,
+        "daily.0",
+        &to,
+        "restore.recorded=error@2",
+    ));
+    assert_eq!(rep["status"], "failed", "{code} {err}\n{rep}");
+    let made = std::fs::read_dir(&to)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().file_type().unwrap().is_dir())
+        .count();
+    assert_eq!(rep["dirs_created"], made as u64, "{rep}");
+}

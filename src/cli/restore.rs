@@ -175,6 +175,13 @@ fn print_summary(r: &RestoreReport) {
             n => format!(" (kept {n} the backup excluded)"),
         }
     );
+    if r.temporary_removed > 0 {
+        let _ = writeln!(
+            out,
+            "  temporary files a stopped restore left, deleted: {}",
+            r.temporary_removed
+        );
+    }
     let _ = writeln!(out, "  took {:.2}s", r.duration_seconds);
     if !r.message.is_empty() {
         let _ = writeln!(out, "  {}", r.message);
