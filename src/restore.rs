@@ -626,6 +626,11 @@ struct Unfinished {
     /// Directories an earlier, stopped run of this restore created (escaped target
     /// paths).
     ours: std::collections::HashSet<String>,
+    /// Directories a record that does not name its restore (written before 2026-12-07)
+    /// lists: made by a stopped restore, so they get the snapshot's metadata (they
+    /// were left with the mode they were made with, 0700), but what differs in them is
+    /// a conflict, as they may be another restore's.
+    made_unnamed: std::collections::HashSet<String>,
     /// A record was there: an earlier restore into this target was stopped (this one,
     /// or one that did not say which it was).
     rerun: bool,
@@ -646,7 +651,10 @@ struct Unfinished {
 /// <store dev>:<ino> <snapshot> <mode> <flat|nested> <path> <store path>`, the
 /// snapshot as `run:<run id>` (a rotation renames `daily.0`, not its run) or, for a
 /// tree taken over with no run, `dir:<name>:<inode>`; `--path` escaped (`.`: all).
-/// Restores are the same when all but the store's path (another mount of it) agree.
+/// Restores are the same when the snapshot, mode, layout and path agree: a run id
+/// names one run whatever store holds it (another mount, a remount with another device
+/// number, a copy of the store on another disk), so its store's `dev:ino` is not
+/// compared; a taken-over tree's name and inode are compared with them ([`identity_key`]).
 fn record_identity(opts: &RestoreOptions, store: &Store, sel: &Selected) -> Result<String> {
     let st = fsx::fstat(b(&store.root_fd)).ctx("stat", &store.root)?;
     let esc = |s: &[u8]| crate::relpath::escape(s);
@@ -671,9 +679,22 @@ fn record_identity(opts: &RestoreOptions, store: &Store, sel: &Selected) -> Resu
     ))
 }
 
-/// The fields of an identity line that say which restore it is (not the store's path).
+/// The fields of an identity line that say which restore it is: never the store's
+/// path; the store's `dev:ino` only with a taken-over tree's `dir:` (an inode number is
+/// unique only on one device), not with a `run:` (the device number changes when the
+/// store's disk is plugged in again or its file system mounted again, and a rerun of
+/// the same restore was then refused for good, its hint naming the refused command).
 fn identity_key(line: &str) -> Vec<&str> {
-    line.split(' ').take(6).collect()
+    let f: Vec<&str> = line.split(' ').take(6).collect();
+    match f.get(2) {
+        Some(snap) if snap.starts_with("run:") => f
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 1)
+            .map(|(_, x)| *x)
+            .collect(),
+        _ => f,
+    }
 }
 
 /// The restore an identity line names, as the command that runs it again.
@@ -706,7 +727,7 @@ fn identity_command(line: &str, to: &Path) -> String {
 fn refuse_other(text: &str, identity: &str, to_path: &Path, path: &Path) -> Result<()> {
     let shown = crate::relpath::shown(path);
     let discard = format!(
-        "or discard it by deleting {shown} (what it left is then the user's: files that differ are conflicts, which --overwrite replaces)"
+        "or discard it by deleting {shown} (what it left is then the user's: files that differ are conflicts, which --overwrite replaces, and the directories it made keep the mode it made them with, 0700, unless --overwrite sets them)"
     );
     if let Some(other) = text
         .lines()
@@ -784,8 +805,9 @@ impl Unfinished {
         if u.named {
             u.ours = dirs.map(str::to_string).collect();
         } else if dirs.clone().next().is_some() {
+            u.made_unnamed = dirs.map(str::to_string).collect();
             u.warning = Some(format!(
-                "{} is the record of a stopped restore that does not say which restore it was (written by snapring before 2026-12-07): the directories it names are not taken as this restore's, so what differs in them is a conflict (--overwrite replaces it); the record is begun again for this restore",
+                "{} is the record of a stopped restore that does not say which restore it was (written by snapring before 2026-12-07): the directories it names are not taken as this restore's, so a file that differs in them is a conflict (--overwrite replaces it); the directories themselves get the snapshot's metadata; the record is begun again for this restore",
                 crate::relpath::shown(&path)
             ));
         }
@@ -857,6 +879,12 @@ impl Unfinished {
 
     fn created_before(&self, rel: &RelPath) -> bool {
         self.rerun && self.ours.contains(&rel.escaped())
+    }
+
+    /// Directory `rel` was made by a stopped restore ([`Unfinished::created_before`], or
+    /// one whose record does not name it): its metadata is the snapshot's to set.
+    fn made_by_a_restore(&self, rel: &RelPath) -> bool {
+        self.created_before(rel) || (self.rerun && self.made_unnamed.contains(&rel.escaped()))
     }
 
     /// Whether temporary file `n` ([`is_tmp_name`]) is a stopped run's: its pid is one
@@ -2179,7 +2207,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             None => (true, true),
             Some(x) if x.kind == Kind::Dir => (
                 false,
-                mode != Mode::Safe || self.unfinished.created_before(&at.rel),
+                mode != Mode::Safe || self.unfinished.made_by_a_restore(&at.rel),
             ),
             Some(x) if mode == Mode::Safe => {
                 let why = format!("a {} is where the snapshot has a directory", x.kind.name());

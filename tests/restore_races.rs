@@ -821,9 +821,43 @@ fn a_restore_into_a_target_holding_another_stopped_restore_is_refused() {
     assert_same_tree(&describe(&src), &describe(&to), "rerun restore");
 }
 
+/// A stopped restore is finished from its store mounted elsewhere: the store copied
+/// onto another file system (its device and inode numbers differ, as after a USB disk
+/// is plugged in again or an NFS store mounted again) holds the same run, and the
+/// rerun from it completes the tree (it was refused, exit 64, its hint naming the
+/// refused command).
+#[test]
+fn a_stopped_restore_is_finished_from_its_store_on_another_mount() {
+    let (t, src, store) = setup(5);
+    ok_backup(&src, &store);
+    let (to, pause) = (t.path().join("restored"), t.path().join("paused"));
+    killed_at_third_file(&store, &to, &pause);
+    let Some(fs) = Tmpfs::mount(&t.path().join("mnt"), "size=64m") else {
+        return;
+    };
+    let moved = fs.0.join("store");
+    let cp = Command::new("cp")
+        .arg("-a")
+        .arg(&store)
+        .arg(&moved)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    let (code, rep, err) = restore_with(&moved, "daily.0", &to, &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_same_tree(
+        &describe(&src),
+        &describe(&to),
+        "rerun from the moved store",
+    );
+}
+
 /// A record of a stopped restore that does not name its restore (written before the
 /// record had an `s` line) licenses no replacement: what differs in its directories is
-/// a conflict, left alone, and the report says why.
+/// a conflict, left alone, and the report says why. The directories it lists were made
+/// by a restore (mode 0700 until their metadata is set last): they get the snapshot's
+/// metadata (they were left at 0700 and their time of making, no conflict said).
 #[test]
 fn a_record_that_does_not_name_its_restore_licenses_no_replacement() {
     let (t, src, store) = setup(3);
@@ -843,9 +877,19 @@ fn a_record_that_does_not_name_its_restore_licenses_no_replacement() {
         .as_bytes(),
     );
     write(&to.join("d02/f1"), b"USER EDIT");
+    // As the stopped restore left it: made 0700, its metadata not set yet.
+    chmod(&to.join("d02"), 0o700);
+    set_mtime(&to.join("d02"), 1_700_000_000, 0);
     let (code, rep, err) = restore_with(&store, "daily.0", &to, &[]);
     assert_eq!(code, 2, "{err}\n{rep}");
     assert_eq!(rep["conflicts"][0]["path"], "d02/f1", "{rep}");
+    assert_eq!(rep["conflicts"].as_array().map(Vec::len), Some(1), "{rep}");
+    let (d, s) = (
+        std::fs::metadata(to.join("d02")).unwrap(),
+        std::fs::metadata(src.join("d02")).unwrap(),
+    );
+    assert_eq!(d.mode() & 0o7777, 0o755, "d02's mode is the snapshot's");
+    assert_eq!(d.mtime(), s.mtime(), "d02's mtime is the snapshot's");
     assert_eq!(rep["overwritten"], 0, "{rep}");
     assert_eq!(std::fs::read(to.join("d02/f1")).unwrap(), b"USER EDIT");
     assert!(
