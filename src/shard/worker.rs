@@ -892,8 +892,9 @@ struct Current {
 /// each time. Two lanes of half the jobs each still idled the draining lane's half;
 /// sharing the permits, the other lanes' walks take them up, and with three a unit
 /// ramping up or draining leaves two to take them (session 45, `small` at 1 ms,
-/// interleaved with the single node: 1.04× full and 1.08× unchanged incremental against
-/// 1.065× and 1.10× with two lanes; four were no better and varied more). Below 4 jobs
+/// interleaved with the single node over 4–5 rounds: unchanged incremental 1.095×
+/// against 1.118× with two lanes, full 1.058× against 1.056×; four were no better and
+/// varied more: docs/scale-out.md). Below 4 jobs
 /// a worker holds one claim at a time: if it stalls, one unit waits for its lease to
 /// lapse.
 pub(super) fn lanes(jobs: usize) -> usize {
