@@ -3427,7 +3427,16 @@ fn runs_stopped(
     let runs = t.path().join("a/.snapring/runs");
     let ids = signals
         .iter()
-        .map(|s| stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, *s).1)
+        .enumerate()
+        .map(|(i, s)| {
+            // Each run in a second of its own: run ids (and the catalog's start times)
+            // are to the second, so two runs started within one had no order, and
+            // which was the newest (told, or not) was a coin toss.
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(1100));
+            }
+            stopped_mid_walk(&mut slow_run(&catalog, &cfg, "a"), &runs, *s).1
+        })
         .collect();
     (t, catalog, cfg, told, ids)
 }
