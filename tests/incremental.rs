@@ -318,7 +318,17 @@ fn same_size_rewrite_in_the_racy_window_is_caught() {
 #[test]
 fn example_config_is_valid() {
     let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/snapring.toml");
-    let out = snapring(&["config".as_ref(), "check".as_ref(), p.as_os_str()], &[]);
+    // `config check` looks for the notifiers' secrets where it runs.
+    let out = snapring(
+        &["config".as_ref(), "check".as_ref(), p.as_os_str()],
+        &[
+            (
+                "SNAPRING_SLACK_WEBHOOK",
+                "https://hooks.slack.com/services/T/B/X",
+            ),
+            ("SMTP_PASSWORD", "pw"),
+        ],
+    );
     assert_eq!(
         out.status.code(),
         Some(0),
