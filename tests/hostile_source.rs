@@ -700,11 +700,15 @@ fn a_store_inside_the_source_through_a_bind_mount_is_left_out_of_a_shard_run() {
     let mut errs = String::new();
     for r in runs {
         let (code, _, err) = r.join().unwrap();
+        // A worker whose own units left the store out is `partial` (2) as the finalizer
+        // is (since 2026-12-07); one that met no problem exits 0.
+        let saw = err.contains("this directory of the source is the backup store");
+        assert!(code == 2 || (code == 0 && !saw), "{code}: {err}");
         codes.push(code);
         errs.push_str(&err);
     }
     codes.sort();
-    assert_eq!(codes, [0, 2], "{errs}");
+    assert_eq!(codes[1], 2, "the finalizer's run is partial: {errs}");
     assert!(
         errs.contains("backup: this directory of the source is the backup store"),
         "{errs}"

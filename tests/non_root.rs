@@ -26,8 +26,13 @@ fn setup() -> Setup {
     let root = t.path().to_path_buf();
     chmod(&root, 0o755);
     let bin = root.join("snapring");
-    std::fs::copy(common::bin(), &bin).unwrap();
-    chmod(&bin, 0o755);
+    // A hard link where it can be (the same file system): a copy is written through a
+    // descriptor that a process another test forks meanwhile holds until its exec, and
+    // running the copy then fails with ETXTBSY ("Text file busy").
+    if std::fs::hard_link(common::bin(), &bin).is_err() {
+        std::fs::copy(common::bin(), &bin).unwrap();
+        chmod(&bin, 0o755);
+    }
     let home = root.join("home");
     std::fs::create_dir(&home).unwrap();
     chown(&home, USER, USER);
@@ -57,6 +62,16 @@ impl Setup {
 
     /// [`Setup::command`], run to its end.
     fn run(&self, args: &[&std::ffi::OsStr]) -> Output {
+        // A copy (another file system) may still be held open for writing by a child
+        // another test forked before its exec: tried again for a while.
+        for _ in 0..100 {
+            match self.command(args).output() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => {
+                    std::thread::sleep(std::time::Duration::from_millis(20))
+                }
+                r => return r.unwrap(),
+            }
+        }
         self.command(args).output().unwrap()
     }
 
