@@ -883,8 +883,9 @@ struct Current {
     lost: AtomicBool,
 }
 
-/// Units a worker builds at once (its *lanes*): three from 4 jobs on, else one. Every
-/// lane walks its unit on a pool of `jobs` threads, and the lanes share `jobs` permits
+/// Units a worker builds at once (its *lanes*): three for 4 jobs, three for every four
+/// jobs above (6 for 8, 12 for 16; at most [`MAX_LANES`]), one below 4. Every lane
+/// walks its unit on a pool of `jobs` threads, and the lanes share `jobs` permits
 /// ([`crate::pool::Gate`]): at most `jobs` tasks run at once, as in a single-node run.
 /// A unit's walk starts from one directory, ramps up, drains on its own (its last
 /// directories, one thread each), and is followed by tens of sequential calls (seal,
@@ -894,12 +895,23 @@ struct Current {
 /// ramping up or draining leaves two to take them (session 45, `small` at 1 ms,
 /// interleaved with the single node over 4–5 rounds: unchanged incremental 1.095×
 /// against 1.118× with two lanes, full 1.058× against 1.056×; four were no better and
-/// varied more: docs/scale-out.md). Below 4 jobs
-/// a worker holds one claim at a time: if it stalls, one unit waits for its lease to
-/// lapse.
+/// varied more: docs/scale-out.md). A unit's walk keeps about four of those permits
+/// busy, so a worker of more jobs needs more lanes: one worker of `--jobs 16` with three
+/// took 6.9–7.3 s for `small`'s unchanged incremental against the single node's
+/// 5.4–5.5 s, with twelve 5.6 s (session 46). Below 4 jobs a worker holds one claim at
+/// a time: if it stalls, one unit waits for its lease to lapse.
 pub(super) fn lanes(jobs: usize) -> usize {
-    if jobs >= 4 { 3 } else { 1 }
+    if jobs >= 4 {
+        (jobs * 3 / 4).min(MAX_LANES)
+    } else {
+        1
+    }
 }
+
+/// The most lanes a worker runs, whatever its `--jobs` (each lane walks on a pool of
+/// `jobs` threads, so a worker runs up to `MAX_LANES * jobs` threads, most of them
+/// waiting for a permit).
+const MAX_LANES: usize = 12;
 
 /// Claims and builds units until every unit is committed (`true`) or the worker is
 /// stopped (`false`), in one or more lanes ([`lanes`]).
@@ -2020,5 +2032,17 @@ mod tests {
                 301 * (round + 1)
             );
         }
+    }
+
+    #[test]
+    fn a_worker_of_more_jobs_builds_more_units_at_once() {
+        // About four permits a unit's walk keeps busy: one lane below 4 jobs, three for
+        // 4, three more for every four more, up to MAX_LANES.
+        assert_eq!(lanes(1), 1);
+        assert_eq!(lanes(3), 1);
+        assert_eq!(lanes(4), 3);
+        assert_eq!(lanes(8), 6);
+        assert_eq!(lanes(16), 12);
+        assert_eq!(lanes(64), MAX_LANES);
     }
 }
