@@ -343,6 +343,20 @@ pub struct Counters {
     /// Copies a stop gave up under the bandwidth limit (escaped path, size): the next
     /// run copies them again from their start.
     pub given_up: Mutex<Vec<(String, u64)>>,
+    /// Copies whose setuid/setgid bits were cleared because their owner could not be
+    /// set (`fsx::OwnerNotSet::cleared`): said once in the report's warnings
+    /// ([`setid_cleared_warning`]), each copy's own `set owner` problem says it too.
+    pub setid_cleared: AtomicU64,
+}
+
+/// The warning of a run that cleared the setuid/setgid bits of `n` copies
+/// ([`Counters::setid_cleared`]).
+pub fn setid_cleared_warning(n: u64) -> String {
+    format!(
+        "setuid/setgid bits cleared on {n} cop{}: this process (not root) could not give {} owner, and those bits are not safe on a file of another owner (as `cp -p` run by a user clears them); each is a `set owner` problem, the manifest records the mode the copy has, and a backup as root keeps the bits",
+        if n == 1 { "y" } else { "ies" },
+        if n == 1 { "it its" } else { "them their" },
+    )
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -468,6 +482,13 @@ impl Counters {
         r.mount_points_skipped = mp.0;
         r.mount_points = mp.1.clone();
         drop(mp);
+        let cleared = g(&self.setid_cleared);
+        if cleared > 0 {
+            let w = setid_cleared_warning(cleared);
+            if !r.warnings.contains(&w) {
+                r.warnings.push(w);
+            }
+        }
         if let Some(t) = &self.throttle {
             r.bwlimit = Some(t.rate());
             r.bwlimit_wait_seconds = t.waited().as_secs_f64();

@@ -3251,3 +3251,57 @@ fn a_full_disk_after_the_snapshot_file_is_told_as_after_the_publish() {
     assert!(e.repo.join("snapring/shards/nospace/settled").exists());
     assert_tidied(&e, "nospace");
 }
+
+/// The publisher of a run, on another host, killed right after `published` (before its
+/// retention and tidy): a rerun of its worker judges whether that publisher is gone
+/// by the age of `published` by the repository's clock (its mtime), as leases are,
+/// not by the publisher's time in it against its own clock. A rerun whose clock is 2
+/// hours ahead, at once, leaves the run to the publisher (within two leases it may be
+/// at work: its retention is not done twice at once); one whose clock is 10 minutes
+/// behind, once `published` is older than two leases (2 s each), completes them.
+/// Judged by this host's clock, the first completed them at once and the second never
+/// did (`published` was from its future for 10 minutes).
+#[test]
+fn a_rerun_judges_a_publisher_gone_by_the_repositorys_clock_not_its_own() {
+    let e = env();
+    if !common::uts_namespaces() {
+        return;
+    }
+    let args = |run: &'static str| ["--shard", "0/1", "--run-id", run, "--retain", "1"];
+    report(&worker(&e, &args("s1"), &[]).output().unwrap());
+    let lease = [("SNAPRING_SHARD_LEASE", "60s")];
+    let c = worker(&e, &args("s2"), &lease);
+    common::killed_on_host(&c, "other-host", "shard.repo.after_published=kill");
+    let dir = e.repo.join("snapring/shards/s2");
+    assert!(dir.join("published").exists());
+    assert_eq!(snapshots(&e).len(), 2);
+
+    let mut ahead = worker(&e, &args("s2"), &lease);
+    if !with_clock_off(&mut ahead, "+7200") {
+        return;
+    }
+    let r = report(&ahead.output().unwrap());
+    assert_eq!(r["finalized"], false, "{r}");
+    assert!(r.get("completed").is_none(), "{r}");
+    assert!(r.get("retention").is_none(), "{r}");
+    assert!(!dir.join("settled").exists());
+    assert_eq!(snapshots(&e).len(), 2);
+
+    // Two leases of 2 s past `published` by the repository's clock. The killed
+    // publisher's repository lock (a process of another host: stale only after 30
+    // minutes) is removed, as `restic unlock --remove-all` does, for the retention.
+    std::thread::sleep(Duration::from_secs(5));
+    let locks = lock_files(&e);
+    assert_eq!(locks.len(), 1, "{locks:?}");
+    std::fs::remove_file(&locks[0]).unwrap();
+    let mut behind = worker(&e, &args("s2"), &SHORT_LEASE);
+    assert!(with_clock_off(&mut behind, "-600"));
+    let r = report(&behind.output().unwrap());
+    assert_eq!(r["completed"], true, "{r}");
+    assert_eq!(r["retention"]["removed"], 1, "{r}");
+    assert!(dir.join("settled").exists());
+    let snaps = snapshots(&e);
+    assert_eq!(snaps.len(), 1, "{snaps:?}");
+    assert!(snaps[0].1.tags.contains(&"shard-run=s2".to_string()));
+    assert_tidied(&e, "s2");
+}

@@ -5206,3 +5206,41 @@ fn status_of_a_damaged_finalized_or_abandoned_marker_says_it_is_damaged() {
         "{out}"
     );
 }
+
+/// A file removed from the run's tree by hand after every unit was committed and the
+/// units were moved in, before finalize published (the finalizing worker killed at
+/// `shard.finalize.before_staging`; a `snapring finalize` then publishes): the
+/// snapshot lacks it while its manifest (merged from the units' parts) lists it, and
+/// `verify` of the published snapshot says so (not clean, the file missing). Finalize
+/// does not count the tree's files against the manifest: `verify` is what finds it.
+#[test]
+fn verify_finds_a_file_removed_from_the_runs_tree_before_finalize_published() {
+    let run = "gone";
+    let e = killed_finalizing("shard.finalize.before_staging", run);
+    let victim = run_dir(&e, run).join("tree/flat/n042 with space");
+    assert!(victim.exists(), "{}", victim.display());
+    std::fs::remove_file(&victim).unwrap();
+    finalized(&e, run, "a file removed from the run's tree");
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    assert!(!e.dest.join("daily.0/flat/n042 with space").exists());
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "daily.0".as_ref(),
+        ],
+        &[],
+    );
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("daily.0 - flat/n042%20with%20space  size 7"),
+        "{said}"
+    );
+    assert!(
+        said.contains("daily.0: DAMAGED against manifest")
+            && said.contains("0 corrupt, 1 missing, 0 unexpected, 0 metadata"),
+        "{said}"
+    );
+}

@@ -299,7 +299,10 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// An error on the destination: metadata the target refuses is a per-entry problem;
     /// anything else (disk full, I/O error, read-only) stops the run.
     fn dest_error(&self, rel: &RelPath, action: &'static str, e: std::io::Error) {
-        if fsx::owner_not_set(&e).is_some() {
+        if let Some(o) = fsx::owner_not_set(&e) {
+            if o.cleared != 0 {
+                Counters::add(&self.counters.setid_cleared, 1);
+            }
             self.problem(rel, ProblemKind::Metadata, "set owner", e);
         } else if fsx::errno_is(&e, Errno::PERM) {
             self.problem(rel, ProblemKind::Metadata, action, e);
@@ -647,7 +650,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             Ok(refused) => self.refused_xattrs(rel, &refused),
             Err(err) => {
                 owner_held(&mut m, &err);
-                (e.uid, e.gid) = (m.uid, m.gid);
+                (e.uid, e.gid, e.perm) = (m.uid, m.gid, m.perm);
                 self.dest_error(rel, "set metadata", err);
             }
         }
@@ -1620,11 +1623,16 @@ fn same_inode(a: &Meta, b: &Meta) -> bool {
 /// manifest records what the snapshot is, so `verify` does not call it damaged, and the
 /// next backup, seeing the source's owner differ, copies it again and reports the
 /// owner again, every run alike (a link would carry the wrong owner silently).
+///
+/// Its mode alike: the setuid/setgid bits not safe on a copy of that owner were
+/// cleared ([`fsx::OwnerNotSet::cleared`]), and the manifest says so (a restore, which
+/// reads the tree, gives the user's copy no setuid bit either).
 fn owner_held(meta: &mut Meta, e: &std::io::Error) {
-    if let Some(o) = fsx::owner_not_set(e)
-        && o.got != (u32::MAX, u32::MAX)
-    {
-        (meta.uid, meta.gid) = o.got;
+    if let Some(o) = fsx::owner_not_set(e) {
+        meta.perm = o.perm(meta);
+        if o.got != (u32::MAX, u32::MAX) {
+            (meta.uid, meta.gid) = o.got;
+        }
     }
 }
 

@@ -2734,19 +2734,26 @@ fn first_missing_blob(repo: &Repo, root: Id) -> restic::Result<Option<(BlobType,
 /// `by` (the bytes of `published`): not settled, and its publisher gone (dead on this
 /// host; `published` older than two leases, its publisher elsewhere; or `snapring
 /// finalize` asked). A publisher still at it is left to finish (the run's other
-/// workers must not all wait for the exclusive lock).
+/// workers must not all wait for the exclusive lock). The age of `published` is by
+/// the storage's clock, as a lease's ([`State::age`]): judged by the publisher's time
+/// in it against this host's clock, a worker whose clock was ahead took a live
+/// publisher for gone, and one whose clock was behind (by more than two leases)
+/// never found a dead one's run to complete.
 fn unsettled(st: &State<'_>, by: &[u8], spec: &Spec) -> restic::Result<bool> {
     let gone = match serde_json::from_slice::<Holder>(by) {
-        Ok(h) => {
-            spec.index == BY_HAND
-                || h.is_dead_here()
-                || SystemTime::now()
-                    .duration_since(parse_at(&h.at))
-                    .is_ok_and(|d| d > 2 * lease())
-        }
+        Ok(h) => spec.index == BY_HAND || h.is_dead_here() || published_age(st, &h)? > 2 * lease(),
         Err(_) => true,
     };
     Ok(gone && st.b.read_extra(&st.key("settled"))?.is_none())
+}
+
+/// How long ago `published` (its holder `h`, as read) was written, by the storage's
+/// clock where it says ([`State::age`]); gone since it was read: the longest.
+fn published_age(st: &State<'_>, h: &Holder) -> restic::Result<Duration> {
+    Ok(match st.b.read_extra_written(&st.key("published"))? {
+        Some((_, written)) => st.age(written, Some(h)),
+        None => Duration::MAX,
+    })
 }
 
 /// The worker index a `published` made by a forget names ([`before_forget`]).

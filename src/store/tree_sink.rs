@@ -746,8 +746,12 @@ impl Sink for TreeSink {
             true => fsx::owner_later(fsx::chown_fd(b(&file.fd), m))?,
             false => None,
         };
+        // Less the setuid/setgid bits not safe on a copy left owned by this process
+        // (`fsx::OwnerNotSet`, as `cp -p` run by a user): root's `-rwsr-xr-x`
+        // program would otherwise be the backup user's, run as them by anyone.
         if need_chmod || owner.is_some() {
-            rustix::fs::fchmod(&file.fd, rustix::fs::Mode::from_raw_mode(m.perm))?;
+            let perm = fsx::perm_kept(m, owner.as_ref());
+            rustix::fs::fchmod(&file.fd, rustix::fs::Mode::from_raw_mode(perm))?;
         }
         let refused = fsx::write_xattrs(&XattrTarget::Fd(b(&file.fd)), xattrs)?;
         fsx::apply_times(b(&file.fd), m)?;
