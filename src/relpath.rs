@@ -248,9 +248,88 @@ pub fn unescape_bytes(b: &[u8]) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
+/// A path as a `--path` argument is typed ([`unescape_bytes`] reads it back): `%` is
+/// `%25`, a control character or a byte that is not UTF-8 `%XX` (it cannot be typed);
+/// every other character is itself (a space, `é`), as the user named the file.
+pub fn typed(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '%' || c.is_control() {
+                let mut buf = [0; 4];
+                for b in c.encode_utf8(&mut buf).bytes() {
+                    s.push_str(&format!("%{b:02X}"));
+                }
+            } else {
+                s.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// One word for a POSIX shell, to be pasted: as it is when it holds only characters
+/// no shell treats specially (`/work/bk-1`, `daily.0`); else in single quotes (a `'`
+/// as `'\''`); and one with a control character or a byte that is not UTF-8 as
+/// bash's `$'…'` with `\xNN`, so no such byte reaches the terminal raw.
+pub fn shell_quote(bytes: &[u8]) -> String {
+    let plain = |b: &u8| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(b);
+    if !bytes.is_empty() && bytes.iter().all(plain) {
+        return String::from_utf8_lossy(bytes).into_owned();
+    }
+    match std::str::from_utf8(bytes) {
+        Ok(s) if !s.chars().any(char::is_control) => format!("'{}'", s.replace('\'', "'\\''")),
+        _ => {
+            let mut s = String::from("$'");
+            for chunk in bytes.utf8_chunks() {
+                for c in chunk.valid().chars() {
+                    match c {
+                        '\'' | '\\' => {
+                            s.push('\\');
+                            s.push(c);
+                        }
+                        c if c.is_control() => {
+                            let mut buf = [0; 4];
+                            for b in c.encode_utf8(&mut buf).bytes() {
+                                s.push_str(&format!("\\x{b:02X}"));
+                            }
+                        }
+                        c => s.push(c),
+                    }
+                }
+                for b in chunk.invalid() {
+                    s.push_str(&format!("\\x{b:02X}"));
+                }
+            }
+            s.push('\'');
+            s
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A restore's hint printed its command's paths escaped (`my%20store`): `--dest`
+    /// does not read that form. Quoted for a shell now, `--path` as it is typed.
+    #[test]
+    fn words_are_quoted_for_a_shell_and_paths_written_as_typed() {
+        assert_eq!(shell_quote(b"/work/bk-1/daily.0"), "/work/bk-1/daily.0");
+        assert_eq!(shell_quote(b"/work/my store"), "'/work/my store'");
+        assert_eq!(shell_quote(b"it's"), "'it'\\''s'");
+        assert_eq!(shell_quote(b"$HOME;rm *"), "'$HOME;rm *'");
+        assert_eq!(shell_quote(b""), "''");
+        assert_eq!(shell_quote("é".as_bytes()), "'é'");
+        assert_eq!(shell_quote(b"a\nb'\\\xff"), "$'a\\x0Ab\\'\\\\\\xFF'");
+        assert_eq!(typed(b"my dir/100%/x\ty\xff"), "my dir/100%25/x%09y%FF");
+        for b in [&b"my dir/100%/x\ty\xff"[..], "é/ü".as_bytes()] {
+            assert_eq!(unescape(&typed(b)).unwrap(), b);
+        }
+    }
 
     /// A local path in a message: control characters and bytes that are not UTF-8
     /// as `\xNN`; `%`, a space and `é` as typed.

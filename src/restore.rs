@@ -603,7 +603,7 @@ const TMP_SUFFIX: &[u8] = b".tmp";
 ///   rerun gives those directories the snapshot's metadata even though they exist now
 ///   (a user's existing directory is still left alone in the default mode).
 ///
-/// The record names the restore (its `s` line, [`record_identity`]: the store, the
+/// The record names the restore (its `s` line, [`Identity`]: the store, the
 /// snapshot's run, the mode, `--flat`, `--path`), and each run that wrote it (`p
 /// <pid>`). Only a rerun of the same restore takes the recorded directories as its
 /// own; another restore into that `--to` is refused ([`Unfinished::read`]): its files
@@ -654,89 +654,186 @@ struct Unfinished {
 /// Restores are the same when the snapshot, mode, layout and path agree: a run id
 /// names one run whatever store holds it (another mount, a remount with another device
 /// number, a copy of the store on another disk), so its store's `dev:ino` is not
-/// compared; a taken-over tree's name and inode are compared with them ([`identity_key`]).
-fn record_identity(opts: &RestoreOptions, store: &Store, sel: &Selected) -> Result<String> {
-    let st = fsx::fstat(b(&store.root_fd)).ctx("stat", &store.root)?;
-    let esc = |s: &[u8]| crate::relpath::escape(s);
-    let snap = match &sel.snap.rec {
-        Some(r) => format!("run:{}", esc(r.id.as_bytes())),
-        None => format!("dir:{}:{}", esc(sel.snap.name.as_bytes()), sel.snap.ino),
-    };
-    let mode = match opts.mode {
-        Mode::Safe => "safe",
-        Mode::Overwrite => "overwrite",
-        Mode::Mirror => "mirror",
-    };
-    Ok(format!(
-        "s {}:{} {snap} {mode} {} {} {}",
-        st.dev,
-        st.ino,
-        if opts.flat { "flat" } else { "nested" },
-        opts.path
-            .as_ref()
-            .map_or_else(|| ".".into(), |p| p.escaped()),
-        esc(store.root.as_os_str().as_bytes()),
-    ))
+/// compared; a taken-over tree's name and inode are compared with them
+/// ([`Identity::same_restore`]). Written by [`Identity`]'s `Display`, read by
+/// [`Identity::parse`]: the one place each way (the line was split in three).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Identity {
+    /// The store root's device and inode.
+    store_id: (u64, u64),
+    snap: RecordedSnapshot,
+    mode: Mode,
+    flat: bool,
+    /// `--path`, escaped (`relpath::escape`); `.` for the whole snapshot.
+    path: String,
+    /// The store's path, escaped.
+    store: String,
 }
 
-/// The fields of an identity line that say which restore it is: never the store's
-/// path; the store's `dev:ino` only with a taken-over tree's `dir:` (an inode number is
-/// unique only on one device), not with a `run:` (the device number changes when the
-/// store's disk is plugged in again or its file system mounted again, and a rerun of
-/// the same restore was then refused for good, its hint naming the refused command).
-fn identity_key(line: &str) -> Vec<&str> {
-    let f: Vec<&str> = line.split(' ').take(6).collect();
-    match f.get(2) {
-        Some(snap) if snap.starts_with("run:") => f
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| *i != 1)
-            .map(|(_, x)| *x)
-            .collect(),
-        _ => f,
+/// The snapshot an [`Identity`] names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RecordedSnapshot {
+    /// `run:<id>`, the id escaped.
+    Run(String),
+    /// `dir:<name>:<inode>`: a tree taken over, with no run; the name escaped.
+    Dir { name: String, ino: u64 },
+}
+
+impl Identity {
+    /// The restore `opts` of snapshot `sel` from `store`.
+    fn of(opts: &RestoreOptions, store: &Store, sel: &Selected) -> Result<Self> {
+        let st = fsx::fstat(b(&store.root_fd)).ctx("stat", &store.root)?;
+        let esc = |s: &[u8]| crate::relpath::escape(s);
+        Ok(Identity {
+            store_id: (st.dev, st.ino),
+            snap: match &sel.snap.rec {
+                Some(r) => RecordedSnapshot::Run(esc(r.id.as_bytes())),
+                None => RecordedSnapshot::Dir {
+                    name: esc(sel.snap.name.as_bytes()),
+                    ino: sel.snap.ino,
+                },
+            },
+            mode: opts.mode,
+            flat: opts.flat,
+            path: opts
+                .path
+                .as_ref()
+                .map_or_else(|| ".".into(), |p| p.escaped()),
+            store: esc(store.root.as_os_str().as_bytes()),
+        })
+    }
+
+    /// Reads an `s` line as [`Identity`]'s `Display` writes it; `None` for any other
+    /// line (another form, a field missing or out of place: another restore's, as far
+    /// as this one can tell).
+    fn parse(line: &str) -> Option<Self> {
+        let f: Vec<&str> = line.split(' ').collect();
+        let [tag, store_id, snap, mode, layout, path, store] = f[..] else {
+            return None;
+        };
+        if tag != "s" || path.is_empty() || store.is_empty() {
+            return None;
+        }
+        let (dev, ino) = store_id.split_once(':')?;
+        let snap = if let Some(id) = snap.strip_prefix("run:") {
+            RecordedSnapshot::Run(id.to_string())
+        } else {
+            let (name, ino) = snap.strip_prefix("dir:")?.rsplit_once(':')?;
+            RecordedSnapshot::Dir {
+                name: name.to_string(),
+                ino: ino.parse().ok()?,
+            }
+        };
+        Some(Identity {
+            store_id: (dev.parse().ok()?, ino.parse().ok()?),
+            snap,
+            mode: match mode {
+                "safe" => Mode::Safe,
+                "overwrite" => Mode::Overwrite,
+                "mirror" => Mode::Mirror,
+                _ => return None,
+            },
+            flat: match layout {
+                "flat" => true,
+                "nested" => false,
+                _ => return None,
+            },
+            path: path.to_string(),
+            store: store.to_string(),
+        })
+    }
+
+    /// Whether `self` and `other` are the same restore: never by the store's path; by
+    /// the store's `dev:ino` only with a taken-over tree's `dir:` (an inode number is
+    /// unique only on one device), not with a `run:` (the device number changes when
+    /// the store's disk is plugged in again or its file system mounted again, and a
+    /// rerun of the same restore was then refused for good, its hint naming the
+    /// refused command).
+    fn same_restore(&self, other: &Identity) -> bool {
+        self.snap == other.snap
+            && self.mode == other.mode
+            && self.flat == other.flat
+            && self.path == other.path
+            && (matches!(self.snap, RecordedSnapshot::Run(_)) || self.store_id == other.store_id)
+    }
+
+    /// The command that runs this restore again into `to`, each argument quoted for a
+    /// POSIX shell so it can be pasted as it is (`--path` as it is typed:
+    /// [`crate::relpath::typed`]); they were printed escaped, `my%20store`, which
+    /// `--dest` does not read.
+    fn command(&self, to: &Path) -> String {
+        let q = crate::relpath::shell_quote;
+        let raw = |s: &str| crate::relpath::unescape(s).unwrap_or_else(|_| s.as_bytes().to_vec());
+        let snap = match &self.snap {
+            RecordedSnapshot::Run(id) => raw(id),
+            RecordedSnapshot::Dir { name, .. } => raw(name),
+        };
+        let mut c = format!(
+            "snapring restore --dest {} {}",
+            q(&raw(&self.store)),
+            q(&snap)
+        );
+        if self.path != "." {
+            let typed = crate::relpath::typed(&raw(&self.path));
+            c.push_str(&format!(" --path {}", q(typed.as_bytes())));
+        }
+        if self.flat {
+            c.push_str(" --flat");
+        }
+        match self.mode {
+            Mode::Overwrite => c.push_str(" --overwrite"),
+            Mode::Mirror => c.push_str(" --mirror"),
+            Mode::Safe => {}
+        }
+        format!("{c} --to {}", q(to.as_os_str().as_bytes()))
     }
 }
 
-/// The restore an identity line names, as the command that runs it again.
-fn identity_command(line: &str, to: &Path) -> String {
-    let f: Vec<&str> = line.split(' ').collect();
-    let get = |i: usize| f.get(i).copied().unwrap_or("?");
-    let snap = get(2);
-    let snap = snap
-        .strip_prefix("run:")
-        .or_else(|| snap.strip_prefix("dir:").and_then(|d| d.split(':').next()))
-        .unwrap_or(snap);
-    let mut c = format!("snapring restore --dest {} {snap}", get(6));
-    if get(5) != "." {
-        c.push_str(&format!(" --path {}", get(5)));
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snap = match &self.snap {
+            RecordedSnapshot::Run(id) => format!("run:{id}"),
+            RecordedSnapshot::Dir { name, ino } => format!("dir:{name}:{ino}"),
+        };
+        let mode = match self.mode {
+            Mode::Safe => "safe",
+            Mode::Overwrite => "overwrite",
+            Mode::Mirror => "mirror",
+        };
+        write!(
+            f,
+            "s {}:{} {snap} {mode} {} {} {}",
+            self.store_id.0,
+            self.store_id.1,
+            if self.flat { "flat" } else { "nested" },
+            self.path,
+            self.store
+        )
     }
-    if get(4) == "flat" {
-        c.push_str(" --flat");
-    }
-    match get(3) {
-        "overwrite" => c.push_str(" --overwrite"),
-        "mirror" => c.push_str(" --mirror"),
-        _ => {}
-    }
-    format!("{c} --to {}", crate::relpath::shown(to))
 }
 
-/// Refuses the restore `identity` ([`record_identity`]) into `to_path` when the record
-/// of unfinished work at `path`, `text`, is another restore's: another store, snapshot,
-/// mode, `--flat` or `--path` (its `s` line), or a repository's (its `r` line).
-fn refuse_other(text: &str, identity: &str, to_path: &Path, path: &Path) -> Result<()> {
+/// Refuses the restore `identity` into `to_path` when the record of unfinished work at
+/// `path`, `text`, is another restore's: another store, snapshot, mode, `--flat` or
+/// `--path` (its `s` line, [`Identity::same_restore`]), or a repository's (its `r`
+/// line). The hint's command and paths are quoted for a shell, to be pasted.
+fn refuse_other(text: &str, identity: &Identity, to_path: &Path, path: &Path) -> Result<()> {
     let shown = crate::relpath::shown(path);
     let discard = format!(
-        "or discard it by deleting {shown} (what it left is then the user's: files that differ are conflicts, which --overwrite replaces, and the directories it made keep the mode it made them with, 0700, unless --overwrite sets them)"
+        "or discard it by deleting {} (what it left is then the user's: files that differ are conflicts, which --overwrite replaces, and the directories it made keep the mode it made them with, 0700, unless --overwrite sets them)",
+        crate::relpath::shell_quote(path.as_os_str().as_bytes())
     );
-    if let Some(other) = text
-        .lines()
-        .find(|l| l.starts_with("s ") && identity_key(l) != identity_key(identity))
-    {
+    let other = text.lines().filter(|l| l.starts_with("s ")).find_map(|l| {
+        match Identity::parse(l) {
+            Some(o) if o.same_restore(identity) => None,
+            Some(o) => Some(o.command(to_path)),
+            // Not a line this snapring writes: whose restore it is cannot be told.
+            None => Some(format!("its record names it as {l:?}")),
+        }
+    });
+    if let Some(command) = other {
         return Err(Error::Refused(format!(
-            "{} holds an unfinished restore of another store, snapshot, mode or path (record {shown}); nothing was written. Finish that one by running it again ({}), {discard}",
+            "{} holds an unfinished restore of another store, snapshot, mode or path (record {shown}); nothing was written. Finish that one by running it again ({command}), {discard}",
             crate::relpath::shown(to_path),
-            identity_command(other, to_path),
         )));
     }
     if let Some(r) = text.lines().find(|l| l.starts_with("r ")) {
@@ -751,7 +848,7 @@ fn refuse_other(text: &str, identity: &str, to_path: &Path, path: &Path) -> Resu
 /// [`refuse_other`] for every record of unfinished work in target root `to` (a file of
 /// a record's name whose first line names this target), before the restore writes
 /// anything (`--path` makes its ancestors before its record is opened).
-fn refuse_other_records(to: &OwnedFd, to_path: &Path, identity: &str) -> Result<()> {
+fn refuse_other_records(to: &OwnedFd, to_path: &Path, identity: &Identity) -> Result<()> {
     use std::io::Read;
     let header = record_header(to);
     let names = fsx::read_dir_names(b(to)).ctx("read", to_path)?;
@@ -773,10 +870,10 @@ fn refuse_other_records(to: &OwnedFd, to_path: &Path, identity: &str) -> Result<
 
 impl Unfinished {
     /// Reads the record `name` in target root `to` (`to_path`, for messages), if any,
-    /// for the restore `identity` ([`record_identity`]): the same decision for a dry
+    /// for the restore `identity` ([`Identity`]): the same decision for a dry
     /// run and the restore. A record of another restore (another store, snapshot,
     /// mode, `--flat` or `--path`; or a repository's) refuses this one, nothing written.
-    fn read(to: &OwnedFd, to_path: &Path, name: Vec<u8>, identity: &str) -> Result<Self> {
+    fn read(to: &OwnedFd, to_path: &Path, name: Vec<u8>, identity: &Identity) -> Result<Self> {
         use std::io::Read;
         let path = to_path.join(std::ffi::OsStr::from_bytes(&name));
         let mut u = Unfinished {
@@ -815,13 +912,13 @@ impl Unfinished {
     }
 
     /// `restored`: the names the restore puts into the target root ([`marker_name`]);
-    /// `identity`: the restore's ([`record_identity`]).
+    /// `identity`: the restore's ([`Identity`]).
     fn open(
         to: &OwnedFd,
         to_path: &Path,
         to_was_new: bool,
         restored: &[Vec<u8>],
-        identity: &str,
+        identity: &Identity,
     ) -> Result<Self> {
         let mut u = Self::read(to, to_path, marker_name(to, restored), identity)?;
         let path = to_path.join(std::ffi::OsStr::from_bytes(&u.name));
@@ -954,7 +1051,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     if let Some(fd) = to_fd.as_ref().filter(|_| !opts.dry_run) {
         lock_target(fd, &opts.to)?;
     }
-    let identity = record_identity(opts, &store, &sel)?;
+    let identity = Identity::of(opts, &store, &sel)?;
     if let Some(fd) = &to_fd {
         refuse_other_records(fd, &opts.to, &identity)?;
     }
@@ -3107,15 +3204,112 @@ pub fn parse_path(p: &Path, what: &str) -> std::result::Result<RelPath, String> 
             }
         ));
     }
-    let mut trimmed = bytes.clone();
-    while trimmed.ends_with(b"/") {
-        trimmed.pop();
+    // Normalised as a shell or `realpath -s` would read it: an empty component (`a//b`,
+    // a trailing `/`) and `.` are dropped anywhere (only a leading `./` and trailing `/`
+    // were, and `sub//deep` was refused while `./sub` was taken).
+    let parts: Vec<&[u8]> = bytes
+        .split(|b| *b == b'/')
+        .filter(|c| !c.is_empty() && *c != b".")
+        .collect();
+    if parts.contains(&&b".."[..]) {
+        return Err(format!(
+            "{what} {} has a `..` component, which would leave the snapshot or go back up in it; give the path inside the snapshot without `..` (for example users/alice)",
+            crate::relpath::shown(p)
+        ));
     }
-    while let Some(rest) = trimmed.strip_prefix(b"./") {
-        trimmed = rest.to_vec();
+    RelPath::new(&parts.join(&b'/'))
+        .map_err(|e| format!("{what} {}: {e}", crate::relpath::shown(p)))
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    /// The `s` line of a record of unfinished work: written and read in one place,
+    /// compared as [`Identity::same_restore`] says, and its command quoted for a shell.
+    #[test]
+    fn an_identity_line_reads_back_as_written() {
+        let a = Identity {
+            store_id: (65024, 77),
+            snap: RecordedSnapshot::Run("20261207T101359Z-99df4c".into()),
+            mode: Mode::Overwrite,
+            flat: true,
+            path: "odd%20dir".into(),
+            store: "/x/my%20store".into(),
+        };
+        let line = a.to_string();
+        assert_eq!(
+            line,
+            "s 65024:77 run:20261207T101359Z-99df4c overwrite flat odd%20dir /x/my%20store"
+        );
+        assert_eq!(Identity::parse(&line), Some(a.clone()));
+        let d = Identity {
+            snap: RecordedSnapshot::Dir {
+                name: "daily.3".into(),
+                ino: 9,
+            },
+            mode: Mode::Safe,
+            flat: false,
+            path: ".".into(),
+            ..a.clone()
+        };
+        assert_eq!(
+            d.to_string(),
+            "s 65024:77 dir:daily.3:9 safe nested . /x/my%20store"
+        );
+        assert_eq!(Identity::parse(&d.to_string()), Some(d.clone()));
+        // A run's restore is the same from another mount or copy of its store; a
+        // taken-over tree's only on the same device.
+        let moved = Identity {
+            store_id: (1, 2),
+            store: "/elsewhere".into(),
+            ..a.clone()
+        };
+        assert!(a.same_restore(&moved));
+        let d_moved = Identity {
+            store_id: (1, 2),
+            ..d.clone()
+        };
+        assert!(!d.same_restore(&d_moved));
+        for other in [
+            Identity {
+                path: ".".into(),
+                ..a.clone()
+            },
+            Identity {
+                flat: false,
+                ..a.clone()
+            },
+            Identity {
+                mode: Mode::Mirror,
+                ..a.clone()
+            },
+            Identity {
+                snap: RecordedSnapshot::Run("other".into()),
+                ..a.clone()
+            },
+        ] {
+            assert!(!a.same_restore(&other), "{other}");
+        }
+        for bad in [
+            "s 1:2 run:x safe nested .",
+            "s 1:2 run:x safe nested . /s extra",
+            "s 1:2 run:x unsafe nested . /s",
+            "s 1:2 run:x safe sideways . /s",
+            "s x:2 run:x safe nested . /s",
+            "s 1:2 dir:n safe nested . /s",
+            "s 1:2 snap:x safe nested . /s",
+            "r 1 2 3 4 5 6",
+        ] {
+            assert_eq!(Identity::parse(bad), None, "{bad}");
+        }
+        assert_eq!(
+            a.command(Path::new("/t o")),
+            "snapring restore --dest '/x/my store' 20261207T101359Z-99df4c --path 'odd dir' --flat --overwrite --to '/t o'"
+        );
+        assert_eq!(
+            d.command(Path::new("/t")),
+            "snapring restore --dest '/x/my store' daily.3 --to /t"
+        );
     }
-    if trimmed == b"." {
-        trimmed.clear();
-    }
-    RelPath::new(&trimmed).map_err(|e| format!("{what} {}: {e}", crate::relpath::shown(p)))
 }

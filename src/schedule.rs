@@ -12,6 +12,10 @@ use chrono_tz::Tz;
 use croner::parser::{CronParser, Seconds, Year};
 use croner::{Cron, YEAR_UPPER_LIMIT};
 
+/// The year in which croner stops computing run times
+/// ([`Schedule::past_the_horizon`]).
+pub const LAST_YEAR: i32 = YEAR_UPPER_LIMIT;
+
 #[derive(Clone, Debug)]
 pub struct Schedule {
     /// As the user wrote it.
@@ -536,6 +540,23 @@ impl Schedule {
         }
         out
     }
+
+    /// Why no run time after `t` was found (`upcoming` stopped short there): `true`
+    /// when the schedule may still fire later but croner computes no time far into the
+    /// year [`YEAR_UPPER_LIMIT`] (5000) or past it: `t` is that late, or a later
+    /// year matches its year field (29 February after 4996: the next is in 5004,
+    /// past the limit). `false`: the year field names no later year, so its last time
+    /// is past. `t` is read in the schedule's zone.
+    pub fn past_the_horizon(&self, t: DateTime<Utc>) -> bool {
+        use chrono::Datelike;
+        let y = match self.tz {
+            Some(tz) => t.with_timezone(&tz).year(),
+            None => t.year(),
+        };
+        // From the year 5000 on, the year field is asked about 5000, its last year.
+        (y.min(YEAR_UPPER_LIMIT - 1) + 1..=YEAR_UPPER_LIMIT)
+            .any(|y| self.cron.pattern.year_match(y).unwrap_or(false))
+    }
 }
 
 #[cfg(test)]
@@ -553,6 +574,29 @@ mod tests {
             .iter()
             .map(|d| d.to_rfc3339())
             .collect()
+    }
+
+    /// `next --at 9999-12-31` said "its last time is past" of a daily schedule: croner
+    /// computes no time past the year 5000. That is told apart from a year field that
+    /// is over.
+    #[test]
+    fn a_time_past_the_horizon_is_not_a_schedule_whose_last_time_is_past() {
+        let daily = parse("0 3 * * *", None).unwrap();
+        assert!(daily.upcoming(t("9999-12-31T00:00:00Z"), 1).is_empty());
+        assert!(daily.past_the_horizon(t("9999-12-31T00:00:00Z")));
+        assert!(daily.past_the_horizon(t("5000-01-01T03:00:00Z")));
+        let berlin = parse("0 3 * * *", Some("Europe/Berlin")).unwrap();
+        assert!(berlin.past_the_horizon(t("9000-06-01T00:00:00Z")));
+        let leap = parse("0 3 29 2 *", None).unwrap();
+        assert!(leap.upcoming(t("4996-03-01T00:00:00Z"), 1).is_empty());
+        assert!(leap.past_the_horizon(t("4996-03-01T00:00:00Z")));
+        let over = parse("cron(0 3 * * ? 2030)", None).unwrap();
+        for at in ["2031-01-01T00:00:00Z", "9999-12-31T00:00:00Z"] {
+            assert!(over.upcoming(t(at), 1).is_empty(), "{at}");
+            assert!(!over.past_the_horizon(t(at)), "{at}");
+        }
+        let to_5000 = parse("cron(0 3 * * ? 2030-5000)", None).unwrap();
+        assert!(to_5000.past_the_horizon(t("9999-12-31T00:00:00Z")));
     }
 
     #[test]

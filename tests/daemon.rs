@@ -2244,6 +2244,78 @@ fn next_says_when_a_schedule_has_no_time_left_and_knows_vixie_nicknames() {
     assert!(err.contains("init system"), "{err}");
 }
 
+/// `next --at` refused RFC 3339 without seconds when it named an offset
+/// (`2026-12-07T03:00+01:00`, `…03:00Z`) while taking `2026-12-07T03:00` (UTC), and its
+/// message named only two forms; and `next --at 9999-12-31` of a daily schedule said
+/// "its last time is past": the scheduler computes no time far into the year 5000.
+#[test]
+fn next_takes_offsets_without_seconds_and_tells_the_scheduler_limit_from_a_past_last_time() {
+    let run = |sched: &str, at: &str, count: &str| {
+        let o = snapring(
+            &[
+                "next".as_ref(),
+                "--schedule".as_ref(),
+                sched.as_ref(),
+                "--count".as_ref(),
+                count.as_ref(),
+                "--at".as_ref(),
+                at.as_ref(),
+            ],
+            &[],
+        );
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    for at in [
+        "2026-12-07T03:00+01:00",
+        "2026-12-07 03:00+01:00",
+        "2026-12-07T02:00Z",
+        "2026-12-07T02:00",
+    ] {
+        let (code, out, err) = run("0 3 * * *", at, "1");
+        assert_eq!(
+            (code, out.as_str(), err.as_str()),
+            (Some(0), "2026-12-07T03:00:00Z\n", ""),
+            "{at}"
+        );
+    }
+    let (code, _, err) = run("0 3 * * *", "2026-12-07T03:00+1", "1");
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("--at \"2026-12-07T03:00+1\"")
+            && err.contains("2026-12-07T03:00Z")
+            && err.contains("YYYY-MM-DD[ HH:MM[:SS]] in UTC"),
+        "{err}"
+    );
+    for at in ["9999-12-31", "5001-01-01T00:00Z"] {
+        let (code, out, err) = run("0 3 * * *", at, "2");
+        assert_eq!((code, out.as_str()), (Some(0), ""), "{err}");
+        assert!(
+            err.contains("no run times after")
+                && err.contains("cannot compute run times far into or past the year 5000")
+                && !err.contains("last time is past"),
+            "{at}: {err}"
+        );
+    }
+    let (code, out, err) = run("0 3 * * *", "4999-12-30T04:00Z", "3");
+    assert_eq!(
+        (code, out.as_str()),
+        (Some(0), "4999-12-31T03:00:00Z\n5000-01-01T03:00:00Z\n"),
+        "{err}"
+    );
+    assert!(
+        err.contains("only 2 run times after") && err.contains("past the year 5000 (its limit)"),
+        "{err}"
+    );
+    // A year field that is over is still that, however late `--at` is.
+    let (code, _, err) = run("cron(0 3 * * ? 2030)", "9999-12-31", "1");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("its last time is past"), "{err}");
+}
+
 /// `snapring --catalog CATALOG daemon --config CFG` without root's capabilities to
 /// read and write anything (`setpriv`, as a backup user runs it: a mode-0444 catalog
 /// is read-only), its stderr into `log`.

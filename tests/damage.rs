@@ -239,6 +239,63 @@ fn verify_all_goes_on_past_a_snapshot_without_a_manifest() {
     assert!(out.contains("daily.2: clean against manifest"), "{out}");
 }
 
+/// A run record cut short (a full disk, a copy stopped midway) showed as `-` in
+/// `list`'s STATUS, FILES and SIZE, as for a tree taken over, with no word why. The
+/// row stays; its status reads `unknown*` and a note names the record and why it
+/// cannot be read (`--json`: `record_unreadable`). A healthy row says nothing of it.
+#[test]
+fn list_says_a_run_record_cut_short_cannot_be_read() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    write(&src.join("d0/f0"), b"second run");
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let id = id_of(&dest, "daily.1");
+    let rec = dest.join(format!(".snapring/runs/{id}.json"));
+    let whole = std::fs::read(&rec).unwrap();
+    std::fs::write(&rec, &whole[..whole.len() / 2]).unwrap();
+    let out = snapring(&["list".as_ref(), "--dest".as_ref(), dest.as_os_str()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    let row = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row: {text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("daily.1")[2], id, "{text}");
+    assert_eq!(row("daily.1")[4], "unknown*", "{text}");
+    assert_eq!(row("daily.0")[4], "complete", "{text}");
+    assert!(
+        text.contains(&format!(
+            "(*daily.1: its run record cannot be read, so its status, files and size are unknown: {}: not a run record ({} bytes: ",
+            rec.display(),
+            whole.len() / 2
+        )),
+        "{text}"
+    );
+    assert_eq!(text.matches("(*").count(), 1, "{text}");
+    let out = snapring(
+        &[
+            "list".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[1]["name"], "daily.1", "{v}");
+    assert!(
+        v[1]["record_unreadable"]
+            .as_str()
+            .is_some_and(|w| w.starts_with(&format!("{}: not a run record", rec.display()))),
+        "{v}"
+    );
+    assert!(v[0].get("record_unreadable").is_none(), "{v}");
+}
+
 /// A `snapshots.json` of a newer format is refused by writers and readers, and left
 /// byte for byte as it was.
 #[test]

@@ -941,6 +941,63 @@ fn target_errors_name_the_target_and_leave_nothing_behind() {
     assert_eq!(store_state(&store), before);
 }
 
+/// `--path ./users/alice` was taken but `users//alice`, `users/./alice` and
+/// `./users/alice/` were refused ("has an empty, '.' or '..' component"); all are the
+/// same path now, and a `..` is refused saying so. A symlink loop as `--to` (or on its
+/// way) said "cannot open target …: Not a directory" (or "a symlink to …, which does
+/// not exist"): it is named as a loop now, with what could not be done.
+#[test]
+fn a_path_is_normalised_and_a_symlink_loop_target_is_named_as_one() {
+    let (t, src, store) = setup_users();
+    let before = store_state(&store);
+    for (i, p) in [
+        "./users/alice",
+        "users//alice",
+        "users/./alice/",
+        ".//users/alice//",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let to = t.path().join(format!("n{i}"));
+        let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", p]);
+        assert_eq!(code, 0, "{p}: {err}\n{rep}");
+        assert_same_tree(
+            &describe(&src.join("users/alice")),
+            &describe(&to.join("users/alice")),
+            p,
+        );
+        assert!(!to.join("etc").exists(), "{p}");
+    }
+    for p in ["users/../etc", "../x", "users/alice/..", "./.."] {
+        let (code, _, err) = restore(&store, "daily.0", &t.path().join("up"), &["--path", p]);
+        assert_eq!(code, 64, "{p}: {err}");
+        assert!(
+            err.contains(&format!("--path {p} has a `..` component")),
+            "{p}: {err}"
+        );
+    }
+    assert!(!t.path().join("up").exists());
+    let (a, b) = (t.path().join("loop-a"), t.path().join("loop-b"));
+    std::os::unix::fs::symlink("loop-b", &a).unwrap();
+    std::os::unix::fs::symlink("loop-a", &b).unwrap();
+    for to in [a.clone(), a.join("sub"), a.join("sub/deeper")] {
+        let (code, _, err) = restore(&store, "daily.0", &to, &[]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            err.contains(&format!(
+                "restore target {}: cannot open {} to restore into: it is a symlink loop (too many levels of symbolic links, ELOOP)",
+                to.display(),
+                a.display()
+            )),
+            "{err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+    }
+    assert_eq!(std::fs::read_link(&a).unwrap(), Path::new("loop-b"));
+    assert_eq!(before, store_state(&store));
+}
+
 #[test]
 fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     let (t, _src, store) = setup_users();

@@ -821,6 +821,70 @@ fn a_restore_into_a_target_holding_another_stopped_restore_is_refused() {
     assert_same_tree(&describe(&src), &describe(&to), "rerun restore");
 }
 
+/// The refusal's hint printed the stopped restore's command with its paths escaped as
+/// in the record (`--dest /x/my%20store --path odd%20dir --to /x/t o`): `--dest` does
+/// not read `%20`, and `--to` was cut in two by the shell. Each word is quoted for a
+/// shell now: the command pasted into `sh` finishes the stopped restore.
+#[test]
+fn the_hint_for_another_stopped_restore_is_a_command_a_shell_runs() {
+    let (t, src, _) = setup(2);
+    write(&src.join("odd dir/it's 100%"), b"odd");
+    let store = t.path().join("my store");
+    let id = ok_backup(&src, &store)["id"].as_str().unwrap().to_string();
+    let to = t.path().join("t o");
+    let out = Command::new(bin())
+        .args(["restore", "--json", "--jobs", "1", "--dest"])
+        .arg(&store)
+        .args(["daily.0", "--path", "odd dir", "--flat", "--to"])
+        .arg(&to)
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_FAILPOINTS", "restore.recorded=kill")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), None, "killed at its record");
+    let (code, rep, err) = restore_with(&store, "daily.0", &to, &["--path", "d01"]);
+    assert_eq!(code, 64, "{err}\n{rep}");
+    let q = |p: &Path| format!("'{}'", p.display());
+    let command = err
+        .split_once("Finish that one by running it again (")
+        .and_then(|(_, r)| r.split_once("), or discard it by deleting "))
+        .map(|(c, _)| c.to_string())
+        .unwrap_or_else(|| panic!("{err}"));
+    assert_eq!(
+        command,
+        format!(
+            "snapring restore --dest {} {} --path 'odd dir' --flat --to {}",
+            q(&store),
+            id,
+            q(&to)
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "deleting {} (",
+            q(&to.join(".snapring-restore-unfinished"))
+        )),
+        "{err}"
+    );
+    let rest = command.strip_prefix("snapring ").unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("exec \"$SNAPRING\" {rest}"))
+        .env("SNAPRING", bin())
+        .env("SNAPRING_CATALOG", "off")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(std::fs::read(to.join("it's 100%")).unwrap(), b"odd");
+    assert!(!to.join(".snapring-restore-unfinished").exists());
+}
+
 /// A stopped restore is finished from its store mounted elsewhere: the store copied
 /// onto another file system (its device and inode numbers differ, as after a USB disk
 /// is plugged in again or an NFS store mounted again) holds the same run, and the

@@ -673,7 +673,8 @@ pub struct NextArgs {
     /// IANA time zone for --schedule (default UTC).
     #[arg(long)]
     pub timezone: Option<String>,
-    /// Count from this time instead of now (RFC 3339 or YYYY-MM-DD HH:MM, UTC).
+    /// Count from this time instead of now: RFC 3339, seconds optional
+    /// (2026-12-07T03:00+01:00), or YYYY-MM-DD[ HH:MM[:SS]] in UTC.
     #[arg(long)]
     pub at: Option<String>,
     /// How many times to print (1 to 10000).

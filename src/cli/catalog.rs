@@ -237,7 +237,8 @@ fn since_time(s: &str) -> anyhow::Result<String> {
         Ok(d) => chrono::Utc::now() - chrono::Duration::from_std(d)?,
         Err(_) => snapring::store::select::parse_time(s).ok_or_else(|| {
             super::exit_code::usage!(
-                "--since {s:?}: give a duration (30d, 12h) or a time (2026-11-01)"
+                "--since {s:?}: give a duration (30d, 12h) or a time: {}",
+                snapring::store::select::TIME_FORMS
             )
         })?,
     };

@@ -62,11 +62,11 @@ pub fn next(a: NextArgs) -> anyhow::Result<ExitCode> {
     let sched = schedule(a.job, &a.config, a.schedule, a.timezone.as_deref())?;
     let from = match a.at {
         Some(t) => snapring::store::select::parse_time(&t)
-            .ok_or_else(|| usage!("--at {t:?}: give RFC 3339 or YYYY-MM-DD HH:MM"))?,
+            .ok_or_else(|| usage!("--at {t:?}: give {}", snapring::store::select::TIME_FORMS))?,
         None => Utc::now(),
     };
-    let times: Vec<String> = sched
-        .upcoming(from, a.count as usize)
+    let found = sched.upcoming(from, a.count as usize);
+    let times: Vec<String> = found
         .iter()
         .map(|t| t.to_rfc3339_opts(SecondsFormat::Secs, true))
         .collect();
@@ -79,9 +79,18 @@ pub fn next(a: NextArgs) -> anyhow::Result<ExitCode> {
     }
     if times.len() < a.count as usize {
         // A year that is over (the AWS form's year field): printing nothing, or fewer
-        // times than asked, said nothing of why.
+        // times than asked, said nothing of why. A time past croner's last year (`--at
+        // 9999-12-31`) was said to be that too, of a schedule that fires every day.
+        let why = if sched.past_the_horizon(*found.last().unwrap_or(&from)) {
+            format!(
+                "the scheduler cannot compute run times far into or past the year {} (its limit), though the schedule fires then",
+                snapring::schedule::LAST_YEAR
+            )
+        } else {
+            "its last time is past".to_string()
+        };
         errln!(
-            "snapring: the schedule has {} run time{} after {}: its last time is past",
+            "snapring: the schedule has {} run time{} after {}: {why}",
             if times.is_empty() {
                 "no".to_string()
             } else {

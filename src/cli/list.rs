@@ -42,9 +42,10 @@ fn print_table(snaps: &[Listed], space: bool) {
                 dash()
             }),
             s.taken_at,
-            match (&s.differs, s.status) {
-                (Some(_), _) => "DIFFERS*".to_string(),
-                (None, x) => x.map(|x| x.as_str().to_string()).unwrap_or_else(dash),
+            match (&s.differs, s.status, &s.record_unreadable) {
+                (Some(_), _, _) => "DIFFERS*".to_string(),
+                (None, None, Some(_)) => "unknown*".to_string(),
+                (None, x, _) => x.map(|x| x.as_str().to_string()).unwrap_or_else(dash),
             },
             s.files.map(|f| f.to_string()).unwrap_or_else(dash),
             s.bytes.map(human).unwrap_or_else(dash),
@@ -61,6 +62,14 @@ fn print_table(snaps: &[Listed], space: bool) {
             outln!(
                 "(*{}: the store was copied and this tree differs from its manifest ({why}); `snapring verify --dest DEST {}` names every difference, and a backup compares with it by stat)",
                 s.name,
+                s.name
+            );
+        }
+    }
+    for s in snaps.iter().filter(|s| s.differs.is_none()) {
+        if let Some(why) = &s.record_unreadable {
+            outln!(
+                "(*{}: its run record cannot be read, so its status, files and size are unknown: {why})",
                 s.name
             );
         }

@@ -39,6 +39,11 @@ pub struct Listed {
     /// the tree by stat (`store/copied.rs`). `None` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub differs: Option<String>,
+    /// Its run record is there but cannot be read (cut short, damaged): the file and
+    /// why, so `status`, `files` and `bytes` are unknown (they were shown as `-`, as
+    /// for a tree taken over, with no word why). `None` otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub record_unreadable: Option<String>,
     pub finished_at: Option<String>,
     pub status: Option<Status>,
     pub files: Option<u64>,
@@ -80,7 +85,14 @@ pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
         } else {
             None
         };
+        let record_unreadable = match (&s.rec, &run) {
+            (Some(r), None) => store
+                .run_record_problem(&r.id)
+                .map(|why| format!("{}: {why}", crate::relpath::shown(&store.run_path(&r.id)))),
+            _ => None,
+        };
         out.push(Listed {
+            record_unreadable,
             taken_at: taken.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             unique_bytes,
             id: s.rec.as_ref().map(|r| r.id.clone()),

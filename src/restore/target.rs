@@ -9,7 +9,8 @@
 //! as its parent, so the path could not be checked before the restore made `new`
 //! (it reached into the store past a check of the existing prefix, and it made an
 //! existing directory look like one the restore had created). Refused, exit 64. A `.`
-//! there names the directory just made and is dropped. Then every directory from the
+//! there names the directory just made and is dropped. A symlink loop on the way
+//! (ELOOP) is no missing directory: refused, naming it. Then every directory from the
 //! existing prefix up to `/`, reached by `..` from its descriptor and compared by
 //! (device, inode), must not be the store's root (or a local repository's): a second
 //! mount of the store (a bind mount) has another path but the same (device, inode), so
@@ -57,8 +58,21 @@ impl Target {
         let mut i = 0;
         while let Some(c) = comps.get(i) {
             let next = existing.join(OsStr::from_bytes(c));
-            if std::fs::metadata(&next).is_err() {
-                break;
+            match std::fs::metadata(&next) {
+                Ok(_) => {}
+                // A symlink loop is no missing directory to make: taken for one, it
+                // ended in "cannot open target: Not a directory" (or, as `--to` itself,
+                // "a symlink to …, which does not exist").
+                Err(e) if e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {
+                    return Err(Error::Target {
+                        path: to.to_path_buf(),
+                        msg: format!(
+                            "cannot open {} to restore into: it is a symlink loop (too many levels of symbolic links, ELOOP); nothing was written. Point the symlink at a directory, remove it, or give another --to",
+                            crate::relpath::shown(&next)
+                        ),
+                    });
+                }
+                Err(_) => break,
             }
             existing = next;
             i += 1;

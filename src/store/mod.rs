@@ -854,6 +854,27 @@ impl Store {
         Ok(r)
     }
 
+    /// Why the run record of `id` is there but not read ([`Store::read_run`] gives
+    /// `None` for it as for a record that is not there): cut short or otherwise not a
+    /// record (the JSON error), or another run's. `None` when it reads, or is absent.
+    pub fn run_record_problem(&self, id: &str) -> Option<String> {
+        if !plain_name(id) {
+            return None;
+        }
+        match fsx::read_regular(&self.run_path(id)) {
+            Ok(t) => match serde_json::from_slice::<RunReport>(&t) {
+                Err(e) => Some(format!("not a run record ({} bytes: {e})", t.len())),
+                Ok(r) if r.id != id => Some(format!(
+                    "the record of another run ({})",
+                    crate::relpath::escape(r.id.as_bytes())
+                )),
+                Ok(_) => None,
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some(e.to_string()),
+        }
+    }
+
     /// The ids of every run record in the store (`.snapring/runs/<id>.json`); none when
     /// the folder cannot be read.
     pub fn run_ids(&self) -> Vec<String> {

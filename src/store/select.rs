@@ -45,12 +45,29 @@ impl Selected {
     }
 }
 
-/// Parses a user-given time: RFC 3339, or `YYYY-MM-DD[ T]HH:MM[:SS]` or `YYYY-MM-DD`,
-/// taken as UTC when it names no offset.
+/// The forms [`parse_time`] accepts, for the messages that refuse a time.
+pub const TIME_FORMS: &str = "RFC 3339 with or without seconds (2026-12-07T03:00:00+01:00, 2026-12-07T03:00Z), or YYYY-MM-DD[ HH:MM[:SS]] in UTC";
+
+/// Parses a user-given time: RFC 3339, with or without its seconds
+/// (`2026-12-07T03:00+01:00`, `2026-12-07T03:00Z`), or `YYYY-MM-DD[ T]HH:MM[:SS]` or
+/// `YYYY-MM-DD`, taken as UTC when it names no offset ([`TIME_FORMS`]). The form
+/// without seconds was taken without an offset only: `03:00+01:00` was refused.
 pub fn parse_time(s: &str) -> Option<DateTime<Utc>> {
     let s = s.trim();
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.with_timezone(&Utc));
+    }
+    // `Z` is the offset +00:00 (`%:z` reads only the numeric form); RFC 3339 allows
+    // `t` and `z` in lower case.
+    let upper = s.to_ascii_uppercase();
+    let zoned = match upper.strip_suffix('Z') {
+        Some(rest) => format!("{rest}+00:00"),
+        None => upper.clone(),
+    };
+    for f in ["%Y-%m-%dT%H:%M%:z", "%Y-%m-%d %H:%M%:z"] {
+        if let Ok(t) = DateTime::parse_from_str(&zoned, f) {
+            return Some(t.with_timezone(&Utc));
+        }
     }
     for f in [
         "%Y-%m-%d %H:%M:%S",
@@ -186,7 +203,7 @@ impl Store {
                 }
                 None => {
                     return Err(unknown(format!(
-                        "no snapshot named {spec:?} (give a name like daily.0, a run id, `latest` or @YYYY-MM-DDTHH:MM)"
+                        "no snapshot named {spec:?} (give a name like daily.0, a run id, `latest` or @YYYY-MM-DDTHH:MM, a time in UTC, or @ and any of these times: {TIME_FORMS})"
                     )));
                 }
             }
@@ -270,6 +287,11 @@ mod tests {
             "2026-11-20T02:00",
             "2026-11-20 02:00:00",
             "2026-11-20T03:00:00+01:00",
+            "2026-11-20T03:00+01:00",
+            "2026-11-20 03:00+01:00",
+            "2026-11-19T21:30-04:30",
+            "2026-11-20T02:00Z",
+            "2026-11-20t02:00z",
         ] {
             assert_eq!(parse_time(s).unwrap().to_rfc3339(), want, "{s}");
         }
@@ -279,6 +301,13 @@ mod tests {
         );
         assert!(parse_time("daily.2").is_none());
         assert!(parse_time("yesterday").is_none());
+        for bad in [
+            "2026-11-20T03:00+01",
+            "2026-11-20T03:00+25:00",
+            "2026-11-20T03Z",
+        ] {
+            assert!(parse_time(bad).is_none(), "{bad}");
+        }
     }
 }
 
