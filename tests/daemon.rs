@@ -3830,7 +3830,8 @@ fn a_run_started_by_hand_on_a_slow_store_is_skipped_not_failed() {
         return;
     };
     let (src, catalog) = (dir.join("src"), dir.join("cat.db"));
-    tree(&src, 40, 10);
+    // A run of 20 s: the daemon's start and each question wait 3 s for the store.
+    tree(&src, 100, 10);
     let told = dir.join("told");
     let cfg = dir.join("d.toml");
     std::fs::write(
