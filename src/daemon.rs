@@ -164,6 +164,16 @@ struct Running {
     store: Option<PathBuf>,
 }
 
+/// A run whose process ended while its store had not answered whether it recorded its
+/// end ([`State::ended`]): judged when it answers ([`State::reap`]).
+struct Unjudged {
+    name: String,
+    status: std::process::ExitStatus,
+    run: Running,
+    /// When it was reaped.
+    at: DateTime<Utc>,
+}
+
 /// A run due and not started yet: `max_runs` runs are going, or a run of another job
 /// holds its store ([`State::start_queued`]).
 struct Queued {
@@ -190,92 +200,246 @@ fn job_options(cfg: &Config, name: &str) -> Option<crate::engine::BackupOptions>
 /// `failed`; the daemon starts it when the first has ended instead. Resolved off the
 /// loop ([`StoreCalls`]): a store whose file system hangs (a hard-mounted NFS export
 /// whose server is down) held the whole loop in `canonicalize` (no other job's run
-/// started, a SIGTERM unheeded). One that does not answer in time is its path made
-/// absolute, unresolved.
+/// started, a SIGTERM unheeded). One that does not answer in time is where it last led,
+/// or its path made absolute.
 fn store_of(cfg: &Config, name: &str, calls: &StoreCalls) -> Option<PathBuf> {
+    let raw = configured_store(cfg, name)?;
+    let asked = raw.clone();
+    let resolved = calls.call(&raw, "resolve its path", "resolve", move || {
+        std::fs::canonicalize(&asked).ok()
+    });
+    let mut known = calls.resolved.lock().unwrap_or_else(|e| e.into_inner());
+    match resolved {
+        Answer::Got(Some(p)) => {
+            known.insert(raw, p.clone());
+            Some(p)
+        }
+        Answer::Got(None) => std::path::absolute(&raw).ok().or(Some(raw)),
+        Answer::NotYet => known
+            .get(&raw)
+            .cloned()
+            .or_else(|| std::path::absolute(&raw).ok())
+            .or(Some(raw)),
+    }
+}
+
+/// The hard-link store job `name` of `cfg` writes, as configured (`None` for a
+/// repository, or a job that does not resolve): the key of its [`StoreCalls`].
+fn configured_store(cfg: &Config, name: &str) -> Option<PathBuf> {
     let opts = job_options(cfg, name)?;
     if crate::catalog::is_repository(&opts.store.to_string_lossy()) {
         return None;
     }
-    let raw = opts.store;
-    let asked = raw.clone();
-    calls
-        .call("resolve", &raw, move || std::fs::canonicalize(&asked).ok())
-        .flatten()
-        .or_else(|| std::path::absolute(&raw).ok())
-        .or(Some(raw))
+    Some(opts.store)
 }
 
 /// How long the loop waits for a store's file system to answer one call
 /// ([`StoreCalls`]).
 const STORE_BUSY: Duration = Duration::from_secs(1);
 
+/// How long the answer of a call that came after the loop stopped waiting for it is
+/// kept for the same question asked again ([`StoreCalls::call`]): a store slower than
+/// [`STORE_BUSY`] but alive (an automount's first access, a busy NFS server) answers
+/// the loop one turn late instead of never.
+const LATE_KEPT: Duration = Duration::from_secs(10);
+
+/// What the loop got from a store's file system ([`StoreCalls`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer<T> {
+    /// The store answered this.
+    Got(T),
+    /// It has not answered yet (slow, or hung): the loop knows nothing either way, and
+    /// asks again next turn.
+    NotYet,
+}
+
+impl<T> Answer<T> {
+    fn got(self) -> Option<T> {
+        match self {
+            Answer::Got(t) => Some(t),
+            Answer::NotYet => None,
+        }
+    }
+}
+
+/// A late answer kept for its question: when it came, and the answer.
+type Late = (std::time::Instant, Box<dyn std::any::Any + Send>);
+
+/// What a store's worker and the loop share.
+#[derive(Default)]
+struct WorkerState {
+    /// The question under way (at most one per store: a hung call leaves one thread
+    /// stuck, never more).
+    asked: Option<String>,
+    /// Answers by question, taken by the loop as they come or at its next ask.
+    answers: BTreeMap<String, Late>,
+}
+
+/// The thread that makes one store's calls, one after the other.
+struct Worker {
+    tx: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+    state: Arc<(std::sync::Mutex<WorkerState>, std::sync::Condvar)>,
+    /// It did not answer, and the loop logged that it does not (logged again once it
+    /// answers).
+    silent: bool,
+}
+
 /// The calls the scheduling loop makes on stores' file systems (resolving a store's
-/// path, reading its lock file or its run records), each on a thread of its own that
-/// the loop waits for [`STORE_BUSY`] at most: a store that hangs holds up neither the
-/// other jobs' runs nor a stop. A call that has not answered is not made again (on that
-/// path) until it has: the loop goes on without its answer at once, and no thread piles
-/// up behind a hung one.
-#[derive(Clone, Default)]
+/// path, reading its lock file or its run records), each made by the store's own
+/// worker thread, which the loop waits for [`STORE_BUSY`] at most: a store that hangs
+/// holds up neither the other jobs' runs nor a stop. A store whose call has not
+/// answered is asked nothing more until it has ([`Answer::NotYet`] at once): at most
+/// one thread is stuck per store that hangs, and no thread is started per call (one
+/// was started for each call, several per turn of the loop). A call that answers
+/// after the loop stopped waiting has its answer kept ([`LATE_KEPT`]) for the same
+/// question asked again. The first call a store does not answer is logged, and the
+/// first it answers after.
+#[derive(Clone)]
 struct StoreCalls {
-    /// The calls under way: their kind and path.
-    pending: Arc<std::sync::Mutex<BTreeSet<(&'static str, PathBuf)>>>,
+    workers: Arc<std::sync::Mutex<BTreeMap<PathBuf, Worker>>>,
+    /// Where each store's path (as configured) last led ([`store_of`]): for a store
+    /// that does not answer.
+    resolved: Arc<std::sync::Mutex<BTreeMap<PathBuf, PathBuf>>>,
+    /// How long the loop waits for an answer ([`STORE_BUSY`]).
+    wait: Duration,
+}
+
+impl Default for StoreCalls {
+    fn default() -> StoreCalls {
+        StoreCalls {
+            workers: Arc::default(),
+            resolved: Arc::default(),
+            wait: STORE_BUSY,
+        }
+    }
 }
 
 impl StoreCalls {
-    /// `f`'s answer (a call of kind `kind` on `path`), or `None` if it did not answer
-    /// within [`STORE_BUSY`] or such a call still hangs.
+    /// `f`'s answer, made by the worker of `store` (`what` says what it does, for the
+    /// log; `question` names its question, the same for the same question asked again),
+    /// or [`Answer::NotYet`] if it did not answer within [`STORE_BUSY`] or an earlier
+    /// call on `store` has not answered yet.
     fn call<T: Send + 'static>(
         &self,
-        kind: &'static str,
-        path: &Path,
+        store: &Path,
+        what: &str,
+        question: &str,
         f: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
-        let key = (kind, path.to_path_buf());
-        if !self
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key.clone())
-        {
-            tracing::debug!(
-                "{kind} {}: an earlier call has not answered",
-                path.display()
-            );
-            return None;
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let pending = self.pending.clone();
-        let done = key.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("store-{kind}"))
-            .spawn(move || {
-                let answer = f();
-                pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&done);
-                let _ = tx.send(answer);
-            });
-        if let Err(e) = spawned {
-            tracing::error!("cannot start a thread to {kind} {}: {e}", path.display());
-            self.pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&key);
-            return None;
-        }
-        match rx.recv_timeout(STORE_BUSY) {
-            Ok(answer) => Some(answer),
-            Err(_) => {
-                tracing::warn!(
-                    "{kind} {}: its file system has not answered in {}s; the daemon goes on without it",
-                    path.display(),
-                    STORE_BUSY.as_secs()
+    ) -> Answer<T> {
+        let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
+        if !workers.contains_key(store) {
+            let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+            let spawned = std::thread::Builder::new()
+                .name("store-calls".into())
+                .spawn(move || {
+                    for task in rx {
+                        task();
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(
+                    "cannot start a thread for the calls on the store {}: {e}",
+                    store.display()
                 );
-                None
+                return Answer::NotYet;
+            }
+            workers.insert(
+                store.to_path_buf(),
+                Worker {
+                    tx,
+                    state: Arc::default(),
+                    silent: false,
+                },
+            );
+        }
+        let w = workers.get_mut(store).expect("inserted above");
+        let state = w.state.clone();
+        let (m, cv) = &*state;
+        let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+        s.answers.retain(|_, (at, _)| at.elapsed() < LATE_KEPT);
+        let answer = match s.answers.remove(question) {
+            Some((_, late)) => Some(late),
+            None if s.asked.is_some() => None,
+            None => {
+                s.asked = Some(question.to_string());
+                let shared = state.clone();
+                let q = question.to_string();
+                let task = Box::new(move || {
+                    let answer: Box<dyn std::any::Any + Send> = Box::new(f());
+                    let (m, cv) = &*shared;
+                    let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
+                    s.asked = None;
+                    s.answers.insert(q, (std::time::Instant::now(), answer));
+                    cv.notify_all();
+                });
+                if w.tx.send(task).is_err() {
+                    s.asked = None;
+                    None
+                } else {
+                    let (mut s2, _) = cv
+                        .wait_timeout_while(s, self.wait, |s| s.asked.is_some())
+                        .unwrap_or_else(|e| e.into_inner());
+                    let got = s2.answers.remove(question).map(|(_, a)| a);
+                    s = s2;
+                    got
+                }
+            }
+        };
+        drop(s);
+        match answer.and_then(|a| a.downcast::<T>().ok()) {
+            Some(a) => {
+                if w.silent {
+                    w.silent = false;
+                    tracing::info!("the store {} answers again ({what})", store.display());
+                }
+                Answer::Got(*a)
+            }
+            None => {
+                if !w.silent {
+                    w.silent = true;
+                    tracing::warn!(
+                        "the store {} has not answered in {}s ({what}: its file system is slow or hangs); until it does, the daemon neither starts its jobs' runs nor takes a run of them that ended for dead, and asks again each turn",
+                        store.display(),
+                        self.wait.as_secs_f32()
+                    );
+                }
+                Answer::NotYet
             }
         }
+    }
+
+    /// Whether a call on `store` is under way (it has not answered yet).
+    fn busy(&self, store: &Path) -> bool {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(store)
+            .is_some_and(|w| {
+                w.state
+                    .0
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .asked
+                    .is_some()
+            })
+    }
+
+    /// Whether `store` did not answer the last call on it.
+    fn silent(&self, store: &Path) -> bool {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(store)
+            .is_some_and(|w| w.silent)
+    }
+
+    /// Ends the workers of the stores not in `keep` (a reload that left them out),
+    /// each once its call under way (if any) has returned.
+    fn keep_only(&self, keep: &BTreeSet<PathBuf>) {
+        self.workers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|p, _| keep.contains(p));
     }
 }
 
@@ -558,6 +722,10 @@ struct State<'a> {
     markers: marker::Heartbeat,
     /// The loop's calls on stores' file systems, each bounded ([`StoreCalls`]).
     calls: StoreCalls,
+    /// Runs ended whose store has not answered whether they recorded their end.
+    unjudged: Vec<Unjudged>,
+    /// Jobs whose store had not answered at the start ([`State::look_again`]).
+    unlooked: BTreeSet<String>,
     summary: Summary,
 }
 
@@ -646,48 +814,29 @@ impl State<'_> {
         // stores' run records say the same of a job's newest run: it was neither
         // resumed nor told at start before.
         let mut in_store = BTreeMap::new();
-        if startup && cat.is_none() {
-            for name in self.jobs.keys() {
-                let Some((store, r, older)) = newest_in_store(&self.cfg, name, &self.calls) else {
-                    continue;
-                };
-                for o in older {
-                    if let Ok(s) = crate::store::Store::open(&store.root, false) {
-                        untold.push((name.clone(), (s, o)));
+        if startup {
+            if let Some(c) = cat.as_mut() {
+                // A run into a repository that died with the daemon is `running` until
+                // settled (by its marker beside the catalog); a hard-link store's, by its
+                // store ([`State::look`]).
+                crate::catalog::settle_repository_runs(c);
+            }
+            let names: Vec<String> = self.jobs.keys().cloned().collect();
+            for name in names {
+                match self.look(&name, cat.as_mut()) {
+                    Answer::Got(l) => {
+                        untold.extend(l.untold.into_iter().map(|d| (name.clone(), d)));
+                        cut.extend(l.cut.map(|c| (name.clone(), c)));
+                        if let Some(n) = l.newest {
+                            in_store.insert(name, n);
+                        }
+                    }
+                    // Read when it answers ([`State::look_again`]).
+                    Answer::NotYet => {
+                        self.unlooked.insert(name);
                     }
                 }
-                in_store.insert(
-                    name.clone(),
-                    (
-                        r.id.clone(),
-                        r.status.as_str().to_string(),
-                        r.message.clone(),
-                        r.started_at.clone(),
-                    ),
-                );
-                let only = cut_notifiers(&r);
-                if died_untold(&r) {
-                    untold.push((name.clone(), (store, r)));
-                } else if !only.is_empty() {
-                    cut.push((name.clone(), (Some(store), r, only)));
-                }
             }
-        }
-        if startup && let Some(c) = cat.as_mut() {
-            // A run that died with the daemon is `running` until settled.
-            crate::catalog::settle_running(c);
-            for name in self.jobs.keys() {
-                untold.extend(
-                    untold_deaths(c, name)
-                        .into_iter()
-                        .map(|d| (name.clone(), d)),
-                );
-            }
-            cut.extend(
-                self.jobs
-                    .keys()
-                    .filter_map(|name| Some((name.clone(), notice_cut_by_shutdown(c, name)?))),
-            );
         }
         let mut resumed = Vec::new();
         let mut handled = Vec::new();
@@ -717,43 +866,25 @@ impl State<'_> {
                 }
                 j.next = Some(after);
             }
-            if !startup {
+            if !startup || self.unlooked.contains(name) {
                 continue;
             }
-            let prev = j.schedule.previous_at_or_before(now);
-            // With no catalog, the newest run record in the job's store (it had no
-            // history: a time missed while the daemon was down waited for the next).
             let last = match cat.as_ref() {
                 Some(c) => c.last_start(name).ok().flatten(),
                 None => in_store.get(name).map(|(.., started)| started.clone()),
             };
-            // Only a job with history can have missed a run; a new job waits.
-            if j.missed == Missed::RunOnce
-                && let Some(prev) = prev
-                && let Some(last) = last
-                && crate::store::select::parse_time(&last).is_some_and(|l| l < prev)
-            {
-                tracing::warn!(
-                    "job {name}: its run due at {} was missed while the daemon was down; running it now",
-                    prev.to_rfc3339()
-                );
-                j.next = Some(now);
-                continue;
-            }
-            if let Some((id, status, message)) = cat
+            let newest = cat
                 .as_ref()
                 .and_then(|c| c.newest_backup(name).ok().flatten())
                 .or_else(|| {
                     in_store
                         .remove(name)
                         .map(|(id, status, message, _)| (id, status, message))
-                })
-                && status == crate::report::Status::Incomplete.as_str()
-                && message.starts_with("interrupted")
-            {
-                let msg = format!("its last run {id} was interrupted ({message}); resuming it now");
-                tracing::warn!("job {name}: {msg}");
-                resumed.push((name.clone(), msg));
+                });
+            if let Some((resume, msg)) = due_at_start(j, name, now, last, newest) {
+                if resume {
+                    resumed.push((name.clone(), msg));
+                }
                 j.next = Some(now);
             }
         }
@@ -765,6 +896,34 @@ impl State<'_> {
             self.summary.skipped += 1;
             self.event(Some(&name), "skipped", &msg);
         }
+        self.tell_untold(untold, cut);
+        for (name, j) in &self.jobs {
+            match j.next {
+                Some(n) => tracing::info!("job {name}: next run at {}", n.to_rfc3339()),
+                None => {
+                    let msg = "its schedule has no time left (its last is past): it will not run";
+                    tracing::warn!("job {name}: {msg}");
+                    self.event(Some(name), "error", msg);
+                }
+            }
+        }
+    }
+
+    /// Tells the deaths nobody was told of (`untold`) and the notices a stop cut short
+    /// (`cut`) that the daemon's start found ([`State::look`]), each of its job.
+    #[allow(clippy::type_complexity)]
+    fn tell_untold(
+        &mut self,
+        untold: Vec<(String, (crate::store::Store, crate::report::RunReport))>,
+        cut: Vec<(
+            String,
+            (
+                Option<crate::store::Store>,
+                crate::report::RunReport,
+                Vec<String>,
+            ),
+        )>,
+    ) {
         // A run that died with the daemon (both killed) told nobody, and nobody saw it
         // die: told now, as `died` tells a run the daemon saw die.
         for (name, (store, r)) in untold {
@@ -792,13 +951,134 @@ impl State<'_> {
             let notice = crate::notify::Notice::backup(&r);
             self.tell_only(&name, &cfg, Some((store, r)), Some(only), || notice);
         }
-        for (name, j) in &self.jobs {
-            match j.next {
-                Some(n) => tracing::info!("job {name}: next run at {}", n.to_rfc3339()),
-                None => {
-                    let msg = "its schedule has no time left (its last is past): it will not run";
-                    tracing::warn!("job {name}: {msg}");
-                    self.event(Some(name), "error", msg);
+    }
+
+    /// What the daemon's start reads of job `name`'s last runs in their store ([`Look`]),
+    /// off the loop ([`StoreCalls`]): [`Answer::NotYet`] if the store has not answered
+    /// (its runs were read on the loop: a store that hung held the daemon's start, no
+    /// other job ran, a SIGTERM unheeded). With the catalog `cat`, the runs it lists
+    /// (its rows of runs that died `running` settled in their store first, and recorded
+    /// in it, as `catalog::settle_running` does); without, the store's own records.
+    fn look(&self, name: &str, cat: Option<&mut Catalog>) -> Answer<Look> {
+        let Some(c) = cat else {
+            let (Some(key), Some(root)) = (
+                configured_store(&self.cfg, name),
+                store_of(&self.cfg, name, &self.calls),
+            ) else {
+                return Answer::Got(Look::default());
+            };
+            let job = name.to_string();
+            let question = format!("the last runs of job {name}");
+            return self
+                .calls
+                .call(&key, "read its run records", &question, move || {
+                    look_in_store(&root, &job)
+                });
+        };
+        let rows = c.recent(name, UNTOLD_LOOKED_AT).unwrap_or_default();
+        let pending: BTreeSet<String> = c
+            .publish_pending()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let key = configured_store(&self.cfg, name).or_else(|| {
+            rows.iter()
+                .find(|r| !crate::catalog::is_repository(&r.store))
+                .map(|r| PathBuf::from(&r.store))
+        });
+        let read = match key {
+            None => StoreRows::default(),
+            Some(key) => {
+                let question = format!("the runs of job {name} the catalog lists");
+                let asked = rows.clone();
+                match self
+                    .calls
+                    .call(&key, "read its run records", &question, move || {
+                        read_rows(asked, &pending)
+                    }) {
+                    Answer::Got(read) => read,
+                    Answer::NotYet => return Answer::NotYet,
+                }
+            }
+        };
+        for r in &read.settled {
+            if let Err(e) = c.record(r) {
+                tracing::warn!("{e}");
+            }
+        }
+        let cut = rows
+            .first()
+            .filter(|row| row.notifications_failed > 0 && row.kind == "backup")
+            .and_then(|row| {
+                let (r, store) = match read.cut {
+                    Some((s, r)) => (r, Some(s)),
+                    None => (c.show_exact(&row.id).ok()??.report.into_backup()?, None),
+                };
+                let only = cut_notifiers(&r);
+                (!only.is_empty()).then_some((store, r, only))
+            });
+        Answer::Got(Look {
+            untold: read.untold,
+            cut,
+            newest: None,
+        })
+    }
+
+    /// The jobs whose store had not answered at the daemon's start ([`State::look`]),
+    /// read again: once one answers, its untold deaths and cut notices are told, and,
+    /// if nothing of it has run or waited to run since, a missed run or an interrupted
+    /// one is run now, as at a start.
+    fn look_again(&mut self, now: DateTime<Utc>) {
+        // Not while every such store's call is still under way (the catalog is not
+        // opened each turn for nothing).
+        let answering = self
+            .unlooked
+            .iter()
+            .any(|name| configured_store(&self.cfg, name).is_none_or(|s| !self.calls.busy(&s)));
+        if !answering {
+            return;
+        }
+        let mut cat = self.catalog();
+        for name in self.unlooked.clone() {
+            if !self.jobs.contains_key(&name) {
+                self.unlooked.remove(&name);
+                continue;
+            }
+            let Answer::Got(l) = self.look(&name, cat.as_mut()) else {
+                continue;
+            };
+            self.unlooked.remove(&name);
+            tracing::info!(
+                "job {name}: its store answered: its last runs are read now, as at the daemon's start"
+            );
+            let untold = l.untold.into_iter().map(|d| (name.clone(), d)).collect();
+            let cut = l.cut.map(|c| (name.clone(), c)).into_iter().collect();
+            self.tell_untold(untold, cut);
+            let fresh = !self.running.contains_key(&name)
+                && !self.queue.iter().any(|q| q.name == name)
+                && self.jobs.get(&name).is_some_and(|j| j.handled.is_none());
+            if !fresh {
+                continue;
+            }
+            let last = match cat.as_ref() {
+                Some(c) => c.last_start(&name).ok().flatten(),
+                None => l.newest.as_ref().map(|(.., started)| started.clone()),
+            };
+            let newest = cat
+                .as_ref()
+                .and_then(|c| c.newest_backup(&name).ok().flatten())
+                .or_else(|| {
+                    l.newest
+                        .map(|(id, status, message, _)| (id, status, message))
+                });
+            let Some(j) = self.jobs.get_mut(&name) else {
+                continue;
+            };
+            if let Some((resume, msg)) = due_at_start(j, &name, now, last, newest) {
+                j.next = Some(now);
+                if resume {
+                    self.event(Some(&name), "resumed", &msg);
                 }
             }
         }
@@ -941,25 +1221,47 @@ impl State<'_> {
                 }
             })
             .collect();
+        // The ends a store had not answered for: asked again first.
+        for end in std::mem::take(&mut self.unjudged) {
+            if !self.ended(&end.name, end.status, &end.run, end.at) {
+                self.unjudged.push(end);
+            }
+        }
         for (n, st) in done {
             let Some(run) = self.running.remove(&n) else {
                 continue;
             };
             if let Some(st) = st {
-                self.ended(&n, st, &run);
+                let at = Utc::now();
+                if !self.ended(&n, st, &run, at) {
+                    self.unjudged.push(Unjudged {
+                        name: n,
+                        status: st,
+                        run,
+                        at,
+                    });
+                }
             }
         }
     }
 
-    /// A run's process has ended (`st`): if not as a run ends, or without recording
-    /// a run (it failed before it could: a config it could not read), it is settled
-    /// and told ([`State::died`]).
-    fn ended(&mut self, name: &str, st: std::process::ExitStatus, run: &Running) {
+    /// A run's process has ended (`st`, reaped at `at`): if not as a run ends, or
+    /// without recording a run (it failed before it could: a config it could not
+    /// read), it is settled and told ([`State::died`]). `false`: its store has not
+    /// answered yet, so whether it recorded its end is not known (asked again next
+    /// turn, [`State::reap`]): a store slow but alive is not a death.
+    fn ended(
+        &mut self,
+        name: &str,
+        st: std::process::ExitStatus,
+        run: &Running,
+        at: DateTime<Utc>,
+    ) -> bool {
         if let Some(why) = abnormal(st) {
-            return self.died(name, &why, run);
+            return self.died(name, &why, run, at);
         }
         let Some(code) = st.code().filter(|c| *c != 0) else {
-            return;
+            return true;
         };
         // Exit 1 and the like are a run's failures, recorded and notified by it; one
         // that left no row of its job since it started was not.
@@ -976,40 +1278,91 @@ impl State<'_> {
                     .is_some_and(|t| t >= run.since - chrono::Duration::seconds(1))
             }))
         });
+        if recorded != Some(false) {
+            return true;
+        }
         // A catalog that cannot be written (read-only, full) has no row of a run that
         // recorded and told everything else: its record in the store says it ended.
-        if recorded == Some(false)
-            && !self
-                .stored_run(name, &run.cfg, run.since)
-                .is_some_and(|r| r.status != crate::report::Status::Running)
-        {
-            let why = format!(
-                "ended with exit code {code} without recording a run (its error is in the daemon's log)"
-            );
-            self.died(name, &why, run);
+        let ended = match self.stored_run(name, &run.cfg, run.since, at) {
+            Answer::NotYet => return false,
+            Answer::Got(r) => r.is_some_and(|r| r.status != crate::report::Status::Running),
+        };
+        if ended {
+            return true;
         }
+        let why = format!(
+            "ended with exit code {code} without recording a run (its error is in the daemon's log)"
+        );
+        self.died(name, &why, run, at)
     }
 
-    /// A run of job `name` whose process ended before it could record and notify
-    /// itself (`why`): its catalog row and record are settled now, as the next command
-    /// would settle them, with the cause in their message, and the notifiers of the
-    /// configuration it ran under told (a failure always notifies), on a thread of
-    /// their own; their outcomes go into the record and the catalog row.
-    fn died(&mut self, name: &str, why: &str, run: &Running) {
-        // The job's newest run, once settled (`incomplete`), with its record: the dead
-        // child's, if it got as far as its row (else an older run's, not told again).
-        let since = run.since;
-        let settled = self.catalog().and_then(|mut c| {
-            crate::catalog::settle_running(&mut c);
-            let row = c.recent(name, 1).ok()?.into_iter().next()?;
-            let started = crate::store::select::parse_time(&row.started_at)?;
-            if started < since - chrono::Duration::seconds(1) {
-                return None;
-            }
-            let store = crate::store::Store::open(Path::new(&row.store), false).ok()?;
-            let r = store.read_run(&row.id).ok().flatten()?;
-            Some((store, r))
+    /// A run of job `name` whose process ended (reaped at `at`) before it could record
+    /// and notify itself (`why`): its catalog row and record are settled now, as the
+    /// next command would settle them, with the cause in their message, and the
+    /// notifiers of the configuration it ran under told (a failure always notifies), on
+    /// a thread of their own; their outcomes go into the record and the catalog row.
+    /// The store's part is read and written off the loop ([`StoreCalls`]): `false`, and
+    /// nothing done, if the store has not answered yet (asked again next turn).
+    fn died(&mut self, name: &str, why: &str, run: &Running, at: DateTime<Utc>) -> bool {
+        // The job's newest run from the dead child's start to its end, with its
+        // record, once settled (`incomplete`): the dead child's, if it got as far as
+        // its row (else none: an older run is not told again, a newer one is alive).
+        let since = run.since - chrono::Duration::seconds(1);
+        let mut cat = self.catalog();
+        if let Some(c) = cat.as_mut() {
+            // Runs into a repository: by their markers beside the catalog.
+            crate::catalog::settle_repository_runs(c);
+        }
+        let row = cat.as_ref().and_then(|c| {
+            c.recent(name, UNTOLD_LOOKED_AT)
+                .ok()?
+                .into_iter()
+                .find(|row| {
+                    crate::store::select::parse_time(&row.started_at)
+                        .is_some_and(|t| t >= since && t <= at)
+                })
+                .filter(|row| !crate::catalog::is_repository(&row.store))
         });
+        let msg = format!("its run's process {why}, before it recorded its end");
+        let settled = match row {
+            None => None,
+            Some(row) => {
+                let root = PathBuf::from(&row.store);
+                let id = row.id.clone();
+                let cause = msg.clone();
+                let question = format!("the record of run {id}, dead");
+                let answer = self.calls.call(
+                    &root.clone(),
+                    "settle a dead run's record",
+                    &question,
+                    move || {
+                        // As the next command would (the catalog's `settle_running`).
+                        let settled = crate::catalog::settle_in_store(&root, &id, "catalog");
+                        let store = crate::store::Store::open(&root, false).ok()?;
+                        let mut r = match settled {
+                            Some(r) => r,
+                            None => store.read_run(&id).ok().flatten()?,
+                        };
+                        // The cause, after the settled message (which says `interrupted`
+                        // first, as a restart looks for to resume it).
+                        if r.status != crate::report::Status::Complete
+                            && !r.message.contains(&cause)
+                        {
+                            r.message = format!("{} ({cause})", r.message);
+                            if let Err(e) = store.write_run(&r) {
+                                tracing::error!("job {}: {e}", r.job.as_deref().unwrap_or("-"));
+                            }
+                        }
+                        Some((store, r))
+                    },
+                );
+                match answer {
+                    Answer::NotYet => return false,
+                    Answer::Got(s) => s,
+                }
+            }
+        };
+        drop(cat);
         // A run that recorded its end `complete` and was killed after (while it
         // notified, or in its post command) did not fail: its record stands, and
         // nobody is told it failed (it was dropped here, and the generic notice below,
@@ -1017,26 +1370,28 @@ impl State<'_> {
         if let Some((_, r)) = &settled
             && r.status == crate::report::Status::Complete
         {
+            if let Some(c) = self.opts.catalog.as_deref() {
+                record_run(Some(c), self.opts.catalog_on_nfs, None, r);
+            }
             let msg = format!(
                 "its run {} ended complete and recorded it; then its process {why}, while it finished (its notices or post command may have been cut short)",
                 r.id
             );
             tracing::warn!("job {name}: {msg}");
             self.event(Some(name), "warning", &msg);
-            return;
+            return true;
         }
-        let msg = format!("its run's process {why}, before it recorded its end");
         tracing::error!("job {name}: {msg}");
         self.event(Some(name), "error", &msg);
-        // The cause, after the settled message (which says `interrupted` first, as a
-        // restart looks for to resume it).
-        let settled = settled.map(|(store, mut r)| {
-            if !r.message.contains(&msg) {
-                r.message = format!("{} ({msg})", r.message);
-                self.record(&store, &r);
-            }
-            (store, r)
-        });
+        if let Some((_, r)) = &settled {
+            // Its record was written in the store already ([`StoreCalls`]).
+            record_run(
+                self.opts.catalog.as_deref(),
+                self.opts.catalog_on_nfs,
+                None,
+                r,
+            );
+        }
         let fallback = || {
             job_notice(
                 name,
@@ -1047,16 +1402,7 @@ impl State<'_> {
         };
         let cfg = run.cfg.clone();
         self.tell(name, &cfg, settled, fallback);
-    }
-
-    /// Records run `r` in its store and in the catalog (as settled or as told).
-    fn record(&self, store: &crate::store::Store, r: &crate::report::RunReport) {
-        record_run(
-            self.opts.catalog.as_deref(),
-            self.opts.catalog_on_nfs,
-            Some(store),
-            r,
-        );
+        true
     }
 
     /// Tells the notifiers of job `name` in `cfg` of a run that could not tell them
@@ -1215,12 +1561,12 @@ impl State<'_> {
                     "trigger at {} skipped: the job's run due at {} is still waiting to start ({})",
                     at.to_rfc3339(),
                     q.due.to_rfc3339(),
-                    self.waits_for(q.store.as_deref())
+                    self.waits_for(&q.name, q.store.as_deref())
                 );
                 tracing::warn!("job {name}: {msg}");
                 self.summary.skipped += 1;
                 self.event(Some(&name), "skipped", &msg);
-            } else if let Some(holder) = self.orphan_run(&name) {
+            } else if let Answer::Got(Some(holder)) = self.orphan_run(&name) {
                 let msg = format!(
                     "trigger at {} skipped: a run of the job that this daemon did not start is still going, {holder} (left by a daemon that was killed without its runs)",
                     at.to_rfc3339()
@@ -1246,7 +1592,7 @@ impl State<'_> {
                     tracing::info!(
                         "job {name}: due at {}, waits to start ({})",
                         at.to_rfc3339(),
-                        self.waits_for(q.store.as_deref())
+                        self.waits_for(&q.name, q.store.as_deref())
                     );
                 }
             }
@@ -1296,9 +1642,9 @@ impl State<'_> {
         }
     }
 
-    /// Why a queued run (of a job writing `store`) has not started: another job's run on
-    /// its store, or `max_runs` runs going.
-    fn waits_for(&self, store: Option<&Path>) -> String {
+    /// Why a queued run (of job `name`, writing `store`) has not started: another job's
+    /// run on its store, its store not answering, or `max_runs` runs going.
+    fn waits_for(&self, name: &str, store: Option<&Path>) -> String {
         if let Some(s) = store
             && let Some((other, _)) = self
                 .running
@@ -1306,6 +1652,12 @@ impl State<'_> {
                 .find(|(_, r)| r.store.as_deref() == Some(s))
         {
             return format!("job {other}'s run is writing its store {}", s.display());
+        }
+        if let Some(s) = configured_store(&self.cfg, name).filter(|s| self.calls.silent(s)) {
+            return format!(
+                "its store {} has not answered yet: its file system is slow or hangs",
+                s.display()
+            );
         }
         format!(
             "{} runs are going, max_runs = {}",
@@ -1346,7 +1698,7 @@ impl State<'_> {
                 .and_then(|w| chrono::Duration::from_std(w).ok());
             match window.filter(|w| self.queue[i].due + *w <= now) {
                 Some(w) => {
-                    let why = self.waits_for(self.queue[i].store.as_deref());
+                    let why = self.waits_for(&name, self.queue[i].store.as_deref());
                     let q = self.queue.remove(i);
                     self.window_closed(&q, w, &why);
                 }
@@ -1364,11 +1716,19 @@ impl State<'_> {
                 i += 1;
                 continue;
             }
-            let q = self.queue.remove(i);
             // Read now, not when it was queued: a run of the job started by hand (or
             // left by a killed daemon) since holds its store, whose lock would refuse
-            // this one (`failed`, told); skipped as `due` skips it.
-            if let Some(holder) = self.orphan_run(&q.name) {
+            // this one (`failed`, told); skipped as `due` skips it. A store that has not
+            // answered yet may hold one: the run waits for its answer (next turn).
+            let holder = match self.orphan_run(&self.queue[i].name) {
+                Answer::NotYet => {
+                    i += 1;
+                    continue;
+                }
+                Answer::Got(h) => h,
+            };
+            let q = self.queue.remove(i);
+            if let Some(holder) = holder {
                 let msg = format!(
                     "trigger at {} skipped: while its run waited to start, a run of the job that this daemon did not start began and is still going, {holder}",
                     q.due.to_rfc3339()
@@ -1437,53 +1797,73 @@ impl State<'_> {
     /// again, the store lock refused that run, and it was recorded and notified as a
     /// failure. Read from the store's lock file, which names its holder (emptied when
     /// it ends cleanly; a dead holder's pid is checked against the process's command).
-    /// Read off the loop ([`StoreCalls`]): a store that does not answer has none known.
-    fn orphan_run(&self, name: &str) -> Option<String> {
-        let opts = job_options(&self.cfg, name)?;
-        let lock = opts.store.join(crate::store::META_DIR).join("lock");
+    /// Read off the loop ([`StoreCalls`]): a store that has not answered yet is
+    /// [`Answer::NotYet`], not "none" (the job is not started on it: a store slow but
+    /// alive would have had its holder's lock refuse the run, `failed`, told).
+    fn orphan_run(&self, name: &str) -> Answer<Option<String>> {
+        let Some(store) = configured_store(&self.cfg, name) else {
+            return Answer::Got(None);
+        };
+        let lock = store.join(crate::store::META_DIR).join("lock");
+        let question = format!("the holder of its lock, for job {name}");
         let name = name.to_string();
-        let at = lock.clone();
         self.calls
-            .call("read the lock", &lock, move || orphan_holder(&at, &name))
-            .flatten()
+            .call(&store, "read its lock", &question, move || {
+                orphan_holder(&lock, &name)
+            })
     }
 
-    /// The record in the store of job `name` (as configured in `cfg`) of the newest run
-    /// that started at `since` or later (`None`: none, or a repository's job, which
-    /// has no store). A run writes it before its post command and notifications, so a
-    /// final status there is a run that ended and recorded itself, whatever the catalog
-    /// says (one that cannot be written has no row of it).
+    /// The record in the store of job `name` (as configured in `cfg`) of its newest run
+    /// that started at `since` or later and no later than `until` (`None`: none, or a
+    /// repository's job, which has no store), or [`Answer::NotYet`]: the store has not
+    /// answered. A run writes it before its post command and notifications, so a final
+    /// status there is a run that ended and recorded itself, whatever the catalog says
+    /// (one that cannot be written has no row of it).
     fn stored_run(
         &self,
         name: &str,
         cfg: &Config,
         since: DateTime<Utc>,
-    ) -> Option<crate::report::RunReport> {
-        let opts = job_options(cfg, name)?;
-        let root = opts.store.clone();
+        until: DateTime<Utc>,
+    ) -> Answer<Option<crate::report::RunReport>> {
+        let Some(store) = configured_store(cfg, name) else {
+            return Answer::Got(None);
+        };
+        let root = store.clone();
         let from = since - chrono::Duration::seconds(1);
-        // Off the loop ([`StoreCalls`]): a store that does not answer has none known.
+        let job = name.to_string();
+        let question = format!(
+            "the run records of job {name} from {} to {}",
+            since.to_rfc3339(),
+            until.to_rfc3339()
+        );
+        // Off the loop ([`StoreCalls`]).
         self.calls
-            .call("read the run records of", &opts.store, move || {
+            .call(&store, "read its run records", &question, move || {
                 let store = crate::store::Store::open(&root, false).ok()?;
                 let mut ids: Vec<String> = store
                     .run_ids()
                     .into_iter()
-                    .filter(|id| crate::store::select::run_id_time(id).is_some_and(|t| t >= from))
+                    .filter(|id| {
+                        crate::store::select::run_id_time(id)
+                            .is_some_and(|t| t >= from && t <= until)
+                    })
                     .collect();
                 ids.sort();
-                ids.into_iter()
-                    .rev()
-                    .find_map(|id| store.read_run(&id).ok().flatten())
+                ids.into_iter().rev().find_map(|id| {
+                    let r = store.read_run(&id).ok().flatten()?;
+                    (r.job.as_deref() == Some(job.as_str())).then_some(r)
+                })
             })
-            .flatten()
     }
 
     /// Sends SIGTERM to every running backup and waits for them to record themselves.
     fn stop_children(&mut self) {
         for (n, r) in &self.running {
             match self
-                .stored_run(n, &r.cfg, r.since)
+                .stored_run(n, &r.cfg, r.since, Utc::now())
+                .got()
+                .flatten()
                 .filter(|rec| rec.status != crate::report::Status::Running)
             {
                 // Its backup is over: what is left is its post command or notices.
@@ -1504,9 +1884,30 @@ impl State<'_> {
             match r.child.wait() {
                 Ok(st) => {
                     tracing::info!("job {n}: run ended ({st})");
-                    self.ended(&n, st, &r);
+                    let at = Utc::now();
+                    if !self.ended(&n, st, &r, at) {
+                        self.unjudged.push(Unjudged {
+                            name: n,
+                            status: st,
+                            run: r,
+                            at,
+                        });
+                    }
                 }
                 Err(e) => tracing::error!("job {n}: {e}"),
+            }
+        }
+        // Asked once more; a store that still has not answered leaves them unjudged
+        // (not told as dead: a store slow but alive may hold their records).
+        for end in std::mem::take(&mut self.unjudged) {
+            if !self.ended(&end.name, end.status, &end.run, end.at) {
+                let store = configured_store(&end.run.cfg, &end.name)
+                    .map_or_else(String::new, |s| s.display().to_string());
+                tracing::error!(
+                    "job {}: its run ended ({}) and its store {store} has not answered whether it recorded its end: not told as dead (the daemon stops)",
+                    end.name,
+                    end.status
+                );
             }
         }
         // The notices of dead runs, each bounded by its notifiers' timeouts and retries.
@@ -1545,7 +1946,8 @@ fn orphan_holder(lock: &Path, name: &str) -> Option<String> {
 /// nobody was told of ([`untold_deaths`]).
 const UNTOLD_LOOKED_AT: usize = 10;
 
-/// The backups of job `name`, with their stores, oldest first, that died before they
+/// The backups among `rows` (a job's newest rows in the catalog, newest first), with
+/// their stores, oldest first, that died before they
 /// recorded their end (a process killed left each `running`, settled since:
 /// `interrupted: the process ended before finishing`) and that nobody told the job's
 /// notifiers of: no daemon saw them die, as when the daemon was killed with its run.
@@ -1558,9 +1960,11 @@ const UNTOLD_LOOKED_AT: usize = 10;
 /// Only the newest was looked at: a run killed with its daemon, and then the daemon
 /// started again killed before it told it, with the run it resumed, was never told.
 /// Once told, a run's record has the notifiers' outcomes, and it is not told again.
-fn untold_deaths(c: &Catalog, name: &str) -> Vec<(crate::store::Store, crate::report::RunReport)> {
+fn untold_deaths(
+    rows: &[crate::catalog::RunRow],
+) -> Vec<(crate::store::Store, crate::report::RunReport)> {
     let mut found = Vec::new();
-    for row in c.recent(name, UNTOLD_LOOKED_AT).unwrap_or_default() {
+    for row in rows {
         // A run told (its notifiers' outcomes recorded) or that ended by itself (its
         // own process told its end): the deaths before it are history.
         if row.notifications > 0
@@ -1611,18 +2015,15 @@ const TOLD_NOBODY: &str = "its death was told to nobody";
 /// every other, as the catalog has it. A newest record still `running` whose store is
 /// not locked is settled `incomplete` first ([`crate::catalog::settle_in_store`]); one
 /// whose store is locked (its run may be alive) is `None`.
-#[allow(clippy::type_complexity)]
 fn newest_in_store(
-    cfg: &Config,
+    root: &Path,
     name: &str,
-    calls: &StoreCalls,
 ) -> Option<(
     crate::store::Store,
     crate::report::RunReport,
     Vec<crate::report::RunReport>,
 )> {
-    let root = store_of(cfg, name, calls)?;
-    let store = crate::store::Store::open(&root, false).ok()?;
+    let store = crate::store::Store::open(root, false).ok()?;
     let ahead = Utc::now() + chrono::Duration::minutes(5);
     let mut ids = store.run_ids();
     ids.sort_by_cached_key(|id| {
@@ -1636,7 +2037,7 @@ fn newest_in_store(
     let (id, newest) = runs.next()?;
     let newest = match newest.status {
         crate::report::Status::Running => {
-            let r = crate::catalog::settle_in_store(&root, &id, "daemon")?;
+            let r = crate::catalog::settle_in_store(root, &id, "daemon")?;
             (r.status != crate::report::Status::Running).then_some(r)?
         }
         _ => newest,
@@ -1654,33 +2055,148 @@ fn newest_in_store(
     Some((store, newest, older))
 }
 
-/// The newest backup of job `name`, its store (`None` when the store has no record
-/// of it: a run that could not start is in the catalog only) and the notifiers to tell
-/// again, if a stop cut its notice short ([`crate::notify::CUT_BY_SHUTDOWN`]): those
-/// were not tried as their settings say. Not a notice that failed otherwise (it was
-/// retried as set), nor one told again since (its outcome replaced the cut one).
-fn notice_cut_by_shutdown(
-    c: &Catalog,
-    name: &str,
-) -> Option<(
-    Option<crate::store::Store>,
-    crate::report::RunReport,
-    Vec<String>,
-)> {
-    let row = c.recent(name, 1).ok()?.into_iter().next()?;
-    if row.notifications_failed == 0 || row.kind != "backup" {
-        return None;
+/// What the daemon's start reads of a job's last runs in their store ([`State::look`]).
+#[derive(Default)]
+struct Look {
+    /// The runs that died before they recorded their end and that nobody was told of
+    /// ([`untold_deaths`]), oldest first.
+    untold: Vec<(crate::store::Store, crate::report::RunReport)>,
+    /// The newest backup of the job, if a stop cut its notice short
+    /// ([`crate::notify::CUT_BY_SHUTDOWN`]): its store (`None` when the store has no
+    /// record of it: a run that could not start is in the catalog only) and the
+    /// notifiers to tell again (not tried as their settings say). Not a notice that
+    /// failed otherwise (it was retried as set), nor one told again since (its outcome
+    /// replaced the cut one).
+    cut: Option<(
+        Option<crate::store::Store>,
+        crate::report::RunReport,
+        Vec<String>,
+    )>,
+    /// Without a catalog: the job's newest run in its store (id, status, message,
+    /// start).
+    newest: Option<(String, String, String, String)>,
+}
+
+/// What the stores say of a job's rows in the catalog ([`State::look`]).
+#[derive(Default)]
+struct StoreRows {
+    /// The records of the rows `running` (and those whose publication was pending) as
+    /// their store settled them, to record in the catalog.
+    settled: Vec<crate::report::RunReport>,
+    untold: Vec<(crate::store::Store, crate::report::RunReport)>,
+    /// The newest row's record, with its store, if its notices failed.
+    cut: Option<(crate::store::Store, crate::report::RunReport)>,
+}
+
+/// Reads the stores of a job's newest catalog `rows` (newest first; `pending`: the
+/// ids of runs whose publication is pending): its runs that died `running` are settled
+/// first ([`crate::catalog::settle_in_store`], as `catalog::settle_running` does), then
+/// its untold deaths looked for. On a store's worker ([`StoreCalls`]).
+fn read_rows(mut rows: Vec<crate::catalog::RunRow>, pending: &BTreeSet<String>) -> StoreRows {
+    let mut settled = Vec::new();
+    for row in &mut rows {
+        let running = row.status == crate::report::Status::Running.as_str();
+        if row.kind != "backup"
+            || crate::catalog::is_repository(&row.store)
+            || !(running || pending.contains(&row.id))
+        {
+            continue;
+        }
+        if let Some(r) = crate::catalog::settle_in_store(Path::new(&row.store), &row.id, "catalog")
+        {
+            row.status = r.status.as_str().to_string();
+            settled.push(r);
+        }
     }
-    let stored = (!crate::catalog::is_repository(&row.store))
-        .then(|| crate::store::Store::open(Path::new(&row.store), false).ok())
-        .flatten()
-        .and_then(|s| Some((s.read_run(&row.id).ok().flatten()?, s)));
-    let (r, store) = match stored {
-        Some((r, s)) => (r, Some(s)),
-        None => (c.show_exact(&row.id).ok()??.report.into_backup()?, None),
+    let untold = untold_deaths(&rows);
+    let cut = rows
+        .first()
+        .filter(|row| {
+            row.notifications_failed > 0
+                && row.kind == "backup"
+                && !crate::catalog::is_repository(&row.store)
+        })
+        .and_then(|row| {
+            let s = crate::store::Store::open(Path::new(&row.store), false).ok()?;
+            let r = s.read_run(&row.id).ok().flatten()?;
+            Some((s, r))
+        });
+    StoreRows {
+        settled,
+        untold,
+        cut,
+    }
+}
+
+/// What the records in the store at `root` say of job `name`'s last runs, for a daemon
+/// with no catalog ([`State::look`], [`newest_in_store`]). On a store's worker
+/// ([`StoreCalls`]).
+fn look_in_store(root: &Path, name: &str) -> Look {
+    let mut look = Look::default();
+    let Some((store, r, older)) = newest_in_store(root, name) else {
+        return look;
     };
+    for o in older {
+        if let Ok(s) = crate::store::Store::open(&store.root, false) {
+            look.untold.push((s, o));
+        }
+    }
+    look.newest = Some((
+        r.id.clone(),
+        r.status.as_str().to_string(),
+        r.message.clone(),
+        r.started_at.clone(),
+    ));
     let only = cut_notifiers(&r);
-    (!only.is_empty()).then_some((store, r, only))
+    if died_untold(&r) {
+        look.untold.push((store, r));
+    } else if !only.is_empty() {
+        look.cut = Some((Some(store), r, only));
+    }
+    look
+}
+
+/// Whether job `name` (`j`) is due at the daemon's start (`now`), and why: its run due
+/// at its last scheduled time was missed while the daemon was down (`missed =
+/// "run-once"`, and its newest run, started at `last`, is older), or its newest backup
+/// (`newest`: id, status, message) was interrupted (stopped by a signal, or killed,
+/// with the daemon or the machine) and resumes from that run's staging, whatever its
+/// `missed` (not a missed time: `missed = "skip"` skipped those resumes until
+/// 2026-12-06). A run its window cut short waits for its next time, as it would had the
+/// daemon kept running. `(true, message)` for a resume (an event), `(false, _)` for a
+/// missed run.
+fn due_at_start(
+    j: &Job,
+    name: &str,
+    now: DateTime<Utc>,
+    last: Option<String>,
+    newest: Option<(String, String, String)>,
+) -> Option<(bool, String)> {
+    let prev = j.schedule.previous_at_or_before(now);
+    // Only a job with history can have missed a run; a new job waits. (With no
+    // catalog, the newest run record in the job's store: it had no history, and a time
+    // missed while the daemon was down waited for the next.)
+    if j.missed == Missed::RunOnce
+        && let Some(prev) = prev
+        && let Some(last) = last
+        && crate::store::select::parse_time(&last).is_some_and(|l| l < prev)
+    {
+        let msg = format!(
+            "its run due at {} was missed while the daemon was down; running it now",
+            prev.to_rfc3339()
+        );
+        tracing::warn!("job {name}: {msg}");
+        return Some((false, msg));
+    }
+    if let Some((id, status, message)) = newest
+        && status == crate::report::Status::Incomplete.as_str()
+        && message.starts_with("interrupted")
+    {
+        let msg = format!("its last run {id} was interrupted ({message}); resuming it now");
+        tracing::warn!("job {name}: {msg}");
+        return Some((true, msg));
+    }
+    None
 }
 
 /// The notifiers of run `r` whose notice a stop cut short
@@ -1765,6 +2281,8 @@ pub fn run(
             BTreeSet::new(),
         ),
         calls: StoreCalls::default(),
+        unjudged: Vec::new(),
+        unlooked: BTreeSet::new(),
         summary: Summary::default(),
     };
     st.markers.stores(st.stores());
@@ -1821,6 +2339,13 @@ pub fn run(
                         j.handled = before.get(name).and_then(|b| b.handled);
                     }
                     st.markers.stores(st.stores());
+                    // The workers of the stores no job writes any more end.
+                    let kept: BTreeSet<PathBuf> = st
+                        .jobs
+                        .keys()
+                        .filter_map(|n| configured_store(&st.cfg, n))
+                        .collect();
+                    st.calls.keep_only(&kept);
                     st.summary.reloads += 1;
                     tracing::info!("reloaded {}", opts.config.display());
                     st.event(None, "reload", "configuration reloaded");
@@ -1844,6 +2369,7 @@ pub fn run(
         }
         st.reap();
         let now = Utc::now();
+        st.look_again(now);
         st.clock(&mut clock, now);
         st.due(now);
         st.heartbeat();
@@ -1900,6 +2426,49 @@ fn job_notice(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A store call that has not answered in time is `NotYet` (not "none"), and so is
+    /// every other call on that store while it hangs (one thread stuck per store, not
+    /// one per call); its late answer is given to the same question asked again; the
+    /// calls of a store are made by one thread, not one each.
+    #[test]
+    fn a_store_call_not_answered_is_not_yet_and_its_late_answer_is_kept() {
+        let calls = StoreCalls {
+            wait: Duration::from_millis(200),
+            ..StoreCalls::default()
+        };
+        let store = Path::new("/nowhere/s");
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let got = calls.call(store, "test", "q", move || {
+            let _ = rx.recv();
+            7
+        });
+        assert_eq!(got, Answer::NotYet);
+        assert!(calls.silent(store));
+        let asked = Arc::new(AtomicBool::new(false));
+        let a = asked.clone();
+        let other = calls.call(store, "test", "other", move || {
+            a.store(true, Ordering::SeqCst);
+            8
+        });
+        assert_eq!(other, Answer::NotYet);
+        tx.send(()).unwrap();
+        let t0 = std::time::Instant::now();
+        while calls.busy(store) && t0.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(calls.call(store, "test", "q", || 9), Answer::Got(7));
+        assert!(!calls.silent(store));
+        assert!(
+            !asked.load(Ordering::SeqCst),
+            "asked while another call hung"
+        );
+        let id = || calls.call(store, "test", "thread", || std::thread::current().id());
+        let first = id();
+        assert!(matches!(first, Answer::Got(_)));
+        assert_eq!(first, id());
+        assert_ne!(first, Answer::Got(std::thread::current().id()));
+    }
 
     fn ev(i: usize) -> QueuedEvent {
         QueuedEvent {

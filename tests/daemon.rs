@@ -3593,6 +3593,17 @@ fn hung_store_daemon(
     schedule: &str,
     dest: Option<&Path>,
 ) -> Option<(FaultFs, Daemon)> {
+    hung_store_daemon_on(dir, stall, schedule, dest, &dir.join("cat.db"))
+}
+
+/// [`hung_store_daemon`] with the catalog `catalog` (`off`: none).
+fn hung_store_daemon_on(
+    dir: &Path,
+    stall: &str,
+    schedule: &str,
+    dest: Option<&Path>,
+    catalog: &Path,
+) -> Option<(FaultFs, Daemon)> {
     let (src, under, mnt) = (dir.join("src"), dir.join("under"), dir.join("mnt"));
     write(&src.join("x"), b"x");
     std::fs::create_dir_all(under.join("s/.snapring")).unwrap();
@@ -3617,8 +3628,8 @@ fn hung_store_daemon(
         ),
     )
     .unwrap();
-    let (catalog, log) = (dir.join("cat.db"), dir.join("daemon.log"));
-    let d = daemon_logging_with(&catalog, &cfg, &log, &[("SNAPRING_DAEMON_HEARTBEAT", "1s")]);
+    let log = dir.join("daemon.log");
+    let d = daemon_logging_with(catalog, &cfg, &log, &[("SNAPRING_DAEMON_HEARTBEAT", "1s")]);
     Some((fs, d))
 }
 
@@ -3809,4 +3820,391 @@ fn a_death_told_to_nobody_is_not_told_again_at_the_next_start() {
         "the death told at the start before was told again: {}",
         std::fs::read_to_string(&log2).unwrap_or_default()
     );
+}
+
+/// A latencyfs mount of `dir/under` at `dir/mnt` whose calls of the kinds `ops` on
+/// paths matching `stall` take `secs` seconds each (a store slow but alive: an
+/// automount's first access, a busy NFS server), or `None` where FUSE cannot run.
+fn slow_layer(dir: &Path, stall: &str, ops: &str, secs: u32) -> Option<FaultFs> {
+    let (under, mnt) = (dir.join("under"), dir.join("mnt"));
+    std::fs::create_dir_all(&under).unwrap();
+    let secs = secs.to_string();
+    FaultFs::mount(
+        &under,
+        &mnt,
+        &["--stall", stall, "--stall-secs", &secs, "--stall-ops", ops],
+    )
+}
+
+/// A store slow to list its run records (3 s a listing, more than the 1 s the daemon
+/// waits for a store) and a catalog the daemon cannot write: each run ends partial,
+/// records itself in its store and tells its notifiers, and the store's record is the
+/// only witness of its end. The daemon took the store's silence for "no record", and
+/// each run for one that died without recording itself: a second notice, a false
+/// `failed` with no run id. Now it waits for the store's answer.
+#[test]
+fn a_slow_store_does_not_make_a_run_that_recorded_itself_a_dead_one() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let Some(fs) = slow_layer(dir, "/.snapring/runs", "readdir", 3) else {
+        return;
+    };
+    let src = dir.join("src");
+    write(&src.join("a/f"), b"data");
+    write(&src.join("a/secret"), b"unreadable: the runs end partial");
+    chmod(&src.join("a/secret"), 0o000);
+    let cat = dir.join("cat.db");
+    drop(snapring::catalog::Catalog::open(&cat, false).unwrap());
+    chmod(&cat, 0o444);
+    let told = dir.join("told");
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify_success = true\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = fs.mnt.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let d = daemon_without_dac(&cat, &cfg, &log);
+    // Three runs, the first two judged by then (each judgement waits ~3 s).
+    wait_until("three notices", 90, || told_lines(&told).len() >= 3);
+    std::thread::sleep(Duration::from_secs(5));
+    d.stop();
+    drop(fs);
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("readonly database"), "{log}");
+    let lines = told_lines(&told);
+    for (i, l) in lines.iter().enumerate() {
+        let (status, id) = l.split_once(' ').unwrap_or((l, ""));
+        // The last may be the run the stop interrupted.
+        let stopped = i + 1 == lines.len() && status == "incomplete";
+        assert!(status == "partial" || stopped, "{lines:?}\n{log}");
+        assert!(!id.is_empty(), "{lines:?}\n{log}");
+    }
+    assert!(!log.contains("without recording a run"), "{log}");
+}
+
+/// A run of a job started by hand holds its store, whose lock file is slow to open (3
+/// s, more than the 1 s the daemon waits for a store): the daemon took the store's
+/// silence for "no holder", started the job, the store's lock refused that run, and it
+/// was recorded `failed` and notified. Now it waits for the store's answer, and skips
+/// the job's triggers while the run holds the store.
+#[test]
+fn a_run_started_by_hand_on_a_slow_store_is_skipped_not_failed() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let Some(fs) = slow_layer(dir, "/.snapring/lock", "open", 3) else {
+        return;
+    };
+    let (src, catalog) = (dir.join("src"), dir.join("cat.db"));
+    // A run of 20 s: the daemon's start and each question wait 3 s for the store.
+    tree(&src, 100, 10);
+    let told = dir.join("told");
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\njobs = 1\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS >> {told}\"]\n",
+            src = src.display(),
+            d = fs.mnt.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let mut by_hand = slow_run(&catalog, &cfg, "a").spawn().unwrap();
+    wait_until("the run's record", 60, || {
+        std::fs::read_dir(fs.mnt.join("a/.snapring/runs")).is_ok_and(|mut d| d.next().is_some())
+    });
+    let d = Daemon::start(&catalog, &cfg, "");
+    let skipped = || {
+        snapring::catalog::Catalog::open(&catalog, false)
+            .and_then(|c| c.events(Some("a")))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.kind == "skipped" && e.message.contains("did not start"))
+            .count()
+    };
+    // The first trigger's question waits 3 s for the store.
+    let t0 = Instant::now();
+    while skipped() < 1
+        && by_hand.try_wait().unwrap().is_none()
+        && t0.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.stop();
+    let still = by_hand.try_wait().unwrap().is_none();
+    let _ = by_hand.kill();
+    let _ = by_hand.wait();
+    drop(fs);
+    let rows = rows_of(&catalog, "a");
+    assert!(
+        rows.iter().all(|r| r["status"] != "failed"),
+        "{rows:?} {:?}",
+        told_lines(&told)
+    );
+    assert!(
+        !told_lines(&told).iter().any(|l| l.ends_with(" failed")),
+        "{:?}",
+        told_lines(&told)
+    );
+    assert!(
+        still,
+        "the run by hand ended before the test saw a trigger skipped"
+    );
+    assert!(skipped() >= 1, "no trigger skipped: {rows:?}");
+}
+
+/// With the catalog off, the daemon's start reads each job's last runs in its store
+/// (to resume an interrupted one, to tell an untold death): it read them on the loop, so
+/// a store that hangs (here every call under its `.snapring`, for a minute) held the
+/// daemon's start: no other job ran. Now it reads them off the loop, and again once the
+/// store answers.
+#[test]
+fn with_the_catalog_off_a_hung_store_holds_up_neither_the_start_nor_another_job() {
+    let t = tempfile::tempdir().unwrap();
+    let Some((fs, mut d)) = hung_store_daemon_on(
+        t.path(),
+        "/s/.snapring",
+        "0 0 0 1 1 *",
+        None,
+        Path::new("off"),
+    ) else {
+        return;
+    };
+    let fast_runs =
+        || std::fs::read_dir(t.path().join("fast/.snapring/runs")).map_or(0, |r| r.count());
+    let t0 = Instant::now();
+    while fast_runs() < 3 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runs = fast_runs();
+    drop(fs);
+    let pid = rustix::process::Pid::from_raw(d.0.id() as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let st = d.0.wait().unwrap();
+    let logged = std::fs::read_to_string(t.path().join("daemon.log")).unwrap_or_default();
+    assert!(st.success(), "{st}: {logged}");
+    assert!(
+        runs >= 3,
+        "the other job ran {runs} times in 20 s, scheduled every second: {logged}"
+    );
+}
+
+/// A run killed under the daemon while its store does not answer (here its FUSE
+/// layer stopped with SIGSTOP): the daemon settled it (its record in the store) on
+/// the loop, which hung there: no other job ran. Now the store's part is off the loop,
+/// and the death is told once the store answers again.
+#[test]
+fn a_run_killed_while_its_store_hangs_holds_up_no_other_job_and_is_told_when_it_answers() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let Some(fs) = slow_layer(dir, "/nothing-stalls", "read", 0) else {
+        return;
+    };
+    let (src, catalog) = (dir.join("src"), dir.join("cat.db"));
+    tree(&src, 40, 10);
+    let (pid_file, told) = (dir.join("pid"), dir.join("told"));
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{m}/a\"\njobs = 1\nschedule = \"* * * * * *\"\n\
+             pre_command = [\"/bin/sh\", \"-c\", \"[ -e {pid} ] || echo $PPID > {pid}\"]\nnotify = [\"cmd\"]\n\n\
+             [job.fast]\nsource = \"{src}\"\ndest = \"{d}/fast\"\nschedule = \"* * * * * *\"\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS >> {told}\"]\n",
+            src = src.display(),
+            m = fs.mnt.display(),
+            d = dir.display(),
+            pid = pid_file.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let d = daemon_logging_with(
+        &catalog,
+        &cfg,
+        &log,
+        &[("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")],
+    );
+    let pid = run_pid(&pid_file);
+    wait_until("a's run's row", 60, || {
+        rows_of(&catalog, "a")
+            .iter()
+            .any(|r| r["status"] == "running")
+    });
+    let layer = rustix::process::Pid::from_raw(fs.pid() as i32).unwrap();
+    rustix::process::kill_process(layer, rustix::process::Signal::STOP).unwrap();
+    sigkill(pid);
+    let fast_runs = || std::fs::read_dir(dir.join("fast/.snapring/runs")).map_or(0, |r| r.count());
+    // The death is reaped within a turn; then another job's runs must go on.
+    std::thread::sleep(Duration::from_secs(2));
+    let before = fast_runs();
+    let t0 = Instant::now();
+    while fast_runs() < before + 2 && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ran = fast_runs() - before;
+    rustix::process::kill_process(layer, rustix::process::Signal::CONT).unwrap();
+    let t1 = Instant::now();
+    while !told_lines(&told).iter().any(|l| l.starts_with("a "))
+        && t1.elapsed() < Duration::from_secs(30)
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.stop();
+    drop(fs);
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        ran >= 2,
+        "the other job ran {ran} times in 20 s while the killed run's store hung: {logged}"
+    );
+    let lines = told_lines(&told);
+    assert!(
+        lines.iter().any(|l| l == "a incomplete"),
+        "the killed run was not told once its store answered: {lines:?}\n{logged}"
+    );
+}
+
+/// A store that hangs (here its FUSE layer stopped with SIGSTOP: every call on it
+/// waits, as on a hard-mounted NFS export whose server is down) of one job held every
+/// run of every other job of the config, and the daemon's start, in the config's check,
+/// which resolves every job's paths. Now each path is resolved in bounded time, and one
+/// that does not answer is named in a warning (its job's own runs check it).
+#[test]
+fn a_hung_store_of_another_job_holds_up_neither_a_run_nor_the_daemons_start() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let Some(fs) = slow_layer(dir, "/nothing-stalls", "read", 0) else {
+        return;
+    };
+    let src = dir.join("src");
+    write(&src.join("x"), b"x");
+    std::fs::create_dir_all(fs.mnt.join("s/.snapring")).unwrap();
+    let config = |fast: &str| {
+        format!(
+            "[job.hung]\nsource = \"{src}\"\ndest = \"{m}/s\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\n\n\
+             [job.fast]\nsource = \"{src}\"\ndest = \"{d}/{fast}\"\nschedule = \"* * * * * *\"\n",
+            src = src.display(),
+            m = fs.mnt.display(),
+            d = dir.display(),
+        )
+    };
+    let (cfg, cfg2) = (dir.join("d.toml"), dir.join("d2.toml"));
+    std::fs::write(&cfg, config("fast")).unwrap();
+    // The same for a run by hand (the daemon's run may hold the first store).
+    std::fs::write(&cfg2, config("fast2")).unwrap();
+    let layer = rustix::process::Pid::from_raw(fs.pid() as i32).unwrap();
+    rustix::process::kill_process(layer, rustix::process::Signal::STOP).unwrap();
+    let log = dir.join("daemon.log");
+    let d = daemon_logging(&dir.join("cat.db"), &cfg, &log);
+    let fast_runs = || std::fs::read_dir(dir.join("fast/.snapring/runs")).map_or(0, |r| r.count());
+    let t0 = Instant::now();
+    while fast_runs() < 3 && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let runs = fast_runs();
+    let by_hand = Command::new(bin())
+        .args(["--catalog", "off", "run", "fast", "--config"])
+        .arg(&cfg2)
+        .arg("--no-progress")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = std::thread::spawn(move || by_hand.wait_with_output().unwrap());
+    let t1 = Instant::now();
+    while !waited.is_finished() && t1.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = t1.elapsed();
+    rustix::process::kill_process(layer, rustix::process::Signal::CONT).unwrap();
+    let out = waited.join().unwrap();
+    d.stop();
+    drop(fs);
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        runs >= 3,
+        "the other job ran {runs} times in 30 s, scheduled every second: {logged}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        took < Duration::from_secs(20),
+        "the run by hand took {took:?}: {err}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let store = dir.join("mnt/s");
+    assert!(
+        err.contains(&store.display().to_string()) && err.contains("job.hung"),
+        "{err}"
+    );
+}
+
+/// The daemon's calls on stores' file systems are made by one thread per store, not one
+/// thread each: a job due every second started several threads each second, for as
+/// long as the daemon ran (counted here as the daemon's main thread's `clone` calls
+/// that make a thread, with strace).
+#[test]
+fn the_daemons_store_calls_start_no_thread_per_call() {
+    if Command::new("strace").arg("-V").output().is_err() {
+        eprintln!("skipped: no strace");
+        return;
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    write(&src.join("x"), b"x");
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\n",
+            src = src.display(),
+            d = t.path().display(),
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&catalog, &cfg, "");
+    wait_until("a's runs", 60, || {
+        std::fs::read_dir(t.path().join("a/.snapring/runs")).map_or(0, |r| r.count()) >= 2
+    });
+    let trace = t.path().join("trace");
+    let out = Command::new("timeout")
+        .args([
+            "-s",
+            "INT",
+            "4",
+            "strace",
+            "-qq",
+            "-e",
+            "trace=clone,clone3",
+            "-o",
+        ])
+        .arg(&trace)
+        .arg("-p")
+        .arg(d.0.id().to_string())
+        .output()
+        .unwrap();
+    d.stop();
+    let traced = std::fs::read_to_string(&trace).unwrap_or_default();
+    let threads = traced
+        .lines()
+        .filter(|l| l.contains("CLONE_THREAD"))
+        .count();
+    let spawned = traced
+        .lines()
+        .filter(|l| !l.contains("CLONE_THREAD"))
+        .count();
+    assert!(
+        spawned >= 2,
+        "strace saw no run started in 4 s (did it attach?): {traced} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(threads <= 1, "{threads} threads started in 4 s:\n{traced}");
 }

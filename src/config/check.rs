@@ -13,6 +13,7 @@
 
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::IntoDeserializer;
@@ -398,6 +399,7 @@ fn check_text_as(text: &str, secrets: bool) -> Vec<Problem> {
         out: Vec::new(),
         stores: Vec::new(),
         repos: Vec::new(),
+        resolver: Resolver::default(),
     };
     let (doc, errors) = DeTable::parse_recoverable(text);
     if !errors.is_empty() {
@@ -590,9 +592,92 @@ struct Checker<'t> {
     repos: Vec<SharedStore>,
     /// Notifiers' secrets are looked for too (`config check`).
     secrets: bool,
+    /// Where the jobs' paths lead, each part of them resolved in bounded time.
+    resolver: Resolver,
+}
+
+/// How long the check waits for a file system to resolve one path ([`Resolver`]).
+const RESOLVE_BUSY: Duration = Duration::from_secs(3);
+
+/// A canonicalized path, or none (it does not exist, or cannot be resolved).
+type Canonical = Option<PathBuf>;
+
+/// Resolves the paths of a config's jobs for its check ([`opt::resolve_with`]), each
+/// `canonicalize` made by a worker thread that the check waits for [`RESOLVE_BUSY`] at
+/// most: a path that does not answer (a hard-mounted NFS export whose server is down)
+/// is given up, and so is every path through it from then on, at once. Its worker is
+/// left stuck there (one per such path), and a new one resolves the rest.
+#[derive(Default)]
+struct Resolver {
+    worker: Option<std::sync::mpsc::Sender<(PathBuf, std::sync::mpsc::Sender<Canonical>)>>,
+    known: std::collections::HashMap<PathBuf, Canonical>,
+    hung: Vec<PathBuf>,
+}
+
+impl Resolver {
+    /// `p` canonicalized, `None` if its file system did not answer in time.
+    fn canonical(&mut self, p: &Path) -> Option<Canonical> {
+        if self.hung.iter().any(|h| p.starts_with(h)) {
+            return None;
+        }
+        if let Some(k) = self.known.get(p) {
+            return Some(k.clone());
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut sent = self
+            .worker
+            .as_ref()
+            .is_some_and(|w| w.send((p.to_path_buf(), tx.clone())).is_ok());
+        if !sent {
+            let (wtx, wrx) =
+                std::sync::mpsc::channel::<(PathBuf, std::sync::mpsc::Sender<Canonical>)>();
+            let spawned = std::thread::Builder::new()
+                .name("config-resolve".into())
+                .spawn(move || {
+                    for (q, answer) in wrx {
+                        let _ = answer.send(std::fs::canonicalize(&q).ok());
+                    }
+                });
+            if spawned.is_err() {
+                // No thread: resolved here, unbounded, as before.
+                let c = std::fs::canonicalize(p).ok();
+                self.known.insert(p.to_path_buf(), c.clone());
+                return Some(c);
+            }
+            sent = wtx.send((p.to_path_buf(), tx)).is_ok();
+            self.worker = Some(wtx);
+        }
+        match rx.recv_timeout(RESOLVE_BUSY) {
+            Ok(c) if sent => {
+                self.known.insert(p.to_path_buf(), c.clone());
+                Some(c)
+            }
+            _ => {
+                self.hung.push(p.to_path_buf());
+                self.worker = None;
+                None
+            }
+        }
+    }
 }
 
 impl Checker<'_> {
+    /// Where path `p` (job `dk`'s `what`) leads ([`opt::resolve`]), or `None`, logged,
+    /// if its file system did not answer in time ([`Resolver`]): what needs it is not
+    /// checked here (a run of the job checks it before it writes anything).
+    fn resolve(&mut self, dk: &str, what: &str, p: &Path) -> Option<PathBuf> {
+        let r = &mut self.resolver;
+        let got = opt::resolve_with(p, |q| r.canonical(q));
+        if got.is_none() {
+            tracing::warn!(
+                "{dk}: its {what} {} has not answered in {}s (its file system is slow or hangs): not checked against the job's other paths here (a run of the job checks it)",
+                crate::relpath::shown(p),
+                RESOLVE_BUSY.as_secs()
+            );
+        }
+        got
+    }
+
     fn push(&mut self, at: Range<usize>, key: String, message: String, suggestion: Option<String>) {
         let (line, col) = self.place(at.start);
         self.out.push(Problem {
@@ -762,54 +847,65 @@ impl Checker<'_> {
             if let Some((f, _)) = good("folder", folder) {
                 store.push(f);
             }
-            if let Err(m) = opt::check_overlap(Path::new(src), &store) {
-                self.push(dest_at.clone(), dotted(dk, "dest"), m, None);
-            }
-            // Two jobs on one store and label share one rotation: a run of either
-            // expires the other's snapshots by its own `retain`. Of one source with one
-            // `retain` (a scheduled job and a manual one, say) that is one history; of
-            // two sources, or with two `retain`s, one job deletes the other's.
-            // A label that is not valid is its own problem, and no label here.
-            let label = match entry(t, "label") {
-                None => Some("daily"),
-                Some(_) => good("label", opt::check_label).map(|(l, _)| l),
-            };
-            let retain = entry(t, "retain").map(|(_, v)| format!("{:?}", v.get_ref()));
-            let shared = label.map(|label| SharedStore {
-                store: opt::resolve(&store),
-                label: label.to_string(),
-                source: opt::resolve(Path::new(src)),
-                retain,
-                job: dk.to_string(),
-            });
-            if let Some(me) = &shared
-                && let Some(other) = self.stores.iter().find(|o| {
-                    o.store == me.store
-                        && o.label == me.label
-                        && (o.source != me.source || o.retain != me.retain)
-                })
-            {
-                let m = format!(
-                    "{} writes the same store ({}) with the same label ({}) {}: each job's \
-                     retention would expire the other's snapshots; give this job its own \
-                     folder or label",
-                    other.job,
-                    store.display(),
-                    me.label,
-                    if other.source == me.source {
-                        "with another retain"
-                    } else {
-                        "from another source"
-                    },
-                );
-                self.push(dest_at, dotted(dk, "dest"), m, None);
-            }
-            self.stores.extend(shared);
-            if let Some((p, p_at)) = good("prefix", prefix)
-                && let Ok(rel) = RelPath::new(p.trim_matches('/').as_bytes())
-                && let Err(m) = opt::check_prefix(Path::new(src), &rel)
-            {
-                self.push(p_at, dotted(dk, "prefix"), m, None);
+            // Where they lead, each bounded: another job's store or source that hangs
+            // (a hard-mounted NFS export whose server is down) held every run of every
+            // job of the file, and the daemon's start, in this check.
+            let (s, d) = (
+                self.resolve(dk, "source", Path::new(src)),
+                self.resolve(dk, "store", &store),
+            );
+            if let (Some(s), Some(d)) = (s, d) {
+                if let Err(m) = opt::check_overlap_resolved(Path::new(src), &store, &s, &d) {
+                    self.push(dest_at.clone(), dotted(dk, "dest"), m, None);
+                }
+                // Two jobs on one store and label share one rotation: a run of either
+                // expires the other's snapshots by its own `retain`. Of one source with
+                // one `retain` (a scheduled job and a manual one, say) that is one
+                // history; of two sources, or with two `retain`s, one job deletes the
+                // other's. A label that is not valid is its own problem, and no label
+                // here.
+                let label = match entry(t, "label") {
+                    None => Some("daily"),
+                    Some(_) => good("label", opt::check_label).map(|(l, _)| l),
+                };
+                let retain = entry(t, "retain").map(|(_, v)| format!("{:?}", v.get_ref()));
+                let shared = label.map(|label| SharedStore {
+                    store: d.clone(),
+                    label: label.to_string(),
+                    source: s.clone(),
+                    retain,
+                    job: dk.to_string(),
+                });
+                if let Some(me) = &shared
+                    && let Some(other) = self.stores.iter().find(|o| {
+                        o.store == me.store
+                            && o.label == me.label
+                            && (o.source != me.source || o.retain != me.retain)
+                    })
+                {
+                    let m = format!(
+                        "{} writes the same store ({}) with the same label ({}) {}: each job's \
+                         retention would expire the other's snapshots; give this job its own \
+                         folder or label",
+                        other.job,
+                        store.display(),
+                        me.label,
+                        if other.source == me.source {
+                            "with another retain"
+                        } else {
+                            "from another source"
+                        },
+                    );
+                    self.push(dest_at, dotted(dk, "dest"), m, None);
+                }
+                self.stores.extend(shared);
+                if let Some((p, p_at)) = good("prefix", prefix)
+                    && let Ok(rel) = RelPath::new(p.trim_matches('/').as_bytes())
+                    && let Some(r) = self.resolve(dk, "prefix", &Path::new(src).join(rel.as_path()))
+                    && let Err(m) = opt::check_prefix_resolved(&rel, &s, &r)
+                {
+                    self.push(p_at, dotted(dk, "prefix"), m, None);
+                }
             }
         }
         self.job_notifiers(dk, t, notifiers);
@@ -829,17 +925,25 @@ impl Checker<'_> {
         // s3:// one by bucket and prefix (`s3://b/p/` and `s3://b//p` are `s3://b/p`).
         let repo = match dest.strip_prefix("file://") {
             Some(p) => {
+                let r = self.resolve(dk, "repository", Path::new(p));
                 if let Some((src, _)) = source
-                    && let Err(m) = opt::check_repository_overlap(
+                    && let Some(r) = &r
+                    && let Some(s) = self.resolve(dk, "source", Path::new(src))
+                    && let Err(m) = opt::check_repository_overlap_resolved(
                         Path::new(src),
                         Path::new(p),
+                        &s,
+                        r,
                         &exclude_patterns(t),
                         |rel| format!("exclude = [\"/{rel}\"]"),
                     )
                 {
                     self.push(dest_at.clone(), dotted(dk, "dest"), m, None);
                 }
-                format!("file://{}", opt::resolve(Path::new(p)).display())
+                let Some(r) = r else {
+                    return;
+                };
+                format!("file://{}", r.display())
             }
             None => {
                 let rest = dest.strip_prefix("s3://").unwrap_or(dest);
@@ -859,10 +963,13 @@ impl Checker<'_> {
         let Some(label) = label else {
             return;
         };
+        let Some(source) = self.resolve(dk, "source", Path::new(src)) else {
+            return;
+        };
         let me = SharedStore {
             store: PathBuf::from(&repo),
             label: label.to_string(),
-            source: opt::resolve(Path::new(src)),
+            source,
             retain: entry(t, "retain").map(|(_, v)| format!("{:?}", v.get_ref())),
             job: dk.to_string(),
         };

@@ -211,16 +211,25 @@ pub fn check_window(w: Duration) -> std::result::Result<(), String> {
 /// where the paths really lead: `dest/../src/x` or a symlink into the source must not
 /// slip past (the backup would copy itself forever). Reads only.
 pub fn check_overlap(source: &Path, store: &Path) -> std::result::Result<(), String> {
-    let (s, d) = (resolve(source), resolve(store));
-    if !(d.starts_with(&s) || s.starts_with(&d)) {
+    check_overlap_resolved(source, store, &resolve(source), &resolve(store))
+}
+
+/// [`check_overlap`] of `source` and `store`, which lead to `s` and `d` ([`resolve`]).
+pub fn check_overlap_resolved(
+    source: &Path,
+    store: &Path,
+    s: &Path,
+    d: &Path,
+) -> std::result::Result<(), String> {
+    if !(d.starts_with(s) || s.starts_with(d)) {
         return Ok(());
     }
     Err(format!(
         "source {} and store {} overlap (they resolve to {} and {}): the backup would back itself up; put the store outside the source tree, and the source outside the store (an exclude does not make it safe)",
         crate::relpath::shown(source),
         crate::relpath::shown(store),
-        crate::relpath::shown(&s),
-        crate::relpath::shown(&d)
+        crate::relpath::shown(s),
+        crate::relpath::shown(d)
     ))
 }
 
@@ -237,11 +246,24 @@ pub fn check_repository_overlap(
     patterns: &[String],
     hint: impl Fn(&str) -> String,
 ) -> std::result::Result<(), String> {
-    let Err(m) = check_overlap(source, repo) else {
+    let (s, r) = (resolve(source), resolve(repo));
+    check_repository_overlap_resolved(source, repo, &s, &r, patterns, hint)
+}
+
+/// [`check_repository_overlap`] of `source` and `repo`, which lead to `s` and `r`
+/// ([`resolve`]).
+pub fn check_repository_overlap_resolved(
+    source: &Path,
+    repo: &Path,
+    s: &Path,
+    r: &Path,
+    patterns: &[String],
+    hint: impl Fn(&str) -> String,
+) -> std::result::Result<(), String> {
+    let Err(m) = check_overlap_resolved(source, repo, s, r) else {
         return Ok(());
     };
-    let (s, r) = (resolve(source), resolve(repo));
-    let rel = match r.strip_prefix(&s) {
+    let rel = match r.strip_prefix(s) {
         Ok(rel) if !rel.as_os_str().is_empty() => rel,
         _ => return Err(m),
     };
@@ -264,14 +286,23 @@ pub fn check_repository_overlap(
 pub fn check_prefix(source: &Path, prefix: &RelPath) -> std::result::Result<(), String> {
     let s = resolve(source);
     let r = resolve(&source.join(prefix.as_path()));
-    if r.starts_with(&s) {
+    check_prefix_resolved(prefix, &s, &r)
+}
+
+/// [`check_prefix`] of a source that leads to `s` and its `prefix` to `r` ([`resolve`]).
+pub fn check_prefix_resolved(
+    prefix: &RelPath,
+    s: &Path,
+    r: &Path,
+) -> std::result::Result<(), String> {
+    if r.starts_with(s) {
         return Ok(());
     }
     Err(format!(
         "prefix {} leads out of the source {} (it resolves to {}, a symlink): give a directory inside the source",
         prefix.as_path().display(),
-        crate::relpath::shown(&s),
-        crate::relpath::shown(&r)
+        crate::relpath::shown(s),
+        crate::relpath::shown(r)
     ))
 }
 
@@ -280,6 +311,16 @@ pub fn check_prefix(source: &Path, prefix: &RelPath) -> std::result::Result<(), 
 /// does not exist yet appended (a `..` there drops the component before it, as a later
 /// `mkdir -p` would).
 pub fn resolve(p: &Path) -> PathBuf {
+    resolve_with(p, |q| Some(std::fs::canonicalize(q).ok())).unwrap_or_else(|| p.to_path_buf())
+}
+
+/// [`resolve`], each existing part of `p` canonicalized by `canon` (`Some(None)`: it
+/// does not exist or cannot be resolved), which may give no answer (`None`: a file
+/// system that does not answer in time): then `None`.
+pub fn resolve_with(
+    p: &Path,
+    mut canon: impl FnMut(&Path) -> Option<Option<PathBuf>>,
+) -> Option<PathBuf> {
     let abs = std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf());
     let mut out = PathBuf::new();
     // Whether `out` exists (so far every component did and `out` is canonical).
@@ -293,14 +334,14 @@ pub fn resolve(p: &Path) -> PathBuf {
             }
             _ => out.push(c.as_os_str()),
         }
-        if let Ok(real) = std::fs::canonicalize(&out) {
+        if let Some(real) = canon(&out)? {
             out = real;
             exists = true;
         } else {
             exists = false;
         }
     }
-    out
+    Some(out)
 }
 
 /// Parses `180m`, `3h`, `45s`, `1h30m`, `2d` (kept here for callers of

@@ -650,6 +650,11 @@ pub struct FaultFs {
 }
 
 impl FaultFs {
+    /// The layer's process id (to stop it with SIGSTOP: every call on it then hangs).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Mounts, and waits until the mount is there. `None` (reason printed) where FUSE is
     /// not usable.
     pub fn mount(under: &Path, mnt: &Path, faults: &[&str]) -> Option<FaultFs> {
