@@ -490,6 +490,7 @@ impl Catalog {
     /// (the daemon's loop, which must not be held up by a catalog another process
     /// holds).
     pub fn open_waiting(path: &Path, allow_nfs: bool, busy: Duration) -> Result<Catalog> {
+        refuse_not_a_file(path)?;
         let dir = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -545,6 +546,7 @@ impl Catalog {
         if !path.exists() {
             return Ok(None);
         }
+        refuse_not_a_file(path)?;
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
         let mut conn = Connection::open_with_flags(path, flags).db(path, "open read-only")?;
         match per_request {
@@ -1252,6 +1254,19 @@ impl Catalog {
                     continue;
                 }
             };
+            // A record is the one of its file name, with a run id as the store gives
+            // them (`store::plain_name`, as `Store::read_run` reads records): a forged
+            // one (`../../tmp/x`, `<script>`, another run's id) imported as a row
+            // `running` was never settled, since settling reads the record by its id.
+            let stem = p.file_stem().and_then(|s| s.to_str());
+            if !crate::store::plain_name(&r.id) || stem != Some(r.id.as_str()) {
+                tracing::warn!(
+                    "{}: a run record whose id {:?} is not a run id, or not its file's name; skipped",
+                    crate::relpath::shown(&p),
+                    r.id
+                );
+                continue;
+            }
             if r.dry_run {
                 continue;
             }
@@ -1278,6 +1293,21 @@ impl Catalog {
         }
         tx.commit().db(&self.path, "commit")?;
         Ok(n)
+    }
+
+    /// The jobs with backup runs in the catalog, in name order (`stats --job` of a job
+    /// with none names them).
+    pub fn job_names(&self) -> Result<Vec<String>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT DISTINCT job FROM runs WHERE job IS NOT NULL AND kind = 'backup' ORDER BY job",
+            )
+            .db(&self.path, "query jobs")?;
+        st.query_map([], |r| r.get(0))
+            .db(&self.path, "query jobs")?
+            .collect::<std::result::Result<Vec<String>, _>>()
+            .db(&self.path, "query jobs")
     }
 
     /// Summaries per job (or per store for runs without a job) over the runs in `f`.
@@ -1666,6 +1696,48 @@ const NOTIFICATIONS: &str = "coalesce(json_array_length(report, '$.notifications
 /// 0644, and gives its `-journal`, `-wal` and `-shm` files the database's mode), or
 /// makes an existing one of ours private if it is not (a catalog made before snapring
 /// created it 0600).
+/// Refuses a catalog path that exists and is not a regular file (a symbolic link is
+/// followed), before SQLite opens it: SQLite writes its header and pages into whatever
+/// it is given, so `--catalog /dev/loop0` wrote a database over the device's data (and
+/// `catalog rebuild` then renamed the device node aside as damaged), `/dev/zero` left
+/// `/dev/zero-journal`, and a fifo said only "disk I/O error".
+pub fn refuse_not_a_file(path: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(m) = std::fs::metadata(path) else {
+        return Ok(());
+    };
+    let t = m.file_type();
+    let what = if t.is_file() {
+        return Ok(());
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_fifo() {
+        "a fifo (named pipe)"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    let hint = if t.is_dir() {
+        format!(
+            "name a file in it, e.g. --catalog {}",
+            crate::relpath::shown(&path.join("catalog.db"))
+        )
+    } else {
+        "name a regular file (one that does not exist yet is created)".to_string()
+    };
+    Err(CatalogError::Db {
+        path: path.to_path_buf(),
+        msg: format!(
+            "is {what}, not a regular file: the catalog is a SQLite database file, and SQLite would write over whatever is there; nothing was opened or written; {hint} with --catalog, SNAPRING_CATALOG or the config's `catalog`"
+        ),
+    })
+}
+
 fn make_private(path: &Path) -> Result<()> {
     use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
     match std::fs::OpenOptions::new()

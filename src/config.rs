@@ -567,6 +567,24 @@ pub fn check_text(path: &Path, text: &str) -> Vec<String> {
         .collect()
 }
 
+/// `--listen` (and `[server] listen`): an IP address and a port. A host name is not
+/// taken (what it resolves to may change, and the access rule is by address); the
+/// error says what to give, `localhost` its addresses. The error starts with the value
+/// quoted, for the caller to prefix with where it came from.
+pub fn parse_listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    s.parse::<std::net::SocketAddr>().map_err(|_| {
+        let host = s.rsplit_once(':').map_or(s, |(h, _)| h);
+        let hint = if host.eq_ignore_ascii_case("localhost") {
+            ": for localhost give 127.0.0.1 (or [::1] for IPv6)".to_string()
+        } else if !s.contains(':') {
+            ": it needs a port after the address".to_string()
+        } else {
+            ": an IP address (IPv6 in brackets, [::1]:9477) and a port, not a host name".to_string()
+        };
+        format!("{s:?} is not ADDR:PORT (such as 127.0.0.1:9477; port 0 picks a free one){hint}")
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

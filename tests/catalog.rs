@@ -1670,3 +1670,219 @@ fn run_records_are_not_pruned_when_no_catalog_holds_them() {
         "the catalog has every run"
     );
 }
+
+/// A catalog path that exists and is not a regular file is refused before SQLite opens
+/// it, by every command that opens the catalog, saying what it is: a loop device
+/// holding data got SQLite's header and 48 KiB written over it (`history --catalog
+/// /dev/loop0`, then "damaged"), `catalog rebuild` renamed the device node to
+/// `.damaged` and made a regular file in its place, a character device got a `-journal`
+/// beside it, a fifo said "open: disk I/O error".
+#[test]
+fn a_catalog_that_is_not_a_regular_file_is_refused_and_left_as_it_is() {
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let dir = e.catalog.parent().unwrap().to_path_buf();
+    let store = e.store.to_str().unwrap().to_string();
+    let refused = |cat: &Path, what: &str| {
+        let c = cat.to_string_lossy().into_owned();
+        for args in [
+            &["history"][..],
+            &["stats"],
+            &["show", "x"],
+            &["catalog", "check"],
+            &["catalog", "rebuild", "--dest", &store],
+        ] {
+            let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), cat.as_os_str()];
+            a.extend(args.iter().map(OsStr::new));
+            let out = snapring(&a, &[]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_ne!(out.status.code(), Some(0), "{args:?} {c}: {err}");
+            assert!(
+                err.contains(&format!("{c}: is {what}, not a regular file"))
+                    && err.contains("nothing was opened or written"),
+                "{args:?} {c}: {err}"
+            );
+        }
+        // A backup goes on (the catalog is never fatal to one) and says why its row
+        // is missing.
+        let (code, rep, err) = backup(&e.src, &e.store, &[], &[("SNAPRING_CATALOG", &c)]);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            rep["warnings"].to_string().contains("not a regular file"),
+            "{rep}"
+        );
+        for extra in ["-journal", "-wal", ".damaged", ".checked"] {
+            let mut s = cat.as_os_str().to_owned();
+            s.push(extra);
+            assert!(
+                !Path::new(&s).exists(),
+                "{} was made",
+                Path::new(&s).display()
+            );
+        }
+    };
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("fifo.db");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    refused(&fifo, "a fifo (named pipe)");
+    use std::os::unix::fs::FileTypeExt;
+    assert!(
+        std::fs::symlink_metadata(&fifo)
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+    // /dev/zero's numbers, under another name.
+    let zero = dir.join("zero.db");
+    assert!(
+        Command::new("mknod")
+            .arg(&zero)
+            .args(["c", "1", "5"])
+            .status()
+            .unwrap()
+            .success()
+    );
+    refused(&zero, "a character device");
+    let d = dir.join("dir.db");
+    std::fs::create_dir(&d).unwrap();
+    refused(&d, "a directory");
+    assert_eq!(
+        std::fs::read_dir(&d).unwrap().count(),
+        0,
+        "nothing made in it"
+    );
+    // A loop device over an image of known bytes, when one can be set up here.
+    let img = dir.join("image");
+    let data: Vec<u8> = (0..1 << 20).map(|i: u32| (i * 7 % 251) as u8).collect();
+    std::fs::write(&img, &data).unwrap();
+    let lo = Command::new("losetup")
+        .args(["-f", "--show"])
+        .arg(&img)
+        .output()
+        .unwrap();
+    if !lo.status.success() {
+        eprintln!(
+            "no loop device ({}): the block device case is not run",
+            String::from_utf8_lossy(&lo.stderr).trim()
+        );
+        return;
+    }
+    let dev = PathBuf::from(String::from_utf8_lossy(&lo.stdout).trim().to_string());
+    let detach = || {
+        let _ = Command::new("losetup").arg("-d").arg(&dev).status();
+    };
+    let r = std::panic::catch_unwind(|| {
+        refused(&dev, "a block device");
+        assert!(
+            std::fs::symlink_metadata(&dev)
+                .unwrap()
+                .file_type()
+                .is_block_device(),
+            "the device node is still there"
+        );
+    });
+    let _ = Command::new("sync").status();
+    detach();
+    assert!(
+        std::fs::read(&img).unwrap() == data,
+        "the loop device's data was written over"
+    );
+    if let Err(p) = r {
+        std::panic::resume_unwind(p);
+    }
+}
+
+/// `catalog rebuild` imports only run records that are what the store writes: a run id
+/// (letters, digits, `.`, `_`, `-`) that is the record's file name. Forged ones (`id`
+/// `../../../../tmp/h2evil`, one with `<x>` in it, one whose file is named for another
+/// id) were imported, and such a row `running` was never settled (settling reads the
+/// record by its id); now each is skipped with a warning naming its file.
+#[test]
+fn catalog_rebuild_skips_forged_run_records_naming_each() {
+    let e = setup();
+    let (code, rep, err) = e.backup(&[]);
+    assert_eq!(code, 0, "{err}");
+    let id = rep["id"].as_str().unwrap();
+    let runs = e.store.join(".snapring/runs");
+    let real = std::fs::read(runs.join(format!("{id}.json"))).unwrap();
+    let forge = |file: &str, forged_id: &str| {
+        let mut r: serde_json::Value = serde_json::from_slice(&real).unwrap();
+        r["id"] = forged_id.into();
+        r["status"] = "running".into();
+        r["finished_at"] = serde_json::Value::Null;
+        std::fs::write(runs.join(file), serde_json::to_vec(&r).unwrap()).unwrap();
+    };
+    forge("h2evil.json", "../../../../tmp/h2evil");
+    forge(
+        "20261207T999999Z-zzzzzz<x>.json",
+        "20261207T999999Z-zzzzzz<x>",
+    );
+    forge("20261207T000001Z-bbbbbb.json", "20261207T000002Z-cccccc");
+    std::fs::remove_file(&e.catalog).unwrap();
+    let (code, _, err) = e.cli(&["catalog", "rebuild", "--dest", e.store.to_str().unwrap()]);
+    assert_eq!(code, 0, "{err}");
+    for f in [
+        "h2evil.json",
+        "20261207T999999Z-zzzzzz<x>.json",
+        "20261207T000001Z-bbbbbb.json",
+    ] {
+        assert!(
+            err.contains(&format!("runs/{f}: a run record whose id")) && err.contains("skipped"),
+            "{f}: {err}"
+        );
+    }
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let ids: Vec<&str> = h
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id], "{h}");
+}
+
+/// `stats --job` of a job without runs names the job and the jobs that have runs (it
+/// said "(no runs in cat.db)", as of an empty catalog); exit 0 all the same, as
+/// `history` of it: a job that has not run yet is no error, and `--json` gives `[]`.
+#[test]
+fn stats_of_a_job_without_runs_names_it_and_the_jobs_with_runs() {
+    let e = setup();
+    let c = e.catalog.to_string_lossy().into_owned();
+    let cfg = e.catalog.with_file_name("snapring.toml");
+    std::fs::create_dir_all(cfg.parent().unwrap()).unwrap();
+    std::fs::write(
+        &cfg,
+        format!("[job.home]\nsource = {:?}\ndest = {:?}\n", e.src, e.store),
+    )
+    .unwrap();
+    let out = snapring(
+        &[
+            "run".as_ref(),
+            "home".as_ref(),
+            "--config".as_ref(),
+            cfg.as_os_str(),
+        ],
+        &[("SNAPRING_CATALOG", &c)],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), e.catalog.as_os_str()];
+    a.extend(["stats", "--job", "nosuchjob"].map(OsStr::new));
+    let out = snapring(&a, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text.contains("no backup runs of job \"nosuchjob\"")
+            && text.contains("jobs with runs: home"),
+        "{text}"
+    );
+    let (code, j, err) = e.cli(&["stats", "--job", "nosuchjob", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(j, serde_json::json!([]));
+}

@@ -473,6 +473,34 @@ fn command_line_mistakes_exit_64_naming_the_flag_and_the_value() {
             &["'0' for '--retain", "at least 1"],
         ),
         (backup("--label", "a/b"), &["'a/b' for '--label"]),
+        // `copy --label` as backup's (restic splits tags at commas: this wrote the tag
+        // `label=x,store=/evil`, and `''` the tag `label=`).
+        (
+            vec![
+                "copy",
+                "--dest",
+                "bk",
+                "daily.0",
+                "--to",
+                "file:///nonexistent-copy-label-repo",
+                "--label",
+                "x,store=/evil",
+            ],
+            &["'x,store=/evil' for '--label", "letters, digits"],
+        ),
+        (
+            vec![
+                "copy",
+                "--dest",
+                "bk",
+                "daily.0",
+                "--to",
+                "file:///nonexistent-copy-label-repo",
+                "--label",
+                "",
+            ],
+            &["'' for '--label", "letters, digits"],
+        ),
         (backup("--window", "soon"), &["'soon' for '--window"]),
         (backup("--bwlimit", "fast"), &["'fast' for '--bwlimit"]),
         (backup("--jobs", "5000"), &["'5000' for '--jobs", "4096"]),

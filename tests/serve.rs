@@ -2580,3 +2580,178 @@ fn serve_walks_a_copied_tree_that_differs_once_not_per_request() {
     );
     assert!(log.contains("1 differences, first d0/f0"), "{log}");
 }
+
+/// `snapring_catalog_present{catalog=…}` in `metrics`, if there.
+fn catalog_present(metrics: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with("snapring_catalog_present{catalog="))
+        .map(|l| l.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// A catalog deleted while `serve` runs is an error of every job (`errors`,
+/// `snapring_job_errors`) and `snapring_catalog_present` 0: every `last_run_status` and
+/// counter series went away, `snapring_job_errors` stayed 0, `errors` `[]` and
+/// `snapring_catalog_writable` 1, so no documented alert fired; only the overview said
+/// "no catalog". A `serve` started without the catalog says so of a job whose store
+/// has snapshots (runs were made), not of one that never ran.
+#[test]
+fn a_catalog_deleted_under_serve_is_an_error_of_every_job_not_silence() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(catalog_present(&m), Some(1.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(0.0), "{m}");
+    assert_eq!(
+        home_series(&m, "snapring_runs_started_total"),
+        Some(1.0),
+        "{m}"
+    );
+    std::fs::remove_file(&f.catalog).unwrap();
+    let m = get(&s.addr, "/metrics").body;
+    promtool(&m);
+    assert_eq!(catalog_present(&m), Some(0.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_runs_started_total"), None, "{m}");
+    let jobs = json(&s.addr, "/api/jobs");
+    for j in jobs.as_array().unwrap() {
+        let e = j["errors"].to_string();
+        assert!(
+            e.contains(&format!("the catalog {} is gone", f.catalog.display()))
+                && e.contains("runs are unknown, not none"),
+            "{j}"
+        );
+        assert!(j["counts"].is_null(), "{j}");
+    }
+    let home = json(&s.addr, "/api/jobs/home");
+    assert!(home["errors"].to_string().contains("is gone"), "{home}");
+    let page = get(&s.addr, "/").body;
+    assert!(page.contains("is gone (deleted or moved"), "{page}");
+    drop(s);
+    // Started without it: the job whose store has snapshots has the error, the job
+    // that never ran none.
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(catalog_present(&m), Some(0.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
+    let home = json(&s.addr, "/api/jobs/home");
+    assert!(
+        home["errors"]
+            .to_string()
+            .contains("does not exist, though the job's store has snapshots"),
+        "{home}"
+    );
+    let evil = json(&s.addr, &format!("/api/jobs/{}", seg(EVIL)));
+    assert_eq!(evil["errors"], serde_json::json!([]), "{evil}");
+    // A run makes a new catalog: its row is read, the error is gone.
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(catalog_present(&m), Some(1.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(0.0), "{m}");
+}
+
+/// `snapring serve ARGS…` with the fixture's config, run to its end (it fails at start);
+/// returns (exit, stderr).
+fn serve_fails(f: &Fixture, pre: &[&str], args: &[&str], catalog: &Path) -> (i32, String) {
+    let out = Command::new("setpriv")
+        .args(pre)
+        .arg(bin())
+        .arg("--catalog")
+        .arg(catalog)
+        .args(["serve", "--config"])
+        .arg(&f.cfg)
+        .args(args)
+        .env_remove("SNAPRING_SERVE_TOKEN")
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// What stops `serve` at start says what to do: a port another process listens on
+/// (it said only "Address already in use"), a port below 1024 without the capability
+/// ("Permission denied"), `--listen localhost:0` (clap's "invalid socket address
+/// syntax"), and a catalog that is a fifo (each request a 500 of "disk I/O error").
+#[test]
+fn serve_says_what_to_do_when_it_cannot_start() {
+    let f = fixture();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let (code, err) = serve_fails(
+        &f,
+        &[],
+        &["--listen", &format!("127.0.0.1:{port}")],
+        &f.catalog,
+    );
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains(&format!("another process listens on port {port} already"))
+            && err.contains("--listen"),
+        "{err}"
+    );
+    let unprivileged: u32 =
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+            .map_or(1024, |s| s.trim().parse().unwrap_or(1024));
+    if unprivileged > 1 {
+        let drop_cap = [
+            "--bounding-set=-net_bind_service",
+            "--inh-caps=-net_bind_service",
+        ];
+        let (code, err) = serve_fails(&f, &drop_cap, &["--listen", "127.0.0.1:1"], &f.catalog);
+        assert_ne!(code, 0, "{err}");
+        assert!(
+            err.contains("ports below 1024 need root or the capability CAP_NET_BIND_SERVICE"),
+            "{err}"
+        );
+    } else {
+        println!("skipped the privileged port: every port is unprivileged here");
+    }
+    let (code, err) = serve_fails(&f, &[], &["--listen", "localhost:0"], &f.catalog);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("\"localhost:0\" is not ADDR:PORT") && err.contains("give 127.0.0.1"),
+        "{err}"
+    );
+    let fifo = f.t.path().join("fifo.db");
+    assert!(
+        Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let (code, err) = serve_fails(&f, &[], &["--listen", "127.0.0.1:0"], &fifo);
+    assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("is a fifo (named pipe), not a regular file"),
+        "{err}"
+    );
+    // The daemon too, at start, before the lock file it makes beside the catalog.
+    let mut daemon = Command::new(bin())
+        .arg("--catalog")
+        .arg(&fifo)
+        .args(["daemon", "--config"])
+        .arg(&f.cfg)
+        .env("SMTP_PW", "pa55-SECRET")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while daemon.try_wait().unwrap().is_none() && t0.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = daemon.kill();
+    let out = daemon.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("is a fifo (named pipe), not a regular file"),
+        "{:?}: {err}",
+        out.status
+    );
+    assert!(!f.t.path().join("fifo.db.daemon.lock").exists());
+}

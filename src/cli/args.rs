@@ -345,8 +345,9 @@ pub struct CopyArgs {
     /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
     #[arg(long)]
     pub to: String,
-    /// The label tag in the repository [default: the snapshot's label].
-    #[arg(long)]
+    /// The label tag in the repository [default: the snapshot's label]: as backup's
+    /// `--label` (restic splits tags at commas: `x,store=/evil` wrote a tag of its own).
+    #[arg(long, value_parser = label)]
     pub label: Option<String>,
     /// After the copy, keep the copies of the newest N store runs of the label, and the
     /// newest whole copy (docs/format.md, "Copying a store's snapshots").
@@ -648,7 +649,7 @@ pub struct ServeArgs {
     )]
     pub config: PathBuf,
     /// Address and port to listen on; any address but loopback needs a token.
-    #[arg(long, value_name = "ADDR:PORT", default_value = snapring::serve::DEFAULT_LISTEN)]
+    #[arg(long, value_name = "ADDR:PORT", default_value = snapring::serve::DEFAULT_LISTEN, value_parser = listen)]
     pub listen: std::net::SocketAddr,
     /// A file holding the token clients must send as `Authorization: Bearer TOKEN`
     /// [else the environment variable SNAPRING_SERVE_TOKEN, if set].
@@ -746,6 +747,12 @@ fn retain(s: &str) -> Result<u32, String> {
 fn host(s: &str) -> Result<String, String> {
     snapring::engine::options::check_host(s)?;
     Ok(s.to_string())
+}
+
+/// `--listen`: an IP address and a port, worded as `config check` words `[server]
+/// listen` (clap's own "invalid socket address syntax" did not say what to give).
+fn listen(s: &str) -> Result<std::net::SocketAddr, String> {
+    snapring::serve::parse_listen(s)
 }
 
 fn label(s: &str) -> Result<String, String> {

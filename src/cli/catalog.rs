@@ -69,6 +69,25 @@ pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let stats = c.stats(&f)?;
     if a.json {
         print::json(&stats)?;
+    } else if let Some(job) = f.job.as_deref().filter(|_| stats.is_empty()) {
+        // No runs of the job asked for: a typo, or a job that has not run yet (which is
+        // no error: exit 0, as `history` of it, and `--json` gives `[]`). Said with the
+        // jobs that have runs, rather than a bare "no runs" that read as an empty
+        // catalog.
+        let known = c.job_names()?;
+        let known = match known.len() {
+            0 => "no job has backup runs in it".to_string(),
+            n if n <= 20 => format!("jobs with runs: {}", known.join(", ")),
+            n => format!("jobs with runs: {}, … ({n} in all)", known[..20].join(", ")),
+        };
+        let within = match (&f.store, &f.since) {
+            (None, None) => String::new(),
+            _ => " (within --dest/--since)".to_string(),
+        };
+        outln!(
+            "(no backup runs of job {job:?}{within} in {}; {known})",
+            snapring::relpath::shown(&c.path)
+        );
     } else {
         print_stats(&stats, &c.path);
     }

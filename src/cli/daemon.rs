@@ -24,6 +24,11 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(200);
 pub fn daemon(a: DaemonArgs, cat: &CatalogChoice, log: &LogFlags) -> anyhow::Result<ExitCode> {
     let cfg = config::load_complete(&a.config)?;
     let catalog = cat.for_config(cfg.catalog.clone());
+    // Before the lock file beside it is made: a device, fifo or directory as the
+    // catalog is refused at start, not met by every event the daemon writes.
+    if let Some(p) = &catalog {
+        snapring::catalog::refuse_not_a_file(p)?;
+    }
     let opts = snapring::daemon::DaemonOptions {
         config: a.config,
         exe: std::env::current_exe()?,

@@ -52,8 +52,14 @@ pub fn bind(
         ),
         None => std::env::var("SNAPRING_SERVE_TOKEN").ok(),
     };
+    let catalog = cat.for_config(cfg.catalog.clone());
+    // A device, fifo or directory as the catalog: said at start, not as a 500 on every
+    // request (the daemon's server too).
+    if let Some(p) = &catalog {
+        snapring::catalog::refuse_not_a_file(p)?;
+    }
     let opts = ServeOptions {
-        catalog: cat.for_config(cfg.catalog.clone()),
+        catalog,
         config: cfg,
         listen,
         token,
@@ -77,12 +83,8 @@ pub fn for_daemon(
         return Ok(None);
     };
     let listen = sc.listen.as_deref().unwrap_or(serve::DEFAULT_LISTEN);
-    let listen: SocketAddr = listen.parse().with_context(|| {
-        format!(
-            "{}: [server] listen = {listen:?} is not ADDR:PORT",
-            path.display()
-        )
-    })?;
+    let listen: SocketAddr = serve::parse_listen(listen)
+        .map_err(|e| anyhow::anyhow!("{}: [server] listen = {e}", path.display()))?;
     let server = bind(path, cat, listen, sc.token_file.as_deref())?;
     errln!("snapring daemon: serving on http://{}/", server.addr);
     let stop = stop.clone();

@@ -169,9 +169,9 @@ pub const SERVER_KEYS: &[Key] = &[
 ];
 
 fn listen(l: &str) -> Check {
-    l.parse::<std::net::SocketAddr>()
+    super::parse_listen(l)
         .map(|_| ())
-        .map_err(|_| format!("listen = {l:?} is not ADDR:PORT (such as 127.0.0.1:9477)"))
+        .map_err(|e| format!("listen = {e}"))
 }
 
 /// Other tools' names for snapring's keys, for "did you mean".

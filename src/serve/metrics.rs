@@ -168,21 +168,37 @@ fn labels(j: &JobView) -> Labels {
     ]
 }
 
+/// The catalog as `/metrics` tells it: the series not of a job.
+pub struct CatalogState<'a> {
+    pub path: &'a std::path::Path,
+    /// `data::catalog_writable`.
+    pub writable: bool,
+    /// The file exists.
+    pub present: bool,
+}
+
 /// The metrics of `jobs` as OpenMetrics text (ends with `# EOF`); `catalog`: the
-/// catalog's path and whether it can be written (`data::catalog_writable`), the one
-/// series not of a job (`snapring_catalog_writable{catalog=PATH}`), none without a
-/// catalog.
-pub fn render(jobs: &[JobView], catalog: Option<(&std::path::Path, bool)>) -> String {
+/// catalog's path, whether it can be written (`data::catalog_writable`) and whether it
+/// exists, the series not of a job (`snapring_catalog_writable{catalog=PATH}`,
+/// `snapring_catalog_present{catalog=PATH}`), none without a catalog.
+pub fn render(jobs: &[JobView], catalog: Option<CatalogState<'_>>) -> String {
     let mut reg = Registry::with_prefix("snapring");
-    if let Some((path, writable)) = catalog {
+    if let Some(c) = catalog {
+        let l = vec![("catalog".into(), c.path.to_string_lossy().into_owned())];
         let fam = GaugeFam::default();
         reg.register(
             "catalog_writable",
             "1 if the run catalog can be written (its file system read-write, not full, and writable by this process), 0 if not: runs then go unrecorded",
             fam.clone(),
         );
-        let l = vec![("catalog".into(), path.to_string_lossy().into_owned())];
-        fam.get_or_create(&l).set(f64::from(writable));
+        fam.get_or_create(&l).set(f64::from(c.writable));
+        let fam = GaugeFam::default();
+        reg.register(
+            "catalog_present",
+            "1 if the run catalog's file exists, 0 if not (before the first run writes it, or deleted): no run of any job is then shown",
+            fam.clone(),
+        );
+        fam.get_or_create(&l).set(f64::from(c.present));
     }
     let status = GaugeFam::default();
     reg.register(

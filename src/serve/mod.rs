@@ -104,6 +104,9 @@ pub struct Server {
 struct State {
     cat: Option<(Catalog, (u64, u64))>,
     summaries: data::Summaries,
+    /// This process has read the catalog: if it is not there now, it was deleted or
+    /// moved, not yet to be made by a first run.
+    seen: bool,
 }
 
 impl State {
@@ -125,7 +128,30 @@ impl State {
                 self.cat = Catalog::open_read_per_request(path)?.map(|c| (c, id));
             }
         }
+        self.seen |= self.cat.is_some();
         Ok(self.cat.as_ref().map(|c| &c.0))
+    }
+}
+
+pub use crate::config::parse_listen;
+
+/// What to do about a failed bind of `addr`.
+fn bind_message(addr: &SocketAddr, e: &std::io::Error) -> String {
+    let pick = "pick another port (serve --listen ADDR:PORT, or listen in the config's [server]; port 0 picks a free one)";
+    match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "{e}: another process listens on port {} already (`ss -ltnp 'sport = :{}'` names it, a snapring serve or daemon already running, say); stop it, or {pick}",
+            addr.port(),
+            addr.port()
+        ),
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => format!(
+            "{e}: ports below 1024 need root or the capability CAP_NET_BIND_SERVICE (AmbientCapabilities=CAP_NET_BIND_SERVICE in a systemd unit); or {pick}, from 1024 up (the default is {DEFAULT_LISTEN})"
+        ),
+        std::io::ErrorKind::AddrNotAvailable => format!(
+            "{e}: no network interface of this machine has the address {}; give one it has (127.0.0.1 for this machine alone)",
+            addr.ip()
+        ),
+        _ => e.to_string(),
     }
 }
 
@@ -134,7 +160,7 @@ pub fn bind(opts: ServeOptions) -> Result<Server, ServeError> {
     check_access(&opts.listen, opts.token.as_deref())?;
     let listener = http::bind(opts.listen).map_err(|e| ServeError::Bind {
         addr: opts.listen,
-        msg: e.to_string(),
+        msg: bind_message(&opts.listen, &e),
     })?;
     let addr = listener.addr;
     Ok(Server {
@@ -286,12 +312,27 @@ fn route(
         return Reply::text(500, &format!("{e}\n"));
     }
     let cat = st.cat.as_ref().map(|c| &c.0);
+    // No catalog file (a file being created, not yet migrated, is not missing).
+    let missing = o
+        .catalog
+        .as_deref()
+        .filter(|p| cat.is_none() && std::fs::symlink_metadata(p).is_err());
+    let seen = st.seen;
+    let gone = |mut jobs: Vec<data::JobView>| {
+        if let Some(p) = missing {
+            for v in &mut jobs {
+                catalog_missing(v, p, seen);
+            }
+        }
+        jobs
+    };
     let summaries = &mut st.summaries;
     let now = Utc::now();
     let seg = |p: &str| path.strip_prefix(p).and_then(text::url_decode);
     match path {
         "/" => {
             let mut notes: Vec<String> = match (&o.catalog, cat) {
+                (Some(p), None) if seen && missing.is_some() => vec![catalog_gone(p)],
                 (Some(p), None) => vec![no_catalog(p)],
                 _ => vec![],
             };
@@ -303,29 +344,33 @@ fn route(
                     p.display()
                 ));
             }
-            Reply::html(html::overview(&summaries.jobs(&o.config, cat, now), &notes))
+            Reply::html(html::overview(
+                &gone(summaries.jobs(&o.config, cat, now)),
+                &notes,
+            ))
         }
         "/style.css" => Reply::new(200, "text/css; charset=utf-8", html::CSS),
         "/favicon.ico" => Reply::new(204, "text/plain", ""),
         "/metrics" => {
             // Checked afresh each scrape (a statvfs and two faccessat): not cached.
-            let writable = o
-                .catalog
-                .as_deref()
-                .map(|p| (p, data::catalog_writable(p).is_ok()));
-            let m = metrics::render(&summaries.jobs(&o.config, cat, now), writable);
+            let catalog = o.catalog.as_deref().map(|p| metrics::CatalogState {
+                path: p,
+                writable: data::catalog_writable(p).is_ok(),
+                present: missing.is_none(),
+            });
+            let m = metrics::render(&gone(summaries.jobs(&o.config, cat, now)), catalog);
             match openmetrics {
                 true => Reply::new(200, metrics::CONTENT_TYPE, m),
                 false => Reply::new(200, metrics::CLASSIC_CONTENT_TYPE, metrics::classic(&m)),
             }
         }
-        "/api/jobs" => Reply::json(&summaries.jobs(&o.config, cat, now)),
+        "/api/jobs" => Reply::json(&gone(summaries.jobs(&o.config, cat, now))),
         _ if path.starts_with("/job/") => match seg("/job/") {
-            Some(n) => job_reply(o, cat, &n, false),
+            Some(n) => job_reply(o, cat, &n, false, missing.map(|p| (p, seen))),
             None => not_found(),
         },
         _ if path.starts_with("/api/jobs/") => match seg("/api/jobs/") {
-            Some(n) => job_reply(o, cat, &n, true),
+            Some(n) => job_reply(o, cat, &n, true, missing.map(|p| (p, seen))),
             None => not_found(),
         },
         _ if path.starts_with("/run/") || path.starts_with("/api/runs/") => {
@@ -354,12 +399,56 @@ pub fn no_catalog(path: &std::path::Path) -> String {
     )
 }
 
+/// What the overview says when the catalog this process read is not there any more.
+pub fn catalog_gone(path: &std::path::Path) -> String {
+    format!(
+        "the catalog {} is gone (deleted or moved since serve read it): the jobs' runs are \
+         unknown, not none; the next run makes a new one with its own row alone \
+         (`snapring catalog rebuild --dest STORE` brings back a store's runs)",
+        path.display()
+    )
+}
+
+/// A job's error when there is no catalog file at `path` and the job has runs that it
+/// would hold: `seen`, this process read the catalog before (deleted or moved since),
+/// or the job's store has snapshots (runs were made, recorded elsewhere or in a
+/// catalog since deleted). Else the job's page, `/api/jobs` and `/metrics` said
+/// nothing: every `last_run_status` and counter series gone, `snapring_job_errors` 0,
+/// `errors` `[]`, as for jobs that never ran; no alert fired. A job of a new config,
+/// before its first run, has neither, and no error.
+fn catalog_missing(v: &mut data::JobView, path: &std::path::Path, seen: bool) {
+    let why = if seen {
+        "is gone (deleted or moved since serve read it)"
+    } else if !v.snapshots.is_empty() {
+        "does not exist, though the job's store has snapshots (its runs are recorded in a catalog elsewhere, or in one since deleted)"
+    } else {
+        return;
+    };
+    v.errors.push(format!(
+        "the catalog {} {why}: the job's runs are unknown, not none; give the catalog the runs use with --catalog, or `snapring catalog rebuild --dest {}` to recreate it from the store's run records",
+        path.display(),
+        v.store.display()
+    ));
+}
+
 fn not_found() -> Reply {
     Reply::text(404, "not found\n")
 }
 
-fn job_reply(o: &ServeOptions, cat: Option<&Catalog>, name: &str, api: bool) -> Reply {
-    match data::job(&o.config, cat, name, Utc::now(), Depth::Detail) {
+fn job_reply(
+    o: &ServeOptions,
+    cat: Option<&Catalog>,
+    name: &str,
+    api: bool,
+    missing: Option<(&std::path::Path, bool)>,
+) -> Reply {
+    let job = data::job(&o.config, cat, name, Utc::now(), Depth::Detail).map(|mut j| {
+        if let Some((p, seen)) = missing {
+            catalog_missing(&mut j, p, seen);
+        }
+        j
+    });
+    match job {
         Some(j) if api => Reply::json(&j),
         Some(j) => Reply::html(html::job(&j)),
         None => not_found(),
