@@ -158,6 +158,11 @@ pub struct RunReport {
     pub dirs_total: u64,
     pub files_transferred: u64,
     pub files_linked: u64,
+    /// Of `files_linked`: files an interrupted run had copied into its staging tree,
+    /// taken as they are (their bytes hashed as the source's), neither copied nor
+    /// linked from the previous snapshot. Absent when 0 (added without a format bump).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub files_resumed: u64,
     pub link_fallbacks: u64,
     pub changed_during_backup: u64,
     pub errors: u64,
@@ -328,6 +333,7 @@ pub struct Counters {
     pub dirs_total: AtomicU64,
     pub files_transferred: AtomicU64,
     pub files_linked: AtomicU64,
+    pub files_resumed: AtomicU64,
     pub link_fallbacks: AtomicU64,
     pub changed_during_backup: AtomicU64,
     pub bytes_total: AtomicU64,
@@ -357,6 +363,15 @@ pub fn setid_cleared_warning(n: u64) -> String {
         if n == 1 { "y" } else { "ies" },
         if n == 1 { "it its" } else { "them their" },
     )
+}
+
+/// What a run's summary says of its `files_resumed` after the linked count: nothing
+/// when none.
+pub fn resumed_words(n: u64) -> String {
+    match n {
+        0 => String::new(),
+        n => format!(" ({n} resumed from an interrupted run's copies)"),
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -472,6 +487,7 @@ impl Counters {
         r.dirs_total = g(&self.dirs_total);
         r.files_transferred = g(&self.files_transferred);
         r.files_linked = g(&self.files_linked);
+        r.files_resumed = g(&self.files_resumed);
         r.link_fallbacks = g(&self.link_fallbacks);
         r.changed_during_backup = g(&self.changed_during_backup);
         r.bytes_total = g(&self.bytes_total);

@@ -16,8 +16,10 @@
 //!   descriptor: it is opened when a worker takes it, so a directory with 100,000
 //!   subdirectories does not need 100,000 descriptors;
 //! - two "done" steps: [`Visitor::listed`] when every item of a directory's own listing
-//!   has been visited (a manifest block is complete), and [`Visitor::finish`] when its
-//!   whole subtree is (directory metadata that must come after the children);
+//!   has been visited and every subdirectory it queued has been opened (a manifest
+//!   block is complete: a subdirectory's `open` may correct its entry there), and
+//!   [`Visitor::finish`] when its whole subtree is (directory metadata that must come
+//!   after the children);
 //! - per-entry errors are the visitor's items to report, never a reason to stop; a
 //!   visitor can skip a subtree ([`Opened::Skip`], or not descending) or stop the whole
 //!   walk ([`Step::Quit`], or the caller's cancel flag). After a stop no `finish` runs;
@@ -165,7 +167,8 @@ pub struct Dir<D> {
     pub rel: RelPath,
     pub parent: Option<Arc<Dir<D>>>,
     pub state: D,
-    /// Own chunks still being visited.
+    /// Own chunks still being visited plus subdirectories queued and not yet opened
+    /// ([`Visitor::listed`] comes when none is left).
     chunks: AtomicUsize,
     /// Own chunks plus subdirectories not yet finished.
     pending: AtomicUsize,
@@ -206,8 +209,10 @@ pub trait Visitor: Sync {
     /// Visits one item of `dir`'s listing.
     fn visit(&self, dir: &Arc<Dir<Self::State>>, item: Self::Item) -> Step<Self::Sub>;
 
-    /// Every item of `dir`'s own listing has been visited (its subdirectories may still
-    /// be running).
+    /// Every item of `dir`'s own listing has been visited and each subdirectory it
+    /// walks into has been opened (`open` returned), so a subdirectory's `open` can
+    /// still correct its entry in `dir`'s state; those subdirectories' own items may
+    /// still be running.
     fn listed(&self, _dir: &Dir<Self::State>) {}
 
     /// `dir` and everything under it are done. Not called after the walk was stopped.
@@ -307,7 +312,11 @@ impl<V: Visitor> Walker<'_, V> {
             Some(p) => p.rel.join(&name),
             None => self.root_rel.clone(),
         };
-        let (state, items) = match self.visitor.open(parent.as_deref(), &name, &rel, sub) {
+        let opened = self.visitor.open(parent.as_deref(), &name, &rel, sub);
+        if let Some(p) = &parent {
+            self.chunk_or_sub_listed(p);
+        }
+        let (state, items) = match opened {
             Opened::Dir(state, items) => (state, items),
             Opened::Skip => {
                 if let Some(p) = &parent {
@@ -368,6 +377,7 @@ impl<V: Visitor> Walker<'_, V> {
                         self.visitor.mount_point(&dir, name, &rel, sub);
                         continue;
                     }
+                    dir.chunks.fetch_add(1, Ordering::AcqRel);
                     dir.pending.fetch_add(1, Ordering::AcqRel);
                     q.push(Task::Dir {
                         parent: Some(dir.clone()),
@@ -381,10 +391,16 @@ impl<V: Visitor> Walker<'_, V> {
                 }
             }
         }
-        if dir.chunks.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.visitor.listed(&dir);
-        }
+        self.chunk_or_sub_listed(&dir);
         self.child_done(&dir);
+    }
+
+    /// One chunk of `dir` is visited, or one subdirectory it queued is opened: the last
+    /// one makes `dir` listed.
+    fn chunk_or_sub_listed(&self, dir: &Dir<V::State>) {
+        if dir.chunks.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.visitor.listed(dir);
+        }
     }
 
     /// One chunk or subdirectory of `dir` is done; the last one finishes `dir`, and so on
@@ -836,6 +852,81 @@ mod tests {
             .map(|i| format!("m{i:02}"))
             .collect();
         assert_eq!(s.first.iter().map(key).collect::<Vec<_>>(), want);
+    }
+
+    /// Records the directories opened, and at each `listed` whether every
+    /// subdirectory of that directory had been opened by then.
+    struct Opens {
+        depth: usize,
+        fanout: usize,
+        opened: Mutex<Vec<String>>,
+        listed: Mutex<Vec<(String, bool)>>,
+    }
+
+    impl Visitor for Opens {
+        type State = usize;
+        type Item = (Vec<u8>, bool);
+        type Sub = usize;
+
+        fn open(
+            &self,
+            _p: Option<&Dir<usize>>,
+            _n: &[u8],
+            rel: &RelPath,
+            depth: usize,
+        ) -> Opened<usize, Self::Item> {
+            let k = key(rel);
+            self.opened.lock().unwrap().push(k.clone());
+            // A skipped subdirectory counts as opened too.
+            if k.ends_with("e2") {
+                return Opened::Skip;
+            }
+            Opened::Dir(depth, model_items(self.fanout, depth < self.depth))
+        }
+
+        fn visit(&self, dir: &Arc<Dir<usize>>, (name, is_dir): Self::Item) -> Step<usize> {
+            match is_dir {
+                true => Step::Descend(name, dir.state + 1),
+                false => Step::Next,
+            }
+        }
+
+        fn listed(&self, dir: &Dir<usize>) {
+            let opened = self.opened.lock().unwrap();
+            let all = model_items(self.fanout, dir.state < self.depth)
+                .into_iter()
+                .filter(|(_, is_dir)| *is_dir)
+                .all(|(n, _)| opened.contains(&key(&dir.rel.join(&n))));
+            drop(opened);
+            self.listed.lock().unwrap().push((key(&dir.rel), all));
+        }
+    }
+
+    /// `listed` comes once per directory walked, after its items are visited and each
+    /// subdirectory it walks into is opened (or skipped): the backup's walk corrects a
+    /// subdirectory's entry in its parent's manifest block from the subdirectory's
+    /// `open` (its listing's stat), so the block must not be written before.
+    #[test]
+    fn a_directory_is_listed_after_each_of_its_subdirectories_is_opened() {
+        for (depth, fanout) in [(3, 6), (1, 600)] {
+            for threads in [1, 8] {
+                let v = Opens {
+                    depth,
+                    fanout,
+                    opened: Mutex::default(),
+                    listed: Mutex::default(),
+                };
+                walk(&v, 0, threads, &AtomicBool::new(false));
+                let opened = v.opened.into_inner().unwrap();
+                let listed = v.listed.into_inner().unwrap();
+                let walked = opened.iter().filter(|k| !k.ends_with("e2")).count();
+                assert_eq!(listed.len(), walked, "threads {threads}");
+                assert!(
+                    listed.iter().all(|(_, all)| *all),
+                    "threads {threads}: listed before a subdirectory was opened: {listed:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -1088,3 +1088,119 @@ fn a_name_whose_stat_differs_from_its_inodes_first_name_is_not_joined() {
     assert_eq!(ino(&dest.join("daily.0/x")), ino(&dest.join("daily.0/e/y")));
     assert_verify_clean(&dest, &[]);
 }
+
+/// A directory that gains an entry between its parent's listing (its `lstat`) and its
+/// own listing, or while it is listed, or the root between the run's `fstat` of it and
+/// its listing: the snapshot's directory and its manifest entry are made of one stat,
+/// the one taken after the listing kept (which describes the names in the snapshot).
+/// Before, the directory got the later times and the manifest kept the earlier ones:
+/// `verify` of a fresh snapshot said `m sub mtime …` DAMAGED (exit 2), for as long as
+/// the snapshot was kept. Each case pauses the run (one job) where the change goes in.
+#[test]
+fn a_directory_changed_before_or_while_it_is_listed_verifies_clean() {
+    // (failpoint, its hit, the directory changed, what the case is)
+    let cases = [
+        (
+            "walk.dir",
+            2,
+            "sub",
+            "between its parent's listing and its own",
+        ),
+        ("walk.listed", 2, "sub", "during its own listing"),
+        (
+            "walk.dir",
+            1,
+            "",
+            "the root, between the run's stat of it and its listing",
+        ),
+    ];
+    for (point, nth, dir, what) in cases {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+        write(&src.join("top"), b"top");
+        write(&src.join("sub/small"), b"s");
+        write(&src.join("sub/deeper/f"), b"f");
+        let run = spawn_paused(&src, &dest, &[], point, nth);
+        // Past the clock's tick: the new entry moves the directory's times.
+        std::thread::sleep(Duration::from_millis(30));
+        write(&src.join(dir).join("new"), b"new");
+        let (code, rep) = resume_within(run, Duration::from_secs(120))
+            .unwrap_or_else(|| panic!("{what}: the backup did not end within 120 s"));
+        assert_eq!(code, 0, "{what}: {rep}");
+        assert_eq!(rep["status"], "complete", "{what}: {rep}");
+        assert_eq!(
+            std::fs::read(dest.join("daily.0").join(dir).join("new")).unwrap(),
+            b"new",
+            "{what}: the entry made before the listing is in the snapshot"
+        );
+        assert_eq!(
+            mtime_of(&dest.join("daily.0").join(dir)),
+            mtime_of(&src.join(dir)),
+            "{what}: the snapshot's directory has the times of the listing it holds"
+        );
+        // `verify` does not compare the root's entry: its times, read here.
+        let mf = dest
+            .join(".snapring/manifests")
+            .join(format!("{}.mf", rep["id"].as_str().unwrap()));
+        let mf = String::from_utf8_lossy(&std::fs::read(&mf).unwrap()).into_owned();
+        let root = mf.lines().find(|l| l.starts_with("R ")).unwrap();
+        let (s, ns) = mtime_of(&dest.join("daily.0"));
+        assert_eq!(
+            root.split(' ').nth(6),
+            Some(format!("{s}.{ns:09}").as_str()),
+            "{what}: the manifest's root entry {root:?} has the snapshot root's mtime"
+        );
+        assert_verify_clean(&dest, &[]);
+    }
+}
+
+fn mtime_of(p: &Path) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::symlink_metadata(p).unwrap();
+    (m.mtime(), m.mtime_nsec())
+}
+
+/// A file that grows while it is copied (paused after its first copy, before the
+/// stat that checks it; 3 MiB then 7 MiB) is copied again at its new size: the
+/// manifest, the snapshot, the run's `bytes_total` (`list`'s SIZE) and `verify` all say
+/// 7 MiB, and `changed_during_backup` counts it. Before, the manifest and the snapshot
+/// held 7 MiB while the run said 3 MiB (`list`: SIZE 3.00 MiB, `verify`: 7.00 MiB
+/// hashed).
+#[test]
+fn a_file_that_grew_during_its_copy_is_counted_at_the_size_copied() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    let f = src.join("grows");
+    write(&f, &vec![7u8; 3 << 20]);
+    let run = spawn_paused(&src, &dest, &[], "walk.after_copy", 1);
+    std::thread::sleep(Duration::from_millis(30));
+    {
+        use std::io::Write;
+        let mut w = std::fs::OpenOptions::new().append(true).open(&f).unwrap();
+        w.write_all(&vec![9u8; 4 << 20]).unwrap();
+    }
+    let (code, rep) = resume_within(run, Duration::from_secs(120))
+        .unwrap_or_else(|| panic!("the backup did not end within 120 s"));
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(rep["changed_during_backup"], 1, "{rep}");
+    let size = 7u64 << 20;
+    assert_eq!(rep["bytes_total"], size, "{rep}");
+    assert_eq!(rep["source_bytes"], size, "{rep}");
+    assert_eq!(
+        std::fs::metadata(dest.join("daily.0/grows")).unwrap().len(),
+        size
+    );
+    let out = snapring(
+        &[
+            "list".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &[],
+    );
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(listed[0]["bytes"], size, "list: {listed}");
+    assert_verify_clean(&dest, &[]);
+}

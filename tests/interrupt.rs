@@ -59,6 +59,18 @@ fn resumes(src: &Path, dest: &Path) {
         "resumed run copied {copied} bytes of 2,000,000"
     );
     assert!(rep["files_linked"].as_u64().unwrap() >= 9, "{rep}");
+    // The copies taken from the cut run are counted apart (there is no previous
+    // snapshot: every linked file is one), and each other file as copied, once.
+    // Before, they were only among the linked, told from links to a previous snapshot
+    // by nothing.
+    let n = |k: &str| rep[k].as_u64().unwrap_or_else(|| panic!("{k}: {rep}"));
+    assert_eq!(n("files_resumed"), n("files_linked"), "{rep}");
+    assert_eq!(n("files_resumed") + n("files_transferred"), 20, "{rep}");
+    assert_eq!(
+        n("bytes_transferred"),
+        n("files_transferred") * 100_000,
+        "{rep}"
+    );
     assert_same_tree(
         &describe(src),
         &describe(&dest.join("daily.0")),

@@ -336,10 +336,11 @@ fn print_summary(r: &RunReport) {
     );
     let _ = writeln!(
         out,
-        "  files {} (copied {}, linked {}, link fallbacks {}, changed during backup {}), directories {}",
+        "  files {} (copied {}, linked {}{}, link fallbacks {}, changed during backup {}), directories {}",
         r.files_total,
         r.files_transferred,
         r.files_linked,
+        snapring::report::resumed_words(r.files_resumed),
         r.link_fallbacks,
         r.changed_during_backup,
         r.dirs_total

@@ -356,6 +356,7 @@ pub fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         dirs_total: 0,
         files_transferred: 0,
         files_linked: 0,
+        files_resumed: 0,
         link_fallbacks: 0,
         changed_during_backup: 0,
         errors: 0,
@@ -683,6 +684,19 @@ struct Walked<S> {
     sink: Option<S>,
     fatal: Option<Error>,
     window_ended: bool,
+    /// The root's metadata as the walk gave it to the snapshot ([`Walk::root_meta`]).
+    root_meta: Option<fsx::Meta>,
+}
+
+impl<S> Walked<S> {
+    /// The manifest's root entry: the root's stat the walk kept (the `fstat` after its
+    /// listing when it changed since `before`, the source's `fstat` from before the
+    /// walk), which is what the snapshot's root was given.
+    fn root_entry(&self, before: &fsx::Meta) -> Entry {
+        let mut e = Entry::from_meta(b".", self.root_meta.as_ref().unwrap_or(before));
+        e.group = None;
+        e
+    }
 }
 
 /// How often a run rewrites its progress file while it walks.
@@ -722,6 +736,7 @@ fn walk_into<S: Sink + Send + 'static>(
                 sink: None,
                 fatal: Some(e),
                 window_ended: false,
+                root_meta: None,
             };
         }
     };
@@ -747,10 +762,11 @@ fn walk_into<S: Sink + Send + 'static>(
         rep.phases.walk_copy.seconds
     );
     match got {
-        Some((sink, fatal)) => Walked {
+        Some((sink, fatal, root_meta)) => Walked {
             sink: Some(sink),
             fatal,
             window_ended,
+            root_meta,
         },
         None => {
             counters.walk_abandoned.store(true, Ordering::Relaxed);
@@ -758,13 +774,15 @@ fn walk_into<S: Sink + Send + 'static>(
                 sink: None,
                 fatal: None,
                 window_ended,
+                root_meta: None,
             }
         }
     }
 }
 
-/// What the walk thread hands back: the sink and the first fatal error.
-type WalkResult<S> = (S, Option<Error>);
+/// What the walk thread hands back: the sink, the first fatal error and the root's
+/// metadata as its listing kept it ([`Walk::root_meta`]).
+type WalkResult<S> = (S, Option<Error>, Option<fsx::Meta>);
 
 /// Starts the walk on a thread of its own, which owns everything it uses (see
 /// `walk_into`); its result arrives on the returned channel.
@@ -797,12 +815,13 @@ fn spawn_walk<S: Sink + Send + 'static>(
         }
         walk.run(st.src_fd, st.src_meta, jobs);
         let fatal = walk.fatal.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let root_meta = walk.root_meta();
         drop(walk);
         if let Some(fs) = &one_fs {
             let m = fs.skipped();
             counters.mount_points(m.count, m.first.iter().map(|p| p.escaped()));
         }
-        let _ = tx.send((sink, fatal));
+        let _ = tx.send((sink, fatal, root_meta));
     };
     std::thread::Builder::new()
         .name("walk".into())
@@ -920,9 +939,10 @@ fn run_dry<R: Repository>(
 ) -> Result<Status> {
     let st = start(opts, repo, rep)?;
     let sink = repo.dry_sink(st.prev.as_ref())?;
-    let root = Entry::from_meta(b".", &st.src_meta);
+    let src_meta = st.src_meta;
     let prev_with_files = prev_with_files(opts, st.prev.as_ref());
     let w = walk_into(opts, st, sink, counters, cancel, rep, &mut |_| {}, t_run);
+    let root = w.root_entry(&src_meta);
     if let Some(e) = w.fatal {
         return Err(e);
     }
@@ -984,8 +1004,7 @@ fn run<R: Repository>(
     if let Some(n) = leftovers.last() {
         tracing::info!("resuming from the staging tree of interrupted run {n}");
     }
-    let mut root_entry = Entry::from_meta(b".", &st.src_meta);
-    root_entry.group = None;
+    let src_meta = st.src_meta;
     let sink = repo.begin(id, st.prev.as_ref(), &leftovers)?;
     if let Some(held) = sink.owners_held() {
         let w = owners_not_kept(&rep.store, held);
@@ -1000,6 +1019,7 @@ fn run<R: Repository>(
     let prev_with_files = prev_with_files(opts, st.prev.as_ref());
     let w = walk_with_progress(opts, repo, st, sink, counters, cancel, rep, t_run);
     let window_ended = w.window_ended;
+    let root_entry = w.root_entry(&src_meta);
     let Some(sink) = w.sink else {
         // Stuck workers still hold the staging tree: leave it for the next run.
         if !window_ended && !cancel.load(Ordering::Relaxed) {
@@ -1224,8 +1244,9 @@ fn run_dry_without_store(opts: &BackupOptions, id: &str, cancel: &AtomicBool) ->
         }
         let st = open_source(opts, None)?;
         let sink = PlanSink::new(None);
-        let root = Entry::from_meta(b".", &st.src_meta);
+        let src_meta = st.src_meta;
         let w = walk_into(opts, st, sink, &counters, cancel, &mut rep, &mut |_| {}, t0);
+        let root = w.root_entry(&src_meta);
         if let Some(e) = w.fatal {
             return Err(e);
         }

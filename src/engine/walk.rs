@@ -8,6 +8,12 @@
 //! lives until its last child is done; then its metadata is applied (times last, after
 //! every child is written). The only state that grows with the tree is the map of
 //! multiply-linked source inodes, as for `rsync -H`.
+//!
+//! A directory's metadata, in the snapshot and in its parent's manifest block, is one
+//! stat: the parent's `lstat` of it, or, when its times moved before or during its own
+//! listing, the `fstat` after the listing it kept ([`Walk::list`]). So a parent's block
+//! is written once its own entries are visited and each subdirectory it walks into is
+//! opened ([`Visitor::listed`]): a subdirectory's `open` corrects its entry there.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -82,6 +88,8 @@ pub struct Walk<'a, S: Sink> {
     one_fs: Option<&'a OneFs>,
     /// The store the run writes into, not to be walked into (see [`Walk::fenced`]).
     fence: Option<(Fence, &'a std::path::Path)>,
+    /// The root's metadata as its listing kept it ([`Walk::root_meta`]).
+    root_meta: Mutex<Option<Meta>>,
 }
 
 /// Keeps a name of the root directory's listing.
@@ -143,7 +151,49 @@ impl<'a, S: Sink> Walk<'a, S> {
             gate: None,
             one_fs: None,
             fence: None,
+            root_meta: Mutex::new(None),
         }
+    }
+
+    /// The root directory's metadata as its listing kept it (the `fstat` after the
+    /// listing when the root changed meanwhile), which the walk gave the snapshot's
+    /// root: the manifest's root entry must be made of it, not of the `fstat` from
+    /// before the walk. `None` before the root is opened.
+    pub fn root_meta(&self) -> Option<Meta> {
+        *self.root_meta.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A directory listed (`meta`: the stat its listing kept, which its `finish`
+    /// applies): its entry in its parent's block, made from the parent's `lstat` of it
+    /// when the parent was listed, takes that stat when it differs. The entry is still
+    /// there to correct: the parent's block is written only once each subdirectory it
+    /// walks into is opened ([`Visitor::listed`]). Before, a directory that gained an
+    /// entry between its parent's listing and its own had its later times in the
+    /// snapshot and its earlier ones in the manifest: `verify` called every such
+    /// snapshot damaged for as long as it was kept.
+    fn relisted(&self, parent: Option<&Node<S::Dir>>, name: &[u8], was: &Meta, meta: &Meta) {
+        let Some(parent) = parent else {
+            *self.root_meta.lock().unwrap_or_else(|e| e.into_inner()) = Some(*meta);
+            return;
+        };
+        // Looked for only when the listing took a later stat (rare): a large
+        // directory's block is not scanned for each of its subdirectories.
+        if (was.mtime, was.ctime) == (meta.mtime, meta.ctime) {
+            return;
+        }
+        let mut block = parent.state.block.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(e) = block
+            .iter_mut()
+            .rev()
+            .find(|e| e.name == name && e.kind == Kind::Dir)
+        else {
+            return;
+        };
+        let mut fresh = Entry::from_meta(name, meta);
+        if let Some(owner) = self.sink.dir_owner_held(meta) {
+            (fresh.uid, fresh.gid) = owner;
+        }
+        *e = fresh;
     }
 
     /// Never walks into the store at `store` (met inside the source through another
@@ -802,7 +852,8 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// directory whose times moved during its listing is listed again, at most
     /// [`LIST_ATTEMPTS`] times (counted in `changed_during_backup`); one that kept
     /// changing through all of them is warned about. One `fstat` per directory.
-    /// `meta` takes the times of the listing kept, as the directory's in the snapshot.
+    /// `meta` takes the stat of the listing kept (the `fstat` after it), as the
+    /// directory's metadata in the snapshot and in its parent's manifest block.
     ///
     /// A name listed twice (an NFS server's readdir cookies gone wrong) is kept once,
     /// with a warning. A listing that fails, at its start or halfway, gives the names it
@@ -819,13 +870,17 @@ impl<'a, S: Sink> Walk<'a, S> {
                 return (names, false);
             }
             let _ = failpoint::hit("walk.listed");
-            let Ok(after) = fsx::fstat(b(src)).map(|m| (m.mtime, m.ctime)) else {
+            let Ok(now) = fsx::fstat(b(src)) else {
                 return (names, true);
             };
+            let after = (now.mtime, now.ctime);
             if after == before {
                 return (names, true);
             }
-            (meta.mtime, meta.ctime) = after;
+            // The whole stat of the listing kept (a mode or owner changed since the
+            // parent's `lstat` moved the ctime too): the directory's metadata in the
+            // snapshot and its manifest entry ([`Walk::open`] corrects the parent's).
+            *meta = now;
             if attempt == 1 {
                 Counters::add(&self.counters.changed_during_backup, 1);
             }
@@ -1137,7 +1192,10 @@ impl<'a, S: Sink> Walk<'a, S> {
             &src_hash,
         )?;
         tracing::debug!("{rel}: resumed from an interrupted run's copy");
+        // Not copied by this run (no byte written), and not the previous snapshot's:
+        // counted with the linked files, and apart as resumed.
         Counters::add(&self.counters.files_linked, 1);
+        Counters::add(&self.counters.files_resumed, 1);
         let mut e = Entry::from_meta(name, m);
         e.hash = Some(r.hash);
         e.xattrs = r.xattrs;
@@ -1212,6 +1270,20 @@ impl<'a, S: Sink> Walk<'a, S> {
         else {
             return Ok(None);
         };
+        // `entry` counted the walk's size in `bytes_total`; the snapshot holds the copy,
+        // whose size is the one of the stat it matched (a file that grew or shrank
+        // while it was copied was copied again at its new size). Before, a file that
+        // grew from 3.1 to 6.9 MiB during its copy was recorded at 6.9 MiB in the
+        // manifest and counted at 3.1 MiB in the run's size (`list`'s SIZE).
+        if meta.size != m.size {
+            let total = &self.counters.bytes_total;
+            match meta.size > m.size {
+                true => Counters::add(total, meta.size - m.size),
+                false => {
+                    total.fetch_sub(m.size - meta.size, Ordering::Relaxed);
+                }
+            }
+        }
         let mut meta = meta;
         match self.sink.finish_file(file, &meta, &xattrs) {
             Ok(refused) => self.refused_xattrs(rel, &refused),
@@ -1405,7 +1477,9 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             }),
             _ => None,
         };
+        let was = meta;
         let (mut names, whole) = self.list(&src, rel, &mut meta);
+        self.relisted(parent, name, &was, &meta);
         let mut unlisted = std::collections::HashSet::new();
         if !whole && let Some(prev) = &prev_entries {
             // The listing failed (at its start or halfway): the previous snapshot's
@@ -1550,7 +1624,8 @@ impl<S: Sink> Visitor for Walk<'_, S> {
         }
     }
 
-    /// The directory's own entries are all known: its manifest block is written.
+    /// The directory's own entries are all known, and each subdirectory's entry is the
+    /// stat its listing kept ([`Walk::relisted`]): its manifest block is written.
     fn listed(&self, dir: &Node<S::Dir>) {
         if self.cancel.load(Ordering::Relaxed) {
             return;

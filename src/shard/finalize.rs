@@ -788,6 +788,7 @@ fn add(c: &Counters, n: &UnitCounts) {
     Counters::add(&c.dirs_total, n.dirs_total);
     Counters::add(&c.files_transferred, n.files_transferred);
     Counters::add(&c.files_linked, n.files_linked);
+    Counters::add(&c.files_resumed, n.files_resumed);
     Counters::add(&c.link_fallbacks, n.link_fallbacks);
     Counters::add(&c.changed_during_backup, n.changed_during_backup);
     Counters::add(&c.bytes_total, n.bytes_total);

@@ -374,6 +374,9 @@ pub struct UnitCounts {
     pub dirs_total: u64,
     pub files_transferred: u64,
     pub files_linked: u64,
+    /// Of `files_linked`: taken from an interrupted run's copy (`RunReport`'s).
+    #[serde(default)]
+    pub files_resumed: u64,
     pub link_fallbacks: u64,
     pub changed_during_backup: u64,
     pub bytes_total: u64,

@@ -1518,6 +1518,7 @@ fn unit_counts(c: &Counters, t0: Instant, started_at: String) -> UnitCounts {
         dirs_total: r.dirs_total,
         files_transferred: r.files_transferred,
         files_linked: r.files_linked,
+        files_resumed: r.files_resumed,
         link_fallbacks: r.link_fallbacks,
         changed_during_backup: r.changed_during_backup,
         bytes_total: r.bytes_total,
