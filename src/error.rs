@@ -64,6 +64,21 @@ pub enum Error {
         by: String,
         unread: u64,
     },
+    /// The walk kept files, but far fewer than the label's previous snapshot holds
+    /// ([`shrank`]: a failed mount whose mount point holds a marker file, a wrong bind
+    /// mount, a pattern that leaves out nearly everything): published, its retention
+    /// would expire the history as an empty source's would. `kept` and `prev_files`
+    /// are the two counts; `by` and `unread` as [`Error::NoFilesLeft`]'s. Also a shard
+    /// run's finalize's, for the run's merged figures.
+    #[error("{}", shrank_message(path, (prev, *prev_files), *kept, by, *unread))]
+    SourceShrank {
+        path: PathBuf,
+        prev: String,
+        prev_files: u64,
+        kept: u64,
+        by: String,
+        unread: u64,
+    },
     #[error(
         "store {} is in use: {holder}. Wait for that run to end; a lock left by a dead process is released by the kernel and taken over automatically",
         crate::relpath::shown(store)
@@ -251,6 +266,55 @@ impl<T> Ctx<T> for io::Result<T> {
     }
 }
 
+/// A snapshot of at least this many files is compared by [`shrank`] (below it, a few
+/// files going is ordinary life; zero is [`Error::NoFilesLeft`]'s at any size).
+pub const SHRINK_MIN_PREV: u64 = 100;
+
+/// [`shrank`]'s factor: a run that keeps fewer than one file in this many of the
+/// previous snapshot's is refused.
+pub const SHRINK_FACTOR: u64 = 10;
+
+/// The nearly-empty-source rule (invariant 4, docs/daemon.md `allow_empty`): a run
+/// that keeps `kept` files while its label's previous snapshot holds `prev_files` is
+/// refused ([`Error::SourceShrank`]) when that snapshot held at least
+/// [`SHRINK_MIN_PREV`] files and the run keeps fewer than a tenth of them. The same
+/// rule for a store, a repository and a shard run; `--allow-empty` lifts it.
+pub fn shrank(prev_files: u64, kept: u64) -> bool {
+    prev_files >= SHRINK_MIN_PREV && kept.saturating_mul(SHRINK_FACTOR) < prev_files
+}
+
+/// The message of [`Error::SourceShrank`].
+fn shrank_message(
+    path: &std::path::Path,
+    (prev, prev_files): (&str, u64),
+    kept: u64,
+    by: &str,
+    unread: u64,
+) -> String {
+    let after = if by.is_empty() {
+        String::new()
+    } else {
+        format!(" once the exclusions ({by}) are applied")
+    };
+    let unread = if unread > 0 {
+        format!(
+            " ({unread} of its directories could not be read: permission denied or an I/O error, see the run's problems; that may be why)"
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "source {} keeps {kept} file{} to back up{after}{unread}, but the previous snapshot {prev} holds {prev_files}: fewer than a tenth of a snapshot of at least {SHRINK_MIN_PREV} files; refusing, because a failed or wrong mount (a mount point holding a marker file, a wrong bind mount) looks exactly like this, and its retention would expire the history. Check the source{}; pass --allow-empty (allow_empty in the config) if the source really shrank so",
+        crate::relpath::shown(path),
+        if kept == 1 { "" } else { "s" },
+        if by.is_empty() {
+            ""
+        } else {
+            " and the patterns"
+        },
+    )
+}
+
 /// The message of [`Error::NoFilesLeft`]: with directories that could not be read, it
 /// says so (their files were never seen) instead of "only directories".
 fn no_files_left(path: &std::path::Path, prev: &str, by: &str, unread: u64) -> String {
@@ -281,4 +345,20 @@ fn no_files_left(path: &std::path::Path, prev: &str, by: &str, unread: u64) -> S
             format!(" once the exclusions ({by}) are applied (only directories are left)")
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The nearly-empty-source rule: a previous snapshot of at least 100 files, and
+    /// fewer than a tenth of them kept; below 100, or at a tenth or more, it passes.
+    #[test]
+    fn shrank_is_fewer_than_a_tenth_of_at_least_a_hundred() {
+        assert!(shrank(100, 9) && shrank(100, 1) && shrank(20_001, 1));
+        assert!(shrank(20_001, 2_000) && !shrank(20_001, 2_001));
+        assert!(!shrank(100, 10) && !shrank(99, 1) && !shrank(99, 9));
+        assert!(!shrank(0, 0) && !shrank(1_000, 1_000) && !shrank(10, 50));
+        assert!(!shrank(u64::MAX, u64::MAX / 2));
+    }
 }

@@ -1461,3 +1461,115 @@ impl RetainOne {
         v
     }
 }
+
+/// A source of `n` files in four directories (`d{i % 4}/f{i}`).
+fn many_files(src: &Path, n: usize) {
+    for i in 0..n {
+        write(&src.join(format!("d{}/f{i}", i % 4)), b"x");
+    }
+}
+
+/// The source replaced by a directory holding only a marker file (a failed mount whose
+/// mount point has one, a wrong bind mount).
+fn only_a_marker(src: &Path) {
+    std::fs::remove_dir_all(src).unwrap();
+    write(&src.join(".placeholder"), b"");
+}
+
+/// A source that keeps fewer than a tenth of the files of the label's previous snapshot
+/// (of at least 100) is refused as an empty one is (invariant 4: suspiciously empty):
+/// a source replaced by a marker file, or a pattern that leaves out nearly everything.
+/// Exit 1, the run `failed`, the message says how many files against how many, which
+/// snapshot and `--allow-empty`; nothing published or expired, no staging tree left, a
+/// dry run refused the same. At a tenth it passes. `--allow-empty` publishes it, and
+/// the next run compares with that snapshot: not refused. Before: `complete`, and
+/// `--retain` expired the history.
+#[test]
+fn a_source_that_shrank_to_a_marker_file_is_refused_unless_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    many_files(&src, 200);
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    let refused = |extra: &[&str], kept: &str| {
+        let (code, rep, err) = backup(&src, &dest, &[&["--retain", "1"][..], extra].concat(), &[]);
+        let all = format!("{err}\n{rep}");
+        assert_eq!(code, 1, "{all}");
+        assert!(
+            all.contains(&format!("keeps {kept} to back up"))
+                && all.contains("the previous snapshot daily.0 holds 200")
+                && all.contains("pass --allow-empty")
+                && !all.contains("expire daily.0"),
+            "{all}"
+        );
+        if !extra.contains(&"--dry-run") {
+            assert_eq!(rep["status"], "failed", "{rep}");
+        }
+        assert_eq!(snapshot_names(&dest), ["daily.0"]);
+        assert!(dest.join("daily.0/d1/f1").is_file(), "history expired");
+        assert_eq!(
+            std::fs::read_dir(dest.join(".snapring/staging"))
+                .map(|d| d.count())
+                .unwrap_or(0),
+            0,
+            "the refused run's tree was left behind"
+        );
+    };
+    // A pattern that leaves 19 of 200 (under a tenth); 20 (a tenth) passes the rule, as
+    // a dry run shows.
+    let keep_19: Vec<String> = (19..200).map(|i| format!("--exclude=f{i}")).collect();
+    let keep_19: Vec<&str> = keep_19.iter().map(|s| s.as_str()).collect();
+    refused(&keep_19, "19 files");
+    let (code, rep, err) = backup(
+        &src,
+        &dest,
+        &[&["--retain", "1", "--dry-run"][..], &keep_19[1..]].concat(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}\n{rep}");
+    only_a_marker(&src);
+    refused(&["--dry-run"], "1 file");
+    refused(&[], "1 file");
+    // Allowed: published, and the next run (compared with it) is not refused.
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1", "--allow-empty"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    assert!(dest.join("daily.0/.placeholder").is_file());
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+}
+
+/// The same into a restic repository: a source replaced by a marker file against a
+/// parent of 150 files is refused (exit 1, the counts and the parent named), nothing
+/// written or forgotten (it "forgot 3 snapshots"); `--allow-empty` writes it, and the
+/// next run is not refused.
+#[test]
+fn a_source_that_shrank_to_a_marker_file_is_refused_into_a_repository_unless_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    many_files(&src, 150);
+    let r = RetainOne::init(t.path(), &src);
+    let (code, out) = r.run(&[]);
+    assert_eq!(code, 0, "{out}");
+    let first = r.snapshots();
+    assert_eq!(first.len(), 1);
+    let parent = first[0].to_str().unwrap()[..8].to_string();
+    only_a_marker(&src);
+    let (code, out) = r.run(&[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("keeps 1 file to back up, but the previous snapshot")
+            && out.contains(&parent)
+            && out.contains("holds 150")
+            && out.contains("--allow-empty"),
+        "{out}"
+    );
+    assert_eq!(r.snapshots(), first, "a snapshot written or forgotten");
+    let (code, out) = r.run(&["--allow-empty"]);
+    assert_eq!(code, 0, "{out}");
+    let now = r.snapshots();
+    assert_eq!(now.len(), 1);
+    assert_ne!(now, first);
+    let (code, out) = r.run(&[]);
+    assert_eq!(code, 0, "{out}");
+}

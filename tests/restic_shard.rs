@@ -3005,6 +3005,84 @@ fn a_shard_run_that_keeps_no_file_is_refused_into_a_repository_unless_allowed() 
     assert_ne!(now[0], good[0].0);
 }
 
+/// A shard run into a repository that keeps fewer than a tenth of the parent's files
+/// (of at least 100: the source replaced by a marker file) is refused by the worker
+/// that would publish, as a single-node backup is: every worker exits 1 naming the
+/// counts and the parent, nothing written or forgotten, no `final`; `snapring finalize`
+/// refuses the same, `snapring finalize --allow-empty` publishes it (`--retain 1`
+/// forgets the one with files), and the next run is not refused.
+#[test]
+fn a_shard_run_that_keeps_far_fewer_files_is_refused_into_a_repository_unless_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..6 {
+        for f in 0..20 {
+            write(&src.join(format!("d{d}/sub/f{f}.dat")), b"data");
+        }
+    }
+    let repo = t.path().join("repo");
+    let url = file_url(&repo);
+    assert_eq!(sr(&["init", "--dest", &url]).0, 0);
+    let e = Env { t, src, repo, url };
+    let run = |id: &str, extra: &[&str]| -> Vec<Output> {
+        let kids: Vec<Child> = (0..4)
+            .map(|i| {
+                let shard = format!("{i}/4");
+                let mut a = vec!["--shard", &shard, "--run-id", id, "--retain", "1"];
+                a.extend(extra);
+                worker(&e, &a, &[]).spawn().unwrap()
+            })
+            .collect();
+        kids.into_iter()
+            .map(|c| c.wait_with_output().unwrap())
+            .collect()
+    };
+    for o in run("good", &[]) {
+        report(&o);
+    }
+    let good = snapshots(&e);
+    assert_eq!(good.len(), 1);
+    let said = |err: &str| {
+        err.contains("keeps 1 file to back up, but the previous snapshot")
+            && err.contains(&good[0].0.hex()[..8])
+            && err.contains("holds 120")
+            && err.contains("--allow-empty")
+    };
+    std::fs::remove_dir_all(&e.src).unwrap();
+    write(&e.src.join(".placeholder"), b"");
+    for o in run("marker", &[]) {
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(said(&String::from_utf8_lossy(&o.stderr)), "{}", text(&o));
+    }
+    let ids = |e: &Env| -> Vec<Id> { snapshots(e).into_iter().map(|(id, _)| id).collect() };
+    assert_eq!(
+        ids(&e),
+        vec![good[0].0],
+        "nothing written, nothing forgotten"
+    );
+    assert!(!e.repo.join("snapring/shards/marker/final").exists());
+    let (code, _, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "marker"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(said(&err), "{err}");
+    assert_eq!(ids(&e), vec![good[0].0]);
+    let (code, out, err) = sr(&[
+        "finalize",
+        "--dest",
+        &e.url,
+        "--run-id",
+        "marker",
+        "--allow-empty",
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let now = ids(&e);
+    assert_eq!(now.len(), 1, "--retain 1 forgot the run with files");
+    assert_ne!(now[0], good[0].0);
+    for o in run("after", &[]) {
+        report(&o);
+    }
+}
+
 /// A hard-linked file whose two names fall in two units, changed between the units'
 /// reads of them (a pause at the first name's read, `restic.backup.hard_link`): each
 /// unit records its one name as the inode, with its own content; finalize compares the

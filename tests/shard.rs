@@ -4035,7 +4035,15 @@ fn spine_directories_of_the_previous_snapshot_replaced_or_deleted_before_the_nex
     std::fs::remove_dir_all(e.src.join("deep")).unwrap();
     write(&e.src.join("deep"), b"a file now\n");
     std::fs::remove_dir_all(e.src.join("flat")).unwrap();
-    let out = spawn(&e, 0, 1, "m2", &[]).wait_with_output().unwrap();
+    // What is left is under a tenth of the previous snapshot's files: allowed (the
+    // guard against a nearly empty source is a_shard_run_that_keeps_far_fewer_files_*).
+    let out = worker(
+        &e,
+        &["--shard", "0/1", "--run-id", "m2", "--allow-empty"],
+        &[],
+    )
+    .output()
+    .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let rec = run_record(&e, "m2");
     assert_eq!(rec["status"], "complete", "{rec}");
@@ -4937,6 +4945,65 @@ fn a_shard_run_that_keeps_no_file_is_refused_unless_allowed() {
     assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
     assert!(!holds_files(&e) && e.dest.join("daily.0/d3/sub").is_dir());
     assert_eq!(run_record(&e, "dirs-2")["status"], "complete");
+}
+
+/// A shard run that keeps fewer than a tenth of the files of the label's previous
+/// snapshot (of at least 100: the source replaced by a directory holding only a marker
+/// file, a failed mount) is refused by finalize as a single-node run is: every worker
+/// exits 1 with the counts, the snapshot and `--allow-empty` named, nothing published
+/// or expired, the run record `failed`; `snapring finalize` refuses the same, `snapring
+/// finalize --allow-empty` publishes it, and the next run (compared with that snapshot)
+/// is not refused. Before: `complete`, and `--retain 1` expired the 120 files.
+#[test]
+fn a_shard_run_that_keeps_far_fewer_files_is_refused_unless_allowed() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    for d in 0..6 {
+        for f in 0..20 {
+            write(&src.join(format!("d{d}/sub/f{f}.dat")), b"data");
+        }
+    }
+    let e = Env {
+        src,
+        dest: t.path().join("dest"),
+        _t: t,
+    };
+    let retain = ["--retain", "1"];
+    let holds_files = |e: &Env| e.dest.join("daily.0/d3/sub/f1.dat").is_file();
+    let refused = |o: &Output| {
+        assert_eq!(o.status.code(), Some(1), "{}", text(o));
+        let err = stderr_of(o);
+        assert!(
+            err.contains("keeps 1 file to back up, but the previous snapshot daily.0 holds 120")
+                && err.contains("--allow-empty"),
+            "{}",
+            text(o)
+        );
+    };
+    all_ok(&run_workers(&e, 4, "good", &retain, |_| vec![]), "good");
+    assert!(holds_files(&e));
+    std::fs::remove_dir_all(&e.src).unwrap();
+    write(&e.src.join(".placeholder"), b"");
+    for o in run_workers(&e, 4, "marker", &retain, |_| vec![]) {
+        refused(&o);
+    }
+    assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
+    assert!(holds_files(&e), "daily.0 untouched");
+    assert!(!run_dir(&e, "marker").join("finalized").exists());
+    let rec = run_record(&e, "marker");
+    assert_eq!(rec["status"], "failed", "{rec}");
+    assert!(
+        rec["message"].as_str().unwrap().contains("holds 120"),
+        "{rec}"
+    );
+    refused(&run_cmd(&e, "finalize", "marker", &[], &[]));
+    assert!(holds_files(&e));
+    let o = run_cmd(&e, "finalize", "marker", &["--allow-empty"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(snapshot_names(&e.dest), ["daily.0"]);
+    assert!(!holds_files(&e) && e.dest.join("daily.0/.placeholder").is_file());
+    assert_eq!(run_record(&e, "marker")["status"], "complete");
+    all_ok(&run_workers(&e, 4, "after", &retain, |_| vec![]), "after");
 }
 
 /// A worker stopped (SIGTERM) while its pre_command runs, or whose backup window (from

@@ -222,8 +222,10 @@ pub struct BackupArgs {
     /// Refuse unless the source is a mount point.
     #[arg(long)]
     pub require_mount: bool,
-    /// Allow an empty source even if the previous snapshot has files (or one whose
-    /// exclusions leave nothing of it).
+    /// Allow an empty or nearly empty source even if the previous snapshot has files: an
+    /// empty one, one whose exclusions leave nothing of it, and one that keeps fewer
+    /// than a tenth of the files of the label's previous snapshot when that held at
+    /// least 100 (refused otherwise: a failed or wrong mount looks like this).
     #[arg(long)]
     pub allow_empty: bool,
     /// Continue the label's snapshots from another source (the same data moved to a new
@@ -697,9 +699,9 @@ pub struct FinalizeArgs {
     /// The job in --config (needed when it has several).
     #[arg(long, requires = "config")]
     pub job: Option<String>,
-    /// Publish the run even if it keeps no file (only directories) while the label's
-    /// previous snapshot holds files: refused otherwise, as a backup without
-    /// --allow-empty is.
+    /// Publish the run even if it keeps no file (only directories), or fewer than a
+    /// tenth of the files of the label's previous snapshot when that held at least 100:
+    /// refused otherwise, as a backup without --allow-empty is.
     #[arg(long)]
     pub allow_empty: bool,
 }

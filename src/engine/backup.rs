@@ -885,36 +885,51 @@ fn stopped_message(window_ended: bool) -> String {
 }
 
 /// The previous snapshot of this label, when it holds files (its record's count;
-/// without a record, whether it holds anything): a walk that keeps none is refused
-/// ([`no_files_left`]). Not another label's (a new label's first run in a shared store
-/// compares with the newest snapshot of any label).
-fn prev_with_files(opts: &BackupOptions, prev: Option<&Previous>) -> Option<String> {
+/// without a record, whether it holds anything): a walk that keeps none, or far fewer
+/// ([`crate::error::shrank`]), is refused ([`no_files_left`]). Its name, and its
+/// record's count of files when it has one. Not another label's (a new label's first
+/// run in a shared store compares with the newest snapshot of any label).
+fn prev_with_files(opts: &BackupOptions, prev: Option<&Previous>) -> Option<(String, Option<u64>)> {
     prev.filter(|p| {
         !opts.allow_empty && p.label_slots > 0 && p.expected_files.map_or(p.has_entries, |n| n > 0)
     })
-    .map(|p| p.name.clone())
+    .map(|p| (p.name.clone(), p.expected_files))
 }
 
 /// [`Error::NoFilesLeft`] when the walk kept no file while `prev_with_files` (from
 /// [`prev_with_files`]) holds files: a snapshot of empty directories would expire
-/// history as an empty source would.
+/// history as an empty source would; [`Error::SourceShrank`] when it kept files, but
+/// fewer than a tenth of the previous snapshot's (of at least 100:
+/// [`crate::error::shrank`]), as a failed mount holding a marker file does.
 fn no_files_left(
     opts: &BackupOptions,
-    prev_with_files: Option<String>,
+    prev_with_files: Option<(String, Option<u64>)>,
     counters: &Counters,
 ) -> Option<Error> {
-    let prev = prev_with_files?;
-    if counters.files_total.load(Ordering::Relaxed) != 0 {
-        return None;
+    let (prev, prev_files) = prev_with_files?;
+    let kept = counters.files_total.load(Ordering::Relaxed);
+    let by = || {
+        if opts.exclude_settings().is_ok_and(|s| s.is_empty()) {
+            String::new()
+        } else {
+            exclusions_named(opts)
+        }
+    };
+    if kept != 0 {
+        let prev_files = prev_files.filter(|&n| crate::error::shrank(n, kept))?;
+        return Some(Error::SourceShrank {
+            path: opts.tree_of(&opts.source),
+            prev,
+            prev_files,
+            kept,
+            by: by(),
+            unread: counters.unread_dirs(),
+        });
     }
     Some(Error::NoFilesLeft {
         path: opts.tree_of(&opts.source),
         prev,
-        by: if opts.exclude_settings().is_ok_and(|s| s.is_empty()) {
-            String::new()
-        } else {
-            exclusions_named(opts)
-        },
+        by: by(),
         unread: counters.unread_dirs(),
     })
 }

@@ -71,7 +71,8 @@ pub struct BackupOptions {
     /// snapshot (its `excludes`, and the tags [`exclusion_tags`] names).
     pub exclusion: crate::exclude::Settings,
     /// `--allow-empty`: back up a source that is empty, or of which the exclusions
-    /// leave nothing, while the parent snapshot is not ([`refuse_empty`]).
+    /// leave nothing, while the parent snapshot is not ([`refuse_empty`]), or that
+    /// keeps fewer than a tenth of the parent's files ([`shrunk_from`]).
     pub allow_empty: bool,
     /// `--host NAME` (restic's `backup --host`): the hostname the snapshot records, its
     /// parent is picked by and its retention groups by; `None`: this machine's
@@ -253,7 +254,9 @@ pub struct Spec<'a> {
     pub host: String,
     /// Refuse the snapshot when the walk kept no file while the parent's tree holds
     /// files (`!allow_empty`, a backup's): a snapshot of empty directories would make
-    /// the retention forget history as an empty source would ([`Error::NoFilesLeft`]).
+    /// the retention forget history as an empty source would ([`Error::NoFilesLeft`]);
+    /// and when it kept fewer than a tenth of the parent's files, of at least 100
+    /// ([`crate::error::Error::SourceShrank`], [`shrunk_from`]).
     /// The exclusions, named for the message, come from `exclusion`.
     pub refuse_no_files: bool,
 }
@@ -479,6 +482,32 @@ pub fn snapshot_locked(
             .to_string(),
         ));
     }
+    // A walk that kept files, but fewer than a tenth of the parent's (of at least 100:
+    // `error::shrank`; a failed mount whose mount point holds a marker file): refused
+    // the same way. Files are regular files on both sides (what `files` counts).
+    if spec.refuse_no_files
+        && report.files > 0
+        && let (Some((id, p)), Some(tree)) = (&parent, parent_tree)
+        && p.tag("label") == Some(spec.label.as_str())
+        && let Some(prev_files) = shrunk_from(repo, tree, report.files)?
+    {
+        let _ = lock.release();
+        return Err(Error::Other(
+            crate::error::Error::SourceShrank {
+                path: spec.path.clone(),
+                prev: format!("{} ({})", &id.hex()[..8], p.time),
+                prev_files,
+                kept: report.files,
+                by: spec.exclusion.named(),
+                unread: report
+                    .problems
+                    .iter()
+                    .filter(|p| p.kind == "unreadable" && p.action == "list")
+                    .count() as u64,
+            }
+            .to_string(),
+        ));
+    }
     let mut tags = spec.tags;
     if !report.problems.is_empty() {
         tags.push(super::snapshot::PARTIAL_TAG.into());
@@ -681,6 +710,50 @@ pub(crate) fn tree_has_file(repo: &Repo, tree: Id) -> Result<bool> {
         }
     }
     Ok(false)
+}
+
+/// The regular files below the tree `tree`, counted until `stop_at` are found (the
+/// count then returned is `stop_at`; `u64::MAX`: all of them). A tree that does not
+/// read (a pack lost: the walk read its directory in full and said so) counts none:
+/// the guard refuses on what it knows, and an unreadable parent is no reason to fail.
+fn count_files(repo: &Repo, tree: Id, stop_at: u64) -> Result<u64> {
+    let (mut todo, mut n) = (vec![tree], 0u64);
+    while let Some(t) = todo.pop() {
+        let nodes = match repo.read_tree(&t) {
+            Ok(tree) => tree.nodes,
+            Err(Error::Cancelled) => return Err(Error::Cancelled),
+            Err(_) => continue,
+        };
+        for node in nodes {
+            match (node.kind.as_str(), node.subtree) {
+                ("file", _) => n += 1,
+                ("dir", Some(sub)) => todo.push(sub),
+                _ => {}
+            }
+            if n >= stop_at {
+                return Ok(n);
+            }
+        }
+    }
+    Ok(n)
+}
+
+/// The regular files of the parent's tree `tree` when a run that kept `kept` of them
+/// is to be refused by the nearly-empty-source rule ([`crate::error::shrank`]): the
+/// parent held at least 100 and more than ten times `kept`. The parent is counted only
+/// as far as the rule needs (its trees, just read by the walk, come from the tree
+/// cache), and in full only when it refuses (for the message).
+pub(crate) fn shrunk_from(repo: &Repo, tree: Id, kept: u64) -> Result<Option<u64>> {
+    use crate::error::{SHRINK_FACTOR, SHRINK_MIN_PREV};
+    let needed = kept
+        .saturating_mul(SHRINK_FACTOR)
+        .saturating_add(1)
+        .max(SHRINK_MIN_PREV);
+    if count_files(repo, tree, needed)? < needed {
+        return Ok(None);
+    }
+    let all = count_files(repo, tree, u64::MAX)?;
+    Ok(crate::error::shrank(all, kept).then_some(all))
 }
 
 /// A backup's parent snapshot, if it has one.

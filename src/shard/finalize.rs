@@ -509,8 +509,10 @@ fn locked(
 }
 
 /// The guard of a run that keeps no file (`Error::NoFilesLeft`, as a single-node run's
-/// in `engine::backup`): the run's merged figures (`counters`) hold no file while the
-/// previous snapshot of the plan's label holds files (its record's count; without a
+/// in `engine::backup`), or far fewer than its previous snapshot (`Error::SourceShrank`,
+/// `error::shrank`, against that snapshot's recorded count): the run's merged figures
+/// (`counters`) hold no file (or too few) while the previous snapshot of the plan's
+/// label holds files (its record's count; without a
 /// record, whether it holds anything; another label's, which a new label's first run
 /// compares with, does not count). Published, its `--retain` would expire the good
 /// history. Refused: nothing is published or expired, the run record says `failed`
@@ -525,22 +527,34 @@ fn refuse_no_files(
     rep: &mut RunReport,
 ) -> Result<(), ShardError> {
     use std::sync::atomic::Ordering::Relaxed;
-    if counters.files_total.load(Relaxed) > 0 {
-        return Ok(());
-    }
+    let kept = counters.files_total.load(Relaxed);
     let Some(prev) = Repository::previous(store, &plan.label)?
         .filter(|p| p.label_slots > 0 && p.expected_files.map_or(p.has_entries, |n| n > 0))
     else {
         return Ok(());
     };
-    let e = Error::NoFilesLeft {
-        path: plan.source.clone(),
-        prev: prev.name,
-        by: match plan.exclusion.is_empty() {
-            true => String::new(),
-            false => plan.exclusion.named(),
+    let by = match plan.exclusion.is_empty() {
+        true => String::new(),
+        false => plan.exclusion.named(),
+    };
+    let e = match prev.expected_files {
+        _ if kept == 0 => Error::NoFilesLeft {
+            path: plan.source.clone(),
+            prev: prev.name,
+            by,
+            unread: counters.unread_dirs(),
         },
-        unread: counters.unread_dirs(),
+        // A run that keeps files is compared with a recorded count only: a previous
+        // snapshot without a record passes.
+        Some(prev_files) if crate::error::shrank(prev_files, kept) => Error::SourceShrank {
+            path: plan.source.clone(),
+            prev: prev.name,
+            prev_files,
+            kept,
+            by,
+            unread: counters.unread_dirs(),
+        },
+        _ => return Ok(()),
     };
     counters.fill(rep);
     rep.status = Status::Failed;

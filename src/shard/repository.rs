@@ -2421,7 +2421,9 @@ fn unlink_names(
 
 /// The guard of a run that keeps no file (`Error::NoFilesLeft`, as the store's finalize
 /// and a single-node backup): the units' summed figures (`totals`) hold no file while
-/// the plan's parent snapshot, of the plan's label, holds a file below the source.
+/// the plan's parent snapshot, of the plan's label, holds a file below the source; or
+/// they hold fewer than a tenth of its files, of at least 100 (`Error::SourceShrank`,
+/// `restic::backup::shrunk_from`).
 /// Published, the publisher's `--retain` would forget the good history. Refused before
 /// `final` is written: nothing is published or forgotten, the run stays as it is (its
 /// units committed, their blobs indexed), a finalize tried again refuses the same way,
@@ -2434,9 +2436,7 @@ fn refuse_no_files(
     source: &Path,
     totals: &RunTotals,
 ) -> Result<(), ShardError> {
-    if totals.counts.files > 0 {
-        return Ok(());
-    }
+    let kept = totals.counts.files;
     let Some(id) = plan.prev.as_deref().and_then(|p| Id::parse(p).ok()) else {
         return Ok(());
     };
@@ -2453,24 +2453,47 @@ fn refuse_no_files(
         return Ok(());
     }
     let comps: Vec<&OsStr> = source.iter().skip(1).collect();
-    let Some(tree) = restic::backup::descend(repo, snap.tree, &comps).map_err(failed)? else {
+    let tree = match restic::backup::descend(repo, snap.tree, &comps) {
+        Ok(tree) => tree,
+        // A run that kept files against a parent whose tree does not read (its units
+        // read their directories in full and said so): nothing to compare with.
+        Err(_) if kept > 0 => None,
+        Err(e) => return Err(failed(e)),
+    };
+    let Some(tree) = tree else {
         return Ok(());
     };
+    let prev = format!("{} ({})", &id.hex()[..8], snap.time);
+    let by = match plan.exclusion.is_empty() {
+        true => String::new(),
+        false => plan.exclusion.named(),
+    };
+    let unread = totals
+        .problems
+        .iter()
+        .filter(|p| p.kind == "unreadable" && p.action == "list")
+        .count() as u64;
+    if kept > 0 {
+        return match restic::backup::shrunk_from(repo, tree, kept).map_err(failed)? {
+            None => Ok(()),
+            Some(prev_files) => Err(ShardError::Failed(crate::error::Error::SourceShrank {
+                path: source.to_path_buf(),
+                prev,
+                prev_files,
+                kept,
+                by,
+                unread,
+            })),
+        };
+    }
     if !restic::backup::tree_has_file(repo, tree).map_err(failed)? {
         return Ok(());
     }
     Err(ShardError::Failed(crate::error::Error::NoFilesLeft {
         path: source.to_path_buf(),
-        prev: format!("{} ({})", &id.hex()[..8], snap.time),
-        by: match plan.exclusion.is_empty() {
-            true => String::new(),
-            false => plan.exclusion.named(),
-        },
-        unread: totals
-            .problems
-            .iter()
-            .filter(|p| p.kind == "unreadable" && p.action == "list")
-            .count() as u64,
+        prev,
+        by,
+        unread,
     }))
 }
 
