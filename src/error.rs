@@ -27,7 +27,10 @@ pub enum Error {
     },
     #[error("source {} does not exist (is the file system mounted?)", crate::relpath::shown(.0))]
     SourceMissing(PathBuf),
-    #[error("source {} is not a directory", crate::relpath::shown(.0))]
+    #[error(
+        "source {} is not a directory: snapring backs up a directory tree; give --source the directory to back up (for one file, the directory that holds it)",
+        crate::relpath::shown(.0)
+    )]
     SourceNotDir(PathBuf),
     #[error(
         "source {} is not a mount point, but require_mount is set: mount the file system there, or drop --require-mount",

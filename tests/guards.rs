@@ -1584,3 +1584,110 @@ fn a_walk_whose_directories_could_not_be_read_keeps_their_previous_entries() {
         "kept from the previous snapshot"
     );
 }
+
+/// `--retain N` keeps the N newest snapshots, whatever their slot numbers: a snapshot
+/// deleted by hand (`rm -rf daily.1`) and one renamed past N (`daily.2` to `daily.9`)
+/// expire nothing while fewer than N exist, and the kept ones close the gaps (the
+/// layout stays `daily.0 …`). Rotation expired by slot number: with `--retain 5` and
+/// `daily.0`, `daily.3`, `daily.9` the next run "expired daily.9" with four snapshots
+/// in the store.
+#[test]
+fn retain_keeps_the_newest_snapshots_whatever_their_slots() {
+    let (_t, src, dest) = setup();
+    let run = |v: &str| {
+        write(&src.join("v"), v.as_bytes());
+        let (code, rep, err) = backup(&src, &dest, &["--retain", "5"], &[]);
+        assert_eq!(code, 0, "{v}: {err}{rep}");
+        rep
+    };
+    for v in ["r1", "r2", "r3", "r4"] {
+        run(v);
+    }
+    // daily.0 r4, daily.1 r3, daily.2 r2, daily.3 r1.
+    std::fs::remove_dir_all(dest.join("daily.1")).unwrap();
+    std::fs::rename(dest.join("daily.2"), dest.join("daily.9")).unwrap();
+    let rep = run("r5");
+    assert_eq!(rep["expired"], serde_json::json!([]), "{rep}");
+    let held = |names: &[&str]| -> Vec<String> {
+        names
+            .iter()
+            .map(|n| std::fs::read_to_string(dest.join(n).join("v")).unwrap())
+            .collect()
+    };
+    assert_eq!(
+        snapshot_names(&dest),
+        ["daily.0", "daily.1", "daily.2", "daily.3"]
+    );
+    assert_eq!(
+        held(&["daily.0", "daily.1", "daily.2", "daily.3"]),
+        ["r5", "r4", "r1", "r2"]
+    );
+    // The fifth snapshot: nothing expires yet; the sixth expires the oldest only.
+    let rep = run("r6");
+    assert_eq!(rep["expired"], serde_json::json!([]), "{rep}");
+    assert_eq!(snapshot_names(&dest).len(), 5);
+    let rep = run("r7");
+    assert_eq!(rep["expired"], serde_json::json!(["daily.4"]), "{rep}");
+    assert_eq!(
+        held(&["daily.0", "daily.1", "daily.2", "daily.3", "daily.4"]),
+        ["r7", "r6", "r5", "r4", "r1"]
+    );
+    // Every record followed its snapshot through the renames: each verifies against
+    // its own manifest.
+    let out = snapring(
+        &[
+            "verify".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "--all".as_ref(),
+        ],
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Bad values say so before anything is made: `--dest s3://` (no bucket) is a usage
+/// error (exit 64; it was 1, as a failed run), and a `--source` that is a regular file
+/// is refused naming what to give instead, before a store is begun (the store was
+/// made, then the run failed with no remedy).
+#[test]
+fn a_bucketless_dest_and_a_file_as_source_are_refused_before_anything_is_made() {
+    let (t, src, _) = setup();
+    for args in [
+        &[
+            "backup",
+            "--source",
+            src.to_str().unwrap(),
+            "--dest",
+            "s3://",
+        ][..],
+        &["init", "--dest", "s3://"],
+        &["list", "--dest", "s3:///prefix"],
+    ] {
+        let a: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        let out = snapring(&a, &[("SNAPRING_PASSWORD", "pw")]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {err}");
+        assert!(
+            err.contains("expected s3://BUCKET/PREFIX"),
+            "{args:?}: {err}"
+        );
+    }
+    let file = t.path().join("afile");
+    write(&file, b"one file");
+    let store = t.path().join("new-store");
+    let (code, rep, err) = backup(&file, &store, &[], &[]);
+    let msg = format!("{err}{}", rep["message"].as_str().unwrap_or(""));
+    assert_eq!(code, 1, "{msg}");
+    assert!(
+        msg.contains("is not a directory") && msg.contains("give --source the directory"),
+        "{msg}"
+    );
+    assert!(!store.exists(), "a store was begun for a file as source");
+}

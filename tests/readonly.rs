@@ -376,3 +376,26 @@ fn the_read_view_of_an_interrupted_rotation_is_what_the_repair_makes() {
         );
     }
 }
+
+/// A backup into a store on a read-only mount fails saying what to do: it said only
+/// "cannot open lock file …/.snapring/lock: Read-only file system".
+#[test]
+fn a_backup_into_a_read_only_store_says_how_to_fix_it() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("f"), b"x");
+    assert_eq!(backup(&src, &store, &[], &[]).0, 0);
+    let ro = t.path().join("ro");
+    let Some(_m) = ro_mount_or_skip(&store, &ro) else {
+        return;
+    };
+    let (code, rep, err) = backup(&src, &ro, &[], &[]);
+    let msg = format!("{err}{}", rep["message"].as_str().unwrap_or(""));
+    assert_eq!(code, 1, "{msg}");
+    assert!(
+        msg.contains(".snapring/lock")
+            && msg.contains("Read-only file system")
+            && msg.contains("remount it read-write"),
+        "{msg}"
+    );
+}

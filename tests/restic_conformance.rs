@@ -1500,3 +1500,69 @@ fn verify_against_names_a_link_target_restic_stored_lossily() {
     let (code, out, err) = sr(&["verify", "--dest", &url, "--against", s]);
     assert_eq!(code, 0, "{out}\n{err}");
 }
+
+/// `init --dest file://DIR` refuses a hard-link store and a directory holding data (a
+/// source given by mistake), naming what it holds, and creates nothing; a backup with
+/// `--dest file://STORE` says the store is a hard-link store to back up into by its
+/// path, not "create one with `snapring init --dest file://STORE`". `init` made a
+/// repository inside both (exit 0), and the backup's message advised exactly that.
+/// An empty directory, or one with only what an interrupted `init` left, is taken.
+#[test]
+fn init_refuses_a_store_and_a_directory_holding_data() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, store) = (t.path().join("src"), t.path().join("store"));
+    write(&src.join("f"), b"x");
+    let out = snapring(
+        &[
+            "backup".as_ref(),
+            "--source".as_ref(),
+            src.as_os_str(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let (code, _, err) = sr(&["init", "--dest", &file_url(&store)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is a snapring hard-link store")
+            && err.contains(&format!("--dest {} (without file://)", store.display()))
+            && err.contains("no repository was created"),
+        "{err}"
+    );
+    let (code, _, err) = sr(&["init", "--dest", &file_url(&src)]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("is not empty (it holds f)") && err.contains("no repository was created"),
+        "{err}"
+    );
+    for dir in [&src, &store] {
+        for n in ["config", "keys", "data"] {
+            assert!(!dir.join(n).exists(), "{} made in {dir:?}", n);
+        }
+    }
+    let (code, _, err) = sr(&[
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &file_url(&store),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("not a restic repository")
+            && err.contains("is a snapring hard-link store")
+            && !err.contains("snapring init --dest file://"),
+        "{err}"
+    );
+    // Empty, or left by an interrupted init: taken.
+    let (empty, half) = (t.path().join("empty"), t.path().join("half"));
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::create_dir_all(half.join("keys")).unwrap();
+    std::fs::create_dir_all(half.join("data/00")).unwrap();
+    for r in [&empty, &half] {
+        sr_ok(&["init", "--dest", &file_url(r)]);
+        assert!(r.join("config").is_file());
+    }
+}

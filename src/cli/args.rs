@@ -139,7 +139,7 @@ pub enum RepairCmd {
 #[derive(Args)]
 pub struct RepairIndexArgs {
     /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long)]
+    #[arg(long, value_parser = repo_url)]
     pub dest: String,
     /// Read every pack whole and check every blob (decrypt, hash); a blob that does not
     /// check is left out of the index, so the next backup stores it again. Without
@@ -182,7 +182,7 @@ pub struct BackupArgs {
     #[arg(long, value_parser = path())]
     pub source: Option<PathBuf>,
     /// Backup file system (where the store lives), or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, value_parser = path())]
+    #[arg(long, value_parser = dest_path())]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (for example the file system id); default: --dest itself.
     #[arg(long, value_parser = folder)]
@@ -295,7 +295,7 @@ pub struct BackupArgs {
 #[derive(Args)]
 pub struct InitArgs {
     /// Where: file:///PATH (a local directory) or s3://BUCKET/PREFIX (AWS_* settings: docs/format.md).
-    #[arg(long)]
+    #[arg(long, value_parser = repo_url)]
     pub dest: String,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)
     /// [or SNAPRING_PASSWORD_FILE, SNAPRING_PASSWORD, RESTIC_PASSWORD_FILE,
@@ -310,7 +310,7 @@ pub struct InitArgs {
 #[derive(Args)]
 pub struct ForgetArgs {
     /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long)]
+    #[arg(long, value_parser = repo_url)]
     pub dest: String,
     /// The snapshots to forget: ids, unique id prefixes or `latest` (as `list` shows
     /// them and `restore` takes them); every one is resolved before any is removed.
@@ -337,7 +337,7 @@ pub struct ForgetArgs {
 #[derive(Args)]
 pub struct CopyArgs {
     /// The backup file system of the store (as for `backup --dest`).
-    #[arg(long, value_parser = path())]
+    #[arg(long, value_parser = dest_path())]
     pub dest: PathBuf,
     /// The store folder under --dest; default: --dest itself.
     #[arg(long)]
@@ -367,7 +367,7 @@ pub struct CopyArgs {
 #[derive(Args)]
 pub struct PruneArgs {
     /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long)]
+    #[arg(long, value_parser = repo_url)]
     pub dest: String,
     /// Print what would be kept, repacked and deleted; change nothing (takes no lock).
     #[arg(long)]
@@ -389,7 +389,7 @@ pub struct PruneArgs {
 #[derive(Args)]
 pub struct ListArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, value_parser = path())]
+    #[arg(long, value_parser = dest_path())]
     pub dest: PathBuf,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -416,7 +416,7 @@ pub struct ListArgs {
 pub struct RestoreArgs {
     /// The store: <dest>/<folder> [default with --config: the job's dest and folder], or a
     /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, required_unless_present = "config", value_parser = path())]
+    #[arg(long, required_unless_present = "config", value_parser = dest_path())]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -477,7 +477,7 @@ pub struct RestoreArgs {
 #[derive(Args)]
 pub struct DiffArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, value_parser = path())]
+    #[arg(long, value_parser = dest_path())]
     pub dest: PathBuf,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -512,7 +512,7 @@ pub struct DiffArgs {
 pub struct VerifyArgs {
     /// The store: <dest>/<folder>, or a restic repository: file:///PATH or s3://BUCKET/PREFIX
     /// (every blob the snapshots use is re-read and re-hashed).
-    #[arg(long, value_parser = path())]
+    #[arg(long, value_parser = dest_path())]
     pub dest: PathBuf,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -547,7 +547,7 @@ pub struct VerifyArgs {
 pub struct HistoryArgs {
     /// The store: <dest>/<folder> (filters runs; required with PATH), or with PATH a
     /// restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long, value_parser = path())]
+    #[arg(long, value_parser = dest_path())]
     pub dest: Option<PathBuf>,
     /// Store folder under --dest (as `backup --folder` wrote it): the store is
     /// <dest>/<folder>.
@@ -580,7 +580,7 @@ pub struct ShowArgs {
     /// Run id (or a unique prefix of it).
     pub run: String,
     /// Look the run up in this store when the catalog does not have it.
-    #[arg(long, value_parser = path())]
+    #[arg(long, value_parser = dest_path())]
     pub dest: Option<PathBuf>,
     /// Print the result as JSON on stdout.
     #[arg(long)]
@@ -592,7 +592,7 @@ pub struct StatsArgs {
     #[arg(long)]
     pub job: Option<String>,
     /// Only runs of this store.
-    #[arg(long, value_parser = path())]
+    #[arg(long, value_parser = dest_path())]
     pub dest: Option<PathBuf>,
     #[arg(long)]
     pub since: Option<String>,
@@ -710,7 +710,7 @@ pub struct FinalizeArgs {
 pub struct ShardRunArgs {
     /// Backup file system (where the store lives), or the restic repository
     /// (file:///PATH or s3://BUCKET/PREFIX) a run backs up into.
-    #[arg(long, value_parser = path())]
+    #[arg(long, value_parser = dest_path())]
     pub dest: PathBuf,
     /// A restic repository's password file [else SNAPRING_PASSWORD_FILE,
     /// SNAPRING_PASSWORD or RESTIC_PASSWORD_FILE].
@@ -824,6 +824,27 @@ fn prefix(s: &str) -> Result<String, String> {
 /// starts with `~`, which only a shell expands, and only unquoted at the start of a word
 /// (`--to=~/x` and `--to '~/x'` reach snapring as they are): taken literally it made a
 /// directory named `~` in the working directory.
+/// A repository's `--dest` (file:///PATH or s3://BUCKET/PREFIX), its form checked.
+fn repo_url(s: &str) -> Result<String, String> {
+    match snapring::restic::backend::url_form(s) {
+        Some(e) => Err(e),
+        None => Ok(s.to_string()),
+    }
+}
+
+/// A `--dest` that is a store's path or a repository's URL: as [`path`], and a URL's
+/// form checked (`--dest s3://` exited 1 as a failed run, not 64).
+fn dest_path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser;
+    clap::builder::OsStringValueParser::new().try_map(|s| {
+        let p = checked_path(s)?;
+        match p.to_str().and_then(snapring::restic::backend::url_form) {
+            Some(e) => Err(e),
+            None => Ok(p),
+        }
+    })
+}
+
 fn path() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
     use clap::builder::TypedValueParser;
     clap::builder::OsStringValueParser::new().try_map(checked_path)

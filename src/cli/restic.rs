@@ -107,6 +107,19 @@ fn open_reading(
 /// `snapring init --dest file:///PATH|s3://BUCKET/PREFIX`.
 pub fn init(a: InitArgs) -> anyhow::Result<ExitCode> {
     let b = backend::from_dest(&a.dest)?;
+    // A hard-link store or a directory holding data (a source) is refused: `init` made
+    // a repository inside either (the config checked first: a repository there is
+    // "already holds a repository").
+    if let Some(dir) = b.local_root()
+        && b.read_config()?.is_none()
+        && let Some(why) = backend::unfit_for_init(dir)
+    {
+        return Err(snapring::restic::Error::Other(format!(
+            "{}: no repository was created: {why}",
+            dir.display()
+        ))
+        .into());
+    }
     let pw = restic::password::resolve(a.password_file.as_deref())?;
     pw.check_for_a_new_key()?;
     let cancel = super::cancel_on_signal();

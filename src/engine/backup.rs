@@ -438,13 +438,18 @@ pub(crate) fn finish_report(rep: &mut RunReport, t0: Instant) {
 /// A missing source (or prefix, or a source symlink to nothing) does not begin a
 /// store: there would be nothing in it but the record of this failure. Not asked
 /// before a pre_command, which may be what mounts or makes it. A single-node run and
-/// each shard worker ask it before they open (and so create) the store.
+/// each shard worker ask it before they open (and so create) the store. Nor does a
+/// source that is not a directory (a regular file given as `--source`): it made the
+/// store, then failed.
 pub(crate) fn refuse_to_begin_a_store(opts: &BackupOptions) -> Result<()> {
+    if opts.pre_command.is_some() || opts.store.join(crate::store::META_DIR).is_dir() {
+        return Ok(());
+    }
+    if std::fs::metadata(&opts.source).is_ok_and(|m| !m.is_dir()) {
+        return Err(Error::SourceNotDir(opts.source.clone()));
+    }
     let root = opts.tree_of(&opts.source);
-    if opts.pre_command.is_none()
-        && !opts.store.join(crate::store::META_DIR).is_dir()
-        && std::fs::metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-    {
+    if std::fs::metadata(&root).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
         return Err(Error::SourceMissing(root));
     }
     Ok(())
@@ -1198,7 +1203,7 @@ fn deferred_warnings(deferred: &[String]) -> Vec<String> {
         .iter()
         .map(|n| {
             let w = format!(
-                "expiry of {n} deferred: a restore, diff, verify or list --space is reading it; kept one slot up, a later run expires it"
+                "expiry of {n} deferred: a restore, diff, verify or list --space is reading it; kept past retain, a later run expires it"
             );
             tracing::warn!("{w}");
             w

@@ -137,6 +137,27 @@ pub fn rel_path(kind: Kind, id: &Id) -> String {
 }
 
 /// Opens the storage `--dest` names: `file:///ABSOLUTE/PATH` or `s3://BUCKET/PREFIX`.
+/// What is wrong with the form of a repository `--dest` (`s3://` without a bucket,
+/// `file://` with a relative path), or `None`: a flag's value is checked with it where
+/// it is read, a usage error (exit 64) before anything runs. `--dest s3://` failed
+/// later, as a run (exit 1). (restic's own syntax and a prefix with `..` parts are
+/// refused by [`from_dest`], as before.)
+pub fn url_form(dest: &str) -> Option<String> {
+    if let Some(rest) = dest.strip_prefix("s3://") {
+        if rest.split('/').next().unwrap_or("").is_empty() {
+            return Some(format!(
+                "--dest {dest:?}: expected s3://BUCKET/PREFIX (no bucket named)"
+            ));
+        }
+    } else if dest.starts_with("file://") && !parse_file_url(dest).is_some_and(|p| p.is_absolute())
+    {
+        return Some(format!(
+            "--dest {dest:?}: expected file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX"
+        ));
+    }
+    None
+}
+
 pub fn from_dest(dest: &str) -> Result<std::sync::Arc<dyn Backend>> {
     if let Some(hint) = restic_syntax(dest) {
         return Err(Error::Other(hint));
@@ -586,8 +607,18 @@ fn ids_in(dir: &Path) -> Result<Vec<Id>> {
         .collect())
 }
 
-/// Says a destination is not a repository, and how to make one.
+/// Says a destination is not a repository, and how to make one: a local directory
+/// that is a hard-link store is named one (back up into it by its path), one that
+/// holds other things is not advised `init` (which refuses it, [`unfit_for_init`]).
+/// It advised `snapring init --dest file://…` for both.
 pub fn not_a_repository(location: &str) -> Error {
+    if !location.starts_with("s3://")
+        && let Some(why) = unfit_for_init(Path::new(location))
+    {
+        return Error::Other(format!(
+            "{location} is not a restic repository (no config file): {why}"
+        ));
+    }
     let url = if location.starts_with("s3://") {
         location.to_string()
     } else {
@@ -596,6 +627,42 @@ pub fn not_a_repository(location: &str) -> Error {
     Error::Other(format!(
         "{location} is not a restic repository (no config file); create one with \
          `snapring init --dest {url}`"
+    ))
+}
+
+/// What a local directory holds that `init` must not make a repository in, or `None`
+/// (missing, empty, or holding only restic's layout directories an interrupted `init`
+/// left, or a new file system's `lost+found`): a hard-link store (a directory with
+/// `.snapring/`), or anything else (a source given by mistake). `init` made a
+/// repository inside both, exit 0.
+pub fn unfit_for_init(dir: &Path) -> Option<String> {
+    let shown = dir.display();
+    if dir.join(".snapring").is_dir() {
+        return Some(format!(
+            "it is a snapring hard-link store (it holds .snapring/), and a repository is not made inside one; back up into the store by its path, --dest {shown} (without file://), or give `snapring init` a new or empty directory"
+        ));
+    }
+    let layout = ["keys", "index", "snapshots", "locks", "data", "lost+found"];
+    let mut other: Vec<String> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !layout.contains(&n.as_str()))
+        .collect();
+    if other.is_empty() {
+        return None;
+    }
+    other.sort();
+    let n = other.len();
+    other.truncate(3);
+    let more = if n > 3 {
+        format!(" and {} more", n - 3)
+    } else {
+        String::new()
+    };
+    Some(format!(
+        "it is not empty (it holds {}{more}), and a repository is made only in a new or empty directory (is it a source?); give `snapring init --dest file:///…` a new or empty directory",
+        other.join(", ")
     ))
 }
 

@@ -4,7 +4,7 @@
 //! descriptor of the snapshot's root directory it already holds open, for as long as it
 //! holds that descriptor (the lock goes with it). A backup's rotation tries
 //! `flock(LOCK_EX|LOCK_NB)` on every snapshot it would expire: if a reader holds it, the
-//! expiry is deferred (the snapshot shifts one slot up, past `retain`, and the next run
+//! expiry is deferred (the snapshot is kept, moved with the kept ones past `retain`, and the next run
 //! that finds it free expires it); else the backup keeps its lock until the rotation has
 //! moved the snapshot to trash, so a reader that opened it meanwhile waits, then sees
 //! that its name no longer leads to it and opens the snapshot by that name again.

@@ -42,6 +42,32 @@ pub struct Lock {
     pub previous: Option<Holder>,
 }
 
+/// The lock file could not be opened for writing: on a read-only store (a read-only
+/// mount, a snapshot of the file system) or one this user may not write, the message
+/// says what to do; it said only "cannot open lock file …: Read-only file system".
+fn cannot_write(store: &Path, path: &Path, e: std::io::Error) -> Error {
+    use rustix::io::Errno;
+    let remedy = match Errno::from_io_error(&e) {
+        Some(Errno::ROFS) => "the store is on a read-only file system, and a backup writes it: remount it read-write (`mount -o remount,rw` on its mount point), or back up into another --dest (`snapring list`, `restore`, `diff` and `verify` read a read-only store as it is)".to_string(),
+        Some(Errno::ACCESS | Errno::PERM) => format!(
+            "this user may not write the store: run as its owner (or root), or check the permissions of {}",
+            crate::relpath::shown(path.parent().unwrap_or(store))
+        ),
+        _ => return Error::Io {
+            action: "open lock file",
+            path: path.to_path_buf(),
+            source: e,
+        },
+    };
+    Error::Store {
+        path: store.to_path_buf(),
+        msg: format!(
+            "cannot open lock file {}: {e}; {remedy}",
+            crate::relpath::shown(path)
+        ),
+    }
+}
+
 impl Lock {
     /// A shared lock for commands that only read (a dry run): several readers at once,
     /// none while a backup holds the store. Writes nothing.
@@ -86,7 +112,7 @@ impl Lock {
             .mode(0o600)
             .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
             .open(path)
-            .ctx("open lock file", path)?;
+            .map_err(|e| cannot_write(store, path, e))?;
         // A fifo in the lock's place would stall the read below for ever.
         crate::fsx::check_regular(std::os::fd::AsFd::as_fd(&file)).ctx("open lock file", path)?;
         let mut text = String::new();

@@ -24,7 +24,7 @@ pub struct TreeRotation {
     trash_prefix: String,
     /// The snapshots before the rotation (their records move with them).
     before: Vec<Snapshot>,
-    /// Expiring snapshots a reader holds: kept, one slot up (see `hold.rs`).
+    /// Expiring snapshots a reader holds: kept, past `retain` (see `hold.rs`).
     deferred: Vec<String>,
     /// The exclusive holds on the expiring snapshots, until they are in trash.
     _holds: Vec<std::os::fd::OwnedFd>,
@@ -339,7 +339,7 @@ impl Repository for Store {
         let trash_prefix = format!("{}/trash/{id}-", super::META_DIR);
         let mut held = Vec::new();
         let mut holds = Vec::new();
-        for &s in slots.iter().filter(|&&s| s + 1 >= retain) {
+        for s in rotation::expiring(&slots, retain) {
             match hold::try_expire(&self.root.join(format!("{label}.{s}"))) {
                 hold::Expiry::Held => held.push(s),
                 hold::Expiry::Free(fd) => holds.extend(fd),
@@ -382,8 +382,15 @@ impl Repository for Store {
             if s.label != label {
                 state.snapshots.push(rec.clone());
             } else if !rotation.expired.contains(&s.name) {
+                // Where the rotation moves it (one slot up, or down to close a gap);
+                // one already at its slot past a gap has no step and stays.
+                let name = rotation
+                    .steps
+                    .iter()
+                    .find(|st| st.from == s.name)
+                    .map_or_else(|| s.name.clone(), |st| st.to.clone());
                 state.snapshots.push(SnapRec {
-                    name: format!("{}.{}", s.label, s.slot + 1),
+                    name,
                     ..rec.clone()
                 });
             }

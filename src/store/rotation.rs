@@ -38,10 +38,22 @@ pub fn parse_slot(name: &str) -> Option<(&str, u32)> {
 /// The plan that publishes `staging` as `<label>.0` keeping `retain` snapshots of the
 /// label. `slots` are the label's existing slot numbers (any order, gaps allowed).
 ///
-/// Like rsnapshot, slot numbers shift by one (gaps are kept, never compacted), and
-/// every slot that would reach `retain` or beyond expires. Steps are ordered so no
-/// rename ever targets an existing name: expiries first, then shifts from the highest
-/// slot down, then the new snapshot. Returns the steps and the expired names.
+/// `retain N` keeps the N newest snapshots, counted by slot order (lowest slot is the
+/// newest), the new one included: the existing snapshots past the `retain - 1` newest
+/// expire, however high or low their slot numbers are. The kept ones take the slots
+/// `1, 2, …` in their order, so a gap (a snapshot deleted by hand, one renamed to a
+/// higher slot) closes as they shift and the layout stays `.0 … .N-1`, rsnapshot's.
+/// Slot numbers used to shift by one with gaps kept, and every slot reaching `retain`
+/// expired (rsnapshot's rule): a gap made the oldest expire while fewer than `retain`
+/// snapshots existed, and a snapshot renamed past `retain` expired at once.
+///
+/// Steps are ordered so no rename ever targets an existing name, and no step renames
+/// away the target of an earlier one (replaying the journal counts a step whose target
+/// exists as done): expiries first (highest slot first), then the snapshots that move
+/// down to close a gap (lowest first; each lands below the next one's slot), then those
+/// that shift up one (the contiguous run `0 … k`, highest first), then the new
+/// snapshot. A snapshot already at its slot (past a gap) has no step. Returns the steps
+/// and the expired names.
 pub fn plan(
     label: &str,
     slots: &[u32],
@@ -53,19 +65,30 @@ pub fn plan(
     (p.steps, p.expired)
 }
 
+/// The slots a run with `retain` would expire, before holds: those past the
+/// `retain - 1` newest by slot order (the new snapshot is the `retain`th).
+pub fn expiring(slots: &[u32], retain: u32) -> Vec<u32> {
+    let mut slots = slots.to_vec();
+    slots.sort_unstable();
+    slots.dedup();
+    let keep = (retain as usize).saturating_sub(1);
+    slots.into_iter().skip(keep).collect()
+}
+
 /// A rotation plan: its renames, the snapshots it expires, and those it would expire
 /// but keeps because a reader holds them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Plan {
     pub steps: Vec<Step>,
     pub expired: Vec<String>,
-    /// Held by a reader: shifted one slot up like a kept snapshot (past `retain`), so
-    /// the next run that finds it free expires it as any slot at or past `retain`.
+    /// Held by a reader: kept and moved with the kept snapshots (past `retain`), so
+    /// the next run that finds it free expires it as any snapshot past the newest
+    /// `retain`.
     pub deferred: Vec<String>,
 }
 
 /// [`plan`], where the slots in `held` are read right now: their expiry is deferred
-/// (they shift up a slot instead of moving to trash; names stay in one rename chain).
+/// (they are kept, in their order, instead of moving to trash).
 pub fn plan_holding(
     label: &str,
     slots: &[u32],
@@ -78,29 +101,41 @@ pub fn plan_holding(
     let mut slots = slots.to_vec();
     slots.sort_unstable();
     slots.dedup();
-    let expires = |s: u32| s + 1 >= retain && !held.contains(&s);
+    let past = |i: usize| i + 1 >= retain as usize;
     let mut p = Plan {
         steps: Vec::new(),
         expired: Vec::new(),
         deferred: Vec::new(),
     };
-    for &s in slots.iter().rev().filter(|&&s| expires(s)) {
-        let name = format!("{label}.{s}");
-        p.steps.push(Step {
-            from: name.clone(),
-            to: format!("{trash_prefix}{name}"),
-        });
-        p.expired.push(name);
-    }
-    for &s in slots.iter().rev().filter(|&&s| !expires(s)) {
-        if s + 1 >= retain {
+    // (from, to) of every kept snapshot, newest first: the k-th kept takes slot k + 1.
+    let mut kept: Vec<(u32, u32)> = Vec::new();
+    for (i, &s) in slots.iter().enumerate() {
+        if past(i) && !held.contains(&s) {
+            continue;
+        }
+        if past(i) {
             p.deferred.push(format!("{label}.{s}"));
         }
-        p.steps.push(Step {
-            from: format!("{label}.{s}"),
-            to: format!("{label}.{}", s + 1),
-        });
+        kept.push((s, kept.len() as u32 + 1));
     }
+    for (i, &s) in slots.iter().enumerate().rev() {
+        if past(i) && !held.contains(&s) {
+            let name = format!("{label}.{s}");
+            p.steps.push(Step {
+                from: name.clone(),
+                to: format!("{trash_prefix}{name}"),
+            });
+            p.expired.push(name);
+        }
+    }
+    let step = |&(from, to): &(u32, u32)| Step {
+        from: format!("{label}.{from}"),
+        to: format!("{label}.{to}"),
+    };
+    p.steps
+        .extend(kept.iter().filter(|(from, to)| to < from).map(step));
+    p.steps
+        .extend(kept.iter().rev().filter(|(from, to)| to > from).map(step));
     p.steps.push(Step {
         from: staging.to_string(),
         to: format!("{label}.0"),
@@ -144,8 +179,8 @@ mod tests {
     }
 
     #[test]
-    fn gaps_are_kept_and_lowered_retain_expires_everything_above() {
-        let (steps, expired) = plan("d", &[0, 2, 5, 9], 3, "S", "T/");
+    fn lowered_retain_expires_all_but_the_newest() {
+        let (steps, expired) = plan("d", &[0, 2, 5, 9], 2, "S", "T/");
         assert_eq!(
             show(&steps),
             [
@@ -157,6 +192,100 @@ mod tests {
             ]
         );
         assert_eq!(expired.len(), 3);
+    }
+
+    /// A gap (a snapshot deleted by hand) and a snapshot renamed past `retain` expire
+    /// nothing while fewer than `retain` snapshots exist: the kept ones close the gaps.
+    /// It expired `d.9`, and with a gap at 1 the oldest one run early.
+    #[test]
+    fn gaps_close_and_only_snapshots_past_the_newest_retain_expire() {
+        let (steps, expired) = plan("d", &[0, 3, 9], 5, "S", "T/");
+        assert_eq!(
+            show(&steps),
+            ["d.3 -> d.2", "d.9 -> d.3", "d.0 -> d.1", "S -> d.0"]
+        );
+        assert!(expired.is_empty());
+        // Four kept and the new one: five; the oldest (d.9) is the one past them.
+        let (steps, expired) = plan("d", &[0, 1, 3, 4, 9], 5, "S", "T/");
+        assert_eq!(
+            show(&steps),
+            ["d.9 -> T/d.9", "d.1 -> d.2", "d.0 -> d.1", "S -> d.0"]
+        );
+        assert_eq!(expired, ["d.9"]);
+        // A gap at the front: the ones past it stay where they are.
+        let (steps, expired) = plan("d", &[2, 5], 7, "S", "T/");
+        assert_eq!(show(&steps), ["d.2 -> d.1", "d.5 -> d.2", "S -> d.0"]);
+        assert!(expired.is_empty());
+        let (steps, _) = plan("d", &[1, 2], 7, "S", "T/");
+        assert_eq!(show(&steps), ["S -> d.0"]);
+    }
+
+    /// Every plan, applied as the journal replay applies it (a step whose target
+    /// exists is done), from any point it was interrupted at, ends with the kept
+    /// snapshots at `1 …` in their order and the new one at 0; no step targets an
+    /// existing name when first applied.
+    #[test]
+    fn every_plan_replays_from_any_point() {
+        use std::collections::BTreeMap;
+        for mask in 0u32..(1 << 9) {
+            let slots: Vec<u32> = (0..9).filter(|b| mask & (1 << b) != 0).collect();
+            for retain in 1..=10 {
+                for held in [vec![], slots.iter().rev().take(1).copied().collect()] {
+                    let p = plan_holding("d", &slots, retain, &held, "S", "T/");
+                    let start: BTreeMap<String, String> = slots
+                        .iter()
+                        .map(|s| (format!("d.{s}"), format!("was {s}")))
+                        .chain([("S".to_string(), "new".to_string())])
+                        .collect();
+                    let mut end = None;
+                    for crash in 0..=p.steps.len() {
+                        let mut fs = start.clone();
+                        let run = |fs: &mut BTreeMap<String, String>,
+                                   steps: &[Step],
+                                   first: bool| {
+                            for st in steps {
+                                if fs.contains_key(&st.to) {
+                                    assert!(!first, "{slots:?} {retain}: {st:?} targets an entry");
+                                    continue;
+                                }
+                                let v = fs.remove(&st.from).unwrap_or_else(|| {
+                                    panic!("{slots:?} {retain}: {st:?}: neither exists")
+                                });
+                                fs.insert(st.to.clone(), v);
+                            }
+                        };
+                        run(&mut fs, &p.steps[..crash], true);
+                        run(&mut fs, &p.steps, false);
+                        match &end {
+                            None => end = Some(fs),
+                            Some(e) => assert_eq!(e, &fs, "{slots:?} {retain} crash at {crash}"),
+                        }
+                    }
+                    let end = end.unwrap();
+                    let kept: Vec<&String> = end
+                        .iter()
+                        .filter(|(k, _)| !k.starts_with("T/"))
+                        .map(|(_, v)| v)
+                        .collect();
+                    let want: Vec<u32> = slots
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, s)| i + 1 < retain as usize || held.contains(s))
+                        .map(|(_, &s)| s)
+                        .collect();
+                    assert_eq!(kept.len(), want.len() + 1, "{slots:?} {retain} {held:?}");
+                    assert_eq!(end["d.0"], "new");
+                    for (k, s) in want.iter().enumerate() {
+                        let at = format!("d.{}", k + 1);
+                        assert_eq!(
+                            end[&at],
+                            format!("was {s}"),
+                            "{slots:?} {retain} {held:?}: {end:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
