@@ -243,6 +243,31 @@ const STORE_BUSY: Duration = Duration::from_secs(1);
 /// the loop one turn late instead of never.
 const LATE_KEPT: Duration = Duration::from_secs(10);
 
+/// How long the end of a run whose store does not answer waits for it ([`State::reap`])
+/// before it is judged with what the daemon knows without it: a run that died while its
+/// store hangs (killed as its NFS server went down) was told to nobody, and had no
+/// `failed` row, for as long as the store hung. `SNAPRING_DAEMON_DEATH_WAIT` (`5s`)
+/// says otherwise (tests). A stopping daemon waits no more.
+const DEATH_WAIT: Duration = Duration::from_secs(60);
+
+fn death_wait() -> chrono::Duration {
+    let d = std::env::var("SNAPRING_DAEMON_DEATH_WAIT")
+        .ok()
+        .and_then(|v| crate::util::parse_duration(&v).ok())
+        .unwrap_or(DEATH_WAIT);
+    chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX)
+}
+
+/// A warning in the record of a run whose death the daemon told before its store
+/// answered ([`State::died`]): told, not to be told again ([`died_untold`]).
+const TOLD_BEFORE_STORE: &str = "its death was told before its store answered";
+
+/// Who has the say on a dead run's record ([`State::died`]): nobody yet, its settling
+/// call (it answered: the loop takes its answer), or the loop (it gave up waiting).
+const PENDING: u8 = 0;
+const ANSWERED: u8 = 1;
+const GAVE_UP: u8 = 2;
+
 /// What the loop got from a store's file system ([`StoreCalls`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Answer<T> {
@@ -326,6 +351,21 @@ impl StoreCalls {
         question: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> Answer<T> {
+        self.call_keeping(store, what, question, |_| true, f)
+    }
+
+    /// [`StoreCalls::call`], where a late answer ([`LATE_KEPT`]) is given only if
+    /// `keep_late` says it may be (else the question is asked again): a late "nobody
+    /// holds the lock" may be stale by then (a run started by hand took it since),
+    /// while a late "held" only holds the job back a turn.
+    fn call_keeping<T: Send + 'static>(
+        &self,
+        store: &Path,
+        what: &str,
+        question: &str,
+        keep_late: impl FnOnce(&T) -> bool,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Answer<T> {
         let mut workers = self.workers.lock().unwrap_or_else(|e| e.into_inner());
         if !workers.contains_key(store) {
             let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
@@ -357,19 +397,44 @@ impl StoreCalls {
         let (m, cv) = &*state;
         let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
         s.answers.retain(|_, (at, _)| at.elapsed() < LATE_KEPT);
-        let answer = match s.answers.remove(question) {
-            Some((_, late)) => Some(late),
+        let late = s
+            .answers
+            .remove(question)
+            .and_then(|(_, late)| late.downcast::<T>().ok())
+            .filter(|a| keep_late(a));
+        let answer = match late {
+            Some(late) => Some(late),
             None if s.asked.is_some() => None,
             None => {
                 s.asked = Some(question.to_string());
                 let shared = state.clone();
                 let q = question.to_string();
+                let (on, doing) = (store.to_path_buf(), what.to_string());
                 let task = Box::new(move || {
-                    let answer: Box<dyn std::any::Any + Send> = Box::new(f());
+                    // A call that panics has no answer, and the question is asked
+                    // again: it left `asked` set and ended the worker, and the store
+                    // read as not answering for good.
+                    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
                     let (m, cv) = &*shared;
                     let mut s = m.lock().unwrap_or_else(|e| e.into_inner());
                     s.asked = None;
-                    s.answers.insert(q, (std::time::Instant::now(), answer));
+                    match answer {
+                        Ok(a) => {
+                            let a: Box<dyn std::any::Any + Send> = Box::new(a);
+                            s.answers.insert(q, (std::time::Instant::now(), a));
+                        }
+                        Err(p) => {
+                            let why = p
+                                .downcast_ref::<&str>()
+                                .map(|s| s.to_string())
+                                .or_else(|| p.downcast_ref::<String>().cloned())
+                                .unwrap_or_else(|| "no message".into());
+                            tracing::error!(
+                                "the call on the store {} to {doing} ({q}) panicked: {why}; asked again next turn",
+                                on.display()
+                            );
+                        }
+                    }
                     cv.notify_all();
                 });
                 if w.tx.send(task).is_err() {
@@ -379,14 +444,17 @@ impl StoreCalls {
                     let (mut s2, _) = cv
                         .wait_timeout_while(s, self.wait, |s| s.asked.is_some())
                         .unwrap_or_else(|e| e.into_inner());
-                    let got = s2.answers.remove(question).map(|(_, a)| a);
+                    let got = s2
+                        .answers
+                        .remove(question)
+                        .and_then(|(_, a)| a.downcast::<T>().ok());
                     s = s2;
                     got
                 }
             }
         };
         drop(s);
-        match answer.and_then(|a| a.downcast::<T>().ok()) {
+        match answer {
             Some(a) => {
                 if w.silent {
                     w.silent = false;
@@ -724,6 +792,9 @@ struct State<'a> {
     calls: StoreCalls,
     /// Runs ended whose store has not answered whether they recorded their end.
     unjudged: Vec<Unjudged>,
+    /// Who has the say on the record of a dead run whose settling call is under way,
+    /// by its question ([`State::died`]).
+    settling: BTreeMap<String, Arc<std::sync::atomic::AtomicU8>>,
     /// Jobs whose store had not answered at the start ([`State::look_again`]).
     unlooked: BTreeSet<String>,
     summary: Summary,
@@ -1222,8 +1293,10 @@ impl State<'_> {
             })
             .collect();
         // The ends a store had not answered for: asked again first.
+        let waited = death_wait();
         for end in std::mem::take(&mut self.unjudged) {
-            if !self.ended(&end.name, end.status, &end.run, end.at) {
+            let give_up = Utc::now() - end.at >= waited;
+            if !self.ended(&end.name, end.status, &end.run, end.at, give_up) {
                 self.unjudged.push(end);
             }
         }
@@ -1233,7 +1306,7 @@ impl State<'_> {
             };
             if let Some(st) = st {
                 let at = Utc::now();
-                if !self.ended(&n, st, &run, at) {
+                if !self.ended(&n, st, &run, at, false) {
                     self.unjudged.push(Unjudged {
                         name: n,
                         status: st,
@@ -1249,16 +1322,18 @@ impl State<'_> {
     /// without recording a run (it failed before it could: a config it could not
     /// read), it is settled and told ([`State::died`]). `false`: its store has not
     /// answered yet, so whether it recorded its end is not known (asked again next
-    /// turn, [`State::reap`]): a store slow but alive is not a death.
+    /// turn, [`State::reap`]): a store slow but alive is not a death. `give_up`: the
+    /// store is not waited for any more ([`DEATH_WAIT`], a stop): judged without it.
     fn ended(
         &mut self,
         name: &str,
         st: std::process::ExitStatus,
         run: &Running,
         at: DateTime<Utc>,
+        give_up: bool,
     ) -> bool {
         if let Some(why) = abnormal(st) {
-            return self.died(name, &why, run, at);
+            return self.died(name, &why, run, at, give_up);
         }
         let Some(code) = st.code().filter(|c| *c != 0) else {
             return true;
@@ -1283,17 +1358,26 @@ impl State<'_> {
         }
         // A catalog that cannot be written (read-only, full) has no row of a run that
         // recorded and told everything else: its record in the store says it ended.
-        let ended = match self.stored_run(name, &run.cfg, run.since, at) {
-            Answer::NotYet => return false,
-            Answer::Got(r) => r.is_some_and(|r| r.status != crate::report::Status::Running),
+        // Whether it failed at all is the store's to say: not given up at a stop (a
+        // run the stop interrupted exits so, and its store, slow, holds its record),
+        // only once the store has not answered for [`DEATH_WAIT`].
+        let give_up = give_up && Utc::now() - at >= death_wait();
+        let why = match self.stored_run(name, &run.cfg, run.since, at) {
+            Answer::NotYet if !give_up => return false,
+            Answer::NotYet => format!(
+                "ended with exit code {code}, with no row in the catalog, and its store has not answered whether it recorded its end (its error is in the daemon's log)"
+            ),
+            Answer::Got(r)
+                if r.as_ref()
+                    .is_some_and(|r| r.status != crate::report::Status::Running) =>
+            {
+                return true;
+            }
+            Answer::Got(_) => format!(
+                "ended with exit code {code} without recording a run (its error is in the daemon's log)"
+            ),
         };
-        if ended {
-            return true;
-        }
-        let why = format!(
-            "ended with exit code {code} without recording a run (its error is in the daemon's log)"
-        );
-        self.died(name, &why, run, at)
+        self.died(name, &why, run, at, give_up)
     }
 
     /// A run of job `name` whose process ended (reaped at `at`) before it could record
@@ -1302,8 +1386,18 @@ impl State<'_> {
     /// notifiers of the configuration it ran under told (a failure always notifies), on
     /// a thread of their own; their outcomes go into the record and the catalog row.
     /// The store's part is read and written off the loop ([`StoreCalls`]): `false`, and
-    /// nothing done, if the store has not answered yet (asked again next turn).
-    fn died(&mut self, name: &str, why: &str, run: &Running, at: DateTime<Utc>) -> bool {
+    /// nothing done, if the store has not answered yet (asked again next turn); with
+    /// `give_up` ([`DEATH_WAIT`], a stop), told all the same with what is known: its
+    /// catalog row `failed`, and its record, once the store answers, marked told
+    /// ([`TOLD_BEFORE_STORE`]), so that neither is told again.
+    fn died(
+        &mut self,
+        name: &str,
+        why: &str,
+        run: &Running,
+        at: DateTime<Utc>,
+        give_up: bool,
+    ) -> bool {
         // The job's newest run from the dead child's start to its end, with its
         // record, once settled (`incomplete`): the dead child's, if it got as far as
         // its row (else none: an older run is not told again, a newer one is alive).
@@ -1324,41 +1418,91 @@ impl State<'_> {
                 .filter(|row| !crate::catalog::is_repository(&row.store))
         });
         let msg = format!("its run's process {why}, before it recorded its end");
+        // Its catalog row, if its store was not waited for.
+        let mut gave_up = None;
         let settled = match row {
             None => None,
             Some(row) => {
                 let root = PathBuf::from(&row.store);
+                // On the worker of the store as configured, as every other call on it:
+                // keyed by the catalog's path (`/mnt/x/../s`, a symlink), the store had
+                // two workers, and its lock could be read and a run started while this
+                // record was not settled yet (which then found the store locked and
+                // left the record `running`).
+                let key = configured_store(&run.cfg, name).unwrap_or_else(|| root.clone());
                 let id = row.id.clone();
                 let cause = msg.clone();
                 let question = format!("the record of run {id}, dead");
-                let answer = self.calls.call(
-                    &root.clone(),
-                    "settle a dead run's record",
-                    &question,
-                    move || {
-                        // As the next command would (the catalog's `settle_running`).
-                        let settled = crate::catalog::settle_in_store(&root, &id, "catalog");
-                        let store = crate::store::Store::open(&root, false).ok()?;
-                        let mut r = match settled {
-                            Some(r) => r,
-                            None => store.read_run(&id).ok().flatten()?,
-                        };
-                        // The cause, after the settled message (which says `interrupted`
-                        // first, as a restart looks for to resume it).
-                        if r.status != crate::report::Status::Complete
-                            && !r.message.contains(&cause)
-                        {
-                            r.message = format!("{} ({cause})", r.message);
-                            if let Err(e) = store.write_run(&r) {
+                // Who has the say on its record: the call (it answered in time) or
+                // the loop (it gave up waiting and told the death without it).
+                let fate = self
+                    .settling
+                    .entry(question.clone())
+                    .or_insert_with(|| Arc::new(std::sync::atomic::AtomicU8::new(PENDING)))
+                    .clone();
+                let call_fate = fate.clone();
+                let answer =
+                    self.calls
+                        .call(&key, "settle a dead run's record", &question, move || {
+                            // A store that hangs (tests).
+                            let _ = crate::failpoint::hit("daemon.settle_dead");
+                            // As the next command would (the catalog's `settle_running`).
+                            let settled = crate::catalog::settle_in_store(&root, &id, "catalog");
+                            let store = crate::store::Store::open(&root, false).ok()?;
+                            let mut r = match settled {
+                                Some(r) => r,
+                                None => store.read_run(&id).ok().flatten()?,
+                            };
+                            let told = call_fate
+                                .compare_exchange(
+                                    PENDING,
+                                    ANSWERED,
+                                    Ordering::SeqCst,
+                                    Ordering::SeqCst,
+                                )
+                                .is_err_and(|f| f == GAVE_UP);
+                            let mut changed = false;
+                            // The cause, after the settled message (which says `interrupted`
+                            // first, as a restart looks for to resume it).
+                            if r.status != crate::report::Status::Complete
+                                && !r.message.contains(&cause)
+                            {
+                                r.message = format!("{} ({cause})", r.message);
+                                changed = true;
+                            }
+                            if told && !r.warnings.iter().any(|w| w == TOLD_BEFORE_STORE) {
+                                r.warnings.push(TOLD_BEFORE_STORE.into());
+                                changed = true;
+                            }
+                            if changed && let Err(e) = store.write_run(&r) {
                                 tracing::error!("job {}: {e}", r.job.as_deref().unwrap_or("-"));
                             }
-                        }
-                        Some((store, r))
-                    },
-                );
+                            Some((store, r))
+                        });
                 match answer {
-                    Answer::NotYet => return false,
-                    Answer::Got(s) => s,
+                    // Not given up, or the call has its answer (given next turn).
+                    Answer::NotYet
+                        if !give_up
+                            || fate
+                                .compare_exchange(
+                                    PENDING,
+                                    GAVE_UP,
+                                    Ordering::SeqCst,
+                                    Ordering::SeqCst,
+                                )
+                                .is_err_and(|f| f == ANSWERED) =>
+                    {
+                        return false;
+                    }
+                    Answer::NotYet => {
+                        self.settling.remove(&question);
+                        gave_up = Some(row);
+                        None
+                    }
+                    Answer::Got(s) => {
+                        self.settling.remove(&question);
+                        s
+                    }
                 }
             }
         };
@@ -1381,8 +1525,33 @@ impl State<'_> {
             self.event(Some(name), "warning", &msg);
             return true;
         }
+        let msg = match &gave_up {
+            Some(row) => format!(
+                "{msg}; its store {} has not answered (its record there is settled by the next command that reaches it)",
+                row.store
+            ),
+            None => msg,
+        };
         tracing::error!("job {name}: {msg}");
         self.event(Some(name), "error", &msg);
+        if let Some(row) = &gave_up
+            && let Some(mut r) = self
+                .catalog()
+                .and_then(|c| c.run_summary(&row.id).ok().flatten())
+        {
+            // `failed`, as it is told: not `running` (which the next command settles
+            // from the store) nor `incomplete` (which the next start tells again).
+            r.status = crate::report::Status::Failed;
+            r.exit_code = crate::report::Status::Failed.exit_code();
+            r.message = msg.clone();
+            r.warnings.push(TOLD_BEFORE_STORE.into());
+            record_run(
+                self.opts.catalog.as_deref(),
+                self.opts.catalog_on_nfs,
+                None,
+                &r,
+            );
+        }
         if let Some((_, r)) = &settled {
             // Its record was written in the store already ([`StoreCalls`]).
             record_run(
@@ -1807,10 +1976,15 @@ impl State<'_> {
         let lock = store.join(crate::store::META_DIR).join("lock");
         let question = format!("the holder of its lock, for job {name}");
         let name = name.to_string();
-        self.calls
-            .call(&store, "read its lock", &question, move || {
-                orphan_holder(&lock, &name)
-            })
+        // A late "no holder" is not taken (a run started by hand may hold it since:
+        // the daemon's run was refused, recorded `failed` and told).
+        self.calls.call_keeping(
+            &store,
+            "read its lock",
+            &question,
+            |holder: &Option<String>| holder.is_some(),
+            move || orphan_holder(&lock, &name),
+        )
     }
 
     /// The record in the store of job `name` (as configured in `cfg`) of its newest run
@@ -1885,7 +2059,7 @@ impl State<'_> {
                 Ok(st) => {
                     tracing::info!("job {n}: run ended ({st})");
                     let at = Utc::now();
-                    if !self.ended(&n, st, &r, at) {
+                    if !self.ended(&n, st, &r, at, false) {
                         self.unjudged.push(Unjudged {
                             name: n,
                             status: st,
@@ -1897,14 +2071,14 @@ impl State<'_> {
                 Err(e) => tracing::error!("job {n}: {e}"),
             }
         }
-        // Asked once more; a store that still has not answered leaves them unjudged
-        // (not told as dead: a store slow but alive may hold their records).
+        // Asked once more, and a run killed by a signal judged without a store that
+        // still has not answered: a death is always told ([`State::died`]).
         for end in std::mem::take(&mut self.unjudged) {
-            if !self.ended(&end.name, end.status, &end.run, end.at) {
+            if !self.ended(&end.name, end.status, &end.run, end.at, true) {
                 let store = configured_store(&end.run.cfg, &end.name)
                     .map_or_else(String::new, |s| s.display().to_string());
                 tracing::error!(
-                    "job {}: its run ended ({}) and its store {store} has not answered whether it recorded its end: not told as dead (the daemon stops)",
+                    "job {}: its run ended ({}) and its store {store} has not answered whether it recorded its end (an exit code, which a run stopped with the daemon ends with too), or its settling call answered as the daemon stopped: not told as dead (the daemon stops)",
                     end.name,
                     end.status
                 );
@@ -1999,7 +2173,10 @@ fn died_untold(r: &crate::report::RunReport) -> bool {
         && r.message
             .starts_with("interrupted: the process ended before finishing")
         && r.notifications.is_empty()
-        && !r.warnings.iter().any(|w| w.starts_with(TOLD_NOBODY))
+        && !r
+            .warnings
+            .iter()
+            .any(|w| w.starts_with(TOLD_NOBODY) || w == TOLD_BEFORE_STORE)
 }
 
 /// The warning in the record of a run whose death the daemon told to nobody (its job
@@ -2282,6 +2459,7 @@ pub fn run(
         ),
         calls: StoreCalls::default(),
         unjudged: Vec::new(),
+        settling: BTreeMap::new(),
         unlooked: BTreeSet::new(),
         summary: Summary::default(),
     };
@@ -2340,10 +2518,23 @@ pub fn run(
                     }
                     st.markers.stores(st.stores());
                     // The workers of the stores no job writes any more end.
+                    // Nor those of the runs going on or whose end is not judged yet
+                    // (under the config they started with): a dead run's settle under
+                    // way on one would lose its answer.
                     let kept: BTreeSet<PathBuf> = st
                         .jobs
                         .keys()
                         .filter_map(|n| configured_store(&st.cfg, n))
+                        .chain(
+                            st.running
+                                .iter()
+                                .filter_map(|(n, r)| configured_store(&r.cfg, n)),
+                        )
+                        .chain(
+                            st.unjudged
+                                .iter()
+                                .filter_map(|u| configured_store(&u.run.cfg, &u.name)),
+                        )
                         .collect();
                     st.calls.keep_only(&kept);
                     st.summary.reloads += 1;
@@ -2468,6 +2659,55 @@ mod tests {
         assert!(matches!(first, Answer::Got(_)));
         assert_eq!(first, id());
         assert_ne!(first, Answer::Got(std::thread::current().id()));
+    }
+
+    /// A store call that panicked left its question "under way" for good and ended the
+    /// store's worker: the store read as not answering, and its jobs never ran again.
+    /// The panic is an answer of none, and the store is asked again.
+    #[test]
+    fn a_store_call_that_panics_leaves_the_store_answering() {
+        let calls = StoreCalls::default();
+        let store = Path::new("/nowhere/p");
+        let got: Answer<u32> = calls.call(store, "test", "q", || panic!("a bug"));
+        assert_eq!(got, Answer::NotYet);
+        assert!(!calls.busy(store), "its question is not under way any more");
+        assert_eq!(calls.call(store, "test", "q", || 5), Answer::Got(5));
+        assert_eq!(calls.call(store, "test", "other", || 6), Answer::Got(6));
+        assert!(!calls.silent(store));
+    }
+
+    /// A late lock reading that said "no holder" was given to the next turn's question
+    /// up to 10 s later: a run started by hand since held the lock, and the daemon's run
+    /// was started, refused, recorded `failed` and told. Only a late "held" is taken;
+    /// a late "no holder" is asked again.
+    #[test]
+    fn a_late_lock_reading_is_taken_only_when_it_says_held() {
+        let calls = StoreCalls {
+            wait: Duration::from_millis(200),
+            ..StoreCalls::default()
+        };
+        let store = Path::new("/nowhere/l");
+        let held = |h: &Option<String>| h.is_some();
+        for (late, now) in [(None, Some("pid 7")), (Some("pid 7"), None)] {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let late = late.map(String::from);
+            let answer = late.clone();
+            let got = calls.call_keeping(store, "test", "lock", held, move || {
+                let _ = rx.recv();
+                answer
+            });
+            assert_eq!(got, Answer::NotYet);
+            tx.send(()).unwrap();
+            let t0 = std::time::Instant::now();
+            while calls.busy(store) && t0.elapsed() < Duration::from_secs(10) {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let now = now.map(String::from);
+            let again = now.clone();
+            let got = calls.call_keeping(store, "test", "lock", held, move || again);
+            let want = if late.is_some() { late } else { now };
+            assert_eq!(got, Answer::Got(want));
+        }
     }
 
     fn ev(i: usize) -> QueuedEvent {

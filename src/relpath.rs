@@ -273,8 +273,13 @@ pub fn typed(bytes: &[u8]) -> String {
 
 /// One word for a POSIX shell, to be pasted: as it is when it holds only characters
 /// no shell treats specially (`/work/bk-1`, `daily.0`); else in single quotes (a `'`
-/// as `'\''`); and one with a control character or a byte that is not UTF-8 as
-/// bash's `$'…'` with `\xNN`, so no such byte reaches the terminal raw.
+/// as `'\''`); and one with a control character or a byte that is not UTF-8 as the
+/// output of `printf` with octal escapes, `"$(printf 'a\012b\377')"`, so no such byte
+/// reaches the terminal raw. Every POSIX shell reads that form: bash's `$'…'` was
+/// read by Debian's `sh` (dash) as `$` and the text, so a pasted hint named another
+/// directory. A command substitution drops the newlines its output ends with: those
+/// the word ends with follow it in single quotes, as they are (a newline is no
+/// terminal escape).
 pub fn shell_quote(bytes: &[u8]) -> String {
     let plain = |b: &u8| b.is_ascii_alphanumeric() || b"_@%+=:,./-".contains(b);
     if !bytes.is_empty() && bytes.iter().all(plain) {
@@ -283,28 +288,37 @@ pub fn shell_quote(bytes: &[u8]) -> String {
     match std::str::from_utf8(bytes) {
         Ok(s) if !s.chars().any(char::is_control) => format!("'{}'", s.replace('\'', "'\\''")),
         _ => {
-            let mut s = String::from("$'");
-            for chunk in bytes.utf8_chunks() {
+            let body_len = bytes.len() - bytes.iter().rev().take_while(|&&b| b == b'\n').count();
+            let (body, newlines) = bytes.split_at(body_len);
+            let octal = |s: &mut String, b: u8| s.push_str(&format!("\\{b:03o}"));
+            let mut s = String::from("\"$(printf '");
+            for chunk in body.utf8_chunks() {
                 for c in chunk.valid().chars() {
                     match c {
-                        '\'' | '\\' => {
-                            s.push('\\');
-                            s.push(c);
-                        }
+                        '\'' => s.push_str("'\\''"),
+                        '\\' => s.push_str("\\\\"),
+                        '%' => s.push_str("%%"),
+                        // Not read as an option of printf.
+                        '-' if s.len() == "\"$(printf '".len() => octal(&mut s, b'-'),
                         c if c.is_control() => {
                             let mut buf = [0; 4];
                             for b in c.encode_utf8(&mut buf).bytes() {
-                                s.push_str(&format!("\\x{b:02X}"));
+                                octal(&mut s, b);
                             }
                         }
                         c => s.push(c),
                     }
                 }
-                for b in chunk.invalid() {
-                    s.push_str(&format!("\\x{b:02X}"));
+                for &b in chunk.invalid() {
+                    octal(&mut s, b);
                 }
             }
-            s.push('\'');
+            s.push_str("')\"");
+            if !newlines.is_empty() {
+                s.push('\'');
+                s.push_str(&"\n".repeat(newlines.len()));
+                s.push('\'');
+            }
             s
         }
     }
@@ -324,10 +338,54 @@ mod tests {
         assert_eq!(shell_quote(b"$HOME;rm *"), "'$HOME;rm *'");
         assert_eq!(shell_quote(b""), "''");
         assert_eq!(shell_quote("é".as_bytes()), "'é'");
-        assert_eq!(shell_quote(b"a\nb'\\\xff"), "$'a\\x0Ab\\'\\\\\\xFF'");
+        assert_eq!(
+            shell_quote(b"a\nb'\\\xff%"),
+            "\"$(printf 'a\\012b'\\''\\\\\\377%%')\""
+        );
         assert_eq!(typed(b"my dir/100%/x\ty\xff"), "my dir/100%25/x%09y%FF");
         for b in [&b"my dir/100%/x\ty\xff"[..], "é/ü".as_bytes()] {
             assert_eq!(unescape(&typed(b)).unwrap(), b);
+        }
+    }
+
+    /// The hint's `$'a\x0Ab'` was read by Debian's `sh` (dash) as `$a\x0Ab`: a pasted
+    /// command named another directory. Each word, run through `sh`, is the bytes it
+    /// was made from: control characters, bytes that are not UTF-8, a `-` first, `%`,
+    /// `\`, `'`, and newlines inside and at the end (which a command substitution drops).
+    #[test]
+    fn a_quoted_word_is_read_back_by_sh_as_its_bytes() {
+        use std::os::unix::ffi::OsStrExt;
+        let words: [&[u8]; 10] = [
+            b"/t\no",
+            b"a\nb'\\\xff%s%%\\n",
+            b"-x\x1b]0;X\x07",
+            b"\xff\xfe-",
+            b"ends\n\n",
+            b"\n",
+            b"\n\xffmid\n",
+            "caf\u{e9}\u{85} 5%".as_bytes(),
+            b"it's $HOME `x`",
+            b"",
+        ];
+        for w in words {
+            let q = shell_quote(w);
+            assert!(
+                !q.bytes().any(|b| b.is_ascii_control() && b != b'\n'),
+                "{q:?}"
+            );
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(std::ffi::OsStr::from_bytes(
+                    format!("printf '%s|' {q}").as_bytes(),
+                ))
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{q}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(out.stdout, [w, b"|"].concat(), "{q:?} read back");
         }
     }
 

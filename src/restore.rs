@@ -768,14 +768,17 @@ impl Identity {
             RecordedSnapshot::Run(id) => raw(id),
             RecordedSnapshot::Dir { name, .. } => raw(name),
         };
+        // `--dest=…`: a value that starts with `-` (`--path -notes`) is read by clap as
+        // an option when it is a word of its own. A snapshot's name starts with a letter
+        // or a digit.
         let mut c = format!(
-            "snapring restore --dest {} {}",
+            "snapring restore --dest={} {}",
             q(&raw(&self.store)),
             q(&snap)
         );
         if self.path != "." {
             let typed = crate::relpath::typed(&raw(&self.path));
-            c.push_str(&format!(" --path {}", q(typed.as_bytes())));
+            c.push_str(&format!(" --path={}", q(typed.as_bytes())));
         }
         if self.flat {
             c.push_str(" --flat");
@@ -785,7 +788,7 @@ impl Identity {
             Mode::Mirror => c.push_str(" --mirror"),
             Mode::Safe => {}
         }
-        format!("{c} --to {}", q(to.as_os_str().as_bytes()))
+        format!("{c} --to={}", q(to.as_os_str().as_bytes()))
     }
 }
 

@@ -4224,3 +4224,113 @@ fn the_daemons_store_calls_start_no_thread_per_call() {
     );
     assert!(threads <= 1, "{threads} threads started in 4 s:\n{traced}");
 }
+
+/// A run killed while its store hangs (an NFS server down; here the daemon's settling
+/// of its record paused, as a call stuck in the store would be): the daemon waited for
+/// the store, each turn, for as long as it hung: nobody was told, and the run's row
+/// stayed `running`. After `SNAPRING_DAEMON_DEATH_WAIT` (60 s by default) its death is
+/// told with what is known, its row `failed`; once the store answers, its record there
+/// says it was told, and the next daemon start does not tell it again.
+#[test]
+fn a_run_killed_while_its_store_hangs_is_told_after_a_bound() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    tree(&src, 3, 3);
+    let (walking, settling, told) = (
+        t.path().join("walking"),
+        t.path().join("settling"),
+        t.path().join("told"),
+    );
+    let cfg = t.path().join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = t.path().display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let log = t.path().join("daemon.log");
+    let fps = format!(
+        "walk.dir=pause:{};daemon.settle_dead=pause:{}",
+        walking.display(),
+        settling.display()
+    );
+    let d = daemon_logging_with(
+        &catalog,
+        &cfg,
+        &log,
+        &[
+            ("SNAPRING_FAILPOINTS", fps.as_str()),
+            ("SNAPRING_DAEMON_DEATH_WAIT", "2s"),
+        ],
+    );
+    // The run, paused in its walk (its row and record written), is killed.
+    wait_until("the run's pause", 60, || {
+        std::fs::read_to_string(&walking).is_ok_and(|p| !p.is_empty())
+    });
+    let pid: i32 = std::fs::read_to_string(&walking)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let id = rows_of(&catalog, "a")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sigkill(pid);
+    wait_until("the daemon's settling of its record", 30, || {
+        settling.exists()
+    });
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let t0 = Instant::now();
+    while told_lines(&told).is_empty() && t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(told_lines(&told), ["failed"], "{}", logged());
+    let row = rows_of(&catalog, "a")
+        .into_iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["status"], "failed", "{row}");
+    let msg = message_of(&catalog, &id);
+    assert!(
+        msg.contains("killed by signal 9") && msg.contains("has not answered"),
+        "{msg}"
+    );
+    // The store answers: its record says it was told.
+    std::fs::remove_file(&settling).unwrap();
+    let record = t.path().join(format!("sa/.snapring/runs/{id}.json"));
+    wait_until("the record settled", 30, || {
+        std::fs::read_to_string(&record)
+            .is_ok_and(|r| r.contains("its death was told before its store answered"))
+    });
+    drop(d);
+    // A run started since, paused in its walk, goes too.
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(p) = std::fs::read_to_string(&walking)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .filter(|p| *p != pid)
+    {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(p).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    let _ = std::fs::remove_file(&walking);
+    // The next start tells no death again (its runs pause no more).
+    let d = daemon_logging_with(&catalog, &cfg, &t.path().join("daemon2.log"), &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    d.stop();
+    let lines = told_lines(&told);
+    assert_eq!(lines[0], "failed", "{lines:?}");
+    assert!(
+        !lines.iter().any(|l| l.contains(&id)),
+        "told again: {lines:?} {}",
+        logged()
+    );
+}

@@ -809,7 +809,7 @@ fn a_restore_into_a_target_holding_another_stopped_restore_is_refused() {
         assert!(
             err.contains("holds an unfinished restore")
                 && err.contains(".snapring-restore-unfinished")
-                && err.contains(&format!("--dest {}", store.display())),
+                && err.contains(&format!("--dest={}", store.display())),
             "{extra:?}: {err}"
         );
         assert_eq!(std::fs::read(to.join("d04/f0")).unwrap(), b"USER EDIT");
@@ -824,18 +824,22 @@ fn a_restore_into_a_target_holding_another_stopped_restore_is_refused() {
 /// The refusal's hint printed the stopped restore's command with its paths escaped as
 /// in the record (`--dest /x/my%20store --path odd%20dir --to /x/t o`): `--dest` does
 /// not read `%20`, and `--to` was cut in two by the shell. Each word is quoted for a
-/// shell now: the command pasted into `sh` finishes the stopped restore.
+/// shell now: the command pasted into `sh` finishes the stopped restore. A `--to` with
+/// a newline and a byte that is not UTF-8 was quoted as bash's `$'…'`, which Debian's
+/// `sh` (dash) reads as `$` and the text; and a `--path` that starts with `-` was
+/// printed `--path '-odd dir'`, which clap refuses (an option, not a value).
 #[test]
 fn the_hint_for_another_stopped_restore_is_a_command_a_shell_runs() {
+    use std::os::unix::ffi::OsStrExt;
     let (t, src, _) = setup(2);
-    write(&src.join("odd dir/it's 100%"), b"odd");
+    write(&src.join("-odd dir/it's 100%"), b"odd");
     let store = t.path().join("my store");
     let id = ok_backup(&src, &store)["id"].as_str().unwrap().to_string();
-    let to = t.path().join("t o");
+    let to = t.path().join(std::ffi::OsStr::from_bytes(b"t o\n\xff"));
     let out = Command::new(bin())
         .args(["restore", "--json", "--jobs", "1", "--dest"])
         .arg(&store)
-        .args(["daily.0", "--path", "odd dir", "--flat", "--to"])
+        .args(["daily.0", "--path=-odd dir", "--flat", "--to"])
         .arg(&to)
         .env("SNAPRING_CATALOG", "off")
         .env("SNAPRING_FAILPOINTS", "restore.recorded=kill")
@@ -845,6 +849,12 @@ fn the_hint_for_another_stopped_restore_is_a_command_a_shell_runs() {
     let (code, rep, err) = restore_with(&store, "daily.0", &to, &["--path", "d01"]);
     assert_eq!(code, 64, "{err}\n{rep}");
     let q = |p: &Path| format!("'{}'", p.display());
+    let tmp = t.path().to_str().unwrap();
+    assert!(
+        tmp.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"_./-".contains(&b)),
+        "{tmp}"
+    );
     let command = err
         .split_once("Finish that one by running it again (")
         .and_then(|(_, r)| r.split_once("), or discard it by deleting "))
@@ -853,17 +863,15 @@ fn the_hint_for_another_stopped_restore_is_a_command_a_shell_runs() {
     assert_eq!(
         command,
         format!(
-            "snapring restore --dest {} {} --path 'odd dir' --flat --to {}",
+            "snapring restore --dest={} {} --path='-odd dir' --flat --to=\"$(printf '{tmp}/t o\\012\\377')\"",
             q(&store),
             id,
-            q(&to)
         ),
         "{err}"
     );
     assert!(
         err.contains(&format!(
-            "deleting {} (",
-            q(&to.join(".snapring-restore-unfinished"))
+            "deleting \"$(printf '{tmp}/t o\\012\\377/.snapring-restore-unfinished')\" ("
         )),
         "{err}"
     );
