@@ -3308,11 +3308,11 @@ mod identity_tests {
         }
         assert_eq!(
             a.command(Path::new("/t o")),
-            "snapring restore --dest '/x/my store' 20261207T101359Z-99df4c --path 'odd dir' --flat --overwrite --to '/t o'"
+            "snapring restore --dest='/x/my store' 20261207T101359Z-99df4c --path='odd dir' --flat --overwrite --to='/t o'"
         );
         assert_eq!(
             d.command(Path::new("/t")),
-            "snapring restore --dest '/x/my store' daily.3 --to /t"
+            "snapring restore --dest='/x/my store' daily.3 --to=/t"
         );
     }
 }
