@@ -647,7 +647,7 @@ pub fn unfit_for_init(dir: &Path) -> Option<String> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !layout.contains(&n.as_str()))
+        .filter(|n| !layout.contains(&n.as_str()) && !config_left_by_init(n))
         .collect();
     if other.is_empty() {
         return None;
@@ -666,6 +666,13 @@ pub fn unfit_for_init(dir: &Path) -> Option<String> {
     ))
 }
 
+/// `config.tmp<pid>`: what an `init` killed while it wrote the config leaves
+/// (`util::write_atomic`), which the next `init` writes again.
+fn config_left_by_init(name: &str) -> bool {
+    name.strip_prefix("config.tmp")
+        .is_some_and(|pid| !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Says a destination holds a repository already.
 pub fn already_a_repository(location: &str) -> Error {
     Error::Other(format!(
@@ -676,6 +683,18 @@ pub fn already_a_repository(location: &str) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_killed_init_left_does_not_make_its_directory_unfit_for_init() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("keys")).unwrap();
+        std::fs::write(t.path().join("config.tmp4242"), b"half").unwrap();
+        assert_eq!(unfit_for_init(t.path()), None);
+        std::fs::write(t.path().join("config.tmpx"), b"").unwrap();
+        let why = unfit_for_init(t.path()).expect("another file is refused");
+        assert!(why.contains("config.tmpx"), "{why}");
+        assert!(!why.contains("config.tmp4242"), "{why}");
+    }
 
     /// A pack that is a symlink is listed with the size of the file it reads, not the
     /// link's (`repair index` would take it for a pack cut short and leave it out).
