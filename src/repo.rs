@@ -44,6 +44,20 @@ pub struct Previous {
     pub label_taken_over: bool,
 }
 
+impl Previous {
+    /// Its record's count of files, when it is a snapshot of `label`: the shrink guard
+    /// ([`crate::error::shrank`]) compares a run with its own label's previous snapshot
+    /// only (another label's newest recorded snapshot stands in when the label's own
+    /// were all taken over, unrecorded, and its count says nothing of this run's).
+    pub fn files_of_label(&self, label: &str) -> Option<u64> {
+        self.name
+            .strip_prefix(label)
+            .is_some_and(|r| r.starts_with('.'))
+            .then_some(self.expected_files)
+            .flatten()
+    }
+}
+
 /// How a run goes on from its label's snapshots (`prev`, with what the label holds),
 /// as [`Ring`] says: refused when they are of another tree than `root` (the source,
 /// below it the prefix; canonical where it exists) unless `new_source`; and the

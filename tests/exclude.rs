@@ -1539,6 +1539,38 @@ fn a_source_that_shrank_to_a_marker_file_is_refused_unless_allowed() {
     assert_eq!(code, 0, "{err}\n{rep}");
 }
 
+/// The shrink guard compares a run with its own label's previous snapshot only: a label
+/// whose snapshots were all taken over from another tool (no record of their files) is
+/// not compared with another label's recorded snapshot, which stands in as the run's
+/// previous snapshot (R2, session 46: `etc.0` taken over beside a recorded `home.0` of
+/// 200 files, the first `--label etc` run of 5 files was refused naming `home.0`). A
+/// run of the recorded label that shrinks is still refused.
+#[test]
+fn a_taken_over_label_is_not_compared_with_another_labels_count() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+    many_files(&src, 200);
+    let (code, rep, err) = backup(&src, &dest, &["--label", "home"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    // A tree another tool made, taken over: no record.
+    write(&dest.join("etc.0/hosts"), b"x");
+    std::fs::remove_dir_all(&src).unwrap();
+    for i in 0..5 {
+        write(&src.join(format!("f{i}")), b"y");
+    }
+    let (code, rep, err) = backup(&src, &dest, &["--label", "etc"], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert!(dest.join("etc.0/f4").is_file());
+    let (code, rep, err) = backup(&src, &dest, &["--label", "home"], &[]);
+    let all = format!("{err}\n{rep}");
+    assert_eq!(code, 1, "{all}");
+    assert!(
+        all.contains("the previous snapshot home.0 holds 200"),
+        "{all}"
+    );
+}
+
 /// The same into a restic repository: a source replaced by a marker file against a
 /// parent of 150 files is refused (exit 1, the counts and the parent named), nothing
 /// written or forgotten (it "forgot 3 snapshots"); `--allow-empty` writes it, and the

@@ -892,13 +892,14 @@ fn stopped_message(window_ended: bool) -> String {
 /// The previous snapshot of this label, when it holds files (its record's count;
 /// without a record, whether it holds anything): a walk that keeps none, or far fewer
 /// ([`crate::error::shrank`]), is refused ([`no_files_left`]). Its name, and its
-/// record's count of files when it has one. Not another label's (a new label's first
-/// run in a shared store compares with the newest snapshot of any label).
+/// record's count of files when it has one and is of this label
+/// ([`Previous::files_of_label`]). Not another label's (a new label's first run in a
+/// shared store compares with the newest snapshot of any label).
 fn prev_with_files(opts: &BackupOptions, prev: Option<&Previous>) -> Option<(String, Option<u64>)> {
     prev.filter(|p| {
         !opts.allow_empty && p.label_slots > 0 && p.expected_files.map_or(p.has_entries, |n| n > 0)
     })
-    .map(|p| (p.name.clone(), p.expected_files))
+    .map(|p| (p.name.clone(), p.files_of_label(&opts.label)))
 }
 
 /// [`Error::NoFilesLeft`] when the walk kept no file while `prev_with_files` (from

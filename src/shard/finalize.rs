@@ -537,15 +537,15 @@ fn refuse_no_files(
         true => String::new(),
         false => plan.exclusion.named(),
     };
-    let e = match prev.expected_files {
+    let e = match prev.files_of_label(&plan.label) {
         _ if kept == 0 => Error::NoFilesLeft {
             path: plan.source.clone(),
             prev: prev.name,
             by,
             unread: counters.unread_dirs(),
         },
-        // A run that keeps files is compared with a recorded count only: a previous
-        // snapshot without a record passes.
+        // A run that keeps files is compared with a recorded count of its label only: a
+        // previous snapshot without a record, or of another label, passes.
         Some(prev_files) if crate::error::shrank(prev_files, kept) => Error::SourceShrank {
             path: plan.source.clone(),
             prev: prev.name,
