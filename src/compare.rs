@@ -601,7 +601,11 @@ impl<A: SnapshotReader, B: SnapshotReader> Run<'_, A, B> {
             detail.push(format!("owner {}:{} -> {}:{}", x.uid, x.gid, y.uid, y.gid));
         }
         if d.mtime && (x.kind != Kind::Dir || self.opts.dir_times) {
-            detail.push(format!("mtime {} -> {}", x.mtime, y.mtime));
+            detail.push(format!(
+                "mtime {} -> {}",
+                x.mtime.rfc3339(),
+                y.mtime.rfc3339()
+            ));
         }
         // Manifest v1 has no xattr digest for directories (a directory's entry is
         // written before its own attributes are read), so they are compared for files,

@@ -129,6 +129,19 @@ impl<Tz: chrono::TimeZone> From<chrono::DateTime<Tz>> for Time {
     }
 }
 
+impl Time {
+    /// As people read it: RFC 3339 in UTC with the nanoseconds
+    /// (`2026-11-22T00:45:15.978447443Z`), as `history` shows it. The manifest keeps the
+    /// `SEC.NSEC` form of [`Display`](std::fmt::Display); reports (`diff`, `verify`,
+    /// `history`) use this one.
+    pub fn rfc3339(self) -> String {
+        match chrono::DateTime::from_timestamp(self.sec, self.nsec) {
+            Some(t) => t.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true),
+            None => self.to_string(),
+        }
+    }
+}
+
 impl std::fmt::Display for Time {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}.{:09}", self.sec, self.nsec)
@@ -1742,6 +1755,22 @@ pub fn restore_record_header(to: &OwnedFd) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reports show times as `history` does, RFC 3339 with the nanoseconds; the
+    /// manifest's form stays `SEC.NSEC`.
+    #[test]
+    fn a_time_reads_as_rfc3339_in_reports_and_sec_nsec_in_the_manifest() {
+        let t = Time {
+            sec: 1_795_308_315,
+            nsec: 978_447_443,
+        };
+        assert_eq!(t.rfc3339(), "2026-11-22T00:45:15.978447443Z");
+        assert_eq!(t.to_string(), "1795308315.978447443");
+        assert_eq!(
+            Time { sec: 0, nsec: 0 }.rfc3339(),
+            "1970-01-01T00:00:00.000000000Z"
+        );
+    }
 
     /// More names than one `getdents64` buffer holds, listed twice through the same
     /// descriptor: every name once each time, without "." and "..".

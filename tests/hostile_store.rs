@@ -662,6 +662,8 @@ fn a_store_keeping_whole_second_times_verifies_clean_and_restores_the_exact_time
     let (code, text) = verify(&dest, &["daily.0"]);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("d/f2") && text.contains("mtime"), "{text}");
+    // Shown as `history` shows times (RFC 3339, UTC), not as the manifest keeps them.
+    assert!(text.contains("-> 2023-11-14T22:13:23.000000000Z"), "{text}");
 }
 
 /// The same store backed up by a process that may not give files away (no

@@ -622,11 +622,6 @@ pub fn history(store: &Path, path: &RelPath) -> Result<Vec<Version>> {
     for (snap, run, taken) in store.snapshots_with_runs()? {
         let sel = store.open_snapshot(snap, run, taken)?;
         let e = lookup(&sel, path)?;
-        let fmt_t = |t: &fsx::Time| {
-            chrono::DateTime::from_timestamp(t.sec, t.nsec)
-                .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Nanos, true))
-                .unwrap_or_else(|| t.to_string())
-        };
         found.push((
             Version {
                 snapshot: sel.snap.name.clone(),
@@ -639,7 +634,7 @@ pub fn history(store: &Path, path: &RelPath) -> Result<Vec<Version>> {
                     .map(|e| e.kind.name().to_string())
                     .unwrap_or_else(|| "absent".into()),
                 size: e.as_ref().map(|e| e.size),
-                mtime: e.as_ref().map(|e| fmt_t(&e.mtime)),
+                mtime: e.as_ref().map(|e| e.mtime.rfc3339()),
                 hash: e
                     .as_ref()
                     .and_then(|e| e.hash)
