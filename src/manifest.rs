@@ -446,6 +446,15 @@ pub fn read_damaged(manifest_dir: &Path, id: &str) -> std::collections::HashSet<
     }
 }
 
+/// When [`damaged_list`] of run `id` names entries: when the verify that found them
+/// ran, and how many it names (`list` shows them). `None` when there is no list, or it
+/// does not read (warned about by [`read_damaged`], which a backup uses).
+pub fn damaged_summary(manifest_dir: &Path, id: &str) -> Option<(String, u64)> {
+    let b = crate::fsx::read_regular(&damaged_list(manifest_dir, id)).ok()?;
+    let l = serde_json::from_slice::<DamagedList>(&b).ok()?;
+    (!l.paths.is_empty()).then_some((l.verified_at, l.paths.len() as u64))
+}
+
 /// Records what a `verify` of run `id`'s snapshot found damaged, replacing what an
 /// earlier one found; nothing damaged removes the list.
 pub fn write_damaged(manifest_dir: &Path, id: &str, paths: &[RelPath]) -> io::Result<()> {

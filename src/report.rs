@@ -70,6 +70,11 @@ pub enum ProblemKind {
     ChangedDuringCopy,
     /// Some metadata could not be reproduced (for example an xattr the target refuses).
     Metadata,
+    /// A restore's: the snapshot's entry was read, but it is not what its manifest
+    /// recorded at backup (content, symlink target, device number, mode, owner, time or
+    /// extended attributes: bit rot or tampering in the store). The problem says what
+    /// the restore did with it.
+    Damaged,
     /// A restore's: the target refused to create or write the entry (a name, type or
     /// size its file system cannot hold, a permission), so it is not in the target.
     NotRestored,

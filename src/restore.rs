@@ -517,6 +517,13 @@ struct Source {
     fd: Option<OwnedFd>,
     /// The snapshot's record says the entry has no extended attributes: none to list.
     no_xattrs: bool,
+    /// The entry's extended attributes, read already and checked against the digest its
+    /// manifest entry recorded ([`Restore::checked_xattrs`]: none where they differ);
+    /// `None`: read them when needed.
+    xattrs: Option<Xattrs>,
+    /// A symlink's target, read from the tree and checked against the manifest (the
+    /// recorded one where they differ); `None`: read it when needed.
+    target: Option<Vec<u8>>,
 }
 
 struct Restore<'a, R: SnapshotReader> {
@@ -1144,6 +1151,19 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
             "restored"
         }
     );
+    // The store's snapshot state did not read and no run was left to pair this tree
+    // with (`store/recover.rs`): it may have had a manifest, and nothing was checked.
+    if sel.snap.unrecorded {
+        r.problem(
+            &RelPath::root(),
+            ProblemKind::Unreadable,
+            "read the snapshot's record",
+            format!(
+                "the store's snapshot state (.snapring/snapshots.json) is damaged and no run record with a manifest is left for {}: {unchecked}",
+                sel.snap.name
+            ),
+        );
+    }
     if let Some(e) = &sel.manifest_error {
         r.problem(
             &RelPath::root(),
@@ -2043,7 +2063,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 for d in &damage {
                     self.problem(
                         &node.src_rel.join(&d.name),
-                        ProblemKind::Unreadable,
+                        ProblemKind::Damaged,
                         "check the snapshot against its manifest",
                         &d.why,
                     );
@@ -2247,12 +2267,18 @@ impl<R: SnapshotReader> Restore<'_, R> {
             && !self.opts.dry_run
             && node.dst.is_some()
             && matches!(&item, Listed::Name(_, rec, _) if !linked(rec));
+        // The manifest's entry for the name: what was backed up, checked against the
+        // tree's below ([`Restore::against_record`]).
+        let rec = match &item {
+            Listed::Name(_, r, _) => r.clone(),
+            Listed::Recorded(_) => None,
+        };
         let stated = if open_first {
             self.reader.stat_open(&node.src, item)
         } else {
             self.reader.stat(&node.src, item).map(|s| (s, None))
         };
-        let (e, m, src, recorded) = match stated {
+        let (e, mut m, src, recorded) = match stated {
             Ok((
                 Stat {
                     entry,
@@ -2276,6 +2302,13 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return Step::Next;
             }
         };
+        let target = match &rec {
+            Some(r) => match self.against_record(&at, r, &mut m) {
+                Ok(t) => t,
+                Err(()) => return Step::Next,
+            },
+            None => None,
+        };
         let existing = match &node.dst {
             Some(_) if node.fresh => None,
             Some(d) => match fsx::lstat_at(b(d), &name) {
@@ -2291,12 +2324,133 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if m.kind == Kind::Dir {
             return self.dir_entry(&at, m, existing);
         }
+        // Recorded with extended attributes: read now, to check them against the
+        // record's digest (an entry recorded without any has none restored, and none
+        // is read).
+        let xattrs = match rec.as_ref().and_then(|r| r.xattrs.as_ref()) {
+            Some(want) if recorded => self
+                .reader
+                .xattrs(&node.src, Some(&name))
+                .ok()
+                .map(|xs| self.checked_xattrs(&at.src_rel, xs, want)),
+            _ => None,
+        };
         let src = Source {
             fd: src,
             no_xattrs: recorded && e.xattrs.is_none(),
+            xattrs,
+            target,
         };
         self.other_entry(&at, &e, &m, existing, src);
         Step::Next
+    }
+
+    /// Checks the tree's entry `m` (its `lstat`) against its manifest entry `r`, what
+    /// the backup recorded, as `verify` does: symlink target, device number, mode, owner
+    /// and modification time (content is checked by hash as it is copied, extended
+    /// attributes by digest as they are read). Each fact that differs is a problem of the
+    /// entry (the snapshot is damaged: bit rot or tampering), and `m` gets the recorded
+    /// one: the restore gives back what was backed up, not what was changed in the store
+    /// since. Setuid and setgid bits are the exception: kept only where the tree and the
+    /// record agree on the bit and on the owner it is for (one side changed, so neither
+    /// can be trusted to grant privileges). Returns a symlink's target to restore (read
+    /// here, the recorded one where they differ); `Err` when the target cannot be read
+    /// (a problem already).
+    fn against_record(
+        &self,
+        at: &At<'_, R::Dir>,
+        r: &Entry,
+        m: &mut Meta,
+    ) -> std::result::Result<Option<Vec<u8>>, ()> {
+        if r.kind != m.kind {
+            return Ok(None);
+        }
+        let tree = *m;
+        let mut found = Vec::new();
+        let mut target = None;
+        if m.kind == Kind::Symlink {
+            match self.reader.read_link(&at.node.src, at.name) {
+                Ok(t) => {
+                    if let Some(want) = r.target.as_ref().filter(|w| **w != t) {
+                        found.push(format!(
+                            "symlink target {} (recorded {})",
+                            crate::relpath::shown_bytes(&t),
+                            crate::relpath::shown_bytes(want)
+                        ));
+                        target = Some(want.clone());
+                    } else {
+                        target = Some(t);
+                    }
+                }
+                Err(e) => {
+                    self.src_error(&at.src_rel, "read symlink", e);
+                    return Err(());
+                }
+            }
+        }
+        if matches!(m.kind, Kind::Char | Kind::Block) && m.rdev != r.rdev {
+            found.push(format!("device {} (recorded {})", m.rdev, r.rdev));
+        }
+        if m.kind != Kind::Symlink && m.perm != r.perm {
+            found.push(format!("mode {:o} (recorded {:o})", m.perm, r.perm));
+        }
+        if (m.uid, m.gid) != (r.uid, r.gid) {
+            found.push(format!(
+                "owner {}:{} (recorded {}:{})",
+                m.uid, m.gid, r.uid, r.gid
+            ));
+        }
+        if m.mtime != r.mtime {
+            found.push(format!("mtime {} (recorded {})", m.mtime, r.mtime));
+        }
+        if found.is_empty() {
+            return Ok(target);
+        }
+        m.rdev = r.rdev;
+        if m.kind != Kind::Symlink {
+            m.perm = r.perm;
+        }
+        (m.uid, m.gid, m.mtime) = (r.uid, r.gid, r.mtime);
+        let mut note = "restored as recorded";
+        if m.kind != Kind::Dir {
+            let one_sided = (r.perm & !tree.perm) & 0o6000;
+            let cleared = one_sided
+                | fsx::unsafe_bits_of(r.perm & !one_sided, (r.uid, r.gid), (tree.uid, tree.gid));
+            if cleared != 0 {
+                m.perm &= !cleared;
+                note = "restored as recorded, but for setuid/setgid bits the snapshot's tree and manifest do not agree on (cleared)";
+            }
+        }
+        self.problem(
+            &at.src_rel,
+            ProblemKind::Damaged,
+            "check metadata against the manifest",
+            format!(
+                "the snapshot's entry is not as recorded at backup (bit rot or tampering): {}; {note} — run `snapring verify`",
+                found.join(", ")
+            ),
+        );
+        Ok(target)
+    }
+
+    /// Extended attributes `xs` read from the snapshot's entry, checked against the
+    /// digest its manifest recorded (`want`, when it has a manifest entry): where they
+    /// differ, none is restored (the manifest keeps a digest, not the values, so the
+    /// recorded ones cannot be given back, and an attribute changed in the store, a
+    /// file capability say, must not reach the target); a problem of the entry.
+    fn checked_xattrs(&self, rel: &RelPath, xs: Xattrs, want: &str) -> Xattrs {
+        match fsx::xattr_digest(&xs) {
+            Some(d) if d == want => xs,
+            _ => {
+                self.problem(
+                    rel,
+                    ProblemKind::Damaged,
+                    "check extended attributes against the manifest",
+                    "the snapshot's extended attributes are not those recorded at backup (bit rot or tampering): none restored — run `snapring verify`",
+                );
+                Vec::new()
+            }
+        }
     }
 
     /// A directory of the snapshot: decides whether to create it in the target (or
@@ -2392,7 +2546,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             }
             return;
         }
-        match self.same(at, e, m, &x) {
+        match self.same(at, e, m, &x, &src) {
             Same::Yes => {
                 add(&self.counts.identical, 1);
                 self.adopt_leader(at, e, m);
@@ -2434,7 +2588,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
     }
 
     /// Compares an existing target entry `x` with the snapshot's (content by hash).
-    fn same(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, x: &Meta) -> Same {
+    /// `src`: the snapshot's symlink target and extended attributes, when already read
+    /// (and checked against the manifest: what the restore would give).
+    fn same(&self, at: &At<'_, R::Dir>, e: &Entry, m: &Meta, x: &Meta, src: &Source) -> Same {
         let dst = at.node.dst.as_ref();
         let dst = dst.expect("an existing entry has a target directory");
         if x.kind != m.kind {
@@ -2445,7 +2601,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
             ));
         }
         let (theirs, ours) = if m.kind == Kind::Symlink {
-            let ours = self.reader.read_link(&at.node.src, at.name);
+            let ours = match &src.target {
+                Some(t) => Ok(t.clone()),
+                None => self.reader.read_link(&at.node.src, at.name),
+            };
             (fsx::read_link_at(b(dst), at.name).ok(), ours.ok())
         } else {
             (None, None)
@@ -2495,7 +2654,11 @@ impl<R: SnapshotReader> Restore<'_, R> {
             ));
         }
         let theirs = fsx::read_xattrs(&XattrTarget::At(b(dst), at.name));
-        if theirs.ok() != self.reader.xattrs(&at.node.src, Some(at.name)).ok() {
+        let ours = match &src.xattrs {
+            Some(xs) => Ok(xs.clone()),
+            None => self.reader.xattrs(&at.node.src, Some(at.name)),
+        };
+        if theirs.ok() != ours.ok() {
             return Same::No("extended attributes differ".into());
         }
         self.lost(&at.rel, perm, d.owner, mtime.then_some(off));
@@ -2574,7 +2737,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         let ok = if m.kind == Kind::File {
             self.copy_file(at, dst, to, e, m, src)
         } else {
-            self.copy_special(at, dst, to, m, src.no_xattrs)
+            self.copy_special(at, dst, to, m, src)
         };
         let ok = ok && (direct || self.finish_replace(dst, to, at.name, replace, &at.rel));
         if ok {
@@ -2722,10 +2885,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return false;
             }
         };
-        let xattrs = if source.no_xattrs {
-            Vec::new()
-        } else {
-            fsx::read_xattrs(&XattrTarget::Fd(b(&src))).unwrap_or_else(|e| {
+        let xattrs = match source.xattrs {
+            Some(xs) => xs,
+            None if source.no_xattrs => Vec::new(),
+            None => fsx::read_xattrs(&XattrTarget::Fd(b(&src))).unwrap_or_else(|e| {
                 self.problem(
                     src_rel,
                     ProblemKind::Metadata,
@@ -2733,7 +2896,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     e,
                 );
                 Vec::new()
-            })
+            }),
         };
         let rel = &at.rel;
         // Created with its final mode when it has no special bits (and its owner may
@@ -2758,7 +2921,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 {
                     self.problem(
                         src_rel,
-                        ProblemKind::Unreadable,
+                        ProblemKind::Damaged,
                         "check content against the manifest",
                         "the snapshot's copy does not match the checksum recorded at backup (bit rot or tampering); restored as found — run `snapring verify`",
                     );
@@ -3001,16 +3164,20 @@ impl<R: SnapshotReader> Restore<'_, R> {
         dst: &OwnedFd,
         to: &[u8],
         m: &Meta,
-        no_xattrs: bool,
+        source: Source,
     ) -> bool {
         let (src, name) = (&at.node.src, at.name);
-        let xattrs = if no_xattrs {
-            Vec::new()
-        } else {
-            self.reader.xattrs(src, Some(name)).unwrap_or_default()
+        let xattrs = match source.xattrs {
+            Some(xs) => xs,
+            None if source.no_xattrs => Vec::new(),
+            None => self.reader.xattrs(src, Some(name)).unwrap_or_default(),
         };
         let made = if m.kind == Kind::Symlink {
-            match self.reader.read_link(src, name) {
+            let target = match source.target {
+                Some(t) => Ok(t),
+                None => self.reader.read_link(src, name),
+            };
+            match target {
                 Ok(t) => fsx::symlink_at(&t, b(dst), to),
                 Err(e) => {
                     self.problem(&at.src_rel, ProblemKind::Unreadable, "read symlink", e);

@@ -217,6 +217,101 @@ fn a_damaged_snapshot_state_loses_no_manifest_and_verify_checks_every_snapshot()
     }
 }
 
+/// `snapring restore --json --dest DEST SNAP --to TO`: (exit code, report).
+fn restore_json(dest: &Path, snap: &str, to: &Path) -> (i32, serde_json::Value, String) {
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            snap.as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ],
+        &[],
+    );
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A damaged `snapshots.json` and a snapshot changed in the store (bit rot kept at
+/// the same size and mtime, a `chmod`): its tree matches no manifest, but its run is
+/// found by its record (the directory was made while the run ran), so readers read it
+/// against that manifest: a restore reports the rot and the mode as damage and ends
+/// `partial` (exit 2), `list` shows `DIFFERS*`, and a backup does not trust it (it
+/// compares by stat, and completes). A snapshot for which no run with a manifest is
+/// left is restored `partial` too, saying its content is unchecked. (Both were read as
+/// trees without a manifest: the restore returned the rot as `complete`, exit 0.)
+#[test]
+fn a_damaged_state_and_a_changed_tree_still_restore_against_the_manifest() {
+    let (t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let snap = dest.join("daily.0");
+    rot(&snap.join("d0/f0"));
+    std::fs::set_permissions(
+        snap.join("d1/f1"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let state = dest.join(".snapring/snapshots.json");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[50] ^= 0x55;
+    std::fs::write(&state, &bytes).unwrap();
+    let (code, rep, err) = restore_json(&dest, "latest", &t.path().join("r1"));
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(rep["status"], "partial", "{rep}");
+    let mut damaged: Vec<(String, String)> = rep["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().to_string(),
+                p["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    damaged.sort();
+    assert_eq!(
+        damaged,
+        [
+            ("d0/f0", "check content against the manifest"),
+            ("d1/f1", "check metadata against the manifest"),
+        ]
+        .map(|(p, a)| (p.to_string(), a.to_string())),
+        "{rep}"
+    );
+    assert!(
+        err.contains("paired with run"),
+        "the pairing is warned about: {err}"
+    );
+    let out = snapring(&["list".as_ref(), "--dest".as_ref(), dest.as_os_str()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains("DIFFERS*"), "{text}");
+    // A backup does not trust the record, and completes.
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    // No run left to pair a tree with (its manifest is gone too): unchecked, `partial`.
+    let (_t2, src2, dest2) = setup();
+    assert_eq!(backup(&src2, &dest2, &[], &[]).0, 0);
+    for m in manifest_files(&dest2, "mf") {
+        std::fs::remove_file(m).unwrap();
+    }
+    std::fs::write(dest2.join(".snapring/snapshots.json"), b"{ not json").unwrap();
+    let (code, rep, err) = restore_json(&dest2, "daily.0", &t.path().join("r2"));
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(
+        rep["problems"][0]["action"], "read the snapshot's record",
+        "{rep}"
+    );
+    assert_eq!(rep["problems"][0]["path"], ".", "{rep}");
+}
+
 /// A snapshot whose manifest is gone does not stop `verify --all`: it says what it
 /// could not check, checks the others, and exits `partial` (2).
 #[test]
@@ -294,6 +389,79 @@ fn list_says_a_run_record_cut_short_cannot_be_read() {
         "{v}"
     );
     assert!(v[0].get("record_unreadable").is_none(), "{v}");
+}
+
+/// A snapshot `verify` found damaged and recorded shows so in `list`: STATUS
+/// `DAMAGED*` with a note saying how many entries and when (`--json`: `damaged`,
+/// with `entries` and `verified_at`); a healthy row says nothing of it, and once a
+/// verify finds the snapshot clean again the row is `complete` again. (It read
+/// `complete`, exit 0, with nothing said, right after `verify --all` printed
+/// `daily.0: 3 damaged entries recorded`.)
+#[test]
+fn list_shows_the_damage_verify_recorded() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    // Two files of the newest snapshot only (not linked from the older one).
+    write(&src.join("d0/f0"), b"second run");
+    write(&src.join("d1/f1"), b"second run too");
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let snap = dest.join("daily.0");
+    rot(&snap.join("d0/f0"));
+    let mode = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::os::unix::fs::PermissionsExt::from_mode(m)).unwrap()
+    };
+    let was = std::fs::metadata(snap.join("d1/f1")).unwrap().permissions();
+    mode(&snap.join("d1/f1"), 0o600);
+    let (code, out) = verify_all(&dest);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("daily.0: 2 damaged entries recorded"), "{out}");
+    let list = || {
+        let out = snapring(&["list".as_ref(), "--dest".as_ref(), dest.as_os_str()], &[]);
+        assert_eq!(out.status.code(), Some(0));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let text = list();
+    let row = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row: {text}"))
+            .split_whitespace()
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row(&text, "daily.0")[4], "DAMAGED*", "{text}");
+    assert_eq!(row(&text, "daily.1")[4], "complete", "{text}");
+    assert!(
+        text.contains("(*daily.0: verify found 2 damaged entries on "),
+        "{text}"
+    );
+    assert_eq!(text.matches("(*").count(), 1, "{text}");
+    let out = snapring(
+        &[
+            "list".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &[],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["name"], "daily.0", "{v}");
+    assert_eq!(
+        v[0]["status"], "complete",
+        "the run's own status stays: {v}"
+    );
+    assert_eq!(v[0]["damaged"]["entries"], 2, "{v}");
+    assert!(v[0]["damaged"]["verified_at"].is_string(), "{v}");
+    assert!(v[1].get("damaged").is_none(), "{v}");
+    // Put back as recorded: a clean verify removes the record, and the row with it.
+    rot(&snap.join("d0/f0"));
+    std::fs::set_permissions(snap.join("d1/f1"), was).unwrap();
+    let (code, out) = verify_all(&dest);
+    assert_eq!(code, 0, "{out}");
+    let text = list();
+    assert_eq!(row(&text, "daily.0")[4], "complete", "{text}");
+    assert!(!text.contains("(*"), "{text}");
 }
 
 /// A `snapshots.json` of a newer format is refused by writers and readers, and left

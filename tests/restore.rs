@@ -495,6 +495,18 @@ fn a_snapshot_tree_that_disagrees_with_its_manifest_is_damaged_and_mirror_keeps_
     assert_eq!(code, 0, "{err}\n{rep}");
     std::fs::write(live.join("a/mine"), "mine\n").unwrap();
     let a = store.join("daily.0/a");
+    // The recorded times, to put the store back as it was below.
+    let mtime = |p: &Path| {
+        let m = std::fs::symlink_metadata(p).unwrap();
+        (m.mtime(), m.mtime_nsec())
+    };
+    let times: Vec<(PathBuf, (i64, i64))> = [a.clone(), a.join("f5"), a.join("f6")]
+        .into_iter()
+        .map(|p| {
+            let t = mtime(&p);
+            (p, t)
+        })
+        .collect();
     std::fs::remove_file(a.join("f5")).unwrap();
     std::fs::write(a.join("zz_extra"), "extra\n").unwrap();
     std::fs::remove_file(a.join("f6")).unwrap();
@@ -549,10 +561,191 @@ fn a_snapshot_tree_that_disagrees_with_its_manifest_is_damaged_and_mirror_keeps_
     std::fs::remove_file(a.join("f6")).unwrap();
     std::fs::write(a.join("f6"), "content 6\n").unwrap();
     std::fs::write(a.join("f5"), "content 5\n").unwrap();
+    // (Times as recorded too: a time changed in the store is damage as well.)
+    for (p, (sec, nsec)) in &times {
+        set_mtime(p, *sec, *nsec);
+    }
     let (code, rep, err) = restore(&store, "daily.0", &live, &["--mirror"]);
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["deleted"], 1, "{rep}");
     assert!(!live.join("a/mine").exists());
+}
+
+/// `mknod` of a character device `maj:min` at `p` (mode 0644).
+fn char_dev(p: &Path, maj: u32, min: u32) {
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        p,
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        rustix::fs::makedev(maj, min),
+    )
+    .unwrap();
+}
+
+/// The problems of a restore report of kind `damaged`, as (path, action), sorted.
+fn damaged_problems(rep: &serde_json::Value) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = rep["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "damaged")
+        .map(|p| {
+            (
+                p["path"].as_str().unwrap().to_string(),
+                p["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Entries changed in the store after the backup, the tree still of the types the
+/// manifest records (a symlink retargeted to a secret, a device node replaced, a file
+/// made setuid, one given another owner, one another time, one another extended
+/// attribute value), are damage as `verify` says: each is a problem of kind `damaged`
+/// naming what differs, the restore is `partial` (exit 2), and what it restores is what
+/// was backed up (the manifest's target, device, mode, owner and time; no extended
+/// attributes where they do not match the recorded digest), never the store's change.
+/// A rerun into the same target finds the entries it restored identical and still
+/// reports the damage. (The restore said `complete`, exit 0, and restored a symlink to
+/// /etc/shadow, a setuid file and the other device, before and after a verify.)
+#[test]
+fn entries_changed_in_the_store_are_damage_and_restored_as_recorded() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for f in ["f", "g", "h", "x"] {
+        write(&src.join(f), format!("{f}\n").as_bytes());
+    }
+    chmod(&src.join("f"), 0o755);
+    set_xattr(&src.join("x"), "user.k", b"v1");
+    std::os::unix::fs::symlink("/etc/passwd", src.join("L")).unwrap();
+    char_dev(&src.join("nul"), 1, 3);
+    let store = t.path().join("store");
+    ok_backup(&src, &store);
+    let d = store.join("daily.0");
+    std::fs::remove_file(d.join("L")).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", d.join("L")).unwrap();
+    std::fs::remove_file(d.join("nul")).unwrap();
+    char_dev(&d.join("nul"), 8, 0);
+    chmod(&d.join("f"), 0o4755);
+    chown(&d.join("g"), 65534, 65534);
+    set_mtime(&d.join("h"), 1_000_000_000, 0);
+    set_xattr(&d.join("x"), "user.k", b"v2");
+    let want: Vec<(String, String)> = [
+        ("L", "check metadata against the manifest"),
+        ("f", "check metadata against the manifest"),
+        ("g", "check metadata against the manifest"),
+        ("h", "check metadata against the manifest"),
+        ("nul", "check metadata against the manifest"),
+        ("x", "check extended attributes against the manifest"),
+    ]
+    .iter()
+    .map(|(p, a)| (p.to_string(), a.to_string()))
+    .collect();
+    let check = |to: &Path, rep: &serde_json::Value, err: &str, code: i32| {
+        assert_eq!(code, 2, "{err}\n{rep}");
+        assert_eq!(rep["status"], "partial", "{rep}");
+        assert_eq!(damaged_problems(rep), want, "{rep}");
+        let said = |p: &str| {
+            rep["problems"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|x| x["path"] == p)
+                .unwrap()["error"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        };
+        assert!(said("L").contains("/etc/shadow"), "{rep}");
+        assert!(said("f").contains("mode 4755 (recorded 755)"), "{rep}");
+        assert!(said("g").contains("owner 65534:65534"), "{rep}");
+        assert!(said("nul").contains("device"), "{rep}");
+        assert_eq!(
+            std::fs::read_link(to.join("L")).unwrap(),
+            Path::new("/etc/passwd")
+        );
+        let m = |p: &str| std::fs::symlink_metadata(to.join(p)).unwrap();
+        let s = |p: &str| std::fs::symlink_metadata(src.join(p)).unwrap();
+        assert_eq!(m("f").mode() & 0o7777, 0o755, "no setuid bit");
+        assert_eq!(m("nul").rdev(), s("nul").rdev());
+        assert_eq!((m("g").uid(), m("g").gid()), (s("g").uid(), s("g").gid()));
+        assert_eq!(
+            (m("h").mtime(), m("h").mtime_nsec()),
+            (s("h").mtime(), s("h").mtime_nsec())
+        );
+        assert!(
+            !xattrs_of(&to.join("x")).iter().any(|(n, _)| n == b"user.k"),
+            "the changed attribute is not restored"
+        );
+        assert_eq!(std::fs::read(to.join("x")).unwrap(), b"x\n");
+    };
+    let to = t.path().join("r1");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
+    check(&to, &rep, &err, code);
+    assert_eq!(rep["files_restored"], 4, "{rep}");
+    // `verify` agrees, and a restore after it says the same.
+    let (code, v, err, _) = run(&[
+        "verify".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ]);
+    assert_eq!(code, 2, "{err}\n{v}");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
+    check(&to, &rep, &err, code);
+    assert_eq!(rep["conflicts_total"], 0, "{rep}");
+    assert_eq!(rep["skipped_identical"], 6, "{rep}");
+    // A dry run plans the same.
+    let (code, rep, err) = restore(&store, "daily.0", &t.path().join("dry"), &["--dry-run"]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(damaged_problems(&rep), want, "{rep}");
+}
+
+/// Bit rot in a snapshot's file is reported as damage (`damaged`), not as a file that
+/// could not be read: it was read, and restored as found. (It read `Unreadable:`.)
+#[test]
+fn bit_rot_is_reported_as_damage_not_as_unreadable() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("sub/big.txt"), b"good data\n");
+    let store = t.path().join("store");
+    ok_backup(&src, &store);
+    flip_byte(&store.join("daily.0/sub/big.txt"));
+    let to = t.path().join("r");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(
+        damaged_problems(&rep),
+        [(
+            "sub/big.txt".to_string(),
+            "check content against the manifest".to_string()
+        )],
+        "{rep}"
+    );
+    assert_eq!(rep["problems"].as_array().unwrap().len(), 1, "{rep}");
+    assert_eq!(
+        std::fs::read(to.join("sub/big.txt")).unwrap(),
+        b"Good data\n"
+    );
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--dest".as_ref(),
+            store.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            t.path().join("r2").as_os_str(),
+        ],
+        &[],
+    );
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Damaged: sub/big.txt"), "{text}");
+    assert!(!text.contains("Unreadable"), "{text}");
 }
 
 #[test]
@@ -1160,8 +1353,10 @@ fn store_with_an_unreadable_file() -> (tempfile::TempDir, PathBuf) {
     let (src, store) = (t.path().join("src"), t.path().join("store"));
     write(&src.join("a"), b"a");
     write(&src.join("d/b"), b"b");
+    // Mode 000 at the source (root backs it up all the same), so the snapshot holds it
+    // as recorded: a mode changed in the store would be damage besides.
+    chmod(&src.join("d/b"), 0o000);
     ok_backup(&src, &store);
-    chmod(&store.join("daily.0/d/b"), 0o000);
     (t, store)
 }
 

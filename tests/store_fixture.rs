@@ -10,6 +10,7 @@ use common::*;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -444,8 +445,9 @@ fn a_copied_store_with_swapped_names_keeps_no_record() {
 /// A store copied to new inodes with one file's bytes rotted and another's mtime moved
 /// (anything `stat` sees makes the tree differ from its manifest as a whole): readers
 /// still check it against its manifest. `verify` names both (before, it refused: "no
-/// usable manifest"); a restore reports the rotted file against its checksum, `partial`
-/// (before, `complete`, the rot restored silently). A backup does not trust the record
+/// usable manifest"); a restore reports the rotted file against its checksum and the
+/// moved mtime against the manifest (restoring the recorded one), `partial` (before,
+/// `complete`, the rot restored silently). A backup does not trust the record
 /// (it compares with the tree by stat), and once the tree is put back as recorded the
 /// record is kept for good.
 #[test]
@@ -528,11 +530,17 @@ fn a_copied_store_whose_tree_changed_is_read_against_its_manifest() {
         .iter()
         .map(|p| (p["path"].as_str().unwrap(), p["action"].as_str().unwrap()))
         .collect();
+    // The moved mtime too (since session 47), and `a` gets the recorded one back.
     assert_eq!(
         problems,
-        [("sub/big", "check content against the manifest")],
+        [
+            ("a", "check metadata against the manifest"),
+            ("sub/big", "check content against the manifest")
+        ],
         "{r}"
     );
+    let m = std::fs::metadata(to.join("a")).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_500_000_000, 5));
 
     // A backup does not link on the manifest's word from a tree that differs from it.
     let (code, rep, err) = backup(&src, &copy, &[], &[]);

@@ -42,10 +42,11 @@ fn print_table(snaps: &[Listed], space: bool) {
                 dash()
             }),
             s.taken_at,
-            match (&s.differs, s.status, &s.record_unreadable) {
-                (Some(_), _, _) => "DIFFERS*".to_string(),
-                (None, None, Some(_)) => "unknown*".to_string(),
-                (None, x, _) => x.map(|x| x.as_str().to_string()).unwrap_or_else(dash),
+            match (&s.differs, s.status, &s.record_unreadable, &s.damaged) {
+                (Some(_), _, _, _) => "DIFFERS*".to_string(),
+                (None, _, _, Some(_)) => "DAMAGED*".to_string(),
+                (None, None, Some(_), None) => "unknown*".to_string(),
+                (None, x, _, None) => x.map(|x| x.as_str().to_string()).unwrap_or_else(dash),
             },
             s.files.map(|f| f.to_string()).unwrap_or_else(dash),
             s.bytes.map(human).unwrap_or_else(dash),
@@ -60,8 +61,20 @@ fn print_table(snaps: &[Listed], space: bool) {
     for s in snaps {
         if let Some(why) = &s.differs {
             outln!(
-                "(*{}: the store was copied and this tree differs from its manifest ({why}); `snapring verify --dest DEST {}` names every difference, and a backup compares with it by stat)",
+                "(*{}: the store was copied, or its snapshot state damaged, and this tree differs from its manifest ({why}); `snapring verify --dest DEST {}` names every difference, and a backup compares with it by stat)",
                 s.name,
+                s.name
+            );
+        }
+    }
+    for s in snaps.iter().filter(|s| s.differs.is_none()) {
+        if let Some(d) = &s.damaged {
+            outln!(
+                "(*{}: verify found {} damaged {} on {} (content or metadata not as recorded at backup, or unreadable); `snapring verify --dest DEST {}` names them, a restore reports each, a backup copies them from the source instead of linking them)",
+                s.name,
+                d.entries,
+                if d.entries == 1 { "entry" } else { "entries" },
+                d.verified_at,
                 s.name
             );
         }

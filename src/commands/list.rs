@@ -44,6 +44,11 @@ pub struct Listed {
     /// for a tree taken over, with no word why). `None` otherwise.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub record_unreadable: Option<String>,
+    /// A `verify` found entries of this snapshot damaged and recorded them
+    /// (`manifest::damaged_list`): a restore reports them, a backup copies them from the
+    /// source rather than link them. `None` when none is recorded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub damaged: Option<DamageRecorded>,
     pub finished_at: Option<String>,
     pub status: Option<Status>,
     pub files: Option<u64>,
@@ -55,6 +60,15 @@ pub struct Listed {
     /// Disk space only this snapshot uses (inodes linked from no other snapshot,
     /// counted once, plus its directories); computed with `--space`.
     pub unique_bytes: Option<u64>,
+}
+
+/// What the last `verify` of a snapshot found damaged in it, as recorded.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct DamageRecorded {
+    /// How many entries (bytes or metadata not as recorded at backup, or unreadable).
+    pub entries: u64,
+    /// When that verify ran (RFC 3339).
+    pub verified_at: String,
 }
 
 /// Lists the store at `root` (repairing it first if it needs it). `space`: also walk every snapshot
@@ -91,8 +105,17 @@ pub fn list(root: &Path, space: bool, jobs: usize) -> Result<Vec<Listed>> {
                 .map(|why| format!("{}: {why}", crate::relpath::shown(&store.run_path(&r.id)))),
             _ => None,
         };
+        let damaged = s.rec.as_ref().and_then(|r| {
+            let (verified_at, entries) =
+                manifest::damaged_summary(&store.meta.join("manifests"), &r.id)?;
+            Some(DamageRecorded {
+                entries,
+                verified_at,
+            })
+        });
         out.push(Listed {
             record_unreadable,
+            damaged,
             taken_at: taken.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             unique_bytes,
             id: s.rec.as_ref().map(|r| r.id.clone()),

@@ -181,6 +181,10 @@ pub struct Snapshot {
     /// is `None`: a backup compares with the tree by stat), but keeps the record, with
     /// its verdict, in the state as the snapshot rotates (see `copied.rs`).
     pub differs: Option<(String, SnapRec)>,
+    /// The state file was damaged and no run is left to recover this directory's record
+    /// from (`recover.rs`): it may have had one, so its content cannot be known to be
+    /// as backed up (a restore says so, and ends `partial`).
+    pub unrecorded: bool,
 }
 
 /// Where a run's log is: `<store>/.snapring/logs/<id>.log`.
@@ -737,6 +741,7 @@ impl Store {
         let mut recovery = damaged.then(|| self.recovery());
         let mut out = Vec::new();
         for (name, at, label, slot, m) in found {
+            let mut unrecorded = false;
             let born = std::cell::OnceCell::new();
             let born_at = |t: Option<(i64, u32)>| match t {
                 None => true,
@@ -788,12 +793,18 @@ impl Store {
                 (None, None) => match self.copied_record(&state, &name, &at, &m, &present) {
                     Some(Ok(r)) => (Some(r), None),
                     Some(Err((r, why))) => (None, Some((why, r))),
-                    None => (
-                        recovery
-                            .as_mut()
-                            .and_then(|r| self.recovered_record(r, &name, &label, &at, &m)),
-                        None,
-                    ),
+                    None => match recovery
+                        .as_mut()
+                        .map(|r| self.recovered_record(r, &name, &label, &at, &m))
+                    {
+                        Some(Some(Ok(r))) => (Some(r), None),
+                        Some(Some(Err((r, why)))) => (None, Some((why, r))),
+                        Some(None) => {
+                            unrecorded = true;
+                            (None, None)
+                        }
+                        None => (None, None),
+                    },
                 },
             };
             let trusted = by_ino.or(copied.clone());
@@ -808,6 +819,7 @@ impl Store {
                     _ => trusted,
                 },
                 differs,
+                unrecorded,
                 name,
             });
         }

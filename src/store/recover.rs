@@ -11,10 +11,25 @@
 //! way (`keep_copied_records`: the `.copied` marker, then the state). Directories are
 //! tried newest slot first against runs newest first, so a regular rotation pairs on
 //! the first try; each directory tries at most `TRIES` runs.
+//!
+//! A tree that matches no manifest is damaged or changed (a bit flipped, a `chmod`),
+//! which is no reason to lose its record: that is when a reader most needs the
+//! manifest. Its run is then found by its record instead: the first of the runs tried
+//! whose run record's start and finish enclose the directory's birth time (the staging
+//! directory is made by the run), or, where the file system keeps no birth time, or
+//! none encloses it (a staging tree a later run took over), the first run tried, the
+//! one a regular rotation pairs it with. It is kept as a copied store's tree that
+//! differs from its manifest (`copied.rs`): readers read it against that manifest and
+//! report every difference as damage (a restore ends `partial`), writers do not trust
+//! it (a backup compares with it by stat). A wrong pairing can only make a reader flag
+//! more, never trust more. Before, such a tree was read as one without a manifest, and
+//! a restore returned its bit rot as `complete`. A directory for which no run is left
+//! at all is marked (`Snapshot::unrecorded`): a restore of it says its content is
+//! unchecked and ends `partial`.
 
 use std::collections::HashSet;
 
-use super::{SnapRec, Store};
+use super::{Differs, SnapRec, Store};
 use crate::fsx::Meta;
 use crate::report::Status;
 
@@ -24,8 +39,23 @@ const TRIES: usize = 4;
 /// The published runs that may own a snapshot directory, newest first, and those
 /// already given to one.
 pub(super) struct Recovery {
-    runs: Vec<(String, String, String)>,
+    /// (id, label, finished_at, started_at)
+    runs: Vec<(String, String, String, String)>,
     used: HashSet<String>,
+}
+
+/// Whether `t` (a birth time) lies between the RFC 3339 times `from` and `to`, give or
+/// take a second (the file system's clock and the run's may round differently).
+fn within(t: (i64, u32), from: &str, to: &str) -> bool {
+    let at = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|d| d.timestamp())
+    };
+    match (at(from), at(to)) {
+        (Some(a), Some(b)) => a - 1 <= t.0 && t.0 <= b + 1,
+        _ => false,
+    }
 }
 
 impl Store {
@@ -50,7 +80,7 @@ impl Store {
                 && r.snapshot.is_some()
                 && mdir.join(format!("{id}.mf")).exists()
             {
-                runs.push((id, r.label, r.finished_at.unwrap_or_default()));
+                runs.push((id, r.label, r.finished_at.unwrap_or_default(), r.started_at));
             }
         }
         runs.sort_by(|a, b| b.2.cmp(&a.2));
@@ -61,7 +91,10 @@ impl Store {
     }
 
     /// The record of the snapshot directory `name` (label `label`, now at `at`, stat
-    /// `m`) recovered from the run whose manifest its tree matches, if one does.
+    /// `m`) recovered from the run whose manifest its tree matches, if one does
+    /// (`Ok`); else from the run its record pairs it with, kept as a tree that differs
+    /// from that run's manifest (`Err`: the record, with `differs` set, and why, as
+    /// `copied_record` gives it; see the module's comment). `None`: no run is left.
     pub(super) fn recovered_record(
         &self,
         rec: &mut Recovery,
@@ -69,15 +102,17 @@ impl Store {
         label: &str,
         at: &str,
         m: &Meta,
-    ) -> Option<SnapRec> {
-        let candidates: Vec<(String, String)> = rec
+    ) -> Option<std::result::Result<SnapRec, (SnapRec, String)>> {
+        let candidates: Vec<(String, String, String)> = rec
             .runs
             .iter()
-            .filter(|(id, l, _)| l == label && !rec.used.contains(id))
+            .filter(|(id, l, ..)| l == label && !rec.used.contains(id))
             .take(TRIES)
-            .map(|(id, _, t)| (id.clone(), t.clone()))
+            .map(|(id, _, t, s)| (id.clone(), t.clone(), s.clone()))
             .collect();
-        for (id, finished_at) in candidates {
+        let mut first_difference = None;
+        for (id, finished_at, _) in &candidates {
+            let (id, finished_at) = (id.clone(), finished_at.clone());
             let ok = self.matches_once(name, m.ino, &id, at, |ok| {
                 if ok.is_ok() {
                     tracing::info!(
@@ -85,21 +120,68 @@ impl Store {
                     );
                 }
             });
-            if ok.is_ok() {
-                rec.used.insert(id.clone());
-                return Some(SnapRec {
-                    name: name.to_string(),
-                    id,
-                    ino: m.ino,
-                    finished_at,
-                    btime: super::birth(&self.root.join(at)),
-                    differs: None,
-                });
+            match ok {
+                Ok(()) => {
+                    rec.used.insert(id.clone());
+                    return Some(Ok(SnapRec {
+                        name: name.to_string(),
+                        id,
+                        ino: m.ino,
+                        finished_at,
+                        btime: super::birth(&self.root.join(at)),
+                        differs: None,
+                    }));
+                }
+                Err(why) => {
+                    first_difference.get_or_insert((id, why));
+                }
             }
         }
-        tracing::warn!(
-            "{name}: the snapshot state was damaged and no run's manifest matches its tree; it is read as a tree without a manifest"
+        // No tree matches: the run is found by its record, and the tree read against
+        // its manifest (readers) or by stat (writers).
+        let btime = super::birth(&self.root.join(at));
+        let by_time =
+            btime.and_then(|t| candidates.iter().find(|(_, to, from)| within(t, from, to)));
+        let Some((id, finished_at, _)) = by_time.or(candidates.first()) else {
+            tracing::warn!(
+                "{name}: the snapshot state was damaged and no run of label {label} with a manifest is left to pair it with; it is read as a tree without a manifest (a restore of it says its content is unchecked)"
+            );
+            return None;
+        };
+        rec.used.insert(id.clone());
+        let how = if by_time.is_some() {
+            "its directory was made while that run ran"
+        } else {
+            "the run a regular rotation pairs it with"
+        };
+        let diff = match &first_difference {
+            Some((i, why)) if i == id => why.clone(),
+            _ => self
+                .matches_once(name, m.ino, id, at, |_| {})
+                .err()
+                .unwrap_or_else(|| "differs".into()),
+        };
+        let why = format!(
+            "the snapshot state was damaged and its tree matches no run's manifest; paired with run {id} by its record ({how}): {diff}"
         );
-        None
+        tracing::warn!(
+            "{name}: {why}; it is read against that manifest, every difference reported as damage (`snapring verify` names them), and a backup compares with it by stat"
+        );
+        let found_at = crate::util::now_rfc3339();
+        let shown = format!("{why}; found {found_at}");
+        let record = SnapRec {
+            name: name.to_string(),
+            id: id.clone(),
+            ino: 0,
+            finished_at: finished_at.clone(),
+            btime: None,
+            differs: Some(Differs {
+                why,
+                found_at,
+                ino: m.ino,
+                btime,
+            }),
+        };
+        Some(Err((record, shown)))
     }
 }
