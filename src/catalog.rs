@@ -17,7 +17,7 @@ use crate::report::{Problem, RunReport, Status};
 use crate::restore::RestoreReport;
 
 /// The schema this snapring writes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// How far ahead of now a run may be dated and still count as the newest
 /// (`Catalog::recent`): clocks of the hosts of one catalog a little apart.
@@ -206,6 +206,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE runs ADD COLUMN source_raw BLOB;
     ALTER TABLE runs ADD COLUMN target_raw BLOB;
     ALTER TABLE runs ADD COLUMN log_path_raw BLOB;",
+    // 10: `snapring copy` runs are kind `copy` (they were recorded as `backup`s into
+    // their repository, without a job: counted in `stats` with the backups, and not to
+    // be told apart by `history --kind` or `serve`). A copy recorded before this whose
+    // report names the store snapshot it copied becomes one; a copy of an older
+    // snapring that failed before it found its snapshot says nothing of being one and
+    // stays `backup`.
+    "UPDATE runs SET kind = 'copy'
+        WHERE kind = 'backup' AND json_valid(report)
+          AND (json_extract(report, '$.repository.copied_from') IS NOT NULL
+               OR json_extract(report, '$.copy_of') IS NOT NULL);",
 ];
 
 /// Errors of the catalog: always with the file, and never fatal to a backup.
@@ -344,7 +354,7 @@ const NFS_SUPER_MAGIC: u64 = 0x6969;
 #[derive(Clone, Debug, Serialize, PartialEq)]
 pub struct RunRow {
     pub id: String,
-    /// `backup` or `restore`.
+    /// `backup`, `restore` or `copy`.
     pub kind: String,
     pub job: Option<String>,
     pub label: String,
@@ -362,6 +372,30 @@ pub struct RunRow {
     /// them failed: `history` marks those runs (`NOTIFY`), not only `show`.
     pub notifications: u64,
     pub notifications_failed: u64,
+}
+
+/// The copies (`snapring copy`) from one store into one repository
+/// ([`Catalog::copies`]).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Copies {
+    /// The store copied from (the runs' `source`).
+    pub from: PathBuf,
+    /// The repository's URL (the runs' `store`).
+    pub to: String,
+    /// The newest copy, and its message.
+    pub last: RunRow,
+    pub last_message: String,
+    /// When the newest `complete` copy finished (one of a snapshot copied before
+    /// included: the repository has it); `None` before the first.
+    pub last_success_at: Option<String>,
+    pub runs: u64,
+    pub complete: u64,
+    pub partial: u64,
+    pub incomplete: u64,
+    pub failed: u64,
+    /// Copies ever recorded `failed` (`runs.failed_once`).
+    pub failed_once: u64,
+    pub running: u64,
 }
 
 /// A snapshot in a restic repository, as the catalog knows it from the run that wrote
@@ -430,7 +464,7 @@ pub struct Event {
 /// Which runs a query covers.
 #[derive(Clone, Debug, Default)]
 pub struct Filter {
-    /// `backup` or `restore`; `None`: both.
+    /// `backup`, `restore` or `copy`; `None`: all.
     pub kind: Option<String>,
     pub job: Option<String>,
     /// Exactly this store (by its text and, not UTF-8, its bytes).
@@ -900,6 +934,93 @@ impl Catalog {
             .db(&self.path, "count runs")
     }
 
+    /// The copies in the catalog (kind `copy`), one entry per store copied from and
+    /// repository copied into, in that order: the copies by status, the newest copy (by
+    /// start time, those dated after now last, as [`Catalog::recent`] orders them) and
+    /// when the newest `complete` one finished. `serve`'s view of `snapring copy`,
+    /// which runs from cron or a timer, outside any job of the config.
+    pub fn copies(&self) -> Result<Vec<Copies>> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "SELECT source, source_raw, store, store_raw, count(*),
+                    sum(status = 'complete'), sum(status = 'partial'),
+                    sum(status = 'incomplete'), sum(status = 'failed'), sum(failed_once),
+                    sum(status = 'running'),
+                    max(CASE WHEN status = 'complete' THEN coalesce(finished_at, started_at) END)
+                 FROM runs WHERE kind = 'copy'
+                 GROUP BY source, source_raw, store, store_raw ORDER BY source, store",
+            )
+            .db(&self.path, "query copies")?;
+        type Group = (
+            String,
+            Option<Vec<u8>>,
+            String,
+            Option<Vec<u8>>,
+            [u64; 7],
+            Option<String>,
+        );
+        let groups = st
+            .query_map([], |r| {
+                let n = |i| r.get::<_, Option<i64>>(i).map(|v| v.unwrap_or(0) as u64);
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    [n(4)?, n(5)?, n(6)?, n(7)?, n(8)?, n(9)?, n(10)?],
+                    r.get(11)?,
+                ))
+            })
+            .db(&self.path, "query copies")?
+            .collect::<std::result::Result<Vec<Group>, _>>()
+            .db(&self.path, "read copies")?;
+        let mut newest = self
+            .conn
+            .prepare_cached(&format!(
+                "SELECT id, job, label, store, snapshot, started_at, finished_at,
+                    duration_seconds, status, files_total, files_transferred,
+                    bytes_transferred, errors, kind, {NOTIFICATIONS}, message
+                 FROM runs WHERE kind = 'copy' AND source = ?1 AND source_raw IS ?2
+                   AND store = ?3 AND store_raw IS ?4
+                 ORDER BY started_at > ?5, started_at DESC, id DESC LIMIT 1"
+            ))
+            .db(&self.path, "query copies")?;
+        let now = not_after();
+        let mut out = Vec::with_capacity(groups.len());
+        for (from, from_raw, to, to_raw, n, last_success_at) in groups {
+            let last = newest
+                .query_row(params![from, from_raw, to, to_raw, now], |r| {
+                    Ok((run_row(r)?, r.get::<_, String>(16)?))
+                })
+                .db(&self.path, "query copies")?;
+            let [
+                runs,
+                complete,
+                partial,
+                incomplete,
+                failed,
+                failed_once,
+                running,
+            ] = n;
+            out.push(Copies {
+                from: crate::localpath::from_fields(&from, from_raw),
+                to,
+                last: last.0,
+                last_message: last.1,
+                last_success_at,
+                runs,
+                complete,
+                partial,
+                incomplete,
+                failed,
+                failed_once,
+                running,
+            });
+        }
+        Ok(out)
+    }
+
     /// How many daemon events of `kind` (`skipped`, ...) `job` has.
     pub fn event_count(&self, job: &str, kind: &str) -> Result<u64> {
         self.conn
@@ -1178,12 +1299,12 @@ impl Catalog {
             .db(&self.path, "query runs")
     }
 
-    /// Run ids of `store` still marked `running`.
+    /// Backups and copies still marked `running`: (id, store).
     pub fn running_in(&self) -> Result<Vec<(String, PathBuf)>> {
         let mut st = self
             .conn
             .prepare(
-                "SELECT id, store, store_raw FROM runs WHERE status = 'running' AND kind = 'backup'",
+                "SELECT id, store, store_raw FROM runs WHERE status = 'running' AND kind IN ('backup', 'copy')",
             )
             .db(&self.path, "query runs")?;
         st.query_map([], id_and_store)
@@ -1343,8 +1464,8 @@ fn upsert_run(tx: &rusqlite::Transaction<'_>, path: &Path, r: &RunReport) -> Res
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16,
             ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31,
             ?32, ?33, ?34, ?35, ?36, ?37, ?38, ?39, ?40, ?41, ?42, ?43, ?44, ?45, ?46, ?47,
-            'backup')
-         ON CONFLICT(id) DO UPDATE SET job=excluded.job, label=excluded.label,
+            ?48)
+         ON CONFLICT(id) DO UPDATE SET job=excluded.job, label=excluded.label, kind=excluded.kind,
             store=excluded.store, source=excluded.source, host=excluded.host,
             version=excluded.version, started_at=excluded.started_at,
             finished_at=excluded.finished_at, duration_seconds=excluded.duration_seconds,
@@ -1419,9 +1540,23 @@ fn upsert_run(tx: &rusqlite::Transaction<'_>, path: &Path, r: &RunReport) -> Res
         raw(&r.store),
         raw(&r.source),
         raw(&log),
+        kind_of(r),
     ])
     .db(path, "record run")?;
     insert_problems(tx, path, &r.id, &r.problems)
+}
+
+/// The catalog's `kind` of run `r`: `copy` for a `snapring copy` (from its `running`
+/// row on: `copy_of`), else `backup`.
+pub fn kind_of(r: &RunReport) -> &'static str {
+    let copied = r
+        .repository
+        .as_ref()
+        .is_some_and(|k| k.copied_from.is_some());
+    match r.copy_of.is_some() || copied {
+        true => "copy",
+        false => "backup",
+    }
 }
 
 /// Whether run `r` is one that failed (`runs.failed_once`): recorded `failed`, or

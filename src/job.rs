@@ -992,5 +992,6 @@ fn repository_report(j: &RepositoryJob, id: &str) -> RunReport {
     let mut r = crate::engine::backup::new_report(&o, id, Path::new(&j.dest));
     r.exclusion = j.exclusion.clone();
     r.source = std::fs::canonicalize(&j.source).unwrap_or_else(|_| j.source.clone());
+    r.copy_of = j.copy_of.clone();
     r
 }

@@ -223,6 +223,12 @@ pub struct RunReport {
     /// store). `store` is then the repository's URL and `snapshot` the snapshot's id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repository: Option<RepositoryKpis>,
+    /// A `snapring copy` run: the store snapshot it was asked to copy, as given (a
+    /// name, a run id, `latest`, `@TIME`), from its `running` row on, failed or not
+    /// (`repository.copied_from` names the snapshot found, once it was). Such a run is
+    /// kind `copy` in the catalog. `None` for every other run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copy_of: Option<String>,
     /// The run's log, where it is not `<store>/.snapring/logs/<id>.log` (a repository
     /// run's log is beside the catalog).
     /// Not UTF-8: `log_raw` beside it holds the bytes.
@@ -273,7 +279,10 @@ pub struct CopiedFrom {
     pub run: String,
     /// It was in the repository already (`snapshot` is that copy; nothing written).
     pub already_copied: bool,
-    /// Files reused unread because both manifests give the same hash…
+    /// Files reused unread (their blobs taken from the parent copy) because both
+    /// manifests give the same hash… Found unchanged but with blobs the index no longer
+    /// has (a lost pack), a file is read, and not counted here: the two counts add up to
+    /// `files_unchanged`.
     pub reused_by_manifest: u64,
     /// …or because they are the parent copy's inode, size and mtime.
     pub reused_by_inode: u64,

@@ -4,7 +4,9 @@
 //! and uploads only tree and snapshot data (counted); a changed file is the only one
 //! read; a snapshot already copied is not copied again; once the parent copy's snapshot
 //! has expired from the store (its manifest gone), unchanged files are still reused by
-//! inode. Tests that need Debian's `restic` skip those checks without it.
+//! inode; the reuse counts are the files reused; a copy is a run of kind `copy`, and a
+//! mistake on its command line exits 64 and is no run. Tests that need Debian's
+//! `restic` skip those checks without it.
 
 mod common;
 
@@ -1067,4 +1069,250 @@ fn copies_of_one_snapshot_at_once_leave_one_copy() {
         .collect();
     assert_eq!(of_run.len(), 1, "{snaps:?}\n{ra}\n{rb}");
     assert_eq!(of_run[0].0, ra["snapshot"].as_str().unwrap(), "{ra}");
+}
+
+/// The files of `dir` and below.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+/// The parent copy's data pack lost and the index repaired (the store snapshot
+/// intact): the next copy finds every file unchanged by the manifests, but their blobs
+/// are gone, so it reads them. The report's reuse counts are the files it reused
+/// (`files_unchanged`), not those it found unchanged: it said "32 by the manifests
+/// … reused unread" beside `files_unchanged: 0` and 32 files read.
+#[test]
+fn after_lost_packs_the_reuse_counts_are_the_files_reused_not_those_found_unchanged() {
+    let f = Fixture::new();
+    f.store_backup("7");
+    f.copy("daily.0");
+    let mut packs: Vec<(u64, PathBuf)> = files_under(&f.repo.join("data"))
+        .into_iter()
+        .map(|p| (std::fs::metadata(&p).unwrap().len(), p))
+        .collect();
+    packs.sort();
+    // The biggest pack holds the 2 MiB file's data: lost.
+    let (_, data) = packs.pop().unwrap();
+    std::fs::remove_file(&data).unwrap();
+    let (code, _, err) = sr(&["repair", "index", "--dest", &f.url()]);
+    assert!(code == 0 || code == 2, "{err}");
+    f.store_backup("7");
+    let r = f.copy("daily.0");
+    let b = &r["repository"];
+    let unchanged = b["files_unchanged"].as_u64().unwrap();
+    let read = b["files_read"].as_u64().unwrap();
+    assert!(read > 0, "the lost pack's files are read again: {r}");
+    assert_eq!(unchanged + read, 32, "{r}");
+    let c = &b["copied_from"];
+    let reused = c["reused_by_manifest"].as_u64().unwrap() + c["reused_by_inode"].as_u64().unwrap();
+    assert_eq!(
+        reused, unchanged,
+        "the reuse counts are the files reused: {r}"
+    );
+    assert_eq!(r["files_linked"].as_u64(), Some(unchanged), "{r}");
+    let restored = f.restore(r["snapshot"].as_str().unwrap(), "r");
+    assert_same_tree(
+        &describe(&f.backups.join("fs-1/daily.0")),
+        &describe(&restored),
+        "copy after the lost pack",
+    );
+}
+
+/// `snapring --catalog CATALOG ARGS` with the repository's password `password`: (exit
+/// code, JSON on stdout, stderr).
+fn copy_recorded(
+    catalog: &Path,
+    args: &[&str],
+    password: &str,
+) -> (i32, serde_json::Value, String) {
+    let mut a: Vec<&OsStr> = vec![OsStr::new("--catalog"), catalog.as_os_str()];
+    a.extend(args.iter().map(OsStr::new));
+    let out = snapring(&a, &[("SNAPRING_PASSWORD", password)]);
+    (
+        out.status.code().unwrap_or(-1),
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `history [--kind KIND] --json` of `catalog`: its rows.
+fn history(catalog: &Path, kind: Option<&str>) -> Vec<serde_json::Value> {
+    let mut a = vec![
+        OsStr::new("--catalog"),
+        catalog.as_os_str(),
+        OsStr::new("history"),
+        OsStr::new("--json"),
+    ];
+    if let Some(k) = kind {
+        a.extend([OsStr::new("--kind"), OsStr::new(k)]);
+    }
+    let out = snapring(&a, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `stats [--kind KIND] --json` of `catalog`.
+fn stats(catalog: &Path, kind: Option<&str>) -> Vec<serde_json::Value> {
+    let mut a = vec![
+        OsStr::new("--catalog"),
+        catalog.as_os_str(),
+        OsStr::new("stats"),
+        OsStr::new("--json"),
+    ];
+    if let Some(k) = kind {
+        a.extend([OsStr::new("--kind"), OsStr::new(k)]);
+    }
+    let out = snapring(&a, &[]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `copy --dest BACKUPS --folder fs-1 SNAPSHOT --to TO --json` recorded in `catalog`.
+fn copy_in(
+    f: &Fixture,
+    catalog: &Path,
+    snapshot: &str,
+    to: &str,
+    password: &str,
+) -> (i32, serde_json::Value, String) {
+    let store = f.backups.to_str().unwrap();
+    copy_recorded(
+        catalog,
+        &[
+            "copy", "--dest", store, "--folder", "fs-1", snapshot, "--to", to, "--json",
+        ],
+        password,
+    )
+}
+
+/// A copy is a run of kind `copy` (docs/monitoring.md, "Copies"): `history --kind copy`
+/// lists it (it was refused: "invalid value 'copy'"), `stats` counts the backups alone
+/// and `stats --kind copy` the copies, a failed one too. An older catalog's copies
+/// become copies when migrated.
+#[test]
+fn copies_are_runs_of_their_own_kind_in_history_and_stats() {
+    let f = Fixture::new();
+    f.store_backup("7");
+    let catalog = f.t.path().join("catalog.db");
+    let url = f.url();
+    let (code, r, err) = copy_in(&f, &catalog, "daily.0", &url, PASSWORD);
+    assert_eq!(code, 0, "{r}{err}");
+    let rows = history(&catalog, Some("copy"));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], r["id"], "{rows:?}");
+    assert_eq!(rows[0]["kind"], "copy", "{rows:?}");
+    assert_eq!(rows[0]["status"], "complete", "{rows:?}");
+    assert!(
+        history(&catalog, Some("backup")).is_empty(),
+        "a copy is not a backup"
+    );
+    // A copy that fails is a copy too.
+    let (code, r, err) = copy_in(&f, &catalog, "daily.0", &url, "not-the-password");
+    assert_eq!(code, 1, "{r}{err}");
+    let rows = history(&catalog, Some("copy"));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1]["id"], r["id"], "{rows:?}");
+    assert_eq!(rows[1]["status"], "failed", "{rows:?}");
+    assert!(
+        stats(&catalog, None).is_empty(),
+        "{:?}",
+        stats(&catalog, None)
+    );
+    let s = stats(&catalog, Some("copy"));
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(
+        (s[0]["runs"].as_u64(), s[0]["failed"].as_u64()),
+        (Some(2), Some(1)),
+        "{s:?}"
+    );
+
+    // A catalog of schema 9 recorded copies as backups, their reports without
+    // `copy_of`: migrated, a copy that found its snapshot (`copied_from`) is a copy; a
+    // failed one says nothing of being one and stays a backup.
+    let conn = rusqlite::Connection::open(&catalog).unwrap();
+    conn.execute_batch(
+        "UPDATE runs SET kind = 'backup', report = json_remove(report, '$.copy_of');
+         PRAGMA user_version = 9;",
+    )
+    .unwrap();
+    drop(conn);
+    let rows = history(&catalog, Some("copy"));
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["status"], "complete", "{rows:?}");
+    assert_eq!(history(&catalog, Some("backup")).len(), 1);
+}
+
+/// A mistake on copy's command line (a snapshot the store does not have, a time before
+/// every snapshot, a `--to` that is no repository's URL, restic's `s3:` syntax) exits 64
+/// naming the flag and is no run: it exited 1, recorded `failed`, in `stats` and in the
+/// copies' alerts. A copy that fails once it runs (the wrong password, the store not
+/// there: not mounted) is still recorded `failed`.
+#[test]
+fn mistakes_on_copys_command_line_exit_64_and_are_no_runs() {
+    let f = Fixture::new();
+    f.store_backup("7");
+    let catalog = f.t.path().join("catalog.db");
+    let url = f.url();
+    let copy =
+        |snapshot: &str, to: &str, password: &str| copy_in(&f, &catalog, snapshot, to, password);
+    let (code, r, err) = copy("daily.0", &url, PASSWORD);
+    assert_eq!(code, 0, "{r}{err}");
+    let (code, _, err) = copy("daily.9", &url, PASSWORD);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("no snapshot named \"daily.9\""), "{err}");
+    let (code, _, err) = copy("@2001-01-01", &url, PASSWORD);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("no snapshot was taken at or before"), "{err}");
+    let (code, _, err) = copy("daily.0", "file://relative/repo", PASSWORD);
+    assert_eq!(code, 64, "{err}");
+    assert!(err.contains("--to \"file://relative/repo\""), "{err}");
+    let (code, _, err) = copy("daily.0", "s3:http://127.0.0.1:1/bucket", PASSWORD);
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("--to \"s3:http://127.0.0.1:1/bucket\""),
+        "{err}"
+    );
+    assert!(!err.contains("--dest \"s3:"), "{err}");
+    let (code, _, err) = copy("daily.0", "/srv/repo", PASSWORD);
+    assert_eq!(code, 64, "{err}");
+    let rows = history(&catalog, None);
+    assert_eq!(rows.len(), 1, "mistakes are no runs: {rows:?}");
+
+    // A copy that fails is a run, recorded `failed`.
+    let (code, r, err) = copy("daily.0", &url, "not-the-password");
+    assert_eq!(code, 1, "{r}{err}");
+    let rows = history(&catalog, None);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[1]["id"], r["id"], "{rows:?}");
+    assert_eq!(rows[1]["status"], "failed", "{rows:?}");
+    // So is one whose store is not there (not mounted).
+    let (code, r, err) = copy_recorded(
+        &catalog,
+        &[
+            "copy",
+            "--dest",
+            f.t.path().join("not-mounted").to_str().unwrap(),
+            "daily.0",
+            "--to",
+            &url,
+            "--json",
+        ],
+        PASSWORD,
+    );
+    assert_eq!(code, 1, "{r}{err}");
+    let rows = history(&catalog, None);
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows[2]["status"], "failed", "{rows:?}");
+    assert!(
+        rows[2]["id"] == r["id"],
+        "the failed copy's row: {rows:?} {r}"
+    );
 }

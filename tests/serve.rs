@@ -2755,3 +2755,103 @@ fn serve_says_what_to_do_when_it_cannot_start() {
     );
     assert!(!f.t.path().join("fifo.db.daemon.lock").exists());
 }
+
+/// `snapring copy` runs from cron, outside the config's jobs: its copies show on the
+/// overview, in `/api/copies` and in `/metrics` per store and repository, under the job
+/// whose store they copy (docs/monitoring.md, "Copies"). A failed nightly copy is
+/// `snapring_copy_last_status{status="failed"} 1`, the last complete one's time stays,
+/// and the job's own runs do not count the copies. They were nowhere.
+#[test]
+fn copies_show_on_the_overview_in_the_api_and_in_metrics() {
+    let f = fixture();
+    let p = f.t.path();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let url = format!("file://{}/repo", p.display());
+    let sr = |args: &[&str], password: &str| {
+        let mut a: Vec<&std::ffi::OsStr> = vec!["--catalog".as_ref(), f.catalog.as_os_str()];
+        a.extend(args.iter().map(std::ffi::OsStr::new));
+        snapring(&a, &[("SNAPRING_PASSWORD", password)])
+    };
+    let out = sr(&["init", "--dest", &url], "pw-123456");
+    assert!(out.status.success(), "{out:?}");
+    let store = p.join("dest");
+    let copy = [
+        "copy",
+        "--dest",
+        store.to_str().unwrap(),
+        "latest",
+        "--to",
+        &url,
+        "--json",
+    ];
+    let out = sr(&copy, "pw-123456");
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let good: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let out = sr(&copy, "wrong-password");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let bad: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    let series = |name: &str, extra: &str| {
+        m.lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && l.contains("job_name=\"home\"")
+                    && l.contains(&format!("to=\"{url}\""))
+                    && l.contains(extra)
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+    };
+    assert_eq!(
+        series("snapring_copy_last_status", "status=\"failed\""),
+        Some(1.0),
+        "{m}"
+    );
+    assert_eq!(
+        series("snapring_copy_last_status", "status=\"complete\""),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        series("snapring_copy_runs_started_total", ""),
+        Some(2.0),
+        "{m}"
+    );
+    assert_eq!(
+        series("snapring_copy_runs_failed_total", ""),
+        Some(1.0),
+        "{m}"
+    );
+    let done = series("snapring_copy_last_success_timestamp_seconds", "").expect("a success");
+    let finished = chrono::DateTime::parse_from_rfc3339(good["finished_at"].as_str().unwrap())
+        .unwrap()
+        .timestamp_millis() as f64
+        / 1e3;
+    assert!((done - finished).abs() < 0.01, "{done} {finished}");
+    let age = series("snapring_copy_last_success_age_seconds", "").unwrap();
+    assert!((0.0..600.0).contains(&age), "{age}");
+    // The job's runs are its backups: one, not three.
+    assert_eq!(
+        job_series(&m, "snapring_runs_started_total", "home"),
+        Some(1.0),
+        "{m}"
+    );
+    promtool(&m);
+
+    let api = json(&s.addr, "/api/copies");
+    let all = api.as_array().unwrap();
+    assert_eq!(all.len(), 1, "{api}");
+    assert_eq!(all[0]["job"], "home", "{api}");
+    assert_eq!(all[0]["to"], url.as_str(), "{api}");
+    assert_eq!(all[0]["last"]["id"], bad["id"], "{api}");
+    assert_eq!(all[0]["last"]["status"], "failed", "{api}");
+    assert_eq!(all[0]["counts"]["runs"], 2, "{api}");
+    let page = get(&s.addr, "/").body;
+    assert!(page.contains("Copies into repositories"), "{page}");
+    assert!(page.contains(&url), "{page}");
+    assert!(
+        page.contains(&format!("/run/{}", bad["id"].as_str().unwrap())),
+        "{page}"
+    );
+}

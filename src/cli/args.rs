@@ -345,7 +345,7 @@ pub struct CopyArgs {
     /// The snapshot to copy: name (daily.0), run id, `latest` or @TIME.
     pub snapshot: String,
     /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
-    #[arg(long)]
+    #[arg(long, value_parser = copy_to)]
     pub to: String,
     /// The label tag in the repository [default: the snapshot's label]: as backup's
     /// `--label` (restic splits tags at commas: `x,store=/evil` wrote a tag of its own).
@@ -559,8 +559,8 @@ pub struct HistoryArgs {
     /// Only runs of this job.
     #[arg(long)]
     pub job: Option<String>,
-    /// Only backups or only restores.
-    #[arg(long, value_parser = ["backup", "restore"])]
+    /// Only backups, only restores or only copies (`snapring copy`).
+    #[arg(long, value_parser = ["backup", "restore", "copy"])]
     pub kind: Option<String>,
     /// Only runs started within this long (30d, 12h) or since this time.
     #[arg(long)]
@@ -591,6 +591,9 @@ pub struct ShowArgs {
 pub struct StatsArgs {
     #[arg(long)]
     pub job: Option<String>,
+    /// The backups' figures, or the copies' (`snapring copy`, per repository).
+    #[arg(long, value_parser = ["backup", "copy"], default_value = "backup")]
+    pub kind: String,
     /// Only runs of this store.
     #[arg(long, value_parser = dest_path())]
     pub dest: Option<PathBuf>,
@@ -825,6 +828,22 @@ fn prefix(s: &str) -> Result<String, String> {
 /// (`--to=~/x` and `--to '~/x'` reach snapring as they are): taken literally it made a
 /// directory named `~` in the working directory.
 /// A repository's `--dest` (file:///PATH or s3://BUCKET/PREFIX), its form checked.
+/// `copy --to`: a repository's URL, its form checked (a mistake in it exited 1 and was
+/// recorded as a failed copy, saying `--dest`).
+fn copy_to(s: &str) -> Result<String, String> {
+    use snapring::restic::backend;
+    let said = |e: String| e.replace("--dest ", "--to ");
+    if let Some(e) = backend::restic_syntax(s).or_else(|| backend::url_form(s)) {
+        return Err(said(e));
+    }
+    if !(s.starts_with("file://") || s.starts_with("s3://")) {
+        return Err(format!(
+            "--to {s:?}: expected a restic repository, file:///ABSOLUTE/PATH or s3://BUCKET/PREFIX"
+        ));
+    }
+    Ok(s.to_string())
+}
+
 fn repo_url(s: &str) -> Result<String, String> {
     match snapring::restic::backend::url_form(s) {
         Some(e) => Err(e),

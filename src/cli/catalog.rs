@@ -64,8 +64,9 @@ fn import_run(c: &mut Catalog, dest: &Path, run: &str) -> Option<Shown> {
 pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let mut f = filter(a.job, a.dest.as_deref(), a.since.as_deref())?;
     let c = cat.open_settled()?;
-    // Success rates and durations are the backups' (restores are listed by `history`).
-    f.kind = Some("backup".into());
+    // Success rates and durations are the backups' (restores are listed by `history`),
+    // or with `--kind copy` the copies'.
+    f.kind = Some(a.kind);
     let stats = c.stats(&f)?;
     if a.json {
         print::json(&stats)?;

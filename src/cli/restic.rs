@@ -1399,11 +1399,20 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let root = match &a.folder {
         Some(f) => {
             let rel = snapring::relpath::RelPath::new(f.as_bytes())
-                .map_err(|e| anyhow::anyhow!("--folder {f:?}: {e}"))?;
+                .map_err(|e| usage!("--folder {f:?}: {e}"))?;
             a.dest.join(rel.as_path())
         }
         None => a.dest.clone(),
     };
+    // A snapshot the store does not have is a mistake on the command line, refused as
+    // one (exit 64) before a run starts: recorded, it was a `failed` copy, in `stats`
+    // and in the copies' alerts. A store that cannot be opened (not mounted, gone), or
+    // has no snapshot yet, is the copy's own failure: recorded, as the run says it.
+    if let Ok(store) = snapring::store::Store::open_read(&root)
+        && let Ok(Some(why)) = store.names_nothing(&a.snapshot)
+    {
+        return Err(usage!("{why}"));
+    }
     let job = snapring::job::RepositoryJob {
         job: None,
         source: root,

@@ -381,6 +381,7 @@ pub fn new_report(opts: &BackupOptions, id: &str, store: &Path) -> RunReport {
         post_command: None,
         shards: None,
         repository: None,
+        copy_of: None,
         log: None,
     }
 }

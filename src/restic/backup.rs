@@ -1953,7 +1953,10 @@ impl<'a> Run<'a> {
                     Some(r) => lock(r).unchanged(p, n, &md),
                     None => unchanged(n, &md, &node),
                 };
-                match prev.filter(|n| same(n) && self.all_indexed(n)) {
+                // The index first: a file whose parent blobs are gone from it (lost
+                // packs, `repair index`) is read, and not counted as reused by the
+                // copy's `Reuse` (its `reused_by_*` add up to `files_unchanged`).
+                match prev.filter(|n| self.all_indexed(n) && same(n)) {
                     Some(n) => {
                         node.content = n.content.clone();
                         node.size = n.size;

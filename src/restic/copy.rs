@@ -57,7 +57,8 @@ pub struct CopyReport {
     pub label: String,
     /// It was copied before: `backup.snapshot` is that copy, nothing was written.
     pub already_copied: bool,
-    /// Files reused because the manifests give them the same hash.
+    /// Files reused because the manifests give them the same hash (and their blobs
+    /// are in the index: with `reused_by_inode`, `backup.files_unchanged`).
     pub reused_by_manifest: u64,
     /// Files reused because they are the parent's inode, size and mtime.
     pub reused_by_inode: u64,

@@ -1,5 +1,6 @@
 //! What the dashboard, `/api/…` and `/metrics` show, gathered afresh for each request
-//! from the config's jobs, the run catalog (opened read-only) and each job's store
+//! from the config's jobs, the run catalog (opened read-only; the copies of
+//! `snapring copy` per store and repository too) and each job's store
 //! (`Store::open_read`, `statvfs`). Reads only; never a notifier's settings, so no
 //! secret (webhook URL, SMTP password) can reach a page.
 
@@ -499,6 +500,120 @@ fn fill(
         }
     }
     Ok(())
+}
+
+/// The copies (`snapring copy`) from one store into one repository, as the overview,
+/// `/api/copies` and `/metrics` show them. A copy runs from cron or a timer, outside
+/// the config's jobs; `job` names the job whose store it copies, if the config has one.
+#[derive(Clone, Debug, Serialize)]
+pub struct CopyView {
+    /// The store copied from. Not UTF-8: `store_raw` beside it holds the bytes.
+    #[serde(flatten, serialize_with = "crate::localpath::store::serialize")]
+    pub store: PathBuf,
+    /// The repository copied into (its URL).
+    pub to: String,
+    /// The config's job whose store this is (the first by name), if any.
+    pub job: Option<String>,
+    /// The newest copy: its row (a `running` one whose process is gone shown as it
+    /// ended, as `settled` tells) and its message.
+    pub last: RunRow,
+    pub last_message: String,
+    /// When the newest `complete` copy finished, and how long ago; `None` before the
+    /// first.
+    pub last_success_at: Option<String>,
+    pub last_success_age_seconds: Option<f64>,
+    pub counts: Counts,
+}
+
+/// Every store-and-repository pair of copies in the catalog, in that order;
+/// `Err`: why the catalog could not tell (the overview says it).
+pub fn copies(
+    cfg: &Config,
+    cat: Option<&Catalog>,
+    now: DateTime<Utc>,
+) -> Result<Vec<CopyView>, String> {
+    let Some(c) = cat else { return Ok(Vec::new()) };
+    let all = c.copies().map_err(|e| e.to_string())?;
+    Ok(all
+        .into_iter()
+        .map(|k| {
+            let job = cfg
+                .job
+                .iter()
+                .find(|(_, jc)| {
+                    store_of(jc).is_some_and(|s| {
+                        s == k.from || std::fs::canonicalize(&s).is_ok_and(|s| s == k.from)
+                    })
+                })
+                .map(|(n, _)| n.clone());
+            let mut v = CopyView {
+                store: k.from,
+                to: k.to,
+                job,
+                last: k.last,
+                last_message: k.last_message,
+                last_success_at: k.last_success_at,
+                last_success_age_seconds: None,
+                counts: Counts {
+                    runs: k.runs,
+                    complete: k.complete,
+                    partial: k.partial,
+                    incomplete: k.incomplete,
+                    failed: k.failed,
+                    failed_once: k.failed_once,
+                    running: k.running,
+                    skipped: 0,
+                },
+            };
+            settle_copy(&mut v, c);
+            v.last_success_age_seconds = v
+                .last_success_at
+                .as_deref()
+                .and_then(crate::store::select::parse_time)
+                .map(|t| (now - t).num_milliseconds() as f64 / 1e3);
+            v
+        })
+        .collect())
+}
+
+/// A newest copy the catalog has as `running` whose process is gone (nobody holds its
+/// marker beside the catalog) shows as it ended, as the next command that writes the
+/// catalog records it (`catalog::settle_repository_runs`); the catalog is not written.
+fn settle_copy(v: &mut CopyView, c: &Catalog) {
+    if v.last.status != "running" {
+        return;
+    }
+    use crate::catalog::RepositoryRun;
+    let r = match crate::catalog::repository_run(c, &v.last.id, &v.to, false) {
+        RepositoryRun::Alive => return,
+        RepositoryRun::Recorded(r) | RepositoryRun::Ended { report: r, .. } => r,
+    };
+    v.last.status = r.status.as_str().to_string();
+    v.last.snapshot = r.snapshot.clone();
+    v.last.finished_at = r.finished_at.clone();
+    v.last.duration_seconds = r.duration_seconds;
+    v.last.files_total = r.files_total;
+    v.last.files_transferred = r.files_transferred;
+    v.last.bytes_transferred = r.bytes_transferred;
+    v.last.errors = r.errors;
+    v.last_message = r.message.clone();
+    let n = &mut v.counts;
+    n.running = n.running.saturating_sub(1);
+    match r.status {
+        Status::Complete => {
+            n.complete += 1;
+            if r.finished_at.as_deref() > v.last_success_at.as_deref() {
+                v.last_success_at = r.finished_at.clone();
+            }
+        }
+        Status::Partial => n.partial += 1,
+        Status::Incomplete => n.incomplete += 1,
+        Status::Failed => {
+            n.failed += 1;
+            n.failed_once += 1;
+        }
+        Status::Running => n.running += 1,
+    }
 }
 
 /// Fills the snapshots and the free space of `v` from its store, read-only.

@@ -9,7 +9,7 @@ use std::fmt::Write;
 
 use crate::catalog::{RunRow, Shown};
 
-use super::data::JobView;
+use super::data::{CopyView, JobView};
 use super::svg::{self, Point};
 use super::text::{bytes, duration, esc, url_seg, when};
 
@@ -58,8 +58,9 @@ fn opt(v: Option<String>) -> String {
     v.unwrap_or_else(|| "–".into())
 }
 
-/// The overview: one row per job, then `notes` and each job's errors.
-pub fn overview(jobs: &[JobView], notes: &[String]) -> String {
+/// The overview: one row per job, one per store-and-repository pair of copies (when
+/// there are copies), then `notes` and each job's errors.
+pub fn overview(jobs: &[JobView], copies: &[CopyView], notes: &[String]) -> String {
     let mut b = String::from(
         "<table id=\"jobs\"><tr><th>job</th><th>status</th><th>last run</th><th>took</th>\
          <th>next run</th><th>newest snapshot</th><th>success</th><th>snapshots</th>\
@@ -93,11 +94,49 @@ pub fn overview(jobs: &[JobView], notes: &[String]) -> String {
         );
     }
     b.push_str("</table>");
+    copies_table(&mut b, copies);
     errors(
         &mut b,
         notes.iter().chain(jobs.iter().flat_map(|j| &j.errors)),
     );
     page("Backup jobs", &b)
+}
+
+/// The copies (`snapring copy`): per store and repository, the newest copy's status,
+/// when it ran and its message, when a copy last completed, and the copies by status.
+fn copies_table(b: &mut String, copies: &[CopyView]) {
+    if copies.is_empty() {
+        return;
+    }
+    b.push_str(
+        "<h2>Copies into repositories</h2><table id=\"copies\"><tr><th>store</th><th>to</th>\
+         <th>job</th><th>status</th><th>last copy</th><th>took</th><th>last complete</th>\
+         <th>copies</th><th>failed</th><th>message</th></tr>",
+    );
+    for c in copies {
+        let _ = write!(
+            b,
+            "<tr class=\"copy\"><td class=\"name\"><code>{}</code></td><td class=\"name\"><code>{}</code></td>\
+             <td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td>\
+             <td class=\"num\">{}</td><td>{}</td></tr>",
+            esc(&c.store.to_string_lossy()),
+            esc(&c.to),
+            opt(c.job.as_deref().map(job_link)),
+            badge(Some(&c.last.status)),
+            run_link(&c.last.id, &when(&c.last.started_at)),
+            opt(
+                known_duration(c.last.duration_seconds, c.last.finished_at.as_deref())
+                    .map(duration)
+            ),
+            opt(c
+                .last_success_age_seconds
+                .map(|a| format!("{} ago", duration(a)))),
+            c.counts.runs,
+            c.counts.failed_once,
+            esc(&c.last_message),
+        );
+    }
+    b.push_str("</table>");
 }
 
 /// A running run's walk in words (` 120/200 files (60%) · 40 files/s · ETA 2s`), or

@@ -1,7 +1,8 @@
 //! `/metrics`: the jobs' figures in the Prometheus/OpenMetrics text format, encoded by
 //! `prometheus-client` from a registry built afresh for each scrape from `JobView`s
 //! (the catalog and the stores are the state; nothing is kept between scrapes). Every
-//! series is named `snapring_…` and labelled `job_name` and `store`: not `job`, which
+//! series is named `snapring_…` and labelled `job_name` and `store` (a copy's also
+//! `to`, its repository): not `job`, which
 //! Prometheus sets to the scrape job's name and would rename ours to `exported_job`.
 //! Pure apart from the encoding.
 
@@ -13,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use super::data::{Counts, JobView};
+use super::data::{CopyView, Counts, JobView};
 
 type Labels = Vec<(String, String)>;
 type GaugeFam = Family<Labels, Gauge<f64, AtomicU64>>;
@@ -161,6 +162,68 @@ const COUNTERS: &[CounterDef] = &[
 
 const STATUSES: [&str; 5] = ["running", "complete", "partial", "incomplete", "failed"];
 
+/// A gauge per store-and-repository pair of copies (`snapring copy`).
+type CopyGaugeDef = (&'static str, &'static str, fn(&CopyView) -> Option<f64>);
+
+const COPY_GAUGES: &[CopyGaugeDef] = &[
+    (
+        "copy_last_start_timestamp_seconds",
+        "When the newest copy of the store into the repository started (Unix time)",
+        |c| {
+            let t = crate::store::select::parse_time(&c.last.started_at)?;
+            Some(t.timestamp_millis() as f64 / 1e3)
+        },
+    ),
+    (
+        "copy_last_duration_seconds",
+        "How long the newest copy took",
+        |c| super::html::known_duration(c.last.duration_seconds, c.last.finished_at.as_deref()),
+    ),
+    (
+        "copy_last_problems",
+        "Entries the newest copy left out or copied with the manifest's metadata",
+        |c| Some(c.last.errors as f64),
+    ),
+    (
+        "copy_last_success_timestamp_seconds",
+        "When the newest complete copy finished (Unix time); none before the first",
+        |c| {
+            let t = crate::store::select::parse_time(c.last_success_at.as_deref()?)?;
+            Some(t.timestamp_millis() as f64 / 1e3)
+        },
+    ),
+    (
+        "copy_last_success_age_seconds",
+        "Seconds since the newest complete copy finished; none before the first",
+        |c| c.last_success_age_seconds,
+    ),
+];
+
+const COPY_COUNTERS: &[CounterDef] = &[
+    ("copy_runs_started", "Copies started", |c| c.runs),
+    ("copy_runs_failed", "Copies that ended failed", |c| {
+        c.failed_once
+    }),
+    ("copy_runs_partial", "Copies that ended partial", |c| {
+        c.partial
+    }),
+    (
+        "copy_runs_incomplete",
+        "Copies that ended incomplete",
+        |c| c.incomplete,
+    ),
+];
+
+/// A copy's labels: the job whose store it copies (`""` for none), the store, the
+/// repository.
+fn copy_labels(c: &CopyView) -> Labels {
+    vec![
+        ("job_name".into(), c.job.clone().unwrap_or_default()),
+        ("store".into(), c.store.to_string_lossy().into_owned()),
+        ("to".into(), c.to.clone()),
+    ]
+}
+
 fn labels(j: &JobView) -> Labels {
     vec![
         ("job_name".into(), j.name.clone()),
@@ -177,11 +240,11 @@ pub struct CatalogState<'a> {
     pub present: bool,
 }
 
-/// The metrics of `jobs` as OpenMetrics text (ends with `# EOF`); `catalog`: the
+/// The metrics of `jobs` and `copies` as OpenMetrics text (ends with `# EOF`); `catalog`: the
 /// catalog's path, whether it can be written (`data::catalog_writable`) and whether it
 /// exists, the series not of a job (`snapring_catalog_writable{catalog=PATH}`,
 /// `snapring_catalog_present{catalog=PATH}`), none without a catalog.
-pub fn render(jobs: &[JobView], catalog: Option<CatalogState<'_>>) -> String {
+pub fn render(jobs: &[JobView], copies: &[CopyView], catalog: Option<CatalogState<'_>>) -> String {
     let mut reg = Registry::with_prefix("snapring");
     if let Some(c) = catalog {
         let l = vec![("catalog".into(), c.path.to_string_lossy().into_owned())];
@@ -230,6 +293,35 @@ pub fn render(jobs: &[JobView], catalog: Option<CatalogState<'_>>) -> String {
             if let Some(c) = &j.counts {
                 fam.get_or_create(&labels(j)).inc_by(value(c));
             }
+        }
+    }
+    let status = GaugeFam::default();
+    reg.register(
+        "copy_last_status",
+        "The newest copy's status: 1 for the status it has, 0 for the others",
+        status.clone(),
+    );
+    for c in copies {
+        for s in STATUSES {
+            let mut l = copy_labels(c);
+            l.push(("status".into(), s.into()));
+            status.get_or_create(&l).set(f64::from(c.last.status == s));
+        }
+    }
+    for (name, help, value) in COPY_GAUGES {
+        let fam = GaugeFam::default();
+        reg.register(*name, *help, fam.clone());
+        for c in copies {
+            if let Some(v) = value(c) {
+                fam.get_or_create(&copy_labels(c)).set(v);
+            }
+        }
+    }
+    for (name, help, value) in COPY_COUNTERS {
+        let fam = CounterFam::default();
+        reg.register(*name, *help, fam.clone());
+        for c in copies {
+            fam.get_or_create(&copy_labels(c)).inc_by(value(&c.counts));
         }
     }
     let mut out = String::new();

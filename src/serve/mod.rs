@@ -344,8 +344,13 @@ fn route(
                     p.display()
                 ));
             }
+            let copies = data::copies(&o.config, cat, now).unwrap_or_else(|e| {
+                notes.push(format!("the copies are unknown: {e}"));
+                Vec::new()
+            });
             Reply::html(html::overview(
                 &gone(summaries.jobs(&o.config, cat, now)),
+                &copies,
                 &notes,
             ))
         }
@@ -358,13 +363,20 @@ fn route(
                 writable: data::catalog_writable(p).is_ok(),
                 present: missing.is_none(),
             });
-            let m = metrics::render(&gone(summaries.jobs(&o.config, cat, now)), catalog);
+            // The copies' series are left out while the catalog cannot tell them (as a
+            // job's counters are): 0 would read as a reset, none as no copy.
+            let copies = data::copies(&o.config, cat, now).unwrap_or_default();
+            let m = metrics::render(&gone(summaries.jobs(&o.config, cat, now)), &copies, catalog);
             match openmetrics {
                 true => Reply::new(200, metrics::CONTENT_TYPE, m),
                 false => Reply::new(200, metrics::CLASSIC_CONTENT_TYPE, metrics::classic(&m)),
             }
         }
         "/api/jobs" => Reply::json(&gone(summaries.jobs(&o.config, cat, now))),
+        "/api/copies" => match data::copies(&o.config, cat, now) {
+            Ok(c) => Reply::json(&c),
+            Err(e) => Reply::text(500, &format!("{e}\n")),
+        },
         _ if path.starts_with("/job/") => match seg("/job/") {
             Some(n) => job_reply(o, cat, &n, false, missing.map(|p| (p, seen))),
             None => not_found(),

@@ -54,7 +54,7 @@ pub fn write(
         Err(e) => return Err(e.to_string()),
     };
     let view = super::data::of_run(r, jc, cat.as_ref(), chrono::Utc::now());
-    let text = super::metrics::classic(&super::metrics::render(&[view], None));
+    let text = super::metrics::classic(&super::metrics::render(&[view], &[], None));
     let path = dir.join(file_name(r));
     write_atomic_public(&path, text.as_bytes())
         .map_err(|e| format!("cannot write the metrics textfile {}: {e}", path.display()))?;

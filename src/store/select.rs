@@ -156,6 +156,37 @@ impl Store {
         Err(self.rotated(spec))
     }
 
+    /// What `spec` names in this store, without opening it: `Ok(None)` a snapshot (or
+    /// none because the store has none yet, which is the store's state, not a mistake
+    /// in `spec`); `Ok(Some(why))` nothing, though the store has snapshots: a name,
+    /// run id or time that none of them has, as `select` would say it. `snapring copy`
+    /// refuses such a spec as a mistake on its command line before it starts a run.
+    pub fn names_nothing(&self, spec: &str) -> Result<Option<String>> {
+        let all = self.snapshots_with_runs()?;
+        Ok(match position(&all, spec) {
+            Ok(_) | Err(Miss::Empty) => None,
+            Err(m) => Some(self.unknown(m).to_string()),
+        })
+    }
+
+    /// The error of a `spec` that names no snapshot here.
+    fn unknown(&self, m: Miss) -> Error {
+        let why = match m {
+            Miss::Empty => "the store has no snapshots yet".to_string(),
+            Miss::Before(t) => format!("no snapshot was taken at or before {}", t.to_rfc3339()),
+            Miss::Name(spec) => format!(
+                "no snapshot named {spec:?} (give a name like daily.0, a run id, `latest` or @YYYY-MM-DDTHH:MM, a time in UTC, or @ and any of these times: {TIME_FORMS})"
+            ),
+        };
+        Error::Store {
+            path: self.root.clone(),
+            msg: format!(
+                "{why}; `snapring list --dest {}` shows the snapshots there",
+                self.root.display()
+            ),
+        }
+    }
+
     fn rotated(&self, name: &str) -> Error {
         Error::Store {
             path: self.root.join(name),
@@ -165,49 +196,7 @@ impl Store {
 
     fn select_once(&self, spec: &str) -> Result<Option<Selected>> {
         let all = self.snapshots_with_runs()?;
-        let unknown = |why: String| Error::Store {
-            path: self.root.clone(),
-            msg: format!(
-                "{why}; `snapring list --dest {}` shows the snapshots there",
-                self.root.display()
-            ),
-        };
-        if all.is_empty() {
-            return Err(unknown("the store has no snapshots yet".into()));
-        }
-        let by_name = all.iter().position(|(s, _, _)| s.name == spec);
-        let by_id = || {
-            all.iter()
-                .position(|(s, _, _)| s.rec.as_ref().is_some_and(|r| r.id == spec))
-        };
-        let by_time = || {
-            let t = spec
-                .strip_prefix('@')
-                .or_else(|| spec.strip_prefix("before:"))
-                .unwrap_or(spec);
-            let t = parse_time(t)?;
-            Some(all.iter().position(|(_, _, at)| *at <= t).ok_or(t))
-        };
-        let i = if matches!(spec, "latest" | "newest") {
-            0
-        } else if let Some(i) = by_name.or_else(by_id) {
-            i
-        } else {
-            match by_time() {
-                Some(Ok(i)) => i,
-                Some(Err(t)) => {
-                    return Err(unknown(format!(
-                        "no snapshot was taken at or before {}",
-                        t.to_rfc3339()
-                    )));
-                }
-                None => {
-                    return Err(unknown(format!(
-                        "no snapshot named {spec:?} (give a name like daily.0, a run id, `latest` or @YYYY-MM-DDTHH:MM, a time in UTC, or @ and any of these times: {TIME_FORMS})"
-                    )));
-                }
-            }
-        };
+        let i = position(&all, spec).map_err(|m| self.unknown(m))?;
         let (snap, run, taken_at) = all.into_iter().nth(i).expect("index from the same list");
         self.hold_snapshot(snap, run, taken_at)
     }
@@ -337,5 +326,46 @@ mod rotation_tests {
         // Resolving again finds each name's current tree.
         let sel = store.select("daily.1").unwrap();
         assert!(listed_here(&sel.fd, sel.snap.ino));
+    }
+}
+
+/// Why a spec names no snapshot of a store.
+enum Miss {
+    /// The store has none.
+    Empty,
+    /// A time before every snapshot.
+    Before(DateTime<Utc>),
+    /// Neither a name, a run id nor a time of one.
+    Name(String),
+}
+
+/// Which of `all` (newest first) `spec` names.
+fn position(all: &[Dated], spec: &str) -> std::result::Result<usize, Miss> {
+    if all.is_empty() {
+        return Err(Miss::Empty);
+    }
+    let by_name = all.iter().position(|(s, _, _)| s.name == spec);
+    let by_id = || {
+        all.iter()
+            .position(|(s, _, _)| s.rec.as_ref().is_some_and(|r| r.id == spec))
+    };
+    let by_time = || {
+        let t = spec
+            .strip_prefix('@')
+            .or_else(|| spec.strip_prefix("before:"))
+            .unwrap_or(spec);
+        let t = parse_time(t)?;
+        Some(all.iter().position(|(_, _, at)| *at <= t).ok_or(t))
+    };
+    if matches!(spec, "latest" | "newest") {
+        Ok(0)
+    } else if let Some(i) = by_name.or_else(by_id) {
+        Ok(i)
+    } else {
+        match by_time() {
+            Some(Ok(i)) => Ok(i),
+            Some(Err(t)) => Err(Miss::Before(t)),
+            None => Err(Miss::Name(spec.to_string())),
+        }
     }
 }
