@@ -4073,6 +4073,22 @@ fn a_run_killed_while_its_store_hangs_holds_up_no_other_job_and_is_told_when_it_
     );
 }
 
+/// The config of the tests of another job's store that hangs, in `dir`: job `hung`
+/// (never due, `missed = "skip"`) writes `mnt/s` (made a store's directory here), job
+/// `fast` writes `dir/FAST` every second, both from `dir/src` (one file).
+fn hung_and_fast_config(dir: &Path, mnt: &Path, fast: &str) -> String {
+    let src = dir.join("src");
+    write(&src.join("x"), b"x");
+    std::fs::create_dir_all(mnt.join("s/.snapring")).unwrap();
+    format!(
+        "[job.hung]\nsource = \"{src}\"\ndest = \"{m}/s\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\n\n\
+         [job.fast]\nsource = \"{src}\"\ndest = \"{d}/{fast}\"\nschedule = \"* * * * * *\"\n",
+        src = src.display(),
+        m = mnt.display(),
+        d = dir.display(),
+    )
+}
+
 /// A store that hangs (here its FUSE layer stopped with SIGSTOP: every call on it
 /// waits, as on a hard-mounted NFS export whose server is down) of one job held every
 /// run of every other job of the config, and the daemon's start, in the config's check,
@@ -4085,18 +4101,7 @@ fn a_hung_store_of_another_job_holds_up_neither_a_run_nor_the_daemons_start() {
     let Some(fs) = slow_layer(dir, "/nothing-stalls", "read", 0) else {
         return;
     };
-    let src = dir.join("src");
-    write(&src.join("x"), b"x");
-    std::fs::create_dir_all(fs.mnt.join("s/.snapring")).unwrap();
-    let config = |fast: &str| {
-        format!(
-            "[job.hung]\nsource = \"{src}\"\ndest = \"{m}/s\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\n\n\
-             [job.fast]\nsource = \"{src}\"\ndest = \"{d}/{fast}\"\nschedule = \"* * * * * *\"\n",
-            src = src.display(),
-            m = fs.mnt.display(),
-            d = dir.display(),
-        )
-    };
+    let config = |fast: &str| hung_and_fast_config(dir, &fs.mnt, fast);
     let (cfg, cfg2) = (dir.join("d.toml"), dir.join("d2.toml"));
     std::fs::write(&cfg, config("fast")).unwrap();
     // The same for a run by hand (the daemon's run may hold the first store).
@@ -4346,21 +4351,8 @@ fn reloads_while_a_store_hangs_pile_up_no_threads() {
     let Some(fs) = slow_layer(dir, "/nothing-stalls", "read", 0) else {
         return;
     };
-    let src = dir.join("src");
-    write(&src.join("x"), b"x");
-    std::fs::create_dir_all(fs.mnt.join("s/.snapring")).unwrap();
     let cfg = dir.join("d.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[job.hung]\nsource = \"{src}\"\ndest = \"{m}/s\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\n\n\
-             [job.fast]\nsource = \"{src}\"\ndest = \"{d}/fast\"\nschedule = \"* * * * * *\"\n",
-            src = src.display(),
-            m = fs.mnt.display(),
-            d = dir.display(),
-        ),
-    )
-    .unwrap();
+    std::fs::write(&cfg, hung_and_fast_config(dir, &fs.mnt, "fast")).unwrap();
     let layer = rustix::process::Pid::from_raw(fs.pid() as i32).unwrap();
     rustix::process::kill_process(layer, rustix::process::Signal::STOP).unwrap();
     let log = dir.join("daemon.log");
