@@ -1299,6 +1299,26 @@ impl Catalog {
             .db(&self.path, "query runs")
     }
 
+    /// The backups of `job` that a dead run may have left unsettled, with their stores:
+    /// those still marked `running` and those whose publication is pending
+    /// ([`Catalog::running_in`], [`Catalog::publish_pending`], of one job: the daemon's
+    /// start settles every one of its jobs', not only their newest).
+    pub fn unsettled_of(&self, job: &str) -> Result<Vec<(String, PathBuf)>> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT id, store, store_raw FROM runs
+                 WHERE job = ?1 AND kind = 'backup'
+                   AND (status = 'running'
+                        OR (status = 'failed' AND snapshot IS NULL AND instr(message, ?2) > 0))",
+            )
+            .db(&self.path, "query runs")?;
+        st.query_map(params![job, crate::error::PUBLISH_PENDING], id_and_store)
+            .db(&self.path, "query runs")?
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .db(&self.path, "query runs")
+    }
+
     /// Backups and copies still marked `running`: (id, store).
     pub fn running_in(&self) -> Result<Vec<(String, PathBuf)>> {
         let mut st = self

@@ -174,6 +174,22 @@ struct Unjudged {
     at: DateTime<Utc>,
 }
 
+/// A dead run whose death the loop told without its store ([`State::died`], given up):
+/// its record is settled and marked told ([`TOLD_BEFORE_STORE`]) once the store
+/// answers ([`State::mark_told`]). Its settling call may never have been made (the
+/// store's worker was busy with another call, which makes none): its record stayed
+/// `running`, the next run's repair made it an untold death, and a daemon start told
+/// it again.
+struct Unmarked {
+    /// The store's worker ([`configured_store`]).
+    key: PathBuf,
+    root: PathBuf,
+    id: String,
+    cause: String,
+    /// The settling call's question: its late answer, if it was made, is this one's.
+    question: String,
+}
+
 /// A run due and not started yet: `max_runs` runs are going, or a run of another job
 /// holds its store ([`State::start_queued`]).
 struct Queued {
@@ -267,6 +283,43 @@ const TOLD_BEFORE_STORE: &str = "its death was told before its store answered";
 const PENDING: u8 = 0;
 const ANSWERED: u8 = 1;
 const GAVE_UP: u8 = 2;
+
+/// Settles the record of dead run `id` in the store at `root`, as the next command
+/// would (the catalog's `settle_running`), with `cause` after its message and, if the
+/// loop gave up waiting and told the death without it (`fate` [`GAVE_UP`]), marked
+/// told ([`TOLD_BEFORE_STORE`]); the store and the record as written. On the store's
+/// worker ([`State::died`], [`State::mark_told`]).
+fn settle_dead(
+    root: &Path,
+    id: &str,
+    cause: &str,
+    fate: &std::sync::atomic::AtomicU8,
+) -> Option<(crate::store::Store, crate::report::RunReport)> {
+    let settled = crate::catalog::settle_in_store(root, id, "catalog");
+    let store = crate::store::Store::open(root, false).ok()?;
+    let mut r = match settled {
+        Some(r) => r,
+        None => store.read_run(id).ok().flatten()?,
+    };
+    let told = fate
+        .compare_exchange(PENDING, ANSWERED, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err_and(|f| f == GAVE_UP);
+    let mut changed = false;
+    // The cause, after the settled message (which says `interrupted` first, as a
+    // restart looks for to resume it).
+    if r.status != crate::report::Status::Complete && !r.message.contains(cause) {
+        r.message = format!("{} ({cause})", r.message);
+        changed = true;
+    }
+    if told && !r.warnings.iter().any(|w| w == TOLD_BEFORE_STORE) {
+        r.warnings.push(TOLD_BEFORE_STORE.into());
+        changed = true;
+    }
+    if changed && let Err(e) = store.write_run(&r) {
+        tracing::error!("job {}: {e}", r.job.as_deref().unwrap_or("-"));
+    }
+    Some((store, r))
+}
 
 /// What the loop got from a store's file system ([`StoreCalls`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -792,6 +845,8 @@ struct State<'a> {
     calls: StoreCalls,
     /// Runs ended whose store has not answered whether they recorded their end.
     unjudged: Vec<Unjudged>,
+    /// Dead runs told before their store answered, their records not marked told yet.
+    unmarked: Vec<Unmarked>,
     /// Who has the say on the record of a dead run whose settling call is under way,
     /// by its question ([`State::died`]).
     settling: BTreeMap<String, Arc<std::sync::atomic::AtomicU8>>,
@@ -1053,6 +1108,42 @@ impl State<'_> {
             .into_iter()
             .map(|(id, _)| id)
             .collect();
+        // The job's older rows left unsettled are settled too (only the newest were:
+        // the rest stayed `running` until the next `history`); deaths among them are
+        // history, not told. Those in the store the job writes, on its worker with the
+        // rest; those in other stores (a `dest` since changed), on their own workers,
+        // not waited for past [`STORE_BUSY`]: a store the job left that hangs does not
+        // hold up its runs (the next command settles what is left).
+        let here = store_of(&self.cfg, name, &self.calls);
+        let (older, elsewhere): (Vec<_>, Vec<_>) = c
+            .unsettled_of(name)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|(id, store)| {
+                !crate::catalog::is_repository(&store.to_string_lossy())
+                    && !rows.iter().any(|r| r.id == *id)
+            })
+            .partition(|(_, store)| here.as_ref() == Some(store));
+        let mut by_store: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for (id, store) in elsewhere {
+            by_store.entry(store).or_default().push(id);
+        }
+        for (store, ids) in by_store {
+            let question = format!("the older unsettled runs of job {name}");
+            let root = store.clone();
+            let answer = self
+                .calls
+                .call(&store, "settle its older runs", &question, move || {
+                    ids.iter()
+                        .filter_map(|id| crate::catalog::settle_in_store(&root, id, "catalog"))
+                        .collect::<Vec<_>>()
+                });
+            for r in answer.got().unwrap_or_default() {
+                if let Err(e) = c.record(&r) {
+                    tracing::warn!("{e}");
+                }
+            }
+        }
         let key = configured_store(&self.cfg, name).or_else(|| {
             rows.iter()
                 .find(|r| !crate::catalog::is_repository(&r.store))
@@ -1066,7 +1157,7 @@ impl State<'_> {
                 match self
                     .calls
                     .call(&key, "read its run records", &question, move || {
-                        read_rows(asked, &pending)
+                        read_rows(asked, &pending, &older)
                     }) {
                     Answer::Got(read) => read,
                     Answer::NotYet => return Answer::NotYet,
@@ -1275,8 +1366,41 @@ impl State<'_> {
         }
     }
 
+    /// Marks told the records of the dead runs told before their store answered
+    /// ([`Unmarked`]), each once its store answers; before anything else is asked of
+    /// the store this turn (a run started first would repair the record into an untold
+    /// death).
+    fn mark_told(&mut self) {
+        for u in std::mem::take(&mut self.unmarked) {
+            let (root, id, cause) = (u.root.clone(), u.id.clone(), u.cause.clone());
+            let answer = self.calls.call(
+                &u.key,
+                "mark a dead run's record told",
+                &u.question,
+                move || {
+                    settle_dead(
+                        &root,
+                        &id,
+                        &cause,
+                        &std::sync::atomic::AtomicU8::new(GAVE_UP),
+                    )
+                },
+            );
+            match answer {
+                Answer::Got(_) => {
+                    tracing::info!(
+                        "run {}: its store answered: its record there now says its death was told",
+                        u.id
+                    );
+                }
+                Answer::NotYet => self.unmarked.push(u),
+            }
+        }
+    }
+
     fn reap(&mut self) {
         self.notifying.retain(|h| !h.is_finished());
+        self.mark_told();
         let done: Vec<(String, Option<std::process::ExitStatus>)> = self
             .running
             .iter_mut()
@@ -1446,38 +1570,7 @@ impl State<'_> {
                         .call(&key, "settle a dead run's record", &question, move || {
                             // A store that hangs (tests).
                             let _ = crate::failpoint::hit("daemon.settle_dead");
-                            // As the next command would (the catalog's `settle_running`).
-                            let settled = crate::catalog::settle_in_store(&root, &id, "catalog");
-                            let store = crate::store::Store::open(&root, false).ok()?;
-                            let mut r = match settled {
-                                Some(r) => r,
-                                None => store.read_run(&id).ok().flatten()?,
-                            };
-                            let told = call_fate
-                                .compare_exchange(
-                                    PENDING,
-                                    ANSWERED,
-                                    Ordering::SeqCst,
-                                    Ordering::SeqCst,
-                                )
-                                .is_err_and(|f| f == GAVE_UP);
-                            let mut changed = false;
-                            // The cause, after the settled message (which says `interrupted`
-                            // first, as a restart looks for to resume it).
-                            if r.status != crate::report::Status::Complete
-                                && !r.message.contains(&cause)
-                            {
-                                r.message = format!("{} ({cause})", r.message);
-                                changed = true;
-                            }
-                            if told && !r.warnings.iter().any(|w| w == TOLD_BEFORE_STORE) {
-                                r.warnings.push(TOLD_BEFORE_STORE.into());
-                                changed = true;
-                            }
-                            if changed && let Err(e) = store.write_run(&r) {
-                                tracing::error!("job {}: {e}", r.job.as_deref().unwrap_or("-"));
-                            }
-                            Some((store, r))
+                            settle_dead(&root, &id, &cause, &call_fate)
                         });
                 match answer {
                     // Not given up, or the call has its answer (given next turn).
@@ -1496,6 +1589,16 @@ impl State<'_> {
                     }
                     Answer::NotYet => {
                         self.settling.remove(&question);
+                        // Its settling call may never have been made (the store's
+                        // worker was busy with another call): made once the store
+                        // answers, to mark the record told ([`State::mark_told`]).
+                        self.unmarked.push(Unmarked {
+                            key,
+                            root: PathBuf::from(&row.store),
+                            id: row.id.clone(),
+                            cause: msg.clone(),
+                            question,
+                        });
                         gave_up = Some(row);
                         None
                     }
@@ -2267,10 +2370,18 @@ struct StoreRows {
 
 /// Reads the stores of a job's newest catalog `rows` (newest first; `pending`: the
 /// ids of runs whose publication is pending): its runs that died `running` are settled
-/// first ([`crate::catalog::settle_in_store`], as `catalog::settle_running` does), then
-/// its untold deaths looked for. On a store's worker ([`StoreCalls`]).
-fn read_rows(mut rows: Vec<crate::catalog::RunRow>, pending: &BTreeSet<String>) -> StoreRows {
-    let mut settled = Vec::new();
+/// first ([`crate::catalog::settle_in_store`], as `catalog::settle_running` does), and
+/// so are its `older` unsettled runs (id, store), then its untold deaths looked for
+/// among `rows`. On a store's worker ([`StoreCalls`]).
+fn read_rows(
+    mut rows: Vec<crate::catalog::RunRow>,
+    pending: &BTreeSet<String>,
+    older: &[(String, PathBuf)],
+) -> StoreRows {
+    let mut settled: Vec<crate::report::RunReport> = older
+        .iter()
+        .filter_map(|(id, store)| crate::catalog::settle_in_store(store, id, "catalog"))
+        .collect();
     for row in &mut rows {
         let running = row.status == crate::report::Status::Running.as_str();
         if row.kind != "backup"
@@ -2459,6 +2570,7 @@ pub fn run(
         ),
         calls: StoreCalls::default(),
         unjudged: Vec::new(),
+        unmarked: Vec::new(),
         settling: BTreeMap::new(),
         unlooked: BTreeSet::new(),
         summary: Summary::default(),

@@ -2330,20 +2330,17 @@ fn daemon_without_dac(catalog: &Path, cfg: &Path, log: &Path) -> Daemon {
     Daemon(c.spawn().unwrap())
 }
 
-/// A catalog the daemon cannot write has no row of a run that ended partial, recorded
-/// itself in its store and told its notifiers: the daemon took each such run for one
-/// that died without recording itself, and sent a second notice, a false `failed`
-/// with no run id. The store's record of the run says it ended.
-#[test]
-fn a_catalog_that_cannot_be_written_does_not_make_a_run_a_dead_one() {
-    let t = tempfile::tempdir().unwrap();
-    let dir = t.path();
+/// The set-up of the tests of a catalog the daemon cannot write, in `dir`: a source
+/// whose runs end `partial` (a file unreadable), an empty catalog made read-only
+/// (`history` no longer creates one it is named), and job `a`, every second, into
+/// `dests/a`, its notifier (of every run, success too) appending `STATUS RUN_ID` to
+/// `told`. The catalog, the config and `told`.
+fn partial_runs_and_a_read_only_catalog(dir: &Path, dests: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let src = dir.join("src");
     write(&src.join("a/f"), b"data");
     write(&src.join("a/secret"), b"unreadable: the runs end partial");
     chmod(&src.join("a/secret"), 0o000);
     let cat = dir.join("cat.db");
-    // An empty catalog (`history` no longer creates one it is named).
     drop(snapring::catalog::Catalog::open(&cat, false).unwrap());
     chmod(&cat, 0o444);
     let told = dir.join("told");
@@ -2354,20 +2351,26 @@ fn a_catalog_that_cannot_be_written_does_not_make_a_run_a_dead_one() {
             "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify_success = true\nnotify = [\"cmd\"]\n\n\
              [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
             src = src.display(),
-            d = dir.display(),
+            d = dests.display(),
             told = told.display(),
         ),
     )
     .unwrap();
+    (cat, cfg, told)
+}
+
+/// A catalog the daemon cannot write has no row of a run that ended partial, recorded
+/// itself in its store and told its notifiers: the daemon took each such run for one
+/// that died without recording itself, and sent a second notice, a false `failed`
+/// with no run id. The store's record of the run says it ended.
+#[test]
+fn a_catalog_that_cannot_be_written_does_not_make_a_run_a_dead_one() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (cat, cfg, told) = partial_runs_and_a_read_only_catalog(dir, dir);
     let log = dir.join("daemon.log");
     let d = daemon_without_dac(&cat, &cfg, &log);
-    let lines = || {
-        std::fs::read_to_string(&told)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
+    let lines = || told_lines(&told);
     // Three runs: the first two were reaped (and any false notice sent) by then.
     wait_until("three notices", 60, || lines().len() >= 3);
     d.stop();
@@ -3865,26 +3868,7 @@ fn a_slow_store_does_not_make_a_run_that_recorded_itself_a_dead_one() {
     let Some(fs) = slow_layer(dir, "/.snapring/runs", "readdir", 3) else {
         return;
     };
-    let src = dir.join("src");
-    write(&src.join("a/f"), b"data");
-    write(&src.join("a/secret"), b"unreadable: the runs end partial");
-    chmod(&src.join("a/secret"), 0o000);
-    let cat = dir.join("cat.db");
-    drop(snapring::catalog::Catalog::open(&cat, false).unwrap());
-    chmod(&cat, 0o444);
-    let told = dir.join("told");
-    let cfg = dir.join("d.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify_success = true\nnotify = [\"cmd\"]\n\n\
-             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
-            src = src.display(),
-            d = fs.mnt.display(),
-            told = told.display(),
-        ),
-    )
-    .unwrap();
+    let (cat, cfg, told) = partial_runs_and_a_read_only_catalog(dir, &fs.mnt);
     let log = dir.join("daemon.log");
     let d = daemon_without_dac(&cat, &cfg, &log);
     // Three runs, the first two judged by then (each judgement waits ~3 s).
@@ -4089,6 +4073,22 @@ fn a_run_killed_while_its_store_hangs_holds_up_no_other_job_and_is_told_when_it_
     );
 }
 
+/// The config of the tests of another job's store that hangs, in `dir`: job `hung`
+/// (never due, `missed = "skip"`) writes `mnt/s` (made a store's directory here), job
+/// `fast` writes `dir/FAST` every second, both from `dir/src` (one file).
+fn hung_and_fast_config(dir: &Path, mnt: &Path, fast: &str) -> String {
+    let src = dir.join("src");
+    write(&src.join("x"), b"x");
+    std::fs::create_dir_all(mnt.join("s/.snapring")).unwrap();
+    format!(
+        "[job.hung]\nsource = \"{src}\"\ndest = \"{m}/s\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\n\n\
+         [job.fast]\nsource = \"{src}\"\ndest = \"{d}/{fast}\"\nschedule = \"* * * * * *\"\n",
+        src = src.display(),
+        m = mnt.display(),
+        d = dir.display(),
+    )
+}
+
 /// A store that hangs (here its FUSE layer stopped with SIGSTOP: every call on it
 /// waits, as on a hard-mounted NFS export whose server is down) of one job held every
 /// run of every other job of the config, and the daemon's start, in the config's check,
@@ -4101,18 +4101,7 @@ fn a_hung_store_of_another_job_holds_up_neither_a_run_nor_the_daemons_start() {
     let Some(fs) = slow_layer(dir, "/nothing-stalls", "read", 0) else {
         return;
     };
-    let src = dir.join("src");
-    write(&src.join("x"), b"x");
-    std::fs::create_dir_all(fs.mnt.join("s/.snapring")).unwrap();
-    let config = |fast: &str| {
-        format!(
-            "[job.hung]\nsource = \"{src}\"\ndest = \"{m}/s\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\n\n\
-             [job.fast]\nsource = \"{src}\"\ndest = \"{d}/{fast}\"\nschedule = \"* * * * * *\"\n",
-            src = src.display(),
-            m = fs.mnt.display(),
-            d = dir.display(),
-        )
-    };
+    let config = |fast: &str| hung_and_fast_config(dir, &fs.mnt, fast);
     let (cfg, cfg2) = (dir.join("d.toml"), dir.join("d2.toml"));
     std::fs::write(&cfg, config("fast")).unwrap();
     // The same for a run by hand (the daemon's run may hold the first store).
@@ -4333,4 +4322,271 @@ fn a_run_killed_while_its_store_hangs_is_told_after_a_bound() {
         "told again: {lines:?} {}",
         logged()
     );
+}
+
+/// How many `reload` events the catalog has.
+fn reload_events(catalog: &Path) -> usize {
+    snapring::catalog::Catalog::open(catalog, false)
+        .and_then(|c| c.events(None))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|e| e.kind == "reload")
+        .count()
+}
+
+/// The threads of process `pid` (`/proc/PID/task`).
+fn threads_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task")).map_or(0, |d| d.count())
+}
+
+/// A daemon reloaded while another job's store hangs (its FUSE server stopped): the
+/// config check of each reload gave the hung path up after 3 s and left the thread of
+/// its `canonicalize` stuck there, one more each reload (five reloads, five threads).
+/// Now a path whose call has not returned is given up at once by the next check, which
+/// starts no thread for it.
+#[test]
+fn reloads_while_a_store_hangs_pile_up_no_threads() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let Some(fs) = slow_layer(dir, "/nothing-stalls", "read", 0) else {
+        return;
+    };
+    let cfg = dir.join("d.toml");
+    std::fs::write(&cfg, hung_and_fast_config(dir, &fs.mnt, "fast")).unwrap();
+    let layer = rustix::process::Pid::from_raw(fs.pid() as i32).unwrap();
+    rustix::process::kill_process(layer, rustix::process::Signal::STOP).unwrap();
+    let log = dir.join("daemon.log");
+    let catalog = dir.join("cat.db");
+    let d = daemon_logging(&catalog, &cfg, &log);
+    let pid = d.0.id();
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let fast_runs = || std::fs::read_dir(dir.join("fast/.snapring/runs")).map_or(0, |r| r.count());
+    wait_until("the other job's runs", 60, || fast_runs() >= 2);
+    let reloads = || reload_events(&catalog);
+    let hup = || {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(pid as i32).unwrap(),
+            rustix::process::Signal::HUP,
+        )
+        .unwrap()
+    };
+    // The first reload's check meets the hung path as the start's did (still stuck).
+    hup();
+    wait_until("the first reload", 30, || reloads() >= 1);
+    std::thread::sleep(Duration::from_secs(1));
+    let before = threads_of(pid);
+    let t0 = Instant::now();
+    for n in 2..=6 {
+        hup();
+        wait_until("a reload", 30, || reloads() >= n);
+    }
+    let took = t0.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    let after = threads_of(pid);
+    rustix::process::kill_process(layer, rustix::process::Signal::CONT).unwrap();
+    d.stop();
+    drop(fs);
+    assert!(before > 0, "no /proc/{pid}/task");
+    assert!(
+        after <= before,
+        "{before} threads before five reloads, {after} after: {}",
+        logged()
+    );
+    assert!(
+        took < Duration::from_secs(10),
+        "five reloads took {took:?} (each waited for the hung path): {}",
+        logged()
+    );
+}
+
+/// The `incomplete`/`running`/... status of run `id` as the catalog has it, read
+/// directly (`history` would settle it first).
+fn catalog_status(catalog: &Path, id: &str) -> String {
+    rusqlite::Connection::open(catalog)
+        .unwrap()
+        .query_row("SELECT status FROM runs WHERE id = ?1", [id], |r| {
+            r.get::<_, String>(0)
+        })
+        .unwrap()
+}
+
+/// The daemon's start settled only its jobs' newest rows (the ten it looks through for
+/// untold deaths): an older row left `running` by a killed run (here into the store the
+/// job wrote before its `dest` changed) stayed `running` until the next `history`.
+/// Now the start settles every row of its jobs left unsettled; a death older than the
+/// newest runs is history, not told.
+#[test]
+fn the_daemons_start_settles_every_row_its_jobs_left_running() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (src, catalog) = (dir.join("src"), dir.join("cat.db"));
+    tree(&src, 3, 3);
+    let told = dir.join("told");
+    let cfg = dir.join("d.toml");
+    let config = |dest: &str| {
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/{dest}\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = dir.display(),
+            told = told.display(),
+        )
+    };
+    std::fs::write(&cfg, config("old")).unwrap();
+    // A run killed in its walk (paused there), its row and record left `running`.
+    let walking = dir.join("walking");
+    let mut run = slow_run(&catalog, &cfg, "a")
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("walk.dir=pause:{}", walking.display()),
+        )
+        .spawn()
+        .unwrap();
+    wait_until("the run's pause", 60, || {
+        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
+    });
+    run.kill().unwrap();
+    assert!(!run.wait().unwrap().success());
+    let id = std::fs::read_dir(dir.join("old/.snapring/runs"))
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            Some(n.strip_suffix(".json")?.to_string())
+        })
+        .unwrap();
+    std::fs::write(&cfg, config("new")).unwrap();
+    for _ in 0..10 {
+        let out = Command::new(bin())
+            .arg("--catalog")
+            .arg(&catalog)
+            .args(["run", "a", "--config"])
+            .arg(&cfg)
+            .arg("--no-progress")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(catalog_status(&catalog, &id), "running");
+    let log = dir.join("daemon.log");
+    let d = daemon_logging(&catalog, &cfg, &log);
+    let t0 = Instant::now();
+    while catalog_status(&catalog, &id) == "running" && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    d.stop();
+    let logged = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(catalog_status(&catalog, &id), "incomplete", "{logged}");
+    let record =
+        std::fs::read_to_string(dir.join(format!("old/.snapring/runs/{id}.json"))).unwrap();
+    assert!(record.contains("\"incomplete\""), "{record}");
+    assert!(told_lines(&told).is_empty(), "{:?}", told_lines(&told));
+}
+
+/// A run killed while its store's worker was busy with another call (here a job added
+/// by a reload asking whether a run holds the store, its lock file slow to open): the
+/// daemon's call to settle the dead run's record was never made (a busy worker makes
+/// none), and once its death was told without the store (after
+/// `SNAPRING_DAEMON_DEATH_WAIT`), nothing marked the record told: it stayed `running`,
+/// the next run's repair made it an untold death, and after a later run killed with
+/// its daemon the next start told it a second time. Now the record is settled and
+/// marked told once the store answers.
+#[test]
+fn a_death_told_before_its_store_answered_is_marked_told_when_its_settle_was_never_sent() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let Some(fs) = slow_layer(dir, "lock", "open", 10) else {
+        return;
+    };
+    let (src, catalog) = (dir.join("src"), dir.join("cat.db"));
+    tree(&src, 3, 3);
+    let (walking, told) = (dir.join("walking"), dir.join("told"));
+    let job = |name: &str| {
+        format!(
+            "[job.{name}]\nsource = \"{src}\"\ndest = \"{m}/s\"\nlabel = \"{name}\"\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n",
+            src = src.display(),
+            m = fs.mnt.display(),
+        )
+    };
+    let notifier = format!(
+        "[notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+        told = told.display(),
+    );
+    let cfg = dir.join("d.toml");
+    std::fs::write(&cfg, format!("{}{notifier}", job("a"))).unwrap();
+    let log = dir.join("daemon.log");
+    let fps = format!("walk.dir=pause:{}", walking.display());
+    let d = daemon_logging_with(
+        &catalog,
+        &cfg,
+        &log,
+        &[
+            ("SNAPRING_FAILPOINTS", fps.as_str()),
+            ("SNAPRING_DAEMON_DEATH_WAIT", "2s"),
+        ],
+    );
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    // The run, paused in its walk (its row and record written: its lock file created,
+    // not opened, so not slowed).
+    wait_until("the run's pause", 60, || {
+        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
+    });
+    let pid: i32 = std::fs::read_to_string(&walking)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let runs = dir.join("under/s/.snapring/runs");
+    let id = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            Some(n.strip_suffix(".json")?.to_string())
+        })
+        .unwrap();
+    // Job b, on the same store, added: its trigger asks the store's worker whether a
+    // run holds the store, and the lock file takes 10 s to open.
+    std::fs::write(&cfg, format!("{}{}{notifier}", job("a"), job("b"))).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.0.id() as i32).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    wait_until("the reload", 30, || reload_events(&catalog) >= 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    sigkill(pid);
+    let _ = std::fs::remove_file(&walking);
+    // Told without the store, after the death wait (the worker still busy).
+    wait_until("the death told", 30, || !told_lines(&told).is_empty());
+    assert_eq!(told_lines(&told), ["failed"], "{}", logged());
+    // Once the store answers, its record says it was told (it was left `running`).
+    let record = runs.join(format!("{id}.json"));
+    let marked = || {
+        std::fs::read_to_string(&record)
+            .is_ok_and(|r| r.contains("its death was told before its store answered"))
+    };
+    let t0 = Instant::now();
+    while !marked() && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(d);
+    if let Some(p) = std::fs::read_to_string(&walking)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+    {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(p).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    let _ = std::fs::remove_file(&walking);
+    drop(fs);
+    let rec = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(marked(), "{rec}\n{}", logged());
+    assert!(rec.contains("\"incomplete\""), "{rec}");
 }

@@ -602,11 +602,32 @@ const RESOLVE_BUSY: Duration = Duration::from_secs(3);
 /// A canonicalized path, or none (it does not exist, or cannot be resolved).
 type Canonical = Option<PathBuf>;
 
+/// How long the late answer of a path a check gave up on is kept for the next check
+/// that asks it ([`GIVEN_UP`]): a file system slow but alive answers that check at once.
+const LATE_KEPT: Duration = Duration::from_secs(10);
+
+/// The paths whose `canonicalize` a check gave up on ([`RESOLVE_BUSY`]), for the whole
+/// process: `None` while that call is still under way, then its late answer (kept
+/// [`LATE_KEPT`] for the next check that asks it). A later check (the daemon's next
+/// reload) gives such a path, and every path through it, up at once, and starts no
+/// thread for it: one thread stays stuck per path that hangs, not one per check (a
+/// daemon reloaded while a store hung piled one up each time, and waited 3 s each).
+static GIVEN_UP: std::sync::Mutex<GivenUp> = std::sync::Mutex::new(GivenUp::new());
+
+/// [`GIVEN_UP`]'s map: by path, `None` while its call is under way, then when its late
+/// answer came and the answer.
+type GivenUp = std::collections::BTreeMap<PathBuf, Option<(std::time::Instant, Canonical)>>;
+
+fn given_up() -> std::sync::MutexGuard<'static, GivenUp> {
+    GIVEN_UP.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Resolves the paths of a config's jobs for its check ([`opt::resolve_with`]), each
 /// `canonicalize` made by a worker thread that the check waits for [`RESOLVE_BUSY`] at
 /// most: a path that does not answer (a hard-mounted NFS export whose server is down)
 /// is given up, and so is every path through it from then on, at once. Its worker is
-/// left stuck there (one per such path), and a new one resolves the rest.
+/// left stuck there, and a new one resolves the rest. Given up for later checks too,
+/// until its call returns ([`GIVEN_UP`]): one worker stuck per such path.
 #[derive(Default)]
 struct Resolver {
     worker: Option<std::sync::mpsc::Sender<(PathBuf, std::sync::mpsc::Sender<Canonical>)>>,
@@ -623,6 +644,20 @@ impl Resolver {
         if let Some(k) = self.known.get(p) {
             return Some(k.clone());
         }
+        {
+            let mut g = given_up();
+            g.retain(|_, a| a.as_ref().is_none_or(|(at, _)| at.elapsed() < LATE_KEPT));
+            if g.iter().any(|(h, a)| a.is_none() && p.starts_with(h)) {
+                // An earlier check's call on it (or on a path it goes through) has not
+                // returned: no second one.
+                self.hung.push(p.to_path_buf());
+                return None;
+            }
+            if let Some(Some((_, late))) = g.remove(p) {
+                self.known.insert(p.to_path_buf(), late.clone());
+                return Some(late);
+            }
+        }
         let (tx, rx) = std::sync::mpsc::channel();
         let mut sent = self
             .worker
@@ -635,7 +670,14 @@ impl Resolver {
                 .name("config-resolve".into())
                 .spawn(move || {
                     for (q, answer) in wrx {
-                        let _ = answer.send(std::fs::canonicalize(&q).ok());
+                        let c = std::fs::canonicalize(&q).ok();
+                        // Under the lock: the check that waits takes the answer, or has
+                        // given the path up and gets it late ([`GIVEN_UP`]).
+                        let mut g = given_up();
+                        if let Some(slot) = g.get_mut(&q) {
+                            *slot = Some((std::time::Instant::now(), c.clone()));
+                        }
+                        let _ = answer.send(c);
                     }
                 });
             if spawned.is_err() {
@@ -653,6 +695,15 @@ impl Resolver {
                 Some(c)
             }
             _ => {
+                let mut g = given_up();
+                // It answered as the wait ended.
+                if sent && let Ok(c) = rx.try_recv() {
+                    self.known.insert(p.to_path_buf(), c.clone());
+                    return Some(c);
+                }
+                if sent {
+                    g.insert(p.to_path_buf(), None);
+                }
                 self.hung.push(p.to_path_buf());
                 self.worker = None;
                 None
