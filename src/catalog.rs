@@ -372,6 +372,40 @@ pub struct RunRow {
     /// them failed: `history` marks those runs (`NOTIFY`), not only `show`.
     pub notifications: u64,
     pub notifications_failed: u64,
+    /// The columns of the row that hold what no run writes (edited by hand: a negative
+    /// count, a time without its offset), with what they hold: a count shows as
+    /// 18446744073709551613 no more, but as `invalid` (its field holds 0, and `stats`
+    /// leaves the run out of its sums and trends); a time's field keeps the text.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invalid: Vec<Invalid>,
+}
+
+/// A column of a catalog row whose value no run writes, and that value as text.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Invalid {
+    pub column: &'static str,
+    pub value: String,
+}
+
+impl RunRow {
+    /// Whether column `column` holds what no run writes.
+    pub fn is_invalid(&self, column: &str) -> bool {
+        self.invalid.iter().any(|i| i.column == column)
+    }
+
+    /// `column value, …` of the invalid columns, for a warning.
+    pub fn invalid_text(&self) -> String {
+        self.invalid
+            .iter()
+            .map(|i| format!("{} {}", i.column, i.value))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// Whether `t` is a time as a run records it (RFC 3339, with its offset).
+pub fn valid_time(t: &str) -> bool {
+    chrono::DateTime::parse_from_rfc3339(t).is_ok()
 }
 
 /// The copies (`snapring copy`) from one store into one repository
@@ -506,6 +540,10 @@ pub struct Stats {
     /// (`runs - running`).
     pub bytes_transferred_trend_percent: Option<f64>,
     pub files_total_last: u64,
+    /// The runs whose rows hold values no run writes (edited by hand), each as `ID
+    /// (column value, …)`: counted by status, left out of the durations and bytes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub invalid_runs: Vec<String>,
 }
 
 pub struct Catalog {
@@ -1821,6 +1859,48 @@ fn id_and_store(r: &rusqlite::Row<'_>) -> rusqlite::Result<(String, PathBuf)> {
 /// One `runs` row in the column order of the `SELECT`s of `runs` and `recent`
 /// (`kind` last, at 13).
 fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
+    use rusqlite::types::ValueRef;
+    let mut invalid = Vec::new();
+    let mut count = |i: usize, column: &'static str| -> rusqlite::Result<u64> {
+        let value = match r.get_ref(i)? {
+            ValueRef::Integer(n) if n >= 0 => return Ok(n as u64),
+            ValueRef::Integer(n) => n.to_string(),
+            ValueRef::Real(f) => f.to_string(),
+            ValueRef::Text(t) => format!("{:?}", String::from_utf8_lossy(t)),
+            ValueRef::Blob(_) => "a blob".to_string(),
+            ValueRef::Null => "NULL".to_string(),
+        };
+        invalid.push(Invalid { column, value });
+        Ok(0)
+    };
+    let counts = [
+        count(9, "files_total")?,
+        count(10, "files_transferred")?,
+        count(11, "bytes_transferred")?,
+        count(12, "errors")?,
+        count(14, "notifications")?,
+        count(15, "notifications_failed")?,
+    ];
+    let started_at: String = r.get(5)?;
+    let finished_at: Option<String> = r.get(6)?;
+    for (column, t) in [
+        ("started_at", Some(&started_at)),
+        ("finished_at", finished_at.as_ref()),
+    ] {
+        if let Some(t) = t.filter(|t| !valid_time(t)) {
+            invalid.push(Invalid {
+                column,
+                value: format!("{t:?}"),
+            });
+        }
+    }
+    let duration_seconds: f64 = r.get(7)?;
+    if duration_seconds < 0.0 || !duration_seconds.is_finite() {
+        invalid.push(Invalid {
+            column: "duration_seconds",
+            value: duration_seconds.to_string(),
+        });
+    }
     Ok(RunRow {
         id: r.get(0)?,
         kind: r.get(13)?,
@@ -1828,16 +1908,17 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
         label: r.get(2)?,
         store: r.get(3)?,
         snapshot: r.get(4)?,
-        started_at: r.get(5)?,
-        finished_at: r.get(6)?,
-        duration_seconds: r.get(7)?,
+        started_at,
+        finished_at,
+        duration_seconds,
         status: r.get(8)?,
-        files_total: r.get::<_, i64>(9)? as u64,
-        files_transferred: r.get::<_, i64>(10)? as u64,
-        bytes_transferred: r.get::<_, i64>(11)? as u64,
-        errors: r.get::<_, i64>(12)? as u64,
-        notifications: r.get::<_, i64>(14)? as u64,
-        notifications_failed: r.get::<_, i64>(15)? as u64,
+        files_total: counts[0],
+        files_transferred: counts[1],
+        bytes_transferred: counts[2],
+        errors: counts[3],
+        notifications: counts[4],
+        notifications_failed: counts[5],
+        invalid,
     })
 }
 
@@ -1855,10 +1936,24 @@ const NOTIFICATIONS: &str = "coalesce(json_array_length(report, '$.notifications
 /// followed), before SQLite opens it: SQLite writes its header and pages into whatever
 /// it is given, so `--catalog /dev/loop0` wrote a database over the device's data (and
 /// `catalog rebuild` then renamed the device node aside as damaged), `/dev/zero` left
-/// `/dev/zero-journal`, and a fifo said only "disk I/O error".
+/// `/dev/zero-journal`, and a fifo said only "disk I/O error". A symbolic link to
+/// nothing (its target deleted, or a typo) is refused too: opening it created the
+/// link's target, wherever it points, and `serve` counted it as a catalog present.
 pub fn refuse_not_a_file(path: &Path) -> Result<()> {
     use std::os::unix::fs::FileTypeExt;
     let Ok(m) = std::fs::metadata(path) else {
+        if let Ok(l) = std::fs::symlink_metadata(path)
+            && l.file_type().is_symlink()
+        {
+            let to = std::fs::read_link(path).unwrap_or_default();
+            return Err(CatalogError::Db {
+                path: path.to_path_buf(),
+                msg: format!(
+                    "is a symbolic link to {}, which does not exist (deleted, or a typo): nothing was opened or created; point the link at the catalog file, remove the link (a new catalog is then started there), or name the file itself with --catalog, SNAPRING_CATALOG or the config's `catalog`",
+                    crate::relpath::shown(&to)
+                ),
+            });
+        }
         return Ok(());
     };
     let t = m.file_type();
@@ -1976,7 +2071,14 @@ fn summarize(job: String, runs: &[RunRow]) -> Stats {
         count(Status::Running),
     );
     let finished = runs.len() as u64 - running;
-    let done: Vec<&RunRow> = runs.iter().filter(|r| r.status != "running").collect();
+    // A run with a value no run writes (edited by hand) counts by its status alone:
+    // its time, duration or counts would skew the sums and trends.
+    let valid: Vec<&RunRow> = runs.iter().filter(|r| r.invalid.is_empty()).collect();
+    let done: Vec<&RunRow> = valid
+        .iter()
+        .copied()
+        .filter(|r| r.status != "running")
+        .collect();
     // A run that never ended (killed: settled `incomplete` without a `finished_at`)
     // has no duration (its record's 0 is none): left out of the durations.
     let timed: Vec<&RunRow> = done
@@ -2035,6 +2137,11 @@ fn summarize(job: String, runs: &[RunRow]) -> Stats {
         bytes_transferred_mean: mean(&bytes),
         bytes_transferred_trend_percent: half_over_half(&bytes),
         files_total_last: done.last().map(|r| r.files_total).unwrap_or(0),
+        invalid_runs: runs
+            .iter()
+            .filter(|r| !r.invalid.is_empty())
+            .map(|r| format!("{} ({})", r.id, r.invalid_text()))
+            .collect(),
     }
 }
 

@@ -22,6 +22,10 @@ pub struct Schedule {
     pub expr: String,
     pub tz: Option<Tz>,
     cron: Cron,
+    /// The years it fires in have no end (no year field, or one with `*` or a step
+    /// from a start, `2030/5`): past the year 5000, where croner stops, it still fires.
+    /// `false`: the year field's last year is named (`2030`, `2030-5000`).
+    years_open: bool,
 }
 
 /// Parses a schedule. `tz` is an IANA zone name (`Europe/Berlin`); `None` means UTC.
@@ -34,6 +38,7 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         None => None,
     };
     let bad = |why: String| format!("schedule {expr:?}: {why}");
+    let mut years_open = true;
     let cron = if let Some(inner) = e.strip_prefix("cron(").and_then(|r| r.strip_suffix(')')) {
         let fields: Vec<&str> = inner.split_whitespace().collect();
         if fields.len() != 6 {
@@ -55,6 +60,10 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         )
         .map_err(bad)?;
         check_fields(&fields, AWS_FIELDS).map_err(bad)?;
+        years_open = fields[5].split(',').any(|item| match item.split_once('/') {
+            Some((base, _)) => !base.contains('-'),
+            None => item == "*" || item == "?",
+        });
         if (fields[2] == "?") == (fields[4] == "?") {
             return Err(bad(
                 "the AWS form needs `?` in exactly one of day-of-month and day-of-week".into(),
@@ -123,6 +132,7 @@ pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         expr: expr.to_string(),
         tz,
         cron,
+        years_open,
     };
     // A pattern that never fires (31 February) is an error, not a silent idle job. One
     // whose last time is past (a year that is over) is not: it fired, and a config must
@@ -235,7 +245,7 @@ const CRON_FIELDS: &[Field] = &[
     },
 ];
 
-/// The fields of the AWS form (`year` is left to croner).
+/// The fields of the AWS form.
 const AWS_FIELDS: &[Field] = &[
     field("minutes", 0, 59, "0–59"),
     field("hours", 0, 23, "0–23"),
@@ -255,6 +265,13 @@ const AWS_FIELDS: &[Field] = &[
             "1–7 in the AWS form (1 = Sunday, 7 = Saturday) or SUN–SAT",
         )
     },
+    // Croner takes no year past its limit (it said "Range out of bounds").
+    field(
+        "year",
+        1,
+        YEAR_UPPER_LIMIT as u32,
+        "1–5000 (the scheduler computes no run time past the year 5000; `*` for every year)",
+    ),
 ];
 
 /// Judges the plain items of each field (numbers, names, ranges and steps) before
@@ -545,17 +562,21 @@ impl Schedule {
     /// when the schedule may still fire later but croner computes no time far into the
     /// year [`YEAR_UPPER_LIMIT`] (5000) or past it: `t` is that late, or a later
     /// year matches its year field (29 February after 4996: the next is in 5004,
-    /// past the limit). `false`: the year field names no later year, so its last time
-    /// is past. `t` is read in the schedule's zone.
+    /// past the limit), or the years have no end (`*`, `2030/7`). `false`: the year
+    /// field names no later year, so its last time is past (`2030-5000` after the year
+    /// 5000: it was said to fire then). `t` is read in the schedule's zone.
     pub fn past_the_horizon(&self, t: DateTime<Utc>) -> bool {
         use chrono::Datelike;
         let y = match self.tz {
             Some(tz) => t.with_timezone(&tz).year(),
             None => t.year(),
         };
-        // From the year 5000 on, the year field is asked about 5000, its last year.
-        (y.min(YEAR_UPPER_LIMIT - 1) + 1..=YEAR_UPPER_LIMIT)
-            .any(|y| self.cron.pattern.year_match(y).unwrap_or(false))
+        // In the year 5000, croner's last, the year field is asked about 5000; past
+        // it, only a field without an end fires.
+        self.years_open
+            || (y <= YEAR_UPPER_LIMIT
+                && (y.min(YEAR_UPPER_LIMIT - 1) + 1..=YEAR_UPPER_LIMIT)
+                    .any(|y| self.cron.pattern.year_match(y).unwrap_or(false)))
     }
 }
 
@@ -596,7 +617,39 @@ mod tests {
             assert!(!over.past_the_horizon(t(at)), "{at}");
         }
         let to_5000 = parse("cron(0 3 * * ? 2030-5000)", None).unwrap();
-        assert!(to_5000.past_the_horizon(t("9999-12-31T00:00:00Z")));
+        assert!(to_5000.past_the_horizon(t("4999-12-31T00:00:00Z")));
+        assert!(to_5000.past_the_horizon(t("5000-06-01T00:00:00Z")));
+    }
+
+    /// `cron(0 3 * * ? 2030-5000)` with `next --at 9999-12-31` was said to fire then:
+    /// its year field ends in 5000. A field without an end (`*`, `2030/7`) does fire
+    /// then, and `2030/7`, whose last year under 5000 is 4997, after it too.
+    #[test]
+    fn a_year_field_that_ends_is_over_past_its_last_year() {
+        for (expr, at, fires) in [
+            ("cron(0 3 * * ? 2030-5000)", "9999-12-31T00:00:00Z", false),
+            ("cron(0 3 * * ? 2030-5000)", "5001-01-01T00:00:00Z", false),
+            (
+                "cron(0 3 * * ? 2030,2040-2050/2)",
+                "5001-01-01T00:00:00Z",
+                false,
+            ),
+            ("cron(0 3 * * ? 2030/7)", "9999-12-31T00:00:00Z", true),
+            ("cron(0 3 * * ? 2030/7)", "4999-01-01T00:00:00Z", true),
+            ("cron(0 3 * * ? 2030,*/2)", "9999-12-31T00:00:00Z", true),
+            ("0 3 * * *", "5001-01-01T00:00:00Z", true),
+        ] {
+            let s = parse(expr, None).unwrap();
+            assert!(s.upcoming(t(at), 1).is_empty(), "{expr} {at}");
+            assert_eq!(s.past_the_horizon(t(at)), fires, "{expr} {at}");
+        }
+        // A year past croner's limit is told as such, not as "Range out of bounds".
+        let e = parse("cron(0 3 * * ? 2030-6000)", None).unwrap_err();
+        assert!(
+            e.contains("the year field \"2030-6000\" has 6000, which is out of its range")
+                && e.contains("no run time past the year 5000"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1885,4 +1885,152 @@ fn stats_of_a_job_without_runs_names_it_and_the_jobs_with_runs() {
     let (code, j, err) = e.cli(&["stats", "--job", "nosuchjob", "--json"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(j, serde_json::json!([]));
+    // `history --job` alike (it printed a bare empty table).
+    let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), e.catalog.as_os_str()];
+    a.extend(["history", "--job", "nosuchjob"].map(OsStr::new));
+    let out = snapring(&a, &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text.starts_with("(no runs of job \"nosuchjob\" in ")
+            && text.trim_end().ends_with("; jobs with runs: home)"),
+        "{text}"
+    );
+    let (code, j, err) = e.cli(&["history", "--job", "nosuchjob", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(j, serde_json::json!([]));
+    // A job with runs is listed as before.
+    let (code, j, err) = e.cli(&["history", "--job", "home", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        j.as_array()
+            .is_some_and(|a| !a.is_empty() && a.iter().all(|r| r["job"] == "home")),
+        "{j}"
+    );
+}
+
+/// A symbolic link to nothing as the catalog: opening it created the link's target
+/// (wherever it pointed). Refused now, naming the link and its target, and nothing is
+/// created; a backup goes on and says why its row is missing.
+#[test]
+fn a_catalog_that_is_a_symlink_to_nothing_is_refused_and_nothing_is_created() {
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let dir = e.catalog.parent().unwrap().to_path_buf();
+    let target = dir.join("elsewhere/catalog.db");
+    let link = dir.join("link.db");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let c = link.to_string_lossy().into_owned();
+    let store = e.store.to_str().unwrap().to_string();
+    for args in [
+        &["history"][..],
+        &["stats"],
+        &["catalog", "check"],
+        &["catalog", "rebuild", "--dest", &store],
+    ] {
+        let mut a: Vec<&OsStr> = vec!["--catalog".as_ref(), link.as_os_str()];
+        a.extend(args.iter().map(OsStr::new));
+        let out = snapring(&a, &[]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!(
+                "{c}: is a symbolic link to {}, which does not exist",
+                target.display()
+            )) && err.contains("nothing was opened or created"),
+            "{args:?}: {err}"
+        );
+    }
+    let (code, rep, err) = backup(&e.src, &e.store, &[], &[("SNAPRING_CATALOG", &c)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        rep["warnings"]
+            .to_string()
+            .contains("is a symbolic link to"),
+        "{rep}"
+    );
+    assert!(!target.exists(), "the link's target was created");
+    assert!(
+        !target.parent().unwrap().exists(),
+        "its directory was created"
+    );
+    // Pointed at a catalog, the link is followed as before.
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::copy(&e.catalog, &target).unwrap();
+    let out = snapring(
+        &["--catalog".as_ref(), link.as_os_str(), "history".as_ref()],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+/// Values edited by hand into the catalog were shown as they were read: a `-3` in a
+/// count as 18446744073709551613, a time without its offset as if in UTC. `history`
+/// shows `invalid` there and warns naming the run and the columns; `--json` lists them
+/// (`invalid`); `stats` counts the run by its status only and says so.
+#[test]
+fn values_edited_into_the_catalog_by_hand_are_shown_invalid() {
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    assert_eq!(e.backup(&[]).0, 0);
+    let conn = rusqlite::Connection::open(&e.catalog).unwrap();
+    let id: String = conn
+        .query_row("SELECT id FROM runs ORDER BY started_at LIMIT 1", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    conn.execute(
+        "UPDATE runs SET files_total = -3, bytes_transferred = -1, \
+         started_at = substr(started_at, 1, 19) WHERE id = ?1",
+        [&id],
+    )
+    .unwrap();
+    drop(conn);
+    let c = e.catalog.as_os_str();
+    let out = snapring(&["--catalog".as_ref(), c, "history".as_ref()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!text.contains("18446744073709551613"), "{text}");
+    let line = text.lines().find(|l| l.starts_with(&id)).unwrap();
+    assert_eq!(line.matches("invalid").count(), 3, "{line}");
+    let other = text.lines().nth(2).unwrap();
+    assert!(!other.contains("invalid"), "{text}");
+    assert!(
+        err.contains(&format!(
+            "snapring: warning: run {id} in the catalog holds values no run writes"
+        )) && err.contains("files_total -3")
+            && err.contains("bytes_transferred -1")
+            && err.contains("started_at \""),
+        "{err}"
+    );
+    let (code, j, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let row = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["files_total"], 0, "{row}");
+    assert_eq!(row["invalid"][0]["column"], "files_total", "{row}");
+    assert_eq!(row["invalid"][0]["value"], "-3", "{row}");
+    assert_eq!(row["invalid"].as_array().unwrap().len(), 3, "{row}");
+    let out = snapring(&["--catalog".as_ref(), c, "stats".as_ref()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(
+        text.contains("invalid: 1 run of it holds values no run writes")
+            && text.contains(&format!("{id} (files_total -3")),
+        "{text}"
+    );
+    let (code, j, err) = e.cli(&["stats", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(j[0]["runs"], 2, "{j}");
+    assert_eq!(j[0]["timed_runs"], 1, "{j}");
+    assert_eq!(
+        j[0]["invalid_runs"].as_array().map(Vec::len),
+        Some(1),
+        "{j}"
+    );
 }

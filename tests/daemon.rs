@@ -2314,6 +2314,13 @@ fn next_takes_offsets_without_seconds_and_tells_the_scheduler_limit_from_a_past_
     let (code, _, err) = run("cron(0 3 * * ? 2030)", "9999-12-31", "1");
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("its last time is past"), "{err}");
+    // One that ends in 5000, croner's last year, too (it was said to fire then).
+    let (code, _, err) = run("cron(0 3 * * ? 2030-5000)", "9999-12-31", "1");
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains("its last time is past") && !err.contains("fires then"),
+        "{err}"
+    );
 }
 
 /// `snapring --catalog CATALOG daemon --config CFG` without root's capabilities to

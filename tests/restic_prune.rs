@@ -356,6 +356,16 @@ fn forget_standalone_plans_with_reasons_and_leaves_other_labels() {
     ]);
     assert_eq!(code, 64);
     assert!(err.contains("'0' for '--retain"), "{err}");
+    // A label backup's `--label` refuses (a comma splits restic's tags, `daily.0` is a
+    // slot) is refused here too: it matched no tag, and forgot nothing without a word.
+    for bad in ["daily,hourly", "daily.0", "1daily", ""] {
+        let (code, _, err) = sr(&["forget", "--dest", &u, "--label", bad, "--retain", "1"]);
+        assert_eq!(code, 64, "{bad:?}: {err}");
+        assert!(
+            err.contains(&format!("label {bad:?} is not valid: use letters, digits")),
+            "{bad:?}: {err}"
+        );
+    }
     assert_eq!(count(&repo, "snapshots"), 2);
 }
 

@@ -2855,3 +2855,151 @@ fn copies_show_on_the_overview_in_the_api_and_in_metrics() {
         "{page}"
     );
 }
+
+/// RFC 9112 §3.2 and §2.2 on a raw socket: a request with two `Host` headers was
+/// answered for the first (400 now), an HTTP/1.1 request without one was answered
+/// (400 now; HTTP/1.0 needs none), and a head with bare LF line ends waited 10 s for a
+/// 408 (taken now, as §2.2 allows). A CR inside a line is refused.
+#[test]
+fn host_headers_and_line_ends_are_taken_as_rfc_9112_says() {
+    let f = fixture();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let addr = s.addr.as_str();
+    for (req, want) in [
+        (
+            format!("GET / HTTP/1.1\r\nHost: {addr}\r\nHost: evil.example\r\n\r\n"),
+            "HTTP/1.1 400 ",
+        ),
+        ("GET / HTTP/1.1\r\n\r\n".to_string(), "HTTP/1.1 400 "),
+        ("GET / HTTP/1.0\r\n\r\n".to_string(), "HTTP/1.1 200 "),
+        (format!("GET / HTTP/1.1\nHost: {addr}\n\n"), "HTTP/1.1 200 "),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {addr}\n\r\n"),
+            "HTTP/1.1 200 ",
+        ),
+        (
+            format!("GET / HTTP/1.1\r\nHost: {addr}\rX-A: b\r\n\r\n"),
+            "HTTP/1.1 400 ",
+        ),
+    ] {
+        let t0 = std::time::Instant::now();
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        c.write_all(req.as_bytes()).unwrap();
+        let mut got = Vec::new();
+        let read = c.read_to_end(&mut got);
+        let got = String::from_utf8_lossy(&got);
+        assert!(
+            read.is_ok() && got.starts_with(want),
+            "{req:?}: {read:?} after {:?}: {got}",
+            t0.elapsed()
+        );
+    }
+}
+
+/// A token file every user can read was taken without a word: `serve` warns (as ssh
+/// does of a private key), naming the file and its mode, and serves; a 0600 one has no
+/// warning.
+#[test]
+fn a_token_file_every_user_can_read_is_warned_of() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = fixture();
+    let token = f.t.path().join("token");
+    std::fs::write(&token, "correct-horse-battery-staple\n").unwrap();
+    let tf = token.to_str().unwrap();
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(mode)).unwrap();
+        let log = f.t.path().join("serve.log");
+        let s = serve_logging_to(
+            &f,
+            "127.0.0.1:0",
+            &["--token-file", tf],
+            &[],
+            Stdio::from(std::fs::File::create(&log).unwrap()),
+        );
+        let ok = http(
+            &s.addr,
+            "GET",
+            "/",
+            &["Authorization: Bearer correct-horse-battery-staple"],
+        );
+        assert_eq!(ok.status, 200);
+        drop(s);
+        let log = std::fs::read_to_string(&log).unwrap();
+        let want = format!(
+            "snapring: warning: the token file {tf} is readable by every user of this machine (mode 0644)"
+        );
+        assert_eq!(log.contains(&want), warned, "{mode:o}: {log}");
+        assert_eq!(log.contains("token file"), warned, "{mode:o}: {log}");
+    }
+}
+
+/// A catalog that is a symbolic link to a deleted file was counted present
+/// (`snapring_catalog_present` 1, no error of any job); a `serve` started on such a
+/// link is refused, naming it and its target.
+#[test]
+fn a_catalog_link_to_a_deleted_file_is_not_present() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let real = f.catalog.with_file_name("real.db");
+    std::fs::rename(&f.catalog, &real).unwrap();
+    std::os::unix::fs::symlink(&real, &f.catalog).unwrap();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(catalog_present(&m), Some(1.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(0.0), "{m}");
+    std::fs::remove_file(&real).unwrap();
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(catalog_present(&m), Some(0.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
+    drop(s);
+    let (code, err) = serve_fails(&f, &[], &["--listen", "127.0.0.1:0"], &f.catalog);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}: is a symbolic link to {}, which does not exist",
+            f.catalog.display(),
+            real.display()
+        )),
+        "{err}"
+    );
+    assert!(!real.exists(), "the link's target was created");
+}
+
+/// A count edited to -3 in the catalog showed as 18446744073709551613 on the job's
+/// page, a time without its offset as if in UTC: both are `invalid` now, with a note
+/// naming the run, and `/api` lists them.
+#[test]
+fn values_edited_into_the_catalog_by_hand_are_shown_invalid() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let conn = rusqlite::Connection::open(&f.catalog).unwrap();
+    conn.execute(
+        "UPDATE runs SET files_total = -3, started_at = substr(started_at, 1, 19)",
+        [],
+    )
+    .unwrap();
+    let id: String = conn
+        .query_row("SELECT id FROM runs", [], |r| r.get(0))
+        .unwrap();
+    drop(conn);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let page = get(&s.addr, "/job/home").body;
+    assert!(!page.contains("18446744073709551613"), "{page}");
+    let row = page
+        .split("<tr class=\"run\">")
+        .nth(1)
+        .and_then(|r| r.split("</tr>").next())
+        .unwrap();
+    assert_eq!(row.matches(">invalid<").count(), 2, "{row}");
+    assert!(
+        page.contains(&format!("id=\"invalid\">runs whose rows in the catalog hold values no run writes (edited by hand?), shown as invalid: {id} (files_total -3, started_at &quot;")),
+        "{page}"
+    );
+    let api = json(&s.addr, "/api/jobs/home");
+    assert!(
+        api.to_string().contains("\"column\":\"files_total\""),
+        "{api}"
+    );
+}

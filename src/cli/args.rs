@@ -316,8 +316,9 @@ pub struct ForgetArgs {
     /// them and `restore` takes them); every one is resolved before any is removed.
     #[arg(value_name = "SNAPSHOT", conflicts_with_all = ["label", "retain"])]
     pub snapshots: Vec<String>,
-    /// The label whose snapshots to thin out (snapring's `label=L` tag).
-    #[arg(long, requires = "retain")]
+    /// The label whose snapshots to thin out (snapring's `label=L` tag), as backup's
+    /// `--label` (unchecked, `x,y` or `daily.0` matched no tag and forgot nothing).
+    #[arg(long, requires = "retain", value_parser = label)]
     pub label: Option<String>,
     /// Keep the newest N snapshots of the label in each host/paths group.
     #[arg(long, value_name = "N", value_parser = retain, requires = "label")]

@@ -11,7 +11,7 @@ use snapring::restore::RestoreReport;
 use super::args::{HistoryArgs, ShowArgs, StatsArgs};
 use super::catalog_choice::CatalogChoice;
 use super::exit_code::ExitCode;
-use super::print::{self, human, outln};
+use super::print::{self, errln, human, outln};
 
 /// `snapring history` without a path: the catalog's runs, newest last.
 pub fn history(a: HistoryArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
@@ -22,10 +22,37 @@ pub fn history(a: HistoryArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> 
     let rows = c.runs(&f)?;
     if a.json {
         print::json(&rows)?;
+    } else if let Some(job) = f.job.as_deref().filter(|_| rows.is_empty()) {
+        // A bare "(no runs in cat.db)" read as an empty catalog, of a typo too.
+        let what = match f.kind.as_deref() {
+            Some(k) => format!("{k} runs"),
+            None => "runs".to_string(),
+        };
+        outln!("{}", no_runs_of(&c, &f, job, &what)?);
     } else {
         print_runs(&rows, &c.path);
     }
     Ok(ExitCode::Complete)
+}
+
+/// What `history` and `stats` say of `--job JOB` without `what` (`backup runs`): a
+/// typo, or a job that has not run yet (no error: exit 0, and `--json` gives `[]`),
+/// said with the jobs that have runs.
+fn no_runs_of(c: &Catalog, f: &Filter, job: &str, what: &str) -> anyhow::Result<String> {
+    let known = c.job_names()?;
+    let known = match known.len() {
+        0 => "no job has backup runs in it".to_string(),
+        n if n <= 20 => format!("jobs with runs: {}", known.join(", ")),
+        n => format!("jobs with runs: {}, … ({n} in all)", known[..20].join(", ")),
+    };
+    let within = match (&f.store, &f.since) {
+        (None, None) => String::new(),
+        _ => " (within --dest/--since)".to_string(),
+    };
+    Ok(format!(
+        "(no {what} of job {job:?}{within} in {}; {known})",
+        snapring::relpath::shown(&c.path)
+    ))
 }
 
 /// `snapring show RUN`: from the catalog, else (with `--dest`) from the store's run
@@ -71,24 +98,8 @@ pub fn stats(a: StatsArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     if a.json {
         print::json(&stats)?;
     } else if let Some(job) = f.job.as_deref().filter(|_| stats.is_empty()) {
-        // No runs of the job asked for: a typo, or a job that has not run yet (which is
-        // no error: exit 0, as `history` of it, and `--json` gives `[]`). Said with the
-        // jobs that have runs, rather than a bare "no runs" that read as an empty
-        // catalog.
-        let known = c.job_names()?;
-        let known = match known.len() {
-            0 => "no job has backup runs in it".to_string(),
-            n if n <= 20 => format!("jobs with runs: {}", known.join(", ")),
-            n => format!("jobs with runs: {}, … ({n} in all)", known[..20].join(", ")),
-        };
-        let within = match (&f.store, &f.since) {
-            (None, None) => String::new(),
-            _ => " (within --dest/--since)".to_string(),
-        };
-        outln!(
-            "(no backup runs of job {job:?}{within} in {}; {known})",
-            snapring::relpath::shown(&c.path)
-        );
+        // No runs of the job asked for: said with the jobs that have runs.
+        outln!("{}", no_runs_of(&c, &f, job, "backup runs")?);
     } else {
         print_stats(&stats, &c.path);
     }
@@ -305,22 +316,50 @@ fn print_runs(rows: &[RunRow], catalog: &Path) {
             r.kind,
             one_line(r.job.as_deref().unwrap_or("-")),
             r.status,
-            r.started_at.get(..19).unwrap_or(&r.started_at).to_string() + "Z",
+            // In UTC, as recorded: a time given another offset by hand was shown as
+            // its local digits with a Z, one without an offset as valid.
+            match chrono::DateTime::parse_from_rfc3339(&r.started_at) {
+                Ok(t) => t
+                    .with_timezone(&chrono::Utc)
+                    .format("%Y-%m-%dT%H:%M:%SZ")
+                    .to_string(),
+                Err(_) => "invalid".into(),
+            },
             // A run that never ended (running, killed) has no duration.
             match r.finished_at {
+                _ if r.is_invalid("duration_seconds") || r.is_invalid("finished_at") => {
+                    "invalid".into()
+                }
                 Some(_) => format!("{:.1}", r.duration_seconds),
                 None => "-".into(),
             },
-            r.files_total,
-            r.files_transferred,
-            human(r.bytes_transferred),
-            r.errors,
+            cell(r, "files_total", r.files_total.to_string()),
+            cell(r, "files_transferred", r.files_transferred.to_string()),
+            cell(r, "bytes_transferred", human(r.bytes_transferred)),
+            cell(r, "errors", r.errors.to_string()),
             notify,
             one_line(&r.store)
         );
     }
+    let invalid: Vec<&RunRow> = rows.iter().filter(|r| !r.invalid.is_empty()).collect();
+    for r in &invalid {
+        // A count of -3 showed as 18446744073709551613.
+        errln!(
+            "snapring: warning: run {} in the catalog holds values no run writes (edited by hand?), shown as `invalid`: {}",
+            r.id,
+            one_line(&r.invalid_text())
+        );
+    }
     if rows.is_empty() {
         outln!("(no runs in {})", snapring::relpath::shown(catalog));
+    }
+}
+
+/// `value`, or `invalid` when `r`'s `column` holds what no run writes.
+fn cell(r: &RunRow, column: &str, value: String) -> String {
+    match r.is_invalid(column) {
+        true => "invalid".into(),
+        false => value,
     }
 }
 
@@ -359,6 +398,15 @@ fn print_stats(stats: &[Stats], catalog: &Path) {
             s.last_status,
             s.files_total_last
         );
+        if !s.invalid_runs.is_empty() {
+            outln!(
+                "  invalid: {} run{} of it hold{} values no run writes (edited by hand?), counted by status only: {}",
+                s.invalid_runs.len(),
+                if s.invalid_runs.len() == 1 { "" } else { "s" },
+                if s.invalid_runs.len() == 1 { "s" } else { "" },
+                one_line(&s.invalid_runs.join("; "))
+            );
+        }
     }
     if stats.is_empty() {
         outln!("(no runs in {})", snapring::relpath::shown(catalog));

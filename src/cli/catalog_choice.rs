@@ -60,6 +60,8 @@ impl CatalogChoice {
         if let Some(p) = self.path.as_ref().filter(|_| self.explicit)
             && !p.exists()
         {
+            // A symbolic link to nothing is said as that, not as no catalog.
+            snapring::catalog::refuse_not_a_file(p)?;
             return Err(super::exit_code::usage!(
                 "no catalog at {}: nothing was ever recorded there (check --catalog or SNAPRING_CATALOG; a backup with it creates it)",
                 snapring::relpath::shown(p)

@@ -3,6 +3,7 @@
 //! `snapring::serve` until SIGTERM/SIGINT. Also the daemon's server (`[server]`).
 
 use std::net::SocketAddr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -44,12 +45,20 @@ pub fn bind(
         None => "SNAPRING_SERVE_TOKEN".to_string(),
     };
     let token = match token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("cannot read the token file {}", f.display()))?
-                .trim()
-                .to_string(),
-        ),
+        Some(f) => {
+            let t = std::fs::read_to_string(f)
+                .with_context(|| format!("cannot read the token file {}", f.display()))?;
+            // As ssh says of a private key others can read, but without refusing: the
+            // token opens read-only pages, and refusing would stop a daemon (and its
+            // backups) over a file's mode.
+            if let Some(w) = std::fs::metadata(f)
+                .ok()
+                .and_then(|m| serve::token_file_warning(f, m.permissions().mode()))
+            {
+                errln!("snapring: warning: {w}");
+            }
+            Some(t.trim().to_string())
+        }
         None => std::env::var("SNAPRING_SERVE_TOKEN").ok(),
     };
     let catalog = cat.for_config(cfg.catalog.clone());

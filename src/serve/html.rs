@@ -279,15 +279,41 @@ fn history(b: &mut String, recent: &[RunRow], total: u64) {
              <td class=\"num\">{}</td><td class=\"num\">{}</td><td class=\"num\">{}</td><td>{}</td></tr>",
             run_link(&r.id, &when(&r.started_at)),
             badge(Some(&r.status)),
-            opt(known_duration(r.duration_seconds, r.finished_at.as_deref()).map(duration)),
-            r.files_total,
-            r.files_transferred,
-            bytes(r.bytes_transferred as f64),
-            r.errors,
+            match r.is_invalid("duration_seconds") || r.is_invalid("finished_at") {
+                true => "invalid".to_string(),
+                false =>
+                    opt(known_duration(r.duration_seconds, r.finished_at.as_deref()).map(duration)),
+            },
+            // Edited by hand (a -3 showed as 18446744073709551613): `invalid`.
+            cell(r, "files_total", r.files_total.to_string()),
+            cell(r, "files_transferred", r.files_transferred.to_string()),
+            cell(r, "bytes_transferred", bytes(r.bytes_transferred as f64)),
+            cell(r, "errors", r.errors.to_string()),
             esc(r.snapshot.as_deref().unwrap_or("–")),
         );
     }
     b.push_str("</table>");
+    let invalid: Vec<String> = recent
+        .iter()
+        .take(TABLE_RUNS)
+        .filter(|r| !r.invalid.is_empty())
+        .map(|r| format!("{} ({})", r.id, r.invalid_text()))
+        .collect();
+    if !invalid.is_empty() {
+        let _ = write!(
+            b,
+            "<p class=\"err\" id=\"invalid\">runs whose rows in the catalog hold values no run writes (edited by hand?), shown as invalid: {}</p>",
+            esc(&invalid.join("; "))
+        );
+    }
+}
+
+/// `value`, or `invalid` when `r`'s `column` holds what no run writes.
+fn cell(r: &RunRow, column: &str, value: String) -> String {
+    match r.is_invalid(column) {
+        true => "invalid".into(),
+        false => value,
+    }
 }
 
 /// A run's page: every KPI of its record, phases, problems, notifications, log tail.

@@ -221,10 +221,10 @@ fn read_head(conn: &mut TcpStream) -> Result<Vec<u8>, Option<u16>> {
             }
             Err(_) => return Err(None),
         };
-        let from = head.len().saturating_sub(3);
+        let from = head.len().saturating_sub(2);
         head.extend_from_slice(&buf[..n]);
-        if let Some(i) = head[from..].windows(4).position(|w| w == b"\r\n\r\n") {
-            head.truncate(from + i);
+        if let Some(end) = head_end(&head, from) {
+            head.truncate(end);
             return Ok(head);
         }
         if head.len() > MAX_HEAD {
@@ -233,11 +233,44 @@ fn read_head(conn: &mut TcpStream) -> Result<Vec<u8>, Option<u16>> {
     }
 }
 
+/// Where the head in `head` ends (the index of the line end before the blank line),
+/// looking from `from` on: the blank line is CRLF CRLF, or bare LFs, which RFC 9112
+/// §2.2 lets a server take as line ends (a client sending them waited 10 s for a 408).
+fn head_end(head: &[u8], from: usize) -> Option<usize> {
+    let at = head[from..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|i| from + i)?;
+    let mut i = at;
+    loop {
+        // `i` is an LF: a blank line follows when the next is LF, or CR then LF.
+        match (head.get(i + 1), head.get(i + 2)) {
+            (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n')) => {
+                return Some(if i > 0 && head[i - 1] == b'\r' {
+                    i - 1
+                } else {
+                    i
+                });
+            }
+            _ => {}
+        }
+        i = head[i + 1..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|j| i + 1 + j)?;
+    }
+}
+
 /// The request line and headers of `head` (without the blank line); `None` when it is
-/// not an HTTP/1.x request head.
+/// not an HTTP/1.x request head. Lines end in CRLF or a bare LF (RFC 9112 §2.2); a CR
+/// anywhere else is refused. An HTTP/1.1 request must have exactly one `Host` header
+/// (RFC 9112 §3.2: 400 without one, or with two, where the first one won).
 fn parse_head(head: &[u8]) -> Option<Request> {
     let text = std::str::from_utf8(head).ok()?;
-    let mut lines = text.split("\r\n");
+    let mut lines = text.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
+    if lines.clone().any(|l| l.contains('\r')) {
+        return None;
+    }
     let mut first = lines.next()?.split(' ');
     let (method, target, version) = (first.next()?, first.next()?, first.next()?);
     if first.next().is_some()
@@ -256,6 +289,13 @@ fn parse_head(head: &[u8]) -> Option<Request> {
             return None;
         }
         headers.push((k.to_string(), v.trim().to_string()));
+    }
+    let hosts = headers
+        .iter()
+        .filter(|(k, _)| k.eq_ignore_ascii_case("Host"))
+        .count();
+    if hosts > 1 || (hosts == 0 && version == "HTTP/1.1") {
+        return None;
     }
     Some(Request {
         method: method.to_string(),
@@ -335,6 +375,35 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// RFC 9112 §3.2: two `Host` headers (the first won) and an HTTP/1.1 request
+    /// without one (answered) are 400; HTTP/1.0 needs none. §2.2: bare LF line ends
+    /// are taken (such a head waited for a 408), a CR elsewhere is not.
+    #[test]
+    fn one_host_for_http_1_1_and_bare_lf_line_ends() {
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b").is_none());
+        assert!(parse_head(b"GET / HTTP/1.0\r\nhost: a\r\nHOST: a").is_none());
+        assert!(parse_head(b"GET / HTTP/1.1").is_none());
+        assert!(parse_head(b"GET / HTTP/1.1\r\nX-A: b").is_none());
+        assert!(parse_head(b"GET / HTTP/1.0").is_some());
+        let r = parse_head(b"GET /x HTTP/1.1\nHost: a\r\nX-A: b").unwrap();
+        assert_eq!((r.target.as_str(), r.header("host")), ("/x", Some("a")));
+        assert_eq!(r.header("x-a"), Some("b"));
+        assert!(parse_head(b"GET / HTTP/1.1\r\nHost: a\rX-A: b").is_none());
+        for (head, end) in [
+            (&b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"[..], Some(23)),
+            (b"GET / HTTP/1.1\nHost: a\n\n", Some(22)),
+            (b"GET / HTTP/1.1\nHost: a\n\r\n", Some(22)),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r", None),
+            (b"GET / HTTP/1.1\r\nHost: a\r\n", None),
+        ] {
+            assert_eq!(head_end(head, 0), end, "{}", String::from_utf8_lossy(head));
+            for from in 0..head.len() {
+                let found = head_end(head, from);
+                assert!(found.is_none() || found == end, "{from}");
+            }
         }
     }
 

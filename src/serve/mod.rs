@@ -89,6 +89,30 @@ pub fn check_access(listen: &SocketAddr, token: Option<&str>) -> Result<(), Serv
     }
 }
 
+/// What to tell of a token file of permission bits `mode` that every user of the
+/// machine may read or write (`None` otherwise): anyone logged in could take the token
+/// (or put their own). Group bits are left alone (`0640` with a group that needs it).
+pub fn token_file_warning(path: &std::path::Path, mode: u32) -> Option<String> {
+    let what = match (mode & 0o004 != 0, mode & 0o002 != 0) {
+        (false, false) => return None,
+        (true, false) => "readable",
+        (false, true) => "writable",
+        (true, true) => "readable and writable",
+    };
+    let shown = crate::relpath::shown(path);
+    Some(format!(
+        "the token file {shown} is {what} by every user of this machine (mode {:04o}): \
+         any of them can {} the token that opens the dashboard, /metrics and /api; \
+         chmod 600 {shown} (or 640 for a group that needs it)",
+        mode & 0o7777,
+        match what {
+            "writable" => "replace",
+            "readable" => "read",
+            _ => "read or replace",
+        },
+    ))
+}
+
 /// A bound server: `addr` is where it listens (the port chosen when 0 was asked for).
 pub struct Server {
     listener: http::Listener,
@@ -316,7 +340,8 @@ fn route(
     let missing = o
         .catalog
         .as_deref()
-        .filter(|p| cat.is_none() && std::fs::symlink_metadata(p).is_err());
+        // Followed: a symbolic link to a deleted catalog is no catalog present.
+        .filter(|p| cat.is_none() && std::fs::metadata(p).is_err());
     let seen = st.seen;
     let gone = |mut jobs: Vec<data::JobView>| {
         if let Some(p) = missing {
@@ -638,6 +663,32 @@ mod tests {
         ] {
             assert!(!host_ok(bad), "{bad:?}");
         }
+    }
+
+    /// A world-readable token file was taken without a word.
+    #[test]
+    fn a_token_file_every_user_can_read_is_warned_of() {
+        let p = std::path::Path::new("/etc/snapring/serve.token");
+        for mode in [0o100600, 0o600, 0o640, 0o660, 0o400] {
+            assert_eq!(token_file_warning(p, mode), None, "{mode:o}");
+        }
+        let w = token_file_warning(p, 0o100644).unwrap();
+        assert!(
+            w.starts_with("the token file /etc/snapring/serve.token is readable by every user")
+                && w.contains("(mode 0644)")
+                && w.contains("chmod 600 /etc/snapring/serve.token"),
+            "{w}"
+        );
+        let w = token_file_warning(p, 0o666).unwrap();
+        assert!(
+            w.contains("readable and writable") && w.contains("(mode 0666)"),
+            "{w}"
+        );
+        assert!(
+            token_file_warning(p, 0o602)
+                .unwrap()
+                .contains(" writable by")
+        );
     }
 
     #[test]

@@ -83,10 +83,17 @@ pub fn duration(s: f64) -> String {
     }
 }
 
-/// An RFC 3339 time shortened for a table: `2026-12-01 07:10:33`.
+/// An RFC 3339 time shortened for a table, in UTC: `2026-12-01 07:10:33`. What is no
+/// such time (a catalog edited by hand: an offset dropped) is `invalid`, not shown as
+/// if it were one; another offset is taken to UTC (its digits were shown as UTC's).
 pub fn when(t: &str) -> String {
-    let t = t.replacen('T', " ", 1);
-    t.split(['.', '+', 'Z']).next().unwrap_or(&t).to_string()
+    match chrono::DateTime::parse_from_rfc3339(t) {
+        Ok(t) => t
+            .with_timezone(&chrono::Utc)
+            .format("%Y-%m-%d %H:%M:%S")
+            .to_string(),
+        Err(_) => "invalid".to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -120,5 +127,11 @@ mod tests {
         assert_eq!(duration(75.0), "1m 15s");
         assert_eq!(duration(7800.0), "2h 10m");
         assert_eq!(when("2026-12-01T07:10:33.123Z"), "2026-12-01 07:10:33");
+        assert_eq!(when("2026-12-01T07:10:33.123+00:00"), "2026-12-01 07:10:33");
+        // Edited by hand: another offset, none, nothing of a time.
+        assert_eq!(when("2026-12-01T12:10:33+05:00"), "2026-12-01 07:10:33");
+        for bad in ["2026-12-01T07:10:33", "2026-12-01", "", "yesterday"] {
+            assert_eq!(when(bad), "invalid", "{bad:?}");
+        }
     }
 }
