@@ -191,6 +191,10 @@ pub struct Writer {
     owners_held: Option<(u32, u32)>,
     /// [`Writer::times_not_kept`].
     times_held: Option<u64>,
+    /// Entries of blocks already written to correct ([`Writer::correct`]), by block.
+    corrections: Vec<(RelPath, Entry)>,
+    /// The start line's time, as written (the filler of a superseded block repeats it).
+    started: Time,
 }
 
 impl Writer {
@@ -229,6 +233,8 @@ impl Writer {
             part,
             owners_held: None,
             times_held: None,
+            corrections: Vec::new(),
+            started,
         })
     }
 
@@ -265,6 +271,97 @@ impl Writer {
         self.entries
     }
 
+    /// The entry `e.name` of `dir`'s block, written already, is to be `e` (a
+    /// subdirectory whose own listing took a later stat than its parent's listing, after
+    /// the parent's block was written: `engine::walk`). Applied by [`Writer::finish`]:
+    /// the block is written again, corrected, after the others, and its first copy is
+    /// overwritten by start lines (see [`Writer::supersede`]). Rare: a directory that
+    /// changed while the walk reached it. A directory's block used to be held in memory
+    /// until each of its subdirectories was opened, which with the walk's depth-first
+    /// order is until its subtree is done: nested large directories held each block.
+    pub fn correct(&mut self, dir: &RelPath, e: Entry) {
+        self.corrections.push((dir.clone(), e));
+    }
+
+    /// Applies the corrections ([`Writer::correct`]), before the root line.
+    fn apply_corrections(&mut self) -> io::Result<()> {
+        if self.corrections.is_empty() {
+            return Ok(());
+        }
+        self.out.flush()?;
+        let mut corrections = std::mem::take(&mut self.corrections);
+        corrections.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut at = 0;
+        while at < corrections.len() {
+            let dir = corrections[at].0.clone();
+            let end = at + corrections[at..].iter().take_while(|c| c.0 == dir).count();
+            self.supersede(&dir, &corrections[at..end])?;
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Writes `dir`'s block again with `fixes` applied (each replaces the entry of its
+    /// name, a directory) and points the index at the new copy. The first copy is
+    /// overwritten in place, to its exact length, by lines `S <start time>` (the time's
+    /// seconds zero-padded to fill): every reader skips or repeats a start line, so a
+    /// manifest read through (`for_each`, a shard part at finalize) holds the block
+    /// once, and readers of the format before this one read it as well.
+    fn supersede(&mut self, dir: &RelPath, fixes: &[(RelPath, Entry)]) -> io::Result<()> {
+        let key = dir_key(dir);
+        // The writer's descriptor is write-only.
+        let file = File::open(match self.part {
+            true => self.mf_path.clone(),
+            false => self.mf_path.with_extension("mf.tmp"),
+        })?;
+        let mut found = None;
+        for (i, (k, off, len)) in self.index.iter().enumerate() {
+            if *k != key {
+                continue;
+            }
+            let mut buf = vec![0u8; *len as usize];
+            file.read_exact_at(&mut buf, *off)?;
+            let text = String::from_utf8(buf)
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "block is not text"))?;
+            let head = text.lines().next().and_then(|l| l.strip_prefix("D "));
+            if head.and_then(|h| RelPath::from_escaped(h).ok()).as_ref() == Some(dir) {
+                found = Some((i, *off, *len, text));
+                break;
+            }
+        }
+        // (A part keeps its records too, unwritten.)
+        let Some((i, off, len, text)) = found else {
+            return Ok(());
+        };
+        let block = self.patched(dir, &text, fixes)?;
+        self.out
+            .get_ref()
+            .write_all_at(&filler(len, self.started), off)?;
+        self.out.write_all(block.as_bytes())?;
+        self.index[i] = (key, self.offset, block.len() as u64);
+        self.offset += block.len() as u64;
+        Ok(())
+    }
+
+    /// `dir`'s block `text` with `fixes` applied, sorted as it was.
+    fn patched(&self, dir: &RelPath, text: &str, fixes: &[(RelPath, Entry)]) -> io::Result<String> {
+        let mut s = format!("D {}\n", dir.escaped());
+        for line in text.lines().skip(1) {
+            let e = Entry::parse_line(line)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+            match fixes
+                .iter()
+                .rev()
+                .find(|f| f.1.name == e.name && e.kind == Kind::Dir)
+            {
+                Some((_, fixed)) => s.push_str(&fixed.to_line()),
+                None => s.push_str(line),
+            }
+            s.push('\n');
+        }
+        Ok(s)
+    }
+
     /// The store gives every file the owner `held` instead of the source's: said by
     /// [`owners_marker`], written with the manifest.
     pub fn owners_not_kept(&mut self, held: (u32, u32)) {
@@ -281,6 +378,7 @@ impl Writer {
     /// Writes the root directory's own metadata, sorts and writes the index, fsyncs
     /// both files and renames them into place.
     pub fn finish(mut self, root: &Entry) -> io::Result<()> {
+        self.apply_corrections()?;
         let line = format!("R {}\n", root.to_line());
         self.out.write_all(line.as_bytes())?;
         let root_off = self.offset;
@@ -335,6 +433,31 @@ impl Writer {
         let _ = std::fs::remove_file(self.mf_path.with_extension("mf.tmp"));
         let _ = std::fs::remove_file(self.idx_path.with_extension("idx.tmp"));
     }
+}
+
+/// `len` bytes of start lines `S <started>\n` (each at least as long as the start
+/// line, the time's seconds zero-padded to fill), which every reader skips: the
+/// first copy of a block written again ([`Writer::supersede`]). `len` is at least a
+/// block header and one entry line, more than one start line.
+fn filler(len: u64, started: Time) -> Vec<u8> {
+    let time = started.to_string();
+    let min = (2 + time.len() + 1) as u64;
+    let lines = (len / min).max(1);
+    let (each, extra) = (len / lines, len % lines);
+    let mut out = Vec::with_capacity(len as usize);
+    for i in 0..lines {
+        let n = each + u64::from(i < extra);
+        let zeros = n.saturating_sub(min) as usize;
+        // After the sign of a time before 1970: `-0005.…` reads as `-5.…`.
+        let (sign, digits) = time.split_at(usize::from(time.starts_with('-')));
+        out.extend_from_slice(b"S ");
+        out.extend_from_slice(sign.as_bytes());
+        out.extend(std::iter::repeat_n(b'0', zeros));
+        out.extend_from_slice(digits.as_bytes());
+        out.push(b'\n');
+    }
+    out.truncate(len as usize);
+    out
 }
 
 /// Random access to a finished manifest.
@@ -830,6 +953,89 @@ mod tests {
         .unwrap();
         assert_eq!(all.len(), 4);
         assert_eq!(all, ks);
+    }
+
+    /// An entry of a block already written is corrected at `finish` ([`Writer::correct`]):
+    /// the block is written again (one line longer, one shorter, and one the same
+    /// length), its first copy overwritten by start lines. Looked up, read through, and
+    /// read by kind and size, the manifest holds each block once, corrected; the start
+    /// time is read as it was. The same in a shard unit's part, read through.
+    #[test]
+    fn an_entry_corrected_after_its_block_is_written_reads_once_corrected() {
+        for part in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let started = Time {
+                sec: 1_765_000_000,
+                nsec: 7,
+            };
+            let mut w = match part {
+                false => Writer::create(dir.path(), "r1", started).unwrap(),
+                true => Writer::part(dir.path(), "r1", started).unwrap(),
+            };
+            let (a, b) = (RelPath::new(b"a").unwrap(), RelPath::new(b"b").unwrap());
+            w.write_block(&a, &mut [entry(b"f", Kind::File), entry(b"s", Kind::Dir)])
+                .unwrap();
+            w.write_block(&b, &mut [entry(b"t", Kind::Dir), entry(b"u", Kind::Dir)])
+                .unwrap();
+            let fix = |name: &[u8], uid: u32, sec: i64| Entry {
+                uid,
+                mtime: Time { sec, nsec: 5 },
+                ..entry(name, Kind::Dir)
+            };
+            w.correct(&a, fix(b"s", 1_000_000, 1_765_000_001));
+            w.correct(&b, fix(b"t", 7, 1_765_000_002));
+            w.correct(&b, fix(b"u", 1000, -5));
+            w.write_block(
+                &RelPath::root(),
+                &mut [entry(b"a", Kind::Dir), entry(b"b", Kind::Dir)],
+            )
+            .unwrap();
+            w.finish(&entry(b".", Kind::Dir)).unwrap();
+            let text = std::fs::read_to_string(dir.path().join("r1.mf")).unwrap();
+            let blocks: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("D ")).collect();
+            // The root's block, then the corrected copies.
+            assert_eq!(blocks.len(), 3, "{text}");
+            assert_eq!(blocks[1..], ["a", "b"], "{text}");
+            let wanted = |d: &RelPath, e: &Entry| -> Entry {
+                match (d.as_bytes(), e.name.as_slice()) {
+                    (b"a", b"s") => fix(b"s", 1_000_000, 1_765_000_001),
+                    (b"b", b"t") => fix(b"t", 7, 1_765_000_002),
+                    (b"b", b"u") => fix(b"u", 1000, -5),
+                    _ => e.clone(),
+                }
+            };
+            if part {
+                // Read through as finalize does: the start lines say the start time.
+                for l in text.lines().filter(|l| l.starts_with("S ")) {
+                    assert_eq!(l[2..].parse::<Time>(), Ok(started), "{l:?}");
+                }
+                continue;
+            }
+            let r = Reader::open(dir.path(), "r1").unwrap();
+            assert_eq!(r.started, started);
+            for d in [&a, &b] {
+                let es = r.lookup(d).unwrap().unwrap();
+                assert_eq!(es.len(), 2);
+                for e in &es {
+                    assert_eq!(*e, wanted(d, e), "{d}");
+                }
+            }
+            let mut seen = Vec::new();
+            r.for_each(|d, e| {
+                assert_eq!(e, wanted(d, &e), "{d}");
+                seen.push((d.clone(), e.name));
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(seen.len(), 6, "{seen:?}");
+            let mut n = 0;
+            r.for_each_kind_size(|_, _, _| {
+                n += 1;
+                Ok(())
+            })
+            .unwrap();
+            assert_eq!(n, 6);
+        }
     }
 
     #[test]

@@ -42,6 +42,10 @@ pub struct Previous {
     /// from another tool, which recorded nothing of what it keeps).
     pub label_slots: u32,
     pub label_taken_over: bool,
+    /// The slot numbers the label's snapshots have now, ascending (gaps allowed): what
+    /// a `retain` expires is named from them (the store's rotation expires those past
+    /// the `retain - 1` first).
+    pub label_slot_list: Vec<u32>,
 }
 
 impl Previous {
@@ -113,25 +117,55 @@ pub fn continue_ring(
         }
         return Ok((keep, None));
     }
-    // The new snapshot makes one more: `retain` or more now means an expiry.
-    let expires = prev.label_slots >= retain;
+    // The new snapshot makes one more: past the `retain - 1` newest the label's
+    // snapshots expire, by slot order whatever the gaps between their slots.
+    // (`store::rotation::expiring`'s rule, which this layer does not reach.)
+    let expiring: Vec<u32> = prev
+        .label_slot_list
+        .iter()
+        .copied()
+        .skip((retain as usize).saturating_sub(1))
+        .collect();
     let more_than_before = match ring {
         Some(r) => r.retain > retain,
         None => prev.label_taken_over,
     };
-    if expires && more_than_before {
+    if !expiring.is_empty() && more_than_before {
         let w = format!(
-            "retain {retain} is lower than what the {label} snapshots had ({}): this run expires {label}.{} and older",
+            "retain {retain} is lower than what the {label} snapshots had ({}): this run expires {}",
             match ring {
                 Some(r) => format!("{} in the label's last run {}", r.retain, r.run),
                 None => format!("{} slots taken over from another tool", prev.label_slots),
             },
-            retain.saturating_sub(1),
+            expired_names(label, &expiring),
         );
         tracing::warn!("{w}");
         return Ok((retain, Some(w)));
     }
     Ok((retain, None))
+}
+
+/// The snapshots of `label` at `slots` (ascending), as a warning names those a run
+/// expires: each by its name now, the first few and the last when there are many, with
+/// their count. Before, "expires daily.{retain-1} and older" named a slot, which is what
+/// expires only without gaps: of daily.0, daily.4 and daily.9 with retain 2, daily.4 and
+/// daily.9 expire, and there is no daily.1.
+fn expired_names(label: &str, slots: &[u32]) -> String {
+    const NAMED: usize = 4;
+    let name = |s: &u32| format!("{label}.{s}");
+    let names: Vec<String> = match slots.len() > NAMED + 1 {
+        true => slots[..NAMED]
+            .iter()
+            .map(name)
+            .chain(std::iter::once("…".to_string()))
+            .chain(slots.last().map(name))
+            .collect(),
+        false => slots.iter().map(name).collect(),
+    };
+    match slots.len() {
+        1 => format!("1 snapshot, {}", names[0]),
+        n => format!("{n} snapshots: {}", names.join(", ")),
+    }
 }
 
 /// Whether two trees are the same: by their canonical paths where they exist (a

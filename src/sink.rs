@@ -168,6 +168,12 @@ pub trait Sink: Sync {
     /// Records a directory's entries (the manifest block), once all of them are known.
     fn write_block(&self, rel: &RelPath, entries: &mut [Entry]) -> io::Result<()>;
 
+    /// The entry `e.name` (a subdirectory) of the block [`Sink::write_block`] wrote for
+    /// `rel` is to be `e` (its listing took a later stat than its parent's listing).
+    fn correct_entry(&self, _rel: &RelPath, _e: Entry) -> io::Result<()> {
+        Ok(())
+    }
+
     /// The previous snapshot's `lstat` (and symlink target) of `name`, when there is no
     /// manifest to ask.
     fn prev_stat(&self, dir: &Self::Dir, name: &[u8]) -> Option<(Meta, Option<Vec<u8>>)>;

@@ -15,11 +15,13 @@
 //! - a queued subdirectory holds its parent's node and its own name, never an open
 //!   descriptor: it is opened when a worker takes it, so a directory with 100,000
 //!   subdirectories does not need 100,000 descriptors;
-//! - two "done" steps: [`Visitor::listed`] when every item of a directory's own listing
-//!   has been visited and every subdirectory it queued has been opened (a manifest
-//!   block is complete: a subdirectory's `open` may correct its entry there), and
-//!   [`Visitor::finish`] when its whole subtree is (directory metadata that must come
-//!   after the children);
+//! - three "done" steps: [`Visitor::visited`] when every item of a directory's own
+//!   listing has been visited (a manifest block is complete), [`Visitor::listed`] when
+//!   besides every subdirectory it queued has been opened (a subdirectory's `open` may
+//!   correct its entry: with the stack's depth-first order, this comes only once all
+//!   but one of those subdirectories' subtrees are walked, so what a visitor keeps until
+//!   then is kept through them), and [`Visitor::finish`] when its whole subtree is
+//!   (directory metadata that must come after the children);
 //! - per-entry errors are the visitor's items to report, never a reason to stop; a
 //!   visitor can skip a subtree ([`Opened::Skip`], or not descending) or stop the whole
 //!   walk ([`Step::Quit`], or the caller's cancel flag). After a stop no `finish` runs;
@@ -167,6 +169,8 @@ pub struct Dir<D> {
     pub rel: RelPath,
     pub parent: Option<Arc<Dir<D>>>,
     pub state: D,
+    /// Own chunks still being visited ([`Visitor::visited`] comes when none is left).
+    own: AtomicUsize,
     /// Own chunks still being visited plus subdirectories queued and not yet opened
     /// ([`Visitor::listed`] comes when none is left).
     chunks: AtomicUsize,
@@ -208,6 +212,13 @@ pub trait Visitor: Sync {
 
     /// Visits one item of `dir`'s listing.
     fn visit(&self, dir: &Arc<Dir<Self::State>>, item: Self::Item) -> Step<Self::Sub>;
+
+    /// Every item of `dir`'s own listing has been visited; its subdirectories may not
+    /// be opened yet. Comes before [`Visitor::listed`]. What a visitor keeps of `dir`'s
+    /// items until here is kept while one thread walks a subdirectory met in `dir`'s
+    /// other chunks at most (not through every subdirectory's subtree, as until
+    /// `listed`).
+    fn visited(&self, _dir: &Dir<Self::State>) {}
 
     /// Every item of `dir`'s own listing has been visited and each subdirectory it
     /// walks into has been opened (`open` returned), so a subdirectory's `open` can
@@ -330,6 +341,7 @@ impl<V: Visitor> Walker<'_, V> {
             rel,
             parent,
             state,
+            own: AtomicUsize::new(n),
             chunks: AtomicUsize::new(n),
             pending: AtomicUsize::new(n),
         });
@@ -359,6 +371,7 @@ impl<V: Visitor> Walker<'_, V> {
             // permits idle. The second half of what is left becomes a chunk of its own.
             if items.len() >= SPLIT_MIN && q.hungry() {
                 let back = items.split_off(items.len() / 2);
+                dir.own.fetch_add(1, Ordering::AcqRel);
                 dir.chunks.fetch_add(1, Ordering::AcqRel);
                 dir.pending.fetch_add(1, Ordering::AcqRel);
                 q.push_first(Task::Chunk {
@@ -390,6 +403,9 @@ impl<V: Visitor> Walker<'_, V> {
                     return;
                 }
             }
+        }
+        if dir.own.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.visitor.visited(&dir);
         }
         self.chunk_or_sub_listed(&dir);
         self.child_done(&dir);
@@ -927,6 +943,92 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Counts the directories opened and not yet `visited`, and those opened and not
+    /// yet `listed`, at their most.
+    #[derive(Default)]
+    struct Held {
+        depth: usize,
+        fanout: usize,
+        unvisited: AtomicUsize,
+        unlisted: AtomicUsize,
+        peak_unvisited: AtomicUsize,
+        peak_unlisted: AtomicUsize,
+        visited_before_listed: Mutex<Vec<bool>>,
+        was_visited: Mutex<std::collections::HashSet<String>>,
+    }
+
+    impl Visitor for Held {
+        type State = usize;
+        type Item = (Vec<u8>, bool);
+        type Sub = usize;
+
+        fn open(
+            &self,
+            _: Option<&Dir<usize>>,
+            _: &[u8],
+            _: &RelPath,
+            depth: usize,
+        ) -> Opened<usize, Self::Item> {
+            let n = self.unvisited.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak_unvisited.fetch_max(n, Ordering::SeqCst);
+            let n = self.unlisted.fetch_add(1, Ordering::SeqCst) + 1;
+            self.peak_unlisted.fetch_max(n, Ordering::SeqCst);
+            Opened::Dir(depth, model_items(self.fanout, depth < self.depth))
+        }
+
+        fn visit(&self, dir: &Arc<Dir<usize>>, (name, is_dir): Self::Item) -> Step<usize> {
+            match is_dir {
+                true => Step::Descend(name, dir.state + 1),
+                false => Step::Next,
+            }
+        }
+
+        fn visited(&self, dir: &Dir<usize>) {
+            self.unvisited.fetch_sub(1, Ordering::SeqCst);
+            self.was_visited.lock().unwrap().insert(key(&dir.rel));
+        }
+
+        fn listed(&self, dir: &Dir<usize>) {
+            self.unlisted.fetch_sub(1, Ordering::SeqCst);
+            let v = self.was_visited.lock().unwrap().contains(&key(&dir.rel));
+            self.visited_before_listed.lock().unwrap().push(v);
+        }
+    }
+
+    /// `visited` comes once a directory's own items are visited, before the walk goes
+    /// into its subdirectories' subtrees: with one thread and directories of one chunk,
+    /// one directory at a time is opened and not visited (what the backup's walk holds a
+    /// manifest block for), while up to a directory a level is opened and not `listed`
+    /// (each holds until its last subdirectory is opened, after the others' subtrees).
+    #[test]
+    fn a_directory_is_visited_before_its_subdirectories_are_walked() {
+        let h = Held {
+            depth: 5,
+            fanout: 6,
+            ..Held::default()
+        };
+        walk(&h, 0, 1, &AtomicBool::new(false));
+        assert_eq!(h.peak_unvisited.into_inner(), 1);
+        assert!(h.peak_unlisted.into_inner() >= 5);
+        let order = h.visited_before_listed.into_inner().unwrap();
+        assert_eq!(order.len(), (0..=5).map(|k| 3usize.pow(k)).sum::<usize>());
+        assert!(
+            order.iter().all(|v| *v),
+            "each directory visited before it is listed"
+        );
+        // Many threads: each directory visited once, before it is listed.
+        let h = Held {
+            depth: 1,
+            fanout: 600,
+            ..Held::default()
+        };
+        walk(&h, 0, 8, &AtomicBool::new(false));
+        assert_eq!(h.unvisited.into_inner(), 0);
+        let order = h.visited_before_listed.into_inner().unwrap();
+        assert_eq!(order.len(), 1 + 300);
+        assert!(order.iter().all(|v| *v));
     }
 
     #[test]

@@ -1254,6 +1254,71 @@ fn a_run_without_retain_keeps_what_its_label_kept() {
     assert_eq!(snapshot_names(&dest).len(), 4);
 }
 
+/// A lowered `--retain` warns of what it expires by the snapshots' names: with gaps
+/// (snapshots deleted by hand) it expires the ones past the `retain - 1` newest, not
+/// "daily.{retain-1} and older" (a slot that may not exist, or nothing at all: of
+/// daily.0 and daily.5, retain 3 expires none, and was warned of as expiring daily.2
+/// and older).
+#[test]
+fn a_lowered_retain_names_the_snapshots_it_expires_whatever_the_gaps() {
+    let (_t, src, dest) = setup();
+    for i in 0..6 {
+        write(&src.join("v"), format!("{i}").as_bytes());
+        assert_eq!(backup(&src, &dest, &["--retain", "10"], &[]).0, 0);
+    }
+    // daily.0 … daily.5; by hand, daily.1 … daily.4 go: daily.0 and daily.5 are left.
+    for s in 1..=4 {
+        std::fs::remove_dir_all(dest.join(format!("daily.{s}"))).unwrap();
+    }
+    let warned = |rep: &serde_json::Value| -> Vec<String> {
+        rep["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|w| w.as_str())
+            .filter(|w| w.contains("is lower than what the daily snapshots had"))
+            .map(str::to_string)
+            .collect()
+    };
+    // retain 3: the new one, daily.0 and daily.5 are three; nothing expires.
+    let (code, rep, _) = backup(&src, &dest, &["--retain", "3"], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["expired"].as_array().unwrap().len(), 0, "{rep}");
+    assert_eq!(warned(&rep), Vec::<String>::new(), "{rep}");
+    assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1", "daily.2"]);
+    // Gaps again: daily.0 and daily.2 (daily.1 deleted by hand). Retain 2 after 3
+    // expires daily.2 only, and says so by its name.
+    std::fs::remove_dir_all(dest.join("daily.1")).unwrap();
+    let (code, rep, _) = backup(&src, &dest, &["--retain", "2"], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["expired"].as_array().unwrap().len(), 1, "{rep}");
+    let w = warned(&rep);
+    assert_eq!(w.len(), 1, "{rep}");
+    assert!(
+        w[0].ends_with("): this run expires 1 snapshot, daily.2"),
+        "{rep}"
+    );
+    assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);
+    // Many: the first four, an ellipsis and the last, with their count. daily.0 …
+    // daily.9, daily.3 deleted by hand: retain 2 expires the eight past daily.0.
+    for i in 0..9 {
+        write(&src.join("v"), format!("x{i}").as_bytes());
+        assert_eq!(backup(&src, &dest, &["--retain", "10"], &[]).0, 0);
+    }
+    std::fs::remove_dir_all(dest.join("daily.3")).unwrap();
+    let (code, rep, _) = backup(&src, &dest, &["--retain", "2"], &[]);
+    assert_eq!(code, 0, "{rep}");
+    assert_eq!(rep["expired"].as_array().unwrap().len(), 8, "{rep}");
+    let w = warned(&rep);
+    assert_eq!(w.len(), 1, "{rep}");
+    assert!(
+        w[0].ends_with(
+            "): this run expires 8 snapshots: daily.1, daily.2, daily.4, daily.5, …, daily.9"
+        ),
+        "{rep}"
+    );
+}
+
 /// A dest that holds data and is no store is refused before anything is written: it
 /// was turned into a store, `.snapring` and `daily.0` beside the data, `complete` (the
 /// source and dest mixed up, or `--folder` forgotten). What a store may hold before

@@ -1154,6 +1154,43 @@ fn a_directory_changed_before_or_while_it_is_listed_verifies_clean() {
     }
 }
 
+/// A directory's manifest block is written once its own entries are visited, before
+/// the subtrees of its subdirectories are walked: with one job, every block comes
+/// before its descendants' in the manifest. Before, a block was held until each
+/// subdirectory was opened, which the walk's depth-first order makes after all but one
+/// subdirectory's subtree: every directory on the walk's path held its block, and
+/// three nested directories of 150,000 entries took a walk of one job from 90 to
+/// 144 MB. (Its entry of a subdirectory whose own listing took a later stat is then
+/// corrected in the manifest: [`a_directory_changed_before_or_while_it_is_listed_verifies_clean`].)
+#[test]
+fn a_directory_block_is_written_before_its_subdirectories_are_walked() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    for d in ["a/x/p", "a/x/q", "a/y/r", "a/y/s", "b/z/u", "b/w/v"] {
+        write(&src.join(d).join("f"), b"f");
+        write(&src.join(d).parent().unwrap().join("g"), b"g");
+    }
+    let (code, rep, err) = backup(&src, &dest, &["--jobs", "1"], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    let mf = dest
+        .join(".snapring/manifests")
+        .join(format!("{}.mf", rep["id"].as_str().unwrap()));
+    let mf = String::from_utf8_lossy(&std::fs::read(&mf).unwrap()).into_owned();
+    let blocks: Vec<&str> = mf.lines().filter_map(|l| l.strip_prefix("D ")).collect();
+    assert_eq!(blocks.len(), 1 + 2 + 4 + 6, "{blocks:?}");
+    for (i, b) in blocks.iter().enumerate() {
+        let below = |d: &&str| match b.is_empty() {
+            true => !d.is_empty(),
+            false => d.starts_with(&format!("{b}/")),
+        };
+        assert!(
+            !blocks[..i].iter().any(below),
+            "the block of {b:?} comes after a block below it: {blocks:?}"
+        );
+    }
+    assert_verify_clean(&dest, &[]);
+}
+
 fn mtime_of(p: &Path) -> (i64, i64) {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::symlink_metadata(p).unwrap();

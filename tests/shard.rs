@@ -4455,7 +4455,7 @@ fn a_shard_run_keeps_one_history_per_label() {
     .unwrap();
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(snapshot_names(&e.dest).len(), 2);
-    let said = "retain 2 is lower than what the daily snapshots had (10 in the label's last run same-1): this run expires daily.1 and older";
+    let said = "retain 2 is lower than what the daily snapshots had (10 in the label's last run same-1): this run expires 3 snapshots: daily.1, daily.2, daily.3";
     let warnings = run_record(&e, "low-1")["warnings"].clone();
     assert!(
         warnings

@@ -428,6 +428,8 @@ pub fn snapshot_locked(
     crate::traverse::walk(&run, root_sub, spec.jobs.max(1), &stop);
     let walked = run.outcome().and_then(|t| run.wrap(&comps, t));
     let others = run.counts.others.load(Ordering::Relaxed);
+    let parent_count =
+        std::mem::take(&mut *run.parent_count.lock().unwrap_or_else(|e| e.into_inner()));
     let mut report = run.into_report();
     warnings.append(&mut report.warnings);
     report.warnings = warnings;
@@ -473,23 +475,23 @@ pub fn snapshot_locked(
                 path: spec.path.clone(),
                 prev: format!("{} ({})", &id.hex()[..8], p.time),
                 by: spec.exclusion.named(),
-                unread: report
-                    .problems
-                    .iter()
-                    .filter(|p| p.kind == "unreadable" && p.action == "list")
-                    .count() as u64,
+                unread: unread_listings(&report.problems),
             }
             .to_string(),
         ));
     }
     // A walk that kept files, but fewer than a tenth of the parent's (of at least 100:
     // `error::shrank`; a failed mount whose mount point holds a marker file): refused
-    // the same way. Files are regular files on both sides (what `files` counts).
+    // the same way. Files are regular files on both sides (what `files` counts). The
+    // parent's are those the walk saw in the parent's trees it read, and below the
+    // subtrees it did not read (directories gone, excluded), read now as far as the
+    // rule needs. (They were all counted again after the walk: a local unchanged
+    // incremental of 20k files took 0.29 s instead of 0.25.)
     if spec.refuse_no_files
         && report.files > 0
-        && let (Some((id, p)), Some(tree)) = (&parent, parent_tree)
+        && let (Some((id, p)), Some(_)) = (&parent, parent_tree)
         && p.tag("label") == Some(spec.label.as_str())
-        && let Some(prev_files) = shrunk_from(repo, tree, report.files)?
+        && let Some(prev_files) = shrunk(report.files, |stop_at| parent_count.count(repo, stop_at))?
     {
         let _ = lock.release();
         return Err(Error::Other(
@@ -499,11 +501,7 @@ pub fn snapshot_locked(
                 prev_files,
                 kept: report.files,
                 by: spec.exclusion.named(),
-                unread: report
-                    .problems
-                    .iter()
-                    .filter(|p| p.kind == "unreadable" && p.action == "list")
-                    .count() as u64,
+                unread: unread_listings(&report.problems),
             }
             .to_string(),
         ));
@@ -744,16 +742,32 @@ fn count_files(repo: &Repo, tree: Id, stop_at: u64) -> Result<u64> {
 /// as far as the rule needs (its trees, just read by the walk, come from the tree
 /// cache), and in full only when it refuses (for the message).
 pub(crate) fn shrunk_from(repo: &Repo, tree: Id, kept: u64) -> Result<Option<u64>> {
+    shrunk(kept, |stop_at| count_files(repo, tree, stop_at))
+}
+
+/// [`shrunk_from`], with the parent's files counted by `count` (until the number it is
+/// given are found, or all of them for `u64::MAX`).
+fn shrunk(kept: u64, mut count: impl FnMut(u64) -> Result<u64>) -> Result<Option<u64>> {
     use crate::error::{SHRINK_FACTOR, SHRINK_MIN_PREV};
     let needed = kept
         .saturating_mul(SHRINK_FACTOR)
         .saturating_add(1)
         .max(SHRINK_MIN_PREV);
-    if count_files(repo, tree, needed)? < needed {
+    if count(needed)? < needed {
         return Ok(None);
     }
-    let all = count_files(repo, tree, u64::MAX)?;
+    let all = count(u64::MAX)?;
     Ok(crate::error::shrank(all, kept).then_some(all))
+}
+
+/// The directories of a run's source that could not be listed (`unreadable`
+/// problems of the action `list`): what a refusal of a run that kept (nearly) nothing
+/// says of them ([`crate::error::Error::NoFilesLeft`], [`crate::error::Error::SourceShrank`]).
+fn unread_listings(problems: &[EntryProblem]) -> u64 {
+    problems
+        .iter()
+        .filter(|p| p.kind == "unreadable" && p.action == "list")
+        .count() as u64
 }
 
 /// A backup's parent snapshot, if it has one.
@@ -1184,6 +1198,56 @@ struct Run<'a> {
     /// and what its node says of the inode ([`inode_signature`]). A later name whose
     /// node says otherwise is recorded as no hard link of it ([`Run::hard_link`]).
     links: Mutex<HashMap<(u64, u64), LinkSeen>>,
+    /// The parent snapshot's regular files in the trees of it the walk read
+    /// ([`Run::parent_nodes`]), and the subtrees of those it has not read (yet): by id,
+    /// how many times met (identical directories share one). After the walk, the
+    /// subtrees left are those of directories gone, excluded or not walked into: the
+    /// shrink guard counts the parent's files from both ([`ParentCount`]), without
+    /// reading again the trees the walk read.
+    parent_count: Mutex<ParentCount>,
+}
+
+/// What a walk counted of its parent snapshot's files ([`Run::parent_count`]).
+#[derive(Default)]
+struct ParentCount {
+    files: u64,
+    left: HashMap<Id, u64>,
+}
+
+impl ParentCount {
+    /// The parent's tree `id` was read by the walk (`nodes`), or did not read
+    /// (`None`: the guard counts none of it, as [`count_files`] counts a tree that does
+    /// not read).
+    fn read(&mut self, id: Id, nodes: Option<&[Node]>) {
+        if let Some(n) = self.left.get_mut(&id) {
+            *n -= 1;
+            if *n == 0 {
+                self.left.remove(&id);
+            }
+        }
+        for node in nodes.unwrap_or_default() {
+            match (node.kind.as_str(), node.subtree) {
+                ("file", _) => self.files += 1,
+                ("dir", Some(sub)) => *self.left.entry(sub).or_default() += 1,
+                _ => {}
+            }
+        }
+    }
+
+    /// The parent's regular files, counted until `stop_at` are found (the count then
+    /// returned is at least `stop_at`): those the walk saw, then the subtrees it did
+    /// not read, read now.
+    fn count(&self, repo: &Repo, stop_at: u64) -> Result<u64> {
+        let mut n = self.files;
+        for (tree, times) in &self.left {
+            if n >= stop_at {
+                break;
+            }
+            let below = count_files(repo, *tree, stop_at.saturating_sub(n).div_ceil(*times))?;
+            n = n.saturating_add(below.saturating_mul(*times));
+        }
+        Ok(n)
+    }
 }
 
 /// An inode of several links as a walk met it ([`Run::links`]).
@@ -1645,6 +1709,7 @@ impl<'a> Run<'a> {
             excludes: None,
             unit_rel: crate::relpath::RelPath::root(),
             links: Mutex::default(),
+            parent_count: Mutex::default(),
         }
     }
 
@@ -1792,11 +1857,15 @@ impl<'a> Run<'a> {
             .read_blob(BlobType::Tree, &id)
             .and_then(|b| Tree::from_blob(&b, &id))
         {
-            Ok(t) => (
-                t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect(),
-                false,
-            ),
+            Ok(t) => {
+                lock(&self.parent_count).read(id, Some(&t.nodes));
+                (
+                    t.nodes.into_iter().map(|n| (n.name_bytes(), n)).collect(),
+                    false,
+                )
+            }
             Err(e) => {
+                lock(&self.parent_count).read(id, None);
                 let rel = path.strip_prefix(&self.root).unwrap_or(path);
                 let rel = crate::relpath::escape(rel.as_os_str().as_bytes());
                 let dir = match (self.unit_dir.as_str(), rel.is_empty()) {

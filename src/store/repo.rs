@@ -225,6 +225,9 @@ impl Repository for Store {
         let of_label = || snaps.iter().filter(|s| s.label == label);
         let label_slots = of_label().map(|s| s.slot + 1).max().unwrap_or(0);
         let label_taken_over = of_label().any(|s| s.rec.is_none());
+        let mut label_slot_list: Vec<u32> = of_label().map(|s| s.slot).collect();
+        label_slot_list.sort_unstable();
+        label_slot_list.dedup();
         let Some(snap) = pick_previous(&snaps, label) else {
             return Ok(None);
         };
@@ -253,6 +256,7 @@ impl Repository for Store {
         Ok(Some(Previous {
             label_slots,
             label_taken_over,
+            label_slot_list,
             expected_files: record.as_ref().map(|r| r.files_total),
             ring: record.map(|r| Ring {
                 run: r.id,

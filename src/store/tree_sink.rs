@@ -846,6 +846,14 @@ impl Sink for TreeSink {
             .write_block(rel, entries)
     }
 
+    fn correct_entry(&self, rel: &RelPath, e: Entry) -> io::Result<()> {
+        self.manifest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .correct(rel, e);
+        Ok(())
+    }
+
     fn prev_stat(&self, dir: &TreeDir, name: &[u8]) -> Option<(Meta, Option<Vec<u8>>)> {
         prev_stat(dir.prev.as_ref(), name)
     }
