@@ -177,14 +177,35 @@ fn a_damaged_snapshot_file_stops_prune_but_not_list_restore_or_backup() {
     let bad = "ab".repeat(32);
     std::fs::write(repo.join("snapshots").join(&bad), &whole[..whole.len() / 2]).unwrap();
 
+    // Listed as damaged, last (its time is not known), not left out (session 47).
     let (code, out, err) = sr_nocache(&["list", "--dest", &url, "--json"]);
     assert_eq!(code, 0, "list: {out}\n{err}");
     let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
-    assert!(err.contains("snapshot abababab left out"), "{err}");
+    let rows = listed.as_array().unwrap();
+    assert_eq!(rows.len(), 3, "{listed}");
+    assert!(rows[..2].iter().all(|r| r["damaged"].is_null()), "{listed}");
+    assert_eq!(rows[2]["id"], bad.as_str(), "{listed}");
+    assert!(rows[2]["damaged"].as_str().is_some(), "{listed}");
+    assert!(
+        err.contains("snapshot file abababab does not read"),
+        "{err}"
+    );
 
+    // `latest` is refused while it is there (it may be the newest); named, the
+    // snapshot restores.
     let to = t.path().join("to");
     let (code, out, err) = sr_nocache(&restore_latest(&url, &to));
+    assert_eq!(code, 1, "restore latest: {out}\n{err}");
+    assert!(err.contains(&format!("snapshots/{bad}")), "{err}");
+    let args = [
+        "restore",
+        "--dest",
+        &url,
+        &second_id[..8],
+        "--to",
+        to.to_str().unwrap(),
+    ];
+    let (code, out, err) = sr_nocache(&args);
     assert_eq!(code, 0, "restore: {out}\n{err}");
     assert_eq!(std::fs::read(to.join("f")).unwrap(), b"two\n");
 
@@ -212,6 +233,165 @@ fn a_damaged_snapshot_file_stops_prune_but_not_list_restore_or_backup() {
     assert_eq!(code, 1, "prune: {out}\n{err}");
     assert!(err.contains(&format!("snapshots file {bad}")), "{err}");
     assert_same_tree(&before, &describe(&repo.join("data")), "data after prune");
+}
+
+fn flip(p: &Path, at: usize) {
+    let mut b = std::fs::read(p).unwrap();
+    b[at] ^= 0x40;
+    chmod(p, 0o600);
+    std::fs::write(p, &b).unwrap();
+}
+
+/// The newest snapshot file damaged (bit rot in the last file written): `list` shows
+/// it, marked, and last in `--json`; `restore latest` is refused naming it (before,
+/// it restored the previous snapshot, `complete`, exit 0); `verify` and `verify --all`
+/// report it damaged, exit 2, and still verify the snapshots that read (before,
+/// `verify` said clean, exit 0, and `verify --all` with the older file damaged stopped
+/// on it, exit 1, having verified nothing).
+#[test]
+fn a_damaged_snapshot_file_is_listed_refused_as_latest_and_reported_by_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"one\n");
+    let url = file_url(&repo);
+    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let first = backup_json(&src, &url)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    write(&src.join("f"), b"two\n");
+    let second = backup_json(&src, &url)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (f1, f2) = (&first[..8], &second[..8]);
+    let file = |id: &str| repo.join("snapshots").join(id);
+    let whole = std::fs::read(file(&second)).unwrap();
+    flip(&file(&second), 60);
+
+    let (code, out, err) = sr_nocache(&["list", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with(f2))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(line.contains("DAMAGED"), "{out}");
+    assert!(out.lines().any(|l| l.starts_with(f1)), "{out}");
+    let (code, out, _) = sr_nocache(&["list", "--dest", &url, "--json"]);
+    assert_eq!(code, 0);
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "{rows}");
+    assert_eq!(rows[1]["id"], second.as_str(), "{rows}");
+    assert!(
+        rows[1]["damaged"]
+            .as_str()
+            .unwrap()
+            .contains("does not match its name"),
+        "{rows}"
+    );
+
+    let to = t.path().join("to");
+    let (code, out, err) = sr_nocache(&restore_latest(&url, &to));
+    assert_eq!(code, 1, "{out}\n{err}");
+    for said in [
+        "`latest` cannot be told",
+        &format!("snapshots/{second}"),
+        "by its id",
+    ] {
+        assert!(err.contains(said), "not said: {said:?}\n{err}");
+    }
+    assert!(!to.exists(), "nothing restored");
+    let (code, _, err) = sr_nocache(&["restore", "--dest", &url, f2, "--to", to.to_str().unwrap()]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("does not match its name"), "{err}");
+
+    for args in [
+        vec!["verify", "--dest", &url],
+        vec!["verify", "--dest", &url, "--all"],
+    ] {
+        let (code, out, err) = sr_nocache(&args);
+        assert_eq!(code, 2, "{args:?}: {out}\n{err}");
+        assert!(out.contains(&format!("{f1}: clean")), "{args:?}: {out}");
+        assert!(
+            out.contains(&format!("{f2} ! snapshot file")),
+            "{args:?}: {out}"
+        );
+        assert!(out.contains(&format!("{f2}: DAMAGED")), "{args:?}: {out}");
+    }
+    let (code, out, _) = sr_nocache(&["verify", "--dest", &url, "--all", "--json"]);
+    assert_eq!(code, 2);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["clean"], true, "{v}");
+    assert_eq!(v[1]["id"], second.as_str(), "{v}");
+    assert_eq!(v[1]["clean"], false, "{v}");
+    assert!(v[1]["snapshot_file_damaged"].is_string(), "{v}");
+
+    // The older file damaged instead: `verify --all` verifies the newer one and
+    // reports the older, exit 2 (it stopped on it, exit 1).
+    chmod(&file(&second), 0o600);
+    std::fs::write(file(&second), &whole).unwrap();
+    flip(&file(&first), 60);
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &url, "--all"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains(&format!("{f2}: clean")), "{out}");
+    assert!(out.contains(&format!("{f1}: DAMAGED")), "{out}");
+}
+
+/// A damaged index file: `list` does not read the index (it stopped on it, exit 1);
+/// `restore` stops naming the remedy (`snapring repair index`); `verify` reports it,
+/// exit 2 (it stopped, exit 1, with no remedy); after the repair the snapshot
+/// restores and verifies clean.
+#[test]
+fn a_damaged_index_file_names_its_repair_and_does_not_stop_list_or_verify() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), b"one\n");
+    let url = file_url(&repo);
+    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let id = backup_json(&src, &url)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let index: Vec<PathBuf> = std::fs::read_dir(repo.join("index"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(index.len(), 1, "{index:?}");
+    flip(&index[0], 40);
+
+    let (code, out, err) = sr_nocache(&["list", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains(&id[..8]), "{out}");
+
+    let to = t.path().join("to");
+    let (code, out, err) = sr_nocache(&restore_latest(&url, &to));
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("content does not match its name"), "{err}");
+    assert!(
+        err.contains(&format!("`snapring repair index --dest {url}`")),
+        "{err}"
+    );
+
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &url]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(
+        out.contains("index file") && out.contains("does not read"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("`snapring repair index --dest {url}`")),
+        "{out}"
+    );
+
+    let (code, out, err) = sr_nocache(&["repair", "index", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let (code, out, err) = sr_nocache(&restore_latest(&url, &to));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(std::fs::read(to.join("f")).unwrap(), b"one\n");
 }
 
 /// A repository whose data blobs are each stored twice, as two backups running at

@@ -693,7 +693,14 @@ fn forget_reads_no_index_file() {
     let (code, out, err) = sr(&["forget", "--dest", &u, "--json", &ids[2]]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(count(&repo, "snapshots"), 0);
-    // What reads blobs still refuses the garbled index, naming it.
-    let (code, _, err) = sr(&["list", "--dest", &u]);
+    // What reads blobs still refuses the garbled index, naming it and its repair
+    // (`list` reads no index since session 47: it lists snapshot files).
+    let (code, _, err) = sr(&["prune", "--dest", &u]);
     assert_ne!(code, 0, "{err}");
+    assert!(
+        err.contains("index file") && err.contains("`snapring repair index --dest"),
+        "{err}"
+    );
+    let (code, out, err) = sr(&["list", "--dest", &u]);
+    assert_eq!(code, 0, "{out}\n{err}");
 }

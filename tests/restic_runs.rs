@@ -1249,6 +1249,18 @@ fn a_repository_restore_into_a_full_target_is_finished_by_running_it_again() {
         record.lines().any(|l| l == "f a" || l == "f b"),
         "the half-written file is named: {record}"
     );
+    // No file is left half-written under its name, filling the disk (before, the one
+    // being written when the disk filled stayed, cut short, mode 0600): each file
+    // there is whole, the others are removed (named in the record).
+    for rel in ["a", "b", "d/c", "d/e/f"] {
+        if let Ok(got) = std::fs::read(to.join(rel)) {
+            assert!(
+                got == std::fs::read(src.join(rel)).unwrap(),
+                "{rel}: {} bytes, not the whole file",
+                got.len()
+            );
+        }
+    }
     // Room made: the same file system, grown; the same command finishes it.
     assert!(
         Command::new("mount")

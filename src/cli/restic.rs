@@ -667,8 +667,19 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
             "--space is not supported with a restic repository yet"
         ));
     }
-    let repo = open(&a.dest, a.password_file.as_deref(), None)?;
+    // Unindexed: listing reads snapshot files only, so a damaged index file does not
+    // stop it (`verify` reports it).
+    let repo = open_unindexed(&a.dest, a.password_file.as_deref(), None)?;
     let snaps = ops::list(&repo)?;
+    let damaged: Vec<&ops::Listed> = snaps.iter().filter(|s| s.damaged.is_some()).collect();
+    for s in &damaged {
+        tracing::warn!(
+            "snapshot file {} does not read: {}; it is listed as DAMAGED (its time is not \
+             known: `latest` is refused until it is removed; name a snapshot by its id)",
+            s.short_id,
+            s.damaged.as_deref().unwrap_or("")
+        );
+    }
     if a.json {
         print::json(&snaps)?;
         return Ok(ExitCode::Complete);
@@ -681,6 +692,17 @@ pub fn list(a: ListArgs) -> anyhow::Result<ExitCode> {
         "HOST"
     );
     for s in snaps.iter().rev() {
+        if let Some(why) = &s.damaged {
+            outln!(
+                "{:<10} {:<20} {:<10} {:<16} {}",
+                s.short_id,
+                "?",
+                "-",
+                "-",
+                format_args!("DAMAGED: the snapshot file does not read: {why}")
+            );
+            continue;
+        }
         outln!(
             "{:<10} {:<20} {:<10} {:<16} {}",
             s.short_id,
@@ -1503,7 +1525,12 @@ fn stopped<T>(
 /// re-hashed; exit 2 when a snapshot is damaged.
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let cancel = super::cancel_on_signal();
-    let (repo, _lock) = open_reading(&a.dest, a.password_file.as_deref(), false, Some(&cancel))?;
+    // Uncached (every tree read from the repository) and tolerant of a damaged index
+    // file: it is damage to report (exit 2), and the snapshots are still checked.
+    let (b, pw) = backend_and_password(&a.dest, a.password_file.as_deref(), Some(&cancel))?;
+    let mut repo = Repo::open_tolerant(b, &pw)?;
+    let _lock = restic::lock::acquire_reader(&repo);
+    repo.refresh_index()?;
     let r = restic::verify::verify(
         &repo,
         &a.snapshots,
@@ -1521,6 +1548,14 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         print::json(&v)?;
     } else {
         for x in &v {
+            if let Some(why) = &x.snapshot_file_damaged {
+                outln!("{} ! snapshot file  {why}", x.snapshot);
+                outln!(
+                    "{}: DAMAGED: its snapshot file does not read; nothing of it could be checked",
+                    x.snapshot
+                );
+                continue;
+            }
             if a.against.is_some() {
                 print_against(x);
                 continue;
@@ -1578,8 +1613,36 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let damage = |x: &restic::verify::RepoVerified| !x.damaged.is_empty() || x.bad_copies > 0;
-    if !a.json && a.against.is_none() && v.iter().any(damage) {
+    if !a.json {
+        for (id, why) in &repo.damaged_index_files {
+            outln!(
+                "index file {} does not read: {why}: left out of the index read (blobs only it \
+                 names count as in no index)",
+                &id.hex()[..8]
+            );
+        }
+    }
+    let file_damage: Vec<&str> = v
+        .iter()
+        .filter(|x| x.snapshot_file_damaged.is_some())
+        .map(|x| x.snapshot.as_str())
+        .collect();
+    if !a.json && !file_damage.is_empty() {
+        outln!(
+            "snapshot files do not read ({}): those snapshots cannot be restored; \
+             `restore latest` is refused while they are there (name a snapshot by its id); \
+             once `restic check` has said what they are, remove the files from {}/snapshots/ \
+             (`prune` refuses until then)",
+            file_damage.join(", "),
+            repo.backend.location()
+        );
+    }
+    let damage = |x: &restic::verify::RepoVerified| {
+        (!x.damaged.is_empty() && x.snapshot_file_damaged.is_none()) || x.bad_copies > 0
+    };
+    if !a.json
+        && (!repo.damaged_index_files.is_empty() || (a.against.is_none() && v.iter().any(damage)))
+    {
         outln!(
             "a pack is damaged or gone: `snapring repair index --dest {}` rebuilds the \
              index from the packs there (`--read-data` also leaves damaged blobs out), then \
@@ -1601,9 +1664,13 @@ pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     // A blob read from its second copy leaves the snapshot whole, but a pack of the
     // repository is damaged or gone (bit rot, a lost object): that is what a scheduled
     // verify is run to catch, so it fails as damage does (exit 2), not only a warning.
-    Ok(ExitCode::clean_or_partial(v.iter().all(|x| {
-        x.clean && (a.against.is_some() || x.bad_copies + x.unreadable_copies == 0)
-    })))
+    // A damaged index file is damage too, whatever the snapshots' verdicts.
+    Ok(ExitCode::clean_or_partial(
+        repo.damaged_index_files.is_empty()
+            && v.iter().all(|x| {
+                x.clean && (a.against.is_some() || x.bad_copies + x.unreadable_copies == 0)
+            }),
+    ))
 }
 
 /// A snapshot verified against a live tree, printed as the store's verify prints one.

@@ -234,7 +234,7 @@ pub fn forget_named(
     // A dry run says what the real one would: that it refuses.
     repo.check_writable()?;
     if dry_run {
-        let plan = plan_named(&snapshot::load_readable(repo)?, names)?;
+        let plan = plan_named(&readable_for(repo, names)?, names)?;
         return Ok(ForgetReport {
             dry_run,
             plan,
@@ -249,6 +249,20 @@ pub fn forget_named(
     Ok(r)
 }
 
+/// The snapshots that read, for forgetting `names`: `latest` is refused while a
+/// snapshot file does not read (`snapshot::refuse_latest`: it may be the newest, and
+/// forgetting the newest readable one instead would lose the wrong snapshot).
+fn readable_for(repo: &Repo, names: &[String]) -> Result<Vec<(Id, Snapshot)>> {
+    let (snaps, damaged) = snapshot::load_listing(repo)?;
+    for name in names {
+        snapshot::refuse_latest(repo, &damaged, name)?;
+    }
+    for d in &damaged {
+        tracing::warn!("{}", d.warning());
+    }
+    Ok(snaps)
+}
+
 fn remove_named(
     repo: &Repo,
     names: &[String],
@@ -256,7 +270,7 @@ fn remove_named(
     cancel: &std::sync::atomic::AtomicBool,
 ) -> Result<ForgetReport> {
     // Listed under the lock: what another process forgot meanwhile is not named.
-    let snaps = snapshot::load_readable(repo)?;
+    let snaps = readable_for(repo, names)?;
     let plan = plan_named(&snaps, names)?;
     remove_planned(repo, &snaps, plan, before_remove, cancel)
 }

@@ -30,10 +30,17 @@ pub struct Listed {
     pub tags: Vec<String>,
     /// snapring's label tag, if snapring wrote the snapshot.
     pub label: Option<String>,
+    /// Why the snapshot file does not read (its time, host and paths are then not
+    /// known, and empty); `None` for a snapshot that reads.
+    pub damaged: Option<String>,
 }
 
+/// Every snapshot, oldest first, then each snapshot file that does not read (its time
+/// is not known: it may be the newest, so it comes last, where a script taking the
+/// newest finds it), with `damaged` set. Reads no index.
 pub fn list(repo: &Repo) -> Result<Vec<Listed>> {
-    Ok(snapshot::load_readable(repo)?
+    let (readable, damaged) = snapshot::load_listing(repo)?;
+    let mut out: Vec<Listed> = readable
         .into_iter()
         .map(|(id, s)| Listed {
             id: id.hex(),
@@ -43,6 +50,18 @@ pub fn list(repo: &Repo) -> Result<Vec<Listed>> {
             hostname: s.hostname,
             paths: s.paths,
             tags: s.tags,
+            damaged: None,
         })
-        .collect())
+        .collect();
+    out.extend(damaged.into_iter().map(|d| Listed {
+        id: d.id.hex(),
+        short_id: d.id.hex()[..8].to_string(),
+        time: String::new(),
+        hostname: String::new(),
+        paths: vec![],
+        tags: vec![],
+        label: None,
+        damaged: Some(d.reason),
+    }));
+    Ok(out)
 }

@@ -43,6 +43,12 @@ pub struct Repo {
     index_files: std::collections::BTreeSet<Id>,
     /// The local cache of tree blobs (`cache`); `None` unless `use_user_cache` set one.
     pub tree_cache: Option<TreeCache>,
+    /// Index files that do not read (damaged: they do not match their name, do not
+    /// open, do not parse) and why, left out of `index`: only when opened with
+    /// [`Repo::open_tolerant`] (`verify` reports them); otherwise such a file is an
+    /// error naming `snapring repair index`.
+    pub damaged_index_files: Vec<(Id, String)>,
+    tolerate_damaged_index: bool,
 }
 
 /// Creates a repository (format version 2) in the directory `root`, which must not
@@ -255,6 +261,24 @@ impl Repo {
         Ok(repo)
     }
 
+    /// [`Repo::open_with`], but an index file that does not read is left out of the
+    /// index and listed in `damaged_index_files` (here and on later refreshes), for
+    /// `verify`, which reports it as damage and goes on checking the snapshots.
+    pub fn open_tolerant(backend: Arc<dyn Backend>, password: &Password) -> Result<Repo> {
+        let mut repo = Repo::open_unindexed_with(backend, password)?;
+        repo.tolerate_damaged_index = true;
+        repo.load_index()?;
+        Ok(repo)
+    }
+
+    /// What `--dest` names this repository as, for advice in messages.
+    pub fn dest_url(&self) -> String {
+        match self.backend.local_root() {
+            Some(root) => format!("file://{}", root.display()),
+            None => self.backend.location(),
+        }
+    }
+
     /// [`Repo::open_in`] without reading the index files (`repair index` reads them
     /// itself, one that does not read among them): the index is empty.
     pub fn open_unindexed(backend: Arc<dyn Backend>, password: &[u8]) -> Result<Repo> {
@@ -306,6 +330,8 @@ impl Repo {
             index: Index::default(),
             index_files: Default::default(),
             tree_cache: None,
+            damaged_index_files: Vec::new(),
+            tolerate_damaged_index: false,
         })
     }
 
@@ -319,6 +345,7 @@ impl Repo {
     pub fn reload_index(&mut self) -> Result<()> {
         self.index = Index::default();
         self.index_files.clear();
+        self.damaged_index_files.clear();
         self.load_index()
     }
 
@@ -355,7 +382,24 @@ impl Repo {
                 self.load_json::<IndexFile>(Kind::Index, id)
             });
             for (id, f) in some.iter().zip(files) {
-                self.index.add_file(&f?);
+                match f {
+                    Ok(f) => self.index.add_file(&f),
+                    Err(e @ Error::Corrupt { .. }) if self.tolerate_damaged_index => {
+                        self.damaged_index_files.push((*id, e.to_string()));
+                    }
+                    Err(Error::Corrupt { what, why }) => {
+                        return Err(Error::Corrupt {
+                            what,
+                            why: format!(
+                                "{why}; `snapring repair index --dest {}` rebuilds the index \
+                                 from the packs (then `snapring verify --all` says whether \
+                                 any snapshot lost data)",
+                                self.dest_url()
+                            ),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                }
                 self.index_files.insert(*id);
             }
         }

@@ -590,11 +590,19 @@ pub fn restore(
     if let Some(e) = stop {
         // What was written stays, with the record: the same restore run again finishes
         // it. Directories keep mode 0700 until then.
-        let mut files: Vec<String> = unfinished
-            .into_inner()
-            .unwrap_or_else(|e| e.into_inner())
+        let left = unfinished.into_inner().unwrap_or_else(|e| e.into_inner());
+        // Not left under their names, half-written (a file system filled by the
+        // restore stays full, and a half file looks restored): emptied and removed,
+        // as the store's restore removes its partial file. The record names them; the
+        // rerun writes them whole.
+        for (p, made) in &left {
+            discard(&target, p, *made);
+        }
+        let mut files: Vec<String> = left
             .iter()
-            .map(|p| crate::relpath::escape(p.strip_prefix(to).unwrap_or(p).as_os_str().as_bytes()))
+            .map(|(p, _)| {
+                crate::relpath::escape(p.strip_prefix(to).unwrap_or(p).as_os_str().as_bytes())
+            })
             .collect();
         files.sort();
         files.dedup();
@@ -726,7 +734,9 @@ struct FillOn<'a> {
     /// Bytes the reads of large files hold ([`BIG_IN_FLIGHT`]).
     budget: &'a Budget,
     /// Files created and not finished, once the restore stops.
-    unfinished: &'a std::sync::Mutex<Vec<PathBuf>>,
+    /// Files created and not finished, once the restore stops, with their (device,
+    /// inode): they are emptied and removed ([`discard`]), and named in the record.
+    unfinished: &'a std::sync::Mutex<Vec<(PathBuf, (u64, u64))>>,
 }
 
 /// A fill thread: writes the files the walk created, until the walk ends or a fill
@@ -737,8 +747,9 @@ fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<F
     loop {
         let Ok(batch) = lock(rx).recv() else { return };
         // Created, and left unfinished: named in the record.
-        let left =
-            |fills: &[Fill]| lock(on.unfinished).extend(fills.iter().map(|f| f.path.clone()));
+        let left = |fills: &[Fill]| {
+            lock(on.unfinished).extend(fills.iter().map(|f| (f.path.clone(), f.id)))
+        };
         if lock(on.failed).is_some() {
             left(&batch);
             continue;
@@ -760,6 +771,7 @@ fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<F
             }
             let path = f.path.clone();
             let link = f.link;
+            let made = f.id;
             match fill(on, f, &blobs) {
                 Ok(size) => {
                     on.filled.files.fetch_add(1, Ordering::Relaxed);
@@ -771,7 +783,7 @@ fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<F
                     Some(why) => {
                         let stop = Error::Unreachable(format!("{why}: {e}"));
                         lock(on.failed).get_or_insert(stop);
-                        lock(on.unfinished).push(path);
+                        lock(on.unfinished).push((path, made));
                     }
                     None => not_restored(on, &path, link, e, true),
                 },
@@ -783,7 +795,7 @@ fn fill_files(on: &FillOn, rx: &std::sync::Mutex<std::sync::mpsc::Receiver<Vec<F
                 }
                 Err(FillError::Stop(e)) => {
                     lock(on.failed).get_or_insert(e);
-                    lock(on.unfinished).push(path);
+                    lock(on.unfinished).push((path, made));
                 }
             }
         }
@@ -910,6 +922,21 @@ fn not_restored(on: &FillOn, path: &Path, link: Option<LinkKey>, e: Error, ours:
 /// reached is left (it is named as not restored).
 fn remove(to: &To, p: &Path) {
     if let Ok((dir, name)) = to.parent(p) {
+        let _ = fsx::unlink_at(b(&dir), &name);
+    }
+}
+
+/// Empties and removes the file `p` a stopped restore made and did not finish, when it
+/// is still the one made (`made`: device, inode; anything else in its place is left
+/// alone). Emptied first: a name linked to it already keeps the inode, which then
+/// holds nothing (the rerun writes it again, as a file with other links). Best effort:
+/// what cannot be reached stays, named in the record all the same.
+fn discard(to: &To, p: &Path, made: (u64, u64)) {
+    let Ok((dir, name)) = to.parent(p) else {
+        return;
+    };
+    if let Ok(fd) = open_created(&dir, &name, made) {
+        let _ = std::fs::File::from(fd).set_len(0);
         let _ = fsx::unlink_at(b(&dir), &name);
     }
 }

@@ -83,34 +83,127 @@ pub fn load_all(repo: &Repo) -> Result<Vec<(Id, Snapshot)>> {
     Ok(out)
 }
 
-/// Every snapshot whose file reads, oldest first. A file that is damaged (it does not
-/// match its name, does not open with the key, is not a snapshot: bit rot, or the
-/// truncated file a killed restic 0.14, which writes in place, leaves) is left out
-/// with a warning, as `restic snapshots` does, so that one bad file does not stop
-/// every list, restore and backup. It is never removed by retention; `prune` refuses
-/// until it is repaired or removed. Errors reading the storage still fail.
-pub fn load_readable(repo: &Repo) -> Result<Vec<(Id, Snapshot)>> {
+/// A snapshot file that does not read (it does not match its name, does not open with
+/// the key, is not a snapshot), and why: its time is not known, so it may be the newest.
+#[derive(Debug, Clone)]
+pub struct DamagedFile {
+    pub id: Id,
+    pub reason: String,
+}
+
+impl DamagedFile {
+    /// The warning `load_readable` gives for it.
+    pub fn warning(&self) -> String {
+        format!(
+            "snapshot {} left out: {}; `snapring prune` refuses until the file is \
+             removed (`restic check` says more)",
+            &self.id.hex()[..8],
+            self.reason
+        )
+    }
+}
+
+/// The snapshots that read, oldest first, and the snapshot files that do not.
+pub type Listing = (Vec<(Id, Snapshot)>, Vec<DamagedFile>);
+
+/// Every snapshot whose file reads, oldest first, and the files that do not (damaged:
+/// they do not match their name, do not open with the key, are not a snapshot: bit
+/// rot, or the truncated file a killed restic 0.14, which writes in place, leaves).
+/// Errors reading the storage still fail.
+pub fn load_listing(repo: &Repo) -> Result<Listing> {
     let mut out = Vec::new();
+    let mut damaged = Vec::new();
     for id in repo.backend.list(Kind::Snapshot)? {
         match repo.load_json::<Snapshot>(Kind::Snapshot, &id) {
             Ok(s) => out.push((id, s)),
-            Err(e @ Error::Corrupt { .. }) => tracing::warn!(
-                "snapshot {} left out: {e}; `snapring prune` refuses until the file is \
-                 removed (`restic check` says more)",
-                &id.hex()[..8]
-            ),
+            Err(e @ Error::Corrupt { .. }) => damaged.push(DamagedFile {
+                id,
+                reason: e.to_string(),
+            }),
             Err(e) => return Err(e),
         }
     }
     out.sort_by_key(|(id, s)| (s.unix_time(), *id));
+    Ok((out, damaged))
+}
+
+/// Every snapshot whose file reads, oldest first. A file that is damaged
+/// ([`load_listing`]) is left out with a warning, as `restic snapshots` does, so that
+/// one bad file does not stop every backup, retention and copy. It is never removed by
+/// retention; `prune` refuses until it is repaired or removed. `list` shows it, and
+/// `verify` reports it ([`load_listing`]); `latest` is not resolved past it ([`find`]).
+pub fn load_readable(repo: &Repo) -> Result<Vec<(Id, Snapshot)>> {
+    let (out, damaged) = load_listing(repo)?;
+    for d in &damaged {
+        tracing::warn!("{}", d.warning());
+    }
     Ok(out)
 }
 
-/// Names a snapshot: `latest`, or its id or a unique prefix of it.
+/// Names a snapshot: `latest`, or its id or a unique prefix of it. `latest` is refused
+/// while a snapshot file does not read ([`refuse_latest`]); an id naming such a file
+/// is an error saying why it does not read; other damaged files are warned about.
 pub fn find(repo: &Repo, name: &str) -> Result<(Id, Snapshot)> {
-    let mut all = load_readable(repo)?;
+    let (mut all, damaged) = load_listing(repo)?;
+    refuse_latest(repo, &damaged, name)?;
+    if let Some(d) = damaged_named(&all, &damaged, name) {
+        return Err(Error::Corrupt {
+            what: format!("snapshot {name:?}"),
+            why: d.reason.clone(),
+        });
+    }
+    for d in &damaged {
+        tracing::warn!("{}", d.warning());
+    }
     let at = find_in(&all, name)?;
     Ok(all.swap_remove(at))
+}
+
+/// The damaged file `name` names (an id or a unique prefix), when no readable snapshot
+/// matches it.
+pub fn damaged_named<'a>(
+    all: &[(Id, Snapshot)],
+    damaged: &'a [DamagedFile],
+    name: &str,
+) -> Option<&'a DamagedFile> {
+    if name.is_empty() || name == "latest" || all.iter().any(|(id, _)| id.hex().starts_with(name)) {
+        return None;
+    }
+    let mut hits = damaged.iter().filter(|d| d.id.hex().starts_with(name));
+    match (hits.next(), hits.next()) {
+        (Some(d), None) => Some(d),
+        _ => None,
+    }
+}
+
+/// `latest` while a snapshot file does not read is refused: that file's time is not
+/// known, and it is most often the newest (a backup killed while writing it, bit rot in
+/// the last file written), so resolving `latest` to the newest readable snapshot would
+/// give an older one in silence (a restore `complete` with stale data). The error
+/// names the file and how to go on: name a snapshot by its id, or remove the damaged
+/// file.
+pub fn refuse_latest(repo: &Repo, damaged: &[DamagedFile], name: &str) -> Result<()> {
+    if name != "latest" || damaged.is_empty() {
+        return Ok(());
+    }
+    let files: Vec<String> = damaged
+        .iter()
+        .map(|d| {
+            format!(
+                "{} ({})",
+                repo.backend.file_location(Kind::Snapshot, &d.id),
+                d.reason
+            )
+        })
+        .collect();
+    Err(Error::Other(format!(
+        "`latest` cannot be told: {} snapshot file(s) do not read, and one may be the \
+         newest snapshot: {}; name the snapshot to use by its id (`snapring list` shows \
+         them, the damaged ones marked), or remove the damaged file once `restic check` \
+         or `snapring verify --all` has said what it is (`prune` refuses until then too)",
+        damaged.len(),
+        files.join(", ")
+    )))
 }
 
 /// [`find`] among `all` (oldest first, as the loaders give them): the place of the

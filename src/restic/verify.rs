@@ -13,6 +13,9 @@
 //! corrupt, and the advice is to verify again, not to repair. Any other error reading
 //! a pack stops the verify: one met as SIGINT/SIGTERM stops it (S3's "not retried, the
 //! run is stopping") ends it interrupted (exit 3), no pack called unreadable.
+//! A snapshot file that does not read gets a verdict of its own (damaged: `--all`,
+//! `latest`, or named by its id), the others are still verified; an index file that
+//! does not read (the repository opened with `Repo::open_tolerant`) is on every verdict.
 //! Reads the repository; writes nothing, takes no lock (packs are written once and
 //! only `prune` removes them).
 
@@ -90,6 +93,14 @@ pub struct RepoVerified {
     pub differences: Vec<crate::compare::Difference>,
     pub totals: crate::compare::Totals,
     pub problems: Vec<(String, String)>,
+    /// Why the snapshot's own file does not read (it does not match its name, open or
+    /// parse): nothing of it could be checked; `clean` is false, and `damaged` has one
+    /// entry (`.`, kind `snapshot file`) saying so. `None` for a snapshot that reads.
+    pub snapshot_file_damaged: Option<String>,
+    /// Index files of the repository that do not read (ids), the same on every
+    /// snapshot's verdict: damage (exit 2) even when the snapshot reads whole;
+    /// `snapring repair index` rebuilds the index.
+    pub damaged_index_files: Vec<String>,
     /// With `--against DIR` only: whether the compare stayed on `DIR`'s file system,
     /// and the mount points whose contents it did not compare.
     #[serde(flatten)]
@@ -110,29 +121,98 @@ pub fn verify(
     jobs: usize,
     cancel: &AtomicBool,
 ) -> Result<Vec<RepoVerified>> {
+    // A snapshot file that does not read is damage to report, not a reason to verify
+    // nothing (`--all`) or to verify an older snapshot as `latest` in silence: with
+    // `--all` or `latest` every such file gets a verdict of its own (after the others:
+    // its time is not known), and one named by its id gets one.
+    let (mut readable, damaged) = snapshot::load_listing(repo)?;
+    let mut bad: Vec<&snapshot::DamagedFile> = Vec::new();
     let targets: Vec<(Id, Snapshot)> = if all {
-        snapshot::load_all(repo)?
-    } else if which.is_empty() {
-        vec![snapshot::find(repo, "latest")?]
+        bad.extend(&damaged);
+        readable
+    } else if which.is_empty() || which.iter().any(|w| w == "latest") {
+        if readable.is_empty() && damaged.is_empty() {
+            snapshot::find_in(&readable, "latest")?;
+        }
+        bad.extend(&damaged);
+        let mut t = Vec::new();
+        for w in which.iter().filter(|w| *w != "latest") {
+            if let Some(d) = snapshot::damaged_named(&readable, &damaged, w) {
+                if !bad.iter().any(|b| b.id == d.id) {
+                    bad.push(d);
+                }
+                continue;
+            }
+            t.push(readable[snapshot::find_in(&readable, w)?].clone());
+        }
+        if let Some(last) = readable.pop() {
+            t.push(last);
+        }
+        t
     } else {
-        which
-            .iter()
-            .map(|w| snapshot::find(repo, w))
-            .collect::<Result<_>>()?
+        let mut t = Vec::new();
+        for w in which {
+            if let Some(d) = snapshot::damaged_named(&readable, &damaged, w) {
+                if !bad.iter().any(|b| b.id == d.id) {
+                    bad.push(d);
+                }
+                continue;
+            }
+            t.push(readable[snapshot::find_in(&readable, w)?].clone());
+        }
+        t
     };
-    if let Some(dir) = against {
-        return targets
-            .iter()
-            .map(|(id, snap)| one_against(repo, *id, snap, dir, one_file_system, jobs, cancel))
-            .collect();
+    for d in &damaged {
+        if !bad.iter().any(|b| b.id == d.id) {
+            tracing::warn!("{}", d.warning());
+        }
     }
-    let jobs = if jobs == 0 { 4 } else { jobs };
-    // Every data blob checked so far.
-    let mut verdicts: HashMap<Id, Verdict> = HashMap::new();
+    let damaged_index: Vec<String> = repo
+        .damaged_index_files
+        .iter()
+        .map(|(id, _)| id.hex())
+        .collect();
+    let file_damaged = |d: &snapshot::DamagedFile| RepoVerified {
+        snapshot: d.id.hex()[..8].to_string(),
+        id: d.id.hex(),
+        against: match against {
+            Some(_) => String::new(),
+            None => "repository".into(),
+        },
+        clean: false,
+        damaged: vec![Damaged {
+            path: ".".into(),
+            kind: "snapshot file".into(),
+            reason: d.reason.clone(),
+        }],
+        snapshot_file_damaged: Some(d.reason.clone()),
+        damaged_index_files: damaged_index.clone(),
+        ..Default::default()
+    };
     let mut out = Vec::new();
-    for (id, snap) in targets {
-        out.push(one(repo, id, &snap, &mut verdicts, jobs, cancel)?);
+    if let Some(dir) = against {
+        for (id, snap) in &targets {
+            out.push(one_against(
+                repo,
+                *id,
+                snap,
+                dir,
+                one_file_system,
+                jobs,
+                cancel,
+            )?);
+        }
+    } else {
+        let jobs = if jobs == 0 { 4 } else { jobs };
+        // Every data blob checked so far.
+        let mut verdicts: HashMap<Id, Verdict> = HashMap::new();
+        for (id, snap) in targets {
+            let mut v = one(repo, id, &snap, &mut verdicts, jobs, cancel)?;
+            v.damaged_index_files = damaged_index.clone();
+            out.push(v);
+        }
     }
+    out.extend(bad.into_iter().map(file_damaged));
     Ok(out)
 }
 
