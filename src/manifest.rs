@@ -309,6 +309,9 @@ impl Writer {
     /// once, and readers of the format before this one read it as well.
     fn supersede(&mut self, dir: &RelPath, fixes: &[(RelPath, Entry)]) -> io::Result<()> {
         let key = dir_key(dir);
+        // An earlier supersede's new copy may still be in the buffer, and a block of
+        // another directory with the same key is read back below (R2).
+        self.out.flush()?;
         // The writer's descriptor is write-only.
         let file = File::open(match self.part {
             true => self.mf_path.clone(),
@@ -329,8 +332,13 @@ impl Writer {
                 break;
             }
         }
-        // (A part keeps its records too, unwritten.)
+        // A correction is recorded only for a block this writer wrote, so each finds
+        // its block; should one not, the entry keeps the listing's stat (the snapshot's
+        // directory may then `verify` as changed), said rather than dropped unseen (R2).
         let Some((i, off, len, text)) = found else {
+            tracing::warn!(
+                "manifest: no written block of {dir} to correct; its entries keep the listing's times"
+            );
             return Ok(());
         };
         let block = self.patched(dir, &text, fixes)?;
