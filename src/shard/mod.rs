@@ -326,6 +326,16 @@ pub fn reuse_after() -> std::time::Duration {
 /// [`reuse_after`] when `SNAPRING_SHARD_REUSE_AFTER` does not say.
 pub const DEFAULT_REUSE_AFTER: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
+/// A duration of minutes or more as [`reused`] says it: `45m 10s`, `7h 00m`, `1d 0h`.
+fn ago_text(d: std::time::Duration) -> String {
+    let t = d.as_secs_f64().round() as u64;
+    match t {
+        0..3600 => format!("{}m {:02}s", t / 60, t % 60),
+        3600..86400 => format!("{}h {:02}m", t / 3600, t % 3600 / 60),
+        _ => format!("{}d {}h", t / 86400, t % 86400 / 3600),
+    }
+}
+
 /// The refusal (exit 64) of a worker of run `run` started at `started`, which found the
 /// run finalized (published) at `at` (RFC 3339), longer than `after` before: not a
 /// retry of that run's worker but a job that passes a fixed run id (a cron job, a
@@ -344,8 +354,8 @@ pub fn reused(
     }
     Some(ShardError::Usage(format!(
         "run id {run} was already finalized at {at}, {} before this worker started: a run id names one run, so this is a new backup under a used run id (a fixed --run-id or SNAPRING_RUN_ID in a cron job or script); nothing was backed up or written. Give each run its own id (nightly-$(date +%F), a CronJob's Job name). A worker of that run started later than {} after its finalize exits 0 only with SNAPRING_SHARD_REUSE_AFTER set longer",
-        crate::serve::text::duration(ago.as_secs_f64()),
-        crate::serve::text::duration(after.as_secs_f64())
+        ago_text(ago),
+        ago_text(after)
     )))
 }
 
