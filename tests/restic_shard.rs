@@ -2317,6 +2317,60 @@ fn prune_frees_a_forgotten_shard_runs_data() {
     assert_restores_to_source(&e, &snaps[0].0.hex(), "restored");
 }
 
+/// H2 (session 47): a job that passes a fixed run id exited 0 every night after the
+/// first, "published before this worker started: nothing to do". A worker that finds
+/// its run published longer ago than any retry comes (`SNAPRING_SHARD_REUSE_AFTER`,
+/// default 6 h; the `published` holder's time is put back here) is refused, exit 64,
+/// saying the run id is used again, with nothing written (not even its lock); with the
+/// bound set longer it is a late duplicate (exit 0, `published_before`), and `snapring
+/// finalize` of the run is not refused.
+#[test]
+fn a_worker_of_a_run_published_hours_before_is_refused_as_a_reused_run_id() {
+    let e = env();
+    let first = report(
+        &worker(&e, &["--shard", "0/1", "--run-id", "fixed"], &[])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(first["finalized"], true, "{first}");
+    let marker = e.repo.join("snapring/shards/fixed/published");
+    let mut h: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    let at = (chrono::Utc::now() - chrono::Duration::hours(7))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    h["at"] = at.clone().into();
+    std::fs::write(&marker, serde_json::to_vec(&h).unwrap()).unwrap();
+    write(&e.src.join("d00/new since"), b"new");
+    let before = describe(&e.repo);
+    let o = worker(&e, &["--shard", "0/1", "--run-id", "fixed"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "run id fixed was already finalized at {at}, 7h 00m before this worker started"
+        )) && err.contains("nothing was backed up or written"),
+        "{}",
+        text(&o)
+    );
+    assert!(describe(&e.repo) == before, "nothing written");
+    assert_eq!(snapshots(&e).len(), 1);
+    let late = report(
+        &worker(
+            &e,
+            &["--shard", "0/1", "--run-id", "fixed"],
+            &[("SNAPRING_SHARD_REUSE_AFTER", "8h")],
+        )
+        .output()
+        .unwrap(),
+    );
+    assert_eq!(late["published_before"], true, "{late}");
+    let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "fixed"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(snapshots(&e).len(), 1);
+}
+
 /// Review: a worker of a published run started again later (a retried job, the run id
 /// used again) after the run's snapshot was forgotten does not write the forgotten
 /// snapshot back (a run publishes its snapshot once).

@@ -585,6 +585,65 @@ fn a_worker_of_a_finalized_run_is_checked_against_its_plan_and_says_nothing_was_
     assert!(!e.dest.join("daily.0/flat/new since").exists());
 }
 
+/// H2 (session 47): a job that passes a fixed run id (a cron job, a script) found its
+/// run finalized each night after the first and exited 0 with nothing backed up. A
+/// worker that finds its run finalized longer ago than any retry comes
+/// (`SNAPRING_SHARD_REUSE_AFTER`, default 6 h; the finalized report's end is put back
+/// here) is refused, exit 64, saying the run id is used again, and writes nothing (no
+/// log, no deletion); within the bound (set longer) it is a late duplicate, exit 0, as
+/// before.
+#[test]
+fn a_worker_of_a_run_finalized_hours_before_is_refused_as_a_reused_run_id() {
+    let e = env();
+    all_ok(&run_workers(&e, 2, "fixed", &[], |_| vec![]), "the run");
+    check_run(&e, "fixed");
+    let marker = run_dir(&e, "fixed").join("finalized");
+    let mut rep: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&marker).unwrap()).unwrap();
+    let end = chrono::Utc::now() - chrono::Duration::hours(7);
+    let at = end.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    rep["finished_at"] = at.clone().into();
+    std::fs::write(&marker, serde_json::to_vec(&rep).unwrap()).unwrap();
+    write(&e.src.join("flat/new since"), b"new");
+    let names = snapshot_names(&e.dest);
+    let before = store_listing(&e.dest);
+    for i in 0..2 {
+        let shard = format!("{i}/2");
+        let o = worker(&e, &["--shard", &shard, "--run-id", "fixed"], &[])
+            .output()
+            .unwrap();
+        assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+        let err = stderr_of(&o);
+        assert!(
+            err.contains(&format!(
+                "run id fixed was already finalized at {at}, 7h 00m before this worker started"
+            )) && err.contains("nothing was backed up or written")
+                && err.contains("Give each run its own id"),
+            "{}",
+            text(&o)
+        );
+    }
+    assert_eq!(store_listing(&e.dest), before, "nothing written");
+    // A late duplicate of that run (a requeue held 7 hours) with the bound set longer.
+    let o = worker(
+        &e,
+        &["--shard", "1/2", "--run-id", "fixed"],
+        &[("SNAPRING_SHARD_REUSE_AFTER", "8h")],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains(&format!(
+            "nothing was backed up: run id fixed was already finalized at {at}"
+        )),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot_names(&e.dest), names, "nothing published");
+    assert!(!e.dest.join("daily.0/flat/new since").exists());
+}
+
 /// Kills `failpoint` in worker 0 while workers 1 and 2 run, reruns worker 0 (same
 /// index, same run), and checks the result.
 fn killed_and_rerun(failpoint: &str) {
@@ -2113,6 +2172,20 @@ fn an_abandoned_run_is_removed_when_a_later_run_of_its_label_publishes() {
         "{}",
         text(finalizer)
     );
+    // H2 (session 47): `snapring finalize` of the finalized run told the removal again,
+    // each time, as if made now; it says the run's warnings were given then.
+    for _ in 0..2 {
+        let o = run_cmd(&e, "finalize", "night-2", &[], &[]);
+        assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        assert!(
+            out.contains("run night-2 is already finalized")
+                && !out.contains("removed abandoned")
+                && out.contains("given when it was finalized: `snapring show night-2 --dest "),
+            "{}",
+            text(&o)
+        );
+    }
     // Another label's run is not touched.
     assert_eq!(store_listing(&run_dir(&e, "weekly-1")), weekly_before);
     assert!(!run_dir(&e, "weekly-1").join("abandoned").exists());

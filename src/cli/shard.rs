@@ -425,6 +425,7 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         &cancel,
         std::time::Duration::ZERO,
     );
+    let already = matches!(r, Ok(Finalized::Already(_)));
     let (code, msg, rep) = match r {
         Ok(Finalized::Done(mut rep)) => {
             match &job {
@@ -562,8 +563,22 @@ pub fn finalize(f: FinalizeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode
         if let Some(note) = rep.as_ref().and_then(|r| print::mount_points_note(r)) {
             outln!("{note}");
         }
-        for w in rep.iter().flat_map(|r| r.warnings.iter()) {
-            outln!("  warning: {w}");
+        // A run finalized before: its report's warnings were told by the process that
+        // finalized it (and by any earlier `snapring finalize`), not by this one; told
+        // again each time, the "removed abandoned shard run …" of its sweep read as a
+        // removal made now.
+        match rep.as_ref().map(|r| r.warnings.len()) {
+            Some(n) if already && n > 0 => outln!(
+                "  ({n} warning{} given when it was finalized: `snapring show {} --dest {}` lists them)",
+                if n == 1 { " was" } else { "s were" },
+                a.run_id,
+                snapring::relpath::shown(&root)
+            ),
+            _ => {
+                for w in rep.iter().flat_map(|r| r.warnings.iter()) {
+                    outln!("  warning: {w}");
+                }
+            }
         }
     }
     Ok(code)

@@ -197,15 +197,25 @@ pub fn detect(
             Some(m) => num("SLURM_ARRAY_TASK_MIN", &m)?,
             None => 0,
         };
-        let count = match var("SLURM_ARRAY_TASK_COUNT") {
+        let tasks = match var("SLURM_ARRAY_TASK_COUNT") {
             Some(c) => Some(num("SLURM_ARRAY_TASK_COUNT", &c)?),
+            None => None,
+        };
+        let count = match tasks {
+            Some(c) => Some(c),
             None => count_flag()?,
+        };
+        let step = match var("SLURM_ARRAY_TASK_STEP") {
+            Some(s) => num("SLURM_ARRAY_TASK_STEP", &s)?,
+            None => 1,
+        };
+        let max = match var("SLURM_ARRAY_TASK_MAX") {
+            Some(m) => Some(num("SLURM_ARRAY_TASK_MAX", &m)?),
+            None => None,
         };
         let run =
             run_flag.or_else(|| var("SLURM_ARRAY_JOB_ID").map(|j| format!("slurm-{}", j.trim())));
-        let index = id.checked_sub(min).ok_or_else(|| {
-            format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")
-        })?;
+        let index = slurm_index(id, min, max, step, tasks)?;
         (index, count, run, "SLURM_ARRAY_TASK_ID")
     } else if let Some(v) = var("AWS_BATCH_JOB_ARRAY_INDEX") {
         (
@@ -253,6 +263,100 @@ pub fn detect(
         count,
         run_id,
     }))
+}
+
+/// The worker index of Slurm array task `id` of an array whose ids run from `min` to
+/// `max` by `step`, `count` of them (`SLURM_ARRAY_TASK_COUNT`; `None`, or `max`
+/// `None`: not given, not checked): `(id − min) / step`. An array
+/// whose ids are not one evenly spaced range (`--array=1,6-7,12`: no step gives its
+/// ids, however Slurm sets `SLURM_ARRAY_TASK_STEP`) is refused: its tasks would not
+/// name the workers `0…count−1`, and some would be refused (exit 64) or two would be
+/// the same worker. Before 2026-12-07 the step was not read: `--array=0-6:2` made
+/// workers 0, 2, 4 and 6 of 4, and tasks 4 and 6 failed.
+fn slurm_index(
+    id: usize,
+    min: usize,
+    max: Option<usize>,
+    step: usize,
+    count: Option<usize>,
+) -> Result<usize, String> {
+    let vars = || {
+        format!(
+            "SLURM_ARRAY_TASK_ID {id}, SLURM_ARRAY_TASK_MIN {min}{}, SLURM_ARRAY_TASK_STEP {step}{}",
+            max.map(|m| format!(", SLURM_ARRAY_TASK_MAX {m}"))
+                .unwrap_or_default(),
+            count
+                .map(|c| format!(", SLURM_ARRAY_TASK_COUNT {c}"))
+                .unwrap_or_default()
+        )
+    };
+    let not_a_range = || {
+        format!(
+            "{}: the job array's task ids are not one evenly spaced range; a shard run's array needs ids that are one, as --array=0-3 or --array=0-6:2 give (the workers are numbered from them)",
+            vars()
+        )
+    };
+    let off = id
+        .checked_sub(min)
+        .ok_or_else(|| format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}"))?;
+    if step == 0 || off % step != 0 {
+        return Err(not_a_range());
+    }
+    if let (Some(max), Some(count)) = (max, count)
+        && (max < min || count == 0 || (max - min) as u128 != (count as u128 - 1) * step as u128)
+    {
+        return Err(not_a_range());
+    }
+    Ok(off / step)
+}
+
+/// How long after its run was finalized a worker that finds it finalized as it starts
+/// is still taken as a late duplicate of that run (a retried pod, a requeued array
+/// task: exit 0): `SNAPRING_SHARD_REUSE_AFTER` (`6h`, `2d`), else 6 hours, well past
+/// any engine's retry delay (Kubernetes' back-off is capped at 6 minutes, a Slurm
+/// requeue takes minutes). Past it the run id is taken as used again ([`reused`]).
+pub fn reuse_after() -> std::time::Duration {
+    std::env::var("SNAPRING_SHARD_REUSE_AFTER")
+        .ok()
+        .and_then(|v| crate::util::parse_duration(&v).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(DEFAULT_REUSE_AFTER)
+}
+
+/// [`reuse_after`] when `SNAPRING_SHARD_REUSE_AFTER` does not say.
+pub const DEFAULT_REUSE_AFTER: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
+
+/// A duration of minutes or more as [`reused`] says it: `45m 10s`, `7h 00m`, `1d 0h`.
+fn ago_text(d: std::time::Duration) -> String {
+    let t = d.as_secs_f64().round() as u64;
+    match t {
+        0..3600 => format!("{}m {:02}s", t / 60, t % 60),
+        3600..86400 => format!("{}h {:02}m", t / 3600, t % 3600 / 60),
+        _ => format!("{}d {}h", t / 86400, t % 86400 / 3600),
+    }
+}
+
+/// The refusal (exit 64) of a worker of run `run` started at `started`, which found the
+/// run finalized (published) at `at` (RFC 3339), longer than `after` before: not a
+/// retry of that run's worker but a job that passes a fixed run id (a cron job, a
+/// script), which would otherwise exit 0 every night with nothing backed up. `None`:
+/// within `after` (a late duplicate: exit 0), or `at` is not a time.
+pub fn reused(
+    run: &str,
+    at: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    after: std::time::Duration,
+) -> Option<ShardError> {
+    let t = chrono::DateTime::parse_from_rfc3339(at).ok()?.to_utc();
+    let ago = started.signed_duration_since(t).to_std().ok()?;
+    if ago <= after {
+        return None;
+    }
+    Some(ShardError::Usage(format!(
+        "run id {run} was already finalized at {at}, {} before this worker started: a run id names one run, so this is a new backup under a used run id (a fixed --run-id or SNAPRING_RUN_ID in a cron job or script); nothing was backed up or written. Give each run its own id (nightly-$(date +%F), a CronJob's Job name). A worker of that run started later than {} after its finalize exits 0 only with SNAPRING_SHARD_REUSE_AFTER set longer",
+        ago_text(ago),
+        ago_text(after)
+    )))
 }
 
 #[cfg(test)]
@@ -316,6 +420,132 @@ mod tests {
         assert_eq!(
             detect(Some("0/2"), None, Some("x"), &k8s),
             Ok(spec(0, 2, "x"))
+        );
+    }
+
+    /// H2 (session 47): `--array=0-6:2` (ids 0, 2, 4, 6) made workers 0, 2, 4 and 6 of
+    /// 4, and tasks 4 and 6 failed (exit 64); the step names them 0…3. An array whose
+    /// ids are no evenly spaced range is refused, saying the ids must be one.
+    #[test]
+    fn a_stepped_slurm_array_names_its_workers_and_a_sparse_one_is_refused() {
+        fn array(
+            id: &str,
+            min: &str,
+            max: &str,
+            step: &str,
+            count: &str,
+        ) -> impl Fn(&str) -> Option<String> + use<> {
+            let m: HashMap<String, String> = [
+                ("SLURM_ARRAY_TASK_ID", id),
+                ("SLURM_ARRAY_TASK_MIN", min),
+                ("SLURM_ARRAY_TASK_MAX", max),
+                ("SLURM_ARRAY_TASK_STEP", step),
+                ("SLURM_ARRAY_TASK_COUNT", count),
+                ("SLURM_ARRAY_JOB_ID", "77"),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            move |k| m.get(k).cloned()
+        }
+        // --array=0-6:2
+        for (id, index) in [("0", 0), ("2", 1), ("4", 2), ("6", 3)] {
+            assert_eq!(
+                detect(None, None, None, &array(id, "0", "6", "2", "4")),
+                Ok(spec(index, 4, "slurm-77")),
+                "{id}"
+            );
+        }
+        // --array=3-12:3 (3, 6, 9, 12), and a step of 1 as before.
+        assert_eq!(
+            detect(None, None, None, &array("9", "3", "12", "3", "4")),
+            Ok(spec(2, 4, "slurm-77"))
+        );
+        assert_eq!(
+            detect(None, None, None, &array("5", "2", "5", "1", "4")),
+            Ok(spec(3, 4, "slurm-77"))
+        );
+        // --array=1,5,9 if Slurm gives it the step 4: a range.
+        assert_eq!(
+            detect(None, None, None, &array("9", "1", "9", "4", "3")),
+            Ok(spec(2, 3, "slurm-77"))
+        );
+        // --array=1,6-7,12 (whatever the step says), --array=1,5,9 with a step of 1,
+        // an id off the step: refused, saying the ids must be a range.
+        for (id, min, max, step, count) in [
+            ("6", "1", "12", "1", "4"),
+            ("7", "1", "12", "5", "4"),
+            ("12", "1", "12", "11", "4"),
+            ("5", "1", "9", "1", "3"),
+            ("3", "0", "6", "2", "4"),
+            ("2", "0", "6", "0", "4"),
+        ] {
+            let e = detect(None, None, None, &array(id, min, max, step, count)).unwrap_err();
+            assert!(
+                e.contains("not one evenly spaced range")
+                    && e.contains("--array=0-3 or --array=0-6:2")
+                    && e.contains(&format!("SLURM_ARRAY_TASK_ID {id}")),
+                "{id} {min}-{max}:{step} x{count}: {e}"
+            );
+        }
+        // Without _MAX (older Slurm), the step still names the workers.
+        let no_max = with(&[
+            ("SLURM_ARRAY_TASK_ID", "6"),
+            ("SLURM_ARRAY_TASK_MIN", "0"),
+            ("SLURM_ARRAY_TASK_STEP", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "4"),
+            ("SLURM_ARRAY_JOB_ID", "77"),
+        ]);
+        assert_eq!(
+            detect(None, None, None, &no_max),
+            Ok(spec(3, 4, "slurm-77"))
+        );
+    }
+
+    /// H2 (session 47): a worker of a run finalized longer ago than any retry comes is
+    /// a reused run id (exit 64); within it, a late duplicate (none: exit 0).
+    #[test]
+    fn a_run_finalized_long_before_the_worker_started_is_a_reused_run_id() {
+        let started = chrono::DateTime::parse_from_rfc3339("2026-12-07T20:00:00.000Z")
+            .unwrap()
+            .to_utc();
+        let six = DEFAULT_REUSE_AFTER;
+        for at in [
+            "2026-12-07T20:00:00.000Z",
+            "2026-12-07T14:00:00.000Z",
+            "2026-12-07T19:54:00.000Z",
+            // Finalized "after" it started (another host's clock): a duplicate.
+            "2026-12-07T20:05:00.000Z",
+            "an unknown time",
+        ] {
+            assert!(reused("r", at, started, six).is_none(), "{at}");
+        }
+        let e = reused("nightly", "2026-12-06T20:00:00.000Z", started, six).unwrap();
+        assert_eq!(e.exit_code(), 64);
+        let m = e.to_string();
+        assert!(
+            m.contains("run id nightly was already finalized at 2026-12-06T20:00:00.000Z, 1d 0h before this worker started")
+                && m.contains("nothing was backed up or written")
+                && m.contains("SNAPRING_SHARD_REUSE_AFTER"),
+            "{m}"
+        );
+        assert!(
+            reused(
+                "r",
+                "2026-12-07T13:59:59.000Z",
+                started,
+                std::time::Duration::from_secs(6 * 3600)
+            )
+            .is_some()
+        );
+        assert!(
+            reused(
+                "r",
+                "2026-12-06T20:00:00.000Z",
+                started,
+                std::time::Duration::from_secs(2 * 86400)
+            )
+            .is_none()
         );
     }
 

@@ -553,6 +553,24 @@ fn work_in(
     if let Some(why) = restic::backup::non_utf8_source(&source) {
         return Err(ShardError::Usage(why));
     }
+    // Published longer ago than any retry of its workers comes (`reuse_after`): a job
+    // that reuses a fixed run id, refused (exit 64) before it writes anything (its
+    // lock included), else it would go green every night with nothing backed up.
+    // `final` and `published` are each written once, so no lock is needed to read them.
+    // `snapring finalize` is not refused.
+    if spec.index != BY_HAND {
+        let st = State::new(repo.backend.as_ref(), &spec.run_id);
+        if let Some(at) = published_at(&st).map_err(failed)?
+            && let Some(e) = super::reused(
+                &spec.run_id,
+                &at,
+                super::state::started_now(),
+                super::reuse_after(),
+            )
+        {
+            return Err(e);
+        }
+    }
     // A prune between the opening (the index read) and the lock (the race tests).
     crate::failpoint::hit("shard.repo.before_lock")
         .map_err(|e| failed(restic::Error::Other(e.to_string())))?;
@@ -2671,6 +2689,22 @@ fn read_published(st: &State<'_>) -> restic::Result<Marker> {
         None => Marker::Missing,
         Some(b) if serde_json::from_slice::<Holder>(&b).is_ok() => Marker::Reads(b),
         Some(b) => Marker::Damaged(b),
+    })
+}
+
+/// When the run was published (its `published` holder's `at`, empty if it has none),
+/// if `final` and a `published` that reads are there.
+fn published_at(st: &State<'_>) -> restic::Result<Option<String>> {
+    if st.read_final()?.is_none() {
+        return Ok(None);
+    }
+    Ok(match read_published(st)? {
+        Marker::Reads(b) => Some(
+            serde_json::from_slice::<Holder>(&b)
+                .map(|h| h.at)
+                .unwrap_or_default(),
+        ),
+        _ => None,
     })
 }
 

@@ -163,21 +163,30 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     };
     crate::engine::backup::refuse_to_begin_a_store(opts).map_err(sort_err)?;
     let store = Store::open(&opts.store, true).map_err(sort_err)?;
+    let rd = RunDir::new(&store.meta, &spec.run_id);
+    let finalized = rd.is_finalized();
+    if finalized {
+        // A worker with other settings is refused as it is before the finalize (exit
+        // 64). One with the same settings is a duplicate (a retried pod, a late array
+        // task): it backs nothing up and only helps delete the expired snapshots. A
+        // run finalized longer ago than any retry comes (`reuse_after`) is a job that
+        // reuses a fixed run id: refused (exit 64) before it writes anything, its log
+        // included, else it would go green every night with nothing backed up.
+        if let Some((plan, _)) = rd.read_plan()? {
+            check_settings(opts, spec, &plan, &settled_source(opts))?;
+        }
+        let at = super::finalize::finalized_at(&rd);
+        if let Some(e) = super::reused(&spec.run_id, &at, started, super::reuse_after()) {
+            return Err(e);
+        }
+        out.finalized_before_start = Some(at);
+    }
     let _log = opts
         .log_file
         .then(|| WorkerLog::start(&store, spec))
         .flatten();
-    let rd = RunDir::new(&store.meta, &spec.run_id);
-    if rd.is_finalized() {
-        // A worker with other settings is refused as it is before the finalize (exit
-        // 64). One with the same settings is a duplicate (a retried pod, a late array
-        // task): it backs nothing up and only helps delete the expired snapshots. So is
-        // a job that reuses a fixed run id, which its message says.
-        if let Some((plan, _)) = rd.read_plan()? {
-            check_settings(opts, spec, &plan, &settled_source(opts))?;
-        }
+    if finalized {
         out.already_finalized = true;
-        out.finalized_before_start = Some(super::finalize::finalized_at(&rd));
         help_expire(&store, &rd, opts.jobs, cancel, &mut out);
         return Ok(out);
     }
