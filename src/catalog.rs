@@ -211,9 +211,13 @@ const MIGRATIONS: &[&str] = &[
     // be told apart by `history --kind` or `serve`). A copy recorded before this whose
     // report names the store snapshot it copied becomes one; a copy of an older
     // snapring that failed before it found its snapshot says nothing of being one and
-    // stays `backup`.
+    // stays `backup`. Copies go into repositories only (`is_repository`): other rows
+    // are passed over before their report is parsed (this runs in the migration's
+    // IMMEDIATE transaction, which a backup recording meanwhile waits for).
     "UPDATE runs SET kind = 'copy'
-        WHERE kind = 'backup' AND json_valid(report)
+        WHERE kind = 'backup'
+          AND (store LIKE 's3://%' OR store LIKE 'file://%')
+          AND json_valid(report)
           AND (json_extract(report, '$.repository.copied_from') IS NOT NULL
                OR json_extract(report, '$.copy_of') IS NOT NULL);",
 ];
@@ -1894,13 +1898,26 @@ fn run_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunRow> {
             });
         }
     }
-    let duration_seconds: f64 = r.get(7)?;
-    if duration_seconds < 0.0 || !duration_seconds.is_finite() {
-        invalid.push(Invalid {
-            column: "duration_seconds",
-            value: duration_seconds.to_string(),
-        });
-    }
+    // Read as the counts are: a value of another type (a hand edit) is this row's
+    // invalid column, not the whole query's error.
+    let duration_seconds = match r.get_ref(7)? {
+        ValueRef::Real(f) if f >= 0.0 && f.is_finite() => f,
+        ValueRef::Integer(n) if n >= 0 => n as f64,
+        other => {
+            let value = match other {
+                ValueRef::Integer(n) => n.to_string(),
+                ValueRef::Real(f) => f.to_string(),
+                ValueRef::Text(t) => format!("{:?}", String::from_utf8_lossy(t)),
+                ValueRef::Blob(_) => "a blob".to_string(),
+                ValueRef::Null => "NULL".to_string(),
+            };
+            invalid.push(Invalid {
+                column: "duration_seconds",
+                value,
+            });
+            0.0
+        }
+    };
     Ok(RunRow {
         id: r.get(0)?,
         kind: r.get(13)?,

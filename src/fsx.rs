@@ -757,6 +757,9 @@ pub fn write_xattrs(t: &XattrTarget<'_>, xs: &Xattrs) -> io::Result<Refused> {
     Ok(refused)
 }
 
+/// A file capability, as an attribute: privileges its executable is granted.
+pub const CAPABILITY: &[u8] = b"security.capability";
+
 /// The POSIX access ACL, as an attribute: what a file or directory created in a
 /// directory with a default ACL inherits.
 pub const ACL_ACCESS: &[u8] = b"system.posix_acl_access";

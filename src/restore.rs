@@ -2328,11 +2328,19 @@ impl<R: SnapshotReader> Restore<'_, R> {
         // record's digest (an entry recorded without any has none restored, and none
         // is read).
         let xattrs = match rec.as_ref().and_then(|r| r.xattrs.as_ref()) {
-            Some(want) if recorded => self
-                .reader
-                .xattrs(&node.src, Some(&name))
-                .ok()
-                .map(|xs| self.checked_xattrs(&at.src_rel, xs, want)),
+            Some(want) if recorded => match self.reader.xattrs(&node.src, Some(&name)) {
+                Ok(xs) => Some(self.checked_xattrs(&at.src_rel, xs, want)),
+                // Not read again, unchecked, through the file: none is restored.
+                Err(e) => {
+                    self.problem(
+                        &at.src_rel,
+                        ProblemKind::Metadata,
+                        "read extended attributes",
+                        format!("{e}: none restored"),
+                    );
+                    Some(Vec::new())
+                }
+            },
             _ => None,
         };
         let src = Source {
@@ -2885,7 +2893,8 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return false;
             }
         };
-        let xattrs = match source.xattrs {
+        let mut m = *m;
+        let mut xattrs = match source.xattrs {
             Some(xs) => xs,
             None if source.no_xattrs => Vec::new(),
             None => fsx::read_xattrs(&XattrTarget::Fd(b(&src))).unwrap_or_else(|e| {
@@ -2913,17 +2922,30 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 return false;
             }
         };
-        match fsx::copy_hash(b(&src), b(&dst), m, &|_| true) {
+        match fsx::copy_hash(b(&src), b(&dst), &m, &|_| true) {
             Ok(fsx::Copied { hash, written, .. }) => {
                 add(&self.counts.bytes, written);
                 if let Some(want) = e.hash
                     && want != hash
                 {
+                    // Content changed in the store grants no privileges: setuid and
+                    // setgid bits cleared, a file capability not restored.
+                    let special =
+                        m.perm & 0o6000 != 0 || xattrs.iter().any(|(n, _)| n == fsx::CAPABILITY);
+                    m.perm &= !0o6000;
+                    xattrs.retain(|(n, _)| n != fsx::CAPABILITY);
                     self.problem(
                         src_rel,
                         ProblemKind::Damaged,
                         "check content against the manifest",
-                        "the snapshot's copy does not match the checksum recorded at backup (bit rot or tampering); restored as found — run `snapring verify`",
+                        format!(
+                            "the snapshot's copy does not match the checksum recorded at backup (bit rot or tampering); restored as found{} — run `snapring verify`",
+                            if special {
+                                ", without its setuid/setgid bits and file capability"
+                            } else {
+                                ""
+                            }
+                        ),
                     );
                 }
             }
@@ -2949,7 +2971,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
         // An owner this process may not give (not root) keeps nothing else from being
         // set: its error comes once mode, xattrs and times are.
         let mut owner = None;
-        let r = fsx::owner_later(self.owner_mode(b(&dst), m))
+        let r = fsx::owner_later(self.owner_mode(b(&dst), &m))
             .map(|o| owner = o)
             .and_then(|_| self.remove_inherited(at.node, &t, fsx::INHERITED, &xattrs))
             .and_then(|_| fsx::write_xattrs(&t, &xattrs))
@@ -2965,12 +2987,12 @@ impl<R: SnapshotReader> Restore<'_, R> {
                         ),
                     );
                 }
-                fsx::apply_times(b(&dst), m)
+                fsx::apply_times(b(&dst), &m)
             });
         if let Err(e) = fsx::owner_after(r, owner) {
             self.dest_error(rel, "set file metadata", e);
         }
-        self.kept(rel, fsx::fstat_cached(b(&dst)), m);
+        self.kept(rel, fsx::fstat_cached(b(&dst)), &m);
         true
     }
 

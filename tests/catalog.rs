@@ -2034,3 +2034,20 @@ fn values_edited_into_the_catalog_by_hand_are_shown_invalid() {
         "{j}"
     );
 }
+
+/// A duration edited into the catalog as text: the run's `duration_seconds` is shown
+/// invalid, as a count would be. It failed the whole query (`history` showed nothing).
+#[test]
+fn a_text_duration_edited_into_the_catalog_is_shown_invalid() {
+    let e = setup();
+    assert_eq!(e.backup(&[]).0, 0);
+    let conn = rusqlite::Connection::open(&e.catalog).unwrap();
+    conn.execute("UPDATE runs SET duration_seconds = 'abc'", [])
+        .unwrap();
+    drop(conn);
+    let (code, j, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let row = &j.as_array().unwrap()[0];
+    assert_eq!(row["invalid"][0]["column"], "duration_seconds", "{row}");
+    assert_eq!(row["invalid"][0]["value"], "\"abc\"", "{row}");
+}

@@ -1206,3 +1206,57 @@ fn prune_and_forget_of_a_store_are_usage_errors() {
     }
     assert_eq!(snapshot_names(&dest), ["daily.0"]);
 }
+
+/// A damaged `snapshots.json`, a run whose snapshot was deleted by hand (its run
+/// record and manifest left over), and a tree of the same label made by hand after it
+/// (another tool's, taken over): the tree's birth time lies in no run's window, so it
+/// is paired with no run. It was paired with the leftover run (the first of its
+/// label), and a restore applied that run's manifest to it: its own file `other`,
+/// which that manifest lacks, was not restored, and the rest called damaged.
+#[test]
+fn a_tree_made_while_no_run_ran_is_not_paired_with_a_leftover_run() {
+    let (t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    std::fs::remove_dir_all(dest.join("daily.0")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2200));
+    write(&dest.join("daily.0/other"), b"another tool's file");
+    std::fs::write(dest.join(".snapring/snapshots.json"), b"{ not json").unwrap();
+    let to = t.path().join("r");
+    let (code, rep, err) = restore_json(&dest, "daily.0", &to);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    let damaged: Vec<_> = rep["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["kind"] == "damaged")
+        .collect();
+    assert!(damaged.is_empty(), "{rep}");
+    assert_eq!(
+        std::fs::read(to.join("other")).unwrap(),
+        b"another tool's file",
+        "{rep}"
+    );
+    let p = &rep["problems"][0];
+    assert_eq!(p["action"], "read the snapshot's record", "{rep}");
+}
+
+/// A tree taken over from another tool (made before the store's `.snapring`), then a
+/// damaged `snapshots.json`: no run is left to pair it with, and none ever made it, so
+/// its restore is `complete` (docs/restore.md), as with an intact state. It was marked
+/// unrecorded: `partial`, saying it "may have had a manifest".
+#[test]
+fn a_taken_over_tree_restores_complete_after_the_state_is_damaged() {
+    let (t, src, dest) = setup();
+    write(&dest.join("daily.0/old"), b"rsnapshot's file");
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    assert_eq!(
+        std::fs::read(dest.join("daily.1/old")).unwrap(),
+        b"rsnapshot's file"
+    );
+    std::fs::write(dest.join(".snapring/snapshots.json"), b"{ not json").unwrap();
+    let to = t.path().join("r");
+    let (code, rep, err) = restore_json(&dest, "daily.1", &to);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(std::fs::read(to.join("old")).unwrap(), b"rsnapshot's file");
+}

@@ -427,6 +427,7 @@ fn an_xattr_value_too_large_for_the_store_is_the_entrys_problem_not_a_full_disk(
         return;
     }
     set_xattr(&src.join("bigdir"), "user.big", &[8u8; 65536]);
+    set_xattr(&src.join("big"), "user.kept", b"kept");
     set_xattr(&src.join("plain"), "user.small", b"small");
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 2, "{rep} {err}");
@@ -450,6 +451,31 @@ fn an_xattr_value_too_large_for_the_store_is_the_entrys_problem_not_a_full_disk(
         xattrs_of(&snap.join("plain")),
         [(b"user.small".to_vec(), b"small".to_vec())]
     );
+    // The manifest records the attributes the store kept: a restore gives back those
+    // (`user.kept`) and calls nothing damaged, and `verify` finds the snapshot clean.
+    // (Recorded as the source's, the restore was `partial`, `big` called damaged and
+    // restored without its attributes.)
+    let to = t.path().join("restored");
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ],
+        &[],
+    );
+    let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{rep} {out:?}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(
+        xattrs_of(&to.join("big")),
+        [(b"user.kept".to_vec(), b"kept".to_vec())]
+    );
+    assert_verify_clean(&dest, &[]);
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
     assert!(matches!(code, 0 | 2), "the next run: {rep} {err}");
     assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);

@@ -705,6 +705,64 @@ fn entries_changed_in_the_store_are_damage_and_restored_as_recorded() {
     assert_eq!(damaged_problems(&rep), want, "{rep}");
 }
 
+/// A setuid program whose content was rewritten in the store (its mode and time kept):
+/// restored as found, but without its setuid bit and its file capability. A root
+/// restore installed the rewritten binary setuid-root.
+#[test]
+fn a_setuid_file_whose_content_fails_its_hash_is_restored_without_privileges() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("prog"), b"#!/bin/sh\necho good\n");
+    chmod(&src.join("prog"), 0o4755);
+    write(&src.join("capped"), b"capped program\n");
+    // A file capability (cap_net_raw+ep), as `setcap` writes it.
+    let cap: [u8; 20] = [0, 0, 0, 2, 0, 32, 0, 0, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    let capped = rustix::fs::setxattr(
+        src.join("capped"),
+        "security.capability",
+        &cap,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_ok();
+    let store = t.path().join("store");
+    ok_backup(&src, &store);
+    let d = store.join("daily.0");
+    for f in ["prog", "capped"] {
+        flip_byte(&d.join(f));
+    }
+    // A write drops a file's capability: set again, as whoever rewrote it would.
+    if capped {
+        rustix::fs::setxattr(
+            d.join("capped"),
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+        .unwrap();
+    }
+    let to = t.path().join("r");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    let m = std::fs::symlink_metadata(to.join("prog")).unwrap();
+    assert_eq!(m.mode() & 0o7777, 0o755, "no setuid bit: {rep}");
+    let said = rep["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["path"] == "prog" && p["action"] == "check content against the manifest")
+        .unwrap()["error"]
+        .to_string();
+    assert!(said.contains("without its setuid/setgid bits"), "{said}");
+    if capped {
+        assert!(
+            !xattrs_of(&to.join("capped"))
+                .iter()
+                .any(|(n, _)| n == b"security.capability"),
+            "no file capability: {rep}"
+        );
+    }
+}
+
 /// Bit rot in a snapshot's file is reported as damage (`damaged`), not as a file that
 /// could not be read: it was read, and restored as found. (It read `Unreadable:`.)
 #[test]

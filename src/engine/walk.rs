@@ -707,15 +707,19 @@ impl<'a, S: Sink> Walk<'a, S> {
             }
             self.sink.finish_special(out, name, &m, &xattrs)
         };
+        let mut kept = xattrs;
         match refused {
-            Ok(refused) => self.refused_xattrs(rel, &refused),
+            Ok(refused) => {
+                self.refused_xattrs(rel, &refused);
+                kept = kept_xattrs(kept, &refused);
+            }
             Err(err) => {
                 owner_held(&mut m, &err);
                 (e.uid, e.gid, e.perm) = (m.uid, m.gid, m.perm);
                 self.dest_error(rel, "set metadata", err);
             }
         }
-        e.xattrs = fsx::xattr_digest(&xattrs);
+        e.xattrs = fsx::xattr_digest(&kept);
         Counters::add(&self.counters.files_transferred, 1);
         Ok(Some(e))
     }
@@ -1296,8 +1300,12 @@ impl<'a, S: Sink> Walk<'a, S> {
             }
         }
         let mut meta = meta;
-        match self.sink.finish_file(file, &meta, &xattrs) {
-            Ok(refused) => self.refused_xattrs(rel, &refused),
+        let mut kept = xattrs;
+        match self.sink.finish_file(file, &meta, &kept) {
+            Ok(refused) => {
+                self.refused_xattrs(rel, &refused);
+                kept = kept_xattrs(kept, &refused);
+            }
             Err(e) => {
                 owner_held(&mut meta, &e);
                 self.dest_error(rel, "set file metadata", e)
@@ -1305,7 +1313,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         }
         let mut e = Entry::from_meta(name, &meta);
         e.hash = Some(hash);
-        e.xattrs = fsx::xattr_digest(&xattrs);
+        e.xattrs = fsx::xattr_digest(&kept);
         Ok(Some(e))
     }
 
@@ -1427,8 +1435,12 @@ impl<'a, S: Sink> Walk<'a, S> {
             return None;
         }
         let mut m = *m;
-        match self.sink.finish_special(out, name, &m, &xattrs) {
-            Ok(refused) => self.refused_xattrs(rel, &refused),
+        let mut kept = xattrs;
+        match self.sink.finish_special(out, name, &m, &kept) {
+            Ok(refused) => {
+                self.refused_xattrs(rel, &refused);
+                kept = kept_xattrs(kept, &refused);
+            }
             Err(e) => {
                 owner_held(&mut m, &e);
                 self.dest_error(rel, "set metadata", e);
@@ -1436,7 +1448,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         }
         let mut e = Entry::from_meta(name, &m);
         e.target = target;
-        e.xattrs = fsx::xattr_digest(&xattrs);
+        e.xattrs = fsx::xattr_digest(&kept);
         Some(e)
     }
 }
@@ -1739,6 +1751,21 @@ pub fn store_fence(store: &std::path::Path) -> Option<Fence> {
     std::fs::metadata(store)
         .ok()
         .map(|m| Fence::new(m.dev(), m.ino()))
+}
+
+/// The extended attributes `xs` less those the store `refused` (not supported, too
+/// large): what the snapshot's entry holds, whose digest its manifest records. The
+/// refused ones are the run's problems; recorded as the source's, the tree could never
+/// match its manifest, and a restore called every such entry damaged and restored
+/// none of its attributes (its ACLs, the `user.*` values the store kept), `verify` the
+/// snapshot damaged. The next run compares the source's digest with this one, so it
+/// copies the entry again (and reports the refusal again), as it should: the snapshot
+/// lacks an attribute of the source.
+fn kept_xattrs(mut xs: Xattrs, refused: &[(Vec<u8>, &str)]) -> Xattrs {
+    if !refused.is_empty() {
+        xs.retain(|(n, _)| !refused.iter().any(|(r, _)| r == n));
+    }
+    xs
 }
 
 /// The problems of extended attributes the backup file system refused on `rel`: the

@@ -799,8 +799,11 @@ impl Store {
                     {
                         Some(Some(Ok(r))) => (Some(r), None),
                         Some(Some(Err((r, why)))) => (None, Some((why, r))),
+                        // Unless it was made before the store's `.snapring` was: a
+                        // tree taken over from another tool, which never had a
+                        // manifest (a restore of it stays `complete`, docs/restore.md).
                         Some(None) => {
-                            unrecorded = true;
+                            unrecorded = !self.predates_store(&at);
                             (None, None)
                         }
                         None => (None, None),
@@ -832,6 +835,16 @@ impl Store {
             }
         });
         Ok(out)
+    }
+
+    /// Whether the snapshot directory `at` (under the root) was made before the store's
+    /// metadata directory: no run of this store can have made it. Both birth times
+    /// known, else no.
+    fn predates_store(&self, at: &str) -> bool {
+        match (birth(&self.root.join(at)), birth(&self.meta)) {
+            (Some(d), Some(s)) => d < s,
+            _ => false,
+        }
     }
 
     pub fn run_path(&self, id: &str) -> PathBuf {

@@ -16,16 +16,21 @@
 //! which is no reason to lose its record: that is when a reader most needs the
 //! manifest. Its run is then found by its record instead: the first of the runs tried
 //! whose run record's start and finish enclose the directory's birth time (the staging
-//! directory is made by the run), or, where the file system keeps no birth time, or
-//! none encloses it (a staging tree a later run took over), the first run tried, the
-//! one a regular rotation pairs it with. It is kept as a copied store's tree that
+//! directory is made by the run), or, only where the file system keeps no birth time,
+//! the first run tried, the one a regular rotation pairs it with. A known birth time
+//! no run encloses pairs with none (since session 47: a tree taken over from another
+//! tool was paired with a leftover run of its label, and a restore applied that run's
+//! manifest, its names and metadata, to it; a staging tree a later run took over is
+//! now left unrecorded, the safe side). It is kept as a copied store's tree that
 //! differs from its manifest (`copied.rs`): readers read it against that manifest and
 //! report every difference as damage (a restore ends `partial`), writers do not trust
 //! it (a backup compares with it by stat). A wrong pairing can only make a reader flag
 //! more, never trust more. Before, such a tree was read as one without a manifest, and
 //! a restore returned its bit rot as `complete`. A directory for which no run is left
 //! at all is marked (`Snapshot::unrecorded`): a restore of it says its content is
-//! unchecked and ends `partial`.
+//! unchecked and ends `partial`. Not one whose directory is older than the store's
+//! `.snapring` (both birth times known): a tree taken over from another tool, which
+//! never had a manifest, restores `complete` as with an intact state.
 
 use std::collections::HashSet;
 
@@ -142,9 +147,18 @@ impl Store {
         let btime = super::birth(&self.root.join(at));
         let by_time =
             btime.and_then(|t| candidates.iter().find(|(_, to, from)| within(t, from, to)));
-        let Some((id, finished_at, _)) = by_time.or(candidates.first()) else {
+        // The rotation's order only where the birth time is unknown: a directory made
+        // while no run of its label ran (a tree taken over from another tool) is no
+        // run's, and paired with one a restore would apply that run's manifest to it.
+        let fallback = btime.is_none().then(|| candidates.first()).flatten();
+        let Some((id, finished_at, _)) = by_time.or(fallback) else {
             tracing::warn!(
-                "{name}: the snapshot state was damaged and no run of label {label} with a manifest is left to pair it with; it is read as a tree without a manifest (a restore of it says its content is unchecked)"
+                "{name}: the snapshot state was damaged and no run of label {label} with a manifest is left to pair it with{}; it is read as a tree without a manifest",
+                if btime.is_some() && !candidates.is_empty() {
+                    " (its directory was made while none of them ran)"
+                } else {
+                    ""
+                }
             );
             return None;
         };
