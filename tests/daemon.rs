@@ -1286,16 +1286,55 @@ fn a_run_interrupted_with_the_daemon_resumes_when_it_starts_again() {
 /// with its copy slowed (`walk.copy=sleep:200`), its output discarded: a run to stop
 /// or kill in its walk ([`stopped_mid_walk`]).
 fn slow_run(catalog: &Path, cfg: &Path, job: &str) -> Command {
+    let mut c = job_run(catalog, cfg, job);
+    c.env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+/// `snapring --catalog CATALOG run JOB --config CFG --no-progress`, by hand.
+fn job_run(catalog: &Path, cfg: &Path, job: &str) -> Command {
     let mut c = Command::new(bin());
     c.arg("--catalog")
         .arg(catalog)
         .args(["run", job, "--config"])
         .arg(cfg)
-        .arg("--no-progress")
-        .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .arg("--no-progress");
     c
+}
+
+/// The id of the one run record in `runs` (a store's `.snapring/runs`).
+fn only_run_id(runs: &Path) -> String {
+    std::fs::read_dir(runs)
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            Some(n.strip_suffix(".json")?.to_string())
+        })
+        .unwrap()
+}
+
+/// Waits for a run paused at a `pause:` failpoint (its pid written to `pause`); its pid.
+fn paused_pid(pause: &Path) -> i32 {
+    wait_until("the run's pause", 60, || {
+        std::fs::read_to_string(pause).is_ok_and(|p| !p.trim().is_empty())
+    });
+    std::fs::read_to_string(pause)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The `[notify.cmd]` section that appends each notice's status and run id to `told`
+/// (read with [`told_lines`]).
+fn told_notifier(told: &Path) -> String {
+    format!(
+        "[notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+        told = told.display(),
+    )
 }
 
 /// Starts `run`, waits for a new record in `runs` (its store's `.snapring/runs`) and
@@ -2355,11 +2394,10 @@ fn partial_runs_and_a_read_only_catalog(dir: &Path, dests: &Path) -> (PathBuf, P
     std::fs::write(
         &cfg,
         format!(
-            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify_success = true\nnotify = [\"cmd\"]\n\n\
-             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify_success = true\nnotify = [\"cmd\"]\n\n{notifier}",
             src = src.display(),
             d = dests.display(),
-            told = told.display(),
+            notifier = told_notifier(&told),
         ),
     )
     .unwrap();
@@ -4241,11 +4279,10 @@ fn a_run_killed_while_its_store_hangs_is_told_after_a_bound() {
     std::fs::write(
         &cfg,
         format!(
-            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n\
-             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n{notifier}",
             src = src.display(),
             d = t.path().display(),
-            told = told.display(),
+            notifier = told_notifier(&told),
         ),
     )
     .unwrap();
@@ -4265,14 +4302,7 @@ fn a_run_killed_while_its_store_hangs_is_told_after_a_bound() {
         ],
     );
     // The run, paused in its walk (its row and record written), is killed.
-    wait_until("the run's pause", 60, || {
-        std::fs::read_to_string(&walking).is_ok_and(|p| !p.is_empty())
-    });
-    let pid: i32 = std::fs::read_to_string(&walking)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = paused_pid(&walking);
     let id = rows_of(&catalog, "a")[0]["id"]
         .as_str()
         .unwrap()
@@ -4432,11 +4462,10 @@ fn the_daemons_start_settles_every_row_its_jobs_left_running() {
     let cfg = dir.join("d.toml");
     let config = |dest: &str| {
         format!(
-            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/{dest}\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n\
-             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/{dest}\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n{notifier}",
             src = src.display(),
             d = dir.display(),
-            told = told.display(),
+            notifier = told_notifier(&told),
         )
     };
     std::fs::write(&cfg, config("old")).unwrap();
@@ -4449,29 +4478,13 @@ fn the_daemons_start_settles_every_row_its_jobs_left_running() {
         )
         .spawn()
         .unwrap();
-    wait_until("the run's pause", 60, || {
-        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
-    });
+    paused_pid(&walking);
     run.kill().unwrap();
     assert!(!run.wait().unwrap().success());
-    let id = std::fs::read_dir(dir.join("old/.snapring/runs"))
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            Some(n.strip_suffix(".json")?.to_string())
-        })
-        .unwrap();
+    let id = only_run_id(&dir.join("old/.snapring/runs"));
     std::fs::write(&cfg, config("new")).unwrap();
     for _ in 0..10 {
-        let out = Command::new(bin())
-            .arg("--catalog")
-            .arg(&catalog)
-            .args(["run", "a", "--config"])
-            .arg(&cfg)
-            .arg("--no-progress")
-            .output()
-            .unwrap();
+        let out = job_run(&catalog, &cfg, "a").output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -4519,10 +4532,7 @@ fn a_death_told_before_its_store_answered_is_marked_told_when_its_settle_was_nev
             m = fs.mnt.display(),
         )
     };
-    let notifier = format!(
-        "[notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
-        told = told.display(),
-    );
+    let notifier = told_notifier(&told);
     let cfg = dir.join("d.toml");
     std::fs::write(&cfg, format!("{}{notifier}", job("a"))).unwrap();
     let log = dir.join("daemon.log");
@@ -4539,23 +4549,9 @@ fn a_death_told_before_its_store_answered_is_marked_told_when_its_settle_was_nev
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     // The run, paused in its walk (its row and record written: its lock file created,
     // not opened, so not slowed).
-    wait_until("the run's pause", 60, || {
-        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
-    });
-    let pid: i32 = std::fs::read_to_string(&walking)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = paused_pid(&walking);
     let runs = dir.join("under/s/.snapring/runs");
-    let id = std::fs::read_dir(&runs)
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            Some(n.strip_suffix(".json")?.to_string())
-        })
-        .unwrap();
+    let id = only_run_id(&runs);
     // Job b, on the same store, added: its trigger asks the store's worker whether a
     // run holds the store, and the lock file takes 10 s to open.
     std::fs::write(&cfg, format!("{}{}{notifier}", job("a"), job("b"))).unwrap();

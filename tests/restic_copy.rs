@@ -1145,26 +1145,20 @@ fn copy_recorded(
 
 /// `history [--kind KIND] --json` of `catalog`: its rows.
 fn history(catalog: &Path, kind: Option<&str>) -> Vec<serde_json::Value> {
-    let mut a = vec![
-        OsStr::new("--catalog"),
-        catalog.as_os_str(),
-        OsStr::new("history"),
-        OsStr::new("--json"),
-    ];
-    if let Some(k) = kind {
-        a.extend([OsStr::new("--kind"), OsStr::new(k)]);
-    }
-    let out = snapring(&a, &[]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    catalog_json(catalog, "history", kind)
 }
 
 /// `stats [--kind KIND] --json` of `catalog`.
 fn stats(catalog: &Path, kind: Option<&str>) -> Vec<serde_json::Value> {
+    catalog_json(catalog, "stats", kind)
+}
+
+/// `COMMAND [--kind KIND] --json` of `catalog`, which must exit 0: the rows it prints.
+fn catalog_json(catalog: &Path, command: &str, kind: Option<&str>) -> Vec<serde_json::Value> {
     let mut a = vec![
         OsStr::new("--catalog"),
         catalog.as_os_str(),
-        OsStr::new("stats"),
+        OsStr::new(command),
         OsStr::new("--json"),
     ];
     if let Some(k) = kind {

@@ -25,14 +25,7 @@ fn sr_json(args: &[&str]) -> serde_json::Value {
 }
 
 fn backup(src: &Path, url: &str) -> serde_json::Value {
-    sr_json(&[
-        "backup",
-        "--source",
-        src.to_str().unwrap(),
-        "--dest",
-        url,
-        "--json",
-    ])
+    sr_json(&backup_json_args(src, url))
 }
 
 /// The largest file under `dir` (recursively): in a repository's `data/`, the pack

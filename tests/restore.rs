@@ -28,18 +28,23 @@ fn restore(
     to: &Path,
     extra: &[&str],
 ) -> (i32, serde_json::Value, String) {
-    let mut a: Vec<&OsStr> = vec![
-        "restore".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        snap.as_ref(),
-        "--to".as_ref(),
-        to.as_os_str(),
-    ];
+    let mut a = restore_json_args(store, snap, to).to_vec();
     a.extend(extra.iter().map(OsStr::new));
     let (code, json, err, _) = run(&a);
     (code, json, err)
+}
+
+/// `snapring verify --json --dest STORE EXTRA…`: (exit code, report or null, stderr,
+/// stdout).
+fn verify(store: &Path, extra: &[&OsStr]) -> (i32, serde_json::Value, String, String) {
+    let mut a: Vec<&OsStr> = vec![
+        "verify".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ];
+    a.extend(extra);
+    run(&a)
 }
 
 fn ok_backup(src: &Path, store: &Path) -> serde_json::Value {
@@ -688,12 +693,7 @@ fn entries_changed_in_the_store_are_damage_and_restored_as_recorded() {
     check(&to, &rep, &err, code);
     assert_eq!(rep["files_restored"], 4, "{rep}");
     // `verify` agrees, and a restore after it says the same.
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-    ]);
+    let (code, v, err, _) = verify(&store, &[]);
     assert_eq!(code, 2, "{err}\n{v}");
     let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
     check(&to, &rep, &err, code);
@@ -717,13 +717,15 @@ fn a_setuid_file_whose_content_fails_its_hash_is_restored_without_privileges() {
     write(&src.join("capped"), b"capped program\n");
     // A file capability (cap_net_raw+ep), as `setcap` writes it.
     let cap: [u8; 20] = [0, 0, 0, 2, 0, 32, 0, 0, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    let capped = rustix::fs::setxattr(
-        src.join("capped"),
-        "security.capability",
-        &cap,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .is_ok();
+    let set_cap = |p: &Path| {
+        rustix::fs::setxattr(
+            p,
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+    };
+    let capped = set_cap(&src.join("capped")).is_ok();
     let store = t.path().join("store");
     ok_backup(&src, &store);
     let d = store.join("daily.0");
@@ -732,13 +734,7 @@ fn a_setuid_file_whose_content_fails_its_hash_is_restored_without_privileges() {
     }
     // A write drops a file's capability: set again, as whoever rewrote it would.
     if capped {
-        rustix::fs::setxattr(
-            d.join("capped"),
-            "security.capability",
-            &cap,
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        set_cap(&d.join("capped")).unwrap();
     }
     let to = t.path().join("r");
     let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
@@ -789,17 +785,7 @@ fn bit_rot_is_reported_as_damage_not_as_unreadable() {
         std::fs::read(to.join("sub/big.txt")).unwrap(),
         b"Good data\n"
     );
-    let out = snapring(
-        &[
-            "restore".as_ref(),
-            "--dest".as_ref(),
-            store.as_os_str(),
-            "daily.0".as_ref(),
-            "--to".as_ref(),
-            t.path().join("r2").as_os_str(),
-        ],
-        &[],
-    );
+    let out = snapring(&restore_args(&store, "daily.0", &t.path().join("r2")), &[]);
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Damaged: sub/big.txt"), "{text}");
@@ -809,24 +795,13 @@ fn bit_rot_is_reported_as_damage_not_as_unreadable() {
 #[test]
 fn verify_finds_bit_rot_and_changes_the_backup_did_not_see() {
     let (t, src, store) = setup_users();
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-    ]);
+    let (code, v, err, _) = verify(&store, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(v[0]["clean"], true);
     assert_eq!(v[0]["totals"]["files_hashed"], 4);
 
     flip_byte(&store.join("daily.0/users/alice/docs/a.txt"));
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        "daily.0".as_ref(),
-    ]);
+    let (code, v, err, _) = verify(&store, &["daily.0".as_ref()]);
     assert_eq!(code, 2, "{err}\n{v}");
     assert_eq!(v[0]["corrupt"], 1, "{v}");
     assert_eq!(v[0]["differences"][0]["path"], "users/alice/docs/a.txt");
@@ -841,12 +816,7 @@ fn verify_finds_bit_rot_and_changes_the_backup_did_not_see() {
     // Missing and unexpected files are damage too.
     std::fs::remove_file(store.join("daily.0/users/bob/x")).unwrap();
     write(&store.join("daily.0/etc/intruder"), b"x");
-    let (code, v, _, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-    ]);
+    let (code, v, _, _) = verify(&store, &[]);
     assert_eq!(code, 2);
     assert_eq!(
         (v[0]["missing"].as_u64(), v[0]["unexpected"].as_u64()),
@@ -864,14 +834,7 @@ fn verify_finds_bit_rot_and_changes_the_backup_did_not_see() {
     set_mtime(&src.join("etc/conf"), 1_000_000_000, 0);
     ok_backup(&src, &store2);
     flip_byte(&src.join("etc/conf"));
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store2.as_os_str(),
-        "--against".as_ref(),
-        src.as_os_str(),
-    ]);
+    let (code, v, err, _) = verify(&store2, &["--against".as_ref(), src.as_os_str()]);
     assert_eq!(code, 2, "{err}\n{v}");
     assert_eq!(v[0]["differences"][0]["path"], "etc/conf", "{v}");
     assert_eq!(v[0]["differences"][0]["change"], "content");
@@ -1359,14 +1322,7 @@ fn a_full_target_stops_the_restore_with_a_restores_message() {
         "{msg}"
     );
     // Its headline said "failed: restored all of daily.0": what it did not restore.
-    let (code, _, _, out) = run(&[
-        "restore".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        "daily.0".as_ref(),
-        "--to".as_ref(),
-        small.join("r").as_os_str(),
-    ]);
+    let (code, _, _, out) = run(&restore_args(&store, "daily.0", &small.join("r")));
     assert_eq!(code, 1, "{out}");
     let head = out.lines().next().unwrap_or_default();
     assert!(
@@ -1794,12 +1750,7 @@ fn verify_diff_against_and_restore_path_work_past_path_max() {
     ok_backup(&src, &store);
 
     // verify reads the snapshot down to the bottom: both files hashed, clean.
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-    ]);
+    let (code, v, err, _) = verify(&store, &[]);
     assert_eq!(code, 0, "{err}\n{v}");
     assert_eq!(v[0]["clean"], true, "{v}");
     assert_eq!(v[0]["totals"]["files_hashed"], 2, "{v}");
@@ -1897,15 +1848,7 @@ fn restore_and_verify_of_a_directory_with_100k_subdirectories_fit_in_256_descrip
     write(&wide.join("d050000/f"), b"one file");
     ok_backup(&src, &store);
 
-    let (code, rep, err) = run_with_256_descriptors(&[
-        "restore".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        "daily.0".as_ref(),
-        "--to".as_ref(),
-        to.as_os_str(),
-    ]);
+    let (code, rep, err) = run_with_256_descriptors(&restore_json_args(&store, "daily.0", &to));
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["status"], "complete", "{rep}");
     assert_eq!(rep["dirs_created"], 100_001, "{rep}");
@@ -2155,33 +2098,16 @@ fn a_snapshot_entry_named_like_the_restore_record_is_restored() {
     write(&src.join("a"), b"a");
     let (code, _, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{err}");
-    let restore = |to: &Path, extra: &[&str]| {
-        let mut a: Vec<&OsStr> = vec![
-            "restore".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-            "daily.0".as_ref(),
-            "--to".as_ref(),
-            to.as_os_str(),
-        ];
-        a.extend(extra.iter().map(OsStr::new));
-        let out = snapring(&a, &[]);
-        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        (
-            out.status.code(),
-            rep,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    // (The exit code -1 when killed by a signal: never 0.)
+    let restore = |to: &Path, extra: &[&str]| restore(&dest, "daily.0", to, extra);
     let new = t.path().join("new");
     let (code, rep, err) = restore(&new, &[]);
-    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(code, 0, "{err}\n{rep}");
     assert_same_tree(&describe(&src), &describe(&new), "restored into a new --to");
     let old = t.path().join("old");
     write(&old.join("other"), b"x");
     let (code, rep, err) = restore(&old, &["--overwrite"]);
-    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(
         std::fs::read(old.join(".snapring-restore-unfinished")).unwrap(),
         b"USERDATA"
@@ -2200,7 +2126,7 @@ fn a_snapshot_entry_named_like_the_restore_record_is_restored() {
         b"a leftover",
     );
     let (code, rep, err) = restore(&mine, &[]);
-    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(
         std::fs::read(mine.join(".snapring-restore-unfinished")).unwrap(),
         b"USERDATA"
@@ -2333,14 +2259,7 @@ fn a_restored_file_named_like_the_record_is_not_a_later_restores_record() {
     let (code, _, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{err}");
     let restore = |extra: &[&str]| {
-        let mut a: Vec<&OsStr> = vec![
-            "restore".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-            "daily.0".as_ref(),
-            "--to".as_ref(),
-            to.as_os_str(),
-        ];
+        let mut a = restore_args(&dest, "daily.0", &to).to_vec();
         a.extend(extra.iter().map(OsStr::new));
         snapring(&a, &[])
     };
