@@ -59,7 +59,10 @@ impl RepoDir {
     }
 }
 
-fn kind_of(n: &Node) -> Kind {
+/// A node's type (restic's `dir`, `chardev`, `dev`, …) as snapring's kind: what a
+/// store's `diff` and `history` show (`Kind::name`: `directory`, `character device`,
+/// `block device`, …), and a repository's too.
+pub(crate) fn kind_of(n: &Node) -> Kind {
     match n.kind.as_str() {
         "dir" => Kind::Dir,
         "symlink" => Kind::Symlink,

@@ -169,6 +169,10 @@ impl Sink for PlanSink {
         prev_xattrs(dir.prev.as_ref(), name)
     }
 
+    fn prev_hash(&self, dir: &PlanDir, name: &[u8]) -> Option<io::Result<blake3::Hash>> {
+        Some(fsx::hash_at(b(dir.prev.as_ref()?), name))
+    }
+
     fn has_prev(&self, dir: &PlanDir) -> bool {
         dir.prev.is_some()
     }
