@@ -177,7 +177,7 @@ fn verify_reports_a_snapshot_whose_tree_pack_is_gone() {
     let x = &v[0];
     assert_eq!(x["clean"], false, "{x}");
     assert!(x["damaged_dirs"].as_u64().unwrap() >= 1, "{x}");
-    assert_eq!(x["damaged"][0]["kind"], "dir", "{x}");
+    assert_eq!(x["damaged"][0]["kind"], "directory", "{x}");
     assert_eq!(x["damaged"][0]["path"], ".", "{x}");
     assert!(
         x["damaged"][0]["reason"]

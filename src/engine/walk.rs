@@ -1185,14 +1185,21 @@ impl<'a, S: Sink> Walk<'a, S> {
         let Some(record) = dir.state.record.as_deref() else {
             return Ok(None);
         };
-        let recorded = manifest::find(record, name)
-            .filter(|e| e.kind == Kind::File)
-            .and_then(|e| e.hash);
-        let Some(recorded) = recorded else {
-            tracing::info!(
-                "{rel}: not a file in the record of the previous snapshot's tree (not trusted); copying it from the source"
-            );
-            return Err(());
+        let recorded = match manifest::find(record, name) {
+            Some(e) if e.kind == Kind::File => {
+                e.hash.ok_or_else(|| "a file without a hash".to_string())
+            }
+            Some(e) => Err(format!("a {}", e.kind.name())),
+            None => Err("not".to_string()),
+        };
+        let recorded = match recorded {
+            Ok(h) => h,
+            Err(what) => {
+                tracing::info!(
+                    "{rel}: {what} in the record of the previous snapshot's tree (not trusted); copying it from the source"
+                );
+                return Err(());
+            }
         };
         match self.sink.prev_hash(&dir.state.out, name) {
             Some(Ok(h)) if h == recorded => Ok(Some(h)),

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use super::reader::{RepoReader, kind_of};
+use super::reader::{RepoReader, kind_name};
 use super::repo::Repo;
 use super::snapshot;
 use super::tree::{Node, unix_perm};
@@ -252,7 +252,7 @@ impl Differ<'_> {
                 } else {
                     Change::Metadata
                 },
-                kind: kind_of(y).name().into(),
+                kind: kind_name(y),
                 detail,
             });
         }
@@ -306,7 +306,7 @@ fn one_sided(rel: &RelPath, n: &Node, change: Change) -> Difference {
     Difference {
         path: rel.escaped(),
         change,
-        kind: kind_of(n).name().into(),
+        kind: kind_name(n),
         detail: match n.kind.as_str() {
             "file" => vec![format!("size {}", n.size)],
             _ => vec![],
@@ -325,11 +325,7 @@ pub fn compare_nodes(x: &Node, y: &Node, dir_times: bool) -> (bool, Vec<String>)
     let mut content = false;
     if x.kind != y.kind {
         content = true;
-        detail.push(format!(
-            "type {} -> {}",
-            kind_of(x).name(),
-            kind_of(y).name()
-        ));
+        detail.push(format!("type {} -> {}", kind_name(x), kind_name(y)));
     } else {
         if x.kind == "file" {
             if x.size != y.size {
