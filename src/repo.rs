@@ -30,6 +30,14 @@ pub struct Previous {
     /// record found damaged, copied from the source rather than linked, as a manifest's
     /// own list is (`manifest::Reader::damaged`). Empty otherwise.
     pub damaged: std::collections::HashSet<crate::relpath::RelPath>,
+    /// Without a manifest to trust, the manifest of the run its tree is paired with
+    /// (a copied tree that differs from it, a tree paired by its run record after a
+    /// damaged state: `store::Snapshot::differs`): what its files held when they were
+    /// backed up. A file compared by stat is linked from the tree only when it still
+    /// hashes as this record says; else it is copied from the source (a rotten file
+    /// keeps its size and mtime). `None`: a trusted manifest, or a tree with no record
+    /// at all (taken over from another tool).
+    pub record: Option<manifest::Reader>,
     /// Whether its root has any entry (the empty-source guard compares with it).
     pub has_entries: bool,
     /// The files its run walked (its record's `files_total`): what the progress line

@@ -312,6 +312,57 @@ fn a_damaged_state_and_a_changed_tree_still_restore_against_the_manifest() {
     assert_eq!(rep["problems"][0]["path"], ".", "{rep}");
 }
 
+/// After a damaged `snapshots.json`, a snapshot with a bit flipped (same size and
+/// mtime) and a `chmod` is paired with its run's manifest as a tree that differs from
+/// it, and the next backup compares the source with that tree by stat. The rotten
+/// file, unchanged by stat, is not linked into the new snapshot: it does not hash as
+/// its record says, so it is copied from the source, and the new snapshot holds the
+/// source's content and verifies clean; the files that are as recorded are still
+/// linked. Before, the rotten file was linked and the hash read from it recorded: the
+/// new snapshot held the rot and `verify` called it clean.
+#[test]
+fn a_rotten_file_in_a_tree_paired_after_a_damaged_state_is_copied_from_the_source() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let old = dest.join("daily.0");
+    rot(&old.join("d0/f0"));
+    std::fs::set_permissions(
+        old.join("d1/f1"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let state = dest.join(".snapring/snapshots.json");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[50] ^= 0x55;
+    std::fs::write(&state, &bytes).unwrap();
+
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    let new = dest.join("daily.0");
+    assert_eq!(
+        std::fs::read(new.join("d0/f0")).unwrap(),
+        b"content 0",
+        "the new snapshot holds the source's content, not the rot"
+    );
+    assert_ne!(
+        ino(&new.join("d0/f0")),
+        ino(&dest.join("daily.1/d0/f0")),
+        "the rotten file is copied from the source, not linked"
+    );
+    assert_eq!(
+        ino(&new.join("d2/f2")),
+        ino(&dest.join("daily.1/d2/f2")),
+        "a file as its record says is still linked"
+    );
+    // The rotten file and the chmod-ed one; the 28 others linked.
+    assert_eq!(rep["files_transferred"], 2, "{rep}");
+    assert_eq!(rep["files_linked"], 28, "{rep}");
+    assert_same_tree(&describe(&src), &describe(&new), "the new snapshot");
+    let (code, v) = verify_json(&dest, "daily.0");
+    assert_eq!(code, 0, "the new snapshot verifies clean: {v}");
+}
+
 /// A snapshot whose manifest is gone does not stop `verify --all`: it says what it
 /// could not check, checks the others, and exits `partial` (2).
 #[test]

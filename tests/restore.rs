@@ -639,7 +639,10 @@ fn entries_changed_in_the_store_are_damage_and_restored_as_recorded() {
     chown(&d.join("g"), 65534, 65534);
     set_mtime(&d.join("h"), 1_000_000_000, 0);
     set_xattr(&d.join("x"), "user.k", b"v2");
+    // `.`: the entries removed and made again in the snapshot's root moved its mtime,
+    // and the root is checked as every entry is (since session 48).
     let want: Vec<(String, String)> = [
+        (".", "check metadata against the manifest"),
         ("L", "check metadata against the manifest"),
         ("f", "check metadata against the manifest"),
         ("g", "check metadata against the manifest"),
@@ -703,6 +706,78 @@ fn entries_changed_in_the_store_are_damage_and_restored_as_recorded() {
     let (code, rep, err) = restore(&store, "daily.0", &t.path().join("dry"), &["--dry-run"]);
     assert_eq!(code, 2, "{err}\n{rep}");
     assert_eq!(damaged_problems(&rep), want, "{rep}");
+}
+
+/// The restored directory itself, which no parent lists, is checked against its
+/// record too: the snapshot's root in a whole restore, the directory of
+/// `--path DIR --flat`. A mode, owner or time changed in the store is a `damaged`
+/// problem and the target gets the recorded ones. Before, the root and a `--flat`
+/// directory were not compared: the store's change reached the target, `complete`.
+#[test]
+fn the_restored_directory_itself_is_checked_against_its_record() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("d/f"), b"f\n");
+    chmod(&src, 0o751);
+    chmod(&src.join("d"), 0o750);
+    set_mtime(&src.join("d"), 1_500_000_000, 7);
+    let store = t.path().join("store");
+    ok_backup(&src, &store);
+    let snap = store.join("daily.0");
+    chmod(&snap, 0o777);
+    chmod(&snap.join("d"), 0o777);
+    set_mtime(&snap.join("d"), 1_000_000_000, 0);
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    let problem = |rep: &serde_json::Value, p: &str| {
+        rep["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["path"] == p)
+            .map(|x| x["error"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let damaged = |paths: &[&str]| -> Vec<(String, String)> {
+        paths
+            .iter()
+            .map(|p| {
+                (
+                    p.to_string(),
+                    "check metadata against the manifest".to_string(),
+                )
+            })
+            .collect()
+    };
+
+    let to = t.path().join("whole");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(damaged_problems(&rep), damaged(&[".", "d"]), "{rep}");
+    assert!(
+        problem(&rep, ".").contains("mode 777 (recorded 751)"),
+        "{rep}"
+    );
+    assert_eq!(mode(&to), 0o751, "the root as recorded, not as changed");
+    assert_eq!(mode(&to.join("d")), 0o750);
+
+    let to = t.path().join("flat");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "d", "--flat"]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(damaged_problems(&rep), damaged(&["d"]), "{rep}");
+    assert!(
+        problem(&rep, "d").contains("mode 777 (recorded 750)"),
+        "{rep}"
+    );
+    assert_eq!(mode(&to), 0o750);
+    let m = std::fs::symlink_metadata(&to).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_500_000_000, 7));
+
+    // `--path DIR` without `--flat`: listed by its parent, checked as before.
+    let to = t.path().join("path");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "d"]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(damaged_problems(&rep), damaged(&["d"]), "{rep}");
+    assert_eq!(mode(&to.join("d")), 0o750);
 }
 
 /// A setuid program whose content was rewritten in the store (its mode and time kept):

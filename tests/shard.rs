@@ -5384,3 +5384,50 @@ fn verify_finds_a_file_removed_from_the_runs_tree_before_finalize_published() {
         "{said}"
     );
 }
+
+/// A shard run's snapshot restores whole, `complete`, equal to the source: its root
+/// and directories (with extended attributes, a unit's root among them) are checked
+/// against the records the workers and finalize wrote (since session 48 the restored
+/// root too), and nothing of what they recorded may read as damaged.
+#[test]
+fn a_shard_runs_snapshot_restores_whole_and_complete() {
+    let e = env();
+    set_xattr(&e.src, "user.k", b"root");
+    set_xattr(&e.src.join("deep"), "user.k", b"deep");
+    set_xattr(&e.src.join("deep/d1"), "user.k", b"d1");
+    all_ok(&run_workers(&e, 2, "rs1", &[], |_| vec![]), "rs1");
+    check_run(&e, "rs1");
+    check_snapshot(&e, "rs1");
+    let restore = |to: &Path, extra: &[&str]| {
+        let mut a: Vec<&OsStr> = vec![
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ];
+        a.extend(extra.iter().map(OsStr::new));
+        let out = snapring(&a, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "restore {extra:?}: {}",
+            text(&out)
+        );
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rep["status"], "complete", "{rep}");
+        assert_eq!(rep["problems"].as_array().map_or(0, Vec::len), 0, "{rep}");
+    };
+    let to = e.dest.with_file_name("restored");
+    restore(&to, &[]);
+    assert_same_tree(&describe(&e.src), &describe(&to), "whole restore");
+    let to = e.dest.with_file_name("flat");
+    restore(&to, &["--path", "deep", "--flat"]);
+    assert_same_tree(
+        &describe(&e.src.join("deep")),
+        &describe(&to),
+        "--path deep --flat",
+    );
+}

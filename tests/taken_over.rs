@@ -193,7 +193,7 @@ fn check_diff(store: &Path, prefix: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|d| d["kind"] != "dir")
+        .filter(|d| d["kind"] != "directory")
         .map(|d| {
             let p = d["path"].as_str().unwrap();
             (

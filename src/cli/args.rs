@@ -403,7 +403,9 @@ pub struct ListArgs {
     /// on local disks]
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Print the result as JSON on stdout.
+    /// Print the result as JSON on stdout: a store's newest first, as its table; a
+    /// repository's oldest first, as restic's `snapshots --json` (its table is newest
+    /// first).
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)

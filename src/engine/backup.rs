@@ -812,9 +812,11 @@ fn spawn_walk<S: Sink + Send + 'static>(
     let worker = move || {
         let manifest = st.prev.as_ref().and_then(|p| p.manifest.as_ref());
         let damaged = st.prev.as_ref().map(|p| &p.damaged);
+        let record = st.prev.as_ref().and_then(|p| p.record.as_ref());
         let mut walk = Walk::new(&counters, &stop, &st.excludes, manifest, &sink)
             .kept_from(based_on)
             .damaged(damaged)
+            .record(record)
             .fenced(&store, fence);
         if let Some(fs) = &one_fs {
             walk = walk.stay_on(fs);

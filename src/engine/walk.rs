@@ -74,6 +74,10 @@ pub struct Walk<'a, S: Sink> {
     /// Entries `verify` found damaged in a previous snapshot compared by stat (a copied
     /// tree not trusted: [`crate::repo::Previous::damaged`]): copied, never linked.
     prev_damaged: Option<&'a std::collections::HashSet<RelPath>>,
+    /// The record of a previous snapshot compared by stat that is paired with a run's
+    /// manifest it differs from ([`crate::repo::Previous::record`]): a file is linked
+    /// from that tree only when it hashes as the record says ([`Walk::vouched`]).
+    prev_record: Option<&'a manifest::Reader>,
     /// The first fatal error (destination side): the run stops and fails.
     pub fatal: Mutex<Option<Error>>,
     /// The source root, taken by the root's `open`.
@@ -116,6 +120,9 @@ pub struct DirState<D> {
     out: D,
     /// The previous snapshot's manifest block for this directory, sorted by name.
     prev_entries: Option<Vec<Entry>>,
+    /// Without one, the block of the record its tree is paired with
+    /// ([`Walk::record`]), sorted by name: empty when the record has none.
+    record: Option<Vec<Entry>>,
     meta: Meta,
     xattrs: Xattrs,
     /// The new manifest block, filled by the chunks, and whether it was written
@@ -145,6 +152,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             sink,
             prev_label: None,
             prev_damaged: None,
+            prev_record: None,
             fatal: Mutex::new(None),
             root: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
@@ -250,6 +258,15 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// by stat whose record `verify` checked: [`crate::repo::Previous::damaged`]).
     pub fn damaged(mut self, damaged: Option<&'a std::collections::HashSet<RelPath>>) -> Self {
         self.prev_damaged = damaged;
+        self
+    }
+
+    /// Links a file from the previous snapshot compared by stat only when it hashes as
+    /// `record` says (the manifest of the run its tree is paired with, not trusted to
+    /// describe the tree: [`crate::repo::Previous::record`]); else copies it from the
+    /// source.
+    pub fn record(mut self, record: Option<&'a manifest::Reader>) -> Self {
+        self.prev_record = record;
         self
     }
 
@@ -1014,6 +1031,13 @@ impl<'a, S: Sink> Walk<'a, S> {
             };
             src_xattrs = Some(xs);
         }
+        let mut vouched = None;
+        if decision == Decision::Link && prev_entry.is_none() && m.kind == Kind::File {
+            match self.vouched(dir, name, rel) {
+                Ok(h) => vouched = h,
+                Err(()) => decision = Decision::Copy(Reason::Damaged),
+            }
+        }
         if decision == Decision::Link
             && let Some(e) = self.link_prev(
                 dir,
@@ -1023,6 +1047,7 @@ impl<'a, S: Sink> Walk<'a, S> {
                 prev_entry,
                 target.as_deref(),
                 src_xattrs.as_ref(),
+                vouched,
             )
         {
             return Leaf::Written(e);
@@ -1124,7 +1149,17 @@ impl<'a, S: Sink> Walk<'a, S> {
         if let Some(pm) = prev_meta {
             // No manifest entry: the linked file's hash and xattrs, read once.
             let (hash, digest) = self.sink.linked_facts(&dir.state.out, name, &pm, false);
-            prev.hash = hash;
+            // From a tree paired with a record it differs from, the kept file is
+            // checked against what was backed up: the record's hash, so `verify` of
+            // the new snapshot tells a rotten one (the hash read from it would not).
+            let recorded = dir
+                .state
+                .record
+                .as_deref()
+                .and_then(|r| manifest::find(r, name))
+                .filter(|r| r.kind == pm.kind)
+                .and_then(|r| r.hash);
+            prev.hash = recorded.or(hash);
             prev.xattrs = digest;
         }
         prev.name = name.to_vec();
@@ -1132,8 +1167,62 @@ impl<'a, S: Sink> Walk<'a, S> {
         Leaf::Kept(prev)
     }
 
+    /// Whether the previous snapshot's file `name`, found unchanged by stat, may be
+    /// linked from a tree paired with a record it differs from ([`Walk::record`]):
+    /// `Ok(Some(hash))` when it hashes as its record entry says, `Ok(None)` when there
+    /// is no such record (a trusted manifest, or a tree taken over without one), and
+    /// `Err` when it is not as recorded (bit rot keeps size and mtime), the record has
+    /// no file of that name, or it cannot be read: it is copied from the source, the
+    /// truth at backup time. Before, it was linked and the hash read from the rotten
+    /// file recorded, so the new snapshot verified clean with the rot in it. The file
+    /// is read once, as hashing the linked file was.
+    fn vouched(
+        &self,
+        dir: &Node<S::Dir>,
+        name: &[u8],
+        rel: &RelPath,
+    ) -> Result<Option<blake3::Hash>, ()> {
+        let Some(record) = dir.state.record.as_deref() else {
+            return Ok(None);
+        };
+        let recorded = match manifest::find(record, name) {
+            Some(e) if e.kind == Kind::File => {
+                e.hash.ok_or_else(|| "a file without a hash".to_string())
+            }
+            Some(e) => Err(format!("a {}", e.kind.name())),
+            None => Err("not".to_string()),
+        };
+        let recorded = match recorded {
+            Ok(h) => h,
+            Err(what) => {
+                tracing::info!(
+                    "{rel}: {what} in the record of the previous snapshot's tree (not trusted); copying it from the source"
+                );
+                return Err(());
+            }
+        };
+        match self.sink.prev_hash(&dir.state.out, name) {
+            Some(Ok(h)) if h == recorded => Ok(Some(h)),
+            Some(Ok(_)) => {
+                tracing::warn!(
+                    "{rel}: the previous snapshot's copy does not hash as its record says (damaged); copying it from the source"
+                );
+                Err(())
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "{rel}: the previous snapshot's copy cannot be read ({e}); copying it from the source"
+                );
+                Err(())
+            }
+            None => Err(()),
+        }
+    }
+
     /// Links an unchanged entry from the previous snapshot. `None` means copy instead.
     /// `xattrs`: the source's attributes when the decision already read them.
+    /// `vouched`: the file's hash, read from the previous snapshot and checked against
+    /// its record ([`Walk::vouched`]).
     #[allow(clippy::too_many_arguments)]
     fn link_prev(
         &self,
@@ -1144,6 +1233,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         prev_entry: Option<&Entry>,
         target: Option<&[u8]>,
         xattrs: Option<&Xattrs>,
+        vouched: Option<blake3::Hash>,
     ) -> Option<Entry> {
         match self.sink.link_unchanged(&dir.state.out, name, rel) {
             Linked::Done => {}
@@ -1163,6 +1253,16 @@ impl<'a, S: Sink> Walk<'a, S> {
             Some(p) => {
                 entry.hash = p.hash;
                 entry.xattrs = p.xattrs.clone();
+            }
+            None if vouched.is_some() => {
+                entry.hash = vouched;
+                entry.xattrs = match xattrs {
+                    Some(x) => fsx::xattr_digest(x),
+                    None => self
+                        .sink
+                        .prev_xattrs(&dir.state.out, name)
+                        .and_then(|x| fsx::xattr_digest(&x)),
+                };
             }
             None => {
                 // A tree taken over without a manifest: hash the linked file once (the
@@ -1500,6 +1600,16 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             }),
             _ => None,
         };
+        // A record that cannot be read vouches for nothing: every file is copied.
+        let record = match self.prev_record {
+            Some(r) if prev_entries.is_none() && self.sink.has_prev(&out) => {
+                Some(r.lookup(rel).unwrap_or_else(|e| {
+                    tracing::warn!("{rel}: the previous snapshot's record is unusable ({e}); its files are copied from the source");
+                    None
+                }).unwrap_or_default())
+            }
+            _ => None,
+        };
         let was = meta;
         let (mut names, whole) = self.list(&src, rel, &mut meta);
         self.relisted(parent, name, &was, &meta);
@@ -1544,6 +1654,7 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             src,
             out,
             prev_entries,
+            record,
             meta,
             xattrs,
             block: Mutex::new((Vec::new(), false)),

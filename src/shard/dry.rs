@@ -139,7 +139,11 @@ fn walk_home(
             .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
         let sink = PlanSink::new(prev_dir);
         let keep = cut.unit_names(unit);
+        // As the worker's walk (`worker::unit_walk`): a damaged previous snapshot's
+        // files are not linked, a DIFFERS one's only where its record's hash agrees.
         let mut walk = Walk::new(&counters, cancel, &excludes, manifest, &sink)
+            .damaged(prev.as_ref().map(|p| &p.damaged))
+            .record(prev.as_ref().and_then(|p| p.record.as_ref()))
             .only_root_names(Box::new(keep))
             .fenced(&opts.store, store_fence);
         if let Some(fs) = &one_fs {

@@ -1506,6 +1506,7 @@ fn unit_walk<'a>(
     Walk::new(counters, stop, &ctx.excludes, manifest, sink)
         .kept_from(kept_from)
         .damaged(ctx.prev.as_ref().map(|p| &p.damaged))
+        .record(ctx.prev.as_ref().and_then(|p| p.record.as_ref()))
         .only_root_names(Box::new(keep))
         .gate(&ctx.gate)
 }

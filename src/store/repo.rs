@@ -249,6 +249,22 @@ impl Repository for Store {
             (None, Some((_, r))) => manifest::read_damaged(&self.meta.join("manifests"), &r.id),
             _ => Default::default(),
         };
+        let paired = match (&manifest, &snap.differs) {
+            (None, Some((_, r))) => {
+                match manifest::Reader::open(&self.meta.join("manifests"), &r.id) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: the manifest of run {} it is paired with is unusable ({e}); its files are compared by stat and hashed as they are",
+                            snap.name,
+                            r.id
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let record = snap
             .rec
             .as_ref()
@@ -270,6 +286,7 @@ impl Repository for Store {
             name: snap.name,
             manifest,
             damaged,
+            record: paired,
         }))
     }
 

@@ -867,6 +867,10 @@ impl Sink for TreeSink {
         prev_xattrs(dir.prev.as_ref(), name)
     }
 
+    fn prev_hash(&self, dir: &TreeDir, name: &[u8]) -> Option<io::Result<blake3::Hash>> {
+        Some(fsx::hash_at(b(dir.prev.as_ref()?), name))
+    }
+
     fn has_prev(&self, dir: &TreeDir) -> bool {
         dir.prev.is_some()
     }
