@@ -1394,12 +1394,22 @@ to = ["ops@example.com"]
         );
         std::fs::read_to_string(&files[0]).unwrap()
     };
-    let labels = format!(
-        "job_name=\"fs\",store=\"{}\",to=\"{url}\"",
-        std::fs::canonicalize(f.backups.join("fs-1"))
-            .unwrap()
-            .display()
-    );
+    let store = std::fs::canonicalize(f.backups.join("fs-1")).unwrap();
+    let labels = [
+        "job_name=\"fs\"".to_string(),
+        format!("store=\"{}\"", store.display()),
+        format!("to=\"{url}\""),
+    ];
+    // The value of series `name` of the pair (with `extra` among its labels).
+    let series = |t: &str, name: &str, extra: &str| {
+        t.lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && labels.iter().all(|x| l.contains(x.as_str()))
+                    && l.contains(extra)
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+    };
 
     // Failed (the wrong password): both notifiers hear it, and the textfile says it.
     write_cfg(false);
@@ -1429,14 +1439,26 @@ to = ["ops@example.com"]
         mails[0]
     );
     let t = textfile();
-    for line in [
-        format!("snapring_copy_last_status{{{labels},status=\"failed\"}} 1"),
-        format!("snapring_copy_last_status{{{labels},status=\"complete\"}} 0"),
-        format!("snapring_copy_runs_started_total{{{labels}}} 1"),
-        format!("snapring_copy_runs_failed_total{{{labels}}} 1"),
-    ] {
-        assert!(t.lines().any(|l| l == line), "no {line} in\n{t}");
-    }
+    assert_eq!(
+        series(&t, "snapring_copy_last_status", "status=\"failed\""),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_last_status", "status=\"complete\""),
+        Some(0.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_runs_started_total", ""),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_runs_failed_total", ""),
+        Some(1.0),
+        "{t}"
+    );
     assert!(
         !t.contains("snapring_copy_last_success_timestamp_seconds{"),
         "{t}"
@@ -1449,13 +1471,21 @@ to = ["ops@example.com"]
     assert_eq!(http.got.lock().unwrap().len(), 1);
     assert_eq!(smtp.mails.lock().unwrap().len(), 1);
     let t = textfile();
-    for line in [
-        format!("snapring_copy_last_status{{{labels},status=\"complete\"}} 1"),
-        format!("snapring_copy_runs_started_total{{{labels}}} 2"),
-        format!("snapring_copy_runs_failed_total{{{labels}}} 1"),
-    ] {
-        assert!(t.lines().any(|l| l == line), "no {line} in\n{t}");
-    }
+    assert_eq!(
+        series(&t, "snapring_copy_last_status", "status=\"complete\""),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_runs_started_total", ""),
+        Some(2.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_runs_failed_total", ""),
+        Some(1.0),
+        "{t}"
+    );
     assert!(
         t.contains("snapring_copy_last_success_timestamp_seconds{"),
         "{t}"
