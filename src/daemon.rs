@@ -947,6 +947,7 @@ impl State<'_> {
                 // store ([`State::look`]).
                 crate::catalog::settle_repository_runs(c);
             }
+            self.take_told_deaths(cat.as_ref());
             let names: Vec<String> = self.jobs.keys().cloned().collect();
             for name in names {
                 match self.look(&name, cat.as_mut()) {
@@ -1392,10 +1393,47 @@ impl State<'_> {
                         "run {}: its store answered: its record there now says its death was told",
                         u.id
                     );
+                    if let Some(mut c) = self.catalog()
+                        && let Err(e) = c.marked_told(&u.id)
+                    {
+                        tracing::warn!("{e}");
+                    }
                 }
                 Answer::NotYet => self.unmarked.push(u),
             }
         }
+    }
+
+    /// The deaths an earlier daemon on this catalog told before their store answered
+    /// and stopped before it did ([`Catalog::note_told_death`]): marked told now, or
+    /// once their store answers ([`State::mark_told`]), before anything reads or runs
+    /// in it.
+    fn take_told_deaths(&mut self, cat: Option<&Catalog>) {
+        let Some(c) = cat else { return };
+        let noted = match c.told_deaths() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
+            }
+        };
+        for (id, key, root, cause) in noted {
+            if self.unmarked.iter().any(|u| u.id == id) {
+                continue;
+            }
+            tracing::info!(
+                "run {id}: its death was told before its store {} answered; its record there is marked told once it answers",
+                root.display()
+            );
+            self.unmarked.push(Unmarked {
+                question: format!("the record of run {id}, dead"),
+                key,
+                root,
+                id,
+                cause,
+            });
+        }
+        self.mark_told();
     }
 
     fn reap(&mut self) {
@@ -1504,6 +1542,31 @@ impl State<'_> {
         self.died(name, &why, run, at, give_up)
     }
 
+    /// Without a catalog: (id, store) of the record in the store of job `name` of the
+    /// run that died (`run`, started at `since`, reaped at `at`), if it has one
+    /// ([`dead_record`]); on the store's worker ([`StoreCalls`]).
+    fn dead_in_store(
+        &self,
+        name: &str,
+        run: &Running,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Answer<Option<(String, String)>> {
+        let (Some(key), Some(root)) = (
+            configured_store(&run.cfg, name),
+            store_of(&run.cfg, name, &self.calls),
+        ) else {
+            return Answer::Got(None);
+        };
+        let job = name.to_string();
+        let question = format!("the record of job {name}'s run dead at {}", at.to_rfc3339());
+        self.calls
+            .call(&key, "find a dead run's record", &question, move || {
+                dead_record(&root, &job, since, at)
+                    .map(|id| (id, root.to_string_lossy().into_owned()))
+            })
+    }
+
     /// A run of job `name` whose process ended (reaped at `at`) before it could record
     /// and notify itself (`why`): its catalog row and record are settled now, as the
     /// next command would settle them, with the cause in their message, and the
@@ -1531,30 +1594,43 @@ impl State<'_> {
             // Runs into a repository: by their markers beside the catalog.
             crate::catalog::settle_repository_runs(c);
         }
-        let row = cat.as_ref().and_then(|c| {
-            c.recent(name, UNTOLD_LOOKED_AT)
-                .ok()?
-                .into_iter()
-                .find(|row| {
-                    crate::store::select::parse_time(&row.started_at)
-                        .is_some_and(|t| t >= since && t <= at)
+        // (id, store) of its run.
+        let row = match cat.as_ref() {
+            Some(c) => c
+                .recent(name, UNTOLD_LOOKED_AT)
+                .ok()
+                .and_then(|rows| {
+                    rows.into_iter().find(|row| {
+                        crate::store::select::parse_time(&row.started_at)
+                            .is_some_and(|t| t >= since && t <= at)
+                    })
                 })
                 .filter(|row| !crate::catalog::is_repository(&row.store))
-        });
+                .map(|row| (row.id, row.store)),
+            // Without a catalog, its record in the store (it found none here, told the
+            // death and left the record `running`: the next start settled it into an
+            // untold death and told it again). A store that has not answered by the
+            // time the loop gives up is told without its record, as with a catalog.
+            None => match self.dead_in_store(name, run, since, at) {
+                Answer::Got(found) => found,
+                Answer::NotYet if !give_up => return false,
+                Answer::NotYet => None,
+            },
+        };
         let msg = format!("its run's process {why}, before it recorded its end");
         // Its catalog row, if its store was not waited for.
         let mut gave_up = None;
         let settled = match row {
             None => None,
-            Some(row) => {
-                let root = PathBuf::from(&row.store);
+            Some((row_id, row_store)) => {
+                let root = PathBuf::from(&row_store);
                 // On the worker of the store as configured, as every other call on it:
                 // keyed by the catalog's path (`/mnt/x/../s`, a symlink), the store had
                 // two workers, and its lock could be read and a run started while this
                 // record was not settled yet (which then found the store locked and
                 // left the record `running`).
                 let key = configured_store(&run.cfg, name).unwrap_or_else(|| root.clone());
-                let id = row.id.clone();
+                let id = row_id.clone();
                 let cause = msg.clone();
                 let question = format!("the record of run {id}, dead");
                 // Who has the say on its record: the call (it answered in time) or
@@ -1592,14 +1668,23 @@ impl State<'_> {
                         // Its settling call may never have been made (the store's
                         // worker was busy with another call): made once the store
                         // answers, to mark the record told ([`State::mark_told`]).
+                        // Noted in the catalog too: a daemon stopped before the store
+                        // answers leaves it for the next one to mark (it was told
+                        // again, as an untold death, after the next run's repair).
+                        if let Some(mut c) = self.catalog()
+                            && let Err(e) =
+                                c.note_told_death(&row_id, &key, Path::new(&row_store), &msg)
+                        {
+                            tracing::warn!("{e}");
+                        }
                         self.unmarked.push(Unmarked {
                             key,
-                            root: PathBuf::from(&row.store),
-                            id: row.id.clone(),
+                            root: PathBuf::from(&row_store),
+                            id: row_id.clone(),
                             cause: msg.clone(),
                             question,
                         });
-                        gave_up = Some(row);
+                        gave_up = Some((row_id, row_store));
                         None
                     }
                     Answer::Got(s) => {
@@ -1629,18 +1714,17 @@ impl State<'_> {
             return true;
         }
         let msg = match &gave_up {
-            Some(row) => format!(
-                "{msg}; its store {} has not answered (its record there is settled by the next command that reaches it)",
-                row.store
+            Some((_, store)) => format!(
+                "{msg}; its store {store} has not answered (its record there is settled by the next command that reaches it)"
             ),
             None => msg,
         };
         tracing::error!("job {name}: {msg}");
         self.event(Some(name), "error", &msg);
-        if let Some(row) = &gave_up
+        if let Some((id, _)) = &gave_up
             && let Some(mut r) = self
                 .catalog()
-                .and_then(|c| c.run_summary(&row.id).ok().flatten())
+                .and_then(|c| c.run_summary(id).ok().flatten())
         {
             // `failed`, as it is told: not `running` (which the next command settles
             // from the store) nor `incomplete` (which the next start tells again).
@@ -2267,6 +2351,30 @@ fn untold_deaths(
     }
     found.reverse();
     found
+}
+
+/// The id of the newest record of job `name` in the store at `root` started between
+/// `since` and `at` (the run a dead child made, if it got as far as its record), for a
+/// daemon without a catalog ([`State::dead_in_store`]).
+fn dead_record(root: &Path, name: &str, since: DateTime<Utc>, at: DateTime<Utc>) -> Option<String> {
+    let store = crate::store::Store::open_read(root).ok()?;
+    // Newest first; an id dated well before the child started (its time is its
+    // start's) is not read.
+    let early = since - chrono::Duration::minutes(5);
+    let mut ids: Vec<String> = store
+        .run_ids()
+        .into_iter()
+        .filter(|id| crate::store::select::run_id_time(id).is_none_or(|t| t >= early))
+        .collect();
+    ids.sort_by(|a, b| b.cmp(a));
+    ids.into_iter().find(|id| {
+        store.read_run(id).ok().flatten().is_some_and(|r| {
+            r.job.as_deref() == Some(name)
+                && !r.dry_run
+                && crate::store::select::parse_time(&r.started_at)
+                    .is_some_and(|t| t >= since && t <= at)
+        })
+    })
 }
 
 /// Whether run `r` died before it recorded its end (killed, or with its daemon) and

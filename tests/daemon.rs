@@ -4593,3 +4593,189 @@ fn a_death_told_before_its_store_answered_is_marked_told_when_its_settle_was_nev
     assert!(marked(), "{rec}\n{}", logged());
     assert!(rec.contains("\"incomplete\""), "{rec}");
 }
+
+/// With the catalog off (`--catalog off`), a run the daemon saw die (killed in its
+/// walk) was told at once, but `died` looked for its run in the catalog only: the
+/// record in the store stayed `running`, and the next daemon start settled it into an
+/// untold death and told it a second time. Now the daemon finds the record in the
+/// store, settles it and records the notice's outcome in it: a restart tells nothing
+/// again.
+#[test]
+fn with_the_catalog_off_a_death_the_daemon_told_is_not_told_again_at_its_next_start() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    tree(&src, 3, 3);
+    let (walking, told) = (dir.join("walking"), dir.join("told"));
+    let cfg = dir.join("d.toml");
+    let config = |schedule: &str| {
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"{schedule}\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = dir.display(),
+            told = told.display(),
+        )
+    };
+    // One run only: at a time of day a few seconds ahead (UTC).
+    let at = chrono::Utc::now() + chrono::Duration::seconds(10);
+    std::fs::write(&cfg, config(&at.format("%S %M %H * * *").to_string())).unwrap();
+    let log = dir.join("daemon.log");
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let fps = format!("walk.dir=pause:{}", walking.display());
+    let d = daemon_logging_with(
+        Path::new("off"),
+        &cfg,
+        &log,
+        &[("SNAPRING_FAILPOINTS", fps.as_str())],
+    );
+    wait_until("the run's pause", 60, || {
+        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
+    });
+    let pid: i32 = std::fs::read_to_string(&walking)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let runs = dir.join("sa/.snapring/runs");
+    let id = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            Some(n.strip_suffix(".json")?.to_string())
+        })
+        .unwrap();
+    sigkill(pid);
+    let _ = std::fs::remove_file(&walking);
+    wait_until("the death told", 30, || !told_lines(&told).is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    d.stop();
+    assert_eq!(told_lines(&told).len(), 1, "{:?}", told_lines(&told));
+    let record = std::fs::read_to_string(runs.join(format!("{id}.json"))).unwrap();
+    // The next start resumes the run, and tells its death no more.
+    let log2 = dir.join("daemon2.log");
+    let d = daemon_logging_with(Path::new("off"), &cfg, &log2, &[]);
+    wait_until("the interrupted run resumed", 60, || {
+        dir.join("sa/daily.0/d0/f0").exists()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    d.stop();
+    let lines = told_lines(&told);
+    assert!(
+        !lines[1..].iter().any(|l| l.contains(&id)),
+        "told again at the next start: {lines:?}\n{}",
+        std::fs::read_to_string(&log2).unwrap_or_default()
+    );
+    // Its record, as the first daemon left it: settled, with the notice's outcome.
+    let r: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(r["status"], "incomplete", "{r}\n{}", logged());
+    assert_eq!(r["notifications"][0]["ok"], true, "{r}");
+}
+
+/// A run killed while its store hangs (the daemon's settling of its record paused) is
+/// told after `SNAPRING_DAEMON_DEATH_WAIT` without its store; the daemon is stopped
+/// before the store answers. The mark it was to write in the record once the store
+/// answered was kept in its memory only: the record stayed `running`, and a later start
+/// (here one without the catalog, which reads the stores' records) settled it into an
+/// untold death and told it again. Now the mark is noted in the catalog (schema 11),
+/// and the next daemon started on it writes it once the store answers.
+#[test]
+fn a_death_told_before_its_store_answered_is_marked_by_the_next_daemon() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (src, catalog) = (dir.join("src"), dir.join("cat.db"));
+    tree(&src, 3, 3);
+    let (walking, settling, told) = (dir.join("walking"), dir.join("settling"), dir.join("told"));
+    let cfg = dir.join("d.toml");
+    let config = |schedule: &str| {
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"{schedule}\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = dir.display(),
+            told = told.display(),
+        )
+    };
+    std::fs::write(&cfg, config("* * * * * *")).unwrap();
+    let log = dir.join("daemon.log");
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let fps = format!(
+        "walk.dir=pause:{};daemon.settle_dead=pause:{}",
+        walking.display(),
+        settling.display()
+    );
+    let d = daemon_logging_with(
+        &catalog,
+        &cfg,
+        &log,
+        &[
+            ("SNAPRING_FAILPOINTS", fps.as_str()),
+            ("SNAPRING_DAEMON_DEATH_WAIT", "2s"),
+        ],
+    );
+    wait_until("the run's pause", 60, || {
+        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
+    });
+    let pid: i32 = std::fs::read_to_string(&walking)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // No run after this one.
+    std::fs::write(&cfg, config("@yearly")).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.0.id() as i32).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    wait_until("the reload", 30, || reload_events(&catalog) >= 1);
+    let id = rows_of(&catalog, "a")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sigkill(pid);
+    let _ = std::fs::remove_file(&walking);
+    wait_until("the daemon's settling of its record", 30, || {
+        settling.exists()
+    });
+    wait_until("the death told", 30, || !told_lines(&told).is_empty());
+    assert_eq!(told_lines(&told), ["failed"], "{}", logged());
+    // Stopped before the store answers (the settling still paused).
+    d.stop();
+    std::fs::remove_file(&settling).unwrap();
+    let record = dir.join(format!("sa/.snapring/runs/{id}.json"));
+    let marked = || {
+        std::fs::read_to_string(&record)
+            .is_ok_and(|r| r.contains("its death was told before its store answered"))
+    };
+    // The next daemon on the catalog marks it.
+    let log2 = dir.join("daemon2.log");
+    let d = daemon_logging_with(&catalog, &cfg, &log2, &[]);
+    let t0 = Instant::now();
+    while !marked() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.stop();
+    // A start without the catalog reads the store's records: nothing to tell again.
+    let log3 = dir.join("daemon3.log");
+    let d = daemon_logging_with(Path::new("off"), &cfg, &log3, &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    d.stop();
+    let lines = told_lines(&told);
+    assert!(
+        !lines.iter().any(|l| l.contains(&id)),
+        "told again: {lines:?}\n{}\n{}",
+        std::fs::read_to_string(&log2).unwrap_or_default(),
+        std::fs::read_to_string(&log3).unwrap_or_default()
+    );
+    let rec = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(marked(), "{rec}\n{}", logged());
+    assert!(rec.contains("\"incomplete\""), "{rec}");
+    // Marked, it is no longer noted.
+    let noted: i64 = rusqlite::Connection::open(&catalog)
+        .unwrap()
+        .query_row("SELECT count(*) FROM told_deaths", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(noted, 0);
+}

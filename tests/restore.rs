@@ -1293,7 +1293,7 @@ fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     let before = store_state(&store);
     let one_line = |err: &str| assert_eq!(err.trim().lines().count(), 1, "{err}");
     let (code, _, err) = restore(&store, "daily.9", &t.path().join("o"), &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64);
     assert!(
         err.contains("no snapshot named \"daily.9\"") && err.contains("snapring list"),
         "{err}"
@@ -1644,7 +1644,7 @@ fn snapshots_are_named_by_run_id_and_by_time() {
     );
     assert_eq!(rep["run_id"], r1["id"], "{err}");
     let (code, _, err) = restore(&store, "@2000-01-01 00:00", &t.path().join("d"), &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64);
     assert!(
         err.contains("no snapshot was taken at or before 2000-01-01"),
         "{err}"
@@ -2427,4 +2427,89 @@ fn a_rerun_that_changes_nothing_leaves_the_target_roots_times_alone() {
         1_500_000_000,
         "the added entry's change was hidden"
     );
+}
+
+/// A restore of a snapshot the store does not have (a mistyped name, a time before every
+/// snapshot) is a mistake on the command line, as it is for `copy`: exit 64, no run
+/// recorded in the catalog, no notification (it was a `failed` restore, exit 1, that
+/// paged the job's notifiers and counted in `stats`). A restore that runs is recorded.
+#[test]
+fn a_restore_of_a_snapshot_the_store_does_not_have_exits_64_and_is_no_run() {
+    let (t, src, store) = setup_users();
+    let catalog = t.path().join("catalog.db");
+    let http = http_server();
+    let cfg = t.path().join("snapring.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.home]\nsource = \"{}\"\ndest = \"{}\"\nnotify = [\"hook\"]\nnotify_success = true\n\n[notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\n",
+            src.display(),
+            store.display(),
+            http.port
+        ),
+    )
+    .unwrap();
+    let restore_in = |snap: &str, to: &Path| {
+        let out = snapring(
+            &[
+                OsStr::new("--catalog"),
+                catalog.as_os_str(),
+                OsStr::new("restore"),
+                OsStr::new("--config"),
+                cfg.as_os_str(),
+                OsStr::new(snap),
+                OsStr::new("--to"),
+                to.as_os_str(),
+                OsStr::new("--json"),
+            ],
+            &[],
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let history = || {
+        let out = snapring(
+            &[
+                OsStr::new("--catalog"),
+                catalog.as_os_str(),
+                OsStr::new("history"),
+                OsStr::new("--json"),
+            ],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    for (snap, says) in [
+        ("daily.9", "no snapshot named \"daily.9\""),
+        (
+            "@2000-01-01",
+            "no snapshot was taken at or before 2000-01-01",
+        ),
+    ] {
+        let to = t.path().join("o");
+        let (code, err) = restore_in(snap, &to);
+        assert_eq!(code, 64, "{snap}: {err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!to.exists(), "{snap}: nothing is written");
+    }
+    assert!(
+        http.got.lock().unwrap().is_empty(),
+        "a mistake pages nobody: {:?}",
+        http.got.lock().unwrap()
+    );
+    assert!(
+        !catalog.exists() || history().is_empty(),
+        "a mistake is no run: {:?}",
+        history()
+    );
+    // A restore that runs is a run: recorded and told.
+    let (code, err) = restore_in("daily.0", &t.path().join("ok"));
+    assert_eq!(code, 0, "{err}");
+    let rows = history();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["kind"], "restore", "{rows:?}");
+    assert_eq!(http.got.lock().unwrap().len(), 1);
 }

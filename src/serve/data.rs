@@ -576,6 +576,90 @@ pub fn copies(
         .collect())
 }
 
+/// The copies from the store into the repository of the copy `r` that just ended
+/// (`copy --textfile`): the catalog's pair (its counts, its newest complete copy) with
+/// `r` as the newest; without a catalog, or before it has the pair, `r` alone.
+pub fn of_copy(r: &RunReport, cat: Option<&Catalog>, now: DateTime<Utc>) -> CopyView {
+    let to = r.store.to_string_lossy().into_owned();
+    let row = crate::catalog::RunRow {
+        id: r.id.clone(),
+        kind: "copy".into(),
+        job: r.job.clone(),
+        label: r.label.clone(),
+        store: to.clone(),
+        snapshot: r.snapshot.clone(),
+        started_at: r.started_at.clone(),
+        finished_at: r.finished_at.clone(),
+        duration_seconds: r.duration_seconds,
+        status: r.status.as_str().to_string(),
+        files_total: r.files_total,
+        files_transferred: r.files_transferred,
+        bytes_transferred: r.bytes_transferred,
+        errors: r.errors,
+        notifications: r.notifications.len() as u64,
+        notifications_failed: r.notifications.iter().filter(|n| !n.ok).count() as u64,
+        invalid: Vec::new(),
+    };
+    let done = |s: Status| u64::from(r.status == s);
+    let found = cat
+        .and_then(|c| c.copies().ok())
+        .and_then(|all| all.into_iter().find(|k| k.from == r.source && k.to == to));
+    let mut v = match found {
+        Some(k) => CopyView {
+            store: k.from,
+            to: k.to,
+            job: r.job.clone(),
+            last: k.last,
+            last_message: k.last_message,
+            last_success_at: k.last_success_at,
+            last_success_age_seconds: None,
+            counts: Counts {
+                runs: k.runs,
+                complete: k.complete,
+                partial: k.partial,
+                incomplete: k.incomplete,
+                failed: k.failed,
+                failed_once: k.failed_once,
+                running: k.running,
+                skipped: 0,
+            },
+        },
+        None => CopyView {
+            store: r.source.clone(),
+            to,
+            job: r.job.clone(),
+            last: row.clone(),
+            last_message: r.message.clone(),
+            last_success_at: (r.status == Status::Complete)
+                .then(|| r.finished_at.clone())
+                .flatten(),
+            last_success_age_seconds: None,
+            counts: Counts {
+                runs: 1,
+                complete: done(Status::Complete),
+                partial: done(Status::Partial),
+                incomplete: done(Status::Incomplete),
+                failed: done(Status::Failed),
+                failed_once: done(Status::Failed),
+                running: 0,
+                skipped: 0,
+            },
+        },
+    };
+    // The copy that just ended is the newest, whatever the catalog says (its row not
+    // written: the catalog locked or full).
+    if v.last.id != r.id {
+        v.last = row;
+        v.last_message = r.message.clone();
+    }
+    v.last_success_age_seconds = v
+        .last_success_at
+        .as_deref()
+        .and_then(crate::store::select::parse_time)
+        .map(|t| (now - t).num_milliseconds() as f64 / 1e3);
+    v
+}
+
 /// A newest copy the catalog has as `running` whose process is gone (nobody holds its
 /// marker beside the catalog) shows as it ended, as the next command that writes the
 /// catalog records it (`catalog::settle_repository_runs`); the catalog is not written.
