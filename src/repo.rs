@@ -242,6 +242,12 @@ pub trait Rotation {
     fn deferred(&self) -> &[String] {
         &[]
     }
+    /// The snapshot it would expire but keeps, because it is its label's newest
+    /// `complete` one and the run is not `complete` (invariant 3: history goes only
+    /// when a newer complete snapshot exists; a later complete run expires it).
+    fn kept_complete(&self) -> Option<&str> {
+        None
+    }
     /// Its steps in words (`expire daily.6`, `rename daily.0 -> daily.1`,
     /// `publish daily.0`), for a dry run's plan.
     fn describe(&self) -> Vec<String>;
@@ -283,8 +289,16 @@ pub trait Repository {
     /// A sink that records a dry run's plan.
     fn dry_sink(&self, prev: Option<&Previous>) -> Result<Self::DrySink>;
 
-    /// Plans the rotation that publishing run `id` as `<label>.0` makes, keeping `retain`.
-    fn plan_rotation(&self, label: &str, retain: u32, id: &str) -> Result<Self::Rotation>;
+    /// Plans the rotation that publishing run `id` as `<label>.0` makes, keeping `retain`;
+    /// a run whose `status` is not `complete` keeps its label's newest complete snapshot
+    /// past `retain` ([`Rotation::kept_complete`]).
+    fn plan_rotation(
+        &self,
+        label: &str,
+        retain: u32,
+        id: &str,
+        status: Status,
+    ) -> Result<Self::Rotation>;
 
     /// Publishes the sealed snapshot with its rotation, atomically as far as a reader
     /// can tell (journalled: a crash at any point is repaired by the next command).

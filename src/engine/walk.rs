@@ -364,7 +364,27 @@ impl<'a, S: Sink> Walk<'a, S> {
         );
     }
 
+    /// Whether `e` (the source's, at `rel`) says the source's file system is gone (a
+    /// FUSE server that died, a mount torn away: ENOTCONN): then the run fails
+    /// ([`Error::SourceLost`], invariant 4) rather than keep every entry's previous
+    /// version as "unreadable" and publish a `partial` snapshot that rotates history
+    /// away. ESTALE alone is an entry's (an NFS file deleted on the server during the
+    /// walk): the run checks its source root when the walk ends (`engine::backup`).
+    fn source_lost(&self, rel: &RelPath, action: &str, e: &std::io::Error) -> bool {
+        if !fsx::errno_is(e, Errno::NOTCONN) {
+            return false;
+        }
+        self.fail(Error::SourceLost {
+            root: None,
+            detail: format!("{action} {rel}: {e}"),
+        });
+        true
+    }
+
     fn source_error(&self, rel: &RelPath, action: &str, e: &std::io::Error) {
+        if self.source_lost(rel, action, e) {
+            return;
+        }
         // `NotFound`: ENOENT, or a name no longer of the type its `lstat` gave.
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
             ProblemKind::Vanished
@@ -577,6 +597,9 @@ impl<'a, S: Sink> Walk<'a, S> {
         action: &str,
         e: &std::io::Error,
     ) -> Option<Entry> {
+        if self.source_lost(rel, action, e) {
+            return None;
+        }
         let prev = dir
             .state
             .prev_entries
@@ -1082,6 +1105,9 @@ impl<'a, S: Sink> Walk<'a, S> {
         action: &'static str,
         e: std::io::Error,
     ) -> Leaf {
+        if self.source_lost(rel, action, &e) {
+            return Leaf::Dropped;
+        }
         if e.kind() == std::io::ErrorKind::NotFound {
             self.source_error(rel, action, &e);
             return Leaf::Dropped;

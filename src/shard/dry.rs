@@ -163,7 +163,14 @@ fn walk_home(
     plan.entries.sort_by(|a, b| a.0.cmp(&b.0));
     plan.rotation = match store {
         Some(st) => {
-            let r = Repository::plan_rotation(st, &opts.label, retain, &spec.run_id)?;
+            let status = match counters
+                .problems_total
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                0 => crate::report::Status::Complete,
+                _ => crate::report::Status::Partial,
+            };
+            let r = Repository::plan_rotation(st, &opts.label, retain, &spec.run_id, status)?;
             r.describe()
         }
         None => vec![format!("publish {}.0", opts.label)],

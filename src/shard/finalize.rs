@@ -404,9 +404,11 @@ fn locked(
         };
         counters.fill(&mut rep);
         rep.status = Status::Running;
-        let rotation = Repository::plan_rotation(store, &plan.label, plan.retain, &rd.run);
+        let rotation = Repository::plan_rotation(store, &plan.label, plan.retain, &rd.run, status);
         if let Ok(r) = &rotation {
             rep.expired = crate::repo::Rotation::expired(r).to_vec();
+            let kept = crate::engine::backup::kept_complete_warning(r, plan.retain);
+            rep.warnings.extend(kept);
         }
         // Recorded before the publish, with the snapshots it expires: a finalize after a
         // crash past it reads them here.
@@ -1766,6 +1768,9 @@ fn apply_spine(
         if let Some((uid, gid)) = held {
             (meta.uid, meta.gid) = (uid, gid);
         }
+        // Made under `.snapring/`, it may have inherited a default ACL from the store's
+        // directory: the source's ACLs only.
+        fsx::remove_xattrs(&fsx::XattrTarget::Fd(b(out)), fsx::INHERITED_DIR, xattrs)?;
         fsx::apply_dir_meta(b(out), &meta, xattrs)
     })
     .into_iter()
