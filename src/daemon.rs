@@ -996,10 +996,12 @@ impl State<'_> {
             if !startup || self.unlooked.contains(name) {
                 continue;
             }
-            let last = match cat.as_ref() {
-                Some(c) => c.last_start(name).ok().flatten(),
-                None => in_store.get(name).map(|(.., started)| started.clone()),
-            };
+            // The store's newest record when the catalog has no row of the job
+            // ([`State::look`]).
+            let last = cat
+                .as_ref()
+                .and_then(|c| c.last_start(name).ok().flatten())
+                .or_else(|| in_store.get(name).map(|(.., started)| started.clone()));
             let newest = cat
                 .as_ref()
                 .and_then(|c| c.newest_backup(name).ok().flatten())
@@ -1088,21 +1090,16 @@ impl State<'_> {
     /// in it, as `catalog::settle_running` does); without, the store's own records.
     fn look(&self, name: &str, cat: Option<&mut Catalog>) -> Answer<Look> {
         let Some(c) = cat else {
-            let (Some(key), Some(root)) = (
-                configured_store(&self.cfg, name),
-                store_of(&self.cfg, name, &self.calls),
-            ) else {
-                return Answer::Got(Look::default());
-            };
-            let job = name.to_string();
-            let question = format!("the last runs of job {name}");
-            return self
-                .calls
-                .call(&key, "read its run records", &question, move || {
-                    look_in_store(&root, &job)
-                });
+            return self.look_without_catalog(name);
         };
         let rows = c.recent(name, UNTOLD_LOOKED_AT).unwrap_or_default();
+        // No row of the job (the catalog deleted, and made again by another job's run,
+        // which imports its own store only; a query that failed): its store's records,
+        // as without a catalog. Its missed run, its resume and its untold deaths went
+        // by without a word, the job waiting for its next time.
+        if rows.is_empty() {
+            return self.look_without_catalog(name);
+        }
         let pending: BTreeSet<String> = c
             .publish_pending()
             .unwrap_or_default()
@@ -1188,6 +1185,23 @@ impl State<'_> {
         })
     }
 
+    /// [`State::look`] of job `name` from the records in its store ([`look_in_store`]),
+    /// with no catalog, or one with no row of the job.
+    fn look_without_catalog(&self, name: &str) -> Answer<Look> {
+        let (Some(key), Some(root)) = (
+            configured_store(&self.cfg, name),
+            store_of(&self.cfg, name, &self.calls),
+        ) else {
+            return Answer::Got(Look::default());
+        };
+        let job = name.to_string();
+        let question = format!("the last runs of job {name}");
+        self.calls
+            .call(&key, "read its run records", &question, move || {
+                look_in_store(&root, &job)
+            })
+    }
+
     /// The jobs whose store had not answered at the daemon's start ([`State::look`]),
     /// read again: once one answers, its untold deaths and cut notices are told, and,
     /// if nothing of it has run or waited to run since, a missed run or an interrupted
@@ -1224,10 +1238,10 @@ impl State<'_> {
             if !fresh {
                 continue;
             }
-            let last = match cat.as_ref() {
-                Some(c) => c.last_start(&name).ok().flatten(),
-                None => l.newest.as_ref().map(|(.., started)| started.clone()),
-            };
+            let last = cat
+                .as_ref()
+                .and_then(|c| c.last_start(&name).ok().flatten())
+                .or_else(|| l.newest.as_ref().map(|(.., started)| started.clone()));
             let newest = cat
                 .as_ref()
                 .and_then(|c| c.newest_backup(&name).ok().flatten())
@@ -1607,10 +1621,15 @@ impl State<'_> {
                 })
                 .filter(|row| !crate::catalog::is_repository(&row.store))
                 .map(|row| (row.id, row.store)),
-            // Without a catalog, its record in the store (it found none here, told the
-            // death and left the record `running`: the next start settled it into an
-            // untold death and told it again). A store that has not answered by the
-            // time the loop gives up is told without its record, as with a catalog.
+            None => None,
+        };
+        // No row of it: without a catalog, or with one that could not record it
+        // (damaged, read-only), its record in the store (it found none, told the death
+        // as a "run failed" with no run id and left the record `running`: the next
+        // start settled it into an untold death and told it again). A store that has
+        // not answered by the time the loop gives up is told without its record.
+        let row = match row {
+            Some(row) => Some(row),
             None => match self.dead_in_store(name, run, since, at) {
                 Answer::Got(found) => found,
                 Answer::NotYet if !give_up => return false,
@@ -2576,6 +2595,7 @@ fn due_at_start(
         && let Some(prev) = prev
         && let Some(last) = last
         && crate::store::select::parse_time(&last).is_some_and(|l| l < prev)
+        && !covered_by_next(j, name, now, prev)
     {
         let msg = format!(
             "its run due at {} was missed while the daemon was down; running it now",
@@ -2593,6 +2613,35 @@ fn due_at_start(
         return Some((true, msg));
     }
     None
+}
+
+/// How close the next scheduled time must be for a missed run to wait for it
+/// ([`covered_by_next`]): this fraction of the schedule's period, at most
+/// [`MISSED_COVER_MAX`].
+const MISSED_COVER_FRACTION: i32 = 10;
+const MISSED_COVER_MAX: chrono::Duration = chrono::Duration::minutes(15);
+
+/// Whether the run of job `name` (`j`) missed at `prev` is covered by its next
+/// scheduled time, so close to the daemon's start (`now`) that it stands for the missed
+/// one (logged): within a tenth of the schedule's period (from `prev` to the next time),
+/// and at most 15 minutes. A daemon started at 01:58 ran a daily 02:00 job's missed
+/// run at once and again two minutes later: two near-identical snapshots, one slot of
+/// the ring spent on nothing (anacron and systemd's `Persistent=` do not either).
+fn covered_by_next(j: &Job, name: &str, now: DateTime<Utc>, prev: DateTime<Utc>) -> bool {
+    let Some(next) = j.schedule.next_after(now) else {
+        return false;
+    };
+    let bound = ((next - prev) / MISSED_COVER_FRACTION).min(MISSED_COVER_MAX);
+    if next - now > bound {
+        return false;
+    }
+    tracing::info!(
+        "job {name}: its run due at {} was missed while the daemon was down; its next time, {} (in {}s), stands for it",
+        prev.to_rfc3339(),
+        next.to_rfc3339(),
+        (next - now).num_seconds()
+    );
+    true
 }
 
 /// The notifiers of run `r` whose notice a stop cut short

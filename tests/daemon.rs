@@ -4779,3 +4779,224 @@ fn a_death_told_before_its_store_answered_is_marked_by_the_next_daemon() {
         .unwrap();
     assert_eq!(noted, 0);
 }
+
+/// The run records (`*.json`) in `runs`, sorted by name (their ids).
+fn record_ids(runs: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(runs)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".json").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// A run killed (SIGKILL) under a daemon whose catalog cannot record it (read-only
+/// here; a damaged one has no row of it either): its record in its store is the run.
+/// Its death was told as a `failed` with no run id and a subject of no run's, its
+/// record left `running`, and the next daemon start told it again, `incomplete` with
+/// its id. Now it is told once, `incomplete` with its id, its record holds the notice's
+/// outcome, and a restart tells nobody again.
+#[test]
+fn a_run_killed_while_the_catalog_cannot_record_it_is_told_once_with_its_id() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    tree(&src, 30, 10);
+    let cat = dir.join("cat.db");
+    drop(snapring::catalog::Catalog::open(&cat, false).unwrap());
+    chmod(&cat, 0o444);
+    let (pid_file, told) = (dir.join("pid"), dir.join("told"));
+    // Daily, at a time of day 10 s from now: one run (killed), none after it.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(10);
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\njobs = 1\nschedule = \"{s} {m} {h} * * *\"\n\
+             pre_command = [\"/bin/sh\", \"-c\", \"[ -e {pid} ] || echo $PPID > {pid}\"]\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = dir.display(),
+            s = at.format("%S"),
+            m = at.format("%M"),
+            h = at.format("%H"),
+            pid = pid_file.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let daemon = |log: &Path, failpoints: &str| {
+        let mut c = snapring_without_dac();
+        c.arg("--catalog")
+            .arg(&cat)
+            .args(["daemon", "--config"])
+            .arg(&cfg)
+            .env("SNAPRING_FAILPOINTS", failpoints)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        Daemon(c.spawn().unwrap())
+    };
+    let log = dir.join("daemon.log");
+    let d = daemon(&log, "walk.copy=sleep:200");
+    let logged = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+    let pid = run_pid(&pid_file);
+    let runs = dir.join("a/.snapring/runs");
+    wait_until("the run's record", 60, || !record_ids(&runs).is_empty());
+    let id = record_ids(&runs).remove(0);
+    sigkill(pid);
+    let line = format!("a incomplete {id}");
+    wait_until("the notice of the killed run", 30, || {
+        told_lines(&told).contains(&line)
+    });
+    let record = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(runs.join(format!("{id}.json"))).unwrap()).unwrap()
+    };
+    wait_until("the notice's outcome in the record", 30, || {
+        record()["notifications"][0]["ok"] == true
+    });
+    d.stop();
+    let r = record();
+    assert_eq!(r["status"], "incomplete", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("killed by signal 9")),
+        "{r}"
+    );
+    assert!(
+        logged(&log).contains("readonly database"),
+        "{}",
+        logged(&log)
+    );
+    assert_eq!(told_lines(&told), vec![line.clone()], "{}", logged(&log));
+    // A restart (the catalog still read-only) resumes the run and tells nobody again.
+    let log2 = dir.join("daemon2.log");
+    let d = daemon(&log2, "");
+    wait_until("the resumed run", 60, || dir.join("a/daily.0").exists());
+    std::thread::sleep(Duration::from_secs(2));
+    d.stop();
+    let lines = told_lines(&told);
+    assert_eq!(
+        lines.iter().filter(|l| **l == line).count(),
+        1,
+        "{lines:?}\n{}",
+        logged(&log2)
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.split(' ').count() == 3 && !l.ends_with(' ')),
+        "every notice has its run id: {lines:?}"
+    );
+}
+
+/// The catalog deleted, and made again by another job's run (which imports its own
+/// store only): the daemon's start read job `j`'s history from the catalog only, found
+/// none, and took it for a new job: its daily time, passed while the daemon was down,
+/// waited a day for the next, without a word (`missed = "run-once"`). Its store's run
+/// records are its history when the catalog has no row of it.
+#[test]
+fn a_missed_run_of_a_job_the_catalog_lost_runs_once_at_start() {
+    let Some(lib) = libfaketime() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("x"), b"x");
+    // Daily, at the time of day an hour ago; job k yearly, into a store of its own.
+    let cfg = daily_job_at(
+        t.path(),
+        &src,
+        chrono::Utc::now() - chrono::Duration::hours(1),
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[job.k]\nsource = \"{}\"\ndest = \"{}/k\"\nschedule = \"@yearly\"\n",
+        src.display(),
+        t.path().display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let catalog = t.path().join("cat.db");
+    let run = |job: &str, offset: &str| {
+        let off = t.path().join("faketime");
+        std::fs::write(&off, offset).unwrap();
+        let mut c = Command::new(bin());
+        c.arg("--catalog")
+            .arg(&catalog)
+            .args(["run", job, "--no-progress", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null());
+        faked(&mut c, &lib, &off);
+        assert!(c.status().unwrap().success());
+    };
+    // j's last run, yesterday (before that time).
+    run("j", "-86400\n");
+    assert_eq!(rows_of(&catalog, "j").len(), 1);
+    for e in std::fs::read_dir(t.path()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("cat.db") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    run("k", "+0\n");
+    assert!(rows_of(&catalog, "j").is_empty());
+    let log = t.path().join("log");
+    let d = faked_daemon(&lib, &t.path().join("faketime"), &catalog, &cfg, &log);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the missed run", 60, || {
+        logged().contains("job j: its run due at")
+            && logged().contains("was missed while the daemon was down; running it now")
+            && t.path().join("s/daily.1").exists()
+    });
+    d.stop();
+    assert!(!logged().contains("job k: its run due at"), "{}", logged());
+}
+
+/// A daemon started just before a job's scheduled time (here 12 s before a daily
+/// time, its previous time missed while the daemon was down) ran the missed run at
+/// once and the scheduled one seconds later: two near-identical snapshots, a slot of
+/// the ring spent. The next time stands for the missed run when it is that close (a
+/// tenth of the schedule's period, at most 15 minutes), and the log says so.
+#[test]
+fn a_missed_run_just_before_the_next_time_waits_for_it() {
+    let Some(lib) = libfaketime() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    write(&src.join("x"), b"x");
+    let at = chrono::Utc::now() + chrono::Duration::seconds(12);
+    let cfg = daily_job_at(t.path(), &src, at);
+    // The job's last run, two days ago: yesterday's time was missed.
+    let offset = t.path().join("faketime");
+    std::fs::write(&offset, "-172800\n").unwrap();
+    let mut run = Command::new(bin());
+    run.arg("--catalog")
+        .arg(&catalog)
+        .args(["run", "j", "--no-progress", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null());
+    faked(&mut run, &lib, &offset);
+    assert!(run.status().unwrap().success());
+    std::fs::write(&offset, "+0\n").unwrap();
+    let log = t.path().join("log");
+    let d = faked_daemon(&lib, &offset, &catalog, &cfg, &log);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the scheduled run", 60, || {
+        chrono::Utc::now() > at && t.path().join("s/daily.1").exists()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    d.stop();
+    assert!(
+        chrono::Utc::now() - at < chrono::Duration::hours(1),
+        "the test took too long"
+    );
+    assert!(
+        logged().contains("stands for it") && !logged().contains("running it now"),
+        "{}",
+        logged()
+    );
+    assert_eq!(rows_of(&catalog, "j").len(), 2, "{}", logged());
+    assert!(!t.path().join("s/daily.2").exists());
+}
