@@ -2775,6 +2775,8 @@ pub fn run(
                     }
                     st.text = text;
                     st.cfg = Arc::new(cfg);
+                    // The `[server]` of this daemon serves the reloaded jobs too.
+                    crate::serve::reloaded(&opts.config, st.cfg.clone());
                     // A queued run waits for the store its job writes now: the one
                     // read when it was queued may have moved (it then started beside
                     // a run on its new store, whose lock refused it: `failed`, told).
