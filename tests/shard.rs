@@ -3124,6 +3124,41 @@ fn finalize_of_a_run_whose_finalizer_died_after_finalized_cleans_up() {
     assert!(text.contains("shard worker started"), "{text}");
 }
 
+/// With nothing to expire, the run record written before `finalized` is the last one:
+/// it is not written again after the marker (session 48: the fourth write of the record,
+/// a chain of round trips at the very end of every run). Its expiry phase is there,
+/// empty, and the run's log is put together as before.
+#[test]
+fn with_nothing_expired_the_record_is_not_written_again_after_finalized() {
+    let e = env();
+    let run = "once";
+    // Whatever comes after `finalized` comes a while after it.
+    let late = |_| {
+        vec![(
+            "SNAPRING_FAILPOINTS",
+            "shard.finalize.after_finalized=sleep:300",
+        )]
+    };
+    let outs = run_workers(&e, 2, run, &[], late);
+    all_ok(&outs, "two workers");
+    check_run(&e, run);
+    let m = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let record = e.dest.join(format!(".snapring/runs/{run}.json"));
+    let finalized = run_dir(&e, run).join("finalized");
+    assert!(
+        m(&record) <= m(&finalized),
+        "the record was written again after finalized: {:?} > {:?}",
+        m(&record),
+        m(&finalized)
+    );
+    let rec = run_record(&e, run);
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert!(rec["phases"]["remove_expired"]["stop"].is_string(), "{rec}");
+    assert!(rec["finished_at"].is_string(), "{rec}");
+    let log = std::fs::read_to_string(e.dest.join(format!(".snapring/logs/{run}.log"))).unwrap();
+    assert!(log.contains(&format!("shard run {run} finalized")), "{log}");
+}
+
 /// Review: the run's staged tree lost after a finalize killed before its publish (removed
 /// by hand as a leftover, say). The units' work directories are gone (moved), so
 /// `snapring finalize` can only rebuild the spine directories: it must not publish
