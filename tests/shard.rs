@@ -3154,9 +3154,34 @@ fn with_nothing_expired_the_record_is_not_written_again_after_finalized() {
     let rec = run_record(&e, run);
     assert_eq!(rec["status"], "complete", "{rec}");
     assert!(rec["phases"]["remove_expired"]["stop"].is_string(), "{rec}");
+    let phase = &rec["phases"]["remove_expired"];
+    assert_eq!(phase["seconds"].as_f64(), Some(0.0), "{rec}");
+    assert_eq!(phase["start"], phase["stop"], "{rec}");
     assert!(rec["finished_at"].is_string(), "{rec}");
     let log = std::fs::read_to_string(e.dest.join(format!(".snapring/logs/{run}.log"))).unwrap();
     assert!(log.contains(&format!("shard run {run} finalized")), "{log}");
+}
+
+/// Review of session 48: the run's log is merged beside the expiry, so a run that
+/// expires a snapshot merges it again after it: the log holds what the finalizer logged
+/// of the expiry (its summary), as it did before session 48.
+#[test]
+fn the_run_log_holds_the_finalizers_expiry_lines() {
+    let e = env();
+    let retain = ["--retain", "1"];
+    all_ok(&run_workers(&e, 2, "x1", &retain, |_| vec![]), "x1");
+    write(&e.src.join("flat/n050 with space"), b"x2");
+    all_ok(&run_workers(&e, 2, "x2", &retain, |_| vec![]), "x2");
+    check_run(&e, "x2");
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    let rec = run_record(&e, "x2");
+    assert_eq!(rec["expired"], serde_json::json!(["daily.0"]), "{rec}");
+    let log = std::fs::read_to_string(e.dest.join(".snapring/logs/x2.log")).unwrap();
+    assert!(log.contains("shard run x2 finalized"), "{log}");
+    assert!(
+        log.contains("expiry: "),
+        "the expiry's summary is not in the run's log: {log}"
+    );
 }
 
 /// Review: the run's staged tree lost after a finalize killed before its publish (removed

@@ -386,7 +386,13 @@ fn locked(
                 let a = assemble(
                     store, rd, threads, &plan, &cut, &commits, &mounts, &counters,
                 );
-                let p = previous.map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+                // A panic of the look-up is re-raised, unless `assemble` failed: its
+                // error is the one to report then.
+                let p = previous.and_then(|h| match h.join() {
+                    Ok(p) => Some(p),
+                    Err(_) if a.is_err() => None,
+                    Err(p) => std::panic::resume_unwind(p),
+                });
                 (a, p)
             });
             assembled?;
@@ -530,10 +536,11 @@ fn locked(
     // Tests: a finalizer killed before its clean-up.
     let _ = crate::failpoint::hit("shard.finalize.after_finalized");
     // Clean-up; what is left is removed by `snapring finalize` or by hand. The run's
-    // log is put together meanwhile (it ends with the `finalized` line above; what
-    // this process logs of the expiry is in its own log), not after: the three are
-    // independent, and each a chain of round trips at the run's very end.
-    std::thread::scope(|s| {
+    // log is put together meanwhile (it ends with the `finalized` line above), not
+    // after: the three are independent, and each a chain of round trips at the run's
+    // very end. An expiry that did anything (rare: a run that expires a snapshot)
+    // logged after that merge, so the log is merged again after it.
+    let expired = std::thread::scope(|s| {
         let logs = s.spawn(|| merge_logs(store, &rd.run, plan.workers));
         match cleanup {
             Some(h) => {
@@ -541,7 +548,7 @@ fn locked(
             }
             None => remove_build_dirs(rd, threads),
         }
-        expire_and_record(
+        let expired = expire_and_record(
             store,
             rd,
             &cut,
@@ -551,7 +558,11 @@ fn locked(
             idle_expiry,
         );
         logs.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        expired
     });
+    if expired {
+        merge_logs(store, &rd.run, plan.workers);
+    }
     Ok(Finalized::Done(Box::new(rep)))
 }
 
@@ -664,8 +675,9 @@ fn tidy(store: &Store, rd: &RunDir, workers: usize) {
 
 /// The run's log, `logs/<run-id>.log` (where `snapring show` and the catalog look for
 /// it): the workers' log files one after the other, each starting with its `shard
-/// worker started … worker=I` line. Written as finalize ends; what the workers log
-/// after that (their part of the expiry) is in their own files only.
+/// worker started … worker=I` line. Written as finalize ends (again after an expiry
+/// that did anything, and by `snapring finalize` completing one); what the workers
+/// log after that (their part of the expiry) is in their own files only.
 fn merge_logs(store: &Store, run: &str, workers: usize) {
     let dir = store.meta.join("logs");
     // Read at once (a few round trips each on NFS, at the very end of the run).
@@ -686,7 +698,9 @@ fn merge_logs(store: &Store, run: &str, workers: usize) {
 /// The finalizer's part of the deletion of the expired snapshots (`expire.rs`), then
 /// the run record again, with each worker's part of it. `idle`: the record was written
 /// with nothing to expire and an empty phase for it; it is not written again if the
-/// deletion found nothing either (no piece, nothing swept from trash).
+/// deletion found nothing either (no piece, nothing swept from trash). Returns whether
+/// it deleted or logged anything (then the record is written again): false only in
+/// that idle case.
 fn expire_and_record(
     store: &Store,
     rd: &RunDir,
@@ -695,7 +709,7 @@ fn expire_and_record(
     cancel: &AtomicBool,
     rep: &mut RunReport,
     idle: bool,
-) {
+) -> bool {
     let rm_start = report::now_rfc3339();
     let t_rm = Instant::now();
     let (swept, failed) =
@@ -710,7 +724,7 @@ fn expire_and_record(
         };
     let tally = super::expire::tally(rd);
     if idle && !failed && swept == 0 && tally.state == "none" && tally.done == 0 {
-        return;
+        return false;
     }
     rep.phases.remove_expired = report::Phase {
         start: Some(rm_start),
@@ -748,6 +762,7 @@ fn expire_and_record(
     if let Err(e) = store.write_run(rep) {
         tracing::warn!("run record not updated with the expiry's figures: {e}");
     }
+    true
 }
 
 /// `snapring finalize` of a finalized run whose finalizer died while expired snapshots
@@ -781,8 +796,11 @@ fn resume_expiry(
             "run {} is finalized; completing the deletion of its expired snapshots",
             rd.run
         );
-        tidy(store, rd, plan.workers);
+        remove_build_dirs(rd, FINALIZE_THREADS);
         expire_and_record(store, rd, &cut, (None, jobs), cancel, &mut rep, false);
+        // Whether or not the dead finalizer merged the log: what it and the workers
+        // logged of the expiry after that merge is put in now.
+        merge_logs(store, &rd.run, plan.workers);
         Ok(Finalized::Already(Some(Box::new(rep))))
     })();
     Repository::unlock(store, lock);

@@ -137,11 +137,17 @@ struct Worker<'a> {
     idle: Idle,
 }
 
-/// How often a worker's waiting lanes look at `done/` (one listing for all of them;
-/// a listing is itself a few round trips). Each lane listed every 25 ms on its own
-/// before session 48: with three lanes waiting, a listing every 8–10 ms, which the end
-/// of a run is seen by (the last commit lets the others go).
-const DONE_POLL: Duration = Duration::from_millis(10);
+/// How often the waiting lanes of a worker of `lanes` lanes look at `done/` (one
+/// listing for all of them; a listing is itself a few round trips): every 25 ms with
+/// one lane, as before session 48; with more, as often as their own listings every
+/// 25 ms each were (three lanes waiting: every 8–10 ms, which the end of a run is seen
+/// by: the last commit lets the others go), but not below 8 ms.
+fn done_poll(lanes: usize) -> Duration {
+    (DONE_POLL_ONE_LANE / lanes.max(1) as u32).max(Duration::from_millis(8))
+}
+
+/// [`done_poll`] of a worker of one lane.
+const DONE_POLL_ONE_LANE: Duration = Duration::from_millis(25);
 
 /// A listing of `done/` shared by a worker's lanes ([`Idle::listed`]).
 type Listing = (
@@ -151,7 +157,7 @@ type Listing = (
 );
 
 /// One poller a worker, not one a lane: the last listing of `done/`, taken by whichever
-/// lane asks first and used by the others while it is younger than [`DONE_POLL`] (or
+/// lane asks first and used by the others while it is younger than [`Idle::poll`] (or
 /// until a lane of this worker commits: [`Idle::forget`]), and the count of commits at
 /// which a search of the claims ([`pick`]) last found nothing: another lane finding
 /// the same count within the wait of [`wait_for_a_commit`] waits without searching
@@ -159,8 +165,9 @@ type Listing = (
 /// wait later finds as well). Before session 48 each idle lane listed `done/` every
 /// 25 ms and read every live claim after each commit on its own: 1.4k of the split's
 /// delayed calls on `small` at 1 ms, 2% of them.
-#[derive(Default)]
 struct Idle {
+    /// How long a listing serves ([`done_poll`]).
+    poll: Duration,
     /// Bumped by each commit of this worker: a listing begun before it is not used.
     epoch: std::sync::atomic::AtomicU64,
     /// The listing: the epoch it began in, when it began, the names.
@@ -170,17 +177,38 @@ struct Idle {
 }
 
 impl Idle {
-    /// The units committed, listed at most [`DONE_POLL`] ago and after this worker's
-    /// last commit.
+    /// The shared state of a worker of `lanes` lanes.
+    fn new(lanes: usize) -> Idle {
+        Idle {
+            poll: done_poll(lanes),
+            epoch: Default::default(),
+            listed: Default::default(),
+            fruitless: Default::default(),
+        }
+    }
+
+    /// The units committed, listed at most [`Idle::poll`] before the call and after
+    /// this worker's last commit.
     fn done(
         &self,
         rd: &RunDir,
+    ) -> Result<std::sync::Arc<std::collections::BTreeSet<String>>, ShardError> {
+        self.done_at(rd, Instant::now())
+    }
+
+    /// [`Idle::done`] of a call at `arrived`: taken before the lock, so lanes that
+    /// queued behind a slow listing use it rather than list again one after another
+    /// (a listing that began less than a poll before they arrived).
+    fn done_at(
+        &self,
+        rd: &RunDir,
+        arrived: Instant,
     ) -> Result<std::sync::Arc<std::collections::BTreeSet<String>>, ShardError> {
         let mut g = self.listed.lock().unwrap_or_else(|e| e.into_inner());
         let epoch = self.epoch.load(Ordering::SeqCst);
         if let Some((e, at, names)) = g.as_ref()
             && *e == epoch
-            && at.elapsed() < DONE_POLL
+            && *at + self.poll > arrived
         {
             return Ok(names.clone());
         }
@@ -395,7 +423,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
         home_next: Default::default(),
         warnings: Default::default(),
-        idle: Idle::default(),
+        idle: Idle::new(lanes(opts.jobs.max(1))),
     };
     tracing::info!(
         run = %spec.run_id, worker = spec.index, workers = spec.count, units = cut.units.len(),
@@ -1338,8 +1366,8 @@ fn claim_units<'s>(
 /// Waits while every unit left is claimed by a live worker: until a unit is committed
 /// (`done/` holds more than `seen` names: the last commit lets the run be finalized at
 /// once), or for an eighth of the lease (then the claims are read again, to take over
-/// a lapsed one). `done/` is listed every 25 ms, one listing for all the worker's
-/// lanes ([`Idle`]); the claims, a listing and a read of each live claim, only at the
+/// a lapsed one). `done/` is listed every [`done_poll`] (25 ms with one lane, 8–10 ms
+/// with three), one listing for all the worker's lanes ([`Idle`]); the claims, a listing and a read of each live claim, only at the
 /// lease's pace, by one lane of the worker. A commit by this
 /// worker's other lane, or its seeing every unit committed (the `commits` bell rung
 /// past `rung`), ends the wait at once.
@@ -1351,7 +1379,7 @@ fn wait_for_a_commit(
 ) -> Result<(), ShardError> {
     let until = Instant::now() + idle_wait(ctx.lease);
     while Instant::now() < until {
-        if commits.wait(rung, DONE_POLL) {
+        if commits.wait(rung, ctx.idle.poll) {
             break;
         }
         if ctx.cancel.load(Ordering::Relaxed)
@@ -1965,38 +1993,51 @@ mod tests {
         rd
     }
 
-    /// One listing of `done/` serves all the lanes of a worker for [`DONE_POLL`], and
-    /// a commit of the worker's own is seen at once (its lane decides by it whether
-    /// the run is complete and finalizes): session 48, one poller a worker.
+    /// One listing of `done/` serves all the lanes of a worker for [`Idle::poll`],
+    /// counted from when a lane asked (not from when it got the lock), and a commit of
+    /// the worker's own is seen at once (its lane decides by it whether the run is
+    /// complete and finalizes): session 48, one poller a worker. The calls are given
+    /// their time ([`Idle::done_at`]): the test does not depend on the machine's speed.
     #[test]
     fn a_workers_lanes_share_one_listing_of_done_and_see_its_own_commit_at_once() {
         let t = tempfile::tempdir().unwrap();
         let rd = run_dir(&t);
         std::fs::create_dir_all(rd.root.join("done")).unwrap();
-        let idle = Idle::default();
-        let t0 = Instant::now();
-        let first = idle.done(&rd).unwrap();
+        let idle = Idle::new(3);
+        let poll = idle.poll;
+        // A lane arrives, then another while the first one lists (it waits for the
+        // lock): the second uses the first's listing.
+        let arrived = Instant::now();
+        let first = idle.done_at(&rd, arrived).unwrap();
         assert!(first.is_empty());
         std::fs::write(rd.done_path("u0000"), b"{}").unwrap();
-        let again = idle.done(&rd).unwrap();
-        if t0.elapsed() < DONE_POLL {
-            assert!(
-                std::sync::Arc::ptr_eq(&first, &again),
-                "a second lane within the poll lists again"
-            );
-        }
-        idle.forget();
+        let again = idle.done_at(&rd, arrived).unwrap();
         assert!(
-            idle.done(&rd).unwrap().contains("u0000"),
+            std::sync::Arc::ptr_eq(&first, &again),
+            "a second lane within the poll lists again"
+        );
+        // One arriving a poll after the listing began lists again.
+        let later = idle.done_at(&rd, Instant::now() + poll).unwrap();
+        assert!(later.contains("u0000"), "a listing older than the poll");
+        idle.forget();
+        std::fs::write(rd.done_path("u0001"), b"{}").unwrap();
+        assert_eq!(
+            idle.done_at(&rd, arrived).unwrap().len(),
+            2,
             "own commit unseen"
         );
-        std::fs::write(rd.done_path("u0001"), b"{}").unwrap();
-        std::thread::sleep(DONE_POLL);
-        assert_eq!(
-            idle.done(&rd).unwrap().len(),
-            2,
-            "a listing older than the poll"
-        );
+    }
+
+    /// How often `done/` is listed: 25 ms with one lane (as each lane did before session
+    /// 48), a lane's 25 ms shared by the lanes with more, not below 8 ms.
+    #[test]
+    fn done_is_listed_as_often_as_the_lanes_listed_it_on_their_own() {
+        assert_eq!(done_poll(1), Duration::from_millis(25));
+        assert_eq!(done_poll(lanes(3)), Duration::from_millis(25));
+        assert_eq!(done_poll(2), Duration::from_micros(12_500));
+        assert_eq!(done_poll(lanes(4)), Duration::from_nanos(8_333_333));
+        assert_eq!(done_poll(lanes(16)), Duration::from_millis(8));
+        assert_eq!(Idle::new(1).poll, Duration::from_millis(25));
     }
 
     /// Unit `id` of spine directory `dir`, names from `lo` to the end.
