@@ -301,6 +301,11 @@ fn settle_dead(
         Some(r) => r,
         None => store.read_run(id).ok().flatten()?,
     };
+    // Still `running` once settled: a live run holds the store (one run by hand): not
+    // the dead one's record, and not to be written without the lock.
+    if r.status == crate::report::Status::Running {
+        return None;
+    }
     let told = fate
         .compare_exchange(PENDING, ANSWERED, Ordering::SeqCst, Ordering::SeqCst)
         .is_err_and(|f| f == GAVE_UP);
@@ -1393,16 +1398,21 @@ impl State<'_> {
                 "mark a dead run's record told",
                 &u.question,
                 move || {
-                    settle_dead(
+                    // No store there (not mounted yet, as at boot): `None`, to ask again.
+                    crate::store::Store::open(&root, false).ok()?;
+                    Some(settle_dead(
                         &root,
                         &id,
                         &cause,
                         &std::sync::atomic::AtomicU8::new(GAVE_UP),
-                    )
+                    ))
                 },
             );
             match answer {
-                Answer::Got(_) => {
+                // No store there (not mounted yet, as at boot): still to mark, and
+                // still noted in the catalog for the next daemon.
+                Answer::Got(None) => self.unmarked.push(u),
+                Answer::Got(Some(_)) => {
                     tracing::info!(
                         "run {}: its store answered: its record there now says its death was told",
                         u.id

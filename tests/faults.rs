@@ -868,6 +868,43 @@ fn a_source_that_goes_away_mid_run_fails_the_run_and_rotates_nothing() {
     assert_verify_clean(&dest, "daily.0");
 }
 
+/// A dead FUSE mount inside the source (a user's sshfs in /home, killed) answers
+/// ENOTCONN for its mount point while the source answers: that entry's problem
+/// (`partial`, named), not a source gone away. Before (review of acl-48): every run
+/// failed until someone unmounted it.
+#[test]
+fn a_dead_mount_inside_the_source_is_that_entrys_problem_not_the_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, _mnt, dest) = dirs(&t);
+    source(&src);
+    let under = t.path().join("under");
+    write(&under.join("x"), b"inside the mount");
+    let nested = src.join("nested");
+    std::fs::create_dir(&nested).unwrap();
+    let Some(fs) = FaultFs::mount(&under, &nested, &[]) else {
+        return;
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &fs.pid().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(200));
+    let e = std::fs::symlink_metadata(&nested).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(107), "{e}");
+    for extra in [&[][..], &["--one-file-system"][..]] {
+        let (code, rep, err) = backup(&src, &dest, extra, &[]);
+        assert_eq!(code, 2, "{extra:?}: {rep}\n{err}");
+        assert_eq!(rep["status"], "partial", "{extra:?}: {rep}");
+        let named = rep["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.to_string().contains("nested"));
+        assert!(named, "{extra:?}: {rep}");
+    }
+    drop(fs);
+    assert!(src.join("d1/f1").exists());
+}
+
 /// `partial` runs (a file that answers EIO) with `--retain 1` keep the newest complete
 /// snapshot past retain, and say so; the next complete run expires it. Before: the
 /// first partial run expired the only complete snapshot (invariant 3).

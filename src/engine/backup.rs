@@ -1155,7 +1155,12 @@ fn source_named(opts: &BackupOptions, e: Error) -> Error {
 fn source_gone(opts: &BackupOptions, canonical: &Path, before: &fsx::Meta) -> Option<Error> {
     use rustix::io::Errno;
     let root = opts.tree_of(&opts.source);
-    let stat = rustix::fs::stat(opts.tree_of(canonical)).map(|st| fsx::Meta::from_stat(&st));
+    let look = || rustix::fs::stat(opts.tree_of(canonical)).map(|st| fsx::Meta::from_stat(&st));
+    // Asked twice before it counts: one EIO of a `soft` NFS mount is not a source gone.
+    let stat = look().or_else(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        look()
+    });
     let detail = match stat.map_err(std::io::Error::from) {
         Ok(m) if (m.dev, m.ino) == (before.dev, before.ino) => return None,
         Ok(m) => format!(

@@ -82,6 +82,9 @@ pub struct Walk<'a, S: Sink> {
     pub fatal: Mutex<Option<Error>>,
     /// The source root, taken by the root's `open`.
     root: Mutex<Option<OwnedFd>>,
+    /// A copy of the source root's descriptor, kept for the whole walk: asked whether
+    /// the source itself still answers when an entry says ENOTCONN ([`Walk::source_lost`]).
+    root_probe: Mutex<Option<OwnedFd>>,
     links: Mutex<HashMap<(u64, u64), LinkState>>,
     links_cv: Condvar,
     /// Which names of the root's listing are walked (a shard worker's unit: a name
@@ -155,6 +158,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             prev_record: None,
             fatal: Mutex::new(None),
             root: Mutex::new(None),
+            root_probe: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
             links_cv: Condvar::new(),
             root_names: None,
@@ -279,6 +283,7 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// every path it reports, looks up in the previous manifest or writes into the new
     /// one is a path from the source's root.
     pub fn run_at(&self, src: OwnedFd, meta: Meta, rel: RelPath, threads: usize) {
+        *self.root_probe.lock().unwrap_or_else(|e| e.into_inner()) = src.try_clone().ok();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = Some(src);
         traverse::walk_at(self, meta, rel, threads, self.gate, self.cancel);
     }
@@ -374,6 +379,17 @@ impl<'a, S: Sink> Walk<'a, S> {
         if !fsx::errno_is(e, Errno::NOTCONN) {
             return false;
         }
+        // A dead mount inside the source (a user's sshfs in /home) answers ENOTCONN
+        // for its own mount point while the source answers: that entry's problem,
+        // as any unreadable entry, not the run's (it failed every run until someone
+        // unmounted it).
+        let probe = self.root_probe.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = probe.as_ref()
+            && rustix::fs::fstat(fd).is_ok()
+        {
+            return false;
+        }
+        drop(probe);
         self.fail(Error::SourceLost {
             root: None,
             detail: format!("{action} {rel}: {e}"),
