@@ -628,6 +628,30 @@ pub struct CopyView {
     pub counts: Counts,
 }
 
+/// The view of the catalog's pair of copies `k`, under job `job` (its age not yet
+/// known).
+fn copy_view(k: crate::catalog::Copies, job: Option<String>) -> CopyView {
+    CopyView {
+        store: k.from,
+        to: k.to,
+        job,
+        last: k.last,
+        last_message: k.last_message,
+        last_success_at: k.last_success_at,
+        last_success_age_seconds: None,
+        counts: Counts {
+            runs: k.runs,
+            complete: k.complete,
+            partial: k.partial,
+            incomplete: k.incomplete,
+            failed: k.failed,
+            failed_once: k.failed_once,
+            running: k.running,
+            skipped: 0,
+        },
+    }
+}
+
 /// Every store-and-repository pair of copies in the catalog, in that order;
 /// `Err`: why the catalog could not tell (the overview says it).
 pub fn copies(
@@ -649,25 +673,7 @@ pub fn copies(
                     })
                 })
                 .map(|(n, _)| n.clone());
-            let mut v = CopyView {
-                store: k.from,
-                to: k.to,
-                job,
-                last: k.last,
-                last_message: k.last_message,
-                last_success_at: k.last_success_at,
-                last_success_age_seconds: None,
-                counts: Counts {
-                    runs: k.runs,
-                    complete: k.complete,
-                    partial: k.partial,
-                    incomplete: k.incomplete,
-                    failed: k.failed,
-                    failed_once: k.failed_once,
-                    running: k.running,
-                    skipped: 0,
-                },
-            };
+            let mut v = copy_view(k, job);
             settle_copy(&mut v, c);
             v.last_success_age_seconds = v
                 .last_success_at
@@ -708,25 +714,7 @@ pub fn of_copy(r: &RunReport, cat: Option<&Catalog>, now: DateTime<Utc>) -> Copy
         .and_then(|c| c.copies().ok())
         .and_then(|all| all.into_iter().find(|k| k.from == r.source && k.to == to));
     let mut v = match found {
-        Some(k) => CopyView {
-            store: k.from,
-            to: k.to,
-            job: r.job.clone(),
-            last: k.last,
-            last_message: k.last_message,
-            last_success_at: k.last_success_at,
-            last_success_age_seconds: None,
-            counts: Counts {
-                runs: k.runs,
-                complete: k.complete,
-                partial: k.partial,
-                incomplete: k.incomplete,
-                failed: k.failed,
-                failed_once: k.failed_once,
-                running: k.running,
-                skipped: 0,
-            },
-        },
+        Some(k) => copy_view(k, r.job.clone()),
         None => CopyView {
             store: r.source.clone(),
             to,
