@@ -178,6 +178,85 @@ pub fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Resul
     Ok(())
 }
 
+/// The pid a [`write_atomic`] temp file's name ends with (`<stem>.tmp<pid>`), if it is
+/// one.
+fn atomic_tmp_pid(name: &[u8]) -> Option<u32> {
+    let at = name.windows(4).rposition(|w| w == b".tmp")?;
+    let digits = &name[at + 4..];
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// A [`write_atomic`] temp file whose writer is not alive on this host is removed once
+/// it was last written this long ago: its writer may be another host's, whose pid means
+/// nothing here, and a write takes well under this from its last byte to its rename.
+pub const ATOMIC_TMP_DEAD_AFTER: Duration = Duration::from_secs(10 * 60);
+/// Any [`write_atomic`] temp file last written this long ago is removed (its pid may
+/// have been reused).
+pub const ATOMIC_TMP_STALE_AFTER: Duration = Duration::from_secs(3600);
+
+/// Removes the temp files that [`write_atomic`]s killed mid-write (SIGKILL, a crash)
+/// left in directory `dir` (not below it): those of a pid not alive on this host last
+/// written [`ATOMIC_TMP_DEAD_AFTER`] ago, and any last written [`ATOMIC_TMP_STALE_AFTER`]
+/// ago. A live writer's (this process's, or a recent one's) is left alone. How many
+/// were removed; failures are only logged (bookkeeping left over, nothing lost).
+pub fn sweep_atomic_tmps(dir: &Path) -> usize {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    let mut removed = 0;
+    for e in list.flatten() {
+        let Some(pid) = atomic_tmp_pid(e.file_name().as_bytes()) else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        let Ok(md) = std::fs::symlink_metadata(e.path()) else {
+            continue;
+        };
+        if !md.is_file() {
+            continue;
+        }
+        let age = md
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        let alive = || {
+            rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| {
+                !matches!(
+                    rustix::process::test_kill_process(p),
+                    Err(rustix::io::Errno::SRCH)
+                )
+            })
+        };
+        if age < ATOMIC_TMP_DEAD_AFTER || (age < ATOMIC_TMP_STALE_AFTER && alive()) {
+            continue;
+        }
+        match std::fs::remove_file(e.path()) {
+            Ok(()) => {
+                tracing::info!(
+                    "removed {}, left by a write that did not complete (pid {pid}, {}s ago)",
+                    e.path().display(),
+                    age.as_secs()
+                );
+                removed += 1;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => tracing::warn!(
+                "cannot remove {}, left by a write that did not complete: {err}",
+                e.path().display()
+            ),
+        }
+    }
+    removed
+}
+
 /// The longest duration [`parse_duration`] accepts: 100 years. Anything longer is a
 /// typo, and would overflow the clock arithmetic it feeds (`Instant + timeout`, `now -
 /// since`), which panics.
@@ -363,6 +442,21 @@ pub fn par_map<T: Sync, R: Send>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_write_atomics_temp_names_carry_a_pid() {
+        assert_eq!(atomic_tmp_pid(b"r1.tmp1234"), Some(1234));
+        assert_eq!(atomic_tmp_pid(b"state.tmp7"), Some(7));
+        for n in [
+            &b"mf.tmp"[..],
+            b"done.tmp",
+            b"r1.json",
+            b"a.tmp12x",
+            b"tmp12",
+        ] {
+            assert_eq!(atomic_tmp_pid(n), None, "{}", String::from_utf8_lossy(n));
+        }
+    }
 
     /// A lock's and a snapshot's user name under cron or systemd (no `USER`): looked up
     /// from the uid, as restic does; it was empty.

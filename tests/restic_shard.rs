@@ -2803,6 +2803,11 @@ fn status_and_finalize_after_a_kill_at_final_say_what_is_true() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("nothing to do"), "{out}");
     assert!(!out.contains("published by this process"), "{out}");
+    // `snapring finalize` is no worker.
+    assert!(
+        out.contains("run k was published before this finalize started: nothing to do"),
+        "{out}"
+    );
 
     retention_forgets_one(&e, "k2");
     assert!(
@@ -2820,8 +2825,48 @@ fn status_and_finalize_after_a_kill_at_final_say_what_is_true() {
     let (code, out, err) = sr(&["finalize", "--dest", &e.url, "--run-id", "k3"]);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("completed that"), "{out}");
+    assert!(out.contains("before this finalize started"), "{out}");
     assert!(!out.contains("nothing to do"), "{out}");
     assert!(e.repo.join("snapring/shards/k3/settled").exists());
+}
+
+/// A worker into a repository on a directory whose file system fills says what to do
+/// (free space, rerun this worker), as a store's worker does: it said a bare "cannot
+/// write …: No space left on device".
+#[test]
+fn a_worker_into_a_full_repository_says_to_free_space_and_rerun_it() {
+    let Env { t, src, .. } = env();
+    let mnt = t.path().join("mnt");
+    let Some(_fs) = Tmpfs::mount(&mnt, "size=6m") else {
+        return;
+    };
+    let repo = mnt.join("repo");
+    let url = file_url(&repo);
+    let (code, _, err) = sr(&["init", "--dest", &url]);
+    assert_eq!(code, 0, "{err}");
+    let e = Env { t, src, repo, url };
+    // 12 MiB that do not compress: twice the file system.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let data: Vec<u8> = (0..12 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    write(&e.src.join("random"), &data);
+    let out = worker(&e, &["--shard", "0/1", "--run-id", "full"], &[])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("No space left on device")
+            && err.contains("free space")
+            && err.contains("rerun this worker (same index and run id)"),
+        "{err}"
+    );
 }
 
 /// A takeover whose commit lost: worker 0 stopped past its lease with unit U built

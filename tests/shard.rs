@@ -1086,6 +1086,12 @@ fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused
     assert_eq!(out.code(), Some(0), "{stdout}");
     assert!(stdout.contains("1 lost to a takeover"), "{stdout}");
     assert!(stdout.contains("finalized: complete"), "{stdout}");
+    // What failed in its walk once it went on (the work directory the takeover's
+    // commit removed) is no error of the run: no `ERROR` line for alerts to fire on.
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(w0.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains("ERROR"), "{stderr}");
+    assert!(stderr.contains("was taken over"), "{stderr}");
     let commits = check_run(&e, run);
     let taken: Vec<&serde_json::Value> = commits.iter().filter(|c| c["generation"] == 2).collect();
     assert_eq!(taken.len(), 1, "{commits:?}");
@@ -5490,4 +5496,177 @@ fn a_shard_runs_snapshot_restores_whole_and_complete() {
         &describe(&to),
         "--path deep --flat",
     );
+}
+
+/// A worker on a node where the source is not mounted (an empty directory there, a
+/// tmpfs mounted over it here) while the previous snapshot is not empty is refused,
+/// exit 1, before it plans or claims anything: another worker plans from the real
+/// source and the run finishes without it. It wrote `plan.json` from the empty
+/// directory first (one unit of weight 0, its inode the mount point's), so every
+/// healthy worker after it was refused as "not the directory this run was planned
+/// from" and finalize asked for reruns (exit 75) for ever (a hostile tester, session
+/// 49).
+#[test]
+fn a_worker_whose_source_is_not_mounted_is_refused_before_it_plans() {
+    let e = env();
+    all_ok(&run_workers(&e, 2, "r1", &[], |_| vec![]), "r1");
+    let run = "r2";
+    let o = {
+        let Some(_fs) = Tmpfs::mount(&e.src, "size=1m") else {
+            return;
+        };
+        spawn(&e, 0, 2, run, &[]).wait_with_output().unwrap()
+    };
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("is empty but the previous snapshot daily.0 is not"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        !run_dir(&e, run).join("plan.json").exists(),
+        "the refused worker wrote no plan"
+    );
+    // Worker 1, on a node where the source is mounted, plans, builds every unit (worker
+    // 0's home units too) and publishes the run.
+    let o = spawn(&e, 1, 2, run, &[]).wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("finalized: complete"),
+        "{}",
+        text(&o)
+    );
+    check_run(&e, run);
+    check_snapshot(&e, "after a worker refused for an empty source");
+}
+
+/// A plan made from an empty source while the previous snapshot is not (by an older
+/// snapring on a node where the source was not mounted) can never be built: a healthy
+/// worker is refused naming the plan (not its own node), `status` says why, and
+/// `snapring finalize` refuses the run, exit 1 (it said "rerun their workers", exit 75,
+/// for ever: a finalize Job retrying it looped).
+#[test]
+fn a_plan_made_from_an_empty_source_is_refused_by_name_not_retried_for_ever() {
+    let e = env();
+    all_ok(&run_workers(&e, 2, "r1", &[], |_| vec![]), "r1");
+    let run = "bad";
+    // A plan written, its worker killed before it built anything; then made to look as
+    // an unmounted node's: nothing weighed, the mount point's inode.
+    let fp = [("SNAPRING_FAILPOINTS", "shard.unit_started=kill")];
+    let o = spawn(&e, 0, 2, run, &fp).wait_with_output().unwrap();
+    assert_eq!(o.status.code(), None, "{}", text(&o));
+    let plan_path = run_dir(&e, run).join("plan.json");
+    let mut plan: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&plan_path).unwrap()).unwrap();
+    for u in plan["units"].as_array_mut().unwrap() {
+        u["weight"] = 0.into();
+    }
+    plan["source_ino"] = 1.into();
+    std::fs::write(&plan_path, serde_json::to_vec_pretty(&plan).unwrap()).unwrap();
+    let empty_plan = "was planned from an empty source";
+    let o = spawn(&e, 1, 2, run, &[]).wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(stderr_of(&o).contains(empty_plan), "{}", text(&o));
+    assert!(!stderr_of(&o).contains("is the source file system mounted on this node"));
+    let st = run_cmd(&e, "status", run, &[], &[]);
+    assert_eq!(st.status.code(), Some(0), "{}", text(&st));
+    let out = String::from_utf8_lossy(&st.stdout).to_string();
+    assert!(
+        out.contains("refused: never buildable") && out.contains(empty_plan),
+        "{out}"
+    );
+    let o = run_cmd(&e, "finalize", run, &[], &[]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains(empty_plan) && stderr_of(&o).contains("start a new run id"),
+        "{}",
+        text(&o)
+    );
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+}
+
+/// Two `snapring finalize` of a run that is finalized, the deletion of its expired
+/// snapshot left open by workers killed in it: the one that completes the deletion
+/// holds the store, and the other says the run is already finalized, exit 0 (it said
+/// "another finalize … is running", exit 75: a Slurm finalize job FAILED).
+#[test]
+fn a_finalize_of_a_finalized_run_is_never_a_retry_while_another_completes_it() {
+    let e = env();
+    let retain = ["--retain", "1"];
+    all_ok(&run_workers(&e, 3, "t1", &retain, |_| vec![]), "t1");
+    write(&e.src.join("flat/n040 with space"), b"t2");
+    let kill = |_| vec![("SNAPRING_FAILPOINTS", "shard.expire_piece=kill")];
+    let outs = run_workers(&e, 3, "t2", &retain, kill);
+    assert!(outs.iter().any(|o| o.status.code().is_none()));
+    assert!(run_dir(&e, "t2").join("finalized").exists());
+    assert!(!is_empty_dir(&e.dest.join(".snapring/expiring")));
+    let pause = e.dest.with_file_name("pause-expiry");
+    let fp = format!("shard.expire_piece=pause:{}", pause.display());
+    let mut a: Vec<&OsStr> = vec!["finalize".as_ref(), "--dest".as_ref(), e.dest.as_os_str()];
+    a.extend([OsStr::new("--run-id"), OsStr::new("t2")]);
+    let first = Command::new(bin())
+        .args(&a)
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_FAILPOINTS", &fp)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    let o = run_cmd(&e, "finalize", "t2", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("run t2 is already finalized"),
+        "{}",
+        text(&o)
+    );
+    std::fs::remove_file(&pause).unwrap();
+    let o = first.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(is_empty_dir(&e.dest.join(".snapring/trash")));
+    assert!(is_empty_dir(&e.dest.join(".snapring/expiring")));
+    check_snapshot(&e, "t2");
+}
+
+/// The temp files of bookkeeping writes killed mid-write (`util::write_atomic`'s
+/// `<name>.tmp<pid>`: a finalize SIGKILLed as it wrote the run's record) are removed by
+/// the next run or finalize once their writer is gone and they are ten minutes old, or
+/// once an hour old whoever wrote them; a recent one or a live writer's is left.
+#[test]
+fn temp_files_of_writes_killed_midway_are_swept_and_a_live_writers_kept() {
+    let e = env();
+    all_ok(&run_workers(&e, 2, "r1", &[], |_| vec![]), "r1");
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let me = std::process::id();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let meta = e.dest.join(".snapring");
+    let file = |rel: String, age: i64| {
+        let p = meta.join(rel);
+        write(&p, b"{\"half\":");
+        set_mtime(&p, now - age, 0);
+        p
+    };
+    let swept = [
+        file(format!("runs/r0.tmp{dead}"), 20 * 60),
+        file(format!("state.tmp{dead}"), 20 * 60),
+        file(format!("runs/r00.tmp{me}"), 2 * 3600),
+    ];
+    let kept = [
+        file(format!("runs/r000.tmp{dead}"), 10),
+        file(format!("runs/r0000.tmp{me}"), 20 * 60),
+        file("runs/r5.tmp".to_string(), 2 * 3600),
+    ];
+    let o = run_cmd(&e, "finalize", "r1", &[], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for p in &swept {
+        assert!(!p.exists(), "{} was not swept", p.display());
+    }
+    for p in &kept {
+        assert!(p.exists(), "{} was swept", p.display());
+    }
 }

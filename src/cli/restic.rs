@@ -448,14 +448,19 @@ fn print_worker(
                 )
             }
         );
+        // `snapring finalize` is no worker: it is told as the command it is.
+        let this = match r.worker == snapring::shard::repository::BY_HAND {
+            true => "this finalize",
+            false => "this worker",
+        };
         if r.published_before && r.completed {
             outln!(
-                "run {} was published before this worker started; its publisher was gone before it applied the retention and tidied: completed that (a new backup needs a new --run-id)",
+                "run {} was published before {this} started; its publisher was gone before it applied the retention and tidied: completed that (a new backup needs a new --run-id)",
                 r.run
             );
         } else if r.published_before {
             outln!(
-                "run {} was published before this worker started: nothing to do (a new backup needs a new --run-id)",
+                "run {} was published before {this} started: nothing to do (a new backup needs a new --run-id)",
                 r.run
             );
         }

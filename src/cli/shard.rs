@@ -631,6 +631,7 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
             (_, Some("forgotten"), id) => format!("finalized ({id}, since forgotten)"),
             (_, _, id) if st.finalized => format!("finalized ({id})"),
             _ if !st.refused.is_empty() => "refused: not publishable".into(),
+            _ if st.unbuildable.is_some() => "refused: never buildable".into(),
             _ => "not finalized".into(),
         }
     );
@@ -639,6 +640,9 @@ pub fn status(a: ShardRunArgs) -> anyhow::Result<ExitCode> {
             "  refused {}; finalize publishes nothing: fix the deployment and start a new run id",
             r.describe()
         );
+    }
+    if let Some(why) = &st.unbuildable {
+        outln!("  {why}");
     }
     if st.expiry != "none" {
         outln!(

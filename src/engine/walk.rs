@@ -98,7 +98,12 @@ pub struct Walk<'a, S: Sink> {
     fence: Option<(Fence, &'a std::path::Path)>,
     /// The root's metadata as its listing kept it ([`Walk::root_meta`]).
     root_meta: Mutex<Option<Meta>>,
+    /// Whether a fatal error no longer counts (see [`Walk::moot_if`]).
+    moot: Option<Moot<'a>>,
 }
+
+/// Says whether a walk's fatal error no longer counts ([`Walk::moot_if`]).
+pub type Moot<'a> = Box<dyn Fn() -> bool + Send + Sync + 'a>;
 
 /// Keeps a name of the root directory's listing.
 pub type RootFilter<'a> = Box<RootNames<'a>>;
@@ -166,7 +171,17 @@ impl<'a, S: Sink> Walk<'a, S> {
             one_fs: None,
             fence: None,
             root_meta: Mutex::new(None),
+            moot: None,
         }
+    }
+
+    /// Asked at the first fatal error: `true` when it no longer counts (a shard
+    /// worker's unit taken over by another worker while this one was stopped, whose
+    /// commit removed this one's work directory: the worker discards the unit and the
+    /// run goes on). Such an error is logged as information, not as an `ERROR`.
+    pub fn moot_if(mut self, moot: Moot<'a>) -> Self {
+        self.moot = Some(moot);
+        self
     }
 
     /// The root directory's metadata as its listing kept it (the `fstat` after the
@@ -295,7 +310,11 @@ impl<'a, S: Sink> Walk<'a, S> {
         if f.is_none() {
             // What failed, without what it means for the run (a shard unit's worker is
             // not abandoned by a full disk): the command's own message says that.
-            tracing::error!("{}", e.cause());
+            if self.moot.as_ref().is_some_and(|m| m()) {
+                tracing::info!("{} (no longer this walk's work)", e.cause());
+            } else {
+                tracing::error!("{}", e.cause());
+            }
             *f = Some(e);
         } else {
             tracing::debug!("after the first fatal error: {e}");

@@ -262,6 +262,15 @@ fn locked(
         if !refused.is_empty() {
             return Err(super::state::refusal(&rd.run, &refused));
         }
+        // A plan made from an empty source (an unmounted node's): no worker builds it.
+        let prev_has_entries =
+            super::state::snapshot_has_entries(&store.root, plan.prev.as_deref());
+        if let Some(msg) = super::state::unbuildable(&plan, prev_has_entries) {
+            return Err(ShardError::Failed(Error::Store {
+                path: rd.plan_path(),
+                msg,
+            }));
+        }
         return Ok(Finalized::NotReady(missing));
     }
     if let Some((u, _)) = commits.iter().find(|(_, c)| c.plan != hash) {
@@ -778,7 +787,17 @@ fn resume_expiry(
 ) -> Result<Finalized, ShardError> {
     let lock = match store.lock_and_repair_as(&rd.run, holder_command(None)) {
         Ok(l) => l,
-        Err(Error::Locked { holder, .. }) => return Ok(Finalized::Busy(holder)),
+        // The run is finalized whoever holds the store (another finalize completing
+        // the same deletion, most likely): a finalize of a finalized run is never
+        // refused (exit 0, docs/scale-out.md); what is left of the deletion is the
+        // holder's, or the next finalize's or run's.
+        Err(Error::Locked { holder, .. }) => {
+            tracing::info!(
+                "run {} is finalized; the deletion of its expired snapshots is left to {holder} (the store's holder) or the next finalize",
+                rd.run
+            );
+            return Ok(Finalized::Already(read_finalized(rd)));
+        }
         Err(e) => return Err(sort_err(e)),
     };
     let r = (|| {

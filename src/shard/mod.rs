@@ -107,6 +107,13 @@ pub(crate) fn sort_err(e: crate::error::Error) -> ShardError {
 pub fn sort_repo_err(e: crate::restic::Error) -> ShardError {
     match e {
         crate::restic::Error::Cancelled => ShardError::Stopped,
+        // A full file system under a repository on a directory: told as a store's
+        // (what to do, and that a rerun resumes), not as a bare write error.
+        crate::restic::Error::Io { ref source, .. } if crate::fsx::is_disk_full(source) => {
+            ShardError::Failed(crate::error::Error::Repository(format!(
+                "{e}: the repository's file system is full; nothing was published, and the units already committed are kept; free space (or raise the quota) and rerun this worker (same index and run id), or `snapring finalize` once every unit is committed: the run resumes where it stopped"
+            )))
+        }
         crate::restic::Error::Unreachable(m) => ShardError::Retry(format!(
             "the repository could not be reached: {m}; nothing is lost: a rerun with the \
              same --run-id (the worker, or `snapring finalize`) resumes the run"

@@ -175,6 +175,40 @@ pub fn check_source_ino(
     Ok(())
 }
 
+/// Whether `plan` was made from an empty source and does not allow one: its units
+/// weigh nothing (a walk that found no entry, or none the exclusions keep; a plan sized
+/// from a manifest weighs what the previous snapshot holds).
+pub fn planned_from_nothing(plan: &PlanFile) -> bool {
+    !plan.allow_empty && plan.units.iter().all(|u| u.weight == 0)
+}
+
+/// Whether snapshot `name` of the store at `root` has any entry (a plan's `prev`).
+pub fn snapshot_has_entries(root: &Path, name: Option<&str>) -> bool {
+    name.is_some_and(|n| std::fs::read_dir(root.join(n)).is_ok_and(|mut d| d.next().is_some()))
+}
+
+/// Why run `plan` can never be built, if its plan was made from an empty source
+/// ([`planned_from_nothing`]) while its previous snapshot has entries
+/// (`prev_has_entries`): by a worker on a node where the source was not mounted, of a
+/// snapring that refused such a worker only after it had planned. A worker whose source
+/// is mounted is another directory than the plan's and is refused; one whose source is
+/// empty is refused as empty: no worker builds its units, so asking for their reruns
+/// (exit 75) would have a Job retry it for ever.
+pub fn unbuildable(plan: &PlanFile, prev_has_entries: bool) -> Option<String> {
+    (prev_has_entries && planned_from_nothing(plan)).then(|| {
+        format!(
+            "run {} was planned from an empty source {} ({}{}), but the previous snapshot {} is not empty: the plan was made on a node where the source file system was not mounted, so no worker can build it (a mounted source is another directory than the plan's); nothing was backed up: start a new run id",
+            plan.run,
+            crate::relpath::shown(&plan.source),
+            plan.created_by,
+            plan.source_ino
+                .map(|i| format!(", inode {i}"))
+                .unwrap_or_default(),
+            plan.prev.as_deref().unwrap_or("-"),
+        )
+    })
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }

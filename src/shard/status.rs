@@ -83,6 +83,11 @@ pub struct RunStatus {
     /// what they would have said is not known (`abandoned` then holds no facts).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub damaged: Vec<DamagedMarker>,
+    /// Why no worker can build the run's units, when its plan was made from an empty
+    /// source while the previous snapshot is not empty (`state::unbuildable`: an
+    /// unmounted node's plan): finalize refuses the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unbuildable: Option<String>,
 }
 
 /// A marker of the run that is there but does not read.
@@ -180,6 +185,15 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
     .into_iter()
     .flatten()
     .collect();
+    let pending = count_of(&list, "pending") + count_of(&list, "stale");
+    let unbuildable = match rd.is_finalized() || abandoned.is_some() || pending == 0 {
+        true => None,
+        false => super::state::unbuildable(
+            &plan,
+            meta.parent()
+                .is_some_and(|root| super::state::snapshot_has_entries(root, plan.prev.as_deref())),
+        ),
+    };
     Ok(RunStatus {
         expiry: tally.state.into(),
         expiry_claimed: tally.claimed,
@@ -187,6 +201,7 @@ pub fn status(meta: &Path, run: &str) -> Result<RunStatus> {
         abandoned,
         refused: rd.refused()?,
         damaged,
+        unbuildable,
         ..RunStatus::of(run, &plan, per, list, rd.is_finalized(), snapshot)
     })
 }
@@ -225,6 +240,7 @@ impl RunStatus {
             abandoned: None,
             refused: Vec::new(),
             damaged: Vec::new(),
+            unbuildable: None,
         }
     }
 }

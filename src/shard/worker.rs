@@ -369,6 +369,14 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
     // Canonical: `snapring finalize` may run from another directory.
     let source = std::fs::canonicalize(&source).ctx("resolve source", &source)?;
     let prev = Repository::previous(&store, &opts.label)?;
+    // The worker's refusals of its own source (empty, or emptied by the exclusions,
+    // while the previous snapshot is not: a node where the source is not mounted) come
+    // before the plan: a plan made from such a source (one unit of nothing, its inode
+    // the mount point's) refused every healthy worker after it, and the run never
+    // finished. Refused here, this worker claims nothing and another one plans.
+    let src_fd = fsx::open_dir(&source).ctx("open source", &source)?;
+    let excludes = opts.exclude_settings()?.build()?;
+    crate::engine::backup::refuse_empty(opts, prev.as_ref(), (&src_fd, &source), &excludes)?;
     let (plan, plan_hash) = join_plan(opts, spec, &rd, &source, prev.as_ref(), cancel)?;
     check_plan(opts, spec, &plan, &source, prev.as_ref(), &rd)?;
     let cut = plan.cut().map_err(|m| {
@@ -377,9 +385,6 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             msg: m,
         })
     })?;
-    let src_fd = fsx::open_dir(&source).ctx("open source", &source)?;
-    let excludes = opts.exclude_settings()?.build()?;
-    crate::engine::backup::refuse_empty(opts, prev.as_ref(), (&src_fd, &source), &excludes)?;
     let prev_root = match &prev {
         Some(p) => {
             let path = store.root.join(&p.name);
@@ -887,7 +892,18 @@ fn check_plan(
     rd: &RunDir,
 ) -> Result<(), ShardError> {
     refuse_other_settings(opts, spec, plan, source, rd)?;
-    super::state::check_source_ino(plan, source)?;
+    if let Err(e) = super::state::check_source_ino(plan, source) {
+        // Not this node's fault when the plan was made from an empty source (an
+        // unmounted node's, by an older snapring): the run is what is wrong.
+        let why = super::state::unbuildable(plan, prev.is_some_and(|p| p.has_entries));
+        return Err(match why {
+            Some(msg) => ShardError::Failed(Error::Store {
+                path: rd.plan_path(),
+                msg,
+            }),
+            None => e,
+        });
+    }
     let now = prev.map(|p| (p.name.clone(), p.run.clone()));
     if now != plan.prev.clone().map(|n| (n, plan.prev_run.clone())) {
         // Worded as finalize words it (the snapshots by their runs: the slot's name is
@@ -1509,8 +1525,13 @@ fn build(
     let src_meta = fsx::fstat(b(&src)).ctx("stat", &src_path)?;
     let one_fs = ctx.one_fs.map(crate::traverse::OneFs::new);
     let sink = unit_sink(ctx, unit, work_fd, resume, writer);
-    let mut walk =
-        unit_walk(ctx, unit, &counters, stop, &sink).fenced(&ctx.opts.store, ctx.store_fence);
+    let mut walk = unit_walk(ctx, unit, &counters, stop, &sink)
+        .fenced(&ctx.opts.store, ctx.store_fence)
+        // Taken over while this worker was stopped: what fails is the newer
+        // generation's business (its commit removes this one's work directory).
+        .moot_if(Box::new(move || {
+            rd.claim_path(&unit.id, generation + 1).exists()
+        }));
     if let Some(fs) = &one_fs {
         walk = walk.stay_on(fs);
     }

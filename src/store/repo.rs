@@ -205,6 +205,11 @@ impl Store {
         };
         let l = self.lock(&holder)?;
         self.repair(&l, run)?;
+        // Temp files of bookkeeping writes killed mid-write (a finalize SIGKILLed as it
+        // wrote a run's record): nothing else removes them.
+        for dir in [self.meta.clone(), self.meta.join("runs")] {
+            crate::util::sweep_atomic_tmps(&dir);
+        }
         Ok(l)
     }
 }
