@@ -213,9 +213,6 @@ pub fn sweep_atomic_tmps(dir: &Path) -> usize {
         let Some(pid) = atomic_tmp_pid(e.file_name().as_bytes()) else {
             continue;
         };
-        if pid == std::process::id() {
-            continue;
-        }
         let Ok(md) = std::fs::symlink_metadata(e.path()) else {
             continue;
         };
@@ -227,6 +224,11 @@ pub fn sweep_atomic_tmps(dir: &Path) -> usize {
             .ok()
             .and_then(|m| now.duration_since(m).ok())
             .unwrap_or_default();
+        // Our own pid: ours only while young (in containers every process may be pid 1,
+        // so an old file of "our" pid was left by another, killed, process).
+        if pid == std::process::id() && age < ATOMIC_TMP_STALE_AFTER {
+            continue;
+        }
         let alive = || {
             rustix::process::Pid::from_raw(pid as i32).is_some_and(|p| {
                 !matches!(

@@ -195,7 +195,8 @@ pub fn snapshot_has_entries(root: &Path, name: Option<&str>) -> bool {
 /// empty is refused as empty: no worker builds its units, so asking for their reruns
 /// (exit 75) would have a Job retry it for ever.
 pub fn unbuildable(plan: &PlanFile, prev_has_entries: bool) -> Option<String> {
-    (prev_has_entries && planned_from_nothing(plan)).then(|| {
+    // A plan with no recorded inode (FUSE, SMB sources) is built by any mounted worker.
+    (prev_has_entries && plan.source_ino.is_some() && planned_from_nothing(plan)).then(|| {
         format!(
             "run {} was planned from an empty source {} ({}{}), but the previous snapshot {} is not empty: the plan was made on a node where the source file system was not mounted, so no worker can build it (a mounted source is another directory than the plan's); nothing was backed up: start a new run id",
             plan.run,
