@@ -126,32 +126,27 @@ pub fn refuse_vanished_store(opts: &BackupOptions, catalog: &CatalogTarget) -> R
     let Some(newest) = made.last() else {
         return Ok(());
     };
-    if let Some(e) = stat_error {
-        return Err(Error::Store {
-            path: opts.store.clone(),
-            msg: format!(
-                "cannot read {}: {e}, though {} run{} recorded in the catalog {} made snapshots in it, the newest {} ({}): its file system does not answer (a FUSE mount whose process died, an NFS server gone?). Nothing was written",
-                crate::relpath::shown(&meta),
-                made.len(),
-                if made.len() == 1 { "" } else { "s" },
-                crate::relpath::shown(&catalog.path),
-                newest.id,
-                newest.started_at,
-            ),
-        });
-    }
+    // What the catalog says of the store, in both messages.
+    let recorded = format!(
+        "{} run{} recorded in the catalog {} made snapshots in it, the newest {} ({})",
+        made.len(),
+        if made.len() == 1 { "" } else { "s" },
+        crate::relpath::shown(&catalog.path),
+        newest.id,
+        newest.started_at,
+    );
+    let shown = crate::relpath::shown(&meta);
+    let msg = match stat_error {
+        Some(e) => format!(
+            "cannot read {shown}: {e}, though {recorded}: its file system does not answer (a FUSE mount whose process died, an NFS server gone?). Nothing was written"
+        ),
+        None => format!(
+            "no store here ({shown} is missing), though {recorded}: is the backup file system mounted? Nothing was written. If the store was removed on purpose, create {shown} to begin a new one there"
+        ),
+    };
     Err(Error::Store {
         path: opts.store.clone(),
-        msg: format!(
-            "no store here ({} is missing), though {} run{} recorded in the catalog {} made snapshots in it, the newest {} ({}): is the backup file system mounted? Nothing was written. If the store was removed on purpose, create {} to begin a new one there",
-            crate::relpath::shown(&meta),
-            made.len(),
-            if made.len() == 1 { "" } else { "s" },
-            crate::relpath::shown(&catalog.path),
-            newest.id,
-            newest.started_at,
-            crate::relpath::shown(&meta),
-        ),
+        msg,
     })
 }
 

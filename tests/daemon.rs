@@ -1328,6 +1328,33 @@ fn paused_pid(pause: &Path) -> i32 {
         .unwrap()
 }
 
+/// The daemon on `cfg` (logging to `log`) with its runs paused in their walk (their
+/// pid written to `walking`: [`paused_pid`]) and its settling of a dead run's record
+/// paused (`settling`), as a call stuck in a hung store would be; a death is told
+/// after 2 s (`SNAPRING_DAEMON_DEATH_WAIT`).
+fn daemon_settling_paused(
+    catalog: &Path,
+    cfg: &Path,
+    log: &Path,
+    walking: &Path,
+    settling: &Path,
+) -> Daemon {
+    let fps = format!(
+        "walk.dir=pause:{};daemon.settle_dead=pause:{}",
+        walking.display(),
+        settling.display()
+    );
+    daemon_logging_with(
+        catalog,
+        cfg,
+        log,
+        &[
+            ("SNAPRING_FAILPOINTS", fps.as_str()),
+            ("SNAPRING_DAEMON_DEATH_WAIT", "2s"),
+        ],
+    )
+}
+
 /// The `[notify.cmd]` section that appends each notice's status and run id to `told`
 /// (read with [`told_lines`]).
 fn told_notifier(told: &Path) -> String {
@@ -4287,20 +4314,7 @@ fn a_run_killed_while_its_store_hangs_is_told_after_a_bound() {
     )
     .unwrap();
     let log = t.path().join("daemon.log");
-    let fps = format!(
-        "walk.dir=pause:{};daemon.settle_dead=pause:{}",
-        walking.display(),
-        settling.display()
-    );
-    let d = daemon_logging_with(
-        &catalog,
-        &cfg,
-        &log,
-        &[
-            ("SNAPRING_FAILPOINTS", fps.as_str()),
-            ("SNAPRING_DAEMON_DEATH_WAIT", "2s"),
-        ],
-    );
+    let d = daemon_settling_paused(&catalog, &cfg, &log, &walking, &settling);
     // The run, paused in its walk (its row and record written), is killed.
     let pid = paused_pid(&walking);
     let id = rows_of(&catalog, "a")[0]["id"]
@@ -4610,11 +4624,10 @@ fn with_the_catalog_off_a_death_the_daemon_told_is_not_told_again_at_its_next_st
     let cfg = dir.join("d.toml");
     let config = |schedule: &str| {
         format!(
-            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"{schedule}\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n\
-             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"{schedule}\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n{notifier}",
             src = src.display(),
             d = dir.display(),
-            told = told.display(),
+            notifier = told_notifier(&told),
         )
     };
     // One run only: at a time of day a few seconds ahead (UTC).
@@ -4629,14 +4642,7 @@ fn with_the_catalog_off_a_death_the_daemon_told_is_not_told_again_at_its_next_st
         &log,
         &[("SNAPRING_FAILPOINTS", fps.as_str())],
     );
-    wait_until("the run's pause", 60, || {
-        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
-    });
-    let pid: i32 = std::fs::read_to_string(&walking)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = paused_pid(&walking);
     let runs = dir.join("sa/.snapring/runs");
     let id = std::fs::read_dir(&runs)
         .unwrap()
@@ -4690,38 +4696,17 @@ fn a_death_told_before_its_store_answered_is_marked_by_the_next_daemon() {
     let cfg = dir.join("d.toml");
     let config = |schedule: &str| {
         format!(
-            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"{schedule}\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n\
-             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"{schedule}\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n{notifier}",
             src = src.display(),
             d = dir.display(),
-            told = told.display(),
+            notifier = told_notifier(&told),
         )
     };
     std::fs::write(&cfg, config("* * * * * *")).unwrap();
     let log = dir.join("daemon.log");
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
-    let fps = format!(
-        "walk.dir=pause:{};daemon.settle_dead=pause:{}",
-        walking.display(),
-        settling.display()
-    );
-    let d = daemon_logging_with(
-        &catalog,
-        &cfg,
-        &log,
-        &[
-            ("SNAPRING_FAILPOINTS", fps.as_str()),
-            ("SNAPRING_DAEMON_DEATH_WAIT", "2s"),
-        ],
-    );
-    wait_until("the run's pause", 60, || {
-        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
-    });
-    let pid: i32 = std::fs::read_to_string(&walking)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let d = daemon_settling_paused(&catalog, &cfg, &log, &walking, &settling);
+    let pid = paused_pid(&walking);
     // No run after this one.
     std::fs::write(&cfg, config("@yearly")).unwrap();
     rustix::process::kill_process(

@@ -217,6 +217,23 @@ fn a_damaged_snapshot_state_loses_no_manifest_and_verify_checks_every_snapshot()
     }
 }
 
+/// Bit rot in `daily.0/d0/f0` of the store `dest` (same size and mtime), a `chmod 600`
+/// of its `d1/f1`, and a damaged `snapshots.json` (a byte flipped): the tree then
+/// matches no manifest and is paired with its run's by its record.
+fn rot_tree_and_damage_state(dest: &Path) {
+    let snap = dest.join("daily.0");
+    rot(&snap.join("d0/f0"));
+    std::fs::set_permissions(
+        snap.join("d1/f1"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let state = dest.join(".snapring/snapshots.json");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[50] ^= 0x55;
+    std::fs::write(&state, &bytes).unwrap();
+}
+
 /// `snapring restore --json --dest DEST SNAP --to TO`: (exit code, report).
 fn restore_json(dest: &Path, snap: &str, to: &Path) -> (i32, serde_json::Value, String) {
     let out = snapring(
@@ -250,17 +267,7 @@ fn restore_json(dest: &Path, snap: &str, to: &Path) -> (i32, serde_json::Value, 
 fn a_damaged_state_and_a_changed_tree_still_restore_against_the_manifest() {
     let (t, src, dest) = setup();
     assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
-    let snap = dest.join("daily.0");
-    rot(&snap.join("d0/f0"));
-    std::fs::set_permissions(
-        snap.join("d1/f1"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let state = dest.join(".snapring/snapshots.json");
-    let mut bytes = std::fs::read(&state).unwrap();
-    bytes[50] ^= 0x55;
-    std::fs::write(&state, &bytes).unwrap();
+    rot_tree_and_damage_state(&dest);
     let (code, rep, err) = restore_json(&dest, "latest", &t.path().join("r1"));
     assert_eq!(code, 2, "{err}\n{rep}");
     assert_eq!(rep["status"], "partial", "{rep}");
@@ -324,17 +331,7 @@ fn a_damaged_state_and_a_changed_tree_still_restore_against_the_manifest() {
 fn a_rotten_file_in_a_tree_paired_after_a_damaged_state_is_copied_from_the_source() {
     let (_t, src, dest) = setup();
     assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
-    let old = dest.join("daily.0");
-    rot(&old.join("d0/f0"));
-    std::fs::set_permissions(
-        old.join("d1/f1"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-    let state = dest.join(".snapring/snapshots.json");
-    let mut bytes = std::fs::read(&state).unwrap();
-    bytes[50] ^= 0x55;
-    std::fs::write(&state, &bytes).unwrap();
+    rot_tree_and_damage_state(&dest);
 
     let (code, rep, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{err}\n{rep}");

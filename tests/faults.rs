@@ -848,10 +848,7 @@ fn a_source_that_goes_away_mid_run_fails_the_run_and_rotates_nothing() {
     let complete = root_ino(&dest, "daily.0");
     // Paused after the root's listing, the layer is killed (not unmounted): ENOTCONN.
     let run = spawn_paused(&mnt, &dest, &["--retain", "1"], "walk.after_readdir", 1);
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &fs.pid().to_string()])
-        .status();
-    std::thread::sleep(Duration::from_millis(200));
+    fs.kill();
     let (code, rep) = run.resume();
     assert_eq!(code, 1, "{rep}");
     assert_eq!(rep["status"], "failed", "{rep}");
@@ -884,10 +881,7 @@ fn a_dead_mount_inside_the_source_is_that_entrys_problem_not_the_runs() {
     let Some(fs) = FaultFs::mount(&under, &nested, &[]) else {
         return;
     };
-    let _ = std::process::Command::new("kill")
-        .args(["-KILL", &fs.pid().to_string()])
-        .status();
-    std::thread::sleep(Duration::from_millis(200));
+    fs.kill();
     let e = std::fs::symlink_metadata(&nested).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(107), "{e}");
     for extra in [&[][..], &["--one-file-system"][..]] {

@@ -145,23 +145,6 @@ fn getfacl(p: &std::path::Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Whether uid `uid` (no groups) may read `p`: `setpriv` drops root for the `cat`.
-fn readable_as(uid: u32, p: &std::path::Path) -> bool {
-    std::process::Command::new("setpriv")
-        .args([
-            format!("--reuid={uid}"),
-            format!("--regid={uid}"),
-            "--clear-groups".into(),
-            "cat".into(),
-        ])
-        .arg(p)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap()
-        .success()
-}
-
 /// Each of `names` under `d` in the snapshot has exactly its source's ACLs, xattrs and
 /// mode, and uid 4242 may read it only where it may in the source.
 fn assert_acls_as_source(src: &std::path::Path, snap: &std::path::Path, names: &[&str]) {

@@ -1117,15 +1117,7 @@ fn a_user_restore_clears_setuid_and_setgid_bits_it_cannot_make_safe() {
     assert_eq!(out.status.code(), Some(2), "{said}");
     want(&to.join("r"), &said);
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let text = |p: &str| {
-        rep["problems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["path"] == p)
-            .map(|x| x["error"].as_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
+    let text = |p: &str| problem_error(&rep, p);
     assert!(text("suid").contains("setuid bit cleared"), "{said}");
     assert!(text("sgid").contains("setgid bit cleared"), "{said}");
     assert_eq!(text("mine"), "", "{said}");
@@ -1207,15 +1199,7 @@ fn a_user_backup_clears_setuid_and_setgid_bits_of_copies_it_cannot_give_their_ow
         assert_eq!(mode("gdir"), 0o2755, "run {run}: {rep}");
         let ino = |n: &str| std::fs::metadata(snap.join(n)).unwrap().ino();
         assert_eq!(ino("suid"), ino("suid-link"), "run {run}");
-        let text = |p: &str| {
-            rep["problems"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|x| x["path"] == p)
-                .map(|x| x["error"].as_str().unwrap().to_string())
-                .unwrap_or_default()
-        };
+        let text = |p: &str| problem_error(&rep, p);
         // One copy of the two names (the one walked first; the other is its link).
         let (a, b) = (text("suid"), text("suid-link"));
         assert!(

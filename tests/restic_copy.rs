@@ -1404,6 +1404,37 @@ to = ["ops@example.com"]
             })
             .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
     };
+    // The textfile `t` says the pair's last copy is `last` (and not the other of
+    // `failed` and `complete`), its counters, and whether it has a last success.
+    let assert_copy_series = |t: &str, last: &str, started: f64, failed: f64, success: bool| {
+        for status in ["failed", "complete"] {
+            let want = if status == last { 1.0 } else { 0.0 };
+            assert_eq!(
+                series(
+                    t,
+                    "snapring_copy_last_status",
+                    &format!("status=\"{status}\"")
+                ),
+                Some(want),
+                "{t}"
+            );
+        }
+        assert_eq!(
+            series(t, "snapring_copy_runs_started_total", ""),
+            Some(started),
+            "{t}"
+        );
+        assert_eq!(
+            series(t, "snapring_copy_runs_failed_total", ""),
+            Some(failed),
+            "{t}"
+        );
+        assert_eq!(
+            t.contains("snapring_copy_last_success_timestamp_seconds{"),
+            success,
+            "{t}"
+        );
+    };
 
     // Failed (the wrong password): both notifiers hear it, and the textfile says it.
     write_cfg(false);
@@ -1432,31 +1463,7 @@ to = ["ops@example.com"]
         "{}",
         mails[0]
     );
-    let t = textfile();
-    assert_eq!(
-        series(&t, "snapring_copy_last_status", "status=\"failed\""),
-        Some(1.0),
-        "{t}"
-    );
-    assert_eq!(
-        series(&t, "snapring_copy_last_status", "status=\"complete\""),
-        Some(0.0),
-        "{t}"
-    );
-    assert_eq!(
-        series(&t, "snapring_copy_runs_started_total", ""),
-        Some(1.0),
-        "{t}"
-    );
-    assert_eq!(
-        series(&t, "snapring_copy_runs_failed_total", ""),
-        Some(1.0),
-        "{t}"
-    );
-    assert!(
-        !t.contains("snapring_copy_last_success_timestamp_seconds{"),
-        "{t}"
-    );
+    assert_copy_series(&textfile(), "failed", 1.0, 1.0, false);
 
     // Complete: not told without notify_success; the textfile has it.
     let (code, r, err) = copy(PASSWORD);
@@ -1464,26 +1471,7 @@ to = ["ops@example.com"]
     assert_eq!(r["notifications"].as_array().map_or(0, Vec::len), 0, "{r}");
     assert_eq!(http.got.lock().unwrap().len(), 1);
     assert_eq!(smtp.mails.lock().unwrap().len(), 1);
-    let t = textfile();
-    assert_eq!(
-        series(&t, "snapring_copy_last_status", "status=\"complete\""),
-        Some(1.0),
-        "{t}"
-    );
-    assert_eq!(
-        series(&t, "snapring_copy_runs_started_total", ""),
-        Some(2.0),
-        "{t}"
-    );
-    assert_eq!(
-        series(&t, "snapring_copy_runs_failed_total", ""),
-        Some(1.0),
-        "{t}"
-    );
-    assert!(
-        t.contains("snapring_copy_last_success_timestamp_seconds{"),
-        "{t}"
-    );
+    assert_copy_series(&textfile(), "complete", 2.0, 1.0, true);
 
     // With notify_success, a complete copy is told too.
     write_cfg(true);

@@ -728,15 +728,6 @@ fn the_restored_directory_itself_is_checked_against_its_record() {
     chmod(&snap.join("d"), 0o777);
     set_mtime(&snap.join("d"), 1_000_000_000, 0);
     let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
-    let problem = |rep: &serde_json::Value, p: &str| {
-        rep["problems"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["path"] == p)
-            .map(|x| x["error"].as_str().unwrap().to_string())
-            .unwrap_or_default()
-    };
     let damaged = |paths: &[&str]| -> Vec<(String, String)> {
         paths
             .iter()
@@ -754,7 +745,7 @@ fn the_restored_directory_itself_is_checked_against_its_record() {
     assert_eq!(code, 2, "{err}\n{rep}");
     assert_eq!(damaged_problems(&rep), damaged(&[".", "d"]), "{rep}");
     assert!(
-        problem(&rep, ".").contains("mode 777 (recorded 751)"),
+        problem_error(&rep, ".").contains("mode 777 (recorded 751)"),
         "{rep}"
     );
     assert_eq!(mode(&to), 0o751, "the root as recorded, not as changed");
@@ -765,7 +756,7 @@ fn the_restored_directory_itself_is_checked_against_its_record() {
     assert_eq!(code, 2, "{err}\n{rep}");
     assert_eq!(damaged_problems(&rep), damaged(&["d"]), "{rep}");
     assert!(
-        problem(&rep, "d").contains("mode 777 (recorded 750)"),
+        problem_error(&rep, "d").contains("mode 777 (recorded 750)"),
         "{rep}"
     );
     assert_eq!(mode(&to), 0o750);

@@ -196,6 +196,44 @@ fn serve_logging_to(
     Serve { child, addr }
 }
 
+/// Starts `snapring daemon` on `f`'s config (which has a `[server]` table), waits for
+/// the address it serves on, and then until `path` answers 200 (the daemon creates and
+/// migrates the catalog as it starts; until then a page may say the catalog's schema
+/// is older). Its log is drained so that it never blocks on a full pipe.
+fn daemon_serving(f: &Fixture, path: &str) -> Serve {
+    let mut child = Command::new(bin())
+        .arg("--catalog")
+        .arg(&f.catalog)
+        .args(["daemon", "--config"])
+        .arg(&f.cfg)
+        .env_remove("SNAPRING_SERVE_TOKEN")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no address");
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("snapring daemon: serving on http://")
+        {
+            break a.trim_end_matches('/').to_string();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let s = Serve { child, addr };
+    let t0 = std::time::Instant::now();
+    while http(&s.addr, "GET", path, &[]).status != 200 {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the daemon's server never answered 200 to {path}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    s
+}
+
 /// An answer: status, headers (lower-case names), body.
 struct Got {
     status: u16,
@@ -828,39 +866,7 @@ fn the_daemon_serves_when_its_config_has_a_server_table() {
     );
     cfg.push_str("\n[server]\nlisten = \"127.0.0.1:0\"\n");
     std::fs::write(&f.cfg, cfg).unwrap();
-    let mut child = Command::new(bin())
-        .arg("--catalog")
-        .arg(&f.catalog)
-        .args(["daemon", "--config"])
-        .arg(&f.cfg)
-        .env_remove("SNAPRING_SERVE_TOKEN")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "no address");
-        if let Some(a) = line
-            .trim()
-            .strip_prefix("snapring daemon: serving on http://")
-        {
-            break a.trim_end_matches('/').to_string();
-        }
-    };
-    // Keep draining the daemon's log so it never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    let s = Serve { child, addr };
-    // The daemon creates and migrates the catalog as it starts; until then a page may
-    // say the catalog's schema is older.
-    let t0 = std::time::Instant::now();
-    while http(&s.addr, "GET", "/", &[]).status != 200 {
-        assert!(
-            t0.elapsed().as_secs() < 10,
-            "the daemon's server never answered 200"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let s = daemon_serving(&f, "/");
     let b = get(&s.addr, "/").body;
     assert_eq!(b.matches("<tr class=\"job\">").count(), 2, "{b}");
     assert!(get(&s.addr, "/metrics").body.contains("snapring_snapshots"));
@@ -3080,6 +3086,52 @@ fn a_run_the_catalog_could_not_record_shows_from_its_store_record() {
     );
 }
 
+/// Session 49: serve keeps each job's newest run record in its store while the store's
+/// `.snapring/runs/` is unchanged (a `stat` a job for each scrape, not a listing and a
+/// read). A failed run the catalog could not record, made after scrapes that kept the
+/// record before it, shows at the next scrape, and goes on showing once kept.
+#[test]
+fn a_run_after_a_kept_store_record_shows_at_the_next_scrape() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let failing = f.t.path().join("failing.toml");
+    f.write_cfg(&failing, r#"pre_command = ["false"]"#);
+    let settle = || std::thread::sleep(std::time::Duration::from_millis(2100));
+    // `runs/` settled (its times 2 s old): a scrape keeps what it read.
+    settle();
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    for _ in 0..2 {
+        let m = get(&s.addr, "/metrics").body;
+        assert_eq!(home_last_status(&m, "complete"), Some(true), "{m}");
+        assert_eq!(home_series(&m, "snapring_catalog_behind"), Some(0.0), "{m}");
+    }
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_eq!(f.run("home", &failing, &[]), 1);
+    db.execute_batch("ROLLBACK").unwrap();
+    let rec = newest_record(&f.t.path().join("dest"));
+    assert_eq!(rec["status"], "failed", "{rec}");
+    let shown = |m: &str| {
+        assert_eq!(home_last_status(m, "failed"), Some(true), "{m}");
+        assert_eq!(home_series(m, "snapring_catalog_behind"), Some(1.0), "{m}");
+        assert_eq!(home_series(m, "snapring_runs_started_total"), None, "{m}");
+    };
+    shown(&get(&s.addr, "/metrics").body);
+    settle();
+    for _ in 0..2 {
+        shown(&get(&s.addr, "/metrics").body);
+        let api = json(&s.addr, "/api/jobs");
+        let home = api
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|j| j["name"] == "home")
+            .unwrap()
+            .clone();
+        assert_eq!(home["last"]["id"], rec["id"], "{home}");
+    }
+}
+
 /// Session 48 (H2 3): the catalog deleted, then another job's run makes a new one with
 /// its own store's runs alone. serve showed `home` as a job that never ran (`last`
 /// none, counts 0, no error): its `last_run_status` series went, and an alert on its
@@ -3132,36 +3184,7 @@ fn the_daemons_server_serves_the_jobs_of_a_reloaded_config() {
     let server = "\n[server]\nlisten = \"127.0.0.1:0\"\n";
     let base = std::fs::read_to_string(&f.cfg).unwrap();
     std::fs::write(&f.cfg, format!("{base}{server}")).unwrap();
-    let mut child = Command::new(bin())
-        .arg("--catalog")
-        .arg(&f.catalog)
-        .args(["daemon", "--config"])
-        .arg(&f.cfg)
-        .env_remove("SNAPRING_SERVE_TOKEN")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
-    let addr = loop {
-        let mut line = String::new();
-        assert!(err.read_line(&mut line).unwrap() > 0, "no address");
-        if let Some(a) = line
-            .trim()
-            .strip_prefix("snapring daemon: serving on http://")
-        {
-            break a.trim_end_matches('/').to_string();
-        }
-    };
-    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
-    let s = Serve { child, addr };
-    let t0 = std::time::Instant::now();
-    while http(&s.addr, "GET", "/metrics", &[]).status != 200 {
-        assert!(
-            t0.elapsed().as_secs() < 10,
-            "the daemon's server never answered"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let s = daemon_serving(&f, "/metrics");
     let m = get(&s.addr, "/metrics").body;
     assert!(
         home_series(&m, "snapring_next_run_timestamp_seconds").is_some(),

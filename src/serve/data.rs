@@ -133,11 +133,13 @@ pub fn is_repository(store: &Path) -> bool {
 /// (newest runs, counts, last run) kept while the catalog is unchanged, which `PRAGMA
 /// data_version` of the server's one connection tells: counting a job's runs reads each
 /// of its rows, which is most of a scrape's cost with thousands of runs. The stores
-/// (snapshots, free space) are read afresh every time.
+/// (snapshots, free space) are read afresh every time, but for each job's newest run
+/// record there ([`StoreRuns`]).
 #[derive(Default)]
 pub struct Summaries {
     version: Option<i64>,
     parts: HashMap<String, Part>,
+    store_runs: StoreRuns,
 }
 
 impl Summaries {
@@ -167,7 +169,7 @@ impl Summaries {
                         .or_insert_with(|| part(c, name, limit, repo));
                     p.apply(&mut v, now);
                     live_progress(&mut v, Some(c));
-                    catalog_behind(&mut v, c);
+                    catalog_behind(&mut v, c, Some(&mut self.store_runs));
                 }
                 store_missing(&mut v);
                 v
@@ -307,7 +309,7 @@ fn view(
     if let Some(c) = cat
         && !name.is_empty()
     {
-        catalog_behind(&mut v, c);
+        catalog_behind(&mut v, c, None);
     }
     store_missing(&mut v);
     v
@@ -350,6 +352,80 @@ fn newest_store_run(store: &Path, name: &str) -> Option<RunReport> {
     best.map(|b| b.1)
 }
 
+/// Each job's newest finished run record in its store ([`newest_store_run`]: a listing
+/// of `.snapring/runs/` and a read or more, each a round trip on an NFS store), kept
+/// while that directory is as it was: a run's record is created, and rewritten when
+/// the run ends, by a rename into it, which changes its modification time. One `stat`
+/// a job then, instead of that listing and read, for each request of the overview
+/// and `/metrics`. A time of the directory less than [`SETTLED`] before it was read
+/// is not trusted (a second change within the file system's tick of time would leave
+/// it as it was): such a read is not kept, and the next request reads again.
+#[derive(Default)]
+struct StoreRuns(HashMap<(PathBuf, String), (Stamp, Option<RunReport>)>);
+
+/// How long before a read of `runs/` its time must be for the read to be kept
+/// ([`StoreRuns`]): well above any file system's tick, and some clock skew with an
+/// NFS server.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What tells a directory changed: its identity and its modification and change times.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    /// The stamp of `dir` (followed, as `read_dir` follows it), when it can be
+    /// trusted at `now`: its times at least [`SETTLED`] before `now`.
+    fn settled(dir: &Path, now: std::time::SystemTime) -> Option<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(dir).ok()?;
+        let before = now.checked_sub(SETTLED)?;
+        let at = |s: i64, ns: i64| {
+            let d = std::time::Duration::new(u64::try_from(s).ok()?, u32::try_from(ns).ok()?);
+            std::time::UNIX_EPOCH.checked_add(d)
+        };
+        if at(m.mtime(), m.mtime_nsec())? > before || at(m.ctime(), m.ctime_nsec())? > before {
+            return None;
+        }
+        Some(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+}
+
+impl StoreRuns {
+    /// [`newest_store_run`] of job `name` in `store`, kept while its `runs/` is
+    /// unchanged; `now`: the time of the request.
+    fn newest(
+        &mut self,
+        store: &Path,
+        name: &str,
+        now: std::time::SystemTime,
+    ) -> Option<RunReport> {
+        let runs = store.join(crate::store::META_DIR).join("runs");
+        let key = (store.to_path_buf(), name.to_string());
+        let Some(stamp) = Stamp::settled(&runs, now) else {
+            self.0.remove(&key);
+            return newest_store_run(store, name);
+        };
+        if let Some((s, r)) = self.0.get(&key)
+            && *s == stamp
+        {
+            return r.clone();
+        }
+        let r = newest_store_run(store, name);
+        self.0.insert(key, (stamp, r.clone()));
+        r
+    }
+}
+
 /// Compares the job's newest finished run in its store (the truth: a run writes its
 /// record there before the catalog, and its final record after its catalog row) with
 /// the catalog: when the catalog has no row for it, or still has it `running`, the
@@ -361,11 +437,16 @@ fn newest_store_run(store: &Path, name: &str) -> Option<RunReport> {
 /// unknown (`null`, no counter series) rather than the catalog's stale or zero ones,
 /// an error, and `snapring_catalog_behind` 1. The run's own warning about the catalog
 /// (a run that could not record itself says so in its record) is quoted.
-fn catalog_behind(v: &mut JobView, c: &Catalog) {
+/// `kept`: the server's records read before ([`StoreRuns`]); `None` reads afresh.
+fn catalog_behind(v: &mut JobView, c: &Catalog, kept: Option<&mut StoreRuns>) {
     if is_repository(&v.store) || v.store.as_os_str().is_empty() {
         return;
     }
-    let Some(r) = newest_store_run(&v.store, &v.name) else {
+    let newest = match kept {
+        Some(k) => k.newest(&v.store, &v.name, std::time::SystemTime::now()),
+        None => newest_store_run(&v.store, &v.name),
+    };
+    let Some(r) = newest else {
         return;
     };
     // The catalog's newest run, shown (a `running` row whose record is final already
@@ -940,6 +1021,70 @@ fn catalog_writable_from(path: &Path, cwd: &Path) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A run record of job `job` in the store at `store` (`.snapring/runs/ID.json`),
+    /// written as a run writes one: a new file renamed into `runs/`.
+    fn record(store: &Path, id: &str, job: &str, status: Status) {
+        let opts = crate::engine::options::BackupOptions {
+            job: Some(job.into()),
+            ..crate::engine::options::BackupOptions::new("/src", store)
+        };
+        let mut r = crate::engine::backup::new_report(&opts, id, store);
+        r.status = status;
+        let p = store.join(".snapring/runs").join(format!("{id}.json"));
+        crate::util::write_atomic(&p, &serde_json::to_vec(&r).unwrap()).unwrap();
+    }
+
+    /// Session 49: serve read each job's store run records (a listing of
+    /// `.snapring/runs/` and a record) for each request of the overview and `/metrics`,
+    /// each call a round trip on an NFS store. They are kept while `runs/` is as it
+    /// was, and read afresh once a record is created or rewritten in it (a rename into
+    /// it), or when its times are too recent to tell.
+    #[test]
+    fn a_jobs_newest_store_run_is_kept_while_its_run_directory_is_unchanged() {
+        let t = tempfile::tempdir().unwrap();
+        let store = t.path();
+        std::fs::create_dir_all(store.join(".snapring/runs")).unwrap();
+        record(store, "20261201T020000Z-aaaa", "home", Status::Complete);
+        record(store, "20261201T030000Z-bbbb", "other", Status::Complete);
+        let mut kept = StoreRuns::default();
+        let later = std::time::SystemTime::now() + std::time::Duration::from_secs(10);
+        let newest = |k: &mut StoreRuns, now| k.newest(store, "home", now).map(|r| r.id);
+        assert_eq!(
+            newest(&mut kept, later).as_deref(),
+            Some("20261201T020000Z-aaaa")
+        );
+        // Changed in place (no rename: `runs/` as it was): the record kept is given,
+        // not read again.
+        let p = store.join(".snapring/runs/20261201T020000Z-aaaa.json");
+        let text = std::fs::read_to_string(&p).unwrap();
+        std::fs::write(&p, text.replace("\"complete\"", "\"failed\"")).unwrap();
+        let r = kept.newest(store, "home", later).unwrap();
+        assert_eq!(r.status, Status::Complete, "read again: {r:?}");
+        // Read afresh when the directory's time is less than `SETTLED` before the
+        // request.
+        let now = std::time::SystemTime::now();
+        let r = kept.newest(store, "home", now).unwrap();
+        assert_eq!(r.status, Status::Failed, "{r:?}");
+        assert_eq!(
+            newest(&mut kept, later).as_deref(),
+            Some("20261201T020000Z-aaaa")
+        );
+        // A new record, as a run writes it: read at the next request.
+        record(store, "20261202T020000Z-cccc", "home", Status::Failed);
+        assert_eq!(
+            newest(&mut kept, later).as_deref(),
+            Some("20261202T020000Z-cccc")
+        );
+        // Kept per job: the other job of the store is its own.
+        assert_eq!(
+            kept.newest(store, "other", later).map(|r| r.id).as_deref(),
+            Some("20261201T030000Z-bbbb")
+        );
+        // The store gone: nothing, not what was kept.
+        std::fs::remove_dir_all(store.join(".snapring")).unwrap();
+        assert!(newest(&mut kept, later).is_none());
+    }
 
     /// Review (session 40): the check looks at the file system SQLite writes on: a
     /// catalog named through a symbolic link is its target's, and a relative path's

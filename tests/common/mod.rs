@@ -221,6 +221,36 @@ pub fn snapring_without_dac() -> Command {
     c
 }
 
+/// Whether uid `uid` (its group the same number, no other groups) may read `p`:
+/// `setpriv` drops root for a `cat` of it.
+pub fn readable_as(uid: u32, p: &Path) -> bool {
+    Command::new("setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".into(),
+            "cat".into(),
+        ])
+        .arg(p)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// The error a report (`--json`) gives for the problem at `path`; `""` when it has
+/// none there.
+pub fn problem_error(rep: &serde_json::Value, path: &str) -> String {
+    rep["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["path"] == path)
+        .map(|x| x["error"].as_str().unwrap().to_string())
+        .unwrap_or_default()
+}
+
 /// Runs `snapring backup --json EXTRA… --source SRC --dest DEST` without root's
 /// capabilities to read and write anything ([`snapring_without_dac`]: a mode-000 file
 /// is unreadable, a 0555 directory unwritable). Returns (exit code, report or null,
@@ -693,6 +723,15 @@ impl FaultFs {
     /// The layer's process id (to stop it with SIGSTOP: every call on it then hangs).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills the layer's process (SIGKILL, a FUSE server that died) and gives the
+    /// kernel 200 ms to see it: its mount then answers `ENOTCONN`.
+    pub fn kill(&self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &self.pid().to_string()])
+            .status();
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 
     /// Mounts, and waits until the mount is there. `None` (reason printed) where FUSE is
