@@ -1062,8 +1062,12 @@ mod tests {
         let r = kept.newest(store, "home", later).unwrap();
         assert_eq!(r.status, Status::Complete, "read again: {r:?}");
         // Read afresh when the directory's time is less than `SETTLED` before the
-        // request.
-        let now = std::time::SystemTime::now();
+        // request (here: a second after its last change, whatever the machine's load).
+        let changed = std::fs::metadata(store.join(".snapring/runs"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        let now = changed + std::time::Duration::from_secs(1);
         let r = kept.newest(store, "home", now).unwrap();
         assert_eq!(r.status, Status::Failed, "{r:?}");
         assert_eq!(
