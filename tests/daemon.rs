@@ -4734,6 +4734,32 @@ fn a_death_told_before_its_store_answered_is_marked_by_the_next_daemon() {
         std::fs::read_to_string(&record)
             .is_ok_and(|r| r.contains("its death was told before its store answered"))
     };
+    // A daemon started while the store is not there (at boot, before its NFS mount:
+    // an empty mount point) keeps the note: it dropped it (review R5 M1), and the
+    // record, once mounted, was settled into an untold death and told again.
+    let sa = dir.join("sa");
+    let away = dir.join("sa.mounted");
+    std::fs::rename(&sa, &away).unwrap();
+    std::fs::create_dir(&sa).unwrap();
+    let log_boot = dir.join("daemon-boot.log");
+    let d = daemon_logging_with(&catalog, &cfg, &log_boot, &[]);
+    // Its start marks the noted deaths at once (the store asked on its worker): given
+    // a moment (its info lines are not logged without -v).
+    std::thread::sleep(Duration::from_secs(3));
+    d.stop();
+    let noted: i64 = rusqlite::Connection::open(&catalog)
+        .unwrap()
+        .query_row("SELECT count(*) FROM told_deaths", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(
+        noted,
+        1,
+        "the note dropped while the store was absent: {}",
+        std::fs::read_to_string(&log_boot).unwrap_or_default()
+    );
+    std::fs::remove_dir(&sa).unwrap();
+    std::fs::rename(&away, &sa).unwrap();
+    assert!(!marked());
     // The next daemon on the catalog marks it.
     let log2 = dir.join("daemon2.log");
     let d = daemon_logging_with(&catalog, &cfg, &log2, &[]);
@@ -4763,6 +4789,114 @@ fn a_death_told_before_its_store_answered_is_marked_by_the_next_daemon() {
         .query_row("SELECT count(*) FROM told_deaths", [], |r| r.get(0))
         .unwrap();
     assert_eq!(noted, 0);
+}
+
+/// A run of the daemon killed while the daemon does not look (stopped here; a loop
+/// busy elsewhere), and a run of the same job by hand started before the daemon reaps
+/// it: the newest record of the job dated within the dead run's life is the live run's,
+/// still `running` under its lock. The dead-run path must not settle it: it wrote the
+/// dead run's cause into the live run's record without the lock and told the death as
+/// that run, `running` (review R5 M2). Now the death is told without a record, and the
+/// live run's record is its own until it ends.
+#[test]
+fn a_dead_runs_settling_leaves_a_live_runs_record_alone() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    tree(&src, 8, 10);
+    let (walking, by_hand, told) = (dir.join("walking"), dir.join("by-hand"), dir.join("told"));
+    // Daily, at a time of day 3 s from now: one run of the daemon, none after it.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(3);
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\njobs = 1\nschedule = \"{s} {m} {h} * * *\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = dir.display(),
+            s = at.format("%S"),
+            m = at.format("%M"),
+            h = at.format("%H"),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let log = dir.join("daemon.log");
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let fp = format!("walk.dir=pause:{}", walking.display());
+    let d = daemon_logging_with(
+        Path::new("off"),
+        &cfg,
+        &log,
+        &[("SNAPRING_FAILPOINTS", fp.as_str())],
+    );
+    wait_until("the daemon's run's pause", 60, || {
+        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
+    });
+    let pid: i32 = std::fs::read_to_string(&walking)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let daemon = rustix::process::Pid::from_raw(d.0.id() as i32).unwrap();
+    rustix::process::kill_process(daemon, rustix::process::Signal::STOP).unwrap();
+    sigkill(pid);
+    let _ = std::fs::remove_file(&walking);
+    // The run by hand takes the store (the dead run's lock is a dead process's) and
+    // pauses in its walk, its record `running`.
+    let hand = Command::new(bin())
+        .args(["--catalog", "off", "run", "a", "--config"])
+        .arg(&cfg)
+        .arg("--json")
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("walk.dir=pause:{}", by_hand.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&by_hand);
+    let runs = dir.join("sa/.snapring/runs");
+    let live = record_ids(&runs)
+        .into_iter()
+        .find(|id| {
+            std::fs::read_to_string(runs.join(format!("{id}.json")))
+                .is_ok_and(|r| r.contains("\"running\""))
+        })
+        .expect("the live run's record");
+    rustix::process::kill_process(daemon, rustix::process::Signal::CONT).unwrap();
+    wait_until("the death told", 30, || !told_lines(&told).is_empty());
+    std::thread::sleep(Duration::from_millis(500));
+    let record = std::fs::read_to_string(runs.join(format!("{live}.json"))).unwrap();
+    let lines = told_lines(&told);
+    assert!(
+        !lines
+            .iter()
+            .any(|l| l.contains(&live) || l.contains("running")),
+        "the death told as the live run: {lines:?}\n{}",
+        logged()
+    );
+    assert!(
+        record.contains("\"running\"") && !record.contains("its run's process"),
+        "the live run's record settled as the dead one: {record}"
+    );
+    std::fs::remove_file(&by_hand).unwrap();
+    let out = hand.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    d.stop();
+    let r: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(runs.join(format!("{live}.json"))).unwrap()).unwrap();
+    assert_eq!(r["status"], "complete", "{r}");
+    // A complete run is told only with `notify_success`: nothing of it told here.
+    let lines = told_lines(&told);
+    assert!(!lines.iter().any(|l| l.contains(&live)), "{lines:?}");
 }
 
 /// The run records (`*.json`) in `runs`, sorted by name (their ids).

@@ -865,6 +865,46 @@ fn a_source_that_goes_away_mid_run_fails_the_run_and_rotates_nothing() {
     assert_verify_clean(&dest, "daily.0");
 }
 
+/// The stat of the source's root when the walk ends answers EIO once (a `soft` NFS
+/// mount's timeout; failpoint `backup.source_root_stat`): asked again 200 ms later, it
+/// answers, and the run is `complete`. Before (review R4 F2) one EIO was a source gone:
+/// the run failed and published nothing. Two EIOs in a row still fail it, naming the
+/// stat, with nothing published nor rotated.
+#[test]
+fn one_eio_of_the_sources_root_at_the_walks_end_is_asked_again_two_fail_the_run() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, _mnt, dest) = dirs(&t);
+    source(&src);
+    let once = [("SNAPRING_FAILPOINTS", "backup.source_root_stat=error@1")];
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &once);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    let complete = root_ino(&dest, "daily.0");
+    write(&src.join("d0/new"), b"changed");
+    let twice = [(
+        "SNAPRING_FAILPOINTS",
+        "backup.source_root_stat=error@1;backup.source_root_stat=error@2",
+    )];
+    let t0 = std::time::Instant::now();
+    let (code, rep, err) = backup(&src, &dest, &["--retain", "1"], &twice);
+    assert_eq!(code, 1, "{rep}\n{err}");
+    assert!(
+        t0.elapsed() >= Duration::from_millis(200),
+        "not asked again"
+    );
+    assert_eq!(rep["status"], "failed", "{rep}");
+    let msg = rep["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains(&src.display().to_string())
+            && msg.contains("stat of its root when the walk ended"),
+        "{msg}"
+    );
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    assert_eq!(root_ino(&dest, "daily.0"), complete);
+    assert_verify_clean(&dest, "daily.0");
+}
+
 /// A dead FUSE mount inside the source (a user's sshfs in /home, killed) answers
 /// ENOTCONN for its mount point while the source answers: that entry's problem
 /// (`partial`, named), not a source gone away. Before (review of acl-48): every run

@@ -2451,6 +2451,39 @@ fn a_published_runs_damaged_final_does_not_stop_prune() {
     assert_eq!(snapshots(&e).len(), 1);
 }
 
+/// A worker that starts while another process holds the repository's exclusive lock a
+/// moment (its run's finalizer forgetting by --retain as the other workers finish;
+/// here the test, for 2 s) waits for it (up to `LOCK_WAIT`, 10 s) and does its part:
+/// it exited 75 at once (a late worker failed restic_shard's after-run in CI). A lock
+/// held past the wait (a prune) is still a retry, exit 75, after the 10 s.
+#[test]
+fn a_worker_waits_for_an_exclusive_lock_held_a_moment_and_retries_one_held_longer() {
+    let e = env();
+    let repo = open(&e);
+    let held = snapring::restic::lock::acquire(&repo, true).unwrap();
+    let t0 = Instant::now();
+    let w = spawn(&e, 0, 1, "waits", &[]);
+    std::thread::sleep(Duration::from_secs(2));
+    held.release().unwrap();
+    let r = report(&w.wait_with_output().unwrap());
+    assert_eq!(r["finalized"], true, "{r}");
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+    assert_eq!(snapshots(&e).len(), 1, "{r}");
+    let held = snapring::restic::lock::acquire(&repo, true).unwrap();
+    let t0 = Instant::now();
+    let o = spawn(&e, 0, 1, "refused", &[]).wait_with_output().unwrap();
+    let waited = t0.elapsed();
+    held.release().unwrap();
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    assert!(
+        waited >= Duration::from_secs(10) && waited < Duration::from_secs(30),
+        "{waited:?}: {}",
+        text(&o)
+    );
+    assert!(text(&o).contains("locked"), "{}", text(&o));
+    assert_eq!(snapshots(&e).len(), 1);
+}
+
 /// Review: `prune --drop-unfinished-runs` lists the unfinished runs, then takes the
 /// exclusive lock. A run whose workers publish it and exit in between is not
 /// unfinished any more: its files (`final`, `published`) stay, or a late worker of the

@@ -1104,6 +1104,102 @@ fn a_worker_stopped_past_its_lease_loses_its_unit_and_its_late_commit_is_refused
     assert_eq!(rec["shards"]["takeovers"], 1);
 }
 
+/// A worker of several lanes (`--jobs 4`) stopped (SIGSTOP) past its lease while two or
+/// more of its lanes each hold a unit: another worker of several lanes takes each of
+/// them over once, the stopped one's late commits are refused, and the snapshot equals
+/// the source with every unit committed once (the lanes of a worker share one listing
+/// of `done/` and one search of the claims: session 48).
+#[test]
+fn a_stopped_worker_with_several_lanes_has_each_lanes_unit_taken_over_once() {
+    let e = env();
+    let run = "lanes";
+    let lease = "1s";
+    let mut w0 = worker_with_jobs(
+        &e,
+        "4",
+        &["--shard", "0/2", "--run-id", run],
+        &[
+            ("SNAPRING_SHARD_LEASE", lease),
+            ("SNAPRING_FAILPOINTS", "walk.copy=sleep:100"),
+        ],
+    )
+    .spawn()
+    .unwrap();
+    let pid = rustix::process::Pid::from_child(&w0);
+    let rd = run_dir(&e, run);
+    // The units worker 0 holds: its claims of units not committed.
+    let held = || -> Vec<String> {
+        let Ok(d) = std::fs::read_dir(rd.join("claims")) else {
+            return Vec::new();
+        };
+        let mut v: Vec<String> = d
+            .flatten()
+            .filter_map(|c| {
+                let n = c.file_name().to_string_lossy().into_owned();
+                let (unit, _) = n.split_once(".g")?;
+                let h: serde_json::Value =
+                    serde_json::from_slice(&std::fs::read(c.path()).ok()?).ok()?;
+                (h["pid"] == pid.as_raw_nonzero().get() && !rd.join("done").join(unit).exists())
+                    .then(|| unit.to_string())
+            })
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    };
+    let t0 = Instant::now();
+    let stopped = loop {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "worker 0 never held two units"
+        );
+        if held().len() >= 2 {
+            rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+            let h = held();
+            if h.len() >= 2 {
+                break h;
+            }
+            rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let o = worker_with_jobs(
+        &e,
+        "4",
+        &["--shard", "1/2", "--run-id", run],
+        &[("SNAPRING_SHARD_LEASE", lease)],
+    )
+    .spawn()
+    .unwrap()
+    .wait_with_output()
+    .unwrap();
+    // It cannot finalize while worker 0 holds the store: a retry, as in the test above.
+    assert_eq!(o.status.code(), Some(75), "{}", text(&o));
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    let out = w0.wait().unwrap();
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(w0.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert_eq!(out.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{} lost to a takeover", stopped.len())),
+        "{stopped:?}: {stdout}"
+    );
+    assert!(stdout.contains("finalized: complete"), "{stdout}");
+    check_run(&e, run);
+    for u in &stopped {
+        let c: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(rd.join("done").join(u)).unwrap()).unwrap();
+        assert_eq!(c["generation"], 2, "{u}: {c}");
+        assert_eq!(c["worker"], 1, "{u}: {c}");
+    }
+    check_snapshot(&e, "after the takeover of several lanes' units");
+    let rec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(e.dest.join(format!(".snapring/runs/{run}.json"))).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(rec["shards"]["takeovers"], stopped.len(), "{rec}");
+}
+
 /// A worker whose clock is ten minutes behind takes over a stalled worker's unit once
 /// its lease has lapsed by the store's clock: it judged the lease by its own clock
 /// against the claim's mtime (the store's), so it waited ten minutes more (a hostile
@@ -3188,6 +3284,102 @@ fn the_run_log_holds_the_finalizers_expiry_lines() {
         log.contains("expiry: "),
         "the expiry's summary is not in the run's log: {log}"
     );
+}
+
+/// A finalizer killed during the expiry, after it merged the run's log: the other
+/// worker helped delete the expired pieces and logged its part after that merge, in its
+/// own log only. `snapring finalize` resuming the expiry merges the log again: the run's
+/// log holds the helper's expiry line. Before session 48 it merged only a log that was
+/// not there yet (`tidy`), so the helper's line was never in the run's log.
+#[test]
+fn finalize_resuming_an_expiry_merges_the_lines_logged_after_the_dead_finalizers_merge() {
+    let e = env();
+    let retain = ["--retain", "1"];
+    all_ok(&run_workers(&e, 2, "m1", &retain, |_| vec![]), "m1");
+    write(&e.src.join("flat/n060 with space"), b"m2");
+    let run = "m2";
+    // Each piece takes 300 ms. The finalizer (whichever worker it is) pauses after
+    // `finalized`; let go, it merges the log and is killed once the log is there, while
+    // the other worker still deletes its pieces.
+    let pause = e.dest.with_file_name("pause");
+    let fp = format!(
+        "shard.finalize.after_finalized=pause:{};shard.expire_piece=sleep:300",
+        pause.display()
+    );
+    let kids: Vec<Child> = (0..2)
+        .map(|i| {
+            let shard = format!("{i}/2");
+            worker(
+                &e,
+                &["-v", "--shard", &shard, "--run-id", run, "--retain", "1"],
+                &[("SNAPRING_FAILPOINTS", &fp)],
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    wait_for(&pause);
+    let finalizer: i32 = std::fs::read_to_string(&pause)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let merged_log = e.dest.join(format!(".snapring/logs/{run}.log"));
+    std::fs::remove_file(&pause).unwrap();
+    let t0 = Instant::now();
+    while !merged_log.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the finalizer's merge"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(finalizer).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let outs: Vec<Output> = kids
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let helper_index = outs
+        .iter()
+        .position(|o| o.status.code() == Some(0))
+        .unwrap_or_else(|| panic!("{}", outs.iter().map(text).collect::<Vec<_>>().join("\n")));
+    assert_eq!(
+        outs[1 - helper_index].status.code(),
+        None,
+        "{}",
+        text(&outs[1 - helper_index])
+    );
+    assert!(run_dir(&e, run).join("finalized").is_file());
+    let logs = e.dest.join(".snapring/logs");
+    let helper = std::fs::read_to_string(logs.join(format!("{run}.w{helper_index}.log"))).unwrap();
+    let line = "pieces of the expired snapshots deleted";
+    assert!(helper.contains(line), "{helper}");
+    let merged = || std::fs::read_to_string(logs.join(format!("{run}.log"))).unwrap();
+    // The dead finalizer's merge: before the helper's part.
+    assert!(
+        merged().contains(&format!("shard run {run} finalized")) && !merged().contains(line),
+        "{}",
+        merged()
+    );
+    let o = run_cmd(&e, "finalize", run, &["-v", "--jobs", "2"], &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(
+        stderr_of(&o).contains("completing the deletion"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        merged().contains(line),
+        "the helper's expiry line is not in the run's log: {}",
+        merged()
+    );
+    assert!(is_empty_dir(&e.dest.join(".snapring/expiring")));
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    check_snapshot(&e, run);
 }
 
 /// Review: the run's staged tree lost after a finalize killed before its publish (removed

@@ -1155,7 +1155,11 @@ fn source_named(opts: &BackupOptions, e: Error) -> Error {
 fn source_gone(opts: &BackupOptions, canonical: &Path, before: &fsx::Meta) -> Option<Error> {
     use rustix::io::Errno;
     let root = opts.tree_of(&opts.source);
-    let look = || rustix::fs::stat(opts.tree_of(canonical)).map(|st| fsx::Meta::from_stat(&st));
+    let look = || {
+        // Tests: the stat answers EIO (a `soft` NFS mount's timeout).
+        crate::failpoint::hit("backup.source_root_stat").map_err(|_| Errno::IO)?;
+        rustix::fs::stat(opts.tree_of(canonical)).map(|st| fsx::Meta::from_stat(&st))
+    };
     // Asked twice before it counts: one EIO of a `soft` NFS mount is not a source gone.
     let stat = look().or_else(|_| {
         std::thread::sleep(std::time::Duration::from_millis(200));
