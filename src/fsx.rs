@@ -1686,6 +1686,43 @@ pub fn errno_is(e: &io::Error, errno: rustix::io::Errno) -> bool {
     e.raw_os_error() == Some(errno.raw_os_error())
 }
 
+/// Whether a source root a walk began at (`before`: its `(st_dev, st_ino)` then) is
+/// gone when the walk ends (invariant 4): its `stat` at `root` fails with ENOTCONN (a
+/// FUSE server that died), ESTALE (an NFS export gone or replaced), EIO or ENOENT, or
+/// it is another directory (the mount torn away: the directory below it). Asked twice,
+/// 200 ms apart, before it counts: one EIO of a `soft` NFS mount is not a source gone.
+/// `Some(what was found)`, for the run's error; `None`: there, or not telling (EACCES:
+/// the walk's own problems say what it could read). The store's run and the
+/// repository's backup both ask it once a run.
+pub fn root_gone(root: &std::path::Path, before: (u64, u64)) -> Option<String> {
+    use rustix::io::Errno;
+    let look = || {
+        // Tests: the stat answers EIO (a `soft` NFS mount's timeout).
+        crate::failpoint::hit("backup.source_root_stat").map_err(|_| Errno::IO)?;
+        rfs::stat(root).map(|st| Meta::from_stat(&st))
+    };
+    // Asked twice before it counts: one EIO of a `soft` NFS mount is not a source gone.
+    let stat = look().or_else(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        look()
+    });
+    match stat.map_err(io::Error::from) {
+        Ok(m) if (m.dev, m.ino) == before => None,
+        Ok(m) => Some(format!(
+            "its root is now another directory (device {}, inode {}; it was device {}, inode {} when the walk began)",
+            m.dev, m.ino, before.0, before.1
+        )),
+        Err(e)
+            if [Errno::NOTCONN, Errno::STALE, Errno::IO, Errno::NOENT]
+                .iter()
+                .any(|n| errno_is(&e, *n)) =>
+        {
+            Some(format!("stat of its root when the walk ended: {e}"))
+        }
+        Err(_) => None,
+    }
+}
+
 /// Borrow helper so callers can pass `&OwnedFd` where a `BorrowedFd` is wanted.
 pub fn b(fd: &OwnedFd) -> BorrowedFd<'_> {
     fd.as_fd()

@@ -381,17 +381,157 @@ fn restores_from_a_repository_are_recorded_in_the_catalog() {
         "--to",
         to.to_str().unwrap(),
     ];
+    // A snapshot the repository does not have is a usage error, no run (session 49;
+    // it was a recorded `failed` restore, exit 1):
+    // `a_restore_of_a_snapshot_the_repository_does_not_have_exits_64_and_is_no_run`.
     let (code, _, err) = cli(&catalog, &missing, &env);
-    assert_eq!(code, 1, "{err}");
-    let (status, message): (String, String) = c
+    assert_eq!(code, 64, "{err}");
+    assert!(
+        err.contains("no snapshot \"no-such\" in the repository"),
+        "{err}"
+    );
+    let rows: i64 = c
         .query_row(
-            "SELECT status, message FROM runs WHERE kind = 'restore' AND snapshot = 'no-such'",
+            "SELECT count(*) FROM runs WHERE kind = 'restore' AND snapshot = 'no-such'",
             [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
+            |r| r.get(0),
         )
         .unwrap();
-    assert_eq!(status, "failed");
-    assert!(message.contains("no-such"), "{message}");
+    assert_eq!(rows, 0);
+}
+
+/// Session 49: `restore` of a snapshot a repository does not have (an id or prefix
+/// none of its snapshots has, or one several have) exits 64 with a message naming the
+/// snapshot and the repository, writes nothing, records no run and notifies nobody, as
+/// for a store (tests/restore.rs). It was a recorded `failed` restore (exit 1) that
+/// paged the job's notifiers. A repository that cannot be opened (a wrong password),
+/// or has no snapshot yet, stays the restore's own failure: recorded and told.
+#[test]
+fn a_restore_of_a_snapshot_the_repository_does_not_have_exits_64_and_is_no_run() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("catalog.db");
+    let pw = t.path().join("pw");
+    std::fs::write(&pw, format!("{PASSWORD}\n")).unwrap();
+    write(&src.join("f"), b"data");
+    let url = format!("file://{}", repo.display());
+    let http = http_server();
+    let cfg = t.path().join("s.toml");
+    let write_cfg = |password_file: &Path| {
+        std::fs::write(
+            &cfg,
+            format!(
+                "[job.offsite]\nsource = \"{}\"\ndest = \"{url}\"\npassword_file = \"{}\"\nnotify = [\"hook\"]\nnotify_success = true\n\n[notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/w\"\n",
+                src.display(),
+                password_file.display(),
+                http.port
+            ),
+        )
+        .unwrap();
+    };
+    write_cfg(&pw);
+    let restore = |snap: &str, to: &Path| {
+        let to = to.to_str().unwrap();
+        let args = [
+            "restore",
+            "--config",
+            cfg.to_str().unwrap(),
+            snap,
+            "--to",
+            to,
+            "--json",
+        ];
+        let (code, _, err) = cli(&catalog, &args, &[]);
+        (code, err)
+    };
+    let restores = || -> i64 {
+        if !catalog.exists() {
+            return 0;
+        }
+        let c = rusqlite::Connection::open(&catalog).unwrap();
+        c.query_row(
+            "SELECT count(*) FROM runs WHERE kind = 'restore'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let pwf = ["--password-file", pw.to_str().unwrap()];
+    let (code, _, err) = cli(
+        &catalog,
+        &[&["init", "--dest", &url][..], &pwf].concat(),
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    // No snapshot yet: the repository's state, the restore's own failure.
+    let to = t.path().join("to");
+    let (code, err) = restore("latest", &to);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(restores(), 1);
+    assert_eq!(
+        http.got.lock().unwrap().len(),
+        1,
+        "a failed restore is told"
+    );
+    let backup = [
+        &["backup", "--source", src.to_str().unwrap(), "--dest", &url][..],
+        &pwf,
+    ];
+    for _ in 0..2 {
+        let (code, _, err) = cli(&catalog, &backup.concat(), &[]);
+        assert_eq!(code, 0, "{err}");
+    }
+    http.got.lock().unwrap().clear();
+    // The prefix both snapshots' ids start with, when they share one (one time in 16).
+    let ids: Vec<String> = std::fs::read_dir(repo.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    let shared: String = ids[0]
+        .chars()
+        .zip(ids[1].chars())
+        .take_while(|(a, b)| a == b)
+        .map(|(a, _)| a)
+        .collect();
+    let mut cases = vec![
+        (
+            "0123abcd".to_string(),
+            "no snapshot \"0123abcd\" in the repository",
+        ),
+        (
+            "no-such".to_string(),
+            "no snapshot \"no-such\" in the repository",
+        ),
+    ];
+    if !shared.is_empty() {
+        cases.push((shared.clone(), "2 snapshots in the repository"));
+    }
+    for (snap, says) in &cases {
+        let (code, err) = restore(snap, &to);
+        assert_eq!(code, 64, "{snap}: {err}");
+        assert!(err.contains(says) && err.contains(&url), "{snap}: {err}");
+        assert!(!to.exists(), "{snap}: nothing is written");
+    }
+    assert_eq!(restores(), 1, "a mistake is no run");
+    assert!(
+        http.got.lock().unwrap().is_empty(),
+        "a mistake pages nobody: {:?}",
+        http.got.lock().unwrap()
+    );
+    // A repository that cannot be opened stays a recorded, told failure.
+    let wrong = t.path().join("wrong");
+    std::fs::write(&wrong, "not the password\n").unwrap();
+    write_cfg(&wrong);
+    let (code, err) = restore("0123abcd", &to);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(restores(), 2);
+    assert_eq!(http.got.lock().unwrap().len(), 1);
+    // A restore that runs is a run.
+    write_cfg(&pw);
+    let (code, err) = restore(&ids[0][..8], &to);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(std::fs::read(to.join("f")).unwrap(), b"data");
+    assert_eq!(restores(), 3);
 }
 
 #[test]
@@ -1900,4 +2040,228 @@ fn names_of_one_recorded_inode_with_two_contents_are_not_linked_on_restore() {
     let ino = |p: &str| std::fs::metadata(to.join(p)).unwrap().ino();
     assert_eq!(ino("z/g01"), ino("z/g02"));
     assert_ne!(ino("a/f01"), ino("z/g01"));
+}
+
+/// 20 small files in four directories, old enough not to be read again as changed.
+fn small_tree(src: &Path) {
+    for i in 0..20 {
+        let p = src.join(format!("d{}/f{i}", i % 4));
+        write(&p, format!("content {i}").as_bytes());
+        set_mtime(&p, 1_600_000_000, i);
+    }
+}
+
+/// The snapshot files of the repository at `repo`, sorted.
+fn snapshot_files(repo: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(repo.join("snapshots"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// `snapring backup --json --jobs 1 --source SRC --dest URL --retain 1` into a
+/// repository, paused when it first opens a subdirectory (after the root's listing),
+/// until the returned file is removed; `Paused::resume` lets it go on.
+fn paused_repository_backup(t: &Path, src: &Path, url: &str) -> Paused {
+    let pause = t.join("paused");
+    let child = std::process::Command::new(bin())
+        .args([
+            "backup", "--json", "--jobs", "1", "--retain", "1", "--source",
+        ])
+        .arg(src)
+        .args(["--dest", url])
+        .env("SNAPRING_CATALOG", "off")
+        .env("SNAPRING_PASSWORD", common::restic::PASSWORD)
+        .env(
+            "SNAPRING_FAILPOINTS",
+            format!("restic.backup.open_dir=pause:{}@1", pause.display()),
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for(&pause);
+    Paused { child, pause }
+}
+
+/// A repository backup whose source goes away mid-run is `failed` (exit 1), its
+/// message naming the source and what was seen, with no snapshot written and nothing
+/// forgotten; the repository checks clean and the next run (the source back) completes.
+fn a_lost_source_fails_the_repository_run(lose: impl FnOnce(&FaultFs), says: &str) {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, repo) = (
+        t.path().join("src"),
+        t.path().join("src-fs"),
+        t.path().join("repo"),
+    );
+    small_tree(&src);
+    let Some(fs) = FaultFs::mount(&src, &mnt, &[]) else {
+        return;
+    };
+    let url = common::restic::file_url(&repo);
+    common::restic::sr_init(&url);
+    let first = ["backup", "--json", "--retain", "1", "--source"];
+    let args = [&first[..], &[mnt.to_str().unwrap(), "--dest", &url]].concat();
+    let (code, out, err) = common::restic::sr(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let complete = snapshot_files(&repo);
+    assert_eq!(complete.len(), 1);
+    let run = paused_repository_backup(t.path(), &mnt, &url);
+    lose(&fs);
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let (code, rep) = run.resume();
+    assert_eq!(code, 1, "{rep}");
+    assert_eq!(rep["status"], "failed", "{rep}");
+    let msg = rep["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains(&format!("source {} went away", mnt.display())) && msg.contains(says),
+        "{msg}"
+    );
+    assert!(msg.contains("no snapshot was written"), "{msg}");
+    assert_eq!(rep["snapshot"], serde_json::Value::Null, "{rep}");
+    assert_eq!(rep["expired"].as_array().map_or(0, |a| a.len()), 0, "{rep}");
+    // Before: a snapshot tagged `partial` (exit 2), and the complete one forgotten.
+    assert_eq!(snapshot_files(&repo), complete);
+    drop(fs);
+    if let Some(restic) = common::restic::restic_binary("restic check after a lost source") {
+        common::restic::run_restic(&restic, &repo, &["check"]);
+    }
+    let _fs = FaultFs::mount(&src, &mnt, &[]).unwrap();
+    let (code, out, err) = common::restic::sr(&args);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
+
+/// Session 49: the source's FUSE server dies in the middle of a repository backup
+/// (every later call: ENOTCONN, the root's descriptor too): the run fails as a store's
+/// does (tests/faults.rs), rather than leave every directory out (or keep the parent's
+/// entries of it) and write a `partial` snapshot that `--retain 1` kept in place of
+/// the complete one.
+#[test]
+fn a_source_that_goes_away_mid_run_fails_the_repository_run_and_forgets_nothing() {
+    let kill = |fs: &FaultFs| {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &fs.pid().to_string()])
+            .status();
+    };
+    a_lost_source_fails_the_repository_run(kill, "not connected");
+}
+
+/// Session 49: the source's mount is torn away (a lazy unmount) in the middle of a
+/// repository backup: the walk reads on through its open descriptors, but the source's
+/// path now shows the directory below the mount point: when the walk ends, the run
+/// fails rather than write a snapshot of a file system no longer there.
+#[test]
+fn a_source_unmounted_mid_run_fails_the_repository_run_and_forgets_nothing() {
+    let unmount = |fs: &FaultFs| {
+        let st = std::process::Command::new("fusermount3")
+            .arg("-u")
+            .arg("-z")
+            .arg(&fs.mnt)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    a_lost_source_fails_the_repository_run(unmount, "its root is now another directory");
+}
+
+/// A dead FUSE mount inside the source (a user's sshfs, killed) answers ENOTCONN for
+/// its mount point while the source answers: that entry's problem (`partial`, named),
+/// not a source gone away, as for a store (tests/faults.rs).
+#[test]
+fn a_dead_mount_inside_the_source_is_that_entrys_problem_in_a_repository_run() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    small_tree(&src);
+    let under = t.path().join("under");
+    write(&under.join("x"), b"inside the mount");
+    let nested = src.join("nested");
+    std::fs::create_dir(&nested).unwrap();
+    let Some(fs) = FaultFs::mount(&under, &nested, &[]) else {
+        return;
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &fs.pid().to_string()])
+        .status();
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let e = std::fs::symlink_metadata(&nested).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(107), "{e}");
+    let url = common::restic::file_url(&repo);
+    common::restic::sr_init(&url);
+    for extra in [&[][..], &["--one-file-system"][..]] {
+        let args = [
+            &["backup", "--json", "--source", src.to_str().unwrap()][..],
+            &["--dest", &url],
+            extra,
+        ]
+        .concat();
+        let (code, out, err) = common::restic::sr(&args);
+        assert_eq!(code, 2, "{extra:?}: {out}\n{err}");
+        let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(rep["status"], "partial", "{extra:?}: {rep}");
+        let named = rep["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["path"] == "nested");
+        assert!(named, "{extra:?}: {rep}");
+    }
+    drop(fs);
+}
+
+/// Session 49 (as session 48 for a store's run, tests/serve.rs): a repository run whose
+/// start waits for a catalog another writer holds (3 s here) records a duration of its
+/// backup only, not of that wait (its `stats`, the dashboard's durations).
+#[test]
+fn a_repository_runs_duration_leaves_out_its_wait_for_a_locked_catalog() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    let catalog = t.path().join("catalog.db");
+    small_tree(&src);
+    let url = format!("file://{}", repo.display());
+    let env = [("SNAPRING_PASSWORD", PASSWORD)];
+    assert_eq!(cli(&catalog, &["init", "--dest", &url], &env).0, 0);
+    let backup = [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        &url,
+        "--json",
+    ];
+    let (code, _, err) = cli(&catalog, &backup, &env);
+    assert_eq!(code, 0, "{err}");
+    let db = rusqlite::Connection::open(&catalog).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let t0 = std::time::Instant::now();
+    let child = std::process::Command::new(bin())
+        .arg("--catalog")
+        .arg(&catalog)
+        .args(backup)
+        .env("SNAPRING_PASSWORD", PASSWORD)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    db.execute_batch("ROLLBACK").unwrap();
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed().as_secs_f64();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let id = r["id"].as_str().unwrap();
+    let (status, secs): (String, f64) = db
+        .query_row(
+            "SELECT status, duration_seconds FROM runs WHERE id = ?1",
+            [id],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(status, "complete");
+    assert!(took > 2.5, "the run did not wait for the catalog: {took} s");
+    assert!(
+        secs < 1.5 && r["duration_seconds"].as_f64().unwrap() < 1.5,
+        "the run's duration counts its wait for the catalog: {secs} s of {took} s"
+    );
 }

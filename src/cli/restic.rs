@@ -777,7 +777,8 @@ pub fn restore_source(a: &RestoreArgs) -> anyhow::Result<Option<(PathBuf, Option
 /// A run like a restore from a store (`snapring::job::recorded_restore`): its own run
 /// id, a log beside the catalog, a catalog row of kind `restore` (the store column
 /// holds the repository's URL), the job's notifications; a restore that cannot start
-/// (wrong password, no such snapshot) is recorded as `failed`.
+/// (wrong password, a repository that cannot be opened) is recorded as `failed`. A
+/// snapshot the repository does not have is a usage error (exit 64), no run.
 pub fn restore(
     a: RestoreArgs,
     dest: &Path,
@@ -835,6 +836,18 @@ pub fn restore(
     let started_at = snapring::util::now_rfc3339();
     let mut restored = None;
     let cancel = super::cancel_on_signal();
+    // A snapshot the repository does not have is a mistake on the command line, refused
+    // as one (exit 64) before a run starts, as for a store: recorded, it was a `failed`
+    // restore that notified (paged) and counted in `stats`. A repository that cannot be
+    // opened (wrong password, gone, unreachable), or has no snapshot yet, is the
+    // restore's own failure: recorded, as the run says it. Opened once, for both.
+    let opened = open_reading(dest, password_file, true, Some(&cancel));
+    if let Ok((repo, _)) = &opened
+        && let Ok(Some(why)) =
+            restic::snapshot::names_nothing(repo, &a.snapshot, &dest.to_string_lossy())
+    {
+        return Err(usage!("{why}"));
+    }
     let result = snapring::job::recorded_restore(&opts, &run, || {
         let failed = |e: &dyn std::fmt::Display| snapring::error::Error::Repository(e.to_string());
         // SIGINT/SIGTERM: `incomplete`, what was written stays (a throttled request
@@ -871,7 +884,7 @@ pub fn restore(
                 .create(&existing)
                 .map_err(|e| restic::Error::Other(e.to_string()))
         };
-        let (repo, _lock) = match open_reading(dest, password_file, true, Some(&cancel)) {
+        let (repo, _lock) = match opened {
             Ok(x) => x,
             Err(e) if is_stopped() => return stopped(Some(format!("{e:#}"))),
             Err(e) => return Err(failed(&format!("{e:#}"))),

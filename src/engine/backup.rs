@@ -1146,43 +1146,14 @@ fn source_named(opts: &BackupOptions, e: Error) -> Error {
 }
 
 /// Whether the source root the walk began at (`before`: its `fstat` then) is gone when
-/// the walk ends (invariant 4): its `stat` fails with ENOTCONN (a FUSE server that
-/// died), ESTALE (an NFS export gone or replaced), EIO or ENOENT, or it is another
-/// directory (the mount torn away: the directory below it). `canonical`: the source as
-/// resolved at the start (a `--source` symlink switched meanwhile is not a source
-/// gone). One call per run. A walk that met a lost source on an entry failed before
-/// this (ENOTCONN, `Walk`).
+/// the walk ends (invariant 4; [`fsx::root_gone`]: gone, stale, EIO, or another
+/// directory). `canonical`: the source as resolved at the start (a `--source` symlink
+/// switched meanwhile is not a source gone). One call per run. A walk that met a lost
+/// source on an entry failed before this (ENOTCONN, `Walk`).
 fn source_gone(opts: &BackupOptions, canonical: &Path, before: &fsx::Meta) -> Option<Error> {
-    use rustix::io::Errno;
-    let root = opts.tree_of(&opts.source);
-    let look = || {
-        // Tests: the stat answers EIO (a `soft` NFS mount's timeout).
-        crate::failpoint::hit("backup.source_root_stat").map_err(|_| Errno::IO)?;
-        rustix::fs::stat(opts.tree_of(canonical)).map(|st| fsx::Meta::from_stat(&st))
-    };
-    // Asked twice before it counts: one EIO of a `soft` NFS mount is not a source gone.
-    let stat = look().or_else(|_| {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        look()
-    });
-    let detail = match stat.map_err(std::io::Error::from) {
-        Ok(m) if (m.dev, m.ino) == (before.dev, before.ino) => return None,
-        Ok(m) => format!(
-            "its root is now another directory (device {}, inode {}; it was device {}, inode {} when the walk began)",
-            m.dev, m.ino, before.dev, before.ino
-        ),
-        Err(e)
-            if [Errno::NOTCONN, Errno::STALE, Errno::IO, Errno::NOENT]
-                .iter()
-                .any(|n| fsx::errno_is(&e, *n)) =>
-        {
-            format!("stat of its root when the walk ended: {e}")
-        }
-        // Not telling (EACCES, say): the walk's own problems say what it could read.
-        Err(_) => return None,
-    };
+    let detail = fsx::root_gone(&opts.tree_of(canonical), (before.dev, before.ino))?;
     Some(Error::SourceLost {
-        root: Some(root),
+        root: Some(opts.tree_of(&opts.source)),
         detail,
     })
 }

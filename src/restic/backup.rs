@@ -11,7 +11,11 @@
 //! with the tree's id, to its parent. Packs, then the index, then the snapshot are
 //! written (restic's write order), under a shared lock; then, with `retain`, retention
 //! (`forget`) under an exclusive one. Per-entry problems (unreadable, vanished) leave
-//! the entry out and make the run `partial`; a directory that cannot be opened or
+//! the entry out and make the run `partial`, unless they say the source itself went
+//! away (ENOTCONN while the root's kept descriptor does not answer, or the root gone or
+//! another directory when the walk ends): then the run fails, no snapshot written,
+//! nothing forgotten, its packs indexed (`Error::SourceLost`, invariant 4, as the
+//! store's run); a directory that cannot be opened or
 //! listed keeps the parent snapshot's entries of it instead (`keep`), as the store's
 //! walk does. A tree of the parent that does not read
 //! (a damaged repository) is a warning, and its directory is read in full. `snapshot_locked` is the walk itself,
@@ -427,6 +431,24 @@ pub fn snapshot_locked(
     };
     crate::traverse::walk(&run, root_sub, spec.jobs.max(1), &stop);
     let walked = run.outcome().and_then(|t| run.wrap(&comps, t));
+    // The source gone (its FUSE server dead, its NFS export stale, the mount torn
+    // away): met on an entry by the walk, or the root no longer there (or another
+    // directory) once the walk ended. Named by the snapshot's path (a copy's walk
+    // reads a held store snapshot through `/proc/self/fd`).
+    let walked = match walked {
+        Ok(t) if !spec.cancel.load(Ordering::Relaxed) => match run.root_gone() {
+            Some(detail) => Err(Error::SourceLost {
+                root: spec.path.clone(),
+                detail,
+            }),
+            None => Ok(t),
+        },
+        Err(Error::SourceLost { detail, .. }) => Err(Error::SourceLost {
+            root: spec.path.clone(),
+            detail,
+        }),
+        w => w,
+    };
     let others = run.counts.others.load(Ordering::Relaxed);
     let parent_count =
         std::mem::take(&mut *run.parent_count.lock().unwrap_or_else(|e| e.into_inner()));
@@ -449,6 +471,17 @@ pub fn snapshot_locked(
         Ok(_) | Err(Error::Cancelled) => {
             report.added = packer.finish(repo).map_err(|e| full_disk_hint(repo, e))?;
             return stopped(report, lock);
+        }
+        // No snapshot, nothing forgotten: the entries it could not read would be left
+        // out, and a `partial` snapshot missing most of the tree would become the
+        // parent and count in the retention. What reached the repository is indexed,
+        // as a stopped run's, for the next run to reuse.
+        Err(e @ Error::SourceLost { .. }) => {
+            if let Err(f) = packer.finish(repo) {
+                tracing::warn!("after the source went away: {}", full_disk_hint(repo, f));
+            }
+            let _ = lock.release();
+            return Err(e);
         }
         Err(e) => {
             let _ = packer.index_written(repo);
@@ -1143,6 +1176,11 @@ struct Run<'a> {
     /// `root` already open (a shard unit's directory, [`UnitSpec::walk_fd`]), taken by
     /// the root's `open`.
     root_fd: Mutex<Option<OwnedFd>>,
+    /// A copy of the root's descriptor, kept for the whole walk, and the root's
+    /// `(st_dev, st_ino)` when it was opened: whether the source itself still answers
+    /// when an entry says ENOTCONN ([`Run::source_lost`]), and whether the root is still
+    /// there when the walk ends ([`Run::root_gone`]).
+    root_probe: Mutex<Option<(OwnedFd, (u64, u64))>>,
     repo: &'a Repo,
     packer: &'a Packer,
     tables: &'a Tables,
@@ -1418,6 +1456,11 @@ impl crate::traverse::Visitor for Run<'_> {
             .and_then(|fd| list(fd.as_fd(), &path).map(|n| (fd, n)));
         let (fd, mut names) = match listed {
             Ok((fd, mut n)) => {
+                if parent.is_none()
+                    && let (Ok(probe), Ok(md)) = (fd.try_clone(), Stat::fd(fd.as_fd()))
+                {
+                    *lock(&self.root_probe) = Some((probe, (md.dev(), md.ino())));
+                }
                 // A tagged directory keeps only its tag, decided from the whole
                 // listing (a unit's too, before its range): `crate::exclude`.
                 if let Some(ex) = self.excludes
@@ -1683,6 +1726,7 @@ impl<'a> Run<'a> {
         Run {
             root: root.to_path_buf(),
             root_fd: Mutex::default(),
+            root_probe: Mutex::default(),
             repo,
             packer,
             tables,
@@ -1815,8 +1859,56 @@ impl<'a> Run<'a> {
         Ok(list)
     }
 
-    /// Records a problem with the entry at `p` (the error's own path where it has one).
+    /// Whether `e` (the source's) says the source's file system is gone (ENOTCONN: a
+    /// FUSE server that died, a mount torn away) while the root's kept descriptor does
+    /// not answer either: then the run fails ([`Error::SourceLost`], invariant 4, as
+    /// the store's walk decides) rather than leave the entry out and write a `partial`
+    /// snapshot missing most of the tree. A dead mount inside the source (a user's
+    /// sshfs in /home) answers ENOTCONN for its mount point while the root answers:
+    /// that entry's problem, as any unreadable entry, not the run's.
+    fn source_lost(&self, e: &Error) -> bool {
+        let Error::Io {
+            action,
+            path,
+            source,
+        } = e
+        else {
+            return false;
+        };
+        if !crate::fsx::errno_is(source, rustix::io::Errno::NOTCONN) {
+            return false;
+        }
+        if let Some((fd, _)) = lock(&self.root_probe).as_ref()
+            && rustix::fs::fstat(fd).is_ok()
+        {
+            return false;
+        }
+        let rel = path.strip_prefix(&self.root).unwrap_or(path);
+        let rel = match crate::relpath::escape(rel.as_os_str().as_bytes()) {
+            r if r.is_empty() => ".".to_string(),
+            r => r,
+        };
+        self.fail(Error::SourceLost {
+            root: self.root.clone(),
+            detail: format!("{action} {rel}: {source}"),
+        });
+        true
+    }
+
+    /// Whether the walk's root, as opened, is gone now that the walk ended (`Some`:
+    /// what was found; [`crate::fsx::root_gone`]). `None` also when it was never open.
+    fn root_gone(&self) -> Option<String> {
+        let id = lock(&self.root_probe).as_ref().map(|(_, id)| *id)?;
+        crate::fsx::root_gone(&self.root, id)
+    }
+
+    /// Records a problem with the entry at `p` (the error's own path where it has one);
+    /// one that says the source itself went away fails the run instead
+    /// ([`Run::source_lost`]).
     fn problem(&self, p: &Path, kind: &str, e: Error) {
+        if self.source_lost(&e) {
+            return;
+        }
         let (at, action, error) = match e {
             Error::Io {
                 action,
@@ -1900,6 +1992,9 @@ impl<'a> Run<'a> {
         sub: Sub,
         e: Error,
     ) {
+        if self.source_lost(&e) {
+            return;
+        }
         let (action, error) = match e {
             Error::Io { action, source, .. } => (action, source.to_string()),
             other => ("list", other.to_string()),

@@ -79,6 +79,16 @@ pub enum Error {
     /// refused as not checked, as it does one that does not read.
     #[error("{0}")]
     Refused(String),
+    /// The source's file system went away during a backup (invariant 4, as the store's
+    /// `crate::error::Error::SourceLost`): ENOTCONN from an entry while the source
+    /// root's descriptor no longer answers either, or the root gone, stale, failing
+    /// with EIO or another directory when the walk ends. No snapshot is written and
+    /// nothing is forgotten; the packs written stay, indexed, for the next run.
+    #[error(
+        "source {} went away during the run ({detail}): its file system is no longer mounted there, or no longer answers; no snapshot was written and nothing was forgotten (the previous snapshots are as they were; what this run uploaded stays in the repository, indexed, for the next run to reuse); mount it again and run again",
+        crate::relpath::shown(.root)
+    )]
+    SourceLost { root: PathBuf, detail: String },
     #[error("{0}")]
     Other(String),
 }

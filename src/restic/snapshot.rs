@@ -206,6 +206,36 @@ pub fn refuse_latest(repo: &Repo, damaged: &[DamagedFile], name: &str) -> Result
     )))
 }
 
+/// What `name` names in the repository (`dest`, as the user gave it, for the message),
+/// without restoring anything: `Ok(None)` a snapshot, or nothing that is the name's
+/// fault: `latest` (only an empty repository, or a damaged file, leaves it unresolved:
+/// the repository's state), an id of a damaged snapshot file (its damage is the run's
+/// to report), any name in a repository without snapshots; `Ok(Some(why))` nothing,
+/// though the repository has snapshots: an id or prefix none of them has, or that
+/// several have. `restore` refuses such a name as a mistake on its command line (exit
+/// 64) before it starts a run, as it refuses a store's (`Store::names_nothing`).
+pub fn names_nothing(repo: &Repo, name: &str, dest: &str) -> Result<Option<String>> {
+    let (all, damaged) = load_listing(repo)?;
+    let of_damaged = |d: &DamagedFile| !name.is_empty() && d.id.hex().starts_with(name);
+    if name == "latest" || (all.is_empty() && damaged.is_empty()) || damaged.iter().any(of_damaged)
+    {
+        return Ok(None);
+    }
+    let hits = all
+        .iter()
+        .filter(|(id, _)| !name.is_empty() && id.hex().starts_with(name))
+        .count();
+    Ok(match hits {
+        1 => None,
+        0 => Some(format!(
+            "no snapshot {name:?} in the repository {dest}: give a snapshot's id (or a unique prefix of it) or `latest`; `snapring list --dest {dest}` shows the snapshots there"
+        )),
+        n => Some(format!(
+            "{n} snapshots in the repository {dest} start with {name:?}: give more of the id; `snapring list --dest {dest}` shows them"
+        )),
+    })
+}
+
 /// [`find`] among `all` (oldest first, as the loaders give them): the place of the
 /// one snapshot `name` names.
 pub fn find_in(all: &[(Id, Snapshot)], name: &str) -> Result<usize> {
