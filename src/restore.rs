@@ -559,6 +559,9 @@ struct Restore<'a, R: SnapshotReader> {
     /// The longest prefix of `--to` that exists: where a dry run into a target (or a
     /// directory of it) that does not exist yet probes ([`Restore::plan_not_held`]).
     existing: &'a OwnedFd,
+    /// Entries restored without attributes the store refused at backup
+    /// (`manifest::Entry::refused`), and the first of those names.
+    not_kept: Mutex<(u64, Vec<Vec<u8>>)>,
 }
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
@@ -1124,6 +1127,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         one_fs_run: sel.run.as_ref().is_some_and(|r| r.one_file_system),
         holds: std::sync::OnceLock::new(),
         existing: &existing,
+        not_kept: Mutex::default(),
     };
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -2343,6 +2347,17 @@ impl<R: SnapshotReader> Restore<'_, R> {
             },
             _ => None,
         };
+        // Attributes the store refused at backup: never in the snapshot, so not
+        // restored; said once, in the report's warnings.
+        if let Some(r) = rec.as_ref().filter(|r| !r.refused.is_empty()) {
+            let mut nk = self.not_kept.lock().unwrap_or_else(|e| e.into_inner());
+            nk.0 += 1;
+            for n in &r.refused {
+                if nk.1.len() < 8 && !nk.1.contains(n) {
+                    nk.1.push(n.clone());
+                }
+            }
+        }
         let src = Source {
             fd: src,
             no_xattrs: recorded && e.xattrs.is_none(),
@@ -3296,6 +3311,26 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     ),
                 );
             }
+        }
+        let not_kept = self
+            .not_kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if not_kept.0 > 0 {
+            let mut names: Vec<String> = not_kept
+                .1
+                .iter()
+                .map(|n| crate::relpath::shown_bytes(n))
+                .collect();
+            names.sort();
+            let n = not_kept.0;
+            warnings.push(format!(
+                "{n} entr{} restored without extended attributes the backup file system refused when {} backed up ({}): the snapshot never kept them",
+                if n == 1 { "y" } else { "ies" },
+                if n == 1 { "it was" } else { "they were" },
+                names.join(", ")
+            ));
         }
         if g(&c.times_lost) > 0 {
             warnings.push(format!(

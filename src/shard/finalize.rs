@@ -1824,6 +1824,7 @@ mod tests {
                 group: Some(ino),
                 target: None,
                 rdev: 0,
+                refused: Vec::new(),
             },
         }
     }

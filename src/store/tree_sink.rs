@@ -78,6 +78,13 @@ struct Adopting {
     trash_prefix: String,
 }
 
+/// What [`Sink::still_refuses_xattr`] found in a run: by (name, value length), whether
+/// the store refused it; the names it refused as not supported.
+type XattrProbes = (
+    HashMap<(Vec<u8>, usize), bool>,
+    std::collections::HashSet<Vec<u8>>,
+);
+
 pub struct TreeSink {
     staging: OwnedFd,
     prev: Option<OwnedFd>,
@@ -105,6 +112,10 @@ pub struct TreeSink {
     list_prev: bool,
     /// `staging` is an interrupted run's tree taken over in place.
     adopting: Option<Adopting>,
+    /// What [`Sink::still_refuses_xattr`] found this run: by (name, value length),
+    /// whether the store refused it; and the names it refused as not supported
+    /// (whatever the value). Probes are few (one a name and length), one at a time.
+    xattr_probes: Mutex<XattrProbes>,
 }
 
 impl TreeSink {
@@ -144,6 +155,7 @@ impl TreeSink {
             base: RelPath::root(),
             list_prev: false,
             adopting: None,
+            xattr_probes: Mutex::default(),
         }
     }
 
@@ -867,6 +879,31 @@ impl Sink for TreeSink {
         prev_xattrs(dir.prev.as_ref(), name)
     }
 
+    fn refuses_xattr_name(&self, name: &[u8]) -> bool {
+        let p = self.xattr_probes.lock().unwrap_or_else(|e| e.into_inner());
+        p.1.contains(name)
+    }
+
+    /// Sets the attribute on a file made for the probe in the staging root, then
+    /// removes the file: once a name and value length a run (a name the store does
+    /// not support, once a name).
+    fn still_refuses_xattr(&self, name: &[u8], value: &[u8]) -> bool {
+        let mut p = self.xattr_probes.lock().unwrap_or_else(|e| e.into_inner());
+        if p.1.contains(name) {
+            return true;
+        }
+        let key = (name.to_vec(), value.len());
+        if let Some(r) = p.0.get(&key) {
+            return *r;
+        }
+        let (refused, unsupported) = probe_xattr(b(&self.staging), name, value);
+        if unsupported {
+            p.1.insert(name.to_vec());
+        }
+        p.0.insert(key, refused);
+        refused
+    }
+
     fn has_prev(&self, dir: &TreeDir) -> bool {
         dir.prev.is_some()
     }
@@ -1064,6 +1101,43 @@ fn probe(staging: BorrowedFd<'_>, chown: bool) -> StoreProbe {
     StoreProbe {
         owners_held,
         times_held,
+    }
+}
+
+/// The name of the file [`probe_xattr`] makes and removes in the staging root (with
+/// the process id: made exclusively, never over a name of the walk's).
+const XATTR_PROBE: &str = ".snapring-xattr-probe";
+
+/// Whether the store refuses attribute `name` with `value`, and whether as not
+/// supported (any value): tried on a file made for it in `staging` and removed. A probe
+/// that cannot be made counts as refused (the entry stays linked, as last run).
+fn probe_xattr(staging: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> (bool, bool) {
+    let file = format!("{XATTR_PROBE}-{}", std::process::id());
+    let fd = match rustix::fs::openat(
+        staging,
+        file.as_str(),
+        rustix::fs::OFlags::CREATE
+            | rustix::fs::OFlags::EXCL
+            | rustix::fs::OFlags::WRONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::from_raw_mode(0o600),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!("cannot make the xattr probe {file} in staging: {e}");
+            return (true, false);
+        }
+    };
+    let set = rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty());
+    drop(fd);
+    if let Err(e) = fsx::unlink_at(staging, file.as_bytes()) {
+        tracing::warn!("cannot remove the xattr probe {file} from staging: {e}");
+    }
+    match set {
+        Ok(()) => (false, false),
+        Err(e) if e == Errno::NOTSUP || e == Errno::OPNOTSUPP => (true, true),
+        Err(_) => (true, false),
     }
 }
 
