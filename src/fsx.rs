@@ -726,6 +726,10 @@ pub fn read_xattrs(t: &XattrTarget<'_>) -> io::Result<Xattrs> {
 /// "the … file system": `not supported by` or `too large for`.
 pub type Refused = Vec<(Vec<u8>, &'static str)>;
 
+/// Why [`write_xattrs`] refused an attribute the file system does not support (any
+/// value of it), in [`Refused`].
+pub const NOT_SUPPORTED: &str = "not supported by";
+
 /// Sets every attribute in `xs`. Returns the ones the target file system refused: as
 /// unsupported (for example `security.*` on a file system without them), or as too
 /// large (ENOSPC, E2BIG: ext4 keeps a value in one block, so 4 KiB at most, where XFS,
@@ -747,7 +751,7 @@ pub fn write_xattrs(t: &XattrTarget<'_>, xs: &Xattrs) -> io::Result<Refused> {
         };
         match r {
             Ok(()) => {}
-            Err(e) if unsupported(&e) => refused.push((name.clone(), "not supported by")),
+            Err(e) if unsupported(&e) => refused.push((name.clone(), NOT_SUPPORTED)),
             Err(rustix::io::Errno::NOSPC | rustix::io::Errno::TOOBIG) => {
                 refused.push((name.clone(), "too large for"))
             }

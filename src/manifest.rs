@@ -51,9 +51,10 @@ pub struct Entry {
     pub target: Option<Vec<u8>>,
     /// Device number (character and block devices).
     pub rdev: u64,
-    /// The names of the extended attributes the store refused to keep on this entry
-    /// (not supported, or a value too large), sorted: `xattrs` is the digest of the
-    /// others, the ones the snapshot holds. The next run compares the source's
+    /// The names of the extended attributes the store refused to keep on this entry as
+    /// not supported, sorted (a value refused as too large is not recorded: it depends
+    /// on the entry's other attributes too): `xattrs` is the digest of the others, the
+    /// ones the snapshot holds. The next run compares the source's
     /// attributes less these with `xattrs`, and links an unchanged entry rather than
     /// copying it again to be refused again. Recorded for files, fifos and sockets
     /// only ([`Entry::records_refused`]).

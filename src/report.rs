@@ -399,11 +399,17 @@ impl Counters {
     /// An entry linked whose previous copy lacks the attributes `names` the store
     /// refused ([`Counters::xattrs_not_kept`]).
     pub fn xattrs_not_kept(&self, names: &[Vec<u8>]) {
+        self.xattrs_not_kept_n(1, names);
+    }
+
+    /// `n` entries linked without attributes the store refused, among them `names`
+    /// (a shard unit's, added up by finalize).
+    pub fn xattrs_not_kept_n(&self, n: u64, names: &[Vec<u8>]) {
         let mut x = self
             .xattrs_not_kept
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        x.0 += 1;
+        x.0 += n;
         for n in names {
             if x.1.len() >= XATTRS_NOT_KEPT_NAMED {
                 break;

@@ -3325,8 +3325,15 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 .collect();
             names.sort();
             let n = not_kept.0;
+            // Without its access ACL a file's group permission bits are the ACL's mask,
+            // which may give the owning group more than its ACL entry did.
+            let acl = if not_kept.1.iter().any(|n| n == fsx::ACL_ACCESS) {
+                "; among them POSIX ACLs (system.posix_acl_access): those entries' group permission bits are the ACL's mask, which may give the owning group more than the ACL did, check them"
+            } else {
+                ""
+            };
             warnings.push(format!(
-                "{n} entr{} restored without extended attributes the backup file system refused when {} backed up ({}): the snapshot never kept them",
+                "{n} entr{} restored without extended attributes the backup file system refused when {} backed up ({}): the snapshot never kept them{acl}",
                 if n == 1 { "y" } else { "ies" },
                 if n == 1 { "it was" } else { "they were" },
                 names.join(", ")

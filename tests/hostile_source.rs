@@ -614,6 +614,81 @@ fn an_unchanged_file_whose_xattrs_the_store_refuses_is_linked_not_copied_again()
     assert_verify_clean(&dest, &["--all"]);
 }
 
+/// A file whose two `user.*` values the store cannot hold together (ext4 keeps all of a
+/// file's attributes in one block: 2.5 KiB each, the second refused as too large) is
+/// linked while its ctime is unchanged, and copied again, the refusal reported, when it
+/// moves: as before the refused names were recorded. (With the too-large name
+/// recorded, every run compared the attributes; a probe of that one value on an empty
+/// file found it taken, so the file was copied, refused again, `partial` every run.)
+#[test]
+fn a_file_whose_xattrs_are_too_large_together_is_linked_while_unchanged() {
+    let t = tempfile::tempdir().unwrap();
+    let value = [5u8; 2560];
+    let probe = t.path().join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let set = |n: &str| rustix::fs::setxattr(&probe, n, &value, rustix::fs::XattrFlags::empty());
+    if set("user.a").is_err() || set("user.b").is_ok() {
+        eprintln!(
+            "skipped: this store's file system does not refuse two 2.5 KiB values only together"
+        );
+        return;
+    }
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    std::fs::create_dir(&src).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mount tmpfs");
+    let _m = Mounted(src.clone());
+    write(&src.join("two"), b"two");
+    write(&src.join("plain"), b"plain");
+    if rustix::fs::setxattr(
+        src.join("two"),
+        "user.a",
+        &value,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_err()
+    {
+        eprintln!("skipped: tmpfs here keeps no user.* values");
+        return;
+    }
+    set_xattr(&src.join("two"), "user.b", &value);
+    // Not written near the walk: an unchanged ctime links.
+    std::thread::sleep(Duration::from_secs(3));
+    let too_large =
+        "two|metadata|set extended attribute|user.b too large for the backup file system";
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep} {err}");
+    assert_eq!(problems(&rep), [too_large], "{rep}");
+    let snap = dest.join("daily.0");
+    let i = ino(&snap.join("two"));
+    // Unchanged: linked, complete (the refusal was reported when it was copied).
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "linked as it was: {rep} {err}");
+    assert_eq!(rep["files_transferred"], 0, "{rep}");
+    assert_eq!(ino(&snap.join("two")), i);
+    assert_verify_clean(&dest, &["--all"]);
+    // Its ctime moved (its mode set to what it is): its attributes are compared, the
+    // snapshot lacks `user.b`, so it is copied and the refusal reported again.
+    chmod(&src.join("two"), 0o644);
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep} {err}");
+    assert_eq!(problems(&rep), [too_large], "{rep}");
+    assert_eq!(rep["files_transferred"], 1, "{rep}");
+    // And unchanged after that: linked again, complete.
+    let i = ino(&snap.join("two"));
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "linked as it was: {rep} {err}");
+    assert_eq!(rep["files_transferred"], 0, "{rep}");
+    assert_eq!(ino(&snap.join("two")), i);
+    assert_verify_clean(&dest, &["--all"]);
+}
+
 /// `from` bind-mounted at `to` (read-write), unmounted when dropped (also when the test
 /// fails).
 struct Bind(PathBuf);

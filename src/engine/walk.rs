@@ -1809,8 +1809,15 @@ fn kept_xattrs(mut xs: Xattrs, refused: &[(Vec<u8>, &str)]) -> Xattrs {
 
 /// The names of the attributes the store refused to an entry of `kind`, as its
 /// manifest entry records them ([`Entry::refused`]: sorted, each once): `before` (a
-/// previous copy's, copied from it) and those `now` refused. None for a kind that
-/// does not record them.
+/// previous copy's, copied from it) and those `now` refused as not supported. None for
+/// a kind that does not record them.
+///
+/// A value refused as too large is not recorded: whether the store takes it depends on
+/// the entry's other attributes too (ext4 keeps all of a file's in one block), which a
+/// probe of that one value on an empty file does not see; it would answer "taken", and
+/// the entry be copied, refused again and reported, every run. Such an entry is
+/// compared as before the record (its digest lacks the value, so it is linked while
+/// its ctime is unchanged, copied again when it moves).
 fn refused_names(kind: Kind, before: &[Vec<u8>], now: &[(Vec<u8>, &str)]) -> Vec<Vec<u8>> {
     if !Entry::records_refused(kind) {
         return Vec::new();
@@ -1818,7 +1825,11 @@ fn refused_names(kind: Kind, before: &[Vec<u8>], now: &[(Vec<u8>, &str)]) -> Vec
     let mut names: Vec<Vec<u8>> = before
         .iter()
         .cloned()
-        .chain(now.iter().map(|(n, _)| n.clone()))
+        .chain(
+            now.iter()
+                .filter(|(_, why)| *why == fsx::NOT_SUPPORTED)
+                .map(|(n, _)| n.clone()),
+        )
         .collect();
     names.sort();
     names.dedup();
@@ -1835,7 +1846,7 @@ pub fn refused_xattr_problems(rel: &RelPath, refused: &[(Vec<u8>, &str)]) -> Vec
         let name = crate::relpath::shown_bytes(n);
         if n.starts_with(b"user.")
             || n.starts_with(b"system.posix_acl")
-            || *why != "not supported by"
+            || *why != fsx::NOT_SUPPORTED
         {
             out.push(Problem {
                 path: rel.escaped(),

@@ -884,7 +884,7 @@ impl Sink for TreeSink {
         p.1.contains(name)
     }
 
-    /// Sets the attribute on a file made for the probe in the staging root, then
+    /// Sets the attribute on a file made for the probe beside the staging root, then
     /// removes the file: once a name and value length a run (a name the store does
     /// not support, once a name).
     fn still_refuses_xattr(&self, name: &[u8], value: &[u8]) -> bool {
@@ -1104,35 +1104,64 @@ fn probe(staging: BorrowedFd<'_>, chown: bool) -> StoreProbe {
     }
 }
 
-/// The name of the file [`probe_xattr`] makes and removes in the staging root (with
-/// the process id: made exclusively, never over a name of the walk's).
+/// The start of the name of the file [`probe_xattr`] makes and removes beside the
+/// staging root (in its parent: `.snapring/staging/`, a shard worker's `work/`), never
+/// inside the tree: a probe left there (its removal failed, the run was killed) is in
+/// no snapshot. Its name ends in `.tmp`: `Store::leftover_staging` takes no such name
+/// in `.snapring/staging/` for an interrupted run's tree.
 const XATTR_PROBE: &str = ".snapring-xattr-probe";
 
+/// The probes [`probe_xattr`] made in this process: each name is unique in the run.
+static XATTR_PROBES: AtomicU64 = AtomicU64::new(0);
+
 /// Whether the store refuses attribute `name` with `value`, and whether as not
-/// supported (any value): tried on a file made for it in `staging` and removed. A probe
-/// that cannot be made counts as refused (the entry stays linked, as last run).
+/// supported (any value): tried on a file made for it beside `staging` (in its parent
+/// directory, on the same file system) and removed. Its name is the process id, the
+/// time and a counter; one left by another run (EEXIST: the same pid in a container) is
+/// passed over for the next name, not taken for a refusal. A probe that cannot be made
+/// counts as refused (the entry stays linked, as last run).
 fn probe_xattr(staging: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> (bool, bool) {
-    let file = format!("{XATTR_PROBE}-{}", std::process::id());
-    let fd = match rustix::fs::openat(
+    let parent = match rustix::fs::openat(
         staging,
-        file.as_str(),
-        rustix::fs::OFlags::CREATE
-            | rustix::fs::OFlags::EXCL
-            | rustix::fs::OFlags::WRONLY
-            | rustix::fs::OFlags::NOFOLLOW
-            | rustix::fs::OFlags::CLOEXEC,
-        rustix::fs::Mode::from_raw_mode(0o600),
+        "..",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
     ) {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::debug!("cannot make the xattr probe {file} in staging: {e}");
+            tracing::debug!("cannot open the staging root's parent for the xattr probe: {e}");
             return (true, false);
+        }
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut tries = 0;
+    let (file, fd) = loop {
+        let n = XATTR_PROBES.fetch_add(1, Ordering::Relaxed);
+        let file = format!("{XATTR_PROBE}-{}-{nanos:x}-{n}.tmp", std::process::id());
+        match rustix::fs::openat(
+            &parent,
+            file.as_str(),
+            rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::EXCL
+                | rustix::fs::OFlags::WRONLY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => break (file, fd),
+            Err(Errno::EXIST) if tries < 16 => tries += 1,
+            Err(e) => {
+                tracing::debug!("cannot make the xattr probe {file} beside staging: {e}");
+                return (true, false);
+            }
         }
     };
     let set = rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty());
     drop(fd);
-    if let Err(e) = fsx::unlink_at(staging, file.as_bytes()) {
-        tracing::warn!("cannot remove the xattr probe {file} from staging: {e}");
+    if let Err(e) = fsx::unlink_at(b(&parent), file.as_bytes()) {
+        tracing::warn!("cannot remove the xattr probe {file} beside staging: {e}");
     }
     match set {
         Ok(()) => (false, false),
@@ -1162,6 +1191,43 @@ fn groups_without_chown(egid: u32) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The xattr probe is made beside the staging root, never in the tree: a staging
+    /// root nothing can be created in (immutable) still has its store's answer, and
+    /// nothing is left in either directory. (Made in the staging root, the probe
+    /// failed there and counted as refused.)
+    #[test]
+    fn the_xattr_probe_is_made_beside_the_staging_root_not_in_it() {
+        let t = tempfile::tempdir().unwrap();
+        let st = t.path().join("staging");
+        std::fs::create_dir(&st).unwrap();
+        let fd = fsx::open_dir(&st).unwrap();
+        let immutable = |on: bool| {
+            std::process::Command::new("chattr")
+                .arg(if on { "+i" } else { "-i" })
+                .arg(&st)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !immutable(true) {
+            eprintln!("skipped: chattr +i is not available here");
+            return;
+        }
+        let blocked = std::fs::write(st.join("x"), b"").is_err();
+        let got = probe_xattr(b(&fd), b"user.probe", b"v");
+        assert!(immutable(false));
+        if !blocked {
+            eprintln!("skipped: an immutable directory takes new files here");
+            return;
+        }
+        assert_eq!(got, (false, false), "the store takes user.* values");
+        assert_eq!(std::fs::read_dir(&st).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("staging")]);
+    }
 
     #[test]
     fn the_granularity_a_store_kept_times_to() {
