@@ -17,7 +17,7 @@ use crate::report::{Problem, RunReport, Status};
 use crate::restore::RestoreReport;
 
 /// The schema this snapring writes.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// How far ahead of now a run may be dated and still count as the newest
 /// (`Catalog::recent`): clocks of the hosts of one catalog a little apart.
@@ -220,6 +220,20 @@ const MIGRATIONS: &[&str] = &[
           AND json_valid(report)
           AND (json_extract(report, '$.repository.copied_from') IS NOT NULL
                OR json_extract(report, '$.copy_of') IS NOT NULL);",
+    // 11: the daemon's dead runs told before their store answered whose record there
+    // is not marked told yet (`Catalog::note_told_death`): kept in the daemon's memory
+    // only, a daemon stopped before the store answered left the record unmarked, to be
+    // told again. `key` is the store's worker (the store as configured), `root` the
+    // store the record is in, each with its bytes when not UTF-8 (`crate::localpath`).
+    // `IF NOT EXISTS`: a catalog whose version was set back by hand keeps the table.
+    "CREATE TABLE IF NOT EXISTS told_deaths (
+        id TEXT PRIMARY KEY,
+        key TEXT NOT NULL,
+        key_raw BLOB,
+        root TEXT NOT NULL,
+        root_raw BLOB,
+        cause TEXT NOT NULL
+    );",
 ];
 
 /// Errors of the catalog: always with the file, and never fatal to a backup.
@@ -1236,6 +1250,65 @@ impl Catalog {
         };
         let problems = self.problems_of(id, 0, u64::MAX)?;
         self.shown(&json, log, log_raw, kind, problems).map(Some)
+    }
+
+    /// Notes that the death of run `id`, whose record is in the store at `root` (on the
+    /// daemon's worker `key`), was told before its store answered, so that its record
+    /// is marked told once the store answers, by this daemon or the next one started
+    /// ([`Catalog::told_deaths`], [`Catalog::marked_told`]).
+    pub fn note_told_death(
+        &mut self,
+        id: &str,
+        key: &Path,
+        root: &Path,
+        cause: &str,
+    ) -> Result<()> {
+        use crate::localpath::{raw, text};
+        self.conn
+            .execute(
+                "INSERT OR REPLACE INTO told_deaths (id, key, key_raw, root, root_raw, cause)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![id, text(key), raw(key), text(root), raw(root), cause],
+            )
+            .db(&self.path, "note a death told before its store answered")?;
+        Ok(())
+    }
+
+    /// The deaths told before their store answered whose records are not marked told
+    /// yet: (id, key, root, cause), as [`Catalog::note_told_death`] noted them.
+    pub fn told_deaths(&self) -> Result<Vec<(String, PathBuf, PathBuf, String)>> {
+        let mut st = self
+            .conn
+            .prepare("SELECT id, key, key_raw, root, root_raw, cause FROM told_deaths ORDER BY id")
+            .db(
+                &self.path,
+                "read the deaths told before their store answered",
+            )?;
+        st.query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                crate::localpath::from_fields(&r.get::<_, String>(1)?, r.get(2)?),
+                crate::localpath::from_fields(&r.get::<_, String>(3)?, r.get(4)?),
+                r.get(5)?,
+            ))
+        })
+        .db(
+            &self.path,
+            "read the deaths told before their store answered",
+        )?
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .db(
+            &self.path,
+            "read the deaths told before their store answered",
+        )
+    }
+
+    /// Run `id`'s record is marked told ([`Catalog::note_told_death`]).
+    pub fn marked_told(&mut self, id: &str) -> Result<()> {
+        self.conn
+            .execute("DELETE FROM told_deaths WHERE id = ?1", [id])
+            .db(&self.path, "forget a death marked told")?;
+        Ok(())
     }
 
     /// Records a daemon event (`skipped`, `reload`, `stop`, ...).

@@ -58,7 +58,10 @@ pub struct Difference {
     /// Escaped path (docs/format.md).
     pub path: String,
     pub change: Change,
-    /// `file`, `dir`, `symlink`, … (the new side's, or the old one's when removed).
+    /// `file`, `directory`, `symlink`, `fifo`, `character device`, `block device`,
+    /// `socket` (`fsx::Kind::name`; the new side's, or the old one's when removed): a
+    /// store's and a repository's alike (a repository's said restic's `dir`,
+    /// `chardev`, `dev` until session 48).
     pub kind: String,
     /// What differs, for example `size 10 -> 12`, `mode 644 -> 600`.
     pub detail: Vec<String>,

@@ -301,6 +301,11 @@ fn settle_dead(
         Some(r) => r,
         None => store.read_run(id).ok().flatten()?,
     };
+    // Still `running` once settled: a live run holds the store (one run by hand): not
+    // the dead one's record, and not to be written without the lock.
+    if r.status == crate::report::Status::Running {
+        return None;
+    }
     let told = fate
         .compare_exchange(PENDING, ANSWERED, Ordering::SeqCst, Ordering::SeqCst)
         .is_err_and(|f| f == GAVE_UP);
@@ -947,6 +952,7 @@ impl State<'_> {
                 // store ([`State::look`]).
                 crate::catalog::settle_repository_runs(c);
             }
+            self.take_told_deaths(cat.as_ref());
             let names: Vec<String> = self.jobs.keys().cloned().collect();
             for name in names {
                 match self.look(&name, cat.as_mut()) {
@@ -995,10 +1001,12 @@ impl State<'_> {
             if !startup || self.unlooked.contains(name) {
                 continue;
             }
-            let last = match cat.as_ref() {
-                Some(c) => c.last_start(name).ok().flatten(),
-                None => in_store.get(name).map(|(.., started)| started.clone()),
-            };
+            // The store's newest record when the catalog has no row of the job
+            // ([`State::look`]).
+            let last = cat
+                .as_ref()
+                .and_then(|c| c.last_start(name).ok().flatten())
+                .or_else(|| in_store.get(name).map(|(.., started)| started.clone()));
             let newest = cat
                 .as_ref()
                 .and_then(|c| c.newest_backup(name).ok().flatten())
@@ -1087,21 +1095,16 @@ impl State<'_> {
     /// in it, as `catalog::settle_running` does); without, the store's own records.
     fn look(&self, name: &str, cat: Option<&mut Catalog>) -> Answer<Look> {
         let Some(c) = cat else {
-            let (Some(key), Some(root)) = (
-                configured_store(&self.cfg, name),
-                store_of(&self.cfg, name, &self.calls),
-            ) else {
-                return Answer::Got(Look::default());
-            };
-            let job = name.to_string();
-            let question = format!("the last runs of job {name}");
-            return self
-                .calls
-                .call(&key, "read its run records", &question, move || {
-                    look_in_store(&root, &job)
-                });
+            return self.look_without_catalog(name);
         };
         let rows = c.recent(name, UNTOLD_LOOKED_AT).unwrap_or_default();
+        // No row of the job (the catalog deleted, and made again by another job's run,
+        // which imports its own store only; a query that failed): its store's records,
+        // as without a catalog. Its missed run, its resume and its untold deaths went
+        // by without a word, the job waiting for its next time.
+        if rows.is_empty() {
+            return self.look_without_catalog(name);
+        }
         let pending: BTreeSet<String> = c
             .publish_pending()
             .unwrap_or_default()
@@ -1187,6 +1190,23 @@ impl State<'_> {
         })
     }
 
+    /// [`State::look`] of job `name` from the records in its store ([`look_in_store`]),
+    /// with no catalog, or one with no row of the job.
+    fn look_without_catalog(&self, name: &str) -> Answer<Look> {
+        let (Some(key), Some(root)) = (
+            configured_store(&self.cfg, name),
+            store_of(&self.cfg, name, &self.calls),
+        ) else {
+            return Answer::Got(Look::default());
+        };
+        let job = name.to_string();
+        let question = format!("the last runs of job {name}");
+        self.calls
+            .call(&key, "read its run records", &question, move || {
+                look_in_store(&root, &job)
+            })
+    }
+
     /// The jobs whose store had not answered at the daemon's start ([`State::look`]),
     /// read again: once one answers, its untold deaths and cut notices are told, and,
     /// if nothing of it has run or waited to run since, a missed run or an interrupted
@@ -1223,10 +1243,10 @@ impl State<'_> {
             if !fresh {
                 continue;
             }
-            let last = match cat.as_ref() {
-                Some(c) => c.last_start(&name).ok().flatten(),
-                None => l.newest.as_ref().map(|(.., started)| started.clone()),
-            };
+            let last = cat
+                .as_ref()
+                .and_then(|c| c.last_start(&name).ok().flatten())
+                .or_else(|| l.newest.as_ref().map(|(.., started)| started.clone()));
             let newest = cat
                 .as_ref()
                 .and_then(|c| c.newest_backup(&name).ok().flatten())
@@ -1378,24 +1398,66 @@ impl State<'_> {
                 "mark a dead run's record told",
                 &u.question,
                 move || {
-                    settle_dead(
+                    // No store there (not mounted yet, as at boot): `None`, to ask again.
+                    crate::store::Store::open(&root, false).ok()?;
+                    Some(settle_dead(
                         &root,
                         &id,
                         &cause,
                         &std::sync::atomic::AtomicU8::new(GAVE_UP),
-                    )
+                    ))
                 },
             );
             match answer {
-                Answer::Got(_) => {
+                // No store there (not mounted yet, as at boot): still to mark, and
+                // still noted in the catalog for the next daemon.
+                Answer::Got(None) => self.unmarked.push(u),
+                Answer::Got(Some(_)) => {
                     tracing::info!(
                         "run {}: its store answered: its record there now says its death was told",
                         u.id
                     );
+                    if let Some(mut c) = self.catalog()
+                        && let Err(e) = c.marked_told(&u.id)
+                    {
+                        tracing::warn!("{e}");
+                    }
                 }
                 Answer::NotYet => self.unmarked.push(u),
             }
         }
+    }
+
+    /// The deaths an earlier daemon on this catalog told before their store answered
+    /// and stopped before it did ([`Catalog::note_told_death`]): marked told now, or
+    /// once their store answers ([`State::mark_told`]), before anything reads or runs
+    /// in it.
+    fn take_told_deaths(&mut self, cat: Option<&Catalog>) {
+        let Some(c) = cat else { return };
+        let noted = match c.told_deaths() {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
+            }
+        };
+        for (id, key, root, cause) in noted {
+            if self.unmarked.iter().any(|u| u.id == id) {
+                continue;
+            }
+            tracing::info!(
+                "run {id}: its death was told before its store {} answered; its record there is marked told once it answers",
+                root.display()
+            );
+            self.unmarked.push(Unmarked {
+                question: format!("the record of run {id}, dead"),
+                key,
+                root,
+                id,
+                cause,
+            });
+        }
+        self.mark_told();
     }
 
     fn reap(&mut self) {
@@ -1504,6 +1566,31 @@ impl State<'_> {
         self.died(name, &why, run, at, give_up)
     }
 
+    /// Without a catalog: (id, store) of the record in the store of job `name` of the
+    /// run that died (`run`, started at `since`, reaped at `at`), if it has one
+    /// ([`dead_record`]); on the store's worker ([`StoreCalls`]).
+    fn dead_in_store(
+        &self,
+        name: &str,
+        run: &Running,
+        since: DateTime<Utc>,
+        at: DateTime<Utc>,
+    ) -> Answer<Option<(String, String)>> {
+        let (Some(key), Some(root)) = (
+            configured_store(&run.cfg, name),
+            store_of(&run.cfg, name, &self.calls),
+        ) else {
+            return Answer::Got(None);
+        };
+        let job = name.to_string();
+        let question = format!("the record of job {name}'s run dead at {}", at.to_rfc3339());
+        self.calls
+            .call(&key, "find a dead run's record", &question, move || {
+                dead_record(&root, &job, since, at)
+                    .map(|id| (id, root.to_string_lossy().into_owned()))
+            })
+    }
+
     /// A run of job `name` whose process ended (reaped at `at`) before it could record
     /// and notify itself (`why`): its catalog row and record are settled now, as the
     /// next command would settle them, with the cause in their message, and the
@@ -1531,30 +1618,48 @@ impl State<'_> {
             // Runs into a repository: by their markers beside the catalog.
             crate::catalog::settle_repository_runs(c);
         }
-        let row = cat.as_ref().and_then(|c| {
-            c.recent(name, UNTOLD_LOOKED_AT)
-                .ok()?
-                .into_iter()
-                .find(|row| {
-                    crate::store::select::parse_time(&row.started_at)
-                        .is_some_and(|t| t >= since && t <= at)
+        // (id, store) of its run.
+        let row = match cat.as_ref() {
+            Some(c) => c
+                .recent(name, UNTOLD_LOOKED_AT)
+                .ok()
+                .and_then(|rows| {
+                    rows.into_iter().find(|row| {
+                        crate::store::select::parse_time(&row.started_at)
+                            .is_some_and(|t| t >= since && t <= at)
+                    })
                 })
                 .filter(|row| !crate::catalog::is_repository(&row.store))
-        });
+                .map(|row| (row.id, row.store)),
+            None => None,
+        };
+        // No row of it: without a catalog, or with one that could not record it
+        // (damaged, read-only), its record in the store (it found none, told the death
+        // as a "run failed" with no run id and left the record `running`: the next
+        // start settled it into an untold death and told it again). A store that has
+        // not answered by the time the loop gives up is told without its record.
+        let row = match row {
+            Some(row) => Some(row),
+            None => match self.dead_in_store(name, run, since, at) {
+                Answer::Got(found) => found,
+                Answer::NotYet if !give_up => return false,
+                Answer::NotYet => None,
+            },
+        };
         let msg = format!("its run's process {why}, before it recorded its end");
         // Its catalog row, if its store was not waited for.
         let mut gave_up = None;
         let settled = match row {
             None => None,
-            Some(row) => {
-                let root = PathBuf::from(&row.store);
+            Some((row_id, row_store)) => {
+                let root = PathBuf::from(&row_store);
                 // On the worker of the store as configured, as every other call on it:
                 // keyed by the catalog's path (`/mnt/x/../s`, a symlink), the store had
                 // two workers, and its lock could be read and a run started while this
                 // record was not settled yet (which then found the store locked and
                 // left the record `running`).
                 let key = configured_store(&run.cfg, name).unwrap_or_else(|| root.clone());
-                let id = row.id.clone();
+                let id = row_id.clone();
                 let cause = msg.clone();
                 let question = format!("the record of run {id}, dead");
                 // Who has the say on its record: the call (it answered in time) or
@@ -1592,14 +1697,23 @@ impl State<'_> {
                         // Its settling call may never have been made (the store's
                         // worker was busy with another call): made once the store
                         // answers, to mark the record told ([`State::mark_told`]).
+                        // Noted in the catalog too: a daemon stopped before the store
+                        // answers leaves it for the next one to mark (it was told
+                        // again, as an untold death, after the next run's repair).
+                        if let Some(mut c) = self.catalog()
+                            && let Err(e) =
+                                c.note_told_death(&row_id, &key, Path::new(&row_store), &msg)
+                        {
+                            tracing::warn!("{e}");
+                        }
                         self.unmarked.push(Unmarked {
                             key,
-                            root: PathBuf::from(&row.store),
-                            id: row.id.clone(),
+                            root: PathBuf::from(&row_store),
+                            id: row_id.clone(),
                             cause: msg.clone(),
                             question,
                         });
-                        gave_up = Some(row);
+                        gave_up = Some((row_id, row_store));
                         None
                     }
                     Answer::Got(s) => {
@@ -1629,18 +1743,17 @@ impl State<'_> {
             return true;
         }
         let msg = match &gave_up {
-            Some(row) => format!(
-                "{msg}; its store {} has not answered (its record there is settled by the next command that reaches it)",
-                row.store
+            Some((_, store)) => format!(
+                "{msg}; its store {store} has not answered (its record there is settled by the next command that reaches it)"
             ),
             None => msg,
         };
         tracing::error!("job {name}: {msg}");
         self.event(Some(name), "error", &msg);
-        if let Some(row) = &gave_up
+        if let Some((id, _)) = &gave_up
             && let Some(mut r) = self
                 .catalog()
-                .and_then(|c| c.run_summary(&row.id).ok().flatten())
+                .and_then(|c| c.run_summary(id).ok().flatten())
         {
             // `failed`, as it is told: not `running` (which the next command settles
             // from the store) nor `incomplete` (which the next start tells again).
@@ -2269,6 +2382,30 @@ fn untold_deaths(
     found
 }
 
+/// The id of the newest record of job `name` in the store at `root` started between
+/// `since` and `at` (the run a dead child made, if it got as far as its record), for a
+/// daemon without a catalog ([`State::dead_in_store`]).
+fn dead_record(root: &Path, name: &str, since: DateTime<Utc>, at: DateTime<Utc>) -> Option<String> {
+    let store = crate::store::Store::open_read(root).ok()?;
+    // Newest first; an id dated well before the child started (its time is its
+    // start's) is not read.
+    let early = since - chrono::Duration::minutes(5);
+    let mut ids: Vec<String> = store
+        .run_ids()
+        .into_iter()
+        .filter(|id| crate::store::select::run_id_time(id).is_none_or(|t| t >= early))
+        .collect();
+    ids.sort_by(|a, b| b.cmp(a));
+    ids.into_iter().find(|id| {
+        store.read_run(id).ok().flatten().is_some_and(|r| {
+            r.job.as_deref() == Some(name)
+                && !r.dry_run
+                && crate::store::select::parse_time(&r.started_at)
+                    .is_some_and(|t| t >= since && t <= at)
+        })
+    })
+}
+
 /// Whether run `r` died before it recorded its end (killed, or with its daemon) and
 /// was never notified ([`untold_deaths`]).
 fn died_untold(r: &crate::report::RunReport) -> bool {
@@ -2468,6 +2605,7 @@ fn due_at_start(
         && let Some(prev) = prev
         && let Some(last) = last
         && crate::store::select::parse_time(&last).is_some_and(|l| l < prev)
+        && !covered_by_next(j, name, now, prev)
     {
         let msg = format!(
             "its run due at {} was missed while the daemon was down; running it now",
@@ -2485,6 +2623,35 @@ fn due_at_start(
         return Some((true, msg));
     }
     None
+}
+
+/// How close the next scheduled time must be for a missed run to wait for it
+/// ([`covered_by_next`]): this fraction of the schedule's period, at most
+/// [`MISSED_COVER_MAX`].
+const MISSED_COVER_FRACTION: i32 = 10;
+const MISSED_COVER_MAX: chrono::Duration = chrono::Duration::minutes(15);
+
+/// Whether the run of job `name` (`j`) missed at `prev` is covered by its next
+/// scheduled time, so close to the daemon's start (`now`) that it stands for the missed
+/// one (logged): within a tenth of the schedule's period (from `prev` to the next time),
+/// and at most 15 minutes. A daemon started at 01:58 ran a daily 02:00 job's missed
+/// run at once and again two minutes later: two near-identical snapshots, one slot of
+/// the ring spent on nothing (anacron and systemd's `Persistent=` do not either).
+fn covered_by_next(j: &Job, name: &str, now: DateTime<Utc>, prev: DateTime<Utc>) -> bool {
+    let Some(next) = j.schedule.next_after(now) else {
+        return false;
+    };
+    let bound = ((next - prev) / MISSED_COVER_FRACTION).min(MISSED_COVER_MAX);
+    if next - now > bound {
+        return false;
+    }
+    tracing::info!(
+        "job {name}: its run due at {} was missed while the daemon was down; its next time, {} (in {}s), stands for it",
+        prev.to_rfc3339(),
+        next.to_rfc3339(),
+        (next - now).num_seconds()
+    );
+    true
 }
 
 /// The notifiers of run `r` whose notice a stop cut short
@@ -2618,6 +2785,8 @@ pub fn run(
                     }
                     st.text = text;
                     st.cfg = Arc::new(cfg);
+                    // The `[server]` of this daemon serves the reloaded jobs too.
+                    crate::serve::reloaded(&opts.config, st.cfg.clone());
                     // A queued run waits for the store its job writes now: the one
                     // read when it was queued may have moved (it then started beside
                     // a run on its new store, whose lock refused it: `failed`, told).

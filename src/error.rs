@@ -37,6 +37,18 @@ pub enum Error {
         crate::relpath::shown(.0)
     )]
     NotMounted(PathBuf),
+    /// The source's file system went away during the run (invariant 4: a source not
+    /// mounted is refused): ENOTCONN from an entry (a FUSE server that died), or the
+    /// source root no longer there, stale, or another file system when the walk ends.
+    /// `root`: the source root, when known (the walk knows paths in it only).
+    #[error(
+        "source {} went away during the run ({detail}): its file system is no longer mounted there, or no longer answers; nothing was published or rotated (the previous snapshots are as they were); mount it again and run again",
+        .root.as_deref().map(crate::relpath::shown).unwrap_or_else(|| "of this run".into())
+    )]
+    SourceLost {
+        root: Option<PathBuf>,
+        detail: String,
+    },
     #[error(
         "source {} is empty but the previous snapshot {prev} is not; refusing, because a failed mount looks exactly like this. Pass --allow-empty if the source really is empty",
         crate::relpath::shown(path)

@@ -89,9 +89,17 @@ pub fn run_backup(
 /// begins a new store there on purpose.
 pub fn refuse_vanished_store(opts: &BackupOptions, catalog: &CatalogTarget) -> Result<()> {
     let meta = opts.store.join(crate::store::META_DIR);
-    if opts.dry_run || meta.exists() {
+    if opts.dry_run {
         return Ok(());
     }
+    // Missing is `ENOENT` only: any other error of the stat (a FUSE mount whose
+    // process died, `ENOTCONN`; a hung NFS server's `EIO`) is what is wrong, and was
+    // reported as "no store here … is the backup file system mounted?".
+    let stat_error = match std::fs::symlink_metadata(&meta) {
+        Ok(_) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => Some(e),
+    };
     // The catalog's key for the store: its canonical path (its parent's, when the
     // store's own directory is not there either).
     let key = std::fs::canonicalize(&opts.store).ok().or_else(|| {
@@ -118,6 +126,20 @@ pub fn refuse_vanished_store(opts: &BackupOptions, catalog: &CatalogTarget) -> R
     let Some(newest) = made.last() else {
         return Ok(());
     };
+    if let Some(e) = stat_error {
+        return Err(Error::Store {
+            path: opts.store.clone(),
+            msg: format!(
+                "cannot read {}: {e}, though {} run{} recorded in the catalog {} made snapshots in it, the newest {} ({}): its file system does not answer (a FUSE mount whose process died, an NFS server gone?). Nothing was written",
+                crate::relpath::shown(&meta),
+                made.len(),
+                if made.len() == 1 { "" } else { "s" },
+                crate::relpath::shown(&catalog.path),
+                newest.id,
+                newest.started_at,
+            ),
+        });
+    }
     Err(Error::Store {
         path: opts.store.clone(),
         msg: format!(

@@ -218,8 +218,14 @@ fn message_with_log(r: &RunReport, log: &std::path::Path) -> (String, String) {
         .job
         .clone()
         .unwrap_or_else(|| r.store.display().to_string());
+    // A copy (`snapring copy`) says so: its store is the repository copied into.
+    let copy = r.copy_of.is_some()
+        || r.repository
+            .as_ref()
+            .is_some_and(|k| k.copied_from.is_some());
     let subject = format!(
-        "[snapring] {job}: {}{}",
+        "[snapring] {job}: {}{}{}",
+        if copy { "copy " } else { "" },
         r.status.as_str(),
         r.snapshot
             .as_deref()
@@ -227,7 +233,8 @@ fn message_with_log(r: &RunReport, log: &std::path::Path) -> (String, String) {
             .unwrap_or_default()
     );
     let mut text = format!(
-        "snapring backup {job}: {}\nreason: {}\nrun: {} on {}\nsource: {}\nstore: {}\nstarted: {}, took {:.1}s\nfiles: {} ({} copied, {} linked), errors: {}\nbytes: {} in files, {} copied\nlog: {}\n",
+        "snapring {} {job}: {}\nreason: {}\nrun: {} on {}\nsource: {}\nstore: {}\nstarted: {}, took {:.1}s\nfiles: {} ({} copied, {} linked), errors: {}\nbytes: {} in files, {} copied\nlog: {}\n",
+        if copy { "copy" } else { "backup" },
         r.status.as_str(),
         r.message,
         r.id,

@@ -30,6 +30,14 @@ pub struct Previous {
     /// record found damaged, copied from the source rather than linked, as a manifest's
     /// own list is (`manifest::Reader::damaged`). Empty otherwise.
     pub damaged: std::collections::HashSet<crate::relpath::RelPath>,
+    /// Without a manifest to trust, the manifest of the run its tree is paired with
+    /// (a copied tree that differs from it, a tree paired by its run record after a
+    /// damaged state: `store::Snapshot::differs`): what its files held when they were
+    /// backed up. A file compared by stat is linked from the tree only when it still
+    /// hashes as this record says; else it is copied from the source (a rotten file
+    /// keeps its size and mtime). `None`: a trusted manifest, or a tree with no record
+    /// at all (taken over from another tool).
+    pub record: Option<manifest::Reader>,
     /// Whether its root has any entry (the empty-source guard compares with it).
     pub has_entries: bool,
     /// The files its run walked (its record's `files_total`): what the progress line
@@ -234,6 +242,12 @@ pub trait Rotation {
     fn deferred(&self) -> &[String] {
         &[]
     }
+    /// The snapshot it would expire but keeps, because it is its label's newest
+    /// `complete` one and the run is not `complete` (invariant 3: history goes only
+    /// when a newer complete snapshot exists; a later complete run expires it).
+    fn kept_complete(&self) -> Option<&str> {
+        None
+    }
     /// Its steps in words (`expire daily.6`, `rename daily.0 -> daily.1`,
     /// `publish daily.0`), for a dry run's plan.
     fn describe(&self) -> Vec<String>;
@@ -275,8 +289,16 @@ pub trait Repository {
     /// A sink that records a dry run's plan.
     fn dry_sink(&self, prev: Option<&Previous>) -> Result<Self::DrySink>;
 
-    /// Plans the rotation that publishing run `id` as `<label>.0` makes, keeping `retain`.
-    fn plan_rotation(&self, label: &str, retain: u32, id: &str) -> Result<Self::Rotation>;
+    /// Plans the rotation that publishing run `id` as `<label>.0` makes, keeping `retain`;
+    /// a run whose `status` is not `complete` keeps its label's newest complete snapshot
+    /// past `retain` ([`Rotation::kept_complete`]).
+    fn plan_rotation(
+        &self,
+        label: &str,
+        retain: u32,
+        id: &str,
+        status: Status,
+    ) -> Result<Self::Rotation>;
 
     /// Publishes the sealed snapshot with its rotation, atomically as far as a reader
     /// can tell (journalled: a crash at any point is repaired by the next command).

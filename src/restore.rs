@@ -1101,8 +1101,6 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
     if unfinished.created_before(&start.node.dst_rel) {
         start.node.ours = true;
     }
-    let root_meta = (whole_dir && start.node.apply_meta && start.node.dst_rel.is_root())
-        .then(|| (start.node.meta, start.node.xattrs.clone()));
     let plan: Box<dyn Write + Send> = if opts.plan_on_stderr {
         Box::new(std::io::stderr())
     } else {
@@ -1128,6 +1126,20 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         holds: std::sync::OnceLock::new(),
         existing: &existing,
         not_kept: Mutex::default(),
+    };
+    let root_meta = {
+        let mut start = r.start.lock().unwrap_or_else(|e| e.into_inner());
+        let start = start.as_mut().expect("set above");
+        // The restored directory itself (the snapshot's root, `--path DIR --flat`) is
+        // listed by no parent: checked against its record here, as every entry is
+        // (before, a mode, owner or time changed in the store reached the target).
+        if start.only.is_none()
+            && let Some(rec) = reader.recorded_dir(&start.node.src)
+        {
+            r.meta_against_record(&start.node.src_rel, &rec, &mut start.node.meta, Vec::new());
+        }
+        (whole_dir && start.node.apply_meta && start.node.dst_rel.is_root())
+            .then(|| (start.node.meta, start.node.xattrs.clone()))
     };
     let done = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -2388,7 +2400,6 @@ impl<R: SnapshotReader> Restore<'_, R> {
         if r.kind != m.kind {
             return Ok(None);
         }
-        let tree = *m;
         let mut found = Vec::new();
         let mut target = None;
         if m.kind == Kind::Symlink {
@@ -2411,6 +2422,20 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 }
             }
         }
+        self.meta_against_record(&at.src_rel, r, m, found);
+        Ok(target)
+    }
+
+    /// The part of [`Restore::against_record`] past a symlink's target (`found`: what
+    /// differed so far): device number, mode, owner and time, `m` given the recorded
+    /// ones where they differ, and one problem of the entry `rel` naming them all. Also
+    /// for the restored directory itself (the snapshot's root, or `--path DIR --flat`),
+    /// which no parent lists.
+    fn meta_against_record(&self, rel: &RelPath, r: &Entry, m: &mut Meta, mut found: Vec<String>) {
+        if r.kind != m.kind {
+            return;
+        }
+        let tree = *m;
         if matches!(m.kind, Kind::Char | Kind::Block) && m.rdev != r.rdev {
             found.push(format!("device {} (recorded {})", m.rdev, r.rdev));
         }
@@ -2427,7 +2452,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             found.push(format!("mtime {} (recorded {})", m.mtime, r.mtime));
         }
         if found.is_empty() {
-            return Ok(target);
+            return;
         }
         m.rdev = r.rdev;
         if m.kind != Kind::Symlink {
@@ -2445,7 +2470,7 @@ impl<R: SnapshotReader> Restore<'_, R> {
             }
         }
         self.problem(
-            &at.src_rel,
+            rel,
             ProblemKind::Damaged,
             "check metadata against the manifest",
             format!(
@@ -2453,7 +2478,6 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 found.join(", ")
             ),
         );
-        Ok(target)
     }
 
     /// Extended attributes `xs` read from the snapshot's entry, checked against the

@@ -181,6 +181,11 @@ pub trait Sink: Sync {
     /// The previous snapshot's extended attributes of `name` (no manifest to ask).
     fn prev_xattrs(&self, dir: &Self::Dir, name: &[u8]) -> Option<Xattrs>;
 
+    /// The hash of the previous snapshot's regular file `name`, read from it: a tree
+    /// not trusted is checked against its run's record before a file is linked from
+    /// it (`Previous::record`). `None`: no previous directory here.
+    fn prev_hash(&self, dir: &Self::Dir, name: &[u8]) -> Option<io::Result<blake3::Hash>>;
+
     /// The previous snapshot's regular file `name`, opened to read: a kept version (the
     /// source cannot give it) is copied from it when [`Sink::link_unchanged`] could not
     /// link it (the store's link limit: EMLINK). `None`: this target cannot read its

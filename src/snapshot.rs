@@ -106,6 +106,13 @@ pub trait SnapshotReader: Sync {
     /// The metadata of the open directory itself.
     fn dir_meta(&self, dir: &Self::Dir) -> io::Result<Meta>;
 
+    /// The record of the open directory itself (its parent's entry for it, or the
+    /// snapshot's root line), when the reader keeps a record beside a tree: what a
+    /// restore checks the directory's metadata against. `None` by default.
+    fn recorded_dir(&self, _dir: &Self::Dir) -> Option<Entry> {
+        None
+    }
+
     /// The BLAKE3 of regular file `e` of `dir`: its recorded hash, else its bytes read
     /// now; `None` when the reader has neither (a record without its tree).
     fn hash(&self, dir: &Self::Dir, e: &Entry) -> io::Result<Option<blake3::Hash>>;
@@ -433,6 +440,18 @@ impl SnapshotReader for TreeReader<'_> {
             self.true_owner(&mut m, &r);
         }
         Ok(m)
+    }
+
+    fn recorded_dir(&self, dir: &TreeDir) -> Option<Entry> {
+        let mf = self.manifest.filter(|_| self.mode == Mode::Restore)?;
+        if dir.rel.is_root() {
+            return mf.root().ok();
+        }
+        let block = self.block(&TreeDir {
+            rel: dir.rel.parent(),
+            fd: None,
+        })?;
+        manifest::find(&block, dir.rel.file_name()).cloned()
     }
 
     fn hash(&self, dir: &TreeDir, e: &Entry) -> io::Result<Option<blake3::Hash>> {

@@ -487,11 +487,7 @@ mod tests {
                 .entry(key(&dir.rel))
                 .or_default()
                 .0 += 1;
-            if is_dir {
-                Step::Descend(name, dir.state + 1)
-            } else {
-                Step::Next
-            }
+            model_step(dir, name, is_dir)
         }
 
         fn finish(&self, dir: &Dir<usize>) {
@@ -515,6 +511,15 @@ mod tests {
         (0..fanout)
             .map(|i| (format!("e{i}").into_bytes(), dirs && i % 2 == 0))
             .collect()
+    }
+
+    /// A model visitor's step at item `name` of `dir`: into it, one level deeper, when
+    /// it is a directory.
+    fn model_step(dir: &Dir<usize>, name: Vec<u8>, is_dir: bool) -> Step<usize> {
+        match is_dir {
+            true => Step::Descend(name, dir.state + 1),
+            false => Step::Next,
+        }
     }
 
     /// The path as the tests name it: "" for the root.
@@ -744,11 +749,7 @@ mod tests {
                 .unwrap()
                 .push((me, "visit", key(&dir.rel)));
             std::thread::sleep(std::time::Duration::from_micros(100));
-            if is_dir {
-                Step::Descend(name, dir.state + 1)
-            } else {
-                Step::Next
-            }
+            model_step(dir, name, is_dir)
         }
     }
 
@@ -901,10 +902,7 @@ mod tests {
         }
 
         fn visit(&self, dir: &Arc<Dir<usize>>, (name, is_dir): Self::Item) -> Step<usize> {
-            match is_dir {
-                true => Step::Descend(name, dir.state + 1),
-                false => Step::Next,
-            }
+            model_step(dir, name, is_dir)
         }
 
         fn listed(&self, dir: &Dir<usize>) {
@@ -979,10 +977,7 @@ mod tests {
         }
 
         fn visit(&self, dir: &Arc<Dir<usize>>, (name, is_dir): Self::Item) -> Step<usize> {
-            match is_dir {
-                true => Step::Descend(name, dir.state + 1),
-                false => Step::Next,
-            }
+            model_step(dir, name, is_dir)
         }
 
         fn visited(&self, dir: &Dir<usize>) {

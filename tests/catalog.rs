@@ -2051,3 +2051,43 @@ fn a_text_duration_edited_into_the_catalog_is_shown_invalid() {
     assert_eq!(row["invalid"][0]["column"], "duration_seconds", "{row}");
     assert_eq!(row["invalid"][0]["value"], "\"abc\"", "{row}");
 }
+
+/// Schema 11 (the daemon's deaths told before their store answered, noted so that a
+/// daemon stopped before the store answers leaves them to the next one to mark): an
+/// old catalog file (schema 1) migrates to it, and what is noted in it is read back,
+/// a path that is not UTF-8 with its bytes, until it is marked.
+#[test]
+fn an_old_catalog_migrates_to_keep_the_deaths_told_before_their_store_answered() {
+    use std::os::unix::ffi::OsStrExt;
+    let e = setup();
+    std::fs::create_dir_all(e.catalog.parent().unwrap()).unwrap();
+    std::fs::copy("tests/fixtures/catalog-v1.db", &e.catalog).unwrap();
+    let mut c = snapring::catalog::Catalog::open(&e.catalog, false).unwrap();
+    assert_eq!(c.version().unwrap(), snapring::catalog::SCHEMA_VERSION);
+    assert_eq!(c.told_deaths().unwrap(), vec![]);
+    let latin1 = Path::new(std::ffi::OsStr::from_bytes(b"/mnt/caf\xe9/s"));
+    c.note_told_death(
+        "20261207T020000Z-0a1b2c",
+        Path::new("/mnt/s"),
+        latin1,
+        "killed",
+    )
+    .unwrap();
+    drop(c);
+    let mut c = snapring::catalog::Catalog::open(&e.catalog, false).unwrap();
+    assert_eq!(
+        c.told_deaths().unwrap(),
+        vec![(
+            "20261207T020000Z-0a1b2c".to_string(),
+            PathBuf::from("/mnt/s"),
+            latin1.to_path_buf(),
+            "killed".to_string()
+        )]
+    );
+    c.marked_told("20261207T020000Z-0a1b2c").unwrap();
+    assert_eq!(c.told_deaths().unwrap(), vec![]);
+    // The old run is still there.
+    let (code, h, err) = e.cli(&["history", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(h[0]["id"], "20251101T020000Z-0a1b2c");
+}

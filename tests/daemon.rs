@@ -1286,16 +1286,55 @@ fn a_run_interrupted_with_the_daemon_resumes_when_it_starts_again() {
 /// with its copy slowed (`walk.copy=sleep:200`), its output discarded: a run to stop
 /// or kill in its walk ([`stopped_mid_walk`]).
 fn slow_run(catalog: &Path, cfg: &Path, job: &str) -> Command {
+    let mut c = job_run(catalog, cfg, job);
+    c.env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    c
+}
+
+/// `snapring --catalog CATALOG run JOB --config CFG --no-progress`, by hand.
+fn job_run(catalog: &Path, cfg: &Path, job: &str) -> Command {
     let mut c = Command::new(bin());
     c.arg("--catalog")
         .arg(catalog)
         .args(["run", job, "--config"])
         .arg(cfg)
-        .arg("--no-progress")
-        .env("SNAPRING_FAILPOINTS", "walk.copy=sleep:200")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .arg("--no-progress");
     c
+}
+
+/// The id of the one run record in `runs` (a store's `.snapring/runs`).
+fn only_run_id(runs: &Path) -> String {
+    std::fs::read_dir(runs)
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            Some(n.strip_suffix(".json")?.to_string())
+        })
+        .unwrap()
+}
+
+/// Waits for a run paused at a `pause:` failpoint (its pid written to `pause`); its pid.
+fn paused_pid(pause: &Path) -> i32 {
+    wait_until("the run's pause", 60, || {
+        std::fs::read_to_string(pause).is_ok_and(|p| !p.trim().is_empty())
+    });
+    std::fs::read_to_string(pause)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The `[notify.cmd]` section that appends each notice's status and run id to `told`
+/// (read with [`told_lines`]).
+fn told_notifier(told: &Path) -> String {
+    format!(
+        "[notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+        told = told.display(),
+    )
 }
 
 /// Starts `run`, waits for a new record in `runs` (its store's `.snapring/runs`) and
@@ -2355,11 +2394,10 @@ fn partial_runs_and_a_read_only_catalog(dir: &Path, dests: &Path) -> (PathBuf, P
     std::fs::write(
         &cfg,
         format!(
-            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify_success = true\nnotify = [\"cmd\"]\n\n\
-             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\nschedule = \"* * * * * *\"\nnotify_success = true\nnotify = [\"cmd\"]\n\n{notifier}",
             src = src.display(),
             d = dests.display(),
-            told = told.display(),
+            notifier = told_notifier(&told),
         ),
     )
     .unwrap();
@@ -4241,11 +4279,10 @@ fn a_run_killed_while_its_store_hangs_is_told_after_a_bound() {
     std::fs::write(
         &cfg,
         format!(
-            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n\
-             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"* * * * * *\"\nnotify = [\"cmd\"]\n\n{notifier}",
             src = src.display(),
             d = t.path().display(),
-            told = told.display(),
+            notifier = told_notifier(&told),
         ),
     )
     .unwrap();
@@ -4265,14 +4302,7 @@ fn a_run_killed_while_its_store_hangs_is_told_after_a_bound() {
         ],
     );
     // The run, paused in its walk (its row and record written), is killed.
-    wait_until("the run's pause", 60, || {
-        std::fs::read_to_string(&walking).is_ok_and(|p| !p.is_empty())
-    });
-    let pid: i32 = std::fs::read_to_string(&walking)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = paused_pid(&walking);
     let id = rows_of(&catalog, "a")[0]["id"]
         .as_str()
         .unwrap()
@@ -4432,11 +4462,10 @@ fn the_daemons_start_settles_every_row_its_jobs_left_running() {
     let cfg = dir.join("d.toml");
     let config = |dest: &str| {
         format!(
-            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/{dest}\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n\
-             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/{dest}\"\nschedule = \"0 0 0 1 1 *\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n{notifier}",
             src = src.display(),
             d = dir.display(),
-            told = told.display(),
+            notifier = told_notifier(&told),
         )
     };
     std::fs::write(&cfg, config("old")).unwrap();
@@ -4449,29 +4478,13 @@ fn the_daemons_start_settles_every_row_its_jobs_left_running() {
         )
         .spawn()
         .unwrap();
-    wait_until("the run's pause", 60, || {
-        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
-    });
+    paused_pid(&walking);
     run.kill().unwrap();
     assert!(!run.wait().unwrap().success());
-    let id = std::fs::read_dir(dir.join("old/.snapring/runs"))
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            Some(n.strip_suffix(".json")?.to_string())
-        })
-        .unwrap();
+    let id = only_run_id(&dir.join("old/.snapring/runs"));
     std::fs::write(&cfg, config("new")).unwrap();
     for _ in 0..10 {
-        let out = Command::new(bin())
-            .arg("--catalog")
-            .arg(&catalog)
-            .args(["run", "a", "--config"])
-            .arg(&cfg)
-            .arg("--no-progress")
-            .output()
-            .unwrap();
+        let out = job_run(&catalog, &cfg, "a").output().unwrap();
         assert!(
             out.status.success(),
             "{}",
@@ -4519,10 +4532,7 @@ fn a_death_told_before_its_store_answered_is_marked_told_when_its_settle_was_nev
             m = fs.mnt.display(),
         )
     };
-    let notifier = format!(
-        "[notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
-        told = told.display(),
-    );
+    let notifier = told_notifier(&told);
     let cfg = dir.join("d.toml");
     std::fs::write(&cfg, format!("{}{notifier}", job("a"))).unwrap();
     let log = dir.join("daemon.log");
@@ -4539,23 +4549,9 @@ fn a_death_told_before_its_store_answered_is_marked_told_when_its_settle_was_nev
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     // The run, paused in its walk (its row and record written: its lock file created,
     // not opened, so not slowed).
-    wait_until("the run's pause", 60, || {
-        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
-    });
-    let pid: i32 = std::fs::read_to_string(&walking)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let pid = paused_pid(&walking);
     let runs = dir.join("under/s/.snapring/runs");
-    let id = std::fs::read_dir(&runs)
-        .unwrap()
-        .flatten()
-        .find_map(|e| {
-            let n = e.file_name().to_string_lossy().into_owned();
-            Some(n.strip_suffix(".json")?.to_string())
-        })
-        .unwrap();
+    let id = only_run_id(&runs);
     // Job b, on the same store, added: its trigger asks the store's worker whether a
     // run holds the store, and the lock file takes 10 s to open.
     std::fs::write(&cfg, format!("{}{}{notifier}", job("a"), job("b"))).unwrap();
@@ -4596,4 +4592,411 @@ fn a_death_told_before_its_store_answered_is_marked_told_when_its_settle_was_nev
     let rec = std::fs::read_to_string(&record).unwrap_or_default();
     assert!(marked(), "{rec}\n{}", logged());
     assert!(rec.contains("\"incomplete\""), "{rec}");
+}
+
+/// With the catalog off (`--catalog off`), a run the daemon saw die (killed in its
+/// walk) was told at once, but `died` looked for its run in the catalog only: the
+/// record in the store stayed `running`, and the next daemon start settled it into an
+/// untold death and told it a second time. Now the daemon finds the record in the
+/// store, settles it and records the notice's outcome in it: a restart tells nothing
+/// again.
+#[test]
+fn with_the_catalog_off_a_death_the_daemon_told_is_not_told_again_at_its_next_start() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    tree(&src, 3, 3);
+    let (walking, told) = (dir.join("walking"), dir.join("told"));
+    let cfg = dir.join("d.toml");
+    let config = |schedule: &str| {
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"{schedule}\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = dir.display(),
+            told = told.display(),
+        )
+    };
+    // One run only: at a time of day a few seconds ahead (UTC).
+    let at = chrono::Utc::now() + chrono::Duration::seconds(10);
+    std::fs::write(&cfg, config(&at.format("%S %M %H * * *").to_string())).unwrap();
+    let log = dir.join("daemon.log");
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let fps = format!("walk.dir=pause:{}", walking.display());
+    let d = daemon_logging_with(
+        Path::new("off"),
+        &cfg,
+        &log,
+        &[("SNAPRING_FAILPOINTS", fps.as_str())],
+    );
+    wait_until("the run's pause", 60, || {
+        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
+    });
+    let pid: i32 = std::fs::read_to_string(&walking)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let runs = dir.join("sa/.snapring/runs");
+    let id = std::fs::read_dir(&runs)
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            Some(n.strip_suffix(".json")?.to_string())
+        })
+        .unwrap();
+    sigkill(pid);
+    let _ = std::fs::remove_file(&walking);
+    wait_until("the death told", 30, || !told_lines(&told).is_empty());
+    std::thread::sleep(Duration::from_secs(2));
+    d.stop();
+    assert_eq!(told_lines(&told).len(), 1, "{:?}", told_lines(&told));
+    let record = std::fs::read_to_string(runs.join(format!("{id}.json"))).unwrap();
+    // The next start resumes the run, and tells its death no more.
+    let log2 = dir.join("daemon2.log");
+    let d = daemon_logging_with(Path::new("off"), &cfg, &log2, &[]);
+    wait_until("the interrupted run resumed", 60, || {
+        dir.join("sa/daily.0/d0/f0").exists()
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    d.stop();
+    let lines = told_lines(&told);
+    assert!(
+        !lines[1..].iter().any(|l| l.contains(&id)),
+        "told again at the next start: {lines:?}\n{}",
+        std::fs::read_to_string(&log2).unwrap_or_default()
+    );
+    // Its record, as the first daemon left it: settled, with the notice's outcome.
+    let r: serde_json::Value = serde_json::from_str(&record).unwrap();
+    assert_eq!(r["status"], "incomplete", "{r}\n{}", logged());
+    assert_eq!(r["notifications"][0]["ok"], true, "{r}");
+}
+
+/// A run killed while its store hangs (the daemon's settling of its record paused) is
+/// told after `SNAPRING_DAEMON_DEATH_WAIT` without its store; the daemon is stopped
+/// before the store answers. The mark it was to write in the record once the store
+/// answered was kept in its memory only: the record stayed `running`, and a later start
+/// (here one without the catalog, which reads the stores' records) settled it into an
+/// untold death and told it again. Now the mark is noted in the catalog (schema 11),
+/// and the next daemon started on it writes it once the store answers.
+#[test]
+fn a_death_told_before_its_store_answered_is_marked_by_the_next_daemon() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let (src, catalog) = (dir.join("src"), dir.join("cat.db"));
+    tree(&src, 3, 3);
+    let (walking, settling, told) = (dir.join("walking"), dir.join("settling"), dir.join("told"));
+    let cfg = dir.join("d.toml");
+    let config = |schedule: &str| {
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/sa\"\nschedule = \"{schedule}\"\nmissed = \"skip\"\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = dir.display(),
+            told = told.display(),
+        )
+    };
+    std::fs::write(&cfg, config("* * * * * *")).unwrap();
+    let log = dir.join("daemon.log");
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    let fps = format!(
+        "walk.dir=pause:{};daemon.settle_dead=pause:{}",
+        walking.display(),
+        settling.display()
+    );
+    let d = daemon_logging_with(
+        &catalog,
+        &cfg,
+        &log,
+        &[
+            ("SNAPRING_FAILPOINTS", fps.as_str()),
+            ("SNAPRING_DAEMON_DEATH_WAIT", "2s"),
+        ],
+    );
+    wait_until("the run's pause", 60, || {
+        std::fs::read_to_string(&walking).is_ok_and(|p| !p.trim().is_empty())
+    });
+    let pid: i32 = std::fs::read_to_string(&walking)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // No run after this one.
+    std::fs::write(&cfg, config("@yearly")).unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(d.0.id() as i32).unwrap(),
+        rustix::process::Signal::HUP,
+    )
+    .unwrap();
+    wait_until("the reload", 30, || reload_events(&catalog) >= 1);
+    let id = rows_of(&catalog, "a")[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    sigkill(pid);
+    let _ = std::fs::remove_file(&walking);
+    wait_until("the daemon's settling of its record", 30, || {
+        settling.exists()
+    });
+    wait_until("the death told", 30, || !told_lines(&told).is_empty());
+    assert_eq!(told_lines(&told), ["failed"], "{}", logged());
+    // Stopped before the store answers (the settling still paused).
+    d.stop();
+    std::fs::remove_file(&settling).unwrap();
+    let record = dir.join(format!("sa/.snapring/runs/{id}.json"));
+    let marked = || {
+        std::fs::read_to_string(&record)
+            .is_ok_and(|r| r.contains("its death was told before its store answered"))
+    };
+    // The next daemon on the catalog marks it.
+    let log2 = dir.join("daemon2.log");
+    let d = daemon_logging_with(&catalog, &cfg, &log2, &[]);
+    let t0 = Instant::now();
+    while !marked() && t0.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    d.stop();
+    // A start without the catalog reads the store's records: nothing to tell again.
+    let log3 = dir.join("daemon3.log");
+    let d = daemon_logging_with(Path::new("off"), &cfg, &log3, &[]);
+    std::thread::sleep(Duration::from_secs(4));
+    d.stop();
+    let lines = told_lines(&told);
+    assert!(
+        !lines.iter().any(|l| l.contains(&id)),
+        "told again: {lines:?}\n{}\n{}",
+        std::fs::read_to_string(&log2).unwrap_or_default(),
+        std::fs::read_to_string(&log3).unwrap_or_default()
+    );
+    let rec = std::fs::read_to_string(&record).unwrap_or_default();
+    assert!(marked(), "{rec}\n{}", logged());
+    assert!(rec.contains("\"incomplete\""), "{rec}");
+    // Marked, it is no longer noted.
+    let noted: i64 = rusqlite::Connection::open(&catalog)
+        .unwrap()
+        .query_row("SELECT count(*) FROM told_deaths", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(noted, 0);
+}
+
+/// The run records (`*.json`) in `runs`, sorted by name (their ids).
+fn record_ids(runs: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = std::fs::read_dir(runs)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| {
+                    let n = e.file_name().to_string_lossy().into_owned();
+                    n.strip_suffix(".json").map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    ids.sort();
+    ids
+}
+
+/// A run killed (SIGKILL) under a daemon whose catalog cannot record it (read-only
+/// here; a damaged one has no row of it either): its record in its store is the run.
+/// Its death was told as a `failed` with no run id and a subject of no run's, its
+/// record left `running`, and the next daemon start told it again, `incomplete` with
+/// its id. Now it is told once, `incomplete` with its id, its record holds the notice's
+/// outcome, and a restart tells nobody again.
+#[test]
+fn a_run_killed_while_the_catalog_cannot_record_it_is_told_once_with_its_id() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path();
+    let src = dir.join("src");
+    tree(&src, 30, 10);
+    let cat = dir.join("cat.db");
+    drop(snapring::catalog::Catalog::open(&cat, false).unwrap());
+    chmod(&cat, 0o444);
+    let (pid_file, told) = (dir.join("pid"), dir.join("told"));
+    // Daily, at a time of day 10 s from now: one run (killed), none after it.
+    let at = chrono::Utc::now() + chrono::Duration::seconds(10);
+    let cfg = dir.join("d.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.a]\nsource = \"{src}\"\ndest = \"{d}/a\"\njobs = 1\nschedule = \"{s} {m} {h} * * *\"\n\
+             pre_command = [\"/bin/sh\", \"-c\", \"[ -e {pid} ] || echo $PPID > {pid}\"]\nnotify = [\"cmd\"]\n\n\
+             [notify.cmd]\ntype = \"command\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $SNAPRING_JOB $SNAPRING_STATUS $SNAPRING_RUN_ID >> {told}\"]\n",
+            src = src.display(),
+            d = dir.display(),
+            s = at.format("%S"),
+            m = at.format("%M"),
+            h = at.format("%H"),
+            pid = pid_file.display(),
+            told = told.display(),
+        ),
+    )
+    .unwrap();
+    let daemon = |log: &Path, failpoints: &str| {
+        let mut c = snapring_without_dac();
+        c.arg("--catalog")
+            .arg(&cat)
+            .args(["daemon", "--config"])
+            .arg(&cfg)
+            .env("SNAPRING_FAILPOINTS", failpoints)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        Daemon(c.spawn().unwrap())
+    };
+    let log = dir.join("daemon.log");
+    let d = daemon(&log, "walk.copy=sleep:200");
+    let logged = |log: &Path| std::fs::read_to_string(log).unwrap_or_default();
+    let pid = run_pid(&pid_file);
+    let runs = dir.join("a/.snapring/runs");
+    wait_until("the run's record", 60, || !record_ids(&runs).is_empty());
+    let id = record_ids(&runs).remove(0);
+    sigkill(pid);
+    let line = format!("a incomplete {id}");
+    wait_until("the notice of the killed run", 30, || {
+        told_lines(&told).contains(&line)
+    });
+    let record = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(runs.join(format!("{id}.json"))).unwrap()).unwrap()
+    };
+    wait_until("the notice's outcome in the record", 30, || {
+        record()["notifications"][0]["ok"] == true
+    });
+    d.stop();
+    let r = record();
+    assert_eq!(r["status"], "incomplete", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("killed by signal 9")),
+        "{r}"
+    );
+    assert!(
+        logged(&log).contains("readonly database"),
+        "{}",
+        logged(&log)
+    );
+    assert_eq!(told_lines(&told), vec![line.clone()], "{}", logged(&log));
+    // A restart (the catalog still read-only) resumes the run and tells nobody again.
+    let log2 = dir.join("daemon2.log");
+    let d = daemon(&log2, "");
+    wait_until("the resumed run", 60, || dir.join("a/daily.0").exists());
+    std::thread::sleep(Duration::from_secs(2));
+    d.stop();
+    let lines = told_lines(&told);
+    assert_eq!(
+        lines.iter().filter(|l| **l == line).count(),
+        1,
+        "{lines:?}\n{}",
+        logged(&log2)
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.split(' ').count() == 3 && !l.ends_with(' ')),
+        "every notice has its run id: {lines:?}"
+    );
+}
+
+/// The catalog deleted, and made again by another job's run (which imports its own
+/// store only): the daemon's start read job `j`'s history from the catalog only, found
+/// none, and took it for a new job: its daily time, passed while the daemon was down,
+/// waited a day for the next, without a word (`missed = "run-once"`). Its store's run
+/// records are its history when the catalog has no row of it.
+#[test]
+fn a_missed_run_of_a_job_the_catalog_lost_runs_once_at_start() {
+    let Some(lib) = libfaketime() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("x"), b"x");
+    // Daily, at the time of day an hour ago; job k yearly, into a store of its own.
+    let cfg = daily_job_at(
+        t.path(),
+        &src,
+        chrono::Utc::now() - chrono::Duration::hours(1),
+    );
+    let mut text = std::fs::read_to_string(&cfg).unwrap();
+    text.push_str(&format!(
+        "\n[job.k]\nsource = \"{}\"\ndest = \"{}/k\"\nschedule = \"@yearly\"\n",
+        src.display(),
+        t.path().display()
+    ));
+    std::fs::write(&cfg, text).unwrap();
+    let catalog = t.path().join("cat.db");
+    let run = |job: &str, offset: &str| {
+        let off = t.path().join("faketime");
+        std::fs::write(&off, offset).unwrap();
+        let mut c = Command::new(bin());
+        c.arg("--catalog")
+            .arg(&catalog)
+            .args(["run", job, "--no-progress", "--config"])
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null());
+        faked(&mut c, &lib, &off);
+        assert!(c.status().unwrap().success());
+    };
+    // j's last run, yesterday (before that time).
+    run("j", "-86400\n");
+    assert_eq!(rows_of(&catalog, "j").len(), 1);
+    for e in std::fs::read_dir(t.path()).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("cat.db") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    run("k", "+0\n");
+    assert!(rows_of(&catalog, "j").is_empty());
+    let log = t.path().join("log");
+    let d = faked_daemon(&lib, &t.path().join("faketime"), &catalog, &cfg, &log);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the missed run", 60, || {
+        logged().contains("job j: its run due at")
+            && logged().contains("was missed while the daemon was down; running it now")
+            && t.path().join("s/daily.1").exists()
+    });
+    d.stop();
+    assert!(!logged().contains("job k: its run due at"), "{}", logged());
+}
+
+/// A daemon started just before a job's scheduled time (here 12 s before a daily
+/// time, its previous time missed while the daemon was down) ran the missed run at
+/// once and the scheduled one seconds later: two near-identical snapshots, a slot of
+/// the ring spent. The next time stands for the missed run when it is that close (a
+/// tenth of the schedule's period, at most 15 minutes), and the log says so.
+#[test]
+fn a_missed_run_just_before_the_next_time_waits_for_it() {
+    let Some(lib) = libfaketime() else { return };
+    let t = tempfile::tempdir().unwrap();
+    let (src, catalog) = (t.path().join("src"), t.path().join("cat.db"));
+    write(&src.join("x"), b"x");
+    let at = chrono::Utc::now() + chrono::Duration::seconds(12);
+    let cfg = daily_job_at(t.path(), &src, at);
+    // The job's last run, two days ago: yesterday's time was missed.
+    let offset = t.path().join("faketime");
+    std::fs::write(&offset, "-172800\n").unwrap();
+    let mut run = Command::new(bin());
+    run.arg("--catalog")
+        .arg(&catalog)
+        .args(["run", "j", "--no-progress", "--config"])
+        .arg(&cfg)
+        .stdout(std::process::Stdio::null());
+    faked(&mut run, &lib, &offset);
+    assert!(run.status().unwrap().success());
+    std::fs::write(&offset, "+0\n").unwrap();
+    let log = t.path().join("log");
+    let d = faked_daemon(&lib, &offset, &catalog, &cfg, &log);
+    let logged = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the scheduled run", 60, || {
+        chrono::Utc::now() > at && t.path().join("s/daily.1").exists()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    d.stop();
+    assert!(
+        chrono::Utc::now() - at < chrono::Duration::hours(1),
+        "the test took too long"
+    );
+    assert!(
+        logged().contains("stands for it") && !logged().contains("running it now"),
+        "{}",
+        logged()
+    );
+    assert_eq!(rows_of(&catalog, "j").len(), 2, "{}", logged());
+    assert!(!t.path().join("s/daily.2").exists());
 }

@@ -312,6 +312,57 @@ fn a_damaged_state_and_a_changed_tree_still_restore_against_the_manifest() {
     assert_eq!(rep["problems"][0]["path"], ".", "{rep}");
 }
 
+/// After a damaged `snapshots.json`, a snapshot with a bit flipped (same size and
+/// mtime) and a `chmod` is paired with its run's manifest as a tree that differs from
+/// it, and the next backup compares the source with that tree by stat. The rotten
+/// file, unchanged by stat, is not linked into the new snapshot: it does not hash as
+/// its record says, so it is copied from the source, and the new snapshot holds the
+/// source's content and verifies clean; the files that are as recorded are still
+/// linked. Before, the rotten file was linked and the hash read from it recorded: the
+/// new snapshot held the rot and `verify` called it clean.
+#[test]
+fn a_rotten_file_in_a_tree_paired_after_a_damaged_state_is_copied_from_the_source() {
+    let (_t, src, dest) = setup();
+    assert_eq!(backup(&src, &dest, &[], &[]).0, 0);
+    let old = dest.join("daily.0");
+    rot(&old.join("d0/f0"));
+    std::fs::set_permissions(
+        old.join("d1/f1"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let state = dest.join(".snapring/snapshots.json");
+    let mut bytes = std::fs::read(&state).unwrap();
+    bytes[50] ^= 0x55;
+    std::fs::write(&state, &bytes).unwrap();
+
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{err}\n{rep}");
+    assert_eq!(rep["status"], "complete", "{rep}");
+    let new = dest.join("daily.0");
+    assert_eq!(
+        std::fs::read(new.join("d0/f0")).unwrap(),
+        b"content 0",
+        "the new snapshot holds the source's content, not the rot"
+    );
+    assert_ne!(
+        ino(&new.join("d0/f0")),
+        ino(&dest.join("daily.1/d0/f0")),
+        "the rotten file is copied from the source, not linked"
+    );
+    assert_eq!(
+        ino(&new.join("d2/f2")),
+        ino(&dest.join("daily.1/d2/f2")),
+        "a file as its record says is still linked"
+    );
+    // The rotten file and the chmod-ed one; the 28 others linked.
+    assert_eq!(rep["files_transferred"], 2, "{rep}");
+    assert_eq!(rep["files_linked"], 28, "{rep}");
+    assert_same_tree(&describe(&src), &describe(&new), "the new snapshot");
+    let (code, v) = verify_json(&dest, "daily.0");
+    assert_eq!(code, 0, "the new snapshot verifies clean: {v}");
+}
+
 /// A snapshot whose manifest is gone does not stop `verify --all`: it says what it
 /// could not check, checks the others, and exits `partial` (2).
 #[test]
@@ -334,6 +385,24 @@ fn verify_all_goes_on_past_a_snapshot_without_a_manifest() {
     assert!(out.contains("daily.2: clean against manifest"), "{out}");
 }
 
+/// `snapring list --dest DEST`, which must exit 0: what it prints.
+fn list_text(dest: &Path) -> String {
+    let out = snapring(&["list".as_ref(), "--dest".as_ref(), dest.as_os_str()], &[]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    text
+}
+
+/// The columns of the row of snapshot `name` in `list`'s `text`.
+fn list_row(text: &str, name: &str) -> Vec<String> {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} row: {text}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect::<Vec<_>>()
+}
+
 /// A run record cut short (a full disk, a copy stopped midway) showed as `-` in
 /// `list`'s STATUS, FILES and SIZE, as for a tree taken over, with no word why. The
 /// row stays; its status reads `unknown*` and a note names the record and why it
@@ -348,17 +417,8 @@ fn list_says_a_run_record_cut_short_cannot_be_read() {
     let rec = dest.join(format!(".snapring/runs/{id}.json"));
     let whole = std::fs::read(&rec).unwrap();
     std::fs::write(&rec, &whole[..whole.len() / 2]).unwrap();
-    let out = snapring(&["list".as_ref(), "--dest".as_ref(), dest.as_os_str()], &[]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
-    let row = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name} row: {text}"))
-            .split_whitespace()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
+    let text = list_text(&dest);
+    let row = |name: &str| list_row(&text, name);
     assert_eq!(row("daily.1")[2], id, "{text}");
     assert_eq!(row("daily.1")[4], "unknown*", "{text}");
     assert_eq!(row("daily.0")[4], "complete", "{text}");
@@ -371,15 +431,7 @@ fn list_says_a_run_record_cut_short_cannot_be_read() {
         "{text}"
     );
     assert_eq!(text.matches("(*").count(), 1, "{text}");
-    let out = snapring(
-        &[
-            "list".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-        ],
-        &[],
-    );
+    let out = list_json(&dest);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[1]["name"], "daily.1", "{v}");
     assert!(
@@ -415,20 +467,9 @@ fn list_shows_the_damage_verify_recorded() {
     let (code, out) = verify_all(&dest);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("daily.0: 2 damaged entries recorded"), "{out}");
-    let list = || {
-        let out = snapring(&["list".as_ref(), "--dest".as_ref(), dest.as_os_str()], &[]);
-        assert_eq!(out.status.code(), Some(0));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let list = || list_text(&dest);
     let text = list();
-    let row = |text: &str, name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name} row: {text}"))
-            .split_whitespace()
-            .map(str::to_string)
-            .collect::<Vec<_>>()
-    };
+    let row = list_row;
     assert_eq!(row(&text, "daily.0")[4], "DAMAGED*", "{text}");
     assert_eq!(row(&text, "daily.1")[4], "complete", "{text}");
     assert!(
@@ -436,15 +477,7 @@ fn list_shows_the_damage_verify_recorded() {
         "{text}"
     );
     assert_eq!(text.matches("(*").count(), 1, "{text}");
-    let out = snapring(
-        &[
-            "list".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-        ],
-        &[],
-    );
+    let out = list_json(&dest);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["name"], "daily.0", "{v}");
     assert_eq!(
@@ -573,15 +606,7 @@ fn a_slot_number_that_cannot_shift_is_not_a_snapshot() {
         assert_eq!(rep["status"], "complete");
     }
     assert_eq!(std::fs::read(stray.join("kept")).unwrap(), b"not ours");
-    let out = snapring(
-        &[
-            "list".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-        ],
-        &[],
-    );
+    let out = list_json(&dest);
     assert_eq!(out.status.code(), Some(0));
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> = listed

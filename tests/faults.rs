@@ -823,3 +823,136 @@ fn walk_files(root: &Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// The inode of `dest/name`'s root: which snapshot a name holds now.
+fn root_ino(dest: &Path, name: &str) -> u64 {
+    ino(&dest.join(name))
+}
+
+/// The source's FUSE server dies in the middle of a run (every later call: ENOTCONN):
+/// the run is `failed` (exit 1) with an error naming the source and the errno, nothing
+/// is published nor rotated, and the complete snapshot is there as it was. Before:
+/// `partial`, every entry "kept from the previous snapshot", published, and with
+/// `--retain 1` the complete snapshot expired (three such runs with `--retain 3` left
+/// only partial ones).
+#[test]
+fn a_source_that_goes_away_mid_run_fails_the_run_and_rotates_nothing() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    let Some(fs) = FaultFs::mount(&src, &mnt, &[]) else {
+        return;
+    };
+    let (code, rep, err) = backup(&mnt, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    let complete = root_ino(&dest, "daily.0");
+    // Paused after the root's listing, the layer is killed (not unmounted): ENOTCONN.
+    let run = spawn_paused(&mnt, &dest, &["--retain", "1"], "walk.after_readdir", 1);
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &fs.pid().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, rep) = run.resume();
+    assert_eq!(code, 1, "{rep}");
+    assert_eq!(rep["status"], "failed", "{rep}");
+    let msg = rep["message"].as_str().unwrap_or("");
+    assert!(
+        msg.contains(&mnt.display().to_string()) && msg.contains("not connected"),
+        "{msg}"
+    );
+    assert!(msg.contains("went away"), "{msg}");
+    assert_eq!(rep["expired"].as_array().map_or(0, |a| a.len()), 0, "{rep}");
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    assert_eq!(root_ino(&dest, "daily.0"), complete);
+    drop(fs);
+    assert_verify_clean(&dest, "daily.0");
+}
+
+/// A dead FUSE mount inside the source (a user's sshfs in /home, killed) answers
+/// ENOTCONN for its mount point while the source answers: that entry's problem
+/// (`partial`, named), not a source gone away. Before (review of acl-48): every run
+/// failed until someone unmounted it.
+#[test]
+fn a_dead_mount_inside_the_source_is_that_entrys_problem_not_the_runs() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, _mnt, dest) = dirs(&t);
+    source(&src);
+    let under = t.path().join("under");
+    write(&under.join("x"), b"inside the mount");
+    let nested = src.join("nested");
+    std::fs::create_dir(&nested).unwrap();
+    let Some(fs) = FaultFs::mount(&under, &nested, &[]) else {
+        return;
+    };
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &fs.pid().to_string()])
+        .status();
+    std::thread::sleep(Duration::from_millis(200));
+    let e = std::fs::symlink_metadata(&nested).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(107), "{e}");
+    for extra in [&[][..], &["--one-file-system"][..]] {
+        let (code, rep, err) = backup(&src, &dest, extra, &[]);
+        assert_eq!(code, 2, "{extra:?}: {rep}\n{err}");
+        assert_eq!(rep["status"], "partial", "{extra:?}: {rep}");
+        let named = rep["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p.to_string().contains("nested"));
+        assert!(named, "{extra:?}: {rep}");
+    }
+    drop(fs);
+    assert!(src.join("d1/f1").exists());
+}
+
+/// `partial` runs (a file that answers EIO) with `--retain 1` keep the newest complete
+/// snapshot past retain, and say so; the next complete run expires it. Before: the
+/// first partial run expired the only complete snapshot (invariant 3).
+#[test]
+fn partial_runs_never_expire_the_last_complete_snapshot() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, mnt, dest) = dirs(&t);
+    source(&src);
+    let Some(fs) = FaultFs::mount(&src, &mnt, &[]) else {
+        return;
+    };
+    let (code, rep, err) = backup(&mnt, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    drop(fs);
+    let complete = root_ino(&dest, "daily.0");
+    write(&src.join("d1/f1"), b"changed content 1");
+    set_mtime(&src.join("d1/f1"), 1_700_000_000, 0);
+    let fs = FaultFs::mount(&src, &mnt, &["--eio-read", "/d1/f1"]).unwrap();
+    let mut partial = 0;
+    for run in 0..2 {
+        let (code, rep, err) = backup(&mnt, &dest, &["--retain", "1"], &[]);
+        assert_eq!(code, 2, "run {run}: {rep}\n{err}");
+        assert_eq!(rep["status"], "partial");
+        assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"], "run {run}");
+        assert_eq!(root_ino(&dest, "daily.1"), complete, "run {run}");
+        // The second partial run expires the first (not the complete one).
+        let expired: Vec<String> = serde_json::from_value(rep["expired"].clone()).unwrap();
+        let want: Vec<String> = match run {
+            0 => vec![],
+            _ => vec!["daily.0".into()],
+        };
+        assert_eq!(expired, want, "run {run}: {rep}");
+        assert_ne!(root_ino(&dest, "daily.0"), partial);
+        partial = root_ino(&dest, "daily.0");
+        let warned = rep["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("daily.1 kept past retain 1"));
+        assert!(warned, "run {run}: {rep}");
+    }
+    drop(fs);
+    let _fs = FaultFs::mount(&src, &mnt, &[]).unwrap();
+    let (code, rep, err) = backup(&mnt, &dest, &["--retain", "1"], &[]);
+    assert_eq!(code, 0, "{rep}\n{err}");
+    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    let mut expired: Vec<String> = serde_json::from_value(rep["expired"].clone()).unwrap();
+    expired.sort();
+    assert_eq!(expired, ["daily.0", "daily.1"], "{rep}");
+    assert_verify_clean(&dest, "daily.0");
+}

@@ -1125,6 +1125,50 @@ fn a_store_on_an_unmounted_file_system_is_refused_when_the_catalog_knows_it() {
     assert_eq!(snapshot_names(&store), ["daily.0"]);
 }
 
+/// A store on a FUSE mount whose process died (every call on it fails with ENOTCONN,
+/// "Transport endpoint is not connected") that the catalog knows: refused with the
+/// error the file system gave. It was reported as "no store here (… is missing) … is
+/// the backup file system mounted?", which sent its reader to the wrong cause.
+#[test]
+fn a_store_on_a_dead_fuse_mount_is_refused_with_the_real_error() {
+    let (t, src, _) = setup();
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    std::fs::create_dir(&under).unwrap();
+    let Some(fs) = FaultFs::mount(&under, &mnt, &[]) else {
+        return;
+    };
+    let catalog = t.path().join("catalog.db");
+    let cat = ("SNAPRING_CATALOG", catalog.to_str().unwrap());
+    // The store is the mount's root: `<dest>/mnt`.
+    let (code, rep, err) = backup(&src, t.path(), &["--folder", "mnt"], &[cat]);
+    assert_eq!(code, 0, "{err}{rep}");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(fs.pid() as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let t0 = std::time::Instant::now();
+    while std::fs::symlink_metadata(mnt.join(".snapring"))
+        .err()
+        .and_then(|e| e.raw_os_error())
+        != Some(rustix::io::Errno::NOTCONN.raw_os_error())
+    {
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "the mount is not dead"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let (code, rep, err) = backup(&src, t.path(), &["--folder", "mnt"], &[cat]);
+    assert_eq!(code, 1, "{err}{rep}");
+    assert!(
+        err.contains("Transport endpoint is not connected") && !err.contains("no store here"),
+        "{err}"
+    );
+    drop(fs);
+    assert!(under.join(".snapring").exists());
+}
+
 /// A run from another source into a store's label is refused before anything is
 /// written: its rotation would expire the other source's history (a second file system
 /// backed up without `--folder`, or source and dest mixed up; it said `complete`, and
@@ -1631,9 +1675,18 @@ fn a_walk_whose_directories_could_not_be_read_keeps_their_previous_entries() {
                 .contains("entries of the previous snapshot")),
         "{rep}"
     );
-    assert_eq!(snapshot_names(&dest), ["daily.0"]);
+    // The complete snapshot is kept past retain 1 while the newest run is partial
+    // (invariant 3: history goes only once a newer complete snapshot exists), as it was.
+    assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);
+    let mut kept = describe(&dest.join("daily.1"));
     let mut after = describe(&dest.join("daily.0"));
     let mut before = before;
+    for m in [&mut before, &mut kept] {
+        for v in m.values_mut() {
+            v.link_group = None;
+        }
+    }
+    assert_eq!(kept, before, "the complete snapshot kept as it was");
     // The files as they were; the directories take this run's mode (000) and times.
     for m in [&mut before, &mut after] {
         for v in m.values_mut() {

@@ -456,18 +456,7 @@ fn an_xattr_value_too_large_for_the_store_is_the_entrys_problem_not_a_full_disk(
     // (Recorded as the source's, the restore was `partial`, `big` called damaged and
     // restored without its attributes.)
     let to = t.path().join("restored");
-    let out = snapring(
-        &[
-            "restore".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-            "daily.0".as_ref(),
-            "--to".as_ref(),
-            to.as_os_str(),
-        ],
-        &[],
-    );
+    let out = snapring(&restore_json_args(&dest, "daily.0", &to), &[]);
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(out.status.code(), Some(0), "{rep} {out:?}");
     assert_eq!(rep["status"], "complete", "{rep}");
@@ -1462,15 +1451,7 @@ fn a_file_that_grew_during_its_copy_is_counted_at_the_size_copied() {
         std::fs::metadata(dest.join("daily.0/grows")).unwrap().len(),
         size
     );
-    let out = snapring(
-        &[
-            "list".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-        ],
-        &[],
-    );
+    let out = list_json(&dest);
     let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(listed[0]["bytes"], size, "list: {listed}");
     assert_verify_clean(&dest, &[]);

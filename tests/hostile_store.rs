@@ -340,18 +340,7 @@ fn a_snapshot_whose_store_refused_owners_restores_the_manifests_owners() {
         "the store keeps its own owner"
     );
     let to = t.path().join("restored");
-    let out = snapring(
-        &[
-            "restore".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-            "daily.0".as_ref(),
-            "--to".as_ref(),
-            to.as_os_str(),
-        ],
-        &[],
-    );
+    let out = snapring(&restore_json_args(&dest, "daily.0", &to), &[]);
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(out.status.code(), Some(0), "{rep}");
     assert_eq!(rep["status"], "complete", "{rep}");
@@ -620,18 +609,7 @@ fn a_store_keeping_whole_second_times_verifies_clean_and_restores_the_exact_time
     assert_eq!(code, Some(0), "{text}");
     // A restore gives back the source's times, not the store's.
     let to = t.path().join("restored");
-    let out = snapring(
-        &[
-            "restore".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-            "daily.1".as_ref(),
-            "--to".as_ref(),
-            to.as_os_str(),
-        ],
-        &[],
-    );
+    let out = snapring(&restore_json_args(&dest, "daily.1", &to), &[]);
     let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     assert_eq!(out.status.code(), Some(0), "{rep}");
     assert_eq!(rep["status"], "complete", "{rep}");

@@ -1108,15 +1108,7 @@ fn a_user_restore_clears_setuid_and_setgid_bits_it_cannot_make_safe() {
     }
     chmod(&snap.join("mine"), 0o6755);
     let to = s.user_dir("to");
-    let out = s.run(&[
-        "restore".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        dest.as_os_str(),
-        "daily.0".as_ref(),
-        "--to".as_ref(),
-        to.join("r").as_os_str(),
-    ]);
+    let out = s.run(&restore_json_args(&dest, "daily.0", &to.join("r")));
     let said = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),

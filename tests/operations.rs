@@ -200,7 +200,8 @@ fn a_restore_is_a_run_in_the_catalog_with_its_log_and_the_jobs_notification() {
     assert!(text.contains("notified hook"), "{text}");
     assert_eq!(listing(&e.store), before, "a restore wrote into the store");
 
-    // A restore that cannot start is recorded (and notified) as failed.
+    // A snapshot the store does not have is a mistake on the command line: refused
+    // (exit 64) before a run starts, neither recorded nor notified.
     let (code, _, err, _) = e.cli(
         &[
             "restore",
@@ -209,6 +210,25 @@ fn a_restore_is_a_run_in_the_catalog_with_its_log_and_the_jobs_notification() {
             "daily.9",
             "--to",
             &e.s(&to),
+        ],
+        &[],
+    );
+    assert_eq!(code, 64, "{err}");
+    let (_, h, _, _) = e.cli(&["history", "--json", "--kind", "restore"], &[]);
+    assert_eq!(h.as_array().unwrap().len(), 2, "{h}");
+    assert_eq!(http.got.lock().unwrap().len(), 1);
+    // A restore that cannot start (its target is a file) is recorded (and notified)
+    // as failed.
+    let file = to.with_extension("file");
+    std::fs::write(&file, b"x").unwrap();
+    let (code, _, err, _) = e.cli(
+        &[
+            "restore",
+            "--config",
+            &e.s(&cfg),
+            "daily.0",
+            "--to",
+            &e.s(&file),
         ],
         &[],
     );

@@ -1145,26 +1145,20 @@ fn copy_recorded(
 
 /// `history [--kind KIND] --json` of `catalog`: its rows.
 fn history(catalog: &Path, kind: Option<&str>) -> Vec<serde_json::Value> {
-    let mut a = vec![
-        OsStr::new("--catalog"),
-        catalog.as_os_str(),
-        OsStr::new("history"),
-        OsStr::new("--json"),
-    ];
-    if let Some(k) = kind {
-        a.extend([OsStr::new("--kind"), OsStr::new(k)]);
-    }
-    let out = snapring(&a, &[]);
-    assert_eq!(out.status.code(), Some(0), "{out:?}");
-    serde_json::from_slice(&out.stdout).unwrap()
+    catalog_json(catalog, "history", kind)
 }
 
 /// `stats [--kind KIND] --json` of `catalog`.
 fn stats(catalog: &Path, kind: Option<&str>) -> Vec<serde_json::Value> {
+    catalog_json(catalog, "stats", kind)
+}
+
+/// `COMMAND [--kind KIND] --json` of `catalog`, which must exit 0: the rows it prints.
+fn catalog_json(catalog: &Path, command: &str, kind: Option<&str>) -> Vec<serde_json::Value> {
     let mut a = vec![
         OsStr::new("--catalog"),
         catalog.as_os_str(),
-        OsStr::new("stats"),
+        OsStr::new(command),
         OsStr::new("--json"),
     ];
     if let Some(k) = kind {
@@ -1315,4 +1309,198 @@ fn mistakes_on_copys_command_line_exit_64_and_are_no_runs() {
         rows[2]["id"] == r["id"],
         "the failed copy's row: {rows:?} {r}"
     );
+}
+
+/// `copy --config FILE` takes the job's store, catalog and notifiers, as a backup of
+/// the job does (docs/restic.md, "Copying"): a failed copy notifies every notifier (a
+/// real HTTP webhook and a real SMTP sink), a complete one only with `notify_success`;
+/// `--textfile` writes the `snapring_copy_*` series `/metrics` has for the pair. A
+/// nightly copy to an off-site repository failed unheard: `copy` had neither.
+#[test]
+fn a_copy_of_a_jobs_store_notifies_its_failure_and_writes_its_textfile() {
+    let f = Fixture::new();
+    f.store_backup("7");
+    let catalog = f.t.path().join("catalog.db");
+    let prom = f.t.path().join("prom");
+    std::fs::create_dir(&prom).unwrap();
+    let http = http_server();
+    let smtp = smtp_sink("250 ok\r\n");
+    let cfg = f.t.path().join("snapring.toml");
+    let write_cfg = |notify_success: bool| {
+        std::fs::write(
+            &cfg,
+            format!(
+                r#"[job.fs]
+source = "{src}"
+dest = "{dest}"
+folder = "fs-1"
+notify = ["hook", "mail"]
+notify_success = {notify_success}
+
+[notify.hook]
+type = "webhook"
+url = "http://127.0.0.1:{hport}/hook"
+
+[notify.mail]
+type = "email"
+smtp_host = "127.0.0.1"
+smtp_port = {sport}
+tls = "none"
+from = "snapring <snapring@example.com>"
+to = ["ops@example.com"]
+"#,
+                src = f.src.display(),
+                dest = f.backups.display(),
+                hport = http.port,
+                sport = smtp.port,
+            ),
+        )
+        .unwrap();
+    };
+    let url = f.url();
+    let copy = |password: &str| {
+        copy_recorded(
+            &catalog,
+            &[
+                "copy",
+                "--config",
+                cfg.to_str().unwrap(),
+                "daily.0",
+                "--to",
+                &url,
+                "--textfile",
+                prom.to_str().unwrap(),
+                "--json",
+            ],
+            password,
+        )
+    };
+    let textfile = || {
+        let files: Vec<_> = std::fs::read_dir(&prom)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let name = files[0].file_name().unwrap().to_string_lossy().into_owned();
+        assert!(
+            name.starts_with("snapring-copy-") && name.ends_with(".prom"),
+            "{name}"
+        );
+        std::fs::read_to_string(&files[0]).unwrap()
+    };
+    let store = std::fs::canonicalize(f.backups.join("fs-1")).unwrap();
+    let labels = [
+        "job_name=\"fs\"".to_string(),
+        format!("store=\"{}\"", store.display()),
+        format!("to=\"{url}\""),
+    ];
+    // The value of series `name` of the pair (with `extra` among its labels).
+    let series = |t: &str, name: &str, extra: &str| {
+        t.lines()
+            .find(|l| {
+                l.starts_with(&format!("{name}{{"))
+                    && labels.iter().all(|x| l.contains(x.as_str()))
+                    && l.contains(extra)
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+    };
+
+    // Failed (the wrong password): both notifiers hear it, and the textfile says it.
+    write_cfg(false);
+    let (code, r, err) = copy("not-the-password");
+    assert_eq!(code, 1, "{r}{err}");
+    assert_eq!(r["status"], "failed", "{r}");
+    assert_eq!(r["job"], "fs", "{r}");
+    let n = r["notifications"].as_array().unwrap();
+    assert_eq!(n.len(), 2, "{r}");
+    assert!(n.iter().all(|o| o["ok"] == true), "{r}");
+    let hooks = http.got.lock().unwrap().clone();
+    assert_eq!(hooks.len(), 1, "{hooks:?}");
+    let body: serde_json::Value = serde_json::from_str(&hooks[0].1).unwrap();
+    assert_eq!(body["status"], "failed", "{body}");
+    assert_eq!(body["job"], "fs", "{body}");
+    let text = body["text"].as_str().unwrap();
+    assert!(
+        text.starts_with("[snapring] fs: copy failed")
+            && text.contains("\nsnapring copy fs: failed"),
+        "{text}"
+    );
+    let mails = smtp.mails.lock().unwrap().clone();
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].contains("Subject: [snapring] fs: copy failed"),
+        "{}",
+        mails[0]
+    );
+    let t = textfile();
+    assert_eq!(
+        series(&t, "snapring_copy_last_status", "status=\"failed\""),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_last_status", "status=\"complete\""),
+        Some(0.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_runs_started_total", ""),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_runs_failed_total", ""),
+        Some(1.0),
+        "{t}"
+    );
+    assert!(
+        !t.contains("snapring_copy_last_success_timestamp_seconds{"),
+        "{t}"
+    );
+
+    // Complete: not told without notify_success; the textfile has it.
+    let (code, r, err) = copy(PASSWORD);
+    assert_eq!(code, 0, "{r}{err}");
+    assert_eq!(r["notifications"].as_array().map_or(0, Vec::len), 0, "{r}");
+    assert_eq!(http.got.lock().unwrap().len(), 1);
+    assert_eq!(smtp.mails.lock().unwrap().len(), 1);
+    let t = textfile();
+    assert_eq!(
+        series(&t, "snapring_copy_last_status", "status=\"complete\""),
+        Some(1.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_runs_started_total", ""),
+        Some(2.0),
+        "{t}"
+    );
+    assert_eq!(
+        series(&t, "snapring_copy_runs_failed_total", ""),
+        Some(1.0),
+        "{t}"
+    );
+    assert!(
+        t.contains("snapring_copy_last_success_timestamp_seconds{"),
+        "{t}"
+    );
+
+    // With notify_success, a complete copy is told too.
+    write_cfg(true);
+    let (code, r, err) = copy(PASSWORD);
+    assert_eq!(code, 0, "{r}{err}");
+    assert_eq!(http.got.lock().unwrap().len(), 2);
+    let body: serde_json::Value = serde_json::from_str(&http.got.lock().unwrap()[1].1).unwrap();
+    assert_eq!(body["status"], "complete", "{body}");
+    let mails = smtp.mails.lock().unwrap().clone();
+    assert_eq!(mails.len(), 2);
+    assert!(
+        mails[1].contains("Subject: [snapring] fs: copy complete"),
+        "{}",
+        mails[1]
+    );
+    // The copies are the catalog's, under the config's job.
+    let rows = history(&catalog, Some("copy"));
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert!(rows.iter().all(|r| r["job"] == "fs"), "{rows:?}");
 }

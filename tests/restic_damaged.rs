@@ -11,18 +11,15 @@ use std::path::{Path, PathBuf};
 use common::restic::*;
 use common::*;
 
-fn backup_json(src: &Path, url: &str) -> serde_json::Value {
-    let args = [
-        "backup",
-        "--source",
-        src.to_str().unwrap(),
-        "--dest",
-        url,
-        "--json",
-    ];
-    let (code, out, err) = sr_nocache(&args);
-    assert_eq!(code, 0, "backup: {out}\n{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+/// A new temporary directory with an initialized repository `repo` (its URL last) and
+/// a source `src` of one file `f` holding `content`, not backed up yet.
+fn repo_and_one_file(content: &[u8]) -> (tempfile::TempDir, PathBuf, PathBuf, String) {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
+    write(&src.join("f"), content);
+    let url = file_url(&repo);
+    sr_init(&url);
+    (t, src, repo, url)
 }
 
 /// Every pack of the repository at `repo`, smallest first.
@@ -52,9 +49,8 @@ fn a_parent_whose_tree_pack_is_lost_does_not_stop_the_next_backups() {
         }
     }
     let url = file_url(&repo);
-    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let first = backup_json(&src, &url);
+    sr_init(&url);
+    let first = sr_backup_json(&src, &url);
     let first_id = first["snapshot"].as_str().unwrap().to_string();
 
     // Data and tree blobs are in separate packs; the smallest holds every tree.
@@ -66,7 +62,7 @@ fn a_parent_whose_tree_pack_is_lost_does_not_stop_the_next_backups() {
     // writes its snapshot, and says what happened (before, it failed, and so did every
     // later one: no more backups until the parent snapshot was forgotten by hand).
     write(&src.join("a/f0"), b"changed\n");
-    let second = backup_json(&src, &url);
+    let second = sr_backup_json(&src, &url);
     assert_eq!(second["status"], "complete", "{second}");
     assert_eq!(second["based_on"], first_id.as_str(), "{second}");
     let r = &second["repository"];
@@ -98,7 +94,7 @@ fn a_parent_whose_tree_pack_is_lost_does_not_stop_the_next_backups() {
         return;
     };
     run_restic(&restic, &repo, &["rebuild-index"]);
-    let fourth = backup_json(&src, &url);
+    let fourth = sr_backup_json(&src, &url);
     assert_eq!(fourth["status"], "complete", "{fourth}");
     let (code, out, err) = sr_nocache(&["verify", "--dest", &url, "latest"]);
     assert_eq!(code, 0, "verify: {out}\n{err}");
@@ -112,12 +108,7 @@ fn a_parent_whose_tree_pack_is_lost_does_not_stop_the_next_backups() {
 /// refused by every command with what it is, not called damaged, and left as it was.
 #[test]
 fn a_repository_of_a_newer_format_is_refused_clearly_and_left_alone() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    write(&src.join("f"), b"data\n");
-    let url = file_url(&repo);
-    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
-    assert_eq!(code, 0, "{out}\n{err}");
+    let (_t, src, repo, url) = repo_and_one_file(b"data\n");
     let r = snapring::restic::repo::Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
     let mut config = r.config.clone();
     config.version = 3;
@@ -162,15 +153,10 @@ fn a_repository_of_a_newer_format_is_refused_clearly_and_left_alone() {
 /// snapshot, no more backups.
 #[test]
 fn a_damaged_snapshot_file_stops_prune_but_not_list_restore_or_backup() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    write(&src.join("f"), b"one\n");
-    let url = file_url(&repo);
-    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    backup_json(&src, &url);
+    let (t, src, repo, url) = repo_and_one_file(b"one\n");
+    sr_backup_json(&src, &url);
     write(&src.join("f"), b"two\n");
-    let second = backup_json(&src, &url);
+    let second = sr_backup_json(&src, &url);
     let second_id = second["snapshot"].as_str().unwrap().to_string();
     // Half of a snapshot file, under a name of its own.
     let whole = std::fs::read(repo.join("snapshots").join(&second_id)).unwrap();
@@ -250,21 +236,10 @@ fn flip(p: &Path, at: usize) {
 /// on it, exit 1, having verified nothing).
 #[test]
 fn a_damaged_snapshot_file_is_listed_refused_as_latest_and_reported_by_verify() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    write(&src.join("f"), b"one\n");
-    let url = file_url(&repo);
-    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let first = backup_json(&src, &url)["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (t, src, repo, url) = repo_and_one_file(b"one\n");
+    let first = sr_backup_id(&src, &url);
     write(&src.join("f"), b"two\n");
-    let second = backup_json(&src, &url)["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = sr_backup_id(&src, &url);
     let (f1, f2) = (&first[..8], &second[..8]);
     let file = |id: &str| repo.join("snapshots").join(id);
     let whole = std::fs::read(file(&second)).unwrap();
@@ -344,16 +319,8 @@ fn a_damaged_snapshot_file_is_listed_refused_as_latest_and_reported_by_verify() 
 /// restores and verifies clean.
 #[test]
 fn a_damaged_index_file_names_its_repair_and_does_not_stop_list_or_verify() {
-    let t = tempfile::tempdir().unwrap();
-    let (src, repo) = (t.path().join("src"), t.path().join("repo"));
-    write(&src.join("f"), b"one\n");
-    let url = file_url(&repo);
-    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let id = backup_json(&src, &url)["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (t, src, repo, url) = repo_and_one_file(b"one\n");
+    let id = sr_backup_id(&src, &url);
     let index: Vec<PathBuf> = std::fs::read_dir(repo.join("index"))
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -407,9 +374,8 @@ fn repository_with_every_data_blob_twice(
     repo: &Path,
 ) -> (String, Vec<(PathBuf, u64, u64)>, Vec<PathBuf>) {
     let url = file_url(repo);
-    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let first = backup_json(src, &url);
+    sr_init(&url);
+    let first = sr_backup_json(src, &url);
     let aside = repo.with_extension("aside");
     std::fs::create_dir(&aside).unwrap();
     for d in ["index", "snapshots"] {
@@ -728,12 +694,8 @@ fn two_copies(restic: &Path) -> Option<TwoCopies> {
     write(&src.join("small"), b"small file\n");
     // Only in snapring's first snapshot.
     write(&src.join("gone1"), b"only in snapring's first snapshot\n");
-    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let first = backup_json(&src, &url)["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    sr_init(&url);
+    let first = sr_backup_id(&src, &url);
     // restic, blind to snapring's index and snapshots, stores every blob again, with
     // one of its own (only in its snapshot).
     std::fs::remove_file(src.join("gone1")).unwrap();
@@ -758,7 +720,7 @@ fn two_copies(restic: &Path) -> Option<TwoCopies> {
     }
     // The snapshot kept: the big and the small file only (no new data).
     std::fs::remove_file(src.join("gone2")).unwrap();
-    let third = backup_json(&src, &url);
+    let third = sr_backup_json(&src, &url);
     let (code, out, err) = sr_nocache(&["forget", "--dest", &url, &first, &restics[0]]);
     assert_eq!(code, 0, "{out}\n{err}");
 
@@ -932,7 +894,7 @@ fn a_damaged_key_file_beside_a_good_one_does_not_lock_the_repository() {
     let url = file_url(&repo);
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    backup_json(&src, &url);
+    sr_backup_json(&src, &url);
     let good = std::fs::read_dir(repo.join("keys"))
         .unwrap()
         .next()
@@ -1005,7 +967,7 @@ fn a_restore_goes_on_past_a_damaged_blob_and_names_its_file() {
     let url = file_url(&repo);
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    backup_json(&src, &url);
+    sr_backup_json(&src, &url);
     // One byte of the first blob of the data pack (the biggest) flipped.
     let (_, pack) = packs_by_size(&repo).pop().unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
@@ -1092,7 +1054,7 @@ fn a_damaged_file_with_hard_links_leaves_none_of_its_names() {
     let url = file_url(&repo);
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    backup_json(&src, &url);
+    sr_backup_json(&src, &url);
     let (_, pack) = packs_by_size(&repo).pop().unwrap();
     let mut bytes = std::fs::read(&pack).unwrap();
     let at = bytes.len() * 9 / 10;
@@ -1145,7 +1107,7 @@ fn hard_links_met_after_their_file_failed_are_named_not_a_stop() {
     let url = file_url(&repo);
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    backup_json(&src, &url);
+    sr_backup_json(&src, &url);
     let before = packs_by_size(&repo);
     // The linked file's data in packs of its own (a second backup).
     write(&src.join("a/aaa"), &pseudo_random(3_000_000, 2));
@@ -1153,7 +1115,7 @@ fn hard_links_met_after_their_file_failed_are_named_not_a_stop() {
     for i in 1..=3 {
         std::fs::hard_link(src.join("a/aaa"), src.join(format!("z/link{i}"))).unwrap();
     }
-    backup_json(&src, &url);
+    sr_backup_json(&src, &url);
     let (_, pack) = new_packs(&repo, &before).remove(0);
     let mut bytes = std::fs::read(&pack).unwrap();
     // Every blob of it damaged, the first too: the fill fails at once.
@@ -1199,10 +1161,10 @@ fn a_pack_cut_short_is_a_problem_of_its_files_not_a_stop() {
     let url = file_url(&repo);
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    backup_json(&src, &url);
+    sr_backup_json(&src, &url);
     let before = packs_by_size(&repo);
     write(&src.join("big"), &pseudo_random(5_000_000, 3));
-    backup_json(&src, &url);
+    sr_backup_json(&src, &url);
     let (size, pack) = new_packs(&repo, &before).remove(0);
     let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
     f.set_len(size / 3).unwrap();
@@ -1254,7 +1216,7 @@ fn a_read_garbled_in_transit_is_read_again_not_damage() {
     let url = file_url(&repo);
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    backup_json(&src, &url);
+    sr_backup_json(&src, &url);
     // The N-th read garbled: a tree read (the first ones: the source's ancestors, then
     // its trees) or, later, a data pack's span (verify) or a data blob (restore).
     let (mut span_garbled, mut data_garbled) = (false, false);
@@ -1283,7 +1245,7 @@ fn a_read_garbled_in_transit_is_read_again_not_damage() {
     for i in 0..10u64 {
         std::fs::remove_file(src.join(format!("d/f{i:02}"))).unwrap();
     }
-    let first = backup_json(&src, &url)["based_on"]
+    let first = sr_backup_json(&src, &url)["based_on"]
         .as_str()
         .unwrap()
         .to_string();
@@ -1400,7 +1362,7 @@ fn a_passing_eio_on_a_pack_is_read_again() {
     let url = file_url(&repo);
     let (code, out, err) = sr(&["init", "--dest", &url]);
     assert_eq!(code, 0, "{out}\n{err}");
-    backup_json(&src, &url);
+    sr_backup_json(&src, &url);
     for nth in [1, 3, 5] {
         let to = t.path().join(format!("to{nth}"));
         let (code, out, err) = sr_failing(
@@ -1437,9 +1399,8 @@ fn verify_tells_a_pack_read_error_from_corruption() {
         write(&src.join(format!("sub/f{i}")), format!("{i}\n").as_bytes());
     }
     let url = file_url(&repo);
-    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    backup_json(&src, &url);
+    sr_init(&url);
+    sr_backup_json(&src, &url);
     // Data and tree blobs are in separate packs; the smallest holds every tree.
     let packs = packs_by_size(&repo);
     assert_eq!(packs.len(), 2, "{packs:?}");

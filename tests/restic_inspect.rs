@@ -25,14 +25,7 @@ fn sr_json(args: &[&str]) -> serde_json::Value {
 }
 
 fn backup(src: &Path, url: &str) -> serde_json::Value {
-    sr_json(&[
-        "backup",
-        "--source",
-        src.to_str().unwrap(),
-        "--dest",
-        url,
-        "--json",
-    ])
+    sr_json(&backup_json_args(src, url))
 }
 
 /// The largest file under `dir` (recursively): in a repository's `data/`, the pack
@@ -177,7 +170,7 @@ fn verify_reports_a_snapshot_whose_tree_pack_is_gone() {
     let x = &v[0];
     assert_eq!(x["clean"], false, "{x}");
     assert!(x["damaged_dirs"].as_u64().unwrap() >= 1, "{x}");
-    assert_eq!(x["damaged"][0]["kind"], "dir", "{x}");
+    assert_eq!(x["damaged"][0]["kind"], "directory", "{x}");
     assert_eq!(x["damaged"][0]["path"], ".", "{x}");
     assert!(
         x["damaged"][0]["reason"]
@@ -216,6 +209,142 @@ fn verify_passes_a_repository_restic_wrote() {
     let (code, out, err) = sr(&["verify", "--dest", &file_url(&repo)]);
     assert_eq!(code, 2, "{out}\n{err}");
     assert!(out.contains(" ! big/random  "), "{out}");
+}
+
+/// The same changes, backed up into a store and into a repository, are diffed in the
+/// same words: each entry's `kind` (`directory`, `character device`, …) and a type
+/// change's detail (`type file -> directory`). Before, the repository said restic's
+/// node types (`dir`, `chardev`, `type file -> dir`) where the store said `directory`.
+#[test]
+fn a_store_and_a_repository_diff_name_kinds_in_the_same_words() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, store) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("store"),
+    );
+    write(&src.join("was_file"), b"a file\n");
+    write(&src.join("was_dir/x"), b"x\n");
+    write(&src.join("keep"), b"kept\n");
+    let url = file_url(&repo);
+    sr_ok(&["init", "--dest", &url]);
+    let one = backup(&src, &url);
+    assert_eq!(common::backup(&src, &store, &[], &[]).0, 0);
+    std::fs::remove_file(src.join("was_file")).unwrap();
+    write(&src.join("was_file/inside"), b"i\n");
+    std::fs::remove_dir_all(src.join("was_dir")).unwrap();
+    write(&src.join("was_dir"), b"now a file\n");
+    write(&src.join("new/n"), b"n\n");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("null"),
+        rustix::fs::FileType::CharacterDevice,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        rustix::fs::makedev(1, 3),
+    )
+    .unwrap();
+    backup(&src, &url);
+    assert_eq!(common::backup(&src, &store, &[], &[]).0, 0);
+
+    let kinds = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let types: Vec<&str> = d["detail"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|x| x.as_str().filter(|x| x.starts_with("type ")))
+                    .collect();
+                format!("{} {} {} {types:?}", d["change"], d["path"], d["kind"])
+            })
+            .collect();
+        k.sort();
+        k
+    };
+    let first = one["snapshot"].as_str().unwrap();
+    let from_repo = sr_json(&["diff", "--dest", &url, &first[..10], "latest", "--json"]);
+    let from_store = sr_json(&[
+        "diff",
+        "--dest",
+        store.to_str().unwrap(),
+        "daily.1",
+        "daily.0",
+        "--json",
+    ]);
+    assert_eq!(
+        kinds(&from_repo),
+        kinds(&from_store),
+        "{from_repo}\n{from_store}"
+    );
+    let k = kinds(&from_repo);
+    for want in [
+        "\"content\" \"was_file\" \"directory\" [\"type file -> directory\"]",
+        "\"content\" \"was_dir\" \"file\" [\"type directory -> file\"]",
+        "\"added\" \"new\" \"directory\" []",
+        "\"added\" \"null\" \"character device\" []",
+    ] {
+        assert!(k.iter().any(|x| x == want), "{want} in {k:?}");
+    }
+}
+
+/// `list`'s orders, as documented (docs/format.md): a repository's `--json` is oldest
+/// first, as restic's `snapshots --json` (the newest is `.[-1]`), while its table is
+/// newest first; a store's `--json` is newest first, as its table (`daily.0` first).
+#[test]
+fn list_orders_a_repositorys_json_as_restic_and_a_stores_as_its_table() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, store) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("store"),
+    );
+    write(&src.join("f"), b"1\n");
+    let url = file_url(&repo);
+    sr_ok(&["init", "--dest", &url]);
+    let one = backup(&src, &url);
+    assert_eq!(common::backup(&src, &store, &[], &[]).0, 0);
+    write(&src.join("f"), b"2\n");
+    let two = backup(&src, &url);
+    assert_eq!(common::backup(&src, &store, &[], &[]).0, 0);
+    let id = |v: &serde_json::Value| v["snapshot"].as_str().unwrap()[..8].to_string();
+
+    let json = sr_json(&["list", "--dest", &url, "--json"]);
+    let ids: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["short_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [id(&one), id(&two)], "oldest first: {json}");
+    let table = sr_ok(&["list", "--dest", &url]);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert!(rows[0].starts_with(&id(&two)), "newest first: {table}");
+    assert!(rows[1].starts_with(&id(&one)), "{table}");
+
+    let store = store.to_str().unwrap();
+    let json = sr_json(&["list", "--dest", store, "--json"]);
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["daily.0", "daily.1"], "newest first: {json}");
+    let table = sr_ok(&["list", "--dest", store]);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert!(
+        rows[0].starts_with("daily.0") && rows[1].starts_with("daily.1"),
+        "{table}"
+    );
+    let help = sr_ok(&["list", "--help"]);
+    let help = help.split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(
+        help.contains("oldest first") && help.contains("newest first"),
+        "{help}"
+    );
 }
 
 #[test]
@@ -259,7 +388,7 @@ fn diff_between_two_backups_lists_the_changes_and_skips_unchanged_subtrees() {
             "\"metadata\" \"d/x\" \"file\"",
             "\"removed\" \"d/y\" \"file\"",
             "\"added\" \"d/z\" \"file\"",
-            "\"added\" \"new\" \"dir\"",
+            "\"added\" \"new\" \"directory\"",
             "\"added\" \"new/n\" \"file\"",
         ],
         "{r}"

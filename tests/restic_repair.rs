@@ -18,19 +18,6 @@ use std::process::{Command, Stdio};
 use common::restic::*;
 use common::*;
 
-fn backup_json(src: &Path, url: &str) -> serde_json::Value {
-    let (code, out, err) = sr_nocache(&[
-        "backup",
-        "--source",
-        src.to_str().unwrap(),
-        "--dest",
-        url,
-        "--json",
-    ]);
-    assert_eq!(code, 0, "backup: {out}\n{err}");
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
 /// `repair index --json` (with `extra`): its exit code and report.
 fn repair(url: &str, extra: &[&str]) -> (i32, serde_json::Value) {
     let args = [&["repair", "index", "--dest", url, "--json"][..], extra].concat();
@@ -88,12 +75,8 @@ fn two_backups() -> Two {
         );
     }
     let url = file_url(&repo);
-    let (code, out, err) = sr_nocache(&["init", "--dest", &url]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let first = backup_json(&src, &url)["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    sr_init(&url);
+    let first = sr_backup_id(&src, &url);
     let packs1 = files_in(&repo.join("data"));
     let index1 = files_in(&repo.join("index"));
     // 8 MiB: at least two chunks whatever the repository's random chunker polynomial.
@@ -102,10 +85,7 @@ fn two_backups() -> Two {
     // one repository of 12, 8 MiB in about one of 1,800.
     write(&src.join("big/random"), &pseudo_random(8 << 20, 11));
     write(&src.join("gone/x"), b"only in the second snapshot\n");
-    let second = backup_json(&src, &url)["snapshot"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let second = sr_backup_id(&src, &url);
     let mut new: Vec<(u64, PathBuf)> = files_in(&repo.join("data"))
         .into_iter()
         .filter(|p| !packs1.contains(p))
@@ -170,7 +150,7 @@ fn a_lost_pack_is_left_out_and_the_next_backup_stores_its_data_again() {
     // The next backup, `gone/x` removed from the source: the big file is unchanged
     // against the parent, but its blobs are in no pack, so it is read again.
     std::fs::remove_dir_all(w.src.join("gone")).unwrap();
-    let third = backup_json(&w.src, url);
+    let third = sr_backup_json(&w.src, url);
     let repo3 = &third["repository"];
     assert_eq!(third["status"], "complete", "{third}");
     assert_eq!(third["based_on"], w.second.as_str(), "{third}");
@@ -330,7 +310,7 @@ fn a_pack_no_index_names_is_added_back() {
         run_restic(&restic, &w.repo, &["check", "--read-data"]);
     }
     // The next backup reads nothing: every blob is indexed again.
-    let r = backup_json(&w.src, &w.url);
+    let r = sr_backup_json(&w.src, &w.url);
     assert_eq!(r["repository"]["files_read"], 0, "{r}");
 }
 
@@ -381,7 +361,7 @@ fn a_pack_whose_header_does_not_read_is_left_out() {
     assert_eq!(r["unreadable"][0], data2_id, "{r}");
     assert_eq!(r["index_rewritten"], false, "{r}");
     // The next backup stores the data again; prune deletes the damaged pack.
-    let r3 = backup_json(&w.src, &w.url);
+    let r3 = sr_backup_json(&w.src, &w.url);
     assert_eq!(r3["repository"]["files_read"], 2, "{r3}");
     let (code, r) = repair(&w.url, &[]);
     assert_eq!(code, 0, "every snapshot whole again (the same blobs): {r}");
@@ -443,7 +423,7 @@ fn read_data_leaves_a_damaged_blob_out_and_the_next_backup_stores_it_again() {
         r2["missing_data_blobs"], 1,
         "the damaged blob still out: {r2}"
     );
-    let r3 = backup_json(&w.src, &w.url);
+    let r3 = sr_backup_json(&w.src, &w.url);
     assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
     assert_eq!(r3["repository"]["files_unchanged"], 4, "{r3}");
     let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "--all"]);
@@ -538,7 +518,7 @@ fn prune_repacks_a_pack_whose_damaged_blob_repair_left_out() {
     let (code, r) = repair(&w.url, &["--read-data"]);
     assert_eq!(code, 2, "{r}");
     assert_eq!(r["blobs_damaged"], 1, "{r}");
-    let r3 = backup_json(&w.src, &w.url);
+    let r3 = sr_backup_json(&w.src, &w.url);
     assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
     let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -589,7 +569,7 @@ fn prune_repacks_a_pack_its_index_entries_do_not_account_for() {
     repo.backend.remove(index, &old).unwrap();
     drop(repo);
     // The next backup stores the blob again (in no index, it is not deduplicated).
-    let r3 = backup_json(&w.src, &w.url);
+    let r3 = sr_backup_json(&w.src, &w.url);
     assert_eq!(r3["repository"]["files_read"], 1, "the big file: {r3}");
     let (code, out, err) = sr_nocache(&["prune", "--dest", &w.url, "--dry-run", "--json"]);
     assert_eq!(code, 0, "{out}\n{err}");
@@ -871,6 +851,6 @@ fn a_repository_restic_wrote_is_repaired_as_restic_would() {
     assert_eq!(r["packs_added"], packs, "{r}");
     assert!(damaged_ids(&r).is_empty(), "{r}");
     run_restic(&restic, &repo, &["check", "--read-data"]);
-    let b = backup_json(&src, &url);
+    let b = sr_backup_json(&src, &url);
     assert_eq!(b["repository"]["files_read"], 0, "{b}");
 }

@@ -28,18 +28,23 @@ fn restore(
     to: &Path,
     extra: &[&str],
 ) -> (i32, serde_json::Value, String) {
-    let mut a: Vec<&OsStr> = vec![
-        "restore".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        snap.as_ref(),
-        "--to".as_ref(),
-        to.as_os_str(),
-    ];
+    let mut a = restore_json_args(store, snap, to).to_vec();
     a.extend(extra.iter().map(OsStr::new));
     let (code, json, err, _) = run(&a);
     (code, json, err)
+}
+
+/// `snapring verify --json --dest STORE EXTRA…`: (exit code, report or null, stderr,
+/// stdout).
+fn verify(store: &Path, extra: &[&OsStr]) -> (i32, serde_json::Value, String, String) {
+    let mut a: Vec<&OsStr> = vec![
+        "verify".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        store.as_os_str(),
+    ];
+    a.extend(extra);
+    run(&a)
 }
 
 fn ok_backup(src: &Path, store: &Path) -> serde_json::Value {
@@ -634,7 +639,10 @@ fn entries_changed_in_the_store_are_damage_and_restored_as_recorded() {
     chown(&d.join("g"), 65534, 65534);
     set_mtime(&d.join("h"), 1_000_000_000, 0);
     set_xattr(&d.join("x"), "user.k", b"v2");
+    // `.`: the entries removed and made again in the snapshot's root moved its mtime,
+    // and the root is checked as every entry is (since session 48).
     let want: Vec<(String, String)> = [
+        (".", "check metadata against the manifest"),
         ("L", "check metadata against the manifest"),
         ("f", "check metadata against the manifest"),
         ("g", "check metadata against the manifest"),
@@ -688,12 +696,7 @@ fn entries_changed_in_the_store_are_damage_and_restored_as_recorded() {
     check(&to, &rep, &err, code);
     assert_eq!(rep["files_restored"], 4, "{rep}");
     // `verify` agrees, and a restore after it says the same.
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-    ]);
+    let (code, v, err, _) = verify(&store, &[]);
     assert_eq!(code, 2, "{err}\n{v}");
     let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
     check(&to, &rep, &err, code);
@@ -703,6 +706,78 @@ fn entries_changed_in_the_store_are_damage_and_restored_as_recorded() {
     let (code, rep, err) = restore(&store, "daily.0", &t.path().join("dry"), &["--dry-run"]);
     assert_eq!(code, 2, "{err}\n{rep}");
     assert_eq!(damaged_problems(&rep), want, "{rep}");
+}
+
+/// The restored directory itself, which no parent lists, is checked against its
+/// record too: the snapshot's root in a whole restore, the directory of
+/// `--path DIR --flat`. A mode, owner or time changed in the store is a `damaged`
+/// problem and the target gets the recorded ones. Before, the root and a `--flat`
+/// directory were not compared: the store's change reached the target, `complete`.
+#[test]
+fn the_restored_directory_itself_is_checked_against_its_record() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    write(&src.join("d/f"), b"f\n");
+    chmod(&src, 0o751);
+    chmod(&src.join("d"), 0o750);
+    set_mtime(&src.join("d"), 1_500_000_000, 7);
+    let store = t.path().join("store");
+    ok_backup(&src, &store);
+    let snap = store.join("daily.0");
+    chmod(&snap, 0o777);
+    chmod(&snap.join("d"), 0o777);
+    set_mtime(&snap.join("d"), 1_000_000_000, 0);
+    let mode = |p: &Path| std::fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    let problem = |rep: &serde_json::Value, p: &str| {
+        rep["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["path"] == p)
+            .map(|x| x["error"].as_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let damaged = |paths: &[&str]| -> Vec<(String, String)> {
+        paths
+            .iter()
+            .map(|p| {
+                (
+                    p.to_string(),
+                    "check metadata against the manifest".to_string(),
+                )
+            })
+            .collect()
+    };
+
+    let to = t.path().join("whole");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(damaged_problems(&rep), damaged(&[".", "d"]), "{rep}");
+    assert!(
+        problem(&rep, ".").contains("mode 777 (recorded 751)"),
+        "{rep}"
+    );
+    assert_eq!(mode(&to), 0o751, "the root as recorded, not as changed");
+    assert_eq!(mode(&to.join("d")), 0o750);
+
+    let to = t.path().join("flat");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "d", "--flat"]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(damaged_problems(&rep), damaged(&["d"]), "{rep}");
+    assert!(
+        problem(&rep, "d").contains("mode 777 (recorded 750)"),
+        "{rep}"
+    );
+    assert_eq!(mode(&to), 0o750);
+    let m = std::fs::symlink_metadata(&to).unwrap();
+    assert_eq!((m.mtime(), m.mtime_nsec()), (1_500_000_000, 7));
+
+    // `--path DIR` without `--flat`: listed by its parent, checked as before.
+    let to = t.path().join("path");
+    let (code, rep, err) = restore(&store, "daily.0", &to, &["--path", "d"]);
+    assert_eq!(code, 2, "{err}\n{rep}");
+    assert_eq!(damaged_problems(&rep), damaged(&["d"]), "{rep}");
+    assert_eq!(mode(&to.join("d")), 0o750);
 }
 
 /// A setuid program whose content was rewritten in the store (its mode and time kept):
@@ -717,13 +792,15 @@ fn a_setuid_file_whose_content_fails_its_hash_is_restored_without_privileges() {
     write(&src.join("capped"), b"capped program\n");
     // A file capability (cap_net_raw+ep), as `setcap` writes it.
     let cap: [u8; 20] = [0, 0, 0, 2, 0, 32, 0, 0, 0, 32, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-    let capped = rustix::fs::setxattr(
-        src.join("capped"),
-        "security.capability",
-        &cap,
-        rustix::fs::XattrFlags::empty(),
-    )
-    .is_ok();
+    let set_cap = |p: &Path| {
+        rustix::fs::setxattr(
+            p,
+            "security.capability",
+            &cap,
+            rustix::fs::XattrFlags::empty(),
+        )
+    };
+    let capped = set_cap(&src.join("capped")).is_ok();
     let store = t.path().join("store");
     ok_backup(&src, &store);
     let d = store.join("daily.0");
@@ -732,13 +809,7 @@ fn a_setuid_file_whose_content_fails_its_hash_is_restored_without_privileges() {
     }
     // A write drops a file's capability: set again, as whoever rewrote it would.
     if capped {
-        rustix::fs::setxattr(
-            d.join("capped"),
-            "security.capability",
-            &cap,
-            rustix::fs::XattrFlags::empty(),
-        )
-        .unwrap();
+        set_cap(&d.join("capped")).unwrap();
     }
     let to = t.path().join("r");
     let (code, rep, err) = restore(&store, "daily.0", &to, &[]);
@@ -789,17 +860,7 @@ fn bit_rot_is_reported_as_damage_not_as_unreadable() {
         std::fs::read(to.join("sub/big.txt")).unwrap(),
         b"Good data\n"
     );
-    let out = snapring(
-        &[
-            "restore".as_ref(),
-            "--dest".as_ref(),
-            store.as_os_str(),
-            "daily.0".as_ref(),
-            "--to".as_ref(),
-            t.path().join("r2").as_os_str(),
-        ],
-        &[],
-    );
+    let out = snapring(&restore_args(&store, "daily.0", &t.path().join("r2")), &[]);
     let text =
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Damaged: sub/big.txt"), "{text}");
@@ -809,24 +870,13 @@ fn bit_rot_is_reported_as_damage_not_as_unreadable() {
 #[test]
 fn verify_finds_bit_rot_and_changes_the_backup_did_not_see() {
     let (t, src, store) = setup_users();
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-    ]);
+    let (code, v, err, _) = verify(&store, &[]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(v[0]["clean"], true);
     assert_eq!(v[0]["totals"]["files_hashed"], 4);
 
     flip_byte(&store.join("daily.0/users/alice/docs/a.txt"));
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        "daily.0".as_ref(),
-    ]);
+    let (code, v, err, _) = verify(&store, &["daily.0".as_ref()]);
     assert_eq!(code, 2, "{err}\n{v}");
     assert_eq!(v[0]["corrupt"], 1, "{v}");
     assert_eq!(v[0]["differences"][0]["path"], "users/alice/docs/a.txt");
@@ -841,12 +891,7 @@ fn verify_finds_bit_rot_and_changes_the_backup_did_not_see() {
     // Missing and unexpected files are damage too.
     std::fs::remove_file(store.join("daily.0/users/bob/x")).unwrap();
     write(&store.join("daily.0/etc/intruder"), b"x");
-    let (code, v, _, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-    ]);
+    let (code, v, _, _) = verify(&store, &[]);
     assert_eq!(code, 2);
     assert_eq!(
         (v[0]["missing"].as_u64(), v[0]["unexpected"].as_u64()),
@@ -864,14 +909,7 @@ fn verify_finds_bit_rot_and_changes_the_backup_did_not_see() {
     set_mtime(&src.join("etc/conf"), 1_000_000_000, 0);
     ok_backup(&src, &store2);
     flip_byte(&src.join("etc/conf"));
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store2.as_os_str(),
-        "--against".as_ref(),
-        src.as_os_str(),
-    ]);
+    let (code, v, err, _) = verify(&store2, &["--against".as_ref(), src.as_os_str()]);
     assert_eq!(code, 2, "{err}\n{v}");
     assert_eq!(v[0]["differences"][0]["path"], "etc/conf", "{v}");
     assert_eq!(v[0]["differences"][0]["change"], "content");
@@ -1255,7 +1293,7 @@ fn bad_input_gets_a_one_line_error_saying_what_to_do() {
     let before = store_state(&store);
     let one_line = |err: &str| assert_eq!(err.trim().lines().count(), 1, "{err}");
     let (code, _, err) = restore(&store, "daily.9", &t.path().join("o"), &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64);
     assert!(
         err.contains("no snapshot named \"daily.9\"") && err.contains("snapring list"),
         "{err}"
@@ -1359,14 +1397,7 @@ fn a_full_target_stops_the_restore_with_a_restores_message() {
         "{msg}"
     );
     // Its headline said "failed: restored all of daily.0": what it did not restore.
-    let (code, _, _, out) = run(&[
-        "restore".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        "daily.0".as_ref(),
-        "--to".as_ref(),
-        small.join("r").as_os_str(),
-    ]);
+    let (code, _, _, out) = run(&restore_args(&store, "daily.0", &small.join("r")));
     assert_eq!(code, 1, "{out}");
     let head = out.lines().next().unwrap_or_default();
     assert!(
@@ -1613,7 +1644,7 @@ fn snapshots_are_named_by_run_id_and_by_time() {
     );
     assert_eq!(rep["run_id"], r1["id"], "{err}");
     let (code, _, err) = restore(&store, "@2000-01-01 00:00", &t.path().join("d"), &[]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 64);
     assert!(
         err.contains("no snapshot was taken at or before 2000-01-01"),
         "{err}"
@@ -1794,12 +1825,7 @@ fn verify_diff_against_and_restore_path_work_past_path_max() {
     ok_backup(&src, &store);
 
     // verify reads the snapshot down to the bottom: both files hashed, clean.
-    let (code, v, err, _) = run(&[
-        "verify".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-    ]);
+    let (code, v, err, _) = verify(&store, &[]);
     assert_eq!(code, 0, "{err}\n{v}");
     assert_eq!(v[0]["clean"], true, "{v}");
     assert_eq!(v[0]["totals"]["files_hashed"], 2, "{v}");
@@ -1897,15 +1923,7 @@ fn restore_and_verify_of_a_directory_with_100k_subdirectories_fit_in_256_descrip
     write(&wide.join("d050000/f"), b"one file");
     ok_backup(&src, &store);
 
-    let (code, rep, err) = run_with_256_descriptors(&[
-        "restore".as_ref(),
-        "--json".as_ref(),
-        "--dest".as_ref(),
-        store.as_os_str(),
-        "daily.0".as_ref(),
-        "--to".as_ref(),
-        to.as_os_str(),
-    ]);
+    let (code, rep, err) = run_with_256_descriptors(&restore_json_args(&store, "daily.0", &to));
     assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(rep["status"], "complete", "{rep}");
     assert_eq!(rep["dirs_created"], 100_001, "{rep}");
@@ -2155,33 +2173,16 @@ fn a_snapshot_entry_named_like_the_restore_record_is_restored() {
     write(&src.join("a"), b"a");
     let (code, _, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{err}");
-    let restore = |to: &Path, extra: &[&str]| {
-        let mut a: Vec<&OsStr> = vec![
-            "restore".as_ref(),
-            "--json".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-            "daily.0".as_ref(),
-            "--to".as_ref(),
-            to.as_os_str(),
-        ];
-        a.extend(extra.iter().map(OsStr::new));
-        let out = snapring(&a, &[]);
-        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        (
-            out.status.code(),
-            rep,
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    // (The exit code -1 when killed by a signal: never 0.)
+    let restore = |to: &Path, extra: &[&str]| restore(&dest, "daily.0", to, extra);
     let new = t.path().join("new");
     let (code, rep, err) = restore(&new, &[]);
-    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(code, 0, "{err}\n{rep}");
     assert_same_tree(&describe(&src), &describe(&new), "restored into a new --to");
     let old = t.path().join("old");
     write(&old.join("other"), b"x");
     let (code, rep, err) = restore(&old, &["--overwrite"]);
-    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(
         std::fs::read(old.join(".snapring-restore-unfinished")).unwrap(),
         b"USERDATA"
@@ -2200,7 +2201,7 @@ fn a_snapshot_entry_named_like_the_restore_record_is_restored() {
         b"a leftover",
     );
     let (code, rep, err) = restore(&mine, &[]);
-    assert_eq!(code, Some(0), "{err}\n{rep}");
+    assert_eq!(code, 0, "{err}\n{rep}");
     assert_eq!(
         std::fs::read(mine.join(".snapring-restore-unfinished")).unwrap(),
         b"USERDATA"
@@ -2333,14 +2334,7 @@ fn a_restored_file_named_like_the_record_is_not_a_later_restores_record() {
     let (code, _, err) = backup(&src, &dest, &[], &[]);
     assert_eq!(code, 0, "{err}");
     let restore = |extra: &[&str]| {
-        let mut a: Vec<&OsStr> = vec![
-            "restore".as_ref(),
-            "--dest".as_ref(),
-            dest.as_os_str(),
-            "daily.0".as_ref(),
-            "--to".as_ref(),
-            to.as_os_str(),
-        ];
+        let mut a = restore_args(&dest, "daily.0", &to).to_vec();
         a.extend(extra.iter().map(OsStr::new));
         snapring(&a, &[])
     };
@@ -2433,4 +2427,89 @@ fn a_rerun_that_changes_nothing_leaves_the_target_roots_times_alone() {
         1_500_000_000,
         "the added entry's change was hidden"
     );
+}
+
+/// A restore of a snapshot the store does not have (a mistyped name, a time before every
+/// snapshot) is a mistake on the command line, as it is for `copy`: exit 64, no run
+/// recorded in the catalog, no notification (it was a `failed` restore, exit 1, that
+/// paged the job's notifiers and counted in `stats`). A restore that runs is recorded.
+#[test]
+fn a_restore_of_a_snapshot_the_store_does_not_have_exits_64_and_is_no_run() {
+    let (t, src, store) = setup_users();
+    let catalog = t.path().join("catalog.db");
+    let http = http_server();
+    let cfg = t.path().join("snapring.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[job.home]\nsource = \"{}\"\ndest = \"{}\"\nnotify = [\"hook\"]\nnotify_success = true\n\n[notify.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{}/hook\"\n",
+            src.display(),
+            store.display(),
+            http.port
+        ),
+    )
+    .unwrap();
+    let restore_in = |snap: &str, to: &Path| {
+        let out = snapring(
+            &[
+                OsStr::new("--catalog"),
+                catalog.as_os_str(),
+                OsStr::new("restore"),
+                OsStr::new("--config"),
+                cfg.as_os_str(),
+                OsStr::new(snap),
+                OsStr::new("--to"),
+                to.as_os_str(),
+                OsStr::new("--json"),
+            ],
+            &[],
+        );
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let history = || {
+        let out = snapring(
+            &[
+                OsStr::new("--catalog"),
+                catalog.as_os_str(),
+                OsStr::new("history"),
+                OsStr::new("--json"),
+            ],
+            &[],
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap()
+    };
+    for (snap, says) in [
+        ("daily.9", "no snapshot named \"daily.9\""),
+        (
+            "@2000-01-01",
+            "no snapshot was taken at or before 2000-01-01",
+        ),
+    ] {
+        let to = t.path().join("o");
+        let (code, err) = restore_in(snap, &to);
+        assert_eq!(code, 64, "{snap}: {err}");
+        assert!(err.contains(says), "{err}");
+        assert!(!to.exists(), "{snap}: nothing is written");
+    }
+    assert!(
+        http.got.lock().unwrap().is_empty(),
+        "a mistake pages nobody: {:?}",
+        http.got.lock().unwrap()
+    );
+    assert!(
+        !catalog.exists() || history().is_empty(),
+        "a mistake is no run: {:?}",
+        history()
+    );
+    // A restore that runs is a run: recorded and told.
+    let (code, err) = restore_in("daily.0", &t.path().join("ok"));
+    assert_eq!(code, 0, "{err}");
+    let rows = history();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["kind"], "restore", "{rows:?}");
+    assert_eq!(http.got.lock().unwrap().len(), 1);
 }

@@ -3003,3 +3003,236 @@ fn values_edited_into_the_catalog_by_hand_are_shown_invalid() {
         "{api}"
     );
 }
+
+/// The newest run record (by its start) in the store `store`, parsed. Not by file name:
+/// two runs within one second have ids that differ by a random suffix.
+fn newest_record(store: &Path) -> serde_json::Value {
+    std::fs::read_dir(store.join(".snapring/runs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).unwrap()).unwrap())
+        .max_by_key(|r| r["started_at"].as_str().unwrap().to_string())
+        .unwrap()
+}
+
+/// Session 48 (H2 2, 5b): a run that could not record itself in the catalog (a
+/// damaged catalog whose pages serve's reads miss, or one held by a writer past both
+/// of the run's waits) failed; its store record says `failed`, the catalog still has
+/// the run before it as the newest, `complete`. serve showed that one: `last_run_status
+/// {status="complete"} 1`, `job_errors 0`, the counts as if nothing ran, and no alert
+/// fired. It now compares the store's newest run record with the catalog: the failed
+/// run shows (from its record), `snapring_catalog_behind` is 1, the counts are unknown
+/// and the job has an error quoting the run's own warning.
+#[test]
+fn a_run_the_catalog_could_not_record_shows_from_its_store_record() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let failing = f.t.path().join("failing.toml");
+    f.write_cfg(&failing, r#"pre_command = ["false"]"#);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    assert_eq!(f.run("home", &failing, &[]), 1);
+    db.execute_batch("ROLLBACK").unwrap();
+    let rec = newest_record(&f.t.path().join("dest"));
+    assert_eq!(rec["status"], "failed", "{rec}");
+    let n: i64 = db
+        .query_row("SELECT count(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1, "the failed run reached the catalog");
+    let all = json(&s.addr, "/api/jobs");
+    let listed = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|j| j["name"] == "home")
+        .unwrap()
+        .clone();
+    for api in [json(&s.addr, "/api/jobs/home"), listed] {
+        assert_eq!(api["last"]["status"], "failed", "{api}");
+        assert_eq!(api["last"]["id"], rec["id"], "{api}");
+        assert!(api["counts"].is_null(), "{api}");
+        let behind = api["catalog_behind"].as_str().unwrap_or_default();
+        assert!(
+            behind.contains("the catalog is behind the store") && behind.contains("the run said"),
+            "{api}"
+        );
+        assert!(api["errors"].to_string().contains("behind"), "{api}");
+    }
+    let m = get(&s.addr, "/metrics").body;
+    promtool(&m);
+    assert_eq!(home_last_status(&m, "failed"), Some(true), "{m}");
+    assert_eq!(home_last_status(&m, "complete"), Some(false), "{m}");
+    assert_eq!(home_series(&m, "snapring_catalog_behind"), Some(1.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(1.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_runs_started_total"), None, "{m}");
+    assert!(get(&s.addr, "/").body.contains("behind the store"));
+    // The next run brings the missed one into the catalog: nothing behind.
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let m = get(&s.addr, "/metrics").body;
+    assert_eq!(home_series(&m, "snapring_catalog_behind"), Some(0.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_job_errors"), Some(0.0), "{m}");
+    assert_eq!(
+        home_series(&m, "snapring_runs_failed_total"),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+/// Session 48 (H2 3): the catalog deleted, then another job's run makes a new one with
+/// its own store's runs alone. serve showed `home` as a job that never ran (`last`
+/// none, counts 0, no error): its `last_run_status` series went, and an alert on its
+/// failed newest run resolved. It shows the store's newest run, counts unknown.
+#[test]
+fn a_catalog_recreated_without_a_jobs_runs_shows_its_store_run_and_unknown_counts() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let failing = f.t.path().join("failing.toml");
+    f.write_cfg(&failing, r#"pre_command = ["false"]"#);
+    assert_eq!(f.run("home", &failing, &[]), 1);
+    std::fs::remove_file(&f.catalog).unwrap();
+    assert_eq!(f.run(EVIL, &f.cfg, &[]), 0);
+    let s = serve(&f, "127.0.0.1:0", &[], &[]);
+    let api = json(&s.addr, "/api/jobs/home");
+    assert_eq!(api["last"]["status"], "failed", "{api}");
+    assert!(api["counts"].is_null(), "{api}");
+    assert!(!api["catalog_behind"].is_null(), "{api}");
+    let m = get(&s.addr, "/metrics").body;
+    promtool(&m);
+    assert_eq!(home_last_status(&m, "failed"), Some(true), "{m}");
+    assert_eq!(home_series(&m, "snapring_catalog_behind"), Some(1.0), "{m}");
+    assert_eq!(home_series(&m, "snapring_runs_started_total"), None, "{m}");
+    assert!(
+        home_series(&m, "snapring_job_errors").unwrap() >= 1.0,
+        "{m}"
+    );
+    // The other job, whose runs the new catalog has, is as it was.
+    assert_eq!(
+        job_series(&m, "snapring_catalog_behind", EVIL),
+        Some(0.0),
+        "{m}"
+    );
+    assert_eq!(
+        job_series(&m, "snapring_runs_started_total", EVIL),
+        Some(1.0),
+        "{m}"
+    );
+}
+
+/// Session 48 (H2 4): a job added to the daemon's config and reloaded (SIGHUP) runs,
+/// but its `[server]` kept serving the jobs of the start: `/api/jobs/c` 404, no series
+/// of it (a failing new job unseen by monitoring). The server follows the daemon's
+/// reloads: the new job is served, and a removed one's series (its `next_run` gauge
+/// too) go.
+#[test]
+fn the_daemons_server_serves_the_jobs_of_a_reloaded_config() {
+    let f = fixture();
+    let p = f.t.path().display();
+    let server = "\n[server]\nlisten = \"127.0.0.1:0\"\n";
+    let base = std::fs::read_to_string(&f.cfg).unwrap();
+    std::fs::write(&f.cfg, format!("{base}{server}")).unwrap();
+    let mut child = Command::new(bin())
+        .arg("--catalog")
+        .arg(&f.catalog)
+        .args(["daemon", "--config"])
+        .arg(&f.cfg)
+        .env_remove("SNAPRING_SERVE_TOKEN")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "no address");
+        if let Some(a) = line
+            .trim()
+            .strip_prefix("snapring daemon: serving on http://")
+        {
+            break a.trim_end_matches('/').to_string();
+        }
+    };
+    std::thread::spawn(move || std::io::copy(&mut err, &mut std::io::sink()));
+    let s = Serve { child, addr };
+    let t0 = std::time::Instant::now();
+    while http(&s.addr, "GET", "/metrics", &[]).status != 200 {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the daemon's server never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let m = get(&s.addr, "/metrics").body;
+    assert!(
+        home_series(&m, "snapring_next_run_timestamp_seconds").is_some(),
+        "{m}"
+    );
+    assert_eq!(http(&s.addr, "GET", "/api/jobs/c", &[]).status, 404);
+    // `home` removed, `c` added.
+    let evil_only = base
+        .split("[job.\"")
+        .nth(1)
+        .map(|rest| format!("[job.\"{rest}"))
+        .unwrap();
+    std::fs::write(
+        &f.cfg,
+        format!(
+            "[job.c]\nsource = \"{p}/src\"\ndest = \"{p}/dest-c\"\nschedule = \"0 3 * * *\"\n\n{evil_only}{server}"
+        ),
+    )
+    .unwrap();
+    let pid = s.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let t0 = std::time::Instant::now();
+    while http(&s.addr, "GET", "/api/jobs/c", &[]).status != 200 {
+        assert!(
+            t0.elapsed().as_secs() < 10,
+            "the reloaded job c is not served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let c = json(&s.addr, "/api/jobs/c");
+    assert!(c["next_run"].is_string(), "{c}");
+    let m = get(&s.addr, "/metrics").body;
+    promtool(&m);
+    assert!(
+        job_series(&m, "snapring_next_run_timestamp_seconds", "c").is_some(),
+        "{m}"
+    );
+    assert!(!m.contains("job_name=\"home\""), "{m}");
+    assert_eq!(http(&s.addr, "GET", "/api/jobs/home", &[]).status, 404);
+    stop_with_sigterm(s);
+}
+
+/// Session 48 (H2 5b): a run's duration is its own, not its wait for the catalog: with
+/// a writer holding the catalog, a run whose walk took 0.00 s was recorded as 5.2 s
+/// (its start's busy wait), inflating `stats`' p95 and the dashboard.
+#[test]
+fn a_runs_duration_leaves_out_its_wait_for_a_locked_catalog() {
+    let f = fixture();
+    assert_eq!(f.run("home", &f.cfg, &[]), 0);
+    let db = rusqlite::Connection::open(&f.catalog).unwrap();
+    db.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let t0 = std::time::Instant::now();
+    assert_eq!(f.run(EVIL, &f.cfg, &[]), 0);
+    let took = t0.elapsed().as_secs_f64();
+    db.execute_batch("ROLLBACK").unwrap();
+    let rec = newest_record(&f.t.path().join("dest2"));
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert!(
+        rec["warnings"].to_string().contains("catalog"),
+        "the run did not wait for the catalog: {rec}"
+    );
+    let secs = rec["duration_seconds"].as_f64().unwrap();
+    assert!(took > 4.0, "the run did not wait for the catalog: {took} s");
+    assert!(
+        secs < 2.0,
+        "the run's duration counts its wait for the catalog: {secs} s of {took} s"
+    );
+}

@@ -3124,6 +3124,66 @@ fn finalize_of_a_run_whose_finalizer_died_after_finalized_cleans_up() {
     assert!(text.contains("shard worker started"), "{text}");
 }
 
+/// With nothing to expire, the run record written before `finalized` is the last one:
+/// it is not written again after the marker (session 48: the fourth write of the record,
+/// a chain of round trips at the very end of every run). Its expiry phase is there,
+/// empty, and the run's log is put together as before.
+#[test]
+fn with_nothing_expired_the_record_is_not_written_again_after_finalized() {
+    let e = env();
+    let run = "once";
+    // Whatever comes after `finalized` comes a while after it.
+    let late = |_| {
+        vec![(
+            "SNAPRING_FAILPOINTS",
+            "shard.finalize.after_finalized=sleep:300",
+        )]
+    };
+    let outs = run_workers(&e, 2, run, &[], late);
+    all_ok(&outs, "two workers");
+    check_run(&e, run);
+    let m = |p: &Path| std::fs::metadata(p).unwrap().modified().unwrap();
+    let record = e.dest.join(format!(".snapring/runs/{run}.json"));
+    let finalized = run_dir(&e, run).join("finalized");
+    assert!(
+        m(&record) <= m(&finalized),
+        "the record was written again after finalized: {:?} > {:?}",
+        m(&record),
+        m(&finalized)
+    );
+    let rec = run_record(&e, run);
+    assert_eq!(rec["status"], "complete", "{rec}");
+    assert!(rec["phases"]["remove_expired"]["stop"].is_string(), "{rec}");
+    let phase = &rec["phases"]["remove_expired"];
+    assert_eq!(phase["seconds"].as_f64(), Some(0.0), "{rec}");
+    assert_eq!(phase["start"], phase["stop"], "{rec}");
+    assert!(rec["finished_at"].is_string(), "{rec}");
+    let log = std::fs::read_to_string(e.dest.join(format!(".snapring/logs/{run}.log"))).unwrap();
+    assert!(log.contains(&format!("shard run {run} finalized")), "{log}");
+}
+
+/// Review of session 48: the run's log is merged beside the expiry, so a run that
+/// expires a snapshot merges it again after it: the log holds what the finalizer logged
+/// of the expiry (its summary), as it did before session 48.
+#[test]
+fn the_run_log_holds_the_finalizers_expiry_lines() {
+    let e = env();
+    let retain = ["--retain", "1"];
+    all_ok(&run_workers(&e, 2, "x1", &retain, |_| vec![]), "x1");
+    write(&e.src.join("flat/n050 with space"), b"x2");
+    all_ok(&run_workers(&e, 2, "x2", &retain, |_| vec![]), "x2");
+    check_run(&e, "x2");
+    assert_eq!(snapshot_names(&e.dest), vec!["daily.0"]);
+    let rec = run_record(&e, "x2");
+    assert_eq!(rec["expired"], serde_json::json!(["daily.0"]), "{rec}");
+    let log = std::fs::read_to_string(e.dest.join(".snapring/logs/x2.log")).unwrap();
+    assert!(log.contains("shard run x2 finalized"), "{log}");
+    assert!(
+        log.contains("expiry: "),
+        "the expiry's summary is not in the run's log: {log}"
+    );
+}
+
 /// Review: the run's staged tree lost after a finalize killed before its publish (removed
 /// by hand as a leftover, say). The units' work directories are gone (moved), so
 /// `snapring finalize` can only rebuild the spine directories: it must not publish
@@ -5444,5 +5504,52 @@ fn verify_finds_a_file_removed_from_the_runs_tree_before_finalize_published() {
         said.contains("daily.0: DAMAGED against manifest")
             && said.contains("0 corrupt, 1 missing, 0 unexpected, 0 metadata"),
         "{said}"
+    );
+}
+
+/// A shard run's snapshot restores whole, `complete`, equal to the source: its root
+/// and directories (with extended attributes, a unit's root among them) are checked
+/// against the records the workers and finalize wrote (since session 48 the restored
+/// root too), and nothing of what they recorded may read as damaged.
+#[test]
+fn a_shard_runs_snapshot_restores_whole_and_complete() {
+    let e = env();
+    set_xattr(&e.src, "user.k", b"root");
+    set_xattr(&e.src.join("deep"), "user.k", b"deep");
+    set_xattr(&e.src.join("deep/d1"), "user.k", b"d1");
+    all_ok(&run_workers(&e, 2, "rs1", &[], |_| vec![]), "rs1");
+    check_run(&e, "rs1");
+    check_snapshot(&e, "rs1");
+    let restore = |to: &Path, extra: &[&str]| {
+        let mut a: Vec<&OsStr> = vec![
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            e.dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ];
+        a.extend(extra.iter().map(OsStr::new));
+        let out = snapring(&a, &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "restore {extra:?}: {}",
+            text(&out)
+        );
+        let rep: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(rep["status"], "complete", "{rep}");
+        assert_eq!(rep["problems"].as_array().map_or(0, Vec::len), 0, "{rep}");
+    };
+    let to = e.dest.with_file_name("restored");
+    restore(&to, &[]);
+    assert_same_tree(&describe(&e.src), &describe(&to), "whole restore");
+    let to = e.dest.with_file_name("flat");
+    restore(&to, &["--path", "deep", "--flat"]);
+    assert_same_tree(
+        &describe(&e.src.join("deep")),
+        &describe(&to),
+        "--path deep --flat",
     );
 }

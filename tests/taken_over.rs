@@ -193,7 +193,7 @@ fn check_diff(store: &Path, prefix: &str) {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|d| d["kind"] != "dir")
+        .filter(|d| d["kind"] != "directory")
         .map(|d| {
             let p = d["path"].as_str().unwrap();
             (
@@ -389,14 +389,7 @@ fn an_rsnapshot_tree_with_hourly_and_daily_levels_lists_and_restores() {
     assert_eq!(names, [("hourly.0", true), ("daily.0", true)], "{out}");
     for snap in ["hourly.0", "daily.0"] {
         let to = t.path().join(format!("restored-{snap}"));
-        let (code, o, err) = run(&[
-            "restore".as_ref(),
-            "--dest".as_ref(),
-            store.as_os_str(),
-            snap.as_ref(),
-            "--to".as_ref(),
-            to.as_os_str(),
-        ]);
+        let (code, o, err) = run(&restore_args(&store, snap, &to));
         assert_eq!(code, 0, "{o}{err}");
         assert_same_tree(&describe(&store.join(snap)), &describe(&to), snap);
     }

@@ -337,12 +337,24 @@ pub struct ForgetArgs {
 
 #[derive(Args)]
 pub struct CopyArgs {
-    /// The backup file system of the store (as for `backup --dest`).
-    #[arg(long, value_parser = dest_path())]
-    pub dest: PathBuf,
+    /// The backup file system of the store (as for `backup --dest`) [default with
+    /// --config: the job's dest and folder].
+    #[arg(long, required_unless_present = "config", value_parser = dest_path())]
+    pub dest: Option<PathBuf>,
     /// The store folder under --dest; default: --dest itself.
-    #[arg(long)]
+    #[arg(long, requires = "dest")]
     pub folder: Option<String>,
+    /// TOML config file: the copy is of one of its jobs' store (its store, catalog and
+    /// notifiers: a failed copy always notifies, a complete one with `notify_success`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The job of --config (optional when it has one job).
+    #[arg(long, requires = "config")]
+    pub job: Option<String>,
+    /// After the copy, write its figures (the `snapring_copy_*` series of `/metrics`)
+    /// into this directory for node_exporter's textfile collector (docs/monitoring.md).
+    #[arg(long, value_name = "DIR")]
+    pub textfile: Option<PathBuf>,
     /// The snapshot to copy: name (daily.0), run id, `latest` or @TIME.
     pub snapshot: String,
     /// The restic repository: file:///PATH or s3://BUCKET/PREFIX.
@@ -403,7 +415,9 @@ pub struct ListArgs {
     /// on local disks]
     #[arg(long)]
     pub jobs: Option<usize>,
-    /// Print the result as JSON on stdout.
+    /// Print the result as JSON on stdout: a store's newest first, as its table; a
+    /// repository's oldest first, as restic's `snapshots --json` (its table is newest
+    /// first).
     #[arg(long)]
     pub json: bool,
     /// The repository password's file, for a restic repository (--dest file:// or s3://)

@@ -807,7 +807,7 @@ pub fn restore(
         }
         None => None,
     };
-    let job = super::restore::for_job(&a, cat)?;
+    let job = super::restore::for_job(a.config.as_deref(), a.job.as_deref(), cat)?;
     let opts = snapring::restore::RestoreOptions {
         store: dest.to_path_buf(),
         snapshot: a.snapshot.clone(),
@@ -1418,13 +1418,27 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
             a.to
         ));
     }
-    let root = match &a.folder {
-        Some(f) => {
+    // With --config: the job's store, catalog and notifiers (`--dest` wins over the
+    // job's store).
+    let for_job = super::restore::for_job(a.config.as_deref(), a.job.as_deref(), cat)?;
+    let root = match (&a.dest, &a.folder) {
+        (Some(d), Some(f)) => {
             let rel = snapring::relpath::RelPath::new(f.as_bytes())
                 .map_err(|e| usage!("--folder {f:?}: {e}"))?;
-            a.dest.join(rel.as_path())
+            d.join(rel.as_path())
         }
-        None => a.dest.clone(),
+        (Some(d), None) => d.clone(),
+        (None, _) => match for_job.store.clone() {
+            Some(s) if is_repo(Some(&s)) => {
+                return Err(usage!(
+                    "job {}: its dest {} is a restic repository, not a store to copy from; give --dest",
+                    for_job.name.as_deref().unwrap_or("-"),
+                    s.display()
+                ));
+            }
+            Some(s) => s,
+            None => bail!("no store: give --dest, or a job with dest (and folder) in --config"),
+        },
     };
     // A snapshot the store does not have is a mistake on the command line, refused as
     // one (exit 64) before a run starts: recorded, it was a `failed` copy, in `stats`
@@ -1436,7 +1450,7 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         return Err(usage!("{why}"));
     }
     let job = snapring::job::RepositoryJob {
-        job: None,
+        job: for_job.name.clone(),
         source: root,
         copy_of: Some(a.snapshot),
         dest: a.to,
@@ -1453,19 +1467,22 @@ pub fn copy(a: CopyArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
         allow_empty: true,
         host: None,
     };
-    let catalog = cat
-        .for_config(None)
-        .map(|path| snapring::job::CatalogTarget {
-            path,
-            on_nfs: cat.on_nfs,
-        });
+    // A failed copy always notifies, a complete one with the job's `notify_success`
+    // (`snapring::job::run_repository`), as a backup does.
     let r = snapring::job::run_repository(
         &job,
-        catalog.as_ref(),
-        &[],
-        false,
+        for_job.catalog.as_ref(),
+        &for_job.notifiers,
+        for_job.notify_success,
         super::cancel_on_signal(),
     );
+    if let Some(dir) = &a.textfile {
+        // Monitoring that cannot be written never changes the copy's outcome.
+        let c = for_job.catalog.as_ref().map(|c| c.path.as_path());
+        if let Err(e) = snapring::serve::textfile::write_copy(dir, &r, c) {
+            print::errln!("snapring: warning: {e}");
+        }
+    }
     if a.json {
         print::json(&r)?;
         if r.status == Status::Failed {

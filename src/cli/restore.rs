@@ -22,8 +22,18 @@ use super::print::{self, errln, human};
 /// `snapring restore`.
 pub fn restore(a: RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
     let json = a.json;
-    let job = for_job(&a, cat)?;
+    let job = for_job(a.config.as_deref(), a.job.as_deref(), cat)?;
     let opts = options(a, job.store)?;
+    // A snapshot the store does not have is a mistake on the command line, refused as
+    // one (exit 64) before a run starts, as `copy` refuses it: recorded, it was a
+    // `failed` restore that notified (paged) and counted in `stats`. A store that
+    // cannot be opened (not mounted, gone), or has no snapshot yet, is the restore's
+    // own failure: recorded, as the run says it.
+    if let Ok(store) = snapring::store::Store::open_read(&opts.store)
+        && let Ok(Some(why)) = store.names_nothing(&opts.snapshot)
+    {
+        return Err(usage!("{why}"));
+    }
     let cancel = super::cancel_on_signal();
     let run = RestoreRun {
         catalog: job.catalog.as_ref(),
@@ -40,22 +50,26 @@ pub fn restore(a: RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> 
     Ok(ExitCode::from(r.status))
 }
 
-/// What a restore takes from its job (none without `--config`): the store, the
-/// catalog (as a backup of the job chooses it), the notifiers.
+/// What a restore or a copy takes from its job (none without `--config`): the store,
+/// the catalog (as a backup of the job chooses it), the notifiers.
 pub(super) struct ForJob {
     pub name: Option<String>,
-    store: Option<PathBuf>,
+    pub store: Option<PathBuf>,
     pub catalog: Option<CatalogTarget>,
     pub notifiers: Vec<(String, NotifierConfig)>,
     pub notify_success: bool,
 }
 
-pub(super) fn for_job(a: &RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<ForJob> {
+pub(super) fn for_job(
+    config: Option<&std::path::Path>,
+    job: Option<&str>,
+    cat: &CatalogChoice,
+) -> anyhow::Result<ForJob> {
     let target = |path| CatalogTarget {
         path,
         on_nfs: cat.on_nfs,
     };
-    let Some(cfg_path) = &a.config else {
+    let Some(cfg_path) = config else {
         return Ok(ForJob {
             name: None,
             store: None,
@@ -65,9 +79,7 @@ pub(super) fn for_job(a: &RestoreArgs, cat: &CatalogChoice) -> anyhow::Result<Fo
         });
     };
     let cfg = config::load(cfg_path)?;
-    let (name, j) = cfg
-        .pick(a.job.as_deref())
-        .map_err(super::config::job_usage)?;
+    let (name, j) = cfg.pick(job).map_err(super::config::job_usage)?;
     let store = match (&j.dest, &j.folder) {
         (Some(d), Some(f)) => Some(
             d.join(

@@ -18,7 +18,7 @@ use super::exit_code::ExitCode;
 use super::print::{errln, outln};
 
 pub fn serve(a: ServeArgs, cat: &CatalogChoice) -> anyhow::Result<ExitCode> {
-    let server = bind(&a.config, cat, a.listen, a.token_file.as_deref())?;
+    let server = bind(&a.config, cat, a.listen, a.token_file.as_deref(), false)?;
     outln!("snapring serve: listening on http://{}/", server.addr);
     if let Some(p) = server.catalog().filter(|p| !p.exists()) {
         errln!("snapring serve: warning: {}", serve::no_catalog(p));
@@ -38,6 +38,7 @@ pub fn bind(
     cat: &CatalogChoice,
     listen: SocketAddr,
     token_file: Option<&Path>,
+    follow: bool,
 ) -> anyhow::Result<serve::Server> {
     let cfg = config::load(path)?;
     let token_from = match token_file {
@@ -72,6 +73,8 @@ pub fn bind(
         config: cfg,
         listen,
         token,
+        // The daemon's: its reloads change the jobs served.
+        follow: follow.then(|| path.to_path_buf()),
     };
     serve::bind(opts).map_err(|e| match e {
         serve::ServeError::ShortToken(_) => anyhow::anyhow!("{token_from}: {e}"),
@@ -94,7 +97,7 @@ pub fn for_daemon(
     let listen = sc.listen.as_deref().unwrap_or(serve::DEFAULT_LISTEN);
     let listen: SocketAddr = serve::parse_listen(listen)
         .map_err(|e| anyhow::anyhow!("{}: [server] listen = {e}", path.display()))?;
-    let server = bind(path, cat, listen, sc.token_file.as_deref())?;
+    let server = bind(path, cat, listen, sc.token_file.as_deref(), true)?;
     errln!("snapring daemon: serving on http://{}/", server.addr);
     let stop = stop.clone();
     let t = std::thread::Builder::new()

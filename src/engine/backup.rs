@@ -133,6 +133,7 @@ pub fn backup_observed(
         rep.source = src;
     }
     let mut recorded = Ok(());
+    let mut catalog_wait = Duration::ZERO;
     if !opts.dry_run {
         if opts.log_file {
             let log = crate::store::log_path(&rep);
@@ -154,7 +155,13 @@ pub fn backup_observed(
         if let Err(e) = &recorded {
             tracing::error!("{e}");
         }
+        // Recording the run's start in the catalog may wait for a writer's lock (the
+        // busy wait, seconds): not the backup's time, so not in its duration (it
+        // inflated the durations of `stats` and the dashboard; the window still counts
+        // from `t0`, the run's start).
+        let t_cat = Instant::now();
         observer.started(&store, &mut rep);
+        catalog_wait = t_cat.elapsed();
     }
     let counters = Arc::new(Counters {
         throttle: opts
@@ -190,6 +197,7 @@ pub fn backup_observed(
         Err(e) => Err(e),
     };
     conclude(&mut rep, &counters, outcome, t0);
+    rep.duration_seconds = (rep.duration_seconds - catalog_wait.as_secs_f64()).max(0.0);
     if !opts.dry_run {
         tracing::info!(
             status = rep.status.as_str(),
@@ -812,9 +820,11 @@ fn spawn_walk<S: Sink + Send + 'static>(
     let worker = move || {
         let manifest = st.prev.as_ref().and_then(|p| p.manifest.as_ref());
         let damaged = st.prev.as_ref().map(|p| &p.damaged);
+        let record = st.prev.as_ref().and_then(|p| p.record.as_ref());
         let mut walk = Walk::new(&counters, &stop, &st.excludes, manifest, &sink)
             .kept_from(based_on)
             .damaged(damaged)
+            .record(record)
             .fenced(&store, fence);
         if let Some(fs) = &one_fs {
             walk = walk.stay_on(fs);
@@ -978,9 +988,11 @@ fn run_dry<R: Repository>(
         return Err(e);
     }
     let mut plan = sink.commit(&root).ctx("plan", &opts.store)?;
-    let rotation = repo.plan_rotation(&opts.label, rep.retain, id)?;
+    let rotation = repo.plan_rotation(&opts.label, rep.retain, id, walked_status(counters))?;
     rep.expired = rotation.expired().to_vec();
     rep.warnings.extend(deferred_warnings(rotation.deferred()));
+    rep.warnings
+        .extend(kept_complete_warning(&rotation, rep.retain));
     plan.rotation = rotation.describe();
     // The rotation holds the snapshots it would expire: let go before printing (a plan
     // piped into a pager must not keep a restore waiting).
@@ -1056,7 +1068,19 @@ fn run<R: Repository>(
     };
     if let Some(e) = w.fatal {
         sink.abandon();
-        discard_unpublished(opts, repo, id);
+        // A source gone: what was copied before stays for the next run to take over,
+        // as an interrupted run's does (nothing of the store is wrong).
+        if !matches!(e, Error::SourceLost { .. }) {
+            discard_unpublished(opts, repo, id);
+        }
+        return Err(source_named(opts, e));
+    }
+    if !cancel.load(Ordering::Relaxed)
+        && let Some(e) = source_gone(opts, &rep.source, &src_meta)
+    {
+        // Nothing is published nor rotated: the entries it could not read would be kept
+        // from the previous snapshot, and the run would expire history as `partial`.
+        sink.abandon();
         return Err(e);
     }
     if cancel.load(Ordering::Relaxed) {
@@ -1109,6 +1133,56 @@ fn run<R: Repository>(
     Ok(status)
 }
 
+/// [`Error::SourceLost`] of the walk (which knows paths in the source only) with the
+/// source root named; any other error as it is.
+fn source_named(opts: &BackupOptions, e: Error) -> Error {
+    match e {
+        Error::SourceLost { root: None, detail } => Error::SourceLost {
+            root: Some(opts.tree_of(&opts.source)),
+            detail,
+        },
+        e => e,
+    }
+}
+
+/// Whether the source root the walk began at (`before`: its `fstat` then) is gone when
+/// the walk ends (invariant 4): its `stat` fails with ENOTCONN (a FUSE server that
+/// died), ESTALE (an NFS export gone or replaced), EIO or ENOENT, or it is another
+/// directory (the mount torn away: the directory below it). `canonical`: the source as
+/// resolved at the start (a `--source` symlink switched meanwhile is not a source
+/// gone). One call per run. A walk that met a lost source on an entry failed before
+/// this (ENOTCONN, `Walk`).
+fn source_gone(opts: &BackupOptions, canonical: &Path, before: &fsx::Meta) -> Option<Error> {
+    use rustix::io::Errno;
+    let root = opts.tree_of(&opts.source);
+    let look = || rustix::fs::stat(opts.tree_of(canonical)).map(|st| fsx::Meta::from_stat(&st));
+    // Asked twice before it counts: one EIO of a `soft` NFS mount is not a source gone.
+    let stat = look().or_else(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        look()
+    });
+    let detail = match stat.map_err(std::io::Error::from) {
+        Ok(m) if (m.dev, m.ino) == (before.dev, before.ino) => return None,
+        Ok(m) => format!(
+            "its root is now another directory (device {}, inode {}; it was device {}, inode {} when the walk began)",
+            m.dev, m.ino, before.dev, before.ino
+        ),
+        Err(e)
+            if [Errno::NOTCONN, Errno::STALE, Errno::IO, Errno::NOENT]
+                .iter()
+                .any(|n| fsx::errno_is(&e, *n)) =>
+        {
+            format!("stat of its root when the walk ended: {e}")
+        }
+        // Not telling (EACCES, say): the walk's own problems say what it could read.
+        Err(_) => return None,
+    };
+    Some(Error::SourceLost {
+        root: Some(root),
+        detail,
+    })
+}
+
 /// `walk_into`, with its progress written to `repo` while it walks and removed after.
 #[allow(clippy::too_many_arguments)]
 fn walk_with_progress<R: Repository>(
@@ -1153,9 +1227,11 @@ fn seal_and_publish<R: Repository>(
     crate::failpoint::hit("backup.before_publish").ctx("publish", &opts.store)?;
     // Planned after the flush: the rotation holds the snapshots it expires, and readers
     // wait for that hold, so it is taken only for the renames themselves.
-    let rotation = repo.plan_rotation(&opts.label, rep.retain, id)?;
+    let rotation = repo.plan_rotation(&opts.label, rep.retain, id, status)?;
     rep.expired = rotation.expired().to_vec();
     rep.warnings.extend(deferred_warnings(rotation.deferred()));
+    rep.warnings
+        .extend(kept_complete_warning(&rotation, rep.retain));
     // The record, still `running`, with the walk's figures and what the rotation
     // expires, before the journal: a run killed during the rotation is published by the
     // next command, which sets only its status and name (it read `complete`, 0 files,
@@ -1211,6 +1287,17 @@ fn deferred_warnings(deferred: &[String]) -> Vec<String> {
             w
         })
         .collect()
+}
+
+/// The warning of a rotation that keeps its label's newest complete snapshot past
+/// `retain` ([`crate::repo::Rotation::kept_complete`]).
+pub(crate) fn kept_complete_warning(rotation: &impl Rotation, retain: u32) -> Option<String> {
+    let n = rotation.kept_complete()?;
+    let w = format!(
+        "{n} kept past retain {retain}: it is the newest complete snapshot and this run is partial (history is only removed when a newer complete snapshot exists); the next complete run expires it"
+    );
+    tracing::warn!("{w}");
+    Some(w)
 }
 
 /// Deletes expired snapshots after publishing: it can fail or be cut short without

@@ -74,10 +74,17 @@ pub struct Walk<'a, S: Sink> {
     /// Entries `verify` found damaged in a previous snapshot compared by stat (a copied
     /// tree not trusted: [`crate::repo::Previous::damaged`]): copied, never linked.
     prev_damaged: Option<&'a std::collections::HashSet<RelPath>>,
+    /// The record of a previous snapshot compared by stat that is paired with a run's
+    /// manifest it differs from ([`crate::repo::Previous::record`]): a file is linked
+    /// from that tree only when it hashes as the record says ([`Walk::vouched`]).
+    prev_record: Option<&'a manifest::Reader>,
     /// The first fatal error (destination side): the run stops and fails.
     pub fatal: Mutex<Option<Error>>,
     /// The source root, taken by the root's `open`.
     root: Mutex<Option<OwnedFd>>,
+    /// A copy of the source root's descriptor, kept for the whole walk: asked whether
+    /// the source itself still answers when an entry says ENOTCONN ([`Walk::source_lost`]).
+    root_probe: Mutex<Option<OwnedFd>>,
     links: Mutex<HashMap<(u64, u64), LinkState>>,
     links_cv: Condvar,
     /// Which names of the root's listing are walked (a shard worker's unit: a name
@@ -116,6 +123,9 @@ pub struct DirState<D> {
     out: D,
     /// The previous snapshot's manifest block for this directory, sorted by name.
     prev_entries: Option<Vec<Entry>>,
+    /// Without one, the block of the record its tree is paired with
+    /// ([`Walk::record`]), sorted by name: empty when the record has none.
+    record: Option<Vec<Entry>>,
     meta: Meta,
     xattrs: Xattrs,
     /// The new manifest block, filled by the chunks, and whether it was written
@@ -145,8 +155,10 @@ impl<'a, S: Sink> Walk<'a, S> {
             sink,
             prev_label: None,
             prev_damaged: None,
+            prev_record: None,
             fatal: Mutex::new(None),
             root: Mutex::new(None),
+            root_probe: Mutex::new(None),
             links: Mutex::new(HashMap::new()),
             links_cv: Condvar::new(),
             root_names: None,
@@ -253,6 +265,15 @@ impl<'a, S: Sink> Walk<'a, S> {
         self
     }
 
+    /// Links a file from the previous snapshot compared by stat only when it hashes as
+    /// `record` says (the manifest of the run its tree is paired with, not trusted to
+    /// describe the tree: [`crate::repo::Previous::record`]); else copies it from the
+    /// source.
+    pub fn record(mut self, record: Option<&'a manifest::Reader>) -> Self {
+        self.prev_record = record;
+        self
+    }
+
     /// Walks the whole source from its open root (`meta`: its `fstat`) on `threads`.
     pub fn run(&self, src: OwnedFd, meta: Meta, threads: usize) {
         self.run_at(src, meta, RelPath::root(), threads);
@@ -262,6 +283,7 @@ impl<'a, S: Sink> Walk<'a, S> {
     /// every path it reports, looks up in the previous manifest or writes into the new
     /// one is a path from the source's root.
     pub fn run_at(&self, src: OwnedFd, meta: Meta, rel: RelPath, threads: usize) {
+        *self.root_probe.lock().unwrap_or_else(|e| e.into_inner()) = src.try_clone().ok();
         *self.root.lock().unwrap_or_else(|e| e.into_inner()) = Some(src);
         traverse::walk_at(self, meta, rel, threads, self.gate, self.cancel);
     }
@@ -347,7 +369,38 @@ impl<'a, S: Sink> Walk<'a, S> {
         );
     }
 
+    /// Whether `e` (the source's, at `rel`) says the source's file system is gone (a
+    /// FUSE server that died, a mount torn away: ENOTCONN): then the run fails
+    /// ([`Error::SourceLost`], invariant 4) rather than keep every entry's previous
+    /// version as "unreadable" and publish a `partial` snapshot that rotates history
+    /// away. ESTALE alone is an entry's (an NFS file deleted on the server during the
+    /// walk): the run checks its source root when the walk ends (`engine::backup`).
+    fn source_lost(&self, rel: &RelPath, action: &str, e: &std::io::Error) -> bool {
+        if !fsx::errno_is(e, Errno::NOTCONN) {
+            return false;
+        }
+        // A dead mount inside the source (a user's sshfs in /home) answers ENOTCONN
+        // for its own mount point while the source answers: that entry's problem,
+        // as any unreadable entry, not the run's (it failed every run until someone
+        // unmounted it).
+        let probe = self.root_probe.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(fd) = probe.as_ref()
+            && rustix::fs::fstat(fd).is_ok()
+        {
+            return false;
+        }
+        drop(probe);
+        self.fail(Error::SourceLost {
+            root: None,
+            detail: format!("{action} {rel}: {e}"),
+        });
+        true
+    }
+
     fn source_error(&self, rel: &RelPath, action: &str, e: &std::io::Error) {
+        if self.source_lost(rel, action, e) {
+            return;
+        }
         // `NotFound`: ENOENT, or a name no longer of the type its `lstat` gave.
         let kind = if e.kind() == std::io::ErrorKind::NotFound {
             ProblemKind::Vanished
@@ -560,6 +613,9 @@ impl<'a, S: Sink> Walk<'a, S> {
         action: &str,
         e: &std::io::Error,
     ) -> Option<Entry> {
+        if self.source_lost(rel, action, e) {
+            return None;
+        }
         let prev = dir
             .state
             .prev_entries
@@ -1035,6 +1091,13 @@ impl<'a, S: Sink> Walk<'a, S> {
             refused = Some(not_kept.into_iter().map(|(n, _)| n).collect());
             src_xattrs = Some(xs);
         }
+        let mut vouched = None;
+        if decision == Decision::Link && prev_entry.is_none() && m.kind == Kind::File {
+            match self.vouched(dir, name, rel) {
+                Ok(h) => vouched = h,
+                Err(()) => decision = Decision::Copy(Reason::Damaged),
+            }
+        }
         if decision == Decision::Link
             && let Some(e) = self.link_prev(
                 dir,
@@ -1045,6 +1108,7 @@ impl<'a, S: Sink> Walk<'a, S> {
                 target.as_deref(),
                 src_xattrs.as_ref(),
                 refused,
+                vouched,
             )
         {
             return Leaf::Written(e);
@@ -1079,6 +1143,9 @@ impl<'a, S: Sink> Walk<'a, S> {
         action: &'static str,
         e: std::io::Error,
     ) -> Leaf {
+        if self.source_lost(rel, action, &e) {
+            return Leaf::Dropped;
+        }
         if e.kind() == std::io::ErrorKind::NotFound {
             self.source_error(rel, action, &e);
             return Leaf::Dropped;
@@ -1146,7 +1213,17 @@ impl<'a, S: Sink> Walk<'a, S> {
         if let Some(pm) = prev_meta {
             // No manifest entry: the linked file's hash and xattrs, read once.
             let (hash, digest) = self.sink.linked_facts(&dir.state.out, name, &pm, false);
-            prev.hash = hash;
+            // From a tree paired with a record it differs from, the kept file is
+            // checked against what was backed up: the record's hash, so `verify` of
+            // the new snapshot tells a rotten one (the hash read from it would not).
+            let recorded = dir
+                .state
+                .record
+                .as_deref()
+                .and_then(|r| manifest::find(r, name))
+                .filter(|r| r.kind == pm.kind)
+                .and_then(|r| r.hash);
+            prev.hash = recorded.or(hash);
             prev.xattrs = digest;
         }
         prev.name = name.to_vec();
@@ -1154,10 +1231,64 @@ impl<'a, S: Sink> Walk<'a, S> {
         Leaf::Kept(prev)
     }
 
+    /// Whether the previous snapshot's file `name`, found unchanged by stat, may be
+    /// linked from a tree paired with a record it differs from ([`Walk::record`]):
+    /// `Ok(Some(hash))` when it hashes as its record entry says, `Ok(None)` when there
+    /// is no such record (a trusted manifest, or a tree taken over without one), and
+    /// `Err` when it is not as recorded (bit rot keeps size and mtime), the record has
+    /// no file of that name, or it cannot be read: it is copied from the source, the
+    /// truth at backup time. Before, it was linked and the hash read from the rotten
+    /// file recorded, so the new snapshot verified clean with the rot in it. The file
+    /// is read once, as hashing the linked file was.
+    fn vouched(
+        &self,
+        dir: &Node<S::Dir>,
+        name: &[u8],
+        rel: &RelPath,
+    ) -> Result<Option<blake3::Hash>, ()> {
+        let Some(record) = dir.state.record.as_deref() else {
+            return Ok(None);
+        };
+        let recorded = match manifest::find(record, name) {
+            Some(e) if e.kind == Kind::File => {
+                e.hash.ok_or_else(|| "a file without a hash".to_string())
+            }
+            Some(e) => Err(format!("a {}", e.kind.name())),
+            None => Err("not".to_string()),
+        };
+        let recorded = match recorded {
+            Ok(h) => h,
+            Err(what) => {
+                tracing::info!(
+                    "{rel}: {what} in the record of the previous snapshot's tree (not trusted); copying it from the source"
+                );
+                return Err(());
+            }
+        };
+        match self.sink.prev_hash(&dir.state.out, name) {
+            Some(Ok(h)) if h == recorded => Ok(Some(h)),
+            Some(Ok(_)) => {
+                tracing::warn!(
+                    "{rel}: the previous snapshot's copy does not hash as its record says (damaged); copying it from the source"
+                );
+                Err(())
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "{rel}: the previous snapshot's copy cannot be read ({e}); copying it from the source"
+                );
+                Err(())
+            }
+            None => Err(()),
+        }
+    }
+
     /// Links an unchanged entry from the previous snapshot. `None` means copy instead.
     /// `xattrs`: the source's attributes when the decision already read them;
     /// `refused`: then, those of them the store refused to the previous copy (else the
     /// previous entry's, unchanged with the ctime).
+    /// `vouched`: the file's hash, read from the previous snapshot and checked against
+    /// its record ([`Walk::vouched`]).
     #[allow(clippy::too_many_arguments)]
     fn link_prev(
         &self,
@@ -1169,6 +1300,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         target: Option<&[u8]>,
         xattrs: Option<&Xattrs>,
         refused: Option<Vec<Vec<u8>>>,
+        vouched: Option<blake3::Hash>,
     ) -> Option<Entry> {
         match self.sink.link_unchanged(&dir.state.out, name, rel) {
             Linked::Done => {}
@@ -1192,6 +1324,16 @@ impl<'a, S: Sink> Walk<'a, S> {
                 if !entry.refused.is_empty() {
                     self.counters.xattrs_not_kept(&entry.refused);
                 }
+            }
+            None if vouched.is_some() => {
+                entry.hash = vouched;
+                entry.xattrs = match xattrs {
+                    Some(x) => fsx::xattr_digest(x),
+                    None => self
+                        .sink
+                        .prev_xattrs(&dir.state.out, name)
+                        .and_then(|x| fsx::xattr_digest(&x)),
+                };
             }
             None => {
                 // A tree taken over without a manifest: hash the linked file once (the
@@ -1535,6 +1677,16 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             }),
             _ => None,
         };
+        // A record that cannot be read vouches for nothing: every file is copied.
+        let record = match self.prev_record {
+            Some(r) if prev_entries.is_none() && self.sink.has_prev(&out) => {
+                Some(r.lookup(rel).unwrap_or_else(|e| {
+                    tracing::warn!("{rel}: the previous snapshot's record is unusable ({e}); its files are copied from the source");
+                    None
+                }).unwrap_or_default())
+            }
+            _ => None,
+        };
         let was = meta;
         let (mut names, whole) = self.list(&src, rel, &mut meta);
         self.relisted(parent, name, &was, &meta);
@@ -1579,6 +1731,7 @@ impl<S: Sink> Visitor for Walk<'_, S> {
             src,
             out,
             prev_entries,
+            record,
             meta,
             xattrs,
             block: Mutex::new((Vec::new(), false)),

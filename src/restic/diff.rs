@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde::Serialize;
 
-use super::reader::RepoReader;
+use super::reader::{RepoReader, kind_name};
 use super::repo::Repo;
 use super::snapshot;
 use super::tree::{Node, unix_perm};
@@ -252,7 +252,7 @@ impl Differ<'_> {
                 } else {
                     Change::Metadata
                 },
-                kind: y.kind.clone(),
+                kind: kind_name(y),
                 detail,
             });
         }
@@ -306,7 +306,7 @@ fn one_sided(rel: &RelPath, n: &Node, change: Change) -> Difference {
     Difference {
         path: rel.escaped(),
         change,
-        kind: n.kind.clone(),
+        kind: kind_name(n),
         detail: match n.kind.as_str() {
             "file" => vec![format!("size {}", n.size)],
             _ => vec![],
@@ -316,7 +316,7 @@ fn one_sided(rel: &RelPath, n: &Node, change: Change) -> Difference {
 
 /// How node `y` differs from node `x` of the same name: whether the content differs
 /// (type, blob list, size, symlink target, device number), and the details in the
-/// store's words (`type file -> dir`, `size 1 -> 2`, `content`, `symlink target`,
+/// store's words (`type file -> directory`, `size 1 -> 2`, `content`, `symlink target`,
 /// `device`, `mode 644 -> 600`, `owner 0:0 -> 1:1`, `mtime A -> B`, `extended
 /// attributes`). A directory's mtime is left out unless `dir_times` (every added or
 /// removed child changes it). Nothing is read: contents compare by blob ids.
@@ -325,7 +325,7 @@ pub fn compare_nodes(x: &Node, y: &Node, dir_times: bool) -> (bool, Vec<String>)
     let mut content = false;
     if x.kind != y.kind {
         content = true;
-        detail.push(format!("type {} -> {}", x.kind, y.kind));
+        detail.push(format!("type {} -> {}", kind_name(x), kind_name(y)));
     } else {
         if x.kind == "file" {
             if x.size != y.size {
@@ -452,7 +452,7 @@ mod tests {
         dir.mode = 0o644 | 1 << 31;
         assert_eq!(
             compare_nodes(&a, &dir, false),
-            (true, vec!["type file -> dir".to_string()])
+            (true, vec!["type file -> directory".to_string()])
         );
         let link = |t: &[u8]| {
             let mut n = Node {

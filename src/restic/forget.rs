@@ -103,16 +103,30 @@ pub fn plan(snaps: &[(Id, Snapshot)], policy: &Policy) -> Plan {
     let mut verdicts = Vec::with_capacity(of_label.len());
     let mut rank = 0u32;
     let mut prev: Option<&Group> = None;
+    // Whether the group's newest snapshot that is not `partial` was met already.
+    let mut complete_seen = false;
     for (g, (id, s)) in &of_label {
         if prev != Some(g) {
             rank = 0;
+            complete_seen = false;
         }
         prev = Some(g);
         rank += 1;
         let own = policy.written == Some(*id);
-        let keep = rank <= n || own;
+        // Invariant 3: history goes only when a newer complete snapshot exists; the
+        // newest complete one is kept past `keep_last` while only `partial` ones (a
+        // source that answered with errors) are newer.
+        let last_complete = !s.has_tag(snapshot::PARTIAL_TAG) && !complete_seen;
+        complete_seen |= !s.has_tag(snapshot::PARTIAL_TAG);
+        let keep = rank <= n || own || last_complete;
         let reason = if rank <= n {
             format!("kept: newest {n} of label {} ({rank} of {n})", policy.label)
+        } else if last_complete {
+            format!(
+                "kept: the newest complete snapshot of label {}, the {} newer ones are partial (history is only removed when a newer complete snapshot exists)",
+                policy.label,
+                rank - 1
+            )
         } else if own {
             format!(
                 "kept: written by this run, though {} of label {} are dated later (a clock ahead?)",
@@ -331,6 +345,43 @@ mod tests {
             before_remove: None,
             written: None,
         }
+    }
+
+    /// `partial` snapshots (a source that answered with errors) never make the policy
+    /// forget the newest complete snapshot of a group (invariant 3); once a newer
+    /// complete one exists it goes as any other.
+    #[test]
+    fn partial_snapshots_keep_the_newest_complete_one() {
+        let partial = |t: &str| {
+            let mut s = snap(t, "h", "/src", "daily");
+            s.tags.push(snapshot::PARTIAL_TAG.into());
+            s
+        };
+        let mut snaps = vec![
+            (id(1), snap("2026-11-01T02:00:00Z", "h", "/src", "daily")),
+            (id(2), snap("2026-11-02T02:00:00Z", "h", "/src", "daily")),
+            (id(3), partial("2026-11-03T02:00:00Z")),
+            (id(4), partial("2026-11-04T02:00:00Z")),
+        ];
+        let forgotten = |snaps: &[(Id, Snapshot)], n| {
+            let p = plan(snaps, &policy("daily", n));
+            let mut v: Vec<String> = p.forgotten().map(|v| v.id.clone()).collect();
+            v.sort();
+            v
+        };
+        assert_eq!(forgotten(&snaps, 1), [id(1).hex(), id(3).hex()]);
+        assert_eq!(forgotten(&snaps, 2), [id(1).hex()]);
+        let p = plan(&snaps, &policy("daily", 1));
+        let kept = p.verdicts.iter().find(|v| v.id == id(2).hex()).unwrap();
+        assert!(
+            kept.keep && kept.reason.contains("newest complete"),
+            "{kept:?}"
+        );
+        snaps.push((id(5), snap("2026-11-05T02:00:00Z", "h", "/src", "daily")));
+        assert_eq!(
+            forgotten(&snaps, 1),
+            [id(1).hex(), id(2).hex(), id(3).hex(), id(4).hex()]
+        );
     }
 
     /// A snapshot dated later than the run's own (a clock ahead) does not make the run

@@ -9,6 +9,7 @@
 use serde::Serialize;
 
 use super::diff::compare_nodes;
+use super::reader::kind_name;
 use super::repo::Repo;
 use super::snapshot;
 use super::tree::Node;
@@ -46,9 +47,7 @@ pub fn history(repo: &Repo, path: &RelPath) -> Result<Vec<RepoVersion>> {
                 id: id.hex(),
                 label: snap.tag("label").map(str::to_string),
                 taken_at: snap.time.clone(),
-                kind: n
-                    .as_ref()
-                    .map_or_else(|| "absent".into(), |n| n.kind.clone()),
+                kind: n.as_ref().map_or_else(|| "absent".into(), kind_name),
                 size: n.as_ref().filter(|n| n.kind == "file").map(|n| n.size),
                 mtime: n.as_ref().map(|n| n.mtime.clone()),
                 hash: n.as_ref().and_then(content_id),

@@ -59,16 +59,33 @@ impl RepoDir {
     }
 }
 
-fn kind_of(n: &Node) -> Kind {
-    match n.kind.as_str() {
+/// A node's type (restic's `dir`, `chardev`, `dev`, …) as snapring's kind, `None` for
+/// a type snapring has no kind for (restic 0.17's `irregular`, say).
+fn known_kind(n: &Node) -> Option<Kind> {
+    Some(match n.kind.as_str() {
+        "file" => Kind::File,
         "dir" => Kind::Dir,
         "symlink" => Kind::Symlink,
         "fifo" => Kind::Fifo,
         "chardev" => Kind::Char,
         "dev" => Kind::Block,
         "socket" => Kind::Socket,
-        _ => Kind::File,
-    }
+        _ => return None,
+    })
+}
+
+/// A node's type as snapring's kind, an unknown one as a file (the facts `compare`
+/// compares need one).
+pub(crate) fn kind_of(n: &Node) -> Kind {
+    known_kind(n).unwrap_or(Kind::File)
+}
+
+/// A node's type in the words a store's `diff` and `history` use (`Kind::name`:
+/// `directory`, `character device`, `block device`, …), and a repository's too; a type
+/// snapring has no kind for (restic 0.17's `irregular`, say) as restic names it, not
+/// as a file.
+pub(crate) fn kind_name(n: &Node) -> String {
+    known_kind(n).map_or_else(|| n.kind.clone(), |k| k.name().to_string())
 }
 
 fn time(s: &str) -> Time {
@@ -202,5 +219,48 @@ impl SnapshotReader for RepoReader<'_> {
         dir.node(name)?
             .link_target_bytes()
             .map_err(io::Error::other)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kind_name_uses_the_store_s_words_and_restic_s_for_unknown_types() {
+        let node = |k: &str| Node {
+            kind: k.into(),
+            ..Default::default()
+        };
+        let names: Vec<String> = [
+            "file",
+            "dir",
+            "symlink",
+            "fifo",
+            "chardev",
+            "dev",
+            "socket",
+            "irregular",
+            "",
+        ]
+        .iter()
+        .map(|k| kind_name(&node(k)))
+        .collect();
+        assert_eq!(
+            names,
+            [
+                "file",
+                "directory",
+                "symlink",
+                "fifo",
+                "character device",
+                "block device",
+                "socket",
+                "irregular",
+                "",
+            ]
+        );
+        // `compare` still gets a kind: an unknown type is a file.
+        assert_eq!(kind_of(&node("irregular")), Kind::File);
     }
 }

@@ -323,7 +323,7 @@ fn one(
         Err(e @ (Error::Corrupt { .. } | Error::Io { .. } | Error::Missing(_))) => {
             v.damaged.push(Damaged {
                 path: ".".into(),
-                kind: "dir".into(),
+                kind: "directory".into(),
                 reason: format!("the snapshot's tree above its source: {e}"),
             });
             v.damaged_dirs = 1;
@@ -355,7 +355,7 @@ fn one(
                 v.damaged_dirs += 1;
                 v.damaged.push(Damaged {
                     path: rel.escaped(),
-                    kind: "dir".into(),
+                    kind: "directory".into(),
                     reason: why,
                 });
             }

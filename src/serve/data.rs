@@ -106,6 +106,11 @@ pub struct JobView {
     pub progress: Option<RunProgress>,
     /// Why the store or the catalog could not be read, if so.
     pub errors: Vec<String>,
+    /// Set when the job's store has a finished run the catalog has no row for (or
+    /// still has as `running`): the catalog is behind the store, damaged or recreated
+    /// without the job's runs (`catalog_behind`). `last` is then that run, from its
+    /// record, the counts unknown (`None`), and `errors` says it too.
+    pub catalog_behind: Option<String>,
 }
 
 /// The store of a job: `dest`, or `dest/folder`; `None` without a `dest`.
@@ -162,6 +167,7 @@ impl Summaries {
                         .or_insert_with(|| part(c, name, limit, repo));
                     p.apply(&mut v, now);
                     live_progress(&mut v, Some(c));
+                    catalog_behind(&mut v, c);
                 }
                 store_missing(&mut v);
                 v
@@ -276,6 +282,7 @@ fn view(
         space: None,
         progress: None,
         errors,
+        catalog_behind: None,
     };
     if let Some(c) = cat
         && !name.is_empty()
@@ -297,8 +304,104 @@ fn view(
         from_store(&mut v, cat, now, d);
     }
     live_progress(&mut v, cat);
+    if let Some(c) = cat
+        && !name.is_empty()
+    {
+        catalog_behind(&mut v, c);
+    }
     store_missing(&mut v);
     v
+}
+
+/// How many of a store's newest run records [`newest_store_run`] reads, looking for
+/// one of the job (a store several jobs write holds the others' too).
+const STORE_RECORDS_READ: usize = 16;
+
+/// The newest finished run record of job `name` in `store` (`.snapring/runs/`): one
+/// listing and, usually, one read. Newest by the second its id names, then (runs
+/// started within one second, whose ids differ by a random suffix) by its start; a
+/// `running` record is passed over (the run's `running` row follows its record at
+/// once, its last catalog write comes before its final record).
+fn newest_store_run(store: &Path, name: &str) -> Option<RunReport> {
+    use crate::store::select::{parse_time, run_id_time};
+    let s = Store::open_read(store).ok()?;
+    let mut ids: Vec<(Option<DateTime<Utc>>, String)> = s
+        .run_ids()
+        .into_iter()
+        .map(|id| (run_id_time(&id), id))
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    let mut best: Option<(Option<DateTime<Utc>>, RunReport)> = None;
+    for (t, id) in ids.into_iter().take(STORE_RECORDS_READ) {
+        if best.as_ref().is_some_and(|b| b.0 != t) {
+            break;
+        }
+        let Some(r) = s.read_run(&id).ok().flatten() else {
+            continue;
+        };
+        if r.job.as_deref() != Some(name) || r.status == Status::Running {
+            continue;
+        }
+        let later = |b: &RunReport| parse_time(&r.started_at) > parse_time(&b.started_at);
+        if best.as_ref().is_none_or(|b| later(&b.1)) {
+            best = Some((t, r));
+        }
+    }
+    best.map(|b| b.1)
+}
+
+/// Compares the job's newest finished run in its store (the truth: a run writes its
+/// record there before the catalog, and its final record after its catalog row) with
+/// the catalog: when the catalog has no row for it, or still has it `running`, the
+/// catalog is behind — damaged where serve's queries do not reach (a run's `record
+/// run` failed with "database disk image is malformed" while serve read older pages
+/// well), locked past a run's wait, or deleted and recreated by another job's run
+/// (which imports its own store's records only). The job then shows that run, as its
+/// record says (a `failed` one raises the alerts on failed runs), with its counts
+/// unknown (`null`, no counter series) rather than the catalog's stale or zero ones,
+/// an error, and `snapring_catalog_behind` 1. The run's own warning about the catalog
+/// (a run that could not record itself says so in its record) is quoted.
+fn catalog_behind(v: &mut JobView, c: &Catalog) {
+    if is_repository(&v.store) || v.store.as_os_str().is_empty() {
+        return;
+    }
+    let Some(r) = newest_store_run(&v.store, &v.name) else {
+        return;
+    };
+    // The catalog's newest run, shown (a `running` row whose record is final already
+    // shows as its record says: `live_progress`).
+    if v.last.as_ref().is_some_and(|l| l.id == r.id) {
+        return;
+    }
+    let how = match c.run_summary(&r.id) {
+        Ok(Some(row)) if row.status != Status::Running => return,
+        Ok(Some(_)) => "still has it as running",
+        Ok(None) => "has no row for it",
+        // Unreadable (locked, damaged where this read goes): the job has that error
+        // already, and its counts are unknown.
+        Err(_) => return,
+    };
+    let mut note = format!(
+        "the catalog is behind the store (damaged, recreated, or not writable when the run \
+         ended): the store's newest run of this job, {} ({}, started {}), is shown from its \
+         run record in {}, and the catalog {how}; the job's run counts are unknown until \
+         `snapring catalog rebuild --dest {}` (or the job's next run that can write the \
+         catalog) brings its runs back",
+        r.id,
+        r.status.as_str(),
+        r.started_at,
+        v.store.join(crate::store::META_DIR).join("runs").display(),
+        v.store.display()
+    );
+    if let Some(w) = r.warnings.iter().find(|w| w.contains("catalog")) {
+        note.push_str(&format!("; the run said: {w}"));
+    }
+    v.catalog_behind = Some(note.clone());
+    v.errors.push(note);
+    v.counts = None;
+    v.success_rate = None;
+    v.progress = None;
+    v.last = Some(without_problems(r));
 }
 
 /// An error when the catalog says runs of the job made snapshots but its store has no
@@ -525,6 +628,30 @@ pub struct CopyView {
     pub counts: Counts,
 }
 
+/// The view of the catalog's pair of copies `k`, under job `job` (its age not yet
+/// known).
+fn copy_view(k: crate::catalog::Copies, job: Option<String>) -> CopyView {
+    CopyView {
+        store: k.from,
+        to: k.to,
+        job,
+        last: k.last,
+        last_message: k.last_message,
+        last_success_at: k.last_success_at,
+        last_success_age_seconds: None,
+        counts: Counts {
+            runs: k.runs,
+            complete: k.complete,
+            partial: k.partial,
+            incomplete: k.incomplete,
+            failed: k.failed,
+            failed_once: k.failed_once,
+            running: k.running,
+            skipped: 0,
+        },
+    }
+}
+
 /// Every store-and-repository pair of copies in the catalog, in that order;
 /// `Err`: why the catalog could not tell (the overview says it).
 pub fn copies(
@@ -546,25 +673,7 @@ pub fn copies(
                     })
                 })
                 .map(|(n, _)| n.clone());
-            let mut v = CopyView {
-                store: k.from,
-                to: k.to,
-                job,
-                last: k.last,
-                last_message: k.last_message,
-                last_success_at: k.last_success_at,
-                last_success_age_seconds: None,
-                counts: Counts {
-                    runs: k.runs,
-                    complete: k.complete,
-                    partial: k.partial,
-                    incomplete: k.incomplete,
-                    failed: k.failed,
-                    failed_once: k.failed_once,
-                    running: k.running,
-                    skipped: 0,
-                },
-            };
+            let mut v = copy_view(k, job);
             settle_copy(&mut v, c);
             v.last_success_age_seconds = v
                 .last_success_at
@@ -574,6 +683,72 @@ pub fn copies(
             v
         })
         .collect())
+}
+
+/// The copies from the store into the repository of the copy `r` that just ended
+/// (`copy --textfile`): the catalog's pair (its counts, its newest complete copy) with
+/// `r` as the newest; without a catalog, or before it has the pair, `r` alone.
+pub fn of_copy(r: &RunReport, cat: Option<&Catalog>, now: DateTime<Utc>) -> CopyView {
+    let to = r.store.to_string_lossy().into_owned();
+    let row = crate::catalog::RunRow {
+        id: r.id.clone(),
+        kind: "copy".into(),
+        job: r.job.clone(),
+        label: r.label.clone(),
+        store: to.clone(),
+        snapshot: r.snapshot.clone(),
+        started_at: r.started_at.clone(),
+        finished_at: r.finished_at.clone(),
+        duration_seconds: r.duration_seconds,
+        status: r.status.as_str().to_string(),
+        files_total: r.files_total,
+        files_transferred: r.files_transferred,
+        bytes_transferred: r.bytes_transferred,
+        errors: r.errors,
+        notifications: r.notifications.len() as u64,
+        notifications_failed: r.notifications.iter().filter(|n| !n.ok).count() as u64,
+        invalid: Vec::new(),
+    };
+    let done = |s: Status| u64::from(r.status == s);
+    let found = cat
+        .and_then(|c| c.copies().ok())
+        .and_then(|all| all.into_iter().find(|k| k.from == r.source && k.to == to));
+    let mut v = match found {
+        Some(k) => copy_view(k, r.job.clone()),
+        None => CopyView {
+            store: r.source.clone(),
+            to,
+            job: r.job.clone(),
+            last: row.clone(),
+            last_message: r.message.clone(),
+            last_success_at: (r.status == Status::Complete)
+                .then(|| r.finished_at.clone())
+                .flatten(),
+            last_success_age_seconds: None,
+            counts: Counts {
+                runs: 1,
+                complete: done(Status::Complete),
+                partial: done(Status::Partial),
+                incomplete: done(Status::Incomplete),
+                failed: done(Status::Failed),
+                failed_once: done(Status::Failed),
+                running: 0,
+                skipped: 0,
+            },
+        },
+    };
+    // The copy that just ended is the newest, whatever the catalog says (its row not
+    // written: the catalog locked or full).
+    if v.last.id != r.id {
+        v.last = row;
+        v.last_message = r.message.clone();
+    }
+    v.last_success_age_seconds = v
+        .last_success_at
+        .as_deref()
+        .and_then(crate::store::select::parse_time)
+        .map(|t| (now - t).num_milliseconds() as f64 / 1e3);
+    v
 }
 
 /// A newest copy the catalog has as `running` whose process is gone (nobody holds its

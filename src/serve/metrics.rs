@@ -118,6 +118,11 @@ const GAUGES: &[GaugeDef] = &[
         Some(j.space.as_ref()?.total_inodes as f64)
     }),
     (
+        "catalog_behind",
+        "1 if the job's store has a finished run the catalog has no row for (or has as running): the catalog is damaged, recreated or was not writable; the last_run series then come from the store's run record",
+        |j| Some(f64::from(j.catalog_behind.is_some())),
+    ),
+    (
         "job_errors",
         "Errors gathering the job's figures (its store, the catalog, its schedule); its page lists them",
         |j| Some(j.errors.len() as f64),

@@ -74,6 +74,34 @@ pub struct ServeOptions {
     pub catalog: Option<PathBuf>,
     pub listen: SocketAddr,
     pub token: Option<String>,
+    /// The daemon's config file, for the server of its `[server]`: the jobs served are
+    /// those of the configuration the daemon last (re)loaded from it ([`reloaded`]), not
+    /// only those it started with. `None` (`snapring serve`): `config` alone.
+    pub follow: Option<PathBuf>,
+}
+
+/// The configurations daemons of this process reloaded (SIGHUP), by config file, each
+/// with its generation: the server of a daemon's `[server]` (a thread of the daemon's
+/// process) serves the jobs of the newest. By file, so daemons of other configs in the
+/// same process (tests) do not see each other's.
+type Reloaded = Vec<(PathBuf, u64, std::sync::Arc<Config>)>;
+static RELOADED: std::sync::Mutex<Reloaded> = std::sync::Mutex::new(Vec::new());
+
+/// Says that the daemon of config file `path` reloaded it as `cfg`: its server shows
+/// `cfg`'s jobs from its next request on (a job added is served, a removed one's
+/// series, its `next_run` gauge too, go). Its listen address, token and catalog stay
+/// those it started with, as the daemon's catalog does.
+pub fn reloaded(path: &std::path::Path, cfg: std::sync::Arc<Config>) {
+    let mut all = RELOADED.lock().unwrap_or_else(|e| e.into_inner());
+    let generation = all.iter().map(|r| r.1).max().unwrap_or(0) + 1;
+    all.retain(|r| r.0 != path);
+    all.push((path.to_path_buf(), generation, cfg));
+}
+
+/// The newest configuration the daemon of `path` reloaded, with its generation.
+fn reloaded_config(path: &std::path::Path) -> Option<(u64, std::sync::Arc<Config>)> {
+    let all = RELOADED.lock().unwrap_or_else(|e| e.into_inner());
+    all.iter().find(|r| r.0 == path).map(|r| (r.1, r.2.clone()))
 }
 
 /// The shortest token taken (after trimming white space).
@@ -131,6 +159,9 @@ struct State {
     /// This process has read the catalog: if it is not there now, it was deleted or
     /// moved, not yet to be made by a first run.
     seen: bool,
+    /// The configuration the daemon reloaded (`ServeOptions::follow`), with its
+    /// generation; `None`: the one served from the start.
+    config: Option<(u64, std::sync::Arc<Config>)>,
 }
 
 impl State {
@@ -329,6 +360,16 @@ fn route(
     openmetrics: bool,
 ) -> Reply {
     let path = url.split(['?', '#']).next().unwrap_or("");
+    if let Some(f) = &o.follow
+        && let Some((generation, cfg)) = reloaded_config(f)
+        && st.config.as_ref().map(|c| c.0) != Some(generation)
+    {
+        st.config = Some((generation, cfg));
+        // A job's cached part is by name: a reloaded job may write another store.
+        st.summaries = data::Summaries::default();
+    }
+    let reloaded = st.config.as_ref().map(|c| c.1.clone());
+    let config: &Config = reloaded.as_deref().unwrap_or(&o.config);
     // One wait for a writer's lock per request, however many reads it makes, counted
     // from the request's arrival.
     crate::catalog::start_request(arrived);
@@ -369,12 +410,12 @@ fn route(
                     p.display()
                 ));
             }
-            let copies = data::copies(&o.config, cat, now).unwrap_or_else(|e| {
+            let copies = data::copies(config, cat, now).unwrap_or_else(|e| {
                 notes.push(format!("the copies are unknown: {e}"));
                 Vec::new()
             });
             Reply::html(html::overview(
-                &gone(summaries.jobs(&o.config, cat, now)),
+                &gone(summaries.jobs(config, cat, now)),
                 &copies,
                 &notes,
             ))
@@ -390,24 +431,24 @@ fn route(
             });
             // The copies' series are left out while the catalog cannot tell them (as a
             // job's counters are): 0 would read as a reset, none as no copy.
-            let copies = data::copies(&o.config, cat, now).unwrap_or_default();
-            let m = metrics::render(&gone(summaries.jobs(&o.config, cat, now)), &copies, catalog);
+            let copies = data::copies(config, cat, now).unwrap_or_default();
+            let m = metrics::render(&gone(summaries.jobs(config, cat, now)), &copies, catalog);
             match openmetrics {
                 true => Reply::new(200, metrics::CONTENT_TYPE, m),
                 false => Reply::new(200, metrics::CLASSIC_CONTENT_TYPE, metrics::classic(&m)),
             }
         }
-        "/api/jobs" => Reply::json(&gone(summaries.jobs(&o.config, cat, now))),
-        "/api/copies" => match data::copies(&o.config, cat, now) {
+        "/api/jobs" => Reply::json(&gone(summaries.jobs(config, cat, now))),
+        "/api/copies" => match data::copies(config, cat, now) {
             Ok(c) => Reply::json(&c),
             Err(e) => Reply::text(500, &format!("{e}\n")),
         },
         _ if path.starts_with("/job/") => match seg("/job/") {
-            Some(n) => job_reply(o, cat, &n, false, missing.map(|p| (p, seen))),
+            Some(n) => job_reply(config, cat, &n, false, missing.map(|p| (p, seen))),
             None => not_found(),
         },
         _ if path.starts_with("/api/jobs/") => match seg("/api/jobs/") {
-            Some(n) => job_reply(o, cat, &n, true, missing.map(|p| (p, seen))),
+            Some(n) => job_reply(config, cat, &n, true, missing.map(|p| (p, seen))),
             None => not_found(),
         },
         _ if path.starts_with("/run/") || path.starts_with("/api/runs/") => {
@@ -473,13 +514,13 @@ fn not_found() -> Reply {
 }
 
 fn job_reply(
-    o: &ServeOptions,
+    config: &Config,
     cat: Option<&Catalog>,
     name: &str,
     api: bool,
     missing: Option<(&std::path::Path, bool)>,
 ) -> Reply {
-    let job = data::job(&o.config, cat, name, Utc::now(), Depth::Detail).map(|mut j| {
+    let job = data::job(config, cat, name, Utc::now(), Depth::Detail).map(|mut j| {
         if let Some((p, seen)) = missing {
             catalog_missing(&mut j, p, seen);
         }

@@ -1,6 +1,8 @@
 //! `--textfile DIR` on `backup` and `run`: after a run, the same figures `/metrics`
 //! has for its job, written for node_exporter's textfile collector as
-//! `DIR/snapring-<job>.prom` (Prometheus' classic text format), atomically: a temp file
+//! `DIR/snapring-<job>.prom` (Prometheus' classic text format); on `copy`, the
+//! `snapring_copy_*` series of its store-and-repository pair as
+//! `DIR/snapring-copy-<digest>.prom`. Atomically: a temp file
 //! not ending in `.prom` (the collector skips it), fsync, rename, fsync of the
 //! directory. World-readable (0644), as the collector often runs as another user; it
 //! holds no secret. Writes that one file.
@@ -56,6 +58,33 @@ pub fn write(
     let view = super::data::of_run(r, jc, cat.as_ref(), chrono::Utc::now());
     let text = super::metrics::classic(&super::metrics::render(&[view], &[], None));
     let path = dir.join(file_name(r));
+    write_atomic_public(&path, text.as_bytes())
+        .map_err(|e| format!("cannot write the metrics textfile {}: {e}", path.display()))?;
+    Ok(path)
+}
+
+/// The file a copy's figures go to: `snapring-copy-<digest>.prom`, 12 hex digits of
+/// the digest of its store and repository: each pair its own file, beside the backups'
+/// `snapring-<job>.prom`.
+pub fn copy_file_name(r: &RunReport) -> String {
+    let mut h = blake3::Hasher::new();
+    h.update(r.source.as_os_str().as_encoded_bytes());
+    h.update(b"\0");
+    h.update(r.store.as_os_str().as_encoded_bytes());
+    format!("snapring-copy-{}.prom", &h.finalize().to_hex()[..12])
+}
+
+/// Writes the figures of the copy `r` (the catalog at `catalog`) into `dir`: the
+/// `snapring_copy_*` series `/metrics` has for its store and repository; returns the
+/// file written.
+pub fn write_copy(dir: &Path, r: &RunReport, catalog: Option<&Path>) -> Result<PathBuf, String> {
+    let cat = match catalog.map(Catalog::open_read).transpose() {
+        Ok(c) => c.flatten(),
+        Err(e) => return Err(e.to_string()),
+    };
+    let view = super::data::of_copy(r, cat.as_ref(), chrono::Utc::now());
+    let text = super::metrics::classic(&super::metrics::render(&[], &[view], None));
+    let path = dir.join(copy_file_name(r));
     write_atomic_public(&path, text.as_bytes())
         .map_err(|e| format!("cannot write the metrics textfile {}: {e}", path.display()))?;
     Ok(path)

@@ -139,7 +139,11 @@ fn walk_home(
             .and_then(|r| fsx::open_dir_beneath(b(r), unit.dir.as_bytes()).ok());
         let sink = PlanSink::new(prev_dir);
         let keep = cut.unit_names(unit);
+        // As the worker's walk (`worker::unit_walk`): a damaged previous snapshot's
+        // files are not linked, a DIFFERS one's only where its record's hash agrees.
         let mut walk = Walk::new(&counters, cancel, &excludes, manifest, &sink)
+            .damaged(prev.as_ref().map(|p| &p.damaged))
+            .record(prev.as_ref().and_then(|p| p.record.as_ref()))
             .only_root_names(Box::new(keep))
             .fenced(&opts.store, store_fence);
         if let Some(fs) = &one_fs {
@@ -159,7 +163,14 @@ fn walk_home(
     plan.entries.sort_by(|a, b| a.0.cmp(&b.0));
     plan.rotation = match store {
         Some(st) => {
-            let r = Repository::plan_rotation(st, &opts.label, retain, &spec.run_id)?;
+            let status = match counters
+                .problems_total
+                .load(std::sync::atomic::Ordering::Relaxed)
+            {
+                0 => crate::report::Status::Complete,
+                _ => crate::report::Status::Partial,
+            };
+            let r = Repository::plan_rotation(st, &opts.label, retain, &spec.run_id, status)?;
             r.describe()
         }
         None => vec![format!("publish {}.0", opts.label)],

@@ -376,13 +376,30 @@ fn locked(
             super::worker::place_all(rd, threads, &cut, &|u| commits[&u.id].generation)?;
             let t_moved = t_fin.elapsed().as_secs_f64();
             let root_fd = super::worker::make_dirs(&rd.tree(), &RelPath::root())?;
-            assemble(
-                store, rd, threads, &plan, &cut, &commits, &mounts, &counters,
-            )?;
+            // The label's previous snapshot, which the guard below compares with, is
+            // read while the parts are merged (the store's snapshots do not change under
+            // its exclusive lock): two dozen round trips one after the other, off the
+            // chain since session 48.
+            let guard = !(allow_empty || plan.allow_empty);
+            let (assembled, previous) = std::thread::scope(|s| {
+                let previous = guard.then(|| s.spawn(|| Repository::previous(store, &plan.label)));
+                let a = assemble(
+                    store, rd, threads, &plan, &cut, &commits, &mounts, &counters,
+                );
+                // A panic of the look-up is re-raised, unless `assemble` failed: its
+                // error is the one to report then.
+                let p = previous.and_then(|h| match h.join() {
+                    Ok(p) => Some(p),
+                    Err(_) if a.is_err() => None,
+                    Err(p) => std::panic::resume_unwind(p),
+                });
+                (a, p)
+            });
+            assembled?;
             // Before the tree is staged (a staged tree passed this already): the run's
             // figures as merged, with what `assemble` left out taken off.
-            if !(allow_empty || plan.allow_empty) {
-                refuse_no_files(store, &plan, &counters, &mut rep)?;
+            if let Some(previous) = previous {
+                refuse_no_files(&plan, previous?, &counters, &mut rep, store)?;
             }
             fsx::sync_fs(b(&root_fd)).ctx("flush", rd.tree())?;
             tracing::info!(
@@ -404,9 +421,11 @@ fn locked(
         };
         counters.fill(&mut rep);
         rep.status = Status::Running;
-        let rotation = Repository::plan_rotation(store, &plan.label, plan.retain, &rd.run);
+        let rotation = Repository::plan_rotation(store, &plan.label, plan.retain, &rd.run, status);
         if let Ok(r) = &rotation {
             rep.expired = crate::repo::Rotation::expired(r).to_vec();
+            let kept = crate::engine::backup::kept_complete_warning(r, plan.retain);
+            rep.warnings.extend(kept);
         }
         // Recorded before the publish, with the snapshots it expires: a finalize after a
         // crash past it reads them here.
@@ -478,9 +497,31 @@ fn locked(
         );
     }
     rep.duration_seconds = (chrono::Utc::now() - created).num_milliseconds().max(0) as f64 / 1000.0;
-    store.write_run(&rep)?;
-    // The expiry opens to the workers still alive before they see `finalized`.
-    let expiring = super::expire::open(store, rd, &rep.expired);
+    // Nothing to expire: the deletion's phase is empty now, and the record written
+    // below is the last one unless the sweep of trash finds leftovers
+    // (`expire_and_record`). Before session 48 the record was written again after it
+    // whatever it found: a write, a flush and a rename more at the run's very end.
+    let idle_expiry = rep.expired.is_empty();
+    if idle_expiry {
+        let now = report::now_rfc3339();
+        rep.phases.remove_expired = report::Phase {
+            start: Some(now.clone()),
+            stop: Some(now),
+            seconds: 0.0,
+        };
+    }
+    // The record, and the `expiring` marker that opens the expiry to the workers still
+    // alive, both before `finalized` and at once (neither needs the other: a finalize
+    // after a crash between them writes the record again and finds the marker).
+    let (recorded, expiring) = std::thread::scope(|s| {
+        let marker = s.spawn(|| super::expire::open(store, rd, &rep.expired));
+        let recorded = store.write_run(&rep);
+        let m = marker
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p));
+        (recorded, m)
+    });
+    recorded?;
     if let Err(e) = &expiring {
         tracing::warn!("expiry not shared with the workers ({e}); this process deletes alone");
     }
@@ -496,20 +537,40 @@ fn locked(
     );
     // Tests: a finalizer killed before its clean-up.
     let _ = crate::failpoint::hit("shard.finalize.after_finalized");
-    // Clean-up; what is left is removed by `snapring finalize` or by hand.
-    match cleanup {
-        Some(h) => {
-            let _ = h.join();
+    // Clean-up; what is left is removed by `snapring finalize` or by hand. The run's
+    // log is put together meanwhile (it ends with the `finalized` line above), not
+    // after: the three are independent, and each a chain of round trips at the run's
+    // very end. An expiry that did anything (rare: a run that expires a snapshot)
+    // logged after that merge, so the log is merged again after it.
+    let expired = std::thread::scope(|s| {
+        let logs = s.spawn(|| merge_logs(store, &rd.run, plan.workers));
+        match cleanup {
+            Some(h) => {
+                let _ = h.join();
+            }
+            None => remove_build_dirs(rd, threads),
         }
-        None => remove_build_dirs(rd, threads),
+        let expired = expire_and_record(
+            store,
+            rd,
+            &cut,
+            (worker, jobs),
+            cancel,
+            &mut rep,
+            idle_expiry,
+        );
+        logs.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+        expired
+    });
+    if expired {
+        merge_logs(store, &rd.run, plan.workers);
     }
-    expire_and_record(store, rd, &cut, worker, jobs, cancel, &mut rep);
-    merge_logs(store, &rd.run, plan.workers);
     Ok(Finalized::Done(Box::new(rep)))
 }
 
 /// The guard of a run that keeps no file (`Error::NoFilesLeft`, as a single-node run's
-/// in `engine::backup`), or far fewer than its previous snapshot (`Error::SourceShrank`,
+/// in `engine::backup`) against `previous`, the label's previous snapshot
+/// (`Repository::previous`), or far fewer than its previous snapshot (`Error::SourceShrank`,
 /// `error::shrank`, against that snapshot's recorded count): the run's merged figures
 /// (`counters`) hold no file (or too few) while the previous snapshot of the plan's
 /// label holds files (its record's count; without a
@@ -521,15 +582,16 @@ fn locked(
 /// `--allow-empty` publishes it, and the label's next publish abandons it (its copies,
 /// directories only, go to trash).
 fn refuse_no_files(
-    store: &Store,
     plan: &PlanFile,
+    previous: Option<crate::repo::Previous>,
     counters: &Counters,
     rep: &mut RunReport,
+    store: &Store,
 ) -> Result<(), ShardError> {
     use std::sync::atomic::Ordering::Relaxed;
     let kept = counters.files_total.load(Relaxed);
-    let Some(prev) = Repository::previous(store, &plan.label)?
-        .filter(|p| p.label_slots > 0 && p.expected_files.map_or(p.has_entries, |n| n > 0))
+    let Some(prev) =
+        previous.filter(|p| p.label_slots > 0 && p.expected_files.map_or(p.has_entries, |n| n > 0))
     else {
         return Ok(());
     };
@@ -615,8 +677,9 @@ fn tidy(store: &Store, rd: &RunDir, workers: usize) {
 
 /// The run's log, `logs/<run-id>.log` (where `snapring show` and the catalog look for
 /// it): the workers' log files one after the other, each starting with its `shard
-/// worker started … worker=I` line. Written as finalize ends; what the workers log
-/// after that (their part of the expiry) is in their own files only.
+/// worker started … worker=I` line. Written as finalize ends (again after an expiry
+/// that did anything, and by `snapring finalize` completing one); what the workers
+/// log after that (their part of the expiry) is in their own files only.
 fn merge_logs(store: &Store, run: &str, workers: usize) {
     let dir = store.meta.join("logs");
     // Read at once (a few round trips each on NFS, at the very end of the run).
@@ -635,31 +698,41 @@ fn merge_logs(store: &Store, run: &str, workers: usize) {
 }
 
 /// The finalizer's part of the deletion of the expired snapshots (`expire.rs`), then
-/// the run record again, with each worker's part of it.
+/// the run record again, with each worker's part of it. `idle`: the record was written
+/// with nothing to expire and an empty phase for it; it is not written again if the
+/// deletion found nothing either (no piece, nothing swept from trash). Returns whether
+/// it deleted or logged anything (then the record is written again): false only in
+/// that idle case.
 fn expire_and_record(
     store: &Store,
     rd: &RunDir,
     cut: &Cut,
-    worker: Option<usize>,
-    jobs: usize,
+    (worker, jobs): (Option<usize>, usize),
     cancel: &AtomicBool,
     rep: &mut RunReport,
-) {
+    idle: bool,
+) -> bool {
     let rm_start = report::now_rfc3339();
     let t_rm = Instant::now();
-    let swept = match super::expire::finalize(store, rd, cut, worker, &rep.expired, jobs, cancel) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::warn!("expired snapshots not fully deleted yet ({e}); the next run continues");
-            0
-        }
-    };
+    let (swept, failed) =
+        match super::expire::finalize(store, rd, cut, worker, &rep.expired, jobs, cancel) {
+            Ok(n) => (n, false),
+            Err(e) => {
+                tracing::warn!(
+                    "expired snapshots not fully deleted yet ({e}); the next run continues"
+                );
+                (0, true)
+            }
+        };
+    let tally = super::expire::tally(rd);
+    if idle && !failed && swept == 0 && tally.state == "none" && tally.done == 0 {
+        return false;
+    }
     rep.phases.remove_expired = report::Phase {
         start: Some(rm_start),
         stop: Some(report::now_rfc3339()),
         seconds: t_rm.elapsed().as_secs_f64(),
     };
-    let tally = super::expire::tally(rd);
     if let Some(sh) = rep.shards.as_mut() {
         // A worker that only deleted (it built no unit) gets a row too.
         for &i in tally.per_worker.keys() {
@@ -691,6 +764,7 @@ fn expire_and_record(
     if let Err(e) = store.write_run(rep) {
         tracing::warn!("run record not updated with the expiry's figures: {e}");
     }
+    true
 }
 
 /// `snapring finalize` of a finalized run whose finalizer died while expired snapshots
@@ -724,8 +798,11 @@ fn resume_expiry(
             "run {} is finalized; completing the deletion of its expired snapshots",
             rd.run
         );
-        tidy(store, rd, plan.workers);
-        expire_and_record(store, rd, &cut, None, jobs, cancel, &mut rep);
+        remove_build_dirs(rd, FINALIZE_THREADS);
+        expire_and_record(store, rd, &cut, (None, jobs), cancel, &mut rep, false);
+        // Whether or not the dead finalizer merged the log: what it and the workers
+        // logged of the expiry after that merge is put in now.
+        merge_logs(store, &rd.run, plan.workers);
         Ok(Finalized::Already(Some(Box::new(rep))))
     })();
     Repository::unlock(store, lock);
@@ -1774,6 +1851,9 @@ fn apply_spine(
         if let Some((uid, gid)) = held {
             (meta.uid, meta.gid) = (uid, gid);
         }
+        // Made under `.snapring/`, it may have inherited a default ACL from the store's
+        // directory: the source's ACLs only.
+        fsx::remove_xattrs(&fsx::XattrTarget::Fd(b(out)), fsx::INHERITED_DIR, xattrs)?;
         fsx::apply_dir_meta(b(out), &meta, xattrs)
     })
     .into_iter()

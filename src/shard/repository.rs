@@ -77,6 +77,10 @@ const FORMAT: u32 = 1;
 /// Where the runs are, under the repository's root.
 const RUNS: &str = "snapring/shards";
 
+/// How long a worker waits for another process's exclusive lock before it exits 75
+/// (a finalizer's forget is a moment; a prune may not be).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
 /// The worker index `snapring finalize` claims and publishes as.
 pub const BY_HAND: usize = usize::MAX;
 
@@ -574,7 +578,20 @@ fn work_in(
     // A prune between the opening (the index read) and the lock (the race tests).
     crate::failpoint::hit("shard.repo.before_lock")
         .map_err(|e| failed(restic::Error::Other(e.to_string())))?;
-    let lock = restic::lock::acquire(repo, false).map_err(|e| match &e {
+    // An exclusive lock held a moment (the run's finalizer forgetting by --retain, as
+    // its other workers finish) is waited for, up to `LOCK_WAIT`, rather than failing
+    // a worker that started late (exit 75, seen in CI with four workers on two cores);
+    // a longer one (a prune) is still a retry later.
+    let until = Instant::now() + LOCK_WAIT;
+    let lock = loop {
+        match restic::lock::acquire(repo, false) {
+            Err(restic::Error::Locked(_)) if Instant::now() < until => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            r => break r,
+        }
+    }
+    .map_err(|e| match &e {
         restic::Error::Locked(m) => ShardError::Retry(m.clone()),
         _ => failed(e),
     })?;

@@ -132,6 +132,118 @@ struct Worker<'a> {
     home_next: std::sync::atomic::AtomicUsize,
     /// The warnings of units a stop cut short ([`Outcome::warnings`]).
     warnings: std::sync::Mutex<Vec<String>>,
+    /// What the lanes of this worker share between units: one listing of `done/` and
+    /// one search of the claims for all of them ([`Idle`]).
+    idle: Idle,
+}
+
+/// How often the waiting lanes of a worker of `lanes` lanes look at `done/` (one
+/// listing for all of them; a listing is itself a few round trips): every 25 ms with
+/// one lane, as before session 48; with more, as often as their own listings every
+/// 25 ms each were (three lanes waiting: every 8–10 ms, which the end of a run is seen
+/// by: the last commit lets the others go), but not below 8 ms.
+fn done_poll(lanes: usize) -> Duration {
+    (DONE_POLL_ONE_LANE / lanes.max(1) as u32).max(Duration::from_millis(8))
+}
+
+/// [`done_poll`] of a worker of one lane.
+const DONE_POLL_ONE_LANE: Duration = Duration::from_millis(25);
+
+/// A listing of `done/` shared by a worker's lanes ([`Idle::listed`]).
+type Listing = (
+    u64,
+    Instant,
+    std::sync::Arc<std::collections::BTreeSet<String>>,
+);
+
+/// One poller a worker, not one a lane: the last listing of `done/`, taken by whichever
+/// lane asks first and used by the others while it is younger than [`Idle::poll`] (or
+/// until a lane of this worker commits: [`Idle::forget`]), and the count of commits at
+/// which a search of the claims ([`pick`]) last found nothing: another lane finding
+/// the same count within the wait of [`wait_for_a_commit`] waits without searching
+/// again (units only become free when a lease lapses or a holder dies, which a search a
+/// wait later finds as well). Before session 48 each idle lane listed `done/` every
+/// 25 ms and read every live claim after each commit on its own: 1.4k of the split's
+/// delayed calls on `small` at 1 ms, 2% of them.
+struct Idle {
+    /// How long a listing serves ([`done_poll`]).
+    poll: Duration,
+    /// Bumped by each commit of this worker: a listing begun before it is not used.
+    epoch: std::sync::atomic::AtomicU64,
+    /// The listing: the epoch it began in, when it began, the names.
+    listed: Mutex<Option<Listing>>,
+    /// The commits a fruitless search saw, and when it began. Held while a lane searches.
+    fruitless: Mutex<Option<(usize, Instant)>>,
+}
+
+impl Idle {
+    /// The shared state of a worker of `lanes` lanes.
+    fn new(lanes: usize) -> Idle {
+        Idle {
+            poll: done_poll(lanes),
+            epoch: Default::default(),
+            listed: Default::default(),
+            fruitless: Default::default(),
+        }
+    }
+
+    /// The units committed, listed at most [`Idle::poll`] before the call and after
+    /// this worker's last commit.
+    fn done(
+        &self,
+        rd: &RunDir,
+    ) -> Result<std::sync::Arc<std::collections::BTreeSet<String>>, ShardError> {
+        self.done_at(rd, Instant::now())
+    }
+
+    /// [`Idle::done`] of a call at `arrived`: taken before the lock, so lanes that
+    /// queued behind a slow listing use it rather than list again one after another
+    /// (a listing that began less than a poll before they arrived).
+    fn done_at(
+        &self,
+        rd: &RunDir,
+        arrived: Instant,
+    ) -> Result<std::sync::Arc<std::collections::BTreeSet<String>>, ShardError> {
+        let mut g = self.listed.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = self.epoch.load(Ordering::SeqCst);
+        if let Some((e, at, names)) = g.as_ref()
+            && *e == epoch
+            && *at + self.poll > arrived
+        {
+            return Ok(names.clone());
+        }
+        let at = Instant::now();
+        let names = std::sync::Arc::new(rd.done_names()?);
+        *g = Some((epoch, at, names.clone()));
+        Ok(names)
+    }
+
+    /// A lane of this worker committed: the next look lists `done/` again.
+    fn forget(&self) {
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// [`pick`], by one lane at a time, and not again while a search that found nothing
+    /// at `done`'s count is younger than `wait`.
+    fn pick<'c>(
+        &self,
+        ctx: &Worker<'c>,
+        order: &[&'c Unit],
+        done: &std::collections::BTreeSet<String>,
+        wait: Duration,
+    ) -> Result<Option<(&'c Unit, u32)>, ShardError> {
+        let mut f = self.fruitless.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((n, at)) = *f
+            && n >= done.len()
+            && at.elapsed() < wait
+        {
+            return Ok(None);
+        }
+        let at = Instant::now();
+        let r = pick(ctx, order, done)?;
+        *f = r.is_none().then_some((done.len(), at));
+        Ok(r)
+    }
 }
 
 /// Runs worker `spec.index` of `spec.count` of run `spec.run_id`.
@@ -311,6 +423,7 @@ pub fn run(opts: &BackupOptions, spec: &Spec, cancel: &AtomicBool) -> Result<Out
             .map(|r| std::sync::Arc::new(crate::throttle::Throttle::new(r))),
         home_next: Default::default(),
         warnings: Default::default(),
+        idle: Idle::new(lanes(opts.jobs.max(1))),
     };
     tracing::info!(
         run = %spec.run_id, worker = spec.index, workers = spec.count, units = cut.units.len(),
@@ -458,6 +571,11 @@ fn finish(
 /// while any is left to claim (`expire.rs`). A failure here costs the run nothing (the
 /// finalizer, or the next run, deletes what is left), so it is only logged.
 fn help_expire(store: &Store, rd: &RunDir, jobs: usize, cancel: &AtomicBool, out: &mut Outcome) {
+    // Nothing expired (the finalizer writes the marker before `finalized`): the plan is
+    // not read either, at the run's very end.
+    if super::expire::read_marker(rd).is_none() {
+        return;
+    }
     let Some(cut) = rd
         .read_plan()
         .ok()
@@ -1151,13 +1269,13 @@ fn claim_units<'s>(
         let picked = match pick_home(ctx, &order)? {
             Some(u) => Some((u, 1)),
             None => {
-                let done = ctx.rd.done_names()?;
+                let done = ctx.idle.done(ctx.rd)?;
                 if ctx.cut.units.iter().all(|u| done.contains(&u.id)) {
                     commits.ring();
                     return Ok(true);
                 }
                 seen = done.len();
-                pick(ctx, &order, &done)?
+                ctx.idle.pick(ctx, &order, &done, idle_wait(ctx.lease))?
             }
         };
         let Some((unit, generation)) = picked else {
@@ -1209,6 +1327,7 @@ fn claim_units<'s>(
                 counts: Some(counts),
             };
             if ctx.rd.commit(&unit.id, &c, ctx.part_dirs)? {
+                ctx.idle.forget();
                 out.problems += problems;
                 commits.ring();
                 let _ = crate::failpoint::hit("shard.after_commit");
@@ -1247,8 +1366,9 @@ fn claim_units<'s>(
 /// Waits while every unit left is claimed by a live worker: until a unit is committed
 /// (`done/` holds more than `seen` names: the last commit lets the run be finalized at
 /// once), or for an eighth of the lease (then the claims are read again, to take over
-/// a lapsed one). `done/` is listed every 25 ms, one listing each; the claims, a
-/// listing and a read of each live claim, only at the lease's pace. A commit by this
+/// a lapsed one). `done/` is listed every [`done_poll`] (25 ms with one lane, 8–10 ms
+/// with three), one listing for all the worker's lanes ([`Idle`]); the claims, a listing and a read of each live claim, only at the
+/// lease's pace, by one lane of the worker. A commit by this
 /// worker's other lane, or its seeing every unit committed (the `commits` bell rung
 /// past `rung`), ends the wait at once.
 fn wait_for_a_commit(
@@ -1257,20 +1377,25 @@ fn wait_for_a_commit(
     failed: &AtomicBool,
     (commits, rung): (&super::Bell, u64),
 ) -> Result<(), ShardError> {
-    let until = Instant::now()
-        + (ctx.lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(150));
+    let until = Instant::now() + idle_wait(ctx.lease);
     while Instant::now() < until {
-        if commits.wait(rung, Duration::from_millis(25)) {
+        if commits.wait(rung, ctx.idle.poll) {
             break;
         }
         if ctx.cancel.load(Ordering::Relaxed)
             || failed.load(Ordering::Relaxed)
-            || ctx.rd.done_names()?.len() > seen
+            || ctx.idle.done(ctx.rd)?.len() > seen
         {
             break;
         }
     }
     Ok(())
+}
+
+/// How long a lane with nothing to claim waits before it looks at the claims again:
+/// an eighth of the lease, 50–150 ms.
+fn idle_wait(lease: Duration) -> Duration {
+    (lease / 8).clamp(Duration::from_millis(50), Duration::from_millis(150))
 }
 
 /// Removes a generation that lost its unit.
@@ -1506,6 +1631,7 @@ fn unit_walk<'a>(
     Walk::new(counters, stop, &ctx.excludes, manifest, sink)
         .kept_from(kept_from)
         .damaged(ctx.prev.as_ref().map(|p| &p.damaged))
+        .record(ctx.prev.as_ref().and_then(|p| p.record.as_ref()))
         .only_root_names(Box::new(keep))
         .gate(&ctx.gate)
 }
@@ -1877,6 +2003,53 @@ mod tests {
         let rd = RunDir::new(t.path(), "r");
         rd.create().unwrap();
         rd
+    }
+
+    /// One listing of `done/` serves all the lanes of a worker for [`Idle::poll`],
+    /// counted from when a lane asked (not from when it got the lock), and a commit of
+    /// the worker's own is seen at once (its lane decides by it whether the run is
+    /// complete and finalizes): session 48, one poller a worker. The calls are given
+    /// their time ([`Idle::done_at`]): the test does not depend on the machine's speed.
+    #[test]
+    fn a_workers_lanes_share_one_listing_of_done_and_see_its_own_commit_at_once() {
+        let t = tempfile::tempdir().unwrap();
+        let rd = run_dir(&t);
+        std::fs::create_dir_all(rd.root.join("done")).unwrap();
+        let idle = Idle::new(3);
+        let poll = idle.poll;
+        // A lane arrives, then another while the first one lists (it waits for the
+        // lock): the second uses the first's listing.
+        let arrived = Instant::now();
+        let first = idle.done_at(&rd, arrived).unwrap();
+        assert!(first.is_empty());
+        std::fs::write(rd.done_path("u0000"), b"{}").unwrap();
+        let again = idle.done_at(&rd, arrived).unwrap();
+        assert!(
+            std::sync::Arc::ptr_eq(&first, &again),
+            "a second lane within the poll lists again"
+        );
+        // One arriving a poll after the listing began lists again.
+        let later = idle.done_at(&rd, Instant::now() + poll).unwrap();
+        assert!(later.contains("u0000"), "a listing older than the poll");
+        idle.forget();
+        std::fs::write(rd.done_path("u0001"), b"{}").unwrap();
+        assert_eq!(
+            idle.done_at(&rd, arrived).unwrap().len(),
+            2,
+            "own commit unseen"
+        );
+    }
+
+    /// How often `done/` is listed: 25 ms with one lane (as each lane did before session
+    /// 48), a lane's 25 ms shared by the lanes with more, not below 8 ms.
+    #[test]
+    fn done_is_listed_as_often_as_the_lanes_listed_it_on_their_own() {
+        assert_eq!(done_poll(1), Duration::from_millis(25));
+        assert_eq!(done_poll(lanes(3)), Duration::from_millis(25));
+        assert_eq!(done_poll(2), Duration::from_micros(12_500));
+        assert_eq!(done_poll(lanes(4)), Duration::from_nanos(8_333_333));
+        assert_eq!(done_poll(lanes(16)), Duration::from_millis(8));
+        assert_eq!(Idle::new(1).poll, Duration::from_millis(25));
     }
 
     /// Unit `id` of spine directory `dir`, names from `lo` to the end.

@@ -1,8 +1,12 @@
 //! A dry run's sink for the hard-link store: it writes nothing and records what a
 //! real run would do, as a [`Plan`] value that is printed. The walk, the decisions and
 //! the rotation plan are the very ones of a real run (only the sink differs), so a dry
-//! run and a run cannot drift apart. It reads the previous snapshot (to compare by stat where there is no
-//! manifest) and nothing else of the store.
+//! run and a run cannot drift apart. It reads the previous snapshot and nothing else of
+//! the store: its entries' `lstat` (to compare by stat where there is no manifest) and,
+//! where that tree differs from its run's record (`store::Snapshot::differs`), the bytes
+//! of each file a stat matches, hashed to check them against that record before a link
+//! is planned (`Walk::vouched`), as a real run does: such a dry run reads those files
+//! whole.
 //!
 //! A plan holds one line per entry that would change, so its memory grows with the
 //! tree, unlike a real run's: a dry run of 10^7 files holds 10^7 lines.
@@ -167,6 +171,10 @@ impl Sink for PlanSink {
 
     fn prev_xattrs(&self, dir: &PlanDir, name: &[u8]) -> Option<Xattrs> {
         prev_xattrs(dir.prev.as_ref(), name)
+    }
+
+    fn prev_hash(&self, dir: &PlanDir, name: &[u8]) -> Option<io::Result<blake3::Hash>> {
+        Some(fsx::hash_at(b(dir.prev.as_ref()?), name))
     }
 
     fn has_prev(&self, dir: &PlanDir) -> bool {

@@ -26,6 +26,9 @@ pub struct TreeRotation {
     before: Vec<Snapshot>,
     /// Expiring snapshots a reader holds: kept, past `retain` (see `hold.rs`).
     deferred: Vec<String>,
+    /// The label's newest complete snapshot, kept past `retain` by a run that is not
+    /// complete ([`Rotation::kept_complete`]): its name before and after the rotation.
+    kept_complete: Option<(String, String)>,
     /// The exclusive holds on the expiring snapshots, until they are in trash.
     _holds: Vec<std::os::fd::OwnedFd>,
 }
@@ -39,12 +42,22 @@ impl Rotation for TreeRotation {
         &self.deferred
     }
 
+    fn kept_complete(&self) -> Option<&str> {
+        self.kept_complete.as_ref().map(|(_, to)| to.as_str())
+    }
+
     fn describe(&self) -> Vec<String> {
         self.steps
             .iter()
             .map(|s| match s.to.strip_prefix(&self.trash_prefix) {
                 Some(name) => format!("expire {name}"),
                 None if s.from == self.staging => format!("publish {}", s.to),
+                None if self.kept_complete.as_ref().is_some_and(|(f, _)| *f == s.from) => {
+                    format!(
+                        "rename {} -> {} (kept past retain: the newest complete snapshot, and this run is partial)",
+                        s.from, s.to
+                    )
+                }
                 None if self.deferred.contains(&s.from) => {
                     format!(
                         "rename {} -> {} (expiry deferred: a reader holds it)",
@@ -249,6 +262,22 @@ impl Repository for Store {
             (None, Some((_, r))) => manifest::read_damaged(&self.meta.join("manifests"), &r.id),
             _ => Default::default(),
         };
+        let paired = match (&manifest, &snap.differs) {
+            (None, Some((_, r))) => {
+                match manifest::Reader::open(&self.meta.join("manifests"), &r.id) {
+                    Ok(m) => Some(m),
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: the manifest of run {} it is paired with is unusable ({e}); its files are compared by stat and hashed as they are",
+                            snap.name,
+                            r.id
+                        );
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         let record = snap
             .rec
             .as_ref()
@@ -270,6 +299,7 @@ impl Repository for Store {
             name: snap.name,
             manifest,
             damaged,
+            record: paired,
         }))
     }
 
@@ -332,7 +362,13 @@ impl Repository for Store {
         Ok(PlanSink::new(self.open_prev_root(prev)?))
     }
 
-    fn plan_rotation(&self, label: &str, retain: u32, id: &str) -> Result<TreeRotation> {
+    fn plan_rotation(
+        &self,
+        label: &str,
+        retain: u32,
+        id: &str,
+        status: Status,
+    ) -> Result<TreeRotation> {
         let before = self.snapshots()?;
         let slots: Vec<u32> = before
             .iter()
@@ -343,14 +379,39 @@ impl Repository for Store {
         let trash_prefix = format!("{}/trash/{id}-", super::META_DIR);
         let mut held = Vec::new();
         let mut holds = Vec::new();
-        for s in rotation::expiring(&slots, retain) {
+        let expiring = rotation::expiring(&slots, retain);
+        // Invariant 3: a run that is not complete never expires the last complete
+        // snapshot of its label (a source that answers every read with an error made
+        // `partial` runs that rotated the only complete one away).
+        let keep = match status {
+            Status::Complete => None,
+            _ => self
+                .newest_complete(&before, label)
+                .filter(|s| expiring.contains(s)),
+        };
+        for s in expiring {
+            if Some(s) == keep {
+                held.push(s);
+                continue;
+            }
             match hold::try_expire(&self.root.join(format!("{label}.{s}"))) {
                 hold::Expiry::Held => held.push(s),
                 hold::Expiry::Free(fd) => holds.extend(fd),
             }
         }
-        let p = rotation::plan_holding(label, &slots, retain, &held, &staging, &trash_prefix);
+        let mut p = rotation::plan_holding(label, &slots, retain, &held, &staging, &trash_prefix);
         self.check_way_clear(&p.steps)?;
+        let kept_complete = keep.map(|s| {
+            let from = format!("{label}.{s}");
+            let to = p
+                .steps
+                .iter()
+                .find(|st| st.from == from)
+                .map(|st| st.to.clone());
+            (from.clone(), to.unwrap_or(from))
+        });
+        p.deferred
+            .retain(|n| kept_complete.as_ref().is_none_or(|(from, _)| from != n));
         Ok(TreeRotation {
             steps: p.steps,
             expired: p.expired,
@@ -358,6 +419,7 @@ impl Repository for Store {
             trash_prefix,
             before,
             deferred: p.deferred,
+            kept_complete,
             _holds: holds,
         })
     }
@@ -487,6 +549,23 @@ impl Repository for Store {
 }
 
 impl Store {
+    /// The slot of `label`'s newest snapshot in `snaps` that is not known to be other
+    /// than `complete`: its run's record says `complete`, or nothing says (a taken-over
+    /// tree, a record gone): kept rather than lost.
+    fn newest_complete(&self, snaps: &[Snapshot], label: &str) -> Option<u32> {
+        let mut mine: Vec<&Snapshot> = snaps.iter().filter(|s| s.label == label).collect();
+        mine.sort_by_key(|s| s.slot);
+        mine.into_iter()
+            .find(|s| {
+                let run = s
+                    .rec
+                    .as_ref()
+                    .and_then(|r| self.read_run(&r.id).ok().flatten());
+                run.is_none_or(|r| r.status == Status::Complete)
+            })
+            .map(|s| s.slot)
+    }
+
     fn progress_path(&self) -> std::path::PathBuf {
         self.meta.join("progress.json")
     }

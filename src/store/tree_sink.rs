@@ -538,6 +538,20 @@ impl TreeSink {
     }
 }
 
+/// Removes the POSIX ACLs `names` from staging directory `dst` (a file system without
+/// them, or one not there, is no error), so that nothing this run creates in it
+/// inherits a default ACL: an entry of a snapshot has exactly its source's ACLs, and
+/// its mode is the one it was created with (the umask's, not an ACL's mask), with no
+/// call per entry to take an inherited ACL off. The staging root may have inherited
+/// both from `.snapring/staging` (a default ACL on the store's directory is passed down
+/// to everything created under it), an interrupted run's directory taken over may hold
+/// the source's default ACL (its metadata was set); every directory this run makes is
+/// made in a directory without one, and gets its source's ACLs last (`finish_dir`).
+/// Two calls per run and one per directory taken over.
+fn no_inherited_acls(dst: &OwnedFd, names: &[&[u8]]) -> io::Result<()> {
+    fsx::remove_xattrs(&XattrTarget::Fd(b(dst)), names, &Vec::new()).map(|_| ())
+}
+
 fn side(parent: &Option<OwnedFd>, name: &[u8]) -> Option<OwnedFd> {
     parent
         .as_ref()
@@ -571,6 +585,7 @@ impl Sink for TreeSink {
 
     fn root(&self) -> io::Result<TreeDir> {
         let dst = fsx::open_dir_at(b(&self.staging), b".")?;
+        no_inherited_acls(&dst, fsx::INHERITED_DIR)?;
         Ok(TreeDir {
             adopted: self.adopted_dir(&dst)?,
             dst,
@@ -591,6 +606,9 @@ impl Sink for TreeSink {
                     if st.perm & 0o700 != 0o700 {
                         rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o700))?;
                     }
+                    // And maybe a finished directory's default ACL: `finish_dir` sets
+                    // the source's again (and removes what the source has not).
+                    no_inherited_acls(&fd, &[fsx::ACL_DEFAULT])?;
                     let ad = self.adopted_dir(&fd)?;
                     (fd, ad)
                 }
@@ -902,6 +920,10 @@ impl Sink for TreeSink {
         }
         p.0.insert(key, refused);
         refused
+    }
+
+    fn prev_hash(&self, dir: &TreeDir, name: &[u8]) -> Option<io::Result<blake3::Hash>> {
+        Some(fsx::hash_at(b(dir.prev.as_ref()?), name))
     }
 
     fn has_prev(&self, dir: &TreeDir) -> bool {

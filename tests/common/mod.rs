@@ -269,6 +269,46 @@ pub fn backup(
     (code, json, stderr)
 }
 
+/// The arguments of `snapring restore --dest DEST SNAPSHOT --to TO` (no `--json`).
+pub fn restore_args<'a>(dest: &'a Path, snapshot: &'a str, to: &'a Path) -> [&'a OsStr; 6] {
+    [
+        "restore".as_ref(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+        snapshot.as_ref(),
+        "--to".as_ref(),
+        to.as_os_str(),
+    ]
+}
+
+/// The arguments of `snapring restore --json --dest DEST SNAPSHOT --to TO` (a test
+/// runs them as it needs: [`snapring`], as another user, with more flags after them).
+pub fn restore_json_args<'a>(dest: &'a Path, snapshot: &'a str, to: &'a Path) -> [&'a OsStr; 7] {
+    [
+        "restore".as_ref(),
+        "--json".as_ref(),
+        "--dest".as_ref(),
+        dest.as_os_str(),
+        snapshot.as_ref(),
+        "--to".as_ref(),
+        to.as_os_str(),
+    ]
+}
+
+/// Runs `snapring list --json --dest DEST` (no environment added); the caller reads
+/// the output.
+pub fn list_json(dest: &Path) -> Output {
+    snapring(
+        &[
+            "list".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+        ],
+        &[],
+    )
+}
+
 pub fn ino(p: &Path) -> u64 {
     std::fs::symlink_metadata(p)
         .unwrap_or_else(|e| panic!("stat {}: {e}", p.display()))

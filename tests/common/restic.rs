@@ -82,6 +82,40 @@ pub fn sr_nocache(args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// `snapring init --dest URL` ([`sr_nocache`]), which must succeed.
+pub fn sr_init(url: &str) {
+    let (code, out, err) = sr_nocache(&["init", "--dest", url]);
+    assert_eq!(code, 0, "{out}\n{err}");
+}
+
+/// The arguments of `snapring backup --source SRC --dest URL --json`.
+pub fn backup_json_args<'a>(src: &'a Path, url: &'a str) -> [&'a str; 6] {
+    [
+        "backup",
+        "--source",
+        src.to_str().unwrap(),
+        "--dest",
+        url,
+        "--json",
+    ]
+}
+
+/// `snapring backup --source SRC --dest URL --json` ([`sr_nocache`]), which must exit
+/// 0: its report.
+pub fn sr_backup_json(src: &Path, url: &str) -> serde_json::Value {
+    let (code, out, err) = sr_nocache(&backup_json_args(src, url));
+    assert_eq!(code, 0, "backup: {out}\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
+}
+
+/// [`sr_backup_json`]'s snapshot id.
+pub fn sr_backup_id(src: &Path, url: &str) -> String {
+    sr_backup_json(src, url)["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
 /// The arguments of `snapring restore --dest DEST latest --to TO` (a test appends its
 /// own flags: `[&restore_latest(..)[..], &["--json"]].concat()`).
 pub fn restore_latest<'a>(dest: &'a str, to: &'a Path) -> [&'a str; 6] {
