@@ -822,17 +822,23 @@ pub fn remove_other_xattrs(t: &XattrTarget<'_>, keep: &Xattrs) -> io::Result<boo
 /// A digest of an xattr list, stored in manifests to detect attribute-only changes.
 /// `None` when there are no attributes.
 pub fn xattr_digest(xs: &Xattrs) -> Option<String> {
-    if xs.is_empty() {
-        return None;
-    }
+    xattr_digest_of(xs.iter())
+}
+
+/// [`xattr_digest`] of the attributes `xs` yields (in order), borrowed: the walk's
+/// digest of a source's attributes less those the store refused, with no copy of
+/// their values.
+pub fn xattr_digest_of<'a>(xs: impl IntoIterator<Item = &'a (Vec<u8>, Vec<u8>)>) -> Option<String> {
     let mut h = blake3::Hasher::new();
+    let mut any = false;
     for (n, v) in xs {
+        any = true;
         h.update(&(n.len() as u64).to_le_bytes());
         h.update(n);
         h.update(&(v.len() as u64).to_le_bytes());
         h.update(v);
     }
-    Some(h.finalize().to_hex()[..32].to_string())
+    any.then(|| h.finalize().to_hex()[..32].to_string())
 }
 
 const BUF: usize = 256 * 1024;

@@ -560,9 +560,14 @@ struct Restore<'a, R: SnapshotReader> {
     /// directory of it) that does not exist yet probes ([`Restore::plan_not_held`]).
     existing: &'a OwnedFd,
     /// Entries restored without attributes the store refused at backup
-    /// (`manifest::Entry::refused`), and the first of those names.
-    not_kept: Mutex<(u64, Vec<Vec<u8>>)>,
+    /// (`manifest::Entry::refused`), the first [`NOT_KEPT_NAMED`] of those names, and
+    /// whether there were more.
+    not_kept: Mutex<(u64, Vec<Vec<u8>>, bool)>,
 }
+
+/// How many attribute names the warning of entries restored without attributes the
+/// store refused names (then "…").
+const NOT_KEPT_NAMED: usize = 8;
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
 /// once a restore has walked the whole tree. When the restore puts an entry of that
@@ -2359,24 +2364,31 @@ impl<R: SnapshotReader> Restore<'_, R> {
             },
             _ => None,
         };
-        // Attributes the store refused at backup: never in the snapshot, so not
-        // restored; said once, in the report's warnings.
-        if let Some(r) = rec.as_ref().filter(|r| !r.refused.is_empty()) {
-            let mut nk = self.not_kept.lock().unwrap_or_else(|e| e.into_inner());
-            nk.0 += 1;
-            for n in &r.refused {
-                if nk.1.len() < 8 && !nk.1.contains(n) {
-                    nk.1.push(n.clone());
-                }
-            }
-        }
         let src = Source {
             fd: src,
             no_xattrs: recorded && e.xattrs.is_none(),
             xattrs,
             target,
         };
-        self.other_entry(&at, &e, &m, existing, src);
+        // Attributes the store refused at backup: never in the snapshot, so not
+        // restored; said once, in the report's warnings, of the entries the target now
+        // holds as the snapshot has them (not one skipped, in conflict or failed).
+        if self.other_entry(&at, &e, &m, existing, src)
+            && let Some(r) = rec.as_ref().filter(|r| !r.refused.is_empty())
+        {
+            let mut nk = self.not_kept.lock().unwrap_or_else(|e| e.into_inner());
+            nk.0 += 1;
+            for n in &r.refused {
+                if nk.1.contains(n) {
+                    continue;
+                }
+                if nk.1.len() < NOT_KEPT_NAMED {
+                    nk.1.push(n.clone());
+                } else {
+                    nk.2 = true;
+                }
+            }
+        }
         Step::Next
     }
 
@@ -2546,7 +2558,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
     }
 
     /// Anything but a directory: created, skipped as identical, reported as a conflict,
-    /// or replaced, per the mode.
+    /// or replaced, per the mode. `true` when the target now holds the snapshot's entry
+    /// (created or replaced, a dry run's planned; identical); `false` when it does not
+    /// (a conflict, a special file it cannot hold, a failure: each a problem or conflict).
     fn other_entry(
         &self,
         at: &At<'_, R::Dir>,
@@ -2554,15 +2568,14 @@ impl<R: SnapshotReader> Restore<'_, R> {
         m: &Meta,
         existing: Option<Meta>,
         src: Source,
-    ) {
+    ) -> bool {
         let mode = self.opts.mode;
         let Some(x) = existing else {
             if self.plan_not_held(at, m) {
-                return;
+                return false;
             }
             self.say('+', &at.rel, "");
-            self.create(at, e, m, None, src);
-            return;
+            return self.create(at, e, m, None, src);
         };
         if x.kind == Kind::Dir {
             if mode != Mode::Mirror {
@@ -2571,10 +2584,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     m.kind.name()
                 );
                 self.conflict(&at.rel, why);
-                return;
+                return false;
             }
             if self.plan_not_held(at, m) {
-                return;
+                return false;
             }
             self.say('~', &at.rel, "");
             if !self.opts.dry_run
@@ -2585,30 +2598,37 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 add(&self.counts.deleted, n);
                 if let Err(err) = r {
                     self.delete_error(&at.rel, "remove (mirror)", err);
-                    return;
+                    return false;
                 }
             }
-            if self.create(at, e, m, None, src) {
+            let created = self.create(at, e, m, None, src);
+            if created {
                 add(&self.counts.overwritten, 1);
             }
-            return;
+            return created;
         }
         match self.same(at, e, m, &x, &src) {
             Same::Yes => {
                 add(&self.counts.identical, 1);
                 self.adopt_leader(at, e, m);
+                true
             }
             // In a directory a stopped run of this restore made, what differs is its own
             // half-done work, not the user's.
-            Same::No(why) if mode == Mode::Safe && !at.node.ours => self.conflict(&at.rel, why),
-            Same::No(_) if self.plan_not_held(at, m) => {}
+            Same::No(why) if mode == Mode::Safe && !at.node.ours => {
+                self.conflict(&at.rel, why);
+                false
+            }
+            Same::No(_) if self.plan_not_held(at, m) => false,
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
                 // Counted once it is replaced: a copy that failed (a full disk) left the
                 // entry as it was.
-                if self.create(at, e, m, Some(&self.tmp_name()), src) {
+                let created = self.create(at, e, m, Some(&self.tmp_name()), src);
+                if created {
                     add(&self.counts.overwritten, 1);
                 }
+                created
             }
         }
     }
@@ -3348,6 +3368,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 .map(|n| crate::relpath::shown_bytes(n))
                 .collect();
             names.sort();
+            if not_kept.2 {
+                names.push("…".into());
+            }
             let n = not_kept.0;
             // Without its access ACL a file's group permission bits are the ACL's mask,
             // which may give the owning group more than its ACL entry did.

@@ -564,6 +564,33 @@ fn an_unchanged_file_whose_xattrs_the_store_refuses_is_linked_not_copied_again()
         ),
         "{rest}"
     );
+    // Into a target whose `b` differs (a conflict, left as it is): only `a` is restored
+    // without the attribute. (Before, every entry looked at was counted.)
+    let to2 = t.path().join("restored2");
+    std::fs::create_dir(&to2).unwrap();
+    std::fs::write(to2.join("b"), b"the user's own b").unwrap();
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to2.as_os_str(),
+        ],
+        &[],
+    );
+    let rest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(rest["conflicts_total"], 1, "{rest} {out:?}");
+    assert_eq!(std::fs::read(to2.join("b")).unwrap(), b"the user's own b");
+    assert!(
+        warned(
+            &rest,
+            "1 entry restored without extended attributes the backup file system refused when it was backed up (user.x)"
+        ),
+        "{rest}"
+    );
     // A refused attribute's value changed: nothing to keep, `b` stays linked; a new
     // attribute the store refuses: `a` is copied, and the refusal reported.
     set_xattr(&src.join("b"), "user.x", b"changed");

@@ -1075,11 +1075,9 @@ impl<'a, S: Sink> Walk<'a, S> {
                     .prev_xattrs(&dir.state.out, name)
                     .and_then(|x| fsx::xattr_digest(&x)),
             };
-            let (not_kept, kept): (Xattrs, Xattrs) = xs
-                .iter()
-                .cloned()
-                .partition(|(n, _)| refused_before.contains(n));
-            decision = if fsx::xattr_digest(&kept) == prev_digest
+            let (not_kept, kept): (Vec<_>, Vec<_>) =
+                xs.iter().partition(|(n, _)| refused_before.contains(n));
+            decision = if fsx::xattr_digest_of(kept.iter().copied()) == prev_digest
                 && not_kept
                     .iter()
                     .all(|(n, v)| self.sink.still_refuses_xattr(n, v))
@@ -1088,7 +1086,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             } else {
                 Decision::Copy(Reason::MetadataChanged)
             };
-            refused = Some(not_kept.into_iter().map(|(n, _)| n).collect());
+            refused = Some(not_kept.into_iter().map(|(n, _)| n.clone()).collect());
             src_xattrs = Some(xs);
         }
         let mut vouched = None;
