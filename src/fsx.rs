@@ -726,6 +726,10 @@ pub fn read_xattrs(t: &XattrTarget<'_>) -> io::Result<Xattrs> {
 /// "the … file system": `not supported by` or `too large for`.
 pub type Refused = Vec<(Vec<u8>, &'static str)>;
 
+/// Why [`write_xattrs`] refused an attribute the file system does not support (any
+/// value of it), in [`Refused`].
+pub const NOT_SUPPORTED: &str = "not supported by";
+
 /// Sets every attribute in `xs`. Returns the ones the target file system refused: as
 /// unsupported (for example `security.*` on a file system without them), or as too
 /// large (ENOSPC, E2BIG: ext4 keeps a value in one block, so 4 KiB at most, where XFS,
@@ -747,7 +751,7 @@ pub fn write_xattrs(t: &XattrTarget<'_>, xs: &Xattrs) -> io::Result<Refused> {
         };
         match r {
             Ok(()) => {}
-            Err(e) if unsupported(&e) => refused.push((name.clone(), "not supported by")),
+            Err(e) if unsupported(&e) => refused.push((name.clone(), NOT_SUPPORTED)),
             Err(rustix::io::Errno::NOSPC | rustix::io::Errno::TOOBIG) => {
                 refused.push((name.clone(), "too large for"))
             }
@@ -818,17 +822,23 @@ pub fn remove_other_xattrs(t: &XattrTarget<'_>, keep: &Xattrs) -> io::Result<boo
 /// A digest of an xattr list, stored in manifests to detect attribute-only changes.
 /// `None` when there are no attributes.
 pub fn xattr_digest(xs: &Xattrs) -> Option<String> {
-    if xs.is_empty() {
-        return None;
-    }
+    xattr_digest_of(xs.iter())
+}
+
+/// [`xattr_digest`] of the attributes `xs` yields (in order), borrowed: the walk's
+/// digest of a source's attributes less those the store refused, with no copy of
+/// their values.
+pub fn xattr_digest_of<'a>(xs: impl IntoIterator<Item = &'a (Vec<u8>, Vec<u8>)>) -> Option<String> {
     let mut h = blake3::Hasher::new();
+    let mut any = false;
     for (n, v) in xs {
+        any = true;
         h.update(&(n.len() as u64).to_le_bytes());
         h.update(n);
         h.update(&(v.len() as u64).to_le_bytes());
         h.update(v);
     }
-    Some(h.finalize().to_hex()[..32].to_string())
+    any.then(|| h.finalize().to_hex()[..32].to_string())
 }
 
 const BUF: usize = 256 * 1024;

@@ -51,6 +51,14 @@ pub struct Entry {
     pub target: Option<Vec<u8>>,
     /// Device number (character and block devices).
     pub rdev: u64,
+    /// The names of the extended attributes the store refused to keep on this entry as
+    /// not supported, sorted (a value refused as too large is not recorded: it depends
+    /// on the entry's other attributes too): `xattrs` is the digest of the others, the
+    /// ones the snapshot holds. The next run compares the source's
+    /// attributes less these with `xattrs`, and links an unchanged entry rather than
+    /// copying it again to be refused again. Recorded for files, fifos and sockets
+    /// only ([`Entry::records_refused`]).
+    pub refused: Vec<Vec<u8>>,
 }
 
 impl Entry {
@@ -78,7 +86,18 @@ impl Entry {
             } else {
                 0
             },
+            refused: Vec::new(),
         }
+    }
+
+    /// Whether an entry of `kind` records the attributes the store refused
+    /// ([`Entry::refused`]): in field 12, which readers before this addition ignore for
+    /// every kind but symlinks (their target) and devices (their number). A symlink or
+    /// a device cannot hold `user.*` attributes nor (a symlink) ACLs, and its copy reads
+    /// no data: its refused attributes stay unrecorded, and it is made again when they
+    /// are compared (docs/format.md).
+    pub fn records_refused(kind: Kind) -> bool {
+        matches!(kind, Kind::File | Kind::Fifo | Kind::Socket)
     }
 
     /// The text line (without newline).
@@ -95,6 +114,9 @@ impl Entry {
         let extra = match (self.kind, &self.target) {
             (Kind::Symlink, Some(t)) => format!(":{}", escape(t)),
             (Kind::Char | Kind::Block, _) => format!(":{}", self.rdev),
+            (k, _) if Entry::records_refused(k) && !self.refused.is_empty() => {
+                refused_field(&self.refused)
+            }
             _ => "-".into(),
         };
         format!(
@@ -139,6 +161,12 @@ impl Entry {
             (Kind::Char | Kind::Block, Some(r)) => (None, r.parse().map_err(|_| bad("rdev"))?),
             _ => (None, 0),
         };
+        let refused = match f[11].strip_prefix(REFUSED_PREFIX) {
+            Some(names) if Entry::records_refused(kind) => {
+                parse_refused(names).ok_or_else(|| bad("refused attributes"))?
+            }
+            _ => Vec::new(),
+        };
         Ok(Entry {
             kind,
             perm: u32::from_str_radix(f[1], 8).map_err(|_| bad("mode"))?,
@@ -157,8 +185,35 @@ impl Entry {
             target,
             rdev,
             name: unescape(f[12])?,
+            refused,
         })
     }
+}
+
+/// Field 12's start when it names the attributes the store refused ([`Entry::refused`]).
+const REFUSED_PREFIX: &str = "x=";
+
+/// Field 12 of an entry whose attributes `names` the store refused: `x=` and the names,
+/// each escaped as a path is (and `,` as `%2C`), separated by `,`.
+fn refused_field(names: &[Vec<u8>]) -> String {
+    let mut s = String::from(REFUSED_PREFIX);
+    for (i, n) in names.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push_str(&escape(n).replace(',', "%2C"));
+    }
+    s
+}
+
+/// The names [`refused_field`] wrote; `None` if one is empty or not escaped right.
+fn parse_refused(s: &str) -> Option<Vec<Vec<u8>>> {
+    if s.is_empty() {
+        return Some(Vec::new());
+    }
+    s.split(',')
+        .map(|n| unescape(n).ok().filter(|n| !n.is_empty()))
+        .collect()
 }
 
 /// A directory's key in the index: the first 8 bytes of the BLAKE3 of its path (public
@@ -893,6 +948,7 @@ mod tests {
             group: Some(77),
             target: (kind == Kind::Symlink).then(|| b"-".to_vec()),
             rdev: if kind == Kind::Char { 0x0501 } else { 0 },
+            refused: Vec::new(),
         }
     }
 
@@ -905,6 +961,38 @@ mod tests {
         ] {
             let e = entry(n, k);
             assert_eq!(Entry::parse_line(&e.to_line()).unwrap(), e);
+        }
+    }
+
+    /// The attributes the store refused (field 12, `x=`) read back as written, odd names
+    /// too; the line keeps its 13 fields, and its other fields are what a reader before
+    /// the addition reads (it ignores field 12 of a file). Not written for a symlink or
+    /// a device, whose field 12 is their own.
+    #[test]
+    fn refused_attribute_names_round_trip_in_field_12_of_files_only() {
+        let mut e = entry(b"f", Kind::File);
+        e.refused = vec![
+            b"system.posix_acl_access".to_vec(),
+            b"user.a,b c%\xff".to_vec(),
+        ];
+        let line = e.to_line();
+        let f = line_fields(&line).unwrap();
+        assert_eq!(f[11], "x=system.posix_acl_access,user.a%2Cb%20c%25%FF");
+        assert_eq!(Entry::parse_line(&line).unwrap(), e);
+        let mut plain = e.clone();
+        plain.refused.clear();
+        assert_eq!(line.replace(f[11], "-"), plain.to_line());
+        for bad in ["x=,a", "x=a,", "x=%zz"] {
+            assert!(
+                Entry::parse_line(&line.replace(f[11], bad)).is_err(),
+                "{bad}"
+            );
+        }
+        for k in [Kind::Symlink, Kind::Char] {
+            let mut e = entry(b"s", k);
+            e.refused = vec![b"user.a".to_vec()];
+            let back = Entry::parse_line(&e.to_line()).unwrap();
+            assert!(back.refused.is_empty() && back.target == e.target && back.rdev == e.rdev);
         }
     }
 

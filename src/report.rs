@@ -367,6 +367,58 @@ pub struct Counters {
     /// set (`fsx::OwnerNotSet::cleared`): said once in the report's warnings
     /// ([`setid_cleared_warning`]), each copy's own `set owner` problem says it too.
     pub setid_cleared: AtomicU64,
+    /// Entries linked unchanged whose previous copy lacks attributes the store refused
+    /// (`manifest::Entry::refused`), and the first of those names: said once in the
+    /// report's warnings ([`xattrs_not_kept_warning`]), not as a problem each (the
+    /// run that copied them and was refused reported each).
+    pub xattrs_not_kept: Mutex<(u64, Vec<Vec<u8>>)>,
+}
+
+/// How many attribute names [`xattrs_not_kept_warning`] names.
+const XATTRS_NOT_KEPT_NAMED: usize = 8;
+
+/// The warning of a run that linked `n` entries without the attributes `names` (the
+/// first ones) the store refused ([`Counters::xattrs_not_kept`]).
+pub fn xattrs_not_kept_warning(n: u64, names: &[Vec<u8>]) -> String {
+    let mut shown: Vec<String> = names
+        .iter()
+        .map(|n| crate::relpath::shown_bytes(n))
+        .collect();
+    if names.len() >= XATTRS_NOT_KEPT_NAMED {
+        shown.push("…".into());
+    }
+    format!(
+        "{n} unchanged entr{} linked without extended attributes the backup file system refused when {} copied ({}): the snapshot does not keep them, nor does a restore give them back",
+        if n == 1 { "y" } else { "ies" },
+        if n == 1 { "it was" } else { "they were" },
+        shown.join(", "),
+    )
+}
+
+impl Counters {
+    /// An entry linked whose previous copy lacks the attributes `names` the store
+    /// refused ([`Counters::xattrs_not_kept`]).
+    pub fn xattrs_not_kept(&self, names: &[Vec<u8>]) {
+        self.xattrs_not_kept_n(1, names);
+    }
+
+    /// `n` entries linked without attributes the store refused, among them `names`
+    /// (a shard unit's, added up by finalize).
+    pub fn xattrs_not_kept_n(&self, n: u64, names: &[Vec<u8>]) {
+        let mut x = self
+            .xattrs_not_kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        x.0 += n;
+        for n in names {
+            if x.1.len() >= XATTRS_NOT_KEPT_NAMED {
+                break;
+            }
+            if !x.1.contains(n) {
+                x.1.push(n.clone());
+            }
+        }
+    }
 }
 
 /// The warning of a run that cleared the setuid/setgid bits of `n` copies
@@ -518,6 +570,20 @@ impl Counters {
             if !r.warnings.contains(&w) {
                 r.warnings.push(w);
             }
+        }
+        let not_kept = self
+            .xattrs_not_kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if not_kept.0 > 0 {
+            let mut names = not_kept.1;
+            names.sort();
+            let w = xattrs_not_kept_warning(not_kept.0, &names);
+            r.warnings.retain(|o| {
+                !o.contains("linked without extended attributes the backup file system refused")
+            });
+            r.warnings.push(w);
         }
         if let Some(t) = &self.throttle {
             r.bwlimit = Some(t.rate());

@@ -559,7 +559,15 @@ struct Restore<'a, R: SnapshotReader> {
     /// The longest prefix of `--to` that exists: where a dry run into a target (or a
     /// directory of it) that does not exist yet probes ([`Restore::plan_not_held`]).
     existing: &'a OwnedFd,
+    /// Entries restored without attributes the store refused at backup
+    /// (`manifest::Entry::refused`), the first [`NOT_KEPT_NAMED`] of those names, and
+    /// whether there were more.
+    not_kept: Mutex<(u64, Vec<Vec<u8>>, bool)>,
 }
+
+/// How many attribute names the warning of entries restored without attributes the
+/// store refused names (then "…").
+const NOT_KEPT_NAMED: usize = 8;
 
 /// The name, in the target root, of the record of a restore's unfinished work. Absent
 /// once a restore has walked the whole tree. When the restore puts an entry of that
@@ -1122,6 +1130,7 @@ pub fn restore(opts: &RestoreOptions, cancel: &AtomicBool) -> Result<RestoreRepo
         one_fs_run: sel.run.as_ref().is_some_and(|r| r.one_file_system),
         holds: std::sync::OnceLock::new(),
         existing: &existing,
+        not_kept: Mutex::default(),
     };
     let root_meta = {
         let mut start = r.start.lock().unwrap_or_else(|e| e.into_inner());
@@ -2361,7 +2370,25 @@ impl<R: SnapshotReader> Restore<'_, R> {
             xattrs,
             target,
         };
-        self.other_entry(&at, &e, &m, existing, src);
+        // Attributes the store refused at backup: never in the snapshot, so not
+        // restored; said once, in the report's warnings, of the entries the target now
+        // holds as the snapshot has them (not one skipped, in conflict or failed).
+        if self.other_entry(&at, &e, &m, existing, src)
+            && let Some(r) = rec.as_ref().filter(|r| !r.refused.is_empty())
+        {
+            let mut nk = self.not_kept.lock().unwrap_or_else(|e| e.into_inner());
+            nk.0 += 1;
+            for n in &r.refused {
+                if nk.1.contains(n) {
+                    continue;
+                }
+                if nk.1.len() < NOT_KEPT_NAMED {
+                    nk.1.push(n.clone());
+                } else {
+                    nk.2 = true;
+                }
+            }
+        }
         Step::Next
     }
 
@@ -2531,7 +2558,9 @@ impl<R: SnapshotReader> Restore<'_, R> {
     }
 
     /// Anything but a directory: created, skipped as identical, reported as a conflict,
-    /// or replaced, per the mode.
+    /// or replaced, per the mode. `true` when the target now holds the snapshot's entry
+    /// (created or replaced, a dry run's planned; identical); `false` when it does not
+    /// (a conflict, a special file it cannot hold, a failure: each a problem or conflict).
     fn other_entry(
         &self,
         at: &At<'_, R::Dir>,
@@ -2539,15 +2568,14 @@ impl<R: SnapshotReader> Restore<'_, R> {
         m: &Meta,
         existing: Option<Meta>,
         src: Source,
-    ) {
+    ) -> bool {
         let mode = self.opts.mode;
         let Some(x) = existing else {
             if self.plan_not_held(at, m) {
-                return;
+                return false;
             }
             self.say('+', &at.rel, "");
-            self.create(at, e, m, None, src);
-            return;
+            return self.create(at, e, m, None, src);
         };
         if x.kind == Kind::Dir {
             if mode != Mode::Mirror {
@@ -2556,10 +2584,10 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     m.kind.name()
                 );
                 self.conflict(&at.rel, why);
-                return;
+                return false;
             }
             if self.plan_not_held(at, m) {
-                return;
+                return false;
             }
             self.say('~', &at.rel, "");
             if !self.opts.dry_run
@@ -2570,30 +2598,37 @@ impl<R: SnapshotReader> Restore<'_, R> {
                 add(&self.counts.deleted, n);
                 if let Err(err) = r {
                     self.delete_error(&at.rel, "remove (mirror)", err);
-                    return;
+                    return false;
                 }
             }
-            if self.create(at, e, m, None, src) {
+            let created = self.create(at, e, m, None, src);
+            if created {
                 add(&self.counts.overwritten, 1);
             }
-            return;
+            return created;
         }
         match self.same(at, e, m, &x, &src) {
             Same::Yes => {
                 add(&self.counts.identical, 1);
                 self.adopt_leader(at, e, m);
+                true
             }
             // In a directory a stopped run of this restore made, what differs is its own
             // half-done work, not the user's.
-            Same::No(why) if mode == Mode::Safe && !at.node.ours => self.conflict(&at.rel, why),
-            Same::No(_) if self.plan_not_held(at, m) => {}
+            Same::No(why) if mode == Mode::Safe && !at.node.ours => {
+                self.conflict(&at.rel, why);
+                false
+            }
+            Same::No(_) if self.plan_not_held(at, m) => false,
             Same::No(why) => {
                 self.say('~', &at.rel, &format!(" ({why})"));
                 // Counted once it is replaced: a copy that failed (a full disk) left the
                 // entry as it was.
-                if self.create(at, e, m, Some(&self.tmp_name()), src) {
+                let created = self.create(at, e, m, Some(&self.tmp_name()), src);
+                if created {
                     add(&self.counts.overwritten, 1);
                 }
+                created
             }
         }
     }
@@ -3320,6 +3355,36 @@ impl<R: SnapshotReader> Restore<'_, R> {
                     ),
                 );
             }
+        }
+        let not_kept = self
+            .not_kept
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if not_kept.0 > 0 {
+            let mut names: Vec<String> = not_kept
+                .1
+                .iter()
+                .map(|n| crate::relpath::shown_bytes(n))
+                .collect();
+            names.sort();
+            if not_kept.2 {
+                names.push("…".into());
+            }
+            let n = not_kept.0;
+            // Without its access ACL a file's group permission bits are the ACL's mask,
+            // which may give the owning group more than its ACL entry did.
+            let acl = if not_kept.1.iter().any(|n| n == fsx::ACL_ACCESS) {
+                "; among them POSIX ACLs (system.posix_acl_access): those entries' group permission bits are the ACL's mask, which may give the owning group more than the ACL did, check them"
+            } else {
+                ""
+            };
+            warnings.push(format!(
+                "{n} entr{} restored without extended attributes the backup file system refused when {} backed up ({}): the snapshot never kept them{acl}",
+                if n == 1 { "y" } else { "ies" },
+                if n == 1 { "it was" } else { "they were" },
+                names.join(", ")
+            ));
         }
         if g(&c.times_lost) > 0 {
             warnings.push(format!(

@@ -197,6 +197,21 @@ pub trait Sink: Sync {
     /// Whether the previous snapshot has this directory at all.
     fn has_prev(&self, dir: &Self::Dir) -> bool;
 
+    /// Whether this run already found the store refusing attribute `name` whatever
+    /// its value (not supported): an entry whose previous copy lacks only such
+    /// attributes ([`manifest::Entry::refused`]) is linked without reading the source's.
+    fn refuses_xattr_name(&self, _name: &[u8]) -> bool {
+        false
+    }
+
+    /// Whether the store still refuses attribute `name` with `value`, which it refused
+    /// to an entry's previous copy ([`manifest::Entry::refused`]): where it takes it
+    /// now (a store given xattr support), the entry is copied again so that its copy
+    /// keeps it. `true` where it cannot be tried (a dry run).
+    fn still_refuses_xattr(&self, _name: &[u8], _value: &[u8]) -> bool {
+        true
+    }
+
     /// The hash (and, unless `xattrs_known`, the xattrs' digest) of a linked entry that
     /// had no manifest entry (a taken-over tree): read once from the new snapshot, so
     /// every snapshot has a full manifest.

@@ -470,6 +470,241 @@ fn an_xattr_value_too_large_for_the_store_is_the_entrys_problem_not_a_full_disk(
     assert_eq!(snapshot_names(&dest), ["daily.0", "daily.1"]);
 }
 
+/// A store that refuses `user.*` attributes (latencyfs `--no-user-xattrs`: EFS or an
+/// NFS export without them). The manifest records the names it refused
+/// (`manifest::Entry::refused`), so an unchanged file whose attributes the next run
+/// compares (written near the previous walk, or its ctime moved) is linked, not
+/// copied again to be refused again, and said once in the warnings; a value of a
+/// refused attribute changed is nothing to copy (it is not kept), a new refused one is
+/// copied and reported; `verify` is clean and a restore gives back the kept attributes
+/// and says the refused ones were never kept; once the store takes them, the files are
+/// copied with them. (Before: every such compare copied the file again and reported
+/// the refusal again, `partial` each time.)
+#[test]
+fn an_unchanged_file_whose_xattrs_the_store_refuses_is_linked_not_copied_again() {
+    let t = tempfile::tempdir().unwrap();
+    let (src, under, mnt) = (
+        t.path().join("src"),
+        t.path().join("under"),
+        t.path().join("mnt"),
+    );
+    std::fs::create_dir(&under).unwrap();
+    write(&src.join("a"), b"a");
+    write(&src.join("b"), b"b");
+    write(&src.join("plain"), b"plain");
+    set_xattr(&src.join("a"), "user.x", b"1");
+    set_xattr(&src.join("a"), "trusted.k", b"kept");
+    set_xattr(&src.join("b"), "user.x", b"2");
+    let dest = mnt.join("store");
+    let Some(fs) = FaultFs::mount(&under, &mnt, &["--no-user-xattrs"]) else {
+        return;
+    };
+    let refused = |p: &str, n: &str| {
+        format!("{p}|metadata|set extended attribute|{n} not supported by the backup file system")
+    };
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep} {err}");
+    assert_eq!(
+        problems(&rep),
+        [refused("a", "user.x"), refused("b", "user.x")],
+        "{rep}"
+    );
+    let snap = dest.join("daily.0");
+    let (ia, ib) = (ino(&snap.join("a")), ino(&snap.join("b")));
+    // `b`'s ctime moves (its mode set again); all three were written within 2 s of
+    // the walk: the next run compares their attributes.
+    chmod(&src.join("b"), 0o640);
+    chmod(&src.join("b"), 0o644);
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "nothing copied, nothing refused: {rep} {err}");
+    assert_eq!(rep["files_transferred"], 0, "{rep}");
+    assert_eq!(rep["files_linked"], 3, "{rep}");
+    assert_eq!(ino(&snap.join("a")), ia);
+    assert_eq!(ino(&snap.join("b")), ib);
+    let warned = |rep: &serde_json::Value, what: &str| {
+        rep["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains(what))
+    };
+    assert!(
+        warned(
+            &rep,
+            "2 unchanged entries linked without extended attributes the backup file system refused when they were copied (user.x)"
+        ),
+        "{rep}"
+    );
+    assert_verify_clean(&dest, &["--all"]);
+    let to = t.path().join("restored");
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to.as_os_str(),
+        ],
+        &[],
+    );
+    let rest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(out.status.code(), Some(0), "{rest} {out:?}");
+    assert_eq!(rest["status"], "complete", "{rest}");
+    assert_eq!(
+        xattrs_of(&to.join("a")),
+        [(b"trusted.k".to_vec(), b"kept".to_vec())]
+    );
+    assert_eq!(xattrs_of(&to.join("b")), []);
+    assert!(
+        warned(
+            &rest,
+            "2 entries restored without extended attributes the backup file system refused when they were backed up (user.x)"
+        ),
+        "{rest}"
+    );
+    // Into a target whose `b` differs (a conflict, left as it is): only `a` is restored
+    // without the attribute. (Before, every entry looked at was counted.)
+    let to2 = t.path().join("restored2");
+    std::fs::create_dir(&to2).unwrap();
+    std::fs::write(to2.join("b"), b"the user's own b").unwrap();
+    let out = snapring(
+        &[
+            "restore".as_ref(),
+            "--json".as_ref(),
+            "--dest".as_ref(),
+            dest.as_os_str(),
+            "daily.0".as_ref(),
+            "--to".as_ref(),
+            to2.as_os_str(),
+        ],
+        &[],
+    );
+    let rest: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(rest["conflicts_total"], 1, "{rest} {out:?}");
+    assert_eq!(std::fs::read(to2.join("b")).unwrap(), b"the user's own b");
+    assert!(
+        warned(
+            &rest,
+            "1 entry restored without extended attributes the backup file system refused when it was backed up (user.x)"
+        ),
+        "{rest}"
+    );
+    // A refused attribute's value changed: nothing to keep, `b` stays linked; a new
+    // attribute the store refuses: `a` is copied, and the refusal reported.
+    set_xattr(&src.join("b"), "user.x", b"changed");
+    set_xattr(&src.join("a"), "user.y", b"new");
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep} {err}");
+    assert_eq!(
+        problems(&rep),
+        [refused("a", "user.x"), refused("a", "user.y")],
+        "{rep}"
+    );
+    assert_eq!(rep["files_transferred"], 1, "{rep}");
+    assert_eq!(ino(&snap.join("b")), ib);
+    assert_ne!(ino(&snap.join("a")), ia);
+    assert_verify_clean(&dest, &["--all"]);
+    // The store takes `user.*` now: both files are copied, with their attributes.
+    drop(fs);
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &[]) else {
+        return;
+    };
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "{rep} {err}");
+    assert_eq!(rep["files_transferred"], 2, "{rep}");
+    assert!(!warned(&rep, "linked without extended attributes"), "{rep}");
+    assert_eq!(
+        xattrs_of(&snap.join("a")),
+        [
+            (b"trusted.k".to_vec(), b"kept".to_vec()),
+            (b"user.x".to_vec(), b"1".to_vec()),
+            (b"user.y".to_vec(), b"new".to_vec()),
+        ]
+    );
+    assert_eq!(
+        xattrs_of(&snap.join("b")),
+        [(b"user.x".to_vec(), b"changed".to_vec())]
+    );
+    assert_verify_clean(&dest, &["--all"]);
+}
+
+/// A file whose two `user.*` values the store cannot hold together (ext4 keeps all of a
+/// file's attributes in one block: 2.5 KiB each, the second refused as too large) is
+/// linked while its ctime is unchanged, and copied again, the refusal reported, when it
+/// moves: as before the refused names were recorded. (With the too-large name
+/// recorded, every run compared the attributes; a probe of that one value on an empty
+/// file found it taken, so the file was copied, refused again, `partial` every run.)
+#[test]
+fn a_file_whose_xattrs_are_too_large_together_is_linked_while_unchanged() {
+    let t = tempfile::tempdir().unwrap();
+    let value = [5u8; 2560];
+    let probe = t.path().join("probe");
+    std::fs::write(&probe, b"").unwrap();
+    let set = |n: &str| rustix::fs::setxattr(&probe, n, &value, rustix::fs::XattrFlags::empty());
+    if set("user.a").is_err() || set("user.b").is_ok() {
+        eprintln!(
+            "skipped: this store's file system does not refuse two 2.5 KiB values only together"
+        );
+        return;
+    }
+    let (src, dest) = (t.path().join("src"), t.path().join("backup"));
+    std::fs::create_dir(&src).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"])
+        .arg(&src)
+        .status()
+        .unwrap()
+        .success();
+    assert!(mounted, "mount tmpfs");
+    let _m = Mounted(src.clone());
+    write(&src.join("two"), b"two");
+    write(&src.join("plain"), b"plain");
+    if rustix::fs::setxattr(
+        src.join("two"),
+        "user.a",
+        &value,
+        rustix::fs::XattrFlags::empty(),
+    )
+    .is_err()
+    {
+        eprintln!("skipped: tmpfs here keeps no user.* values");
+        return;
+    }
+    set_xattr(&src.join("two"), "user.b", &value);
+    // Not written near the walk: an unchanged ctime links.
+    std::thread::sleep(Duration::from_secs(3));
+    let too_large =
+        "two|metadata|set extended attribute|user.b too large for the backup file system";
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep} {err}");
+    assert_eq!(problems(&rep), [too_large], "{rep}");
+    let snap = dest.join("daily.0");
+    let i = ino(&snap.join("two"));
+    // Unchanged: linked, complete (the refusal was reported when it was copied).
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "linked as it was: {rep} {err}");
+    assert_eq!(rep["files_transferred"], 0, "{rep}");
+    assert_eq!(ino(&snap.join("two")), i);
+    assert_verify_clean(&dest, &["--all"]);
+    // Its ctime moved (its mode set to what it is): its attributes are compared, the
+    // snapshot lacks `user.b`, so it is copied and the refusal reported again.
+    chmod(&src.join("two"), 0o644);
+    std::thread::sleep(Duration::from_secs(3));
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 2, "{rep} {err}");
+    assert_eq!(problems(&rep), [too_large], "{rep}");
+    assert_eq!(rep["files_transferred"], 1, "{rep}");
+    // And unchanged after that: linked again, complete.
+    let i = ino(&snap.join("two"));
+    let (code, rep, err) = backup(&src, &dest, &[], &[]);
+    assert_eq!(code, 0, "linked as it was: {rep} {err}");
+    assert_eq!(rep["files_transferred"], 0, "{rep}");
+    assert_eq!(ino(&snap.join("two")), i);
+    assert_verify_clean(&dest, &["--all"]);
+}
+
 /// `from` bind-mounted at `to` (read-write), unmounted when dropped (also when the test
 /// fails).
 struct Bind(PathBuf);

@@ -4497,6 +4497,69 @@ fn an_xattr_the_store_refuses_on_a_spine_directory_is_a_problem_as_in_a_single_n
     assert_eq!(refused(&rec["problems"]), single, "{rec}");
 }
 
+/// Files whose `user.*` attribute the store refuses (latencyfs `--no-user-xattrs`) are
+/// reported when copied; the next shard run links them unchanged and says so once, in
+/// the run's warnings, as a single-node run does: finalize adds up the units' counts.
+/// (Before, the units' counts were dropped: linked silently, `complete`, every run.)
+#[test]
+fn files_linked_without_xattrs_the_store_refused_are_warned_of_in_a_shard_run() {
+    let e = env();
+    let files = ["flat/n010 with space", "deep/d1/s0/f03", "deep/d2/s1/f04"];
+    for f in files {
+        set_xattr(&e.src.join(f), "user.note", f.as_bytes());
+    }
+    let t = tempfile::tempdir().unwrap();
+    let (under, mnt) = (t.path().join("under"), t.path().join("mnt"));
+    std::fs::create_dir(&under).unwrap();
+    let Some(_fs) = FaultFs::mount(&under, &mnt, &["--no-user-xattrs"]) else {
+        return;
+    };
+    let s = Env {
+        _t: tempfile::tempdir().unwrap(),
+        src: e.src.clone(),
+        dest: mnt.join("shard"),
+    };
+    let run = |id: &str| {
+        let kids: Vec<Child> = (0..2).map(|i| spawn(&s, i, 2, id, &[])).collect();
+        for c in kids {
+            let o = c.wait_with_output().unwrap();
+            assert!(matches!(o.status.code(), Some(0) | Some(2)), "{}", text(&o));
+        }
+        run_record(&s, id)
+    };
+    let rec = run("x");
+    assert_eq!(rec["status"], "partial", "{rec}");
+    let refused: std::collections::BTreeSet<&str> = rec["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["error"].as_str().unwrap_or("").contains("user.note"))
+        .map(|p| p["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused.len(), files.len(), "{rec}");
+    // Unchanged: linked, not copied to be refused again (`attrs`, a directory with a
+    // `user.*` attribute, is made every run and refused every run: a problem of each).
+    let rec = run("y");
+    assert_eq!(rec["files_transferred"], 0, "{rec}");
+    assert!(
+        rec["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| !p["error"].as_str().unwrap_or("").contains("user.note")),
+        "{rec}"
+    );
+    // Four: the three and odd_tree's `attrs/file` (`user.color`, `user.bin`), refused
+    // by the first run too; the names sorted.
+    let w = "4 unchanged entries linked without extended attributes the backup file system refused when they were copied (user.bin, user.color, user.note)";
+    assert!(
+        rec["warnings"]
+            .as_array()
+            .is_some_and(|ws| ws.iter().any(|x| x.as_str().unwrap_or("").contains(w))),
+        "{rec}"
+    );
+}
+
 /// Review 7: a finalize that fails after the run's tree is staged (its publish refused
 /// at each step, or the process killed there) while its clean-up of the build
 /// directories still runs in a thread of its own: the failing process exits without

@@ -787,6 +787,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             Ok(refused) => {
                 self.refused_xattrs(rel, &refused);
                 kept = kept_xattrs(kept, &refused);
+                e.refused = refused_names(prev.kind, &prev.refused, &refused);
             }
             Err(err) => {
                 owner_held(&mut m, &err);
@@ -1069,7 +1070,18 @@ impl<'a, S: Sink> Walk<'a, S> {
                 _ => Decision::Copy(why),
             };
         }
+        // The attributes the store refused to the previous copy: an unchanged entry is
+        // linked while the store still refuses them, copied once it takes them.
+        let refused_before = prev_entry.map_or(&[][..], |e| e.refused.as_slice());
+        if decision == Decision::Link
+            && !refused_before
+                .iter()
+                .all(|n| self.sink.refuses_xattr_name(n))
+        {
+            decision = Decision::CompareXattrs;
+        }
         let mut src_xattrs: Option<Xattrs> = None;
+        let mut refused = None;
         if decision == Decision::CompareXattrs {
             let xs = match fsx::read_xattrs(&XattrTarget::At(b(&dir.state.src), name)) {
                 Ok(x) => x,
@@ -1082,11 +1094,18 @@ impl<'a, S: Sink> Walk<'a, S> {
                     .prev_xattrs(&dir.state.out, name)
                     .and_then(|x| fsx::xattr_digest(&x)),
             };
-            decision = if fsx::xattr_digest(&xs) == prev_digest {
+            let (not_kept, kept): (Vec<_>, Vec<_>) =
+                xs.iter().partition(|(n, _)| refused_before.contains(n));
+            decision = if fsx::xattr_digest_of(kept.iter().copied()) == prev_digest
+                && not_kept
+                    .iter()
+                    .all(|(n, v)| self.sink.still_refuses_xattr(n, v))
+            {
                 Decision::Link
             } else {
                 Decision::Copy(Reason::MetadataChanged)
             };
+            refused = Some(not_kept.into_iter().map(|(n, _)| n.clone()).collect());
             src_xattrs = Some(xs);
         }
         let mut vouched = None;
@@ -1105,6 +1124,7 @@ impl<'a, S: Sink> Walk<'a, S> {
                 prev_entry,
                 target.as_deref(),
                 src_xattrs.as_ref(),
+                refused,
                 vouched,
             )
         {
@@ -1281,7 +1301,9 @@ impl<'a, S: Sink> Walk<'a, S> {
     }
 
     /// Links an unchanged entry from the previous snapshot. `None` means copy instead.
-    /// `xattrs`: the source's attributes when the decision already read them.
+    /// `xattrs`: the source's attributes when the decision already read them;
+    /// `refused`: then, those of them the store refused to the previous copy (else the
+    /// previous entry's, unchanged with the ctime).
     /// `vouched`: the file's hash, read from the previous snapshot and checked against
     /// its record ([`Walk::vouched`]).
     #[allow(clippy::too_many_arguments)]
@@ -1294,6 +1316,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         prev_entry: Option<&Entry>,
         target: Option<&[u8]>,
         xattrs: Option<&Xattrs>,
+        refused: Option<Vec<Vec<u8>>>,
         vouched: Option<blake3::Hash>,
     ) -> Option<Entry> {
         match self.sink.link_unchanged(&dir.state.out, name, rel) {
@@ -1314,6 +1337,10 @@ impl<'a, S: Sink> Walk<'a, S> {
             Some(p) => {
                 entry.hash = p.hash;
                 entry.xattrs = p.xattrs.clone();
+                entry.refused = refused.unwrap_or_else(|| p.refused.clone());
+                if !entry.refused.is_empty() {
+                    self.counters.xattrs_not_kept(&entry.refused);
+                }
             }
             None if vouched.is_some() => {
                 entry.hash = vouched;
@@ -1462,10 +1489,12 @@ impl<'a, S: Sink> Walk<'a, S> {
         }
         let mut meta = meta;
         let mut kept = xattrs;
+        let mut not_kept = Vec::new();
         match self.sink.finish_file(file, &meta, &kept) {
             Ok(refused) => {
                 self.refused_xattrs(rel, &refused);
                 kept = kept_xattrs(kept, &refused);
+                not_kept = refused_names(meta.kind, &[], &refused);
             }
             Err(e) => {
                 owner_held(&mut meta, &e);
@@ -1475,6 +1504,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         let mut e = Entry::from_meta(name, &meta);
         e.hash = Some(hash);
         e.xattrs = fsx::xattr_digest(&kept);
+        e.refused = not_kept;
         Ok(Some(e))
     }
 
@@ -1597,10 +1627,12 @@ impl<'a, S: Sink> Walk<'a, S> {
         }
         let mut m = *m;
         let mut kept = xattrs;
+        let mut not_kept = Vec::new();
         match self.sink.finish_special(out, name, &m, &kept) {
             Ok(refused) => {
                 self.refused_xattrs(rel, &refused);
                 kept = kept_xattrs(kept, &refused);
+                not_kept = refused_names(m.kind, &[], &refused);
             }
             Err(e) => {
                 owner_held(&mut m, &e);
@@ -1610,6 +1642,7 @@ impl<'a, S: Sink> Walk<'a, S> {
         let mut e = Entry::from_meta(name, &m);
         e.target = target;
         e.xattrs = fsx::xattr_digest(&kept);
+        e.refused = not_kept;
         Some(e)
     }
 }
@@ -1930,14 +1963,47 @@ pub fn store_fence(store: &std::path::Path) -> Option<Fence> {
 /// refused ones are the run's problems; recorded as the source's, the tree could never
 /// match its manifest, and a restore called every such entry damaged and restored
 /// none of its attributes (its ACLs, the `user.*` values the store kept), `verify` the
-/// snapshot damaged. The next run compares the source's digest with this one, so it
-/// copies the entry again (and reports the refusal again), as it should: the snapshot
-/// lacks an attribute of the source.
+/// snapshot damaged. The refused names are recorded beside it ([`Entry::refused`]):
+/// the next run compares the digest of the source's attributes less those with this
+/// one and links an unchanged entry while the store still refuses them (the run's
+/// warnings count it: [`crate::report::xattrs_not_kept_warning`]), copies it once the
+/// store takes them. (Before, every run that compared the attributes, a file whose
+/// ctime moved or that changed near the previous walk, copied it again, to be
+/// refused again.)
 fn kept_xattrs(mut xs: Xattrs, refused: &[(Vec<u8>, &str)]) -> Xattrs {
     if !refused.is_empty() {
         xs.retain(|(n, _)| !refused.iter().any(|(r, _)| r == n));
     }
     xs
+}
+
+/// The names of the attributes the store refused to an entry of `kind`, as its
+/// manifest entry records them ([`Entry::refused`]: sorted, each once): `before` (a
+/// previous copy's, copied from it) and those `now` refused as not supported. None for
+/// a kind that does not record them.
+///
+/// A value refused as too large is not recorded: whether the store takes it depends on
+/// the entry's other attributes too (ext4 keeps all of a file's in one block), which a
+/// probe of that one value on an empty file does not see; it would answer "taken", and
+/// the entry be copied, refused again and reported, every run. Such an entry is
+/// compared as before the record (its digest lacks the value, so it is linked while
+/// its ctime is unchanged, copied again when it moves).
+fn refused_names(kind: Kind, before: &[Vec<u8>], now: &[(Vec<u8>, &str)]) -> Vec<Vec<u8>> {
+    if !Entry::records_refused(kind) {
+        return Vec::new();
+    }
+    let mut names: Vec<Vec<u8>> = before
+        .iter()
+        .cloned()
+        .chain(
+            now.iter()
+                .filter(|(_, why)| *why == fsx::NOT_SUPPORTED)
+                .map(|(n, _)| n.clone()),
+        )
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// The problems of extended attributes the backup file system refused on `rel`: the
@@ -1950,7 +2016,7 @@ pub fn refused_xattr_problems(rel: &RelPath, refused: &[(Vec<u8>, &str)]) -> Vec
         let name = crate::relpath::shown_bytes(n);
         if n.starts_with(b"user.")
             || n.starts_with(b"system.posix_acl")
-            || *why != "not supported by"
+            || *why != fsx::NOT_SUPPORTED
         {
             out.push(Problem {
                 path: rel.escaped(),

@@ -134,6 +134,7 @@ fn entry_of(name: &[u8], n: &Node) -> Entry {
         group: (kind == Kind::File && n.links > 1).then_some(n.inode),
         target,
         rdev: n.device,
+        refused: Vec::new(),
     }
 }
 

@@ -910,6 +910,14 @@ fn add(c: &Counters, n: &UnitCounts) {
     if n.mount_points_skipped > 0 {
         c.mount_points(n.mount_points_skipped, n.mount_points.iter().cloned());
     }
+    if n.xattrs_not_kept > 0 {
+        let names: Vec<Vec<u8>> = n
+            .xattrs_not_kept_names
+            .iter()
+            .filter_map(|s| crate::relpath::unescape(s).ok())
+            .collect();
+        c.xattrs_not_kept_n(n.xattrs_not_kept, &names);
+    }
 }
 
 /// One directory's block of a manifest part: its entry lines as the unit's writer wrote
@@ -1923,6 +1931,7 @@ mod tests {
                 group: Some(ino),
                 target: None,
                 rdev: 0,
+                refused: Vec::new(),
             },
         }
     }

@@ -433,6 +433,14 @@ pub struct UnitCounts {
     /// (`sizes::SpineMounts`). Absent when none, and in commits written before it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crossed: Option<String>,
+    /// Entries the unit linked unchanged without attributes the store refused
+    /// (`report::Counters::xattrs_not_kept`), and the first of those names (escaped):
+    /// finalize adds them up into the run's one warning. Absent when none, and in
+    /// commits written before it.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub xattrs_not_kept: u64,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub xattrs_not_kept_names: Vec<String>,
 }
 
 fn is_zero64(n: &u64) -> bool {

@@ -1669,6 +1669,11 @@ fn unit_counts(c: &Counters, t0: Instant, started_at: String) -> UnitCounts {
         std::path::Path::new(""),
     );
     c.fill(&mut r);
+    let not_kept = c
+        .xattrs_not_kept
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     UnitCounts {
         files_total: r.files_total,
         dirs_total: r.dirs_total,
@@ -1686,6 +1691,12 @@ fn unit_counts(c: &Counters, t0: Instant, started_at: String) -> UnitCounts {
         mount_points_skipped: r.mount_points_skipped,
         mount_points: r.mount_points,
         crossed: None,
+        xattrs_not_kept: not_kept.0,
+        xattrs_not_kept_names: not_kept
+            .1
+            .iter()
+            .map(|n| crate::relpath::escape(n))
+            .collect(),
     }
 }
 

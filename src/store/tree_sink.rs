@@ -78,6 +78,13 @@ struct Adopting {
     trash_prefix: String,
 }
 
+/// What [`Sink::still_refuses_xattr`] found in a run: by (name, value length), whether
+/// the store refused it; the names it refused as not supported.
+type XattrProbes = (
+    HashMap<(Vec<u8>, usize), bool>,
+    std::collections::HashSet<Vec<u8>>,
+);
+
 pub struct TreeSink {
     staging: OwnedFd,
     prev: Option<OwnedFd>,
@@ -105,6 +112,10 @@ pub struct TreeSink {
     list_prev: bool,
     /// `staging` is an interrupted run's tree taken over in place.
     adopting: Option<Adopting>,
+    /// What [`Sink::still_refuses_xattr`] found this run: by (name, value length),
+    /// whether the store refused it; and the names it refused as not supported
+    /// (whatever the value). Probes are few (one a name and length), one at a time.
+    xattr_probes: Mutex<XattrProbes>,
 }
 
 impl TreeSink {
@@ -144,6 +155,7 @@ impl TreeSink {
             base: RelPath::root(),
             list_prev: false,
             adopting: None,
+            xattr_probes: Mutex::default(),
         }
     }
 
@@ -885,6 +897,31 @@ impl Sink for TreeSink {
         prev_xattrs(dir.prev.as_ref(), name)
     }
 
+    fn refuses_xattr_name(&self, name: &[u8]) -> bool {
+        let p = self.xattr_probes.lock().unwrap_or_else(|e| e.into_inner());
+        p.1.contains(name)
+    }
+
+    /// Sets the attribute on a file made for the probe beside the staging root, then
+    /// removes the file: once a name and value length a run (a name the store does
+    /// not support, once a name).
+    fn still_refuses_xattr(&self, name: &[u8], value: &[u8]) -> bool {
+        let mut p = self.xattr_probes.lock().unwrap_or_else(|e| e.into_inner());
+        if p.1.contains(name) {
+            return true;
+        }
+        let key = (name.to_vec(), value.len());
+        if let Some(r) = p.0.get(&key) {
+            return *r;
+        }
+        let (refused, unsupported) = probe_xattr(b(&self.staging), name, value);
+        if unsupported {
+            p.1.insert(name.to_vec());
+        }
+        p.0.insert(key, refused);
+        refused
+    }
+
     fn prev_hash(&self, dir: &TreeDir, name: &[u8]) -> Option<io::Result<blake3::Hash>> {
         Some(fsx::hash_at(b(dir.prev.as_ref()?), name))
     }
@@ -1089,6 +1126,72 @@ fn probe(staging: BorrowedFd<'_>, chown: bool) -> StoreProbe {
     }
 }
 
+/// The start of the name of the file [`probe_xattr`] makes and removes beside the
+/// staging root (in its parent: `.snapring/staging/`, a shard worker's `work/`), never
+/// inside the tree: a probe left there (its removal failed, the run was killed) is in
+/// no snapshot. Its name ends in `.tmp`: `Store::leftover_staging` takes no such name
+/// in `.snapring/staging/` for an interrupted run's tree.
+const XATTR_PROBE: &str = ".snapring-xattr-probe";
+
+/// The probes [`probe_xattr`] made in this process: each name is unique in the run.
+static XATTR_PROBES: AtomicU64 = AtomicU64::new(0);
+
+/// Whether the store refuses attribute `name` with `value`, and whether as not
+/// supported (any value): tried on a file made for it beside `staging` (in its parent
+/// directory, on the same file system) and removed. Its name is the process id, the
+/// time and a counter; one left by another run (EEXIST: the same pid in a container) is
+/// passed over for the next name, not taken for a refusal. A probe that cannot be made
+/// counts as refused (the entry stays linked, as last run).
+fn probe_xattr(staging: BorrowedFd<'_>, name: &[u8], value: &[u8]) -> (bool, bool) {
+    let parent = match rustix::fs::openat(
+        staging,
+        "..",
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::debug!("cannot open the staging root's parent for the xattr probe: {e}");
+            return (true, false);
+        }
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut tries = 0;
+    let (file, fd) = loop {
+        let n = XATTR_PROBES.fetch_add(1, Ordering::Relaxed);
+        let file = format!("{XATTR_PROBE}-{}-{nanos:x}-{n}.tmp", std::process::id());
+        match rustix::fs::openat(
+            &parent,
+            file.as_str(),
+            rustix::fs::OFlags::CREATE
+                | rustix::fs::OFlags::EXCL
+                | rustix::fs::OFlags::WRONLY
+                | rustix::fs::OFlags::NOFOLLOW
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => break (file, fd),
+            Err(Errno::EXIST) if tries < 16 => tries += 1,
+            Err(e) => {
+                tracing::debug!("cannot make the xattr probe {file} beside staging: {e}");
+                return (true, false);
+            }
+        }
+    };
+    let set = rustix::fs::fsetxattr(&fd, name, value, rustix::fs::XattrFlags::empty());
+    drop(fd);
+    if let Err(e) = fsx::unlink_at(b(&parent), file.as_bytes()) {
+        tracing::warn!("cannot remove the xattr probe {file} beside staging: {e}");
+    }
+    match set {
+        Ok(()) => (false, false),
+        Err(e) if e == Errno::NOTSUP || e == Errno::OPNOTSUPP => (true, true),
+        Err(_) => (true, false),
+    }
+}
+
 /// The groups a process without `CAP_CHOWN` may give its files to (its egid and
 /// supplementary groups); `None` when it has `CAP_CHOWN` (it gives any owner) or its
 /// capabilities or groups cannot be read.
@@ -1110,6 +1213,43 @@ fn groups_without_chown(egid: u32) -> Option<Vec<u32>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The xattr probe is made beside the staging root, never in the tree: a staging
+    /// root nothing can be created in (immutable) still has its store's answer, and
+    /// nothing is left in either directory. (Made in the staging root, the probe
+    /// failed there and counted as refused.)
+    #[test]
+    fn the_xattr_probe_is_made_beside_the_staging_root_not_in_it() {
+        let t = tempfile::tempdir().unwrap();
+        let st = t.path().join("staging");
+        std::fs::create_dir(&st).unwrap();
+        let fd = fsx::open_dir(&st).unwrap();
+        let immutable = |on: bool| {
+            std::process::Command::new("chattr")
+                .arg(if on { "+i" } else { "-i" })
+                .arg(&st)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        if !immutable(true) {
+            eprintln!("skipped: chattr +i is not available here");
+            return;
+        }
+        let blocked = std::fs::write(st.join("x"), b"").is_err();
+        let got = probe_xattr(b(&fd), b"user.probe", b"v");
+        assert!(immutable(false));
+        if !blocked {
+            eprintln!("skipped: an immutable directory takes new files here");
+            return;
+        }
+        assert_eq!(got, (false, false), "the store takes user.* values");
+        assert_eq!(std::fs::read_dir(&st).unwrap().count(), 0);
+        let left: Vec<_> = std::fs::read_dir(t.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, [std::ffi::OsString::from("staging")]);
+    }
 
     #[test]
     fn the_granularity_a_store_kept_times_to() {
