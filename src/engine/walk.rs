@@ -1158,11 +1158,15 @@ impl<'a, S: Sink> Walk<'a, S> {
         // The attributes the store refused to the previous copy: an unchanged entry is
         // linked while the store still refuses them, copied once it takes them.
         let refused_before = prev_entry.map_or(&[][..], |e| e.refused.as_slice());
-        if decision == Decision::Link
+        // Forced to compare only to ask the store again: the entry was to be linked (its
+        // ctime unchanged, trusted as any unchanged entry's), so its kept attributes are
+        // not compared by digest: one the store refused as too large, recorded nowhere,
+        // would never match and have it copied every run (review of xattr-49, N1).
+        let forced = decision == Decision::Link
             && !refused_before
                 .iter()
-                .all(|n| self.sink.refuses_xattr_name(n))
-        {
+                .all(|n| self.sink.refuses_xattr_name(n));
+        if forced {
             decision = Decision::CompareXattrs;
         }
         let mut src_xattrs: Option<Xattrs> = None;
@@ -1181,7 +1185,7 @@ impl<'a, S: Sink> Walk<'a, S> {
             };
             let (not_kept, kept): (Vec<_>, Vec<_>) =
                 xs.iter().partition(|(n, _)| refused_before.contains(n));
-            decision = if fsx::xattr_digest_of(kept.iter().copied()) == prev_digest
+            decision = if (forced || fsx::xattr_digest_of(kept.iter().copied()) == prev_digest)
                 && not_kept
                     .iter()
                     .all(|(n, v)| self.sink.still_refuses_xattr(n, v))
