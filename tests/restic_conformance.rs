@@ -288,6 +288,157 @@ fn a_restic_snapshot_of_a_relative_path_lines_up_with_its_source() {
     assert_eq!(code, 0, "verify --against the source: {out}\n{err}");
 }
 
+/// restic (0.14 as 0.17+) made of `cwd` with `args`, in `repo`.
+fn restic_backup_in(restic: &Path, repo: &Path, cwd: &Path, args: &[&OsStr]) {
+    run_restic(restic, repo, &[OsStr::new("init")]);
+    let mut c = restic_cmd(restic, repo);
+    c.current_dir(cwd);
+    let mut all = vec![OsStr::new("backup")];
+    all.extend_from_slice(args);
+    restic_ok(c, &all);
+}
+
+/// snapring's restore of `latest` into `target` is `want` (the source directory's
+/// tree), says `complete`, and `verify --against` and `diff --against` the source find
+/// nothing.
+fn restore_verify_diff_line_up(repo: &Path, src: &Path, target: &Path, what: &str) {
+    let out = sr_ok(&[
+        "restore",
+        "--dest",
+        &file_url(repo),
+        "latest",
+        "--to",
+        target.to_str().unwrap(),
+        "--json",
+    ]);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["status"], "complete", "{what}: {r}");
+    assert_same_tree(&below_root(src), &below_root(target), what);
+    for cmd in ["verify", "diff"] {
+        let (code, out, err) = sr(&[
+            cmd,
+            "--dest",
+            &file_url(repo),
+            "latest",
+            "--against",
+            src.to_str().unwrap(),
+            "--json",
+        ]);
+        assert_eq!(code, 0, "{what}: {cmd} --against the source: {out}\n{err}");
+    }
+}
+
+/// `describe(root)` without the root itself (a snapshot of `.` or of several paths has
+/// no node for it: the target root keeps its own metadata, as with restic).
+fn below_root(root: &Path) -> std::collections::BTreeMap<Vec<u8>, Desc> {
+    let mut d = describe(root);
+    d.remove(&Vec::new());
+    d
+}
+
+/// A source in the common Python layout: `myproj/` holding files and a subdirectory
+/// also named `myproj`.
+fn python_layout(src: &Path) {
+    write(&src.join("README"), b"readme");
+    write(&src.join("setup.py"), b"setup()");
+    write(&src.join("myproj/__init__.py"), b"# init");
+    write(&src.join("myproj/core.py"), b"x = 1");
+}
+
+/// `cd myproj && restic backup .` puts myproj's *contents* at the tree's root and
+/// records `/…/myproj` in `paths`. snapring restores, verifies and diffs from the root:
+/// README, setup.py and myproj/ all come back. Before, the path's tail `myproj` was
+/// found as the inner directory: the restore wrote only `__init__.py` and `core.py`,
+/// said `complete`, and `verify --against` found it clean (HA, session 49).
+#[test]
+fn a_restic_snapshot_of_dot_is_read_from_the_root_not_a_same_named_subdirectory() {
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("myproj"), t.path().join("repo"));
+    python_layout(&src);
+    restic_backup_in(&restic, &repo, &src, &[OsStr::new(".")]);
+    restore_verify_diff_line_up(&repo, &src, &t.path().join("T"), "restic backup .");
+}
+
+/// `restic backup /abs/myproj` nests the absolute path's ancestors; the whole path is
+/// found (and the inner `myproj/` is not taken for it).
+#[test]
+fn a_restic_snapshot_of_an_absolute_path_is_read_from_that_path() {
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("myproj"), t.path().join("repo"));
+    python_layout(&src);
+    restic_backup_in(&restic, &repo, t.path(), &[src.as_os_str()]);
+    restore_verify_diff_line_up(
+        &repo,
+        &src,
+        &t.path().join("T"),
+        "restic backup /abs/myproj",
+    );
+}
+
+/// `restic backup work/myproj` run in the parent of `work` nests `work` → `myproj` from
+/// the root (a chain of one-entry trees ending in the path's tail `work/myproj`).
+#[test]
+fn a_restic_snapshot_of_a_relative_path_of_two_components_lines_up() {
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo) = (t.path().join("work/myproj"), t.path().join("repo"));
+    python_layout(&src);
+    write(&t.path().join("work/beside"), b"not backed up");
+    restic_backup_in(&restic, &repo, t.path(), &[OsStr::new("work/myproj")]);
+    restore_verify_diff_line_up(
+        &repo,
+        &src,
+        &t.path().join("T"),
+        "restic backup work/myproj",
+    );
+}
+
+/// A restic snapshot of two paths is restored from the root, as `restic restore`
+/// lays it out (both relative paths side by side).
+#[test]
+fn a_restic_snapshot_of_two_paths_restores_both_from_the_root() {
+    let Some(restic) = restic_binary("conformance") else {
+        return;
+    };
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    python_layout(&t.path().join("myproj"));
+    write(&t.path().join("other/file"), b"other");
+    restic_backup_in(
+        &restic,
+        &repo,
+        t.path(),
+        &[OsStr::new("myproj"), OsStr::new("other")],
+    );
+    let (ours, theirs) = (t.path().join("T"), t.path().join("R"));
+    restore_latest(&repo, &ours);
+    run_restic(
+        &restic,
+        &repo,
+        &[
+            OsStr::new("restore"),
+            OsStr::new("latest"),
+            OsStr::new("--target"),
+            theirs.as_os_str(),
+        ],
+    );
+    assert!(ours.join("myproj/myproj/__init__.py").is_file());
+    assert!(ours.join("other/file").is_file());
+    assert_same_tree(
+        &below_root(&theirs),
+        &below_root(&ours),
+        "snapring and restic restore of a snapshot of two paths",
+    );
+}
+
 #[test]
 fn snapring_round_trip_keeps_odd_names_and_the_incremental_reads_only_changes() {
     let t = tempfile::tempdir().unwrap();

@@ -332,14 +332,20 @@ fn a_pack_whose_header_does_not_read_is_left_out() {
     assert_eq!(code, 0, "{r}");
     assert_eq!(r["index_rewritten"], false, "{r}");
     assert_eq!(r["packs_kept"], 4, "{r}");
-    // With --read-data the header is read: the pack is left out.
+    // With --read-data the header is read: it does not open, but the pack is indexed
+    // and each of its blobs hashes to its id at its indexed place: they are salvaged
+    // into a new pack and the damaged one deleted (until session 49 the pack was left
+    // out whole, and the second snapshot, restorable, became damaged).
     let (code, r) = repair(&w.url, &["--read-data"]);
-    assert_eq!(code, 2, "{r}");
-    assert_eq!(r["packs_unreadable"], 1, "{r}");
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["packs_unreadable"], 0, "{r}");
+    assert_eq!(r["packs_salvaged"], 1, "{r}");
     assert_eq!(r["packs_kept"], 3, "{r}");
     let data2_id = w.data2.file_name().unwrap().to_str().unwrap();
-    assert_eq!(r["unreadable"][0], data2_id, "{r}");
-    assert_eq!(damaged_ids(&r), vec![w.second.clone()], "{r}");
+    assert_eq!(r["salvaged"][0], data2_id, "{r}");
+    assert_eq!(r["blobs_lost"], 0, "{r}");
+    assert!(damaged_ids(&r).is_empty(), "{r}");
+    assert!(!w.data2.exists(), "the damaged pack is deleted");
 
     // Not in any index, the damaged pack's header is read without --read-data too.
     let w = two_backups();
@@ -853,4 +859,182 @@ fn a_repository_restic_wrote_is_repaired_as_restic_would() {
     run_restic(&restic, &repo, &["check", "--read-data"]);
     let b = sr_backup_json(&src, &url);
     assert_eq!(b["repository"]["files_read"], 0, "{b}");
+}
+
+/// A data pack cut short at its end (`truncate -s -100`: its header and the header's
+/// length damaged; `restic check --read-data` fails it). Every blob still reads at the
+/// place the index gives, so `verify` found the snapshot clean; it now says DAMAGED and
+/// names the pack (exit 2). `repair index` dropped the whole pack (a restorable snapshot
+/// became damaged); it now salvages the blobs that hash to their ids into a new pack
+/// and deletes the damaged one: the snapshot restores whole, verify is clean, and
+/// restic's check agrees (HA, session 49).
+#[test]
+fn a_pack_cut_short_at_its_header_is_damage_to_verify_and_its_blobs_are_salvaged() {
+    let w = two_backups();
+    let len = std::fs::metadata(&w.data2).unwrap().len();
+    std::fs::File::options()
+        .write(true)
+        .open(&w.data2)
+        .unwrap()
+        .set_len(len - 100)
+        .unwrap();
+    let data2_id = w.data2.file_name().unwrap().to_str().unwrap().to_string();
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "latest", "--json"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v[0]["clean"], false, "{v}");
+    assert_eq!(v[0]["damaged_packs"], serde_json::json!([data2_id]), "{v}");
+    assert_eq!(v[0]["corrupt"], 0, "its files' blobs read: {v}");
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "latest"]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains("DAMAGED"), "{out}");
+    assert!(out.contains(&data2_id), "the pack named: {out}");
+    assert!(out.contains("snapring repair index"), "{out}");
+
+    let (code, r) = repair(&w.url, &[]);
+    assert_eq!(code, 0, "{r}");
+    assert_eq!(r["packs_salvaged"], 1, "{r}");
+    assert_eq!(r["salvaged"][0], data2_id.as_str(), "{r}");
+    assert_eq!(r["packs_unreadable"], 0, "{r}");
+    assert_eq!(r["blobs_lost"], 0, "{r}");
+    assert!(damaged_ids(&r).is_empty(), "{r}");
+    assert!(
+        !w.data2.exists(),
+        "the damaged pack is deleted once salvaged"
+    );
+    let to = w.t.path().join("T");
+    let (code, out, err) = sr_nocache(&restore_latest(&w.url, &to));
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_same_tree(
+        &describe(&w.src),
+        &describe(&to),
+        "restore after the salvage",
+    );
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &w.url, "--all"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    if let Some(restic) = restic_binary("restic check after the salvage") {
+        run_restic(&restic, &w.repo, &["check", "--read-data"]);
+    }
+}
+
+/// With its index files gone, a restore or a diff fails on the first tree ("Tree blob
+/// …: not in any index") and now says the way out, as verify does: `snapring repair
+/// index --dest …` (HA, session 49).
+#[test]
+fn a_restore_or_diff_with_the_index_gone_names_repair_index() {
+    let w = two_backups();
+    for f in files_in(&w.repo.join("index")) {
+        std::fs::remove_file(f).unwrap();
+    }
+    let to = w.t.path().join("T");
+    let (code, out, err) = sr_nocache(&restore_latest(&w.url, &to));
+    assert_ne!(code, 0, "{out}\n{err}");
+    let said = format!("{out}\n{err}");
+    assert!(said.contains("not in any index"), "{said}");
+    assert!(
+        said.contains(&format!("snapring repair index --dest {}", w.url)),
+        "{said}"
+    );
+    let (code, out, err) = sr_nocache(&[
+        "diff",
+        "--dest",
+        &w.url,
+        "latest",
+        "--against",
+        w.src.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "{out}\n{err}");
+    assert!(
+        err.contains(&format!("snapring repair index --dest {}", w.url)),
+        "{out}\n{err}"
+    );
+}
+
+/// A restic tree naming one entry twice (crafted: a symlink `x` and a directory `x`).
+/// The restore stopped on "cannot create directory …/x: File exists" and said "run the
+/// same restore again", which failed the same way each time. Now the second entry is a
+/// problem of kind `damaged` naming the duplicate (the restore `partial`, no retry
+/// advice), the rest restored; `verify` calls the snapshot DAMAGED (HA, session 49).
+#[test]
+fn a_tree_naming_an_entry_twice_is_damage_not_a_failed_restore() {
+    use snapring::restic::{
+        Id,
+        backend::Kind,
+        pack::BlobType,
+        repo::{Packer, Repo},
+        snapshot,
+        tree::Tree,
+    };
+    let t = tempfile::tempdir().unwrap();
+    let (src, repo, to) = (
+        t.path().join("src"),
+        t.path().join("repo"),
+        t.path().join("to"),
+    );
+    std::fs::create_dir_all(&src).unwrap();
+    std::os::unix::fs::symlink("target", src.join("x")).unwrap();
+    write(&src.join("y/inner"), b"in the directory");
+    write(&src.join("z"), b"after both");
+    common::restic::repo_of(&repo, &src);
+    // The directory `y` renamed `x`, after the symlink `x`.
+    let mut r = Repo::open(&repo, PASSWORD.as_bytes()).unwrap();
+    let (_, snap) = snapshot::find(&r, "latest").unwrap();
+    let packer = Packer::default();
+    fn again(r: &Repo, packer: &Packer, id: Id) -> Id {
+        let mut tree = r.read_tree(&id).unwrap();
+        for n in &mut tree.nodes {
+            if let Some(sub) = n.subtree {
+                n.subtree = Some(again(r, packer, sub));
+            }
+            if n.name == "y" && n.kind == "dir" {
+                n.name = "x".into();
+            }
+        }
+        packer
+            .save(r, BlobType::Tree, &Tree { nodes: tree.nodes }.to_blob())
+            .unwrap()
+    }
+    let root = again(&r, &packer, snap.tree);
+    packer.finish(&mut r).unwrap();
+    let id = r
+        .save_json(
+            Kind::Snapshot,
+            &snapshot::Snapshot {
+                tree: root,
+                ..snap.clone()
+            },
+        )
+        .unwrap();
+    let url = file_url(&repo);
+    let short = &id.hex()[..8];
+    let (code, out, err) = sr_nocache(&[
+        "restore",
+        "--dest",
+        &url,
+        short,
+        "--to",
+        to.to_str().unwrap(),
+        "--json",
+    ]);
+    let rep: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    assert_eq!(rep["status"], "partial", "{rep}\n{err}");
+    assert_ne!(code, 0, "{rep}");
+    let problems = rep["problems"].as_array().unwrap();
+    assert_eq!(problems.len(), 1, "{rep}");
+    assert_eq!(problems[0]["path"], "x", "{rep}");
+    assert_eq!(problems[0]["kind"], "damaged", "{rep}");
+    let why = problems[0]["error"].as_str().unwrap();
+    assert!(why.contains("names \"x\" twice"), "{why}");
+    assert!(!why.contains("again"), "no retry advice: {why}");
+    assert_eq!(
+        std::fs::read_link(to.join("x")).unwrap(),
+        Path::new("target")
+    );
+    assert_eq!(std::fs::read(to.join("z")).unwrap(), b"after both");
+
+    let (code, out, err) = sr_nocache(&["verify", "--dest", &url, short]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    assert!(out.contains("DAMAGED"), "{out}");
+    assert!(out.contains("names \"x\" twice"), "{out}");
 }

@@ -917,7 +917,7 @@ pub fn restore(
                 out.exit_code = snapring::report::EXIT_IN_USE;
                 return Ok(out);
             }
-            Err(e) => return Err(failed(&e)),
+            Err(e) => return Err(failed(&index_advice(e, dest))),
         };
         let mut out =
             snapring::restore::RestoreReport::not_started(&opts, started_at.clone(), String::new());
@@ -973,6 +973,9 @@ pub fn restore(
                         "cannot {action} {}: {source}: the restore stopped; {done}; {again}",
                         shown(path)
                     ),
+                    restic::Error::Corrupt { why, .. } if why == "not in any index" => {
+                        format!("{e}: {}: the restore stopped; {done}", index_hint(dest))
+                    }
                     e => format!("{e}: the restore stopped; {done}; {again}"),
                 },
             };
@@ -1556,6 +1559,27 @@ fn stopped<T>(
     }
 }
 
+/// A blob the index does not name (`Tree blob …: not in any index`: the index files
+/// gone or damaged, or a pack lost) with the way out that `verify` gives: rebuild the
+/// index from the packs there. Any other error as it is.
+fn index_advice(e: restic::Error, dest: &Path) -> restic::Error {
+    match &e {
+        restic::Error::Corrupt { why, .. } if why == "not in any index" => {
+            restic::Error::Other(format!("{e}: {}", index_hint(dest)))
+        }
+        _ => e,
+    }
+}
+
+fn index_hint(dest: &Path) -> String {
+    format!(
+        "the repository's index does not name it (its index files gone or damaged, or its \
+         pack lost): `snapring repair index --dest {}` rebuilds the index from the packs \
+         there and names the snapshots that lost data",
+        snapring::relpath::shown(dest)
+    )
+}
+
 /// `snapring verify --dest URL [SNAPSHOT…|--all] [--jobs N]`: every blob re-read and
 /// re-hashed; exit 2 when a snapshot is damaged.
 pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -1756,6 +1780,7 @@ pub fn diff(a: DiffArgs) -> anyhow::Result<ExitCode> {
         ),
         _ => unreachable!("check_diff"),
     };
+    let r = r.map_err(|e| index_advice(e, &a.dest));
     let r = match stopped(r, &cancel, "nothing was written")? {
         Ok(r) => r,
         Err(code) => return Ok(code),

@@ -154,7 +154,7 @@ fn unreadable(e: &Error) -> bool {
 }
 
 /// The header of the pack `id` of `size` bytes, checked against the size.
-fn read_pack_header(repo: &Repo, id: &Id, size: u64) -> Result<Vec<Entry>> {
+pub(crate) fn read_pack_header(repo: &Repo, id: &Id, size: u64) -> Result<Vec<Entry>> {
     let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
     if size < (4 + OVERHEAD) as u64 {
         return Err(super::corrupt(
@@ -329,6 +329,58 @@ fn salvage(repo: &Repo, bytes: &[u8], good: &[Entry]) -> Result<Vec<(Id, Vec<Ent
     Ok(out)
 }
 
+/// An indexed pack whose header does not read or does not match its size (`why`: a
+/// pack cut short at its end, its header damaged): its blobs at the places the index
+/// gives are read and each hashed; those that check are salvaged as a damaged pack's
+/// good blobs are (copied into new packs, indexed instead, the pack deleted once the
+/// new index is in place), the others left out. Without this a pack whose blobs all
+/// read was dropped whole, and a restorable snapshot became damaged. The pack read by
+/// the rule every reader follows (a read whose blobs do not all check is read again).
+/// Returns the fate and the blobs left out.
+fn salvage_indexed(repo: &Repo, id: &Id, indexed: &[Entry], why: Error) -> Result<(Fate, usize)> {
+    use super::reread::{Outcome, READ_TRIES, read_checked};
+    let what = format!("pack {}", repo.backend.file_location(Kind::Pack, id));
+    let check = |bytes: &[u8]| -> Vec<Entry> {
+        indexed
+            .iter()
+            .filter(|e| {
+                blob_bytes(bytes, e, &what)
+                    .and_then(|sealed| open_blob(&repo.key, sealed, e))
+                    .is_ok()
+            })
+            .cloned()
+            .collect()
+    };
+    let got = read_checked(
+        &|| what.clone(),
+        "restic.repair_pack_garbled",
+        || repo.backend.read(Kind::Pack, id),
+        check,
+        |good| good.len() == indexed.len(),
+    );
+    let (bytes, good) = match got {
+        Ok((_, _, Outcome::Garbled)) => {
+            return Err(Error::Other(format!(
+                "{what} read differently each of {READ_TRIES} times: the storage or the \
+                 network garbles reads ({why}); the repair stopped, nothing changed"
+            )));
+        }
+        Ok((bytes, good, _)) => (bytes, good),
+        Err(e) if unreadable(&e) => return Ok((Fate::Unreadable(why.to_string()), 0)),
+        Err(e) => return Err(e),
+    };
+    if good.is_empty() {
+        return Ok((Fate::Unreadable(why.to_string()), 0));
+    }
+    tracing::warn!(
+        "{why}; {} of its {} indexed blobs check at their indexed places and are salvaged",
+        good.len(),
+        indexed.len()
+    );
+    let lost = indexed.len() - good.len();
+    Ok((Fate::Salvaged(salvage(repo, &bytes, &good)?), lost))
+}
+
 /// Rebuilds the index of `repo` from its packs (see the module's notes). `cancel` set
 /// stops it with [`Error::Cancelled`] before the new index is written; set later, it
 /// ends the snapshots' check (`snapshots_checked` false). `writing` is set once the
@@ -427,7 +479,10 @@ fn repair_locked(
                     };
                     Ok((fate, damaged))
                 }
-                Err(e) if unreadable(&e) => Ok((Fate::Unreadable(e.to_string()), 0)),
+                Err(e) if unreadable(&e) => match indexed.get(id) {
+                    Some(ix) => salvage_indexed(repo_ro, id, ix, e),
+                    None => Ok((Fate::Unreadable(e.to_string()), 0)),
+                },
                 Err(e) => Err(e),
             }
         })
@@ -440,7 +495,8 @@ fn repair_locked(
         })
         .collect()
     } else {
-        crate::util::par_map(HEADER_READS, &listed, |(id, size)| {
+        let blobs_damaged = std::sync::atomic::AtomicU64::new(0);
+        let fates = crate::util::par_map(HEADER_READS, &listed, |(id, size)| {
             if let Some(e) = indexed.get(id)
                 && implied_size(e) == *size
             {
@@ -450,10 +506,18 @@ fn repair_locked(
             match read_pack_header(repo_ro, id, *size) {
                 Ok(h) if indexed.contains_key(id) => Ok(Fate::Reread(h)),
                 Ok(h) => Ok(Fate::Added(h)),
-                Err(e) if unreadable(&e) => Ok(Fate::Unreadable(e.to_string())),
+                Err(e) if unreadable(&e) => match indexed.get(id) {
+                    Some(ix) => salvage_indexed(repo_ro, id, ix, e).map(|(f, damaged)| {
+                        blobs_damaged.fetch_add(damaged as u64, Ordering::Relaxed);
+                        f
+                    }),
+                    None => Ok(Fate::Unreadable(e.to_string())),
+                },
                 Err(e) => Err(e),
             }
-        })
+        });
+        r.blobs_damaged += blobs_damaged.into_inner();
+        fates
     };
     // 3. The new index.
     let mut new_packs: Vec<PackJson> = Vec::new();
@@ -543,6 +607,7 @@ fn repair_locked(
         + r.packs_missing
         + dropped_indexed
         + r.blobs_damaged
+        + r.packs_salvaged
         + r.index_files_unreadable
         > 0;
     // A SIGTERM here (the tests pause here) stops it with nothing changed.

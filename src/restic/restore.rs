@@ -1405,6 +1405,8 @@ impl Restorer<'_> {
     /// The entries of tree `id` into the directory `dir` (at `path`, for messages).
     fn tree(&mut self, id: Id, dir: &Arc<OwnedFd>, path: &Path) -> Result<()> {
         let t = Tree::from_blob(&tree_blob(self.repo, &id)?, &id)?;
+        let mut names: std::collections::HashSet<Vec<u8>> =
+            std::collections::HashSet::with_capacity(t.nodes.len());
         for n in t.nodes {
             if lock(self.failed).is_some() {
                 // A fill thread failed: its error is the restore's.
@@ -1415,6 +1417,19 @@ impl Restorer<'_> {
             }
             let name = checked_name(&n)?;
             let p = path.join(OsStr::from_bytes(&name));
+            // A second entry of one name (a crafted or damaged tree): damage in the
+            // snapshot, named as such, the restore partial. It stopped the restore with
+            // "cannot create directory …: File exists" and "run the same restore
+            // again", which failed the same way every time.
+            if !names.insert(name.clone()) {
+                self.problems.add(
+                    &p,
+                    crate::report::ProblemKind::Damaged,
+                    "restore",
+                    corrupt("the snapshot", super::verify::duplicate_name(&id, &n)),
+                );
+                continue;
+            }
             self.node(&n, dir, &name, &p)?;
         }
         Ok(())

@@ -5,11 +5,13 @@
 use serde::{Deserialize, Serialize};
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use super::backend::Kind;
+use super::pack::BlobType;
 use super::repo::Repo;
-use super::tree::Node;
+use super::tree::{Node, Tree};
 use super::{Error, Id, Result};
 
 #[derive(Serialize, Deserialize, Debug, Clone, Default)]
@@ -260,19 +262,29 @@ pub fn find_in(all: &[(Id, Snapshot)], name: &str) -> Result<usize> {
 }
 
 /// The tree a snapshot's paths are relative to, and the source directory's own node:
-/// for a snapshot of one path, that path's tree (restic nests the path's ancestors as
-/// trees of their own); for one of several paths (or of `/`), the root tree and `None`.
+/// for a snapshot of one path, that path's tree; for one of several paths (or of `/`),
+/// the root tree and `None`.
+///
+/// How restic lays a one-path snapshot out (`internal/archiver/tree.go`, the same in
+/// 0.14 and 0.17+; `paths` is always made absolute): `backup /abs/dir` nests the
+/// path's ancestors, one tree of one entry each (`abs` → `dir`), as snapring does;
+/// `backup rel/dir` nests only the components as given (`..` dropped: `rel` →
+/// `dir`); `backup .` (or `..`, `/`) puts the directory's *contents* at the root.
+/// So a tail of the path is taken only when the trees above it are a chain of
+/// one-entry directories ending in it, the whole path first; else the root. A
+/// directory of several entries at the root is never taken for a subdirectory of
+/// the same name (`cd myproj && restic backup .` with `myproj/myproj/`). The one
+/// layout this cannot tell apart: `backup .` of a directory whose only entry is a
+/// chain named like the path's tail, read as the relative backup (no entry is lost
+/// either way: the restore has one level less) (docs/format.md).
 /// Restore, diff, verify and history all name paths from here.
 pub fn source_tree(repo: &Repo, snap: &Snapshot) -> Result<(Id, Option<Node>)> {
     let top = match snap.paths.as_slice() {
         [one] => {
             let comps: Vec<&OsStr> = Path::new(one).iter().skip(1).collect();
-            // The whole path first; then its tails, longest first: restic before 0.17
-            // recorded a relative path (`restic backup data`) absolute in `paths` but
-            // stored only the path as given (`data/...`) in the tree.
             let mut top = None;
             for k in 0..comps.len() {
-                top = super::backup::dir_node(repo, snap.tree, &comps[k..])?;
+                top = chain_node(repo, snap.tree, &comps[k..])?;
                 if top.is_some() {
                     break;
                 }
@@ -285,4 +297,25 @@ pub fn source_tree(repo: &Repo, snap: &Snapshot) -> Result<(Id, Option<Node>)> {
         top.as_ref().and_then(|n| n.subtree).unwrap_or(snap.tree),
         top,
     ))
+}
+
+/// The node at `comps` below `tree` when every tree on the way holds exactly one entry,
+/// the next directory of `comps` (a chain of one-entry directories, as restic nests a
+/// backed-up path); `None` otherwise.
+fn chain_node(repo: &Repo, mut tree: Id, comps: &[&OsStr]) -> Result<Option<Node>> {
+    let mut found = None;
+    for c in comps {
+        let t = Tree::from_blob(&repo.read_blob(BlobType::Tree, &tree)?, &tree)?;
+        let mut nodes = t.nodes.into_iter();
+        match (nodes.next(), nodes.next()) {
+            (Some(n), None)
+                if n.kind == "dir" && n.name_bytes() == c.as_bytes() && n.subtree.is_some() =>
+            {
+                tree = n.subtree.expect("checked");
+                found = Some(n);
+            }
+            _ => return Ok(None),
+        }
+    }
+    Ok(found)
 }
